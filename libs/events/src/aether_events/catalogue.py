@@ -1,0 +1,317 @@
+"""The v1 event catalogue.
+
+Events are facts in the past tense and are never edited. A schema changes only by adding
+optional fields with defaults; the wire tag of a class never changes (it is spelled out on
+every class so a rename of the Python class cannot move it). Stored samples of every event
+live in ``libs/events/tests/samples`` and must keep decoding.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+Tier = Literal["small", "standard", "complex"]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Common metadata of every event.
+
+    ``causation_id`` is the event that caused this one (``None`` for a user's command);
+    ``correlation_id`` is the mission's request, shared by every event of the mission.
+    """
+
+    event_id: str
+    mission_id: str
+    occurred_at: datetime
+    correlation_id: str
+    causation_id: str | None = None
+
+
+# --- value types carried inside events -------------------------------------------------
+
+
+class RepoFile(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    size: int
+
+
+class PlannedTask(msgspec.Struct, frozen=True, kw_only=True):
+    """One node of a plan: what to do, where, after what, and with which model tier."""
+
+    id: str
+    title: str
+    description: str = ""
+    files: list[str] = msgspec.field(default_factory=list)
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    tier: Tier = "standard"
+    acceptance_criteria: list[str] = msgspec.field(default_factory=list)
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Token counts of one or more model calls, and their cost when the price is known."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float | None = None
+
+
+# --- mission lifecycle ---------------------------------------------------------------
+
+
+class MissionRequested(Event, frozen=True, kw_only=True, tag="mission_requested"):
+    repository: str
+    requirement: str
+    base_branch: str = "main"
+    budget_usd: float | None = None
+    auto_approve: bool = False
+    max_concurrency: int = 4
+    max_tasks: int = 20
+    model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
+    verify_command: str | None = None
+    requested_by: str | None = None
+
+
+class RepositoryPrepared(Event, frozen=True, kw_only=True, tag="repository_prepared"):
+    repository_path: str
+    base_branch: str
+    base_sha: str
+    integration_branch: str
+    files: list[RepoFile] = msgspec.field(default_factory=list)
+    file_count: int = 0
+    files_truncated: bool = False
+
+
+class PlanProduced(Event, frozen=True, kw_only=True, tag="plan_produced"):
+    version: int
+    tasks: list[PlannedTask]
+    rationale: str = ""
+    model: str = ""
+    offline: bool = False
+    repairs: list[str] = msgspec.field(default_factory=list)
+
+
+class PlanFailed(Event, frozen=True, kw_only=True, tag="plan_failed"):
+    reason: str
+    version: int = 1
+
+
+class PlanRevisionRequested(Event, frozen=True, kw_only=True, tag="plan_revision_requested"):
+    feedback: str
+    base_version: int
+    requested_by: str | None = None
+
+
+class PlanApproved(Event, frozen=True, kw_only=True, tag="plan_approved"):
+    version: int
+    approved_by: str | None = None
+    automatic: bool = False
+
+
+class MissionPaused(Event, frozen=True, kw_only=True, tag="mission_paused"):
+    reason: str = ""
+    requested_by: str | None = None
+
+
+class MissionResumed(Event, frozen=True, kw_only=True, tag="mission_resumed"):
+    requested_by: str | None = None
+
+
+class MissionCancelled(Event, frozen=True, kw_only=True, tag="mission_cancelled"):
+    reason: str = ""
+    requested_by: str | None = None
+
+
+class MissionCompleted(Event, frozen=True, kw_only=True, tag="mission_completed"):
+    final_sha: str
+    integration_branch: str
+    tasks_merged: int
+    usage: Usage = msgspec.field(default_factory=Usage)
+    duration_seconds: float = 0.0
+
+
+class MissionFailed(Event, frozen=True, kw_only=True, tag="mission_failed"):
+    reason: str
+
+
+# --- budgets -----------------------------------------------------------------------
+
+
+class BudgetWarning(Event, frozen=True, kw_only=True, tag="budget_warning"):
+    spent_usd: float
+    budget_usd: float
+    scope: str = "mission"
+
+
+class BudgetExceeded(Event, frozen=True, kw_only=True, tag="budget_exceeded"):
+    spent_usd: float
+    budget_usd: float
+    scope: str = "mission"
+
+
+# --- tasks -------------------------------------------------------------------------
+
+
+class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
+    task: PlannedTask
+    attempt: int
+    model: str
+    requirement: str = ""
+    wave: int = 0
+    max_cost_usd: float | None = None
+    context: str = ""
+
+
+class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
+    task: PlannedTask
+    attempt: int
+    model: str
+    branch: str
+    worktree_path: str
+    base_sha: str
+    requirement: str = ""
+    max_cost_usd: float | None = None
+    context: str = ""
+
+
+class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):
+    task_id: str
+    attempt: int
+    runner_id: str
+    model: str
+
+
+class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage_recorded"):
+    """One model call: which service made it, for which step, and what it cost."""
+
+    service: str
+    model: str
+    usage: Usage
+    step: str
+    offline: bool = False
+    task_id: str | None = None
+    attempt: int | None = None
+
+
+class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
+    task_id: str
+    attempt: int
+    commit_sha: str
+    branch: str
+    summary: str = ""
+    files_changed: list[str] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
+class AgentFailed(Event, frozen=True, kw_only=True, tag="agent_failed"):
+    task_id: str
+    attempt: int
+    reason: str
+    retryable: bool = True
+
+
+class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
+    task_id: str
+    attempt: int
+    merge_sha: str
+    integration_branch: str
+    fast_forward: bool = False
+    files_changed: list[str] = msgspec.field(default_factory=list)
+
+
+class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):
+    task_id: str
+    attempt: int
+    files: list[str]
+    integration_sha: str
+    detail: str = ""
+
+
+class TaskRetried(Event, frozen=True, kw_only=True, tag="task_retried"):
+    task_id: str
+    attempt: int
+    reason: str
+    not_before: datetime | None = None
+
+
+class TaskTimedOut(Event, frozen=True, kw_only=True, tag="task_timed_out"):
+    task_id: str
+    attempt: int
+    last_heartbeat_at: datetime | None = None
+
+
+class TaskEscalated(Event, frozen=True, kw_only=True, tag="task_escalated"):
+    task_id: str
+    attempt: int
+    reason: str
+
+
+# --- telemetry (second stream, short retention) -------------------------------------
+
+
+class AgentProgress(Event, frozen=True, kw_only=True, tag="agent_progress"):
+    task_id: str
+    attempt: int
+    runner_id: str
+    turns: int = 0
+    tool_calls: int = 0
+    files_changed: list[str] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    last_action: str = ""
+
+
+class AgentHeartbeat(Event, frozen=True, kw_only=True, tag="agent_heartbeat"):
+    task_id: str
+    attempt: int
+    runner_id: str
+
+
+AnyEvent = (
+    MissionRequested
+    | RepositoryPrepared
+    | PlanProduced
+    | PlanFailed
+    | PlanRevisionRequested
+    | PlanApproved
+    | MissionPaused
+    | MissionResumed
+    | MissionCancelled
+    | MissionCompleted
+    | MissionFailed
+    | BudgetWarning
+    | BudgetExceeded
+    | TaskReady
+    | WorkspaceReady
+    | AgentStarted
+    | UsageRecorded
+    | AgentCompleted
+    | AgentFailed
+    | BranchMerged
+    | MergeConflicted
+    | TaskRetried
+    | TaskTimedOut
+    | TaskEscalated
+    | AgentProgress
+    | AgentHeartbeat
+)
+
+TELEMETRY_TYPES: frozenset[type[Event]] = frozenset({AgentProgress, AgentHeartbeat})
+
+TERMINAL_TYPES: frozenset[type[Event]] = frozenset(
+    {MissionCompleted, MissionFailed, MissionCancelled}
+)
+
+
+def tag_of(cls: type[Event]) -> str:
+    """The wire tag of an event class (``MissionRequested`` → ``mission_requested``)."""
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+ALL_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
+TYPES_BY_TAG: dict[str, type[Event]] = {tag_of(cls): cls for cls in ALL_TYPES}

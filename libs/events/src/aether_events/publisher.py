@@ -1,0 +1,45 @@
+"""Publishing events with JetStream de-duplication."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from aether_events.catalogue import Event
+from aether_events.codec import encode
+from aether_events.subjects import subject_for
+
+
+class EventPublisher:
+    """Publishes events on their subjects with ``Nats-Msg-Id`` set to the event id.
+
+    Because ids of caused events are derived from the logical step, publishing the same
+    step twice (after a redelivery or a crash) is dropped by the stream's duplicate window.
+    """
+
+    def __init__(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
+        self._js = js
+        self._timeout = timeout
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        expected_last_subject_sequence: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck:
+        """Publish one event and wait for the stream to store it."""
+        all_headers = {"Nats-Msg-Id": event.event_id, **(headers or {})}
+        if expected_last_subject_sequence is not None:
+            all_headers["Nats-Expected-Last-Subject-Sequence"] = str(
+                expected_last_subject_sequence
+            )
+        return await self._js.publish(
+            subject_for(event), encode(event), timeout=self._timeout, headers=all_headers
+        )
+
+    async def publish_all(self, events: Iterable[Event]) -> list[PubAck]:
+        """Publish events in order, each stored before the next is sent."""
+        return [await self.publish(event) for event in events]

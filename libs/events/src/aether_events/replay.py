@@ -1,0 +1,71 @@
+"""Rebuilding a projection by replaying a stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from aether_events.catalogue import Event
+from aether_events.codec import UnknownEventType, decode
+
+S = TypeVar("S")
+
+
+class ReplayResult(msgspec.Struct, kw_only=True):
+    last_sequence: int = 0
+    applied: int = 0
+    skipped: int = 0
+
+
+async def replay(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    state: S,
+    fold: Callable[[S, Event, int], S],
+    *,
+    after_sequence: int = 0,
+    batch: int = 256,
+) -> tuple[S, ReplayResult]:
+    """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
+
+    ``fold(state, event, stream_sequence)`` is called in stream order. Payloads that do not
+    decode are counted and skipped: a projection is rebuilt from what can be read. Uses an
+    ephemeral pull consumer, deleted afterwards.
+    """
+    config = ConsumerConfig(
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_sequence else DeliverPolicy.ALL,
+        opt_start_seq=after_sequence + 1 if after_sequence else None,
+        inactive_threshold=60.0,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    result = ReplayResult(last_sequence=after_sequence)
+    try:
+        info = await sub.consumer_info()
+        remaining = info.num_pending or 0
+        while remaining > 0:
+            try:
+                msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
+            except nats.errors.TimeoutError:
+                break
+            for msg in msgs:
+                meta = msg.metadata
+                try:
+                    event = decode(msg.data)
+                except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+                    result.skipped += 1
+                else:
+                    state = fold(state, event, meta.sequence.stream)
+                    result.applied += 1
+                result.last_sequence = meta.sequence.stream
+                remaining = meta.num_pending or 0
+    finally:
+        await sub.unsubscribe()
+    return state, result

@@ -1,0 +1,66 @@
+"""Stream definitions, created or updated idempotently at start-up."""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from aether_events.subjects import ALL_MISSION_EVENTS, ALL_TELEMETRY
+
+MISSIONS_STREAM = "AETHER_MISSIONS"
+TELEMETRY_STREAM = "AETHER_TELEMETRY"
+
+
+class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
+    replicas: int = 1
+    # Long enough to swallow a republish after a crash-and-restart of any service.
+    duplicate_window_seconds: float = 2 * 3600
+    telemetry_max_age_seconds: float = 3600
+
+
+def stream_configs(settings: StreamSettings) -> list[StreamConfig]:
+    """The two streams: durable mission history and short-lived telemetry."""
+    return [
+        StreamConfig(
+            name=MISSIONS_STREAM,
+            description="Aether mission events (the system of record)",
+            subjects=[ALL_MISSION_EVENTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window_seconds,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
+            name=TELEMETRY_STREAM,
+            description="Aether agent progress and heartbeats (short retention)",
+            subjects=[ALL_TELEMETRY],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.telemetry_max_age_seconds,
+            duplicate_window=min(120.0, settings.telemetry_max_age_seconds),
+            discard=DiscardPolicy.OLD,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: StreamSettings | None = None) -> None:
+    """Create the streams, or bring an existing one's settings up to date.
+
+    Safe to call from every service at every start, concurrently.
+    """
+    for config in stream_configs(settings or StreamSettings()):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except Exception:
+                # Another service created it between our look and our add.
+                await js.stream_info(config.name)
+            continue
+        await js.update_stream(config)

@@ -1,0 +1,17 @@
+"""The runtime shell shared by Aether's services."""
+
+from aether_runtime.logs import configure_logging, log_context
+from aether_runtime.projection import Projection
+from aether_runtime.service import ConsumerSpec, Delivery, Service, serve
+from aether_runtime.settings import RuntimeSettings
+
+__all__ = [
+    "ConsumerSpec",
+    "Delivery",
+    "Projection",
+    "RuntimeSettings",
+    "Service",
+    "configure_logging",
+    "log_context",
+    "serve",
+]

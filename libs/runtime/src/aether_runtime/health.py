@@ -1,0 +1,55 @@
+"""Plain ASGI endpoints for liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def healthz() -> ASGIApp:
+    """Liveness: the process answers."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, b'{"status":"ok"}', "application/json")
+
+    return app
+
+
+def readyz(check: Callable[[], tuple[bool, str]]) -> ASGIApp:
+    """Readiness: ``check()`` says whether the service can do its work, and why not."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ok, detail = check()
+        body = json.dumps({"status": "ready" if ok else "not-ready", "detail": detail}).encode()
+        await _respond(send, 200 if ok else 503, body, "application/json")
+
+    return app
+
+
+def metrics() -> ASGIApp:
+    """Prometheus text exposition of the default registry."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, generate_latest(), CONTENT_TYPE_LATEST)
+
+    return app

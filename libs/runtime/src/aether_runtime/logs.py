@@ -1,0 +1,63 @@
+"""Structured JSON logs carrying the service, mission, task and event ids."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+_service: str = "aether"
+_EMPTY: dict[str, str] = {}
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "aether_log_context", default=_EMPTY  # never mutated: log_context sets a new dict
+)
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, service, logger, message, context, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": _service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        data.update(_context.get())
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """Send every logger's records to stderr as JSON lines tagged with ``service``."""
+    global _service
+    _service = service
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("uvicorn.access", "nats", "faststream", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def log_context(**ids: str | None) -> Iterator[None]:
+    """Attach ids (mission_id, task_id, event_id, …) to every record logged inside."""
+    merged = {**_context.get(), **{k: v for k, v in ids.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)

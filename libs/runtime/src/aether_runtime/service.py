@@ -1,0 +1,318 @@
+"""The shell every Aether service shares.
+
+A service is a FastStream app with one durable pull consumer on the mission stream. On
+start it connects, makes sure the streams exist, rebuilds its projection by replaying the
+stream, and only then starts consuming, so every handler sees a complete state. The
+durable consumer is created (the first time only) to start right after the replayed
+position: history is folded, never re-decided.
+
+Each delivery is decoded once; a payload that does not decode is terminated and counted
+(poison), an event type this build does not know is acknowledged and skipped, and a
+handler that raises is negatively acknowledged with a growing delay so one bad event
+cannot take the service down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats
+from faststream.asgi import AsgiFastStream
+from faststream.middlewares import AckPolicy
+from faststream.nats import ConsumerConfig, NatsBroker, NatsMessage, PullSub
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig as JsConsumerConfig
+from nats.js.api import DeliverPolicy, PubAck
+from nats.js.errors import NotFoundError
+
+from aether_events import (
+    MISSIONS_STREAM,
+    Event,
+    EventPublisher,
+    StreamSettings,
+    UnknownEventType,
+    decode,
+    ensure_streams,
+    tag_of,
+)
+from aether_runtime import health, metrics
+from aether_runtime.logs import log_context
+from aether_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("aether.runtime")
+
+Handler = Callable[[Event, "Delivery"], Awaitable[None]]
+Rebuild = Callable[[JetStreamContext], Awaitable[int]]
+
+
+@dataclass
+class Delivery:
+    """What a handler may know and do about the message that carried its event."""
+
+    sequence: int
+    num_delivered: int
+    pending: int
+    _message: NatsMessage | None = None
+
+    @property
+    def redelivered(self) -> bool:
+        return self.num_delivered > 1
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the handler is still at work, so it does not redeliver."""
+        if self._message is not None:
+            await self._message.in_progress()
+
+
+class CountingPublisher(EventPublisher):
+    """An EventPublisher that counts what it publishes and logs with the event's ids."""
+
+    def __init__(self, js: JetStreamContext, service: str) -> None:
+        super().__init__(js)
+        self._service = service
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        expected_last_subject_sequence: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck:
+        ack = await super().publish(
+            event,
+            expected_last_subject_sequence=expected_last_subject_sequence,
+            headers=headers,
+        )
+        metrics.EVENTS_PUBLISHED.labels(
+            self._service, tag_of(type(event)), str(bool(ack.duplicate)).lower()
+        ).inc()
+        log.debug(
+            "published %s",
+            tag_of(type(event)),
+            extra={"published_event_id": event.event_id, "seq": ack.seq, "dup": ack.duplicate},
+        )
+        return ack
+
+
+@dataclass
+class ConsumerSpec:
+    durable: str
+    subject: str
+    handler: Handler
+    stream: str = MISSIONS_STREAM
+    max_workers: int = 1
+    ack_wait_seconds: float = 60.0
+    max_deliver: int = 20
+
+
+@dataclass
+class Service:
+    """Wires one service: NATS connection, streams, projection rebuild, consumer, HTTP."""
+
+    name: str
+    settings: RuntimeSettings
+    on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    extra_ready_check: Callable[[], tuple[bool, str]] | None = None
+
+    def __post_init__(self) -> None:
+        self.broker = NatsBroker(self.settings.nats_url, logger=None, graceful_timeout=30.0)
+        self.nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._publisher: CountingPublisher | None = None
+        self._rebuild: Rebuild | None = None
+        self._consumers: list[ConsumerSpec] = []
+        self.ready = False
+        self.started_at = time.monotonic()
+
+    # --- wiring -------------------------------------------------------------------
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("service not connected yet")
+        return self._js
+
+    @property
+    def publisher(self) -> CountingPublisher:
+        if self._publisher is None:
+            raise RuntimeError("service not connected yet")
+        return self._publisher
+
+    def rebuild_with(self, rebuild: Rebuild) -> None:
+        """Set the coroutine that replays the stream into the projection; returns the last
+        stream sequence it folded."""
+        self._rebuild = rebuild
+
+    def consume(self, spec: ConsumerSpec) -> None:
+        """Register a durable consumer whose deliveries go to ``spec.handler``."""
+        self._consumers.append(spec)
+        subscriber = self.broker.subscriber(
+            spec.subject,
+            stream=spec.stream,
+            durable=spec.durable,
+            pull_sub=PullSub(batch_size=1, timeout=5.0),
+            config=ConsumerConfig(
+                ack_wait=spec.ack_wait_seconds,
+                max_deliver=spec.max_deliver,
+                max_ack_pending=max(spec.max_workers, 1),
+            ),
+            ack_policy=AckPolicy.MANUAL,
+            max_workers=spec.max_workers if spec.max_workers > 1 else None,
+        )
+
+        async def on_message(msg: NatsMessage) -> None:
+            await self._deliver(spec, msg)
+
+        subscriber(on_message)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self.nc = await nats.connect(self.settings.nats_url, name=f"aether-{self.name}")
+        self._js = self.nc.jetstream()
+        await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+        self._publisher = CountingPublisher(self._js, self.name)
+        last_seq = 0
+        if self._rebuild is not None:
+            began = time.monotonic()
+            last_seq = await self._rebuild(self._js)
+            log.info(
+                "projection rebuilt",
+                extra={"last_sequence": last_seq, "seconds": round(time.monotonic() - began, 3)},
+            )
+        for spec in self._consumers:
+            await self._ensure_consumer(spec, last_seq)
+
+    async def _ensure_consumer(self, spec: ConsumerSpec, last_seq: int) -> None:
+        try:
+            await self.js.consumer_info(spec.stream, spec.durable)
+            return
+        except NotFoundError:
+            pass
+        config = JsConsumerConfig(
+            durable_name=spec.durable,
+            name=spec.durable,
+            filter_subject=spec.subject,
+            ack_policy=JsAckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait_seconds,
+            max_deliver=spec.max_deliver,
+            max_ack_pending=max(spec.max_workers, 1),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else DeliverPolicy.ALL,
+            opt_start_seq=last_seq + 1 if last_seq else None,
+        )
+        await self.js.add_consumer(spec.stream, config=config)
+
+    async def _after_start(self) -> None:
+        for hook in self.on_started:
+            await hook()
+        self.ready = True
+        metrics.READY.labels(self.name).set(1)
+        log.info("ready", extra={"port": self.settings.port})
+
+    async def _stop(self) -> None:
+        self.ready = False
+        metrics.READY.labels(self.name).set(0)
+        for hook in self.on_stopping:
+            await hook()
+        if self.nc is not None and self.nc.is_connected:
+            await self.nc.drain()
+
+    def _ready_check(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting"
+        if self.nc is None or not self.nc.is_connected:
+            return False, "nats disconnected"
+        if self.extra_ready_check is not None:
+            return self.extra_ready_check()
+        return True, "ok"
+
+    def asgi(self) -> AsgiFastStream:
+        """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics."""
+        return AsgiFastStream(
+            self.broker,
+            asgi_routes=[
+                ("/healthz", health.healthz()),
+                ("/readyz", health.readyz(self._ready_check)),
+                ("/metrics", health.metrics()),
+            ],
+            logger=None,
+            on_startup=[self._start],
+            after_startup=[self._after_start],
+            on_shutdown=[self._stop],
+        )
+
+    # --- deliveries ---------------------------------------------------------------
+
+    async def _deliver(self, spec: ConsumerSpec, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        meta = raw.metadata
+        delivery = Delivery(
+            sequence=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            pending=meta.num_pending,
+            _message=msg,
+        )
+        metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
+        if delivery.redelivered:
+            metrics.REDELIVERIES.labels(self.name).inc()
+        try:
+            event = decode(raw.data)
+        except UnknownEventType as unknown:
+            metrics.EVENTS_CONSUMED.labels(self.name, unknown.tag, "unknown").inc()
+            log.warning("skipping unknown event type", extra={"tag": unknown.tag})
+            await msg.ack()
+            return
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            metrics.POISON.labels(self.name).inc()
+            log.error(
+                "poison message terminated",
+                extra={"subject": raw.subject, "seq": delivery.sequence, "error": str(error)},
+            )
+            await msg.reject()
+            return
+        tag = tag_of(type(event))
+        task_id = _task_id(event)
+        with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
+            began = time.perf_counter()
+            try:
+                await spec.handler(event, delivery)
+            except Exception:
+                delay = min(30.0, 0.5 * 2 ** min(delivery.num_delivered, 6))
+                metrics.EVENTS_CONSUMED.labels(self.name, tag, "error").inc()
+                log.exception("handler failed; will retry", extra={"retry_in": delay, "type": tag})
+                await msg.nack(delay=delay)
+                return
+            finally:
+                metrics.HANDLER_SECONDS.labels(self.name, tag).observe(time.perf_counter() - began)
+            metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
+            await msg.ack()
+
+
+def _task_id(event: Event) -> str | None:
+    value: Any = getattr(event, "task_id", None)
+    if value is None:
+        task = getattr(event, "task", None)
+        value = getattr(task, "id", None)
+    return value if isinstance(value, str) else None
+
+
+def serve(service: Service) -> None:
+    """Run the service's ASGI app with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(
+        service.asgi(),
+        host=service.settings.host,
+        port=service.settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
