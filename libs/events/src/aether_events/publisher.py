@@ -33,9 +33,7 @@ class EventPublisher:
         """Publish one event and wait for the stream to store it."""
         all_headers = {"Nats-Msg-Id": event.event_id, **(headers or {})}
         if expected_last_subject_sequence is not None:
-            all_headers["Nats-Expected-Last-Subject-Sequence"] = str(
-                expected_last_subject_sequence
-            )
+            all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
         return await self._js.publish(
             subject_for(event), encode(event), timeout=self._timeout, headers=all_headers
         )

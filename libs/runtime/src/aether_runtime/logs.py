@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 _service: str = "aether"
 _EMPTY: dict[str, str] = {}
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
-    "aether_log_context", default=_EMPTY  # never mutated: log_context sets a new dict
+    "aether_log_context",
+    default=_EMPTY,  # never mutated: log_context sets a new dict
 )
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}

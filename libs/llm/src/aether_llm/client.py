@@ -1,0 +1,81 @@
+"""Building the anthropic client, and turning a response's usage into an event payload."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import anthropic
+from anthropic.types import Usage as ApiUsage
+
+from aether_events import Usage
+from aether_llm.config import OFFLINE_MODEL, LLMSettings
+from aether_llm.messages_server import MessagesServer
+from aether_llm.offline import start_offline_server
+from aether_llm.pricing import PriceTable, load_prices
+
+log = logging.getLogger("aether.llm")
+
+_offline_lock = threading.Lock()
+_offline_server: MessagesServer | None = None
+
+
+def offline_base_url() -> str:
+    """The URL of this process's offline model server, started on first use."""
+    global _offline_server
+    with _offline_lock:
+        if _offline_server is None:
+            _offline_server = start_offline_server()
+            log.warning(
+                "no ANTHROPIC_API_KEY: using the OFFLINE model (deterministic, not a "
+                "language model; for demos and tests)",
+                extra={"model": OFFLINE_MODEL, "url": _offline_server.url},
+            )
+        return _offline_server.url
+
+
+def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
+    """An async client for the configured endpoint, or for the offline model."""
+    base_url: str | None
+    if settings.offline:
+        base_url = settings.base_url or offline_base_url()
+        api_key = "offline"
+    else:
+        base_url = settings.base_url
+        api_key = settings.api_key or ""
+    return anthropic.AsyncAnthropic(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=settings.max_retries,
+        timeout=settings.timeout_seconds,
+    )
+
+
+def usage_of(model: str, api_usage: ApiUsage, prices: PriceTable | None = None) -> Usage:
+    """The event form of a response's usage, with its cost from the price table."""
+    usage = Usage(
+        input_tokens=api_usage.input_tokens,
+        output_tokens=api_usage.output_tokens,
+        cache_creation_input_tokens=api_usage.cache_creation_input_tokens or 0,
+        cache_read_input_tokens=api_usage.cache_read_input_tokens or 0,
+    )
+    cost = (prices or load_prices()).cost(model, usage)
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cost_usd=cost,
+    )
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    """Sum two usages; the cost is unknown if either is."""
+    cost = None if a.cost_usd is None or b.cost_usd is None else a.cost_usd + b.cost_usd
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
+        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
+        cost_usd=cost,
+    )

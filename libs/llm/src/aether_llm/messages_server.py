@@ -1,0 +1,259 @@
+"""A small HTTP server that speaks the Anthropic Messages API.
+
+It serves the offline model (``aether_llm.offline``) and the scripted fakes tests use, so
+every caller goes through the real anthropic SDK over real HTTP. It answers
+``POST /v1/messages`` with either a whole message or, when the request says
+``"stream": true``, the server-sent events the SDK's stream parser expects; replies can
+also be API errors (429, 529, 5xx) with the documented error body.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+JSON = dict[str, Any]
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class ApiError:
+    """An error reply: HTTP status, Anthropic error type, message."""
+
+    status: int
+    type: str
+    message: str
+    retry_after: float | None = None
+
+
+@dataclass
+class Reply:
+    """A message reply: content blocks, stop reason and usage."""
+
+    content: list[JSON]
+    stop_reason: str = "end_turn"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    model: str | None = None
+    delay_seconds: float = 0.0
+
+    def to_message(self, request: JSON) -> JSON:
+        return {
+            "id": f"msg_{next(_ids):08d}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.model or request.get("model", "unknown"),
+            "content": self.content,
+            "stop_reason": self.stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "cache_creation_input_tokens": self.cache_creation_input_tokens,
+                "cache_read_input_tokens": self.cache_read_input_tokens,
+            },
+        }
+
+
+Responder = Callable[[JSON], Reply | ApiError]
+
+
+def text_block(text: str) -> JSON:
+    return {"type": "text", "text": text}
+
+
+def tool_use_block(name: str, tool_input: JSON, tool_id: str | None = None) -> JSON:
+    return {
+        "type": "tool_use",
+        "id": tool_id or f"toolu_{next(_ids):08d}",
+        "name": name,
+        "input": tool_input,
+    }
+
+
+def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
+    """The SSE events of one message, as the Messages API streams them."""
+    start = dict(message, content=[], stop_reason=None)
+    start["usage"] = dict(message["usage"], output_tokens=1)
+    events: list[tuple[str, JSON]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            events.append(
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+            events.append(
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": block["text"]},
+                    },
+                )
+            )
+        else:
+            events.append(
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": block["id"],
+                            "name": block["name"],
+                            "input": {},
+                        },
+                    },
+                )
+            )
+            events.append(
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {
+                            "type": "input_json_delta",
+                            "partial_json": json.dumps(block["input"]),
+                        },
+                    },
+                )
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+@dataclass
+class MessagesServer:
+    """Serves ``responder`` on ``127.0.0.1:port`` (0 picks a free port) in a thread."""
+
+    responder: Responder
+    port: int = 0
+    host: str = "127.0.0.1"
+    requests: list[JSON] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def start(self) -> MessagesServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") in ("", "/healthz"):
+                    self._send_json(200, {"status": "ok"})
+                else:
+                    self._send_json(404, _error_body("not_found_error", "no such route"))
+
+            def do_POST(self) -> None:
+                if not self.path.startswith("/v1/messages"):
+                    self._send_json(404, _error_body("not_found_error", "no such route"))
+                    return
+                length = int(self.headers.get("content-length", "0"))
+                try:
+                    request = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    self._send_json(400, _error_body("invalid_request_error", "body is not JSON"))
+                    return
+                with server._lock:
+                    server.requests.append(request)
+                try:
+                    reply = server.responder(request)
+                except Exception as error:  # a broken script must show, not hang the client
+                    reply = ApiError(500, "api_error", f"responder failed: {error!r}")
+                if isinstance(reply, ApiError):
+                    headers = {}
+                    if reply.retry_after is not None:
+                        headers["retry-after"] = str(reply.retry_after)
+                    self._send_json(reply.status, _error_body(reply.type, reply.message), headers)
+                    return
+                if reply.delay_seconds:
+                    threading.Event().wait(reply.delay_seconds)
+                message = reply.to_message(request)
+                if request.get("stream"):
+                    self._send_stream(message)
+                else:
+                    self._send_json(200, message)
+
+            def _send_json(
+                self, status: int, body: JSON, headers: dict[str, str] | None = None
+            ) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("request-id", f"req_{next(_ids):08d}")
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _send_stream(self, message: JSON) -> None:
+                chunks = b"".join(
+                    f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                    for name, data in _stream_events(message)
+                )
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("content-length", str(len(chunks)))
+                self.end_headers()
+                self.wfile.write(chunks)
+
+        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="messages-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+
+def _error_body(error_type: str, message: str) -> JSON:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
