@@ -7,6 +7,7 @@ instead; these machines have no engine, so the embedded binaries are the default
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -68,10 +69,8 @@ async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
     client = await nats.connect(nats_url)
     js = client.jetstream()
     for stream in ("AETHER_MISSIONS", "AETHER_TELEMETRY"):
-        try:
+        with contextlib.suppress(Exception):  # absent is what we want
             await js.delete_stream(stream)
-        except Exception:  # noqa: S110 - absent is what we want
-            pass
     try:
         yield client
     finally:
