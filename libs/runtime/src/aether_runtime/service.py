@@ -14,9 +14,11 @@ cannot take the service down.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,24 @@ class Delivery:
         """Tell JetStream the handler is still at work, so it does not redeliver."""
         if self._message is not None:
             await self._message.in_progress()
+
+    @contextlib.asynccontextmanager
+    async def keep_alive(self, every: float = 15.0) -> AsyncIterator[None]:
+        """Send in-progress acknowledgements every ``every`` seconds while the body runs
+        (a model call, an agent at work), so a slow handler is not taken for a dead one."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class CountingPublisher(EventPublisher):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nats.js import JetStreamContext
+
 from aether_events import ALL_MISSION_EVENTS
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_scheduler.config import config_from_env
@@ -17,8 +19,8 @@ def build(settings: RuntimeSettings | None = None) -> Service:
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(projection, lambda: service.publisher, config_from_env())
 
-    async def rebuild(js: object) -> int:
-        return await projection.rebuild(service.js, "scheduler")
+    async def rebuild(js: JetStreamContext) -> int:
+        return await projection.rebuild(js, "scheduler")
 
     service.rebuild_with(rebuild)
     service.consume(
