@@ -1,0 +1,14 @@
+"""``python -m aether_agent_runner``."""
+
+from aether_agent_runner.app import DEFAULT_PORT, build
+from aether_runtime import RuntimeSettings, configure_logging, serve
+
+
+def main() -> None:
+    settings = RuntimeSettings.from_env(DEFAULT_PORT)
+    configure_logging("agent-runner", settings.log_level)
+    serve(build(settings))
+
+
+if __name__ == "__main__":
+    main()
