@@ -1,0 +1,77 @@
+"""Streams, de-duplicating publisher and replay against a real NATS JetStream server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from nats.aio.client import Client as NatsClient
+
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    MISSIONS_STREAM,
+    Event,
+    EventPublisher,
+    MissionFailed,
+    MissionRequested,
+    StreamSettings,
+    derived_id,
+    ensure_streams,
+    replay,
+)
+
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def requested(mission: str) -> MissionRequested:
+    return MissionRequested(
+        event_id=derived_id(mission, "requested"),
+        mission_id=mission,
+        occurred_at=NOW,
+        correlation_id="c",
+        repository="/r",
+        requirement="x",
+    )
+
+
+async def test_streams_are_created_idempotently_and_publishing_a_step_twice_stores_it_once(
+    nc: NatsClient,
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    await ensure_streams(js, StreamSettings())  # a second service starting
+    publisher = EventPublisher(js)
+    first = await publisher.publish(requested("m-a"))
+    again = await publisher.publish(requested("m-a"))
+    assert again.duplicate and again.seq == first.seq
+    info = await js.stream_info(MISSIONS_STREAM)
+    assert info.state.messages == 1
+
+
+async def test_replay_folds_in_order_and_skips_what_does_not_decode(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await publisher.publish(requested("m-b"))
+    await js.publish("aether.mission.m-b.mission_failed", b"{garbage")
+    failed = MissionFailed(
+        event_id="f", mission_id="m-b", occurred_at=NOW, correlation_id="c", reason="r"
+    )
+    await publisher.publish(failed)
+
+    def fold(seen: list[str], event: Event, seq: int) -> list[str]:
+        return [*seen, f"{seq}:{type(event).__name__}"]
+
+    state, result = await replay(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, [], fold)
+    assert state == ["1:MissionRequested", "3:MissionFailed"]
+    assert (result.applied, result.skipped, result.last_sequence) == (2, 1, 3)
+    later, result = await replay(
+        js, MISSIONS_STREAM, ALL_MISSION_EVENTS, [], fold, after_sequence=1
+    )
+    assert later == ["3:MissionFailed"] and result.skipped == 1
+
+
+async def test_replay_of_an_empty_stream_returns_the_initial_state(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    state, result = await replay(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, 7, lambda s, e, q: s)
+    assert state == 7 and result.last_sequence == 0

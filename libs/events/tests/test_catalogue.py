@@ -1,0 +1,80 @@
+"""The contracts: stored samples keep decoding, subjects and ids are stable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from aether_events import (
+    ALL_TYPES,
+    TYPES_BY_TAG,
+    AgentHeartbeat,
+    MissionRequested,
+    UnknownEventType,
+    decode,
+    derived_id,
+    encode,
+    mission_subject,
+    subject_for,
+    tag_of,
+    type_subject,
+)
+
+SAMPLES = Path(__file__).parent / "samples"
+SAMPLE_FILES = sorted(SAMPLES.glob("v*/*.json"))
+
+
+def test_every_event_type_has_a_stored_sample() -> None:
+    tags = {path.stem for path in SAMPLES.glob("v1/*.json")}
+    assert tags == {tag_of(cls) for cls in ALL_TYPES}
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_stored_sample_still_decodes(path: Path) -> None:
+    payload = path.read_bytes()
+    event = decode(payload)
+    assert type(event) is TYPES_BY_TAG[path.stem]
+    # Re-encoding loses nothing the sample carried.
+    assert json.loads(encode(event)).items() >= json.loads(payload).items()
+
+
+def test_unknown_fields_are_ignored_so_newer_producers_do_not_break_consumers() -> None:
+    data = json.loads((SAMPLES / "v1" / "mission_requested.json").read_bytes())
+    data["added_in_a_later_version"] = {"anything": 1}
+    event = decode(json.dumps(data).encode())
+    assert isinstance(event, MissionRequested)
+
+
+def test_unknown_event_type_is_distinguished_from_a_malformed_payload() -> None:
+    data = json.loads((SAMPLES / "v1" / "mission_failed.json").read_bytes())
+    data["type"] = "something_from_the_future"
+    with pytest.raises(UnknownEventType):
+        decode(json.dumps(data).encode())
+    with pytest.raises(msgspec.DecodeError):
+        decode(b"{not json")
+    del data["type"]
+    with pytest.raises(msgspec.ValidationError):
+        decode(json.dumps(data).encode())
+
+
+def test_subjects_filter_by_mission_and_by_type() -> None:
+    event = decode((SAMPLES / "v1" / "mission_requested.json").read_bytes())
+    assert subject_for(event) == "aether.mission.m-0123456789abcdef.mission_requested"
+    assert mission_subject("m-1") == "aether.mission.m-1.>"
+    assert type_subject(MissionRequested) == "aether.mission.*.mission_requested"
+    assert type_subject(AgentHeartbeat) == "aether.telemetry.*.agent_heartbeat"
+
+
+def test_subject_refuses_mission_ids_that_are_not_tokens() -> None:
+    event = decode((SAMPLES / "v1" / "mission_failed.json").read_bytes())
+    bad = msgspec.structs.replace(event, mission_id="m.1.>")
+    with pytest.raises(ValueError, match="not a valid subject token"):
+        subject_for(bad)
+
+
+def test_derived_ids_are_deterministic_per_step() -> None:
+    assert derived_id("m-1", "task_ready", "t1", 1) == derived_id("m-1", "task_ready", "t1", 1)
+    assert derived_id("m-1", "task_ready", "t1", 1) != derived_id("m-1", "task_ready", "t1", 2)
