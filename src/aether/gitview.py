@@ -1,0 +1,82 @@
+"""Reading results out of a repository with dulwich (no git binary needed)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dulwich.diff_tree import tree_changes
+from dulwich.objects import Blob, Commit, TreeEntry
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+
+@dataclass
+class FileStat:
+    path: str
+    added: int
+    removed: int
+
+
+def _lines(repo: Repo, entry: TreeEntry | None) -> list[bytes]:
+    if entry is None or entry.sha is None:
+        return []
+    blob = repo[entry.sha]
+    return blob.data.splitlines() if isinstance(blob, Blob) else []
+
+
+def diff_stat(repo_path: Path, old: str, new: str) -> list[FileStat]:
+    """Per-file added/removed line counts between two commits."""
+    with Repo(str(repo_path)) as repo:
+        old_commit, new_commit = repo[old.encode()], repo[new.encode()]
+        assert isinstance(old_commit, Commit)
+        assert isinstance(new_commit, Commit)
+        stats: list[FileStat] = []
+        for change in tree_changes(repo.object_store, old_commit.tree, new_commit.tree):
+            named = change.new if change.new is not None and change.new.path else change.old
+            path = (named.path or b"").decode() if named is not None else ""
+            before, after = _lines(repo, change.old), _lines(repo, change.new)
+            added = removed = 0
+            matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+                if tag != "equal":
+                    removed += i2 - i1
+                    added += j2 - j1
+            stats.append(FileStat(path, added, removed))
+        return sorted(stats, key=lambda s: s.path)
+
+
+def format_stat(stats: list[FileStat]) -> str:
+    width = max((len(s.path) for s in stats), default=0)
+    lines = [
+        f" {s.path.ljust(width)} | {s.added + s.removed:4d} +{s.added} -{s.removed}" for s in stats
+    ]
+    total_added = sum(s.added for s in stats)
+    total_removed = sum(s.removed for s in stats)
+    lines.append(
+        f" {len(stats)} files changed, {total_added} insertions(+), {total_removed} deletions(-)"
+    )
+    return "\n".join(lines)
+
+
+def create_sample_repository(path: Path) -> str:
+    """A small repository on branch ``main`` for the demo; returns the head sha."""
+    from dulwich import porcelain
+
+    path.mkdir(parents=True, exist_ok=True)
+    repo = porcelain.init(str(path))
+    repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/main"))
+    files = {
+        "README.md": "# Greeter\n\nA tiny sample project for the Aether demo.\n",
+        "src/app.py": 'def main() -> None:\n    print("hello")\n',
+    }
+    for name, content in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    porcelain.add(repo, paths=[str(path / name) for name in files])
+    author = b"Aether Demo <demo@aether.invalid>"
+    sha = porcelain.commit(repo, message=b"Initial commit\n", author=author, committer=author)
+    repo.close()
+    return sha.decode()

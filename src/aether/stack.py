@@ -1,0 +1,179 @@
+"""Running the whole system locally: embedded infrastructure plus the five services,
+each its own process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port
+
+SERVICES: dict[str, tuple[str, int]] = {
+    "git-broker": ("aether_git_broker", 8104),
+    "planner": ("aether_planner", 8102),
+    "scheduler": ("aether_scheduler", 8101),
+    "agent-runner": ("aether_agent_runner", 8103),
+    "gateway": ("aether_gateway", 8100),
+}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    """NATS, PostgreSQL and the five services.
+
+    ``home`` holds NATS and PostgreSQL data, worktrees and logs. ``NATS_URL`` and
+    ``DATABASE_URL`` in ``env`` (or the environment) replace the embedded servers.
+    ``random_ports`` gives every service a free port (tests, benchmarks).
+    """
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    random_ports: bool = False
+    echo_logs: IO[str] | None = None
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home = self.home.resolve()
+        self._nats: EmbeddedNats | None = None
+        self._postgres: EmbeddedPostgres | None = None
+        self.nats_url = self.env.get("NATS_URL") or os.environ.get("NATS_URL", "")
+        self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
+        self.ports = {
+            name: (free_port() if self.random_ports else default)
+            for name, (_, default) in SERVICES.items()
+        }
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.home / "worktrees"
+
+    def start_infrastructure(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        if not self.nats_url:
+            self._nats = EmbeddedNats(self.home / "nats").start(self.home / "logs" / "nats.log")
+            self.nats_url = self._nats.url
+        if not self.database_url:
+            self._postgres = EmbeddedPostgres(self.home / "postgres").start()
+            self.database_url = self._postgres.url
+
+    def service_env(self, name: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            **self.env,
+            "NATS_URL": self.nats_url,
+            "DATABASE_URL": self.database_url,
+            "PORT": str(self.ports[name]),
+            "AETHER_WORKTREES_DIR": str(self.worktrees_dir),
+            "AETHER_GATEWAY_PUBLIC_URL": self.gateway_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start_service(self, name: str) -> ServiceProcess:
+        module, _ = SERVICES[name]
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=self.service_env(name),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        service = ServiceProcess(name, self.ports[name], process)
+        self.processes[name] = service
+        threading.Thread(
+            target=self._pump, args=(service,), name=f"log-{name}", daemon=True
+        ).start()
+        return service
+
+    def _pump(self, service: ServiceProcess) -> None:
+        """Copy a service's log lines to its log file (and to ``echo_logs``)."""
+        assert service.process.stdout is not None
+        with (self.home / "logs" / f"{service.name}.log").open("ab") as log_file:
+            for line in service.process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if self.echo_logs is not None:
+                    with contextlib.suppress(ValueError):
+                        self.echo_logs.write(line.decode("utf-8", errors="replace"))
+                        self.echo_logs.flush()
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name in names or list(self.processes):
+            service = self.processes[name]
+            while True:
+                if service.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {service.process.returncode}; "
+                        f"see {self.home / 'logs' / (name + '.log')}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{service.url}/readyz", timeout=1.0).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready after {timeout}s")
+                time.sleep(0.1)
+
+    def start(self, timeout: float = 90.0) -> Stack:
+        self.start_infrastructure()
+        for name in SERVICES:
+            self.start_service(name)
+        self.wait_ready(timeout=timeout)
+        return self
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service (crash testing)."""
+        service = self.processes.pop(name)
+        os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait()
+
+    def stop_service(self, name: str, timeout: float = 15.0) -> None:
+        service = self.processes.pop(name)
+        if service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGTERM)
+            try:
+                service.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait()
+
+    def stop(self) -> None:
+        for name in list(reversed(list(self.processes))):
+            self.stop_service(name)
+        if self._nats is not None:
+            self._nats.stop()
+            self._nats = None
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
