@@ -107,9 +107,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     for m in _client(args).list(args.status):
-        print(
-            f"{m['id']}  {m['status']:<18} {m.get('repository', '')}  {_short(m.get('requirement', ''))}"
-        )
+        requirement = _short(m.get("requirement", ""))
+        print(f"{m['id']}  {m['status']:<18} {m.get('repository', '')}  {requirement}")
     return 0
 
 
