@@ -1,0 +1,130 @@
+"""Helpers for tests that drive the whole system: a scripted model and a mission log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
+
+from aether_events import Event, decode, mission_subject
+from aether_llm import Reply, text_block, tool_use_block
+
+_TASK = re.compile(r"<task>(.*?)</task>", re.DOTALL)
+
+Turn = Callable[[dict[str, Any]], Reply]
+
+
+def _first_user_text(request: dict[str, Any]) -> str:
+    content = request["messages"][0]["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(b.get("text", "") for b in content if b.get("type") == "text")
+
+
+def tool_results(request: dict[str, Any]) -> list[str]:
+    """The tool results the agent sent back in its latest message."""
+    last = request["messages"][-1]
+    if last["role"] != "user" or isinstance(last["content"], str):
+        return []
+    out = []
+    for block in last["content"]:
+        if block.get("type") == "tool_result":
+            content = block.get("content")
+            if isinstance(content, list):
+                content = "".join(part.get("text", "") for part in content)
+            out.append(str(content))
+    return out
+
+
+def write(path: str, content: str) -> Turn:
+    return lambda request: Reply(
+        [tool_use_block("write_file", {"path": path, "content": content})], "tool_use", 100, 20
+    )
+
+
+def finish(summary: str) -> Turn:
+    return lambda request: Reply(
+        [tool_use_block("finish", {"summary": summary})], "tool_use", 120, 10
+    )
+
+
+@dataclass
+class ScriptedModel:
+    """A Messages API responder: one plan, then per-task scripts indexed by turn."""
+
+    plan: dict[str, Any]
+    scripts: dict[str, list[Turn]]
+    delays: dict[str, float] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def __call__(self, request: dict[str, Any]) -> Reply:
+        tools = {tool["name"] for tool in request.get("tools", [])}
+        if "submit_plan" in tools:
+            self.calls.append("plan")
+            return Reply([tool_use_block("submit_plan", self.plan)], "tool_use", 900, 300)
+        found = _TASK.search(_first_user_text(request))
+        assert found, "agent request without a <task> block"
+        task_id = json.loads(found.group(1))["id"]
+        turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
+        self.calls.append(f"{task_id}:{turn}")
+        script = self.scripts[task_id]
+        if turn >= len(script):
+            return Reply([text_block("I am done.")], "end_turn", 10, 5)
+        reply = script[turn](request)
+        if turn == 0 and task_id in self.delays:
+            reply.delay_seconds = self.delays[task_id]
+        return reply
+
+
+class MissionLog:
+    """Every event of one mission, in stream order, followed live from JetStream."""
+
+    def __init__(self, nc: NatsClient, mission_id: str) -> None:
+        self._nc = nc
+        self.mission_id = mission_id
+        self.events: list[tuple[int, Event]] = []
+        self._changed = asyncio.Condition()
+        self._sub: Any = None
+
+    async def start(self) -> MissionLog:
+        js = self._nc.jetstream()
+
+        async def on_message(msg: Any) -> None:
+            event = decode(msg.data)
+            async with self._changed:
+                self.events.append((msg.metadata.sequence.stream, event))
+                self._changed.notify_all()
+
+        self._sub = await js.subscribe(
+            mission_subject(self.mission_id),
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    def of_type(self, cls: type[Event]) -> list[Any]:
+        return [event for _, event in self.events if isinstance(event, cls)]
+
+    async def wait_for(
+        self, predicate: Callable[[MissionLog], bool], timeout: float = 60.0
+    ) -> None:
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            seen = [type(e).__name__ for _, e in self.events]
+            raise AssertionError(f"condition not met within {timeout}s; events: {seen}") from None
