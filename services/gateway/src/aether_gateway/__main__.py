@@ -1,0 +1,47 @@
+"""``python -m aether_gateway``: serve the gateway with uvicorn."""
+
+from __future__ import annotations
+
+from types import FrameType
+
+import uvicorn
+
+from aether_gateway.app import Gateway, create_app
+from aether_gateway.config import GatewaySettings
+from aether_runtime import configure_logging
+
+
+class _Server(uvicorn.Server):
+    """Ends open event streams as soon as a stop is asked for.
+
+    uvicorn waits for open connections before it runs the app's shutdown, and an event
+    stream never ends by itself; telling the streams first lets the stop be prompt.
+    """
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._gateway.context.closing.set()
+        super().handle_exit(sig, frame)
+
+
+def main() -> None:
+    settings = GatewaySettings.from_env()
+    configure_logging("gateway", settings.runtime.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.runtime.host,
+        port=settings.runtime.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    _Server(config, app.state.gateway).run()
+
+
+if __name__ == "__main__":
+    main()

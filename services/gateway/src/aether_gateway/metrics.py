@@ -1,0 +1,55 @@
+"""The gateway's own metrics (the runtime's event metrics are exported beside them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "aether_http_requests_total",
+    "HTTP requests answered by the gateway, by route template, method and status",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "aether_http_request_duration_seconds",
+    "Time to answer an HTTP request (event streams are left out: they last for minutes)",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SSE_CLIENTS = Gauge("aether_sse_clients", "Event-stream clients connected now")
+
+
+class HttpMetrics(ASGIMiddleware):
+    """Counts every answered request under its route template, not its raw path."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        began = time.perf_counter()
+        status = 500
+        streaming = False
+
+        async def observe(message: Message) -> None:
+            nonlocal status, streaming
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers: Any = message.get("headers") or []
+                streaming = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in headers
+                )
+            await send(message)
+
+        try:
+            await next_app(scope, receive, observe)
+        finally:
+            route = str(scope.get("path_template") or "unmatched")
+            method = str(scope.get("method", ""))
+            HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            if not streaming:
+                HTTP_SECONDS.labels(route, method).observe(time.perf_counter() - began)

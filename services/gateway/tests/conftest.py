@@ -1,0 +1,274 @@
+"""Fixtures for the gateway's tests.
+
+``script`` builds one mission's events from the catalogue; ``gateway_db`` is a fresh
+database on the session's PostgreSQL; ``gateway`` runs the whole app under uvicorn on a
+free port against the session's NATS (its streams emptied by ``nc``) and that database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from nats.aio.client import Client as NatsClient
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from aether.infra import free_port
+from aether_events import (
+    AgentCompleted,
+    BranchMerged,
+    Event,
+    MissionCompleted,
+    MissionRequested,
+    PlanApproved,
+    PlannedTask,
+    PlanProduced,
+    RepositoryPrepared,
+    TaskReady,
+    Usage,
+    UsageRecorded,
+    derived_id,
+    new_mission_id,
+)
+from aether_gateway.app import Gateway, create_app
+from aether_gateway.config import GatewaySettings
+from aether_runtime import RuntimeSettings
+
+T = TypeVar("T")
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Script:
+    """Builds one mission's events with consistent ids and advancing times."""
+
+    def __init__(self, mission_id: str, *, start: datetime = T0) -> None:
+        self.mission_id = mission_id
+        self.correlation_id = derived_id("request", mission_id)
+        self._now = start
+        self._n = 0
+
+    def meta(self) -> dict[str, object]:
+        self._n += 1
+        self._now += timedelta(seconds=1)
+        return {
+            "event_id": derived_id(self.mission_id, "test-event", self._n),
+            "mission_id": self.mission_id,
+            "occurred_at": self._now,
+            "correlation_id": self.correlation_id,
+        }
+
+    def requested(self, **fields: object) -> MissionRequested:
+        data: dict[str, object] = {
+            "repository": "/repos/demo",
+            "requirement": "Add a greeting module",
+            **fields,
+        }
+        return MissionRequested(**self.meta(), **data)  # type: ignore[arg-type]
+
+    def prepared(self) -> RepositoryPrepared:
+        return RepositoryPrepared(
+            **self.meta(),  # type: ignore[arg-type]
+            repository_path="/repos/demo",
+            base_branch="main",
+            base_sha="a" * 40,
+            integration_branch=f"aether/{self.mission_id}",
+        )
+
+    def plan(self, version: int = 1, task_ids: tuple[str, ...] = ("t1", "t2")) -> PlanProduced:
+        tasks = [
+            PlannedTask(
+                id=task_id,
+                title=f"Task {task_id}",
+                files=[f"src/{task_id}.py"],
+                depends_on=[task_ids[0]] if i else [],
+            )
+            for i, task_id in enumerate(task_ids)
+        ]
+        return PlanProduced(
+            **self.meta(),  # type: ignore[arg-type]
+            version=version,
+            tasks=tasks,
+            rationale="two steps",
+            model="offline-planner",
+            offline=True,
+        )
+
+    def approved(self, version: int = 1) -> PlanApproved:
+        return PlanApproved(**self.meta(), version=version)  # type: ignore[arg-type]
+
+    def task_ready(self, task_id: str, attempt: int = 1) -> TaskReady:
+        return TaskReady(
+            **self.meta(),  # type: ignore[arg-type]
+            task=PlannedTask(id=task_id, title=f"Task {task_id}", files=[f"src/{task_id}.py"]),
+            attempt=attempt,
+            model="claude-test",
+        )
+
+    def agent_completed(self, task_id: str, attempt: int = 1) -> AgentCompleted:
+        return AgentCompleted(
+            **self.meta(),  # type: ignore[arg-type]
+            task_id=task_id,
+            attempt=attempt,
+            commit_sha="c" * 40,
+            branch=f"aether/{self.mission_id}/{task_id}",
+        )
+
+    def merged(self, task_id: str, attempt: int = 1) -> BranchMerged:
+        return BranchMerged(
+            **self.meta(),  # type: ignore[arg-type]
+            task_id=task_id,
+            attempt=attempt,
+            merge_sha="d" * 40,
+            integration_branch=f"aether/{self.mission_id}",
+        )
+
+    def usage(self, cost_usd: float | None, tokens: int = 100) -> UsageRecorded:
+        return UsageRecorded(
+            **self.meta(),  # type: ignore[arg-type]
+            service="agent-runner",
+            model="claude-test",
+            usage=Usage(input_tokens=tokens, output_tokens=tokens // 2, cost_usd=cost_usd),
+            step="agent",
+        )
+
+    def completed(self) -> MissionCompleted:
+        return MissionCompleted(
+            **self.meta(),  # type: ignore[arg-type]
+            final_sha="e" * 40,
+            integration_branch=f"aether/{self.mission_id}",
+            tasks_merged=1,
+        )
+
+    def happy_path(self) -> list[Event]:
+        """Request to completion with a one-task plan."""
+        return [
+            self.requested(),
+            self.prepared(),
+            self.plan(task_ids=("t1",)),
+            self.approved(),
+            self.task_ready("t1"),
+            self.agent_completed("t1"),
+            self.merged("t1"),
+            self.completed(),
+        ]
+
+
+@pytest.fixture
+def script() -> Script:
+    return Script(new_mission_id())
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something other than None (or False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def gateway_db(database_url: str) -> AsyncIterator[str]:
+    """A database of its own for one test, dropped afterwards."""
+    name = f"gateway_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(database_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class GatewayServer:
+    """The gateway app under uvicorn, on a free port, startable and stoppable again."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.base_url = f"http://127.0.0.1:{settings.runtime.port}"
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.gateway: Gateway | None = None
+
+    async def start(self) -> None:
+        app = create_app(self.settings)
+        self.gateway = app.state.gateway
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.settings.runtime.port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        # Not serve(): that takes over the process's signal handlers.
+        self._task = asyncio.create_task(self._server._serve())
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the gateway stopped while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gateway did not start")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        if self.gateway is not None:
+            self.gateway.context.closing.set()
+        self._server.should_exit = True
+        await asyncio.wait_for(self._task, 30)
+        self._server = None
+        self._task = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=10.0)
+
+
+@pytest.fixture
+async def gateway_server(
+    nc: NatsClient, nats_url: str, gateway_db: str
+) -> AsyncIterator[GatewayServer]:
+    port = free_port()
+    settings = GatewaySettings(
+        runtime=RuntimeSettings(nats_url=nats_url, host="127.0.0.1", port=port),
+        database_url=gateway_db,
+        public_url=f"http://gateway.test:{port}/",
+        sse_keepalive_seconds=0.5,
+        db_pool_max_size=4,
+    )
+    server = GatewayServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def http(gateway_server: GatewayServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_server.client() as client:
+        yield client

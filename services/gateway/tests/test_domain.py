@@ -1,0 +1,219 @@
+"""The read model's folding, pure: given the rows, when this event arrives, then these rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from aether_events import (
+    AgentFailed,
+    AgentStarted,
+    Event,
+    MergeConflicted,
+    MissionCancelled,
+    MissionFailed,
+    MissionPaused,
+    MissionResumed,
+    PlanFailed,
+    TaskRetried,
+    WorkspaceReady,
+)
+from aether_gateway.domain import MissionView, fold
+
+
+def play(events: list[Event], view: MissionView | None = None) -> MissionView:
+    """Fold events the way the adapter does: apply each Changes to the rows."""
+    view = view or MissionView()
+    for event in events:
+        changes = fold(view, event)
+        if changes.mission is not None:
+            view.mission = changes.mission
+        for task_id in changes.removed_tasks:
+            view.tasks.pop(task_id, None)
+        for task in changes.tasks:
+            view.tasks[task.task_id] = task
+    return view
+
+
+def test_mission_status_follows_the_happy_path(script):
+    statuses = []
+    view = MissionView()
+    for event in script.happy_path():
+        view = play([event], view)
+        statuses.append(view.mission.status)
+    assert statuses == [
+        "requested",
+        "preparing",
+        "awaiting_approval",
+        "running",
+        "running",
+        "running",
+        "running",
+        "completed",
+    ]
+    mission = view.mission
+    assert mission.integration_branch == f"aether/{script.mission_id}"
+    assert mission.base_sha == "a" * 40
+    assert mission.final_sha == "e" * 40
+    assert mission.plan_version == 1
+    assert mission.approved_version == 1
+    assert mission.offline is True
+    assert mission.model == "offline-planner"
+    assert mission.correlation_id == script.correlation_id
+
+
+def test_task_status_follows_ready_workspace_agent_and_merge(script):
+    view = play([script.requested(), script.prepared(), script.plan(), script.approved()])
+    assert {t.task_id: t.status for t in view.tasks.values()} == {"t1": "pending", "t2": "pending"}
+
+    view = play([script.task_ready("t1")], view)
+    assert view.tasks["t1"].status == "ready"
+    assert view.tasks["t1"].attempt == 1
+
+    ready = script.task_ready("t1")
+    workspace = WorkspaceReady(
+        **script.meta(),
+        task=ready.task,
+        attempt=1,
+        model="claude-test",
+        branch="aether/x/t1",
+        worktree_path="/tmp/wt",
+        base_sha="b" * 40,
+    )
+    view = play([workspace], view)
+    assert view.tasks["t1"].status == "running"
+    assert view.tasks["t1"].branch == "aether/x/t1"
+    assert view.tasks["t1"].base_sha == "b" * 40
+
+    view = play([script.agent_completed("t1")], view)
+    assert view.tasks["t1"].status == "completed"
+    assert view.tasks["t1"].commit_sha == "c" * 40
+
+    view = play([script.merged("t1")], view)
+    assert view.tasks["t1"].status == "merged"
+    assert view.tasks["t1"].merge_sha == "d" * 40
+    assert view.tasks["t2"].status == "pending"
+
+
+def test_merge_conflict_and_agent_failure_mark_the_task(script):
+    view = play([script.requested(), script.plan(), script.approved(), script.task_ready("t1")])
+    conflicted = MergeConflicted(
+        **script.meta(), task_id="t1", attempt=1, files=["a.py", "b.py"], integration_sha="f" * 40
+    )
+    view = play([conflicted], view)
+    assert view.tasks["t1"].status == "conflicted"
+    assert "a.py, b.py" in view.tasks["t1"].error
+
+    view = play([script.task_ready("t1", attempt=2)], view)
+    assert view.tasks["t1"].status == "ready"
+    assert view.tasks["t1"].attempt == 2
+    assert view.tasks["t1"].error is None
+
+    view = play([AgentFailed(**script.meta(), task_id="t1", attempt=2, reason="tests fail")], view)
+    assert view.tasks["t1"].status == "failed"
+    assert view.tasks["t1"].error == "tests fail"
+
+    view = play([TaskRetried(**script.meta(), task_id="t1", attempt=3, reason="retry")], view)
+    assert view.tasks["t1"].status == "pending"
+    assert view.tasks["t1"].attempt == 3
+
+
+def test_news_from_an_older_attempt_is_ignored(script):
+    view = play([script.requested(), script.plan(), script.task_ready("t1", attempt=2)])
+    late = AgentFailed(**script.meta(), task_id="t1", attempt=1, reason="old news")
+    assert fold(view, late).tasks == []
+
+
+def test_a_merged_task_stays_merged(script):
+    view = play([script.requested(), script.plan(), script.task_ready("t1"), script.merged("t1")])
+    late = AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r", model="m")
+    assert fold(view, late).tasks == []
+    assert view.tasks["t1"].status == "merged"
+
+
+def test_plan_failure_and_revision(script):
+    view = play([script.requested(), script.prepared()])
+    view = play([PlanFailed(**script.meta(), reason="model refused")], view)
+    assert view.mission.status == "plan_failed"
+    assert view.mission.error == "model refused"
+
+    view = play([script.plan(version=2)], view)
+    assert view.mission.status == "awaiting_approval"
+    assert view.mission.error is None
+
+
+def test_a_new_plan_version_replaces_pending_tasks(script):
+    view = play([script.requested(), script.plan(version=1, task_ids=("t1", "t2"))])
+    changes = fold(view, script.plan(version=2, task_ids=("t1", "t3")))
+    assert changes.plan is not None
+    assert changes.plan.version == 2
+    assert changes.removed_tasks == ["t2"]
+    assert [t.task_id for t in changes.tasks] == ["t1", "t3"]
+    view = play([script.plan(version=2, task_ids=("t1", "t3"))], view)
+    assert view.mission.plan_version == 2
+    assert sorted(view.tasks) == ["t1", "t3"]
+
+
+def test_an_older_plan_arriving_late_is_history_only(script):
+    view = play([script.requested(), script.plan(version=2, task_ids=("t1",))])
+    changes = fold(view, script.plan(version=1, task_ids=("t9",)))
+    assert changes.plan is not None
+    assert changes.tasks == []
+    assert changes.mission is not None
+    assert changes.mission.plan_version == 2
+
+
+def test_pause_and_resume_return_to_where_the_mission_was(script):
+    view = play([script.requested(), script.plan(), script.approved()])
+    view = play([MissionPaused(**script.meta(), reason="lunch")], view)
+    assert view.mission.status == "paused"
+    view = play([script.task_ready("t1")], view)
+    assert view.mission.status == "paused"
+    view = play([MissionResumed(**script.meta())], view)
+    assert view.mission.status == "running"
+
+    other = play([script.requested(), script.plan(), MissionPaused(**script.meta())])
+    other = play([MissionResumed(**script.meta())], other)
+    assert other.mission.status == "awaiting_approval"
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (lambda s: MissionFailed(**s.meta(), reason="budget"), "failed"),
+        (lambda s: MissionCancelled(**s.meta(), reason="by user"), "cancelled"),
+        (lambda s: s.completed(), "completed"),
+    ],
+)
+def test_a_finished_mission_stays_finished(script, make, status):
+    view = play([script.requested(), script.plan(), script.approved(), make(script)])
+    assert view.mission.status == status
+    view = play([script.plan(version=2), MissionPaused(**script.meta())], view)
+    assert view.mission.status == status
+
+
+def test_cost_stays_unknown_until_a_price_is_known(script):
+    view = play([script.requested(), script.usage(None, tokens=100)])
+    assert view.mission.cost_usd is None
+    assert view.mission.cost_complete is False
+    assert view.mission.tokens_in == 100
+    assert view.mission.tokens_out == 50
+
+    view = play([script.usage(0.25), script.usage(0.5)], view)
+    assert view.mission.cost_usd == pytest.approx(0.75)
+    assert view.mission.cost_complete is False
+    assert view.mission.tokens_in == 300
+
+
+def test_known_costs_add_up_and_stay_complete(script):
+    view = play([script.requested(), script.usage(0.1), script.usage(0.2)])
+    assert view.mission.cost_usd == pytest.approx(0.3)
+    assert view.mission.cost_complete is True
+
+
+def test_events_of_an_unknown_mission_change_no_rows(script):
+    assert fold(MissionView(), script.plan()).empty
+
+
+def test_a_second_request_for_the_same_mission_is_ignored(script):
+    view = play([script.requested(), script.plan()])
+    assert fold(view, script.requested(requirement="something else")).empty

@@ -1,0 +1,128 @@
+"""The REST API against a real NATS and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from aether_events import MISSIONS_STREAM, MissionRequested, decode, mission_subject
+
+
+async def stored_events(nc, mission_id: str):
+    """Every event the stream holds for the mission, in order."""
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        mission_subject(mission_id),
+        stream=MISSIONS_STREAM,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        info = await sub.consumer_info()
+        if not info.num_pending:
+            return []
+        msgs = await sub.fetch(info.num_pending, timeout=5)
+        return [decode(m.data) for m in msgs]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_health_and_readiness(http):
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+
+async def test_a_valid_request_publishes_mission_requested(http, nc, gateway_server):
+    body = {
+        "repository": "/repos/demo",
+        "requirement": "Add a greeting",
+        "max_concurrency": 2,
+        "auto_approve": True,
+        "model_overrides": {"standard": "claude-x"},
+    }
+    response = await http.post("/missions", json=body)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    mission_id = answer["mission_id"]
+    assert answer["url"] == f"{gateway_server.settings.base_url}/missions/{mission_id}"
+    assert answer["events_url"] == answer["url"] + "/events"
+
+    events = await stored_events(nc, mission_id)
+    assert len(events) == 1
+    requested = events[0]
+    assert isinstance(requested, MissionRequested)
+    assert requested.requirement == "Add a greeting"
+    assert requested.base_branch == "main"
+    assert requested.max_concurrency == 2
+    assert requested.max_tasks == 20
+    assert requested.auto_approve is True
+    assert requested.model_overrides == {"standard": "claude-x"}
+    assert requested.correlation_id == requested.event_id
+    assert requested.causation_id is None
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        ({"requirement": "x"}, "repository"),
+        ({"repository": "/r"}, "requirement"),
+        ({"repository": "/r", "requirement": ""}, "requirement"),
+        ({"repository": "/r", "requirement": "   "}, "requirement"),
+        ({"repository": "", "requirement": "x"}, "repository"),
+        ({"repository": "/r", "requirement": "x" * 20001}, "requirement"),
+        ({"repository": "/r", "requirement": "x", "max_concurrency": 0}, "max_concurrency"),
+        ({"repository": "/r", "requirement": "x", "max_concurrency": 65}, "max_concurrency"),
+        ({"repository": "/r", "requirement": "x", "max_tasks": 201}, "max_tasks"),
+        ({"repository": "/r", "requirement": "x", "max_concurrency": "four"}, "max_concurrency"),
+        ({"repository": "/r", "requirement": "x", "budget_usd": -1}, "budget_usd"),
+        ({"repository": "/r", "requirement": "x", "auto_aprove": True}, "auto_aprove"),
+        ({"repository": 5, "requirement": "x"}, "repository"),
+    ],
+)
+async def test_invalid_requests_are_refused_with_a_message(http, nc, body, mentions):
+    response = await http.post("/missions", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "detail"}
+    assert mentions in answer["error"]
+
+
+async def test_a_body_that_is_not_json_is_refused(http):
+    response = await http.post(
+        "/missions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+async def test_an_unknown_mission_is_404_with_a_message(http):
+    response = await http.get("/missions/m-doesnotexist")
+    assert response.status_code == 404
+    assert response.json()["error"] == "mission 'm-doesnotexist' not found"
+
+
+async def test_listing_validates_its_query(http):
+    assert (await http.get("/missions", params={"limit": 0})).status_code == 400
+    assert (await http.get("/missions", params={"limit": 201})).status_code == 400
+    bad_status = await http.get("/missions", params={"status": "sleeping"})
+    assert bad_status.status_code == 400
+    assert "sleeping" in bad_status.json()["error"]
+    assert (await http.get("/missions")).json() == {"missions": []}
+
+
+async def test_metrics_count_requests_by_route(http):
+    await http.get("/missions/m-nothere")
+    text = (await http.get("/metrics")).text
+    assert (
+        'aether_http_requests_total{method="GET",route="/missions/{mission_id}",status="404"}'
+        in text
+    )
+    assert "aether_sse_clients" in text
+    assert "aether_http_request_duration_seconds_bucket" in text
+
+
+async def test_openapi_schema_is_served(http):
+    schema = (await http.get("/schema/openapi.json")).json()
+    assert "/missions" in schema["paths"]
+    assert "/missions/{mission_id}/plan/approve" in schema["paths"]
