@@ -19,10 +19,12 @@ import psycopg
 import pytest
 import uvicorn
 from nats.aio.client import Client as NatsClient
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from aether.infra import free_port
 from aether_events import (
+    MISSIONS_STREAM,
     AgentCompleted,
     BranchMerged,
     Event,
@@ -35,7 +37,9 @@ from aether_events import (
     TaskReady,
     Usage,
     UsageRecorded,
+    decode,
     derived_id,
+    mission_subject,
     new_mission_id,
 )
 from aether_gateway.app import Gateway, create_app
@@ -179,6 +183,24 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def stored_events(nc: NatsClient, mission_id: str) -> list[Event]:
+    """Every event the stream holds for the mission, in order."""
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        mission_subject(mission_id),
+        stream=MISSIONS_STREAM,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        info = await sub.consumer_info()
+        if not info.num_pending:
+            return []
+        msgs = await sub.fetch(info.num_pending, timeout=5)
+        return [decode(m.data) for m in msgs]
+    finally:
+        await sub.unsubscribe()
 
 
 @pytest.fixture

@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from aether_events import MISSIONS_STREAM, MissionRequested, decode, mission_subject
+from aether_events import MissionRequested
 
-
-async def stored_events(nc, mission_id: str):
-    """Every event the stream holds for the mission, in order."""
-    js = nc.jetstream()
-    sub = await js.pull_subscribe(
-        mission_subject(mission_id),
-        stream=MISSIONS_STREAM,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        info = await sub.consumer_info()
-        if not info.num_pending:
-            return []
-        msgs = await sub.fetch(info.num_pending, timeout=5)
-        return [decode(m.data) for m in msgs]
-    finally:
-        await sub.unsubscribe()
+from .conftest import stored_events
 
 
 async def test_health_and_readiness(http):

@@ -1,0 +1,135 @@
+"""The read model follows the stream, exactly once, across restarts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+
+from aether_events import EventPublisher, TaskReady, new_mission_id
+
+from .conftest import Script, eventually
+
+
+async def publish(nc, events):
+    return [ack.seq for ack in await EventPublisher(nc.jetstream()).publish_all(events)]
+
+
+async def folded(http, mission_id, status):
+    async def probe():
+        response = await http.get(f"/missions/{mission_id}")
+        if response.status_code == 200 and response.json()["status"] == status:
+            return response.json()
+        return None
+
+    return await eventually(probe, what=f"mission {mission_id} to be {status}")
+
+
+async def scalar(url, query, *params):
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(query, params)
+        row = await cur.fetchone()
+        return row[0]
+
+
+async def test_a_scripted_mission_shows_its_plan_tasks_and_final_status(
+    http, nc, gateway_server, script
+):
+    seqs = await publish(nc, script.happy_path())
+    mission = await folded(http, script.mission_id, "completed")
+
+    assert mission["id"] == script.mission_id
+    assert mission["repository"] == "/repos/demo"
+    assert mission["integration_branch"] == f"aether/{script.mission_id}"
+    assert mission["base_sha"] == "a" * 40
+    assert mission["final_sha"] == "e" * 40
+    assert mission["plan_version"] == 1
+    assert mission["approved_version"] == 1
+    assert mission["offline"] is True
+    assert mission["cost_usd"] is None
+    assert mission["plan"]["version"] == 1
+    assert [t["id"] for t in mission["plan"]["tasks"]] == ["t1"]
+    assert [p["version"] for p in mission["plans"]] == [1]
+    assert len(mission["tasks"]) == 1
+    task = mission["tasks"][0]
+    assert task["task_id"] == "t1"
+    assert task["status"] == "merged"
+    assert task["commit_sha"] == "c" * 40
+    assert task["merge_sha"] == "d" * 40
+    assert mission["events_url"].endswith(f"/missions/{script.mission_id}/events")
+
+    listed = (await http.get("/missions", params={"status": "completed"})).json()["missions"]
+    assert [m["id"] for m in listed] == [script.mission_id]
+    assert (await http.get("/missions", params={"status": "running"})).json()["missions"] == []
+
+    url = gateway_server.settings.database_url
+    assert await scalar(url, "SELECT count(*) FROM events") == len(seqs)
+    assert await scalar(url, "SELECT last_seq FROM projection_position") == seqs[-1]
+
+
+async def test_missions_are_listed_newest_first(http, nc, script):
+    older = Script(new_mission_id())
+    newer = Script(new_mission_id(), start=older.meta()["occurred_at"] + timedelta(hours=1))
+    await publish(nc, [newer.requested(), older.requested()])
+    await folded(http, older.mission_id, "requested")
+    listed = (await http.get("/missions")).json()["missions"]
+    assert [m["id"] for m in listed] == [newer.mission_id, older.mission_id]
+    assert len((await http.get("/missions", params={"limit": 1})).json()["missions"]) == 1
+
+
+async def test_a_restart_resumes_from_its_position_without_folding_twice(
+    http, nc, gateway_server, script
+):
+    events = script.happy_path()
+    first, rest = events[:5], events[5:]
+    await publish(nc, first)
+    await folded(http, script.mission_id, "running")
+    url = gateway_server.settings.database_url
+    count_before = await scalar(url, "SELECT count(*) FROM events")
+    position_before = await scalar(url, "SELECT last_seq FROM projection_position")
+    assert count_before == len(first)
+
+    await gateway_server.stop()
+    # Published while the gateway is down: folded by the catch-up on start.
+    seqs = await publish(nc, rest)
+    await gateway_server.start()
+
+    async with gateway_server.client() as client:
+        await folded(client, script.mission_id, "completed")
+        assert await scalar(url, "SELECT count(*) FROM events") == len(events)
+        assert await scalar(url, "SELECT last_seq FROM projection_position") == seqs[-1]
+        assert position_before < seqs[0]
+
+        # A second restart with nothing new changes nothing.
+        await gateway_server.restart()
+        assert await scalar(url, "SELECT count(*) FROM events") == len(events)
+        assert await scalar(url, "SELECT last_seq FROM projection_position") == seqs[-1]
+        mission = (await client.get(f"/missions/{script.mission_id}")).json()
+        assert mission["tasks"][0]["status"] == "merged"
+
+
+async def test_a_folded_event_is_not_folded_again(gateway_server, script):
+    read_model = gateway_server.gateway.read_model
+    requested = script.requested()
+    ready = script.task_ready("t1")
+    assert await read_model.apply(requested, 1000)
+    assert not await read_model.apply(requested, 1000)
+    # The same event id at a later sequence (republished outside the duplicate window).
+    assert not await read_model.apply(requested, 1001)
+    assert await read_model.position() == 1001
+    assert isinstance(ready, TaskReady)
+    assert await read_model.apply(ready, 1002)
+    assert not await read_model.apply(ready, 999)
+    assert await read_model.event_count(script.mission_id) == 2
+
+
+async def test_usage_with_unknown_price_keeps_the_cost_unknown(http, nc, script):
+    await publish(nc, [script.requested(), script.usage(None, tokens=1000)])
+
+    async def tokens_counted():
+        mission = (await http.get(f"/missions/{script.mission_id}")).json()
+        return mission if mission.get("tokens_in") == 1000 else None
+
+    mission = await eventually(tokens_counted, what="usage to be folded")
+    assert mission["cost_usd"] is None
+    assert mission["cost_complete"] is False
