@@ -17,9 +17,9 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, default_port: int) -> RuntimeSettings:
         return cls(
-            nats_url=os.environ.get("NATS_URL", cls.nats_url),
-            host=os.environ.get("AETHER_HTTP_HOST", cls.host),
+            nats_url=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+            host=os.environ.get("AETHER_HTTP_HOST", "127.0.0.1"),
             port=int(os.environ.get("PORT", default_port)),
             stream_replicas=int(os.environ.get("AETHER_STREAM_REPLICAS", "1")),
-            log_level=os.environ.get("LOG_LEVEL", cls.log_level),
+            log_level=os.environ.get("LOG_LEVEL", "INFO"),
         )
