@@ -16,6 +16,13 @@ async def test_health_and_readiness(http):
     assert ready.json()["status"] == "ready"
 
 
+async def test_not_ready_when_the_database_does_not_answer(http, gateway_server):
+    await gateway_server.gateway.db.close()
+    response = await http.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "not-ready", "detail": "database unreachable"}
+
+
 async def test_a_valid_request_publishes_mission_requested(http, nc, gateway_server):
     body = {
         "repository": "/repos/demo",

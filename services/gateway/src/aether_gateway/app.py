@@ -129,6 +129,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         route_handlers=[api.router(gateway.context), healthz, readyz, metrics],
         lifespan=[gateway.lifespan],
         middleware=[HttpMetrics()],
+        # Logging is the runtime's (JSON lines); Litestar's own config would replace it.
+        logging_config=None,
         exception_handlers={
             ValidationException: api.on_validation_error,
             HTTPException: api.on_http_error,
