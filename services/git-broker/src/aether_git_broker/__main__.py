@@ -1,0 +1,17 @@
+"""``python -m aether_git_broker``: run the git broker (port 8104 unless PORT is set)."""
+
+from __future__ import annotations
+
+from aether_git_broker.app import build_service
+from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
+from aether_runtime import configure_logging, serve
+
+
+def main() -> None:
+    settings = GitBrokerSettings.from_env()
+    configure_logging(SERVICE_NAME, settings.runtime.log_level)
+    serve(build_service(settings))
+
+
+if __name__ == "__main__":
+    main()
