@@ -28,17 +28,17 @@ def commit_message_trailers(sha: str, worktree: Path) -> dict[str, str]:
     return trailers
 
 
+def _text(path: str | bytes) -> str:
+    return path.decode() if isinstance(path, bytes) else path
+
+
 def commit_all(worktree: Path, message: str) -> tuple[str | None, list[str]]:
     """Stage every change in the worktree and commit it; ``(None, [])`` when nothing changed."""
     with Repo(str(worktree)) as repo:
         status = porcelain.status(repo, untracked_files="all")
-        changed = sorted(
-            {
-                *(p.decode() if isinstance(p, bytes) else str(p) for p in status.unstaged),
-                *(str(p) for p in status.untracked),
-                *(p.decode() for group in status.staged.values() for p in group),
-            }
-        )
+        paths = [*status.unstaged, *status.untracked]
+        paths += [p for group in status.staged.values() for p in group]
+        changed = sorted({_text(p) for p in paths})
         if not changed:
             return None, []
         repo.get_worktree().stage([p.encode() for p in changed])
