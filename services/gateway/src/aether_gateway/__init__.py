@@ -1,0 +1,1 @@
+"""Aether gateway: REST and SSE over a PostgreSQL read model of the mission stream."""
