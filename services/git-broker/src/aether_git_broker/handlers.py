@@ -101,12 +101,8 @@ class Handlers:
         self, delivery: Delivery, work: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
         """Run blocking repository work in a thread, keeping the message alive meanwhile."""
-        task = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self._keepalive)
-            if done:
-                return task.result()
-            await delivery.in_progress()
+        async with delivery.keep_alive(self._keepalive):
+            return await asyncio.to_thread(work, *args, **kwargs)
 
     async def _publish(self, event: Event) -> None:
         await self._publisher().publish(event)
