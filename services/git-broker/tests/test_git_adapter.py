@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from dulwich.refs import DiskRefsContainer
 
-from aether_git_broker.adapters.git import GitRepositories, RepositoryError
+from aether_git_broker.adapters.git import GitRepositories, RefMoved, RepositoryError
 from aether_git_broker.domain import WorkspaceOutcome
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -369,3 +370,33 @@ def test_a_missing_integration_branch_is_reported(
     sha = git(repo, "rev-parse", "main")
     with pytest.raises(RepositoryError, match="integration branch 'aether/m-1' does not exist"):
         merge(broker, repo, sha, "t1", sha)
+
+
+def test_a_branch_moved_by_someone_else_mid_merge_is_not_overwritten(
+    broker: GitRepositories,
+    repo: Path,
+    worktrees_dir: Path,
+    prepared: str,
+    git: Git,
+    commit: Commit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wt = workspace(broker, repo, worktrees_dir, "t1").worktree_path
+    sha = commit(wt, {"one.py": "1\n"}, "task one")
+    intruder = git(
+        repo, "commit-tree", "-p", prepared, "-m", "someone else", f"{prepared}^{{tree}}"
+    )
+    original = DiskRefsContainer.set_if_equals
+
+    def racing(self: DiskRefsContainer, name: bytes, old: bytes, new: bytes, **kw: object) -> bool:
+        git(repo, "update-ref", f"refs/heads/{INTEGRATION}", intruder)
+        monkeypatch.setattr(DiskRefsContainer, "set_if_equals", original)
+        return original(self, name, old, new, **kw)
+
+    monkeypatch.setattr(DiskRefsContainer, "set_if_equals", racing)
+    with pytest.raises(RefMoved):
+        merge(broker, repo, prepared, "t1", sha)
+    assert git(repo, "rev-parse", INTEGRATION) == intruder
+    retried = merge(broker, repo, prepared, "t1", sha)
+    assert retried.kind == "merged"
+    assert git(repo, "rev-parse", f"{retried.sha}^1") == intruder
