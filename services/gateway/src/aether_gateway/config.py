@@ -12,21 +12,6 @@ DEFAULT_PORT = 8100
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/aether"
 
 
-def _runtime_from_env() -> RuntimeSettings:
-    """The runtime's settings, its defaults spelt out here.
-
-    (``RuntimeSettings.from_env`` reads its defaults off the class, where a msgspec
-    Struct keeps field descriptors rather than values.)
-    """
-    return RuntimeSettings(
-        nats_url=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
-        host=os.environ.get("AETHER_HTTP_HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", DEFAULT_PORT)),
-        stream_replicas=int(os.environ.get("AETHER_STREAM_REPLICAS", "1")),
-        log_level=os.environ.get("LOG_LEVEL", "INFO"),
-    )
-
-
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     """``runtime`` carries NATS_URL, PORT and the rest every service reads."""
 
@@ -47,7 +32,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls) -> GatewaySettings:
         return cls(
-            runtime=_runtime_from_env(),
+            runtime=RuntimeSettings.from_env(DEFAULT_PORT),
             database_url=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
             public_url=os.environ.get("AETHER_GATEWAY_PUBLIC_URL", ""),
             sse_keepalive_seconds=float(os.environ.get("AETHER_SSE_KEEPALIVE_SECONDS", "15")),
