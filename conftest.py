@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,7 +34,7 @@ def _docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nats_url() -> Iterator[str]:
     """A NATS server with JetStream for the whole session."""
     if _docker_available():
         from testcontainers.nats import NatsContainer
@@ -40,15 +42,19 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with NatsContainer("nats:2.11", jetstream=True) as container:
             yield container.nats_uri()
         return
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats")).start()
+    # Not under pytest's temporary root: pytest prunes old run directories, and a
+    # concurrent pytest run could delete a live server's data.
+    data = Path(tempfile.mkdtemp(prefix="aether-test-nats-"))
+    server = EmbeddedNats(data).start()
     try:
         yield server.url
     finally:
         server.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A PostgreSQL server for the whole session."""
     if _docker_available():
         from testcontainers.postgres import PostgresContainer
@@ -56,11 +62,13 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg")).start()
+    data = Path(tempfile.mkdtemp(prefix="aether-test-pg-"))
+    server = EmbeddedPostgres(data).start()
     try:
         yield server.url
     finally:
         server.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

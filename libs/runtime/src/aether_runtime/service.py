@@ -254,6 +254,17 @@ class Service:
             return self.extra_ready_check()
         return True, "ok"
 
+    async def start(self) -> None:
+        """Start everything without the FastStream ASGI wrapper (for apps like Litestar
+        that own the HTTP side and call this from their lifespan)."""
+        await self._start()
+        await self.broker.start()
+        await self._after_start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        await self._stop()
+
     def asgi(self) -> AsgiFastStream:
         """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics."""
         return AsgiFastStream(

@@ -30,6 +30,7 @@ from aether_events import (
     TERMINAL_TYPES,
     MissionRequested,
     PlanApproved,
+    derived_id,
     is_valid_token,
     new_event_id,
     new_mission_id,
@@ -253,8 +254,10 @@ async def approve_plan(
         )
     if mission.approved_version is not None and mission.approved_version >= version:
         raise _conflict(f"plan version {version} is already approved", version=version)
+    # The id names the step (this plan version's approval): an approval repeated before
+    # the first is folded, or racing an automatic one, is dropped by the stream.
     event = PlanApproved(
-        event_id=new_event_id(),
+        event_id=derived_id(mission_id, "plan_approved", version),
         mission_id=mission_id,
         occurred_at=datetime.now(UTC),
         correlation_id=mission.correlation_id,

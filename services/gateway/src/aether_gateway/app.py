@@ -57,12 +57,12 @@ class Gateway:
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate()
-        await _start_runtime(self.service)
+        await self.service.start()
 
     async def stop(self) -> None:
         self.context.closing.set()
         try:
-            await _stop_runtime(self.service)
+            await self.service.stop()
         finally:
             await self.db.close()
 
@@ -84,27 +84,6 @@ class Gateway:
             yield
         finally:
             await self.stop()
-
-
-async def _start_runtime(service: Service) -> None:
-    """Start the runtime service inside this app rather than as its own ASGI app."""
-    start = getattr(service, "start", None)
-    if callable(start):
-        await start()
-        return
-    # A runtime without a public start(): the steps its own ASGI app takes on start-up.
-    await service._start()
-    await service.broker.start()
-    await service._after_start()
-
-
-async def _stop_runtime(service: Service) -> None:
-    stop = getattr(service, "stop", None)
-    if callable(stop):
-        await stop()
-        return
-    await service._stop()
-    await service.broker.stop()
 
 
 def create_app(settings: GatewaySettings | None = None) -> Litestar:
