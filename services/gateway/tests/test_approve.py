@@ -61,3 +61,18 @@ async def test_approval_is_refused_before_a_plan_and_published_after(http, nc, s
     again = await http.post(f"/missions/{script.mission_id}/plan/approve", json={"version": 2})
     assert again.status_code == 409
     assert again.json()["error"] == "plan version 2 is already approved"
+
+
+async def test_a_plan_just_published_can_be_approved_before_the_read_model_shows_it(
+    http, nc, script
+):
+    # A client that saw plan_produced on the event stream approves at once; the gateway
+    # catches its read model up instead of answering 404 or 409.
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all([script.requested(), script.prepared(), script.plan(version=1)])
+    accepted = await http.post(f"/missions/{script.mission_id}/plan/approve", json={"version": 1})
+    assert accepted.status_code == 202, accepted.text
+    approvals = [
+        e for e in await stored_events(nc, script.mission_id) if isinstance(e, PlanApproved)
+    ]
+    assert [a.version for a in approvals] == [1]

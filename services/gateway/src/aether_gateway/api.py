@@ -206,12 +206,31 @@ async def list_missions(
     return MissionList(missions=await ctx.read_model.missions(status=status, limit=limit))
 
 
+async def _caught_up(ctx: GatewayContext, within: float = 5.0) -> bool:
+    """Wait until the read model has folded everything the stream held when called.
+
+    Returns whether it was behind (so a caller knows a second look may differ).
+    """
+    target = await ctx.bus.last_sequence()
+    position = await ctx.read_model.position()
+    if position >= target:
+        return False
+    deadline = asyncio.get_running_loop().time() + within
+    while position < target and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        position = await ctx.read_model.position()
+    return True
+
+
 @get("/missions/{mission_id:str}", summary="A mission with its plans and tasks")
 async def get_mission(
     ctx: NamedDependency[GatewayContext], mission_id: FromPath[str]
 ) -> MissionDetail:
-    """404 until the mission's request has been folded into the read model."""
+    """Reads its writes: a mission whose request is on the stream but not yet folded is
+    waited for (briefly) rather than reported missing."""
     mission = await ctx.read_model.mission(mission_id)
+    if mission is None and await _caught_up(ctx):
+        mission = await ctx.read_model.mission(mission_id)
     if mission is None:
         raise _not_found(mission_id)
     plans = await ctx.read_model.plans(mission_id)
@@ -238,6 +257,15 @@ async def approve_plan(
 ) -> PlanApprovalAccepted:
     """Publish ``PlanApproved`` for the latest plan version, once."""
     mission = await ctx.read_model.mission(mission_id)
+    wanted = data.version if data is not None else None
+    stale = (
+        mission is None
+        or mission.plan_version is None
+        or (wanted is not None and wanted != mission.plan_version)
+    )
+    # The plan a client saw on the event stream may not be folded yet: catch up first.
+    if stale and await _caught_up(ctx):
+        mission = await ctx.read_model.mission(mission_id)
     if mission is None:
         raise _not_found(mission_id)
     if mission.status in TERMINAL_STATUSES:

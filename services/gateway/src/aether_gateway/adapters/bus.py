@@ -89,6 +89,11 @@ class Bus:
         ack = await self._service.publisher.publish(event)
         return ack.seq
 
+    async def last_sequence(self) -> int:
+        """The sequence of the newest event on the mission stream."""
+        info = await self._service.js.stream_info(MISSIONS_STREAM)
+        return info.state.last_seq
+
     async def has_history(self, mission_id: str) -> bool:
         """Whether the stream holds any event of the mission."""
         info = await self._service.js.stream_info(
