@@ -108,11 +108,12 @@ class EmbeddedPostgres:
         return uri
 
     def start(self) -> EmbeddedPostgres:
+        # pgserver keeps its socket under XDG_RUNTIME_DIR's fallback; give it a short one
+        # (before the import, which looks it up).
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - a socket directory
         import pgserver
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # pgserver keeps its socket under XDG_RUNTIME_DIR's fallback; give it a short one.
-        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - a socket directory
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         return self
 

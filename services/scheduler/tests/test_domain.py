@@ -161,3 +161,24 @@ def test_waves_are_graph_layers() -> None:
         PlannedTask(id="d", title="D"),
     ]
     assert waves_of(tasks) == {"a": 0, "b": 1, "c": 2, "d": 0}
+
+
+def test_completion_totals_usage_and_an_unknown_price_makes_the_cost_unknown() -> None:
+    from aether_events import Usage, UsageRecorded
+
+    def used(n: int, cost: float | None) -> UsageRecorded:
+        return UsageRecorded(
+            **meta(n),
+            service="agent-runner",
+            model="x",
+            step="s",
+            usage=Usage(input_tokens=10, output_tokens=5, cost_usd=cost),
+        )
+
+    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
+    state, _ = when(state, used(4, 0.25))
+    state, _ = when(state, used(5, 0.5))
+    assert state.missions[M].usage.cost_usd == 0.75
+    assert state.missions[M].usage.input_tokens == 20
+    state, _ = when(state, used(6, None))
+    assert state.missions[M].usage.cost_usd is None

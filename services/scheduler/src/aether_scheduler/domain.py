@@ -71,7 +71,8 @@ class MissionState:
     plans: dict[int, PlanProduced] = field(default_factory=dict)
     approved_version: int | None = None
     tasks: dict[str, TaskState] = field(default_factory=dict)
-    usage: Usage = field(default_factory=Usage)
+    # Known to be zero until a call is recorded; unknown once any call's price is unknown.
+    usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
 
 
 @dataclass(frozen=True)
