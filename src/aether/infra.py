@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,12 @@ class EmbeddedPostgres:
         return uri
 
     def start(self) -> EmbeddedPostgres:
-        # pgserver keeps its socket under XDG_RUNTIME_DIR's fallback; give it a short one
-        # (before the import, which looks it up).
-        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - a socket directory
-        import pgserver
+        # pgserver looks up a runtime directory for its lock at import; without
+        # XDG_RUNTIME_DIR it falls back to a private directory under /tmp, which is fine
+        # for an embedded server, so the warning about it is noise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
