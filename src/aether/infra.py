@@ -9,7 +9,6 @@ elsewhere.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
