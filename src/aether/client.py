@@ -55,7 +55,7 @@ class GatewayClient:
     def list(self, status: str | None = None) -> list[dict[str, Any]]:
         params = {"status": status} if status else {}
         result = self._check(self._http.get("/missions", params=params))
-        items: list[dict[str, Any]] = result["items"] if isinstance(result, dict) else result
+        items: list[dict[str, Any]] = result["missions"]
         return items
 
     def show(self, mission_id: str) -> dict[str, Any]:
