@@ -150,6 +150,7 @@ class Service:
         self._rebuild: Rebuild | None = None
         self._consumers: list[ConsumerSpec] = []
         self.ready = False
+        self.stopping = False
         self.started_at = time.monotonic()
 
     # --- wiring -------------------------------------------------------------------
@@ -238,6 +239,7 @@ class Service:
         log.info("ready", extra={"port": self.settings.port})
 
     async def _stop(self) -> None:
+        self.stopping = True
         self.ready = False
         metrics.READY.labels(self.name).set(0)
         for hook in self.on_stopping:
@@ -262,6 +264,7 @@ class Service:
         await self._after_start()
 
     async def stop(self) -> None:
+        self.stopping = True
         await self.broker.stop()
         await self._stop()
 
@@ -283,6 +286,11 @@ class Service:
     # --- deliveries ---------------------------------------------------------------
 
     async def _deliver(self, spec: ConsumerSpec, msg: NatsMessage) -> None:
+        if self.stopping:
+            # Hand it straight back: left unacknowledged, it would hold up the consumer
+            # (one message in flight) until its ack wait ran out after our restart.
+            await msg.nack()
+            return
         raw = msg.raw_message
         meta = raw.metadata
         delivery = Delivery(
