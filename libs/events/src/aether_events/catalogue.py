@@ -106,6 +106,31 @@ class PlanRevisionRequested(Event, frozen=True, kw_only=True, tag="plan_revision
     requested_by: str | None = None
 
 
+class PlanClarificationRequested(
+    Event, frozen=True, kw_only=True, tag="plan_clarification_requested"
+):
+    """The planner needs answers before it can plan; the mission waits for a message."""
+
+    questions: list[str]
+    model: str = ""
+    offline: bool = False
+
+
+class MissionAnswered(Event, frozen=True, kw_only=True, tag="mission_answered"):
+    """The mission was a question: the planner answered it and there is nothing to build."""
+
+    answer: str
+    model: str = ""
+    offline: bool = False
+
+
+class MissionMessagePosted(Event, frozen=True, kw_only=True, tag="mission_message_posted"):
+    """A person wrote to the mission: answers to the planner's questions, or plan feedback."""
+
+    text: str
+    author: str | None = None
+
+
 class PlanApproved(Event, frozen=True, kw_only=True, tag="plan_approved"):
     version: int
     approved_by: str | None = None
@@ -136,6 +161,11 @@ class MissionCompleted(Event, frozen=True, kw_only=True, tag="mission_completed"
 
 class MissionFailed(Event, frozen=True, kw_only=True, tag="mission_failed"):
     reason: str
+
+
+class BudgetRaised(Event, frozen=True, kw_only=True, tag="budget_raised"):
+    budget_usd: float
+    requested_by: str | None = None
 
 
 # --- budgets -----------------------------------------------------------------------
@@ -250,6 +280,39 @@ class TaskEscalated(Event, frozen=True, kw_only=True, tag="task_escalated"):
     reason: str
 
 
+class TaskRetryRequested(Event, frozen=True, kw_only=True, tag="task_retry_requested"):
+    """A person asked for an escalated task to run again."""
+
+    task_id: str
+    requested_by: str | None = None
+
+
+class TaskSkipped(Event, frozen=True, kw_only=True, tag="task_skipped"):
+    """A person decided an escalated task is not needed; its dependents may go on."""
+
+    task_id: str
+    reason: str = ""
+    requested_by: str | None = None
+
+
+class WorkspaceFailed(Event, frozen=True, kw_only=True, tag="workspace_failed"):
+    """The git broker could not prepare a task's branch or worktree."""
+
+    task_id: str
+    attempt: int
+    reason: str
+    retryable: bool = False
+
+
+class WaveStarted(Event, frozen=True, kw_only=True, tag="wave_started"):
+    wave: int
+    task_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class WaveCompleted(Event, frozen=True, kw_only=True, tag="wave_completed"):
+    wave: int
+
+
 # --- telemetry (second stream, short retention) -------------------------------------
 
 
@@ -276,6 +339,9 @@ AnyEvent = (
     | PlanProduced
     | PlanFailed
     | PlanRevisionRequested
+    | PlanClarificationRequested
+    | MissionAnswered
+    | MissionMessagePosted
     | PlanApproved
     | MissionPaused
     | MissionResumed
@@ -284,6 +350,7 @@ AnyEvent = (
     | MissionFailed
     | BudgetWarning
     | BudgetExceeded
+    | BudgetRaised
     | TaskReady
     | WorkspaceReady
     | AgentStarted
@@ -295,6 +362,11 @@ AnyEvent = (
     | TaskRetried
     | TaskTimedOut
     | TaskEscalated
+    | TaskRetryRequested
+    | TaskSkipped
+    | WorkspaceFailed
+    | WaveStarted
+    | WaveCompleted
     | AgentProgress
     | AgentHeartbeat
 )
@@ -302,7 +374,7 @@ AnyEvent = (
 TELEMETRY_TYPES: frozenset[type[Event]] = frozenset({AgentProgress, AgentHeartbeat})
 
 TERMINAL_TYPES: frozenset[type[Event]] = frozenset(
-    {MissionCompleted, MissionFailed, MissionCancelled}
+    {MissionCompleted, MissionFailed, MissionCancelled, MissionAnswered}
 )
 
 
