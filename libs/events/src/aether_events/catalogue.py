@@ -48,6 +48,8 @@ class PlannedTask(msgspec.Struct, frozen=True, kw_only=True):
     depends_on: list[str] = msgspec.field(default_factory=list)
     tier: Tier = "standard"
     acceptance_criteria: list[str] = msgspec.field(default_factory=list)
+    # Higher runs first among tasks that are ready at the same time.
+    priority: int = 0
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +76,8 @@ class MissionRequested(Event, frozen=True, kw_only=True, tag="mission_requested"
     model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
     verify_command: str | None = None
     requested_by: str | None = None
+    # Let tasks whose file scopes overlap run at the same time (off: the later one waits).
+    allow_file_overlap: bool = False
 
 
 class RepositoryPrepared(Event, frozen=True, kw_only=True, tag="repository_prepared"):
