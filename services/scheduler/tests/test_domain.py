@@ -2,183 +2,300 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from aether_events import (
-    AgentFailed,
-    BranchMerged,
-    Event,
+    BudgetExceeded,
+    BudgetRaised,
+    BudgetWarning,
+    MissionCancelled,
     MissionCompleted,
     MissionFailed,
-    MissionRequested,
+    MissionPaused,
+    MissionResumed,
     PlanApproved,
-    PlannedTask,
-    PlanProduced,
-    RepositoryPrepared,
+    TaskEscalated,
     TaskReady,
+    TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
+    TaskTimedOut,
+    WaveCompleted,
+    WaveStarted,
 )
-from aether_scheduler.domain import Config, State, decide, evolve, waves_of
+from aether_scheduler.domain import Config, backoff_seconds, next_timer, scopes_overlap, waves_of
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-CONFIG = Config(tier_models={"small": "s", "standard": "m", "complex": "l"}, max_attempts=2)
-M = "m-test"
+from .scenario import CONFIG, Scenario, of, ready, task
 
 
-def meta(n: int) -> dict[str, object]:
-    return {
-        "event_id": f"e{n}",
-        "mission_id": M,
-        "occurred_at": T0 + timedelta(seconds=n),
-        "correlation_id": "e0",
-    }
+def diamond() -> list:
+    return [task("a"), task("b", tier="small"), task("c", "a", "b")]
 
 
-def given(*events: Event) -> State:
-    state = State()
-    for event in events:
-        state = evolve(state, event)
-    return state
+# --- readiness, waves, concurrency, priorities -------------------------------------------
 
 
-def when(state: State, event: Event) -> tuple[State, list[Event]]:
-    """Fold ``event``, decide, and fold the decisions (as the handler does)."""
-    state = evolve(state, event)
-    decided = decide(state, event, T0 + timedelta(minutes=5), CONFIG)
-    for out in decided:
-        state = evolve(state, out)
-    return state, decided
-
-
-def diamond_plan(concurrency: int = 4, auto: bool = False) -> list[Event]:
-    tasks = [
-        PlannedTask(id="a", title="A", files=["a.txt"]),
-        PlannedTask(id="b", title="B", files=["b.txt"], tier="small"),
-        PlannedTask(id="c", title="C", files=["c.txt"], depends_on=["a", "b"]),
-    ]
-    return [
-        MissionRequested(
-            **meta(0),
-            repository="/r",
-            requirement="do it",
-            max_concurrency=concurrency,
-            auto_approve=auto,
-        ),
-        RepositoryPrepared(
-            **meta(1),
-            repository_path="/r",
-            base_branch="main",
-            base_sha="base",
-            integration_branch="aether/m-test",
-        ),
-        PlanProduced(**meta(2), version=1, tasks=tasks),
-    ]
-
-
-def ready_ids(events: list[Event]) -> list[str]:
-    return [e.task.id for e in events if isinstance(e, TaskReady)]
-
-
-def merged(n: int, task: str, sha: str, attempt: int = 1) -> BranchMerged:
-    return BranchMerged(
-        **meta(n), task_id=task, attempt=attempt, merge_sha=sha, integration_branch="aether/m-test"
-    )
-
-
-def test_approval_readies_tasks_without_dependencies_only() -> None:
-    state = given(*diamond_plan())
-    _, decided = when(state, PlanApproved(**meta(3), version=1))
-    assert ready_ids(decided) == ["a", "b"]
-    by_id = {e.task.id: e for e in decided if isinstance(e, TaskReady)}
+def test_approval_starts_wave_zero_with_the_tasks_that_have_no_dependencies() -> None:
+    s = Scenario()
+    decided = s.start(*diamond())
+    assert ready(decided) == ["a", "b"]
+    assert [(w.wave, w.task_ids) for w in of(decided, WaveStarted)] == [(0, ["a", "b"])]
+    by_id = {e.task.id: e for e in of(decided, TaskReady)}
     assert by_id["b"].model == "s" and by_id["a"].model == "m"
-    assert all(e.attempt == 1 and e.wave == 0 for e in by_id.values())
+    assert by_id["a"].estimated_cost_usd == 1.0 and by_id["a"].attempt == 1
 
 
-def test_dependent_task_waits_for_every_dependency_to_merge() -> None:
-    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
-    state, decided = when(state, merged(4, "a", "sha-a"))
-    assert ready_ids(decided) == []
-    state, decided = when(state, merged(5, "b", "sha-b"))
-    assert ready_ids(decided) == ["c"]
-    assert decided[0].causation_id == "e5"
+def test_dependent_task_waits_for_every_dependency_then_its_wave_starts() -> None:
+    s = Scenario()
+    s.start(*diamond())
+    assert ready(s.finish("a")) == []
+    decided = s.finish("b")
+    assert [type(e).__name__ for e in decided] == ["WaveCompleted", "WaveStarted", "TaskReady"]
+    assert ready(decided) == ["c"] and of(decided, WaveStarted)[0].wave == 1
 
 
-def test_concurrency_limit_holds_back_ready_tasks() -> None:
-    state, decided = when(given(*diamond_plan(concurrency=1)), PlanApproved(**meta(3), version=1))
-    assert ready_ids(decided) == ["a"]
-    _, decided = when(state, merged(4, "a", "sha-a"))
-    assert ready_ids(decided) == ["b"]
+def test_mission_concurrency_limit_holds_back_ready_tasks() -> None:
+    s = Scenario()
+    assert ready(s.start(*diamond(), max_concurrency=1)) == ["a"]
+    assert ready(s.finish("a")) == ["b"]
+
+
+def test_global_concurrency_spans_missions() -> None:
+    s = Scenario(
+        config=Config(tier_models=CONFIG.tier_models, global_concurrency=2, estimate_usd={})
+    )
+    assert ready(s.start(task("a"), task("b"), task("c"))) == ["a", "b"]
+    other = Scenario(mission_id="m-other", config=s.config, state=s.state)
+    assert ready(other.start(task("x"))) == []
+
+
+def test_higher_priority_runs_first() -> None:
+    s = Scenario()
+    decided = s.start(task("low"), task("high", priority=5), max_concurrency=1)
+    assert ready(decided) == ["high"]
 
 
 def test_redelivered_event_decides_nothing_new() -> None:
-    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
-    state, _ = when(state, merged(4, "a", "sha-a"))
-    event = merged(5, "b", "sha-b")
-    state, first = when(state, event)
-    again = decide(state, event, T0, CONFIG)
-    assert ready_ids(first) == ["c"] and again == []
+    s = Scenario()
+    s.start(*diamond())
+    s.finish("a")
+    s.started("b")
+    s.completed("b")
+    first = s.merged("b")
+    again = s.when(s.log[-len(first) - 1])  # the same BranchMerged once more
+    assert ready(first) == ["c"] and again == []
 
 
-def test_mission_completes_with_the_last_merge_as_final_sha() -> None:
-    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
-    for n, (task, sha) in enumerate([("a", "sha-a"), ("b", "sha-b")], start=4):
-        state, _ = when(state, merged(n, task, sha))
-    _, decided = when(state, merged(9, "c", "sha-c"))
-    assert len(decided) == 1 and isinstance(decided[0], MissionCompleted)
-    done = decided[0]
-    assert done.final_sha == "sha-c" and done.tasks_merged == 3
+def test_completion_carries_final_sha_totals_and_duration() -> None:
+    s = Scenario()
+    s.start(*diamond())
+    s.used("a", 0.25)
+    for tid in ("a", "b"):
+        s.finish(tid)
+    s.now += timedelta(minutes=3)
+    decided = s.finish("c")
+    done = of(decided, MissionCompleted)[0]
+    assert done.final_sha == "sha-c-1" and done.tasks_merged == 3
     assert done.integration_branch == "aether/m-test"
+    assert done.usage.cost_usd == 0.25 and done.usage.input_tokens == 100
+    assert done.duration_seconds == 180.0
+    assert [w.wave for w in of(decided, WaveCompleted)] == [1]
 
 
-def test_auto_approve_approves_the_produced_plan() -> None:
-    events = diamond_plan(auto=True)
-    state = given(*events[:-1])
-    state, decided = when(state, events[-1])
-    assert [type(e) for e in decided] == [PlanApproved]
-    assert isinstance(decided[0], PlanApproved) and decided[0].automatic
+def test_auto_approve_approves_the_plan_and_starts_work() -> None:
+    s = Scenario()
+    s.start(*diamond(), approve=False, auto_approve=True)
+    approvals = of(s.log, PlanApproved)
+    assert len(approvals) == 1 and approvals[0].automatic
+    assert ready(s.log) == ["a", "b"]
 
 
-def test_failed_attempt_is_retried_then_fails_the_mission() -> None:
-    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
-    state, decided = when(state, AgentFailed(**meta(4), task_id="a", attempt=1, reason="boom"))
-    assert [(e.task.id, e.attempt) for e in decided if isinstance(e, TaskReady)] == [("a", 2)]
-    _, decided = when(state, AgentFailed(**meta(5), task_id="a", attempt=2, reason="boom"))
-    assert len(decided) == 1 and isinstance(decided[0], MissionFailed)
-    assert "failed 2 times" in decided[0].reason
+# --- conflict avoidance ----------------------------------------------------------------
 
 
-def test_stale_attempt_results_are_ignored() -> None:
-    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
-    state, _ = when(state, AgentFailed(**meta(4), task_id="a", attempt=1, reason="boom"))
-    state, decided = when(state, merged(5, "a", "old", attempt=1))
-    assert state.missions[M].tasks["a"].status == "ready" and decided == []
+def test_tasks_whose_files_overlap_do_not_run_together() -> None:
+    s = Scenario()
+    decided = s.start(
+        task("a", files=["src/x.py"]), task("b", files=["src/x.py", "b.py"]), task("c")
+    )
+    assert ready(decided) == ["a", "c"]
+    assert ready(s.finish("a")) == ["b"]
+
+
+def test_a_mission_may_allow_overlapping_scopes() -> None:
+    s = Scenario()
+    decided = s.start(task("a", files=["x.py"]), task("b", files=["x.py"]), allow_file_overlap=True)
+    assert ready(decided) == ["a", "b"]
+
+
+def test_scope_overlap_rules() -> None:
+    assert scopes_overlap(["src/"], ["src/a.py"])
+    assert scopes_overlap(["src/a.py"], ["./src/a.py".removeprefix("./")])
+    assert not scopes_overlap(["src/a.py"], ["src/ab.py"])
+    assert not scopes_overlap(["src/"], ["srcx/a.py"])
+    assert not scopes_overlap([], ["a.py"])
+
+
+# --- budgets -------------------------------------------------------------------------
+
+
+def test_reservations_keep_starts_within_the_budget() -> None:
+    s = Scenario()
+    decided = s.start(task("a"), task("b"), task("c"), budget_usd=2.5)
+    assert ready(decided) == ["a", "b"]  # 1.0 + 1.0 reserved; a third would pass 2.5
+
+
+def test_actual_usage_replaces_the_estimate() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b"), task("c"), budget_usd=2.5)
+    s.started("a")
+    s.used("a", 0.2)
+    mission = s.state.missions["m-test"]
+    assert mission.tasks["a"].reserved_usd == 0.8 and mission.spent_usd == 0.2
+    assert ready(s.completed("a")) == ["c"]  # a's reservation is released: 0.2 + 1.0 + 1.0
+
+
+def test_warning_at_eighty_percent_and_stop_at_the_budget_until_raised() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b", "a"), budget_usd=1.5)
+    s.started("a")
+    warned = s.used("a", 1.25)
+    assert [(w.spent_usd, w.budget_usd) for w in of(warned, BudgetWarning)] == [(1.25, 1.5)]
+    exceeded = s.used("a", 0.5)
+    assert of(exceeded, BudgetExceeded)[0].spent_usd == 1.75
+    assert ready(s.finish("a")) == []  # b would start now, but the money is gone
+    decided = s.when(BudgetRaised(**s.meta(), budget_usd=10.0))
+    assert ready(decided) == ["b"]
+
+
+def test_a_task_that_cannot_fit_with_nothing_running_reports_the_budget_exceeded() -> None:
+    s = Scenario()
+    decided = s.start(task("big", tier="complex"), budget_usd=2.0)
+    assert ready(decided) == [] and of(decided, BudgetExceeded)
+
+
+def test_global_daily_budget_stops_new_tasks_in_every_mission() -> None:
+    config = Config(tier_models=CONFIG.tier_models, daily_budget_usd=1.0, estimate_usd={})
+    s = Scenario(config=config)
+    s.start(task("a"), task("b", "a"))
+    s.started("a")
+    s.used("a", 1.0)
+    decided = s.finish("a")
+    assert ready(decided) == []
+    assert of(decided, BudgetExceeded)[0].scope == "daily:2026-01-01"
+    s.now += timedelta(days=1)
+    assert ready(s.when(MissionResumed(**s.meta()))) == ["b"]
+
+
+# --- retries, escalation, conflicts, liveness --------------------------------------------
+
+
+def test_failure_backs_off_then_retries_with_the_reason_as_context() -> None:
+    s = Scenario()
+    s.start(task("a"))
+    decided = s.failed("a", reason="tests failed")
+    retried = of(decided, TaskRetried)[0]
+    delay = (retried.not_before - s.now).total_seconds()
+    assert retried.attempt == 2 and 5.0 <= delay < 10.0 and ready(decided) == []
+    assert s.tick(delay - 0.5) == []
+    decided = s.tick(0.5)
+    again = of(decided, TaskReady)[0]
+    assert again.attempt == 2 and "tests failed" in again.context
+    assert again.causation_id == retried.event_id
+
+
+def test_exhausted_retries_escalate_and_a_person_retries_or_skips() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b", "a"))
+    s.failed("a")
+    s.tick(60)
+    decided = s.failed("a")
+    assert of(decided, TaskEscalated)[0].attempt == 2
+    assert s.tick(3600) == []  # waiting on a person, not failed
+    decided = s.when(TaskRetryRequested(**s.meta(), task_id="a"))
+    assert [(e.task.id, e.attempt) for e in of(decided, TaskReady)] == [("a", 3)]
+    s.failed("a")  # a person's retry grants a fresh allowance: attempt 4 follows
+    assert [(e.task.id, e.attempt) for e in of(s.tick(60), TaskReady)] == [("a", 4)]
+    assert of(s.failed("a"), TaskEscalated)[0].attempt == 4
+    decided = s.when(TaskSkipped(**s.meta(), task_id="a", reason="done by hand"))
+    assert ready(decided) == ["b"]
+    decided = s.finish("b")
+    assert of(decided, MissionCompleted)[0].tasks_merged == 1
+
+
+def test_merge_conflict_reruns_at_once_on_the_new_head_with_the_files() -> None:
+    s = Scenario()
+    s.start(task("a"))
+    s.started("a")
+    s.completed("a")
+    decided = s.conflicted("a", ["src/x.py"])
+    again = of(decided, TaskReady)[0]
+    assert again.attempt == 2 and "src/x.py" in again.context
+
+
+def test_no_heartbeat_times_the_attempt_out_and_retries_it() -> None:
+    s = Scenario()
+    s.start(task("a"))
+    s.started("a")
+    s.tick(50)
+    s.heartbeat("a")
+    assert s.tick(50) == []  # the heartbeat moved the deadline
+    decided = s.tick(11)
+    assert [type(e).__name__ for e in decided] == ["TaskTimedOut", "TaskRetried"]
+    assert of(decided, TaskTimedOut)[0].last_heartbeat_at == s.now - timedelta(seconds=61)
+
+
+def test_a_failure_no_retry_can_help_fails_the_mission_once_nothing_else_can_run() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b"), task("c", "a"))
+    decided = s.failed("a", retryable=False, reason="task id is not a valid branch name")
+    assert of(decided, MissionFailed) == []  # b is still running
+    decided = s.finish("b")
+    failed = of(decided, MissionFailed)[0]
+    assert "a" in failed.reason and "blocked for good: c" in failed.reason
+
+
+# --- control -------------------------------------------------------------------------
+
+
+def test_pause_holds_new_tasks_and_resume_releases_them() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b", "a"))
+    s.when(MissionPaused(**s.meta()))
+    assert ready(s.finish("a")) == []
+    assert ready(s.when(MissionResumed(**s.meta()))) == ["b"]
+
+
+def test_a_cancelled_mission_decides_nothing() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b", "a"))
+    s.when(MissionCancelled(**s.meta(), reason="wrong repo"))
+    assert s.finish("a") == []
+    assert s.tick(3600) == []
+
+
+# --- timers and small rules --------------------------------------------------------------
+
+
+def test_next_timer_is_the_earliest_deadline() -> None:
+    s = Scenario()
+    s.start(task("a"), task("b"))
+    assert next_timer(s.state, s.config) == s.now + timedelta(seconds=60)
+    s.failed("a")
+    retry_at = s.state.missions["m-test"].tasks["a"].not_before
+    assert next_timer(s.state, s.config) == retry_at
+
+
+def test_backoff_grows_is_capped_and_is_the_same_when_decided_twice() -> None:
+    delays = [backoff_seconds("m", "t", n, CONFIG) for n in range(2, 8)]
+    assert delays == [backoff_seconds("m", "t", n, CONFIG) for n in range(2, 8)]
+    assert all(
+        CONFIG.retry_base_seconds * 2 ** (n - 2) / 2 <= d
+        for n, d in zip(range(2, 8), delays, strict=True)
+    )
+    assert max(backoff_seconds("m", "t", 40, CONFIG) for _ in range(3)) <= CONFIG.retry_max_seconds
 
 
 def test_waves_are_graph_layers() -> None:
-    tasks = [
-        PlannedTask(id="a", title="A"),
-        PlannedTask(id="b", title="B", depends_on=["a"]),
-        PlannedTask(id="c", title="C", depends_on=["a", "b"]),
-        PlannedTask(id="d", title="D"),
-    ]
+    tasks = [task("a"), task("b", "a"), task("c", "a", "b"), task("d")]
     assert waves_of(tasks) == {"a": 0, "b": 1, "c": 2, "d": 0}
-
-
-def test_completion_totals_usage_and_an_unknown_price_makes_the_cost_unknown() -> None:
-    from aether_events import Usage, UsageRecorded
-
-    def used(n: int, cost: float | None) -> UsageRecorded:
-        return UsageRecorded(
-            **meta(n),
-            service="agent-runner",
-            model="x",
-            step="s",
-            usage=Usage(input_tokens=10, output_tokens=5, cost_usd=cost),
-        )
-
-    state, _ = when(given(*diamond_plan()), PlanApproved(**meta(3), version=1))
-    state, _ = when(state, used(4, 0.25))
-    state, _ = when(state, used(5, 0.5))
-    assert state.missions[M].usage.cost_usd == 0.75
-    assert state.missions[M].usage.input_tokens == 20
-    state, _ = when(state, used(6, None))
-    assert state.missions[M].usage.cost_usd is None

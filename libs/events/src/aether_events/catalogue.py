@@ -198,6 +198,8 @@ class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
     wave: int = 0
     max_cost_usd: float | None = None
     context: str = ""
+    # What the scheduler reserved from the budget for this attempt.
+    estimated_cost_usd: float | None = None
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):

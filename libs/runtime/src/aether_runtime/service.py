@@ -128,8 +128,11 @@ class ConsumerSpec:
     handler: Handler
     stream: str = MISSIONS_STREAM
     max_workers: int = 1
-    ack_wait_seconds: float = 60.0
+    ack_wait_seconds: float = 30.0
     max_deliver: int = 20
+    # Created fresh, start at new messages instead of right after the replayed position
+    # (for a consumer on another stream, whose sequences the replay does not know).
+    start_at_new: bool = False
 
 
 @dataclass
@@ -226,8 +229,14 @@ class Service:
             ack_wait=spec.ack_wait_seconds,
             max_deliver=spec.max_deliver,
             max_ack_pending=max(spec.max_workers, 1),
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else DeliverPolicy.ALL,
-            opt_start_seq=last_seq + 1 if last_seq else None,
+            deliver_policy=(
+                DeliverPolicy.NEW
+                if spec.start_at_new
+                else DeliverPolicy.BY_START_SEQUENCE
+                if last_seq
+                else DeliverPolicy.ALL
+            ),
+            opt_start_seq=last_seq + 1 if last_seq and not spec.start_at_new else None,
         )
         await self.js.add_consumer(spec.stream, config=config)
 

@@ -1,29 +1,68 @@
-"""Wiring the scheduler: one durable consumer over every mission event, in order."""
+"""Wiring the scheduler: every mission event in order, telemetry for liveness, a timer loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    ALL_TELEMETRY,
+    TELEMETRY_STREAM,
+    Event,
+    replay,
+)
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_scheduler.config import config_from_env
-from aether_scheduler.domain import State, evolve
+from aether_scheduler.domain import Config, State, evolve
 from aether_scheduler.handlers import Handlers
 
 DEFAULT_PORT = 8101
 
 
-def build(settings: RuntimeSettings | None = None) -> Service:
+def build(settings: RuntimeSettings | None = None, config: Config | None = None) -> Service:
     settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
     service = Service(name="scheduler", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
-    handlers = Handlers(projection, lambda: service.publisher, config_from_env())
+    handlers = Handlers(projection, lambda: service.publisher, config or config_from_env())
 
     async def rebuild(js: JetStreamContext) -> int:
-        return await projection.rebuild(js, "scheduler")
+        last = await projection.rebuild(js, "scheduler")
+
+        def fold(state: State, event: Event, seq: int) -> State:
+            return evolve(state, event)
+
+        projection.state, _ = await replay(
+            js, TELEMETRY_STREAM, ALL_TELEMETRY, projection.state, fold
+        )
+        return last
+
+    timers: list[asyncio.Task[None]] = []
+
+    async def start_timers() -> None:
+        timers.append(asyncio.create_task(handlers.run_timers(), name="scheduler-timers"))
+
+    async def stop_timers() -> None:
+        for task in timers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     service.rebuild_with(rebuild)
+    service.on_started.append(start_timers)
+    service.on_stopping.append(stop_timers)
     service.consume(
         ConsumerSpec(durable="scheduler", subject=ALL_MISSION_EVENTS, handler=handlers.handle)
+    )
+    service.consume(
+        ConsumerSpec(
+            durable="scheduler-telemetry",
+            subject=ALL_TELEMETRY,
+            stream=TELEMETRY_STREAM,
+            handler=handlers.handle_telemetry,
+            start_at_new=True,
+        )
     )
     return service

@@ -1,14 +1,16 @@
-"""Load → decide → publish. Nothing else."""
+"""Load → decide → publish, for events and for the passing of time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aether_events import Event, EventPublisher, tag_of
 from aether_runtime import Delivery, Projection
-from aether_scheduler.domain import Config, State, decide
+from aether_scheduler.domain import Config, State, decide, evolve, next_timer, tick
 
 log = logging.getLogger("aether.scheduler")
 
@@ -25,13 +27,48 @@ class Handlers:
         self._publisher = publisher
         self.config = config
         self._clock = clock
+        # Events and timer ticks take turns: each sees the other's decisions.
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        self.projection.apply(event)
-        decided = decide(self.projection.state, event, self._clock(), self.config)
+        async with self._lock:
+            self.projection.apply(event)
+            await self._publish(decide(self.projection.state, event, self._clock(), self.config))
+        self._wake.set()
+
+    async def handle_telemetry(self, event: Event, delivery: Delivery) -> None:
+        """Heartbeats and progress only move liveness clocks forward; nothing is decided."""
+        async with self._lock:
+            self.projection.state = evolve(self.projection.state, event)
+
+    async def on_tick(self) -> None:
+        async with self._lock:
+            await self._publish(tick(self.projection.state, self._clock(), self.config))
+
+    async def _publish(self, decided: list[Event]) -> None:
         for out in decided:
             await self._publisher().publish(out)
             # Apply at once: the next event must see this decision even before it comes
             # back through the consumer (it is then skipped as already applied).
             self.projection.apply(out)
             log.info("decided %s", tag_of(type(out)), extra={"decided_event_id": out.event_id})
+
+    async def run_timers(self, max_sleep: float = 1.0) -> None:
+        """Fire due timers (retry backoffs, heartbeat timeouts) until cancelled.
+
+        Timers live in the state, rebuilt from the stream, so after a restart every
+        pending one fires when it is due.
+        """
+        while True:
+            try:
+                await self.on_tick()
+            except Exception:
+                log.exception("timer tick failed; trying again")
+            due = next_timer(self.projection.state, self.config)
+            wait = max_sleep
+            if due is not None:
+                wait = min(max_sleep, max(0.0, (due - self._clock()).total_seconds()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))

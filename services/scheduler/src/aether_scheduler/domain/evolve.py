@@ -1,0 +1,280 @@
+"""Folding events into the scheduler's state."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentHeartbeat,
+    AgentProgress,
+    AgentStarted,
+    BranchMerged,
+    BudgetExceeded,
+    BudgetRaised,
+    BudgetWarning,
+    Event,
+    MergeConflicted,
+    MissionAnswered,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+    MissionPaused,
+    MissionRequested,
+    MissionResumed,
+    PlanApproved,
+    PlanProduced,
+    RepositoryPrepared,
+    TaskEscalated,
+    TaskReady,
+    TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
+    TaskTimedOut,
+    Usage,
+    UsageRecorded,
+    WaveCompleted,
+    WaveStarted,
+    WorkspaceFailed,
+    WorkspaceReady,
+)
+from aether_scheduler.domain.model import MissionState, State, TaskState
+from aether_scheduler.domain.rules import waves_of
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    cost = None if a.cost_usd is None or b.cost_usd is None else a.cost_usd + b.cost_usd
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
+        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
+        cost_usd=cost,
+    )
+
+
+def evolve(state: State, event: Event) -> State:
+    """Fold one event into the state (pure)."""
+    if isinstance(event, MissionRequested):
+        if event.mission_id in state.missions:
+            return state
+        created = MissionState(request=event, budget_usd=event.budget_usd)
+        return replace(state, missions={**state.missions, event.mission_id: created})
+    mission = state.missions.get(event.mission_id)
+    if mission is None:
+        return state
+    if isinstance(event, UsageRecorded):
+        state = _global_spend(state, event)
+    updated = _mission(mission, event)
+    if updated is mission:
+        return state
+    return replace(state, missions={**state.missions, event.mission_id: updated})
+
+
+def _global_spend(state: State, event: UsageRecorded) -> State:
+    cost = event.usage.cost_usd or 0.0
+    if not cost:
+        return state
+    day = event.occurred_at.strftime("%Y-%m-%d")
+    month = event.occurred_at.strftime("%Y-%m")
+    return replace(
+        state,
+        daily_spent={**state.daily_spent, day: state.daily_spent.get(day, 0.0) + cost},
+        monthly_spent={**state.monthly_spent, month: state.monthly_spent.get(month, 0.0) + cost},
+    )
+
+
+def _task(m: MissionState, task_id: str, **changes: Any) -> MissionState:
+    task = m.tasks.get(task_id)
+    if task is None:
+        return m
+    return replace(m, tasks={**m.tasks, task_id: replace(task, **changes)})
+
+
+def _current(m: MissionState, task_id: str, attempt: int, *statuses: str) -> bool:
+    task = m.tasks.get(task_id)
+    return task is not None and task.attempt == attempt and task.status in statuses
+
+
+def _seen(m: MissionState, task_id: str, attempt: int, at: datetime) -> MissionState:
+    task = m.tasks.get(task_id)
+    if task is None or not _current(m, task_id, attempt, "ready", "running"):
+        return m
+    if task.last_seen is not None and task.last_seen >= at:
+        return m  # telemetry may arrive late or be replayed: time only moves forward
+    return _task(m, task_id, last_seen=at)
+
+
+def _mission(m: MissionState, event: Event) -> MissionState:
+    match event:
+        case RepositoryPrepared():
+            return replace(
+                m,
+                base_sha=event.base_sha,
+                integration_branch=event.integration_branch,
+                integration_head=m.integration_head or event.base_sha,
+            )
+        case PlanProduced():
+            return replace(m, plans={**m.plans, event.version: event})
+        case PlanApproved():
+            plan = m.plans.get(event.version)
+            if plan is None or m.approved_version is not None:
+                return m
+            waves = waves_of(plan.tasks)
+            tasks = {
+                t.id: TaskState(spec=t, wave=waves[t.id], order=i) for i, t in enumerate(plan.tasks)
+            }
+            return replace(m, approved_version=event.version, tasks=tasks, status="active")
+        case TaskReady():
+            task = m.tasks.get(event.task.id)
+            if task is None or event.attempt <= task.attempt:
+                return m
+            return _task(
+                m,
+                event.task.id,
+                status="ready",
+                attempt=event.attempt,
+                last_seen=event.occurred_at,
+                reserved_usd=event.estimated_cost_usd or 0.0,
+                attempt_spent_usd=0.0,
+                ready_event=event,
+                retry_event=None,
+                immediate_retry=False,
+                not_before=None,
+                first_ready_at=task.first_ready_at or event.occurred_at,
+            )
+        case WorkspaceReady():
+            return _seen(m, event.task.id, event.attempt, event.occurred_at)
+        case AgentStarted():
+            if _current(m, event.task_id, event.attempt, "ready"):
+                return _task(m, event.task_id, status="running", last_seen=event.occurred_at)
+            return m
+        case AgentHeartbeat() | AgentProgress():
+            return _seen(m, event.task_id, event.attempt, event.occurred_at)
+        case AgentCompleted():
+            if _current(m, event.task_id, event.attempt, "ready", "running"):
+                return _task(m, event.task_id, status="completed", reserved_usd=0.0)
+            return m
+        case BranchMerged():
+            if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
+                return m
+            m = replace(m, integration_head=event.merge_sha)
+            return _task(
+                m,
+                event.task_id,
+                status="merged",
+                merge_sha=event.merge_sha,
+                reserved_usd=0.0,
+                merged_at=event.occurred_at,
+            )
+        case AgentFailed() | WorkspaceFailed():
+            if not _current(m, event.task_id, event.attempt, "ready", "running"):
+                return m
+            status = "retry_wait" if event.retryable else "failed"
+            return _task(
+                m,
+                event.task_id,
+                status=status,
+                last_failure=event.reason,
+                immediate_retry=False,
+                reserved_usd=0.0,
+            )
+        case MergeConflicted():
+            if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
+                return m
+            files = ", ".join(event.files) or "(unknown files)"
+            reason = f"merge conflict in {files}"
+            context = (
+                f"Your previous attempt conflicted with work merged meanwhile in: {files}. "
+                "Start from the current integration head and keep those changes."
+            )
+            if event.detail:
+                context += f"\n{event.detail}"
+            return _task(
+                m,
+                event.task_id,
+                status="retry_wait",
+                last_failure=reason,
+                context=context,
+                immediate_retry=True,
+                reserved_usd=0.0,
+            )
+        case TaskTimedOut():
+            if not _current(m, event.task_id, event.attempt, "ready", "running"):
+                return m
+            return _task(
+                m,
+                event.task_id,
+                status="retry_wait",
+                last_failure="no heartbeat from the agent",
+                immediate_retry=False,
+                reserved_usd=0.0,
+            )
+        case TaskRetried():
+            task = m.tasks.get(event.task_id)
+            if task is None or task.status != "retry_wait" or event.attempt != task.attempt + 1:
+                return m
+            return _task(m, event.task_id, not_before=event.not_before, retry_event=event)
+
+        case TaskEscalated():
+            if _current(m, event.task_id, event.attempt, "retry_wait", "failed"):
+                return _task(m, event.task_id, status="escalated")
+            return m
+        case TaskRetryRequested():
+            task = m.tasks.get(event.task_id)
+            if task is None or task.status not in ("escalated", "failed"):
+                return m
+            return _task(
+                m,
+                event.task_id,
+                status="retry_wait",
+                attempts_base=task.attempt,
+                immediate_retry=True,
+                retry_event=None,
+            )
+        case TaskSkipped():
+            task = m.tasks.get(event.task_id)
+            if task is None or task.status in ("merged", "skipped"):
+                return m
+            return _task(m, event.task_id, status="skipped", reserved_usd=0.0)
+        case UsageRecorded():
+            m = replace(
+                m,
+                usage=add_usage(m.usage, event.usage),
+                spent_usd=m.spent_usd + (event.usage.cost_usd or 0.0),
+            )
+            if event.task_id is not None and event.attempt is not None:
+                task = m.tasks.get(event.task_id)
+                if task is not None and task.attempt == event.attempt:
+                    spent = task.attempt_spent_usd + (event.usage.cost_usd or 0.0)
+                    ready = task.ready_event
+                    estimate = (ready.estimated_cost_usd if ready else None) or 0.0
+                    reserved = max(0.0, estimate - spent) if task.reserved_usd else 0.0
+                    return _task(m, event.task_id, attempt_spent_usd=spent, reserved_usd=reserved)
+            return m
+        case BudgetWarning():
+            return replace(m, warned_at_budget=event.budget_usd) if event.scope == "mission" else m
+        case BudgetExceeded():
+            if event.scope == "mission":
+                return replace(m, exceeded_at_budget=event.budget_usd)
+            return replace(m, global_exceeded=m.global_exceeded | {event.scope})
+        case BudgetRaised():
+            return replace(m, budget_usd=event.budget_usd)
+        case WaveStarted():
+            return replace(m, waves_started=m.waves_started | {event.wave})
+        case WaveCompleted():
+            return replace(m, waves_completed=m.waves_completed | {event.wave})
+        case MissionPaused():
+            return m if m.terminal else replace(m, paused=True)
+        case MissionResumed():
+            return replace(m, paused=False)
+        case MissionCompleted() | MissionAnswered():
+            return replace(m, status="completed")
+        case MissionFailed():
+            return replace(m, status="failed")
+        case MissionCancelled():
+            return replace(m, status="cancelled")
+    return m

@@ -1,0 +1,113 @@
+"""The scheduler's state: missions, their tasks, budgets and timers (all plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from aether_events import (
+    MissionRequested,
+    PlannedTask,
+    PlanProduced,
+    TaskReady,
+    TaskRetried,
+    Usage,
+)
+
+TaskStatus = Literal[
+    "pending",  # waiting for dependencies, a slot, the budget or a scope to free up
+    "ready",  # TaskReady published; no agent has reported yet
+    "running",  # an agent started
+    "completed",  # the agent committed; waiting for the merge train
+    "merged",
+    "retry_wait",  # an attempt failed; the next one starts at not_before
+    "escalated",  # retries exhausted: a person must retry, skip or cancel
+    "failed",  # failed in a way a retry cannot help; blocks its dependents
+    "skipped",  # a person skipped it; dependents go on without it
+]
+MissionStatus = Literal["planning", "active", "completed", "failed", "cancelled"]
+
+IN_FLIGHT: frozenset[str] = frozenset({"ready", "running"})
+UNMERGED_WORK: frozenset[str] = frozenset({"ready", "running", "completed"})
+DONE: frozenset[str] = frozenset({"merged", "skipped"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Scheduling settings (from the environment in production, literal in tests)."""
+
+    tier_models: dict[str, str]
+    max_attempts: int = 3
+    global_concurrency: int = 64
+    # What a task is expected to cost before it runs, by tier (reserved from the budget).
+    estimate_usd: dict[str, float] = field(
+        default_factory=lambda: {"small": 0.05, "standard": 0.40, "complex": 1.50}
+    )
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 300.0
+    heartbeat_timeout_seconds: float = 120.0
+    daily_budget_usd: float | None = None
+    monthly_budget_usd: float | None = None
+    warn_fraction: float = 0.8
+
+
+@dataclass(frozen=True)
+class TaskState:
+    spec: PlannedTask
+    wave: int
+    order: int
+    status: TaskStatus = "pending"
+    attempt: int = 0
+    # Automatic retries count from here (a person's retry grants a fresh allowance).
+    attempts_base: int = 0
+    merge_sha: str | None = None
+    last_failure: str = ""
+    context: str = ""
+    # A merge conflict or a person's retry runs again at once; failures back off.
+    immediate_retry: bool = False
+    not_before: datetime | None = None
+    last_seen: datetime | None = None
+    reserved_usd: float = 0.0
+    attempt_spent_usd: float = 0.0
+    ready_event: TaskReady | None = None
+    retry_event: TaskRetried | None = None
+    first_ready_at: datetime | None = None
+    merged_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MissionState:
+    request: MissionRequested
+    status: MissionStatus = "planning"
+    paused: bool = False
+    budget_usd: float | None = None
+    spent_usd: float = 0.0
+    usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
+    warned_at_budget: float | None = None
+    exceeded_at_budget: float | None = None
+    global_exceeded: frozenset[str] = frozenset()
+    base_sha: str | None = None
+    integration_branch: str | None = None
+    integration_head: str | None = None
+    plans: dict[int, PlanProduced] = field(default_factory=dict)
+    approved_version: int | None = None
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    waves_started: frozenset[int] = frozenset()
+    waves_completed: frozenset[int] = frozenset()
+
+    @property
+    def reserved_usd(self) -> float:
+        return sum(t.reserved_usd for t in self.tasks.values())
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class State:
+    missions: dict[str, MissionState] = field(default_factory=dict)
+    # Known spend across every mission, by UTC day (YYYY-MM-DD) and month (YYYY-MM).
+    daily_spent: dict[str, float] = field(default_factory=dict)
+    monthly_spent: dict[str, float] = field(default_factory=dict)
