@@ -51,6 +51,8 @@ class Scenario:
     state: State = field(default_factory=State)
     now: datetime = T0
     log: list[Event] = field(default_factory=list)
+    # The state the latest decisions were made in (after their trigger was folded).
+    basis: State = field(default_factory=State)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def meta(self, mission_id: str | None = None) -> dict[str, Any]:
@@ -65,6 +67,7 @@ class Scenario:
         """Fold ``event``, decide, fold the decisions (as the handler does)."""
         self.state = evolve(self.state, event)
         self.log.append(event)
+        self.basis = self.state
         decided = decide(self.state, event, self.now, self.config)
         for out in decided:
             self.state = evolve(self.state, out)
@@ -77,6 +80,7 @@ class Scenario:
 
     def tick(self, seconds: float = 0.0) -> list[Event]:
         self.now += timedelta(seconds=seconds)
+        self.basis = self.state
         decided = tick(self.state, self.now, self.config)
         for out in decided:
             self.state = evolve(self.state, out)
