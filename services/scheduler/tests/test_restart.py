@@ -1,0 +1,181 @@
+"""A scheduler killed with pending timers fires them after its restart, once, on time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
+
+from aether.infra import free_port
+from aether_events import (
+    AgentFailed,
+    AgentStarted,
+    Event,
+    EventPublisher,
+    MissionRequested,
+    PlanApproved,
+    PlannedTask,
+    PlanProduced,
+    RepositoryPrepared,
+    TaskReady,
+    TaskRetried,
+    TaskTimedOut,
+    decode,
+    ensure_streams,
+    mission_subject,
+)
+
+M = "m-restart"
+
+
+class Scheduler:
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "NATS_URL": self.nats_url,
+            "PORT": str(self.port),
+            "AETHER_RETRY_BASE_SECONDS": "6",
+            "AETHER_HEARTBEAT_TIMEOUT_SECONDS": "8",
+        }
+        env.pop("ANTHROPIC_API_KEY", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aether_scheduler"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    async def ready(self) -> None:
+        async with httpx.AsyncClient() as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("scheduler not ready")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture
+def scheduler(nats_url: str, nc: NatsClient) -> Iterator[Scheduler]:
+    s = Scheduler(nats_url)
+    yield s
+    if s.process is not None and s.process.poll() is None:
+        s.kill()
+
+
+async def history(nc: NatsClient) -> list[Event]:
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        mission_subject(M), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    events: list[Event] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except TimeoutError:
+                return events
+            events.append(decode(msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+async def wait_for(nc: NatsClient, predicate: Any, timeout: float = 30.0) -> list[Event]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        events = await history(nc)
+        if predicate(events):
+            return events
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not seen in {timeout}s: {[type(e).__name__ for e in events]}")
+
+
+def meta(n: int) -> dict[str, Any]:
+    return {
+        "event_id": f"restart-{n}",
+        "mission_id": M,
+        "occurred_at": datetime.now(UTC),
+        "correlation_id": "restart-0",
+    }
+
+
+async def test_pending_backoff_and_heartbeat_timers_fire_after_a_kill(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    tasks = [
+        PlannedTask(id="a", title="A", files=["a"]),
+        PlannedTask(id="b", title="B", files=["b"]),
+    ]
+    await publisher.publish_all(
+        [
+            MissionRequested(**meta(0), repository="/r", requirement="r"),
+            RepositoryPrepared(
+                **meta(1),
+                repository_path="/r",
+                base_branch="main",
+                base_sha="s",
+                integration_branch="aether/x",
+            ),
+            PlanProduced(**meta(2), version=1, tasks=tasks),
+        ]
+    )
+    scheduler.start()
+    await scheduler.ready()
+    await publisher.publish(PlanApproved(**meta(3), version=1))
+    await wait_for(nc, lambda ev: len([e for e in ev if isinstance(e, TaskReady)]) == 2)
+    await publisher.publish(
+        AgentStarted(**meta(4), task_id="b", attempt=1, runner_id="r", model="m")
+    )
+    await publisher.publish(
+        AgentFailed(**meta(5), task_id="a", attempt=1, reason="flaky", retryable=True)
+    )
+    events = await wait_for(nc, lambda ev: any(isinstance(e, TaskRetried) for e in ev))
+    retried = next(e for e in events if isinstance(e, TaskRetried))
+    assert retried.not_before is not None and retried.not_before > datetime.now(UTC)
+
+    scheduler.kill()  # with a backoff pending for a and a heartbeat deadline running for b
+    scheduler.start()
+    await scheduler.ready()
+
+    events = await wait_for(
+        nc,
+        lambda ev: (
+            any(isinstance(e, TaskReady) and e.attempt == 2 and e.task.id == "a" for e in ev)
+            and any(isinstance(e, TaskTimedOut) for e in ev)
+        ),
+        timeout=40,
+    )
+    again = next(
+        e for e in events if isinstance(e, TaskReady) and e.attempt == 2 and e.task.id == "a"
+    )
+    assert again.occurred_at >= retried.not_before - timedelta(milliseconds=50)
+    timed_out = next(e for e in events if isinstance(e, TaskTimedOut))
+    assert timed_out.task_id == "b" and timed_out.attempt == 1
+    starts = [(e.task.id, e.attempt) for e in events if isinstance(e, TaskReady)]
+    assert len(starts) == len(set(starts)), f"a task started twice: {starts}"
