@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 
 from aether_events import ALL_MISSION_EVENTS
 from aether_llm import LLMSettings, make_client
+from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import PlannerModel
 from aether_planner.domain import State, evolve
 from aether_planner.handlers import Handlers
@@ -21,15 +22,21 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
     llm = llm or LLMSettings.from_env()
     service = Service(name="planner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
+    model = PlannerModel(make_client(llm))
+    tier = os.environ.get("AETHER_PLANNER_TIER", "complex")
+    if tier not in ("small", "standard", "complex"):
+        raise ValueError(f"AETHER_PLANNER_TIER must be small, standard or complex, not {tier!r}")
     handlers = Handlers(
         projection,
         lambda: service.publisher,
-        PlannerModel(make_client(llm)),
+        model,
         llm,
-        tier=os.environ.get("AETHER_PLANNER_TIER", "complex"),
+        tier=tier,  # type: ignore[arg-type]
+        context_tokens=int(os.environ.get("AETHER_PLANNER_CONTEXT_TOKENS", "24000")),
     )
 
     async def rebuild(js: JetStreamContext) -> int:
+        model.journal = await CallJournal.open(js, settings.stream_replicas)
         return await projection.rebuild(js, "planner")
 
     service.rebuild_with(rebuild)
@@ -38,7 +45,8 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             durable="planner",
             subject=ALL_MISSION_EVENTS,
             handler=handlers.handle,
-            ack_wait_seconds=60.0,
+            # Missions are planned side by side; one mission's triggers take turns.
+            max_workers=int(os.environ.get("AETHER_PLANNER_CONCURRENCY", "4")),
         )
     )
     return service

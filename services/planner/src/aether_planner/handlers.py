@@ -1,27 +1,38 @@
-"""Planner handlers: on RepositoryPrepared, plan once; publish usage and the plan."""
+"""Planner handlers: a trigger in, one model decision out, published with its usage."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aether_events import (
     Event,
     EventPublisher,
+    MissionAnswered,
+    PlanClarificationRequested,
     PlanFailed,
     PlanProduced,
+    PlanRevisionRequested,
     RepositoryPrepared,
-    Usage,
+    Tier,
     UsageRecorded,
     caused_by,
+    derived_id,
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
-from aether_planner.adapters.model import ModelUnavailable, PlannerModel
-from aether_planner.domain import InvalidPlan, State, needs_first_plan, validate_plan
+from aether_planner.adapters.model import Decision, ModelUnavailable, PlannerModel
+from aether_planner.adapters.repository import read_files
+from aether_planner.context import files_to_read, render
+from aether_planner.domain import InvalidPlan, MissionPlanning, State, validate_plan, wants_model
+from aether_planner.prompt import mission_text
 from aether_runtime import Delivery, Projection
 
 log = logging.getLogger("aether.planner")
+
+MAX_CLARIFICATION_ROUNDS = 2
 
 
 class Handlers:
@@ -31,7 +42,8 @@ class Handlers:
         publisher: Callable[[], EventPublisher],
         model: PlannerModel,
         llm: LLMSettings,
-        tier: str = "complex",
+        tier: Tier = "complex",
+        context_tokens: int = 24_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.projection = projection
@@ -39,74 +51,135 @@ class Handlers:
         self._model = model
         self._llm = llm
         self._tier = tier
+        self._context_tokens = context_tokens
         self._clock = clock
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._contexts: dict[str, str] = {}
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        self.projection.apply(event)
-        if isinstance(event, RepositoryPrepared) and needs_first_plan(
-            self.projection.state, event.mission_id
-        ):
+        # One mission's triggers are answered one at a time, in stream order; missions
+        # run side by side.
+        async with self._locks[event.mission_id]:
+            self.projection.apply(event)
+            if not wants_model(self.projection.state, event):
+                return
             async with delivery.keep_alive():
-                decided = await self._first_plan(event)
+                decided = await self._answer(event)
             for out in decided:
                 await self._publisher().publish(out)
                 self.projection.apply(out)
 
-    async def _first_plan(self, prepared: RepositoryPrepared) -> list[Event]:
-        mission = self.projection.state.missions[prepared.mission_id]
-        request = mission.request
-        model = self._llm.model_for(self._tier, request.model_overrides)  # type: ignore[arg-type]
-        offline = model == OFFLINE_MODEL
-        out: list[Event] = []
+    async def _context(self, mission: MissionPlanning) -> str:
+        prepared = mission.prepared
+        assert prepared is not None
+        cached = self._contexts.get(prepared.event_id)
+        if cached is None:
+            paths = files_to_read(prepared, mission.request.requirement)
+            contents = await asyncio.to_thread(
+                read_files, prepared.repository_path, prepared.base_sha, paths
+            )
+            cached = render(prepared, contents, self._context_tokens)
+            self._contexts[prepared.event_id] = cached  # the same text keeps the cache warm
+        return cached
 
-        def usage_event(call: int, attempt_usage: Usage) -> UsageRecorded:
+    async def _answer(self, trigger: Event) -> list[Event]:
+        mission = self.projection.state.missions[trigger.mission_id]
+        request = mission.request
+        model = self._llm.model_for(self._tier, request.model_overrides)
+        revising = bool(mission.plans) and not isinstance(trigger, RepositoryPrepared)
+        if isinstance(trigger, PlanRevisionRequested) and not mission.plans:
+            revising = False
+        plan_only = revising or mission.clarification_rounds >= MAX_CLARIFICATION_ROUNDS
+        context = await self._context(mission)
+        text = mission_text(request, mission.turns, revising)
+        out: list[Event] = []
+        now = self._clock
+
+        def usage(call: int, decision: Decision) -> UsageRecorded:
             return UsageRecorded(
-                **caused_by(prepared, self._clock(), "usage", "plan", 1, call),
+                **caused_by(trigger, now(), "usage", "planner", trigger.event_id, call),
                 service="planner",
                 model=model,
-                usage=attempt_usage,
-                step="plan:v1" + (f":correction{call - 1}" if call > 1 else ""),
-                offline=offline,
+                usage=decision.usage,
+                step=f"planner:{trigger.event_id[:12]}:call{call}",
+                offline=model == OFFLINE_MODEL,
             )
 
+        def key(call: int) -> str:
+            return derived_id(trigger.mission_id, "planner-call", trigger.event_id, call)
+
         try:
-            attempt = await self._model.plan(model, request, prepared)
-            out.append(usage_event(1, attempt.usage))
-            errors = [attempt.decode_error] if attempt.decode_error else []
-            tasks = repairs = None
-            if attempt.submission is not None:
-                try:
-                    tasks, repairs = validate_plan(attempt.submission, request.max_tasks)
-                except InvalidPlan as invalid:
-                    errors = invalid.errors
-            if tasks is None:
-                log.warning("plan rejected; asking once more", extra={"errors": errors})
-                retry = await self._model.plan(
-                    model, request, prepared, correction=(attempt.message, "\n".join(errors))
+            decision = await self._model.call(
+                key=key(1), model=model, context=context, mission=text, plan_only=plan_only
+            )
+            out.append(usage(1, decision))
+            problems = self._problems(decision, mission, plan_only)
+            if problems:
+                log.warning("model reply rejected; asking once more", extra={"errors": problems})
+                decision = await self._model.call(
+                    key=key(2),
+                    model=model,
+                    context=context,
+                    mission=text,
+                    plan_only=plan_only,
+                    correction=(decision.message, "\n".join(f"- {p}" for p in problems)),
                 )
-                out.append(usage_event(2, retry.usage))
-                attempt = retry
-                if retry.submission is None:
-                    raise InvalidPlan([retry.decode_error or "no plan"])
-                tasks, repairs = validate_plan(retry.submission, request.max_tasks)
+                out.append(usage(2, decision))
+                problems = self._problems(decision, mission, plan_only)
+                if problems:
+                    raise InvalidPlan(problems)
         except InvalidPlan as invalid:
-            reason = "the model's plan was invalid twice: " + "; ".join(invalid.errors)
-            return [*out, self._failed(prepared, reason)]
+            reason = "the model's plan was rejected twice: " + "; ".join(invalid.errors)
+            return [*out, self._failed(trigger, reason)]
         except ModelUnavailable as error:
-            return [*out, self._failed(prepared, str(error))]
-        assert attempt.submission is not None
-        assert repairs is not None
-        log.info("plan produced", extra={"tasks": len(tasks), "model": model, "offline": offline})
-        produced = PlanProduced(
-            **caused_by(prepared, self._clock(), "plan_produced", 1),
-            version=1,
+            return [*out, self._failed(trigger, str(error))]
+        return [*out, self._outcome(trigger, mission, decision, model)]
+
+    def _problems(self, decision: Decision, mission: MissionPlanning, plan_only: bool) -> list[str]:
+        if decision.kind == "none":
+            return [decision.problem or "no usable reply"]
+        if plan_only and decision.kind != "plan":
+            return ["a plan is required now: call submit_plan"]
+        if decision.kind == "plan":
+            assert decision.submission is not None
+            try:
+                validate_plan(decision.submission, mission.request.max_tasks)
+            except InvalidPlan as invalid:
+                return invalid.errors
+        return []
+
+    def _outcome(
+        self, trigger: Event, mission: MissionPlanning, decision: Decision, model: str
+    ) -> Event:
+        offline = model == OFFLINE_MODEL
+        meta = caused_by(trigger, self._clock(), "planner-outcome", trigger.event_id)
+        if decision.kind == "questions":
+            assert decision.questions is not None
+            log.info("asking clarifying questions", extra={"questions": len(decision.questions)})
+            return PlanClarificationRequested(
+                **meta, questions=decision.questions, model=model, offline=offline
+            )
+        if decision.kind == "answer":
+            assert decision.answer is not None
+            return MissionAnswered(**meta, answer=decision.answer, model=model, offline=offline)
+        assert decision.submission is not None
+        tasks, repairs = validate_plan(decision.submission, mission.request.max_tasks)
+        version = mission.latest_version + 1
+        log.info(
+            "plan produced",
+            extra={"version": version, "tasks": len(tasks), "model": model, "offline": offline},
+        )
+        return PlanProduced(
+            **meta,
+            version=version,
             tasks=tasks,
-            rationale=attempt.submission.rationale,
+            rationale=decision.submission.rationale,
             model=model,
             offline=offline,
             repairs=repairs,
         )
-        return [*out, produced]
 
-    def _failed(self, prepared: RepositoryPrepared, reason: str) -> PlanFailed:
-        return PlanFailed(**caused_by(prepared, self._clock(), "plan_failed", 1), reason=reason)
+    def _failed(self, trigger: Event, reason: str) -> PlanFailed:
+        mission = self.projection.state.missions[trigger.mission_id]
+        meta = caused_by(trigger, self._clock(), "planner-outcome", trigger.event_id)
+        return PlanFailed(**meta, reason=reason, version=mission.latest_version + 1)

@@ -1,42 +1,57 @@
-"""What the planner tells the model: a stable prefix (cached) and the mission's request."""
+"""What the planner tells the model: a stable prefix (cached) and the mission's turn."""
 
 from __future__ import annotations
 
-from aether_events import MissionRequested, RepositoryPrepared
+from aether_events import MissionRequested
+from aether_planner.domain import Turn
 
 SYSTEM_PROMPT = """\
 You are the planner of Aether, a system in which several coding agents work one software \
-requirement in parallel, each in its own git worktree, and a broker merges their branches.
+requirement in parallel, each in its own git worktree, and a broker merges their branches \
+one at a time.
 
-Break the requirement into a small dependency graph of tasks and submit it with the \
-submit_plan tool. Rules:
-- Each task is a coherent change one agent can finish alone: give it a clear title, a \
-description an engineer could act on, and acceptance criteria that can be checked.
-- List in `files` every repository-relative path the task may create or change. Tasks that \
+Decide what the mission needs and answer with exactly one tool:
+- submit_plan: the work as a small dependency graph of tasks.
+- ask_clarifying_questions: only when the requirement is ambiguous in a way that would \
+change the plan; ask at most five short questions.
+- answer_question: when the mission is a question about the code rather than a change; \
+answer it from the repository context, with no tasks.
+
+Rules for a plan:
+- Each task is a coherent change one agent can finish alone: a clear title, a description \
+an engineer could act on, and acceptance criteria that can be checked.
+- `files` lists every repository-relative path the task may create or change. Tasks that \
 can run at the same time should not share files: that is how merge conflicts are avoided.
 - `depends_on` names the ids of tasks whose merged result this task needs. Prefer wide, \
 shallow graphs; never create cycles.
 - `tier` is the model the task needs: small (mechanical edits), standard (most work), \
 complex (subtle design or debugging).
-- Use as few tasks as the work allows, and never more than the mission's limit.
+- Use as few tasks as the work allows, never more than the mission's limit, and explain \
+the decomposition briefly in `rationale`.
 """
 
+_TURN_LABEL = {
+    "questions": "You asked",
+    "answer": "The user answered",
+    "plan": "You proposed",
+    "feedback": "The user's feedback on it",
+}
 
-def repository_context(prepared: RepositoryPrepared, max_files: int = 400) -> str:
-    """The repository as the planner sees it: branch, base commit and the file tree."""
-    lines = [
-        f"Repository base branch: {prepared.base_branch} at {prepared.base_sha[:12]}",
-        f"Files: {prepared.file_count}" + (" (list truncated)" if prepared.files_truncated else ""),
+
+def mission_text(request: MissionRequested, turns: tuple[Turn, ...], revising: bool) -> str:
+    """The mission's own part of the prompt: the requirement and the conversation."""
+    parts = [
+        f"Mission (at most {request.max_tasks} tasks).",
+        f"<requirement>\n{request.requirement}\n</requirement>",
     ]
-    for entry in prepared.files[:max_files]:
-        lines.append(f"  {entry.path} ({entry.size} bytes)")
-    if len(prepared.files) > max_files:
-        lines.append(f"  … and {len(prepared.files) - max_files} more")
-    return "<repository>\n" + "\n".join(lines) + "\n</repository>"
-
-
-def request_text(request: MissionRequested) -> str:
-    return (
-        f"Plan this mission (at most {request.max_tasks} tasks).\n"
-        f"<requirement>\n{request.requirement}\n</requirement>"
-    )
+    if turns:
+        history = "\n\n".join(f"{_TURN_LABEL[kind]}:\n{text}" for kind, text in turns)
+        parts.append(f"<conversation>\n{history}\n</conversation>")
+    if revising:
+        parts.append(
+            "Submit a revised plan that takes the feedback into account: the whole plan, "
+            "not only the changes."
+        )
+    elif turns:
+        parts.append("Go on from the conversation: plan now if you can.")
+    return "\n\n".join(parts)

@@ -1,8 +1,9 @@
-"""The planner's model calls through the anthropic SDK (tool use, prompt caching)."""
+"""The planner's model calls through the anthropic SDK: tool use, prompt caching, a journal."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import anthropic
 import msgspec
@@ -10,92 +11,168 @@ from anthropic.types import (
     Message,
     MessageParam,
     TextBlockParam,
+    ToolChoiceAnyParam,
     ToolChoiceToolParam,
     ToolParam,
     ToolUseBlock,
 )
 
-from aether_events import MissionRequested, RepositoryPrepared, Usage
+from aether_events import Usage
 from aether_llm import usage_of
+from aether_planner.adapters.journal import CallJournal
 from aether_planner.domain import PLAN_TOOL_SCHEMA, PlanSubmission
-from aether_planner.prompt import SYSTEM_PROMPT, repository_context, request_text
+from aether_planner.prompt import SYSTEM_PROMPT
 
 PLAN_TOOL: ToolParam = {
     "name": "submit_plan",
     "description": "Submit the plan: the tasks, their files, dependencies and tiers.",
     "input_schema": PLAN_TOOL_SCHEMA,
 }
-FORCE_PLAN: ToolChoiceToolParam = {"type": "tool", "name": "submit_plan"}
+QUESTIONS_TOOL: ToolParam = {
+    "name": "ask_clarifying_questions",
+    "description": "Ask the user what you need to know before you can plan.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "questions": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "maxItems": 5,
+            }
+        },
+        "required": ["questions"],
+    },
+}
+ANSWER_TOOL: ToolParam = {
+    "name": "answer_question",
+    "description": "Answer a mission that is a question rather than a change; no tasks.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}},
+        "required": ["answer"],
+    },
+}
+# Always the same tools in the same order, the last one marked: the tool definitions are
+# part of the cached prefix, so they must not change from call to call.
+TOOLS: list[ToolParam] = [
+    QUESTIONS_TOOL,
+    ANSWER_TOOL,
+    {**PLAN_TOOL, "cache_control": {"type": "ephemeral"}},
+]
 SYSTEM: list[TextBlockParam] = [
     {"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}
 ]
+ANY_TOOL: ToolChoiceAnyParam = {"type": "any"}
+FORCE_PLAN: ToolChoiceToolParam = {"type": "tool", "name": "submit_plan"}
+
+Kind = Literal["plan", "questions", "answer", "none"]
 
 
 class ModelUnavailable(Exception):
     """The model could not be reached (after the SDK's retries) or refused the request."""
 
 
-@dataclass
-class Attempt:
-    """One model call: the submission it carried (if it decoded) and its usage."""
+class Questions(msgspec.Struct):
+    questions: list[str]
 
-    submission: PlanSubmission | None
-    decode_error: str | None
-    usage: Usage
+
+class Answer(msgspec.Struct):
+    answer: str
+
+
+@dataclass
+class Decision:
+    """One model call: what it decided, whether it decoded, and its usage."""
+
+    kind: Kind
     message: Message
+    usage: Usage
+    submission: PlanSubmission | None = None
+    questions: list[str] | None = None
+    answer: str | None = None
+    problem: str | None = None
+    replayed: bool = False
 
 
 class PlannerModel:
-    def __init__(self, client: anthropic.AsyncAnthropic, max_tokens: int = 8192) -> None:
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        journal: CallJournal | None = None,
+        max_tokens: int = 8192,
+    ) -> None:
         self._client = client
+        self.journal = journal
         self._max_tokens = max_tokens
 
-    async def plan(
+    async def call(
+        self,
+        *,
+        key: str,
+        model: str,
+        context: str,
+        mission: str,
+        plan_only: bool,
+        correction: tuple[Message, str] | None = None,
+    ) -> Decision:
+        """Ask the model once for step ``key`` (or replay its journaled reply)."""
+        message = await self.journal.get(key) if self.journal else None
+        replayed = message is not None
+        if message is None:
+            message = await self._create(model, context, mission, plan_only, correction)
+            if self.journal:
+                await self.journal.put(key, message)
+        return _decision(model, message, replayed)
+
+    async def _create(
         self,
         model: str,
-        request: MissionRequested,
-        prepared: RepositoryPrepared,
-        correction: tuple[Message, str] | None = None,
-    ) -> Attempt:
-        """Ask for a plan; with ``correction`` (the previous reply and its errors), ask again."""
+        context: str,
+        mission: str,
+        plan_only: bool,
+        correction: tuple[Message, str] | None,
+    ) -> Message:
         messages: list[MessageParam] = [
             {
                 "role": "user",
                 "content": [
-                    {
-                        "type": "text",
-                        "text": repository_context(prepared),
-                        "cache_control": {"type": "ephemeral"},
-                    },
-                    {"type": "text", "text": request_text(request)},
+                    {"type": "text", "text": context, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": mission},
                 ],
             }
         ]
         if correction is not None:
             previous, errors = correction
-            tool_use = _tool_use(previous)
             messages.append({"role": "assistant", "content": previous.content})
-            messages.append(
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": tool_use.id if tool_use else "none",
-                            "is_error": True,
-                            "content": "The plan was rejected. Fix exactly these errors and "
-                            f"submit the whole plan again:\n{errors}",
-                        }
-                    ],
-                }
+            used = _tool_use(previous)
+            fix = (
+                "That was rejected. Fix exactly these problems and call the tool again with "
+                f"the whole answer:\n{errors}"
             )
+            if used is not None:
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": used.id,
+                                "is_error": True,
+                                "content": fix,
+                            }
+                        ],
+                    }
+                )
+            else:
+                messages.append({"role": "user", "content": fix})
         try:
-            message = await self._client.messages.create(
+            return await self._client.messages.create(
                 model=model,
                 max_tokens=self._max_tokens,
                 system=SYSTEM,
-                tools=[PLAN_TOOL],
-                tool_choice=FORCE_PLAN,
+                tools=TOOLS,
+                tool_choice=FORCE_PLAN if plan_only else ANY_TOOL,
                 messages=messages,
             )
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as error:
@@ -104,21 +181,41 @@ class PlannerModel:
             raise ModelUnavailable(
                 f"the model endpoint answered {error.status_code}: {error.message}"
             ) from error
-        usage = usage_of(model, message.usage)
-        tool_use = _tool_use(message)
-        if tool_use is None:
-            return Attempt(None, "the reply did not call submit_plan", usage, message)
-        try:
-            submission = msgspec.convert(tool_use.input, PlanSubmission, strict=False)
-        except msgspec.ValidationError as error:
-            return Attempt(
-                None, f"the submitted plan does not fit the schema: {error}", usage, message
-            )
-        return Attempt(submission, None, usage, message)
 
 
 def _tool_use(message: Message) -> ToolUseBlock | None:
     for block in message.content:
-        if isinstance(block, ToolUseBlock) and block.name == "submit_plan":
+        if isinstance(block, ToolUseBlock):
             return block
     return None
+
+
+def _decision(model: str, message: Message, replayed: bool) -> Decision:
+    usage = usage_of(model, message.usage)
+    used = _tool_use(message)
+    if used is None:
+        return Decision(
+            "none", message, usage, problem="the reply called no tool", replayed=replayed
+        )
+    payload: Any = used.input
+    try:
+        if used.name == "submit_plan":
+            submission = msgspec.convert(payload, PlanSubmission, strict=False)
+            return Decision("plan", message, usage, submission=submission, replayed=replayed)
+        if used.name == "ask_clarifying_questions":
+            asked = msgspec.convert(payload, Questions, strict=False)
+            questions = [q.strip() for q in asked.questions if q.strip()][:5]
+            if not questions:
+                raise msgspec.ValidationError("no questions were asked")
+            return Decision("questions", message, usage, questions=questions, replayed=replayed)
+        if used.name == "answer_question":
+            answer = msgspec.convert(payload, Answer, strict=False).answer.strip()
+            if not answer:
+                raise msgspec.ValidationError("the answer is empty")
+            return Decision("answer", message, usage, answer=answer, replayed=replayed)
+    except msgspec.ValidationError as error:
+        problem = f"the {used.name} call does not fit its schema: {error}"
+        return Decision("none", message, usage, problem=problem, replayed=replayed)
+    return Decision(
+        "none", message, usage, problem=f"unknown tool {used.name!r}", replayed=replayed
+    )
