@@ -8,7 +8,7 @@ from dulwich.index import commit_tree
 from dulwich.object_store import MemoryObjectStore, iter_tree_contents
 from dulwich.objects import Blob, ObjectID
 
-from aether_git_broker.adapters.treemerge import merge_trees
+from aether_git_broker.adapters.treemerge import Trees, merge_trees
 
 FILE = stat.S_IFREG | 0o644
 EXECUTABLE = stat.S_IFREG | 0o755
@@ -39,7 +39,7 @@ def test_changes_on_different_files_combine() -> None:
     base = tree(store, {"a.txt": "a\n", "src/b.py": "b\n"})
     ours = tree(store, {"a.txt": "a2\n", "src/b.py": "b\n"})
     theirs = tree(store, {"a.txt": "a\n", "src/b.py": "b\n", "src/c.py": "c\n"})
-    result = merge_trees(store, base, ours, theirs)
+    result = merge_trees(Trees(store), base, ours, theirs)
     assert result.conflicts == ()
     assert contents(store, result.tree) == {"a.txt": "a2\n", "src/b.py": "b\n", "src/c.py": "c\n"}
 
@@ -48,7 +48,7 @@ def test_the_same_change_on_both_sides_is_not_a_conflict() -> None:
     store = MemoryObjectStore()
     base = tree(store, {"a.txt": "a\n"})
     both = tree(store, {"a.txt": "same\n", "new.txt": "n\n"})
-    result = merge_trees(store, base, both, both)
+    result = merge_trees(Trees(store), base, both, both)
     assert result.conflicts == ()
     assert contents(store, result.tree) == {"a.txt": "same\n", "new.txt": "n\n"}
 
@@ -58,7 +58,7 @@ def test_different_changes_to_one_file_conflict() -> None:
     base = tree(store, {"a.txt": "a\n", "b.txt": "b\n"})
     ours = tree(store, {"a.txt": "ours\n", "b.txt": "b\n"})
     theirs = tree(store, {"a.txt": "theirs\n", "b.txt": "b2\n"})
-    result = merge_trees(store, base, ours, theirs)
+    result = merge_trees(Trees(store), base, ours, theirs)
     assert result.tree is None
     assert result.conflicts == ("a.txt",)
 
@@ -68,9 +68,9 @@ def test_delete_against_modify_conflicts_and_delete_against_nothing_applies() ->
     base = tree(store, {"a.txt": "a\n", "b.txt": "b\n"})
     ours = tree(store, {"a.txt": "changed\n", "b.txt": "b\n"})
     theirs = tree(store, {"b.txt": "b\n"})
-    assert merge_trees(store, base, ours, theirs).conflicts == ("a.txt",)
+    assert merge_trees(Trees(store), base, ours, theirs).conflicts == ("a.txt",)
     untouched = tree(store, {"a.txt": "a\n", "b.txt": "b\n", "c.txt": "c\n"})
-    result = merge_trees(store, base, untouched, theirs)
+    result = merge_trees(Trees(store), base, untouched, theirs)
     assert contents(store, result.tree) == {"b.txt": "b\n", "c.txt": "c\n"}
 
 
@@ -79,7 +79,7 @@ def test_a_mode_change_on_one_side_merges_with_a_content_change_elsewhere() -> N
     base = tree(store, {"run.sh": "echo\n", "a.txt": "a\n"})
     ours = tree(store, {"run.sh": "echo\n", "a.txt": "a2\n"})
     theirs = tree(store, {"run.sh": ("echo\n", EXECUTABLE), "a.txt": "a\n"})
-    result = merge_trees(store, base, ours, theirs)
+    result = merge_trees(Trees(store), base, ours, theirs)
     assert result.conflicts == ()
     assert result.tree is not None
     modes = {e.path: e.mode for e in iter_tree_contents(store, result.tree)}
@@ -92,7 +92,7 @@ def test_a_file_on_one_side_where_the_other_adds_a_directory_conflicts() -> None
     base = tree(store, {"keep.txt": "k\n"})
     ours = tree(store, {"keep.txt": "k\n", "docs": "a file\n"})
     theirs = tree(store, {"keep.txt": "k\n", "docs/index.md": "a dir\n"})
-    result = merge_trees(store, base, ours, theirs)
+    result = merge_trees(Trees(store), base, ours, theirs)
     assert result.conflicts == ("docs",)
 
 
@@ -101,7 +101,7 @@ def test_their_directory_turned_into_a_file_replaces_it() -> None:
     base = tree(store, {"keep.txt": "k\n", "docs/a.md": "a\n", "docs/b.md": "b\n"})
     ours = tree(store, {"keep.txt": "k2\n", "docs/a.md": "a\n", "docs/b.md": "b\n"})
     theirs = tree(store, {"keep.txt": "k\n", "docs": "now a file\n"})
-    result = merge_trees(store, base, ours, theirs)
+    result = merge_trees(Trees(store), base, ours, theirs)
     assert result.conflicts == ()
     assert contents(store, result.tree) == {"keep.txt": "k2\n", "docs": "now a file\n"}
 
@@ -110,5 +110,5 @@ def test_no_common_ancestor_merges_disjoint_additions() -> None:
     store = MemoryObjectStore()
     ours = tree(store, {"a.txt": "a\n"})
     theirs = tree(store, {"b.txt": "b\n"})
-    result = merge_trees(store, None, ours, theirs)
+    result = merge_trees(Trees(store), None, ours, theirs)
     assert contents(store, result.tree) == {"a.txt": "a\n", "b.txt": "b\n"}

@@ -294,15 +294,16 @@ class WorkspaceOutcome:
     created: bool
 
 
-MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict"]
+MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
 
 
 @dataclass(frozen=True)
 class MergeOutcome:
     """What merging one task attempt did.
 
-    ``sha`` is the integration head after the merge (or, for a conflict, the head that was
-    left untouched); ``files`` are the paths changed by the merge or the conflicted ones.
+    ``sha`` is the integration head after the merge (or, for a conflict or a failed
+    verification, the head that was left untouched); ``files`` are the paths changed by
+    the merge or the conflicted ones; ``detail`` says why a merge did not happen.
     """
 
     kind: MergeKind
@@ -352,7 +353,9 @@ def workspace_ready_event(
 def merge_event(
     cause: AgentCompleted, now: datetime, integration_branch: str, outcome: MergeOutcome
 ) -> BranchMerged | MergeConflicted:
-    if outcome.kind == "conflict":
+    if outcome.kind in ("conflict", "verify_failed"):
+        # A failed verification is reported like a conflict: the task runs again on the
+        # current head, with the command's output as its context.
         return MergeConflicted(
             **caused_by(cause, now, "merge_conflicted", cause.task_id, cause.attempt),
             task_id=cause.task_id,

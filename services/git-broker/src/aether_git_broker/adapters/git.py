@@ -2,6 +2,11 @@
 
 Each operation is level-triggered: it looks at the repository first and only does what
 is still missing, so repeating it after a crash or a redelivery is harmless.
+
+Repositories stay open between operations, each with a cache of parsed trees: the merge
+train reads the same top-level trees for every merge, and reopening a repository reloads
+its pack indexes. Only one operation runs at a time (the adapter holds a lock), which is
+what the broker's single consumer does anyway.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from dulwich.errors import NotGitRepository
-from dulwich.graph import can_fast_forward, find_merge_base
-from dulwich.object_store import iter_tree_contents
 from dulwich.objects import S_ISGITLINK, Commit, ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -23,7 +29,15 @@ from dulwich.trailers import parse_trailers
 
 from aether_events import RepoFile
 from aether_git_broker.adapters import worktrees
-from aether_git_broker.adapters.treemerge import changed_paths, merge_trees
+from aether_git_broker.adapters.history import Commits, NotACommit, merge_bases
+from aether_git_broker.adapters.refs import move_branch
+from aether_git_broker.adapters.treemerge import (
+    Entry,
+    Trees,
+    changed_paths,
+    is_dir,
+    merge_trees,
+)
 from aether_git_broker.domain import MergeOutcome, RepositoryOutcome, WorkspaceOutcome
 
 log = logging.getLogger("aether.git_broker.git")
@@ -41,6 +55,30 @@ class RefMoved(RuntimeError):
     """The integration branch changed under a merge; merging again will see the new head."""
 
 
+@dataclass
+class Handle:
+    """An open repository with its caches of parsed trees and commits."""
+
+    repo: Repo
+    trees: Trees
+    commits: Commits
+
+    def commit(self, sha: ObjectID) -> Commit:
+        try:
+            return self.commits.get(sha)
+        except NotACommit as error:
+            raise RepositoryError(str(error)) from None
+
+    @property
+    def path(self) -> str:
+        return os.path.realpath(self.repo.path)
+
+
+# Given the open repository and the commit the integration branch would move to: None
+# when it may move, else why not (for people: the command and its output).
+Verifier = Callable[[Handle, ObjectID], "str | None"]
+
+
 def local_path(repository: str) -> str:
     """The absolute path a local repository reference points at."""
     path = repository.removeprefix("file://")
@@ -49,13 +87,6 @@ def local_path(repository: str) -> str:
 
 def _branch_ref(branch: str) -> Ref:
     return Ref(b"refs/heads/" + branch.encode())
-
-
-def _commit(repo: Repo, sha: ObjectID) -> Commit:
-    obj = repo.object_store[sha]
-    if not isinstance(obj, Commit):
-        raise RepositoryError(f"{sha.decode()} is a {obj.type_name.decode()}, not a commit")
-    return obj
 
 
 def open_repository(repository: str) -> Repo:
@@ -87,12 +118,49 @@ def _paths(changes: Iterable[bytes]) -> tuple[str, ...]:
 class GitRepositories:
     """The repository adapter: integration branches, worktrees and merges.
 
-    ``identity`` (``Name <email>``) authors the merge commits.
+    ``identity`` (``Name <email>``) authors the merge commits; at most ``max_open``
+    repositories stay open.
     """
 
-    def __init__(self, *, identity: str = DEFAULT_IDENTITY, max_listed_files: int = 2000):
+    def __init__(
+        self,
+        *,
+        identity: str = DEFAULT_IDENTITY,
+        max_listed_files: int = 2000,
+        max_open: int = 16,
+    ) -> None:
         self._identity = identity.encode()
         self._max_listed_files = max_listed_files
+        self._max_open = max_open
+        self._open_handles: OrderedDict[str, Handle] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def _open(self, repository: str) -> Handle:
+        path = local_path(repository)
+        handle = self._open_handles.get(path)
+        if handle is not None and os.path.isdir(handle.repo.controldir()):
+            self._open_handles.move_to_end(path)
+            return handle
+        if handle is not None:
+            self._forget(path)
+        repo = open_repository(repository)
+        store = repo.object_store
+        handle = Handle(repo=repo, trees=Trees(store), commits=Commits(store))
+        self._open_handles[path] = handle
+        while len(self._open_handles) > self._max_open:
+            self._forget(next(iter(self._open_handles)))
+        return handle
+
+    def _forget(self, path: str) -> None:
+        handle = self._open_handles.pop(path, None)
+        if handle is not None:
+            handle.repo.close()
+
+    def close(self) -> None:
+        """Close every open repository."""
+        with self._lock:
+            for path in list(self._open_handles):
+                self._forget(path)
 
     # --- missions ---------------------------------------------------------------
 
@@ -104,9 +172,11 @@ class GitRepositories:
         The integration branch starts at the base branch's head. When it exists already
         (a redelivery) it is left alone and the base reported is where it forked.
         """
-        with open_repository(repository) as repo:
+        with self._lock:
+            handle = self._open(repository)
+            repo = handle.repo
             base_head = _head(repo, base_branch, "base branch")
-            _commit(repo, base_head)
+            handle.commit(base_head)
             integration_ref = _branch_ref(integration_branch)
             if repo.refs.add_if_new(
                 integration_ref,
@@ -117,11 +187,11 @@ class GitRepositories:
                 base_sha = base_head
                 log.info("integration branch created", extra={"branch": integration_branch})
             else:
-                bases = find_merge_base(repo, [repo.refs[integration_ref], base_head])
+                bases = merge_bases(handle.commits, repo.refs[integration_ref], base_head)
                 base_sha = bases[0] if bases else base_head
-            files, count = self._list_files(repo, base_sha)
+            files, count = self._list_files(handle, base_sha)
             return RepositoryOutcome(
-                path=os.path.realpath(repo.path),
+                path=handle.path,
                 base_branch=base_branch,
                 base_sha=base_sha.decode(),
                 integration_branch=integration_branch,
@@ -130,18 +200,25 @@ class GitRepositories:
                 files_truncated=count > len(files),
             )
 
-    def _list_files(self, repo: Repo, commit_sha: ObjectID) -> tuple[tuple[RepoFile, ...], int]:
-        store = repo.object_store
+    def _list_files(self, handle: Handle, commit_sha: ObjectID) -> tuple[tuple[RepoFile, ...], int]:
+        store, trees = handle.repo.object_store, handle.trees
         files: list[RepoFile] = []
         count = 0
-        for entry in iter_tree_contents(store, _commit(repo, commit_sha).tree):
-            if entry.path is None or S_ISGITLINK(entry.mode):
-                continue
-            count += 1
-            if len(files) < self._max_listed_files:
-                _, data = store.get_raw(entry.sha)
-                files.append(RepoFile(path=entry.path.decode(errors="replace"), size=len(data)))
-        return tuple(files), count
+        pending = [(b"", handle.commit(commit_sha).tree)]
+        while pending:
+            prefix, tree = pending.pop()
+            for name, (mode, sha) in sorted(trees.entries(tree).items(), reverse=True):
+                path = prefix + name
+                if is_dir((mode, sha)):
+                    pending.append((path + b"/", sha))
+                    continue
+                if S_ISGITLINK(mode):
+                    continue
+                count += 1
+                if len(files) < self._max_listed_files:
+                    _, data = store.get_raw(sha)
+                    files.append(RepoFile(path=path.decode(errors="replace"), size=len(data)))
+        return tuple(sorted(files, key=lambda f: f.path)), count
 
     # --- workspaces -------------------------------------------------------------
 
@@ -154,7 +231,8 @@ class GitRepositories:
         reported is the branch's head, which nobody has committed to before the
         workspace was announced.
         """
-        with open_repository(repository_path) as repo:
+        with self._lock:
+            repo = self._open(repository_path).repo
             branch_ref = _branch_ref(branch)
             head = _head(repo, integration_branch, "integration branch")
             if not repo.refs.add_if_new(
@@ -172,20 +250,35 @@ class GitRepositories:
 
     def remove_worktree(self, repository_path: str, worktree_path: str) -> bool:
         """Remove one worktree and its administrative directory; keeps the branch."""
-        with open_repository(repository_path) as repo:
-            return worktrees.remove_worktree(repo, worktree_path)
+        with self._lock:
+            return worktrees.remove_worktree(self._open(repository_path).repo, worktree_path)
 
     def remove_worktrees_under(self, repository_path: str, directory: str) -> list[str]:
         """Remove every worktree of the repository inside ``directory``."""
-        try:
-            repo = open_repository(repository_path)
-        except RepositoryError:
-            # The repository is gone; what is left of its worktrees is just files.
-            if os.path.isdir(directory):
-                shutil.rmtree(directory, ignore_errors=True)
-            return []
-        with repo:
+        with self._lock:
+            try:
+                repo = self._open(repository_path).repo
+            except RepositoryError:
+                # The repository is gone; what is left of its worktrees is just files.
+                if os.path.isdir(directory):
+                    shutil.rmtree(directory, ignore_errors=True)
+                return []
             return worktrees.remove_worktrees_under(repo, directory)
+
+    def delete_branches(self, repository_path: str, prefix: str) -> list[str]:
+        """Delete every branch whose name starts with ``prefix`` (a ``…/`` namespace)."""
+        with self._lock:
+            try:
+                repo = self._open(repository_path).repo
+            except RepositoryError:
+                return []
+            base = Ref(b"refs/heads/" + prefix.encode())
+            deleted = []
+            for name in sorted(repo.refs.keys(base=base)):
+                ref = Ref(base + name)
+                if repo.refs.remove_if_equals(ref, None):
+                    deleted.append(ref.decode().removeprefix("refs/heads/"))
+            return deleted
 
     # --- merges -----------------------------------------------------------------
 
@@ -200,15 +293,20 @@ class GitRepositories:
         attempt: int,
         commit_sha: str,
         now: datetime,
+        verify: Verifier | None = None,
     ) -> MergeOutcome:
         """Merge a task's commit into the integration branch, once.
 
         Already merged (a merge commit with this task's trailers since ``since_sha``, or
         the commit is already in the branch) → ``already_merged`` and nothing written.
         Otherwise a fast-forward when possible, else a merge commit from a three-way tree
-        merge. The branch moves by compare-and-swap; a conflict leaves it untouched.
+        merge. With ``verify``, the result must pass it before the branch moves. The
+        branch moves by compare-and-swap; a conflict or failed verification leaves it
+        untouched.
         """
-        with open_repository(repository_path) as repo:
+        with self._lock:
+            handle = self._open(repository_path)
+            repo, trees = handle.repo, handle.trees
             ref = _branch_ref(integration_branch)
             head = _head(repo, integration_branch, "integration branch")
             commit = ObjectID(commit_sha.encode())
@@ -218,32 +316,55 @@ class GitRepositories:
                     sha=head.decode(),
                     detail=f"commit {commit_sha} is not in the repository",
                 )
-            _commit(repo, commit)
-            previous = self._find_task_merge(repo, head, since_sha, mission_id, task_id, attempt)
+            theirs = handle.commit(commit)
+            previous = _find_task_merge(handle, head, since_sha, mission_id, task_id, attempt)
             if previous is not None:
-                parent = previous.parents[0]
-                files = changed_paths(repo.object_store, _commit(repo, parent).tree, previous.tree)
+                before = handle.commit(previous.parents[0]).tree
                 return MergeOutcome(
-                    kind="already_merged", sha=previous.id.decode(), files=_paths(files)
+                    kind="already_merged",
+                    sha=previous.id.decode(),
+                    files=_paths(changed_paths(trees, before, previous.tree)),
                 )
-            if can_fast_forward(repo, commit, head):
+            bases = merge_bases(handle.commits, head, commit)
+            if commit in bases:
                 return MergeOutcome(kind="already_merged", sha=commit.decode(), fast_forward=True)
-            fast_forward = can_fast_forward(repo, head, commit)
+            ours = handle.commit(head)
+            fast_forward = head in bases
+            files: Mapping[bytes, Entry | None]
             if fast_forward:
                 new_head = commit
+                files = changed_paths(trees, ours.tree, theirs.tree)
             else:
-                merged = self._merge_commit(repo, head, commit, mission_id, task_id, attempt, now)
-                if isinstance(merged, MergeOutcome):
-                    return merged
-                new_head = merged
-            message = f"aether: merge task {task_id} (attempt {attempt})".encode()
-            if not repo.refs.set_if_equals(
-                ref, head, new_head, committer=self._identity, message=message
+                base_tree = handle.commit(bases[0]).tree if bases else None
+                result = merge_trees(trees, base_tree, ours.tree, theirs.tree)
+                if result.tree is None:
+                    return MergeOutcome(
+                        kind="conflict",
+                        sha=head.decode(),
+                        files=result.conflicts,
+                        detail="both the integration branch and the task changed "
+                        f"{len(result.conflicts)} file(s) differently",
+                    )
+                new_head = self._merge_commit(
+                    handle, result.tree, head, commit, mission_id, task_id, attempt, now
+                )
+                files = result.changed
+            if verify is not None:
+                failure = verify(handle, new_head)
+                if failure is not None:
+                    return MergeOutcome(
+                        kind="verify_failed", sha=head.decode(), files=(), detail=failure
+                    )
+            if not move_branch(
+                repo,
+                ref,
+                head,
+                new_head,
+                committer=self._identity,
+                timestamp=int(now.timestamp()),
+                message=f"aether: merge task {task_id} (attempt {attempt})".encode(),
             ):
                 raise RefMoved(f"{integration_branch} moved while merging task {task_id}")
-            files = changed_paths(
-                repo.object_store, _commit(repo, head).tree, _commit(repo, new_head).tree
-            )
             return MergeOutcome(
                 kind="fast_forward" if fast_forward else "merged",
                 sha=new_head.decode(),
@@ -253,28 +374,17 @@ class GitRepositories:
 
     def _merge_commit(
         self,
-        repo: Repo,
+        handle: Handle,
+        tree: ObjectID,
         head: ObjectID,
         commit: ObjectID,
         mission_id: str,
         task_id: str,
         attempt: int,
         now: datetime,
-    ) -> ObjectID | MergeOutcome:
-        bases = find_merge_base(repo, [head, commit])
-        base_tree = _commit(repo, bases[0]).tree if bases else None
-        ours, theirs = _commit(repo, head), _commit(repo, commit)
-        result = merge_trees(repo.object_store, base_tree, ours.tree, theirs.tree)
-        if result.tree is None:
-            return MergeOutcome(
-                kind="conflict",
-                sha=head.decode(),
-                files=result.conflicts,
-                detail=f"both the integration branch and the task changed {len(result.conflicts)}"
-                " file(s) differently",
-            )
+    ) -> ObjectID:
         merge = Commit()
-        merge.tree = result.tree
+        merge.tree = tree
         merge.parents = [head, commit]
         merge.author = merge.committer = self._identity
         merge.author_time = merge.commit_time = int(now.timestamp())
@@ -286,30 +396,30 @@ class GitRepositories:
             f"Aether-Task: {task_id}\n"
             f"Aether-Attempt: {attempt}\n"
         ).encode()
-        repo.object_store.add_object(merge)
-        return merge.id
+        sha = handle.trees.objects.write(b"commit", merge.as_raw_string())
+        handle.commits.remember(merge)
+        return sha
 
-    def _find_task_merge(
-        self,
-        repo: Repo,
-        head: ObjectID,
-        since_sha: str,
-        mission_id: str,
-        task_id: str,
-        attempt: int,
-    ) -> Commit | None:
-        """The merge commit this task attempt already produced, if the branch has one."""
-        since = ObjectID(since_sha.encode())
-        exclude = [since] if since in repo.object_store else []
-        wanted = {"aether-task": task_id, "aether-attempt": str(attempt)}
-        for entry in repo.get_walker(include=[head], exclude=exclude):
-            commit = entry.commit
-            if len(commit.parents) < 2:
-                continue
+
+def _find_task_merge(
+    handle: Handle, head: ObjectID, since_sha: str, mission_id: str, task_id: str, attempt: int
+) -> Commit | None:
+    """The merge commit this task attempt already produced, if the branch has one.
+
+    The broker's merges all sit on the integration branch's first-parent line (each one
+    has the previous head as its first parent), so that line is all there is to read.
+    """
+    needle = f"Aether-Task: {task_id}".encode()
+    wanted = {"aether-task": task_id, "aether-attempt": str(attempt)}
+    sha: ObjectID | None = head
+    while sha is not None and sha.decode() != since_sha:
+        commit = handle.commit(sha)
+        if len(commit.parents) >= 2 and needle in commit.message:
             _, trailers = parse_trailers(commit.message)
             found = {t.key.lower(): t.value.strip() for t in trailers}
-            if found.get("aether-mission", mission_id) != mission_id:
-                continue
-            if all(found.get(key) == value for key, value in wanted.items()):
+            if found.get("aether-mission", mission_id) == mission_id and all(
+                found.get(key) == value for key, value in wanted.items()
+            ):
                 return commit
-        return None
+        sha = commit.parents[0] if commit.parents else None
+    return None

@@ -1,93 +1,231 @@
-"""A three-way merge of trees, without a checkout.
+"""Three-way merges and diffs of trees, without a checkout and without walking what is equal.
 
-dulwich ships a ``Merger``, but merging a file both sides changed needs the optional
-``merge3`` package (without it dulwich raises ``ImportError``), and it reports a false
-conflict when only one side changed a file's mode. The broker's rule is simpler and
-strict: a path changed on one side only takes that side; the same change on both sides is
-fine; different changes to the same path are a conflict. Line-level merging of one file
-is left to the task's retry, which re-runs the agent on the new head.
+Git names every tree by the hash of its content, so two directories with the same id are
+identical all the way down. The merge uses that at every level, as ``git merge-tree``
+does: where only one side changed a directory it takes that side's directory whole, and
+it descends only into directories both sides changed. A merge of two small tasks into a
+repository of ten thousand files therefore reads a handful of trees, not ten thousand
+entries.
+
+The rule for a file is deliberately strict: a path changed on one side takes that side;
+the same change on both sides is fine; different changes to the same path (content, mode,
+delete against modify, file against directory) are a conflict. Line-level merging of one
+file is left to the task's retry, which re-runs the agent on the new head. (dulwich's own
+``Merger`` needs the optional ``merge3`` package for that, and reports a false conflict
+when one side only changed a file's mode.)
 """
 
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass
+import binascii
+import stat
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from dulwich.diff_tree import tree_changes
-from dulwich.object_store import BaseObjectStore, commit_tree_changes
-from dulwich.objects import ObjectID
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import ObjectID, Tree, parse_tree, sorted_tree_items
 
-# (mode, sha) of a path after a change, or None when the change deleted it.
-Entry = tuple[int, ObjectID] | None
+from aether_git_broker.adapters.objects import ObjectIO
+
+# (mode, sha) of one entry of a tree.
+Entry = tuple[int, ObjectID]
+Entries = Mapping[bytes, Entry]
+
+_TREE_TYPE = Tree.type_num  # dulwich's number for trees
+
+
+def is_dir(entry: Entry | None) -> bool:
+    return entry is not None and stat.S_ISDIR(entry[0])
+
+
+class Trees:
+    """Trees of one object store, parsed once and kept in a bounded cache.
+
+    A tree never changes (its id is the hash of its content), so a cached tree is never
+    stale; the cache only bounds memory, counted in entries. The merge train reads the
+    same top-level trees over and over, which is where the cache pays.
+    """
+
+    def __init__(self, store: BaseObjectStore, max_entries: int = 500_000) -> None:
+        self.store = store
+        self.objects = ObjectIO(store)
+        self._sha_len = store.object_format.oid_length
+        self._cache: OrderedDict[ObjectID, dict[bytes, Entry]] = OrderedDict()
+        self._size = 0
+        self._max = max_entries
+
+    def entries(self, tree_id: ObjectID) -> Mapping[bytes, Entry]:
+        """The entries of a tree, name → (mode, sha). Do not mutate the result."""
+        cached = self._cache.get(tree_id)
+        if cached is not None:
+            self._cache.move_to_end(tree_id)
+            return cached
+        type_num, raw = self.objects.read(tree_id)
+        if type_num != _TREE_TYPE:
+            raise ValueError(f"{tree_id.decode()} is not a tree")
+        parsed = {
+            name: (mode, ObjectID(sha))
+            for name, mode, sha in parse_tree(raw, sha_len=self._sha_len)
+        }
+        self._remember(tree_id, parsed)
+        return parsed
+
+    def write(self, entries: Mapping[bytes, Entry]) -> ObjectID:
+        """Store a tree with these entries and return its id."""
+        content = b"".join(
+            b"%o %s\0%s" % (entry.mode, entry.path, binascii.unhexlify(entry.sha))
+            for entry in sorted_tree_items(dict(entries), False)
+        )
+        tree_id = self.objects.write(b"tree", content)
+        if tree_id not in self._cache:
+            self._remember(tree_id, dict(entries))
+        return tree_id
+
+    def _remember(self, tree_id: ObjectID, entries: dict[bytes, Entry]) -> None:
+        self._cache[tree_id] = entries
+        self._size += len(entries) + 1
+        while self._size > self._max and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._size -= len(evicted) + 1
+
+
+def _join(prefix: bytes, name: bytes) -> bytes:
+    return prefix + b"/" + name if prefix else name
+
+
+def diff_entries(
+    trees: Trees,
+    old: Entry | None,
+    new: Entry | None,
+    path: bytes,
+    into: dict[bytes, Entry | None],
+) -> None:
+    """Record in ``into`` every file path that differs between two entries (a file, a
+    directory or nothing), with its new entry (``None`` when removed). Equal directories
+    are skipped without being read."""
+    if old == new:
+        return
+    old_dir, new_dir = is_dir(old), is_dir(new)
+    if not old_dir and not new_dir:
+        into[path] = new
+        return
+    if old is not None and not old_dir:
+        into[path] = None
+    if new is not None and not new_dir:
+        into[path] = new
+    old_entries = trees.entries(old[1]) if old is not None and old_dir else {}
+    new_entries = trees.entries(new[1]) if new is not None and new_dir else {}
+    for name in old_entries.keys() | new_entries.keys():
+        diff_entries(trees, old_entries.get(name), new_entries.get(name), _join(path, name), into)
+
+
+def changed_paths(
+    trees: Trees, old_tree: ObjectID | None, new_tree: ObjectID | None
+) -> dict[bytes, Entry | None]:
+    """Every file path that differs between two trees, with its new entry."""
+    into: dict[bytes, Entry | None] = {}
+    old = (stat.S_IFDIR, old_tree) if old_tree is not None else None
+    new = (stat.S_IFDIR, new_tree) if new_tree is not None else None
+    diff_entries(trees, old, new, b"", into)
+    return into
 
 
 @dataclass(frozen=True)
 class TreeMerge:
+    """The merged tree (``None`` on conflict), the conflicting paths, and every file the
+    merge changed relative to ``ours``."""
+
     tree: ObjectID | None
     conflicts: tuple[str, ...]
+    changed: Mapping[bytes, Entry | None] = field(default_factory=dict)
 
 
-def changed_paths(
-    store: BaseObjectStore, old_tree: ObjectID | None, new_tree: ObjectID | None
-) -> dict[bytes, Entry]:
-    """Every file path that differs between two trees, with its new entry."""
-    changes: dict[bytes, Entry] = {}
-    for change in tree_changes(store, old_tree, new_tree):
-        if change.old is not None and change.old.path is not None:
-            changes.setdefault(change.old.path, None)
-        if change.new is not None and change.new.path is not None:
-            changes[change.new.path] = (change.new.mode, change.new.sha)
-    return changes
+class _Merge:
+    def __init__(self, trees: Trees) -> None:
+        self.trees = trees
+        self.conflicts: list[bytes] = []
+        self.changed: dict[bytes, Entry | None] = {}
 
+    def entry(
+        self, path: bytes, base: Entry | None, ours: Entry | None, theirs: Entry | None
+    ) -> Entry | None:
+        """The merged entry at ``path``; records conflicts and changes as it goes."""
+        if ours == theirs or theirs == base:
+            return ours
+        if ours == base:
+            diff_entries(self.trees, ours, theirs, path, self.changed)
+            return theirs
+        # Both sides changed it, differently. Two directories (or a directory and
+        # nothing) are merged entry by entry; anything else is a conflict.
+        if (ours is None or is_dir(ours)) and (theirs is None or is_dir(theirs)):
+            merged = self.directory(
+                path,
+                base[1] if base is not None and is_dir(base) else None,
+                ours[1] if ours is not None else None,
+                theirs[1] if theirs is not None else None,
+            )
+            return (stat.S_IFDIR, merged) if merged is not None else None
+        self.conflicts.append(path)
+        return ours
 
-def _parents(path: bytes) -> list[bytes]:
-    parents = []
-    parent = posixpath.dirname(path)
-    while parent:
-        parents.append(parent)
-        parent = posixpath.dirname(parent)
-    return parents
-
-
-def _file_directory_clashes(ours: dict[bytes, Entry], theirs: dict[bytes, Entry]) -> set[bytes]:
-    """Paths one side makes a file while the other puts files beneath them."""
-    clashes: set[bytes] = set()
-    for mine, other in ((ours, theirs), (theirs, ours)):
-        files = {path for path, entry in other.items() if entry is not None}
-        for path, entry in mine.items():
-            if entry is None:
+    def directory(
+        self,
+        path: bytes,
+        base: ObjectID | None,
+        ours: ObjectID | None,
+        theirs: ObjectID | None,
+    ) -> ObjectID | None:
+        """The merged directory's tree id, or ``None`` when nothing is left in it."""
+        trees = self.trees
+        base_entries = trees.entries(base) if base is not None else {}
+        our_entries = trees.entries(ours) if ours is not None else {}
+        their_entries = trees.entries(theirs) if theirs is not None else {}
+        # Only the names their side changed can make the result differ from ours.
+        base_get, their_get = base_entries.get, their_entries.get
+        theirs_changed = [name for name, entry in their_entries.items() if base_get(name) != entry]
+        theirs_changed += [name for name in base_entries if their_get(name) is None]
+        merged = dict(our_entries)
+        changed = False
+        for name in theirs_changed:
+            ours_entry = our_entries.get(name)
+            entry = self.entry(_join(path, name), base_get(name), ours_entry, their_get(name))
+            if entry == ours_entry:
                 continue
-            clashes.update(parent for parent in _parents(path) if parent in files)
-    return clashes
+            changed = True
+            if entry is None:
+                del merged[name]
+            else:
+                merged[name] = entry
+        if ours is not None and not changed:
+            return ours
+        if not merged and path:
+            return None
+        return trees.write(merged)
 
 
 def merge_trees(
-    store: BaseObjectStore,
+    trees: Trees,
     base_tree: ObjectID | None,
     ours_tree: ObjectID,
     theirs_tree: ObjectID,
 ) -> TreeMerge:
-    """Merge ``theirs`` into ``ours`` relative to ``base``; writes the new trees to ``store``.
+    """Merge ``theirs`` into ``ours`` relative to ``base``; writes the new trees.
 
-    Returns the merged tree's id, or ``None`` and the conflicting paths.
+    Returns the merged tree's id and the files it changed relative to ``ours``, or no
+    tree and the conflicting paths.
     """
-    ours = changed_paths(store, base_tree, ours_tree)
-    theirs = changed_paths(store, base_tree, theirs_tree)
-    conflicts = {path for path, entry in theirs.items() if path in ours and ours[path] != entry}
-    conflicts |= _file_directory_clashes(ours, theirs)
-    if conflicts:
+    merge = _Merge(trees)
+    root = merge.entry(
+        b"",
+        (stat.S_IFDIR, base_tree) if base_tree is not None else None,
+        (stat.S_IFDIR, ours_tree),
+        (stat.S_IFDIR, theirs_tree),
+    )
+    if merge.conflicts:
         return TreeMerge(
-            tree=None, conflicts=tuple(sorted(p.decode(errors="replace") for p in conflicts))
+            tree=None,
+            conflicts=tuple(sorted(p.decode(errors="replace") for p in merge.conflicts)),
         )
-    # A directory their side turned into a file is replaced whole; deleting its old
-    # files one by one would descend into the new file as if it were a tree.
-    their_files = {path for path, entry in theirs.items() if entry is not None}
-    to_apply: list[tuple[bytes, int | None, ObjectID | None]] = [
-        (path, *(entry if entry is not None else (None, None)))
-        for path, entry in sorted(theirs.items())
-        if path not in ours
-        and not (entry is None and any(p in their_files for p in _parents(path)))
-    ]
-    if not to_apply:
-        return TreeMerge(tree=ours_tree, conflicts=())
-    return TreeMerge(tree=commit_tree_changes(store, ours_tree, to_apply), conflicts=())
+    tree = root[1] if root is not None else trees.write({})
+    return TreeMerge(tree=tree, conflicts=(), changed=merge.changed)
