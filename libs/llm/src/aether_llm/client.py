@@ -71,11 +71,4 @@ def usage_of(model: str, api_usage: ApiUsage, prices: PriceTable | None = None) 
 
 def add_usage(a: Usage, b: Usage) -> Usage:
     """Sum two usages; the cost is unknown if either is."""
-    cost = None if a.cost_usd is None or b.cost_usd is None else a.cost_usd + b.cost_usd
-    return Usage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
-        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
-        cost_usd=cost,
-    )
+    return a.plus(b)

@@ -34,7 +34,6 @@ from aether_events import (
     TaskRetryRequested,
     TaskSkipped,
     TaskTimedOut,
-    Usage,
     UsageRecorded,
     WaveCompleted,
     WaveStarted,
@@ -43,17 +42,6 @@ from aether_events import (
 )
 from aether_scheduler.domain.model import MissionState, State, TaskState
 from aether_scheduler.domain.rules import waves_of
-
-
-def add_usage(a: Usage, b: Usage) -> Usage:
-    cost = None if a.cost_usd is None or b.cost_usd is None else a.cost_usd + b.cost_usd
-    return Usage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
-        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
-        cost_usd=cost,
-    )
 
 
 def evolve(state: State, event: Event) -> State:
@@ -243,7 +231,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
         case UsageRecorded():
             m = replace(
                 m,
-                usage=add_usage(m.usage, event.usage),
+                usage=m.usage.plus(event.usage),
                 spent_usd=m.spent_usd + (event.usage.cost_usd or 0.0),
             )
             if event.task_id is not None and event.attempt is not None:
