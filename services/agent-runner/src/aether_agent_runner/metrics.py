@@ -1,0 +1,22 @@
+"""The agent runner's own metrics (the runtime exports the common ones)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+AGENTS_RUNNING = Gauge("aether_agents_running", "Agents at work in this process")
+TOOL_CALLS = Counter(
+    "aether_agent_tool_calls_total",
+    "Tool calls the agents made, by tool and outcome (ok, refused, failed)",
+    ["tool", "outcome"],
+)
+MODEL_CALLS = Counter("aether_agent_model_calls_total", "Model calls the agents made")
+RESULTS = Counter(
+    "aether_agent_results_total",
+    "Attempts ended, by result (completed, failed, stopped, limit)",
+    ["result"],
+)
+RESUMED = Counter(
+    "aether_agent_resumed_total",
+    "Attempts continued from a transcript left by an earlier runner",
+)

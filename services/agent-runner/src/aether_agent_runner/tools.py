@@ -1,0 +1,296 @@
+"""The tools the model is offered, and carrying out its calls to them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anthropic.types import ToolParam
+
+from aether_agent_runner import metrics
+from aether_agent_runner.commands import (
+    CommandPolicy,
+    command_env,
+    parse_command,
+    run_command,
+)
+from aether_agent_runner.workspace import ToolError, Workspace
+
+log = logging.getLogger("aether.agent.tools")
+
+FINISH = "finish"
+
+
+def _tool(
+    name: str, description: str, properties: dict[str, Any], required: list[str]
+) -> ToolParam:
+    return {
+        "name": name,
+        "description": description,
+        "input_schema": {"type": "object", "properties": properties, "required": required},
+    }
+
+
+_PATH = {"type": "string", "description": "Relative to the repository root."}
+
+FILE_TOOLS: list[ToolParam] = [
+    _tool(
+        "list_dir",
+        "List a directory of the repository. Directories end in '/'.",
+        {
+            "path": {"type": "string", "description": "Relative path; '.' is the root."},
+            "depth": {"type": "integer", "description": "Levels to show, 1-5 (default 1)."},
+        },
+        ["path"],
+    ),
+    _tool(
+        "read_file",
+        "Read a text file. A whole file that fits is returned exactly as stored; with "
+        "start_line/end_line (1-based, inclusive) only those lines, followed by a "
+        "bracketed line saying which lines were shown.",
+        {
+            "path": _PATH,
+            "start_line": {"type": "integer"},
+            "end_line": {"type": "integer"},
+        },
+        ["path"],
+    ),
+    _tool(
+        "search",
+        "Search the repository's text files with a Python regular expression; answers "
+        "'path:line: text' per matching line (bounded). .git, dependency and cache "
+        "directories are skipped.",
+        {
+            "pattern": {"type": "string"},
+            "path": {"type": "string", "description": "File or directory to search (default '.')."},
+            "glob": {"type": "string", "description": "Only files matching, e.g. '*.py'."},
+            "ignore_case": {"type": "boolean"},
+        },
+        ["pattern"],
+    ),
+    _tool(
+        "write_file",
+        "Create a file, or replace a whole file, with the given content.",
+        {"path": _PATH, "content": {"type": "string"}},
+        ["path", "content"],
+    ),
+    _tool(
+        "edit_file",
+        "Replace old_text with new_text in a file. old_text must match the file exactly "
+        "(whitespace included) and occur exactly once, unless replace_all is true; include "
+        "enough surrounding lines to make it unique.",
+        {
+            "path": _PATH,
+            "old_text": {"type": "string"},
+            "new_text": {"type": "string"},
+            "replace_all": {"type": "boolean"},
+        },
+        ["path", "old_text", "new_text"],
+    ),
+    _tool(
+        "delete_file",
+        "Delete a file (or an empty directory).",
+        {"path": _PATH},
+        ["path"],
+    ),
+]
+
+FINISH_TOOL: ToolParam = _tool(
+    FINISH,
+    "Finish the task with a short summary of what was changed and why. Call it once the "
+    "work is complete; the changes are then committed and merged for you.",
+    {"summary": {"type": "string"}},
+    ["summary"],
+)
+
+
+def command_tool(policy: CommandPolicy) -> ToolParam:
+    return _tool(
+        "run_command",
+        "Run one program in the repository root (or cwd) and get its exit code and output "
+        "(stdout and stderr together; long output is cut in the middle). No shell: pipes, "
+        "redirection and '&&' are not available, and paths must stay inside the "
+        f"repository. Allowed programs: {policy.describe()}. Timeout: at most "
+        f"{policy.timeout_seconds:g} s.",
+        {
+            "command": {"type": "string", "description": "e.g. 'python -m pytest -q tests'"},
+            "cwd": {"type": "string", "description": "Relative directory (default '.')."},
+            "timeout_seconds": {"type": "number"},
+        },
+        ["command"],
+    )
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    content: str
+    is_error: bool = False
+    action: str = ""
+
+
+class ToolBox:
+    """The tools of one agent over one worktree."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        commands: CommandPolicy | None,
+        search_timeout_seconds: float = 20.0,
+        passed_env: tuple[str, ...] = (),
+    ) -> None:
+        self.workspace = workspace
+        self._commands = commands if commands and commands.allowed != () else None
+        self._search_timeout = search_timeout_seconds
+        self._passed_env = passed_env
+        self._scratch: Path | None = None
+
+    def definitions(self) -> list[ToolParam]:
+        tools = list(FILE_TOOLS)
+        if self._commands is not None:
+            tools.append(command_tool(self._commands))
+        tools.append(FINISH_TOOL)
+        return tools
+
+    def close(self) -> None:
+        """Remove the commands' scratch directory."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    async def call(self, name: str, args: dict[str, Any]) -> ToolResult:
+        """Carry out one call; refusals and failures become error results for the model."""
+        action = _describe(name, args)
+        try:
+            content = await self._dispatch(name, args)
+        except ToolError as error:
+            metrics.TOOL_CALLS.labels(name, "refused").inc()
+            log.info("tool call refused", extra={"tool": name, "error": str(error)})
+            return ToolResult(str(error), True, action)
+        except (OSError, ValueError, TypeError) as error:
+            metrics.TOOL_CALLS.labels(name, "failed").inc()
+            return ToolResult(f"{name} failed: {error}", True, action)
+        metrics.TOOL_CALLS.labels(name, "ok").inc()
+        return ToolResult(content, False, action)
+
+    async def _dispatch(self, name: str, args: dict[str, Any]) -> str:
+        ws = self.workspace
+        match name:
+            case "list_dir":
+                return await asyncio.to_thread(
+                    ws.list_dir, str(args.get("path") or "."), int(args.get("depth") or 1)
+                )
+            case "read_file":
+                return await asyncio.to_thread(
+                    ws.read_file,
+                    _text(args, "path"),
+                    _optional_int(args, "start_line"),
+                    _optional_int(args, "end_line"),
+                )
+            case "write_file":
+                return await asyncio.to_thread(
+                    ws.write_file, _text(args, "path"), args.get("content", "")
+                )
+            case "edit_file":
+                return await asyncio.to_thread(
+                    ws.edit_file,
+                    _text(args, "path"),
+                    args.get("old_text", ""),
+                    args.get("new_text", ""),
+                    bool(args.get("replace_all", False)),
+                )
+            case "delete_file":
+                return await asyncio.to_thread(ws.delete_file, _text(args, "path"))
+            case "search":
+                return await self._search(args)
+            case "run_command" if self._commands is not None:
+                return await self._run(args, self._commands)
+        raise ToolError(f"there is no tool {name!r}")
+
+    async def _search(self, args: dict[str, Any]) -> str:
+        request = {
+            "root": str(self.workspace.root),
+            "pattern": args.get("pattern", ""),
+            "path": args.get("path") or ".",
+            "glob": args.get("glob"),
+            "ignore_case": bool(args.get("ignore_case", False)),
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aether_agent_runner.search",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": _import_path()},
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                process.communicate(json.dumps(request).encode()), self._search_timeout
+            )
+        except TimeoutError:
+            raise ToolError(
+                f"the search took longer than {self._search_timeout:g} s and was stopped; "
+                "use a simpler pattern or a narrower path"
+            ) from None
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        if process.returncode == 2:
+            raise ToolError(out.decode(errors="replace"))
+        if process.returncode != 0:
+            raise ToolError(f"the search failed: {err.decode(errors='replace')[-2000:]}")
+        return out.decode(errors="replace")
+
+    async def _run(self, args: dict[str, Any], policy: CommandPolicy) -> str:
+        command = _text(args, "command")
+        argv = parse_command(command, policy, self.workspace)
+        cwd = await asyncio.to_thread(self.workspace.resolve, str(args.get("cwd") or "."))
+        if not cwd.is_dir():
+            raise ToolError(f"cwd {args.get('cwd')!r} is not a directory")
+        requested = args.get("timeout_seconds")
+        timeout = policy.timeout_seconds
+        if isinstance(requested, int | float) and requested > 0:
+            timeout = min(float(requested), policy.timeout_seconds)
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="aether-agent-"))
+        env = command_env(os.environ, self._scratch, self._passed_env)
+        result = await run_command(argv, cwd, env, timeout, policy.output_chars)
+        return result.report(command)
+
+
+def _text(args: dict[str, Any], key: str) -> str:
+    value = args.get(key, "")
+    return value if isinstance(value, str) else str(value)
+
+
+def _optional_int(args: dict[str, Any], key: str) -> int | None:
+    value = args.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ToolError(f"{key} must be a whole number")
+    try:
+        return int(value)
+    except ValueError:
+        raise ToolError(f"{key} must be a whole number") from None
+
+
+def _describe(name: str, args: dict[str, Any]) -> str:
+    """A short account of a call for progress events."""
+    detail = args.get("path") or args.get("command") or args.get("pattern") or ""
+    text = f"{name} {detail}".strip()
+    return text if len(text) <= 120 else text[:117] + "…"
+
+
+def _import_path() -> str:
+    """Where this package is importable from, for the search child process."""
+    return str(Path(__file__).resolve().parent.parent)
