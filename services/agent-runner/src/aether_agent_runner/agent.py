@@ -1,196 +1,246 @@
-"""The agent's tool-use loop over one task, through the anthropic SDK (streaming)."""
+"""The agent's tool-use loop over one task, through the anthropic SDK (streaming).
+
+The loop alternates between answering the latest reply's tool calls and asking the model
+again, until the model calls ``finish`` or a limit ends the task. Every step is journaled
+the moment it is done, so a conversation handed over from a dead runner resumes exactly
+where it stopped: tool calls that already have a result are not run again and no model
+call is repeated once its reply was recorded.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import copy
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import anthropic
-from anthropic.types import (
-    MessageParam,
-    TextBlockParam,
-    ToolParam,
-    ToolResultBlockParam,
-    ToolUseBlock,
-)
+from anthropic.types import Message, MessageParam, TextBlockParam
 
-from aether_agent_runner.workspace import ToolError, Workspace
-from aether_events import Usage, WorkspaceReady
-from aether_llm import add_usage, usage_of
+from aether_agent_runner import metrics
+from aether_agent_runner.conversation import Conversation, Record, block_param, tool_result
+from aether_agent_runner.domain import Limits, limit_reached, wall_time_reason
+from aether_agent_runner.tools import FINISH, ToolBox
+from aether_events import Usage
+from aether_llm import usage_of
 
 log = logging.getLogger("aether.agent")
 
-TOOLS: list[ToolParam] = [
-    {
-        "name": "list_dir",
-        "description": "List a directory of the repository (relative path, '.' for the root).",
-        "input_schema": {
-            "type": "object",
-            "properties": {"path": {"type": "string"}},
-            "required": ["path"],
-        },
-    },
-    {
-        "name": "read_file",
-        "description": "Read a file of the repository (relative path).",
-        "input_schema": {
-            "type": "object",
-            "properties": {"path": {"type": "string"}},
-            "required": ["path"],
-        },
-    },
-    {
-        "name": "write_file",
-        "description": "Create or overwrite a file with the given content (relative path).",
-        "input_schema": {
-            "type": "object",
-            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
-            "required": ["path", "content"],
-        },
-    },
-    {
-        "name": "finish",
-        "description": "Finish the task with a short summary of what was changed and why.",
-        "input_schema": {
-            "type": "object",
-            "properties": {"summary": {"type": "string"}},
-            "required": ["summary"],
-        },
-    },
-]
-
-SYSTEM_PROMPT = """\
-You are a coding agent of Aether. You work one task of a larger mission inside a git \
-worktree of the repository; other agents work the other tasks in parallel. Change only \
-what the task needs, preferably only the files it lists. Use the tools to look at the \
-repository and to write files; paths are relative to the repository root. When the task \
-is done, call finish with a short summary. Your changes are committed and merged for you.
-"""
-
-SYSTEM: list[TextBlockParam] = [
-    {"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}
-]
+NUDGE = (
+    "You stopped without calling a tool. If the task is done, call finish with a summary; "
+    "otherwise continue with the tools."
+)
+CUT_OFF = (
+    "Your reply reached the output limit before this call was complete, so it was not run. "
+    "Make smaller changes per call (edit_file rather than rewriting a whole file)."
+)
+NOTHING_CHANGED = (
+    "No file in the repository has changed, so finishing now would fail the task: an empty "
+    "change is not a result. Make the change, or call finish again if the task truly needs "
+    "no change."
+)
+MAX_NUDGES = 1
+MAX_OBJECTIONS = 1
 
 
 @dataclass
 class Outcome:
     finished: bool
-    summary: str
+    summary: str = ""
     reason: str = ""
+    retryable: bool = True
     turns: int = 0
     tool_calls: int = 0
     usage: Usage = field(default_factory=Usage)
+    files_changed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Progress:
+    turns: int
+    tool_calls: int
+    files_changed: list[str]
+    usage: Usage
+    last_action: str
+
+
+class Observer(Protocol):
+    """Told about every model call (for usage events) and every step (for progress)."""
+
+    async def model_called(self, turn: int, usage: Usage) -> None: ...
+
+    async def progressed(self, progress: Progress) -> None: ...
 
 
 @dataclass
-class Limits:
-    max_turns: int = 40
-    max_tokens_per_turn: int = 8192
+class Agent:
+    client: anthropic.AsyncAnthropic
+    model: str
+    system: list[TextBlockParam]
+    toolbox: ToolBox
+    limits: Limits
+    journal: Callable[[Record], None]
+    observer: Observer
+    has_changes: Callable[[], Awaitable[bool]]
+    max_output_tokens: int = 8192
+    clock: Callable[[], float] = time.monotonic
 
+    async def run(self, conversation: Conversation) -> Outcome:
+        """Work the conversation until ``finish`` or a limit; a wall-time limit cuts a model
+        call or a command short."""
+        started = self.clock() - conversation.elapsed
+        remaining = self.limits.max_seconds - conversation.elapsed
+        if remaining <= 0:
+            return self._ended(conversation, wall_time_reason(self.limits, conversation.elapsed))
+        try:
+            async with asyncio.timeout(remaining) as scope:
+                return await self._loop(conversation, started)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            elapsed = self.clock() - started
+            return self._ended(conversation, wall_time_reason(self.limits, elapsed))
 
-def task_prompt(ready: WorkspaceReady) -> str:
-    task = ready.task
-    spec = json.dumps(
-        {
-            "id": task.id,
-            "title": task.title,
-            "description": task.description,
-            "files": task.files,
-            "acceptance_criteria": task.acceptance_criteria,
-        },
-        indent=2,
-    )
-    parts = [
-        f"<mission>\n{ready.requirement}\n</mission>",
-        f"<task>\n{spec}\n</task>",
-    ]
-    if ready.context:
-        parts.append(f"<context>\n{ready.context}\n</context>")
-    return "\n\n".join(parts)
-
-
-async def run_agent(
-    client: anthropic.AsyncAnthropic,
-    ready: WorkspaceReady,
-    workspace: Workspace,
-    on_call: Callable[[int, Usage], Awaitable[None]],
-    limits: Limits | None = None,
-) -> Outcome:
-    """Drive the model through tool calls until it finishes or a limit is hit.
-
-    ``on_call(turn, usage)`` is awaited after every model call (usage events, progress).
-    """
-    limits = limits or Limits()
-    messages: list[MessageParam] = [{"role": "user", "content": task_prompt(ready)}]
-    total = Usage(cost_usd=0.0)
-    tool_calls = 0
-    for turn in range(1, limits.max_turns + 1):
-        async with client.messages.stream(
-            model=ready.model,
-            max_tokens=limits.max_tokens_per_turn,
-            system=SYSTEM,
-            tools=TOOLS,
-            messages=messages,
-        ) as stream:
-            message = await stream.get_final_message()
-        usage = usage_of(ready.model, message.usage)
-        total = add_usage(total, usage)
-        await on_call(turn, usage)
-        messages.append({"role": "assistant", "content": message.content})
-        uses = [b for b in message.content if isinstance(b, ToolUseBlock)]
-        if not uses:
-            return Outcome(
-                False, "", "the model stopped without calling finish", turn, tool_calls, total
+    async def _loop(self, conversation: Conversation, started: float) -> Outcome:
+        while True:
+            if conversation.awaiting_answers:
+                outcome = await self._answer(conversation, started)
+                if outcome is not None:
+                    return outcome
+            reason = limit_reached(
+                self.limits, conversation.turns, conversation.usage, self.clock() - started
             )
-        results: list[ToolResultBlockParam] = []
-        for use in uses:
-            tool_calls += 1
-            if use.name == "finish":
-                summary = str(_arguments(use).get("summary", "")).strip()
-                return Outcome(True, summary, "", turn, tool_calls, total)
-            results.append(_call_tool(workspace, use))
-        messages.append({"role": "user", "content": results})
-    return Outcome(
-        False,
-        "",
-        f"turn limit reached ({limits.max_turns} turns)",
-        limits.max_turns,
-        tool_calls,
-        total,
+            if reason is not None:
+                return self._ended(conversation, reason)
+            message = await self._call(conversation)
+            usage = usage_of(self.model, message.usage)
+            content = [block_param(block) for block in message.content]
+            await self._record(
+                conversation.reply(content, message.stop_reason, usage, self.clock() - started)
+            )
+            await self.observer.model_called(conversation.turns, usage)
+            await self._progress(conversation, f"model reply ({message.stop_reason})")
+
+    async def _answer(self, conversation: Conversation, started: float) -> Outcome | None:
+        """Answer the latest reply; an outcome when the task ends here."""
+        stop = conversation.stop_reason
+        uses = conversation.tool_uses()
+        pending = [use for use in uses if use["id"] not in conversation.answered]
+
+        def elapsed() -> float:
+            return self.clock() - started
+
+        if stop == "max_tokens":
+            for use in pending:
+                block = tool_result(use["id"], CUT_OFF, is_error=True)
+                await self._record(conversation.answer(block, elapsed(), note="cut_off"))
+            if not uses:
+                text = {"type": "text", "text": CUT_OFF.replace("this call", "your reply")}
+                await self._record(conversation.answer(text, elapsed(), note="cut_off"))
+            return None
+        if stop == "refusal":
+            return self._ended(conversation, "the model refused the task", retryable=False)
+        if stop == "model_context_window_exceeded":
+            return self._ended(
+                conversation,
+                "the conversation outgrew the model's context window; the task may need splitting",
+                retryable=False,
+            )
+        finish = next((use for use in pending if use["name"] == FINISH), None)
+        for use in pending:
+            if use["name"] == FINISH:
+                continue
+            arguments = use.get("input") if isinstance(use.get("input"), dict) else {}
+            result = await self.toolbox.call(use["name"], cast(dict[str, Any], arguments))
+            block = tool_result(use["id"], result.content, result.is_error)
+            await self._record(
+                conversation.answer(
+                    block, elapsed(), tool_call=True, changed=self.toolbox.workspace.changed
+                )
+            )
+            await self._progress(conversation, result.action)
+        if finish is not None:
+            objections = conversation.notes.get("nothing_changed", 0)
+            if objections < MAX_OBJECTIONS and not await self.has_changes():
+                block = tool_result(finish["id"], NOTHING_CHANGED, is_error=True)
+                await self._record(
+                    conversation.answer(block, elapsed(), tool_call=True, note="nothing_changed")
+                )
+                return None
+            summary = str((finish.get("input") or {}).get("summary", "")).strip()
+            return Outcome(
+                True,
+                summary or "(no summary)",
+                turns=conversation.turns,
+                tool_calls=conversation.tool_calls + 1,
+                usage=conversation.usage,
+                files_changed=list(conversation.changed),
+            )
+        if not uses and stop != "pause_turn":
+            if conversation.notes.get("nudge", 0) >= MAX_NUDGES:
+                return self._ended(
+                    conversation, "the model stopped without calling finish", retryable=True
+                )
+            text = {"type": "text", "text": NUDGE}
+            await self._record(conversation.answer(text, elapsed(), note="nudge"))
+        return None
+
+    async def _call(self, conversation: Conversation) -> Message:
+        metrics.MODEL_CALLS.inc()
+        async with self.client.messages.stream(
+            model=self.model,
+            max_tokens=self.max_output_tokens,
+            system=self.system,
+            tools=self.toolbox.definitions(),
+            messages=with_cache_breakpoint(conversation.messages),
+        ) as stream:
+            return await stream.get_final_message()
+
+    async def _record(self, record: Record) -> None:
+        await asyncio.to_thread(self.journal, record)
+
+    async def _progress(self, conversation: Conversation, action: str) -> None:
+        await self.observer.progressed(
+            Progress(
+                turns=conversation.turns,
+                tool_calls=conversation.tool_calls,
+                files_changed=list(conversation.changed),
+                usage=conversation.usage,
+                last_action=action,
+            )
+        )
+
+    def _ended(self, conversation: Conversation, reason: str, retryable: bool = False) -> Outcome:
+        log.info("agent ended without finishing", extra={"reason": reason})
+        return Outcome(
+            False,
+            reason=reason,
+            retryable=retryable,
+            turns=conversation.turns,
+            tool_calls=conversation.tool_calls,
+            usage=conversation.usage,
+            files_changed=list(conversation.changed),
+        )
+
+
+def with_cache_breakpoint(messages: list[MessageParam]) -> list[MessageParam]:
+    """The messages with a cache breakpoint on the last block, so each call reads the
+    conversation so far from the prompt cache (older breakpoints are not kept)."""
+    if not messages:
+        return messages
+    last = copy.copy(messages[-1])
+    content = last["content"]
+    blocks: list[Any] = (
+        [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
     )
-
-
-def _arguments(use: ToolUseBlock) -> dict[str, Any]:
-    return use.input if isinstance(use.input, dict) else {}
-
-
-def _call_tool(workspace: Workspace, use: ToolUseBlock) -> ToolResultBlockParam:
-    args = _arguments(use)
-    try:
-        if use.name == "list_dir":
-            output = workspace.list_dir(str(args.get("path", ".")))
-        elif use.name == "read_file":
-            output = workspace.read_file(str(args.get("path", "")))
-        elif use.name == "write_file":
-            output = workspace.write_file(str(args.get("path", "")), args.get("content", ""))
-        else:
-            raise ToolError(f"unknown tool {use.name!r}")
-    except ToolError as error:
-        log.info("tool refused", extra={"tool": use.name, "error": str(error)})
-        return {
-            "type": "tool_result",
-            "tool_use_id": use.id,
-            "content": str(error),
-            "is_error": True,
-        }
-    except OSError as error:
-        return {
-            "type": "tool_result",
-            "tool_use_id": use.id,
-            "content": f"{error}",
-            "is_error": True,
-        }
-    return {"type": "tool_result", "tool_use_id": use.id, "content": output}
+    if (
+        blocks
+        and isinstance(blocks[-1], dict)
+        and blocks[-1].get("type") not in ("thinking", "redacted_thinking")
+    ):
+        blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+    last["content"] = blocks
+    return [*messages[:-1], last]

@@ -1,46 +1,112 @@
-"""Wiring the agent runner: competing consumers on WorkspaceReady."""
+"""Wiring the agent runner: competing consumers on WorkspaceReady, a control follower.
+
+Concurrency is a number of *lanes*: single-message pull subscribers bound to the one
+durable consumer every runner process shares. A lane fetches a message only when it is
+idle, so a process never holds a message it cannot start on (which would sit there,
+unacknowledged, while another process has room), and the number of lanes is exactly the
+number of agents a process runs at once.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
-from aether_agent_runner.agent import Limits
+from aether_agent_runner.adapters.bus import (
+    ensure_work_consumer,
+    follow_control_events,
+    mission_history,
+)
+from aether_agent_runner.attempt import Attempts
+from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve
 from aether_agent_runner.handlers import Handlers
-from aether_events import WorkspaceReady, type_subject
+from aether_events import Event, WorkspaceReady, new_event_id, type_subject
 from aether_llm import LLMSettings, make_client
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 
 DEFAULT_PORT = 8103
+DURABLE = "agent-runner"
+
+log = logging.getLogger("aether.agent-runner")
 
 
-def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = None) -> Service:
+def runner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{new_event_id()[:6]}"
+
+
+def build(
+    settings: RuntimeSettings | None = None,
+    llm: LLMSettings | None = None,
+    agent: AgentSettings | None = None,
+) -> Service:
+    """The agent runner service, ready to serve."""
+    return wire(settings, llm, agent)[0]
+
+
+def wire(
+    settings: RuntimeSettings | None = None,
+    llm: LLMSettings | None = None,
+    agent: AgentSettings | None = None,
+) -> tuple[Service, Handlers]:
+    """The service and its handlers (tests look at the running agents)."""
     settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
     llm = llm or LLMSettings.from_env()
+    agent = agent or AgentSettings.from_env()
     service = Service(name="agent-runner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
+    attempts = Attempts(
+        client=make_client(llm),
+        settings=agent,
+        publisher=lambda: service.publisher,
+        runner_id=runner_id(),
+        clock=_now,
+    )
+
+    async def history(mission_id: str) -> list[Event]:
+        return await mission_history(service.js, mission_id)
+
     handlers = Handlers(
         projection,
         lambda: service.publisher,
-        make_client(llm),
-        Limits(max_turns=int(os.environ.get("AETHER_AGENT_MAX_TURNS", "40"))),
+        attempts,
+        history=history,
+        ack_wait_seconds=agent.ack_wait_seconds,
+        heartbeat_seconds=agent.heartbeat_seconds,
     )
+    subject = type_subject(WorkspaceReady)
 
-    async def rebuild(js: JetStreamContext) -> int:
-        return await projection.rebuild(js, "agent-runner")
-
-    service.rebuild_with(rebuild)
-    # Only WorkspaceReady is work; settled attempts come from the rebuilt projection and
-    # from this process's own results.
-    service.consume(
-        ConsumerSpec(
-            durable="agent-runner",
-            subject=type_subject(WorkspaceReady),
-            handler=handlers.handle,
-            max_workers=int(os.environ.get("AETHER_AGENT_CONCURRENCY", "2")),
-            ack_wait_seconds=60.0,
+    async def start(js: JetStreamContext) -> int:
+        last = await projection.rebuild(js, "agent-runner")
+        await ensure_work_consumer(js, DURABLE, subject, last, agent.ack_wait_seconds)
+        await follow_control_events(js, last, handlers.on_control)
+        log.info(
+            "agent runner configured",
+            extra={
+                "runner_id": attempts.runner_id,
+                "lanes": agent.concurrency,
+                "commands": "any" if agent.commands is None else ",".join(agent.commands),
+            },
         )
-    )
-    return service
+        return last
+
+    service.rebuild_with(start)
+    for _ in range(agent.concurrency):
+        service.consume(
+            ConsumerSpec(
+                durable=DURABLE,
+                subject=subject,
+                handler=handlers.handle,
+                max_workers=1,
+                ack_wait_seconds=agent.ack_wait_seconds,
+            )
+        )
+    return service, handlers
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

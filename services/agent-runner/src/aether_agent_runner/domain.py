@@ -1,4 +1,8 @@
-"""What the agent runner remembers: which attempts are settled, which missions are over."""
+"""The agent runner's rules, without I/O.
+
+What it remembers (settled and abandoned attempts, skipped tasks, ended missions), whether
+an attempt may run, which events stop a running agent, and when a limit ends a task.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from aether_events import (
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
+    TaskSkipped,
+    TaskTimedOut,
+    Usage,
 )
 
 Attempt = tuple[str, str, int]
@@ -19,19 +26,137 @@ Attempt = tuple[str, str, int]
 @dataclass
 class State:
     settled: set[Attempt] = field(default_factory=set)
+    abandoned: set[Attempt] = field(default_factory=set)
+    skipped_tasks: set[tuple[str, str]] = field(default_factory=set)
     ended_missions: set[str] = field(default_factory=set)
 
 
 def evolve(state: State, event: Event) -> State:
-    if isinstance(event, AgentCompleted | AgentFailed):
-        state.settled.add((event.mission_id, event.task_id, event.attempt))
-    elif isinstance(event, MissionCancelled | MissionCompleted | MissionFailed):
-        state.ended_missions.add(event.mission_id)
+    match event:
+        case AgentCompleted() | AgentFailed():
+            state.settled.add((event.mission_id, event.task_id, event.attempt))
+        case TaskTimedOut():
+            state.abandoned.add((event.mission_id, event.task_id, event.attempt))
+        case TaskSkipped():
+            state.skipped_tasks.add((event.mission_id, event.task_id))
+        case MissionCancelled() | MissionCompleted() | MissionFailed():
+            state.ended_missions.add(event.mission_id)
     return state
 
 
+def why_not_run(state: State, attempt: Attempt) -> str | None:
+    """Why an attempt must not (or need not) run, or ``None`` when it should."""
+    mission_id, task_id, _ = attempt
+    if mission_id in state.ended_missions:
+        return "the mission is over"
+    if attempt in state.settled:
+        return "the attempt already has a result"
+    if attempt in state.abandoned:
+        return "the scheduler timed the attempt out"
+    if (mission_id, task_id) in state.skipped_tasks:
+        return "the task was skipped"
+    return None
+
+
 def should_run(state: State, mission_id: str, task_id: str, attempt: int) -> bool:
+    return why_not_run(state, (mission_id, task_id, attempt)) is None
+
+
+@dataclass(frozen=True)
+class StopOrder:
+    """Stop the running agents it names. ``report``: publish AgentFailed for them (not when
+    another runner already reported the attempt)."""
+
+    mission_id: str
+    reason: str
+    task_id: str | None = None
+    attempt: int | None = None
+    report: bool = True
+
+    def applies_to(self, attempt: Attempt) -> bool:
+        mission_id, task_id, number = attempt
+        return (
+            mission_id == self.mission_id
+            and (self.task_id is None or self.task_id == task_id)
+            and (self.attempt is None or self.attempt == number)
+        )
+
+
+def stop_order(event: Event) -> StopOrder | None:
+    """Which running agents ``event`` stops, if any."""
+    match event:
+        case MissionCancelled():
+            said = f": {event.reason}" if event.reason else ""
+            return StopOrder(event.mission_id, f"the mission was cancelled{said}")
+        case MissionFailed():
+            return StopOrder(event.mission_id, f"the mission failed: {event.reason}")
+        case MissionCompleted():
+            return StopOrder(event.mission_id, "the mission completed")
+        case TaskTimedOut():
+            return StopOrder(
+                event.mission_id,
+                "the scheduler timed this attempt out",
+                event.task_id,
+                event.attempt,
+            )
+        case TaskSkipped():
+            return StopOrder(event.mission_id, "the task was skipped", event.task_id)
+        case AgentCompleted() | AgentFailed():
+            # Our own result arrives after our agent is done (a no-op); anyone else's means
+            # the attempt is settled, and ours must not add a second result.
+            return StopOrder(
+                event.mission_id,
+                "another runner reported this attempt",
+                event.task_id,
+                event.attempt,
+                report=False,
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-task limits; ``max_cost_usd`` ``None`` means no cost limit."""
+
+    max_turns: int = 40
+    max_tokens: int = 2_000_000
+    max_seconds: float = 1800.0
+    max_cost_usd: float | None = None
+
+
+def total_tokens(usage: Usage) -> int:
+    """Every token a task was billed for: input, output, cache writes and cache reads."""
     return (
-        mission_id not in state.ended_missions
-        and (mission_id, task_id, attempt) not in state.settled
+        usage.input_tokens
+        + usage.output_tokens
+        + usage.cache_creation_input_tokens
+        + usage.cache_read_input_tokens
     )
+
+
+def limit_reached(limits: Limits, turns: int, usage: Usage, elapsed: float) -> str | None:
+    """The limit that forbids another model call, said plainly, or ``None``.
+
+    An unknown cost (a model missing from the price table) cannot reach the cost limit;
+    the token limit still bounds it.
+    """
+    if turns >= limits.max_turns:
+        return f"turn limit reached: {turns} model calls of {limits.max_turns} allowed"
+    tokens = total_tokens(usage)
+    if tokens >= limits.max_tokens:
+        return f"token limit reached: {tokens:,} tokens of {limits.max_tokens:,} allowed"
+    if (
+        limits.max_cost_usd is not None
+        and usage.cost_usd is not None
+        and usage.cost_usd >= limits.max_cost_usd
+    ):
+        return (
+            f"cost limit reached: ${usage.cost_usd:.4f} spent of ${limits.max_cost_usd:.4f} allowed"
+        )
+    if elapsed >= limits.max_seconds:
+        return wall_time_reason(limits, elapsed)
+    return None
+
+
+def wall_time_reason(limits: Limits, elapsed: float) -> str:
+    return f"wall-time limit reached: {elapsed:.1f} s of {limits.max_seconds:g} s allowed"

@@ -1,40 +1,55 @@
-"""On WorkspaceReady: run the agent in the worktree, commit, publish the result."""
+"""On WorkspaceReady: run the agent while it may run, publish its result. On a mission's
+or task's end: stop the agents it concerns."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-import anthropic
-
-from aether_agent_runner.adapters.git import commit_all, commit_message_trailers, head_sha
-from aether_agent_runner.agent import Limits, Outcome, run_agent
-from aether_agent_runner.domain import State, should_run
-from aether_agent_runner.workspace import Workspace
-from aether_events import (
-    AgentCompleted,
-    AgentFailed,
-    AgentHeartbeat,
-    AgentStarted,
-    Event,
-    EventPublisher,
-    Usage,
-    UsageRecorded,
-    WorkspaceReady,
-    caused_by,
-    new_event_id,
-)
-from aether_llm import OFFLINE_MODEL
+from aether_agent_runner import metrics
+from aether_agent_runner.attempt import AttemptBusy, Attempts, failed
+from aether_agent_runner.domain import Attempt, State, StopOrder, stop_order, why_not_run
+from aether_events import AgentHeartbeat, Event, EventPublisher, WorkspaceReady, caused_by
 from aether_runtime import Delivery, Projection
 
 log = logging.getLogger("aether.agent-runner")
 
-RUNNER_ID = f"{socket.gethostname()}-{new_event_id()[:6]}"
+History = Callable[[str], Awaitable[list[Event]]]
+
+
+class RunningAgents:
+    """The agents at work in this process, each with a future a stop order resolves."""
+
+    def __init__(self) -> None:
+        self._agents: dict[Attempt, asyncio.Future[StopOrder]] = {}
+
+    def __contains__(self, attempt: Attempt) -> bool:
+        return attempt in self._agents
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def register(self, attempt: Attempt) -> asyncio.Future[StopOrder]:
+        future: asyncio.Future[StopOrder] = asyncio.get_running_loop().create_future()
+        self._agents[attempt] = future
+        return future
+
+    def unregister(self, attempt: Attempt) -> None:
+        future = self._agents.pop(attempt, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def stop(self, order: StopOrder) -> list[Attempt]:
+        stopped = []
+        for attempt, future in self._agents.items():
+            if order.applies_to(attempt) and not future.done():
+                future.set_result(order)
+                stopped.append(attempt)
+        return stopped
 
 
 class Handlers:
@@ -42,153 +57,113 @@ class Handlers:
         self,
         projection: Projection[State],
         publisher: Callable[[], EventPublisher],
-        client: anthropic.AsyncAnthropic,
-        limits: Limits | None = None,
+        attempts: Attempts,
+        *,
+        history: History | None = None,
+        ack_wait_seconds: float = 60.0,
         heartbeat_seconds: float = 10.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.projection = projection
         self._publisher = publisher
-        self._client = client
-        self._limits = limits or Limits()
+        self._attempts = attempts
+        self._history = history
+        self._keep_alive_every = max(ack_wait_seconds / 3, 0.2)
         self._heartbeat_seconds = heartbeat_seconds
         self._clock = clock
+        self.running = RunningAgents()
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
+        """A delivery of the work consumer (WorkspaceReady)."""
         self.projection.apply(event)
         if not isinstance(event, WorkspaceReady):
             return
-        state = self.projection.state
-        if not should_run(state, event.mission_id, event.task.id, event.attempt):
-            log.info("attempt already settled or mission over; skipping")
+        attempt = (event.mission_id, event.task.id, event.attempt)
+        if delivery.redelivered and self._history is not None:
+            # Another runner may have reported the attempt before it died: look at the
+            # mission's own history rather than trust that our follower has caught up.
+            for earlier in await self._history(event.mission_id):
+                self.projection.apply(earlier)
+        why = why_not_run(self.projection.state, attempt)
+        if why is not None:
+            log.info("not running the attempt", extra={"why": why})
             return
-        async with delivery.keep_alive(), self._heartbeat(event):
-            result = await self._work(event)
-        await self._publish(result)
+        if attempt in self.running:
+            raise AttemptBusy("this runner is already working the attempt")
+        result = await self._run(event, attempt, delivery)
+        if result is None:
+            return
+        if attempt in self.projection.state.settled:
+            log.warning("the attempt was reported elsewhere meanwhile; not reporting it again")
+            return
+        await self._publisher().publish(result)
+        self.projection.apply(result)
 
-    async def _publish(self, event: Event) -> None:
-        await self._publisher().publish(event)
-        self.projection.apply(event)
-
-    async def _work(self, ready: WorkspaceReady) -> Event:
-        task_id, attempt = ready.task.id, ready.attempt
-        worktree = Path(ready.worktree_path)
-        if not await asyncio.to_thread(worktree.is_dir):
-            return self._failed(ready, f"worktree {worktree} does not exist", retryable=True)
-        resumed = await asyncio.to_thread(self._already_committed, ready, worktree)
-        if resumed is not None:
-            log.info("found this attempt's commit from before a restart; not running again")
-            return resumed
-        await self._publisher().publish(
-            AgentStarted(
-                **caused_by(ready, self._clock(), "agent_started", task_id, attempt),
-                task_id=task_id,
-                attempt=attempt,
-                runner_id=RUNNER_ID,
-                model=ready.model,
-            )
-        )
-        workspace = Workspace(worktree)
-
-        async def on_call(turn: int, usage: Usage) -> None:
-            await self._publisher().publish(
-                UsageRecorded(
-                    **caused_by(ready, self._clock(), "usage", "agent", task_id, attempt, turn),
-                    service="agent-runner",
-                    model=ready.model,
-                    usage=usage,
-                    step=f"agent:{task_id}:a{attempt}:turn{turn}",
-                    offline=ready.model == OFFLINE_MODEL,
-                    task_id=task_id,
-                    attempt=attempt,
-                )
-            )
-
+    async def _run(
+        self, ready: WorkspaceReady, attempt: Attempt, delivery: Delivery
+    ) -> Event | None:
+        """The attempt's result, an AgentFailed when a stop order ended it, or ``None``
+        when the order says the attempt is someone else's to report."""
+        stop = self.running.register(attempt)
+        metrics.AGENTS_RUNNING.inc()
+        work = asyncio.create_task(self._attempts.work(ready))
         try:
-            outcome = await run_agent(self._client, ready, workspace, on_call, self._limits)
-        except anthropic.APIError as error:
-            return self._failed(ready, f"model call failed: {error}", retryable=True)
-        if not outcome.finished:
-            return self._failed(ready, outcome.reason, retryable=True)
-        return await asyncio.to_thread(self._commit, ready, worktree, outcome)
+            async with delivery.keep_alive(self._keep_alive_every), self._heartbeat(ready):
+                waiting: set[asyncio.Future[Any]] = {work, stop}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            order = stop.result()
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, AttemptBusy):
+                await work
+            log.info("agent stopped", extra={"reason": order.reason})
+            metrics.RESULTS.labels("stopped").inc()
+            if not order.report:
+                return None
+            return failed(ready, self._clock(), f"stopped: {order.reason}", retryable=False)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+            self.running.unregister(attempt)
+            metrics.AGENTS_RUNNING.dec()
 
-    def _commit(self, ready: WorkspaceReady, worktree: Path, outcome: Outcome) -> Event:
-        task = ready.task
-        cost = "unknown" if outcome.usage.cost_usd is None else f"{outcome.usage.cost_usd:.6f}"
-        message = (
-            f"{task.title}\n\n{outcome.summary}\n\n"
-            f"Aether-Mission: {ready.mission_id}\n"
-            f"Aether-Task: {task.id}\n"
-            f"Aether-Attempt: {ready.attempt}\n"
-            f"Aether-Model: {ready.model}\n"
-            f"Aether-Cost-USD: {cost}\n"
-        )
-        sha, changed = commit_all(worktree, message)
-        if sha is None:
-            return self._failed(ready, "the agent finished without changing any file", True)
-        return AgentCompleted(
-            **caused_by(ready, self._clock(), "agent_completed", task.id, ready.attempt),
-            task_id=task.id,
-            attempt=ready.attempt,
-            commit_sha=sha,
-            branch=ready.branch,
-            summary=outcome.summary,
-            files_changed=changed,
-            usage=outcome.usage,
-        )
-
-    def _already_committed(self, ready: WorkspaceReady, worktree: Path) -> AgentCompleted | None:
-        head = head_sha(worktree)
-        if head == ready.base_sha:
-            return None
-        trailers = commit_message_trailers(head, worktree)
-        if trailers.get("Aether-Task") != ready.task.id or trailers.get("Aether-Attempt") != str(
-            ready.attempt
-        ):
-            return None
-        return AgentCompleted(
-            **caused_by(ready, self._clock(), "agent_completed", ready.task.id, ready.attempt),
-            task_id=ready.task.id,
-            attempt=ready.attempt,
-            commit_sha=head,
-            branch=ready.branch,
-            summary="(recovered after a restart)",
-        )
-
-    def _failed(self, ready: WorkspaceReady, reason: str, retryable: bool) -> AgentFailed:
-        return AgentFailed(
-            **caused_by(ready, self._clock(), "agent_failed", ready.task.id, ready.attempt),
-            task_id=ready.task.id,
-            attempt=ready.attempt,
-            reason=reason,
-            retryable=retryable,
-        )
+    async def on_control(self, event: Event) -> None:
+        """An event of the control follower: fold it, stop the agents it ends."""
+        self.projection.apply(event)
+        order = stop_order(event)
+        if order is None:
+            return
+        stopped = self.running.stop(order)
+        if stopped:
+            log.info(
+                "stopping agents",
+                extra={"reason": order.reason, "attempts": [f"{t}/a{a}" for _, t, a in stopped]},
+            )
 
     @contextlib.asynccontextmanager
-    async def _heartbeat(self, ready: WorkspaceReady):  # type: ignore[no-untyped-def]
+    async def _heartbeat(self, ready: WorkspaceReady) -> AsyncIterator[None]:
         """Publish AgentHeartbeat on the telemetry stream while the agent works."""
 
         async def beat() -> None:
-            beat_number = 0
+            number = 0
             while True:
-                beat_number += 1
-                with contextlib.suppress(Exception):
+                number += 1
+                runner = self._attempts.runner_id
+                step = ("heartbeat", ready.task.id, ready.attempt, runner, number)
+                try:
                     await self._publisher().publish(
                         AgentHeartbeat(
-                            **caused_by(
-                                ready,
-                                self._clock(),
-                                "heartbeat",
-                                ready.task.id,
-                                ready.attempt,
-                                RUNNER_ID,
-                                beat_number,
-                            ),
+                            **caused_by(ready, self._clock(), *step),
                             task_id=ready.task.id,
                             attempt=ready.attempt,
-                            runner_id=RUNNER_ID,
+                            runner_id=runner,
                         )
                     )
+                except Exception:
+                    log.warning("heartbeat not published", exc_info=True)
                 await asyncio.sleep(self._heartbeat_seconds)
 
         task = asyncio.create_task(beat())

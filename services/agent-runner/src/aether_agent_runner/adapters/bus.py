@@ -1,0 +1,141 @@
+"""The runner's own uses of JetStream beyond the runtime's work consumer.
+
+* The **work consumer** is one durable pull consumer shared by every runner process. The
+  runner creates it itself, before the runtime would, because the runtime sizes
+  ``max_ack_pending`` by one process's concurrency, and that limit is shared by every
+  process bound to the consumer: two runners of two agents each would work two tasks
+  between them. Here it is large; each process bounds itself by how many single-message
+  subscribers ("lanes") it binds to the consumer.
+* The **control follower** is an ordered (ephemeral, per-process) consumer on the events
+  that end agents: a mission cancelled, failed or completed, an attempt timed out, a task
+  skipped, and results of attempts (so a runner knows what others reported). Every process
+  must see every such event, which a shared durable consumer cannot do; an ordered consumer
+  starts right after the replayed position, so nothing between the replay and the
+  subscription is missed, and it recreates itself after a disconnect from the last
+  sequence it saw.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    MISSIONS_STREAM,
+    AgentCompleted,
+    AgentFailed,
+    Event,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+    TaskSkipped,
+    TaskTimedOut,
+    UnknownEventType,
+    decode,
+    mission_subject,
+    replay,
+    type_subject,
+)
+
+log = logging.getLogger("aether.agent-runner.bus")
+
+CONTROL_TYPES: tuple[type[Event], ...] = (
+    MissionCancelled,
+    MissionFailed,
+    MissionCompleted,
+    TaskTimedOut,
+    TaskSkipped,
+    AgentCompleted,
+    AgentFailed,
+)
+# Enough for every runner process of a large deployment; the real bound is the lanes.
+MAX_ACK_PENDING = 4096
+
+
+async def ensure_work_consumer(
+    js: JetStreamContext,
+    durable: str,
+    subject: str,
+    after_sequence: int,
+    ack_wait_seconds: float,
+    max_deliver: int = 20,
+) -> None:
+    """Create the shared work consumer (starting after ``after_sequence``), or bring an
+    existing one's ack wait and pending limit up to date."""
+    try:
+        info = await js.consumer_info(MISSIONS_STREAM, durable)
+    except NotFoundError:
+        config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_seconds,
+            max_deliver=max_deliver,
+            max_ack_pending=MAX_ACK_PENDING,
+            deliver_policy=(
+                DeliverPolicy.BY_START_SEQUENCE if after_sequence else DeliverPolicy.ALL
+            ),
+            opt_start_seq=after_sequence + 1 if after_sequence else None,
+        )
+        await js.add_consumer(MISSIONS_STREAM, config=config)
+        return
+    current = info.config
+    if current.max_ack_pending != MAX_ACK_PENDING or current.ack_wait != ack_wait_seconds:
+        current.max_ack_pending = MAX_ACK_PENDING
+        current.ack_wait = ack_wait_seconds
+        await js.add_consumer(MISSIONS_STREAM, config=current)
+        log.info(
+            "work consumer updated",
+            extra={"max_ack_pending": MAX_ACK_PENDING, "ack_wait": ack_wait_seconds},
+        )
+
+
+async def follow_control_events(
+    js: JetStreamContext,
+    after_sequence: int,
+    on_event: Callable[[Event], Awaitable[None]],
+) -> JetStreamContext.PushSubscription:
+    """Deliver every control event stored after ``after_sequence`` to ``on_event``."""
+
+    async def deliver(msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+        except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            return
+        try:
+            await on_event(event)
+        except Exception:
+            log.exception("control event not handled", extra={"subject": msg.subject})
+
+    config = ConsumerConfig(
+        filter_subjects=[type_subject(cls) for cls in CONTROL_TYPES],
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_sequence else DeliverPolicy.ALL,
+        opt_start_seq=after_sequence + 1 if after_sequence else None,
+    )
+    return await js.subscribe(
+        ALL_MISSION_EVENTS,
+        stream=MISSIONS_STREAM,
+        cb=deliver,
+        ordered_consumer=True,
+        config=config,
+    )
+
+
+async def mission_history(js: JetStreamContext, mission_id: str) -> list[Event]:
+    """Every stored event of one mission, in order."""
+
+    def fold(events: list[Event], event: Event, _: int) -> list[Event]:
+        events.append(event)
+        return events
+
+    initial: list[Event] = []
+    events, _ = await replay(js, MISSIONS_STREAM, mission_subject(mission_id), initial, fold)
+    return events

@@ -1,0 +1,101 @@
+"""Where an attempt's conversation is kept, and who may work on it.
+
+Both live in the worktree's own git administrative directory (``<repo>/.git/worktrees/<id>/
+aether-agent/``): outside the worktree, so the agent's tools cannot reach them and they are
+never committed, and removed with the worktree by the git broker, so they share the fate of
+the files they describe. A runner that sees the worktree sees its transcript.
+
+The journal is JSON lines, appended and flushed to disk one step at a time; a line torn by a
+crash is ignored. The lock is an ``flock`` held while an agent works: the kernel releases
+it when the process dies, so a runner that takes over never finds a stale lock, and two
+runners on one machine can never work one attempt at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aether_agent_runner.adapters.git import control_dir
+
+DIRECTORY = "aether-agent"
+
+
+def state_dir(worktree: Path) -> Path:
+    """The runner's directory for the attempt in ``worktree`` (created if missing)."""
+    directory = control_dir(worktree) / DIRECTORY
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+class Journal:
+    """The attempt's conversation records, one JSON object per line."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "transcript.jsonl"
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return []
+        records: list[dict[str, Any]] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break  # torn by a crash mid-write: everything after it is unknown
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def start(self, record: dict[str, Any]) -> None:
+        """Begin a new journal with ``record``, replacing any old one."""
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("wb") as out:
+            out.write(_line(record))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("ab") as out:
+            out.write(_line(record))
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+class AttemptLock:
+    """An exclusive, non-blocking ``flock`` on the attempt's lock file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; ``False`` when another process (or runner) holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

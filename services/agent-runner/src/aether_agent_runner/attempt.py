@@ -1,0 +1,290 @@
+"""Working one attempt: from its worktree to the event that reports it.
+
+Take the attempt's lock; if the task branch already holds this attempt's commit, report it;
+if a journal of this attempt exists, continue its conversation; otherwise start over from a
+clean worktree. Then run the agent and commit what it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import anthropic
+from dulwich.errors import NotGitRepository
+
+from aether_agent_runner import metrics
+from aether_agent_runner.adapters.git import (
+    changed_paths,
+    commit_all,
+    commit_files,
+    own_commit,
+    reset_to,
+)
+from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
+from aether_agent_runner.agent import Agent, Outcome, Progress
+from aether_agent_runner.commands import CommandPolicy
+from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.conversation import Conversation, identity
+from aether_agent_runner.prompt import SYSTEM, repository_map, task_prompt
+from aether_agent_runner.tools import ToolBox
+from aether_agent_runner.workspace import Workspace
+from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentProgress,
+    AgentStarted,
+    Event,
+    EventPublisher,
+    Usage,
+    UsageRecorded,
+    WorkspaceReady,
+    caused_by,
+)
+from aether_llm import OFFLINE_MODEL
+
+log = logging.getLogger("aether.agent-runner")
+
+
+class AttemptBusy(Exception):
+    """Another agent holds this attempt's worktree right now; the message comes back later."""
+
+
+def failed(ready: WorkspaceReady, now: datetime, reason: str, retryable: bool) -> AgentFailed:
+    return AgentFailed(
+        **caused_by(ready, now, "agent_failed", ready.task.id, ready.attempt),
+        task_id=ready.task.id,
+        attempt=ready.attempt,
+        reason=reason,
+        retryable=retryable,
+    )
+
+
+def completed(
+    ready: WorkspaceReady,
+    now: datetime,
+    sha: str,
+    summary: str,
+    files: list[str],
+    usage: Usage,
+) -> AgentCompleted:
+    return AgentCompleted(
+        **caused_by(ready, now, "agent_completed", ready.task.id, ready.attempt),
+        task_id=ready.task.id,
+        attempt=ready.attempt,
+        commit_sha=sha,
+        branch=ready.branch,
+        summary=summary,
+        files_changed=files,
+        usage=usage,
+    )
+
+
+class Reporter:
+    """Publishes UsageRecorded for every model call and AgentProgress at most every
+    ``interval`` seconds (telemetry: a lost progress event is not worth failing over)."""
+
+    def __init__(
+        self,
+        ready: WorkspaceReady,
+        publisher: Callable[[], EventPublisher],
+        clock: Callable[[], datetime],
+        runner_id: str,
+        interval: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ready = ready
+        self._publisher = publisher
+        self._clock = clock
+        self._runner_id = runner_id
+        self._interval = interval
+        self._monotonic = monotonic
+        self._last: float | None = None
+
+    async def model_called(self, turn: int, usage: Usage) -> None:
+        ready, task_id, attempt = self._ready, self._ready.task.id, self._ready.attempt
+        await self._publisher().publish(
+            UsageRecorded(
+                **caused_by(ready, self._clock(), "usage", "agent", task_id, attempt, turn),
+                service="agent-runner",
+                model=ready.model,
+                usage=usage,
+                step=f"agent:{task_id}:a{attempt}:turn{turn}",
+                offline=ready.model == OFFLINE_MODEL,
+                task_id=task_id,
+                attempt=attempt,
+            )
+        )
+
+    async def progressed(self, progress: Progress) -> None:
+        now = self._monotonic()
+        if self._last is not None and now - self._last < self._interval:
+            return
+        self._last = now
+        ready = self._ready
+        step = ("agent_progress", ready.task.id, ready.attempt, progress.turns, progress.tool_calls)
+        try:
+            await self._publisher().publish(
+                AgentProgress(
+                    **caused_by(ready, self._clock(), *step),
+                    task_id=ready.task.id,
+                    attempt=ready.attempt,
+                    runner_id=self._runner_id,
+                    turns=progress.turns,
+                    tool_calls=progress.tool_calls,
+                    files_changed=progress.files_changed,
+                    usage=progress.usage,
+                    last_action=progress.last_action,
+                )
+            )
+        except Exception:
+            log.warning("progress not published", exc_info=True)
+
+
+@dataclass
+class Attempts:
+    client: anthropic.AsyncAnthropic
+    settings: AgentSettings
+    publisher: Callable[[], EventPublisher]
+    runner_id: str
+    clock: Callable[[], datetime]
+
+    async def work(self, ready: WorkspaceReady) -> Event:
+        """The attempt's result: AgentCompleted or AgentFailed. Raises ``AttemptBusy``."""
+        worktree = Path(ready.worktree_path)
+        if not await asyncio.to_thread(worktree.is_dir):
+            return failed(ready, self.clock(), f"worktree {worktree} does not exist", True)
+        try:
+            directory = await asyncio.to_thread(state_dir, worktree)
+        except (OSError, NotGitRepository) as error:
+            reason = f"{worktree} is not a usable git worktree: {error}"
+            return failed(ready, self.clock(), reason, True)
+        lock = AttemptLock(directory)
+        if not await asyncio.to_thread(lock.acquire):
+            raise AttemptBusy(f"another agent is working in {worktree}")
+        try:
+            return await self._work(ready, worktree, Journal(directory))
+        finally:
+            lock.release()
+
+    async def _work(self, ready: WorkspaceReady, worktree: Path, journal: Journal) -> Event:
+        task, attempt = ready.task, ready.attempt
+        me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
+        records = await asyncio.to_thread(journal.read)
+        conversation = Conversation.from_records(records, me)
+        own = await asyncio.to_thread(own_commit, worktree, ready.base_sha, task.id, attempt)
+        if own is not None:
+            log.info("found this attempt's commit from before a restart; reporting it")
+            files = await asyncio.to_thread(commit_files, worktree, own)
+            summary = (conversation.finish_summary() if conversation else None) or (
+                "(recovered after a restart)"
+            )
+            usage = conversation.usage if conversation else Usage()
+            return completed(ready, self.clock(), own, summary, files, usage)
+        limits = self.settings.limits(ready.max_cost_usd)
+        resumed = conversation is not None
+        if conversation is None:
+            if records:
+                log.warning("the journal in the worktree is not this attempt's; starting over")
+            if await asyncio.to_thread(reset_to, worktree, ready.base_sha):
+                log.warning("restarting cleanly: discarded changes no transcript accounts for")
+            repo_map = await asyncio.to_thread(repository_map, worktree)
+            conversation = Conversation.fresh(task_prompt(ready, repo_map, limits))
+            await asyncio.to_thread(journal.start, conversation.begin_record(me))
+        else:
+            metrics.RESUMED.inc()
+            log.info(
+                "resuming the attempt from its journal",
+                extra={"turns": conversation.turns, "tool_calls": conversation.tool_calls},
+            )
+        await self.publisher().publish(
+            AgentStarted(
+                **caused_by(ready, self.clock(), "agent_started", task.id, attempt),
+                task_id=task.id,
+                attempt=attempt,
+                runner_id=self.runner_id,
+                model=ready.model,
+            )
+        )
+        reporter = Reporter(
+            ready, self.publisher, self.clock, self.runner_id, self.settings.progress_seconds
+        )
+        if resumed and conversation.last_usage is not None:
+            # The last call's usage may not have been published before the crash; the same
+            # event id makes a repeat a duplicate the stream drops.
+            await reporter.model_called(conversation.turns, conversation.last_usage)
+        workspace = Workspace(worktree)
+        workspace.changed = list(conversation.changed)
+        settings = self.settings
+        toolbox = ToolBox(
+            workspace,
+            CommandPolicy(
+                settings.commands, settings.command_timeout_seconds, settings.command_output_chars
+            ),
+            settings.search_timeout_seconds,
+            settings.command_env,
+        )
+
+        async def has_changes() -> bool:
+            return bool(await asyncio.to_thread(changed_paths, worktree))
+
+        agent = Agent(
+            client=self.client,
+            model=ready.model,
+            system=SYSTEM,
+            toolbox=toolbox,
+            limits=limits,
+            journal=journal.append,
+            observer=reporter,
+            has_changes=has_changes,
+            max_output_tokens=settings.max_output_tokens,
+        )
+        try:
+            outcome = await agent.run(conversation)
+        except anthropic.APIStatusError as error:
+            retry = error.status_code in (408, 409, 429) or error.status_code >= 500
+            reason = f"model call failed: {error.status_code} {_api_message(error)}"
+            return failed(ready, self.clock(), reason, retry)
+        except anthropic.APIError as error:
+            return failed(ready, self.clock(), f"model call failed: {error}", True)
+        finally:
+            toolbox.close()
+        if not outcome.finished:
+            metrics.RESULTS.labels("ended").inc()
+            return failed(ready, self.clock(), outcome.reason, outcome.retryable)
+        return await asyncio.to_thread(self._commit, ready, worktree, outcome)
+
+    def _commit(self, ready: WorkspaceReady, worktree: Path, outcome: Outcome) -> Event:
+        task = ready.task
+        cost = "unknown" if outcome.usage.cost_usd is None else f"{outcome.usage.cost_usd:.6f}"
+        message = (
+            f"{task.title}\n\n{outcome.summary}\n\n"
+            f"Aether-Mission: {ready.mission_id}\n"
+            f"Aether-Task: {task.id}\n"
+            f"Aether-Attempt: {ready.attempt}\n"
+            f"Aether-Model: {ready.model}\n"
+            f"Aether-Cost-USD: {cost}\n"
+        )
+        sha, changed = commit_all(worktree, message)
+        if sha is None:
+            metrics.RESULTS.labels("empty").inc()
+            reason = f"the agent finished without changing any file: {outcome.summary}"
+            return failed(ready, self.clock(), reason, True)
+        metrics.RESULTS.labels("completed").inc()
+        return completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
+
+
+def _api_message(error: anthropic.APIStatusError) -> str:
+    with contextlib.suppress(Exception):
+        body = error.body
+        if isinstance(body, dict):
+            inner = body.get("error")
+            if isinstance(inner, dict) and inner.get("message"):
+                return str(inner["message"])
+    return error.message

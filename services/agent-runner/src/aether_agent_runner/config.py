@@ -1,0 +1,121 @@
+"""The agent runner's settings, read from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from aether_agent_runner.domain import Limits
+
+# Programs the agent may run when AETHER_AGENT_COMMANDS is not set: interpreters, test
+# runners, linters and read-only text tools. Shells, env, xargs and git are left out on
+# purpose: each would run anything else or move the task branch under the runner.
+DEFAULT_COMMANDS: tuple[str, ...] = (
+    "python",
+    "python3",
+    "pytest",
+    "ruff",
+    "mypy",
+    "node",
+    "npm",
+    "make",
+    "go",
+    "cargo",
+    "ls",
+    "cat",
+    "head",
+    "tail",
+    "wc",
+    "grep",
+    "diff",
+    "sort",
+    "echo",
+)
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What bounds one agent, how many run per process, and what its commands may do.
+
+    ``commands`` is the allow-list of program names (``None``: any program).
+    """
+
+    concurrency: int = 2
+    ack_wait_seconds: float = 60.0
+    max_turns: int = 40
+    max_output_tokens: int = 8192
+    max_tokens: int = 2_000_000
+    max_seconds: float = 1800.0
+    max_cost_usd: float | None = 5.0
+    commands: tuple[str, ...] | None = DEFAULT_COMMANDS
+    command_timeout_seconds: float = 120.0
+    command_output_chars: int = 16_000
+    command_env: tuple[str, ...] = ()
+    search_timeout_seconds: float = 20.0
+    heartbeat_seconds: float = 10.0
+    progress_seconds: float = 5.0
+
+    def limits(self, task_max_cost_usd: float | None) -> Limits:
+        """The limits of one task. Its cost cap is the smaller of the task's own (what the
+        scheduler says the mission's budget has left) and this runner's per-task cap."""
+        caps = [cap for cap in (task_max_cost_usd, self.max_cost_usd) if cap is not None]
+        return Limits(
+            max_turns=self.max_turns,
+            max_tokens=self.max_tokens,
+            max_seconds=self.max_seconds,
+            max_cost_usd=min(caps) if caps else None,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
+        env = os.environ if env is None else env
+        default = cls()
+
+        def number(name: str, fallback: float) -> float:
+            raw = env.get(name, "").strip()
+            return float(raw) if raw else fallback
+
+        def names(raw: str) -> tuple[str, ...]:
+            return tuple(part for part in raw.replace(",", " ").split() if part)
+
+        commands: tuple[str, ...] | None = default.commands
+        raw_commands = env.get("AETHER_AGENT_COMMANDS")
+        if raw_commands is not None:
+            listed = names(raw_commands)
+            if listed == ("*",):
+                commands = None
+            elif listed in ((), ("none",)):
+                commands = ()
+            else:
+                commands = listed
+        raw_cost = env.get("AETHER_AGENT_MAX_COST_USD", "").strip().lower()
+        max_cost = (
+            None
+            if raw_cost in ("none", "off")
+            else (float(raw_cost) if raw_cost else default.max_cost_usd)
+        )
+        return cls(
+            concurrency=max(1, int(number("AETHER_AGENT_CONCURRENCY", default.concurrency))),
+            ack_wait_seconds=number("AETHER_AGENT_ACK_WAIT_SECONDS", default.ack_wait_seconds),
+            max_turns=int(number("AETHER_AGENT_MAX_TURNS", default.max_turns)),
+            max_output_tokens=int(
+                number("AETHER_AGENT_MAX_OUTPUT_TOKENS", default.max_output_tokens)
+            ),
+            max_tokens=int(number("AETHER_AGENT_MAX_TOKENS", default.max_tokens)),
+            max_seconds=number("AETHER_AGENT_MAX_SECONDS", default.max_seconds),
+            max_cost_usd=max_cost,
+            commands=commands,
+            command_timeout_seconds=number(
+                "AETHER_AGENT_COMMAND_TIMEOUT_SECONDS", default.command_timeout_seconds
+            ),
+            command_output_chars=int(
+                number("AETHER_AGENT_COMMAND_OUTPUT_CHARS", default.command_output_chars)
+            ),
+            command_env=names(env.get("AETHER_AGENT_COMMAND_ENV", "")),
+            search_timeout_seconds=number(
+                "AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", default.search_timeout_seconds
+            ),
+            heartbeat_seconds=number("AETHER_AGENT_HEARTBEAT_SECONDS", default.heartbeat_seconds),
+            progress_seconds=number("AETHER_AGENT_PROGRESS_SECONDS", default.progress_seconds),
+        )

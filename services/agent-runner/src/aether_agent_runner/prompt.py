@@ -1,0 +1,86 @@
+"""What the agent is told: the standing instructions and the task at hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from anthropic.types import TextBlockParam
+
+from aether_agent_runner.domain import Limits
+from aether_agent_runner.search import SKIPPED_DIRECTORIES
+from aether_events import WorkspaceReady
+
+MAX_MAP_ENTRIES = 300
+
+SYSTEM_PROMPT = """\
+You are a coding agent of Aether. You work one task of a larger mission inside a git \
+worktree of the repository; other agents work the other tasks in parallel, each in its own \
+copy, and their work is merged with yours afterwards.
+
+How to work:
+- Change what the task needs and nothing else; prefer the files the task lists and touch \
+others only when the task cannot be done without them.
+- Look before you change: list_dir, search and read_file. Change existing files with \
+edit_file (exact text replacement, small and precise); use write_file for new files or \
+complete rewrites, delete_file to remove one.
+- Paths are relative to the repository root. The .git directory and anything outside the \
+repository are out of reach.
+- If run_command is offered, use it to run the repository's tests or linters on your \
+change. It runs one program without a shell.
+- Do not commit, branch or push: your changes are committed and merged for you.
+- When the task is done and its acceptance criteria hold, call finish with a short summary \
+of what you changed and why. If the task cannot be done, call finish and say why.
+"""
+
+SYSTEM: list[TextBlockParam] = [
+    {"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}
+]
+
+
+def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
+    """The worktree's files, one path per line, dependency and cache directories left out."""
+    paths: list[str] = []
+    more = 0
+    for directory, subdirectories, names in os.walk(root, followlinks=False):
+        subdirectories[:] = sorted(
+            d for d in subdirectories if d.lower() != ".git" and d not in SKIPPED_DIRECTORIES
+        )
+        for name in sorted(names):
+            if name.lower() == ".git":
+                continue
+            if len(paths) >= limit:
+                more += 1
+                continue
+            paths.append((Path(directory) / name).relative_to(root).as_posix())
+    if more:
+        paths.append(f"[… and {more} more files]")
+    return "\n".join(paths) or "(no files yet)"
+
+
+def task_prompt(ready: WorkspaceReady, files: str, limits: Limits) -> str:
+    """The opening message: mission, task (as JSON), context, repository map, limits."""
+    task = ready.task
+    spec = json.dumps(
+        {
+            "id": task.id,
+            "title": task.title,
+            "description": task.description,
+            "files": task.files,
+            "acceptance_criteria": task.acceptance_criteria,
+        },
+        indent=2,
+    )
+    parts = [
+        f"<mission>\n{ready.requirement}\n</mission>",
+        f"<task>\n{spec}\n</task>",
+    ]
+    if ready.context:
+        parts.append(f"<context>\n{ready.context}\n</context>")
+    parts.append(f"<repository>\n{files}\n</repository>")
+    budget = f"at most {limits.max_turns} model turns"
+    if limits.max_cost_usd is not None:
+        budget += f" and ${limits.max_cost_usd:.2f}"
+    parts.append(f"You have {budget} for this task; work efficiently.")
+    return "\n\n".join(parts)

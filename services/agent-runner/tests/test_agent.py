@@ -1,0 +1,286 @@
+"""The tool-use loop against a scripted model over HTTP (the anthropic SDK, streaming)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from aether_agent_runner.adapters.git import changed_paths
+from aether_agent_runner.adapters.journal import Journal, state_dir
+from aether_agent_runner.agent import Agent, Outcome, Progress
+from aether_agent_runner.commands import CommandPolicy
+from aether_agent_runner.conversation import Conversation, identity
+from aether_agent_runner.domain import Limits
+from aether_agent_runner.prompt import SYSTEM
+from aether_agent_runner.tools import ToolBox
+from aether_agent_runner.workspace import Workspace
+from aether_events import Usage
+from aether_llm import Reply, text_block
+
+
+@dataclass
+class Seen:
+    usages: list[tuple[int, Usage]] = field(default_factory=list)
+    progress: list[Progress] = field(default_factory=list)
+
+    async def model_called(self, turn: int, usage: Usage) -> None:
+        self.usages.append((turn, usage))
+
+    async def progressed(self, progress: Progress) -> None:
+        self.progress.append(progress)
+
+
+@pytest.fixture(autouse=True)
+def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def make_agent(
+    task_repo: Any,
+    model: Any,
+    *,
+    limits: Limits | None = None,
+    model_id: str = "claude-sonnet-5-5",
+) -> tuple[Agent, Journal, Seen]:
+    journal = Journal(state_dir(task_repo.worktree))
+    seen = Seen()
+    worktree = task_repo.worktree
+
+    async def has_changes() -> bool:
+        return bool(await asyncio.to_thread(changed_paths, worktree))
+
+    agent = Agent(
+        client=anthropic.AsyncAnthropic(api_key="test", base_url=model.url, max_retries=0),
+        model=model_id,
+        system=SYSTEM,
+        toolbox=ToolBox(Workspace(worktree), CommandPolicy(allowed=("python",))),
+        limits=limits or Limits(max_turns=10),
+        journal=journal.append,
+        observer=seen,
+        has_changes=has_changes,
+    )
+    return agent, journal, seen
+
+
+def start(journal: Journal, prompt: str = '<task>\n{"id": "t1"}\n</task>') -> Conversation:
+    conversation = Conversation.fresh(prompt)
+    journal.start(conversation.begin_record(identity("m", "t1", 1, "base")))
+    return conversation
+
+
+async def test_reads_edits_runs_a_command_and_finishes(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any, finish: Any
+) -> None:
+    scripted = model(
+        {
+            "t1": [
+                reply(tool("read_file", path="src/app.py")),
+                reply(
+                    tool(
+                        "edit_file",
+                        path="src/app.py",
+                        old_text='"Hello, "',
+                        new_text='"Hello there, "',
+                    )
+                ),
+                reply(
+                    tool(
+                        "run_command",
+                        command="python -c 'import src.app as a; print(a.greet(\"Ada\"))'",
+                    )
+                ),
+                finish("greet now says hello there"),
+            ]
+        }
+    )
+    agent, journal, seen = make_agent(task_repo, scripted)
+
+    outcome = await agent.run(start(journal))
+
+    assert outcome == Outcome(
+        True,
+        "greet now says hello there",
+        turns=4,
+        tool_calls=4,
+        usage=outcome.usage,
+        files_changed=["src/app.py"],
+    )
+    assert outcome.usage.input_tokens == 400 and outcome.usage.cost_usd is not None
+    assert [turn for turn, _ in seen.usages] == [1, 2, 3, 4]
+    last_request = scripted.script.requests[-1]
+    assert "Hello there, Ada" in str(last_request["messages"][-1]["content"])
+    assert len(journal.read()) == 1 + 4 + 3  # begin, four replies, three tool results
+
+
+async def test_the_model_is_called_with_tools_system_and_a_cache_breakpoint(
+    task_repo: Any, model: Callable[..., Any], finish: Any, tool: Any, reply: Any
+) -> None:
+    scripted = model({"t1": [reply(tool("write_file", path="x.txt", content="x")), finish()]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    await agent.run(start(journal))
+
+    request = scripted.script.requests[1]
+    assert {t["name"] for t in request["tools"]} == {
+        "list_dir",
+        "read_file",
+        "search",
+        "write_file",
+        "edit_file",
+        "delete_file",
+        "run_command",
+        "finish",
+    }
+    assert request["stream"] is True and request["model"] == "claude-sonnet-5-5"
+    assert request["system"][0]["cache_control"] == {"type": "ephemeral"}
+    marked = [
+        block
+        for m in request["messages"]
+        if isinstance(m["content"], list)
+        for block in m["content"]
+        if "cache_control" in block
+    ]
+    assert marked == [request["messages"][-1]["content"][-1]]
+
+
+async def test_turn_limit(task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any) -> None:
+    looping = reply(tool("list_dir", path="."))
+    agent, journal, _ = make_agent(
+        task_repo, model({"t1": [looping] * 10}), limits=Limits(max_turns=3)
+    )
+    outcome = await agent.run(start(journal))
+    assert not outcome.finished and not outcome.retryable
+    assert outcome.reason == "turn limit reached: 3 model calls of 3 allowed"
+
+
+async def test_token_limit(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any
+) -> None:
+    big = reply(tool("list_dir", path="."), input_tokens=30_000, output_tokens=500)
+    agent, journal, _ = make_agent(
+        task_repo, model({"t1": [big] * 10}), limits=Limits(max_tokens=50_000)
+    )
+    outcome = await agent.run(start(journal))
+    assert outcome.reason == "token limit reached: 61,000 tokens of 50,000 allowed"
+    assert outcome.turns == 2
+
+
+async def test_cost_limit(task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any) -> None:
+    # claude-sonnet-5-5: $2 per million input tokens, so 100,000 tokens cost $0.20 a call.
+    pricey = reply(tool("list_dir", path="."), input_tokens=100_000, output_tokens=0)
+    agent, journal, _ = make_agent(
+        task_repo,
+        model({"t1": [pricey] * 10}),
+        limits=Limits(max_cost_usd=0.5, max_tokens=10**9),
+    )
+    outcome = await agent.run(start(journal))
+    assert outcome.reason == "cost limit reached: $0.6000 spent of $0.5000 allowed"
+    assert outcome.turns == 3
+
+
+async def test_wall_time_limit_cuts_a_slow_model_call_short(
+    task_repo: Any, model: Callable[..., Any]
+) -> None:
+    def slow(request: dict[str, Any]) -> Reply:
+        return Reply([text_block("thinking…")], "end_turn", 1, 1, delay_seconds=10)
+
+    agent, journal, _ = make_agent(task_repo, model({"t1": [slow]}), limits=Limits(max_seconds=0.5))
+    began = asyncio.get_running_loop().time()
+    outcome = await agent.run(start(journal))
+    assert outcome.reason.startswith("wall-time limit reached: 0.5 s of 0.5 s allowed")
+    assert asyncio.get_running_loop().time() - began < 5
+
+
+async def test_a_model_that_stops_talking_is_nudged_once(
+    task_repo: Any, model: Callable[..., Any], say: Any, finish: Any, tool: Any, reply: Any
+) -> None:
+    scripted = model(
+        {
+            "t1": [
+                say("All done, I think."),
+                reply(tool("write_file", path="a", content="a")),
+                finish(),
+            ]
+        }
+    )
+    agent, journal, _ = make_agent(task_repo, scripted)
+    assert (await agent.run(start(journal))).finished
+    assert "call finish" in str(scripted.script.requests[1]["messages"][-1]["content"])
+
+    silent = model({"t1": [say("hm")] * 5})
+    agent, journal, _ = make_agent(task_repo, silent)
+    outcome = await agent.run(start(journal))
+    assert outcome.reason == "the model stopped without calling finish" and outcome.retryable
+
+
+async def test_a_reply_cut_off_at_max_tokens_is_not_run(
+    task_repo: Any, model: Callable[..., Any], tool: Any, finish: Any, reply: Any
+) -> None:
+    def cut(request: dict[str, Any]) -> Reply:
+        return Reply([tool("write_file", path="half.txt", content="hal")], "max_tokens", 10, 8192)
+
+    scripted = model({"t1": [cut, reply(tool("write_file", path="b.txt", content="b")), finish()]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    assert (await agent.run(start(journal))).finished
+    assert not (task_repo.worktree / "half.txt").exists()
+    assert "output limit" in str(scripted.script.requests[1]["messages"][-1]["content"])
+
+
+async def test_finishing_without_a_change_is_questioned_once(
+    task_repo: Any, model: Callable[..., Any], finish: Any
+) -> None:
+    scripted = model({"t1": [finish("nothing to do"), finish("really nothing")]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    outcome = await agent.run(start(journal))
+    assert outcome.finished and outcome.summary == "really nothing"
+    assert "No file in the repository has changed" in str(
+        scripted.script.requests[1]["messages"][-1]["content"]
+    )
+
+
+async def test_a_resumed_conversation_repeats_no_finished_step(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any, finish: Any
+) -> None:
+    import threading
+
+    append = "python -c \"open('log.txt', 'a').write('ran\\n')\""
+    scripted = model(
+        {
+            "t1": [
+                reply(tool("run_command", command=append)),
+                reply(tool("write_file", path="b.txt", content="b")),
+                finish("both"),
+            ]
+        }
+    )
+    gate = scripted.script.gates[("t1", 2)] = threading.Event()
+    arrived = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    scripted.script.on_call = lambda task, turn: (
+        loop.call_soon_threadsafe(arrived.set) if turn == 2 else None
+    )
+    agent, journal, _ = make_agent(task_repo, scripted)
+    first = asyncio.create_task(agent.run(start(journal)))
+    await asyncio.wait_for(arrived.wait(), 30)
+    first.cancel()  # the runner dies while the third call is in flight
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    gate.set()
+
+    again = Conversation.from_records(journal.read(), identity("m", "t1", 1, "base"))
+    assert again is not None and again.turns == 2 and again.tool_calls == 2
+    agent, journal, seen = make_agent(task_repo, scripted)
+    outcome = await agent.run(again)
+
+    assert outcome.finished and outcome.turns == 3
+    assert scripted.script.calls == ["t1:0", "t1:1", "t1:2", "t1:2"]
+    assert (task_repo.worktree / "log.txt").read_text() == "ran\n"
+    assert seen.usages == [(3, seen.usages[0][1])]
