@@ -13,6 +13,7 @@ from aether_events import (
     Event,
     MergeConflicted,
     MissionCancelled,
+    MissionCompleted,
     MissionRequested,
     PlannedTask,
     RepositoryPrepared,
@@ -21,23 +22,26 @@ from aether_events import (
     derived_id,
 )
 from aether_git_broker.domain import (
-    REMOTE_NOT_SUPPORTED,
     BrokerState,
+    FailWorkspace,
+    FinishMission,
     Ignore,
     MergeOutcome,
     MergeTask,
+    Policy,
     PrepareRepository,
     PrepareWorkspace,
+    Push,
     RejectMission,
-    RemoveWorktrees,
     WorkspaceOutcome,
     decide,
     evolve,
-    is_remote,
     merge_event,
+    sweep,
     workspace_ready_event,
 )
 from aether_git_broker.naming import Naming
+from aether_git_broker.sources import LocalSource, RemoteSource
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 NAMING = Naming(branch_prefix="aether", worktrees_dir="/wt")
@@ -48,9 +52,15 @@ def meta(event_id: str) -> dict[str, object]:
     return {"event_id": event_id, "mission_id": M, "occurred_at": NOW, "correlation_id": "c-1"}
 
 
-def requested(repository: str = "/repos/demo", base_branch: str = "main") -> MissionRequested:
+def requested(
+    repository: str = "/repos/demo", base_branch: str = "main", verify: str | None = None
+) -> MissionRequested:
     return MissionRequested(
-        **meta("e-req"), repository=repository, requirement="do it", base_branch=base_branch
+        **meta("e-req"),
+        repository=repository,
+        requirement="do it",
+        base_branch=base_branch,
+        verify_command=verify,
     )
 
 
@@ -92,30 +102,44 @@ def given(*events: Event) -> BrokerState:
 def test_a_requested_mission_prepares_its_repository() -> None:
     event = requested()
     assert decide(given(event), event, NAMING) == PrepareRepository(
-        repository="/repos/demo", base_branch="main", integration_branch="aether/m-1"
+        source=LocalSource("/repos/demo"), base_branch="main", integration_branch="aether/m-1"
     )
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "display"),
     [
-        "https://github.com/org/repo.git",
-        "ssh://git@host/repo",
-        "git@github.com:org/repo.git",
+        ("https://github.com/org/repo.git", "https://github.com/org/repo.git"),
+        ("https://x:secret@github.com/org/repo.git", "https://github.com/org/repo.git"),
+        ("ssh://git@host/repo", "ssh://git@host/repo"),
+        ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
     ],
 )
-def test_a_remote_repository_is_rejected_for_now(url: str) -> None:
+def test_a_remote_repository_is_cloned(url: str, display: str) -> None:
     event = requested(repository=url)
     action = decide(given(event), event, NAMING)
+    assert isinstance(action, PrepareRepository)
+    assert isinstance(action.source, RemoteSource)
+    assert (action.source.url, action.source.display) == (url, display)
+
+
+def test_a_repository_outside_the_allowed_roots_is_rejected() -> None:
+    event = requested(repository="/etc/secret-repo")
+    action = decide(given(event), event, NAMING, Policy(repository_roots=("/repos",)))
     assert isinstance(action, RejectMission)
-    assert action.reason.startswith(REMOTE_NOT_SUPPORTED)
+    assert "outside the directories" in action.reason
+    inside = requested(repository="/repos/demo")
+    assert isinstance(
+        decide(given(inside), inside, NAMING, Policy(repository_roots=("/repos",))),
+        PrepareRepository,
+    )
 
 
-def test_local_paths_are_not_remote() -> None:
-    assert not is_remote("/home/me/repo")
-    assert not is_remote("file:///home/me/repo")
-    assert not is_remote("relative/dir")
-    assert not is_remote("C:/repo")
+def test_a_verify_command_is_refused_where_verification_is_off() -> None:
+    event = requested(verify="make test")
+    action = decide(given(event), event, NAMING, Policy(verify=False))
+    assert isinstance(action, RejectMission)
+    assert "verification" in action.reason
 
 
 def test_a_base_branch_git_refuses_is_rejected() -> None:
@@ -141,12 +165,14 @@ def test_a_ready_task_gets_a_branch_and_worktree_at_the_integration_branch() -> 
     )
 
 
-@pytest.mark.parametrize("task_id", ["has space", "a..b", "-dash", "x.lock", "a/b", "t~1", "c:d"])
-def test_a_task_id_git_refuses_fails_the_mission(task_id: str) -> None:
+@pytest.mark.parametrize(
+    "task_id", ["has space", "a..b", "-dash", "x.lock", "a/b", "t~1", "c:d", "$(id)", "a\nb"]
+)
+def test_a_task_id_git_refuses_fails_its_workspace(task_id: str) -> None:
     event = task_ready(task_id)
     action = decide(given(requested(), PREPARED, event), event, NAMING)
-    assert isinstance(action, RejectMission)
-    assert task_id in action.reason
+    assert isinstance(action, FailWorkspace)
+    assert repr(task_id) in action.reason
 
 
 def test_a_task_whose_workspace_was_announced_is_not_prepared_again() -> None:
@@ -174,7 +200,15 @@ def test_a_completed_agent_is_merged() -> None:
         attempt=1,
         commit_sha="c" * 40,
         worktree_path="/wt/m-1/t1-a1",
+        task_branch="aether-tasks/m-1/t1/a1",
     )
+
+
+def test_a_mission_with_a_verify_command_verifies_every_merge() -> None:
+    event = completed()
+    action = decide(given(requested(verify="  make test "), PREPARED, event), event, NAMING)
+    assert isinstance(action, MergeTask)
+    assert action.verify_command == "make test"
 
 
 def test_a_merged_attempt_is_never_merged_again() -> None:
@@ -200,9 +234,28 @@ def test_nothing_is_done_for_a_cancelled_mission_except_cleaning_up() -> None:
     assert isinstance(decide(state, task_ready(), NAMING), Ignore)
     assert isinstance(decide(state, completed(), NAMING), Ignore)
     assert isinstance(decide(state, requested(), NAMING), Ignore)
-    assert decide(state, cancelled, NAMING) == RemoveWorktrees(
-        repository_path="/repos/demo", directory="/wt/m-1"
+    assert decide(state, cancelled, NAMING) == FinishMission(
+        repository_path="/repos/demo",
+        worktrees_directory="/wt/m-1",
+        task_branches="aether-tasks/m-1/",
     )
+
+
+def test_a_completed_mission_is_pushed_where_a_remote_is_configured() -> None:
+    done = MissionCompleted(
+        **meta("e-done"), final_sha="f" * 40, integration_branch="aether/m-1", tasks_merged=2
+    )
+    state = given(requested(), PREPARED, done)
+    assert decide(state, done, NAMING).push is None  # type: ignore[union-attr]
+    action = decide(state, done, NAMING, Policy(push_remote="origin"))
+    assert isinstance(action, FinishMission)
+    assert action.push == Push(integration_branch="aether/m-1", sha="f" * 40, target="origin")
+    # "origin" of a mission on a remote repository is where it was cloned from.
+    url = "https://x:tok@example.com/org/repo.git"
+    remote = given(requested(repository=url), PREPARED, done)
+    action = decide(remote, done, NAMING, Policy(push_remote="origin"))
+    assert isinstance(action, FinishMission) and action.push is not None
+    assert action.push.target == url
 
 
 def test_a_mission_that_never_got_a_repository_has_nothing_to_clean() -> None:
@@ -249,3 +302,47 @@ def test_evolve_ignores_events_it_does_not_need() -> None:
     state = given(requested(), PREPARED)
     assert evolve(state, task_ready()) is state
     assert evolve(state, completed()) is state
+
+
+def test_the_start_up_sweep_keeps_live_worktrees_and_lists_leftovers() -> None:
+    t1, t2 = task_ready("t1"), task_ready("t2")
+    ws = [
+        workspace_ready_event(
+            t,
+            NOW,
+            WorkspaceOutcome(
+                f"aether-tasks/m-1/{t.task.id}/a1", f"/wt/m-1/{t.task.id}-a1", "b" * 40, True
+            ),
+        )
+        for t in (t1, t2)
+    ]
+    merged = merge_event(
+        completed("t1"), NOW, "aether/m-1", MergeOutcome(kind="merged", sha="d" * 40)
+    )
+    other = MissionRequested(
+        event_id="e-o",
+        mission_id="m-2",
+        occurred_at=NOW,
+        correlation_id="c",
+        repository="/r2",
+        requirement="x",
+    )
+    other_prepared = RepositoryPrepared(
+        event_id="e-op",
+        mission_id="m-2",
+        occurred_at=NOW,
+        correlation_id="c",
+        repository_path="/r2",
+        base_branch="main",
+        base_sha="b" * 40,
+        integration_branch="aether/m-2",
+    )
+    cancelled = MissionCancelled(
+        event_id="e-oc", mission_id="m-2", occurred_at=NOW, correlation_id="c"
+    )
+    state = given(requested(), PREPARED, *ws, merged, other, other_prepared, cancelled)
+    plan = sweep(state, NAMING)
+    assert plan.live_worktrees == frozenset({"/wt/m-1/t2-a1"})
+    assert plan.repositories == ("/r2", "/repos/demo")
+    assert plan.finished == (("/r2", "aether-tasks/m-2/"),)
+    assert plan.merged_branches == (("/repos/demo", "aether-tasks/m-1/t1/a1"),)

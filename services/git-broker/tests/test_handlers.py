@@ -14,16 +14,20 @@ from aether_events import (
     BranchMerged,
     Event,
     MergeConflicted,
+    MissionCancelled,
+    MissionCompleted,
     MissionFailed,
     MissionRequested,
     PlannedTask,
     RepositoryPrepared,
     TaskReady,
+    WorkspaceFailed,
     WorkspaceReady,
     new_event_id,
 )
 from aether_git_broker.adapters.git import GitRepositories
-from aether_git_broker.domain import BrokerState, MergeOutcome, evolve
+from aether_git_broker.adapters.remote import PushOutcome, Remotes
+from aether_git_broker.domain import BrokerState, MergeOutcome, Policy, evolve
 from aether_git_broker.handlers import Handlers
 from aether_git_broker.naming import Naming
 from aether_runtime import Delivery, Projection
@@ -61,7 +65,12 @@ def meta() -> dict[str, object]:
 
 
 def handlers_for(
-    worktrees_dir: Path, publisher: Recorder, git: GitRepositories | None = None
+    worktrees_dir: Path,
+    publisher: Recorder,
+    git: GitRepositories | None = None,
+    *,
+    policy: Policy | None = None,
+    remotes: Remotes | None = None,
 ) -> Handlers:
     return Handlers(
         Projection(BrokerState(), evolve),
@@ -70,12 +79,17 @@ def handlers_for(
         publisher=lambda: publisher,
         clock=lambda: NOW,
         keepalive_seconds=0.01,
+        policy=policy,
+        remotes=remotes or Remotes(str(worktrees_dir.parent / "data")),
     )
 
 
-async def prepare(handlers: Handlers, recorder: Recorder, repo: Path) -> RepositoryPrepared:
+async def prepare(
+    handlers: Handlers, recorder: Recorder, repo: Path | str, verify: str | None = None
+) -> RepositoryPrepared:
     await handlers.handle(
-        MissionRequested(**meta(), repository=str(repo), requirement="r"), RecordingDelivery()
+        MissionRequested(**meta(), repository=str(repo), requirement="r", verify_command=verify),
+        RecordingDelivery(),
     )
     prepared = recorder.of(RepositoryPrepared)[-1]
     assert isinstance(prepared, RepositoryPrepared)
@@ -198,3 +212,225 @@ async def test_slow_repository_work_keeps_its_message_alive(
     )
     assert delivery.beats.is_set()
     assert len(recorder.of(BranchMerged)) == 1
+
+
+def done(task_id: str, sha: str, attempt: int = 1) -> AgentCompleted:
+    return AgentCompleted(**meta(), task_id=task_id, attempt=attempt, commit_sha=sha, branch="")
+
+
+async def test_a_failed_verification_is_reported_like_a_conflict_with_the_output(
+    repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
+) -> None:
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    prepared = await prepare(
+        handlers, recorder, repo, verify="test ! -e broken.flag || { echo 'BROKEN build'; exit 1; }"
+    )
+    for task in ("t1", "t2"):
+        await handlers.handle(ready(task), RecordingDelivery())
+    sha1 = commit(worktrees_dir / M / "t1-a1", {"good.py": "1\n"}, "good")
+    sha2 = commit(worktrees_dir / M / "t2-a1", {"broken.flag": "x\n"}, "breaks the build")
+    await handlers.handle(done("t1", sha1), RecordingDelivery())
+    await handlers.handle(done("t2", sha2), RecordingDelivery())
+    (merged,) = recorder.of(BranchMerged)
+    (refused,) = recorder.of(MergeConflicted)
+    assert isinstance(merged, BranchMerged) and isinstance(refused, MergeConflicted)
+    assert merged.task_id == "t1"
+    assert (refused.task_id, refused.files, refused.integration_sha) == ("t2", [], sha1)
+    assert refused.detail.startswith("verification failed:")
+    assert "BROKEN build" in refused.detail
+    assert git(repo, "rev-parse", prepared.integration_branch) == sha1
+    # The same completion again is not verified again: it was answered.
+    await handlers.handle(done("t2", sha2), RecordingDelivery())
+    assert len(recorder.of(MergeConflicted)) == 1
+
+
+async def test_a_merge_removes_the_worktree_and_the_task_branch(
+    repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
+) -> None:
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    await prepare(handlers, recorder, repo)
+    await handlers.handle(ready("t1"), RecordingDelivery())
+    sha = commit(worktrees_dir / M / "t1-a1", {"one.py": "1\n"}, "one")
+    await handlers.handle(done("t1", sha), RecordingDelivery())
+    assert not (worktrees_dir / M / "t1-a1").exists()
+    assert git(repo, "branch", "--list", f"aether-tasks/{M}/*") == ""
+    assert git(repo, "rev-parse", f"aether/{M}") == sha
+
+
+async def test_a_cancelled_mission_leaves_no_worktree_or_task_branch(
+    repo: Path, worktrees_dir: Path, git: Callable[..., str]
+) -> None:
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    prepared = await prepare(handlers, recorder, repo)
+    for task in ("t1", "t2"):
+        await handlers.handle(ready(task), RecordingDelivery())
+    await handlers.handle(MissionCancelled(**meta(), reason="changed my mind"), RecordingDelivery())
+    assert not (worktrees_dir / M).exists()
+    assert git(repo, "branch", "--list", f"aether-tasks/{M}/*") == ""
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    # The result branch stays: it is the mission's output, even a partial one.
+    assert git(repo, "rev-parse", "--verify", prepared.integration_branch)
+
+
+async def test_a_task_id_that_cannot_name_a_branch_fails_only_its_workspace(
+    repo: Path, worktrees_dir: Path
+) -> None:
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    await prepare(handlers, recorder, repo)
+    await handlers.handle(ready("$(id)"), RecordingDelivery())
+    (failed,) = recorder.of(WorkspaceFailed)
+    assert isinstance(failed, WorkspaceFailed)
+    assert not failed.retryable
+    assert "only letters" in failed.reason
+    assert recorder.of(MissionFailed) == []
+    assert not (worktrees_dir / M / "$(id)-a1").exists()
+
+
+async def test_start_up_removes_what_a_crash_left_and_keeps_live_worktrees(
+    repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
+) -> None:
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    await prepare(handlers, recorder, repo)
+    for task in ("t1", "t2"):
+        await handlers.handle(ready(task), RecordingDelivery())
+    sha = commit(worktrees_dir / M / "t1-a1", {"one.py": "1\n"}, "one")
+    # A crash after merging, before removing anything: only the merge itself happened.
+    handlers._git.merge(
+        str(repo),
+        f"aether/{M}",
+        since_sha=git(repo, "rev-parse", "main"),
+        mission_id=M,
+        task_id="t1",
+        attempt=1,
+        commit_sha=sha,
+        now=NOW,
+    )
+    merged = BranchMerged(
+        **meta(), task_id="t1", attempt=1, merge_sha=sha, integration_branch=f"aether/{M}"
+    )
+    # Leftovers of other crashes: a half-built worktree and a scratch verification one.
+    (worktrees_dir / M / "t3-a1.partial" / "x").mkdir(parents=True)
+    handlers._git.prepare_workspace(
+        str(repo), f"aether/{M}", "aether-tasks/scratch", str(worktrees_dir / ".verify" / "v1")
+    )
+    # Another mission that finished while its clean-up was cut short.
+    other = "m-old"
+    handlers._git.prepare_repository(str(repo), "main", f"aether/{other}")
+    handlers._git.prepare_workspace(
+        str(repo),
+        f"aether/{other}",
+        f"aether-tasks/{other}/t1/a1",
+        str(worktrees_dir / other / "t1-a1"),
+    )
+    stored = [*recorder.events, merged]
+    old = [
+        MissionRequested(
+            event_id="o1",
+            mission_id=other,
+            occurred_at=NOW,
+            correlation_id="c",
+            repository=str(repo),
+            requirement="r",
+        ),
+        RepositoryPrepared(
+            event_id="o2",
+            mission_id=other,
+            occurred_at=NOW,
+            correlation_id="c",
+            repository_path=str(repo.resolve()),
+            base_branch="main",
+            base_sha=sha,
+            integration_branch=f"aether/{other}",
+        ),
+        MissionCancelled(event_id="o3", mission_id=other, occurred_at=NOW, correlation_id="c"),
+    ]
+    restarted = handlers_for(worktrees_dir, Recorder())
+    restarted.projection.apply_all([*stored, *old])
+    await restarted.start_up()
+    assert sorted(p.name for p in worktrees_dir.iterdir()) == [M]
+    assert [p.name for p in (worktrees_dir / M).iterdir()] == ["t2-a1"]
+    assert git(worktrees_dir / M / "t2-a1", "status", "--porcelain") == ""
+    listing = git(repo, "worktree", "list", "--porcelain")
+    assert listing.count("worktree ") == 2
+    assert git(repo, "worktree", "prune", "--dry-run", "-v") == ""
+    branches = git(repo, "branch", "--list", "aether-tasks/*", "--format=%(refname:short)")
+    assert branches.split() == [f"aether-tasks/{M}/t2/a1", "aether-tasks/scratch"]
+
+
+class CountingRemotes(Remotes):
+    def __init__(self, data_dir: str) -> None:
+        super().__init__(data_dir)
+        self.outcomes: list[str] = []
+
+    def push(self, repository_path: str, target: str, branch: str, sha: str) -> PushOutcome:
+        outcome = super().push(repository_path, target, branch, sha)
+        self.outcomes.append(outcome.kind)
+        return outcome
+
+
+async def test_a_completed_mission_is_pushed_once_even_when_handled_again_after_a_restart(
+    repo: Path,
+    worktrees_dir: Path,
+    tmp_path: Path,
+    commit: Callable[..., str],
+    git: Callable[..., str],
+) -> None:
+    remote = tmp_path / "delivered.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    recorder = Recorder()
+    remotes = CountingRemotes(str(tmp_path / "data"))
+    policy = Policy(push_remote=str(remote))
+    handlers = handlers_for(worktrees_dir, recorder, policy=policy, remotes=remotes)
+    prepared = await prepare(handlers, recorder, repo)
+    await handlers.handle(ready("t1"), RecordingDelivery())
+    sha = commit(worktrees_dir / M / "t1-a1", {"one.py": "1\n"}, "one")
+    await handlers.handle(done("t1", sha), RecordingDelivery())
+    completed = MissionCompleted(
+        **meta(), final_sha=sha, integration_branch=prepared.integration_branch, tasks_merged=1
+    )
+    await handlers.handle(completed, RecordingDelivery())
+    assert git(remote, "rev-parse", prepared.integration_branch) == sha
+    # A restart that replays everything, then the same completion delivered again.
+    restarted = handlers_for(worktrees_dir, Recorder(), policy=policy, remotes=remotes)
+    restarted.projection.apply_all([*recorder.events, completed])
+    await restarted.start_up()
+    await restarted.handle(completed, RecordingDelivery())
+    assert remotes.outcomes == ["pushed", "already_pushed"]
+    assert git(remote, "rev-parse", prepared.integration_branch) == sha
+
+
+async def test_a_push_to_a_branch_someone_else_moved_is_refused(
+    repo: Path,
+    worktrees_dir: Path,
+    tmp_path: Path,
+    commit: Callable[..., str],
+    git: Callable[..., str],
+) -> None:
+    remote = tmp_path / "delivered.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    recorder = Recorder()
+    handlers = handlers_for(
+        worktrees_dir,
+        recorder,
+        policy=Policy(push_remote=str(remote)),
+    )
+    prepared = await prepare(handlers, recorder, repo)
+    other = commit(repo, {"elsewhere.txt": "x\n"}, "someone else's work")
+    git(repo, "push", "-q", str(remote), f"{other}:refs/heads/{prepared.integration_branch}")
+    completed = MissionCompleted(
+        **meta(),
+        final_sha=prepared.base_sha,
+        integration_branch=prepared.integration_branch,
+        tasks_merged=0,
+    )
+    delivery = RecordingDelivery()
+    delivery.num_delivered = 3  # the last attempt: the failure is logged, not retried
+    await handlers.handle(completed, delivery)
+    assert git(remote, "rev-parse", prepared.integration_branch) == other
+    with pytest.raises(Exception, match="someone else moved it"):
+        await handlers.handle(completed, RecordingDelivery())

@@ -62,6 +62,9 @@ def test_a_task_id_must_be_a_single_short_component() -> None:
     problem = component_problem("x" * 101)
     assert problem is not None
     assert "longer than" in problem
+    for shell_bait in ("$(id)", "`id`", "a;b", "a|b", "a'b", "ünï"):
+        problem = component_problem(shell_bait)
+        assert problem is not None and "only letters" in problem
 
 
 def test_names_of_branches_and_worktrees() -> None:

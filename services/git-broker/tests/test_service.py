@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import TypeVar
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from aether_events import (
     AgentCompleted,
@@ -282,9 +284,16 @@ async def test_a_restarted_broker_remembers_what_it_merged(
 @pytest.mark.parametrize(
     ("repository", "reason"),
     [
-        ("https://example.com/org/repo.git", "cloning remote repositories is not supported yet"),
+        ("http://127.0.0.1:9/org/repo.git", "could not fetch from http://127.0.0.1:9/org/repo.git"),
         ("{tmp}/not-a-repo", "is not a git repository"),
         ("{tmp}/missing", "does not exist"),
+        ("relative/repo", "is not an absolute path"),
+        ("--upload-pack=touch {tmp}/pwned", "starts with '-'"),
+        ("ext::sh -c touch% {tmp}/pwned", "is not an absolute path"),
+        ("https://example.com/$(touch {tmp}/pwned).git", "'$'"),
+        ("{tmp}/repo\nmain", "control character"),
+        ("{tmp}/../etc", "'..'"),
+        ("ssh://-oProxyCommand=touch%20{tmp}/pwned/repo", "invalid host"),
     ],
 )
 async def test_an_unusable_repository_fails_the_mission(
@@ -306,6 +315,7 @@ async def test_an_unusable_repository_fails_the_mission(
     assert reason in failed.reason
     assert failed.causation_id == request.event_id
     assert events.all(RepositoryPrepared) == []
+    assert not (tmp_path / "pwned").exists()
     await events.stop()
 
 
@@ -321,4 +331,134 @@ async def test_a_missing_base_branch_fails_the_mission(
     )
     failed = await events.next(MissionFailed)
     assert "base branch 'develop' does not exist" in failed.reason
+    await events.stop()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_restarted_broker_removes_leftovers_before_its_first_delivery(
+    nc: NatsClient,
+    settings: GitBrokerSettings,
+    publisher: EventPublisher,
+    repo: Path,
+    worktrees_dir: Path,
+    git: Callable[..., str],
+) -> None:
+    mission = "m-sweep"
+    events = await watch(nc, mission)
+    service = build_service(settings)
+    await start_service(service)
+    try:
+        await publisher.publish(
+            MissionRequested(**meta(mission), repository=str(repo), requirement="x")
+        )
+        prepared = await events.next(RepositoryPrepared)
+        for task in ("t1", "t2"):
+            await publisher.publish(task_ready(mission, task))
+            await events.next(WorkspaceReady)
+    finally:
+        await stop_service(service)
+    # While it was down: a crash mid-checkout, a worktree whose mission is unknown to the
+    # stream, and one of a task merged by hand (its BranchMerged is in the stream).
+    (worktrees_dir / mission / "t9-a1.partial" / "src").mkdir(parents=True)
+    git(
+        repo,
+        "worktree",
+        "add",
+        "-q",
+        "-b",
+        "aether-tasks/m-gone/t1/a1",
+        str(worktrees_dir / "m-gone" / "t1-a1"),
+        "main",
+    )
+    t1 = git(repo, "rev-parse", f"aether-tasks/{mission}/t1/a1")
+    await publisher.publish(
+        BranchMerged(
+            **meta(mission),
+            task_id="t1",
+            attempt=1,
+            merge_sha=t1,
+            integration_branch=prepared.integration_branch,
+        )
+    )
+
+    restarted = build_service(settings)
+    await start_service(restarted)
+    try:
+        # start() returns once the projection is rebuilt and the sweep is done.
+        assert sorted(p.name for p in worktrees_dir.iterdir()) == [mission]
+        assert [p.name for p in (worktrees_dir / mission).iterdir()] == ["t2-a1"]
+        assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 2
+        assert git(repo, "worktree", "prune", "--dry-run", "-v") == ""
+        assert git(repo, "branch", "--list", f"aether-tasks/{mission}/t1/a1") == ""
+        assert git(repo, "branch", "--list", f"aether-tasks/{mission}/t2/a1") != ""
+    finally:
+        await stop_service(restarted)
+    await events.stop()
+
+
+async def test_delivery_pushes_once_across_a_restart(
+    nc: NatsClient,
+    settings: GitBrokerSettings,
+    publisher: EventPublisher,
+    repo: Path,
+    tmp_path: Path,
+    git: Callable[..., str],
+    commit: Callable[..., str],
+) -> None:
+    remote = tmp_path / "delivered.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    pushing = dataclasses.replace(settings, push_remote=str(remote))
+    mission = "m-push"
+    events = await watch(nc, mission)
+    pushed_before = sample("aether_pushes_total", result="pushed")
+    already_before = sample("aether_pushes_total", result="already_pushed")
+
+    async def completed_and_handled(service_settings: GitBrokerSettings, marker: str) -> None:
+        await publisher.publish(
+            MissionCompleted(
+                **meta(mission), final_sha=sha, integration_branch=branch, tasks_merged=1
+            )
+        )
+        # One event at a time, in order: the marker's answer means the completion is done.
+        answered = await watch(nc, marker)
+        await publisher.publish(
+            MissionRequested(**meta(marker), repository=str(repo), requirement="x")
+        )
+        await answered.next(RepositoryPrepared)
+        await answered.stop()
+
+    service = build_service(pushing)
+    await start_service(service)
+    try:
+        await publisher.publish(
+            MissionRequested(**meta(mission), repository=str(repo), requirement="x")
+        )
+        prepared = await events.next(RepositoryPrepared)
+        branch = prepared.integration_branch
+        await publisher.publish(task_ready(mission, "t1"))
+        workspace = await events.next(WorkspaceReady)
+        sha = commit(workspace.worktree_path, {"shipped.py": "1\n"}, "ship it")
+        await publisher.publish(
+            AgentCompleted(**meta(mission), task_id="t1", attempt=1, commit_sha=sha, branch="")
+        )
+        await events.next(BranchMerged)
+        await completed_and_handled(pushing, "m-marker1")
+    finally:
+        await stop_service(service)
+    assert git(remote, "rev-parse", branch) == sha
+
+    # Restarted, the broker is told again that the mission completed (a re-sent report):
+    # the remote already has the result, so nothing is pushed.
+    restarted = build_service(pushing)
+    await start_service(restarted)
+    try:
+        await completed_and_handled(pushing, "m-marker2")
+    finally:
+        await stop_service(restarted)
+    assert sample("aether_pushes_total", result="pushed") - pushed_before == 1
+    assert sample("aether_pushes_total", result="already_pushed") - already_before == 1
+    assert git(remote, "rev-parse", branch) == sha
     await events.stop()

@@ -1,11 +1,16 @@
-"""Wiring: the runtime ``Service`` with the broker's projection, adapter and consumer."""
+"""Wiring: the runtime ``Service`` with the broker's projection, adapters and consumer."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
 from aether_events import ALL_MISSION_EVENTS
 from aether_git_broker.adapters.git import GitRepositories
+from aether_git_broker.adapters.remote import Remotes
+from aether_git_broker.adapters.smarthttp import GitHttpApp, GitHttpServer, Served
+from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
 from aether_git_broker.domain import BrokerState, evolve
 from aether_git_broker.handlers import Handlers
@@ -14,24 +19,42 @@ from aether_runtime import ConsumerSpec, Projection, Service
 DURABLE = "git-broker"
 
 
-def build_service(settings: GitBrokerSettings) -> Service:
+@dataclass
+class GitBroker:
+    """The service and the parts tests and operators look at."""
+
+    service: Service
+    handlers: Handlers
+    git: GitRepositories
+    http: GitHttpServer | None
+
+
+def build_broker(settings: GitBrokerSettings) -> GitBroker:
     """The git broker: one durable consumer on every mission event, one event at a time.
 
     A single worker is the point: the broker is the only writer of the repositories, and
-    merges into an integration branch must happen one after another.
+    merges into an integration branch must happen one after another. Before the first
+    delivery (right after the projection is rebuilt) it removes what a crash left behind.
     """
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[BrokerState] = Projection(BrokerState(), evolve)
+    git = GitRepositories(identity=settings.identity, max_listed_files=settings.max_listed_files)
+    naming = settings.naming
     handlers = Handlers(
         projection,
-        GitRepositories(identity=settings.identity, max_listed_files=settings.max_listed_files),
-        settings.naming,
+        git,
+        naming,
         publisher=lambda: service.publisher,
         keepalive_seconds=settings.ack_wait_seconds / 3,
+        policy=settings.policy,
+        remotes=Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds),
+        verifier=Verifier(timeout=settings.verify_timeout_seconds),
     )
 
     async def rebuild(js: JetStreamContext) -> int:
-        return await projection.rebuild(js, SERVICE_NAME)
+        last = await projection.rebuild(js, SERVICE_NAME)
+        await handlers.start_up()
+        return last
 
     service.rebuild_with(rebuild)
     service.consume(
@@ -43,4 +66,40 @@ def build_service(settings: GitBrokerSettings) -> Service:
             ack_wait_seconds=settings.ack_wait_seconds,
         )
     )
-    return service
+
+    http = None
+    if settings.git_http_port is not None:
+
+        def served(mission_id: str) -> Served | None:
+            view = projection.state.mission(mission_id)
+            if view is None or view.terminal or view.prepared is None:
+                return None
+            return Served(
+                path=view.prepared.path,
+                integration_branch=view.prepared.integration_branch,
+                task_branches=naming.task_branches(mission_id),
+            )
+
+        http = GitHttpServer(
+            GitHttpApp(served, settings.git_token),
+            settings.git_http_host or settings.runtime.host,
+            settings.git_http_port,
+        )
+
+    async def start_http() -> None:
+        if http is not None:
+            http.start()
+
+    async def stop() -> None:
+        if http is not None:
+            http.stop()
+        git.close()
+
+    service.on_started.append(start_http)
+    service.on_stopping.append(stop)
+    return GitBroker(service=service, handlers=handlers, git=git, http=http)
+
+
+def build_service(settings: GitBrokerSettings) -> Service:
+    """The git broker's runtime service (see ``build_broker``)."""
+    return build_broker(settings).service

@@ -9,7 +9,6 @@ event to publish, with ids derived from the step so a repeat publishes the same 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -20,6 +19,7 @@ from aether_events import (
     BranchMerged,
     Event,
     MergeConflicted,
+    MissionAnswered,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -27,17 +27,36 @@ from aether_events import (
     RepoFile,
     RepositoryPrepared,
     TaskReady,
+    WorkspaceFailed,
     WorkspaceReady,
     caused_by,
 )
 from aether_git_broker.naming import InvalidName, Naming, component_problem, ref_name_problem
+from aether_git_broker.sources import (
+    InvalidRepository,
+    LocalSource,
+    RemoteSource,
+    parse_repository,
+)
 
 TaskKey = tuple[str, int]
 
-REMOTE_NOT_SUPPORTED = "cloning remote repositories is not supported yet"
 
-# scheme://… or scp-like user@host:path
-_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[^/\s]+@[^/\s]+:)")
+@dataclass(frozen=True)
+class Policy:
+    """What this broker allows and does, from its configuration.
+
+    ``repository_roots``: when not empty, local repositories must lie inside one of these
+    directories; ``verify``: whether missions may ask for a verification command (it runs
+    on the broker's machine); ``push_remote``: where a completed mission's integration
+    branch is pushed (a URL, a path, or the name of a remote of the repository; ``origin``
+    of a mission on a remote repository is the URL it was cloned from), or ``None``.
+    """
+
+    repository_roots: tuple[str, ...] = ()
+    verify: bool = True
+    push_remote: str | None = None
+
 
 # --- state -------------------------------------------------------------------------
 
@@ -62,6 +81,7 @@ class MissionView:
     mission_id: str
     repository: str = ""
     base_branch: str = "main"
+    verify_command: str | None = None
     prepared: PreparedRepo | None = None
     terminal: bool = False
     workspaces: Mapping[TaskKey, Workspace] = field(default_factory=dict)
@@ -87,7 +107,13 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
     match event:
         case MissionRequested():
             return _update(
-                state, replace(view, repository=event.repository, base_branch=event.base_branch)
+                state,
+                replace(
+                    view,
+                    repository=event.repository,
+                    base_branch=event.base_branch,
+                    verify_command=(event.verify_command or "").strip() or None,
+                ),
             )
         case RepositoryPrepared():
             prepared = PreparedRepo(
@@ -109,7 +135,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
         case MergeConflicted():
             key = (event.task_id, event.attempt)
             return _update(state, replace(view, conflicted=view.conflicted | {key}))
-        case MissionCompleted() | MissionFailed() | MissionCancelled():
+        case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
             return _update(
@@ -135,7 +161,7 @@ class RejectMission:
 
 @dataclass(frozen=True)
 class PrepareRepository:
-    repository: str
+    source: LocalSource | RemoteSource
     base_branch: str
     integration_branch: str
 
@@ -149,6 +175,13 @@ class PrepareWorkspace:
 
 
 @dataclass(frozen=True)
+class FailWorkspace:
+    """A task the broker cannot give a workspace; the rest of the mission goes on."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class MergeTask:
     repository_path: str
     integration_branch: str
@@ -157,60 +190,105 @@ class MergeTask:
     attempt: int
     commit_sha: str
     worktree_path: str
+    task_branch: str
+    verify_command: str | None = None
 
 
 @dataclass(frozen=True)
-class RemoveWorktrees:
+class Push:
+    """Deliver the mission's result: the integration branch at ``sha``, to ``target``."""
+
+    integration_branch: str
+    sha: str
+    target: str
+
+
+@dataclass(frozen=True)
+class FinishMission:
+    """Clean up after a mission (its worktrees and task branches) and maybe deliver it."""
+
     repository_path: str
-    directory: str
+    worktrees_directory: str
+    task_branches: str
+    push: Push | None = None
 
 
-Action = Ignore | RejectMission | PrepareRepository | PrepareWorkspace | MergeTask | RemoveWorktrees
+Action = (
+    Ignore
+    | RejectMission
+    | PrepareRepository
+    | PrepareWorkspace
+    | FailWorkspace
+    | MergeTask
+    | FinishMission
+)
 
 
-def is_remote(repository: str) -> bool:
-    """Whether ``repository`` names a remote (a URL or ``user@host:path``), not a path."""
-    return bool(_URL.match(repository)) and not repository.startswith("file://")
-
-
-def decide(state: BrokerState, event: Event, naming: Naming) -> Action:
+def decide(state: BrokerState, event: Event, naming: Naming, policy: Policy = Policy()) -> Action:
     """What to do about ``event``, given everything folded so far (``event`` included)."""
     view = state.mission(event.mission_id)
     match event:
         case MissionRequested():
-            return _on_requested(view, event, naming)
+            return _on_requested(view, event, naming, policy)
         case TaskReady():
             return _on_task_ready(view, event, naming)
         case AgentCompleted():
             return _on_agent_completed(view, event, naming)
-        case MissionCompleted() | MissionFailed() | MissionCancelled():
+        case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
             if view is None or view.prepared is None:
                 return Ignore("no repository was prepared for this mission")
-            return RemoveWorktrees(
+            push = None
+            if isinstance(event, MissionCompleted) and policy.push_remote:
+                push = Push(
+                    integration_branch=view.prepared.integration_branch,
+                    sha=event.final_sha,
+                    target=_push_target(policy.push_remote, view.repository),
+                )
+            return FinishMission(
                 repository_path=view.prepared.path,
-                directory=naming.mission_worktrees(event.mission_id),
+                worktrees_directory=naming.mission_worktrees(event.mission_id),
+                task_branches=naming.task_branches(event.mission_id),
+                push=push,
             )
         case _:
             return Ignore("not an event the git broker acts on")
 
 
-def _on_requested(view: MissionView | None, event: MissionRequested, naming: Naming) -> Action:
+def _push_target(remote: str, repository: str) -> str:
+    """``origin`` of a mission on a remote repository is the URL it came from."""
+    if remote == "origin":
+        try:
+            source = parse_repository(repository)
+        except InvalidRepository:
+            return remote
+        if isinstance(source, RemoteSource):
+            return source.url
+    return remote
+
+
+def _on_requested(
+    view: MissionView | None, event: MissionRequested, naming: Naming, policy: Policy
+) -> Action:
     if view is not None and view.terminal:
         return Ignore("mission already finished")
     if view is not None and view.prepared is not None:
         return Ignore("repository already prepared")
-    if is_remote(event.repository):
-        return RejectMission(f"{REMOTE_NOT_SUPPORTED}: {event.repository}")
-    if not event.repository.strip():
-        return RejectMission("no repository was given")
+    try:
+        source = parse_repository(event.repository, policy.repository_roots)
+    except InvalidRepository as error:
+        return RejectMission(str(error))
     problem = ref_name_problem(event.base_branch)
     if problem is not None:
         return RejectMission(f"base branch {event.base_branch!r} is not a valid name: {problem}")
     problem = component_problem(event.mission_id)
     if problem is not None:
         return RejectMission(f"mission id {event.mission_id!r} cannot name a branch: {problem}")
+    if (event.verify_command or "").strip() and not policy.verify:
+        return RejectMission("this broker does not run verification commands (AETHER_VERIFY=0)")
+    if "\0" in (event.verify_command or ""):
+        return RejectMission("the verification command contains a NUL character")
     return PrepareRepository(
-        repository=event.repository,
+        source=source,
         base_branch=event.base_branch,
         integration_branch=naming.integration_branch(event.mission_id),
     )
@@ -228,13 +306,13 @@ def _on_task_ready(view: MissionView | None, event: TaskReady, naming: Naming) -
         return Ignore("attempt already merged or conflicted")
     problem = component_problem(event.task.id)
     if problem is not None:
-        return RejectMission(f"task id {event.task.id!r} cannot name a git branch: {problem}")
+        return FailWorkspace(f"task id {event.task.id!r} cannot name a git branch: {problem}")
     if event.attempt < 0:
-        return RejectMission(f"task {event.task.id!r} has a negative attempt {event.attempt}")
+        return FailWorkspace(f"task {event.task.id!r} has a negative attempt {event.attempt}")
     try:
         branch = naming.task_branch(event.mission_id, event.task.id, event.attempt)
     except InvalidName as error:
-        return RejectMission(str(error))
+        return FailWorkspace(str(error))
     return PrepareWorkspace(
         repository_path=view.prepared.path,
         integration_branch=view.prepared.integration_branch,
@@ -253,14 +331,9 @@ def _on_agent_completed(view: MissionView | None, event: AgentCompleted, naming:
         return Ignore("attempt already merged")
     if key in view.conflicted:
         return Ignore("attempt already reported as conflicting")
-    if component_problem(event.task_id) is not None:
+    if component_problem(event.task_id) is not None or event.attempt < 0:
         return Ignore("task id cannot name a git branch; it never had a workspace")
     workspace = view.workspaces.get(key)
-    worktree = (
-        workspace.worktree_path
-        if workspace is not None
-        else naming.worktree_path(event.mission_id, event.task_id, event.attempt)
-    )
     return MergeTask(
         repository_path=view.prepared.path,
         integration_branch=view.prepared.integration_branch,
@@ -268,7 +341,64 @@ def _on_agent_completed(view: MissionView | None, event: AgentCompleted, naming:
         task_id=event.task_id,
         attempt=event.attempt,
         commit_sha=event.commit_sha,
-        worktree_path=worktree,
+        worktree_path=(
+            workspace.worktree_path
+            if workspace is not None
+            else naming.worktree_path(event.mission_id, event.task_id, event.attempt)
+        ),
+        task_branch=(
+            workspace.branch
+            if workspace is not None
+            else naming.task_branch(event.mission_id, event.task_id, event.attempt)
+        ),
+        verify_command=view.verify_command,
+    )
+
+
+# --- start-up ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a broker starting up keeps and removes, judged from the replayed stream.
+
+    ``live_worktrees`` are the worktrees of running missions whose attempt is not merged
+    (an agent may be at work in one); every other worktree under the worktrees directory
+    is a leftover. ``repositories`` are all the repositories missions used, where
+    leftover administrative entries are pruned. ``finished`` are the task-branch
+    namespaces of finished missions, and ``merged_branches`` the task branches of merged
+    attempts: both are deleted if a crash left them behind.
+    """
+
+    live_worktrees: frozenset[str]
+    repositories: tuple[str, ...]
+    finished: tuple[tuple[str, str], ...]
+    merged_branches: tuple[tuple[str, str], ...]
+
+
+def sweep(state: BrokerState, naming: Naming) -> Sweep:
+    live: set[str] = set()
+    repositories: set[str] = set()
+    finished: list[tuple[str, str]] = []
+    merged: list[tuple[str, str]] = []
+    for view in state.missions.values():
+        if view.prepared is None:
+            continue
+        path = view.prepared.path
+        repositories.add(path)
+        if view.terminal:
+            finished.append((path, naming.task_branches(view.mission_id)))
+            continue
+        for key, workspace in view.workspaces.items():
+            if key in view.merged:
+                merged.append((path, workspace.branch))
+            else:
+                live.add(workspace.worktree_path)
+    return Sweep(
+        live_worktrees=frozenset(live),
+        repositories=tuple(sorted(repositories)),
+        finished=tuple(sorted(finished)),
+        merged_branches=tuple(sorted(merged)),
     )
 
 
@@ -331,6 +461,18 @@ def repository_prepared_event(
 def mission_failed_event(cause: Event, now: datetime, reason: str) -> MissionFailed:
     """The broker failing a mission; one per mission whatever the cause."""
     return MissionFailed(**caused_by(cause, now, "mission_failed", "git-broker"), reason=reason)
+
+
+def workspace_failed_event(
+    cause: TaskReady, now: datetime, reason: str, *, retryable: bool
+) -> WorkspaceFailed:
+    return WorkspaceFailed(
+        **caused_by(cause, now, "workspace_failed", cause.task.id, cause.attempt),
+        task_id=cause.task.id,
+        attempt=cause.attempt,
+        reason=reason,
+        retryable=retryable,
+    )
 
 
 def workspace_ready_event(

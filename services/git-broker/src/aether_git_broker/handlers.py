@@ -10,35 +10,51 @@ already sees them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from dulwich.objects import ObjectID
+
 from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, tag_of
 from aether_git_broker import metrics
-from aether_git_broker.adapters.git import GitRepositories, RepositoryError
+from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
+from aether_git_broker.adapters.remote import RemoteError, Remotes
+from aether_git_broker.adapters.verify import Verifier
+from aether_git_broker.adapters.worktrees import sweep_directory
 from aether_git_broker.domain import (
     BrokerState,
+    FailWorkspace,
+    FinishMission,
     Ignore,
     MergeTask,
+    Policy,
     PrepareRepository,
     PrepareWorkspace,
+    Push,
     RejectMission,
-    RemoveWorktrees,
-    decide,
     merge_event,
     mission_failed_event,
     repository_prepared_event,
+    sweep,
+    workspace_failed_event,
     workspace_ready_event,
 )
+from aether_git_broker.domain import decide as decide_action
 from aether_git_broker.naming import Naming
+from aether_git_broker.sources import LocalSource, redact
 from aether_runtime import Delivery, Projection
 
 log = logging.getLogger("aether.git_broker")
 
 T = TypeVar("T")
+
+# A push that fails this many deliveries in a row is given up (and logged); before that
+# the runtime retries it with a growing delay.
+PUSH_ATTEMPTS = 3
 
 
 class Publisher(Protocol):
@@ -50,7 +66,7 @@ def utc_now() -> datetime:
 
 
 class Handlers:
-    """The broker's event handler, holding the projection and the repository adapter."""
+    """The broker's event handler, holding the projection and the adapters."""
 
     def __init__(
         self,
@@ -60,6 +76,10 @@ class Handlers:
         publisher: Callable[[], Publisher],
         clock: Callable[[], datetime] = utc_now,
         keepalive_seconds: float = 10.0,
+        *,
+        policy: Policy | None = None,
+        remotes: Remotes | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.projection = projection
         self._git = git
@@ -67,11 +87,14 @@ class Handlers:
         self._publisher = publisher
         self._clock = clock
         self._keepalive = keepalive_seconds
+        self._policy = policy or Policy()
+        self._remotes = remotes
+        self._verifier = verifier or Verifier()
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
         self.projection.apply(event)
-        action = decide(self.projection.state, event, self._naming)
+        action = decide_action(self.projection.state, event, self._naming, self._policy)
         match action:
             case Ignore(reason=reason):
                 level = logging.INFO if type(event) in _ACTED_ON else logging.DEBUG
@@ -85,17 +108,47 @@ class Handlers:
             case PrepareWorkspace():
                 assert isinstance(event, TaskReady)
                 await self._prepare_workspace(event, action, delivery)
+            case FailWorkspace():
+                assert isinstance(event, TaskReady)
+                event_out = workspace_failed_event(
+                    event, self._clock(), action.reason, retryable=False
+                )
+                await self._publish(event_out)
+                log.warning("workspace refused", extra={"reason": action.reason})
             case MergeTask():
                 assert isinstance(event, AgentCompleted)
                 await self._merge(event, action, delivery)
-            case RemoveWorktrees():
-                removed = await self._run(
-                    delivery,
-                    self._git.remove_worktrees_under,
-                    action.repository_path,
-                    action.directory,
-                )
-                log.info("mission worktrees removed", extra={"worktrees": removed})
+            case FinishMission():
+                await self._finish(action, delivery)
+
+    async def start_up(self) -> None:
+        """Remove what a crash left behind, judged from the replayed projection: worktrees
+        nobody works in any more, registrations of vanished ones, task branches of merged
+        attempts and finished missions. Runs before the first delivery."""
+        plan = sweep(self.projection.state, self._naming)
+        await asyncio.to_thread(self._sweep_blocking, plan)
+
+    def _sweep_blocking(self, plan: Any) -> None:
+        removed = sweep_directory(self._naming.worktrees_dir, plan.live_worktrees)
+        for path in plan.repositories:
+            removed += self._git.prune_worktrees(
+                path, self._naming.worktrees_dir, plan.live_worktrees
+            )
+        branches = [
+            branch
+            for path, prefix in plan.finished
+            for branch in self._git.delete_branches(path, prefix)
+        ]
+        branches += [
+            branch for path, branch in plan.merged_branches if self._git.delete_branch(path, branch)
+        ]
+        metrics.CLEANED.labels("worktree", "start").inc(len(removed))
+        metrics.CLEANED.labels("branch", "start").inc(len(branches))
+        if removed or branches:
+            log.info(
+                "leftovers removed at start-up",
+                extra={"worktrees": sorted(set(removed)), "branches": branches},
+            )
 
     async def _run(
         self, delivery: Delivery, work: Callable[..., T], *args: Any, **kwargs: Any
@@ -108,18 +161,21 @@ class Handlers:
         await self._publisher().publish(event)
         self.projection.apply(event)
 
+    # --- repositories -------------------------------------------------------------
+
     async def _prepare_repository(
         self, event: MissionRequested, action: PrepareRepository, delivery: Delivery
     ) -> None:
         try:
+            path = await self._local_copy(action, delivery)
             outcome = await self._run(
                 delivery,
                 self._git.prepare_repository,
-                action.repository,
+                path,
                 action.base_branch,
                 action.integration_branch,
             )
-        except RepositoryError as error:
+        except (RepositoryError, RemoteError) as error:
             await self._publish(mission_failed_event(event, self._clock(), str(error)))
             log.warning("repository rejected", extra={"reason": str(error)})
             return
@@ -133,9 +189,31 @@ class Handlers:
             },
         )
 
+    async def _local_copy(self, action: PrepareRepository, delivery: Delivery) -> str:
+        """The local path of the mission's repository, cloning or fetching a remote one."""
+        source = action.source
+        if isinstance(source, LocalSource):
+            return source.path
+        if self._remotes is None:
+            raise RemoteError("this broker has no data directory for remote repositories")
+        began = time.perf_counter()
+        try:
+            path, cloned = await self._run(
+                delivery, self._remotes.fetch, source, action.base_branch
+            )
+        except RemoteError:
+            metrics.FETCHES.labels("failed").inc()
+            raise
+        metrics.FETCH_SECONDS.observe(time.perf_counter() - began)
+        metrics.FETCHES.labels("cloned" if cloned else "fetched").inc()
+        return path
+
+    # --- workspaces ---------------------------------------------------------------
+
     async def _prepare_workspace(
         self, event: TaskReady, action: PrepareWorkspace, delivery: Delivery
     ) -> None:
+        began = time.perf_counter()
         try:
             outcome = await self._run(
                 delivery,
@@ -149,8 +227,17 @@ class Handlers:
             await self._publish(mission_failed_event(event, self._clock(), str(error)))
             log.warning("workspace impossible", extra={"reason": str(error)})
             return
+        except OSError as error:
+            # The disk, not the mission: the scheduler may try the task again.
+            reason = f"could not create the worktree {action.worktree_path}: {error}"
+            await self._publish(
+                workspace_failed_event(event, self._clock(), reason, retryable=True)
+            )
+            log.warning("workspace failed", extra={"reason": reason})
+            return
         if outcome.created:
             metrics.WORKTREES_CREATED.inc()
+            metrics.WORKTREE_SECONDS.observe(time.perf_counter() - began)
         await self._publish(workspace_ready_event(event, self._clock(), outcome))
         log.info(
             "workspace ready",
@@ -162,8 +249,17 @@ class Handlers:
             },
         )
 
+    # --- merges -------------------------------------------------------------------
+
     async def _merge(self, event: AgentCompleted, action: MergeTask, delivery: Delivery) -> None:
         began = time.perf_counter()
+        verify = None
+        if action.verify_command:
+            verify = functools.partial(
+                self._verify,
+                command=action.verify_command,
+                scratch=self._naming.verify_path(event.mission_id, action.task_id, action.attempt),
+            )
         try:
             outcome = await self._run(
                 delivery,
@@ -176,6 +272,7 @@ class Handlers:
                 attempt=action.attempt,
                 commit_sha=action.commit_sha,
                 now=self._clock(),
+                verify=verify,
             )
         except RepositoryError as error:
             await self._publish(mission_failed_event(event, self._clock(), str(error)))
@@ -184,25 +281,93 @@ class Handlers:
         metrics.MERGE_SECONDS.observe(time.perf_counter() - began)
         metrics.MERGES.labels(outcome.kind).inc()
         extra = {"result": outcome.kind, "sha": outcome.sha, "files": list(outcome.files)}
-        if outcome.kind == "conflict":
-            log.warning("merge conflicted", extra={**extra, "detail": outcome.detail})
+        if outcome.kind in ("conflict", "verify_failed"):
+            log.warning("merge refused", extra={**extra, "detail": outcome.detail[:2000]})
         else:
             # Before publishing, so whoever sees BranchMerged never finds the worktree.
-            await self._remove_worktree(action, delivery)
+            await self._clean_after_merge(action, delivery)
             log.info("merged", extra=extra)
         await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
 
-    async def _remove_worktree(self, action: MergeTask, delivery: Delivery) -> None:
+    def _verify(
+        self, handle: Handle, commit: ObjectID, *, command: str, scratch: str
+    ) -> str | None:
+        began = time.perf_counter()
+        failure = self._verifier.verify(handle, commit, command, scratch)
+        metrics.VERIFY_SECONDS.observe(time.perf_counter() - began)
+        last = self._verifier.last
+        metrics.VERIFICATIONS.labels(last.result if last else "failed").inc()
+        return failure
+
+    async def _clean_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
         try:
-            await self._run(
+            removed = await self._run(
                 delivery, self._git.remove_worktree, action.repository_path, action.worktree_path
             )
+            deleted = await self._run(
+                delivery, self._git.delete_branch, action.repository_path, action.task_branch
+            )
         except (OSError, RepositoryError) as error:
-            # The merge stands; the mission's end removes what is left.
+            # The merge stands; the mission's end (or the next start) removes what is left.
             log.warning(
-                "worktree not removed",
+                "worktree or task branch not removed",
                 extra={"worktree": action.worktree_path, "error": str(error)},
             )
+            return
+        metrics.CLEANED.labels("worktree", "step").inc(int(removed))
+        metrics.CLEANED.labels("branch", "step").inc(int(deleted))
+
+    # --- the end of a mission -----------------------------------------------------
+
+    async def _finish(self, action: FinishMission, delivery: Delivery) -> None:
+        removed = await self._run(
+            delivery,
+            self._git.remove_worktrees_under,
+            action.repository_path,
+            action.worktrees_directory,
+        )
+        branches = await self._run(
+            delivery, self._git.delete_branches, action.repository_path, action.task_branches
+        )
+        metrics.CLEANED.labels("worktree", "step").inc(len(removed))
+        metrics.CLEANED.labels("branch", "step").inc(len(branches))
+        log.info("mission cleaned up", extra={"worktrees": removed, "branches": branches})
+        if action.push is not None:
+            await self._push(action.repository_path, action.push, delivery)
+
+    async def _push(self, repository_path: str, push: Push, delivery: Delivery) -> None:
+        """Deliver the result once: the remote branch is looked at before pushing, so a
+        redelivered MissionCompleted (after a crash, a restart) finds it there."""
+        if self._remotes is None:
+            log.error("no remotes adapter; the result was not pushed")
+            return
+        began = time.perf_counter()
+        try:
+            outcome = await self._run(
+                delivery,
+                self._remotes.push,
+                repository_path,
+                push.target,
+                push.integration_branch,
+                push.sha,
+            )
+        except RemoteError as error:
+            metrics.PUSHES.labels("failed").inc()
+            if delivery.num_delivered < PUSH_ATTEMPTS:
+                log.warning("push failed; will retry", extra={"error": str(error)})
+                raise
+            log.error("push failed; giving up", extra={"error": str(error)})
+            return
+        metrics.PUSH_SECONDS.observe(time.perf_counter() - began)
+        metrics.PUSHES.labels(outcome.kind).inc()
+        log.info(
+            "integration branch delivered" if outcome.kind == "pushed" else "already delivered",
+            extra={
+                "remote": redact(outcome.remote),
+                "branch": push.integration_branch,
+                "sha": push.sha,
+            },
+        )
 
 
 _ACTED_ON: frozenset[type[Event]] = frozenset({MissionRequested, TaskReady, AgentCompleted})

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_SLOW = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
 MERGES = Counter(
     "aether_merges",
     "Task merges into integration branches, by result",
@@ -11,14 +14,68 @@ MERGES = Counter(
 )
 MERGE_SECONDS = Histogram(
     "aether_merge_duration_seconds",
-    "Time to merge one task attempt into its integration branch",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "Time to merge one task attempt into its integration branch (verification included)",
+    buckets=_FAST,
 )
 WORKTREES_CREATED = Counter(
     "aether_worktrees_created",
     "Task worktrees checked out",
 )
+WORKTREE_SECONDS = Histogram(
+    "aether_worktree_create_duration_seconds",
+    "Time to create a task branch and check its worktree out",
+    buckets=_FAST,
+)
+VERIFICATIONS = Counter(
+    "aether_verifications",
+    "Verification commands run on merges before the integration branch moves, by result",
+    ["result"],
+)
+VERIFY_SECONDS = Histogram(
+    "aether_verify_duration_seconds",
+    "Wall time of one verification command, checkout included",
+    buckets=_SLOW,
+)
+FETCHES = Counter(
+    "aether_repository_fetches",
+    "Remote repositories cloned or fetched for missions, by result",
+    ["result"],
+)
+FETCH_SECONDS = Histogram(
+    "aether_repository_fetch_duration_seconds",
+    "Time to clone or fetch a mission's remote repository",
+    buckets=_SLOW,
+)
+PUSHES = Counter(
+    "aether_pushes",
+    "Deliveries of completed missions' integration branches to a remote, by result",
+    ["result"],
+)
+PUSH_SECONDS = Histogram(
+    "aether_push_duration_seconds",
+    "Time to push one integration branch",
+    buckets=_SLOW,
+)
+CLEANED = Counter(
+    "aether_git_cleaned",
+    "Worktrees and task branches removed, by kind and by when (after a step, at start-up)",
+    ["kind", "when"],
+)
+GIT_HTTP_REQUESTS = Counter(
+    "aether_git_http_requests",
+    "Smart HTTP requests from remote agent runners, by service and outcome",
+    ["service", "outcome"],
+)
 
 # Every result is exported from the start, so rates and dashboards see zeros, not gaps.
-for _result in ("merged", "fast_forward", "conflict", "already_merged"):
+for _result in ("merged", "fast_forward", "conflict", "already_merged", "verify_failed"):
     MERGES.labels(_result)
+for _result in ("passed", "failed", "timed_out"):
+    VERIFICATIONS.labels(_result)
+for _result in ("cloned", "fetched", "failed"):
+    FETCHES.labels(_result)
+for _result in ("pushed", "already_pushed", "failed"):
+    PUSHES.labels(_result)
+for _kind in ("worktree", "branch"):
+    for _when in ("step", "start"):
+        CLEANED.labels(_kind, _when)

@@ -12,12 +12,14 @@ a branch and a directory of branches. They get their own namespace instead:
 from __future__ import annotations
 
 import os.path
+import re
 from dataclasses import dataclass
 
 # Longer ids would make unwieldy branch names and risk file-name limits in worktree paths.
 MAX_COMPONENT_LENGTH = 100
 
 _FORBIDDEN_CHARACTERS = frozenset(" ~^:?*[\\")
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class InvalidName(ValueError):
@@ -67,12 +69,22 @@ def check_ref_name(name: str) -> str:
 
 
 def component_problem(value: str) -> str | None:
-    """Why ``value`` cannot be one component of a branch name and a directory name."""
+    """Why ``value`` cannot be one component of a branch name and a directory name.
+
+    Stricter than git: mission and task ids also name directories that people and
+    agents type into shells, so they are letters, digits, ``.``, ``_`` and ``-`` only.
+    """
     if "/" in value:
         return "it contains '/'"
     if len(value) > MAX_COMPONENT_LENGTH:
         return f"it is longer than {MAX_COMPONENT_LENGTH} characters"
-    return ref_name_problem(value)
+    problem = ref_name_problem(value)
+    if problem is not None:
+        return problem
+    odd = _NOT_PLAIN.search(value)
+    if odd is not None:
+        return f"it contains {odd.group()!r} (only letters, digits, '.', '_' and '-' are allowed)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -93,8 +105,16 @@ class Naming:
     def task_branch(self, mission_id: str, task_id: str, attempt: int) -> str:
         return check_ref_name(f"{self.branch_prefix}-tasks/{mission_id}/{task_id}/a{attempt}")
 
+    def task_branches(self, mission_id: str) -> str:
+        """The namespace of a mission's task branches, ending in '/'."""
+        return check_ref_name(f"{self.branch_prefix}-tasks/{mission_id}") + "/"
+
     def mission_worktrees(self, mission_id: str) -> str:
         return os.path.join(self.worktrees_dir, mission_id)
+
+    def verify_path(self, mission_id: str, task_id: str, attempt: int) -> str:
+        """A scratch worktree for verifying one merge; ``.verify`` names no mission."""
+        return os.path.join(self.worktrees_dir, ".verify", f"{mission_id}-{task_id}-a{attempt}")
 
     def worktree_path(self, mission_id: str, task_id: str, attempt: int) -> str:
         # The digits after the last "-a" are the attempt, so distinct (task, attempt)

@@ -232,7 +232,8 @@ class GitRepositories:
         workspace was announced.
         """
         with self._lock:
-            repo = self._open(repository_path).repo
+            handle = self._open(repository_path)
+            repo = handle.repo
             branch_ref = _branch_ref(branch)
             head = _head(repo, integration_branch, "integration branch")
             if not repo.refs.add_if_new(
@@ -243,7 +244,13 @@ class GitRepositories:
             ):
                 head = repo.refs[branch_ref]
             os.makedirs(os.path.dirname(worktree_path), exist_ok=True)
-            created = worktrees.add_worktree(repo, worktree_path, branch_ref)
+            created = worktrees.add_worktree(
+                repo,
+                handle.trees,
+                worktree_path,
+                f"ref: {branch_ref.decode()}",
+                handle.commit(head).tree,
+            )
             return WorkspaceOutcome(
                 branch=branch, worktree_path=worktree_path, base_sha=head.decode(), created=created
             )
@@ -265,8 +272,33 @@ class GitRepositories:
                 return []
             return worktrees.remove_worktrees_under(repo, directory)
 
+    def prune_worktrees(
+        self, repository_path: str, worktrees_dir: str, live: frozenset[str]
+    ) -> list[str]:
+        """Drop the repository's registrations of broker worktrees that are gone."""
+        with self._lock:
+            try:
+                repo = self._open(repository_path).repo
+            except RepositoryError:
+                return []
+            return worktrees.prune_registrations(repo, worktrees_dir, live)
+
+    def delete_branch(self, repository_path: str, branch: str) -> bool:
+        """Delete one branch if it exists."""
+        with self._lock:
+            try:
+                repo = self._open(repository_path).repo
+            except RepositoryError:
+                return False
+            ref = _branch_ref(branch)
+            if ref not in repo.refs:
+                return False
+            return bool(repo.refs.remove_if_equals(ref, None))
+
     def delete_branches(self, repository_path: str, prefix: str) -> list[str]:
         """Delete every branch whose name starts with ``prefix`` (a ``…/`` namespace)."""
+        if not prefix.endswith("/"):
+            raise ValueError(f"{prefix!r} is not a namespace (it must end in '/')")
         with self._lock:
             try:
                 repo = self._open(repository_path).repo

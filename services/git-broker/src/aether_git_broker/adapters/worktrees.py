@@ -17,7 +17,11 @@ import logging
 import os
 import shutil
 
+from dulwich.objects import ObjectID
 from dulwich.repo import Repo
+
+from aether_git_broker.adapters.checkout import checkout
+from aether_git_broker.adapters.treemerge import Trees
 
 log = logging.getLogger("aether.git_broker.worktrees")
 
@@ -62,15 +66,16 @@ def registered_worktrees(repo: Repo) -> dict[str, str]:
     return found
 
 
-def is_worktree_on(repo: Repo, path: str, branch_ref: bytes) -> bool:
-    """Whether ``path`` is a complete linked worktree of ``repo`` checked out on the branch."""
+def is_worktree_on(repo: Repo, path: str, head: str) -> bool:
+    """Whether ``path`` is a complete linked worktree of ``repo`` whose ``HEAD`` file says
+    ``head`` (``ref: refs/heads/…`` for a branch, a commit id when detached)."""
     pointer = _read(os.path.join(path, ".git"))
     if pointer is None or not pointer.startswith("gitdir: "):
         return False
     admin = os.path.realpath(pointer.removeprefix("gitdir: "))
     if os.path.dirname(admin) != _admin_root(repo):
         return False
-    if _read(os.path.join(admin, "HEAD")) != f"ref: {branch_ref.decode()}":
+    if _read(os.path.join(admin, "HEAD")) != head:
         return False
     return os.path.exists(os.path.join(admin, "index"))
 
@@ -80,13 +85,14 @@ def _write(path: str, text: str) -> None:
         file.write(text)
 
 
-def add_worktree(repo: Repo, path: str, branch_ref: bytes) -> bool:
-    """Make ``path`` a linked worktree on ``branch_ref`` (which must exist).
+def add_worktree(repo: Repo, trees: Trees, path: str, head: str, tree: ObjectID) -> bool:
+    """Make ``path`` a linked worktree whose ``HEAD`` is ``head`` (``ref: refs/heads/…``
+    or a commit id), with ``tree`` (the tree of that commit) checked out.
 
-    Returns ``False`` when a complete worktree on that branch is already there (it is
+    Returns ``False`` when a complete worktree with that ``HEAD`` is already there (it is
     reused untouched: an agent may be at work in it), ``True`` when one was created.
     """
-    if is_worktree_on(repo, path, branch_ref):
+    if is_worktree_on(repo, path, head):
         return False
     remove_worktree(repo, path)
     partial = path + _PARTIAL
@@ -98,9 +104,8 @@ def add_worktree(repo: Repo, path: str, branch_ref: bytes) -> bool:
     _write(os.path.join(partial, ".git"), f"gitdir: {admin}\n")
     _write(os.path.join(admin, "gitdir"), os.path.join(path, ".git") + "\n")
     _write(os.path.join(admin, "commondir"), "../..\n")
-    _write(os.path.join(admin, "HEAD"), f"ref: {branch_ref.decode()}\n")
-    with Repo(partial) as worktree:
-        worktree.get_worktree().reset_index()
+    _write(os.path.join(admin, "HEAD"), f"{head}\n")
+    checkout(repo, trees, tree, partial, os.path.join(admin, "index"))
     os.rename(partial, path)
     return True
 
@@ -130,3 +135,68 @@ def remove_worktrees_under(repo: Repo, directory: str) -> list[str]:
     if os.path.isdir(directory):
         shutil.rmtree(directory, ignore_errors=True)
     return removed
+
+
+def _admin_of(path: str) -> str | None:
+    """The administrative directory a worktree's ``.git`` file names, if it is one."""
+    pointer = _read(os.path.join(path, ".git"))
+    if pointer is None or not pointer.startswith("gitdir: "):
+        return None
+    admin = os.path.realpath(pointer.removeprefix("gitdir: "))
+    # Only ever a directory of a repository's "worktrees" directory, pointing back here.
+    if os.path.basename(os.path.dirname(admin)) != "worktrees":
+        return None
+    gitdir = _read(os.path.join(admin, "gitdir"))
+    if gitdir is None or os.path.realpath(os.path.dirname(gitdir)) != os.path.realpath(path):
+        return None
+    return admin
+
+
+def sweep_directory(worktrees_dir: str, live: frozenset[str]) -> list[str]:
+    """Remove every worktree under ``worktrees_dir`` (``<mission>/<task>-a<n>``, and the
+    ``.verify`` scratch worktrees) that is not in ``live``, with its administrative
+    directory, and every half-built one. Returns what was removed.
+
+    Only directories laid out as the broker lays them out are touched.
+    """
+    removed: list[str] = []
+    if not os.path.isdir(worktrees_dir):
+        return removed
+    keep = {os.path.realpath(path) for path in live}
+    for group in sorted(os.listdir(worktrees_dir)):
+        group_dir = os.path.join(worktrees_dir, group)
+        if not os.path.isdir(group_dir) or os.path.islink(group_dir):
+            continue
+        for entry in sorted(os.listdir(group_dir)):
+            path = os.path.join(group_dir, entry)
+            if os.path.realpath(path) in keep:
+                continue
+            if entry.endswith(_PARTIAL):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                continue
+            admin = _admin_of(path)
+            if admin is None:
+                continue
+            shutil.rmtree(admin, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        if not os.listdir(group_dir):
+            os.rmdir(group_dir)
+    return removed
+
+
+def prune_registrations(repo: Repo, worktrees_dir: str, live: frozenset[str]) -> list[str]:
+    """Remove ``repo``'s administrative entries for worktrees under ``worktrees_dir``
+    that are gone or not live (what ``git worktree prune`` does, for the broker's own)."""
+    root = os.path.realpath(worktrees_dir) + os.sep
+    keep = {os.path.realpath(path) for path in live}
+    pruned = []
+    for path, admin in registered_worktrees(repo).items():
+        if not path.startswith(root) or (path in keep and os.path.isdir(path)):
+            continue
+        if os.path.isdir(path) and _admin_of(path) == os.path.realpath(admin):
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(admin, ignore_errors=True)
+        pruned.append(path)
+    return pruned

@@ -1,0 +1,254 @@
+"""Git's smart HTTP protocol for agent runners on other machines, served by dulwich.
+
+An agent runner that does not share the broker's worktree directory clones
+``http://<broker>:<port>/<mission id>``, works on its task branch and pushes it back. The
+server is dulwich's WSGI application with four restrictions around it:
+
+- every request carries the token (``Authorization: Bearer <token>``, or Basic with the
+  token as the password, which is what ``git`` sends from ``https://x:<token>@…``);
+  otherwise 401;
+- only the smart protocol's four requests are served (no dumb file access, which would
+  hand out any object by its path);
+- a mission's repository is served only while the mission runs, and it shows only that
+  mission's branches: its integration branch and its task branches;
+- a push may only move an existing task branch of that mission forward (no new branches,
+  no deletions, no rewriting), and the repository's hooks are not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from dulwich.errors import NotGitRepository
+from dulwich.objects import ObjectID
+from dulwich.protocol import CAPABILITY_DELETE_REFS
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+from dulwich.server import Backend, BackendRepo, ReceivePackHandler, UploadPackHandler
+from dulwich.web import GunzipFilter, HTTPGitApplication, LimitedInputFilter
+
+from aether_git_broker import metrics
+from aether_git_broker.adapters.history import Commits, is_ancestor
+
+log = logging.getLogger("aether.git_broker.http")
+
+_ZERO = b"0" * 40
+_ALLOWED = re.compile(r"^/[^/]+(?:/info/refs|/git-upload-pack|/git-receive-pack)$")
+_SERVICES = ("git-upload-pack", "git-receive-pack")
+
+WSGIEnvironment = dict[str, Any]
+StartResponse = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the server may show of one mission's repository."""
+
+    path: str
+    integration_branch: str
+    task_branches: str  # the namespace, ending in "/"
+
+    def visible(self, ref: bytes) -> bool:
+        return ref == b"refs/heads/" + self.integration_branch.encode() or self.pushable(ref)
+
+    def pushable(self, ref: bytes) -> bool:
+        return ref.startswith(b"refs/heads/" + self.task_branches.encode())
+
+
+Lookup = Callable[[str], Served | None]
+
+
+class ScopedRepo(Repo):
+    """A repository that shows only one mission's branches."""
+
+    def __init__(self, served: Served) -> None:
+        super().__init__(served.path)
+        self.served = served
+
+    def get_refs(self) -> dict[Ref, ObjectID]:
+        return {ref: sha for ref, sha in super().get_refs().items() if self.served.visible(ref)}
+
+
+class MissionBackend(Backend):
+    """``/<mission id>`` → that mission's repository, while the mission runs."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self._lookup = lookup
+        self._opened = threading.local()
+
+    def open_repository(self, path: str | bytes) -> BackendRepo:
+        name = path.decode() if isinstance(path, bytes) else path
+        mission = name.strip("/").removesuffix(".git")
+        served = self._lookup(mission) if mission else None
+        if served is None:
+            raise NotGitRepository(f"no running mission {mission!r}")
+        repo = ScopedRepo(served)
+        self.opened().append(repo)
+        return repo
+
+    def opened(self) -> list[Repo]:
+        if not hasattr(self._opened, "repos"):
+            self._opened.repos = []
+        repos: list[Repo] = self._opened.repos
+        return repos
+
+
+class TaskBranchReceivePack(ReceivePackHandler):
+    """receive-pack that only moves an existing task branch forward, without hooks."""
+
+    def capabilities(self) -> Iterable[bytes]:
+        return [c for c in super().capabilities() if c != CAPABILITY_DELETE_REFS]
+
+    def _on_pre_receive(self, client_refs: Any) -> None:
+        return None
+
+    def _on_post_receive(self, client_refs: Any) -> None:
+        return None
+
+    def _on_update(self, ref_name: Ref, old_sha: ObjectID, new_sha: ObjectID) -> bytes | None:
+        repo = self.repo
+        assert isinstance(repo, ScopedRepo)
+        if not repo.served.pushable(ref_name):
+            return b"only this mission's task branches can be pushed"
+        if new_sha == _ZERO:
+            return b"branches cannot be deleted here"
+        if old_sha == _ZERO:
+            return b"the task branch must exist (the broker creates it)"
+        if not is_ancestor(Commits(repo.object_store), old_sha, new_sha):
+            return b"only fast-forward pushes are accepted"
+        return None
+
+
+HANDLERS: dict[bytes, Any] = {
+    b"git-upload-pack": UploadPackHandler,
+    b"git-receive-pack": TaskBranchReceivePack,
+}
+
+
+def token_matches(header: str, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` (Bearer, or Basic with the
+    token as the password or, with an empty password, as the user name)."""
+    scheme, _, value = header.strip().partition(" ")
+    given = ""
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            user, _, password = (
+                base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        given = password or user
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def _respond(
+    start_response: StartResponse, status: str, text: str, *headers: tuple[str, str]
+) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain"), *headers])
+    return [text.encode()]
+
+
+class _Closing:
+    """A response body that closes the repositories its request opened when done."""
+
+    def __init__(self, body: Iterable[bytes], repos: list[Repo]) -> None:
+        self._body = body
+        self._repos = repos
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+        while self._repos:
+            self._repos.pop().close()
+
+
+class GitHttpApp:
+    """The WSGI application: authentication and routing around dulwich's."""
+
+    def __init__(self, lookup: Lookup, token: str) -> None:
+        if not token:
+            raise ValueError("serving repositories needs a token")
+        self._token = token
+        self._backend = MissionBackend(lookup)
+        self._git = LimitedInputFilter(
+            GunzipFilter(HTTPGitApplication(self._backend, handlers=HANDLERS))
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        service = _service_of(environ, path)
+        if not token_matches(environ.get("HTTP_AUTHORIZATION", ""), self._token):
+            metrics.GIT_HTTP_REQUESTS.labels(service, "401").inc()
+            return _respond(
+                start_response,
+                "401 Unauthorized",
+                "a token is needed\n",
+                ("WWW-Authenticate", 'Basic realm="aether"'),
+            )
+        if service == "other":
+            metrics.GIT_HTTP_REQUESTS.labels(service, "404").inc()
+            return _respond(start_response, "404 Not Found", "not a smart HTTP request\n")
+        metrics.GIT_HTTP_REQUESTS.labels(service, "ok").inc()
+        repos = self._backend.opened()
+        return _Closing(self._git(environ, start_response), repos)
+
+
+def _service_of(environ: WSGIEnvironment, path: str) -> str:
+    if not _ALLOWED.match(path):
+        return "other"
+    if path.endswith("/info/refs"):
+        query = environ.get("QUERY_STRING", "")
+        wanted = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        service = wanted.get("service", "")
+        return service if service in _SERVICES else "other"
+    return path.rsplit("/", 1)[1]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("git http: " + format, *args)
+
+
+class GitHttpServer:
+    """The smart HTTP server on its own port, in a thread of its own."""
+
+    def __init__(self, app: GitHttpApp, host: str, port: int) -> None:
+        self._server = make_server(
+            host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="git-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("serving repositories over smart HTTP", extra={"port": self.port})
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,100 @@
+"""Checking trees out into worktrees: the result is what git itself would leave."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dulwich.objects import Blob, ObjectID
+from dulwich.repo import Repo
+
+from aether_git_broker.adapters.checkout import UnsafePath, checkout
+from aether_git_broker.adapters.git import GitRepositories
+from aether_git_broker.adapters.treemerge import Trees
+
+Git = Callable[..., str]
+
+
+@pytest.fixture
+def rich_repo(tmp_path: Path, git: Git) -> Path:
+    """Executable files, a symlink, a submodule entry, odd names, nested directories."""
+    path = tmp_path / "rich"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "bin").mkdir()
+    (path / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (path / "bin" / "run.sh").chmod(0o755)
+    (path / "deep" / "er" / "est").mkdir(parents=True)
+    (path / "deep" / "er" / "est" / "leaf.txt").write_text("leaf\n")
+    (path / "My Notes ünï.md").write_text("notes\n")
+    (path / "empty.txt").write_text("")
+    (path / "link").symlink_to("bin/run.sh")
+    (path / "a-b").write_text("sorts before a/b\n")
+    (path / "a").mkdir()
+    (path / "a" / "b").write_text("a/b\n")
+    git(path, "add", "-A")
+    git(path, "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},vendor/lib")
+    git(path, "commit", "-q", "-m", "rich")
+    return path
+
+
+def test_a_worktree_is_exactly_the_branch_as_git_sees_it(
+    rich_repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    broker = GitRepositories()
+    broker.prepare_repository(str(rich_repo), "main", "aether/m-1")
+    outcome = broker.prepare_workspace(
+        str(rich_repo), "aether/m-1", "aether-tasks/m-1/t1/a1", str(worktrees_dir / "t1")
+    )
+    wt = Path(outcome.worktree_path)
+    assert git(wt, "status", "--porcelain", "--ignore-submodules=none") == ""
+    index = git(wt, "ls-files", "-s").splitlines()
+    tree = git(rich_repo, "ls-tree", "-r", "main").splitlines()
+    assert [line.split(maxsplit=3)[::3] for line in index] == [
+        [line.split()[0], line.split("\t")[1]] for line in tree
+    ]
+    assert os.stat(wt / "bin" / "run.sh").st_mode & stat.S_IXUSR
+    assert not os.stat(wt / "empty.txt").st_mode & stat.S_IXUSR
+    assert os.readlink(wt / "link") == "bin/run.sh"
+    assert (wt / "vendor" / "lib").is_dir()
+    assert (wt / "My Notes ünï.md").read_text() == "notes\n"
+    # The index holds real stat data: git trusts it without reading the files again.
+    assert git(wt, "diff-files", "--quiet") == ""
+    broker.close()
+
+
+def test_a_repository_with_attributes_is_checked_out_with_git_filters(
+    repo: Path, worktrees_dir: Path, git: Git, commit: Callable[..., str]
+) -> None:
+    commit(repo, {".gitattributes": "*.txt text eol=crlf\n", "notes.txt": "one\ntwo\n"}, "attrs")
+    broker = GitRepositories()
+    broker.prepare_repository(str(repo), "main", "aether/m-1")
+    wt = Path(
+        broker.prepare_workspace(
+            str(repo), "aether/m-1", "aether-tasks/m-1/t1/a1", str(worktrees_dir / "t1")
+        ).worktree_path
+    )
+    assert (wt / "notes.txt").read_bytes() == b"one\r\ntwo\r\n"
+    assert git(wt, "status", "--porcelain") == ""
+    broker.close()
+
+
+@pytest.mark.parametrize("name", [b"..", b".git", b".GIT", b"."])
+def test_a_tree_that_would_escape_its_directory_is_refused(
+    repo: Path, tmp_path: Path, name: bytes
+) -> None:
+    with Repo(str(repo)) as dulwich_repo:
+        blob = Blob.from_string(b"owned\n")
+        dulwich_repo.object_store.add_object(blob)
+        trees = Trees(dulwich_repo.object_store)
+        inner = trees.write({b"payload": (0o100644, blob.id)})
+        evil = trees.write({name: (0o040000, inner), b"ok.txt": (0o100644, blob.id)})
+        target = tmp_path / "out"
+        target.mkdir()
+        with pytest.raises(UnsafePath):
+            checkout(dulwich_repo, trees, ObjectID(evil), str(target), str(tmp_path / "index"))
+    assert not (tmp_path / "payload").exists()
+    assert list(target.iterdir()) == []

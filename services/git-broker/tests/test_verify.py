@@ -1,0 +1,119 @@
+"""Verification: the merged tree must pass the mission's command before the branch moves."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aether_git_broker.adapters.git import GitRepositories
+from aether_git_broker.adapters.verify import Verifier, command_environment, run_command
+
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
+INTEGRATION = "aether/m-v"
+Git = Callable[..., str]
+Commit = Callable[..., str]
+
+
+def _merge_with(
+    broker: GitRepositories, repo: Path, scratch: Path, sha: str, base: str, command: str
+) -> object:
+    verifier = Verifier(timeout=20)
+    return broker.merge(
+        str(repo),
+        INTEGRATION,
+        since_sha=base,
+        mission_id="m-v",
+        task_id="t1",
+        attempt=1,
+        commit_sha=sha,
+        now=NOW,
+        verify=lambda handle, commit: verifier.verify(handle, commit, command, str(scratch)),
+    )
+
+
+def _task_commit(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, commit: Commit, files: dict[str, str]
+) -> str:
+    ws = broker.prepare_workspace(
+        str(repo), INTEGRATION, "aether-tasks/m-v/t1/a1", str(worktrees_dir / "m-v" / "t1-a1")
+    )
+    return commit(ws.worktree_path, files, "task work")
+
+
+def test_a_failing_command_keeps_the_branch_and_reports_its_output(
+    repo: Path, worktrees_dir: Path, git: Git, commit: Commit
+) -> None:
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    sha = _task_commit(broker, repo, worktrees_dir, commit, {"app/broken.py": "raise SystemExit\n"})
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a1"
+    outcome = _merge_with(
+        broker,
+        repo,
+        scratch,
+        sha,
+        base,
+        "test -f app/broken.py && echo 'tests: 1 failed' && git status --porcelain && exit 3",
+    )
+    assert outcome.kind == "verify_failed"  # type: ignore[attr-defined]
+    assert "exited with 3" in outcome.detail  # type: ignore[attr-defined]
+    assert "tests: 1 failed" in outcome.detail  # type: ignore[attr-defined]
+    assert git(repo, "rev-parse", INTEGRATION) == base
+    assert not scratch.exists()
+    assert str(scratch) not in git(repo, "worktree", "list", "--porcelain")
+    broker.close()
+
+
+def test_a_passing_command_lets_the_merge_through(
+    repo: Path, worktrees_dir: Path, git: Git, commit: Commit
+) -> None:
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    sha = _task_commit(broker, repo, worktrees_dir, commit, {"app/ok.py": "OK = 1\n"})
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a1"
+    outcome = _merge_with(broker, repo, scratch, sha, base, "grep -q 'OK = 1' app/ok.py")
+    assert outcome.kind == "fast_forward"  # type: ignore[attr-defined]
+    assert git(repo, "rev-parse", INTEGRATION) == sha
+    assert not scratch.exists()
+    broker.close()
+
+
+def test_a_command_past_its_time_is_stopped_with_everything_it_started(tmp_path: Path) -> None:
+    marker = tmp_path / "survived"
+    outcome = run_command(
+        f"(sleep 3; touch {marker}) & sleep 30",
+        str(tmp_path),
+        timeout=0.5,
+        max_output=1000,
+        env=command_environment(),
+    )
+    assert outcome.result == "timed_out"
+    assert outcome.seconds < 10
+    # The background child went with the group; had it survived it would create the file.
+    alive = subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True, check=False)
+    assert alive.returncode == 1
+
+
+def test_long_output_is_cut_to_its_end(tmp_path: Path) -> None:
+    outcome = run_command(
+        "seq 1 100000; exit 1", str(tmp_path), timeout=20, max_output=200, env=command_environment()
+    )
+    assert outcome.result == "failed"
+    assert outcome.output.rstrip().endswith("100000")
+    assert "earlier bytes left out" in outcome.output
+    assert len(outcome.output) < 300
+
+
+def test_the_command_does_not_see_the_brokers_secrets() -> None:
+    env = command_environment(
+        {
+            "PATH": "/bin",
+            "AETHER_GIT_TOKEN": "t",
+            "ANTHROPIC_API_KEY": "k",
+            "DB_PASSWORD": "p",
+            "HOME": "/h",
+        }
+    )
+    assert env == {"PATH": "/bin", "HOME": "/h"}
