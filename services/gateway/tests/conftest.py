@@ -49,6 +49,7 @@ from aether_runtime import RuntimeSettings
 T = TypeVar("T")
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+ADMIN_TOKEN = "test-bootstrap-admin-token"
 
 
 class Script:
@@ -266,28 +267,63 @@ class GatewayServer:
         await self.stop()
         await self.start()
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base_url, timeout=10.0)
+    def client(
+        self,
+        token: str | None = ADMIN_TOKEN,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+        **kwargs: object,
+    ) -> httpx.AsyncClient:
+        """A client sending ``token`` (the bootstrap admin token unless told otherwise)."""
+        sent = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers={**sent, **(headers or {})},
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def gateway_settings(nats_url: str, database_url: str, **overrides: object) -> GatewaySettings:
+    """Test settings: a free port, quick keep-alives, the bootstrap admin token."""
+    port = free_port()
+    fields: dict[str, object] = {
+        "runtime": RuntimeSettings(nats_url=nats_url, host="127.0.0.1", port=port),
+        "database_url": database_url,
+        "public_url": f"http://gateway.test:{port}/",
+        "sse_keepalive_seconds": 0.5,
+        "db_pool_max_size": 4,
+        "admin_token": ADMIN_TOKEN,
+        **overrides,
+    }
+    return GatewaySettings(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def make_gateway(
+    nc: NatsClient, nats_url: str, gateway_db: str
+) -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
+    """Start a gateway with some settings changed (all share the test's database)."""
+    servers: list[GatewayServer] = []
+
+    async def make(**overrides: object) -> GatewayServer:
+        server = GatewayServer(gateway_settings(nats_url, gateway_db, **overrides))
+        await server.start()
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            await server.stop()
 
 
 @pytest.fixture
 async def gateway_server(
-    nc: NatsClient, nats_url: str, gateway_db: str
-) -> AsyncIterator[GatewayServer]:
-    port = free_port()
-    settings = GatewaySettings(
-        runtime=RuntimeSettings(nats_url=nats_url, host="127.0.0.1", port=port),
-        database_url=gateway_db,
-        public_url=f"http://gateway.test:{port}/",
-        sse_keepalive_seconds=0.5,
-        db_pool_max_size=4,
-    )
-    server = GatewayServer(settings)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+) -> GatewayServer:
+    return await make_gateway()
 
 
 @pytest.fixture

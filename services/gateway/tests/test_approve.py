@@ -48,7 +48,7 @@ async def test_approval_is_refused_before_a_plan_and_published_after(http, nc, s
     approval = approvals[0]
     assert approval.version == 2
     assert approval.automatic is False
-    assert approval.approved_by is None
+    assert approval.approved_by == "bootstrap-admin"
     assert approval.causation_id is None
     assert approval.correlation_id == script.correlation_id
     assert approval.event_id == accepted.json()["event_id"]

@@ -98,7 +98,7 @@ async def test_listing_validates_its_query(http):
     bad_status = await http.get("/missions", params={"status": "sleeping"})
     assert bad_status.status_code == 400
     assert "sleeping" in bad_status.json()["error"]
-    assert (await http.get("/missions")).json() == {"missions": []}
+    assert (await http.get("/missions")).json() == {"missions": [], "next_cursor": None}
 
 
 async def test_metrics_count_requests_by_route(http):

@@ -120,7 +120,7 @@ async def test_a_folded_event_is_not_folded_again(gateway_server, script):
     assert isinstance(ready, TaskReady)
     assert await read_model.apply(ready, 1002)
     assert not await read_model.apply(ready, 999)
-    assert await read_model.event_count(script.mission_id) == 2
+    assert await gateway_server.gateway.context.queries.event_count(script.mission_id) == 2
 
 
 async def test_usage_with_unknown_price_keeps_the_cost_unknown(http, nc, script):

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from aether_events import EventPublisher, tag_of
 
@@ -128,3 +129,159 @@ async def test_stopping_the_gateway_ends_open_streams_promptly(gateway_server, n
         await asyncio.wait_for(gateway_server.stop(), timeout=4)
         rest = [m async for m in stream]
     assert all("event" not in m for m in rest)
+
+
+# --- resumption, fan-out and the global stream -------------------------------------------
+
+
+async def read_events(stream, count, timeout=20):
+    """The next ``count`` event messages (skipping keep-alives)."""
+    found = []
+
+    async def take():
+        async for message in stream:
+            if "event" in message:
+                found.append(message)
+                if len(found) == count:
+                    return
+
+    await asyncio.wait_for(take(), timeout)
+    return found
+
+
+@pytest.mark.parametrize("ring_size", [10_000, 2])
+async def test_a_dropped_connection_resumes_with_no_gap_and_no_duplicate(
+    make_gateway, nc, script, ring_size
+):
+    # With a ring of 2, what was missed comes from the read model, not from memory.
+    server = await make_gateway(sse_ring_size=ring_size)
+    publisher = EventPublisher(nc.jetstream())
+    events = script.happy_path()
+    acks = [await publisher.publish(e) for e in events[:3]]
+    url = f"/missions/{script.mission_id}/events"
+    async with server.client() as http:
+        async with http.stream("GET", url) as response:
+            stream = messages(response)
+            first = await read_events(stream, 3)
+            acks += [await publisher.publish(e) for e in events[3:5]]
+            first += await read_events(stream, 2)
+        # Disconnected: these happen while nobody listens.
+        acks += [await publisher.publish(e) for e in events[5:]]
+        last_seen = first[-1]["id"]
+        resumed = await asyncio.wait_for(
+            collect(
+                http, url, params={"until_terminal": "1"}, headers={"Last-Event-ID": last_seen}
+            ),
+            timeout=20,
+        )
+    ids = [int(m["id"]) for m in first + resumed]
+    assert ids == [a.seq for a in acks]
+    assert [m["event"] for m in first + resumed] == [tag_of(type(e)) for e in events]
+
+
+async def test_two_hundred_clients_share_one_subscription(gateway_server, nc, script):
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish(script.requested())
+    url = f"/missions/{script.mission_id}/events"
+    clients = 200
+    limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
+    async with gateway_server.client(limits=limits, timeout=60.0) as http:
+        connected = asyncio.Event()
+        ready = 0
+
+        async def follow():
+            nonlocal ready
+            async with http.stream("GET", url, params={"until_terminal": "1"}) as response:
+                assert response.status_code == 200
+                received = []
+                async for message in messages(response):
+                    if "event" not in message:
+                        continue
+                    received.append(int(message["id"]))
+                    if len(received) == 1:
+                        ready += 1
+                        if ready == clients:
+                            connected.set()
+                return received
+
+        followers = [asyncio.create_task(follow()) for _ in range(clients)]
+        await asyncio.wait_for(connected.wait(), 60)
+        hub = gateway_server.gateway.hub
+        assert hub.subscriber_count == clients
+        info = await nc.jetstream().stream_info("AETHER_MISSIONS")
+        # The durable projection consumer and the hub's one ordered consumer: not 200.
+        assert info.state.consumer_count <= 3
+        acks = [await publisher.publish(e) for e in script.happy_path()[1:]]
+        results = await asyncio.wait_for(asyncio.gather(*followers), 60)
+    expected = [results[0][0]] + [a.seq for a in acks]
+    assert all(received == expected for received in results)
+
+
+async def test_the_global_stream_follows_every_mission_with_type_filters(http, nc, script):
+    from aether_events import new_mission_id
+
+    from .conftest import Script
+
+    other = Script(new_mission_id())
+    publisher = EventPublisher(nc.jetstream())
+    before = await publisher.publish(script.requested())
+    async with (
+        http.stream("GET", "/events/stream") as everything,
+        http.stream("GET", "/events/stream", params={"type": "mission_requested"}) as requests_only,
+    ):
+        assert everything.status_code == 200 and requests_only.status_code == 200
+        all_stream, requests_stream = messages(everything), messages(requests_only)
+        assert [int(m["id"]) for m in await read_events(all_stream, 1)] == [before.seq]
+        assert [int(m["id"]) for m in await read_events(requests_stream, 1)] == [before.seq]
+        prepared = await publisher.publish(script.prepared())
+        requested = await publisher.publish(other.requested())
+        live = await read_events(all_stream, 2)
+        assert [(int(m["id"]), m["event"]) for m in live] == [
+            (prepared.seq, "repository_prepared"),
+            (requested.seq, "mission_requested"),
+        ]
+        [only] = await read_events(requests_stream, 1)
+        assert int(only["id"]) == requested.seq
+    assert (await http.get("/events/stream", params={"type": "nonsense"})).status_code == 400
+    resumed = await http.get("/events/stream", headers={"Last-Event-ID": "x"})
+    assert resumed.status_code == 400
+
+
+async def test_telemetry_is_sent_on_request_without_an_id(http, nc, script):
+    from aether_events import AgentProgress
+
+    publisher = EventPublisher(nc.jetstream())
+    requested = await publisher.publish(script.requested())
+    url = f"/missions/{script.mission_id}/events"
+    async with (
+        http.stream("GET", url, params={"telemetry": "1"}) as response,
+        http.stream("GET", url) as plain,
+    ):
+        stream, plain_stream = messages(response), messages(plain)
+        await read_events(stream, 1)
+        await read_events(plain_stream, 1)
+        await publisher.publish(
+            AgentProgress(**script.meta(), task_id="t1", attempt=1, runner_id="r", turns=4)
+        )
+        prepared = await publisher.publish(script.prepared())
+        progress, after = await read_events(stream, 2)
+        assert progress["event"] == "agent_progress" and "id" not in progress
+        assert json.loads(progress["data"])["turns"] == 4
+        assert int(after["id"]) == prepared.seq
+        [only] = await read_events(plain_stream, 1)
+        assert int(only["id"]) == prepared.seq
+    assert requested.seq < prepared.seq
+
+
+async def test_a_client_that_falls_behind_is_let_go_cleanly():
+    from aether_gateway.adapters.hub import CLOSED, Filter, Hub, StreamedEvent
+
+    hub = Hub(max_queue=3)
+    slow = hub.subscribe(Filter(mission_id="m-1"))
+    for seq in range(1, 6):
+        event = StreamedEvent(sequence=seq, mission_id="m-1", type="x", task_id=None, data=b"{}")
+        hub._dispatch(event, hub._targets("m-1"))
+    # Dropped, with nothing half-delivered: it resumes from the last event it received.
+    assert slow.overflowed
+    assert await slow.next(0.1) is CLOSED
+    assert hub.subscriber_count == 0

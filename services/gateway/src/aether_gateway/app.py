@@ -1,9 +1,10 @@
 """Building the gateway: the Litestar app around the runtime service and the read model.
 
 The app's lifespan opens the database and migrates it, then starts the runtime service,
-which catches the read model up from its stored position and starts the durable
-``gateway`` consumer that folds every later event. Stopping ends the open event streams
-first, then the service, then the pool.
+which catches the read model up from its stored positions and starts the durable
+``gateway`` consumers (mission events and telemetry) that fold every later event, and
+then the hub that fans the streams out to event-stream clients. Stopping ends the open
+event streams first, then the service, then the pool.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Response, get
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aether_events import ALL_MISSION_EVENTS
+from aether_events import ALL_MISSION_EVENTS, ALL_TELEMETRY, TELEMETRY_STREAM
 from aether_gateway import api
 from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.hub import Hub
+from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
+from aether_gateway.adapters.oidc import OidcVerifier
+from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.tokens import TokenStore
+from aether_gateway.api.auth import Authenticator, AuthMiddleware
+from aether_gateway.api.idempotency import IdempotencyMiddleware
 from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics
@@ -30,6 +39,7 @@ from aether_runtime import ConsumerSpec, Service
 log = logging.getLogger("aether.gateway")
 
 CONSUMER = "gateway"
+VERSION = "0.2.0"
 
 
 class Gateway:
@@ -41,6 +51,14 @@ class Gateway:
         self.db = Database(settings.database_url, max_size=settings.db_pool_max_size)
         self.read_model = ReadModel(self.db, consumer=CONSUMER)
         self.projector = Projector(self.read_model)
+        telemetry = ConsumerSpec(
+            durable=self.read_model.telemetry_consumer,
+            subject=ALL_TELEMETRY,
+            stream=TELEMETRY_STREAM,
+            handler=self.projector.on_telemetry,
+            max_workers=1,
+        )
+        self.projector.telemetry = telemetry
         self.service.rebuild_with(self.projector.rebuild)
         self.service.consume(
             ConsumerSpec(
@@ -50,25 +68,55 @@ class Gateway:
                 max_workers=1,
             )
         )
-        self.context = api.GatewayContext(
-            settings=settings, read_model=self.read_model, bus=Bus(self.service)
+        self.service.consume(telemetry)
+        self.hub = Hub(ring_size=settings.sse_ring_size, max_queue=settings.sse_queue_size)
+        self.tokens = TokenStore(self.db)
+        self.authenticator = Authenticator(
+            self.tokens,
+            admin_token=settings.admin_token,
+            oidc=OidcVerifier(settings.oidc) if settings.oidc is not None else None,
         )
+        self.context = api.GatewayContext(
+            settings=settings,
+            read_model=self.read_model,
+            queries=Queries(self.db),
+            bus=Bus(self.service),
+            hub=self.hub,
+            tokens=self.tokens,
+            idempotency=IdempotencyStore(self.db),
+            mission_rate=RateLimiter(
+                self.db,
+                limit=settings.mission_rate_limit,
+                window_seconds=settings.mission_rate_window_seconds,
+            ),
+            rebuild=self._rebuild,
+        )
+        self.service.on_started.append(self._start_hub)
+
+    async def _start_hub(self) -> None:
+        await self.hub.start(self.service.js, self.context.closing)
+
+    async def _rebuild(self) -> tuple[int, int, int]:
+        return await self.projector.rebuild_all(self.service.js)
 
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate()
+        if not self.settings.admin_token:
+            log.warning("AETHER_ADMIN_TOKEN is not set: only API tokens and OIDC can get in")
         await self.service.start()
 
     async def stop(self) -> None:
         self.context.closing.set()
         try:
+            await self.hub.stop()
             await self.service.stop()
         finally:
             await self.db.close()
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready when the projection is running, NATS is connected and the database answers."""
-        if not self.service.ready:
+        if not self.service.ready or not self.hub.started:
             return False, "starting"
         nc = self.service.nc
         if nc is None or not nc.is_connected:
@@ -86,28 +134,58 @@ class Gateway:
             await self.stop()
 
 
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Aether gateway",
+        version=VERSION,
+        description=(
+            "Submit missions, answer and approve plans, steer running missions, and follow "
+            "their events. Every route needs `Authorization: Bearer <token>`: an API token "
+            "(`aet_…`), the bootstrap admin token, or an OIDC access token."
+        ),
+        path="/schema",
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT",
+                )
+            }
+        ),
+        security=[{"bearer": []}],
+    )
+
+
 def create_app(settings: GatewaySettings | None = None) -> Litestar:
     """The gateway's ASGI app, configured from ``settings`` (or the environment)."""
     gateway = Gateway(settings or GatewaySettings.from_env())
+    open_route = {"exclude_from_auth": True}
 
-    @get("/healthz", include_in_schema=False, sync_to_thread=False)
+    @get("/healthz", include_in_schema=False, sync_to_thread=False, opt=open_route)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", include_in_schema=False)
+    @get("/readyz", include_in_schema=False, opt=open_route)
     async def readyz() -> Response[dict[str, str]]:
         ok, detail = await gateway.readiness()
         body = {"status": "ready" if ok else "not-ready", "detail": detail}
         return Response(body, status_code=200 if ok else 503)
 
-    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    @get("/metrics", include_in_schema=False, sync_to_thread=False, opt=open_route)
     def metrics() -> Response[bytes]:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(
         route_handlers=[api.router(gateway.context), healthz, readyz, metrics],
         lifespan=[gateway.lifespan],
-        middleware=[HttpMetrics()],
+        # Outermost first: metrics see every answer, auth runs before idempotency (the
+        # keys are per caller).
+        middleware=[
+            HttpMetrics(),
+            AuthMiddleware(gateway.authenticator),
+            IdempotencyMiddleware(gateway.context.idempotency),
+        ],
         # Logging is the runtime's (JSON lines); Litestar's own config would replace it.
         logging_config=None,
         exception_handlers={
@@ -115,12 +193,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             HTTPException: api.on_http_error,
             Exception: api.on_unexpected_error,
         },
-        openapi_config=OpenAPIConfig(
-            title="Aether gateway",
-            version="0.1.0",
-            description="Submit missions, approve plans and follow their events.",
-            path="/schema",
-        ),
+        openapi_config=openapi_config(),
     )
     app.state.gateway = gateway
     return app

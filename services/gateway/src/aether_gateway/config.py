@@ -6,10 +6,13 @@ import os
 
 import msgspec
 
+from aether_gateway.adapters.oidc import OidcSettings
 from aether_runtime import RuntimeSettings
 
 DEFAULT_PORT = 8100
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/aether"
+# A bootstrap token shorter than this is refused: it is an admin's password.
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,7 +23,28 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     # Where clients reach this gateway (behind a proxy or an ingress it is not host:port).
     public_url: str = ""
     sse_keepalive_seconds: float = 15.0
+    # Recent events kept in memory for clients that reconnect, and how far a client may
+    # fall behind before it is let go (it then resumes with Last-Event-ID).
+    sse_ring_size: int = 10_000
+    sse_queue_size: int = 1_000
     db_pool_max_size: int = 10
+    # Accepted with admin scope, so a fresh deployment has a way in (empty: none).
+    admin_token: str = ""
+    oidc: OidcSettings | None = None
+    # Missions a caller may request per window (0: no limit).
+    mission_rate_limit: int = 30
+    mission_rate_window_seconds: int = 60
+    # The scheduler's global budgets, shown beside usage per day and month.
+    daily_budget_usd: float | None = None
+    monthly_budget_usd: float | None = None
+    # An agent not heard from for this long is shown as gone.
+    agent_stale_seconds: float = 90.0
+
+    def __post_init__(self) -> None:
+        if self.admin_token and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"AETHER_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters"
+            )
 
     @property
     def base_url(self) -> str:
@@ -31,10 +55,36 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
+        env = os.environ
+        jwks_url = env.get("AETHER_OIDC_JWKS_URL", "")
+        oidc = (
+            OidcSettings(
+                jwks_url=jwks_url,
+                issuer=env.get("AETHER_OIDC_ISSUER") or None,
+                audience=env.get("AETHER_OIDC_AUDIENCE") or None,
+                scope_claim=env.get("AETHER_OIDC_SCOPE_CLAIM", "scope"),
+                scope_prefix=env.get("AETHER_OIDC_SCOPE_PREFIX", "aether:"),
+            )
+            if jwks_url
+            else None
+        )
         return cls(
             runtime=RuntimeSettings.from_env(DEFAULT_PORT),
-            database_url=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-            public_url=os.environ.get("AETHER_GATEWAY_PUBLIC_URL", ""),
-            sse_keepalive_seconds=float(os.environ.get("AETHER_SSE_KEEPALIVE_SECONDS", "15")),
-            db_pool_max_size=int(os.environ.get("AETHER_GATEWAY_DB_POOL_SIZE", "10")),
+            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+            public_url=env.get("AETHER_GATEWAY_PUBLIC_URL", ""),
+            sse_keepalive_seconds=float(env.get("AETHER_SSE_KEEPALIVE_SECONDS", "15")),
+            sse_ring_size=int(env.get("AETHER_SSE_RING_SIZE", "10000")),
+            sse_queue_size=int(env.get("AETHER_SSE_QUEUE_SIZE", "1000")),
+            db_pool_max_size=int(env.get("AETHER_GATEWAY_DB_POOL_SIZE", "10")),
+            admin_token=env.get("AETHER_ADMIN_TOKEN", ""),
+            oidc=oidc,
+            mission_rate_limit=int(env.get("AETHER_MISSION_RATE_LIMIT", "30")),
+            mission_rate_window_seconds=int(env.get("AETHER_MISSION_RATE_WINDOW_SECONDS", "60")),
+            daily_budget_usd=_optional_float(env.get("AETHER_DAILY_BUDGET_USD")),
+            monthly_budget_usd=_optional_float(env.get("AETHER_MONTHLY_BUDGET_USD")),
+            agent_stale_seconds=float(env.get("AETHER_AGENT_STALE_SECONDS", "90")),
         )
+
+
+def _optional_float(raw: str | None) -> float | None:
+    return float(raw) if raw else None

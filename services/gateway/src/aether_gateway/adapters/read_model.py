@@ -1,14 +1,19 @@
-"""The read model in PostgreSQL: folding events into rows, and reading them back.
+"""The read model in PostgreSQL: folding events into rows.
 
 Each event is folded in one transaction with the projection's stream position, under a
 row lock on that position: an event at or below the stored position was folded before
-and is skipped, so redeliveries, the start-up catch-up and several replicas folding at
-once each change the rows exactly once.
+and is skipped, so redeliveries, the start-up catch-up, several replicas folding at once
+and a rebuild running beside the live projection each change the rows exactly once.
+
+Two positions are kept: the mission stream's (named by the consumer) and the telemetry
+stream's (``<consumer>-telemetry``); they count different streams' sequences.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import msgspec
@@ -18,15 +23,37 @@ from psycopg.types.json import Jsonb
 
 from aether_events import Event, encode, tag_of
 from aether_gateway.adapters.db import Database
-from aether_gateway.domain import Changes, Mission, MissionView, Plan, Task, fold
+from aether_gateway.domain import (
+    BudgetAlert,
+    Changes,
+    Mission,
+    MissionMessage,
+    MissionView,
+    Plan,
+    SessionUpdate,
+    Task,
+    UsageEntry,
+    fold,
+    session_update,
+)
 
 log = logging.getLogger("aether.gateway.read_model")
 
 T = TypeVar("T", bound=msgspec.Struct)
 
-_MISSION_COLUMNS: tuple[str, ...] = Mission.__struct_fields__
-_TASK_COLUMNS: tuple[str, ...] = Task.__struct_fields__
-_PLAN_COLUMNS: tuple[str, ...] = Plan.__struct_fields__
+_JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
+
+# Everything derived from the streams (never tokens, idempotency keys or rate windows).
+DERIVED_TABLES = (
+    "tasks",
+    "plans",
+    "events",
+    "missions",
+    "usage_records",
+    "mission_messages",
+    "budget_alerts",
+    "agent_sessions",
+)
 
 
 def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
@@ -43,23 +70,109 @@ def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.C
     )
 
 
-_UPSERT_MISSION = _upsert("missions", _MISSION_COLUMNS, ("id",))
-_UPSERT_TASK = _upsert("tasks", _TASK_COLUMNS, ("mission_id", "task_id"))
-_UPSERT_PLAN = _upsert("plans", _PLAN_COLUMNS, ("mission_id", "version"))
+def _insert(table: str, columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
 
 
-def _row(struct: msgspec.Struct, columns: tuple[str, ...]) -> list[Any]:
+def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    return cls.__struct_fields__
+
+
+_UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",))
+_UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
+_UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
+_INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
+    UsageEntry: _insert("usage_records", _columns(UsageEntry)),
+    MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
+    BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
+}
+
+# Merging what one event says about an agent session into its row; see SessionUpdate
+# for why each column merges the way it does.
+_MERGE_SESSION = """
+INSERT INTO agent_sessions AS s (
+    mission_id, task_id, attempt, runner_id, model, status, started_at, finished_at,
+    last_seen_at, error, progress_at, turns, tool_calls, files_changed, last_action,
+    tokens_in, tokens_out, cost_usd, cost_complete)
+VALUES (
+    %(mission_id)s, %(task_id)s, %(attempt)s, %(runner_id)s, %(model)s,
+    coalesce(%(status)s, 'running'), %(started_at)s, %(finished_at)s, %(seen_at)s,
+    %(error)s, %(progress_at)s, %(turns)s, %(tool_calls)s, %(files_changed)s,
+    %(last_action)s, %(tokens_in)s, %(tokens_out)s, %(cost_usd)s, NOT %(unknown_cost)s)
+ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
+    runner_id = coalesce(s.runner_id, EXCLUDED.runner_id),
+    model = coalesce(EXCLUDED.model, s.model),
+    status = coalesce(%(status)s, s.status),
+    started_at = coalesce(EXCLUDED.started_at, s.started_at),
+    finished_at = coalesce(EXCLUDED.finished_at, s.finished_at),
+    last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
+    error = coalesce(EXCLUDED.error, s.error),
+    progress_at = greatest(s.progress_at, EXCLUDED.progress_at),
+    turns = CASE WHEN %(newer)s THEN EXCLUDED.turns ELSE s.turns END,
+    tool_calls = CASE WHEN %(newer)s THEN EXCLUDED.tool_calls ELSE s.tool_calls END,
+    files_changed = CASE WHEN %(newer)s THEN EXCLUDED.files_changed ELSE s.files_changed END,
+    last_action = CASE WHEN %(newer)s THEN EXCLUDED.last_action ELSE s.last_action END,
+    tokens_in = s.tokens_in + EXCLUDED.tokens_in,
+    tokens_out = s.tokens_out + EXCLUDED.tokens_out,
+    cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN s.cost_usd
+                    ELSE coalesce(s.cost_usd, 0) + EXCLUDED.cost_usd END,
+    cost_complete = s.cost_complete AND EXCLUDED.cost_complete
+"""
+# ``newer``: this update carries progress at least as recent as the stored one.
+_NEWER = (
+    "(%(progress_at)s::timestamptz IS NOT NULL"
+    " AND (s.progress_at IS NULL OR %(progress_at)s::timestamptz >= s.progress_at))"
+)
+# bytes: psycopg takes a query built at import time as bytes (it is not a literal string).
+_MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
+
+
+class Rebuild:
+    """Folding inside a rebuild's transaction."""
+
+    def __init__(self, read_model: ReadModel, conn: AsyncConnection) -> None:
+        self._read_model = read_model
+        self._conn = conn
+        self.missions_last = 0
+        self.telemetry_last = 0
+        self.folded = 0
+
+    async def fold(self, event: Event, sequence: int) -> None:
+        self.folded += await self._read_model._fold(self._conn, event, sequence)
+        self.missions_last = max(self.missions_last, sequence)
+
+    async def fold_telemetry(self, event: Event, sequence: int) -> None:
+        await self._read_model._fold_telemetry(self._conn, event)
+        self.folded += 1
+        self.telemetry_last = max(self.telemetry_last, sequence)
+
+
+def _row(struct: msgspec.Struct) -> list[Any]:
     values: list[Any] = []
-    for column in columns:
+    for column in struct.__struct_fields__:
         value = getattr(struct, column)
-        if column in ("tasks", "repairs") and isinstance(struct, Plan):
+        if column in _JSON_COLUMNS:
             value = Jsonb(msgspec.to_builtins(value))
         values.append(value)
     return values
 
 
-def _convert(row: dict[str, Any], cls: type[T]) -> T:
+def convert(row: dict[str, Any], cls: type[T]) -> T:
+    """A row as read by psycopg, as the struct it stores."""
     return msgspec.convert(row, cls)
+
+
+def task_of(event: Event) -> str | None:
+    """The task an event is about, if any (for the ``events`` table's filter)."""
+    value = getattr(event, "task_id", None)
+    if value is None:
+        task = getattr(event, "task", None)
+        value = getattr(task, "id", None)
+    return value if isinstance(value, str) else None
 
 
 class ReadModel:
@@ -68,76 +181,139 @@ class ReadModel:
     def __init__(self, db: Database, consumer: str = "gateway") -> None:
         self._db = db
         self.consumer = consumer
+        self.telemetry_consumer = f"{consumer}-telemetry"
 
-    # --- folding ---------------------------------------------------------------------
+    @property
+    def db(self) -> Database:
+        return self._db
 
-    async def position(self) -> int:
+    # --- positions -------------------------------------------------------------------
+
+    async def position(self, consumer: str | None = None) -> int:
         """The last stream sequence folded (0 before the first)."""
         async with self._db.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT last_seq FROM projection_position WHERE consumer = %s", (self.consumer,)
+                "SELECT last_seq FROM projection_position WHERE consumer = %s",
+                (consumer or self.consumer,),
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def telemetry_position(self) -> int:
+        return await self.position(self.telemetry_consumer)
+
+    async def _lock_position(self, conn: AsyncConnection, consumer: str) -> int:
+        await conn.execute(
+            "INSERT INTO projection_position (consumer) VALUES (%s) ON CONFLICT DO NOTHING",
+            (consumer,),
+        )
+        cur = await conn.execute(
+            "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE",
+            (consumer,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def _set_position(self, conn: AsyncConnection, consumer: str, sequence: int) -> None:
+        await conn.execute(
+            "UPDATE projection_position SET last_seq = %s, updated_at = now() WHERE consumer = %s",
+            (sequence, consumer),
+        )
+
+    # --- folding ---------------------------------------------------------------------
+
     async def apply(self, event: Event, sequence: int) -> bool:
-        """Fold ``event``, stored at ``sequence``, unless it was folded already.
+        """Fold a mission event stored at ``sequence``, unless it was folded already.
 
         Returns whether the rows changed hands (the event was new to the read model).
         """
         async with self._db.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO projection_position (consumer) VALUES (%s) ON CONFLICT DO NOTHING",
-                (self.consumer,),
-            )
-            cur = await conn.execute(
-                "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE",
-                (self.consumer,),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            if sequence <= row[0]:
+            if sequence <= await self._lock_position(conn, self.consumer):
                 return False
-            # The same event id at a new sequence (republished after the stream's
-            # duplicate window) is history already: record nothing, fold nothing.
-            cur = await conn.execute(
-                """
-                INSERT INTO events (seq, mission_id, type, event_id, occurred_at, payload)
-                VALUES (%s, %s, %s, %s, %s, %s::jsonb)
-                ON CONFLICT DO NOTHING
-                RETURNING seq
-                """,
-                (
-                    sequence,
-                    event.mission_id,
-                    tag_of(type(event)),
-                    event.event_id,
-                    event.occurred_at,
-                    encode(event).decode(),
-                ),
-            )
-            fresh = await cur.fetchone() is not None
-            if fresh:
-                view = await self._load_view(conn, event.mission_id)
-                await self._write(conn, fold(view, event))
-            await conn.execute(
-                """
-                UPDATE projection_position SET last_seq = %s, updated_at = now()
-                WHERE consumer = %s
-                """,
-                (sequence, self.consumer),
-            )
+            fresh = await self._fold(conn, event, sequence)
+            await self._set_position(conn, self.consumer, sequence)
         return fresh
+
+    async def apply_telemetry(self, event: Event, sequence: int) -> bool:
+        """Fold a telemetry event (heartbeat, progress) stored at ``sequence``."""
+        async with self._db.pool.connection() as conn, conn.transaction():
+            if sequence <= await self._lock_position(conn, self.telemetry_consumer):
+                return False
+            await self._fold_telemetry(conn, event)
+            await self._set_position(conn, self.telemetry_consumer, sequence)
+        return True
+
+    async def _fold(self, conn: AsyncConnection, event: Event, sequence: int) -> bool:
+        # The same event id at a new sequence (republished after the stream's duplicate
+        # window) is history already: record nothing, fold nothing.
+        cur = await conn.execute(
+            """
+            INSERT INTO events (seq, mission_id, type, task_id, event_id, occurred_at, payload)
+            VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+            ON CONFLICT DO NOTHING
+            RETURNING seq
+            """,
+            (
+                sequence,
+                event.mission_id,
+                tag_of(type(event)),
+                task_of(event),
+                event.event_id,
+                event.occurred_at,
+                encode(event).decode(),
+            ),
+        )
+        if await cur.fetchone() is None:
+            return False
+        view = await self._load_view(conn, event.mission_id)
+        await self._write(conn, fold(view, event, sequence))
+        return True
+
+    async def _fold_telemetry(self, conn: AsyncConnection, event: Event) -> None:
+        update = session_update(event)
+        if update is not None:
+            await self._merge_session(conn, update)
+
+    @asynccontextmanager
+    async def rebuilding(self) -> AsyncIterator[Rebuild]:
+        """Replace every derived row, in one transaction: the body folds the streams
+        from their start into the ``Rebuild`` it is given, which then sets both positions.
+
+        Both positions are locked first, so the live projection waits (and afterwards
+        skips what the rebuild folded) and the body reads the streams only once nobody
+        else can fold. Readers keep seeing the old rows until the commit: rows are
+        deleted, not truncated, so no query waits on a table lock.
+        """
+        async with self._db.pool.connection() as conn, conn.transaction():
+            await self._lock_position(conn, self.consumer)
+            await self._lock_position(conn, self.telemetry_consumer)
+            for table in DERIVED_TABLES:
+                await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+            rebuild = Rebuild(self, conn)
+            yield rebuild
+            await self._set_position(conn, self.consumer, rebuild.missions_last)
+            await self._set_position(conn, self.telemetry_consumer, rebuild.telemetry_last)
 
     async def reset(self) -> None:
         """Forget everything folded (to rebuild from the start of a new stream)."""
         async with self._db.pool.connection() as conn, conn.transaction():
-            await conn.execute("TRUNCATE tasks, plans, events, missions")
+            await conn.execute(
+                sql.SQL("TRUNCATE {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, DERIVED_TABLES))
+                )
+            )
             await conn.execute(
                 "UPDATE projection_position SET last_seq = 0, updated_at = now()"
-                " WHERE consumer = %s",
-                (self.consumer,),
+                " WHERE consumer = ANY(%s)",
+                ([self.consumer, self.telemetry_consumer],),
             )
+
+    async def reset_telemetry_position(self) -> None:
+        """Fold the telemetry stream from its start again (it was recreated)."""
+        async with self._db.pool.connection() as conn, conn.transaction():
+            await self._lock_position(conn, self.telemetry_consumer)
+            await self._set_position(conn, self.telemetry_consumer, 0)
 
     async def _load_view(self, conn: AsyncConnection, mission_id: str) -> MissionView:
         async with conn.cursor(row_factory=dict_row) as cur:
@@ -146,16 +322,16 @@ class ReadModel:
             if mission_row is None:
                 return MissionView()
             await cur.execute("SELECT * FROM tasks WHERE mission_id = %s", (mission_id,))
-            tasks = [_convert(r, Task) for r in await cur.fetchall()]
+            tasks = [convert(r, Task) for r in await cur.fetchall()]
         return MissionView(
-            mission=_convert(mission_row, Mission), tasks={t.task_id: t for t in tasks}
+            mission=convert(mission_row, Mission), tasks={t.task_id: t for t in tasks}
         )
 
     async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
         if changes.mission is not None:
-            await conn.execute(_UPSERT_MISSION, _row(changes.mission, _MISSION_COLUMNS))
+            await conn.execute(_UPSERT_MISSION, _row(changes.mission))
         if changes.plan is not None:
-            await conn.execute(_UPSERT_PLAN, _row(changes.plan, _PLAN_COLUMNS))
+            await conn.execute(_UPSERT_PLAN, _row(changes.plan))
         if changes.removed_tasks:
             assert changes.mission is not None
             await conn.execute(
@@ -163,56 +339,12 @@ class ReadModel:
                 (changes.mission.id, changes.removed_tasks),
             )
         for task in changes.tasks:
-            await conn.execute(_UPSERT_TASK, _row(task, _TASK_COLUMNS))
+            await conn.execute(_UPSERT_TASK, _row(task))
+        for row in (changes.usage, changes.message, changes.alert):
+            if row is not None:
+                await conn.execute(_INSERTS[type(row)], _row(row))
+        if changes.session is not None:
+            await self._merge_session(conn, changes.session)
 
-    # --- reading ---------------------------------------------------------------------
-
-    async def missions(self, *, status: str | None = None, limit: int = 50) -> list[Mission]:
-        """Missions, newest first, optionally only those in ``status``."""
-        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            if status is None:
-                await cur.execute(
-                    "SELECT * FROM missions ORDER BY created_at DESC, id DESC LIMIT %s", (limit,)
-                )
-            else:
-                await cur.execute(
-                    "SELECT * FROM missions WHERE status = %s"
-                    " ORDER BY created_at DESC, id DESC LIMIT %s",
-                    (status, limit),
-                )
-            return [_convert(r, Mission) for r in await cur.fetchall()]
-
-    async def mission(self, mission_id: str) -> Mission | None:
-        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute("SELECT * FROM missions WHERE id = %s", (mission_id,))
-            row = await cur.fetchone()
-        return _convert(row, Mission) if row is not None else None
-
-    async def plans(self, mission_id: str) -> list[Plan]:
-        """Every version of the mission's plan, oldest first."""
-        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT * FROM plans WHERE mission_id = %s ORDER BY version", (mission_id,)
-            )
-            return [_convert(r, Plan) for r in await cur.fetchall()]
-
-    async def tasks(self, mission_id: str) -> list[Task]:
-        """The mission's tasks in plan order."""
-        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT * FROM tasks WHERE mission_id = %s ORDER BY position, task_id",
-                (mission_id,),
-            )
-            return [_convert(r, Task) for r in await cur.fetchall()]
-
-    async def event_count(self, mission_id: str | None = None) -> int:
-        """How many events the read model holds (for one mission, or all)."""
-        async with self._db.pool.connection() as conn:
-            if mission_id is None:
-                cur = await conn.execute("SELECT count(*) FROM events")
-            else:
-                cur = await conn.execute(
-                    "SELECT count(*) FROM events WHERE mission_id = %s", (mission_id,)
-                )
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+    async def _merge_session(self, conn: AsyncConnection, update: SessionUpdate) -> None:
+        await conn.execute(_MERGE_SESSION_SQL, msgspec.structs.asdict(update))

@@ -1,15 +1,15 @@
 """The read model, pure: how one event changes a mission's rows.
 
-``fold(view, event)`` takes the rows the event can touch (the mission and its tasks) and
-returns the rows to write. It does no I/O and reads no clock, so every status rule below
-is tested with plain values; the PostgreSQL adapter loads the view, calls ``fold`` and
-writes the ``Changes`` together with the stream position in one transaction.
+``fold(view, event, sequence)`` takes the rows the event can touch (the mission and its
+tasks) and returns the rows to write. It does no I/O and reads no clock, so every rule
+below is tested with plain values; the PostgreSQL adapter loads the view, calls ``fold``
+and writes the ``Changes`` together with the stream position in one transaction.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final, Literal
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
@@ -17,116 +17,51 @@ from msgspec.structs import replace
 from aether_events import (
     AgentCompleted,
     AgentFailed,
+    AgentHeartbeat,
+    AgentProgress,
     AgentStarted,
     BranchMerged,
+    BudgetExceeded,
+    BudgetRaised,
+    BudgetWarning,
     Event,
     MergeConflicted,
+    MissionAnswered,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
+    MissionMessagePosted,
     MissionPaused,
     MissionRequested,
     MissionResumed,
     PlanApproved,
+    PlanClarificationRequested,
     PlanFailed,
     PlannedTask,
     PlanProduced,
-    PlanRevisionRequested,
     RepositoryPrepared,
     TaskEscalated,
     TaskReady,
     TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
     TaskTimedOut,
     UsageRecorded,
+    WaveStarted,
+    WorkspaceFailed,
     WorkspaceReady,
 )
-
-MissionStatus = Literal[
-    "requested",
-    "preparing",
-    "awaiting_approval",
-    "plan_failed",
-    "running",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-]
-TaskStatus = Literal["pending", "ready", "running", "completed", "merged", "conflicted", "failed"]
-
-MISSION_STATUSES: Final[tuple[str, ...]] = MissionStatus.__args__  # type: ignore[attr-defined]
-TASK_STATUSES: Final[tuple[str, ...]] = TaskStatus.__args__  # type: ignore[attr-defined]
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
-
-
-class Mission(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of ``missions``."""
-
-    id: str
-    status: MissionStatus
-    repository: str
-    base_branch: str
-    requirement: str
-    correlation_id: str
-    created_at: datetime
-    updated_at: datetime
-    auto_approve: bool = False
-    budget_usd: float | None = None
-    max_concurrency: int = 4
-    max_tasks: int = 20
-    requested_by: str | None = None
-    integration_branch: str | None = None
-    base_sha: str | None = None
-    final_sha: str | None = None
-    plan_version: int | None = None
-    approved_version: int | None = None
-    offline: bool = False
-    model: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cache_read: int = 0
-    tokens_cache_write: int = 0
-    # The sum of the costs that are known; ``None`` until one is. ``cost_complete`` turns
-    # false once a model call of unknown price is recorded, so a partial sum never
-    # passes for the whole cost.
-    cost_usd: float | None = None
-    cost_complete: bool = True
-    error: str | None = None
-
-
-class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of ``plans``: a version of a mission's plan."""
-
-    mission_id: str
-    version: int
-    tasks: list[PlannedTask]
-    produced_at: datetime
-    rationale: str = ""
-    model: str = ""
-    offline: bool = False
-    repairs: list[str] = msgspec.field(default_factory=list)
-
-
-class Task(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of ``tasks``: where a planned task stands now."""
-
-    mission_id: str
-    task_id: str
-    title: str
-    updated_at: datetime
-    position: int = 0
-    description: str = ""
-    files: list[str] = msgspec.field(default_factory=list)
-    depends_on: list[str] = msgspec.field(default_factory=list)
-    tier: str = "standard"
-    status: TaskStatus = "pending"
-    attempt: int = 0
-    model: str | None = None
-    branch: str | None = None
-    base_sha: str | None = None
-    commit_sha: str | None = None
-    merge_sha: str | None = None
-    error: str | None = None
+from aether_gateway.domain.model import (
+    BudgetAlert,
+    MessageKind,
+    Mission,
+    MissionMessage,
+    Plan,
+    SessionUpdate,
+    Task,
+    UsageEntry,
+)
+from aether_gateway.domain.status import next_status
 
 
 class MissionView(msgspec.Struct, kw_only=True):
@@ -143,71 +78,27 @@ class Changes(msgspec.Struct, kw_only=True):
     plan: Plan | None = None
     tasks: list[Task] = msgspec.field(default_factory=list)
     removed_tasks: list[str] = msgspec.field(default_factory=list)
+    usage: UsageEntry | None = None
+    message: MissionMessage | None = None
+    alert: BudgetAlert | None = None
+    session: SessionUpdate | None = None
 
     @property
     def empty(self) -> bool:
         return (
-            self.mission is None and self.plan is None and not self.tasks and not self.removed_tasks
+            self.mission is None
+            and self.plan is None
+            and not self.tasks
+            and not self.removed_tasks
+            and self.usage is None
+            and self.message is None
+            and self.alert is None
+            and self.session is None
         )
 
 
-# --- mission status -------------------------------------------------------------------
-
-
-def resumed_status(mission: Mission) -> MissionStatus:
-    """Where a paused mission goes back to, judged from how far it had come."""
-    if mission.approved_version is not None:
-        return "running"
-    if mission.plan_version is not None:
-        return "awaiting_approval"
-    if mission.integration_branch is not None:
-        return "preparing"
-    return "requested"
-
-
-def next_status(mission: Mission, event: Event) -> MissionStatus:
-    """The mission's status after ``event``.
-
-    A finished mission (completed, failed or cancelled) stays finished whatever arrives
-    late; a paused one stays paused until it is resumed or finished.
-    """
-    current = mission.status
-    if current in TERMINAL_STATUSES:
-        return current
-    match event:
-        case MissionCompleted():
-            return "completed"
-        case MissionFailed():
-            return "failed"
-        case MissionCancelled():
-            return "cancelled"
-        case MissionPaused():
-            return "paused"
-        case MissionResumed():
-            return resumed_status(mission) if current == "paused" else current
-    if current == "paused":
-        return current
-    match event:
-        case RepositoryPrepared():
-            return "preparing" if current == "requested" else current
-        case PlanRevisionRequested():
-            return "preparing"
-        case PlanProduced(version=version):
-            if mission.approved_version is not None and version <= mission.approved_version:
-                return current
-            return "awaiting_approval"
-        case PlanFailed():
-            return "plan_failed"
-        case PlanApproved():
-            return "running"
-    return current
-
-
-# --- folding ---------------------------------------------------------------------------
-
-
-def fold(view: MissionView, event: Event) -> Changes:
-    """The rows ``event`` changes, given the rows it may touch."""
+def fold(view: MissionView, event: Event, sequence: int = 0) -> Changes:
+    """The rows ``event`` (stored at ``sequence``) changes, given the rows it may touch."""
     if isinstance(event, MissionRequested):
         if view.mission is not None:
             return Changes()  # the mission exists; a second request for the id is ignored
@@ -216,6 +107,10 @@ def fold(view: MissionView, event: Event) -> Changes:
     if mission is None:
         return Changes()  # an event for a mission we never saw requested: history only
     changes = _fold_tasks(view, event)
+    changes.usage = _usage_entry(event, sequence)
+    changes.message = _message(event, sequence)
+    changes.alert = _alert(event, sequence)
+    changes.session = session_update(event)
     updated = _fold_mission(mission, event)
     status = next_status(updated, event)
     updated = replace(updated, status=status, updated_at=max(mission.updated_at, event.occurred_at))
@@ -236,6 +131,8 @@ def _requested(event: MissionRequested) -> Mission:
         budget_usd=event.budget_usd,
         max_concurrency=event.max_concurrency,
         max_tasks=event.max_tasks,
+        model_overrides=dict(event.model_overrides),
+        verify_command=event.verify_command,
         requested_by=event.requested_by,
         created_at=event.occurred_at,
         updated_at=event.occurred_at,
@@ -245,10 +142,16 @@ def _requested(event: MissionRequested) -> Mission:
 def _fold_mission(mission: Mission, event: Event) -> Mission:
     """Every mission column except ``status`` and ``updated_at``."""
     match event:
-        case RepositoryPrepared():
-            return replace(
-                mission, integration_branch=event.integration_branch, base_sha=event.base_sha
-            )
+        case TaskReady() if event.wave:
+            return _wave(mission, event.wave)
+        case WaveStarted():
+            return _wave(mission, event.wave)
+        case PlanClarificationRequested():
+            return replace(mission, questions=list(event.questions))
+        case MissionMessagePosted():
+            return replace(mission, questions=[]) if mission.questions else mission
+        case MissionAnswered():
+            return replace(mission, answer=event.answer, questions=[])
         case PlanProduced():
             if mission.plan_version is not None and event.version <= mission.plan_version:
                 return mission
@@ -257,16 +160,39 @@ def _fold_mission(mission: Mission, event: Event) -> Mission:
                 plan_version=event.version,
                 model=event.model or mission.model,
                 offline=mission.offline or event.offline,
+                questions=[],
                 error=None,
             )
-        case PlanFailed():
-            return replace(mission, error=event.reason)
         case PlanApproved():
             if mission.approved_version is not None and event.version <= mission.approved_version:
                 return mission
             return replace(mission, approved_version=event.version)
+        case MissionPaused():
+            return replace(mission, pauses=mission.pauses + 1)
+        case MissionResumed():
+            return replace(mission, resumes=mission.resumes + 1)
+        case BudgetRaised():
+            # The scheduler warns again about the new budget if it needs to.
+            return replace(
+                mission, budget_usd=event.budget_usd, budget_exceeded=False, budget_warning=False
+            )
+        case BudgetWarning(scope="mission"):
+            return replace(mission, budget_warning=True)
+        case BudgetExceeded(scope="mission"):
+            return replace(mission, budget_exceeded=True, budget_warning=True)
         case UsageRecorded():
             return _add_usage(mission, event)
+    return _fold_outcome(mission, event)
+
+
+def _fold_outcome(mission: Mission, event: Event) -> Mission:
+    match event:
+        case RepositoryPrepared():
+            return replace(
+                mission, integration_branch=event.integration_branch, base_sha=event.base_sha
+            )
+        case PlanFailed():
+            return replace(mission, error=event.reason)
         case MissionCompleted():
             return replace(
                 mission, final_sha=event.final_sha, integration_branch=event.integration_branch
@@ -276,6 +202,12 @@ def _fold_mission(mission: Mission, event: Event) -> Mission:
         case MissionCancelled():
             return replace(mission, error=event.reason or "cancelled")
     return mission
+
+
+def _wave(mission: Mission, wave: int) -> Mission:
+    if mission.current_wave is not None and wave <= mission.current_wave:
+        return mission
+    return replace(mission, current_wave=wave)
 
 
 def _add_usage(mission: Mission, event: UsageRecorded) -> Mission:
@@ -293,6 +225,146 @@ def _add_usage(mission: Mission, event: UsageRecorded) -> Mission:
         cost_complete=mission.cost_complete and usage.cost_usd is not None,
         offline=mission.offline or event.offline,
     )
+
+
+# --- append-only rows ----------------------------------------------------------------
+
+
+def _usage_entry(event: Event, sequence: int) -> UsageEntry | None:
+    if not isinstance(event, UsageRecorded):
+        return None
+    usage = event.usage
+    return UsageEntry(
+        seq=sequence,
+        mission_id=event.mission_id,
+        occurred_at=event.occurred_at,
+        service=event.service,
+        step=event.step,
+        model=event.model,
+        offline=event.offline,
+        task_id=event.task_id,
+        attempt=event.attempt,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_input_tokens,
+        cache_write_tokens=usage.cache_creation_input_tokens,
+        cost_usd=usage.cost_usd,
+    )
+
+
+def _message(event: Event, sequence: int) -> MissionMessage | None:
+    kind: MessageKind
+    author: str | None
+    match event:
+        case PlanClarificationRequested():
+            kind, text, author = "question", "\n".join(event.questions), "planner"
+        case MissionMessagePosted():
+            kind, text, author = "message", event.text, event.author
+        case MissionAnswered():
+            kind, text, author = "answer", event.answer, "planner"
+        case _:
+            return None
+    return MissionMessage(
+        seq=sequence,
+        mission_id=event.mission_id,
+        kind=kind,
+        text=text,
+        author=author,
+        occurred_at=event.occurred_at,
+    )
+
+
+def _alert(event: Event, sequence: int) -> BudgetAlert | None:
+    if not isinstance(event, BudgetWarning | BudgetExceeded):
+        return None
+    return BudgetAlert(
+        seq=sequence,
+        mission_id=event.mission_id,
+        scope=event.scope,
+        kind="warning" if isinstance(event, BudgetWarning) else "exceeded",
+        spent_usd=event.spent_usd,
+        budget_usd=event.budget_usd,
+        occurred_at=event.occurred_at,
+    )
+
+
+def session_update(event: Event) -> SessionUpdate | None:
+    """What ``event`` says about an agent session, from either stream."""
+    match event:
+        case AgentStarted():
+            return _session(
+                event,
+                event.task_id,
+                event.attempt,
+                runner_id=event.runner_id,
+                model=event.model,
+                status="running",
+                started_at=event.occurred_at,
+            )
+        case AgentCompleted():
+            return _session(
+                event,
+                event.task_id,
+                event.attempt,
+                status="completed",
+                finished_at=event.occurred_at,
+            )
+        case AgentFailed():
+            return _session(
+                event,
+                event.task_id,
+                event.attempt,
+                status="failed",
+                finished_at=event.occurred_at,
+                error=event.reason,
+            )
+        case TaskTimedOut():
+            return _session(
+                event,
+                event.task_id,
+                event.attempt,
+                status="timed_out",
+                finished_at=event.occurred_at,
+                error="no heartbeat from the agent",
+            )
+        case UsageRecorded(task_id=str(task_id), attempt=int(attempt)):
+            return _session(
+                event,
+                task_id,
+                attempt,
+                tokens_in=event.usage.input_tokens,
+                tokens_out=event.usage.output_tokens,
+                cost_usd=event.usage.cost_usd,
+                unknown_cost=event.usage.cost_usd is None,
+            )
+        case AgentHeartbeat():
+            return _session(event, event.task_id, event.attempt, runner_id=event.runner_id)
+        case AgentProgress():
+            return _session(
+                event,
+                event.task_id,
+                event.attempt,
+                runner_id=event.runner_id,
+                progress_at=event.occurred_at,
+                turns=event.turns,
+                tool_calls=event.tool_calls,
+                files_changed=list(event.files_changed),
+                last_action=event.last_action,
+            )
+    return None
+
+
+def _session(event: Event, task_id: str, attempt: int, **fields: Any) -> SessionUpdate:
+    return SessionUpdate(
+        mission_id=event.mission_id,
+        task_id=task_id,
+        attempt=attempt,
+        seen_at=event.occurred_at,
+        **fields,
+    )
+
+
+# --- tasks -----------------------------------------------------------------------------
 
 
 def _plan_task(mission_id: str, planned: PlannedTask, position: int, now: datetime) -> Task:
@@ -353,43 +425,90 @@ def _fold_plan(view: MissionView, event: PlanProduced) -> Changes:
 def _fold_tasks(view: MissionView, event: Event) -> Changes:
     if isinstance(event, PlanProduced):
         return _fold_plan(view, event)
+    if isinstance(event, WaveStarted):
+        return Changes(tasks=_wave_tasks(view, event))
+    if isinstance(event, UsageRecorded):
+        task = _task_usage(view, event)
+        return Changes(tasks=[task] if task is not None else [])
     updated = _fold_task(view, event)
     return Changes(tasks=[updated] if updated is not None else [])
+
+
+def _wave_tasks(view: MissionView, event: WaveStarted) -> list[Task]:
+    return [
+        replace(view.tasks[task_id], wave=event.wave)
+        for task_id in event.task_ids
+        if task_id in view.tasks and view.tasks[task_id].wave != event.wave
+    ]
+
+
+def _task_usage(view: MissionView, event: UsageRecorded) -> Task | None:
+    """Usage adds up over every attempt of the task (a failed attempt cost money too)."""
+    task = view.tasks.get(event.task_id) if event.task_id else None
+    if task is None:
+        return None
+    cost = task.cost_usd
+    if event.usage.cost_usd is not None:
+        cost = (cost or 0.0) + event.usage.cost_usd
+    return replace(
+        task,
+        tokens_in=task.tokens_in + event.usage.input_tokens,
+        tokens_out=task.tokens_out + event.usage.output_tokens,
+        cost_usd=cost,
+        cost_complete=task.cost_complete and event.usage.cost_usd is not None,
+    )
+
+
+_TASK_EVENTS = (
+    AgentStarted,
+    AgentCompleted,
+    AgentFailed,
+    BranchMerged,
+    MergeConflicted,
+    TaskRetried,
+    TaskTimedOut,
+    TaskEscalated,
+    WorkspaceFailed,
+)
 
 
 def _fold_task(view: MissionView, event: Event) -> Task | None:
     """The task row after a task event, or ``None`` when nothing changes.
 
     Events from an attempt older than the task's current one are late news and ignored,
-    and a merged task stays merged: its work is on the integration branch.
+    and a merged task stays merged: its work is on the integration branch. A person's
+    retry or skip applies to the task as it stands.
     """
-    match event:
-        case TaskReady() | WorkspaceReady():
-            task_id, attempt = event.task.id, event.attempt
-        case (
-            AgentStarted()
-            | AgentCompleted()
-            | AgentFailed()
-            | BranchMerged()
-            | MergeConflicted()
-            | TaskRetried()
-            | TaskTimedOut()
-            | TaskEscalated()
-        ):
-            task_id, attempt = event.task_id, event.attempt
-        case _:
-            return None
+    if isinstance(event, TaskRetryRequested | TaskSkipped):
+        return _human_decision(view, event)
+    if isinstance(event, TaskReady | WorkspaceReady):
+        task_id, attempt = event.task.id, event.attempt
+    elif isinstance(event, _TASK_EVENTS):
+        task_id, attempt = event.task_id, event.attempt
+    else:
+        return None
     task = view.tasks.get(task_id)
     if task is None:
         if not isinstance(event, TaskReady | WorkspaceReady):
             return None  # news of a task the plan never listed
         task = _plan_task(event.mission_id, event.task, len(view.tasks), event.occurred_at)
-    if attempt < task.attempt or task.status == "merged":
+    if attempt < task.attempt or task.status in ("merged", "skipped"):
         return None
     task = replace(task, attempt=attempt, updated_at=event.occurred_at)
+    return _task_step(task, event)
+
+
+def _task_step(task: Task, event: Event) -> Task | None:
     match event:
         case TaskReady():
-            return replace(task, status="ready", model=event.model, error=None)
+            return replace(
+                task,
+                status="ready",
+                model=event.model,
+                wave=event.wave or task.wave,
+                finished_at=None,
+                error=None,
+            )
         case WorkspaceReady():
             return replace(
                 task,
@@ -400,15 +519,34 @@ def _fold_task(view: MissionView, event: Event) -> Task | None:
                 error=None,
             )
         case AgentStarted():
-            return replace(task, status="running", model=event.model)
+            return replace(
+                task,
+                status="running",
+                model=event.model,
+                runner_id=event.runner_id,
+                started_at=task.started_at or event.occurred_at,
+            )
         case AgentCompleted():
             return replace(
-                task, status="completed", commit_sha=event.commit_sha, branch=event.branch
+                task,
+                status="completed",
+                commit_sha=event.commit_sha,
+                branch=event.branch,
+                summary=event.summary,
+                files_changed=list(event.files_changed),
             )
         case AgentFailed():
             return replace(task, status="failed", error=event.reason)
+        case WorkspaceFailed():
+            return replace(task, status="failed", error=f"workspace: {event.reason}")
         case BranchMerged():
-            return replace(task, status="merged", merge_sha=event.merge_sha, error=None)
+            return replace(
+                task,
+                status="merged",
+                merge_sha=event.merge_sha,
+                finished_at=event.occurred_at,
+                error=None,
+            )
         case MergeConflicted():
             files = ", ".join(event.files) or "unknown files"
             return replace(task, status="conflicted", error=f"merge conflict in {files}")
@@ -417,5 +555,23 @@ def _fold_task(view: MissionView, event: Event) -> Task | None:
         case TaskTimedOut():
             return replace(task, status="failed", error="timed out")
         case TaskEscalated():
-            return replace(task, status="failed", error=f"escalated: {event.reason}")
+            return replace(task, status="escalated", error=event.reason)
     return None
+
+
+def _human_decision(view: MissionView, event: TaskRetryRequested | TaskSkipped) -> Task | None:
+    task = view.tasks.get(event.task_id)
+    if task is None or task.status in ("merged", "skipped"):
+        return None
+    if isinstance(event, TaskSkipped):
+        reason = f"skipped: {event.reason}" if event.reason else "skipped"
+        return replace(
+            task,
+            status="skipped",
+            error=reason,
+            finished_at=event.occurred_at,
+            updated_at=event.occurred_at,
+        )
+    if task.status not in ("escalated", "failed"):
+        return None
+    return replace(task, status="pending", error="retry requested", updated_at=event.occurred_at)

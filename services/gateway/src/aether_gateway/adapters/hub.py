@@ -1,0 +1,272 @@
+"""One NATS subscription per stream, fanned out to every event-stream client.
+
+The hub follows the mission stream with a single ordered consumer (and the telemetry
+stream with another), keeps the most recent mission events in a ring, and hands each
+event to the queues of the clients that want it. However many clients are connected,
+the server sees two consumers per gateway process.
+
+A client registers first and replays afterwards: everything after ``Subscriber.start``
+(the hub's last sequence when the client registered) reaches its queue, and everything
+up to it comes from the ring or the read model. Nothing falls between the two, and the
+client drops live events it already replayed, so there is no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    ALL_TELEMETRY,
+    MISSIONS_STREAM,
+    TELEMETRY_STREAM,
+    UnknownEventType,
+    decode,
+    encode,
+    tag_of,
+)
+from aether_gateway.adapters.read_model import task_of
+
+log = logging.getLogger("aether.gateway.hub")
+
+
+@dataclass(frozen=True)
+class StreamedEvent:
+    """One event on its way to clients; ``sequence`` is ``None`` for telemetry, which
+    is not kept for replay (its sequences count another stream)."""
+
+    sequence: int | None
+    mission_id: str
+    type: str
+    task_id: str | None
+    data: bytes
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+IDLE: Final = _Signal("IDLE")  # nothing arrived for a while: time for a keep-alive
+CLOSED: Final = _Signal("CLOSED")  # the hub stopped, or the client fell too far behind
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which events a client wants: one mission's or all, some types or all."""
+
+    mission_id: str | None = None
+    types: frozenset[str] | None = None
+    telemetry: bool = False
+
+    def matches(self, event: StreamedEvent) -> bool:
+        if self.mission_id is not None and event.mission_id != self.mission_id:
+            return False
+        if event.sequence is None and not self.telemetry:
+            return False
+        return self.types is None or event.type in self.types
+
+
+class Subscriber:
+    """One client's queue of live events."""
+
+    def __init__(self, hub: Hub, wanted: Filter, start: int, max_queue: int) -> None:
+        self._hub = hub
+        self.filter = wanted
+        self.start = start
+        self.overflowed = False
+        self._queue: asyncio.Queue[StreamedEvent | _Signal] = asyncio.Queue(max_queue)
+        self._closed = False
+
+    def offer(self, event: StreamedEvent) -> None:
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # A client this far behind is let go; it resumes with Last-Event-ID.
+            self.overflowed = True
+            self.end()
+
+    def end(self) -> None:
+        """Tell the client its stream is over (after what is queued already)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.remove(self)
+        if self._queue.full():
+            # No room for the marker: drop everything queued rather than one event, so
+            # the client ends right after the last event it received and its resume
+            # (from that event's id) misses nothing.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait(CLOSED)
+
+    async def next(self, idle_seconds: float) -> StreamedEvent | _Signal:
+        """The next live event, ``IDLE`` after ``idle_seconds`` of quiet, or ``CLOSED``."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), idle_seconds)
+        except TimeoutError:
+            return IDLE
+
+    def close(self) -> None:
+        self._closed = True
+        self._hub.remove(self)
+
+
+class Hub:
+    """The fan-out of the mission and telemetry streams to event-stream clients."""
+
+    def __init__(self, *, ring_size: int = 10_000, max_queue: int = 1_000) -> None:
+        self._ring: deque[StreamedEvent] = deque()
+        self._ring_size = ring_size
+        self._max_queue = max_queue
+        self._by_mission: dict[str, set[Subscriber]] = {}
+        self._everything: set[Subscriber] = set()
+        self._subscriptions: list[JetStreamContext.PushSubscription] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self.last_sequence = 0
+        # The ring holds every decodable event with floor < sequence <= last_sequence.
+        self.floor = 0
+        self.started = False
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._everything) + sum(len(s) for s in self._by_mission.values())
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, js: JetStreamContext, closing: asyncio.Event) -> None:
+        """Follow both streams from their current ends."""
+        info = await js.stream_info(MISSIONS_STREAM)
+        last = info.state.last_seq
+        self.last_sequence = self.floor = last
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last else DeliverPolicy.ALL,
+            opt_start_seq=last + 1 if last else None,
+        )
+        self._subscriptions.append(
+            await js.subscribe(
+                ALL_MISSION_EVENTS,
+                stream=MISSIONS_STREAM,
+                ordered_consumer=True,
+                config=config,
+                cb=self._on_mission_event,
+            )
+        )
+        self._subscriptions.append(
+            await js.subscribe(
+                ALL_TELEMETRY,
+                stream=TELEMETRY_STREAM,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+                cb=self._on_telemetry,
+            )
+        )
+        self._watcher = asyncio.create_task(self._end_all_when(closing))
+        self.started = True
+        log.info("event hub following the streams", extra={"from_sequence": last + 1})
+
+    async def stop(self) -> None:
+        self.started = False
+        self.end_all()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for sub in self._subscriptions:
+            with contextlib.suppress(Exception):  # the connection may be closing already
+                await sub.unsubscribe()
+        self._subscriptions.clear()
+
+    async def _end_all_when(self, closing: asyncio.Event) -> None:
+        await closing.wait()
+        self.end_all()
+
+    def end_all(self) -> None:
+        for subscriber in [*self._everything, *(s for v in self._by_mission.values() for s in v)]:
+            subscriber.end()
+
+    # --- clients --------------------------------------------------------------------
+
+    def subscribe(self, wanted: Filter) -> Subscriber:
+        """Register a client; live events after ``Subscriber.start`` reach its queue."""
+        subscriber = Subscriber(self, wanted, self.last_sequence, self._max_queue)
+        if wanted.mission_id is None:
+            self._everything.add(subscriber)
+        else:
+            self._by_mission.setdefault(wanted.mission_id, set()).add(subscriber)
+        return subscriber
+
+    def remove(self, subscriber: Subscriber) -> None:
+        mission_id = subscriber.filter.mission_id
+        if mission_id is None:
+            self._everything.discard(subscriber)
+            return
+        group = self._by_mission.get(mission_id)
+        if group is not None:
+            group.discard(subscriber)
+            if not group:
+                del self._by_mission[mission_id]
+
+    def recent(self, after: int, upto: int, wanted: Filter) -> list[StreamedEvent] | None:
+        """The ring's events in ``(after, upto]`` that ``wanted`` matches, or ``None``
+        when the ring no longer reaches back to ``after``."""
+        if after < self.floor:
+            return None
+        return [e for e in self._ring if after < (e.sequence or 0) <= upto and wanted.matches(e)]
+
+    # --- the streams ----------------------------------------------------------------
+
+    def _streamed(self, msg: Msg, sequence: int | None) -> StreamedEvent | None:
+        try:
+            event = decode(msg.data)
+        except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            return None  # the read model skips these too, so replay and live agree
+        return StreamedEvent(
+            sequence=sequence,
+            mission_id=event.mission_id,
+            type=tag_of(type(event)),
+            task_id=task_of(event),
+            data=encode(event),
+        )
+
+    async def _on_mission_event(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        if sequence <= self.last_sequence:
+            return
+        event = self._streamed(msg, sequence)
+        self.last_sequence = sequence
+        if event is None:
+            return
+        self._ring.append(event)
+        while len(self._ring) > self._ring_size:
+            dropped = self._ring.popleft()
+            self.floor = dropped.sequence or self.floor
+        self._dispatch(event, self._targets(event.mission_id))
+
+    async def _on_telemetry(self, msg: Msg) -> None:
+        event = self._streamed(msg, None)
+        if event is not None:
+            self._dispatch(event, self._targets(event.mission_id))
+
+    def _targets(self, mission_id: str) -> Iterable[Subscriber]:
+        yield from list(self._everything)
+        yield from list(self._by_mission.get(mission_id, ()))
+
+    def _dispatch(self, event: StreamedEvent, subscribers: Iterable[Subscriber]) -> None:
+        for subscriber in list(subscribers):
+            if subscriber.filter.matches(event):
+                subscriber.offer(event)

@@ -1,0 +1,138 @@
+"""API tokens in PostgreSQL: created, listed, revoked and looked up by their hash.
+
+The secret itself is returned once, when the token is created, and never stored.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from psycopg.rows import dict_row
+
+from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.read_model import convert
+from aether_gateway.domain.auth import TOKEN_PREFIX, Principal, token_hash
+
+
+class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A token as listed: everything but the secret (``prefix`` helps recognise it)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    created_by: str | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class TokenStore:
+    """Tokens, with lookups cached for a few seconds.
+
+    The cache keeps a busy client from costing a query per request. A revocation made
+    through this process clears it at once; another replica honours it within
+    ``cache_seconds``.
+    """
+
+    def __init__(self, db: Database, *, cache_seconds: float = 5.0) -> None:
+        self._db = db
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._last_used: dict[str, float] = {}
+
+    async def create(
+        self, name: str, scopes: list[str], *, created_by: str | None, expires_in_days: int | None
+    ) -> tuple[TokenInfo, str]:
+        """A new token and its secret (shown to the caller once)."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token_id = "tok_" + secrets.token_hex(8)
+        expires_at = (
+            datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+        )
+        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """
+                INSERT INTO api_tokens (id, name, token_hash, prefix, scopes, created_by,
+                                        expires_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s)
+                RETURNING *
+                """,
+                (
+                    token_id,
+                    name,
+                    token_hash(secret),
+                    secret[: len(TOKEN_PREFIX) + 6],
+                    sorted(set(scopes)),
+                    created_by,
+                    expires_at,
+                ),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return convert(row, TokenInfo), secret
+
+    async def list(self, *, include_revoked: bool = False) -> list[TokenInfo]:
+        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM api_tokens WHERE %s OR revoked_at IS NULL ORDER BY created_at, id",
+                (include_revoked,),
+            )
+            return [convert(r, TokenInfo) for r in await cur.fetchall()]
+
+    async def revoke(self, token_id: str) -> TokenInfo | None:
+        """Revoke a token (again is harmless); ``None`` when there is no such token."""
+        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """
+                UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+                WHERE id = %s RETURNING *
+                """,
+                (token_id,),
+            )
+            row = await cur.fetchone()
+        self._cache.clear()
+        return convert(row, TokenInfo) if row is not None else None
+
+    async def principal(self, secret: str) -> Principal | None:
+        """Who holds ``secret``, if it is a valid (known, unrevoked, unexpired) token."""
+        digest = token_hash(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """
+                SELECT id, name, scopes FROM api_tokens
+                WHERE token_hash = %s AND revoked_at IS NULL
+                  AND (expires_at IS NULL OR expires_at > now())
+                """,
+                (digest,),
+            )
+            row = await cur.fetchone()
+        found = (
+            Principal(id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]), kind="token")
+            if row is not None
+            else None
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._cache_seconds, found)
+        if found is not None:
+            await self._touch(found.id, now)
+        return found
+
+    async def _touch(self, token_id: str, now: float) -> None:
+        """Record when a token was last used, at most once a minute per token."""
+        if now - self._last_used.get(token_id, -120.0) < 60.0:
+            return
+        self._last_used[token_id] = now
+        async with self._db.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE api_tokens SET last_used_at = now() WHERE id = %s", (token_id,)
+            )

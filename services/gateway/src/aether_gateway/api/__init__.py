@@ -1,0 +1,31 @@
+"""The REST and SSE API: routes that decode and validate, call the read model or the
+bus, and answer. Every error answers ``{"error": "<what went wrong>", "detail": ...}``."""
+
+from __future__ import annotations
+
+from litestar import Router
+from litestar.di import Provide
+
+from aether_gateway.api.admin import ADMIN_ROUTES
+from aether_gateway.api.commands import COMMAND_ROUTES
+from aether_gateway.api.context import GatewayContext
+from aether_gateway.api.errors import on_http_error, on_unexpected_error, on_validation_error
+from aether_gateway.api.live import LIVE_ROUTES
+from aether_gateway.api.queries import QUERY_ROUTES
+
+__all__ = [
+    "GatewayContext",
+    "on_http_error",
+    "on_unexpected_error",
+    "on_validation_error",
+    "router",
+]
+
+
+def router(ctx: GatewayContext) -> Router:
+    """Every API route, with ``ctx`` injected into each handler."""
+    return Router(
+        path="/",
+        route_handlers=[*COMMAND_ROUTES, *QUERY_ROUTES, *LIVE_ROUTES, *ADMIN_ROUTES],
+        dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
+    )

@@ -1,0 +1,134 @@
+"""Authentication and scopes.
+
+Every route except health, readiness and metrics needs a bearer token:
+
+- an API token (``aet_…``), looked up by its SHA-256 hash;
+- the bootstrap admin token from ``AETHER_ADMIN_TOKEN``, compared in constant time;
+- an OIDC access token (a JWT), verified against the identity provider's JWKS, when
+  ``AETHER_OIDC_JWKS_URL`` is set.
+
+Event streams also take the token as ``?access_token=`` (a browser's EventSource cannot
+send headers). Each route then names the scope it needs with a guard.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from aether_gateway.adapters.oidc import InvalidToken, OidcVerifier
+from aether_gateway.adapters.tokens import TokenStore
+from aether_gateway.domain.auth import TOKEN_PREFIX, Principal
+from aether_gateway.domain.auth import Scope as AetherScope
+
+log = logging.getLogger("aether.gateway.auth")
+
+# Route option: the route takes the token from ``?access_token=`` too.
+QUERY_TOKEN_OPT = "query_token"  # noqa: S105 (an option name)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="aether"'}
+
+BOOTSTRAP = Principal(
+    id="bootstrap", name="bootstrap-admin", scopes=frozenset({"admin"}), kind="bootstrap"
+)
+
+
+def _unauthorized(message: str) -> NotAuthorizedException:
+    return NotAuthorizedException(detail=message, headers=CHALLENGE)
+
+
+class Authenticator:
+    """Tells who holds a bearer token."""
+
+    def __init__(
+        self, tokens: TokenStore, *, admin_token: str = "", oidc: OidcVerifier | None = None
+    ) -> None:
+        self._tokens = tokens
+        self._admin_token = admin_token.encode()
+        self._oidc = oidc
+
+    async def principal(self, token: str) -> Principal:
+        if self._admin_token and hmac.compare_digest(token.encode(), self._admin_token):
+            return BOOTSTRAP
+        if token.startswith(TOKEN_PREFIX):
+            found = await self._tokens.principal(token)
+            if found is None:
+                raise _unauthorized("the token is unknown, revoked or expired")
+            return found
+        if self._oidc is not None and token.count(".") == 2:
+            try:
+                found = await self._oidc.principal(token)
+            except InvalidToken as error:
+                log.info("OIDC token refused", extra={"reason": str(error)})
+                raise _unauthorized(f"the OIDC token is not valid: {error}") from None
+            if not found.scopes:
+                raise PermissionDeniedException(
+                    detail="the OIDC token grants no Aether scope",
+                    extra={"scope_claim": self._oidc.settings.scope_claim},
+                )
+            return found
+        raise _unauthorized("the token is not valid")
+
+
+class AuthMiddleware(ASGIMiddleware):
+    """Puts the caller on ``scope["user"]``, or answers 401."""
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = "exclude_from_auth"
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
+        token = _bearer(connection.headers.get("authorization"))
+        if token is None and _route_opt(scope, QUERY_TOKEN_OPT):
+            token = connection.query_params.get("access_token") or None
+        if token is None:
+            raise _unauthorized("authentication required: send Authorization: Bearer <token>")
+        scope["user"] = await self.authenticator.principal(token)
+        await next_app(scope, receive, send)
+
+
+def _bearer(header: str | None) -> str | None:
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise _unauthorized("the Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def _route_opt(scope: Scope, key: str) -> bool:
+    handler = scope.get("route_handler")
+    opt = getattr(handler, "opt", None) or {}
+    return bool(opt.get(key))
+
+
+def requires(needed: AetherScope) -> Any:
+    """A guard: the caller's scopes must include ``needed`` (or a higher one)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if not isinstance(principal, Principal):
+            raise _unauthorized("authentication required")
+        if not principal.allows(needed):
+            raise PermissionDeniedException(
+                detail=f"this needs the {needed!r} scope",
+                extra={"needed": needed, "granted": sorted(principal.scopes)},
+            )
+
+    guard.__name__ = f"requires_{needed}"
+    return guard
+
+
+READ = requires("read")
+WRITE = requires("write")
+ADMIN = requires("admin")

@@ -1,0 +1,79 @@
+"""What the routes work with, built once by the app, and small helpers they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Request
+from litestar.exceptions import NotAuthorizedException, ServiceUnavailableException
+
+from aether_events import Event, tag_of
+from aether_gateway.adapters.bus import Bus
+from aether_gateway.adapters.hub import Hub
+from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
+from aether_gateway.adapters.queries import Queries
+from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.tokens import TokenStore
+from aether_gateway.config import GatewaySettings
+from aether_gateway.domain.auth import Principal
+
+log = logging.getLogger("aether.gateway.api")
+
+
+@dataclass
+class GatewayContext:
+    """The gateway's adapters, as the routes see them."""
+
+    settings: GatewaySettings
+    read_model: ReadModel
+    queries: Queries
+    bus: Bus
+    hub: Hub
+    tokens: TokenStore
+    idempotency: IdempotencyStore
+    mission_rate: RateLimiter
+    # Rebuilds the read model from both streams; set by the app (it needs the stream).
+    rebuild: Any = None
+    # Set when the app shuts down, so open event streams end instead of holding it up.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mission_url(self, mission_id: str) -> str:
+        return f"{self.settings.base_url}/missions/{mission_id}"
+
+    async def publish(self, event: Event) -> int:
+        """Publish a command's event; a bus that does not take it is a 503."""
+        try:
+            return await self.bus.publish(event)
+        except Exception as error:
+            log.exception("publishing failed", extra={"event_type": tag_of(type(event))})
+            raise ServiceUnavailableException(
+                detail="the event bus did not accept the request; try again",
+                extra={"reason": type(error).__name__},
+            ) from error
+
+    async def caught_up(self, within: float = 5.0) -> bool:
+        """Wait until the read model has folded everything the stream held when called.
+
+        Returns whether it was behind (so a caller knows a second look may differ).
+        """
+        target = await self.bus.last_sequence()
+        position = await self.read_model.position()
+        if position >= target:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while position < target and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            position = await self.read_model.position()
+        return True
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    """The authenticated caller (the auth middleware put it on the request)."""
+    user = request.scope.get("user")
+    if not isinstance(user, Principal):
+        raise NotAuthorizedException(detail="authentication required")
+    return user

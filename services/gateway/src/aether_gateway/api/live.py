@@ -1,0 +1,244 @@
+"""Live events as Server-Sent Events: one mission's, or everything.
+
+Each event's SSE ``id`` is its stream sequence, so a client that reconnects with
+``Last-Event-ID`` (or ``?after=``) resumes right after the last event it saw. Stored
+events are replayed from the hub's ring of recent events or from the read model, then
+live ones follow from the hub's single subscription. Telemetry (agent progress and
+heartbeats, on request) is sent without an ``id``: it is not replayed, and leaving the id
+out keeps the client's resume point on the last mission event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from aether_events import TERMINAL_TYPES, TYPES_BY_TAG, decode, encode, is_valid_token, tag_of
+from aether_gateway import metrics
+from aether_gateway.adapters.hub import CLOSED, IDLE, Filter, StreamedEvent
+from aether_gateway.api.auth import QUERY_TOKEN_OPT, READ
+from aether_gateway.api.context import GatewayContext
+from aether_gateway.api.errors import bad_request, error_responses, mission_not_found
+
+log = logging.getLogger("aether.gateway.live")
+
+TERMINAL_TAGS = frozenset(tag_of(cls) for cls in TERMINAL_TYPES)
+_PAGE = 500
+# How long a replay waits for the read model to reach events the ring no longer holds.
+_CATCH_UP_SECONDS = 30.0
+
+LastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        required=False,
+        description="The id of the last event received: the stream resumes after it",
+    ),
+]
+After = Annotated[int | None, QueryParameter(ge=0, description="Resume after this stream sequence")]
+AccessToken = Annotated[
+    str | None,
+    QueryParameter(
+        description="The bearer token, for clients that cannot send headers (EventSource)"
+    ),
+]
+Telemetry = Annotated[
+    bool, QueryParameter(description="Also send agent progress and heartbeats (no id)")
+]
+
+
+def _resume_point(last_event_id: str | None, after: int | None) -> int:
+    if last_event_id:
+        try:
+            value = int(last_event_id)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise bad_request(
+                "Last-Event-ID must be a stream sequence (a non-negative integer)",
+                key="Last-Event-ID",
+                value=last_event_id,
+            )
+        return value
+    return after or 0
+
+
+async def _replay(
+    ctx: GatewayContext, after: int, upto: int, wanted: Filter
+) -> AsyncIterator[StreamedEvent]:
+    """The stored events in ``(after, upto]`` that ``wanted`` matches, in order: from the
+    read model as far as it has folded, then from the hub's ring."""
+    position = min(await ctx.read_model.position(), upto)
+    recent: list[StreamedEvent] | None = []
+    if position < upto:
+        recent = ctx.hub.recent(max(after, position), upto, wanted)
+        if recent is None:
+            # The ring has moved past what the read model has folded: wait for it.
+            position = await _wait_for_position(ctx, upto)
+            recent = ctx.hub.recent(max(after, position), upto, wanted) if position < upto else []
+            if recent is None:
+                raise RuntimeError("the read model is too far behind the stream to replay")
+    cursor = after
+    while cursor < position:
+        page = await ctx.queries.events(
+            mission_id=wanted.mission_id,
+            types=sorted(wanted.types) if wanted.types else None,
+            after=cursor,
+            upto=position,
+            limit=_PAGE,
+        )
+        for stored in page:
+            yield StreamedEvent(
+                sequence=stored.seq,
+                mission_id=stored.mission_id,
+                type=stored.type,
+                task_id=stored.task_id,
+                # The same bytes the hub sends live: stored JSON, decoded and encoded again.
+                data=encode(decode(msgspec.json.encode(stored.data))),
+            )
+        if len(page) < _PAGE:
+            break
+        cursor = page[-1].seq
+    for event in recent or []:
+        yield event
+
+
+async def _wait_for_position(ctx: GatewayContext, target: int) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _CATCH_UP_SECONDS
+    position = await ctx.read_model.position()
+    while position < target and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+        position = await ctx.read_model.position()
+    return min(position, target)
+
+
+def _message(event: StreamedEvent) -> ServerSentEventMessage:
+    return ServerSentEventMessage(id=event.sequence, event=event.type, data=event.data.decode())
+
+
+def _stream(
+    ctx: GatewayContext, wanted: Filter, after: int, *, until_terminal: bool = False
+) -> ServerSentEvent:
+    # Registered before anything is replayed: every event after ``start`` reaches the
+    # queue, every event up to it comes from the replay.
+    subscriber = ctx.hub.subscribe(wanted)
+    start = subscriber.start
+    idle = ctx.settings.sse_keepalive_seconds
+
+    async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
+        metrics.SSE_CLIENTS.inc()
+        last = after
+        try:
+            if after < start:
+                async for event in _replay(ctx, after, start, wanted):
+                    yield _message(event)
+                    last = event.sequence or last
+                    if until_terminal and event.type in TERMINAL_TAGS:
+                        return
+            while not ctx.closing.is_set():
+                item = await subscriber.next(idle)
+                if item is IDLE:
+                    yield ServerSentEventMessage(comment="keep-alive", data=None)
+                    continue
+                if item is CLOSED or not isinstance(item, StreamedEvent):
+                    if subscriber.overflowed:
+                        log.warning("event-stream client fell behind; letting it go")
+                    return
+                if item.sequence is not None:
+                    if item.sequence <= last:
+                        continue  # replayed already
+                    last = item.sequence
+                yield _message(item)
+                if until_terminal and item.type in TERMINAL_TAGS:
+                    return
+        finally:
+            subscriber.close()
+            metrics.SSE_CLIENTS.dec()
+
+    return ServerSentEvent(messages())
+
+
+_STREAM = ResponseSpec(
+    data_container=str,
+    media_type="text/event-stream",
+    generate_examples=False,
+    description=(
+        "Server-Sent Events: `id` is the stream sequence, `event` the event type, `data` "
+        "the event as JSON; a `: keep-alive` comment when quiet"
+    ),
+)
+_SSE_ERRORS = {200: _STREAM, **error_responses(400, 401, 403, 404)}
+
+
+@get(
+    "/missions/{mission_id:str}/events",
+    summary="One mission's events as Server-Sent Events",
+    guards=[READ],
+    responses=_SSE_ERRORS,
+    opt={QUERY_TOKEN_OPT: True},
+    tags=["events"],
+)
+async def mission_events(
+    ctx: NamedDependency[GatewayContext],
+    mission_id: FromPath[str],
+    after: After = None,
+    until_terminal: Annotated[
+        bool, QueryParameter(description="End the stream once the mission has finished")
+    ] = False,
+    telemetry: Telemetry = False,
+    last_event_id: LastEventId = None,
+    access_token: AccessToken = None,
+) -> ServerSentEvent:
+    """Replays the mission's stored events, then streams live ones, with a comment as a
+    keep-alive whenever the stream has been quiet for a while."""
+    start = _resume_point(last_event_id, after)
+    if not is_valid_token(mission_id):
+        raise mission_not_found(mission_id)
+    if (
+        await ctx.queries.mission(mission_id) is None
+        and not await ctx.queries.has_events(mission_id)
+        and not await ctx.bus.has_history(mission_id)
+    ):
+        raise mission_not_found(mission_id)
+    wanted = Filter(mission_id=mission_id, telemetry=telemetry)
+    return _stream(ctx, wanted, start, until_terminal=until_terminal)
+
+
+@get(
+    "/events/stream",
+    summary="Every mission's events as Server-Sent Events",
+    guards=[READ],
+    responses={200: _STREAM, **error_responses(400, 401, 403)},
+    opt={QUERY_TOKEN_OPT: True},
+    tags=["events"],
+)
+async def all_events(
+    ctx: NamedDependency[GatewayContext],
+    type: Annotated[
+        list[str] | None, QueryParameter(description="Only these event types (repeat)")
+    ] = None,
+    after: After = None,
+    telemetry: Telemetry = False,
+    last_event_id: LastEventId = None,
+    access_token: AccessToken = None,
+) -> ServerSentEvent:
+    """Every event of every mission, replayed after the resume point, then live."""
+    start = _resume_point(last_event_id, after)
+    types = frozenset(t for v in type or [] for t in v.split(",") if t) or None
+    unknown = sorted((types or frozenset()) - TYPES_BY_TAG.keys())
+    if unknown:
+        raise bad_request(f"unknown event type {unknown[0]!r}", allowed=sorted(TYPES_BY_TAG))
+    return _stream(ctx, Filter(types=types, telemetry=telemetry), start)
+
+
+LIVE_ROUTES = [mission_events, all_events]

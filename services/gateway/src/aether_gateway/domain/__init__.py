@@ -1,0 +1,47 @@
+"""The gateway's pure core: read-model rows, how events fold into them, the task graph,
+what commands become, and who may run them. Imports only the standard library,
+msgspec and the event catalogue."""
+
+from aether_gateway.domain.fold import Changes, MissionView, fold, session_update
+from aether_gateway.domain.graph import Edge, Graph, task_graph
+from aether_gateway.domain.model import (
+    MISSION_STATUSES,
+    TASK_STATUSES,
+    TERMINAL_STATUSES,
+    AgentSession,
+    BudgetAlert,
+    Mission,
+    MissionMessage,
+    MissionStatus,
+    Plan,
+    SessionUpdate,
+    Task,
+    TaskStatus,
+    UsageEntry,
+)
+from aether_gateway.domain.status import next_status, resumed_status
+
+__all__ = [
+    "MISSION_STATUSES",
+    "TASK_STATUSES",
+    "TERMINAL_STATUSES",
+    "AgentSession",
+    "BudgetAlert",
+    "Changes",
+    "Edge",
+    "Graph",
+    "Mission",
+    "MissionMessage",
+    "MissionStatus",
+    "MissionView",
+    "Plan",
+    "SessionUpdate",
+    "Task",
+    "TaskStatus",
+    "UsageEntry",
+    "fold",
+    "next_status",
+    "resumed_status",
+    "session_update",
+    "task_graph",
+]

@@ -1,0 +1,52 @@
+"""Who may do what: the scopes of a caller, pure.
+
+Scopes are ordered: ``admin`` may do everything ``write`` may, and ``write`` everything
+``read`` may. A token names the scopes it was given; the highest one decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final, Literal
+
+import msgspec
+
+Scope = Literal["read", "write", "admin"]
+SCOPES: Final[tuple[Scope, ...]] = ("read", "write", "admin")
+_RANK: Final[dict[str, int]] = {scope: rank for rank, scope in enumerate(SCOPES)}
+
+# API tokens carry this prefix, so they are told apart from OIDC tokens (JWTs) at a
+# glance, and secret scanners can recognise a leaked one.
+TOKEN_PREFIX: Final = "aet_"  # noqa: S105 (a prefix, not a secret)
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller of one request."""
+
+    id: str
+    name: str
+    scopes: frozenset[str]
+    kind: Literal["token", "bootstrap", "oidc"]
+
+    def allows(self, needed: Scope) -> bool:
+        return any(_RANK.get(scope, -1) >= _RANK[needed] for scope in self.scopes)
+
+
+def token_hash(token: str) -> str:
+    """How a token is stored. API tokens are 256 random bits, so a plain SHA-256 cannot be
+    reversed or guessed; a slow password hash would only slow every request down."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_scopes(values: list[str] | str, prefix: str = "") -> frozenset[str]:
+    """The Aether scopes among ``values`` (an OIDC ``scope`` string or a list of roles),
+    each spelt ``<prefix><scope>``; anything else is ignored."""
+    items = values.split() if isinstance(values, str) else values
+    found = set()
+    for item in items:
+        if not isinstance(item, str) or not item.startswith(prefix):
+            continue
+        name = item[len(prefix) :]
+        if name in _RANK:
+            found.add(name)
+    return frozenset(found)

@@ -1,0 +1,170 @@
+"""Commands, pure: given the mission as the read model shows it, the event a person's
+request becomes, or why it is refused.
+
+Every event a command publishes has an id named by the step it takes (this plan
+version's approval, the pause after the n-th resume, this task's retry after attempt n),
+so a request repeated before the first is folded, or sent by two people at once, is
+stored once: the stream drops the second copy by its ``Nats-Msg-Id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from aether_events import (
+    BudgetRaised,
+    MissionCancelled,
+    MissionMessagePosted,
+    MissionPaused,
+    MissionResumed,
+    PlanApproved,
+    PlanRevisionRequested,
+    TaskRetryRequested,
+    TaskSkipped,
+    derived_id,
+)
+from aether_gateway.domain.model import TERMINAL_STATUSES, Mission, Task
+
+RETRYABLE_TASK_STATUSES = frozenset({"escalated", "failed"})
+
+
+class Refusal(Exception):
+    """A command that cannot be carried out as asked; ``kind`` says why in HTTP terms."""
+
+    def __init__(self, kind: Literal["not_found", "conflict"], message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.detail = detail or None
+
+
+def _meta(mission: Mission, event_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "mission_id": mission.id,
+        "occurred_at": now,
+        "correlation_id": mission.correlation_id,
+        "causation_id": None,
+    }
+
+
+def _refuse_finished(mission: Mission) -> None:
+    if mission.status in TERMINAL_STATUSES:
+        raise Refusal("conflict", f"the mission is {mission.status}", status=mission.status)
+
+
+def approve(mission: Mission, version: int | None, now: datetime, by: str | None) -> PlanApproved:
+    """Approve the latest plan (``version`` must be it when given), once per version."""
+    _refuse_finished(mission)
+    latest = mission.plan_version
+    if latest is None:
+        raise Refusal("conflict", "the mission has no plan to approve yet", status=mission.status)
+    version = latest if version is None else version
+    if version != latest:
+        raise Refusal(
+            "conflict",
+            f"plan version {version} is not the latest (the latest is {latest})",
+            version=version,
+            latest_version=latest,
+        )
+    if mission.approved_version is not None and mission.approved_version >= version:
+        raise Refusal("conflict", f"plan version {version} is already approved", version=version)
+    return PlanApproved(
+        **_meta(mission, derived_id(mission.id, "plan_approved", version), now),
+        version=version,
+        approved_by=by,
+        automatic=False,
+    )
+
+
+def post_message(
+    mission: Mission, text: str, now: datetime, by: str | None, event_id: str
+) -> tuple[MissionMessagePosted, PlanRevisionRequested | None]:
+    """A message to the mission; while a plan awaits approval it is also that plan's
+    feedback, and asks for a revision of it (once per plan version)."""
+    _refuse_finished(mission)
+    message = MissionMessagePosted(**_meta(mission, event_id, now), text=text, author=by)
+    if mission.status != "awaiting_approval" or mission.plan_version is None:
+        return message, None
+    version = mission.plan_version
+    revision = PlanRevisionRequested(
+        **{
+            **_meta(mission, derived_id(mission.id, "plan_revision_requested", version), now),
+            "causation_id": message.event_id,
+        },
+        feedback=text,
+        base_version=version,
+        requested_by=by,
+    )
+    return message, revision
+
+
+def pause(mission: Mission, reason: str, now: datetime, by: str | None) -> MissionPaused:
+    _refuse_finished(mission)
+    if mission.status == "paused":
+        raise Refusal("conflict", "the mission is already paused", status=mission.status)
+    event_id = derived_id(mission.id, "mission_paused", mission.resumes)
+    return MissionPaused(**_meta(mission, event_id, now), reason=reason, requested_by=by)
+
+
+def resume(mission: Mission, now: datetime, by: str | None) -> MissionResumed:
+    _refuse_finished(mission)
+    if mission.status != "paused":
+        raise Refusal("conflict", "the mission is not paused", status=mission.status)
+    event_id = derived_id(mission.id, "mission_resumed", mission.pauses)
+    return MissionResumed(**_meta(mission, event_id, now), requested_by=by)
+
+
+def cancel(mission: Mission, reason: str, now: datetime, by: str | None) -> MissionCancelled:
+    _refuse_finished(mission)
+    event_id = derived_id(mission.id, "mission_cancelled")
+    return MissionCancelled(**_meta(mission, event_id, now), reason=reason, requested_by=by)
+
+
+def _escalated_task(mission: Mission, task: Task | None, task_id: str, verb: str) -> Task:
+    _refuse_finished(mission)
+    if task is None:
+        raise Refusal("not_found", f"task {task_id!r} not found in mission {mission.id!r}")
+    if task.status not in RETRYABLE_TASK_STATUSES:
+        raise Refusal(
+            "conflict",
+            f"task {task_id!r} is {task.status}; only an escalated or failed task can be {verb}",
+            status=task.status,
+        )
+    return task
+
+
+def retry_task(
+    mission: Mission, task: Task | None, task_id: str, now: datetime, by: str | None
+) -> TaskRetryRequested:
+    """Run an escalated (or failed) task again, once per attempt it stopped at."""
+    found = _escalated_task(mission, task, task_id, "retried")
+    event_id = derived_id(mission.id, "task_retry_requested", task_id, found.attempt)
+    return TaskRetryRequested(**_meta(mission, event_id, now), task_id=task_id, requested_by=by)
+
+
+def skip_task(
+    mission: Mission, task: Task | None, task_id: str, reason: str, now: datetime, by: str | None
+) -> TaskSkipped:
+    """Give up on an escalated (or failed) task so its dependents may go on."""
+    _escalated_task(mission, task, task_id, "skipped")
+    event_id = derived_id(mission.id, "task_skipped", task_id)
+    return TaskSkipped(
+        **_meta(mission, event_id, now), task_id=task_id, reason=reason, requested_by=by
+    )
+
+
+def raise_budget(
+    mission: Mission, budget_usd: float, now: datetime, by: str | None
+) -> BudgetRaised:
+    """A higher budget (or a first one), once per amount."""
+    _refuse_finished(mission)
+    if mission.budget_usd is not None and budget_usd <= mission.budget_usd:
+        raise Refusal(
+            "conflict",
+            f"the new budget must be more than the current one (${mission.budget_usd:.2f})",
+            budget_usd=mission.budget_usd,
+        )
+    event_id = derived_id(mission.id, "budget_raised", repr(float(budget_usd)))
+    return BudgetRaised(**_meta(mission, event_id, now), budget_usd=budget_usd, requested_by=by)

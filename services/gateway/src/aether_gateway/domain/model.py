@@ -1,0 +1,239 @@
+"""The read model's rows, as plain values: what a mission, a plan, a task and an agent
+session look like to the people and programs asking the gateway."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, Literal
+
+import msgspec
+
+from aether_events import PlannedTask
+
+MissionStatus = Literal[
+    "requested",
+    "preparing",
+    "awaiting_input",
+    "awaiting_approval",
+    "plan_failed",
+    "running",
+    "paused",
+    "completed",
+    "answered",
+    "failed",
+    "cancelled",
+]
+TaskStatus = Literal[
+    "pending",
+    "ready",
+    "running",
+    "completed",
+    "merged",
+    "conflicted",
+    "failed",
+    "escalated",
+    "skipped",
+]
+SessionStatus = Literal["running", "completed", "failed", "timed_out"]
+
+MISSION_STATUSES: Final[tuple[str, ...]] = MissionStatus.__args__  # type: ignore[attr-defined]
+TASK_STATUSES: Final[tuple[str, ...]] = TaskStatus.__args__  # type: ignore[attr-defined]
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
+    {"completed", "answered", "failed", "cancelled"}
+)
+
+
+class Mission(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``missions``."""
+
+    id: str
+    status: MissionStatus
+    repository: str
+    base_branch: str
+    requirement: str
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+    auto_approve: bool = False
+    budget_usd: float | None = None
+    max_concurrency: int = 4
+    max_tasks: int = 20
+    model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
+    verify_command: str | None = None
+    requested_by: str | None = None
+    integration_branch: str | None = None
+    base_sha: str | None = None
+    final_sha: str | None = None
+    plan_version: int | None = None
+    approved_version: int | None = None
+    # Questions the planner asked and nobody has answered yet.
+    questions: list[str] = msgspec.field(default_factory=list)
+    answer: str | None = None
+    offline: bool = False
+    model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cache_read: int = 0
+    tokens_cache_write: int = 0
+    # The sum of the costs that are known; ``None`` until one is. ``cost_complete`` turns
+    # false once a model call of unknown price is recorded, so a partial sum never
+    # passes for the whole cost.
+    cost_usd: float | None = None
+    cost_complete: bool = True
+    budget_warning: bool = False
+    budget_exceeded: bool = False
+    current_wave: int | None = None
+    # How many times the mission was paused and resumed: a pause or resume command names
+    # its step by these, so a repeated command is stored once.
+    pauses: int = 0
+    resumes: int = 0
+    error: str | None = None
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``plans``: a version of a mission's plan."""
+
+    mission_id: str
+    version: int
+    tasks: list[PlannedTask]
+    produced_at: datetime
+    rationale: str = ""
+    model: str = ""
+    offline: bool = False
+    repairs: list[str] = msgspec.field(default_factory=list)
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``tasks``: where a planned task stands now."""
+
+    mission_id: str
+    task_id: str
+    title: str
+    updated_at: datetime
+    position: int = 0
+    description: str = ""
+    files: list[str] = msgspec.field(default_factory=list)
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    tier: str = "standard"
+    status: TaskStatus = "pending"
+    attempt: int = 0
+    wave: int | None = None
+    model: str | None = None
+    runner_id: str | None = None
+    branch: str | None = None
+    base_sha: str | None = None
+    commit_sha: str | None = None
+    merge_sha: str | None = None
+    summary: str = ""
+    files_changed: list[str] = msgspec.field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+    cost_complete: bool = True
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class UsageEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``usage_records``: a model call (or several) and its cost."""
+
+    seq: int
+    mission_id: str
+    occurred_at: datetime
+    service: str
+    step: str
+    model: str
+    offline: bool = False
+    task_id: str | None = None
+    attempt: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
+
+
+MessageKind = Literal["question", "message", "answer"]
+
+
+class MissionMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``mission_messages``: the conversation between people and the planner."""
+
+    seq: int
+    mission_id: str
+    kind: MessageKind
+    text: str
+    occurred_at: datetime
+    author: str | None = None
+
+
+class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``budget_alerts``: a budget warned about or used up.
+
+    ``scope`` is ``mission``, ``daily:YYYY-MM-DD`` or ``monthly:YYYY-MM``.
+    """
+
+    seq: int
+    mission_id: str
+    scope: str
+    kind: Literal["warning", "exceeded"]
+    spent_usd: float
+    budget_usd: float
+    occurred_at: datetime
+
+
+class SessionUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """What one event says about an agent session (one attempt at one task).
+
+    The adapter merges it into ``agent_sessions`` so that the order in which the mission
+    stream and the telemetry stream are folded does not change the result: ``status`` is
+    only set by mission events, ``last_seen_at`` keeps the latest time, progress is taken
+    from the newest progress report, and usage adds up.
+    """
+
+    mission_id: str
+    task_id: str
+    attempt: int
+    seen_at: datetime
+    runner_id: str | None = None
+    model: str | None = None
+    status: SessionStatus | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    # Progress (from AgentProgress), applied when newer than what is stored.
+    progress_at: datetime | None = None
+    turns: int = 0
+    tool_calls: int = 0
+    files_changed: list[str] = msgspec.field(default_factory=list)
+    last_action: str = ""
+    # Usage to add (from UsageRecorded).
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+    unknown_cost: bool = False
+
+
+class AgentSession(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``agent_sessions``: an agent at work on one attempt of one task."""
+
+    mission_id: str
+    task_id: str
+    attempt: int
+    status: SessionStatus
+    last_seen_at: datetime
+    runner_id: str | None = None
+    model: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    progress_at: datetime | None = None
+    turns: int = 0
+    tool_calls: int = 0
+    files_changed: list[str] = msgspec.field(default_factory=list)
+    last_action: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+    cost_complete: bool = True
