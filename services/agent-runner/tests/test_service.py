@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import sys
 import threading
 import time
@@ -443,9 +444,15 @@ class PidReport:
             self._server.close()
 
 
-def alive(pid: int) -> bool:
+def alive(pid: int, grace: float = 5.0) -> bool:
+    """Whether ``pid`` is still alive ``grace`` seconds from now at the latest: a process
+    sent SIGKILL takes a moment to die, and its pidfd turns readable when it has."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
         return False
-    return "\nState:\tZ" not in status
+    try:
+        readable, _, _ = select.select([fd], [], [], grace)
+    finally:
+        os.close(fd)
+    return not readable

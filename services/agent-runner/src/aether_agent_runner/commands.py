@@ -2,12 +2,13 @@
 
 A command is one program with arguments, split like a shell would but run without one, so
 pipes, redirection and chaining are not available and cannot smuggle in a program that is
-not allowed. Its environment is built from scratch: a few harmless variables (``PATH``,
-locale, terminal) plus the ones an operator names, and never anything that looks like a
-credential, whatever it is called in the runner's own environment. ``HOME`` and the temporary
-and cache directories point to a scratch directory outside the worktree, so nothing a tool
-caches lands in the commit. The command and everything it starts run in their own process
-group, which is killed on timeout, on cancellation and once the command has exited.
+not allowed (``$(…)`` and backquotes are passed on as plain text). Its environment is
+built from scratch: a few harmless variables (``PATH``, locale, terminal) plus the ones an
+operator names, and never anything that looks like a credential, whatever it is called in
+the runner's own environment. ``HOME`` and the temporary and cache directories point to a
+scratch directory outside the worktree, so nothing a tool caches lands in the commit. The
+command and everything it starts run in their own process group, which is killed on
+timeout, on cancellation and once the command has exited.
 
 This is a guard against mistakes, not a sandbox: an allowed interpreter can still read
 what the runner's user can read. Run the runner in a container to isolate it.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from aether_agent_runner.workspace import ToolError, Workspace
 
-SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "2>&1", "&>"})
+SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "&>"})
 
 # Names passed through from the runner's environment when present.
 SAFE_VARIABLES = frozenset(
@@ -103,12 +104,14 @@ def parse_command(command: str, policy: CommandPolicy, workspace: Workspace) -> 
         argv = shlex.split(command)
     except ValueError as error:
         raise ToolError(f"cannot split the command: {error}") from None
+    # Output already comes back with stderr merged into stdout; a habitual 2>&1 is dropped.
+    argv = [arg for arg in argv if arg != "2>&1"]
     if not argv:
         raise ToolError("a command is required")
-    operators = [arg for arg in argv if arg in SHELL_OPERATORS or "$(" in arg or "`" in arg]
+    operators = [arg for arg in argv if arg in SHELL_OPERATORS]
     if operators:
         raise ToolError(
-            "commands run without a shell: pipes, redirection, chaining and substitution "
+            "commands run without a shell: pipes, redirection and chaining "
             f"({' '.join(operators)}) are not available; run one program at a time"
         )
     program = argv[0]

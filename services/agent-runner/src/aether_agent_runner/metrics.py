@@ -13,7 +13,7 @@ TOOL_CALLS = Counter(
 MODEL_CALLS = Counter("aether_agent_model_calls_total", "Model calls the agents made")
 RESULTS = Counter(
     "aether_agent_results_total",
-    "Attempts ended, by result (completed, failed, stopped, limit)",
+    "Attempts ended, by result (completed, empty, ended by a limit or the model, stopped)",
     ["result"],
 )
 RESUMED = Counter(
