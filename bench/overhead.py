@@ -95,7 +95,9 @@ def summary(values: list[float]) -> str:
 async def run_mission(stack: Stack, repo: Path, n: int, concurrency: int) -> list[Event]:
     nc = await nats.connect(stack.nats_url)
     try:
-        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=stack.gateway_url, timeout=30, headers=stack.auth_headers
+        ) as http:
             created = await http.post(
                 "/missions",
                 json={

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -12,9 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aether.client import ApiError, GatewayClient, SseEvent
+from aether import commands
+from aether.client import ApiError, GatewayClient
+from aether.credentials import TOKEN_FILE
+from aether.render import describe
+from aether.watch import TERMINAL
 
-TERMINAL = {"mission_completed", "mission_failed", "mission_cancelled"}
+SCOPES = ("read", "write", "admin")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every gateway command takes, before or after its name."""
+    parser.add_argument(
+        "--url", default=argparse.SUPPRESS, help="gateway URL ($AETHER_URL, http://127.0.0.1:8100)"
+    )
+    parser.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help=f"API token ($AETHER_TOKEN, else the local stack's .aether/{TOKEN_FILE})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common)
     parser = argparse.ArgumentParser(
         prog="aether", description="Turn a software requirement into merged code."
     )
-    parser.add_argument("--url", help="gateway URL (default $AETHER_URL or http://127.0.0.1:8100)")
+    _add_common(parser)
+    # Given before the command or after it; the command's own copy only sets what it got.
+    parser.set_defaults(url=None, token=None, json=False)
     sub = parser.add_subparsers(title="commands")
 
     up = sub.add_parser("up", help="run NATS, PostgreSQL and the five services locally")
@@ -50,136 +72,115 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="echo service logs")
     demo.set_defaults(run=_demo)
 
-    mission = sub.add_parser("mission", help="submit, list, show, watch and approve missions")
+    _mission_parsers(sub, common)
+    _other_parsers(sub, common)
+    return parser
+
+
+def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    mission = sub.add_parser("mission", help="submit, follow and steer missions")
     msub = mission.add_subparsers(title="mission commands")
-    submit = msub.add_parser("submit", help="submit a mission")
+
+    def command(name: str, run: Any, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = msub.add_parser(name, help=help, parents=[common])
+        parser.set_defaults(run=run)
+        return parser
+
+    submit = command("submit", commands.submit, "submit a mission")
     submit.add_argument("requirement")
     submit.add_argument("--repo", required=True, help="path of the git repository")
     submit.add_argument("--base", default="main", help="base branch (default main)")
     submit.add_argument("--budget", type=float, help="budget in USD")
-    submit.add_argument("--concurrency", type=int, default=4)
+    submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
+    submit.add_argument("--max-tasks", type=int, help="most tasks the plan may have")
+    submit.add_argument("--model", action="append", metavar="TIER=MODEL", help="model override")
     submit.add_argument("--auto-approve", action="store_true")
     submit.add_argument("--verify", help="command that must pass on the merged tree")
+    submit.add_argument("--idempotency-key", help="submitting again with it creates no second")
     submit.add_argument("--watch", action="store_true", help="watch the mission afterwards")
-    submit.set_defaults(run=_submit)
-    listing = msub.add_parser("list", help="list missions")
-    listing.add_argument("--status")
-    listing.set_defaults(run=_list)
-    show = msub.add_parser("show", help="show one mission with its plan and tasks")
+
+    listing = command("list", commands.list_missions, "list missions, newest first")
+    listing.add_argument("--status", action="append", help="only this status (repeatable)")
+    listing.add_argument("--repo", help="only missions on this repository")
+    listing.add_argument("--since", help="only missions created since (YYYY-MM-DD)")
+    listing.add_argument("--limit", type=int, default=20, help="page size (default 20)")
+    listing.add_argument("--all", action="store_true", help="follow every page")
+
+    show = command("show", commands.show, "a mission with its plan, tasks and cost")
     show.add_argument("mission_id")
-    show.set_defaults(run=_show)
-    watch = msub.add_parser("watch", help="follow a mission's events live")
+
+    watch = command("watch", commands.watch, "live board of a mission's tasks")
     watch.add_argument("mission_id")
-    watch.set_defaults(run=_watch)
-    approve = msub.add_parser("approve", help="approve a mission's plan")
+    watch.add_argument("--events", action="store_true", help="one line per event, no board")
+
+    approve = command("approve", commands.approve, "approve the mission's plan")
     approve.add_argument("mission_id")
     approve.add_argument("--version", type=int, help="plan version (default: the latest)")
-    approve.set_defaults(run=_approve)
-    return parser
+
+    message = command("message", commands.message, "answer the planner, or give plan feedback")
+    message.add_argument("mission_id")
+    message.add_argument("text")
+
+    for name, run, help in (
+        ("pause", commands.pause, "pause: running tasks finish, no new one starts"),
+        ("cancel", commands.cancel, "cancel the mission"),
+    ):
+        parser = command(name, run, help)
+        parser.add_argument("mission_id")
+        parser.add_argument("--reason")
+    command("resume", commands.resume, "resume a paused mission").add_argument("mission_id")
+
+    retry = command("retry", commands.retry, "run an escalated task again")
+    retry.add_argument("mission_id")
+    retry.add_argument("task_id")
+    skip = command("skip", commands.skip, "skip an escalated task")
+    skip.add_argument("mission_id")
+    skip.add_argument("task_id")
+    skip.add_argument("--reason")
+
+    budget = command("budget", commands.budget, "raise the mission's budget")
+    budget.add_argument("mission_id")
+    budget.add_argument("budget_usd", type=float, help="the new budget in USD")
 
 
-# --- mission commands --------------------------------------------------------------
+def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (admin)")
+    tsub = tokens.add_subparsers(title="token commands")
+    create = tsub.add_parser("create", help="create a token", parents=[common])
+    create.add_argument("name")
+    create.add_argument(
+        "--scope", action="append", choices=SCOPES, required=True, help="read, write or admin"
+    )
+    create.add_argument("--expires-days", type=int)
+    create.set_defaults(run=commands.token_create)
+    listing = tsub.add_parser("list", help="list tokens", parents=[common])
+    listing.add_argument("--all", action="store_true", help="revoked ones too")
+    listing.set_defaults(run=commands.token_list)
+    revoke = tsub.add_parser("revoke", help="revoke a token", parents=[common])
+    revoke.add_argument("token_id")
+    revoke.set_defaults(run=commands.token_revoke)
+    whoami = tsub.add_parser("whoami", help="who the gateway takes you for", parents=[common])
+    whoami.set_defaults(run=commands.whoami)
 
+    admin = sub.add_parser("admin", help="administration")
+    asub = admin.add_subparsers(title="admin commands")
+    rebuild = asub.add_parser(
+        "rebuild-read-model",
+        help="rebuild the gateway's read model from the event streams",
+        parents=[common],
+    )
+    rebuild.set_defaults(run=commands.rebuild_read_model)
 
-def _client(args: argparse.Namespace) -> GatewayClient:
-    return GatewayClient(args.url)
+    usage = sub.add_parser("usage", help="model usage and cost", parents=[common])
+    usage.add_argument("--by", choices=("day", "month", "mission", "model"), default="day")
+    usage.add_argument("--mission", help="one mission only")
+    usage.add_argument("--since", help="YYYY-MM-DD")
+    usage.set_defaults(run=commands.usage)
 
-
-def _submit(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
-        "repository": str(Path(args.repo).resolve()) if "://" not in args.repo else args.repo,
-        "requirement": args.requirement,
-        "base_branch": args.base,
-        "auto_approve": args.auto_approve,
-        "max_concurrency": args.concurrency,
-    }
-    if args.budget is not None:
-        body["budget_usd"] = args.budget
-    if args.verify:
-        body["verify_command"] = args.verify
-    created = _client(args).submit(body)
-    print(created["mission_id"])
-    if args.watch:
-        args.mission_id = created["mission_id"]
-        return _watch(args)
-    return 0
-
-
-def _list(args: argparse.Namespace) -> int:
-    for m in _client(args).list(args.status):
-        requirement = _short(m.get("requirement", ""))
-        print(f"{m['id']}  {m['status']:<18} {m.get('repository', '')}  {requirement}")
-    return 0
-
-
-def _show(args: argparse.Namespace) -> int:
-    print(json.dumps(_client(args).show(args.mission_id), indent=2, default=str))
-    return 0
-
-
-def _approve(args: argparse.Namespace) -> int:
-    _client(args).approve(args.mission_id, args.version)
-    print(f"approved the plan of {args.mission_id}")
-    return 0
-
-
-def _watch(args: argparse.Namespace) -> int:
-    last: str | None = None
-    while True:
-        try:
-            for event in _client(args).events(args.mission_id, last_event_id=last):
-                last = event.id or last
-                print(describe(event), flush=True)
-                if event.event in TERMINAL:
-                    return 0 if event.event == "mission_completed" else 1
-        except (OSError, ApiError) as error:  # reconnect from the last event seen
-            if isinstance(error, ApiError) and error.status < 500:
-                raise
-            time.sleep(1.0)
-            continue
-        return 0
-
-
-def _short(text: str, width: int = 60) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def describe(event: SseEvent) -> str:
-    """One line per event, for people."""
-    d = event.data
-    kind = event.event
-    task = d.get("task_id") or (d.get("task") or {}).get("id") or ""
-    detail = ""
-    if kind == "plan_produced":
-        offline = " [OFFLINE model]" if d.get("offline") else ""
-        detail = f"v{d['version']}: {len(d['tasks'])} tasks by {d.get('model')}{offline}"
-    elif kind == "repository_prepared":
-        detail = f"{d['integration_branch']} from {d['base_branch']}@{d['base_sha'][:10]}"
-    elif kind == "task_ready":
-        detail = f"attempt {d['attempt']}, wave {d['wave']}, model {d['model']}"
-    elif kind == "workspace_ready":
-        detail = f"{d['branch']} at {d['base_sha'][:10]}"
-    elif kind == "agent_completed":
-        detail = f"{d['commit_sha'][:10]} {', '.join(d.get('files_changed', []))}"
-    elif kind == "branch_merged":
-        detail = f"{d['merge_sha'][:10]}" + (" (fast-forward)" if d.get("fast_forward") else "")
-    elif kind in ("merge_conflicted",):
-        detail = "conflict in " + ", ".join(d.get("files", []))
-    elif kind in ("agent_failed", "mission_failed", "plan_failed", "task_escalated"):
-        detail = d.get("reason", "")
-    elif kind == "mission_completed":
-        usage = d.get("usage") or {}
-        cost = usage.get("cost_usd")
-        detail = (
-            f"{d['integration_branch']} @ {d['final_sha'][:10]}, {d['tasks_merged']} tasks, "
-            f"cost {'unknown' if cost is None else f'${cost:.4f}'}"
-        )
-    elif kind == "usage_recorded":
-        usage = d.get("usage") or {}
-        detail = f"{d.get('model')} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
-    seq = f"#{event.id}" if event.id else ""
-    return f"{seq:>6} {kind:<22} {task:<10} {detail}".rstrip()
+    agents = sub.add_parser("agents", help="agent runners and what they do", parents=[common])
+    agents.add_argument("--mission", help="one mission only")
+    agents.add_argument("--status", choices=("active", "idle", "gone"))
+    agents.set_defaults(run=commands.agents)
 
 
 # --- local stack -------------------------------------------------------------------
@@ -209,8 +210,17 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+        if os.environ.get("AETHER_ADMIN_TOKEN"):
+            token_note = "Admin token: $AETHER_ADMIN_TOKEN (from the environment)"  # noqa: S105
+        else:
+            token_note = (
+                f"Admin token: {stack.admin_token}\n"
+                f"  (kept in {stack.home / TOKEN_FILE}; the CLI run from this directory "
+                f"reads it there, or export AETHER_TOKEN)"
+            )
         print(
             f"\nAether is up. Gateway: {stack.gateway_url}  (NATS {stack.nats_url})\n"
+            f"{token_note}\n"
             f'  aether mission submit --repo PATH "requirement" --watch\n'
             f"Logs: {stack.home / 'logs'}. Ctrl-C stops everything.\n",
             flush=True,
@@ -251,7 +261,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     try:
         stack.start()
-        client = GatewayClient(stack.gateway_url)
+        client = GatewayClient(stack.gateway_url, token=stack.admin_token)
         created = client.submit(
             {"repository": str(repo), "requirement": DEMO_REQUIREMENT, "max_concurrency": 4}
         )

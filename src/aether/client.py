@@ -14,6 +14,8 @@ DEFAULT_URL = "http://127.0.0.1:8100"
 
 
 class ApiError(Exception):
+    """The gateway answered with an error (``status``) and said why."""
+
     def __init__(self, status: int, body: str) -> None:
         try:
             parsed = json.loads(body)
@@ -22,13 +24,20 @@ class ApiError(Exception):
             message = body
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.message = str(message)
 
 
 @dataclass
 class SseEvent:
+    """One Server-Sent Event: ``id`` is the stream sequence (``None`` for telemetry)."""
+
     id: str | None
     event: str
     data: dict[str, Any]
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None and v != []}
 
 
 class GatewayClient:
@@ -40,41 +49,154 @@ class GatewayClient:
             headers["authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
+    def close(self) -> None:
+        self._http.close()
+
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             raise ApiError(response.status_code, response.text)
         return response.json() if response.content else None
 
-    def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+    def _get(self, path: str, **params: Any) -> Any:
+        return self._check(self._http.get(path, params=_clean(params)))
+
+    def _post(
+        self, path: str, body: dict[str, Any] | None = None, idempotency_key: str | None = None
+    ) -> Any:
         headers = {"idempotency-key": idempotency_key} if idempotency_key else {}
-        result: dict[str, Any] = self._check(
-            self._http.post("/missions", json=body, headers=headers)
-        )
+        return self._check(self._http.post(path, json=body, headers=headers))
+
+    # --- missions ----------------------------------------------------------------------
+
+    def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._post("/missions", body, idempotency_key)
         return result
 
-    def list(self, status: str | None = None) -> list[dict[str, Any]]:
-        params = {"status": status} if status else {}
-        result = self._check(self._http.get("/missions", params=params))
-        items: list[dict[str, Any]] = result["missions"]
-        return items
+    def missions(
+        self,
+        status: list[str] | None = None,
+        repository: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of missions: ``{"missions": [...], "next_cursor": ...}``."""
+        page: dict[str, Any] = self._get(
+            "/missions",
+            status=status,
+            repository=repository,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+        return page
 
     def show(self, mission_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._check(self._http.get(f"/missions/{mission_id}"))
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}")
+        return result
+
+    def task(self, mission_id: str, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}/tasks/{task_id}")
         return result
 
     def approve(self, mission_id: str, version: int | None = None) -> dict[str, Any]:
         body = {"version": version} if version is not None else {}
-        result: dict[str, Any] = self._check(
-            self._http.post(f"/missions/{mission_id}/plan/approve", json=body)
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/plan/approve", body)
+        return result
+
+    def message(self, mission_id: str, text: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/messages", {"text": text})
+        return result
+
+    def pause(self, mission_id: str, reason: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/pause", {"reason": reason})
+        return result
+
+    def resume(self, mission_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/resume")
+        return result
+
+    def cancel(self, mission_id: str, reason: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/cancel", {"reason": reason})
+        return result
+
+    def retry(self, mission_id: str, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/tasks/{task_id}/retry")
+        return result
+
+    def skip(self, mission_id: str, task_id: str, reason: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = self._post(
+            f"/missions/{mission_id}/tasks/{task_id}/skip", {"reason": reason}
         )
         return result
 
+    def raise_budget(self, mission_id: str, budget_usd: float) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(
+            f"/missions/{mission_id}/budget", {"budget_usd": budget_usd}
+        )
+        return result
+
+    # --- other queries -----------------------------------------------------------------
+
+    def usage(
+        self, group_by: str = "day", mission_id: str | None = None, since: str | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(
+            "/usage", group_by=group_by, mission_id=mission_id, since=since
+        )
+        return result
+
+    def agents(self, mission_id: str | None = None, status: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/agents", mission_id=mission_id, status=status)
+        return result
+
+    # --- administration ----------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/auth/whoami")
+        return result
+
+    def create_token(
+        self, name: str, scopes: list[str], expires_in_days: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        result: dict[str, Any] = self._post("/admin/tokens", body)
+        return result
+
+    def tokens(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        result = self._get("/admin/tokens", include_revoked=include_revoked or None)
+        tokens: list[dict[str, Any]] = result["tokens"]
+        return tokens
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._check(self._http.delete(f"/admin/tokens/{token_id}"))
+        return result
+
+    def rebuild_read_model(self) -> dict[str, Any]:
+        response = self._http.post("/admin/read-model/rebuild", timeout=600.0)
+        result: dict[str, Any] = self._check(response)
+        return result
+
+    # --- live --------------------------------------------------------------------------
+
     def events(
-        self, mission_id: str, last_event_id: str | None = None, until_terminal: bool = True
+        self,
+        mission_id: str,
+        last_event_id: str | None = None,
+        until_terminal: bool = True,
+        telemetry: bool = False,
     ) -> Iterator[SseEvent]:
         """The mission's events, replayed then live, over SSE."""
         headers = {"last-event-id": last_event_id} if last_event_id else {}
-        params = {"until_terminal": "1"} if until_terminal else {}
+        params = {}
+        if until_terminal:
+            params["until_terminal"] = "1"
+        if telemetry:
+            params["telemetry"] = "1"
         with self._http.stream(
             "GET",
             f"/missions/{mission_id}/events",

@@ -16,6 +16,7 @@ from typing import IO
 
 import httpx
 
+from aether.credentials import load_or_create_admin_token
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port
 
 SERVICES: dict[str, tuple[str, int]] = {
@@ -44,7 +45,9 @@ class Stack:
 
     ``home`` holds NATS and PostgreSQL data, worktrees and logs. ``NATS_URL`` and
     ``DATABASE_URL`` in ``env`` (or the environment) replace the embedded servers.
-    ``random_ports`` gives every service a free port (tests, benchmarks).
+    ``random_ports`` gives every service a free port (tests, benchmarks). The gateway's
+    bootstrap admin token is ``AETHER_ADMIN_TOKEN`` when set, else one kept in ``home``;
+    clients send ``auth_headers``.
     """
 
     home: Path
@@ -52,6 +55,7 @@ class Stack:
     random_ports: bool = False
     echo_logs: IO[str] | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    admin_token: str = ""
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -59,6 +63,11 @@ class Stack:
         self._postgres: EmbeddedPostgres | None = None
         self.nats_url = self.env.get("NATS_URL") or os.environ.get("NATS_URL", "")
         self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
+        self.admin_token = (
+            self.admin_token
+            or self.env.get("AETHER_ADMIN_TOKEN")
+            or os.environ.get("AETHER_ADMIN_TOKEN", "")
+        )
         self.ports = {
             name: (free_port() if self.random_ports else default)
             for name, (_, default) in SERVICES.items()
@@ -69,12 +78,19 @@ class Stack:
         return f"http://127.0.0.1:{self.ports['gateway']}"
 
     @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a client of this stack's gateway sends to be let in (as its admin)."""
+        return {"authorization": f"Bearer {self.admin_token}"}
+
+    @property
     def worktrees_dir(self) -> Path:
         return self.home / "worktrees"
 
     def start_infrastructure(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
+        if not self.admin_token:
+            self.admin_token = load_or_create_admin_token(self.home)
         if not self.nats_url:
             self._nats = EmbeddedNats(self.home / "nats").start(self.home / "logs" / "nats.log")
             self.nats_url = self._nats.url
@@ -91,6 +107,7 @@ class Stack:
             "PORT": str(self.ports[name]),
             "AETHER_WORKTREES_DIR": str(self.worktrees_dir),
             "AETHER_GATEWAY_PUBLIC_URL": self.gateway_url,
+            "AETHER_ADMIN_TOKEN": self.admin_token,
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -152,7 +152,9 @@ async def running(
 
 
 async def submit_and_approve(stack: Stack, repo: Path) -> tuple[str, MissionLog, Any]:
-    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as http:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
+    ) as http:
         created = await http.post(
             "/missions",
             json={"repository": str(repo), "requirement": "alpha, beta, then both"},
@@ -241,7 +243,9 @@ async def test_mission_with_a_dependent_task_merges_every_change(
     assert index[("BranchMerged", "a")] < index[("TaskReady", "c")]
     assert index[("BranchMerged", "b")] < index[("TaskReady", "c")]
     assert sorted(e.task_id for e in log.of_type(BranchMerged)) == ["a", "b", "c"]
-    async with httpx.AsyncClient(base_url=running.gateway_url) as http:
+    async with httpx.AsyncClient(
+        base_url=running.gateway_url, headers=running.auth_headers
+    ) as http:
         for _ in range(100):
             shown = (await http.get(f"/missions/{mission_id}")).json()
             if shown.get("status") == "completed":

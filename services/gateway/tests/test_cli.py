@@ -1,0 +1,129 @@
+"""The ``aether`` command line against a real gateway: every gateway command, human and
+JSON output, and ``watch`` resuming after the gateway restarts under it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aether.cli import main
+from aether_events import EventPublisher, TaskEscalated
+
+from .conftest import ADMIN_TOKEN, eventually
+
+
+class Cli:
+    def __init__(self, server, capsys) -> None:
+        self.server = server
+        self.capsys = capsys
+
+    async def __call__(self, *argv: str, token: str = ADMIN_TOKEN) -> tuple[int, str, str]:
+        """Run one command (in a thread: the client is synchronous) and its output."""
+        self.capsys.readouterr()
+        args = ["--url", self.server.base_url, "--token", token, *argv]
+        code = await asyncio.to_thread(main, args)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    async def json(self, *argv: str) -> object:
+        code, out, err = await self(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+async def test_mission_commands_for_people_and_for_scripts(gateway_server, nc, capsys, script):
+    cli = Cli(gateway_server, capsys)
+    created = await cli.json(
+        "mission", "submit", "Add a greeting", "--repo", "/tmp", "--budget", "2"
+    )
+    mission_id = created["mission_id"]
+    code, out, _ = await cli("mission", "list")
+    assert code == 0 and mission_id in out and "requested" in out
+    listed = await cli.json("mission", "list", "--status", "requested")
+    assert [m["id"] for m in listed["missions"]] == [mission_id]
+
+    code, out, _ = await cli("mission", "show", mission_id)
+    assert out.startswith(f"{mission_id}  requested")
+    assert "of $2.00" in out
+    shown = await cli.json("mission", "show", mission_id)
+    assert shown["budget_usd"] == 2.0
+
+    assert (await cli.json("mission", "budget", mission_id, "5"))["mission_id"] == mission_id
+    code, out, _ = await cli("mission", "pause", mission_id, "--reason", "later")
+    assert code == 0 and "pausing" in out
+
+    async def paused():
+        return (await cli.json("mission", "show", mission_id))["status"] == "paused"
+
+    await eventually(paused, what="the pause")
+    code, out, _ = await cli("mission", "resume", mission_id)
+    assert code == 0
+    code, out, _ = await cli("mission", "message", mission_id, "Use English")
+    assert code == 0 and "message posted" in out
+    code, _, err = await cli("mission", "resume", "m-nosuchmission")
+    assert code == 1 and "404" in err and "not found" in err
+    code, out, _ = await cli("mission", "cancel", mission_id)
+    assert code == 0
+
+
+async def test_retry_skip_and_approve_from_the_command_line(gateway_server, nc, capsys, script):
+    cli = Cli(gateway_server, capsys)
+    await EventPublisher(nc.jetstream()).publish_all(
+        [script.requested(), script.prepared(), script.plan(version=1)]
+    )
+    code, out, err = await cli("mission", "approve", script.mission_id)
+    assert code == 0, err
+    assert out.strip() == f"approved plan v1 of {script.mission_id}"
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.task_ready("t1"),
+            TaskEscalated(**script.meta(), task_id="t1", attempt=1, reason="stuck"),
+        ]
+    )
+    code, out, err = await cli("mission", "retry", script.mission_id, "t1")
+    assert code == 0, err
+    code, _, err = await cli("mission", "skip", script.mission_id, "t2")
+    assert code == 1 and "409" in err
+
+
+async def test_tokens_usage_agents_and_rebuild(gateway_server, capsys):
+    cli = Cli(gateway_server, capsys)
+    code, out, _ = await cli("tokens", "create", "ci", "--scope", "write")
+    assert code == 0
+    secret = next(line for line in out.splitlines() if line.startswith("aet_"))
+    code, out, _ = await cli("tokens", "whoami", token=secret)
+    assert out.strip().startswith("ci (token")
+    code, _, err = await cli("tokens", "list", token=secret)
+    assert code == 1 and "403" in err
+    [token] = (await cli.json("tokens", "list"))["tokens"]
+    assert token["name"] == "ci" and "token" not in token
+    code, out, _ = await cli("tokens", "revoke", token["id"])
+    assert code == 0 and "revoked" in out
+    code, _, err = await cli("tokens", "whoami", token=secret)
+    assert code == 1 and "401" in err
+
+    assert (await cli.json("usage", "--by", "month"))["group_by"] == "month"
+    code, out, _ = await cli("agents")
+    assert out.strip() == "no agents seen"
+    code, out, _ = await cli("admin", "rebuild-read-model")
+    assert code == 0 and out.startswith("read model rebuilt")
+
+
+async def test_watch_follows_a_mission_across_a_gateway_restart(gateway_server, nc, capsys, script):
+    cli = Cli(gateway_server, capsys)
+    publisher = EventPublisher(nc.jetstream())
+    events = script.happy_path()
+    acks = await publisher.publish_all(events[:4])
+    watching = asyncio.create_task(cli("mission", "watch", script.mission_id, "--events"))
+
+    async def folded():
+        return gateway_server.gateway.hub.subscriber_count == 1
+
+    await eventually(folded, what="the watch to connect")
+    await gateway_server.restart()  # drops the watcher's connection
+    acks += await publisher.publish_all(events[4:])
+    code, out, err = await asyncio.wait_for(watching, 60)
+    assert code == 0, err
+    lines = [line.split()[0] for line in out.splitlines() if line.strip().startswith("#")]
+    assert lines == [f"#{a.seq}" for a in acks]
+    assert "reconnecting" in err

@@ -1,0 +1,293 @@
+"""The command line's gateway commands: missions, tokens, usage, agents, administration.
+
+Each prints for people by default and the gateway's JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aether.client import ApiError, GatewayClient, SseEvent
+from aether.credentials import resolve_token
+from aether.render import describe, mission_detail, mission_line, money, short, token_line
+from aether.watch import Board, render
+
+
+def client(args: argparse.Namespace) -> GatewayClient:
+    return GatewayClient(args.url, token=resolve_token(args.token))
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    """Print ``data`` as JSON with ``--json``, else ``human()``."""
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(human())
+
+
+def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda answer: f"{what}: {answer['url']}"
+
+
+# --- missions ----------------------------------------------------------------------------
+
+
+def submit(args: argparse.Namespace) -> int:
+    overrides = {}
+    for item in args.model or []:
+        tier, sep, model = item.partition("=")
+        if not sep or not tier or not model:
+            print(f"error: --model takes TIER=MODEL, not {item!r}", file=sys.stderr)
+            return 2
+        overrides[tier] = model
+    body: dict[str, Any] = {
+        "repository": str(Path(args.repo).resolve()) if "://" not in args.repo else args.repo,
+        "requirement": args.requirement,
+        "base_branch": args.base,
+        "auto_approve": args.auto_approve,
+        "max_concurrency": args.concurrency,
+    }
+    if args.max_tasks is not None:
+        body["max_tasks"] = args.max_tasks
+    if overrides:
+        body["model_overrides"] = overrides
+    if args.budget is not None:
+        body["budget_usd"] = args.budget
+    if args.verify:
+        body["verify_command"] = args.verify
+    created = client(args).submit(body, idempotency_key=args.idempotency_key)
+    emit(args, created, lambda: created["mission_id"])
+    if args.watch:
+        args.mission_id = created["mission_id"]
+        args.events = False
+        return watch(args)
+    return 0
+
+
+def list_missions(args: argparse.Namespace) -> int:
+    gateway = client(args)
+    cursor = None
+    found: list[dict[str, Any]] = []
+    while True:
+        page = gateway.missions(
+            status=args.status,
+            repository=args.repo,
+            since=args.since,
+            cursor=cursor,
+            limit=args.limit,
+        )
+        found.extend(page["missions"])
+        cursor = page.get("next_cursor")
+        if not args.all or cursor is None:
+            break
+    if args.json:
+        print(json.dumps({"missions": found, "next_cursor": cursor}, indent=2))
+        return 0
+    for mission in found:
+        print(mission_line(mission))
+    if cursor is not None:
+        print(f"(more: --all, or the API's cursor {cursor})", file=sys.stderr)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    mission = client(args).show(args.mission_id)
+    emit(args, mission, lambda: mission_detail(mission))
+    return 0
+
+
+def approve(args: argparse.Namespace) -> int:
+    answer = client(args).approve(args.mission_id, args.version)
+    emit(args, answer, lambda: f"approved plan v{answer['version']} of {args.mission_id}")
+    return 0
+
+
+def message(args: argparse.Namespace) -> int:
+    answer = client(args).message(args.mission_id, args.text)
+    note = " (and asked for a revised plan)" if answer.get("revision_requested") else ""
+    emit(args, answer, lambda: f"message posted to {args.mission_id}{note}")
+    return 0
+
+
+def pause(args: argparse.Namespace) -> int:
+    answer = client(args).pause(args.mission_id, args.reason or "")
+    emit(args, answer, lambda: f"pausing {args.mission_id}: running tasks finish, none start")
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    answer = client(args).resume(args.mission_id)
+    emit(args, answer, lambda: f"resuming {args.mission_id}")
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    answer = client(args).cancel(args.mission_id, args.reason or "")
+    emit(args, answer, lambda: f"cancelling {args.mission_id}")
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    answer = client(args).retry(args.mission_id, args.task_id)
+    emit(args, answer, lambda: f"task {args.task_id} of {args.mission_id} will run again")
+    return 0
+
+
+def skip(args: argparse.Namespace) -> int:
+    answer = client(args).skip(args.mission_id, args.task_id, args.reason or "")
+    emit(args, answer, lambda: f"task {args.task_id} of {args.mission_id} skipped")
+    return 0
+
+
+def budget(args: argparse.Namespace) -> int:
+    answer = client(args).raise_budget(args.mission_id, args.budget_usd)
+    emit(args, answer, lambda: f"budget of {args.mission_id} raised to ${args.budget_usd:.2f}")
+    return 0
+
+
+# --- watching -----------------------------------------------------------------------------
+
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Follow a mission live until it finishes, resuming after a dropped connection."""
+    gateway = client(args)
+    board = Board(args.mission_id)
+    board_view = sys.stdout.isatty() and not args.json and not getattr(args, "events", False)
+    drawn = 0.0
+
+    def show_event(event: SseEvent) -> None:
+        nonlocal drawn
+        if args.json:
+            print(json.dumps({"id": event.id, "event": event.event, "data": event.data}))
+        elif board_view:
+            now = time.monotonic()
+            if board.finished or now - drawn > 0.25:
+                print(_CLEAR + render(board), flush=True)
+                drawn = now
+        elif event.event != "agent_heartbeat":
+            print(describe(event), flush=True)
+
+    while True:
+        try:
+            for event in gateway.events(
+                args.mission_id, last_event_id=board.last_id, telemetry=True
+            ):
+                board.apply(event)
+                show_event(event)
+                if board.finished:
+                    return 0 if board.status in ("completed", "answered") else 1
+        except ApiError as error:
+            if error.status < 500:
+                raise
+        except (httpx.TransportError, OSError):
+            pass
+        # The stream ended without the mission finishing (a restart, a dropped connection):
+        # resume after the last event seen.
+        if not board_view and not args.json:
+            print(f"(reconnecting after #{board.last_id or 0})", file=sys.stderr, flush=True)
+        time.sleep(1.0)
+
+
+# --- other queries ------------------------------------------------------------------------
+
+
+def usage(args: argparse.Namespace) -> int:
+    report = client(args).usage(args.by, mission_id=args.mission, since=args.since)
+
+    def human() -> str:
+        lines = [f"{args.by:<22} {'calls':>6} {'in':>10} {'out':>10} {'cost':>12}  budget"]
+        for row in [*report["rows"], {**report["total"], "key": "total"}]:
+            budget_usd = row.get("budget_usd")
+            limit = f"${budget_usd:.2f}" if budget_usd is not None else "-"
+            limit += " EXCEEDED" if row.get("budget_exceeded") else ""
+            lines.append(
+                f"{short(str(row['key']), 22):<22} {row['calls']:>6} {row['input_tokens']:>10} "
+                f"{row['output_tokens']:>10} {money(row['cost_usd'], row['cost_complete']):>12}"
+                f"  {limit}"
+            )
+        return "\n".join(lines)
+
+    emit(args, report, human)
+    return 0
+
+
+def agents(args: argparse.Namespace) -> int:
+    found = client(args).agents(mission_id=args.mission, status=args.status)
+
+    def human() -> str:
+        lines = []
+        for runner in found["agents"]:
+            seen = str(runner["last_seen_at"])[:19].replace("T", " ")
+            lines.append(
+                f"{runner['runner_id']}  {runner['status']:<6}  last seen {seen}  "
+                f"{runner['sessions']} sessions ({runner['completed']} done, "
+                f"{runner['failed']} failed)"
+            )
+            for s in runner["running"]:
+                action = s.get("last_action") or "working"
+                lines.append(
+                    f"    {s['mission_id']}/{s['task_id']} try {s['attempt']}: "
+                    f"turn {s['turns']}, {short(action, 60)}"
+                )
+        return "\n".join(lines) or "no agents seen"
+
+    emit(args, found, human)
+    return 0
+
+
+# --- tokens and administration ------------------------------------------------------------
+
+
+def token_create(args: argparse.Namespace) -> int:
+    created = client(args).create_token(args.name, args.scope, args.expires_days)
+    emit(
+        args,
+        created,
+        lambda: (
+            f"{token_line(created)}\n\n{created['token']}\n\n"
+            "This is the only time the token is shown; keep it somewhere safe."
+        ),
+    )
+    return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    tokens = client(args).tokens(include_revoked=args.all)
+    emit(args, {"tokens": tokens}, lambda: "\n".join(map(token_line, tokens)) or "no tokens")
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    revoked = client(args).revoke_token(args.token_id)
+    emit(args, revoked, lambda: f"revoked {revoked['id']} ({revoked['name']})")
+    return 0
+
+
+def whoami(args: argparse.Namespace) -> int:
+    me = client(args).whoami()
+    emit(args, me, lambda: f"{me['name']} ({me['kind']} {me['id']}): {', '.join(me['scopes'])}")
+    return 0
+
+
+def rebuild_read_model(args: argparse.Namespace) -> int:
+    result = client(args).rebuild_read_model()
+    emit(
+        args,
+        result,
+        lambda: (
+            f"read model rebuilt in {result['seconds']} s: {result['events_folded']} events,"
+            f" mission stream to #{result['missions_sequence']},"
+            f" telemetry to #{result['telemetry_sequence']}"
+        ),
+    )
+    return 0

@@ -1,0 +1,45 @@
+"""Where the command line finds its token, and the local stack's bootstrap admin token.
+
+``aether up`` keeps the admin token it made in ``<home>/admin-token`` (readable by its
+owner only) and reuses it on the next start, so a client configured once keeps working.
+The CLI takes ``--token``, else ``$AETHER_TOKEN``, else that file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AETHER_HOME", ".aether"))
+
+
+def load_or_create_admin_token(home: Path) -> str:
+    """The admin token kept under ``home``, made (and kept) the first time."""
+    path = home / TOKEN_FILE
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token + "\n")
+    return token
+
+
+def resolve_token(explicit: str | None = None, home: Path | None = None) -> str | None:
+    """The token to send: ``explicit``, ``$AETHER_TOKEN``, or the local stack's."""
+    if explicit:
+        return explicit
+    if os.environ.get("AETHER_TOKEN"):
+        return os.environ["AETHER_TOKEN"]
+    path = (home or default_home()) / TOKEN_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip() or None
+    return None

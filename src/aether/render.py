@@ -1,0 +1,140 @@
+"""Human output of the command line: one line per event, missions, tasks, tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aether.client import SseEvent
+
+
+def short(text: str, width: int = 60) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def money(value: float | None, complete: bool = True) -> str:
+    if value is None:
+        return "unknown"
+    return f"${value:.4f}" + ("" if complete else "+")
+
+
+def describe(event: SseEvent) -> str:
+    """One line per event, for people."""
+    d = event.data
+    kind = event.event
+    task = d.get("task_id") or (d.get("task") or {}).get("id") or ""
+    detail = ""
+    if kind == "plan_produced":
+        offline = " [OFFLINE model]" if d.get("offline") else ""
+        detail = f"v{d['version']}: {len(d['tasks'])} tasks by {d.get('model')}{offline}"
+    elif kind == "repository_prepared":
+        detail = f"{d['integration_branch']} from {d['base_branch']}@{d['base_sha'][:10]}"
+    elif kind == "task_ready":
+        detail = f"attempt {d['attempt']}, wave {d.get('wave', 0)}, model {d['model']}"
+    elif kind == "workspace_ready":
+        detail = f"{d['branch']} at {d['base_sha'][:10]}"
+    elif kind == "agent_completed":
+        detail = f"{d['commit_sha'][:10]} {', '.join(d.get('files_changed', []))}"
+    elif kind == "branch_merged":
+        detail = f"{d['merge_sha'][:10]}" + (" (fast-forward)" if d.get("fast_forward") else "")
+    elif kind == "merge_conflicted":
+        detail = "conflict in " + ", ".join(d.get("files", []))
+    elif kind in ("agent_failed", "mission_failed", "plan_failed", "task_escalated"):
+        detail = d.get("reason", "")
+    elif kind in ("mission_paused", "mission_cancelled", "task_skipped"):
+        detail = d.get("reason", "") or (f"by {d['requested_by']}" if d.get("requested_by") else "")
+    elif kind == "mission_message_posted":
+        detail = f"{d.get('author') or 'someone'}: {short(d.get('text', ''))}"
+    elif kind == "plan_clarification_requested":
+        detail = " / ".join(d.get("questions", []))
+    elif kind == "mission_answered":
+        detail = short(d.get("answer", ""))
+    elif kind in ("budget_warning", "budget_exceeded"):
+        detail = f"{d.get('scope')}: ${d['spent_usd']:.4f} of ${d['budget_usd']:.2f}"
+    elif kind == "budget_raised":
+        detail = f"to ${d['budget_usd']:.2f}"
+    elif kind == "agent_progress":
+        detail = f"turn {d.get('turns', 0)}: {d.get('last_action', '')}"
+    elif kind == "mission_completed":
+        usage = d.get("usage") or {}
+        cost = usage.get("cost_usd")
+        detail = (
+            f"{d['integration_branch']} @ {d['final_sha'][:10]}, {d['tasks_merged']} tasks, "
+            f"cost {'unknown' if cost is None else f'${cost:.4f}'}"
+        )
+    elif kind == "usage_recorded":
+        usage = d.get("usage") or {}
+        detail = f"{d.get('model')} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
+    seq = f"#{event.id}" if event.id else ""
+    return f"{seq:>6} {kind:<22} {task:<10} {detail}".rstrip()
+
+
+def mission_line(m: dict[str, Any]) -> str:
+    created = str(m.get("created_at", ""))[:19].replace("T", " ")
+    cost = money(m.get("cost_usd"), m.get("cost_complete", True))
+    return (
+        f"{m['id']}  {m['status']:<17} {created}  {cost:>10}  "
+        f"{short(m.get('repository', ''), 30):<30}  {short(m.get('requirement', ''), 50)}"
+    )
+
+
+def mission_detail(m: dict[str, Any]) -> str:
+    lines = [
+        f"{m['id']}  {m['status']}" + ("  [OFFLINE model]" if m.get("offline") else ""),
+        f"  repository   {m['repository']} ({m['base_branch']})",
+        f"  requirement  {short(m['requirement'], 100)}",
+    ]
+    if m.get("integration_branch"):
+        head = f" @ {m['final_sha'][:10]}" if m.get("final_sha") else ""
+        lines.append(f"  branch       {m['integration_branch']}{head}")
+    if m.get("plan_version") is not None:
+        approved = m.get("approved_version")
+        state = f"approved v{approved}" if approved is not None else "not approved"
+        lines.append(f"  plan         v{m['plan_version']} by {m.get('model')} ({state})")
+    budget = m.get("budget_usd")
+    spent = money(m.get("cost_usd"), m.get("cost_complete", True))
+    budget_text = f" of ${budget:.2f}" if budget is not None else " (no budget)"
+    flags = ""
+    if m.get("budget_exceeded"):
+        flags = " EXCEEDED"
+    elif m.get("budget_warning"):
+        flags = " (warning)"
+    lines.append(
+        f"  cost         {spent}{budget_text}{flags}; tokens in {m.get('tokens_in', 0)}"
+        f" out {m.get('tokens_out', 0)}"
+    )
+    if m.get("error"):
+        lines.append(f"  error        {m['error']}")
+    for question in m.get("questions") or []:
+        lines.append(f"  question     {question}")
+    if m.get("answer"):
+        lines.append(f"  answer       {m['answer']}")
+    tasks = m.get("tasks") or []
+    if tasks:
+        lines.append("  tasks:")
+        for t in tasks:
+            after = f" (after {', '.join(t['depends_on'])})" if t.get("depends_on") else ""
+            agent = t.get("agent") or {}
+            activity = agent.get("last_action") or t.get("error") or ""
+            note = f"  — {short(activity, 40)}" if activity else ""
+            lines.append(
+                f"    {t['task_id']:<10} {t['status']:<11} try {t.get('attempt', 0)}  "
+                f"{money(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
+                f"{short(t['title'] + after, 60)}{note}"
+            )
+    messages = m.get("messages") or []
+    if messages:
+        lines.append("  conversation:")
+        for msg in messages[-10:]:
+            author = msg.get("author") or ""
+            lines.append(f"    {msg['kind']:<8} {author:<16} {short(msg['text'], 70)}")
+    return "\n".join(lines)
+
+
+def token_line(t: dict[str, Any]) -> str:
+    state = "revoked" if t.get("revoked_at") else "active"
+    expires = str(t.get("expires_at") or "never")[:10]
+    return (
+        f"{t['id']}  {t['name']:<20} {','.join(t['scopes']):<18} {t['prefix']}…  {state:<8}"
+        f" expires {expires}"
+    )

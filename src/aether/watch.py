@@ -1,0 +1,198 @@
+"""``aether mission watch``: a live board of a mission's tasks, folded from its events.
+
+The board is built from the event stream alone (replayed from the start, then live), so
+it never counts a cost twice, and after a dropped connection it resumes from the last
+event id without missing one. Agent progress arrives as telemetry and only fills in the
+"latest activity" column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aether.client import SseEvent
+
+TERMINAL = {"mission_completed", "mission_failed", "mission_cancelled", "mission_answered"}
+
+_TASK_STATUS = {
+    "task_ready": "ready",
+    "workspace_ready": "running",
+    "agent_started": "running",
+    "agent_completed": "completed",
+    "agent_failed": "failed",
+    "workspace_failed": "failed",
+    "branch_merged": "merged",
+    "merge_conflicted": "conflicted",
+    "task_retried": "retrying",
+    "task_timed_out": "timed out",
+    "task_escalated": "escalated",
+    "task_retry_requested": "retrying",
+    "task_skipped": "skipped",
+}
+_MISSION_STATUS = {
+    "mission_requested": "requested",
+    "repository_prepared": "preparing",
+    "plan_clarification_requested": "awaiting input",
+    "plan_produced": "awaiting approval",
+    "plan_revision_requested": "preparing",
+    "plan_failed": "plan failed",
+    "plan_approved": "running",
+    "mission_paused": "paused",
+    "mission_completed": "completed",
+    "mission_answered": "answered",
+    "mission_failed": "failed",
+    "mission_cancelled": "cancelled",
+}
+
+
+@dataclass
+class TaskLine:
+    id: str
+    title: str
+    depends_on: list[str] = field(default_factory=list)
+    status: str = "pending"
+    attempt: int = 0
+    wave: int | None = None
+    cost: float | None = None
+    activity: str = ""
+
+
+@dataclass
+class Board:
+    mission_id: str
+    status: str = "requested"
+    plan_version: int | None = None
+    offline: bool = False
+    budget: float | None = None
+    cost: float | None = None
+    tasks: dict[str, TaskLine] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    last_id: str | None = None
+    finished: bool = False
+    _paused_from: str = "running"
+
+    def apply(self, event: SseEvent) -> None:
+        """Fold one event into the board."""
+        if event.id is not None:
+            self.last_id = event.id
+        kind, data = event.event, event.data
+        self._mission(kind, data)
+        self._task(kind, data)
+        if kind in TERMINAL:
+            self.finished = True
+
+    def _mission(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "mission_requested":
+            self.budget = data.get("budget_usd")
+        elif kind == "plan_produced":
+            self._plan(data)
+        elif kind == "usage_recorded":
+            cost = (data.get("usage") or {}).get("cost_usd")
+            self.offline = self.offline or bool(data.get("offline"))
+            if cost is not None:
+                self.cost = (self.cost or 0.0) + cost
+        elif kind == "budget_raised":
+            self.budget = data.get("budget_usd")
+        elif kind in ("budget_warning", "budget_exceeded"):
+            self.notes.append(f"{kind.replace('_', ' ')}: ${data['spent_usd']:.2f}")
+        elif kind == "plan_clarification_requested":
+            self.notes.extend(f"planner asks: {q}" for q in data.get("questions", []))
+        if kind == "mission_resumed" and self.status == "paused":
+            self.status = self._paused_from
+        elif kind in _MISSION_STATUS and self.status not in _FINAL:
+            if kind == "mission_paused":
+                self._paused_from = self.status
+            if kind == "plan_produced" and self.status == "running":
+                return  # a revised plan while running does not stop the work
+            self.status = _MISSION_STATUS[kind]
+
+    def _plan(self, data: dict[str, Any]) -> None:
+        self.plan_version = data.get("version")
+        self.offline = self.offline or bool(data.get("offline"))
+        fresh: dict[str, TaskLine] = {}
+        for task in data.get("tasks", []):
+            line = self.tasks.get(task["id"]) or TaskLine(id=task["id"], title=task["title"])
+            line.title = task["title"]
+            line.depends_on = list(task.get("depends_on", []))
+            fresh[task["id"]] = line
+        for task_id, line in self.tasks.items():
+            if task_id not in fresh and line.status != "pending":
+                fresh[task_id] = line
+        self.tasks = fresh
+
+    def _task(self, kind: str, data: dict[str, Any]) -> None:
+        task_id = data.get("task_id") or (data.get("task") or {}).get("id")
+        if not task_id:
+            return
+        line = self.tasks.get(task_id)
+        if line is None:
+            title = (data.get("task") or {}).get("title", task_id)
+            line = self.tasks[task_id] = TaskLine(id=task_id, title=title)
+        attempt = data.get("attempt")
+        if isinstance(attempt, int) and attempt < line.attempt and kind != "usage_recorded":
+            return  # late news of an earlier attempt
+        if isinstance(attempt, int) and kind != "usage_recorded":
+            line.attempt = attempt
+        if kind in _TASK_STATUS and line.status not in ("merged", "skipped"):
+            line.status = _TASK_STATUS[kind]
+        if kind == "task_ready":
+            line.wave = data.get("wave") or line.wave
+            line.activity = f"attempt {attempt} on {data.get('model')}"
+        elif kind == "agent_started":
+            line.activity = f"agent on {data.get('runner_id')}"
+        elif kind == "agent_progress":
+            action = data.get("last_action") or "working"
+            line.activity = f"turn {data.get('turns', 0)}: {action}"
+        elif kind in ("agent_failed", "task_escalated", "workspace_failed", "task_retried"):
+            line.activity = str(data.get("reason", ""))
+        elif kind == "merge_conflicted":
+            line.activity = "conflict in " + ", ".join(data.get("files", []))
+        elif kind == "branch_merged":
+            line.activity = f"merged {str(data.get('merge_sha', ''))[:10]}"
+        elif kind == "usage_recorded":
+            cost = (data.get("usage") or {}).get("cost_usd")
+            if cost is not None:
+                line.cost = (line.cost or 0.0) + cost
+
+
+_FINAL = {"completed", "answered", "failed", "cancelled"}
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:.4f}"
+
+
+def _fit(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
+
+
+def render(board: Board, width: int = 100) -> str:
+    """The board as text, one line per task."""
+    budget = f" of ${board.budget:.2f}" if board.budget is not None else ""
+    offline = "  [OFFLINE model]" if board.offline else ""
+    plan = f"  plan v{board.plan_version}" if board.plan_version is not None else ""
+    lines = [
+        f"{board.mission_id}  {board.status}{plan}  cost {_money(board.cost)}{budget}{offline}",
+        "",
+    ]
+    title_width = max(12, min(40, width - 70))
+    lines.append(
+        f"  {'task':<10} {'status':<12} {'try':>3} {'wave':>4} {'cost':>9}  "
+        f"{'title':<{title_width}}  latest activity"
+    )
+    for line in board.tasks.values():
+        wave = "-" if line.wave is None else str(line.wave)
+        after = f" (after {', '.join(line.depends_on)})" if line.depends_on else ""
+        title = _fit(line.title + after, title_width)
+        row = (
+            f"  {_fit(line.id, 10):<10} {line.status:<12} {line.attempt:>3} {wave:>4} "
+            f"{_money(line.cost):>9}  {title:<{title_width}}  "
+        )
+        lines.append(row + _fit(line.activity, max(10, width - len(row))))
+    if not board.tasks:
+        lines.append("  (no plan yet)")
+    for note in board.notes[-5:]:
+        lines.append(f"  ! {_fit(note, width - 4)}")
+    return "\n".join(lines)
