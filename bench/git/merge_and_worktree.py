@@ -13,8 +13,9 @@ different directories. Then, in the same run and interleaved so both see the sam
   rest are three-way merges.
 - worktree creation: a task branch and a linked worktree at the integration head, by
   ``GitRepositories.prepare_workspace`` and by ``git worktree add -b``. "Fresh" writes
-  every file; "recycled" reuses the directory of a task that has been merged (the broker
-  does that after every merge), writing only what differs.
+  every file; "from the pool" starts from the directory of a task that has been merged
+  (the broker pools them after every merge), after an agent-like commit in it, and
+  writes only what differs.
 
 The broker keeps repositories open (a long-running service), so its first merge is
 reported apart: it includes opening the repository and reading its pack index. Every
@@ -194,48 +195,56 @@ def bench_merges(repo: Path, tips: list[str]) -> None:
 
 
 def bench_worktrees(repo: Path, root: Path, count: int) -> None:
-    broker = GitRepositories()
-    broker.prepare_repository(str(repo), "main", "wt/broker")
+    fresh_broker = GitRepositories(pool_capacity=0)
+    pooled_broker = GitRepositories(worktrees_dir=str(root / "pooled"), pool_capacity=4)
+    for broker in (fresh_broker, pooled_broker):
+        broker.prepare_repository(str(repo), "main", "wt/broker")
+    # The pool starts with one finished worktree, as it does after a mission's first merge.
+    first = root / "pooled" / "m" / "warm-up"
+    pooled_broker.prepare_workspace(str(repo), "wt/broker", "wt-tasks/warm-up", str(first))
+    pooled_broker.recycle_worktree(str(repo), str(first))
     fresh: list[float] = []
     recycled: list[float] = []
+    pooling: list[float] = []
     by_git: list[float] = []
+    paths = layout_count(repo)
     for n in range(count):
         path = root / "wt" / f"fresh-{n}"
 
         def fresh_one(n: int = n, path: Path = path) -> None:
-            broker.prepare_workspace(str(repo), "wt/broker", f"wt-tasks/fresh{n}", str(path))
+            fresh_broker.prepare_workspace(str(repo), "wt/broker", f"wt-tasks/f{n}", str(path))
+
+        def git_one(n: int = n) -> None:
+            target = root / "gitwt" / f"t{n}"
+            git(repo, "worktree", "add", "-q", "-b", f"wt-git/t{n}", str(target), "main")
+
+        reused = root / "pooled" / "m" / f"t{n}"
+
+        def recycled_one(n: int = n, reused: Path = reused) -> None:
+            pooled_broker.prepare_workspace(str(repo), "wt/broker", f"wt-tasks/p{n}", str(reused))
 
         fresh.append(timed(fresh_one))
-        target = root / "gitwt" / f"t{n}"
-        by_git.append(
-            timed(
-                lambda n=n, target=target: git(
-                    repo, "worktree", "add", "-q", "-b", f"wt-git/t{n}", str(target), "main"
-                )
-            )
+        by_git.append(timed(git_one))
+        recycled.append(timed(recycled_one))
+        # What an agent does in between: change three files, add one, commit.
+        for k in range(3):
+            (reused / paths[(n * 37 + k * 1009) % len(paths)]).write_text(f"# changed {n}\n")
+        (reused / f"added_{n}.py").write_text("NEW = True\n")
+        git(reused, "add", "-A")
+        git(reused, "commit", "-q", "-m", f"agent work {n}")
+        pooling.append(
+            timed(lambda reused=reused: pooled_broker.recycle_worktree(str(repo), str(reused)))
         )
-        recycle = getattr(broker, "recycle_worktree", None)
-        if recycle is not None:
-            recycle(str(repo), str(path))
-            again = root / "wt" / f"recycled-{n}"
-            recycled.append(
-                timed(
-                    lambda n=n, again=again: broker.prepare_workspace(
-                        str(repo), "wt/broker", f"wt-tasks/recycled{n}", str(again)
-                    )
-                )
-            )
-            broker.remove_worktree(str(repo), str(again))
-    print(f"worktree creation ({len(layout_count(repo))} files)")
+    print(f"worktree creation ({len(paths)} files)")
     print("  " + line("broker, fresh checkout", fresh))
-    if recycled:
-        print("  " + line("broker, recycled worktree", recycled))
+    print("  " + line("broker, from the pool (a merged task's)", recycled))
     print("  " + line("git worktree add", by_git))
+    print("  " + line("broker, pooling a finished worktree", pooling))
     print(f"  broker fresh / git       {statistics.mean(fresh) / statistics.mean(by_git):5.2f}x")
-    if recycled:
-        ratio = statistics.mean(recycled) / statistics.mean(by_git)
-        print(f"  broker recycled / git    {ratio:5.2f}x")
-    broker.close()
+    ratio = statistics.mean(recycled) / statistics.mean(by_git)
+    print(f"  broker pooled / git      {ratio:5.2f}x")
+    fresh_broker.close()
+    pooled_broker.close()
 
 
 def layout_count(repo: Path) -> list[str]:

@@ -238,7 +238,35 @@ def test_nothing_is_done_for_a_cancelled_mission_except_cleaning_up() -> None:
         repository_path="/repos/demo",
         worktrees_directory="/wt/m-1",
         task_branches="aether-tasks/m-1/",
+        drop_pool=True,
     )
+
+
+def test_a_repository_another_mission_still_uses_keeps_its_pooled_worktrees() -> None:
+    other = [
+        MissionRequested(
+            event_id="o1",
+            mission_id="m-2",
+            occurred_at=NOW,
+            correlation_id="c",
+            repository="/repos/demo",
+            requirement="x",
+        ),
+        RepositoryPrepared(
+            event_id="o2",
+            mission_id="m-2",
+            occurred_at=NOW,
+            correlation_id="c",
+            repository_path="/repos/demo",
+            base_branch="main",
+            base_sha="b" * 40,
+            integration_branch="aether/m-2",
+        ),
+    ]
+    cancelled = MissionCancelled(**meta("e-cancel"))
+    action = decide(given(requested(), PREPARED, *other, cancelled), cancelled, NAMING)
+    assert isinstance(action, FinishMission)
+    assert not action.drop_pool
 
 
 def test_a_completed_mission_is_pushed_where_a_remote_is_configured() -> None:
@@ -344,5 +372,6 @@ def test_the_start_up_sweep_keeps_live_worktrees_and_lists_leftovers() -> None:
     plan = sweep(state, NAMING)
     assert plan.live_worktrees == frozenset({"/wt/m-1/t2-a1"})
     assert plan.repositories == ("/r2", "/repos/demo")
+    assert plan.active_repositories == ("/repos/demo",)
     assert plan.finished == (("/r2", "aether-tasks/m-2/"),)
     assert plan.merged_branches == (("/repos/demo", "aether-tasks/m-1/t1/a1"),)

@@ -29,7 +29,9 @@ def _merge_with(
         attempt=1,
         commit_sha=sha,
         now=NOW,
-        verify=lambda handle, commit: verifier.verify(handle, commit, command, str(scratch)),
+        verify=lambda handle, commit: verifier.verify(
+            broker, handle, commit, command, str(scratch)
+        ),
     )
 
 

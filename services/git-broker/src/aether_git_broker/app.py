@@ -38,7 +38,12 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
     """
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[BrokerState] = Projection(BrokerState(), evolve)
-    git = GitRepositories(identity=settings.identity, max_listed_files=settings.max_listed_files)
+    git = GitRepositories(
+        identity=settings.identity,
+        max_listed_files=settings.max_listed_files,
+        worktrees_dir=str(settings.worktrees_dir),
+        pool_capacity=settings.worktree_pool,
+    )
     naming = settings.naming
     handlers = Handlers(
         projection,

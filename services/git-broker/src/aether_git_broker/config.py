@@ -44,7 +44,9 @@ class GitBrokerSettings:
     remote's name; unset: nowhere); ``AETHER_GIT_REMOTE_TIMEOUT_SECONDS``: the limit on
     a network operation; ``AETHER_GIT_HTTP_PORT``: serve repositories to remote agent
     runners over smart HTTP on this port (unset: not served), on
-    ``AETHER_GIT_HTTP_HOST`` (default: ``AETHER_HTTP_HOST``), with ``AETHER_GIT_TOKEN``.
+    ``AETHER_GIT_HTTP_HOST`` (default: ``AETHER_HTTP_HOST``), with ``AETHER_GIT_TOKEN``;
+    ``AETHER_WORKTREE_POOL``: how many finished worktrees per repository are kept for
+    reuse (``0``: none).
     """
 
     runtime: RuntimeSettings
@@ -62,6 +64,7 @@ class GitBrokerSettings:
     git_http_port: int | None = None
     git_http_host: str | None = None
     git_token: str = ""
+    worktree_pool: int = 4
 
     def __post_init__(self) -> None:
         if self.git_http_port is not None and not self.git_token:
@@ -112,6 +115,7 @@ class GitBrokerSettings:
             git_http_port=int(port) if port else None,
             git_http_host=env.get("AETHER_GIT_HTTP_HOST") or None,
             git_token=env.get("AETHER_GIT_TOKEN") or "",
+            worktree_pool=int(env.get("AETHER_WORKTREE_POOL") or 4),
         )
         settings.naming  # noqa: B018 - fail at start-up on a prefix git would refuse
         return settings

@@ -205,12 +205,17 @@ class Push:
 
 @dataclass(frozen=True)
 class FinishMission:
-    """Clean up after a mission (its worktrees and task branches) and maybe deliver it."""
+    """Clean up after a mission (its worktrees and task branches) and maybe deliver it.
+
+    ``drop_pool``: no running mission uses the repository any more, so its pooled
+    worktrees can go too.
+    """
 
     repository_path: str
     worktrees_directory: str
     task_branches: str
     push: Push | None = None
+    drop_pool: bool = False
 
 
 Action = (
@@ -244,14 +249,24 @@ def decide(state: BrokerState, event: Event, naming: Naming, policy: Policy = Po
                     sha=event.final_sha,
                     target=_push_target(policy.push_remote, view.repository),
                 )
+            path = view.prepared.path
             return FinishMission(
-                repository_path=view.prepared.path,
+                repository_path=path,
                 worktrees_directory=naming.mission_worktrees(event.mission_id),
                 task_branches=naming.task_branches(event.mission_id),
                 push=push,
+                drop_pool=path not in _active_repositories(state),
             )
         case _:
             return Ignore("not an event the git broker acts on")
+
+
+def _active_repositories(state: BrokerState) -> set[str]:
+    return {
+        view.prepared.path
+        for view in state.missions.values()
+        if view.prepared is not None and not view.terminal
+    }
 
 
 def _push_target(remote: str, repository: str) -> str:
@@ -365,13 +380,15 @@ class Sweep:
     ``live_worktrees`` are the worktrees of running missions whose attempt is not merged
     (an agent may be at work in one); every other worktree under the worktrees directory
     is a leftover. ``repositories`` are all the repositories missions used, where
-    leftover administrative entries are pruned. ``finished`` are the task-branch
-    namespaces of finished missions, and ``merged_branches`` the task branches of merged
-    attempts: both are deleted if a crash left them behind.
+    leftover administrative entries are pruned; pooled worktrees are kept only for
+    ``active_repositories``, the ones running missions use. ``finished`` are the
+    task-branch namespaces of finished missions, and ``merged_branches`` the task
+    branches of merged attempts: both are deleted if a crash left them behind.
     """
 
     live_worktrees: frozenset[str]
     repositories: tuple[str, ...]
+    active_repositories: tuple[str, ...]
     finished: tuple[tuple[str, str], ...]
     merged_branches: tuple[tuple[str, str], ...]
 
@@ -397,6 +414,7 @@ def sweep(state: BrokerState, naming: Naming) -> Sweep:
     return Sweep(
         live_worktrees=frozenset(live),
         repositories=tuple(sorted(repositories)),
+        active_repositories=tuple(sorted(_active_repositories(state))),
         finished=tuple(sorted(finished)),
         merged_branches=tuple(sorted(merged)),
     )

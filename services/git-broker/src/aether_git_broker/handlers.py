@@ -142,6 +142,7 @@ class Handlers:
         branches += [
             branch for path, branch in plan.merged_branches if self._git.delete_branch(path, branch)
         ]
+        removed += self._git.drop_idle_pools(plan.active_repositories)
         metrics.CLEANED.labels("worktree", "start").inc(len(removed))
         metrics.CLEANED.labels("branch", "start").inc(len(branches))
         if removed or branches:
@@ -293,7 +294,7 @@ class Handlers:
         self, handle: Handle, commit: ObjectID, *, command: str, scratch: str
     ) -> str | None:
         began = time.perf_counter()
-        failure = self._verifier.verify(handle, commit, command, scratch)
+        failure = self._verifier.verify(self._git, handle, commit, command, scratch)
         metrics.VERIFY_SECONDS.observe(time.perf_counter() - began)
         last = self._verifier.last
         metrics.VERIFICATIONS.labels(last.result if last else "failed").inc()
@@ -301,8 +302,9 @@ class Handlers:
 
     async def _clean_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
         try:
+            # Pooled for the next task of this repository rather than deleted.
             removed = await self._run(
-                delivery, self._git.remove_worktree, action.repository_path, action.worktree_path
+                delivery, self._git.recycle_worktree, action.repository_path, action.worktree_path
             )
             deleted = await self._run(
                 delivery, self._git.delete_branch, action.repository_path, action.task_branch
@@ -329,6 +331,8 @@ class Handlers:
         branches = await self._run(
             delivery, self._git.delete_branches, action.repository_path, action.task_branches
         )
+        if action.drop_pool:
+            await self._run(delivery, self._git.drop_pool, action.repository_path)
         metrics.CLEANED.labels("worktree", "step").inc(len(removed))
         metrics.CLEANED.labels("branch", "step").inc(len(branches))
         log.info("mission cleaned up", extra={"worktrees": removed, "branches": branches})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import struct
 from collections.abc import Iterable
@@ -129,25 +130,162 @@ def write_index(
     os.replace(temporary, path)
 
 
-def checkout(repo: Repo, trees: Trees, tree_id: ObjectID, directory: str, index_path: str) -> int:
-    """Write ``tree_id`` into the empty ``directory`` and its index to ``index_path``.
+@dataclass(frozen=True)
+class IndexEntry:
+    """One entry of an index: its mode, object and the stat data it was written with
+    (ctime s/ns, mtime s/ns, dev, ino, uid, gid, size; 32-bit as stored)."""
 
+    mode: int
+    sha: ObjectID
+    stat: tuple[int, ...]
+
+
+_ENTRY = struct.Struct(">LLLLLLLLLL20sH")
+
+
+def read_index(path: str) -> dict[bytes, IndexEntry] | None:
+    """The entries of a version 2 or 3 index, or ``None`` if it cannot be read (missing,
+    damaged, another version): the caller then writes every file again."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    if len(data) < 32 or data[:4] != b"DIRC":
+        return None
+    if hashlib.sha1(data[:-20], usedforsecurity=False).digest() != data[-20:]:
+        return None
+    version, count = struct.unpack(">LL", data[4:12])
+    if version not in (2, 3):
+        return None
+    entries: dict[bytes, IndexEntry] = {}
+    offset = 12
+    try:
+        for _ in range(count):
+            *fields, mode, uid, gid, size, sha, flags = _ENTRY.unpack_from(data, offset)
+            start = offset + _ENTRY.size
+            if flags & 0x4000:  # extended flags (version 3)
+                start += 2
+            if flags & 0x3000:  # a merge stage: not a clean checkout
+                return None
+            end = data.index(b"\0", start)
+            name = data[start:end]
+            length = end - offset
+            offset += length + (8 - length % 8)
+            entries[name] = IndexEntry(
+                mode=mode,
+                sha=ObjectID(sha.hex().encode()),
+                stat=(*fields, uid, gid, size),
+            )
+    except (struct.error, ValueError):
+        return None
+    return entries
+
+
+def _clean(old: IndexEntry, st: os.stat_result, mode: int, index_mtime_ns: int) -> bool:
+    """Whether a file on disk is still what the index says, by its stat data alone.
+
+    A file changed in the same instant the index was written cannot be told apart that
+    way ("racily clean", in git's words), so it counts as changed and is written again.
+    """
+    if st.st_mtime_ns >= index_mtime_ns:
+        return False
+    if mode == _SYMLINK:
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+    elif not stat.S_ISREG(st.st_mode) or bool(st.st_mode & 0o100) != bool(mode & 0o100):
+        return False
+    ctime_s, ctime_ns, mtime_s, mtime_ns, _, ino = _stat_fields(st)
+    was = old.stat
+    return (ctime_s, ctime_ns, mtime_s, mtime_ns, ino, st.st_size & 0xFFFFFFFF) == (
+        was[0],
+        was[1],
+        was[2],
+        was[3],
+        was[5],
+        was[8],
+    )
+
+
+def _scan(root: bytes) -> tuple[dict[bytes, os.stat_result], set[bytes]]:
+    """Every file and directory below ``root`` (relative paths), its ``.git`` aside."""
+    files: dict[bytes, os.stat_result] = {}
+    directories: set[bytes] = set()
+    pending = [b""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(root + b"/" + prefix if prefix else root) as listing:
+            for entry in listing:
+                path = prefix + entry.name
+                if not prefix and entry.name == b".git":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    directories.add(path)
+                    pending.append(path + b"/")
+                else:
+                    files[path] = entry.stat(follow_symlinks=False)
+    return files, directories
+
+
+def checkout(
+    repo: Repo,
+    trees: Trees,
+    tree_id: ObjectID,
+    directory: str,
+    index_path: str,
+    previous: str | None = None,
+) -> int:
+    """Make ``directory`` hold exactly ``tree_id`` and write its index to ``index_path``.
+
+    With ``previous`` (the index of what the directory held), files whose content and
+    stat data match are kept and everything else is removed or written: a directory
+    used before needs only what differs. Without it the directory must be empty.
     Returns the number of files written.
     """
     directories, files = list_tree(trees, tree_id)
+    root = os.fsencode(directory)
     if repo.object_format.name != "sha1" or needs_filters(repo, files):
+        if previous is not None:
+            _empty(root)
         worktree = Repo(directory)
         try:
             worktree.get_worktree().reset_index(tree_id)
         finally:
             worktree.close()
         return len(files)
-    root = os.fsencode(directory)
-    for path in directories:
-        os.mkdir(root + b"/" + path)
-    by_sha: dict[ObjectID, list[FileEntry]] = {}
+    wanted = {entry.path: entry for entry in files}
     index: list[tuple[bytes, int, ObjectID, os.stat_result | None]] = []
-    for entry in files:
+    existing: set[bytes] = set()
+    old = read_index(previous) if previous is not None else None
+    if previous is not None:
+        index_mtime = os.stat(previous).st_mtime_ns if old is not None else 0
+        present, present_dirs = _scan(root)
+        for path, st in present.items():
+            entry = wanted.get(path)
+            was = old.get(path) if old is not None else None
+            if (
+                entry is not None
+                and was is not None
+                and was.sha == entry.sha
+                and _index_mode(was.mode) == _index_mode(entry.mode)
+                and _clean(was, st, entry.mode, index_mtime)
+            ):
+                index.append((path, entry.mode, entry.sha, st))
+                del wanted[path]
+            else:
+                os.unlink(root + b"/" + path)
+        gitlinks = {path for path, entry in wanted.items() if entry.mode == _GITLINK}
+        keep = set(directories) | gitlinks
+        for path in sorted(present_dirs - keep, key=len, reverse=True):
+            full = root + b"/" + path
+            if os.path.isdir(full):
+                shutil.rmtree(full)
+        existing = present_dirs & keep
+    for path in directories:
+        if path not in existing:
+            os.mkdir(root + b"/" + path)
+    by_sha: dict[ObjectID, list[FileEntry]] = {}
+    for entry in wanted.values():
         if entry.mode == _GITLINK:
             os.makedirs(root + b"/" + entry.path, exist_ok=True)
             index.append((entry.path, entry.mode, entry.sha, None))
@@ -171,7 +309,18 @@ def checkout(repo: Repo, trees: Trees, tree_id: ObjectID, directory: str, index_
         missing = next(iter(by_sha)).decode()
         raise KeyError(f"object {missing} is missing from the repository")
     write_index(index_path, index)
-    return len(files)
+    return sum(1 for e in wanted.values() if e.mode != _GITLINK)
+
+
+def _empty(root: bytes) -> None:
+    for name in os.listdir(root):
+        if name == b".git":
+            continue
+        path = root + b"/" + name
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -119,7 +119,8 @@ class GitRepositories:
     """The repository adapter: integration branches, worktrees and merges.
 
     ``identity`` (``Name <email>``) authors the merge commits; at most ``max_open``
-    repositories stay open.
+    repositories stay open. With ``worktrees_dir``, up to ``pool_capacity`` finished
+    worktrees per repository are kept under its ``.pool`` directory for reuse.
     """
 
     def __init__(
@@ -128,8 +129,13 @@ class GitRepositories:
         identity: str = DEFAULT_IDENTITY,
         max_listed_files: int = 2000,
         max_open: int = 16,
+        worktrees_dir: str | None = None,
+        pool_capacity: int = 4,
     ) -> None:
         self._identity = identity.encode()
+        # Where finished worktrees are pooled for reuse (None: they are deleted).
+        self._worktrees_dir = worktrees_dir if pool_capacity > 0 else None
+        self._pool_capacity = pool_capacity
         self._max_listed_files = max_listed_files
         self._max_open = max_open
         self._open_handles: OrderedDict[str, Handle] = OrderedDict()
@@ -250,10 +256,75 @@ class GitRepositories:
                 worktree_path,
                 f"ref: {branch_ref.decode()}",
                 handle.commit(head).tree,
+                self._pool(repo),
             )
             return WorkspaceOutcome(
                 branch=branch, worktree_path=worktree_path, base_sha=head.decode(), created=created
             )
+
+    def _pool(self, repo: Repo) -> str | None:
+        if self._worktrees_dir is None:
+            return None
+        return worktrees.pool_of(repo, self._worktrees_dir)
+
+    def scratch_worktree(self, handle: Handle, path: str, commit: ObjectID) -> None:
+        """A detached worktree at ``commit`` (for verification), from the pool if possible."""
+        worktrees.remove_worktree(handle.repo, path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        worktrees.add_worktree(
+            handle.repo,
+            handle.trees,
+            path,
+            commit.decode(),
+            handle.commit(commit).tree,
+            self._pool(handle.repo),
+        )
+
+    def release_worktree(self, repo: Repo, path: str) -> bool:
+        """Pool a finished worktree (or remove it when pooling is off or the pool full)."""
+        pool = self._pool(repo)
+        if pool is None:
+            worktrees.remove_worktree(repo, path)
+            return False
+        return worktrees.recycle_worktree(repo, path, pool, self._pool_capacity)
+
+    def recycle_worktree(self, repository_path: str, worktree_path: str) -> bool:
+        """Done with a worktree: pool it for the next task (or remove it)."""
+        with self._lock:
+            repo = self._open(repository_path).repo
+            if not os.path.isdir(worktree_path):
+                return worktrees.remove_worktree(repo, worktree_path)
+            self.release_worktree(repo, worktree_path)
+            return True
+
+    def drop_pool(self, repository_path: str) -> bool:
+        """Delete the repository's pooled worktrees (no mission uses it any more)."""
+        with self._lock:
+            try:
+                repo = self._open(repository_path).repo
+            except RepositoryError:
+                return False
+            pool = self._pool(repo)
+            return pool is not None and worktrees.drop_pool(pool)
+
+    def drop_idle_pools(self, active_repositories: Iterable[str]) -> list[str]:
+        """Delete the pools of every repository not in ``active_repositories``."""
+        if self._worktrees_dir is None:
+            return []
+        with self._lock:
+            keep = set()
+            for path in active_repositories:
+                try:
+                    keep.add(self._pool(self._open(path).repo))
+                except RepositoryError:
+                    continue
+            root = os.path.join(self._worktrees_dir, worktrees.POOL_DIR)
+            dropped = []
+            for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+                pool = os.path.join(root, name)
+                if pool not in keep and worktrees.drop_pool(pool):
+                    dropped.append(pool)
+            return dropped
 
     def remove_worktree(self, repository_path: str, worktree_path: str) -> bool:
         """Remove one worktree and its administrative directory; keeps the branch."""

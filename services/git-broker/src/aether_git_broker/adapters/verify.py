@@ -23,8 +23,7 @@ from typing import Literal
 
 from dulwich.objects import ObjectID
 
-from aether_git_broker.adapters import worktrees
-from aether_git_broker.adapters.git import Handle
+from aether_git_broker.adapters.git import GitRepositories, Handle
 
 log = logging.getLogger("aether.git_broker.verify")
 
@@ -86,20 +85,26 @@ class Verifier:
         self.max_output = max_output
         self.last: Verification | None = None
 
-    def verify(self, handle: Handle, commit: ObjectID, command: str, scratch: str) -> str | None:
-        """``None`` when ``command`` passes on ``commit``; else why, for people."""
-        repo = handle.repo
-        worktrees.remove_worktree(repo, scratch)
-        os.makedirs(os.path.dirname(scratch), exist_ok=True)
-        worktrees.add_worktree(
-            repo, handle.trees, scratch, commit.decode(), handle.commit(commit).tree
-        )
+    def verify(
+        self,
+        git: GitRepositories,
+        handle: Handle,
+        commit: ObjectID,
+        command: str,
+        scratch: str,
+    ) -> str | None:
+        """``None`` when ``command`` passes on ``commit``; else why, for people.
+
+        The scratch worktree comes from the repository's pool and goes back to it, so
+        verifying merge after merge rewrites only the files each merge changed.
+        """
+        git.scratch_worktree(handle, scratch, commit)
         try:
             outcome = run_command(
                 command, scratch, self.timeout, self.max_output, command_environment()
             )
         finally:
-            worktrees.remove_worktree(repo, scratch)
+            git.release_worktree(handle.repo, scratch)
         self.last = outcome
         log.info(
             "verification %s",

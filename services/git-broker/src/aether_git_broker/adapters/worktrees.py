@@ -8,6 +8,12 @@ writes the same files itself with an id that includes a hash of the full path.
 
 A worktree is checked out under a temporary name and renamed into place, so a worktree
 that exists is complete: after a crash half-way through it is rebuilt, never reused.
+
+Writing ten thousand files costs far more than reading a tree, so a worktree whose task
+is merged is not deleted but moved into its repository's pool (its files and its index;
+its registration goes). The next worktree of that repository starts from a pooled one
+and writes only the files that differ from its tree, checking every other file against
+the index by its stat data: what an agent left behind, changed or added, is put right.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from aether_git_broker.adapters.treemerge import Trees
 log = logging.getLogger("aether.git_broker.worktrees")
 
 _PARTIAL = ".partial"
+_INDEX = ".index"
+POOL_DIR = ".pool"
 
 
 def _common_dir(repo: Repo) -> str:
@@ -85,9 +93,40 @@ def _write(path: str, text: str) -> None:
         file.write(text)
 
 
-def add_worktree(repo: Repo, trees: Trees, path: str, head: str, tree: ObjectID) -> bool:
+def pool_of(repo: Repo, worktrees_dir: str) -> str:
+    """The directory holding a repository's pooled worktrees."""
+    key = hashlib.sha256(_common_dir(repo).encode()).hexdigest()[:12]
+    return os.path.join(worktrees_dir, POOL_DIR, key)
+
+
+def _claim(pool: str | None, partial: str) -> str | None:
+    """Move a pooled worktree to ``partial``; returns the path of its index, if any."""
+    if pool is None or not os.path.isdir(pool):
+        return None
+    for name in sorted(os.listdir(pool)):
+        if name.endswith(_INDEX):
+            continue
+        candidate = os.path.join(pool, name)
+        index = candidate + _INDEX
+        if not os.path.exists(index):
+            shutil.rmtree(candidate, ignore_errors=True)  # cut short while pooling
+            continue
+        os.rename(candidate, partial)
+        return index
+    return None
+
+
+def add_worktree(
+    repo: Repo,
+    trees: Trees,
+    path: str,
+    head: str,
+    tree: ObjectID,
+    pool: str | None = None,
+) -> bool:
     """Make ``path`` a linked worktree whose ``HEAD`` is ``head`` (``ref: refs/heads/…``
-    or a commit id), with ``tree`` (the tree of that commit) checked out.
+    or a commit id), with ``tree`` (the tree of that commit) checked out, starting from
+    a worktree of ``pool`` when there is one.
 
     Returns ``False`` when a complete worktree with that ``HEAD`` is already there (it is
     reused untouched: an agent may be at work in it), ``True`` when one was created.
@@ -97,7 +136,9 @@ def add_worktree(repo: Repo, trees: Trees, path: str, head: str, tree: ObjectID)
     remove_worktree(repo, path)
     partial = path + _PARTIAL
     shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
+    previous = _claim(pool, partial)
+    if previous is None:
+        os.makedirs(partial)
     admin = os.path.join(_admin_root(repo), _admin_id(path))
     shutil.rmtree(admin, ignore_errors=True)
     os.makedirs(admin)
@@ -105,8 +146,37 @@ def add_worktree(repo: Repo, trees: Trees, path: str, head: str, tree: ObjectID)
     _write(os.path.join(admin, "gitdir"), os.path.join(path, ".git") + "\n")
     _write(os.path.join(admin, "commondir"), "../..\n")
     _write(os.path.join(admin, "HEAD"), f"{head}\n")
-    checkout(repo, trees, tree, partial, os.path.join(admin, "index"))
+    checkout(repo, trees, tree, partial, os.path.join(admin, "index"), previous)
+    if previous is not None:
+        os.unlink(previous)
     os.rename(partial, path)
+    return True
+
+
+def recycle_worktree(repo: Repo, path: str, pool: str, capacity: int) -> bool:
+    """Move a finished worktree into ``pool`` (keeping its files and index, dropping its
+    registration); when the pool is full or the worktree incomplete, remove it instead.
+    Returns whether it was pooled."""
+    admin = registered_worktrees(repo).get(os.path.realpath(path))
+    index = os.path.join(admin, "index") if admin is not None else ""
+    pooled = [n for n in os.listdir(pool) if not n.endswith(_INDEX)] if os.path.isdir(pool) else []
+    if admin is None or not os.path.isfile(index) or len(pooled) >= capacity:
+        remove_worktree(repo, path)
+        return False
+    os.makedirs(pool, exist_ok=True)
+    target = os.path.join(pool, f"{os.path.basename(path)}-{os.urandom(4).hex()}")
+    os.replace(index, target + _INDEX)
+    os.rename(path, target)
+    os.unlink(os.path.join(target, ".git"))
+    shutil.rmtree(admin, ignore_errors=True)
+    return True
+
+
+def drop_pool(pool: str) -> bool:
+    """Delete a repository's pooled worktrees."""
+    if not os.path.isdir(pool):
+        return False
+    shutil.rmtree(pool, ignore_errors=True)
     return True
 
 
@@ -165,7 +235,7 @@ def sweep_directory(worktrees_dir: str, live: frozenset[str]) -> list[str]:
     keep = {os.path.realpath(path) for path in live}
     for group in sorted(os.listdir(worktrees_dir)):
         group_dir = os.path.join(worktrees_dir, group)
-        if not os.path.isdir(group_dir) or os.path.islink(group_dir):
+        if group == POOL_DIR or not os.path.isdir(group_dir) or os.path.islink(group_dir):
             continue
         for entry in sorted(os.listdir(group_dir)):
             path = os.path.join(group_dir, entry)

@@ -1,0 +1,122 @@
+"""Pooled worktrees: a finished task's directory becomes the next task's, exactly right."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from aether_git_broker.adapters.git import GitRepositories
+
+INTEGRATION = "aether/m-p"
+Git = Callable[..., str]
+Commit = Callable[..., str]
+
+
+@pytest.fixture
+def broker(worktrees_dir: Path) -> GitRepositories:
+    return GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
+
+
+def _workspace(broker: GitRepositories, repo: Path, worktrees_dir: Path, task: str) -> Path:
+    outcome = broker.prepare_workspace(
+        str(repo), INTEGRATION, f"aether-tasks/m-p/{task}/a1", str(worktrees_dir / "m-p" / task)
+    )
+    return Path(outcome.worktree_path)
+
+
+def _pooled(worktrees_dir: Path) -> list[Path]:
+    pools = list((worktrees_dir / ".pool").glob("*"))
+    return [p for pool in pools for p in pool.iterdir() if not p.name.endswith(".index")]
+
+
+def test_a_reused_worktree_is_exactly_the_new_head_whatever_the_agent_left(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, git: Git, commit: Commit
+) -> None:
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    first = _workspace(broker, repo, worktrees_dir, "t1")
+    sha = commit(first, {"feature.py": "F = 1\n", "app/util.py": None}, "agent's work")
+    # Things an agent leaves: an untracked file and directory, an uncommitted edit of
+    # the same size, a mode change, a file where a directory was.
+    (first / "scratch.log").write_text("noise\n")
+    (first / "build" / "out").mkdir(parents=True)
+    (first / "build" / "out" / "a.o").write_bytes(b"\0\1")
+    (first / "README.md").write_text("# DEMO\n")
+    (first / "app" / "main.py").chmod(0o755)
+    broker.merge(
+        str(repo),
+        INTEGRATION,
+        since_sha=base,
+        mission_id="m-p",
+        task_id="t1",
+        attempt=1,
+        commit_sha=sha,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert broker.recycle_worktree(str(repo), str(first))
+    assert not first.exists()
+    assert len(_pooled(worktrees_dir)) == 1
+    assert str(first) not in git(repo, "worktree", "list", "--porcelain")
+
+    second = _workspace(broker, repo, worktrees_dir, "t2")
+    assert _pooled(worktrees_dir) == []
+    assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+    assert git(second, "diff-files", "--quiet") == ""
+    assert git(second, "rev-parse", "HEAD") == sha
+    assert (second / "README.md").read_text() == "# demo\n"
+    assert not os.stat(second / "app" / "main.py").st_mode & 0o100
+    assert not (second / "app" / "util.py").exists()
+    assert (second / "feature.py").read_text() == "F = 1\n"
+    assert git(repo, "worktree", "prune", "--dry-run", "-v") == ""
+
+
+def test_an_edit_with_its_time_put_back_is_still_noticed(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    first = _workspace(broker, repo, worktrees_dir, "t1")
+    target = first / "app" / "main.py"
+    before = os.stat(target)
+    target.write_text("print('HELLO')\n")  # same size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    broker.recycle_worktree(str(repo), str(first))
+    second = _workspace(broker, repo, worktrees_dir, "t2")
+    assert (second / "app" / "main.py").read_text() == "print('hello')\n"
+    assert git(second, "status", "--porcelain") == ""
+
+
+def test_the_pool_keeps_only_a_few_worktrees_and_goes_with_its_last_mission(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path
+) -> None:
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    paths = [_workspace(broker, repo, worktrees_dir, f"t{n}") for n in range(3)]
+    for path in paths:
+        broker.recycle_worktree(str(repo), str(path))
+    assert len(_pooled(worktrees_dir)) == 2
+    assert not any(p.exists() for p in paths)
+    assert broker.drop_idle_pools([str(repo)]) == []
+    assert len(_pooled(worktrees_dir)) == 2
+    assert broker.drop_pool(str(repo))
+    assert _pooled(worktrees_dir) == []
+    _workspace(broker, repo, worktrees_dir, "t9")
+    broker.recycle_worktree(str(repo), str(worktrees_dir / "m-p" / "t9"))
+    assert len(broker.drop_idle_pools([])) == 1
+    assert _pooled(worktrees_dir) == []
+
+
+def test_a_pooled_worktree_cut_short_is_not_reused(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    first = _workspace(broker, repo, worktrees_dir, "t1")
+    broker.recycle_worktree(str(repo), str(first))
+    (pooled,) = _pooled(worktrees_dir)
+    os.unlink(str(pooled) + ".index")  # a crash between moving the files and the index
+    (pooled / "junk.txt").write_text("x\n")
+    second = _workspace(broker, repo, worktrees_dir, "t2")
+    assert not (second / "junk.txt").exists()
+    assert git(second, "status", "--porcelain", "--untracked-files=all") == ""
+    assert _pooled(worktrees_dir) == []
