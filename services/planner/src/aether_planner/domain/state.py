@@ -1,0 +1,124 @@
+"""The planner's memory of each mission: the request, the repository, the conversation.
+
+A *trigger* is an event the planner answers with one model decision: the repository being
+prepared (the first plan), a person's message (answers to questions, or feedback on a
+plan), or an explicit revision request. Every outcome (a plan version, questions, an
+answer, a failure) names its trigger as its cause, so a trigger seen again after a crash
+is recognised as handled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from aether_events import (
+    Event,
+    MissionAnswered,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+    MissionMessagePosted,
+    MissionRequested,
+    PlanApproved,
+    PlanClarificationRequested,
+    PlanFailed,
+    PlanProduced,
+    PlanRevisionRequested,
+    RepositoryPrepared,
+)
+
+Turn = tuple[Literal["questions", "answer", "plan", "feedback"], str]
+OUTCOMES = (PlanProduced, PlanClarificationRequested, MissionAnswered, PlanFailed)
+
+
+@dataclass(frozen=True)
+class MissionPlanning:
+    request: MissionRequested
+    prepared: RepositoryPrepared | None = None
+    plans: dict[int, PlanProduced] = field(default_factory=dict)
+    # The conversation so far, oldest first: what the planner asked or proposed, and what
+    # people answered or asked to change.
+    turns: tuple[Turn, ...] = ()
+    handled: frozenset[str] = frozenset()
+    waiting_for_answer: bool = False
+    clarification_rounds: int = 0
+    approved: bool = False
+    ended: bool = False
+
+    @property
+    def latest_version(self) -> int:
+        return max(self.plans, default=0)
+
+
+@dataclass(frozen=True)
+class State:
+    missions: dict[str, MissionPlanning] = field(default_factory=dict)
+
+
+def evolve(state: State, event: Event) -> State:
+    if isinstance(event, MissionRequested):
+        if event.mission_id in state.missions:
+            return state
+        return State({**state.missions, event.mission_id: MissionPlanning(request=event)})
+    mission = state.missions.get(event.mission_id)
+    if mission is None:
+        return state
+    updated = _mission(mission, event)
+    if isinstance(event, OUTCOMES) and event.causation_id:
+        updated = replace(updated, handled=updated.handled | {event.causation_id})
+    return State({**state.missions, event.mission_id: updated})
+
+
+def _mission(m: MissionPlanning, event: Event) -> MissionPlanning:
+    match event:
+        case RepositoryPrepared():
+            return replace(m, prepared=event)
+        case PlanClarificationRequested():
+            questions = "\n".join(f"- {q}" for q in event.questions)
+            return replace(
+                m,
+                turns=(*m.turns, ("questions", questions)),
+                waiting_for_answer=True,
+                clarification_rounds=m.clarification_rounds + 1,
+            )
+        case MissionMessagePosted():
+            kind: Literal["answer", "feedback"] = "answer" if m.waiting_for_answer else "feedback"
+            return replace(m, turns=(*m.turns, (kind, event.text)), waiting_for_answer=False)
+        case PlanRevisionRequested():
+            return replace(m, turns=(*m.turns, ("feedback", event.feedback)))
+        case PlanProduced():
+            summary = "\n".join(
+                f"- {t.id}: {t.title} (files: {', '.join(t.files) or 'none'}; "
+                f"after: {', '.join(t.depends_on) or 'nothing'})"
+                for t in event.tasks
+            )
+            return replace(
+                m,
+                plans={**m.plans, event.version: event},
+                turns=(*m.turns, ("plan", f"Plan version {event.version}:\n{summary}")),
+                waiting_for_answer=False,
+            )
+        case PlanApproved():
+            return replace(m, approved=True)
+        case (
+            PlanFailed()
+            | MissionAnswered()
+            | MissionCancelled()
+            | MissionCompleted()
+            | MissionFailed()
+        ):
+            return replace(m, ended=True)
+    return m
+
+
+def wants_model(state: State, trigger: Event) -> bool:
+    """Whether ``trigger`` asks the planner for a model decision it has not made yet."""
+    mission = state.missions.get(trigger.mission_id)
+    if mission is None or mission.prepared is None or mission.ended or mission.approved:
+        return False
+    if trigger.event_id in mission.handled:
+        return False
+    if isinstance(trigger, RepositoryPrepared):
+        return not mission.plans and mission.clarification_rounds == 0
+    return isinstance(trigger, MissionMessagePosted | PlanRevisionRequested)

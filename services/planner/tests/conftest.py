@@ -1,0 +1,199 @@
+"""A planner service in-process against real NATS, and a scripted Messages API server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
+
+from aether.infra import free_port
+from aether_events import (
+    Event,
+    EventPublisher,
+    MissionRequested,
+    RepoFile,
+    RepositoryPrepared,
+    decode,
+    derived_id,
+    mission_subject,
+)
+from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
+from aether_planner.app import build
+from aether_runtime import RuntimeSettings, Service
+
+Responder = Callable[[dict[str, Any]], Reply | ApiError]
+
+
+@dataclass
+class Script:
+    """Replies in order; every request is kept for assertions."""
+
+    replies: list[Reply | ApiError | Responder] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, request: dict[str, Any]) -> Reply | ApiError:
+        self.requests.append(request)
+        if not self.replies:
+            return ApiError(500, "api_error", "the script has no more replies")
+        reply = self.replies.pop(0)
+        return reply(request) if callable(reply) else reply
+
+
+def plan_reply(tasks: list[dict[str, Any]], rationale: str = "because", **usage: int) -> Reply:
+    tokens = {"input_tokens": 1000, "output_tokens": 200, **usage}
+    return Reply(
+        [tool_use_block("submit_plan", {"tasks": tasks, "rationale": rationale})],
+        "tool_use",
+        **tokens,
+    )
+
+
+def good_tasks() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": "t1",
+            "title": "Parser",
+            "description": "parse",
+            "files": ["src/parse.py"],
+            "depends_on": [],
+            "tier": "standard",
+        },
+        {
+            "id": "t2",
+            "title": "CLI",
+            "description": "wire",
+            "files": ["src/cli.py"],
+            "depends_on": ["t1"],
+            "tier": "small",
+        },
+    ]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    (path / "README.md").write_text("# Tool\n\nConverts CSV to JSON.\n")
+    (path / "pyproject.toml").write_text('[project]\nname = "tool"\n')
+    (path / "src").mkdir()
+    (path / "src" / "export.py").write_text("def export():\n    return 1\n")
+    run = lambda *a: subprocess.run(["git", *a], cwd=path, check=True, capture_output=True)  # noqa: E731
+    run("init", "-q", "-b", "main")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return path
+
+
+@pytest.fixture
+def script() -> Iterator[tuple[Script, MessagesServer]]:
+    s = Script()
+    server = MessagesServer(s).start()
+    yield s, server
+    server.stop()
+
+
+@dataclass
+class Planner:
+    service: Service
+    nc: NatsClient
+    mission_id: str
+    repo: Path
+
+    @property
+    def publisher(self) -> EventPublisher:
+        return EventPublisher(self.nc.jetstream())
+
+    def meta(self, step: str) -> dict[str, Any]:
+        return {
+            "event_id": derived_id(self.mission_id, "test", step),
+            "mission_id": self.mission_id,
+            "occurred_at": datetime.now(UTC),
+            "correlation_id": derived_id(self.mission_id, "test", "requested"),
+        }
+
+    async def request(self, requirement: str = "Add a --json flag to export", **kw: Any) -> None:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=self.repo, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        await self.publisher.publish_all(
+            [
+                MissionRequested(
+                    **self.meta("requested"),
+                    repository=str(self.repo),
+                    requirement=requirement,
+                    **kw,
+                ),
+                RepositoryPrepared(
+                    **self.meta("prepared"),
+                    repository_path=str(self.repo),
+                    base_branch="main",
+                    base_sha=sha,
+                    integration_branch=f"aether/{self.mission_id}",
+                    files=[
+                        RepoFile(path=p, size=10)
+                        for p in ("README.md", "pyproject.toml", "src/export.py")
+                    ],
+                    file_count=3,
+                ),
+            ]
+        )
+
+    async def events(self) -> list[Event]:
+        js = self.nc.jetstream()
+        sub = await js.subscribe(
+            mission_subject(self.mission_id),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        out: list[Event] = []
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.3)
+                except TimeoutError:
+                    return out
+                out.append(decode(msg.data))
+        finally:
+            await sub.unsubscribe()
+
+    async def wait_for(
+        self, cls: type[Event], count: int = 1, timeout: float = 20.0
+    ) -> list[Event]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            events = await self.events()
+            if len([e for e in events if isinstance(e, cls)]) >= count:
+                return events
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(
+                    f"no {cls.__name__} x{count}: {[type(e).__name__ for e in events]}"
+                )
+
+
+def start_planner(nats_url: str, base_url: str, max_retries: int = 0) -> Service:
+    llm = LLMSettings(api_key="test-key", base_url=base_url, max_retries=max_retries)
+    return build(RuntimeSettings(nats_url=nats_url, port=free_port()), llm)
+
+
+@pytest.fixture
+async def planner(
+    nats_url: str,
+    nc: NatsClient,
+    script: tuple[Script, MessagesServer],
+    repo: Path,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Planner]:
+    service = start_planner(nats_url, script[1].url, max_retries=getattr(request, "param", 0))
+    await service.start()
+    try:
+        yield Planner(service, nc, f"m-{abs(hash(request.node.name)) % 10**12:012d}", repo)
+    finally:
+        await service.stop()

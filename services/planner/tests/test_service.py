@@ -1,0 +1,252 @@
+"""The planner against a scripted Messages API server over HTTP, on real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from aether_events import (
+    MissionAnswered,
+    MissionMessagePosted,
+    PlanClarificationRequested,
+    PlanFailed,
+    PlanProduced,
+    PlanRevisionRequested,
+    UsageRecorded,
+)
+from aether_llm import ApiError, Reply, tool_use_block
+
+from .conftest import Planner, good_tasks, plan_reply, start_planner
+
+
+def of(events, cls):
+    return [e for e in events if isinstance(e, cls)]
+
+
+async def test_a_good_plan_is_produced_with_cached_prefix_and_exact_usage(
+    planner: Planner, script
+) -> None:
+    s, _ = script
+    s.replies.append(
+        plan_reply(
+            good_tasks(),
+            input_tokens=1000,
+            output_tokens=200,
+            cache_creation_input_tokens=300,
+            cache_read_input_tokens=400,
+        )
+    )
+    await planner.request(model_overrides={"complex": "claude-opus-5-5"})
+    events = await planner.wait_for(PlanProduced)
+    plan = of(events, PlanProduced)[0]
+    assert plan.version == 1 and [t.id for t in plan.tasks] == ["t1", "t2"]
+    assert (
+        plan.tasks[1].depends_on == ["t1"] and plan.model == "claude-opus-5-5" and not plan.offline
+    )
+    usage = of(events, UsageRecorded)[0]
+    assert usage.usage.input_tokens == 1000 and usage.usage.cache_read_input_tokens == 400
+    # 1000×$4 + 200×$20 + 300×$5 + 400×$0.20 per million tokens
+    assert usage.usage.cost_usd == pytest.approx(0.00958)
+    request = s.requests[0]
+    assert request["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert request["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    context = request["messages"][0]["content"][0]
+    assert context["cache_control"] == {"type": "ephemeral"}
+    assert "Converts CSV to JSON." in context["text"]  # the README was read
+    assert "src/export.py" in context["text"] and "Python" in context["text"]
+    assert request["tool_choice"] == {"type": "any"}
+    assert "Add a --json flag" in request["messages"][0]["content"][1]["text"]
+
+
+async def test_an_invalid_plan_gets_one_correction_with_the_exact_errors(
+    planner: Planner, script
+) -> None:
+    s, _ = script
+    cyclic = [
+        {
+            "id": "a",
+            "title": "A",
+            "description": "a",
+            "files": ["a.py"],
+            "depends_on": ["b"],
+            "tier": "small",
+        },
+        {
+            "id": "b",
+            "title": "B",
+            "description": "b",
+            "files": ["../b.py"],
+            "depends_on": ["a"],
+            "tier": "small",
+        },
+    ]
+    s.replies += [plan_reply(cyclic), plan_reply(good_tasks())]
+    await planner.request()
+    events = await planner.wait_for(PlanProduced)
+    assert len(of(events, UsageRecorded)) == 2
+    correction = s.requests[1]["messages"][-1]["content"][0]
+    assert correction["type"] == "tool_result" and correction["is_error"]
+    assert "dependency cycle: a -> b -> a" in correction["content"]
+    assert "'../b.py' is outside the repository" in correction["content"]
+
+
+async def test_a_plan_invalid_twice_fails_with_a_reason_a_person_can_act_on(
+    planner: Planner, script
+) -> None:
+    s, _ = script
+    empty = plan_reply([])
+    s.replies += [empty, empty]
+    await planner.request()
+    events = await planner.wait_for(PlanFailed)
+    assert (
+        "rejected twice" in of(events, PlanFailed)[0].reason
+        and "no tasks" in of(events, PlanFailed)[0].reason
+    )
+
+
+async def test_a_question_is_answered_directly(planner: Planner, script) -> None:
+    s, _ = script
+    s.replies.append(
+        Reply(
+            [tool_use_block("answer_question", {"answer": "export() lives in src/export.py"})],
+            "tool_use",
+            500,
+            40,
+        )
+    )
+    await planner.request("Where is the export function?")
+    events = await planner.wait_for(MissionAnswered)
+    assert of(events, MissionAnswered)[0].answer == "export() lives in src/export.py"
+    assert of(events, PlanProduced) == []
+
+
+async def test_clarifying_questions_wait_for_the_answer_then_plan(planner: Planner, script) -> None:
+    s, _ = script
+    s.replies.append(
+        Reply(
+            [
+                tool_use_block(
+                    "ask_clarifying_questions", {"questions": ["JSON lines or one array?"]}
+                )
+            ],
+            "tool_use",
+            500,
+            40,
+        )
+    )
+    await planner.request()
+    await planner.wait_for(PlanClarificationRequested)
+    s.replies.append(plan_reply(good_tasks()))
+    await planner.publisher.publish(
+        MissionMessagePosted(**planner.meta("answer"), text="One array, please.", author="alice")
+    )
+    events = await planner.wait_for(PlanProduced)
+    conversation = s.requests[1]["messages"][0]["content"][1]["text"]
+    assert "You asked:\n- JSON lines or one array?" in conversation
+    assert "The user answered:\nOne array, please." in conversation
+    assert of(events, PlanProduced)[0].version == 1
+
+
+async def test_feedback_produces_the_next_version_and_keeps_the_first(
+    planner: Planner, script
+) -> None:
+    s, _ = script
+    s.replies.append(plan_reply(good_tasks()))
+    await planner.request()
+    await planner.wait_for(PlanProduced)
+    s.replies.append(plan_reply(good_tasks()[:1], rationale="one task is enough"))
+    await planner.publisher.publish(
+        PlanRevisionRequested(
+            **planner.meta("revise"), feedback="Merge the CLI into the parser task", base_version=1
+        )
+    )
+    events = await planner.wait_for(PlanProduced, count=2)
+    versions = {p.version: p for p in of(events, PlanProduced)}
+    assert set(versions) == {1, 2} and len(versions[2].tasks) == 1
+    revision = s.requests[1]
+    assert revision["tool_choice"] == {"type": "tool", "name": "submit_plan"}
+    assert (
+        "The user's feedback on it:\nMerge the CLI into the parser task"
+        in revision["messages"][0]["content"][1]["text"]
+    )
+    # The cached prefix is byte-for-byte the same as the first call's.
+    assert revision["messages"][0]["content"][0] == s.requests[0]["messages"][0]["content"][0]
+    assert (
+        revision["system"] == s.requests[0]["system"]
+        and revision["tools"] == s.requests[0]["tools"]
+    )
+
+
+@pytest.mark.parametrize("planner", [2], indirect=True)
+async def test_rate_limited_then_succeeds(planner: Planner, script) -> None:
+    s, _ = script
+    s.replies += [
+        ApiError(429, "rate_limit_error", "slow down", retry_after=0.1),
+        ApiError(529, "overloaded_error", "busy", retry_after=0.1),
+        plan_reply(good_tasks()),
+    ]
+    await planner.request()
+    events = await planner.wait_for(PlanProduced)
+    assert len(s.requests) == 3 and len(of(events, UsageRecorded)) == 1
+
+
+async def test_an_unreachable_model_fails_the_plan_clearly(
+    nats_url: str, nc: NatsClient, repo
+) -> None:
+    from aether.infra import free_port
+
+    from .conftest import Planner
+
+    service = start_planner(nats_url, f"http://127.0.0.1:{free_port()}", max_retries=0)
+    await service.start()
+    try:
+        p = Planner(service, nc, "m-unreachable", repo)
+        await p.request()
+        events = await p.wait_for(PlanFailed)
+    finally:
+        await service.stop()
+    assert "could not be reached" in of(events, PlanFailed)[0].reason
+
+
+async def test_a_trigger_redelivered_after_a_crash_does_not_call_the_model_again(
+    nats_url: str, nc: NatsClient, script, repo
+) -> None:
+    """The planner dies after the model answered and before it published (its publisher
+    fails, so the message is handed back): the restarted planner takes the reply from the
+    journal."""
+    from .conftest import Planner
+
+    s, server = script
+    s.replies.append(plan_reply(good_tasks()))
+    crashing = start_planner(nats_url, server.url)
+
+    class Crash(Exception):
+        pass
+
+    async def die(*args: object, **kwargs: object) -> None:
+        raise Crash
+
+    await crashing.start()
+    p = Planner(crashing, nc, "m-crash", repo)
+    original = type(crashing.publisher).publish
+    type(crashing.publisher).publish = die  # type: ignore[method-assign]
+    try:
+        await p.request()
+        for _ in range(100):
+            if s.requests:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        type(crashing.publisher).publish = original  # type: ignore[method-assign]
+        await crashing.stop()
+    assert len(s.requests) == 1
+    restarted = start_planner(nats_url, server.url)
+    await restarted.start()
+    try:
+        events = await Planner(restarted, nc, "m-crash", repo).wait_for(PlanProduced)
+    finally:
+        await restarted.stop()
+    assert len(s.requests) == 1, "the model was asked twice for the same step"
+    assert len(of(events, PlanProduced)) == 1 and len(of(events, UsageRecorded)) == 1
