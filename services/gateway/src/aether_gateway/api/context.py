@@ -54,6 +54,20 @@ class GatewayContext:
                 extra={"reason": type(error).__name__},
             ) from error
 
+    async def settled(self, within: float = 2.0) -> None:
+        """Wait (briefly) until the read model has folded every event this gateway has
+        streamed to clients, so a client that saw an event on a stream finds it in the
+        queries it makes next. Costs one position read when nothing is pending."""
+        target = self.hub.last_sequence
+        position = await self.read_model.position()
+        if position >= target:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while position < target and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            position = await self.read_model.position()
+
     async def caught_up(self, within: float = 5.0) -> bool:
         """Wait until the read model has folded everything the stream held when called.
 

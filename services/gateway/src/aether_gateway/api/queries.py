@@ -128,6 +128,7 @@ async def list_missions(
 ) -> MissionPage:
     """Filter by status, repository and creation time (``since`` inclusive, ``until``
     exclusive); follow ``next_cursor`` for the next page."""
+    await ctx.settled()
     before = _decode_cursor(cursor, (datetime, str))
     missions = await ctx.queries.missions(
         statuses=_statuses(status, MISSION_STATUSES),
@@ -159,6 +160,7 @@ async def _mission_or_wait(ctx: GatewayContext, mission_id: str) -> Mission:
     """Reads its writes: a mission whose request is on the stream but not folded yet is
     waited for (briefly) rather than reported missing."""
     _valid_mission_id(mission_id)
+    await ctx.settled()
     mission = await ctx.queries.mission(mission_id)
     if mission is None and await ctx.caught_up():
         mission = await ctx.queries.mission(mission_id)
@@ -237,6 +239,7 @@ async def list_tasks(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> TaskPage:
+    await ctx.settled()
     before = _decode_cursor(cursor, (datetime, str, str))
     tasks = await ctx.queries.tasks(
         mission_id=mission_id,
@@ -299,6 +302,7 @@ async def list_agents(
     """A runner is ``active`` while it works a task and has been heard from lately,
     ``idle`` when it has been heard from but runs nothing, ``gone`` when it has not been
     heard from for a while (``AETHER_AGENT_STALE_SECONDS``)."""
+    await ctx.settled()
     sessions = await ctx.queries.sessions(mission_id=mission_id)
     found = runners(sessions, datetime.now(UTC), ctx.settings.agent_stale_seconds)
     return AgentList(agents=[r for r in found if status is None or r.status == status])
@@ -326,6 +330,7 @@ async def list_events(
 ) -> EventPage:
     """Each event with its stream sequence (``seq``); pass the last one (or
     ``next_after``) as ``after`` for the next page."""
+    await ctx.settled()
     types = [t for v in type or [] for t in v.split(",") if t] or None
     unknown = [t for t in types or [] if t not in TYPES_BY_TAG]
     if unknown:
@@ -370,6 +375,7 @@ async def usage_report(
 ) -> UsageReport:
     """Days and months (UTC) carry the global daily and monthly budgets, and whether the
     scheduler reported them used up; missions carry their own budget."""
+    await ctx.settled()
     rows = await ctx.queries.usage(
         group_by,
         mission_id=mission_id,
