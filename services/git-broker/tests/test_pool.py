@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from aether_git_broker.adapters import checkout as checkout_module
+from aether_git_broker.adapters import worktrees as worktrees_module
 from aether_git_broker.adapters.git import GitRepositories
 
 INTEGRATION = "aether/m-p"
@@ -120,3 +122,39 @@ def test_a_pooled_worktree_cut_short_is_not_reused(
     assert not (second / "junk.txt").exists()
     assert git(second, "status", "--porcelain", "--untracked-files=all") == ""
     assert _pooled(worktrees_dir) == []
+
+
+def test_a_warmed_pool_serves_the_first_tasks_without_a_full_checkout(
+    repo: Path, worktrees_dir: Path, git: Git, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=3)
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    assert broker.prewarm(str(repo), base, count=2)
+    broker.close()  # waits for the warm-up
+    assert len(_pooled(worktrees_dir)) == 2
+    written: list[int] = []
+    original = checkout_module.checkout
+
+    def counting(*args: object, **kwargs: object) -> int:
+        written.append(original(*args, **kwargs))  # type: ignore[arg-type]
+        return written[-1]
+
+    monkeypatch.setattr(worktrees_module, "checkout", counting)
+    wt = _workspace(broker, repo, worktrees_dir, "t1")
+    assert written == [0]  # every file was already there
+    assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
+    assert len(_pooled(worktrees_dir)) == 1
+
+
+def test_start_up_clears_pool_entries_cut_short(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path
+) -> None:
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    first = _workspace(broker, repo, worktrees_dir, "t1")
+    broker.recycle_worktree(str(repo), str(first))
+    (pool,) = (worktrees_dir / ".pool").iterdir()
+    (pool / "warm-dead.warming" / "src").mkdir(parents=True)
+    (pool / "gone.index").write_bytes(b"DIRC")
+    removed = broker.clear_pool_leftovers()
+    assert sorted(Path(p).name for p in removed) == ["gone.index", "warm-dead.warming"]
+    assert len(_pooled(worktrees_dir)) == 1

@@ -387,8 +387,9 @@ async def test_a_restarted_broker_removes_leftovers_before_its_first_delivery(
     restarted = build_service(settings)
     await start_service(restarted)
     try:
-        # start() returns once the projection is rebuilt and the sweep is done.
-        assert sorted(p.name for p in worktrees_dir.iterdir()) == [mission]
+        # start() returns once the projection is rebuilt and the sweep is done. (The
+        # pool keeps worktrees of the repository, which a running mission still uses.)
+        assert sorted(p.name for p in worktrees_dir.iterdir()) == [".pool", mission]
         assert [p.name for p in (worktrees_dir / mission).iterdir()] == ["t2-a1"]
         assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 2
         assert git(repo, "worktree", "prune", "--dry-run", "-v") == ""

@@ -143,6 +143,7 @@ class Handlers:
             branch for path, branch in plan.merged_branches if self._git.delete_branch(path, branch)
         ]
         removed += self._git.drop_idle_pools(plan.active_repositories)
+        removed += self._git.clear_pool_leftovers()
         metrics.CLEANED.labels("worktree", "start").inc(len(removed))
         metrics.CLEANED.labels("branch", "start").inc(len(branches))
         if removed or branches:
@@ -181,6 +182,10 @@ class Handlers:
             log.warning("repository rejected", extra={"reason": str(error)})
             return
         await self._publish(repository_prepared_event(event, self._clock(), outcome))
+        # Worktrees for the first tasks are checked out while the mission is planned.
+        await asyncio.to_thread(
+            self._git.prewarm, outcome.path, outcome.base_sha, event.max_concurrency
+        )
         log.info(
             "repository prepared",
             extra={

@@ -33,6 +33,10 @@ _GITLINK = 0o160000
 _SYMLINK = 0o120000
 
 
+class NeedsFilters(Exception):
+    """The repository needs git's content filters, which only a real worktree can apply."""
+
+
 class UnsafePath(ValueError):
     """A tree entry whose name would escape the directory or overwrite git's own files."""
 
@@ -234,17 +238,23 @@ def checkout(
     directory: str,
     index_path: str,
     previous: str | None = None,
+    *,
+    filters: bool = True,
 ) -> int:
     """Make ``directory`` hold exactly ``tree_id`` and write its index to ``index_path``.
 
     With ``previous`` (the index of what the directory held), files whose content and
     stat data match are kept and everything else is removed or written: a directory
     used before needs only what differs. Without it the directory must be empty.
-    Returns the number of files written.
+    Returns the number of files written. A repository that needs git's content filters
+    is checked out by dulwich (``directory`` must then be a worktree), or, with
+    ``filters=False``, raises ``NeedsFilters``.
     """
     directories, files = list_tree(trees, tree_id)
     root = os.fsencode(directory)
     if repo.object_format.name != "sha1" or needs_filters(repo, files):
+        if not filters:
+            raise NeedsFilters(directory)
         if previous is not None:
             _empty(root)
         worktree = Repo(directory)

@@ -140,6 +140,7 @@ class GitRepositories:
         self._max_open = max_open
         self._open_handles: OrderedDict[str, Handle] = OrderedDict()
         self._lock = threading.RLock()
+        self._warming: dict[str, threading.Thread] = {}
 
     def _open(self, repository: str) -> Handle:
         path = local_path(repository)
@@ -163,7 +164,9 @@ class GitRepositories:
             handle.repo.close()
 
     def close(self) -> None:
-        """Close every open repository."""
+        """Close every open repository (after any pool warm-up still running)."""
+        for thread in list(self._warming.values()):
+            thread.join()
         with self._lock:
             for path in list(self._open_handles):
                 self._forget(path)
@@ -296,6 +299,44 @@ class GitRepositories:
                 return worktrees.remove_worktree(repo, worktree_path)
             self.release_worktree(repo, worktree_path)
             return True
+
+    def prewarm(self, repository_path: str, commit_sha: str, count: int) -> bool:
+        """Start filling the repository's pool with worktrees of ``commit_sha`` in the
+        background (while the mission is planned), so its first tasks do not each write
+        every file. Returns whether a warm-up started."""
+        with self._lock:
+            repo = self._open(repository_path).repo
+            pool = self._pool(repo)
+            handle = self._open(repository_path)
+            if pool is None or count <= 0:
+                return False
+            running = self._warming.get(pool)
+            if running is not None and running.is_alive():
+                return False
+            tree = handle.commit(ObjectID(commit_sha.encode())).tree
+            thread = threading.Thread(
+                target=self._warm,
+                args=(handle.path, tree, pool, min(count, self._pool_capacity)),
+                name="git-broker-warm-pool",
+                daemon=True,
+            )
+            self._warming[pool] = thread
+            thread.start()
+            return True
+
+    def _warm(self, repository_path: str, tree: ObjectID, pool: str, count: int) -> None:
+        try:
+            made = worktrees.warm_pool(repository_path, tree, pool, count)
+        except Exception:  # a background helper: log, never crash the broker
+            log.exception("warming the worktree pool failed", extra={"pool": pool})
+            return
+        log.info("worktree pool warmed", extra={"pool": pool, "worktrees": made})
+
+    def clear_pool_leftovers(self) -> list[str]:
+        """Remove pool entries cut short by a stop or a crash (at start-up)."""
+        if self._worktrees_dir is None:
+            return []
+        return worktrees.clear_leftovers(self._worktrees_dir)
 
     def drop_pool(self, repository_path: str) -> bool:
         """Delete the repository's pooled worktrees (no mission uses it any more)."""

@@ -26,13 +26,14 @@ import shutil
 from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
-from aether_git_broker.adapters.checkout import checkout
+from aether_git_broker.adapters.checkout import NeedsFilters, checkout
 from aether_git_broker.adapters.treemerge import Trees
 
 log = logging.getLogger("aether.git_broker.worktrees")
 
 _PARTIAL = ".partial"
 _INDEX = ".index"
+_WARMING = ".warming"
 POOL_DIR = ".pool"
 
 
@@ -104,7 +105,7 @@ def _claim(pool: str | None, partial: str) -> str | None:
     if pool is None or not os.path.isdir(pool):
         return None
     for name in sorted(os.listdir(pool)):
-        if name.endswith(_INDEX):
+        if name.endswith((_INDEX, _WARMING)):
             continue
         candidate = os.path.join(pool, name)
         index = candidate + _INDEX
@@ -159,8 +160,7 @@ def recycle_worktree(repo: Repo, path: str, pool: str, capacity: int) -> bool:
     Returns whether it was pooled."""
     admin = registered_worktrees(repo).get(os.path.realpath(path))
     index = os.path.join(admin, "index") if admin is not None else ""
-    pooled = [n for n in os.listdir(pool) if not n.endswith(_INDEX)] if os.path.isdir(pool) else []
-    if admin is None or not os.path.isfile(index) or len(pooled) >= capacity:
+    if admin is None or not os.path.isfile(index) or _pooled_count(pool) >= capacity:
         remove_worktree(repo, path)
         return False
     os.makedirs(pool, exist_ok=True)
@@ -170,6 +170,51 @@ def recycle_worktree(repo: Repo, path: str, pool: str, capacity: int) -> bool:
     os.unlink(os.path.join(target, ".git"))
     shutil.rmtree(admin, ignore_errors=True)
     return True
+
+
+def _pooled_count(pool: str) -> int:
+    return sum(1 for n in os.listdir(pool) if not n.endswith(_INDEX)) if os.path.isdir(pool) else 0
+
+
+def warm_pool(repository_path: str, tree: ObjectID, pool: str, count: int) -> int:
+    """Check ``tree`` out into the pool until it holds ``count`` worktrees; returns how
+    many were made. Meant for a background thread while a mission is being planned: it
+    opens its own repository, builds each one under a name the pool ignores and renames
+    it into place, so a worktree taken from the pool is always complete."""
+    made = 0
+    with Repo(repository_path) as repo:
+        trees = Trees(repo.object_store)
+        os.makedirs(pool, exist_ok=True)
+        while _pooled_count(pool) < count:
+            name = os.path.join(pool, f"warm-{os.urandom(4).hex()}")
+            building = name + _WARMING
+            os.makedirs(building)
+            try:
+                checkout(repo, trees, tree, building, name + _INDEX, filters=False)
+            except NeedsFilters:
+                shutil.rmtree(building, ignore_errors=True)
+                return made
+            os.rename(building, name)
+            made += 1
+    return made
+
+
+def clear_leftovers(worktrees_dir: str) -> list[str]:
+    """Pool entries a stop or a crash cut short: half-warmed ones, indexes alone."""
+    root = os.path.join(worktrees_dir, POOL_DIR)
+    removed: list[str] = []
+    for pool in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        directory = os.path.join(root, pool)
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            orphan = name.endswith(_INDEX) and not os.path.isdir(path.removesuffix(_INDEX))
+            if name.endswith(_WARMING) or orphan:
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def drop_pool(pool: str) -> bool:
