@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -172,7 +173,8 @@ def watch(args: argparse.Namespace) -> int:
         elif board_view:
             now = time.monotonic()
             if board.finished or now - drawn > 0.25:
-                print(_CLEAR + render(board), flush=True)
+                width = shutil.get_terminal_size((100, 24)).columns
+                print(_CLEAR + render(board, width), flush=True)
                 drawn = now
         elif event.event != "agent_heartbeat":
             print(describe(event), flush=True)

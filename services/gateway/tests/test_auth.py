@@ -280,3 +280,9 @@ async def test_oidc_tokens_are_verified_against_the_jwks(make_gateway, issuer):
         response = await c.get("/missions")
         assert response.status_code == 403
         assert response.json()["error"] == "the OIDC token grants no Aether scope"
+
+
+async def test_token_listing_validates_its_query(http):
+    response = await http.get("/admin/tokens", params={"include_revoked": "perhaps"})
+    assert response.status_code == 400
+    assert "include_revoked" in response.json()["error"]
