@@ -137,7 +137,8 @@ class Board:
         if kind in _TASK_STATUS and line.status not in ("merged", "skipped"):
             line.status = _TASK_STATUS[kind]
         if kind == "task_ready":
-            line.wave = data.get("wave") or line.wave
+            if isinstance(data.get("wave"), int):
+                line.wave = data["wave"]
             line.activity = f"attempt {attempt} on {data.get('model')}"
         elif kind == "agent_started":
             line.activity = f"agent on {data.get('runner_id')}"

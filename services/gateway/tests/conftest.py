@@ -110,12 +110,13 @@ class Script:
     def approved(self, version: int = 1) -> PlanApproved:
         return PlanApproved(**self.meta(), version=version)  # type: ignore[arg-type]
 
-    def task_ready(self, task_id: str, attempt: int = 1) -> TaskReady:
+    def task_ready(self, task_id: str, attempt: int = 1, wave: int = 0) -> TaskReady:
         return TaskReady(
             **self.meta(),  # type: ignore[arg-type]
             task=PlannedTask(id=task_id, title=f"Task {task_id}", files=[f"src/{task_id}.py"]),
             attempt=attempt,
             model="claude-test",
+            wave=wave,
         )
 
     def agent_completed(self, task_id: str, attempt: int = 1) -> AgentCompleted:

@@ -135,7 +135,7 @@ async def test_a_mission_shows_its_graph_messages_budget_and_agents(http, nc, sc
         script.plan(task_ids=("t1", "t2", "t3")),
         script.approved(),
         WaveStarted(**script.meta(), wave=1, task_ids=["t1"]),
-        script.task_ready("t1"),
+        script.task_ready("t1", wave=1),
         AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r-1", model="m"),
         UsageRecorded(
             **script.meta(),

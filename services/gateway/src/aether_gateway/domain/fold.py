@@ -142,7 +142,7 @@ def _requested(event: MissionRequested) -> Mission:
 def _fold_mission(mission: Mission, event: Event) -> Mission:
     """Every mission column except ``status`` and ``updated_at``."""
     match event:
-        case TaskReady() if event.wave:
+        case TaskReady():
             return _wave(mission, event.wave)
         case WaveStarted():
             return _wave(mission, event.wave)
@@ -505,7 +505,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 task,
                 status="ready",
                 model=event.model,
-                wave=event.wave or task.wave,
+                wave=event.wave,
                 finished_at=None,
                 error=None,
             )
