@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -44,7 +45,8 @@ from aether_events import (
     ensure_streams,
     tag_of,
 )
-from aether_runtime import health, metrics
+from aether_runtime import health, http, metrics
+from aether_runtime.bus_metrics import poll_bus
 from aether_runtime.logs import log_context
 from aether_runtime.settings import RuntimeSettings
 
@@ -144,6 +146,8 @@ class Service:
     on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_ready_check: Callable[[], tuple[bool, str]] | None = None
+    # How often consumer lag and stream sizes are read into gauges (0: never).
+    bus_poll_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         self.broker = NatsBroker(self.settings.nats_url, logger=None, graceful_timeout=30.0)
@@ -155,6 +159,15 @@ class Service:
         self.ready = False
         self.stopping = False
         self.started_at = time.monotonic()
+        self._poller: asyncio.Task[None] | None = None
+        for counter in (
+            metrics.REDELIVERIES,
+            metrics.POISON,
+            metrics.BUS_POLL_ERRORS,
+            metrics.REPLAYED,
+        ):
+            counter.labels(self.name)
+        metrics.READY.labels(self.name).set(0)
 
     # --- wiring -------------------------------------------------------------------
 
@@ -178,6 +191,14 @@ class Service:
     def consume(self, spec: ConsumerSpec) -> None:
         """Register a durable consumer whose deliveries go to ``spec.handler``."""
         self._consumers.append(spec)
+        # Exported from the start, so dashboards show zeros rather than gaps.
+        for gauge in (
+            metrics.CONSUMER_PENDING,
+            metrics.CONSUMER_ACK_PENDING,
+            metrics.CONSUMER_REDELIVERED,
+            metrics.HANDLERS_IN_PROGRESS,
+        ):
+            gauge.labels(self.name, spec.durable)
         subscriber = self.broker.subscriber(
             spec.subject,
             stream=spec.stream,
@@ -243,6 +264,13 @@ class Service:
     async def _after_start(self) -> None:
         for hook in self.on_started:
             await hook()
+        if self.bus_poll_seconds > 0:
+            # One entry per durable: a service may run several lanes on the same one.
+            consumers = list(dict.fromkeys((spec.stream, spec.durable) for spec in self._consumers))
+            self._poller = asyncio.create_task(
+                poll_bus(self.js, self.name, consumers, self.bus_poll_seconds),
+                name=f"{self.name}-bus-metrics",
+            )
         self.ready = True
         metrics.READY.labels(self.name).set(1)
         log.info("ready", extra={"port": self.settings.port})
@@ -251,6 +279,11 @@ class Service:
         self.stopping = True
         self.ready = False
         metrics.READY.labels(self.name).set(0)
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         for hook in self.on_stopping:
             await hook()
         if self.nc is not None and self.nc.is_connected:
@@ -278,14 +311,16 @@ class Service:
         await self._stop()
 
     def asgi(self) -> AsgiFastStream:
-        """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics."""
+        """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics, each
+        counted and timed in the HTTP request metrics."""
+        routes = {
+            "/healthz": health.healthz(),
+            "/readyz": health.readyz(self._ready_check),
+            "/metrics": health.metrics(),
+        }
         return AsgiFastStream(
             self.broker,
-            asgi_routes=[
-                ("/healthz", health.healthz()),
-                ("/readyz", health.readyz(self._ready_check)),
-                ("/metrics", health.metrics()),
-            ],
+            asgi_routes=[(path, http.instrument(app, path)) for path, app in routes.items()],
             logger=None,
             on_startup=[self._start],
             after_startup=[self._after_start],
@@ -311,6 +346,15 @@ class Service:
         metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
         if delivery.redelivered:
             metrics.REDELIVERIES.labels(self.name).inc()
+        in_progress = metrics.HANDLERS_IN_PROGRESS.labels(self.name, spec.durable)
+        in_progress.inc()
+        try:
+            await self._handle(spec, msg, delivery)
+        finally:
+            in_progress.dec()
+
+    async def _handle(self, spec: ConsumerSpec, msg: NatsMessage, delivery: Delivery) -> None:
+        raw = msg.raw_message
         try:
             event = decode(raw.data)
         except UnknownEventType as unknown:
@@ -328,6 +372,7 @@ class Service:
             return
         tag = tag_of(type(event))
         task_id = _task_id(event)
+        metrics.DELIVERY_DELAY_SECONDS.labels(self.name, spec.durable).observe(_age(event))
         with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
             began = time.perf_counter()
             try:
@@ -339,9 +384,24 @@ class Service:
                 await msg.nack(delay=delay)
                 return
             finally:
-                metrics.HANDLER_SECONDS.labels(self.name, tag).observe(time.perf_counter() - began)
+                elapsed = time.perf_counter() - began
+                metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
             await msg.ack()
+            # One line per handled event, with the ids above: grep a mission across services.
+            log.info(
+                "handled %s",
+                tag,
+                extra={"type": tag, "seq": delivery.sequence, "ms": round(elapsed * 1000, 1)},
+            )
+
+
+def _age(event: Event) -> float:
+    """Seconds since the event occurred (never negative: clocks of two hosts differ)."""
+    occurred = event.occurred_at
+    if occurred.tzinfo is None:
+        occurred = occurred.replace(tzinfo=UTC)
+    return max((datetime.now(UTC) - occurred).total_seconds(), 0.0)
 
 
 def _task_id(event: Event) -> str | None:

@@ -1,0 +1,64 @@
+"""Reading the bus's own state into gauges: consumer lag and stream sizes.
+
+Deliveries update the lag gauge as they arrive, but a consumer that receives nothing (a
+stuck or idle service) would keep showing its last value; asking JetStream on a timer
+keeps the gauges true. Every service does this for its own consumers and for the streams,
+so the figures survive any one service being down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from nats.js import JetStreamContext
+
+from aether_events import MISSIONS_STREAM, TELEMETRY_STREAM
+from aether_runtime import metrics
+
+log = logging.getLogger("aether.runtime.bus")
+
+STREAMS: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
+
+
+async def read_bus(
+    js: JetStreamContext,
+    service: str,
+    consumers: Iterable[tuple[str, str]],
+    streams: Iterable[str] = STREAMS,
+) -> None:
+    """Set the consumer gauges of ``consumers`` (stream, durable) and the stream gauges."""
+    for stream, durable in consumers:
+        info = await js.consumer_info(stream, durable)
+        metrics.CONSUMER_PENDING.labels(service, durable).set(info.num_pending or 0)
+        metrics.CONSUMER_ACK_PENDING.labels(service, durable).set(info.num_ack_pending or 0)
+        metrics.CONSUMER_REDELIVERED.labels(service, durable).set(info.num_redelivered or 0)
+    for stream in streams:
+        state = (await js.stream_info(stream)).state
+        metrics.STREAM_MESSAGES.labels(stream).set(state.messages)
+        metrics.STREAM_BYTES.labels(stream).set(state.bytes)
+        metrics.STREAM_CONSUMERS.labels(stream).set(state.consumer_count)
+
+
+async def poll_bus(
+    js: JetStreamContext,
+    service: str,
+    consumers: list[tuple[str, str]],
+    every: float,
+) -> None:
+    """``read_bus`` every ``every`` seconds until cancelled; a failed read is counted and
+    logged once per failure streak, and never stops the loop."""
+    failing = False
+    while True:
+        try:
+            await read_bus(js, service, consumers)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            metrics.BUS_POLL_ERRORS.labels(service).inc()
+            if not failing:
+                log.warning("could not read the bus state", extra={"error": str(error)})
+            failing = True
+        await asyncio.sleep(every)

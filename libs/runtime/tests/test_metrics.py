@@ -1,0 +1,96 @@
+"""The runtime's HTTP request metrics and its reading of the bus into gauges."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import REGISTRY
+
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    MISSIONS_STREAM,
+    EventPublisher,
+    MissionRequested,
+    derived_id,
+    ensure_streams,
+)
+from aether_runtime import http
+from aether_runtime.bus_metrics import read_bus
+from aether_runtime.health import Message, Scope
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def call(app: Any, scope: Scope) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def unavailable(scope: Scope, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 503, "headers": []})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+async def test_requests_are_counted_by_route_method_and_status_and_timed() -> None:
+    app = http.instrument(unavailable, "/readyz")
+    before = value("aether_http_requests_total", route="/readyz", method="GET", status="503")
+    timed = value("aether_http_request_duration_seconds_count", route="/readyz", method="GET")
+    sent = await call(app, {"type": "http", "method": "GET", "path": "/readyz"})
+    assert sent[0]["status"] == 503  # passed through untouched
+    after = value("aether_http_requests_total", route="/readyz", method="GET", status="503")
+    assert after - before == 1
+    assert value("aether_http_request_duration_seconds_count", route="/readyz", method="GET") == (
+        timed + 1
+    )
+
+
+async def test_a_raw_path_never_becomes_a_label_without_a_route_template() -> None:
+    app = http.instrument(unavailable)
+    before = value("aether_http_requests_total", route="unmatched", method="GET", status="503")
+    await call(app, {"type": "http", "method": "GET", "path": "/missions/m-123"})
+    after = value("aether_http_requests_total", route="unmatched", method="GET", status="503")
+    assert after - before == 1
+    templated = {"type": "http", "method": "GET", "path": "/m/1", "path_template": "/m/{id}"}
+    await call(app, templated)
+    assert value("aether_http_requests_total", route="/m/{id}", method="GET", status="503") >= 1
+
+
+async def test_reading_the_bus_sets_consumer_lag_and_stream_size(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(
+        MISSIONS_STREAM,
+        ConsumerConfig(
+            durable_name="lagging", filter_subject=ALL_MISSION_EVENTS, ack_policy=AckPolicy.EXPLICIT
+        ),
+    )
+    publisher = EventPublisher(js)
+    for mission in ("m-1", "m-2", "m-3"):
+        await publisher.publish(
+            MissionRequested(
+                event_id=derived_id(mission, "requested"),
+                mission_id=mission,
+                occurred_at=datetime.now(UTC),
+                correlation_id="c",
+                repository="/r",
+                requirement="x",
+            )
+        )
+    await read_bus(js, "tester", [(MISSIONS_STREAM, "lagging")])
+    assert value("aether_consumer_pending_messages", service="tester", consumer="lagging") == 3
+    assert value("aether_consumer_ack_pending_messages", service="tester", consumer="lagging") == 0
+    assert value("aether_stream_messages", stream=MISSIONS_STREAM) == 3
+    assert value("aether_stream_bytes", stream=MISSIONS_STREAM) > 0
