@@ -11,6 +11,7 @@ from anthropic.types import Usage as ApiUsage
 from aether_events import Usage
 from aether_llm.config import OFFLINE_MODEL, LLMSettings
 from aether_llm.messages_server import MessagesServer
+from aether_llm.metrics import metered_http_client
 from aether_llm.offline import start_offline_server
 from aether_llm.pricing import PriceTable, load_prices
 
@@ -35,7 +36,8 @@ def offline_base_url() -> str:
 
 
 def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
-    """An async client for the configured endpoint, or for the offline model."""
+    """An async client for the configured endpoint, or for the offline model; its calls
+    are metered (``aether_llm.metrics``)."""
     base_url: str | None
     if settings.offline:
         base_url = settings.base_url or offline_base_url()
@@ -48,6 +50,7 @@ def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
         base_url=base_url,
         max_retries=settings.max_retries,
         timeout=settings.timeout_seconds,
+        http_client=metered_http_client(),
     )
 
 
