@@ -15,6 +15,7 @@ from aether_events import (
     replay,
 )
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_scheduler import metrics
 from aether_scheduler.config import config_from_env
 from aether_scheduler.domain import Config, State, evolve
 from aether_scheduler.handlers import Handlers
@@ -27,6 +28,7 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
     service = Service(name="scheduler", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(projection, lambda: service.publisher, config or config_from_env())
+    metrics.register(lambda: projection.state)
 
     async def rebuild(js: JetStreamContext) -> int:
         last = await projection.rebuild(js, "scheduler")

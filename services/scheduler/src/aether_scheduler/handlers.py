@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aether_events import Event, EventPublisher, tag_of
 from aether_runtime import Delivery, Projection
+from aether_scheduler import metrics
 from aether_scheduler.domain import Config, State, decide, evolve, next_timer, tick
 
 log = logging.getLogger("aether.scheduler")
@@ -33,7 +34,7 @@ class Handlers:
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
-            self.projection.apply(event)
+            self._apply(event)
             await self._publish(decide(self.projection.state, event, self._clock(), self.config))
         self._wake.set()
 
@@ -51,8 +52,13 @@ class Handlers:
             await self._publisher().publish(out)
             # Apply at once: the next event must see this decision even before it comes
             # back through the consumer (it is then skipped as already applied).
-            self.projection.apply(out)
+            self._apply(out)
             log.info("decided %s", tag_of(type(out)), extra={"decided_event_id": out.event_id})
+
+    def _apply(self, event: Event) -> None:
+        before = self.projection.state
+        if self.projection.apply(event):
+            metrics.observe(before, self.projection.state, event)
 
     async def run_timers(self, max_sleep: float = 1.0) -> None:
         """Fire due timers (retry backoffs, heartbeat timeouts) until cancelled.
