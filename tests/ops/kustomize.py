@@ -1,0 +1,259 @@
+"""Rendering the kustomize overlays.
+
+``render`` uses the real thing when it is installed (``kustomize build`` or
+``kubectl kustomize``). Where neither is (a bare CI machine), it uses ``build`` below: a
+small implementation of exactly the kustomize features ``k8s/`` uses, which refuses any
+field or option it does not implement, so it can never quietly render something else.
+Wherever kubectl is present a test renders every overlay both ways and requires the same
+objects, which keeps this implementation honest.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Doc = dict[str, Any]
+
+KUSTOMIZATION_FIELDS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "resources",
+    "components",
+    "images",
+    "replicas",
+    "patches",
+    "secretGenerator",
+    "configMapGenerator",
+}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "IngressClass",
+    "RuntimeClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
+}
+SCALABLE = {"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"}
+
+
+class Unsupported(Exception):
+    """The kustomization uses something this implementation does not do."""
+
+
+def real_renderer() -> list[str] | None:
+    """The command of an installed kustomize, if there is one."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def render(path: Path) -> tuple[list[Doc], str]:
+    """The objects ``path`` renders to, and which renderer made them."""
+    command = real_renderer()
+    if command is None:
+        return build(path), "built-in renderer (no kustomize or kubectl installed)"
+    return render_with(command, path), " ".join(command)
+
+
+def render_with(command: list[str], path: Path) -> list[Doc]:
+    out = subprocess.run(
+        [*command, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} {path} failed:\n{out.stderr}")
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+# --- the built-in renderer ---------------------------------------------------------------
+
+
+def build(path: Path) -> list[Doc]:
+    """Render the kustomization in directory ``path``."""
+    kustomization = _load_kustomization(path, "Kustomization")
+    resources = _accumulate(path, kustomization)
+    for component in kustomization.get("components", []):
+        resources = _apply_component(path / component, resources)
+    resources += _generate(kustomization)
+    return _transform(kustomization, resources)
+
+
+def _load_kustomization(path: Path, kind: str) -> Doc:
+    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        if (path / name).is_file():
+            data: Doc = yaml.safe_load((path / name).read_text())
+            break
+    else:
+        raise FileNotFoundError(f"no kustomization in {path}")
+    unknown = set(data) - KUSTOMIZATION_FIELDS
+    if unknown:
+        raise Unsupported(f"{path}: fields {sorted(unknown)}")
+    if data.get("kind", "Kustomization") != kind:
+        raise Unsupported(f"{path}: expected a {kind}, found {data.get('kind')}")
+    return data
+
+
+def _accumulate(path: Path, kustomization: Doc) -> list[Doc]:
+    out: list[Doc] = []
+    for entry in kustomization.get("resources", []):
+        target = path / entry
+        if target.is_dir():
+            out += build(target)
+        else:
+            out += [doc for doc in yaml.safe_load_all(target.read_text()) if doc]
+    return out
+
+
+def _apply_component(path: Path, resources: list[Doc]) -> list[Doc]:
+    component = _load_kustomization(path, "Component")
+    if "components" in component or "namespace" in component:
+        raise Unsupported(f"{path}: components or a namespace inside a component")
+    resources = resources + _accumulate(path, component) + _generate(component)
+    return _transform(component, resources)
+
+
+def _generate(kustomization: Doc) -> list[Doc]:
+    out: list[Doc] = []
+    for kind, key in (("Secret", "secretGenerator"), ("ConfigMap", "configMapGenerator")):
+        for spec in kustomization.get(key, []):
+            extra = set(spec) - {"name", "literals", "options", "type"}
+            if extra or not (spec.get("options") or {}).get("disableNameSuffixHash"):
+                raise Unsupported(f"{key} {spec.get('name')}: only literals without a hash")
+            values = dict(literal.split("=", 1) for literal in spec.get("literals", []))
+            doc: Doc = {"apiVersion": "v1", "kind": kind, "metadata": {"name": spec["name"]}}
+            if kind == "Secret":
+                doc["type"] = spec.get("type", "Opaque")
+                doc["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+            else:
+                doc["data"] = values
+            out.append(doc)
+    return out
+
+
+def _transform(kustomization: Doc, resources: list[Doc]) -> list[Doc]:
+    resources = copy.deepcopy(resources)
+    for patch in kustomization.get("patches", []):
+        _patch(resources, patch)
+    namespace = kustomization.get("namespace")
+    if namespace:
+        for doc in resources:
+            if doc["kind"] not in CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = namespace
+    for image in kustomization.get("images", []):
+        _set_image(resources, image)
+    for replicas in kustomization.get("replicas", []):
+        for doc in resources:
+            if doc["kind"] in SCALABLE and doc["metadata"]["name"] == replicas["name"]:
+                doc["spec"]["replicas"] = replicas["count"]
+    return resources
+
+
+def _patch(resources: list[Doc], patch: Doc) -> None:
+    target = patch.get("target") or {}
+    if set(target) - {"kind", "name"} or set(patch) - {"target", "patch"}:
+        raise Unsupported(f"patch {patch}: only JSON 6902 patches targeted by kind and name")
+    operations = yaml.safe_load(patch["patch"])
+    if not isinstance(operations, list):
+        raise Unsupported("strategic merge patches")
+    matched = [
+        doc
+        for doc in resources
+        if doc["kind"] == target.get("kind", doc["kind"])
+        and doc["metadata"]["name"] == target.get("name", doc["metadata"]["name"])
+    ]
+    for doc in matched:
+        for operation in operations:
+            _apply_operation(doc, operation)
+
+
+def _apply_operation(doc: Doc, operation: Doc) -> None:
+    op, path = operation["op"], operation["path"]
+    keys = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+    parent: Any = doc
+    for key in keys[:-1]:
+        parent = parent[int(key)] if isinstance(parent, list) else parent[key]
+    last = keys[-1]
+    if op == "test":
+        current = parent[int(last)] if isinstance(parent, list) else parent[last]
+        if current != operation["value"]:
+            raise AssertionError(f"test {path}: {current!r} != {operation['value']!r}")
+    elif op == "add":
+        value = copy.deepcopy(operation["value"])
+        if isinstance(parent, list):
+            parent.insert(len(parent) if last == "-" else int(last), value)
+        else:
+            parent[last] = value
+    elif op == "replace":
+        if isinstance(parent, list):
+            parent[int(last)] = copy.deepcopy(operation["value"])
+        else:
+            if last not in parent:
+                raise KeyError(f"replace {path}: no such member")
+            parent[last] = copy.deepcopy(operation["value"])
+    elif op == "remove":
+        del parent[int(last) if isinstance(parent, list) else last]
+    else:
+        raise Unsupported(f"JSON patch operation {op}")
+
+
+def _set_image(resources: list[Doc], image: Doc) -> None:
+    if set(image) - {"name", "newName", "newTag"}:
+        raise Unsupported(f"image {image}: only newName and newTag")
+    for container in _containers(resources):
+        name, tag = _split_image(container.get("image", ""))
+        if name == image["name"]:
+            new_tag = image.get("newTag", tag)
+            container["image"] = image.get("newName", name) + (f":{new_tag}" if new_tag else "")
+
+
+def _containers(resources: Iterable[Doc]) -> Iterable[Doc]:
+    for doc in resources:
+        spec = doc.get("spec") or {}
+        pods = [spec, (spec.get("template") or {}).get("spec") or {}]
+        job = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+        pods.append(job.get("spec") or {})
+        for pod in pods:
+            yield from pod.get("initContainers") or []
+            yield from pod.get("containers") or []
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:
+        return image, ""
+    return name, tag
+
+
+def canonical(docs: list[Doc]) -> dict[tuple[str, str, str], str]:
+    """Objects by (kind, namespace, name), each as sorted JSON, Secrets' data decoded
+    (kustomize wraps long base64 lines; Kubernetes reads both the same)."""
+    out = {}
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            doc = {
+                **doc,
+                "data": {
+                    k: base64.b64decode("".join(v.split())).decode()
+                    for k, v in (doc.get("data") or {}).items()
+                },
+            }
+        key = (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
+        out[key] = json.dumps(doc, sort_keys=True)
+    return out

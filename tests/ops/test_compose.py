@@ -1,0 +1,305 @@
+"""docker-compose.yml, the Prometheus and Grafana configuration it mounts, and the
+Dockerfile, checked without a container engine (these machines have none)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aether.stack import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRASTRUCTURE = {"nats", "postgres", "prometheus", "grafana"}
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def services() -> dict[str, Any]:
+    found: dict[str, Any] = compose()["services"]
+    return found
+
+
+def volume(spec: str) -> tuple[str, str, str]:
+    """``source:target[:mode]`` of a short volume syntax, ``${VAR:-default}`` included."""
+    names = {}
+
+    def hide(found: re.Match[str]) -> str:
+        names[f"@{len(names)}"] = found.group(0)
+        return f"@{len(names) - 1}"
+
+    parts = re.sub(r"\$\{[^}]*\}", hide, spec).split(":")
+    source, target, mode = [*parts, "rw"][:3]
+    for key, value in names.items():
+        source = source.replace(key, value)
+    return source, target, mode
+
+
+def test_compose_runs_the_five_services_with_their_infrastructure() -> None:
+    assert set(services()) == set(SERVICES) | INFRASTRUCTURE
+    for name, (module, port) in SERVICES.items():
+        service = services()[name]
+        assert service["command"] == ["python", "-m", module], name
+        assert service["environment"]["PORT"] == str(port), name
+        assert service["environment"]["NATS_URL"] == "nats://nats:4222", name
+        assert service["build"] == "." and service["image"] == "aether:local", name
+
+
+def test_every_service_has_a_health_check() -> None:
+    for name, service in services().items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no health check"
+    for name in SERVICES:
+        command = " ".join(services()[name]["healthcheck"]["test"])
+        assert "/readyz" in command, f"{name} should be healthy only when ready"
+
+
+def test_start_up_order_waits_for_health_not_just_start() -> None:
+    names = set(services())
+    for name, service in services().items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in names, f"{name} depends on unknown {dependency}"
+            assert condition == {"condition": "service_healthy"}, (name, dependency)
+    for name in SERVICES:
+        assert "nats" in services()[name]["depends_on"], name
+    assert "postgres" in services()["gateway"]["depends_on"]
+    assert set(services()["prometheus"]["depends_on"]) == set(SERVICES)
+    assert set(services()["grafana"]["depends_on"]) == {"prometheus"}
+    # The dependency graph has no cycle (compose would refuse it).
+    order: list[str] = []
+    pending = dict.fromkeys(names)
+    while pending:
+        ready = [n for n in pending if set(services()[n].get("depends_on") or {}) <= set(order)]
+        assert ready, f"depends_on cycle among {sorted(pending)}"
+        for n in ready:
+            order.append(n)
+            del pending[n]
+
+
+def test_services_run_unprivileged_and_publish_only_on_localhost() -> None:
+    for name in SERVICES:
+        service = services()[name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert not service["user"].startswith(("0:", "root")), name
+    for name, service in services().items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
+
+
+def test_volumes_are_declared_and_images_pinned() -> None:
+    declared = set(compose().get("volumes") or {})
+    for name, service in services().items():
+        for spec in service.get("volumes", []):
+            source = volume(spec)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            elif not source.startswith(("/", "$")):
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+        image = service.get("image", "")
+        if "build" not in service:
+            assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), name
+
+
+def test_broker_and_agents_see_repositories_and_worktrees_at_the_same_paths() -> None:
+    """Agents work in worktrees the broker creates (and the journal lives beside them), so
+    both must mount them at the same path; the planner reads repositories, read-only."""
+
+    def mounts(name: str) -> dict[str, tuple[str, str]]:
+        found = (volume(v) for v in services()[name].get("volumes", []))
+        return {target: (source, mode) for source, target, mode in found}
+
+    worktrees = services()["git-broker"]["environment"]["AETHER_WORKTREES_DIR"]
+    assert services()["agent-runner"]["environment"]["AETHER_WORKTREES_DIR"] == worktrees
+    (shared,) = [path for path in mounts("git-broker") if worktrees.startswith(path + "/")]
+    assert mounts("agent-runner")[shared] == mounts("git-broker")[shared]
+    assert mounts("planner")[shared] == (mounts("git-broker")[shared][0], "ro")
+    roots = services()["git-broker"]["environment"]["AETHER_REPOSITORY_ROOTS"]
+    assert roots == shared
+    for name in ("gateway", "scheduler"):
+        assert not mounts(name), f"{name} needs no repository access"
+
+
+def test_nats_keeps_jetstream_on_a_volume_and_syncs_every_write() -> None:
+    nats = services()["nats"]
+    assert "/data" in [volume(v)[1] for v in nats["volumes"]]
+    conf = (ROOT / "deploy" / "nats" / "nats.conf").read_text()
+    assert "store_dir: /data" in conf
+    assert re.search(r"^\s*sync_interval:\s*always", conf, re.M)
+    assert "js-enabled-only" in " ".join(nats["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_every_service_under_its_name() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        found = [t for s in job.get("static_configs", []) for t in s["targets"]]
+        found += [f"{n}:{s['port']}" for s in job.get("dns_sd_configs", []) for n in s["names"]]
+        targets[job["job_name"]] = found
+    for name, (_, port) in SERVICES.items():
+        assert targets.get(name) == [f"{name}:{port}"], f"job {name} scrapes {targets.get(name)}"
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    mounts = services()["prometheus"]["volumes"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in mounts
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboards() -> None:
+    grafana = services()["grafana"]
+    mounts = {volume(v)[1]: volume(v)[0] for v in grafana["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    providers = yaml.safe_load((provisioning / "dashboards" / "aether.yml").read_text())
+    (provider,) = providers["providers"]
+    dashboards_in = provider["options"]["path"]
+    assert mounts[dashboards_in] == "./deploy/grafana/dashboards"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "deploy/grafana/dashboards" / Path(home).name).is_file()
+
+
+# --- the image -----------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuations joined), split into build stages."""
+    text = (ROOT / "Dockerfile").read_text()
+    text = re.sub(r"\\\n\s*", " ", text)
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def uv_syncs(stage: list[str]) -> list[list[str]]:
+    """The arguments of every ``uv sync`` a stage runs."""
+    out = []
+    for line in stage:
+        if line.upper().startswith("RUN ") and "uv sync" in line:
+            out.append(shlex.split(line[line.index("uv sync") :])[2:])
+    return out
+
+
+def test_image_is_built_from_the_lock_without_dev_tools_and_runs_as_non_root() -> None:
+    build, final = dockerfile_stages()
+    for args in uv_syncs(build):
+        assert "--locked" in args and "--no-dev" in args, args
+    assert len(uv_syncs(build)) == 2
+    packages = {
+        args[i + 1] for args in uv_syncs(build) for i, a in enumerate(args) if a == "--package"
+    }
+    assert packages == {f"aether-{name}" for name in SERVICES}
+    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert any(line.upper().startswith("HEALTHCHECK ") and "/healthz" in line for line in final)
+
+
+def test_image_copies_every_workspace_member_before_installing_dependencies() -> None:
+    """The dependency layer is built from pyproject files alone: a member added to the
+    workspace but not to the Dockerfile would fail `uv sync --locked` in the image."""
+    build, _ = dockerfile_stages()
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    members = {
+        str(path.relative_to(ROOT))
+        for pattern in root["tool"]["uv"]["workspace"]["members"]
+        for path in ROOT.glob(pattern)
+        if (path / "pyproject.toml").is_file()
+    }
+    copied = {
+        line.split()[1].removesuffix("/pyproject.toml")
+        for line in build
+        if line.upper().startswith("COPY ") and line.split()[1].endswith("/pyproject.toml")
+    }
+    assert copied == members
+
+
+def copy_into(context: Path, item: str, destination: str) -> None:
+    """``COPY item destination`` from the repository into ``context``."""
+    origin, target = ROOT / item, context / destination
+    if origin.is_dir():
+        ignore = shutil.ignore_patterns("tests", "__pycache__", "*.pyc")
+        shutil.copytree(origin, target, dirs_exist_ok=True, ignore=ignore)
+        return
+    if destination.endswith("/"):
+        target = target / origin.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(origin, target)
+
+
+def test_image_environment_runs_every_service_without_the_command_line_package(
+    tmp_path: Path,
+) -> None:
+    """Do what the Dockerfile's build stage does (its COPYs and `uv sync`s, from the uv
+    cache, offline) and import every service's entry point with the result."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.fail("uv is needed to check the image's environment")
+    build, _ = dockerfile_stages()
+    source = tmp_path / "src"
+    source.mkdir()
+    environment = tmp_path / "venv"
+    env = {
+        **os.environ,
+        "UV_PROJECT_ENVIRONMENT": str(environment),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_COMPILE_BYTECODE": "0",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    for line in build:
+        if line.upper().startswith("COPY "):
+            *items, destination = line.split()[1:]
+            for item in items:
+                copy_into(source, item, destination)
+        elif line.upper().startswith("RUN ") and "uv sync" in line:
+            args = shlex.split(line[line.index("uv sync") :])
+            done = subprocess.run(
+                [uv, *args[1:], "--offline"],
+                cwd=source,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+    python = environment / "bin" / "python"
+    installed = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('aether') is None)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert installed.stdout.strip() == "True", "the command line package is in the image"
+    # One interpreter for all five (each import costs seconds); every failure is reported.
+    script = (
+        "import importlib, traceback\n"
+        f"for module in {[module for module, _ in SERVICES.values()]!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(module + '.__main__')\n"
+        "    except Exception:\n"
+        "        print(module, traceback.format_exc())\n"
+    )
+    imported = subprocess.run(
+        [str(python), "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert imported.returncode == 0 and not imported.stdout, imported.stdout + imported.stderr

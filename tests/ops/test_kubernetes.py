@@ -1,0 +1,360 @@
+"""The Kubernetes manifests, checked without a cluster: every overlay renders, every object
+is valid against the Kubernetes schemas (and the custom resources against theirs), and the
+properties the deployment relies on hold in what is actually rendered."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes_validate import utils as kubernetes_schemas
+
+from aether.stack import SERVICES
+from aether_events import MISSIONS_STREAM
+from tests.ops import kustomize
+from tests.ops.netpol import Peer, can_connect, pods
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = ("local", "production")
+# The oldest Kubernetes the manifests promise to work on, and the newest the bundled
+# schemas know.
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_schemas.latest_version())
+SCHEMAS = Path(__file__).parent / "schemas"
+CUSTOM_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor_monitoring.coreos.com_v1",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule_monitoring.coreos.com_v1",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject_keda.sh_v1alpha1",
+    ("postgresql.cnpg.io/v1", "Cluster"): "cluster_postgresql.cnpg.io_v1",
+}
+# Secrets a production cluster provides itself: created by its operators (see the
+# overlay), and written by CloudNativePG for its cluster.
+EXTERNAL_SECRETS = {"production": {"aether-secrets", "aether-db-app"}, "local": set()}
+SINGLE_WRITERS = ("scheduler", "git-broker")
+
+Doc = dict[str, Any]
+
+
+@cache
+def rendered(overlay: str) -> tuple[list[Doc], str]:
+    return kustomize.render(ROOT / "k8s" / "overlays" / overlay)
+
+
+def objects(overlay: str, kind: str | None = None) -> list[Doc]:
+    docs = rendered(overlay)[0]
+    return [d for d in docs if kind is None or d["kind"] == kind]
+
+
+def named(overlay: str, kind: str, name: str) -> Doc:
+    found = [d for d in objects(overlay, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{overlay}: expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def validate(doc: Doc) -> None:
+    """Validate one object strictly: unknown fields are errors."""
+    custom = CUSTOM_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
+    if custom is not None:
+        schema = json.loads((SCHEMAS / f"{custom}.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(doc)
+        return
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_schemas.validate(doc, version, strict=True)
+
+
+def app_deployments(overlay: str) -> list[Doc]:
+    return [d for d in objects(overlay, "Deployment") if d["metadata"]["name"] in SERVICES]
+
+
+# --- rendering and schemas ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_every_service_and_the_bus(overlay: str) -> None:
+    docs, renderer = rendered(overlay)
+    print(f"{overlay} rendered by {renderer}: {len(docs)} objects")
+    assert {d["metadata"]["name"] for d in app_deployments(overlay)} == set(SERVICES)
+    assert named(overlay, "StatefulSet", "nats")
+    assert all(d["metadata"].get("namespace") == "aether" for d in docs if d["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_valid_against_its_schema(overlay: str) -> None:
+    problems = []
+    for doc in objects(overlay):
+        try:
+            validate(doc)
+        except kubernetes_schemas.SchemaNotFoundError:
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: no schema to check it")
+        except (kubernetes_schemas.ValidationError, jsonschema.ValidationError) as error:
+            where = "/".join(str(p) for p in error.path)
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: {where}: {error.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_validation_rejects_a_misspelt_field_and_a_wrongly_typed_trigger() -> None:
+    """The schema checks are not vacuous: a typo or a number where KEDA wants a string fails."""
+    deployment = copy.deepcopy(named("production", "Deployment", "gateway"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_schemas.ValidationError):
+        validate(deployment)
+    scaled = copy.deepcopy(named("production", "ScaledObject", "agent-runner"))
+    scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        validate(scaled)
+
+
+def test_built_in_renderer_matches_kubectl() -> None:
+    """Where a real kustomize exists, the fallback renderer must agree with it exactly."""
+    command = kustomize.real_renderer()
+    if command is None:
+        pytest.skip("no kustomize or kubectl here to compare the built-in renderer with")
+    for overlay in OVERLAYS:
+        path = ROOT / "k8s" / "overlays" / overlay
+        mine = kustomize.canonical(kustomize.build(path))
+        theirs = kustomize.canonical(kustomize.render_with(command, path))
+        assert mine.keys() == theirs.keys(), overlay
+        different = [key for key in mine if mine[key] != theirs[key]]
+        assert not different, f"{overlay}: built-in renderer differs on {different}"
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_have_probes_on_readyz_and_healthz_and_their_own_port(overlay: str) -> None:
+    for deployment in app_deployments(overlay):
+        name = deployment["metadata"]["name"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+        assert port == SERVICES[name][1], f"{name} listens on {port}"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PORT"] == str(port)
+        assert container["command"] == ["python", "-m", SERVICES[name][0]]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_requests_limits_and_runs_as_non_root(overlay: str) -> None:
+    for workload in objects(overlay, "Deployment") + objects(overlay, "StatefulSet"):
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] > 0, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod.get("automountServiceAccountToken") is False, name
+        for container in pod["containers"]:
+            resources = container["resources"]
+            for side in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(side, {})), (name, side)
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert container.get("readinessProbe") and container.get("livenessProbe"), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scheduler_and_git_broker_are_single_writers_replaced_not_rolled(overlay: str) -> None:
+    scaled = {s["spec"]["scaleTargetRef"]["name"] for s in objects(overlay, "ScaledObject")}
+    budgets = {p["metadata"]["name"] for p in objects(overlay, "PodDisruptionBudget")}
+    for name in SINGLE_WRITERS:
+        deployment = named(overlay, "Deployment", name)
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert name not in scaled and name not in budgets
+        tolerations = deployment["spec"]["template"]["spec"]["tolerations"]
+        assert {t["tolerationSeconds"] for t in tolerations} == {30}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_replicated_workloads_have_disruption_budgets(overlay: str) -> None:
+    budgets = {p["metadata"]["name"]: p for p in objects(overlay, "PodDisruptionBudget")}
+    for name in ("gateway", "planner", "agent-runner", "nats"):
+        assert name in budgets, name
+        labels = budgets[name]["spec"]["selector"]["matchLabels"]
+        kind = "StatefulSet" if name == "nats" else "Deployment"
+        template = named(overlay, kind, name)["spec"]["template"]["metadata"]["labels"]
+        assert labels.items() <= template.items(), name
+    assert budgets["nats"]["spec"]["maxUnavailable"] == 1  # two of three keep the quorum
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_is_a_three_server_jetstream_cluster_on_volumes(overlay: str) -> None:
+    nats = named(overlay, "StatefulSet", "nats")
+    assert nats["spec"]["replicas"] == 3
+    assert nats["spec"]["podManagementPolicy"] == "Parallel"
+    (claim,) = nats["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    conf = named(overlay, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    for index in range(3):
+        assert f"nats://nats-{index}.{nats['spec']['serviceName']}:6222" in conf
+    assert "jetstream" in conf and "store_dir: /data" in conf
+    config = named(overlay, "ConfigMap", "aether-config")["data"]
+    assert config["AETHER_STREAM_REPLICAS"] == "3"
+    assert config["NATS_URL"] == "nats://nats:4222"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_secret_and_config_map_a_pod_reads_exists(overlay: str) -> None:
+    present = {(d["kind"], d["metadata"]["name"]) for d in objects(overlay)}
+    missing = set()
+    for workload in objects(overlay, "Deployment") + objects(overlay, "StatefulSet"):
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            for env in container.get("env", []):
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ("Secret", ref["name"]) not in present:
+                    missing.add(ref["name"])
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert ("ConfigMap", source["configMapRef"]["name"]) in present
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in present
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in present
+    assert missing == EXTERNAL_SECRETS[overlay]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_select_pods_and_their_named_ports(overlay: str) -> None:
+    workloads = pods(objects(overlay))
+    for service in objects(overlay, "Service"):
+        selector = service["spec"]["selector"]
+        chosen = [p for p in workloads.values() if selector.items() <= p.labels.items()]
+        assert chosen, f"Service {service['metadata']['name']} selects no pods"
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            if isinstance(target, str):
+                assert all(target in p.ports for p in chosen), (service["metadata"], target)
+
+
+# --- network policies --------------------------------------------------------------------
+
+INTERNET = Peer("internet", ip="203.0.113.10")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_allow_each_service_only_what_it_needs(overlay: str) -> None:
+    policies = objects(overlay, "NetworkPolicy")
+    workloads = pods(objects(overlay))
+    database = workloads["postgres" if overlay == "local" else "aether-db"]
+    nats = workloads["nats"]
+
+    def can(source: Peer, destination: Peer, port: int) -> bool:
+        return can_connect(policies, source, destination, port)
+
+    for name in SERVICES:
+        assert can(workloads[name], nats, 4222), f"{name} must reach NATS"
+        assert not can(workloads[name], nats, 8222), f"{name} has no business on NATS monitoring"
+    assert can(nats, workloads["nats"], 6222), "NATS servers must route to each other"
+    assert can(workloads["gateway"], database, 5432)
+    for name in ("planner", "scheduler", "agent-runner", "git-broker"):
+        assert not can(workloads[name], database, 5432), f"{name} must not reach PostgreSQL"
+    for name in ("planner", "agent-runner"):
+        assert can(workloads[name], INTERNET, 443), f"{name} must reach the model endpoint"
+    for name in ("gateway", "scheduler", "git-broker"):
+        assert not can(workloads[name], INTERNET, 443), f"{name} must not reach the internet"
+    assert can(INTERNET, workloads["gateway"], 8100), "clients reach the gateway"
+    for name in ("planner", "scheduler", "agent-runner", "git-broker"):
+        assert not can(workloads["gateway"], workloads[name], SERVICES[name][1])
+    assert not can(INTERNET, nats, 4222)
+
+
+def test_production_lets_prometheus_scrape_and_keda_read_nats() -> None:
+    policies = objects("production", "NetworkPolicy")
+    workloads = pods(objects("production"))
+    prometheus = Peer("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    keda = Peer("keda", "keda", {"app": "keda-operator"})
+    for name, (_, port) in SERVICES.items():
+        assert can_connect(policies, prometheus, workloads[name], port), name
+    assert can_connect(policies, keda, workloads["nats"], 8222)
+    assert not can_connect(policies, keda, workloads["nats"], 4222)
+    operator = Peer("cnpg", "cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"})
+    assert can_connect(policies, operator, workloads["aether-db"], 8000)
+
+
+# --- autoscaling and monitoring ----------------------------------------------------------
+
+
+def test_agent_runners_scale_on_their_consumers_pending_messages() -> None:
+    from aether_agent_runner.app import DURABLE
+
+    scaled = named("production", "ScaledObject", "agent-runner")
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "agent-runner",
+    }
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    metadata = trigger["metadata"]
+    assert metadata["stream"] == MISSIONS_STREAM
+    assert metadata["consumer"] == DURABLE
+    headless = named("production", "StatefulSet", "nats")["spec"]["serviceName"]
+    assert metadata["natsServerMonitoringEndpoint"] == f"{headless}.aether.svc.cluster.local:8222"
+    # One replica per AETHER_AGENT_CONCURRENCY tasks pending or in flight.
+    (container,) = named("production", "Deployment", "agent-runner")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert metadata["lagThreshold"] == env["AETHER_AGENT_CONCURRENCY"]
+
+
+def test_service_monitor_scrapes_the_five_services_by_name() -> None:
+    monitor = named("production", "ServiceMonitor", "aether")
+    selector = monitor["spec"]["selector"]
+    from tests.ops.netpol import selects
+
+    chosen = {
+        s["metadata"]["name"]
+        for s in objects("production", "Service")
+        if selects(selector, s["metadata"]["labels"])
+    }
+    assert chosen == set(SERVICES)
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == (
+        "http",
+        "/metrics",
+        True,
+    )
+
+
+def test_prometheus_rule_carries_the_compose_alerts() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    rule = named("production", "PrometheusRule", "aether")
+    assert rule["spec"]["groups"] == compose["groups"]
+
+
+def test_production_uses_a_released_image_and_local_the_one_built_here() -> None:
+    for overlay, image in (
+        ("production", "registry.example.com/aether:0.1.0"),
+        ("local", "aether:local"),
+    ):
+        images = {
+            c["image"]
+            for d in app_deployments(overlay)
+            for c in d["spec"]["template"]["spec"]["containers"]
+        }
+        assert images == {image}, overlay
+
+
+def test_built_in_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
+    with pytest.raises(kustomize.Unsupported, match="namePrefix"):
+        kustomize.build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "patches:\n  - target: {kind: Deployment}\n    patch: 'spec: {replicas: 2}'\n"
+    )
+    with pytest.raises(kustomize.Unsupported, match="strategic merge"):
+        kustomize.build(tmp_path)

@@ -1,0 +1,52 @@
+"""The metric-name extraction the dashboard checks rely on."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ops.promql import exported_names, metric_names, missing, variable_metric_names
+
+
+def test_names_come_from_selectors_not_functions_labels_or_keywords() -> None:
+    expr = (
+        'sum by (job, le) (rate(aether_handler_duration_seconds_bucket{service=~"$service"}'
+        "[$__rate_interval])) / on (job) group_left (service) "
+        "max without (instance) (aether_service_ready) > bool 0"
+    )
+    assert metric_names(expr) == {"aether_handler_duration_seconds_bucket", "aether_service_ready"}
+
+
+def test_name_matchers_subqueries_and_offsets_are_read() -> None:
+    expr = (
+        '{__name__="aether_stream_messages"} + max_over_time(aether_tasks[1h:1m]) '
+        "- aether_missions offset 1h"
+    )
+    assert metric_names(expr) == {"aether_stream_messages", "aether_tasks", "aether_missions"}
+
+
+def test_a_query_that_does_not_parse_is_an_error() -> None:
+    with pytest.raises(ValueError, match="parenthesis"):
+        metric_names("sum(rate(aether_tasks[5m])")
+
+
+def test_template_variable_queries() -> None:
+    assert variable_metric_names("label_values(aether_service_ready{job!=''}, service)") == {
+        "aether_service_ready"
+    }
+    assert variable_metric_names("label_values(service)") == set()
+
+
+def test_exported_names_include_the_suffixes_each_type_gives() -> None:
+    exposition = (
+        "# HELP aether_merges_total merges\n"
+        "# TYPE aether_merges_total counter\n"
+        'aether_merges_total{result="merged"} 1.0\n'
+        "# HELP aether_merge_duration_seconds merge time\n"
+        "# TYPE aether_merge_duration_seconds histogram\n"
+        "# HELP aether_sse_clients clients\n"
+        "# TYPE aether_sse_clients gauge\n"
+    )
+    names = exported_names(exposition)
+    assert {"aether_merges_total", "aether_merge_duration_seconds_bucket"} <= names
+    assert {"aether_merge_duration_seconds_count", "aether_sse_clients"} <= names
+    assert missing(["up", "aether_merges_total", "aether_nope"], names) == {"aether_nope"}
