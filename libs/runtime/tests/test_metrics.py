@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -44,28 +45,40 @@ async def unavailable(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"no"})
 
 
+# Each test has its own registry: the process-wide one may hold the gateway's metrics of
+# the same names, which tests of the gateway register at import.
+
+
 async def test_requests_are_counted_by_route_method_and_status_and_timed() -> None:
-    app = http.instrument(unavailable, "/readyz")
-    before = value("aether_http_requests_total", route="/readyz", method="GET", status="503")
-    timed = value("aether_http_request_duration_seconds_count", route="/readyz", method="GET")
+    registry = CollectorRegistry()
+    app = http.instrument(unavailable, "/readyz", registry)
     sent = await call(app, {"type": "http", "method": "GET", "path": "/readyz"})
     assert sent[0]["status"] == 503  # passed through untouched
-    after = value("aether_http_requests_total", route="/readyz", method="GET", status="503")
-    assert after - before == 1
-    assert value("aether_http_request_duration_seconds_count", route="/readyz", method="GET") == (
-        timed + 1
-    )
+    labels = {"route": "/readyz", "method": "GET"}
+    assert registry.get_sample_value(http.REQUESTS, {**labels, "status": "503"}) == 1
+    assert registry.get_sample_value(f"{http.SECONDS}_count", labels) == 1
 
 
 async def test_a_raw_path_never_becomes_a_label_without_a_route_template() -> None:
-    app = http.instrument(unavailable)
-    before = value("aether_http_requests_total", route="unmatched", method="GET", status="503")
+    registry = CollectorRegistry()
+    app = http.instrument(unavailable, registry=registry)
     await call(app, {"type": "http", "method": "GET", "path": "/missions/m-123"})
-    after = value("aether_http_requests_total", route="unmatched", method="GET", status="503")
-    assert after - before == 1
     templated = {"type": "http", "method": "GET", "path": "/m/1", "path_template": "/m/{id}"}
     await call(app, templated)
-    assert value("aether_http_requests_total", route="/m/{id}", method="GET", status="503") >= 1
+    for route in ("unmatched", "/m/{id}"):
+        labels = {"route": route, "method": "GET", "status": "503"}
+        assert registry.get_sample_value(http.REQUESTS, labels) == 1
+
+
+def test_metrics_a_process_registered_already_with_the_same_labels_are_shared() -> None:
+    registry = CollectorRegistry()
+    own = Counter(http.REQUESTS, "theirs", ["route", "method", "status"], registry=registry)
+    requests, _ = http.http_metrics(registry)
+    assert requests is own
+    clashing = CollectorRegistry()
+    Counter(http.REQUESTS, "raw paths", ["path"], registry=clashing)
+    with pytest.raises(ValueError, match="another type or labels"):
+        http.http_metrics(clashing)
 
 
 async def test_reading_the_bus_sets_consumer_lag_and_stream_size(nc: NatsClient) -> None:
