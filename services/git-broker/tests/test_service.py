@@ -463,3 +463,37 @@ async def test_delivery_pushes_once_across_a_restart(
     assert sample("aether_pushes_total", result="already_pushed") - already_before == 1
     assert git(remote, "rev-parse", branch) == sha
     await events.stop()
+
+
+@pytest.mark.parametrize(
+    ("base_branch", "reason"),
+    [
+        ("--upload-pack=touch pwned", "starts with '-'"),
+        ("main\nother", "control character"),
+        ("../../etc/passwd", "'..'"),
+        ("refs/../../x", "'..'"),
+        ("$(touch pwned)", "contains a space"),
+        ("$(id)", "does not exist"),
+        ("main.lock", "'.lock'"),
+    ],
+)
+async def test_a_base_branch_that_could_inject_or_does_not_exist_fails_the_mission(
+    broker: Service,
+    nc: NatsClient,
+    publisher: EventPublisher,
+    repo: Path,
+    base_branch: str,
+    reason: str,
+) -> None:
+    mission = "m-badref"
+    events = await watch(nc, mission)
+    await publisher.publish(
+        MissionRequested(
+            **meta(mission), repository=str(repo), requirement="x", base_branch=base_branch
+        )
+    )
+    failed = await events.next(MissionFailed)
+    assert reason in failed.reason
+    assert events.all(RepositoryPrepared) == []
+    assert not (repo / "pwned").exists()
+    await events.stop()

@@ -110,3 +110,10 @@ def test_roots_confine_local_repositories() -> None:
 def test_redact_hides_passwords_in_any_url_in_a_text() -> None:
     text = "could not fetch https://bot:tok3n@host/repo.git and http://u:p@h/x"
     assert redact(text) == "could not fetch https://bot:***@host/repo.git and http://u:***@h/x"
+
+
+def test_a_refused_url_does_not_repeat_its_password() -> None:
+    with pytest.raises(InvalidRepository) as caught:
+        parse_repository("https://bot:hunter2@host/repo?x=1")
+    assert "hunter2" not in str(caught.value)
+    assert "bot:***@host" in str(caught.value)

@@ -66,7 +66,15 @@ def _problem_in_text(text: str) -> str | None:
 
 
 def parse_repository(text: str, roots: tuple[str, ...] = ()) -> LocalSource | RemoteSource:
-    """Read a mission's repository reference, or raise ``InvalidRepository``."""
+    """Read a mission's repository reference, or raise ``InvalidRepository`` (whose
+    message never shows a password the reference carried)."""
+    try:
+        return _parse(text, roots)
+    except InvalidRepository as error:
+        raise InvalidRepository(redact(str(error))) from None
+
+
+def _parse(text: str, roots: tuple[str, ...]) -> LocalSource | RemoteSource:
     problem = _problem_in_text(text)
     if problem is not None:
         raise InvalidRepository(f"repository {text!r} is not usable: {problem}")
