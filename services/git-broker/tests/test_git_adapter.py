@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aether_git_broker.adapters import git as git_adapter
+from aether_git_broker.adapters import merge as merge_module
 from aether_git_broker.adapters.git import GitRepositories, RefMoved, RepositoryError
 from aether_git_broker.domain import WorkspaceOutcome
 
@@ -386,15 +386,15 @@ def test_a_branch_moved_by_someone_else_mid_merge_is_not_overwritten(
     intruder = git(
         repo, "commit-tree", "-p", prepared, "-m", "someone else", f"{prepared}^{{tree}}"
     )
-    original = git_adapter.move_branch
+    original = merge_module.move_branch
 
     def racing(*args: object, **kwargs: object) -> bool:
         # Someone moves the branch after the merge was computed, before it is written.
         git(repo, "update-ref", f"refs/heads/{INTEGRATION}", intruder)
-        monkeypatch.setattr(git_adapter, "move_branch", original)
+        monkeypatch.setattr(merge_module, "move_branch", original)
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(git_adapter, "move_branch", racing)
+    monkeypatch.setattr(merge_module, "move_branch", racing)
     with pytest.raises(RefMoved):
         merge(broker, repo, prepared, "t1", sha)
     assert git(repo, "rev-parse", INTEGRATION) == intruder

@@ -36,6 +36,7 @@ from aether_git_broker.domain import (
     PrepareWorkspace,
     Push,
     RejectMission,
+    Sweep,
     merge_event,
     mission_failed_event,
     repository_prepared_event,
@@ -128,7 +129,7 @@ class Handlers:
         plan = sweep(self.projection.state, self._naming)
         await asyncio.to_thread(self._sweep_blocking, plan)
 
-    def _sweep_blocking(self, plan: Any) -> None:
+    def _sweep_blocking(self, plan: Sweep) -> None:
         removed = sweep_directory(self._naming.worktrees_dir, plan.live_worktrees)
         for path in plan.repositories:
             removed += self._git.prune_worktrees(

@@ -3,116 +3,57 @@
 Each operation is level-triggered: it looks at the repository first and only does what
 is still missing, so repeating it after a crash or a redelivery is harmless.
 
-Repositories stay open between operations, each with a cache of parsed trees: the merge
-train reads the same top-level trees for every merge, and reopening a repository reloads
-its pack indexes. Only one operation runs at a time (the adapter holds a lock), which is
-what the broker's single consumer does anyway.
+Repositories stay open between operations, each with caches of parsed trees and commits:
+the merge train reads the same top-level trees and history for every merge, and reopening
+a repository reloads its pack indexes. Only one operation runs at a time (the adapter
+holds a lock), which is what the broker's single consumer does anyway. The merge itself
+is in ``merge``, worktrees and their pool in ``worktrees``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
 
-from dulwich.errors import NotGitRepository
-from dulwich.objects import S_ISGITLINK, Commit, ObjectID
+from dulwich.objects import S_ISGITLINK, ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
-from dulwich.trailers import parse_trailers
 
 from aether_events import RepoFile
 from aether_git_broker.adapters import worktrees
-from aether_git_broker.adapters.history import Commits, NotACommit, merge_bases
-from aether_git_broker.adapters.refs import move_branch
-from aether_git_broker.adapters.treemerge import (
-    Entry,
-    Trees,
-    changed_paths,
-    is_dir,
-    merge_trees,
+from aether_git_broker.adapters.history import Commits, merge_bases
+from aether_git_broker.adapters.merge import merge_task
+from aether_git_broker.adapters.repository import (
+    DEFAULT_IDENTITY,
+    Handle,
+    RefMoved,
+    RepositoryError,
+    Verifier,
+    branch_ref,
+    head_of,
+    local_path,
+    open_repository,
 )
+from aether_git_broker.adapters.treemerge import Trees, is_dir
 from aether_git_broker.domain import MergeOutcome, RepositoryOutcome, WorkspaceOutcome
 
 log = logging.getLogger("aether.git_broker.git")
 
-DEFAULT_IDENTITY = "Aether <aether@localhost>"
-
-_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-
-
-class RepositoryError(Exception):
-    """A repository the broker cannot use as asked; the message is for people."""
-
-
-class RefMoved(RuntimeError):
-    """The integration branch changed under a merge; merging again will see the new head."""
-
-
-@dataclass
-class Handle:
-    """An open repository with its caches of parsed trees and commits."""
-
-    repo: Repo
-    trees: Trees
-    commits: Commits
-
-    def commit(self, sha: ObjectID) -> Commit:
-        try:
-            return self.commits.get(sha)
-        except NotACommit as error:
-            raise RepositoryError(str(error)) from None
-
-    @property
-    def path(self) -> str:
-        return os.path.realpath(self.repo.path)
-
-
-# Given the open repository and the commit the integration branch would move to: None
-# when it may move, else why not (for people: the command and its output).
-Verifier = Callable[[Handle, ObjectID], "str | None"]
-
-
-def local_path(repository: str) -> str:
-    """The absolute path a local repository reference points at."""
-    path = repository.removeprefix("file://")
-    return os.path.realpath(os.path.expanduser(path))
-
-
-def _branch_ref(branch: str) -> Ref:
-    return Ref(b"refs/heads/" + branch.encode())
-
-
-def open_repository(repository: str) -> Repo:
-    """Open a local repository by path, or raise ``RepositoryError`` saying what is wrong."""
-    path = local_path(repository)
-    if not os.path.exists(path):
-        raise RepositoryError(f"repository {repository!r} does not exist")
-    if not os.path.isdir(path):
-        raise RepositoryError(f"repository {repository!r} is not a directory")
-    try:
-        return Repo(path)
-    except NotGitRepository:
-        raise RepositoryError(
-            f"{path} is not a git repository (give the top directory of a repository)"
-        ) from None
-
-
-def _head(repo: Repo, branch: str, what: str) -> ObjectID:
-    try:
-        return repo.refs[_branch_ref(branch)]
-    except KeyError:
-        raise RepositoryError(f"{what} {branch!r} does not exist in {repo.path}") from None
-
-
-def _paths(changes: Iterable[bytes]) -> tuple[str, ...]:
-    return tuple(sorted(path.decode(errors="replace") for path in changes))
+__all__ = [
+    "DEFAULT_IDENTITY",
+    "GitRepositories",
+    "Handle",
+    "RefMoved",
+    "RepositoryError",
+    "Verifier",
+    "local_path",
+    "open_repository",
+]
 
 
 class GitRepositories:
@@ -184,9 +125,9 @@ class GitRepositories:
         with self._lock:
             handle = self._open(repository)
             repo = handle.repo
-            base_head = _head(repo, base_branch, "base branch")
+            base_head = head_of(repo, base_branch, "base branch")
             handle.commit(base_head)
-            integration_ref = _branch_ref(integration_branch)
+            integration_ref = branch_ref(integration_branch)
             if repo.refs.add_if_new(
                 integration_ref,
                 base_head,
@@ -243,21 +184,21 @@ class GitRepositories:
         with self._lock:
             handle = self._open(repository_path)
             repo = handle.repo
-            branch_ref = _branch_ref(branch)
-            head = _head(repo, integration_branch, "integration branch")
+            task_ref = branch_ref(branch)
+            head = head_of(repo, integration_branch, "integration branch")
             if not repo.refs.add_if_new(
-                branch_ref,
+                task_ref,
                 head,
                 committer=self._identity,
                 message=f"aether: task branch from {integration_branch}".encode(),
             ):
-                head = repo.refs[branch_ref]
+                head = repo.refs[task_ref]
             os.makedirs(os.path.dirname(worktree_path), exist_ok=True)
             created = worktrees.add_worktree(
                 repo,
                 handle.trees,
                 worktree_path,
-                f"ref: {branch_ref.decode()}",
+                f"ref: {task_ref.decode()}",
                 handle.commit(head).tree,
                 self._pool(repo),
             )
@@ -402,7 +343,7 @@ class GitRepositories:
                 repo = self._open(repository_path).repo
             except RepositoryError:
                 return False
-            ref = _branch_ref(branch)
+            ref = branch_ref(branch)
             if ref not in repo.refs:
                 return False
             return bool(repo.refs.remove_if_equals(ref, None))
@@ -439,131 +380,17 @@ class GitRepositories:
         now: datetime,
         verify: Verifier | None = None,
     ) -> MergeOutcome:
-        """Merge a task's commit into the integration branch, once.
-
-        Already merged (a merge commit with this task's trailers since ``since_sha``, or
-        the commit is already in the branch) → ``already_merged`` and nothing written.
-        Otherwise a fast-forward when possible, else a merge commit from a three-way tree
-        merge. With ``verify``, the result must pass it before the branch moves. The
-        branch moves by compare-and-swap; a conflict or failed verification leaves it
-        untouched.
-        """
+        """Merge a task's commit into the integration branch, once (see ``merge``)."""
         with self._lock:
-            handle = self._open(repository_path)
-            repo, trees = handle.repo, handle.trees
-            ref = _branch_ref(integration_branch)
-            head = _head(repo, integration_branch, "integration branch")
-            commit = ObjectID(commit_sha.encode())
-            if not _SHA.fullmatch(commit_sha) or commit not in repo.object_store:
-                return MergeOutcome(
-                    kind="conflict",
-                    sha=head.decode(),
-                    detail=f"commit {commit_sha} is not in the repository",
-                )
-            theirs = handle.commit(commit)
-            previous = _find_task_merge(handle, head, since_sha, mission_id, task_id, attempt)
-            if previous is not None:
-                before = handle.commit(previous.parents[0]).tree
-                return MergeOutcome(
-                    kind="already_merged",
-                    sha=previous.id.decode(),
-                    files=_paths(changed_paths(trees, before, previous.tree)),
-                )
-            bases = merge_bases(handle.commits, head, commit)
-            if commit in bases:
-                return MergeOutcome(kind="already_merged", sha=commit.decode(), fast_forward=True)
-            ours = handle.commit(head)
-            fast_forward = head in bases
-            files: Mapping[bytes, Entry | None]
-            if fast_forward:
-                new_head = commit
-                files = changed_paths(trees, ours.tree, theirs.tree)
-            else:
-                base_tree = handle.commit(bases[0]).tree if bases else None
-                result = merge_trees(trees, base_tree, ours.tree, theirs.tree)
-                if result.tree is None:
-                    return MergeOutcome(
-                        kind="conflict",
-                        sha=head.decode(),
-                        files=result.conflicts,
-                        detail="both the integration branch and the task changed "
-                        f"{len(result.conflicts)} file(s) differently",
-                    )
-                new_head = self._merge_commit(
-                    handle, result.tree, head, commit, mission_id, task_id, attempt, now
-                )
-                files = result.changed
-            if verify is not None:
-                failure = verify(handle, new_head)
-                if failure is not None:
-                    return MergeOutcome(
-                        kind="verify_failed", sha=head.decode(), files=(), detail=failure
-                    )
-            if not move_branch(
-                repo,
-                ref,
-                head,
-                new_head,
-                committer=self._identity,
-                timestamp=int(now.timestamp()),
-                message=f"aether: merge task {task_id} (attempt {attempt})".encode(),
-            ):
-                raise RefMoved(f"{integration_branch} moved while merging task {task_id}")
-            return MergeOutcome(
-                kind="fast_forward" if fast_forward else "merged",
-                sha=new_head.decode(),
-                files=_paths(files),
-                fast_forward=fast_forward,
+            return merge_task(
+                self._open(repository_path),
+                self._identity,
+                integration_branch,
+                since_sha=since_sha,
+                mission_id=mission_id,
+                task_id=task_id,
+                attempt=attempt,
+                commit_sha=commit_sha,
+                now=now,
+                verify=verify,
             )
-
-    def _merge_commit(
-        self,
-        handle: Handle,
-        tree: ObjectID,
-        head: ObjectID,
-        commit: ObjectID,
-        mission_id: str,
-        task_id: str,
-        attempt: int,
-        now: datetime,
-    ) -> ObjectID:
-        merge = Commit()
-        merge.tree = tree
-        merge.parents = [head, commit]
-        merge.author = merge.committer = self._identity
-        merge.author_time = merge.commit_time = int(now.timestamp())
-        merge.author_timezone = merge.commit_timezone = 0
-        merge.encoding = b"UTF-8"
-        merge.message = (
-            f"Merge task {task_id} (attempt {attempt})\n\n"
-            f"Aether-Mission: {mission_id}\n"
-            f"Aether-Task: {task_id}\n"
-            f"Aether-Attempt: {attempt}\n"
-        ).encode()
-        sha = handle.trees.objects.write(b"commit", merge.as_raw_string())
-        handle.commits.remember(merge)
-        return sha
-
-
-def _find_task_merge(
-    handle: Handle, head: ObjectID, since_sha: str, mission_id: str, task_id: str, attempt: int
-) -> Commit | None:
-    """The merge commit this task attempt already produced, if the branch has one.
-
-    The broker's merges all sit on the integration branch's first-parent line (each one
-    has the previous head as its first parent), so that line is all there is to read.
-    """
-    needle = f"Aether-Task: {task_id}".encode()
-    wanted = {"aether-task": task_id, "aether-attempt": str(attempt)}
-    sha: ObjectID | None = head
-    while sha is not None and sha.decode() != since_sha:
-        commit = handle.commit(sha)
-        if len(commit.parents) >= 2 and needle in commit.message:
-            _, trailers = parse_trailers(commit.message)
-            found = {t.key.lower(): t.value.strip() for t in trailers}
-            if found.get("aether-mission", mission_id) == mission_id and all(
-                found.get(key) == value for key, value in wanted.items()
-            ):
-                return commit
-        sha = commit.parents[0] if commit.parents else None
-    return None

@@ -1,36 +1,25 @@
-"""The git broker's projection and decisions, free of I/O.
+"""Decisions, free of I/O: ``decide`` turns an event into one ``Action`` for the adapters.
 
-``evolve`` folds the mission events the broker cares about into ``BrokerState``. ``decide``
-turns an incoming event into one ``Action`` for the repository adapter, judged against
-that state so a redelivered or replayed event never repeats a step whose result is
-already in the stream. The ``*_event`` builders turn the adapter's outcome into the
-event to publish, with ids derived from the step so a repeat publishes the same id.
+Each decision is judged against the state folded so far (the event included), so a
+redelivered or replayed event never repeats a step whose result is already in the stream.
+``sweep`` is the start-up decision: what a crash left behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Literal
+from dataclasses import dataclass
 
 from aether_events import (
     AgentCompleted,
-    BranchMerged,
     Event,
-    MergeConflicted,
     MissionAnswered,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
     MissionRequested,
-    RepoFile,
-    RepositoryPrepared,
     TaskReady,
-    WorkspaceFailed,
-    WorkspaceReady,
-    caused_by,
 )
+from aether_git_broker.domain.state import BrokerState, MissionView
 from aether_git_broker.naming import InvalidName, Naming, component_problem, ref_name_problem
 from aether_git_broker.sources import (
     InvalidRepository,
@@ -38,8 +27,6 @@ from aether_git_broker.sources import (
     RemoteSource,
     parse_repository,
 )
-
-TaskKey = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -56,97 +43,6 @@ class Policy:
     repository_roots: tuple[str, ...] = ()
     verify: bool = True
     push_remote: str | None = None
-
-
-# --- state -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreparedRepo:
-    path: str
-    base_branch: str
-    base_sha: str
-    integration_branch: str
-
-
-@dataclass(frozen=True)
-class Workspace:
-    branch: str
-    worktree_path: str
-    base_sha: str
-
-
-@dataclass(frozen=True)
-class MissionView:
-    mission_id: str
-    repository: str = ""
-    base_branch: str = "main"
-    verify_command: str | None = None
-    prepared: PreparedRepo | None = None
-    terminal: bool = False
-    workspaces: Mapping[TaskKey, Workspace] = field(default_factory=dict)
-    merged: Mapping[TaskKey, str] = field(default_factory=dict)
-    conflicted: frozenset[TaskKey] = frozenset()
-
-
-@dataclass(frozen=True)
-class BrokerState:
-    missions: Mapping[str, MissionView] = field(default_factory=dict)
-
-    def mission(self, mission_id: str) -> MissionView | None:
-        return self.missions.get(mission_id)
-
-
-def _update(state: BrokerState, view: MissionView) -> BrokerState:
-    return BrokerState(missions={**state.missions, view.mission_id: view})
-
-
-def evolve(state: BrokerState, event: Event) -> BrokerState:
-    """Fold one event into the state; events the broker does not need leave it as is."""
-    view = state.mission(event.mission_id) or MissionView(mission_id=event.mission_id)
-    match event:
-        case MissionRequested():
-            return _update(
-                state,
-                replace(
-                    view,
-                    repository=event.repository,
-                    base_branch=event.base_branch,
-                    verify_command=(event.verify_command or "").strip() or None,
-                ),
-            )
-        case RepositoryPrepared():
-            prepared = PreparedRepo(
-                path=event.repository_path,
-                base_branch=event.base_branch,
-                base_sha=event.base_sha,
-                integration_branch=event.integration_branch,
-            )
-            return _update(state, replace(view, prepared=prepared))
-        case WorkspaceReady():
-            key = (event.task.id, event.attempt)
-            workspace = Workspace(
-                branch=event.branch, worktree_path=event.worktree_path, base_sha=event.base_sha
-            )
-            return _update(state, replace(view, workspaces={**view.workspaces, key: workspace}))
-        case BranchMerged():
-            key = (event.task_id, event.attempt)
-            return _update(state, replace(view, merged={**view.merged, key: event.merge_sha}))
-        case MergeConflicted():
-            key = (event.task_id, event.attempt)
-            return _update(state, replace(view, conflicted=view.conflicted | {key}))
-        case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
-            # Nothing is decided for a finished mission beyond cleaning up, so its
-            # per-task records can go.
-            return _update(
-                state,
-                replace(view, terminal=True, workspaces={}, merged={}, conflicted=frozenset()),
-            )
-        case _:
-            return state
-
-
-# --- actions -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -370,9 +266,6 @@ def _on_agent_completed(view: MissionView | None, event: AgentCompleted, naming:
     )
 
 
-# --- start-up ------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Sweep:
     """What a broker starting up keeps and removes, judged from the replayed stream.
@@ -417,119 +310,4 @@ def sweep(state: BrokerState, naming: Naming) -> Sweep:
         active_repositories=tuple(sorted(_active_repositories(state))),
         finished=tuple(sorted(finished)),
         merged_branches=tuple(sorted(merged)),
-    )
-
-
-# --- outcomes of the adapter, and the events they become ----------------------------
-
-
-@dataclass(frozen=True)
-class RepositoryOutcome:
-    path: str
-    base_branch: str
-    base_sha: str
-    integration_branch: str
-    files: tuple[RepoFile, ...]
-    file_count: int
-    files_truncated: bool
-
-
-@dataclass(frozen=True)
-class WorkspaceOutcome:
-    branch: str
-    worktree_path: str
-    base_sha: str
-    created: bool
-
-
-MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
-
-
-@dataclass(frozen=True)
-class MergeOutcome:
-    """What merging one task attempt did.
-
-    ``sha`` is the integration head after the merge (or, for a conflict or a failed
-    verification, the head that was left untouched); ``files`` are the paths changed by
-    the merge or the conflicted ones; ``detail`` says why a merge did not happen.
-    """
-
-    kind: MergeKind
-    sha: str
-    files: tuple[str, ...] = ()
-    fast_forward: bool = False
-    detail: str = ""
-
-
-def repository_prepared_event(
-    cause: MissionRequested, now: datetime, outcome: RepositoryOutcome
-) -> RepositoryPrepared:
-    return RepositoryPrepared(
-        **caused_by(cause, now, "repository_prepared"),
-        repository_path=outcome.path,
-        base_branch=outcome.base_branch,
-        base_sha=outcome.base_sha,
-        integration_branch=outcome.integration_branch,
-        files=list(outcome.files),
-        file_count=outcome.file_count,
-        files_truncated=outcome.files_truncated,
-    )
-
-
-def mission_failed_event(cause: Event, now: datetime, reason: str) -> MissionFailed:
-    """The broker failing a mission; one per mission whatever the cause."""
-    return MissionFailed(**caused_by(cause, now, "mission_failed", "git-broker"), reason=reason)
-
-
-def workspace_failed_event(
-    cause: TaskReady, now: datetime, reason: str, *, retryable: bool
-) -> WorkspaceFailed:
-    return WorkspaceFailed(
-        **caused_by(cause, now, "workspace_failed", cause.task.id, cause.attempt),
-        task_id=cause.task.id,
-        attempt=cause.attempt,
-        reason=reason,
-        retryable=retryable,
-    )
-
-
-def workspace_ready_event(
-    cause: TaskReady, now: datetime, outcome: WorkspaceOutcome
-) -> WorkspaceReady:
-    return WorkspaceReady(
-        **caused_by(cause, now, "workspace_ready", cause.task.id, cause.attempt),
-        task=cause.task,
-        attempt=cause.attempt,
-        model=cause.model,
-        branch=outcome.branch,
-        worktree_path=outcome.worktree_path,
-        base_sha=outcome.base_sha,
-        requirement=cause.requirement,
-        max_cost_usd=cause.max_cost_usd,
-        context=cause.context,
-    )
-
-
-def merge_event(
-    cause: AgentCompleted, now: datetime, integration_branch: str, outcome: MergeOutcome
-) -> BranchMerged | MergeConflicted:
-    if outcome.kind in ("conflict", "verify_failed"):
-        # A failed verification is reported like a conflict: the task runs again on the
-        # current head, with the command's output as its context.
-        return MergeConflicted(
-            **caused_by(cause, now, "merge_conflicted", cause.task_id, cause.attempt),
-            task_id=cause.task_id,
-            attempt=cause.attempt,
-            files=list(outcome.files),
-            integration_sha=outcome.sha,
-            detail=outcome.detail,
-        )
-    return BranchMerged(
-        **caused_by(cause, now, "branch_merged", cause.task_id, cause.attempt),
-        task_id=cause.task_id,
-        attempt=cause.attempt,
-        merge_sha=outcome.sha,
-        integration_branch=integration_branch,
-        fast_forward=outcome.fast_forward,
-        files_changed=list(outcome.files),
     )

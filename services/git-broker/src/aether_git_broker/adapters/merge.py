@@ -1,0 +1,170 @@
+"""Merging one task into its integration branch, once.
+
+Already merged (a merge commit with the task's trailers on the integration branch, or the
+commit already in it) → nothing is written. Otherwise a fast-forward when possible, else
+a merge commit from a three-way tree merge; with a verifier, the result must pass it
+before the branch moves. The branch moves by compare-and-swap; a conflict or a failed
+verification leaves it untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from dulwich.objects import Commit, ObjectID
+from dulwich.trailers import parse_trailers
+
+from aether_git_broker.adapters.history import merge_bases
+from aether_git_broker.adapters.refs import move_branch
+from aether_git_broker.adapters.repository import (
+    SHA,
+    Handle,
+    RefMoved,
+    Verifier,
+    branch_ref,
+    head_of,
+    sorted_paths,
+)
+from aether_git_broker.adapters.treemerge import Entry, changed_paths, merge_trees
+from aether_git_broker.domain import MergeOutcome
+
+
+def merge_task(
+    handle: Handle,
+    identity: bytes,
+    integration_branch: str,
+    *,
+    since_sha: str,
+    mission_id: str,
+    task_id: str,
+    attempt: int,
+    commit_sha: str,
+    now: datetime,
+    verify: Verifier | None = None,
+) -> MergeOutcome:
+    """Merge a task's commit into the integration branch, once.
+
+    Already merged (a merge commit with this task's trailers since ``since_sha``, or
+    the commit is already in the branch) → ``already_merged`` and nothing written.
+    Otherwise a fast-forward when possible, else a merge commit from a three-way tree
+    merge. With ``verify``, the result must pass it before the branch moves. The
+    branch moves by compare-and-swap; a conflict or failed verification leaves it
+    untouched.
+    """
+    repo, trees = handle.repo, handle.trees
+    ref = branch_ref(integration_branch)
+    head = head_of(repo, integration_branch, "integration branch")
+    commit = ObjectID(commit_sha.encode())
+    if not SHA.fullmatch(commit_sha) or commit not in repo.object_store:
+        return MergeOutcome(
+            kind="conflict",
+            sha=head.decode(),
+            detail=f"commit {commit_sha} is not in the repository",
+        )
+    theirs = handle.commit(commit)
+    previous = _find_task_merge(handle, head, since_sha, mission_id, task_id, attempt)
+    if previous is not None:
+        before = handle.commit(previous.parents[0]).tree
+        return MergeOutcome(
+            kind="already_merged",
+            sha=previous.id.decode(),
+            files=sorted_paths(changed_paths(trees, before, previous.tree)),
+        )
+    bases = merge_bases(handle.commits, head, commit)
+    if commit in bases:
+        return MergeOutcome(kind="already_merged", sha=commit.decode(), fast_forward=True)
+    ours = handle.commit(head)
+    fast_forward = head in bases
+    files: Mapping[bytes, Entry | None]
+    if fast_forward:
+        new_head = commit
+        files = changed_paths(trees, ours.tree, theirs.tree)
+    else:
+        base_tree = handle.commit(bases[0]).tree if bases else None
+        result = merge_trees(trees, base_tree, ours.tree, theirs.tree)
+        if result.tree is None:
+            return MergeOutcome(
+                kind="conflict",
+                sha=head.decode(),
+                files=result.conflicts,
+                detail="both the integration branch and the task changed "
+                f"{len(result.conflicts)} file(s) differently",
+            )
+        new_head = _merge_commit(
+            handle, identity, result.tree, head, commit, mission_id, task_id, attempt, now
+        )
+        files = result.changed
+    if verify is not None:
+        failure = verify(handle, new_head)
+        if failure is not None:
+            return MergeOutcome(kind="verify_failed", sha=head.decode(), files=(), detail=failure)
+    if not move_branch(
+        repo,
+        ref,
+        head,
+        new_head,
+        committer=identity,
+        timestamp=int(now.timestamp()),
+        message=f"aether: merge task {task_id} (attempt {attempt})".encode(),
+    ):
+        raise RefMoved(f"{integration_branch} moved while merging task {task_id}")
+    return MergeOutcome(
+        kind="fast_forward" if fast_forward else "merged",
+        sha=new_head.decode(),
+        files=sorted_paths(files),
+        fast_forward=fast_forward,
+    )
+
+
+def _merge_commit(
+    handle: Handle,
+    identity: bytes,
+    tree: ObjectID,
+    head: ObjectID,
+    commit: ObjectID,
+    mission_id: str,
+    task_id: str,
+    attempt: int,
+    now: datetime,
+) -> ObjectID:
+    merge = Commit()
+    merge.tree = tree
+    merge.parents = [head, commit]
+    merge.author = merge.committer = identity
+    merge.author_time = merge.commit_time = int(now.timestamp())
+    merge.author_timezone = merge.commit_timezone = 0
+    merge.encoding = b"UTF-8"
+    merge.message = (
+        f"Merge task {task_id} (attempt {attempt})\n\n"
+        f"Aether-Mission: {mission_id}\n"
+        f"Aether-Task: {task_id}\n"
+        f"Aether-Attempt: {attempt}\n"
+    ).encode()
+    sha = handle.trees.objects.write(b"commit", merge.as_raw_string())
+    handle.commits.remember(merge)
+    return sha
+
+
+def _find_task_merge(
+    handle: Handle, head: ObjectID, since_sha: str, mission_id: str, task_id: str, attempt: int
+) -> Commit | None:
+    """The merge commit this task attempt already produced, if the branch has one.
+
+    The broker's merges all sit on the integration branch's first-parent line (each one
+    has the previous head as its first parent), so that line is all there is to read.
+    """
+    needle = f"Aether-Task: {task_id}".encode()
+    wanted = {"aether-task": task_id, "aether-attempt": str(attempt)}
+    sha: ObjectID | None = head
+    while sha is not None and sha.decode() != since_sha:
+        commit = handle.commit(sha)
+        if len(commit.parents) >= 2 and needle in commit.message:
+            _, trailers = parse_trailers(commit.message)
+            found = {t.key.lower(): t.value.strip() for t in trailers}
+            if found.get("aether-mission", mission_id) == mission_id and all(
+                found.get(key) == value for key, value in wanted.items()
+            ):
+                return commit
+        sha = commit.parents[0] if commit.parents else None
+    return None

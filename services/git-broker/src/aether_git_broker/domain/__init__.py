@@ -1,0 +1,73 @@
+"""The git broker's projection and decisions, free of I/O.
+
+``evolve`` (``state``) folds the mission events the broker cares about into
+``BrokerState``. ``decide`` (``decisions``) turns an incoming event into one ``Action`` for
+the adapters, and ``sweep`` says what to remove at start-up. The ``*_event`` builders
+(``outcomes``) turn the adapters' outcomes into the events to publish.
+"""
+
+from aether_git_broker.domain.decisions import (
+    Action,
+    FailWorkspace,
+    FinishMission,
+    Ignore,
+    MergeTask,
+    Policy,
+    PrepareRepository,
+    PrepareWorkspace,
+    Push,
+    RejectMission,
+    Sweep,
+    decide,
+    sweep,
+)
+from aether_git_broker.domain.outcomes import (
+    MergeKind,
+    MergeOutcome,
+    RepositoryOutcome,
+    WorkspaceOutcome,
+    merge_event,
+    mission_failed_event,
+    repository_prepared_event,
+    workspace_failed_event,
+    workspace_ready_event,
+)
+from aether_git_broker.domain.state import (
+    BrokerState,
+    MissionView,
+    PreparedRepo,
+    TaskKey,
+    Workspace,
+    evolve,
+)
+
+__all__ = [
+    "Action",
+    "BrokerState",
+    "FailWorkspace",
+    "FinishMission",
+    "Ignore",
+    "MergeKind",
+    "MergeOutcome",
+    "MergeTask",
+    "MissionView",
+    "Policy",
+    "PrepareRepository",
+    "PrepareWorkspace",
+    "PreparedRepo",
+    "Push",
+    "RejectMission",
+    "RepositoryOutcome",
+    "Sweep",
+    "TaskKey",
+    "Workspace",
+    "WorkspaceOutcome",
+    "decide",
+    "evolve",
+    "merge_event",
+    "mission_failed_event",
+    "repository_prepared_event",
+    "sweep",
+    "workspace_failed_event",
+    "workspace_ready_event",
+]

@@ -1,0 +1,138 @@
+"""What the adapters report, and the events those outcomes become.
+
+Event ids are derived from the step (mission, kind, task, attempt), so a repeated step
+publishes the same id and the stream drops the copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from aether_events import (
+    AgentCompleted,
+    BranchMerged,
+    Event,
+    MergeConflicted,
+    MissionFailed,
+    MissionRequested,
+    RepoFile,
+    RepositoryPrepared,
+    TaskReady,
+    WorkspaceFailed,
+    WorkspaceReady,
+    caused_by,
+)
+
+
+@dataclass(frozen=True)
+class RepositoryOutcome:
+    path: str
+    base_branch: str
+    base_sha: str
+    integration_branch: str
+    files: tuple[RepoFile, ...]
+    file_count: int
+    files_truncated: bool
+
+
+@dataclass(frozen=True)
+class WorkspaceOutcome:
+    branch: str
+    worktree_path: str
+    base_sha: str
+    created: bool
+
+
+MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What merging one task attempt did.
+
+    ``sha`` is the integration head after the merge (or, for a conflict or a failed
+    verification, the head that was left untouched); ``files`` are the paths changed by
+    the merge or the conflicted ones; ``detail`` says why a merge did not happen.
+    """
+
+    kind: MergeKind
+    sha: str
+    files: tuple[str, ...] = ()
+    fast_forward: bool = False
+    detail: str = ""
+
+
+def repository_prepared_event(
+    cause: MissionRequested, now: datetime, outcome: RepositoryOutcome
+) -> RepositoryPrepared:
+    return RepositoryPrepared(
+        **caused_by(cause, now, "repository_prepared"),
+        repository_path=outcome.path,
+        base_branch=outcome.base_branch,
+        base_sha=outcome.base_sha,
+        integration_branch=outcome.integration_branch,
+        files=list(outcome.files),
+        file_count=outcome.file_count,
+        files_truncated=outcome.files_truncated,
+    )
+
+
+def mission_failed_event(cause: Event, now: datetime, reason: str) -> MissionFailed:
+    """The broker failing a mission; one per mission whatever the cause."""
+    return MissionFailed(**caused_by(cause, now, "mission_failed", "git-broker"), reason=reason)
+
+
+def workspace_failed_event(
+    cause: TaskReady, now: datetime, reason: str, *, retryable: bool
+) -> WorkspaceFailed:
+    return WorkspaceFailed(
+        **caused_by(cause, now, "workspace_failed", cause.task.id, cause.attempt),
+        task_id=cause.task.id,
+        attempt=cause.attempt,
+        reason=reason,
+        retryable=retryable,
+    )
+
+
+def workspace_ready_event(
+    cause: TaskReady, now: datetime, outcome: WorkspaceOutcome
+) -> WorkspaceReady:
+    return WorkspaceReady(
+        **caused_by(cause, now, "workspace_ready", cause.task.id, cause.attempt),
+        task=cause.task,
+        attempt=cause.attempt,
+        model=cause.model,
+        branch=outcome.branch,
+        worktree_path=outcome.worktree_path,
+        base_sha=outcome.base_sha,
+        requirement=cause.requirement,
+        max_cost_usd=cause.max_cost_usd,
+        context=cause.context,
+    )
+
+
+def merge_event(
+    cause: AgentCompleted, now: datetime, integration_branch: str, outcome: MergeOutcome
+) -> BranchMerged | MergeConflicted:
+    if outcome.kind in ("conflict", "verify_failed"):
+        # A failed verification is reported like a conflict: the task runs again on the
+        # current head, with the command's output as its context.
+        return MergeConflicted(
+            **caused_by(cause, now, "merge_conflicted", cause.task_id, cause.attempt),
+            task_id=cause.task_id,
+            attempt=cause.attempt,
+            files=list(outcome.files),
+            integration_sha=outcome.sha,
+            detail=outcome.detail,
+        )
+    return BranchMerged(
+        **caused_by(cause, now, "branch_merged", cause.task_id, cause.attempt),
+        task_id=cause.task_id,
+        attempt=cause.attempt,
+        merge_sha=outcome.sha,
+        integration_branch=integration_branch,
+        fast_forward=outcome.fast_forward,
+        files_changed=list(outcome.files),
+    )

@@ -1,0 +1,106 @@
+"""The git broker's projection: what it needs to know of every mission, and ``evolve``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from aether_events import (
+    BranchMerged,
+    Event,
+    MergeConflicted,
+    MissionAnswered,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+    MissionRequested,
+    RepositoryPrepared,
+    WorkspaceReady,
+)
+
+TaskKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class PreparedRepo:
+    path: str
+    base_branch: str
+    base_sha: str
+    integration_branch: str
+
+
+@dataclass(frozen=True)
+class Workspace:
+    branch: str
+    worktree_path: str
+    base_sha: str
+
+
+@dataclass(frozen=True)
+class MissionView:
+    mission_id: str
+    repository: str = ""
+    base_branch: str = "main"
+    verify_command: str | None = None
+    prepared: PreparedRepo | None = None
+    terminal: bool = False
+    workspaces: Mapping[TaskKey, Workspace] = field(default_factory=dict)
+    merged: Mapping[TaskKey, str] = field(default_factory=dict)
+    conflicted: frozenset[TaskKey] = frozenset()
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    missions: Mapping[str, MissionView] = field(default_factory=dict)
+
+    def mission(self, mission_id: str) -> MissionView | None:
+        return self.missions.get(mission_id)
+
+
+def _update(state: BrokerState, view: MissionView) -> BrokerState:
+    return BrokerState(missions={**state.missions, view.mission_id: view})
+
+
+def evolve(state: BrokerState, event: Event) -> BrokerState:
+    """Fold one event into the state; events the broker does not need leave it as is."""
+    view = state.mission(event.mission_id) or MissionView(mission_id=event.mission_id)
+    match event:
+        case MissionRequested():
+            return _update(
+                state,
+                replace(
+                    view,
+                    repository=event.repository,
+                    base_branch=event.base_branch,
+                    verify_command=(event.verify_command or "").strip() or None,
+                ),
+            )
+        case RepositoryPrepared():
+            prepared = PreparedRepo(
+                path=event.repository_path,
+                base_branch=event.base_branch,
+                base_sha=event.base_sha,
+                integration_branch=event.integration_branch,
+            )
+            return _update(state, replace(view, prepared=prepared))
+        case WorkspaceReady():
+            key = (event.task.id, event.attempt)
+            workspace = Workspace(
+                branch=event.branch, worktree_path=event.worktree_path, base_sha=event.base_sha
+            )
+            return _update(state, replace(view, workspaces={**view.workspaces, key: workspace}))
+        case BranchMerged():
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, merged={**view.merged, key: event.merge_sha}))
+        case MergeConflicted():
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, conflicted=view.conflicted | {key}))
+        case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
+            # Nothing is decided for a finished mission beyond cleaning up, so its
+            # per-task records can go.
+            return _update(
+                state,
+                replace(view, terminal=True, workspaces={}, merged={}, conflicted=frozenset()),
+            )
+        case _:
+            return state
