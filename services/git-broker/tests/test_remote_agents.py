@@ -258,3 +258,61 @@ async def test_a_mission_on_a_url_is_cloned_into_the_data_directory_and_fetched_
     assert second.repository_path == first.repository_path
     assert second.base_sha == moved
     await events.stop()
+
+
+async def test_a_mission_on_a_url_is_worked_merged_and_pushed_back_to_it(
+    nc: NatsClient,
+    nats_url: str,
+    worktrees_dir: Path,
+    upstream: str,
+    repo: Path,
+    tmp_path: Path,
+    git: Git,
+    commit: Callable[..., str],
+) -> None:
+    settings = GitBrokerSettings(
+        runtime=RuntimeSettings(nats_url=nats_url, port=0),
+        worktrees_dir=worktrees_dir,
+        data_dir=tmp_path / "data",
+        ack_wait_seconds=2.0,
+        push_remote="origin",
+    )
+    broker = build_broker(settings)
+    await start_service(broker.service)
+    publisher = EventPublisher(nc.jetstream())
+    mission = "m-roundtrip"
+    events = await watch(nc, mission)
+    try:
+        await publisher.publish(
+            MissionRequested(**meta(mission), repository=upstream, requirement="x")
+        )
+        prepared = await events.next(RepositoryPrepared)
+        await publisher.publish(task_ready(mission, "t1"))
+        workspace = await events.next(WorkspaceReady)
+        # The worktree belongs to the bare clone; a commit there lands on the task branch.
+        sha = commit(workspace.worktree_path, {"from_clone.py": "X = 1\n"}, "work on a clone")
+        assert git(prepared.repository_path, "rev-parse", workspace.branch) == sha
+        await publisher.publish(
+            AgentCompleted(**meta(mission), task_id="t1", attempt=1, commit_sha=sha, branch="")
+        )
+        merged = await events.next(BranchMerged)
+        await publisher.publish(
+            MissionCompleted(
+                **meta(mission),
+                final_sha=merged.merge_sha,
+                integration_branch=prepared.integration_branch,
+                tasks_merged=1,
+            )
+        )
+        marker = await watch(nc, "m-after")
+        await publisher.publish(
+            MissionRequested(**meta("m-after"), repository=str(repo), requirement="x")
+        )
+        await marker.next(RepositoryPrepared)
+        await marker.stop()
+    finally:
+        await stop_service(broker.service)
+    # The result is back where the mission came from.
+    assert git(repo, "rev-parse", prepared.integration_branch) == merged.merge_sha
+    assert git(repo, "show", f"{prepared.integration_branch}:from_clone.py") == "X = 1"
+    await events.stop()
