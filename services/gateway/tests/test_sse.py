@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -96,6 +97,8 @@ async def test_live_events_follow_the_replay_with_keep_alives_between(http, nc, 
 
         metrics = (await http.get("/metrics")).text
         assert "aether_sse_clients 1.0" in metrics
+        sent = re.search(r"^aether_sse_events_sent_total (\S+)$", metrics, re.M)
+        assert sent is not None and float(sent.group(1)) >= 2
 
     async def client_gone():
         return "aether_sse_clients 0.0" in (await http.get("/metrics")).text

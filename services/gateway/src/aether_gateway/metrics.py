@@ -22,6 +22,9 @@ HTTP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SSE_CLIENTS = Gauge("aether_sse_clients", "Event-stream clients connected now")
+SSE_EVENTS_SENT = Counter(
+    "aether_sse_events_sent_total", "Events written to event-stream clients (replayed or live)"
+)
 
 
 class HttpMetrics(ASGIMiddleware):

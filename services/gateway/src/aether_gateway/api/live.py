@@ -123,6 +123,7 @@ async def _wait_for_position(ctx: GatewayContext, target: int) -> int:
 
 
 def _message(event: StreamedEvent) -> ServerSentEventMessage:
+    metrics.SSE_EVENTS_SENT.inc()
     return ServerSentEventMessage(id=event.sequence, event=event.type, data=event.data.decode())
 
 
