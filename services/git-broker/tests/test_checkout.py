@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,33 @@ def test_a_tree_that_would_escape_its_directory_is_refused(
             checkout(dulwich_repo, trees, ObjectID(evil), str(target), str(tmp_path / "index"))
     assert not (tmp_path / "payload").exists()
     assert list(target.iterdir()) == []
+
+
+def test_a_task_commit_with_a_path_no_checkout_may_write_is_not_merged(
+    repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", "aether/m-1").base_sha
+    with Repo(str(repo)) as dulwich_repo:
+        blob = Blob.from_string(b"[core]\n\tfsmonitor = touch /tmp/pwned\n")
+        dulwich_repo.object_store.add_object(blob)
+        trees = Trees(dulwich_repo.object_store)
+        root = dict(trees.entries(ObjectID(git(repo, "rev-parse", "main^{tree}").encode())))
+        root[b".git"] = (0o040000, trees.write({b"config": (0o100644, blob.id)}))
+        evil_tree = trees.write(root)
+    sha = git(repo, "commit-tree", evil_tree.decode(), "-p", base, "-m", "sneaky")
+    outcome = broker.merge(
+        str(repo),
+        "aether/m-1",
+        since_sha=base,
+        mission_id="m-1",
+        task_id="t1",
+        attempt=1,
+        commit_sha=sha,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert outcome.kind == "conflict"
+    assert outcome.files == (".git/config",)
+    assert "no checkout may write" in outcome.detail
+    assert git(repo, "rev-parse", "aether/m-1") == base
+    broker.close()

@@ -21,6 +21,7 @@ from dulwich.objects import ObjectID
 
 from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, tag_of
 from aether_git_broker import metrics
+from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
 from aether_git_broker.adapters.remote import RemoteError, Remotes
 from aether_git_broker.adapters.verify import Verifier
@@ -230,7 +231,7 @@ class Handlers:
                 action.branch,
                 action.worktree_path,
             )
-        except RepositoryError as error:
+        except (RepositoryError, UnsafePath) as error:
             await self._publish(mission_failed_event(event, self._clock(), str(error)))
             log.warning("workspace impossible", extra={"reason": str(error)})
             return

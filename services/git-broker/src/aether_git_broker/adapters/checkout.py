@@ -48,9 +48,20 @@ class FileEntry:
     sha: ObjectID
 
 
+def _unsafe(name: bytes) -> bool:
+    return name in (b"", b".", b"..") or b"/" in name or b"\0" in name or name.lower() == b".git"
+
+
 def _check_name(name: bytes, prefix: bytes) -> None:
-    if name in (b"", b".", b"..") or b"/" in name or b"\0" in name or name.lower() == b".git":
+    if _unsafe(name):
         raise UnsafePath(f"the tree has an entry {prefix.decode(errors='replace')}{name!r}")
+
+
+def unsafe_paths(paths: Iterable[bytes]) -> list[str]:
+    """The paths no checkout would write (a ``..`` or ``.git`` component, an empty one)."""
+    return sorted(
+        path.decode(errors="replace") for path in paths if any(map(_unsafe, path.split(b"/")))
+    )
 
 
 def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEntry]]:
