@@ -250,3 +250,28 @@ async def test_a_trigger_redelivered_after_a_crash_does_not_call_the_model_again
         await restarted.stop()
     assert len(s.requests) == 1, "the model was asked twice for the same step"
     assert len(of(events, PlanProduced)) == 1 and len(of(events, UsageRecorded)) == 1
+
+
+async def test_a_message_about_a_plan_is_revised_once_through_its_revision_request(
+    planner: Planner, script
+) -> None:
+    """The gateway publishes both the message and a revision request for feedback on a
+    plan; only the revision request asks the model."""
+    s, _ = script
+    s.replies.append(plan_reply(good_tasks()))
+    await planner.request()
+    await planner.wait_for(PlanProduced)
+    s.replies.append(plan_reply(good_tasks()[:1]))
+    await planner.publisher.publish_all(
+        [
+            MissionMessagePosted(**planner.meta("note"), text="One task please", author="alice"),
+            PlanRevisionRequested(
+                **planner.meta("rev"), feedback="One task please", base_version=1
+            ),
+        ]
+    )
+    events = await planner.wait_for(PlanProduced, count=2)
+    assert len(s.requests) == 2
+    text = s.requests[1]["messages"][0]["content"][1]["text"]
+    assert text.count("One task please") == 1
+    assert sorted(p.version for p in of(events, PlanProduced)) == [1, 2]

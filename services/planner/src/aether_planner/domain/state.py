@@ -1,10 +1,10 @@
 """The planner's memory of each mission: the request, the repository, the conversation.
 
 A *trigger* is an event the planner answers with one model decision: the repository being
-prepared (the first plan), a person's message (answers to questions, or feedback on a
-plan), or an explicit revision request. Every outcome (a plan version, questions, an
-answer, a failure) names its trigger as its cause, so a trigger seen again after a crash
-is recognised as handled.
+prepared (the first plan), a person's message answering the planner's questions, or a
+revision request (feedback on a plan; the gateway turns a message about a plan into one).
+Every outcome (a plan version, questions, an answer, a failure) names its trigger as its
+cause, so a trigger seen again after a crash is recognised as handled.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class MissionPlanning:
     # people answered or asked to change.
     turns: tuple[Turn, ...] = ()
     handled: frozenset[str] = frozenset()
+    # Messages that answered the planner's questions (other messages are conversation for
+    # people; plan feedback arrives as PlanRevisionRequested).
+    answers: frozenset[str] = frozenset()
     waiting_for_answer: bool = False
     clarification_rounds: int = 0
     approved: bool = False
@@ -83,8 +86,14 @@ def _mission(m: MissionPlanning, event: Event) -> MissionPlanning:
                 clarification_rounds=m.clarification_rounds + 1,
             )
         case MissionMessagePosted():
-            kind: Literal["answer", "feedback"] = "answer" if m.waiting_for_answer else "feedback"
-            return replace(m, turns=(*m.turns, (kind, event.text)), waiting_for_answer=False)
+            if not m.waiting_for_answer:
+                return m
+            return replace(
+                m,
+                turns=(*m.turns, ("answer", event.text)),
+                answers=m.answers | {event.event_id},
+                waiting_for_answer=False,
+            )
         case PlanRevisionRequested():
             return replace(m, turns=(*m.turns, ("feedback", event.feedback)))
         case PlanProduced():
@@ -121,4 +130,6 @@ def wants_model(state: State, trigger: Event) -> bool:
         return False
     if isinstance(trigger, RepositoryPrepared):
         return not mission.plans and mission.clarification_rounds == 0
-    return isinstance(trigger, MissionMessagePosted | PlanRevisionRequested)
+    if isinstance(trigger, MissionMessagePosted):
+        return trigger.event_id in mission.answers
+    return isinstance(trigger, PlanRevisionRequested)
