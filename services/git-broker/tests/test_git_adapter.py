@@ -401,3 +401,15 @@ def test_a_branch_moved_by_someone_else_mid_merge_is_not_overwritten(
     retried = merge(broker, repo, prepared, "t1", sha)
     assert retried.kind == "merged"
     assert git(repo, "rev-parse", f"{retried.sha}^1") == intruder
+
+
+@pytest.mark.parametrize("reported", ["not-a-sha", "a" * 64, "$(id)", "HEAD", "tree"])
+def test_a_reported_commit_that_is_not_one_is_a_conflict_not_a_crash(
+    broker: GitRepositories, repo: Path, prepared: str, git: Git, reported: str
+) -> None:
+    if reported == "tree":
+        reported = git(repo, "rev-parse", "main^{tree}")
+    outcome = merge(broker, repo, prepared, "t1", reported)
+    assert outcome.kind == "conflict"
+    assert outcome.detail
+    assert git(repo, "rev-parse", INTEGRATION) == prepared

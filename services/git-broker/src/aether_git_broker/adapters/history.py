@@ -13,7 +13,9 @@ import itertools
 from collections import OrderedDict
 
 from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Commit, ObjectID
+from dulwich.objects import Commit, ObjectID, ShaFile
+
+from aether_git_broker.adapters.objects import ObjectIO
 
 _ONE, _TWO, _STALE, _RESULT = 1, 2, 4, 8
 
@@ -27,6 +29,7 @@ class Commits:
 
     def __init__(self, store: BaseObjectStore, max_commits: int = 50_000) -> None:
         self.store = store
+        self._objects = ObjectIO(store)
         self._cache: OrderedDict[ObjectID, Commit] = OrderedDict()
         self._max = max_commits
 
@@ -36,7 +39,8 @@ class Commits:
         if cached is not None:
             self._cache.move_to_end(sha)
             return cached
-        obj = self.store[sha]
+        type_num, raw = self._objects.read(sha)
+        obj = ShaFile.from_raw_string(type_num, raw, sha=sha)
         if not isinstance(obj, Commit):
             raise NotACommit(f"{sha.decode()} is a {obj.type_name.decode()}, not a commit")
         self._cache[sha] = obj

@@ -22,6 +22,7 @@ from aether_git_broker.adapters.repository import (
     SHA,
     Handle,
     RefMoved,
+    RepositoryError,
     Verifier,
     branch_ref,
     head_of,
@@ -57,13 +58,18 @@ def merge_task(
     ref = branch_ref(integration_branch)
     head = head_of(repo, integration_branch, "integration branch")
     commit = ObjectID(commit_sha.encode())
-    if not SHA.fullmatch(commit_sha) or commit not in repo.object_store:
-        return MergeOutcome(
-            kind="conflict",
-            sha=head.decode(),
-            detail=f"commit {commit_sha} is not in the repository",
-        )
-    theirs = handle.commit(commit)
+    problem = None
+    if not SHA.fullmatch(commit_sha) or len(commit) != repo.object_format.hex_length:
+        problem = f"{commit_sha!r} is not a commit id"
+    else:
+        try:
+            theirs = handle.commit(commit)
+        except KeyError:
+            problem = f"commit {commit_sha} is not in the repository"
+        except RepositoryError as error:
+            problem = str(error)
+    if problem is not None:
+        return MergeOutcome(kind="conflict", sha=head.decode(), detail=problem)
     previous = _find_task_merge(handle, head, since_sha, mission_id, task_id, attempt)
     if previous is not None:
         before = handle.commit(previous.parents[0]).tree
