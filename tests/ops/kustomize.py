@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -56,13 +57,29 @@ class Unsupported(Exception):
     """The kustomization uses something this implementation does not do."""
 
 
+# Components and the `labels`-era fields need kustomize 5 (kubectl 1.27 and later embed
+# it); an older one is passed over rather than trusted.
+MINIMUM_KUSTOMIZE = (5, 0)
+
+
 def real_renderer() -> list[str] | None:
-    """The command of an installed kustomize, if there is one."""
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    """The command of an installed kustomize 5 or later, if there is one."""
+    for command, version in (
+        (["kustomize", "build"], ["kustomize", "version"]),
+        (["kubectl", "kustomize"], ["kubectl", "version", "--client"]),
+    ):
+        if shutil.which(command[0]) and _kustomize_version(version) >= MINIMUM_KUSTOMIZE:
+            return command
     return None
+
+
+def _kustomize_version(command: list[str]) -> tuple[int, ...]:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return ()
+    found = re.search(r"(?:Kustomize Version: |^)v?(\d+)\.(\d+)", out.stdout, re.M)
+    return (int(found.group(1)), int(found.group(2))) if found else ()
 
 
 def render(path: Path) -> tuple[list[Doc], str]:

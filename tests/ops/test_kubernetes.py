@@ -308,6 +308,8 @@ def test_agent_runners_scale_on_their_consumers_pending_messages() -> None:
     ]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert metadata["lagThreshold"] == env["AETHER_AGENT_CONCURRENCY"]
+    # The autoscaler owns the count; an apply must not reset it.
+    assert "replicas" not in named("production", "Deployment", "agent-runner")["spec"]
 
 
 def test_service_monitor_scrapes_the_five_services_by_name() -> None:
