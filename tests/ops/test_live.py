@@ -33,7 +33,6 @@ AWAITED: dict[str, str] = {
     "aether_agent_attempt_turns": "agent-runner: histogram, turns per finished attempt",
     "aether_agent_attempt_duration_seconds": "agent-runner: histogram by result",
     "aether_plan_tasks": "planner: histogram, tasks per produced plan",
-    "aether_sse_events_sent_total": "gateway: counter, events written to SSE clients",
 }
 
 REQUIREMENT = """\
