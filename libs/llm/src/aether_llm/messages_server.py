@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ class MessagesServer:
                 self.end_headers()
                 self.wfile.write(chunks)
 
-        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._httpd = _QuietServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="messages-server", daemon=True
@@ -253,6 +254,15 @@ class MessagesServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-reply (a cancelled agent) is not an error worth a trace."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def _error_body(error_type: str, message: str) -> JSON:

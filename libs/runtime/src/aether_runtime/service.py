@@ -207,7 +207,7 @@ class Service:
             config=ConsumerConfig(
                 ack_wait=spec.ack_wait_seconds,
                 max_deliver=spec.max_deliver,
-                max_ack_pending=max(spec.max_workers, 1),
+                max_ack_pending=_max_ack_pending(spec),
             ),
             ack_policy=AckPolicy.MANUAL,
             max_workers=spec.max_workers if spec.max_workers > 1 else None,
@@ -249,7 +249,7 @@ class Service:
             ack_policy=JsAckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_seconds,
             max_deliver=spec.max_deliver,
-            max_ack_pending=max(spec.max_workers, 1),
+            max_ack_pending=_max_ack_pending(spec),
             deliver_policy=(
                 DeliverPolicy.NEW
                 if spec.start_at_new
@@ -402,6 +402,13 @@ def _age(event: Event) -> float:
     if occurred.tzinfo is None:
         occurred = occurred.replace(tzinfo=UTC)
     return max((datetime.now(UTC) - occurred).total_seconds(), 0.0)
+
+
+def _max_ack_pending(spec: ConsumerSpec) -> int:
+    """One message at a time keeps an ordered consumer in order. A concurrent consumer
+    gets room for many, since the limit is shared by every process bound to it (several
+    replicas each running ``max_workers``)."""
+    return 1 if spec.max_workers <= 1 else 1000
 
 
 def _task_id(event: Event) -> str | None:

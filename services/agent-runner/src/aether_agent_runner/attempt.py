@@ -245,6 +245,7 @@ class Attempts:
             has_changes=has_changes,
             max_output_tokens=settings.max_output_tokens,
         )
+        began = time.monotonic()
         try:
             outcome = await agent.run(conversation)
         except anthropic.APIStatusError as error:
@@ -255,10 +256,15 @@ class Attempts:
             return failed(ready, self.clock(), f"model call failed: {error}", True)
         finally:
             toolbox.close()
+        metrics.ATTEMPT_TURNS.observe(outcome.turns)
         if not outcome.finished:
             metrics.RESULTS.labels("ended").inc()
+            metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
             return failed(ready, self.clock(), outcome.reason, outcome.retryable)
-        return await asyncio.to_thread(self._commit, ready, worktree, outcome)
+        result = await asyncio.to_thread(self._commit, ready, worktree, outcome)
+        kind = "completed" if isinstance(result, AgentCompleted) else "empty"
+        metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
+        return result
 
     def _commit(self, ready: WorkspaceReady, worktree: Path, outcome: Outcome) -> Event:
         task = ready.task

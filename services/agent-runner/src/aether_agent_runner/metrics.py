@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 AGENTS_RUNNING = Gauge("aether_agents_running", "Agents at work in this process")
 TOOL_CALLS = Counter(
@@ -19,4 +19,15 @@ RESULTS = Counter(
 RESUMED = Counter(
     "aether_agent_resumed_total",
     "Attempts continued from a transcript left by an earlier runner",
+)
+ATTEMPT_TURNS = Histogram(
+    "aether_agent_attempt_turns",
+    "Model turns an attempt took, once it ended",
+    buckets=(1, 2, 3, 5, 8, 12, 20, 30, 45, 60),
+)
+ATTEMPT_SECONDS = Histogram(
+    "aether_agent_attempt_duration_seconds",
+    "Time from an agent's start to its result, by result",
+    ["result"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )

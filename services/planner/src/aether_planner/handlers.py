@@ -23,6 +23,7 @@ from aether_events import (
     derived_id,
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
+from aether_planner import metrics
 from aether_planner.adapters.model import Decision, ModelUnavailable, PlannerModel
 from aether_planner.adapters.repository import read_files
 from aether_planner.context import files_to_read, render
@@ -156,15 +157,19 @@ class Handlers:
         if decision.kind == "questions":
             assert decision.questions is not None
             log.info("asking clarifying questions", extra={"questions": len(decision.questions)})
+            metrics.OUTCOMES.labels("questions").inc()
             return PlanClarificationRequested(
                 **meta, questions=decision.questions, model=model, offline=offline
             )
         if decision.kind == "answer":
             assert decision.answer is not None
+            metrics.OUTCOMES.labels("answer").inc()
             return MissionAnswered(**meta, answer=decision.answer, model=model, offline=offline)
         assert decision.submission is not None
         tasks, repairs = validate_plan(decision.submission, mission.request.max_tasks)
         version = mission.latest_version + 1
+        metrics.OUTCOMES.labels("plan").inc()
+        metrics.PLAN_TASKS.observe(len(tasks))
         log.info(
             "plan produced",
             extra={"version": version, "tasks": len(tasks), "model": model, "offline": offline},
@@ -182,4 +187,5 @@ class Handlers:
     def _failed(self, trigger: Event, reason: str) -> PlanFailed:
         mission = self.projection.state.missions[trigger.mission_id]
         meta = caused_by(trigger, self._clock(), "planner-outcome", trigger.event_id)
+        metrics.OUTCOMES.labels("failed").inc()
         return PlanFailed(**meta, reason=reason, version=mission.latest_version + 1)
