@@ -69,3 +69,18 @@ def test_paths_are_normalised_and_unknown_tier_defaults() -> None:
     )
     assert tasks[0].id == "1" and tasks[0].files == ["src/a.py"] and tasks[0].tier == "standard"
     assert repairs == ["task '1': unknown tier 'huge' read as 'standard'"]
+
+
+def test_ids_that_cannot_name_a_branch_are_renamed_and_their_dependents_follow() -> None:
+    tasks, repairs = validate_plan(
+        plan(
+            SubmittedTask(id="Parse input!", title="Parse"),
+            SubmittedTask(id="cli/wire", title="CLI", depends_on=["Parse input!"]),
+            SubmittedTask(id="..", title="Dots"),
+        ),
+        max_tasks=10,
+    )
+    assert [t.id for t in tasks] == ["Parse-input", "cli-wire", "t3"]
+    assert tasks[1].depends_on == ["Parse-input"]
+    assert "task id 'Parse input!' became 'Parse-input'" in repairs
+    assert "task 3 had no usable id; named it t3" in repairs

@@ -233,6 +233,28 @@ def test_merge_conflict_reruns_at_once_on_the_new_head_with_the_files() -> None:
     assert again.attempt == 2 and "src/x.py" in again.context
 
 
+def test_failed_verification_reruns_with_its_output_as_context() -> None:
+    s = Scenario()
+    s.start(task("a"))
+    s.started("a")
+    s.completed("a")
+    from aether_events import MergeConflicted
+
+    decided = s.when(
+        MergeConflicted(
+            **s.meta(),
+            task_id="a",
+            attempt=1,
+            files=[],
+            integration_sha="h",
+            detail="verification failed: pytest -q exited with 1\nFAILED test_x",
+        )
+    )
+    again = of(decided, TaskReady)[0]
+    assert "verification failed on the result" in again.context and "FAILED test_x" in again.context
+    assert s.state.missions["m-test"].tasks["a"].last_failure.startswith("verification failed")
+
+
 def test_no_heartbeat_times_the_attempt_out_and_retries_it() -> None:
     s = Scenario()
     s.start(task("a"))

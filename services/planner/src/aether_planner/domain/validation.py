@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 
 import msgspec
 
@@ -57,6 +58,9 @@ PLAN_TOOL_SCHEMA: dict[str, object] = {
 }
 
 
+_ID_JUNK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
 class InvalidPlan(Exception):
     """The plan cannot be repaired; ``errors`` say exactly why."""
 
@@ -92,11 +96,17 @@ def validate_plan(
         count = len(submission.tasks)
         errors.append(f"the plan has {count} tasks; the mission allows {max_tasks}")
     ids: list[str] = []
+    renamed: dict[str, str] = {}
     for index, task in enumerate(submission.tasks, start=1):
-        task_id = str(task.id).strip()
+        raw_id = str(task.id).strip()
+        # Ids name branches and worktrees: letters, digits, '.', '_' and '-' only.
+        task_id = _ID_JUNK.sub("-", raw_id).strip("-.")[:64].replace("..", ".")
         if not task_id:
             task_id = f"t{index}"
-            repairs.append(f"task {index} had no id; named it {task_id}")
+            repairs.append(f"task {index} had no usable id; named it {task_id}")
+        elif task_id != raw_id:
+            repairs.append(f"task id {raw_id!r} became {task_id!r}")
+        renamed[raw_id] = task_id
         if task_id in ids:
             errors.append(f"duplicate task id {task_id!r}")
         if not (task.title.strip() or task.description.strip()):
@@ -107,7 +117,7 @@ def validate_plan(
     for task_id, task in zip(ids, submission.tasks, strict=True):
         deps: list[str] = []
         for raw in task.depends_on:
-            dep = _resolve_dependency(raw, ids, by_title)
+            dep = renamed.get(str(raw).strip()) or _resolve_dependency(raw, ids, by_title)
             if dep is None:
                 repairs.append(f"task {task_id!r}: dropped unknown dependency {raw!r}")
             elif dep == task_id:

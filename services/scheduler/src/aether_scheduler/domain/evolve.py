@@ -173,14 +173,22 @@ def _mission(m: MissionState, event: Event) -> MissionState:
         case MergeConflicted():
             if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
                 return m
-            files = ", ".join(event.files) or "(unknown files)"
-            reason = f"merge conflict in {files}"
-            context = (
-                f"Your previous attempt conflicted with work merged meanwhile in: {files}. "
-                "Start from the current integration head and keep those changes."
-            )
-            if event.detail:
-                context += f"\n{event.detail}"
+            if event.files:
+                files = ", ".join(event.files)
+                reason = f"merge conflict in {files}"
+                context = (
+                    f"Your previous attempt conflicted with work merged meanwhile in: {files}. "
+                    "Start from the current integration head and keep those changes."
+                )
+                if event.detail:
+                    context += f"\n{event.detail}"
+            else:
+                # No conflicting files: the merged result failed the mission's verification.
+                reason = (event.detail.splitlines() or ["the merge was refused"])[0]
+                context = (
+                    "Your previous attempt merged cleanly but the mission's verification "
+                    f"failed on the result:\n{event.detail}"
+                )
             return _task(
                 m,
                 event.task_id,
