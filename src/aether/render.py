@@ -53,6 +53,12 @@ def describe(event: SseEvent) -> str:
         detail = f"{d.get('scope')}: ${d['spent_usd']:.4f} of ${d['budget_usd']:.2f}"
     elif kind == "budget_raised":
         detail = f"to ${d['budget_usd']:.2f}"
+    elif kind == "wave_started":
+        detail = f"wave {d['wave']}: {', '.join(d.get('task_ids', []))}"
+    elif kind == "wave_completed":
+        detail = f"wave {d['wave']}"
+    elif kind in ("task_retried", "task_timed_out"):
+        detail = f"attempt {d['attempt']}" + (f": {d['reason']}" if d.get("reason") else "")
     elif kind == "agent_progress":
         detail = f"turn {d.get('turns', 0)}: {d.get('last_action', '')}"
     elif kind == "mission_completed":
