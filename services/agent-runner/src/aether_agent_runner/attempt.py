@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import anthropic
 from dulwich.errors import NotGitRepository
+from dulwich.repo import Repo
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.git import (
@@ -28,6 +31,7 @@ from aether_agent_runner.adapters.git import (
     reset_to,
 )
 from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
+from aether_agent_runner.adapters.remote import Broker, RemoteError, prepare_clone
 from aether_agent_runner.agent import Agent, Outcome, Progress
 from aether_agent_runner.commands import CommandPolicy
 from aether_agent_runner.config import AgentSettings
@@ -50,6 +54,9 @@ from aether_events import (
 from aether_llm import OFFLINE_MODEL
 
 log = logging.getLogger("aether.agent-runner")
+
+# Mission and task ids as the git broker accepts them; they name the clone's directories.
+_SAFE_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]+")
 
 
 class AttemptBusy(Exception):
@@ -158,6 +165,8 @@ class Attempts:
     async def work(self, ready: WorkspaceReady) -> Event:
         """The attempt's result: AgentCompleted or AgentFailed. Raises ``AttemptBusy``."""
         worktree = Path(ready.worktree_path)
+        if self.settings.fetches(await asyncio.to_thread(worktree.exists)):
+            return await self._work_fetched(ready)
         if not await asyncio.to_thread(worktree.is_dir):
             return failed(ready, self.clock(), f"worktree {worktree} does not exist", True)
         try:
@@ -170,6 +179,53 @@ class Attempts:
             raise AttemptBusy(f"another agent is working in {worktree}")
         try:
             return await self._work(ready, worktree, Journal(directory))
+        finally:
+            lock.release()
+
+    async def _work_fetched(self, ready: WorkspaceReady) -> Event:
+        """Fetch and push: work the attempt in a clone of its task branch from the git
+        broker, then push the commit to that branch before reporting it."""
+        settings = self.settings
+        assert settings.git_url is not None
+        broker = Broker(
+            settings.git_url, settings.git_token, ready.mission_id, settings.git_timeout_seconds
+        )
+        if not all(_SAFE_NAME.fullmatch(part) for part in (ready.mission_id, ready.task.id)):
+            reason = "the mission or task id cannot name a directory for the clone"
+            return failed(ready, self.clock(), reason, False)
+        missions = settings.clones_dir() / ready.mission_id
+        name = f"{ready.task.id}-a{ready.attempt}"
+        clone = missions / name
+        await asyncio.to_thread(missions.mkdir, parents=True, exist_ok=True)
+        lock = AttemptLock(missions, f"{name}.lock")
+        if not await asyncio.to_thread(lock.acquire):
+            raise AttemptBusy(f"another agent is working in {clone}")
+        try:
+            try:
+                await asyncio.to_thread(
+                    prepare_clone,
+                    broker,
+                    clone,
+                    ready.branch,
+                    ready.base_sha,
+                    ready.task.id,
+                    ready.attempt,
+                )
+            except RemoteError as error:
+                metrics.RESULTS.labels("ended").inc()
+                return failed(ready, self.clock(), str(error), error.retryable)
+            directory = await asyncio.to_thread(state_dir, clone)
+            result = await self._work(ready, clone, Journal(directory))
+            if isinstance(result, AgentCompleted):
+                try:
+                    await asyncio.to_thread(_push, broker, clone, ready.branch, result.commit_sha)
+                except RemoteError as error:
+                    reason = f"the work was committed but not pushed: {error}"
+                    return failed(ready, self.clock(), reason, error.retryable)
+                log.info("pushed the attempt's commit", extra={"sha": result.commit_sha})
+                # The broker's branch now holds the commit, which is all a restart needs.
+                await asyncio.to_thread(shutil.rmtree, clone, True)
+            return result
         finally:
             lock.release()
 
@@ -284,6 +340,11 @@ class Attempts:
             return failed(ready, self.clock(), reason, True)
         metrics.RESULTS.labels("completed").inc()
         return completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
+
+
+def _push(broker: Broker, clone: Path, branch: str, sha: str) -> None:
+    with Repo(str(clone)) as repo:
+        broker.push_branch(repo, branch, sha)
 
 
 def _api_message(error: anthropic.APIStatusError) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import msgspec
 
@@ -39,6 +41,11 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What bounds one agent, how many run per process, and what its commands may do.
 
     ``commands`` is the allow-list of program names (``None``: any program).
+
+    ``git_url`` is the git broker's smart HTTP server (``http://broker:port``), with
+    ``git_token`` its token: with it set, an attempt whose worktree path does not exist here
+    (or every attempt, when ``git_fetch`` is ``"always"``) is fetched into a clone under
+    ``work_dir`` and its commit pushed back to the task branch.
     """
 
     concurrency: int = 2
@@ -55,6 +62,23 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     search_timeout_seconds: float = 20.0
     heartbeat_seconds: float = 10.0
     progress_seconds: float = 5.0
+    git_url: str | None = None
+    git_token: str = ""
+    git_fetch: str = "auto"
+    git_timeout_seconds: float = 300.0
+    work_dir: str = ""
+
+    def fetches(self, worktree_exists: bool) -> bool:
+        """Whether an attempt is fetched and pushed rather than worked in its worktree."""
+        if not self.git_url:
+            return False
+        return self.git_fetch == "always" or not worktree_exists
+
+    def clones_dir(self) -> Path:
+        """Where fetched attempts are cloned."""
+        if self.work_dir:
+            return Path(self.work_dir)
+        return Path(tempfile.gettempdir()) / "aether-agent-work"
 
     def limits(self, task_max_cost_usd: float | None) -> Limits:
         """The limits of one task. Its cost cap is the smaller of the task's own (what the
@@ -95,6 +119,13 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             if raw_cost in ("none", "off")
             else (float(raw_cost) if raw_cost else default.max_cost_usd)
         )
+        git_fetch = env.get("AETHER_AGENT_GIT_FETCH", "").strip().lower() or default.git_fetch
+        if git_fetch not in ("auto", "always"):
+            raise ValueError(f"AETHER_AGENT_GIT_FETCH must be auto or always, not {git_fetch!r}")
+        git_url = env.get("AETHER_AGENT_GIT_URL", "").strip() or None
+        git_token = env.get("AETHER_AGENT_GIT_TOKEN", "")
+        if git_url is not None and not git_token:
+            raise ValueError("AETHER_AGENT_GIT_URL is set but AETHER_AGENT_GIT_TOKEN is not")
         return cls(
             concurrency=max(1, int(number("AETHER_AGENT_CONCURRENCY", default.concurrency))),
             ack_wait_seconds=number("AETHER_AGENT_ACK_WAIT_SECONDS", default.ack_wait_seconds),
@@ -118,4 +149,11 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             heartbeat_seconds=number("AETHER_AGENT_HEARTBEAT_SECONDS", default.heartbeat_seconds),
             progress_seconds=number("AETHER_AGENT_PROGRESS_SECONDS", default.progress_seconds),
+            git_url=git_url,
+            git_token=git_token,
+            git_fetch=git_fetch,
+            git_timeout_seconds=number(
+                "AETHER_AGENT_GIT_TIMEOUT_SECONDS", default.git_timeout_seconds
+            ),
+            work_dir=env.get("AETHER_AGENT_WORK_DIR", "").strip(),
         )

@@ -78,8 +78,8 @@ def _line(record: dict[str, Any]) -> bytes:
 class AttemptLock:
     """An exclusive, non-blocking ``flock`` on the attempt's lock file."""
 
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "lock"
+    def __init__(self, directory: Path, name: str = "lock") -> None:
+        self.path = directory / name
         self._fd: int | None = None
 
     def acquire(self) -> bool:
