@@ -29,8 +29,7 @@ pytestmark = pytest.mark.e2e
 # Metrics the dashboards use that their services do not export yet, by the service that
 # will (its owner is building it now). The dashboards keep them; this test tells each one
 # apart from a mistake, and fails once it is exported so the entry is removed.
-AWAITED: dict[str, str] = {
-}
+AWAITED: dict[str, str] = {}
 
 REQUIREMENT = """\
 - Add notes/alpha.txt with a short note about alpha
