@@ -45,8 +45,11 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             durable="planner",
             subject=ALL_MISSION_EVENTS,
             handler=handlers.handle,
-            # Missions are planned side by side; one mission's triggers take turns.
-            max_workers=int(os.environ.get("AETHER_PLANNER_CONCURRENCY", "4")),
+            # One event at a time, in stream order: a trigger must never be looked at
+            # before the events it follows (a prepared repository before its request).
+            # Planning several missions at once needs the model calls moved off the
+            # consumer; until then a planner plans one mission at a time.
+            ack_wait_seconds=60.0,
         )
     )
     return service
