@@ -160,6 +160,7 @@ class Service:
         self.stopping = False
         self.started_at = time.monotonic()
         self._poller: asyncio.Task[None] | None = None
+        self._poller_stop = asyncio.Event()
         for counter in (
             metrics.REDELIVERIES,
             metrics.POISON,
@@ -267,8 +268,9 @@ class Service:
         if self.bus_poll_seconds > 0:
             # One entry per durable: a service may run several lanes on the same one.
             consumers = list(dict.fromkeys((spec.stream, spec.durable) for spec in self._consumers))
+            self._poller_stop = asyncio.Event()
             self._poller = asyncio.create_task(
-                poll_bus(self.js, self.name, consumers, self.bus_poll_seconds),
+                poll_bus(self.js, self.name, consumers, self.bus_poll_seconds, self._poller_stop),
                 name=f"{self.name}-bus-metrics",
             )
         self.ready = True
@@ -280,6 +282,7 @@ class Service:
         self.ready = False
         metrics.READY.labels(self.name).set(0)
         if self._poller is not None:
+            self._poller_stop.set()
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller

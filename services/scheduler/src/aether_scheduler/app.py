@@ -47,6 +47,8 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
         timers.append(asyncio.create_task(handlers.run_timers(), name="scheduler-timers"))
 
     async def stop_timers() -> None:
+        handlers.stopped.set()
+        handlers.wake()
         for task in timers:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

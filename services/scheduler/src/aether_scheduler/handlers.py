@@ -31,11 +31,16 @@ class Handlers:
         # Events and timer ticks take turns: each sees the other's decisions.
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.stopped = asyncio.Event()
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
             self._apply(event)
             await self._publish(decide(self.projection.state, event, self._clock(), self.config))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Make the timer loop look again now (a new event, or a stop)."""
         self._wake.set()
 
     async def handle_telemetry(self, event: Event, delivery: Delivery) -> None:
@@ -66,7 +71,7 @@ class Handlers:
         Timers live in the state, rebuilt from the stream, so after a restart every
         pending one fires when it is due.
         """
-        while True:
+        while not self.stopped.is_set():
             try:
                 await self.on_tick()
             except Exception:
@@ -78,3 +83,5 @@ class Handlers:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+        # Ending on a flag, not only on cancellation: on Python 3.11 ``wait_for`` can
+        # swallow a cancellation that arrives just as what it waits for completes.
