@@ -19,12 +19,10 @@ import psycopg
 import pytest
 import uvicorn
 from nats.aio.client import Client as NatsClient
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from aether.infra import free_port
 from aether_events import (
-    MISSIONS_STREAM,
     AgentCompleted,
     BranchMerged,
     Event,
@@ -37,9 +35,8 @@ from aether_events import (
     TaskReady,
     Usage,
     UsageRecorded,
-    decode,
     derived_id,
-    mission_subject,
+    mission_history,
     new_mission_id,
 )
 from aether_gateway.app import Gateway, create_app
@@ -189,20 +186,7 @@ async def eventually(
 
 async def stored_events(nc: NatsClient, mission_id: str) -> list[Event]:
     """Every event the stream holds for the mission, in order."""
-    js = nc.jetstream()
-    sub = await js.pull_subscribe(
-        mission_subject(mission_id),
-        stream=MISSIONS_STREAM,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        info = await sub.consumer_info()
-        if not info.num_pending:
-            return []
-        msgs = await sub.fetch(info.num_pending, timeout=5)
-        return [decode(m.data) for m in msgs]
-    finally:
-        await sub.unsubscribe()
+    return await mission_history(nc.jetstream(), mission_id)
 
 
 @pytest.fixture

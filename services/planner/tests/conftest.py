@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DeliverPolicy
 
 from aether.infra import free_port
 from aether_events import (
@@ -21,9 +20,8 @@ from aether_events import (
     MissionRequested,
     RepoFile,
     RepositoryPrepared,
-    decode,
     derived_id,
-    mission_subject,
+    mission_history,
 )
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.app import build
@@ -147,22 +145,7 @@ class Planner:
         )
 
     async def events(self) -> list[Event]:
-        js = self.nc.jetstream()
-        sub = await js.subscribe(
-            mission_subject(self.mission_id),
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        out: list[Event] = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.3)
-                except TimeoutError:
-                    return out
-                out.append(decode(msg.data))
-        finally:
-            await sub.unsubscribe()
+        return await mission_history(self.nc.jetstream(), self.mission_id)
 
     async def wait_for(
         self, cls: type[Event], count: int = 1, timeout: float = 20.0
@@ -176,6 +159,7 @@ class Planner:
                 raise AssertionError(
                     f"no {cls.__name__} x{count}: {[type(e).__name__ for e in events]}"
                 )
+            await asyncio.sleep(0.05)  # poll the stored history again, until the deadline
 
 
 def start_planner(nats_url: str, base_url: str, max_retries: int = 0) -> Service:

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DeliverPolicy
 
 from aether.infra import free_port
 from aether_events import (
@@ -30,9 +29,8 @@ from aether_events import (
     TaskReady,
     TaskRetried,
     TaskTimedOut,
-    decode,
     ensure_streams,
-    mission_subject,
+    mission_history,
 )
 
 M = "m-restart"
@@ -87,20 +85,7 @@ def scheduler(nats_url: str, nc: NatsClient) -> Iterator[Scheduler]:
 
 
 async def history(nc: NatsClient) -> list[Event]:
-    js = nc.jetstream()
-    sub = await js.subscribe(
-        mission_subject(M), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
-    events: list[Event] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except TimeoutError:
-                return events
-            events.append(decode(msg.data))
-    finally:
-        await sub.unsubscribe()
+    return await mission_history(nc.jetstream(), M)
 
 
 async def wait_for(nc: NatsClient, predicate: Any, timeout: float = 30.0) -> list[Event]:
@@ -111,6 +96,7 @@ async def wait_for(nc: NatsClient, predicate: Any, timeout: float = 30.0) -> lis
             return events
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not seen in {timeout}s: {[type(e).__name__ for e in events]}")
+        await asyncio.sleep(0.05)  # poll the stored history again, until the deadline
 
 
 def meta(n: int) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from aether_events.codec import UnknownEventType, decode, encode, to_builtins
 from aether_events.ids import derived_id, new_event_id, new_mission_id
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher
-from aether_events.replay import ReplayResult, replay
+from aether_events.replay import ReplayResult, mission_history, replay
 from aether_events.streams import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
@@ -130,6 +130,7 @@ __all__ = [
     "encode",
     "ensure_streams",
     "is_valid_token",
+    "mission_history",
     "mission_subject",
     "new_event_id",
     "new_mission_id",

@@ -12,6 +12,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from aether_events.catalogue import Event
 from aether_events.codec import UnknownEventType, decode
+from aether_events.streams import MISSIONS_STREAM
+from aether_events.subjects import mission_subject
 
 S = TypeVar("S")
 
@@ -69,3 +71,15 @@ async def replay(
     finally:
         await sub.unsubscribe()
     return state, result
+
+
+async def mission_history(js: JetStreamContext, mission_id: str) -> list[Event]:
+    """Every stored event of one mission, in stream order (what cannot be read is skipped)."""
+
+    def collect(events: list[Event], event: Event, _: int) -> list[Event]:
+        events.append(event)
+        return events
+
+    initial: list[Event] = []
+    events, _ = await replay(js, MISSIONS_STREAM, mission_subject(mission_id), initial, collect)
+    return events

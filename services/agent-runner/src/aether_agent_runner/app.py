@@ -19,13 +19,12 @@ from nats.js import JetStreamContext
 from aether_agent_runner.adapters.bus import (
     ensure_work_consumer,
     follow_control_events,
-    mission_history,
 )
 from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve
 from aether_agent_runner.handlers import Handlers
-from aether_events import Event, WorkspaceReady, new_event_id, type_subject
+from aether_events import Event, WorkspaceReady, mission_history, new_event_id, type_subject
 from aether_llm import LLMSettings, make_client
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 

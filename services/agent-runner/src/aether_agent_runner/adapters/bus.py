@@ -39,8 +39,6 @@ from aether_events import (
     TaskTimedOut,
     UnknownEventType,
     decode,
-    mission_subject,
-    replay,
     type_subject,
 )
 
@@ -127,15 +125,3 @@ async def follow_control_events(
         ordered_consumer=True,
         config=config,
     )
-
-
-async def mission_history(js: JetStreamContext, mission_id: str) -> list[Event]:
-    """Every stored event of one mission, in order."""
-
-    def fold(events: list[Event], event: Event, _: int) -> list[Event]:
-        events.append(event)
-        return events
-
-    initial: list[Event] = []
-    events, _ = await replay(js, MISSIONS_STREAM, mission_subject(mission_id), initial, fold)
-    return events
