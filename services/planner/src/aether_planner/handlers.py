@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -54,33 +53,33 @@ class Handlers:
         self._tier = tier
         self._context_tokens = context_tokens
         self._clock = clock
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._contexts: dict[str, str] = {}
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        # One mission's triggers are answered one at a time, in stream order; missions
-        # run side by side.
-        async with self._locks[event.mission_id]:
-            self.projection.apply(event)
-            if not wants_model(self.projection.state, event):
-                return
-            async with delivery.keep_alive():
-                decided = await self._answer(event)
-            for out in decided:
-                await self._publisher().publish(out)
-                self.projection.apply(out)
+        # The consumer delivers one event at a time, in stream order (see app.py).
+        self.projection.apply(event)
+        mission = self.projection.state.missions.get(event.mission_id)
+        if mission is not None and (mission.approved or mission.ended):
+            self._contexts.pop(event.mission_id, None)  # no more planning for it
+        if not wants_model(self.projection.state, event):
+            return
+        async with delivery.keep_alive():
+            decided = await self._answer(event)
+        for out in decided:
+            await self._publisher().publish(out)
+            self.projection.apply(out)
 
     async def _context(self, mission: MissionPlanning) -> str:
         prepared = mission.prepared
         assert prepared is not None
-        cached = self._contexts.get(prepared.event_id)
+        cached = self._contexts.get(prepared.mission_id)
         if cached is None:
             paths = files_to_read(prepared, mission.request.requirement)
             contents = await asyncio.to_thread(
                 read_files, prepared.repository_path, prepared.base_sha, paths
             )
             cached = render(prepared, contents, self._context_tokens)
-            self._contexts[prepared.event_id] = cached  # the same text keeps the cache warm
+            self._contexts[prepared.mission_id] = cached  # the same text keeps the cache warm
         return cached
 
     async def _answer(self, trigger: Event) -> list[Event]:
