@@ -135,3 +135,17 @@ async def test_an_unreachable_endpoint_is_counted_as_a_connection_error() -> Non
         )
     after = value("aether_model_requests_total", model=MODEL, outcome="connection_error")
     assert after - before == 1
+
+
+def test_a_client_exports_its_configured_models_series_at_zero_before_any_call() -> None:
+    tiers = {"small": "zero-small", "standard": "zero-standard", "complex": "zero-complex"}
+    make_client(LLMSettings(api_key="test", base_url="http://127.0.0.1:9", tiers=tiers))
+    for model in tiers.values():
+        labels = {"model": model}
+        get = REGISTRY.get_sample_value
+        assert get("aether_model_requests_total", {**labels, "outcome": "ok"}) == 0.0
+        assert get("aether_model_requests_total", {**labels, "outcome": "overloaded"}) == 0.0
+        assert get("aether_model_tokens_total", {**labels, "kind": "cache_read"}) == 0.0
+        assert get("aether_model_cost_usd_total", labels) == 0.0
+        assert get("aether_model_unpriced_responses_total", labels) == 0.0
+        assert get("aether_model_request_duration_seconds_count", labels) == 0.0

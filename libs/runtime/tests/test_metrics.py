@@ -1,4 +1,5 @@
-"""The runtime's HTTP request metrics and its reading of the bus into gauges."""
+"""The runtime's HTTP request metrics, its reading of the bus into gauges, and its
+series exported at zero before anything is counted."""
 
 from __future__ import annotations
 
@@ -12,15 +13,22 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from aether_events import (
     ALL_MISSION_EVENTS,
+    ALL_TELEMETRY,
+    ALL_TYPES,
     MISSIONS_STREAM,
+    TELEMETRY_TYPES,
     EventPublisher,
     MissionRequested,
+    WorkspaceReady,
     derived_id,
     ensure_streams,
+    tag_of,
+    type_subject,
 )
 from aether_runtime import http
 from aether_runtime.bus_metrics import read_bus
 from aether_runtime.health import Message, Scope
+from aether_runtime.metrics import at_zero, event_types_on, service_at_zero
 
 
 def value(name: str, **labels: str) -> float:
@@ -107,3 +115,44 @@ async def test_reading_the_bus_sets_consumer_lag_and_stream_size(nc: NatsClient)
     assert value("aether_consumer_ack_pending_messages", service="tester", consumer="lagging") == 0
     assert value("aether_stream_messages", stream=MISSIONS_STREAM) == 3
     assert value("aether_stream_bytes", stream=MISSIONS_STREAM) > 0
+
+
+def test_at_zero_exports_every_combination_of_the_known_label_values_at_zero() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("things", "things", ["kind", "result"], registry=registry)
+    at_zero(counter, result=["ok", "failed"], kind=["a", "b"])  # by name, in any order
+    for kind in ("a", "b"):
+        for result in ("ok", "failed"):
+            sample = {"kind": kind, "result": result}
+            assert registry.get_sample_value("things_total", sample) == 0.0
+    assert registry.get_sample_value("things_total", {"kind": "c", "result": "ok"}) is None
+    with pytest.raises(ValueError, match="label names"):
+        at_zero(counter, kind=["a"])  # every label must be given
+
+
+def test_consumed_event_types_follow_the_consumers_subject_filters() -> None:
+    every_type = {tag_of(cls) for cls in ALL_TYPES}
+    telemetry = {tag_of(cls) for cls in TELEMETRY_TYPES}
+    assert set(event_types_on([ALL_MISSION_EVENTS])) == every_type - telemetry
+    assert set(event_types_on([ALL_TELEMETRY])) == telemetry
+    assert event_types_on([type_subject(WorkspaceReady)]) == ["workspace_ready"]
+    assert set(event_types_on(["aether.mission.m-1.>"])) == every_type - telemetry
+    assert event_types_on(["aether.mission.*.no_such_type", "other.>"]) == []
+
+
+def test_a_service_exports_its_event_metrics_at_zero_before_any_event() -> None:
+    service_at_zero("zero-test", [type_subject(WorkspaceReady)])
+    published = {"service": "zero-test", "type": "mission_completed", "duplicate": "false"}
+    assert value_or_none("aether_events_published_total", **published) == 0.0
+    consumed = {"service": "zero-test", "type": "workspace_ready", "outcome": "ok"}
+    assert value_or_none("aether_events_consumed_total", **consumed) == 0.0
+    timed = {"service": "zero-test", "type": "workspace_ready"}
+    assert value_or_none("aether_handler_duration_seconds_count", **timed) == 0.0
+    # A type it does not consume has no consumed series.
+    other = {**consumed, "type": "task_ready"}
+    assert value_or_none("aether_events_consumed_total", **other) is None
+    assert value_or_none("aether_poison_messages_total", service="zero-test") == 0.0
+
+
+def value_or_none(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import get_args
 
 import anthropic
 from anthropic.types import Usage as ApiUsage
 
-from aether_events import Usage
+from aether_events import Tier, Usage
 from aether_llm.config import OFFLINE_MODEL, LLMSettings
 from aether_llm.messages_server import MessagesServer
-from aether_llm.metrics import metered_http_client
+from aether_llm.metrics import metered_http_client, models_at_zero
 from aether_llm.offline import start_offline_server
 from aether_llm.pricing import PriceTable, load_prices
 
@@ -45,6 +46,7 @@ def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
     else:
         base_url = settings.base_url
         api_key = settings.api_key or ""
+    models_at_zero(settings.model_for(tier) for tier in get_args(Tier))
     return anthropic.AsyncAnthropic(
         api_key=api_key,
         base_url=base_url,

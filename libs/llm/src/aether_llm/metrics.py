@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import anthropic
@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from aether_events import Usage
 from aether_llm.pricing import load_prices
+from aether_runtime.metrics import at_zero
 
 log = logging.getLogger("aether.llm.metrics")
 
@@ -62,6 +63,26 @@ TOKEN_KINDS: dict[str, str] = {
     "cache_creation_input_tokens": "cache_write",
     "cache_read_input_tokens": "cache_read",
 }
+OUTCOMES = (
+    "ok",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "client_error",
+    "timeout",
+    "connection_error",
+)
+
+
+def models_at_zero(models: Iterable[str]) -> None:
+    """Export every model-call series of the configured ``models`` at zero. Model ids are
+    open-ended (a mission may name its own), so only the configured ones are known."""
+    known = sorted(set(models))
+    at_zero(MODEL_REQUESTS, model=known, outcome=OUTCOMES)
+    at_zero(MODEL_SECONDS, model=known)
+    at_zero(MODEL_TOKENS, model=known, kind=TOKEN_KINDS.values())
+    at_zero(MODEL_COST, model=known)
+    at_zero(MODEL_UNPRICED, model=known)
 
 
 def outcome_of(status: int) -> str:

@@ -6,7 +6,12 @@ Names follow Prometheus conventions: an ``aether_`` prefix, the unit in the name
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from aether_events import ALL_TYPES, tag_of, type_subject
 
 EVENTS_CONSUMED = Counter(
     "aether_events_consumed_total",
@@ -87,3 +92,54 @@ REPLAYED = Counter(
     ["service"],
 )
 READY = Gauge("aether_service_ready", "1 when the service is ready to handle events", ["service"])
+
+
+def at_zero(metric: Counter | Histogram, **values: Iterable[str]) -> None:
+    """Export now, at zero, the series of ``metric`` for every combination of the given
+    label values (one iterable per label, by name).
+
+    A labelled series is otherwise created by its first increment, so Prometheus first
+    sees it at 1; ``increase()`` and ``rate()`` count from a series' first sample, and so
+    never count that first event (a dashboard reads 0 after the first mission completes).
+    Every metric with labels whose values are known in advance is set up through this at
+    start, so each of those series exists, at 0, before anything happens.
+    """
+    names = list(values)
+    for combination in itertools.product(*(tuple(values[name]) for name in names)):
+        metric.labels(**dict(zip(names, combination, strict=True)))
+
+
+def _overlap(subject_filter: str, type_filter: str) -> bool:
+    """Whether a consumer's subject filter can match a subject of an event type's filter
+    (``…*.<type>``: ``*`` stands for any mission id on either side, ``>`` for the rest)."""
+    wanted, parts = subject_filter.split("."), type_filter.split(".")
+    for index, part in enumerate(wanted):
+        if part == ">":
+            return len(parts) > index
+        if index >= len(parts):
+            return False
+        if "*" not in (part, parts[index]) and part != parts[index]:
+            return False
+    return len(wanted) == len(parts)
+
+
+def event_types_on(subject_filters: Iterable[str]) -> list[str]:
+    """The tags of the catalogue's event types that consumers with these subject filters
+    receive."""
+    filters = list(subject_filters)
+    return [
+        tag_of(cls) for cls in ALL_TYPES if any(_overlap(f, type_subject(cls)) for f in filters)
+    ]
+
+
+def service_at_zero(service: str, consumes: Iterable[str]) -> None:
+    """Export a service's event metrics at zero: what it consumes (``consumes`` are the
+    subject filters of its consumers) and, since any service may publish any event, every
+    event type it could publish."""
+    consumed = event_types_on(consumes)
+    published = [tag_of(cls) for cls in ALL_TYPES]
+    at_zero(EVENTS_PUBLISHED, service=[service], type=published, duplicate=["false", "true"])
+    at_zero(EVENTS_CONSUMED, service=[service], type=consumed, outcome=["ok", "error"])
+    at_zero(HANDLER_SECONDS, service=[service], type=consumed)
+    for counter in (REDELIVERIES, POISON, BUS_POLL_ERRORS, REPLAYED):
+        at_zero(counter, service=[service])

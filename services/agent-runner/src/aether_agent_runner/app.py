@@ -27,6 +27,7 @@ from aether_agent_runner.handlers import Handlers
 from aether_events import Event, WorkspaceReady, mission_history, new_event_id, type_subject
 from aether_llm import LLMSettings, make_client
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime.metrics import service_at_zero
 
 DEFAULT_PORT = 8103
 DURABLE = "agent-runner"
@@ -104,6 +105,7 @@ def wire(
                 ack_wait_seconds=agent.ack_wait_seconds,
             )
         )
+    service_at_zero(service.name, [subject])
     return service, handlers
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from aether_runtime.metrics import at_zero
+
+TOOL_OUTCOMES = ("ok", "refused", "failed")
+
 AGENTS_RUNNING = Gauge("aether_agents_running", "Agents at work in this process")
 TOOL_CALLS = Counter(
     "aether_agent_tool_calls_total",
@@ -31,3 +35,6 @@ ATTEMPT_SECONDS = Histogram(
     ["result"],
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
+
+at_zero(RESULTS, result=("completed", "empty", "ended", "stopped"))
+at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended"))

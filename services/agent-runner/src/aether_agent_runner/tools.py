@@ -23,6 +23,7 @@ from aether_agent_runner.commands import (
     run_command,
 )
 from aether_agent_runner.workspace import ToolError, Workspace
+from aether_runtime.metrics import at_zero
 
 log = logging.getLogger("aether.agent.tools")
 
@@ -127,6 +128,14 @@ def command_tool(policy: CommandPolicy) -> ToolParam:
         },
         ["command"],
     )
+
+
+# Every tool's calls are counted from zero (the finish call is not a tool call here).
+at_zero(
+    metrics.TOOL_CALLS,
+    tool=[*(tool["name"] for tool in FILE_TOOLS), "run_command"],
+    outcome=metrics.TOOL_OUTCOMES,
+)
 
 
 @dataclass(frozen=True)

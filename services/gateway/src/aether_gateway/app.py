@@ -35,6 +35,7 @@ from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics
 from aether_runtime import ConsumerSpec, Service
+from aether_runtime.metrics import service_at_zero
 
 log = logging.getLogger("aether.gateway")
 
@@ -69,6 +70,7 @@ class Gateway:
             )
         )
         self.service.consume(telemetry)
+        service_at_zero(self.service.name, [ALL_MISSION_EVENTS, ALL_TELEMETRY])
         self.hub = Hub(ring_size=settings.sse_ring_size, max_queue=settings.sse_queue_size)
         self.tokens = TokenStore(self.db)
         self.authenticator = Authenticator(

@@ -15,6 +15,7 @@ from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
 from aether_git_broker.domain import BrokerState, evolve
 from aether_git_broker.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, Service
+from aether_runtime.metrics import service_at_zero
 
 DURABLE = "git-broker"
 
@@ -71,6 +72,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
             ack_wait_seconds=settings.ack_wait_seconds,
         )
     )
+    service_at_zero(service.name, [ALL_MISSION_EVENTS])
 
     http = None
     if settings.git_http_port is not None:

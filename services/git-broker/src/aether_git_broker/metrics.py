@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Histogram
+
+from aether_git_broker.domain.outcomes import MergeKind
+from aether_runtime.metrics import at_zero
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SLOW = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -68,14 +73,10 @@ GIT_HTTP_REQUESTS = Counter(
 )
 
 # Every result is exported from the start, so rates and dashboards see zeros, not gaps.
-for _result in ("merged", "fast_forward", "conflict", "already_merged", "verify_failed"):
-    MERGES.labels(_result)
-for _result in ("passed", "failed", "timed_out"):
-    VERIFICATIONS.labels(_result)
-for _result in ("cloned", "fetched", "failed"):
-    FETCHES.labels(_result)
-for _result in ("pushed", "already_pushed", "failed"):
-    PUSHES.labels(_result)
-for _kind in ("worktree", "branch"):
-    for _when in ("step", "start"):
-        CLEANED.labels(_kind, _when)
+at_zero(MERGES, result=get_args(MergeKind))
+at_zero(VERIFICATIONS, result=("passed", "failed", "timed_out"))
+at_zero(FETCHES, result=("cloned", "fetched", "failed"))
+at_zero(PUSHES, result=("pushed", "already_pushed", "failed"))
+at_zero(CLEANED, kind=("worktree", "branch"), when=("step", "start"))
+at_zero(GIT_HTTP_REQUESTS, service=("git-upload-pack", "git-receive-pack"), outcome=("ok", "401"))
+at_zero(GIT_HTTP_REQUESTS, service=("other",), outcome=("401", "404"))

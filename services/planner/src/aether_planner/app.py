@@ -13,6 +13,7 @@ from aether_planner.adapters.model import PlannerModel
 from aether_planner.domain import State, evolve
 from aether_planner.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime.metrics import service_at_zero
 
 DEFAULT_PORT = 8102
 
@@ -52,4 +53,5 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             ack_wait_seconds=60.0,
         )
     )
+    service_at_zero(service.name, [ALL_MISSION_EVENTS])
     return service

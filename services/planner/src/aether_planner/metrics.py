@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from aether_runtime.metrics import at_zero
+
 PLAN_TASKS = Histogram(
     "aether_plan_tasks",
     "Tasks in each plan version produced",
@@ -14,3 +16,4 @@ OUTCOMES = Counter(
     "What the planner answered a trigger with (plan, questions, answer, failed)",
     ["outcome"],
 )
+at_zero(OUTCOMES, outcome=("plan", "questions", "answer", "failed"))

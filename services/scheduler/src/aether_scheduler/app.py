@@ -15,6 +15,7 @@ from aether_events import (
     replay,
 )
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime.metrics import service_at_zero
 from aether_scheduler import metrics
 from aether_scheduler.config import config_from_env
 from aether_scheduler.domain import Config, State, evolve
@@ -69,4 +70,5 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
             start_at_new=True,
         )
     )
+    service_at_zero(service.name, [ALL_MISSION_EVENTS, ALL_TELEMETRY])
     return service

@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aether_events import Event
+from aether_events import Event, Tier
+from aether_runtime.metrics import at_zero
 from aether_scheduler.domain import MissionState, State
 from aether_scheduler.domain.model import MissionStatus, TaskStatus
 
@@ -32,10 +33,8 @@ TASK_SECONDS = Histogram(
     ["tier"],
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
-for _outcome in ("completed", "failed", "cancelled"):
-    MISSION_SECONDS.labels(_outcome)
-for _tier in ("small", "standard", "complex"):
-    TASK_SECONDS.labels(_tier)
+at_zero(MISSION_SECONDS, outcome=("completed", "failed", "cancelled"))
+at_zero(TASK_SECONDS, tier=get_args(Tier))
 
 
 def mission_state(mission: MissionState) -> str:
