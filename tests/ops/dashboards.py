@@ -39,6 +39,18 @@ def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
+def stat_panels() -> Iterator[Query]:
+    """The query of every single-figure (stat) panel, the figures a glance reads."""
+    for path in dashboard_files():
+        board = json.loads(path.read_text())
+        for panel in panels(board):
+            if panel.get("type") != "stat":
+                continue
+            for target in panel.get("targets", []):
+                if target.get("expr"):
+                    yield Query(f"{path.name}: panel {panel.get('title')!r}", target["expr"])
+
+
 def queries() -> Iterator[Query]:
     for path in dashboard_files():
         board = json.loads(path.read_text())

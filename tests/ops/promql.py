@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import promql_parser
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,6 +55,56 @@ def metric_names(expr: str) -> set[str]:
 
     promql_parser.walk(tree, visit)
     return names
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One vector selector of an expression: a metric name and its label matchers, as
+    (label, operator, value) with the operators ``=``, ``!=``, ``=~`` and ``!~``."""
+
+    name: str
+    matchers: tuple[tuple[str, str, str], ...]
+
+    def __str__(self) -> str:
+        matchers = ", ".join(f'{label}{op}"{value}"' for label, op, value in self.matchers)
+        return f"{self.name}{{{matchers}}}" if matchers else self.name
+
+    def matches(self, name: str, labels: dict[str, str]) -> bool:
+        """Whether a sample of an exposition is selected. A matcher on a Grafana template
+        variable (``$service``) is taken as that variable's "All", which selects anything."""
+        if name != self.name:
+            return False
+        for label, op, value in self.matchers:
+            if "$" in value:
+                continue
+            have = labels.get(label, "")
+            # Prometheus anchors regular expressions at both ends.
+            found = re.fullmatch(value, have) is not None if "~" in op else have == value
+            if found != (op in ("=", "=~")):
+                return False
+        return True
+
+
+_OPERATORS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
+
+
+def selectors(expr: str) -> list[Selector]:
+    """Every named vector selector of an expression, with its label matchers."""
+    tree = promql_parser.parse(grafana_to_promql(expr))
+    found: list[Selector] = []
+
+    def visit(node: object) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            matchers = tuple(
+                (m.name, _OPERATORS[str(m.op).rsplit(".", 1)[1]], m.value)
+                for m in node.matchers.matchers
+                if m.name != "__name__"
+            )
+            found.append(Selector(node.name, matchers))
+        return True
+
+    promql_parser.walk(tree, visit)
+    return found
 
 
 def variable_metric_names(query: str) -> set[str]:

@@ -1,12 +1,16 @@
 """The five services running, one mission through them (offline model), then: every
 metric a dashboard or an alert queries is exported by some service, and every service's
-log lines are JSON carrying the ids of the event being handled."""
+log lines are JSON carrying the ids of the event being handled. Then a mission that fails
+and one whose task times out and is retried, so that every stat panel's figure is seen to
+start at zero and to move."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,9 +23,17 @@ import pytest
 
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
-from aether_events import MissionCompleted, MissionFailed
-from tests.ops.dashboards import queries
-from tests.ops.promql import PROMETHEUS_SERIES, exported_names
+from aether_events import (
+    Event,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+    TaskRetried,
+    TaskTimedOut,
+)
+from aether_llm.offline import start_offline_server
+from tests.ops.dashboards import queries, stat_panels
+from tests.ops.promql import PROMETHEUS_SERIES, Selector, exported_names, selectors
 from tests.support import MissionLog
 
 pytestmark = pytest.mark.e2e
@@ -38,12 +50,34 @@ REQUIREMENT = """\
 # Events that concern one task: their handling must be logged with its task id.
 TASK_EVENTS = {"task_ready", "workspace_ready", "agent_started", "agent_completed", "branch_merged"}
 
+# The offline model answers every call (served from this test, with a key the services
+# send to it alone), under model ids that make the cost panels move: the planner's tier
+# has no price, the agents' tier has one.
+UNPRICED_MODEL = "aether-test-unpriced"
+PRICED_MODEL = "claude-haiku-5-5"
+# Short enough for a task whose agent is frozen to time out within the test; the agents
+# beat well inside it, so a working task never does.
+HEARTBEAT_TIMEOUT = "8"
+
+# Stat panels whose counted event no mission here can cause, and why. The series must
+# still exist at zero from the first scrape.
+NOT_MOVED: dict[str, str] = {
+    "mission-overview.json: panel 'Merge conflicts (24 h)'": (
+        "the offline model writes only the files of its task's scope and the scheduler "
+        "never runs tasks with overlapping scopes together, so no merge can conflict"
+    ),
+}
+
 
 @dataclass
 class Live:
     stack: Stack
     mission_id: str
+    # Every service's /metrics: before any mission, after the completed one, and after
+    # the failed and the timed-out ones too.
+    before: dict[str, str]
     expositions: dict[str, str]
+    after: dict[str, str]
 
     def log_lines(self, service: str) -> list[str]:
         path = self.stack.home / "logs" / f"{service}.log"
@@ -59,28 +93,76 @@ async def fresh_database(database_url: str) -> str:
     return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
-async def run_mission(stack: Stack, repository: Path) -> str:
-    async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10
-    ) as http:
-        created = await http.post(
-            "/missions",
-            json={"repository": str(repository), "requirement": REQUIREMENT, "auto_approve": True},
-        )
-        assert created.status_code == 202, created.text
-        mission_id: str = created.json()["mission_id"]
+def gateway(stack: Stack) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10)
+
+
+async def submit(stack: Stack, repository: Path, requirement: str) -> str:
+    async with gateway(stack) as http:
+        body = {"repository": str(repository), "requirement": requirement, "auto_approve": True}
+        created = await http.post("/missions", json=body)
+    assert created.status_code == 202, created.text
+    mission_id: str = created.json()["mission_id"]
+    return mission_id
+
+
+async def wait_for(stack: Stack, mission_id: str, *wanted: type[Event]) -> list[str]:
+    """Wait until the mission's stream holds every ``wanted`` type (or it ends); the
+    types of its events."""
+    ended = (MissionCompleted, MissionFailed, MissionCancelled)
     nc = await nats.connect(stack.nats_url)
     try:
         log = await MissionLog(nc, mission_id).start()
         await log.wait_for(
-            lambda log: bool(log.of_type(MissionCompleted) or log.of_type(MissionFailed)),
+            lambda log: (
+                all(log.of_type(cls) for cls in wanted) or any(log.of_type(cls) for cls in ended)
+            ),
             timeout=120,
         )
-        assert log.of_type(MissionCompleted), [type(e).__name__ for _, e in log.events]
         await log.stop()
+        return [type(e).__name__ for _, e in log.events]
     finally:
         await nc.drain()
+
+
+async def run_mission(stack: Stack, repository: Path) -> str:
+    mission_id = await submit(stack, repository, REQUIREMENT)
+    seen = await wait_for(stack, mission_id, MissionCompleted)
+    assert "MissionCompleted" in seen, seen
     return mission_id
+
+
+async def fail_a_mission(stack: Stack, repository: Path) -> None:
+    """A mission on a repository that is not there: the broker fails it."""
+    mission_id = await submit(stack, repository, "- Add notes/lost.txt")
+    seen = await wait_for(stack, mission_id, MissionFailed)
+    assert "MissionFailed" in seen, seen
+
+
+async def time_out_a_task(stack: Stack, repository: Path) -> None:
+    """A mission whose only task's agent is frozen: the task times out and is retried;
+    then the mission is cancelled and the agent runner thawed."""
+    runner = stack.processes["agent-runner"].process
+    os.killpg(runner.pid, signal.SIGSTOP)
+    try:
+        mission_id = await submit(stack, repository, "- Add notes/frozen.txt")
+        seen = await wait_for(stack, mission_id, TaskTimedOut, TaskRetried)
+        assert {"TaskTimedOut", "TaskRetried"} <= set(seen), seen
+        async with gateway(stack) as http:
+            cancelled = await http.post(f"/missions/{mission_id}/cancel", json={"reason": "test"})
+        assert cancelled.status_code == 202, cancelled.text
+        seen = await wait_for(stack, mission_id, MissionCancelled)
+        assert "MissionCancelled" in seen, seen
+    finally:
+        os.killpg(runner.pid, signal.SIGCONT)
+
+
+async def scrape(stack: Stack) -> dict[str, str]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return {
+            name: (await http.get(f"{service.url}/metrics")).text
+            for name, service in stack.processes.items()
+        }
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +170,34 @@ async def live(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> A
     home = tmp_path_factory.mktemp("ops-live")
     repository = home / "repo"
     create_sample_repository(repository)
+    model = start_offline_server()
     stack = Stack(
         home=home / "stack",
         random_ports=True,
-        # No key: the offline model, so no test ever reaches a real endpoint.
-        env={"ANTHROPIC_API_KEY": "", "DATABASE_URL": await fresh_database(database_url)},
+        env={
+            # The offline model served here: no test ever reaches a real endpoint.
+            "ANTHROPIC_API_KEY": "local-offline-model",
+            "ANTHROPIC_BASE_URL": model.url,
+            "AETHER_MODEL_COMPLEX": UNPRICED_MODEL,  # the planner's tier
+            "AETHER_MODEL_STANDARD": PRICED_MODEL,  # the tasks' tier
+            "AETHER_HEARTBEAT_TIMEOUT_SECONDS": HEARTBEAT_TIMEOUT,
+            "AETHER_AGENT_HEARTBEAT_SECONDS": "1",
+            "AETHER_RETRY_BASE_SECONDS": "0.5",
+            "DATABASE_URL": await fresh_database(database_url),
+        },
     )
     try:
         await asyncio.to_thread(stack.start)
+        before = await scrape(stack)
         mission_id = await run_mission(stack, repository)
-        async with httpx.AsyncClient(timeout=10) as http:
-            expositions = {
-                name: (await http.get(f"{service.url}/metrics")).text
-                for name, service in stack.processes.items()
-            }
-        yield Live(stack, mission_id, expositions)
+        expositions = await scrape(stack)
+        await fail_a_mission(stack, home / "no-such-repository")
+        await time_out_a_task(stack, repository)
+        after = await scrape(stack)
+        yield Live(stack, mission_id, before, expositions, after)
     finally:
         await asyncio.to_thread(stack.stop)
+        model.stop()
 
 
 def base_name(metric: str) -> str:
@@ -184,6 +277,50 @@ async def test_a_mission_moves_the_counters(live: Live) -> None:
     for service in SERVICES:
         assert total(metrics[service], consumed, outcome="ok") > 0, service
         assert total(metrics[service], "aether_http_requests_total") > 0, service
+
+
+def selected(expositions: dict[str, str], selector: Selector) -> list[tuple[str, float]]:
+    """The (type, value) of every sample of every service that ``selector`` selects."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (family.type, sample.value)
+        for text in expositions.values()
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if selector.matches(sample.name, sample.labels)
+    ]
+
+
+async def test_every_stat_panel_reads_zero_before_anything_happened_and_moves_after(
+    live: Live,
+) -> None:
+    problems: list[str] = []
+    stale: list[str] = []
+    checked = 0
+    for query in stat_panels():
+        for selector in selectors(query.expr):
+            if selector.name in PROMETHEUS_SERIES:
+                continue
+            checked += 1
+            first = selected(live.before, selector)
+            if not first:
+                problems.append(f"{query.where}: no {selector} series before the first event")
+                continue
+            if {kind for kind, _ in first} != {"counter"}:
+                continue  # a gauge reads a state; it need only be there
+            start = sum(value for _, value in first)
+            end = sum(value for _, value in selected(live.after, selector))
+            if start != 0:
+                problems.append(f"{query.where}: {selector.name} starts at {start}, not 0")
+            if query.where in NOT_MOVED:
+                if end > start:
+                    stale.append(query.where)
+            elif not end > start:
+                problems.append(f"{query.where}: {selector} did not move ({start} -> {end})")
+    assert checked >= 15
+    assert not problems, "\n".join(problems)
+    assert not stale, f"these panels move now; remove them from NOT_MOVED in {__file__}: {stale}"
 
 
 async def test_log_lines_are_json_with_the_ids_of_the_event_being_handled(live: Live) -> None:

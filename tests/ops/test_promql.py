@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ops.promql import exported_names, metric_names, missing, variable_metric_names
+from tests.ops.promql import (
+    exported_names,
+    metric_names,
+    missing,
+    selectors,
+    variable_metric_names,
+)
 
 
 def test_names_come_from_selectors_not_functions_labels_or_keywords() -> None:
@@ -50,3 +56,20 @@ def test_exported_names_include_the_suffixes_each_type_gives() -> None:
     assert {"aether_merges_total", "aether_merge_duration_seconds_bucket"} <= names
     assert {"aether_merge_duration_seconds_count", "aether_sse_clients"} <= names
     assert missing(["up", "aether_merges_total", "aether_nope"], names) == {"aether_nope"}
+
+
+def test_selectors_carry_their_matchers_and_match_samples_like_prometheus() -> None:
+    expr = (
+        'sum(increase(aether_events_published_total{type="mission_completed", '
+        'service=~"sched.*", duplicate!="true", job!~"x|y", instance=~"$instance"}[24h]))'
+    )
+    (selector,) = selectors(expr)
+    assert selector.name == "aether_events_published_total"
+    labels = {"type": "mission_completed", "service": "scheduler", "duplicate": "false"}
+    assert selector.matches("aether_events_published_total", labels)
+    assert selector.matches("aether_events_published_total", {**labels, "instance": "any"})
+    assert not selector.matches("aether_events_published_total", {**labels, "job": "x"})
+    assert not selector.matches("aether_events_published_total", {**labels, "duplicate": "true"})
+    assert not selector.matches("aether_events_published_total", {**labels, "service": "a-sched"})
+    assert not selector.matches("aether_events_published_created", labels)
+    assert str(selector).startswith('aether_events_published_total{type="mission_completed", ')
