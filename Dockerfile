@@ -1,6 +1,8 @@
-# syntax=docker/dockerfile:1.7
 # One image for every service; the command chooses which one runs:
 #   docker run aether python -m aether_scheduler
+# No `# syntax=` line: that makes BuildKit pull a frontend image, and the build must work
+# without a registry. What it uses (RUN --mount=type=cache) is in the Dockerfile frontend
+# built into Docker's BuildKit since the 1.2 syntax (every Docker from 23.0 on).
 # Built from uv.lock alone (`--locked` fails the build if the lock is stale), with the five
 # services and their libraries only: no dev tools, and not the `aether` command line with
 # its embedded NATS and PostgreSQL (a deployment runs real ones).

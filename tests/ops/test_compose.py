@@ -99,6 +99,19 @@ def test_services_run_unprivileged_and_publish_only_on_localhost() -> None:
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
 
 
+def test_postgres_is_healthy_only_when_it_answers_over_tcp() -> None:
+    """The image's init-time server listens on the Unix socket only; a check over the
+    socket can pass before the real server (the one the services reach over TCP) is up."""
+    test = services()["postgres"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    args = shlex.split(test[1])
+    assert args[0] == "pg_isready"
+    hosts = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in ("-h", "--host")]
+    hosts += [arg.split("=", 1)[1] for arg in args if arg.startswith("--host=")]
+    assert hosts, "pg_isready without -h checks the Unix socket"
+    assert hosts[-1] in ("127.0.0.1", "localhost", "::1"), f"{hosts[-1]} is not TCP to itself"
+
+
 def test_volumes_are_declared_and_images_pinned() -> None:
     declared = set(compose().get("volumes") or {})
     for name, service in services().items():
@@ -198,6 +211,47 @@ def uv_syncs(stage: list[str]) -> list[list[str]]:
         if line.upper().startswith("RUN ") and "uv sync" in line:
             out.append(shlex.split(line[line.index("uv sync") :])[2:])
     return out
+
+
+def parser_directives() -> dict[str, str]:
+    """The Dockerfile's parser directives: ``# key=value`` lines before anything else."""
+    found: dict[str, str] = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        directive = re.fullmatch(r"#\s*([A-Za-z]+)\s*=\s*(\S+)\s*", line)
+        if directive is None:
+            break  # a comment, a blank line or an instruction ends the directives
+        found[directive.group(1).lower()] = directive.group(2)
+    return found
+
+
+# Flags of the Dockerfile frontend built into Docker's BuildKit (23.0 and later), which a
+# build without a `# syntax=` line uses: anything newer would need a frontend image.
+BUILT_IN_FLAGS = {
+    "RUN": {"--mount", "--network"},
+    "COPY": {"--from", "--chown", "--chmod", "--link"},
+    "ADD": {"--chown", "--chmod", "--link"},
+}
+
+
+def test_image_builds_without_pulling_a_dockerfile_frontend() -> None:
+    """A ``# syntax=`` directive makes BuildKit pull the named frontend image first, so
+    the build fails where no registry is reachable, even with the base image at hand."""
+    assert "syntax" not in parser_directives()
+    used = 0
+    for stage in dockerfile_stages():
+        for line in stage:
+            keyword, *words = line.split()
+            if keyword.upper() not in BUILT_IN_FLAGS:
+                continue
+            flags = set()
+            for word in words:  # the flags come before the command or the sources
+                if not word.startswith("--"):
+                    break
+                flags.add(word.split("=", 1)[0])
+            used += len(flags)
+            unknown = flags - BUILT_IN_FLAGS[keyword.upper()]
+            assert not unknown, f"{line}: {sorted(unknown)} would need a newer frontend"
+    assert used  # the check reads the flags the Dockerfile does use (--mount, --from)
 
 
 def test_image_is_built_from_the_lock_without_dev_tools_and_runs_as_non_root() -> None:
