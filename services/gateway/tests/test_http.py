@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from litestar import Litestar, post
+from litestar.params import FromPath
+from prometheus_client import REGISTRY
 
 from aether_events import MissionRequested
+from aether_gateway.metrics import routes_at_zero
 
 from .conftest import stored_events
 
@@ -116,3 +120,17 @@ async def test_openapi_schema_is_served(http):
     schema = (await http.get("/schema/openapi.json")).json()
     assert "/missions" in schema["paths"]
     assert "/missions/{mission_id}/plan/approve" in schema["paths"]
+
+
+def test_every_route_is_exported_at_zero_before_its_first_request():
+    @post("/zero-test/{item:str}", status_code=202)
+    async def accept(item: FromPath[str]) -> None:
+        return None
+
+    routes_at_zero(Litestar([accept]))
+    labels = {"route": "/zero-test/{item}", "method": "POST"}
+    get = REGISTRY.get_sample_value
+    assert get("aether_http_requests_total", {**labels, "status": "202"}) == 0.0
+    assert get("aether_http_request_duration_seconds_count", labels) == 0.0
+    options = {**labels, "method": "OPTIONS", "status": "200"}
+    assert get("aether_http_requests_total", options) is None

@@ -33,7 +33,7 @@ from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.idempotency import IdempotencyMiddleware
 from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
-from aether_gateway.metrics import HttpMetrics
+from aether_gateway.metrics import HttpMetrics, routes_at_zero
 from aether_runtime import ConsumerSpec, Service
 from aether_runtime.metrics import service_at_zero
 
@@ -198,4 +198,5 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         openapi_config=openapi_config(),
     )
     app.state.gateway = gateway
+    routes_at_zero(app)
     return app

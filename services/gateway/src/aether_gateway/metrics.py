@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
+
+from aether_runtime.metrics import at_zero
 
 HTTP_REQUESTS = Counter(
     "aether_http_requests_total",
@@ -25,6 +29,21 @@ SSE_CLIENTS = Gauge("aether_sse_clients", "Event-stream clients connected now")
 SSE_EVENTS_SENT = Counter(
     "aether_sse_events_sent_total", "Events written to event-stream clients (replayed or live)"
 )
+
+
+def routes_at_zero(app: Litestar) -> None:
+    """Export every route's requests (under the status its handler answers with) and
+    request time at zero. Other statuses are open-ended and start at their first use."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            methods = sorted(handler.http_methods - {"OPTIONS", "HEAD"})
+            if not methods:
+                continue
+            where = [route.path_format]
+            at_zero(HTTP_REQUESTS, route=where, method=methods, status=[str(handler.status_code)])
+            at_zero(HTTP_SECONDS, route=where, method=methods)
 
 
 class HttpMetrics(ASGIMiddleware):
