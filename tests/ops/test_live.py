@@ -57,7 +57,7 @@ UNPRICED_MODEL = "aether-test-unpriced"
 PRICED_MODEL = "claude-haiku-5-5"
 # Short enough for a task whose agent is frozen to time out within the test; the agents
 # beat well inside it, so a working task never does.
-HEARTBEAT_TIMEOUT = "8"
+HEARTBEAT_TIMEOUT = "10"
 
 # Stat panels whose counted event no mission here can cause, and why. The series must
 # still exist at zero from the first scrape.
