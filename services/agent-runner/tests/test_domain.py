@@ -15,6 +15,7 @@ from aether_agent_runner.domain import (
     StopOrder,
     evolve,
     limit_reached,
+    pending,
     stop_order,
     why_not_run,
 )
@@ -25,9 +26,11 @@ from aether_events import (
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
+    PlannedTask,
     TaskSkipped,
     TaskTimedOut,
     Usage,
+    WorkspaceReady,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -172,3 +175,42 @@ def test_a_conversation_folds_back_from_its_records() -> None:
     assert again.usage == Usage(input_tokens=5, cost_usd=0.1) and again.elapsed == 2.0
     assert again.changed == ["a"] and again.answered == {"u1"}
     assert Conversation.from_records(records, identity("m1", "t1", 2, "abc")) is None
+
+
+def workspace(task_id: str = "t1", attempt: int = 1, mission: str = "m1") -> WorkspaceReady:
+    return WorkspaceReady(
+        **meta(mission),
+        task=PlannedTask(id=task_id, title="t"),
+        attempt=attempt,
+        model="claude",
+        branch=f"aether-tasks/{mission}/{task_id}/a{attempt}",
+        worktree_path=f"/wt/{mission}/{task_id}-a{attempt}",
+        base_sha="b" * 40,
+    )
+
+
+def test_an_announced_workspace_without_a_result_is_owed() -> None:
+    ready = workspace()
+    assert pending(fold(ready)) == [ready.event_id]
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        AgentCompleted(**meta(), task_id="t1", attempt=1, commit_sha="s", branch="b"),
+        AgentFailed(**meta(), task_id="t1", attempt=1, reason="x"),
+        TaskTimedOut(**meta(), task_id="t1", attempt=1),
+        TaskSkipped(**meta(), task_id="t1"),
+        MissionCancelled(**meta()),
+    ],
+)
+def test_an_attempt_with_an_end_is_not_owed_and_not_kept(end: Event) -> None:
+    other = workspace("t2", mission="m2")
+    state = fold(workspace(), other, end)
+    assert pending(state) == [other.event_id]
+    assert ("m1", "t1", 1) not in state.ready
+
+
+def test_a_workspace_announced_after_its_attempt_ended_is_not_owed() -> None:
+    state = fold(TaskTimedOut(**meta(), task_id="t1", attempt=1), workspace())
+    assert pending(state) == []

@@ -14,10 +14,14 @@ from aether_events import (
     MergeConflicted,
     MissionCancelled,
     MissionCompleted,
+    MissionFailed,
+    MissionPaused,
     MissionRequested,
+    PlanApproved,
     PlannedTask,
     RepositoryPrepared,
     TaskReady,
+    WorkspaceFailed,
     WorkspaceReady,
     derived_id,
 )
@@ -37,6 +41,7 @@ from aether_git_broker.domain import (
     decide,
     evolve,
     merge_event,
+    pending,
     sweep,
     workspace_ready_event,
 )
@@ -328,8 +333,60 @@ def test_merge_events_have_one_id_per_attempt_whatever_the_outcome_sha() -> None
 
 def test_evolve_ignores_events_it_does_not_need() -> None:
     state = given(requested(), PREPARED)
-    assert evolve(state, task_ready()) is state
-    assert evolve(state, completed()) is state
+    assert evolve(state, PlanApproved(**meta("e-approved"), version=1)) is state
+    assert evolve(state, MissionPaused(**meta("e-paused"))) is state
+
+
+def ready_workspace(ready: TaskReady) -> WorkspaceReady:
+    branch = f"aether-tasks/m-1/{ready.task.id}/a{ready.attempt}"
+    worktree = f"/wt/m-1/{ready.task.id}-a{ready.attempt}"
+    return workspace_ready_event(ready, NOW, WorkspaceOutcome(branch, worktree, "b" * 40, True))
+
+
+def test_a_mission_requested_before_the_broker_started_is_owed() -> None:
+    assert pending(given(requested()), NAMING) == ["e-req"]
+    assert pending(given(requested(), PREPARED), NAMING) == []
+
+
+def test_a_request_the_broker_must_refuse_is_owed_its_refusal() -> None:
+    state = given(requested("/elsewhere"))
+    assert pending(state, NAMING, Policy(repository_roots=("/repos",))) == ["e-req"]
+    failed = MissionFailed(**meta("e-failed"), reason="outside the roots")
+    assert pending(evolve(state, failed), NAMING) == []
+
+
+def test_ready_tasks_without_a_workspace_and_completed_agents_not_merged_are_owed() -> None:
+    t1, t2, t3 = task_ready("t1"), task_ready("t2"), task_ready("t3")
+    refused = WorkspaceFailed(**meta("e-refused"), task_id="t3", attempt=1, reason="disk")
+    state = given(
+        requested(), PREPARED, t1, t2, t3, ready_workspace(t1), ready_workspace(t2), refused
+    )
+    assert pending(state, NAMING) == []
+    assert isinstance(decide(state, t3, NAMING), Ignore)  # refused once is refused
+    state = given(requested(), PREPARED, t1, t2, ready_workspace(t1), completed("t1"))
+    assert pending(state, NAMING) == ["e-ready-t2-1", "e-done-t1-1"]
+    merged = merge_event(
+        completed("t1"), NOW, "aether/m-1", MergeOutcome(kind="merged", sha="d" * 40)
+    )
+    assert pending(evolve(state, merged), NAMING) == ["e-ready-t2-1"]
+    conflicted = merge_event(
+        completed("t1"),
+        NOW,
+        "aether/m-1",
+        MergeOutcome(kind="conflict", sha="b" * 40, files=("a",)),
+    )
+    assert pending(evolve(state, conflicted), NAMING) == ["e-ready-t2-1"]
+
+
+def test_a_finished_mission_owes_nothing_and_forgets_its_triggers() -> None:
+    t1 = task_ready("t1")
+    done = MissionCompleted(
+        **meta("e-completed"), final_sha="d" * 40, integration_branch="aether/m-1", tasks_merged=1
+    )
+    state = given(requested(), PREPARED, t1, completed("t1"), done)
+    assert pending(state, NAMING) == []
+    view = state.mission(M)
+    assert view is not None and not view.ready and not view.completed and not view.requested
 
 
 def test_the_start_up_sweep_keeps_live_worktrees_and_lists_leftovers() -> None:

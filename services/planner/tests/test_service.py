@@ -15,6 +15,7 @@ from aether_events import (
     PlanProduced,
     PlanRevisionRequested,
     UsageRecorded,
+    ensure_streams,
 )
 from aether_llm import ApiError, Reply, tool_use_block
 
@@ -275,3 +276,35 @@ async def test_a_message_about_a_plan_is_revised_once_through_its_revision_reque
     text = s.requests[1]["messages"][0]["content"][1]["text"]
     assert text.count("One task please") == 1
     assert sorted(p.version for p in of(events, PlanProduced)) == [1, 2]
+
+
+async def test_a_repository_prepared_before_the_planner_first_started_is_planned(
+    nats_url: str, nc: NatsClient, script, repo
+) -> None:
+    """The start-up race: the mission is requested and its repository prepared while no
+    planner has ever run (so no durable consumer exists yet). The planner's replay folds
+    the trigger; it must still answer it, once."""
+    s, server = script
+    s.replies.append(plan_reply(good_tasks()))
+    service = start_planner(nats_url, server.url)
+    early = Planner(service, nc, "m-before-start", repo)
+    await ensure_streams(nc.jetstream())  # as the gateway and the broker would have
+    await early.request()
+    await service.start()
+    try:
+        events = await early.wait_for(PlanProduced)
+    finally:
+        await service.stop()
+    assert len(of(events, PlanProduced)) == 1 and len(s.requests) == 1
+    # A second start (the durable exists now) answers nothing again.
+    again = start_planner(nats_url, server.url)
+    await again.start()
+    try:
+        s.replies.append(plan_reply(good_tasks()))
+        await early.publisher.publish(
+            MissionMessagePosted(**early.meta("after"), text="thanks", author="alice")
+        )
+        await early.wait_for(MissionMessagePosted)
+    finally:
+        await again.stop()
+    assert len(s.requests) == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from nats.js import JetStreamContext
@@ -18,22 +18,31 @@ class Projection(Generic[S]):
 
     Events are applied at most once (by event id), so the same event arriving through the
     start-up replay, the durable consumer and the service's own optimistic apply after
-    publishing is folded exactly once.
+    publishing is folded exactly once. The stream sequence of every replayed event is kept,
+    so a service can say where in the stream the work it still owes begins
+    (``first_sequence``).
     """
 
     def __init__(self, initial: S, evolve: Callable[[S, Event], S]) -> None:
         self.state = initial
         self._evolve = evolve
-        self._seen: set[str] = set()
+        # event id -> stream sequence (0 when folded from elsewhere than the replay).
+        self._seen: dict[str, int] = {}
         self.last_sequence = 0
 
-    def apply(self, event: Event) -> bool:
+    def apply(self, event: Event, sequence: int = 0) -> bool:
         """Fold ``event`` unless it was folded before; says whether it was new."""
         if event.event_id in self._seen:
             return False
-        self._seen.add(event.event_id)
+        self._seen[event.event_id] = sequence
         self.state = self._evolve(self.state, event)
         return True
+
+    def first_sequence(self, event_ids: Iterable[str]) -> int | None:
+        """The lowest stream sequence among the replayed events ``event_ids``, or None
+        when none of them came from the replay."""
+        sequences = [self._seen.get(event_id, 0) for event_id in event_ids]
+        return min((seq for seq in sequences if seq > 0), default=None)
 
     def apply_all(self, events: list[Event]) -> None:
         for event in events:
@@ -43,7 +52,7 @@ class Projection(Generic[S]):
         """Replay the mission stream into this projection; returns the last sequence."""
 
         def fold(projection: Projection[S], event: Event, seq: int) -> Projection[S]:
-            projection.apply(event)
+            projection.apply(event, seq)
             projection.last_sequence = seq
             return projection
 

@@ -2,9 +2,18 @@
 
 A service is a FastStream app with one durable pull consumer on the mission stream. On
 start it connects, makes sure the streams exist, rebuilds its projection by replaying the
-stream, and only then starts consuming, so every handler sees a complete state. The
-durable consumer is created (the first time only) to start right after the replayed
-position: history is folded, never re-decided.
+stream, and only then starts consuming, so every handler sees a complete state.
+
+Start-up is level-triggered: work that was due before the service started is done. The
+durable consumer is created (the first time only) at the earliest event that, by the
+rebuilt projection, still asks for work (``ConsumerSpec.first_due``), else right after the
+replayed position; the handlers' projection checks skip what was already done between
+there and the end of the replay. An existing durable resumes at its ack floor, and a
+message is acknowledged only after its handler returned, so nothing before it is owed.
+This uses the consumer itself to bring the work back rather than running it outside
+one: every effect then goes through a delivery (kept alive, redelivered after a crash,
+given to one replica of a competing consumer at a time), which a separate start-up
+step run by each replica could not promise.
 
 Each delivery is decoded once; a payload that does not decode is terminated and counted
 (poison), an event type this build does not know is acknowledged and skipped, and a
@@ -33,7 +42,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig as JsConsumerConfig
 from nats.js.api import DeliverPolicy, PubAck
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
     MISSIONS_STREAM,
@@ -135,6 +144,9 @@ class ConsumerSpec:
     # Created fresh, start at new messages instead of right after the replayed position
     # (for a consumer on another stream, whose sequences the replay does not know).
     start_at_new: bool = False
+    # The stream sequence of the earliest replayed event whose work is still due by the
+    # rebuilt projection (None: nothing is due); a durable created fresh starts there.
+    first_due: Callable[[], int | None] | None = None
 
 
 @dataclass
@@ -243,6 +255,7 @@ class Service:
             return
         except NotFoundError:
             pass
+        start = start_sequence(last_seq, spec.first_due() if spec.first_due else None)
         config = JsConsumerConfig(
             durable_name=spec.durable,
             name=spec.durable,
@@ -255,12 +268,24 @@ class Service:
                 DeliverPolicy.NEW
                 if spec.start_at_new
                 else DeliverPolicy.BY_START_SEQUENCE
-                if last_seq
+                if start > 1
                 else DeliverPolicy.ALL
             ),
-            opt_start_seq=last_seq + 1 if last_seq and not spec.start_at_new else None,
+            opt_start_seq=start if start > 1 and not spec.start_at_new else None,
         )
-        await self.js.add_consumer(spec.stream, config=config)
+        if start <= last_seq:
+            log.info(
+                "consumer created at due work",
+                extra={"durable": spec.durable, "start": start, "replayed_to": last_seq},
+            )
+        try:
+            await self.js.add_consumer(spec.stream, config=config)
+        except BadRequestError as error:
+            # Another replica created it meanwhile (with its own start): bind to that one.
+            try:
+                await self.js.consumer_info(spec.stream, spec.durable)
+            except NotFoundError:
+                raise error from None
 
     async def _after_start(self) -> None:
         for hook in self.on_started:
@@ -397,6 +422,13 @@ class Service:
                 tag,
                 extra={"type": tag, "seq": delivery.sequence, "ms": round(elapsed * 1000, 1)},
             )
+
+
+def start_sequence(last_replayed: int, first_due: int | None) -> int:
+    """Where a durable consumer created now starts: at the earliest due work, else right
+    after the replayed position."""
+    after = last_replayed + 1
+    return after if first_due is None else min(first_due, after)
 
 
 def _age(event: Event) -> float:

@@ -22,7 +22,7 @@ from aether_agent_runner.adapters.bus import (
 )
 from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
-from aether_agent_runner.domain import State, evolve
+from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
 from aether_events import Event, WorkspaceReady, mission_history, new_event_id, type_subject
 from aether_llm import LLMSettings, make_client
@@ -82,7 +82,11 @@ def wire(
 
     async def start(js: JetStreamContext) -> int:
         last = await projection.rebuild(js, "agent-runner")
-        await ensure_work_consumer(js, DURABLE, subject, last, agent.ack_wait_seconds)
+        # Created now, the work consumer starts at the first attempt still owed (a
+        # workspace announced before any runner ran), so it is run once, by one runner.
+        first = projection.first_sequence(pending(projection.state))
+        after = last if first is None else min(last, first - 1)
+        await ensure_work_consumer(js, DURABLE, subject, after, agent.ack_wait_seconds)
         await follow_control_events(js, last, handlers.on_control)
         log.info(
             "agent runner configured",

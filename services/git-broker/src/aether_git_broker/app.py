@@ -12,7 +12,7 @@ from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.adapters.smarthttp import GitHttpApp, GitHttpServer, Served
 from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
-from aether_git_broker.domain import BrokerState, evolve
+from aether_git_broker.domain import BrokerState, evolve, pending
 from aether_git_broker.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
@@ -70,6 +70,11 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
             handler=handlers.handle,
             max_workers=1,
             ack_wait_seconds=settings.ack_wait_seconds,
+            # Created after the replay, the consumer starts at the first trigger still
+            # owed (a mission requested before the broker first started, say).
+            first_due=lambda: projection.first_sequence(
+                pending(projection.state, naming, settings.policy)
+            ),
         )
     )
     service_at_zero(service.name, [ALL_MISSION_EVENTS])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, ta
 from aether_git_broker import metrics
 from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
+from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
 from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.adapters.worktrees import sweep_directory
@@ -57,6 +59,8 @@ T = TypeVar("T")
 # A push that fails this many deliveries in a row is given up (and logged); before that
 # the runtime retries it with a growing delay.
 PUSH_ATTEMPTS = 3
+# Stale locks one step may clear before it gives up (and the message is retried later).
+MAX_LOCKS_CLEARED = 16
 
 
 class Publisher(Protocol):
@@ -79,6 +83,7 @@ class Handlers:
         clock: Callable[[], datetime] = utc_now,
         keepalive_seconds: float = 10.0,
         *,
+        lock_stale_seconds: float = STALE_AFTER,
         policy: Policy | None = None,
         remotes: Remotes | None = None,
         verifier: Verifier | None = None,
@@ -92,6 +97,7 @@ class Handlers:
         self._policy = policy or Policy()
         self._remotes = remotes
         self._verifier = verifier or Verifier()
+        self._lock_stale_seconds = lock_stale_seconds
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
@@ -124,13 +130,19 @@ class Handlers:
                 await self._finish(action, delivery)
 
     async def start_up(self) -> None:
-        """Remove what a crash left behind, judged from the replayed projection: worktrees
-        nobody works in any more, registrations of vanished ones, task branches of merged
-        attempts and finished missions. Runs before the first delivery."""
+        """Remove what a crash left behind, judged from the replayed projection: lock
+        files in the repositories (see ``adapters.locks``: this process is their one
+        writer and has not written yet, so none is live), worktrees nobody works in any
+        more, registrations of vanished ones, task branches of merged attempts and
+        finished missions. Runs before the first delivery."""
         plan = sweep(self.projection.state, self._naming)
         await asyncio.to_thread(self._sweep_blocking, plan)
 
     def _sweep_blocking(self, plan: Sweep) -> None:
+        locks = self._clear_locks(plan)
+        metrics.CLEANED.labels("lock", "start").inc(len(locks))
+        if locks:
+            log.warning("lock files left by a killed writer removed", extra={"locks": locks})
         removed = sweep_directory(self._naming.worktrees_dir, plan.live_worktrees)
         for path in plan.repositories:
             removed += self._git.prune_worktrees(
@@ -154,12 +166,54 @@ class Handlers:
                 extra={"worktrees": sorted(set(removed)), "branches": branches},
             )
 
+    def _clear_locks(self, plan: Sweep) -> list[str]:
+        # Locally an agent runner commits in its linked worktree (its index, its task
+        # branch, loose objects): locks there are removed only once stale.
+        shared = (
+            f"refs/heads/{self._naming.branch_prefix}-tasks/",
+            "worktrees/",
+            "objects/",
+        )
+        removed = [
+            lock for path in plan.repositories for lock in self._git.clear_locks(path, shared)
+        ]
+        if self._remotes is not None:
+            removed += self._remotes.clear_locks()
+        return removed
+
     async def _run(
         self, delivery: Delivery, work: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
-        """Run blocking repository work in a thread, keeping the message alive meanwhile."""
+        """Run blocking repository work in a thread, keeping the message alive meanwhile.
+
+        A lock file in the way (``FileLocked``) is waited out and, once stale, removed;
+        then the work runs again (every operation looks before it writes). Failing the
+        message instead would hold up every later one behind it, for good, since the
+        redelivery meets the same lock.
+        """
         async with delivery.keep_alive(self._keepalive):
-            return await asyncio.to_thread(work, *args, **kwargs)
+            cleared = 0
+            while True:
+                try:
+                    return await asyncio.to_thread(work, *args, **kwargs)
+                except FileLocked as locked:
+                    if cleared >= MAX_LOCKS_CLEARED:
+                        raise
+                    await self._wait_out(os.fsdecode(locked.lockfilename))
+                    cleared += 1
+
+    async def _wait_out(self, lock: str) -> None:
+        """Return once ``lock`` is gone: released by its writer, or removed as stale
+        (untouched for ``lock_stale_seconds``: no live writer holds a lock that long)."""
+        while True:
+            age = await asyncio.to_thread(lock_age, lock)
+            if age is None:
+                return
+            if age >= self._lock_stale_seconds:
+                if await asyncio.to_thread(remove_if_stale, lock, self._lock_stale_seconds):
+                    metrics.CLEANED.labels("lock", "step").inc()
+                return
+            await asyncio.sleep(min(self._lock_stale_seconds - age, 0.5) + 0.01)
 
     async def _publish(self, event: Event) -> None:
         await self._publisher().publish(event)

@@ -10,7 +10,7 @@ from aether_events import ALL_MISSION_EVENTS
 from aether_llm import LLMSettings, make_client
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import PlannerModel
-from aether_planner.domain import State, evolve
+from aether_planner.domain import State, evolve, pending
 from aether_planner.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_runtime.metrics import service_at_zero
@@ -51,6 +51,9 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             # Planning several missions at once needs the model calls moved off the
             # consumer; until then a planner plans one mission at a time.
             ack_wait_seconds=60.0,
+            # Created after the replay, the consumer starts at the first trigger still
+            # unanswered (a repository prepared before the planner first started).
+            first_due=lambda: projection.first_sequence(pending(projection.state)),
         )
     )
     service_at_zero(service.name, [ALL_MISSION_EVENTS])

@@ -24,7 +24,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -65,8 +65,9 @@ async def ensure_work_consumer(
     ack_wait_seconds: float,
     max_deliver: int = 20,
 ) -> None:
-    """Create the shared work consumer (starting after ``after_sequence``), or bring an
-    existing one's ack wait and pending limit up to date."""
+    """Create the shared work consumer (starting after ``after_sequence``: the replayed
+    position, or earlier where attempts are still owed), or bring an existing one's ack
+    wait and pending limit up to date (it keeps its position)."""
     try:
         info = await js.consumer_info(MISSIONS_STREAM, durable)
     except NotFoundError:
@@ -83,7 +84,14 @@ async def ensure_work_consumer(
             ),
             opt_start_seq=after_sequence + 1 if after_sequence else None,
         )
-        await js.add_consumer(MISSIONS_STREAM, config=config)
+        try:
+            await js.add_consumer(MISSIONS_STREAM, config=config)
+        except BadRequestError as error:
+            # Another runner created it meanwhile (its replay ended elsewhere): use that.
+            try:
+                await js.consumer_info(MISSIONS_STREAM, durable)
+            except NotFoundError:
+                raise error from None
         return
     current = info.config
     if current.max_ack_pending != MAX_ACK_PENDING or current.ack_wait != ack_wait_seconds:

@@ -25,7 +25,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from aether_events import RepoFile
-from aether_git_broker.adapters import worktrees
+from aether_git_broker.adapters import locks, worktrees
 from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.merge import merge_task
 from aether_git_broker.adapters.repository import (
@@ -278,6 +278,18 @@ class GitRepositories:
         if self._worktrees_dir is None:
             return []
         return worktrees.clear_leftovers(self._worktrees_dir)
+
+    def clear_locks(self, repository_path: str, shared_prefixes: tuple[str, ...] = ()) -> list[str]:
+        """Remove the lock files a killed writer left in the repository (see ``locks``);
+        those under ``shared_prefixes`` of its git directory only when stale."""
+        with self._lock:
+            try:
+                repo = self._open(repository_path).repo
+            except RepositoryError:
+                return []
+            return locks.clear_locks(
+                repo.commondir(), lambda relative: relative.startswith(shared_prefixes)
+            )
 
     def drop_pool(self, repository_path: str) -> bool:
         """Delete the repository's pooled worktrees (no mission uses it any more)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from dulwich.file import FileLocked
 from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -42,8 +43,9 @@ def move_branch(
     timestamp: int,
     message: bytes,
 ) -> bool:
-    """Point ``ref`` at ``new`` if it points at ``old``; ``False`` if it does not (or
-    someone else holds its lock)."""
+    """Point ``ref`` at ``new`` if it points at ``old``; ``False`` if it does not.
+    ``FileLocked`` (as dulwich raises it) when the ref's lock is held: it may be a stale
+    one, which the caller can clear, where "the branch moved" would only repeat."""
     common = repo.commondir()
     path = os.path.join(common, os.fsdecode(ref))
     current = _read(path)
@@ -57,7 +59,7 @@ def move_branch(
     try:
         fd = os.open(lock, _CREATE, 0o644)
     except FileExistsError:
-        return False
+        raise FileLocked(path, lock) from None
     try:
         if _read(path) != old:
             os.close(fd)

@@ -27,6 +27,7 @@ from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
+from aether_git_broker.adapters import locks
 from aether_git_broker.adapters.history import Commits, is_ancestor
 from aether_git_broker.sources import (
     InvalidRepository,
@@ -79,6 +80,19 @@ class Remotes:
 
     def clone_path(self, source: RemoteSource) -> str:
         return os.path.join(self.data_dir, "repositories", source.directory)
+
+    def clear_locks(self) -> list[str]:
+        """Remove every lock file in the clones (only the broker writes them; call it
+        before it does)."""
+        root = os.path.join(self.data_dir, "repositories")
+        if not os.path.isdir(root):
+            return []
+        removed: list[str] = []
+        for directory, subdirectories, _ in os.walk(root):
+            if "HEAD" in os.listdir(directory) and "objects" in subdirectories:
+                removed += locks.clear_locks(directory)
+                subdirectories.clear()  # a bare clone: nothing to look for beneath
+        return removed
 
     def fetch(self, source: RemoteSource, branch: str) -> tuple[str, bool]:
         """Bring ``branch`` of the remote into the local clone (made if missing); returns

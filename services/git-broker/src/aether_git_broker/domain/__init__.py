@@ -2,8 +2,9 @@
 
 ``evolve`` (``state``) folds the mission events the broker cares about into
 ``BrokerState``. ``decide`` (``decisions``) turns an incoming event into one ``Action`` for
-the adapters, and ``sweep`` says what to remove at start-up. The ``*_event`` builders
-(``outcomes``) turn the adapters' outcomes into the events to publish.
+the adapters, ``pending`` says which folded triggers still ask for work and ``sweep`` what
+to remove at start-up. The ``*_event`` builders (``outcomes``) turn the adapters'
+outcomes into the events to publish.
 """
 
 from aether_git_broker.domain.decisions import (
@@ -19,6 +20,7 @@ from aether_git_broker.domain.decisions import (
     RejectMission,
     Sweep,
     decide,
+    pending,
     sweep,
 )
 from aether_git_broker.domain.outcomes import (
@@ -66,6 +68,7 @@ __all__ = [
     "evolve",
     "merge_event",
     "mission_failed_event",
+    "pending",
     "repository_prepared_event",
     "sweep",
     "workspace_failed_event",

@@ -2,7 +2,7 @@
 
 Each decision is judged against the state folded so far (the event included), so a
 redelivered or replayed event never repeats a step whose result is already in the stream.
-``sweep`` is the start-up decision: what a crash left behind.
+``pending`` is what a broker starting up still owes, ``sweep`` what a crash left behind.
 """
 
 from __future__ import annotations
@@ -215,6 +215,8 @@ def _on_task_ready(view: MissionView | None, event: TaskReady, naming: Naming) -
         return Ignore("workspace already published")
     if key in view.merged or key in view.conflicted:
         return Ignore("attempt already merged or conflicted")
+    if key in view.refused:
+        return Ignore("workspace already refused")
     problem = component_problem(event.task.id)
     if problem is not None:
         return FailWorkspace(f"task id {event.task.id!r} cannot name a git branch: {problem}")
@@ -264,6 +266,27 @@ def _on_agent_completed(view: MissionView | None, event: AgentCompleted, naming:
         ),
         verify_command=view.verify_command,
     )
+
+
+def pending(state: BrokerState, naming: Naming, policy: Policy = Policy()) -> list[str]:
+    """The ids of every folded trigger ``decide`` would still act on: a repository to
+    prepare (or a request to reject), a workspace to create, an agent's branch to merge.
+    What a broker starting up owes, whenever the trigger was published.
+
+    The end of a mission is not in it: the start-up ``sweep`` does its clean-up, and a
+    result push is not recorded on the stream, so it cannot be told apart from done.
+    """
+    due: list[str] = []
+    for view in state.missions.values():
+        triggers: list[Event] = [*view.ready.values(), *view.completed.values()]
+        if view.requested is not None:
+            triggers.insert(0, view.requested)
+        due.extend(
+            trigger.event_id
+            for trigger in triggers
+            if not isinstance(decide(state, trigger, naming, policy), Ignore)
+        )
+    return due
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from aether_events import (
+    AgentCompleted,
     BranchMerged,
     Event,
     MergeConflicted,
@@ -15,6 +16,8 @@ from aether_events import (
     MissionFailed,
     MissionRequested,
     RepositoryPrepared,
+    TaskReady,
+    WorkspaceFailed,
     WorkspaceReady,
 )
 
@@ -47,6 +50,13 @@ class MissionView:
     workspaces: Mapping[TaskKey, Workspace] = field(default_factory=dict)
     merged: Mapping[TaskKey, str] = field(default_factory=dict)
     conflicted: frozenset[TaskKey] = frozenset()
+    # Attempts whose workspace the broker refused (WorkspaceFailed).
+    refused: frozenset[TaskKey] = frozenset()
+    # The triggers themselves, so a broker starting up can tell which still ask for work
+    # (``pending``): the request, and each attempt's TaskReady and AgentCompleted.
+    requested: MissionRequested | None = None
+    ready: Mapping[TaskKey, TaskReady] = field(default_factory=dict)
+    completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                     repository=event.repository,
                     base_branch=event.base_branch,
                     verify_command=(event.verify_command or "").strip() or None,
+                    requested=None if view.terminal else event,
                 ),
             )
         case RepositoryPrepared():
@@ -95,12 +106,31 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
         case MergeConflicted():
             key = (event.task_id, event.attempt)
             return _update(state, replace(view, conflicted=view.conflicted | {key}))
+        case WorkspaceFailed():
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, refused=view.refused | {key}))
+        case TaskReady() if not view.terminal:
+            key = (event.task.id, event.attempt)
+            return _update(state, replace(view, ready={**view.ready, key: event}))
+        case AgentCompleted() if not view.terminal:
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, completed={**view.completed, key: event}))
         case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
             return _update(
                 state,
-                replace(view, terminal=True, workspaces={}, merged={}, conflicted=frozenset()),
+                replace(
+                    view,
+                    terminal=True,
+                    workspaces={},
+                    merged={},
+                    conflicted=frozenset(),
+                    refused=frozenset(),
+                    requested=None,
+                    ready={},
+                    completed={},
+                ),
             )
         case _:
             return state

@@ -1,6 +1,13 @@
 """The planner's pure rules: plan validation and repair, and the conversation state."""
 
-from aether_planner.domain.state import MissionPlanning, State, Turn, evolve, wants_model
+from aether_planner.domain.state import (
+    MissionPlanning,
+    State,
+    Turn,
+    evolve,
+    pending,
+    wants_model,
+)
 from aether_planner.domain.validation import (
     PLAN_TOOL_SCHEMA,
     TIERS,
@@ -22,6 +29,7 @@ __all__ = [
     "Turn",
     "evolve",
     "find_cycle",
+    "pending",
     "validate_plan",
     "wants_model",
 ]

@@ -44,6 +44,8 @@ class MissionPlanning:
     # Messages that answered the planner's questions (other messages are conversation for
     # people; plan feedback arrives as PlanRevisionRequested).
     answers: frozenset[str] = frozenset()
+    # Revision requests (each a trigger, answered once).
+    revisions: frozenset[str] = frozenset()
     waiting_for_answer: bool = False
     clarification_rounds: int = 0
     approved: bool = False
@@ -95,7 +97,11 @@ def _mission(m: MissionPlanning, event: Event) -> MissionPlanning:
                 waiting_for_answer=False,
             )
         case PlanRevisionRequested():
-            return replace(m, turns=(*m.turns, ("feedback", event.feedback)))
+            return replace(
+                m,
+                turns=(*m.turns, ("feedback", event.feedback)),
+                revisions=m.revisions | {event.event_id},
+            )
         case PlanProduced():
             summary = "\n".join(
                 f"- {t.id}: {t.title} (files: {', '.join(t.files) or 'none'}; "
@@ -133,3 +139,18 @@ def wants_model(state: State, trigger: Event) -> bool:
     if isinstance(trigger, MissionMessagePosted):
         return trigger.event_id in mission.answers
     return isinstance(trigger, PlanRevisionRequested)
+
+
+def pending(state: State) -> list[str]:
+    """The ids of every trigger the planner still owes a model decision, judged from the
+    whole state: exactly the folded events for which ``wants_model`` says yes. What a
+    planner starting up must answer, whenever the trigger was published."""
+    due: list[str] = []
+    for mission in state.missions.values():
+        if mission.prepared is None or mission.ended or mission.approved:
+            continue
+        triggers = set(mission.answers | mission.revisions)
+        if not mission.plans and mission.clarification_rounds == 0:
+            triggers.add(mission.prepared.event_id)
+        due.extend(sorted(triggers - mission.handled))
+    return due

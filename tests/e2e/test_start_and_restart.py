@@ -1,0 +1,185 @@
+"""Missions survive a service that starts late or dies mid-mission.
+
+Each service rebuilds its projection on start and must then do every piece of work its
+whole state says is due, however long ago the event that asked for it was published:
+a mission submitted while a service is not running yet completes once it starts, and a
+service SIGKILLed mid-mission and restarted finishes what it was doing, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from dulwich.repo import Repo
+
+from aether.stack import SERVICES, Stack
+from aether_events import (
+    AgentCompleted,
+    AgentStarted,
+    BranchMerged,
+    MissionCompleted,
+    MissionRequested,
+    PlanProduced,
+    RepositoryPrepared,
+    TaskReady,
+    TaskTimedOut,
+    WorkspaceReady,
+)
+from aether_llm import MessagesServer
+from tests.e2e.test_mission_flow import tree_files
+from tests.support import MissionLog, ScriptedModel
+
+pytestmark = pytest.mark.e2e
+
+
+def stack_for(tmp_path: Path, model: MessagesServer, database: str) -> Stack:
+    return Stack(
+        home=tmp_path / "stack",
+        random_ports=True,
+        env={
+            "ANTHROPIC_API_KEY": "test-key",
+            "ANTHROPIC_BASE_URL": model.url,
+            "DATABASE_URL": database,
+            "AETHER_MODEL_MAX_RETRIES": "0",
+            # A killed service's unacknowledged message comes back within seconds.
+            "AETHER_ACK_WAIT_SECONDS": "6",
+            "AETHER_AGENT_ACK_WAIT_SECONDS": "6",
+        },
+    )
+
+
+async def submit(stack: Stack, repo: Path) -> str:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
+    ) as http:
+        created = await http.post(
+            "/missions",
+            json={
+                "repository": str(repo),
+                "requirement": "alpha, beta, then both",
+                "auto_approve": True,
+            },
+        )
+        assert created.status_code == 202, created.text
+        mission_id: str = created.json()["mission_id"]
+        return mission_id
+
+
+def assert_each_task_merged_once(log: MissionLog, repo: Path, script: ScriptedModel) -> None:
+    assert sorted(e.task_id for e in log.of_type(BranchMerged)) == ["a", "b", "c"]
+    # Done by the service that owed it, not rescued by the scheduler timing tasks out.
+    assert sorted((e.task.id, e.attempt) for e in log.of_type(TaskReady)) == [
+        ("a", 1),
+        ("b", 1),
+        ("c", 1),
+    ]
+    assert log.of_type(TaskTimedOut) == []
+    assert len(log.of_type(MissionCompleted)) == 1
+    assert len(log.of_type(PlanProduced)) == 1
+    assert script.calls.count("plan") == 1
+    completed = log.of_type(MissionCompleted)[0]
+    files = tree_files(repo, completed.final_sha)
+    assert files["a.txt"] == b"alpha\n" and files["b.txt"] == b"beta\n"
+    assert files["c.txt"] == b"alpha\nbeta\n"
+    with Repo(str(repo)) as r:
+        merges = [
+            entry.commit
+            for entry in r.get_walker([completed.final_sha.encode()])
+            if b"Aether-Task:" in entry.commit.message and len(entry.commit.parents) > 1
+        ]
+    # Fast-forwards make no merge commit; no task has two.
+    tasks = [m.message.decode().split("Aether-Task: ")[1].split()[0] for m in merges]
+    assert len(tasks) == len(set(tasks))
+
+
+# What shows that the mission waits on the service that is not running yet.
+WAITING_ON: dict[str, Any] = {
+    "planner": lambda log: bool(log.of_type(RepositoryPrepared)),
+    "git-broker": lambda log: bool(log.of_type(MissionRequested)),
+    "agent-runner": lambda log: len(log.of_type(WorkspaceReady)) >= 2,
+}
+
+
+@pytest.mark.parametrize("late", ["planner", "git-broker", "agent-runner"])
+async def test_a_mission_submitted_before_a_service_first_starts_completes(
+    tmp_path: Path,
+    model_server: tuple[MessagesServer, ScriptedModel],
+    fresh_database: str,
+    repo: Path,
+    late: str,
+) -> None:
+    stack = stack_for(tmp_path, model_server[0], fresh_database)
+    nc = None
+    try:
+        await asyncio.to_thread(stack.start_infrastructure)
+        for name in SERVICES:
+            if name != late:
+                stack.start_service(name)
+        await asyncio.to_thread(stack.wait_ready, None, 90.0)
+        mission_id = await submit(stack, repo)
+        nc = await nats.connect(stack.nats_url)
+        log = await MissionLog(nc, mission_id).start()
+        await log.wait_for(WAITING_ON[late], timeout=60)
+        stack.start_service(late)
+        await asyncio.to_thread(stack.wait_ready, [late], 60.0)
+        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.stop()
+    finally:
+        if nc is not None:
+            await nc.close()
+        await asyncio.to_thread(stack.stop)
+    assert_each_task_merged_once(log, repo, model_server[1])
+
+
+# Who is killed, and when: while it is at work on the mission.
+KILLS: dict[str, tuple[str, Any]] = {
+    "planner-planning": ("planner", lambda log: bool(log.of_type(RepositoryPrepared))),
+    "broker-preparing": ("git-broker", lambda log: bool(log.of_type(MissionRequested))),
+    # Task c's workspace is being prepared, or a's merge is under way.
+    "broker-merging": (
+        "git-broker",
+        lambda log: (
+            any(e.task.id == "c" for e in log.of_type(TaskReady))
+            or any(e.task_id == "a" for e in log.of_type(AgentCompleted))
+        ),
+    ),
+    # b's agent waits on its (slow) first model reply.
+    "runner-working": (
+        "agent-runner",
+        lambda log: any(e.task_id == "b" for e in log.of_type(AgentStarted)),
+    ),
+}
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+async def test_a_service_killed_mid_mission_and_restarted_merges_each_task_once(
+    tmp_path: Path,
+    model_server: tuple[MessagesServer, ScriptedModel],
+    fresh_database: str,
+    repo: Path,
+    kill: str,
+) -> None:
+    victim, when = KILLS[kill]
+    stack = stack_for(tmp_path, model_server[0], fresh_database)
+    nc = None
+    try:
+        await asyncio.to_thread(stack.start, 90.0)
+        mission_id = await submit(stack, repo)
+        nc = await nats.connect(stack.nats_url)
+        log = await MissionLog(nc, mission_id).start()
+        await log.wait_for(when, timeout=60)
+        await asyncio.to_thread(stack.kill, victim)
+        stack.start_service(victim)
+        await asyncio.to_thread(stack.wait_ready, [victim], 60.0)
+        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.stop()
+    finally:
+        if nc is not None:
+            await nc.close()
+        await asyncio.to_thread(stack.stop)
+    assert_each_task_merged_once(log, repo, model_server[1])
