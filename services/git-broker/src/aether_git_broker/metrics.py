@@ -63,7 +63,7 @@ PUSH_SECONDS = Histogram(
 )
 CLEANED = Counter(
     "aether_git_cleaned",
-    "Worktrees and task branches removed, by kind and by when (after a step, at start-up)",
+    "Worktrees, task branches and stale lock files removed, by kind and by when (after a step, at start-up)",
     ["kind", "when"],
 )
 GIT_HTTP_REQUESTS = Counter(
@@ -77,6 +77,6 @@ at_zero(MERGES, result=get_args(MergeKind))
 at_zero(VERIFICATIONS, result=("passed", "failed", "timed_out"))
 at_zero(FETCHES, result=("cloned", "fetched", "failed"))
 at_zero(PUSHES, result=("pushed", "already_pushed", "failed"))
-at_zero(CLEANED, kind=("worktree", "branch"), when=("step", "start"))
+at_zero(CLEANED, kind=("worktree", "branch", "lock"), when=("step", "start"))
 at_zero(GIT_HTTP_REQUESTS, service=("git-upload-pack", "git-receive-pack"), outcome=("ok", "401"))
 at_zero(GIT_HTTP_REQUESTS, service=("other",), outcome=("401", "404"))
