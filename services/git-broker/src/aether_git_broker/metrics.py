@@ -63,7 +63,7 @@ PUSH_SECONDS = Histogram(
 )
 CLEANED = Counter(
     "aether_git_cleaned",
-    "Worktrees, task branches and stale lock files removed, by kind and by when (after a step, at start-up)",
+    "Worktrees, task branches and stale lock files removed, by kind and when (step, start-up)",
     ["kind", "when"],
 )
 GIT_HTTP_REQUESTS = Counter(
