@@ -3,8 +3,9 @@
 The app's lifespan opens the database and migrates it, then starts the runtime service,
 which catches the read model up from its stored positions and starts the durable
 ``gateway`` consumers (mission events and telemetry) that fold every later event, and
-then the hub that fans the streams out to event-stream clients. Stopping ends the open
-event streams first, then the service, then the pool.
+then the hub that fans the streams out to event-stream clients, and the watch that
+checks the read model against the stream and repairs what its consumer missed. Stopping
+ends the open event streams first, then the service, then the pool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, Response, get
 from litestar.exceptions import HTTPException, ValidationException
@@ -34,6 +36,7 @@ from aether_gateway.api.idempotency import IdempotencyMiddleware
 from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
+from aether_gateway.recovery import ReadModelWatch
 from aether_runtime import ConsumerSpec, Service
 from aether_runtime.metrics import service_at_zero
 
@@ -94,6 +97,11 @@ class Gateway:
             rebuild=self._rebuild,
         )
         self.service.on_started.append(self._start_hub)
+        self.watch = ReadModelWatch(
+            self.projector, self.service, CONSUMER, every=settings.read_model_check_seconds
+        )
+        self.service.on_started.append(self.watch.start)
+        self.service.on_stopping.append(self.watch.stop)
 
     async def _start_hub(self) -> None:
         await self.hub.start(self.service.js, self.context.closing)
@@ -127,6 +135,21 @@ class Gateway:
             return False, "database unreachable"
         return True, "ok"
 
+    async def read_model_status(self) -> dict[str, Any]:
+        """How far the read model has folded (as the watch last found it) and how many
+        events it could not store: shown in ``/readyz``, never a reason to be unready
+        (the queries still answer, and the failures are recorded)."""
+        status: dict[str, Any] = {"projection_failures": await self.read_model.failure_count()}
+        state = self.watch.state
+        if state is not None:
+            status.update(
+                position=state.position,
+                stream_last_seq=state.stream_last_seq,
+                lag_events=state.lag,
+                caught_up=state.caught_up,
+            )
+        return status
+
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
         await self.start()
@@ -134,6 +157,16 @@ class Gateway:
             yield
         finally:
             await self.stop()
+
+
+def _read_model_detail(detail: str, status: dict[str, Any]) -> str:
+    failures = status["projection_failures"]
+    parts = [detail]
+    if "caught_up" in status:
+        lag = status["lag_events"]
+        parts.append("read model caught up" if lag == 0 else f"read model {lag} events behind")
+    parts.append(f"{failures} projection failure{'' if failures == 1 else 's'}")
+    return "; ".join(parts)
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -169,9 +202,13 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         return {"status": "ok"}
 
     @get("/readyz", include_in_schema=False, opt=open_route)
-    async def readyz() -> Response[dict[str, str]]:
+    async def readyz() -> Response[dict[str, Any]]:
         ok, detail = await gateway.readiness()
-        body = {"status": "ready" if ok else "not-ready", "detail": detail}
+        body: dict[str, Any] = {"status": "ready" if ok else "not-ready", "detail": detail}
+        if ok:
+            read_model = await gateway.read_model_status()
+            body["detail"] = _read_model_detail(detail, read_model)
+            body["read_model"] = read_model
         return Response(body, status_code=200 if ok else 503)
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False, opt=open_route)

@@ -39,6 +39,10 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     monthly_budget_usd: float | None = None
     # An agent not heard from for this long is shown as gone.
     agent_stale_seconds: float = 90.0
+    # How often the read model is checked against the stream, and repaired from it when
+    # its consumer fell behind or skipped events (0: never; a reconnect to NATS and a
+    # skipped sequence also trigger a check).
+    read_model_check_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.admin_token and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
@@ -83,6 +87,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             daily_budget_usd=_optional_float(env.get("AETHER_DAILY_BUDGET_USD")),
             monthly_budget_usd=_optional_float(env.get("AETHER_MONTHLY_BUDGET_USD")),
             agent_stale_seconds=float(env.get("AETHER_AGENT_STALE_SECONDS", "90")),
+            read_model_check_seconds=float(env.get("AETHER_READ_MODEL_CHECK_SECONDS", "2")),
         )
 
 

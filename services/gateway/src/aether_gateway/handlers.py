@@ -1,9 +1,10 @@
-"""The projection's entry points: fold each delivered event, catch up on start, and
-rebuild from scratch on an administrator's request."""
+"""The projection's entry points: fold each delivered event, catch up on start, repair
+what the consumer missed, and rebuild from scratch on an administrator's request."""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -15,9 +16,11 @@ from aether_events import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
     Event,
+    mission_subject,
     replay,
 )
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.stream import Incoming, event_id_at, read_stored
 from aether_runtime import ConsumerSpec, Delivery
 
 log = logging.getLogger("aether.gateway.projection")
@@ -58,28 +61,95 @@ class Projector:
         stream's last sequence (where the runtime starts the mission consumer).
 
         The read model persists its positions, so a restart resumes where it stopped
-        instead of replaying the whole stream. A position beyond the stream's end means
-        the stream was recreated (its sequences started again): the read model is then
-        derived from a history that no longer exists, so it is dropped and rebuilt.
+        instead of replaying the whole stream. A stream whose history is not the one the
+        read model folded (recreated, or it lost its tail in a crash) means the read model
+        is derived from events that no longer exist: it is dropped and rebuilt.
         """
         position = await self.read_model.position()
         info = await js.stream_info(MISSIONS_STREAM)
-        if position > info.state.last_seq:
+        reason = await self.diverged(js, position, info.state.last_seq)
+        if reason is not None:
             log.warning(
-                "stored position is past the stream's end; rebuilding the read model",
-                extra={"position": position, "stream_last_seq": info.state.last_seq},
+                "the stream's history is not the read model's; rebuilding the read model",
+                extra={"reason": reason, "position": position},
             )
             await self.read_model.reset()
             position = 0
-        pending, last = await _read(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, position)
-        for event, sequence in pending:
-            await self.read_model.apply(event, sequence)
-        log.info(
-            "read model caught up",
-            extra={"from": position, "to": last, "folded": len(pending)},
-        )
+        folded = await self._fold_after(js, position)
+        last = max(position, await self.read_model.position())
+        log.info("read model caught up", extra={"from": position, "to": last, "folded": folded})
         await self._catch_up_telemetry(js)
         return last
+
+    async def _fold_after(self, js: JetStreamContext, position: int, limit: int = 0) -> int:
+        """Fold the mission stream's messages stored after ``position`` (at most
+        ``limit`` of them when given); returns how many changed the read model."""
+        until = position + limit if limit else None
+        messages = await read_stored(
+            js, MISSIONS_STREAM, ALL_MISSION_EVENTS, after=position, until=until
+        )
+        folded = 0
+        for message in messages:
+            folded += await self.read_model.take(Incoming.of_message(message))
+        return folded
+
+    async def diverged(self, js: JetStreamContext, position: int, stream_last: int) -> str | None:
+        """Why the stream's history differs from what the read model folded, or ``None``.
+
+        The stream's last event folded must still be on the stream, at its sequence: a
+        stream deleted and created again, or one that lost its last writes when the
+        server died, numbers different events with the sequences the read model knows.
+        """
+        if position > stream_last:
+            return f"position {position} is past the stream's end ({stream_last})"
+        folded = await self.read_model.last_folded()
+        if folded is None:
+            return None
+        seq, event_id = folded
+        stored = await event_id_at(js, MISSIONS_STREAM, seq)
+        if stored != event_id:
+            return f"the stream holds {stored or 'nothing'} at {seq}, not {event_id}"
+        return None
+
+    async def catch_up(self, js: JetStreamContext, limit: int = 10_000) -> int:
+        """Fold from the stream what the consumer has not delivered (it is stalled, or
+        lost its place); safe beside the consumer, which then skips what this folded."""
+        return await self._fold_after(js, await self.read_model.position(), limit)
+
+    async def fill_gaps(self, js: JetStreamContext) -> int:
+        """Look at every sequence range the position jumped over; refold each mission
+        with an event there that the read model lacks. Returns the missions refolded.
+
+        A jump is usually harmless (an event type this build does not know, a payload
+        the runtime refused as poison); a missed event cannot simply be folded late, as
+        later events of its mission were folded without it, so its mission is refolded.
+        """
+        refolded = 0
+        for first, last in await self.read_model.gaps():
+            messages = await read_stored(
+                js, MISSIONS_STREAM, ALL_MISSION_EVENTS, after=first - 1, until=last
+            )
+            missing: set[str] = set()
+            for message in messages:
+                item = Incoming.of_message(message)
+                if item.unknown:
+                    continue
+                if item.event is not None:
+                    known = await self.read_model.knows(message.seq, item.event.event_id)
+                else:
+                    known = await self.read_model.failed_at(message.seq)
+                if not known and message.mission_id:
+                    missing.add(message.mission_id)
+            for mission_id in sorted(missing):
+                history = partial(read_stored, js, MISSIONS_STREAM, mission_subject(mission_id))
+                folded = await self.read_model.refold_mission(mission_id, history)
+                log.warning(
+                    "mission refolded: the consumer had skipped some of its events",
+                    extra={"refolded_mission": mission_id, "folded": folded},
+                )
+                refolded += 1
+            await self.read_model.close_gap(first)
+        return refolded
 
     async def _catch_up_telemetry(self, js: JetStreamContext) -> None:
         position = await self.read_model.telemetry_position()
@@ -101,14 +171,13 @@ class Projector:
         Returns the mission and telemetry sequences folded up to, and the event count.
         """
         async with self.read_model.rebuilding() as rebuild:
-            missions, missions_last = await _read(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, 0)
-            for event, sequence in missions:
-                await rebuild.fold(event, sequence)
+            missions = await read_stored(js, MISSIONS_STREAM, ALL_MISSION_EVENTS)
+            for message in missions:
+                await rebuild.fold(Incoming.of_message(message))
             telemetry, telemetry_last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, 0)
             for event, sequence in telemetry:
                 await rebuild.fold_telemetry(event, sequence)
             # Undecodable events at the end still count as read.
-            rebuild.missions_last = max(rebuild.missions_last, missions_last)
             rebuild.telemetry_last = max(rebuild.telemetry_last, telemetry_last)
         log.info(
             "read model rebuilt",

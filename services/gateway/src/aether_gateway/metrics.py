@@ -29,6 +29,23 @@ SSE_CLIENTS = Gauge("aether_sse_clients", "Event-stream clients connected now")
 SSE_EVENTS_SENT = Counter(
     "aether_sse_events_sent_total", "Events written to event-stream clients (replayed or live)"
 )
+PROJECTION_FAILURES = Counter(
+    "aether_read_model_projection_failures_total",
+    "Events the read model could not store as they were, recorded and passed over",
+)
+READ_MODEL_LAG = Gauge(
+    "aether_read_model_lag_events",
+    "Mission stream sequences stored but not yet folded into the read model",
+)
+READ_MODEL_REPAIRS = Counter(
+    "aether_read_model_repairs_total",
+    "Times the read model refolded from the stream what its consumer had not delivered:"
+    " after a stall, over a gap, or all of it when the stream's history changed",
+    ["kind"],
+)
+REPAIR_KINDS = ("stalled", "gap", "diverged")
+for _kind in REPAIR_KINDS:
+    READ_MODEL_REPAIRS.labels(_kind)
 
 
 def routes_at_zero(app: Litestar) -> None:

@@ -7,12 +7,19 @@ and a rebuild running beside the live projection each change the rows exactly on
 
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
 stream's (``<consumer>-telemetry``); they count different streams' sequences.
+
+An event that cannot be stored as it is (see ``faults``) never holds the position back:
+a sanitised copy, or for an unreadable request a bare mission row, is stored where
+possible, the failure is recorded, and the position moves on. A position that jumps
+(sequences the consumer never delivered) is noted as a gap, for the projector to check
+against the stream and refold.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -21,8 +28,11 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from aether_events import Event, encode, tag_of
+from aether_events import Event, MissionRequested, encode, tag_of
+from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
+from aether_gateway.adapters.stream import Incoming, StoredMessage
 from aether_gateway.domain import (
     BudgetAlert,
     Changes,
@@ -30,12 +40,17 @@ from aether_gateway.domain import (
     MissionMessage,
     MissionView,
     Plan,
+    ProjectionFailure,
     SessionUpdate,
     Task,
     UsageEntry,
     fold,
+    placeholder_mission,
+    salvage,
+    sanitised,
     session_update,
 )
+from aether_gateway.metrics import PROJECTION_FAILURES
 
 log = logging.getLogger("aether.gateway.read_model")
 
@@ -49,6 +64,16 @@ DERIVED_TABLES = (
     "plans",
     "events",
     "missions",
+    "usage_records",
+    "mission_messages",
+    "budget_alerts",
+    "agent_sessions",
+    "projection_failures",
+    "projection_gaps",
+)
+# The rows of one mission, emptied to refold it (plans and tasks go with the mission).
+_MISSION_TABLES = (
+    "events",
     "usage_records",
     "mission_messages",
     "budget_alerts",
@@ -141,12 +166,13 @@ class Rebuild:
         self.telemetry_last = 0
         self.folded = 0
 
-    async def fold(self, event: Event, sequence: int) -> None:
-        self.folded += await self._read_model._fold(self._conn, event, sequence)
-        self.missions_last = max(self.missions_last, sequence)
+    async def fold(self, item: Incoming) -> None:
+        self.folded += await self._read_model._fold_item(self._conn, item, "missions")
+        self.missions_last = max(self.missions_last, item.seq)
 
     async def fold_telemetry(self, event: Event, sequence: int) -> None:
-        await self._read_model._fold_telemetry(self._conn, event)
+        item = Incoming.of_event(event, sequence)
+        await self._read_model._fold_item(self._conn, item, "telemetry")
         self.folded += 1
         self.telemetry_last = max(self.telemetry_last, sequence)
 
@@ -182,6 +208,8 @@ class ReadModel:
         self._db = db
         self.consumer = consumer
         self.telemetry_consumer = f"{consumer}-telemetry"
+        # Set when the position jumps over sequences, so the gap is looked at promptly.
+        self.gap_found = asyncio.Event()
 
     @property
     def db(self) -> Database:
@@ -228,11 +256,21 @@ class ReadModel:
 
         Returns whether the rows changed hands (the event was new to the read model).
         """
+        return await self.take(Incoming.of_event(event, sequence))
+
+    async def take(self, item: Incoming) -> bool:
+        """Fold one mission stream message above the position, and move the position to
+        it: an event, a type this build does not know (only the position moves) or a
+        payload that does not decode (recorded as a failure)."""
         async with self._db.pool.connection() as conn, conn.transaction():
-            if sequence <= await self._lock_position(conn, self.consumer):
+            position = await self._lock_position(conn, self.consumer)
+            if item.seq <= position:
                 return False
-            fresh = await self._fold(conn, event, sequence)
-            await self._set_position(conn, self.consumer, sequence)
+            if item.seq > position + 1:
+                await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
+                self.gap_found.set()
+            fresh = await self._fold_item(conn, item, "missions")
+            await self._set_position(conn, self.consumer, item.seq)
         return fresh
 
     async def apply_telemetry(self, event: Event, sequence: int) -> bool:
@@ -240,8 +278,83 @@ class ReadModel:
         async with self._db.pool.connection() as conn, conn.transaction():
             if sequence <= await self._lock_position(conn, self.telemetry_consumer):
                 return False
-            await self._fold_telemetry(conn, event)
+            await self._fold_item(conn, Incoming.of_event(event, sequence), "telemetry")
             await self._set_position(conn, self.telemetry_consumer, sequence)
+        return True
+
+    async def _fold_item(self, conn: AsyncConnection, item: Incoming, stream: Stream) -> bool:
+        """Fold one message inside the caller's transaction; what cannot be stored as it
+        is is recorded instead. Returns whether rows changed."""
+        if item.unknown:
+            return False
+        problem = item.problem or "nothing to fold"
+        if item.event is not None:
+            try:
+                async with conn.transaction():  # a savepoint: a refused row undoes only itself
+                    return await self._fold_one(conn, item.event, item.seq, stream)
+            except EVENT_ERRORS as error:
+                problem = faults.describe(error)
+        await self._store_what_can_be(conn, item, stream, problem)
+        return True
+
+    async def _fold_one(
+        self, conn: AsyncConnection, event: Event, sequence: int, stream: Stream
+    ) -> bool:
+        if stream == "missions":
+            return await self._fold(conn, event, sequence)
+        await self._fold_telemetry(conn, event)
+        return True
+
+    async def _store_what_can_be(
+        self, conn: AsyncConnection, item: Incoming, stream: Stream, problem: str
+    ) -> None:
+        outcome = "skipped"
+        stand_in = sanitised(item.event) if item.event is not None else salvage(item.payload)
+        if stand_in is not None:
+            try:
+                async with conn.transaction():
+                    await self._fold_one(conn, stand_in, item.seq, stream)
+                outcome = "sanitised"
+            except EVENT_ERRORS as error:
+                problem = f"{problem}; sanitised, still refused: {faults.describe(error)}"
+        if (
+            outcome == "skipped"
+            and stream == "missions"
+            and item.tag == tag_of(MissionRequested)
+            and await self._place_holder(conn, item)
+        ):
+            outcome = "placeholder"
+        fresh = await faults.record_failure(
+            conn,
+            stream=stream,
+            seq=item.seq,
+            mission_id=item.mission_id,
+            event_type=item.tag,
+            error=problem,
+            outcome=outcome,
+        )
+        if fresh:
+            PROJECTION_FAILURES.inc()
+            log.error(
+                "event could not be stored as it is; recorded and passed over",
+                extra={
+                    "stream": stream,
+                    "seq": item.seq,
+                    "type": item.tag,
+                    "outcome": outcome,
+                    "error": problem,
+                },
+            )
+
+    async def _place_holder(self, conn: AsyncConnection, item: Incoming) -> bool:
+        if not item.mission_id:
+            return False
+        view = await self._load_view(conn, item.mission_id)
+        if view.mission is not None:
+            return False
+        await self._write(
+            conn, Changes(mission=placeholder_mission(item.mission_id, item.stored_at))
+        )
         return True
 
     async def _fold(self, conn: AsyncConnection, event: Event, sequence: int) -> bool:
@@ -314,6 +427,95 @@ class ReadModel:
         async with self._db.pool.connection() as conn, conn.transaction():
             await self._lock_position(conn, self.telemetry_consumer)
             await self._set_position(conn, self.telemetry_consumer, 0)
+
+    # --- recovery --------------------------------------------------------------------
+
+    async def refold_mission(
+        self, mission_id: str, history: Callable[[], Awaitable[list[StoredMessage]]]
+    ) -> int:
+        """Replace one mission's rows by folding its history again, up to the position.
+
+        ``history`` reads the mission's stored messages; it is called with the position
+        locked, so no event of the mission is folded meanwhile, and what lies above the
+        position is left for the live projection. Returns the events folded.
+        """
+        async with self._db.pool.connection() as conn, conn.transaction():
+            position = await self._lock_position(conn, self.consumer)
+            messages = await history()
+            for table in _MISSION_TABLES:
+                await conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE mission_id = %s").format(sql.Identifier(table)),
+                    (mission_id,),
+                )
+            await conn.execute("DELETE FROM missions WHERE id = %s", (mission_id,))
+            await conn.execute(
+                "DELETE FROM projection_failures WHERE stream = 'missions' AND mission_id = %s",
+                (mission_id,),
+            )
+            folded = 0
+            for message in messages:
+                if message.seq > position:
+                    break
+                folded += await self._fold_item(conn, Incoming.of_message(message), "missions")
+            await faults.recount(conn, mission_id)
+        return folded
+
+    async def knows(self, seq: int, event_id: str) -> bool:
+        """Whether the event stored at ``seq`` is in the read model (folded, folded
+        under another sequence, or recorded as a failure)."""
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT EXISTS (SELECT 1 FROM events WHERE seq = %s OR event_id = %s)
+                    OR EXISTS (SELECT 1 FROM projection_failures
+                               WHERE stream = 'missions' AND seq = %s)
+                """,
+                (seq, event_id, seq),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def failed_at(self, seq: int) -> bool:
+        """Whether the mission stream's message at ``seq`` is recorded as a failure."""
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM projection_failures WHERE stream = 'missions' AND seq = %s",
+                (seq,),
+            )
+            return await cur.fetchone() is not None
+
+    async def gaps(self) -> list[tuple[int, int]]:
+        """Sequence ranges the position moved past without folding, oldest first."""
+        async with self._db.pool.connection() as conn:
+            return await faults.gaps(conn, self.consumer)
+
+    async def close_gap(self, from_seq: int) -> None:
+        async with self._db.pool.connection() as conn, conn.transaction():
+            await faults.close_gap(conn, self.consumer, from_seq)
+
+    async def last_folded(self) -> tuple[int, str] | None:
+        """The latest event folded at or below the position, as (sequence, event id)."""
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT seq, event_id FROM events
+                WHERE seq <= (SELECT coalesce(max(last_seq), 0) FROM projection_position
+                              WHERE consumer = %s)
+                ORDER BY seq DESC LIMIT 1
+                """,
+                (self.consumer,),
+            )
+            row = await cur.fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    async def failure_count(self) -> int:
+        async with self._db.pool.connection() as conn:
+            return await faults.failure_count(conn)
+
+    async def failures(self, mission_id: str | None = None) -> list[ProjectionFailure]:
+        """Recorded projection failures (of one mission when given)."""
+        async with self._db.pool.connection() as conn:
+            return await faults.failures(conn, mission_id)
 
     async def _load_view(self, conn: AsyncConnection, mission_id: str) -> MissionView:
         async with conn.cursor(row_factory=dict_row) as cur:

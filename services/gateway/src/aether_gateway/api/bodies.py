@@ -10,7 +10,15 @@ import msgspec
 
 from aether_gateway.adapters.queries import StoredEvent, UsageRow
 from aether_gateway.adapters.tokens import TokenInfo
-from aether_gateway.domain import AgentSession, Graph, Mission, MissionMessage, Plan, Task
+from aether_gateway.domain import (
+    AgentSession,
+    Graph,
+    Mission,
+    MissionMessage,
+    Plan,
+    ProjectionFailure,
+    Task,
+)
 from aether_gateway.domain.auth import Scope
 
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
@@ -120,6 +128,8 @@ class MissionDetail(Mission, frozen=True, kw_only=True):
     graph: Graph = msgspec.field(default_factory=lambda: Graph(nodes=[], edges=[], layers=[]))
     messages: list[MissionMessage] = msgspec.field(default_factory=list)
     budget_remaining_usd: float | None = None
+    # The events counted in ``projection_failures``: what the read model could not store.
+    projection_errors: list[ProjectionFailure] = msgspec.field(default_factory=list)
 
 
 class TaskPage(msgspec.Struct, kw_only=True):

@@ -197,6 +197,9 @@ async def get_mission(
         graph=task_graph(tasks),
         messages=await ctx.queries.messages(mission_id),
         budget_remaining_usd=remaining,
+        projection_errors=(
+            await ctx.read_model.failures(mission_id) if mission.projection_failures else []
+        ),
     )
 
 

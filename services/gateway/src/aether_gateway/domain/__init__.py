@@ -14,10 +14,18 @@ from aether_gateway.domain.model import (
     MissionMessage,
     MissionStatus,
     Plan,
+    ProjectionFailure,
     SessionUpdate,
     Task,
     TaskStatus,
     UsageEntry,
+)
+from aether_gateway.domain.salvage import (
+    placeholder_mission,
+    salvage,
+    sanitised,
+    scrub,
+    scrub_text,
 )
 from aether_gateway.domain.status import next_status, resumed_status
 
@@ -35,13 +43,19 @@ __all__ = [
     "MissionStatus",
     "MissionView",
     "Plan",
+    "ProjectionFailure",
     "SessionUpdate",
     "Task",
     "TaskStatus",
     "UsageEntry",
     "fold",
     "next_status",
+    "placeholder_mission",
     "resumed_status",
+    "salvage",
+    "sanitised",
+    "scrub",
+    "scrub_text",
     "session_update",
     "task_graph",
 ]

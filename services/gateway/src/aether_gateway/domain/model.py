@@ -88,6 +88,9 @@ class Mission(msgspec.Struct, frozen=True, kw_only=True):
     pauses: int = 0
     resumes: int = 0
     error: str | None = None
+    # Events of this mission the read model could not store as they were (see
+    # ``ProjectionFailure``): non-zero means this record may be incomplete.
+    projection_failures: int = 0
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,3 +240,21 @@ class AgentSession(msgspec.Struct, frozen=True, kw_only=True):
     tokens_out: int = 0
     cost_usd: float | None = None
     cost_complete: bool = True
+
+
+FailureOutcome = Literal["sanitised", "placeholder", "skipped"]
+
+
+class ProjectionFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``projection_failures``: an event the read model could not store as it
+    was, and what it stored instead (``sanitised``: the event with the characters
+    PostgreSQL refuses replaced; ``placeholder``: a bare mission row; ``skipped``:
+    nothing)."""
+
+    stream: Literal["missions", "telemetry"]
+    seq: int
+    mission_id: str
+    type: str
+    error: str
+    outcome: FailureOutcome
+    failed_at: datetime

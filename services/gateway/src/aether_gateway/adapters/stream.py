@@ -1,0 +1,144 @@
+"""Reading stored messages back from a stream, undecoded, by sequence range.
+
+The projection reads the stream itself (on start, to catch up after a stalled consumer,
+to fill a gap, to refold one mission) rather than through ``aether_events.replay``,
+because it must see what does not decode too: such a payload is recorded as a
+projection failure, not silently passed over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from aether_events import Event, UnknownEventType, decode, tag_of
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message as the stream holds it."""
+
+    seq: int
+    subject: str
+    data: bytes
+    stored_at: datetime
+
+    @property
+    def mission_id(self) -> str:
+        """The mission named by the subject (``aether.<kind>.<mission_id>.<type>``)."""
+        parts = self.subject.split(".")
+        return parts[2] if len(parts) >= 4 else ""
+
+    @property
+    def tag(self) -> str:
+        """The event type named by the subject."""
+        return self.subject.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One stream message to fold: its event, or why there is none (an event type this
+    build does not know is ``unknown``; a payload that does not decode has a
+    ``problem``, and its raw ``payload`` is kept for a lenient second reading)."""
+
+    seq: int
+    mission_id: str
+    tag: str
+    stored_at: datetime
+    event: Event | None = None
+    payload: bytes = b""
+    unknown: bool = False
+    problem: str | None = None
+
+    @classmethod
+    def of_event(cls, event: Event, seq: int) -> Incoming:
+        """An event the runtime decoded and delivered."""
+        return cls(
+            seq=seq,
+            mission_id=event.mission_id,
+            tag=tag_of(type(event)),
+            stored_at=event.occurred_at,
+            event=event,
+        )
+
+    @classmethod
+    def of_message(cls, message: StoredMessage) -> Incoming:
+        """A stored message, decoded here."""
+
+        def made(**what: Any) -> Incoming:
+            return cls(
+                seq=message.seq,
+                mission_id=message.mission_id,
+                tag=message.tag,
+                stored_at=message.stored_at,
+                **what,
+            )
+
+        try:
+            return made(event=decode(message.data))
+        except UnknownEventType:
+            return made(unknown=True)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            return made(payload=message.data, problem=f"does not decode: {error}")
+
+
+async def read_stored(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    after: int = 0,
+    until: int | None = None,
+    batch: int = 256,
+) -> list[StoredMessage]:
+    """Every message on ``subject`` stored after sequence ``after`` (up to ``until``,
+    inclusive, when given), in stream order. Uses an ephemeral consumer."""
+    config = ConsumerConfig(
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+        opt_start_seq=after + 1 if after else None,
+        inactive_threshold=60.0,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    found: list[StoredMessage] = []
+    try:
+        remaining = (await sub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            try:
+                msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
+            except nats.errors.TimeoutError:
+                break
+            for msg in msgs:
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                if until is not None and seq > until:
+                    return found
+                found.append(
+                    StoredMessage(seq, msg.subject, msg.data, meta.timestamp or datetime.now(UTC))
+                )
+                remaining = meta.num_pending or 0
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def event_id_at(js: JetStreamContext, stream: str, seq: int) -> str | None:
+    """The id of the event stored at ``seq`` (``None``: no message there, or no id)."""
+    try:
+        raw = await js.get_msg(stream, seq)
+    except NotFoundError:
+        return None
+    try:
+        return decode(raw.data or b"").event_id
+    except (msgspec.MsgspecError, UnknownEventType):
+        pass
+    header = (raw.headers or {}).get("Nats-Msg-Id")
+    return str(header) if header else None

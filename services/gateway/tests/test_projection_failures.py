@@ -1,0 +1,197 @@
+"""An event the read model cannot store is recorded and passed over, never holding up
+the missions after it; an error about the database is retried, never passed over.
+
+The bad events are published straight onto the bus, as a producer other than the
+gateway's API could: the API refuses such input at the door."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+
+from aether_events import (
+    EventPublisher,
+    MissionRequested,
+    encode,
+    new_mission_id,
+    subject_for,
+    tag_of,
+)
+from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.read_model import ReadModel
+
+from .conftest import Script, eventually
+
+FAILURES_METRIC = re.compile(r"^aether_read_model_projection_failures_total (\S+)$", re.M)
+
+
+async def failures_counted(http) -> float:
+    found = FAILURES_METRIC.search((await http.get("/metrics")).text)
+    assert found is not None, "the failure counter is exported from the start"
+    return float(found.group(1))
+
+
+async def listed(http, *mission_ids: str) -> dict[str, dict]:
+    """Wait until every mission is listed; return them by id."""
+
+    async def probe():
+        missions = (await http.get("/missions", params={"limit": 200})).json()["missions"]
+        by_id = {m["id"]: m for m in missions}
+        return by_id if all(m in by_id for m in mission_ids) else None
+
+    return await eventually(probe, timeout=10.0, what=f"missions {mission_ids} to be listed")
+
+
+async def publish_raw(nc, event: MissionRequested, payload: bytes) -> int:
+    """Publish ``payload`` where ``event`` would go (a producer's own encoding)."""
+    ack = await nc.jetstream().publish(
+        subject_for(event), payload, headers={"Nats-Msg-Id": event.event_id}
+    )
+    return ack.seq
+
+
+async def position(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(
+            "SELECT last_seq FROM projection_position WHERE consumer = 'gateway'"
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_nul_in_an_event_is_stored_sanitised_and_never_holds_up_later_missions(
+    make_gateway, nc
+):
+    gateway = await make_gateway(read_model_check_seconds=0.5)
+    async with gateway.client() as http:
+        before = await failures_counted(http)
+        bad = Script(new_mission_id())
+        publisher = EventPublisher(nc.jetstream())
+        bad_seq = (
+            await publisher.publish(
+                bad.requested(repository="/repos/a\x00b", requirement="Add\x00 a greeting")
+            )
+        ).seq
+        others = [Script(new_mission_id()) for _ in range(3)]
+        for other in others:
+            await publisher.publish(other.requested())
+        # The bad mission's later events still fold into its (sanitised) row.
+        last = (await publisher.publish(bad.prepared())).seq
+
+        found = await listed(http, bad.mission_id, *(o.mission_id for o in others))
+        assert all(found[o.mission_id]["projection_failures"] == 0 for o in others)
+        assert found[bad.mission_id]["projection_failures"] == 1
+
+        async def prepared():
+            mission = (await http.get(f"/missions/{bad.mission_id}")).json()
+            return mission if mission["status"] == "preparing" else None
+
+        mission = await eventually(prepared, what="the bad mission's next event to fold")
+        assert mission["repository"] == "/repos/a\ufffdb"
+        assert mission["requirement"] == "Add\ufffd a greeting"
+        [error] = mission["projection_errors"]
+        assert error["seq"] == bad_seq
+        assert error["stream"] == "missions"
+        assert error["type"] == tag_of(MissionRequested)
+        assert error["outcome"] == "sanitised"
+        assert "\\u0000" in error["error"]  # what PostgreSQL refused
+
+        assert await position(gateway.settings.database_url) == last
+        assert await failures_counted(http) == before + 1
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["read_model"]["projection_failures"] == 1
+        assert "1 projection failure" in ready.json()["detail"]
+
+
+async def test_a_payload_that_does_not_decode_is_salvaged_whether_or_not_events_follow(
+    make_gateway, nc
+):
+    """A lone surrogate escape makes the runtime refuse the payload as poison: the
+    position then jumps over it (a gap, when an event follows) or stays short of the
+    stream (when none does); either way the watch finds it and stores what it can."""
+    gateway = await make_gateway(read_model_check_seconds=0.5)
+    async with gateway.client() as http:
+        followed, good, last = (Script(new_mission_id()) for _ in range(3))
+        first = followed.requested(repository="/repos/SURROGATE")
+        surrogate = encode(first).replace(b"SURROGATE", b"x\\ud800y")
+        seq = await publish_raw(nc, first, surrogate)
+        await EventPublisher(nc.jetstream()).publish(good.requested())
+        found = await listed(http, followed.mission_id, good.mission_id)
+        mission = (await http.get(f"/missions/{followed.mission_id}")).json()
+        assert mission["repository"] == "/repos/x\ufffdy"
+        assert mission["projection_failures"] == 1
+        [error] = mission["projection_errors"]
+        assert (error["seq"], error["outcome"]) == (seq, "sanitised")
+        assert "does not decode" in error["error"]
+        assert found[good.mission_id]["projection_failures"] == 0
+
+        # Nothing after it: the read model is short of the stream's end until the watch
+        # folds the rest from the stream itself.
+        alone = last.requested(repository="/repos/SURROGATE")
+        await publish_raw(nc, alone, encode(alone).replace(b"SURROGATE", b"\\udfff"))
+        await listed(http, last.mission_id)
+        assert (await http.get(f"/missions/{last.mission_id}")).json()["repository"] == (
+            "/repos/\ufffd"
+        )
+
+        async def caught_up():
+            body = (await http.get("/readyz")).json()
+            return body if body["read_model"].get("caught_up") else None
+
+        body = await eventually(caught_up, what="readiness to say the read model caught up")
+        assert body["read_model"]["projection_failures"] == 2
+        assert body["read_model"]["lag_events"] == 0
+        assert "read model caught up; 2 projection failures" in body["detail"]
+
+
+async def test_an_unreadable_request_lists_a_placeholder_that_later_events_fold_into(
+    make_gateway, nc
+):
+    gateway = await make_gateway(read_model_check_seconds=0.5)
+    async with gateway.client() as http:
+        script = Script(new_mission_id())
+        request = script.requested()
+        garbled = encode(request).replace(b'"requirement":', b'"requirement":{"not":"text"},"x":')
+        seq = await publish_raw(nc, request, garbled)
+        await EventPublisher(nc.jetstream()).publish(script.prepared())
+
+        async def preparing():
+            response = await http.get(f"/missions/{script.mission_id}")
+            if response.status_code == 200 and response.json()["status"] == "preparing":
+                return response.json()
+            return None
+
+        mission = await eventually(preparing, what="the placeholder to take later events")
+        assert mission["projection_failures"] == 1
+        assert mission["repository"] == ""
+        assert mission["integration_branch"] == f"aether/{script.mission_id}"
+        [error] = mission["projection_errors"]
+        assert (error["seq"], error["outcome"]) == (seq, "placeholder")
+
+
+async def test_an_error_about_the_database_is_retried_not_recorded(gateway_db, script):
+    """A lost connection says nothing about the event: the fold raises (the runtime
+    then redelivers), and the next attempt stores it with no failure recorded."""
+    db = Database(gateway_db, max_size=1)
+    await db.open()
+    try:
+        await db.migrate()
+        read_model = ReadModel(db)
+        assert await read_model.apply(script.requested(), 1)
+        async with await psycopg.AsyncConnection.connect(gateway_db, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        prepared = script.prepared()
+        with pytest.raises(psycopg.OperationalError):
+            await read_model.apply(prepared, 2)
+        assert await read_model.position() == 1
+        assert await read_model.apply(prepared, 2)
+        assert await read_model.position() == 2
+        assert await read_model.failure_count() == 0
+    finally:
+        await db.close()
