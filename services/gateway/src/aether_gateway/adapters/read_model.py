@@ -266,11 +266,13 @@ class ReadModel:
             position = await self._lock_position(conn, self.consumer)
             if item.seq <= position:
                 return False
-            if item.seq > position + 1:
+            jumped = item.seq > position + 1
+            if jumped:
                 await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
-                self.gap_found.set()
             fresh = await self._fold_item(conn, item, "missions")
             await self._set_position(conn, self.consumer, item.seq)
+        if jumped:
+            self.gap_found.set()  # committed: the watch will find the gap
         return fresh
 
     async def apply_telemetry(self, event: Event, sequence: int) -> bool:
