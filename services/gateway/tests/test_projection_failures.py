@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 from aether_events import (
+    AgentProgress,
+    AgentStarted,
     EventPublisher,
     MissionRequested,
     encode,
@@ -195,3 +197,42 @@ async def test_an_error_about_the_database_is_retried_not_recorded(gateway_db, s
         assert await read_model.failure_count() == 0
     finally:
         await db.close()
+
+
+async def test_a_telemetry_event_postgres_refuses_is_recorded_on_its_mission(make_gateway, nc):
+    """An agent's progress report quotes its last action, which may hold a NUL: stored
+    sanitised, recorded, and the reports after it still arrive."""
+    gateway = await make_gateway(read_model_check_seconds=0.5)
+    script = Script(new_mission_id())
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.plan(task_ids=("t1",)),
+            script.task_ready("t1"),
+            AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r1", model="m"),
+        ]
+    )
+    progress = AgentProgress(
+        **script.meta(), task_id="t1", attempt=1, runner_id="r1", turns=1, last_action="ran\x00"
+    )
+    seq = (await publisher.publish(progress)).seq
+    later = AgentProgress(
+        **script.meta(), task_id="t1", attempt=1, runner_id="r1", turns=2, last_action="wrote"
+    )
+    await publisher.publish(later)
+    async with gateway.client() as http:
+
+        async def turns(wanted: int):
+            task = (await http.get(f"/missions/{script.mission_id}/tasks/t1")).json()
+            agent = task.get("agent") or {}
+            return agent if agent.get("turns") == wanted else None
+
+        assert (await eventually(lambda: turns(2), what="the later report"))["last_action"] == (
+            "wrote"
+        )
+        mission = (await http.get(f"/missions/{script.mission_id}")).json()
+        assert mission["projection_failures"] == 1
+        [error] = mission["projection_errors"]
+        assert (error["stream"], error["seq"]) == ("telemetry", seq)
+        assert (error["type"], error["outcome"]) == ("agent_progress", "sanitised")

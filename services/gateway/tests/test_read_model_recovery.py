@@ -17,7 +17,14 @@ import psycopg
 import pytest
 
 from aether.infra import EmbeddedNats
-from aether_events import MISSIONS_STREAM, Event, EventPublisher, mission_subject, new_mission_id
+from aether_events import (
+    MISSIONS_STREAM,
+    Event,
+    EventPublisher,
+    ensure_streams,
+    mission_subject,
+    new_mission_id,
+)
 from aether_gateway.adapters.stream import read_stored
 
 from .conftest import GatewayServer, Script, eventually, gateway_settings, stored_events
@@ -198,3 +205,33 @@ async def test_events_the_consumer_skipped_are_refolded_from_the_stream(make_gat
     history = await stored_events(nc, script.mission_id)
     seqs = await read_model_seqs(gateway.settings.database_url, script.mission_id)
     assert len(seqs) == len(history) == 8
+
+
+async def test_a_stream_recreated_under_the_gateway_is_folded_afresh(make_gateway, nc):
+    """The stream's sequences now name other events than the ones folded: the read
+    model is rebuilt from the stream as it is, and follows it from there."""
+    gateway = await make_gateway(read_model_check_seconds=0.5)
+    js = nc.jetstream()
+    gone, kept = Script(new_mission_id()), Script(new_mission_id())
+    await EventPublisher(js).publish_all([gone.requested(), gone.prepared(), gone.plan()])
+    async with gateway.client() as http:
+        before = await repairs(http)
+
+        async def status_of(script: Script, status: str):
+            response = await http.get(f"/missions/{script.mission_id}")
+            return response.status_code == 200 and response.json()["status"] == status
+
+        await eventually(lambda: status_of(gone, "awaiting_approval"), what="the first stream")
+        await js.delete_stream(MISSIONS_STREAM)
+        await ensure_streams(js)
+        await EventPublisher(js).publish_all([kept.requested(), kept.prepared()])
+
+        async def rebuilt():
+            listed = (await http.get("/missions")).json()["missions"]
+            return [m["id"] for m in listed] == [kept.mission_id] or None
+
+        await eventually(rebuilt, what="the read model to hold only the new stream's missions")
+        await eventually(lambda: status_of(kept, "preparing"), what="the new stream's events")
+        assert (await repairs(http))["diverged"] >= before["diverged"] + 1
+    assert await read_model_seqs(gateway.settings.database_url, kept.mission_id) == [1, 2]
+    assert await read_model_seqs(gateway.settings.database_url, gone.mission_id) == []
