@@ -36,7 +36,7 @@ from aether_events import (
     encode,
     tag_of,
 )
-from aether_gateway.adapters.read_model import task_of
+from aether_gateway.adapters.rows import task_of
 
 log = logging.getLogger("aether.gateway.hub")
 

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from aether_gateway.adapters.db import Database
-from aether_gateway.adapters.read_model import convert
+from aether_gateway.adapters.rows import convert
 from aether_gateway.domain import (
     AgentSession,
     BudgetAlert,

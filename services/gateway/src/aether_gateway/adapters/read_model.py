@@ -21,29 +21,33 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
 
 import msgspec
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from aether_events import Event, MissionRequested, encode, tag_of
 from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
+from aether_gateway.adapters.rows import (
+    INSERTS,
+    MERGE_SESSION_SQL,
+    UPSERT_MISSION,
+    UPSERT_PLAN,
+    UPSERT_TASK,
+    convert,
+    row_values,
+    task_of,
+)
 from aether_gateway.adapters.stream import Incoming, StoredMessage
 from aether_gateway.domain import (
-    BudgetAlert,
     Changes,
     Mission,
-    MissionMessage,
     MissionView,
-    Plan,
     ProjectionFailure,
     SessionUpdate,
     Task,
-    UsageEntry,
     fold,
     placeholder_mission,
     salvage,
@@ -53,10 +57,6 @@ from aether_gateway.domain import (
 from aether_gateway.metrics import PROJECTION_FAILURES
 
 log = logging.getLogger("aether.gateway.read_model")
-
-T = TypeVar("T", bound=msgspec.Struct)
-
-_JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
 
 # Everything derived from the streams (never tokens, idempotency keys or rate windows).
 DERIVED_TABLES = (
@@ -81,81 +81,6 @@ _MISSION_TABLES = (
 )
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
-    updates = [c for c in columns if c not in key]
-    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in updates
-        ),
-    )
-
-
-def _insert(table: str, columns: tuple[str, ...]) -> sql.Composed:
-    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-    )
-
-
-def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
-    return cls.__struct_fields__
-
-
-_UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",))
-_UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
-_UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
-_INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
-    UsageEntry: _insert("usage_records", _columns(UsageEntry)),
-    MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
-    BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
-}
-
-# Merging what one event says about an agent session into its row; see SessionUpdate
-# for why each column merges the way it does.
-_MERGE_SESSION = """
-INSERT INTO agent_sessions AS s (
-    mission_id, task_id, attempt, runner_id, model, status, started_at, finished_at,
-    last_seen_at, error, progress_at, turns, tool_calls, files_changed, last_action,
-    tokens_in, tokens_out, cost_usd, cost_complete)
-VALUES (
-    %(mission_id)s, %(task_id)s, %(attempt)s, %(runner_id)s, %(model)s,
-    coalesce(%(status)s, 'running'), %(started_at)s, %(finished_at)s, %(seen_at)s,
-    %(error)s, %(progress_at)s, %(turns)s, %(tool_calls)s, %(files_changed)s,
-    %(last_action)s, %(tokens_in)s, %(tokens_out)s, %(cost_usd)s, NOT %(unknown_cost)s)
-ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
-    runner_id = coalesce(s.runner_id, EXCLUDED.runner_id),
-    model = coalesce(EXCLUDED.model, s.model),
-    status = coalesce(%(status)s, s.status),
-    started_at = coalesce(EXCLUDED.started_at, s.started_at),
-    finished_at = coalesce(EXCLUDED.finished_at, s.finished_at),
-    last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
-    error = coalesce(EXCLUDED.error, s.error),
-    progress_at = greatest(s.progress_at, EXCLUDED.progress_at),
-    turns = CASE WHEN %(newer)s THEN EXCLUDED.turns ELSE s.turns END,
-    tool_calls = CASE WHEN %(newer)s THEN EXCLUDED.tool_calls ELSE s.tool_calls END,
-    files_changed = CASE WHEN %(newer)s THEN EXCLUDED.files_changed ELSE s.files_changed END,
-    last_action = CASE WHEN %(newer)s THEN EXCLUDED.last_action ELSE s.last_action END,
-    tokens_in = s.tokens_in + EXCLUDED.tokens_in,
-    tokens_out = s.tokens_out + EXCLUDED.tokens_out,
-    cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN s.cost_usd
-                    ELSE coalesce(s.cost_usd, 0) + EXCLUDED.cost_usd END,
-    cost_complete = s.cost_complete AND EXCLUDED.cost_complete
-"""
-# ``newer``: this update carries progress at least as recent as the stored one.
-_NEWER = (
-    "(%(progress_at)s::timestamptz IS NOT NULL"
-    " AND (s.progress_at IS NULL OR %(progress_at)s::timestamptz >= s.progress_at))"
-)
-# bytes: psycopg takes a query built at import time as bytes (it is not a literal string).
-_MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
-
-
 class Rebuild:
     """Folding inside a rebuild's transaction."""
 
@@ -175,30 +100,6 @@ class Rebuild:
         await self._read_model._fold_item(self._conn, item, "telemetry")
         self.folded += 1
         self.telemetry_last = max(self.telemetry_last, sequence)
-
-
-def _row(struct: msgspec.Struct) -> list[Any]:
-    values: list[Any] = []
-    for column in struct.__struct_fields__:
-        value = getattr(struct, column)
-        if column in _JSON_COLUMNS:
-            value = Jsonb(msgspec.to_builtins(value))
-        values.append(value)
-    return values
-
-
-def convert(row: dict[str, Any], cls: type[T]) -> T:
-    """A row as read by psycopg, as the struct it stores."""
-    return msgspec.convert(row, cls)
-
-
-def task_of(event: Event) -> str | None:
-    """The task an event is about, if any (for the ``events`` table's filter)."""
-    value = getattr(event, "task_id", None)
-    if value is None:
-        task = getattr(event, "task", None)
-        value = getattr(task, "id", None)
-    return value if isinstance(value, str) else None
 
 
 class ReadModel:
@@ -533,9 +434,9 @@ class ReadModel:
 
     async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
         if changes.mission is not None:
-            await conn.execute(_UPSERT_MISSION, _row(changes.mission))
+            await conn.execute(UPSERT_MISSION, row_values(changes.mission))
         if changes.plan is not None:
-            await conn.execute(_UPSERT_PLAN, _row(changes.plan))
+            await conn.execute(UPSERT_PLAN, row_values(changes.plan))
         if changes.removed_tasks:
             assert changes.mission is not None
             await conn.execute(
@@ -543,12 +444,12 @@ class ReadModel:
                 (changes.mission.id, changes.removed_tasks),
             )
         for task in changes.tasks:
-            await conn.execute(_UPSERT_TASK, _row(task))
+            await conn.execute(UPSERT_TASK, row_values(task))
         for row in (changes.usage, changes.message, changes.alert):
             if row is not None:
-                await conn.execute(_INSERTS[type(row)], _row(row))
+                await conn.execute(INSERTS[type(row)], row_values(row))
         if changes.session is not None:
             await self._merge_session(conn, changes.session)
 
     async def _merge_session(self, conn: AsyncConnection, update: SessionUpdate) -> None:
-        await conn.execute(_MERGE_SESSION_SQL, msgspec.structs.asdict(update))
+        await conn.execute(MERGE_SESSION_SQL, msgspec.structs.asdict(update))

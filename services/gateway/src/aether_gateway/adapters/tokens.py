@@ -13,7 +13,7 @@ import msgspec
 from psycopg.rows import dict_row
 
 from aether_gateway.adapters.db import Database
-from aether_gateway.adapters.read_model import convert
+from aether_gateway.adapters.rows import convert
 from aether_gateway.domain.auth import TOKEN_PREFIX, Principal, token_hash
 
 

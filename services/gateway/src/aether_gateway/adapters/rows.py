@@ -1,0 +1,117 @@
+"""Rows of the read model as SQL: the upserts and inserts a fold writes, and the
+conversion between a row as psycopg reads it and the struct it stores."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from aether_events import Event
+from aether_gateway.domain import BudgetAlert, Mission, MissionMessage, Plan, Task, UsageEntry
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
+
+
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
+    updates = [c for c in columns if c not in key]
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        sql.SQL(", ").join(map(sql.Identifier, key)),
+        sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in updates
+        ),
+    )
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
+
+
+def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    return cls.__struct_fields__
+
+
+UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",))
+UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
+UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
+INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
+    UsageEntry: _insert("usage_records", _columns(UsageEntry)),
+    MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
+    BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
+}
+
+# Merging what one event says about an agent session into its row; see SessionUpdate
+# for why each column merges the way it does.
+_MERGE_SESSION = """
+INSERT INTO agent_sessions AS s (
+    mission_id, task_id, attempt, runner_id, model, status, started_at, finished_at,
+    last_seen_at, error, progress_at, turns, tool_calls, files_changed, last_action,
+    tokens_in, tokens_out, cost_usd, cost_complete)
+VALUES (
+    %(mission_id)s, %(task_id)s, %(attempt)s, %(runner_id)s, %(model)s,
+    coalesce(%(status)s, 'running'), %(started_at)s, %(finished_at)s, %(seen_at)s,
+    %(error)s, %(progress_at)s, %(turns)s, %(tool_calls)s, %(files_changed)s,
+    %(last_action)s, %(tokens_in)s, %(tokens_out)s, %(cost_usd)s, NOT %(unknown_cost)s)
+ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
+    runner_id = coalesce(s.runner_id, EXCLUDED.runner_id),
+    model = coalesce(EXCLUDED.model, s.model),
+    status = coalesce(%(status)s, s.status),
+    started_at = coalesce(EXCLUDED.started_at, s.started_at),
+    finished_at = coalesce(EXCLUDED.finished_at, s.finished_at),
+    last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
+    error = coalesce(EXCLUDED.error, s.error),
+    progress_at = greatest(s.progress_at, EXCLUDED.progress_at),
+    turns = CASE WHEN %(newer)s THEN EXCLUDED.turns ELSE s.turns END,
+    tool_calls = CASE WHEN %(newer)s THEN EXCLUDED.tool_calls ELSE s.tool_calls END,
+    files_changed = CASE WHEN %(newer)s THEN EXCLUDED.files_changed ELSE s.files_changed END,
+    last_action = CASE WHEN %(newer)s THEN EXCLUDED.last_action ELSE s.last_action END,
+    tokens_in = s.tokens_in + EXCLUDED.tokens_in,
+    tokens_out = s.tokens_out + EXCLUDED.tokens_out,
+    cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN s.cost_usd
+                    ELSE coalesce(s.cost_usd, 0) + EXCLUDED.cost_usd END,
+    cost_complete = s.cost_complete AND EXCLUDED.cost_complete
+"""
+# ``newer``: this update carries progress at least as recent as the stored one.
+_NEWER = (
+    "(%(progress_at)s::timestamptz IS NOT NULL"
+    " AND (s.progress_at IS NULL OR %(progress_at)s::timestamptz >= s.progress_at))"
+)
+# bytes: psycopg takes a query built at import time as bytes (it is not a literal string).
+MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
+
+
+def row_values(struct: msgspec.Struct) -> list[Any]:
+    """A struct's values in column order, JSON columns wrapped for psycopg."""
+    values: list[Any] = []
+    for column in struct.__struct_fields__:
+        value = getattr(struct, column)
+        if column in _JSON_COLUMNS:
+            value = Jsonb(msgspec.to_builtins(value))
+        values.append(value)
+    return values
+
+
+def convert(row: dict[str, Any], cls: type[T]) -> T:
+    """A row as read by psycopg, as the struct it stores."""
+    return msgspec.convert(row, cls)
+
+
+def task_of(event: Event) -> str | None:
+    """The task an event is about, if any (for the ``events`` table's filter)."""
+    value = getattr(event, "task_id", None)
+    if value is None:
+        task = getattr(event, "task", None)
+        value = getattr(task, "id", None)
+    return value if isinstance(value, str) else None
