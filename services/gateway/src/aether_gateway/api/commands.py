@@ -96,7 +96,10 @@ async def _mission(
             check(mission)
         except Refusal:
             stale = True
-    if stale and await ctx.caught_up():
+    if stale:
+        # Look again even if the read model was not behind when asked: it may have folded
+        # the awaited event between the first look and the question.
+        await ctx.caught_up()
         mission = await look()
     if mission is None:
         raise mission_not_found(mission_id)

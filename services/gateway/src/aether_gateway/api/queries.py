@@ -162,7 +162,10 @@ async def _mission_or_wait(ctx: GatewayContext, mission_id: str) -> Mission:
     _valid_mission_id(mission_id)
     await ctx.settled()
     mission = await ctx.queries.mission(mission_id)
-    if mission is None and await ctx.caught_up():
+    if mission is None:
+        # Look again even if the read model was not behind when asked (see _mission in
+        # commands: the request may have been folded in between).
+        await ctx.caught_up()
         mission = await ctx.queries.mission(mission_id)
     if mission is None:
         raise mission_not_found(mission_id)
