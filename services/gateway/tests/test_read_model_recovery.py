@@ -146,7 +146,17 @@ async def test_a_nats_server_crash_mid_mission_leaves_no_gap_in_the_read_model(
             assert {t["status"] for t in mission["tasks"]} == {"merged"}
             assert len(mission["tasks"]) == 40
             assert mission["cost_usd"] == pytest.approx(0.40)
-            ready = (await http.get("/readyz")).json()
+
+            async def reported_caught_up():
+                body = (await http.get("/readyz")).json()
+                return body if body["read_model"].get("caught_up") else None
+
+            ready = await eventually(reported_caught_up, what="readiness to report it")
+            assert ready["read_model"]["position"] == last
+            lag = re.search(
+                r"^aether_read_model_lag_events (\S+)$", (await http.get("/metrics")).text, re.M
+            )
+            assert lag is not None and float(lag.group(1)) == 0
         assert ready["read_model"]["projection_failures"] == 0
         print(
             f"read model caught up {recovered - restarted:.1f}s after the restart,"
