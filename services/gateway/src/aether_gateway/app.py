@@ -218,10 +218,11 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[api.router(gateway.context), healthz, readyz, metrics],
         lifespan=[gateway.lifespan],
-        # Outermost first: metrics see every answer, auth runs before idempotency (the
-        # keys are per caller).
+        # Outermost first: metrics see every answer, input no route can take is refused
+        # before anything looks at it, auth runs before idempotency (keys are per caller).
         middleware=[
             HttpMetrics(),
+            api.InputGuard(),
             AuthMiddleware(gateway.authenticator),
             IdempotencyMiddleware(gateway.context.idempotency),
         ],

@@ -10,11 +10,13 @@ from aether_gateway.api.admin import ADMIN_ROUTES
 from aether_gateway.api.commands import COMMAND_ROUTES
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import on_http_error, on_unexpected_error, on_validation_error
+from aether_gateway.api.inputs import InputGuard, strict_body
 from aether_gateway.api.live import LIVE_ROUTES
 from aether_gateway.api.queries import QUERY_ROUTES
 
 __all__ = [
     "GatewayContext",
+    "InputGuard",
     "on_http_error",
     "on_unexpected_error",
     "on_validation_error",
@@ -23,9 +25,11 @@ __all__ = [
 
 
 def router(ctx: GatewayContext) -> Router:
-    """Every API route, with ``ctx`` injected into each handler."""
+    """Every API route, with ``ctx`` injected into each handler and its JSON body (if it
+    takes one) checked strictly before it runs."""
     return Router(
         path="/",
         route_handlers=[*COMMAND_ROUTES, *QUERY_ROUTES, *LIVE_ROUTES, *ADMIN_ROUTES],
         dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
+        before_request=strict_body,
     )

@@ -1,0 +1,156 @@
+"""Input the API refuses before any route acts on it, for every route at once.
+
+- Query parameters and path segments: text that is not UTF-8, or that holds a control
+  character or a surrogate. None of them is free text, and PostgreSQL cannot store NUL.
+- JSON bodies: decoded strictly against the route's body type (a number given as a
+  string is refused, as an unknown field is), and refused when a string holds NUL or an
+  unpaired surrogate, which PostgreSQL cannot store, so nothing it could not fold is
+  ever published. Deep nesting and bytes that are not UTF-8 are refused too.
+
+Each refusal is a 400 in the API's error format, naming the field.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+from litestar import Request
+from litestar.enums import ScopeType
+from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+# C0 controls, DEL and C1 controls; and UTF-16 surrogates (unpaired, in a Python str).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _refusal(source: str, key: str, message: str) -> ValidationException:
+    return ValidationException(
+        detail=f"{key}: {message}", extra=[{"key": key, "message": message, "source": source}]
+    )
+
+
+def _decoded(raw: bytes, source: str, key: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refusal(source, key, "is not valid UTF-8") from None
+
+
+def _check_text(text: str, source: str, key: str) -> None:
+    found = _CONTROL.search(text)
+    if found is not None:
+        raise _refusal(
+            source, key, f"must not contain control characters (found U+{ord(found[0]):04X})"
+        )
+
+
+def check_query_string(query: bytes) -> None:
+    """Refuse a query string whose names or values are not UTF-8 or hold control
+    characters (whether percent-encoded or not)."""
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        name = _decoded(unquote_to_bytes(raw_name.replace(b"+", b" ")), "query", "query")
+        _check_text(name, "query", "query")
+        value = _decoded(unquote_to_bytes(raw_value.replace(b"+", b" ")), "query", name)
+        _check_text(value, "query", name)
+
+
+def check_path(raw_path: bytes) -> None:
+    """Refuse a path that, percent-decoded, is not UTF-8 or holds control characters."""
+    path = _decoded(unquote_to_bytes(raw_path), "path", "path")
+    _check_text(path, "path", "path")
+
+
+class InputGuard(ASGIMiddleware):
+    """Refuses query strings and paths that no route can take (see the module)."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        check_query_string(scope.get("query_string", b""))
+        raw_path = scope.get("raw_path")
+        if raw_path:
+            check_path(raw_path)
+        else:
+            _check_text(str(scope.get("path", "")), "path", "path")
+        await next_app(scope, receive, send)
+
+
+# --- bodies ----------------------------------------------------------------------------
+
+
+@functools.cache
+def _strict_decoder(body_type: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(body_type, strict=True)
+
+
+def _decoder(handler: HTTPRouteHandler) -> msgspec.json.Decoder[Any] | None:
+    """The strict decoder of the route's body type, or None when it takes no body."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    return _strict_decoder(data.annotation) if data is not None else None
+
+
+def unstorable(value: Any, path: str = "") -> str | None:
+    """The path of the first string in ``value`` (keys included) holding NUL or an
+    unpaired surrogate, or None."""
+    if isinstance(value, str):
+        return path or "body" if _UNSTORABLE.search(value) else None
+    if isinstance(value, msgspec.Struct):
+        fields = value.__struct_fields__
+        items: Any = ((name, getattr(value, name)) for name in fields)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _UNSTORABLE.search(key):
+            return f"{path or 'body'} (a key)"
+        where = f"{path}.{key}" if path else str(key)
+        found = unstorable(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+async def strict_body(request: Request[Any, Any, Any]) -> None:
+    """A before-request hook: check the JSON body of routes that take one, strictly."""
+    handler = request.route_handler
+    if not isinstance(handler, HTTPRouteHandler):
+        return
+    decoder = _decoder(handler)
+    if decoder is None:
+        return
+    body = await request.body()
+    if not body:
+        data = handler.parsed_fn_signature.parameters["data"]
+        if not (data.has_default or data.is_optional):
+            raise _refusal("body", "body", "a JSON body is required")
+        return
+    try:
+        value = decoder.decode(body)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        at = _AT.search(message)
+        key = (at["path"] or "body") if at else "body"
+        raise _refusal("body", key, _AT.sub("", message)) from None
+    except msgspec.DecodeError as error:
+        raise _refusal("body", "body", f"is not valid JSON ({error})") from None
+    except UnicodeDecodeError:
+        raise _refusal("body", "body", "is not valid UTF-8") from None
+    except RecursionError:
+        raise _refusal("body", "body", "is nested too deeply") from None
+    where = unstorable(value)
+    if where is not None:
+        raise _refusal("body", where, "must not contain NUL characters or unpaired surrogates")

@@ -1,0 +1,150 @@
+"""Bad input answers 400 in the API's error format, and nothing is published for it."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from litestar.exceptions import ValidationException
+
+from aether_events import MISSIONS_STREAM, MissionPaused
+from aether_gateway.api.bodies import CreateMission
+from aether_gateway.api.inputs import check_path, check_query_string, unstorable
+
+from .test_commands import MISSION, events_of, publish
+
+QUERY_ROUTES = ["/missions", "/tasks", "/events", "/agents", "/usage", "/admin/tokens"]
+
+
+def assert_refused(response, mentions: str) -> None:
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "detail"}
+    assert mentions in answer["error"], answer
+
+
+async def stream_messages(nc) -> int:
+    return (await nc.jetstream().stream_info(MISSIONS_STREAM)).state.messages
+
+
+# --- query parameters and paths --------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", QUERY_ROUTES)
+@pytest.mark.parametrize("value", ["%00", "a%00b", "%1B[31m", "%7F", "%C2%85", "%FF", "%ED%A0%80"])
+async def test_a_control_character_or_bad_utf8_in_any_query_parameter_is_refused(
+    http, route, value
+):
+    name = "repository" if route == "/missions" else "mission_id"
+    response = await http.get(f"{route}?{name}={value}")
+    assert_refused(response, name)
+
+
+async def test_a_control_character_in_a_parameter_name_or_the_path_is_refused(http):
+    assert_refused(await http.get("/missions?repo%00=1"), "query")
+    assert_refused(await http.get("/missions/m-%00"), "path")
+    assert_refused(await http.delete("/admin/tokens/t%0A1"), "path")
+
+
+async def test_ordinary_query_values_still_work(http):
+    response = await http.get("/missions?repository=/repos/caf%C3%A9%20x&limit=5")
+    assert response.status_code == 200, response.text
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
+def test_query_values_are_refused_exactly_when_they_hold_control_characters(text):
+    query = b"q=" + quote(text, safe="").encode()
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
+        with pytest.raises(ValidationException):
+            check_query_string(query)
+        with pytest.raises(ValidationException):
+            check_path(b"/missions/" + quote(text).encode())
+    else:
+        check_query_string(query)
+        check_path(b"/missions/" + quote(text).encode())
+
+
+# --- bodies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        (b'{"repository": "/r\\u0000", "requirement": "x"}', "repository"),
+        (b'{"repository": "/r", "requirement": "x\\u0000y"}', "requirement"),
+        (b'{"repository": "/r", "requirement": "x", "base_branch": "\\u0000"}', "base_branch"),
+        (b'{"repository": "/r", "requirement": "x", "verify_command": "a\\u0000"}', "verify"),
+        (
+            b'{"repository": "/r", "requirement": "x", "model_overrides": {"k": "\\u0000"}}',
+            "model_overrides.k",
+        ),
+        (
+            b'{"repository": "/r", "requirement": "x", "model_overrides": {"\\u0000": "v"}}',
+            "model_overrides (a key)",
+        ),
+        (b'{"repository": "/r", "requirement": "\\ud800"}', "not valid JSON"),
+        (b'{"repository": "/r", "requirement": "\\udc00 x"}', "surrogate"),
+        (b'{"repository": "\xff\xfe", "requirement": "x"}', "UTF-8"),
+        (b'{"repository": "\xed\xa0\x80", "requirement": "x"}', "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "body"),
+        (
+            b'{"repository": "/r", "requirement": "x", "model_overrides": {"k": '
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}}",
+            "model_overrides",
+        ),
+        (b'{"repository": "/r", "requirement": "x", "budget_usd": "3"}', "budget_usd"),
+        (b'{"repository": "/r", "requirement": "x", "max_tasks": 3.0}', "max_tasks"),
+        (b'{"repository": "/r", "requirement": "x", "auto_approve": "true"}', "auto_approve"),
+        (b'{"repository": "/r", "requirement": "x", "max_concurrency": "2"}', "max_concurrency"),
+        (b"", "a JSON body is required"),
+        (b"{", "not valid JSON"),
+    ],
+)
+async def test_a_mission_request_that_cannot_be_stored_is_refused_before_publishing(
+    http, nc, body, mentions
+):
+    response = await http.post(
+        "/missions", content=body, headers={"content-type": "application/json"}
+    )
+    assert_refused(response, mentions)
+    assert await stream_messages(nc) == 0
+
+
+async def test_a_valid_body_is_still_accepted_with_integers_for_amounts(http, nc):
+    response = await http.post("/missions", json={**MISSION, "budget_usd": 3})
+    assert response.status_code == 202, response.text
+    assert await stream_messages(nc) == 1
+
+
+async def test_every_command_body_refuses_nul(http, nc, script):
+    await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
+    base = f"/missions/{script.mission_id}"
+    before = await stream_messages(nc)
+    for path, body in [
+        (f"{base}/messages", {"text": "hi\x00"}),
+        (f"{base}/pause", {"reason": "\x00"}),
+        (f"{base}/cancel", {"reason": "x\x00"}),
+        (f"{base}/tasks/t1/skip", {"reason": "\x00"}),
+        ("/admin/tokens", {"name": "n\x00", "scopes": ["read"]}),
+    ]:
+        assert_refused(await http.post(path, json=body), "NUL")
+    assert_refused(await http.post(f"{base}/budget", json={"budget_usd": "9"}), "budget_usd")
+    assert_refused(await http.post(f"{base}/plan/approve", json={"version": 1.0}), "version")
+    assert await stream_messages(nc) == before
+    assert (await http.get("/admin/tokens")).json()["tokens"] == []
+    # A body may still be left out where the route allows it.
+    assert (await http.post(f"{base}/pause")).status_code == 202
+    assert len(await events_of(nc, script.mission_id, MissionPaused)) == 1
+
+
+def test_unstorable_names_the_first_string_postgresql_cannot_hold():
+    fine = CreateMission(repository="/r", requirement="tab\tnew\nline é 🚀")
+    assert unstorable(fine) is None
+    bad = CreateMission(repository="/r", requirement="x", model_overrides={"a": "b", "c": "\x00"})
+    assert unstorable(bad) == "model_overrides.c"
+    assert unstorable({"k": ["ok", "\udcff"]}) == "k.1"
+    assert unstorable("\x00") == "body"
