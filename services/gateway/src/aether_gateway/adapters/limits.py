@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from aether_gateway.adapters.db import Database
 
 IDEMPOTENCY_HOURS = 24
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies a request sent with an idempotency key."""
+
+    method: str
+    path: str
+    request_hash: str
 
 
 @dataclass(frozen=True)
@@ -27,29 +38,94 @@ class StoredResponse:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Reserved:
+    """The key is this request's now: run it, then ``complete`` or ``release`` it."""
+
+    owner: str
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """Another request holds the key and has not answered yet."""
+
+    request: Fingerprint
+
+
+KeyState = Reserved | InProgress | StoredResponse
+
+
 class IdempotencyStore:
-    """Answers kept for a day under (caller, key)."""
+    """Keys reserved by their first request, then answers kept for a day, under
+    (caller, key). PostgreSQL makes the reservation atomic across replicas."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, lease_seconds: float = 60.0) -> None:
         self._db = db
+        self.lease_seconds = lease_seconds
 
-    async def get(self, principal: str, key: str) -> StoredResponse | None:
-        async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    async def reserve(self, principal: str, key: str, request: Fingerprint) -> KeyState:
+        """Reserve the key for ``request``, or tell who has it: the kept answer, or the
+        request still running. A reservation whose lease ran out, or an answer older
+        than a day, is taken over."""
+        owner = uuid.uuid4().hex
+        while True:
+            async with self._db.pool.connection() as conn:
+                cur = await conn.execute(
+                    """
+                    INSERT INTO idempotency_keys AS k
+                        (principal, key, method, path, request_hash, owner, lease_until)
+                    VALUES (%(principal)s, %(key)s, %(method)s, %(path)s, %(hash)s, %(owner)s,
+                            now() + make_interval(secs => %(lease)s))
+                    ON CONFLICT (principal, key) DO UPDATE
+                    SET method = excluded.method, path = excluded.path,
+                        request_hash = excluded.request_hash, owner = excluded.owner,
+                        lease_until = excluded.lease_until, created_at = now(),
+                        completed_at = NULL, status_code = NULL, headers = NULL, body = NULL
+                    WHERE (k.completed_at IS NULL AND k.lease_until < now())
+                       OR k.created_at < now() - make_interval(hours => %(hours)s)
+                    RETURNING k.owner
+                    """,
+                    {
+                        "principal": principal,
+                        "key": key,
+                        "method": request.method,
+                        "path": request.path,
+                        "hash": request.request_hash,
+                        "owner": owner,
+                        "lease": self.lease_seconds,
+                        "hours": IDEMPOTENCY_HOURS,
+                    },
+                )
+                if await cur.fetchone() is not None:
+                    return Reserved(owner)
+                found = await self._held(conn, principal, key)
+            if found is not None:
+                return found
+            # Released between the two statements: try again.
+
+    async def _held(
+        self, conn: AsyncConnection, principal: str, key: str
+    ) -> InProgress | StoredResponse | None:
+        async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 """
-                SELECT method, path, request_hash, status_code, headers, body
-                FROM idempotency_keys
-                WHERE principal = %s AND key = %s
-                  AND created_at > now() - make_interval(hours => %s)
+                SELECT method, path, request_hash, status_code, headers, body, completed_at
+                FROM idempotency_keys WHERE principal = %s AND key = %s
                 """,
-                (principal, key, IDEMPOTENCY_HOURS),
+                (principal, key),
             )
             row = await cur.fetchone()
-        return StoredResponse(**row) if row is not None else None
+        if row is None:
+            return None
+        if row.pop("completed_at") is None:
+            return InProgress(Fingerprint(row["method"], row["path"], row["request_hash"]))
+        return StoredResponse(**row)
 
-    async def put(self, principal: str, key: str, response: StoredResponse) -> StoredResponse:
-        """Keep ``response`` unless an answer for the key is kept already; return the one
-        kept (two identical requests racing each other both answer with the first)."""
+    async def complete(
+        self, principal: str, key: str, reserved: Reserved, response: StoredResponse
+    ) -> None:
+        """Keep the answer of the request that reserved the key (and forget answers
+        older than a day)."""
         async with self._db.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM idempotency_keys"
@@ -58,24 +134,29 @@ class IdempotencyStore:
             )
             await conn.execute(
                 """
-                INSERT INTO idempotency_keys (principal, key, method, path, request_hash,
-                                              status_code, headers, body)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (principal, key) DO NOTHING
+                UPDATE idempotency_keys
+                SET status_code = %s, headers = %s, body = %s, completed_at = now(),
+                    owner = NULL, lease_until = NULL
+                WHERE principal = %s AND key = %s AND owner = %s
                 """,
                 (
-                    principal,
-                    key,
-                    response.method,
-                    response.path,
-                    response.request_hash,
                     response.status_code,
                     Jsonb(response.headers),
                     response.body,
+                    principal,
+                    key,
+                    reserved.owner,
                 ),
             )
-        kept = await self.get(principal, key)
-        return kept or response
+
+    async def release(self, principal: str, key: str, reserved: Reserved) -> None:
+        """Give the key up without an answer (the request failed): it may be tried again."""
+        async with self._db.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM idempotency_keys"
+                " WHERE principal = %s AND key = %s AND owner = %s AND completed_at IS NULL",
+                (principal, key, reserved.owner),
+            )
 
 
 class RateLimiter:

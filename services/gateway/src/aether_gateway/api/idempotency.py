@@ -1,38 +1,65 @@
-"""``Idempotency-Key`` on POST: a repeated request gets the first answer back.
+"""``Idempotency-Key`` on POST: copies of a request get the first one's answer.
 
-The first successful (2xx) answer to a caller's key is kept for a day with a hash of the
-request. The same key with the same request is answered from the store (with
-``Idempotent-Replayed: true``) without running the route again; the same key with a
-different request is refused with 422. Answers that are errors are not kept, so a
-request that failed may be retried with its key. Routes whose events are named by their
-step are idempotent anyway; the store makes the *answer* the same too.
+The key is reserved (atomically, in PostgreSQL) when its first request arrives, before
+the route runs, so only that request acts and counts against rate limits. Copies that
+arrive while it runs wait for its answer and give the same status and body (with
+``Idempotent-Replayed: true``): copies on this replica wait on it in memory, copies on
+other replicas poll the reservation. A successful (2xx) answer is kept for a day with a
+hash of the request, and later copies are answered from the store without running the
+route; an error is not kept, so a request that failed may be tried again with its key.
+The same key with a different request is refused with 422; a copy that waited
+``wait_seconds`` without an answer gets 409 and may try again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, HTTPException
 from litestar.middleware import ASGIMiddleware
+from litestar.status_codes import HTTP_409_CONFLICT
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from aether_gateway.adapters.limits import IdempotencyStore, StoredResponse
+from aether_gateway.adapters.limits import (
+    Fingerprint,
+    IdempotencyStore,
+    InProgress,
+    Reserved,
+    StoredResponse,
+)
 from aether_gateway.api.admin import NO_IDEMPOTENCY_OPT
 from aether_gateway.domain.auth import Principal
 
 HEADER = b"idempotency-key"
+WAIT_SECONDS = 30.0
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_KEPT_HEADERS = (b"content-type", b"location")
+_KEPT_HEADERS = (b"content-type", b"location", b"retry-after")
+_POLL_SECONDS = (0.02, 0.5)  # first and longest pause between looks at a reservation
+
+
+@dataclass
+class _Flight:
+    """A request running on this replica under a key; its copies here wait on it."""
+
+    request: Fingerprint
+    # The answer, or None when the request ended without one (its copies then retry).
+    answer: asyncio.Future[StoredResponse | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, store: IdempotencyStore) -> None:
+    def __init__(self, store: IdempotencyStore, *, wait_seconds: float = WAIT_SECONDS) -> None:
         self.store = store
+        self.wait_seconds = wait_seconds
+        self._flights: dict[tuple[str, str], _Flight] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         key = _header(scope, HEADER)
@@ -51,17 +78,84 @@ class IdempotencyMiddleware(ASGIMiddleware):
         body = await _read_body(receive)
         path = str(scope.get("path", ""))
         digest = hashlib.sha256(b"POST\x00" + path.encode() + b"\x00" + body).hexdigest()
-        stored = await self.store.get(principal.id, key)
-        if stored is not None:
-            if stored.request_hash != digest:
-                raise HTTPException(
-                    status_code=422,
-                    detail="this Idempotency-Key was used before with a different request",
-                    extra={"first_path": stored.path},
-                )
-            await _replay(stored, send)
-            return
+        request = Fingerprint(method="POST", path=path, request_hash=digest)
+        slot = (principal.id, key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
 
+        while (flight := self._flights.get(slot)) is not None:
+            _same_request(flight.request, request)
+            try:
+                answer = await asyncio.wait_for(
+                    asyncio.shield(flight.answer), max(0.0, deadline - loop.time())
+                )
+            except TimeoutError:
+                raise _still_running() from None
+            if answer is not None:
+                await _replay(answer, send)
+                return
+            # The request it copied ended without an answer: try in its place.
+
+        flight = _Flight(request)
+        self._flights[slot] = flight
+        answer = None
+        try:
+            answer = await self._answer(
+                scope,
+                principal.id,
+                key,
+                request,
+                deadline,
+                _replaying(body, receive),
+                send,
+                next_app,
+            )
+        finally:
+            del self._flights[slot]
+            flight.answer.set_result(answer)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        principal: str,
+        key: str,
+        request: Fingerprint,
+        deadline: float,
+        receive: Receive,
+        send: Send,
+        next_app: ASGIApp,
+    ) -> StoredResponse:
+        """Reserve the key and run the route, or wait for the request holding it."""
+        loop = asyncio.get_running_loop()
+        pause = _POLL_SECONDS[0]
+        while True:
+            state = await self.store.reserve(principal, key, request)
+            if isinstance(state, StoredResponse):
+                _same_request(state, request)
+                await _replay(state, send)
+                return state
+            if isinstance(state, Reserved):
+                return await self._run(
+                    scope, principal, key, state, request, receive, send, next_app
+                )
+            assert isinstance(state, InProgress)
+            _same_request(state.request, request)
+            if loop.time() + pause > deadline:
+                raise _still_running()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _POLL_SECONDS[1])
+
+    async def _run(
+        self,
+        scope: Scope,
+        principal: str,
+        key: str,
+        reserved: Reserved,
+        request: Fingerprint,
+        receive: Receive,
+        send: Send,
+        next_app: ASGIApp,
+    ) -> StoredResponse:
         captured: dict[str, Any] = {"status": 0, "headers": [], "body": b""}
 
         async def capture(message: Message) -> None:
@@ -76,20 +170,42 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 captured["body"] += message.get("body", b"")
             await send(message)
 
-        await next_app(scope, _replaying(body, receive), capture)
-        if 200 <= captured["status"] < 300:
-            await self.store.put(
-                principal.id,
-                key,
-                StoredResponse(
-                    method="POST",
-                    path=path,
-                    request_hash=digest,
-                    status_code=captured["status"],
-                    headers=captured["headers"],
-                    body=captured["body"],
-                ),
-            )
+        try:
+            await next_app(scope, receive, capture)
+        except BaseException:
+            # Shielded: a cancelled request still gives its key up (else its lease would).
+            await asyncio.shield(self.store.release(principal, key, reserved))
+            raise
+        answer = StoredResponse(
+            method=request.method,
+            path=request.path,
+            request_hash=request.request_hash,
+            status_code=captured["status"],
+            headers=captured["headers"],
+            body=captured["body"],
+        )
+        if 200 <= answer.status_code < 300:
+            await self.store.complete(principal, key, reserved, answer)
+        else:
+            await self.store.release(principal, key, reserved)
+        return answer
+
+
+def _same_request(first: Fingerprint | StoredResponse, request: Fingerprint) -> None:
+    if first.request_hash != request.request_hash:
+        raise HTTPException(
+            status_code=422,
+            detail="this Idempotency-Key was used before with a different request",
+            extra={"first_path": first.path},
+        )
+
+
+def _still_running() -> HTTPException:
+    return HTTPException(
+        status_code=HTTP_409_CONFLICT,
+        detail="the first request with this Idempotency-Key is still running; try again",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
