@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import httpx
 import pytest
 from dulwich.repo import Repo
 from dulwich.server import DictBackend
@@ -316,3 +317,65 @@ async def test_a_mission_on_a_url_is_worked_merged_and_pushed_back_to_it(
     assert git(repo, "rev-parse", prepared.integration_branch) == merged.merge_sha
     assert git(repo, "show", f"{prepared.integration_branch}:from_clone.py") == "X = 1"
     await events.stop()
+
+
+def _pkt(line: bytes) -> bytes:
+    return f"{len(line) + 4:04x}".encode() + line
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        pytest.param("hidden", id="an object the mission does not show"),
+        pytest.param("unknown", id="an object the repository does not hold"),
+        pytest.param(b"0032want " + b"z" * 40 + b"\n00000009done\n", id="not a sha"),
+        pytest.param(b"zzzz", id="not a pkt-line"),
+        pytest.param(b"0032want ", id="cut short"),
+    ],
+)
+async def test_a_want_that_cannot_be_served_is_a_protocol_error_not_a_server_error(
+    served: GitBroker, nc: NatsClient, repo: Path, git: Git, request_body: str | bytes
+) -> None:
+
+    publisher = EventPublisher(nc.jetstream())
+    mission = "m-wants"
+    events = await watch(nc, mission)
+    await publisher.publish(
+        MissionRequested(**meta(mission), repository=str(repo), requirement="x")
+    )
+    prepared = await events.next(RepositoryPrepared)
+    await events.stop()
+    # main moves on after the mission started: its new head is never advertised.
+    (repo / "later.txt").write_text("later\n")
+    git(repo, "add", "later.txt")
+    git(repo, "commit", "-q", "-m", "later")
+    wanted = {"hidden": git(repo, "rev-parse", "main"), "unknown": "1" * 40}
+    if isinstance(request_body, str):
+        sha = wanted[request_body].encode()
+        request_body = (
+            _pkt(b"want " + sha + b" multi_ack_detailed side-band-64k ofs-delta\n")
+            + b"0000"
+            + _pkt(b"done\n")
+        )
+    assert broker_url(served)
+    async with httpx.AsyncClient(auth=("agent", TOKEN), timeout=10) as client:
+        # The advertised refs still show only the mission's branches.
+        refs = await client.get(f"{broker_url(served)}/{mission}/info/refs?service=git-upload-pack")
+        assert refs.status_code == 200
+        assert prepared.base_sha.encode() in refs.content
+        answer = await client.post(
+            f"{broker_url(served)}/{mission}/git-upload-pack",
+            content=request_body,
+            headers={"Content-Type": "application/x-git-upload-pack-request"},
+        )
+    assert answer.status_code < 500, answer.text
+    if answer.status_code == 200:
+        assert b"ERR " in answer.content[:200], answer.content[:200]
+    assert b"PACK" not in answer.content
+    # And the broker goes on serving.
+    assert git_cli(repo.parent, "ls-remote", url(served, mission)).returncode == 0
+
+
+def broker_url(broker: GitBroker) -> str:
+    assert broker.http is not None
+    return f"http://127.0.0.1:{broker.http.port}"

@@ -29,9 +29,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from dulwich.errors import NotGitRepository
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.objects import ObjectID
-from dulwich.protocol import CAPABILITY_DELETE_REFS
+from dulwich.protocol import CAPABILITY_DELETE_REFS, Protocol
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 from dulwich.server import Backend, BackendRepo, ReceivePackHandler, UploadPackHandler
@@ -103,8 +103,31 @@ class MissionBackend(Backend):
         return repos
 
 
+def _answering_protocol_errors(proto: Protocol, handle: Callable[[], None]) -> None:
+    """Run ``handle``; a request it cannot serve (a want of an object that is not
+    advertised, a malformed pkt-line) is answered with git's ``ERR`` line, as
+    ``git http-backend`` does, instead of failing the HTTP request with a 500."""
+    try:
+        handle()
+    except HangupException:
+        log.info("git client hung up")
+    except (GitProtocolError, ValueError) as error:
+        log.info("refused a smart HTTP request", extra={"reason": str(error)})
+        proto.write_pkt_line(b"ERR " + str(error).encode("utf-8", "replace")[:500])
+
+
+class ScopedUploadPack(UploadPackHandler):
+    """upload-pack that answers what it cannot serve with a protocol error."""
+
+    def handle(self) -> None:
+        _answering_protocol_errors(self.proto, super().handle)
+
+
 class TaskBranchReceivePack(ReceivePackHandler):
     """receive-pack that only moves an existing task branch forward, without hooks."""
+
+    def handle(self) -> None:
+        _answering_protocol_errors(self.proto, super().handle)
 
     def capabilities(self) -> Iterable[bytes]:
         return [c for c in super().capabilities() if c != CAPABILITY_DELETE_REFS]
@@ -130,7 +153,7 @@ class TaskBranchReceivePack(ReceivePackHandler):
 
 
 HANDLERS: dict[bytes, Any] = {
-    b"git-upload-pack": UploadPackHandler,
+    b"git-upload-pack": ScopedUploadPack,
     b"git-receive-pack": TaskBranchReceivePack,
 }
 
