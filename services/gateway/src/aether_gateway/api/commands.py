@@ -127,7 +127,7 @@ async def _decide_and_publish(ctx: GatewayContext, decision: Callable[[], Event]
     summary="Request a mission",
     guards=[WRITE],
     response_headers=_LOCATION,
-    responses=error_responses(400, 401, 403, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 409, 422, 429, 503),
     tags=["missions"],
 )
 async def create_mission(

@@ -35,7 +35,10 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         401: "No valid credentials: send `Authorization: Bearer <token>`",
         403: "The token's scopes do not allow this",
         404: "No such mission (or task, or token)",
-        409: "The mission's state does not allow this now",
+        409: (
+            "The mission's state does not allow this now, or the first request with this "
+            "Idempotency-Key is still running (`Retry-After` says when to try again)"
+        ),
         422: "The Idempotency-Key was used before with a different request",
         429: "Too many requests; `Retry-After` says when to try again",
         503: "The event bus or the database is unavailable; try again",

@@ -1,0 +1,183 @@
+"""Fuzzing the API from its OpenAPI document (schemathesis) against a running gateway on
+real NATS and PostgreSQL: no input, valid or not, gets a 5xx, and every answer matches
+the document (status code, content type, body schema).
+
+Each operation gets valid and invalid inputs, then a stateful run follows the links
+added below (a mission's id from ``POST /missions`` into the routes that take it, a new
+token's id into its revocation). Generation is derandomized, so CI sees the same cases
+every run; ``AETHER_FUZZ_EXAMPLES`` raises the number of cases per operation for a
+deeper run by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.hypothesis.builder import (
+    HypothesisTestConfig,
+    HypothesisTestMode,
+    create_test,
+)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from .conftest import ADMIN_TOKEN
+
+EXAMPLES = int(os.environ.get("AETHER_FUZZ_EXAMPLES", "25"))
+MINIMUM_CASES = 1000
+
+settings.register_profile(
+    "gateway-fuzz",
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    # No shrinking: a failure is reported with the request that caused it, and
+    # shrinking would replay dozens of requests against a live server.
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+PROFILE = settings.get_profile("gateway-fuzz")
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+_MISSION = {"mission_id": "$response.body#/mission_id"}
+_MISSION_LINKS = {
+    "MissionsMissionIdGetMission": _MISSION,
+    "MissionsMissionIdUsageMissionUsage": _MISSION,
+    "MissionsMissionIdPausePauseMission": _MISSION,
+    "MissionsMissionIdResumeResumeMission": _MISSION,
+    "MissionsMissionIdCancelCancelMission": _MISSION,
+    "MissionsMissionIdBudgetRaiseBudget": _MISSION,
+    "MissionsMissionIdMessagesPostMessage": _MISSION,
+    "MissionsMissionIdPlanApproveApprovePlan": _MISSION,
+    "MissionsMissionIdTasksTaskIdRetryRetryTask": _MISSION,
+    "TasksListTasks": {"query.mission_id": "$response.body#/mission_id"},
+    "EventsListEvents": {"query.mission_id": "$response.body#/mission_id"},
+}
+# Source operation and status → the operations its answer links to, with parameters.
+LINKS: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {
+    ("/missions", "post", "202"): _MISSION_LINKS,
+    ("/missions/{mission_id}/pause", "post", "202"): _MISSION_LINKS,
+    ("/missions/{mission_id}/resume", "post", "202"): _MISSION_LINKS,
+    ("/admin/tokens", "post", "201"): {
+        "AdminTokensTokenIdRevokeToken": {"token_id": "$response.body#/id"}
+    },
+}
+# Event streams never end by themselves: they are tested in test_sse.py.
+STREAMS = {"/missions/{mission_id}/events", "/events/stream"}
+
+
+def with_links(document: dict[str, Any]) -> dict[str, Any]:
+    for (path, method, status), targets in LINKS.items():
+        response = document["paths"][path][method]["responses"][status]
+        response["links"] = {
+            f"To{operation_id}": {"operationId": operation_id, "parameters": parameters}
+            for operation_id, parameters in targets.items()
+        }
+    for path in STREAMS:
+        del document["paths"][path]
+    return document
+
+
+@dataclass
+class Tally:
+    cases: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    # Answers in the stateful run, by operation and status.
+    stateful: dict[tuple[str, int], int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, status: int, stateful_label: str | None = None) -> None:
+        with self.lock:
+            self.cases += 1
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if stateful_label is not None:
+                key = (stateful_label, status)
+                self.stateful[key] = self.stateful.get(key, 0) + 1
+
+
+def fuzz(document: dict[str, Any], base_url: str) -> Tally:
+    """Every operation with coverage cases and random valid and invalid input, then the
+    stateful run (blocking: run it in a thread, the gateway answers from the event loop)."""
+    schema = schemathesis.openapi.from_dict(document)
+    tally = Tally()
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        def one(case: Any) -> None:
+            response = case.call(base_url=base_url, headers=AUTH, timeout=30)
+            tally.count(response.status_code)
+            case.validate_response(response, checks=CHECKS, headers=AUTH)
+
+        # What schemathesis's pytest plugin builds for one operation: its coverage cases
+        # (boundaries, wrong types, missing and unexpected parameters) and then valid
+        # and invalid random cases, on the profile's settings.
+        test = create_test(
+            operation=operation,
+            test_func=one,
+            config=HypothesisTestConfig(
+                project=schema.config,
+                modes=[HypothesisTestMode.COVERAGE, HypothesisTestMode.FUZZING],
+                settings=PROFILE,
+            ),
+        )
+        try:
+            test()
+        except Exception as error:
+            tally.failures.append(f"{operation.label}: {error}")
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": base_url, "headers": AUTH, "timeout": 30}
+
+        def after_call(self, response: Any, case: Any) -> None:
+            super().after_call(response, case)
+            tally.count(response.status_code, case.operation.label)
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS, headers=AUTH)
+
+    try:
+        run_state_machine_as_test(
+            Machine,
+            settings=settings(PROFILE, max_examples=EXAMPLES * 2, stateful_step_count=8),
+        )
+    except Exception as error:
+        tally.failures.append(f"stateful: {error}")
+    return tally
+
+
+async def test_fuzzing_the_openapi_document_finds_no_server_error(make_gateway, nc):
+    # No rate limit: the fuzzer requests hundreds of missions.
+    server = await make_gateway(mission_rate_limit=0)
+    async with server.client() as client:
+        document = (await client.get("/schema/openapi.json")).json()
+    tally = await asyncio.to_thread(fuzz, with_links(document), server.base_url)
+    assert not tally.failures, "\n\n".join(tally.failures)
+    print(f"fuzzing: {tally.cases} cases, answers by status {sorted(tally.statuses.items())}")
+    assert tally.cases >= MINIMUM_CASES, tally
+    assert not any(status >= 500 for status in tally.statuses), tally.statuses
+    # Valid input also got through: the fuzzer did not only knock on closed doors.
+    assert {200, 201, 202} <= tally.statuses.keys(), tally.statuses
+    # The stateful run followed the links: missions it created were then found by id.
+    assert tally.stateful.get(("POST /missions", 202)), tally.stateful
+    assert tally.stateful.get(("GET /missions/{mission_id}", 200)), tally.stateful
