@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis.errors import Flaky
 from hypothesis.stateful import run_state_machine_as_test
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.hypothesis.builder import (
     HypothesisTestConfig,
@@ -56,6 +60,18 @@ CHECKS = [
     response_schema_conformance,
 ]
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+_VALID_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def headers_for(case: Any) -> dict[str, str]:
+    """The admin token, and a valid generated Idempotency-Key made unique to the case:
+    generated keys are short and collide, and a key already used with another request
+    is (rightly) a 422, which would hide the route behind it."""
+    key = (case.headers or {}).get("Idempotency-Key")
+    if isinstance(key, str) and _VALID_KEY.match(key):
+        return {**AUTH, "Idempotency-Key": f"{key}-{uuid.uuid4().hex}"}
+    return AUTH
+
 
 _MISSION = {"mission_id": "$response.body#/mission_id"}
 _MISSION_LINKS = {
@@ -103,6 +119,7 @@ class Tally:
     # Answers in the stateful run, by operation and status.
     stateful: dict[tuple[str, int], int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    flaky_replays: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, status: int, stateful_label: str | None = None) -> None:
@@ -124,9 +141,10 @@ def fuzz(document: dict[str, Any], base_url: str) -> Tally:
         operation = result.ok()
 
         def one(case: Any) -> None:
-            response = case.call(base_url=base_url, headers=AUTH, timeout=30)
+            headers = headers_for(case)
+            response = case.call(base_url=base_url, headers=headers, timeout=30)
             tally.count(response.status_code)
-            case.validate_response(response, checks=CHECKS, headers=AUTH)
+            case.validate_response(response, checks=CHECKS, headers=headers)
 
         # What schemathesis's pytest plugin builds for one operation: its coverage cases
         # (boundaries, wrong types, missing and unexpected parameters) and then valid
@@ -145,22 +163,38 @@ def fuzz(document: dict[str, Any], base_url: str) -> Tally:
         except Exception as error:
             tally.failures.append(f"{operation.label}: {error}")
 
+    # Sequences of valid calls: invalid input was each operation's business above (and
+    # NUL, which no text field takes, is one).
+    schema.config.generation.update(modes=[GenerationMode.POSITIVE], allow_x00=False)
+
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            return {"base_url": base_url, "headers": AUTH, "timeout": 30}
+            return {"base_url": base_url, "headers": headers_for(case), "timeout": 30}
 
         def after_call(self, response: Any, case: Any) -> None:
             super().after_call(response, case)
             tally.count(response.status_code, case.operation.label)
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            case.validate_response(response, checks=CHECKS, headers=AUTH)
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except Exception as error:
+                # Recorded here: hypothesis may replay the scenario against a server
+                # whose state has moved on, and report only that the replay differed.
+                tally.failures.append(f"stateful, {case.operation.label}: {error}")
+                raise
 
     try:
         run_state_machine_as_test(
             Machine,
-            settings=settings(PROFILE, max_examples=EXAMPLES * 2, stateful_step_count=8),
+            settings=settings(PROFILE, max_examples=EXAMPLES * 4, stateful_step_count=8),
         )
+    except Flaky:
+        # A scenario replayed against a server whose state has moved on draws differently
+        # (a link that resolved before may not now). Check failures were recorded above
+        # when they happened; as schemathesis's own runner does, the replay's difference
+        # alone is not one. The run stops there, having run the scenarios before it.
+        tally.flaky_replays += 1
     except Exception as error:
         tally.failures.append(f"stateful: {error}")
     return tally
@@ -174,10 +208,17 @@ async def test_fuzzing_the_openapi_document_finds_no_server_error(make_gateway, 
     tally = await asyncio.to_thread(fuzz, with_links(document), server.base_url)
     assert not tally.failures, "\n\n".join(tally.failures)
     print(f"fuzzing: {tally.cases} cases, answers by status {sorted(tally.statuses.items())}")
+    print(f"stateful: {sorted(tally.stateful.items())}, flaky replays: {tally.flaky_replays}")
     assert tally.cases >= MINIMUM_CASES, tally
     assert not any(status >= 500 for status in tally.statuses), tally.statuses
     # Valid input also got through: the fuzzer did not only knock on closed doors.
     assert {200, 201, 202} <= tally.statuses.keys(), tally.statuses
-    # The stateful run followed the links: missions it created were then found by id.
+    # The stateful run followed the links: it created missions, and routes that take a
+    # mission's id then succeeded, which a made-up id never does.
     assert tally.stateful.get(("POST /missions", 202)), tally.stateful
-    assert tally.stateful.get(("GET /missions/{mission_id}", 200)), tally.stateful
+    linked = {
+        label: n
+        for (label, status), n in tally.stateful.items()
+        if "{mission_id}" in label and 200 <= status < 300
+    }
+    assert sum(linked.values()) >= 3, tally.stateful

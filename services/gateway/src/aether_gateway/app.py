@@ -33,6 +33,7 @@ from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.idempotency import IdempotencyMiddleware
+from aether_gateway.api.schema import StrictStructSchema
 from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
@@ -234,6 +235,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             Exception: api.on_unexpected_error,
         },
         openapi_config=openapi_config(),
+        plugins=[StrictStructSchema()],
     )
     app.state.gateway = gateway
     routes_at_zero(app)

@@ -43,6 +43,7 @@ from aether_gateway.api.bodies import (
 )
 from aether_gateway.api.context import GatewayContext, principal_of
 from aether_gateway.api.errors import bad_request, error_responses, mission_not_found, refused
+from aether_gateway.api.idempotency import IDEMPOTENCY_KEY_PATTERN
 from aether_gateway.domain import Mission, Task
 from aether_gateway.domain import commands as decide
 from aether_gateway.domain.commands import Refusal
@@ -53,9 +54,11 @@ IdempotencyKey = Annotated[
         name="Idempotency-Key",
         required=False,
         max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description=(
-            "Any unique string (a UUID). Repeating a request with the same key answers "
-            "with the first answer instead of acting again, for 24 hours."
+            "Any unique string (a UUID): 1 to 255 visible ASCII characters. Repeating a "
+            "request with the same key answers with the first answer instead of acting "
+            "again, for 24 hours."
         ),
     ),
 ]

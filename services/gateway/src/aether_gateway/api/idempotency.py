@@ -37,7 +37,8 @@ from aether_gateway.domain.auth import Principal
 
 HEADER = b"idempotency-key"
 WAIT_SECONDS = 30.0
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _KEPT_HEADERS = (b"content-type", b"location", b"retry-after")
 _POLL_SECONDS = (0.02, 0.5)  # first and longest pause between looks at a reservation
 
