@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 
 import httpx
 import pytest
@@ -23,7 +24,8 @@ from aether_gateway.api.idempotency import IdempotencyMiddleware
 from .conftest import eventually
 from .test_commands import MISSION, events_of, publish, wait_for
 
-COPIES = 200
+# 1,000 reproduces the report that found the bug (AETHER_IDEMPOTENCY_COPIES=1000).
+COPIES = int(os.environ.get("AETHER_IDEMPOTENCY_COPIES", "200"))
 
 
 def wide_client(server, **kwargs) -> httpx.AsyncClient:
