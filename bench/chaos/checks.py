@@ -82,6 +82,8 @@ class ReadModelView:
 @dataclass
 class ModelCallReport:
     problems: list[str] = field(default_factory=list)
+    calls: int = 0  # answered by the model server
+    used: int = 0  # whose usage the stream records
     excused: int = 0  # repeats of a call whose caller was killed while it was in flight
     dropped: int = 0  # calls of an attempt that ended before it used the reply
 
@@ -199,7 +201,7 @@ def check_model_calls(
     turn, the unused one repeated the step. An unused plan call repeated the planning if
     any plan call was used.
     """
-    report = ModelCallReport()
+    report = ModelCallReport(calls=len(calls))
     by_serial = {c.serial: c for c in calls}
     used: dict[int, str] = {}
     used_steps: set[tuple[str, int, int]] = set()
@@ -219,6 +221,7 @@ def check_model_calls(
             plan_used = True
         elif event.task_id is not None and event.attempt is not None:
             used_steps.add((event.task_id, event.attempt, call.turn))
+    report.used = len(used)
     starts: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for s in stored:
         if isinstance(s.event, WorkspaceReady):

@@ -64,6 +64,7 @@ class Runner:
         self.out.write(
             f"fault-free run: {status}, {result.seconds:.1f} s"
             f" (mission {_seconds(result.mission_seconds)}), {result.events} events,"
+            f" {result.model_calls.calls} model calls ({result.model_calls.used} recorded),"
             f" longest gap {result.longest_gap:.2f} s; ready after: {ready}\n"
         )
         _problems(result, self.out)
@@ -87,7 +88,8 @@ def trial_line(index: int, total: int, result: TrialResult) -> str:
     kills = " + ".join(_kill(k, result) for k in result.kills) or "no kill"
     return (
         f"[{index:>{width}}/{total}] {verdict}  {result.seconds:5.1f} s"
-        f" (mission {_seconds(result.mission_seconds)})  {kills}"
+        f" (mission {_seconds(result.mission_seconds)}, longest gap {result.longest_gap:.1f} s)"
+        f"  {kills}"
     )
 
 
