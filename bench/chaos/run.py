@@ -98,7 +98,7 @@ def _kill(record: KillRecord, result: TrialResult) -> str:
         return f"{record.planned} (never fired)"
     when = "before ready" if record.was_ready is False else "after ready"
     if record.phase == "run":
-        when = f"{record.events_before} events in"
+        when = f"{record.events_before} events in" + (", before ready" * (not record.was_ready))
     down = (
         f"down {record.restarted_at - record.killed_at:.2f} s"
         if record.restarted_at is not None

@@ -183,6 +183,7 @@ class Trial:
         )
         records = [KillRecord(k.target, k.phase, self._describe(k)) for k in self.kills]
         tasks: list[asyncio.Task[None]] = []
+        watcher: asyncio.Task[None] | None = None
         mission_id: str | None = None
         submitted = ended = None
         view: ReadModelView | None = None
@@ -222,13 +223,13 @@ class Trial:
                     view = await self._settle_read_model(http, nc.jetstream(), mission_id)
                 finally:
                     await nc.close()
-            watcher.cancel()
         except TrialAborted as aborted:
             self.notes.append(str(aborted))
         finally:
-            for task in tasks:
+            # The watcher goes first: it would start again what the stop ends.
+            for task in [*tasks, *([watcher] if watcher else [])]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *([watcher] if watcher else []), return_exceptions=True)
             await asyncio.to_thread(self._stop)
             server.stop()
         return self._result(began, records, model, repo, mission_id, submitted, ended, view)
@@ -332,7 +333,9 @@ class Trial:
                 await asyncio.sleep(0.1)
 
     async def _probe(self, http: httpx.AsyncClient, name: str) -> None:
-        service = self.stack.processes[name]
+        service = self.stack.processes.get(name)
+        if service is None:  # killed meanwhile
+            return
         with contextlib.suppress(httpx.HTTPError):
             if (await http.get(f"{service.url}/readyz")).status_code == 200:
                 state = self.processes.get(name)
