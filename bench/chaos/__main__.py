@@ -74,7 +74,7 @@ async def main(argv: list[str] | None = None) -> int:
         max_stall=args.max_stall,
     )
     postgres = EmbeddedPostgres(work / "postgres").start()
-    results: list[TrialResult] = []
+    results: dict[int, TrialResult] = {}
     try:
         runner = Runner(work, postgres.url, settings)
         reference = await runner.run_reference()
@@ -84,7 +84,7 @@ async def main(argv: list[str] | None = None) -> int:
         _tidy(reference, args.keep)
         for index in chosen:
             result = await runner.run_trial(index, plans[index - 1])
-            results.append(result)
+            results[index] = result
             report_trial(index, args.trials, result, sys.stdout)
             _tidy(result, args.keep)
     except KeyboardInterrupt:
@@ -93,7 +93,7 @@ async def main(argv: list[str] | None = None) -> int:
         summary(results, seed, sys.stdout)
         postgres.stop()
         shutil.rmtree(work / "postgres", ignore_errors=True)
-    return 0 if results and all(r.passed for r in results) else 1
+    return 0 if results and all(r.passed for r in results.values()) else 1
 
 
 def _tidy(result: TrialResult, keep: bool) -> None:

@@ -133,13 +133,19 @@ def report_trial(index: int, total: int, result: TrialResult, out: IO[str]) -> N
     out.flush()
 
 
-def summary(results: Sequence[TrialResult], seed: int | None, out: IO[str]) -> None:
+def summary(numbered: dict[int, TrialResult], seed: int, out: IO[str]) -> None:
+    """The totals of a run; ``numbered`` maps each trial's number to its result."""
+    results = list(numbered.values())
     passed = sum(r.passed for r in results)
     out.write(
         f"\nchaos: {len(results)} trials, {passed} passed, {len(results) - passed} failed"
-        + (f" (seed {seed})" if seed is not None else "")
-        + "\n"
+        f" (seed {seed})\n"
     )
+    failed = [str(i) for i, r in numbered.items() if not r.passed]
+    if failed:
+        out.write(
+            f"  failed: {', '.join(failed)} (again: --seed {seed} --only {','.join(failed)})\n"
+        )
     names = list(dict.fromkeys([*CHECKS, *(c for r in results for c in r.problems)]))
     failures = {c: sum(1 for r in results if r.problems.get(c)) for c in names}
     out.write("  failed trials per check: " + ", ".join(f"{c} {n}" for c, n in failures.items()))
@@ -150,6 +156,12 @@ def summary(results: Sequence[TrialResult], seed: int | None, out: IO[str]) -> N
             f"  time per trial: mean {statistics.fmean(times):.1f} s,"
             f" median {statistics.median(times):.1f} s, max {max(times):.1f} s,"
             f" total {sum(times) / 60:.1f} min\n"
+        )
+    gaps = [r.longest_gap for r in results]
+    if gaps:
+        out.write(
+            f"  longest time without an event, per trial: median {statistics.median(gaps):.1f} s,"
+            f" max {max(gaps):.1f} s\n"
         )
     stalls = [s.seconds for r in results for s in r.stalls if s.seconds is not None]
     if stalls:
