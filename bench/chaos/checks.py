@@ -65,6 +65,7 @@ class KillRecord:
     killed_at: float | None = None  # wall clock; None: never fired
     restarted_at: float | None = None
     was_ready: bool | None = None  # whether the target had answered /readyz before
+    starting: list[str] = field(default_factory=list)  # services not ready at the kill
     events_before: int | None = None  # mission events stored when it fired
 
 

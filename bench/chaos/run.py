@@ -13,7 +13,7 @@ from typing import IO
 import psycopg
 
 from .checks import CHECKS, KillRecord
-from .trial import TARGETS, Kill, Reference, Trial, TrialResult, TrialSettings
+from .trial import NATS, TARGETS, Kill, Reference, Trial, TrialResult, TrialSettings
 
 
 def random_kills(rng: random.Random) -> list[Kill]:
@@ -96,9 +96,14 @@ def trial_line(index: int, total: int, result: TrialResult) -> str:
 def _kill(record: KillRecord, result: TrialResult) -> str:
     if record.killed_at is None:
         return f"{record.planned} (never fired)"
-    when = "before ready" if record.was_ready is False else "after ready"
+    if record.target == NATS:
+        starting = ", ".join(record.starting)
+        when = f"{starting} starting" if starting else "all services ready"
+    else:
+        when = "before ready" if record.was_ready is False else "after ready"
     if record.phase == "run":
-        when = f"{record.events_before} events in" + (", before ready" * (not record.was_ready))
+        usual = when in ("after ready", "all services ready")
+        when = f"{record.events_before} events in" + ("" if usual else f", {when}")
     down = (
         f"down {record.restarted_at - record.killed_at:.2f} s"
         if record.restarted_at is not None
@@ -179,9 +184,9 @@ def summary(numbered: dict[int, TrialResult], seed: int, out: IO[str]) -> None:
     )
     kills = [k for r in results for k in r.kills if k.killed_at is not None]
     by_target = {t: sum(1 for k in kills if k.target == t) for t in TARGETS}
-    boot = sum(1 for k in kills if k.was_ready is False)
+    boot = sum(1 for k in kills if k.was_ready is False or (k.target == NATS and k.starting))
     out.write(
-        f"  kills: {len(kills)} ({boot} before the target was ready): "
+        f"  kills: {len(kills)} ({boot} during start-up): "
         + ", ".join(f"{t} {n}" for t, n in by_target.items())
         + "\n"
     )

@@ -382,6 +382,7 @@ class Trial:
     async def _kill_and_restart(self, kill: Kill, record: KillRecord) -> None:
         target = kill.target
         record.was_ready = self._is_ready(target) is True
+        record.starting = [n for n in SERVICES if not self._is_ready(n)]
         record.events_before = len(self.stored)
         self.down.add(target)
         try:
