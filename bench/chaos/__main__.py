@@ -17,7 +17,7 @@ from pathlib import Path
 from aether.infra import EmbeddedPostgres
 
 from .run import Runner, random_kills, report_trial, summary
-from .trial import TrialResult, TrialSettings
+from .trial import TARGETS, TrialResult, TrialSettings
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -29,6 +29,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="for the kill plans (default: a random one)")
     parser.add_argument(
         "--only", help="run only these trials of the seed's plan (e.g. 3,7), to reproduce one"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"what may be killed, comma-separated (default: {','.join(TARGETS)})",
     )
     parser.add_argument(
         "--timeout",
@@ -62,7 +67,12 @@ async def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     rng = random.Random(seed)
-    plans = [random_kills(rng) for _ in range(args.trials)]
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        print(f"unknown targets {unknown}; choose among {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
+    plans = [random_kills(rng, targets) for _ in range(args.trials)]
     chosen = [int(i) for i in args.only.split(",")] if args.only else range(1, args.trials + 1)
     work = args.work or Path(tempfile.mkdtemp(prefix="aether-chaos-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,12 @@ from .checks import CHECKS, KillRecord
 from .trial import NATS, TARGETS, Kill, Reference, Trial, TrialResult, TrialSettings
 
 
-def random_kills(rng: random.Random) -> list[Kill]:
+def random_kills(rng: random.Random, targets: Sequence[str] = TARGETS) -> list[Kill]:
     """One kill, or two with a chance of one in four; a quarter of them at start-up."""
     count = 2 if rng.random() < 0.25 else 1
     return [
         Kill(
-            target=rng.choice(TARGETS),
+            target=rng.choice(targets),
             phase="boot" if rng.random() < 0.25 else "run",
             at=round(rng.uniform(0.05, 0.9), 3),
             down_seconds=round(rng.uniform(0.0, 2.0), 2),
