@@ -151,6 +151,7 @@ class Trial:
         self.settings = settings or TrialSettings()
         self.stored: list[Stored] = []
         self.notes: list[str] = []
+        self.errors: list[str] = []  # the bench's own, which fail the trial
         self.processes: dict[str, _Process] = {}
         self.down: set[str] = set()
         self.first_ready: dict[str, float] = {}
@@ -210,21 +211,26 @@ class Trial:
                 starting = [n for n in SERVICES if not self._is_ready(n)]
                 if starting:
                     self.notes.append(f"mission submitted before {', '.join(starting)} ready")
-                nc = await _connect(self.nats.url)
+                nc = await _connect(self.nats.url, deadline)
                 try:
                     ended = await self._follow(nc.jetstream(), mission_id, deadline)
                     for task in tasks:
                         if task not in self._firing:
                             task.cancel()  # its moment never came
                     await asyncio.gather(*tasks, return_exceptions=True)
-                    await self._wait_ready(
-                        list(SERVICES), time.monotonic() + self.settings.ready_timeout
-                    )
+                    try:
+                        await self._wait_ready(
+                            list(SERVICES), time.monotonic() + self.settings.ready_timeout
+                        )
+                    except TrialAborted as late:
+                        self.notes.append(f"after the mission: {late}")
                     view = await self._settle_read_model(http, nc.jetstream(), mission_id)
                 finally:
                     await nc.close()
         except TrialAborted as aborted:
             self.notes.append(str(aborted))
+        except Exception as error:  # the bench's own failure: the trial fails and says why
+            self.errors.append(f"{type(error).__name__}: {error}")
         finally:
             # The watcher goes first: it would start again what the stop ends.
             for task in [*tasks, *([watcher] if watcher else [])]:
@@ -246,7 +252,10 @@ class Trial:
         view: ReadModelView | None,
     ) -> TrialResult:
         stored = self.stored
-        final_tree, line_tasks, git_problems = _read_git(repo, stored)
+        try:
+            final_tree, line_tasks, git_problems = _read_git(repo, stored)
+        except Exception as error:  # a repository the broker left unreadable
+            final_tree, line_tasks, git_problems = None, None, [f"reading it: {error!r}"]
         problems = {
             "completed": (
                 checks.check_completed(stored)
@@ -258,6 +267,8 @@ class Trial:
             "tree": git_problems + checks.check_tree(final_tree, self.reference.tree),
             "read-model": checks.check_read_model(stored, view) if mission_id else [],
         }
+        if self.errors:
+            problems["bench"] = self.errors
         report = checks.check_model_calls(stored, model.calls, records)
         problems["model-calls"] = report.problems
         found_stalls = checks.stalls(stored, records)
@@ -474,11 +485,13 @@ class TrialAborted(Exception):
     """The trial could not go on (a service never got ready, the mission not accepted)."""
 
 
-async def _connect(url: str) -> NatsClient:
+async def _connect(url: str, deadline: float) -> NatsClient:
+    """A client that keeps reconnecting (nats-server is killed under it)."""
+
     async def quiet(*_: Any) -> None:
         return None
 
-    return await nats.connect(
+    connecting = nats.connect(
         url,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
@@ -487,6 +500,10 @@ async def _connect(url: str) -> NatsClient:
         disconnected_cb=quiet,
         reconnected_cb=quiet,
     )
+    try:
+        return await asyncio.wait_for(connecting, max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise TrialAborted("could not connect to nats-server") from None
 
 
 async def read_stored(js: JetStreamContext, mission_id: str, after: int = 0) -> list[Stored]:
