@@ -1,7 +1,8 @@
 """The chaos benchmark's CI subset: the fault-free run, then a nats-server kill during the
-mission and a planner kill during start-up (with the mission submitted meanwhile), each
-followed by a restart, with fixed moments. Each trial must pass every check of
-``bench/chaos``; the full benchmark runs 50 random ones (``python -m bench.chaos``)."""
+mission, and a planner kill and a scheduler kill during their start-up (with the mission
+submitted meanwhile), each followed by a restart, with fixed moments. Each trial must
+pass every check of ``bench/chaos``; the full benchmark runs 50 random ones
+(``python -m bench.chaos``)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ def kills() -> list[list[Kill]]:
     return [
         [Kill("nats", "run", at=round(rng.uniform(0.2, 0.6), 3), down_seconds=0.5)],
         [Kill("planner", "boot", at=round(rng.uniform(0.2, 0.6), 3), down_seconds=0.5)],
+        [Kill("scheduler", "boot", at=round(rng.uniform(0.2, 0.5), 3), down_seconds=0.5)],
     ]
 
 
-async def test_chaos_trials_survive_a_bus_restart_and_a_kill_at_start_up(
+async def test_chaos_trials_survive_a_bus_restart_and_kills_at_start_up(
     database_url: str, tmp_path: Path
 ) -> None:
     out = io.StringIO()
@@ -44,8 +46,9 @@ async def test_chaos_trials_survive_a_bus_restart_and_a_kill_at_start_up(
         result = await runner.run_trial(index, plan)
         report_trial(index, len(plans), result, out)
         results.append(result)
-    nats_kill, planner_kill = results[0].kills[0], results[1].kills[0]
+    nats_kill, *boot_kills = (r.kills[0] for r in results)
     assert nats_kill.killed_at is not None and nats_kill.restarted_at is not None, out.getvalue()
-    assert planner_kill.killed_at is not None and planner_kill.was_ready is False, out.getvalue()
+    for kill in boot_kills:
+        assert kill.killed_at is not None and kill.was_ready is False, out.getvalue()
     assert [s.seconds is not None for s in results[0].stalls] == [True], out.getvalue()
     assert all(r.passed for r in results), out.getvalue()
