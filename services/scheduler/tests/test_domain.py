@@ -8,12 +8,14 @@ from aether_events import (
     BudgetExceeded,
     BudgetRaised,
     BudgetWarning,
+    Event,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
     MissionPaused,
     MissionResumed,
     PlanApproved,
+    PlanFailed,
     TaskEscalated,
     TaskReady,
     TaskRetried,
@@ -23,7 +25,16 @@ from aether_events import (
     WaveCompleted,
     WaveStarted,
 )
-from aether_scheduler.domain import Config, backoff_seconds, next_timer, scopes_overlap, waves_of
+from aether_scheduler.domain import (
+    Config,
+    State,
+    backoff_seconds,
+    catch_up,
+    evolve,
+    next_timer,
+    scopes_overlap,
+    waves_of,
+)
 
 from .scenario import CONFIG, Scenario, of, ready, task
 
@@ -321,3 +332,55 @@ def test_backoff_grows_is_capped_and_is_the_same_when_decided_twice() -> None:
 def test_waves_are_graph_layers() -> None:
     tasks = [task("a"), task("b", "a"), task("c", "a", "b"), task("d")]
     assert waves_of(tasks) == {"a": 0, "b": 1, "c": 2, "d": 0}
+
+
+# --- catching up on start -----------------------------------------------------------------
+
+
+def replayed(events: list[Event]) -> State:
+    """The state a scheduler rebuilds from ``events`` without deciding on any of them."""
+    state = State()
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def test_catch_up_approves_a_plan_that_was_produced_before_the_scheduler_started() -> None:
+    s = Scenario()
+    s.start(*diamond(), approve=False, auto_approve=True)
+    requested, prepared, produced, *decided_live = s.log
+    caught_up = catch_up(replayed([requested, prepared, produced]), s.now, s.config)
+    assert of(caught_up, PlanApproved)[0].automatic
+    assert ready(caught_up) == ["a", "b"]
+    # The same ids as deciding live, so a scheduler that did both publishes each once.
+    assert [e.event_id for e in caught_up] == [e.event_id for e in decided_live]
+
+
+def test_catch_up_readies_a_dependent_whose_dependencies_merged_while_it_was_away() -> None:
+    s = Scenario()
+    s.start(*diamond())
+    s.finish("a")
+    before = len(s.log)
+    decided = s.finish("b")
+    triggers = [e for e in s.log[before:] if e not in decided]
+    caught_up = catch_up(replayed(s.log[:before] + triggers), s.now, s.config)
+    assert ready(caught_up) == ["c"]
+    assert [e.event_id for e in caught_up] == [e.event_id for e in decided]
+
+
+def test_catch_up_fails_a_mission_whose_planning_failed_before_the_scheduler_started() -> None:
+    s = Scenario()
+    s.start(approve=False)
+    failed = PlanFailed(**s.meta(), reason="no plan")
+    caught_up = catch_up(replayed([*s.log, failed]), s.now, s.config)
+    assert [type(e) for e in caught_up] == [MissionFailed]
+    assert caught_up[0].reason == "planning failed: no plan"
+    assert [e.event_id for e in s.when(failed)] == [caught_up[0].event_id]
+
+
+def test_catch_up_after_a_full_replay_decides_nothing() -> None:
+    s = Scenario()
+    s.start(*diamond(), auto_approve=True)
+    s.finish("a")
+    s.failed("b")
+    assert catch_up(replayed(s.log), s.now, s.config) == []

@@ -165,3 +165,35 @@ async def test_pending_backoff_and_heartbeat_timers_fire_after_a_kill(
     assert timed_out.task_id == "b" and timed_out.attempt == 1
     starts = [(e.task.id, e.attempt) for e in events if isinstance(e, TaskReady)]
     assert len(starts) == len(set(starts)), f"a task started twice: {starts}"
+
+
+async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_and_started(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    tasks = [
+        PlannedTask(id="a", title="A", files=["a"]),
+        PlannedTask(id="b", title="B", files=["b"], depends_on=["a"]),
+    ]
+    await publisher.publish_all(
+        [
+            MissionRequested(**meta(0), repository="/r", requirement="r", auto_approve=True),
+            RepositoryPrepared(
+                **meta(1),
+                repository_path="/r",
+                base_branch="main",
+                base_sha="s",
+                integration_branch="aether/x",
+            ),
+            PlanProduced(**meta(2), version=1, tasks=tasks),
+        ]
+    )
+    # Its consumer is created after it replays these, so no delivery will bring them.
+    scheduler.start()
+    await scheduler.ready()
+    events = await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
+    approvals = [e for e in events if isinstance(e, PlanApproved)]
+    assert len(approvals) == 1 and approvals[0].automatic
+    assert [e.task.id for e in events if isinstance(e, TaskReady)] == ["a"]

@@ -45,6 +45,7 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
     timers: list[asyncio.Task[None]] = []
 
     async def start_timers() -> None:
+        await handlers.catch_up()
         timers.append(asyncio.create_task(handlers.run_timers(), name="scheduler-timers"))
 
     async def stop_timers() -> None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from aether_events import Event, EventPublisher, tag_of
 from aether_runtime import Delivery, Projection
 from aether_scheduler import metrics
-from aether_scheduler.domain import Config, State, decide, evolve, next_timer, tick
+from aether_scheduler.domain import Config, State, catch_up, decide, evolve, next_timer, tick
 
 log = logging.getLogger("aether.scheduler")
 
@@ -47,6 +47,11 @@ class Handlers:
         """Heartbeats and progress only move liveness clocks forward; nothing is decided."""
         async with self._lock:
             self.projection.state = evolve(self.projection.state, event)
+
+    async def catch_up(self) -> None:
+        """Decide what the rebuilt state says is owed, before timers and deliveries."""
+        async with self._lock:
+            await self._publish(catch_up(self.projection.state, self._clock(), self.config))
 
     async def on_tick(self) -> None:
         async with self._lock:

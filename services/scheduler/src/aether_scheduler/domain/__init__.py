@@ -1,7 +1,8 @@
-"""The mission state machine, pure: ``evolve`` folds events, ``decide`` and ``tick`` say
-what happens next. Nothing here reads a clock, draws a random number or does I/O."""
+"""The mission state machine, pure: ``evolve`` folds events; ``decide``, ``tick`` and
+``catch_up`` say what happens next. Nothing here reads a clock, draws a random number or
+does I/O."""
 
-from aether_scheduler.domain.decide import decide, next_timer, tick
+from aether_scheduler.domain.decide import catch_up, decide, next_timer, tick
 from aether_scheduler.domain.evolve import evolve
 from aether_scheduler.domain.model import Config, MissionState, State, TaskState
 from aether_scheduler.domain.rules import backoff_seconds, scopes_overlap, waves_of
@@ -12,6 +13,7 @@ __all__ = [
     "State",
     "TaskState",
     "backoff_seconds",
+    "catch_up",
     "decide",
     "evolve",
     "next_timer",

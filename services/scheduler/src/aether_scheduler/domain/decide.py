@@ -1,7 +1,8 @@
 """Deciding what happens next, pure.
 
 ``decide`` answers an event; ``tick`` answers the passing of time (retry backoffs,
-heartbeat timeouts). Both run the same rules over the whole mission until nothing more
+heartbeat timeouts); ``catch_up`` answers a start, with everything the whole state says is
+owed. All three run the same rules over the whole mission until nothing more
 follows, folding each decision into a working copy of the state so later rules see it.
 Decisions are level-triggered (what should exist and does not), and their ids are
 derived from the step, so deciding twice publishes nothing new.
@@ -18,7 +19,6 @@ from aether_events import (
     MissionCompleted,
     MissionFailed,
     PlanApproved,
-    PlanFailed,
     TaskEscalated,
     TaskReady,
     TaskRetried,
@@ -47,9 +47,6 @@ def decide(state: State, event: Event, now: datetime, config: Config) -> list[Ev
     mission = state.missions.get(event.mission_id)
     if mission is None or mission.terminal:
         return []
-    if isinstance(event, PlanFailed):
-        reason = f"planning failed: {event.reason}"
-        return [MissionFailed(**caused_by(event, now, "mission_failed"), reason=reason)]
     return _settle(state, event.mission_id, event, now, config)
 
 
@@ -60,6 +57,25 @@ def tick(state: State, now: datetime, config: Config) -> list[Event]:
         if mission.terminal or mission.approved_version is None:
             continue
         if not any(_timer_due(t, now, config) for t in mission.tasks.values()):
+            continue
+        decided = _settle(state, mission_id, None, now, config)
+        for event in decided:
+            state = evolve(state, event)
+        out.extend(decided)
+    return out
+
+
+def catch_up(state: State, now: datetime, config: Config) -> list[Event]:
+    """Everything owed in every live mission, decided from the whole state.
+
+    Run once when the scheduler starts: events folded while replaying (a plan to approve
+    automatically, a merge that readies a dependent) are never delivered again when the
+    consumer is new or was created after them, so waiting for a delivery would leave their
+    missions stuck. Deciding twice is harmless: the ids repeat.
+    """
+    out: list[Event] = []
+    for mission_id, mission in state.missions.items():
+        if mission.terminal:
             continue
         decided = _settle(state, mission_id, None, now, config)
         for event in decided:
@@ -114,9 +130,13 @@ def _next(
     if m.terminal:
         return []
     why = cause or m.request
+    if m.plan_failure is not None:
+        reason = f"planning failed: {m.plan_failure}"
+        return [MissionFailed(**caused_by(why, now, "mission_failed"), reason=reason)]
     if m.approved_version is None:
-        if m.request.auto_approve and m.plans and cause is not None:
+        if m.request.auto_approve and m.plans:
             version = max(m.plans)
+            why = cause or m.plans[version]
             step = ("plan_approved", version)
             return [PlanApproved(**caused_by(why, now, *step), version=version, automatic=True)]
         return []

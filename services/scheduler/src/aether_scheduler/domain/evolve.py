@@ -26,6 +26,7 @@ from aether_events import (
     MissionRequested,
     MissionResumed,
     PlanApproved,
+    PlanFailed,
     PlanProduced,
     RepositoryPrepared,
     TaskEscalated,
@@ -107,6 +108,8 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             )
         case PlanProduced():
             return replace(m, plans={**m.plans, event.version: event})
+        case PlanFailed():
+            return replace(m, plan_failure=event.reason)
         case PlanApproved():
             plan = m.plans.get(event.version)
             if plan is None or m.approved_version is not None:

@@ -91,6 +91,8 @@ class MissionState:
     integration_branch: str | None = None
     integration_head: str | None = None
     plans: dict[int, PlanProduced] = field(default_factory=dict)
+    # Why planning gave up, once it has: the mission fails on it.
+    plan_failure: str | None = None
     approved_version: int | None = None
     tasks: dict[str, TaskState] = field(default_factory=dict)
     waves_started: frozenset[int] = frozenset()
