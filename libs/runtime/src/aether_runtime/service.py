@@ -36,7 +36,7 @@ import msgspec
 import nats
 from faststream.asgi import AsgiFastStream
 from faststream.middlewares import AckPolicy
-from faststream.nats import ConsumerConfig, NatsBroker, NatsMessage, PullSub
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
@@ -214,7 +214,11 @@ class Service:
             gauge.labels(self.name, spec.durable)
         subscriber = self.broker.subscriber(
             spec.subject,
-            stream=spec.stream,
+            # The streams are Aether's (``ensure_streams``, with the configured replicas,
+            # duplicate window and age limit). Left to declare them, FastStream would
+            # "update" each to its own defaults at every start: one replica, a two-minute
+            # duplicate window and no age limit.
+            stream=JStream(spec.stream, declare=False),
             durable=spec.durable,
             pull_sub=PullSub(batch_size=1, timeout=5.0),
             config=ConsumerConfig(
