@@ -45,6 +45,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig as JsConsumerConfig
@@ -64,7 +65,7 @@ from aether_events import (
     type_subject,
 )
 from aether_runtime import health, http, metrics
-from aether_runtime.acks import ACK, TERM, confirm, kept_alive
+from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.logs import log_context
 from aether_runtime.settings import RuntimeSettings
@@ -211,6 +212,7 @@ class Service:
         self._watches: dict[tuple[str, str], ConsumerWatch] = {}
         self._stalled: dict[tuple[str, str], str] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._settled = Settled()
         for counter in (
             metrics.REDELIVERIES,
             metrics.POISON,
@@ -304,6 +306,7 @@ class Service:
             name=f"aether-{self.name}",
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,
             max_reconnect_attempts=-1,
+            reconnected_cb=self._reconnected,
         )
         self._js = self.nc.jetstream()
         await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
@@ -359,6 +362,14 @@ class Service:
                 await self.js.consumer_info(spec.stream, spec.durable)
             except NotFoundError:
                 raise error from None
+
+    async def _reconnected(self) -> None:
+        try:
+            sent = await self._settled.resend(self._nats)
+        except Exception as error:
+            log.warning("could not repeat acknowledgements", extra={"error": repr(error)})
+            return
+        log.info("reconnected to nats", extra={"acks_repeated": sent})
 
     async def _align_consumer(self, spec: ConsumerSpec) -> None:
         """Bring an existing consumer's ack wait and delivery limit to the spec's (a
@@ -513,6 +524,9 @@ class Service:
             self._busy[spec.durable] -= 1
             in_progress.dec()
 
+    async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec) -> None:
+        await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
+
     @property
     def _nats(self) -> NatsClient:
         if self.nc is None:
@@ -526,7 +540,7 @@ class Service:
         except UnknownEventType as unknown:
             metrics.EVENTS_CONSUMED.labels(self.name, unknown.tag, "unknown").inc()
             log.warning("skipping unknown event type", extra={"tag": unknown.tag})
-            await confirm(self._nats, raw, ACK, spec.ack_wait_seconds)
+            await self._settle(raw, ACK, spec)
             return
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             metrics.POISON.labels(self.name).inc()
@@ -534,7 +548,7 @@ class Service:
                 "poison message terminated",
                 extra={"subject": raw.subject, "seq": delivery.sequence, "error": str(error)},
             )
-            await confirm(self._nats, raw, TERM, spec.ack_wait_seconds)
+            await self._settle(raw, TERM, spec)
             return
         tag = tag_of(type(event))
         task_id = _task_id(event)
@@ -555,7 +569,7 @@ class Service:
                         # advisory records the failure instead (see ``steps``).
                         log.exception("could not record the failed step")
                         return
-                    await confirm(self._nats, raw, TERM, spec.ack_wait_seconds)
+                    await self._settle(raw, TERM, spec)
                     return
                 delay = min(30.0, 0.5 * 2 ** min(delivery.num_delivered, 6))
                 log.exception("handler failed; will retry", extra={"retry_in": delay, "type": tag})
@@ -566,7 +580,7 @@ class Service:
                 elapsed = time.perf_counter() - began
                 metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
-            await confirm(self._nats, raw, ACK, spec.ack_wait_seconds)
+            await self._settle(raw, ACK, spec)
             # One line per handled event, with the ids above: grep a mission across services.
             log.info(
                 "handled %s",
