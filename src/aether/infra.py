@@ -102,6 +102,28 @@ class EmbeddedNats:
         self.process = None
 
 
+async def wait_for_jetstream(url: str, within: float = 30.0) -> None:
+    """Wait until the server (or cluster) at ``url`` answers JetStream requests: a new
+    cluster has no meta leader for its first seconds."""
+    import asyncio
+
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
 @dataclass
 class NatsClusterNode:
     """One server of an ``EmbeddedNatsCluster``."""
