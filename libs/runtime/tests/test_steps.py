@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -18,6 +19,7 @@ from aether_events import (
     StepRecovered,
     StepRetryRequested,
     derived_id,
+    ensure_streams,
     new_event_id,
 )
 from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service
@@ -179,6 +181,60 @@ async def test_a_retry_for_another_service_is_left_to_it(nc: NatsClient, nats_ur
         # ...without running anything again or recording anything.
         assert handler.calls.count(("m-x", stored.seq)) == 1
         assert not log.of_type(StepRecovered) and not log.of_type(StepFailed)
+    finally:
+        await log.stop()
+        await svc.stop()
+
+
+async def test_a_last_delivery_that_gets_no_answer_is_recorded_from_the_advisory(
+    nc: NatsClient, nats_url: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    # One delivery allowed, and the client that takes it goes away without a word (as a
+    # process killed mid-handler would): JetStream gives up on the message.
+    await js.add_consumer(
+        MISSIONS_STREAM,
+        ConsumerConfig(
+            durable_name="dies",
+            name="dies",
+            filter_subject=ALL_MISSION_EVENTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=3,
+            max_deliver=1,
+            max_ack_pending=1,
+        ),
+    )
+    lost = requested("m-lost")
+    stored = await EventPublisher(js).publish(lost)
+    sub = await js.pull_subscribe_bind("dies", stream=MISSIONS_STREAM)
+    (taken,) = await sub.fetch(1)
+    assert taken.metadata.sequence.stream == stored.seq
+    handler = Flaky(set())
+    settings = RuntimeSettings(nats_url=nats_url, port=0)
+    svc = Service(name="dies", settings=settings, bus_poll_seconds=0)
+    svc.consume(
+        ConsumerSpec(
+            durable="dies",
+            subject=ALL_MISSION_EVENTS,
+            handler=handler,
+            ack_wait_seconds=3,
+            max_deliver=1,
+        )
+    )
+    log = await MissionLog(nc, "m-lost").start()
+    await svc.start()
+    try:
+        await log.wait_for(lambda log: bool(log.of_type(StepFailed)), timeout=30)
+        (failed,) = log.of_type(StepFailed)
+        assert failed.failed_event_id == lost.event_id
+        assert (failed.service, failed.consumer, failed.stream_sequence) == (
+            "dies",
+            "dies",
+            stored.seq,
+        )
+        assert "no answer" in failed.error
+        assert handler.calls == []  # never handed to the handler: the limit was reached
     finally:
         await log.stop()
         await svc.stop()
