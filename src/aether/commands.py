@@ -100,7 +100,9 @@ def list_missions(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    mission = client(args).show(args.mission_id)
+    gateway = client(args)
+    mission = gateway.show(args.mission_id)
+    mission["failed_steps"] = gateway.steps(args.mission_id)
     emit(args, mission, lambda: mission_detail(mission))
     return 0
 
@@ -139,6 +141,16 @@ def cancel(args: argparse.Namespace) -> int:
 def retry(args: argparse.Namespace) -> int:
     answer = client(args).retry(args.mission_id, args.task_id)
     emit(args, answer, lambda: f"task {args.task_id} of {args.mission_id} will run again")
+    return 0
+
+
+def retry_step(args: argparse.Namespace) -> int:
+    answer = client(args).retry_step(args.mission_id, args.event_id, args.service)
+    emit(
+        args,
+        answer,
+        lambda: f"the failed step on event {args.event_id} of {args.mission_id} will run again",
+    )
     return 0
 
 

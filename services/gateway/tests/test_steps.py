@@ -12,6 +12,7 @@ from aether_events import (
 from aether_runtime.steps import step_failed, step_recovered
 
 from .conftest import Script, eventually, stored_events
+from .test_cli import Cli
 
 
 async def failed_step_on_the_stream(nc, script: Script):
@@ -108,3 +109,18 @@ async def test_a_read_only_token_cannot_retry_a_step(gateway_server, http, nc, s
             f"/missions/{script.mission_id}/steps/{requested.event_id}/retry"
         )
         assert refused.status_code == 403
+
+
+async def test_the_cli_shows_failed_steps_and_retries_one(gateway_server, http, nc, script, capsys):
+    requested, _ = await failed_step_on_the_stream(nc, script)
+    await steps_of(http, script.mission_id, "failed")
+    cli = Cli(gateway_server, capsys)
+    code, out, _ = await cli("mission", "show", script.mission_id)
+    assert code == 0 and "failed steps:" in out
+    assert "git-broker" in out and "mission_requested" in out and "FileLocked" in out
+    shown = await cli.json("mission", "show", script.mission_id)
+    assert [s["failed_event_id"] for s in shown["failed_steps"]] == [requested.event_id]
+    code, out, _ = await cli("mission", "retry-step", script.mission_id, requested.event_id)
+    assert code == 0 and "will run again" in out
+    history = await stored_events(nc, script.mission_id)
+    assert sum(isinstance(e, StepRetryRequested) for e in history) == 1
