@@ -100,9 +100,7 @@ def list_missions(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    gateway = client(args)
-    mission = gateway.show(args.mission_id)
-    mission["failed_steps"] = gateway.steps(args.mission_id)
+    mission = client(args).show(args.mission_id)
     emit(args, mission, lambda: mission_detail(mission))
     return 0
 

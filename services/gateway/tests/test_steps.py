@@ -53,6 +53,8 @@ async def test_a_failed_step_is_shown_and_a_retry_is_asked_of_the_service_that_f
     assert step["failed_event_type"] == "mission_requested"
     assert (step["service"], step["consumer"]) == ("git-broker", "git-broker")
     assert step["attempts"] == 20 and step["error"].startswith("FileLocked")
+    record = (await http.get(f"/missions/{script.mission_id}")).json()
+    assert record["failed_steps"] == [step]
     events = await http.get(f"/events?mission_id={script.mission_id}&type=step_failed")
     assert [e["event_id"] for e in events.json()["events"]] == [failed.event_id]
 

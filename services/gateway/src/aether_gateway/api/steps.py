@@ -40,7 +40,8 @@ async def _mission(ctx: GatewayContext, mission_id: str) -> Mission:
     return mission
 
 
-async def _steps(ctx: GatewayContext, mission_id: str) -> list[FailedStep]:
+async def failed_steps_of(ctx: GatewayContext, mission_id: str) -> list[FailedStep]:
+    """The mission's failed steps, from the step events the read model stored."""
     events = await ctx.queries.events(
         mission_id=mission_id, types=list(STEP_TYPES), limit=_STEP_EVENTS_LIMIT
     )
@@ -60,7 +61,7 @@ async def list_failed_steps(
     """Each step is ``failed`` (retry it), ``retrying`` or ``recovered``."""
     await ctx.settled()
     await _mission(ctx, mission_id)
-    return FailedSteps(mission_id=mission_id, steps=await _steps(ctx, mission_id))
+    return FailedSteps(mission_id=mission_id, steps=await failed_steps_of(ctx, mission_id))
 
 
 @post(
@@ -88,9 +89,9 @@ async def retry_failed_step(
     """Publish ``StepRetryRequested``: the service that failed on event ``event_id``
     handles it once more, and records ``StepRecovered`` or another ``StepFailed``."""
     mission = await _mission(ctx, mission_id)
-    steps = await _steps(ctx, mission_id)
+    steps = await failed_steps_of(ctx, mission_id)
     if not any(s.failed_event_id == event_id for s in steps) and await ctx.caught_up():
-        steps = await _steps(ctx, mission_id)
+        steps = await failed_steps_of(ctx, mission_id)
     try:
         event = retry_step(
             steps,
