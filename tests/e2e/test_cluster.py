@@ -1,5 +1,3 @@
-# The fixtures come from the single-server mission test; pytest passes them by name.
-# ruff: noqa: F811
 """The five services on a three-node NATS cluster with three-replica streams: the streams
 keep their configuration through service restarts, and a mission completes when one of
 the three servers is killed in the middle of it."""
@@ -25,13 +23,7 @@ from aether_events import (
     mission_history,
 )
 from aether_llm import MessagesServer
-from tests.e2e.test_mission_flow import (  # noqa: F401  (fixtures)
-    fresh_database,
-    model_server,
-    repo,
-    submit_and_approve,
-    tree_files,
-)
+from tests.e2e.test_mission_flow import submit_and_approve, tree_files
 from tests.support import ScriptedModel
 
 pytestmark = pytest.mark.e2e

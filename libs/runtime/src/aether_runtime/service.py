@@ -208,6 +208,7 @@ class Service:
         self.steps = Steps(self)
         self._retry_spec: ConsumerSpec | None = None
         self._busy: dict[str, int] = {}
+        self._in_flight: set[tuple[str, int]] = set()
         self._backoff_until: dict[str, float] = {}
         self._watches: dict[tuple[str, str], ConsumerWatch] = {}
         self._stalled: dict[tuple[str, str], str] = {}
@@ -517,12 +518,18 @@ class Service:
         in_progress = metrics.HANDLERS_IN_PROGRESS.labels(self.name, spec.durable)
         in_progress.inc()
         self._busy[spec.durable] = self._busy.get(spec.durable, 0) + 1
+        self._in_flight.add((spec.durable, delivery.sequence))
         try:
             async with kept_alive(self._nats, raw, max(spec.ack_wait_seconds / 4, 0.2)):
                 await self._handle(spec, msg, delivery)
         finally:
+            self._in_flight.discard((spec.durable, delivery.sequence))
             self._busy[spec.durable] -= 1
             in_progress.dec()
+
+    def handling(self, durable: str, sequence: int) -> bool:
+        """Whether this process is handling (or settling) that message of ``durable``."""
+        return (durable, sequence) in self._in_flight
 
     async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec) -> None:
         await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)

@@ -120,6 +120,11 @@ class Steps:
     ) -> None:
         """Publish ``StepFailed`` for ``event``, which ``spec``'s handler failed on at the
         last delivery JetStream allows."""
+        if isinstance(event, StepFailed):
+            # A failure to handle the record of a failure is logged, not recorded: a
+            # handler failing on everything would otherwise add records without end.
+            log.error("handler failed on a StepFailed event", extra={"consumer": spec.durable})
+            return
         failed = step_failed(
             event,
             service=self._service.name,
@@ -206,11 +211,14 @@ class Steps:
             advisory = _advisory_decoder.decode(msg.data)
             service = self._service
             spec = service.spec_for(advisory.consumer, advisory.stream)
-            if spec is None:
+            if spec is None or service.handling(spec.durable, advisory.stream_seq):
+                # Ours at work here: its handler records the failure, with its error.
                 return
             stored = await service.js.get_msg(advisory.stream, advisory.stream_seq)
             event = decode(stored.data or b"")
-            await service.publisher.publish(
+            if isinstance(event, StepFailed):
+                return  # as in record_failure: no record of a failed record
+            ack = await service.publisher.publish(
                 step_failed(
                     event,
                     service=service.name,
@@ -223,6 +231,8 @@ class Steps:
                     now=datetime.now(UTC),
                 )
             )
+            if ack.duplicate:
+                return  # the handler recorded it (the server may announce a terminated one)
             log.error(
                 "step failed at the delivery limit (advisory)",
                 extra={"failed_event_id": event.event_id, "consumer": spec.durable},
