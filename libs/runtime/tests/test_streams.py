@@ -84,6 +84,10 @@ async def test_three_replicas_survive_service_restarts_on_a_three_node_cluster(
             await svc.start()
             try:
                 assert await stream_settings(js) == declared(3)
+                # The durable is Aether's as created: FastStream binds to it, no more.
+                consumer = (await js.consumer_info(MISSIONS_STREAM, f"{name}-missions")).config
+                assert (consumer.ack_wait, consumer.max_deliver) == (4.0, 20)
+                assert (consumer.max_ack_pending, consumer.num_replicas) == (1, 0)
             finally:
                 await svc.stop()
             assert await stream_settings(js) == declared(3)
