@@ -251,3 +251,40 @@ async def test_a_last_delivery_that_gets_no_answer_is_recorded_from_the_advisory
     finally:
         await log.stop()
         await svc.stop()
+
+
+async def test_a_retry_whose_event_is_gone_is_recorded_as_failing_again_once(
+    nc: NatsClient, nats_url: str
+) -> None:
+    handler = Flaky(set())
+    svc = flaky_service(nats_url, handler)
+    await svc.start()
+    log = await MissionLog(nc, "m-gone").start()
+    try:
+        js = nc.jetstream()
+        publisher = EventPublisher(js)
+        stored = await publisher.publish(requested("m-gone"))
+        await handler.wait_handled("m-gone")
+        await js.delete_msg(MISSIONS_STREAM, stored.seq)
+        retry = StepRetryRequested(
+            event_id=new_event_id(),
+            mission_id="m-gone",
+            occurred_at=datetime.now(UTC),
+            correlation_id="c",
+            service="flaky",
+            consumer="flaky",
+            failed_event_id=derived_id("m-gone", "requested"),
+            stream=MISSIONS_STREAM,
+            stream_sequence=stored.seq,
+        )
+        await publisher.publish(retry)
+        await log.wait_for(lambda log: bool(log.of_type(StepFailed)), timeout=15)
+        (failed,) = log.of_type(StepFailed)
+        assert failed.retry_of == retry.event_id and "no longer holds" in failed.error
+        # Answered at once, not retried until the retry consumer's own limit.
+        info = await js.consumer_info(MISSIONS_STREAM, "flaky-step-retries")
+        assert info.num_redelivered == 0
+        assert handler.calls.count(("m-gone", stored.seq)) == 1
+    finally:
+        await log.stop()
+        await svc.stop()

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING
 import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
 
 from aether_events import (
     Event,
     StepFailed,
     StepRecovered,
     StepRetryRequested,
+    UnknownEventType,
     decode,
     derived_id,
     tag_of,
@@ -93,6 +95,27 @@ def step_failed(
     )
 
 
+def unretriable(retry: StepRetryRequested, now: datetime) -> StepFailed:
+    """The record of a retry that found its event gone from the stream (aged out of the
+    telemetry stream, or the stream recreated)."""
+    return StepFailed(
+        event_id=derived_id(retry.mission_id, "step_failed", retry.service, retry.event_id),
+        mission_id=retry.mission_id,
+        occurred_at=now,
+        correlation_id=retry.correlation_id,
+        causation_id=retry.event_id,
+        service=retry.service,
+        consumer=retry.consumer,
+        failed_event_id=retry.failed_event_id,
+        failed_event_type="",
+        stream=retry.stream,
+        stream_sequence=retry.stream_sequence,
+        error=f"{retry.stream} no longer holds the event at sequence {retry.stream_sequence}",
+        attempts=0,
+        retry_of=retry.event_id,
+    )
+
+
 def step_recovered(retry: StepRetryRequested, now: datetime) -> StepRecovered:
     """The record of a retried step succeeding."""
     return StepRecovered(
@@ -151,13 +174,15 @@ class Steps:
         if spec is None:
             log.warning("retry for a consumer not run here", extra={"consumer": event.consumer})
             return
-        stored = await service.js.get_msg(event.stream, event.stream_sequence)
-        original = decode(stored.data or b"")
-        if original.event_id != event.failed_event_id:
-            log.error(
-                "retry names an event the stream does not hold at that sequence",
-                extra={"seq": event.stream_sequence, "failed_event_id": event.failed_event_id},
-            )
+        try:
+            stored = await service.js.get_msg(event.stream, event.stream_sequence)
+            original = decode(stored.data or b"")
+        except (NotFoundError, UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            original = None
+        if original is None or original.event_id != event.failed_event_id:
+            # Retrying cannot help: say so on the mission rather than retry the request.
+            log.error("retry finds its event gone", extra={"seq": event.stream_sequence})
+            await service.publisher.publish(unretriable(event, datetime.now(UTC)))
             return
         from aether_runtime.service import Delivery  # the service module imports this one
 

@@ -59,7 +59,8 @@ def failed_steps(payloads: list[dict[str, Any]]) -> list[FailedStep]:
             case StepFailed():
                 steps[key] = FailedStep(
                     failed_event_id=event.failed_event_id,
-                    failed_event_type=event.failed_event_type,
+                    failed_event_type=event.failed_event_type
+                    or (current.failed_event_type if current else ""),
                     service=event.service,
                     consumer=event.consumer,
                     stream=event.stream,
