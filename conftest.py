@@ -18,7 +18,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from aether.infra import EmbeddedNats, EmbeddedPostgres
+from aether.infra import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, wait_for_jetstream
 
 
 def _docker_available() -> bool:
@@ -68,6 +68,20 @@ def database_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+async def nats_cluster() -> AsyncIterator[EmbeddedNatsCluster]:
+    """Three NATS servers on the loopback interface forming one JetStream cluster, for
+    replicated streams; a test may kill and start any of them."""
+    data = Path(tempfile.mkdtemp(prefix="aether-test-cluster-"))
+    cluster = EmbeddedNatsCluster(data).start()
+    try:
+        await wait_for_jetstream(cluster.url)
+        yield cluster
+    finally:
+        cluster.stop()
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -130,6 +130,11 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parser.add_argument("--reason")
     command("resume", commands.resume, "resume a paused mission").add_argument("mission_id")
 
+    step = command("retry-step", commands.retry_step, "run a failed step again")
+    step.add_argument("mission_id")
+    step.add_argument("event_id", help="the id of the event the step failed on")
+    step.add_argument("--service", help="the service, when several failed on the event")
+
     retry = command("retry", commands.retry, "run an escalated task again")
     retry.add_argument("mission_id")
     retry.add_argument("task_id")

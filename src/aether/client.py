@@ -126,6 +126,21 @@ class GatewayClient:
         result: dict[str, Any] = self._post(f"/missions/{mission_id}/tasks/{task_id}/retry")
         return result
 
+    def steps(self, mission_id: str) -> list[dict[str, Any]]:
+        """The mission's failed steps (events a service could not handle)."""
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}/steps")
+        steps: list[dict[str, Any]] = result["steps"]
+        return steps
+
+    def retry_step(
+        self, mission_id: str, event_id: str, service: str | None = None
+    ) -> dict[str, Any]:
+        path = f"/missions/{mission_id}/steps/{event_id}/retry"
+        result: dict[str, Any] = self._check(
+            self._http.post(path, params=_clean({"service": service}))
+        )
+        return result
+
     def skip(self, mission_id: str, task_id: str, reason: str = "") -> dict[str, Any]:
         result: dict[str, Any] = self._post(
             f"/missions/{mission_id}/tasks/{task_id}/skip", {"reason": reason}

@@ -142,6 +142,16 @@ def retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def retry_step(args: argparse.Namespace) -> int:
+    answer = client(args).retry_step(args.mission_id, args.event_id, args.service)
+    emit(
+        args,
+        answer,
+        lambda: f"the failed step on event {args.event_id} of {args.mission_id} will run again",
+    )
+    return 0
+
+
 def skip(args: argparse.Namespace) -> int:
     answer = client(args).skip(args.mission_id, args.task_id, args.reason or "")
     emit(args, answer, lambda: f"task {args.task_id} of {args.mission_id} skipped")

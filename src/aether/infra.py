@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,134 @@ class EmbeddedNats:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (crash testing); ``start()`` brings it back on the same
+        port with the same store."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+async def wait_for_jetstream(url: str, within: float = 30.0) -> None:
+    """Wait until the server (or cluster) at ``url`` answers JetStream requests: a new
+    cluster has no meta leader for its first seconds."""
+    import asyncio
+
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+@dataclass
+class NatsClusterNode:
+    """One server of an ``EmbeddedNatsCluster``."""
+
+    name: str
+    data_dir: Path
+    port: int
+    cluster_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+@dataclass
+class EmbeddedNatsCluster:
+    """Several nats-server processes on the loopback interface forming one JetStream
+    cluster (for replicated streams: three servers carry ``num_replicas=3``).
+
+    Clients connect to ``url`` (the first server) and learn the others from it, so they
+    fail over when any one server goes away.
+    """
+
+    data_dir: Path
+    size: int = 3
+    name: str = "aether"
+    nodes: list[NatsClusterNode] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> EmbeddedNatsCluster:
+        if not self.nodes:
+            self.nodes = [
+                NatsClusterNode(f"n{i + 1}", self.data_dir / f"n{i + 1}", free_port(), free_port())
+                for i in range(self.size)
+            ]
+        for index in range(len(self.nodes)):
+            self.start_node(index)
+        return self
+
+    def start_node(self, index: int, log_file: Path | None = None) -> None:
+        """Start (or start again, on the same ports and store) server ``index``."""
+        node = self.nodes[index]
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        routes = ",".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
+        out: Any = log_file.open("ab") if log_file else subprocess.DEVNULL
+        node.process = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "--jetstream",
+                "--store_dir",
+                str(node.data_dir),
+                "--server_name",
+                node.name,
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                str(node.port),
+                "--cluster_name",
+                self.name,
+                "--cluster",
+                f"nats://127.0.0.1:{node.cluster_port}",
+                "--routes",
+                routes,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(node.port)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL server ``index`` (crash testing)."""
+        process = self.nodes[index].process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        self.nodes[index].process = None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.terminate()
+        for index, node in enumerate(self.nodes):
+            if node.process is not None:
+                try:
+                    node.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.kill_node(index)
+            node.process = None
 
 
 @dataclass

@@ -128,6 +128,15 @@ def mission_detail(m: dict[str, Any]) -> str:
                 f"{money(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
                 f"{short(t['title'] + after, 60)}{note}"
             )
+    steps = m.get("failed_steps") or []
+    if steps:
+        lines.append("  failed steps:")
+        for step in steps:
+            lines.append(
+                f"    {step['service']:<12} {step['failed_event_type']:<18} "
+                f"{step['status']:<9} {step['attempts']:>3} tries  event {step['failed_event_id']}"
+                f"  — {short(step['error'], 50)}"
+            )
     messages = m.get("messages") or []
     if messages:
         lines.append("  conversation:")

@@ -169,6 +169,14 @@ class Stack:
         os.killpg(service.process.pid, signal.SIGKILL)
         service.process.wait()
 
+    def restart_nats(self) -> None:
+        """SIGKILL the embedded NATS server and start it again on the same port and store
+        (crash testing; only for a server this stack started)."""
+        if self._nats is None:
+            raise RuntimeError("NATS is not this stack's own (NATS_URL was given)")
+        self._nats.kill()
+        self._nats.start(self.home / "logs" / "nats.log")
+
     def stop_service(self, name: str, timeout: float = 15.0) -> None:
         service = self.processes.pop(name)
         if service.process.poll() is None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from aether_events import (
@@ -75,3 +77,18 @@ async def test_replay_of_an_empty_stream_returns_the_initial_state(nc: NatsClien
     await ensure_streams(js)
     state, result = await replay(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, 7, lambda s, e, q: s)
     assert state == 7 and result.last_sequence == 0
+
+
+async def test_a_start_that_changes_a_streams_durability_says_so(
+    nc: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    with caplog.at_level(logging.WARNING, logger="aether.events.streams"):
+        await ensure_streams(js, StreamSettings())
+        await ensure_streams(js, StreamSettings())
+        assert not caplog.records
+        await ensure_streams(js, StreamSettings(duplicate_window_seconds=600))
+    (record,) = caplog.records
+    assert record.getMessage() == "stream settings changed"
+    assert record.stream == MISSIONS_STREAM  # type: ignore[attr-defined]
+    assert (await js.stream_info(MISSIONS_STREAM)).config.duplicate_window == 600

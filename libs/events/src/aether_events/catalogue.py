@@ -332,6 +332,45 @@ class WaveCompleted(Event, frozen=True, kw_only=True, tag="wave_completed"):
     wave: int
 
 
+# --- steps: one service's handling of one event --------------------------------------
+
+
+class StepFailed(Event, frozen=True, kw_only=True, tag="step_failed"):
+    """A service's handler failed on an event at its last allowed delivery (or, with
+    ``retry_of``, on a retry a person asked for). The message was terminated so later
+    events go on; ``StepRetryRequested`` runs the handler on the event again."""
+
+    service: str
+    consumer: str
+    failed_event_id: str
+    failed_event_type: str
+    stream: str
+    stream_sequence: int
+    error: str
+    attempts: int
+    retry_of: str | None = None
+
+
+class StepRetryRequested(Event, frozen=True, kw_only=True, tag="step_retry_requested"):
+    """A person asked a service to handle a failed event again (see ``StepFailed``)."""
+
+    service: str
+    consumer: str
+    failed_event_id: str
+    stream: str
+    stream_sequence: int
+    requested_by: str | None = None
+
+
+class StepRecovered(Event, frozen=True, kw_only=True, tag="step_recovered"):
+    """A retried step succeeded: the service handled the event that had failed."""
+
+    service: str
+    consumer: str
+    failed_event_id: str
+    retry_of: str
+
+
 # --- telemetry (second stream, short retention) -------------------------------------
 
 
@@ -386,6 +425,9 @@ AnyEvent = (
     | WorkspaceFailed
     | WaveStarted
     | WaveCompleted
+    | StepFailed
+    | StepRetryRequested
+    | StepRecovered
     | AgentProgress
     | AgentHeartbeat
 )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from aether_events.subjects import ALL_MISSION_EVENTS, ALL_TELEMETRY
+
+log = logging.getLogger("aether.events.streams")
 
 MISSIONS_STREAM = "AETHER_MISSIONS"
 TELEMETRY_STREAM = "AETHER_TELEMETRY"
@@ -55,7 +59,7 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings | None =
     for config in stream_configs(settings or StreamSettings()):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            current = (await js.stream_info(config.name)).config
         except NotFoundError:
             try:
                 await js.add_stream(config)
@@ -63,4 +67,17 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings | None =
                 # Another service created it between our look and our add.
                 await js.stream_info(config.name)
             continue
+        was, now = _durability(current), _durability(config)
+        if was != now:
+            # Visible, since whoever starts a service with other settings changes the
+            # stream for everyone (fewer replicas is less durable).
+            log.warning(
+                "stream settings changed",
+                extra={"stream": config.name, "was": str(was), "now": str(now)},
+            )
         await js.update_stream(config)
+
+
+def _durability(config: StreamConfig) -> tuple[object, ...]:
+    """Replicas, duplicate window and age limit, with the server's spelling of defaults."""
+    return (config.num_replicas or 1, config.duplicate_window or 0.0, config.max_age or 0.0)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+from nats.js.errors import NotFoundError
 
 from aether_events import MISSIONS_STREAM, TELEMETRY_STREAM
 from aether_runtime import metrics
@@ -22,16 +24,25 @@ log = logging.getLogger("aether.runtime.bus")
 
 STREAMS: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
 
+Readings = dict[tuple[str, str], ConsumerInfo | None]
+
 
 async def read_bus(
     js: JetStreamContext,
     service: str,
     consumers: Iterable[tuple[str, str]],
     streams: Iterable[str] = STREAMS,
-) -> None:
-    """Set the consumer gauges of ``consumers`` (stream, durable) and the stream gauges."""
+) -> Readings:
+    """Set the consumer gauges of ``consumers`` (stream, durable) and the stream gauges;
+    returns what was read of each consumer (None: it does not exist)."""
+    readings: Readings = {}
     for stream, durable in consumers:
-        info = await js.consumer_info(stream, durable)
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            readings[(stream, durable)] = None
+            continue
+        readings[(stream, durable)] = info
         metrics.CONSUMER_PENDING.labels(service, durable).set(info.num_pending or 0)
         metrics.CONSUMER_ACK_PENDING.labels(service, durable).set(info.num_ack_pending or 0)
         metrics.CONSUMER_REDELIVERED.labels(service, durable).set(info.num_redelivered or 0)
@@ -40,6 +51,7 @@ async def read_bus(
         metrics.STREAM_MESSAGES.labels(stream).set(state.messages)
         metrics.STREAM_BYTES.labels(stream).set(state.bytes)
         metrics.STREAM_CONSUMERS.labels(stream).set(state.consumer_count)
+    return readings
 
 
 async def poll_bus(
@@ -48,9 +60,11 @@ async def poll_bus(
     consumers: list[tuple[str, str]],
     every: float,
     stop: asyncio.Event | None = None,
+    observe: Callable[[Readings], None] | None = None,
 ) -> None:
-    """``read_bus`` every ``every`` seconds until ``stop`` is set (or the task cancelled);
-    a failed read is counted and logged once per failure streak, and never stops the loop.
+    """``read_bus`` every ``every`` seconds until ``stop`` is set (or the task cancelled),
+    handing each reading to ``observe``; a failed read is counted and logged once per
+    failure streak, and never stops the loop.
 
     The stop flag is what ends the loop reliably: on Python 3.11 a cancellation that
     arrives as a NATS request completes can be swallowed by ``asyncio.wait_for``, and a
@@ -59,8 +73,10 @@ async def poll_bus(
     failing = False
     while not stop.is_set():
         try:
-            await read_bus(js, service, consumers)
+            readings = await read_bus(js, service, consumers)
             failing = False
+            if observe is not None:
+                observe(readings)
         except asyncio.CancelledError:
             raise
         except Exception as error:

@@ -18,7 +18,14 @@ step run by each replica could not promise.
 Each delivery is decoded once; a payload that does not decode is terminated and counted
 (poison), an event type this build does not know is acknowledged and skipped, and a
 handler that raises is negatively acknowledged with a growing delay so one bad event
-cannot take the service down.
+cannot take the service down. At the consumer's delivery limit the failure is recorded on
+the mission as ``StepFailed`` and the message terminated (see ``steps``), never dropped in
+silence.
+
+Consumers run with a short ack wait and the runtime keeps each running handler's message
+alive, and acknowledgements are confirmed by the server (see ``acks``): a delivery lost
+with a restarting NATS server is redelivered within seconds. ``/readyz`` reports a
+consumer that has stalled (see ``stall``).
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ import msgspec
 import nats
 from faststream.asgi import AsgiFastStream
 from faststream.middlewares import AckPolicy
-from faststream.nats import ConsumerConfig, NatsBroker, NatsMessage, PullSub
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig as JsConsumerConfig
@@ -48,21 +56,33 @@ from aether_events import (
     MISSIONS_STREAM,
     Event,
     EventPublisher,
+    StepRetryRequested,
     StreamSettings,
     UnknownEventType,
     decode,
     ensure_streams,
     tag_of,
+    type_subject,
 )
 from aether_runtime import health, http, metrics
-from aether_runtime.bus_metrics import poll_bus
+from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
+from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.logs import log_context
 from aether_runtime.settings import RuntimeSettings
+from aether_runtime.stall import ConsumerWatch
+from aether_runtime.steps import Steps
 
 log = logging.getLogger("aether.runtime")
 
 Handler = Callable[[Event, "Delivery"], Awaitable[None]]
 Rebuild = Callable[[JetStreamContext], Awaitable[int]]
+
+# How long one pull request waits for a message. A request in flight when the server
+# restarts is lost, and the consumer fetches again only once it expires, so this bounds
+# that part of a restart's stall.
+FETCH_SECONDS = 2.0
+# Between reconnection attempts, and never giving up: a service outlives its bus.
+RECONNECT_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -139,7 +159,10 @@ class ConsumerSpec:
     handler: Handler
     stream: str = MISSIONS_STREAM
     max_workers: int = 1
-    ack_wait_seconds: float = 30.0
+    # How long the server waits for a sign of life before delivering a message again.
+    # Short, because a delivery lost with a crashed server blocks an ordered consumer for
+    # this long; a slow handler is not at risk, the runtime sends in-progress acks for it.
+    ack_wait_seconds: float = 4.0
     max_deliver: int = 20
     # Created fresh, start at new messages instead of right after the replayed position
     # (for a consumer on another stream, whose sequences the replay does not know).
@@ -158,11 +181,20 @@ class Service:
     on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_ready_check: Callable[[], tuple[bool, str]] | None = None
-    # How often consumer lag and stream sizes are read into gauges (0: never).
+    # How often consumer lag and stream sizes are read into gauges (0: never); the same
+    # readings find stalled consumers.
     bus_poll_seconds: float = 10.0
+    # A consumer with messages waiting that delivers nothing for this long is stalled.
+    stall_after_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        self.broker = NatsBroker(self.settings.nats_url, logger=None, graceful_timeout=30.0)
+        self.broker = NatsBroker(
+            self.settings.nats_url,
+            logger=None,
+            graceful_timeout=30.0,
+            reconnect_time_wait=1,
+            max_reconnect_attempts=-1,
+        )
         self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._publisher: CountingPublisher | None = None
@@ -173,6 +205,15 @@ class Service:
         self.started_at = time.monotonic()
         self._poller: asyncio.Task[None] | None = None
         self._poller_stop = asyncio.Event()
+        self.steps = Steps(self)
+        self._retry_spec: ConsumerSpec | None = None
+        self._busy: dict[str, int] = {}
+        self._in_flight: set[tuple[str, int]] = set()
+        self._backoff_until: dict[str, float] = {}
+        self._watches: dict[tuple[str, str], ConsumerWatch] = {}
+        self._stalled: dict[tuple[str, str], str] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._settled = Settled()
         for counter in (
             metrics.REDELIVERIES,
             metrics.POISON,
@@ -203,6 +244,15 @@ class Service:
 
     def consume(self, spec: ConsumerSpec) -> None:
         """Register a durable consumer whose deliveries go to ``spec.handler``."""
+        if self._retry_spec is None:
+            # Every service with consumers takes requests to retry its failed steps.
+            self._retry_spec = ConsumerSpec(
+                durable=f"{self.name}-step-retries",
+                subject=type_subject(StepRetryRequested),
+                handler=self.steps.on_retry_requested,
+                start_at_new=True,
+            )
+            self.consume(self._retry_spec)
         self._consumers.append(spec)
         # Exported from the start, so dashboards show zeros rather than gaps.
         for gauge in (
@@ -214,9 +264,13 @@ class Service:
             gauge.labels(self.name, spec.durable)
         subscriber = self.broker.subscriber(
             spec.subject,
-            stream=spec.stream,
+            # The streams are Aether's (``ensure_streams``, with the configured replicas,
+            # duplicate window and age limit). Left to declare them, FastStream would
+            # "update" each to its own defaults at every start: one replica, a two-minute
+            # duplicate window and no age limit.
+            stream=JStream(spec.stream, declare=False),
             durable=spec.durable,
-            pull_sub=PullSub(batch_size=1, timeout=5.0),
+            pull_sub=PullSub(batch_size=1, timeout=FETCH_SECONDS),
             config=ConsumerConfig(
                 ack_wait=spec.ack_wait_seconds,
                 max_deliver=spec.max_deliver,
@@ -233,8 +287,28 @@ class Service:
 
     # --- lifecycle ----------------------------------------------------------------
 
+    def spec_for(self, durable: str, stream: str) -> ConsumerSpec | None:
+        """The first registered consumer of ``durable`` on ``stream`` (retries excluded)."""
+        for spec in self._consumers:
+            if spec is not self._retry_spec and (spec.durable, spec.stream) == (durable, stream):
+                return spec
+        return None
+
+    def lock_for(self, spec: ConsumerSpec) -> contextlib.AbstractAsyncContextManager[Any]:
+        """What a handler call of ``spec`` holds: for a consumer that handles one event at
+        a time, a lock a retried step shares, so a retry never runs beside it."""
+        if spec.max_workers > 1:
+            return contextlib.nullcontext()
+        return self._locks.setdefault(id(spec), asyncio.Lock())
+
     async def _start(self) -> None:
-        self.nc = await nats.connect(self.settings.nats_url, name=f"aether-{self.name}")
+        self.nc = await nats.connect(
+            self.settings.nats_url,
+            name=f"aether-{self.name}",
+            reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+            max_reconnect_attempts=-1,
+            reconnected_cb=self._reconnected,
+        )
         self._js = self.nc.jetstream()
         await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
         self._publisher = CountingPublisher(self._js, self.name)
@@ -248,6 +322,9 @@ class Service:
             )
         for spec in self._consumers:
             await self._ensure_consumer(spec, last_seq)
+        for spec in self._consumers:
+            await self._align_consumer(spec)
+        await self.steps.watch_delivery_limits(self._consumers)
 
     async def _ensure_consumer(self, spec: ConsumerSpec, last_seq: int) -> None:
         try:
@@ -287,6 +364,35 @@ class Service:
             except NotFoundError:
                 raise error from None
 
+    async def _reconnected(self) -> None:
+        try:
+            sent = await self._settled.resend(self._nats)
+        except Exception as error:
+            log.warning("could not repeat acknowledgements", extra={"error": repr(error)})
+            return
+        log.info("reconnected to nats", extra={"acks_repeated": sent})
+
+    async def _align_consumer(self, spec: ConsumerSpec) -> None:
+        """Bring an existing consumer's ack wait and delivery limit to the spec's (a
+        consumer created by an older build keeps its own otherwise); nothing else of it
+        changes, its position least of all."""
+        info = await self.js.consumer_info(spec.stream, spec.durable)
+        config = info.config
+        if config.ack_wait == spec.ack_wait_seconds and config.max_deliver == spec.max_deliver:
+            return
+        log.info(
+            "consumer settings updated",
+            extra={
+                "consumer": spec.durable,
+                "ack_wait": spec.ack_wait_seconds,
+                "was": config.ack_wait,
+                "max_deliver": spec.max_deliver,
+            },
+        )
+        config.ack_wait = spec.ack_wait_seconds
+        config.max_deliver = spec.max_deliver
+        await self.js.add_consumer(spec.stream, config=config)
+
     async def _after_start(self) -> None:
         for hook in self.on_started:
             await hook()
@@ -295,7 +401,14 @@ class Service:
             consumers = list(dict.fromkeys((spec.stream, spec.durable) for spec in self._consumers))
             self._poller_stop = asyncio.Event()
             self._poller = asyncio.create_task(
-                poll_bus(self.js, self.name, consumers, self.bus_poll_seconds, self._poller_stop),
+                poll_bus(
+                    self.js,
+                    self.name,
+                    consumers,
+                    self.bus_poll_seconds,
+                    self._poller_stop,
+                    observe=self._observe,
+                ),
                 name=f"{self.name}-bus-metrics",
             )
         self.ready = True
@@ -314,6 +427,7 @@ class Service:
             self._poller = None
         for hook in self.on_stopping:
             await hook()
+        await self.steps.stop()
         if self.nc is not None and self.nc.is_connected:
             await self.nc.drain()
 
@@ -322,9 +436,36 @@ class Service:
             return False, "starting"
         if self.nc is None or not self.nc.is_connected:
             return False, "nats disconnected"
+        stalled = self.stalled()
+        if stalled is not None:
+            return False, stalled
         if self.extra_ready_check is not None:
             return self.extra_ready_check()
         return True, "ok"
+
+    def stalled(self) -> str | None:
+        """Why a consumer of this service is stalled, or None when none is (from the
+        latest reading of the bus; see ``stall``)."""
+        return "; ".join(self._stalled.values()) or None
+
+    def _observe(self, readings: Readings) -> None:
+        now = time.monotonic()
+        for (stream, durable), info in readings.items():
+            watch = self._watches.setdefault(
+                (stream, durable), ConsumerWatch(durable, self.stall_after_seconds)
+            )
+            reason = watch.observe(
+                info,
+                busy=self._busy.get(durable, 0) > 0,
+                backing_off=now < self._backoff_until.get(durable, 0.0),
+                now=now,
+            )
+            if reason is None:
+                self._stalled.pop((stream, durable), None)
+            else:
+                if (stream, durable) not in self._stalled:
+                    log.warning("consumer stalled", extra={"consumer": durable, "why": reason})
+                self._stalled[(stream, durable)] = reason
 
     async def start(self) -> None:
         """Start everything without the FastStream ASGI wrapper (for apps like Litestar
@@ -376,10 +517,28 @@ class Service:
             metrics.REDELIVERIES.labels(self.name).inc()
         in_progress = metrics.HANDLERS_IN_PROGRESS.labels(self.name, spec.durable)
         in_progress.inc()
+        self._busy[spec.durable] = self._busy.get(spec.durable, 0) + 1
+        self._in_flight.add((spec.durable, delivery.sequence))
         try:
-            await self._handle(spec, msg, delivery)
+            async with kept_alive(self._nats, raw, max(spec.ack_wait_seconds / 4, 0.2)):
+                await self._handle(spec, msg, delivery)
         finally:
+            self._in_flight.discard((spec.durable, delivery.sequence))
+            self._busy[spec.durable] -= 1
             in_progress.dec()
+
+    def handling(self, durable: str, sequence: int) -> bool:
+        """Whether this process is handling (or settling) that message of ``durable``."""
+        return (durable, sequence) in self._in_flight
+
+    async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec) -> None:
+        await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
+
+    @property
+    def _nats(self) -> NatsClient:
+        if self.nc is None:
+            raise RuntimeError("service not connected yet")
+        return self.nc
 
     async def _handle(self, spec: ConsumerSpec, msg: NatsMessage, delivery: Delivery) -> None:
         raw = msg.raw_message
@@ -388,7 +547,7 @@ class Service:
         except UnknownEventType as unknown:
             metrics.EVENTS_CONSUMED.labels(self.name, unknown.tag, "unknown").inc()
             log.warning("skipping unknown event type", extra={"tag": unknown.tag})
-            await msg.ack()
+            await self._settle(raw, ACK, spec)
             return
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             metrics.POISON.labels(self.name).inc()
@@ -396,7 +555,7 @@ class Service:
                 "poison message terminated",
                 extra={"subject": raw.subject, "seq": delivery.sequence, "error": str(error)},
             )
-            await msg.reject()
+            await self._settle(raw, TERM, spec)
             return
         tag = tag_of(type(event))
         task_id = _task_id(event)
@@ -404,18 +563,31 @@ class Service:
         with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
             began = time.perf_counter()
             try:
-                await spec.handler(event, delivery)
-            except Exception:
-                delay = min(30.0, 0.5 * 2 ** min(delivery.num_delivered, 6))
+                async with self.lock_for(spec):
+                    await spec.handler(event, delivery)
+            except Exception as error:
                 metrics.EVENTS_CONSUMED.labels(self.name, tag, "error").inc()
+                if delivery.num_delivered >= spec.max_deliver:
+                    log.exception("handler failed at the delivery limit", extra={"type": tag})
+                    try:
+                        await self.steps.record_failure(spec, event, delivery, error)
+                    except Exception:
+                        # Unsettled, the message reaches its limit on the server, whose
+                        # advisory records the failure instead (see ``steps``).
+                        log.exception("could not record the failed step")
+                        return
+                    await self._settle(raw, TERM, spec)
+                    return
+                delay = min(30.0, 0.5 * 2 ** min(delivery.num_delivered, 6))
                 log.exception("handler failed; will retry", extra={"retry_in": delay, "type": tag})
+                self._backoff_until[spec.durable] = time.monotonic() + delay + spec.ack_wait_seconds
                 await msg.nack(delay=delay)
                 return
             finally:
                 elapsed = time.perf_counter() - began
                 metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
-            await msg.ack()
+            await self._settle(raw, ACK, spec)
             # One line per handled event, with the ids above: grep a mission across services.
             log.info(
                 "handled %s",

@@ -49,7 +49,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     concurrency: int = 2
-    ack_wait_seconds: float = 60.0
+    # Short: a delivery lost with a restarting NATS server waits this long (a running
+    # agent keeps its message alive with in-progress acks however long it works).
+    ack_wait_seconds: float = 10.0
     max_turns: int = 40
     max_output_tokens: int = 8192
     max_tokens: int = 2_000_000

@@ -134,6 +134,9 @@ class Gateway:
             return False, "nats disconnected"
         if not await self.db.ping():
             return False, "database unreachable"
+        stalled = self.service.stalled()
+        if stalled is not None:
+            return False, stalled
         return True, "ok"
 
     async def read_model_status(self) -> dict[str, Any]:

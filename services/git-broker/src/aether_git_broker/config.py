@@ -55,7 +55,9 @@ class GitBrokerSettings:
     branch_prefix: str = "aether"
     identity: str = DEFAULT_IDENTITY
     max_listed_files: int = 2000
-    ack_wait_seconds: float = 30.0
+    # Short: a delivery lost with a restarting NATS server holds the broker this long
+    # (handlers are kept alive with in-progress acks however long they take).
+    ack_wait_seconds: float = 4.0
     repository_roots: tuple[str, ...] = ()
     verify: bool = True
     verify_timeout_seconds: float = 600.0
@@ -104,7 +106,7 @@ class GitBrokerSettings:
             branch_prefix=env.get("AETHER_BRANCH_PREFIX") or "aether",
             identity=env.get("AETHER_GIT_IDENTITY") or DEFAULT_IDENTITY,
             max_listed_files=int(env.get("AETHER_MAX_LISTED_FILES") or 2000),
-            ack_wait_seconds=float(env.get("AETHER_ACK_WAIT_SECONDS") or 30.0),
+            ack_wait_seconds=float(env.get("AETHER_ACK_WAIT_SECONDS") or 4.0),
             repository_roots=tuple(
                 os.path.normpath(os.path.expanduser(r)) for r in roots.split(":") if r
             ),

@@ -49,8 +49,8 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             # One event at a time, in stream order: a trigger must never be looked at
             # before the events it follows (a prepared repository before its request).
             # Planning several missions at once needs the model calls moved off the
-            # consumer; until then a planner plans one mission at a time.
-            ack_wait_seconds=60.0,
+            # consumer; until then a planner plans one mission at a time. The runtime's
+            # short ack wait stands: it keeps a model call's message alive while it runs.
             # Created after the replay, the consumer starts at the first trigger still
             # unanswered (a repository prepared before the planner first started).
             first_due=lambda: projection.first_sequence(pending(projection.state)),

@@ -13,6 +13,7 @@ from aether_gateway.api.errors import on_http_error, on_unexpected_error, on_val
 from aether_gateway.api.inputs import InputGuard, strict_body
 from aether_gateway.api.live import LIVE_ROUTES
 from aether_gateway.api.queries import QUERY_ROUTES
+from aether_gateway.api.steps import STEP_ROUTES
 
 __all__ = [
     "GatewayContext",
@@ -29,7 +30,13 @@ def router(ctx: GatewayContext) -> Router:
     takes one) checked strictly before it runs."""
     return Router(
         path="/",
-        route_handlers=[*COMMAND_ROUTES, *QUERY_ROUTES, *LIVE_ROUTES, *ADMIN_ROUTES],
+        route_handlers=[
+            *COMMAND_ROUTES,
+            *QUERY_ROUTES,
+            *LIVE_ROUTES,
+            *ADMIN_ROUTES,
+            *STEP_ROUTES,
+        ],
         dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
         before_request=strict_body,
     )

@@ -20,6 +20,7 @@ from aether_gateway.domain import (
     Task,
 )
 from aether_gateway.domain.auth import Scope
+from aether_gateway.domain.steps import FailedStep
 
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 
@@ -130,6 +131,8 @@ class MissionDetail(Mission, frozen=True, kw_only=True):
     budget_remaining_usd: float | None = None
     # The events counted in ``projection_failures``: what the read model could not store.
     projection_errors: list[ProjectionFailure] = msgspec.field(default_factory=list)
+    # Events a service could not handle (see GET /missions/{id}/steps).
+    failed_steps: list[FailedStep] = msgspec.field(default_factory=list)
 
 
 class TaskPage(msgspec.Struct, kw_only=True):

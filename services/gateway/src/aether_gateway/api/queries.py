@@ -31,6 +31,7 @@ from aether_gateway.api.bodies import (
 )
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses, mission_not_found, not_found
+from aether_gateway.api.steps import failed_steps_of
 from aether_gateway.domain import (
     MISSION_STATUSES,
     TASK_STATUSES,
@@ -203,6 +204,7 @@ async def get_mission(
         projection_errors=(
             await ctx.read_model.failures(mission_id) if mission.projection_failures else []
         ),
+        failed_steps=await failed_steps_of(ctx, mission_id),
     )
 
 

@@ -1,0 +1,103 @@
+"""Settling JetStream deliveries so that a bus restart costs seconds, not an ack wait.
+
+An acknowledgement can be lost with a crashing server: the server then waits the
+consumer's whole ack wait before it delivers the message again, and an ordered consumer
+(one message in flight) delivers nothing else meanwhile. So an ack or a termination here
+is a request the server answers once it has recorded it, retried across a reconnect; the
+latest ones are sent again after every reconnect, since a server killed at once may not
+have written down what it answered; while a handler runs its message is kept alive with
+in-progress acks, which lets every consumer run with a short ack wait (the bound on a
+delivery lost in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+log = logging.getLogger("aether.runtime.acks")
+
+ACK = b"+ACK"
+TERM = b"-TERM"
+PROGRESS = b"+WPI"
+
+
+class Settled:
+    """The latest acknowledgements and terminations sent, to send again after a
+    reconnect (the server ignores a repeat of one it kept)."""
+
+    def __init__(self, keep: int = 256, for_seconds: float = 120.0) -> None:
+        self._recent: deque[tuple[float, str, bytes]] = deque(maxlen=keep)
+        self._for = for_seconds
+
+    def note(self, msg: Msg, payload: bytes) -> None:
+        self._recent.append((time.monotonic(), msg.reply, payload))
+
+    async def resend(self, nc: NatsClient) -> int:
+        """Send the recent settlements again; returns how many were sent."""
+        since = time.monotonic() - self._for
+        recent = [(reply, payload) for at, reply, payload in self._recent if at >= since]
+        for reply, payload in recent:
+            await nc.publish(reply, payload)
+        await nc.flush()
+        return len(recent)
+
+
+async def confirm(
+    nc: NatsClient, msg: Msg, payload: bytes, within: float, settled: Settled | None = None
+) -> bool:
+    """Send ``payload`` (``ACK`` or ``TERM``) for ``msg`` and wait for the server to
+    answer, retrying through a disconnect for up to ``within`` seconds (after that the
+    server redelivers the message anyway). Says whether the server answered."""
+    deadline = time.monotonic() + within
+    if settled is not None:
+        settled.note(msg, payload)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if nc.is_connected:
+                await nc.request(msg.reply, payload, timeout=min(1.0, max(within, 0.1)))
+                msg._ackd = True  # nats-py's own flag: the message is settled
+                return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if attempt == 1:
+                log.warning(
+                    "acknowledgement not confirmed; retrying",
+                    extra={"error": repr(error), "payload": payload.decode()},
+                )
+        if time.monotonic() >= deadline:
+            log.warning("acknowledgement given up", extra={"payload": payload.decode()})
+            return False
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def kept_alive(nc: NatsClient, msg: Msg, every: float) -> AsyncIterator[None]:
+    """Send in-progress acks for ``msg`` every ``every`` seconds while the body runs, so
+    a consumer's short ack wait bounds how long a lost delivery waits, not how long a
+    handler may take. A beat that cannot be sent (the bus is down) is skipped."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                if nc.is_connected:
+                    await nc.publish(msg.reply, PROGRESS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
