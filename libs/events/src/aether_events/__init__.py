@@ -55,7 +55,7 @@ from aether_events.codec import UnknownEventType, decode, encode, to_builtins
 from aether_events.ids import derived_id, new_event_id, new_mission_id
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher
-from aether_events.replay import ReplayResult, mission_history, replay
+from aether_events.replay import ReplayResult, mission_history, replay, stored_messages
 from aether_events.streams import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
@@ -141,6 +141,7 @@ __all__ = [
     "new_event_id",
     "new_mission_id",
     "replay",
+    "stored_messages",
     "stream_configs",
     "subject_for",
     "tag_of",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -24,6 +26,33 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     skipped: int = 0
 
 
+async def stored_messages(
+    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 256
+) -> AsyncGenerator[Msg, None]:
+    """Every message stored on ``subject`` after sequence ``after``, in stream order, as
+    stored (undecoded). Uses an ephemeral pull consumer, deleted afterwards."""
+    config = ConsumerConfig(
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+        opt_start_seq=after + 1 if after else None,
+        inactive_threshold=60.0,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        remaining = (await sub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            try:
+                msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
+            except nats.errors.TimeoutError:
+                break
+            for msg in msgs:
+                yield msg
+                remaining = msg.metadata.num_pending or 0
+    finally:
+        await sub.unsubscribe()
+
+
 async def replay(
     js: JetStreamContext,
     stream: str,
@@ -37,39 +66,21 @@ async def replay(
     """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
 
     ``fold(state, event, stream_sequence)`` is called in stream order. Payloads that do not
-    decode are counted and skipped: a projection is rebuilt from what can be read. Uses an
-    ephemeral pull consumer, deleted afterwards.
+    decode are counted and skipped: a projection is rebuilt from what can be read.
     """
-    config = ConsumerConfig(
-        filter_subject=subject,
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_sequence else DeliverPolicy.ALL,
-        opt_start_seq=after_sequence + 1 if after_sequence else None,
-        inactive_threshold=60.0,
-    )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
     result = ReplayResult(last_sequence=after_sequence)
-    try:
-        info = await sub.consumer_info()
-        remaining = info.num_pending or 0
-        while remaining > 0:
+    messages = stored_messages(js, stream, subject, after=after_sequence, batch=batch)
+    async with contextlib.aclosing(messages):
+        async for msg in messages:
+            seq = msg.metadata.sequence.stream
             try:
-                msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
-            except nats.errors.TimeoutError:
-                break
-            for msg in msgs:
-                meta = msg.metadata
-                try:
-                    event = decode(msg.data)
-                except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
-                    result.skipped += 1
-                else:
-                    state = fold(state, event, meta.sequence.stream)
-                    result.applied += 1
-                result.last_sequence = meta.sequence.stream
-                remaining = meta.num_pending or 0
-    finally:
-        await sub.unsubscribe()
+                event = decode(msg.data)
+            except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+                result.skipped += 1
+            else:
+                state = fold(state, event, seq)
+                result.applied += 1
+            result.last_sequence = seq
     return state, result
 
 

@@ -8,17 +8,16 @@ projection failure, not silently passed over.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from aether_events import Event, UnknownEventType, decode, tag_of
+from aether_events import Event, UnknownEventType, decode, stored_messages, tag_of
 
 
 @dataclass(frozen=True)
@@ -99,34 +98,19 @@ async def read_stored(
     batch: int = 256,
 ) -> list[StoredMessage]:
     """Every message on ``subject`` stored after sequence ``after`` (up to ``until``,
-    inclusive, when given), in stream order. Uses an ephemeral consumer."""
-    config = ConsumerConfig(
-        filter_subject=subject,
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
-        opt_start_seq=after + 1 if after else None,
-        inactive_threshold=60.0,
-    )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    inclusive, when given), in stream order."""
     found: list[StoredMessage] = []
-    try:
-        remaining = (await sub.consumer_info()).num_pending or 0
-        while remaining > 0:
-            try:
-                msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
-            except nats.errors.TimeoutError:
+    # Closed at once on an early end, so its ephemeral consumer goes with it.
+    async with contextlib.aclosing(
+        stored_messages(js, stream, subject, after=after, batch=batch)
+    ) as messages:
+        async for msg in messages:
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            if until is not None and seq > until:
                 break
-            for msg in msgs:
-                meta = msg.metadata
-                seq = meta.sequence.stream
-                if until is not None and seq > until:
-                    return found
-                found.append(
-                    StoredMessage(seq, msg.subject, msg.data, meta.timestamp or datetime.now(UTC))
-                )
-                remaining = meta.num_pending or 0
-    finally:
-        await sub.unsubscribe()
+            stored_at = meta.timestamp or datetime.now(UTC)
+            found.append(StoredMessage(seq, msg.subject, msg.data, stored_at))
     return found
 
 
