@@ -192,7 +192,9 @@ class Service:
             self.settings.nats_url,
             logger=None,
             graceful_timeout=30.0,
-            reconnect_time_wait=1,
+            # The consumers pull on this connection: it comes back as soon as the others.
+            # (Typed as int, but handed to nats-py, which sleeps for it: a float works.)
+            reconnect_time_wait=RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
         )
         self.nc: NatsClient | None = None
