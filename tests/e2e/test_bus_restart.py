@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,29 +14,15 @@ import pytest
 
 from aether.stack import Stack
 from aether_events import BranchMerged, MissionCompleted, TaskReady, mission_history
-from aether_llm import MessagesServer
-from tests.e2e.test_mission_flow import stack_for, submit_and_approve
-from tests.support import ScriptedModel
+from tests.e2e.test_mission_flow import submit_and_approve
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-async def stack(
-    tmp_path: Path, model_server: tuple[MessagesServer, ScriptedModel], fresh_database: str
-) -> AsyncIterator[Stack]:
-    """The five services on an embedded NATS server this test may kill."""
-    stack = stack_for(tmp_path, model_server[0], fresh_database)
-    try:
-        await asyncio.to_thread(stack.start)
-        yield stack
-    finally:
-        await asyncio.to_thread(stack.stop)
-
-
 async def test_a_nats_restart_mid_mission_costs_seconds_and_the_mission_completes(
-    stack: Stack, repo: Path
+    running: Stack, repo: Path
 ) -> None:
+    stack = running  # its NATS server is the stack's own, which this test may kill
     mission_id, log, nc = await submit_and_approve(stack, repo)
     try:
         await log.wait_for(lambda log: bool(log.of_type(BranchMerged)), timeout=120)
