@@ -324,16 +324,16 @@ class Service:
             )
         for spec in self._consumers:
             await self._ensure_consumer(spec, last_seq)
-        for spec in self._consumers:
-            await self._align_consumer(spec)
         await self.steps.watch_delivery_limits(self._consumers)
 
     async def _ensure_consumer(self, spec: ConsumerSpec, last_seq: int) -> None:
         try:
-            await self.js.consumer_info(spec.stream, spec.durable)
-            return
+            info = await self.js.consumer_info(spec.stream, spec.durable)
         except NotFoundError:
             pass
+        else:
+            await self._align_consumer(spec, info.config)
+            return
         start = start_sequence(last_seq, spec.first_due() if spec.first_due else None)
         config = JsConsumerConfig(
             durable_name=spec.durable,
@@ -374,12 +374,10 @@ class Service:
             return
         log.info("reconnected to nats", extra={"acks_repeated": sent})
 
-    async def _align_consumer(self, spec: ConsumerSpec) -> None:
+    async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
         """Bring an existing consumer's ack wait and delivery limit to the spec's (a
         consumer created by an older build keeps its own otherwise); nothing else of it
         changes, its position least of all."""
-        info = await self.js.consumer_info(spec.stream, spec.durable)
-        config = info.config
         if config.ack_wait == spec.ack_wait_seconds and config.max_deliver == spec.max_deliver:
             return
         log.info(
