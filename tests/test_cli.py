@@ -11,9 +11,24 @@ from aether.client import SseEvent, parse_sse
 from aether.credentials import load_or_create_admin_token, resolve_token
 from aether.watch import Board, render
 
+META = {
+    "event_id": "e",
+    "mission_id": "m-1",
+    "occurred_at": "2026-01-01T00:00:00Z",
+    "correlation_id": "c",
+}
+PREPARED = {
+    "repository_path": "/r",
+    "base_branch": "main",
+    "base_sha": "0" * 40,
+    "integration_branch": "aether/m-1",
+}
+COMPLETED = {"final_sha": "1" * 40, "integration_branch": "aether/m-1", "tasks_merged": 2}
+
 
 def ev(seq: int | None, kind: str, **data: object) -> SseEvent:
-    return SseEvent(None if seq is None else str(seq), kind, data)
+    """An SSE message as the gateway sends it: the whole event, tagged."""
+    return SseEvent(None if seq is None else str(seq), kind, {"type": kind, **META, **data})
 
 
 PLAN = {
@@ -31,7 +46,7 @@ def test_the_board_follows_tasks_costs_and_activity():
     board = Board("m-1")
     for event in [
         ev(1, "mission_requested", budget_usd=1.0),
-        ev(2, "repository_prepared"),
+        ev(2, "repository_prepared", **PREPARED),
         ev(3, "plan_produced", **PLAN),
         ev(4, "plan_approved", version=1),
         ev(5, "task_ready", task={"id": "a", "title": "Write a"}, attempt=1, model="x", wave=1),
@@ -60,8 +75,42 @@ def test_the_board_follows_tasks_costs_and_activity():
     board.apply(ev(11, "task_ready", task={"id": "a", "title": "Write a"}, attempt=2, model="x"))
     board.apply(ev(12, "agent_failed", task_id="a", attempt=1, reason="old"))
     assert (board.tasks["a"].status, board.tasks["a"].attempt) == ("ready", 2)
-    board.apply(ev(13, "mission_completed"))
+    board.apply(ev(13, "mission_completed", **COMPLETED))
     assert board.finished and board.status == "completed"
+
+
+def test_the_board_shows_a_plan_awaiting_approval_and_a_paused_mission_as_paused():
+    board = Board("m-1")
+    for event in [
+        ev(1, "mission_requested", repository="/r", requirement="x"),
+        ev(2, "repository_prepared", **PREPARED),
+        ev(3, "plan_clarification_requested", questions=["which file?"]),
+    ]:
+        board.apply(event)
+    assert board.status == "awaiting_input"
+    board.apply(ev(4, "mission_message_posted", text="a.py"))
+    assert board.status == "preparing"  # the planner plans again
+    board.apply(ev(5, "plan_produced", **PLAN))
+    assert board.status == "awaiting_approval"
+    assert "m-1  awaiting approval  plan v1" in render(board)
+    board.apply(ev(6, "mission_paused"))
+    # An approval arriving while paused (the scheduler's automatic one) does not unpause.
+    board.apply(ev(7, "plan_approved", version=1, automatic=True))
+    assert board.status == "paused"
+    board.apply(ev(8, "mission_resumed"))
+    assert board.status == "running"
+    # A finished mission stays finished whatever arrives late.
+    board.apply(ev(9, "mission_cancelled"))
+    board.apply(ev(10, "mission_completed", **COMPLETED))
+    assert board.finished and board.status == "cancelled"
+
+
+def test_the_board_marks_a_cost_with_an_unknown_part_as_a_lower_bound():
+    board = Board("m-1")
+    board.apply(ev(1, "usage_recorded", usage={"cost_usd": 0.5}))
+    board.apply(ev(2, "usage_recorded", usage={"cost_usd": None, "input_tokens": 9}))
+    assert (board.cost, board.cost_complete) == (0.5, False)
+    assert "cost $0.5000+" in render(board)
 
 
 def test_sse_parsing_keeps_ids_and_skips_comments():

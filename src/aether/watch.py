@@ -11,9 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aether.client import SseEvent
+import msgspec
 
-TERMINAL = {"mission_completed", "mission_failed", "mission_cancelled", "mission_answered"}
+from aether.client import SseEvent
+from aether_events import (
+    TERMINAL_TYPES,
+    TYPES_BY_TAG,
+    Event,
+    MissionProgress,
+    MissionStatus,
+    Usage,
+    add_cost,
+    advance,
+    is_terminal,
+    tag_of,
+)
+
+# The tags of the events that end a mission (the shared rule: ``aether_events.status``).
+TERMINAL = frozenset(tag_of(cls) for cls in TERMINAL_TYPES)
 
 _TASK_STATUS = {
     "task_ready": "ready",
@@ -30,20 +45,6 @@ _TASK_STATUS = {
     "task_retry_requested": "retrying",
     "task_skipped": "skipped",
 }
-_MISSION_STATUS = {
-    "mission_requested": "requested",
-    "repository_prepared": "preparing",
-    "plan_clarification_requested": "awaiting input",
-    "plan_produced": "awaiting approval",
-    "plan_revision_requested": "preparing",
-    "plan_failed": "plan failed",
-    "plan_approved": "running",
-    "mission_paused": "paused",
-    "mission_completed": "completed",
-    "mission_answered": "answered",
-    "mission_failed": "failed",
-    "mission_cancelled": "cancelled",
-}
 
 
 @dataclass
@@ -55,32 +56,40 @@ class TaskLine:
     attempt: int = 0
     wave: int | None = None
     cost: float | None = None
+    cost_complete: bool = True
     activity: str = ""
 
 
 @dataclass
 class Board:
     mission_id: str
-    status: str = "requested"
+    progress: MissionProgress = field(default_factory=MissionProgress)
     plan_version: int | None = None
     offline: bool = False
     budget: float | None = None
     cost: float | None = None
+    cost_complete: bool = True
     tasks: dict[str, TaskLine] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     last_id: str | None = None
     finished: bool = False
-    _paused_from: str = "running"
+
+    @property
+    def status(self) -> MissionStatus:
+        """The mission's status, by the same rules as the gateway and the scheduler."""
+        return self.progress.status
 
     def apply(self, event: SseEvent) -> None:
         """Fold one event into the board."""
         if event.id is not None:
             self.last_id = event.id
         kind, data = event.event, event.data
+        typed = _typed(kind, data)
+        if typed is not None:
+            self.progress = advance(self.progress, typed)
+            self.finished = self.finished or is_terminal(typed)
         self._mission(kind, data)
         self._task(kind, data)
-        if kind in TERMINAL:
-            self.finished = True
 
     def _mission(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "mission_requested":
@@ -88,24 +97,14 @@ class Board:
         elif kind == "plan_produced":
             self._plan(data)
         elif kind == "usage_recorded":
-            cost = (data.get("usage") or {}).get("cost_usd")
             self.offline = self.offline or bool(data.get("offline"))
-            if cost is not None:
-                self.cost = (self.cost or 0.0) + cost
+            self.cost, self.cost_complete = add_cost(self.cost, self.cost_complete, _usage(data))
         elif kind == "budget_raised":
             self.budget = data.get("budget_usd")
         elif kind in ("budget_warning", "budget_exceeded"):
             self.notes.append(f"{kind.replace('_', ' ')}: ${data['spent_usd']:.2f}")
         elif kind == "plan_clarification_requested":
             self.notes.extend(f"planner asks: {q}" for q in data.get("questions", []))
-        if kind == "mission_resumed" and self.status == "paused":
-            self.status = self._paused_from
-        elif kind in _MISSION_STATUS and self.status not in _FINAL:
-            if kind == "mission_paused":
-                self._paused_from = self.status
-            if kind == "plan_produced" and self.status == "running":
-                return  # a revised plan while running does not stop the work
-            self.status = _MISSION_STATUS[kind]
 
     def _plan(self, data: dict[str, Any]) -> None:
         self.plan_version = data.get("version")
@@ -152,16 +151,33 @@ class Board:
         elif kind == "branch_merged":
             line.activity = f"merged {str(data.get('merge_sha', ''))[:10]}"
         elif kind == "usage_recorded":
-            cost = (data.get("usage") or {}).get("cost_usd")
-            if cost is not None:
-                line.cost = (line.cost or 0.0) + cost
+            line.cost, line.cost_complete = add_cost(line.cost, line.cost_complete, _usage(data))
 
 
-_FINAL = {"completed", "answered", "failed", "cancelled"}
+def _typed(kind: str, data: dict[str, Any]) -> Event | None:
+    """The event an SSE message carries, or ``None`` for one this version does not know
+    (or that does not decode: the board then shows what it can without it)."""
+    cls = TYPES_BY_TAG.get(kind)
+    if cls is None:
+        return None
+    try:
+        return msgspec.convert(data, type=cls)
+    except msgspec.ValidationError:
+        return None
 
 
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"${value:.4f}"
+def _usage(data: dict[str, Any]) -> Usage:
+    try:
+        return msgspec.convert(data.get("usage") or {}, type=Usage)
+    except msgspec.ValidationError:
+        return Usage()
+
+
+def _money(value: float | None, complete: bool = True) -> str:
+    """A cost; ``+`` marks a lower bound (some call's price was unknown)."""
+    if value is None:
+        return "-" if complete else "unknown"
+    return f"${value:.4f}" + ("" if complete else "+")
 
 
 def _fit(text: str, width: int) -> str:
@@ -175,7 +191,8 @@ def render(board: Board, width: int = 100) -> str:
     offline = "  [OFFLINE model]" if board.offline else ""
     plan = f"  plan v{board.plan_version}" if board.plan_version is not None else ""
     lines = [
-        f"{board.mission_id}  {board.status}{plan}  cost {_money(board.cost)}{budget}{offline}",
+        f"{board.mission_id}  {board.status.replace('_', ' ')}{plan}  "
+        f"cost {_money(board.cost, board.cost_complete)}{budget}{offline}",
         "",
     ]
     title_width = max(12, min(40, width - 70))
@@ -189,7 +206,7 @@ def render(board: Board, width: int = 100) -> str:
         title = _fit(line.title + after, title_width)
         row = (
             f"  {_fit(line.id, 10):<10} {line.status:<12} {line.attempt:>3} {wave:>4} "
-            f"{_money(line.cost):>9}  {title:<{title_width}}  "
+            f"{_money(line.cost, line.cost_complete):>9}  {title:<{title_width}}  "
         )
         lines.append(row + _fit(line.activity, max(10, width - len(row))))
     if not board.tasks:

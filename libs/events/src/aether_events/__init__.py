@@ -1,9 +1,12 @@
-"""Aether's event contracts: the catalogue, subjects, streams, publisher and replay."""
+"""Aether's event contracts: the catalogue, subjects, streams, publisher and replay, and
+the rules every service shares about them: status (``status``), usage and cost
+(``usage``), and the steps derived event ids are named after (``step_ids``)."""
 
 from aether_events.catalogue import (
     ALL_TYPES,
     TELEMETRY_TYPES,
     TERMINAL_TYPES,
+    TIERS,
     TYPES_BY_TAG,
     AgentCompleted,
     AgentFailed,
@@ -43,19 +46,39 @@ from aether_events.catalogue import (
     TaskSkipped,
     TaskTimedOut,
     Tier,
-    Usage,
     UsageRecorded,
     WaveCompleted,
     WaveStarted,
     WorkspaceFailed,
     WorkspaceReady,
+    as_tier,
     tag_of,
 )
 from aether_events.codec import UnknownEventType, decode, encode, to_builtins
-from aether_events.ids import derived_id, new_event_id, new_mission_id
+from aether_events.ids import (
+    derived_id,
+    mission_id_for,
+    new_event_id,
+    new_mission_id,
+    step_event_id,
+)
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher
 from aether_events.replay import ReplayResult, mission_history, replay, stored_messages
+from aether_events.status import (
+    MISSION_STATUSES,
+    NEEDS_PERSON_STATUSES,
+    TASK_STATUSES,
+    TERMINAL_STATUSES,
+    MissionPhase,
+    MissionProgress,
+    MissionStatus,
+    TaskStatus,
+    advance,
+    is_terminal,
+    phase_of,
+)
+from aether_events.step_ids import Step
 from aether_events.streams import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
@@ -71,16 +94,23 @@ from aether_events.subjects import (
     subject_for,
     type_subject,
 )
+from aether_events.usage import ZERO_USAGE, Usage, add_cost, known_cost
 
 __all__ = [
     "ALL_MISSION_EVENTS",
     "ALL_TELEMETRY",
     "ALL_TYPES",
     "MISSIONS_STREAM",
+    "MISSION_STATUSES",
+    "NEEDS_PERSON_STATUSES",
+    "TASK_STATUSES",
     "TELEMETRY_STREAM",
     "TELEMETRY_TYPES",
+    "TERMINAL_STATUSES",
     "TERMINAL_TYPES",
+    "TIERS",
     "TYPES_BY_TAG",
+    "ZERO_USAGE",
     "AgentCompleted",
     "AgentFailed",
     "AgentHeartbeat",
@@ -101,8 +131,11 @@ __all__ = [
     "MissionFailed",
     "MissionMessagePosted",
     "MissionPaused",
+    "MissionPhase",
+    "MissionProgress",
     "MissionRequested",
     "MissionResumed",
+    "MissionStatus",
     "PlanApproved",
     "PlanClarificationRequested",
     "PlanFailed",
@@ -112,6 +145,7 @@ __all__ = [
     "ReplayResult",
     "RepoFile",
     "RepositoryPrepared",
+    "Step",
     "StepFailed",
     "StepRecovered",
     "StepRetryRequested",
@@ -121,6 +155,7 @@ __all__ = [
     "TaskRetried",
     "TaskRetryRequested",
     "TaskSkipped",
+    "TaskStatus",
     "TaskTimedOut",
     "Tier",
     "UnknownEventType",
@@ -130,17 +165,25 @@ __all__ = [
     "WaveStarted",
     "WorkspaceFailed",
     "WorkspaceReady",
+    "add_cost",
+    "advance",
+    "as_tier",
     "caused_by",
     "decode",
     "derived_id",
     "encode",
     "ensure_streams",
+    "is_terminal",
     "is_valid_token",
+    "known_cost",
     "mission_history",
+    "mission_id_for",
     "mission_subject",
     "new_event_id",
     "new_mission_id",
+    "phase_of",
     "replay",
+    "step_event_id",
     "stored_messages",
     "stream_configs",
     "subject_for",

@@ -9,11 +9,23 @@ live in ``libs/events/tests/samples`` and must keep decoding.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
+from aether_events.usage import Usage
+
+# The model tiers a plan may ask for, cheapest first (``TIERS`` lists them in that order).
 Tier = Literal["small", "standard", "complex"]
+TIERS: tuple[Tier, ...] = get_args(Tier)
+
+
+def as_tier(value: str) -> Tier | None:
+    """``value`` as a tier, or ``None`` when it names none."""
+    for tier in TIERS:
+        if value == tier:
+            return tier
+    return None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -50,29 +62,6 @@ class PlannedTask(msgspec.Struct, frozen=True, kw_only=True):
     acceptance_criteria: list[str] = msgspec.field(default_factory=list)
     # Higher runs first among tasks that are ready at the same time.
     priority: int = 0
-
-
-class Usage(msgspec.Struct, frozen=True, kw_only=True):
-    """Token counts of one or more model calls, and their cost when the price is known."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float | None = None
-
-    def plus(self, other: Usage) -> Usage:
-        """The sum of two usages; the cost is unknown if either cost is."""
-        unknown = self.cost_usd is None or other.cost_usd is None
-        return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cache_creation_input_tokens=(
-                self.cache_creation_input_tokens + other.cache_creation_input_tokens
-            ),
-            cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
-            cost_usd=None if unknown else (self.cost_usd or 0.0) + (other.cost_usd or 0.0),
-        )
 
 
 # --- mission lifecycle ---------------------------------------------------------------

@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import TypedDict
 
 from aether_events.catalogue import Event
-from aether_events.ids import derived_id
+from aether_events.ids import step_event_id
+from aether_events.step_ids import Step
 
 
 class Meta(TypedDict):
@@ -17,14 +18,14 @@ class Meta(TypedDict):
     causation_id: str | None
 
 
-def caused_by(cause: Event, now: datetime, *step: object) -> Meta:
+def caused_by(cause: Event, now: datetime, step: Step) -> Meta:
     """Metadata for an event that ``cause`` led to.
 
-    ``step`` names the logical step (for example ``"task_ready", task_id, attempt``); the
-    event id is derived from it and the mission, so repeating the step repeats the id.
+    ``step`` names the logical step (``step_ids.task_ready(task_id, attempt)``); the event
+    id is derived from it and the mission, so repeating the step repeats the id.
     """
     return Meta(
-        event_id=derived_id(cause.mission_id, *step),
+        event_id=step_event_id(cause.mission_id, step),
         mission_id=cause.mission_id,
         occurred_at=now,
         correlation_id=cause.correlation_id,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import get_args
 
 import anthropic
 from anthropic.types import Usage as ApiUsage
 
-from aether_events import Tier, Usage
+from aether_events import TIERS, Usage
 from aether_llm.config import OFFLINE_MODEL, LLMSettings
 from aether_llm.messages_server import MessagesServer
 from aether_llm.metrics import metered_http_client, models_at_zero
@@ -46,7 +45,7 @@ def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
     else:
         base_url = settings.base_url
         api_key = settings.api_key or ""
-    models_at_zero(settings.model_for(tier) for tier in get_args(Tier))
+    models_at_zero(settings.model_for(tier) for tier in TIERS)
     return anthropic.AsyncAnthropic(
         api_key=api_key,
         base_url=base_url,
@@ -58,22 +57,18 @@ def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
 
 def usage_of(model: str, api_usage: ApiUsage, prices: PriceTable | None = None) -> Usage:
     """The event form of a response's usage, with its cost from the price table."""
-    usage = Usage(
-        input_tokens=api_usage.input_tokens,
-        output_tokens=api_usage.output_tokens,
-        cache_creation_input_tokens=api_usage.cache_creation_input_tokens or 0,
-        cache_read_input_tokens=api_usage.cache_read_input_tokens or 0,
-    )
-    cost = (prices or load_prices()).cost(model, usage)
-    return Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_creation_input_tokens=usage.cache_creation_input_tokens,
-        cache_read_input_tokens=usage.cache_read_input_tokens,
-        cost_usd=cost,
+    return (prices or load_prices()).priced(
+        model,
+        Usage(
+            input_tokens=api_usage.input_tokens,
+            output_tokens=api_usage.output_tokens,
+            cache_creation_input_tokens=api_usage.cache_creation_input_tokens or 0,
+            cache_read_input_tokens=api_usage.cache_read_input_tokens or 0,
+        ),
     )
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:
-    """Sum two usages; the cost is unknown if either is."""
+    """Sum two usages (``aether_events.usage``: known costs add up, with a flag saying
+    whether every part's was known)."""
     return a.plus(b)

@@ -57,6 +57,10 @@ class PriceTable(msgspec.Struct, frozen=True):
         )
         return round(total / 1_000_000, 8)
 
+    def priced(self, model: str, usage: Usage) -> Usage:
+        """``usage`` with its cost on ``model`` (``None`` when the price is unknown)."""
+        return msgspec.structs.replace(usage, cost_usd=self.cost(model, usage))
+
 
 @cache
 def _warn_unpriced(model: str, source: str) -> None:

@@ -29,7 +29,8 @@ from aether_events import (
     StepRetryRequested,
     UnknownEventType,
     decode,
-    derived_id,
+    step_event_id,
+    step_ids,
     tag_of,
 )
 
@@ -74,11 +75,11 @@ def step_failed(
     retry: StepRetryRequested | None = None,
 ) -> StepFailed:
     """The record of ``service`` failing on ``event`` (on a retry when ``retry`` is set)."""
-    step: tuple[object, ...] = ("step_failed", service, consumer, event.event_id)
-    if retry is not None:
-        step = (*step, retry.event_id)
+    step = step_ids.step_failed(
+        service, consumer, event.event_id, None if retry is None else retry.event_id
+    )
     return StepFailed(
-        event_id=derived_id(event.mission_id, *step),
+        event_id=step_event_id(event.mission_id, step),
         mission_id=event.mission_id,
         occurred_at=now,
         correlation_id=event.correlation_id,
@@ -99,7 +100,9 @@ def unretriable(retry: StepRetryRequested, now: datetime) -> StepFailed:
     """The record of a retry that found its event gone from the stream (aged out of the
     telemetry stream, or the stream recreated)."""
     return StepFailed(
-        event_id=derived_id(retry.mission_id, "step_failed", retry.service, retry.event_id),
+        event_id=step_event_id(
+            retry.mission_id, step_ids.step_unretriable(retry.service, retry.event_id)
+        ),
         mission_id=retry.mission_id,
         occurred_at=now,
         correlation_id=retry.correlation_id,
@@ -119,7 +122,7 @@ def unretriable(retry: StepRetryRequested, now: datetime) -> StepFailed:
 def step_recovered(retry: StepRetryRequested, now: datetime) -> StepRecovered:
     """The record of a retried step succeeding."""
     return StepRecovered(
-        event_id=derived_id(retry.mission_id, "step_recovered", retry.event_id),
+        event_id=step_event_id(retry.mission_id, step_ids.step_recovered(retry.event_id)),
         mission_id=retry.mission_id,
         occurred_at=now,
         correlation_id=retry.correlation_id,

@@ -50,6 +50,7 @@ from aether_events import (
     UsageRecorded,
     WorkspaceReady,
     caused_by,
+    step_ids,
 )
 from aether_llm import OFFLINE_MODEL
 
@@ -65,7 +66,7 @@ class AttemptBusy(Exception):
 
 def failed(ready: WorkspaceReady, now: datetime, reason: str, retryable: bool) -> AgentFailed:
     return AgentFailed(
-        **caused_by(ready, now, "agent_failed", ready.task.id, ready.attempt),
+        **caused_by(ready, now, step_ids.agent_failed(ready.task.id, ready.attempt)),
         task_id=ready.task.id,
         attempt=ready.attempt,
         reason=reason,
@@ -82,7 +83,7 @@ def completed(
     usage: Usage,
 ) -> AgentCompleted:
     return AgentCompleted(
-        **caused_by(ready, now, "agent_completed", ready.task.id, ready.attempt),
+        **caused_by(ready, now, step_ids.agent_completed(ready.task.id, ready.attempt)),
         task_id=ready.task.id,
         attempt=ready.attempt,
         commit_sha=sha,
@@ -118,7 +119,7 @@ class Reporter:
         ready, task_id, attempt = self._ready, self._ready.task.id, self._ready.attempt
         await self._publisher().publish(
             UsageRecorded(
-                **caused_by(ready, self._clock(), "usage", "agent", task_id, attempt, turn),
+                **caused_by(ready, self._clock(), step_ids.agent_usage(task_id, attempt, turn)),
                 service="agent-runner",
                 model=ready.model,
                 usage=usage,
@@ -135,11 +136,13 @@ class Reporter:
             return
         self._last = now
         ready = self._ready
-        step = ("agent_progress", ready.task.id, ready.attempt, progress.turns, progress.tool_calls)
+        step = step_ids.agent_progress(
+            ready.task.id, ready.attempt, progress.turns, progress.tool_calls
+        )
         try:
             await self._publisher().publish(
                 AgentProgress(
-                    **caused_by(ready, self._clock(), *step),
+                    **caused_by(ready, self._clock(), step),
                     task_id=ready.task.id,
                     attempt=ready.attempt,
                     runner_id=self._runner_id,
@@ -261,7 +264,7 @@ class Attempts:
             )
         await self.publisher().publish(
             AgentStarted(
-                **caused_by(ready, self.clock(), "agent_started", task.id, attempt),
+                **caused_by(ready, self.clock(), step_ids.agent_started(task.id, attempt)),
                 task_id=task.id,
                 attempt=attempt,
                 runner_id=self.runner_id,

@@ -13,6 +13,7 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     Event,
+    MissionAnswered,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -20,6 +21,8 @@ from aether_events import (
     TaskTimedOut,
     Usage,
     WorkspaceReady,
+    is_terminal,
+    known_cost,
 )
 
 Attempt = tuple[str, str, int]
@@ -51,7 +54,7 @@ def evolve(state: State, event: Event) -> State:
         case TaskSkipped():
             state.skipped_tasks.add((event.mission_id, event.task_id))
             _forget_ready(state, lambda a: a[:2] == (event.mission_id, event.task_id))
-        case MissionCancelled() | MissionCompleted() | MissionFailed():
+        case _ if is_terminal(event):
             state.ended_missions.add(event.mission_id)
             _forget_ready(state, lambda a: a[0] == event.mission_id)
     return state
@@ -118,6 +121,8 @@ def stop_order(event: Event) -> StopOrder | None:
             return StopOrder(event.mission_id, f"the mission failed: {event.reason}")
         case MissionCompleted():
             return StopOrder(event.mission_id, "the mission completed")
+        case MissionAnswered():
+            return StopOrder(event.mission_id, "the mission was answered: nothing to build")
         case TaskTimedOut():
             return StopOrder(
                 event.mission_id,
@@ -150,35 +155,20 @@ class Limits:
     max_cost_usd: float | None = None
 
 
-def total_tokens(usage: Usage) -> int:
-    """Every token a task was billed for: input, output, cache writes and cache reads."""
-    return (
-        usage.input_tokens
-        + usage.output_tokens
-        + usage.cache_creation_input_tokens
-        + usage.cache_read_input_tokens
-    )
-
-
 def limit_reached(limits: Limits, turns: int, usage: Usage, elapsed: float) -> str | None:
     """The limit that forbids another model call, said plainly, or ``None``.
 
-    An unknown cost (a model missing from the price table) cannot reach the cost limit;
-    the token limit still bounds it.
+    The cost counted is the known one (``aether_events.usage``): a call of unknown price
+    adds nothing to it, and the token limit still bounds such calls.
     """
     if turns >= limits.max_turns:
         return f"turn limit reached: {turns} model calls of {limits.max_turns} allowed"
-    tokens = total_tokens(usage)
+    tokens = usage.total_tokens
     if tokens >= limits.max_tokens:
         return f"token limit reached: {tokens:,} tokens of {limits.max_tokens:,} allowed"
-    if (
-        limits.max_cost_usd is not None
-        and usage.cost_usd is not None
-        and usage.cost_usd >= limits.max_cost_usd
-    ):
-        return (
-            f"cost limit reached: ${usage.cost_usd:.4f} spent of ${limits.max_cost_usd:.4f} allowed"
-        )
+    if limits.max_cost_usd is not None and known_cost(usage) >= limits.max_cost_usd:
+        spent = known_cost(usage)
+        return f"cost limit reached: ${spent:.4f} spent of ${limits.max_cost_usd:.4f} allowed"
     if elapsed >= limits.max_seconds:
         return wall_time_reason(limits, elapsed)
     return None

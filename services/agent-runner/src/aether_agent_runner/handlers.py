@@ -13,7 +13,14 @@ from typing import Any
 from aether_agent_runner import metrics
 from aether_agent_runner.attempt import AttemptBusy, Attempts, failed
 from aether_agent_runner.domain import Attempt, State, StopOrder, stop_order, why_not_run
-from aether_events import AgentHeartbeat, Event, EventPublisher, WorkspaceReady, caused_by
+from aether_events import (
+    AgentHeartbeat,
+    Event,
+    EventPublisher,
+    WorkspaceReady,
+    caused_by,
+    step_ids,
+)
 from aether_runtime import Delivery, Projection
 
 log = logging.getLogger("aether.agent-runner")
@@ -152,11 +159,11 @@ class Handlers:
             while True:
                 number += 1
                 runner = self._attempts.runner_id
-                step = ("heartbeat", ready.task.id, ready.attempt, runner, number)
+                step = step_ids.heartbeat(ready.task.id, ready.attempt, runner, number)
                 try:
                     await self._publisher().publish(
                         AgentHeartbeat(
-                            **caused_by(ready, self._clock(), *step),
+                            **caused_by(ready, self._clock(), step),
                             task_id=ready.task.id,
                             attempt=ready.attempt,
                             runner_id=runner,

@@ -6,7 +6,7 @@ import os
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS
+from aether_events import ALL_MISSION_EVENTS, TIERS, as_tier
 from aether_llm import LLMSettings, make_client
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import PlannerModel
@@ -24,15 +24,16 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
     service = Service(name="planner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
     model = PlannerModel(make_client(llm))
-    tier = os.environ.get("AETHER_PLANNER_TIER", "complex")
-    if tier not in ("small", "standard", "complex"):
-        raise ValueError(f"AETHER_PLANNER_TIER must be small, standard or complex, not {tier!r}")
+    named = os.environ.get("AETHER_PLANNER_TIER", "complex")
+    tier = as_tier(named)
+    if tier is None:
+        raise ValueError(f"AETHER_PLANNER_TIER must be one of {', '.join(TIERS)}, not {named!r}")
     handlers = Handlers(
         projection,
         lambda: service.publisher,
         model,
         llm,
-        tier=tier,  # type: ignore[arg-type]
+        tier=tier,
         context_tokens=int(os.environ.get("AETHER_PLANNER_CONTEXT_TOKENS", "24000")),
     )
 

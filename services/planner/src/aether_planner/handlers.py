@@ -20,6 +20,7 @@ from aether_events import (
     UsageRecorded,
     caused_by,
     derived_id,
+    step_ids,
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
 from aether_planner import metrics
@@ -97,7 +98,7 @@ class Handlers:
 
         def usage(call: int, decision: Decision) -> UsageRecorded:
             return UsageRecorded(
-                **caused_by(trigger, now(), "usage", "planner", trigger.event_id, call),
+                **caused_by(trigger, now(), step_ids.planner_usage(trigger.event_id, call)),
                 service="planner",
                 model=model,
                 usage=decision.usage,
@@ -152,7 +153,7 @@ class Handlers:
         self, trigger: Event, mission: MissionPlanning, decision: Decision, model: str
     ) -> Event:
         offline = model == OFFLINE_MODEL
-        meta = caused_by(trigger, self._clock(), "planner-outcome", trigger.event_id)
+        meta = caused_by(trigger, self._clock(), step_ids.planner_outcome(trigger.event_id))
         if decision.kind == "questions":
             assert decision.questions is not None
             log.info("asking clarifying questions", extra={"questions": len(decision.questions)})
@@ -185,6 +186,6 @@ class Handlers:
 
     def _failed(self, trigger: Event, reason: str) -> PlanFailed:
         mission = self.projection.state.missions[trigger.mission_id]
-        meta = caused_by(trigger, self._clock(), "planner-outcome", trigger.event_id)
+        meta = caused_by(trigger, self._clock(), step_ids.planner_outcome(trigger.event_id))
         metrics.OUTCOMES.labels("failed").inc()
         return PlanFailed(**meta, reason=reason, version=mission.latest_version + 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from aether_events import TIERS
 from aether_llm import LLMSettings, load_prices
 from aether_scheduler.domain import Config
 
-TIERS = ("small", "standard", "complex")
 DEFAULT_ESTIMATES = {"small": 0.05, "standard": 0.40, "complex": 1.50}
 
 
@@ -18,7 +18,7 @@ def _optional_float(name: str) -> float | None:
 
 def config_from_env() -> Config:
     llm = LLMSettings.from_env()
-    models = {tier: llm.model_for(tier) for tier in TIERS}  # type: ignore[arg-type]
+    models: dict[str, str] = {tier: llm.model_for(tier) for tier in TIERS}
     prices = load_prices()
     estimates: dict[str, float] = {}
     for tier in TIERS:

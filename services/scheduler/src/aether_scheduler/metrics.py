@@ -13,12 +13,13 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aether_events import Event, Tier
+from aether_events import TIERS, Event
+from aether_events.status import MISSION_PHASES
 from aether_runtime.metrics import at_zero
 from aether_scheduler.domain import MissionState, State
-from aether_scheduler.domain.model import MissionStatus, TaskStatus
+from aether_scheduler.domain.model import TaskStatus
 
-MISSION_STATES: tuple[str, ...] = (*get_args(MissionStatus), "paused")
+MISSION_STATES: tuple[str, ...] = MISSION_PHASES
 TASK_STATES: tuple[str, ...] = get_args(TaskStatus)
 
 MISSION_SECONDS = Histogram(
@@ -34,13 +35,11 @@ TASK_SECONDS = Histogram(
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
 at_zero(MISSION_SECONDS, outcome=("completed", "failed", "cancelled"))
-at_zero(TASK_SECONDS, tier=get_args(Tier))
+at_zero(TASK_SECONDS, tier=TIERS)
 
 
 def mission_state(mission: MissionState) -> str:
-    """A mission's state as the metrics show it: paused is told apart from active."""
-    if mission.paused and not mission.terminal:
-        return "paused"
+    """A mission's state as the metrics show it: its phase, paused told apart from active."""
     return mission.status
 
 

@@ -32,6 +32,7 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     Event,
+    MissionAnswered,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -45,6 +46,7 @@ from aether_events import (
 log = logging.getLogger("aether.agent-runner.bus")
 
 CONTROL_TYPES: tuple[type[Event], ...] = (
+    MissionAnswered,
     MissionCancelled,
     MissionFailed,
     MissionCompleted,

@@ -24,8 +24,11 @@ from aether_events import (
     MissionRequested,
     derived_id,
     is_valid_token,
+    mission_id_for,
     new_event_id,
     new_mission_id,
+    step_event_id,
+    step_ids,
 )
 from aether_gateway.api.auth import WRITE
 from aether_gateway.api.bodies import (
@@ -158,8 +161,8 @@ async def create_mission(
             headers={"Retry-After": f"{retry_after:.0f}"},
         )
     if idempotency_key:
-        mission_id = "m-" + derived_id("mission", principal.id, idempotency_key)[:16]
-        event_id = derived_id(mission_id, "mission_requested")
+        mission_id = mission_id_for(principal.id, idempotency_key)
+        event_id = step_event_id(mission_id, step_ids.mission_requested())
     else:
         mission_id, event_id = new_mission_id(), new_event_id()
     event = MissionRequested(

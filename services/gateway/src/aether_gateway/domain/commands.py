@@ -22,7 +22,8 @@ from aether_events import (
     PlanRevisionRequested,
     TaskRetryRequested,
     TaskSkipped,
-    derived_id,
+    step_event_id,
+    step_ids,
 )
 from aether_gateway.domain.model import TERMINAL_STATUSES, Mission, Task
 
@@ -71,7 +72,7 @@ def approve(mission: Mission, version: int | None, now: datetime, by: str | None
     if mission.approved_version is not None and mission.approved_version >= version:
         raise Refusal("conflict", f"plan version {version} is already approved", version=version)
     return PlanApproved(
-        **_meta(mission, derived_id(mission.id, "plan_approved", version), now),
+        **_meta(mission, step_event_id(mission.id, step_ids.plan_approved(version)), now),
         version=version,
         approved_by=by,
         automatic=False,
@@ -90,7 +91,9 @@ def post_message(
     version = mission.plan_version
     revision = PlanRevisionRequested(
         **{
-            **_meta(mission, derived_id(mission.id, "plan_revision_requested", version), now),
+            **_meta(
+                mission, step_event_id(mission.id, step_ids.plan_revision_requested(version)), now
+            ),
             "causation_id": message.event_id,
         },
         feedback=text,
@@ -104,7 +107,7 @@ def pause(mission: Mission, reason: str, now: datetime, by: str | None) -> Missi
     _refuse_finished(mission)
     if mission.status == "paused":
         raise Refusal("conflict", "the mission is already paused", status=mission.status)
-    event_id = derived_id(mission.id, "mission_paused", mission.resumes)
+    event_id = step_event_id(mission.id, step_ids.mission_paused(mission.resumes))
     return MissionPaused(**_meta(mission, event_id, now), reason=reason, requested_by=by)
 
 
@@ -112,13 +115,13 @@ def resume(mission: Mission, now: datetime, by: str | None) -> MissionResumed:
     _refuse_finished(mission)
     if mission.status != "paused":
         raise Refusal("conflict", "the mission is not paused", status=mission.status)
-    event_id = derived_id(mission.id, "mission_resumed", mission.pauses)
+    event_id = step_event_id(mission.id, step_ids.mission_resumed(mission.pauses))
     return MissionResumed(**_meta(mission, event_id, now), requested_by=by)
 
 
 def cancel(mission: Mission, reason: str, now: datetime, by: str | None) -> MissionCancelled:
     _refuse_finished(mission)
-    event_id = derived_id(mission.id, "mission_cancelled")
+    event_id = step_event_id(mission.id, step_ids.mission_cancelled())
     return MissionCancelled(**_meta(mission, event_id, now), reason=reason, requested_by=by)
 
 
@@ -140,7 +143,7 @@ def retry_task(
 ) -> TaskRetryRequested:
     """Run an escalated (or failed) task again, once per attempt it stopped at."""
     found = _escalated_task(mission, task, task_id, "retried")
-    event_id = derived_id(mission.id, "task_retry_requested", task_id, found.attempt)
+    event_id = step_event_id(mission.id, step_ids.task_retry_requested(task_id, found.attempt))
     return TaskRetryRequested(**_meta(mission, event_id, now), task_id=task_id, requested_by=by)
 
 
@@ -149,7 +152,7 @@ def skip_task(
 ) -> TaskSkipped:
     """Give up on an escalated (or failed) task so its dependents may go on."""
     _escalated_task(mission, task, task_id, "skipped")
-    event_id = derived_id(mission.id, "task_skipped", task_id)
+    event_id = step_event_id(mission.id, step_ids.task_skipped(task_id))
     return TaskSkipped(
         **_meta(mission, event_id, now), task_id=task_id, reason=reason, requested_by=by
     )
@@ -166,5 +169,5 @@ def raise_budget(
             f"the new budget must be more than the current one (${mission.budget_usd:.2f})",
             budget_usd=mission.budget_usd,
         )
-    event_id = derived_id(mission.id, "budget_raised", repr(float(budget_usd)))
+    event_id = step_event_id(mission.id, step_ids.budget_raised(budget_usd))
     return BudgetRaised(**_meta(mission, event_id, now), budget_usd=budget_usd, requested_by=by)

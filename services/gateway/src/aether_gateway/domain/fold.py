@@ -50,6 +50,7 @@ from aether_events import (
     WaveStarted,
     WorkspaceFailed,
     WorkspaceReady,
+    add_cost,
 )
 from aether_gateway.domain.model import (
     BudgetAlert,
@@ -212,9 +213,7 @@ def _wave(mission: Mission, wave: int) -> Mission:
 
 def _add_usage(mission: Mission, event: UsageRecorded) -> Mission:
     usage = event.usage
-    cost = mission.cost_usd
-    if usage.cost_usd is not None:
-        cost = (cost or 0.0) + usage.cost_usd
+    cost, complete = add_cost(mission.cost_usd, mission.cost_complete, usage)
     return replace(
         mission,
         tokens_in=mission.tokens_in + usage.input_tokens,
@@ -222,7 +221,7 @@ def _add_usage(mission: Mission, event: UsageRecorded) -> Mission:
         tokens_cache_read=mission.tokens_cache_read + usage.cache_read_input_tokens,
         tokens_cache_write=mission.tokens_cache_write + usage.cache_creation_input_tokens,
         cost_usd=cost,
-        cost_complete=mission.cost_complete and usage.cost_usd is not None,
+        cost_complete=complete,
         offline=mission.offline or event.offline,
     )
 
@@ -335,7 +334,7 @@ def session_update(event: Event) -> SessionUpdate | None:
                 tokens_in=event.usage.input_tokens,
                 tokens_out=event.usage.output_tokens,
                 cost_usd=event.usage.cost_usd,
-                unknown_cost=event.usage.cost_usd is None,
+                unknown_cost=not event.usage.cost_known,
             )
         case AgentHeartbeat():
             return _session(event, event.task_id, event.attempt, runner_id=event.runner_id)
@@ -447,15 +446,13 @@ def _task_usage(view: MissionView, event: UsageRecorded) -> Task | None:
     task = view.tasks.get(event.task_id) if event.task_id else None
     if task is None:
         return None
-    cost = task.cost_usd
-    if event.usage.cost_usd is not None:
-        cost = (cost or 0.0) + event.usage.cost_usd
+    cost, complete = add_cost(task.cost_usd, task.cost_complete, event.usage)
     return replace(
         task,
         tokens_in=task.tokens_in + event.usage.input_tokens,
         tokens_out=task.tokens_out + event.usage.output_tokens,
         cost_usd=cost,
-        cost_complete=task.cost_complete and event.usage.cost_usd is not None,
+        cost_complete=complete,
     )
 
 

@@ -4,43 +4,20 @@ session look like to the people and programs asking the gateway."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final, Literal
+from typing import Literal
 
 import msgspec
 
+# The statuses and their rules are shared (``aether_events.status``); re-exported here
+# for the read model's users.
+from aether_events import MISSION_STATUSES as MISSION_STATUSES
+from aether_events import TASK_STATUSES as TASK_STATUSES
+from aether_events import TERMINAL_STATUSES as TERMINAL_STATUSES
+from aether_events import MissionStatus as MissionStatus
 from aether_events import PlannedTask
+from aether_events import TaskStatus as TaskStatus
 
-MissionStatus = Literal[
-    "requested",
-    "preparing",
-    "awaiting_input",
-    "awaiting_approval",
-    "plan_failed",
-    "running",
-    "paused",
-    "completed",
-    "answered",
-    "failed",
-    "cancelled",
-]
-TaskStatus = Literal[
-    "pending",
-    "ready",
-    "running",
-    "completed",
-    "merged",
-    "conflicted",
-    "failed",
-    "escalated",
-    "skipped",
-]
 SessionStatus = Literal["running", "completed", "failed", "timed_out"]
-
-MISSION_STATUSES: Final[tuple[str, ...]] = MissionStatus.__args__  # type: ignore[attr-defined]
-TASK_STATUSES: Final[tuple[str, ...]] = TaskStatus.__args__  # type: ignore[attr-defined]
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
-    {"completed", "answered", "failed", "cancelled"}
-)
 
 
 class Mission(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,6 +23,7 @@ from aether_events import (
     WorkspaceFailed,
     WorkspaceReady,
     caused_by,
+    step_ids,
 )
 
 
@@ -68,7 +69,7 @@ def repository_prepared_event(
     cause: MissionRequested, now: datetime, outcome: RepositoryOutcome
 ) -> RepositoryPrepared:
     return RepositoryPrepared(
-        **caused_by(cause, now, "repository_prepared"),
+        **caused_by(cause, now, step_ids.repository_prepared()),
         repository_path=outcome.path,
         base_branch=outcome.base_branch,
         base_sha=outcome.base_sha,
@@ -81,14 +82,16 @@ def repository_prepared_event(
 
 def mission_failed_event(cause: Event, now: datetime, reason: str) -> MissionFailed:
     """The broker failing a mission; one per mission whatever the cause."""
-    return MissionFailed(**caused_by(cause, now, "mission_failed", "git-broker"), reason=reason)
+    return MissionFailed(
+        **caused_by(cause, now, step_ids.mission_failed("git-broker")), reason=reason
+    )
 
 
 def workspace_failed_event(
     cause: TaskReady, now: datetime, reason: str, *, retryable: bool
 ) -> WorkspaceFailed:
     return WorkspaceFailed(
-        **caused_by(cause, now, "workspace_failed", cause.task.id, cause.attempt),
+        **caused_by(cause, now, step_ids.workspace_failed(cause.task.id, cause.attempt)),
         task_id=cause.task.id,
         attempt=cause.attempt,
         reason=reason,
@@ -100,7 +103,7 @@ def workspace_ready_event(
     cause: TaskReady, now: datetime, outcome: WorkspaceOutcome
 ) -> WorkspaceReady:
     return WorkspaceReady(
-        **caused_by(cause, now, "workspace_ready", cause.task.id, cause.attempt),
+        **caused_by(cause, now, step_ids.workspace_ready(cause.task.id, cause.attempt)),
         task=cause.task,
         attempt=cause.attempt,
         model=cause.model,
@@ -120,7 +123,7 @@ def merge_event(
         # A failed verification is reported like a conflict: the task runs again on the
         # current head, with the command's output as its context.
         return MergeConflicted(
-            **caused_by(cause, now, "merge_conflicted", cause.task_id, cause.attempt),
+            **caused_by(cause, now, step_ids.merge_conflicted(cause.task_id, cause.attempt)),
             task_id=cause.task_id,
             attempt=cause.attempt,
             files=list(outcome.files),
@@ -128,7 +131,7 @@ def merge_event(
             detail=outcome.detail,
         )
     return BranchMerged(
-        **caused_by(cause, now, "branch_merged", cause.task_id, cause.attempt),
+        **caused_by(cause, now, step_ids.branch_merged(cause.task_id, cause.attempt)),
         task_id=cause.task_id,
         attempt=cause.attempt,
         merge_sha=outcome.sha,

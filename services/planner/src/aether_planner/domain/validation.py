@@ -7,9 +7,8 @@ import re
 
 import msgspec
 
-from aether_events import PlannedTask
-
-TIERS = ("small", "standard", "complex")
+from aether_events import TIERS as TIERS  # the shared tier list, re-exported
+from aether_events import PlannedTask, as_tier
 
 
 class SubmittedTask(msgspec.Struct, kw_only=True):
@@ -133,7 +132,7 @@ def validate_plan(
                 errors.append(f"task {task_id!r}: file {raw_path!r} is outside the repository")
             elif path not in files:
                 files.append(path)
-        tier = task.tier if task.tier in TIERS else "standard"
+        tier = as_tier(task.tier) or "standard"
         if tier != task.tier:
             repairs.append(f"task {task_id!r}: unknown tier {task.tier!r} read as 'standard'")
         tasks.append(
@@ -143,7 +142,7 @@ def validate_plan(
                 description=task.description.strip() or task.title.strip(),
                 files=files,
                 depends_on=deps,
-                tier=tier,  # type: ignore[arg-type]
+                tier=tier,
                 acceptance_criteria=[c for c in task.acceptance_criteria if c.strip()],
             )
         )

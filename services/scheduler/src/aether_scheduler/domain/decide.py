@@ -26,6 +26,7 @@ from aether_events import (
     WaveCompleted,
     WaveStarted,
     caused_by,
+    step_ids,
 )
 from aether_scheduler.domain.evolve import evolve
 from aether_scheduler.domain.model import (
@@ -132,13 +133,13 @@ def _next(
     why = cause or m.request
     if m.plan_failure is not None:
         reason = f"planning failed: {m.plan_failure}"
-        return [MissionFailed(**caused_by(why, now, "mission_failed"), reason=reason)]
+        return [MissionFailed(**caused_by(why, now, step_ids.mission_failed()), reason=reason)]
     if m.approved_version is None:
         if m.request.auto_approve and m.plans:
             version = max(m.plans)
             why = cause or m.plans[version]
-            step = ("plan_approved", version)
-            return [PlanApproved(**caused_by(why, now, *step), version=version, automatic=True)]
+            step = step_ids.plan_approved(version)
+            return [PlanApproved(**caused_by(why, now, step), version=version, automatic=True)]
         return []
     for rule in (_budget_alerts, _timeouts, _failures, _waves, _starts, _ending):
         decided = rule(state, m, why, now, config)
@@ -157,14 +158,14 @@ def _budget_alerts(
     if budget is None:
         return []
     if m.spent_usd >= budget and m.exceeded_at_budget != budget:
-        step = ("budget_exceeded", "mission", budget)
+        step = step_ids.budget_exceeded("mission", budget)
         return [
-            BudgetExceeded(**caused_by(why, now, *step), spent_usd=m.spent_usd, budget_usd=budget)
+            BudgetExceeded(**caused_by(why, now, step), spent_usd=m.spent_usd, budget_usd=budget)
         ]
     if m.spent_usd >= config.warn_fraction * budget and m.warned_at_budget != budget:
-        step = ("budget_warning", "mission", budget)
+        step = step_ids.budget_warning("mission", budget)
         return [
-            BudgetWarning(**caused_by(why, now, *step), spent_usd=m.spent_usd, budget_usd=budget)
+            BudgetWarning(**caused_by(why, now, step), spent_usd=m.spent_usd, budget_usd=budget)
         ]
     return []
 
@@ -191,10 +192,10 @@ def _timeouts(
     for task in _ordered(m):
         if task.status in IN_FLIGHT and _timer_due(task, now, config):
             cause = task.ready_event or why
-            step = ("task_timed_out", task.spec.id, task.attempt)
+            step = step_ids.task_timed_out(task.spec.id, task.attempt)
             out.append(
                 TaskTimedOut(
-                    **caused_by(cause, now, *step),
+                    **caused_by(cause, now, step),
                     task_id=task.spec.id,
                     attempt=task.attempt,
                     last_heartbeat_at=task.last_seen,
@@ -213,19 +214,19 @@ def _failures(
         task_id, attempt = task.spec.id, task.attempt
         if task.attempt - task.attempts_base >= config.max_attempts and not task.immediate_retry:
             reason = f"failed {attempt - task.attempts_base} times; last: {task.last_failure}"
-            step = ("task_escalated", task_id, attempt)
+            step = step_ids.task_escalated(task_id, attempt)
             out.append(
                 TaskEscalated(
-                    **caused_by(why, now, *step), task_id=task_id, attempt=attempt, reason=reason
+                    **caused_by(why, now, step), task_id=task_id, attempt=attempt, reason=reason
                 )
             )
             continue
         if task.immediate_retry and task.attempt - task.attempts_base > config.max_attempts:
             reason = f"still conflicting after {attempt} attempts; last: {task.last_failure}"
-            step = ("task_escalated", task_id, attempt)
+            step = step_ids.task_escalated(task_id, attempt)
             out.append(
                 TaskEscalated(
-                    **caused_by(why, now, *step), task_id=task_id, attempt=attempt, reason=reason
+                    **caused_by(why, now, step), task_id=task_id, attempt=attempt, reason=reason
                 )
             )
             continue
@@ -234,10 +235,10 @@ def _failures(
             if task.immediate_retry
             else backoff_seconds(m.request.mission_id, task_id, attempt + 1, config)
         )
-        step = ("task_retried", task_id, attempt + 1)
+        step = step_ids.task_retried(task_id, attempt + 1)
         out.append(
             TaskRetried(
-                **caused_by(why, now, *step),
+                **caused_by(why, now, step),
                 task_id=task_id,
                 attempt=attempt + 1,
                 reason=task.last_failure,
@@ -295,10 +296,10 @@ def _starts(
         scope, spent, budget = blocked
         if scope in m.global_exceeded:
             return []
-        step = ("budget_exceeded", scope)
+        step = step_ids.budget_exceeded(scope)
         return [
             BudgetExceeded(
-                **caused_by(why, now, *step), spent_usd=spent, budget_usd=budget, scope=scope
+                **caused_by(why, now, step), spent_usd=spent, budget_usd=budget, scope=scope
             )
         ]
     running = sum(1 for t in m.tasks.values() if t.status in IN_FLIGHT)
@@ -328,7 +329,7 @@ def _starts(
             wave_ids = [t.spec.id for t in _ordered(m) if t.wave == task.wave]
             out.append(
                 WaveStarted(
-                    **caused_by(cause, now, "wave_started", task.wave),
+                    **caused_by(cause, now, step_ids.wave_started(task.wave)),
                     wave=task.wave,
                     task_ids=wave_ids,
                 )
@@ -342,7 +343,7 @@ def _starts(
         # Nothing runs and the next task does not fit: the budget is as good as spent.
         return [
             BudgetExceeded(
-                **caused_by(why, now, "budget_exceeded", "mission", m.budget_usd),
+                **caused_by(why, now, step_ids.budget_exceeded("mission", m.budget_usd)),
                 spent_usd=m.spent_usd,
                 budget_usd=m.budget_usd,
             )
@@ -368,7 +369,7 @@ def _ready(
         f"Previous attempt failed: {task.last_failure}" if task.last_failure else ""
     )
     return TaskReady(
-        **caused_by(cause, now, "task_ready", task.spec.id, attempt),
+        **caused_by(cause, now, step_ids.task_ready(task.spec.id, attempt)),
         task=task.spec,
         attempt=attempt,
         model=model,
@@ -387,7 +388,9 @@ def _waves(state: State, m: MissionState, why: Event, now: datetime, config: Con
     out: list[Event] = []
     for wave in sorted(m.waves_started - m.waves_completed):
         if all(t.status in DONE for t in m.tasks.values() if t.wave == wave):
-            out.append(WaveCompleted(**caused_by(why, now, "wave_completed", wave), wave=wave))
+            out.append(
+                WaveCompleted(**caused_by(why, now, step_ids.wave_completed(wave)), wave=wave)
+            )
     return out
 
 
@@ -405,7 +408,7 @@ def _ending(
     reason = f"task(s) {', '.join(failed)} failed and cannot be retried ({reasons})"
     if blocked:
         reason += f"; blocked for good: {', '.join(blocked)}"
-    return [MissionFailed(**caused_by(why, now, "mission_failed"), reason=reason)]
+    return [MissionFailed(**caused_by(why, now, step_ids.mission_failed()), reason=reason)]
 
 
 def _live_tasks(m: MissionState) -> set[str]:
@@ -430,7 +433,7 @@ def _live_tasks(m: MissionState) -> set[str]:
 
 def _completed(m: MissionState, cause: Event, now: datetime) -> MissionCompleted:
     return MissionCompleted(
-        **caused_by(cause, now, "mission_completed"),
+        **caused_by(cause, now, step_ids.mission_completed()),
         final_sha=m.integration_head or m.base_sha or "",
         integration_branch=m.integration_branch or "",
         tasks_merged=sum(1 for t in m.tasks.values() if t.status == "merged"),

@@ -18,13 +18,7 @@ from aether_events import (
     BudgetWarning,
     Event,
     MergeConflicted,
-    MissionAnswered,
-    MissionCancelled,
-    MissionCompleted,
-    MissionFailed,
-    MissionPaused,
     MissionRequested,
-    MissionResumed,
     PlanApproved,
     PlanFailed,
     PlanProduced,
@@ -40,6 +34,8 @@ from aether_events import (
     WaveStarted,
     WorkspaceFailed,
     WorkspaceReady,
+    advance,
+    known_cost,
 )
 from aether_scheduler.domain.model import MissionState, State, TaskState
 from aether_scheduler.domain.rules import waves_of
@@ -58,13 +54,16 @@ def evolve(state: State, event: Event) -> State:
     if isinstance(event, UsageRecorded):
         state = _global_spend(state, event)
     updated = _mission(mission, event)
+    progress = advance(mission.progress, event)
+    if progress is not mission.progress:
+        updated = replace(updated, progress=progress)
     if updated is mission:
         return state
     return replace(state, missions={**state.missions, event.mission_id: updated})
 
 
 def _global_spend(state: State, event: UsageRecorded) -> State:
-    cost = event.usage.cost_usd or 0.0
+    cost = known_cost(event.usage)
     if not cost:
         return state
     day = event.occurred_at.strftime("%Y-%m-%d")
@@ -118,7 +117,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             tasks = {
                 t.id: TaskState(spec=t, wave=waves[t.id], order=i) for i, t in enumerate(plan.tasks)
             }
-            return replace(m, approved_version=event.version, tasks=tasks, status="active")
+            return replace(m, approved_version=event.version, tasks=tasks)
         case TaskReady():
             task = m.tasks.get(event.task.id)
             if task is None or event.attempt <= task.attempt:
@@ -243,12 +242,12 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             m = replace(
                 m,
                 usage=m.usage.plus(event.usage),
-                spent_usd=m.spent_usd + (event.usage.cost_usd or 0.0),
+                spent_usd=m.spent_usd + known_cost(event.usage),
             )
             if event.task_id is not None and event.attempt is not None:
                 task = m.tasks.get(event.task_id)
                 if task is not None and task.attempt == event.attempt:
-                    spent = task.attempt_spent_usd + (event.usage.cost_usd or 0.0)
+                    spent = task.attempt_spent_usd + known_cost(event.usage)
                     ready = task.ready_event
                     estimate = (ready.estimated_cost_usd if ready else None) or 0.0
                     reserved = max(0.0, estimate - spent) if task.reserved_usd else 0.0
@@ -266,14 +265,5 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             return replace(m, waves_started=m.waves_started | {event.wave})
         case WaveCompleted():
             return replace(m, waves_completed=m.waves_completed | {event.wave})
-        case MissionPaused():
-            return m if m.terminal else replace(m, paused=True)
-        case MissionResumed():
-            return replace(m, paused=False)
-        case MissionCompleted() | MissionAnswered():
-            return replace(m, status="completed")
-        case MissionFailed():
-            return replace(m, status="failed")
-        case MissionCancelled():
-            return replace(m, status="cancelled")
+    # Pauses, resumes and the mission's end are ``progress`` (folded in ``evolve``).
     return m

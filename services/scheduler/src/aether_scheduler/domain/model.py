@@ -7,12 +7,16 @@ from datetime import datetime
 from typing import Literal
 
 from aether_events import (
+    ZERO_USAGE,
+    MissionPhase,
+    MissionProgress,
     MissionRequested,
     PlannedTask,
     PlanProduced,
     TaskReady,
     TaskRetried,
     Usage,
+    phase_of,
 )
 
 TaskStatus = Literal[
@@ -26,7 +30,6 @@ TaskStatus = Literal[
     "failed",  # failed in a way a retry cannot help; blocks its dependents
     "skipped",  # a person skipped it; dependents go on without it
 ]
-MissionStatus = Literal["planning", "active", "completed", "failed", "cancelled"]
 
 IN_FLIGHT: frozenset[str] = frozenset({"ready", "running"})
 UNMERGED_WORK: frozenset[str] = frozenset({"ready", "running", "completed"})
@@ -79,11 +82,11 @@ class TaskState:
 @dataclass(frozen=True)
 class MissionState:
     request: MissionRequested
-    status: MissionStatus = "planning"
-    paused: bool = False
+    # Where the mission stands, by the rules every service shares (``aether_events.status``).
+    progress: MissionProgress = field(default_factory=MissionProgress)
     budget_usd: float | None = None
     spent_usd: float = 0.0
-    usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
+    usage: Usage = ZERO_USAGE
     warned_at_budget: float | None = None
     exceeded_at_budget: float | None = None
     global_exceeded: frozenset[str] = frozenset()
@@ -104,7 +107,16 @@ class MissionState:
 
     @property
     def terminal(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.progress.terminal
+
+    @property
+    def paused(self) -> bool:
+        return self.progress.paused
+
+    @property
+    def status(self) -> MissionPhase:
+        """The coarse phase (planning, active, paused or how it ended)."""
+        return phase_of(self.progress.status)
 
 
 @dataclass(frozen=True)
