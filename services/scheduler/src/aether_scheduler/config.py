@@ -7,8 +7,7 @@ import os
 from aether_events import TIERS
 from aether_llm import LLMSettings, load_prices
 from aether_scheduler.domain import Config
-
-DEFAULT_ESTIMATES = {"small": 0.05, "standard": 0.40, "complex": 1.50}
+from aether_scheduler.domain.model import DEFAULT_ESTIMATES_USD
 
 
 def _optional_float(name: str) -> float | None:
@@ -23,7 +22,7 @@ def config_from_env() -> Config:
     estimates: dict[str, float] = {}
     for tier in TIERS:
         estimate = float(
-            os.environ.get(f"AETHER_ESTIMATE_USD_{tier.upper()}", DEFAULT_ESTIMATES[tier])
+            os.environ.get(f"AETHER_ESTIMATE_USD_{tier.upper()}", DEFAULT_ESTIMATES_USD[tier])
         )
         price = prices.price_of(models[tier])
         if price is not None and price.input == price.output == 0:

@@ -10,15 +10,12 @@ from aether_events import (
     BranchMerged,
     Event,
     MergeConflicted,
-    MissionAnswered,
-    MissionCancelled,
-    MissionCompleted,
-    MissionFailed,
     MissionRequested,
     RepositoryPrepared,
     TaskReady,
     WorkspaceFailed,
     WorkspaceReady,
+    is_terminal,
 )
 
 TaskKey = tuple[str, int]
@@ -115,7 +112,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
         case AgentCompleted() if not view.terminal:
             key = (event.task_id, event.attempt)
             return _update(state, replace(view, completed={**view.completed, key: event}))
-        case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
+        case _ if is_terminal(event):
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
             return _update(

@@ -15,9 +15,6 @@ from typing import Literal
 from aether_events import (
     Event,
     MissionAnswered,
-    MissionCancelled,
-    MissionCompleted,
-    MissionFailed,
     MissionMessagePosted,
     MissionRequested,
     PlanApproved,
@@ -26,6 +23,7 @@ from aether_events import (
     PlanProduced,
     PlanRevisionRequested,
     RepositoryPrepared,
+    is_terminal,
 )
 
 Turn = tuple[Literal["questions", "answer", "plan", "feedback"], str]
@@ -116,13 +114,9 @@ def _mission(m: MissionPlanning, event: Event) -> MissionPlanning:
             )
         case PlanApproved():
             return replace(m, approved=True)
-        case (
-            PlanFailed()
-            | MissionAnswered()
-            | MissionCancelled()
-            | MissionCompleted()
-            | MissionFailed()
-        ):
+        case PlanFailed():
+            return replace(m, ended=True)
+        case _ if is_terminal(event):
             return replace(m, ended=True)
     return m
 

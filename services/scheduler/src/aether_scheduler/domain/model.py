@@ -36,6 +36,10 @@ UNMERGED_WORK: frozenset[str] = frozenset({"ready", "running", "completed"})
 DONE: frozenset[str] = frozenset({"merged", "skipped"})
 
 
+# What a task of each tier is expected to cost before it runs, unless configured.
+DEFAULT_ESTIMATES_USD: dict[str, float] = {"small": 0.05, "standard": 0.40, "complex": 1.50}
+
+
 @dataclass(frozen=True)
 class Config:
     """Scheduling settings (from the environment in production, literal in tests)."""
@@ -44,9 +48,7 @@ class Config:
     max_attempts: int = 3
     global_concurrency: int = 64
     # What a task is expected to cost before it runs, by tier (reserved from the budget).
-    estimate_usd: dict[str, float] = field(
-        default_factory=lambda: {"small": 0.05, "standard": 0.40, "complex": 1.50}
-    )
+    estimate_usd: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ESTIMATES_USD))
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 300.0
     heartbeat_timeout_seconds: float = 120.0
