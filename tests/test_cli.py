@@ -150,3 +150,12 @@ def test_token_lookup_order(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("AETHER_TOKEN", "from-env")
     assert resolve_token(None, tmp_path) == "from-env"
     assert resolve_token("explicit", tmp_path) == "explicit"
+
+
+def test_a_completed_missions_cost_with_an_unknown_part_is_told_as_a_lower_bound():
+    from aether.render import describe
+
+    usage = {"cost_usd": 1.25, "cost_complete": False}
+    line = describe(ev(5, "mission_completed", **COMPLETED, usage=usage))
+    assert "cost $1.2500+" in line
+    assert "cost unknown" in describe(ev(6, "mission_completed", **COMPLETED, usage={}))

@@ -63,10 +63,10 @@ def describe(event: SseEvent) -> str:
         detail = f"turn {d.get('turns', 0)}: {d.get('last_action', '')}"
     elif kind == "mission_completed":
         usage = d.get("usage") or {}
-        cost = usage.get("cost_usd")
+        cost = money(usage.get("cost_usd"), usage.get("cost_complete", True))
         detail = (
             f"{d['integration_branch']} @ {d['final_sha'][:10]}, {d['tasks_merged']} tasks, "
-            f"cost {'unknown' if cost is None else f'${cost:.4f}'}"
+            f"cost {cost}"
         )
     elif kind == "usage_recorded":
         usage = d.get("usage") or {}
