@@ -93,12 +93,16 @@ def test_the_board_shows_a_plan_awaiting_approval_and_a_paused_mission_as_paused
     board.apply(ev(5, "plan_produced", **PLAN))
     assert board.status == "awaiting_approval"
     assert "m-1  awaiting approval  plan v1" in render(board)
+    assert "> the plan waits for approval: `aether mission approve m-1`" in render(board)
     board.apply(ev(6, "mission_paused"))
     # An approval arriving while paused (the scheduler's automatic one) does not unpause.
     board.apply(ev(7, "plan_approved", version=1, automatic=True))
     assert board.status == "paused"
     board.apply(ev(8, "mission_resumed"))
     assert board.status == "running"
+    assert "waits for approval" not in render(board)
+    board.apply(ev(81, "task_escalated", task_id="a", attempt=3, reason="failed 3 times"))
+    assert "> task a is escalated: `aether mission retry m-1 a`" in render(board)
     # A finished mission stays finished whatever arrives late.
     board.apply(ev(9, "mission_cancelled"))
     board.apply(ev(10, "mission_completed", **COMPLETED))

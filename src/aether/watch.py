@@ -15,6 +15,7 @@ import msgspec
 
 from aether.client import SseEvent
 from aether_events import (
+    NEEDS_PERSON_TASK_STATUSES,
     TERMINAL_TYPES,
     TYPES_BY_TAG,
     Event,
@@ -213,4 +214,26 @@ def render(board: Board, width: int = 100) -> str:
         lines.append("  (no plan yet)")
     for note in board.notes[-5:]:
         lines.append(f"  ! {_fit(note, width - 4)}")
+    for wait in waiting_for_a_person(board):
+        lines.append(f"  > {_fit(wait, width - 4)}")
     return "\n".join(lines)
+
+
+_ASKS = {
+    "awaiting_input": "the planner asks (above): answer with `aether mission message {m} TEXT`",
+    "awaiting_approval": "the plan waits for approval: `aether mission approve {m}`",
+}
+
+
+def waiting_for_a_person(board: Board) -> list[str]:
+    """What the mission waits for a person to do (``aether_events.status``'s rule)."""
+    m = board.mission_id
+    waits = [_ASKS[board.status].format(m=m)] if board.progress.needs_person else []
+    if not board.progress.terminal:
+        waits += [
+            f"task {line.id} is escalated: `aether mission retry {m} {line.id}` "
+            f"(or `skip {m} {line.id}`)"
+            for line in board.tasks.values()
+            if line.status in NEEDS_PERSON_TASK_STATUSES
+        ]
+    return waits

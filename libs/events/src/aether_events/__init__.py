@@ -68,6 +68,7 @@ from aether_events.replay import ReplayResult, mission_history, replay, stored_m
 from aether_events.status import (
     MISSION_STATUSES,
     NEEDS_PERSON_STATUSES,
+    NEEDS_PERSON_TASK_STATUSES,
     TASK_STATUSES,
     TERMINAL_STATUSES,
     MissionPhase,
@@ -103,6 +104,7 @@ __all__ = [
     "MISSIONS_STREAM",
     "MISSION_STATUSES",
     "NEEDS_PERSON_STATUSES",
+    "NEEDS_PERSON_TASK_STATUSES",
     "TASK_STATUSES",
     "TELEMETRY_STREAM",
     "TELEMETRY_TYPES",
