@@ -50,7 +50,7 @@ def test_the_board_follows_tasks_costs_and_activity():
         ev(3, "plan_produced", **PLAN),
         ev(4, "plan_approved", version=1),
         ev(5, "task_ready", task={"id": "a", "title": "Write a"}, attempt=1, model="x", wave=1),
-        ev(6, "agent_started", task_id="a", attempt=1, runner_id="r-1"),
+        ev(6, "agent_started", task_id="a", attempt=1, runner_id="r-1", model="x"),
         ev(None, "agent_progress", task_id="a", attempt=1, turns=2, last_action="write a.py"),
         ev(7, "usage_recorded", task_id="a", attempt=1, usage={"cost_usd": 0.25}),
         ev(8, "usage_recorded", usage={"cost_usd": 0.5}),

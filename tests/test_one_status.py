@@ -1,19 +1,27 @@
-"""The gateway's read model and the scheduler derive the same mission status from the same
-history: both use ``aether_events.status``, the gateway reading the facts from its own
-rows, the scheduler folding them with ``advance``. Checked over random histories, after
-every event."""
+"""The gateway's read model, the scheduler and the command line's board derive the same
+mission status from the same history: all use ``aether_events.status``, the gateway
+reading the facts from its own rows, the scheduler and the board folding them with
+``advance``. Checked over random histories, after every event."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from aether.client import SseEvent
+from aether.watch import Board
 from aether_events import (
     TERMINAL_STATUSES,
+    AgentCompleted,
+    AgentFailed,
+    AgentStarted,
+    BranchMerged,
     Event,
+    MergeConflicted,
     MissionAnswered,
     MissionCancelled,
     MissionCompleted,
@@ -29,9 +37,19 @@ from aether_events import (
     PlanProduced,
     PlanRevisionRequested,
     RepositoryPrepared,
+    TaskEscalated,
+    TaskReady,
+    TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
+    TaskTimedOut,
     Usage,
     UsageRecorded,
+    WorkspaceFailed,
+    WorkspaceReady,
+    encode,
     phase_of,
+    tag_of,
 )
 from aether_gateway.domain.commands import approve
 from aether_gateway.domain.fold import MissionView, fold
@@ -98,7 +116,7 @@ histories = st.lists(
     history=histories,
     auto_approve=st.booleans(),
 )
-def test_gateway_and_scheduler_derive_the_same_mission_status(
+def test_gateway_scheduler_and_cli_derive_the_same_mission_status(
     history: list[tuple[str, int]], auto_approve: bool
 ) -> None:
     request = MissionRequested(
@@ -106,8 +124,10 @@ def test_gateway_and_scheduler_derive_the_same_mission_status(
     )
     view = MissionView()
     state = State()
+    board = Board(M)
     events: list[Event] = [request, *(KINDS[kind](value) for kind, value in history)]
     for event in events:
+        board.apply(SseEvent(None, tag_of(type(event)), msgspec.json.decode(encode(event))))
         changes = fold(view, event)
         if changes.mission is not None:
             view = MissionView(mission=changes.mission, tasks=view.tasks)
@@ -119,6 +139,7 @@ def test_gateway_and_scheduler_derive_the_same_mission_status(
         assert scheduled.status == phase_of(gateway)
         assert scheduled.terminal == (gateway in TERMINAL_STATUSES)
         assert scheduled.paused == (gateway == "paused")
+        assert board.status == gateway
 
 
 def test_a_finished_mission_stays_finished_in_both() -> None:
@@ -148,3 +169,87 @@ def test_a_persons_and_the_schedulers_approval_of_a_plan_share_one_event_id() ->
     assert view.mission is not None
     by_person = approve(view.mission, None, T0, "ann")
     assert [e.event_id for e in automatic] == [by_person.event_id]
+
+
+def _task_event(kind: str, attempt: int) -> Event:
+    task, t = TASKS[0], TASKS[0].id
+    match kind:
+        case "ready":
+            return TaskReady(**_meta(), task=task, attempt=attempt, model="x")
+        case "workspace":
+            return WorkspaceReady(
+                **_meta(),
+                task=task,
+                attempt=attempt,
+                model="x",
+                branch="b",
+                worktree_path="/w",
+                base_sha="0" * 40,
+            )
+        case "started":
+            return AgentStarted(**_meta(), task_id=t, attempt=attempt, runner_id="r", model="x")
+        case "completed":
+            return AgentCompleted(**_meta(), task_id=t, attempt=attempt, commit_sha="c", branch="b")
+        case "failed":
+            return AgentFailed(**_meta(), task_id=t, attempt=attempt, reason="no")
+        case "workspace_failed":
+            return WorkspaceFailed(**_meta(), task_id=t, attempt=attempt, reason="no")
+        case "merged":
+            return BranchMerged(
+                **_meta(), task_id=t, attempt=attempt, merge_sha="m", integration_branch="i"
+            )
+        case "conflicted":
+            return MergeConflicted(
+                **_meta(), task_id=t, attempt=attempt, files=["a"], integration_sha="i"
+            )
+        case "retried":
+            return TaskRetried(**_meta(), task_id=t, attempt=attempt, reason="again")
+        case "timed_out":
+            return TaskTimedOut(**_meta(), task_id=t, attempt=attempt)
+        case "escalated":
+            return TaskEscalated(**_meta(), task_id=t, attempt=attempt, reason="3 times")
+        case "retry_requested":
+            return TaskRetryRequested(**_meta(), task_id=t)
+        case _:
+            return TaskSkipped(**_meta(), task_id=t)
+
+
+TASK_KINDS = [
+    "ready",
+    "workspace",
+    "started",
+    "completed",
+    "failed",
+    "workspace_failed",
+    "merged",
+    "conflicted",
+    "retried",
+    "timed_out",
+    "escalated",
+    "retry_requested",
+    "skipped",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=st.lists(
+        st.tuples(st.sampled_from(TASK_KINDS), st.integers(1, 3)), min_size=1, max_size=20
+    )
+)
+def test_gateway_and_cli_derive_the_same_task_status(history: list[tuple[str, int]]) -> None:
+    request = MissionRequested(**_meta(), repository="/r", requirement="do it")
+    plan = PlanProduced(**_meta(), version=1, tasks=TASKS)
+    view, board = MissionView(), Board(M)
+    for event in [request, plan]:
+        board.apply(SseEvent(None, tag_of(type(event)), msgspec.json.decode(encode(event))))
+        changes = fold(view, event)
+        tasks = {task.task_id: task for task in changes.tasks}
+        view = MissionView(mission=changes.mission or view.mission, tasks=tasks)
+    for event in (_task_event(kind, attempt) for kind, attempt in history):
+        board.apply(SseEvent(None, tag_of(type(event)), msgspec.json.decode(encode(event))))
+        changes = fold(view, event)
+        tasks = {**view.tasks, **{task.task_id: task for task in changes.tasks}}
+        view = MissionView(mission=changes.mission or view.mission, tasks=tasks)
+        assert board.tasks["t1"].status == view.tasks["t1"].status
+        assert board.tasks["t1"].attempt == view.tasks["t1"].attempt

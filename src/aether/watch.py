@@ -16,36 +16,23 @@ import msgspec
 from aether.client import SseEvent
 from aether_events import (
     NEEDS_PERSON_TASK_STATUSES,
+    SETTLED_TASK_STATUSES,
     TERMINAL_TYPES,
     TYPES_BY_TAG,
     Event,
     MissionProgress,
     MissionStatus,
+    TaskStatus,
     Usage,
     add_cost,
     advance,
     is_terminal,
     tag_of,
+    task_status_after,
 )
 
 # The tags of the events that end a mission (the shared rule: ``aether_events.status``).
 TERMINAL = frozenset(tag_of(cls) for cls in TERMINAL_TYPES)
-
-_TASK_STATUS = {
-    "task_ready": "ready",
-    "workspace_ready": "running",
-    "agent_started": "running",
-    "agent_completed": "completed",
-    "agent_failed": "failed",
-    "workspace_failed": "failed",
-    "branch_merged": "merged",
-    "merge_conflicted": "conflicted",
-    "task_retried": "retrying",
-    "task_timed_out": "timed out",
-    "task_escalated": "escalated",
-    "task_retry_requested": "retrying",
-    "task_skipped": "skipped",
-}
 
 
 @dataclass
@@ -53,7 +40,7 @@ class TaskLine:
     id: str
     title: str
     depends_on: list[str] = field(default_factory=list)
-    status: str = "pending"
+    status: TaskStatus = "pending"
     attempt: int = 0
     wave: int | None = None
     cost: float | None = None
@@ -90,7 +77,7 @@ class Board:
             self.progress = advance(self.progress, typed)
             self.finished = self.finished or is_terminal(typed)
         self._mission(kind, data)
-        self._task(kind, data)
+        self._task(kind, data, typed)
 
     def _mission(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "mission_requested":
@@ -121,7 +108,7 @@ class Board:
                 fresh[task_id] = line
         self.tasks = fresh
 
-    def _task(self, kind: str, data: dict[str, Any]) -> None:
+    def _task(self, kind: str, data: dict[str, Any], typed: Event | None) -> None:
         task_id = data.get("task_id") or (data.get("task") or {}).get("id")
         if not task_id:
             return
@@ -132,10 +119,13 @@ class Board:
         attempt = data.get("attempt")
         if isinstance(attempt, int) and attempt < line.attempt and kind != "usage_recorded":
             return  # late news of an earlier attempt
+        if line.status in SETTLED_TASK_STATUSES and kind != "usage_recorded":
+            return  # merged or skipped: nothing moves it (its cost may still arrive)
         if isinstance(attempt, int) and kind != "usage_recorded":
             line.attempt = attempt
-        if kind in _TASK_STATUS and line.status not in ("merged", "skipped"):
-            line.status = _TASK_STATUS[kind]
+        status = None if typed is None else task_status_after(line.status, typed)
+        if status is not None:
+            line.status = status
         if kind == "task_ready":
             if isinstance(data.get("wave"), int):
                 line.wave = data["wave"]

@@ -69,6 +69,8 @@ from aether_events.status import (
     MISSION_STATUSES,
     NEEDS_PERSON_STATUSES,
     NEEDS_PERSON_TASK_STATUSES,
+    RETRYABLE_TASK_STATUSES,
+    SETTLED_TASK_STATUSES,
     TASK_STATUSES,
     TERMINAL_STATUSES,
     MissionPhase,
@@ -78,6 +80,7 @@ from aether_events.status import (
     advance,
     is_terminal,
     phase_of,
+    task_status_after,
 )
 from aether_events.step_ids import Step
 from aether_events.streams import (
@@ -105,6 +108,8 @@ __all__ = [
     "MISSION_STATUSES",
     "NEEDS_PERSON_STATUSES",
     "NEEDS_PERSON_TASK_STATUSES",
+    "RETRYABLE_TASK_STATUSES",
+    "SETTLED_TASK_STATUSES",
     "TASK_STATUSES",
     "TELEMETRY_STREAM",
     "TELEMETRY_TYPES",
@@ -190,6 +195,7 @@ __all__ = [
     "stream_configs",
     "subject_for",
     "tag_of",
+    "task_status_after",
     "to_builtins",
     "type_subject",
 ]

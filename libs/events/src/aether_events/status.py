@@ -18,7 +18,12 @@ from typing import Final, Literal, get_args
 
 from aether_events.catalogue import (
     TERMINAL_TYPES,
+    AgentCompleted,
+    AgentFailed,
+    AgentStarted,
+    BranchMerged,
     Event,
+    MergeConflicted,
     MissionAnswered,
     MissionCancelled,
     MissionCompleted,
@@ -32,6 +37,14 @@ from aether_events.catalogue import (
     PlanProduced,
     PlanRevisionRequested,
     RepositoryPrepared,
+    TaskEscalated,
+    TaskReady,
+    TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
+    TaskTimedOut,
+    WorkspaceFailed,
+    WorkspaceReady,
 )
 
 MissionStatus = Literal[
@@ -75,6 +88,8 @@ NEEDS_PERSON_STATUSES: Final[frozenset[MissionStatus]] = frozenset(
 # A task in one of these is settled: its work is merged, or a person said it is not needed.
 SETTLED_TASK_STATUSES: Final[frozenset[TaskStatus]] = frozenset({"merged", "skipped"})
 NEEDS_PERSON_TASK_STATUSES: Final[frozenset[TaskStatus]] = frozenset({"escalated"})
+# A person may run a task in one of these again, or skip it.
+RETRYABLE_TASK_STATUSES: Final[frozenset[TaskStatus]] = frozenset({"escalated", "failed"})
 
 _PHASES: Final[dict[MissionStatus, MissionPhase]] = {
     "running": "active",
@@ -202,3 +217,34 @@ def next_status(progress: MissionProgress, event: Event) -> MissionStatus:
         case PlanApproved():
             return "running"
     return current
+
+
+def task_status_after(current: TaskStatus, event: Event) -> TaskStatus | None:
+    """The status a task moves to on ``event``, or ``None`` when the event does not move
+    it. ``event`` is about the task's current attempt (news of an older attempt is for
+    the caller to drop); a settled task (merged or skipped) moves no more, and a person's
+    retry applies only to a task that stopped (escalated or failed)."""
+    if current in SETTLED_TASK_STATUSES:
+        return None
+    match event:
+        case TaskReady():
+            return "ready"
+        case WorkspaceReady() | AgentStarted():
+            return "running"
+        case AgentCompleted():
+            return "completed"
+        case AgentFailed() | WorkspaceFailed() | TaskTimedOut():
+            return "failed"
+        case BranchMerged():
+            return "merged"
+        case MergeConflicted():
+            return "conflicted"
+        case TaskRetried():
+            return "pending"
+        case TaskEscalated():
+            return "escalated"
+        case TaskSkipped():
+            return "skipped"
+        case TaskRetryRequested():
+            return "pending" if current in RETRYABLE_TASK_STATUSES else None
+    return None

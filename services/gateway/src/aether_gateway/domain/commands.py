@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from aether_events import RETRYABLE_TASK_STATUSES as RETRYABLE_TASK_STATUSES
 from aether_events import (
     BudgetRaised,
     MissionCancelled,
@@ -26,8 +27,6 @@ from aether_events import (
     step_ids,
 )
 from aether_gateway.domain.model import TERMINAL_STATUSES, Mission, Task
-
-RETRYABLE_TASK_STATUSES = frozenset({"escalated", "failed"})
 
 
 class Refusal(Exception):

@@ -15,6 +15,7 @@ import msgspec
 from msgspec.structs import replace
 
 from aether_events import (
+    SETTLED_TASK_STATUSES,
     AgentCompleted,
     AgentFailed,
     AgentHeartbeat,
@@ -51,6 +52,7 @@ from aether_events import (
     WorkspaceFailed,
     WorkspaceReady,
     add_cost,
+    task_status_after,
 )
 from aether_gateway.domain.model import (
     BudgetAlert,
@@ -489,18 +491,22 @@ def _fold_task(view: MissionView, event: Event) -> Task | None:
         if not isinstance(event, TaskReady | WorkspaceReady):
             return None  # news of a task the plan never listed
         task = _plan_task(event.mission_id, event.task, len(view.tasks), event.occurred_at)
-    if attempt < task.attempt or task.status in ("merged", "skipped"):
+    if attempt < task.attempt or task.status in SETTLED_TASK_STATUSES:
         return None
     task = replace(task, attempt=attempt, updated_at=event.occurred_at)
     return _task_step(task, event)
 
 
 def _task_step(task: Task, event: Event) -> Task | None:
+    # Which status: the shared rule (``aether_events.status``); what else changes: here.
+    status = task_status_after(task.status, event)
+    if status is None:
+        return None
     match event:
         case TaskReady():
             return replace(
                 task,
-                status="ready",
+                status=status,
                 model=event.model,
                 wave=event.wave,
                 finished_at=None,
@@ -509,7 +515,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
         case WorkspaceReady():
             return replace(
                 task,
-                status="running",
+                status=status,
                 model=event.model,
                 branch=event.branch,
                 base_sha=event.base_sha,
@@ -518,7 +524,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
         case AgentStarted():
             return replace(
                 task,
-                status="running",
+                status=status,
                 model=event.model,
                 runner_id=event.runner_id,
                 started_at=task.started_at or event.occurred_at,
@@ -526,49 +532,48 @@ def _task_step(task: Task, event: Event) -> Task | None:
         case AgentCompleted():
             return replace(
                 task,
-                status="completed",
+                status=status,
                 commit_sha=event.commit_sha,
                 branch=event.branch,
                 summary=event.summary,
                 files_changed=list(event.files_changed),
             )
         case AgentFailed():
-            return replace(task, status="failed", error=event.reason)
+            return replace(task, status=status, error=event.reason)
         case WorkspaceFailed():
-            return replace(task, status="failed", error=f"workspace: {event.reason}")
+            return replace(task, status=status, error=f"workspace: {event.reason}")
         case BranchMerged():
             return replace(
                 task,
-                status="merged",
+                status=status,
                 merge_sha=event.merge_sha,
                 finished_at=event.occurred_at,
                 error=None,
             )
         case MergeConflicted():
             files = ", ".join(event.files) or "unknown files"
-            return replace(task, status="conflicted", error=f"merge conflict in {files}")
+            return replace(task, status=status, error=f"merge conflict in {files}")
         case TaskRetried():
-            return replace(task, status="pending", error=event.reason)
+            return replace(task, status=status, error=event.reason)
         case TaskTimedOut():
-            return replace(task, status="failed", error="timed out")
+            return replace(task, status=status, error="timed out")
         case TaskEscalated():
-            return replace(task, status="escalated", error=event.reason)
+            return replace(task, status=status, error=event.reason)
     return None
 
 
 def _human_decision(view: MissionView, event: TaskRetryRequested | TaskSkipped) -> Task | None:
     task = view.tasks.get(event.task_id)
-    if task is None or task.status in ("merged", "skipped"):
+    status = None if task is None else task_status_after(task.status, event)
+    if task is None or status is None:
         return None
     if isinstance(event, TaskSkipped):
         reason = f"skipped: {event.reason}" if event.reason else "skipped"
         return replace(
             task,
-            status="skipped",
+            status=status,
             error=reason,
             finished_at=event.occurred_at,
             updated_at=event.occurred_at,
         )
-    if task.status not in ("escalated", "failed"):
-        return None
-    return replace(task, status="pending", error="retry requested", updated_at=event.occurred_at)
+    return replace(task, status=status, error="retry requested", updated_at=event.occurred_at)
