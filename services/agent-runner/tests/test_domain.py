@@ -23,6 +23,7 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     Event,
+    MissionAnswered,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -75,6 +76,7 @@ def test_a_fresh_attempt_runs() -> None:
         ),
         (TaskTimedOut(**meta(), task_id="t1", attempt=1), "the scheduler timed the attempt out"),
         (TaskSkipped(**meta(), task_id="t1"), "the task was skipped"),
+        (MissionAnswered(**meta(), answer="42"), "the mission is over"),
     ],
 )
 def test_what_keeps_an_attempt_from_running(event: Event, why: str) -> None:
@@ -96,6 +98,11 @@ def test_cancellation_stops_every_agent_of_its_mission_only() -> None:
     assert order == StopOrder("m1", "the mission was cancelled: changed my mind")
     assert order.applies_to(("m1", "t1", 1)) and order.applies_to(("m1", "t9", 3))
     assert not order.applies_to(("m2", "t1", 1))
+
+
+def test_an_answered_mission_stops_its_agents_like_any_other_ending() -> None:
+    order = stop_order(MissionAnswered(**meta(), answer="42"))
+    assert order is not None and order.report and order.applies_to(("m1", "t1", 1))
 
 
 def test_a_timeout_stops_only_that_attempt() -> None:
@@ -127,6 +134,13 @@ LIMITS = Limits(max_turns=10, max_tokens=1000, max_seconds=60, max_cost_usd=0.5)
         (1, Usage(cost_usd=0.5), 0.0, "cost limit reached: $0.5000 spent of $0.5000 allowed"),
         (1, Usage(), 60.0, "wall-time limit reached: 60.0 s of 60 s allowed"),
         (1, Usage(cost_usd=None, input_tokens=10), 0.0, None),
+        # A total with an unpriced part: the known spending still reaches the limit.
+        (
+            1,
+            Usage(cost_usd=0.6, cost_complete=False),
+            0.0,
+            "cost limit reached: $0.6000 spent of $0.5000 allowed",
+        ),
     ],
 )
 def test_limits(turns: int, usage: Usage, elapsed: float, reason: str | None) -> None:
