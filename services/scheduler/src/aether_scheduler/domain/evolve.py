@@ -239,11 +239,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 return m
             return _task(m, event.task_id, status="skipped", reserved_usd=0.0)
         case UsageRecorded():
-            m = replace(
-                m,
-                usage=m.usage.plus(event.usage),
-                spent_usd=m.spent_usd + known_cost(event.usage),
-            )
+            m = replace(m, usage=m.usage.plus(event.usage))
             if event.task_id is not None and event.attempt is not None:
                 task = m.tasks.get(event.task_id)
                 if task is not None and task.attempt == event.attempt:

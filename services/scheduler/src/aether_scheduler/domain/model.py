@@ -16,6 +16,7 @@ from aether_events import (
     TaskReady,
     TaskRetried,
     Usage,
+    known_cost,
     phase_of,
 )
 
@@ -87,7 +88,7 @@ class MissionState:
     # Where the mission stands, by the rules every service shares (``aether_events.status``).
     progress: MissionProgress = field(default_factory=MissionProgress)
     budget_usd: float | None = None
-    spent_usd: float = 0.0
+    # Every model call of the mission added up (``aether_events.usage``).
     usage: Usage = ZERO_USAGE
     warned_at_budget: float | None = None
     exceeded_at_budget: float | None = None
@@ -102,6 +103,11 @@ class MissionState:
     tasks: dict[str, TaskState] = field(default_factory=dict)
     waves_started: frozenset[int] = frozenset()
     waves_completed: frozenset[int] = frozenset()
+
+    @property
+    def spent_usd(self) -> float:
+        """What the mission is known to have spent: what its budget counts."""
+        return known_cost(self.usage)
 
     @property
     def reserved_usd(self) -> float:
