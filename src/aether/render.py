@@ -13,6 +13,7 @@ def short(text: str, width: int = 60) -> str:
 
 
 def money(value: float | None, complete: bool = True) -> str:
+    """A cost; ``+`` marks a lower bound (some call's price was unknown)."""
     if value is None:
         return "unknown"
     return f"${value:.4f}" + ("" if complete else "+")

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from aether.client import SseEvent
+from aether.render import money
 from aether_events import (
     NEEDS_PERSON_TASK_STATUSES,
     SETTLED_TASK_STATUSES,
@@ -165,10 +166,8 @@ def _usage(data: dict[str, Any]) -> Usage:
 
 
 def _money(value: float | None, complete: bool = True) -> str:
-    """A cost; ``+`` marks a lower bound (some call's price was unknown)."""
-    if value is None:
-        return "-" if complete else "unknown"
-    return f"${value:.4f}" + ("" if complete else "+")
+    """A cost as everywhere in the CLI, or ``-`` before anything was spent."""
+    return "-" if value is None and complete else money(value, complete)
 
 
 def _fit(text: str, width: int) -> str:
