@@ -23,6 +23,7 @@ from aether_events import (
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
+    MissionProgress,
     MissionRequested,
     PlanApproved,
     PlanProduced,
@@ -34,6 +35,7 @@ from aether_events import (
     WaveCompleted,
     WaveStarted,
     WorkspaceReady,
+    advance,
     tag_of,
 )
 
@@ -267,13 +269,6 @@ def check_tree(final_tree: str | None, expected_tree: str | None) -> list[str]:
     return []
 
 
-TERMINAL_STATUS = {
-    MissionCompleted: "completed",
-    MissionFailed: "failed",
-    MissionCancelled: "cancelled",
-}
-
-
 def check_read_model(stored: Sequence[Stored], view: ReadModelView | None) -> list[str]:
     """The gateway's mission, tasks and events say what the stream says."""
     if view is None:
@@ -282,9 +277,12 @@ def check_read_model(stored: Sequence[Stored], view: ReadModelView | None) -> li
         return [view.error]
     problems = []
     events = _events(stored)
-    terminal = [e for e in events if type(e) in TERMINAL_STATUS]
-    if terminal and view.status != TERMINAL_STATUS[type(terminal[0])]:
-        problems.append(f"status {view.status}, stream says {TERMINAL_STATUS[type(terminal[0])]}")
+    # The stream's verdict by the rules every service shares (``aether_events.status``).
+    progress = MissionProgress()
+    for e in events:
+        progress = advance(progress, e)
+    if progress.terminal and view.status != progress.status:
+        problems.append(f"status {view.status}, stream says {progress.status}")
     completed = [e for e in events if isinstance(e, MissionCompleted)]
     if completed and view.final_sha != completed[0].final_sha:
         problems.append(f"final sha {view.final_sha}, stream says {completed[0].final_sha}")
