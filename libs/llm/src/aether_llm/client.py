@@ -56,7 +56,13 @@ def make_client(settings: LLMSettings) -> anthropic.AsyncAnthropic:
 
 
 def usage_of(model: str, api_usage: ApiUsage, prices: PriceTable | None = None) -> Usage:
-    """The event form of a response's usage, with its cost from the price table."""
+    """The event form of a response's usage, with its cost from the price table.
+
+    The transport's metrics (``aether_llm.metrics``) price the same reply for
+    ``aether_model_cost_usd_total``, with the same ``PriceTable.cost``: they count every
+    HTTP reply as it passes (a call made again after a crash too), where the event is the
+    step's one record, whose id the stream keeps once.
+    """
     return (prices or load_prices()).priced(
         model,
         Usage(
