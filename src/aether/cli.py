@@ -95,6 +95,9 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--max-tasks", type=int, help="most tasks the plan may have")
     submit.add_argument("--model", action="append", metavar="TIER=MODEL", help="model override")
     submit.add_argument("--auto-approve", action="store_true")
+    submit.add_argument(
+        "--runtime", help="agent runtime of the tasks: builtin (default) or claude-code"
+    )
     submit.add_argument("--verify", help="command that must pass on the merged tree")
     submit.add_argument("--idempotency-key", help="submitting again with it creates no second")
     submit.add_argument("--watch", action="store_true", help="watch the mission afterwards")

@@ -64,6 +64,8 @@ def submit(args: argparse.Namespace) -> int:
         body["budget_usd"] = args.budget
     if args.verify:
         body["verify_command"] = args.verify
+    if args.runtime:
+        body["runtime"] = args.runtime
     created = client(args).submit(body, idempotency_key=args.idempotency_key)
     emit(args, created, lambda: created["mission_id"])
     if args.watch:

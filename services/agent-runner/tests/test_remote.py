@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 
 from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import (
     AgentCompleted,
     AgentFailed,
@@ -138,7 +139,7 @@ async def remote_workspace(
 def attempts(nc: NatsClient, model: Any, settings: AgentSettings) -> Attempts:
     publisher = EventPublisher(nc.jetstream())
     return Attempts(
-        client=make_client(model.llm()),
+        runtimes=runtimes(make_client(model.llm())),
         settings=settings,
         publisher=lambda: publisher,
         runner_id="runner-elsewhere",

@@ -80,6 +80,10 @@ class MissionRequested(Event, frozen=True, kw_only=True, tag="mission_requested"
     requested_by: str | None = None
     # Let tasks whose file scopes overlap run at the same time (off: the later one waits).
     allow_file_overlap: bool = False
+    # The agent runtime of the mission's tasks ("builtin", "claude-code"; None: the
+    # runner's default), and per task tier ("small", …) where it differs (added in v1.2).
+    runtime: str | None = None
+    runtime_overrides: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RepositoryPrepared(Event, frozen=True, kw_only=True, tag="repository_prepared"):
@@ -202,6 +206,8 @@ class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
     context: str = ""
     # What the scheduler reserved from the budget for this attempt.
     estimated_cost_usd: float | None = None
+    # The agent runtime to work it with (None: the runner's default; added in v1.2).
+    runtime: str | None = None
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
@@ -214,6 +220,8 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
     requirement: str = ""
     max_cost_usd: float | None = None
     context: str = ""
+    # The agent runtime to work it with (None: the runner's default; added in v1.2).
+    runtime: str | None = None
 
 
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):

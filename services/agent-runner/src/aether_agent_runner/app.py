@@ -24,6 +24,7 @@ from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
+from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import Event, WorkspaceReady, mission_history, new_event_id, type_subject
 from aether_llm import LLMSettings, make_client
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
@@ -60,7 +61,7 @@ def wire(
     service = Service(name="agent-runner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
     attempts = Attempts(
-        client=make_client(llm),
+        runtimes=runtimes(make_client(llm), agent.max_output_tokens, agent.claude_code_cli),
         settings=agent,
         publisher=lambda: service.publisher,
         runner_id=runner_id(),

@@ -1,14 +1,14 @@
 """Working one attempt: from its worktree to the event that reports it.
 
-Take the attempt's lock; if the task branch already holds this attempt's commit, report it;
-if a journal of this attempt exists, continue its conversation; otherwise start over from a
-clean worktree. Then run the agent and commit what it did.
+Take the attempt's lock; if the task branch already holds this attempt's commit, report it.
+Otherwise run the attempt's runtime (``aether_agent_runner.runtimes``: the built-in loop
+continues a journal it left, others start over from a clean worktree) and commit what it
+did.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import shutil
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import anthropic
 from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo
 
@@ -28,15 +27,14 @@ from aether_agent_runner.adapters.git import (
     commit_all,
     commit_files,
     own_commit,
-    reset_to,
 )
 from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
 from aether_agent_runner.adapters.remote import Broker, RemoteError, prepare_clone
-from aether_agent_runner.agent import Agent, Outcome, Progress
+from aether_agent_runner.agent import Outcome, Progress
 from aether_agent_runner.commands import CommandPolicy
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.conversation import Conversation, identity
-from aether_agent_runner.prompt import SYSTEM, repository_map, task_prompt
+from aether_agent_runner.runtimes import Job, Runtime, RuntimeUnavailable, runtime_name
 from aether_agent_runner.tools import ToolBox
 from aether_agent_runner.workspace import Workspace
 from aether_events import (
@@ -159,7 +157,10 @@ class Reporter:
 
 @dataclass
 class Attempts:
-    client: anthropic.AsyncAnthropic
+    """Works attempts; ``runtimes`` gives the runtime a name stands for (or raises
+    ``RuntimeUnavailable``)."""
+
+    runtimes: Callable[[str], Runtime]
     settings: AgentSettings
     publisher: Callable[[], EventPublisher]
     runner_id: str
@@ -247,21 +248,11 @@ class Attempts:
             usage = conversation.usage if conversation else Usage()
             return completed(ready, self.clock(), own, summary, files, usage)
         limits = self.settings.limits(ready.max_cost_usd)
-        resumed = conversation is not None
-        if conversation is None:
-            if records:
-                log.warning("the journal in the worktree is not this attempt's; starting over")
-            if await asyncio.to_thread(reset_to, worktree, ready.base_sha):
-                log.warning("restarting cleanly: discarded changes no transcript accounts for")
-            repo_map = await asyncio.to_thread(repository_map, worktree)
-            conversation = Conversation.fresh(task_prompt(ready, repo_map, limits))
-            await asyncio.to_thread(journal.start, conversation.begin_record(me))
-        else:
-            metrics.RESUMED.inc()
-            log.info(
-                "resuming the attempt from its journal",
-                extra={"turns": conversation.turns, "tool_calls": conversation.tool_calls},
-            )
+        try:
+            runtime = self.runtimes(runtime_name(ready.runtime, self.settings.runtime))
+        except RuntimeUnavailable as error:
+            metrics.RESULTS.labels("ended").inc()
+            return failed(ready, self.clock(), str(error), False)
         await self.publisher().publish(
             AgentStarted(
                 **caused_by(ready, self.clock(), step_ids.agent_started(task.id, attempt)),
@@ -274,15 +265,9 @@ class Attempts:
         reporter = Reporter(
             ready, self.publisher, self.clock, self.runner_id, self.settings.progress_seconds
         )
-        if resumed and conversation.last_usage is not None:
-            # The last call's usage may not have been published before the crash; the same
-            # event id makes a repeat a duplicate the stream drops.
-            await reporter.model_called(conversation.turns, conversation.last_usage)
-        workspace = Workspace(worktree)
-        workspace.changed = list(conversation.changed)
         settings = self.settings
         toolbox = ToolBox(
-            workspace,
+            Workspace(worktree),
             CommandPolicy(
                 settings.commands, settings.command_timeout_seconds, settings.command_output_chars
             ),
@@ -293,26 +278,19 @@ class Attempts:
         async def has_changes() -> bool:
             return bool(await asyncio.to_thread(changed_paths, worktree))
 
-        agent = Agent(
-            client=self.client,
-            model=ready.model,
-            system=SYSTEM,
-            toolbox=toolbox,
+        job = Job(
+            ready=ready,
+            worktree=worktree,
             limits=limits,
-            journal=journal.append,
+            journal=journal,
+            identity=me,
             observer=reporter,
+            toolbox=toolbox,
             has_changes=has_changes,
-            max_output_tokens=settings.max_output_tokens,
         )
         began = time.monotonic()
         try:
-            outcome = await agent.run(conversation)
-        except anthropic.APIStatusError as error:
-            retry = error.status_code in (408, 409, 429) or error.status_code >= 500
-            reason = f"model call failed: {error.status_code} {_api_message(error)}"
-            return failed(ready, self.clock(), reason, retry)
-        except anthropic.APIError as error:
-            return failed(ready, self.clock(), f"model call failed: {error}", True)
+            outcome = await runtime.run(job)
         finally:
             toolbox.close()
         metrics.ATTEMPT_TURNS.observe(outcome.turns)
@@ -348,13 +326,3 @@ class Attempts:
 def _push(broker: Broker, clone: Path, branch: str, sha: str) -> None:
     with Repo(str(clone)) as repo:
         broker.push_branch(repo, branch, sha)
-
-
-def _api_message(error: anthropic.APIStatusError) -> str:
-    with contextlib.suppress(Exception):
-        body = error.body
-        if isinstance(body, dict):
-            inner = body.get("error")
-            if isinstance(inner, dict) and inner.get("message"):
-                return str(inner["message"])
-    return error.message

@@ -69,6 +69,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     git_fetch: str = "auto"
     git_timeout_seconds: float = 300.0
     work_dir: str = ""
+    # The runtime of a task that names none (``aether_agent_runner.runtimes``).
+    runtime: str = "builtin"
+    claude_code_cli: str | None = None
 
     def fetches(self, worktree_exists: bool) -> bool:
         """Whether an attempt is fetched and pushed rather than worked in its worktree."""
@@ -158,4 +161,6 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "AETHER_AGENT_GIT_TIMEOUT_SECONDS", default.git_timeout_seconds
             ),
             work_dir=env.get("AETHER_AGENT_WORK_DIR", "").strip(),
+            runtime=env.get("AETHER_AGENT_RUNTIME", "").strip().lower() or default.runtime,
+            claude_code_cli=env.get("AETHER_CLAUDE_CODE_CLI", "").strip() or None,
         )

@@ -24,6 +24,8 @@ from aether_gateway.domain.steps import FailedStep
 
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 
+RuntimeName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+
 # --- commands --------------------------------------------------------------------------
 
 
@@ -39,6 +41,10 @@ class CreateMission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tasks: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
     model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
     verify_command: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    # The agent runtime of the tasks, and per tier where it differs; the runner refuses a
+    # name it does not have, so only the shape is checked here.
+    runtime: RuntimeName | None = None
+    runtime_overrides: dict[str, RuntimeName] = msgspec.field(default_factory=dict)
 
 
 class MissionAccepted(msgspec.Struct, kw_only=True):

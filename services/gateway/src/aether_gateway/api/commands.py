@@ -180,6 +180,8 @@ async def create_mission(
         model_overrides=data.model_overrides,
         verify_command=data.verify_command,
         requested_by=principal.name,
+        runtime=data.runtime,
+        runtime_overrides=data.runtime_overrides,
     )
     await ctx.publish(event)
     url = ctx.mission_url(mission_id)

@@ -113,6 +113,7 @@ def workspace_ready_event(
         requirement=cause.requirement,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
+        runtime=cause.runtime,
     )
 
 

@@ -378,6 +378,7 @@ def _ready(
         max_cost_usd=cap,
         context=context if attempt > 1 else "",
         estimated_cost_usd=estimate,
+        runtime=m.request.runtime_overrides.get(tier) or m.request.runtime,
     )
 
 

@@ -1,0 +1,59 @@
+"""Agent runtimes: what works a task inside its prepared worktree.
+
+A runtime is given a ``Job`` (the attempt, its worktree, limits, the runner's tools and
+journal, an observer for usage and progress) and returns an ``Outcome``. Cancellation is
+asyncio's: when the runner cancels the task running ``Runtime.run``, the runtime stops
+its agent (a child process is killed) before the cancellation propagates.
+
+Everything around a runtime stays the runner's and is the same for every one: the attempt
+lock, finding a commit from before a restart, ``AgentStarted``, heartbeats, stop orders,
+the commit with its trailers and the events that report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aether_agent_runner.adapters.journal import Journal
+from aether_agent_runner.agent import Observer, Outcome
+from aether_agent_runner.domain import Limits
+from aether_agent_runner.tools import ToolBox
+from aether_events import WorkspaceReady
+
+BUILTIN = "builtin"
+CLAUDE_CODE = "claude-code"
+KNOWN = (BUILTIN, CLAUDE_CODE)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attempt as a runtime sees it."""
+
+    ready: WorkspaceReady
+    worktree: Path
+    limits: Limits
+    journal: Journal
+    identity: dict[str, Any]
+    observer: Observer
+    toolbox: ToolBox
+    has_changes: Callable[[], Awaitable[bool]]
+
+
+class Runtime(Protocol):
+    """Works one task in its worktree and says how it ended (the runner commits)."""
+
+    name: str
+
+    async def run(self, job: Job) -> Outcome: ...
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime a task asks for is unknown here, or not installed."""
+
+
+def runtime_name(requested: str | None, default: str) -> str:
+    """The runtime an attempt runs with: the one its task asks for, else the runner's."""
+    return (requested or default).strip().lower()

@@ -1,0 +1,80 @@
+"""The built-in runtime: Aether's own tool-use loop (``aether_agent_runner.agent``), which
+journals every step and so resumes a conversation a dead runner left."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import anthropic
+
+from aether_agent_runner import metrics
+from aether_agent_runner.adapters.git import reset_to
+from aether_agent_runner.agent import Agent, Outcome
+from aether_agent_runner.conversation import Conversation
+from aether_agent_runner.prompt import SYSTEM, repository_map, task_prompt
+from aether_agent_runner.runtimes import BUILTIN, Job
+
+log = logging.getLogger("aether.agent-runner")
+
+
+@dataclass
+class BuiltinRuntime:
+    client: anthropic.AsyncAnthropic
+    max_output_tokens: int = 8192
+    name: str = BUILTIN
+
+    async def run(self, job: Job) -> Outcome:
+        ready, worktree = job.ready, job.worktree
+        records = await asyncio.to_thread(job.journal.read)
+        conversation = Conversation.from_records(records, job.identity)
+        if conversation is None:
+            if records:
+                log.warning("the journal in the worktree is not this attempt's; starting over")
+            if await asyncio.to_thread(reset_to, worktree, ready.base_sha):
+                log.warning("restarting cleanly: discarded changes no transcript accounts for")
+            repo_map = await asyncio.to_thread(repository_map, worktree)
+            conversation = Conversation.fresh(task_prompt(ready, repo_map, job.limits))
+            await asyncio.to_thread(job.journal.start, conversation.begin_record(job.identity))
+        else:
+            metrics.RESUMED.inc()
+            log.info(
+                "resuming the attempt from its journal",
+                extra={"turns": conversation.turns, "tool_calls": conversation.tool_calls},
+            )
+            if conversation.last_usage is not None:
+                # The last call's usage may not have been published before the crash; the
+                # same event id makes a repeat a duplicate the stream drops.
+                await job.observer.model_called(conversation.turns, conversation.last_usage)
+        job.toolbox.workspace.changed = list(conversation.changed)
+        agent = Agent(
+            client=self.client,
+            model=ready.model,
+            system=SYSTEM,
+            toolbox=job.toolbox,
+            limits=job.limits,
+            journal=job.journal.append,
+            observer=job.observer,
+            has_changes=job.has_changes,
+            max_output_tokens=self.max_output_tokens,
+        )
+        try:
+            return await agent.run(conversation)
+        except anthropic.APIStatusError as error:
+            retry = error.status_code in (408, 409, 429) or error.status_code >= 500
+            reason = f"model call failed: {error.status_code} {_api_message(error)}"
+            return Outcome(False, reason=reason, retryable=retry)
+        except anthropic.APIError as error:
+            return Outcome(False, reason=f"model call failed: {error}", retryable=True)
+
+
+def _api_message(error: anthropic.APIStatusError) -> str:
+    with contextlib.suppress(Exception):
+        body = error.body
+        if isinstance(body, dict):
+            inner = body.get("error")
+            if isinstance(inner, dict) and inner.get("message"):
+                return str(inner["message"])
+    return error.message

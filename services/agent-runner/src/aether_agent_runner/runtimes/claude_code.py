@@ -1,0 +1,416 @@
+"""Claude Code as a runtime, through the ``claude-agent-sdk`` package (which carries the
+Claude Code CLI).
+
+What is mapped: the task's prompt, with the repository's own ``CLAUDE.md`` / ``AGENTS.md``
+appended to Claude Code's system prompt; its PreToolUse, PostToolUse and Stop hooks to
+progress (tool, file, command); its result's per-model usage, priced by the price table
+and checked against the cost the CLI reports; the turn and cost limits; the model's
+endpoint (``ANTHROPIC_BASE_URL``, the runner's own).
+
+What it may do: read and edit files inside the worktree (its Read, Write, Edit, Glob and
+Grep tools; a PreToolUse hook refuses any path outside it or in ``.git``) and run programs
+only through the runner's ``run_command`` (offered as an in-process MCP tool, so it goes
+through the same policy and sandbox as the built-in loop's). Its own Bash and web tools are
+not offered. Nothing from the repository configures it: no project settings (their hooks
+would run outside any sandbox), no ``.mcp.json`` servers. Its environment carries the
+model endpoint and key and none of the runner's other variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import claude_agent_sdk as sdk
+import msgspec
+
+from aether_agent_runner.adapters.git import reset_to
+from aether_agent_runner.agent import Outcome, Progress
+from aether_agent_runner.prompt import repository_map, task_prompt
+from aether_agent_runner.runtimes import CLAUDE_CODE, Job
+from aether_events import Usage
+from aether_llm import PriceTable, load_prices
+
+log = logging.getLogger("aether.agent-runner.claude-code")
+
+FILE_TOOLS = ("Read", "Write", "Edit", "Glob", "Grep")
+EDITING_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
+COMMAND_TOOL = "mcp__aether__run_command"
+MEMORY_FILES = ("CLAUDE.md", "AGENTS.md")
+MAX_MEMORY_CHARS = 32_000
+# A relative cost difference beyond this between the CLI's figure and the price table's
+# is logged: one of the two price lists is out of date.
+COST_TOLERANCE = 0.01
+
+# What of the runner's environment the CLI keeps: where programs and certificates are,
+# locale and proxies. Everything else is blanked (tokens, the bus's credentials).
+KEPT_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "USER",
+        "LOGNAME",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+
+RULES = """\
+You are working one task of a larger mission for Aether, inside a git worktree of the \
+repository; other agents work other tasks in parallel and their work is merged with yours.
+- Change what the task needs and nothing else. Stay inside the working directory; the \
+.git directory is off limits.
+- There is no shell. To run a program (tests, linters), use the run_command tool: one \
+program with its arguments, no pipes or redirection.
+- Do not commit, branch or push: your changes are committed and merged for you.
+- When the task is done, reply with a short summary of what you changed and why."""
+
+
+def cli_environment(
+    inherited: dict[str, str], base_url: str, api_key: str, config_dir: Path
+) -> dict[str, str]:
+    """The variables given to the CLI: the SDK merges them over the runner's own, so every
+    inherited one not kept is blanked."""
+    env = {name: "" for name in inherited if name not in KEPT_ENV}
+    env.update(
+        {
+            "ANTHROPIC_BASE_URL": base_url,
+            "ANTHROPIC_API_KEY": api_key,
+            "CLAUDE_CONFIG_DIR": str(config_dir),
+            # No title generation, update checks or telemetry: only the task's calls.
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        }
+    )
+    return env
+
+
+def inside(root: Path, path: str) -> str | None:
+    """``path`` (absolute or relative to ``root``) as a relative path when it stays inside
+    the worktree and out of ``.git`` once symbolic links are followed, else ``None``."""
+    if not path or "\x00" in path:
+        return None
+    root = root.resolve()
+    resolved = (root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        return None
+    relative = resolved.relative_to(root)
+    if any(part.lower() == ".git" for part in relative.parts):
+        return None
+    return relative.as_posix() or "."
+
+
+def memory_files(root: Path) -> str:
+    """The repository's own agent instructions (``CLAUDE.md``, ``AGENTS.md``), bounded; a
+    file that is a link out of the worktree is not read."""
+    parts = []
+    for name in MEMORY_FILES:
+        if inside(root, name) != name:
+            continue
+        path = root / name
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")[:MAX_MEMORY_CHARS]
+        parts.append(f"<repository-instructions file={name!r}>\n{text}\n</repository-instructions>")
+    return "\n\n".join(parts)
+
+
+def result_usage(result: sdk.ResultMessage, model: str, prices: PriceTable) -> Usage:
+    """The run's usage from its result, per model, priced by the price table; where the
+    table has no price the CLI's own figure is taken (and the sum says so)."""
+    per_model: dict[str, Usage] = {}
+    cli_cost: dict[str, float | None] = {}
+    for name, model_counts in (result.model_usage or {}).items():
+        data: dict[str, Any] = dict(model_counts)
+        per_model[name] = Usage(
+            input_tokens=int(data.get("inputTokens") or 0),
+            output_tokens=int(data.get("outputTokens") or 0),
+            cache_creation_input_tokens=int(data.get("cacheCreationInputTokens") or 0),
+            cache_read_input_tokens=int(data.get("cacheReadInputTokens") or 0),
+        )
+        raw = data.get("costUSD")
+        cli_cost[name] = float(raw) if isinstance(raw, int | float) else None
+    if not per_model and result.usage:
+        usage = result.usage
+        per_model[model] = Usage(
+            input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+            cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        )
+        cli_cost[model] = result.total_cost_usd
+    total = Usage(cost_usd=0.0)
+    for name, counts in per_model.items():
+        priced = prices.priced(name, counts)
+        theirs = cli_cost.get(name)
+        if priced.cost_usd is None:
+            priced = msgspec.structs.replace(counts, cost_usd=theirs)
+        elif theirs is not None and abs(theirs - priced.cost_usd) > COST_TOLERANCE * max(
+            theirs, priced.cost_usd, 1e-9
+        ):
+            log.warning(
+                "the CLI's cost differs from the price table's; the table's is recorded",
+                extra={"model": name, "cli_usd": theirs, "table_usd": priced.cost_usd},
+            )
+        total = total.plus(priced)
+    return total
+
+
+def describe(tool: str, tool_input: dict[str, Any], root: Path) -> str:
+    """A short account of a tool call for progress: the tool, and its file or command."""
+    name = "run_command" if tool == COMMAND_TOOL else tool
+    detail = tool_input.get("command") or tool_input.get("pattern") or ""
+    path = tool_input.get("file_path") or tool_input.get("path") or tool_input.get("notebook_path")
+    if isinstance(path, str) and path:
+        detail = inside(root, path) or path
+    text = f"{name} {detail}".strip()
+    return text if len(text) <= 120 else text[:117] + "…"
+
+
+@dataclass
+class _Run:
+    """What one run has done so far, as hooks and messages tell it."""
+
+    job: Job
+    turns: int = 0
+    tool_calls: int = 0
+    files_changed: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    seen_messages: set[str] = field(default_factory=set)
+
+    async def progress(self, action: str) -> None:
+        await self.job.observer.progressed(
+            Progress(
+                turns=self.turns,
+                tool_calls=self.tool_calls,
+                files_changed=list(self.files_changed),
+                usage=self.usage,
+                last_action=action,
+            )
+        )
+
+    async def before_tool(
+        self, data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
+    ) -> sdk.HookJSONOutput:
+        tool = str(data.get("tool_name", ""))
+        tool_input = data.get("tool_input")
+        arguments: dict[str, Any] = tool_input if isinstance(tool_input, dict) else {}
+        root = self.job.worktree
+        for key in ("file_path", "path", "notebook_path"):
+            value = arguments.get(key)
+            if value is not None and (not isinstance(value, str) or inside(root, value) is None):
+                log.info("refused a path outside the worktree", extra={"tool": tool})
+                return {
+                    "hookSpecificOutput": {
+                        "hookEventName": "PreToolUse",
+                        "permissionDecision": "deny",
+                        "permissionDecisionReason": (
+                            f"{value!r} is outside the repository or in .git; only files "
+                            "of the working directory may be used"
+                        ),
+                    }
+                }
+        self.tool_calls += 1
+        await self.progress(describe(tool, arguments, root))
+        return {}
+
+    async def after_tool(
+        self, data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
+    ) -> sdk.HookJSONOutput:
+        tool = str(data.get("tool_name", ""))
+        tool_input = data.get("tool_input")
+        arguments: dict[str, Any] = tool_input if isinstance(tool_input, dict) else {}
+        if tool in EDITING_TOOLS:
+            path = arguments.get("file_path") or arguments.get("notebook_path")
+            relative = inside(self.job.worktree, path) if isinstance(path, str) else None
+            if relative is not None and relative not in self.files_changed:
+                self.files_changed.append(relative)
+        # No progress event: it would carry the same counts, so the same event id, as the
+        # one published before the call.
+        return {}
+
+    async def stopped(
+        self, _data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
+    ) -> sdk.HookJSONOutput:
+        await self.progress("stopped")
+        return {}
+
+    def assistant(self, message: sdk.AssistantMessage) -> None:
+        key = message.message_id or str(id(message))
+        if key in self.seen_messages:
+            return
+        self.seen_messages.add(key)
+        self.turns += 1
+        counts = message.usage or {}
+        self.usage = self.usage.plus(
+            Usage(
+                input_tokens=int(counts.get("input_tokens") or 0),
+                output_tokens=int(counts.get("output_tokens") or 0),
+                cache_creation_input_tokens=int(counts.get("cache_creation_input_tokens") or 0),
+                cache_read_input_tokens=int(counts.get("cache_read_input_tokens") or 0),
+            )
+        )
+
+
+@dataclass
+class ClaudeCodeRuntime:
+    """Runs the Claude Code CLI against ``base_url`` with ``api_key``."""
+
+    base_url: str
+    api_key: str
+    cli_path: str | None = None
+    prices: PriceTable | None = None
+    name: str = CLAUDE_CODE
+
+    async def run(self, job: Job) -> Outcome:
+        ready, worktree = job.ready, job.worktree
+        # No transcript of an earlier run is kept: the attempt starts from its base.
+        if await asyncio.to_thread(reset_to, worktree, ready.base_sha):
+            log.warning("restarting cleanly: discarded changes of an earlier run")
+        repo_map = await asyncio.to_thread(repository_map, worktree)
+        prompt = task_prompt(ready, repo_map, job.limits)
+        memory = await asyncio.to_thread(memory_files, worktree)
+        config_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
+        run = _Run(job)
+        stderr: deque[str] = deque(maxlen=20)
+        try:
+            options = self._options(job, run, memory, config_dir, stderr.append)
+            async with asyncio.timeout(job.limits.max_seconds):
+                return await self._converse(job, run, prompt, options, stderr)
+        except TimeoutError:
+            reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
+            return self._outcome(run, False, reason=reason, retryable=False)
+        except sdk.CLINotFoundError as error:
+            return self._outcome(run, False, reason=f"Claude Code is not installed: {error}")
+        except sdk.ClaudeSDKError as error:
+            detail = " | ".join(stderr)
+            reason = f"Claude Code failed: {error}" + (f" ({detail})" if detail else "")
+            return self._outcome(run, False, reason=reason[:2000], retryable=True)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, config_dir, True)
+
+    def _options(
+        self,
+        job: Job,
+        run: _Run,
+        memory: str,
+        config_dir: Path,
+        on_stderr: Any,
+    ) -> sdk.ClaudeAgentOptions:
+        servers: dict[str, sdk.McpServerConfig] = {}
+        allowed = list(FILE_TOOLS)
+        definition = next(
+            (tool for tool in job.toolbox.definitions() if tool["name"] == "run_command"), None
+        )
+        if definition is not None:
+            toolbox = job.toolbox
+
+            async def run_command(arguments: dict[str, Any]) -> dict[str, Any]:
+                result = await toolbox.call("run_command", arguments)
+                return {
+                    "content": [{"type": "text", "text": result.content}],
+                    "is_error": result.is_error,
+                }
+
+            command = sdk.tool(
+                "run_command", definition["description"], dict(definition["input_schema"])
+            )(run_command)
+            servers["aether"] = sdk.create_sdk_mcp_server("aether", tools=[command])
+            allowed.append(COMMAND_TOOL)
+        append = RULES + (f"\n\n{memory}" if memory else "")
+        return sdk.ClaudeAgentOptions(
+            cwd=str(job.worktree),
+            model=job.ready.model,
+            tools=list(FILE_TOOLS),
+            allowed_tools=allowed,
+            disallowed_tools=["Bash", "WebFetch", "WebSearch"],
+            permission_mode="dontAsk",
+            mcp_servers=servers,
+            strict_mcp_config=True,
+            setting_sources=[],
+            system_prompt={"type": "preset", "preset": "claude_code", "append": append},
+            max_turns=job.limits.max_turns,
+            max_budget_usd=job.limits.max_cost_usd,
+            hooks={
+                "PreToolUse": [sdk.HookMatcher(hooks=[run.before_tool])],
+                "PostToolUse": [sdk.HookMatcher(hooks=[run.after_tool])],
+                "Stop": [sdk.HookMatcher(hooks=[run.stopped])],
+            },
+            env=cli_environment(dict(os.environ), self.base_url, self.api_key, config_dir),
+            cli_path=self.cli_path,
+            stderr=on_stderr,
+        )
+
+    async def _converse(
+        self,
+        job: Job,
+        run: _Run,
+        prompt: str,
+        options: sdk.ClaudeAgentOptions,
+        stderr: deque[str],
+    ) -> Outcome:
+        result: sdk.ResultMessage | None = None
+        async with sdk.ClaudeSDKClient(options) as client:
+            await client.query(prompt)
+            async for message in client.receive_response():
+                if isinstance(message, sdk.AssistantMessage):
+                    run.assistant(message)
+                elif isinstance(message, sdk.ResultMessage):
+                    result = message
+        if result is None:
+            detail = " | ".join(stderr)
+            return self._outcome(run, False, reason=f"Claude Code ended without a result {detail}")
+        run.usage = result_usage(result, job.ready.model, self.prices or load_prices())
+        run.turns = max(run.turns, result.num_turns)
+        await job.observer.model_called(run.turns, run.usage)
+        summary = (result.result or "").strip()
+        match result.subtype:
+            case "success" if not result.is_error:
+                return self._outcome(run, True, summary=summary or "(no summary)")
+            case "error_max_turns":
+                reason = f"turn limit reached: {job.limits.max_turns} turns allowed"
+                return self._outcome(run, False, reason=reason, retryable=False)
+            case "error_max_budget_usd":
+                reason = f"cost limit reached: ${job.limits.max_cost_usd} allowed"
+                return self._outcome(run, False, reason=reason, retryable=False)
+        errors = "; ".join(result.errors or []) or summary or result.subtype
+        return self._outcome(run, False, reason=f"Claude Code failed: {errors}"[:2000])
+
+    @staticmethod
+    def _outcome(
+        run: _Run,
+        finished: bool,
+        *,
+        summary: str = "",
+        reason: str = "",
+        retryable: bool = True,
+    ) -> Outcome:
+        return Outcome(
+            finished,
+            summary=summary,
+            reason=reason,
+            retryable=retryable,
+            turns=run.turns,
+            tool_calls=run.tool_calls,
+            usage=run.usage,
+            files_changed=list(run.files_changed),
+        )

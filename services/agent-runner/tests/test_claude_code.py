@@ -1,0 +1,234 @@
+"""The Claude Code runtime: the real CLI from the claude-agent-sdk wheel, against the
+scripted Messages API server, worked by an in-process runner on real NATS."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentProgress,
+    AgentStarted,
+    MissionCancelled,
+    Usage,
+    UsageRecorded,
+)
+from aether_llm import Reply, load_prices, text_block, tool_use_block
+
+from .conftest import git
+from .test_service import control_meta, git_log, signal_on, task_repo_head
+
+pytest.importorskip("claude_agent_sdk")
+
+RUN_COMMAND = "mcp__aether__run_command"
+
+
+def turn(*blocks: dict[str, Any], cache_write: int = 0, cache_read: int = 0) -> Any:
+    stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
+    return lambda request: Reply(
+        list(blocks),
+        stop,
+        input_tokens=120,
+        output_tokens=30,
+        cache_creation_input_tokens=cache_write,
+        cache_read_input_tokens=cache_read,
+    )
+
+
+def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool results of the request's latest user message (the CLI may follow it with
+    system messages of its own)."""
+    last = [m for m in request["messages"] if m["role"] == "user"][-1]
+    if isinstance(last["content"], str):
+        return []
+    return [block for block in last["content"] if block.get("type") == "tool_result"]
+
+
+def result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return str(content)
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Processes whose working directory is ``directory`` (the CLI runs in the worktree)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(entry / "cwd")) == directory:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_claude_code_edits_runs_a_command_through_aether_and_the_commit_lands(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    worktree = task_repo.worktree
+    (worktree / "CLAUDE.md").write_text("Always keep greetings polite.\n")
+    git(worktree, "add", "CLAUDE.md")
+    git(worktree, "commit", "-q", "-m", "instructions for agents")
+    app = str(worktree / "src" / "app.py")
+    scripted = model(
+        {
+            "t1": [
+                turn(tool_use_block("Read", {"file_path": "/etc/hostname"})),
+                turn(tool_use_block("Read", {"file_path": app}), cache_write=400),
+                turn(
+                    tool_use_block(
+                        "Edit",
+                        {
+                            "file_path": app,
+                            "old_string": '"Hello, "',
+                            "new_string": '"Hello there, "',
+                        },
+                    ),
+                    cache_read=400,
+                ),
+                turn(
+                    tool_use_block(
+                        "Write",
+                        {"file_path": str(worktree / "NOTES.md"), "content": "greet changed\n"},
+                    ),
+                    cache_read=400,
+                ),
+                turn(
+                    tool_use_block(RUN_COMMAND, {"command": "python -c print(6*7)"}),
+                    cache_read=400,
+                ),
+                turn(text_block("greet now says hello there"), cache_read=400),
+            ]
+        }
+    )
+    await start_runner(scripted, runtime="claude-code")
+    base = git(worktree, "rev-parse", "HEAD")
+    ready = msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base)
+
+    await publish(ready)
+    done = await events.first(AgentCompleted, timeout=120)
+
+    requests = scripted.script.requests
+    assert len(requests) == 6  # every call of the CLI reached the scripted server
+    system = "".join(block.get("text", "") for block in requests[0]["system"])
+    assert "Always keep greetings polite." in system
+    tools = {tool["name"] for tool in requests[0]["tools"]}
+    assert {"Read", "Edit", "Write", RUN_COMMAND} <= tools
+    assert "Bash" not in tools
+    refused = result_text(tool_results(requests[1])[0])
+    assert "outside the repository" in refused
+    assert "42" in result_text(tool_results(requests[5])[0])  # run through Aether's policy
+
+    assert done.commit_sha == task_repo_head(task_repo)
+    assert set(done.files_changed) == {"src/app.py", "NOTES.md"}
+    assert '"Hello there, "' in (worktree / "src" / "app.py").read_text()
+    assert done.summary == "greet now says hello there"
+    message = git_log(task_repo, task_repo.branch)
+    for trailer in (f"Aether-Mission: {mission_id}", "Aether-Task: t1", "Aether-Attempt: 1"):
+        assert trailer in message
+
+    counts = Usage(
+        input_tokens=6 * 120,
+        output_tokens=6 * 30,
+        cache_creation_input_tokens=400,
+        cache_read_input_tokens=4 * 400,
+    )
+    priced = load_prices().priced("claude-sonnet-5-5", counts)
+    assert done.usage == priced
+    recorded = events.of(UsageRecorded)
+    assert [u.usage for u in recorded] == [priced]
+    assert recorded[0].step.startswith("agent:t1:a1:")
+
+    actions = [p.last_action for p in events.of(AgentProgress)]
+    assert "Read src/app.py" in actions
+    assert "Edit src/app.py" in actions
+    assert "Write NOTES.md" in actions
+    assert "run_command python -c print(6*7)" in actions
+    assert not any("/etc/hostname" in action for action in actions)
+    assert len(events.of(AgentStarted)) == 1
+
+
+async def test_claude_code_turn_limit_fails_the_task_without_retry(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    app = str(task_repo.worktree / "src" / "app.py")
+    scripted = model({"t1": [turn(tool_use_block("Read", {"file_path": app}))] * 5})
+    await start_runner(scripted, runtime="claude-code", max_turns=2)
+
+    await publish(workspace_ready(task_repo, mission_id))
+    failed = await events.first(AgentFailed, timeout=120)
+
+    assert failed.reason == "turn limit reached: 2 turns allowed"
+    assert not failed.retryable
+    assert len(scripted.script.requests) == 2
+
+
+async def test_cancelling_the_mission_stops_the_claude_code_cli(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    app = str(task_repo.worktree / "src" / "app.py")
+    scripted = model({"t1": [turn(tool_use_block("Read", {"file_path": app})), turn()]})
+    gate = scripted.script.gates[("t1", 1)] = threading.Event()
+    arrived = signal_on(scripted, "t1", 1)
+    await start_runner(scripted, runtime="claude-code")
+    await publish(workspace_ready(task_repo, mission_id))
+    await arrived.wait()  # the CLI waits on its second model call
+    assert processes_in(task_repo.worktree)
+
+    await publish(MissionCancelled(**control_meta(mission_id), reason="not needed"))
+    failed = await events.first(AgentFailed, timeout=30)
+    gate.set()
+
+    assert failed.reason == "stopped: the mission was cancelled: not needed"
+    # By the time the stop is reported, the CLI is gone.
+    assert processes_in(task_repo.worktree) == []
+
+
+async def test_an_unknown_runtime_fails_the_task_plainly(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    scripted = model({"t1": []})
+    await start_runner(scripted)
+    ready = msgspec.structs.replace(workspace_ready(task_repo, mission_id), runtime="codex")
+
+    await publish(ready)
+    failed = await events.first(AgentFailed)
+
+    assert failed.reason.startswith("unknown agent runtime 'codex'")
+    assert not failed.retryable
+    assert scripted.script.requests == []
