@@ -79,6 +79,17 @@ async def running_mission(nc, http, script: Script, *, escalate: str | None = No
 # --- creating missions -------------------------------------------------------------------
 
 
+async def test_a_mission_names_its_agent_runtime_and_a_per_tier_override(http, nc):
+    body = {**MISSION, "runtime": "claude-code", "runtime_overrides": {"small": "builtin"}}
+    created = await http.post("/missions", json=body)
+    assert created.status_code == 202, created.text
+    [requested] = await events_of(nc, created.json()["mission_id"], MissionRequested)
+    assert requested.runtime == "claude-code"
+    assert requested.runtime_overrides == {"small": "builtin"}
+    refused = await http.post("/missions", json={**MISSION, "runtime": "../bin/sh"})
+    assert refused.status_code == 400, refused.text
+
+
 async def test_a_repeated_post_with_an_idempotency_key_creates_one_mission(
     http, nc, gateway_server
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import reduce
 
+import msgspec
 import pytest
 
 from aether_events import (
@@ -310,6 +311,9 @@ def test_workspace_ready_carries_the_task_and_a_step_derived_id() -> None:
         outcome.worktree_path,
         outcome.base_sha,
     )
+    assert ready.runtime is None
+    chosen = msgspec.structs.replace(event, runtime="claude-code")
+    assert workspace_ready_event(chosen, NOW, outcome).runtime == "claude-code"
 
 
 def test_merge_events_have_one_id_per_attempt_whatever_the_outcome_sha() -> None:

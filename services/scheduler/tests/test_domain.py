@@ -56,6 +56,14 @@ def test_approval_starts_wave_zero_with_the_tasks_that_have_no_dependencies() ->
     assert by_id["a"].estimated_cost_usd == 1.0 and by_id["a"].attempt == 1
 
 
+def test_tasks_carry_the_missions_agent_runtime_with_its_per_tier_override() -> None:
+    s = Scenario()
+    decided = s.start(*diamond(), runtime="claude-code", runtime_overrides={"small": "builtin"})
+    by_id = {e.task.id: e for e in of(decided, TaskReady)}
+    assert by_id["a"].runtime == "claude-code" and by_id["b"].runtime == "builtin"
+    assert all(e.runtime is None for e in of(Scenario().start(*diamond()), TaskReady))
+
+
 def test_dependent_task_waits_for_every_dependency_then_its_wave_starts() -> None:
     s = Scenario()
     s.start(*diamond())
