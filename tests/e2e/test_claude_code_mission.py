@@ -1,0 +1,184 @@
+"""A mission whose tasks are worked by two runtimes: the built-in loop for its small task
+and the real Claude Code CLI (from the claude-agent-sdk wheel) for the other, every
+service its own process, against the scripted Messages API server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from dulwich.objects import Commit
+from dulwich.repo import Repo
+
+from aether.stack import Stack
+from aether_events import (
+    AgentCompleted,
+    AgentProgress,
+    MissionCompleted,
+    PlanProduced,
+    TaskReady,
+    Usage,
+    UsageRecorded,
+    WorkspaceReady,
+    decode,
+)
+from aether_llm import MessagesServer, Reply, load_prices, text_block, tool_use_block
+from tests.e2e.test_mission_flow import stack_for, tree_files
+from tests.support import MissionLog, ScriptedModel, finish, write
+
+pytest.importorskip("claude_agent_sdk")
+pytestmark = pytest.mark.e2e
+
+PLAN = {
+    "rationale": "two independent files",
+    "tasks": [
+        {
+            "id": "a",
+            "title": "Write alpha",
+            "description": "alpha",
+            "files": ["a.txt"],
+            "depends_on": [],
+            "tier": "small",
+        },
+        {
+            "id": "b",
+            "title": "Write beta",
+            "description": "beta",
+            "files": ["b.txt"],
+            "depends_on": [],
+            "tier": "standard",
+        },
+    ],
+}
+_CWD = re.compile(r"Primary working directory: (\S+)")
+
+
+def claude_write(request: dict[str, Any]) -> Reply:
+    # Claude Code's file tools take absolute paths: the worktree is in its request.
+    found = _CWD.search(json.dumps(request))
+    assert found, "no working directory in Claude Code's request"
+    path = str(Path(found.group(1).replace("\\n", "")) / "b.txt")
+    block = tool_use_block("Write", {"file_path": path, "content": "beta\n"})
+    return Reply([block], "tool_use", 300, 40, cache_creation_input_tokens=200)
+
+
+def claude_done(request: dict[str, Any]) -> Reply:
+    return Reply([text_block("wrote b")], "end_turn", 320, 10, cache_read_input_tokens=200)
+
+
+@pytest.fixture
+def claude_model() -> Iterator[tuple[MessagesServer, ScriptedModel]]:
+    script = ScriptedModel(
+        plan=PLAN,
+        scripts={
+            "a": [write("a.txt", "alpha\n"), finish("wrote a")],
+            "b": [claude_write, claude_done],
+        },
+    )
+    server = MessagesServer(script).start()
+    yield server, script
+    server.stop()
+
+
+@pytest.fixture
+async def claude_stack(
+    tmp_path: Path, claude_model: tuple[MessagesServer, ScriptedModel], fresh_database: str
+) -> AsyncIterator[Stack]:
+    stack = stack_for(tmp_path, claude_model[0], fresh_database)
+    try:
+        await asyncio.to_thread(stack.start)
+        yield stack
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+async def telemetry(nc: Any, mission_id: str) -> list[Any]:
+    js = nc.jetstream()
+    subscription = await js.subscribe(
+        f"aether.telemetry.{mission_id}.agent_progress", ordered_consumer=True
+    )
+    found = []
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                return found
+            found.append(decode(message.data))
+    finally:
+        await subscription.unsubscribe()
+
+
+async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
+    claude_stack: Stack, repo: Path, claude_model: tuple[MessagesServer, ScriptedModel]
+) -> None:
+    async with httpx.AsyncClient(
+        base_url=claude_stack.gateway_url, timeout=10, headers=claude_stack.auth_headers
+    ) as http:
+        created = await http.post(
+            "/missions",
+            json={
+                "repository": str(repo),
+                "requirement": "alpha and beta",
+                "auto_approve": True,
+                "runtime": "claude-code",
+                "runtime_overrides": {"small": "builtin"},
+            },
+        )
+        assert created.status_code == 202, created.text
+    mission_id = created.json()["mission_id"]
+    nc = await nats.connect(claude_stack.nats_url)
+    log = await MissionLog(nc, mission_id).start()
+    try:
+        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=180)
+        progress = await telemetry(nc, mission_id)
+    finally:
+        await log.stop()
+        await nc.close()
+
+    assert log.of_type(PlanProduced)
+    runtimes = {e.task.id: e.runtime for e in log.of_type(WorkspaceReady)}
+    assert runtimes == {"a": "builtin", "b": "claude-code"}
+    assert {e.task.id: e.runtime for e in log.of_type(TaskReady)} == runtimes
+    completed = log.of_type(MissionCompleted)[0]
+    files = tree_files(repo, completed.final_sha)
+    assert files["a.txt"] == b"alpha\n" and files["b.txt"] == b"beta\n"
+
+    # The CLI's requests reached the server; its commit carries the trailers.
+    _, script = claude_model
+    assert [c for c in script.calls if c.startswith("b:")] == ["b:0", "b:1"]
+    done = next(e for e in log.of_type(AgentCompleted) if e.task_id == "b")
+    assert done.summary == "wrote b" and done.files_changed == ["b.txt"]
+    with Repo(str(repo)) as r:
+        commit = r[done.commit_sha.encode()]
+        assert isinstance(commit, Commit)
+        message = commit.message.decode()
+    for trailer in (f"Aether-Mission: {mission_id}", "Aether-Task: b", "Aether-Attempt: 1"):
+        assert trailer in message
+
+    # Usage and cost are the server's counts, priced by the price table.
+    counts = Usage(
+        input_tokens=620,
+        output_tokens=50,
+        cache_creation_input_tokens=200,
+        cache_read_input_tokens=200,
+    )
+    expected = load_prices().priced(done_model(log, "b"), counts)
+    recorded = [u for u in log.of_type(UsageRecorded) if u.task_id == "b"]
+    assert [u.usage for u in recorded] == [expected] and done.usage == expected
+    assert f"Aether-Cost-USD: {expected.cost_usd:.6f}" in message
+
+    # Progress names the CLI's tool calls.
+    actions = [p.last_action for p in progress if isinstance(p, AgentProgress)]
+    assert "Write b.txt" in actions
+
+
+def done_model(log: MissionLog, task_id: str) -> str:
+    return next(e.model for e in log.of_type(WorkspaceReady) if e.task.id == task_id)
