@@ -62,6 +62,9 @@ class PlannedTask(msgspec.Struct, frozen=True, kw_only=True):
     acceptance_criteria: list[str] = msgspec.field(default_factory=list)
     # Higher runs first among tasks that are ready at the same time.
     priority: int = 0
+    # A role the repository defines (``.claude/agents/<role>.md``) the agent takes on
+    # (added in v1.2).
+    role: str | None = None
 
 
 # --- mission lifecycle ---------------------------------------------------------------

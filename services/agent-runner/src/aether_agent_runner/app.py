@@ -66,6 +66,7 @@ def wire(
         publisher=lambda: service.publisher,
         runner_id=runner_id(),
         clock=_now,
+        tiers=dict(llm.tiers),
     )
 
     async def history(mission_id: str) -> list[Event]:

@@ -14,10 +14,11 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
 from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo
 
@@ -35,6 +36,7 @@ from aether_agent_runner.commands import CommandPolicy
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.conversation import Conversation, identity
 from aether_agent_runner.runtimes import Job, Runtime, RuntimeUnavailable, runtime_name
+from aether_agent_runner.runtimes.roles import RoleMissing, find_role
 from aether_agent_runner.tools import ToolBox
 from aether_agent_runner.workspace import Workspace
 from aether_events import (
@@ -50,7 +52,8 @@ from aether_events import (
     caused_by,
     step_ids,
 )
-from aether_llm import OFFLINE_MODEL
+from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL
+from aether_llm.roles import model_for_role
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -165,6 +168,8 @@ class Attempts:
     publisher: Callable[[], EventPublisher]
     runner_id: str
     clock: Callable[[], datetime]
+    # Model ids of the tiers, for the aliases a role may name (haiku, sonnet, opus).
+    tiers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIERS))
 
     async def work(self, ready: WorkspaceReady) -> Event:
         """The attempt's result: AgentCompleted or AgentFailed. Raises ``AttemptBusy``."""
@@ -253,6 +258,16 @@ class Attempts:
         except RuntimeUnavailable as error:
             metrics.RESULTS.labels("ended").inc()
             return failed(ready, self.clock(), str(error), False)
+        role = None
+        if task.role:
+            try:
+                role = await asyncio.to_thread(find_role, worktree, task.role)
+            except RoleMissing as error:
+                metrics.RESULTS.labels("ended").inc()
+                return failed(ready, self.clock(), str(error), False)
+            # The role's model is the attempt's from here on: events, usage and trailers.
+            model = model_for_role(role.model, ready.model, self.tiers)
+            ready = msgspec.structs.replace(ready, model=model)
         await self.publisher().publish(
             AgentStarted(
                 **caused_by(ready, self.clock(), step_ids.agent_started(task.id, attempt)),
@@ -287,6 +302,7 @@ class Attempts:
             observer=reporter,
             toolbox=toolbox,
             has_changes=has_changes,
+            role=role,
         )
         began = time.monotonic()
         try:

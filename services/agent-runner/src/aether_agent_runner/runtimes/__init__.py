@@ -22,6 +22,7 @@ from aether_agent_runner.agent import Observer, Outcome
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.tools import ToolBox
 from aether_events import WorkspaceReady
+from aether_llm.roles import Role
 
 BUILTIN = "builtin"
 CLAUDE_CODE = "claude-code"
@@ -40,6 +41,8 @@ class Job:
     observer: Observer
     toolbox: ToolBox
     has_changes: Callable[[], Awaitable[bool]]
+    # The repository role the task takes on; ``ready.model`` is already the role's model.
+    role: Role | None = None
 
 
 class Runtime(Protocol):

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 import anthropic
+from anthropic.types import TextBlockParam
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.git import reset_to
@@ -16,6 +17,7 @@ from aether_agent_runner.agent import Agent, Outcome
 from aether_agent_runner.conversation import Conversation
 from aether_agent_runner.prompt import SYSTEM, repository_map, task_prompt
 from aether_agent_runner.runtimes import BUILTIN, Job
+from aether_agent_runner.runtimes.roles import role_prompt
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -52,7 +54,7 @@ class BuiltinRuntime:
         agent = Agent(
             client=self.client,
             model=ready.model,
-            system=SYSTEM,
+            system=system_for(job),
             toolbox=job.toolbox,
             limits=job.limits,
             journal=job.journal.append,
@@ -68,6 +70,15 @@ class BuiltinRuntime:
             return Outcome(False, reason=reason, retryable=retry)
         except anthropic.APIError as error:
             return Outcome(False, reason=f"model call failed: {error}", retryable=True)
+
+
+def system_for(job: Job) -> list[TextBlockParam]:
+    """The standing instructions, then the task's role (both cached: they do not change
+    during the attempt)."""
+    if job.role is None:
+        return SYSTEM
+    text = SYSTEM[0]["text"] + "\n" + role_prompt(job.role)
+    return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
 
 
 def _api_message(error: anthropic.APIStatusError) -> str:

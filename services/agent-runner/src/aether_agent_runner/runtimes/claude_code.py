@@ -35,6 +35,7 @@ from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.agent import Outcome, Progress
 from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
+from aether_agent_runner.runtimes.roles import role_prompt
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
 
@@ -317,11 +318,15 @@ class ClaudeCodeRuntime:
         on_stderr: Any,
     ) -> sdk.ClaudeAgentOptions:
         servers: dict[str, sdk.McpServerConfig] = {}
-        allowed = list(FILE_TOOLS)
+        role = job.role
+        # A role's tools narrow the file tools; its Bash is Aether's run_command.
+        files = [t for t in FILE_TOOLS if role is None or role.tools is None or t in role.tools]
+        allowed = list(files)
         definition = next(
             (tool for tool in job.toolbox.definitions() if tool["name"] == "run_command"), None
         )
-        if definition is not None:
+        commands = role is None or role.tools is None or "Bash" in role.tools
+        if definition is not None and commands:
             toolbox = job.toolbox
 
             async def run_command(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -337,10 +342,12 @@ class ClaudeCodeRuntime:
             servers["aether"] = sdk.create_sdk_mcp_server("aether", tools=[command])
             allowed.append(COMMAND_TOOL)
         append = RULES + (f"\n\n{memory}" if memory else "")
+        if role is not None:
+            append += "\n\n" + role_prompt(role)
         return sdk.ClaudeAgentOptions(
             cwd=str(job.worktree),
             model=job.ready.model,
-            tools=list(FILE_TOOLS),
+            tools=files,
             allowed_tools=allowed,
             disallowed_tools=["Bash", "WebFetch", "WebSearch"],
             permission_mode="dontAsk",
