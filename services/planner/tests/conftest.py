@@ -117,7 +117,13 @@ class Planner:
             "correlation_id": derived_id(self.mission_id, "test", "requested"),
         }
 
-    async def request(self, requirement: str = "Add a --json flag to export", **kw: Any) -> None:
+    async def request(
+        self,
+        requirement: str = "Add a --json flag to export",
+        *,
+        extra_files: tuple[str, ...] = (),
+        **kw: Any,
+    ) -> None:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=self.repo, check=True, capture_output=True, text=True
         ).stdout.strip()
@@ -137,9 +143,9 @@ class Planner:
                     integration_branch=f"aether/{self.mission_id}",
                     files=[
                         RepoFile(path=p, size=10)
-                        for p in ("README.md", "pyproject.toml", "src/export.py")
+                        for p in ("README.md", "pyproject.toml", "src/export.py", *extra_files)
                     ],
-                    file_count=3,
+                    file_count=3 + len(extra_files),
                 ),
             ]
         )

@@ -23,6 +23,7 @@ from aether_events import (
     step_ids,
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
+from aether_llm.roles import InvalidRole, is_role_path, parse_role
 from aether_planner import metrics
 from aether_planner.adapters.model import Decision, ModelUnavailable, PlannerModel
 from aether_planner.adapters.repository import read_files
@@ -55,6 +56,8 @@ class Handlers:
         self._context_tokens = context_tokens
         self._clock = clock
         self._contexts: dict[str, str] = {}
+        # Per mission: the repository's role names, and warnings about its bad templates.
+        self._roles: dict[str, tuple[list[str], list[str]]] = {}
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         # The consumer delivers one event at a time, in stream order (see app.py).
@@ -62,6 +65,7 @@ class Handlers:
         mission = self.projection.state.missions.get(event.mission_id)
         if mission is not None and (mission.approved or mission.ended):
             self._contexts.pop(event.mission_id, None)  # no more planning for it
+            self._roles.pop(event.mission_id, None)
         if not wants_model(self.projection.state, event):
             return
         async with delivery.keep_alive():
@@ -80,8 +84,37 @@ class Handlers:
                 read_files, prepared.repository_path, prepared.base_sha, paths
             )
             cached = render(prepared, contents, self._context_tokens)
+            roles, warnings, block = await asyncio.to_thread(self._discover_roles, prepared)
+            cached += block
+            self._roles[prepared.mission_id] = (roles, warnings)
             self._contexts[prepared.mission_id] = cached  # the same text keeps the cache warm
         return cached
+
+    @staticmethod
+    def _discover_roles(prepared: RepositoryPrepared) -> tuple[list[str], list[str], str]:
+        """The repository's roles (``.claude/agents/*.md``), warnings about templates that
+        cannot be used, and the block that offers the roles to the model."""
+        paths = [f.path for f in prepared.files if is_role_path(f.path)]
+        if not paths:
+            return [], [], ""
+        texts = read_files(prepared.repository_path, prepared.base_sha, paths)
+        roles: dict[str, str] = {}
+        warnings = []
+        for path in paths:
+            if path not in texts:
+                continue
+            try:
+                role = parse_role(texts[path])
+            except InvalidRole as error:
+                warnings.append(f"role template {path} ignored: {error}")
+                continue
+            roles.setdefault(role.name, role.description)
+        for warning in warnings:
+            log.warning("invalid role template", extra={"warning": warning})
+        if not roles:
+            return [], warnings, ""
+        lines = "\n".join(f"- {name}: {description}" for name, description in roles.items())
+        return list(roles), warnings, f"\n\n<roles>\n{lines}\n</roles>"
 
     async def _answer(self, trigger: Event) -> list[Event]:
         mission = self.projection.state.missions[trigger.mission_id]
@@ -144,7 +177,8 @@ class Handlers:
         if decision.kind == "plan":
             assert decision.submission is not None
             try:
-                validate_plan(decision.submission, mission.request.max_tasks)
+                roles, _ = self._roles.get(mission.request.mission_id, ([], []))
+                validate_plan(decision.submission, mission.request.max_tasks, roles)
             except InvalidPlan as invalid:
                 return invalid.errors
         return []
@@ -166,7 +200,9 @@ class Handlers:
             metrics.OUTCOMES.labels("answer").inc()
             return MissionAnswered(**meta, answer=decision.answer, model=model, offline=offline)
         assert decision.submission is not None
-        tasks, repairs = validate_plan(decision.submission, mission.request.max_tasks)
+        roles, warnings = self._roles.get(trigger.mission_id, ([], []))
+        tasks, repairs = validate_plan(decision.submission, mission.request.max_tasks, roles)
+        repairs = [*warnings, *repairs]
         version = mission.latest_version + 1
         metrics.OUTCOMES.labels("plan").inc()
         metrics.PLAN_TASKS.observe(len(tasks))

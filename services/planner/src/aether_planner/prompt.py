@@ -26,6 +26,8 @@ can run at the same time should not share files: that is how merge conflicts are
 shallow graphs; never create cycles.
 - `tier` is the model the task needs: small (mechanical edits), standard (most work), \
 complex (subtle design or debugging).
+- `role`, only when the repository lists roles in <roles>: the one whose description fits \
+the task; leave it out otherwise.
 - Use as few tasks as the work allows, never more than the mission's limit, and explain \
 the decomposition briefly in `rationale`.
 """

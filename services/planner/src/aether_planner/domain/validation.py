@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Collection
 
 import msgspec
 
@@ -21,6 +22,7 @@ class SubmittedTask(msgspec.Struct, kw_only=True):
     depends_on: list[str | int] = msgspec.field(default_factory=list)
     tier: str = "standard"
     acceptance_criteria: list[str] = msgspec.field(default_factory=list)
+    role: str | None = None
 
 
 class PlanSubmission(msgspec.Struct, kw_only=True):
@@ -48,6 +50,10 @@ PLAN_TOOL_SCHEMA: dict[str, object] = {
                     "depends_on": {"type": "array", "items": {"type": "string"}},
                     "tier": {"type": "string", "enum": list(TIERS)},
                     "acceptance_criteria": {"type": "array", "items": {"type": "string"}},
+                    "role": {
+                        "type": "string",
+                        "description": "Optional: one of the repository's roles (<roles>).",
+                    },
                 },
                 "required": ["id", "title", "description", "files", "depends_on", "tier"],
             },
@@ -80,9 +86,10 @@ def _normal_path(path: str) -> str | None:
 
 
 def validate_plan(
-    submission: PlanSubmission, max_tasks: int
+    submission: PlanSubmission, max_tasks: int, roles: Collection[str] = ()
 ) -> tuple[list[PlannedTask], list[str]]:
-    """Check and repair a submitted plan.
+    """Check and repair a submitted plan; a task's role must be one of ``roles`` (the
+    repository's), or it is dropped.
 
     Returns the tasks and the repairs made (each a sentence); raises ``InvalidPlan`` with
     every error when the plan cannot be repaired.
@@ -135,6 +142,10 @@ def validate_plan(
         tier = as_tier(task.tier) or "standard"
         if tier != task.tier:
             repairs.append(f"task {task_id!r}: unknown tier {task.tier!r} read as 'standard'")
+        role = (task.role or "").strip() or None
+        if role is not None and role not in roles:
+            repairs.append(f"task {task_id!r}: dropped role {role!r}, which the repository lacks")
+            role = None
         tasks.append(
             PlannedTask(
                 id=task_id,
@@ -144,6 +155,7 @@ def validate_plan(
                 depends_on=deps,
                 tier=tier,
                 acceptance_criteria=[c for c in task.acceptance_criteria if c.strip()],
+                role=role,
             )
         )
     cycle = find_cycle(tasks)

@@ -1,0 +1,73 @@
+"""Roles the repository defines in .claude/agents are offered to the planning model, and a
+plan may assign them; a template that cannot be used is a warning on the plan."""
+
+from __future__ import annotations
+
+import subprocess
+
+from aether_events import PlanProduced
+
+from .conftest import Planner, plan_reply
+from .test_service import of
+
+REVIEWER = """---
+name: reviewer
+description: Reviews a change and adds the missing tests
+model: opus
+---
+You review code.
+"""
+
+
+async def test_a_plan_assigns_a_repository_role_and_bad_templates_are_warnings(
+    planner: Planner, script
+) -> None:
+    agents = planner.repo / ".claude" / "agents"
+    agents.mkdir(parents=True)
+    (agents / "reviewer.md").write_text(REVIEWER)
+    (agents / "broken.md").write_text("no front matter here\n")
+    subprocess.run(["git", "add", "."], cwd=planner.repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "roles"],
+        cwd=planner.repo,
+        check=True,
+    )
+    s, _ = script
+    tasks = [
+        {
+            "id": "t1",
+            "title": "Export JSON",
+            "description": "add --json",
+            "files": ["src/export.py"],
+            "depends_on": [],
+            "tier": "standard",
+        },
+        {
+            "id": "t2",
+            "title": "Review",
+            "description": "review the export",
+            "files": ["tests/test_export.py"],
+            "depends_on": ["t1"],
+            "tier": "standard",
+            "role": "reviewer",
+        },
+        {
+            "id": "t3",
+            "title": "Docs",
+            "description": "document it",
+            "files": ["README.md"],
+            "depends_on": [],
+            "tier": "small",
+            "role": "ghost-writer",
+        },
+    ]
+    s.replies.append(plan_reply(tasks))
+
+    await planner.request(extra_files=(".claude/agents/reviewer.md", ".claude/agents/broken.md"))
+    plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
+
+    context = s.requests[0]["messages"][0]["content"][0]["text"]
+    assert "<roles>\n- reviewer: Reviews a change and adds the missing tests\n</roles>" in context
+    assert [t.role for t in plan.tasks] == [None, "reviewer", None]
+    assert any("role template .claude/agents/broken.md ignored" in r for r in plan.repairs)
+    assert any("dropped role 'ghost-writer'" in r for r in plan.repairs)
