@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from aether.stack import Stack
 from aether_events import (
     AgentCompleted,
     AgentProgress,
+    AgentStarted,
     MissionCompleted,
     PlanProduced,
     TaskReady,
@@ -29,7 +31,7 @@ from aether_events import (
     WorkspaceReady,
     decode,
 )
-from aether_llm import MessagesServer, Reply, load_prices, text_block, tool_use_block
+from aether_llm import DEFAULT_TIERS, MessagesServer, Reply, load_prices, text_block, tool_use_block
 from tests.e2e.test_mission_flow import stack_for, tree_files
 from tests.support import MissionLog, ScriptedModel, finish, write
 
@@ -54,13 +56,25 @@ PLAN = {
             "files": ["b.txt"],
             "depends_on": [],
             "tier": "standard",
+            "role": "writer",
         },
     ],
 }
+WRITER = """---
+name: writer
+description: Writes short text files
+model: haiku
+---
+You are the writer. Keep every file under ten lines.
+"""
 _CWD = re.compile(r"Primary working directory: (\S+)")
 
 
+CLAUDE_REQUESTS: list[dict[str, Any]] = []
+
+
 def claude_write(request: dict[str, Any]) -> Reply:
+    CLAUDE_REQUESTS.append(request)
     # Claude Code's file tools take absolute paths: the worktree is in its request.
     found = _CWD.search(json.dumps(request))
     assert found, "no working directory in Claude Code's request"
@@ -75,6 +89,7 @@ def claude_done(request: dict[str, Any]) -> Reply:
 
 @pytest.fixture
 def claude_model() -> Iterator[tuple[MessagesServer, ScriptedModel]]:
+    CLAUDE_REQUESTS.clear()
     script = ScriptedModel(
         plan=PLAN,
         scripts={
@@ -119,6 +134,12 @@ async def telemetry(nc: Any, mission_id: str) -> list[Any]:
 async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
     claude_stack: Stack, repo: Path, claude_model: tuple[MessagesServer, ScriptedModel]
 ) -> None:
+    (repo / ".claude" / "agents").mkdir(parents=True)
+    (repo / ".claude" / "agents" / "writer.md").write_text(WRITER)
+    for command in (["add", ".claude"], ["commit", "-qm", "a writer role"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True
+        )
     async with httpx.AsyncClient(
         base_url=claude_stack.gateway_url, timeout=10, headers=claude_stack.auth_headers
     ) as http:
@@ -170,7 +191,14 @@ async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
         cache_creation_input_tokens=200,
         cache_read_input_tokens=200,
     )
-    expected = load_prices().priced(done_model(log, "b"), counts)
+    # Task b took on the repository's writer role: its prompt and model reached the CLI.
+    haiku = DEFAULT_TIERS["small"]
+    assert next(e.model for e in log.of_type(AgentStarted) if e.task_id == "b") == haiku
+    assert next(t.role for t in log.of_type(PlanProduced)[0].tasks if t.id == "b") == "writer"
+    first = CLAUDE_REQUESTS[0]
+    assert first["model"] == haiku
+    assert "You are the writer." in "".join(b.get("text", "") for b in first["system"])
+    expected = load_prices().priced(haiku, counts)
     recorded = [u for u in log.of_type(UsageRecorded) if u.task_id == "b"]
     assert [u.usage for u in recorded] == [expected] and done.usage == expected
     assert f"Aether-Cost-USD: {expected.cost_usd:.6f}" in message
@@ -178,7 +206,3 @@ async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
     # Progress names the CLI's tool calls.
     actions = [p.last_action for p in progress if isinstance(p, AgentProgress)]
     assert "Write b.txt" in actions
-
-
-def done_model(log: MissionLog, task_id: str) -> str:
-    return next(e.model for e in log.of_type(WorkspaceReady) if e.task.id == task_id)
