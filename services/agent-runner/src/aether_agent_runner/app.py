@@ -61,7 +61,12 @@ def wire(
     service = Service(name="agent-runner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
     attempts = Attempts(
-        runtimes=runtimes(make_client(llm), agent.max_output_tokens, agent.claude_code_cli),
+        runtimes=runtimes(
+            make_client(llm),
+            agent.max_output_tokens,
+            agent.claude_code_cli,
+            agent.command_runtimes,
+        ),
         settings=agent,
         publisher=lambda: service.publisher,
         runner_id=runner_id(),

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 from aether_agent_runner.domain import Limits
+from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 
 # Programs the agent may run when AETHER_AGENT_COMMANDS is not set: interpreters, test
 # runners, linters and read-only text tools. Shells, env, xargs and git are left out on
@@ -72,6 +73,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The runtime of a task that names none (``aether_agent_runner.runtimes``).
     runtime: str = "builtin"
     claude_code_cli: str | None = None
+    # Other CLI agents as runtimes (``AETHER_AGENT_COMMAND_RUNTIMES``: a JSON file).
+    command_runtimes: tuple[CommandSpec, ...] = ()
 
     def fetches(self, worktree_exists: bool) -> bool:
         """Whether an attempt is fetched and pushed rather than worked in its worktree."""
@@ -163,4 +166,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             work_dir=env.get("AETHER_AGENT_WORK_DIR", "").strip(),
             runtime=env.get("AETHER_AGENT_RUNTIME", "").strip().lower() or default.runtime,
             claude_code_cli=env.get("AETHER_CLAUDE_CODE_CLI", "").strip() or None,
+            command_runtimes=(
+                load_specs(specs) if (specs := env.get("AETHER_AGENT_COMMAND_RUNTIMES")) else ()
+            ),
         )

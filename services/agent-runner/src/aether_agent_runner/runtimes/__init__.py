@@ -48,7 +48,8 @@ class Job:
 class Runtime(Protocol):
     """Works one task in its worktree and says how it ended (the runner commits)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def run(self, job: Job) -> Outcome: ...
 

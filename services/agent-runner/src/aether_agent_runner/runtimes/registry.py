@@ -8,16 +8,25 @@ import anthropic
 
 from aether_agent_runner.runtimes import BUILTIN, CLAUDE_CODE, KNOWN, Runtime, RuntimeUnavailable
 from aether_agent_runner.runtimes.builtin import BuiltinRuntime
+from aether_agent_runner.runtimes.command import CommandRuntime
+from aether_agent_runner.runtimes.spec import CommandSpec
 
 
 def runtimes(
     client: anthropic.AsyncAnthropic,
     max_output_tokens: int = 8192,
     claude_code_cli: str | None = None,
+    commands: tuple[CommandSpec, ...] = (),
 ) -> Callable[[str], Runtime]:
     """The runtimes this runner has. Every runtime calls the model at the client's endpoint
-    with its key; Claude Code needs the ``claude-code`` extra installed."""
+    with its key; Claude Code needs the ``claude-code`` extra installed; ``commands`` are
+    other CLI agents by name."""
     builtin = BuiltinRuntime(client, max_output_tokens)
+    base_url, api_key = str(client.base_url).rstrip("/"), client.api_key or ""
+    by_name = {spec.name: spec for spec in commands}
+    for name in KNOWN:
+        if name in by_name:
+            raise ValueError(f"a command runtime cannot be named {name!r}")
 
     def select(name: str) -> Runtime:
         if name == BUILTIN:
@@ -30,13 +39,10 @@ def runtimes(
                     "the claude-code runtime is not installed on this runner (install "
                     f"aether-agent-runner[claude-code]): {error}"
                 ) from None
-            return ClaudeCodeRuntime(
-                base_url=str(client.base_url).rstrip("/"),
-                api_key=client.api_key or "",
-                cli_path=claude_code_cli,
-            )
-        raise RuntimeUnavailable(
-            f"unknown agent runtime {name!r}; this runner has {', '.join(KNOWN)}"
-        )
+            return ClaudeCodeRuntime(base_url=base_url, api_key=api_key, cli_path=claude_code_cli)
+        if name in by_name:
+            return CommandRuntime(by_name[name], base_url, api_key)
+        have = ", ".join([*KNOWN, *by_name])
+        raise RuntimeUnavailable(f"unknown agent runtime {name!r}; this runner has {have}")
 
     return select

@@ -1,0 +1,40 @@
+"""The declarative spec of a command runtime: how to start another CLI agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+
+class CommandSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One CLI agent as a runtime.
+
+    ``command`` is the program and its arguments; in each, ``{prompt}`` is the task's
+    prompt, ``{prompt_file}`` a file holding it and ``{model}`` the attempt's model.
+    ``prompt`` says where the prompt goes besides: on standard input (``stdin``) or
+    nowhere more (``argument``: only where the command line names it). ``usage``
+    ``json`` reads standard-output lines that are JSON objects with a ``usage`` object
+    (``input_tokens``, ``output_tokens``, ``cache_creation_input_tokens``,
+    ``cache_read_input_tokens``, optionally ``cost_usd``) and adds them up; ``none``: the
+    tool does not report usage, which is then unknown (never zero). ``model_endpoint``
+    gives the tool the runner's ``ANTHROPIC_BASE_URL`` and ``ANTHROPIC_API_KEY``; ``env``
+    names more of the runner's variables to pass (never one that looks secret).
+    """
+
+    name: str
+    command: list[str]
+    prompt: Literal["stdin", "argument"] = "stdin"
+    usage: Literal["none", "json"] = "none"
+    model_endpoint: bool = False
+    env: list[str] = msgspec.field(default_factory=list)
+
+
+def load_specs(path: str) -> tuple[CommandSpec, ...]:
+    """The specs in a JSON file (a list of objects); a bad file stops the runner."""
+    specs = msgspec.json.decode(Path(path).read_bytes(), type=list[CommandSpec])
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: command runtimes need different names")
+    return tuple(specs)
