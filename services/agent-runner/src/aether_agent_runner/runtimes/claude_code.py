@@ -19,6 +19,7 @@ model endpoint and key and none of the runner's other variables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -272,6 +273,19 @@ class _Run:
         )
 
 
+def _kill_cli(client: sdk.ClaudeSDKClient) -> None:
+    """Kill the CLI of a run that is being abandoned (a stop order, the wall time).
+
+    Closing the client gives the CLI five seconds to save its session before it is
+    terminated; an abandoned run's session is not kept, and a stop must take effect at
+    once. The SDK does not expose its process, hence the private attributes; should they
+    change, the close still ends the CLI, only later."""
+    process = getattr(getattr(client, "_transport", None), "_process", None)
+    if process is not None and getattr(process, "returncode", 0) is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+
 @dataclass
 class ClaudeCodeRuntime:
     """Runs the Claude Code CLI against ``base_url`` with ``api_key``."""
@@ -377,12 +391,16 @@ class ClaudeCodeRuntime:
     ) -> Outcome:
         result: sdk.ResultMessage | None = None
         async with sdk.ClaudeSDKClient(options) as client:
-            await client.query(prompt)
-            async for message in client.receive_response():
-                if isinstance(message, sdk.AssistantMessage):
-                    run.assistant(message)
-                elif isinstance(message, sdk.ResultMessage):
-                    result = message
+            try:
+                await client.query(prompt)
+                async for message in client.receive_response():
+                    if isinstance(message, sdk.AssistantMessage):
+                        run.assistant(message)
+                    elif isinstance(message, sdk.ResultMessage):
+                        result = message
+            except BaseException:
+                _kill_cli(client)
+                raise
         if result is None:
             detail = " | ".join(stderr)
             return self._outcome(run, False, reason=f"Claude Code ended without a result {detail}")
