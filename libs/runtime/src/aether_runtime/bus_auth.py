@@ -180,4 +180,17 @@ def static_authorization() -> str:
     environment, an administrator included (``NATS_PASSWORD_ADMIN``)."""
     users = [User(name=ADMIN_USER, password=Secret(env="NATS_PASSWORD_ADMIN"))]
     users += service_users({name: Secret(env=password_env(name)) for name in ROLES})
-    return render_authorization(users)
+    return STATIC_HEADER + render_authorization(users)
+
+
+STATIC_HEADER = """\
+# NATS users and permissions of the Aether services, one user per service with the
+# permissions of its role; each password comes from the server's environment.
+# Generated from aether_runtime.roles: do not edit. After changing the roles, run
+#   uv run python -m aether_runtime.bus_auth > deploy/nats/auth.conf
+# and copy it into k8s/base/nats.yaml (the tests compare both with the table).
+"""
+
+
+if __name__ == "__main__":
+    print(static_authorization(), end="")
