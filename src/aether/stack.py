@@ -128,6 +128,8 @@ class Stack:
     def write_nats_config(self) -> Path:
         """Write the NATS server's configuration (a user per service, with its role's
         permissions, and the stack's administrator) and load or make the passwords."""
+        self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.credentials_dir.chmod(0o700)
         secrets = self.credentials_dir / "nats"
         self.nats_passwords = {
             name: load_or_create_secret(secrets / f"{name}.password")

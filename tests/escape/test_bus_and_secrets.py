@@ -359,6 +359,7 @@ def test_each_service_holds_only_its_own_secrets(stack: Stack) -> None:
 
 
 def test_credentials_are_readable_by_their_owner_only(stack: Stack) -> None:
+    assert stat.S_IMODE(stack.credentials_dir.stat().st_mode) == 0o700
     files = [path for path in stack.credentials_dir.rglob("*") if path.is_file()]
     assert len(files) >= len(SERVICES) + 3  # NATS users, admin, config, PostgreSQL roles
     for path in files:
