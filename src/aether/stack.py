@@ -19,7 +19,14 @@ import httpx
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port
 from aether.service_env import settings_for
-from aether_runtime.bus_auth import ADMIN_USER, Secret, User, render_authorization, service_users
+from aether_runtime.bus_auth import (
+    ADMIN_USER,
+    Secret,
+    User,
+    password_env,
+    render_authorization,
+    service_users,
+)
 
 SERVICES: dict[str, tuple[str, int]] = {
     "git-broker": ("aether_git_broker", 8104),
@@ -152,9 +159,15 @@ class Stack:
             "PORT": str(self.ports[name]),
             "PYTHONUNBUFFERED": "1",
         }
-        if name in self.nats_passwords:
+        password = self.nats_passwords.get(name) or self._given(password_env(name))
+        if password:
+            # Its own user: the stack's NATS, or another one (NATS_URL) whose password for
+            # this service the operator gives as NATS_PASSWORD_<SERVICE>, as compose does.
             env["NATS_USER"] = name
-            env["NATS_PASSWORD"] = self.nats_passwords[name]
+            env["NATS_PASSWORD"] = password
+        if name == "scheduler":
+            # It chooses the tasks' models, and so must know whether a key is set.
+            env["AETHER_MODEL_OFFLINE"] = "0" if self._given("ANTHROPIC_API_KEY") else "1"
         if name in ("git-broker", "agent-runner"):
             env["AETHER_WORKTREES_DIR"] = str(self.worktrees_dir)
         if name == "gateway":
@@ -162,6 +175,10 @@ class Stack:
             env["AETHER_ADMIN_TOKEN"] = self.admin_token
             env["AETHER_GATEWAY_PUBLIC_URL"] = self.gateway_url
         return env
+
+    def _given(self, name: str) -> str:
+        """A setting from ``env``, else the operator's environment, else empty."""
+        return self.env[name] if name in self.env else os.environ.get(name, "")
 
     def start_service(self, name: str) -> ServiceProcess:
         module, _ = SERVICES[name]

@@ -233,7 +233,8 @@ async def test_runner_cannot_take_over_the_schedulers_consumer(
     runner: Connection, admin: NatsClient
 ) -> None:
     """Pulling (and so stealing) the scheduler's deliveries, acknowledging them, or
-    reconfiguring its durable by name is refused."""
+    reconfiguring its durable (by name, or through the subject that names none) is
+    refused."""
     await admin.jetstream().add_consumer(
         MISSIONS_STREAM,
         ConsumerConfig(
@@ -263,6 +264,15 @@ async def test_runner_cannot_take_over_the_schedulers_consumer(
             ),
         )
     await runner.violation(f"CONSUMER.CREATE.{MISSIONS_STREAM}.scheduler")
+    # The API subject that names no consumer would take the durable's name from the body.
+    unnamed = f"$JS.API.CONSUMER.CREATE.{MISSIONS_STREAM}"
+    body = {
+        "stream_name": MISSIONS_STREAM,
+        "config": {"name": "scheduler", "ack_policy": "explicit", "filter_subject": "x.>"},
+    }
+    with pytest.raises(nats.errors.TimeoutError):
+        await runner.nc.request(unnamed, json.dumps(body).encode(), timeout=1.0)
+    await runner.violation(f'publish to "{unnamed}"')
     config = (await admin.jetstream().consumer_info(MISSIONS_STREAM, "scheduler")).config
     assert config.filter_subject == "aether.mission.>"
 
@@ -354,6 +364,8 @@ def test_each_service_holds_only_its_own_secrets(stack: Stack) -> None:
     assert "ANTHROPIC_API_KEY" in envs["planner"]
     for name in ("gateway", "scheduler", "git-broker"):
         assert SECRET_ENV["ANTHROPIC_API_KEY"] not in json.dumps(envs[name]), name
+    # The scheduler chooses the tasks' models knowing only that a key exists.
+    assert envs["scheduler"]["AETHER_MODEL_OFFLINE"] == "0"
     assert "AETHER_GIT_TOKEN" in envs["git-broker"]
     assert "AETHER_GIT_TOKEN" not in envs["agent-runner"]
 

@@ -19,7 +19,7 @@ import yaml
 
 from aether.infra import EmbeddedPostgres
 from aether.service_env import allowed
-from aether.stack import SERVICES
+from aether.stack import SERVICES, Stack
 from aether_runtime.bus_auth import password_env, static_authorization
 from aether_runtime.roles import ROLES
 from tests.ops import kustomize
@@ -32,7 +32,7 @@ MODEL_CALLERS = {"planner", "agent-runner"}
 SOURCES = {
     "gateway": ["services/gateway/src", "libs/runtime/src"],
     "planner": ["services/planner/src", "libs/runtime/src", "libs/llm/src"],
-    "scheduler": ["services/scheduler/src", "libs/runtime/src"],
+    "scheduler": ["services/scheduler/src", "libs/runtime/src", "libs/llm/src"],
     "agent-runner": ["services/agent-runner/src", "libs/runtime/src", "libs/llm/src"],
     "git-broker": ["services/git-broker/src", "libs/runtime/src"],
 }
@@ -42,9 +42,14 @@ STACK_SET_FOR = {
     "gateway": {"DATABASE_URL", "AETHER_ADMIN_TOKEN", "AETHER_GATEWAY_PUBLIC_URL"},
     "git-broker": {"AETHER_WORKTREES_DIR"},
     "agent-runner": {"AETHER_WORKTREES_DIR"},
+    "scheduler": {"AETHER_MODEL_OFFLINE"},
 }
 # Keys the source reads from a request's WSGI environ, not from the process environment.
-NOT_READ_BY = {"git-broker": {"HTTP_AUTHORIZATION", "PATH_INFO", "QUERY_STRING"}}
+NOT_READ_BY = {
+    "git-broker": {"HTTP_AUTHORIZATION", "PATH_INFO", "QUERY_STRING"},
+    # It chooses models but never calls one: told AETHER_MODEL_OFFLINE instead of the key.
+    "scheduler": {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"},
+}
 
 
 def settings_read(service: str) -> set[str]:
@@ -78,6 +83,27 @@ def test_secrets_reach_only_the_services_that_use_them() -> None:
             assert allowed(service, name) == (service == "gateway")
         assert allowed(service, "ANTHROPIC_API_KEY") == (service in MODEL_CALLERS)
         assert not allowed(service, "NATS_PASSWORD")
+
+
+def test_with_another_nats_each_service_gets_only_the_password_given_for_it(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(
+        home=tmp_path,
+        env={
+            "NATS_URL": "nats://nats.example:4222",
+            "DATABASE_URL": "postgresql://aether:pw@db.example/aether",
+            "NATS_PASSWORD_AGENT_RUNNER": "runner-secret",
+            "NATS_PASSWORD_GATEWAY": "gateway-secret",
+        },
+    )
+    runner = stack.service_env("agent-runner")
+    assert (runner["NATS_USER"], runner["NATS_PASSWORD"]) == ("agent-runner", "runner-secret")
+    assert "gateway-secret" not in runner.values()
+    gateway = stack.service_env("gateway")
+    assert gateway["NATS_PASSWORD"] == "gateway-secret"
+    assert "runner-secret" not in gateway.values()
+    assert "NATS_PASSWORD" not in stack.service_env("planner")
 
 
 # --- NATS configuration ---------------------------------------------------------------
