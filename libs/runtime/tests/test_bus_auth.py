@@ -10,7 +10,7 @@ import pytest
 
 from aether_events import MISSIONS_STREAM, catalogue
 from aether_runtime.bus_auth import event_subjects, permissions, static_authorization
-from aether_runtime.roles import ROLES
+from aether_runtime.roles import ROLES, STREAMS
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = {
@@ -61,9 +61,15 @@ def test_the_agent_runner_may_publish_only_agent_and_usage_events() -> None:
         "step_recovered",
     }
     assert not any(".STREAM.CREATE." in s or ".STREAM.UPDATE." in s for s in runner.publish_allow)
-    assert f"$JS.API.CONSUMER.CREATE.{MISSIONS_STREAM}" not in runner.publish_allow
     assert f"$JS.API.CONSUMER.MSG.NEXT.{MISSIONS_STREAM}.scheduler" in runner.publish_deny
     assert runner.subscribe_allow[0] == "_INBOX.agent-runner.>"
+
+
+def test_no_service_may_create_a_consumer_through_the_subject_that_names_none() -> None:
+    for role in ROLES.values():
+        allow = permissions(role).publish_allow
+        assert not {f"$JS.API.CONSUMER.CREATE.{stream}" for stream in STREAMS} & set(allow)
+        assert f"$JS.API.CONSUMER.CREATE.{MISSIONS_STREAM}.*" in allow
 
 
 def test_only_the_scheduler_declares_the_streams() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client as NatsClient
 
-from aether_agent_runner.adapters.bus import ControlFollower
+from aether_agent_runner.adapters.bus import follow_control_events
 from aether_events import (
     MISSIONS_STREAM,
     AgentStarted,
@@ -50,8 +50,8 @@ async def test_follower_delivers_control_events_once_in_order_across_a_lost_cons
     async def on_event(event: Event) -> None:
         seen.append(event)
 
-    follower = ControlFollower(js, before.seq, on_event, fetch_seconds=0.2, check_every=1)
-    await follower.start()
+    follower = await follow_control_events(js, before.seq, on_event)
+    follower._fetch_seconds, follower._check_every = 0.2, 1  # notice the loss quickly
     try:
         await publisher.publish(cancelled("m-1"))
         # Not a control event: the follower never sees it.
@@ -68,8 +68,8 @@ async def test_follower_delivers_control_events_once_in_order_across_a_lost_cons
             )
         )
         await wait_for(seen, 1)
-        assert follower._sub is not None
-        lost = follower._sub._consumer
+        lost = follower.consumer
+        assert lost is not None
         await js.delete_consumer(MISSIONS_STREAM, lost)
         await publisher.publish(cancelled("m-2"))
         await publisher.publish(
@@ -88,6 +88,6 @@ async def test_follower_delivers_control_events_once_in_order_across_a_lost_cons
             ("MissionCancelled", "m-2"),
             ("TaskSkipped", "m-2"),
         ]
-        assert follower._sub is not None and follower._sub._consumer != lost
+        assert follower.consumer not in (None, lost)
     finally:
         await follower.stop()

@@ -11,8 +11,8 @@ What a service may do:
 
 * publish the events of its role, on ``aether.mission.*.<type>`` or
   ``aether.telemetry.*.<type>``, and nothing else of Aether's subjects;
-* read the two streams (stream info, stored messages, ephemeral consumers, whose names
-  are not known in advance; ordered consumers only where the role says so);
+* read the two streams (stream info, stored messages, ephemeral consumers named by the
+  service, whose names are not known in advance);
 * create, update and pull from its own durable consumers and acknowledge their messages:
   never pull from, acknowledge for, or reconfigure another service's durable;
 * create or update the streams only if its role declares them, never delete or purge one;
@@ -93,7 +93,9 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
             f"{API}.DIRECT.GET.{stream}",
             f"{API}.DIRECT.GET.{stream}.>",
             # Ephemeral consumers (named by the client) and the service's own durables;
-            # another service's durables are denied below.
+            # another service's durables are denied below. Never the subject that names
+            # no consumer: the server takes the name from the body there, a durable's too
+            # (so nats-py's ordered consumers are out: see ``follow``).
             f"{API}.CONSUMER.CREATE.{stream}.*",
             f"{API}.CONSUMER.CREATE.{stream}.*.>",
             f"{API}.CONSUMER.INFO.{stream}.*",
@@ -101,8 +103,6 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
             # Flow control of ordered consumers.
             f"$JS.FC.{stream}.>",
         ]
-        if role.ordered_consumers:
-            allow.append(f"{API}.CONSUMER.CREATE.{stream}")
         if role.declares_streams:
             allow += [f"{API}.STREAM.CREATE.{stream}", f"{API}.STREAM.UPDATE.{stream}"]
     for stream, durable in role.durables:

@@ -76,10 +76,6 @@ class Role:
     durables: tuple[tuple[str, str], ...]
     declares_streams: bool = False
     kv_buckets: tuple[str, ...] = ()
-    # Uses nats-py's ordered consumers, which are created through the API subject that
-    # names no consumer. Permissions cannot narrow that subject (a durable of another
-    # service could be reconfigured through it), so only the roles that need it get it.
-    ordered_consumers: bool = False
 
     @property
     def inbox_prefix(self) -> str:
@@ -94,7 +90,6 @@ def _role(
     *,
     declares_streams: bool = False,
     kv_buckets: tuple[str, ...] = (),
-    ordered_consumers: bool = False,
 ) -> Role:
     # The runtime gives every service a consumer of retry requests for its failed steps.
     retries = (MISSIONS_STREAM, f"{service}-step-retries")
@@ -104,7 +99,6 @@ def _role(
         durables=(*durables, retries),
         declares_streams=declares_streams,
         kv_buckets=kv_buckets,
-        ordered_consumers=ordered_consumers,
     )
 
 
@@ -128,8 +122,6 @@ ROLES: dict[str, Role] = {
                 StepRetryRequested,
             },
             [(MISSIONS_STREAM, "gateway"), (TELEMETRY_STREAM, "gateway-telemetry")],
-            # The live event hub follows both streams with ordered consumers.
-            ordered_consumers=True,
         ),
         _role(
             "planner",

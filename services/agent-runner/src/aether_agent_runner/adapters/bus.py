@@ -6,7 +6,8 @@
   process bound to the consumer: two runners of two agents each would work two tasks
   between them. Here it is large; each process bounds itself by how many single-message
   subscribers ("lanes") it binds to the consumer.
-* The **control follower** is an ephemeral, per-process consumer on the events
+* The **control follower** is an ephemeral, per-process consumer (``aether_runtime.follow``)
+  on the events
   that end agents: a mission cancelled, failed or completed, an attempt timed out, a task
   skipped, and results of attempts (so a runner knows what others reported). Every process
   must see every such event, which a shared durable consumer cannot do; it starts right
@@ -16,20 +17,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
-    ALL_MISSION_EVENTS,
     MISSIONS_STREAM,
     AgentCompleted,
     AgentFailed,
@@ -43,6 +40,7 @@ from aether_events import (
     decode,
     type_subject,
 )
+from aether_runtime.follow import Follower
 
 log = logging.getLogger("aether.agent-runner.bus")
 
@@ -106,121 +104,31 @@ async def ensure_work_consumer(
         )
 
 
-class ControlFollower:
-    """Delivers every control event stored after a position to ``on_event``, in order.
+async def follow_control_events(
+    js: JetStreamContext,
+    after_sequence: int,
+    on_event: Callable[[Event], Awaitable[None]],
+) -> Follower:
+    """Deliver every control event stored after ``after_sequence`` to ``on_event``, in
+    order (until the returned follower is stopped)."""
 
-    An ephemeral pull consumer with a name of its own: nats-py's ordered push consumer
-    would be simpler, but it creates its consumer through the one JetStream API subject
-    that names no consumer, which bus permissions cannot narrow (through it, a durable of
-    another service could be reconfigured), so the runner's user is not allowed it. When
-    the consumer is lost (a server restart, a disconnection longer than its idle limit)
-    it is made again from the last sequence seen, so nothing is missed or repeated.
-    """
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        after_sequence: int,
-        on_event: Callable[[Event], Awaitable[None]],
-        *,
-        fetch_seconds: float = 2.0,
-        idle_seconds: float = 120.0,
-        check_every: int = 5,
-    ) -> None:
-        self._js = js
-        self.last_sequence = after_sequence
-        self._on_event = on_event
-        self._fetch_seconds = fetch_seconds
-        self._idle_seconds = idle_seconds
-        self._check_every = check_every
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Create the consumer (so a failure shows at start-up) and start following."""
-        await self._subscribe()
-        self._task = asyncio.create_task(self._run(), name="agent-runner-control-events")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._unsubscribe()
-
-    async def _subscribe(self) -> None:
-        after = self.last_sequence
-        config = ConsumerConfig(
-            filter_subjects=[type_subject(cls) for cls in CONTROL_TYPES],
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
-            opt_start_seq=after + 1 if after else None,
-            inactive_threshold=self._idle_seconds,
-        )
-        self._sub = await self._js.pull_subscribe(
-            ALL_MISSION_EVENTS, stream=MISSIONS_STREAM, config=config
-        )
-
-    async def _unsubscribe(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):  # the connection may be gone already
-                await self._sub.unsubscribe()
-            self._sub = None
-
-    async def _run(self) -> None:
-        idle = 0
-        while True:
-            try:
-                if self._sub is None:
-                    await self._subscribe()
-                assert self._sub is not None
-                try:
-                    # One at a time: a larger batch waits out its timeout for more.
-                    messages = await self._sub.fetch(1, timeout=self._fetch_seconds)
-                except nats.errors.TimeoutError:
-                    idle += 1
-                    if idle % self._check_every == 0:
-                        # Nothing for a while: is the consumer still there?
-                        await self._sub.consumer_info()
-                    continue
-                idle = 0
-                for msg in messages:
-                    await self._deliver(msg)
-            except asyncio.CancelledError:
-                raise
-            except NotFoundError:
-                log.info(
-                    "control consumer lost; following again", extra={"after": self.last_sequence}
-                )
-                await self._unsubscribe()
-            except Exception as error:
-                log.warning("control events interrupted", extra={"error": repr(error)})
-                await self._unsubscribe()
-                await asyncio.sleep(0.5)
-
-    async def _deliver(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
-        if sequence <= self.last_sequence:
-            return  # already delivered before the consumer was made again
-        self.last_sequence = sequence
+    async def deliver(msg: Msg) -> None:
         try:
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return
         try:
-            await self._on_event(event)
+            await on_event(event)
         except Exception:
             log.exception("control event not handled", extra={"subject": msg.subject})
 
-
-async def follow_control_events(
-    js: JetStreamContext,
-    after_sequence: int,
-    on_event: Callable[[Event], Awaitable[None]],
-) -> ControlFollower:
-    """Deliver every control event stored after ``after_sequence`` to ``on_event`` (until
-    the returned follower is stopped)."""
-    follower = ControlFollower(js, after_sequence, on_event)
+    follower = Follower(
+        js,
+        MISSIONS_STREAM,
+        [type_subject(cls) for cls in CONTROL_TYPES],
+        deliver,
+        after_sequence=after_sequence,
+        name="agent-runner-control-events",
+    )
     await follower.start()
     return follower
