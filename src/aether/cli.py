@@ -224,7 +224,7 @@ def _up(args: argparse.Namespace) -> int:
                 f"reads it there, or export AETHER_TOKEN)"
             )
         print(
-            f"\nAether is up. Gateway: {stack.gateway_url}  (NATS {stack.nats_url})\n"
+            f"\nAether is up. Gateway: {stack.gateway_url}  (NATS {stack.nats_server_url})\n"
             f"{token_note}\n"
             f'  aether mission submit --repo PATH "requirement" --watch\n'
             f"Logs: {stack.home / 'logs'}. Ctrl-C stops everything.\n",

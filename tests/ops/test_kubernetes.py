@@ -34,7 +34,10 @@ CUSTOM_SCHEMAS = {
 }
 # Secrets a production cluster provides itself: created by its operators (see the
 # overlay), and written by CloudNativePG for its cluster.
-EXTERNAL_SECRETS = {"production": {"aether-secrets", "aether-db-app"}, "local": set()}
+EXTERNAL_SECRETS = {
+    "production": {"aether-secrets", "aether-nats", "aether-db-app"},
+    "local": set(),
+}
 SINGLE_WRITERS = ("scheduler", "git-broker")
 
 Doc = dict[str, Any]

@@ -44,6 +44,7 @@ import nats
 from faststream.asgi import AsgiFastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -54,6 +55,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
     MISSIONS_STREAM,
+    TELEMETRY_STREAM,
     Event,
     EventPublisher,
     StepRetryRequested,
@@ -68,6 +70,7 @@ from aether_runtime import health, http, metrics
 from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.logs import log_context
+from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
 from aether_runtime.stall import ConsumerWatch
 from aether_runtime.steps import Steps
@@ -188,8 +191,15 @@ class Service:
     stall_after_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        credentials = self.settings.nats_credentials
         self.broker = NatsBroker(
             self.settings.nats_url,
+            security=(
+                NatsUserPassword(credentials["user"], credentials["password"])
+                if credentials
+                else None
+            ),
+            inbox_prefix=self._inbox_prefix,
             logger=None,
             graceful_timeout=30.0,
             # The consumers pull on this connection: it comes back as soon as the others.
@@ -280,6 +290,8 @@ class Service:
             ),
             ack_policy=AckPolicy.MANUAL,
             max_workers=spec.max_workers if spec.max_workers > 1 else None,
+            # FastStream's own default is the shared ``_INBOX.``, outside the service's.
+            inbox_prefix=f"{self._inbox_prefix}.".encode(),
         )
 
         async def on_message(msg: NatsMessage) -> None:
@@ -306,13 +318,20 @@ class Service:
     async def _start(self) -> None:
         self.nc = await nats.connect(
             self.settings.nats_url,
+            **self._connect_options(),
             name=f"aether-{self.name}",
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,
             max_reconnect_attempts=-1,
             reconnected_cb=self._reconnected,
         )
         self._js = self.nc.jetstream()
-        await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+        role = ROLES.get(self.name)
+        if not self.settings.nats_user or (role is not None and role.declares_streams):
+            await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+        else:
+            # Under per-service permissions only the role that declares the streams may
+            # create or change them (see ``roles``); the others wait for them.
+            await wait_for_streams(self._js)
         self._publisher = CountingPublisher(self._js, self.name)
         last_seq = 0
         if self._rebuild is not None:
@@ -325,6 +344,16 @@ class Service:
         for spec in self._consumers:
             await self._ensure_consumer(spec, last_seq)
         await self.steps.watch_delivery_limits(self._consumers)
+
+    def _connect_options(self) -> dict[str, Any]:
+        """Credentials, and the service's own inbox prefix."""
+        return {**self.settings.nats_credentials, "inbox_prefix": self._inbox_prefix}
+
+    @property
+    def _inbox_prefix(self) -> str:
+        """Where the service's replies arrive: its permissions let it read them only there
+        (see ``bus_auth``)."""
+        return f"_INBOX.{self.name}"
 
     async def _ensure_consumer(self, spec: ConsumerSpec, last_seq: int) -> None:
         try:
@@ -594,6 +623,21 @@ class Service:
                 tag,
                 extra={"type": tag, "seq": delivery.sequence, "ms": round(elapsed * 1000, 1)},
             )
+
+
+async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
+    """Return once both Aether streams exist (declared by another service)."""
+    for stream in (MISSIONS_STREAM, TELEMETRY_STREAM):
+        waited = 0.0
+        while True:
+            try:
+                await js.stream_info(stream)
+                break
+            except NotFoundError:
+                if waited == 0.0:
+                    log.info("waiting for the stream to be declared", extra={"stream": stream})
+                await asyncio.sleep(every)
+                waited += every
 
 
 def start_sequence(last_replayed: int, first_due: int | None) -> int:

@@ -87,7 +87,8 @@ def wire(
         first = projection.first_sequence(pending(projection.state))
         after = last if first is None else min(last, first - 1)
         await ensure_work_consumer(js, DURABLE, subject, after, agent.ack_wait_seconds)
-        await follow_control_events(js, last, handlers.on_control)
+        follower = await follow_control_events(js, last, handlers.on_control)
+        service.on_stopping.append(follower.stop)
         log.info(
             "agent runner configured",
             extra={
