@@ -155,7 +155,9 @@ def test_settings_from_the_environment() -> None:
     assert settings.max_cost_usd is None
     assert settings.commands == ("python", "pytest", "make")
     assert settings.command_env == ("JAVA_HOME", "GOPATH")
-    assert AgentSettings.from_env({}).commands == DEFAULT_COMMANDS
+    # Inside the sandbox any program may run; unconfined, the allow-list guards.
+    assert AgentSettings.from_env({}).commands is None
+    assert AgentSettings.from_env({"AETHER_SANDBOX": "unconfined"}).commands == DEFAULT_COMMANDS
     assert AgentSettings.from_env({"AETHER_AGENT_COMMANDS": "*"}).commands is None
     assert AgentSettings.from_env({"AETHER_AGENT_COMMANDS": "none"}).commands == ()
 

@@ -104,7 +104,7 @@ def test_long_output_is_cut_to_its_end(tmp_path: Path) -> None:
     )
     assert outcome.result == "failed"
     assert outcome.output.rstrip().endswith("100000")
-    assert "earlier bytes left out" in outcome.output
+    assert "bytes of output omitted" in outcome.output
     assert len(outcome.output) < 300
 
 
