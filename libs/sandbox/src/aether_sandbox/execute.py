@@ -1,7 +1,11 @@
 """Starting a sandboxed command with its limits, watching it, and ending all of it.
 
-The limits are set in the child between fork and exec (so bubblewrap and everything
-inside inherit them): the command's own cgroup where one can be made, rlimits otherwise.
+The limits are set before bubblewrap starts, so it and everything inside inherit them: a
+small ``/bin/sh`` moves itself into the command's own cgroup (where one can be made) and
+execs ``prlimit`` with the rlimits, which execs the sandbox. That costs two small execs
+where setting them in the child between fork and exec (the fallback when ``prlimit`` is
+missing) costs a full fork of the service's process, and moving a copy of it between
+memory cgroups.
 While it runs, a watch stops it at the wall-clock limit, past the output cap, past the
 CPU time of its cgroup, or once it has written more than the disk cap into its workdir.
 Whatever the outcome, its process group and cgroup are killed before this returns; with
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import time
 from collections import deque
@@ -38,21 +43,63 @@ class Outcome:
     stopped: str | None = None
 
 
-def _enter(limits: Limits, cgroup: Cgroup | None) -> None:
-    """In the child before exec: join the cgroup, set the rlimits. Only system calls."""
+# Joins every cgroup.procs file named before "--", then execs the rest.
+JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+PRLIMIT_NAMES = {
+    resource.RLIMIT_CORE: "core",
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_CPU: "cpu",
+    resource.RLIMIT_NPROC: "nproc",
+    resource.RLIMIT_AS: "as",
+}
+
+
+def rlimits(limits: Limits, cgroup: Cgroup | None) -> dict[int, tuple[int, int]]:
+    """The rlimits of a command (never above what this process may grant)."""
+    enforced = cgroup.enforces if cgroup is not None else set()
+    wanted: dict[int, tuple[int, int]] = {
+        resource.RLIMIT_CORE: (0, 0),
+        resource.RLIMIT_NOFILE: (limits.open_files, limits.open_files),
+    }
+    if limits.disk_bytes is not None:
+        wanted[resource.RLIMIT_FSIZE] = (limits.disk_bytes, limits.disk_bytes)
+    if limits.cpu_seconds is not None:
+        wanted[resource.RLIMIT_CPU] = (limits.cpu_seconds, limits.cpu_seconds + 5)
+    if limits.processes is not None and "processes" not in enforced:
+        wanted[resource.RLIMIT_NPROC] = (limits.processes, limits.processes)
+    if limits.memory_bytes is not None and "memory" not in enforced:
+        wanted[resource.RLIMIT_AS] = (limits.memory_bytes, limits.memory_bytes)
+    granted = {}
+    for kind, (soft, hard) in wanted.items():
+        ceiling = resource.getrlimit(kind)[1]
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        granted[kind] = (soft, hard)
+    return granted
+
+
+def _enter(limits: dict[int, tuple[int, int]], cgroup: Cgroup | None) -> None:
+    """In the child before exec (no ``prlimit``): join the cgroup, set the rlimits."""
     if cgroup is not None:
         cgroup.join()
-    enforced = cgroup.enforces if cgroup is not None else set()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-    if limits.disk_bytes is not None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.disk_bytes, limits.disk_bytes))
-    if limits.cpu_seconds is not None:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    if limits.processes is not None and "processes" not in enforced:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    if limits.memory_bytes is not None and "memory" not in enforced:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    for kind, pair in limits.items():
+        resource.setrlimit(kind, pair)
+
+
+def _limited(argv: list[str], limits: Limits, cgroup: Cgroup | None) -> list[str] | None:
+    """``argv`` behind the cgroup join and ``prlimit``, or ``None`` without ``prlimit``."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return None
+    options = [
+        f"--{PRLIMIT_NAMES[kind]}={soft}:{hard}"
+        for kind, (soft, hard) in rlimits(limits, cgroup).items()
+    ]
+    wrapped = [prlimit, *options, "--", *argv]
+    if cgroup is not None:
+        wrapped = ["/bin/sh", "-c", JOIN, "sh", *cgroup.procs, "--", *wrapped]
+    return wrapped
 
 
 def enforcement(sandbox: Sandbox) -> dict[str, str]:
@@ -86,16 +133,18 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     began = time.monotonic()
     disk = DiskWatch(request.workdir, limits)
     collector = OutputCollector(output_chars)
+    argv = _limited(launch.argv, limits, cgroup)
+    granted = rlimits(limits, cgroup)
     try:
         process = await asyncio.create_subprocess_exec(
-            *launch.argv,
+            *(argv or launch.argv),
             cwd=launch.cwd,
             env=launch.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=lambda: _enter(limits, cgroup),
+            preexec_fn=None if argv else lambda: _enter(granted, cgroup),
         )
     except BaseException:
         _end(None, cgroup)
