@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -141,3 +143,41 @@ def test_enforcement_names_how_each_limit_is_held() -> None:
     report = enforcement(Unconfined(SandboxSettings(backend="unconfined")))
     assert set(report) == {"memory", "processes", "cpu", "disk"}
     assert report["memory"] in ("cgroup", "RLIMIT_AS")
+
+
+@needs_bwrap
+async def test_a_protected_git_directory_is_hidden_and_read_only(tmp_path: Path) -> None:
+    """A fetched clone's ``.git`` is a directory: inside it is empty and cannot be written."""
+    clone = tmp_path / "clone"
+    (clone / ".git" / "hooks").mkdir(parents=True)
+    (clone / ".git" / "config").write_text("[core]\n")
+    script = (
+        "ls -A .git; echo hook > .git/hooks/pre-commit || echo DENIED; "
+        "rm -rf .git || echo KEPT; echo ok > inside.txt"
+    )
+    outcome = await execute(
+        open_sandbox(SandboxSettings()),
+        Request(["sh", "-c", script], clone, clone, ENV, protect=(clone / ".git",)),
+    )
+    assert "config" not in outcome.output and "DENIED" in outcome.output
+    assert "KEPT" in outcome.output
+    assert (clone / ".git" / "config").read_text() == "[core]\n"
+    assert not (clone / ".git" / "hooks" / "pre-commit").exists()
+    assert (clone / "inside.txt").read_text() == "ok\n"
+
+
+def test_unconfined_logs_say_so_on_every_line(tmp_path: Path) -> None:
+    # In a child process: the mark lasts for the life of the process that sets it.
+    code = (
+        "import logging\n"
+        "from aether_runtime import configure_logging\n"
+        "from aether_sandbox import mark_logs_unconfined\n"
+        "configure_logging('agent-runner')\n"
+        "mark_logs_unconfined()\n"
+        "logging.getLogger('a').info('one')\n"
+        "logging.getLogger('b').warning('two', extra={'sandbox': 'unconfined'})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [line["msg"] for line in lines] == ["one", "two"]
+    assert all(line["confinement"] == "unconfined" for line in lines)
