@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -181,3 +182,17 @@ def test_unconfined_logs_say_so_on_every_line(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert [line["msg"] for line in lines] == ["one", "two"]
     assert all(line["confinement"] == "unconfined" for line in lines)
+
+
+async def test_without_prlimit_the_limits_are_set_in_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = importlib.import_module("aether_sandbox.execute")
+    monkeypatch.setattr(executor.shutil, "which", lambda name: None)
+    sandbox = Unconfined(SandboxSettings(backend="unconfined"))
+    code = "import resource; print(resource.getrlimit(resource.RLIMIT_FSIZE))"
+    outcome = await execute(
+        sandbox,
+        Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV, Limits(disk_bytes=MIB)),
+    )
+    assert outcome.output == f"({MIB}, {MIB})\n"
