@@ -165,9 +165,8 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+        # Not process.kill(): it polls, and a poll reaping the child first would leave the
+        # child watcher without its exit code. The group kill above reached it.
         await process.wait()
         await asyncio.to_thread(_remove, cgroup)
     killed = timed_out or stopped is not None
@@ -198,18 +197,19 @@ async def _watch(
     disk: DiskWatch,
     collector: OutputCollector,
 ) -> tuple[bool, str | None]:
-    """Wait for the process to exit (not for its pipes: a child may hold them); returns
-    (timed out, which limit stopped it)."""
-    pause = 0.002
-    next_check = time.monotonic() + 0.1
-    while process.returncode is None:
-        now = time.monotonic()
-        if now >= deadline:
-            return True, None
-        if collector.total > limits.output_bytes:
-            return False, f"it printed more than {_size(limits.output_bytes)} of output"
-        if now >= next_check:
-            next_check = now + 0.1
+    """Wait for the process to exit (not for its pipes: a child may hold them), checking
+    the limits every 0.1 s; returns (timed out, which limit stopped it)."""
+    exited = _exit_of(process)
+    try:
+        while process.returncode is None and not exited.done():
+            now = time.monotonic()
+            if now >= deadline:
+                return True, None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
+                break
+            if collector.total > limits.output_bytes:
+                return False, f"it printed more than {_size(limits.output_bytes)} of output"
             if cgroup is not None and limits.cpu_seconds is not None:
                 used = cgroup.cpu_seconds()
                 if used is not None and used > limits.cpu_seconds:
@@ -217,9 +217,33 @@ async def _watch(
             reason = await asyncio.to_thread(disk.over)
             if reason is not None:
                 return False, reason
-        await asyncio.sleep(min(pause, max(deadline - now, 0)))
-        pause = min(pause * 1.5, 0.1)
-    return False, None
+        return False, None
+    finally:
+        exited.cancel()
+
+
+def _exit_of(process: asyncio.subprocess.Process) -> asyncio.Future[None]:
+    """A future done when the process exits: its pidfd turns readable then (before the
+    child watcher reaps it), so a short command is not held up by a polling interval."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        handle = os.pidfd_open(process.pid)
+    except OSError:
+        return exited  # already gone, or no pidfds: the 0.1 s checks see the return code
+
+    def done() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(handle, done)
+
+    def close(_: asyncio.Future[None]) -> None:
+        loop.remove_reader(handle)
+        os.close(handle)
+
+    exited.add_done_callback(close)
+    return exited
 
 
 def _end(pid: int | None, cgroup: Cgroup | None) -> None:
