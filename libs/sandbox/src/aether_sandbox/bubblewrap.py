@@ -87,6 +87,7 @@ class Bubblewrap:
                 "without confinement"
             )
         self.executable = found
+        self.options = _options(found)
 
     def launch(self, request: Request) -> Launch:
         workdir = request.workdir
@@ -97,7 +98,7 @@ class Bubblewrap:
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
-            "--disable-userns",
+            *(["--disable-userns"] if "--disable-userns" in self.options else []),
             "--die-with-parent",
             "--new-session",
             "--hostname",
@@ -117,7 +118,9 @@ class Bubblewrap:
             if (Path("/etc") / name).is_file():
                 args += ["--ro-bind", "/dev/null", f"/etc/{name}"]
         args += ["--proc", "/proc", "--dev", "/dev"]
-        args += ["--size", str(request.limits.tmp_bytes), "--tmpfs", str(PRIVATE_TMP)]
+        if "--size" in self.options:
+            args += ["--size", str(request.limits.tmp_bytes)]
+        args += ["--tmpfs", str(PRIVATE_TMP)]
         env = dict(request.env)
         readable = [
             *runtime_paths(),
@@ -169,6 +172,26 @@ class Bubblewrap:
             said = done.stderr.decode(errors="replace").strip().splitlines()
             detail = said[-1] if said else f"exit code {done.returncode}"
             raise SandboxUnavailable(f"bubblewrap cannot start a sandbox here ({detail}); {HINT}")
+
+
+_known_options: dict[str, frozenset[str]] = {}
+
+
+def _options(executable: str) -> frozenset[str]:
+    """The options this bubblewrap knows: ``--disable-userns`` (0.8) and ``--size`` (0.7)
+    are left out on older ones (Ubuntu 22.04 ships 0.6), which then allow nested user
+    namespaces and leave ``/tmp`` bounded only by the memory limit."""
+    if executable not in _known_options:
+        try:
+            shown = subprocess.run(
+                [executable, "--help"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            shown = ""
+        _known_options[executable] = frozenset(
+            word for word in shown.split() if word.startswith("--")
+        )
+    return _known_options[executable]
 
 
 _probed: dict[tuple[str, str], str | None] = {}
