@@ -149,3 +149,20 @@ def test_a_verification_command_cannot_touch_the_repository_or_its_git_directory
     # Only what the merge itself wrote (the branch moved; the scratch worktree came and went).
     assert not [p for p in changed if "hooks" in p.parts or p.name == "config"]
     broker.close()
+
+
+def test_without_a_sandbox_the_command_is_not_run_and_verification_fails(tmp_path: Path) -> None:
+    from aether_sandbox import SandboxSettings, SandboxUnavailable, open_sandbox
+
+    try:
+        open_sandbox(SandboxSettings(bwrap="bwrap-that-is-not-installed"))
+    except SandboxUnavailable as error:
+        missing = error
+    marker = tmp_path / "ran"
+    outcome = run_command(
+        f"touch {marker}", str(tmp_path), 20, 1000, command_environment(), sandbox=missing
+    )
+    assert outcome.result == "failed"
+    assert "the command was not run" in outcome.output
+    assert "bubblewrap is not installed" in outcome.output
+    assert not marker.exists()
