@@ -217,10 +217,15 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
 
 
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):
+    """``sandbox``: what the attempt's commands run in (``bubblewrap``, ``unconfined`` when
+    an operator chose so, ``unavailable`` when commands are refused, ``None`` when the
+    agent has no command tool or the runner predates the field)."""
+
     task_id: str
     attempt: int
     runner_id: str
     model: str
+    sandbox: str | None = None
 
 
 class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage_recorded"):

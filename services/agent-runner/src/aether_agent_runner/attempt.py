@@ -53,6 +53,7 @@ from aether_events import (
     step_ids,
 )
 from aether_llm import OFFLINE_MODEL
+from aether_sandbox import Sandbox, SandboxUnavailable
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -164,6 +165,18 @@ class Attempts:
     publisher: Callable[[], EventPublisher]
     runner_id: str
     clock: Callable[[], datetime]
+    # What commands run in; ``None``: opened from the environment at the first command.
+    sandbox: Sandbox | SandboxUnavailable | None = None
+
+    def sandbox_name(self) -> str | None:
+        """What AgentStarted reports: the sandbox, or why commands are refused."""
+        if self.settings.commands == ():
+            return None
+        if isinstance(self.sandbox, SandboxUnavailable):
+            return "unavailable"
+        if self.sandbox is None:
+            return "unconfined" if self.settings.sandbox.unconfined else "bubblewrap"
+        return self.sandbox.name
 
     async def work(self, ready: WorkspaceReady) -> Event:
         """The attempt's result: AgentCompleted or AgentFailed. Raises ``AttemptBusy``."""
@@ -269,6 +282,7 @@ class Attempts:
                 attempt=attempt,
                 runner_id=self.runner_id,
                 model=ready.model,
+                sandbox=self.sandbox_name(),
             )
         )
         reporter = Reporter(
@@ -281,13 +295,19 @@ class Attempts:
         workspace = Workspace(worktree)
         workspace.changed = list(conversation.changed)
         settings = self.settings
+        confined = not settings.sandbox.unconfined
         toolbox = ToolBox(
             workspace,
             CommandPolicy(
-                settings.commands, settings.command_timeout_seconds, settings.command_output_chars
+                settings.commands,
+                settings.command_timeout_seconds,
+                settings.command_output_chars,
+                check_paths=not confined,
             ),
             settings.search_timeout_seconds,
             settings.command_env,
+            sandbox=self.sandbox,
+            limits=settings.sandbox.limits,
         )
 
         async def has_changes() -> bool:

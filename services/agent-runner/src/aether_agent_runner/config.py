@@ -10,10 +10,13 @@ from pathlib import Path
 import msgspec
 
 from aether_agent_runner.domain import Limits
+from aether_sandbox import SandboxSettings
 
-# Programs the agent may run when AETHER_AGENT_COMMANDS is not set: interpreters, test
-# runners, linters and read-only text tools. Shells, env, xargs and git are left out on
-# purpose: each would run anything else or move the task branch under the runner.
+# Programs the agent may run *unconfined* when AETHER_AGENT_COMMANDS is not set:
+# interpreters, test runners, linters and read-only text tools. Shells, env, xargs and git
+# are left out on purpose: each would run anything else or move the task branch under the
+# runner. Inside a real sandbox the default is any program: an interpreter can run
+# anything anyway, and the sandbox, not the list, is what confines it.
 DEFAULT_COMMANDS: tuple[str, ...] = (
     "python",
     "python3",
@@ -40,7 +43,10 @@ DEFAULT_COMMANDS: tuple[str, ...] = (
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What bounds one agent, how many run per process, and what its commands may do.
 
-    ``commands`` is the allow-list of program names (``None``: any program).
+    ``commands`` is the allow-list of program names (``None``: any program); read from
+    the environment it defaults to any program inside a sandbox and to
+    ``DEFAULT_COMMANDS`` when an operator runs commands unconfined. ``sandbox`` says how
+    commands are confined (``AETHER_SANDBOX*``).
 
     ``git_url`` is the git broker's smart HTTP server (``http://broker:port``), with
     ``git_token`` its token: with it set, an attempt whose worktree path does not exist here
@@ -69,6 +75,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     git_fetch: str = "auto"
     git_timeout_seconds: float = 300.0
     work_dir: str = ""
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
 
     def fetches(self, worktree_exists: bool) -> bool:
         """Whether an attempt is fetched and pushed rather than worked in its worktree."""
@@ -105,7 +112,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         def names(raw: str) -> tuple[str, ...]:
             return tuple(part for part in raw.replace(",", " ").split() if part)
 
-        commands: tuple[str, ...] | None = default.commands
+        sandbox = SandboxSettings.from_env(env)
+        commands: tuple[str, ...] | None = None if not sandbox.unconfined else default.commands
         raw_commands = env.get("AETHER_AGENT_COMMANDS")
         if raw_commands is not None:
             listed = names(raw_commands)
@@ -158,4 +166,5 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "AETHER_AGENT_GIT_TIMEOUT_SECONDS", default.git_timeout_seconds
             ),
             work_dir=env.get("AETHER_AGENT_WORK_DIR", "").strip(),
+            sandbox=sandbox,
         )

@@ -10,7 +10,7 @@ from aether_events import ALL_MISSION_EVENTS
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.adapters.smarthttp import GitHttpApp, GitHttpServer, Served
-from aether_git_broker.adapters.verify import Verifier
+from aether_git_broker.adapters.verify import Verifier, verification_sandbox
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
 from aether_git_broker.domain import BrokerState, evolve, pending
 from aether_git_broker.handlers import Handlers
@@ -54,7 +54,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         keepalive_seconds=settings.ack_wait_seconds / 3,
         policy=settings.policy,
         remotes=Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds),
-        verifier=Verifier(timeout=settings.verify_timeout_seconds),
+        verifier=Verifier(timeout=settings.verify_timeout_seconds, sandbox=verification_sandbox()),
     )
 
     async def rebuild(js: JetStreamContext) -> int:
