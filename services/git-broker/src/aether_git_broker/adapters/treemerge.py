@@ -7,12 +7,14 @@ it descends only into directories both sides changed. A merge of two small tasks
 repository of ten thousand files therefore reads a handful of trees, not ten thousand
 entries.
 
-The rule for a file is deliberately strict: a path changed on one side takes that side;
-the same change on both sides is fine; different changes to the same path (content, mode,
-delete against modify, file against directory) are a conflict. Line-level merging of one
-file is left to the task's retry, which re-runs the agent on the new head. (dulwich's own
-``Merger`` needs the optional ``merge3`` package for that, and reports a false conflict
-when one side only changed a file's mode.)
+A path changed on one side takes that side, and the same change on both sides is fine.
+A regular file both sides changed differently is merged as git's default strategy does:
+its lines three-way (:mod:`.linemerge`: hunks apart merge, overlapping or touching
+different hunks conflict), its mode taken from the side that changed it (both changing it
+differently is a conflict). Binary content (a NUL in the first 8,000 bytes), symlinks and
+submodules changed on both sides, delete against modify and file against directory are
+conflicts, as in git. Renames are not detected: a file renamed on one side and changed on
+the other is a delete against a modify, a conflict (git follows the rename).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import stat
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import ObjectID, Tree, parse_tree, sorted_tree_items
 
+from aether_git_broker.adapters.linemerge import is_binary, merge_lines
 from aether_git_broker.adapters.objects import ObjectIO
 
 # (mode, sha) of one entry of a tree.
@@ -37,6 +41,11 @@ _TREE_TYPE = Tree.type_num  # dulwich's number for trees
 
 def is_dir(entry: Entry | None) -> bool:
     return entry is not None and stat.S_ISDIR(entry[0])
+
+
+def is_file(entry: Entry | None) -> TypeGuard[Entry]:
+    """A regular file (not a directory, symlink or submodule)."""
+    return entry is not None and stat.S_ISREG(entry[0])
 
 
 class Trees:
@@ -157,7 +166,16 @@ class _Merge:
             diff_entries(self.trees, ours, theirs, path, self.changed)
             return theirs
         # Both sides changed it, differently. Two directories (or a directory and
-        # nothing) are merged entry by entry; anything else is a conflict.
+        # nothing) are merged entry by entry, two regular files line by line; anything
+        # else is a conflict.
+        if is_file(ours) and is_file(theirs):
+            merged_file = self.file(path, base if is_file(base) else None, ours, theirs)
+            if merged_file is None:
+                self.conflicts.append(path)
+                return ours
+            if merged_file != ours:
+                self.changed[path] = merged_file
+            return merged_file
         if (ours is None or is_dir(ours)) and (theirs is None or is_dir(theirs)):
             merged = self.directory(
                 path,
@@ -168,6 +186,31 @@ class _Merge:
             return (stat.S_IFDIR, merged) if merged is not None else None
         self.conflicts.append(path)
         return ours
+
+    def file(self, path: bytes, base: Entry | None, ours: Entry, theirs: Entry) -> Entry | None:
+        """Two regular files both sides changed, merged as git's ``ort`` does (mode
+        first, then content); ``None`` on conflict."""
+        base_mode = base[0] if base is not None else 0
+        if ours[0] == theirs[0] or ours[0] == base_mode:
+            mode = theirs[0]
+        elif theirs[0] == base_mode:
+            mode = ours[0]
+        else:
+            return None  # both changed the mode, differently
+        base_sha = base[1] if base is not None else None
+        if ours[1] == theirs[1] or theirs[1] == base_sha:
+            return (mode, ours[1])
+        if ours[1] == base_sha:
+            return (mode, theirs[1])
+        read = self.trees.objects.read
+        base_data = read(base_sha)[1] if base_sha is not None else b""
+        our_data, their_data = read(ours[1])[1], read(theirs[1])[1]
+        if is_binary(base_data) or is_binary(our_data) or is_binary(their_data):
+            return None
+        merged = merge_lines(base_data, our_data, their_data)
+        if merged.conflicts:
+            return None
+        return (mode, self.trees.objects.write(b"blob", merged.content))
 
     def directory(
         self,
