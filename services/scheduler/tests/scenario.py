@@ -134,7 +134,7 @@ class Scenario:
             )
         )
 
-    def completed(self, tid: str) -> list[Event]:
+    def completed(self, tid: str, outside_scope: list[str] | None = None) -> list[Event]:
         return self.when(
             AgentCompleted(
                 **self.meta(),
@@ -142,6 +142,7 @@ class Scenario:
                 attempt=self.attempt(tid),
                 commit_sha=f"c-{tid}",
                 branch="b",
+                files_outside_scope=outside_scope or [],
             )
         )
 

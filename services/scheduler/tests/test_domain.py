@@ -133,6 +133,35 @@ def test_tasks_whose_files_overlap_do_not_run_together() -> None:
     assert ready(s.finish("a")) == ["b"]
 
 
+def test_files_changed_outside_scope_hold_back_tasks_not_yet_started() -> None:
+    s = Scenario()
+    decided = s.start(
+        task("a", files=["src/a.py"]), task("b", files=["src/b.py"]), max_concurrency=1
+    )
+    assert ready(decided) == ["a"]
+    s.started("a")
+    # a drifted into b's file: b waits for a's merge though a slot is free.
+    assert ready(s.completed("a", outside_scope=["src/b.py"])) == []
+    assert s.state.missions[s.mission_id].tasks["a"].drift == ("src/b.py",)
+    assert ready(s.merged("a")) == ["b"]
+
+
+def test_a_retry_keeps_the_lease_on_files_it_drifted_into() -> None:
+    s = Scenario()
+    s.start(
+        task("a", files=["a.py"]),
+        task("z", files=["z.py"]),
+        task("b", files=["b.py"]),
+        max_concurrency=2,
+    )
+    s.started("a")
+    assert ready(s.completed("a", outside_scope=["b.py"])) == []
+    assert ready(s.conflicted("a", ["a.py"])) == ["a"]  # the retry starts at once
+    # z's slot frees up, but b's file is still held by a's retry.
+    assert ready(s.finish("z")) == []
+    assert ready(s.finish("a")) == ["b"]
+
+
 def test_a_mission_may_allow_overlapping_scopes() -> None:
     s = Scenario()
     decided = s.start(task("a", files=["x.py"]), task("b", files=["x.py"]), allow_file_overlap=True)

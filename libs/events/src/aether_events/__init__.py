@@ -56,6 +56,7 @@ from aether_events.ids import derived_id, new_event_id, new_mission_id
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher
 from aether_events.replay import ReplayResult, mission_history, replay, stored_messages
+from aether_events.scopes import in_scope, outside_scope
 from aether_events.streams import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
@@ -135,11 +136,13 @@ __all__ = [
     "derived_id",
     "encode",
     "ensure_streams",
+    "in_scope",
     "is_valid_token",
     "mission_history",
     "mission_subject",
     "new_event_id",
     "new_mission_id",
+    "outside_scope",
     "replay",
     "stored_messages",
     "stream_configs",

@@ -254,6 +254,8 @@ class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
     summary: str = ""
     files_changed: list[str] = msgspec.field(default_factory=list)
     usage: Usage = msgspec.field(default_factory=Usage)
+    # Scope drift: the changed files the task's planned scope does not cover.
+    files_outside_scope: list[str] = msgspec.field(default_factory=list)
 
 
 class AgentFailed(Event, frozen=True, kw_only=True, tag="agent_failed"):

@@ -50,6 +50,7 @@ from aether_events import (
     UsageRecorded,
     WorkspaceReady,
     caused_by,
+    outside_scope,
 )
 from aether_llm import OFFLINE_MODEL
 
@@ -90,6 +91,7 @@ def completed(
         summary=summary,
         files_changed=files,
         usage=usage,
+        files_outside_scope=outside_scope(files, ready.task.files),
     )
 
 

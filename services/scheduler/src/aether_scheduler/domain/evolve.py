@@ -147,7 +147,10 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             return _seen(m, event.task_id, event.attempt, event.occurred_at)
         case AgentCompleted():
             if _current(m, event.task_id, event.attempt, "ready", "running"):
-                return _task(m, event.task_id, status="completed", reserved_usd=0.0)
+                drift = m.tasks[event.task_id].drift
+                if event.files_outside_scope:
+                    drift = tuple(sorted({*drift, *event.files_outside_scope}))
+                return _task(m, event.task_id, status="completed", reserved_usd=0.0, drift=drift)
             return m
         case BranchMerged():
             if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):

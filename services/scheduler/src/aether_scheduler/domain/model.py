@@ -74,6 +74,14 @@ class TaskState:
     retry_event: TaskRetried | None = None
     first_ready_at: datetime | None = None
     merged_at: datetime | None = None
+    # Files its attempts changed outside the planned scope (scope drift): claimed with
+    # the planned scope until it merges, and by its later attempts.
+    drift: tuple[str, ...] = ()
+
+    @property
+    def claims(self) -> list[str]:
+        """The file scope this task holds a lease on: planned, plus any drift seen."""
+        return [*self.spec.files, *self.drift] if self.drift else self.spec.files
 
 
 @dataclass(frozen=True)
