@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dulwich.objects import Blob, Commit, ObjectID, Tree
+from dulwich.index import commit_tree
+from dulwich.objects import Blob, Commit, ObjectID
 from dulwich.repo import Repo
 
 from aether_git_broker.adapters.treemerge import Trees, merge_trees
@@ -233,27 +234,12 @@ class Oracle:
 
     def _tree(self, files: Files) -> ObjectID:
         store = self.repo.object_store
-        nested: dict[str, object] = {}
+        entries = []
         for path, (data, mode) in files.items():
             blob = Blob.from_string(data)
             store.add_object(blob)
-            *dirs, name = path.split("/")
-            node = nested
-            for part in dirs:
-                node = node.setdefault(part, {})  # type: ignore[assignment]
-            node[name] = (blob.id, mode)
-        return self._write(nested)
-
-    def _write(self, node: dict[str, object]) -> ObjectID:
-        tree = Tree()
-        for name, value in node.items():
-            if isinstance(value, dict):
-                tree.add(name.encode(), stat.S_IFDIR, self._write(value))
-            else:
-                sha, mode = value  # type: ignore[misc]
-                tree.add(name.encode(), mode, sha)
-        self.repo.object_store.add_object(tree)
-        return tree.id
+            entries.append((path.encode(), blob.id, mode))
+        return commit_tree(store, entries)
 
     def _commit(self, tree: ObjectID, parents: list[ObjectID], message: str) -> ObjectID:
         commit = Commit()

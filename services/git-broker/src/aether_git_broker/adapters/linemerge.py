@@ -58,13 +58,13 @@ Change = tuple[int, int, int, int]
 
 
 class _Histogram:
-    """git's histogram diff (xdiff/xhistogram.c) over lines interned to integers.
+    """git's histogram diff (xdiff/xhistogram.c) over two lists of lines.
 
     Marks changed lines in ``changed_a``/``changed_b``, which carry a zero sentinel on
     each end (index ``i + 1`` is line ``i``), as xdiff's ``rchg`` arrays do.
     """
 
-    def __init__(self, a: list[int], b: list[int]) -> None:
+    def __init__(self, a: list[bytes], b: list[bytes]) -> None:
         self.a, self.b = a, b
         self.changed_a = bytearray(len(a) + 2)
         self.changed_b = bytearray(len(b) + 2)
@@ -115,8 +115,8 @@ class _Histogram:
         last1, last2 = line1 + count1 - 1, line2 + count2 - 1
         # For each distinct line of A's range: its first position and count; for each
         # position, the next position of the same line.
-        first: dict[int, int] = {}
-        counts: dict[int, int] = {}
+        first: dict[bytes, int] = {}
+        counts: dict[bytes, int] = {}
         next_ptr: dict[int, int] = {}
         for ptr in range(last1, line1 - 1, -1):
             value = a[ptr - 1]
@@ -182,7 +182,7 @@ class _Histogram:
                 self._mark(line1 + i1, i2 - i1, line2 + j1, j2 - j1)
 
 
-def _compact(lines: list[int], changed: bytearray, other: bytearray) -> None:
+def _compact(lines: list[bytes], changed: bytearray, other: bytearray) -> None:
     """git's ``xdl_change_compact`` without the indent heuristic (off for merges).
 
     Slides each group of changed lines up as far as it goes, then down as far as it
@@ -266,6 +266,18 @@ def _compact(lines: list[int], changed: bytearray, other: bytearray) -> None:
                     previous = group_previous(other, go_start)
                     assert previous is not None
                     go_start, go_end = previous
+        if g_start == g_end and go_start == go_end:
+            # A run of unchanged lines: each is an empty group on both sides, with
+            # nothing to slide. Jump to the last of them instead of stepping through.
+            ahead = changed.find(1, g_end + 2)
+            ahead_other = other.find(1, go_end + 2)
+            run = min(
+                (ahead - 1 if ahead != -1 else n) - g_end - 1,
+                (ahead_other - 1 if ahead_other != -1 else n_other) - go_end - 1,
+            )
+            if run > 0:
+                g_start = g_end = g_end + run
+                go_start = go_end = go_end + run
         following = group_next(changed, n, g_end)
         if following is None:
             return
@@ -293,8 +305,8 @@ def _script(changed_a: bytearray, changed_b: bytearray, n_a: int, n_b: int) -> l
     return changes
 
 
-def diff(a: list[int], b: list[int]) -> list[Change]:
-    """git's histogram diff of two interned line lists, compacted as git does."""
+def diff(a: list[bytes], b: list[bytes]) -> list[Change]:
+    """git's histogram diff of two lists of lines, compacted as git does."""
     histogram = _Histogram(a, b)
     histogram.run()
     _compact(a, histogram.changed_a, histogram.changed_b)
@@ -325,8 +337,8 @@ def _append(regions: list[_Region], mode: int, *span: int) -> None:
 def _regions(
     ours: list[Change],
     theirs: list[Change],
-    ours_lines: list[int],
-    theirs_lines: list[int],
+    ours_lines: list[bytes],
+    theirs_lines: list[bytes],
     ours_total: int,
     theirs_total: int,
     base_total: int,
@@ -400,18 +412,14 @@ def merge_lines(
     region shows ours then theirs between ``<<<<<<<``/``=======``/``>>>>>>>`` markers.
     """
     base_l, ours_l, theirs_l = split_lines(base), split_lines(ours), split_lines(theirs)
-    ids: dict[bytes, int] = {}
-    base_i = [ids.setdefault(line, len(ids)) for line in base_l]
-    ours_i = [ids.setdefault(line, len(ids)) for line in ours_l]
-    theirs_i = [ids.setdefault(line, len(ids)) for line in theirs_l]
     regions = _regions(
-        diff(base_i, ours_i),
-        diff(base_i, theirs_i),
-        ours_i,
-        theirs_i,
-        len(ours_i),
-        len(theirs_i),
-        len(base_i),
+        diff(base_l, ours_l),
+        diff(base_l, theirs_l),
+        ours_l,
+        theirs_l,
+        len(ours_l),
+        len(theirs_l),
+        len(base_l),
     )
     out: list[bytes] = []
     conflicts = 0
@@ -420,7 +428,7 @@ def merge_lines(
         if mode == 0:
             # xdiff's zealous level diffs the two sides of a conflict: when they hold
             # the same lines, it was the same change reached through different hunks.
-            if c1 and c2 and ours_i[i1 : i1 + c1] == theirs_i[i2 : i2 + c2]:
+            if c1 and c2 and ours_l[i1 : i1 + c1] == theirs_l[i2 : i2 + c2]:
                 continue
             conflicts += 1
             out.extend(ours_l[cursor:i1])
