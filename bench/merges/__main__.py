@@ -15,13 +15,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.merges.cases import involves_rename, run_cases
+from bench.merges.cases import Case, involves_rename, run_cases
+
+
+def dump(folder: Path, case: Case) -> None:
+    for side in ("base", "ours", "theirs"):
+        for path, (data, mode) in getattr(case, side).items():
+            target = folder / side / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(mode & 0o777)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dump", type=Path, help="write each disagreement's files here")
     args = parser.parse_args()
     total: collections.Counter[str] = collections.Counter()
     agree: collections.Counter[str] = collections.Counter()
@@ -36,6 +46,8 @@ def main() -> int:
             if verdict.agrees:
                 agree[kind] += 1
                 continue
+            if args.dump is not None:
+                dump(args.dump / str(verdict.case.number), verdict.case)
             rename = involves_rename(verdict.case)
             renames += rename
             unexplained += not rename

@@ -1,7 +1,7 @@
 """Generated three-way merges, run through the broker's merge and through git's.
 
 Each case is three commits written into one scratch repository: a base holding a few
-files cut from real text (this repository's own sources and documents), and two children
+files cut from real text (the Python standard library's sources), and two children
 that edit them at random: insertions, deletions and replacements, often next to or over
 the other side's edits, sometimes the very same edit; with CRLF line ends, no newline at
 the end, empty files, binary content, mode changes, deletions, renames, files added on
@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import stat
 import subprocess
+import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ from dulwich.repo import Repo
 
 from aether_git_broker.adapters.treemerge import Trees, merge_trees
 
-ROOT = Path(__file__).resolve().parents[2]
 FILE = stat.S_IFREG | 0o644
 EXECUTABLE = stat.S_IFREG | 0o755
 KINDS = (
@@ -56,20 +56,13 @@ _ENV = {
 Files = dict[str, tuple[bytes, int]]
 
 
-def corpus(root: Path = ROOT) -> list[list[bytes]]:
-    """Real text files: this repository's sources and documents, as lists of lines."""
-    out = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "*.py", "*.md", "*.toml", "*.yaml", "*.txt"],
-        capture_output=True,
-        check=True,
-        env=_ENV,
-    ).stdout.split()
+def corpus() -> list[list[bytes]]:
+    """Real text files: the Python standard library's modules, as lists of lines (the same
+    text wherever the same Python runs, so a seed always gives the same cases)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
     texts = []
-    for name in sorted(out):
-        try:
-            data = (root / name.decode()).read_bytes()
-        except OSError:
-            continue
+    for path in sorted(root.glob("*.py"))[:400]:
+        data = path.read_bytes()
         if data and b"\0" not in data:
             texts.append(data.splitlines(keepends=True))
     return texts

@@ -107,3 +107,44 @@ def test_mode_changed_differently_on_both_sides_conflicts() -> None:
     theirs = tree(store, {"run.sh": ("echo\n", stat.S_IFREG | 0o644)})
     # Added on both sides with different modes: git calls it a conflict too.
     assert merge_trees(Trees(store), None, ours, theirs).conflicts == ("run.sh",)
+
+
+def test_a_file_renamed_on_one_side_takes_the_other_sides_edit() -> None:
+    store = MemoryObjectStore()
+    text = BASE.decode()
+    base = tree(store, {"old/name.txt": text, "keep.txt": "k\n"})
+    ours = tree(store, {"new/name.txt": edit(BASE, 1, b"one\n").decode(), "keep.txt": "k\n"})
+    theirs = tree(store, {"old/name.txt": edit(BASE, 10, b"ten\n").decode(), "keep.txt": "k\n"})
+    result = merge_trees(Trees(store), base, ours, theirs)
+    assert result.conflicts == ()
+    merged = edit(edit(BASE, 1, b"one\n"), 10, b"ten\n").decode()
+    assert contents(store, result.tree) == {"new/name.txt": merged, "keep.txt": "k\n"}
+    assert set(result.changed) == {b"new/name.txt"}
+    # The same the other way round: their rename, our edit.
+    result = merge_trees(Trees(store), base, theirs, ours)
+    assert contents(store, result.tree) == {"new/name.txt": merged, "keep.txt": "k\n"}
+    assert set(result.changed) == {b"old/name.txt", b"new/name.txt"}
+
+
+def test_renamed_against_deleted_or_renamed_elsewhere_conflicts() -> None:
+    store = MemoryObjectStore()
+    base = tree(store, {"a.txt": BASE.decode()})
+    renamed = tree(store, {"b.txt": BASE.decode()})
+    deleted = tree(store, {"other.txt": "x\n"})
+    elsewhere = tree(store, {"c.txt": BASE.decode()})
+    assert merge_trees(Trees(store), base, renamed, deleted).conflicts == ("a.txt",)
+    assert merge_trees(Trees(store), base, renamed, elsewhere).conflicts == ("a.txt",)
+    # Renamed the same way on both sides: nothing to merge.
+    result = merge_trees(Trees(store), base, renamed, renamed)
+    assert contents(store, result.tree) == {"b.txt": BASE.decode()}
+
+
+def test_similar_contents_count_as_a_rename_as_in_git() -> None:
+    from aether_git_broker.adapters.renames import similarity
+
+    assert similarity(BASE, BASE) == 1.0
+    assert similarity(BASE, edit(BASE, 3, b"three\n")) > 0.8
+    assert similarity(BASE, b"something else entirely\n") < 0.5
+    # Line ends alone do not make another file: the \r of \r\n is not compared, though
+    # it counts in the size, as in git.
+    assert similarity(b"a\r\nb\r\n", b"a\nb\n") == 4 / 6

@@ -70,15 +70,10 @@ class _Histogram:
         self.changed_b = bytearray(len(b) + 2)
 
     def run(self) -> None:
-        a, b = self.a, self.b
-        start, end_a, end_b = 0, len(a), len(b)
-        while start < end_a and start < end_b and a[start] == b[start]:
-            start += 1
-        while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
-            end_a -= 1
-            end_b -= 1
+        # Over the whole files: xdiff trims the common head and tail only for its Myers
+        # diff, and which line anchors the histogram depends on what is counted.
         # xdiff numbers lines from 1; so do the ranges below.
-        self._diff(start + 1, end_a - start, start + 1, end_b - start)
+        self._diff(1, len(self.a), 1, len(self.b))
 
     def _mark(self, line1: int, count1: int, line2: int, count2: int) -> None:
         self.changed_a[line1 : line1 + count1] = b"\1" * count1
