@@ -1,14 +1,15 @@
 """The broker's line-level merge next to ``git merge-tree --write-tree``, in one run.
 
-A repository of 10,000 files (eighty lines each, packed) and, per round, two branches
-from its base that edit the *same* files in different places: one near the top of each
-file, the other near the bottom. Every round merges the second into the first both ways,
-interleaved so both see the same load: by the broker's adapter (``GitRepositories.merge``:
-merge base, three-way tree merge with line merges of the shared files, merge commit,
-compare-and-swap of the branch) and by ``git merge-tree --write-tree`` (the tree alone),
-and by ``git merge-tree`` + ``commit-tree`` + ``update-ref`` (the same work the broker
-does). Each side works on its own copy of the repository, so neither finds the other's
-objects already written. The broker's first merge opens the repository and is left out.
+A repository of 10,000 files (eighty lines each, each its own text, packed) and, per
+round, two branches from its base that edit the *same* files in different places: one
+near the top of each file, the other near the bottom. Every round merges the second into
+the first both ways, interleaved so both see the same load: by the broker's adapter
+(``GitRepositories.merge``: merge base, three-way tree merge with line merges of the
+shared files, merge commit, compare-and-swap of the branch) and by ``git merge-tree
+--write-tree`` (the tree alone), and by ``git merge-tree`` + ``commit-tree`` +
+``update-ref`` (the same work the broker does). Each side works on its own copy of the
+repository, so neither finds the other's objects already written. The broker's first
+merge opens the repository and is left out.
 
     uv run python -m bench.merges.speed [--files 10000] [--shared 20] [--rounds 8]
 
@@ -18,6 +19,7 @@ A figure, not a test: it prints numbers and never fails on them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import statistics
 import tempfile
@@ -30,7 +32,12 @@ LINES = 80
 
 
 def content(path: str, top: int = 0, bottom: int = 0) -> bytes:
-    body = [f"def f_{i}(x):  # {path}\n" for i in range(LINES)]
+    # Every file its own text, as in a real repository: files that differ only in a
+    # word make git pack them as one long delta chain, which no real tree looks like.
+    body = [
+        f"def f_{i}(x):  # {hashlib.sha1(f'{path}:{i}'.encode()).hexdigest()[:20]}\n"
+        for i in range(LINES)
+    ]
     if top:
         body[3] = f"def f_3(x):  # top edit {top}\n"
     if bottom:
