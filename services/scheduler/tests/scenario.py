@@ -146,7 +146,7 @@ class Scenario:
             )
         )
 
-    def merged(self, tid: str) -> list[Event]:
+    def merged(self, tid: str, files: list[str] | None = None) -> list[Event]:
         return self.when(
             BranchMerged(
                 **self.meta(),
@@ -154,6 +154,7 @@ class Scenario:
                 attempt=self.attempt(tid),
                 merge_sha=f"sha-{tid}-{self.attempt(tid)}",
                 integration_branch=f"aether/{self.mission_id}",
+                files_changed=files or [],
             )
         )
 

@@ -213,6 +213,9 @@ class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
     context: str = ""
     # What the scheduler reserved from the budget for this attempt.
     estimated_cost_usd: float | None = None
+    # A resolution attempt: this earlier commit of the task, which conflicted, is merged
+    # into the new workspace with its conflicts marked for the agent to resolve.
+    resolve_sha: str | None = None
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
@@ -225,6 +228,9 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
     requirement: str = ""
     max_cost_usd: float | None = None
     context: str = ""
+    # A resolution attempt: the commit merged in, and the files left with conflict markers.
+    resolve_sha: str | None = None
+    conflicted_files: list[str] = msgspec.field(default_factory=list)
 
 
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):

@@ -152,11 +152,15 @@ def changed_paths(
 @dataclass(frozen=True)
 class TreeMerge:
     """The merged tree (``None`` on conflict), the conflicting paths, and every file the
-    merge changed relative to ``ours``."""
+    merge changed relative to ``ours``. On conflict, ``partial`` is the merge with our side
+    kept at each conflicting path, and ``marked`` the content of each conflicting text file
+    with both sides between conflict markers."""
 
     tree: ObjectID | None
     conflicts: tuple[str, ...]
     changed: Mapping[bytes, Entry | None] = field(default_factory=dict)
+    partial: ObjectID | None = None
+    marked: Mapping[bytes, bytes] = field(default_factory=dict)
 
 
 class _Merge:
@@ -164,6 +168,7 @@ class _Merge:
         self.trees = trees
         self.conflicts: list[bytes] = []
         self.changed: dict[bytes, Entry | None] = {}
+        self.marked: dict[bytes, bytes] = {}
 
     def entry(
         self, path: bytes, base: Entry | None, ours: Entry | None, theirs: Entry | None
@@ -218,6 +223,7 @@ class _Merge:
             return None
         merged = merge_lines(base_data, our_data, their_data)
         if merged.conflicts:
+            self.marked[path] = merged.content
             return None
         return (mode, self.trees.objects.write(b"blob", merged.content))
 
@@ -370,6 +376,8 @@ def merge_trees(
         return TreeMerge(
             tree=None,
             conflicts=tuple(sorted({p.decode(errors="replace") for p in merge.conflicts})),
+            partial=root[1] if root is not None else trees.write({}),
+            marked=merge.marked,
         )
     tree = root[1] if root is not None else trees.write({})
     changed = merge.changed

@@ -43,6 +43,8 @@ class WorkspaceOutcome:
     worktree_path: str
     base_sha: str
     created: bool
+    # A resolution attempt's workspace: the files left with conflict markers.
+    conflicted_files: tuple[str, ...] = ()
 
 
 MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
@@ -110,6 +112,8 @@ def workspace_ready_event(
         requirement=cause.requirement,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
+        resolve_sha=cause.resolve_sha,
+        conflicted_files=list(outcome.conflicted_files),
     )
 
 

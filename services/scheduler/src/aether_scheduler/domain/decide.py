@@ -377,6 +377,7 @@ def _ready(
         max_cost_usd=cap,
         context=context if attempt > 1 else "",
         estimated_cost_usd=estimate,
+        resolve_sha=task.resolve_sha if attempt > 1 else None,
     )
 
 

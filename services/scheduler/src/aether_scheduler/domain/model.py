@@ -77,6 +77,13 @@ class TaskState:
     # Files its attempts changed outside the planned scope (scope drift): claimed with
     # the planned scope until it merges, and by its later attempts.
     drift: tuple[str, ...] = ()
+    # The last attempt's commit and summary, and what its merge changed: a conflicting
+    # attempt is resolved from its commit, and the prompt names the work it met.
+    last_commit: str | None = None
+    summary: str = ""
+    merged_files: tuple[str, ...] = ()
+    # Set after a true merge conflict: the next attempt resolves this commit's conflicts.
+    resolve_sha: str | None = None
 
     @property
     def claims(self) -> list[str]:
