@@ -69,3 +69,13 @@ def test_a_resolution_workspace_holds_the_merge_with_conflicts_marked(
         "line 5\n", "one\ntwo\n"
     ).rstrip("\n")
     assert git(repo, "show", f"{INTEGRATION}:extra.txt") == "more"
+
+
+def test_a_resolution_of_an_unknown_commit_starts_from_the_head(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, prepared: str, git: Git
+) -> None:
+    outcome = broker.prepare_workspace(
+        str(repo), INTEGRATION, "aether-tasks/m-1/t9/a2", str(worktrees_dir / "t9"), "ab" * 20
+    )
+    assert outcome.base_sha == git(repo, "rev-parse", INTEGRATION)
+    assert outcome.conflicted_files == ()

@@ -184,6 +184,9 @@ class GitRepositories:
     ) -> WorkspaceOutcome:
         """Create the task branch at the integration head, and a worktree checked out on it.
 
+        With ``resolve_sha`` (a resolution attempt) the branch starts instead from that
+        commit merged onto the head with its conflicts marked (see ``resolution``).
+
         An existing branch or worktree (a redelivery) is reused as it is; the base then
         reported is the branch's head, which nobody has committed to before the
         workspace was announced.

@@ -17,7 +17,7 @@ import stat
 from dulwich.objects import Commit, ObjectID
 
 from aether_git_broker.adapters.history import merge_bases
-from aether_git_broker.adapters.repository import Handle
+from aether_git_broker.adapters.repository import Handle, RepositoryError
 from aether_git_broker.adapters.treemerge import lookup, merge_trees, put
 
 _FILE = stat.S_IFREG | 0o644
@@ -28,14 +28,18 @@ def resolution_start(
 ) -> tuple[ObjectID, list[str]]:
     """The commit a resolution attempt starts from, and the conflicting paths.
 
-    The head itself when ``commit`` is already in it. The commit is deterministic (its
-    time is the task commit's), so preparing the same workspace again gives the same one.
+    The head itself when ``commit`` is already in it or is not a commit here. The commit
+    is deterministic (its time is the task commit's), so preparing the same workspace
+    again gives the same one.
     """
     trees = handle.trees
+    try:
+        theirs = handle.commit(commit)
+    except (KeyError, RepositoryError):
+        return head, []  # not a commit of this repository: the attempt starts afresh
     bases = merge_bases(handle.commits, head, commit)
     if commit in bases:
         return head, []
-    theirs = handle.commit(commit)
     base_tree = handle.commit(bases[0]).tree if bases else None
     ours_tree = handle.commit(head).tree
     result = merge_trees(trees, base_tree, ours_tree, theirs.tree)
