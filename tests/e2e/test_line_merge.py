@@ -126,6 +126,8 @@ async def test_parallel_tasks_editing_one_file_merge_line_by_line_without_a_reru
     assert merged["a"].fast_forward
     assert not merged["b"].fast_forward
     assert "src/registry.py" in merged["b"].files_changed
+    assert merged["b"].lines_merged == ["src/registry.py"]  # the event says how it merged
+    assert merged["a"].lines_merged == []
     completed = log.of_type(MissionCompleted)[0]
     files = tree_files(shared_repo, completed.final_sha)
     assert files["src/registry.py"] == MERGED.encode()

@@ -89,6 +89,7 @@ def test_files_changed_on_both_sides_merge_in_the_tree() -> None:
     merged = edit(edit(BASE, 1, b"one\n"), 10, b"ten\n").decode()
     assert contents(store, result.tree) == {"a.txt": merged}
     assert set(result.changed) == {b"a.txt", b"b.txt"}
+    assert result.lines_merged == ("a.txt",)
     entry = result.changed[b"a.txt"]
     assert entry is not None and entry[0] == EXECUTABLE  # the mode change carried over
 

@@ -278,6 +278,8 @@ class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
     integration_branch: str
     fast_forward: bool = False
     files_changed: list[str] = msgspec.field(default_factory=list)
+    # Files both sides had changed, merged line by line (a clean three-way content merge).
+    lines_merged: list[str] = msgspec.field(default_factory=list)
 
 
 class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):

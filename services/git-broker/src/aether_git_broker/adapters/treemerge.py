@@ -161,6 +161,8 @@ class TreeMerge:
     changed: Mapping[bytes, Entry | None] = field(default_factory=dict)
     partial: ObjectID | None = None
     marked: Mapping[bytes, bytes] = field(default_factory=dict)
+    # Files both sides changed whose lines merged cleanly.
+    lines_merged: tuple[str, ...] = ()
 
 
 class _Merge:
@@ -169,6 +171,7 @@ class _Merge:
         self.conflicts: list[bytes] = []
         self.changed: dict[bytes, Entry | None] = {}
         self.marked: dict[bytes, bytes] = {}
+        self.lines_merged: list[bytes] = []
 
     def entry(
         self, path: bytes, base: Entry | None, ours: Entry | None, theirs: Entry | None
@@ -225,6 +228,7 @@ class _Merge:
         if merged.conflicts:
             self.marked[path] = merged.content
             return None
+        self.lines_merged.append(path)
         return (mode, self.trees.objects.write(b"blob", merged.content))
 
     def directory(
@@ -383,4 +387,9 @@ def merge_trees(
     changed = merge.changed
     if ours_walked != ours_tree:
         changed = changed_paths(trees, ours_tree, tree)
-    return TreeMerge(tree=tree, conflicts=(), changed=changed)
+    return TreeMerge(
+        tree=tree,
+        conflicts=(),
+        changed=changed,
+        lines_merged=tuple(sorted(p.decode(errors="replace") for p in merge.lines_merged)),
+    )

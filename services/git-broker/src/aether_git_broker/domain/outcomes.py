@@ -64,6 +64,8 @@ class MergeOutcome:
     files: tuple[str, ...] = ()
     fast_forward: bool = False
     detail: str = ""
+    # Files both sides had changed, merged line by line.
+    lines_merged: tuple[str, ...] = ()
 
 
 def repository_prepared_event(
@@ -139,4 +141,5 @@ def merge_event(
         integration_branch=integration_branch,
         fast_forward=outcome.fast_forward,
         files_changed=list(outcome.files),
+        lines_merged=list(outcome.lines_merged),
     )
