@@ -129,6 +129,9 @@ def mission_detail(m: dict[str, Any]) -> str:
                 f"{money(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
                 f"{short(t['title'] + after, 60)}{note}"
             )
+            drift = t.get("files_outside_scope") or []
+            if drift:
+                lines.append(f"{'':15}outside scope: {short(', '.join(drift), 70)}")
     steps = m.get("failed_steps") or []
     if steps:
         lines.append("  failed steps:")

@@ -103,6 +103,8 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
 
     assert done.commit_sha == task_repo_head(task_repo)
     assert done.files_changed == ["src/app.py", "tests/test_app.py"]
+    # The plan scoped the task to src/app.py: the test it also changed is scope drift.
+    assert done.files_outside_scope == ["tests/test_app.py"]
     assert done.summary == "greet says hello there; tests updated and passing"
     assert done.usage.input_tokens == 500 and done.usage.cost_usd is not None
     assert done.causation_id == ready.event_id

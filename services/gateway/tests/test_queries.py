@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from aether.render import mission_detail
 from aether_events import (
     AgentCompleted,
     AgentHeartbeat,
@@ -231,6 +232,33 @@ async def test_tasks_filter_and_page(http, nc):
     missing = await http.get(f"/missions/{a.mission_id}/tasks/t9")
     assert missing.status_code == 404
     assert missing.json()["error"] == f"task 't9' of mission '{a.mission_id}' not found"
+
+
+async def test_a_task_shows_the_files_it_changed_outside_its_scope(http, nc, script):
+    await publish(
+        nc,
+        script.requested(),
+        script.prepared(),
+        script.plan(task_ids=("t1",)),
+        script.approved(),
+        script.task_ready("t1"),
+        AgentCompleted(
+            **script.meta(),
+            task_id="t1",
+            attempt=1,
+            commit_sha="c" * 40,
+            branch="b",
+            files_changed=["LICENSE.txt", "src/t1.py"],
+            files_outside_scope=["LICENSE.txt"],
+        ),
+    )
+    mission = await settled(
+        http, script.mission_id, lambda m: m["tasks"] and m["tasks"][0]["status"] == "completed"
+    )
+    assert mission["tasks"][0]["files_outside_scope"] == ["LICENSE.txt"]
+    task = (await http.get(f"/missions/{script.mission_id}/tasks/t1")).json()
+    assert task["files_outside_scope"] == ["LICENSE.txt"]
+    assert "outside scope: LICENSE.txt" in mission_detail(mission)
 
 
 # --- agents ------------------------------------------------------------------------------

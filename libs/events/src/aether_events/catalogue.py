@@ -202,6 +202,9 @@ class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
     context: str = ""
     # What the scheduler reserved from the budget for this attempt.
     estimated_cost_usd: float | None = None
+    # A resolution attempt: this earlier commit of the task, which conflicted, is merged
+    # into the new workspace with its conflicts marked for the agent to resolve.
+    resolve_sha: str | None = None
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
@@ -214,6 +217,9 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
     requirement: str = ""
     max_cost_usd: float | None = None
     context: str = ""
+    # A resolution attempt: the commit merged in, and the files left with conflict markers.
+    resolve_sha: str | None = None
+    conflicted_files: list[str] = msgspec.field(default_factory=list)
 
 
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):
@@ -248,6 +254,8 @@ class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
     summary: str = ""
     files_changed: list[str] = msgspec.field(default_factory=list)
     usage: Usage = msgspec.field(default_factory=Usage)
+    # Scope drift: the changed files the task's planned scope does not cover.
+    files_outside_scope: list[str] = msgspec.field(default_factory=list)
 
 
 class AgentFailed(Event, frozen=True, kw_only=True, tag="agent_failed"):
@@ -264,6 +272,8 @@ class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
     integration_branch: str
     fast_forward: bool = False
     files_changed: list[str] = msgspec.field(default_factory=list)
+    # Files both sides had changed, merged line by line (a clean three-way content merge).
+    lines_merged: list[str] = msgspec.field(default_factory=list)
 
 
 class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):

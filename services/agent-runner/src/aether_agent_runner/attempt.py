@@ -50,6 +50,7 @@ from aether_events import (
     UsageRecorded,
     WorkspaceReady,
     caused_by,
+    outside_scope,
     step_ids,
 )
 from aether_llm import OFFLINE_MODEL
@@ -92,6 +93,7 @@ def completed(
         summary=summary,
         files_changed=files,
         usage=usage,
+        files_outside_scope=outside_scope(files, ready.task.files),
     )
 
 

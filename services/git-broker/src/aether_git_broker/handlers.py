@@ -284,6 +284,7 @@ class Handlers:
                 action.integration_branch,
                 action.branch,
                 action.worktree_path,
+                event.resolve_sha,
             )
         except (RepositoryError, UnsafePath) as error:
             await self._publish(mission_failed_event(event, self._clock(), str(error)))

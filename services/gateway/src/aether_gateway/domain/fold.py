@@ -537,6 +537,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 branch=event.branch,
                 summary=event.summary,
                 files_changed=list(event.files_changed),
+                files_outside_scope=list(event.files_outside_scope),
             )
         case AgentFailed():
             return replace(task, status=status, error=event.reason)

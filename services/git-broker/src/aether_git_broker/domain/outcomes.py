@@ -44,6 +44,8 @@ class WorkspaceOutcome:
     worktree_path: str
     base_sha: str
     created: bool
+    # A resolution attempt's workspace: the files left with conflict markers.
+    conflicted_files: tuple[str, ...] = ()
 
 
 MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
@@ -63,6 +65,8 @@ class MergeOutcome:
     files: tuple[str, ...] = ()
     fast_forward: bool = False
     detail: str = ""
+    # Files both sides had changed, merged line by line.
+    lines_merged: tuple[str, ...] = ()
 
 
 def repository_prepared_event(
@@ -113,6 +117,8 @@ def workspace_ready_event(
         requirement=cause.requirement,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
+        resolve_sha=cause.resolve_sha,
+        conflicted_files=list(outcome.conflicted_files),
     )
 
 
@@ -138,4 +144,5 @@ def merge_event(
         integration_branch=integration_branch,
         fast_forward=outcome.fast_forward,
         files_changed=list(outcome.files),
+        lines_merged=list(outcome.lines_merged),
     )
