@@ -53,6 +53,7 @@ from aether_gateway.domain import (
     salvage,
     sanitised,
     session_update,
+    tasks_read,
 )
 from aether_gateway.metrics import PROJECTION_FAILURES
 
@@ -294,7 +295,9 @@ class ReadModel:
         )
         if await cur.fetchone() is None:
             return False
-        view = await self._load_view(conn, event.mission_id)
+        # Only the rows the event reads: loading every task of the mission for each event
+        # made a fold cost grow with the mission's size.
+        view = await self._load_view(conn, event.mission_id, tasks_read(event))
         await self._write(conn, fold(view, event, sequence))
         return True
 
@@ -432,17 +435,35 @@ class ReadModel:
         async with self._db.pool.connection() as conn:
             return await faults.failures(conn, mission_id)
 
-    async def _load_view(self, conn: AsyncConnection, mission_id: str) -> MissionView:
+    async def _load_view(
+        self, conn: AsyncConnection, mission_id: str, task_ids: list[str] | None = None
+    ) -> MissionView:
+        """The mission's row and its task rows: all of them, or only ``task_ids`` (then
+        with the mission's task count when one of those does not exist)."""
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute("SELECT * FROM missions WHERE id = %s FOR UPDATE", (mission_id,))
             mission_row = await cur.fetchone()
             if mission_row is None:
                 return MissionView()
-            await cur.execute("SELECT * FROM tasks WHERE mission_id = %s", (mission_id,))
-            tasks = [convert(r, Task) for r in await cur.fetchall()]
-        return MissionView(
-            mission=convert(mission_row, Mission), tasks={t.task_id: t for t in tasks}
-        )
+            mission = convert(mission_row, Mission)
+            if task_ids is None:
+                await cur.execute("SELECT * FROM tasks WHERE mission_id = %s", (mission_id,))
+            elif not task_ids:
+                return MissionView(mission=mission, task_count=None)
+            else:
+                await cur.execute(
+                    "SELECT * FROM tasks WHERE mission_id = %s AND task_id = ANY(%s)",
+                    (mission_id, task_ids),
+                )
+            tasks = {t.task_id: t for t in (convert(r, Task) for r in await cur.fetchall())}
+            count = None
+            if task_ids is not None and not set(task_ids) <= tasks.keys():
+                await cur.execute(
+                    "SELECT count(*) AS n FROM tasks WHERE mission_id = %s", (mission_id,)
+                )
+                row = await cur.fetchone()
+                count = int(row["n"]) if row else 0
+        return MissionView(mission=mission, tasks=tasks, task_count=count)
 
     async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
         if changes.mission is not None:
