@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,6 +55,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
     MISSIONS_STREAM,
+    TERMINAL_TYPES,
     Event,
     EventPublisher,
     StepRetryRequested,
@@ -83,6 +85,14 @@ Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 FETCH_SECONDS = 2.0
 # Between reconnection attempts, and never giving up: a service outlives its bus.
 RECONNECT_WAIT_SECONDS = 0.5
+# A delivery is logged at INFO when its handler published an event or took this long, or
+# it ends a mission; the many that only fold an event are logged at DEBUG (a service sees
+# most events of every mission, and a line each cost more than folding them).
+SLOW_HANDLER_SECONDS = 1.0
+# Events published by the handler running in this context (see ``CountingPublisher``).
+_published_here: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "published_here", default=None
+)
 
 
 @dataclass
@@ -144,6 +154,9 @@ class CountingPublisher(EventPublisher):
         metrics.EVENTS_PUBLISHED.labels(
             self._service, tag_of(type(event)), str(bool(ack.duplicate)).lower()
         ).inc()
+        counter = _published_here.get()
+        if counter is not None:
+            counter[0] += 1
         log.debug(
             "published %s",
             tag_of(type(event)),
@@ -170,6 +183,17 @@ class ConsumerSpec:
     # The stream sequence of the earliest replayed event whose work is still due by the
     # rebuilt projection (None: nothing is due); a durable created fresh starts there.
     first_due: Callable[[], int | None] | None = None
+    # The event types the service folds or answers, when not every type on ``subject``:
+    # the server then delivers only those (one filter subject per type), instead of the
+    # service decoding, handling and acknowledging every event of every mission.
+    types: tuple[type[Event], ...] | None = None
+
+    @property
+    def filter_subjects(self) -> list[str] | None:
+        """The consumer's subject filters for ``types`` (None: ``subject`` alone)."""
+        if self.types is None:
+            return None
+        return sorted({type_subject(cls) for cls in self.types})
 
 
 @dataclass
@@ -338,7 +362,8 @@ class Service:
         config = JsConsumerConfig(
             durable_name=spec.durable,
             name=spec.durable,
-            filter_subject=spec.subject,
+            filter_subject=None if spec.filter_subjects else spec.subject,
+            filter_subjects=spec.filter_subjects,
             ack_policy=JsAckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_seconds,
             max_deliver=spec.max_deliver,
@@ -375,10 +400,17 @@ class Service:
         log.info("reconnected to nats", extra={"acks_repeated": sent})
 
     async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
-        """Bring an existing consumer's ack wait and delivery limit to the spec's (a
-        consumer created by an older build keeps its own otherwise); nothing else of it
-        changes, its position least of all."""
-        if config.ack_wait == spec.ack_wait_seconds and config.max_deliver == spec.max_deliver:
+        """Bring an existing consumer's ack wait, delivery limit and subject filters to the
+        spec's (a consumer created by an older build keeps its own otherwise); nothing
+        else of it changes, its position least of all."""
+        wanted = spec.filter_subjects
+        filters = sorted(config.filter_subjects or [config.filter_subject or spec.subject])
+        same_filters = filters == (wanted or [spec.subject])
+        if (
+            config.ack_wait == spec.ack_wait_seconds
+            and config.max_deliver == spec.max_deliver
+            and same_filters
+        ):
             return
         log.info(
             "consumer settings updated",
@@ -387,10 +419,14 @@ class Service:
                 "ack_wait": spec.ack_wait_seconds,
                 "was": config.ack_wait,
                 "max_deliver": spec.max_deliver,
+                "filters": wanted or [spec.subject],
             },
         )
         config.ack_wait = spec.ack_wait_seconds
         config.max_deliver = spec.max_deliver
+        if not same_filters:
+            config.filter_subject = None if wanted else spec.subject
+            config.filter_subjects = wanted
         await self.js.add_consumer(spec.stream, config=config)
 
     async def _after_start(self) -> None:
@@ -560,6 +596,8 @@ class Service:
         tag = tag_of(type(event))
         task_id = _task_id(event)
         metrics.DELIVERY_DELAY_SECONDS.labels(self.name, spec.durable).observe(_age(event))
+        published = [0]
+        _published_here.set(published)
         with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
             began = time.perf_counter()
             try:
@@ -588,11 +626,20 @@ class Service:
                 metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
             await self._settle(raw, ACK, spec)
-            # One line per handled event, with the ids above: grep a mission across services.
-            log.info(
+            # A line per handled event that did something, with the ids above: grep a
+            # mission's steps across services (DEBUG shows every delivery).
+            noted = published[0] or elapsed >= SLOW_HANDLER_SECONDS or type(event) in TERMINAL_TYPES
+            level = logging.INFO if noted else logging.DEBUG
+            log.log(
+                level,
                 "handled %s",
                 tag,
-                extra={"type": tag, "seq": delivery.sequence, "ms": round(elapsed * 1000, 1)},
+                extra={
+                    "type": tag,
+                    "seq": delivery.sequence,
+                    "ms": round(elapsed * 1000, 1),
+                    "published": published[0],
+                },
             )
 
 

@@ -6,11 +6,11 @@ import os
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS
+from aether_events import ALL_MISSION_EVENTS, type_subject
 from aether_llm import LLMSettings, make_client
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import PlannerModel
-from aether_planner.domain import State, evolve, pending
+from aether_planner.domain import FOLDED, State, evolve, pending
 from aether_planner.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_runtime.metrics import service_at_zero
@@ -45,6 +45,7 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
         ConsumerSpec(
             durable="planner",
             subject=ALL_MISSION_EVENTS,
+            types=FOLDED,
             handler=handlers.handle,
             # One event at a time, in stream order: a trigger must never be looked at
             # before the events it follows (a prepared repository before its request).
@@ -56,5 +57,5 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             first_due=lambda: projection.first_sequence(pending(projection.state)),
         )
     )
-    service_at_zero(service.name, [ALL_MISSION_EVENTS])
+    service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
     return service

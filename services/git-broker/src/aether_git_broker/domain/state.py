@@ -59,6 +59,24 @@ class MissionView:
     completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
 
 
+# Every event type ``evolve`` folds (the triggers among them); any other leaves the state
+# as it is and asks for nothing, so the broker's consumer is filtered to these.
+FOLDED: tuple[type[Event], ...] = (
+    MissionRequested,
+    RepositoryPrepared,
+    TaskReady,
+    WorkspaceReady,
+    WorkspaceFailed,
+    AgentCompleted,
+    BranchMerged,
+    MergeConflicted,
+    MissionCompleted,
+    MissionFailed,
+    MissionCancelled,
+    MissionAnswered,
+)
+
+
 @dataclass(frozen=True)
 class BrokerState:
     missions: Mapping[str, MissionView] = field(default_factory=dict)

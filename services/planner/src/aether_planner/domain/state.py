@@ -30,6 +30,22 @@ from aether_events import (
 
 Turn = tuple[Literal["questions", "answer", "plan", "feedback"], str]
 OUTCOMES = (PlanProduced, PlanClarificationRequested, MissionAnswered, PlanFailed)
+# Every event type ``evolve`` folds and every trigger; any other leaves the state as it is
+# and asks for nothing, so the planner's consumer is filtered to these.
+FOLDED: tuple[type[Event], ...] = (
+    MissionRequested,
+    RepositoryPrepared,
+    PlanClarificationRequested,
+    MissionMessagePosted,
+    PlanRevisionRequested,
+    PlanProduced,
+    PlanApproved,
+    PlanFailed,
+    MissionAnswered,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+)
 
 
 @dataclass(frozen=True)
