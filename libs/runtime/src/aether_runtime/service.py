@@ -103,10 +103,19 @@ class Delivery:
     num_delivered: int
     pending: int
     _message: NatsMessage | None = None
+    _release: Callable[[], None] | None = None
 
     @property
     def redelivered(self) -> bool:
         return self.num_delivered > 1
+
+    def release(self) -> None:
+        """Let the consumer deliver the next message while this handler goes on (a
+        consumer with ``ConsumerSpec.hand_offs``; elsewhere nothing happens). The message
+        is still kept alive, and settled when the handler ends, as any other; the handler
+        keeps whatever order it needs among the ones it released (see the planner)."""
+        if self._release is not None:
+            self._release()
 
     async def in_progress(self) -> None:
         """Tell JetStream the handler is still at work, so it does not redeliver."""
@@ -187,6 +196,11 @@ class ConsumerSpec:
     # the server then delivers only those (one filter subject per type), instead of the
     # service decoding, handling and acknowledging every event of every mission.
     types: tuple[type[Event], ...] | None = None
+    # How many handlers that called ``Delivery.release`` may still be running while the
+    # consumer delivers the next message (one-at-a-time consumers only). Such a handler
+    # folds in stream order, then releases for its slow part (a model call), so one
+    # mission's slow step does not hold up the others.
+    hand_offs: int = 0
 
     @property
     def filter_subjects(self) -> list[str] | None:
@@ -239,6 +253,7 @@ class Service:
         self._watches: dict[tuple[str, str], ConsumerWatch] = {}
         self._stalled: dict[tuple[str, str], str] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._handed_off: set[asyncio.Task[None]] = set()
         self._settled = Settled()
         for counter in (
             metrics.REDELIVERIES,
@@ -307,7 +322,15 @@ class Service:
         )
 
         async def on_message(msg: NatsMessage) -> None:
-            await self._deliver(spec, msg)
+            if spec.hand_offs <= 0:
+                await self._deliver(spec, msg)
+                return
+            released = asyncio.Event()
+            task = asyncio.create_task(self._deliver(spec, msg, released.set))
+            self._handed_off.add(task)
+            task.add_done_callback(self._handed_off.discard)
+            task.add_done_callback(lambda _: released.set())
+            await released.wait()
 
         subscriber(on_message)
 
@@ -323,7 +346,7 @@ class Service:
     def lock_for(self, spec: ConsumerSpec) -> contextlib.AbstractAsyncContextManager[Any]:
         """What a handler call of ``spec`` holds: for a consumer that handles one event at
         a time, a lock a retried step shares, so a retry never runs beside it."""
-        if spec.max_workers > 1:
+        if spec.max_workers > 1 or spec.hand_offs > 0:
             return contextlib.nullcontext()
         return self._locks.setdefault(id(spec), asyncio.Lock())
 
@@ -404,11 +427,16 @@ class Service:
         spec's (a consumer created by an older build keeps its own otherwise); nothing
         else of it changes, its position least of all."""
         wanted = spec.filter_subjects
+        # Raised where the spec needs more room (hand-offs), never lowered: the runner's
+        # lanes share a consumer it made with room for every process.
+        pending = config.max_ack_pending
+        room = pending is None or pending < 0 or pending >= _max_ack_pending(spec)
         filters = sorted(config.filter_subjects or [config.filter_subject or spec.subject])
         same_filters = filters == (wanted or [spec.subject])
         if (
             config.ack_wait == spec.ack_wait_seconds
             and config.max_deliver == spec.max_deliver
+            and room
             and same_filters
         ):
             return
@@ -424,6 +452,8 @@ class Service:
         )
         config.ack_wait = spec.ack_wait_seconds
         config.max_deliver = spec.max_deliver
+        if not room:
+            config.max_ack_pending = _max_ack_pending(spec)
         if not same_filters:
             config.filter_subject = None if wanted else spec.subject
             config.filter_subjects = wanted
@@ -461,6 +491,13 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        # Handlers still at work after releasing their message: their messages are
+        # redelivered (unsettled) once their ack wait runs out, as after a crash.
+        for task in list(self._handed_off):
+            task.cancel()
+        for task in list(self._handed_off):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for hook in self.on_stopping:
             await hook()
         await self.steps.stop()
@@ -534,7 +571,9 @@ class Service:
 
     # --- deliveries ---------------------------------------------------------------
 
-    async def _deliver(self, spec: ConsumerSpec, msg: NatsMessage) -> None:
+    async def _deliver(
+        self, spec: ConsumerSpec, msg: NatsMessage, release: Callable[[], None] | None = None
+    ) -> None:
         if self.stopping:
             # Hand it straight back: left unacknowledged, it would hold up the consumer
             # (one message in flight) until its ack wait ran out after our restart.
@@ -547,6 +586,7 @@ class Service:
             num_delivered=meta.num_delivered,
             pending=meta.num_pending,
             _message=msg,
+            _release=release,
         )
         metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
         if delivery.redelivered:
@@ -659,10 +699,11 @@ def _age(event: Event) -> float:
 
 
 def _max_ack_pending(spec: ConsumerSpec) -> int:
-    """One message at a time keeps an ordered consumer in order. A concurrent consumer
-    gets room for many, since the limit is shared by every process bound to it (several
-    replicas each running ``max_workers``)."""
-    return 1 if spec.max_workers <= 1 else 1000
+    """One message at a time keeps an ordered consumer in order (plus the handlers that
+    released theirs, ``hand_offs``). A concurrent consumer gets room for many, since the
+    limit is shared by every process bound to it (several replicas each running
+    ``max_workers``)."""
+    return 1 + max(spec.hand_offs, 0) if spec.max_workers <= 1 else 1000
 
 
 def _task_id(event: Event) -> str | None:
