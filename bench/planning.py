@@ -3,9 +3,10 @@
 Starts nats-server and one planner (in this process) against a model server that answers
 every call after a fixed delay (500 ms by default), submits one mission, then 20 at once
 (each a MissionRequested and its RepositoryPrepared, as the git broker would publish),
-and prints how long until every plan was produced. It does it twice: with the planner
-planning missions concurrently (``AETHER_PLANNER_CONCURRENCY``, 8 by default) and with
-one mission at a time (``AETHER_PLANNER_CONCURRENCY=0``, the planner before).
+after a warm-up mission, and prints how long until every plan was produced. It does it
+twice: with the planner planning missions concurrently (``AETHER_PLANNER_CONCURRENCY``,
+32 by default) and with one mission at a time (``AETHER_PLANNER_CONCURRENCY=0``, the
+planner before).
 
     uv run python bench/planning.py [--missions 20] [--delay 0.5]
 
@@ -133,6 +134,7 @@ async def run(nats_url: str, model_url: str, repo: Path, sha: str, n: int, lanes
     service = build(RuntimeSettings(nats_url=nats_url, port=free_port()), llm)
     await service.start()
     try:
+        await plan_together(nats_url, repo, sha, 1)  # warm-up: the SDK, the connections
         one = await plan_together(nats_url, repo, sha, 1)
         many = await plan_together(nats_url, repo, sha, n)
     finally:
@@ -148,7 +150,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--missions", type=int, default=20)
     parser.add_argument("--delay", type=float, default=0.5)
-    parser.add_argument("--concurrency", default=os.environ.get("AETHER_PLANNER_CONCURRENCY", "8"))
+    parser.add_argument("--concurrency", default=os.environ.get("AETHER_PLANNER_CONCURRENCY", "32"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aether-planning-"))
     repo = work / "repo"

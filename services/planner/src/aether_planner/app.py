@@ -47,7 +47,7 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             subject=ALL_MISSION_EVENTS,
             types=FOLDED,
             handler=handlers.handle,
-            hand_offs=int(os.environ.get("AETHER_PLANNER_CONCURRENCY", "8")),
+            hand_offs=int(os.environ.get("AETHER_PLANNER_CONCURRENCY", "32")),
             # One event at a time, in stream order: a trigger must never be looked at
             # before the events it follows (a prepared repository before its request).
             # A trigger's model call is released from the consumer (hand_offs), so

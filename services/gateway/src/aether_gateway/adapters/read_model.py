@@ -112,6 +112,7 @@ class ReadModel:
         self.telemetry_consumer = f"{consumer}-telemetry"
         # Set when the position jumps over sequences, so the gap is looked at promptly.
         self.gap_found = asyncio.Event()
+        self._positions_seen: set[str] = set()
 
     @property
     def db(self) -> Database:
@@ -133,16 +134,19 @@ class ReadModel:
         return await self.position(self.telemetry_consumer)
 
     async def _lock_position(self, conn: AsyncConnection, consumer: str) -> int:
-        await conn.execute(
-            "INSERT INTO projection_position (consumer) VALUES (%s) ON CONFLICT DO NOTHING",
-            (consumer,),
-        )
-        cur = await conn.execute(
-            "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE",
-            (consumer,),
-        )
-        row = await cur.fetchone()
+        select = "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE"
+        row = None
+        if consumer in self._positions_seen:
+            # The row exists once made (nothing deletes it): one statement per event, not two.
+            row = await (await conn.execute(select, (consumer,))).fetchone()
+        if row is None:
+            await conn.execute(
+                "INSERT INTO projection_position (consumer) VALUES (%s) ON CONFLICT DO NOTHING",
+                (consumer,),
+            )
+            row = await (await conn.execute(select, (consumer,))).fetchone()
         assert row is not None
+        self._positions_seen.add(consumer)
         return int(row[0])
 
     async def _set_position(self, conn: AsyncConnection, consumer: str, sequence: int) -> None:
