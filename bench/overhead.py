@@ -319,7 +319,12 @@ async def run_shape(
     stack = Stack(
         home=work / f"stack-{label}",
         random_ports=True,
-        env={"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": model.url},
+        env={
+            "ANTHROPIC_API_KEY": "bench",
+            "ANTHROPIC_BASE_URL": model.url,
+            # As many agents as the mission runs at once (the runner's default is two).
+            "AETHER_AGENT_CONCURRENCY": str(concurrency),
+        },
         python_options=python_options or {},
     )
     handler: dict[str, float] = {}
@@ -350,6 +355,11 @@ async def main() -> int:
         action="store_true",
         help="profile the service with the most handler time in one more chained mission",
     )
+    parser.add_argument(
+        "--profile-service",
+        choices=list(SERVICES),
+        help="the service to profile with --profile (default: the one with most handler time)",
+    )
     args = parser.parse_args()
     shapes = ["independent", "chain"] if args.shape == "both" else [args.shape]
     work = Path(tempfile.mkdtemp(prefix="aether-bench-"))
@@ -377,10 +387,10 @@ async def main() -> int:
             f" {per / (statistics.fmean(baseline) * 1000):.1f}x the plain git loop);"
             f" mean latency is {ratio:.1f}x the plain git work (+{overhead * 1000:.0f} ms/task)"
         )
-    if args.profile and handler_total:
-        slowest = max(handler_total, key=lambda name: handler_total[name])
+    if args.profile and (handler_total or args.profile_service):
+        slowest = args.profile_service or max(handler_total, key=lambda name: handler_total[name])
         out = work / f"profile-{slowest}.prof"
-        print(f"  profiling {slowest} (most handler time per task) in one more chained mission")
+        print(f"  profiling {slowest} in one more chained mission")
         await run_shape(
             work,
             f"profile-{slowest}",
