@@ -7,13 +7,15 @@ LangGraph with its SQLite checkpointer, Prefect 3, and the product's git adapter
 product's dulwich), unless ``--venv`` names one built before. None of it becomes a
 dependency of the product. Then, on this machine and in this run:
 
-* the plain git loop (the floor: ``bench/peers/work.py`` one task after another);
+* the plain git loop (the floor: ``bench/peers/work.py`` one task after another), run
+  right before each system so that each is compared with a floor measured under the same
+  machine load;
 * Aether: missions of N chained tasks and of N independent tasks four at a time through
   the five services (``bench/overhead.py``'s stack and no-work agent);
 * LangGraph and Prefect 3 running the same ``GitWork`` per task (``peers.py``);
 
-and prints ms per task (mission wall time / N) and each one's ratio to the plain loop,
-and Aether's ratio to each peer. A figure, not a test: it never fails on the numbers.
+and prints ms per task (mission wall time / N), each one's ratio to its floor, and
+Aether's ratio to each peer. A figure, not a test: it never fails on the numbers.
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ def build_venv(where: Path) -> Path:
     return python
 
 
-def plain_loop(work: Path, n: int) -> float:
-    repo = work / "plain"
+def plain_loop(work: Path, n: int, label: str) -> float:
+    repo = work / f"plain-{label}"
     create_sample_repository(repo)
-    git = GitWork.prepare(repo, work / "wt-plain")
+    git = GitWork.prepare(repo, work / f"wt-plain-{label}")
     began = time.perf_counter()
     for i in range(1, n + 1):
         git.task(i)
@@ -72,7 +74,7 @@ def plain_loop(work: Path, n: int) -> float:
 
 def run_peers(python: Path, work: Path, n: int) -> dict[str, float]:
     repos = []
-    for i in range(7):
+    for i in range(12):
         repo = work / f"peer-repo-{i}"
         create_sample_repository(repo)
         repos.append(str(repo))
@@ -94,8 +96,10 @@ def run_peers(python: Path, work: Path, n: int) -> dict[str, float]:
 async def aether(work: Path, n: int) -> dict[str, float]:
     results = {}
     for shape, label in (("chain", "chain"), ("independent", "4 at a time")):
+        key = f"Aether (five services)|{label}"
+        results[f"{key}|floor"] = await asyncio.to_thread(plain_loop, work, n, shape)
         _, wall, *_ = await run_shape(work, f"peers-{shape}", shape, n, 4)
-        results[f"Aether (five services)|{label}"] = wall
+        results[key] = wall
     return results
 
 
@@ -109,36 +113,35 @@ def main() -> int:
     print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
     python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
     (work / "peers").mkdir()
-    floor = plain_loop(work, n)
     walls = asyncio.run(aether(work, n))
     walls.update(run_peers(python, work, n))
-    floor_ms = floor / n * 1000
-    print(
-        f"\n  {'orchestrator (same git work)':<40} {'chain':>9} {'4 at a time':>12}   × plain loop"
-    )
-    print(f"  {'plain git loop (floor)':<40} {floor_ms:7.1f} ms {'—':>12}   1.0")
-    systems = dict.fromkeys(key.split("|")[0] for key in walls if "|" in key)
-    per_task: dict[str, dict[str, float]] = {}
+    print(f"\n  {'orchestrator (same git work), ms/task':<40} {'chain':>16} {'4 at a time':>16}")
+    print(f"  {'':<40} {'(× its floor)':>16} {'(× its floor)':>16}")
+    systems = dict.fromkeys(key.split("|")[0] for key in walls)
+    ratios: dict[str, dict[str, float]] = {}
     for system in systems:
-        chain = walls.get(f"{system}|chain", float("nan")) / n * 1000
-        four = walls.get(f"{system}|4 at a time", float("nan")) / n * 1000
-        per_task[system] = {"chain": chain, "4": four}
-        print(
-            f"  {system:<40} {chain:7.1f} ms {four:9.1f} ms   "
-            f"{chain / floor_ms:.2f} / {four / floor_ms:.2f}"
-        )
-    for key, wall in walls.items():
-        if "|" not in key:
-            print(f"  ({key}: {wall / n * 1000:.1f} ms/task)")
-    ours = per_task.get("Aether (five services)")
-    if ours:
-        for system, figures in per_task.items():
-            if system.startswith("Aether"):
+        cells = []
+        for shape in ("chain", "4 at a time"):
+            wall = walls.get(f"{system}|{shape}")
+            floor = walls.get(f"{system}|{shape}|floor")
+            if wall is None or floor is None:
+                cells.append(f"{'—':>16}")
                 continue
-            print(
-                f"  Aether ÷ {system}: chain {ours['chain'] / figures['chain']:.2f}×,"
-                f" 4 at a time {ours['4'] / figures['4']:.2f}×"
-            )
+            ratios.setdefault(system, {})[shape] = wall / floor
+            cells.append(f"{wall / n * 1000:7.1f} ({wall / floor:4.2f}×)")
+        print(f"  {system:<40} {cells[0]:>16} {cells[1]:>16}")
+    floors = [wall / n * 1000 for key, wall in walls.items() if key.endswith("|floor")]
+    print(f"  plain git loop, ms/task, beside each: {', '.join(f'{f:.1f}' for f in floors)}")
+    ours = ratios.get("Aether (five services)", {})
+    for system, figures in ratios.items():
+        if system.startswith("Aether"):
+            continue
+        compared = [
+            f"{shape} {ours[shape] / figures[shape]:.2f}×"
+            for shape in ("chain", "4 at a time")
+            if shape in ours and shape in figures
+        ]
+        print(f"  Aether ÷ {system} (each over its floor): {', '.join(compared)}")
     return 0
 
 

@@ -3,8 +3,10 @@
     <peers-venv>/bin/python bench/peers/peers.py --tasks 50 --work DIR --repos R1 R2 ...
 
 Prints one JSON object: for each orchestrator and shape, the wall time of the run in
-seconds. Each run gets its own sample repository (``--repos``, created by the caller),
-and the same ``GitWork`` the plain loop and Aether use.
+seconds, and (``…|floor``) that of the plain loop run right before it, so that a machine
+whose load changes during the run still gives each its own floor. Each run gets its own
+sample repository (``--repos``, created by the caller), and the same ``GitWork`` the
+plain loop and Aether use.
 
 * LangGraph: a ``StateGraph`` with a SQLite checkpointer, durability ``sync`` (every
   checkpoint and every task's writes stored before the graph goes on). A chain is one node
@@ -127,24 +129,28 @@ def main() -> None:
     def fresh(name: str) -> GitWork:
         return GitWork.prepare(next(repos), work_dir / "wt" / name)
 
+    def floor(label: str) -> float:
+        """The plain loop, run right before ``label`` so both see the same machine load."""
+        plain = fresh(f"plain-{label}")
+        began = time.perf_counter()
+        for i in range(1, n + 1):
+            plain.task(i)
+        return time.perf_counter() - began
+
     results: dict[str, float] = {}
-    plain = fresh("plain")
-    began = time.perf_counter()
-    for i in range(1, n + 1):
-        plain.task(i)
-    results["plain git loop (peers' environment)"] = time.perf_counter() - began
     # Warm-ups, in repositories of their own: imports, the Prefect server, first runs.
     langgraph_run(fresh("lg-warm"), 2, False, work_dir / "lg-warm.sqlite")
     prefect_run(fresh("pf-warm"), 2, False)
     for concurrent in (False, True):
         shape = "4 at a time" if concurrent else "chain"
         name = f"lg-{'4' if concurrent else 'chain'}"
-        results[f"LangGraph, SQLite checkpointer|{shape}"] = langgraph_run(
-            fresh(name), n, concurrent, work_dir / f"{name}.sqlite"
-        )
-        results[f"Prefect 3, results persisted|{shape}"] = prefect_run(
-            fresh(f"pf-{'4' if concurrent else 'chain'}"), n, concurrent
-        )
+        key = f"LangGraph, SQLite checkpointer|{shape}"
+        results[f"{key}|floor"] = floor(name)
+        results[key] = langgraph_run(fresh(name), n, concurrent, work_dir / f"{name}.sqlite")
+        name = f"pf-{'4' if concurrent else 'chain'}"
+        key = f"Prefect 3, results persisted|{shape}"
+        results[f"{key}|floor"] = floor(name)
+        results[key] = prefect_run(fresh(name), n, concurrent)
     print(json.dumps(results))
 
 
