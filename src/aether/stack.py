@@ -73,6 +73,9 @@ class Stack:
     echo_logs: IO[str] | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     admin_token: str = ""
+    # Interpreter options put before ``-m <module>`` for some services (a benchmark runs
+    # one under ``-m cProfile -o <file>``).
+    python_options: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -183,7 +186,7 @@ class Stack:
     def start_service(self, name: str) -> ServiceProcess:
         module, _ = SERVICES[name]
         process = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, *self.python_options.get(name, []), "-m", module],
             env=self.service_env(name),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

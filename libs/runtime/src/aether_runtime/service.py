@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from aether_events import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
+    TERMINAL_TYPES,
     Event,
     EventPublisher,
     StepRetryRequested,
@@ -86,6 +88,14 @@ Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 FETCH_SECONDS = 2.0
 # Between reconnection attempts, and never giving up: a service outlives its bus.
 RECONNECT_WAIT_SECONDS = 0.5
+# A delivery is logged at INFO when its handler published an event or took this long, or
+# it ends a mission; the many that only fold an event are logged at DEBUG (a service sees
+# most events of every mission, and a line each cost more than folding them).
+SLOW_HANDLER_SECONDS = 1.0
+# Events published by the handler running in this context (see ``CountingPublisher``).
+_published_here: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "published_here", default=None
+)
 
 
 @dataclass
@@ -96,10 +106,19 @@ class Delivery:
     num_delivered: int
     pending: int
     _message: NatsMessage | None = None
+    _release: Callable[[], None] | None = None
 
     @property
     def redelivered(self) -> bool:
         return self.num_delivered > 1
+
+    def release(self) -> None:
+        """Let the consumer deliver the next message while this handler goes on (a
+        consumer with ``ConsumerSpec.hand_offs``; elsewhere nothing happens). The message
+        is still kept alive, and settled when the handler ends, as any other; the handler
+        keeps whatever order it needs among the ones it released (see the planner)."""
+        if self._release is not None:
+            self._release()
 
     async def in_progress(self) -> None:
         """Tell JetStream the handler is still at work, so it does not redeliver."""
@@ -147,6 +166,9 @@ class CountingPublisher(EventPublisher):
         metrics.EVENTS_PUBLISHED.labels(
             self._service, tag_of(type(event)), str(bool(ack.duplicate)).lower()
         ).inc()
+        counter = _published_here.get()
+        if counter is not None:
+            counter[0] += 1
         log.debug(
             "published %s",
             tag_of(type(event)),
@@ -173,6 +195,22 @@ class ConsumerSpec:
     # The stream sequence of the earliest replayed event whose work is still due by the
     # rebuilt projection (None: nothing is due); a durable created fresh starts there.
     first_due: Callable[[], int | None] | None = None
+    # The event types the service folds or answers, when not every type on ``subject``:
+    # the server then delivers only those (one filter subject per type), instead of the
+    # service decoding, handling and acknowledging every event of every mission.
+    types: tuple[type[Event], ...] | None = None
+    # How many handlers that called ``Delivery.release`` may still be running while the
+    # consumer delivers the next message (one-at-a-time consumers only). Such a handler
+    # folds in stream order, then releases for its slow part (a model call), so one
+    # mission's slow step does not hold up the others.
+    hand_offs: int = 0
+
+    @property
+    def filter_subjects(self) -> list[str] | None:
+        """The consumer's subject filters for ``types`` (None: ``subject`` alone)."""
+        if self.types is None:
+            return None
+        return sorted({type_subject(cls) for cls in self.types})
 
 
 @dataclass
@@ -225,6 +263,7 @@ class Service:
         self._watches: dict[tuple[str, str], ConsumerWatch] = {}
         self._stalled: dict[tuple[str, str], str] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._handed_off: set[asyncio.Task[None]] = set()
         self._settled = Settled()
         for counter in (
             metrics.REDELIVERIES,
@@ -295,7 +334,15 @@ class Service:
         )
 
         async def on_message(msg: NatsMessage) -> None:
-            await self._deliver(spec, msg)
+            if spec.hand_offs <= 0:
+                await self._deliver(spec, msg)
+                return
+            released = asyncio.Event()
+            task = asyncio.create_task(self._deliver(spec, msg, released.set))
+            self._handed_off.add(task)
+            task.add_done_callback(self._handed_off.discard)
+            task.add_done_callback(lambda _: released.set())
+            await released.wait()
 
         subscriber(on_message)
 
@@ -311,7 +358,7 @@ class Service:
     def lock_for(self, spec: ConsumerSpec) -> contextlib.AbstractAsyncContextManager[Any]:
         """What a handler call of ``spec`` holds: for a consumer that handles one event at
         a time, a lock a retried step shares, so a retry never runs beside it."""
-        if spec.max_workers > 1:
+        if spec.max_workers > 1 or spec.hand_offs > 0:
             return contextlib.nullcontext()
         return self._locks.setdefault(id(spec), asyncio.Lock())
 
@@ -367,7 +414,8 @@ class Service:
         config = JsConsumerConfig(
             durable_name=spec.durable,
             name=spec.durable,
-            filter_subject=spec.subject,
+            filter_subject=None if spec.filter_subjects else spec.subject,
+            filter_subjects=spec.filter_subjects,
             ack_policy=JsAckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_seconds,
             max_deliver=spec.max_deliver,
@@ -404,10 +452,22 @@ class Service:
         log.info("reconnected to nats", extra={"acks_repeated": sent})
 
     async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
-        """Bring an existing consumer's ack wait and delivery limit to the spec's (a
-        consumer created by an older build keeps its own otherwise); nothing else of it
-        changes, its position least of all."""
-        if config.ack_wait == spec.ack_wait_seconds and config.max_deliver == spec.max_deliver:
+        """Bring an existing consumer's ack wait, delivery limit and subject filters to the
+        spec's (a consumer created by an older build keeps its own otherwise); nothing
+        else of it changes, its position least of all."""
+        wanted = spec.filter_subjects
+        # Raised where the spec needs more room (hand-offs), never lowered: the runner's
+        # lanes share a consumer it made with room for every process.
+        pending = config.max_ack_pending
+        room = pending is None or pending < 0 or pending >= _max_ack_pending(spec)
+        filters = sorted(config.filter_subjects or [config.filter_subject or spec.subject])
+        same_filters = filters == (wanted or [spec.subject])
+        if (
+            config.ack_wait == spec.ack_wait_seconds
+            and config.max_deliver == spec.max_deliver
+            and room
+            and same_filters
+        ):
             return
         log.info(
             "consumer settings updated",
@@ -416,10 +476,16 @@ class Service:
                 "ack_wait": spec.ack_wait_seconds,
                 "was": config.ack_wait,
                 "max_deliver": spec.max_deliver,
+                "filters": wanted or [spec.subject],
             },
         )
         config.ack_wait = spec.ack_wait_seconds
         config.max_deliver = spec.max_deliver
+        if not room:
+            config.max_ack_pending = _max_ack_pending(spec)
+        if not same_filters:
+            config.filter_subject = None if wanted else spec.subject
+            config.filter_subjects = wanted
         await self.js.add_consumer(spec.stream, config=config)
 
     async def _after_start(self) -> None:
@@ -454,6 +520,13 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        # Handlers still at work after releasing their message: their messages are
+        # redelivered (unsettled) once their ack wait runs out, as after a crash.
+        for task in list(self._handed_off):
+            task.cancel()
+        for task in list(self._handed_off):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for hook in self.on_stopping:
             await hook()
         await self.steps.stop()
@@ -527,7 +600,9 @@ class Service:
 
     # --- deliveries ---------------------------------------------------------------
 
-    async def _deliver(self, spec: ConsumerSpec, msg: NatsMessage) -> None:
+    async def _deliver(
+        self, spec: ConsumerSpec, msg: NatsMessage, release: Callable[[], None] | None = None
+    ) -> None:
         if self.stopping:
             # Hand it straight back: left unacknowledged, it would hold up the consumer
             # (one message in flight) until its ack wait ran out after our restart.
@@ -540,6 +615,7 @@ class Service:
             num_delivered=meta.num_delivered,
             pending=meta.num_pending,
             _message=msg,
+            _release=release,
         )
         metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
         if delivery.redelivered:
@@ -589,6 +665,8 @@ class Service:
         tag = tag_of(type(event))
         task_id = _task_id(event)
         metrics.DELIVERY_DELAY_SECONDS.labels(self.name, spec.durable).observe(_age(event))
+        published = [0]
+        _published_here.set(published)
         with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
             began = time.perf_counter()
             try:
@@ -617,11 +695,20 @@ class Service:
                 metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
             await self._settle(raw, ACK, spec)
-            # One line per handled event, with the ids above: grep a mission across services.
-            log.info(
+            # A line per handled event that did something, with the ids above: grep a
+            # mission's steps across services (DEBUG shows every delivery).
+            noted = published[0] or elapsed >= SLOW_HANDLER_SECONDS or type(event) in TERMINAL_TYPES
+            level = logging.INFO if noted else logging.DEBUG
+            log.log(
+                level,
                 "handled %s",
                 tag,
-                extra={"type": tag, "seq": delivery.sequence, "ms": round(elapsed * 1000, 1)},
+                extra={
+                    "type": tag,
+                    "seq": delivery.sequence,
+                    "ms": round(elapsed * 1000, 1),
+                    "published": published[0],
+                },
             )
 
 
@@ -656,10 +743,11 @@ def _age(event: Event) -> float:
 
 
 def _max_ack_pending(spec: ConsumerSpec) -> int:
-    """One message at a time keeps an ordered consumer in order. A concurrent consumer
-    gets room for many, since the limit is shared by every process bound to it (several
-    replicas each running ``max_workers``)."""
-    return 1 if spec.max_workers <= 1 else 1000
+    """One message at a time keeps an ordered consumer in order (plus the handlers that
+    released theirs, ``hand_offs``). A concurrent consumer gets room for many, since the
+    limit is shared by every process bound to it (several replicas each running
+    ``max_workers``)."""
+    return 1 + max(spec.hand_offs, 0) if spec.max_workers <= 1 else 1000
 
 
 def _task_id(event: Event) -> str | None:

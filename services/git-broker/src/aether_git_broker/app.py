@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS
+from aether_events import ALL_MISSION_EVENTS, type_subject
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.adapters.smarthttp import GitHttpApp, GitHttpServer, Served
 from aether_git_broker.adapters.verify import Verifier, verification_sandbox
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
-from aether_git_broker.domain import BrokerState, evolve, pending
+from aether_git_broker.domain import FOLDED, BrokerState, evolve, pending
 from aether_git_broker.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
@@ -67,6 +67,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         ConsumerSpec(
             durable=DURABLE,
             subject=ALL_MISSION_EVENTS,
+            types=FOLDED,
             handler=handlers.handle,
             max_workers=1,
             ack_wait_seconds=settings.ack_wait_seconds,
@@ -77,7 +78,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
             ),
         )
     )
-    service_at_zero(service.name, [ALL_MISSION_EVENTS])
+    service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
 
     http = None
     if settings.git_http_port is not None:

@@ -55,20 +55,37 @@ class Handlers:
         self._context_tokens = context_tokens
         self._clock = clock
         self._contexts: dict[str, str] = {}
+        # One lock per mission with a trigger in hand: its triggers are answered one after
+        # another, in stream order, while other missions' are answered beside them.
+        self._missions: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        # The consumer delivers one event at a time, in stream order (see app.py).
+        # The consumer delivers one event at a time, in stream order (see app.py), and
+        # every event is folded before the next is delivered. A trigger then takes its
+        # mission's lock (locks are fair: a later trigger of the mission queues behind)
+        # and releases the consumer for the model call.
         self.projection.apply(event)
         mission = self.projection.state.missions.get(event.mission_id)
         if mission is not None and (mission.approved or mission.ended):
             self._contexts.pop(event.mission_id, None)  # no more planning for it
         if not wants_model(self.projection.state, event):
             return
-        async with delivery.keep_alive():
-            decided = await self._answer(event)
-        for out in decided:
-            await self._publisher().publish(out)
-            self.projection.apply(out)
+        lock, users = self._missions.setdefault(event.mission_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                delivery.release()
+                # Looked at again: an earlier trigger of the mission may have answered it.
+                if wants_model(self.projection.state, event):
+                    async with delivery.keep_alive():
+                        decided = await self._answer(event)
+                    for out in decided:
+                        await self._publisher().publish(out)
+                        self.projection.apply(out)
+        finally:
+            users[0] -= 1
+            if not users[0]:  # nobody queued behind: the mission's lock can go
+                self._missions.pop(event.mission_id, None)
 
     async def _context(self, mission: MissionPlanning) -> str:
         prepared = mission.prepared

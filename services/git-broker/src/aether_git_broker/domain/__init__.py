@@ -35,6 +35,7 @@ from aether_git_broker.domain.outcomes import (
     workspace_ready_event,
 )
 from aether_git_broker.domain.state import (
+    FOLDED,
     BrokerState,
     MissionView,
     PreparedRepo,
@@ -44,6 +45,7 @@ from aether_git_broker.domain.state import (
 )
 
 __all__ = [
+    "FOLDED",
     "Action",
     "BrokerState",
     "FailWorkspace",

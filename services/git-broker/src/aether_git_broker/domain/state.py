@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from aether_events import (
+    TERMINAL_TYPES,
     AgentCompleted,
     BranchMerged,
     Event,
@@ -54,6 +55,21 @@ class MissionView:
     requested: MissionRequested | None = None
     ready: Mapping[TaskKey, TaskReady] = field(default_factory=dict)
     completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
+
+
+# Every event type ``evolve`` folds (the triggers among them); any other leaves the state
+# as it is and asks for nothing, so the broker's consumer is filtered to these.
+FOLDED: tuple[type[Event], ...] = (
+    MissionRequested,
+    RepositoryPrepared,
+    TaskReady,
+    WorkspaceReady,
+    WorkspaceFailed,
+    AgentCompleted,
+    BranchMerged,
+    MergeConflicted,
+    *sorted(TERMINAL_TYPES, key=lambda cls: cls.__name__),
+)
 
 
 @dataclass(frozen=True)
