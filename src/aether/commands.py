@@ -17,13 +17,56 @@ from typing import Any
 import httpx
 
 from aether.client import ApiError, GatewayClient, SseEvent
-from aether.credentials import resolve_token
+from aether.locate import Target, find_target
 from aether.render import describe, mission_detail, mission_line, money, short, token_line
+from aether.repocheck import RepositoryProblem, check_repository
 from aether.watch import Board, render
 
 
+class UsageError(Exception):
+    """The command cannot run as asked; nothing was sent to the gateway."""
+
+
+def target(args: argparse.Namespace) -> Target:
+    """The gateway and token for this command (looked up once per command)."""
+    found: Target | None = getattr(args, "_target", None)
+    if found is None:
+        found = find_target(args.url, args.token, getattr(args, "home", None))
+        args._target = found
+    return found
+
+
 def client(args: argparse.Namespace) -> GatewayClient:
-    return GatewayClient(args.url, token=resolve_token(args.token))
+    found = target(args)
+    gateway = GatewayClient(found.url, token=found.token)
+    if getattr(args, "mission_id", None):
+        args.mission_id = resolve_mission(gateway, args.mission_id)
+    return gateway
+
+
+def resolve_mission(gateway: GatewayClient, ref: str) -> str:
+    """A mission id from ``@last`` (the newest mission) or a unique prefix of one."""
+    if ref == "@last":
+        newest = gateway.missions(limit=1)["missions"]
+        if not newest:
+            raise UsageError("there is no mission yet")
+        found: str = newest[0]["id"]
+        return found
+    if len(ref) >= 18:  # a whole id ("m-" and 16 characters): nothing to look up
+        return ref
+    matches: list[str] = []
+    cursor = None
+    for _ in range(20):  # a thousand missions back is plenty for a prefix
+        page = gateway.missions(cursor=cursor, limit=50)
+        matches += [m["id"] for m in page["missions"] if m["id"].startswith(ref)]
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(f"{ref!r} is the start of several missions: {', '.join(matches[:5])}")
+    return ref  # let the gateway say it does not know it
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
@@ -49,10 +92,15 @@ def submit(args: argparse.Namespace) -> int:
             print(f"error: --model takes TIER=MODEL, not {item!r}", file=sys.stderr)
             return 2
         overrides[tier] = model
+    repository, base = args.repo, args.base
+    if "://" not in args.repo:
+        repository, base = _checked_repository(Path(args.repo).resolve(), args.base)
+    elif base is None:
+        base = "main"
     body: dict[str, Any] = {
-        "repository": str(Path(args.repo).resolve()) if "://" not in args.repo else args.repo,
+        "repository": repository,
         "requirement": args.requirement,
-        "base_branch": args.base,
+        "base_branch": base,
         "auto_approve": args.auto_approve,
         "max_concurrency": args.concurrency,
     }
@@ -71,6 +119,25 @@ def submit(args: argparse.Namespace) -> int:
         args.events = False
         return watch(args)
     return 0
+
+
+def _checked_repository(path: Path, base: str | None) -> tuple[str, str]:
+    """Check a local repository before anything is sent; warn about what a mission on it
+    would not see."""
+    try:
+        checked = check_repository(path, base)
+    except RepositoryProblem as problem:
+        raise UsageError(str(problem)) from None
+    if checked.uncommitted:
+        shown = ", ".join(checked.uncommitted[:6])
+        more = f" and {len(checked.uncommitted) - 6} more" if len(checked.uncommitted) > 6 else ""
+        print(
+            f"warning: {len(checked.uncommitted)} uncommitted change(s) in {path} are NOT part "
+            f"of the mission, which starts from {checked.base}@{checked.head[:10]}: "
+            f"{shown}{more}\n  commit them first to include them",
+            file=sys.stderr,
+        )
+    return str(path), checked.base
 
 
 def list_missions(args: argparse.Namespace) -> int:
