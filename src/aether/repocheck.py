@@ -36,6 +36,10 @@ def current_branch(repo: Repo) -> str | None:
     return target.removeprefix(b"refs/heads/").decode()
 
 
+def _text(path: str | bytes) -> str:
+    return path.decode(errors="replace") if isinstance(path, bytes) else path
+
+
 def _branches(repo: Repo) -> list[str]:
     return sorted(ref.decode() for ref in repo.refs.keys(base=Ref(b"refs/heads/")))
 
@@ -71,7 +75,7 @@ def check_repository(path: Path, base: str | None = None) -> Checked:
         if not repo.bare and current_branch(repo) == base:
             status = porcelain.status(repo)
             for kind in ("add", "modify", "delete"):
-                uncommitted += [f"{kind[0].upper()} {p.decode()}" for p in status.staged[kind]]
-            uncommitted += [f"M {p.decode()}" for p in status.unstaged]
-            uncommitted += [f"? {p}" for p in status.untracked]
+                uncommitted += [f"{kind[0].upper()} {_text(p)}" for p in status.staged[kind]]
+            uncommitted += [f"M {_text(p)}" for p in status.unstaged]
+            uncommitted += [f"? {_text(p)}" for p in status.untracked]
         return Checked(path, base, head, sorted(set(uncommitted)))
