@@ -6,9 +6,12 @@ Each prints for people by default and the gateway's JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import queue
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from aether.client import ApiError, GatewayClient, SseEvent
+from aether.client import ApiError, GatewayClient
+from aether.gitview import diff_stat, format_stat
 from aether.locate import Target, find_target
 from aether.render import describe, mission_detail, mission_line, money, short, token_line
 from aether.repocheck import RepositoryProblem, check_repository
@@ -234,47 +238,109 @@ def budget(args: argparse.Namespace) -> int:
 # --- watching -----------------------------------------------------------------------------
 
 _CLEAR = "\x1b[H\x1b[2J"
+REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never left up
+
+
+def _read_events(
+    gateway: GatewayClient, mission_id: str, inbox: queue.Queue[tuple[str, Any]], stop: Any
+) -> None:
+    """Put the mission's events on ``inbox``, reconnecting after the last one seen; a
+    connection problem is reported (``retry``) rather than hidden."""
+    last_id: str | None = None
+    wait = 1.0
+    while not stop.is_set():
+        try:
+            for event in gateway.events(mission_id, last_event_id=last_id, telemetry=True):
+                if event.id is not None:
+                    last_id = event.id
+                wait = 1.0
+                inbox.put(("event", event))
+            inbox.put(("retry", f"the event stream ended after #{last_id or 0}; reconnecting"))
+        except ApiError as error:
+            if error.status < 500:
+                inbox.put(("fatal", error))
+                return
+            inbox.put(("retry", f"the gateway answered {error}; retrying in {wait:.0f}s"))
+        except (httpx.TransportError, OSError) as error:
+            inbox.put(
+                (
+                    "retry",
+                    f"cannot connect to the gateway at {gateway.url} ({error or 'no answer'});"
+                    f" retrying in {wait:.0f}s",
+                )
+            )
+        stop.wait(wait)
+        wait = min(wait * 2, 10.0)
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Follow a mission live until it finishes, resuming after a dropped connection."""
+    """Follow a mission live until it finishes, resuming after a dropped connection. The
+    board redraws on every change and every second even when no event arrives."""
     gateway = client(args)
     board = Board(args.mission_id)
     board_view = sys.stdout.isatty() and not args.json and not getattr(args, "events", False)
-    drawn = 0.0
+    inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    threading.Thread(
+        target=_read_events, args=(gateway, args.mission_id, inbox, stop), daemon=True
+    ).start()
+    notice = ""
+    drawn_at = 0.0
+    drawn_state: tuple[Any, ...] = ()
+    try:
+        while True:
+            try:
+                kind, item = inbox.get(timeout=REDRAW_EVERY)
+            except queue.Empty:
+                kind, item = "tick", None
+            if kind == "fatal":
+                raise item
+            if kind == "retry":
+                notice = item
+                if not board_view and not args.json:
+                    print(f"({item})", file=sys.stderr, flush=True)
+            elif kind == "event":
+                notice = ""
+                board.apply(item)
+                if args.json:
+                    print(json.dumps({"id": item.id, "event": item.event, "data": item.data}))
+                elif not board_view and item.event != "agent_heartbeat":
+                    print(describe(item), flush=True)
+            if board_view:
+                tasks = ((t.status, t.activity) for t in board.tasks.values())
+                state = (board.status, notice, *tasks)
+                now = time.monotonic()
+                if state != drawn_state or now - drawn_at >= REDRAW_EVERY or board.finished:
+                    width = shutil.get_terminal_size((100, 24)).columns
+                    print(_CLEAR + render(board, width, notice=notice), flush=True)
+                    drawn_at, drawn_state = now, state
+            if board.finished:
+                if not args.json:
+                    print(_outcome(board), flush=True)
+                return 0 if board.status in ("completed", "answered") else 1
+    finally:
+        stop.set()
 
-    def show_event(event: SseEvent) -> None:
-        nonlocal drawn
-        if args.json:
-            print(json.dumps({"id": event.id, "event": event.event, "data": event.data}))
-        elif board_view:
-            now = time.monotonic()
-            if board.finished or now - drawn > 0.25:
-                width = shutil.get_terminal_size((100, 24)).columns
-                print(_CLEAR + render(board, width), flush=True)
-                drawn = now
-        elif event.event != "agent_heartbeat":
-            print(describe(event), flush=True)
 
-    while True:
-        try:
-            for event in gateway.events(
-                args.mission_id, last_event_id=board.last_id, telemetry=True
-            ):
-                board.apply(event)
-                show_event(event)
-                if board.finished:
-                    return 0 if board.status in ("completed", "answered") else 1
-        except ApiError as error:
-            if error.status < 500:
-                raise
-        except (httpx.TransportError, OSError):
-            pass
-        # The stream ended without the mission finishing (a restart, a dropped connection):
-        # resume after the last event seen.
-        if not board_view and not args.json:
-            print(f"(reconnecting after #{board.last_id or 0})", file=sys.stderr, flush=True)
-        time.sleep(1.0)
+def _outcome(board: Board) -> str:
+    """What the mission left behind and what to do next."""
+    if board.status != "completed":
+        reason = f": {board.reason}" if board.reason else ""
+        return (
+            f"\nmission {board.mission_id} {board.status}{reason}\n"
+            f"see `aether mission show {board.mission_id}`"
+        )
+    lines = [f"\nresult branch: {board.branch} @ {board.final_sha[:10]}"]
+    local = Path(board.repository)
+    if "://" not in board.repository and local.is_dir() and board.base_sha and board.final_sha:
+        # Left out when the result is not in this repository (another clone of it).
+        with contextlib.suppress(KeyError, OSError):
+            lines.append(format_stat(diff_stat(local, board.base_sha, board.final_sha)))
+        lines.append(
+            f"next: review it with `git -C {local} diff {board.base_sha[:10]} {board.branch}`"
+            f"\n      and merge it with `git -C {local} merge {board.branch}`"
+        )
+    return "\n".join(lines)
 
 
 # --- other queries ------------------------------------------------------------------------
