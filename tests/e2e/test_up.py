@@ -260,3 +260,113 @@ def test_no_child_outlives_up(started: Up, signum: int):
     if signum == signal.SIGHUP:
         assert started.process.returncode == 0
         assert "stopped." in started.output
+
+
+class Screen:
+    """A command run in a pseudo-terminal, as a person at a terminal runs it."""
+
+    def __init__(self, tmp_path: Path, *args: str, cwd: Path) -> None:
+        import pty
+
+        master, slave = pty.openpty()
+        env = {**env_for(tmp_path), "COLUMNS": "160", "LINES": "40", "TERM": "xterm"}
+        self.process = subprocess.Popen(
+            [*AETHER, *args], env=env, cwd=cwd, stdin=slave, stdout=slave, stderr=slave
+        )
+        os.close(slave)
+        self._master = master
+        self.text = ""
+        self._seen = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # the other side closed
+                chunk = b""
+            with self._seen:
+                if not chunk:
+                    self._seen.notify_all()
+                    return
+                self.text += chunk.decode("utf-8", errors="replace")
+                self._seen.notify_all()
+
+    def latest(self) -> str:
+        """What the screen shows now: the text after the last clear."""
+        return self.text.rsplit("\x1b[2J", 1)[-1]
+
+    def wait_for(self, text: str, timeout: float = 180.0) -> str:
+        with self._seen:
+            found = self._seen.wait_for(lambda: text in self.latest(), timeout)
+        assert found, f"{text!r} never shown; the screen:\n{self.latest()}"
+        return self.latest()
+
+
+def free_port_base() -> int:
+    """A port with the next four free too (the gateway's and the four other services')."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + 4 < 65536:
+            try:
+                socks = []
+                for port in range(base, base + 5):
+                    sock = socket.socket()
+                    socks.append(sock)
+                    sock.bind(("127.0.0.1", port))
+                return base
+            except OSError:
+                continue
+            finally:
+                for sock in socks:
+                    sock.close()
+    raise AssertionError("no five free ports in a row")
+
+
+def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    base = free_port_base()
+    up = Up(tmp_path, home, "--port-base", str(base))
+    try:
+        up.wait_for("Aether is up.")
+        assert f"gateway   http://127.0.0.1:{base}" in up.output
+        assert "OFFLINE model" in up.output and "{" not in up.output  # no raw JSON logs
+
+        repo = tmp_path / "project"
+        create_sample_repository(repo)
+        with Repo(str(repo)) as git:
+            git.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/master"))
+            git.refs[Ref(b"refs/heads/master")] = git.refs[Ref(b"refs/heads/main")]
+            del git.refs[Ref(b"refs/heads/main")]
+        screen = Screen(
+            tmp_path,
+            "mission",
+            "submit",
+            "- Add src/greeting.py with a greet(name) function that returns a greeting",
+            "--repo",
+            str(repo),
+            "--watch",
+            cwd=tmp_path,
+        )
+        shown = screen.wait_for("approve with `aether mission approve m-")
+        assert "awaiting approval" in shown and "plan v1" in shown
+        mission_id = shown.split("approve with `aether mission approve ", 1)[1].split("`")[0]
+
+        approved = run(tmp_path, "mission", "approve", "@last")
+        assert approved.returncode == 0, approved.stderr
+        assert f"approved plan v1 of {mission_id}" in approved.stdout
+
+        shown = screen.wait_for("result branch:")
+        assert screen.process.wait(60) == 0
+        assert f"{mission_id}  completed" in shown
+        assert "merged 1/1" in shown
+        assert "src/greeting.py" in shown  # the diff stat
+        assert f"git -C {repo} merge " in shown
+
+        down = run(tmp_path, "down", "--home", str(home))
+        assert down.returncode == 0 and up.process.wait(60) == 0
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)
