@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from aether.cli import _parser
 from aether.client import SseEvent, parse_sse
 from aether.credentials import load_or_create_admin_token, resolve_token
+from aether.gitview import create_sample_repository
+from aether.locate import find_target, remember_home
+from aether.repocheck import RepositoryProblem, check_repository
 from aether.watch import Board, render
 
 
@@ -101,3 +105,103 @@ def test_token_lookup_order(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("AETHER_TOKEN", "from-env")
     assert resolve_token(None, tmp_path) == "from-env"
     assert resolve_token("explicit", tmp_path) == "explicit"
+
+
+def test_the_board_says_what_to_do_when_the_mission_waits_and_uses_the_width():
+    board = Board("m-2")
+    long_title = "Write the greeting module with a greet function and its documentation"
+    plan = {**PLAN, "tasks": [{"id": "a", "title": long_title, "depends_on": []}]}
+    board.apply(ev(1, "mission_requested", occurred_at="2026-01-01T10:00:00Z"))
+    board.apply(ev(2, "plan_produced", **plan))
+    text = render(board, 160)
+    assert "» awaiting approval — approve with `aether mission approve m-2`" in text
+    assert long_title in text  # a wide terminal shows the whole title
+    assert long_title not in render(board, 80)
+    board.apply(ev(3, "plan_approved", version=1))
+    board.apply(ev(4, "mission_paused"))
+    assert "» paused — resume with `aether mission resume m-2`" in render(board, 160)
+    board.apply(ev(5, "mission_resumed"))
+    board.apply(
+        ev(
+            None,
+            "agent_progress",
+            task_id="a",
+            attempt=1,
+            turns=3,
+            last_action="model asks: write_file src/greeting.py",
+            files_changed=["src/greeting.py", "docs/x.md"],
+        )
+    )
+    board.apply(
+        ev(6, "usage_recorded", usage={"input_tokens": 100, "cache_read_input_tokens": 300})
+    )
+    later = datetime(2026, 1, 1, 10, 2, 5, tzinfo=UTC)
+    text = render(board, 200, now=later)
+    assert "turn 3: model asks: write_file src/greeting.py; changed docs/x.md (+1)" in text
+    assert "elapsed 2m05s  merged 0/1  tokens in 400 (75% from cache) out 0" in text
+    assert "»" not in text  # running: nothing for the watcher to do
+    assert "! cannot connect" in render(board, 120, notice="cannot connect to the gateway")
+
+
+def _repository(path: Path, branch: str) -> str:
+    from dulwich.refs import Ref
+    from dulwich.repo import Repo
+
+    sha = create_sample_repository(path)
+    with Repo(str(path)) as repo:
+        if branch != "main":
+            repo.refs[Ref(f"refs/heads/{branch}".encode())] = sha.encode()
+            repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{branch}".encode()))
+            del repo.refs[Ref(b"refs/heads/main")]
+    return sha
+
+
+def test_a_repository_is_checked_locally_before_a_mission(tmp_path: Path):
+    repo = tmp_path / "r"
+    sha = _repository(repo, "master")
+    checked = check_repository(repo)
+    assert (checked.base, checked.head, checked.uncommitted) == ("master", sha, [])
+    (repo / "README.md").write_text("changed\n")
+    (repo / "new.txt").write_text("new\n")
+    assert check_repository(repo).uncommitted == ["? new.txt", "M README.md"]
+    with pytest.raises(RepositoryProblem, match="has no branch 'main' \\(it has: master\\)"):
+        check_repository(repo, "main")
+    with pytest.raises(RepositoryProblem, match="does not exist"):
+        check_repository(tmp_path / "missing")
+    with pytest.raises(RepositoryProblem, match="is not a git repository"):
+        check_repository(tmp_path)
+
+
+def test_the_cli_finds_the_url_and_token_of_its_home_from_anywhere(tmp_path: Path, monkeypatch):
+    for name in ("AETHER_HOME", "AETHER_URL", "AETHER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    home = tmp_path / "somewhere" / "home"
+    home.mkdir(parents=True)
+    (home / "stack.json").write_text('{"gateway_url": "http://127.0.0.1:9123"}')
+    token = load_or_create_admin_token(home)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    given = find_target(None, None, home)
+    assert (given.url, given.token, given.token_source) == (
+        "http://127.0.0.1:9123",
+        token,
+        f"{home.resolve() / 'admin-token'} (--home)",
+    )
+    nothing = find_target(None, None, None)
+    assert (nothing.url, nothing.token) == ("http://127.0.0.1:8100", None)
+    assert "no --token, $AETHER_TOKEN or" in nothing.token_source
+    remember_home(home)  # what `aether up` does
+    found = find_target(None, None, None)
+    assert (found.url, found.token) == ("http://127.0.0.1:9123", token)
+    monkeypatch.setenv("AETHER_URL", "http://gw:1")
+    assert find_target(None, None, None).url == "http://gw:1"
+    explicit = find_target("http://x:2", "t", None)
+    assert (explicit.url, explicit.url_source, explicit.token, explicit.token_source) == (
+        "http://x:2",
+        "--url",
+        "t",
+        "--token",
+    )
