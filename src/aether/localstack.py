@@ -305,11 +305,24 @@ def up(
             return 0
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except Exception as error:  # e.g. PostgreSQL would not start: say so in a line
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(
+            f"error: could not start the stack: {type(error).__name__}: {first}\n"
+            f"  logs: {home / 'logs'}; run with --verbose for every service line",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     finally:
         if supervisor is not None:
             print("stopping…", file=out, flush=True)
-            supervisor.stop()
-            supervise.write_state(home, {"pid": None, "home": str(home), "processes": {}})
+            try:
+                supervisor.stop()
+            finally:
+                # Whatever the orderly stop missed (it raised, or a child ignored it).
+                supervise.reap(home)
+                supervise.write_state(home, {"pid": None, "home": str(home), "processes": {}})
             print("stopped.", file=out, flush=True)
         if reaper is not None:
             reaper.close()

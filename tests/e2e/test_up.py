@@ -370,3 +370,49 @@ def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
     finally:
         up.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv")
+def test_installed_as_a_uv_tool_it_runs_the_stack_from_any_directory(tmp_path: Path):
+    root = Path(__file__).resolve().parents[2]
+    # Outside pytest's private directory: PostgreSQL runs as its own user under root.
+    tools = Path(tempfile.mkdtemp(prefix="aether-tool-test-"))
+    env = {**env_for(tmp_path), "UV_TOOL_DIR": str(tools), "UV_TOOL_BIN_DIR": str(tools / "bin")}
+    installed = subprocess.run(
+        ["uv", "tool", "install", str(root)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert installed.returncode == 0, installed.stderr
+    aether = tools / "bin" / "aether"
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = subprocess.Popen(
+        [str(aether), "up", "--home", str(home), "--port-base", "0"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert up.stdout is not None
+        output = ""
+        for line in up.stdout:
+            output += line
+            if "Aether is up." in line or "error:" in line:
+                break
+        assert "Aether is up." in output, output
+        status = subprocess.run(
+            [str(aether), "status", "--home", str(home)], env=env, capture_output=True, text=True
+        )
+        assert status.returncode == 0 and status.stdout.count(" ready ") == 5, status.stdout
+        down = subprocess.run(
+            [str(aether), "down"], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert down.returncode == 0, down.stderr  # found the home through the latest up
+        assert up.wait(60) == 0, output + up.stdout.read()
+    finally:
+        if up.poll() is None:
+            up.terminate()
+            up.wait(90)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(tools, ignore_errors=True)
