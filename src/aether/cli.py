@@ -282,8 +282,10 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def _offline_banner() -> None:
     if not os.environ.get("ANTHROPIC_API_KEY"):
         print(
-            "No ANTHROPIC_API_KEY: planner and agents use the OFFLINE model "
-            "(deterministic, not a language model; for demos and tests).",
+            "No ANTHROPIC_API_KEY: planner and agents use the OFFLINE model, which is not a "
+            "language model: it plans one task per line of the requirement and only adds "
+            "clearly marked text (new files, or a marked section appended); no intelligence "
+            "is involved.",
             file=sys.stderr,
         )
 
