@@ -416,3 +416,21 @@ def test_installed_as_a_uv_tool_it_runs_the_stack_from_any_directory(tmp_path: P
             up.wait(90)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(tools, ignore_errors=True)
+
+
+def test_sigterm_while_services_start_stops_everything(tmp_path: Path):
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = Up(tmp_path, home, "--port-base", "0")
+    try:
+        up.wait_for("✓ NATS and PostgreSQL")
+        # The services are now starting: none is ready yet.
+        up.wait_for("waiting for git-broker")
+        pids = [int(str(r["pid"])) for r in up.recorded().values()]
+        assert len(pids) == 7  # NATS, PostgreSQL and the five starting services
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(120) == 0
+        assert "Aether is up." not in up.output
+        assert survivors(pids) == []
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)
