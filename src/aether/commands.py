@@ -118,6 +118,15 @@ def submit(args: argparse.Namespace) -> int:
         body["verify_command"] = args.verify
     created = client(args).submit(body, idempotency_key=args.idempotency_key)
     emit(args, created, lambda: created["mission_id"])
+    if not args.json:
+        limit = created.get("budget_usd")
+        print(
+            f"budget ${limit:.2f}: the mission pauses if it is reached (raise it with "
+            f"`aether mission budget {created['mission_id']} USD`)"
+            if limit is not None
+            else "no budget: nothing limits this mission's model spend",
+            file=sys.stderr,
+        )
     if args.watch:
         args.mission_id = created["mission_id"]
         args.events = False
