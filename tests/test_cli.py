@@ -205,3 +205,40 @@ def test_the_cli_finds_the_url_and_token_of_its_home_from_anywhere(tmp_path: Pat
         "t",
         "--token",
     )
+
+
+def test_show_prints_the_graph_each_tasks_files_tier_and_criteria_and_the_plan_change():
+    from aether.render import mission_detail
+
+    v1 = [
+        {"id": "t1", "title": "Add greet", "files": ["src/g.py"], "depends_on": []},
+        {"id": "t2", "title": "Add bye", "files": ["src/b.py"], "depends_on": []},
+    ]
+    v2 = [
+        {
+            "id": "t1",
+            "title": "Add greet",
+            "files": ["src/g.py"],
+            "depends_on": [],
+            "tier": "small",
+            "acceptance_criteria": ["greet('Ada') returns 'Hello, Ada'"],
+        },
+        {"id": "t3", "title": "Document both", "files": ["docs/u.md"], "depends_on": ["t1"]},
+    ]
+    mission = {
+        "id": "m-1",
+        "status": "awaiting_approval",
+        "repository": "/r",
+        "base_branch": "master",
+        "requirement": "r",
+        "plans": [{"version": 1, "tasks": v1}, {"version": 2, "tasks": v2}],
+        "graph": {"layers": [["t1"], ["t3"]]},
+    }
+    text = mission_detail(mission)
+    assert "    wave 1  t1\n    wave 2  t3 ← t1" in text
+    assert (
+        "  plan v2 against v1:\n    ~ t1: tier, acceptance_criteria changed\n"
+        "    - t2: Add bye\n    + t3: Document both\n"
+    ) in text
+    assert "    t1         [small] Add greet\n      files   src/g.py\n" in text
+    assert "      accept  greet('Ada') returns 'Hello, Ada'" in text
