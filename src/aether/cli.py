@@ -197,6 +197,11 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show = command("show", commands.show, "a mission with its plan, tasks and cost")
     show.add_argument("mission_id", help="an id, a unique start of one, or @last")
 
+    diff = command("diff", commands.task_diff, "what a task's latest attempt changed")
+    diff.add_argument("mission_id")
+    diff.add_argument("task_id")
+    diff.add_argument("--stat", action="store_true", help="files and line counts only")
+
     watch = command("watch", commands.watch, "live board of a mission's tasks")
     watch.add_argument("mission_id")
     watch.add_argument("--events", action="store_true", help="one line per event, no board")

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from aether.client import ApiError, GatewayClient
-from aether.gitview import diff_stat, format_stat
+from aether.gitview import diff_stat, format_stat, unified_diff
 from aether.locate import Target, find_target
 from aether.render import describe, mission_detail, mission_line, money, short, token_line
 from aether.repocheck import RepositoryProblem, check_repository
@@ -182,6 +182,32 @@ def list_missions(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     mission = client(args).show(args.mission_id)
     emit(args, mission, lambda: mission_detail(mission))
+    return 0
+
+
+def task_diff(args: argparse.Namespace) -> int:
+    """What a task's latest attempt changed: its commit against the base it started from,
+    read from the mission's repository (which must be a local path here)."""
+    gateway = client(args)
+    mission = gateway.show(args.mission_id)
+    task = gateway.task(args.mission_id, args.task_id)
+    base, commit = task.get("base_sha"), task.get("commit_sha")
+    if not base or not commit:
+        raise UsageError(
+            f"task {args.task_id} of {args.mission_id} has no commit yet ({task.get('status')})"
+        )
+    repository = Path(mission["repository"])
+    if "://" in mission["repository"] or not repository.is_dir():
+        raise UsageError(f"the repository {mission['repository']} is not a local directory here")
+    try:
+        text = (
+            format_stat(diff_stat(repository, base, commit))
+            if args.stat
+            else unified_diff(repository, base, commit)
+        )
+    except KeyError:
+        raise UsageError(f"commit {commit[:10]} is not in {repository}") from None
+    emit(args, {"base_sha": base, "commit_sha": commit, "diff": text}, lambda: text.rstrip())
     return 0
 
 

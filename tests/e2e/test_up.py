@@ -365,6 +365,12 @@ def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
         assert "src/greeting.py" in shown  # the diff stat
         assert f"git -C {repo} merge " in shown
 
+        diff = run(tmp_path, "mission", "diff", mission_id[:8], "t1")
+        assert diff.returncode == 0, diff.stderr
+        assert "+++ b/src/greeting.py" in diff.stdout and "offline model" in diff.stdout
+        shown = run(tmp_path, "mission", "show", "@last").stdout
+        assert "    wave 1  t1" in shown and "      files   src/greeting.py" in shown
+
         down = run(tmp_path, "down", "--home", str(home))
         assert down.returncode == 0 and up.process.wait(60) == 0
     finally:
