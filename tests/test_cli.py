@@ -242,3 +242,10 @@ def test_show_prints_the_graph_each_tasks_files_tier_and_criteria_and_the_plan_c
     ) in text
     assert "    t1         [small] Add greet\n      files   src/g.py\n" in text
     assert "      accept  greet('Ada') returns 'Hello, Ada'" in text
+
+
+def test_the_cli_reference_is_generated_from_the_current_parser():
+    from aether.clidoc import reference
+
+    checked_in = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert checked_in == reference(), "regenerate: python -m aether.clidoc > docs/cli.md"

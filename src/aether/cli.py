@@ -114,7 +114,8 @@ def _stack_parsers(sub: Any) -> None:
         "--home",
         type=Path,
         default=argparse.SUPPRESS,
-        help="where the stack keeps its data, logs and token ($AETHER_HOME, else ./.aether)",
+        help="where the stack keeps its data, logs and token ($AETHER_HOME, else ./.aether; "
+        "for down, status and logs, else the latest `aether up`'s)",
     )
     up = sub.add_parser(
         "up", help="run NATS, PostgreSQL and the five services locally", parents=[home]
