@@ -249,3 +249,19 @@ def test_the_cli_reference_is_generated_from_the_current_parser():
 
     checked_in = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     assert checked_in == reference(), "regenerate: python -m aether.clidoc > docs/cli.md"
+
+
+def test_the_board_shows_the_plans_estimated_cost_at_approval(monkeypatch):
+    monkeypatch.delenv("AETHER_ESTIMATE_USD_COMPLEX", raising=False)
+    monkeypatch.setenv("AETHER_ESTIMATE_USD_SMALL", "0.10")
+    board = Board("m-3")
+    board.apply(ev(1, "mission_requested", budget_usd=5.0))
+    tasks = [
+        {"id": "a", "title": "A", "depends_on": [], "tier": "small"},
+        {"id": "b", "title": "B", "depends_on": [], "tier": "complex"},
+    ]
+    board.apply(ev(2, "plan_produced", version=1, model="claude-opus-5-5", tasks=tasks))
+    text = render(board, 120)
+    assert "estimated cost ≈ $1.60 of the $5.00 budget (real model claude-opus-5-5)" in text
+    board.apply(ev(3, "plan_approved", version=1))
+    assert "estimated cost" not in render(board, 120)

@@ -8,6 +8,7 @@ event id without missing one. Agent progress arrives as telemetry and only fills
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +84,8 @@ class Board:
     tokens_out: int = 0
     cache_read: int = 0
     reason: str = ""
+    model: str = ""
+    tiers: dict[str, str] = field(default_factory=dict)
 
     def apply(self, event: SseEvent) -> None:
         """Fold one event into the board."""
@@ -100,6 +103,9 @@ class Board:
         if kind == "mission_requested":
             self.repository = str(data.get("repository", ""))
             self.started_at = when
+        elif kind == "plan_produced":
+            self.model = str(data.get("model") or "")
+            self.tiers = {t["id"]: str(t.get("tier", "standard")) for t in data.get("tasks", [])}
         elif kind == "repository_prepared":
             self.base_sha = str(data.get("base_sha", ""))
             self.branch = str(data.get("integration_branch", ""))
@@ -115,6 +121,13 @@ class Board:
             self.cache_read += int(usage.get("cache_read_input_tokens") or 0)
         if kind in TERMINAL:
             self.ended_at = when
+
+    def estimate(self) -> float:
+        """What the plan's tasks are expected to cost: the scheduler's estimate per tier
+        (what it reserves against the budget), nothing for the offline model."""
+        if self.offline:
+            return 0.0
+        return sum(tier_estimates().get(tier, 0.0) for tier in self.tiers.values())
 
     @property
     def merged(self) -> int:
@@ -209,6 +222,16 @@ HINTS = {
 }
 
 
+def tier_estimates() -> dict[str, float]:
+    """The scheduler's cost estimate per tier, with the same overrides it reads."""
+    from aether_scheduler.config import DEFAULT_ESTIMATES
+
+    return {
+        tier: float(os.environ.get(f"AETHER_ESTIMATE_USD_{tier.upper()}") or default)
+        for tier, default in DEFAULT_ESTIMATES.items()
+    }
+
+
 def _when(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -265,6 +288,12 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
     hint = HINTS.get(board.status)
     if hint:
         lines.append(_fit(f"» {board.status} — {hint.format(id=board.mission_id)}", width))
+    if board.status == "awaiting approval" and board.tiers:
+        model = "offline model, free" if board.offline else f"real model {board.model}"
+        budget_note = f" of the ${board.budget:.2f} budget" if board.budget is not None else ""
+        lines.append(
+            _clip(f"  estimated cost ≈ ${board.estimate():.2f}{budget_note} ({model})", width)
+        )
     if notice:
         lines.append(_fit(f"! {notice}", width))
     lines.append("")
