@@ -440,3 +440,23 @@ def test_sigterm_while_services_start_stops_everything(tmp_path: Path):
     finally:
         up.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_watch_without_a_gateway_says_so_and_keeps_retrying(tmp_path: Path):
+    watcher = subprocess.Popen(
+        [*AETHER, "mission", "watch", "m-0123456789abcdef", "--url", "http://127.0.0.1:9"],
+        env=env_for(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None
+        first = watcher.stderr.readline()
+        second = watcher.stderr.readline()  # it tried again, and said so again
+        assert first.startswith("(cannot connect to the gateway at http://127.0.0.1:9 (")
+        assert "retrying in 1s" in first and "retrying in 2s" in second
+        assert watcher.poll() is None  # still trying
+    finally:
+        watcher.kill()
+        watcher.wait()
