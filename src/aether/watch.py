@@ -285,10 +285,12 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
         ),
         _clip(_summary(board, now), width),
     ]
-    hint = HINTS.get(board.status)
+    # Statuses may be spelt "awaiting_approval" (the shared status rules) or with spaces.
+    state = board.status.replace("_", " ")
+    hint = HINTS.get(state)
     if hint:
-        lines.append(_fit(f"» {board.status} — {hint.format(id=board.mission_id)}", width))
-    if board.status == "awaiting approval" and board.tiers:
+        lines.append(_fit(f"» {state} — {hint.format(id=board.mission_id)}", width))
+    if state == "awaiting approval" and board.tiers:
         model = "offline model, free" if board.offline else f"real model {board.model}"
         budget_note = f" of the ${board.budget:.2f} budget" if board.budget is not None else ""
         lines.append(
