@@ -47,6 +47,10 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
 
 @dataclass
 class Stack:
@@ -221,8 +225,11 @@ class Stack:
                         f"{name} exited with {service.process.returncode}; "
                         f"see {self.home / 'logs' / (name + '.log')}"
                     )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{service.url}/readyz", timeout=1.0).status_code == 200:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    answer = httpx.get(f"{service.url}/readyz", timeout=1.0)
+                    # Ready only when the answer comes from the process started here, not
+                    # from another program that holds the port.
+                    if answer.status_code == 200 and answer.json().get("pid") == service.pid:
                         break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not ready after {timeout}s")

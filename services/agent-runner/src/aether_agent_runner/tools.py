@@ -213,7 +213,7 @@ class ToolBox:
 
     async def call(self, name: str, args: dict[str, Any]) -> ToolResult:
         """Carry out one call; refusals and failures become error results for the model."""
-        action = _describe(name, args)
+        action = describe_call(name, args)
         try:
             content = await self._dispatch(name, args)
         except ToolError as error:
@@ -355,7 +355,7 @@ def _optional_int(args: dict[str, Any], key: str) -> int | None:
         raise ToolError(f"{key} must be a whole number") from None
 
 
-def _describe(name: str, args: dict[str, Any]) -> str:
+def describe_call(name: str, args: dict[str, Any]) -> str:
     """A short account of a call for progress events."""
     detail = args.get("path") or args.get("command") or args.get("pattern") or ""
     text = f"{name} {detail}".strip()

@@ -11,6 +11,7 @@ ends the open event streams first, then the service, then the pool.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -208,7 +209,12 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     @get("/readyz", include_in_schema=False, opt=open_route)
     async def readyz() -> Response[dict[str, Any]]:
         ok, detail = await gateway.readiness()
-        body: dict[str, Any] = {"status": "ready" if ok else "not-ready", "detail": detail}
+        body: dict[str, Any] = {
+            "status": "ready" if ok else "not-ready",
+            "detail": detail,
+            # Lets a supervisor tell its own gateway from another answering on the port.
+            "pid": os.getpid(),
+        }
         if ok:
             read_model = await gateway.read_model_status()
             body["detail"] = _read_model_detail(detail, read_model)

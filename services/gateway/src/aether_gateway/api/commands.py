@@ -165,6 +165,9 @@ async def create_mission(
         event_id = step_event_id(mission_id, step_ids.mission_requested())
     else:
         mission_id, event_id = new_mission_id(), new_event_id()
+    budget_usd = data.budget_usd
+    if budget_usd is None:
+        budget_usd = ctx.settings.default_mission_budget_usd
     event = MissionRequested(
         event_id=event_id,
         mission_id=mission_id,
@@ -173,7 +176,7 @@ async def create_mission(
         repository=data.repository.strip(),
         requirement=data.requirement,
         base_branch=data.base_branch,
-        budget_usd=data.budget_usd,
+        budget_usd=budget_usd,
         auto_approve=data.auto_approve,
         max_concurrency=data.max_concurrency,
         max_tasks=data.max_tasks,
@@ -183,7 +186,9 @@ async def create_mission(
     )
     await ctx.publish(event)
     url = ctx.mission_url(mission_id)
-    body = MissionAccepted(mission_id=mission_id, url=url, events_url=f"{url}/events")
+    body = MissionAccepted(
+        mission_id=mission_id, url=url, events_url=f"{url}/events", budget_usd=budget_usd
+    )
     return Response(body, status_code=HTTP_202_ACCEPTED, headers={"Location": url})
 
 
