@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from aether_agent_runner.adapters.git import commit_all, commit_message_trailers
+from aether_agent_runner.adapters.git import GitDir, commit_all, commit_message_trailers
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -32,7 +32,9 @@ def test_commit_all_records_new_changed_and_deleted_files_on_the_task_branch(
     (wt / "keep.txt").write_text("changed\n")
     (wt / "gone.txt").unlink()
 
-    sha, changed = commit_all(wt, "Work\n\nAether-Task: t1\nAether-Attempt: 2\n")
+    sha, changed = commit_all(
+        GitDir.discover(wt, "task"), "Work\n\nAether-Task: t1\nAether-Attempt: 2\n"
+    )
 
     assert sha is not None
     assert changed == ["gone.txt", "keep.txt", "new/deep/file.py"]
@@ -42,7 +44,10 @@ def test_commit_all_records_new_changed_and_deleted_files_on_the_task_branch(
         "new/deep/file.py",
     ]
     assert git("status", "--short", cwd=wt) == ""
-    assert commit_message_trailers(sha, wt) == {"Aether-Attempt": "2", "Aether-Task": "t1"}
+    assert commit_message_trailers(sha, GitDir.discover(wt, "task").store()) == {
+        "Aether-Attempt": "2",
+        "Aether-Task": "t1",
+    }
 
 
 def test_nothing_to_commit_is_reported_as_none(tmp_path: Path) -> None:
@@ -52,4 +57,4 @@ def test_nothing_to_commit_is_reported_as_none(tmp_path: Path) -> None:
     (repo / "a").write_text("a\n")
     git("add", ".", cwd=repo)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=repo)
-    assert commit_all(repo, "nothing\n") == (None, [])
+    assert commit_all(GitDir.clone(repo, "main"), "nothing\n") == (None, [])

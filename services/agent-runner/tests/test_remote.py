@@ -279,7 +279,7 @@ def test_fetch_and_push_settings_from_the_environment() -> None:
     )
     assert always.fetches(worktree_exists=True)
     assert not AgentSettings.from_env({}).fetches(worktree_exists=False)
-    with pytest.raises(ValueError, match="AETHER_AGENT_GIT_TOKEN"):
-        AgentSettings.from_env({"AETHER_AGENT_GIT_URL": "http://broker:8200"})
+    # No token of its own: each attempt brings one in its WorkspaceReady.
+    assert AgentSettings.from_env({"AETHER_AGENT_GIT_URL": "http://broker:8200"}).git_token == ""
     with pytest.raises(ValueError, match="auto or always"):
         AgentSettings.from_env({"AETHER_AGENT_GIT_FETCH": "sometimes"})

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from dulwich import porcelain
 from dulwich.client import HttpGitClient, HTTPUnauthorized
 from dulwich.errors import GitProtocolError, HangupException, SendPackError
 from dulwich.objects import ObjectID
@@ -22,7 +21,7 @@ from dulwich.pack import UnpackedObject
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from aether_agent_runner.adapters.git import commit_message_trailers
+from aether_agent_runner.adapters.git import GitDir, commit_message_trailers, reset_to
 
 USERNAME = "agent"
 
@@ -142,11 +141,13 @@ def prepare_clone(
     if fresh:
         directory.mkdir(parents=True, exist_ok=True)
         Repo.init(str(directory)).close()
-    with Repo(str(directory)) as repo:
+    git = GitDir.clone(directory, branch)
+    # The git directory opened as a bare repository: the worktree takes no part.
+    with Repo(str(git.common), bare=True) as repo:
         remote = broker.fetch_branch(repo, branch)
         ref = Ref(f"refs/heads/{branch}".encode())
         if remote != base_sha:
-            trailers = commit_message_trailers(remote, directory)
+            trailers = commit_message_trailers(remote, git.store())
             ours = trailers.get("Aether-Task") == task_id and trailers.get("Aether-Attempt") == str(
                 attempt
             )
@@ -164,4 +165,4 @@ def prepare_clone(
             return
         repo.refs[ref] = ObjectID(start.encode())
         repo.refs.set_symbolic_ref(Ref(b"HEAD"), ref)
-        porcelain.reset(repo, "hard", start.encode())
+    reset_to(git, start)

@@ -1,0 +1,182 @@
+"""What a worktree holds, read as git would without running anything.
+
+The files are walked by directory descriptors (no symlink is followed, a ``.git`` at any
+depth is skipped) and compared with a tree: no index, no attributes, no filter or diff
+driver, no configuration of any kind. ``.gitignore`` files (read the same safe way) and
+the repository's ``info/exclude`` decide which untracked files count; a tracked file
+always counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dulwich.ignore import IgnoreFilter, read_ignore_patterns
+from dulwich.objects import ObjectID
+
+from aether_agent_runner.safefs import Raced, Refused, is_git_name, open_dir, read_in
+
+GITLINK = 0o160000
+SYMLINK = 0o120000
+MAX_IGNORE_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Found:
+    """A file of the worktree: its git mode, its blob id (``None`` when not hashed: an
+    untracked file, or one too large) and its stat data."""
+
+    mode: int
+    sha: ObjectID | None
+    st: os.stat_result
+
+
+def blob_id(data: bytes) -> ObjectID:
+    digest = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+    digest.update(data)
+    return ObjectID(digest.hexdigest().encode())
+
+
+def git_mode(st: os.stat_result) -> int | None:
+    """The mode git records for a file, or ``None`` for what git does not record."""
+    if stat.S_ISLNK(st.st_mode):
+        return SYMLINK
+    if stat.S_ISREG(st.st_mode):
+        return 0o100755 if st.st_mode & 0o100 else 0o100644
+    return None
+
+
+def read_entry(parent: int, name: str, shown: str, mode: int) -> bytes:
+    """The content git stores for ``name``: a symlink's target, or a regular file's
+    bytes (a file with more than one link is refused, as the file tools refuse it)."""
+    if mode == SYMLINK:
+        return os.fsencode(os.readlink(name, dir_fd=parent))
+    return read_in(parent, name, shown)
+
+
+class _Ignores:
+    """The ignore rules in force in one directory: its own ``.gitignore`` and its
+    parents'; the deepest rule that mentions a path decides."""
+
+    def __init__(self, layers: list[tuple[str, IgnoreFilter]]) -> None:
+        self._layers = layers
+
+    def below(self, prefix: str, fd: int) -> _Ignores:
+        try:
+            data = read_in(fd, ".gitignore", f"{prefix}.gitignore", MAX_IGNORE_BYTES)
+        except (OSError, Refused):
+            return self
+        patterns = list(read_ignore_patterns(_Lines(data)))  # type: ignore[arg-type]
+        return _Ignores([*self._layers, (prefix, IgnoreFilter(patterns))])
+
+    def ignored(self, path: str, directory: bool) -> bool:
+        for prefix, rules in reversed(self._layers):
+            if not path.startswith(prefix):
+                continue
+            verdict = rules.is_ignored(path[len(prefix) :] + ("/" if directory else ""))
+            if verdict is not None:
+                return verdict
+        return False
+
+
+class _Lines:
+    """A file-like view of bytes for ``read_ignore_patterns`` (it iterates lines)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._lines = data.splitlines(keepends=True)
+
+    def __iter__(self) -> Iterable[bytes]:
+        return iter(self._lines)
+
+
+def _exclude(common: Path) -> _Ignores:
+    try:
+        data = (common / "info" / "exclude").read_bytes()[:MAX_IGNORE_BYTES]
+    except OSError:
+        return _Ignores([])
+    return _Ignores([("", IgnoreFilter(list(read_ignore_patterns(_Lines(data)))))])  # type: ignore[arg-type]
+
+
+def scan(
+    worktree: Path, common: Path, tracked: dict[bytes, tuple[int, ObjectID]], max_hash: int
+) -> dict[bytes, Found]:
+    """Every file of ``worktree`` that git would consider: tracked paths (hashed when
+    at most ``max_hash`` bytes) and untracked ones that are not ignored (not hashed).
+    Gitlinks (submodules) are never entered."""
+    tracked_dirs = {p[: i + 1] for p in tracked for i, c in enumerate(p) if c == ord("/")}
+    found: dict[bytes, Found] = {}
+    fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        _walk(fd, "", _exclude(common).below("", fd), False, tracked, tracked_dirs, found, max_hash)
+    finally:
+        os.close(fd)
+    return found
+
+
+def _walk(
+    fd: int,
+    prefix: str,
+    ignores: _Ignores,
+    ignored_dir: bool,
+    tracked: dict[bytes, tuple[int, ObjectID]],
+    tracked_dirs: set[bytes],
+    found: dict[bytes, Found],
+    max_hash: int,
+) -> None:
+    for name in sorted(os.listdir(fd)):
+        if is_git_name(name):
+            continue
+        path = prefix + name
+        key = os.fsencode(path)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        known = tracked.get(key)
+        if known is not None and known[0] == GITLINK:
+            found[key] = Found(GITLINK, known[1], st)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            skip = ignored_dir or ignores.ignored(path, True)
+            if skip and key + b"/" not in tracked_dirs:
+                continue
+            try:
+                child = open_dir(fd, name)
+            except (OSError, Raced):
+                continue
+            try:
+                inner = ignores.below(path + "/", child) if not skip else ignores
+                _walk(child, path + "/", inner, skip, tracked, tracked_dirs, found, max_hash)
+            finally:
+                os.close(child)
+            continue
+        mode = git_mode(st)
+        if mode is None:
+            continue  # a FIFO, socket or device: git records none of them
+        if known is None:
+            if ignored_dir or ignores.ignored(path, False):
+                continue
+            found[key] = Found(mode, None, st)
+            continue
+        sha: ObjectID | None = None
+        if st.st_size <= max_hash:
+            try:
+                sha = blob_id(read_entry(fd, name, path, mode))
+            except (OSError, Refused):
+                sha = None  # unreadable or hard-linked: counts as changed
+        found[key] = Found(mode, sha, st)
+
+
+def changes(tracked: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]) -> list[bytes]:
+    """Paths added, modified (content or mode) or deleted relative to ``tracked``."""
+    changed = [p for p in tracked if p not in found]
+    for path, entry in found.items():
+        known = tracked.get(path)
+        if known is None or known[0] != entry.mode or known[1] != entry.sha:
+            changed.append(path)
+    return sorted(changed)
