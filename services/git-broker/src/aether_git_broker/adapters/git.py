@@ -203,7 +203,11 @@ class GitRepositories:
                 self._pool(repo),
             )
             return WorkspaceOutcome(
-                branch=branch, worktree_path=worktree_path, base_sha=head.decode(), created=created
+                branch=branch,
+                worktree_path=worktree_path,
+                base_sha=head.decode(),
+                created=created,
+                git_dir=worktrees.admin_dir(repo, worktree_path),
             )
 
     def _pool(self, repo: Repo) -> str | None:

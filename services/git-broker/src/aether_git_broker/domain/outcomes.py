@@ -43,6 +43,7 @@ class WorkspaceOutcome:
     worktree_path: str
     base_sha: str
     created: bool
+    git_dir: str = ""
 
 
 MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
@@ -108,6 +109,7 @@ def workspace_ready_event(
         worktree_path=outcome.worktree_path,
         base_sha=outcome.base_sha,
         requirement=cause.requirement,
+        git_dir=outcome.git_dir,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
     )
