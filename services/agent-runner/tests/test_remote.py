@@ -169,9 +169,8 @@ async def test_a_runner_elsewhere_clones_works_pushes_and_the_broker_merges_it(
         }
     )
     clones = tmp_path / "runner-clones"
-    settings = AgentSettings(
-        progress_seconds=0.0, git_url=git_url(broker), git_token=TOKEN, work_dir=str(clones)
-    )
+    settings = AgentSettings(progress_seconds=0.0, git_url=git_url(broker), work_dir=str(clones))
+    assert ready.push_token  # the attempt's own token; the runner holds none
 
     result = await attempts(nc, scripted, settings).work(ready)
 
@@ -219,7 +218,6 @@ async def test_a_restarted_runner_reports_the_commit_it_already_pushed(
     settings = AgentSettings(
         progress_seconds=0.0,
         git_url=git_url(broker),
-        git_token=TOKEN,
         work_dir=str(tmp_path / "clones"),
     )
     first = await attempts(nc, scripted, settings).work(ready)
@@ -247,10 +245,9 @@ async def test_a_wrong_token_fails_the_attempt_with_the_reason(
     token: str,
 ) -> None:
     ready = await remote_workspace(nc, events, mission_id, repo, tmp_path)
+    ready = msgspec.structs.replace(ready, push_token=token)
     scripted = model({"t1": [finish("nothing")]})
-    settings = AgentSettings(
-        git_url=git_url(broker), git_token=token, work_dir=str(tmp_path / "clones")
-    )
+    settings = AgentSettings(git_url=git_url(broker), work_dir=str(tmp_path / "clones"))
 
     result = await attempts(nc, scripted, settings).work(ready)
 

@@ -2,10 +2,10 @@
 not see the broker's worktrees directory.
 
 The runner keeps a clone per attempt in its own scratch directory, fetches the task branch
-into it from ``<url>/<mission id>`` (the token as the password of Basic authentication, as
-the broker expects), works there as it would in a shared worktree, and pushes its commit
-back as a fast-forward of the task branch. Nothing here reads git configuration or starts
-a program.
+into it from ``<url>/<mission id>`` (the attempt's own push token, from its WorkspaceReady,
+as the password of Basic authentication, as the broker expects), works there as it would
+in a shared worktree, and pushes its commit back as a fast-forward of the task branch.
+Nothing here reads git configuration or starts a program.
 """
 
 from __future__ import annotations
@@ -60,12 +60,19 @@ class Broker:
         if isinstance(error, HTTPUnauthorized):
             return RemoteError(
                 f"{doing} {self.url} failed: the git broker refused the token "
-                "(check AETHER_AGENT_GIT_TOKEN against the broker's AETHER_GIT_TOKEN)",
+                "(the attempt's push token, or AETHER_AGENT_GIT_TOKEN where the broker "
+                "hands out none, is not one it minted)",
                 retryable=False,
             )
         detail = str(error) or type(error).__name__
         if self._token:
             detail = detail.replace(self._token, "***")
+        if isinstance(error, GitProtocolError) and "http resp 403" in detail:
+            return RemoteError(
+                f"{doing} {self.url} failed: the git broker refused the token for this "
+                "repository (a token serves one attempt of one mission, until it ends)",
+                retryable=False,
+            )
         return RemoteError(f"{doing} {self.url} failed: {detail}")
 
     def fetch_branch(self, repo: Repo, branch: str) -> str:

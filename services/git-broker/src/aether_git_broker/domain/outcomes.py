@@ -44,6 +44,7 @@ class WorkspaceOutcome:
     base_sha: str
     created: bool
     git_dir: str = ""
+    push_token: str = ""
 
 
 MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
@@ -110,6 +111,7 @@ def workspace_ready_event(
         base_sha=outcome.base_sha,
         requirement=cause.requirement,
         git_dir=outcome.git_dir,
+        push_token=outcome.push_token,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from aether_events import (
     AgentCompleted,
+    AgentFailed,
     BranchMerged,
     Event,
     MergeConflicted,
@@ -17,6 +18,7 @@ from aether_events import (
     MissionRequested,
     RepositoryPrepared,
     TaskReady,
+    TaskTimedOut,
     WorkspaceFailed,
     WorkspaceReady,
 )
@@ -57,6 +59,12 @@ class MissionView:
     requested: MissionRequested | None = None
     ready: Mapping[TaskKey, TaskReady] = field(default_factory=dict)
     completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
+    # Attempts that are over (completed, failed, timed out): their push tokens are void.
+    ended: frozenset[TaskKey] = frozenset()
+
+    def attempt_live(self, key: TaskKey) -> bool:
+        """Whether an attempt may still fetch and push: its workspace announced, no end."""
+        return not self.terminal and key in self.workspaces and key not in self.ended
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,13 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
             return _update(state, replace(view, ready={**view.ready, key: event}))
         case AgentCompleted() if not view.terminal:
             key = (event.task_id, event.attempt)
-            return _update(state, replace(view, completed={**view.completed, key: event}))
+            return _update(
+                state,
+                replace(view, completed={**view.completed, key: event}, ended=view.ended | {key}),
+            )
+        case AgentFailed() | TaskTimedOut() if not view.terminal:
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, ended=view.ended | {key}))
         case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
@@ -130,6 +144,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                     requested=None,
                     ready={},
                     completed={},
+                    ended=frozenset(),
                 ),
             )
         case _:
