@@ -1,0 +1,1 @@
+"""Escape attempts: each is refused or contained."""
