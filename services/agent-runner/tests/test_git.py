@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 from aether_agent_runner.adapters.git import (
@@ -12,6 +14,7 @@ from aether_agent_runner.adapters.git import (
     commit_message_trailers,
     reset_to,
 )
+from aether_agent_runner.adapters.scan import StatCache
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -132,3 +135,23 @@ def test_reset_restores_tracked_files_removes_untracked_and_keeps_ignored(
     assert changed_paths(records) == []
     assert git("status", "--porcelain", cwd=wt) == ""
     assert not reset_to(records, base)
+
+
+def test_a_change_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    """The index's stat data spares reading unchanged files, but a file rewritten in
+    place with its old size and modification time put back is still read again."""
+    _, wt, records = _linked(tmp_path)
+    app = wt / "src" / "app.py"
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(app, ns=(old, old))
+    (wt / "other.txt").write_text("x\n")
+    commit_all(records, "the index now records app.py's stat data\n")
+    cache = StatCache(records.admin / "index")
+    assert cache.sha(b"src/app.py", app.stat(), 0o100644) is not None  # trusted as is
+
+    with app.open("r+b") as file:
+        file.write(b"y")
+    os.utime(app, ns=(old, old))
+
+    assert app.stat().st_mtime_ns == old
+    assert changed_paths(records) == ["src/app.py"]

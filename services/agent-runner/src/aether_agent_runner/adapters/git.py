@@ -30,6 +30,7 @@ from aether_agent_runner.adapters.scan import (
     GITLINK,
     SYMLINK,
     Found,
+    StatCache,
     changes,
     read_entry,
     scan,
@@ -181,7 +182,7 @@ def _state(
 ) -> tuple[DiskObjectStore, dict[bytes, tuple[int, ObjectID]], dict[bytes, Found], list[bytes]]:
     store = git.store()
     tracked = _files_of(store, _commit(store, at).tree)
-    found = scan(git.worktree, git.common, tracked, max_hash)
+    found = scan(git.worktree, git.common, tracked, max_hash, StatCache(git.admin / "index"))
     return store, tracked, found, changes(tracked, found)
 
 

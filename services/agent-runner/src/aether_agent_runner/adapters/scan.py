@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dulwich.ignore import IgnoreFilter, read_ignore_patterns
+from dulwich.index import Index, IndexEntry
 from dulwich.objects import ObjectID
 
 from aether_agent_runner.safefs import Raced, Refused, is_git_name, open_dir, read_in
@@ -24,6 +25,47 @@ from aether_agent_runner.safefs import Raced, Refused, is_git_name, open_dir, re
 GITLINK = 0o160000
 SYMLINK = 0o120000
 MAX_IGNORE_BYTES = 1_000_000
+
+
+class StatCache:
+    """The worktree's index as a cache of blob ids by stat data, as git uses it: a file
+    whose size, inode, mode and modification time are what the index recorded, and that
+    was not modified in the same instant the index was written, is not read again.
+
+    The index lives in the worktree's git directory, out of the agent's reach; an index
+    that cannot be read (missing, another version) only means every file is read."""
+
+    def __init__(self, path: Path) -> None:
+        self._entries: dict[bytes, IndexEntry] = {}
+        self._written_ns = 0
+        try:
+            self._written_ns = os.stat(path).st_mtime_ns
+            for name, entry in Index(str(path)).items():
+                if isinstance(entry, IndexEntry):
+                    self._entries[name] = entry
+        except (OSError, ValueError, AssertionError, KeyError):
+            self._entries = {}
+
+    def sha(self, path: bytes, st: os.stat_result, mode: int) -> ObjectID | None:
+        entry = self._entries.get(path)
+        if entry is None or entry.mode != mode or st.st_mtime_ns >= self._written_ns:
+            return None
+        # The change time too: a file rewritten and given its old mtime back still differs.
+        same = (
+            entry.size == st.st_size & 0xFFFFFFFF
+            and entry.ino == st.st_ino & 0xFFFFFFFF
+            and _time(entry.mtime) == _time_ns(st.st_mtime_ns)
+            and _time(entry.ctime) == _time_ns(st.st_ctime_ns)
+        )
+        return entry.sha if same else None
+
+
+def _time(value: int | float | tuple[int, int]) -> tuple[int, int]:
+    return value if isinstance(value, tuple) else (int(value), -1)
+
+
+def _time_ns(ns: int) -> tuple[int, int]:
+    return (ns // 1_000_000_000) & 0xFFFFFFFF, ns % 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -103,73 +145,83 @@ def _exclude(common: Path) -> _Ignores:
 
 
 def scan(
-    worktree: Path, common: Path, tracked: dict[bytes, tuple[int, ObjectID]], max_hash: int
+    worktree: Path,
+    common: Path,
+    tracked: dict[bytes, tuple[int, ObjectID]],
+    max_hash: int,
+    cache: StatCache | None = None,
 ) -> dict[bytes, Found]:
     """Every file of ``worktree`` that git would consider: tracked paths (hashed when
-    at most ``max_hash`` bytes) and untracked ones that are not ignored (not hashed).
-    Gitlinks (submodules) are never entered."""
+    at most ``max_hash`` bytes, unless ``cache`` knows them by their stat data) and
+    untracked ones that are not ignored (not hashed). Gitlinks are never entered."""
     tracked_dirs = {p[: i + 1] for p in tracked for i, c in enumerate(p) if c == ord("/")}
     found: dict[bytes, Found] = {}
     fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        _walk(fd, "", _exclude(common).below("", fd), False, tracked, tracked_dirs, found, max_hash)
+        walk = _Walk(tracked, tracked_dirs, found, max_hash, cache)
+        walk.directory(fd, "", _exclude(common).below("", fd), False)
     finally:
         os.close(fd)
     return found
 
 
-def _walk(
-    fd: int,
-    prefix: str,
-    ignores: _Ignores,
-    ignored_dir: bool,
-    tracked: dict[bytes, tuple[int, ObjectID]],
-    tracked_dirs: set[bytes],
-    found: dict[bytes, Found],
-    max_hash: int,
-) -> None:
-    for name in sorted(os.listdir(fd)):
-        if is_git_name(name):
-            continue
-        path = prefix + name
-        key = os.fsencode(path)
+@dataclass
+class _Walk:
+    tracked: dict[bytes, tuple[int, ObjectID]]
+    tracked_dirs: set[bytes]
+    found: dict[bytes, Found]
+    max_hash: int
+    cache: StatCache | None
+
+    def directory(self, fd: int, prefix: str, ignores: _Ignores, ignored_dir: bool) -> None:
+        for name in sorted(os.listdir(fd)):
+            if is_git_name(name):
+                continue
+            path = prefix + name
+            key = os.fsencode(path)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            known = self.tracked.get(key)
+            if known is not None and known[0] == GITLINK:
+                self.found[key] = Found(GITLINK, known[1], st)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                skip = ignored_dir or ignores.ignored(path, True)
+                if skip and key + b"/" not in self.tracked_dirs:
+                    continue
+                try:
+                    child = open_dir(fd, name)
+                except (OSError, Raced):
+                    continue
+                try:
+                    inner = ignores.below(path + "/", child) if not skip else ignores
+                    self.directory(child, path + "/", inner, skip)
+                finally:
+                    os.close(child)
+                continue
+            mode = git_mode(st)
+            if mode is None:
+                continue  # a FIFO, socket or device: git records none of them
+            if known is None:
+                if not (ignored_dir or ignores.ignored(path, False)):
+                    self.found[key] = Found(mode, None, st)
+                continue
+            self.found[key] = Found(mode, self._sha(fd, name, path, key, st, mode), st)
+
+    def _sha(
+        self, fd: int, name: str, path: str, key: bytes, st: os.stat_result, mode: int
+    ) -> ObjectID | None:
+        cached = self.cache.sha(key, st, mode) if self.cache is not None else None
+        if cached is not None:
+            return cached
+        if st.st_size > self.max_hash:
+            return None
         try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            continue
-        known = tracked.get(key)
-        if known is not None and known[0] == GITLINK:
-            found[key] = Found(GITLINK, known[1], st)
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            skip = ignored_dir or ignores.ignored(path, True)
-            if skip and key + b"/" not in tracked_dirs:
-                continue
-            try:
-                child = open_dir(fd, name)
-            except (OSError, Raced):
-                continue
-            try:
-                inner = ignores.below(path + "/", child) if not skip else ignores
-                _walk(child, path + "/", inner, skip, tracked, tracked_dirs, found, max_hash)
-            finally:
-                os.close(child)
-            continue
-        mode = git_mode(st)
-        if mode is None:
-            continue  # a FIFO, socket or device: git records none of them
-        if known is None:
-            if ignored_dir or ignores.ignored(path, False):
-                continue
-            found[key] = Found(mode, None, st)
-            continue
-        sha: ObjectID | None = None
-        if st.st_size <= max_hash:
-            try:
-                sha = blob_id(read_entry(fd, name, path, mode))
-            except (OSError, Refused):
-                sha = None  # unreadable or hard-linked: counts as changed
-        found[key] = Found(mode, sha, st)
+            return blob_id(read_entry(fd, name, path, mode))
+        except (OSError, Refused):
+            return None  # unreadable or hard-linked: counts as changed
 
 
 def changes(tracked: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]) -> list[bytes]:
