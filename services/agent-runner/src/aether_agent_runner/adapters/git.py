@@ -263,7 +263,7 @@ def commit_all(
     store.add_object(commit)
     if not refs.set_if_equals(git.ref, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
-    _write_index(git, store, tree, found)
+    _write_index(git, entries, found)
     return commit.id.decode(), [_text(p) for p in changed]
 
 
@@ -279,12 +279,12 @@ def _content(files: Files, path: bytes, mode: int) -> bytes:
 
 
 def _write_index(
-    git: GitDir, store: DiskObjectStore, tree: ObjectID, found: dict[bytes, Found]
+    git: GitDir, files: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]
 ) -> None:
-    """The worktree's index for ``tree``, with the stat data of the files that match it
-    (so ``git status`` in the worktree trusts them without reading them again)."""
+    """The worktree's index for the tree of ``files``, with the stat data of the files
+    that match it (so ``git status`` in the worktree trusts them without reading them)."""
     index = Index(str(git.admin / "index"), read=False)
-    for path, (mode, sha) in _files_of(store, tree).items():
+    for path, (mode, sha) in files.items():
         entry = found.get(path)
         if entry is not None and mode != GITLINK and entry.mode == mode:
             index[path] = index_entry_from_stat(entry.st, sha, mode)
@@ -318,7 +318,7 @@ def reset_to(git: GitDir, sha: str) -> bool:
         assert isinstance(blob, Blob)
         found[path] = _write(files, _text(path), mode, blob.as_raw_string(), blob_id)
     refs[git.ref] = target
-    _write_index(git, store, _commit(store, target).tree, found)
+    _write_index(git, tracked, found)
     return True
 
 
