@@ -323,12 +323,12 @@ class Attempts:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
             return failed(ready, self.clock(), outcome.reason, outcome.retryable)
-        result = await asyncio.to_thread(self._commit, ready, git, outcome)
-        kind = "completed" if isinstance(result, AgentCompleted) else "empty"
+        result, kind = await asyncio.to_thread(self._commit, ready, git, outcome)
+        metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
         return result
 
-    def _commit(self, ready: WorkspaceReady, git: GitDir, outcome: Outcome) -> Event:
+    def _commit(self, ready: WorkspaceReady, git: GitDir, outcome: Outcome) -> tuple[Event, str]:
         task = ready.task
         cost = "unknown" if outcome.usage.cost_usd is None else f"{outcome.usage.cost_usd:.6f}"
         message = (
@@ -344,14 +344,14 @@ class Attempts:
         except CommitRefused as error:
             # Not retried: the same task would most likely produce the same change; a
             # person decides (the reason says what was too much).
-            metrics.RESULTS.labels("refused").inc()
-            return failed(ready, self.clock(), f"the commit was refused: {error}", False)
+            reason = f"the commit was refused: {error}"
+            log.warning("commit refused", extra={"reason": reason})
+            return failed(ready, self.clock(), reason, False), "refused"
         if sha is None:
-            metrics.RESULTS.labels("empty").inc()
             reason = f"the agent finished without changing any file: {outcome.summary}"
-            return failed(ready, self.clock(), reason, True)
-        metrics.RESULTS.labels("completed").inc()
-        return completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
+            return failed(ready, self.clock(), reason, True), "empty"
+        result = completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
+        return result, "completed"
 
 
 def _push(broker: Broker, git: GitDir, branch: str, sha: str) -> None:
