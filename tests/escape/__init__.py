@@ -1,1 +1,1 @@
-"""Escape attempts: each is refused or contained."""
+"""Escape attempts: each asserts that Aether refuses or contains it."""
