@@ -20,6 +20,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
+from aether_agent_runner.adapters.git import GitDir
 from aether_events import (
     Event,
     EventPublisher,
@@ -66,6 +67,11 @@ class TaskRepo:
     worktree: Path
     branch: str
     base_sha: str
+
+    @property
+    def git_dir(self) -> GitDir:
+        """The worktree's git directory, as the broker would name it in WorkspaceReady."""
+        return GitDir.discover(self.worktree, self.branch)
 
     def outside_snapshot(self) -> dict[str, bytes]:
         """Every file under ``root`` that is not inside the worktree, with its bytes (the

@@ -51,12 +51,12 @@ def make_agent(
     limits: Limits | None = None,
     model_id: str = "claude-sonnet-5-5",
 ) -> tuple[Agent, Journal, Seen]:
-    journal = Journal(state_dir(task_repo.worktree))
+    journal = Journal(state_dir(task_repo.git_dir))
     seen = Seen()
     worktree = task_repo.worktree
 
     async def has_changes() -> bool:
-        return bool(await asyncio.to_thread(changed_paths, worktree))
+        return bool(await asyncio.to_thread(changed_paths, task_repo.git_dir))
 
     agent = Agent(
         client=anthropic.AsyncAnthropic(api_key="test", base_url=model.url, max_retries=0),

@@ -261,7 +261,7 @@ async def test_running_the_tests_leaves_nothing_to_commit(task_repo: Any) -> Non
     tools = box(task_repo.worktree)
     result = await tools.call("run_command", {"command": "python -m pytest -q tests"})
     assert "[exit code 0" in result.content and "1 passed" in result.content
-    assert changed_paths(task_repo.worktree) == []
+    assert changed_paths(task_repo.git_dir) == []
     tools.close()
 
 

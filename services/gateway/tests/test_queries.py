@@ -19,6 +19,7 @@ from aether_events import (
     Usage,
     UsageRecorded,
     WaveStarted,
+    WorkspaceReady,
     new_mission_id,
 )
 
@@ -424,3 +425,32 @@ async def test_usage_per_day_month_mission_and_model_with_budgets(make_gateway, 
         assert (await http.get("/usage", params={"group_by": "week"})).status_code == 400
         assert (await http.get("/usage", params={"since": "soon"})).status_code == 400
         assert (await http.get("/missions/m-none/usage")).status_code == 404
+
+
+async def test_an_attempts_push_token_is_never_stored_or_served(http, nc, script):
+    ready = script.task_ready("t1")
+    workspace = WorkspaceReady(
+        **script.meta(),
+        task=ready.task,
+        attempt=1,
+        model="claude-test",
+        branch="aether-tasks/m/t1/a1",
+        worktree_path="/wt/t1-a1",
+        base_sha="a" * 40,
+        push_token="eyJ0b2tlbiI.d0n7-l34k-m3",
+    )
+    await publish(nc, script.requested(), script.prepared(), ready, workspace)
+
+    async def shown():
+        events = (await http.get("/events", params={"type": "workspace_ready"})).json()
+        return events["events"] or None
+
+    [event] = await eventually(shown, what="the workspace_ready event")
+    assert event["data"]["push_token"] == ""
+    assert event["data"]["branch"] == "aether-tasks/m/t1/a1"
+    # The live stream (the hub's ring, or the read model) shows the same.
+    async with http.stream("GET", f"/missions/{script.mission_id}/events") as stream:
+        async for line in stream.aiter_lines():
+            assert "d0n7-l34k-m3" not in line
+            if line.startswith("data:") and '"workspace_ready"' in line:
+                break

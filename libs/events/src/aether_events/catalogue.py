@@ -220,6 +220,12 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
     # A resolution attempt: the commit merged in, and the files left with conflict markers.
     resolve_sha: str | None = None
     conflicted_files: list[str] = msgspec.field(default_factory=list)
+    # The worktree's git directory (``<repository>/.git/worktrees/<id>``), named by the
+    # broker so that the runner never has to believe the worktree's own ``.git`` file.
+    git_dir: str = ""
+    # A push token for this attempt alone (its task branch, until the attempt ends), for
+    # a runner that fetches and pushes over smart HTTP; empty where none is served.
+    push_token: str = ""
 
 
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from aether_agent_runner.adapters.git import CommitLimits
 from aether_agent_runner.domain import Limits
 from aether_sandbox import SandboxSettings
 
@@ -76,6 +77,17 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     git_timeout_seconds: float = 300.0
     work_dir: str = ""
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
+    # The most one attempt's commit may carry; above it the task fails with the reason.
+    commit_max_files: int = 2_000
+    commit_max_blob_bytes: int = 10_000_000
+    commit_max_bytes: int = 100_000_000
+
+    def commit_limits(self) -> CommitLimits:
+        return CommitLimits(
+            max_files=self.commit_max_files,
+            max_blob_bytes=self.commit_max_blob_bytes,
+            max_total_bytes=self.commit_max_bytes,
+        )
 
     def fetches(self, worktree_exists: bool) -> bool:
         """Whether an attempt is fetched and pushed rather than worked in its worktree."""
@@ -133,9 +145,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         if git_fetch not in ("auto", "always"):
             raise ValueError(f"AETHER_AGENT_GIT_FETCH must be auto or always, not {git_fetch!r}")
         git_url = env.get("AETHER_AGENT_GIT_URL", "").strip() or None
+        # Optional: the broker hands each attempt a token of its own in WorkspaceReady.
         git_token = env.get("AETHER_AGENT_GIT_TOKEN", "")
-        if git_url is not None and not git_token:
-            raise ValueError("AETHER_AGENT_GIT_URL is set but AETHER_AGENT_GIT_TOKEN is not")
         return cls(
             concurrency=max(1, int(number("AETHER_AGENT_CONCURRENCY", default.concurrency))),
             ack_wait_seconds=number("AETHER_AGENT_ACK_WAIT_SECONDS", default.ack_wait_seconds),
@@ -167,4 +178,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             work_dir=env.get("AETHER_AGENT_WORK_DIR", "").strip(),
             sandbox=sandbox,
+            commit_max_files=int(number("AETHER_AGENT_COMMIT_MAX_FILES", default.commit_max_files)),
+            commit_max_blob_bytes=int(
+                number("AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", default.commit_max_blob_bytes)
+            ),
+            commit_max_bytes=int(number("AETHER_AGENT_COMMIT_MAX_BYTES", default.commit_max_bytes)),
         )

@@ -10,6 +10,7 @@ already sees them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -26,6 +27,7 @@ from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
 from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
+from aether_git_broker.adapters.smarthttp import PushTokens
 from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.adapters.worktrees import sweep_directory
 from aether_git_broker.domain import (
@@ -87,8 +89,10 @@ class Handlers:
         policy: Policy | None = None,
         remotes: Remotes | None = None,
         verifier: Verifier | None = None,
+        push_tokens: PushTokens | None = None,
     ) -> None:
         self.projection = projection
+        self._push_tokens = push_tokens
         self._git = git
         self._naming = naming
         self._publisher = publisher
@@ -301,6 +305,9 @@ class Handlers:
         if outcome.created:
             metrics.WORKTREES_CREATED.inc()
             metrics.WORKTREE_SECONDS.observe(time.perf_counter() - began)
+        if self._push_tokens is not None:
+            token = self._push_tokens.mint(event.mission_id, event.task.id, event.attempt)
+            outcome = dataclasses.replace(outcome, push_token=token)
         await self._publish(workspace_ready_event(event, self._clock(), outcome))
         log.info(
             "workspace ready",

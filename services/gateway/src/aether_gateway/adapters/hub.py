@@ -34,6 +34,7 @@ from aether_events import (
     encode,
     tag_of,
 )
+from aether_events.codec import without_secrets
 from aether_gateway.adapters.rows import task_of
 from aether_runtime.follow import Follower
 
@@ -238,7 +239,7 @@ class Hub:
             mission_id=event.mission_id,
             type=tag_of(type(event)),
             task_id=task_of(event),
-            data=encode(event),
+            data=encode(without_secrets(event)),
         )
 
     async def _on_mission_event(self, msg: Msg) -> None:

@@ -27,6 +27,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from aether_events import Event, MissionRequested, encode, tag_of
+from aether_events.codec import without_secrets
 from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
@@ -294,7 +295,7 @@ class ReadModel:
                 task_of(event),
                 event.event_id,
                 event.occurred_at,
-                encode(event).decode(),
+                encode(without_secrets(event)).decode(),
             ),
         )
         if await cur.fetchone() is None:

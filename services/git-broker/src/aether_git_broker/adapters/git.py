@@ -224,6 +224,7 @@ class GitRepositories:
                 base_sha=head.decode(),
                 created=created,
                 conflicted_files=tuple(conflicted),
+                git_dir=worktrees.admin_dir(repo, worktree_path),
             )
 
     def _pool(self, repo: Repo) -> str | None:

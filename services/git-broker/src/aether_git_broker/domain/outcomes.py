@@ -46,6 +46,8 @@ class WorkspaceOutcome:
     created: bool
     # A resolution attempt's workspace: the files left with conflict markers.
     conflicted_files: tuple[str, ...] = ()
+    git_dir: str = ""
+    push_token: str = ""
 
 
 MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
@@ -115,6 +117,8 @@ def workspace_ready_event(
         worktree_path=outcome.worktree_path,
         base_sha=outcome.base_sha,
         requirement=cause.requirement,
+        git_dir=outcome.git_dir,
+        push_token=outcome.push_token,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
         resolve_sha=cause.resolve_sha,

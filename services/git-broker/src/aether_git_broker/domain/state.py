@@ -8,12 +8,14 @@ from dataclasses import dataclass, field, replace
 from aether_events import (
     TERMINAL_TYPES,
     AgentCompleted,
+    AgentFailed,
     BranchMerged,
     Event,
     MergeConflicted,
     MissionRequested,
     RepositoryPrepared,
     TaskReady,
+    TaskTimedOut,
     WorkspaceFailed,
     WorkspaceReady,
     is_terminal,
@@ -55,6 +57,12 @@ class MissionView:
     requested: MissionRequested | None = None
     ready: Mapping[TaskKey, TaskReady] = field(default_factory=dict)
     completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
+    # Attempts that are over (completed, failed, timed out): their push tokens are void.
+    ended: frozenset[TaskKey] = frozenset()
+
+    def attempt_live(self, key: TaskKey) -> bool:
+        """Whether an attempt may still fetch and push: its workspace announced, no end."""
+        return not self.terminal and key in self.workspaces and key not in self.ended
 
 
 # Every event type ``evolve`` folds (the triggers among them); any other leaves the state
@@ -66,6 +74,8 @@ FOLDED: tuple[type[Event], ...] = (
     WorkspaceReady,
     WorkspaceFailed,
     AgentCompleted,
+    AgentFailed,
+    TaskTimedOut,
     BranchMerged,
     MergeConflicted,
     *sorted(TERMINAL_TYPES, key=lambda cls: cls.__name__),
@@ -127,7 +137,13 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
             return _update(state, replace(view, ready={**view.ready, key: event}))
         case AgentCompleted() if not view.terminal:
             key = (event.task_id, event.attempt)
-            return _update(state, replace(view, completed={**view.completed, key: event}))
+            return _update(
+                state,
+                replace(view, completed={**view.completed, key: event}, ended=view.ended | {key}),
+            )
+        case AgentFailed() | TaskTimedOut() if not view.terminal:
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, ended=view.ended | {key}))
         case _ if is_terminal(event):
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
@@ -143,6 +159,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                     requested=None,
                     ready={},
                     completed={},
+                    ended=frozenset(),
                 ),
             )
         case _:
