@@ -1,0 +1,72 @@
+"""The queries the web board needs beyond the rest of the API: where the read model
+stands (so a page can load a snapshot and then stream from exactly that point), and a
+task branch's diff against the integration head it started from."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from litestar import Router, get
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+
+from aether_gateway.adapters.diffs import DiffUnavailable, TaskDiff, task_diff
+from aether_gateway.api.auth import READ
+from aether_gateway.api.context import GatewayContext
+from aether_gateway.api.errors import error_responses, not_found
+from aether_gateway.api.queries import _mission_or_wait
+
+
+class Position(msgspec.Struct, kw_only=True):
+    """The last mission-stream sequence the read model has folded: a snapshot read now
+    holds every event up to it, so an event stream resumed after it misses nothing."""
+
+    sequence: int
+
+
+@get(
+    "/events/position",
+    summary="How far the read model has folded the mission stream",
+    guards=[READ],
+    responses=error_responses(401, 403),
+    tags=["events"],
+)
+async def read_model_position(ctx: NamedDependency[GatewayContext]) -> Position:
+    return Position(sequence=await ctx.read_model.position())
+
+
+@get(
+    "/missions/{mission_id:str}/tasks/{task_id:str}/diff",
+    summary="A task's commit as a diff against the integration head it started from",
+    guards=[READ],
+    responses=error_responses(400, 401, 403, 404),
+    tags=["tasks"],
+)
+async def get_task_diff(
+    ctx: NamedDependency[GatewayContext], mission_id: FromPath[str], task_id: FromPath[str]
+) -> TaskDiff:
+    """Read from the mission's repository when the gateway can reach it (a local
+    directory); 404 when the task has no commit yet or the repository is elsewhere."""
+    mission = await _mission_or_wait(ctx, mission_id)
+    task = await ctx.queries.task(mission_id, task_id)
+    if task is None:
+        raise not_found(f"task {task_id!r} of mission {mission_id!r}")
+    base = task.base_sha or mission.base_sha
+    if task.commit_sha is None or base is None:
+        raise not_found(f"a commit of task {task_id!r}", reason="the agent has not committed")
+    try:
+        return await asyncio.to_thread(
+            task_diff, mission.repository, mission_id, task_id, base, task.commit_sha
+        )
+    except DiffUnavailable as error:
+        raise not_found(f"the diff of task {task_id!r}", reason=str(error)) from None
+
+
+def board_router(ctx: GatewayContext) -> Router:
+    """The board's queries, with ``ctx`` injected as in the rest of the API."""
+    return Router(
+        path="/",
+        route_handlers=[read_model_position, get_task_diff],
+        dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
+    )

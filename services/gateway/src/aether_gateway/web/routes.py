@@ -1,0 +1,69 @@
+"""Routes of the web board.
+
+``/board/static/…`` serves the assets; every other ``/board/…`` path answers the HTML
+shell, whose script routes on the browser's side (so a mission's page can be bookmarked
+and reloaded). ``/`` sends a browser to the board. None of them needs a token: the
+pages hold no data, and every call they make is authenticated like any other client's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Response, Router, get
+from litestar.datastructures import CacheControlHeader
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
+
+_STATIC = Path(__file__).parent / "static"
+_OPEN: dict[str, Any] = {"exclude_from_auth": True}
+# Scripts, styles, images, connections: this origin only. No inline script runs, so
+# text a model wrote cannot become code even if it slipped past the escaping.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def static_directory() -> Path:
+    """Where the board's assets live inside the installed package."""
+    return _STATIC
+
+
+def _shell() -> Response[bytes]:
+    return Response(
+        (_STATIC / "index.html").read_bytes(),
+        media_type="text/html; charset=utf-8",
+        headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"},
+    )
+
+
+@get("/", include_in_schema=False, sync_to_thread=False, opt=_OPEN)
+def root() -> Redirect:
+    return Redirect("/board/")
+
+
+@get(["/board", "/board/{page:path}"], include_in_schema=False, sync_to_thread=False, opt=_OPEN)
+def board(page: str = "") -> Response[bytes]:
+    return _shell()
+
+
+def _assets() -> Router:
+    return create_static_files_router(
+        path="/board/static",
+        directories=[_STATIC],
+        opt=_OPEN,
+        include_in_schema=False,
+        # Assets change with the package version; revalidate rather than guess.
+        cache_control=CacheControlHeader(no_cache=True),
+        name="board-static",
+    )
+
+
+WEB_ROUTES: list[ControllerRouterHandler] = [root, board, _assets()]

@@ -1,0 +1,242 @@
+"""The web board in a real browser (Debian's chromium, driven by Playwright) against a
+real gateway on real NATS and PostgreSQL: the events a mission's services would publish
+are published by the test, and the board must show each one live.
+
+Screenshots of every page go to ``$AETHER_TEST_ARTEFACTS`` (default: the test's
+temporary directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dulwich import porcelain
+from dulwich.repo import Repo
+
+from aether_events import (
+    AgentProgress,
+    AgentStarted,
+    EventPublisher,
+    PlanApproved,
+    PlannedTask,
+    RepositoryPrepared,
+    WorkspaceReady,
+)
+
+from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually, stored_events
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if not Path(CHROMIUM).exists() and os.environ.get("CI", "").lower() not in ("1", "true"):
+    pytest.skip(
+        "chromium is not installed (apt-get install chromium); under CI=true these tests run",
+        allow_module_level=True,
+    )
+
+playwright_api = pytest.importorskip("playwright.async_api")
+expect = playwright_api.expect
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture
+def artefacts(tmp_path: Path) -> Path:
+    where = Path(os.environ.get("AETHER_TEST_ARTEFACTS") or tmp_path / "screenshots")
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh headless chromium profile."""
+    async with playwright_api.async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 1000},
+        )
+        errors: list[str] = []
+
+        def watch(page: Any) -> None:
+            page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
+            page.on(
+                "console",
+                lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None,
+            )
+
+        for page in context.pages:
+            watch(page)
+        context.on("page", watch)
+        context.script_errors = errors
+        try:
+            yield context
+        finally:
+            await context.close()
+        # Failed requests the tests provoke (401, 400) log as console errors too; a
+        # script error never is one of them.
+        scripts = [e for e in errors if "Failed to load resource" not in e]
+        assert not scripts, "the board's scripts failed:\n" + "\n".join(scripts)
+
+
+async def signed_in(browser: Any, server: GatewayServer, token: str = ADMIN_TOKEN) -> Any:
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(server.base_url + "/board/")
+    await page.fill("#token", token)
+    await page.click("#signin button[type=submit]")
+    await expect(page.locator("#missions")).to_be_visible()
+    return page
+
+
+def sample_repository(path: Path) -> tuple[str, str]:
+    """A repository with a base commit and a task's commit on top: (base, head)."""
+    porcelain.init(str(path))
+    (path / "greet.py").write_text("def greet():\n    return 'hi'\n")
+    porcelain.add(str(path), [str(path / "greet.py")])
+    base = porcelain.commit(str(path), b"base", author=b"t <t@t>", committer=b"t <t@t>")
+    (path / "greet.py").write_text("def greet(name):\n    return f'hello {name}'\n")
+    (path / "test_greet.py").write_text("assert True\n")
+    porcelain.add(str(path), [str(path / "greet.py"), str(path / "test_greet.py")])
+    head = porcelain.commit(str(path), b"task", author=b"t <t@t>", committer=b"t <t@t>")
+    with Repo(str(path)) as repo:
+        repo.refs[b"refs/heads/main"] = base
+    return base.decode(), head.decode()
+
+
+def prepared(script: Script, repo: Path, base: str) -> RepositoryPrepared:
+    return RepositoryPrepared(
+        **script.meta(),  # type: ignore[arg-type]
+        repository_path=str(repo),
+        base_branch="main",
+        base_sha=base,
+        integration_branch=f"aether/{script.mission_id}",
+    )
+
+
+def workspace(script: Script, task_id: str, base: str) -> WorkspaceReady:
+    return WorkspaceReady(
+        **script.meta(),  # type: ignore[arg-type]
+        task=PlannedTask(id=task_id, title=f"Task {task_id}"),
+        attempt=1,
+        model="claude-test",
+        branch=f"aether/{script.mission_id}/{task_id}",
+        worktree_path="/tmp/none",
+        base_sha=base,
+    )
+
+
+async def test_board_follows_a_mission_from_sign_in_to_merge(
+    gateway_server: GatewayServer,
+    nc: Any,
+    script: Script,
+    browser: Any,
+    artefacts: Path,
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    base, head = sample_repository(repo)
+    publisher = EventPublisher(nc.jetstream())
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(gateway_server.base_url + "/")
+    await expect(page.locator("#signin")).to_be_visible()
+    await page.screenshot(path=str(artefacts / "1-sign-in.png"))
+    page = await signed_in(browser, gateway_server)
+
+    # A mission submitted elsewhere appears on the open list, live.
+    await publisher.publish_all(
+        [
+            script.requested(repository=str(repo), budget_usd=0.05),
+            prepared(script, repo, base),
+            script.plan(task_ids=("t1", "t2")),
+        ]
+    )
+    row = page.locator(f'tr[data-mission="{script.mission_id}"]')
+    await expect(row.locator(".pill")).to_have_text("awaiting approval")
+    await page.screenshot(path=str(artefacts / "2-missions.png"))
+
+    await row.locator("a").click()
+    await expect(page.locator("#plan-graph .node")).to_have_count(2)
+    await expect(page.locator('#plan-graph [data-edge="t1->t2"]')).to_have_count(1)
+    await page.click("#approve")
+    history = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), PlanApproved), what="approval"
+    )
+    assert history.version == 1
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    await expect(page.locator("#approve")).to_have_count(0)
+
+    # Tasks move across the board as their events arrive.
+    await publisher.publish_all([script.task_ready("t1"), workspace(script, "t1", base)])
+    await publisher.publish(
+        AgentStarted(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=1,
+            runner_id="runner-1",
+            model="claude-test",
+        )
+    )
+    t1 = page.locator('#task-board article[data-task="t1"]')
+    await expect(page.locator('[data-column="running"] article[data-task="t1"]')).to_have_count(1)
+    await publisher.publish(
+        AgentProgress(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=1,
+            runner_id="runner-1",
+            turns=2,
+            tool_calls=3,
+            last_action="write_file greet.py",
+        )
+    )
+    await expect(t1.locator(".activity")).to_have_text("write_file greet.py")
+    await publisher.publish_all([script.usage(0.045), _completed(script, "t1", head)])
+    await expect(page.locator('[data-column="merging"] article[data-task="t1"]')).to_have_count(1)
+    await publisher.publish(script.merged("t1"))
+    await expect(page.locator('[data-column="merged"] article[data-task="t1"]')).to_have_count(1)
+    await expect(page.locator('#plan-graph .node[data-task="t1"]')).to_have_attribute(
+        "data-status", "merged"
+    )
+    # 0.045 of 0.05 spent: the cost bar warns.
+    await expect(page.locator("#costbar")).to_have_attribute("data-level", "warn")
+    await page.screenshot(path=str(artefacts / "3-mission.png"), full_page=True)
+
+    # The task's page: its activity from the stored events, and its diff.
+    await t1.locator("a.task-title").click()
+    await expect(page.locator("#transcript")).to_contain_text("merged as dddddddddd")
+    await expect(page.locator('.diff-file[data-path="greet.py"]')).to_contain_text("hello {name}")
+    await expect(page.locator('.diff-file[data-path="test_greet.py"]')).to_have_count(1)
+    await page.screenshot(path=str(artefacts / "4-task.png"), full_page=True)
+
+    await page.click('#nav a[data-page="agents"]')
+    await expect(page.locator('[data-runner="runner-1"]')).to_be_visible()
+    await page.screenshot(path=str(artefacts / "5-agents.png"))
+    await page.click('#nav a[data-page="usage"]')
+    await expect(page.locator("#usage-model svg")).to_contain_text("claude-test")
+    await page.screenshot(path=str(artefacts / "6-usage.png"), full_page=True)
+
+
+async def _with(events_coro: Any, kind: type) -> Any:
+    return next((e for e in await events_coro if isinstance(e, kind)), None)
+
+
+def _completed(script: Script, task_id: str, commit: str) -> Any:
+    event = script.agent_completed(task_id)
+    from msgspec.structs import replace
+
+    return replace(event, commit_sha=commit, summary="greets by name")
