@@ -22,9 +22,15 @@ from aether_events import (
     AgentProgress,
     AgentStarted,
     EventPublisher,
+    MissionMessagePosted,
+    MissionPaused,
+    MissionResumed,
     PlanApproved,
+    PlanClarificationRequested,
     PlannedTask,
     RepositoryPrepared,
+    TaskEscalated,
+    TaskRetryRequested,
     WorkspaceReady,
 )
 
@@ -240,3 +246,154 @@ def _completed(script: Script, task_id: str, commit: str) -> Any:
     from msgspec.structs import replace
 
     return replace(event, commit_sha=commit, summary="greets by name")
+
+
+async def test_read_only_token_sees_no_command_and_a_revoked_one_is_sent_to_sign_in(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    async with gateway_server.client() as http:
+        created = await http.post("/admin/tokens", json={"name": "viewer", "scopes": ["read"]})
+        assert created.status_code == 201, created.text
+    token = created.json()
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(),
+            script.approved(),
+            script.task_ready("t1"),
+            _escalated(script, "t1"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server, token["token"])
+    await expect(page.locator("#who")).to_contain_text("read-only")
+    await expect(page.locator("#new-mission")).to_have_count(0)
+    await page.locator(f'tr[data-mission="{script.mission_id}"] a').click()
+    await expect(page.locator('[data-column="failed"] article[data-task="t1"]')).to_have_count(1)
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    for hidden in ("#pause", "#cancel", "#approve", "#message-text", "[data-action=retry]"):
+        await expect(page.locator(hidden)).to_have_count(0)
+    await expect(page.locator("#commands")).to_be_hidden()
+    await page.screenshot(path=str(artefacts / "read-only-mission.png"))
+
+    async with gateway_server.client() as http:
+        revoked = await http.delete(f"/admin/tokens/{token['id']}")
+        assert revoked.status_code in (200, 204), revoked.text
+    await page.click('#nav a[data-page="missions"]')
+    await expect(page.locator("#signin")).to_be_visible()
+    await expect(page.locator("#signin .notice")).to_contain_text("revoked")
+
+
+async def test_writer_answers_the_planner_pauses_resumes_and_retries_a_task(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            PlanClarificationRequested(
+                **script.meta(),  # type: ignore[arg-type]
+                questions=["Which greeting: hello or hi?"],
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page.locator("#questions")).to_contain_text("hello or hi")
+    await page.fill("#message-text", "hello, please")
+    await page.click("#send-message")
+    posted = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), MissionMessagePosted), what="answer"
+    )
+    assert posted.text == "hello, please"
+
+    await publisher.publish_all(
+        [script.plan(), script.approved(), script.task_ready("t1"), _escalated(script, "t1")]
+    )
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    await page.click("#pause")
+    await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), MissionPaused), what="pause"
+    )
+    await expect(page.locator("#mission-status .pill")).to_have_text("paused")
+    await page.click("#resume")
+    await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), MissionResumed), what="resume"
+    )
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+
+    await page.locator('article[data-task="t1"] [data-action=retry]').click()
+    retried = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), TaskRetryRequested), what="retry"
+    )
+    assert retried.task_id == "t1"
+    await expect(page.locator('[data-column="pending"] article[data-task="t1"]')).to_have_count(1)
+    await page.screenshot(path=str(artefacts / "mission-commands.png"), full_page=True)
+
+
+async def test_form_errors_show_the_gateways_message_next_to_the_field(
+    gateway_server: GatewayServer, browser: Any, artefacts: Path
+) -> None:
+    page = await signed_in(browser, gateway_server)
+    await page.fill("#nm-repository", "/srv/repo")
+    await page.fill("#nm-requirement", "Add a greeting")
+    await page.fill("#nm-budget_usd", "-3")
+    await page.click("#new-mission button[type=submit]")
+    await expect(page.locator("#nm-budget_usd-error")).to_contain_text("0")
+    await expect(page.locator("#nm-error")).to_be_hidden()
+    await page.screenshot(path=str(artefacts / "form-error.png"))
+
+
+async def test_board_resumes_after_a_gateway_restart_without_missing_or_doubling_events(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(),
+            script.approved(),
+            script.task_ready("t1"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    transcript = page.locator("#transcript li")
+    await expect(transcript).to_have_count(1)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+    await gateway_server.stop()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "reconnecting")
+    # Published while no gateway runs: the board must get them when it reconnects.
+    await publisher.publish(
+        AgentStarted(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=1,
+            runner_id="runner-1",
+            model="claude-test",
+        )
+    )
+    await publisher.publish(script.agent_completed("t1"))
+    await gateway_server.start()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    await publisher.publish(script.merged("t1"))
+    await expect(page.locator("#task-status .pill")).to_have_text("merged")
+    kinds = [k.strip().lower() for k in await page.locator("#transcript .kind").all_inner_texts()]
+    assert kinds == [
+        "task ready",
+        "agent started",
+        "agent completed",
+        "branch merged",
+    ]
+
+
+def _escalated(script: Script, task_id: str) -> TaskEscalated:
+    return TaskEscalated(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id=task_id,
+        attempt=1,
+        reason="retries exhausted",
+    )

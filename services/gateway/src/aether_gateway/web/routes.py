@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litestar import Response, Router, get
-from litestar.datastructures import CacheControlHeader
+from litestar import Response, get
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.response import Redirect
-from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 _STATIC = Path(__file__).parent / "static"
@@ -49,21 +49,33 @@ def root() -> Redirect:
     return Redirect("/board/")
 
 
-@get(["/board", "/board/{page:path}"], include_in_schema=False, sync_to_thread=False, opt=_OPEN)
-def board(page: str = "") -> Response[bytes]:
+@get("/board", include_in_schema=False, sync_to_thread=False, opt=_OPEN)
+def board() -> Response[bytes]:
     return _shell()
 
 
-def _assets() -> Router:
-    return create_static_files_router(
-        path="/board/static",
-        directories=[_STATIC],
-        opt=_OPEN,
-        include_in_schema=False,
-        # Assets change with the package version; revalidate rather than guess.
-        cache_control=CacheControlHeader(no_cache=True),
-        name="board-static",
-    )
+@get("/board/{page:path}", include_in_schema=False, sync_to_thread=False, opt=_OPEN)
+def board_page(page: FromPath[str]) -> Response[bytes]:
+    return _shell()
 
 
-WEB_ROUTES: list[ControllerRouterHandler] = [root, board, _assets()]
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".html": "text/html; charset=utf-8",
+}
+
+
+@get("/board/static/{asset:path}", include_in_schema=False, sync_to_thread=False, opt=_OPEN)
+def asset(asset: FromPath[str]) -> Response[bytes]:
+    """One of the board's files; nothing outside its directory, nothing but its types."""
+    path = (_STATIC / asset.lstrip("/")).resolve()
+    kind = _TYPES.get(path.suffix)
+    if kind is None or not path.is_file() or not path.is_relative_to(_STATIC.resolve()):
+        raise NotFoundException(detail="no such file of the board")
+    # Assets change with the package: revalidate rather than guess how long they last.
+    return Response(path.read_bytes(), media_type=kind, headers={"Cache-Control": "no-cache"})
+
+
+WEB_ROUTES: list[ControllerRouterHandler] = [root, board, board_page, asset]

@@ -44,6 +44,8 @@ export function onSignedOut(handler) {
 
 /** A revoked or unknown token: back to sign-in. */
 export function signedOut(reason) {
+  // Several requests in flight may each be refused: the first says why.
+  if (!token()) return;
   forgetToken();
   signedOutHandler(reason);
 }

@@ -57,7 +57,7 @@ export class LiveStream {
       } catch (error) {
         if (this.closed) return;
         if (error && error.status === 401) {
-          signedOut("the token is no longer valid");
+          signedOut(error.message);
           return;
         }
       }
@@ -69,13 +69,23 @@ export class LiveStream {
   }
 
   async connect() {
+    if (!token()) {
+      this.stop();
+      return;
+    }
     this.controller = new AbortController();
     const headers = { Accept: "text/event-stream", Authorization: "Bearer " + token() };
     if (this.lastId) headers["Last-Event-ID"] = String(this.lastId);
     const url = this.path + (this.telemetry ? (this.path.includes("?") ? "&" : "?") + "telemetry=true" : "");
     const response = await fetch(url, { headers, signal: this.controller.signal, cache: "no-store" });
     if (!response.ok || !response.body) {
-      const error = new Error(`event stream answered ${response.status}`);
+      let message = `the event stream answered ${response.status}`;
+      try {
+        message = (await response.json()).error || message;
+      } catch {
+        /* not JSON: keep the status */
+      }
+      const error = new Error(message);
       error.status = response.status;
       throw error;
     }

@@ -12,7 +12,7 @@ const TERMINAL = new Set(["completed", "answered", "failed", "cancelled"]);
 
 export function costBar(spent, budget, { exceeded = false } = {}) {
   if (!budget) {
-    return h("div", { class: "costbar none", id: "costbar" }, h("span", {}, `${money(spent, 4)} spent · no budget set`));
+    return h("div", { class: "costbar none", id: "costbar" }, h("span", {}, `${spent ? money(spent, 4) + " spent" : "Nothing spent yet"} · no budget set`));
   }
   const ratio = (spent || 0) / budget;
   const level = exceeded || ratio >= 1 ? "over" : ratio >= 0.8 ? "warn" : "ok";
