@@ -225,6 +225,7 @@ def _up(args: argparse.Namespace) -> int:
             )
         print(
             f"\nAether is up. Gateway: {stack.gateway_url}  (NATS {stack.nats_url})\n"
+            f"Mission board: {stack.gateway_url}/board/  (sign in with the admin token)\n"
             f"{token_note}\n"
             f'  aether mission submit --repo PATH "requirement" --watch\n'
             f"Logs: {stack.home / 'logs'}. Ctrl-C stops everything.\n",
@@ -272,6 +273,8 @@ def _demo(args: argparse.Namespace) -> int:
         )
         mission_id = created["mission_id"]
         print(f"mission {mission_id} submitted; following its events:")
+        print(f"  (live on the board: {stack.gateway_url}/board/missions/{mission_id}, ")
+        print(f"   token {stack.admin_token})")
         final: dict[str, Any] | None = None
         for event in client.events(mission_id):
             print(describe(event), flush=True)

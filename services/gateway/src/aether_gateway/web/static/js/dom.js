@@ -82,7 +82,8 @@ export function pill(status) {
 }
 
 export function firstLine(text, max = 90) {
-  const line = (text || "").split("\n")[0].trim();
+  // A requirement written as a list reads better without its bullet.
+  const line = (text || "").split("\n")[0].trim().replace(/^([-*•]|#+)\s+/, "");
   return line.length > max ? line.slice(0, max - 1) + "…" : line;
 }
 

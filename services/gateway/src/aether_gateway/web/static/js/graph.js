@@ -78,7 +78,7 @@ export function planGraph(plan, { statusOf, costOf, onOpen }) {
       s("title", {}, tip),
       s("rect", { width: W, height: H, rx: 8 }),
       s("rect", { class: "stripe", width: 5, height: H, rx: 2 }),
-      s("text", { x: 14, y: 21, class: "node-title" }, clip(task.title, 26)),
+      s("text", { x: 14, y: 21, class: "node-title" }, clip(task.title, 24)),
       s("text", { x: 14, y: 40, class: "node-meta" }, clip(`${id} · ${task.tier}${task.files && task.files.length ? " · " + task.files.length + " file" + (task.files.length > 1 ? "s" : "") : ""}`, 30)),
       s("text", { x: W - 10, y: 40, class: "node-cost", "text-anchor": "end" }, cost),
     );
