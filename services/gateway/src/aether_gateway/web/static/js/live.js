@@ -5,6 +5,20 @@
 import { token, signedOut } from "./api.js";
 
 const listeners = new Set();
+
+/**
+ * How long pages take to apply live events and to redraw from the read model: kept for
+ * anyone who asks (the benchmark in bench/board.py reads it), bounded in size.
+ */
+export const stats = (window.aetherBoard = window.aetherBoard || { applied: 0, applyMs: [], redraws: 0, redrawMs: [] });
+
+export function record(kind, ms) {
+  const list = kind === "apply" ? stats.applyMs : stats.redrawMs;
+  if (kind === "apply") stats.applied += 1;
+  else stats.redraws += 1;
+  if (list.length >= 5000) list.shift();
+  list.push(ms);
+}
 let current = null;
 
 /** Subscribe to the status of the page's live stream ("live", "reconnecting", "closed"). */
@@ -136,6 +150,8 @@ export class LiveStream {
     const seq = Number(id);
     if (!(seq > this.lastId)) return; // seen already
     this.lastId = seq;
+    const started = performance.now();
     this.onEvent(type, payload, seq);
+    record("apply", performance.now() - started);
   }
 }

@@ -5,7 +5,7 @@ import { ApiError, get, post } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill, put, short, time, tokens } from "../dom.js";
 import { COLUMNS, column, missionChange, planDiff, taskChange } from "../fold.js";
 import { planGraph, setNodeStatus } from "../graph.js";
-import { LiveStream } from "../live.js";
+import { LiveStream, record } from "../live.js";
 
 const ACTIVE = new Set(["requested", "preparing", "awaiting_input", "awaiting_approval", "running"]);
 const TERMINAL = new Set(["completed", "answered", "failed", "cancelled"]);
@@ -48,20 +48,35 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   const commandError = h("p", { class: "field-error", id: "command-error", role: "alert" });
   main.append(h("div", { class: "mission-layout" }, header, commands, planCard, boardCard, h("div", { class: "two" }, side, steps)));
 
+  // Made once and moved into each redraw, so what a person is typing survives it.
+  const messageText = h("textarea", { id: "message-text", rows: 3 });
+  const budgetInput = h("input", { id: "budget-input", inputmode: "decimal", placeholder: "new budget, USD", size: 12 });
+  let shownJson = "";
+
   async function load() {
+    let fresh;
     try {
-      detail = await get(base);
+      fresh = await get(base);
     } catch (error) {
       put(header, h("h1", {}, "Mission not found"), h("p", { class: "field-error" }, error.message));
       return false;
     }
+    const json = JSON.stringify(fresh);
+    if (json === shownJson) return true; // nothing new: keep the page as it is
+    shownJson = json;
+    detail = fresh;
+    const focused = document.activeElement;
     if (shownVersion === null || shownVersion > (detail.plan_version || 0)) shownVersion = detail.plan_version;
+    const started = performance.now();
     drawHeader();
     drawCommands();
     drawPlan();
     drawBoard();
     drawConversation();
     drawSteps();
+    if (focused && focused !== document.activeElement && focused.isConnected) focused.focus();
+    record("redraw", performance.now() - started);
+    if (!performance.getEntriesByName("aether:mission-rendered").length) performance.mark("aether:mission-rendered");
     return true;
   }
 
@@ -119,7 +134,6 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       b.addEventListener("click", () => command(path, typeof body === "function" ? body() : body, b));
       return b;
     };
-    const budgetInput = h("input", { id: "budget-input", inputmode: "decimal", placeholder: "new budget, USD", size: 12 });
     commands.append(
       h(
         "div",
@@ -251,7 +265,8 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     if (!(m.messages || []).length) list.append(h("li", { class: "muted" }, "No messages."));
     side.append(list);
     if (me.canWrite && !TERMINAL.has(m.status)) {
-      const text = h("textarea", { id: "message-text", rows: 3, placeholder: m.status === "awaiting_input" ? "Answer the planner's questions" : m.status === "awaiting_approval" ? "Feedback on the plan: the planner revises it" : "A note for the planner" });
+      const text = messageText;
+      text.placeholder = m.status === "awaiting_input" ? "Answer the planner's questions" : m.status === "awaiting_approval" ? "Feedback on the plan: the planner revises it" : "A note for the planner";
       const error = h("p", { class: "field-error", id: "message-error" });
       const send = h("button", { type: "submit", class: "primary", id: "send-message" }, m.status === "awaiting_input" ? "Send answers" : m.status === "awaiting_approval" ? "Send feedback" : "Send");
       const form = h("form", { class: "message-form" }, text, error, send);
@@ -294,6 +309,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   }, 300);
 
   function apply(type, event) {
+    shownJson = ""; // the page now differs from the last snapshot: redraw from the next
     const change = taskChange(type, event);
     if (change) {
       const entry = cards.get(change.taskId);
