@@ -7,7 +7,7 @@ from pathlib import Path
 from dulwich import porcelain
 from msgspec.structs import replace
 
-from aether_events import EventPublisher
+from aether_events import EventPublisher, new_mission_id
 from aether_gateway.web import static_directory
 
 from .conftest import Script, eventually
@@ -121,3 +121,38 @@ def test_the_board_fetches_nothing_from_another_origin():
             assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path
             assert "https://" not in text, path
             assert "innerHTML" not in text, path
+
+
+async def test_progress_counts_tasks_of_several_missions_in_one_call(http, nc):
+    first, second, idle = Script(new_mission_id()), Script(new_mission_id()), new_mission_id()
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(first.happy_path())
+    await publisher.publish_all(
+        [
+            second.requested(),
+            second.prepared(),
+            second.plan(task_ids=("a", "b", "c")),
+            second.approved(),
+            second.task_ready("a"),
+        ]
+    )
+
+    async def counts():
+        answer = await http.get(
+            "/tasks/progress",
+            params=[
+                ("mission_id", first.mission_id),
+                ("mission_id", f"{second.mission_id},{idle}"),
+            ],
+        )
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["missions"]
+        return found if len(found) == 2 and found[first.mission_id]["merged"] == 1 else None
+
+    found = await eventually(counts, what="both missions' tasks")
+    assert found[first.mission_id] == {"total": 1, "merged": 1, "running": 0, "failed": 0}
+    assert found[second.mission_id]["total"] == 3
+    assert found[second.mission_id]["merged"] == 0
+    assert idle not in found
+    too_many = await http.get("/tasks/progress", params={"mission_id": ",".join(["m-x"] * 201)})
+    assert too_many.status_code == 400

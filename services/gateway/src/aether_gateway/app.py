@@ -224,7 +224,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             api.router(gateway.context),
-            board_router(gateway.context),
+            board_router(gateway.context, gateway.db),
             *WEB_ROUTES,
             healthz,
             readyz,

@@ -1,20 +1,25 @@
 """The queries the web board needs beyond the rest of the API: where the read model
-stands (so a page can load a snapshot and then stream from exactly that point), and a
-task branch's diff against the integration head it started from."""
+stands (so a page can load a snapshot and then stream from exactly that point), the
+progress of a page of missions in one call, and a task branch's diff against the
+integration head it started from."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import msgspec
 from litestar import Router, get
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 
+from aether_events import is_valid_token
+from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.diffs import DiffUnavailable, TaskDiff, task_diff
+from aether_gateway.adapters.progress import Progress, progress_of
 from aether_gateway.api.auth import READ
 from aether_gateway.api.context import GatewayContext
-from aether_gateway.api.errors import error_responses, not_found
+from aether_gateway.api.errors import bad_request, error_responses, not_found
 from aether_gateway.api.queries import _mission_or_wait
 
 
@@ -34,6 +39,33 @@ class Position(msgspec.Struct, kw_only=True):
 )
 async def read_model_position(ctx: NamedDependency[GatewayContext]) -> Position:
     return Position(sequence=await ctx.read_model.position())
+
+
+class MissionProgress(msgspec.Struct, kw_only=True):
+    """Task counts per mission asked for; a mission without tasks (yet) is left out."""
+
+    missions: dict[str, Progress]
+
+
+@get(
+    "/tasks/progress",
+    summary="Task counts (total, merged, running, failed) of several missions at once",
+    guards=[READ],
+    responses=error_responses(400, 401, 403),
+    tags=["tasks"],
+)
+async def tasks_progress(
+    ctx: NamedDependency[GatewayContext],
+    db: NamedDependency[Database],
+    mission_id: Annotated[
+        list[str], QueryParameter(description="A mission id (repeat, up to 200)")
+    ],
+) -> MissionProgress:
+    ids = [i for v in mission_id for i in v.split(",") if i]
+    if len(ids) > 200:
+        raise bad_request("at most 200 missions at once", key="mission_id")
+    await ctx.settled()
+    return MissionProgress(missions=await progress_of(db, [i for i in ids if is_valid_token(i)]))
 
 
 @get(
@@ -63,10 +95,13 @@ async def get_task_diff(
         raise not_found(f"the diff of task {task_id!r}", reason=str(error)) from None
 
 
-def board_router(ctx: GatewayContext) -> Router:
+def board_router(ctx: GatewayContext, db: Database) -> Router:
     """The board's queries, with ``ctx`` injected as in the rest of the API."""
     return Router(
         path="/",
-        route_handlers=[read_model_position, get_task_diff],
-        dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
+        route_handlers=[read_model_position, tasks_progress, get_task_diff],
+        dependencies={
+            "ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True),
+            "db": Provide(lambda: db, sync_to_thread=False, use_cache=True),
+        },
     )

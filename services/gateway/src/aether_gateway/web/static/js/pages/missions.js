@@ -119,18 +119,11 @@ export async function missionsPage(main, { me, navigate }) {
   let cursor = null;
 
   async function taskCounts(list) {
-    // One tasks query for the missions shown; merged / total per mission.
-    const found = {};
-    await Promise.all(
-      list.filter((m) => m.plan_version !== null).map(async (m) => {
-        const page = await get(`/tasks${query({ mission_id: m.id, limit: 200 })}`);
-        found[m.id] = {
-          total: page.tasks.filter((t) => t.status !== "skipped").length,
-          merged: page.tasks.filter((t) => t.status === "merged").length,
-        };
-      }),
-    );
-    return found;
+    // Merged / total for the whole page in one call.
+    const ids = list.filter((m) => m.plan_version !== null).map((m) => m.id);
+    if (!ids.length) return {};
+    const answer = await get(`/tasks/progress?${ids.map((id) => "mission_id=" + encodeURIComponent(id)).join("&")}`);
+    return answer.missions;
   }
 
   function draw() {
