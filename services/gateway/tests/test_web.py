@@ -19,6 +19,7 @@ from dulwich.repo import Repo
 from aether_events import (
     AgentProgress,
     AgentStarted,
+    BudgetRaised,
     EventPublisher,
     MissionMessagePosted,
     MissionPaused,
@@ -27,6 +28,8 @@ from aether_events import (
     PlanClarificationRequested,
     PlannedTask,
     RepositoryPrepared,
+    StepFailed,
+    StepRetryRequested,
     TaskEscalated,
     TaskRetryRequested,
     WorkspaceReady,
@@ -266,6 +269,58 @@ async def test_writer_answers_the_planner_pauses_resumes_and_retries_a_task(
     assert retried.task_id == "t1"
     await expect(page.locator('[data-column="pending"] article[data-task="t1"]')).to_have_count(1)
     await page.screenshot(path=str(artefacts / "mission-commands.png"), full_page=True)
+
+
+async def test_plan_versions_their_changes_a_budget_raise_and_a_failed_step_retry(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    publisher = EventPublisher(nc.jetstream())
+    prepared_event = script.prepared()
+    await publisher.publish_all(
+        [
+            script.requested(budget_usd=1.0),
+            prepared_event,
+            script.plan(version=1, task_ids=("t1", "t2")),
+            script.plan(version=2, task_ids=("t1", "t3")),
+            StepFailed(
+                **script.meta(),  # type: ignore[arg-type]
+                service="planner",
+                consumer="planner",
+                failed_event_id=prepared_event.event_id,
+                failed_event_type="repository_prepared",
+                stream="AETHER_MISSIONS",
+                stream_sequence=2,
+                error="the model answered 529 five times",
+                attempts=5,
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page.locator("#approve")).to_have_text("Approve plan v2")
+    await expect(page.locator("#plan-version option")).to_have_count(2)
+    changes = page.locator("#plan-diff")
+    await expect(changes).to_contain_text("+ t3")
+    await expect(changes).to_contain_text("− t2")
+    await page.select_option("#plan-version", "1")
+    await expect(page.locator('#plan-graph .node[data-task="t2"]')).to_have_count(1)
+    await expect(page.locator("#plan-diff")).to_have_count(0)
+
+    await page.fill("#budget-input", "2.5")
+    await page.click("#raise-budget")
+    raised = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), BudgetRaised), what="budget"
+    )
+    assert raised.budget_usd == 2.5
+    await expect(page.locator("#costbar")).to_contain_text("of $2.50")
+
+    await expect(page.locator("#steps")).to_contain_text("529 five times")
+    await page.locator("#steps button").click()
+    retry = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), StepRetryRequested), what="retry"
+    )
+    assert retry.failed_event_id == prepared_event.event_id
+    await page.screenshot(path=str(artefacts / "plan-versions.png"), full_page=True)
 
 
 async def test_form_errors_show_the_gateways_message_next_to_the_field(

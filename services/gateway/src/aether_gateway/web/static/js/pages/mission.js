@@ -21,7 +21,7 @@ export function costBar(spent, budget, { exceeded = false } = {}) {
     "div",
     { class: "costbar " + level, id: "costbar", "data-level": level },
     h("div", { class: "bar" }, h("i", { style: { width: `${Math.min(100, ratio * 100).toFixed(1)}%` } }), h("b", { style: { left: "80%" } })),
-    h("div", { class: "costbar-text" }, h("strong", {}, `${money(spent, 4)} of ${money(budget)}`), h("span", {}, ` · ${(ratio * 100).toFixed(0)} % · ${note}`)),
+    h("div", { class: "costbar-text" }, h("strong", {}, `${money(spent || 0, 4)} of ${money(budget)}`), h("span", {}, ` · ${(ratio * 100).toFixed(0)} % · ${note}`)),
   );
 }
 
@@ -128,10 +128,12 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       return;
     }
     commands.hidden = TERMINAL.has(m.status);
-    const button = (label, cls, path, body, id) => {
+    const button = (label, cls, path, body, id, done = null) => {
       const b = h("button", { type: "button", class: cls, id });
       b.textContent = label;
-      b.addEventListener("click", () => command(path, typeof body === "function" ? body() : body, b));
+      b.addEventListener("click", async () => {
+        if ((await command(path, typeof body === "function" ? body() : body, b)) && done) done();
+      });
       return b;
     };
     commands.append(
@@ -144,7 +146,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         !TERMINAL.has(m.status) ? button("Cancel mission", "danger", "/cancel", {}, "cancel") : null,
         h("span", { class: "spacer" }),
         h("label", { class: "inline" }, "Raise budget ", budgetInput),
-        button("Raise", "", "/budget", () => ({ budget_usd: Number(budgetInput.value) || budgetInput.value }), "raise-budget"),
+        button("Raise", "", "/budget", () => ({ budget_usd: Number(budgetInput.value) || budgetInput.value }), "raise-budget", () => (budgetInput.value = "")),
       ),
       commandError,
     );
