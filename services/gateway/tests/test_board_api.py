@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dulwich import porcelain
+from dulwich.repo import Repo
 from msgspec.structs import replace
 
 from aether_events import EventPublisher, new_mission_id
@@ -156,3 +157,23 @@ async def test_progress_counts_tasks_of_several_missions_in_one_call(http, nc):
     assert idle not in found
     too_many = await http.get("/tasks/progress", params={"mission_id": ",".join(["m-x"] * 201)})
     assert too_many.status_code == 400
+
+
+async def test_default_branch_of_a_local_repository_for_writers_only(
+    http, gateway_server, tmp_path
+):
+    two_commits(tmp_path / "repo")
+    with Repo(str(tmp_path / "repo")) as repo:
+        repo.refs[b"refs/heads/trunk"] = repo.head()
+        repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/trunk")
+    url = "/repositories/default-branch"
+    found = await http.get(url, params={"repository": str(tmp_path / "repo")})
+    assert found.status_code == 200, found.text
+    assert found.json()["default_branch"] == "trunk"
+    for elsewhere in ("https://example.invalid/r.git", str(tmp_path), "relative/path"):
+        answer = await http.get(url, params={"repository": elsewhere})
+        assert answer.status_code == 404, elsewhere
+    created = await http.post("/admin/tokens", json={"name": "viewer", "scopes": ["read"]})
+    async with gateway_server.client(token=created.json()["token"]) as reader:
+        refused = await reader.get(url, params={"repository": str(tmp_path / "repo")})
+        assert refused.status_code == 403

@@ -23,6 +23,7 @@ from aether_events import (
     EventPublisher,
     MissionMessagePosted,
     MissionPaused,
+    MissionRequested,
     MissionResumed,
     PlanApproved,
     PlanClarificationRequested,
@@ -324,16 +325,32 @@ async def test_plan_versions_their_changes_a_budget_raise_and_a_failed_step_retr
 
 
 async def test_form_errors_show_the_gateways_message_next_to_the_field(
-    gateway_server: GatewayServer, browser: Any, artefacts: Path
+    gateway_server: GatewayServer, nc: Any, browser: Any, artefacts: Path, tmp_path: Path
 ) -> None:
+    repo = tmp_path / "repo"
+    sample_repository(repo)
+    with Repo(str(repo)) as r:
+        r.refs[b"refs/heads/trunk"] = r.refs[b"refs/heads/main"]
+        r.refs.set_symbolic_ref(b"HEAD", b"refs/heads/trunk")
     page = await signed_in(browser, gateway_server)
-    await page.fill("#nm-repository", "/srv/repo")
+    await page.fill("#nm-repository", str(repo))
+    await page.locator("#nm-repository").blur()
+    await expect(page.locator("#nm-base-hint")).to_contain_text("trunk")
     await page.fill("#nm-requirement", "Add a greeting")
     await page.fill("#nm-budget_usd", "-3")
     await page.click("#new-mission button[type=submit]")
     await expect(page.locator("#nm-budget_usd-error")).to_contain_text("0")
     await expect(page.locator("#nm-error")).to_be_hidden()
     await page.screenshot(path=str(artefacts / "form-error.png"))
+
+    await page.fill("#nm-budget_usd", "3")
+    await page.click("#new-mission button[type=submit]")
+    await expect(page.locator("#mission-head")).to_be_visible()
+    mission_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    requested = await eventually(
+        lambda: _with(stored_events(nc, mission_id), MissionRequested), what="the request"
+    )
+    assert (requested.base_branch, requested.budget_usd) == ("trunk", 3.0)
 
 
 async def test_board_resumes_after_a_gateway_restart_without_missing_or_doubling_events(

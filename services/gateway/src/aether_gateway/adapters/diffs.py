@@ -15,6 +15,7 @@ import msgspec
 from dulwich.diff_tree import tree_changes
 from dulwich.errors import NotGitRepository
 from dulwich.objects import Blob, Commit, TreeEntry
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 # Bounds: a diff is for a person to read in a browser, not an export.
@@ -139,3 +140,20 @@ def task_diff(repository: str, mission_id: str, task_id: str, base: str, head: s
             files=files,
             truncated=truncated_all,
         )
+
+
+def default_branch(repository: str) -> str:
+    """The branch ``HEAD`` names in the repository at ``repository`` (a local directory)."""
+    path = Path(repository)
+    if not path.is_absolute() or not path.is_dir():
+        raise DiffUnavailable("the repository is not a directory the gateway can read")
+    try:
+        repo = Repo(str(path))
+    except NotGitRepository:
+        raise DiffUnavailable("the directory is not a git repository") from None
+    with repo:
+        target = repo.refs.read_ref(Ref(b"HEAD"))
+    prefix = b"ref: refs/heads/"
+    if target is None or not target.startswith(prefix):
+        raise DiffUnavailable("the repository's HEAD names no branch")
+    return target[len(prefix) :].decode("utf-8", "replace")

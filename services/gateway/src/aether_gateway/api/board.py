@@ -15,9 +15,9 @@ from litestar.params import FromPath, QueryParameter
 
 from aether_events import is_valid_token
 from aether_gateway.adapters.db import Database
-from aether_gateway.adapters.diffs import DiffUnavailable, TaskDiff, task_diff
+from aether_gateway.adapters.diffs import DiffUnavailable, TaskDiff, default_branch, task_diff
 from aether_gateway.adapters.progress import Progress, progress_of
-from aether_gateway.api.auth import READ
+from aether_gateway.api.auth import READ, WRITE
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses, not_found
 from aether_gateway.api.queries import _mission_or_wait
@@ -95,11 +95,41 @@ async def get_task_diff(
         raise not_found(f"the diff of task {task_id!r}", reason=str(error)) from None
 
 
+class DefaultBranch(msgspec.Struct, kw_only=True):
+    repository: str
+    default_branch: str
+
+
+@get(
+    "/repositories/default-branch",
+    summary="The default branch of a repository the gateway can read (a local directory)",
+    guards=[WRITE],
+    responses=error_responses(400, 401, 403, 404),
+    tags=["missions"],
+)
+async def repository_default_branch(
+    repository: Annotated[str, QueryParameter(min_length=1, max_length=4096)],
+) -> DefaultBranch:
+    """What a new mission's base branch defaults to in the board's form. Only for those
+    who may submit missions (it tells whether a path is a repository); a repository the
+    gateway cannot read (a URL, another machine's path) is a 404."""
+    try:
+        branch = await asyncio.to_thread(default_branch, repository)
+    except DiffUnavailable as error:
+        raise not_found("the repository's default branch", reason=str(error)) from None
+    return DefaultBranch(repository=repository, default_branch=branch)
+
+
 def board_router(ctx: GatewayContext, db: Database) -> Router:
     """The board's queries, with ``ctx`` injected as in the rest of the API."""
     return Router(
         path="/",
-        route_handlers=[read_model_position, tasks_progress, get_task_diff],
+        route_handlers=[
+            read_model_position,
+            tasks_progress,
+            get_task_diff,
+            repository_default_branch,
+        ],
         dependencies={
             "ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True),
             "db": Provide(lambda: db, sync_to_thread=False, use_cache=True),

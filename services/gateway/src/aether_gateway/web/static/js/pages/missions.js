@@ -56,7 +56,7 @@ function newMissionForm(onCreated) {
     { class: "card new-mission", id: "new-mission" },
     h("h2", {}, "New mission"),
     field("repository", "Repository", h("input", { id: "nm-repository", name: "repository", required: true, placeholder: "/path/to/repo or URL" })),
-    field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "main" }), "Left empty: main"),
+    field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "main" }), h("span", { id: "nm-base-hint" }, "Left empty: the repository's default branch")),
     field("requirement", "Requirement", h("textarea", { id: "nm-requirement", name: "requirement", rows: 5, required: true, placeholder: "What should change, and how will you know it is done?" })),
     h(
       "div",
@@ -67,6 +67,27 @@ function newMissionForm(onCreated) {
     h("p", { class: "field-error", id: "nm-error", role: "alert" }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Submit mission")),
   );
+  // The base branch defaults to the repository's own default branch, when the gateway
+  // can read the repository; otherwise to the gateway's default (main).
+  let detected = null;
+  const repository = form.querySelector("#nm-repository");
+  const baseInput = form.querySelector("#nm-base_branch");
+  const hint = form.querySelector("#nm-base-hint");
+  repository.addEventListener("change", async () => {
+    detected = null;
+    const path = repository.value.trim();
+    if (!path) return;
+    try {
+      const found = await get(`/repositories/default-branch?repository=${encodeURIComponent(path)}`);
+      if (repository.value.trim() !== path) return;
+      detected = found.default_branch;
+      baseInput.placeholder = detected;
+      hint.textContent = `Left empty: ${detected}, the repository's default branch`;
+    } catch {
+      baseInput.placeholder = "main";
+      hint.textContent = "Left empty: main (the gateway cannot read this repository's default)";
+    }
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
@@ -77,7 +98,7 @@ function newMissionForm(onCreated) {
       auto_approve: data.get("auto_approve") === "on",
     };
     const branch = String(data.get("base_branch") || "").trim();
-    if (branch) body.base_branch = branch;
+    if (branch || detected) body.base_branch = branch || detected;
     const budget = String(data.get("budget_usd") || "").trim();
     if (budget) {
       const value = Number(budget);
@@ -87,6 +108,7 @@ function newMissionForm(onCreated) {
     try {
       const accepted = await post("/missions", body);
       form.reset();
+      detected = null;
       onCreated(accepted.mission_id);
     } catch (error) {
       const fields = error instanceof ApiError ? error.fields() : {};
