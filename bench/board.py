@@ -146,7 +146,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def run(n_tasks: int, n_events: int) -> None:
+async def run(n_tasks: int, n_events: int, screenshot: Path | None = None) -> None:
     home = Path(tempfile.mkdtemp(prefix="aether-bench-board-"))
     stack = Stack(home=home / "stack", random_ports=True)
     await asyncio.to_thread(stack.start_infrastructure)
@@ -205,7 +205,9 @@ async def run(n_tasks: int, n_events: int) -> None:
                 "n => window.aetherBoard.applied >= n", arg=before + n_events, timeout=120_000
             )
             wall = time.perf_counter() - started
-            await asyncio.sleep(1.5)  # let the last redraw from the read model happen
+            await asyncio.sleep(5)  # let the last redraw from the read model happen
+            if screenshot is not None:
+                await page.screenshot(path=str(screenshot), full_page=True)
             stats = await page.evaluate("window.aetherBoard")
             await context.close()
         await nc.close()
@@ -241,8 +243,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--screenshot", type=Path, help="save the page at the end (PNG)")
     args = parser.parse_args()
-    asyncio.run(run(args.tasks, args.events))
+    asyncio.run(run(args.tasks, args.events, args.screenshot))
 
 
 if __name__ == "__main__":

@@ -53,16 +53,27 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   const budgetInput = h("input", { id: "budget-input", inputmode: "decimal", placeholder: "new budget, USD", size: 12 });
   let shownJson = "";
 
+  // A snapshot holds every event up to the read model's position, read just before it;
+  // live events after that position are kept and applied again on top of the snapshot,
+  // so a snapshot that lags the stream never moves a card back.
+  let snapshotAt = 0;
+  let tail = [];
+
   async function load() {
     let fresh;
+    let position;
     try {
+      position = (await get("/events/position")).sequence;
       fresh = await get(base);
     } catch (error) {
       put(header, h("h1", {}, "Mission not found"), h("p", { class: "field-error" }, error.message));
       return false;
     }
+    snapshotAt = position;
+    tail = tail.filter((e) => e.seq > position);
+    if (tail.length) reload(); // the read model is behind what is shown: look again soon
     const json = JSON.stringify(fresh);
-    if (json === shownJson) return true; // nothing new: keep the page as it is
+    if (json === shownJson && !tail.length) return true; // nothing new: keep the page as it is
     shownJson = json;
     detail = fresh;
     const focused = document.activeElement;
@@ -74,6 +85,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     drawBoard();
     drawConversation();
     drawSteps();
+    for (const e of tail) applyLocal(e.type, e.event);
     if (focused && focused !== document.activeElement && focused.isConnected) focused.focus();
     record("redraw", performance.now() - started);
     if (!performance.getEntriesByName("aether:mission-rendered").length) performance.mark("aether:mission-rendered");
@@ -152,8 +164,24 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     );
   }
 
+  let planKey = "";
+
   function drawPlan() {
     const m = detail;
+    const key = JSON.stringify([shownVersion, m.approved_version, m.plan_version, (m.plans || []).length]);
+    if (key === planKey && graphNodes.size) {
+      const tasks = new Map((m.tasks || []).map((t) => [t.task_id, t]));
+      for (const [id, node] of graphNodes) {
+        const task = tasks.get(id);
+        if (!task) continue;
+        if (node.dataset.status !== task.status) setNodeStatus(node, task.status);
+        const cost = task.cost_usd ? money(task.cost_usd) : "";
+        const label = node.querySelector(".node-cost");
+        if (label.textContent !== cost) label.textContent = cost;
+      }
+      return;
+    }
+    planKey = key;
     clear(planCard);
     const plans = m.plans || [];
     const plan = plans.find((p) => p.version === shownVersion);
@@ -227,26 +255,42 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
 
   const lanes = new Map();
 
+  let boardGrid = null;
+  let boardEmpty = null;
+
   function drawBoard() {
-    clear(boardCard);
-    cards.clear();
-    lanes.clear();
-    boardCard.append(h("div", { class: "card-head" }, h("h2", {}, "Tasks")));
-    const grid = h("div", { class: "board", id: "task-board" });
-    for (const [key, label] of COLUMNS) {
-      const list = h("div", { class: "lane-body" });
-      const count = h("span", { class: "count" });
-      lanes.set(key, { list, count });
-      grid.append(h("div", { class: `lane lane-${key}`, "data-column": key }, h("h3", {}, label, count), list));
+    // Built once; afterwards only the cards whose task changed are replaced, so a
+    // redraw of a big mission stays cheap and the lanes keep their scroll positions.
+    if (boardGrid === null) {
+      boardGrid = h("div", { class: "board", id: "task-board" });
+      for (const [key, label] of COLUMNS) {
+        const list = h("div", { class: "lane-body" });
+        const count = h("span", { class: "count" });
+        lanes.set(key, { list, count });
+        boardGrid.append(h("div", { class: `lane lane-${key}`, "data-column": key }, h("h3", {}, label, count), list));
+      }
+      boardEmpty = h("p", { class: "muted" }, "Tasks appear here once a plan is approved.");
+      boardCard.append(h("div", { class: "card-head" }, h("h2", {}, "Tasks")), boardGrid, boardEmpty);
     }
+    const seen = new Set();
     for (const task of detail.tasks || []) {
+      seen.add(task.task_id);
+      const entry = cards.get(task.task_id);
+      const json = JSON.stringify(task);
+      if (entry && entry.json === json && entry.el.parentElement === lanes.get(column(task.status)).list) continue;
       const el = card(task);
-      cards.set(task.task_id, { el, task });
+      if (entry) entry.el.remove();
+      cards.set(task.task_id, { el, task, json });
       lanes.get(column(task.status)).list.append(el);
     }
+    for (const [id, entry] of cards) {
+      if (!seen.has(id)) {
+        entry.el.remove();
+        cards.delete(id);
+      }
+    }
     counts();
-    boardCard.append(grid);
-    if (!(detail.tasks || []).length) boardCard.append(h("p", { class: "muted" }, "Tasks appear here once a plan is approved."));
+    boardEmpty.hidden = (detail.tasks || []).length > 0;
   }
 
   function counts() {
@@ -310,13 +354,20 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     }
   }, 300);
 
-  function apply(type, event) {
+  function apply(type, event, seq) {
     shownJson = ""; // the page now differs from the last snapshot: redraw from the next
+    if (seq > snapshotAt) tail.push({ type, event, seq });
+    applyLocal(type, event);
+    reload();
+  }
+
+  function applyLocal(type, event) {
     const change = taskChange(type, event);
     if (change) {
       const entry = cards.get(change.taskId);
       if (entry && entry.task.status !== change.status) {
         entry.task = { ...entry.task, status: change.status, attempt: change.attempt || entry.task.attempt, error: change.error || entry.task.error };
+        entry.json = "";
         const el = card(entry.task);
         entry.el.replaceWith(el);
         entry.el = el;
@@ -332,7 +383,6 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       clear(document.getElementById("mission-status")).append(pill(next));
       drawCommands();
     }
-    reload();
   }
 
   function telemetry(type, event) {
@@ -343,8 +393,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     if (entry) entry.el.querySelector(".activity").textContent = text;
   }
 
-  const position = await get("/events/position").catch(() => ({ sequence: 0 }));
   if (!(await load())) return null;
-  const live = new LiveStream(base + "/events", { onEvent: apply, onTelemetry: telemetry, telemetry: true, after: position.sequence }).start();
+  const live = new LiveStream(base + "/events", { onEvent: apply, onTelemetry: telemetry, telemetry: true, after: snapshotAt }).start();
   return () => live.stop();
 }
