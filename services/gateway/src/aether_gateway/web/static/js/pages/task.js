@@ -145,8 +145,12 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   await loadEvents();
   await loadDiff();
   let diffShownFor = task.commit_sha;
+  let lastLive = 0;
   const reload = debounce(async () => {
+    // A read model behind the last event shown is asked again until it has caught up.
+    const at = await get("/events/position").catch(() => ({ sequence: lastLive }));
     await load().catch(() => {});
+    if (at.sequence < lastLive) reload();
     if (task.commit_sha !== diffShownFor) {
       diffShownFor = task.commit_sha;
       await loadDiff();
@@ -155,8 +159,9 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   const live = new LiveStream(missionBase + "/events", {
     telemetry: true,
     after: Math.max(position.sequence, lastSeq),
-    onEvent: (type, event) => {
+    onEvent: (type, event, seq) => {
       if (event.task_id !== taskId && !(event.task && event.task.id === taskId)) return;
+      lastLive = seq;
       const empty = transcript.querySelector(".empty-line");
       if (empty) empty.remove();
       transcript.append(line(type, event));
