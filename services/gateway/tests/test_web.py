@@ -405,3 +405,53 @@ def _escalated(script: Script, task_id: str) -> TaskEscalated:
         attempt=1,
         reason="retries exhausted",
     )
+
+
+async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
+    gateway_server: GatewayServer, browser: Any
+) -> None:
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(gateway_server.base_url + "/board/")
+    found = await page.evaluate(
+        """async () => {
+        const f = await import('/board/static/js/fold.js');
+        const t = (id, deps = [], extra = {}) => ({ id, title: id, depends_on: deps, ...extra });
+        return {
+          layers: f.layers(
+            [t('c', ['a', 'b']), t('a'), t('b', ['a']), t('x', ['y']), t('y', ['x'])],
+          ),
+          diff: f.planDiff(
+            { tasks: [t('a'), t('b'), t('c', [], { tier: 'small' })] },
+            { tasks: [t('a'), t('c', [], { tier: 'large' }), t('d')] },
+          ),
+          columns: ['pending', 'ready', 'running', 'completed', 'conflicted', 'merged', 'skipped',
+                    'failed', 'escalated'].map(f.column),
+          paused: [
+            f.missionChange('paused', 'plan_approved'),
+            f.missionChange('paused', 'mission_cancelled'),
+            f.missionChange('completed', 'mission_paused'),
+            f.missionChange('running', 'mission_paused'),
+          ],
+          task: f.taskChange('task_ready', { task: { id: 't9' }, attempt: 2 }),
+          unrelated: f.taskChange('plan_produced', {}),
+        };
+      }"""
+    )
+    assert found["layers"] == [["a"], ["b"], ["c"], ["x", "y"]]
+    assert [t["id"] for t in found["diff"]["added"]] == ["d"]
+    assert [t["id"] for t in found["diff"]["removed"]] == ["b"]
+    assert [(c["task"]["id"], c["fields"]) for c in found["diff"]["changed"]] == [("c", ["tier"])]
+    assert found["columns"] == [
+        "pending",
+        "ready",
+        "running",
+        "merging",
+        "merging",
+        "merged",
+        "merged",
+        "failed",
+        "failed",
+    ]
+    assert found["paused"] == [None, "cancelled", None, "paused"]
+    assert found["task"] == {"taskId": "t9", "status": "ready", "attempt": 2, "error": None}
+    assert found["unrelated"] is None
