@@ -45,6 +45,7 @@ from aether_events import (
     Usage,
     UsageRecorded,
     derived_id,
+    ensure_streams,
     new_mission_id,
 )
 
@@ -150,6 +151,9 @@ async def run(n_tasks: int, n_events: int, screenshot: Path | None = None) -> No
     home = Path(tempfile.mkdtemp(prefix="aether-bench-board-"))
     stack = Stack(home=home / "stack", random_ports=True)
     await asyncio.to_thread(stack.start_infrastructure)
+    # The streams are declared by the stack's administrator (the gateway waits for them).
+    nc = await nats.connect(stack.nats_url)
+    await ensure_streams(nc.jetstream())
     stack.start_service("gateway")
     try:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=5) as http:
@@ -160,7 +164,6 @@ async def run(n_tasks: int, n_events: int, screenshot: Path | None = None) -> No
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
-        nc = await nats.connect(stack.nats_url)
         publisher = EventPublisher(nc.jetstream())
         s = Script(new_mission_id())
         tasks = plan(n_tasks)
