@@ -330,6 +330,8 @@ def _demo(args: argparse.Namespace) -> int:
         )
         mission_id = created["mission_id"]
         print(f"mission {mission_id} submitted; following its events:")
+        print(f"  (live on the board: {stack.gateway_url}/board/missions/{mission_id}, ")
+        print(f"   token {stack.admin_token})")
         final: dict[str, Any] | None = None
         for event in client.events(mission_id):
             print(describe(event), flush=True)

@@ -245,6 +245,7 @@ def _banner(stack: Stack, home: Path) -> str:
     return (
         f"\nAether is up.\n"
         f"  gateway   {stack.gateway_url}\n"
+        f"  board     {stack.gateway_url}/board/  (sign in with the token)\n"
         f"  token     {token}\n"
         f"  model     {model}\n"
         f"  logs      {home / 'logs'}  (aether logs [service] -f)\n"

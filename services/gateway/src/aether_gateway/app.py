@@ -33,12 +33,14 @@ from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
+from aether_gateway.api.board import board_router
 from aether_gateway.api.idempotency import IdempotencyMiddleware
 from aether_gateway.api.schema import StrictStructSchema
 from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
 from aether_gateway.recovery import ReadModelWatch
+from aether_gateway.web import WEB_ROUTES
 from aether_runtime import ConsumerSpec, Service
 from aether_runtime.metrics import service_at_zero
 
@@ -226,7 +228,14 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(
-        route_handlers=[api.router(gateway.context), healthz, readyz, metrics],
+        route_handlers=[
+            api.router(gateway.context),
+            board_router(gateway.context, gateway.db),
+            *WEB_ROUTES,
+            healthz,
+            readyz,
+            metrics,
+        ],
         lifespan=[gateway.lifespan],
         # Outermost first: metrics see every answer, input no route can take is refused
         # before anything looks at it, auth runs before idempotency (keys are per caller).
