@@ -108,8 +108,8 @@ def settings(nats_url: str, worktrees_dir: Path) -> GitBrokerSettings:
 @pytest.fixture
 async def broker(nc: NatsClient, settings: GitBrokerSettings) -> AsyncIterator[Service]:
     service = build_service(settings)
-    await start_service(service)
-    try:
+    try:  # started inside: a service that fails half-way through its start is stopped too
+        await start_service(service)
         yield service
     finally:
         await stop_service(service)
