@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aether_events import (
     Event,
@@ -26,6 +28,7 @@ from aether_events import (
 from aether_planner.domain import PlanSubmission, State, SubmittedTask, evolve
 from aether_planner.domain.decide import (
     MAX_CLARIFICATION_ROUNDS,
+    MAX_MODEL_CALLS,
     AskModel,
     Outcome,
     decide,
@@ -234,3 +237,34 @@ def test_every_outcome_of_one_trigger_shares_one_step_id(reply: Reply) -> None:
     assert not isinstance(failed, AskModel)
     # One outcome per trigger: a retried trigger can never publish two.
     assert out.event_id == failed.event_id
+
+
+CYCLE = plan("a", "b", depends={"a": ["b"], "b": ["a"]})
+REPLIES = [GARBLED, questions("q?"), answer("a"), plan("t1"), CYCLE]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rounds=st.integers(min_value=0, max_value=MAX_CLARIFICATION_ROUNDS + 1),
+    planned=st.booleans(),
+    replies=st.lists(st.sampled_from(REPLIES), min_size=MAX_MODEL_CALLS, max_size=4),
+)
+def test_any_replies_end_in_one_outcome_within_the_call_limit(
+    rounds: int, planned: bool, replies: list[Reply]
+) -> None:
+    p = Planning()
+    trigger = p.requested()
+    for _ in range(rounds):
+        trigger = p.asked(trigger)
+    if planned:
+        p.planned(trigger, version=1)
+        trigger = p.revision()
+    given_replies: list[Reply] = []
+    step = p.when(trigger)
+    while isinstance(step, AskModel):
+        assert len(given_replies) < MAX_MODEL_CALLS
+        given_replies.append(replies[len(given_replies)])
+        step = p.when(trigger, *given_replies)
+    assert step.causation_id == trigger.event_id
+    if planned or rounds >= MAX_CLARIFICATION_ROUNDS:
+        assert isinstance(step, PlanProduced | PlanFailed)
