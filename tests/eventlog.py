@@ -51,6 +51,7 @@ class EventLog:
         self.entries: list[tuple[int, Event]] = []
         self._changed = asyncio.Condition()
         self._subs: list[Any] = []
+        self._cursor = 0  # how far ``next`` has read
 
     async def start(self) -> Self:
         js = self._nc.jetstream()
@@ -122,3 +123,20 @@ class EventLog:
         """The events of type ``cls``, once there are at least ``count``."""
         await self.wait_for(lambda log: len(log.of(cls)) >= count, timeout)
         return self.of(cls)
+
+    async def next(self, cls: type[E], timeout: float = DEFAULT_TIMEOUT) -> E:
+        """The next event of type ``cls`` after the one ``next`` returned last (the events
+        in between are passed over), once it is stored."""
+        found: list[E] = []
+
+        def arrived(log: EventLog) -> bool:
+            while log._cursor < len(log.events):
+                event = log.events[log._cursor]
+                log._cursor += 1
+                if isinstance(event, cls):
+                    found.append(event)
+                    return True
+            return False
+
+        await self.wait_for(arrived, timeout)
+        return found[0]
