@@ -12,7 +12,7 @@ NOW = datetime(2026, 2, 1, tzinfo=UTC)
 FRESH = ("m-0123456789abcdef", "e-fresh")
 
 
-def requested(body: CreateMission, key: str | None, caller: str = "alice"):
+def requested(body: CreateMission, key: str | None, caller: str = "alice", **kw):
     return request_mission(
         body,
         caller_id=caller,
@@ -20,6 +20,7 @@ def requested(body: CreateMission, key: str | None, caller: str = "alice"):
         idempotency_key=key,
         now=NOW,
         fresh_ids=FRESH,
+        **kw,
     )
 
 
@@ -65,3 +66,11 @@ def test_every_option_of_the_request_is_carried_into_the_event() -> None:
     assert (event.max_concurrency, event.max_tasks) == (3, 7)
     assert event.model_overrides == {"small": "haiku"}
     assert event.verify_command == "make test"
+
+
+def test_a_request_without_a_budget_gets_the_default_and_an_explicit_one_wins() -> None:
+    bare = CreateMission(repository="/r", requirement="x")
+    assert requested(bare, None).budget_usd is None
+    assert requested(bare, None, default_budget_usd=5.0).budget_usd == 5.0
+    capped = CreateMission(repository="/r", requirement="x", budget_usd=1.25)
+    assert requested(capped, None, default_budget_usd=5.0).budget_usd == 1.25

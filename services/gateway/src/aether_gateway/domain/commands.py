@@ -72,13 +72,14 @@ def request_mission(
     idempotency_key: str | None,
     now: datetime,
     fresh_ids: tuple[str, str],
+    default_budget_usd: float | None = None,
 ) -> MissionRequested:
     """The event that starts a mission.
 
     With an idempotency key the mission id is derived from the key and the caller, and
     the event id from the mission's first step, so two copies of the request (even racing
     each other) are one mission. Without one, ``fresh_ids`` (a new mission id and a new
-    event id) are used.
+    event id) are used. A request without a budget gets ``default_budget_usd``.
     """
     if idempotency_key:
         mission_id = mission_id_for(caller_id, idempotency_key)
@@ -93,7 +94,7 @@ def request_mission(
         repository=request.repository.strip(),
         requirement=request.requirement,
         base_branch=request.base_branch,
-        budget_usd=request.budget_usd,
+        budget_usd=default_budget_usd if request.budget_usd is None else request.budget_usd,
         auto_approve=request.auto_approve,
         max_concurrency=request.max_concurrency,
         max_tasks=request.max_tasks,
