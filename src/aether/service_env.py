@@ -51,6 +51,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             "AETHER_DAILY_BUDGET_USD",
             "AETHER_MONTHLY_BUDGET_USD",
             "AETHER_AGENT_STALE_SECONDS",
+            "AETHER_DEFAULT_MISSION_BUDGET_USD",
             "AETHER_PRICES_FILE",
         }
     ),
@@ -70,7 +71,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
     ),
     # The runner's own process calls the model; the commands it runs get none of this
     # (their environment is filtered again, and they run sandboxed).
-    "agent-runner": MODEL_NAMES | PROXY_NAMES | {"AETHER_WORKTREES_DIR"},
+    "agent-runner": MODEL_NAMES | PROXY_NAMES | {"AETHER_WORKTREES_DIR", "AETHER_SANDBOX"},
     "git-broker": PROXY_NAMES
     | {
         "AETHER_ACK_WAIT_SECONDS",
@@ -78,6 +79,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
         "AETHER_MAX_LISTED_FILES",
         "AETHER_PUSH_REMOTE",
         "AETHER_REPOSITORY_ROOTS",
+        "AETHER_SANDBOX",
         "AETHER_WORKTREES_DIR",
     },
 }

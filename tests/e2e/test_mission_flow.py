@@ -246,7 +246,7 @@ async def test_mission_with_a_dependent_task_merges_every_change(
     base = tree_files(repo, c_workspace.base_sha)
     assert "a.txt" in base and "b.txt" in base
     # Causal order: every event after its cause, and the dependent task after both merges.
-    events = log.events
+    events = log.entries
     assert isinstance(events[0][1], MissionRequested)
     assert_causal_order(events)
     index = {

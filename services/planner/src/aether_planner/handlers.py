@@ -14,8 +14,6 @@ from aether_events import (
     PlanClarificationRequested,
     PlanFailed,
     PlanProduced,
-    PlanRevisionRequested,
-    RepositoryPrepared,
     Tier,
     UsageRecorded,
     caused_by,
@@ -27,13 +25,12 @@ from aether_planner import metrics
 from aether_planner.adapters.model import Decision, ModelUnavailable, PlannerModel
 from aether_planner.adapters.repository import read_files
 from aether_planner.context import files_to_read, render
-from aether_planner.domain import InvalidPlan, MissionPlanning, State, validate_plan, wants_model
+from aether_planner.domain import MissionPlanning, State, wants_model
+from aether_planner.domain.decide import AskModel, Outcome, decide, failed
 from aether_planner.prompt import mission_text
 from aether_runtime import Delivery, Projection
 
 log = logging.getLogger("aether.planner")
-
-MAX_CLARIFICATION_ROUNDS = 2
 
 
 class Handlers:
@@ -101,108 +98,71 @@ class Handlers:
         return cached
 
     async def _answer(self, trigger: Event) -> list[Event]:
+        """Ask the model until ``decide`` (the domain's rules) names the outcome."""
         mission = self.projection.state.missions[trigger.mission_id]
         request = mission.request
         model = self._llm.model_for(self._tier, request.model_overrides)
-        revising = bool(mission.plans) and not isinstance(trigger, RepositoryPrepared)
-        if isinstance(trigger, PlanRevisionRequested) and not mission.plans:
-            revising = False
-        plan_only = revising or mission.clarification_rounds >= MAX_CLARIFICATION_ROUNDS
+        offline = model == OFFLINE_MODEL
         context = await self._context(mission)
-        text = mission_text(request, mission.turns, revising)
+        replies: list[Decision] = []
         out: list[Event] = []
-        now = self._clock
-
-        def usage(call: int, decision: Decision) -> UsageRecorded:
-            return UsageRecorded(
-                **caused_by(trigger, now(), step_ids.planner_usage(trigger.event_id, call)),
-                service="planner",
-                model=model,
-                usage=decision.usage,
-                step=f"planner:{trigger.event_id[:12]}:call{call}",
-                offline=model == OFFLINE_MODEL,
-            )
-
-        def key(call: int) -> str:
-            return derived_id(trigger.mission_id, "planner-call", trigger.event_id, call)
-
-        try:
-            decision = await self._model.call(
-                key=key(1), model=model, context=context, mission=text, plan_only=plan_only
-            )
-            out.append(usage(1, decision))
-            problems = self._problems(decision, mission, plan_only)
-            if problems:
-                log.warning("model reply rejected; asking once more", extra={"errors": problems})
-                decision = await self._model.call(
-                    key=key(2),
+        step = decide(mission, trigger, replies, self._clock(), model=model, offline=offline)
+        while isinstance(step, AskModel):
+            correction = None
+            if step.correction is not None:
+                log.warning(
+                    "model reply rejected; asking once more", extra={"errors": step.correction}
+                )
+                correction = (replies[-1].message, step.correction)
+            call = len(replies) + 1
+            try:
+                reply = await self._model.call(
+                    key=derived_id(trigger.mission_id, "planner-call", trigger.event_id, call),
                     model=model,
                     context=context,
-                    mission=text,
-                    plan_only=plan_only,
-                    correction=(decision.message, "\n".join(f"- {p}" for p in problems)),
+                    mission=mission_text(request, mission.turns, step.revising),
+                    plan_only=step.plan_only,
+                    correction=correction,
                 )
-                out.append(usage(2, decision))
-                problems = self._problems(decision, mission, plan_only)
-                if problems:
-                    raise InvalidPlan(problems)
-        except InvalidPlan as invalid:
-            reason = "the model's plan was rejected twice: " + "; ".join(invalid.errors)
-            return [*out, self._failed(trigger, reason)]
-        except ModelUnavailable as error:
-            return [*out, self._failed(trigger, str(error))]
-        return [*out, self._outcome(trigger, mission, decision, model)]
-
-    def _problems(self, decision: Decision, mission: MissionPlanning, plan_only: bool) -> list[str]:
-        if decision.kind == "none":
-            return [decision.problem or "no usable reply"]
-        if plan_only and decision.kind != "plan":
-            return ["a plan is required now: call submit_plan"]
-        if decision.kind == "plan":
-            assert decision.submission is not None
-            try:
-                validate_plan(decision.submission, mission.request.max_tasks)
-            except InvalidPlan as invalid:
-                return invalid.errors
-        return []
-
-    def _outcome(
-        self, trigger: Event, mission: MissionPlanning, decision: Decision, model: str
-    ) -> Event:
-        offline = model == OFFLINE_MODEL
-        meta = caused_by(trigger, self._clock(), step_ids.planner_outcome(trigger.event_id))
-        if decision.kind == "questions":
-            assert decision.questions is not None
-            log.info("asking clarifying questions", extra={"questions": len(decision.questions)})
-            metrics.OUTCOMES.labels("questions").inc()
-            return PlanClarificationRequested(
-                **meta, questions=decision.questions, model=model, offline=offline
+            except ModelUnavailable as error:
+                step = failed(mission, trigger, self._clock(), str(error))
+                break
+            replies.append(reply)
+            out.append(
+                UsageRecorded(
+                    **caused_by(
+                        trigger, self._clock(), step_ids.planner_usage(trigger.event_id, call)
+                    ),
+                    service="planner",
+                    model=model,
+                    usage=reply.usage,
+                    step=f"planner:{trigger.event_id[:12]}:call{call}",
+                    offline=offline,
+                )
             )
-        if decision.kind == "answer":
-            assert decision.answer is not None
-            metrics.OUTCOMES.labels("answer").inc()
-            return MissionAnswered(**meta, answer=decision.answer, model=model, offline=offline)
-        assert decision.submission is not None
-        tasks, repairs = validate_plan(decision.submission, mission.request.max_tasks)
-        version = mission.latest_version + 1
-        metrics.OUTCOMES.labels("plan").inc()
-        metrics.PLAN_TASKS.observe(len(tasks))
-        log.info(
-            "plan produced",
-            extra={"version": version, "tasks": len(tasks), "model": model, "offline": offline},
-        )
-        return PlanProduced(
-            **meta,
-            version=version,
-            tasks=tasks,
-            rationale=decision.submission.rationale,
-            model=model,
-            offline=offline,
-            repairs=repairs,
-        )
+            step = decide(mission, trigger, replies, self._clock(), model=model, offline=offline)
+        _count(step)
+        return [*out, step]
 
-    def _failed(self, trigger: Event, reason: str) -> PlanFailed:
-        mission = self.projection.state.missions[trigger.mission_id]
-        meta = caused_by(trigger, self._clock(), step_ids.planner_outcome(trigger.event_id))
-        metrics.OUTCOMES.labels("failed").inc()
-        return PlanFailed(**meta, reason=reason, version=mission.latest_version + 1)
+
+def _count(outcome: Outcome) -> None:
+    match outcome:
+        case PlanClarificationRequested():
+            log.info("asking clarifying questions", extra={"questions": len(outcome.questions)})
+            metrics.OUTCOMES.labels("questions").inc()
+        case MissionAnswered():
+            metrics.OUTCOMES.labels("answer").inc()
+        case PlanProduced():
+            metrics.OUTCOMES.labels("plan").inc()
+            metrics.PLAN_TASKS.observe(len(outcome.tasks))
+            log.info(
+                "plan produced",
+                extra={
+                    "version": outcome.version,
+                    "tasks": len(outcome.tasks),
+                    "model": outcome.model,
+                    "offline": outcome.offline,
+                },
+            )
+        case PlanFailed():
+            metrics.OUTCOMES.labels("failed").inc()
