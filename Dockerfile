@@ -21,6 +21,7 @@ COPY pyproject.toml uv.lock README.md ./
 COPY libs/events/pyproject.toml libs/events/
 COPY libs/llm/pyproject.toml libs/llm/
 COPY libs/runtime/pyproject.toml libs/runtime/
+COPY libs/sandbox/pyproject.toml libs/sandbox/
 COPY services/agent-runner/pyproject.toml services/agent-runner/
 COPY services/gateway/pyproject.toml services/gateway/
 COPY services/git-broker/pyproject.toml services/git-broker/
@@ -38,6 +39,11 @@ RUN --mount=type=cache,target=/root/.cache/uv \
       --package aether-agent-runner --package aether-git-broker
 
 FROM ${PYTHON_IMAGE}
+# bubblewrap confines every command an agent runs and every verification command (see the
+# README's Security section for what the container must be allowed for it to start).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 aether \
  && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin aether \
  && mkdir -p /data/worktrees \

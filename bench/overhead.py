@@ -7,7 +7,17 @@ BranchMerged from the events' timestamps. In the same run it times the same git
 operations in a plain loop (task branch and worktree at the integration head, write one
 file, commit, merge, remove the worktree) with the same adapters the services use.
 
+It also prints, per hop, the median and p95 from one event's timestamp to the next
+(TaskReady → WorkspaceReady → AgentStarted → AgentCompleted → BranchMerged → the next
+TaskReady that merge caused), each service's mean time in its handlers next to the mean
+time an event waited before its handling began (from the services' own histograms), the
+CPU each service spent per task, and how many deliveries one task costs. With
+``--profile`` it runs one more chained mission with the service that spent the most
+handler time per task under cProfile and saves the profile (``.prof``, and the top of it
+as text) in the work directory.
+
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
+        [--profile]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -16,7 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import itertools
 import json
+import os
+import pstats
 import re
 import statistics
 import sys
@@ -29,11 +43,14 @@ from typing import Any
 import httpx
 import nats
 from nats.js.api import DeliverPolicy
+from prometheus_client.parser import text_string_to_metric_families
 
 from aether.gitview import create_sample_repository
-from aether.stack import Stack
+from aether.stack import SERVICES, Stack
 from aether_agent_runner.adapters.git import commit_all
 from aether_events import (
+    AgentCompleted,
+    AgentStarted,
     BranchMerged,
     Event,
     MissionCompleted,
@@ -85,10 +102,13 @@ class NoWorkModel:
         return Reply([tool_use_block("write_file", write)], "tool_use", 10, 5)
 
 
-def summary(values: list[float]) -> str:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    mean, p50 = statistics.fmean(values), statistics.median(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    mean, p50, p95 = statistics.fmean(values), statistics.median(values), percentile(values, 0.95)
     return f"mean {mean * 1000:7.1f} ms  p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
 
 
@@ -132,21 +152,121 @@ async def run_mission(stack: Stack, repo: Path, n: int, concurrency: int) -> lis
         await nc.close()
 
 
+HOPS = ("TaskReady", "WorkspaceReady", "AgentStarted", "AgentCompleted", "BranchMerged")
+_HOP_TYPES: dict[type[Event], str] = {
+    TaskReady: "TaskReady",
+    WorkspaceReady: "WorkspaceReady",
+    AgentStarted: "AgentStarted",
+    AgentCompleted: "AgentCompleted",
+    BranchMerged: "BranchMerged",
+}
+
+
+def _task_of(event: Event) -> str:
+    task_id = getattr(event, "task_id", None)
+    return str(task_id if task_id is not None else event.task.id)  # type: ignore[attr-defined]
+
+
 def per_task(events: list[Event]) -> dict[str, list[float]]:
-    ready: dict[str, datetime] = {}
-    workspace: dict[str, datetime] = {}
-    out: dict[str, list[float]] = {"ready_to_merged": [], "ready_to_workspace": []}
+    """Seconds per hop (keyed "A→B"), per task, from the events' own timestamps; the last
+        hops are from an event to the TaskReady it caused (a merge that freed a dependent task,
+    an agent's result that freed a slot).
+        Also "ready_to_merged": TaskReady → BranchMerged of each task."""
+    at: dict[tuple[str, str], datetime] = {}
+    # Event id -> (type, time) of every hop event, to find what caused a later TaskReady.
+    causes: dict[str, tuple[str, datetime]] = {}
+    out: dict[str, list[float]] = {"ready_to_merged": []}
+    for a, b in itertools.pairwise(HOPS):
+        out[f"{a}→{b}"] = []
     for event in events:
-        if isinstance(event, TaskReady):
-            ready[event.task.id] = event.occurred_at
-        elif isinstance(event, WorkspaceReady):
-            workspace[event.task.id] = event.occurred_at
-        elif isinstance(event, BranchMerged):
+        name = _HOP_TYPES.get(type(event))
+        if name is None:
+            continue
+        task = _task_of(event)
+        # A retried task keeps its latest attempt's times.
+        at[(task, name)] = event.occurred_at
+        causes[event.event_id] = (name, event.occurred_at)
+        cause = causes.get(event.causation_id or "")
+        if isinstance(event, TaskReady) and cause is not None:
+            hop = f"{cause[0]}→next TaskReady"
+            out.setdefault(hop, []).append((event.occurred_at - cause[1]).total_seconds())
+    tasks = {task for task, _ in at}
+    for task in tasks:
+        for a, b in itertools.pairwise(HOPS):
+            if (task, a) in at and (task, b) in at:
+                out[f"{a}→{b}"].append((at[(task, b)] - at[(task, a)]).total_seconds())
+        if (task, "TaskReady") in at and (task, "BranchMerged") in at:
             out["ready_to_merged"].append(
-                (event.occurred_at - ready[event.task_id]).total_seconds()
+                (at[(task, "BranchMerged")] - at[(task, "TaskReady")]).total_seconds()
             )
-    out["ready_to_workspace"] = [(workspace[t] - ready[t]).total_seconds() for t in workspace]
     return out
+
+
+def print_hops(shape: str, figures: dict[str, list[float]]) -> None:
+    print(f"  {shape}: hop                              p50 ms   p95 ms")
+    for hop, values in figures.items():
+        if hop == "ready_to_merged" or not values:
+            continue
+        p50, p95 = statistics.median(values) * 1000, percentile(values, 0.95) * 1000
+        print(f"    {hop:<34} {p50:7.1f}  {p95:7.1f}")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sums and counts of the handler and delivery-delay histograms at ``url``/metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (
+            "aether_handler_duration_seconds",
+            "aether_event_delivery_delay_seconds",
+        ):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(stack: Stack) -> dict[str, float]:
+    out = {}
+    for name, service in stack.processes.items():
+        try:
+            out[name] = cpu_seconds(service.process.pid)
+        except OSError:
+            out[name] = 0.0
+    return out
+
+
+def print_services(
+    shape: str, stack: Stack, n: int, cpu_before: dict[str, float]
+) -> dict[str, float]:
+    """Per service: deliveries per task, mean handler ms, mean wait before handling, CPU
+    ms per task. Returns handler seconds per task by service."""
+    cpu_after = service_cpu(stack)
+    print(f"  {shape}: service        deliveries/task  handler ms  waited ms  CPU ms/task")
+    handler_per_task: dict[str, float] = {}
+    total_deliveries = 0.0
+    for name in SERVICES:
+        totals = scrape(stack.processes[name].url)
+        count = totals.get("aether_handler_duration_seconds_count", 0.0)
+        spent = totals.get("aether_handler_duration_seconds_sum", 0.0)
+        waits = totals.get("aether_event_delivery_delay_seconds_count", 0.0)
+        waited = totals.get("aether_event_delivery_delay_seconds_sum", 0.0)
+        cpu = (cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0)) / n * 1000
+        handler_per_task[name] = spent / n
+        total_deliveries += count
+        print(
+            f"    {name:<14} {count / n:12.1f}  {spent / max(count, 1) * 1000:10.2f}"
+            f"  {waited / max(waits, 1) * 1000:9.2f}  {cpu:10.1f}"
+        )
+    print(f"    all services   {total_deliveries / n:12.1f} deliveries per task")
+    return handler_per_task
 
 
 def plain_git_loop(work: Path, n: int) -> list[float]:
@@ -185,34 +305,74 @@ def plain_git_loop(work: Path, n: int) -> list[float]:
     return durations
 
 
+async def run_shape(
+    work: Path,
+    label: str,
+    shape: str,
+    n: int,
+    concurrency: int,
+    python_options: dict[str, list[str]] | None = None,
+) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
+    """One mission through a fresh stack: its events, wall time, and (read before the stack
+    stops) the services' handler seconds per task. Prints the hop and service tables."""
+    model = MessagesServer(NoWorkModel(plan_of(n, shape))).start()
+    stack = Stack(
+        home=work / f"stack-{label}",
+        random_ports=True,
+        env={
+            "ANTHROPIC_API_KEY": "bench",
+            "ANTHROPIC_BASE_URL": model.url,
+            # As many agents as the mission runs at once (the runner's default is two).
+            "AETHER_AGENT_CONCURRENCY": str(concurrency),
+        },
+        python_options=python_options or {},
+    )
+    handler: dict[str, float] = {}
+    try:
+        await asyncio.to_thread(stack.start)
+        repo = work / f"repo-{label}"
+        create_sample_repository(repo)
+        cpu_before = service_cpu(stack)
+        began = time.perf_counter()
+        events = await run_mission(stack, repo, n, concurrency)
+        wall = time.perf_counter() - began
+        if any(isinstance(e, MissionCompleted) for e in events):
+            print_hops(label, per_task(events))
+            handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        model.stop()
+    return events, wall, stack, handler, {}
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--shape", choices=["independent", "chain", "both"], default="both")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the service with the most handler time in one more chained mission",
+    )
+    parser.add_argument(
+        "--profile-service",
+        choices=list(SERVICES),
+        help="the service to profile with --profile (default: the one with most handler time)",
+    )
     args = parser.parse_args()
     shapes = ["independent", "chain"] if args.shape == "both" else [args.shape]
     work = Path(tempfile.mkdtemp(prefix="aether-bench-"))
     print(f"bench/overhead: N={args.tasks} tasks, concurrency {args.concurrency}, work dir {work}")
     baseline = plain_git_loop(work, args.tasks)
     print(f"  plain git loop per task          {summary(baseline)}")
+    handler_total: dict[str, float] = {}
     for shape in shapes:
-        model = MessagesServer(NoWorkModel(plan_of(args.tasks, shape))).start()
-        stack = Stack(
-            home=work / f"stack-{shape}",
-            random_ports=True,
-            env={"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": model.url},
+        events, wall, _, handler, _ = await run_shape(
+            work, shape, shape, args.tasks, args.concurrency
         )
-        try:
-            await asyncio.to_thread(stack.start)
-            repo = work / f"repo-{shape}"
-            create_sample_repository(repo)
-            began = time.perf_counter()
-            events = await run_mission(stack, repo, args.tasks, args.concurrency)
-            wall = time.perf_counter() - began
-        finally:
-            await asyncio.to_thread(stack.stop)
-            model.stop()
+        for name, seconds in handler.items():
+            handler_total[name] = handler_total.get(name, 0.0) + seconds
         if not any(isinstance(e, MissionCompleted) for e in events):
             print(f"  {shape}: the mission did not complete", file=sys.stderr)
             return 1
@@ -220,13 +380,32 @@ async def main() -> int:
         latency = figures["ready_to_merged"]
         overhead = statistics.fmean(latency) - statistics.fmean(baseline)
         print(f"  {shape:<11} TaskReady→BranchMerged  {summary(latency)}")
-        print(f"  {shape:<11} TaskReady→WorkspaceReady {summary(figures['ready_to_workspace'])}")
         ratio = statistics.fmean(latency) / statistics.fmean(baseline)
         per = wall / args.tasks * 1000
         print(
-            f"  {shape:<11} mission wall time {wall:6.1f} s ({per:.0f} ms/task);"
+            f"  {shape:<11} mission wall time {wall:6.1f} s ({per:.0f} ms/task,"
+            f" {per / (statistics.fmean(baseline) * 1000):.1f}x the plain git loop);"
             f" mean latency is {ratio:.1f}x the plain git work (+{overhead * 1000:.0f} ms/task)"
         )
+    if args.profile and (handler_total or args.profile_service):
+        slowest = args.profile_service or max(handler_total, key=lambda name: handler_total[name])
+        out = work / f"profile-{slowest}.prof"
+        print(f"  profiling {slowest} in one more chained mission")
+        await run_shape(
+            work,
+            f"profile-{slowest}",
+            "chain",
+            args.tasks,
+            args.concurrency,
+            {slowest: [str(Path(__file__).with_name("profiled.py")), str(out)]},
+        )
+        if out.exists():
+            text = io.StringIO()
+            pstats.Stats(str(out), stream=text).sort_stats("cumulative").print_stats(40)
+            (work / f"profile-{slowest}.txt").write_text(text.getvalue())
+            print(f"  profile of {slowest}: {out} (top functions: {out.with_suffix('.txt')})")
+        else:
+            print(f"  {slowest} wrote no profile", file=sys.stderr)
     return 0
 
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.aio.client import Client as NatsClient
-from nats.js.api import DeliverPolicy
-
-from aether_events import Event, decode, mission_subject
 from aether_llm import Reply, text_block, tool_use_block
+from tests.eventlog import EventLog
 
 _TASK = re.compile(r"<task>(.*?)</task>", re.DOTALL)
 
@@ -82,49 +78,5 @@ class ScriptedModel:
         return reply
 
 
-class MissionLog:
-    """Every event of one mission, in stream order, followed live from JetStream."""
-
-    def __init__(self, nc: NatsClient, mission_id: str) -> None:
-        self._nc = nc
-        self.mission_id = mission_id
-        self.events: list[tuple[int, Event]] = []
-        self._changed = asyncio.Condition()
-        self._sub: Any = None
-
-    async def start(self) -> MissionLog:
-        js = self._nc.jetstream()
-
-        async def on_message(msg: Any) -> None:
-            event = decode(msg.data)
-            async with self._changed:
-                self.events.append((msg.metadata.sequence.stream, event))
-                self._changed.notify_all()
-
-        self._sub = await js.subscribe(
-            mission_subject(self.mission_id),
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        return self
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-
-    def of_type(self, cls: type[Event]) -> list[Any]:
-        return [event for _, event in self.events if isinstance(event, cls)]
-
-    async def wait_for(
-        self, predicate: Callable[[MissionLog], bool], timeout: float = 60.0
-    ) -> None:
-        async def wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self))
-
-        try:
-            await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
-            seen = [type(e).__name__ for _, e in self.events]
-            raise AssertionError(f"condition not met within {timeout}s; events: {seen}") from None
+# The shared event log, under the name the end-to-end tests know it by.
+MissionLog = EventLog

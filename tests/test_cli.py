@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from aether.cli import _parser
 from aether.client import SseEvent, parse_sse
 from aether.credentials import load_or_create_admin_token, resolve_token
+from aether.gitview import create_sample_repository
+from aether.locate import find_target, remember_home
+from aether.repocheck import RepositoryProblem, check_repository
 from aether.watch import Board, render
 
 META = {
@@ -93,14 +97,14 @@ def test_the_board_shows_a_plan_awaiting_approval_and_a_paused_mission_as_paused
     board.apply(ev(5, "plan_produced", **PLAN))
     assert board.status == "awaiting_approval"
     assert "m-1  awaiting approval  plan v1" in render(board)
-    assert "> the plan waits for approval: `aether mission approve m-1`" in render(board)
+    assert "» awaiting approval — approve with `aether mission approve m-1`" in render(board)
     board.apply(ev(6, "mission_paused"))
     # An approval arriving while paused (the scheduler's automatic one) does not unpause.
     board.apply(ev(7, "plan_approved", version=1, automatic=True))
     assert board.status == "paused"
     board.apply(ev(8, "mission_resumed"))
     assert board.status == "running"
-    assert "waits for approval" not in render(board)
+    assert "approve with" not in render(board)
     board.apply(ev(81, "task_escalated", task_id="a", attempt=3, reason="failed 3 times"))
     assert "> task a is escalated: `aether mission retry m-1 a`" in render(board)
     # A finished mission stays finished whatever arrives late.
@@ -163,3 +167,163 @@ def test_a_completed_missions_cost_with_an_unknown_part_is_told_as_a_lower_bound
     line = describe(ev(5, "mission_completed", **COMPLETED, usage=usage))
     assert "cost $1.2500+" in line
     assert "cost unknown" in describe(ev(6, "mission_completed", **COMPLETED, usage={}))
+
+
+def test_the_board_says_what_to_do_when_the_mission_waits_and_uses_the_width():
+    board = Board("m-2")
+    long_title = "Write the greeting module with a greet function and its documentation"
+    plan = {**PLAN, "tasks": [{"id": "a", "title": long_title, "depends_on": []}]}
+    board.apply(ev(1, "mission_requested", occurred_at="2026-01-01T10:00:00Z"))
+    board.apply(ev(2, "plan_produced", **plan))
+    text = render(board, 160)
+    assert "» awaiting approval — approve with `aether mission approve m-2`" in text
+    assert long_title in text  # a wide terminal shows the whole title
+    assert long_title not in render(board, 80)
+    board.apply(ev(3, "plan_approved", version=1))
+    board.apply(ev(4, "mission_paused"))
+    assert "» paused — resume with `aether mission resume m-2`" in render(board, 160)
+    board.apply(ev(5, "mission_resumed"))
+    board.apply(
+        ev(
+            None,
+            "agent_progress",
+            task_id="a",
+            attempt=1,
+            turns=3,
+            last_action="model asks: write_file src/greeting.py",
+            files_changed=["src/greeting.py", "docs/x.md"],
+        )
+    )
+    board.apply(
+        ev(6, "usage_recorded", usage={"input_tokens": 100, "cache_read_input_tokens": 300})
+    )
+    later = datetime(2026, 1, 1, 10, 2, 5, tzinfo=UTC)
+    text = render(board, 200, now=later)
+    assert "turn 3: model asks: write_file src/greeting.py; changed docs/x.md (+1)" in text
+    assert "elapsed 2m05s  merged 0/1  tokens in 400 (75% from cache) out 0" in text
+    assert "»" not in text  # running: nothing for the watcher to do
+    assert "! cannot connect" in render(board, 120, notice="cannot connect to the gateway")
+
+
+def _repository(path: Path, branch: str) -> str:
+    from dulwich.refs import Ref
+    from dulwich.repo import Repo
+
+    sha = create_sample_repository(path)
+    with Repo(str(path)) as repo:
+        if branch != "main":
+            repo.refs[Ref(f"refs/heads/{branch}".encode())] = sha.encode()
+            repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{branch}".encode()))
+            del repo.refs[Ref(b"refs/heads/main")]
+    return sha
+
+
+def test_a_repository_is_checked_locally_before_a_mission(tmp_path: Path):
+    repo = tmp_path / "r"
+    sha = _repository(repo, "master")
+    checked = check_repository(repo)
+    assert (checked.base, checked.head, checked.uncommitted) == ("master", sha, [])
+    (repo / "README.md").write_text("changed\n")
+    (repo / "new.txt").write_text("new\n")
+    assert check_repository(repo).uncommitted == ["? new.txt", "M README.md"]
+    with pytest.raises(RepositoryProblem, match="has no branch 'main' \\(it has: master\\)"):
+        check_repository(repo, "main")
+    with pytest.raises(RepositoryProblem, match="does not exist"):
+        check_repository(tmp_path / "missing")
+    with pytest.raises(RepositoryProblem, match="is not a git repository"):
+        check_repository(tmp_path)
+
+
+def test_the_cli_finds_the_url_and_token_of_its_home_from_anywhere(tmp_path: Path, monkeypatch):
+    for name in ("AETHER_HOME", "AETHER_URL", "AETHER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    home = tmp_path / "somewhere" / "home"
+    home.mkdir(parents=True)
+    (home / "stack.json").write_text('{"gateway_url": "http://127.0.0.1:9123"}')
+    token = load_or_create_admin_token(home)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    given = find_target(None, None, home)
+    assert (given.url, given.token, given.token_source) == (
+        "http://127.0.0.1:9123",
+        token,
+        f"{home.resolve() / 'admin-token'} (--home)",
+    )
+    nothing = find_target(None, None, None)
+    assert (nothing.url, nothing.token) == ("http://127.0.0.1:8100", None)
+    assert "no --token, $AETHER_TOKEN or" in nothing.token_source
+    remember_home(home)  # what `aether up` does
+    found = find_target(None, None, None)
+    assert (found.url, found.token) == ("http://127.0.0.1:9123", token)
+    monkeypatch.setenv("AETHER_URL", "http://gw:1")
+    assert find_target(None, None, None).url == "http://gw:1"
+    explicit = find_target("http://x:2", "t", None)
+    assert (explicit.url, explicit.url_source, explicit.token, explicit.token_source) == (
+        "http://x:2",
+        "--url",
+        "t",
+        "--token",
+    )
+
+
+def test_show_prints_the_graph_each_tasks_files_tier_and_criteria_and_the_plan_change():
+    from aether.render import mission_detail
+
+    v1 = [
+        {"id": "t1", "title": "Add greet", "files": ["src/g.py"], "depends_on": []},
+        {"id": "t2", "title": "Add bye", "files": ["src/b.py"], "depends_on": []},
+    ]
+    v2 = [
+        {
+            "id": "t1",
+            "title": "Add greet",
+            "files": ["src/g.py"],
+            "depends_on": [],
+            "tier": "small",
+            "acceptance_criteria": ["greet('Ada') returns 'Hello, Ada'"],
+        },
+        {"id": "t3", "title": "Document both", "files": ["docs/u.md"], "depends_on": ["t1"]},
+    ]
+    mission = {
+        "id": "m-1",
+        "status": "awaiting_approval",
+        "repository": "/r",
+        "base_branch": "master",
+        "requirement": "r",
+        "plans": [{"version": 1, "tasks": v1}, {"version": 2, "tasks": v2}],
+        "graph": {"layers": [["t1"], ["t3"]]},
+    }
+    text = mission_detail(mission)
+    assert "    wave 1  t1\n    wave 2  t3 ← t1" in text
+    assert (
+        "  plan v2 against v1:\n    ~ t1: tier, acceptance_criteria changed\n"
+        "    - t2: Add bye\n    + t3: Document both\n"
+    ) in text
+    assert "    t1         [small] Add greet\n      files   src/g.py\n" in text
+    assert "      accept  greet('Ada') returns 'Hello, Ada'" in text
+
+
+def test_the_cli_reference_is_generated_from_the_current_parser():
+    from aether.clidoc import reference
+
+    checked_in = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert checked_in == reference(), "regenerate: python -m aether.clidoc > docs/cli.md"
+
+
+def test_the_board_shows_the_plans_estimated_cost_at_approval(monkeypatch):
+    monkeypatch.delenv("AETHER_ESTIMATE_USD_COMPLEX", raising=False)
+    monkeypatch.setenv("AETHER_ESTIMATE_USD_SMALL", "0.10")
+    board = Board("m-3")
+    board.apply(ev(1, "mission_requested", budget_usd=5.0))
+    tasks = [
+        {"id": "a", "title": "A", "depends_on": [], "tier": "small"},
+        {"id": "b", "title": "B", "depends_on": [], "tier": "complex"},
+    ]
+    board.apply(ev(2, "plan_produced", version=1, model="claude-opus-5-5", tasks=tasks))
+    text = render(board, 120)
+    assert "estimated cost ≈ $1.60 of the $5.00 budget (real model claude-opus-5-5)" in text
+    board.apply(ev(3, "plan_approved", version=1))
+    assert "estimated cost" not in render(board, 120)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from aether import commands
 from aether.client import ApiError, GatewayClient
@@ -29,6 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.run(args)
     except ApiError as error:
+        print(f"error: {_explain(error, args)}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as error:
+        target = commands.target(args)
+        print(
+            f"error: cannot reach the gateway at {target.url} (from {target.url_source}): "
+            f"{error or type(error).__name__}\n"
+            "  start a stack with `aether up`, or point --url / $AETHER_URL at a running one",
+            file=sys.stderr,
+        )
+        return 1
+    except commands.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -36,18 +48,41 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
+def _explain(error: ApiError, args: argparse.Namespace) -> str:
+    """The gateway's refusal, with where the CLI looked when it is about the token."""
+    if error.status == 401:
+        target = commands.target(args)
+        return (
+            f"the gateway at {target.url} refused the token ({error.message}); "
+            f"token from {target.token_source}\n"
+            "  pass --token, export AETHER_TOKEN, or --home for the stack's home"
+        )
+    if error.status == 403:
+        return f"{error} (the token lacks the scope this needs)"
+    return str(error)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     """Options every gateway command takes, before or after its name."""
     parser.add_argument(
-        "--url", default=argparse.SUPPRESS, help="gateway URL ($AETHER_URL, http://127.0.0.1:8100)"
+        "--url",
+        default=argparse.SUPPRESS,
+        help="gateway URL ($AETHER_URL, else the stack home's, else http://127.0.0.1:8100)",
     )
     parser.add_argument(
         "--token",
         default=argparse.SUPPRESS,
-        help=f"API token ($AETHER_TOKEN, else the local stack's .aether/{TOKEN_FILE})",
+        help=f"API token ($AETHER_TOKEN, else the stack home's {TOKEN_FILE})",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the stack's home, for its URL and token ($AETHER_HOME, ./.aether, else the "
+        "latest `aether up`'s)",
     )
 
 
@@ -59,13 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_common(parser)
     # Given before the command or after it; the command's own copy only sets what it got.
-    parser.set_defaults(url=None, token=None, json=False)
+    parser.set_defaults(url=None, token=None, json=False, home=None)
     sub = parser.add_subparsers(title="commands")
-
-    up = sub.add_parser("up", help="run NATS, PostgreSQL and the five services locally")
-    up.add_argument("--home", type=Path, default=Path(os.environ.get("AETHER_HOME", ".aether")))
-    up.add_argument("--quiet", action="store_true", help="do not echo service logs")
-    up.set_defaults(run=_up)
+    _stack_parsers(sub)
 
     demo = sub.add_parser("demo", help="run a whole mission on a sample repository")
     demo.add_argument("--home", type=Path, help="where to keep the demo (default: a temp dir)")
@@ -75,6 +106,62 @@ def _parser() -> argparse.ArgumentParser:
     _mission_parsers(sub, common)
     _other_parsers(sub, common)
     return parser
+
+
+def _stack_parsers(sub: Any) -> None:
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument(
+        "--home",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="where the stack keeps its data, logs and token ($AETHER_HOME, else ./.aether; "
+        "for down, status and logs, else the latest `aether up`'s)",
+    )
+    up = sub.add_parser(
+        "up", help="run NATS, PostgreSQL and the five services locally", parents=[home]
+    )
+    up.add_argument(
+        "--port-base",
+        type=int,
+        default=None,
+        help="gateway on this port, the other services on the next four (default 8100; "
+        "0 picks free ports)",
+    )
+    up.add_argument("--verbose", action="store_true", help="echo every service log line")
+    up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # the default now
+    up.set_defaults(run=_up)
+    down = sub.add_parser("down", help="stop the stack `aether up` runs", parents=[home])
+    down.set_defaults(run=lambda args: localstack().down(_stack_home(args)))
+    status = sub.add_parser(
+        "status", help="each process of the local stack: pid, port, health", parents=[home]
+    )
+    status.set_defaults(run=lambda args: localstack().status(_stack_home(args)))
+    logs = sub.add_parser("logs", help="the local stack's service logs", parents=[home])
+    logs.add_argument("service", nargs="?", help="one service (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=40, help="lines of history (40)")
+    logs.add_argument("--raw", action="store_true", help="the JSON lines as written")
+    logs.set_defaults(
+        run=lambda args: localstack().logs(
+            _stack_home(args), args.service, args.lines, args.follow, args.raw
+        )
+    )
+
+
+def localstack() -> Any:
+    """The local-stack commands, imported only when used (they pull in the services)."""
+    from aether import localstack as module
+
+    return module
+
+
+def _stack_home(args: argparse.Namespace) -> Path:
+    from aether.locate import find_home
+
+    explicit: Path | None = args.home
+    if args.run is _up:
+        return explicit or Path(os.environ.get("AETHER_HOME", ".aether"))
+    return find_home(explicit)[0]
 
 
 def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -89,7 +176,9 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit = command("submit", commands.submit, "submit a mission")
     submit.add_argument("requirement")
     submit.add_argument("--repo", required=True, help="path of the git repository")
-    submit.add_argument("--base", default="main", help="base branch (default main)")
+    submit.add_argument(
+        "--base", help="base branch (default: the repository's current branch; main for a URL)"
+    )
     submit.add_argument("--budget", type=float, help="budget in USD")
     submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
     submit.add_argument("--max-tasks", type=int, help="most tasks the plan may have")
@@ -110,7 +199,12 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--all", action="store_true", help="follow every page")
 
     show = command("show", commands.show, "a mission with its plan, tasks and cost")
-    show.add_argument("mission_id")
+    show.add_argument("mission_id", help="an id, a unique start of one, or @last")
+
+    diff = command("diff", commands.task_diff, "what a task's latest attempt changed")
+    diff.add_argument("mission_id")
+    diff.add_argument("task_id")
+    diff.add_argument("--stat", action="store_true", help="files and line counts only")
 
     watch = command("watch", commands.watch, "live board of a mission's tasks")
     watch.add_argument("mission_id")
@@ -197,55 +291,19 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def _offline_banner() -> None:
     if not os.environ.get("ANTHROPIC_API_KEY"):
         print(
-            "No ANTHROPIC_API_KEY: planner and agents use the OFFLINE model "
-            "(deterministic, not a language model; for demos and tests).",
+            "No ANTHROPIC_API_KEY: planner and agents use the OFFLINE model, which is not a "
+            "language model: it plans one task per line of the requirement and only adds "
+            "clearly marked text (new files, or a marked section appended); no intelligence "
+            "is involved.",
             file=sys.stderr,
         )
 
 
 def _up(args: argparse.Namespace) -> int:
-    from aether.stack import Stack
+    from aether.localstack import up
 
-    _offline_banner()
-    stack = Stack(home=args.home, echo_logs=None if args.quiet else sys.stdout)
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        stack.start()
-        if os.environ.get("AETHER_ADMIN_TOKEN"):
-            token_note = "Admin token: $AETHER_ADMIN_TOKEN (from the environment)"  # noqa: S105
-        else:
-            token_note = (
-                f"Admin token: {stack.admin_token}\n"
-                f"  (kept in {stack.home / TOKEN_FILE}; the CLI run from this directory "
-                f"reads it there, or export AETHER_TOKEN)"
-            )
-        print(
-            f"\nAether is up. Gateway: {stack.gateway_url}  (NATS {stack.nats_url})\n"
-            f"{token_note}\n"
-            f'  aether mission submit --repo PATH "requirement" --watch\n'
-            f"Logs: {stack.home / 'logs'}. Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        while not stopping:
-            for name, service in list(stack.processes.items()):
-                if service.process.poll() is not None:
-                    print(
-                        f"{name} exited with {service.process.returncode}; stopping",
-                        file=sys.stderr,
-                    )
-                    stopping = True
-            time.sleep(0.5)
-    finally:
-        print("stopping…", file=sys.stderr)
-        stack.stop()
-    return 0
+    result: int = up(_stack_home(args), port_base=args.port_base, verbose=args.verbose)
+    return result
 
 
 DEMO_REQUIREMENT = """\
@@ -275,6 +333,8 @@ def _demo(args: argparse.Namespace) -> int:
         )
         mission_id = created["mission_id"]
         print(f"mission {mission_id} submitted; following its events:")
+        print(f"  (live on the board: {stack.gateway_url}/board/missions/{mission_id}, ")
+        print(f"   token {stack.admin_token})")
         final: dict[str, Any] | None = None
         for event in client.events(mission_id):
             print(describe(event), flush=True)

@@ -6,9 +6,12 @@ Each prints for people by default and the gateway's JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import queue
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,14 +19,58 @@ from typing import Any
 
 import httpx
 
-from aether.client import ApiError, GatewayClient, SseEvent
-from aether.credentials import resolve_token
+from aether.client import ApiError, GatewayClient
+from aether.gitview import diff_stat, format_stat, unified_diff
+from aether.locate import Target, find_target
 from aether.render import describe, mission_detail, mission_line, money, short, token_line
+from aether.repocheck import RepositoryProblem, check_repository
 from aether.watch import Board, render
 
 
+class UsageError(Exception):
+    """The command cannot run as asked; nothing was sent to the gateway."""
+
+
+def target(args: argparse.Namespace) -> Target:
+    """The gateway and token for this command (looked up once per command)."""
+    found: Target | None = getattr(args, "_target", None)
+    if found is None:
+        found = find_target(args.url, args.token, getattr(args, "home", None))
+        args._target = found
+    return found
+
+
 def client(args: argparse.Namespace) -> GatewayClient:
-    return GatewayClient(args.url, token=resolve_token(args.token))
+    found = target(args)
+    gateway = GatewayClient(found.url, token=found.token)
+    if getattr(args, "mission_id", None):
+        args.mission_id = resolve_mission(gateway, args.mission_id)
+    return gateway
+
+
+def resolve_mission(gateway: GatewayClient, ref: str) -> str:
+    """A mission id from ``@last`` (the newest mission) or a unique prefix of one."""
+    if ref == "@last":
+        newest = gateway.missions(limit=1)["missions"]
+        if not newest:
+            raise UsageError("there is no mission yet")
+        found: str = newest[0]["id"]
+        return found
+    if len(ref) >= 18:  # a whole id ("m-" and 16 characters): nothing to look up
+        return ref
+    matches: list[str] = []
+    cursor = None
+    for _ in range(20):  # a thousand missions back is plenty for a prefix
+        page = gateway.missions(cursor=cursor, limit=50)
+        matches += [m["id"] for m in page["missions"] if m["id"].startswith(ref)]
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UsageError(f"{ref!r} is the start of several missions: {', '.join(matches[:5])}")
+    return ref  # let the gateway say it does not know it
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
@@ -49,10 +96,15 @@ def submit(args: argparse.Namespace) -> int:
             print(f"error: --model takes TIER=MODEL, not {item!r}", file=sys.stderr)
             return 2
         overrides[tier] = model
+    repository, base = args.repo, args.base
+    if "://" not in args.repo:
+        repository, base = _checked_repository(Path(args.repo).resolve(), args.base)
+    elif base is None:
+        base = "main"
     body: dict[str, Any] = {
-        "repository": str(Path(args.repo).resolve()) if "://" not in args.repo else args.repo,
+        "repository": repository,
         "requirement": args.requirement,
-        "base_branch": args.base,
+        "base_branch": base,
         "auto_approve": args.auto_approve,
         "max_concurrency": args.concurrency,
     }
@@ -68,11 +120,39 @@ def submit(args: argparse.Namespace) -> int:
         body["runtime"] = args.runtime
     created = client(args).submit(body, idempotency_key=args.idempotency_key)
     emit(args, created, lambda: created["mission_id"])
+    if not args.json:
+        limit = created.get("budget_usd")
+        print(
+            f"budget ${limit:.2f}: the mission pauses if it is reached (raise it with "
+            f"`aether mission budget {created['mission_id']} USD`)"
+            if limit is not None
+            else "no budget: nothing limits this mission's model spend",
+            file=sys.stderr,
+        )
     if args.watch:
         args.mission_id = created["mission_id"]
         args.events = False
         return watch(args)
     return 0
+
+
+def _checked_repository(path: Path, base: str | None) -> tuple[str, str]:
+    """Check a local repository before anything is sent; warn about what a mission on it
+    would not see."""
+    try:
+        checked = check_repository(path, base)
+    except RepositoryProblem as problem:
+        raise UsageError(str(problem)) from None
+    if checked.uncommitted:
+        shown = ", ".join(checked.uncommitted[:6])
+        more = f" and {len(checked.uncommitted) - 6} more" if len(checked.uncommitted) > 6 else ""
+        print(
+            f"warning: {len(checked.uncommitted)} uncommitted change(s) in {path} are NOT part "
+            f"of the mission, which starts from {checked.base}@{checked.head[:10]}: "
+            f"{shown}{more}\n  commit them first to include them",
+            file=sys.stderr,
+        )
+    return str(path), checked.base
 
 
 def list_missions(args: argparse.Namespace) -> int:
@@ -104,6 +184,32 @@ def list_missions(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     mission = client(args).show(args.mission_id)
     emit(args, mission, lambda: mission_detail(mission))
+    return 0
+
+
+def task_diff(args: argparse.Namespace) -> int:
+    """What a task's latest attempt changed: its commit against the base it started from,
+    read from the mission's repository (which must be a local path here)."""
+    gateway = client(args)
+    mission = gateway.show(args.mission_id)
+    task = gateway.task(args.mission_id, args.task_id)
+    base, commit = task.get("base_sha"), task.get("commit_sha")
+    if not base or not commit:
+        raise UsageError(
+            f"task {args.task_id} of {args.mission_id} has no commit yet ({task.get('status')})"
+        )
+    repository = Path(mission["repository"])
+    if "://" in mission["repository"] or not repository.is_dir():
+        raise UsageError(f"the repository {mission['repository']} is not a local directory here")
+    try:
+        text = (
+            format_stat(diff_stat(repository, base, commit))
+            if args.stat
+            else unified_diff(repository, base, commit)
+        )
+    except KeyError:
+        raise UsageError(f"commit {commit[:10]} is not in {repository}") from None
+    emit(args, {"base_sha": base, "commit_sha": commit, "diff": text}, lambda: text.rstrip())
     return 0
 
 
@@ -169,47 +275,109 @@ def budget(args: argparse.Namespace) -> int:
 # --- watching -----------------------------------------------------------------------------
 
 _CLEAR = "\x1b[H\x1b[2J"
+REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never left up
+
+
+def _read_events(
+    gateway: GatewayClient, mission_id: str, inbox: queue.Queue[tuple[str, Any]], stop: Any
+) -> None:
+    """Put the mission's events on ``inbox``, reconnecting after the last one seen; a
+    connection problem is reported (``retry``) rather than hidden."""
+    last_id: str | None = None
+    wait = 1.0
+    while not stop.is_set():
+        try:
+            for event in gateway.events(mission_id, last_event_id=last_id, telemetry=True):
+                if event.id is not None:
+                    last_id = event.id
+                wait = 1.0
+                inbox.put(("event", event))
+            inbox.put(("retry", f"the event stream ended after #{last_id or 0}; reconnecting"))
+        except ApiError as error:
+            if error.status < 500:
+                inbox.put(("fatal", error))
+                return
+            inbox.put(("retry", f"the gateway answered {error}; retrying in {wait:.0f}s"))
+        except (httpx.TransportError, OSError) as error:
+            inbox.put(
+                (
+                    "retry",
+                    f"cannot connect to the gateway at {gateway.url} ({error or 'no answer'});"
+                    f" retrying in {wait:.0f}s",
+                )
+            )
+        stop.wait(wait)
+        wait = min(wait * 2, 10.0)
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Follow a mission live until it finishes, resuming after a dropped connection."""
+    """Follow a mission live until it finishes, resuming after a dropped connection. The
+    board redraws on every change and every second even when no event arrives."""
     gateway = client(args)
     board = Board(args.mission_id)
     board_view = sys.stdout.isatty() and not args.json and not getattr(args, "events", False)
-    drawn = 0.0
+    inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    threading.Thread(
+        target=_read_events, args=(gateway, args.mission_id, inbox, stop), daemon=True
+    ).start()
+    notice = ""
+    drawn_at = 0.0
+    drawn_state: tuple[Any, ...] = ()
+    try:
+        while True:
+            try:
+                kind, item = inbox.get(timeout=REDRAW_EVERY)
+            except queue.Empty:
+                kind, item = "tick", None
+            if kind == "fatal":
+                raise item
+            if kind == "retry":
+                notice = item
+                if not board_view and not args.json:
+                    print(f"({item})", file=sys.stderr, flush=True)
+            elif kind == "event":
+                notice = ""
+                board.apply(item)
+                if args.json:
+                    print(json.dumps({"id": item.id, "event": item.event, "data": item.data}))
+                elif not board_view and item.event != "agent_heartbeat":
+                    print(describe(item), flush=True)
+            if board_view:
+                tasks = ((t.status, t.activity) for t in board.tasks.values())
+                state = (board.status, notice, *tasks)
+                now = time.monotonic()
+                if state != drawn_state or now - drawn_at >= REDRAW_EVERY or board.finished:
+                    width = shutil.get_terminal_size((100, 24)).columns
+                    print(_CLEAR + render(board, width, notice=notice), flush=True)
+                    drawn_at, drawn_state = now, state
+            if board.finished:
+                if not args.json:
+                    print(_outcome(board), flush=True)
+                return 0 if board.status in ("completed", "answered") else 1
+    finally:
+        stop.set()
 
-    def show_event(event: SseEvent) -> None:
-        nonlocal drawn
-        if args.json:
-            print(json.dumps({"id": event.id, "event": event.event, "data": event.data}))
-        elif board_view:
-            now = time.monotonic()
-            if board.finished or now - drawn > 0.25:
-                width = shutil.get_terminal_size((100, 24)).columns
-                print(_CLEAR + render(board, width), flush=True)
-                drawn = now
-        elif event.event != "agent_heartbeat":
-            print(describe(event), flush=True)
 
-    while True:
-        try:
-            for event in gateway.events(
-                args.mission_id, last_event_id=board.last_id, telemetry=True
-            ):
-                board.apply(event)
-                show_event(event)
-                if board.finished:
-                    return 0 if board.status in ("completed", "answered") else 1
-        except ApiError as error:
-            if error.status < 500:
-                raise
-        except (httpx.TransportError, OSError):
-            pass
-        # The stream ended without the mission finishing (a restart, a dropped connection):
-        # resume after the last event seen.
-        if not board_view and not args.json:
-            print(f"(reconnecting after #{board.last_id or 0})", file=sys.stderr, flush=True)
-        time.sleep(1.0)
+def _outcome(board: Board) -> str:
+    """What the mission left behind and what to do next."""
+    if board.status != "completed":
+        reason = f": {board.reason}" if board.reason else ""
+        return (
+            f"\nmission {board.mission_id} {board.status}{reason}\n"
+            f"see `aether mission show {board.mission_id}`"
+        )
+    lines = [f"\nresult branch: {board.branch} @ {board.final_sha[:10]}"]
+    local = Path(board.repository)
+    if "://" not in board.repository and local.is_dir() and board.base_sha and board.final_sha:
+        # Left out when the result is not in this repository (another clone of it).
+        with contextlib.suppress(KeyError, OSError):
+            lines.append(format_stat(diff_stat(local, board.base_sha, board.final_sha)))
+        lines.append(
+            f"next: review it with `git -C {local} diff {board.base_sha[:10]} {board.branch}`"
+            f"\n      and merge it with `git -C {local} merge {board.branch}`"
+        )
+    return "\n".join(lines)
 
 
 # --- other queries ------------------------------------------------------------------------

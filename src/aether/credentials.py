@@ -20,17 +20,27 @@ def default_home() -> Path:
 
 def load_or_create_admin_token(home: Path) -> str:
     """The admin token kept under ``home``, made (and kept) the first time."""
-    path = home / TOKEN_FILE
+    return load_or_create_secret(home / TOKEN_FILE)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The secret kept in ``path`` (readable by its owner only), made the first time."""
     if path.exists():
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
-    home.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
+        secret = path.read_text(encoding="utf-8").strip()
+        if secret:
+            return secret
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_urlsafe(32)
+    write_private(path, secret + "\n")
+    return secret
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(token + "\n")
-    return token
+        out.write(text)
 
 
 def resolve_token(explicit: str | None = None, home: Path | None = None) -> str | None:

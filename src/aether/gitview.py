@@ -47,6 +47,21 @@ def diff_stat(repo_path: Path, old: str, new: str) -> list[FileStat]:
         return sorted(stats, key=lambda s: s.path)
 
 
+def unified_diff(repo_path: Path, old: str, new: str) -> str:
+    """The unified diff between two commits of a repository (binary files named only)."""
+    from io import BytesIO
+
+    from dulwich.patch import write_tree_diff
+
+    with Repo(str(repo_path)) as repo:
+        old_commit, new_commit = repo[old.encode()], repo[new.encode()]
+        assert isinstance(old_commit, Commit)
+        assert isinstance(new_commit, Commit)
+        out = BytesIO()
+        write_tree_diff(out, repo.object_store, old_commit.tree, new_commit.tree)
+        return out.getvalue().decode("utf-8", errors="replace")
+
+
 def format_stat(stats: list[FileStat]) -> str:
     width = max((len(s.path) for s in stats), default=0)
     lines = [

@@ -55,6 +55,8 @@ class EmbeddedNats:
     data_dir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    # A configuration file read before the command-line options (users and permissions).
+    config: Path | None = None
 
     @property
     def url(self) -> str:
@@ -64,9 +66,11 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         out: Any = log_file.open("ab") if log_file else subprocess.DEVNULL
+        config = ["--config", str(self.config)] if self.config is not None else []
         self.process = subprocess.Popen(
             [
                 nats_server_binary(),
+                *config,
                 "--jetstream",
                 "--store_dir",
                 str(self.data_dir),
@@ -251,3 +255,67 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    def provision(
+        self, role: str, role_password: str, superuser_password: str, database: str = "aether"
+    ) -> str:
+        """Lock the server down and give ``role`` a database of its own; return its URL.
+
+        The superuser gets ``superuser_password`` and every connection must then give a
+        password (scram-sha-256, where pgserver's new server trusts anyone who reaches its
+        socket). ``role`` is a plain login role (not a superuser, cannot create roles or
+        databases) that owns ``database`` and its ``public`` schema, so migrations run as
+        it; no other database lets it (or anyone but the superuser) connect. Idempotent:
+        run at every start, it brings the passwords back to the given ones.
+        """
+        import psycopg
+        from psycopg import sql
+
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        admin = _pg_url("postgres", superuser_password, "postgres", socket_dir)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(superuser_password))
+            )
+            known = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+            verb = "ALTER" if known else "CREATE"
+            conn.execute(
+                sql.SQL(
+                    verb + " ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                    " NOREPLICATION NOBYPASSRLS"
+                ).format(sql.Identifier(role), sql.Literal(role_password))
+            )
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [database]
+            ).fetchone()
+            if not exists:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(role)
+                    )
+                )
+            for other in ("postgres", "template1", database):
+                conn.execute(
+                    sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(other))
+                )
+        own = _pg_url("postgres", superuser_password, database, socket_dir)
+        with psycopg.connect(own, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+            conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        hba = self.data_dir / "pg_hba.conf"
+        rules = (
+            "# Written by Aether: a password for everyone, on the socket and the loopback.\n"
+            "local all all scram-sha-256\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+        )
+        if not hba.exists() or hba.read_text(encoding="utf-8") != rules:
+            hba.write_text(rules, encoding="utf-8")
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+        return _pg_url(role, role_password, database, socket_dir)
+
+
+def _pg_url(user: str, password: str, database: str, socket_dir: Path | None) -> str:
+    """A connection URL over the server's Unix socket."""
+    return f"postgresql://{user}:{password}@/{database}?host={socket_dir}"

@@ -129,6 +129,10 @@ def mission_detail(m: dict[str, Any]) -> str:
                 f"{money(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
                 f"{short(t['title'] + after, 60)}{note}"
             )
+            drift = t.get("files_outside_scope") or []
+            if drift:
+                lines.append(f"{'':15}outside scope: {short(', '.join(drift), 70)}")
+    lines += plan_lines(m)
     steps = m.get("failed_steps") or []
     if steps:
         lines.append("  failed steps:")
@@ -145,6 +149,58 @@ def mission_detail(m: dict[str, Any]) -> str:
             author = msg.get("author") or ""
             lines.append(f"    {msg['kind']:<8} {author:<16} {short(msg['text'], 70)}")
     return "\n".join(lines)
+
+
+def plan_lines(m: dict[str, Any]) -> list[str]:
+    """The latest plan: its waves and edges, each task's tier, files and acceptance
+    criteria, and what changed since the version before."""
+    plans = m.get("plans") or []
+    if not plans:
+        return []
+    latest = plans[-1]
+    lines = []
+    layers = (m.get("graph") or {}).get("layers") or []
+    tasks = {t["id"]: t for t in latest.get("tasks", [])}
+    if layers:
+        lines.append("  graph:")
+        for number, layer in enumerate(layers, start=1):
+            parts = []
+            for task_id in layer:
+                after = (tasks.get(task_id) or {}).get("depends_on") or []
+                parts.append(task_id + (f" ← {', '.join(after)}" if after else ""))
+            lines.append(f"    wave {number}  {'; '.join(parts)}")
+    if len(plans) > 1:
+        lines.append(f"  plan v{latest['version']} against v{plans[-2]['version']}:")
+        lines += [f"    {change}" for change in plan_changes(plans[-2], latest)] or [
+            "    (no change to the tasks)"
+        ]
+    lines.append(f"  plan v{latest['version']} tasks:")
+    for task in tasks.values():
+        lines.append(
+            f"    {task['id']:<10} [{task.get('tier', 'standard')}] {short(task['title'], 80)}"
+        )
+        if task.get("files"):
+            lines.append(f"      files   {', '.join(task['files'])}")
+        for criterion in task.get("acceptance_criteria") or []:
+            lines.append(f"      accept  {short(criterion, 90)}")
+    return lines
+
+
+def plan_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Tasks added, removed and changed between two plan versions."""
+    before = {t["id"]: t for t in old.get("tasks", [])}
+    after = {t["id"]: t for t in new.get("tasks", [])}
+    changes = [f"+ {i}: {short(t['title'], 70)}" for i, t in after.items() if i not in before]
+    changes += [f"- {i}: {short(t['title'], 70)}" for i, t in before.items() if i not in after]
+    for task_id in after.keys() & before.keys():
+        fields = [
+            name
+            for name in ("title", "files", "depends_on", "tier", "acceptance_criteria")
+            if after[task_id].get(name) != before[task_id].get(name)
+        ]
+        if fields:
+            changes.append(f"~ {task_id}: {', '.join(fields)} changed")
+    return sorted(changes, key=lambda c: c[2:])
 
 
 def token_line(t: dict[str, Any]) -> str:

@@ -16,8 +16,17 @@ from typing import IO
 
 import httpx
 
-from aether.credentials import load_or_create_admin_token
+from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port
+from aether.service_env import settings_for
+from aether_runtime.bus_auth import (
+    ADMIN_USER,
+    Secret,
+    User,
+    password_env,
+    render_authorization,
+    service_users,
+)
 
 SERVICES: dict[str, tuple[str, int]] = {
     "git-broker": ("aether_git_broker", 8104),
@@ -38,6 +47,10 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
 
 @dataclass
 class Stack:
@@ -45,6 +58,14 @@ class Stack:
 
     ``home`` holds NATS and PostgreSQL data, worktrees and logs. ``NATS_URL`` and
     ``DATABASE_URL`` in ``env`` (or the environment) replace the embedded servers.
+
+    The embedded servers are locked down: NATS with one user per service and the
+    permissions of its role (``aether_runtime.bus_auth``), PostgreSQL with passwords and a
+    non-superuser role for the gateway. Their configuration and passwords live under
+    ``home/credentials`` (readable by the owner only). Each service is handed only its own
+    settings (``aether.service_env``). ``nats_url`` carries the stack's administrator
+    credentials, for clients of the stack (the command line, tests); the services get
+    ``nats_server_url`` and their own user.
     ``random_ports`` gives every service a free port (tests, benchmarks). The gateway's
     bootstrap admin token is ``AETHER_ADMIN_TOKEN`` when set, else one kept in ``home``;
     clients send ``auth_headers``.
@@ -56,12 +77,18 @@ class Stack:
     echo_logs: IO[str] | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     admin_token: str = ""
+    # Interpreter options put before ``-m <module>`` for some services (a benchmark runs
+    # one under ``-m cProfile -o <file>``).
+    python_options: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
         self._nats: EmbeddedNats | None = None
         self._postgres: EmbeddedPostgres | None = None
         self.nats_url = self.env.get("NATS_URL") or os.environ.get("NATS_URL", "")
+        self.nats_server_url = self.nats_url
+        # Per service: its NATS user's password (only when the stack runs its own NATS).
+        self.nats_passwords: dict[str, str] = {}
         self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
         self.admin_token = (
             self.admin_token
@@ -92,29 +119,78 @@ class Stack:
         if not self.admin_token:
             self.admin_token = load_or_create_admin_token(self.home)
         if not self.nats_url:
-            self._nats = EmbeddedNats(self.home / "nats").start(self.home / "logs" / "nats.log")
-            self.nats_url = self._nats.url
+            config = self.write_nats_config()
+            self._nats = EmbeddedNats(self.home / "nats", config=config).start(
+                self.home / "logs" / "nats.log"
+            )
+            self.nats_server_url = self._nats.url
+            admin = self.nats_passwords.pop(ADMIN_USER)
+            self.nats_url = self._nats.url.replace("nats://", f"nats://{ADMIN_USER}:{admin}@")
         if not self.database_url:
             self._postgres = EmbeddedPostgres(self.home / "postgres").start()
-            self.database_url = self._postgres.url
+            secrets = self.credentials_dir / "postgres"
+            self.database_url = self._postgres.provision(
+                "aether",
+                load_or_create_secret(secrets / "aether.password"),
+                load_or_create_secret(secrets / "postgres.password"),
+            )
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.home / "credentials"
+
+    def write_nats_config(self) -> Path:
+        """Write the NATS server's configuration (a user per service, with its role's
+        permissions, and the stack's administrator) and load or make the passwords."""
+        self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.credentials_dir.chmod(0o700)
+        secrets = self.credentials_dir / "nats"
+        self.nats_passwords = {
+            name: load_or_create_secret(secrets / f"{name}.password")
+            for name in (ADMIN_USER, *SERVICES)
+        }
+        users = [User(name=ADMIN_USER, password=Secret(self.nats_passwords[ADMIN_USER]))]
+        users += service_users({name: Secret(self.nats_passwords[name]) for name in SERVICES})
+        path = self.credentials_dir / "nats.conf"
+        write_private(
+            path, "# Written by aether up at every start.\n" + render_authorization(users)
+        )
+        return path
 
     def service_env(self, name: str) -> dict[str, str]:
-        return {
-            **os.environ,
-            **self.env,
-            "NATS_URL": self.nats_url,
-            "DATABASE_URL": self.database_url,
+        """The whole environment of service ``name``: its own settings from the operator's
+        environment and ``env``, and what the stack gives it, nothing of the others'."""
+        env = {
+            **settings_for(name, os.environ, self.env),
+            "NATS_URL": self.nats_server_url,
             "PORT": str(self.ports[name]),
-            "AETHER_WORKTREES_DIR": str(self.worktrees_dir),
-            "AETHER_GATEWAY_PUBLIC_URL": self.gateway_url,
-            "AETHER_ADMIN_TOKEN": self.admin_token,
             "PYTHONUNBUFFERED": "1",
         }
+        password = self.nats_passwords.get(name) or self._given(password_env(name))
+        if password:
+            # Its own user: the stack's NATS, or another one (NATS_URL) whose password for
+            # this service the operator gives as NATS_PASSWORD_<SERVICE>, as compose does.
+            env["NATS_USER"] = name
+            env["NATS_PASSWORD"] = password
+        if name == "scheduler":
+            # It chooses the tasks' models, and so must know whether a key is set.
+            env["AETHER_MODEL_OFFLINE"] = "0" if self._given("ANTHROPIC_API_KEY") else "1"
+        if name in ("git-broker", "agent-runner"):
+            env["AETHER_WORKTREES_DIR"] = str(self.worktrees_dir)
+        if name == "gateway":
+            env["DATABASE_URL"] = self.database_url
+            env["AETHER_ADMIN_TOKEN"] = self.admin_token
+            env["AETHER_GATEWAY_PUBLIC_URL"] = self.gateway_url
+        return env
+
+    def _given(self, name: str) -> str:
+        """A setting from ``env``, else the operator's environment, else empty."""
+        return self.env[name] if name in self.env else os.environ.get(name, "")
 
     def start_service(self, name: str) -> ServiceProcess:
         module, _ = SERVICES[name]
         process = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, *self.python_options.get(name, []), "-m", module],
             env=self.service_env(name),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -149,8 +225,11 @@ class Stack:
                         f"{name} exited with {service.process.returncode}; "
                         f"see {self.home / 'logs' / (name + '.log')}"
                     )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{service.url}/readyz", timeout=1.0).status_code == 200:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    answer = httpx.get(f"{service.url}/readyz", timeout=1.0)
+                    # Ready only when the answer comes from the process started here, not
+                    # from another program that holds the port.
+                    if answer.status_code == 200 and answer.json().get("pid") == service.pid:
                         break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not ready after {timeout}s")

@@ -8,7 +8,9 @@ event id without missing one. Agent progress arrives as telemetry and only fills
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -68,6 +70,20 @@ class Board:
         """The mission's status, by the same rules as the gateway and the scheduler."""
         return self.progress.status
 
+    # What the board shows beside the status: where the work lands, when it began, tokens.
+    repository: str = ""
+    base_sha: str = ""
+    branch: str = ""
+    final_sha: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read: int = 0
+    reason: str = ""
+    model: str = ""
+    tiers: dict[str, str] = field(default_factory=dict)
+
     def apply(self, event: SseEvent) -> None:
         """Fold one event into the board."""
         if event.id is not None:
@@ -79,6 +95,42 @@ class Board:
             self.finished = self.finished or is_terminal(typed)
         self._mission(kind, data)
         self._task(kind, data, typed)
+        self._facts(kind, data)
+
+    def _facts(self, kind: str, data: dict[str, Any]) -> None:
+        when = _when(data.get("occurred_at"))
+        if kind == "mission_requested":
+            self.repository = str(data.get("repository", ""))
+            self.started_at = when
+        elif kind == "plan_produced":
+            self.model = str(data.get("model") or "")
+            self.tiers = {t["id"]: str(t.get("tier", "standard")) for t in data.get("tasks", [])}
+        elif kind == "repository_prepared":
+            self.base_sha = str(data.get("base_sha", ""))
+            self.branch = str(data.get("integration_branch", ""))
+        elif kind == "mission_completed":
+            self.final_sha = str(data.get("final_sha", ""))
+            self.branch = str(data.get("integration_branch", self.branch))
+        elif kind in ("mission_failed", "plan_failed", "mission_cancelled"):
+            self.reason = str(data.get("reason", ""))
+        elif kind == "usage_recorded":
+            usage = data.get("usage") or {}
+            self.tokens_in += int(usage.get("input_tokens") or 0)
+            self.tokens_out += int(usage.get("output_tokens") or 0)
+            self.cache_read += int(usage.get("cache_read_input_tokens") or 0)
+        if kind in TERMINAL:
+            self.ended_at = when
+
+    def estimate(self) -> float:
+        """What the plan's tasks are expected to cost: the scheduler's estimate per tier
+        (what it reserves against the budget), nothing for the offline model."""
+        if self.offline:
+            return 0.0
+        return sum(tier_estimates().get(tier, 0.0) for tier in self.tiers.values())
+
+    @property
+    def merged(self) -> int:
+        return sum(1 for line in self.tasks.values() if line.status in ("merged", "skipped"))
 
     def _mission(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "mission_requested":
@@ -134,8 +186,7 @@ class Board:
         elif kind == "agent_started":
             line.activity = f"agent on {data.get('runner_id')}"
         elif kind == "agent_progress":
-            action = data.get("last_action") or "working"
-            line.activity = f"turn {data.get('turns', 0)}: {action}"
+            line.activity = _progress_text(data)
         elif kind in ("agent_failed", "task_escalated", "workspace_failed", "task_retried"):
             line.activity = str(data.get("reason", ""))
         elif kind == "merge_conflicted":
@@ -158,6 +209,57 @@ def _typed(kind: str, data: dict[str, Any]) -> Event | None:
         return None
 
 
+# What the person watching can do in each state that waits on them.
+HINTS = {
+    "awaiting approval": (
+        "approve with `aether mission approve {id}`, or ask for changes with "
+        '`aether mission message {id} "…"`'
+    ),
+    "awaiting input": 'the planner has questions: answer with `aether mission message {id} "…"`',
+    "paused": "resume with `aether mission resume {id}`",
+    "plan failed": "see why with `aether mission show {id}`",
+    "failed": "see why with `aether mission show {id}`",
+}
+
+
+def tier_estimates() -> dict[str, float]:
+    """The scheduler's cost estimate per tier, with the same overrides it reads."""
+    from aether_scheduler.domain.model import DEFAULT_ESTIMATES_USD
+
+    return {
+        tier: float(os.environ.get(f"AETHER_ESTIMATE_USD_{tier.upper()}") or default)
+        for tier, default in DEFAULT_ESTIMATES_USD.items()
+    }
+
+
+def _when(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _progress_text(data: dict[str, Any]) -> str:
+    """An agent's latest action: the tool and its file or command, and what it changed."""
+    action = str(data.get("last_action") or "working")
+    files = [str(f) for f in data.get("files_changed") or []]
+    text = f"turn {data.get('turns', 0)}: {action}"
+    if files and files[-1] not in action:
+        more = f" (+{len(files) - 1})" if len(files) > 1 else ""
+        text += f"; changed {files[-1]}{more}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def _usage(data: dict[str, Any]) -> Usage:
     try:
         return msgspec.convert(data.get("usage") or {}, type=Usage)
@@ -175,25 +277,47 @@ def _fit(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
 
 
-def render(board: Board, width: int = 100) -> str:
-    """The board as text, one line per task."""
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def render(board: Board, width: int = 100, now: datetime | None = None, notice: str = "") -> str:
+    """The board as text: a header, what the watcher can do now, one line per task."""
     budget = f" of ${board.budget:.2f}" if board.budget is not None else ""
     offline = "  [OFFLINE model]" if board.offline else ""
     plan = f"  plan v{board.plan_version}" if board.plan_version is not None else ""
     lines = [
-        f"{board.mission_id}  {board.status.replace('_', ' ')}{plan}  "
-        f"cost {_money(board.cost, board.cost_complete)}{budget}{offline}",
-        "",
+        _clip(
+            f"{board.mission_id}  {board.status.replace('_', ' ')}{plan}  "
+            f"cost {_money(board.cost, board.cost_complete)}{budget}{offline}",
+            width,
+        ),
+        _clip(_summary(board, now), width),
     ]
-    title_width = max(12, min(40, width - 70))
+    # Statuses may be spelt "awaiting_approval" (the shared status rules) or with spaces.
+    state = board.status.replace("_", " ")
+    hint = HINTS.get(state)
+    if hint:
+        lines.append(_fit(f"» {state} — {hint.format(id=board.mission_id)}", width))
+    if state == "awaiting approval" and board.tiers:
+        model = "offline model, free" if board.offline else f"real model {board.model}"
+        budget_note = f" of the ${board.budget:.2f} budget" if board.budget is not None else ""
+        lines.append(
+            _clip(f"  estimated cost ≈ ${board.estimate():.2f}{budget_note} ({model})", width)
+        )
+    if notice:
+        lines.append(_fit(f"! {notice}", width))
+    lines.append("")
+    fixed = 48  # the columns before the title, and the gap after it
+    longest = max((len(_title(line)) for line in board.tasks.values()), default=5)
+    title_width = max(12, min(longest, width - fixed - 30))
     lines.append(
         f"  {'task':<10} {'status':<12} {'try':>3} {'wave':>4} {'cost':>9}  "
         f"{'title':<{title_width}}  latest activity"
     )
     for line in board.tasks.values():
         wave = "-" if line.wave is None else str(line.wave)
-        after = f" (after {', '.join(line.depends_on)})" if line.depends_on else ""
-        title = _fit(line.title + after, title_width)
+        title = _fit(_title(line), title_width)
         row = (
             f"  {_fit(line.id, 10):<10} {line.status:<12} {line.attempt:>3} {wave:>4} "
             f"{_money(line.cost, line.cost_complete):>9}  {title:<{title_width}}  "
@@ -208,16 +332,11 @@ def render(board: Board, width: int = 100) -> str:
     return "\n".join(lines)
 
 
-_ASKS = {
-    "awaiting_input": "the planner asks (above): answer with `aether mission message {m} TEXT`",
-    "awaiting_approval": "the plan waits for approval: `aether mission approve {m}`",
-}
-
-
 def waiting_for_a_person(board: Board) -> list[str]:
-    """What the mission waits for a person to do (``aether_events.status``'s rule)."""
+    """The tasks that wait for a person (``aether_events.status``'s rule); what the
+    mission itself waits for is the hint under the header (``HINTS``)."""
     m = board.mission_id
-    waits = [_ASKS[board.status].format(m=m)] if board.progress.needs_person else []
+    waits: list[str] = []
     if not board.progress.terminal:
         waits += [
             f"task {line.id} is escalated: `aether mission retry {m} {line.id}` "
@@ -226,3 +345,25 @@ def waiting_for_a_person(board: Board) -> list[str]:
             if line.status in NEEDS_PERSON_TASK_STATUSES
         ]
     return waits
+
+
+def _title(line: TaskLine) -> str:
+    after = f" (after {', '.join(line.depends_on)})" if line.depends_on else ""
+    return " ".join((line.title + after).split())
+
+
+def _summary(board: Board, now: datetime | None) -> str:
+    """Elapsed time, tasks merged, tokens and the share of input read from the cache."""
+    parts = []
+    if board.started_at is not None:
+        end = board.ended_at or now or datetime.now(UTC)
+        parts.append(f"elapsed {_duration((end - board.started_at).total_seconds())}")
+    if board.tasks:
+        parts.append(f"merged {board.merged}/{len(board.tasks)}")
+    if board.tokens_in or board.tokens_out:
+        read = board.tokens_in + board.cache_read
+        cached = f" ({board.cache_read * 100 // read}% from cache)" if board.cache_read else ""
+        parts.append(
+            f"tokens in {board.tokens_in + board.cache_read}{cached} out {board.tokens_out}"
+        )
+    return "  ".join(parts)

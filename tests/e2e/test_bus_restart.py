@@ -13,8 +13,9 @@ import nats
 import pytest
 
 from aether.stack import Stack
-from aether_events import BranchMerged, MissionCompleted, TaskReady, mission_history
+from aether_events import BranchMerged, MissionCompleted, TaskReady
 from tests.e2e.test_mission_flow import submit_and_approve
+from tests.eventlog import EventLog
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +34,8 @@ async def test_a_nats_restart_mid_mission_costs_seconds_and_the_mission_complete
     back = time.monotonic()
     nc = await nats.connect(stack.nats_url)
     try:
-        history = []
-        while time.monotonic() - back < 120:
-            history = await mission_history(nc.jetstream(), mission_id)
-            if any(isinstance(e, MissionCompleted) for e in history):
-                break
-            await asyncio.sleep(0.25)
+        async with EventLog(nc, mission_id) as log:
+            history = await log.wait_for(lambda log: bool(log.of(MissionCompleted)), timeout=120)
         completed_after = time.monotonic() - back
     finally:
         await nc.close()

@@ -22,6 +22,7 @@ from dulwich.repo import Repo
 from aether.gitview import create_sample_repository
 from aether.stack import Stack
 from aether_events import (
+    AgentStarted,
     BranchMerged,
     Event,
     MissionCompleted,
@@ -85,11 +86,26 @@ def write_combined(request: dict[str, Any]) -> Any:
     return write("c.txt", "".join(tool_results(request)))(request)
 
 
+def check_a(request: dict[str, Any]) -> Any:
+    """Task a runs a.txt through Python with run_command (in the runner's sandbox) first."""
+    from aether_llm import Reply, tool_use_block
+
+    command = "python -c \"print('read', open('a.txt').read().strip())\""
+    return Reply([tool_use_block("run_command", {"command": command})], "tool_use", 100, 20)
+
+
+def finish_a(request: dict[str, Any]) -> Any:
+    # A command that did not run (no sandbox, a refusal) fails the model call, and the task.
+    (result,) = tool_results(request)
+    assert "[exit code 0" in result and "read alpha" in result, result
+    return finish("wrote a")(request)
+
+
 def scripted_model(delays: dict[str, float] | None = None) -> ScriptedModel:
     return ScriptedModel(
         plan=PLAN,
         scripts={
-            "a": [write("a.txt", "alpha\n"), finish("wrote a")],
+            "a": [write("a.txt", "alpha\n"), check_a, finish_a],
             "b": [write("b.txt", "beta\n"), finish("wrote b")],
             "c": [read_both, write_combined, finish("combined")],
         },
@@ -230,7 +246,7 @@ async def test_mission_with_a_dependent_task_merges_every_change(
     base = tree_files(repo, c_workspace.base_sha)
     assert "a.txt" in base and "b.txt" in base
     # Causal order: every event after its cause, and the dependent task after both merges.
-    events = log.events
+    events = log.entries
     assert isinstance(events[0][1], MissionRequested)
     assert_causal_order(events)
     index = {
@@ -243,6 +259,8 @@ async def test_mission_with_a_dependent_task_merges_every_change(
     assert index[("BranchMerged", "a")] < index[("TaskReady", "c")]
     assert index[("BranchMerged", "b")] < index[("TaskReady", "c")]
     assert sorted(e.task_id for e in log.of_type(BranchMerged)) == ["a", "b", "c"]
+    # The agents' commands ran in the sandbox, and the events say so.
+    assert {e.sandbox for e in log.of_type(AgentStarted)} == {"bubblewrap"}
     async with httpx.AsyncClient(
         base_url=running.gateway_url, headers=running.auth_headers
     ) as http:

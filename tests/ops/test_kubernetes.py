@@ -34,7 +34,10 @@ CUSTOM_SCHEMAS = {
 }
 # Secrets a production cluster provides itself: created by its operators (see the
 # overlay), and written by CloudNativePG for its cluster.
-EXTERNAL_SECRETS = {"production": {"aether-secrets", "aether-db-app"}, "local": set()}
+EXTERNAL_SECRETS = {
+    "production": {"aether-secrets", "aether-nats", "aether-db-app"},
+    "local": set(),
+}
 SINGLE_WRITERS = ("scheduler", "git-broker")
 
 Doc = dict[str, Any]
@@ -360,3 +363,34 @@ def test_built_in_renderer_refuses_what_it_does_not_implement(tmp_path: Path) ->
     )
     with pytest.raises(kustomize.Unsupported, match="strategic merge"):
         kustomize.build(tmp_path)
+
+
+SANDBOXED = ("agent-runner", "git-broker")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_services_that_run_commands_may_start_a_sandbox(overlay: str) -> None:
+    """bubblewrap needs its own user namespace, an unmasked /proc and no seccomp/AppArmor
+    veto on unshare and mount: given to the two containers that run commands, and no
+    capability or privilege escalation to anyone."""
+    for workload in objects(overlay, "Deployment") + objects(overlay, "StatefulSet"):
+        name = workload["metadata"]["name"]
+        template = workload["spec"]["template"]
+        (container, *_) = template["spec"]["containers"]
+        context = container["securityContext"]
+        annotations = template["metadata"].get("annotations") or {}
+        apparmor = annotations.get(f"container.apparmor.security.beta.kubernetes.io/{name}")
+        if name in SANDBOXED:
+            assert template["spec"]["hostUsers"] is False, name
+            assert context["procMount"] == "Unmasked", name
+            assert context["seccompProfile"] == {"type": "Unconfined"}, name
+            assert apparmor == "unconfined", name
+        else:
+            assert template["spec"].get("hostUsers", True) is True, name
+            assert "procMount" not in context and "seccompProfile" not in context, name
+            assert apparmor is None, name
+        assert context["capabilities"] == {"drop": ["ALL"]}, name
+        assert context["allowPrivilegeEscalation"] is False, name
+    (namespace,) = objects(overlay, "Namespace")
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"

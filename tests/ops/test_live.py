@@ -120,7 +120,7 @@ async def wait_for(stack: Stack, mission_id: str, *wanted: type[Event]) -> list[
             timeout=120,
         )
         await log.stop()
-        return [type(e).__name__ for _, e in log.events]
+        return [type(e).__name__ for e in log.events]
     finally:
         await nc.drain()
 

@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DeliverPolicy
 
+from aether_agent_runner.adapters.git import GitDir
 from aether_events import (
     Event,
     EventPublisher,
     PlannedTask,
     WorkspaceReady,
-    decode,
     ensure_streams,
     new_event_id,
 )
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, text_block, tool_use_block
 from aether_runtime import RuntimeSettings, Service
+from tests.eventlog import EventLog as SharedEventLog
 
 if TYPE_CHECKING:
     from aether_agent_runner.handlers import Handlers
@@ -66,6 +66,11 @@ class TaskRepo:
     worktree: Path
     branch: str
     base_sha: str
+
+    @property
+    def git_dir(self) -> GitDir:
+        """The worktree's git directory, as the broker would name it in WorkspaceReady."""
+        return GitDir.discover(self.worktree, self.branch)
 
     def outside_snapshot(self) -> dict[str, bytes]:
         """Every file under ``root`` that is not inside the worktree, with its bytes (the
@@ -306,60 +311,20 @@ class Signal:
 # --- events -------------------------------------------------------------------------
 
 
-class EventLog:
-    """One mission's events from both streams, as they are stored."""
+class EventLog(SharedEventLog):
+    """One mission's events from both streams (a runner's progress and usage are
+    telemetry), as they are stored; the streams are declared first."""
 
     def __init__(self, nc: NatsClient, mission_id: str) -> None:
-        self._nc = nc
-        self.mission_id = mission_id
-        self.events: list[Event] = []
-        self._changed = asyncio.Condition()
-        self._subs: list[Any] = []
-
-    async def start(self) -> EventLog:
-        js = self._nc.jetstream()
-        await ensure_streams(js)
-
-        async def on_message(msg: Any) -> None:
-            event = decode(msg.data)
-            async with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
-
-        for prefix in ("aether.mission", "aether.telemetry"):
-            self._subs.append(
-                await js.subscribe(
-                    f"{prefix}.{self.mission_id}.>",
-                    cb=on_message,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.ALL,
-                )
-            )
-        return self
-
-    async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
-
-    def of(self, cls: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, cls)]
+        super().__init__(nc, mission_id, telemetry=True, declare=True)
 
     async def wait_for(
         self, predicate: Callable[[EventLog], bool], timeout: float = TIMEOUT
-    ) -> None:
-        async def wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self))
-
-        try:
-            await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
-            seen = [type(e).__name__ for e in self.events]
-            raise AssertionError(f"condition not met within {timeout}s; events: {seen}") from None
+    ) -> list[Event]:
+        return await super().wait_for(predicate, timeout)
 
     async def first(self, cls: type[E], timeout: float = TIMEOUT) -> E:
-        await self.wait_for(lambda log: bool(log.of(cls)), timeout)
-        return self.of(cls)[0]
+        return await super().first(cls, timeout)
 
 
 @pytest.fixture
@@ -424,8 +389,8 @@ async def start_runner(nats_url: str, nc: NatsClient) -> AsyncIterator[Callable[
         }
         settings = AgentSettings(**{**defaults, **overrides})
         service, handlers = wire(RuntimeSettings(nats_url=nats_url, port=0), model.llm(), settings)
+        started.append(service)  # before starting: one that fails half-way is stopped too
         await service.start()
-        started.append(service)
         return Runner(service, handlers)
 
     yield start

@@ -51,12 +51,12 @@ def make_agent(
     limits: Limits | None = None,
     model_id: str = "claude-sonnet-5-5",
 ) -> tuple[Agent, Journal, Seen]:
-    journal = Journal(state_dir(task_repo.worktree))
+    journal = Journal(state_dir(task_repo.git_dir))
     seen = Seen()
     worktree = task_repo.worktree
 
     async def has_changes() -> bool:
-        return bool(await asyncio.to_thread(changed_paths, worktree))
+        return bool(await asyncio.to_thread(changed_paths, task_repo.git_dir))
 
     agent = Agent(
         client=anthropic.AsyncAnthropic(api_key="test", base_url=model.url, max_retries=0),
@@ -284,3 +284,15 @@ async def test_a_resumed_conversation_repeats_no_finished_step(
     assert scripted.script.calls == ["t1:0", "t1:1", "t1:2", "t1:2"]
     assert (task_repo.worktree / "log.txt").read_text() == "ran\n"
     assert seen.usages == [(3, seen.usages[0][1])]
+
+
+def test_progress_after_a_model_reply_names_the_tools_and_files_it_asks_for():
+    from aether_agent_runner.agent import reply_action
+
+    content = [
+        {"type": "text", "text": "I will write it."},
+        {"type": "tool_use", "id": "1", "name": "write_file", "input": {"path": "src/a.py"}},
+        {"type": "tool_use", "id": "2", "name": "run", "input": {"command": "pytest -q"}},
+    ]
+    assert reply_action(content, "tool_use") == "model asks: write_file src/a.py, run pytest -q"
+    assert reply_action([{"type": "text", "text": "done"}], "end_turn") == "model reply (end_turn)"

@@ -22,6 +22,11 @@ from aether_agent_runner.commands import (
 )
 from aether_agent_runner.tools import ToolBox
 from aether_agent_runner.workspace import ToolError, Workspace
+from aether_sandbox import SandboxSettings, Unconfined
+
+# The tests that follow a command's processes by their host pid run unconfined: inside
+# the sandbox a pid is one of its own namespace (tests/escape covers the sandboxed case).
+UNCONFINED = Unconfined(SandboxSettings(backend="unconfined"))
 
 SECRETS = {
     "ANTHROPIC_API_KEY": "sk-ant-secret-1",
@@ -39,9 +44,9 @@ SECRETS = {
 PY = "python"
 
 
-def box(worktree: Path, **policy: Any) -> ToolBox:
+def box(worktree: Path, sandbox: Any = None, **policy: Any) -> ToolBox:
     settings = {"allowed": (PY, "ls"), "timeout_seconds": 20.0, "output_chars": 4000, **policy}
-    return ToolBox(Workspace(worktree), CommandPolicy(**settings))
+    return ToolBox(Workspace(worktree), CommandPolicy(**settings), sandbox=sandbox)
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +171,7 @@ async def test_a_command_past_its_timeout_is_killed_with_its_children(task_repo:
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         "print(p.pid, flush=True); time.sleep(60)"
     )
-    result = await box(task_repo.worktree).call(
+    result = await box(task_repo.worktree, UNCONFINED).call(
         "run_command", {"command": f'python -c "{code}"', "timeout_seconds": 1}
     )
     assert "[timed out after 1." in result.content and "was stopped]" in result.content
@@ -180,7 +185,9 @@ async def test_background_processes_do_not_outlive_their_command(task_repo: Any)
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         "print(p.pid, flush=True)"
     )
-    result = await box(task_repo.worktree).call("run_command", {"command": f'python -c "{code}"'})
+    result = await box(task_repo.worktree, UNCONFINED).call(
+        "run_command", {"command": f'python -c "{code}"'}
+    )
     assert "[exit code 0" in result.content
     assert not _alive(int(result.content.splitlines()[2]))
 
@@ -193,7 +200,15 @@ async def test_a_cancelled_command_is_killed(task_repo: Any) -> None:
         "s.sendall(str(os.getpid()).encode()); s.close(); time.sleep(60)"
     )
     task = asyncio.create_task(
-        run_command([sys.executable, "-c", code], task_repo.worktree, dict(os.environ), 60, 100)
+        run_command(
+            [sys.executable, "-c", code],
+            task_repo.worktree,
+            dict(os.environ),
+            60,
+            100,
+            sandbox=UNCONFINED,
+            workdir=task_repo.worktree,
+        )
     )
     running = await pid.received()
     assert _alive(running, grace=0)
@@ -246,7 +261,7 @@ async def test_running_the_tests_leaves_nothing_to_commit(task_repo: Any) -> Non
     tools = box(task_repo.worktree)
     result = await tools.call("run_command", {"command": "python -m pytest -q tests"})
     assert "[exit code 0" in result.content and "1 passed" in result.content
-    assert changed_paths(task_repo.worktree) == []
+    assert changed_paths(task_repo.git_dir) == []
     tools.close()
 
 

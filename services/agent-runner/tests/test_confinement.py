@@ -7,7 +7,10 @@ careless or hostile command could plant them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,3 +148,70 @@ def test_paths_that_stay_inside_are_allowed(task_repo: Any) -> None:
     assert workspace.read_file("up/t1-a1/README.md").startswith("# demo")
     assert workspace.write_file("~/inside.txt", "x\n") == "wrote 2 bytes to ~/inside.txt"
     assert (task_repo.worktree / "~" / "inside.txt").exists()
+
+
+def test_a_directory_swapped_for_a_symlink_mid_call_never_lets_a_tool_out(
+    task_repo: Any,
+) -> None:
+    """A thread swaps ``sub`` between a real directory and a symlink to a directory
+    outside while the tools read, write, edit, list and search through ``sub`` in a loop:
+    each call either works inside or is refused, and nothing outside is read or written."""
+    outside = task_repo.root / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_text("SECRET outside\n")
+    sub = task_repo.worktree / "sub"
+    sub.mkdir()
+    (sub / "f.txt").write_text("inside\n")
+    real = task_repo.worktree / "sub.real"
+    before = task_repo.outside_snapshot()
+    workspace = Workspace(task_repo.worktree)
+    stop = threading.Event()
+    swaps = 0
+
+    def swap() -> None:
+        nonlocal swaps
+        # Each step may find the tree changed by a write that made ``sub`` anew.
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(sub, real)
+            with contextlib.suppress(OSError):
+                os.symlink(outside, sub)
+            with contextlib.suppress(OSError):
+                if sub.is_symlink():
+                    os.unlink(sub)
+                else:
+                    shutil.rmtree(sub)
+            with contextlib.suppress(OSError):
+                os.rename(real, sub)
+            swaps += 1
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    outcomes = {"ok": 0, "refused": 0}
+    leaked: list[str] = []
+    try:
+        for attempt in range(300):
+            calls: list[Callable[[], object]] = [
+                lambda: workspace.read_file("sub/f.txt"),
+                lambda a=attempt: workspace.write_file(f"sub/w{a}.txt", "x\n"),
+                lambda: workspace.edit_file("sub/f.txt", "inside", "inside"),
+                lambda: workspace.list_dir("sub"),
+                lambda: search(workspace.root, "S.CRET|inside", "sub"),
+            ]
+            for call in calls:
+                try:
+                    answer = call()
+                except (ToolError, FileNotFoundError):
+                    outcomes["refused"] += 1
+                    continue
+                outcomes["ok"] += 1
+                if "SECRET" in str(answer):
+                    leaked.append(str(answer))
+    finally:
+        stop.set()
+        swapper.join()
+
+    assert leaked == []
+    assert task_repo.outside_snapshot() == before
+    assert sorted(p.name for p in outside.iterdir()) == ["f.txt"]
+    assert swaps > 0 and outcomes["ok"] > 0

@@ -33,6 +33,7 @@ from aether_events import (
     Usage,
     WorkspaceReady,
 )
+from aether_sandbox import SandboxSettings, SandboxUnavailable
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -169,7 +170,9 @@ def test_settings_from_the_environment() -> None:
     assert settings.max_cost_usd is None
     assert settings.commands == ("python", "pytest", "make")
     assert settings.command_env == ("JAVA_HOME", "GOPATH")
-    assert AgentSettings.from_env({}).commands == DEFAULT_COMMANDS
+    # Inside the sandbox any program may run; unconfined, the allow-list guards.
+    assert AgentSettings.from_env({}).commands is None
+    assert AgentSettings.from_env({"AETHER_SANDBOX": "unconfined"}).commands == DEFAULT_COMMANDS
     assert AgentSettings.from_env({"AETHER_AGENT_COMMANDS": "*"}).commands is None
     assert AgentSettings.from_env({"AETHER_AGENT_COMMANDS": "none"}).commands == ()
 
@@ -228,3 +231,31 @@ def test_an_attempt_with_an_end_is_not_owed_and_not_kept(end: Event) -> None:
 def test_a_workspace_announced_after_its_attempt_ended_is_not_owed() -> None:
     state = fold(TaskTimedOut(**meta(), task_id="t1", attempt=1), workspace())
     assert pending(state) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "sandbox", "reported"),
+    [
+        (AgentSettings(), "bubblewrap-instance", "bubblewrap"),
+        (AgentSettings(), SandboxUnavailable("no bwrap"), "unavailable"),
+        (AgentSettings(sandbox=SandboxSettings(backend="unconfined")), None, "unconfined"),
+        (AgentSettings(commands=()), None, None),
+    ],
+)
+def test_agent_started_says_what_commands_run_in(
+    settings: AgentSettings, sandbox: Any, reported: str | None
+) -> None:
+    from aether_agent_runner.attempt import Attempts
+    from aether_sandbox import Bubblewrap
+
+    if sandbox == "bubblewrap-instance":
+        sandbox = Bubblewrap.__new__(Bubblewrap)
+    attempts = Attempts(
+        client=None,  # type: ignore[arg-type]
+        settings=settings,
+        publisher=lambda: None,  # type: ignore[arg-type,return-value]
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+        sandbox=sandbox,
+    )
+    assert attempts.sandbox_name() == reported

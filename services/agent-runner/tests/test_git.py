@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
-from aether_agent_runner.adapters.git import commit_all, commit_message_trailers
+from aether_agent_runner.adapters.git import (
+    GitDir,
+    changed_paths,
+    commit_all,
+    commit_message_trailers,
+    reset_to,
+)
+from aether_agent_runner.adapters.scan import StatCache
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -32,7 +41,9 @@ def test_commit_all_records_new_changed_and_deleted_files_on_the_task_branch(
     (wt / "keep.txt").write_text("changed\n")
     (wt / "gone.txt").unlink()
 
-    sha, changed = commit_all(wt, "Work\n\nAether-Task: t1\nAether-Attempt: 2\n")
+    sha, changed = commit_all(
+        GitDir.discover(wt, "task"), "Work\n\nAether-Task: t1\nAether-Attempt: 2\n"
+    )
 
     assert sha is not None
     assert changed == ["gone.txt", "keep.txt", "new/deep/file.py"]
@@ -42,7 +53,10 @@ def test_commit_all_records_new_changed_and_deleted_files_on_the_task_branch(
         "new/deep/file.py",
     ]
     assert git("status", "--short", cwd=wt) == ""
-    assert commit_message_trailers(sha, wt) == {"Aether-Attempt": "2", "Aether-Task": "t1"}
+    assert commit_message_trailers(sha, GitDir.discover(wt, "task").store()) == {
+        "Aether-Attempt": "2",
+        "Aether-Task": "t1",
+    }
 
 
 def test_nothing_to_commit_is_reported_as_none(tmp_path: Path) -> None:
@@ -52,4 +66,92 @@ def test_nothing_to_commit_is_reported_as_none(tmp_path: Path) -> None:
     (repo / "a").write_text("a\n")
     git("add", ".", cwd=repo)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=repo)
-    assert commit_all(repo, "nothing\n") == (None, [])
+    assert commit_all(GitDir.clone(repo, "main"), "nothing\n") == (None, [])
+
+
+def _linked(tmp_path: Path) -> tuple[Path, Path, GitDir]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "-q", "-b", "main", cwd=repo)
+    (repo / ".gitignore").write_text("*.log\nbuild/\n")
+    (repo / "tracked.log").write_text("tracked although ignored\n")
+    (repo / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "run.sh").chmod(0o755)
+    (repo / "src").mkdir()
+    (repo / "src" / ".gitignore").write_text("local.txt\n")
+    (repo / "src" / "app.py").write_text("x = 1\n")
+    git("add", "-f", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=repo)
+    git("branch", "task", cwd=repo)
+    git("worktree", "add", "-q", str(tmp_path / "wt"), "task", cwd=repo)
+    wt = (tmp_path / "wt").resolve()
+    return repo, wt, GitDir.discover(wt, "task")
+
+
+def test_ignored_files_stay_out_and_tracked_ones_are_committed_as_git_would(
+    tmp_path: Path,
+) -> None:
+    repo, wt, records = _linked(tmp_path)
+    (wt / "debug.log").write_text("ignored\n")
+    (wt / "build").mkdir()
+    (wt / "build" / "out.o").write_text("ignored\n")
+    (wt / "src" / "local.txt").write_text("ignored below\n")
+    (wt / "tracked.log").write_text("changed\n")
+    (wt / "link").symlink_to("src/app.py")
+    (wt / "run.sh").chmod(0o644)
+
+    sha, changed = commit_all(records, "work\n")
+
+    assert changed == ["link", "run.sh", "tracked.log"]
+    listing = git("ls-tree", "-r", "task", cwd=repo)
+    assert "120000 blob" in listing.split("\tlink")[0].splitlines()[-1]
+    assert "100644 blob" in listing.split("\trun.sh")[0].splitlines()[-1]
+    assert git("show", "task:link", cwd=repo) == "src/app.py"
+    # git itself agrees the worktree is committed (its ignored files aside).
+    assert git("status", "--porcelain", cwd=wt) == ""
+    assert sha == git("rev-parse", "task", cwd=repo).strip()
+
+
+def test_reset_restores_tracked_files_removes_untracked_and_keeps_ignored(
+    tmp_path: Path,
+) -> None:
+    repo, wt, records = _linked(tmp_path)
+    base = git("rev-parse", "task", cwd=repo).strip()
+    (wt / "src" / "app.py").write_text("broken\n")
+    (wt / "run.sh").unlink()
+    (wt / "new" / "deep").mkdir(parents=True)
+    (wt / "new" / "deep" / "file.py").write_text("new\n")
+    (wt / "src" / "local.txt").write_text("kept\n")
+    (wt / "extra.py").write_text("committed, then reset away\n")
+    commit_all(records, "to be undone\n")
+
+    assert reset_to(records, base)
+
+    assert git("rev-parse", "task", cwd=repo).strip() == base
+    assert (wt / "src" / "app.py").read_text() == "x = 1\n"
+    assert (wt / "run.sh").stat().st_mode & 0o100
+    assert not (wt / "new").exists() and not (wt / "extra.py").exists()
+    assert (wt / "src" / "local.txt").read_text() == "kept\n"
+    assert changed_paths(records) == []
+    assert git("status", "--porcelain", cwd=wt) == ""
+    assert not reset_to(records, base)
+
+
+def test_a_change_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    """The index's stat data spares reading unchanged files, but a file rewritten in
+    place with its old size and modification time put back is still read again."""
+    _, wt, records = _linked(tmp_path)
+    app = wt / "src" / "app.py"
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(app, ns=(old, old))
+    (wt / "other.txt").write_text("x\n")
+    commit_all(records, "the index now records app.py's stat data\n")
+    cache = StatCache(records.admin / "index")
+    assert cache.sha(b"src/app.py", app.stat(), 0o100644) is not None  # trusted as is
+
+    with app.open("r+b") as file:
+        file.write(b"y")
+    os.utime(app, ns=(old, old))
+
+    assert app.stat().st_mtime_ns == old
+    assert changed_paths(records) == ["src/app.py"]

@@ -40,10 +40,12 @@ def runners(tmp_path: Path, nats_url: str) -> Iterator[Callable[..., Stack]]:
                 **env,
             },
         )
+        # Registered before anything starts: a runner that is slow to get ready (or never
+        # does) is still stopped at the end, never left running.
+        stacks.append(stack)
         stack.start_infrastructure()
         stack.start_service("agent-runner")
         stack.wait_ready(["agent-runner"])
-        stacks.append(stack)
         return stack
 
     yield start

@@ -170,9 +170,8 @@ async def test_a_runner_elsewhere_clones_works_pushes_and_the_broker_merges_it(
         }
     )
     clones = tmp_path / "runner-clones"
-    settings = AgentSettings(
-        progress_seconds=0.0, git_url=git_url(broker), git_token=TOKEN, work_dir=str(clones)
-    )
+    settings = AgentSettings(progress_seconds=0.0, git_url=git_url(broker), work_dir=str(clones))
+    assert ready.push_token  # the attempt's own token; the runner holds none
 
     result = await attempts(nc, scripted, settings).work(ready)
 
@@ -220,7 +219,6 @@ async def test_a_restarted_runner_reports_the_commit_it_already_pushed(
     settings = AgentSettings(
         progress_seconds=0.0,
         git_url=git_url(broker),
-        git_token=TOKEN,
         work_dir=str(tmp_path / "clones"),
     )
     first = await attempts(nc, scripted, settings).work(ready)
@@ -248,10 +246,9 @@ async def test_a_wrong_token_fails_the_attempt_with_the_reason(
     token: str,
 ) -> None:
     ready = await remote_workspace(nc, events, mission_id, repo, tmp_path)
+    ready = msgspec.structs.replace(ready, push_token=token)
     scripted = model({"t1": [finish("nothing")]})
-    settings = AgentSettings(
-        git_url=git_url(broker), git_token=token, work_dir=str(tmp_path / "clones")
-    )
+    settings = AgentSettings(git_url=git_url(broker), work_dir=str(tmp_path / "clones"))
 
     result = await attempts(nc, scripted, settings).work(ready)
 
@@ -280,7 +277,7 @@ def test_fetch_and_push_settings_from_the_environment() -> None:
     )
     assert always.fetches(worktree_exists=True)
     assert not AgentSettings.from_env({}).fetches(worktree_exists=False)
-    with pytest.raises(ValueError, match="AETHER_AGENT_GIT_TOKEN"):
-        AgentSettings.from_env({"AETHER_AGENT_GIT_URL": "http://broker:8200"})
+    # No token of its own: each attempt brings one in its WorkspaceReady.
+    assert AgentSettings.from_env({"AETHER_AGENT_GIT_URL": "http://broker:8200"}).git_token == ""
     with pytest.raises(ValueError, match="auto or always"):
         AgentSettings.from_env({"AETHER_AGENT_GIT_FETCH": "sometimes"})

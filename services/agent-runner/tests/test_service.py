@@ -31,6 +31,7 @@ from aether_events import (
     new_event_id,
 )
 from aether_llm import Reply, text_block
+from aether_sandbox import SandboxSettings
 
 
 @pytest.fixture(autouse=True)
@@ -102,6 +103,8 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
 
     assert done.commit_sha == task_repo_head(task_repo)
     assert done.files_changed == ["src/app.py", "tests/test_app.py"]
+    # The plan scoped the task to src/app.py: the test it also changed is scope drift.
+    assert done.files_outside_scope == ["tests/test_app.py"]
     assert done.summary == "greet says hello there; tests updated and passing"
     assert done.usage.input_tokens == 500 and done.usage.cost_usd is not None
     assert done.causation_id == ready.event_id
@@ -117,6 +120,8 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     assert "1 passed" in str(scripted.script.requests[4]["messages"][-1]["content"])
     started = events.of(AgentStarted)
     assert len(started) == 1 and started[0].model == "claude-sonnet-5-5"
+    # The tests ran inside the sandbox, and the event says so.
+    assert started[0].sandbox == "bubblewrap"
     usage = events.of(UsageRecorded)
     assert [u.step for u in usage] == [f"agent:t1:a1:turn{n}" for n in range(1, 6)]
     assert events.of(AgentProgress) and events.of(AgentHeartbeat)
@@ -259,15 +264,20 @@ async def test_cancelling_the_mission_kills_a_running_command(
     reply: Any,
 ) -> None:
     report = await PidReport().start()
+    marker = f"cancel-me-{mission_id}"
     code = (
         "import os, socket, time; "
         f"s = socket.create_connection(('127.0.0.1', {report.port})); "
         "s.sendall(str(os.getpid()).encode()); s.close(); time.sleep(120)"
     )
-    scripted = model({"t1": [reply(tool("run_command", command=f'python -c "{code}"'))]})
-    await start_runner(scripted)
+    command = f'python -c "{code}" {marker}'
+    scripted = model({"t1": [reply(tool("run_command", command=command))]})
+    # The host's network (an operator's explicit choice) lets the command report in; the
+    # pid it reports is one of its sandbox, so the test finds its host pid by its marker.
+    await start_runner(scripted, sandbox=SandboxSettings(network="host"))
     await publish(workspace_ready(task_repo, mission_id))
-    pid = await report.received()
+    await report.received()
+    (pid,) = running(marker)
 
     began = time.monotonic()
     await publish(MissionCancelled(**control_meta(mission_id)))
@@ -442,6 +452,20 @@ class PidReport:
             return await asyncio.wait_for(self._pid, timeout)
         finally:
             self._server.close()
+
+
+def running(marker: str) -> list[int]:
+    """Host pids of the processes whose command line ends with ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker.encode() in argv[-3:] and b"python" in argv[0]:
+                found.append(int(entry))
+    return found
 
 
 def alive(pid: int, grace: float = 5.0) -> bool:

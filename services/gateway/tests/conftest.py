@@ -293,8 +293,8 @@ async def make_gateway(
 
     async def make(**overrides: object) -> GatewayServer:
         server = GatewayServer(gateway_settings(nats_url, gateway_db, **overrides))
+        servers.append(server)  # before starting: one slow to start is still stopped
         await server.start()
-        servers.append(server)
         return server
 
     try:

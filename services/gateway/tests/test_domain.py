@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from aether_events import (
@@ -15,9 +16,12 @@ from aether_events import (
     MissionResumed,
     PlanFailed,
     TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
+    WaveStarted,
     WorkspaceReady,
 )
-from aether_gateway.domain import MissionView, fold
+from aether_gateway.domain import MissionView, fold, tasks_read
 
 
 def play(events: list[Event], view: MissionView | None = None) -> MissionView:
@@ -217,3 +221,46 @@ def test_events_of_an_unknown_mission_change_no_rows(script):
 def test_a_second_request_for_the_same_mission_is_ignored(script):
     view = play([script.requested(), script.plan()])
     assert fold(view, script.requested(requirement="something else")).empty
+
+
+def only_read(view: MissionView, event: Event) -> MissionView:
+    """The view the adapter loads for ``event``: the mission and the rows it reads."""
+    wanted = tasks_read(event)
+    if wanted is None:
+        return MissionView(mission=view.mission, tasks=dict(view.tasks))
+    tasks = {t: view.tasks[t] for t in wanted if t in view.tasks}
+    count = None if set(wanted) <= tasks.keys() else len(view.tasks)
+    return MissionView(mission=view.mission, tasks=tasks, task_count=count)
+
+
+def test_folding_only_the_rows_an_event_reads_changes_what_the_whole_mission_would(script):
+    events: list[Event] = [
+        script.requested(),
+        script.prepared(),
+        script.plan(task_ids=("t1", "t2", "t3")),
+        script.approved(),
+        WaveStarted(**script.meta(), wave=1, task_ids=["t1", "t2", "t9"]),
+        script.task_ready("t1"),
+        AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r", model="m"),
+        script.usage(0.5),
+        msgspec.structs.replace(script.usage(0.25), task_id="t1"),
+        script.agent_completed("t1"),
+        script.merged("t1"),
+        script.task_ready("t9"),  # a task the plan never listed
+        script.task_ready("t2"),
+        AgentFailed(**script.meta(), task_id="t2", attempt=1, reason="no"),
+        TaskRetryRequested(**script.meta(), task_id="t2"),
+        TaskSkipped(**script.meta(), task_id="t3", reason="not needed"),
+        MergeConflicted(
+            **script.meta(), task_id="t9", attempt=1, files=["a"], integration_sha="f" * 40
+        ),
+        script.plan(version=2, task_ids=("t1", "t4")),
+        MissionPaused(**script.meta()),
+        script.completed(),
+    ]
+    view = MissionView()
+    for event in events:
+        assert fold(only_read(view, event), event) == fold(view, event), event
+        view = play([event], view)
+    assert view.tasks["t9"].position == 3  # placed after the three planned tasks
+    assert view.tasks["t1"].cost_usd == 0.25

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from litestar import Litestar, post
 from litestar.params import FromPath
 from prometheus_client import REGISTRY
 
 from aether_events import MissionRequested
+from aether_gateway.config import DEFAULT_MISSION_BUDGET_USD, GatewaySettings
 from aether_gateway.metrics import routes_at_zero
 
 from .conftest import stored_events
@@ -24,7 +27,11 @@ async def test_not_ready_when_the_database_does_not_answer(http, gateway_server)
     await gateway_server.gateway.db.close()
     response = await http.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"status": "not-ready", "detail": "database unreachable"}
+    assert response.json() == {
+        "status": "not-ready",
+        "detail": "database unreachable",
+        "pid": os.getpid(),  # the gateway runs in this test's process
+    }
 
 
 async def test_a_valid_request_publishes_mission_requested(http, nc, gateway_server):
@@ -41,12 +48,15 @@ async def test_a_valid_request_publishes_mission_requested(http, nc, gateway_ser
     mission_id = answer["mission_id"]
     assert answer["url"] == f"{gateway_server.settings.base_url}/missions/{mission_id}"
     assert answer["events_url"] == answer["url"] + "/events"
+    # No budget asked for: the default one, so a real model never spends without a limit.
+    assert answer["budget_usd"] == DEFAULT_MISSION_BUDGET_USD == 5.0
 
     events = await stored_events(nc, mission_id)
     assert len(events) == 1
     requested = events[0]
     assert isinstance(requested, MissionRequested)
     assert requested.requirement == "Add a greeting"
+    assert requested.budget_usd == 5.0
     assert requested.base_branch == "main"
     assert requested.max_concurrency == 2
     assert requested.max_tasks == 20
@@ -134,3 +144,9 @@ def test_every_route_is_exported_at_zero_before_its_first_request():
     assert get("aether_http_request_duration_seconds_count", labels) == 0.0
     options = {**labels, "method": "OPTIONS", "status": "200"}
     assert get("aether_http_requests_total", options) is None
+
+
+def test_the_default_mission_budget_can_be_changed_or_turned_off(monkeypatch):
+    for raw, expected in (("", 5.0), ("12.5", 12.5), ("0", None), ("none", None)):
+        monkeypatch.setenv("AETHER_DEFAULT_MISSION_BUDGET_USD", raw)
+        assert GatewaySettings.from_env().default_mission_budget_usd == expected

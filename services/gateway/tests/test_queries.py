@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from aether.render import mission_detail
 from aether_events import (
     AgentCompleted,
     AgentHeartbeat,
@@ -18,6 +19,7 @@ from aether_events import (
     Usage,
     UsageRecorded,
     WaveStarted,
+    WorkspaceReady,
     new_mission_id,
 )
 
@@ -233,6 +235,33 @@ async def test_tasks_filter_and_page(http, nc):
     assert missing.json()["error"] == f"task 't9' of mission '{a.mission_id}' not found"
 
 
+async def test_a_task_shows_the_files_it_changed_outside_its_scope(http, nc, script):
+    await publish(
+        nc,
+        script.requested(),
+        script.prepared(),
+        script.plan(task_ids=("t1",)),
+        script.approved(),
+        script.task_ready("t1"),
+        AgentCompleted(
+            **script.meta(),
+            task_id="t1",
+            attempt=1,
+            commit_sha="c" * 40,
+            branch="b",
+            files_changed=["LICENSE.txt", "src/t1.py"],
+            files_outside_scope=["LICENSE.txt"],
+        ),
+    )
+    mission = await settled(
+        http, script.mission_id, lambda m: m["tasks"] and m["tasks"][0]["status"] == "completed"
+    )
+    assert mission["tasks"][0]["files_outside_scope"] == ["LICENSE.txt"]
+    task = (await http.get(f"/missions/{script.mission_id}/tasks/t1")).json()
+    assert task["files_outside_scope"] == ["LICENSE.txt"]
+    assert "outside scope: LICENSE.txt" in mission_detail(mission)
+
+
 # --- agents ------------------------------------------------------------------------------
 
 
@@ -396,3 +425,32 @@ async def test_usage_per_day_month_mission_and_model_with_budgets(make_gateway, 
         assert (await http.get("/usage", params={"group_by": "week"})).status_code == 400
         assert (await http.get("/usage", params={"since": "soon"})).status_code == 400
         assert (await http.get("/missions/m-none/usage")).status_code == 404
+
+
+async def test_an_attempts_push_token_is_never_stored_or_served(http, nc, script):
+    ready = script.task_ready("t1")
+    workspace = WorkspaceReady(
+        **script.meta(),
+        task=ready.task,
+        attempt=1,
+        model="claude-test",
+        branch="aether-tasks/m/t1/a1",
+        worktree_path="/wt/t1-a1",
+        base_sha="a" * 40,
+        push_token="eyJ0b2tlbiI.d0n7-l34k-m3",
+    )
+    await publish(nc, script.requested(), script.prepared(), ready, workspace)
+
+    async def shown():
+        events = (await http.get("/events", params={"type": "workspace_ready"})).json()
+        return events["events"] or None
+
+    [event] = await eventually(shown, what="the workspace_ready event")
+    assert event["data"]["push_token"] == ""
+    assert event["data"]["branch"] == "aether-tasks/m/t1/a1"
+    # The live stream (the hub's ring, or the read model) shows the same.
+    async with http.stream("GET", f"/missions/{script.mission_id}/events") as stream:
+        async for line in stream.aiter_lines():
+            assert "d0n7-l34k-m3" not in line
+            if line.startswith("data:") and '"workspace_ready"' in line:
+                break

@@ -67,10 +67,17 @@ def test_a_worktree_is_exactly_the_branch_as_git_sees_it(
     broker.close()
 
 
-def test_a_repository_with_attributes_is_checked_out_with_git_filters(
+def test_attributes_and_filter_drivers_are_ignored_by_the_checkout(
     repo: Path, worktrees_dir: Path, git: Git, commit: Callable[..., str]
 ) -> None:
-    commit(repo, {".gitattributes": "*.txt text eol=crlf\n", "notes.txt": "one\ntwo\n"}, "attrs")
+    """Files are written as their blobs hold them: a line-ending attribute changes
+    nothing, and a filter driver configured in the repository is never started."""
+    marker = repo.parent / "smudged"
+    git(repo, "config", "filter.evil.smudge", f"touch {marker}; cat")
+    git(repo, "config", "filter.evil.clean", f"touch {marker}; cat")
+    attributes = "*.txt text eol=crlf\n*.py filter=evil\n"
+    commit(repo, {".gitattributes": attributes, "notes.txt": "one\ntwo\n", "a.py": "x\n"}, "attrs")
+    marker.unlink(missing_ok=True)
     broker = GitRepositories()
     broker.prepare_repository(str(repo), "main", "aether/m-1")
     wt = Path(
@@ -78,8 +85,9 @@ def test_a_repository_with_attributes_is_checked_out_with_git_filters(
             str(repo), "aether/m-1", "aether-tasks/m-1/t1/a1", str(worktrees_dir / "t1")
         ).worktree_path
     )
-    assert (wt / "notes.txt").read_bytes() == b"one\r\ntwo\r\n"
-    assert git(wt, "status", "--porcelain") == ""
+    assert (wt / "notes.txt").read_bytes() == b"one\ntwo\n"
+    assert (wt / "a.py").read_bytes() == b"x\n"
+    assert not marker.exists()
     broker.close()
 
 

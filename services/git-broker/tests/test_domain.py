@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import reduce
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from aether_events import (
+    ALL_TYPES,
     AgentCompleted,
     BranchMerged,
     Event,
@@ -24,9 +26,11 @@ from aether_events import (
     TaskReady,
     WorkspaceFailed,
     WorkspaceReady,
+    decode,
     derived_id,
 )
 from aether_git_broker.domain import (
+    FOLDED,
     BrokerState,
     FailWorkspace,
     FinishMission,
@@ -436,3 +440,23 @@ def test_the_start_up_sweep_keeps_live_worktrees_and_lists_leftovers() -> None:
     assert plan.active_repositories == ("/repos/demo",)
     assert plan.finished == (("/r2", "aether-tasks/m-2/"),)
     assert plan.merged_branches == (("/repos/demo", "aether-tasks/m-1/t1/a1"),)
+
+
+SAMPLES = Path(__file__).resolve().parents[3] / "libs" / "events" / "tests" / "samples" / "v1"
+
+
+def test_the_consumer_filter_leaves_out_only_events_that_change_nothing() -> None:
+    """The broker's consumer delivers only FOLDED types; every other type, arriving for a
+    mission under way, must neither change the state nor ask for work."""
+    samples = [decode(path.read_bytes()) for path in sorted(SAMPLES.glob("*.json"))]
+    assert len(samples) >= len(ALL_TYPES) - 1
+    under_way = [
+        s for s in samples if isinstance(s, MissionRequested | RepositoryPrepared | TaskReady)
+    ]
+    state = given(*under_way)
+    assert state.missions
+    for sample in samples:
+        if isinstance(sample, FOLDED):
+            continue
+        assert evolve(state, sample) == state, type(sample)
+        assert isinstance(decide(state, sample, NAMING), Ignore), type(sample)

@@ -78,7 +78,7 @@ async def served(
         await stop_service(broker.service)
 
 
-def url(broker: GitBroker, mission: str, credentials: str | None = f"agent:{TOKEN}") -> str:
+def url(broker: GitBroker, mission: str, credentials: str | None) -> str:
     assert broker.http is not None
     auth = f"{credentials}@" if credentials else ""
     return f"http://{auth}127.0.0.1:{broker.http.port}/{mission}"
@@ -100,12 +100,12 @@ async def test_a_remote_agent_fetches_its_branch_and_pushes_its_commit_with_the_
     prepared = await events.next(RepositoryPrepared)
     await publisher.publish(task_ready(mission, "t1"))
     workspace = await events.next(WorkspaceReady)
+    assert workspace.push_token and TOKEN not in workspace.push_token
+    remote = url(served, mission, f"agent:{workspace.push_token}")
 
     # Elsewhere: a clone of the task branch only, a commit, a push back.
     elsewhere = tmp_path / "elsewhere"
-    cloned = git_cli(
-        tmp_path, "clone", "-q", "--branch", workspace.branch, url(served, mission), str(elsewhere)
-    )
+    cloned = git_cli(tmp_path, "clone", "-q", "--branch", workspace.branch, remote, str(elsewhere))
     assert cloned.returncode == 0, cloned.stderr
     assert git(elsewhere, "rev-parse", "HEAD") == workspace.base_sha
     # Only the mission's branches are visible: not main, not the user's others.
@@ -147,7 +147,8 @@ async def test_a_remote_agent_fetches_its_branch_and_pushes_its_commit_with_the_
 
 @pytest.mark.parametrize(
     "credentials",
-    [None, "agent:wrong-token", f"{TOKEN[:-1]}:", "agent:"],
+    # The broker's secret itself is not a push token.
+    [None, "agent:wrong-token", f"{TOKEN[:-1]}:", "agent:", f"agent:{TOKEN}"],
 )
 async def test_without_the_token_nothing_is_fetched_or_pushed(
     served: GitBroker,
@@ -163,6 +164,8 @@ async def test_without_the_token_nothing_is_fetched_or_pushed(
         MissionRequested(**meta(mission), repository=str(repo), requirement="x")
     )
     await events.next(RepositoryPrepared)
+    await publisher.publish(task_ready(mission, "t1"))
+    await events.next(WorkspaceReady)
     attempt = git_cli(tmp_path, "clone", "-q", url(served, mission, credentials), "nope")
     assert attempt.returncode != 0
     assert (
@@ -184,6 +187,9 @@ async def test_a_finished_or_unknown_mission_is_not_served(
         MissionRequested(**meta(mission), repository=str(repo), requirement="x")
     )
     prepared = await events.next(RepositoryPrepared)
+    await publisher.publish(task_ready(mission, "t1"))
+    token = f"agent:{(await events.next(WorkspaceReady)).push_token}"
+    assert git_cli(tmp_path, "ls-remote", url(served, mission, token)).returncode == 0
     await publisher.publish(
         MissionCompleted(
             **meta(mission),
@@ -198,10 +204,12 @@ async def test_a_finished_or_unknown_mission_is_not_served(
         MissionRequested(**meta("m-marker"), repository=str(repo), requirement="x")
     )
     await marker.next(RepositoryPrepared)
+    await publisher.publish(task_ready("m-marker", "t1"))
+    marker_token = f"agent:{(await marker.next(WorkspaceReady)).push_token}"
     for name in (mission, "m-unknown", "..", "m-marker/../m-over"):
-        attempt = git_cli(tmp_path, "ls-remote", url(served, name))
+        attempt = git_cli(tmp_path, "ls-remote", url(served, name, token))
         assert attempt.returncode != 0, name
-    assert git_cli(tmp_path, "ls-remote", url(served, "m-marker")).returncode == 0
+    assert git_cli(tmp_path, "ls-remote", url(served, "m-marker", marker_token)).returncode == 0
     await events.stop()
     await marker.stop()
 
@@ -344,6 +352,8 @@ async def test_a_want_that_cannot_be_served_is_a_protocol_error_not_a_server_err
         MissionRequested(**meta(mission), repository=str(repo), requirement="x")
     )
     prepared = await events.next(RepositoryPrepared)
+    await publisher.publish(task_ready(mission, "t1"))
+    token = (await events.next(WorkspaceReady)).push_token
     await events.stop()
     # main moves on after the mission started: its new head is never advertised.
     (repo / "later.txt").write_text("later\n")
@@ -358,7 +368,7 @@ async def test_a_want_that_cannot_be_served_is_a_protocol_error_not_a_server_err
             + _pkt(b"done\n")
         )
     assert broker_url(served)
-    async with httpx.AsyncClient(auth=("agent", TOKEN), timeout=10) as client:
+    async with httpx.AsyncClient(auth=("agent", token), timeout=10) as client:
         # The advertised refs still show only the mission's branches.
         refs = await client.get(f"{broker_url(served)}/{mission}/info/refs?service=git-upload-pack")
         assert refs.status_code == 200
@@ -373,7 +383,7 @@ async def test_a_want_that_cannot_be_served_is_a_protocol_error_not_a_server_err
         assert b"ERR " in answer.content[:200], answer.content[:200]
     assert b"PACK" not in answer.content
     # And the broker goes on serving.
-    assert git_cli(repo.parent, "ls-remote", url(served, mission)).returncode == 0
+    assert git_cli(repo.parent, "ls-remote", url(served, mission, f"agent:{token}")).returncode == 0
 
 
 def broker_url(broker: GitBroker) -> str:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from aether_events import (
     AgentCompleted,
     BranchMerged,
-    Event,
     EventPublisher,
     MissionCompleted,
     MissionFailed,
@@ -26,52 +22,11 @@ from aether_events import (
     RepositoryPrepared,
     TaskReady,
     WorkspaceReady,
-    decode,
-    ensure_streams,
-    mission_subject,
     new_event_id,
 )
 from aether_git_broker import GitBrokerSettings, build_service
 from aether_runtime import RuntimeSettings, Service
-
-E = TypeVar("E", bound=Event)
-TIMEOUT = 15.0
-
-
-class MissionWatch:
-    """Reads one mission's events from the stream, in order, as they are stored."""
-
-    def __init__(self, js: JetStreamContext, mission_id: str) -> None:
-        self._js = js
-        self._mission_id = mission_id
-        self.seen: list[Event] = []
-        self._cursor = 0
-
-    async def start(self) -> None:
-        self._sub = await self._js.subscribe(
-            mission_subject(self._mission_id), ordered_consumer=True
-        )
-
-    async def stop(self) -> None:
-        await self._sub.unsubscribe()
-
-    async def next(self, cls: type[E], timeout: float = TIMEOUT) -> E:
-        """The next stored event of type ``cls``; fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while self._cursor < len(self.seen):
-                event = self.seen[self._cursor]
-                self._cursor += 1
-                if isinstance(event, cls):
-                    return event
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {cls.__name__} within {timeout}s; saw {self.seen}")
-            msg = await self._sub.next_msg(timeout=remaining)
-            self.seen.append(decode(msg.data))
-
-    def all(self, cls: type[E]) -> list[E]:
-        return [event for event in self.seen if isinstance(event, cls)]
+from tests.eventlog import EventLog
 
 
 async def start_service(service: Service) -> None:
@@ -108,8 +63,8 @@ def settings(nats_url: str, worktrees_dir: Path) -> GitBrokerSettings:
 @pytest.fixture
 async def broker(nc: NatsClient, settings: GitBrokerSettings) -> AsyncIterator[Service]:
     service = build_service(settings)
-    await start_service(service)
-    try:
+    try:  # started inside: a service that fails half-way through its start is stopped too
+        await start_service(service)
         yield service
     finally:
         await stop_service(service)
@@ -145,11 +100,9 @@ def task_ready(mission_id: str, task_id: str, attempt: int = 1) -> TaskReady:
     )
 
 
-async def watch(nc: NatsClient, mission_id: str) -> MissionWatch:
-    await ensure_streams(nc.jetstream())
-    mission_watch = MissionWatch(nc.jetstream(), mission_id)
-    await mission_watch.start()
-    return mission_watch
+async def watch(nc: NatsClient, mission_id: str) -> EventLog:
+    """The mission's events as they are stored; ``next(cls)`` reads them in order."""
+    return await EventLog(nc, mission_id, declare=True).start()
 
 
 async def test_a_mission_gets_a_branch_a_workspace_and_one_merge(
@@ -206,7 +159,7 @@ async def test_a_mission_gets_a_branch_a_workspace_and_one_merge(
     second = await events.next(WorkspaceReady)
     assert second.task.id == "t2"
     assert second.base_sha == sha
-    assert len(events.all(BranchMerged)) == 1
+    assert len(events.of(BranchMerged)) == 1
     assert git(repo, "rev-parse", prepared.integration_branch) == sha
 
     await publisher.publish(
@@ -276,7 +229,7 @@ async def test_a_restarted_broker_remembers_what_it_merged(
         assert third.base_sha == head
     finally:
         await stop_service(restarted)
-    assert len(events.all(BranchMerged)) == 2
+    assert len(events.of(BranchMerged)) == 2
     assert git(repo, "rev-parse", prepared.integration_branch) == head
     await events.stop()
 
@@ -314,7 +267,7 @@ async def test_an_unusable_repository_fails_the_mission(
     failed = await events.next(MissionFailed)
     assert reason in failed.reason
     assert failed.causation_id == request.event_id
-    assert events.all(RepositoryPrepared) == []
+    assert events.of(RepositoryPrepared) == []
     assert not (tmp_path / "pwned").exists()
     await events.stop()
 
@@ -494,6 +447,6 @@ async def test_a_base_branch_that_could_inject_or_does_not_exist_fails_the_missi
     )
     failed = await events.next(MissionFailed)
     assert reason in failed.reason
-    assert events.all(RepositoryPrepared) == []
+    assert events.of(RepositoryPrepared) == []
     assert not (repo / "pwned").exists()
     await events.stop()

@@ -104,7 +104,7 @@ def test_long_output_is_cut_to_its_end(tmp_path: Path) -> None:
     )
     assert outcome.result == "failed"
     assert outcome.output.rstrip().endswith("100000")
-    assert "earlier bytes left out" in outcome.output
+    assert "bytes of output omitted" in outcome.output
     assert len(outcome.output) < 300
 
 
@@ -119,3 +119,50 @@ def test_the_command_does_not_see_the_brokers_secrets() -> None:
         }
     )
     assert env == {"PATH": "/bin", "HOME": "/h"}
+
+
+def test_a_verification_command_cannot_touch_the_repository_or_its_git_directory(
+    repo: Path, worktrees_dir: Path, git: Git, commit: Commit
+) -> None:
+    """The merged code runs in the sandbox: the repository's git directory is readable (the
+    command may use git) but nothing outside the scratch worktree can be written."""
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    sha = _task_commit(broker, repo, worktrees_dir, commit, {"app/ok.py": "OK = 1\n"})
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a1"
+    hook = repo / ".git" / "hooks" / "post-checkout"
+    before = {p: p.read_bytes() for p in (repo / ".git").rglob("*") if p.is_file()}
+    readme = (repo / "README.md").read_bytes()
+    attack = (
+        f"git log --oneline -1 >/dev/null && "
+        f"(echo 'touch /tmp/pwned' > {hook}; chmod +x {hook}; "
+        f"git config core.fsmonitor 'touch /tmp/pwned'; "
+        f"echo pwned > {repo}/README.md; echo pwned > .git); exit 0"
+    )
+    outcome = _merge_with(broker, repo, scratch, sha, base, attack)
+    assert outcome.kind == "fast_forward"  # type: ignore[attr-defined]
+    assert not hook.exists()
+    assert "fsmonitor" not in git(repo, "config", "--list")
+    assert (repo / "README.md").read_bytes() == readme
+    after = {p: p.read_bytes() for p in (repo / ".git").rglob("*") if p.is_file()}
+    changed = {p for p in after if before.get(p) != after[p]}
+    # Only what the merge itself wrote (the branch moved; the scratch worktree came and went).
+    assert not [p for p in changed if "hooks" in p.parts or p.name == "config"]
+    broker.close()
+
+
+def test_without_a_sandbox_the_command_is_not_run_and_verification_fails(tmp_path: Path) -> None:
+    from aether_sandbox import SandboxSettings, SandboxUnavailable, open_sandbox
+
+    try:
+        open_sandbox(SandboxSettings(bwrap="bwrap-that-is-not-installed"))
+    except SandboxUnavailable as error:
+        missing = error
+    marker = tmp_path / "ran"
+    outcome = run_command(
+        f"touch {marker}", str(tmp_path), 20, 1000, command_environment(), sandbox=missing
+    )
+    assert outcome.result == "failed"
+    assert "the command was not run" in outcome.output
+    assert "bubblewrap is not installed" in outcome.output
+    assert not marker.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from aether_events import (
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.app import build
 from aether_runtime import RuntimeSettings, Service
+from tests.eventlog import EventLog
 
 Responder = Callable[[dict[str, Any]], Reply | ApiError]
 
@@ -156,16 +156,9 @@ class Planner:
     async def wait_for(
         self, cls: type[Event], count: int = 1, timeout: float = 20.0
     ) -> list[Event]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            events = await self.events()
-            if len([e for e in events if isinstance(e, cls)]) >= count:
-                return events
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(
-                    f"no {cls.__name__} x{count}: {[type(e).__name__ for e in events]}"
-                )
-            await asyncio.sleep(0.05)  # poll the stored history again, until the deadline
+        """The mission's events once ``count`` of type ``cls`` are stored."""
+        async with EventLog(self.nc, self.mission_id) as log:
+            return await log.wait_for(lambda log: len(log.of(cls)) >= count, timeout)
 
 
 def start_planner(nats_url: str, base_url: str, max_retries: int = 0) -> Service:
@@ -182,8 +175,8 @@ async def planner(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Planner]:
     service = start_planner(nats_url, script[1].url, max_retries=getattr(request, "param", 0))
-    await service.start()
-    try:
+    try:  # started inside: a service that fails half-way through its start is stopped too
+        await service.start()
         yield Planner(service, nc, f"m-{abs(hash(request.node.name)) % 10**12:012d}", repo)
     finally:
         await service.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aether_events import (
+    ALL_TYPES,
     Event,
     MissionMessagePosted,
     MissionRequested,
@@ -19,8 +21,9 @@ from aether_events import (
     PlanProduced,
     PlanRevisionRequested,
     RepositoryPrepared,
+    decode,
 )
-from aether_planner.domain import State, evolve, pending, wants_model
+from aether_planner.domain import FOLDED, State, evolve, pending, wants_model
 
 M = "m-1"
 
@@ -126,3 +129,23 @@ def test_pending_is_exactly_the_folded_triggers_the_planner_would_answer(
     wanted = {event.event_id for event in events if wants_model(state, event)}
     assert set(pending(state)) == wanted
     assert len(pending(state)) == len(wanted)
+
+
+SAMPLES = Path(__file__).resolve().parents[3] / "libs" / "events" / "tests" / "samples" / "v1"
+
+
+def test_the_consumer_filter_leaves_out_only_events_that_change_nothing() -> None:
+    """The planner's consumer delivers only FOLDED types; every other type, arriving for a
+    mission being planned, must neither change the state nor ask for a model decision."""
+    samples = [decode(path.read_bytes()) for path in sorted(SAMPLES.glob("*.json"))]
+    assert len(samples) >= len(ALL_TYPES) - 1
+    being_planned = [s for s in samples if isinstance(s, MissionRequested | RepositoryPrepared)]
+    state = State()
+    for event in being_planned:
+        state = evolve(state, event)
+    assert state.missions
+    for sample in samples:
+        if isinstance(sample, FOLDED):
+            continue
+        assert evolve(state, sample) == state, type(sample)
+        assert not wants_model(state, sample), type(sample)

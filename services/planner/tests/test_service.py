@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -308,3 +311,38 @@ async def test_a_repository_prepared_before_the_planner_first_started_is_planned
     finally:
         await again.stop()
     assert len(s.requests) == 1
+
+
+async def test_a_slow_model_call_for_one_mission_does_not_hold_up_another(
+    planner: Planner, script
+) -> None:
+    """Mission A's model call waits until mission B has its plan: B, requested after A,
+    is planned while A's call is still in flight, and A is planned once it returns."""
+    from .conftest import Planner
+
+    s, _ = script
+    b_planned = threading.Event()
+    calls_in_flight: list[str] = []
+
+    def answer(request: dict[str, Any]) -> Reply:
+        slow = "slow mission" in json.dumps(request)
+        calls_in_flight.append("a" if slow else "b")
+        if slow:
+            b_planned.wait(timeout=30)
+        return plan_reply(good_tasks())
+
+    s.replies.extend([answer, answer])
+    a = Planner(planner.service, planner.nc, planner.mission_id + "a", planner.repo)
+    b = Planner(planner.service, planner.nc, planner.mission_id + "b", planner.repo)
+    await a.request("the slow mission")
+    for _ in range(200):  # A's call has started before B is requested
+        if calls_in_flight:
+            break
+        await asyncio.sleep(0.05)
+    assert calls_in_flight == ["a"]
+    await b.request("the quick mission")
+    b_events = await b.wait_for(PlanProduced)
+    assert not of(await a.events(), PlanProduced), "A was planned before its call returned"
+    b_planned.set()
+    a_events = await a.wait_for(PlanProduced)
+    assert len(of(a_events, PlanProduced)) == 1 and len(of(b_events, PlanProduced)) == 1

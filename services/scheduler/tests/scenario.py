@@ -134,7 +134,7 @@ class Scenario:
             )
         )
 
-    def completed(self, tid: str) -> list[Event]:
+    def completed(self, tid: str, outside_scope: list[str] | None = None) -> list[Event]:
         return self.when(
             AgentCompleted(
                 **self.meta(),
@@ -142,10 +142,11 @@ class Scenario:
                 attempt=self.attempt(tid),
                 commit_sha=f"c-{tid}",
                 branch="b",
+                files_outside_scope=outside_scope or [],
             )
         )
 
-    def merged(self, tid: str) -> list[Event]:
+    def merged(self, tid: str, files: list[str] | None = None) -> list[Event]:
         return self.when(
             BranchMerged(
                 **self.meta(),
@@ -153,6 +154,7 @@ class Scenario:
                 attempt=self.attempt(tid),
                 merge_sha=f"sha-{tid}-{self.attempt(tid)}",
                 integration_branch=f"aether/{self.mission_id}",
+                files_changed=files or [],
             )
         )
 

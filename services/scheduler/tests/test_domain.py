@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from aether_events import (
+    AgentCompleted,
     BudgetExceeded,
     BudgetRaised,
     BudgetWarning,
@@ -139,6 +140,67 @@ def test_tasks_whose_files_overlap_do_not_run_together() -> None:
     )
     assert ready(decided) == ["a", "c"]
     assert ready(s.finish("a")) == ["b"]
+
+
+def test_files_changed_outside_scope_hold_back_tasks_not_yet_started() -> None:
+    s = Scenario()
+    decided = s.start(
+        task("a", files=["src/a.py"]), task("b", files=["src/b.py"]), max_concurrency=1
+    )
+    assert ready(decided) == ["a"]
+    s.started("a")
+    # a drifted into b's file: b waits for a's merge though a slot is free.
+    assert ready(s.completed("a", outside_scope=["src/b.py"])) == []
+    assert s.state.missions[s.mission_id].tasks["a"].drift == ("src/b.py",)
+    assert ready(s.merged("a")) == ["b"]
+
+
+def test_a_retry_keeps_the_lease_on_files_it_drifted_into() -> None:
+    s = Scenario()
+    s.start(
+        task("a", files=["a.py"]),
+        task("z", files=["z.py"]),
+        task("b", files=["b.py"]),
+        max_concurrency=2,
+    )
+    s.started("a")
+    assert ready(s.completed("a", outside_scope=["b.py"])) == []
+    assert ready(s.conflicted("a", ["a.py"])) == ["a"]  # the retry starts at once
+    # z's slot frees up, but b's file is still held by a's retry.
+    assert ready(s.finish("z")) == []
+    assert ready(s.finish("a")) == ["b"]
+
+
+def test_a_true_conflict_asks_for_a_resolution_of_the_conflicting_commit() -> None:
+    s = Scenario()
+    s.start(task("a", files=["a.py"]), task("b", files=["b.py"]))
+    s.started("b")
+    s.when(
+        AgentCompleted(
+            **s.meta(), task_id="b", attempt=1, commit_sha="c-b", branch="x", summary="beta"
+        )
+    )
+    s.merged("b", files=["b.py", "shared.py"])
+    s.started("a")
+    s.completed("a")
+    [retry] = of(s.conflicted("a", ["shared.py"]), TaskReady)
+    assert retry.attempt == 2 and retry.resolve_sha == "c-a"
+    assert "conflict" in retry.context and "<<<<<<<" in retry.context
+    assert "task b (" in retry.context and "beta" in retry.context
+    # Its resolution merges: the next task attempt starts from scratch again.
+    s.started("a")
+    s.completed("a")
+    s.merged("a")
+    assert s.state.missions[s.mission_id].tasks["a"].resolve_sha is None
+
+
+def test_a_failed_verification_runs_the_task_again_without_a_resolution() -> None:
+    s = Scenario()
+    s.start(task("a", files=["a.py"]))
+    s.started("a")
+    s.completed("a")
+    [retry] = of(s.conflicted("a", []), TaskReady)
+    assert retry.resolve_sha is None
 
 
 def test_a_mission_may_allow_overlapping_scopes() -> None:

@@ -30,8 +30,8 @@ from aether_events import (
     TaskRetried,
     TaskTimedOut,
     ensure_streams,
-    mission_history,
 )
+from tests.eventlog import EventLog
 
 M = "m-restart"
 
@@ -84,19 +84,10 @@ def scheduler(nats_url: str, nc: NatsClient) -> Iterator[Scheduler]:
         s.kill()
 
 
-async def history(nc: NatsClient) -> list[Event]:
-    return await mission_history(nc.jetstream(), M)
-
-
 async def wait_for(nc: NatsClient, predicate: Any, timeout: float = 30.0) -> list[Event]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        events = await history(nc)
-        if predicate(events):
-            return events
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not seen in {timeout}s: {[type(e).__name__ for e in events]}")
-        await asyncio.sleep(0.05)  # poll the stored history again, until the deadline
+    """The mission's stored events once ``predicate(events)`` holds."""
+    async with EventLog(nc, M) as log:
+        return await log.wait_for(lambda log: predicate(log.events), timeout)
 
 
 def meta(n: int) -> dict[str, Any]:

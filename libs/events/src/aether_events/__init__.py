@@ -65,6 +65,7 @@ from aether_events.ids import (
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher
 from aether_events.replay import ReplayResult, mission_history, replay, stored_messages
+from aether_events.scopes import in_scope, outside_scope
 from aether_events.status import (
     MISSION_STATUSES,
     NEEDS_PERSON_STATUSES,
@@ -180,6 +181,7 @@ __all__ = [
     "derived_id",
     "encode",
     "ensure_streams",
+    "in_scope",
     "is_terminal",
     "is_valid_token",
     "known_cost",
@@ -188,6 +190,7 @@ __all__ = [
     "mission_subject",
     "new_event_id",
     "new_mission_id",
+    "outside_scope",
     "phase_of",
     "replay",
     "step_event_id",

@@ -211,6 +211,9 @@ class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
     estimated_cost_usd: float | None = None
     # The agent runtime to work it with (None: the runner's default; added in v1.2).
     runtime: str | None = None
+    # A resolution attempt: this earlier commit of the task, which conflicted, is merged
+    # into the new workspace with its conflicts marked for the agent to resolve.
+    resolve_sha: str | None = None
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
@@ -225,13 +228,27 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
     context: str = ""
     # The agent runtime to work it with (None: the runner's default; added in v1.2).
     runtime: str | None = None
+    # A resolution attempt: the commit merged in, and the files left with conflict markers.
+    resolve_sha: str | None = None
+    conflicted_files: list[str] = msgspec.field(default_factory=list)
+    # The worktree's git directory (``<repository>/.git/worktrees/<id>``), named by the
+    # broker so that the runner never has to believe the worktree's own ``.git`` file.
+    git_dir: str = ""
+    # A push token for this attempt alone (its task branch, until the attempt ends), for
+    # a runner that fetches and pushes over smart HTTP; empty where none is served.
+    push_token: str = ""
 
 
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):
+    """``sandbox``: what the attempt's commands run in (``bubblewrap``, ``unconfined`` when
+    an operator chose so, ``unavailable`` when commands are refused, ``None`` when the
+    agent has no command tool or the runner predates the field)."""
+
     task_id: str
     attempt: int
     runner_id: str
     model: str
+    sandbox: str | None = None
 
 
 class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage_recorded"):
@@ -254,6 +271,8 @@ class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
     summary: str = ""
     files_changed: list[str] = msgspec.field(default_factory=list)
     usage: Usage = msgspec.field(default_factory=Usage)
+    # Scope drift: the changed files the task's planned scope does not cover.
+    files_outside_scope: list[str] = msgspec.field(default_factory=list)
 
 
 class AgentFailed(Event, frozen=True, kw_only=True, tag="agent_failed"):
@@ -270,6 +289,8 @@ class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
     integration_branch: str
     fast_forward: bool = False
     files_changed: list[str] = msgspec.field(default_factory=list)
+    # Files both sides had changed, merged line by line (a clean three-way content merge).
+    lines_merged: list[str] = msgspec.field(default_factory=list)
 
 
 class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from aether_events.catalogue import TYPES_BY_TAG, AnyEvent, Event
+from aether_events.catalogue import TYPES_BY_TAG, AnyEvent, Event, WorkspaceReady
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
@@ -52,3 +52,13 @@ def to_builtins(event: Event) -> dict[str, object]:
     data = msgspec.to_builtins(event)
     assert isinstance(data, dict)
     return data
+
+
+def without_secrets(event: Event) -> Event:
+    """The event as it may be shown to people: an attempt's push token withheld.
+
+    The token travels in ``WorkspaceReady`` to the runner that works the attempt; the
+    gateway stores and serves events with this, so no reader of the API gets one."""
+    if isinstance(event, WorkspaceReady) and event.push_token:
+        return msgspec.structs.replace(event, push_token="")
+    return event

@@ -8,8 +8,11 @@ tests). It is not a language model and says so: every reply names the model
   found between ``<requirement>`` tags into tasks: one per bullet or numbered line (else
   per sentence). A task's files are the paths it mentions (else ``notes/<task>.md``), and
   ``(after 1, 2)`` in an item makes it depend on items 1 and 2.
-* Asked to work a task (a request offering ``write_file`` and ``finish``), it writes every
-  file the task names (the JSON between ``<task>`` tags), then finishes.
+* Asked to work a task (a request offering ``read_file``, ``write_file`` and ``finish``),
+  it reads every file the task names (the JSON between ``<task>`` tags), creates the
+  missing ones, appends a section marked "added by the aether offline model" to each
+  existing text file it could read whole (as comments in code), and leaves every other
+  file untouched. It never deletes or shortens content it did not write.
 """
 
 from __future__ import annotations
@@ -116,28 +119,111 @@ def respond(request: JSON) -> Reply:
         }
         content = [tool_use_block("submit_plan", plan)]
         return _reply(request, content, "tool_use")
-    if {"write_file", "finish"} <= tools:
+    if {"read_file", "write_file", "finish"} <= tools:
         return _work(request)
     answer = text_block("The offline model can only plan and write the files a task names.")
     return _reply(request, [answer], "end_turn")
 
 
+_PARTIAL = re.compile(r"\[lines \d+-\d+ of \d+[^\]]*\]\s*$")
+_HASH_COMMENT = (".py", ".sh", ".toml", ".yaml", ".yml", ".cfg", ".rb", ".r", ".pl", ".ini")
+_SLASH_COMMENT = (".js", ".ts", ".jsx", ".tsx", ".go", ".rs", ".c", ".h", ".cpp", ".java", ".kt")
+_PROSE = (".md", ".txt", ".rst")
+MARK = "added by the aether offline model (no intelligence involved)"
+
+
+def _section(path: str, task: JSON) -> str | None:
+    """The marked section appended to an existing file, or None for a format where an
+    appended section could break the file (JSON, lock files, unknown kinds)."""
+    title = " ".join(str(task.get("title", "")).split())
+    lines = [f"--- {MARK}, task {task.get('id')} ---", title]
+    if path.endswith(_HASH_COMMENT):
+        return "\n" + "".join(f"# {line}\n" for line in lines)
+    if path.endswith(_SLASH_COMMENT):
+        return "\n" + "".join(f"// {line}\n" for line in lines)
+    if path.endswith(_PROSE):
+        return f"\n<!-- {MARK}, task {task.get('id')} -->\n{title}\n"
+    return None
+
+
+def _calls(message: JSON) -> dict[str, tuple[str, str]]:
+    """The tool calls of an assistant message: id → (tool, path)."""
+    content = message.get("content")
+    found: dict[str, tuple[str, str]] = {}
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            path = str((block.get("input") or {}).get("path", ""))
+            found[str(block.get("id"))] = (str(block.get("name")), path)
+    return found
+
+
+def _results(message: JSON) -> dict[str, tuple[str, bool]]:
+    """The tool results of a user message: tool_use_id → (text, is_error)."""
+    content = message.get("content")
+    found: dict[str, tuple[str, bool]] = {}
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            text = block.get("content")
+            if isinstance(text, list):
+                text = "".join(str(part.get("text", "")) for part in text if isinstance(part, dict))
+            found[str(block.get("tool_use_id"))] = (str(text or ""), bool(block.get("is_error")))
+    return found
+
+
 def _work(request: JSON) -> Reply:
+    """Work a task without ever removing a byte it did not write: read each named file
+    first; create the missing ones; append a marked section to an existing text file only
+    when it was read whole; leave any other file as it is."""
     task = json.loads(_tagged(request, "task") or "{}")
     files = [str(f) for f in task.get("files") or []] or [f"notes/{task.get('id', 'task')}.md"]
-    last = request.get("messages", [])[-1] if request.get("messages") else {}
-    already = last.get("role") == "user" and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in last.get("content", [])
-    )
-    if not already:
-        blocks = [text_block(f"Writing {len(files)} file(s) for task {task.get('id')}.")]
-        blocks += [
-            tool_use_block("write_file", {"path": path, "content": _file_body(path, task)})
-            for path in files
-        ]
+    messages = request.get("messages", [])
+    previous = _calls(messages[-2]) if len(messages) >= 2 else {}
+    results = _results(messages[-1]) if messages else {}
+    tools_used = {tool for tool, _ in previous.values()}
+    if not results or not tools_used:
+        blocks = [text_block(f"Offline model: reading {len(files)} file(s) before writing.")]
+        blocks += [tool_use_block("read_file", {"path": path}) for path in files]
         return _reply(request, blocks, "tool_use")
-    summary = f"Offline model wrote {', '.join(files)}."
+    if tools_used == {"read_file"}:
+        return _write(request, task, previous, results)
+    written = [path for tool, path in previous.values() if tool == "write_file"]
+    summary = "Offline model (deterministic, no intelligence): " + (
+        f"wrote {', '.join(written)}." if written else "changed nothing."
+    )
     return _reply(request, [tool_use_block("finish", {"summary": summary})], "tool_use")
+
+
+def _write(
+    request: JSON,
+    task: JSON,
+    reads: dict[str, tuple[str, str]],
+    results: dict[str, tuple[str, bool]],
+) -> Reply:
+    writes: list[JSON] = []
+    left: list[str] = []
+    for call_id, (_, path) in reads.items():
+        text, is_error = results.get(call_id, ("", True))
+        if is_error and "no such path" in text:
+            writes.append(
+                tool_use_block("write_file", {"path": path, "content": _file_body(path, task)})
+            )
+            continue
+        section = _section(path, task)
+        whole = not is_error and not _PARTIAL.search(text) and "\ufffd" not in text
+        if section is None or not whole:
+            left.append(path)
+            continue
+        body = text if text.endswith("\n") or not text else text + "\n"
+        writes.append(tool_use_block("write_file", {"path": path, "content": body + section}))
+    if not writes:
+        note = f"notes/{task.get('id', 'task')}-offline.md"
+        content = (
+            f"# {task.get('title', '')}\n\n_{MARK}._ It left {', '.join(left)} unchanged: "
+            "it only appends marked sections to text files it can read whole.\n"
+        )
+        writes.append(tool_use_block("write_file", {"path": note, "content": content}))
+    blocks = [text_block("Offline model: creating missing files, appending marked sections.")]
+    return _reply(request, blocks + writes, "tool_use")
 
 
 def _reply(request: JSON, content: list[JSON], stop_reason: str) -> Reply:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -36,11 +37,14 @@ def healthz() -> ASGIApp:
 
 
 def readyz(check: Callable[[], tuple[bool, str]]) -> ASGIApp:
-    """Readiness: ``check()`` says whether the service can do its work, and why not."""
+    """Readiness: ``check()`` says whether the service can do its work, and why not. The
+    answer carries the process id, so a supervisor can tell its own child from another
+    program answering on the same port."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         ok, detail = check()
-        body = json.dumps({"status": "ready" if ok else "not-ready", "detail": detail}).encode()
+        status = "ready" if ok else "not-ready"
+        body = json.dumps({"status": status, "detail": detail, "pid": os.getpid()}).encode()
         await _respond(send, 200 if ok else 503, body, "application/json")
 
     return app

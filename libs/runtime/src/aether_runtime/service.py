@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,7 @@ import nats
 from faststream.asgi import AsgiFastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -54,6 +56,8 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
     MISSIONS_STREAM,
+    TELEMETRY_STREAM,
+    TERMINAL_TYPES,
     Event,
     EventPublisher,
     StepRetryRequested,
@@ -68,6 +72,7 @@ from aether_runtime import health, http, metrics
 from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.logs import log_context
+from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
 from aether_runtime.stall import ConsumerWatch
 from aether_runtime.steps import Steps
@@ -83,6 +88,14 @@ Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 FETCH_SECONDS = 2.0
 # Between reconnection attempts, and never giving up: a service outlives its bus.
 RECONNECT_WAIT_SECONDS = 0.5
+# A delivery is logged at INFO when its handler published an event or took this long, or
+# it ends a mission; the many that only fold an event are logged at DEBUG (a service sees
+# most events of every mission, and a line each cost more than folding them).
+SLOW_HANDLER_SECONDS = 1.0
+# Events published by the handler running in this context (see ``CountingPublisher``).
+_published_here: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "published_here", default=None
+)
 
 
 @dataclass
@@ -93,10 +106,19 @@ class Delivery:
     num_delivered: int
     pending: int
     _message: NatsMessage | None = None
+    _release: Callable[[], None] | None = None
 
     @property
     def redelivered(self) -> bool:
         return self.num_delivered > 1
+
+    def release(self) -> None:
+        """Let the consumer deliver the next message while this handler goes on (a
+        consumer with ``ConsumerSpec.hand_offs``; elsewhere nothing happens). The message
+        is still kept alive, and settled when the handler ends, as any other; the handler
+        keeps whatever order it needs among the ones it released (see the planner)."""
+        if self._release is not None:
+            self._release()
 
     async def in_progress(self) -> None:
         """Tell JetStream the handler is still at work, so it does not redeliver."""
@@ -144,6 +166,9 @@ class CountingPublisher(EventPublisher):
         metrics.EVENTS_PUBLISHED.labels(
             self._service, tag_of(type(event)), str(bool(ack.duplicate)).lower()
         ).inc()
+        counter = _published_here.get()
+        if counter is not None:
+            counter[0] += 1
         log.debug(
             "published %s",
             tag_of(type(event)),
@@ -170,6 +195,22 @@ class ConsumerSpec:
     # The stream sequence of the earliest replayed event whose work is still due by the
     # rebuilt projection (None: nothing is due); a durable created fresh starts there.
     first_due: Callable[[], int | None] | None = None
+    # The event types the service folds or answers, when not every type on ``subject``:
+    # the server then delivers only those (one filter subject per type), instead of the
+    # service decoding, handling and acknowledging every event of every mission.
+    types: tuple[type[Event], ...] | None = None
+    # How many handlers that called ``Delivery.release`` may still be running while the
+    # consumer delivers the next message (one-at-a-time consumers only). Such a handler
+    # folds in stream order, then releases for its slow part (a model call), so one
+    # mission's slow step does not hold up the others.
+    hand_offs: int = 0
+
+    @property
+    def filter_subjects(self) -> list[str] | None:
+        """The consumer's subject filters for ``types`` (None: ``subject`` alone)."""
+        if self.types is None:
+            return None
+        return sorted({type_subject(cls) for cls in self.types})
 
 
 @dataclass
@@ -188,8 +229,15 @@ class Service:
     stall_after_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        credentials = self.settings.nats_credentials
         self.broker = NatsBroker(
             self.settings.nats_url,
+            security=(
+                NatsUserPassword(credentials["user"], credentials["password"])
+                if credentials
+                else None
+            ),
+            inbox_prefix=self._inbox_prefix,
             logger=None,
             graceful_timeout=30.0,
             # The consumers pull on this connection: it comes back as soon as the others.
@@ -215,6 +263,7 @@ class Service:
         self._watches: dict[tuple[str, str], ConsumerWatch] = {}
         self._stalled: dict[tuple[str, str], str] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._handed_off: set[asyncio.Task[None]] = set()
         self._settled = Settled()
         for counter in (
             metrics.REDELIVERIES,
@@ -280,10 +329,20 @@ class Service:
             ),
             ack_policy=AckPolicy.MANUAL,
             max_workers=spec.max_workers if spec.max_workers > 1 else None,
+            # FastStream's own default is the shared ``_INBOX.``, outside the service's.
+            inbox_prefix=f"{self._inbox_prefix}.".encode(),
         )
 
         async def on_message(msg: NatsMessage) -> None:
-            await self._deliver(spec, msg)
+            if spec.hand_offs <= 0:
+                await self._deliver(spec, msg)
+                return
+            released = asyncio.Event()
+            task = asyncio.create_task(self._deliver(spec, msg, released.set))
+            self._handed_off.add(task)
+            task.add_done_callback(self._handed_off.discard)
+            task.add_done_callback(lambda _: released.set())
+            await released.wait()
 
         subscriber(on_message)
 
@@ -299,20 +358,27 @@ class Service:
     def lock_for(self, spec: ConsumerSpec) -> contextlib.AbstractAsyncContextManager[Any]:
         """What a handler call of ``spec`` holds: for a consumer that handles one event at
         a time, a lock a retried step shares, so a retry never runs beside it."""
-        if spec.max_workers > 1:
+        if spec.max_workers > 1 or spec.hand_offs > 0:
             return contextlib.nullcontext()
         return self._locks.setdefault(id(spec), asyncio.Lock())
 
     async def _start(self) -> None:
         self.nc = await nats.connect(
             self.settings.nats_url,
+            **self._connect_options(),
             name=f"aether-{self.name}",
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,
             max_reconnect_attempts=-1,
             reconnected_cb=self._reconnected,
         )
         self._js = self.nc.jetstream()
-        await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+        role = ROLES.get(self.name)
+        if not self.settings.nats_user or (role is not None and role.declares_streams):
+            await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+        else:
+            # Under per-service permissions only the role that declares the streams may
+            # create or change them (see ``roles``); the others wait for them.
+            await wait_for_streams(self._js)
         self._publisher = CountingPublisher(self._js, self.name)
         last_seq = 0
         if self._rebuild is not None:
@@ -326,6 +392,16 @@ class Service:
             await self._ensure_consumer(spec, last_seq)
         await self.steps.watch_delivery_limits(self._consumers)
 
+    def _connect_options(self) -> dict[str, Any]:
+        """Credentials, and the service's own inbox prefix."""
+        return {**self.settings.nats_credentials, "inbox_prefix": self._inbox_prefix}
+
+    @property
+    def _inbox_prefix(self) -> str:
+        """Where the service's replies arrive: its permissions let it read them only there
+        (see ``bus_auth``)."""
+        return f"_INBOX.{self.name}"
+
     async def _ensure_consumer(self, spec: ConsumerSpec, last_seq: int) -> None:
         try:
             info = await self.js.consumer_info(spec.stream, spec.durable)
@@ -338,7 +414,8 @@ class Service:
         config = JsConsumerConfig(
             durable_name=spec.durable,
             name=spec.durable,
-            filter_subject=spec.subject,
+            filter_subject=None if spec.filter_subjects else spec.subject,
+            filter_subjects=spec.filter_subjects,
             ack_policy=JsAckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_seconds,
             max_deliver=spec.max_deliver,
@@ -375,10 +452,22 @@ class Service:
         log.info("reconnected to nats", extra={"acks_repeated": sent})
 
     async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
-        """Bring an existing consumer's ack wait and delivery limit to the spec's (a
-        consumer created by an older build keeps its own otherwise); nothing else of it
-        changes, its position least of all."""
-        if config.ack_wait == spec.ack_wait_seconds and config.max_deliver == spec.max_deliver:
+        """Bring an existing consumer's ack wait, delivery limit and subject filters to the
+        spec's (a consumer created by an older build keeps its own otherwise); nothing
+        else of it changes, its position least of all."""
+        wanted = spec.filter_subjects
+        # Raised where the spec needs more room (hand-offs), never lowered: the runner's
+        # lanes share a consumer it made with room for every process.
+        pending = config.max_ack_pending
+        room = pending is None or pending < 0 or pending >= _max_ack_pending(spec)
+        filters = sorted(config.filter_subjects or [config.filter_subject or spec.subject])
+        same_filters = filters == (wanted or [spec.subject])
+        if (
+            config.ack_wait == spec.ack_wait_seconds
+            and config.max_deliver == spec.max_deliver
+            and room
+            and same_filters
+        ):
             return
         log.info(
             "consumer settings updated",
@@ -387,10 +476,16 @@ class Service:
                 "ack_wait": spec.ack_wait_seconds,
                 "was": config.ack_wait,
                 "max_deliver": spec.max_deliver,
+                "filters": wanted or [spec.subject],
             },
         )
         config.ack_wait = spec.ack_wait_seconds
         config.max_deliver = spec.max_deliver
+        if not room:
+            config.max_ack_pending = _max_ack_pending(spec)
+        if not same_filters:
+            config.filter_subject = None if wanted else spec.subject
+            config.filter_subjects = wanted
         await self.js.add_consumer(spec.stream, config=config)
 
     async def _after_start(self) -> None:
@@ -425,6 +520,13 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        # Handlers still at work after releasing their message: their messages are
+        # redelivered (unsettled) once their ack wait runs out, as after a crash.
+        for task in list(self._handed_off):
+            task.cancel()
+        for task in list(self._handed_off):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for hook in self.on_stopping:
             await hook()
         await self.steps.stop()
@@ -498,7 +600,9 @@ class Service:
 
     # --- deliveries ---------------------------------------------------------------
 
-    async def _deliver(self, spec: ConsumerSpec, msg: NatsMessage) -> None:
+    async def _deliver(
+        self, spec: ConsumerSpec, msg: NatsMessage, release: Callable[[], None] | None = None
+    ) -> None:
         if self.stopping:
             # Hand it straight back: left unacknowledged, it would hold up the consumer
             # (one message in flight) until its ack wait ran out after our restart.
@@ -511,6 +615,7 @@ class Service:
             num_delivered=meta.num_delivered,
             pending=meta.num_pending,
             _message=msg,
+            _release=release,
         )
         metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
         if delivery.redelivered:
@@ -560,6 +665,8 @@ class Service:
         tag = tag_of(type(event))
         task_id = _task_id(event)
         metrics.DELIVERY_DELAY_SECONDS.labels(self.name, spec.durable).observe(_age(event))
+        published = [0]
+        _published_here.set(published)
         with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
             began = time.perf_counter()
             try:
@@ -588,12 +695,36 @@ class Service:
                 metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
             await self._settle(raw, ACK, spec)
-            # One line per handled event, with the ids above: grep a mission across services.
-            log.info(
+            # A line per handled event that did something, with the ids above: grep a
+            # mission's steps across services (DEBUG shows every delivery).
+            noted = published[0] or elapsed >= SLOW_HANDLER_SECONDS or type(event) in TERMINAL_TYPES
+            level = logging.INFO if noted else logging.DEBUG
+            log.log(
+                level,
                 "handled %s",
                 tag,
-                extra={"type": tag, "seq": delivery.sequence, "ms": round(elapsed * 1000, 1)},
+                extra={
+                    "type": tag,
+                    "seq": delivery.sequence,
+                    "ms": round(elapsed * 1000, 1),
+                    "published": published[0],
+                },
             )
+
+
+async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
+    """Return once both Aether streams exist (declared by another service)."""
+    for stream in (MISSIONS_STREAM, TELEMETRY_STREAM):
+        waited = 0.0
+        while True:
+            try:
+                await js.stream_info(stream)
+                break
+            except NotFoundError:
+                if waited == 0.0:
+                    log.info("waiting for the stream to be declared", extra={"stream": stream})
+                await asyncio.sleep(every)
+                waited += every
 
 
 def start_sequence(last_replayed: int, first_due: int | None) -> int:
@@ -612,10 +743,11 @@ def _age(event: Event) -> float:
 
 
 def _max_ack_pending(spec: ConsumerSpec) -> int:
-    """One message at a time keeps an ordered consumer in order. A concurrent consumer
-    gets room for many, since the limit is shared by every process bound to it (several
-    replicas each running ``max_workers``)."""
-    return 1 if spec.max_workers <= 1 else 1000
+    """One message at a time keeps an ordered consumer in order (plus the handlers that
+    released theirs, ``hand_offs``). A concurrent consumer gets room for many, since the
+    limit is shared by every process bound to it (several replicas each running
+    ``max_workers``)."""
+    return 1 + max(spec.hand_offs, 0) if spec.max_workers <= 1 else 1000
 
 
 def _task_id(event: Event) -> str | None:

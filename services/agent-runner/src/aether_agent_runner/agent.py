@@ -23,7 +23,7 @@ from anthropic.types import Message, MessageParam, TextBlockParam
 from aether_agent_runner import metrics
 from aether_agent_runner.conversation import Conversation, Record, block_param, tool_result
 from aether_agent_runner.domain import Limits, limit_reached, wall_time_reason
-from aether_agent_runner.tools import FINISH, ToolBox
+from aether_agent_runner.tools import FINISH, ToolBox, describe_call
 from aether_events import Usage
 from aether_llm import usage_of
 
@@ -122,7 +122,7 @@ class Agent:
                 conversation.reply(content, message.stop_reason, usage, self.clock() - started)
             )
             await self.observer.model_called(conversation.turns, usage)
-            await self._progress(conversation, f"model reply ({message.stop_reason})")
+            await self._progress(conversation, reply_action(content, message.stop_reason))
 
     async def _answer(self, conversation: Conversation, started: float) -> Outcome | None:
         """Answer the latest reply; an outcome when the task ends here."""
@@ -244,3 +244,14 @@ def with_cache_breakpoint(messages: list[MessageParam]) -> list[MessageParam]:
         blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
     last["content"] = blocks
     return [*messages[:-1], last]
+
+
+def reply_action(content: list[Any], stop_reason: str | None) -> str:
+    """What a model reply asks for, for progress events: the tools and their files or
+    commands (progress is sampled, so this is often the only action a watcher sees)."""
+    calls = [
+        describe_call(str(block.get("name")), block.get("input") or {})
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "tool_use"
+    ]
+    return "model asks: " + ", ".join(calls) if calls else f"model reply ({stop_reason})"

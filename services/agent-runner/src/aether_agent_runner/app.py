@@ -29,6 +29,13 @@ from aether_events import Event, WorkspaceReady, mission_history, new_event_id, 
 from aether_llm import LLMSettings, make_client
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_runtime.metrics import service_at_zero
+from aether_sandbox import (
+    Sandbox,
+    SandboxUnavailable,
+    enforcement,
+    mark_logs_unconfined,
+    open_sandbox,
+)
 
 DEFAULT_PORT = 8103
 DURABLE = "agent-runner"
@@ -72,6 +79,7 @@ def wire(
         runner_id=runner_id(),
         clock=_now,
         tiers=dict(llm.tiers),
+        sandbox=confinement(agent),
     )
 
     async def history(mission_id: str) -> list[Event]:
@@ -94,7 +102,8 @@ def wire(
         first = projection.first_sequence(pending(projection.state))
         after = last if first is None else min(last, first - 1)
         await ensure_work_consumer(js, DURABLE, subject, after, agent.ack_wait_seconds)
-        await follow_control_events(js, last, handlers.on_control)
+        follower = await follow_control_events(js, last, handlers.on_control)
+        service.on_stopping.append(follower.stop)
         log.info(
             "agent runner configured",
             extra={
@@ -118,6 +127,28 @@ def wire(
         )
     service_at_zero(service.name, [subject])
     return service, handlers
+
+
+def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
+    """The sandbox the agents' commands run in, or why none can (then they are refused)."""
+    try:
+        sandbox = open_sandbox(agent.sandbox)
+    except SandboxUnavailable as error:
+        log.error("no sandbox can start: run_command will be refused", extra={"reason": str(error)})
+        return error
+    if not sandbox.confined:
+        mark_logs_unconfined()
+        log.warning("agent commands run UNCONFINED, as the runner's own user (AETHER_SANDBOX)")
+    else:
+        log.info(
+            "agent commands run in a sandbox",
+            extra={
+                "sandbox": sandbox.name,
+                "network": agent.sandbox.network,
+                **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
+            },
+        )
+    return sandbox
 
 
 def _now() -> datetime:

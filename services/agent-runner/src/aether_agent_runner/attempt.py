@@ -19,11 +19,13 @@ from datetime import datetime
 from pathlib import Path
 
 import msgspec
-from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.git import (
+    CommitRefused,
+    GitDir,
+    GitDirError,
     changed_paths,
     commit_all,
     commit_files,
@@ -50,10 +52,12 @@ from aether_events import (
     UsageRecorded,
     WorkspaceReady,
     caused_by,
+    outside_scope,
     step_ids,
 )
 from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL
 from aether_llm.roles import model_for_role
+from aether_sandbox import Sandbox, SandboxUnavailable
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -92,6 +96,7 @@ def completed(
         summary=summary,
         files_changed=files,
         usage=usage,
+        files_outside_scope=outside_scope(files, ready.task.files),
     )
 
 
@@ -168,8 +173,20 @@ class Attempts:
     publisher: Callable[[], EventPublisher]
     runner_id: str
     clock: Callable[[], datetime]
+    # What commands run in; ``None``: opened from the environment at the first command.
+    sandbox: Sandbox | SandboxUnavailable | None = None
     # Model ids of the tiers, for the aliases a role may name (haiku, sonnet, opus).
     tiers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+
+    def sandbox_name(self) -> str | None:
+        """What AgentStarted reports: the sandbox, or why commands are refused."""
+        if self.settings.commands == ():
+            return None
+        if isinstance(self.sandbox, SandboxUnavailable):
+            return "unavailable"
+        if self.sandbox is None:
+            return "unconfined" if self.settings.sandbox.unconfined else "bubblewrap"
+        return self.sandbox.name
 
     async def work(self, ready: WorkspaceReady) -> Event:
         """The attempt's result: AgentCompleted or AgentFailed. Raises ``AttemptBusy``."""
@@ -179,15 +196,16 @@ class Attempts:
         if not await asyncio.to_thread(worktree.is_dir):
             return failed(ready, self.clock(), f"worktree {worktree} does not exist", True)
         try:
-            directory = await asyncio.to_thread(state_dir, worktree)
-        except (OSError, NotGitRepository) as error:
+            git = await asyncio.to_thread(_git_dir, ready, worktree)
+            directory = await asyncio.to_thread(state_dir, git)
+        except (OSError, GitDirError) as error:
             reason = f"{worktree} is not a usable git worktree: {error}"
             return failed(ready, self.clock(), reason, True)
         lock = AttemptLock(directory)
         if not await asyncio.to_thread(lock.acquire):
             raise AttemptBusy(f"another agent is working in {worktree}")
         try:
-            return await self._work(ready, worktree, Journal(directory))
+            return await self._work(ready, git, Journal(directory))
         finally:
             lock.release()
 
@@ -196,9 +214,10 @@ class Attempts:
         broker, then push the commit to that branch before reporting it."""
         settings = self.settings
         assert settings.git_url is not None
-        broker = Broker(
-            settings.git_url, settings.git_token, ready.mission_id, settings.git_timeout_seconds
-        )
+        # The attempt's own token (its task branch only, until it ends); the runner's
+        # configured token only for a broker from before tokens were per attempt.
+        token = ready.push_token or settings.git_token
+        broker = Broker(settings.git_url, token, ready.mission_id, settings.git_timeout_seconds)
         if not all(_SAFE_NAME.fullmatch(part) for part in (ready.mission_id, ready.task.id)):
             reason = "the mission or task id cannot name a directory for the clone"
             return failed(ready, self.clock(), reason, False)
@@ -223,11 +242,12 @@ class Attempts:
             except RemoteError as error:
                 metrics.RESULTS.labels("ended").inc()
                 return failed(ready, self.clock(), str(error), error.retryable)
-            directory = await asyncio.to_thread(state_dir, clone)
-            result = await self._work(ready, clone, Journal(directory))
+            git = GitDir.clone(clone, ready.branch)
+            directory = await asyncio.to_thread(state_dir, git)
+            result = await self._work(ready, git, Journal(directory))
             if isinstance(result, AgentCompleted):
                 try:
-                    await asyncio.to_thread(_push, broker, clone, ready.branch, result.commit_sha)
+                    await asyncio.to_thread(_push, broker, git, ready.branch, result.commit_sha)
                 except RemoteError as error:
                     reason = f"the work was committed but not pushed: {error}"
                     return failed(ready, self.clock(), reason, error.retryable)
@@ -238,15 +258,16 @@ class Attempts:
         finally:
             lock.release()
 
-    async def _work(self, ready: WorkspaceReady, worktree: Path, journal: Journal) -> Event:
+    async def _work(self, ready: WorkspaceReady, git: GitDir, journal: Journal) -> Event:
         task, attempt = ready.task, ready.attempt
+        worktree = git.worktree
         me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
         records = await asyncio.to_thread(journal.read)
         conversation = Conversation.from_records(records, me)
-        own = await asyncio.to_thread(own_commit, worktree, ready.base_sha, task.id, attempt)
+        own = await asyncio.to_thread(own_commit, git, ready.base_sha, task.id, attempt)
         if own is not None:
             log.info("found this attempt's commit from before a restart; reporting it")
-            files = await asyncio.to_thread(commit_files, worktree, own)
+            files = await asyncio.to_thread(commit_files, git, own)
             summary = (conversation.finish_summary() if conversation else None) or (
                 "(recovered after a restart)"
             )
@@ -275,27 +296,37 @@ class Attempts:
                 attempt=attempt,
                 runner_id=self.runner_id,
                 model=ready.model,
+                sandbox=self.sandbox_name(),
             )
         )
         reporter = Reporter(
             ready, self.publisher, self.clock, self.runner_id, self.settings.progress_seconds
         )
         settings = self.settings
+        confined = not settings.sandbox.unconfined
+        # Every runtime's commands go through this toolbox: the built-in loop's tool calls
+        # and Claude Code's run_command alike run under the policy and in the sandbox.
         toolbox = ToolBox(
             Workspace(worktree),
             CommandPolicy(
-                settings.commands, settings.command_timeout_seconds, settings.command_output_chars
+                settings.commands,
+                settings.command_timeout_seconds,
+                settings.command_output_chars,
+                check_paths=not confined,
             ),
             settings.search_timeout_seconds,
             settings.command_env,
+            sandbox=self.sandbox,
+            limits=settings.sandbox.limits,
         )
 
         async def has_changes() -> bool:
-            return bool(await asyncio.to_thread(changed_paths, worktree))
+            return bool(await asyncio.to_thread(changed_paths, git))
 
         job = Job(
             ready=ready,
             worktree=worktree,
+            git=git,
             limits=limits,
             journal=journal,
             identity=me,
@@ -314,12 +345,12 @@ class Attempts:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
             return failed(ready, self.clock(), outcome.reason, outcome.retryable)
-        result = await asyncio.to_thread(self._commit, ready, worktree, outcome)
-        kind = "completed" if isinstance(result, AgentCompleted) else "empty"
+        result, kind = await asyncio.to_thread(self._commit, ready, git, outcome)
+        metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
         return result
 
-    def _commit(self, ready: WorkspaceReady, worktree: Path, outcome: Outcome) -> Event:
+    def _commit(self, ready: WorkspaceReady, git: GitDir, outcome: Outcome) -> tuple[Event, str]:
         task = ready.task
         cost = "unknown" if outcome.usage.cost_usd is None else f"{outcome.usage.cost_usd:.6f}"
         message = (
@@ -330,15 +361,31 @@ class Attempts:
             f"Aether-Model: {ready.model}\n"
             f"Aether-Cost-USD: {cost}\n"
         )
-        sha, changed = commit_all(worktree, message)
+        try:
+            sha, changed = commit_all(git, message, self.settings.commit_limits())
+        except CommitRefused as error:
+            # Not retried: the same task would most likely produce the same change; a
+            # person decides (the reason says what was too much).
+            reason = f"the commit was refused: {error}"
+            log.warning("commit refused", extra={"reason": reason})
+            return failed(ready, self.clock(), reason, False), "refused"
         if sha is None:
-            metrics.RESULTS.labels("empty").inc()
             reason = f"the agent finished without changing any file: {outcome.summary}"
-            return failed(ready, self.clock(), reason, True)
-        metrics.RESULTS.labels("completed").inc()
-        return completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
+            return failed(ready, self.clock(), reason, True), "empty"
+        result = completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
+        return result, "completed"
 
 
-def _push(broker: Broker, clone: Path, branch: str, sha: str) -> None:
-    with Repo(str(clone)) as repo:
+def _push(broker: Broker, git: GitDir, branch: str, sha: str) -> None:
+    # The clone's git directory opened as a bare repository: nothing of the worktree
+    # (its .git, attributes, hooks) takes part in sending the pack.
+    with Repo(str(git.common), bare=True) as repo:
         broker.push_branch(repo, branch, sha)
+
+
+def _git_dir(ready: WorkspaceReady, worktree: Path) -> GitDir:
+    """The worktree's git directory as the broker named it; for an event from before it
+    did, the ``.git`` file, checked against the broker's layout."""
+    if ready.git_dir:
+        return GitDir.linked(worktree, Path(ready.git_dir), ready.branch)
+    return GitDir.discover(worktree, ready.branch)

@@ -1,4 +1,4 @@
-"""Running a command for the agent: allow-listed, in the worktree, without secrets.
+"""Running a command for the agent: in a sandbox, in the worktree, without secrets.
 
 A command is one program with arguments, split like a shell would but run without one, so
 pipes, redirection and chaining are not available and cannot smuggle in a program that is
@@ -6,29 +6,27 @@ not allowed (``$(…)`` and backquotes are passed on as plain text). Its environ
 built from scratch: a few harmless variables (``PATH``, locale, terminal) plus the ones an
 operator names, and never anything that looks like a credential, whatever it is called in
 the runner's own environment. ``HOME`` and the temporary and cache directories point to a
-scratch directory outside the worktree, so nothing a tool caches lands in the commit. The
-command and everything it starts run in their own process group, which is killed on
-timeout, on cancellation and once the command has exited.
+scratch directory outside the worktree, so nothing a tool caches lands in the commit.
 
-This is a guard against mistakes, not a sandbox: an allowed interpreter can still read
-what the runner's user can read. Run the runner in a container to isolate it.
+The command runs in the runner's sandbox (``aether_sandbox``: bubblewrap by default), the
+worktree its only writable place and its ``.git`` read-only, with limits on memory,
+processes, CPU, time, output and disk; everything it starts is killed on timeout, on
+cancellation and once the command has exited. Only an operator's explicit
+``AETHER_SANDBOX=unconfined`` runs it as the runner's own user, and then the allow-list
+and the path checks are all that guard it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
 import shlex
-import signal
-import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from aether_agent_runner.workspace import ToolError, Workspace
+from aether_sandbox import Limits, Request, Sandbox, execute
 
 SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "&>"})
 
@@ -49,10 +47,14 @@ def is_secret_name(name: str) -> bool:
 
 
 def command_env(
-    source: Mapping[str, str], scratch: Path, passed: tuple[str, ...] = ()
+    source: Mapping[str, str],
+    scratch: Path,
+    passed: tuple[str, ...] = (),
+    make_dirs: bool = True,
 ) -> dict[str, str]:
     """The environment of an agent's command: harmless variables from ``source``, the
-    operator's ``passed`` names unless they look secret, and scratch directories."""
+    operator's ``passed`` names unless they look secret, and scratch directories (made
+    here unless ``make_dirs`` is false: a sandbox makes them in its private ``/tmp``)."""
     env = {
         name: value
         for name, value in source.items()
@@ -60,7 +62,7 @@ def command_env(
         and not is_secret_name(name)
     }
     home, tmp, cache = scratch / "home", scratch / "tmp", scratch / "cache"
-    for directory in (home, tmp, cache):
+    for directory in (home, tmp, cache) if make_dirs else ():
         directory.mkdir(parents=True, exist_ok=True)
     env.update(
         {
@@ -84,11 +86,14 @@ def command_env(
 
 @dataclass(frozen=True)
 class CommandPolicy:
-    """``allowed``: program names the agent may run (``None``: any)."""
+    """``allowed``: program names the agent may run (``None``: any). ``check_paths``:
+    refuse arguments naming paths outside the worktree or in ``.git`` (a guard against
+    mistakes, needed when commands run unconfined; inside a sandbox the mounts decide)."""
 
     allowed: tuple[str, ...] | None
     timeout_seconds: float = 120.0
     output_chars: int = 16_000
+    check_paths: bool = True
 
     def describe(self) -> str:
         if self.allowed is None:
@@ -117,8 +122,9 @@ def parse_command(command: str, policy: CommandPolicy, workspace: Workspace) -> 
     program = argv[0]
     if policy.allowed is not None and ("/" in program or program not in policy.allowed):
         raise ToolError(f"{program!r} is not an allowed program; allowed: {policy.describe()}")
-    for arg in argv[1:]:
-        _check_argument(arg, workspace)
+    if policy.check_paths:
+        for arg in argv[1:]:
+            _check_argument(arg, workspace)
     return argv
 
 
@@ -147,12 +153,18 @@ class CommandResult:
     timed_out: bool
     output: str
     seconds: float
+    sandbox: str = ""
+    stopped: str | None = None
 
     def report(self, command: str) -> str:
         if self.timed_out:
             status = f"timed out after {self.seconds:.1f} s and was stopped"
+        elif self.stopped and self.exit_code is None:
+            status = f"stopped after {self.seconds:.1f} s: {self.stopped}"
         else:
             status = f"exit code {self.exit_code} after {self.seconds:.1f} s"
+            if self.stopped:
+                status += f"; {self.stopped}"
         return f"$ {command}\n[{status}]\n{self.output}"
 
 
@@ -162,100 +174,35 @@ async def run_command(
     env: dict[str, str],
     limit_seconds: float,
     output_chars: int,
+    *,
+    sandbox: Sandbox,
+    workdir: Path,
+    limits: Limits | None = None,
 ) -> CommandResult:
-    """Run ``argv`` in ``cwd``; stdout and stderr together, the middle cut when long."""
-    began = time.monotonic()
+    """Run ``argv`` in ``cwd`` inside ``sandbox``, ``workdir`` the one writable tree (its
+    ``.git`` stays read-only); stdout and stderr together, the middle cut when long."""
+    request = Request(
+        argv=argv,
+        workdir=workdir,
+        cwd=cwd,
+        env=env,
+        limits=(limits or Limits()).with_wall(limit_seconds),
+        protect=(workdir / ".git",),
+    )
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        outcome = await execute(sandbox, request, output_chars)
     except FileNotFoundError:
         raise ToolError(f"{argv[0]}: command not found") from None
     except PermissionError:
         raise ToolError(f"{argv[0]}: permission denied") from None
-    collector = _OutputCollector(output_chars)
-    assert process.stdout is not None
-    reader = asyncio.create_task(collector.read(process.stdout))
-    timed_out = False
-    try:
-        timed_out = not await _exited(process, began + limit_seconds)
-        # Whatever the command left running (a server, a child holding the pipe) goes now.
-        _kill_group(process.pid)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), 2.0)
-    finally:
-        _kill_group(process.pid)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-        await process.wait()
+    if outcome.exit_code == 1 and outcome.output.startswith("bwrap: execvp "):
+        # bubblewrap's own words when the program does not exist inside the sandbox.
+        raise ToolError(f"{argv[0]}: command not found in the sandbox")
     return CommandResult(
-        exit_code=None if timed_out else process.returncode,
-        timed_out=timed_out,
-        output=collector.text(),
-        seconds=time.monotonic() - began,
+        exit_code=outcome.exit_code,
+        timed_out=outcome.timed_out,
+        output=outcome.output,
+        seconds=outcome.seconds,
+        sandbox=outcome.sandbox,
+        stopped=outcome.stopped,
     )
-
-
-async def _exited(process: asyncio.subprocess.Process, deadline: float) -> bool:
-    """Whether the process exited before ``deadline`` (monotonic).
-
-    ``Process.wait()`` also waits for its pipes to close, which a child the command left
-    running would hold open; the return code is set as soon as the process itself exits.
-    """
-    while process.returncode is None:
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-class _OutputCollector:
-    """Keeps the first quarter and the last three quarters of ``limit`` characters: a
-    command's beginning says what ran, its end says how it failed."""
-
-    def __init__(self, limit: int) -> None:
-        self._head_limit = max(limit // 4, 1)
-        self._tail_limit = max(limit - self._head_limit, 1)
-        self._head = bytearray()
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self._total = 0
-
-    async def read(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(65536):
-            self._total += len(chunk)
-            room = self._head_limit - len(self._head)
-            if room > 0:
-                self._head += chunk[:room]
-                chunk = chunk[room:]
-            if chunk:
-                self._tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail and self._tail_size - len(self._tail[0]) >= self._tail_limit:
-                    self._tail_size -= len(self._tail.popleft())
-
-    def text(self) -> str:
-        tail = b"".join(self._tail)
-        if len(tail) > self._tail_limit:
-            tail = tail[-self._tail_limit :]
-        omitted = self._total - len(self._head) - len(tail)
-        head = self._head.decode("utf-8", errors="replace")
-        end = tail.decode("utf-8", errors="replace")
-        if omitted > 0:
-            return f"{head}\n[… {omitted:,} bytes of output omitted …]\n{end}"
-        return head + end or "(no output)"

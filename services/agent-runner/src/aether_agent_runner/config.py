@@ -9,12 +9,16 @@ from pathlib import Path
 
 import msgspec
 
+from aether_agent_runner.adapters.git import CommitLimits
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
+from aether_sandbox import SandboxSettings
 
-# Programs the agent may run when AETHER_AGENT_COMMANDS is not set: interpreters, test
-# runners, linters and read-only text tools. Shells, env, xargs and git are left out on
-# purpose: each would run anything else or move the task branch under the runner.
+# Programs the agent may run *unconfined* when AETHER_AGENT_COMMANDS is not set:
+# interpreters, test runners, linters and read-only text tools. Shells, env, xargs and git
+# are left out on purpose: each would run anything else or move the task branch under the
+# runner. Inside a real sandbox the default is any program: an interpreter can run
+# anything anyway, and the sandbox, not the list, is what confines it.
 DEFAULT_COMMANDS: tuple[str, ...] = (
     "python",
     "python3",
@@ -41,7 +45,10 @@ DEFAULT_COMMANDS: tuple[str, ...] = (
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What bounds one agent, how many run per process, and what its commands may do.
 
-    ``commands`` is the allow-list of program names (``None``: any program).
+    ``commands`` is the allow-list of program names (``None``: any program); read from
+    the environment it defaults to any program inside a sandbox and to
+    ``DEFAULT_COMMANDS`` when an operator runs commands unconfined. ``sandbox`` says how
+    commands are confined (``AETHER_SANDBOX*``).
 
     ``git_url`` is the git broker's smart HTTP server (``http://broker:port``), with
     ``git_token`` its token: with it set, an attempt whose worktree path does not exist here
@@ -75,6 +82,18 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     claude_code_cli: str | None = None
     # Other CLI agents as runtimes (``AETHER_AGENT_COMMAND_RUNTIMES``: a JSON file).
     command_runtimes: tuple[CommandSpec, ...] = ()
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
+    # The most one attempt's commit may carry; above it the task fails with the reason.
+    commit_max_files: int = 2_000
+    commit_max_blob_bytes: int = 10_000_000
+    commit_max_bytes: int = 100_000_000
+
+    def commit_limits(self) -> CommitLimits:
+        return CommitLimits(
+            max_files=self.commit_max_files,
+            max_blob_bytes=self.commit_max_blob_bytes,
+            max_total_bytes=self.commit_max_bytes,
+        )
 
     def fetches(self, worktree_exists: bool) -> bool:
         """Whether an attempt is fetched and pushed rather than worked in its worktree."""
@@ -111,7 +130,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         def names(raw: str) -> tuple[str, ...]:
             return tuple(part for part in raw.replace(",", " ").split() if part)
 
-        commands: tuple[str, ...] | None = default.commands
+        sandbox = SandboxSettings.from_env(env)
+        commands: tuple[str, ...] | None = None if not sandbox.unconfined else default.commands
         raw_commands = env.get("AETHER_AGENT_COMMANDS")
         if raw_commands is not None:
             listed = names(raw_commands)
@@ -131,9 +151,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         if git_fetch not in ("auto", "always"):
             raise ValueError(f"AETHER_AGENT_GIT_FETCH must be auto or always, not {git_fetch!r}")
         git_url = env.get("AETHER_AGENT_GIT_URL", "").strip() or None
+        # Optional: the broker hands each attempt a token of its own in WorkspaceReady.
         git_token = env.get("AETHER_AGENT_GIT_TOKEN", "")
-        if git_url is not None and not git_token:
-            raise ValueError("AETHER_AGENT_GIT_URL is set but AETHER_AGENT_GIT_TOKEN is not")
         return cls(
             concurrency=max(1, int(number("AETHER_AGENT_CONCURRENCY", default.concurrency))),
             ack_wait_seconds=number("AETHER_AGENT_ACK_WAIT_SECONDS", default.ack_wait_seconds),
@@ -169,4 +188,10 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             command_runtimes=(
                 load_specs(specs) if (specs := env.get("AETHER_AGENT_COMMAND_RUNTIMES")) else ()
             ),
+            sandbox=sandbox,
+            commit_max_files=int(number("AETHER_AGENT_COMMIT_MAX_FILES", default.commit_max_files)),
+            commit_max_blob_bytes=int(
+                number("AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", default.commit_max_blob_bytes)
+            ),
+            commit_max_bytes=int(number("AETHER_AGENT_COMMIT_MAX_BYTES", default.commit_max_bytes)),
         )

@@ -17,7 +17,8 @@ TOOL_CALLS = Counter(
 MODEL_CALLS = Counter("aether_agent_model_calls_total", "Model calls the agents made")
 RESULTS = Counter(
     "aether_agent_results_total",
-    "Attempts ended, by result (completed, empty, ended by a limit or the model, stopped)",
+    "Attempts ended, by result (completed, empty, ended by a limit or the model, stopped, "
+    "refused: a commit over the limits)",
     ["result"],
 )
 RESUMED = Counter(
@@ -36,5 +37,5 @@ ATTEMPT_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
 
-at_zero(RESULTS, result=("completed", "empty", "ended", "stopped"))
-at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended"))
+at_zero(RESULTS, result=("completed", "empty", "ended", "stopped", "refused"))
+at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended", "refused"))

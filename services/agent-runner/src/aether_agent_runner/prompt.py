@@ -43,7 +43,9 @@ def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
     """The worktree's files, one path per line, dependency and cache directories left out."""
     paths: list[str] = []
     more = 0
-    for directory, subdirectories, names in os.walk(root, followlinks=False):
+    # fwalk opens each directory by descriptor without following symlinks: a directory
+    # swapped for a link to elsewhere is not entered, not even to list its names.
+    for directory, subdirectories, names, _ in os.fwalk(root, follow_symlinks=False):
         subdirectories[:] = sorted(
             d for d in subdirectories if d.lower() != ".git" and d not in SKIPPED_DIRECTORIES
         )

@@ -11,9 +11,12 @@ import fnmatch
 import json
 import os
 import re
+import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from aether_agent_runner.safefs import Raced, Refused, is_git_name, read_in
 from aether_agent_runner.workspace import BINARY_SNIFF_BYTES, ToolError, Workspace
 
 MAX_MATCHES = 100
@@ -45,10 +48,12 @@ def search(
     """Lines matching ``pattern`` under ``path``, as ``file:line: text``, bounded.
 
     Symlinks are not followed, ``.git`` and dependency/cache directories are skipped, and
-    binary or very large files are left out.
+    binary or very large files, and files with more than one hard link, are left out. The
+    tree is walked by directory descriptors, so a directory swapped for a symlink while
+    the search runs is not followed.
     """
     workspace = Workspace(root)
-    start = workspace.resolve(path or ".")
+    start = workspace.locate(path or ".")
     if not isinstance(pattern, str) or not pattern:
         raise ToolError("a pattern is required")
     try:
@@ -60,9 +65,8 @@ def search(
     files_with_matches: set[str] = set()
     total = 0
     size = 0
-    for file in _files(workspace, start, glob):
-        relative = workspace.relative(file)
-        for number, line in enumerate(_lines(file), start=1):
+    for relative, data in _files(workspace, start.parts, glob):
+        for number, line in enumerate(_lines(data), start=1):
             if not regex.search(line):
                 continue
             total += 1
@@ -75,7 +79,7 @@ def search(
             entry = f"{relative}:{number}: {text}"
             matches.append(entry)
             size += len(entry) + 1
-    where = workspace.relative(start)
+    where = start.text
     if not total:
         return f"no matches for /{pattern}/ under {where}"
     head = f"{total} match{'es' if total != 1 else ''} in {len(files_with_matches)} file(s)"
@@ -84,33 +88,70 @@ def search(
     return head + "\n" + "\n".join(matches)
 
 
-def _files(workspace: Workspace, start: Path, glob: str | None) -> list[Path]:
-    if start.is_file():
-        return [start]
-    found: list[Path] = []
-    for directory, subdirectories, names in os.walk(start, followlinks=False):
-        subdirectories[:] = sorted(
-            d for d in subdirectories if d.lower() != ".git" and d not in SKIPPED_DIRECTORIES
-        )
-        for name in sorted(names):
-            file = Path(directory) / name
-            if file.is_symlink() or name.lower() == ".git":
-                continue
-            if glob and not (
-                fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(workspace.relative(file), glob)
-            ):
-                continue
-            found.append(file)
-    return found
-
-
-def _lines(file: Path) -> list[str]:
+def _files(
+    workspace: Workspace, start: tuple[str, ...], glob: str | None
+) -> Iterator[tuple[str, bytes]]:
+    """``(relative path, bytes)`` of every file to search under ``start``, in name order."""
+    tree = workspace.tree
     try:
-        if file.stat().st_size > MAX_FILE_BYTES:
-            return []
-        data = file.read_bytes()
+        if start:
+            with tree.directory(start[:-1]) as parent:
+                st = os.stat(start[-1], dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    data = _read(parent, start[-1], "/".join(start))
+                    if data is not None:
+                        yield "/".join(start), data
+                    return
+        with tree.directory(start) as top:
+            yield from _walk(top, start, glob)
+    except (OSError, Raced):
+        return
+
+
+def _walk(fd: int, prefix: tuple[str, ...], glob: str | None) -> Iterator[tuple[str, bytes]]:
+    try:
+        names = sorted(os.listdir(fd))
     except OSError:
-        return []
+        return
+    directories: list[str] = []
+    for name in names:
+        if is_git_name(name):
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if name not in SKIPPED_DIRECTORIES:
+                directories.append(name)
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            continue
+        relative = "/".join((*prefix, name))
+        if glob and not (fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(relative, glob)):
+            continue
+        data = _read(fd, name, relative)
+        if data is not None:
+            yield relative, data
+    for name in directories:
+        try:
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            continue  # became a symlink or went away: not followed
+        try:
+            yield from _walk(child, (*prefix, name), glob)
+        finally:
+            os.close(child)
+
+
+def _read(parent: int, name: str, shown: str) -> bytes | None:
+    try:
+        return read_in(parent, name, shown, MAX_FILE_BYTES)
+    except (OSError, Refused):
+        return None
+
+
+def _lines(data: bytes) -> list[str]:
     if b"\x00" in data[:BINARY_SNIFF_BYTES]:
         return []
     return data.decode("utf-8", errors="replace").splitlines()

@@ -24,10 +24,19 @@ from aether_agent_runner.commands import (
 )
 from aether_agent_runner.workspace import ToolError, Workspace
 from aether_runtime.metrics import at_zero
+from aether_sandbox import (
+    Limits,
+    Sandbox,
+    SandboxSettings,
+    SandboxUnavailable,
+    open_sandbox,
+)
 
 log = logging.getLogger("aether.agent.tools")
 
 FINISH = "finish"
+# Where a sandboxed command's HOME, TMPDIR and caches go: its private /tmp.
+SANDBOX_SCRATCH = Path("/tmp/aether")  # noqa: S108 - inside the sandbox's own tmpfs
 
 
 def _tool(
@@ -114,12 +123,17 @@ FINISH_TOOL: ToolParam = _tool(
 
 
 def command_tool(policy: CommandPolicy) -> ToolParam:
+    where = (
+        "paths must stay inside the repository"
+        if policy.check_paths
+        else "it runs in a sandbox where only the repository is writable and there is no network"
+    )
     return _tool(
         "run_command",
         "Run one program in the repository root (or cwd) and get its exit code and output "
         "(stdout and stderr together; long output is cut in the middle). No shell: pipes, "
-        "redirection and '&&' are not available, and paths must stay inside the "
-        f"repository. Allowed programs: {policy.describe()}. Timeout: at most "
+        f"redirection and '&&' are not available unless you run a shell yourself; {where}. "
+        f"Allowed programs: {policy.describe()}. Timeout: at most "
         f"{policy.timeout_seconds:g} s.",
         {
             "command": {"type": "string", "description": "e.g. 'python -m pytest -q tests'"},
@@ -146,7 +160,12 @@ class ToolResult:
 
 
 class ToolBox:
-    """The tools of one agent over one worktree."""
+    """The tools of one agent over one worktree.
+
+    ``sandbox`` runs its commands: a ``Sandbox``, or the ``SandboxUnavailable`` that says
+    why none can start (every ``run_command`` is then refused with that reason); left out,
+    the one the environment configures is opened at the first command.
+    """
 
     def __init__(
         self,
@@ -154,12 +173,30 @@ class ToolBox:
         commands: CommandPolicy | None,
         search_timeout_seconds: float = 20.0,
         passed_env: tuple[str, ...] = (),
+        sandbox: Sandbox | SandboxUnavailable | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.workspace = workspace
         self._commands = commands if commands and commands.allowed != () else None
         self._search_timeout = search_timeout_seconds
         self._passed_env = passed_env
         self._scratch: Path | None = None
+        self._sandbox = sandbox
+        self._limits = limits
+
+    def sandbox(self) -> Sandbox:
+        """The sandbox commands run in, or ``ToolError`` naming what is missing."""
+        if self._sandbox is None:
+            settings = SandboxSettings.from_env()
+            try:
+                self._sandbox = open_sandbox(settings)
+            except SandboxUnavailable as error:
+                self._sandbox = error
+            if self._limits is None:
+                self._limits = settings.limits
+        if isinstance(self._sandbox, SandboxUnavailable):
+            raise ToolError(f"run_command is refused: no sandbox can start. {self._sandbox}")
+        return self._sandbox
 
     def definitions(self) -> list[ToolParam]:
         tools = list(FILE_TOOLS)
@@ -176,7 +213,7 @@ class ToolBox:
 
     async def call(self, name: str, args: dict[str, Any]) -> ToolResult:
         """Carry out one call; refusals and failures become error results for the model."""
-        action = _describe(name, args)
+        action = describe_call(name, args)
         try:
             content = await self._dispatch(name, args)
         except ToolError as error:
@@ -260,6 +297,7 @@ class ToolBox:
         return out.decode(errors="replace")
 
     async def _run(self, args: dict[str, Any], policy: CommandPolicy) -> str:
+        sandbox = self.sandbox()
         command = _text(args, "command")
         argv = parse_command(command, policy, self.workspace)
         cwd = await asyncio.to_thread(self.workspace.resolve, str(args.get("cwd") or "."))
@@ -269,10 +307,34 @@ class ToolBox:
         timeout = policy.timeout_seconds
         if isinstance(requested, int | float) and requested > 0:
             timeout = min(float(requested), policy.timeout_seconds)
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="aether-agent-"))
-        env = command_env(os.environ, self._scratch, self._passed_env)
-        result = await run_command(argv, cwd, env, timeout, policy.output_chars)
+        if sandbox.confined:
+            # The scratch directories live in the sandbox's own private /tmp.
+            env = command_env(os.environ, SANDBOX_SCRATCH, self._passed_env, make_dirs=False)
+        else:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="aether-agent-"))
+            env = command_env(os.environ, self._scratch, self._passed_env)
+        result = await run_command(
+            argv,
+            cwd,
+            env,
+            timeout,
+            policy.output_chars,
+            sandbox=sandbox,
+            workdir=self.workspace.root,
+            limits=self._limits,
+        )
+        log.info(
+            "command ran",
+            extra={
+                "sandbox": result.sandbox,
+                "command": command[:500],
+                "exit_code": result.exit_code,
+                "timed_out": result.timed_out,
+                "stopped": result.stopped,
+                "seconds": round(result.seconds, 3),
+            },
+        )
         return result.report(command)
 
 
@@ -293,7 +355,7 @@ def _optional_int(args: dict[str, Any], key: str) -> int | None:
         raise ToolError(f"{key} must be a whole number") from None
 
 
-def _describe(name: str, args: dict[str, Any]) -> str:
+def describe_call(name: str, args: dict[str, Any]) -> str:
     """A short account of a call for progress events."""
     detail = args.get("path") or args.get("command") or args.get("pattern") or ""
     text = f"{name} {detail}".strip()

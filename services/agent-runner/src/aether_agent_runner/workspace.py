@@ -1,114 +1,136 @@
 """The agent's file tools, confined to one worktree.
 
-Every path the model names is resolved (``..`` and symlinks followed, a dangling symlink's
-target included) and must land inside the worktree; absolute paths and any ``.git``
-component are refused, so the repository's own data and everything outside stay out of
-reach. Files are replaced through a temporary name, never written in place: a crash never
-leaves half a file, and a hard link to a file outside cannot carry a write out.
+Every path the model names is walked component by component from a descriptor of the
+worktree (``safefs``): symlinks that stay inside are followed, anything that leads outside,
+through a ``.git`` component, or to a file that is not a regular file with a single link is
+refused, even while a command swaps directories for symlinks underneath. Files are replaced
+through a temporary file renamed in place within the parent's descriptor, never written in
+place: a crash never leaves half a file, and a hard link to a file outside cannot carry a
+write out.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
+
+from aether_agent_runner.safefs import Raced, Refused, Resolved, Tree, is_git_name, open_dir
 
 MAX_READ_CHARS = 100_000
 MAX_LIST_ENTRIES = 400
 BINARY_SNIFF_BYTES = 8192
+# A file larger than this is not read whole into the agent's memory.
+MAX_FILE_BYTES = 20_000_000
 
 
 class ToolError(Exception):
     """A tool call the model made that cannot be carried out; the message goes back to it."""
 
 
-def _is_git_name(part: str) -> bool:
-    # Case-insensitive: on macOS and Windows file systems ".GIT" is the same directory.
-    return part.lower() == ".git"
-
-
 class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.changed: list[str] = []
+        self.tree = Tree(str(self.root))
 
     # --- confinement --------------------------------------------------------------
 
-    def resolve(self, path: str) -> Path:
-        """The real absolute path of ``path`` inside the worktree, or ``ToolError``."""
+    def locate(self, path: str) -> Resolved:
+        """Where ``path`` leads inside the worktree, or ``ToolError``."""
         if not isinstance(path, str) or not path.strip():
             raise ToolError("a path is required (relative to the repository root, '.' for it)")
-        if "\x00" in path:
-            raise ToolError("the path contains a NUL byte")
-        candidate = Path(path)
-        if candidate.is_absolute():
-            raise ToolError(f"{path!r} is absolute; use a path relative to the repository root")
-        if any(_is_git_name(part) for part in candidate.parts):
-            raise ToolError("the .git directory is off limits")
-        resolved = (self.root / candidate).resolve()
-        if resolved != self.root and self.root not in resolved.parents:
-            raise ToolError(f"{path!r} leads outside the repository")
-        relative = resolved.relative_to(self.root)
-        if any(_is_git_name(part) for part in relative.parts):
-            raise ToolError("the .git directory is off limits")
-        return resolved
+        try:
+            return self.tree.resolve(path)
+        except Refused as error:
+            raise ToolError(str(error)) from None
+
+    def resolve(self, path: str) -> Path:
+        """The real absolute path of ``path`` inside the worktree, or ``ToolError``.
+
+        Only for handing a directory to a confined command; the file tools never use a
+        path, only descriptors."""
+        return self.root.joinpath(*self.locate(path).parts)
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() or "."
 
-    def _note_change(self, target: Path) -> None:
-        relative = self.relative(target)
-        if relative not in self.changed:
-            self.changed.append(relative)
+    def _note_change(self, target: Resolved) -> None:
+        if target.text not in self.changed:
+            self.changed.append(target.text)
 
     # --- reading ------------------------------------------------------------------
 
     def list_dir(self, path: str = ".", depth: int = 1) -> str:
         """Entries under ``path`` (directories end in ``/``), ``depth`` levels deep."""
-        target = self.resolve(path or ".")
-        if not target.is_dir():
-            raise ToolError(f"{path!r} is not a directory")
+        target = self.locate(path or ".")
         depth = max(1, min(int(depth), 5))
         lines: list[str] = []
         more = 0
 
-        def walk(directory: Path, level: int) -> None:
+        def walk(fd: int, prefix: tuple[str, ...], level: int) -> None:
             nonlocal more
             try:
-                children = sorted(directory.iterdir(), key=lambda p: p.name)
+                entries = sorted(os.listdir(fd))
             except OSError as error:
                 lines.append(f"{'  ' * level}[cannot list: {error.strerror}]")
                 return
-            for child in children:
-                if _is_git_name(child.name):
+            for name in entries:
+                if is_git_name(name):
                     continue
                 if len(lines) >= MAX_LIST_ENTRIES:
                     more += 1
                     continue
                 indent = "  " * level
-                if child.is_symlink():
-                    inside = self._inside(child)
-                    suffix = "" if inside else " -> (outside the repository)"
-                    lines.append(
-                        f"{indent}{child.name}{'/' if inside and child.is_dir() else ''}{suffix}"
-                    )
-                elif child.is_dir():
-                    lines.append(f"{indent}{child.name}/")
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    inside = self._inside("/".join((*prefix, name)))
+                    suffix = "" if inside is not None else " -> (outside the repository)"
+                    lines.append(f"{indent}{name}{'/' if inside else ''}{suffix}")
+                elif stat.S_ISDIR(st.st_mode):
+                    lines.append(f"{indent}{name}/")
                     if level + 1 < depth:
-                        walk(child, level + 1)
+                        try:
+                            child = open_dir(fd, name)
+                        except (OSError, Raced):
+                            continue
+                        try:
+                            walk(child, (*prefix, name), level + 1)
+                        finally:
+                            os.close(child)
                 else:
-                    lines.append(f"{indent}{child.name}")
+                    lines.append(f"{indent}{name}")
 
-        walk(target, 0)
+        try:
+            with self.tree.directory(target.parts) as fd:
+                walk(fd, target.parts, 0)
+        except (NotADirectoryError, FileNotFoundError, Raced):
+            raise ToolError(f"{path!r} is not a directory") from None
         if more:
             lines.append(f"[… {more} more entries not shown]")
         return "\n".join(lines) or "(empty)"
 
-    def _inside(self, path: Path) -> bool:
-        real = path.resolve()
-        return real == self.root or self.root in real.parents
+    def _inside(self, path: str) -> bool | None:
+        """For a symlink: ``None`` when it leads outside, else whether it is a directory."""
+        try:
+            st = self.tree.lstat(self.tree.resolve(path))
+        except Refused:
+            return None
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def _read(self, path: str, target: Resolved) -> bytes:
+        try:
+            return self.tree.read(target, MAX_FILE_BYTES)
+        except FileNotFoundError:
+            raise ToolError(f"{path!r} is not a file (no such path)") from None
+        except NotADirectoryError:
+            raise ToolError(f"{path!r} is not a file") from None
+        except Refused as error:
+            raise ToolError(str(error)) from None
 
     def read_file(
         self, path: str, start_line: int | None = None, end_line: int | None = None
@@ -118,12 +140,7 @@ class Workspace:
         A whole file that fits is returned exactly as stored. A part, or a file too long
         for one answer, ends with a bracketed line saying which lines were shown.
         """
-        target = self.resolve(path)
-        if not target.is_file():
-            raise ToolError(
-                f"{path!r} is not a file" + ("" if target.exists() else " (no such path)")
-            )
-        data = target.read_bytes()
+        data = self._read(path, self.locate(path))
         if b"\x00" in data[:BINARY_SNIFF_BYTES]:
             raise ToolError(f"{path!r} is a binary file ({len(data):,} bytes); it cannot be shown")
         text = data.decode("utf-8", errors="replace")
@@ -156,13 +173,12 @@ class Workspace:
         """Create or replace a file with ``content``."""
         if not isinstance(content, str):
             raise ToolError("content must be a string")
-        target = self.resolve(path)
-        if target == self.root or target.is_dir():
+        target = self.locate(path)
+        if not target.parts:
             raise ToolError(f"{path!r} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
         self._replace(target, content.encode("utf-8"))
         self._note_change(target)
-        return f"wrote {len(content.encode()):,} bytes to {self.relative(target)}"
+        return f"wrote {len(content.encode()):,} bytes to {target.text}"
 
     def edit_file(self, path: str, old_text: str, new_text: str, replace_all: bool = False) -> str:
         """Replace the exact text ``old_text`` with ``new_text``.
@@ -176,12 +192,8 @@ class Workspace:
             raise ToolError("old_text is empty; to create or replace a whole file use write_file")
         if old_text == new_text:
             raise ToolError("old_text and new_text are the same; nothing would change")
-        target = self.resolve(path)
-        if not target.is_file():
-            raise ToolError(
-                f"{path!r} is not a file" + ("" if target.exists() else " (no such path)")
-            )
-        data = target.read_bytes()
+        target = self.locate(path)
+        data = self._read(path, target)
         if b"\x00" in data[:BINARY_SNIFF_BYTES]:
             raise ToolError(f"{path!r} is a binary file; it cannot be edited as text")
         text = data.decode("utf-8", errors="surrogateescape")
@@ -191,7 +203,7 @@ class Workspace:
             old_text = old_text.replace("\n", "\r\n")
             new_text = new_text.replace("\n", "\r\n")
             count = text.count(old_text)
-        name = self.relative(target)
+        name = target.text
         if count == 0:
             hint = ""
             stripped = old_text.strip()
@@ -225,37 +237,34 @@ class Workspace:
 
     def delete_file(self, path: str) -> str:
         """Delete a file (or an empty directory)."""
-        target = self.resolve(path)
-        if target == self.root:
+        target = self.locate(path)
+        if not target.parts:
             raise ToolError("the repository root cannot be deleted")
-        if not target.exists():
-            raise ToolError(f"{path!r} does not exist")
-        name = self.relative(target)
-        if target.is_dir():
-            if any(target.iterdir()):
-                raise ToolError(f"{name} is a directory that is not empty; delete its files first")
-            target.rmdir()
-        else:
-            target.unlink()
-        self._note_change(target)
-        return f"deleted {name}"
-
-    def _replace(self, target: Path, data: bytes) -> None:
-        """Write ``data`` to ``target`` through a fresh temporary file, keeping its mode."""
-        mode = None
-        with contextlib.suppress(FileNotFoundError):
-            mode = stat.S_IMODE(target.stat().st_mode)
-        # mkstemp creates the file exclusively: a planted symlink cannot redirect it.
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.chmod(temporary, mode if mode is not None else 0o644)
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+            self.tree.remove(target)
+        except FileNotFoundError:
+            raise ToolError(f"{path!r} does not exist") from None
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise ToolError(
+                    f"{target.text} is a directory that is not empty; delete its files first"
+                ) from None
             raise
+        except Refused as error:
+            raise ToolError(str(error)) from None
+        self._note_change(target)
+        return f"deleted {target.text}"
+
+    def _replace(self, target: Resolved, data: bytes) -> None:
+        """Write ``data`` to ``target`` through a fresh temporary file, keeping its mode."""
+        try:
+            self.tree.replace(target, data)
+        except FileExistsError:
+            raise ToolError(f"{target.text!r} cannot be made: a file is in its way") from None
+        except NotADirectoryError:
+            raise ToolError(f"{target.text!r} cannot be made: a file is in its way") from None
+        except Refused as error:
+            raise ToolError(str(error)) from None
 
 
 def _occurrence_lines(text: str, needle: str) -> list[int]:

@@ -11,6 +11,7 @@ ends the open event streams first, then the service, then the pool.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,12 +33,14 @@ from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
+from aether_gateway.api.board import board_router
 from aether_gateway.api.idempotency import IdempotencyMiddleware
 from aether_gateway.api.schema import StrictStructSchema
 from aether_gateway.config import GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
 from aether_gateway.recovery import ReadModelWatch
+from aether_gateway.web import WEB_ROUTES
 from aether_runtime import ConsumerSpec, Service
 from aether_runtime.metrics import service_at_zero
 
@@ -208,7 +211,12 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     @get("/readyz", include_in_schema=False, opt=open_route)
     async def readyz() -> Response[dict[str, Any]]:
         ok, detail = await gateway.readiness()
-        body: dict[str, Any] = {"status": "ready" if ok else "not-ready", "detail": detail}
+        body: dict[str, Any] = {
+            "status": "ready" if ok else "not-ready",
+            "detail": detail,
+            # Lets a supervisor tell its own gateway from another answering on the port.
+            "pid": os.getpid(),
+        }
         if ok:
             read_model = await gateway.read_model_status()
             body["detail"] = _read_model_detail(detail, read_model)
@@ -220,7 +228,14 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(
-        route_handlers=[api.router(gateway.context), healthz, readyz, metrics],
+        route_handlers=[
+            api.router(gateway.context),
+            board_router(gateway.context, gateway.db),
+            *WEB_ROUTES,
+            healthz,
+            readyz,
+            metrics,
+        ],
         lifespan=[gateway.lifespan],
         # Outermost first: metrics see every answer, input no route can take is refused
         # before anything looks at it, auth runs before idempotency (keys are per caller).

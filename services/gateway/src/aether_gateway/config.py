@@ -15,6 +15,9 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/aether"
 MIN_ADMIN_TOKEN_LENGTH = 16
 
 
+DEFAULT_MISSION_BUDGET_USD = 5.0
+
+
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     """``runtime`` carries NATS_URL, PORT and the rest every service reads."""
 
@@ -37,6 +40,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     # The scheduler's global budgets, shown beside usage per day and month.
     daily_budget_usd: float | None = None
     monthly_budget_usd: float | None = None
+    # The budget of a mission submitted without one, so a real model is never one
+    # request away from an unbounded bill (None: no default).
+    default_mission_budget_usd: float | None = DEFAULT_MISSION_BUDGET_USD
     # An agent not heard from for this long is shown as gone.
     agent_stale_seconds: float = 90.0
     # How often the read model is checked against the stream, and repaired from it when
@@ -86,9 +92,23 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             mission_rate_window_seconds=int(env.get("AETHER_MISSION_RATE_WINDOW_SECONDS", "60")),
             daily_budget_usd=_optional_float(env.get("AETHER_DAILY_BUDGET_USD")),
             monthly_budget_usd=_optional_float(env.get("AETHER_MONTHLY_BUDGET_USD")),
+            default_mission_budget_usd=_default_budget(
+                env.get("AETHER_DEFAULT_MISSION_BUDGET_USD")
+            ),
             agent_stale_seconds=float(env.get("AETHER_AGENT_STALE_SECONDS", "90")),
             read_model_check_seconds=float(env.get("AETHER_READ_MODEL_CHECK_SECONDS", "2")),
         )
+
+
+def _default_budget(raw: str | None) -> float | None:
+    """``AETHER_DEFAULT_MISSION_BUDGET_USD``: unset or empty keeps the default, ``0`` or
+    ``none`` means missions without a budget have none."""
+    if raw is None or not raw.strip():
+        return DEFAULT_MISSION_BUDGET_USD
+    if raw.strip().lower() == "none":
+        return None
+    value = float(raw)
+    return value if value > 0 else None
 
 
 def _optional_float(raw: str | None) -> float | None:

@@ -6,13 +6,19 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS
+from aether_events import ALL_MISSION_EVENTS, type_subject
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.remote import Remotes
-from aether_git_broker.adapters.smarthttp import GitHttpApp, GitHttpServer, Served
-from aether_git_broker.adapters.verify import Verifier
+from aether_git_broker.adapters.smarthttp import (
+    Attempt,
+    GitHttpApp,
+    GitHttpServer,
+    PushTokens,
+    Served,
+)
+from aether_git_broker.adapters.verify import Verifier, verification_sandbox
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
-from aether_git_broker.domain import BrokerState, evolve, pending
+from aether_git_broker.domain import FOLDED, BrokerState, evolve, pending
 from aether_git_broker.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
@@ -46,6 +52,8 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         pool_capacity=settings.worktree_pool,
     )
     naming = settings.naming
+    # Serving repositories over smart HTTP: each attempt gets a push token of its own.
+    tokens = PushTokens(settings.git_token) if settings.git_http_port is not None else None
     handlers = Handlers(
         projection,
         git,
@@ -54,7 +62,8 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         keepalive_seconds=settings.ack_wait_seconds / 3,
         policy=settings.policy,
         remotes=Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds),
-        verifier=Verifier(timeout=settings.verify_timeout_seconds),
+        verifier=Verifier(timeout=settings.verify_timeout_seconds, sandbox=verification_sandbox()),
+        push_tokens=tokens,
     )
 
     async def rebuild(js: JetStreamContext) -> int:
@@ -67,6 +76,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         ConsumerSpec(
             durable=DURABLE,
             subject=ALL_MISSION_EVENTS,
+            types=FOLDED,
             handler=handlers.handle,
             max_workers=1,
             ack_wait_seconds=settings.ack_wait_seconds,
@@ -77,23 +87,25 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
             ),
         )
     )
-    service_at_zero(service.name, [ALL_MISSION_EVENTS])
+    service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
 
     http = None
     if settings.git_http_port is not None:
 
-        def served(mission_id: str) -> Served | None:
-            view = projection.state.mission(mission_id)
-            if view is None or view.terminal or view.prepared is None:
+        def served(attempt: Attempt) -> Served | None:
+            view = projection.state.mission(attempt.mission_id)
+            key = (attempt.task_id, attempt.attempt)
+            if view is None or view.prepared is None or not view.attempt_live(key):
                 return None
             return Served(
                 path=view.prepared.path,
                 integration_branch=view.prepared.integration_branch,
-                task_branches=naming.task_branches(mission_id),
+                task_branch=view.workspaces[key].branch,
             )
 
+        assert tokens is not None
         http = GitHttpServer(
-            GitHttpApp(served, settings.git_token),
+            GitHttpApp(served, tokens),
             settings.git_http_host or settings.runtime.host,
             settings.git_http_port,
         )

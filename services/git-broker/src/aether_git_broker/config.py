@@ -44,7 +44,8 @@ class GitBrokerSettings:
     remote's name; unset: nowhere); ``AETHER_GIT_REMOTE_TIMEOUT_SECONDS``: the limit on
     a network operation; ``AETHER_GIT_HTTP_PORT``: serve repositories to remote agent
     runners over smart HTTP on this port (unset: not served), on
-    ``AETHER_GIT_HTTP_HOST`` (default: ``AETHER_HTTP_HOST``), with ``AETHER_GIT_TOKEN``;
+    ``AETHER_GIT_HTTP_HOST`` (default: ``AETHER_HTTP_HOST``), with ``AETHER_GIT_TOKEN`` the
+    secret the broker mints each attempt's push token with (it is not a token itself);
     ``AETHER_WORKTREE_POOL``: how many finished worktrees per repository are kept for
     reuse (``0``: none).
     """

@@ -10,6 +10,7 @@ already sees them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -26,10 +27,14 @@ from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
 from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
+from aether_git_broker.adapters.smarthttp import PushTokens
 from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.adapters.worktrees import sweep_directory
 from aether_git_broker.domain import (
+    Action,
     BrokerState,
+    DiskFailed,
+    Failure,
     FailWorkspace,
     FinishMission,
     Ignore,
@@ -38,8 +43,11 @@ from aether_git_broker.domain import (
     PrepareRepository,
     PrepareWorkspace,
     Push,
+    Refused,
     RejectMission,
     Sweep,
+    after_push_failure,
+    failure_event,
     merge_event,
     mission_failed_event,
     repository_prepared_event,
@@ -56,9 +64,6 @@ log = logging.getLogger("aether.git_broker")
 
 T = TypeVar("T")
 
-# A push that fails this many deliveries in a row is given up (and logged); before that
-# the runtime retries it with a growing delay.
-PUSH_ATTEMPTS = 3
 # Stale locks one step may clear before it gives up (and the message is retried later).
 MAX_LOCKS_CLEARED = 16
 
@@ -87,8 +92,10 @@ class Handlers:
         policy: Policy | None = None,
         remotes: Remotes | None = None,
         verifier: Verifier | None = None,
+        push_tokens: PushTokens | None = None,
     ) -> None:
         self.projection = projection
+        self._push_tokens = push_tokens
         self._git = git
         self._naming = naming
         self._publisher = publisher
@@ -219,6 +226,15 @@ class Handlers:
         await self._publisher().publish(event)
         self.projection.apply(event)
 
+    async def _failed(self, cause: Event, action: Action, failure: Failure, what: str) -> None:
+        """Publish what the domain says a failed step becomes (or raise, so the runtime
+        retries the delivery, when it says nothing was decided)."""
+        answer = failure_event(cause, action, failure, self._clock())
+        if answer is None:
+            raise RuntimeError(f"{what}: {failure}")
+        await self._publish(answer)
+        log.warning(what, extra={"reason": answer.reason})
+
     # --- repositories -------------------------------------------------------------
 
     async def _prepare_repository(
@@ -234,8 +250,7 @@ class Handlers:
                 action.integration_branch,
             )
         except (RepositoryError, RemoteError) as error:
-            await self._publish(mission_failed_event(event, self._clock(), str(error)))
-            log.warning("repository rejected", extra={"reason": str(error)})
+            await self._failed(event, action, Refused(str(error)), "repository rejected")
             return
         await self._publish(repository_prepared_event(event, self._clock(), outcome))
         # Worktrees for the first tasks are checked out while the mission is planned.
@@ -284,22 +299,20 @@ class Handlers:
                 action.integration_branch,
                 action.branch,
                 action.worktree_path,
+                event.resolve_sha,
             )
         except (RepositoryError, UnsafePath) as error:
-            await self._publish(mission_failed_event(event, self._clock(), str(error)))
-            log.warning("workspace impossible", extra={"reason": str(error)})
+            await self._failed(event, action, Refused(str(error)), "workspace impossible")
             return
         except OSError as error:
-            # The disk, not the mission: the scheduler may try the task again.
-            reason = f"could not create the worktree {action.worktree_path}: {error}"
-            await self._publish(
-                workspace_failed_event(event, self._clock(), reason, retryable=True)
-            )
-            log.warning("workspace failed", extra={"reason": reason})
+            await self._failed(event, action, DiskFailed(str(error)), "workspace failed")
             return
         if outcome.created:
             metrics.WORKTREES_CREATED.inc()
             metrics.WORKTREE_SECONDS.observe(time.perf_counter() - began)
+        if self._push_tokens is not None:
+            token = self._push_tokens.mint(event.mission_id, event.task.id, event.attempt)
+            outcome = dataclasses.replace(outcome, push_token=token)
         await self._publish(workspace_ready_event(event, self._clock(), outcome))
         log.info(
             "workspace ready",
@@ -337,8 +350,7 @@ class Handlers:
                 verify=verify,
             )
         except RepositoryError as error:
-            await self._publish(mission_failed_event(event, self._clock(), str(error)))
-            log.warning("merge impossible", extra={"reason": str(error)})
+            await self._failed(event, action, Refused(str(error)), "merge impossible")
             return
         metrics.MERGE_SECONDS.observe(time.perf_counter() - began)
         metrics.MERGES.labels(outcome.kind).inc()
@@ -418,7 +430,7 @@ class Handlers:
             )
         except RemoteError as error:
             metrics.PUSHES.labels("failed").inc()
-            if delivery.num_delivered < PUSH_ATTEMPTS:
+            if after_push_failure(delivery.num_delivered) == "retry":
                 log.warning("push failed; will retry", extra={"error": str(error)})
                 raise
             log.error("push failed; giving up", extra={"error": str(error)})

@@ -78,5 +78,9 @@ at_zero(VERIFICATIONS, result=("passed", "failed", "timed_out"))
 at_zero(FETCHES, result=("cloned", "fetched", "failed"))
 at_zero(PUSHES, result=("pushed", "already_pushed", "failed"))
 at_zero(CLEANED, kind=("worktree", "branch", "lock"), when=("step", "start"))
-at_zero(GIT_HTTP_REQUESTS, service=("git-upload-pack", "git-receive-pack"), outcome=("ok", "401"))
+at_zero(
+    GIT_HTTP_REQUESTS,
+    service=("git-upload-pack", "git-receive-pack"),
+    outcome=("ok", "401", "403"),
+)
 at_zero(GIT_HTTP_REQUESTS, service=("other",), outcome=("401", "404"))

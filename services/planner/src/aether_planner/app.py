@@ -6,11 +6,11 @@ import os
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS, TIERS, as_tier
+from aether_events import ALL_MISSION_EVENTS, TIERS, as_tier, type_subject
 from aether_llm import LLMSettings, make_client
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import PlannerModel
-from aether_planner.domain import State, evolve, pending
+from aether_planner.domain import FOLDED, State, evolve, pending
 from aether_planner.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_runtime.metrics import service_at_zero
@@ -46,16 +46,18 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
         ConsumerSpec(
             durable="planner",
             subject=ALL_MISSION_EVENTS,
+            types=FOLDED,
             handler=handlers.handle,
+            hand_offs=int(os.environ.get("AETHER_PLANNER_CONCURRENCY", "32")),
             # One event at a time, in stream order: a trigger must never be looked at
             # before the events it follows (a prepared repository before its request).
-            # Planning several missions at once needs the model calls moved off the
-            # consumer; until then a planner plans one mission at a time. The runtime's
-            # short ack wait stands: it keeps a model call's message alive while it runs.
+            # A trigger's model call is released from the consumer (hand_offs), so
+            # several missions are planned at once, each one's triggers in order (see
+            # Handlers.handle). The runtime keeps a released message alive while it runs.
             # Created after the replay, the consumer starts at the first trigger still
             # unanswered (a repository prepared before the planner first started).
             first_due=lambda: projection.first_sequence(pending(projection.state)),
         )
     )
-    service_at_zero(service.name, [ALL_MISSION_EVENTS])
+    service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
     return service

@@ -6,13 +6,13 @@
   process bound to the consumer: two runners of two agents each would work two tasks
   between them. Here it is large; each process bounds itself by how many single-message
   subscribers ("lanes") it binds to the consumer.
-* The **control follower** is an ordered (ephemeral, per-process) consumer on the events
+* The **control follower** is an ephemeral, per-process consumer (``aether_runtime.follow``)
+  on the events
   that end agents: a mission cancelled, failed or completed, an attempt timed out, a task
   skipped, and results of attempts (so a runner knows what others reported). Every process
-  must see every such event, which a shared durable consumer cannot do; an ordered consumer
-  starts right after the replayed position, so nothing between the replay and the
-  subscription is missed, and it recreates itself after a disconnect from the last
-  sequence it saw.
+  must see every such event, which a shared durable consumer cannot do; it starts right
+  after the replayed position, so nothing between the replay and the subscription is
+  missed, and it is made again after a disconnect from the last sequence it saw.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import (
-    ALL_MISSION_EVENTS,
     MISSIONS_STREAM,
     AgentCompleted,
     AgentFailed,
@@ -42,6 +41,7 @@ from aether_events import (
     decode,
     type_subject,
 )
+from aether_runtime.follow import Follower
 
 log = logging.getLogger("aether.agent-runner.bus")
 
@@ -110,8 +110,9 @@ async def follow_control_events(
     js: JetStreamContext,
     after_sequence: int,
     on_event: Callable[[Event], Awaitable[None]],
-) -> JetStreamContext.PushSubscription:
-    """Deliver every control event stored after ``after_sequence`` to ``on_event``."""
+) -> Follower:
+    """Deliver every control event stored after ``after_sequence`` to ``on_event``, in
+    order (until the returned follower is stopped)."""
 
     async def deliver(msg: Msg) -> None:
         try:
@@ -123,15 +124,13 @@ async def follow_control_events(
         except Exception:
             log.exception("control event not handled", extra={"subject": msg.subject})
 
-    config = ConsumerConfig(
-        filter_subjects=[type_subject(cls) for cls in CONTROL_TYPES],
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after_sequence else DeliverPolicy.ALL,
-        opt_start_seq=after_sequence + 1 if after_sequence else None,
+    follower = Follower(
+        js,
+        MISSIONS_STREAM,
+        [type_subject(cls) for cls in CONTROL_TYPES],
+        deliver,
+        after_sequence=after_sequence,
+        name="agent-runner-control-events",
     )
-    return await js.subscribe(
-        ALL_MISSION_EVENTS,
-        stream=MISSIONS_STREAM,
-        cb=deliver,
-        ordered_consumer=True,
-        config=config,
-    )
+    await follower.start()
+    return follower

@@ -1,35 +1,154 @@
-"""The agent's side of git (dulwich, in the linked worktree): committing the work on the
-task branch, finding that commit again after a restart, and starting over cleanly."""
+"""The agent's side of git: committing the work on the task branch, finding that commit
+again after a restart, and starting over cleanly — without running anything the agent
+could have written.
+
+Nothing here goes through dulwich's ``Repo``, its porcelain or a worktree object, which
+would run the repository's hooks (``pre-commit``, ``commit-msg``, ``post-commit``), apply
+filter drivers named by ``.gitattributes`` and configured in any git configuration file,
+and read the worktree's ``.git`` file. Instead the objects are written to the object
+store and the branch moved with a compare-and-swap, from paths the runner holds in its
+own records (``GitDir``): the worktree's ``.git`` file, which a command in the worktree
+can rewrite, is never read. No git configuration is read at all.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from dulwich import porcelain
-from dulwich.objects import Commit
-from dulwich.repo import Repo
+from dulwich.index import Index, IndexEntry, commit_tree, index_entry_from_stat
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Blob, Commit, ObjectID
+from dulwich.refs import DiskRefsContainer, Ref
+
+from aether_agent_runner.adapters.scan import (
+    GITLINK,
+    SYMLINK,
+    Found,
+    StatCache,
+    changes,
+    read_entry,
+    scan,
+)
+from aether_agent_runner.safefs import Refused
+from aether_agent_runner.safefs import Tree as Files
 
 AUTHOR = b"Aether Agent <agent@aether.invalid>"
 
 
-def control_dir(worktree: Path) -> Path:
-    """The worktree's git administrative directory (``.git/worktrees/<id>`` for a linked
-    worktree, ``.git`` for a main one)."""
-    with Repo(str(worktree)) as repo:
-        return Path(repo.controldir())
+class GitDirError(Exception):
+    """The worktree's git directory is not where the runner's records say, or not usable."""
 
 
-def head_sha(worktree: Path) -> str:
-    with Repo(str(worktree)) as repo:
-        return repo.head().decode()
+class CommitRefused(Exception):
+    """The work is not committed: too many files, a blob too large, a hard link."""
 
 
-def commit_message_trailers(sha: str, worktree: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class CommitLimits:
+    """The most one commit may carry: changed paths, bytes of one blob, bytes of all."""
+
+    max_files: int = 2_000
+    max_blob_bytes: int = 10_000_000
+    max_total_bytes: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class GitDir:
+    """Where a worktree's git data lives, from the runner's own records.
+
+    ``admin`` holds the worktree's ``HEAD``, index and the runner's journal; ``common``
+    the objects and refs. For a linked worktree the git broker names ``admin`` in the
+    event (``<common>/worktrees/<id>``); for a clone the runner made, both are its
+    ``.git`` directory.
+    """
+
+    worktree: Path
+    admin: Path
+    common: Path
+    branch: str
+
+    @classmethod
+    def linked(cls, worktree: Path, admin: Path, branch: str) -> GitDir:
+        admin = Path(os.path.abspath(admin))
+        worktree = Path(os.path.abspath(worktree))
+        if admin.parent.name != "worktrees":
+            raise GitDirError(f"{admin} is not a linked worktree's git directory")
+        if admin.is_relative_to(worktree):
+            raise GitDirError(f"{admin} is inside the worktree it would describe")
+        found = cls(worktree, admin, admin.parent.parent, branch)
+        found.check()
+        return found
+
+    @classmethod
+    def clone(cls, directory: Path, branch: str) -> GitDir:
+        git = Path(os.path.abspath(directory)) / ".git"
+        found = cls(git.parent, git, git, branch)
+        found.check()
+        return found
+
+    @classmethod
+    def discover(cls, worktree: Path, branch: str) -> GitDir:
+        """For an event from before the broker named the git directory: the ``.git``
+        file read once, and believed only if the directory it names is a linked
+        worktree's outside this one that points back at it."""
+        try:
+            pointer = (worktree / ".git").read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise GitDirError(f"{worktree} has no usable .git file: {error}") from None
+        if not pointer.startswith("gitdir: "):
+            raise GitDirError(f"{worktree}/.git does not name a git directory")
+        admin = Path(os.path.realpath(pointer.removeprefix("gitdir: ")))
+        found = cls.linked(Path(os.path.realpath(worktree)), admin, branch)
+        try:
+            back = (admin / "gitdir").read_text().strip()
+        except OSError:
+            back = ""
+        if os.path.realpath(os.path.dirname(back)) != os.path.realpath(worktree):
+            raise GitDirError(f"{admin} belongs to another worktree")
+        return found
+
+    def check(self) -> None:
+        for path in {self.admin, self.common}:
+            try:
+                st = os.lstat(path)
+            except OSError as error:
+                raise GitDirError(f"{path} is not usable: {error.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise GitDirError(f"{path} is not a directory")
+        if not (self.common / "objects").is_dir():
+            raise GitDirError(f"{self.common} is not a git directory")
+
+    @property
+    def ref(self) -> Ref:
+        return Ref(b"refs/heads/" + self.branch.encode())
+
+    def store(self) -> DiskObjectStore:
+        return DiskObjectStore(str(self.common / "objects"))
+
+    def refs(self) -> DiskRefsContainer:
+        return DiskRefsContainer(str(self.common), worktree_path=str(self.admin))
+
+
+def head_sha(git: GitDir) -> str:
+    return git.refs()[git.ref].decode()
+
+
+def _commit(store: DiskObjectStore, sha: str | bytes) -> Commit:
+    commit = store[ObjectID(sha if isinstance(sha, bytes) else sha.encode())]
+    if not isinstance(commit, Commit):
+        raise GitDirError(f"{sha!r} is not a commit")
+    return commit
+
+
+def commit_message_trailers(sha: str, store: DiskObjectStore) -> dict[str, str]:
     """The ``Key: value`` trailers of a commit's message."""
-    with Repo(str(worktree)) as repo:
-        commit = repo[sha.encode()]
-        assert isinstance(commit, Commit)
-        message = commit.message.decode("utf-8", errors="replace")
+    message = _commit(store, sha).message.decode("utf-8", errors="replace")
     trailers: dict[str, str] = {}
     for line in message.strip().splitlines()[::-1]:
         key, sep, value = line.partition(": ")
@@ -39,68 +158,211 @@ def commit_message_trailers(sha: str, worktree: Path) -> dict[str, str]:
     return trailers
 
 
-def own_commit(worktree: Path, base_sha: str, task_id: str, attempt: int) -> str | None:
+def own_commit(git: GitDir, base_sha: str, task_id: str, attempt: int) -> str | None:
     """The sha of this attempt's commit when the task branch's head is one, else ``None``."""
-    head = head_sha(worktree)
+    head = head_sha(git)
     if head == base_sha:
         return None
-    trailers = commit_message_trailers(head, worktree)
+    trailers = commit_message_trailers(head, git.store())
     if trailers.get("Aether-Task") == task_id and trailers.get("Aether-Attempt") == str(attempt):
         return head
     return None
 
 
-def _text(path: str | bytes) -> str:
-    return path.decode() if isinstance(path, bytes) else path
+def _files_of(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
+    return {
+        entry.path: (entry.mode, entry.sha)
+        for entry in store.iter_tree_contents(tree)
+        if entry.path is not None and entry.mode is not None and entry.sha is not None
+    }
 
 
-def changed_paths(worktree: Path) -> list[str]:
-    """Every path that differs from the head commit: modified, deleted, new or staged."""
-    with Repo(str(worktree)) as repo:
-        status = porcelain.status(repo, untracked_files="all")
-        paths = [*status.unstaged, *status.untracked]
-        paths += [p for group in status.staged.values() for p in group]
-        return sorted({_text(p) for p in paths})
+def _state(
+    git: GitDir, at: bytes, max_hash: int
+) -> tuple[DiskObjectStore, dict[bytes, tuple[int, ObjectID]], dict[bytes, Found], list[bytes]]:
+    store = git.store()
+    tracked = _files_of(store, _commit(store, at).tree)
+    found = scan(git.worktree, git.common, tracked, max_hash, StatCache(git.admin / "index"))
+    return store, tracked, found, changes(tracked, found)
 
 
-def commit_files(worktree: Path, sha: str) -> list[str]:
+def _text(path: bytes) -> str:
+    return path.decode("utf-8", errors="replace")
+
+
+def changed_paths(git: GitDir) -> list[str]:
+    """Every path that differs from the head commit: modified, deleted or new (and not
+    ignored)."""
+    head = git.refs()[git.ref]
+    return [_text(p) for p in _state(git, head, CommitLimits.max_blob_bytes)[3]]
+
+
+def commit_files(git: GitDir, sha: str) -> list[str]:
     """The paths a commit changed relative to its first parent."""
-    with Repo(str(worktree)) as repo:
-        commit = repo[sha.encode()]
-        assert isinstance(commit, Commit)
-        parent_tree = None
-        if commit.parents:
-            parent = repo[commit.parents[0]]
-            assert isinstance(parent, Commit)
-            parent_tree = parent.tree
-        changes = repo.object_store.tree_changes(parent_tree, commit.tree)
-        paths: set[str] = set()
-        for (old, new), _, _ in changes:
-            for path in (old, new):
-                if path is not None:
-                    paths.add(path.decode("utf-8", errors="replace"))
-        return sorted(paths)
+    store = git.store()
+    commit = _commit(store, sha)
+    parent_tree = _commit(store, commit.parents[0]).tree if commit.parents else None
+    paths: set[str] = set()
+    for (old, new), _, _ in store.tree_changes(parent_tree, commit.tree):
+        for path in (old, new):
+            if path is not None:
+                paths.add(_text(path))
+    return sorted(paths)
 
 
-def commit_all(worktree: Path, message: str) -> tuple[str | None, list[str]]:
-    """Stage every change in the worktree and commit it; ``(None, [])`` when nothing changed."""
-    changed = changed_paths(worktree)
+def commit_all(
+    git: GitDir, message: str, limits: CommitLimits | None = None
+) -> tuple[str | None, list[str]]:
+    """Commit every change of the worktree on the task branch; ``(None, [])`` when nothing
+    changed. Raises ``CommitRefused`` (nothing written to the branch) when the change is
+    over ``limits`` or holds a file that is not the worktree's own (a hard link)."""
+    limits = limits or CommitLimits()
+    refs = git.refs()
+    head = refs[git.ref]
+    store, tracked, found, changed = _state(git, head, limits.max_blob_bytes)
     if not changed:
         return None, []
-    with Repo(str(worktree)) as repo:
-        repo.get_worktree().stage([p.encode() for p in changed])
-        sha = porcelain.commit(repo, message=message.encode(), author=AUTHOR, committer=AUTHOR)
-        return sha.decode(), changed
+    if len(changed) > limits.max_files:
+        raise CommitRefused(
+            f"the change touches {len(changed):,} files, more than the {limits.max_files:,} "
+            "one commit may hold (generated or dependency files? add them to .gitignore)"
+        )
+    entries = dict(tracked)
+    total = 0
+    files = Files(str(git.worktree))
+    blobs: list[Blob] = []
+    for path in changed:
+        entry = found.get(path)
+        if entry is None:
+            del entries[path]
+            continue
+        size = entry.st.st_size
+        if size > limits.max_blob_bytes:
+            raise CommitRefused(
+                f"{_text(path)} has {size:,} bytes, more than the {limits.max_blob_bytes:,} "
+                "one file may have in a commit"
+            )
+        total += size
+        if total > limits.max_total_bytes:
+            raise CommitRefused(
+                f"the change holds more than {limits.max_total_bytes:,} bytes of files"
+            )
+        blob = Blob.from_string(_content(files, path, entry.mode))
+        blobs.append(blob)
+        entries[path] = (entry.mode, blob.id)
+    for blob in blobs:
+        store.add_object(blob)
+    tree = commit_tree(store, [(p, sha, mode) for p, (mode, sha) in entries.items()])
+    commit = Commit()
+    commit.tree = tree
+    commit.parents = [head]
+    commit.author = commit.committer = AUTHOR
+    commit.author_time = commit.commit_time = int(time.time())
+    commit.author_timezone = commit.commit_timezone = 0
+    commit.message = message.encode()
+    store.add_object(commit)
+    if not refs.set_if_equals(git.ref, head, commit.id):
+        raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
+    _write_index(git, entries, found)
+    return commit.id.decode(), [_text(p) for p in changed]
 
 
-def reset_to(worktree: Path, sha: str) -> bool:
-    """Put the task branch, index and files back at ``sha`` and remove untracked files.
+def _content(files: Files, path: bytes, mode: int) -> bytes:
+    """The bytes to store for ``path``, read by descriptors (never through a symlink)."""
+    text = _text(path)
+    parts = tuple(text.split("/"))
+    try:
+        with files.directory(parts[:-1]) as parent:
+            return read_entry(parent, parts[-1], text, mode)
+    except Refused as error:
+        raise CommitRefused(f"{text} cannot be committed: {error}") from None
 
-    Returns whether anything had to change.
-    """
-    if head_sha(worktree) == sha and not changed_paths(worktree):
+
+def _write_index(
+    git: GitDir, files: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]
+) -> None:
+    """The worktree's index for the tree of ``files``, with the stat data of the files
+    that match it (so ``git status`` in the worktree trusts them without reading them)."""
+    index = Index(str(git.admin / "index"), read=False)
+    for path, (mode, sha) in files.items():
+        entry = found.get(path)
+        if entry is not None and mode != GITLINK and entry.mode == mode:
+            index[path] = index_entry_from_stat(entry.st, sha, mode)
+        else:
+            index[path] = IndexEntry(0, 0, 0, 0, mode, 0, 0, 0, sha)
+    index.write()
+
+
+def reset_to(git: GitDir, sha: str) -> bool:
+    """Put the task branch, index and files back at ``sha``, removing untracked files
+    that are not ignored. Returns whether anything had to change.
+
+    Every file is removed and written by directory descriptors, without following a
+    symlink, so links a command left in the worktree cannot redirect the writes."""
+    refs = git.refs()
+    target = ObjectID(sha.encode())
+    store, tracked, found, changed = _state(git, target, CommitLimits.max_blob_bytes)
+    if refs[git.ref] == target and not changed:
         return False
-    with Repo(str(worktree)) as repo:
-        porcelain.reset(repo, "hard", sha.encode())
-        porcelain.clean(repo, str(worktree))
+    files = Files(str(git.worktree))
+    for path in sorted(p for p in changed if p in found):
+        _remove(files, _text(path))
+    for path in changed:
+        if path in found:
+            _prune_empty(files, _text(path), tracked)
+    for path in sorted(p for p in changed if p in tracked):
+        mode, blob_id = tracked[path]
+        if mode == GITLINK:
+            continue
+        blob = store[blob_id]
+        assert isinstance(blob, Blob)
+        found[path] = _write(files, _text(path), mode, blob.as_raw_string(), blob_id)
+    refs[git.ref] = target
+    _write_index(git, tracked, found)
     return True
+
+
+def _remove(files: Files, path: str) -> None:
+    parts = tuple(path.split("/"))
+    with (
+        contextlib.suppress(FileNotFoundError, NotADirectoryError, Refused),
+        files.directory(parts[:-1]) as parent,
+    ):
+        st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(parts[-1], dir_fd=parent)
+        else:
+            os.unlink(parts[-1], dir_fd=parent)
+
+
+def _prune_empty(files: Files, path: str, tracked: dict[bytes, tuple[int, ObjectID]]) -> None:
+    """Remove the now empty directories above a removed untracked file."""
+    parts = path.split("/")[:-1]
+    while parts:
+        with contextlib.suppress(OSError, Refused), files.directory(tuple(parts[:-1])) as parent:
+            os.rmdir(parts[-1], dir_fd=parent)
+        parts.pop()
+
+
+def _write(files: Files, path: str, mode: int, data: bytes, sha: ObjectID) -> Found:
+    parts = tuple(path.split("/"))
+    with files.directory(parts[:-1], create=True) as parent:
+        name = parts[-1]
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=parent)
+            else:
+                os.unlink(name, dir_fd=parent)
+        if mode == SYMLINK:
+            os.symlink(os.fsdecode(data), name, dir_fd=parent)
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o777 if mode & 0o100 else 0o666, dir_fd=parent)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        return Found(mode, sha, os.stat(name, dir_fd=parent, follow_symlinks=False))

@@ -20,14 +20,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aether_agent_runner.adapters.git import control_dir
+from aether_agent_runner.adapters.git import GitDir
 
 DIRECTORY = "aether-agent"
 
 
-def state_dir(worktree: Path) -> Path:
-    """The runner's directory for the attempt in ``worktree`` (created if missing)."""
-    directory = control_dir(worktree) / DIRECTORY
+def state_dir(git: GitDir) -> Path:
+    """The runner's directory for the attempt in ``git``'s worktree (created if missing)."""
+    directory = git.admin / DIRECTORY
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 

@@ -2,10 +2,10 @@
 not see the broker's worktrees directory.
 
 The runner keeps a clone per attempt in its own scratch directory, fetches the task branch
-into it from ``<url>/<mission id>`` (the token as the password of Basic authentication, as
-the broker expects), works there as it would in a shared worktree, and pushes its commit
-back as a fast-forward of the task branch. Nothing here reads git configuration or starts
-a program.
+into it from ``<url>/<mission id>`` (the attempt's own push token, from its WorkspaceReady,
+as the password of Basic authentication, as the broker expects), works there as it would
+in a shared worktree, and pushes its commit back as a fast-forward of the task branch.
+Nothing here reads git configuration or starts a program.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from dulwich import porcelain
 from dulwich.client import HttpGitClient, HTTPUnauthorized
 from dulwich.errors import GitProtocolError, HangupException, SendPackError
 from dulwich.objects import ObjectID
@@ -22,7 +21,7 @@ from dulwich.pack import UnpackedObject
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from aether_agent_runner.adapters.git import commit_message_trailers
+from aether_agent_runner.adapters.git import GitDir, commit_message_trailers, reset_to
 
 USERNAME = "agent"
 
@@ -61,12 +60,19 @@ class Broker:
         if isinstance(error, HTTPUnauthorized):
             return RemoteError(
                 f"{doing} {self.url} failed: the git broker refused the token "
-                "(check AETHER_AGENT_GIT_TOKEN against the broker's AETHER_GIT_TOKEN)",
+                "(the attempt's push token, or AETHER_AGENT_GIT_TOKEN where the broker "
+                "hands out none, is not one it minted)",
                 retryable=False,
             )
         detail = str(error) or type(error).__name__
         if self._token:
             detail = detail.replace(self._token, "***")
+        if isinstance(error, GitProtocolError) and "http resp 403" in detail:
+            return RemoteError(
+                f"{doing} {self.url} failed: the git broker refused the token for this "
+                "repository (a token serves one attempt of one mission, until it ends)",
+                retryable=False,
+            )
         return RemoteError(f"{doing} {self.url} failed: {detail}")
 
     def fetch_branch(self, repo: Repo, branch: str) -> str:
@@ -142,11 +148,13 @@ def prepare_clone(
     if fresh:
         directory.mkdir(parents=True, exist_ok=True)
         Repo.init(str(directory)).close()
-    with Repo(str(directory)) as repo:
+    git = GitDir.clone(directory, branch)
+    # The git directory opened as a bare repository: the worktree takes no part.
+    with Repo(str(git.common), bare=True) as repo:
         remote = broker.fetch_branch(repo, branch)
         ref = Ref(f"refs/heads/{branch}".encode())
         if remote != base_sha:
-            trailers = commit_message_trailers(remote, directory)
+            trailers = commit_message_trailers(remote, git.store())
             ours = trailers.get("Aether-Task") == task_id and trailers.get("Aether-Attempt") == str(
                 attempt
             )
@@ -164,4 +172,4 @@ def prepare_clone(
             return
         repo.refs[ref] = ObjectID(start.encode())
         repo.refs.set_symbolic_ref(Ref(b"HEAD"), ref)
-        porcelain.reset(repo, "hard", start.encode())
+    reset_to(git, start)

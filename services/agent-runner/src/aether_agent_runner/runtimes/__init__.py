@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aether_agent_runner.adapters.git import GitDir
 from aether_agent_runner.adapters.journal import Journal
 from aether_agent_runner.agent import Observer, Outcome
 from aether_agent_runner.domain import Limits
@@ -35,6 +36,8 @@ class Job:
 
     ready: WorkspaceReady
     worktree: Path
+    # The worktree's git directory as the broker named it (what git operations go through).
+    git: GitDir
     limits: Limits
     journal: Journal
     identity: dict[str, Any]

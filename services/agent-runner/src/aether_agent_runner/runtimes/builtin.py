@@ -35,7 +35,7 @@ class BuiltinRuntime:
         if conversation is None:
             if records:
                 log.warning("the journal in the worktree is not this attempt's; starting over")
-            if await asyncio.to_thread(reset_to, worktree, ready.base_sha):
+            if await asyncio.to_thread(reset_to, job.git, ready.base_sha):
                 log.warning("restarting cleanly: discarded changes no transcript accounts for")
             repo_map = await asyncio.to_thread(repository_map, worktree)
             conversation = Conversation.fresh(task_prompt(ready, repo_map, job.limits))

@@ -299,7 +299,7 @@ class ClaudeCodeRuntime:
     async def run(self, job: Job) -> Outcome:
         ready, worktree = job.ready, job.worktree
         # No transcript of an earlier run is kept: the attempt starts from its base.
-        if await asyncio.to_thread(reset_to, worktree, ready.base_sha):
+        if await asyncio.to_thread(reset_to, job.git, ready.base_sha):
             log.warning("restarting cleanly: discarded changes of an earlier run")
         repo_map = await asyncio.to_thread(repository_map, worktree)
         prompt = task_prompt(ready, repo_map, job.limits)

@@ -61,7 +61,7 @@ class CommandRuntime:
 
     async def run(self, job: Job) -> Outcome:
         ready, worktree = job.ready, job.worktree
-        await asyncio.to_thread(reset_to, worktree, ready.base_sha)
+        await asyncio.to_thread(reset_to, job.git, ready.base_sha)
         repo_map = await asyncio.to_thread(repository_map, worktree)
         prompt = task_prompt(ready, repo_map, job.limits)
         if job.role is not None:

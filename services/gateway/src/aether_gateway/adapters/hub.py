@@ -1,6 +1,6 @@
 """One NATS subscription per stream, fanned out to every event-stream client.
 
-The hub follows the mission stream with a single ordered consumer (and the telemetry
+The hub follows the mission stream with a single consumer in order (and the telemetry
 stream with another), keeps the most recent mission events in a ring, and hands each
 event to the queues of the clients that want it. However many clients are connected,
 the server sees two consumers per gateway process.
@@ -14,7 +14,6 @@ client drops live events it already replayed, so there is no gap and no duplicat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -24,7 +23,6 @@ from typing import Final
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -36,7 +34,9 @@ from aether_events import (
     encode,
     tag_of,
 )
+from aether_events.codec import without_secrets
 from aether_gateway.adapters.rows import task_of
+from aether_runtime.follow import Follower
 
 log = logging.getLogger("aether.gateway.hub")
 
@@ -137,7 +137,7 @@ class Hub:
         self._max_queue = max_queue
         self._by_mission: dict[str, set[Subscriber]] = {}
         self._everything: set[Subscriber] = set()
-        self._subscriptions: list[JetStreamContext.PushSubscription] = []
+        self._followers: list[Follower] = []
         self._watcher: asyncio.Task[None] | None = None
         self.last_sequence = 0
         # The ring holds every decodable event with floor < sequence <= last_sequence.
@@ -155,28 +155,28 @@ class Hub:
         info = await js.stream_info(MISSIONS_STREAM)
         last = info.state.last_seq
         self.last_sequence = self.floor = last
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last else DeliverPolicy.ALL,
-            opt_start_seq=last + 1 if last else None,
-        )
-        self._subscriptions.append(
-            await js.subscribe(
-                ALL_MISSION_EVENTS,
-                stream=MISSIONS_STREAM,
-                ordered_consumer=True,
-                config=config,
-                cb=self._on_mission_event,
-            )
-        )
-        self._subscriptions.append(
-            await js.subscribe(
-                ALL_TELEMETRY,
-                stream=TELEMETRY_STREAM,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.NEW,
-                cb=self._on_telemetry,
-            )
-        )
+        # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
+        # creation the bus permissions refuse (see ``aether_runtime.follow``).
+        self._followers = [
+            Follower(
+                js,
+                MISSIONS_STREAM,
+                [ALL_MISSION_EVENTS],
+                self._on_mission_event,
+                after_sequence=last,
+                name="gateway-hub-missions",
+            ),
+            Follower(
+                js,
+                TELEMETRY_STREAM,
+                [ALL_TELEMETRY],
+                self._on_telemetry,
+                new_only=True,
+                name="gateway-hub-telemetry",
+            ),
+        ]
+        for follower in self._followers:
+            await follower.start()
         self._watcher = asyncio.create_task(self._end_all_when(closing))
         self.started = True
         log.info("event hub following the streams", extra={"from_sequence": last + 1})
@@ -186,10 +186,9 @@ class Hub:
         self.end_all()
         if self._watcher is not None:
             self._watcher.cancel()
-        for sub in self._subscriptions:
-            with contextlib.suppress(Exception):  # the connection may be closing already
-                await sub.unsubscribe()
-        self._subscriptions.clear()
+        for follower in self._followers:
+            await follower.stop()
+        self._followers.clear()
 
     async def _end_all_when(self, closing: asyncio.Event) -> None:
         await closing.wait()
@@ -240,7 +239,7 @@ class Hub:
             mission_id=event.mission_id,
             type=tag_of(type(event)),
             task_id=task_of(event),
-            data=encode(event),
+            data=encode(without_secrets(event)),
         )
 
     async def _on_mission_event(self, msg: Msg) -> None:

@@ -27,6 +27,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from aether_events import Event, MissionRequested, encode, tag_of
+from aether_events.codec import without_secrets
 from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
@@ -53,6 +54,7 @@ from aether_gateway.domain import (
     salvage,
     sanitised,
     session_update,
+    tasks_read,
 )
 from aether_gateway.metrics import PROJECTION_FAILURES
 
@@ -111,6 +113,7 @@ class ReadModel:
         self.telemetry_consumer = f"{consumer}-telemetry"
         # Set when the position jumps over sequences, so the gap is looked at promptly.
         self.gap_found = asyncio.Event()
+        self._positions_seen: set[str] = set()
 
     @property
     def db(self) -> Database:
@@ -132,16 +135,19 @@ class ReadModel:
         return await self.position(self.telemetry_consumer)
 
     async def _lock_position(self, conn: AsyncConnection, consumer: str) -> int:
-        await conn.execute(
-            "INSERT INTO projection_position (consumer) VALUES (%s) ON CONFLICT DO NOTHING",
-            (consumer,),
-        )
-        cur = await conn.execute(
-            "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE",
-            (consumer,),
-        )
-        row = await cur.fetchone()
+        select = "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE"
+        row = None
+        if consumer in self._positions_seen:
+            # The row exists once made (nothing deletes it): one statement per event, not two.
+            row = await (await conn.execute(select, (consumer,))).fetchone()
+        if row is None:
+            await conn.execute(
+                "INSERT INTO projection_position (consumer) VALUES (%s) ON CONFLICT DO NOTHING",
+                (consumer,),
+            )
+            row = await (await conn.execute(select, (consumer,))).fetchone()
         assert row is not None
+        self._positions_seen.add(consumer)
         return int(row[0])
 
     async def _set_position(self, conn: AsyncConnection, consumer: str, sequence: int) -> None:
@@ -289,12 +295,14 @@ class ReadModel:
                 task_of(event),
                 event.event_id,
                 event.occurred_at,
-                encode(event).decode(),
+                encode(without_secrets(event)).decode(),
             ),
         )
         if await cur.fetchone() is None:
             return False
-        view = await self._load_view(conn, event.mission_id)
+        # Only the rows the event reads: loading every task of the mission for each event
+        # made a fold cost grow with the mission's size.
+        view = await self._load_view(conn, event.mission_id, tasks_read(event))
         await self._write(conn, fold(view, event, sequence))
         return True
 
@@ -432,17 +440,35 @@ class ReadModel:
         async with self._db.pool.connection() as conn:
             return await faults.failures(conn, mission_id)
 
-    async def _load_view(self, conn: AsyncConnection, mission_id: str) -> MissionView:
+    async def _load_view(
+        self, conn: AsyncConnection, mission_id: str, task_ids: list[str] | None = None
+    ) -> MissionView:
+        """The mission's row and its task rows: all of them, or only ``task_ids`` (then
+        with the mission's task count when one of those does not exist)."""
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute("SELECT * FROM missions WHERE id = %s FOR UPDATE", (mission_id,))
             mission_row = await cur.fetchone()
             if mission_row is None:
                 return MissionView()
-            await cur.execute("SELECT * FROM tasks WHERE mission_id = %s", (mission_id,))
-            tasks = [convert(r, Task) for r in await cur.fetchall()]
-        return MissionView(
-            mission=convert(mission_row, Mission), tasks={t.task_id: t for t in tasks}
-        )
+            mission = convert(mission_row, Mission)
+            if task_ids is None:
+                await cur.execute("SELECT * FROM tasks WHERE mission_id = %s", (mission_id,))
+            elif not task_ids:
+                return MissionView(mission=mission, task_count=None)
+            else:
+                await cur.execute(
+                    "SELECT * FROM tasks WHERE mission_id = %s AND task_id = ANY(%s)",
+                    (mission_id, task_ids),
+                )
+            tasks = {t.task_id: t for t in (convert(r, Task) for r in await cur.fetchall())}
+            count = None
+            if task_ids is not None and not set(task_ids) <= tasks.keys():
+                await cur.execute(
+                    "SELECT count(*) AS n FROM tasks WHERE mission_id = %s", (mission_id,)
+                )
+                row = await cur.fetchone()
+                count = int(row["n"]) if row else 0
+        return MissionView(mission=mission, tasks=tasks, task_count=count)
 
     async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
         if changes.mission is not None:

@@ -51,6 +51,8 @@ class MissionAccepted(msgspec.Struct, kw_only=True):
     mission_id: str
     url: str
     events_url: str
+    # The mission's budget: the one asked for, else the gateway's default (None: none).
+    budget_usd: float | None = None
 
 
 class ApprovePlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

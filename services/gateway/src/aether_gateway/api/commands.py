@@ -21,14 +21,10 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from aether_events import (
     Event,
-    MissionRequested,
     derived_id,
     is_valid_token,
-    mission_id_for,
     new_event_id,
     new_mission_id,
-    step_event_id,
-    step_ids,
 )
 from aether_gateway.api.auth import WRITE
 from aether_gateway.api.bodies import (
@@ -160,32 +156,23 @@ async def create_mission(
             ),
             headers={"Retry-After": f"{retry_after:.0f}"},
         )
-    if idempotency_key:
-        mission_id = mission_id_for(principal.id, idempotency_key)
-        event_id = step_event_id(mission_id, step_ids.mission_requested())
-    else:
-        mission_id, event_id = new_mission_id(), new_event_id()
-    event = MissionRequested(
-        event_id=event_id,
-        mission_id=mission_id,
-        occurred_at=_now(),
-        correlation_id=event_id,
-        repository=data.repository.strip(),
-        requirement=data.requirement,
-        base_branch=data.base_branch,
-        budget_usd=data.budget_usd,
-        auto_approve=data.auto_approve,
-        max_concurrency=data.max_concurrency,
-        max_tasks=data.max_tasks,
-        model_overrides=data.model_overrides,
-        verify_command=data.verify_command,
-        requested_by=principal.name,
-        runtime=data.runtime,
-        runtime_overrides=data.runtime_overrides,
+    event = decide.request_mission(
+        data,
+        caller_id=principal.id,
+        caller_name=principal.name,
+        idempotency_key=idempotency_key,
+        now=_now(),
+        fresh_ids=(new_mission_id(), new_event_id()),
+        default_budget_usd=ctx.settings.default_mission_budget_usd,
     )
     await ctx.publish(event)
-    url = ctx.mission_url(mission_id)
-    body = MissionAccepted(mission_id=mission_id, url=url, events_url=f"{url}/events")
+    url = ctx.mission_url(event.mission_id)
+    body = MissionAccepted(
+        mission_id=event.mission_id,
+        url=url,
+        events_url=f"{url}/events",
+        budget_usd=event.budget_usd,
+    )
     return Response(body, status_code=HTTP_202_ACCEPTED, headers={"Location": url})
 
 

@@ -2,7 +2,7 @@
 what commands become, and who may run them. Imports only the standard library,
 msgspec and the event catalogue."""
 
-from aether_gateway.domain.fold import Changes, MissionView, fold, session_update
+from aether_gateway.domain.fold import Changes, MissionView, fold, session_update, tasks_read
 from aether_gateway.domain.graph import Edge, Graph, task_graph
 from aether_gateway.domain.model import (
     MISSION_STATUSES,
@@ -58,4 +58,5 @@ __all__ = [
     "scrub_text",
     "session_update",
     "task_graph",
+    "tasks_read",
 ]

@@ -10,7 +10,7 @@ stored once: the stream drops the second copy by its ``Nats-Msg-Id``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aether_events import RETRYABLE_TASK_STATUSES as RETRYABLE_TASK_STATUSES
 from aether_events import (
@@ -18,11 +18,13 @@ from aether_events import (
     MissionCancelled,
     MissionMessagePosted,
     MissionPaused,
+    MissionRequested,
     MissionResumed,
     PlanApproved,
     PlanRevisionRequested,
     TaskRetryRequested,
     TaskSkipped,
+    mission_id_for,
     step_event_id,
     step_ids,
 )
@@ -37,6 +39,75 @@ class Refusal(Exception):
         self.kind = kind
         self.message = message
         self.detail = detail or None
+
+
+class MissionRequest(Protocol):
+    """What a person asks for when requesting a mission (the API's request body)."""
+
+    @property
+    def repository(self) -> str: ...
+    @property
+    def requirement(self) -> str: ...
+    @property
+    def base_branch(self) -> str: ...
+    @property
+    def budget_usd(self) -> float | None: ...
+    @property
+    def auto_approve(self) -> bool: ...
+    @property
+    def max_concurrency(self) -> int: ...
+    @property
+    def max_tasks(self) -> int: ...
+    @property
+    def model_overrides(self) -> dict[str, str]: ...
+    @property
+    def verify_command(self) -> str | None: ...
+    @property
+    def runtime(self) -> str | None: ...
+    @property
+    def runtime_overrides(self) -> dict[str, str]: ...
+
+
+def request_mission(
+    request: MissionRequest,
+    *,
+    caller_id: str,
+    caller_name: str | None,
+    idempotency_key: str | None,
+    now: datetime,
+    fresh_ids: tuple[str, str],
+    default_budget_usd: float | None = None,
+) -> MissionRequested:
+    """The event that starts a mission.
+
+    With an idempotency key the mission id is derived from the key and the caller, and
+    the event id from the mission's first step, so two copies of the request (even racing
+    each other) are one mission. Without one, ``fresh_ids`` (a new mission id and a new
+    event id) are used. A request without a budget gets ``default_budget_usd``.
+    """
+    if idempotency_key:
+        mission_id = mission_id_for(caller_id, idempotency_key)
+        event_id = step_event_id(mission_id, step_ids.mission_requested())
+    else:
+        mission_id, event_id = fresh_ids
+    return MissionRequested(
+        event_id=event_id,
+        mission_id=mission_id,
+        occurred_at=now,
+        correlation_id=event_id,
+        repository=request.repository.strip(),
+        requirement=request.requirement,
+        base_branch=request.base_branch,
+        budget_usd=default_budget_usd if request.budget_usd is None else request.budget_usd,
+        auto_approve=request.auto_approve,
+        max_concurrency=request.max_concurrency,
+        max_tasks=request.max_tasks,
+        model_overrides=request.model_overrides,
+        verify_command=request.verify_command,
+        requested_by=caller_name,
+        runtime=request.runtime,
+        runtime_overrides=dict(request.runtime_overrides),
+    )
 
 
 def _meta(mission: Mission, event_id: str, now: datetime) -> dict[str, Any]:

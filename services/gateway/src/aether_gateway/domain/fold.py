@@ -68,10 +68,15 @@ from aether_gateway.domain.status import next_status
 
 
 class MissionView(msgspec.Struct, kw_only=True):
-    """The rows an event may change: the mission (if known) and its tasks by id."""
+    """The rows an event may change: the mission (if known) and its tasks by id.
+
+    ``tasks`` holds every task of the mission, or only those the event reads
+    (``tasks_read``); then ``task_count`` says how many the mission has.
+    """
 
     mission: Mission | None = None
     tasks: dict[str, Task] = msgspec.field(default_factory=dict)
+    task_count: int | None = None
 
 
 class Changes(msgspec.Struct, kw_only=True):
@@ -120,6 +125,26 @@ def fold(view: MissionView, event: Event, sequence: int = 0) -> Changes:
     if updated != mission:
         changes.mission = updated
     return changes
+
+
+def tasks_read(event: Event) -> list[str] | None:
+    """The ids of the task rows ``fold`` reads for ``event``; ``None`` when it reads all
+    of the mission's (a new plan). A view with only these rows (and ``task_count`` when
+    one of them does not exist) folds the event exactly as the whole mission would."""
+    match event:
+        case PlanProduced():
+            return None
+        case WaveStarted():
+            return list(event.task_ids)
+        case UsageRecorded():
+            return [event.task_id] if event.task_id else []
+        case TaskReady() | WorkspaceReady():
+            return [event.task.id]
+        case TaskRetryRequested() | TaskSkipped():
+            return [event.task_id]
+    if isinstance(event, _TASK_EVENTS):
+        return [event.task_id]
+    return []
 
 
 def _requested(event: MissionRequested) -> Mission:
@@ -490,7 +515,8 @@ def _fold_task(view: MissionView, event: Event) -> Task | None:
     if task is None:
         if not isinstance(event, TaskReady | WorkspaceReady):
             return None  # news of a task the plan never listed
-        task = _plan_task(event.mission_id, event.task, len(view.tasks), event.occurred_at)
+        count = len(view.tasks) if view.task_count is None else view.task_count
+        task = _plan_task(event.mission_id, event.task, count, event.occurred_at)
     if attempt < task.attempt or task.status in SETTLED_TASK_STATUSES:
         return None
     task = replace(task, attempt=attempt, updated_at=event.occurred_at)
@@ -537,6 +563,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 branch=event.branch,
                 summary=event.summary,
                 files_changed=list(event.files_changed),
+                files_outside_scope=list(event.files_outside_scope),
             )
         case AgentFailed():
             return replace(task, status=status, error=event.reason)

@@ -106,6 +106,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     merge_sha: str | None = None
     summary: str = ""
     files_changed: list[str] = msgspec.field(default_factory=list)
+    # Scope drift: changed files its planned scope (``files``) does not cover.
+    files_outside_scope: list[str] = msgspec.field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float | None = None

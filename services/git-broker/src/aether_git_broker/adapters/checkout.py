@@ -6,11 +6,12 @@ Here the tree is listed from the cached trees, the blobs are read in one pass in
 order, each file is written with four system calls (open, write, fstat, close), and the
 index (version 2, no extensions) is written in one go: about a third of that time.
 
-Repositories that need git's content filters (a ``.gitattributes`` file, an
-``info/attributes`` file, or line-ending settings) are checked out by dulwich instead,
-which applies them. Names git would never check out (``..``, ``.git``, anything with a
-``/``) are refused: a commit made by an agent is not trusted to stay inside its
-directory.
+Every file is written exactly as its blob stores it: no ``.gitattributes``, no filter,
+diff or line-ending driver, no configuration is consulted, because any of them can name a
+program to run (a ``filter.<x>.smudge`` in a configuration file is started by git for
+each file whose attributes say ``filter=<x>``, and the attributes come with the agent's
+commit). Names git would never check out (``..``, ``.git``, anything with a ``/``) are
+refused: a commit made by an agent is not trusted to stay inside its directory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
+from aether_git_broker.adapters.repository import RepositoryError
 from aether_git_broker.adapters.treemerge import Trees
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -33,8 +35,8 @@ _GITLINK = 0o160000
 _SYMLINK = 0o120000
 
 
-class NeedsFilters(Exception):
-    """The repository needs git's content filters, which only a real worktree can apply."""
+class UnsupportedRepository(RepositoryError):
+    """A repository whose objects are not named by SHA-1 (its index would differ)."""
 
 
 class UnsafePath(ValueError):
@@ -81,22 +83,6 @@ def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEn
                 files.append(FileEntry(path, mode, sha))
     directories.sort()
     return directories, files
-
-
-def needs_filters(repo: Repo, files: Iterable[FileEntry]) -> bool:
-    """Whether git would transform file contents on checkout in this repository."""
-    if any(f.path == b".gitattributes" or f.path.endswith(b"/.gitattributes") for f in files):
-        return True
-    if os.path.exists(os.path.join(repo.commondir(), "info", "attributes")):
-        return True
-    config = repo.get_config_stack()
-    for key in (b"autocrlf", b"eol"):
-        try:
-            config.get((b"core",), key)
-        except KeyError:
-            continue
-        return True
-    return False
 
 
 def _index_mode(mode: int) -> int:
@@ -249,31 +235,19 @@ def checkout(
     directory: str,
     index_path: str,
     previous: str | None = None,
-    *,
-    filters: bool = True,
 ) -> int:
     """Make ``directory`` hold exactly ``tree_id`` and write its index to ``index_path``.
 
     With ``previous`` (the index of what the directory held), files whose content and
     stat data match are kept and everything else is removed or written: a directory
     used before needs only what differs. Without it the directory must be empty.
-    Returns the number of files written. A repository that needs git's content filters
-    is checked out by dulwich (``directory`` must then be a worktree), or, with
-    ``filters=False``, raises ``NeedsFilters``.
+    Returns the number of files written. Blobs are written as stored: no attributes,
+    filters or configuration take part.
     """
+    if repo.object_format.name != "sha1":
+        raise UnsupportedRepository(f"{repo.path} names its objects by {repo.object_format.name}")
     directories, files = list_tree(trees, tree_id)
     root = os.fsencode(directory)
-    if repo.object_format.name != "sha1" or needs_filters(repo, files):
-        if not filters:
-            raise NeedsFilters(directory)
-        if previous is not None:
-            _empty(root)
-        worktree = Repo(directory)
-        try:
-            worktree.get_worktree().reset_index(tree_id)
-        finally:
-            worktree.close()
-        return len(files)
     wanted = {entry.path: entry for entry in files}
     index: list[tuple[bytes, int, ObjectID, os.stat_result | None]] = []
     existing: set[bytes] = set()
@@ -331,17 +305,6 @@ def checkout(
         raise KeyError(f"object {missing} is missing from the repository")
     write_index(index_path, index)
     return sum(1 for e in wanted.values() if e.mode != _GITLINK)
-
-
-def _empty(root: bytes) -> None:
-    for name in os.listdir(root):
-        if name == b".git":
-            continue
-        path = root + b"/" + name
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

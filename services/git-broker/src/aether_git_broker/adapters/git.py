@@ -30,6 +30,7 @@ from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.merge import merge_task
 from aether_git_broker.adapters.repository import (
     DEFAULT_IDENTITY,
+    SHA,
     Handle,
     RefMoved,
     RepositoryError,
@@ -39,6 +40,7 @@ from aether_git_broker.adapters.repository import (
     local_path,
     open_repository,
 )
+from aether_git_broker.adapters.resolution import resolution_start
 from aether_git_broker.adapters.treemerge import Trees, is_dir
 from aether_git_broker.domain import MergeOutcome, RepositoryOutcome, WorkspaceOutcome
 
@@ -173,9 +175,17 @@ class GitRepositories:
     # --- workspaces -------------------------------------------------------------
 
     def prepare_workspace(
-        self, repository_path: str, integration_branch: str, branch: str, worktree_path: str
+        self,
+        repository_path: str,
+        integration_branch: str,
+        branch: str,
+        worktree_path: str,
+        resolve_sha: str | None = None,
     ) -> WorkspaceOutcome:
         """Create the task branch at the integration head, and a worktree checked out on it.
+
+        With ``resolve_sha`` (a resolution attempt) the branch starts instead from that
+        commit merged onto the head with its conflicts marked (see ``resolution``).
 
         An existing branch or worktree (a redelivery) is reused as it is; the base then
         reported is the branch's head, which nobody has committed to before the
@@ -186,6 +196,12 @@ class GitRepositories:
             repo = handle.repo
             task_ref = branch_ref(branch)
             head = head_of(repo, integration_branch, "integration branch")
+            conflicted: list[str] = []
+            if resolve_sha is not None and SHA.fullmatch(resolve_sha):
+                # A resolution attempt starts from the conflicting commit merged in, marked.
+                head, conflicted = resolution_start(
+                    handle, self._identity, head, ObjectID(resolve_sha.encode())
+                )
             if not repo.refs.add_if_new(
                 task_ref,
                 head,
@@ -203,7 +219,12 @@ class GitRepositories:
                 self._pool(repo),
             )
             return WorkspaceOutcome(
-                branch=branch, worktree_path=worktree_path, base_sha=head.decode(), created=created
+                branch=branch,
+                worktree_path=worktree_path,
+                base_sha=head.decode(),
+                created=created,
+                conflicted_files=tuple(conflicted),
+                git_dir=worktrees.admin_dir(repo, worktree_path),
             )
 
     def _pool(self, repo: Repo) -> str | None:

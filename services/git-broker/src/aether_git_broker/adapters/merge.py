@@ -84,6 +84,7 @@ def merge_task(
     ours = handle.commit(head)
     fast_forward = head in bases
     files: Mapping[bytes, Entry | None]
+    lines_merged: tuple[str, ...] = ()
     if fast_forward:
         new_head = commit
         files = changed_paths(trees, ours.tree, theirs.tree)
@@ -102,6 +103,7 @@ def merge_task(
             handle, identity, result.tree, head, commit, mission_id, task_id, attempt, now
         )
         files = result.changed
+        lines_merged = result.lines_merged
     unsafe = unsafe_paths(files)
     if unsafe:
         return MergeOutcome(
@@ -130,6 +132,7 @@ def merge_task(
         sha=new_head.decode(),
         files=sorted_paths(files),
         fast_forward=fast_forward,
+        lines_merged=lines_merged,
     )
 
 

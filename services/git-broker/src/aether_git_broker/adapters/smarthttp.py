@@ -4,22 +4,29 @@ An agent runner that does not share the broker's worktree directory clones
 ``http://<broker>:<port>/<mission id>``, works on its task branch and pushes it back. The
 server is dulwich's WSGI application with four restrictions around it:
 
-- every request carries the token (``Authorization: Bearer <token>``, or Basic with the
-  token as the password, which is what ``git`` sends from ``https://x:<token>@…``);
-  otherwise 401;
+- every request carries a token of one task attempt (``Authorization: Bearer <token>``,
+  or Basic with the token as the password, which is what ``git`` sends from
+  ``https://x:<token>@…``); otherwise 401. The broker mints it for the attempt when it
+  prepares the attempt's workspace and hands it over in ``WorkspaceReady``: an HMAC of
+  the mission, task and attempt under the broker's secret, so it is the same after a
+  restart and cannot be forged or widened;
+- the token opens only its own mission's repository, and only while its attempt is live
+  (its workspace announced, no AgentCompleted, AgentFailed or TaskTimedOut yet, the
+  mission not finished); otherwise 403;
 - only the smart protocol's four requests are served (no dumb file access, which would
   hand out any object by its path);
-- a mission's repository is served only while the mission runs, and it shows only that
-  mission's branches: its integration branch and its task branches;
-- a push may only move an existing task branch of that mission forward (no new branches,
-  no deletions, no rewriting), and the repository's hooks are not run.
+- the repository shows only the integration branch and the attempt's own task branch;
+- a push may only move that task branch forward (no other branch, no new branches, no
+  deletions, no rewriting), and the repository's hooks are not run.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import json
 import logging
 import re
 import threading
@@ -52,20 +59,63 @@ StartResponse = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Served:
-    """What the server may show of one mission's repository."""
+    """What the server may show of one mission's repository to one attempt."""
 
     path: str
     integration_branch: str
-    task_branches: str  # the namespace, ending in "/"
+    task_branch: str  # the attempt's own branch, the only one it may push
 
     def visible(self, ref: bytes) -> bool:
         return ref == b"refs/heads/" + self.integration_branch.encode() or self.pushable(ref)
 
     def pushable(self, ref: bytes) -> bool:
-        return ref.startswith(b"refs/heads/" + self.task_branches.encode())
+        return ref == b"refs/heads/" + self.task_branch.encode()
 
 
-Lookup = Callable[[str], Served | None]
+@dataclass(frozen=True)
+class Attempt:
+    """Whom a push token was minted for."""
+
+    mission_id: str
+    task_id: str
+    attempt: int
+
+
+# The repository an attempt may see, while the attempt is live; None otherwise.
+Lookup = Callable[[Attempt], Served | None]
+
+
+class PushTokens:
+    """Tokens per task attempt: ``<claims>.<mac>``, the claims (mission, task, attempt)
+    in base64url JSON and the mac an HMAC-SHA256 of them under the broker's secret."""
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("minting push tokens needs a secret")
+        self._key = hashlib.sha256(b"aether push token\0" + secret.encode()).digest()
+
+    def _mac(self, claims: bytes) -> str:
+        return hmac.new(self._key, claims, hashlib.sha256).hexdigest()
+
+    def mint(self, mission_id: str, task_id: str, attempt: int) -> str:
+        claims = json.dumps([mission_id, task_id, attempt], separators=(",", ":")).encode()
+        encoded = base64.urlsafe_b64encode(claims).decode().rstrip("=")
+        return f"{encoded}.{self._mac(encoded.encode())}"
+
+    def verify(self, token: str) -> Attempt | None:
+        encoded, dot, mac = token.partition(".")
+        if not dot or not hmac.compare_digest(mac.encode(), self._mac(encoded.encode()).encode()):
+            return None
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            mission_id, task_id, attempt = claims
+        except (ValueError, TypeError, binascii.Error):
+            return None
+        if not (isinstance(mission_id, str) and isinstance(task_id, str)):
+            return None
+        if isinstance(attempt, bool) or not isinstance(attempt, int):
+            return None
+        return Attempt(mission_id, task_id, attempt)
 
 
 class ScopedRepo(Repo):
@@ -80,21 +130,23 @@ class ScopedRepo(Repo):
 
 
 class MissionBackend(Backend):
-    """``/<mission id>`` → that mission's repository, while the mission runs."""
+    """``/<mission id>`` → that mission's repository, as the request's attempt may see it
+    (the application has checked the attempt and the mission before)."""
 
-    def __init__(self, lookup: Lookup) -> None:
-        self._lookup = lookup
+    def __init__(self) -> None:
         self._opened = threading.local()
 
     def open_repository(self, path: str | bytes) -> BackendRepo:
-        name = path.decode() if isinstance(path, bytes) else path
-        mission = name.strip("/").removesuffix(".git")
-        served = self._lookup(mission) if mission else None
+        served: Served | None = getattr(self._opened, "served", None)
         if served is None:
-            raise NotGitRepository(f"no running mission {mission!r}")
+            raise NotGitRepository("no repository for this request")
         repo = ScopedRepo(served)
         self.opened().append(repo)
         return repo
+
+    def serve(self, served: Served) -> None:
+        """What this thread's request may see (one request per thread)."""
+        self._opened.served = served
 
     def opened(self) -> list[Repo]:
         if not hasattr(self._opened, "repos"):
@@ -158,9 +210,9 @@ HANDLERS: dict[bytes, Any] = {
 }
 
 
-def token_matches(header: str, token: str) -> bool:
-    """Whether an ``Authorization`` header carries ``token`` (Bearer, or Basic with the
-    token as the password or, with an empty password, as the user name)."""
+def token_of(header: str) -> str:
+    """The token an ``Authorization`` header carries (Bearer, or Basic with the token as
+    the password or, with an empty password, as the user name); empty if none."""
     scheme, _, value = header.strip().partition(" ")
     given = ""
     if scheme.lower() == "bearer":
@@ -171,9 +223,9 @@ def token_matches(header: str, token: str) -> bool:
                 base64.b64decode(value.strip(), validate=True).decode().partition(":")
             )
         except (binascii.Error, UnicodeDecodeError):
-            return False
+            return ""
         given = password or user
-    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+    return given
 
 
 def _respond(
@@ -204,11 +256,10 @@ class _Closing:
 class GitHttpApp:
     """The WSGI application: authentication and routing around dulwich's."""
 
-    def __init__(self, lookup: Lookup, token: str) -> None:
-        if not token:
-            raise ValueError("serving repositories needs a token")
-        self._token = token
-        self._backend = MissionBackend(lookup)
+    def __init__(self, lookup: Lookup, tokens: PushTokens) -> None:
+        self._lookup = lookup
+        self._tokens = tokens
+        self._backend = MissionBackend()
         self._git = LimitedInputFilter(
             GunzipFilter(HTTPGitApplication(self._backend, handlers=HANDLERS))
         )
@@ -216,7 +267,8 @@ class GitHttpApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         service = _service_of(environ, path)
-        if not token_matches(environ.get("HTTP_AUTHORIZATION", ""), self._token):
+        attempt = self._tokens.verify(token_of(environ.get("HTTP_AUTHORIZATION", "")))
+        if attempt is None:
             metrics.GIT_HTTP_REQUESTS.labels(service, "401").inc()
             return _respond(
                 start_response,
@@ -227,6 +279,24 @@ class GitHttpApp:
         if service == "other":
             metrics.GIT_HTTP_REQUESTS.labels(service, "404").inc()
             return _respond(start_response, "404 Not Found", "not a smart HTTP request\n")
+        mission = path.strip("/").split("/", 1)[0].removesuffix(".git")
+        served = self._lookup(attempt) if mission == attempt.mission_id else None
+        if served is None:
+            metrics.GIT_HTTP_REQUESTS.labels(service, "403").inc()
+            log.info(
+                "refused a push token",
+                extra={
+                    "mission_id": mission,
+                    "task_id": attempt.task_id,
+                    "attempt": attempt.attempt,
+                },
+            )
+            return _respond(
+                start_response,
+                "403 Forbidden",
+                "this token is for another mission, or its attempt has ended\n",
+            )
+        self._backend.serve(served)
         metrics.GIT_HTTP_REQUESTS.labels(service, "ok").inc()
         repos = self._backend.opened()
         return _Closing(self._git(environ, start_response), repos)

@@ -7,12 +7,22 @@ it descends only into directories both sides changed. A merge of two small tasks
 repository of ten thousand files therefore reads a handful of trees, not ten thousand
 entries.
 
-The rule for a file is deliberately strict: a path changed on one side takes that side;
-the same change on both sides is fine; different changes to the same path (content, mode,
-delete against modify, file against directory) are a conflict. Line-level merging of one
-file is left to the task's retry, which re-runs the agent on the new head. (dulwich's own
-``Merger`` needs the optional ``merge3`` package for that, and reports a false conflict
-when one side only changed a file's mode.)
+A path changed on one side takes that side, and the same change on both sides is fine.
+A regular file both sides changed differently is merged as git's default strategy does:
+its lines three-way (:mod:`.linemerge`: hunks apart merge, overlapping or touching
+different hunks conflict), its mode taken from the side that changed it (both changing it
+differently is a conflict). Binary content (a NUL in the first 8,000 bytes), symlinks and
+submodules changed on both sides, delete against modify and file against directory are
+conflicts, as in git.
+
+Renames are found as git finds them (:mod:`.renames`), among the files a side removed and
+added, and only when a side did both: a file renamed on one side and changed on the other
+is merged at its new path; renamed on one side and deleted, renamed to two different
+paths, or renamed onto a path the other side added, is a conflict, as in git. The merge
+then walks the trees with each renamed file moved to its new path on the other side and in
+the base. git's detection of renamed *directories* (a file added on one side into a
+directory the other side renamed follows the directory) is not done: the file stays where
+it was added.
 """
 
 from __future__ import annotations
@@ -22,11 +32,14 @@ import stat
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import ObjectID, Tree, parse_tree, sorted_tree_items
 
+from aether_git_broker.adapters.linemerge import is_binary, merge_lines
 from aether_git_broker.adapters.objects import ObjectIO
+from aether_git_broker.adapters.renames import pair_renames
 
 # (mode, sha) of one entry of a tree.
 Entry = tuple[int, ObjectID]
@@ -35,8 +48,13 @@ Entries = Mapping[bytes, Entry]
 _TREE_TYPE = Tree.type_num  # dulwich's number for trees
 
 
-def is_dir(entry: Entry | None) -> bool:
+def is_dir(entry: Entry | None) -> TypeGuard[Entry]:
     return entry is not None and stat.S_ISDIR(entry[0])
+
+
+def is_file(entry: Entry | None) -> TypeGuard[Entry]:
+    """A regular file (not a directory, symlink or submodule)."""
+    return entry is not None and stat.S_ISREG(entry[0])
 
 
 class Trees:
@@ -134,11 +152,17 @@ def changed_paths(
 @dataclass(frozen=True)
 class TreeMerge:
     """The merged tree (``None`` on conflict), the conflicting paths, and every file the
-    merge changed relative to ``ours``."""
+    merge changed relative to ``ours``. On conflict, ``partial`` is the merge with our side
+    kept at each conflicting path, and ``marked`` the content of each conflicting text file
+    with both sides between conflict markers."""
 
     tree: ObjectID | None
     conflicts: tuple[str, ...]
     changed: Mapping[bytes, Entry | None] = field(default_factory=dict)
+    partial: ObjectID | None = None
+    marked: Mapping[bytes, bytes] = field(default_factory=dict)
+    # Files both sides changed whose lines merged cleanly.
+    lines_merged: tuple[str, ...] = ()
 
 
 class _Merge:
@@ -146,6 +170,8 @@ class _Merge:
         self.trees = trees
         self.conflicts: list[bytes] = []
         self.changed: dict[bytes, Entry | None] = {}
+        self.marked: dict[bytes, bytes] = {}
+        self.lines_merged: list[bytes] = []
 
     def entry(
         self, path: bytes, base: Entry | None, ours: Entry | None, theirs: Entry | None
@@ -157,7 +183,16 @@ class _Merge:
             diff_entries(self.trees, ours, theirs, path, self.changed)
             return theirs
         # Both sides changed it, differently. Two directories (or a directory and
-        # nothing) are merged entry by entry; anything else is a conflict.
+        # nothing) are merged entry by entry, two regular files line by line; anything
+        # else is a conflict.
+        if is_file(ours) and is_file(theirs):
+            merged_file = self.file(path, base if is_file(base) else None, ours, theirs)
+            if merged_file is None:
+                self.conflicts.append(path)
+                return ours
+            if merged_file != ours:
+                self.changed[path] = merged_file
+            return merged_file
         if (ours is None or is_dir(ours)) and (theirs is None or is_dir(theirs)):
             merged = self.directory(
                 path,
@@ -168,6 +203,33 @@ class _Merge:
             return (stat.S_IFDIR, merged) if merged is not None else None
         self.conflicts.append(path)
         return ours
+
+    def file(self, path: bytes, base: Entry | None, ours: Entry, theirs: Entry) -> Entry | None:
+        """Two regular files both sides changed, merged as git's ``ort`` does (mode
+        first, then content); ``None`` on conflict."""
+        base_mode = base[0] if base is not None else 0
+        if ours[0] == theirs[0] or ours[0] == base_mode:
+            mode = theirs[0]
+        elif theirs[0] == base_mode:
+            mode = ours[0]
+        else:
+            return None  # both changed the mode, differently
+        base_sha = base[1] if base is not None else None
+        if ours[1] == theirs[1] or theirs[1] == base_sha:
+            return (mode, ours[1])
+        if ours[1] == base_sha:
+            return (mode, theirs[1])
+        read = self.trees.objects.read
+        base_data = read(base_sha)[1] if base_sha is not None else b""
+        our_data, their_data = read(ours[1])[1], read(theirs[1])[1]
+        if is_binary(base_data) or is_binary(our_data) or is_binary(their_data):
+            return None
+        merged = merge_lines(base_data, our_data, their_data)
+        if merged.conflicts:
+            self.marked[path] = merged.content
+            return None
+        self.lines_merged.append(path)
+        return (mode, self.trees.objects.write(b"blob", merged.content))
 
     def directory(
         self,
@@ -204,6 +266,92 @@ class _Merge:
         return trees.write(merged)
 
 
+def lookup(trees: Trees, tree_id: ObjectID | None, path: bytes) -> Entry | None:
+    """The entry at ``path`` in a tree, or ``None``."""
+    entry: Entry | None = (stat.S_IFDIR, tree_id) if tree_id is not None else None
+    for part in path.split(b"/"):
+        if entry is None or not is_dir(entry):
+            return None
+        entry = trees.entries(entry[1]).get(part)
+    return entry
+
+
+def put(trees: Trees, tree_id: ObjectID | None, path: bytes, entry: Entry | None) -> ObjectID:
+    """A tree like ``tree_id`` with ``path`` set to ``entry`` (removed for ``None``)."""
+    return _put(trees, tree_id, path.split(b"/"), entry) or trees.write({})
+
+
+def _put(
+    trees: Trees, tree_id: ObjectID | None, parts: list[bytes], entry: Entry | None
+) -> ObjectID | None:
+    entries = dict(trees.entries(tree_id)) if tree_id is not None else {}
+    name = parts[0]
+    if len(parts) > 1:
+        child = entries.get(name)
+        child_tree = _put(trees, child[1] if is_dir(child) else None, parts[1:], entry)
+        entry = (stat.S_IFDIR, child_tree) if child_tree is not None else None
+    if entry is None:
+        entries.pop(name, None)
+    else:
+        entries[name] = entry
+    return trees.write(entries) if entries else None
+
+
+def _side_renames(
+    trees: Trees, base_tree: ObjectID, side_tree: ObjectID
+) -> tuple[dict[bytes, bytes], set[bytes]]:
+    """A side's renames ``{old: new}``, and every path it removed."""
+    removed: dict[bytes, Entry] = {}
+    added: dict[bytes, Entry] = {}
+    for path, new in changed_paths(trees, base_tree, side_tree).items():
+        old = lookup(trees, base_tree, path)
+        if new is None and is_file(old):
+            removed[path] = old
+        elif old is None and is_file(new):
+            added[path] = new
+    if not removed or not added:
+        return {}, set(removed)
+    read = trees.objects.read
+    empty = ObjectID(b"e69de29bb2d1d6434b8b29ae775ad8c2e48c5391")
+    return pair_renames(removed, added, lambda sha: read(sha)[1], empty), set(removed)
+
+
+def _follow_renames(
+    trees: Trees, base_tree: ObjectID, sides: list[ObjectID]
+) -> tuple[ObjectID, list[ObjectID], list[bytes]]:
+    """Move each file one side renamed to its new path on the other side and in the base,
+    so the walk merges it there; returns the new base and sides, and the rename conflicts."""
+    found = [_side_renames(trees, base_tree, side) for side in sides]
+    conflicts: list[bytes] = []
+    moves: list[tuple[int, bytes, bytes]] = []  # (side to move on, old, new)
+    for index, (renames, _) in enumerate(found):
+        other = 1 - index
+        other_renames, other_removed = found[other]
+        for old, new in renames.items():
+            if old in other_renames:
+                if other_renames[old] != new:
+                    conflicts.append(old)  # renamed to two different paths
+                elif index == 0:
+                    moves.append((-1, old, new))  # the same rename on both sides
+                continue
+            if old in other_removed:
+                conflicts.append(old)  # renamed on one side, deleted on the other
+                continue
+            if lookup(trees, sides[other], new) is not None:
+                conflicts.append(new)  # renamed onto a path the other side added
+                continue
+            if lookup(trees, sides[other], old) != lookup(trees, base_tree, old):
+                moves.append((other, old, new))  # changed on the other side: merge there
+    for side_index, old, new in moves:
+        base_entry = lookup(trees, base_tree, old)
+        base_tree = put(trees, put(trees, base_tree, old, None), new, base_entry)
+        if side_index >= 0:
+            side = sides[side_index]
+            moved = lookup(trees, side, old)
+            sides[side_index] = put(trees, put(trees, side, old, None), new, moved)
+    return base_tree, sides, conflicts
+
+
 def merge_trees(
     trees: Trees,
     base_tree: ObjectID | None,
@@ -216,16 +364,32 @@ def merge_trees(
     tree and the conflicting paths.
     """
     merge = _Merge(trees)
+    ours_walked, theirs_walked = ours_tree, theirs_tree
+    if base_tree is not None and base_tree not in (ours_tree, theirs_tree):
+        base_tree, (ours_walked, theirs_walked), renamed = _follow_renames(
+            trees, base_tree, [ours_tree, theirs_tree]
+        )
+        merge.conflicts.extend(renamed)
     root = merge.entry(
         b"",
         (stat.S_IFDIR, base_tree) if base_tree is not None else None,
-        (stat.S_IFDIR, ours_tree),
-        (stat.S_IFDIR, theirs_tree),
+        (stat.S_IFDIR, ours_walked),
+        (stat.S_IFDIR, theirs_walked),
     )
     if merge.conflicts:
         return TreeMerge(
             tree=None,
-            conflicts=tuple(sorted(p.decode(errors="replace") for p in merge.conflicts)),
+            conflicts=tuple(sorted({p.decode(errors="replace") for p in merge.conflicts})),
+            partial=root[1] if root is not None else trees.write({}),
+            marked=merge.marked,
         )
     tree = root[1] if root is not None else trees.write({})
-    return TreeMerge(tree=tree, conflicts=(), changed=merge.changed)
+    changed = merge.changed
+    if ours_walked != ours_tree:
+        changed = changed_paths(trees, ours_tree, tree)
+    return TreeMerge(
+        tree=tree,
+        conflicts=(),
+        changed=changed,
+        lines_merged=tuple(sorted(p.decode(errors="replace") for p in merge.lines_merged)),
+    )

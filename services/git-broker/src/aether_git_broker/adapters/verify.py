@@ -2,28 +2,37 @@
 
 This is the one place the broker starts a process, and it is the user's command, never
 git. The merged commit is checked out in a scratch worktree (detached, so the command can
-use git there), the command runs in it through ``/bin/sh`` with a time limit, in a
-process group of its own so that a timeout stops everything it started, and the scratch
-worktree is removed afterwards. The environment is the broker's minus anything that
-looks like a secret (tokens, keys, passwords).
+use git there), the command runs in it through ``/bin/sh`` in the same sandbox as an
+agent's commands (``aether_sandbox``: bubblewrap by default): the scratch worktree is its
+only writable place, the repository's git directory is readable but not writable, there
+is no network, and the limits of ``AETHER_SANDBOX_*`` apply, the time limit killing
+everything it started. The scratch worktree is removed afterwards. The environment is the
+broker's minus anything that looks like a secret (tokens, keys, passwords). With no
+sandbox able to start, verification fails with the reason, unless an operator set
+``AETHER_SANDBOX=unconfined``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import signal
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from dulwich.objects import ObjectID
 
 from aether_git_broker.adapters.git import GitRepositories, Handle
+from aether_sandbox import (
+    Request,
+    Sandbox,
+    SandboxSettings,
+    SandboxUnavailable,
+    execute_sync,
+    mark_logs_unconfined,
+    open_sandbox,
+)
 
 log = logging.getLogger("aether.git_broker.verify")
 
@@ -44,45 +53,75 @@ def command_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return {name: value for name, value in env.items() if not _SECRET.search(name)}
 
 
+def verification_sandbox(settings: SandboxSettings | None = None) -> Sandbox | SandboxUnavailable:
+    """The sandbox verification commands run in, or why none can start (logged here)."""
+    settings = settings or SandboxSettings.from_env()
+    try:
+        sandbox = open_sandbox(settings)
+    except SandboxUnavailable as error:
+        log.error("no sandbox can start: verification will fail", extra={"reason": str(error)})
+        return error
+    if not sandbox.confined:
+        mark_logs_unconfined()
+        log.warning("verification commands run UNCONFINED, as the broker's own user")
+    return sandbox
+
+
 def run_command(
-    command: str, cwd: str, timeout: float, max_output: int, env: dict[str, str]
+    command: str,
+    cwd: str,
+    timeout: float,
+    max_output: int,
+    env: dict[str, str],
+    *,
+    sandbox: Sandbox | SandboxUnavailable | None = None,
+    read_only: tuple[str, ...] = (),
 ) -> Verification:
-    """Run ``command`` with ``/bin/sh -c`` in ``cwd``; stdout and stderr together."""
-    began = time.monotonic()
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code: int | None = process.wait(timeout=timeout)
-            result: Literal["passed", "failed", "timed_out"] = "passed" if code == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            code, result = None, "timed_out"
-        finally:
-            # Whatever it started (a test runner's workers, a server) goes with it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        size = output.tell()
-        output.seek(max(0, size - max_output))
-        text = output.read().decode(errors="replace")
-    if size > max_output:
-        text = f"[… {size - max_output} earlier bytes left out]\n" + text
-    return Verification(result, code, time.monotonic() - began, text)
+    """Run ``command`` with ``/bin/sh -c`` in ``cwd`` (the only writable place) inside
+    ``sandbox``; stdout and stderr together. ``read_only``: more paths it may read."""
+    if sandbox is None:
+        sandbox = verification_sandbox()
+    if isinstance(sandbox, SandboxUnavailable):
+        return Verification("failed", None, 0.0, f"the command was not run: {sandbox}")
+    workdir = Path(cwd)
+    request = Request(
+        argv=["/bin/sh", "-c", command],
+        workdir=workdir,
+        cwd=workdir,
+        env=env,
+        limits=sandbox.settings.limits.with_wall(timeout),
+        read_only=tuple(Path(path) for path in read_only),
+        protect=(workdir / ".git",),
+    )
+    outcome = execute_sync(sandbox, request, max_output)
+    result: Literal["passed", "failed", "timed_out"]
+    if outcome.timed_out:
+        result = "timed_out"
+    else:
+        result = "passed" if outcome.exit_code == 0 and outcome.stopped is None else "failed"
+    output = outcome.output
+    if outcome.stopped:
+        output = f"[stopped: {outcome.stopped}]\n{output}"
+    log.info(
+        "verification command ran",
+        extra={"sandbox": outcome.sandbox, "result": result, "stopped": outcome.stopped},
+    )
+    return Verification(result, outcome.exit_code, outcome.seconds, output)
 
 
 class Verifier:
     """Checks a merge out in a scratch worktree and runs the mission's command there."""
 
-    def __init__(self, *, timeout: float = 600.0, max_output: int = 8000) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 600.0,
+        max_output: int = 8000,
+        sandbox: Sandbox | SandboxUnavailable | None = None,
+    ) -> None:
         self.timeout = timeout
         self.max_output = max_output
+        self.sandbox = sandbox
         self.last: Verification | None = None
 
     def verify(
@@ -101,7 +140,14 @@ class Verifier:
         git.scratch_worktree(handle, scratch, commit)
         try:
             outcome = run_command(
-                command, scratch, self.timeout, self.max_output, command_environment()
+                command,
+                scratch,
+                self.timeout,
+                self.max_output,
+                command_environment(),
+                sandbox=self.sandbox,
+                # The repository's git directory, readable so the command can use git.
+                read_only=(os.fspath(handle.repo.commondir()),),
             )
         finally:
             git.release_worktree(handle.repo, scratch)

@@ -26,7 +26,7 @@ import shutil
 from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
-from aether_git_broker.adapters.checkout import NeedsFilters, checkout
+from aether_git_broker.adapters.checkout import checkout
 from aether_git_broker.adapters.treemerge import Trees
 
 log = logging.getLogger("aether.git_broker.worktrees")
@@ -75,14 +75,24 @@ def registered_worktrees(repo: Repo) -> dict[str, str]:
     return found
 
 
+def admin_dir(repo: Repo, path: str) -> str:
+    """The administrative directory the broker gives the worktree at ``path``: derived
+    from the path, never read from the worktree's ``.git`` file, which a command in the
+    worktree can rewrite."""
+    return os.path.join(_admin_root(repo), _admin_id(path))
+
+
 def is_worktree_on(repo: Repo, path: str, head: str) -> bool:
     """Whether ``path`` is a complete linked worktree of ``repo`` whose ``HEAD`` file says
-    ``head`` (``ref: refs/heads/…`` for a branch, a commit id when detached)."""
-    pointer = _read(os.path.join(path, ".git"))
-    if pointer is None or not pointer.startswith("gitdir: "):
+    ``head`` (``ref: refs/heads/…`` for a branch, a commit id when detached).
+
+    Its ``.git`` must be the very file the broker wrote (a regular file naming the
+    worktree's own administrative directory); one changed since is rebuilt, not used."""
+    admin = admin_dir(repo, path)
+    pointer_path = os.path.join(path, ".git")
+    if not os.path.isfile(pointer_path) or os.path.islink(pointer_path):
         return False
-    admin = os.path.realpath(pointer.removeprefix("gitdir: "))
-    if os.path.dirname(admin) != _admin_root(repo):
+    if _read(pointer_path) != f"gitdir: {admin}":
         return False
     if _read(os.path.join(admin, "HEAD")) != head:
         return False
@@ -140,7 +150,7 @@ def add_worktree(
     previous = _claim(pool, partial)
     if previous is None:
         os.makedirs(partial)
-    admin = os.path.join(_admin_root(repo), _admin_id(path))
+    admin = admin_dir(repo, path)
     shutil.rmtree(admin, ignore_errors=True)
     os.makedirs(admin)
     _write(os.path.join(partial, ".git"), f"gitdir: {admin}\n")
@@ -189,11 +199,7 @@ def warm_pool(repository_path: str, tree: ObjectID, pool: str, count: int) -> in
             name = os.path.join(pool, f"warm-{os.urandom(4).hex()}")
             building = name + _WARMING
             os.makedirs(building)
-            try:
-                checkout(repo, trees, tree, building, name + _INDEX, filters=False)
-            except NeedsFilters:
-                shutil.rmtree(building, ignore_errors=True)
-                return made
+            checkout(repo, trees, tree, building, name + _INDEX)
             os.rename(building, name)
             made += 1
     return made

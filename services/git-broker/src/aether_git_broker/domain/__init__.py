@@ -4,7 +4,8 @@
 ``BrokerState``. ``decide`` (``decisions``) turns an incoming event into one ``Action`` for
 the adapters, ``pending`` says which folded triggers still ask for work and ``sweep`` what
 to remove at start-up. The ``*_event`` builders (``outcomes``) turn the adapters'
-outcomes into the events to publish.
+outcomes into the events to publish, and ``failure_event`` (``failures``) says what a
+failed step becomes.
 """
 
 from aether_git_broker.domain.decisions import (
@@ -23,6 +24,14 @@ from aether_git_broker.domain.decisions import (
     pending,
     sweep,
 )
+from aether_git_broker.domain.failures import (
+    PUSH_ATTEMPTS,
+    DiskFailed,
+    Failure,
+    Refused,
+    after_push_failure,
+    failure_event,
+)
 from aether_git_broker.domain.outcomes import (
     MergeKind,
     MergeOutcome,
@@ -35,6 +44,7 @@ from aether_git_broker.domain.outcomes import (
     workspace_ready_event,
 )
 from aether_git_broker.domain.state import (
+    FOLDED,
     BrokerState,
     MissionView,
     PreparedRepo,
@@ -44,9 +54,13 @@ from aether_git_broker.domain.state import (
 )
 
 __all__ = [
+    "FOLDED",
+    "PUSH_ATTEMPTS",
     "Action",
     "BrokerState",
+    "DiskFailed",
     "FailWorkspace",
+    "Failure",
     "FinishMission",
     "Ignore",
     "MergeKind",
@@ -58,14 +72,17 @@ __all__ = [
     "PrepareWorkspace",
     "PreparedRepo",
     "Push",
+    "Refused",
     "RejectMission",
     "RepositoryOutcome",
     "Sweep",
     "TaskKey",
     "Workspace",
     "WorkspaceOutcome",
+    "after_push_failure",
     "decide",
     "evolve",
+    "failure_event",
     "merge_event",
     "mission_failed_event",
     "pending",

@@ -44,6 +44,10 @@ class WorkspaceOutcome:
     worktree_path: str
     base_sha: str
     created: bool
+    # A resolution attempt's workspace: the files left with conflict markers.
+    conflicted_files: tuple[str, ...] = ()
+    git_dir: str = ""
+    push_token: str = ""
 
 
 MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
@@ -63,6 +67,8 @@ class MergeOutcome:
     files: tuple[str, ...] = ()
     fast_forward: bool = False
     detail: str = ""
+    # Files both sides had changed, merged line by line.
+    lines_merged: tuple[str, ...] = ()
 
 
 def repository_prepared_event(
@@ -111,9 +117,13 @@ def workspace_ready_event(
         worktree_path=outcome.worktree_path,
         base_sha=outcome.base_sha,
         requirement=cause.requirement,
+        git_dir=outcome.git_dir,
+        push_token=outcome.push_token,
         max_cost_usd=cause.max_cost_usd,
         context=cause.context,
         runtime=cause.runtime,
+        resolve_sha=cause.resolve_sha,
+        conflicted_files=list(outcome.conflicted_files),
     )
 
 
@@ -139,4 +149,5 @@ def merge_event(
         integration_branch=integration_branch,
         fast_forward=outcome.fast_forward,
         files_changed=list(outcome.files),
+        lines_merged=list(outcome.lines_merged),
     )

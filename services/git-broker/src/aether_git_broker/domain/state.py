@@ -6,13 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from aether_events import (
+    TERMINAL_TYPES,
     AgentCompleted,
+    AgentFailed,
     BranchMerged,
     Event,
     MergeConflicted,
     MissionRequested,
     RepositoryPrepared,
     TaskReady,
+    TaskTimedOut,
     WorkspaceFailed,
     WorkspaceReady,
     is_terminal,
@@ -54,6 +57,29 @@ class MissionView:
     requested: MissionRequested | None = None
     ready: Mapping[TaskKey, TaskReady] = field(default_factory=dict)
     completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
+    # Attempts that are over (completed, failed, timed out): their push tokens are void.
+    ended: frozenset[TaskKey] = frozenset()
+
+    def attempt_live(self, key: TaskKey) -> bool:
+        """Whether an attempt may still fetch and push: its workspace announced, no end."""
+        return not self.terminal and key in self.workspaces and key not in self.ended
+
+
+# Every event type ``evolve`` folds (the triggers among them); any other leaves the state
+# as it is and asks for nothing, so the broker's consumer is filtered to these.
+FOLDED: tuple[type[Event], ...] = (
+    MissionRequested,
+    RepositoryPrepared,
+    TaskReady,
+    WorkspaceReady,
+    WorkspaceFailed,
+    AgentCompleted,
+    AgentFailed,
+    TaskTimedOut,
+    BranchMerged,
+    MergeConflicted,
+    *sorted(TERMINAL_TYPES, key=lambda cls: cls.__name__),
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +137,13 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
             return _update(state, replace(view, ready={**view.ready, key: event}))
         case AgentCompleted() if not view.terminal:
             key = (event.task_id, event.attempt)
-            return _update(state, replace(view, completed={**view.completed, key: event}))
+            return _update(
+                state,
+                replace(view, completed={**view.completed, key: event}, ended=view.ended | {key}),
+            )
+        case AgentFailed() | TaskTimedOut() if not view.terminal:
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, ended=view.ended | {key}))
         case _ if is_terminal(event):
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
@@ -127,6 +159,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                     requested=None,
                     ready={},
                     completed={},
+                    ended=frozenset(),
                 ),
             )
         case _:

@@ -1,6 +1,7 @@
 """The planner's pure rules: plan validation and repair, and the conversation state."""
 
 from aether_planner.domain.state import (
+    FOLDED,
     MissionPlanning,
     State,
     Turn,
@@ -19,6 +20,7 @@ from aether_planner.domain.validation import (
 )
 
 __all__ = [
+    "FOLDED",
     "PLAN_TOOL_SCHEMA",
     "TIERS",
     "InvalidPlan",

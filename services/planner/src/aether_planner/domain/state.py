@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from aether_events import (
+    TERMINAL_TYPES,
     Event,
     MissionAnswered,
     MissionMessagePosted,
@@ -28,6 +29,19 @@ from aether_events import (
 
 Turn = tuple[Literal["questions", "answer", "plan", "feedback"], str]
 OUTCOMES = (PlanProduced, PlanClarificationRequested, MissionAnswered, PlanFailed)
+# Every event type ``evolve`` folds and every trigger; any other leaves the state as it is
+# and asks for nothing, so the planner's consumer is filtered to these.
+FOLDED: tuple[type[Event], ...] = (
+    MissionRequested,
+    RepositoryPrepared,
+    PlanClarificationRequested,
+    MissionMessagePosted,
+    PlanRevisionRequested,
+    PlanProduced,
+    PlanApproved,
+    PlanFailed,
+    *sorted(TERMINAL_TYPES, key=lambda cls: cls.__name__),
+)
 
 
 @dataclass(frozen=True)

@@ -308,7 +308,7 @@ def _starts(
         config.global_concurrency - _in_flight_everywhere(state),
     )
     committed = m.spent_usd + m.reserved_usd
-    claimed = [t.spec.files for t in m.tasks.values() if t.status in UNMERGED_WORK]
+    claimed = [t.claims for t in m.tasks.values() if t.status in UNMERGED_WORK]
     out: list[Event] = []
     waves = set(m.waves_started)
     budget_stopped = False
@@ -316,7 +316,7 @@ def _starts(
         if room <= 0:
             break
         if not m.request.allow_file_overlap and any(
-            scopes_overlap(task.spec.files, files) for files in claimed
+            scopes_overlap(task.claims, files) for files in claimed
         ):
             continue
         estimate = estimate_for(task.spec.tier, config)
@@ -336,7 +336,7 @@ def _starts(
             )
         out.append(_ready(m, task, attempt, cause, now, config, estimate, committed))
         committed += estimate
-        claimed.append(task.spec.files)
+        claimed.append(task.claims)
         room -= 1
     stuck = not out and budget_stopped and running == 0
     if stuck and m.budget_usd is not None and m.exceeded_at_budget != m.budget_usd:
@@ -379,6 +379,7 @@ def _ready(
         context=context if attempt > 1 else "",
         estimated_cost_usd=estimate,
         runtime=m.request.runtime_overrides.get(tier) or m.request.runtime,
+        resolve_sha=task.resolve_sha if attempt > 1 else None,
     )
 
 

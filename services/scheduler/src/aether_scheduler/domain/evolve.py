@@ -82,6 +82,32 @@ def _task(m: MissionState, task_id: str, **changes: Any) -> MissionState:
     return replace(m, tasks={**m.tasks, task_id: replace(task, **changes)})
 
 
+def _resolution_context(
+    m: MissionState, task_id: str, files: list[str], resolve_sha: str | None
+) -> str:
+    """The prompt's account of a true conflict: which files, and the merged work it met."""
+    listed = ", ".join(files)
+    if resolve_sha is None:
+        return (
+            f"Your previous attempt conflicted with work merged meanwhile in: {listed}. "
+            "Start from the current integration head and keep those changes."
+        )
+    met = [
+        f"- task {t.spec.id} ({t.spec.title}): {t.summary or 'no summary'}"
+        for t in m.tasks.values()
+        if t.spec.id != task_id and t.status == "merged" and set(t.merged_files) & set(files)
+    ]
+    return (
+        f"Your previous attempt (commit {resolve_sha[:12]}) conflicted with work merged "
+        f"meanwhile in: {listed}. This workspace is the current integration head with that "
+        "attempt merged in: where the two disagree, the files hold both versions between "
+        "'<<<<<<< ours' (the merged work) and '>>>>>>> theirs' (your attempt), separated "
+        "by '======='. Resolve every marked conflict so that both your task and the merged "
+        "work keep their intent, remove the markers, and finish."
+        + ("\nMerged work in those files:\n" + "\n".join(met) if met else "")
+    )
+
+
 def _current(m: MissionState, task_id: str, attempt: int, *statuses: str) -> bool:
     task = m.tasks.get(task_id)
     return task is not None and task.attempt == attempt and task.status in statuses
@@ -146,7 +172,18 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             return _seen(m, event.task_id, event.attempt, event.occurred_at)
         case AgentCompleted():
             if _current(m, event.task_id, event.attempt, "ready", "running"):
-                return _task(m, event.task_id, status="completed", reserved_usd=0.0)
+                drift = m.tasks[event.task_id].drift
+                if event.files_outside_scope:
+                    drift = tuple(sorted({*drift, *event.files_outside_scope}))
+                return _task(
+                    m,
+                    event.task_id,
+                    status="completed",
+                    reserved_usd=0.0,
+                    drift=drift,
+                    last_commit=event.commit_sha,
+                    summary=event.summary,
+                )
             return m
         case BranchMerged():
             if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
@@ -159,6 +196,8 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 merge_sha=event.merge_sha,
                 reserved_usd=0.0,
                 merged_at=event.occurred_at,
+                merged_files=tuple(event.files_changed),
+                resolve_sha=None,
             )
         case AgentFailed() | WorkspaceFailed():
             if not _current(m, event.task_id, event.attempt, "ready", "running"):
@@ -175,13 +214,12 @@ def _mission(m: MissionState, event: Event) -> MissionState:
         case MergeConflicted():
             if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
                 return m
+            resolve_sha = None
             if event.files:
                 files = ", ".join(event.files)
                 reason = f"merge conflict in {files}"
-                context = (
-                    f"Your previous attempt conflicted with work merged meanwhile in: {files}. "
-                    "Start from the current integration head and keep those changes."
-                )
+                resolve_sha = m.tasks[event.task_id].last_commit
+                context = _resolution_context(m, event.task_id, event.files, resolve_sha)
                 if event.detail:
                     context += f"\n{event.detail}"
             else:
@@ -199,6 +237,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 context=context,
                 immediate_retry=True,
                 reserved_usd=0.0,
+                resolve_sha=resolve_sha,
             )
         case TaskTimedOut():
             if not _current(m, event.task_id, event.attempt, "ready", "running"):

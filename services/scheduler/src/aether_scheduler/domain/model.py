@@ -80,6 +80,21 @@ class TaskState:
     retry_event: TaskRetried | None = None
     first_ready_at: datetime | None = None
     merged_at: datetime | None = None
+    # Files its attempts changed outside the planned scope (scope drift): claimed with
+    # the planned scope until it merges, and by its later attempts.
+    drift: tuple[str, ...] = ()
+    # The last attempt's commit and summary, and what its merge changed: a conflicting
+    # attempt is resolved from its commit, and the prompt names the work it met.
+    last_commit: str | None = None
+    summary: str = ""
+    merged_files: tuple[str, ...] = ()
+    # Set after a true merge conflict: the next attempt resolves this commit's conflicts.
+    resolve_sha: str | None = None
+
+    @property
+    def claims(self) -> list[str]:
+        """The file scope this task holds a lease on: planned, plus any drift seen."""
+        return [*self.spec.files, *self.drift] if self.drift else self.spec.files
 
 
 @dataclass(frozen=True)

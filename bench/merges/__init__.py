@@ -1,0 +1,1 @@
+"""Differential check of the git broker's three-way merge against ``git merge-tree``."""

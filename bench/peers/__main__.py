@@ -1,0 +1,149 @@
+"""Aether next to LangGraph and Prefect 3 doing the same git work, in one run.
+
+    uv run python -m bench.peers [--tasks 50] [--venv DIR]
+
+Builds the peers' own environment first (``uv venv`` in a temporary directory, then
+LangGraph with its SQLite checkpointer, Prefect 3, and the product's git adapters with the
+product's dulwich), unless ``--venv`` names one built before. None of it becomes a
+dependency of the product. Then, on this machine and in this run:
+
+* the plain git loop (the floor: ``bench/peers/work.py`` one task after another), run
+  right before each system so that each is compared with a floor measured under the same
+  machine load;
+* Aether: missions of N chained tasks and of N independent tasks four at a time through
+  the five services (``bench/overhead.py``'s stack and no-work agent);
+* LangGraph and Prefect 3 running the same ``GitWork`` per task (``peers.py``);
+
+and prints ms per task (mission wall time / N), each one's ratio to its floor, and
+Aether's ratio to each peer. A figure, not a test: it never fails on the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from aether.gitview import create_sample_repository
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import run_shape
+from work import GitWork
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCT_PACKAGES = [
+    "libs/events",
+    "libs/runtime",
+    "libs/llm",
+    "services/git-broker",
+    "services/agent-runner",
+]
+PEERS = ["langgraph", "langgraph-checkpoint-sqlite", "prefect>=3,<4"]
+
+
+def build_venv(where: Path) -> Path:
+    """A fresh environment with the peers and the product's git adapters; its python."""
+    subprocess.run(["uv", "venv", "-q", "-p", sys.executable, str(where)], check=True)
+    python = where / "bin" / "python"
+    packages = [*PEERS, f"dulwich=={version('dulwich')}"]
+    for member in PRODUCT_PACKAGES:
+        packages += ["-e", str(ROOT / member)]
+    print(f"  installing {', '.join(PEERS)} into {where} …", flush=True)
+    subprocess.run(["uv", "pip", "install", "-q", "-p", str(python), *packages], check=True)
+    return python
+
+
+def plain_loop(work: Path, n: int, label: str) -> float:
+    repo = work / f"plain-{label}"
+    create_sample_repository(repo)
+    git = GitWork.prepare(repo, work / f"wt-plain-{label}")
+    began = time.perf_counter()
+    for i in range(1, n + 1):
+        git.task(i)
+    return time.perf_counter() - began
+
+
+def run_peers(python: Path, work: Path, n: int) -> dict[str, float]:
+    repos = []
+    for i in range(12):
+        repo = work / f"peer-repo-{i}"
+        create_sample_repository(repo)
+        repos.append(str(repo))
+    out = subprocess.run(
+        [
+            str(python),
+            str(Path(__file__).with_name("peers.py")),
+            *("--tasks", str(n), "--work", str(work / "peers"), "--repos", *repos),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    results: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
+async def aether(work: Path, n: int) -> dict[str, float]:
+    results = {}
+    for shape, label in (("chain", "chain"), ("independent", "4 at a time")):
+        key = f"Aether (five services)|{label}"
+        results[f"{key}|floor"] = await asyncio.to_thread(plain_loop, work, n, shape)
+        _, wall, *_ = await run_shape(work, f"peers-{shape}", shape, n, 4)
+        results[key] = wall
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=50)
+    parser.add_argument("--venv", type=Path, help="a peers' environment built before")
+    args = parser.parse_args()
+    n = args.tasks
+    work = Path(tempfile.mkdtemp(prefix="aether-peers-"))
+    print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
+    python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
+    (work / "peers").mkdir()
+    walls = asyncio.run(aether(work, n))
+    walls.update(run_peers(python, work, n))
+    print(f"\n  {'orchestrator (same git work), ms/task':<40} {'chain':>16} {'4 at a time':>16}")
+    print(f"  {'':<40} {'(× its floor)':>16} {'(× its floor)':>16}")
+    systems = dict.fromkeys(key.split("|")[0] for key in walls)
+    ratios: dict[str, dict[str, float]] = {}
+    for system in systems:
+        cells = []
+        for shape in ("chain", "4 at a time"):
+            wall = walls.get(f"{system}|{shape}")
+            floor = walls.get(f"{system}|{shape}|floor")
+            if wall is None or floor is None:
+                cells.append(f"{'—':>16}")
+                continue
+            ratios.setdefault(system, {})[shape] = wall / floor
+            cells.append(f"{wall / n * 1000:7.1f} ({wall / floor:4.2f}×)")
+        print(f"  {system:<40} {cells[0]:>16} {cells[1]:>16}")
+    floors = [wall / n * 1000 for key, wall in walls.items() if key.endswith("|floor")]
+    print(f"  plain git loop, ms/task, beside each: {', '.join(f'{f:.1f}' for f in floors)}")
+    ours = ratios.get("Aether (five services)", {})
+    for system, figures in ratios.items():
+        if system.startswith("Aether"):
+            continue
+        compared = [
+            f"{shape} {ours[shape] / figures[shape]:.2f}×"
+            for shape in ("chain", "4 at a time")
+            if shape in ours and shape in figures
+        ]
+        print(f"  Aether ÷ {system} (each over its floor): {', '.join(compared)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The git work of one task, shared by every orchestrator the peers benchmark runs.
+
+Exactly what ``bench/overhead.py``'s plain loop does per task, with the adapters the
+services use: a task branch and worktree at the integration head (git broker), one file
+written and committed (agent runner), a merge into the integration branch and the worktree
+removed (git broker). The broker's adapter serialises its own operations, as the one git
+broker does; the commit runs outside it, as an agent runner's does.
+
+Imported both by the product's environment and by the peers' own (which has the product's
+packages installed beside LangGraph and Prefect).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aether_agent_runner.adapters.git import commit_all
+from aether_git_broker.adapters.git import GitRepositories
+
+INTEGRATION = "bench/integration"
+
+
+@dataclass
+class GitWork:
+    """One repository's integration branch, and the tasks' work on it."""
+
+    repository: Path
+    worktrees: Path
+    git: GitRepositories
+    base_sha: str
+
+    @classmethod
+    def prepare(cls, repository: Path, worktrees: Path) -> GitWork:
+        git = GitRepositories()
+        outcome = git.prepare_repository(str(repository), "main", INTEGRATION)
+        return cls(repository, worktrees, git, outcome.base_sha)
+
+    def task(self, number: int) -> str:
+        """Branch, write, commit, merge, clean up; returns the integration head."""
+        task_id = f"t{number}"
+        ws = self.git.prepare_workspace(
+            str(self.repository),
+            INTEGRATION,
+            f"bench-tasks/{task_id}",
+            str(self.worktrees / task_id),
+        )
+        target = Path(ws.worktree_path) / "bench" / f"f{number}.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"{task_id}\n")
+        sha, _ = commit_all(
+            Path(ws.worktree_path), f"{task_id}\n\nAether-Task: {task_id}\nAether-Attempt: 1\n"
+        )
+        assert sha is not None
+        merged = self.git.merge(
+            repository_path=str(self.repository),
+            integration_branch=INTEGRATION,
+            since_sha=self.base_sha,
+            mission_id="bench",
+            task_id=task_id,
+            attempt=1,
+            commit_sha=sha,
+            now=datetime.now(UTC),
+        )
+        self.git.remove_worktree(str(self.repository), ws.worktree_path)
+        if merged.kind not in ("merged", "fast_forward"):
+            raise RuntimeError(f"{task_id} did not merge: {merged.kind} {merged.detail}")
+        return merged.sha

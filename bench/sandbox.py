@@ -1,0 +1,109 @@
+"""The cost of confinement: one command in the sandbox against a bare run of it.
+
+For a few short commands (the ones where a fixed cost shows most) it times, interleaved
+round by round so that machine load hits every variant alike:
+
+- bare:        the program started directly (asyncio subprocess, output read, waited for);
+- limits only: the same through ``aether_sandbox.execute`` unconfined (cgroup or rlimits,
+               the watch, the kill of the process group): the executor's own cost;
+- bubblewrap:  the same through ``execute`` in the bubblewrap sandbox (what an agent's
+               ``run_command`` pays), and the raw ``bwrap`` launch without the executor.
+
+    uv run python bench/sandbox.py [--rounds 30]
+
+A figure, not a test: it prints numbers and never fails on them. The goal is an overhead
+under 20 ms per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aether_sandbox import (
+    Limits,
+    Request,
+    SandboxSettings,
+    Unconfined,
+    enforcement,
+    execute,
+    open_sandbox,
+)
+
+COMMANDS: list[list[str]] = [
+    ["true"],
+    ["ls", "-la"],
+    [sys.executable, "-c", "pass"],
+]
+
+
+async def bare(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    await process.communicate()
+
+
+async def timed(run: Callable[[], Awaitable[object]]) -> float:
+    began = time.perf_counter()
+    await run()
+    return (time.perf_counter() - began) * 1000
+
+
+async def main(rounds: int) -> None:
+    settings = SandboxSettings()
+    sandbox = open_sandbox(settings)
+    unconfined = Unconfined(SandboxSettings(backend="unconfined"))
+    limits = Limits(wall_seconds=60)
+    print(f"limits enforced by: {enforcement(sandbox)}")
+    print(f"{rounds} rounds per command, interleaved; times in ms (mean, p50)\n")
+    with tempfile.TemporaryDirectory(prefix="aether-bench-sandbox-") as directory:
+        workdir = Path(directory)
+        (workdir / "file.txt").write_text("x\n")
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"}
+        for argv in COMMANDS:
+            request = Request(argv, workdir, workdir, env, limits)
+            launch = sandbox.launch(request)
+            variants: dict[str, Callable[[], Awaitable[object]]] = {
+                "bare": lambda argv=argv: bare(argv, workdir, env),
+                "limits only": lambda r=request: execute(unconfined, r),
+                "bwrap launch": lambda a=launch.argv, e=launch.env: bare(a, workdir, e),
+                "bubblewrap": lambda r=request: execute(sandbox, r),
+            }
+            times: dict[str, list[float]] = {name: [] for name in variants}
+            for run in variants.values():  # warm-up: page cache, imports
+                await run()
+            for _ in range(rounds):
+                for name, run in variants.items():
+                    times[name].append(await timed(run))
+            base = statistics.mean(times["bare"])
+            label = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
+            print(f"$ {label}")
+            for name, values in times.items():
+                mean = statistics.mean(values)
+                extra = (
+                    ""
+                    if name == "bare"
+                    else (f"   overhead {mean - base:+7.1f} ms   ratio {mean / base:5.2f}x")
+                )
+                print(f"  {name:<12} mean {mean:7.1f}  p50 {statistics.median(values):7.1f}{extra}")
+            print()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    asyncio.run(main(parser.parse_args().rounds))

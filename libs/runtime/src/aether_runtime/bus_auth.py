@@ -1,0 +1,197 @@
+"""NATS users and permissions, derived from the roles table.
+
+``permissions(role)`` turns one service's role into NATS publish and subscribe
+allow/deny lists; ``render_authorization`` writes the ``authorization`` block of a
+nats-server configuration with one user per service (plus an optional administrator).
+``aether up`` writes it with generated passwords; docker compose and Kubernetes use the
+same block with each password read from the server's environment (``$NATS_PASSWORD_…``),
+checked in and compared with this rendering by the tests, so the three never differ.
+
+What a service may do:
+
+* publish the events of its role, on ``aether.mission.*.<type>`` or
+  ``aether.telemetry.*.<type>``, and nothing else of Aether's subjects;
+* read the two streams (stream info, stored messages, ephemeral consumers named by the
+  service, whose names are not known in advance);
+* create, update and pull from its own durable consumers and acknowledge their messages:
+  never pull from, acknowledge for, or reconfigure another service's durable;
+* create or update the streams only if its role declares them, never delete or purge one;
+* receive replies only on its own inbox prefix, so no service reads another's replies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aether_events import TELEMETRY_TYPES, tag_of
+from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX
+from aether_runtime.roles import ROLES, STREAMS, Role
+
+API = "$JS.API"
+ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+ADMIN_USER = "aether"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish_allow: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+    subscribe_allow: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+
+    def as_config(self) -> dict[str, dict[str, list[str]]]:
+        publish: dict[str, list[str]] = {"allow": list(self.publish_allow)}
+        if self.publish_deny:
+            publish["deny"] = list(self.publish_deny)
+        subscribe: dict[str, list[str]] = {"allow": list(self.subscribe_allow)}
+        if self.subscribe_deny:
+            subscribe["deny"] = list(self.subscribe_deny)
+        return {"publish": publish, "subscribe": subscribe}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A password as the configuration holds it: a literal, or the name of an environment
+    variable of the NATS server (``$NAME`` in the file)."""
+
+    literal: str | None = None
+    env: str | None = None
+
+    def render(self) -> str:
+        if self.env is not None:
+            return f"${self.env}"
+        assert self.literal is not None
+        return json.dumps(self.literal)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: Secret
+    permissions: Permissions | None = None  # None: everything (the administrator)
+
+
+def event_subjects(role: Role) -> list[str]:
+    """The subjects of the events ``role`` publishes, any mission."""
+    subjects = []
+    for cls in role.publishes:
+        prefix = TELEMETRY_PREFIX if cls in TELEMETRY_TYPES else MISSION_PREFIX
+        subjects.append(f"{prefix}.*.{tag_of(cls)}")
+    return sorted(subjects)
+
+
+def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissions:
+    """What ``role`` may publish and subscribe to (see the module's docstring)."""
+    everyone = ROLES if roles is None else roles
+    allow = [*event_subjects(role), f"{API}.INFO", f"{API}.STREAM.NAMES"]
+    for stream in STREAMS:
+        allow += [
+            f"{API}.STREAM.INFO.{stream}",
+            f"{API}.STREAM.MSG.GET.{stream}",
+            f"{API}.DIRECT.GET.{stream}",
+            f"{API}.DIRECT.GET.{stream}.>",
+            # Ephemeral consumers (named by the client) and the service's own durables;
+            # another service's durables are denied below. Never the subject that names
+            # no consumer: the server takes the name from the body there, a durable's too
+            # (so nats-py's ordered consumers are out: see ``follow``).
+            f"{API}.CONSUMER.CREATE.{stream}.*",
+            f"{API}.CONSUMER.CREATE.{stream}.*.>",
+            f"{API}.CONSUMER.INFO.{stream}.*",
+            f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+            # Flow control of ordered consumers.
+            f"$JS.FC.{stream}.>",
+        ]
+        if role.declares_streams:
+            allow += [f"{API}.STREAM.CREATE.{stream}", f"{API}.STREAM.UPDATE.{stream}"]
+    for stream, durable in role.durables:
+        allow.append(f"$JS.ACK.{stream}.{durable}.>")
+    for bucket in role.kv_buckets:
+        kv_stream = f"KV_{bucket}"
+        allow += [
+            f"$KV.{bucket}.>",
+            f"{API}.STREAM.INFO.{kv_stream}",
+            f"{API}.STREAM.CREATE.{kv_stream}",
+            f"{API}.STREAM.MSG.GET.{kv_stream}",
+            f"{API}.DIRECT.GET.{kv_stream}",
+            f"{API}.DIRECT.GET.{kv_stream}.>",
+        ]
+    deny = []
+    own = set(role.durables)
+    for other in everyone.values():
+        for stream, durable in other.durables:
+            if (stream, durable) in own:
+                continue
+            deny += [
+                f"{API}.CONSUMER.CREATE.{stream}.{durable}",
+                f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
+                f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+            ]
+    subscribe = [f"{role.inbox_prefix}.>"]
+    subscribe += [
+        f"{ADVISORY_MAX_DELIVERIES}.{stream}.{durable}" for stream, durable in role.durables
+    ]
+    return Permissions(
+        publish_allow=tuple(dict.fromkeys(allow)),
+        publish_deny=tuple(dict.fromkeys(deny)),
+        subscribe_allow=tuple(subscribe),
+    )
+
+
+def service_users(passwords: Mapping[str, Secret]) -> list[User]:
+    """One user per service of the roles table, named after it."""
+    return [
+        User(name=name, password=passwords[name], permissions=permissions(role))
+        for name, role in ROLES.items()
+    ]
+
+
+def password_env(service: str) -> str:
+    """The NATS server's environment variable holding ``service``'s password (compose,
+    Kubernetes)."""
+    return "NATS_PASSWORD_" + service.upper().replace("-", "_")
+
+
+def render_authorization(users: list[User]) -> str:
+    """The ``authorization`` block of a nats-server configuration for ``users``."""
+    lines = ["authorization {", "  users = ["]
+    for user in users:
+        lines.append("    {")
+        lines.append(f"      user: {json.dumps(user.name)}")
+        lines.append(f"      password: {user.password.render()}")
+        if user.permissions is not None:
+            config = user.permissions.as_config()
+            lines.append("      permissions: {")
+            for direction in ("publish", "subscribe"):
+                lines.append(f"        {direction}: {{")
+                for kind, subjects in config[direction].items():
+                    lines.append(f"          {kind}: [")
+                    lines += [f"            {json.dumps(subject)}" for subject in subjects]
+                    lines.append("          ]")
+                lines.append("        }")
+            lines.append("      }")
+        lines.append("    }")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def static_authorization() -> str:
+    """The block docker compose and Kubernetes use: every password from the server's
+    environment, an administrator included (``NATS_PASSWORD_ADMIN``)."""
+    users = [User(name=ADMIN_USER, password=Secret(env="NATS_PASSWORD_ADMIN"))]
+    users += service_users({name: Secret(env=password_env(name)) for name in ROLES})
+    return STATIC_HEADER + render_authorization(users)
+
+
+STATIC_HEADER = """\
+# NATS users and permissions of the Aether services, one user per service with the
+# permissions of its role; each password comes from the server's environment.
+# Generated from aether_runtime.roles: do not edit. After changing the roles, run
+#   uv run python -m aether_runtime.bus_auth > deploy/nats/auth.conf
+# and copy it into k8s/base/nats.yaml (the tests compare both with the table).
+"""
+
+
+if __name__ == "__main__":
+    print(static_authorization(), end="")

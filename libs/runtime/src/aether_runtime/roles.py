@@ -1,0 +1,184 @@
+"""What each service does on the bus: the one table the NATS permissions come from.
+
+A service's role names the event types it publishes, the durable consumers it owns (and
+on which stream), whether it declares the streams, and the key-value buckets it keeps.
+Everything a service may do on the bus is derived from this table (``bus_auth``): the
+subjects it may publish, the JetStream API calls it may make, the inbox it reads replies
+on. A new event type or consumer is added here, once; a service that publishes an event
+its role does not list is refused by the server.
+
+What the table cannot say: NATS permissions are by subject, and an event's subject names
+its mission and type, not its task or attempt. So the agent runner may publish agent and
+usage events for any mission; that a runner reports only on work it holds is checked by
+the consumers, which fold an agent event only for the attempt they dispatched (see
+"Security" in the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aether_events import (
+    MISSIONS_STREAM,
+    TELEMETRY_STREAM,
+    AgentCompleted,
+    AgentFailed,
+    AgentHeartbeat,
+    AgentProgress,
+    AgentStarted,
+    BranchMerged,
+    BudgetExceeded,
+    BudgetRaised,
+    BudgetWarning,
+    Event,
+    MergeConflicted,
+    MissionAnswered,
+    MissionCancelled,
+    MissionCompleted,
+    MissionFailed,
+    MissionMessagePosted,
+    MissionPaused,
+    MissionRequested,
+    MissionResumed,
+    PlanApproved,
+    PlanClarificationRequested,
+    PlanFailed,
+    PlanProduced,
+    PlanRevisionRequested,
+    RepositoryPrepared,
+    StepFailed,
+    StepRecovered,
+    StepRetryRequested,
+    TaskEscalated,
+    TaskReady,
+    TaskRetried,
+    TaskRetryRequested,
+    TaskSkipped,
+    TaskTimedOut,
+    UsageRecorded,
+    WaveCompleted,
+    WaveStarted,
+    WorkspaceFailed,
+    WorkspaceReady,
+)
+
+# Every service with consumers records its failed steps and their recoveries (``steps``).
+_STEP_RECORDS: frozenset[type[Event]] = frozenset({StepFailed, StepRecovered})
+
+
+@dataclass(frozen=True)
+class Role:
+    """One service's part on the bus."""
+
+    service: str
+    publishes: frozenset[type[Event]]
+    # (stream, durable) of every durable consumer the service creates and pulls from.
+    durables: tuple[tuple[str, str], ...]
+    declares_streams: bool = False
+    kv_buckets: tuple[str, ...] = ()
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Where the service's replies arrive: its own, so no other service reads them."""
+        return f"_INBOX.{self.service}"
+
+
+def _role(
+    service: str,
+    publishes: set[type[Event]],
+    durables: list[tuple[str, str]],
+    *,
+    declares_streams: bool = False,
+    kv_buckets: tuple[str, ...] = (),
+) -> Role:
+    # The runtime gives every service a consumer of retry requests for its failed steps.
+    retries = (MISSIONS_STREAM, f"{service}-step-retries")
+    return Role(
+        service=service,
+        publishes=frozenset(publishes) | _STEP_RECORDS,
+        durables=(*durables, retries),
+        declares_streams=declares_streams,
+        kv_buckets=kv_buckets,
+    )
+
+
+ROLES: dict[str, Role] = {
+    role.service: role
+    for role in (
+        _role(
+            "gateway",
+            # The commands of people: every one of them goes through the gateway's checks.
+            {
+                MissionRequested,
+                PlanRevisionRequested,
+                MissionMessagePosted,
+                PlanApproved,
+                MissionPaused,
+                MissionResumed,
+                MissionCancelled,
+                BudgetRaised,
+                TaskRetryRequested,
+                TaskSkipped,
+                StepRetryRequested,
+            },
+            [(MISSIONS_STREAM, "gateway"), (TELEMETRY_STREAM, "gateway-telemetry")],
+        ),
+        _role(
+            "planner",
+            {PlanProduced, PlanFailed, PlanClarificationRequested, MissionAnswered, UsageRecorded},
+            [(MISSIONS_STREAM, "planner")],
+            kv_buckets=("AETHER_PLANNER_CALLS",),
+        ),
+        _role(
+            "scheduler",
+            {
+                PlanApproved,  # automatic approval
+                MissionCompleted,
+                MissionFailed,
+                BudgetWarning,
+                BudgetExceeded,
+                TaskReady,
+                TaskRetried,
+                TaskTimedOut,
+                TaskEscalated,
+                WaveStarted,
+                WaveCompleted,
+            },
+            [(MISSIONS_STREAM, "scheduler"), (TELEMETRY_STREAM, "scheduler-telemetry")],
+            # The scheduler is the one active instance that every mission needs: the streams
+            # are its to create and update (replicas, duplicate window, age limit).
+            declares_streams=True,
+        ),
+        _role(
+            "agent-runner",
+            {
+                AgentStarted,
+                UsageRecorded,
+                AgentCompleted,
+                AgentFailed,
+                AgentProgress,
+                AgentHeartbeat,
+            },
+            [(MISSIONS_STREAM, "agent-runner")],
+        ),
+        _role(
+            "git-broker",
+            {
+                RepositoryPrepared,
+                MissionFailed,
+                WorkspaceReady,
+                WorkspaceFailed,
+                BranchMerged,
+                MergeConflicted,
+            },
+            [(MISSIONS_STREAM, "git-broker")],
+        ),
+    )
+}
+
+STREAMS: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
+
+
+def role_of(service: str) -> Role:
+    """The role of ``service`` (KeyError for a name the table does not know)."""
+    return ROLES[service]

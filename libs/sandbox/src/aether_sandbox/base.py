@@ -1,0 +1,91 @@
+"""The port: what a sandbox is asked to run, and what it hands back to start it.
+
+A backend turns a ``Request`` into a ``Launch`` (the argument vector, environment and
+directory of the process to start); ``execute`` then starts it with the limits, watches
+it and kills all of it. bubblewrap is the one confining backend today; nsjail or Landlock
+would be other ``Sandbox`` implementations of the same two methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from aether_sandbox.settings import Limits, SandboxSettings
+
+UNCONFINED = "unconfined"
+
+
+class SandboxUnavailable(Exception):
+    """No sandbox can start here; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One command: ``workdir`` is the only tree it may write (``cwd`` lies inside it);
+    ``protect`` are entries inside ``workdir`` that stay read-only (a ``.git`` file) or,
+    for directories, are hidden behind an empty read-only one; ``read_only`` are more host
+    paths it may read (on top of the system directories and the Python runtime)."""
+
+    argv: list[str]
+    workdir: Path
+    cwd: Path
+    env: Mapping[str, str]
+    limits: Limits = field(default_factory=Limits)
+    read_only: tuple[Path, ...] = ()
+    protect: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+class Sandbox(Protocol):
+    """A way of running a command confined (or, for ``Unconfined``, not)."""
+
+    name: str
+    confined: bool
+    settings: SandboxSettings
+
+    def launch(self, request: Request) -> Launch:
+        """How to start ``request`` inside this sandbox."""
+        ...
+
+
+class Unconfined:
+    """Runs commands as the runner's own user, with only the limits: chosen explicitly by
+    an operator (``AETHER_SANDBOX=unconfined``), and shown in every log line and event."""
+
+    name = UNCONFINED
+    confined = False
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+
+    def launch(self, request: Request) -> Launch:
+        return Launch(list(request.argv), dict(request.env), request.cwd)
+
+
+_marked = False
+
+
+def mark_logs_unconfined() -> None:
+    """Tag every log record of this process with ``confinement: unconfined``."""
+    global _marked
+    if _marked:
+        return
+    _marked = True
+    factory = logging.getLogRecordFactory()
+
+    def tagged(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.confinement = UNCONFINED
+        return record
+
+    logging.setLogRecordFactory(tagged)

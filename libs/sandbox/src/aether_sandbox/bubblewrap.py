@@ -1,0 +1,213 @@
+"""The bubblewrap backend: a fresh set of namespaces per command.
+
+Inside: the system directories (``/usr``, ``/bin``, ``/lib*``, ``/etc`` with its password
+hashes and host keys masked), the Python runtime the service runs on, the directories on
+``PATH`` and any operator-named path, all read-only; a fresh ``/proc`` of a new PID
+namespace (so no other process, and no other process's environment, is visible); a
+minimal ``/dev``; a private ``/tmp`` (a size-capped tmpfs holding ``HOME``); and the
+request's ``workdir``, the only place a write reaches the host. New user, PID, IPC, UTS
+and (unless the operator chose ``host``) network namespaces; no further user namespaces
+inside; a new session (no terminal injection); killed when its parent dies. The end of the
+command's first process ends the PID namespace, which takes every process it left behind
+with it, however it detached itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from aether_sandbox.base import Launch, Request, SandboxUnavailable
+from aether_sandbox.settings import SandboxSettings
+
+TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# Credentials that can sit in /etc of an image; a command never needs them.
+MASKED_ETC = (
+    "shadow",
+    "shadow-",
+    "gshadow",
+    "gshadow-",
+    "sudoers",
+    "security/opasswd",
+    "ssh/ssh_host_rsa_key",
+    "ssh/ssh_host_ecdsa_key",
+    "ssh/ssh_host_ed25519_key",
+    "ssh/ssh_host_dsa_key",
+)
+PRIVATE_TMP = Path("/tmp")  # noqa: S108 - a fresh tmpfs inside the sandbox, not the host's
+HOME = PRIVATE_TMP / "home"
+HINT = (
+    "bubblewrap needs unprivileged user namespaces and the right to mount a fresh /proc "
+    "(in a container: a seccomp profile allowing unshare, and an unmasked /proc); see the "
+    "README's Security section, or set AETHER_SANDBOX=unconfined to run commands without "
+    "confinement"
+)
+
+
+def runtime_paths() -> list[Path]:
+    """The Python installation (and virtual environment) this service runs on."""
+    found: list[Path] = []
+    for raw in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix):
+        path = Path(raw)
+        if path.is_dir() and path not in found and path != Path("/"):
+            found.append(path)
+    return found
+
+
+def path_directories(path_value: str, exclude: Path) -> list[Path]:
+    """Absolute directories of ``PATH`` (not ``/``, the home directory or the workdir)."""
+    home = Path.home() if "HOME" in os.environ else None
+    found: list[Path] = []
+    for part in path_value.split(os.pathsep):
+        path = Path(part)
+        if not part or not path.is_absolute() or path in (Path("/"), home):
+            continue
+        if path == exclude or exclude in path.parents or not path.is_dir():
+            continue
+        if path not in found:
+            found.append(path)
+    return found
+
+
+class Bubblewrap:
+    name = "bubblewrap"
+    confined = True
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+        found = shutil.which(settings.bwrap)
+        if found is None:
+            raise SandboxUnavailable(
+                f"bubblewrap is not installed (no {settings.bwrap!r} on PATH): install the "
+                "'bubblewrap' package, or set AETHER_SANDBOX=unconfined to run commands "
+                "without confinement"
+            )
+        self.executable = found
+        self.options = _options(found)
+
+    def launch(self, request: Request) -> Launch:
+        workdir = request.workdir
+        args = [
+            self.executable,
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            *(["--disable-userns"] if "--disable-userns" in self.options else []),
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+        ]
+        if self.settings.network != "host":
+            args.append("--unshare-net")
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in TOP_LEVEL:
+            host = Path("/") / name
+            if host.is_symlink():
+                args += ["--symlink", os.readlink(host), str(host)]
+            elif host.is_dir():
+                args += ["--ro-bind", str(host), str(host)]
+        args += ["--ro-bind", "/etc", "/etc"]
+        for name in MASKED_ETC:
+            if (Path("/etc") / name).is_file():
+                args += ["--ro-bind", "/dev/null", f"/etc/{name}"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if "--size" in self.options:
+            args += ["--size", str(request.limits.tmp_bytes)]
+        args += ["--tmpfs", str(PRIVATE_TMP)]
+        env = dict(request.env)
+        readable = [
+            *runtime_paths(),
+            *path_directories(env.get("PATH", ""), workdir),
+            *self.settings.read_only,
+            *request.read_only,
+        ]
+        for path in dict.fromkeys(readable):
+            if path != workdir and workdir not in path.parents:
+                args += ["--ro-bind-try", str(path), str(path)]
+        args += ["--bind", str(workdir), str(workdir)]
+        for path in request.protect:
+            if path.is_symlink() or not path.exists():
+                continue
+            if path.is_dir():
+                args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+            else:
+                args += ["--ro-bind", str(path), str(path)]
+        for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME"):
+            value = env.get(name)
+            if value is None or PRIVATE_TMP not in Path(value).parents:
+                env[name] = str(HOME if name == "HOME" else PRIVATE_TMP)
+            if Path(env[name]) != PRIVATE_TMP:
+                args += ["--dir", env[name]]
+        # The root itself (a tmpfs holding the mount points) is read-only too: a path the
+        # sandbox does not show cannot be created either.
+        args += ["--remount-ro", "/", "--chdir", str(request.cwd), "--"]
+        return Launch(args + list(request.argv), env, request.cwd)
+
+    def probe(self) -> None:
+        """Start one sandbox; ``SandboxUnavailable`` (with bubblewrap's words) if it fails."""
+        with tempfile.TemporaryDirectory(prefix="aether-sandbox-probe-") as directory:
+            root = Path(directory)
+            launch = self.launch(
+                Request(["/bin/sh", "-c", "exit 0"], root, root, {"PATH": os.defpath})
+            )
+            try:
+                done = subprocess.run(
+                    launch.argv,
+                    env=launch.env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as error:
+                raise SandboxUnavailable(f"bubblewrap could not start: {error}; {HINT}") from None
+        if done.returncode != 0:
+            said = done.stderr.decode(errors="replace").strip().splitlines()
+            detail = said[-1] if said else f"exit code {done.returncode}"
+            raise SandboxUnavailable(f"bubblewrap cannot start a sandbox here ({detail}); {HINT}")
+
+
+_known_options: dict[str, frozenset[str]] = {}
+
+
+def _options(executable: str) -> frozenset[str]:
+    """The options this bubblewrap knows: ``--disable-userns`` (0.8) and ``--size`` (0.7)
+    are left out on older ones (Ubuntu 22.04 ships 0.6), which then allow nested user
+    namespaces and leave ``/tmp`` bounded only by the memory limit."""
+    if executable not in _known_options:
+        try:
+            shown = subprocess.run(
+                [executable, "--help"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            shown = ""
+        _known_options[executable] = frozenset(
+            word for word in shown.split() if word.startswith("--")
+        )
+    return _known_options[executable]
+
+
+_probed: dict[tuple[str, str], str | None] = {}
+
+
+def open_bubblewrap(settings: SandboxSettings) -> Bubblewrap:
+    """A working bubblewrap backend (probed once per process), or ``SandboxUnavailable``."""
+    sandbox = Bubblewrap(settings)
+    key = (sandbox.executable, settings.network)
+    if key not in _probed:
+        try:
+            sandbox.probe()
+            _probed[key] = None
+        except SandboxUnavailable as error:
+            _probed[key] = str(error)
+    reason = _probed[key]
+    if reason is not None:
+        raise SandboxUnavailable(reason)
+    return sandbox

@@ -1,0 +1,309 @@
+"""Starting a sandboxed command with its limits, watching it, and ending all of it.
+
+The limits are set before bubblewrap starts, so it and everything inside inherit them: a
+small ``/bin/sh`` moves itself into the command's own cgroup (where one can be made) and
+execs ``prlimit`` with the rlimits, which execs the sandbox. That costs two small execs
+where setting them in the child between fork and exec (the fallback when ``prlimit`` is
+missing) costs a full fork of the service's process, and moving a copy of it between
+memory cgroups.
+While it runs, a watch stops it at the wall-clock limit, past the output cap, past the
+CPU time of its cgroup, or once it has written more than the disk cap into its workdir.
+Whatever the outcome, its process group and cgroup are killed before this returns; with
+bubblewrap that is the whole PID namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from aether_sandbox.base import Request, Sandbox
+from aether_sandbox.cgroups import Cgroup
+from aether_sandbox.disk import DiskWatch
+from aether_sandbox.settings import MIB, Limits
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``exit_code`` is ``None`` when the command was stopped before it exited;
+    ``stopped`` says which limit stopped it (or which it went past on its way out)."""
+
+    exit_code: int | None
+    timed_out: bool
+    output: str
+    seconds: float
+    sandbox: str
+    stopped: str | None = None
+
+
+# Joins every cgroup.procs file named before "--", then execs the rest.
+JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+PRLIMIT_NAMES = {
+    resource.RLIMIT_CORE: "core",
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_CPU: "cpu",
+    resource.RLIMIT_NPROC: "nproc",
+    resource.RLIMIT_AS: "as",
+}
+
+
+def rlimits(limits: Limits, cgroup: Cgroup | None) -> dict[int, tuple[int, int]]:
+    """The rlimits of a command (never above what this process may grant)."""
+    enforced = cgroup.enforces if cgroup is not None else set()
+    wanted: dict[int, tuple[int, int]] = {
+        resource.RLIMIT_CORE: (0, 0),
+        resource.RLIMIT_NOFILE: (limits.open_files, limits.open_files),
+    }
+    if limits.disk_bytes is not None:
+        wanted[resource.RLIMIT_FSIZE] = (limits.disk_bytes, limits.disk_bytes)
+    if limits.cpu_seconds is not None:
+        wanted[resource.RLIMIT_CPU] = (limits.cpu_seconds, limits.cpu_seconds + 5)
+    if limits.processes is not None and "processes" not in enforced:
+        wanted[resource.RLIMIT_NPROC] = (limits.processes, limits.processes)
+    if limits.memory_bytes is not None and "memory" not in enforced:
+        wanted[resource.RLIMIT_AS] = (limits.memory_bytes, limits.memory_bytes)
+    granted = {}
+    for kind, (soft, hard) in wanted.items():
+        ceiling = resource.getrlimit(kind)[1]
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        granted[kind] = (soft, hard)
+    return granted
+
+
+def _enter(limits: dict[int, tuple[int, int]], cgroup: Cgroup | None) -> None:
+    """In the child before exec (no ``prlimit``): join the cgroup, set the rlimits."""
+    if cgroup is not None:
+        cgroup.join()
+    for kind, pair in limits.items():
+        resource.setrlimit(kind, pair)
+
+
+def _limited(argv: list[str], limits: Limits, cgroup: Cgroup | None) -> list[str] | None:
+    """``argv`` behind the cgroup join and ``prlimit``, or ``None`` without ``prlimit``."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return None
+    options = [
+        f"--{PRLIMIT_NAMES[kind]}={soft}:{hard}"
+        for kind, (soft, hard) in rlimits(limits, cgroup).items()
+    ]
+    wrapped = [prlimit, *options, "--", *argv]
+    if cgroup is not None:
+        wrapped = ["/bin/sh", "-c", JOIN, "sh", *cgroup.procs, "--", *wrapped]
+    return wrapped
+
+
+def enforcement(sandbox: Sandbox) -> dict[str, str]:
+    """How each limit is enforced on this machine (for the start-up log and the README)."""
+    group = Cgroup.create(Limits(), sandbox.settings.cgroup)
+    enforced = group.enforces if group is not None else set()
+    if group is not None:
+        group.remove()
+    root = os.geteuid() == 0
+    processes = (
+        "cgroup"
+        if "processes" in enforced
+        else ("not enforced (root without a writable cgroup)" if root else "RLIMIT_NPROC")
+    )
+    return {
+        "memory": "cgroup" if "memory" in enforced else "RLIMIT_AS",
+        "processes": processes,
+        "cpu": "RLIMIT_CPU and the cgroup's total" if "cpu" in enforced else "RLIMIT_CPU",
+        "disk": "RLIMIT_FSIZE and a watch over the workdir",
+    }
+
+
+async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
+    """Run ``request`` in ``sandbox``; stdout and stderr together, the middle cut when long.
+
+    ``FileNotFoundError``/``PermissionError`` when the program (or bubblewrap) cannot start.
+    """
+    limits = request.limits
+    launch = sandbox.launch(request)
+    cgroup = Cgroup.create(limits, sandbox.settings.cgroup)
+    began = time.monotonic()
+    disk = DiskWatch(request.workdir, limits)
+    collector = OutputCollector(output_chars)
+    argv = _limited(launch.argv, limits, cgroup)
+    granted = rlimits(limits, cgroup)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *(argv or launch.argv),
+            cwd=launch.cwd,
+            env=launch.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=None if argv else lambda: _enter(granted, cgroup),
+        )
+    except BaseException:
+        _end(None, cgroup)
+        raise
+    assert process.stdout is not None
+    reader = asyncio.create_task(collector.read(process.stdout))
+    timed_out = False
+    stopped: str | None = None
+    try:
+        deadline = began + limits.wall_seconds
+        timed_out, stopped = await _watch(process, deadline, limits, cgroup, disk, collector)
+        # Whatever the command left running (a server, a child holding the pipe) goes now.
+        _end(process.pid, cgroup)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), 2.0)
+    finally:
+        _end(process.pid, cgroup)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        # Not process.kill(): it polls, and a poll reaping the child first would leave the
+        # child watcher without its exit code. The group kill above reached it.
+        await process.wait()
+        await asyncio.to_thread(_remove, cgroup)
+    killed = timed_out or stopped is not None
+    if not killed:
+        stopped = disk.over()
+        if stopped is None and cgroup is not None and cgroup.out_of_memory():
+            stopped = f"it ran out of memory (limit {_size(limits.memory_bytes)})"
+    return Outcome(
+        exit_code=None if killed else process.returncode,
+        timed_out=timed_out,
+        output=collector.text(),
+        seconds=time.monotonic() - began,
+        sandbox=sandbox.name,
+        stopped=stopped,
+    )
+
+
+def execute_sync(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
+    """``execute`` for a thread without an event loop (the git broker's verification)."""
+    return asyncio.run(execute(sandbox, request, output_chars))
+
+
+async def _watch(
+    process: asyncio.subprocess.Process,
+    deadline: float,
+    limits: Limits,
+    cgroup: Cgroup | None,
+    disk: DiskWatch,
+    collector: OutputCollector,
+) -> tuple[bool, str | None]:
+    """Wait for the process to exit (not for its pipes: a child may hold them), checking
+    the limits every 0.1 s; returns (timed out, which limit stopped it)."""
+    exited = _exit_of(process)
+    try:
+        while process.returncode is None and not exited.done():
+            now = time.monotonic()
+            if now >= deadline:
+                return True, None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
+                break
+            if collector.total > limits.output_bytes:
+                return False, f"it printed more than {_size(limits.output_bytes)} of output"
+            if cgroup is not None and limits.cpu_seconds is not None:
+                used = cgroup.cpu_seconds()
+                if used is not None and used > limits.cpu_seconds:
+                    return False, f"it used more than {limits.cpu_seconds} s of CPU time"
+            reason = await asyncio.to_thread(disk.over)
+            if reason is not None:
+                return False, reason
+        return False, None
+    finally:
+        exited.cancel()
+
+
+def _exit_of(process: asyncio.subprocess.Process) -> asyncio.Future[None]:
+    """A future done when the process exits: its pidfd turns readable then (before the
+    child watcher reaps it), so a short command is not held up by a polling interval."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        handle = os.pidfd_open(process.pid)
+    except OSError:
+        return exited  # already gone, or no pidfds: the 0.1 s checks see the return code
+
+    def done() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(handle, done)
+
+    def close(_: asyncio.Future[None]) -> None:
+        loop.remove_reader(handle)
+        os.close(handle)
+
+    exited.add_done_callback(close)
+    return exited
+
+
+def _end(pid: int | None, cgroup: Cgroup | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    if cgroup is not None:
+        cgroup.kill()
+
+
+def _remove(cgroup: Cgroup | None) -> None:
+    """Remove the cgroup once its last process is gone (killed ones take a moment)."""
+    if cgroup is None:
+        return
+    for _ in range(200):
+        if not cgroup.pids():
+            break
+        cgroup.kill()
+        time.sleep(0.01)
+    cgroup.remove()
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "no limit"
+    return f"{value / MIB:g} MiB" if value >= MIB else f"{value:,} bytes"
+
+
+class OutputCollector:
+    """Keeps the first quarter and the last three quarters of ``limit`` characters: a
+    command's beginning says what ran, its end says how it failed."""
+
+    def __init__(self, limit: int) -> None:
+        self._head_limit = max(limit // 4, 1)
+        self._tail_limit = max(limit - self._head_limit, 1)
+        self._head = bytearray()
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self.total = 0
+
+    async def read(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            self.total += len(chunk)
+            room = self._head_limit - len(self._head)
+            if room > 0:
+                self._head += chunk[:room]
+                chunk = chunk[room:]
+            if chunk:
+                self._tail.append(chunk)
+                self._tail_size += len(chunk)
+                while self._tail and self._tail_size - len(self._tail[0]) >= self._tail_limit:
+                    self._tail_size -= len(self._tail.popleft())
+
+    def text(self) -> str:
+        tail = b"".join(self._tail)
+        if len(tail) > self._tail_limit:
+            tail = tail[-self._tail_limit :]
+        omitted = self.total - len(self._head) - len(tail)
+        head = self._head.decode("utf-8", errors="replace")
+        end = tail.decode("utf-8", errors="replace")
+        if omitted > 0:
+            return f"{head}\n[… {omitted:,} bytes of output omitted …]\n{end}"
+        return head + end or "(no output)"

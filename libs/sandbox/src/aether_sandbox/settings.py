@@ -1,0 +1,118 @@
+"""What confines a command, read from the environment (the runner and the broker share it).
+
+``AETHER_SANDBOX`` chooses the backend: ``bubblewrap`` (the default) or ``unconfined``,
+which an operator must name explicitly and which everything then shows. The limits apply
+to one command and everything it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+BACKENDS = ("bubblewrap", "unconfined")
+NETWORKS = ("none", "host")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one command. ``None`` leaves a bound off.
+
+    ``memory_bytes``: the cgroup's memory.max, or RLIMIT_AS without a cgroup.
+    ``processes``: the cgroup's pids.max, or RLIMIT_NPROC without one.
+    ``cpu_seconds``: CPU time: RLIMIT_CPU per process, and the cgroup's total when it has one.
+    ``wall_seconds``: the whole sandbox is killed this long after it started.
+    ``output_bytes``: the command is stopped once it has printed this much.
+    ``disk_bytes``: bytes written into the writable tree (RLIMIT_FSIZE per file, plus a
+    watch over what the command added); ``files``: entries it may create there.
+    ``tmp_bytes``: the size of the private ``/tmp`` (a tmpfs).
+    """
+
+    memory_bytes: int | None = 2048 * MIB
+    processes: int | None = 256
+    cpu_seconds: int | None = 600
+    wall_seconds: float = 120.0
+    output_bytes: int = 64 * MIB
+    disk_bytes: int | None = 1024 * MIB
+    files: int | None = 20_000
+    tmp_bytes: int = 512 * MIB
+    open_files: int = 4096
+
+    def with_wall(self, seconds: float) -> Limits:
+        return replace(self, wall_seconds=seconds)
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """``backend``: ``bubblewrap`` or ``unconfined``. ``network``: ``none`` (an empty
+    network namespace) or ``host`` (the host's network, no allow-list: an explicit operator
+    choice). ``read_only``: more host paths commands may read (the system directories, the
+    Python runtime and the directories on ``PATH`` are always readable). ``cgroup``: a
+    cgroup v2 directory with the ``pids`` and ``memory`` controllers delegated, under which
+    each command gets its own cgroup (found automatically when left empty)."""
+
+    backend: str = "bubblewrap"
+    network: str = "none"
+    limits: Limits = field(default_factory=Limits)
+    read_only: tuple[Path, ...] = ()
+    cgroup: str = ""
+    bwrap: str = "bwrap"
+
+    @property
+    def unconfined(self) -> bool:
+        return self.backend == "unconfined"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxSettings:
+        env = os.environ if env is None else env
+        backend = env.get("AETHER_SANDBOX", "").strip().lower() or "bubblewrap"
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"AETHER_SANDBOX must be one of {', '.join(BACKENDS)}, not {backend!r}"
+            )
+        network = env.get("AETHER_SANDBOX_NETWORK", "").strip().lower() or "none"
+        if network not in NETWORKS:
+            raise ValueError(
+                f"AETHER_SANDBOX_NETWORK must be one of {', '.join(NETWORKS)}, not {network!r}"
+            )
+        default = Limits()
+
+        def mib(name: str, fallback: int | None) -> int | None:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return fallback
+            return None if raw in ("none", "off") else int(float(raw) * MIB)
+
+        def count(name: str, fallback: int | None) -> int | None:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return fallback
+            return None if raw in ("none", "off") else int(raw)
+
+        limits = Limits(
+            memory_bytes=mib("AETHER_SANDBOX_MEMORY_MB", default.memory_bytes),
+            processes=count("AETHER_SANDBOX_PROCESSES", default.processes),
+            cpu_seconds=count("AETHER_SANDBOX_CPU_SECONDS", default.cpu_seconds),
+            output_bytes=mib("AETHER_SANDBOX_OUTPUT_MB", default.output_bytes)
+            or default.output_bytes,
+            disk_bytes=mib("AETHER_SANDBOX_DISK_MB", default.disk_bytes),
+            files=count("AETHER_SANDBOX_FILES", default.files),
+            tmp_bytes=mib("AETHER_SANDBOX_TMP_MB", default.tmp_bytes) or default.tmp_bytes,
+        )
+        read_only = tuple(
+            Path(part)
+            for part in env.get("AETHER_SANDBOX_READ_ONLY", "").split(os.pathsep)
+            if part.strip() and Path(part).is_absolute()
+        )
+        return cls(
+            backend=backend,
+            network=network,
+            limits=limits,
+            read_only=read_only,
+            cgroup=env.get("AETHER_SANDBOX_CGROUP", "").strip(),
+            bwrap=env.get("AETHER_SANDBOX_BWRAP", "").strip() or "bwrap",
+        )

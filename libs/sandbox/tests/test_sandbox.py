@@ -1,0 +1,198 @@
+"""The sandbox library: settings, the backends' launches, refusal, limits and the executor."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aether_sandbox import (
+    MIB,
+    Bubblewrap,
+    Limits,
+    Request,
+    SandboxSettings,
+    SandboxUnavailable,
+    Unconfined,
+    enforcement,
+    execute,
+    execute_sync,
+    open_sandbox,
+)
+from aether_sandbox.cgroups import Cgroup
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubblewrap")
+ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"}
+
+
+def test_settings_from_the_environment() -> None:
+    settings = SandboxSettings.from_env(
+        {
+            "AETHER_SANDBOX": "unconfined",
+            "AETHER_SANDBOX_NETWORK": "host",
+            "AETHER_SANDBOX_MEMORY_MB": "512",
+            "AETHER_SANDBOX_PROCESSES": "off",
+            "AETHER_SANDBOX_DISK_MB": "1.5",
+            "AETHER_SANDBOX_READ_ONLY": "/opt/tools:relative:/srv",
+        }
+    )
+    assert settings.unconfined and settings.network == "host"
+    assert settings.limits.memory_bytes == 512 * MIB
+    assert settings.limits.processes is None
+    assert settings.limits.disk_bytes == int(1.5 * MIB)
+    assert settings.read_only == (Path("/opt/tools"), Path("/srv"))
+    assert SandboxSettings.from_env({}) == SandboxSettings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("AETHER_SANDBOX", "docker"), ("AETHER_SANDBOX_NETWORK", "open")]
+)
+def test_unknown_choices_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        SandboxSettings.from_env({name: value})
+
+
+def test_a_missing_bubblewrap_is_named_and_never_falls_back_to_unconfined() -> None:
+    with pytest.raises(SandboxUnavailable, match="bubblewrap is not installed") as missing:
+        open_sandbox(SandboxSettings(bwrap="no-such-bwrap"))
+    assert "AETHER_SANDBOX=unconfined" in str(missing.value)
+
+
+def test_unconfined_is_only_what_an_operator_asks_for() -> None:
+    sandbox = open_sandbox(SandboxSettings(backend="unconfined", bwrap="no-such-bwrap"))
+    assert isinstance(sandbox, Unconfined) and not sandbox.confined
+
+
+@needs_bwrap
+def test_the_launch_binds_only_the_workdir_writable(tmp_path: Path) -> None:
+    workdir = tmp_path / "wt"
+    workdir.mkdir()
+    (workdir / ".git").write_text("gitdir: /somewhere\n")
+    launch = Bubblewrap(SandboxSettings()).launch(
+        Request(["true"], workdir, workdir, {**ENV, "HOME": "/root"}, protect=(workdir / ".git",))
+    )
+    args = launch.argv
+    writable = [args[i + 1] for i, arg in enumerate(args) if arg == "--bind"]
+    assert writable == [str(workdir)]
+    assert ["--ro-bind", str(workdir / ".git"), str(workdir / ".git")] == args[
+        args.index(str(workdir / ".git")) - 1 : args.index(str(workdir / ".git")) + 2
+    ]
+    for flag in ("--unshare-user", "--unshare-pid", "--unshare-net", "--die-with-parent"):
+        assert flag in args
+    assert "--new-session" in args and "--disable-userns" in args
+    assert launch.env["HOME"] == "/tmp/home"
+    assert str(Path.home()) not in [args[i + 1] for i, a in enumerate(args) if "bind" in a]
+
+
+@needs_bwrap
+def test_the_host_network_is_an_explicit_choice(tmp_path: Path) -> None:
+    launch = Bubblewrap(SandboxSettings(network="host")).launch(
+        Request(["true"], tmp_path, tmp_path, ENV)
+    )
+    assert "--unshare-net" not in launch.argv
+
+
+@needs_bwrap
+async def test_a_sandboxed_command_reports_its_exit_code_and_output(tmp_path: Path) -> None:
+    sandbox = open_sandbox(SandboxSettings())
+    outcome = await execute(
+        sandbox,
+        Request(["sh", "-c", "echo made > made.txt; echo hello; exit 3"], tmp_path, tmp_path, ENV),
+    )
+    assert outcome.exit_code == 3 and outcome.output == "hello\n"
+    assert outcome.sandbox == "bubblewrap" and outcome.stopped is None
+    assert (tmp_path / "made.txt").read_text() == "made\n"
+
+
+@needs_bwrap
+def test_execute_sync_runs_without_an_event_loop(tmp_path: Path) -> None:
+    sandbox = open_sandbox(SandboxSettings())
+    outcome = execute_sync(sandbox, Request(["sh", "-c", "echo $HOME"], tmp_path, tmp_path, ENV))
+    assert outcome.exit_code == 0 and outcome.output == "/tmp/home\n"
+
+
+async def test_limits_apply_unconfined_too(tmp_path: Path) -> None:
+    sandbox = Unconfined(SandboxSettings(backend="unconfined"))
+    code = "open('big', 'wb').write(b'x' * (4 << 20))"
+    outcome = await execute(
+        sandbox,
+        Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV, Limits(disk_bytes=MIB)),
+    )
+    assert outcome.exit_code != 0 and "File too large" in outcome.output
+    assert (tmp_path / "big").stat().st_size <= MIB
+
+
+def test_a_cgroup_is_made_and_removed_where_the_machine_allows() -> None:
+    group = Cgroup.create(Limits(processes=10, memory_bytes=64 * MIB))
+    if group is None:
+        pytest.skip("no writable cgroup here: rlimits apply")
+    try:
+        assert {"processes", "memory"} <= group.enforces
+        assert all(os.path.isdir(d) for d in group.directories)
+    finally:
+        group.remove()
+    assert group.directories == []
+
+
+def test_enforcement_names_how_each_limit_is_held() -> None:
+    report = enforcement(Unconfined(SandboxSettings(backend="unconfined")))
+    assert set(report) == {"memory", "processes", "cpu", "disk"}
+    assert report["memory"] in ("cgroup", "RLIMIT_AS")
+
+
+@needs_bwrap
+async def test_a_protected_git_directory_is_hidden_and_read_only(tmp_path: Path) -> None:
+    """A fetched clone's ``.git`` is a directory: inside it is empty and cannot be written."""
+    clone = tmp_path / "clone"
+    (clone / ".git" / "hooks").mkdir(parents=True)
+    (clone / ".git" / "config").write_text("[core]\n")
+    script = (
+        "ls -A .git; echo hook > .git/hooks/pre-commit || echo DENIED; "
+        "rm -rf .git || echo KEPT; echo ok > inside.txt"
+    )
+    outcome = await execute(
+        open_sandbox(SandboxSettings()),
+        Request(["sh", "-c", script], clone, clone, ENV, protect=(clone / ".git",)),
+    )
+    assert "config" not in outcome.output and "DENIED" in outcome.output
+    assert "KEPT" in outcome.output
+    assert (clone / ".git" / "config").read_text() == "[core]\n"
+    assert not (clone / ".git" / "hooks" / "pre-commit").exists()
+    assert (clone / "inside.txt").read_text() == "ok\n"
+
+
+def test_unconfined_logs_say_so_on_every_line(tmp_path: Path) -> None:
+    # In a child process: the mark lasts for the life of the process that sets it.
+    code = (
+        "import logging\n"
+        "from aether_runtime import configure_logging\n"
+        "from aether_sandbox import mark_logs_unconfined\n"
+        "configure_logging('agent-runner')\n"
+        "mark_logs_unconfined()\n"
+        "logging.getLogger('a').info('one')\n"
+        "logging.getLogger('b').warning('two', extra={'sandbox': 'unconfined'})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [line["msg"] for line in lines] == ["one", "two"]
+    assert all(line["confinement"] == "unconfined" for line in lines)
+
+
+async def test_without_prlimit_the_limits_are_set_in_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = importlib.import_module("aether_sandbox.execute")
+    monkeypatch.setattr(executor.shutil, "which", lambda name: None)
+    sandbox = Unconfined(SandboxSettings(backend="unconfined"))
+    code = "import resource; print(resource.getrlimit(resource.RLIMIT_FSIZE))"
+    outcome = await execute(
+        sandbox,
+        Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV, Limits(disk_bytes=MIB)),
+    )
+    assert outcome.output == f"({MIB}, {MIB})\n"

@@ -1,0 +1,234 @@
+"""What a worktree holds, read as git would without running anything.
+
+The files are walked by directory descriptors (no symlink is followed, a ``.git`` at any
+depth is skipped) and compared with a tree: no index, no attributes, no filter or diff
+driver, no configuration of any kind. ``.gitignore`` files (read the same safe way) and
+the repository's ``info/exclude`` decide which untracked files count; a tracked file
+always counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dulwich.ignore import IgnoreFilter, read_ignore_patterns
+from dulwich.index import Index, IndexEntry
+from dulwich.objects import ObjectID
+
+from aether_agent_runner.safefs import Raced, Refused, is_git_name, open_dir, read_in
+
+GITLINK = 0o160000
+SYMLINK = 0o120000
+MAX_IGNORE_BYTES = 1_000_000
+
+
+class StatCache:
+    """The worktree's index as a cache of blob ids by stat data, as git uses it: a file
+    whose size, inode, mode and modification time are what the index recorded, and that
+    was not modified in the same instant the index was written, is not read again.
+
+    The index lives in the worktree's git directory, out of the agent's reach; an index
+    that cannot be read (missing, another version) only means every file is read."""
+
+    def __init__(self, path: Path) -> None:
+        self._entries: dict[bytes, IndexEntry] = {}
+        self._written_ns = 0
+        try:
+            self._written_ns = os.stat(path).st_mtime_ns
+            for name, entry in Index(str(path)).items():
+                if isinstance(entry, IndexEntry):
+                    self._entries[name] = entry
+        except (OSError, ValueError, AssertionError, KeyError):
+            self._entries = {}
+
+    def sha(self, path: bytes, st: os.stat_result, mode: int) -> ObjectID | None:
+        entry = self._entries.get(path)
+        if entry is None or entry.mode != mode or st.st_mtime_ns >= self._written_ns:
+            return None
+        # The change time too: a file rewritten and given its old mtime back still differs.
+        same = (
+            entry.size == st.st_size & 0xFFFFFFFF
+            and entry.ino == st.st_ino & 0xFFFFFFFF
+            and _time(entry.mtime) == _time_ns(st.st_mtime_ns)
+            and _time(entry.ctime) == _time_ns(st.st_ctime_ns)
+        )
+        return entry.sha if same else None
+
+
+def _time(value: int | float | tuple[int, int]) -> tuple[int, int]:
+    return value if isinstance(value, tuple) else (int(value), -1)
+
+
+def _time_ns(ns: int) -> tuple[int, int]:
+    return (ns // 1_000_000_000) & 0xFFFFFFFF, ns % 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Found:
+    """A file of the worktree: its git mode, its blob id (``None`` when not hashed: an
+    untracked file, or one too large) and its stat data."""
+
+    mode: int
+    sha: ObjectID | None
+    st: os.stat_result
+
+
+def blob_id(data: bytes) -> ObjectID:
+    digest = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+    digest.update(data)
+    return ObjectID(digest.hexdigest().encode())
+
+
+def git_mode(st: os.stat_result) -> int | None:
+    """The mode git records for a file, or ``None`` for what git does not record."""
+    if stat.S_ISLNK(st.st_mode):
+        return SYMLINK
+    if stat.S_ISREG(st.st_mode):
+        return 0o100755 if st.st_mode & 0o100 else 0o100644
+    return None
+
+
+def read_entry(parent: int, name: str, shown: str, mode: int) -> bytes:
+    """The content git stores for ``name``: a symlink's target, or a regular file's
+    bytes (a file with more than one link is refused, as the file tools refuse it)."""
+    if mode == SYMLINK:
+        return os.fsencode(os.readlink(name, dir_fd=parent))
+    return read_in(parent, name, shown)
+
+
+class _Ignores:
+    """The ignore rules in force in one directory: its own ``.gitignore`` and its
+    parents'; the deepest rule that mentions a path decides."""
+
+    def __init__(self, layers: list[tuple[str, IgnoreFilter]]) -> None:
+        self._layers = layers
+
+    def below(self, prefix: str, fd: int) -> _Ignores:
+        try:
+            data = read_in(fd, ".gitignore", f"{prefix}.gitignore", MAX_IGNORE_BYTES)
+        except (OSError, Refused):
+            return self
+        patterns = list(read_ignore_patterns(_Lines(data)))  # type: ignore[arg-type]
+        return _Ignores([*self._layers, (prefix, IgnoreFilter(patterns))])
+
+    def ignored(self, path: str, directory: bool) -> bool:
+        for prefix, rules in reversed(self._layers):
+            if not path.startswith(prefix):
+                continue
+            verdict = rules.is_ignored(path[len(prefix) :] + ("/" if directory else ""))
+            if verdict is not None:
+                return verdict
+        return False
+
+
+class _Lines:
+    """A file-like view of bytes for ``read_ignore_patterns`` (it iterates lines)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._lines = data.splitlines(keepends=True)
+
+    def __iter__(self) -> Iterable[bytes]:
+        return iter(self._lines)
+
+
+def _exclude(common: Path) -> _Ignores:
+    try:
+        data = (common / "info" / "exclude").read_bytes()[:MAX_IGNORE_BYTES]
+    except OSError:
+        return _Ignores([])
+    return _Ignores([("", IgnoreFilter(list(read_ignore_patterns(_Lines(data)))))])  # type: ignore[arg-type]
+
+
+def scan(
+    worktree: Path,
+    common: Path,
+    tracked: dict[bytes, tuple[int, ObjectID]],
+    max_hash: int,
+    cache: StatCache | None = None,
+) -> dict[bytes, Found]:
+    """Every file of ``worktree`` that git would consider: tracked paths (hashed when
+    at most ``max_hash`` bytes, unless ``cache`` knows them by their stat data) and
+    untracked ones that are not ignored (not hashed). Gitlinks are never entered."""
+    tracked_dirs = {p[: i + 1] for p in tracked for i, c in enumerate(p) if c == ord("/")}
+    found: dict[bytes, Found] = {}
+    fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        walk = _Walk(tracked, tracked_dirs, found, max_hash, cache)
+        walk.directory(fd, "", _exclude(common).below("", fd), False)
+    finally:
+        os.close(fd)
+    return found
+
+
+@dataclass
+class _Walk:
+    tracked: dict[bytes, tuple[int, ObjectID]]
+    tracked_dirs: set[bytes]
+    found: dict[bytes, Found]
+    max_hash: int
+    cache: StatCache | None
+
+    def directory(self, fd: int, prefix: str, ignores: _Ignores, ignored_dir: bool) -> None:
+        for name in sorted(os.listdir(fd)):
+            if is_git_name(name):
+                continue
+            path = prefix + name
+            key = os.fsencode(path)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            known = self.tracked.get(key)
+            if known is not None and known[0] == GITLINK:
+                self.found[key] = Found(GITLINK, known[1], st)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                skip = ignored_dir or ignores.ignored(path, True)
+                if skip and key + b"/" not in self.tracked_dirs:
+                    continue
+                try:
+                    child = open_dir(fd, name)
+                except (OSError, Raced):
+                    continue
+                try:
+                    inner = ignores.below(path + "/", child) if not skip else ignores
+                    self.directory(child, path + "/", inner, skip)
+                finally:
+                    os.close(child)
+                continue
+            mode = git_mode(st)
+            if mode is None:
+                continue  # a FIFO, socket or device: git records none of them
+            if known is None:
+                if not (ignored_dir or ignores.ignored(path, False)):
+                    self.found[key] = Found(mode, None, st)
+                continue
+            self.found[key] = Found(mode, self._sha(fd, name, path, key, st, mode), st)
+
+    def _sha(
+        self, fd: int, name: str, path: str, key: bytes, st: os.stat_result, mode: int
+    ) -> ObjectID | None:
+        cached = self.cache.sha(key, st, mode) if self.cache is not None else None
+        if cached is not None:
+            return cached
+        if st.st_size > self.max_hash:
+            return None
+        try:
+            return blob_id(read_entry(fd, name, path, mode))
+        except (OSError, Refused):
+            return None  # unreadable or hard-linked: counts as changed
+
+
+def changes(tracked: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]) -> list[bytes]:
+    """Paths added, modified (content or mode) or deleted relative to ``tracked``."""
+    changed = [p for p in tracked if p not in found]
+    for path, entry in found.items():
+        known = tracked.get(path)
+        if known is None or known[0] != entry.mode or known[1] != entry.sha:
+            changed.append(path)
+    return sorted(changed)

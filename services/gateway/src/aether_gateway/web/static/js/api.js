@@ -1,0 +1,97 @@
+// The gateway's REST API, with the token from the browser session.
+
+const KEY = "aether.token";
+let signedOutHandler = () => {};
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+
+  /** The field an error names, if any (a 400 from the gateway's validation). */
+  fields() {
+    const detail = this.body.detail;
+    const out = {};
+    const items = Array.isArray(detail) ? detail : detail && Array.isArray(detail.extra) ? detail.extra : [];
+    for (const item of items) {
+      if (item && item.key) out[item.key.replace(/^body\./, "")] = item.message || this.message;
+    }
+    if (detail && typeof detail === "object" && !Array.isArray(detail) && detail.key) {
+      out[detail.key] = this.message;
+    }
+    return out;
+  }
+}
+
+export function token() {
+  return sessionStorage.getItem(KEY);
+}
+
+export function setToken(value) {
+  sessionStorage.setItem(KEY, value);
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem("aether.me");
+}
+
+export function onSignedOut(handler) {
+  signedOutHandler = handler;
+}
+
+/** A revoked or unknown token: back to sign-in. */
+export function signedOut(reason) {
+  // Several requests in flight may each be refused: the first says why.
+  if (!token()) return;
+  forgetToken();
+  signedOutHandler(reason);
+}
+
+export async function call(method, path, body, { auth = token(), quiet401 = false } = {}) {
+  const headers = { Accept: "application/json" };
+  if (auth) headers.Authorization = "Bearer " + auth;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  const text = await response.text();
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = { error: text.slice(0, 500) };
+    }
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, data);
+    if (response.status === 401 && !quiet401) signedOut(error.message);
+    throw error;
+  }
+  return data;
+}
+
+export const get = (path) => call("GET", path);
+export const post = (path, body = {}) => call("POST", path, body);
+
+/** Who holds the token, and whether they may command (``write``) or only look. */
+export async function whoami(auth = token()) {
+  const me = await call("GET", "/auth/whoami", undefined, { auth, quiet401: true });
+  me.canWrite = me.scopes.includes("write") || me.scopes.includes("admin");
+  return me;
+}
+
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value === null || value === undefined || value === "") continue;
+    q.append(key, String(value));
+  }
+  const text = q.toString();
+  return text ? "?" + text : "";
+}

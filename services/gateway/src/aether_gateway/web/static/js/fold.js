@@ -1,0 +1,119 @@
+// What one live event changes on the page, before the read model is asked again.
+// Only statuses are folded here (setting one twice is harmless, so an event seen both
+// in a snapshot and on the stream does no damage); sums such as cost come from the
+// gateway's read model, which the page reloads once events go quiet.
+
+const TASK_STATUS = {
+  task_ready: "ready",
+  workspace_ready: "running",
+  agent_started: "running",
+  agent_completed: "completed",
+  agent_failed: "failed",
+  workspace_failed: "failed",
+  branch_merged: "merged",
+  merge_conflicted: "conflicted",
+  task_retried: "pending",
+  task_timed_out: "failed",
+  task_escalated: "escalated",
+  task_skipped: "skipped",
+  task_retry_requested: "pending",
+};
+
+const MISSION_STATUS = {
+  repository_prepared: "preparing",
+  plan_produced: "awaiting_approval",
+  plan_failed: "plan_failed",
+  plan_approved: "running",
+  plan_clarification_requested: "awaiting_input",
+  mission_paused: "paused",
+  mission_completed: "completed",
+  mission_answered: "answered",
+  mission_failed: "failed",
+  mission_cancelled: "cancelled",
+};
+
+const TERMINAL = new Set(["completed", "answered", "failed", "cancelled"]);
+
+/** The task a mission event is about, and the status it leaves it in (or null). */
+export function taskChange(type, event) {
+  const status = TASK_STATUS[type];
+  if (!status) return null;
+  const taskId = event.task_id || (event.task && event.task.id);
+  if (!taskId) return null;
+  return { taskId, status, attempt: event.attempt || null, error: event.reason || null };
+}
+
+/** The mission's status after ``type``, or null when the event does not say. */
+export function missionChange(current, type) {
+  if (TERMINAL.has(current)) return null;
+  const next = MISSION_STATUS[type];
+  if (!next) return null;
+  if (current === "paused" && !TERMINAL.has(next) && type !== "mission_paused") return null;
+  return next;
+}
+
+/** Board column of a task status. */
+export function column(status) {
+  switch (status) {
+    case "pending":
+      return "pending";
+    case "ready":
+      return "ready";
+    case "running":
+      return "running";
+    case "completed":
+    case "conflicted":
+      return "merging";
+    case "merged":
+    case "skipped":
+      return "merged";
+    default:
+      return "failed";
+  }
+}
+
+export const COLUMNS = [
+  ["pending", "Pending"],
+  ["ready", "Ready"],
+  ["running", "Running"],
+  ["merging", "Merging"],
+  ["merged", "Merged"],
+  ["failed", "Failed / escalated"],
+];
+
+/** Layers of a task list by dependency depth (tasks in a cycle form one last layer). */
+export function layers(tasks) {
+  const ids = tasks.map((t) => t.id);
+  const known = new Set(ids);
+  const deps = new Map(tasks.map((t) => [t.id, (t.depends_on || []).filter((d) => known.has(d))]));
+  const placed = new Set();
+  const out = [];
+  while (placed.size < ids.length) {
+    const layer = ids.filter((id) => !placed.has(id) && deps.get(id).every((d) => placed.has(d)));
+    if (!layer.length) {
+      out.push(ids.filter((id) => !placed.has(id)));
+      break;
+    }
+    out.push(layer);
+    for (const id of layer) placed.add(id);
+  }
+  return out;
+}
+
+/** What changed between two versions of a plan. */
+export function planDiff(older, newer) {
+  const before = new Map(older.tasks.map((t) => [t.id, t]));
+  const after = new Map(newer.tasks.map((t) => [t.id, t]));
+  const added = newer.tasks.filter((t) => !before.has(t.id));
+  const removed = older.tasks.filter((t) => !after.has(t.id));
+  const changed = [];
+  for (const task of newer.tasks) {
+    const old = before.get(task.id);
+    if (!old) continue;
+    const fields = ["title", "description", "files", "depends_on", "tier", "acceptance_criteria"].filter(
+      (f) => JSON.stringify(old[f]) !== JSON.stringify(task[f]),
+    );
+    if (fields.length) changed.push({ task, fields });
+  }
+  return { added, removed, changed };
+}

@@ -1,0 +1,214 @@
+// Missions: the list (live), its filters, and the new-mission form.
+
+import { ApiError, get, post, query } from "../api.js";
+import { age, clear, debounce, firstLine, h, money, pill } from "../dom.js";
+import { LiveStream } from "../live.js";
+
+const STATUSES = [
+  "requested", "preparing", "awaiting_input", "awaiting_approval", "plan_failed",
+  "running", "paused", "completed", "answered", "failed", "cancelled",
+];
+
+function progress(mission, counts) {
+  const c = counts[mission.id];
+  if (!c) return h("span", { class: "muted" }, "—");
+  const pct = c.total ? Math.round((100 * c.merged) / c.total) : 0;
+  return h(
+    "div",
+    { class: "progress", title: `${c.merged} of ${c.total} tasks merged` },
+    h("div", { class: "bar" }, h("i", { style: { width: `${pct}%` } })),
+    h("span", {}, `${c.merged}/${c.total}`),
+  );
+}
+
+function cost(mission) {
+  const spent = mission.cost_usd || 0;
+  if (!mission.budget_usd) return h("span", {}, money(mission.cost_usd));
+  const ratio = spent / mission.budget_usd;
+  const level = ratio >= 1 ? "over" : ratio >= 0.8 ? "warn" : "ok";
+  return h(
+    "div",
+    { class: "cost-mini " + level },
+    h("div", { class: "bar" }, h("i", { style: { width: `${Math.min(100, ratio * 100).toFixed(1)}%` } })),
+    h("span", {}, `${money(mission.cost_usd)} / ${money(mission.budget_usd)}`),
+  );
+}
+
+function row(mission, counts) {
+  const href = `/board/missions/${encodeURIComponent(mission.id)}`;
+  return h(
+    "tr",
+    { "data-mission": mission.id },
+    h("td", {}, pill(mission.status)),
+    h("td", { class: "req" }, h("a", { href, "data-nav": true }, firstLine(mission.requirement) || mission.id), h("div", { class: "muted mono small" }, mission.id)),
+    h("td", { class: "mono small", title: mission.repository }, firstLine(mission.repository, 40), h("div", { class: "muted" }, mission.base_branch)),
+    h("td", {}, progress(mission, counts)),
+    h("td", {}, cost(mission)),
+    h("td", { title: mission.created_at }, age(mission.created_at)),
+  );
+}
+
+function newMissionForm(onCreated) {
+  const field = (name, label, input, hint) =>
+    h("div", { class: "field", "data-field": name }, h("label", { for: "nm-" + name }, label), input, hint ? h("small", { class: "muted" }, hint) : null, h("p", { class: "field-error", id: "nm-" + name + "-error" }));
+  const form = h(
+    "form",
+    { class: "card new-mission", id: "new-mission" },
+    h("h2", {}, "New mission"),
+    field("repository", "Repository", h("input", { id: "nm-repository", name: "repository", required: true, placeholder: "/path/to/repo or URL" })),
+    field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "main" }), h("span", { id: "nm-base-hint" }, "Left empty: the repository's default branch")),
+    field("requirement", "Requirement", h("textarea", { id: "nm-requirement", name: "requirement", rows: 5, required: true, placeholder: "What should change, and how will you know it is done?" })),
+    h(
+      "div",
+      { class: "row" },
+      field("budget_usd", "Budget (USD)", h("input", { id: "nm-budget_usd", name: "budget_usd", inputmode: "decimal", placeholder: "no limit" })),
+      h("label", { class: "check" }, h("input", { type: "checkbox", name: "auto_approve", id: "nm-auto_approve" }), " Approve the plan automatically"),
+    ),
+    h("p", { class: "field-error", id: "nm-error", role: "alert" }),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Submit mission")),
+  );
+  // The base branch defaults to the repository's own default branch, when the gateway
+  // can read the repository; otherwise to the gateway's default (main).
+  let detected = null;
+  const repository = form.querySelector("#nm-repository");
+  const baseInput = form.querySelector("#nm-base_branch");
+  const hint = form.querySelector("#nm-base-hint");
+  repository.addEventListener("change", async () => {
+    detected = null;
+    const path = repository.value.trim();
+    if (!path) return;
+    try {
+      const found = await get(`/repositories/default-branch?repository=${encodeURIComponent(path)}`);
+      if (repository.value.trim() !== path) return;
+      detected = found.default_branch;
+      baseInput.placeholder = detected;
+      hint.textContent = `Left empty: ${detected}, the repository's default branch`;
+    } catch {
+      baseInput.placeholder = "main";
+      hint.textContent = "Left empty: main (the gateway cannot read this repository's default)";
+    }
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
+    const data = new FormData(form);
+    const body = {
+      repository: String(data.get("repository") || "").trim(),
+      requirement: String(data.get("requirement") || "").trim(),
+      auto_approve: data.get("auto_approve") === "on",
+    };
+    const branch = String(data.get("base_branch") || "").trim();
+    if (branch || detected) body.base_branch = branch || detected;
+    const budget = String(data.get("budget_usd") || "").trim();
+    if (budget) {
+      const value = Number(budget);
+      // Sent as typed when it is no number, so the gateway's own message explains it.
+      body.budget_usd = Number.isFinite(value) ? value : budget;
+    }
+    try {
+      const accepted = await post("/missions", body);
+      form.reset();
+      detected = null;
+      onCreated(accepted.mission_id);
+    } catch (error) {
+      const fields = error instanceof ApiError ? error.fields() : {};
+      let placed = false;
+      for (const [key, message] of Object.entries(fields)) {
+        const slot = form.querySelector(`#nm-${CSS.escape(key)}-error`);
+        if (slot) {
+          slot.textContent = message;
+          placed = true;
+        }
+      }
+      if (!placed) form.querySelector("#nm-error").textContent = error.message;
+    }
+  });
+  return form;
+}
+
+export async function missionsPage(main, { me, navigate }) {
+  const params = new URLSearchParams(location.search);
+  const filters = { status: params.get("status") || "", repository: params.get("repository") || "" };
+  const tbody = h("tbody", {});
+  const more = h("div", { class: "more" });
+  const statusSelect = h("select", { id: "filter-status" }, h("option", { value: "" }, "Any status"), STATUSES.map((st) => h("option", { value: st }, st.replace("_", " "))));
+  statusSelect.value = filters.status;
+  const repoInput = h("input", { id: "filter-repository", placeholder: "Repository", value: filters.repository });
+  const error = h("p", { class: "field-error", role: "alert" });
+
+  let counts = {};
+  let missions = [];
+  let cursor = null;
+
+  async function taskCounts(list) {
+    // Merged / total for the whole page in one call.
+    const ids = list.filter((m) => m.plan_version !== null).map((m) => m.id);
+    if (!ids.length) return {};
+    const answer = await get(`/tasks/progress?${ids.map((id) => "mission_id=" + encodeURIComponent(id)).join("&")}`);
+    return answer.missions;
+  }
+
+  function draw() {
+    clear(tbody);
+    if (!missions.length) {
+      tbody.append(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No missions yet." + (me.canWrite ? " Submit one on the right." : ""))));
+    }
+    for (const mission of missions) tbody.append(row(mission, counts));
+    clear(more);
+    if (cursor) more.append(h("button", { class: "ghost", type: "button", onclick: () => load(true) }, "Older missions"));
+  }
+
+  async function load(append = false) {
+    try {
+      const page = await get(`/missions${query({ status: filters.status, repository: filters.repository, limit: 50, cursor: append ? cursor : null })}`);
+      missions = append ? missions.concat(page.missions) : page.missions;
+      cursor = page.next_cursor;
+      counts = { ...counts, ...(await taskCounts(page.missions)) };
+      error.textContent = "";
+      draw();
+    } catch (failure) {
+      error.textContent = failure.message;
+    }
+  }
+
+  const applyFilters = () => {
+    filters.status = statusSelect.value;
+    filters.repository = repoInput.value.trim();
+    history.replaceState(null, "", "/board/" + query(filters));
+    load();
+  };
+  statusSelect.addEventListener("change", applyFilters);
+  repoInput.addEventListener("change", applyFilters);
+
+  main.append(
+    h(
+      "div",
+      { class: "missions-layout" },
+      h(
+        "section",
+        { class: "card" },
+        h("div", { class: "card-head" }, h("h1", {}, "Missions"), h("div", { class: "filters" }, statusSelect, repoInput)),
+        error,
+        h(
+          "table",
+          { class: "missions", id: "missions" },
+          h("thead", {}, h("tr", {}, ["Status", "Mission", "Repository", "Progress", "Cost / budget", "Age"].map((t) => h("th", {}, t)))),
+          tbody,
+        ),
+        more,
+      ),
+      me.canWrite ? newMissionForm((id) => navigate(`/board/missions/${encodeURIComponent(id)}`)) : null,
+    ),
+  );
+  // Live from the read model's position before the list is read: nothing older needs
+  // replaying, nothing newer is missed.
+  const position = await get("/events/position").catch(() => ({ sequence: 0 }));
+  await load();
+  const refresh = debounce(() => load(), 250);
+  const live = new LiveStream("/events/stream", { onEvent: refresh, after: position.sequence }).start();
+  const ages = setInterval(draw, 30000);
+  return () => {
+    live.stop();
+    clearInterval(ages);
+  };
+}

@@ -1,0 +1,179 @@
+"""The queries the web board adds to the API, and the board's own pages and assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dulwich import porcelain
+from dulwich.repo import Repo
+from msgspec.structs import replace
+
+from aether_events import EventPublisher, new_mission_id
+from aether_gateway.web import static_directory
+
+from .conftest import Script, eventually
+
+
+def two_commits(path: Path) -> tuple[str, str]:
+    porcelain.init(str(path))
+    (path / "a.txt").write_text("one\ntwo\n")
+    porcelain.add(str(path), [str(path / "a.txt")])
+    base = porcelain.commit(str(path), b"base", author=b"t <t@t>", committer=b"t <t@t>")
+    (path / "a.txt").write_text("one\n2\n")
+    (path / "bin.dat").write_bytes(b"\0\1\2")
+    porcelain.add(str(path), [str(path / "a.txt"), str(path / "bin.dat")])
+    head = porcelain.commit(str(path), b"task", author=b"t <t@t>", committer=b"t <t@t>")
+    return base.decode(), head.decode()
+
+
+async def test_position_follows_the_read_model(http, nc, script: Script):
+    before = (await http.get("/events/position")).json()["sequence"]
+    acks = await EventPublisher(nc.jetstream()).publish_all(script.happy_path())
+
+    async def folded():
+        position = (await http.get("/events/position")).json()["sequence"]
+        return position if position >= acks[-1].seq else None
+
+    assert await eventually(folded, what="the read model folding") >= acks[-1].seq > before
+
+
+async def test_task_diff_is_read_from_the_local_repository(http, nc, script: Script, tmp_path):
+    base, head = two_commits(tmp_path / "repo")
+    events = [
+        script.requested(repository=str(tmp_path / "repo")),
+        replace(script.prepared(), base_sha=base),
+        script.plan(task_ids=("t1",)),
+        script.approved(),
+        script.task_ready("t1"),
+    ]
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(events)
+    url = f"/missions/{script.mission_id}/tasks/t1/diff"
+
+    async def task_known():
+        answer = await http.get(f"/missions/{script.mission_id}/tasks/t1")
+        return answer if answer.status_code == 200 else None
+
+    await eventually(task_known, what="the task")
+    missing = await http.get(url)
+    assert missing.status_code == 404
+    assert "not committed" in missing.text
+
+    await publisher.publish(replace(script.agent_completed("t1"), commit_sha=head))
+
+    async def diff():
+        answer = await http.get(url)
+        return answer.json() if answer.status_code == 200 else None
+
+    found = await eventually(diff, what="the diff")
+    assert (found["base_sha"], found["head_sha"]) == (base, head)
+    by_path = {f["path"]: f for f in found["files"]}
+    assert by_path["a.txt"]["lines"][1:] == [" one", "-two", "+2"]
+    assert (by_path["a.txt"]["added"], by_path["a.txt"]["removed"]) == (1, 1)
+    assert by_path["bin.dat"]["binary"] is True
+    assert (found["added"], found["removed"]) == (1, 1)
+
+
+async def test_task_diff_of_a_repository_the_gateway_cannot_read_is_a_404(http, nc, script: Script):
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(repository="https://example.invalid/repo.git"),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            script.agent_completed("t1"),
+        ]
+    )
+
+    async def diff():
+        answer = await http.get(f"/missions/{script.mission_id}/tasks/t1/diff")
+        return answer if answer.status_code != 404 or "not readable" in answer.text else None
+
+    answer = await eventually(diff, what="the diff's answer")
+    assert answer.status_code == 404
+    assert "not readable from the gateway" in answer.text
+
+
+async def test_board_pages_and_assets_are_served_without_a_token(gateway_server):
+    async with gateway_server.client(token=None, follow_redirects=False) as anonymous:
+        root = await anonymous.get("/")
+        assert root.status_code in (301, 302, 307, 308)
+        assert root.headers["location"] == "/board/"
+        for path in ("/board/", "/board/missions/m-1/tasks/t1", "/board/usage"):
+            page = await anonymous.get(path)
+            assert page.status_code == 200, path
+            assert page.headers["content-type"].startswith("text/html")
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            assert '<script type="module" src="/board/static/js/main.js">' in page.text
+        script = await anonymous.get("/board/static/js/main.js")
+        assert script.status_code == 200
+        assert script.text == (static_directory() / "js" / "main.js").read_text()
+        assert (await anonymous.get("/board/static/nope.js")).status_code == 404
+        # Data still needs a token.
+        assert (await anonymous.get("/missions")).status_code == 401
+        assert (await anonymous.get("/events/position")).status_code == 401
+
+
+def test_the_board_fetches_nothing_from_another_origin():
+    for path in static_directory().rglob("*"):
+        if path.suffix in (".js", ".css", ".html"):
+            text = path.read_text()
+            assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path
+            assert "https://" not in text, path
+            assert "innerHTML" not in text, path
+
+
+async def test_progress_counts_tasks_of_several_missions_in_one_call(http, nc):
+    first, second, idle = Script(new_mission_id()), Script(new_mission_id()), new_mission_id()
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(first.happy_path())
+    await publisher.publish_all(
+        [
+            second.requested(),
+            second.prepared(),
+            second.plan(task_ids=("a", "b", "c")),
+            second.approved(),
+            second.task_ready("a"),
+        ]
+    )
+
+    async def counts():
+        answer = await http.get(
+            "/tasks/progress",
+            params=[
+                ("mission_id", first.mission_id),
+                ("mission_id", f"{second.mission_id},{idle}"),
+            ],
+        )
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["missions"]
+        return found if len(found) == 2 and found[first.mission_id]["merged"] == 1 else None
+
+    found = await eventually(counts, what="both missions' tasks")
+    assert found[first.mission_id] == {"total": 1, "merged": 1, "running": 0, "failed": 0}
+    assert found[second.mission_id]["total"] == 3
+    assert found[second.mission_id]["merged"] == 0
+    assert idle not in found
+    too_many = await http.get("/tasks/progress", params={"mission_id": ",".join(["m-x"] * 201)})
+    assert too_many.status_code == 400
+
+
+async def test_default_branch_of_a_local_repository_for_writers_only(
+    http, gateway_server, tmp_path
+):
+    two_commits(tmp_path / "repo")
+    with Repo(str(tmp_path / "repo")) as repo:
+        repo.refs[b"refs/heads/trunk"] = repo.head()
+        repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/trunk")
+    url = "/repositories/default-branch"
+    found = await http.get(url, params={"repository": str(tmp_path / "repo")})
+    assert found.status_code == 200, found.text
+    assert found.json()["default_branch"] == "trunk"
+    for elsewhere in ("https://example.invalid/r.git", str(tmp_path), "relative/path"):
+        answer = await http.get(url, params={"repository": elsewhere})
+        assert answer.status_code == 404, elsewhere
+    created = await http.post("/admin/tokens", json={"name": "viewer", "scopes": ["read"]})
+    async with gateway_server.client(token=created.json()["token"]) as reader:
+        refused = await reader.get(url, params={"repository": str(tmp_path / "repo")})
+        assert refused.status_code == 403

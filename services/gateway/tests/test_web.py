@@ -1,0 +1,457 @@
+"""The web board in a real browser (Debian's chromium, driven by Playwright) against a
+real gateway on real NATS and PostgreSQL: the events a mission's services would publish
+are published by the test, and the board must show each one live.
+
+Screenshots of every page go to ``$AETHER_TEST_ARTEFACTS`` (default: the test's
+temporary directory).
+"""
+
+# The browser fixtures are imported from tests.web.browser, then named as parameters.
+# ruff: noqa: F811
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dulwich import porcelain
+from dulwich.repo import Repo
+
+from aether_events import (
+    AgentProgress,
+    AgentStarted,
+    BudgetRaised,
+    EventPublisher,
+    MissionMessagePosted,
+    MissionPaused,
+    MissionRequested,
+    MissionResumed,
+    PlanApproved,
+    PlanClarificationRequested,
+    PlannedTask,
+    RepositoryPrepared,
+    StepFailed,
+    StepRetryRequested,
+    TaskEscalated,
+    TaskRetryRequested,
+    WorkspaceReady,
+)
+from tests.web.browser import artefacts, browser, expect  # noqa: F401 (fixtures)
+
+from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually, stored_events
+
+
+async def signed_in(browser: Any, server: GatewayServer, token: str = ADMIN_TOKEN) -> Any:
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(server.base_url + "/board/")
+    await page.fill("#token", token)
+    await page.click("#signin button[type=submit]")
+    await expect(page.locator("#missions")).to_be_visible()
+    return page
+
+
+def sample_repository(path: Path) -> tuple[str, str]:
+    """A repository with a base commit and a task's commit on top: (base, head)."""
+    porcelain.init(str(path))
+    (path / "greet.py").write_text("def greet():\n    return 'hi'\n")
+    porcelain.add(str(path), [str(path / "greet.py")])
+    base = porcelain.commit(str(path), b"base", author=b"t <t@t>", committer=b"t <t@t>")
+    (path / "greet.py").write_text("def greet(name):\n    return f'hello {name}'\n")
+    (path / "test_greet.py").write_text("assert True\n")
+    porcelain.add(str(path), [str(path / "greet.py"), str(path / "test_greet.py")])
+    head = porcelain.commit(str(path), b"task", author=b"t <t@t>", committer=b"t <t@t>")
+    with Repo(str(path)) as repo:
+        repo.refs[b"refs/heads/main"] = base
+    return base.decode(), head.decode()
+
+
+def prepared(script: Script, repo: Path, base: str) -> RepositoryPrepared:
+    return RepositoryPrepared(
+        **script.meta(),  # type: ignore[arg-type]
+        repository_path=str(repo),
+        base_branch="main",
+        base_sha=base,
+        integration_branch=f"aether/{script.mission_id}",
+    )
+
+
+def workspace(script: Script, task_id: str, base: str) -> WorkspaceReady:
+    return WorkspaceReady(
+        **script.meta(),  # type: ignore[arg-type]
+        task=PlannedTask(id=task_id, title=f"Task {task_id}"),
+        attempt=1,
+        model="claude-test",
+        branch=f"aether/{script.mission_id}/{task_id}",
+        worktree_path="/tmp/none",
+        base_sha=base,
+    )
+
+
+async def test_board_follows_a_mission_from_sign_in_to_merge(
+    gateway_server: GatewayServer,
+    nc: Any,
+    script: Script,
+    browser: Any,
+    artefacts: Path,
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    base, head = sample_repository(repo)
+    publisher = EventPublisher(nc.jetstream())
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(gateway_server.base_url + "/")
+    await expect(page.locator("#signin")).to_be_visible()
+    await page.screenshot(path=str(artefacts / "1-sign-in.png"))
+    page = await signed_in(browser, gateway_server)
+
+    # A mission submitted elsewhere appears on the open list, live.
+    await publisher.publish_all(
+        [
+            script.requested(repository=str(repo), budget_usd=0.05),
+            prepared(script, repo, base),
+            script.plan(task_ids=("t1", "t2")),
+        ]
+    )
+    row = page.locator(f'tr[data-mission="{script.mission_id}"]')
+    await expect(row.locator(".pill")).to_have_text("awaiting approval")
+    await page.screenshot(path=str(artefacts / "2-missions.png"))
+
+    await row.locator("a").click()
+    await expect(page.locator("#plan-graph .node")).to_have_count(2)
+    await expect(page.locator('#plan-graph [data-edge="t1->t2"]')).to_have_count(1)
+    await page.click("#approve")
+    history = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), PlanApproved), what="approval"
+    )
+    assert history.version == 1
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    await expect(page.locator("#approve")).to_have_count(0)
+
+    # Tasks move across the board as their events arrive.
+    await publisher.publish_all([script.task_ready("t1"), workspace(script, "t1", base)])
+    await publisher.publish(
+        AgentStarted(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=1,
+            runner_id="runner-1",
+            model="claude-test",
+        )
+    )
+    t1 = page.locator('#task-board article[data-task="t1"]')
+    await expect(page.locator('[data-column="running"] article[data-task="t1"]')).to_have_count(1)
+    await publisher.publish(
+        AgentProgress(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=1,
+            runner_id="runner-1",
+            turns=2,
+            tool_calls=3,
+            last_action="write_file greet.py",
+        )
+    )
+    await expect(t1.locator(".activity")).to_have_text("write_file greet.py")
+    await publisher.publish_all([script.usage(0.045), _completed(script, "t1", head)])
+    await expect(page.locator('[data-column="merging"] article[data-task="t1"]')).to_have_count(1)
+    await publisher.publish(script.merged("t1"))
+    await expect(page.locator('[data-column="merged"] article[data-task="t1"]')).to_have_count(1)
+    await expect(page.locator('#plan-graph .node[data-task="t1"]')).to_have_attribute(
+        "data-status", "merged"
+    )
+    # 0.045 of 0.05 spent: the cost bar warns.
+    await expect(page.locator("#costbar")).to_have_attribute("data-level", "warn")
+    await page.screenshot(path=str(artefacts / "3-mission.png"), full_page=True)
+
+    # The task's page: its activity from the stored events, and its diff.
+    await t1.locator("a.task-title").click()
+    await expect(page.locator("#transcript")).to_contain_text("merged as dddddddddd")
+    await expect(page.locator('.diff-file[data-path="greet.py"]')).to_contain_text("hello {name}")
+    await expect(page.locator('.diff-file[data-path="test_greet.py"]')).to_have_count(1)
+    await page.screenshot(path=str(artefacts / "4-task.png"), full_page=True)
+
+    await page.click('#nav a[data-page="agents"]')
+    await expect(page.locator('[data-runner="runner-1"]')).to_be_visible()
+    await page.screenshot(path=str(artefacts / "5-agents.png"))
+    await page.click('#nav a[data-page="usage"]')
+    await expect(page.locator("#usage-model svg")).to_contain_text("claude-test")
+    await page.screenshot(path=str(artefacts / "6-usage.png"), full_page=True)
+
+
+async def _with(events_coro: Any, kind: type) -> Any:
+    return next((e for e in await events_coro if isinstance(e, kind)), None)
+
+
+def _completed(script: Script, task_id: str, commit: str) -> Any:
+    event = script.agent_completed(task_id)
+    from msgspec.structs import replace
+
+    return replace(event, commit_sha=commit, summary="greets by name")
+
+
+async def test_read_only_token_sees_no_command_and_a_revoked_one_is_sent_to_sign_in(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    async with gateway_server.client() as http:
+        created = await http.post("/admin/tokens", json={"name": "viewer", "scopes": ["read"]})
+        assert created.status_code == 201, created.text
+    token = created.json()
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(),
+            script.approved(),
+            script.task_ready("t1"),
+            _escalated(script, "t1"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server, token["token"])
+    await expect(page.locator("#who")).to_contain_text("read-only")
+    await expect(page.locator("#new-mission")).to_have_count(0)
+    await page.locator(f'tr[data-mission="{script.mission_id}"] a').click()
+    await expect(page.locator('[data-column="failed"] article[data-task="t1"]')).to_have_count(1)
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    for hidden in ("#pause", "#cancel", "#approve", "#message-text", "[data-action=retry]"):
+        await expect(page.locator(hidden)).to_have_count(0)
+    await expect(page.locator("#commands")).to_be_hidden()
+    await page.screenshot(path=str(artefacts / "read-only-mission.png"))
+
+    async with gateway_server.client() as http:
+        revoked = await http.delete(f"/admin/tokens/{token['id']}")
+        assert revoked.status_code in (200, 204), revoked.text
+    await page.click('#nav a[data-page="missions"]')
+    await expect(page.locator("#signin")).to_be_visible()
+    await expect(page.locator("#signin .notice")).to_contain_text("revoked")
+
+
+async def test_writer_answers_the_planner_pauses_resumes_and_retries_a_task(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            PlanClarificationRequested(
+                **script.meta(),  # type: ignore[arg-type]
+                questions=["Which greeting: hello or hi?"],
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page.locator("#questions")).to_contain_text("hello or hi")
+    await page.fill("#message-text", "hello, please")
+    await page.click("#send-message")
+    posted = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), MissionMessagePosted), what="answer"
+    )
+    assert posted.text == "hello, please"
+
+    await publisher.publish_all(
+        [script.plan(), script.approved(), script.task_ready("t1"), _escalated(script, "t1")]
+    )
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    await page.click("#pause")
+    await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), MissionPaused), what="pause"
+    )
+    await expect(page.locator("#mission-status .pill")).to_have_text("paused")
+    await page.click("#resume")
+    await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), MissionResumed), what="resume"
+    )
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+
+    await page.locator('article[data-task="t1"] [data-action=retry]').click()
+    retried = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), TaskRetryRequested), what="retry"
+    )
+    assert retried.task_id == "t1"
+    await expect(page.locator('[data-column="pending"] article[data-task="t1"]')).to_have_count(1)
+    await page.screenshot(path=str(artefacts / "mission-commands.png"), full_page=True)
+
+
+async def test_plan_versions_their_changes_a_budget_raise_and_a_failed_step_retry(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    publisher = EventPublisher(nc.jetstream())
+    prepared_event = script.prepared()
+    await publisher.publish_all(
+        [
+            script.requested(budget_usd=1.0),
+            prepared_event,
+            script.plan(version=1, task_ids=("t1", "t2")),
+            script.plan(version=2, task_ids=("t1", "t3")),
+            StepFailed(
+                **script.meta(),  # type: ignore[arg-type]
+                service="planner",
+                consumer="planner",
+                failed_event_id=prepared_event.event_id,
+                failed_event_type="repository_prepared",
+                stream="AETHER_MISSIONS",
+                stream_sequence=2,
+                error="the model answered 529 five times",
+                attempts=5,
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page.locator("#approve")).to_have_text("Approve plan v2")
+    await expect(page.locator("#plan-version option")).to_have_count(2)
+    changes = page.locator("#plan-diff")
+    await expect(changes).to_contain_text("+ t3")
+    await expect(changes).to_contain_text("− t2")
+    await page.select_option("#plan-version", "1")
+    await expect(page.locator('#plan-graph .node[data-task="t2"]')).to_have_count(1)
+    await expect(page.locator("#plan-diff")).to_have_count(0)
+
+    await page.fill("#budget-input", "2.5")
+    await page.click("#raise-budget")
+    raised = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), BudgetRaised), what="budget"
+    )
+    assert raised.budget_usd == 2.5
+    await expect(page.locator("#costbar")).to_contain_text("of $2.50")
+
+    await expect(page.locator("#steps")).to_contain_text("529 five times")
+    await page.locator("#steps button").click()
+    retry = await eventually(
+        lambda: _with(stored_events(nc, script.mission_id), StepRetryRequested), what="retry"
+    )
+    assert retry.failed_event_id == prepared_event.event_id
+    await page.screenshot(path=str(artefacts / "plan-versions.png"), full_page=True)
+
+
+async def test_form_errors_show_the_gateways_message_next_to_the_field(
+    gateway_server: GatewayServer, nc: Any, browser: Any, artefacts: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    sample_repository(repo)
+    with Repo(str(repo)) as r:
+        r.refs[b"refs/heads/trunk"] = r.refs[b"refs/heads/main"]
+        r.refs.set_symbolic_ref(b"HEAD", b"refs/heads/trunk")
+    page = await signed_in(browser, gateway_server)
+    await page.fill("#nm-repository", str(repo))
+    await page.locator("#nm-repository").blur()
+    await expect(page.locator("#nm-base-hint")).to_contain_text("trunk")
+    await page.fill("#nm-requirement", "Add a greeting")
+    await page.fill("#nm-budget_usd", "-3")
+    await page.click("#new-mission button[type=submit]")
+    await expect(page.locator("#nm-budget_usd-error")).to_contain_text("0")
+    await expect(page.locator("#nm-error")).to_be_hidden()
+    await page.screenshot(path=str(artefacts / "form-error.png"))
+
+    await page.fill("#nm-budget_usd", "3")
+    await page.click("#new-mission button[type=submit]")
+    await expect(page.locator("#mission-head")).to_be_visible()
+    mission_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    requested = await eventually(
+        lambda: _with(stored_events(nc, mission_id), MissionRequested), what="the request"
+    )
+    assert (requested.base_branch, requested.budget_usd) == ("trunk", 3.0)
+
+
+async def test_board_resumes_after_a_gateway_restart_without_missing_or_doubling_events(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(),
+            script.approved(),
+            script.task_ready("t1"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    transcript = page.locator("#transcript li")
+    await expect(transcript).to_have_count(1)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+    await gateway_server.stop()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "reconnecting")
+    # Published while no gateway runs: the board must get them when it reconnects.
+    await publisher.publish(
+        AgentStarted(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=1,
+            runner_id="runner-1",
+            model="claude-test",
+        )
+    )
+    await publisher.publish(script.agent_completed("t1"))
+    await gateway_server.start()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    await publisher.publish(script.merged("t1"))
+    await expect(page.locator("#task-status .pill")).to_have_text("merged")
+    kinds = [k.strip().lower() for k in await page.locator("#transcript .kind").all_inner_texts()]
+    assert kinds == [
+        "task ready",
+        "agent started",
+        "agent completed",
+        "branch merged",
+    ]
+
+
+def _escalated(script: Script, task_id: str) -> TaskEscalated:
+    return TaskEscalated(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id=task_id,
+        attempt=1,
+        reason="retries exhausted",
+    )
+
+
+async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
+    gateway_server: GatewayServer, browser: Any
+) -> None:
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(gateway_server.base_url + "/board/")
+    found = await page.evaluate(
+        """async () => {
+        const f = await import('/board/static/js/fold.js');
+        const t = (id, deps = [], extra = {}) => ({ id, title: id, depends_on: deps, ...extra });
+        return {
+          layers: f.layers(
+            [t('c', ['a', 'b']), t('a'), t('b', ['a']), t('x', ['y']), t('y', ['x'])],
+          ),
+          diff: f.planDiff(
+            { tasks: [t('a'), t('b'), t('c', [], { tier: 'small' })] },
+            { tasks: [t('a'), t('c', [], { tier: 'large' }), t('d')] },
+          ),
+          columns: ['pending', 'ready', 'running', 'completed', 'conflicted', 'merged', 'skipped',
+                    'failed', 'escalated'].map(f.column),
+          paused: [
+            f.missionChange('paused', 'plan_approved'),
+            f.missionChange('paused', 'mission_cancelled'),
+            f.missionChange('completed', 'mission_paused'),
+            f.missionChange('running', 'mission_paused'),
+          ],
+          task: f.taskChange('task_ready', { task: { id: 't9' }, attempt: 2 }),
+          unrelated: f.taskChange('plan_produced', {}),
+        };
+      }"""
+    )
+    assert found["layers"] == [["a"], ["b"], ["c"], ["x", "y"]]
+    assert [t["id"] for t in found["diff"]["added"]] == ["d"]
+    assert [t["id"] for t in found["diff"]["removed"]] == ["b"]
+    assert [(c["task"]["id"], c["fields"]) for c in found["diff"]["changed"]] == [("c", ["tier"])]
+    assert found["columns"] == [
+        "pending",
+        "ready",
+        "running",
+        "merging",
+        "merging",
+        "merged",
+        "merged",
+        "failed",
+        "failed",
+    ]
+    assert found["paused"] == [None, "cancelled", None, "paused"]
+    assert found["task"] == {"taskId": "t9", "status": "ready", "attempt": 2, "error": None}
+    assert found["unrelated"] is None

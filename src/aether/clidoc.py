@@ -1,0 +1,48 @@
+"""The command-line reference, generated from the parser itself so it cannot drift:
+``python -m aether.clidoc > docs/cli.md`` (a test checks the file is current)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+
+from aether.cli import _parser
+
+WIDTH = "100"  # argparse wraps help to the terminal width: fixed here for a stable file
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: list[str]
+) -> Iterator[tuple[list[str], argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _commands(child, [*path, name])
+
+
+def reference() -> str:
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = WIDTH
+    try:
+        parser = _parser()
+        parts = [
+            "# Command-line reference\n",
+            "Generated from the parser by `python -m aether.clidoc > docs/cli.md`; do not edit.",
+            "Global options (`--url`, `--token`, `--home`, `--json`) may be given before the "
+            "command or after it.\n",
+        ]
+        for path, command in _commands(parser, ["aether"]):
+            command.prog = " ".join(path)
+            parts.append(f"## {' '.join(path)}\n\n```\n{command.format_help().rstrip()}\n```\n")
+        return "\n".join(parts)
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -1,0 +1,438 @@
+"""``aether up``, ``down``, ``status`` and ``logs``: the local stack as a newcomer sees it.
+
+``up`` prints what it is doing while it starts, says it is ready only once every process
+it started answers ``/readyz`` with its own pid, and then stays calm: a short banner, a
+line when a service warns, fails or is restarted. Raw JSON logs go to
+``<home>/logs/<service>.log`` (``--verbose`` echoes them too).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from aether import supervise
+from aether.credentials import TOKEN_FILE
+from aether.locate import remember_home
+from aether.stack import SERVICES, Stack
+from aether.supervise import StackError
+
+START_TIMEOUT = 240.0
+STABLE_AFTER = 60.0  # a service up this long has its restart backoff reset
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class Progress:
+    """A line saying what is still starting, refreshed in place on a terminal and every
+    ten seconds elsewhere, so a slow first start is never silent."""
+
+    out: IO[str]
+    waiting: str = ""
+    started: float = field(default_factory=time.monotonic)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_plain: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.tty = self.out.isatty()
+        threading.Thread(target=self._tick, name="progress", daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self.show()
+
+    def show(self) -> None:
+        with self._lock:
+            if not self.waiting:
+                return
+            elapsed = time.monotonic() - self.started
+            text = f"  … waiting for {self.waiting} ({_duration(elapsed)})"
+            if self.tty:
+                self.out.write("\r\x1b[2K" + text)
+                self.out.flush()
+            elif elapsed - self._last_plain >= 10.0:
+                self._last_plain = elapsed
+                self.out.write(text + "\n")
+                self.out.flush()
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            if self.tty:
+                self.out.write("\r\x1b[2K")
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self.waiting = ""
+            if self.tty:
+                self.out.write("\r\x1b[2K")
+                self.out.flush()
+
+
+@dataclass
+class Supervisor:
+    """Starts the stack's processes, checks they are the ones answering, restarts a
+    service that crashes (with backoff), and stops everything on request."""
+
+    stack: Stack
+    stopping: threading.Event
+    out: IO[str]
+    started_at: float = field(default_factory=time.time)
+    restarts: dict[str, int] = field(default_factory=dict)
+    since: dict[str, float] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+
+    def log_path(self, name: str) -> Path:
+        return self.stack.home / "logs" / f"{name}.log"
+
+    def record(self) -> None:
+        """Write what runs now to the home, for ``status``, ``down``, the CLI and the
+        reaper."""
+        processes: dict[str, Any] = {}
+        nats = self.stack._nats
+        if nats is not None and nats.process is not None:
+            processes["nats"] = supervise.process_record(nats.process.pid, nats.port)
+        postmaster = supervise.postgres_postmaster(self.stack.home / "postgres")
+        if self.stack._postgres is not None and postmaster is not None:
+            processes["postgres"] = supervise.process_record(postmaster)
+        for name, service in self.stack.processes.items():
+            record = supervise.process_record(service.process.pid, service.port)
+            processes[name] = {**record, "group": True, "restarts": self.restarts.get(name, 0)}
+        supervise.write_state(
+            self.stack.home,
+            {
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "home": str(self.stack.home),
+                "gateway_url": self.stack.gateway_url,
+                "nats_url": self.stack.nats_url,
+                "ports": self.stack.ports,
+                "processes": processes,
+            },
+        )
+
+    def start(self, progress: Progress) -> None:
+        """Start infrastructure and services; return once all are ready, or raise."""
+        first = not (self.stack.home / "postgres" / "PG_VERSION").exists()
+        progress.waiting = "NATS and PostgreSQL" + (
+            " (the first start sets up the database: up to a minute)" if first else ""
+        )
+        began = time.monotonic()
+        self.stack.start_infrastructure()
+        self.record()
+        progress.say(f"  ✓ NATS and PostgreSQL ({time.monotonic() - began:.1f}s)")
+        self._check_stop()
+        for name in SERVICES:
+            self.stack.start_service(name)
+            self.since[name] = time.monotonic()
+        self.record()
+        pending = list(SERVICES)
+        deadline = time.monotonic() + START_TIMEOUT
+        while pending:
+            self._check_stop()
+            progress.waiting = ", ".join(pending)
+            for name in list(pending):
+                if self._ready(name):
+                    pending.remove(name)
+                    elapsed = time.monotonic() - began
+                    port = self.stack.ports[name]
+                    progress.say(f"  ✓ {name:<13} :{port}  ({elapsed:.1f}s)")
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{', '.join(pending)} not ready after {START_TIMEOUT:.0f}s",
+                    f"see `aether logs {pending[0]} --home {self.stack.home}`",
+                )
+            if pending:
+                self.stopping.wait(0.2)
+        progress.close()
+
+    def _check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise StackError("stopped while starting")
+
+    def _ready(self, name: str) -> bool:
+        service = self.stack.processes[name]
+        if service.process.poll() is not None:
+            raise StackError(
+                f"{name} exited with code {service.process.returncode} while starting"
+                + self._last_error(name),
+                f"full log: `aether logs {name} --home {self.stack.home}`",
+            )
+        answer = supervise.ready_pid(service.url)
+        if answer is None:
+            return False
+        status, pid = answer
+        if pid is not None and pid != service.process.pid:
+            raise StackError(
+                f"port {service.port} answers for another process (pid {pid}), not the "
+                f"{name} this stack started (pid {service.process.pid})",
+                "choose other ports with --port-base",
+            )
+        return status == 200 and pid == service.process.pid
+
+    def _last_error(self, name: str) -> str:
+        """The most telling line of a service's log: its last error, else its last line."""
+        lines = supervise.tail(self.log_path(name), 40)
+        for line in reversed(lines):
+            summary = supervise.summarise(line)
+            if summary and ("error" in summary or "Error" in summary):
+                return f":\n    {summary}"
+        return f":\n    {lines[-1]}" if lines else ""
+
+    def watch(self) -> None:
+        """Until asked to stop: restart crashed services, with backoff, and say so."""
+        while not self.stopping.wait(0.5):
+            now = time.monotonic()
+            for name, service in list(self.stack.processes.items()):
+                if name in self.due:
+                    if now >= self.due[name]:
+                        del self.due[name]
+                        self.stack.start_service(name)
+                        self.since[name] = now
+                        self.record()
+                    continue
+                if service.process.poll() is None:
+                    if now - self.since.get(name, now) > STABLE_AFTER:
+                        self.restarts[name] = 0
+                    continue
+                count = self.restarts.get(name, 0) + 1
+                self.restarts[name] = count
+                delay = min(30.0, 2.0 ** (count - 1))
+                print(
+                    f"! {name} exited with code {service.process.returncode}"
+                    f"{self._last_error(name)}\n  restarting it in {delay:.0f}s"
+                    f" (restart {count})",
+                    file=self.out,
+                    flush=True,
+                )
+                self.due[name] = now + delay
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+
+def _banner(stack: Stack, home: Path) -> str:
+    env_token = bool(stack.env.get("AETHER_ADMIN_TOKEN") or os.environ.get("AETHER_ADMIN_TOKEN"))
+    token = (
+        "$AETHER_ADMIN_TOKEN (from the environment; export AETHER_TOKEN with it for the CLI)"
+        if env_token
+        else f"{home / TOKEN_FILE} (the CLI finds it)"
+    )
+    model = (
+        "real model (ANTHROPIC_API_KEY is set): missions cost money; set a --budget"
+        if os.environ.get("ANTHROPIC_API_KEY")
+        else "OFFLINE model (no ANTHROPIC_API_KEY): deterministic and not intelligent"
+    )
+    default_home = Path(os.environ.get("AETHER_HOME", ".aether")).resolve() == home
+    target = "" if default_home else f"   (other shells: export AETHER_HOME={home})"
+    return (
+        f"\nAether is up.\n"
+        f"  gateway   {stack.gateway_url}\n"
+        f"  board     {stack.gateway_url}/board/  (sign in with the token)\n"
+        f"  token     {token}\n"
+        f"  model     {model}\n"
+        f"  logs      {home / 'logs'}  (aether logs [service] -f)\n"
+        f"next:\n"
+        f'  aether mission submit --repo PATH "what you want done" --watch{target}\n'
+        f"Ctrl-C here (or `aether down`) stops everything.\n"
+    )
+
+
+def up(
+    home: Path,
+    port_base: int | None = None,
+    verbose: bool = False,
+    out: IO[str] | None = None,
+) -> int:
+    """Run the stack on ``home`` until a signal; the exit code says how it went."""
+    out = out or sys.stdout
+    home = home.resolve()
+    lock = supervise.HomeLock(home)
+    stopping = threading.Event()
+    supervisor: Supervisor | None = None
+    reaper: IO[bytes] | None = None
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    previous = {
+        signum: signal.signal(signum, on_signal)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        lock.acquire()
+        ports = supervise.plan_ports(SERVICES, port_base)
+        supervise.check_ports(ports)
+        # Children of an earlier ``up`` on this home whose reaper was killed too.
+        leftovers = supervise.reap(home)
+        if leftovers:
+            print(f"stopped leftovers of an earlier stack: {', '.join(leftovers)}", file=out)
+        supervise.prune_postgres_handles(home / "postgres")
+        # LogEcho has the two methods the stack's log pump calls (write and flush).
+        echo = cast(IO[str], supervise.LogEcho(out, verbose))
+        stack = Stack(home=home, echo_logs=echo)
+        stack.ports = ports
+        remember_home(home)
+        reaper = supervise.start_reaper(home)
+        supervisor = Supervisor(stack, stopping, out)
+        print(f"starting Aether in {home}", file=out, flush=True)
+        progress = Progress(out)
+        try:
+            supervisor.start(progress)
+        finally:
+            progress.close()
+        print(_banner(stack, home), file=out, flush=True)
+        supervisor.watch()
+        return 0
+    except StackError as error:
+        if stopping.is_set() and supervisor is not None:
+            return 0
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as error:  # e.g. PostgreSQL would not start: say so in a line
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(
+            f"error: could not start the stack: {type(error).__name__}: {first}\n"
+            f"  logs: {home / 'logs'}; run with --verbose for every service line",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    finally:
+        if supervisor is not None:
+            print("stopping…", file=out, flush=True)
+            try:
+                supervisor.stop()
+            finally:
+                # Whatever the orderly stop missed (it raised, or a child ignored it).
+                supervise.reap(home)
+                supervise.write_state(home, {"pid": None, "home": str(home), "processes": {}})
+            print("stopped.", file=out, flush=True)
+        if reaper is not None:
+            reaper.close()
+        lock.release()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def down(home: Path, timeout: float = 60.0) -> int:
+    """Stop the stack running on ``home`` (or what a killed one left behind)."""
+    home = home.resolve()
+    state = supervise.running_state(home)
+    if state is None:
+        leftovers = supervise.reap(home)
+        if leftovers:
+            print(f"no stack was running on {home}; stopped leftovers: {', '.join(leftovers)}")
+        else:
+            print(f"no stack is running on {home}")
+        return 0
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while supervise.lock_held(home):
+        if time.monotonic() > deadline:
+            # It did not stop in time: kill it; its reaper then stops the children.
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.2)
+    supervise.reap(home)
+    print(f"stopped the stack on {home}")
+    return 0
+
+
+def status(home: Path) -> int:
+    """Each process of the stack on ``home``: pid, port, health, uptime. Exit 1 when no
+    stack runs, 3 when one runs but a process is missing or not ready."""
+    home = home.resolve()
+    state = supervise.running_state(home)
+    if state is None:
+        print(f"no stack is running on {home} (start one with `aether up --home {home}`)")
+        return 1
+    now = time.time()
+    print(
+        f"stack on {home}: up {_duration(now - state['started_at'])} (aether up pid "
+        f"{state['pid']}), gateway {state['gateway_url']}"
+    )
+    print(f"  {'process':<13} {'pid':>7} {'port':>6}  {'health':<10} uptime  restarts")
+    healthy = True
+    for name, record in state.get("processes", {}).items():
+        process = supervise.alive(record)
+        port = str(record.get("port") or "-")
+        if process is None:
+            health, uptime = "DOWN", "-"
+        elif name in ("nats", "postgres"):
+            health, uptime = "running", _duration(now - record["created"])
+        else:
+            answer = supervise.ready_pid(f"http://127.0.0.1:{record['port']}")
+            ready = answer is not None and answer == (200, record["pid"])
+            health = "ready" if ready else "starting" if answer is None else "NOT READY"
+            uptime = _duration(now - record["created"])
+        healthy = healthy and health in ("ready", "running")
+        print(
+            f"  {name:<13} {record['pid']:>7} {port:>6}  {health:<10} {uptime:>6}  "
+            f"{record.get('restarts', 0)}"
+        )
+    return 0 if healthy else 3
+
+
+def logs(home: Path, service: str | None, lines: int, follow_: bool, raw: bool) -> int:
+    """The last ``lines`` lines of one service's log (or of each), then new ones with
+    ``follow_``; JSON records are shown as one human line each unless ``raw``."""
+    home = home.resolve()
+    directory = home / "logs"
+    if service is not None:
+        paths = [directory / f"{service}.log"]
+        if not paths[0].exists():
+            known = sorted(p.stem for p in directory.glob("*.log"))
+            print(
+                f"error: no log for {service!r} in {directory}"
+                + (f" (there are: {', '.join(known)})" if known else ""),
+                file=sys.stderr,
+            )
+            return 1
+    else:
+        paths = sorted(directory.glob("*.log"))
+        if not paths:
+            print(f"error: no logs in {directory} (has `aether up` run there?)", file=sys.stderr)
+            return 1
+
+    def show(name: str, line: str) -> None:
+        text = line
+        if not raw:
+            try:
+                import json
+
+                record = json.loads(line)
+                text = supervise.human_log(record) if isinstance(record, dict) else line
+            except ValueError:
+                text = line if service else f"{name:<12} {line}"
+        print(text, flush=True)
+
+    for path in paths:
+        for line in supervise.tail(path, lines):
+            show(path.stem, line)
+    if follow_:
+        try:
+            for item in supervise.follow(paths, stop=lambda: False):
+                name, _, line = item.partition("\t")
+                show(name, line)
+        except KeyboardInterrupt:
+            return 0
+    return 0

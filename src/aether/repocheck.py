@@ -1,0 +1,81 @@
+"""Checking a local repository before a mission is submitted on it, so a mistake is told
+at once in the terminal rather than found later in ``show``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dulwich import porcelain
+from dulwich.errors import NotGitRepository
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+
+class RepositoryProblem(Exception):
+    """The repository cannot be the base of a mission; the message says why and what to do."""
+
+
+@dataclass
+class Checked:
+    """A repository fit for a mission: its path, the base branch and its head, and the
+    changes a mission would not see (they are not committed)."""
+
+    path: Path
+    base: str
+    head: str
+    uncommitted: list[str] = field(default_factory=list)
+
+
+def current_branch(repo: Repo) -> str | None:
+    """The branch HEAD points at, or None when HEAD is detached."""
+    chain, _ = repo.refs.follow(Ref(b"HEAD"))
+    target = chain[-1] if len(chain) > 1 else None
+    if target is None or not target.startswith(b"refs/heads/"):
+        return None
+    return target.removeprefix(b"refs/heads/").decode()
+
+
+def _text(path: str | bytes) -> str:
+    return path.decode(errors="replace") if isinstance(path, bytes) else path
+
+
+def _branches(repo: Repo) -> list[str]:
+    return sorted(ref.decode() for ref in repo.refs.keys(base=Ref(b"refs/heads/")))
+
+
+def check_repository(path: Path, base: str | None = None) -> Checked:
+    """Check ``path`` is a repository with the base branch (default: its current branch)
+    and list what is not committed."""
+    if not path.exists():
+        raise RepositoryProblem(f"{path} does not exist")
+    try:
+        repo = Repo(str(path))
+    except NotGitRepository:
+        raise RepositoryProblem(
+            f"{path} is not a git repository (run `git init` and commit there first)"
+        ) from None
+    with repo:
+        branches = _branches(repo)
+        if not branches:
+            raise RepositoryProblem(f"{path} has no commits yet: commit something first")
+        if base is None:
+            base = current_branch(repo)
+            if base is None:
+                raise RepositoryProblem(
+                    f"{path} has a detached HEAD: pass --base with one of {', '.join(branches)}"
+                )
+        ref = Ref(f"refs/heads/{base}".encode())
+        if ref not in repo.refs:
+            raise RepositoryProblem(
+                f"{path} has no branch {base!r} (it has: {', '.join(branches[:10])})"
+            )
+        head = repo.refs[ref].decode()
+        uncommitted: list[str] = []
+        if not repo.bare and current_branch(repo) == base:
+            status = porcelain.status(repo)
+            for kind in ("add", "modify", "delete"):
+                uncommitted += [f"{kind[0].upper()} {_text(p)}" for p in status.staged[kind]]
+            uncommitted += [f"M {_text(p)}" for p in status.unstaged]
+            uncommitted += [f"? {_text(p)}" for p in status.untracked]
+        return Checked(path, base, head, sorted(set(uncommitted)))

@@ -1,0 +1,462 @@
+"""``aether up``/``down``/``status``/``logs`` and the command line, run as a newcomer runs
+them: real processes, real ports, real signals.
+
+- a port already taken, or a home already running a stack, is a one-line error and a
+  non-zero exit, and starts nothing;
+- ``down`` stops everything ``up`` started; SIGHUP (a closed terminal) and SIGKILL of
+  ``up`` leave no child behind, PostgreSQL and NATS included;
+- the command line finds the stack of the home it is given, and without a gateway
+  prints one line and exits non-zero;
+- ``submit`` checks the repository locally: a non-repository or a missing branch is
+  refused before anything is sent, the base defaults to the repository's own branch
+  (``master`` here), and uncommitted changes are named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+from aether.gitview import create_sample_repository
+
+pytestmark = pytest.mark.e2e
+
+AETHER = [sys.executable, "-m", "aether.cli"]
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AETHER_", "ANTHROPIC_"))}
+    env.pop("DATABASE_URL", None)
+    env.pop("NATS_URL", None)
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # where up records the latest home
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AETHER, *args],
+        env=env_for(tmp_path),
+        cwd=cwd or tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+class Up:
+    """``aether up`` running in the background, its output collected line by line."""
+
+    def __init__(self, tmp_path: Path, home: Path, *args: str) -> None:
+        self.home = home
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.process = subprocess.Popen(
+            [*AETHER, "up", "--home", str(home), *args],
+            env=env_for(tmp_path),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._seen:
+                self.lines.append(line.rstrip("\n"))
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 240.0) -> None:
+        with self._seen:
+            found = self._seen.wait_for(
+                lambda: any(text in line for line in self.lines) or self.process.poll() is not None,
+                timeout,
+            )
+        output = "\n".join(self.lines)
+        assert found and text in output, f"{text!r} not shown; output:\n{output}"
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def recorded(self) -> dict[str, dict[str, object]]:
+        state = json.loads((self.home / "stack.json").read_text())
+        processes: dict[str, dict[str, object]] = state["processes"]
+        return processes
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(90)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[Up]:
+    # Not under tmp_path: the embedded PostgreSQL runs as its own user when the tests run
+    # as root, and pytest's base directory is private to its owner.
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = Up(tmp_path, home, "--port-base", "0")
+    try:
+        up.wait_for("Aether is up.")
+        yield up
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def survivors(pids: list[int], timeout: float = 60.0) -> list[int]:
+    """The processes of ``pids`` still running once they had ``timeout`` s to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        living = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    living.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not living or time.monotonic() > deadline:
+            return living
+        time.sleep(0.2)
+
+
+def recorded_pids(up: Up) -> list[int]:
+    pids = [int(str(record["pid"])) for record in up.recorded().values()]
+    assert len(pids) == 7, up.recorded()  # NATS, PostgreSQL and the five services
+    return pids
+
+
+def test_up_refuses_a_port_already_taken_and_starts_nothing(tmp_path: Path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run(tmp_path, "up", "--home", str(tmp_path / "home"), "--port-base", str(port))
+    assert result.returncode == 1
+    assert f"port {port} (gateway) is in use" in result.stderr
+    assert "--port-base" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Aether is up" not in result.stdout
+    assert not (tmp_path / "home" / "stack.json").exists()
+
+
+def test_the_cli_without_a_gateway_prints_one_line_and_fails(tmp_path: Path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = run(tmp_path, "mission", "list", "--url", url)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot reach the gateway at {url} (from --url)")
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 2  # the error and what to do
+
+
+def test_submit_refuses_what_is_not_a_repository_before_sending(tmp_path: Path):
+    unreachable = "http://127.0.0.1:9"  # were anything sent, the error would be this one
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = run(tmp_path, "mission", "submit", "do it", "--repo", str(plain), "--url", unreachable)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {plain} is not a git repository " + (
+        "(run `git init` and commit there first)"
+    )
+    repo = tmp_path / "repo"
+    create_sample_repository(repo)
+    result = run(
+        tmp_path,
+        "mission",
+        "submit",
+        "x",
+        "--repo",
+        str(repo),
+        "--base",
+        "dev",
+        "--url",
+        unreachable,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {repo} has no branch 'dev' (it has: main)"
+
+
+def test_down_stops_a_running_stack_and_the_cli_finds_its_home(started: Up, tmp_path: Path):
+    up = started
+    assert "http://127.0.0.1:" in up.output and "token" in up.output
+    pids = recorded_pids(up)
+
+    status = run(tmp_path, "status", "--home", str(up.home))
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count(" ready ") == 5 and status.stdout.count(" running ") == 2
+
+    second = run(tmp_path, "up", "--home", str(up.home), "--port-base", "0")
+    assert second.returncode == 1
+    assert f"a stack is already running on {up.home} (aether up pid {up.process.pid}" in (
+        second.stderr
+    )
+    assert survivors(pids, timeout=0) == pids  # the refused second up touched nothing
+
+    # A repository on master with an uncommitted change, submitted from another
+    # directory: the CLI finds the stack through the latest up, the base is master.
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    with Repo(str(repo)) as git:
+        git.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/master"))
+        git.refs[Ref(b"refs/heads/master")] = git.refs[Ref(b"refs/heads/main")]
+        del git.refs[Ref(b"refs/heads/main")]
+    (repo / "notes.txt").write_text("not committed\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    submitted = run(
+        tmp_path, "mission", "submit", "Add a greeting", "--repo", str(repo), cwd=elsewhere
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert "uncommitted change(s)" in submitted.stderr and "? notes.txt" in submitted.stderr
+    mission_id = submitted.stdout.strip()
+    shown = run(tmp_path, "mission", "show", "@last", "--json", cwd=elsewhere)
+    assert shown.returncode == 0, shown.stderr
+    mission = json.loads(shown.stdout)
+    assert (mission["id"], mission["base_branch"]) == (mission_id, "master")
+    prefix = run(tmp_path, "mission", "show", mission_id[:6], "--json", cwd=elsewhere)
+    assert json.loads(prefix.stdout)["id"] == mission_id
+
+    logs = run(tmp_path, "logs", "gateway", "-n", "5", "--home", str(up.home))
+    assert logs.returncode == 0 and "gateway" in logs.stdout and "{" not in logs.stdout
+
+    down = run(tmp_path, "down", "--home", str(up.home))
+    assert down.returncode == 0, down.stderr
+    assert f"stopped the stack on {up.home}" in down.stdout
+    assert up.process.wait(60) == 0
+    assert survivors(pids) == []
+    assert run(tmp_path, "status", "--home", str(up.home)).returncode == 1
+    offline = run(tmp_path, "mission", "list", cwd=elsewhere)
+    assert offline.returncode == 1 and "cannot reach the gateway" in offline.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL])
+def test_no_child_outlives_up(started: Up, signum: int):
+    pids = recorded_pids(started)
+    started.process.send_signal(signum)
+    started.process.wait(90)
+    assert survivors(pids) == []
+    if signum == signal.SIGHUP:
+        assert started.process.returncode == 0
+        assert "stopped." in started.output
+
+
+class Screen:
+    """A command run in a pseudo-terminal, as a person at a terminal runs it."""
+
+    def __init__(self, tmp_path: Path, *args: str, cwd: Path) -> None:
+        import pty
+
+        master, slave = pty.openpty()
+        env = {**env_for(tmp_path), "COLUMNS": "160", "LINES": "40", "TERM": "xterm"}
+        self.process = subprocess.Popen(
+            [*AETHER, *args], env=env, cwd=cwd, stdin=slave, stdout=slave, stderr=slave
+        )
+        os.close(slave)
+        self._master = master
+        self.text = ""
+        self._seen = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # the other side closed
+                chunk = b""
+            with self._seen:
+                if not chunk:
+                    self._seen.notify_all()
+                    return
+                self.text += chunk.decode("utf-8", errors="replace")
+                self._seen.notify_all()
+
+    def latest(self) -> str:
+        """What the screen shows now: the text after the last clear."""
+        return self.text.rsplit("\x1b[2J", 1)[-1]
+
+    def wait_for(self, text: str, timeout: float = 180.0) -> str:
+        with self._seen:
+            found = self._seen.wait_for(lambda: text in self.latest(), timeout)
+        assert found, f"{text!r} never shown; the screen:\n{self.latest()}"
+        return self.latest()
+
+
+def free_port_base() -> int:
+    """A port with the next four free too (the gateway's and the four other services')."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + 4 < 65536:
+            try:
+                socks = []
+                for port in range(base, base + 5):
+                    sock = socket.socket()
+                    socks.append(sock)
+                    sock.bind(("127.0.0.1", port))
+                return base
+            except OSError:
+                continue
+            finally:
+                for sock in socks:
+                    sock.close()
+    raise AssertionError("no five free ports in a row")
+
+
+def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    base = free_port_base()
+    up = Up(tmp_path, home, "--port-base", str(base))
+    try:
+        up.wait_for("Aether is up.")
+        assert f"gateway   http://127.0.0.1:{base}" in up.output
+        assert "OFFLINE model" in up.output and "{" not in up.output  # no raw JSON logs
+
+        repo = tmp_path / "project"
+        create_sample_repository(repo)
+        with Repo(str(repo)) as git:
+            git.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/master"))
+            git.refs[Ref(b"refs/heads/master")] = git.refs[Ref(b"refs/heads/main")]
+            del git.refs[Ref(b"refs/heads/main")]
+        screen = Screen(
+            tmp_path,
+            "mission",
+            "submit",
+            "- Add src/greeting.py with a greet(name) function that returns a greeting",
+            "--repo",
+            str(repo),
+            "--watch",
+            cwd=tmp_path,
+        )
+        shown = screen.wait_for("approve with `aether mission approve m-")
+        assert "awaiting approval" in shown and "plan v1" in shown
+        mission_id = shown.split("approve with `aether mission approve ", 1)[1].split("`")[0]
+
+        approved = run(tmp_path, "mission", "approve", "@last")
+        assert approved.returncode == 0, approved.stderr
+        assert f"approved plan v1 of {mission_id}" in approved.stdout
+
+        shown = screen.wait_for("result branch:")
+        assert screen.process.wait(60) == 0
+        assert f"{mission_id}  completed" in shown
+        assert "merged 1/1" in shown
+        assert "src/greeting.py" in shown  # the diff stat
+        assert f"git -C {repo} merge " in shown
+
+        diff = run(tmp_path, "mission", "diff", mission_id[:8], "t1")
+        assert diff.returncode == 0, diff.stderr
+        assert "+++ b/src/greeting.py" in diff.stdout and "offline model" in diff.stdout
+        shown = run(tmp_path, "mission", "show", "@last").stdout
+        assert "    wave 1  t1" in shown and "      files   src/greeting.py" in shown
+
+        down = run(tmp_path, "down", "--home", str(home))
+        assert down.returncode == 0 and up.process.wait(60) == 0
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv")
+def test_installed_as_a_uv_tool_it_runs_the_stack_from_any_directory(tmp_path: Path):
+    root = Path(__file__).resolve().parents[2]
+    # Outside pytest's private directory: PostgreSQL runs as its own user under root.
+    tools = Path(tempfile.mkdtemp(prefix="aether-tool-test-"))
+    env = {**env_for(tmp_path), "UV_TOOL_DIR": str(tools), "UV_TOOL_BIN_DIR": str(tools / "bin")}
+    installed = subprocess.run(
+        ["uv", "tool", "install", str(root)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert installed.returncode == 0, installed.stderr
+    aether = tools / "bin" / "aether"
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = subprocess.Popen(
+        [str(aether), "up", "--home", str(home), "--port-base", "0"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert up.stdout is not None
+        output = ""
+        for line in up.stdout:
+            output += line
+            if "Aether is up." in line or "error:" in line:
+                break
+        assert "Aether is up." in output, output
+        status = subprocess.run(
+            [str(aether), "status", "--home", str(home)], env=env, capture_output=True, text=True
+        )
+        assert status.returncode == 0 and status.stdout.count(" ready ") == 5, status.stdout
+        down = subprocess.run(
+            [str(aether), "down"], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert down.returncode == 0, down.stderr  # found the home through the latest up
+        assert up.wait(60) == 0, output + up.stdout.read()
+    finally:
+        if up.poll() is None:
+            up.terminate()
+            up.wait(90)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(tools, ignore_errors=True)
+
+
+def test_sigterm_while_services_start_stops_everything(tmp_path: Path):
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = Up(tmp_path, home, "--port-base", "0")
+    try:
+        up.wait_for("✓ NATS and PostgreSQL")
+        # The services are now starting: none is ready yet.
+        up.wait_for("waiting for git-broker")
+        pids = [int(str(r["pid"])) for r in up.recorded().values()]
+        assert len(pids) == 7  # NATS, PostgreSQL and the five starting services
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(120) == 0
+        assert "Aether is up." not in up.output
+        assert survivors(pids) == []
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_watch_without_a_gateway_says_so_and_keeps_retrying(tmp_path: Path):
+    watcher = subprocess.Popen(
+        [*AETHER, "mission", "watch", "m-0123456789abcdef", "--url", "http://127.0.0.1:9"],
+        env=env_for(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None
+        first = watcher.stderr.readline()
+        second = watcher.stderr.readline()  # it tried again, and said so again
+        assert first.startswith("(cannot connect to the gateway at http://127.0.0.1:9 (")
+        assert "retrying in 1s" in first and "retrying in 2s" in second
+        assert watcher.poll() is None  # still trying
+    finally:
+        watcher.kill()
+        watcher.wait()

@@ -1,0 +1,1 @@
+"""Escape attempts: each asserts that Aether refuses or contains it."""

@@ -1,0 +1,651 @@
+"""Escape attempts against the file tools, git and the broker's smart HTTP.
+
+Each test plays a hostile agent (or a hostile command in its worktree) against the real
+tool layer, real repositories with real linked worktrees, the runner's and the broker's
+real git code, and a running broker on a real NATS server, and asserts that the attempt
+is refused or contained: nothing outside the worktree is read or written, no program the
+agent planted runs (each would create a marker file), and no token reaches further than
+its own attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
+
+from aether_agent_runner.adapters.git import (
+    CommitLimits,
+    CommitRefused,
+    GitDir,
+    GitDirError,
+    changed_paths,
+    commit_all,
+    reset_to,
+)
+from aether_agent_runner.attempt import Attempts
+from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.search import search
+from aether_agent_runner.workspace import ToolError, Workspace
+from aether_events import (
+    AgentFailed,
+    Event,
+    EventPublisher,
+    MissionRequested,
+    PlannedTask,
+    RepositoryPrepared,
+    TaskReady,
+    WorkspaceReady,
+    decode,
+    ensure_streams,
+    mission_subject,
+    new_event_id,
+)
+from aether_git_broker import GitBrokerSettings, build_broker
+from aether_git_broker.adapters.git import GitRepositories
+from aether_git_broker.app import GitBroker
+from aether_llm import LLMSettings, MessagesServer, Reply, make_client, tool_use_block
+from aether_runtime import RuntimeSettings
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/false",
+}
+SECRET = "escape-suite-secret"
+TIMEOUT = 30.0
+
+
+def run_git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], env=GIT_ENV, capture_output=True, text=True
+    )
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = run_git(cwd, *args)
+    assert result.returncode == 0, f"git {args} failed: {result.stderr}"
+    return result.stdout.strip()
+
+
+@dataclass
+class Linked:
+    """A repository, a task's linked worktree on its branch, and a directory outside."""
+
+    repo: Path
+    worktree: Path
+    branch: str
+    base: str
+    admin: Path
+    outside: Path
+    marker: Path
+
+    @property
+    def records(self) -> GitDir:
+        """The git directory as the broker names it in WorkspaceReady."""
+        return GitDir.linked(self.worktree, self.admin, self.branch)
+
+    def head(self) -> str:
+        return git(self.repo, "rev-parse", self.branch)
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> Linked:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# demo\n")
+    (repo / "src").mkdir()
+    (repo / "src" / "app.py").write_text("print('hello')\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "initial")
+    branch = "aether-tasks/m-1/t1/a1"
+    git(repo, "branch", branch, "main")
+    worktree = (tmp_path / "worktrees" / "t1-a1").resolve()
+    worktree.parent.mkdir()
+    git(repo, "worktree", "add", "-q", str(worktree), branch)
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("TOP SECRET\n")
+    marker = tmp_path / "pwned"
+    return Linked(repo, worktree, branch, git(repo, "rev-parse", "main"), admin, outside, marker)
+
+
+def hook(path: Path, marker: Path) -> None:
+    """An executable script at ``path`` that would leave ``marker`` behind if run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+    path.chmod(0o755)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+# --- files: links, paths, races, special files --------------------------------------------
+
+
+def test_a_hard_link_to_a_file_outside_is_neither_read_searched_nor_committed(
+    linked: Linked,
+) -> None:
+    os.link(linked.outside / "secret.txt", linked.worktree / "innocent.txt")
+    workspace = Workspace(linked.worktree)
+
+    with pytest.raises(ToolError, match="hard links"):
+        workspace.read_file("innocent.txt")
+    with pytest.raises(ToolError, match="hard links"):
+        workspace.edit_file("innocent.txt", "TOP", "NOT")
+    assert "SECRET" not in search(linked.worktree, "S.CRET")
+    with pytest.raises(CommitRefused, match="hard links"):
+        commit_all(linked.records, "steal\n")
+
+    assert linked.head() == linked.base
+    assert (linked.outside / "secret.txt").read_text() == "TOP SECRET\n"
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param(lambda wt, out: os.symlink(out / "secret.txt", wt / "s"), id="absolute"),
+        pytest.param(
+            lambda wt, out: os.symlink(os.path.relpath(out / "secret.txt", wt), wt / "s"),
+            id="relative",
+        ),
+        pytest.param(
+            lambda wt, out: (os.symlink(out, wt / "d"), os.symlink("d/secret.txt", wt / "s")),
+            id="chain-through-a-directory-link",
+        ),
+    ],
+)
+def test_a_symlink_out_of_the_worktree_is_refused_for_every_tool(
+    linked: Linked, plant: Callable[[Path, Path], object]
+) -> None:
+    plant(linked.worktree, linked.outside)
+    before = snapshot(linked.outside)
+    workspace = Workspace(linked.worktree)
+
+    for call in (
+        lambda: workspace.read_file("s"),
+        lambda: workspace.edit_file("s", "TOP", "NOT"),
+        lambda: workspace.write_file("s", "overwritten\n"),
+        lambda: workspace.delete_file("s"),
+    ):
+        with pytest.raises(ToolError, match="outside"):
+            call()
+    assert "SECRET" not in search(linked.worktree, "S.CRET")
+    assert snapshot(linked.outside) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../outside/secret.txt",
+        "src/../../outside/secret.txt",
+        "./src/./../../../outside/secret.txt",
+        "src/../../t1-a1-sibling/x",
+        "../t1-a1/../../outside/secret.txt",
+    ],
+)
+def test_dot_dot_paths_that_climb_out_are_refused(linked: Linked, path: str) -> None:
+    workspace = Workspace(linked.worktree)
+    with pytest.raises(ToolError, match="outside"):
+        workspace.read_file(path)
+    with pytest.raises(ToolError, match="outside"):
+        workspace.write_file(path + "-new", "x\n")
+    assert not list(linked.outside.parent.glob("**/secret.txt-new"))
+
+
+def test_a_directory_swapped_for_a_symlink_while_tools_run_lets_nothing_out(
+    linked: Linked,
+) -> None:
+    sub = linked.worktree / "sub"
+    sub.mkdir()
+    (sub / "secret.txt").write_text("inside\n")
+    real = linked.worktree / "sub.real"
+    before = snapshot(linked.outside)
+    workspace = Workspace(linked.worktree)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(sub, real)
+            with contextlib.suppress(OSError):
+                os.symlink(linked.outside, sub)
+            with contextlib.suppress(OSError):
+                if sub.is_symlink():
+                    os.unlink(sub)
+                else:
+                    shutil.rmtree(sub)
+            with contextlib.suppress(OSError):
+                os.rename(real, sub)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    read_outside = 0
+    tries = 0
+    try:
+        for n in range(300):
+            for call in (
+                lambda: workspace.read_file("sub/secret.txt"),
+                lambda n=n: workspace.write_file(f"sub/new{n}.txt", "x\n"),
+                lambda: workspace.edit_file("sub/secret.txt", "inside", "inside!"),
+                lambda: search(linked.worktree, "S.CRET|inside", "sub"),
+            ):
+                tries += 1
+                with contextlib.suppress(ToolError, FileNotFoundError):
+                    if "TOP SECRET" in str(call()):
+                        read_outside += 1
+    finally:
+        stop.set()
+        swapper.join()
+
+    assert tries == 1200
+    assert read_outside == 0
+    assert snapshot(linked.outside) == before
+
+
+def test_a_fifo_is_refused_without_hanging_and_skipped_by_the_commit(linked: Linked) -> None:
+    os.mkfifo(linked.worktree / "pipe")
+    workspace = Workspace(linked.worktree)
+
+    with pytest.raises(ToolError, match="not a regular file"):
+        workspace.read_file("pipe")
+    assert "pipe" not in search(linked.worktree, ".", ".")
+    (linked.worktree / "real.txt").write_text("real\n")
+    sha, changed = commit_all(linked.records, "work\n")
+
+    assert sha is not None and changed == ["real.txt"]
+
+
+def test_a_device_node_is_refused(linked: Linked) -> None:
+    try:
+        os.mknod(linked.worktree / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    except PermissionError:
+        # Without the privilege to make one, a command cannot make one either; a link
+        # to a device outside is the way left, and it is refused as any link out.
+        os.symlink("/dev/zero", linked.worktree / "zero")
+    workspace = Workspace(linked.worktree)
+
+    with pytest.raises(ToolError):
+        workspace.read_file("zero")
+    with pytest.raises(ToolError):
+        workspace.edit_file("zero", "a", "b")
+
+
+# --- git: hooks, config, attributes, the .git file, limits ------------------------------
+
+
+def test_hooks_planted_anywhere_git_looks_do_not_run_on_the_runners_commit(
+    linked: Linked,
+) -> None:
+    common = linked.repo / ".git"
+    for directory in (common / "hooks", linked.admin / "hooks", linked.worktree / "myhooks"):
+        for name in ("pre-commit", "commit-msg", "post-commit", "prepare-commit-msg"):
+            hook(directory / name, linked.marker)
+    git(linked.repo, "config", "core.hooksPath", str(linked.worktree / "myhooks"))
+    (linked.worktree / "src" / "app.py").write_text("print('changed')\n")
+
+    sha, changed = commit_all(linked.records, "work\n")
+
+    assert not linked.marker.exists()
+    assert sha is not None and linked.head() == sha and "src/app.py" in changed
+
+
+def test_fsmonitor_in_the_repository_and_worktree_config_never_runs(linked: Linked) -> None:
+    script = linked.worktree / "monitor.sh"
+    hook(script, linked.marker)
+    git(linked.repo, "config", "core.fsmonitor", str(script))
+    git(linked.repo, "config", "extensions.worktreeConfig", "true")
+    (linked.admin / "config.worktree").write_text(f"[core]\n\tfsmonitor = {script}\n")
+    (linked.worktree / "README.md").write_text("# changed\n")
+
+    assert changed_paths(linked.records) == ["README.md", "monitor.sh"]
+    sha, _ = commit_all(linked.records, "work\n")
+    (linked.worktree / "junk.txt").write_text("junk\n")
+    assert reset_to(linked.records, linked.base)
+
+    assert not linked.marker.exists()
+    assert sha is not None and not (linked.worktree / "junk.txt").exists()
+
+
+def test_a_gitattributes_filter_driver_runs_neither_on_commit_nor_on_checkout(
+    linked: Linked, tmp_path: Path
+) -> None:
+    command = f"touch {linked.marker}; cat"
+    for key in ("clean", "smudge", "process"):
+        git(linked.repo, "config", f"filter.evil.{key}", command)
+    git(linked.repo, "config", "diff.evil.textconv", command)
+    (linked.worktree / ".gitattributes").write_text("*.py filter=evil diff=evil\n")
+    (linked.worktree / "src" / "app.py").write_text("print('filtered?')\n")
+
+    sha, _ = commit_all(linked.records, "attributes\n")
+    assert not linked.marker.exists()
+    # The broker then checks the branch out (a worktree for the next task).
+    broker = GitRepositories()
+    broker.prepare_repository(str(linked.repo), linked.branch, "aether/m-2")
+    outcome = broker.prepare_workspace(
+        str(linked.repo), "aether/m-2", "aether-tasks/m-2/t1/a1", str(tmp_path / "next")
+    )
+    broker.close()
+
+    assert not linked.marker.exists()
+    assert (Path(outcome.worktree_path) / "src" / "app.py").read_text() == "print('filtered?')\n"
+    assert sha is not None
+
+
+def test_a_rewritten_dot_git_file_is_not_followed_by_the_runner(linked: Linked) -> None:
+    decoy = linked.outside / "decoy.git"
+    git(linked.outside, "init", "-q", "--bare", str(decoy))
+    hook(decoy / "hooks" / "pre-commit", linked.marker)
+    before = snapshot(decoy)
+    (linked.worktree / ".git").write_text(f"gitdir: {decoy}\n")
+    (linked.worktree / "work.txt").write_text("work\n")
+
+    sha, _ = commit_all(linked.records, "work\n")
+
+    assert linked.head() == sha  # the commit is on the real task branch
+    assert snapshot(decoy) == before and not linked.marker.exists()
+    # And the old way of finding the git directory refuses the rewritten file.
+    with pytest.raises(GitDirError):
+        GitDir.discover(linked.worktree, linked.branch)
+
+
+def test_a_rewritten_dot_git_file_makes_the_broker_rebuild_the_worktree(
+    linked: Linked, tmp_path: Path
+) -> None:
+    broker = GitRepositories()
+    broker.prepare_repository(str(linked.repo), "main", "aether/m-3")
+    path = str(tmp_path / "wt" / "t1-a1")
+    first = broker.prepare_workspace(str(linked.repo), "aether/m-3", "aether-tasks/m-3/t1", path)
+    pointer = (Path(path) / ".git").read_text()
+    # Another worktree's administrative directory: same repository, same HEAD.
+    (Path(path) / ".git").write_text(f"gitdir: {linked.admin}\n")
+
+    again = broker.prepare_workspace(str(linked.repo), "aether/m-3", "aether-tasks/m-3/t1", path)
+    broker.close()
+
+    assert first.created and again.created  # rebuilt, not reused on the agent's word
+    assert (Path(path) / ".git").read_text() == pointer
+    assert again.git_dir and pointer == f"gitdir: {again.git_dir}\n"
+
+
+def test_a_commit_with_too_many_files_is_refused_and_the_branch_stays(linked: Linked) -> None:
+    (linked.worktree / "gen").mkdir()
+    for n in range(51):
+        (linked.worktree / "gen" / f"f{n}.txt").write_text(f"{n}\n")
+
+    with pytest.raises(CommitRefused, match="51 files, more than the 50"):
+        commit_all(linked.records, "many\n", CommitLimits(max_files=50))
+
+    assert linked.head() == linked.base
+
+
+def test_a_commit_with_a_huge_blob_is_refused_and_the_branch_stays(linked: Linked) -> None:
+    (linked.worktree / "huge.bin").write_bytes(b"x" * 5000)
+
+    with pytest.raises(CommitRefused, match=r"huge\.bin has 5,000 bytes"):
+        commit_all(linked.records, "huge\n", CommitLimits(max_blob_bytes=4096))
+    (linked.worktree / "a.bin").write_bytes(b"a" * 3000)
+    with pytest.raises(CommitRefused, match="more than 6,000 bytes"):
+        commit_all(linked.records, "two\n", CommitLimits(max_total_bytes=6000))
+
+    assert linked.head() == linked.base
+
+
+async def test_an_attempt_over_the_commit_limits_fails_with_the_reason(
+    linked: Linked, nc: NatsClient
+) -> None:
+    await ensure_streams(nc.jetstream())
+    turns = [
+        [tool_use_block("write_file", {"path": "big.txt", "content": "y" * 2000})],
+        [tool_use_block("finish", {"summary": "done"})],
+    ]
+
+    def script(request: dict[str, Any]) -> Reply:
+        turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
+        return Reply(turns[min(turn, 1)], "tool_use", 10, 5)
+
+    server = MessagesServer(script).start()
+    publisher = EventPublisher(nc.jetstream())
+    try:
+        attempts = Attempts(
+            client=make_client(LLMSettings(api_key="k", base_url=server.url, max_retries=0)),
+            settings=AgentSettings(progress_seconds=0.0, commit_max_blob_bytes=1000),
+            publisher=lambda: publisher,
+            runner_id="escape",
+            clock=lambda: datetime.now(UTC),
+        )
+        ready = WorkspaceReady(
+            **meta("m-limits"),
+            task=PlannedTask(id="t1", title="write a big file"),
+            attempt=1,
+            model="claude-sonnet",
+            branch=linked.branch,
+            worktree_path=str(linked.worktree),
+            base_sha=linked.base,
+            git_dir=str(linked.admin),
+        )
+        result = await attempts.work(ready)
+    finally:
+        server.stop()
+
+    assert isinstance(result, AgentFailed) and result.retryable is False
+    assert "the commit was refused: big.txt has 2,000 bytes" in result.reason
+    assert linked.head() == linked.base
+
+
+# --- smart HTTP: per-attempt push tokens ---------------------------------------------------
+
+
+def meta(mission_id: str) -> dict[str, Any]:
+    return {
+        "event_id": new_event_id(),
+        "mission_id": mission_id,
+        "occurred_at": datetime.now(UTC),
+        "correlation_id": f"corr-{mission_id}",
+    }
+
+
+class Watch:
+    """One mission's events, in order, as the stream holds them."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.sub: Any = None
+
+    async def next(self, cls: type[Any]) -> Any:
+        while True:
+            event = await asyncio.wait_for(self.queue.get(), TIMEOUT)
+            if isinstance(event, cls):
+                return event
+
+
+async def watch(nc: NatsClient, mission_id: str) -> Watch:
+    watched = Watch()
+
+    async def on_message(msg: Any) -> None:
+        await watched.queue.put(decode(msg.data))
+
+    watched.sub = await nc.jetstream().subscribe(
+        mission_subject(mission_id),
+        cb=on_message,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    return watched
+
+
+@pytest.fixture
+async def served(nc: NatsClient, nats_url: str, tmp_path: Path) -> AsyncIterator[GitBroker]:
+    await ensure_streams(nc.jetstream())
+    worktrees = tmp_path / "broker-worktrees"
+    worktrees.mkdir()
+    broker = build_broker(
+        GitBrokerSettings(
+            runtime=RuntimeSettings(nats_url=nats_url, port=0),
+            worktrees_dir=worktrees.resolve(),
+            data_dir=tmp_path / "broker-data",
+            ack_wait_seconds=2.0,
+            git_http_port=0,
+            git_token=SECRET,
+        )
+    )
+    await broker.service.start()
+    try:
+        yield broker
+    finally:
+        await broker.service.stop()
+
+
+async def attempt_of(nc: NatsClient, repo: Path, mission_id: str) -> tuple[Watch, WorkspaceReady]:
+    """A running mission with task t1's first attempt ready: its events and WorkspaceReady."""
+    publisher = EventPublisher(nc.jetstream())
+    events = await watch(nc, mission_id)
+    await publisher.publish(
+        MissionRequested(**meta(mission_id), repository=str(repo), requirement="x")
+    )
+    await events.next(RepositoryPrepared)
+    return events, await another_task(nc, events, mission_id, "t1")
+
+
+async def another_task(
+    nc: NatsClient, events: Watch, mission_id: str, task_id: str
+) -> WorkspaceReady:
+    await EventPublisher(nc.jetstream()).publish(
+        TaskReady(
+            **meta(mission_id),
+            task=PlannedTask(id=task_id, title="t"),
+            attempt=1,
+            model="claude-sonnet",
+            requirement="x",
+        )
+    )
+    ready: WorkspaceReady = await events.next(WorkspaceReady)
+    assert ready.push_token and ready.task.id == task_id
+    return ready
+
+
+def remote(broker: GitBroker, mission_id: str, token: str) -> str:
+    assert broker.http is not None
+    return f"http://agent:{token}@127.0.0.1:{broker.http.port}/{mission_id}"
+
+
+async def test_a_token_clones_only_its_own_mission(
+    served: GitBroker, nc: NatsClient, linked: Linked, tmp_path: Path
+) -> None:
+    _, mine = await attempt_of(nc, linked.repo, "m-mine")
+    _, theirs = await attempt_of(nc, linked.repo, "m-theirs")
+
+    stolen = run_git(tmp_path, "clone", "-q", remote(served, "m-theirs", mine.push_token), "x")
+    own = run_git(tmp_path, "ls-remote", remote(served, "m-mine", mine.push_token))
+
+    assert stolen.returncode != 0 and "403" in stolen.stderr
+    assert not (tmp_path / "x").exists()
+    assert own.returncode == 0 and mine.branch in own.stdout
+    assert theirs.branch not in own.stdout  # not even the other mission's name
+
+
+async def test_a_token_pushes_only_its_own_task_branch(
+    served: GitBroker, nc: NatsClient, linked: Linked, tmp_path: Path
+) -> None:
+    events, mine = await attempt_of(nc, linked.repo, "m-push")
+    sibling = await another_task(nc, events, "m-push", "t2")
+    _, theirs = await attempt_of(nc, linked.repo, "m-victim")
+    clone = tmp_path / "clone"
+    cloned = run_git(
+        tmp_path,
+        "clone",
+        "-q",
+        "--branch",
+        mine.branch,
+        remote(served, "m-push", mine.push_token),
+        str(clone),
+    )
+    assert cloned.returncode == 0, cloned.stderr
+    (clone / "evil.txt").write_text("evil\n")
+    git(clone, "add", "evil.txt")
+    git(clone, "commit", "-q", "-m", "evil")
+    victim_head = git(linked.repo, "rev-parse", theirs.branch)
+    sibling_head = git(linked.repo, "rev-parse", sibling.branch)
+
+    # Into the other mission, with this token: refused at the door.
+    across = run_git(
+        clone, "push", remote(served, "m-victim", mine.push_token), f"HEAD:{theirs.branch}"
+    )
+    # Within its own mission, to another task's branch, or to a branch of the other
+    # mission by name: refused by name.
+    sideways = run_git(clone, "push", "origin", f"HEAD:refs/heads/{sibling.branch}")
+    by_name = run_git(clone, "push", "origin", f"HEAD:refs/heads/{theirs.branch}")
+
+    assert across.returncode != 0 and sideways.returncode != 0 and by_name.returncode != 0
+    assert git(linked.repo, "rev-parse", theirs.branch) == victim_head
+    assert git(linked.repo, "rev-parse", sibling.branch) == sibling_head
+    assert run_git(clone, "push", "-q", "origin", f"HEAD:{mine.branch}").returncode == 0
+
+
+async def test_a_token_is_refused_once_its_attempt_has_ended(
+    served: GitBroker, nc: NatsClient, linked: Linked, tmp_path: Path
+) -> None:
+    events, ready = await attempt_of(nc, linked.repo, "m-ended")
+    url = remote(served, "m-ended", ready.push_token)
+    assert run_git(tmp_path, "ls-remote", url).returncode == 0
+
+    failed = AgentFailed(
+        **meta("m-ended"), task_id="t1", attempt=1, reason="gave up", retryable=False
+    )
+    await EventPublisher(nc.jetstream()).publish(failed)
+    await events.next(AgentFailed)
+    # The broker takes events one at a time: a later mission prepared shows it has
+    # folded the failure in.
+    await attempt_of(nc, linked.repo, "m-after-ended")
+
+    ended = run_git(tmp_path, "ls-remote", url)
+
+    assert ended.returncode != 0 and "403" in ended.stderr
+    assert git(linked.repo, "rev-parse", ready.branch) == ready.base_sha
+
+
+async def test_a_forged_or_widened_token_is_refused(
+    served: GitBroker, nc: NatsClient, linked: Linked
+) -> None:
+    _, ready = await attempt_of(nc, linked.repo, "m-forge")
+    claims, _, mac = ready.push_token.partition(".")
+    assert served.http is not None
+    base = f"http://127.0.0.1:{served.http.port}/m-forge/info/refs?service=git-upload-pack"
+    forged = msgspec.json.encode(["m-forge", "t1", 2]).decode()
+    widened = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=") + "." + mac
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = [
+            (await client.get(base, auth=("agent", token))).status_code
+            for token in (SECRET, widened, claims + "." + "0" * 64, ready.push_token)
+        ]
+
+    assert answers == [401, 401, 401, 200]

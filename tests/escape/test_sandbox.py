@@ -1,0 +1,483 @@
+"""Escape attempts against the agent's run_command, each refused or contained.
+
+Every attempt goes through the real tool layer (``ToolBox.call("run_command", …)``, built
+the way the runner builds it under the default settings: bubblewrap, any program allowed,
+the argument path checks off so that the sandbox alone is what stands in the way) with a
+real bubblewrap, a real git repository and its linked worktree, a real NATS and a real
+PostgreSQL. "Contained" means: nothing outside the worktree changed (the repository's git
+directory included), nothing the command started is still running afterwards, and the
+secrets it went for are not in what it printed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from aether_agent_runner.commands import CommandPolicy
+from aether_agent_runner.tools import ToolBox
+from aether_agent_runner.workspace import Workspace
+from aether_sandbox import MIB, Limits, SandboxSettings, open_sandbox
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bubblewrap is not installed (.ci/run installs it)"
+)
+
+SECRET = "sk-ant-escape-" + uuid.uuid4().hex
+STATUS = re.compile(r"^\[(exit code|timed out|stopped) ", re.MULTILINE)
+LIMITS = Limits(
+    memory_bytes=256 * MIB,
+    processes=64,
+    cpu_seconds=10,
+    output_bytes=4 * MIB,
+    disk_bytes=16 * MIB,
+    files=2_000,
+    tmp_bytes=32 * MIB,
+)
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(cwd), *args], env=GIT_ENV, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class Target:
+    """A repository, a task's linked worktree of it, and a directory beside them."""
+
+    root: Path
+    repo: Path
+    worktree: Path
+    outside: Path
+    tools: ToolBox
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every file under the root but outside the worktree (the git dir included)."""
+        files: dict[str, bytes] = {}
+        for directory, _, names in os.walk(self.root):
+            here = Path(directory)
+            if here == self.worktree or self.worktree in here.parents:
+                continue
+            for name in names:
+                path = here / name
+                if path.is_symlink():
+                    files[str(path)] = b"-> " + os.readlink(path).encode()
+                elif path.is_file():
+                    files[str(path)] = path.read_bytes()
+        return files
+
+    async def run(self, command: str, timeout: float = 30, **limits: Any) -> str:
+        tools = self.tools
+        if limits:
+            tools = ToolBox(
+                Workspace(self.worktree),
+                CommandPolicy(None, timeout_seconds=600, output_chars=8000, check_paths=False),
+                sandbox=tools.sandbox(),
+                limits=replace(LIMITS, **limits),
+            )
+        result = await tools.call("run_command", {"command": command, "timeout_seconds": timeout})
+        # "$ command" (maybe over several lines), "[status]", then what it printed: the
+        # status and the output only.
+        status = STATUS.search(result.content)
+        assert status, result.content
+        return result.content[status.start() :]
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A directory outside /tmp, as a real worktrees directory is: the sandbox's /tmp is a
+    private tmpfs, so a repository under the host's /tmp would be out of sight anyway."""
+    parent = Path.home() / ".cache" / "aether-escape-tests"
+    parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=parent))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def target(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
+    tmp_path = base
+    # The runner's own environment holds secrets, as it would in production.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("AETHER_ADMIN_TOKEN", SECRET)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# demo\n")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_ok.py").write_text("def test_ok():\n    assert True\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "initial")
+    _git(repo, "branch", "task", "main")
+    worktree = tmp_path / "worktrees" / "t1-a1"
+    worktree.parent.mkdir()
+    _git(repo, "worktree", "add", "-q", str(worktree), "task")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("untouched\n")
+    sandbox = open_sandbox(SandboxSettings(limits=LIMITS))
+    tools = ToolBox(
+        Workspace(worktree),
+        CommandPolicy(None, timeout_seconds=30, output_chars=8000, check_paths=False),
+        sandbox=sandbox,
+        limits=LIMITS,
+    )
+    yield Target(tmp_path, repo, worktree.resolve(), outside, tools)
+    tools.close()
+
+
+# Places a write outside the worktree could land: beside it, in the repository's checkout
+# and git directory, in the runner's home, in the system and in the Python environment.
+def _targets(t: Target) -> list[Path]:
+    return [
+        t.outside / "pwned",
+        t.repo / "pwned",
+        t.repo / ".git" / "hooks" / "pre-commit",
+        Path.home() / f"pwned-{uuid.uuid4().hex}",
+        Path("/etc") / f"pwned-{uuid.uuid4().hex}",
+        Path(sys.prefix) / f"pwned-{uuid.uuid4().hex}",
+    ]
+
+
+def _write_all(paths: list[Path]) -> str:
+    """Python source that tries to write each path and reports the ones that worked."""
+    return (
+        "import os\n"
+        f"for p in {[str(p) for p in paths]!r}:\n"
+        "    try:\n"
+        "        os.makedirs(os.path.dirname(p), exist_ok=True)\n"
+        "        open(p, 'w').write('pwned')\n"
+        "        print('WROTE', p)\n"
+        "    except OSError as e:\n"
+        "        print('DENIED', p, e.strerror)\n"
+        "open('attempted.txt', 'w').write('yes')\n"
+    )
+
+
+def _assert_contained(t: Target, before: dict[str, bytes], paths: list[Path]) -> None:
+    assert t.snapshot() == before
+    for path in paths:
+        assert not path.exists(), f"{path} was written from inside the sandbox"
+
+
+def _running(marker: str) -> list[int]:
+    """Host pids of processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+# --- interpreters and build tools running anything --------------------------------------
+
+
+async def test_python_os_system_cannot_write_outside(target: Target) -> None:
+    paths = _targets(target)
+    before = target.snapshot()
+    shell = " ; ".join(f"echo pwned > {p}" for p in paths)
+    out = await target.run(f"python -c {shlex.quote(f'import os; os.system({shell!r})')}")
+    assert "[exit code" in out
+    _assert_contained(target, before, paths)
+
+
+async def test_a_makefile_cannot_write_outside(target: Target) -> None:
+    paths = _targets(target)
+    recipe = "\n".join(f"\t-echo pwned > {p}" for p in paths)
+    (target.worktree / "Makefile").write_text(f"all:\n{recipe}\n")
+    before = target.snapshot()
+    out = await target.run("make")
+    assert "[exit code" in out
+    _assert_contained(target, before, paths)
+
+
+async def test_a_conftest_run_by_pytest_cannot_write_outside(target: Target) -> None:
+    paths = _targets(target)
+    (target.worktree / "tests" / "conftest.py").write_text(_write_all(paths))
+    before = target.snapshot()
+    out = await target.run("python -m pytest -q tests")
+    assert "1 passed" in out
+    assert (target.worktree / "attempted.txt").exists()  # the conftest did run
+    _assert_contained(target, before, paths)
+
+
+async def test_an_npm_script_cannot_write_outside(target: Target) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    paths = _targets(target)
+    script = " ; ".join(f"echo pwned > {p}" for p in paths)
+    package = {"name": "demo", "version": "1.0.0", "scripts": {"test": script}}
+    (target.worktree / "package.json").write_text(json.dumps(package))
+    before = target.snapshot()
+    out = await target.run("npm test --offline --no-update-notifier", timeout=60)
+    assert "[exit code" in out
+    _assert_contained(target, before, paths)
+
+
+async def test_sort_with_an_attached_output_option_cannot_write_outside(target: Target) -> None:
+    paths = [target.outside / "keep.txt", target.repo / "README.md", Path("/etc/hostname")]
+    before = target.snapshot()
+    hostname = Path("/etc/hostname").read_bytes() if Path("/etc/hostname").exists() else None
+    for path in paths:
+        await target.run(f"sort -o{path} README.md")
+    assert target.snapshot() == before
+    if hostname is not None:
+        assert Path("/etc/hostname").read_bytes() == hostname
+
+
+async def test_a_hard_link_to_a_system_secret_cannot_be_made(target: Target) -> None:
+    out = await target.run("ln /etc/shadow shadow-link")
+    link = target.worktree / "shadow-link"
+    if link.exists():
+        assert not os.path.samefile(link, "/etc/shadow")
+    assert "[exit code 0" not in out
+
+
+# --- secrets, /proc and the network ------------------------------------------------------
+
+
+async def test_the_runners_environment_cannot_be_read_through_proc(target: Target) -> None:
+    code = (
+        "import glob, os\n"
+        f"pids = ['self', str(os.getppid()), '1', '{os.getpid()}', '{os.getppid()}']\n"
+        "pids += [p.split('/')[2] for p in glob.glob('/proc/[0-9]*')]\n"
+        "for pid in pids:\n"
+        "    for name in ('environ', 'cmdline'):\n"
+        "        try:\n"
+        "            print(pid, name, open(f'/proc/{pid}/{name}', 'rb').read())\n"
+        "        except OSError as e:\n"
+        "            print(pid, name, 'DENIED', e.strerror)\n"
+        "print(dict(os.environ))\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "[exit code 0" in out
+    assert SECRET not in out
+    # Only the sandbox's own processes are visible: the test process is not among them.
+    assert f"{os.getpid()} environ b" not in out
+
+
+async def test_nats_cannot_be_reached_from_inside(target: Target, nats_url: str) -> None:
+    address = urlparse(nats_url)
+    code = (
+        "import socket\n"
+        f"s = socket.create_connection(({address.hostname!r}, {address.port}), timeout=5)\n"
+        "print('CONNECTED', s.recv(100))\n"
+    )
+    # The same code outside the sandbox does reach the server.
+    outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "CONNECTED b'INFO" in outside.stdout
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "CONNECTED" not in out and "[exit code 1" in out
+
+
+async def test_postgresql_cannot_be_reached_from_inside(target: Target, database_url: str) -> None:
+    code = (
+        "import psycopg\n"
+        f"with psycopg.connect({database_url!r}, connect_timeout=5) as c:\n"
+        "    print('CONNECTED', c.execute('select 1').fetchone())\n"
+    )
+    outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "CONNECTED (1,)" in outside.stdout, outside.stderr
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "CONNECTED" not in out and "[exit code 1" in out
+
+
+# --- git ---------------------------------------------------------------------------------
+
+
+async def test_the_worktrees_git_file_and_the_repositorys_git_dir_cannot_be_written(
+    target: Target,
+) -> None:
+    git_file = target.worktree / ".git"
+    git_dir = Path(git_file.read_text().split(":", 1)[1].strip())
+    common = target.repo / ".git"
+    paths = [
+        git_file,
+        git_dir / "config",
+        git_dir / "HEAD",
+        common / "config",
+        common / "hooks" / "pre-commit",
+        common / "info" / "attributes",
+    ]
+    before_file = git_file.read_bytes()
+    before = target.snapshot()
+    out = await target.run(f"python -c {shlex.quote(_write_all(paths))}")
+    assert "WROTE" not in out
+    out = await target.run("python -c \"import os; os.unlink('.git')\"")
+    assert "[exit code 1" in out
+    assert git_file.read_bytes() == before_file
+    assert target.snapshot() == before
+    assert not (common / "hooks" / "pre-commit").exists()
+
+
+# --- processes that outlive their command --------------------------------------------------
+
+
+async def test_a_setsid_double_forked_child_does_not_survive(target: Target) -> None:
+    marker = f"escape-{uuid.uuid4().hex}"
+    code = (
+        "import fcntl, os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        f = open('held.lock', 'w')\n"
+        "        fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "        open('daemon.ready', 'w').write(str(os.getpid()))\n"
+        "        os.execvp('python', ['python', '-c', 'import time; time.sleep(600)',\n"
+        f"                             {marker!r}])\n"
+        "    os._exit(0)\n"
+        "while not os.path.exists('daemon.ready'):\n"
+        "    time.sleep(0.01)\n"
+        "print('DETACHED')\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "DETACHED" in out and "[exit code 0" in out
+    assert _running(marker) == []
+    # The lock its holder would keep is free: the holder is gone.
+    with open(target.worktree / "held.lock") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+async def test_a_fork_bomb_is_contained(target: Target) -> None:
+    marker = f"bomb-{uuid.uuid4().hex}"
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    out = await target.run(f"python -c {shlex.quote(code)} {marker}", timeout=5)
+    assert "[timed out after" in out or "stopped" in out
+    assert _running(marker) == []
+
+
+# --- resources -------------------------------------------------------------------------------
+
+
+async def test_a_memory_hog_is_stopped(target: Target) -> None:
+    code = (
+        "blocks = []\n"
+        "while len(blocks) < 400:\n"
+        "    blocks.append(bytearray(8 << 20))\n"
+        "print('HOARDED')"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "HOARDED" not in out
+    assert "[exit code 0" not in out
+
+
+async def test_a_disk_filler_is_stopped(target: Target) -> None:
+    code = (
+        "import os\n"
+        "chunk = b'x' * (1 << 20)\n"
+        "for n in range(64):\n"
+        "    with open(f'fill-{n}.bin', 'wb') as f:\n"
+        "        for _ in range(12):\n"
+        "            f.write(chunk)\n"
+        "print('FILLED')\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "FILLED" not in out
+    assert "into the worktree" in out
+    written = sum(p.stat().st_size for p in target.worktree.glob("fill-*.bin"))
+    assert written < 768 * MIB
+
+
+async def test_one_huge_file_is_cut_at_the_disk_cap(target: Target) -> None:
+    code = (
+        "f = open('huge.bin', 'wb')\n"
+        "for _ in range(64):\n"
+        "    f.write(b'x' * (1 << 20))\n"
+        "print('WRITTEN')"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "WRITTEN" not in out and "File too large" in out
+    assert (target.worktree / "huge.bin").stat().st_size <= LIMITS.disk_bytes  # type: ignore[operator]
+
+
+async def test_creating_too_many_files_is_stopped(target: Target) -> None:
+    code = (
+        "import os\n"
+        "os.mkdir('many')\n"
+        "for n in range(100_000):\n"
+        "    open(f'many/{n}', 'w').close()\n"
+        "print('CREATED')\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=60)
+    assert "CREATED" not in out
+    assert "files in the worktree" in out
+    assert len(os.listdir(target.worktree / "many")) < 100_000
+
+
+async def test_a_cpu_spin_is_stopped_at_its_cpu_time(target: Target) -> None:
+    out = await target.run('python -c "while True: pass"', timeout=600, cpu_seconds=2)
+    assert "[timed out" not in out
+    assert "[exit code 0" not in out
+
+
+async def test_a_command_past_its_wall_clock_is_killed_whole(target: Target) -> None:
+    marker = f"sleeper-{uuid.uuid4().hex}"
+    code = (
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen(['python', '-c', 'import time; time.sleep(600)', {marker!r}])\n"
+        "time.sleep(600)\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)} {marker}", timeout=1)
+    assert "[timed out after 1." in out
+    assert _running(marker) == []
+
+
+async def test_endless_output_is_stopped(target: Target) -> None:
+    out = await target.run("yes escape", timeout=60)
+    assert "printed more than" in out and "[timed out" not in out
+
+
+# --- no sandbox, no commands ------------------------------------------------------------------
+
+
+async def test_without_bubblewrap_commands_are_refused_naming_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    from aether_sandbox import SandboxUnavailable
+
+    settings = SandboxSettings(bwrap="bwrap-that-is-not-installed")
+    with pytest.raises(SandboxUnavailable) as missing:
+        open_sandbox(settings)
+    tools = ToolBox(
+        Workspace(tmp_path),
+        CommandPolicy(None, check_paths=False),
+        sandbox=missing.value,
+    )
+    marker = tmp_path / "ran"
+    result = await tools.call("run_command", {"command": f"touch {marker}"})
+    assert result.is_error
+    assert "refused" in result.content and "bubblewrap is not installed" in result.content
+    assert "AETHER_SANDBOX=unconfined" in result.content
+    assert not marker.exists()

@@ -1,0 +1,142 @@
+"""The one event log every package's tests wait on.
+
+``EventLog`` follows one mission's events as they are stored (an ordered JetStream
+consumer from the first event, so what was published before it started is included) and
+wakes waiters on each new event: a test waits on the condition it cares about, with a
+deadline, instead of sleeping and reading the history again. A timeout fails with the
+events seen so far, which is usually the whole diagnosis.
+
+    async with EventLog(nc, mission_id) as log:
+        await publish(...)
+        merged = await log.first(BranchMerged)
+        await log.wait_for(lambda log: len(log.of(TaskReady)) == 2)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
+
+from aether_events import Event, decode, ensure_streams
+
+E = TypeVar("E", bound=Event)
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class EventLog:
+    """Every event of one mission, in the order it arrives, followed live.
+
+    ``events`` are the events; ``entries`` pair each with its stream sequence.
+    ``telemetry=True`` follows the telemetry stream too (progress, usage, heartbeats);
+    ``declare=True`` creates the streams first, for tests that start before any service
+    (never against a running system: it would reset the streams' settings to defaults).
+    """
+
+    def __init__(
+        self, nc: NatsClient, mission_id: str, *, telemetry: bool = False, declare: bool = False
+    ) -> None:
+        self._nc = nc
+        self._declare = declare
+        self.mission_id = mission_id
+        self._prefixes = (
+            ("aether.mission", "aether.telemetry") if telemetry else ("aether.mission",)
+        )
+        self.events: list[Event] = []
+        self.entries: list[tuple[int, Event]] = []
+        self._changed = asyncio.Condition()
+        self._subs: list[Any] = []
+        self._cursor = 0  # how far ``next`` has read
+
+    async def start(self) -> Self:
+        js = self._nc.jetstream()
+        if self._declare:
+            await ensure_streams(js)
+
+        async def on_message(msg: Any) -> None:
+            event = decode(msg.data)
+            async with self._changed:
+                self.events.append(event)
+                self.entries.append((msg.metadata.sequence.stream, event))
+                self._changed.notify_all()
+
+        for prefix in self._prefixes:
+            self._subs.append(
+                await js.subscribe(
+                    f"{prefix}.{self.mission_id}.>",
+                    cb=on_message,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.ALL,
+                )
+            )
+        return self
+
+    async def stop(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.unsubscribe()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def of(self, cls: type[E]) -> list[E]:
+        return [event for event in self.events if isinstance(event, cls)]
+
+    of_type = of
+
+    async def wait_for(
+        self, predicate: Callable[[Self], bool], timeout: float = DEFAULT_TIMEOUT
+    ) -> list[Event]:
+        """Return the events once ``predicate(self)`` holds; it is checked now and after
+        every new event. Fails after ``timeout`` seconds, listing what was seen."""
+
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            seen = [type(e).__name__ for e in self.events]
+            raise AssertionError(f"condition not met within {timeout}s; events: {seen}") from None
+        return list(self.events)
+
+    async def first(self, cls: type[E], timeout: float = DEFAULT_TIMEOUT) -> E:
+        """The first event of type ``cls``, once there is one."""
+        await self.wait_for(lambda log: bool(log.of(cls)), timeout)
+        return self.of(cls)[0]
+
+    async def count(self, cls: type[E], count: int, timeout: float = DEFAULT_TIMEOUT) -> list[E]:
+        """The events of type ``cls``, once there are at least ``count``."""
+        await self.wait_for(lambda log: len(log.of(cls)) >= count, timeout)
+        return self.of(cls)
+
+    async def next(self, cls: type[E], timeout: float = DEFAULT_TIMEOUT) -> E:
+        """The next event of type ``cls`` after the one ``next`` returned last (the events
+        in between are passed over), once it is stored."""
+        found: list[E] = []
+
+        def arrived(log: EventLog) -> bool:
+            while log._cursor < len(log.events):
+                event = log.events[log._cursor]
+                log._cursor += 1
+                if isinstance(event, cls):
+                    found.append(event)
+                    return True
+            return False
+
+        await self.wait_for(arrived, timeout)
+        return found[0]
