@@ -41,6 +41,7 @@ from aether_agent_runner.adapters.git import (
 )
 from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.runtimes.registry import runtimes
 from aether_agent_runner.search import search
 from aether_agent_runner.workspace import ToolError, Workspace
 from aether_events import (
@@ -437,7 +438,9 @@ async def test_an_attempt_over_the_commit_limits_fails_with_the_reason(
     publisher = EventPublisher(nc.jetstream())
     try:
         attempts = Attempts(
-            client=make_client(LLMSettings(api_key="k", base_url=server.url, max_retries=0)),
+            runtimes=runtimes(
+                make_client(LLMSettings(api_key="k", base_url=server.url, max_retries=0))
+            ),
             settings=AgentSettings(progress_seconds=0.0, commit_max_blob_bytes=1000),
             publisher=lambda: publisher,
             runner_id="escape",

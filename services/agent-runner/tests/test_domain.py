@@ -251,7 +251,7 @@ def test_agent_started_says_what_commands_run_in(
     if sandbox == "bubblewrap-instance":
         sandbox = Bubblewrap.__new__(Bubblewrap)
     attempts = Attempts(
-        client=None,  # type: ignore[arg-type]
+        runtimes=lambda name: None,  # type: ignore[arg-type,return-value]
         settings=settings,
         publisher=lambda: None,  # type: ignore[arg-type,return-value]
         runner_id="r",
