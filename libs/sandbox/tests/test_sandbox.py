@@ -196,3 +196,50 @@ async def test_without_prlimit_the_limits_are_set_in_the_child(
         Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV, Limits(disk_bytes=MIB)),
     )
     assert outcome.output == f"({MIB}, {MIB})\n"
+
+
+@needs_bwrap
+async def test_a_held_bubblewrap_gets_its_limits_and_cgroup_before_the_command(
+    tmp_path: Path,
+) -> None:
+    sandbox = open_sandbox(SandboxSettings())
+    request = Request(
+        [
+            sys.executable,
+            "-c",
+            "import resource\n"
+            "print(resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+            "print(open('/proc/self/cgroup').read())",
+        ],
+        tmp_path,
+        tmp_path,
+        ENV,
+        Limits(disk_bytes=MIB),
+    )
+    assert sandbox.launch(request).held is not None
+    outcome = await execute(sandbox, request)
+    assert outcome.exit_code == 0, outcome.output
+    lines = outcome.output.splitlines()
+    assert lines[0] == f"({MIB}, {MIB})"
+    assert lines[1] == f"({Limits().open_files}, {Limits().open_files})"
+    probe = Cgroup.create(Limits())
+    if probe is not None:  # where cgroups are writable, the command runs in its own
+        probe.remove()
+        assert "aether-sandbox-" in outcome.output
+
+
+@needs_bwrap
+async def test_a_held_bubblewrap_that_cannot_be_limited_never_runs_its_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = importlib.import_module("aether_sandbox.execute")
+
+    def refused(*_: object) -> None:
+        raise PermissionError("prlimit refused")
+
+    monkeypatch.setattr(executor.resource, "prlimit", refused)
+    request = Request(["sh", "-c", "echo ran > ran.txt"], tmp_path, tmp_path, ENV)
+    with pytest.raises(PermissionError):
+        await execute(open_sandbox(SandboxSettings()), request)
+    assert not (tmp_path / "ran.txt").exists()

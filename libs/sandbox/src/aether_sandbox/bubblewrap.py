@@ -148,7 +148,16 @@ class Bubblewrap:
         # The root itself (a tmpfs holding the mount points) is read-only too: a path the
         # sandbox does not show cannot be created either.
         args += ["--remount-ro", "/", "--chdir", str(request.cwd), "--"]
-        return Launch(args + list(request.argv), env, request.cwd)
+        argv = args + list(request.argv)
+        if not {"--info-fd", "--block-fd"} <= self.options:
+            return Launch(argv, env, request.cwd)
+
+        def held(info: int, gate: int) -> list[str]:
+            # bubblewrap writes the sandbox's first process to --info-fd once it is cloned,
+            # and that process reads --block-fd after the mounts, before it starts anything.
+            return [argv[0], "--info-fd", str(info), "--block-fd", str(gate), *argv[1:]]
+
+        return Launch(argv, env, request.cwd, held)
 
     def probe(self) -> None:
         """Start one sandbox; ``SandboxUnavailable`` (with bubblewrap's words) if it fails."""

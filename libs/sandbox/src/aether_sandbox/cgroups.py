@@ -95,7 +95,8 @@ def v1_parents() -> dict[str, str]:
 
 @dataclass
 class Cgroup:
-    """One command's cgroup(s): ``procs`` are joined by the child before it execs."""
+    """One command's cgroup(s): ``procs`` are joined by the command's first process before
+    it starts the command (or written into by the parent while it is held)."""
 
     version: int
     directories: list[str] = field(default_factory=list)
@@ -164,6 +165,15 @@ class Cgroup:
             handle = os.open(procs, os.O_WRONLY)
             try:
                 os.write(handle, b"0")
+            finally:
+                os.close(handle)
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` in (from the parent, while it is held before its command)."""
+        for procs in self.procs:
+            handle = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(handle, str(pid).encode())
             finally:
                 os.close(handle)
 

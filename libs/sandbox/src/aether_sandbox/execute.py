@@ -1,11 +1,15 @@
 """Starting a sandboxed command with its limits, watching it, and ending all of it.
 
-The limits are set before bubblewrap starts, so it and everything inside inherit them: a
-small ``/bin/sh`` moves itself into the command's own cgroup (where one can be made) and
-execs ``prlimit`` with the rlimits, which execs the sandbox. That costs two small execs
+The limits are in place before the command starts, so it and everything it starts inherit
+them. bubblewrap is started held (``Launch.held``): once it has made the namespaces and
+mounts, and before it starts the command, its first process waits on a pipe while this
+process writes that process's pid into the command's cgroup and sets its rlimits
+(``prlimit(2)``); one byte on the pipe then lets it go. That costs no process of its own,
+and the sandbox's setup is not charged to the command's cgroup. A backend that cannot be
+held (``unconfined``) is started behind a small ``/bin/sh`` that moves itself into the
+cgroup and execs ``prlimit`` with the rlimits, which execs the command: two small execs,
 where setting them in the child between fork and exec (the fallback when ``prlimit`` is
-missing) costs a full fork of the service's process, and moving a copy of it between
-memory cgroups.
+missing) costs a full fork of the service's process.
 While it runs, a watch stops it at the wall-clock limit, past the output cap, past the
 CPU time of its cgroup, or once it has written more than the disk cap into its workdir.
 Whatever the outcome, its process group and cgroup are killed before this returns; with
@@ -16,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from aether_sandbox.base import Request, Sandbox
+from aether_sandbox.base import Launch, Request, Sandbox
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
 from aether_sandbox.settings import MIB, Limits
@@ -131,37 +137,47 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     launch = sandbox.launch(request)
     cgroup = Cgroup.create(limits, sandbox.settings.cgroup)
     began = time.monotonic()
+    deadline = began + limits.wall_seconds
     disk = DiskWatch(request.workdir, limits)
     collector = OutputCollector(output_chars)
-    argv = _limited(launch.argv, limits, cgroup)
     granted = rlimits(limits, cgroup)
+    gate = _Gate() if launch.held is not None else None
     try:
-        process = await asyncio.create_subprocess_exec(
-            *(argv or launch.argv),
-            cwd=launch.cwd,
-            env=launch.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=None if argv else lambda: _enter(granted, cgroup),
-        )
+        if gate is not None and launch.held is not None:
+            process = await _spawn(launch.held(*gate.child_ends), launch, gate.child_ends)
+        else:
+            argv = _limited(launch.argv, limits, cgroup)
+            process = await _spawn(
+                argv or launch.argv, launch, (), None if argv else lambda: _enter(granted, cgroup)
+            )
     except BaseException:
         _end(None, cgroup)
+        if gate is not None:
+            gate.close()
         raise
+    finally:
+        if gate is not None:
+            gate.close_child_ends()
     assert process.stdout is not None
     reader = asyncio.create_task(collector.read(process.stdout))
     timed_out = False
     stopped: str | None = None
     try:
-        deadline = began + limits.wall_seconds
-        timed_out, stopped = await _watch(process, deadline, limits, cgroup, disk, collector)
+        if gate is not None:
+            try:
+                await asyncio.wait_for(gate.release(granted, cgroup), deadline - time.monotonic())
+            except TimeoutError:
+                timed_out = True
+        if not timed_out:
+            timed_out, stopped = await _watch(process, deadline, limits, cgroup, disk, collector)
         # Whatever the command left running (a server, a child holding the pipe) goes now.
         _end(process.pid, cgroup)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(reader), 2.0)
     finally:
         _end(process.pid, cgroup)
+        if gate is not None:
+            gate.close()  # only now: closed unwritten, it would let a held launch go
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
@@ -182,6 +198,103 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
         sandbox=sandbox.name,
         stopped=stopped,
     )
+
+
+async def _spawn(
+    argv: list[str],
+    launch: Launch,
+    pass_fds: tuple[int, ...],
+    preexec: Callable[[], None] | None = None,
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=launch.cwd,
+        env=launch.env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        pass_fds=pass_fds,
+        preexec_fn=preexec,
+    )
+
+
+class _Gate:
+    """The two pipes of a held launch: the backend names its held process on ``info``
+    and waits on ``gate``; ``release`` confines that process, then lets it go."""
+
+    def __init__(self) -> None:
+        self.info_read, self.info_write = os.pipe()
+        self.gate_read, self.gate_write = os.pipe()
+        self.child_ends = (self.info_write, self.gate_read)
+        self.held: int | None = None
+        self.released = False
+        self._open = [self.info_read, self.info_write, self.gate_read, self.gate_write]
+
+    async def release(self, granted: dict[int, tuple[int, int]], cgroup: Cgroup | None) -> None:
+        self.held = _child_pid(await _read_to_end(self.info_read))
+        if self.held is not None:
+            # Gone (the backend failed before its command): nothing is left to confine.
+            with contextlib.suppress(ProcessLookupError):
+                if cgroup is not None:
+                    cgroup.add(self.held)
+                for kind, pair in granted.items():
+                    resource.prlimit(self.held, kind, pair)
+        os.write(self.gate_write, b"\0")
+        self.released = True
+
+    def close_child_ends(self) -> None:
+        self._close(self.info_write, self.gate_read)
+
+    def close(self) -> None:
+        """Close every end; a process still held is killed first (the caller has killed
+        the launch's process group, which holds it, already)."""
+        if not self.released and self.held is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.held, signal.SIGKILL)
+        self._close(*self._open)
+
+    def _close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.remove(fd)
+                os.close(fd)
+
+
+async def _read_to_end(fd: int) -> bytes:
+    """Everything written to the pipe ``fd`` until its last writer closes it."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    ended: asyncio.Future[None] = loop.create_future()
+    chunks: list[bytes] = []
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            chunks.append(chunk)
+        elif not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+def _child_pid(info: bytes) -> int | None:
+    """The ``child-pid`` of bubblewrap's ``--info-fd`` JSON (none when it failed first)."""
+    try:
+        pid = json.loads(info)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
 
 
 def execute_sync(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
