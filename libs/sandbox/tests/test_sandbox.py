@@ -243,3 +243,25 @@ async def test_a_held_bubblewrap_that_cannot_be_limited_never_runs_its_command(
     with pytest.raises(PermissionError):
         await execute(open_sandbox(SandboxSettings()), request)
     assert not (tmp_path / "ran.txt").exists()
+
+
+@needs_bwrap
+async def test_a_command_killed_for_memory_is_reported_so(tmp_path: Path) -> None:
+    """The cgroup's OOM count is read before the cgroup is removed."""
+    probe = Cgroup.create(Limits(memory_bytes=64 * MIB))
+    if probe is None or "memory" not in probe.enforces:
+        pytest.skip("no writable memory cgroup here: RLIMIT_AS applies")
+    probe.remove()
+    code = "blocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))"
+    outcome = await execute(
+        open_sandbox(SandboxSettings()),
+        Request(
+            [sys.executable, "-c", code],
+            tmp_path,
+            tmp_path,
+            ENV,
+            Limits(memory_bytes=64 * MIB),
+        ),
+    )
+    assert outcome.exit_code != 0
+    assert outcome.stopped is not None and "out of memory" in outcome.stopped

@@ -219,6 +219,14 @@ class Cgroup:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
+    def remove_if_empty(self) -> bool:
+        """Remove the cgroup now if nothing is left in it (the usual case once the
+        command's processes are reaped), without waiting; whether it is gone."""
+        if self.pids():
+            return False
+        self.remove()
+        return not self.directories
+
     def remove(self) -> None:
         """Remove the cgroup directories (a directory still holding a process stays)."""
         for directory in reversed(self.directories):

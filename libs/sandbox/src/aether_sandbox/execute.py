@@ -184,11 +184,14 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
         # Not process.kill(): it polls, and a poll reaping the child first would leave the
         # child watcher without its exit code. The group kill above reached it.
         await process.wait()
-        await asyncio.to_thread(_remove, cgroup)
+        # Read before the cgroup goes: its memory.events go with it.
+        out_of_memory = cgroup is not None and cgroup.out_of_memory()
+        if cgroup is not None and not cgroup.remove_if_empty():
+            await asyncio.to_thread(_remove, cgroup)
     killed = timed_out or stopped is not None
     if not killed:
         stopped = disk.over()
-        if stopped is None and cgroup is not None and cgroup.out_of_memory():
+        if stopped is None and out_of_memory:
             stopped = f"it ran out of memory (limit {_size(limits.memory_bytes)})"
     return Outcome(
         exit_code=None if killed else process.returncode,
@@ -371,11 +374,12 @@ def _remove(cgroup: Cgroup | None) -> None:
     """Remove the cgroup once its last process is gone (killed ones take a moment)."""
     if cgroup is None:
         return
-    for _ in range(200):
-        if not cgroup.pids():
-            break
+    pause, waited = 0.001, 0.0
+    while cgroup.pids() and waited < 2.0:
         cgroup.kill()
-        time.sleep(0.01)
+        time.sleep(pause)  # a killed process is usually gone within a millisecond or two
+        waited += pause
+        pause = min(pause * 2, 0.01)
     cgroup.remove()
 
 
