@@ -25,10 +25,12 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 from aether_sandbox.base import Launch, Request, Sandbox
 from aether_sandbox.cgroups import Cgroup
@@ -144,10 +146,10 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     gate = _Gate() if launch.held is not None else None
     try:
         if gate is not None and launch.held is not None:
-            process = await _spawn(launch.held(*gate.child_ends), launch, gate.child_ends)
+            process = _spawn(launch.held(*gate.child_ends), launch, gate.child_ends)
         else:
             argv = _limited(launch.argv, limits, cgroup)
-            process = await _spawn(
+            process = _spawn(
                 argv or launch.argv, launch, (), None if argv else lambda: _enter(granted, cgroup)
             )
     except BaseException:
@@ -159,7 +161,8 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
         if gate is not None:
             gate.close_child_ends()
     assert process.stdout is not None
-    reader = asyncio.create_task(collector.read(process.stdout))
+    output = _Reader(process.stdout, collector)
+    exited = _exit_of(process.pid)
     timed_out = False
     stopped: str | None = None
     try:
@@ -169,21 +172,19 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
             except TimeoutError:
                 timed_out = True
         if not timed_out:
-            timed_out, stopped = await _watch(process, deadline, limits, cgroup, disk, collector)
+            timed_out, stopped = await _watch(
+                process, exited, deadline, limits, cgroup, disk, collector
+            )
         # Whatever the command left running (a server, a child holding the pipe) goes now.
         _end(process.pid, cgroup)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), 2.0)
+            await asyncio.wait_for(asyncio.shield(output.ended), 2.0)
     finally:
         _end(process.pid, cgroup)
         if gate is not None:
             gate.close()  # only now: closed unwritten, it would let a held launch go
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        # Not process.kill(): it polls, and a poll reaping the child first would leave the
-        # child watcher without its exit code. The group kill above reached it.
-        await process.wait()
+        output.close()
+        await _reap(process, exited)
         # Read before the cgroup goes: its memory.events go with it.
         out_of_memory = cgroup is not None and cgroup.out_of_memory()
         if cgroup is not None and not cgroup.remove_if_empty():
@@ -203,23 +204,72 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     )
 
 
-async def _spawn(
+def _spawn(
     argv: list[str],
     launch: Launch,
     pass_fds: tuple[int, ...],
     preexec: Callable[[], None] | None = None,
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *argv,
+) -> subprocess.Popen[bytes]:
+    """Start the process directly (a vfork where no ``preexec`` is given): the event loop's
+    subprocess transport would add a few loop turns and a waiting thread per command, and
+    a held launch waits for this process to confine it."""
+    return subprocess.Popen(
+        argv,
         cwd=launch.cwd,
         env=launch.env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
         pass_fds=pass_fds,
         preexec_fn=preexec,
     )
+
+
+class _Reader:
+    """Feeds the process's output pipe to the collector from the event loop; ``ended`` is
+    done when every writer has closed it."""
+
+    def __init__(self, pipe: IO[bytes], collector: OutputCollector) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pipe = pipe
+        self._fd = pipe.fileno()
+        self._collector = collector
+        self.ended: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(self._fd, False)
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._collector.feed(chunk)
+        else:
+            self._loop.remove_reader(self._fd)
+            if not self.ended.done():
+                self.ended.set_result(None)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._pipe.close()
+        if not self.ended.done():
+            self.ended.cancel()
+
+
+async def _reap(process: subprocess.Popen[bytes], exited: asyncio.Future[None]) -> None:
+    """Collect the exit status of the process, killed already or gone by itself."""
+    if process.poll() is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), 5.0)
+    exited.cancel()
+    pause = 0.001
+    while process.poll() is None:  # without pidfds
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class _Gate:
@@ -306,7 +356,8 @@ def execute_sync(sandbox: Sandbox, request: Request, output_chars: int = 16_000)
 
 
 async def _watch(
-    process: asyncio.subprocess.Process,
+    process: subprocess.Popen[bytes],
+    exited: asyncio.Future[None],
     deadline: float,
     limits: Limits,
     cgroup: Cgroup | None,
@@ -315,38 +366,34 @@ async def _watch(
 ) -> tuple[bool, str | None]:
     """Wait for the process to exit (not for its pipes: a child may hold them), checking
     the limits every 0.1 s; returns (timed out, which limit stopped it)."""
-    exited = _exit_of(process)
-    try:
-        while process.returncode is None and not exited.done():
-            now = time.monotonic()
-            if now >= deadline:
-                return True, None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
-                break
-            if collector.total > limits.output_bytes:
-                return False, f"it printed more than {_size(limits.output_bytes)} of output"
-            if cgroup is not None and limits.cpu_seconds is not None:
-                used = cgroup.cpu_seconds()
-                if used is not None and used > limits.cpu_seconds:
-                    return False, f"it used more than {limits.cpu_seconds} s of CPU time"
-            reason = await asyncio.to_thread(disk.over)
-            if reason is not None:
-                return False, reason
-        return False, None
-    finally:
-        exited.cancel()
+    while process.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            return True, None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
+            continue
+        if collector.total > limits.output_bytes:
+            return False, f"it printed more than {_size(limits.output_bytes)} of output"
+        if cgroup is not None and limits.cpu_seconds is not None:
+            used = cgroup.cpu_seconds()
+            if used is not None and used > limits.cpu_seconds:
+                return False, f"it used more than {limits.cpu_seconds} s of CPU time"
+        reason = await asyncio.to_thread(disk.over)
+        if reason is not None:
+            return False, reason
+    return False, None
 
 
-def _exit_of(process: asyncio.subprocess.Process) -> asyncio.Future[None]:
-    """A future done when the process exits: its pidfd turns readable then (before the
-    child watcher reaps it), so a short command is not held up by a polling interval."""
+def _exit_of(pid: int) -> asyncio.Future[None]:
+    """A future done when the process exits: its pidfd turns readable then, so a short
+    command is not held up by a polling interval. Cancelling it closes the pidfd."""
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
     try:
-        handle = os.pidfd_open(process.pid)
+        handle = os.pidfd_open(pid)
     except OSError:
-        return exited  # already gone, or no pidfds: the 0.1 s checks see the return code
+        return exited  # no pidfds: the 0.1 s checks see the exit
 
     def done() -> None:
         if not exited.done():
@@ -403,16 +450,20 @@ class OutputCollector:
 
     async def read(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
-            self.total += len(chunk)
-            room = self._head_limit - len(self._head)
-            if room > 0:
-                self._head += chunk[:room]
-                chunk = chunk[room:]
-            if chunk:
-                self._tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail and self._tail_size - len(self._tail[0]) >= self._tail_limit:
-                    self._tail_size -= len(self._tail.popleft())
+            self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next piece of output."""
+        self.total += len(chunk)
+        room = self._head_limit - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self._tail.append(chunk)
+            self._tail_size += len(chunk)
+            while self._tail and self._tail_size - len(self._tail[0]) >= self._tail_limit:
+                self._tail_size -= len(self._tail.popleft())
 
     def text(self) -> str:
         tail = b"".join(self._tail)
