@@ -265,3 +265,21 @@ async def test_a_command_killed_for_memory_is_reported_so(tmp_path: Path) -> Non
     )
     assert outcome.exit_code != 0
     assert outcome.stopped is not None and "out of memory" in outcome.stopped
+
+
+@needs_bwrap
+def test_readable_paths_already_shown_get_no_mount_of_their_own(tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    (tool / "bin").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    workdir = tmp_path / "wt"
+    workdir.mkdir()
+    path = os.pathsep.join(["/usr/bin", "/bin", str(tool / "bin"), str(tmp_path / "link")])
+    launch = Bubblewrap(SandboxSettings(read_only=(tool,))).launch(
+        Request(["true"], workdir, workdir, {"PATH": path})
+    )
+    bound = [launch.argv[i + 1] for i, a in enumerate(launch.argv) if a == "--ro-bind-try"]
+    assert "/usr/bin" not in bound and "/bin" not in bound  # inside /usr already
+    assert str(tool) in bound and str(tool / "bin") not in bound  # inside a bound tree
+    assert str(tmp_path / "link") in bound  # a symlink out of what is shown: bound
