@@ -10,14 +10,13 @@ limits fall back to rlimits (see ``limits.py``) and the sandbox says so.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
+import secrets
 import signal
 from dataclasses import dataclass, field
 
 from aether_sandbox.settings import Limits
 
-_counter = itertools.count(1)
 V1_CONTROLLERS = ("pids", "memory", "cpuacct")
 
 
@@ -106,7 +105,9 @@ class Cgroup:
     @classmethod
     def create(cls, limits: Limits, configured: str = "") -> Cgroup | None:
         """A fresh cgroup with ``limits`` written, or ``None`` where none can be made."""
-        name = f"aether-sandbox-{os.getpid()}-{next(_counter)}"
+        # The command sees this name (its cgroup namespace starts at the service's cgroup):
+        # nothing in it says anything about the host.
+        name = f"aether-sandbox-{secrets.token_hex(8)}"
         parent = v2_parent(configured)
         if parent is not None:
             group = cls(2)
