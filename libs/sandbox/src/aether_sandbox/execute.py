@@ -168,7 +168,8 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     try:
         if gate is not None:
             try:
-                await asyncio.wait_for(gate.release(granted, cgroup), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):  # no task, unlike wait_for
+                    await gate.release(granted, cgroup)
             except TimeoutError:
                 timed_out = True
         if not timed_out:
