@@ -283,3 +283,15 @@ def test_readable_paths_already_shown_get_no_mount_of_their_own(tmp_path: Path) 
     assert "/usr/bin" not in bound and "/bin" not in bound  # inside /usr already
     assert str(tool) in bound and str(tool / "bin") not in bound  # inside a bound tree
     assert str(tmp_path / "link") in bound  # a symlink out of what is shown: bound
+
+
+@needs_bwrap
+async def test_a_bubblewrap_failing_in_its_setup_reports_why(tmp_path: Path) -> None:
+    """It exits before it reads the hold's pipe: its own message comes back, no error."""
+    missing = tmp_path / "missing"
+    for _ in range(3):  # it may be gone before, or after, the service writes to the pipe
+        outcome = await execute(
+            open_sandbox(SandboxSettings()), Request(["true"], missing, tmp_path, ENV)
+        )
+        assert outcome.exit_code not in (None, 0)
+        assert "missing" in outcome.output

@@ -294,7 +294,9 @@ class _Gate:
                     cgroup.add(self.held)
                 for kind, pair in granted.items():
                     resource.prlimit(self.held, kind, pair)
-        os.write(self.gate_write, b"\0")
+        # No reader left: bubblewrap failed in its setup, and its exit code and words say so.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self.gate_write, b"\0")
         self.released = True
 
     def close_child_ends(self) -> None:
