@@ -295,3 +295,22 @@ async def test_a_bubblewrap_failing_in_its_setup_reports_why(tmp_path: Path) -> 
         )
         assert outcome.exit_code not in (None, 0)
         assert "missing" in outcome.output
+
+
+@needs_bwrap
+async def test_without_pidfds_commands_are_still_watched_and_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = importlib.import_module("aether_sandbox.execute")
+
+    def no_pidfds(pid: int, flags: int = 0) -> int:
+        raise OSError("no pidfd_open here")
+
+    monkeypatch.setattr(executor.os, "pidfd_open", no_pidfds)
+    sandbox = open_sandbox(SandboxSettings())
+    done = await execute(sandbox, Request(["sh", "-c", "echo hi; exit 4"], tmp_path, tmp_path, ENV))
+    assert done.exit_code == 4 and done.output == "hi\n"
+    stopped = await execute(
+        sandbox, Request(["sleep", "30"], tmp_path, tmp_path, ENV, Limits(wall_seconds=0.5))
+    )
+    assert stopped.timed_out and stopped.exit_code is None

@@ -262,15 +262,14 @@ class _Reader:
 
 
 async def _reap(process: subprocess.Popen[bytes], exited: asyncio.Future[None]) -> None:
-    """Collect the exit status of the process, killed already or gone by itself."""
-    if process.poll() is None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), 5.0)
-    exited.cancel()
+    """Collect the exit status of the process, killed already or gone by itself (woken by
+    its pidfd; where there is none, polled at growing intervals)."""
     pause = 0.001
-    while process.poll() is None:  # without pidfds
-        await asyncio.sleep(pause)
+    while process.poll() is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), pause)
         pause = min(pause * 2, 0.05)
+    exited.cancel()
 
 
 class _Gate:
