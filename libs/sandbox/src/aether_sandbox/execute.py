@@ -137,17 +137,18 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     """
     limits = request.limits
     launch = sandbox.launch(request)
-    cgroup = Cgroup.create(limits, sandbox.settings.cgroup)
+    gate = _Gate() if launch.held is not None else None
+    # A held launch needs its cgroup only once bubblewrap is up: it is made meanwhile.
+    cgroup = None if gate is not None else Cgroup.create(limits, sandbox.settings.cgroup)
     began = time.monotonic()
     deadline = began + limits.wall_seconds
     disk = DiskWatch(request.workdir, limits)
     collector = OutputCollector(output_chars)
-    granted = rlimits(limits, cgroup)
-    gate = _Gate() if launch.held is not None else None
     try:
         if gate is not None and launch.held is not None:
             process = _spawn(launch.held(*gate.child_ends), launch, gate.child_ends)
         else:
+            granted = rlimits(limits, cgroup)
             argv = _limited(launch.argv, limits, cgroup)
             process = _spawn(
                 argv or launch.argv, launch, (), None if argv else lambda: _enter(granted, cgroup)
@@ -167,9 +168,10 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     stopped: str | None = None
     try:
         if gate is not None:
+            cgroup = Cgroup.create(limits, sandbox.settings.cgroup)
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):  # no task, unlike wait_for
-                    await gate.release(granted, cgroup)
+                    await gate.release(rlimits(limits, cgroup), cgroup)
             except TimeoutError:
                 timed_out = True
         if not timed_out:
