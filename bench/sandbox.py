@@ -5,7 +5,9 @@ round by round so that machine load hits every variant alike:
 
 - bare:        the program started directly (asyncio subprocess, output read, waited for);
 - limits only: the same through ``aether_sandbox.execute`` unconfined (cgroup or rlimits,
-               the watch, the kill of the process group): the executor's own cost;
+               the watch, the kill of the process group): the executor's own cost, with
+               the ``sh``/``prlimit`` pair an unconfined command starts behind (a held
+               bubblewrap is limited from outside instead);
 - bubblewrap:  the same through ``execute`` in the bubblewrap sandbox (what an agent's
                ``run_command`` pays), and the raw ``bwrap`` launch without the executor.
 

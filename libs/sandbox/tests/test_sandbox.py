@@ -196,3 +196,121 @@ async def test_without_prlimit_the_limits_are_set_in_the_child(
         Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV, Limits(disk_bytes=MIB)),
     )
     assert outcome.output == f"({MIB}, {MIB})\n"
+
+
+@needs_bwrap
+async def test_a_held_bubblewrap_gets_its_limits_and_cgroup_before_the_command(
+    tmp_path: Path,
+) -> None:
+    sandbox = open_sandbox(SandboxSettings())
+    request = Request(
+        [
+            sys.executable,
+            "-c",
+            "import resource\n"
+            "print(resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+            "print(open('/proc/self/cgroup').read())",
+        ],
+        tmp_path,
+        tmp_path,
+        ENV,
+        Limits(disk_bytes=MIB),
+    )
+    assert sandbox.launch(request).held is not None
+    outcome = await execute(sandbox, request)
+    assert outcome.exit_code == 0, outcome.output
+    lines = outcome.output.splitlines()
+    assert lines[0] == f"({MIB}, {MIB})"
+    assert lines[1] == f"({Limits().open_files}, {Limits().open_files})"
+    probe = Cgroup.create(Limits())
+    if probe is not None:  # where cgroups are writable, the command runs in its own
+        probe.remove()
+        assert "aether-sandbox-" in outcome.output
+
+
+@needs_bwrap
+async def test_a_held_bubblewrap_that_cannot_be_limited_never_runs_its_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = importlib.import_module("aether_sandbox.execute")
+
+    def refused(*_: object) -> None:
+        raise PermissionError("prlimit refused")
+
+    monkeypatch.setattr(executor.resource, "prlimit", refused)
+    request = Request(["sh", "-c", "echo ran > ran.txt"], tmp_path, tmp_path, ENV)
+    with pytest.raises(PermissionError):
+        await execute(open_sandbox(SandboxSettings()), request)
+    assert not (tmp_path / "ran.txt").exists()
+
+
+@needs_bwrap
+async def test_a_command_killed_for_memory_is_reported_so(tmp_path: Path) -> None:
+    """The cgroup's OOM count is read before the cgroup is removed."""
+    probe = Cgroup.create(Limits(memory_bytes=64 * MIB))
+    if probe is None or "memory" not in probe.enforces:
+        pytest.skip("no writable memory cgroup here: RLIMIT_AS applies")
+    probe.remove()
+    code = "blocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))"
+    outcome = await execute(
+        open_sandbox(SandboxSettings()),
+        Request(
+            [sys.executable, "-c", code],
+            tmp_path,
+            tmp_path,
+            ENV,
+            Limits(memory_bytes=64 * MIB),
+        ),
+    )
+    assert outcome.exit_code != 0
+    assert outcome.stopped is not None and "out of memory" in outcome.stopped
+
+
+@needs_bwrap
+def test_readable_paths_already_shown_get_no_mount_of_their_own(tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    (tool / "bin").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    workdir = tmp_path / "wt"
+    workdir.mkdir()
+    path = os.pathsep.join(["/usr/bin", "/bin", str(tool / "bin"), str(tmp_path / "link")])
+    launch = Bubblewrap(SandboxSettings(read_only=(tool,))).launch(
+        Request(["true"], workdir, workdir, {"PATH": path})
+    )
+    bound = [launch.argv[i + 1] for i, a in enumerate(launch.argv) if a == "--ro-bind-try"]
+    assert "/usr/bin" not in bound and "/bin" not in bound  # inside /usr already
+    assert str(tool) in bound and str(tool / "bin") not in bound  # inside a bound tree
+    assert str(tmp_path / "link") in bound  # a symlink out of what is shown: bound
+
+
+@needs_bwrap
+async def test_a_bubblewrap_failing_in_its_setup_reports_why(tmp_path: Path) -> None:
+    """It exits before it reads the hold's pipe: its own message comes back, no error."""
+    missing = tmp_path / "missing"
+    for _ in range(3):  # it may be gone before, or after, the service writes to the pipe
+        outcome = await execute(
+            open_sandbox(SandboxSettings()), Request(["true"], missing, tmp_path, ENV)
+        )
+        assert outcome.exit_code not in (None, 0)
+        assert "missing" in outcome.output
+
+
+@needs_bwrap
+async def test_without_pidfds_commands_are_still_watched_and_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = importlib.import_module("aether_sandbox.execute")
+
+    def no_pidfds(pid: int, flags: int = 0) -> int:
+        raise OSError("no pidfd_open here")
+
+    monkeypatch.setattr(executor.os, "pidfd_open", no_pidfds)
+    sandbox = open_sandbox(SandboxSettings())
+    done = await execute(sandbox, Request(["sh", "-c", "echo hi; exit 4"], tmp_path, tmp_path, ENV))
+    assert done.exit_code == 4 and done.output == "hi\n"
+    stopped = await execute(
+        sandbox, Request(["sleep", "30"], tmp_path, tmp_path, ENV, Limits(wall_seconds=0.5))
+    )
+    assert stopped.timed_out and stopped.exit_code is None

@@ -2,14 +2,15 @@
 
 A backend turns a ``Request`` into a ``Launch`` (the argument vector, environment and
 directory of the process to start); ``execute`` then starts it with the limits, watches
-it and kills all of it. bubblewrap is the one confining backend today; nsjail or Landlock
-would be other ``Sandbox`` implementations of the same two methods.
+it and kills all of it. A backend that can hold the command back until its limits are set
+(bubblewrap) says how in ``Launch.held``. bubblewrap is the one confining backend today;
+nsjail or Landlock would be other ``Sandbox`` implementations of the same two methods.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,9 +42,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Launch:
+    """``held(info_fd, gate_fd)``, where the backend offers it, is an argument vector that
+    writes ``{"child-pid": N}`` (N: the process that will start the command, in the
+    caller's PID namespace) to ``info_fd`` and then waits, the command not yet started,
+    until a byte can be read from ``gate_fd``: the caller moves N into the command's
+    cgroup and sets its rlimits in between. Closing ``gate_fd``'s other end unwritten
+    releases it too, so the caller kills the launch before it ever does that."""
+
     argv: list[str]
     env: dict[str, str]
     cwd: Path
+    held: Callable[[int, int], list[str]] | None = None
 
 
 class Sandbox(Protocol):

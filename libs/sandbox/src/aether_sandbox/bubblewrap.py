@@ -73,6 +73,15 @@ def path_directories(path_value: str, exclude: Path) -> list[Path]:
     return found
 
 
+def _within(path: Path, shown: list[Path], real: list[Path]) -> bool:
+    """Whether ``path`` lies, by name and once resolved, inside trees already shown."""
+
+    def inside(candidate: Path, roots: list[Path]) -> bool:
+        return any(candidate == root or root in candidate.parents for root in roots)
+
+    return inside(path, shown) and inside(Path(os.path.realpath(path)), real)
+
+
 class Bubblewrap:
     name = "bubblewrap"
     confined = True
@@ -107,12 +116,18 @@ class Bubblewrap:
         if self.settings.network != "host":
             args.append("--unshare-net")
         args += ["--ro-bind", "/usr", "/usr"]
+        # What the sandbox shows as on the host: by name (``shown``) and by real path
+        # (``real``). A readable path that is both already is, and needs no mount of its own.
+        shown, real = [Path("/usr"), Path("/etc")], [Path("/usr"), Path("/etc")]
         for name in TOP_LEVEL:
             host = Path("/") / name
             if host.is_symlink():
                 args += ["--symlink", os.readlink(host), str(host)]
+                shown.append(host)
             elif host.is_dir():
                 args += ["--ro-bind", str(host), str(host)]
+                shown.append(host)
+                real.append(host)
         args += ["--ro-bind", "/etc", "/etc"]
         for name in MASKED_ETC:
             if (Path("/etc") / name).is_file():
@@ -128,9 +143,14 @@ class Bubblewrap:
             *self.settings.read_only,
             *request.read_only,
         ]
-        for path in dict.fromkeys(readable):
-            if path != workdir and workdir not in path.parents:
-                args += ["--ro-bind-try", str(path), str(path)]
+        # Outer trees first: a path inside one then needs no mount of its own.
+        for path in sorted(dict.fromkeys(readable), key=lambda path: len(path.parts)):
+            if path == workdir or workdir in path.parents or _within(path, shown, real):
+                continue
+            args += ["--ro-bind-try", str(path), str(path)]
+            if os.path.realpath(path) == str(path):
+                shown.append(path)
+                real.append(path)
         args += ["--bind", str(workdir), str(workdir)]
         for path in request.protect:
             if path.is_symlink() or not path.exists():
@@ -148,7 +168,16 @@ class Bubblewrap:
         # The root itself (a tmpfs holding the mount points) is read-only too: a path the
         # sandbox does not show cannot be created either.
         args += ["--remount-ro", "/", "--chdir", str(request.cwd), "--"]
-        return Launch(args + list(request.argv), env, request.cwd)
+        argv = args + list(request.argv)
+        if not {"--info-fd", "--block-fd"} <= self.options:
+            return Launch(argv, env, request.cwd)
+
+        def held(info: int, gate: int) -> list[str]:
+            # bubblewrap writes the sandbox's first process to --info-fd once it is cloned,
+            # and that process reads --block-fd after the mounts, before it starts anything.
+            return [argv[0], "--info-fd", str(info), "--block-fd", str(gate), *argv[1:]]
+
+        return Launch(argv, env, request.cwd, held)
 
     def probe(self) -> None:
         """Start one sandbox; ``SandboxUnavailable`` (with bubblewrap's words) if it fails."""

@@ -10,14 +10,13 @@ limits fall back to rlimits (see ``limits.py``) and the sandbox says so.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
+import secrets
 import signal
 from dataclasses import dataclass, field
 
 from aether_sandbox.settings import Limits
 
-_counter = itertools.count(1)
 V1_CONTROLLERS = ("pids", "memory", "cpuacct")
 
 
@@ -95,7 +94,8 @@ def v1_parents() -> dict[str, str]:
 
 @dataclass
 class Cgroup:
-    """One command's cgroup(s): ``procs`` are joined by the child before it execs."""
+    """One command's cgroup(s): ``procs`` are joined by the command's first process before
+    it starts the command (or written into by the parent while it is held)."""
 
     version: int
     directories: list[str] = field(default_factory=list)
@@ -105,7 +105,9 @@ class Cgroup:
     @classmethod
     def create(cls, limits: Limits, configured: str = "") -> Cgroup | None:
         """A fresh cgroup with ``limits`` written, or ``None`` where none can be made."""
-        name = f"aether-sandbox-{os.getpid()}-{next(_counter)}"
+        # The command sees this name (its cgroup namespace starts at the service's cgroup):
+        # nothing in it says anything about the host.
+        name = f"aether-sandbox-{secrets.token_hex(8)}"
         parent = v2_parent(configured)
         if parent is not None:
             group = cls(2)
@@ -167,6 +169,15 @@ class Cgroup:
             finally:
                 os.close(handle)
 
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` in (from the parent, while it is held before its command)."""
+        for procs in self.procs:
+            handle = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(handle, str(pid).encode())
+            finally:
+                os.close(handle)
+
     def cpu_seconds(self) -> float | None:
         """CPU time used so far by everything in the cgroup."""
         for directory in self.directories:
@@ -208,6 +219,14 @@ class Cgroup:
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+    def remove_if_empty(self) -> bool:
+        """Remove the cgroup now if nothing is left in it (the usual case once the
+        command's processes are reaped), without waiting; whether it is gone."""
+        if self.pids():
+            return False
+        self.remove()
+        return not self.directories
 
     def remove(self) -> None:
         """Remove the cgroup directories (a directory still holding a process stays)."""

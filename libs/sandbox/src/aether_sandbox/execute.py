@@ -1,11 +1,15 @@
 """Starting a sandboxed command with its limits, watching it, and ending all of it.
 
-The limits are set before bubblewrap starts, so it and everything inside inherit them: a
-small ``/bin/sh`` moves itself into the command's own cgroup (where one can be made) and
-execs ``prlimit`` with the rlimits, which execs the sandbox. That costs two small execs
+The limits are in place before the command starts, so it and everything it starts inherit
+them. bubblewrap is started held (``Launch.held``): once it has made the namespaces and
+mounts, and before it starts the command, its first process waits on a pipe while this
+process writes that process's pid into the command's cgroup and sets its rlimits
+(``prlimit(2)``); one byte on the pipe then lets it go. That costs no process of its own,
+and the sandbox's setup is not charged to the command's cgroup. A backend that cannot be
+held (``unconfined``) is started behind a small ``/bin/sh`` that moves itself into the
+cgroup and execs ``prlimit`` with the rlimits, which execs the command: two small execs,
 where setting them in the child between fork and exec (the fallback when ``prlimit`` is
-missing) costs a full fork of the service's process, and moving a copy of it between
-memory cgroups.
+missing) costs a full fork of the service's process.
 While it runs, a watch stops it at the wall-clock limit, past the output cap, past the
 CPU time of its cgroup, or once it has written more than the disk cap into its workdir.
 Whatever the outcome, its process group and cgroup are killed before this returns; with
@@ -16,15 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import shutil
 import signal
+import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
-from aether_sandbox.base import Request, Sandbox
+from aether_sandbox.base import Launch, Request, Sandbox
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
 from aether_sandbox.settings import MIB, Limits
@@ -129,50 +137,65 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     """
     limits = request.limits
     launch = sandbox.launch(request)
-    cgroup = Cgroup.create(limits, sandbox.settings.cgroup)
+    gate = _Gate() if launch.held is not None else None
+    # A held launch needs its cgroup only once bubblewrap is up: it is made meanwhile.
+    cgroup = None if gate is not None else Cgroup.create(limits, sandbox.settings.cgroup)
     began = time.monotonic()
+    deadline = began + limits.wall_seconds
     disk = DiskWatch(request.workdir, limits)
     collector = OutputCollector(output_chars)
-    argv = _limited(launch.argv, limits, cgroup)
-    granted = rlimits(limits, cgroup)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *(argv or launch.argv),
-            cwd=launch.cwd,
-            env=launch.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=None if argv else lambda: _enter(granted, cgroup),
-        )
+        if gate is not None and launch.held is not None:
+            process = _spawn(launch.held(*gate.child_ends), launch, gate.child_ends)
+        else:
+            granted = rlimits(limits, cgroup)
+            argv = _limited(launch.argv, limits, cgroup)
+            process = _spawn(
+                argv or launch.argv, launch, (), None if argv else lambda: _enter(granted, cgroup)
+            )
     except BaseException:
         _end(None, cgroup)
+        if gate is not None:
+            gate.close()
         raise
+    finally:
+        if gate is not None:
+            gate.close_child_ends()
     assert process.stdout is not None
-    reader = asyncio.create_task(collector.read(process.stdout))
+    output = _Reader(process.stdout, collector)
+    exited = _exit_of(process.pid)
     timed_out = False
     stopped: str | None = None
     try:
-        deadline = began + limits.wall_seconds
-        timed_out, stopped = await _watch(process, deadline, limits, cgroup, disk, collector)
+        if gate is not None:
+            cgroup = Cgroup.create(limits, sandbox.settings.cgroup)
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):  # no task, unlike wait_for
+                    await gate.release(rlimits(limits, cgroup), cgroup)
+            except TimeoutError:
+                timed_out = True
+        if not timed_out:
+            timed_out, stopped = await _watch(
+                process, exited, deadline, limits, cgroup, disk, collector
+            )
         # Whatever the command left running (a server, a child holding the pipe) goes now.
         _end(process.pid, cgroup)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), 2.0)
+            await asyncio.wait_for(asyncio.shield(output.ended), 2.0)
     finally:
         _end(process.pid, cgroup)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        # Not process.kill(): it polls, and a poll reaping the child first would leave the
-        # child watcher without its exit code. The group kill above reached it.
-        await process.wait()
-        await asyncio.to_thread(_remove, cgroup)
+        if gate is not None:
+            gate.close()  # only now: closed unwritten, it would let a held launch go
+        output.close()
+        await _reap(process, exited)
+        # Read before the cgroup goes: its memory.events go with it.
+        out_of_memory = cgroup is not None and cgroup.out_of_memory()
+        if cgroup is not None and not cgroup.remove_if_empty():
+            await asyncio.to_thread(_remove, cgroup)
     killed = timed_out or stopped is not None
     if not killed:
         stopped = disk.over()
-        if stopped is None and cgroup is not None and cgroup.out_of_memory():
+        if stopped is None and out_of_memory:
             stopped = f"it ran out of memory (limit {_size(limits.memory_bytes)})"
     return Outcome(
         exit_code=None if killed else process.returncode,
@@ -184,13 +207,161 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     )
 
 
+def _spawn(
+    argv: list[str],
+    launch: Launch,
+    pass_fds: tuple[int, ...],
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start the process directly (a vfork where no ``preexec`` is given): the event loop's
+    subprocess transport would add a few loop turns and a waiting thread per command, and
+    a held launch waits for this process to confine it."""
+    return subprocess.Popen(
+        argv,
+        cwd=launch.cwd,
+        env=launch.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        pass_fds=pass_fds,
+        preexec_fn=preexec,
+    )
+
+
+class _Reader:
+    """Feeds the process's output pipe to the collector from the event loop; ``ended`` is
+    done when every writer has closed it."""
+
+    def __init__(self, pipe: IO[bytes], collector: OutputCollector) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pipe = pipe
+        self._fd = pipe.fileno()
+        self._collector = collector
+        self.ended: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(self._fd, False)
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._collector.feed(chunk)
+        else:
+            self._loop.remove_reader(self._fd)
+            if not self.ended.done():
+                self.ended.set_result(None)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._pipe.close()
+        if not self.ended.done():
+            self.ended.cancel()
+
+
+async def _reap(process: subprocess.Popen[bytes], exited: asyncio.Future[None]) -> None:
+    """Collect the exit status of the process, killed already or gone by itself (woken by
+    its pidfd; where there is none, polled at growing intervals)."""
+    pause = 0.001
+    while process.poll() is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), pause)
+        pause = min(pause * 2, 0.05)
+    exited.cancel()
+
+
+class _Gate:
+    """The two pipes of a held launch: the backend names its held process on ``info``
+    and waits on ``gate``; ``release`` confines that process, then lets it go."""
+
+    def __init__(self) -> None:
+        self.info_read, self.info_write = os.pipe()
+        self.gate_read, self.gate_write = os.pipe()
+        self.child_ends = (self.info_write, self.gate_read)
+        self.held: int | None = None
+        self.released = False
+        self._open = [self.info_read, self.info_write, self.gate_read, self.gate_write]
+
+    async def release(self, granted: dict[int, tuple[int, int]], cgroup: Cgroup | None) -> None:
+        self.held = _child_pid(await _read_to_end(self.info_read))
+        if self.held is not None:
+            # Gone (the backend failed before its command): nothing is left to confine.
+            with contextlib.suppress(ProcessLookupError):
+                if cgroup is not None:
+                    cgroup.add(self.held)
+                for kind, pair in granted.items():
+                    resource.prlimit(self.held, kind, pair)
+        # No reader left: bubblewrap failed in its setup, and its exit code and words say so.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self.gate_write, b"\0")
+        self.released = True
+
+    def close_child_ends(self) -> None:
+        self._close(self.info_write, self.gate_read)
+
+    def close(self) -> None:
+        """Close every end; a process still held is killed first (the caller has killed
+        the launch's process group, which holds it, already)."""
+        if not self.released and self.held is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.held, signal.SIGKILL)
+        self._close(*self._open)
+
+    def _close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.remove(fd)
+                os.close(fd)
+
+
+async def _read_to_end(fd: int) -> bytes:
+    """Everything written to the pipe ``fd`` until its last writer closes it."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    ended: asyncio.Future[None] = loop.create_future()
+    chunks: list[bytes] = []
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            chunks.append(chunk)
+        elif not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+def _child_pid(info: bytes) -> int | None:
+    """The ``child-pid`` of bubblewrap's ``--info-fd`` JSON (none when it failed first)."""
+    try:
+        pid = json.loads(info)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
 def execute_sync(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
     """``execute`` for a thread without an event loop (the git broker's verification)."""
     return asyncio.run(execute(sandbox, request, output_chars))
 
 
 async def _watch(
-    process: asyncio.subprocess.Process,
+    process: subprocess.Popen[bytes],
+    exited: asyncio.Future[None],
     deadline: float,
     limits: Limits,
     cgroup: Cgroup | None,
@@ -199,38 +370,34 @@ async def _watch(
 ) -> tuple[bool, str | None]:
     """Wait for the process to exit (not for its pipes: a child may hold them), checking
     the limits every 0.1 s; returns (timed out, which limit stopped it)."""
-    exited = _exit_of(process)
-    try:
-        while process.returncode is None and not exited.done():
-            now = time.monotonic()
-            if now >= deadline:
-                return True, None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
-                break
-            if collector.total > limits.output_bytes:
-                return False, f"it printed more than {_size(limits.output_bytes)} of output"
-            if cgroup is not None and limits.cpu_seconds is not None:
-                used = cgroup.cpu_seconds()
-                if used is not None and used > limits.cpu_seconds:
-                    return False, f"it used more than {limits.cpu_seconds} s of CPU time"
-            reason = await asyncio.to_thread(disk.over)
-            if reason is not None:
-                return False, reason
-        return False, None
-    finally:
-        exited.cancel()
+    while process.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            return True, None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
+            continue
+        if collector.total > limits.output_bytes:
+            return False, f"it printed more than {_size(limits.output_bytes)} of output"
+        if cgroup is not None and limits.cpu_seconds is not None:
+            used = cgroup.cpu_seconds()
+            if used is not None and used > limits.cpu_seconds:
+                return False, f"it used more than {limits.cpu_seconds} s of CPU time"
+        reason = await asyncio.to_thread(disk.over)
+        if reason is not None:
+            return False, reason
+    return False, None
 
 
-def _exit_of(process: asyncio.subprocess.Process) -> asyncio.Future[None]:
-    """A future done when the process exits: its pidfd turns readable then (before the
-    child watcher reaps it), so a short command is not held up by a polling interval."""
+def _exit_of(pid: int) -> asyncio.Future[None]:
+    """A future done when the process exits: its pidfd turns readable then, so a short
+    command is not held up by a polling interval. Cancelling it closes the pidfd."""
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
     try:
-        handle = os.pidfd_open(process.pid)
+        handle = os.pidfd_open(pid)
     except OSError:
-        return exited  # already gone, or no pidfds: the 0.1 s checks see the return code
+        return exited  # no pidfds: the 0.1 s checks see the exit
 
     def done() -> None:
         if not exited.done():
@@ -258,11 +425,12 @@ def _remove(cgroup: Cgroup | None) -> None:
     """Remove the cgroup once its last process is gone (killed ones take a moment)."""
     if cgroup is None:
         return
-    for _ in range(200):
-        if not cgroup.pids():
-            break
+    pause, waited = 0.001, 0.0
+    while cgroup.pids() and waited < 2.0:
         cgroup.kill()
-        time.sleep(0.01)
+        time.sleep(pause)  # a killed process is usually gone within a millisecond or two
+        waited += pause
+        pause = min(pause * 2, 0.01)
     cgroup.remove()
 
 
@@ -286,16 +454,20 @@ class OutputCollector:
 
     async def read(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
-            self.total += len(chunk)
-            room = self._head_limit - len(self._head)
-            if room > 0:
-                self._head += chunk[:room]
-                chunk = chunk[room:]
-            if chunk:
-                self._tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail and self._tail_size - len(self._tail[0]) >= self._tail_limit:
-                    self._tail_size -= len(self._tail.popleft())
+            self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next piece of output."""
+        self.total += len(chunk)
+        room = self._head_limit - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self._tail.append(chunk)
+            self._tail_size += len(chunk)
+            while self._tail and self._tail_size - len(self._tail[0]) >= self._tail_limit:
+                self._tail_size -= len(self._tail.popleft())
 
     def text(self) -> str:
         tail = b"".join(self._tail)
