@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import msgspec
+import psycopg
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import DictRow, dict_row
 
@@ -187,31 +188,57 @@ class ReadModel:
 
     async def _take(self, item: Incoming, consumer: str, stream: Stream, *, guarded: bool) -> bool:
         async with self._db.pool.connection() as conn:
-            # In pipeline mode a statement whose result is not read yet is sent with the
-            # next one whose result is: an event's fold is three round trips (lock the
-            # position; record the event and read its rows; write the rows, move the
-            # position and commit) instead of one per statement. The guarded retry runs
-            # without it, as does a message that did not decode, so that a refused row is
-            # known at its own savepoint.
-            plain = guarded or item.event is None
-            batched = contextlib.nullcontext() if plain else conn.pipeline()
-            async with batched, conn.transaction():
-                position = await self._lock_position(conn, consumer)
-                if item.seq <= position:
-                    return False
-                # Only the mission stream's sequences are looked at again (telemetry is
-                # short-lived, and the next heartbeat says what a lost one would have).
-                jumped = stream == "missions" and item.seq > position + 1
-                if jumped:
-                    await faults.note_gap(conn, consumer, position + 1, item.seq - 1)
-                if guarded or item.event is None:
-                    fresh = await self._fold_item(conn, item, stream)
-                else:
-                    fresh = await self._fold_one(conn, item.event, item.seq, stream)
-                await self._set_position(conn, consumer, item.seq)
+            if guarded or item.event is None:
+                # Statement by statement, so that a refused row is known at its own
+                # savepoint.
+                async with conn.transaction():
+                    fresh, jumped = await self._take_in(conn, item, consumer, stream, guarded)
+            else:
+                fresh, jumped = await self._take_batched(conn, item, consumer, stream)
         if jumped:
             self.gap_found.set()  # committed: the watch will find the gap
         return fresh
+
+    async def _take_batched(
+        self, conn: AsyncConnection, item: Incoming, consumer: str, stream: Stream
+    ) -> tuple[bool, bool]:
+        """``_take_in`` in pipeline mode, where a statement whose answer is not read yet
+        goes with the next one whose answer is: an event's fold is five round trips
+        (begin; lock the position; record the event and read its rows; write the rows,
+        move the position and commit; end the pipeline) instead of one per statement
+        (nine to ten). The transaction is the connection's own (begun by the first
+        statement), not a ``transaction()`` block, which waits for the server more."""
+        try:
+            async with conn.pipeline():
+                taken = await self._take_in(conn, item, consumer, stream, False)
+                await conn.commit()
+        except BaseException:
+            # A connection too broken to roll back is the pool's to discard; the error
+            # that matters is the one that got here.
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+            raise
+        return taken
+
+    async def _take_in(
+        self, conn: AsyncConnection, item: Incoming, consumer: str, stream: Stream, guarded: bool
+    ) -> tuple[bool, bool]:
+        """Fold ``item`` in the caller's transaction unless the position is past it;
+        returns whether rows changed and whether the position jumped over sequences."""
+        position = await self._lock_position(conn, consumer)
+        if item.seq <= position:
+            return False, False
+        # Only the mission stream's sequences are looked at again (telemetry is
+        # short-lived, and the next heartbeat says what a lost one would have).
+        jumped = stream == "missions" and item.seq > position + 1
+        if jumped:
+            await faults.note_gap(conn, consumer, position + 1, item.seq - 1)
+        if guarded or item.event is None:
+            fresh = await self._fold_item(conn, item, stream)
+        else:
+            fresh = await self._fold_one(conn, item.event, item.seq, stream)
+        await self._set_position(conn, consumer, item.seq)
+        return fresh, jumped
 
     async def _fold_item(self, conn: AsyncConnection, item: Incoming, stream: Stream) -> bool:
         """Fold one message inside the caller's transaction; what cannot be stored as it
