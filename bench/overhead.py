@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
-from aether_agent_runner.adapters.git import commit_all
+from aether_agent_runner.adapters.git import GitDir, commit_all
 from aether_events import (
     AgentCompleted,
     AgentStarted,
@@ -286,9 +286,8 @@ def plain_git_loop(work: Path, n: int) -> list[float]:
         target = Path(ws.worktree_path) / "bench" / f"f{i}.txt"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f"t{i}\n")
-        sha, _ = commit_all(
-            Path(ws.worktree_path), f"t{i}\n\nAether-Task: t{i}\nAether-Attempt: 1\n"
-        )
+        records = GitDir.linked(Path(ws.worktree_path), Path(ws.git_dir), ws.branch)
+        sha, _ = commit_all(records, f"t{i}\n\nAether-Task: t{i}\nAether-Attempt: 1\n")
         assert sha is not None
         git.merge(
             repository_path=str(repo),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aether_agent_runner.adapters.git import commit_all
+from aether_agent_runner.adapters.git import GitDir, commit_all
 from aether_git_broker.adapters.git import GitRepositories
 
 INTEGRATION = "bench/integration"
@@ -49,9 +49,8 @@ class GitWork:
         target = Path(ws.worktree_path) / "bench" / f"f{number}.txt"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f"{task_id}\n")
-        sha, _ = commit_all(
-            Path(ws.worktree_path), f"{task_id}\n\nAether-Task: {task_id}\nAether-Attempt: 1\n"
-        )
+        records = GitDir.linked(Path(ws.worktree_path), Path(ws.git_dir), ws.branch)
+        sha, _ = commit_all(records, f"{task_id}\n\nAether-Task: {task_id}\nAether-Attempt: 1\n")
         assert sha is not None
         merged = self.git.merge(
             repository_path=str(self.repository),

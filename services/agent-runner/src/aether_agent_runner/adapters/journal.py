@@ -5,8 +5,15 @@ aether-agent/``): outside the worktree, so the agent's tools cannot reach them a
 never committed, and removed with the worktree by the git broker, so they share the fate of
 the files they describe. A runner that sees the worktree sees its transcript.
 
-The journal is JSON lines, appended and flushed to disk one step at a time; a line torn by a
-crash is ignored. The lock is an ``flock`` held while an agent works: the kernel releases
+The journal is JSON lines, appended one step at a time; a line torn by a crash is ignored.
+Every record is written to the operating system before the agent goes on, so a runner
+process that dies loses none of them. Only the records whose loss would repeat an effect
+are also synced to the disk, against a machine that stops: the first (which attempt the
+journal belongs to) and each model reply (a paid call, which a resume must not make
+again). A sync writes everything appended before it, so the tool results between two
+replies reach the disk with the next reply; one lost to a machine crash before that is
+a tool call made again on resume, whose file writes were no more on the disk than its
+record was. The lock is an ``flock`` held while an agent works: the kernel releases
 it when the process dies, so a runner that takes over never finds a stale lock, and two
 runners on one machine can never work one attempt at the same time.
 """
@@ -23,6 +30,8 @@ from typing import Any
 from aether_agent_runner.adapters.git import GitDir
 
 DIRECTORY = "aether-agent"
+# The records synced to disk as they are appended (see above); ``start`` always syncs.
+SYNCED = frozenset({"begin", "reply"})
 
 
 def state_dir(git: GitDir) -> Path:
@@ -68,7 +77,8 @@ class Journal:
         with self.path.open("ab") as out:
             out.write(_line(record))
             out.flush()
-            os.fsync(out.fileno())
+            if record.get("kind") in SYNCED:
+                os.fsync(out.fileno())
 
 
 def _line(record: dict[str, Any]) -> bytes:

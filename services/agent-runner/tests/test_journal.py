@@ -1,0 +1,57 @@
+"""The attempt's journal: what it keeps, and which records it syncs to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aether_agent_runner.adapters import journal as journal_module
+from aether_agent_runner.adapters.journal import Journal
+
+
+def test_every_record_reads_back_in_order_and_a_torn_tail_is_ignored(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.start({"kind": "begin", "identity": {"task": "t1"}})
+    journal.append({"kind": "reply", "content": [{"type": "text", "text": "ü"}]})
+    journal.append({"kind": "answer", "block": {"type": "text", "text": "ok"}})
+    with journal.path.open("ab") as out:
+        out.write(b'{"kind": "answer", "blo')  # a crash mid-write
+
+    assert [r["kind"] for r in journal.read()] == ["begin", "reply", "answer"]
+    assert journal.read()[1]["content"][0]["text"] == "ü"
+
+
+def test_the_begin_record_and_model_replies_are_synced_tool_results_ride_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply is a paid call a resume must not make again, so it reaches the disk
+    before the agent goes on; a tool result is written to the system at once and
+    reaches the disk with the next sync of the same file."""
+    synced: list[list[str]] = []
+    real_fsync = journal_module.os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(
+            [
+                line.split(b'"kind":"')[1].split(b'"')[0].decode()
+                for line in Path(f"/proc/self/fd/{fd}").read_bytes().splitlines()
+            ]
+        )
+
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)
+    journal = Journal(tmp_path)
+    journal.start({"kind": "begin"})
+    journal.append({"kind": "reply", "content": []})
+    journal.append({"kind": "answer", "block": {}})
+    journal.append({"kind": "answer", "block": {}})
+    assert len(synced) == 2
+    assert [r["kind"] for r in journal.read()] == ["begin", "reply", "answer", "answer"]
+    journal.append({"kind": "reply", "content": []})
+
+    assert synced == [
+        ["begin"],
+        ["begin", "reply"],
+        ["begin", "reply", "answer", "answer", "reply"],
+    ]
