@@ -494,12 +494,12 @@ class Service:
         """
         if self.stopping:
             return
-        ordered = [
-            spec
-            for spec in dict.fromkeys(self._consumers)
+        ordered = {
+            (spec.stream, spec.durable): spec
+            for spec in self._consumers
             if spec.max_workers <= 1 and spec.hand_offs <= 0
-        ]
-        for spec in ordered:
+        }
+        for spec in ordered.values():
             info = None
             for _ in range(HAND_BACK_TRIES):
                 try:

@@ -56,6 +56,7 @@ from aether_events import (
     step_ids,
 )
 from aether_llm import OFFLINE_MODEL
+from aether_runtime import RetryLater
 from aether_sandbox import Sandbox, SandboxUnavailable
 
 log = logging.getLogger("aether.agent-runner")
@@ -64,8 +65,9 @@ log = logging.getLogger("aether.agent-runner")
 _SAFE_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]+")
 
 
-class AttemptBusy(Exception):
-    """Another agent holds this attempt's worktree right now; the message comes back later."""
+class AttemptBusy(RetryLater):
+    """Another agent holds this attempt's worktree right now; the message comes back later
+    (handed back with a delay, not a failed step)."""
 
 
 def failed(ready: WorkspaceReady, now: datetime, reason: str, retryable: bool) -> AgentFailed:
