@@ -95,6 +95,9 @@ FETCH_SECONDS = 2.0
 # is still recovering (``Service._hand_back_lost``).
 HAND_BACK_TRIES = 40
 HAND_BACK_PAUSE_SECONDS = 0.25
+# The longest pause between runs of a handler failing on the bus or a database: short,
+# since the bus comes back within seconds of a restart and every message waits for it.
+TRANSIENT_PAUSE_SECONDS = 1.0
 # Between reconnection attempts, and never giving up: a service outlives its bus.
 RECONNECT_WAIT_SECONDS = 0.5
 # A delivery is logged at INFO when its handler published an event or took this long, or
@@ -813,7 +816,7 @@ class Service:
             if self._about_the_world(failure):
                 if time.monotonic() + pause > give_up_at:
                     return failure
-                delay, pause = pause, min(pause * 2, 5.0)
+                delay, pause = pause, min(pause * 2, TRANSIENT_PAUSE_SECONDS)
                 log.warning(
                     "handler failed on the bus or a database; retrying in place",
                     extra={"type": tag, "retry_in": delay, "error": repr(failure)},
