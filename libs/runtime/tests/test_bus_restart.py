@@ -220,3 +220,54 @@ async def status(app: health.ASGIApp) -> tuple[int, dict[str, str]]:
 
     await app({"type": "http", "method": "GET", "path": "/readyz"}, receive, send)
     return int(sent[0]["status"]), json.loads(sent[1]["body"])
+
+
+async def test_a_delivery_nobody_here_holds_is_handed_back_after_a_reconnect(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The server still owes the consumer's one in-flight message to a delivery nobody
+    works on (as when it went down with the message in flight): after the reconnect the
+    service hands it back, rather than waiting out an ack wait far longer than the test."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await publisher.publish(requested("m-lost"))
+    await publisher.publish(requested("m-next"))
+    await js.add_consumer(
+        MISSIONS_STREAM,
+        ConsumerConfig(
+            durable_name="restarted",
+            name="restarted",
+            filter_subject=ALL_MISSION_EVENTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=3600,
+            max_deliver=20,
+            max_ack_pending=1,
+        ),
+    )
+    # Delivered to a subscription that goes away without an answer: the lost delivery.
+    sub = await js.pull_subscribe_bind("restarted", stream=MISSIONS_STREAM)
+    (lost,) = await sub.fetch(1)
+    assert lost.metadata.sequence.stream == 1
+    await sub.unsubscribe()
+    handler = Recorder()
+    svc = Service(name="restarted", settings=RuntimeSettings(nats_url=nats_server.url, port=0))
+    svc.bus_poll_seconds = 0
+    svc.consume(
+        ConsumerSpec(
+            durable="restarted", subject=ALL_MISSION_EVENTS, handler=handler, ack_wait_seconds=3600
+        )
+    )
+    await svc.start()
+    try:
+        # Stopped cleanly, the server keeps the consumer's state, the lost delivery too.
+        nats_server.stop()
+        nats_server.start()
+        # Far less than the hour the server would otherwise hold the message for.
+        await handler.wait("m-lost", timeout=60)
+        await handler.wait("m-next", timeout=60)
+        assert handler.calls == ["m-lost", "m-next"]
+    finally:
+        await nc.close()
+        await svc.stop()

@@ -4,6 +4,7 @@ retry request runs again; the consumer goes on with later events meanwhile."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from nats.aio.client import Client as NatsClient
@@ -22,7 +23,7 @@ from aether_events import (
     ensure_streams,
     new_event_id,
 )
-from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service
+from aether_runtime import ConsumerSpec, Delivery, RetryLater, RuntimeSettings, Service
 from tests.support import MissionLog
 
 
@@ -287,4 +288,105 @@ async def test_a_retry_whose_event_is_gone_is_recorded_as_failing_again_once(
         assert handler.calls.count(("m-gone", stored.seq)) == 1
     finally:
         await log.stop()
+        await svc.stop()
+
+
+class Failing:
+    """A handler that raises ``error()`` for mission ``failing``'s request on its first
+    ``times`` calls, and records each call with the delivery count it was given."""
+
+    def __init__(self, failing: str, error: Callable[[], Exception], times: int) -> None:
+        self.failing, self.error, self.times = failing, error, times
+        self.calls: list[tuple[str, int]] = []
+        self.changed = asyncio.Condition()
+        self.handled: list[str] = []
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        if not isinstance(event, MissionRequested):
+            return
+        self.calls.append((event.mission_id, delivery.num_delivered))
+        if event.mission_id == self.failing and len(self.of(self.failing)) <= self.times:
+            raise self.error()
+        async with self.changed:
+            self.handled.append(event.mission_id)
+            self.changed.notify_all()
+
+    def of(self, mission: str) -> list[int]:
+        return [count for m, count in self.calls if m == mission]
+
+    async def wait_handled(self, mission: str, timeout: float = 30.0) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: mission in self.handled), timeout)
+
+
+def ordered(url: str, handler: Failing, name: str) -> Service:
+    """A single-writer consumer with the default delivery limit and retries in place."""
+    svc = Service(name=name, settings=RuntimeSettings(nats_url=url, port=0), bus_poll_seconds=0)
+    svc.consume(ConsumerSpec(durable=name, subject=ALL_MISSION_EVENTS, handler=handler))
+    return svc
+
+
+async def test_a_poison_event_fails_its_step_on_its_first_delivery_and_the_next_mission_follows(
+    nc: NatsClient, nats_url: str
+) -> None:
+    handler = Failing("m-poison", lambda: RuntimeError("bad data"), times=1000)
+    svc = ordered(nats_url, handler, "poisoned")
+    await svc.start()
+    log = await MissionLog(nc, "m-poison").start()
+    try:
+        publisher = EventPublisher(nc.jetstream())
+        await publisher.publish(requested("m-poison"))
+        await publisher.publish(requested("m-other"))
+        await handler.wait_handled("m-other")
+        await log.wait_for(lambda log: bool(log.of_type(StepFailed)), timeout=30)
+        spec = ConsumerSpec(durable="x", subject="x", handler=handler)
+        budget = 1 + len(spec.retry_delays)
+        # Retried in place within the one delivery (each run counted), then recorded and
+        # terminated: the other mission is handled next, not after the delivery limit.
+        assert handler.calls == [("m-poison", n) for n in range(1, budget + 1)] + [("m-other", 1)]
+        (failed,) = log.of_type(StepFailed)
+        assert failed.attempts == budget and "bad data" in failed.error
+        assert failed.consumer == "poisoned"
+        info = await nc.jetstream().consumer_info(MISSIONS_STREAM, "poisoned")
+        assert info.num_redelivered == 0
+    finally:
+        await log.stop()
+        await svc.stop()
+
+
+async def test_a_failure_of_the_bus_or_a_database_is_retried_in_place_without_failing_the_step(
+    nc: NatsClient, nats_url: str
+) -> None:
+    # More failures than the retries in place a bad event gets: these are about the world.
+    handler = Failing("m-outage", lambda: ConnectionRefusedError("database down"), times=5)
+    svc = ordered(nats_url, handler, "outage")
+    await svc.start()
+    try:
+        js = nc.jetstream()
+        publisher = EventPublisher(js)
+        await publisher.publish(requested("m-outage"))
+        await publisher.publish(requested("m-after"))
+        await handler.wait_handled("m-after")
+        assert handler.handled == ["m-outage", "m-after"]
+        assert handler.of("m-outage") == [1, 2, 3, 4, 5, 6]
+        # Nothing but the two requests on the stream: no step recorded as failed.
+        assert (await js.stream_info(MISSIONS_STREAM)).state.messages == 2
+    finally:
+        await svc.stop()
+
+
+async def test_a_handler_asking_to_retry_later_gets_the_message_again_from_the_server(
+    nc: NatsClient, nats_url: str
+) -> None:
+    handler = Failing("m-busy", lambda: RetryLater("another process holds it"), times=1)
+    svc = ordered(nats_url, handler, "busy")
+    await svc.start()
+    try:
+        js = nc.jetstream()
+        await EventPublisher(js).publish(requested("m-busy"))
+        await handler.wait_handled("m-busy")
+        # Handed back at once and delivered again by the server (its count), no step failed.
+        assert handler.of("m-busy") == [1, 2]
+        assert (await js.stream_info(MISSIONS_STREAM)).state.messages == 1
+    finally:
         await svc.stop()

@@ -1,5 +1,6 @@
 """The runtime shell shared by Aether's services."""
 
+from aether_runtime.failures import RetryLater
 from aether_runtime.logs import configure_logging, log_context
 from aether_runtime.projection import Projection
 from aether_runtime.service import ConsumerSpec, Delivery, Service, serve
@@ -9,6 +10,7 @@ __all__ = [
     "ConsumerSpec",
     "Delivery",
     "Projection",
+    "RetryLater",
     "RuntimeSettings",
     "Service",
     "configure_logging",

@@ -25,7 +25,10 @@ from nats.aio.msg import Msg
 log = logging.getLogger("aether.runtime.acks")
 
 ACK = b"+ACK"
-TERM = b"-TERM"
+# JetStream's own spelling ("-TERM" is taken for an unknown ack, and the message is
+# delivered again after its ack wait).
+TERM = b"+TERM"
+NAK = b"-NAK"
 PROGRESS = b"+WPI"
 
 
@@ -57,6 +60,7 @@ async def confirm(
     answer, retrying through a disconnect for up to ``within`` seconds (after that the
     server redelivers the message anyway). Says whether the server answered."""
     deadline = time.monotonic() + within
+    msg._aether_settling = True  # type: ignore[attr-defined]  # see ``settling``
     if settled is not None:
         settled.note(msg, payload)
     attempt = 0
@@ -81,6 +85,11 @@ async def confirm(
         await asyncio.sleep(0.1)
 
 
+def settling(msg: Msg) -> bool:
+    """Whether ``msg`` is being (or was) acknowledged or terminated by ``confirm``."""
+    return bool(getattr(msg, "_aether_settling", False))
+
+
 @contextlib.asynccontextmanager
 async def kept_alive(nc: NatsClient, msg: Msg, every: float) -> AsyncIterator[None]:
     """Send in-progress acks for ``msg`` every ``every`` seconds while the body runs, so
@@ -91,7 +100,8 @@ async def kept_alive(nc: NatsClient, msg: Msg, every: float) -> AsyncIterator[No
         while True:
             await asyncio.sleep(every)
             with contextlib.suppress(Exception):
-                if nc.is_connected:
+                # Not once it is being settled: the beat would only follow the answer.
+                if nc.is_connected and not settling(msg):
                     await nc.publish(msg.reply, PROGRESS)
 
     task = asyncio.create_task(beat())

@@ -46,6 +46,11 @@ REDELIVERIES = Counter(
     "Messages received more than once",
     ["service"],
 )
+HANDED_BACK = Counter(
+    "aether_deliveries_handed_back_total",
+    "Deliveries lost with a restarting bus, handed back for redelivery after a reconnect",
+    ["service", "consumer"],
+)
 POISON = Counter(
     "aether_poison_messages_total",
     "Messages that could not be decoded and were terminated",

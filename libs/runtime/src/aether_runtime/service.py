@@ -16,16 +16,20 @@ given to one replica of a competing consumer at a time), which a separate start-
 step run by each replica could not promise.
 
 Each delivery is decoded once; a payload that does not decode is terminated and counted
-(poison), an event type this build does not know is acknowledged and skipped, and a
-handler that raises is negatively acknowledged with a growing delay so one bad event
-cannot take the service down. At the consumer's delivery limit the failure is recorded on
-the mission as ``StepFailed`` and the message terminated (see ``steps``), never dropped in
-silence.
+(poison), an event type this build does not know is acknowledged and skipped. A handler
+that raises is retried by why it failed (see ``failures``): in place for as long as the
+bus or a database is unreachable; a few times within seconds for a failure about the
+message, which is then recorded on the mission as ``StepFailed`` and terminated (see
+``steps``), so one bad event holds up an ordered consumer for seconds, not for its whole
+delivery limit; handed back with a delay when the handler asks (``RetryLater``). A message
+is never dropped in silence: at the delivery limit the failure is recorded all the same.
 
 Consumers run with a short ack wait and the runtime keeps each running handler's message
 alive, and acknowledgements are confirmed by the server (see ``acks``): a delivery lost
 with a restarting NATS server is redelivered within seconds. ``/readyz`` reports a
-consumer that has stalled (see ``stall``).
+consumer that has stalled (see ``stall``). After a reconnect, a single-writer consumer
+whose one delivery the server still holds for nobody here (lost in flight with the
+restart) has it handed back at once rather than after the ack wait (``_hand_back_lost``).
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ from aether_events import (
     type_subject,
 )
 from aether_runtime import health, http, metrics
-from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
+from aether_runtime.acks import ACK, NAK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
+from aether_runtime.failures import RetryLater, transient
 from aether_runtime.logs import log_context
 from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
@@ -86,6 +91,13 @@ Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 # restarts is lost, and the consumer fetches again only once it expires, so this bounds
 # that part of a restart's stall.
 FETCH_SECONDS = 2.0
+# After a reconnect, how often and how long to ask for a consumer's state while JetStream
+# is still recovering (``Service._hand_back_lost``).
+HAND_BACK_TRIES = 40
+HAND_BACK_PAUSE_SECONDS = 0.25
+# The longest pause between runs of a handler failing on the bus or a database: short,
+# since the bus comes back within seconds of a restart and every message waits for it.
+TRANSIENT_PAUSE_SECONDS = 1.0
 # Between reconnection attempts, and never giving up: a service outlives its bus.
 RECONNECT_WAIT_SECONDS = 0.5
 # A delivery is logged at INFO when its handler published an event or took this long, or
@@ -103,6 +115,8 @@ class Delivery:
     """What a handler may know and do about the message that carried its event."""
 
     sequence: int
+    # How many times a handler has been given the message: the server's deliveries, and
+    # the runtime's retries in place (see ``failures``).
     num_delivered: int
     pending: int
     _message: NatsMessage | None = None
@@ -204,6 +218,14 @@ class ConsumerSpec:
     # folds in stream order, then releases for its slow part (a model call), so one
     # mission's slow step does not hold up the others.
     hand_offs: int = 0
+    # Pauses between in-place retries of a handler failing for a reason about the message
+    # (a bug, data it cannot take); when they are used up the step is recorded as failed
+    # and the message terminated. Short: an ordered consumer delivers nothing meanwhile.
+    retry_delays: tuple[float, ...] = (0.25, 1.0)
+    # How long a handler failing for a reason about the world (bus, database down) is
+    # retried in place before its message is handed back to the server (then counted
+    # against ``max_deliver``).
+    transient_patience_seconds: float = 300.0
 
     @property
     def filter_subjects(self) -> list[str] | None:
@@ -227,6 +249,9 @@ class Service:
     bus_poll_seconds: float = 10.0
     # A consumer with messages waiting that delivers nothing for this long is stalled.
     stall_after_seconds: float = 60.0
+    # Errors that, besides the bus's and the network's, mean the world is failing rather
+    # than the message (a database driver's connection errors; see ``failures``).
+    transient_errors: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
         credentials = self.settings.nats_credentials
@@ -265,6 +290,8 @@ class Service:
         self._locks: dict[int, asyncio.Lock] = {}
         self._handed_off: set[asyncio.Task[None]] = set()
         self._settled = Settled()
+        self._reconnected_at = datetime.now(UTC)
+        self._hand_back: asyncio.Task[None] | None = None
         for counter in (
             metrics.REDELIVERIES,
             metrics.POISON,
@@ -444,12 +471,75 @@ class Service:
                 raise error from None
 
     async def _reconnected(self) -> None:
+        self._reconnected_at = datetime.now(UTC)
         try:
             sent = await self._settled.resend(self._nats)
         except Exception as error:
             log.warning("could not repeat acknowledgements", extra={"error": repr(error)})
             return
         log.info("reconnected to nats", extra={"acks_repeated": sent})
+        if self._hand_back is None or self._hand_back.done():
+            self._hand_back = asyncio.create_task(
+                self._hand_back_lost(self._reconnected_at), name=f"{self.name}-hand-back"
+            )
+
+    async def _hand_back_lost(self, reconnected_at: datetime) -> None:
+        """Have the server deliver again, at once, what it delivered to nobody here.
+
+        A delivery lost with a restarting server (sent as it went down, or recorded as
+        sent on its disk and never sent) stays owed to the consumer until its ack wait
+        runs out, and a single-writer consumer (one message in flight) delivers nothing
+        else meanwhile. Such a consumer is run by one process, so a message it was last
+        given before the reconnect that this process neither handles nor settled was
+        lost: a negative acknowledgement, addressed as the server addresses the
+        message's own (``$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer
+        seq>.<time>.<pending>``; the server reads only the two sequences), hands it back.
+        """
+        if self.stopping:
+            return
+        ordered = {
+            (spec.stream, spec.durable): spec
+            for spec in self._consumers
+            if spec.max_workers <= 1 and spec.hand_offs <= 0
+        }
+        for spec in ordered.values():
+            info = None
+            for _ in range(HAND_BACK_TRIES):
+                try:
+                    info = await self.js.consumer_info(spec.stream, spec.durable, timeout=1.0)
+                    break
+                except Exception:
+                    # JetStream answers some moments after the server accepts clients.
+                    await asyncio.sleep(HAND_BACK_PAUSE_SECONDS)
+            if info is None or not info.num_ack_pending or info.delivered is None:
+                continue
+            last = info.delivered
+            floor = info.ack_floor.consumer_seq if info.ack_floor else 0
+            given = last.last_active
+            if given is not None and given.tzinfo is None:
+                given = given.replace(tzinfo=UTC)
+            given_before = given is None or given < reconnected_at
+            if (
+                last.consumer_seq <= (floor or 0)
+                or not given_before
+                or self.handling(spec.durable, last.stream_seq)
+            ):
+                continue
+            subject = (
+                f"$JS.ACK.{spec.stream}.{spec.durable}.1.{last.stream_seq}"
+                f".{last.consumer_seq}.{time.time_ns()}.0"
+            )
+            try:
+                await self._nats.publish(subject, NAK)
+                await self._nats.flush(timeout=1)
+            except Exception as error:
+                log.warning("could not hand back a lost delivery", extra={"error": repr(error)})
+                continue
+            metrics.HANDED_BACK.labels(self.name, spec.durable).inc()
+            log.info(
+                "lost delivery handed back",
+                extra={"consumer": spec.durable, "seq": last.stream_seq},
+            )
 
     async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
         """Bring an existing consumer's ack wait, delivery limit and subject filters to the
@@ -667,32 +757,15 @@ class Service:
         metrics.DELIVERY_DELAY_SECONDS.labels(self.name, spec.durable).observe(_age(event))
         published = [0]
         _published_here.set(published)
+        # The server's count: ``delivery.num_delivered`` also counts retries in place.
+        deliveries = delivery.num_delivered
         with log_context(mission_id=event.mission_id, task_id=task_id, event_id=event.event_id):
             began = time.perf_counter()
-            try:
-                async with self.lock_for(spec):
-                    await spec.handler(event, delivery)
-            except Exception as error:
-                metrics.EVENTS_CONSUMED.labels(self.name, tag, "error").inc()
-                if delivery.num_delivered >= spec.max_deliver:
-                    log.exception("handler failed at the delivery limit", extra={"type": tag})
-                    try:
-                        await self.steps.record_failure(spec, event, delivery, error)
-                    except Exception:
-                        # Unsettled, the message reaches its limit on the server, whose
-                        # advisory records the failure instead (see ``steps``).
-                        log.exception("could not record the failed step")
-                        return
-                    await self._settle(raw, TERM, spec)
-                    return
-                delay = min(30.0, 0.5 * 2 ** min(delivery.num_delivered, 6))
-                log.exception("handler failed; will retry", extra={"retry_in": delay, "type": tag})
-                self._backoff_until[spec.durable] = time.monotonic() + delay + spec.ack_wait_seconds
-                await msg.nack(delay=delay)
+            gave_up = await self._attempts(spec, event, delivery, tag)
+            elapsed = time.perf_counter() - began
+            if gave_up is not None:
+                await self._failed(spec, msg, event, delivery, deliveries, gave_up)
                 return
-            finally:
-                elapsed = time.perf_counter() - began
-                metrics.HANDLER_SECONDS.labels(self.name, tag).observe(elapsed)
             metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
             await self._settle(raw, ACK, spec)
             # A line per handled event that did something, with the ids above: grep a
@@ -710,6 +783,97 @@ class Service:
                     "published": published[0],
                 },
             )
+
+    def _about_the_world(self, error: BaseException) -> bool:
+        """Whether ``error`` came from the bus, the network or a database rather than from
+        the message (see ``failures``); any failure while the bus is down counts."""
+        return transient(error, self.transient_errors) or not self._nats.is_connected
+
+    async def _attempts(
+        self, spec: ConsumerSpec, event: Event, delivery: Delivery, tag: str
+    ) -> Exception | None:
+        """Run the handler, and again in place while it fails for a reason worth retrying
+        here (see ``failures``); returns the error it gave up on, None once it succeeded.
+        The message is kept alive meanwhile, and ``delivery.num_delivered`` counts each
+        run, as a redelivery would."""
+        delays = iter(spec.retry_delays)
+        give_up_at = time.monotonic() + spec.transient_patience_seconds
+        pause = 0.25
+        while True:
+            began = time.perf_counter()
+            failure: Exception
+            try:
+                async with self.lock_for(spec):
+                    await spec.handler(event, delivery)
+                return None
+            except Exception as error:
+                metrics.EVENTS_CONSUMED.labels(self.name, tag, "error").inc()
+                failure = error
+            finally:
+                metrics.HANDLER_SECONDS.labels(self.name, tag).observe(time.perf_counter() - began)
+            if self.stopping or isinstance(failure, RetryLater):
+                return failure
+            if self._about_the_world(failure):
+                if time.monotonic() + pause > give_up_at:
+                    return failure
+                delay, pause = pause, min(pause * 2, TRANSIENT_PAUSE_SECONDS)
+                log.warning(
+                    "handler failed on the bus or a database; retrying in place",
+                    extra={"type": tag, "retry_in": delay, "error": repr(failure)},
+                )
+            else:
+                next_delay = next(delays, None)
+                if next_delay is None:
+                    return failure
+                delay = next_delay
+                log.warning(
+                    "handler failed; retrying in place",
+                    extra={"type": tag, "retry_in": delay, "attempt": delivery.num_delivered},
+                    exc_info=failure,
+                )
+            await asyncio.sleep(delay)
+            delivery.num_delivered += 1
+
+    async def _failed(
+        self,
+        spec: ConsumerSpec,
+        msg: NatsMessage,
+        event: Event,
+        delivery: Delivery,
+        deliveries: int,
+        error: Exception,
+    ) -> None:
+        """Settle a message whose handler gave up (``_attempts``): hand it back with a
+        delay when the failure is not about it and the server will deliver it again,
+        else record the failed step on the mission and terminate it."""
+        tag = tag_of(type(event))
+        if self.stopping:
+            await msg.nack()
+            return
+        if deliveries < spec.max_deliver and (
+            isinstance(error, RetryLater) or self._about_the_world(error)
+        ):
+            delay = min(30.0, 0.5 * 2 ** min(deliveries, 6))
+            log.warning(
+                "handler cannot go on now; message handed back",
+                extra={"retry_in": delay, "type": tag, "error": repr(error)},
+            )
+            self._backoff_until[spec.durable] = time.monotonic() + delay + spec.ack_wait_seconds
+            await msg.nack(delay=delay)
+            return
+        log.error(
+            "handler failed; recording the failed step",
+            extra={"type": tag, "attempts": delivery.num_delivered},
+            exc_info=error,
+        )
+        try:
+            await self.steps.record_failure(spec, event, delivery, error)
+        except Exception:
+            # Unsettled, the message is delivered again after its ack wait; at its limit
+            # on the server, the advisory records the failure instead (see ``steps``).
+            log.exception("could not record the failed step")
+            return
+        await self._settle(msg.raw_message, TERM, spec)
 
 
 async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:

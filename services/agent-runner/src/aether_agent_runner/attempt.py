@@ -57,6 +57,7 @@ from aether_events import (
 )
 from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL
 from aether_llm.roles import model_for_role
+from aether_runtime import RetryLater
 from aether_sandbox import Sandbox, SandboxUnavailable
 
 log = logging.getLogger("aether.agent-runner")
@@ -65,8 +66,9 @@ log = logging.getLogger("aether.agent-runner")
 _SAFE_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]+")
 
 
-class AttemptBusy(Exception):
-    """Another agent holds this attempt's worktree right now; the message comes back later."""
+class AttemptBusy(RetryLater):
+    """Another agent holds this attempt's worktree right now; the message comes back later
+    (handed back with a delay, not a failed step)."""
 
 
 def failed(ready: WorkspaceReady, now: datetime, reason: str, retryable: bool) -> AgentFailed:

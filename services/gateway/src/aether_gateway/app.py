@@ -26,6 +26,7 @@ from aether_events import ALL_MISSION_EVENTS, ALL_TELEMETRY, TELEMETRY_STREAM
 from aether_gateway import api
 from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.faults import DATABASE_ERRORS
 from aether_gateway.adapters.hub import Hub
 from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
 from aether_gateway.adapters.oidc import OidcVerifier
@@ -55,7 +56,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.service = Service("gateway", settings.runtime)
+        self.service = Service("gateway", settings.runtime, transient_errors=DATABASE_ERRORS)
         self.db = Database(settings.database_url, max_size=settings.db_pool_max_size)
         self.read_model = ReadModel(self.db, consumer=CONSUMER)
         self.projector = Projector(self.read_model)

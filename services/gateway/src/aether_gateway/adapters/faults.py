@@ -26,6 +26,13 @@ EVENT_ERRORS: tuple[type[Exception], ...] = (
     LookupError,
 )
 
+# Raised by the database whatever the event (the connection is lost, the pool times out):
+# the runtime retries the handler in place rather than failing the step.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,  # psycopg_pool's PoolTimeout too
+    psycopg.InterfaceError,
+)
+
 Stream = Literal["missions", "telemetry"]
 
 
