@@ -7,8 +7,15 @@ the loose file. The merge train writes a few trees per merge and reads the task'
 trees, which are loose files the agent just wrote, so both paths matter here:
 
 - ``write`` serialises and hashes once, then writes the loose object as git does (a
-  temporary file renamed into place, so a crash never leaves half an object);
-- ``read`` tries the loose file first (one ``open``), then the packs.
+  temporary file renamed into place, so a crash never leaves half an object, compressed
+  at git's ``core.looseCompression`` default, the fastest level);
+- ``read`` looks the object up in the index of each pack it knows (no system call),
+  then tries the loose file (one ``open``), and only then asks dulwich, which rescans the
+  pack directory. A packed object is read straight from the mapped pack file, and the
+  bases of delta chains are kept in a bounded cache, so the other side of a merge,
+  usually a delta against the same base, costs one delta application. dulwich's own path
+  does the same work through several layers of Python per object, which made reading
+  packed trees and blobs most of a merge's time.
 
 Stores that are not on disk, and repositories using SHA-256, go through dulwich.
 """
@@ -16,14 +23,38 @@ Stores that are not on disk, and repositories using SHA-256, go through dulwich.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import zlib
+from collections import OrderedDict
 
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import ObjectID, ShaFile
+from dulwich.pack import Pack, PackFileDisappeared, apply_delta
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _TYPE_NUMBERS = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
+_OFS_DELTA, _REF_DELTA = 6, 7
+_LOOSE_LEVEL = 1  # git's core.looseCompression default (Z_BEST_SPEED)
+_CACHE_BYTES = 32 * 1024 * 1024  # delta bases kept, as git's core.deltaBaseCacheLimit
+
+
+class _PackFile:
+    """One pack: dulwich's index for lookups, the pack file mapped for reading."""
+
+    def __init__(self, pack: Pack) -> None:
+        self.index = pack.index
+        with open(pack.data.path, "rb") as file:
+            self.buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def offset(self, sha: ObjectID) -> int | None:
+        try:
+            return self.index.object_offset(sha)
+        except KeyError:
+            return None
+
+    def close(self) -> None:
+        self.buffer.close()
 
 
 class ObjectIO:
@@ -34,10 +65,21 @@ class ObjectIO:
         self._loose_dir: str | None = None
         if isinstance(store, DiskObjectStore) and store.object_format.name == "sha1":
             self._loose_dir = os.fspath(store.path)
+        self._packs: list[_PackFile] | None = None
+        # Resolved packed objects by (pack, offset), bounded in bytes.
+        self._cache: OrderedDict[tuple[int, int], tuple[int, bytes]] = OrderedDict()
+        self._cached_bytes = 0
+
+    def close(self) -> None:
+        """Unmap the pack files this reader mapped."""
+        self._forget_packs()
 
     def read(self, sha: ObjectID) -> tuple[int, bytes]:
         """``(type number, content)`` of an object; ``KeyError`` when it is missing."""
         if self._loose_dir is not None:
+            packed = self._read_packed(sha)
+            if packed is not None:
+                return packed
             hexsha = sha.decode()
             try:
                 with open(os.path.join(self._loose_dir, hexsha[:2], hexsha[2:]), "rb") as file:
@@ -48,7 +90,71 @@ class ObjectIO:
                 header, _, content = data.partition(b"\0")
                 kind, _, _ = header.partition(b" ")
                 return _TYPE_NUMBERS[kind], content
+            # Neither a pack we know nor a loose file: dulwich rescans the pack
+            # directory, and a new pack it finds is worth knowing about next time.
+            self._forget_packs()
         return self.store.get_raw(sha)
+
+    def _forget_packs(self) -> None:
+        for pack in self._packs or ():
+            pack.close()
+        self._packs = None
+        self._cache.clear()
+        self._cached_bytes = 0
+
+    def _read_packed(self, sha: ObjectID) -> tuple[int, bytes] | None:
+        try:
+            if self._packs is None:
+                self._packs = [_PackFile(pack) for pack in self.store.packs]
+            for number, pack in enumerate(self._packs):
+                offset = pack.offset(sha)
+                if offset is not None:
+                    return self._object_at(number, offset)
+        except (PackFileDisappeared, OSError, ValueError):
+            # A pack removed (by a repack) since it was listed: dulwich finds the object.
+            self._forget_packs()
+        return None
+
+    def _object_at(self, number: int, offset: int) -> tuple[int, bytes]:
+        """The resolved object at ``offset`` in pack ``number`` (git's pack format)."""
+        key = (number, offset)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        assert self._packs is not None
+        buffer = self._packs[number].buffer
+        byte = buffer[offset]
+        type_num, size, shift, pos = (byte >> 4) & 7, byte & 15, 4, offset + 1
+        while byte & 0x80:
+            byte = buffer[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+        base: tuple[int, bytes] | None = None
+        if type_num == _OFS_DELTA:
+            byte = buffer[pos]
+            pos += 1
+            distance = byte & 0x7F
+            while byte & 0x80:
+                byte = buffer[pos]
+                pos += 1
+                distance = ((distance + 1) << 7) | (byte & 0x7F)
+            base = self._object_at(number, offset - distance)
+        elif type_num == _REF_DELTA:
+            base_sha = buffer[pos : pos + 20].hex().encode()
+            pos += 20
+            base = self.read(ObjectID(base_sha))
+        data = _inflate(buffer, pos, size)
+        if base is not None:
+            type_num, data = base[0], b"".join(apply_delta(base[1], data))
+        found = (type_num, data)
+        self._cache[key] = found
+        self._cached_bytes += len(data)
+        while self._cached_bytes > _CACHE_BYTES and len(self._cache) > 1:
+            _, (_, evicted) = self._cache.popitem(last=False)
+            self._cached_bytes -= len(evicted)
+        return found
 
     def write(self, kind: bytes, content: bytes) -> ObjectID:
         """Store an object (``kind`` is ``b"tree"``, ``b"commit"``, …); returns its id."""
@@ -71,6 +177,25 @@ class ObjectIO:
                 os.unlink(temporary)  # left by a crash of this process id
                 fd = os.open(temporary, _CREATE, 0o444)
             with os.fdopen(fd, "wb") as file:
-                file.write(zlib.compress(data))
+                file.write(zlib.compress(data, _LOOSE_LEVEL))
             os.replace(temporary, path)
         return ObjectID(hexsha.encode())
+
+
+def _inflate(buffer: mmap.mmap, pos: int, size: int) -> bytes:
+    """The ``size`` bytes of the zlib stream starting at ``pos``."""
+    inflater = zlib.decompressobj()
+    # zlib's worst case for ``size`` bytes, so one slice nearly always holds the stream.
+    step = size + (size >> 10) + 64
+    out: list[bytes] = []
+    with memoryview(buffer) as view:
+        while not inflater.eof:
+            chunk = view[pos : pos + step]
+            if not chunk:
+                raise zlib.error("pack data ends inside an object")
+            pos += len(chunk)
+            out.append(inflater.decompress(chunk))
+    data = b"".join(out)
+    if len(data) != size:
+        raise zlib.error("pack object inflates to the wrong size")
+    return data
