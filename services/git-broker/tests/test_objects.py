@@ -115,3 +115,54 @@ def test_written_objects_are_what_git_reads(
         assert reader.read(sha) == (3, b"written by the broker\n")
         reader.close()
     git(path, "fsck", "--strict", "--no-dangling")
+
+
+def _packs(path: Path) -> set[str]:
+    return {p.name for p in (path / ".git/objects/pack").glob("*.pack")}
+
+
+def test_a_batch_is_written_as_one_pack_git_reads(
+    tmp_path: Path, git: Callable[..., str], commit: Callable[..., str]
+) -> None:
+    path = tmp_path / "repo"
+    _history(path, git, commit)
+    git(path, "repack", "-adq")
+    before = _packs(path)
+    with Repo(str(path)) as repo:
+        reader = ObjectIO(repo.object_store)
+        with reader.batch():
+            written = [reader.write(b"blob", f"object {i}\n".encode()) for i in range(20)]
+            assert reader.read(written[3]) == (3, b"object 3\n")  # seen before it is stored
+            assert _packs(path) == before
+        assert len(_packs(path) - before) == 1
+        assert reader.read(written[7]) == (3, b"object 7\n")
+        with reader.batch():
+            few = reader.write(b"blob", b"only one\n")
+        assert len(_packs(path) - before) == 1  # too few for a pack: a loose object
+        assert (path / ".git/objects" / few.decode()[:2] / few.decode()[2:]).exists()
+        reader.close()
+    for i, sha in enumerate(written):
+        assert git(path, "cat-file", "-p", sha.decode()) == f"object {i}"
+    git(path, "fsck", "--strict")
+
+
+def test_many_small_packs_are_folded_into_one(
+    tmp_path: Path, git: Callable[..., str], commit: Callable[..., str]
+) -> None:
+    path = tmp_path / "repo"
+    _history(path, git, commit)
+    git(path, "repack", "-adq")
+    with Repo(str(path)) as repo:
+        reader = ObjectIO(repo.object_store)
+        written = []
+        for batch in range(40):
+            with reader.batch():
+                written += [reader.write(b"blob", f"{batch}/{i}\n".encode()) for i in range(8)]
+            assert len(_packs(path)) <= 33
+        reader.close()
+    assert len(_packs(path)) < 33
+    objects = _all_objects(path, git)
+    assert all(sha.decode() in objects for sha in written)
+    for sha in written[::7]:
+        assert reader.read(sha)[1] == _git_content(path, sha.decode())
+    git(path, "fsck", "--strict")

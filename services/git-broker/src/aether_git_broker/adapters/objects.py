@@ -22,11 +22,15 @@ Stores that are not on disk, and repositories using SHA-256, go through dulwich.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import mmap
 import os
+import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import ObjectID, ShaFile
@@ -34,9 +38,13 @@ from dulwich.pack import Pack, PackFileDisappeared, apply_delta
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _TYPE_NUMBERS = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
+_KINDS = {number: kind for kind, number in _TYPE_NUMBERS.items()}
 _OFS_DELTA, _REF_DELTA = 6, 7
 _LOOSE_LEVEL = 1  # git's core.looseCompression default (Z_BEST_SPEED)
 _CACHE_BYTES = 32 * 1024 * 1024  # delta bases kept, as git's core.deltaBaseCacheLimit
+_BATCH_PACK_MIN = 8  # fewer objects than this in a batch are written loose
+_SMALL_PACK = 1024 * 1024  # packs below this size are folded together ...
+_SMALL_PACKS_MAX = 32  # ... once there are this many of them
 
 
 class _PackFile:
@@ -69,6 +77,27 @@ class ObjectIO:
         # Resolved packed objects by (pack, offset), bounded in bytes.
         self._cache: OrderedDict[tuple[int, int], tuple[int, bytes]] = OrderedDict()
         self._cached_bytes = 0
+        # Objects written inside ``batch``, by hex id, not yet on disk.
+        self._pending: dict[str, tuple[int, bytes]] | None = None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Objects written inside the block reach the disk together when it ends: as
+        one pack (two files) rather than a loose file each, which is most of the time of
+        writing a merge's trees. Reads inside the block see them."""
+        if self._loose_dir is None or self._pending is not None:
+            yield
+            return
+        self._pending = {}
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            if len(pending) < _BATCH_PACK_MIN:
+                for type_num, content in pending.values():
+                    self._write_loose(_KINDS[type_num], content)
+            else:
+                self._write_pack(pending)
 
     def close(self) -> None:
         """Unmap the pack files this reader mapped."""
@@ -77,6 +106,10 @@ class ObjectIO:
     def read(self, sha: ObjectID) -> tuple[int, bytes]:
         """``(type number, content)`` of an object; ``KeyError`` when it is missing."""
         if self._loose_dir is not None:
+            if self._pending:
+                pending = self._pending.get(sha.decode())
+                if pending is not None:
+                    return pending
             packed = self._read_packed(sha)
             if packed is not None:
                 return packed
@@ -162,6 +195,15 @@ class ObjectIO:
             obj = ShaFile.from_raw_string(_TYPE_NUMBERS[kind], content)
             self.store.add_object(obj)
             return obj.id
+        if self._pending is not None:
+            header = kind + b" " + str(len(content)).encode() + b"\0"
+            hexsha = hashlib.sha1(header + content, usedforsecurity=False).hexdigest()
+            self._pending[hexsha] = (_TYPE_NUMBERS[kind], content)
+            return ObjectID(hexsha.encode())
+        return self._write_loose(kind, content)
+
+    def _write_loose(self, kind: bytes, content: bytes) -> ObjectID:
+        assert self._loose_dir is not None
         data = kind + b" " + str(len(content)).encode() + b"\0" + content
         hexsha = hashlib.sha1(data, usedforsecurity=False).hexdigest()
         directory = os.path.join(self._loose_dir, hexsha[:2])
@@ -180,6 +222,118 @@ class ObjectIO:
                 file.write(zlib.compress(data, _LOOSE_LEVEL))
             os.replace(temporary, path)
         return ObjectID(hexsha.encode())
+
+    def _write_pack(self, objects: dict[str, tuple[int, bytes]]) -> None:
+        """Write ``objects`` as one pack and its index (git's formats, version 2), the
+        pack first so that an index is never found without its pack. Once there are
+        many small packs (one per merge adds up), they are folded into this one, as
+        ``git gc --auto`` would, so lookups do not walk an ever longer list of packs."""
+        assert isinstance(self.store, DiskObjectStore)
+        pack_dir = os.fspath(self.store.pack_dir)
+        folded = _small_packs(pack_dir)
+        if len(folded) < _SMALL_PACKS_MAX:
+            folded = []
+        objects = dict(objects)
+        for basename in folded:
+            index = Pack(basename, object_format=self.store.object_format).index
+            for listed in list(index):
+                hexsha = listed.decode() if len(listed) == 40 else listed.hex()
+                if hexsha not in objects:
+                    objects[hexsha] = self.read(ObjectID(hexsha.encode()))
+            index.close()
+        pack_bytes, index_bytes, name = _pack_files(objects)
+        for data, suffix in ((pack_bytes, ".pack"), (index_bytes, ".idx")):
+            path = os.path.join(pack_dir, name + suffix)
+            temporary = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.replace(temporary, path)
+        for basename in folded:
+            if basename != os.path.join(pack_dir, name):
+                for suffix in (".idx", ".pack", ".rev", ".bitmap"):
+                    with suppress(FileNotFoundError):
+                        os.unlink(basename + suffix)
+        if folded:
+            self._forget_packs()
+        elif self._packs is not None:
+            pack = Pack(os.path.join(pack_dir, name), object_format=self.store.object_format)
+            self._packs.append(_PackFile(pack))
+
+
+def _small_packs(pack_dir: str) -> list[str]:
+    """Base paths of the packs (with an index, not kept) smaller than ``_SMALL_PACK``."""
+    found = []
+    try:
+        names = set(os.listdir(pack_dir))
+    except FileNotFoundError:
+        return []
+    for entry in sorted(names):
+        stem, dot, suffix = entry.rpartition(".")
+        if not dot or suffix != "pack" or not stem.startswith("pack-"):
+            continue
+        if f"{stem}.idx" not in names or f"{stem}.keep" in names or f"{stem}.promisor" in names:
+            continue
+        try:
+            if os.stat(os.path.join(pack_dir, entry)).st_size < _SMALL_PACK:
+                found.append(os.path.join(pack_dir, stem))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _pack_files(objects: dict[str, tuple[int, bytes]]) -> tuple[bytes, bytes, str]:
+    """A pack of whole (undeltified) objects, its version 2 index, and its name."""
+    chunks = [b"PACK" + struct.pack(">II", 2, len(objects))]
+    offset = 12
+    entries: list[tuple[bytes, int, int]] = []  # (binary id, crc32, offset)
+    for hexsha, (type_num, content) in objects.items():
+        size = len(content)
+        byte = (type_num << 4) | (size & 15)
+        size >>= 4
+        header = bytearray()
+        while size:
+            header.append(byte | 0x80)
+            byte = size & 0x7F
+            size >>= 7
+        header.append(byte)
+        chunk = bytes(header) + zlib.compress(content, _LOOSE_LEVEL)
+        entries.append((bytes.fromhex(hexsha), binascii.crc32(chunk), offset))
+        chunks.append(chunk)
+        offset += len(chunk)
+    pack = b"".join(chunks)
+    checksum = hashlib.sha1(pack, usedforsecurity=False).digest()
+    entries.sort()
+    fanout = [0] * 256
+    for sha, _, _ in entries:
+        fanout[sha[0]] += 1
+    total = 0
+    for first in range(256):
+        total += fanout[first]
+        fanout[first] = total
+    small: list[int] = []
+    large: list[int] = []
+    for _, _, at in entries:
+        if at < 0x80000000:
+            small.append(at)
+        else:
+            small.append(0x80000000 | len(large))
+            large.append(at)
+    count = len(entries)
+    index = b"".join(
+        [
+            b"\377tOc",
+            struct.pack(">I", 2),
+            struct.pack(">256I", *fanout),
+            *(sha for sha, _, _ in entries),
+            struct.pack(f">{count}I", *(crc for _, crc, _ in entries)),
+            struct.pack(f">{count}I", *small),
+            struct.pack(f">{len(large)}Q", *large),
+            checksum,
+        ]
+    )
+    index += hashlib.sha1(index, usedforsecurity=False).digest()
+    return pack + checksum, index, f"pack-{checksum.hex()}"
 
 
 def _inflate(buffer: mmap.mmap, pos: int, size: int) -> bytes:
