@@ -50,14 +50,14 @@ _SMALL_PACKS_MAX = 32  # ... once there are this many of them
 class _PackFile:
     """One pack: dulwich's index for lookups, the pack file mapped for reading."""
 
-    def __init__(self, pack: Pack) -> None:
-        self.index = pack.index
-        with open(pack.data.path, "rb") as file:
+    def __init__(self, pack: Pack, path: str | None = None) -> None:
+        self.pack = pack  # its index is read at the first lookup that reaches it
+        with open(path or pack.data.path, "rb") as file:
             self.buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def offset(self, sha: ObjectID) -> int | None:
         try:
-            return self.index.object_offset(sha)
+            return self.pack.index.object_offset(sha)
         except KeyError:
             return None
 
@@ -257,8 +257,9 @@ class ObjectIO:
         if folded:
             self._forget_packs()
         elif self._packs is not None:
-            pack = Pack(os.path.join(pack_dir, name), object_format=self.store.object_format)
-            self._packs.append(_PackFile(pack))
+            basename = os.path.join(pack_dir, name)
+            pack = Pack(basename, object_format=self.store.object_format)
+            self._packs.append(_PackFile(pack, basename + ".pack"))
 
 
 def _small_packs(pack_dir: str) -> list[str]:
