@@ -235,12 +235,16 @@ class ObjectIO:
             folded = []
         objects = dict(objects)
         for basename in folded:
-            index = Pack(basename, object_format=self.store.object_format).index
-            for listed in list(index):
-                hexsha = listed.decode() if len(listed) == 40 else listed.hex()
+            # Held until closed: a Pack that is collected closes its index under us.
+            small = Pack(basename, object_format=self.store.object_format)
+            try:
+                listed = list(small.index)
+            finally:
+                small.close()
+            for sha in listed:
+                hexsha = sha.decode() if len(sha) == 40 else sha.hex()
                 if hexsha not in objects:
                     objects[hexsha] = self.read(ObjectID(hexsha.encode()))
-            index.close()
         pack_bytes, index_bytes, name = _pack_files(objects)
         for data, suffix in ((pack_bytes, ".pack"), (index_bytes, ".idx")):
             path = os.path.join(pack_dir, name + suffix)
