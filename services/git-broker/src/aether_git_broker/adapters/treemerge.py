@@ -337,7 +337,8 @@ def _removed_and_added(
         removed[path] = old  # a file replaced by a directory
     old_entries = trees.entries(old[1]) if old is not None and old_dir else {}
     new_entries = trees.entries(new[1]) if new is not None and new_dir else {}
-    for name in old_entries.keys() | new_entries.keys():
+    # Only the names whose entries differ (the comparison runs in C, not once per name).
+    for name in {name for name, _ in old_entries.items() ^ new_entries.items()}:
         _removed_and_added(
             trees, old_entries.get(name), new_entries.get(name), _join(path, name), removed, added
         )
