@@ -90,7 +90,14 @@ def merge_task(
         files = changed_paths(trees, ours.tree, theirs.tree)
     else:
         base_tree = handle.commit(bases[0]).tree if bases else None
-        result = merge_trees(trees, base_tree, ours.tree, theirs.tree)
+        # The merge's new trees, blobs and commit reach the disk as one pack, before
+        # anything (the verifier, the branch) can look for them.
+        with trees.objects.batch():
+            result = merge_trees(trees, base_tree, ours.tree, theirs.tree)
+            if result.tree is not None:
+                new_head = _merge_commit(
+                    handle, identity, result.tree, head, commit, mission_id, task_id, attempt, now
+                )
         if result.tree is None:
             return MergeOutcome(
                 kind="conflict",
@@ -99,9 +106,6 @@ def merge_task(
                 detail="both the integration branch and the task changed "
                 f"{len(result.conflicts)} file(s) differently",
             )
-        new_head = _merge_commit(
-            handle, identity, result.tree, head, commit, mission_id, task_id, attempt, now
-        )
         files = result.changed
         lines_merged = result.lines_merged
     unsafe = unsafe_paths(files)

@@ -303,17 +303,45 @@ def _side_renames(
     """A side's renames ``{old: new}``, and every path it removed."""
     removed: dict[bytes, Entry] = {}
     added: dict[bytes, Entry] = {}
-    for path, new in changed_paths(trees, base_tree, side_tree).items():
-        old = lookup(trees, base_tree, path)
-        if new is None and is_file(old):
-            removed[path] = old
-        elif old is None and is_file(new):
-            added[path] = new
+    _removed_and_added(
+        trees, (stat.S_IFDIR, base_tree), (stat.S_IFDIR, side_tree), b"", removed, added
+    )
     if not removed or not added:
         return {}, set(removed)
     read = trees.objects.read
     empty = ObjectID(b"e69de29bb2d1d6434b8b29ae775ad8c2e48c5391")
     return pair_renames(removed, added, lambda sha: read(sha)[1], empty), set(removed)
+
+
+def _removed_and_added(
+    trees: Trees,
+    old: Entry | None,
+    new: Entry | None,
+    path: bytes,
+    removed: dict[bytes, Entry],
+    added: dict[bytes, Entry],
+) -> None:
+    """The regular files under ``path`` that are gone (into ``removed``, with their old
+    entry) or new where nothing was (into ``added``), walking only what differs: the
+    walk of :func:`diff_entries`, keeping the old entry instead of looking it up again."""
+    if old == new:
+        return
+    old_dir, new_dir = is_dir(old), is_dir(new)
+    if not old_dir and not new_dir:
+        if new is None and is_file(old):
+            removed[path] = old
+        elif old is None and is_file(new):
+            added[path] = new
+        return
+    if not old_dir and is_file(old):
+        removed[path] = old  # a file replaced by a directory
+    old_entries = trees.entries(old[1]) if old is not None and old_dir else {}
+    new_entries = trees.entries(new[1]) if new is not None and new_dir else {}
+    # Only the names whose entries differ (the comparison runs in C, not once per name).
+    for name in {name for name, _ in old_entries.items() ^ new_entries.items()}:
+        _removed_and_added(
+            trees, old_entries.get(name), new_entries.get(name), _join(path, name), removed, added
+        )
 
 
 def _follow_renames(
