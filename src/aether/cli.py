@@ -53,7 +53,7 @@ def _explain(error: ApiError, args: argparse.Namespace) -> str:
     if error.status == 401:
         target = commands.target(args)
         return (
-            f"the gateway at {target.url} refused the token ({error.message}); "
+            f"the gateway at {target.url} refused the token (401: {error.message}); "
             f"token from {target.token_source}\n"
             "  pass --token, export AETHER_TOKEN, or --home for the stack's home"
         )

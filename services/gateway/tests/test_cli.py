@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from aether.cli import main
+from aether.gitview import create_sample_repository
 from aether_events import EventPublisher, TaskEscalated
 
 from .conftest import ADMIN_TOKEN, eventually
@@ -31,10 +32,14 @@ class Cli:
         return json.loads(out)
 
 
-async def test_mission_commands_for_people_and_for_scripts(gateway_server, nc, capsys, script):
+async def test_mission_commands_for_people_and_for_scripts(
+    gateway_server, nc, capsys, script, tmp_path
+):
     cli = Cli(gateway_server, capsys)
+    repository = tmp_path / "repo"
+    create_sample_repository(repository)  # submit checks the repository before sending
     created = await cli.json(
-        "mission", "submit", "Add a greeting", "--repo", "/tmp", "--budget", "2"
+        "mission", "submit", "Add a greeting", "--repo", str(repository), "--budget", "2"
     )
     mission_id = created["mission_id"]
     code, out, _ = await cli("mission", "list")

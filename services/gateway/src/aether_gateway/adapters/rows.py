@@ -17,8 +17,12 @@ T = TypeVar("T", bound=msgspec.Struct)
 _JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
-    updates = [c for c in columns if c not in key]
+def _upsert(
+    table: str, columns: tuple[str, ...], key: tuple[str, ...], kept: tuple[str, ...] = ()
+) -> sql.Composed:
+    """Insert a row or update it; ``kept`` columns are written only by an insert (another
+    writer owns them once the row exists)."""
+    updates = [c for c in columns if c not in key and c not in kept]
     return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, columns)),
@@ -43,7 +47,10 @@ def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
     return cls.__struct_fields__
 
 
-UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",))
+# The failure count is ``faults.recount``'s: the telemetry consumer records a failure
+# while the missions consumer may be folding the same mission from a view read before it,
+# and writing that view's count back would lose the failure.
+UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",), kept=("projection_failures",))
 UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
 INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
