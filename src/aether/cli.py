@@ -177,7 +177,8 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("requirement")
     submit.add_argument("--repo", required=True, help="path of the git repository")
     submit.add_argument(
-        "--base", help="base branch (default: the repository's current branch; main for a URL)"
+        "--base",
+        help="base branch (default: the repository's current branch; a URL's default branch)",
     )
     submit.add_argument("--budget", type=float, help="budget in USD")
     submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
