@@ -204,6 +204,16 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     diff.add_argument("task_id")
     diff.add_argument("--stat", action="store_true", help="files and line counts only")
 
+    logs = command(
+        "logs", commands.mission_logs, "what the agents did: one line per step (tool, file)"
+    )
+    logs.add_argument("mission_id")
+    logs.add_argument("task_id", nargs="?", help="only this task (default: every task)")
+    logs.add_argument("--attempt", type=int, help="only this attempt of the task")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new steps until it ends"
+    )
+
     watch = command("watch", commands.watch, "live board of a mission's tasks")
     watch.add_argument("mission_id")
     watch.add_argument("--events", action="store_true", help="one line per event, no board")

@@ -211,6 +211,16 @@ def task_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def mission_logs(args: argparse.Namespace) -> int:
+    """The agents' steps on a mission's tasks (see ``aether.agentlog``)."""
+    from aether.agentlog import mission_logs as print_steps
+
+    try:
+        return print_steps(client(args), args)
+    except KeyboardInterrupt:
+        return 130
+
+
 def approve(args: argparse.Namespace) -> int:
     answer = client(args).approve(args.mission_id, args.version)
     emit(args, answer, lambda: f"approved plan v{answer['version']} of {args.mission_id}")
