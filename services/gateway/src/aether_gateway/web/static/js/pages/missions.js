@@ -41,7 +41,7 @@ function row(mission, counts) {
     { "data-mission": mission.id },
     h("td", {}, pill(mission.status)),
     h("td", { class: "req" }, h("a", { href, "data-nav": true }, firstLine(mission.requirement) || mission.id), h("div", { class: "muted mono small" }, mission.id)),
-    h("td", { class: "mono small", title: mission.repository }, firstLine(mission.repository, 40), h("div", { class: "muted" }, mission.base_branch)),
+    h("td", { class: "mono small", title: mission.repository }, firstLine(mission.repository, 40), h("div", { class: "muted" }, mission.base_branch || "default branch")),
     h("td", {}, progress(mission, counts)),
     h("td", {}, cost(mission)),
     h("td", { title: mission.created_at }, age(mission.created_at)),
