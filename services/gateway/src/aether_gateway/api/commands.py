@@ -175,7 +175,7 @@ async def create_mission(
         correlation_id=event_id,
         repository=data.repository.strip(),
         requirement=data.requirement,
-        base_branch=data.base_branch or "",
+        base_branch=data.base_branch,
         budget_usd=budget_usd,
         auto_approve=data.auto_approve,
         max_concurrency=data.max_concurrency,
