@@ -327,3 +327,14 @@ def test_the_board_shows_the_plans_estimated_cost_at_approval(monkeypatch):
     assert "estimated cost ≈ $1.60 of the $5.00 budget (real model claude-opus-5-5)" in text
     board.apply(ev(3, "plan_approved", version=1))
     assert "estimated cost" not in render(board, 120)
+
+
+def test_up_names_the_real_model_and_the_default_budget_when_a_key_is_set() -> None:
+    from aether.localstack import model_line
+
+    assert model_line({}).startswith("OFFLINE model")
+    line = model_line({"ANTHROPIC_API_KEY": "k", "AETHER_MODEL_STANDARD": "claude-x"})
+    assert line.startswith("real model: claude-x (small claude-haiku-5-5")
+    assert line.endswith("default mission budget $5.00 (--budget at submit)")
+    unbounded = model_line({"ANTHROPIC_API_KEY": "k", "AETHER_DEFAULT_MISSION_BUDGET_USD": "none"})
+    assert "NO default mission budget" in unbounded

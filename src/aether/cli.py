@@ -177,7 +177,8 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("requirement")
     submit.add_argument("--repo", required=True, help="path of the git repository")
     submit.add_argument(
-        "--base", help="base branch (default: the repository's current branch; main for a URL)"
+        "--base",
+        help="base branch (default: the repository's current branch; a URL's default branch)",
     )
     submit.add_argument("--budget", type=float, help="budget in USD")
     submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
@@ -205,6 +206,16 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     diff.add_argument("mission_id")
     diff.add_argument("task_id")
     diff.add_argument("--stat", action="store_true", help="files and line counts only")
+
+    logs = command(
+        "logs", commands.mission_logs, "what the agents did: one line per step (tool, file)"
+    )
+    logs.add_argument("mission_id")
+    logs.add_argument("task_id", nargs="?", help="only this task (default: every task)")
+    logs.add_argument("--attempt", type=int, help="only this attempt of the task")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new steps until it ends"
+    )
 
     watch = command("watch", commands.watch, "live board of a mission's tasks")
     watch.add_argument("mission_id")

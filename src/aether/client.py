@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,14 @@ class GatewayClient:
 
     def task(self, mission_id: str, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._get(f"/missions/{mission_id}/tasks/{task_id}")
+        return result
+
+    def activity(
+        self, mission_id: str, task_id: str | None = None, attempt: int | None = None
+    ) -> dict[str, Any]:
+        """The agents' starts, progress reports and ends on the mission's tasks."""
+        params = _clean({"task_id": task_id, "attempt": attempt})
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}/activity", **params)
         return result
 
     def approve(self, mission_id: str, version: int | None = None) -> dict[str, Any]:
@@ -204,8 +212,10 @@ class GatewayClient:
         last_event_id: str | None = None,
         until_terminal: bool = True,
         telemetry: bool = False,
+        on_open: Callable[[], object] | None = None,
     ) -> Iterator[SseEvent]:
-        """The mission's events, replayed then live, over SSE."""
+        """The mission's events, replayed then live, over SSE; ``on_open`` is called once
+        the gateway has answered (from then on no new event is missed)."""
         headers = {"last-event-id": last_event_id} if last_event_id else {}
         params = {}
         if until_terminal:
@@ -221,6 +231,8 @@ class GatewayClient:
         ) as response:
             if response.status_code >= 400:
                 raise ApiError(response.status_code, response.read().decode())
+            if on_open is not None:
+                on_open()
             yield from parse_sse(response.iter_lines())
 
 

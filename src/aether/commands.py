@@ -99,15 +99,15 @@ def submit(args: argparse.Namespace) -> int:
     repository, base = args.repo, args.base
     if "://" not in args.repo:
         repository, base = _checked_repository(Path(args.repo).resolve(), args.base)
-    elif base is None:
-        base = "main"
     body: dict[str, Any] = {
         "repository": repository,
         "requirement": args.requirement,
-        "base_branch": base,
         "auto_approve": args.auto_approve,
         "max_concurrency": args.concurrency,
     }
+    # A remote repository without --base: the git broker reads the remote's default branch.
+    if base is not None:
+        body["base_branch"] = base
     if args.max_tasks is not None:
         body["max_tasks"] = args.max_tasks
     if overrides:
@@ -211,6 +211,16 @@ def task_diff(args: argparse.Namespace) -> int:
         raise UsageError(f"commit {commit[:10]} is not in {repository}") from None
     emit(args, {"base_sha": base, "commit_sha": commit, "diff": text}, lambda: text.rstrip())
     return 0
+
+
+def mission_logs(args: argparse.Namespace) -> int:
+    """The agents' steps on a mission's tasks (see ``aether.agentlog``)."""
+    from aether.agentlog import mission_logs as print_steps
+
+    try:
+        return print_steps(client(args), args)
+    except KeyboardInterrupt:
+        return 130
 
 
 def approve(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -228,6 +229,25 @@ class Supervisor:
         self.stack.stop()
 
 
+def model_line(env: Mapping[str, str]) -> str:
+    """Which model the stack's services will call and what bounds a mission's spend."""
+    if not env.get("ANTHROPIC_API_KEY"):
+        return "OFFLINE model (no ANTHROPIC_API_KEY): deterministic and not intelligent"
+    # The gateway's own reading of the setting, so the banner says what it will apply.
+    from aether_gateway.config import _default_budget
+    from aether_llm.config import DEFAULT_TIERS
+
+    tiers = {t: env.get(f"AETHER_MODEL_{t.upper()}", m) for t, m in DEFAULT_TIERS.items()}
+    budget = _default_budget(env.get("AETHER_DEFAULT_MISSION_BUDGET_USD"))
+    limit = (
+        f"default mission budget ${budget:.2f} (--budget at submit)"
+        if budget is not None
+        else "NO default mission budget: set --budget at submit"
+    )
+    others = f"small {tiers['small']}, complex {tiers['complex']}"
+    return f"real model: {tiers['standard']} ({others}); {limit}"
+
+
 def _banner(stack: Stack, home: Path) -> str:
     env_token = bool(stack.env.get("AETHER_ADMIN_TOKEN") or os.environ.get("AETHER_ADMIN_TOKEN"))
     token = (
@@ -235,11 +255,7 @@ def _banner(stack: Stack, home: Path) -> str:
         if env_token
         else f"{home / TOKEN_FILE} (the CLI finds it)"
     )
-    model = (
-        "real model (ANTHROPIC_API_KEY is set): missions cost money; set a --budget"
-        if os.environ.get("ANTHROPIC_API_KEY")
-        else "OFFLINE model (no ANTHROPIC_API_KEY): deterministic and not intelligent"
-    )
+    model = model_line(os.environ)
     default_home = Path(os.environ.get("AETHER_HOME", ".aether")).resolve() == home
     target = "" if default_home else f"   (other shells: export AETHER_HOME={home})"
     return (

@@ -88,7 +88,7 @@ def mission_line(m: dict[str, Any]) -> str:
 def mission_detail(m: dict[str, Any]) -> str:
     lines = [
         f"{m['id']}  {m['status']}" + ("  [OFFLINE model]" if m.get("offline") else ""),
-        f"  repository   {m['repository']} ({m['base_branch']})",
+        f"  repository   {m['repository']} ({m['base_branch'] or 'its default branch'})",
         f"  requirement  {short(m['requirement'], 100)}",
     ]
     if m.get("integration_branch"):

@@ -371,6 +371,33 @@ def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
         shown = run(tmp_path, "mission", "show", "@last").stdout
         assert "    wave 1  t1" in shown and "      files   src/greeting.py" in shown
 
+        # The agent's steps: its start, the tool calls with their files (progress is
+        # sampled: at least the first), its end.
+        logs = run(tmp_path, "mission", "logs", mission_id[:8], "t1", "-f")
+        assert logs.returncode == 0, logs.stderr
+        steps = logs.stdout.splitlines()
+        assert "t1 a1  started" in steps[0] and "t1 a1  completed  commit" in steps[-1]
+        assert any("_file" in s and "src/greeting.py" in s for s in steps[1:-1]), logs.stdout
+
+        # Without a base branch (a file:// URL: nothing is checked or named by the CLI),
+        # the git broker starts from the repository's default: master here, not main.
+        second = Screen(
+            tmp_path,
+            "mission",
+            "submit",
+            "- Add docs/notes.md",
+            "--repo",
+            f"file://{repo}",
+            "--watch",
+            cwd=tmp_path,
+        )
+        second.wait_for("approve with `aether mission approve m-")
+        shown = run(tmp_path, "mission", "show", "@last").stdout
+        assert f"file://{repo} (master)" in shown, shown
+        cancelled = run(tmp_path, "mission", "cancel", "@last")
+        assert cancelled.returncode == 0, cancelled.stderr
+        second.process.wait(60)
+
         down = run(tmp_path, "down", "--home", str(home))
         assert down.returncode == 0 and up.process.wait(60) == 0
     finally:

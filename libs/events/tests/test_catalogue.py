@@ -93,3 +93,12 @@ def test_subject_refuses_mission_ids_that_are_not_tokens() -> None:
 def test_derived_ids_are_deterministic_per_step() -> None:
     assert derived_id("m-1", "task_ready", "t1", 1) == derived_id("m-1", "task_ready", "t1", 1)
     assert derived_id("m-1", "task_ready", "t1", 1) != derived_id("m-1", "task_ready", "t1", 2)
+
+
+def test_a_mission_without_a_base_branch_asks_for_the_repositorys_default() -> None:
+    # Requests before the rule carried a name and keep it; a request without one is
+    # empty, which the git broker reads as the repository's default branch.
+    named = decode((SAMPLES / "v1" / "mission_requested.json").read_bytes())
+    unnamed = decode((SAMPLES / "v3" / "mission_requested.json").read_bytes())
+    assert isinstance(named, MissionRequested) and named.base_branch == "main"
+    assert isinstance(unnamed, MissionRequested) and unnamed.base_branch == ""

@@ -38,6 +38,15 @@ def play(events: list[Event], view: MissionView | None = None) -> MissionView:
     return view
 
 
+def test_a_mission_without_a_base_branch_shows_the_one_the_broker_used(script):
+    view = play([script.requested()])
+    assert view.mission.base_branch == ""
+    view = play([script.prepared()], view)
+    assert view.mission.base_branch == "main"
+    named = play([script.requested(base_branch="release"), script.prepared()])
+    assert named.mission.base_branch == "main"  # the broker's word is what happened
+
+
 def test_mission_status_follows_the_happy_path(script):
     statuses = []
     view = MissionView()

@@ -57,7 +57,8 @@ async def test_a_valid_request_publishes_mission_requested(http, nc, gateway_ser
     assert isinstance(requested, MissionRequested)
     assert requested.requirement == "Add a greeting"
     assert requested.budget_usd == 5.0
-    assert requested.base_branch == "main"
+    # No base branch asked for: left to the broker, which reads the repository's default.
+    assert requested.base_branch == ""
     assert requested.max_concurrency == 2
     assert requested.max_tasks == 20
     assert requested.auto_approve is True

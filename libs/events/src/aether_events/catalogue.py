@@ -71,9 +71,14 @@ class PlannedTask(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MissionRequested(Event, frozen=True, kw_only=True, tag="mission_requested"):
+    """``base_branch`` empty (or left out): the repository's default branch, which the git
+    broker reads when it prepares the repository (a local repository's ``HEAD``, a
+    remote's ``HEAD`` symbolic ref) and names in ``RepositoryPrepared.base_branch``.
+    Events before this rule always carried a name, so their meaning is unchanged."""
+
     repository: str
     requirement: str
-    base_branch: str = "main"
+    base_branch: str = ""
     budget_usd: float | None = None
     auto_approve: bool = False
     max_concurrency: int = 4

@@ -24,6 +24,7 @@ from dulwich.objects import ObjectID
 from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, tag_of
 from aether_git_broker import metrics
 from aether_git_broker.adapters.checkout import UnsafePath
+from aether_git_broker.adapters.defaultbranch import local_default_branch, remote_default_branch
 from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
 from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
@@ -57,7 +58,7 @@ from aether_git_broker.domain import (
 )
 from aether_git_broker.domain import decide as decide_action
 from aether_git_broker.naming import Naming
-from aether_git_broker.sources import LocalSource, redact
+from aether_git_broker.sources import LocalSource, RemoteSource, redact
 from aether_runtime import Delivery, Projection
 
 log = logging.getLogger("aether.git_broker")
@@ -241,6 +242,9 @@ class Handlers:
         self, event: MissionRequested, action: PrepareRepository, delivery: Delivery
     ) -> None:
         try:
+            if not action.base_branch:
+                branch = await self._default_branch(action.source, delivery)
+                action = dataclasses.replace(action, base_branch=branch)
             path = await self._local_copy(action, delivery)
             outcome = await self._run(
                 delivery,
@@ -265,6 +269,15 @@ class Handlers:
                 "base_sha": outcome.base_sha,
             },
         )
+
+    async def _default_branch(self, source: LocalSource | RemoteSource, delivery: Delivery) -> str:
+        """The branch a mission requested without a base starts from: the repository's
+        default (``RepositoryError`` or ``RemoteError`` when it has none)."""
+        if isinstance(source, LocalSource):
+            return await self._run(delivery, local_default_branch, source.path)
+        if self._remotes is None:
+            raise RemoteError("this broker has no data directory for remote repositories")
+        return await self._run(delivery, remote_default_branch, source, self._remotes.timeout)
 
     async def _local_copy(self, action: PrepareRepository, delivery: Delivery) -> str:
         """The local path of the mission's repository, cloning or fetching a remote one."""

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from aether_events import MISSIONS_STREAM, Event, mission_subject
+import msgspec
+
+from aether_events import (
+    MISSIONS_STREAM,
+    TELEMETRY_STREAM,
+    AgentProgress,
+    Event,
+    UnknownEventType,
+    decode,
+    mission_subject,
+    type_subject,
+)
+from aether_gateway.adapters.stream import read_stored
 from aether_runtime import Service
 
 
@@ -28,3 +40,17 @@ class Bus:
             MISSIONS_STREAM, subjects_filter=mission_subject(mission_id)
         )
         return bool(info.state.subjects)
+
+    async def progress_reports(self, mission_id: str) -> list[AgentProgress]:
+        """The mission's agent progress reports still kept by the telemetry stream (it
+        keeps them for a limited time), oldest first; what does not decode is skipped."""
+        subject = type_subject(AgentProgress).replace(".*.", f".{mission_id}.", 1)
+        reports: list[AgentProgress] = []
+        for stored in await read_stored(self._service.js, TELEMETRY_STREAM, subject):
+            try:
+                event = decode(stored.data)
+            except (UnknownEventType, msgspec.MsgspecError):
+                continue
+            if isinstance(event, AgentProgress) and event.mission_id == mission_id:
+                reports.append(event)
+        return reports

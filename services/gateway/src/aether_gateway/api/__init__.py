@@ -6,6 +6,7 @@ from __future__ import annotations
 from litestar import Router
 from litestar.di import Provide
 
+from aether_gateway.api.activity import ACTIVITY_ROUTES
 from aether_gateway.api.admin import ADMIN_ROUTES
 from aether_gateway.api.commands import COMMAND_ROUTES
 from aether_gateway.api.context import GatewayContext
@@ -36,6 +37,7 @@ def router(ctx: GatewayContext) -> Router:
             *LIVE_ROUTES,
             *ADMIN_ROUTES,
             *STEP_ROUTES,
+            *ACTIVITY_ROUTES,
         ],
         dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
         before_request=strict_body,

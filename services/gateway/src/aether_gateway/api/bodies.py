@@ -34,7 +34,8 @@ class CreateMission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     repository: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
     requirement: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
-    base_branch: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "main"
+    # Empty or left out: the repository's default branch, which the git broker reads.
+    base_branch: Annotated[str, msgspec.Meta(max_length=255)] = ""
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     auto_approve: bool = False
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4

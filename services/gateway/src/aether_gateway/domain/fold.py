@@ -216,8 +216,12 @@ def _fold_mission(mission: Mission, event: Event) -> Mission:
 def _fold_outcome(mission: Mission, event: Event) -> Mission:
     match event:
         case RepositoryPrepared():
+            # The broker names the base it used: the repository's default when none was asked.
             return replace(
-                mission, integration_branch=event.integration_branch, base_sha=event.base_sha
+                mission,
+                integration_branch=event.integration_branch,
+                base_sha=event.base_sha,
+                base_branch=event.base_branch or mission.base_branch,
             )
         case PlanFailed():
             return replace(mission, error=event.reason)

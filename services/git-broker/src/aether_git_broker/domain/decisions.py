@@ -188,7 +188,8 @@ def _on_requested(
         source = parse_repository(event.repository, policy.repository_roots)
     except InvalidRepository as error:
         return RejectMission(str(error))
-    problem = ref_name_problem(event.base_branch)
+    # No base branch: the repository's default, read when the repository is prepared.
+    problem = ref_name_problem(event.base_branch) if event.base_branch else None
     if problem is not None:
         return RejectMission(f"base branch {event.base_branch!r} is not a valid name: {problem}")
     problem = component_problem(event.mission_id)

@@ -101,7 +101,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         "dl",
         { class: "facts" },
         h("div", {}, h("dt", {}, "Repository"), h("dd", { class: "mono" }, m.repository)),
-        h("div", {}, h("dt", {}, "Base"), h("dd", { class: "mono" }, m.base_branch, m.base_sha ? " @ " + short(m.base_sha) : "")),
+        h("div", {}, h("dt", {}, "Base"), h("dd", { class: "mono" }, m.base_branch || "the repository's default", m.base_sha ? " @ " + short(m.base_sha) : "")),
         h("div", {}, h("dt", {}, "Integration branch"), h("dd", { class: "mono", id: "integration-branch" }, m.integration_branch || "—")),
         m.final_sha ? h("div", {}, h("dt", {}, "Result"), h("dd", { class: "mono", id: "final-sha" }, short(m.final_sha))) : null,
         h("div", {}, h("dt", {}, "Tokens in / out"), h("dd", {}, `${tokens(m.tokens_in)} / ${tokens(m.tokens_out)}`)),

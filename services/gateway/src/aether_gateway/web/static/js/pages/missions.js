@@ -41,7 +41,7 @@ function row(mission, counts) {
     { "data-mission": mission.id },
     h("td", {}, pill(mission.status)),
     h("td", { class: "req" }, h("a", { href, "data-nav": true }, firstLine(mission.requirement) || mission.id), h("div", { class: "muted mono small" }, mission.id)),
-    h("td", { class: "mono small", title: mission.repository }, firstLine(mission.repository, 40), h("div", { class: "muted" }, mission.base_branch)),
+    h("td", { class: "mono small", title: mission.repository }, firstLine(mission.repository, 40), h("div", { class: "muted" }, mission.base_branch || "default branch")),
     h("td", {}, progress(mission, counts)),
     h("td", {}, cost(mission)),
     h("td", { title: mission.created_at }, age(mission.created_at)),
@@ -56,7 +56,7 @@ function newMissionForm(onCreated) {
     { class: "card new-mission", id: "new-mission" },
     h("h2", {}, "New mission"),
     field("repository", "Repository", h("input", { id: "nm-repository", name: "repository", required: true, placeholder: "/path/to/repo or URL" })),
-    field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "main" }), h("span", { id: "nm-base-hint" }, "Left empty: the repository's default branch")),
+    field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "the repository's default" }), h("span", { id: "nm-base-hint" }, "Left empty: the repository's default branch")),
     field("requirement", "Requirement", h("textarea", { id: "nm-requirement", name: "requirement", rows: 5, required: true, placeholder: "What should change, and how will you know it is done?" })),
     h(
       "div",
@@ -67,8 +67,8 @@ function newMissionForm(onCreated) {
     h("p", { class: "field-error", id: "nm-error", role: "alert" }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Submit mission")),
   );
-  // The base branch defaults to the repository's own default branch, when the gateway
-  // can read the repository; otherwise to the gateway's default (main).
+  // Left empty, the base branch is the repository's own default branch, which the git
+  // broker reads when it prepares the repository; the hint names it when the gateway can.
   let detected = null;
   const repository = form.querySelector("#nm-repository");
   const baseInput = form.querySelector("#nm-base_branch");
@@ -84,8 +84,8 @@ function newMissionForm(onCreated) {
       baseInput.placeholder = detected;
       hint.textContent = `Left empty: ${detected}, the repository's default branch`;
     } catch {
-      baseInput.placeholder = "main";
-      hint.textContent = "Left empty: main (the gateway cannot read this repository's default)";
+      baseInput.placeholder = "the repository's default";
+      hint.textContent = "Left empty: the repository's default branch, read when the mission starts";
     }
   });
   form.addEventListener("submit", async (event) => {
@@ -98,6 +98,7 @@ function newMissionForm(onCreated) {
       auto_approve: data.get("auto_approve") === "on",
     };
     const branch = String(data.get("base_branch") || "").trim();
+    // What the hint showed is what is sent; with no hint the broker reads the default.
     if (branch || detected) body.base_branch = branch || detected;
     const budget = String(data.get("budget_usd") || "").trim();
     if (budget) {

@@ -1,0 +1,121 @@
+"""``aether mission logs``: what the agents did, one line per step.
+
+A step is an attempt's start, each progress report (one per tool call: the tool and the
+file or command it worked on) and the attempt's end. The gateway lists what it has
+(``/missions/{id}/activity``; progress reports for about an hour); ``--follow`` then
+streams new ones until the mission ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from aether.client import GatewayClient
+from aether.render import short
+from aether_events.status import TERMINAL_STATUSES
+
+# How the agent runner words a progress report taken when a model reply asks for tools.
+_ASKS = "model asks: "
+AGENT_EVENTS = frozenset({"agent_started", "agent_progress", "agent_completed", "agent_failed"})
+
+
+def _clock(value: object) -> str:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime("%H:%M:%S")
+    except ValueError:
+        return "--:--:--"
+
+
+def action_text(action: str) -> str:
+    """A progress report's action, tool first: ``write_file  src/a.py``, or what a model
+    reply asked for (``model asks  run_command pytest -q``)."""
+    if action.startswith(_ASKS):
+        return f"{'model asks':<14} {short(action.removeprefix(_ASKS), 90)}"
+    tool, _, detail = (action or "working").partition(" ")
+    return f"{tool:<14} {short(detail, 90)}".rstrip()
+
+
+def step_line(kind: str, data: dict[str, Any]) -> str:
+    """One step for people: when, which attempt, and what happened."""
+    head = (
+        f"{_clock(data.get('occurred_at'))}  {data.get('task_id', '?')} a{data.get('attempt', 0)}"
+    )
+    if kind == "agent_started":
+        sandbox = f", commands in {data['sandbox']}" if data.get("sandbox") else ""
+        what = f"started    on {data.get('runner_id', '?')} with {data.get('model', '?')}{sandbox}"
+    elif kind == "agent_progress":
+        turn = f"turn {data.get('turns', 0)}"
+        what = f"{turn:<10} {action_text(str(data.get('last_action') or ''))}"
+    elif kind == "agent_completed":
+        files = [str(f) for f in data.get("files_changed") or []]
+        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+        changed = f", {count}: {short(', '.join(files), 60)}" if files else ""
+        summary = f" — {short(str(data['summary']), 80)}" if data.get("summary") else ""
+        what = f"completed  commit {str(data.get('commit_sha', ''))[:10]}{changed}{summary}"
+    elif kind == "agent_failed":
+        again = "will be retried" if data.get("retryable", True) else "not retryable"
+        what = f"failed     {short(str(data.get('reason', '')), 100)} ({again})"
+    else:
+        what = kind
+    return f"{head}  {what}"
+
+
+class StepPrinter:
+    """Prints each step once (a step listed and then streamed again is skipped)."""
+
+    def __init__(self, args: argparse.Namespace, out: Callable[[str], None] = print) -> None:
+        self._task: str | None = args.task_id
+        self._attempt: int | None = args.attempt
+        self._json: bool = args.json
+        self._out = out
+        self._seen: set[str] = set()
+        self.printed = 0
+
+    def wanted(self, data: dict[str, Any]) -> bool:
+        return (self._task is None or data.get("task_id") == self._task) and (
+            self._attempt is None or data.get("attempt") == self._attempt
+        )
+
+    def show(self, kind: str, data: dict[str, Any]) -> None:
+        event_id = str(data.get("event_id", ""))
+        if kind not in AGENT_EVENTS or not self.wanted(data) or event_id in self._seen:
+            return
+        self._seen.add(event_id)
+        self.printed += 1
+        self._out(json.dumps(data) if self._json else step_line(kind, data))
+
+    def show_all(self, entries: Iterable[dict[str, Any]]) -> None:
+        for entry in entries:
+            self.show(str(entry["type"]), entry["data"])
+
+
+def mission_logs(gateway: GatewayClient, args: argparse.Namespace) -> int:
+    """Print the agents' steps; with ``--follow``, keep printing until the mission ends."""
+    printer = StepPrinter(args)
+
+    def listed() -> int:
+        activity = gateway.activity(args.mission_id, args.task_id, args.attempt)
+        printer.show_all(activity["entries"])
+        position: int = activity["position"]
+        return position
+
+    position = listed()
+    # A mission that has ended has nothing more to stream (read after the position, so
+    # one ending after it ends the stream below).
+    ended = gateway.show(args.mission_id)["status"] in TERMINAL_STATUSES
+    if not args.follow or ended:
+        if not printer.printed and not args.json:
+            what = f"task {args.task_id}" if args.task_id else "any task"
+            print(f"no agent activity for {what} of {args.mission_id} yet")
+        return 0
+    # Listed again once the stream is open, so a report made between the two is not lost.
+    stream = gateway.events(
+        args.mission_id, last_event_id=str(position), telemetry=True, on_open=listed
+    )
+    for event in stream:
+        printer.show(event.event, event.data)
+    return 0
