@@ -14,6 +14,7 @@ them: real processes, real ports, real signals.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,6 +104,19 @@ class Up:
         state = json.loads((self.home / "stack.json").read_text())
         processes: dict[str, dict[str, object]] = state["processes"]
         return processes
+
+    def wait_until_recorded(self, count: int, timeout: float = 120.0) -> list[int]:
+        """The pids in ``stack.json`` once it lists ``count`` processes; checked every
+        20 ms, since ``aether up`` records each process as it spawns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+                processes = self.recorded()
+                if len(processes) >= count:
+                    return [int(str(record["pid"])) for record in processes.values()]
+            assert self.process.poll() is None, self.output
+            time.sleep(0.02)
+        raise AssertionError(f"stack.json never listed {count} processes; output:\n{self.output}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -456,10 +470,10 @@ def test_sigterm_while_services_start_stops_everything(tmp_path: Path):
     up = Up(tmp_path, home, "--port-base", "0")
     try:
         up.wait_for("✓ NATS and PostgreSQL")
-        # The services are now starting: none is ready yet.
-        up.wait_for("waiting for git-broker")
-        pids = [int(str(r["pid"])) for r in up.recorded().values()]
-        assert len(pids) == 7  # NATS, PostgreSQL and the five starting services
+        # The services are spawned (recorded) but still importing: none can be ready yet.
+        # ("waiting for …" is printed only every ten seconds off a terminal, so a fast start
+        # never shows it.)
+        pids = up.wait_until_recorded(7)  # NATS, PostgreSQL and the five starting services
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(120) == 0
         assert "Aether is up." not in up.output
