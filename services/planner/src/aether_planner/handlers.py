@@ -141,16 +141,20 @@ class Handlers:
         roles, warnings = self._roles.get(trigger.mission_id, ([], []))
         replies: list[Decision] = []
         out: list[Event] = []
-        step = decide(
-            mission,
-            trigger,
-            replies,
-            self._clock(),
-            model=model,
-            offline=offline,
-            roles=roles,
-            warnings=warnings,
-        )
+
+        def next_step() -> AskModel | Outcome:
+            return decide(
+                mission,
+                trigger,
+                replies,
+                self._clock(),
+                model=model,
+                offline=offline,
+                roles=roles,
+                warnings=warnings,
+            )
+
+        step = next_step()
         while isinstance(step, AskModel):
             correction = None
             if step.correction is not None:
@@ -184,16 +188,7 @@ class Handlers:
                     offline=offline,
                 )
             )
-            step = decide(
-                mission,
-                trigger,
-                replies,
-                self._clock(),
-                model=model,
-                offline=offline,
-                roles=roles,
-                warnings=warnings,
-            )
+            step = next_step()
         _count(step)
         return [*out, step]
 
