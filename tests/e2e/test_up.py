@@ -290,6 +290,7 @@ class Screen:
         os.close(slave)
         self._master = master
         self.text = ""
+        self.closed = False
         self._seen = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -301,6 +302,7 @@ class Screen:
                 chunk = b""
             with self._seen:
                 if not chunk:
+                    self.closed = True
                     self._seen.notify_all()
                     return
                 self.text += chunk.decode("utf-8", errors="replace")
@@ -309,6 +311,13 @@ class Screen:
     def latest(self) -> str:
         """What the screen shows now: the text after the last clear."""
         return self.text.rsplit("\x1b[2J", 1)[-1]
+
+    def final(self, timeout: float = 60.0) -> str:
+        """The screen once the command has exited and all it wrote has been read."""
+        with self._seen:
+            done = self._seen.wait_for(lambda: self.closed, timeout)
+        assert done, f"the command's output never ended; the screen:\n{self.latest()}"
+        return self.latest()
 
     def wait_for(self, text: str, timeout: float = 180.0) -> str:
         with self._seen:
@@ -372,8 +381,9 @@ def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
         assert approved.returncode == 0, approved.stderr
         assert f"approved plan v1 of {mission_id}" in approved.stdout
 
-        shown = screen.wait_for("result branch:")
+        screen.wait_for("result branch:")
         assert screen.process.wait(60) == 0
+        shown = screen.final()  # the review hints follow the result branch
         assert f"{mission_id}  completed" in shown
         assert "merged 1/1" in shown
         assert "src/greeting.py" in shown  # the diff stat
