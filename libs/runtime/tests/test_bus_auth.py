@@ -54,6 +54,7 @@ def test_the_agent_runner_may_publish_only_agent_and_usage_events() -> None:
         "agent_started",
         "agent_progress",
         "agent_heartbeat",
+        "transcript_recorded",
         "agent_completed",
         "agent_failed",
         "usage_recorded",

@@ -417,6 +417,40 @@ class AgentHeartbeat(Event, frozen=True, kw_only=True, tag="agent_heartbeat"):
     runner_id: str
 
 
+TranscriptKind = Literal["prompt", "turn", "tool_call", "command", "note", "output"]
+
+
+class TranscriptRecorded(Event, frozen=True, kw_only=True, tag="transcript_recorded"):
+    """One entry of an attempt's transcript: the prompt, a model turn, a tool call with
+    its arguments and result, a command with its exit status, a note sent back to the
+    model, or a line of a CLI agent's output.
+
+    ``sequence`` orders the entries of one attempt and, with the attempt, names the entry:
+    a resumed attempt publishes an entry again under the same sequence (and event id), and
+    the gateway keeps the first. Every text field is an excerpt cut to the runner's cap
+    (``truncated`` says one was) with configured secrets redacted. ``arguments`` is the
+    tool call's input as JSON text. ``exit_code`` is ``None`` for a command that did not
+    exit by itself (timed out or stopped: ``status`` says which).
+    """
+
+    task_id: str
+    attempt: int
+    runner_id: str
+    sequence: int
+    kind: TranscriptKind
+    runtime: str = ""
+    text: str = ""
+    tool: str = ""
+    arguments: str = ""
+    result: str = ""
+    is_error: bool = False
+    exit_code: int | None = None
+    status: str = ""
+    stop_reason: str | None = None
+    usage: Usage | None = None
+    truncated: bool = False
+
+
 AnyEvent = (
     MissionRequested
     | RepositoryPrepared
@@ -456,9 +490,14 @@ AnyEvent = (
     | StepRecovered
     | AgentProgress
     | AgentHeartbeat
+    | TranscriptRecorded
 )
 
-TELEMETRY_TYPES: frozenset[type[Event]] = frozenset({AgentProgress, AgentHeartbeat})
+# Transcript entries travel with telemetry (the gateway keeps them durably in its
+# database); the mission stream stays the small record every service folds.
+TELEMETRY_TYPES: frozenset[type[Event]] = frozenset(
+    {AgentProgress, AgentHeartbeat, TranscriptRecorded}
+)
 
 TERMINAL_TYPES: frozenset[type[Event]] = frozenset(
     {MissionCompleted, MissionFailed, MissionCancelled, MissionAnswered}

@@ -161,6 +161,10 @@ def agent_usage(task_id: str, attempt: int, turn: int) -> Step:
     return _step("usage", "agent", task_id, attempt, turn)
 
 
+def transcript_entry(task_id: str, attempt: int, sequence: int) -> Step:
+    return _step("transcript", task_id, attempt, sequence)
+
+
 # --- the planner ---------------------------------------------------------------------
 
 
