@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from aether.stack import Stack
-from aether_events import AgentCompleted, AgentStarted, UsageRecorded, new_event_id
+from aether_events import (
+    AgentCompleted,
+    AgentStarted,
+    TranscriptRecorded,
+    UsageRecorded,
+    new_event_id,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -127,6 +133,15 @@ async def test_a_runner_killed_mid_task_is_replaced_without_repeating_work(
     assert steps == [f"agent:t1:a1:turn{n}" for n in range(1, 5)]
     log = (second.home / "logs" / "agent-runner.log").read_text()
     assert "resuming the attempt from its journal" in log
+    # The transcript: one entry per journal record, the ones the second runner published
+    # again (same ids) not doubled; the repeated model call is one turn.
+    entries = events.of(TranscriptRecorded)
+    assert sorted(e.sequence for e in entries) == list(range(8))
+    assert [e.kind for e in sorted(entries, key=lambda e: e.sequence)] == [
+        "prompt",
+        *["turn", "command", "turn", "tool_call", "turn", "tool_call"],
+        "turn",
+    ]
 
 
 async def test_two_runner_processes_share_the_work(

@@ -27,6 +27,7 @@ from aether_events import (
     AgentStarted,
     MissionCancelled,
     TaskTimedOut,
+    TranscriptRecorded,
     UsageRecorded,
     new_event_id,
 )
@@ -127,7 +128,9 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     assert events.of(AgentProgress) and events.of(AgentHeartbeat)
     assert events.of(AgentProgress)[-1].tool_calls >= 4
     trail = [
-        type(e).__name__ for e in events.events if not isinstance(e, AgentHeartbeat | AgentProgress)
+        type(e).__name__
+        for e in events.events
+        if not isinstance(e, AgentHeartbeat | AgentProgress | TranscriptRecorded)
     ]
     assert trail == ["WorkspaceReady", "AgentStarted", *["UsageRecorded"] * 5, "AgentCompleted"]
 

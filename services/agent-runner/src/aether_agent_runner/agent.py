@@ -87,6 +87,8 @@ class Agent:
     has_changes: Callable[[], Awaitable[bool]]
     max_output_tokens: int = 8192
     clock: Callable[[], float] = time.monotonic
+    # Told about every record once it is journaled (the attempt's transcript).
+    on_record: Callable[[Record], Awaitable[None]] | None = None
 
     async def run(self, conversation: Conversation) -> Outcome:
         """Work the conversation until ``finish`` or a limit; a wall-time limit cuts a model
@@ -156,9 +158,15 @@ class Agent:
             arguments = use.get("input") if isinstance(use.get("input"), dict) else {}
             result = await self.toolbox.call(use["name"], cast(dict[str, Any], arguments))
             block = tool_result(use["id"], result.content, result.is_error)
+            ran = result.ran
+            command = None if ran is None else {"exit_code": ran.exit_code, "status": ran.status()}
             await self._record(
                 conversation.answer(
-                    block, elapsed(), tool_call=True, changed=self.toolbox.workspace.changed
+                    block,
+                    elapsed(),
+                    tool_call=True,
+                    changed=self.toolbox.workspace.changed,
+                    command=command,
                 )
             )
             await self._progress(conversation, result.action)
@@ -201,6 +209,8 @@ class Agent:
 
     async def _record(self, record: Record) -> None:
         await asyncio.to_thread(self.journal, record)
+        if self.on_record is not None:
+            await self.on_record(record)
 
     async def _progress(self, conversation: Conversation, action: str) -> None:
         await self.observer.progressed(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 import time
@@ -37,9 +38,22 @@ from aether_agent_runner.agent import Outcome, Progress
 from aether_agent_runner.commands import CommandPolicy
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.conversation import Conversation, identity
-from aether_agent_runner.runtimes import Job, Runtime, RuntimeUnavailable, runtime_name
+from aether_agent_runner.runtimes import (
+    BUILTIN,
+    Job,
+    Runtime,
+    RuntimeUnavailable,
+    runtime_name,
+)
 from aether_agent_runner.runtimes.roles import RoleMissing, find_role
 from aether_agent_runner.tools import ToolBox
+from aether_agent_runner.transcript import (
+    DEFAULT_PATTERNS,
+    Redactor,
+    Transcript,
+    next_run,
+    secrets_in,
+)
 from aether_agent_runner.workspace import Workspace
 from aether_events import (
     AgentCompleted,
@@ -305,6 +319,21 @@ class Attempts:
             ready, self.publisher, self.clock, self.runner_id, self.settings.progress_seconds
         )
         settings = self.settings
+        transcript = Transcript(
+            ready,
+            self.publisher,
+            self.clock,
+            self.runner_id,
+            settings.transcript,
+            Redactor(
+                [*secrets_in(os.environ), ready.push_token, settings.git_token],
+                [*DEFAULT_PATTERNS, *settings.transcript.redact],
+            ),
+            runtime=runtime.name,
+        )
+        if runtime.name != BUILTIN:
+            # Only the built-in loop resumes its journal; the others start over.
+            transcript.start_run(await asyncio.to_thread(next_run, journal.path.parent))
         confined = not settings.sandbox.unconfined
         # Every runtime's commands go through this toolbox: the built-in loop's tool calls
         # and Claude Code's run_command alike run under the policy and in the sandbox.
@@ -336,6 +365,7 @@ class Attempts:
             toolbox=toolbox,
             has_changes=has_changes,
             role=role,
+            transcript=transcript,
         )
         began = time.monotonic()
         try:

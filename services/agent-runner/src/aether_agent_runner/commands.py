@@ -156,16 +156,19 @@ class CommandResult:
     sandbox: str = ""
     stopped: str | None = None
 
-    def report(self, command: str) -> str:
+    def status(self) -> str:
+        """How the command ended, in a few words."""
         if self.timed_out:
-            status = f"timed out after {self.seconds:.1f} s and was stopped"
-        elif self.stopped and self.exit_code is None:
-            status = f"stopped after {self.seconds:.1f} s: {self.stopped}"
-        else:
-            status = f"exit code {self.exit_code} after {self.seconds:.1f} s"
-            if self.stopped:
-                status += f"; {self.stopped}"
-        return f"$ {command}\n[{status}]\n{self.output}"
+            return f"timed out after {self.seconds:.1f} s and was stopped"
+        if self.stopped and self.exit_code is None:
+            return f"stopped after {self.seconds:.1f} s: {self.stopped}"
+        status = f"exit code {self.exit_code} after {self.seconds:.1f} s"
+        if self.stopped:
+            status += f"; {self.stopped}"
+        return status
+
+    def report(self, command: str) -> str:
+        return f"$ {command}\n[{self.status()}]\n{self.output}"
 
 
 async def run_command(

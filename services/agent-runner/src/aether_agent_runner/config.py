@@ -12,6 +12,7 @@ import msgspec
 from aether_agent_runner.adapters.git import CommitLimits
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
+from aether_agent_runner.transcript import TranscriptSettings, check_patterns
 from aether_sandbox import SandboxSettings
 
 # Programs the agent may run *unconfined* when AETHER_AGENT_COMMANDS is not set:
@@ -87,6 +88,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     commit_max_files: int = 2_000
     commit_max_blob_bytes: int = 10_000_000
     commit_max_bytes: int = 100_000_000
+    # How much of each step the transcript keeps, and what more it redacts.
+    transcript: TranscriptSettings = msgspec.field(default_factory=TranscriptSettings)
 
     def commit_limits(self) -> CommitLimits:
         return CommitLimits(
@@ -194,4 +197,16 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
                 number("AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", default.commit_max_blob_bytes)
             ),
             commit_max_bytes=int(number("AETHER_AGENT_COMMIT_MAX_BYTES", default.commit_max_bytes)),
+            transcript=TranscriptSettings(
+                entry_chars=max(
+                    200,
+                    int(number("AETHER_AGENT_TRANSCRIPT_CHARS", default.transcript.entry_chars)),
+                ),
+                # Regular expressions, one a line (commas may be part of one).
+                redact=check_patterns(
+                    line.strip()
+                    for line in env.get("AETHER_AGENT_TRANSCRIPT_REDACT", "").splitlines()
+                    if line.strip()
+                ),
+            ),
         )

@@ -134,8 +134,10 @@ class Conversation:
         tool_call: bool = False,
         note: str = "",
         changed: list[str] | None = None,
+        command: JSON | None = None,
     ) -> Record:
-        """Add a block sent back to the model (a tool result or a note); returns its record."""
+        """Add a block sent back to the model (a tool result or a note); returns its record.
+        ``command``: how a command the call ran ended (for the transcript)."""
         record: Record = {
             "kind": "answer",
             "block": block,
@@ -144,6 +146,8 @@ class Conversation:
             "changed": list(changed or []),
             "elapsed": elapsed,
         }
+        if command is not None:
+            record["command"] = command
         self.apply(record)
         return record
 

@@ -18,6 +18,7 @@ from anthropic.types import ToolParam
 from aether_agent_runner import metrics
 from aether_agent_runner.commands import (
     CommandPolicy,
+    CommandResult,
     command_env,
     parse_command,
     run_command,
@@ -157,6 +158,9 @@ class ToolResult:
     content: str
     is_error: bool = False
     action: str = ""
+    # A command that ran (``run_command``): its exit code (None: it did not exit by
+    # itself) and how it ended, for the transcript.
+    ran: CommandResult | None = None
 
 
 class ToolBox:
@@ -214,8 +218,13 @@ class ToolBox:
     async def call(self, name: str, args: dict[str, Any]) -> ToolResult:
         """Carry out one call; refusals and failures become error results for the model."""
         action = describe_call(name, args)
+        ran: CommandResult | None = None
         try:
-            content = await self._dispatch(name, args)
+            if name == "run_command" and self._commands is not None:
+                ran = await self._run(args, self._commands)
+                content = ran.report(_text(args, "command"))
+            else:
+                content = await self._dispatch(name, args)
         except ToolError as error:
             metrics.TOOL_CALLS.labels(name, "refused").inc()
             log.info("tool call refused", extra={"tool": name, "error": str(error)})
@@ -224,7 +233,7 @@ class ToolBox:
             metrics.TOOL_CALLS.labels(name, "failed").inc()
             return ToolResult(f"{name} failed: {error}", True, action)
         metrics.TOOL_CALLS.labels(name, "ok").inc()
-        return ToolResult(content, False, action)
+        return ToolResult(content, False, action, ran)
 
     async def _dispatch(self, name: str, args: dict[str, Any]) -> str:
         ws = self.workspace
@@ -256,8 +265,6 @@ class ToolBox:
                 return await asyncio.to_thread(ws.delete_file, _text(args, "path"))
             case "search":
                 return await self._search(args)
-            case "run_command" if self._commands is not None:
-                return await self._run(args, self._commands)
         raise ToolError(f"there is no tool {name!r}")
 
     async def _search(self, args: dict[str, Any]) -> str:
@@ -296,7 +303,7 @@ class ToolBox:
             raise ToolError(f"the search failed: {err.decode(errors='replace')[-2000:]}")
         return out.decode(errors="replace")
 
-    async def _run(self, args: dict[str, Any], policy: CommandPolicy) -> str:
+    async def _run(self, args: dict[str, Any], policy: CommandPolicy) -> CommandResult:
         sandbox = self.sandbox()
         command = _text(args, "command")
         argv = parse_command(command, policy, self.workspace)
@@ -335,7 +342,7 @@ class ToolBox:
                 "seconds": round(result.seconds, 3),
             },
         )
-        return result.report(command)
+        return result
 
 
 def _text(args: dict[str, Any], key: str) -> str:

@@ -22,6 +22,7 @@ from aether_agent_runner.adapters.journal import Journal
 from aether_agent_runner.agent import Observer, Outcome
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.tools import ToolBox
+from aether_agent_runner.transcript import Transcript
 from aether_events import WorkspaceReady
 from aether_llm.roles import Role
 
@@ -46,6 +47,8 @@ class Job:
     has_changes: Callable[[], Awaitable[bool]]
     # The repository role the task takes on; ``ready.model`` is already the role's model.
     role: Role | None = None
+    # Where the runtime records what the agent does (every runtime has one at work).
+    transcript: Transcript | None = None
 
 
 class Runtime(Protocol):

@@ -39,7 +39,10 @@ class BuiltinRuntime:
                 log.warning("restarting cleanly: discarded changes no transcript accounts for")
             repo_map = await asyncio.to_thread(repository_map, worktree)
             conversation = Conversation.fresh(task_prompt(ready, repo_map, job.limits))
-            await asyncio.to_thread(job.journal.start, conversation.begin_record(job.identity))
+            begin = conversation.begin_record(job.identity)
+            await asyncio.to_thread(job.journal.start, begin)
+            if job.transcript is not None:
+                await job.transcript.journaled(begin, 0)
         else:
             metrics.RESUMED.inc()
             log.info(
@@ -50,6 +53,11 @@ class BuiltinRuntime:
                 # The last call's usage may not have been published before the crash; the
                 # same event id makes a repeat a duplicate the stream drops.
                 await job.observer.model_called(conversation.turns, conversation.last_usage)
+            if job.transcript is not None:
+                # Entries published before the stop may not all have reached the stream;
+                # the same sequences (so ids) make the repeats ones the gateway drops.
+                for index, record in enumerate(records):
+                    await job.transcript.journaled(record, index)
         job.toolbox.workspace.changed = list(conversation.changed)
         agent = Agent(
             client=self.client,
@@ -61,6 +69,7 @@ class BuiltinRuntime:
             observer=job.observer,
             has_changes=job.has_changes,
             max_output_tokens=self.max_output_tokens,
+            on_record=job.transcript.journaled if job.transcript is not None else None,
         )
         try:
             return await agent.run(conversation)

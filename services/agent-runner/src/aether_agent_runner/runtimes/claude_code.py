@@ -37,6 +37,7 @@ from aether_agent_runner.agent import Outcome, Progress
 from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
 from aether_agent_runner.runtimes.roles import role_prompt
+from aether_agent_runner.transcript import Entry, as_json
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
 
@@ -210,6 +211,10 @@ class _Run:
             )
         )
 
+    async def record(self, entry: Entry) -> None:
+        if self.job.transcript is not None:
+            await self.job.transcript.add(entry)
+
     async def before_tool(
         self, data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
     ) -> sdk.HookJSONOutput:
@@ -221,6 +226,15 @@ class _Run:
             value = arguments.get(key)
             if value is not None and (not isinstance(value, str) or inside(root, value) is None):
                 log.info("refused a path outside the worktree", extra={"tool": tool})
+                await self.record(
+                    Entry(
+                        kind="tool_call",
+                        tool=tool,
+                        arguments=as_json(arguments),
+                        result=f"refused: {value!r} is outside the repository or in .git",
+                        is_error=True,
+                    )
+                )
                 return {
                     "hookSpecificOutput": {
                         "hookEventName": "PreToolUse",
@@ -246,6 +260,13 @@ class _Run:
             relative = inside(self.job.worktree, path) if isinstance(path, str) else None
             if relative is not None and relative not in self.files_changed:
                 self.files_changed.append(relative)
+        if tool != COMMAND_TOOL:
+            # A command's entry comes from the runner's own run_command (exit status).
+            response = data.get("tool_response")
+            result = response if isinstance(response, str) else as_json(response)
+            await self.record(
+                Entry(kind="tool_call", tool=tool, arguments=as_json(arguments), result=result)
+            )
         # No progress event: it would carry the same counts, so the same event id, as the
         # one published before the call.
         return {}
@@ -256,21 +277,37 @@ class _Run:
         await self.progress("stopped")
         return {}
 
-    def assistant(self, message: sdk.AssistantMessage) -> None:
+    async def assistant(self, message: sdk.AssistantMessage) -> None:
         key = message.message_id or str(id(message))
-        if key in self.seen_messages:
+        texts = [b.text for b in message.content if isinstance(b, sdk.TextBlock)]
+        asked = [b.name for b in message.content if isinstance(b, sdk.ToolUseBlock)]
+        first = key not in self.seen_messages
+        if texts or asked or first:
+            # The CLI may split one reply into several messages: one entry each.
+            await self.record(
+                Entry(
+                    kind="turn",
+                    text="\n".join(texts),
+                    tool=", ".join(asked),
+                    stop_reason=message.stop_reason,
+                    usage=_usage_counts(message.usage) if first else None,
+                )
+            )
+        if not first:
             return
         self.seen_messages.add(key)
         self.turns += 1
-        counts = message.usage or {}
-        self.usage = self.usage.plus(
-            Usage(
-                input_tokens=int(counts.get("input_tokens") or 0),
-                output_tokens=int(counts.get("output_tokens") or 0),
-                cache_creation_input_tokens=int(counts.get("cache_creation_input_tokens") or 0),
-                cache_read_input_tokens=int(counts.get("cache_read_input_tokens") or 0),
-            )
-        )
+        self.usage = self.usage.plus(_usage_counts(message.usage))
+
+
+def _usage_counts(counts: dict[str, Any] | None) -> Usage:
+    counts = counts or {}
+    return Usage(
+        input_tokens=int(counts.get("input_tokens") or 0),
+        output_tokens=int(counts.get("output_tokens") or 0),
+        cache_creation_input_tokens=int(counts.get("cache_creation_input_tokens") or 0),
+        cache_read_input_tokens=int(counts.get("cache_read_input_tokens") or 0),
+    )
 
 
 def _kill_cli(client: sdk.ClaudeSDKClient) -> None:
@@ -345,6 +382,18 @@ class ClaudeCodeRuntime:
 
             async def run_command(arguments: dict[str, Any]) -> dict[str, Any]:
                 result = await toolbox.call("run_command", arguments)
+                ran = result.ran
+                await run.record(
+                    Entry(
+                        kind="command",
+                        tool="run_command",
+                        arguments=as_json(arguments),
+                        result=result.content,
+                        is_error=result.is_error,
+                        exit_code=None if ran is None else ran.exit_code,
+                        status="refused" if ran is None else ran.status(),
+                    )
+                )
                 return {
                     "content": [{"type": "text", "text": result.content}],
                     "is_error": result.is_error,
@@ -395,9 +444,11 @@ class ClaudeCodeRuntime:
                 await client.query(prompt)
                 async for message in client.receive_response():
                     if isinstance(message, sdk.AssistantMessage):
-                        run.assistant(message)
+                        await run.assistant(message)
                     elif isinstance(message, sdk.ResultMessage):
                         result = message
+                        text = f"{message.subtype}: {(message.result or '').strip()}"
+                        await run.record(Entry(kind="note", tool="result", text=text))
             except BaseException:
                 _kill_cli(client)
                 raise

@@ -30,6 +30,7 @@ from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.spec import CommandSpec
+from aether_agent_runner.transcript import Entry, OutputLines
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
 
@@ -46,6 +47,7 @@ class _Seen:
     # Whether every report carried its own cost (else the price table prices the tokens).
     all_costed: bool = True
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=10))
+    output: OutputLines = field(default_factory=lambda: OutputLines(None))
 
 
 @dataclass
@@ -98,7 +100,8 @@ class CommandRuntime:
         except (FileNotFoundError, PermissionError) as error:
             reason = f"the {self.name} runtime cannot start {argv[0]!r}: {error.strerror}"
             return Outcome(False, reason=reason, retryable=False)
-        seen = _Seen()
+        seen = _Seen(output=OutputLines(job.transcript))
+        code: int | None = None
         try:
             async with asyncio.timeout(job.limits.max_seconds):
                 await self._feed(process, prompt)
@@ -121,6 +124,7 @@ class CommandRuntime:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            await self._transcribe_end(job, seen, code)
         usage = self._usage(seen, job.ready.model)
         if usage is not None:
             await job.observer.model_called(max(seen.lines, 1), usage)
@@ -134,6 +138,25 @@ class CommandRuntime:
             turns=0,
             tool_calls=seen.lines,
             usage=usage if usage is not None else Usage(cost_usd=None),
+        )
+
+    async def _transcribe_end(self, job: Job, seen: _Seen, code: int | None) -> None:
+        """The output not yet recorded, then the tool's command line (as its spec has it:
+        the prompt stays a placeholder) and how it ended."""
+        await seen.output.flush()
+        if job.transcript is None:
+            return
+        status = "stopped (wall-time limit or stop order)" if code is None else f"exit code {code}"
+        await job.transcript.add(
+            Entry(
+                kind="command",
+                tool=self.name,
+                arguments=" ".join(self.spec.command),
+                result="\n".join(seen.tail),
+                is_error=code != 0,
+                exit_code=code,
+                status=status,
+            )
         )
 
     async def _feed(self, process: asyncio.subprocess.Process, prompt: str) -> None:
@@ -156,6 +179,7 @@ class CommandRuntime:
             if not line:
                 continue
             seen.lines += 1
+            await seen.output.line(line)
             text = self._take(line, seen)
             if text:
                 seen.last_text = text

@@ -1,0 +1,169 @@
+"""The attempt's transcript: bounded, redacted entries from journal records, and a runner
+on real NATS publishing every step of an attempt as TranscriptRecorded."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aether_agent_runner.transcript import (
+    DEFAULT_PATTERNS,
+    REDACTED,
+    RecordReader,
+    Redactor,
+    TranscriptSettings,
+    check_patterns,
+    cut,
+    next_run,
+    secrets_in,
+)
+from aether_events import AgentCompleted, TranscriptRecorded, derived_id
+from aether_llm import text_block
+
+
+@pytest.fixture(autouse=True)
+def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+# --- pure parts ------------------------------------------------------------------------
+
+
+def test_a_long_text_keeps_its_start_and_end_and_says_how_much_was_cut() -> None:
+    text = "a" * 3000 + "b" * 3000
+    kept, was_cut = cut(text, 1000)
+    assert was_cut and len(kept) <= 1000
+    assert kept.startswith("aaa") and kept.endswith("bbb")
+    assert "characters cut]" in kept
+    assert cut("short", 1000) == ("short", False)
+
+
+def test_secret_values_and_credential_shapes_are_redacted() -> None:
+    env = {"ANTHROPIC_API_KEY": "sk-ant-api03-abcdefghijkl", "MY_TOKEN": "hunter2hunter2", "X": "x"}
+    redact = Redactor([*secrets_in(env), "push-token-123456"], [*DEFAULT_PATTERNS, r"corp-\d+"])
+    text = (
+        "key hunter2hunter2 then push-token-123456, an aet_abcdefghijklmnop token, "
+        "ghp_abcdefghijklmnopqrstuvwxyz123456, corp-991 and Bearer abcdefghijklmnopqrstu"
+    )
+    out = redact(text)
+    for secret in ("hunter2", "push-token", "aet_abc", "ghp_", "corp-991", "abcdefghijklmnopqrstu"):
+        assert secret not in out
+    assert out.count(REDACTED) == 6
+    assert secrets_in(env) == ["sk-ant-api03-abcdefghijkl", "hunter2hunter2"]
+
+
+def test_a_bad_redaction_pattern_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="AETHER_AGENT_TRANSCRIPT_REDACT"):
+        check_patterns(["(unclosed"])
+
+
+def test_journal_records_become_turns_tool_calls_commands_and_notes() -> None:
+    reader = RecordReader()
+    begin = reader.entry({"kind": "begin", "prompt": "do it"})
+    turn = reader.entry(
+        {
+            "kind": "reply",
+            "content": [
+                {"type": "text", "text": "I will look"},
+                {"type": "tool_use", "id": "u1", "name": "read_file", "input": {"path": "a"}},
+                {"type": "tool_use", "id": "u2", "name": "run_command", "input": {"command": "ls"}},
+            ],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 10, "output_tokens": 2},
+        }
+    )
+    read = reader.entry(
+        {"kind": "answer", "block": {"type": "tool_result", "tool_use_id": "u1", "content": "x"}}
+    )
+    ran = reader.entry(
+        {
+            "kind": "answer",
+            "block": {"type": "tool_result", "tool_use_id": "u2", "content": "$ ls\n[exit]"},
+            "command": {"exit_code": 2, "status": "exit code 2 after 0.1 s"},
+        }
+    )
+    nudge = reader.entry({"kind": "answer", "block": {"type": "text", "text": "go"}, "note": "n"})
+    assert begin is not None and begin.kind == "prompt" and begin.text == "do it"
+    assert turn is not None and turn.kind == "turn" and turn.text == "I will look"
+    assert turn.tool == "read_file, run_command" and turn.stop_reason == "tool_use"
+    assert turn.usage is not None and turn.usage.input_tokens == 10
+    assert read is not None and (read.kind, read.tool, read.arguments) == (
+        "tool_call",
+        "read_file",
+        '{"path": "a"}',
+    )
+    assert ran is not None and (ran.kind, ran.exit_code, ran.status) == (
+        "command",
+        2,
+        "exit code 2 after 0.1 s",
+    )
+    assert nudge is not None and (nudge.kind, nudge.text) == ("note", "go")
+
+
+def test_runs_of_an_attempt_are_counted_on_disk(tmp_path: Path) -> None:
+    assert [next_run(tmp_path) for _ in range(3)] == [0, 1, 2]
+
+
+# --- a runner on real NATS -------------------------------------------------------------
+
+
+async def test_every_step_of_an_attempt_is_published_bounded_and_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    tool: Any,
+    reply: Any,
+    finish: Any,
+) -> None:
+    secret = "s3cr3t-value-the-model-must-not-leak"
+    monkeypatch.setenv("AETHER_TEST_DEPLOY_TOKEN", secret)
+    loud = "python -c \"print('x' * 5000); raise SystemExit(3)\""
+    scripted = model(
+        {
+            "t1": [
+                reply(
+                    text_block("Writing the note first."),
+                    tool("write_file", path="note.txt", content=f"token: {secret}"),
+                ),
+                reply(tool("run_command", command=loud)),
+                finish("note written"),
+            ]
+        }
+    )
+    await start_runner(scripted, transcript=TranscriptSettings(entry_chars=600))
+    ready = workspace_ready(task_repo, mission_id)
+
+    await publish(ready)
+    await events.first(AgentCompleted)
+    await events.wait_for(lambda log: len(log.of(TranscriptRecorded)) >= 6)
+
+    entries = sorted(events.of(TranscriptRecorded), key=lambda e: e.sequence)
+    assert [e.sequence for e in entries] == list(range(6))
+    assert [e.kind for e in entries] == ["prompt", "turn", "tool_call", "turn", "command", "turn"]
+    assert {(e.task_id, e.attempt, e.runtime) for e in entries} == {("t1", 1, "builtin")}
+    # The ids are the attempt's and the sequence's: a resumed attempt repeats them.
+    assert [e.event_id for e in entries] == [
+        derived_id(mission_id, "transcript", "t1", 1, n) for n in range(6)
+    ]
+    prompt, first, write, _, command, last = entries
+    assert "<task>" in prompt.text
+    assert first.text == "Writing the note first." and first.tool == "write_file"
+    assert first.usage is not None and first.usage.input_tokens == 100
+    assert first.stop_reason == "tool_use"
+    assert write.tool == "write_file" and '"path": "note.txt"' in write.arguments
+    assert secret not in write.arguments and REDACTED in write.arguments
+    assert command.exit_code == 3 and command.status.startswith("exit code 3")
+    assert command.truncated and len(command.result) <= 600
+    assert "characters cut]" in command.result
+    assert last.tool == "finish"
+    assert all(secret not in e.text + e.arguments + e.result for e in entries)
