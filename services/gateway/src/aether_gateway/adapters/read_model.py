@@ -6,7 +6,9 @@ and is skipped, so redeliveries, the start-up catch-up, several replicas folding
 and a rebuild running beside the live projection each change the rows exactly once.
 
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
-stream's (``<consumer>-telemetry``); they count different streams' sequences.
+stream's (``<consumer>-telemetry``); they count different streams' sequences. Transcript
+entries arrive with telemetry and are kept in ``transcript_entries`` (``transcripts``),
+which a rebuild does not clear: the telemetry stream forgets them within the hour.
 
 An event that cannot be stored as it is (see ``faults``) never holds the position back:
 a sanitised copy, or for an unreadable request a bare mission row, is stored where
@@ -28,7 +30,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import DictRow, dict_row
 
-from aether_events import Event, MissionRequested, encode, tag_of
+from aether_events import Event, MissionRequested, TranscriptRecorded, encode, tag_of
 from aether_events.codec import without_secrets
 from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
@@ -44,6 +46,7 @@ from aether_gateway.adapters.rows import (
     task_of,
 )
 from aether_gateway.adapters.stream import Incoming, StoredMessage
+from aether_gateway.adapters.transcripts import store_entry
 from aether_gateway.domain import (
     Changes,
     Mission,
@@ -348,6 +351,9 @@ class ReadModel:
         return True
 
     async def _fold_telemetry(self, conn: AsyncConnection, event: Event) -> None:
+        if isinstance(event, TranscriptRecorded):
+            await store_entry(conn, event)
+            return
         update = session_update(event)
         if update is not None:
             await self._merge_session(conn, update)

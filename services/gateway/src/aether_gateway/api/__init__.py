@@ -15,6 +15,7 @@ from aether_gateway.api.inputs import InputGuard, strict_body
 from aether_gateway.api.live import LIVE_ROUTES
 from aether_gateway.api.queries import QUERY_ROUTES
 from aether_gateway.api.steps import STEP_ROUTES
+from aether_gateway.api.transcript import TRANSCRIPT_ROUTES
 
 __all__ = [
     "GatewayContext",
@@ -38,6 +39,7 @@ def router(ctx: GatewayContext) -> Router:
             *ADMIN_ROUTES,
             *STEP_ROUTES,
             *ACTIVITY_ROUTES,
+            *TRANSCRIPT_ROUTES,
         ],
         dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
         before_request=strict_body,

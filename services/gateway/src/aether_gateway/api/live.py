@@ -3,9 +3,10 @@
 Each event's SSE ``id`` is its stream sequence, so a client that reconnects with
 ``Last-Event-ID`` (or ``?after=``) resumes right after the last event it saw. Stored
 events are replayed from the hub's ring of recent events or from the read model, then
-live ones follow from the hub's single subscription. Telemetry (agent progress and
-heartbeats, on request) is sent without an ``id``: it is not replayed, and leaving the id
-out keeps the client's resume point on the last mission event.
+live ones follow from the hub's single subscription. Telemetry (agent progress,
+heartbeats and transcript entries, on request) is sent without an ``id``: it is not
+replayed, and leaving the id out keeps the client's resume point on the last mission
+event.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ AccessToken = Annotated[
     ),
 ]
 Telemetry = Annotated[
-    bool, QueryParameter(description="Also send agent progress and heartbeats (no id)")
+    bool,
+    QueryParameter(
+        description="Also send agent progress, heartbeats and transcript entries (no id)"
+    ),
 ]
 
 

@@ -1,0 +1,121 @@
+"""Attempts' transcripts in PostgreSQL: each ``TranscriptRecorded`` stored once (the
+first copy of an entry wins: a resumed attempt publishes its entries again), and read
+back in order, a page at a time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from aether_events import TranscriptRecorded, Usage
+from aether_gateway.adapters.db import Database
+
+
+class TranscriptEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored entry (see ``TranscriptRecorded`` for what each field holds)."""
+
+    attempt: int
+    sequence: int
+    kind: str
+    runtime: str
+    runner_id: str
+    text: str
+    tool: str
+    arguments: str
+    result: str
+    is_error: bool
+    exit_code: int | None
+    status: str
+    stop_reason: str | None
+    usage: Usage | None
+    truncated: bool
+    event_id: str
+    occurred_at: datetime
+
+
+_INSERT = """
+INSERT INTO transcript_entries (
+    mission_id, task_id, attempt, sequence, event_id, runner_id, runtime, kind, text, tool,
+    arguments, result, is_error, exit_code, status, stop_reason, usage, truncated, occurred_at
+) VALUES (
+    %(mission_id)s, %(task_id)s, %(attempt)s, %(sequence)s, %(event_id)s, %(runner_id)s,
+    %(runtime)s, %(kind)s, %(text)s, %(tool)s, %(arguments)s, %(result)s, %(is_error)s,
+    %(exit_code)s, %(status)s, %(stop_reason)s, %(usage)s, %(truncated)s, %(occurred_at)s
+)
+ON CONFLICT (mission_id, task_id, attempt, sequence) DO NOTHING
+"""
+
+_PAGE = """
+SELECT attempt, sequence, kind, runtime, runner_id, text, tool, arguments, result, is_error,
+       exit_code, status, stop_reason, usage, truncated, event_id, occurred_at
+  FROM transcript_entries
+ WHERE mission_id = %(mission_id)s AND task_id = %(task_id)s
+   AND (%(attempt)s::integer IS NULL OR attempt = %(attempt)s::integer)
+   AND (attempt, sequence) > (%(after_attempt)s::integer, %(after)s::bigint)
+ ORDER BY attempt, sequence
+ LIMIT %(limit)s
+"""
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text holds no NUL character; whatever a model wrote must still be stored.
+    return text.replace("\x00", "\ufffd")
+
+
+async def store_entry(conn: AsyncConnection, event: TranscriptRecorded) -> bool:
+    """Store ``event`` in the caller's transaction; whether it was new."""
+    cursor = await conn.execute(
+        _INSERT,
+        {
+            "mission_id": event.mission_id,
+            "task_id": event.task_id,
+            "attempt": event.attempt,
+            "sequence": event.sequence,
+            "event_id": event.event_id,
+            "runner_id": _clean(event.runner_id),
+            "runtime": _clean(event.runtime),
+            "kind": event.kind,
+            "text": _clean(event.text),
+            "tool": _clean(event.tool),
+            "arguments": _clean(event.arguments),
+            "result": _clean(event.result),
+            "is_error": event.is_error,
+            "exit_code": event.exit_code,
+            "status": _clean(event.status),
+            "stop_reason": None if event.stop_reason is None else _clean(event.stop_reason),
+            "usage": None if event.usage is None else Jsonb(msgspec.to_builtins(event.usage)),
+            "truncated": event.truncated,
+            "occurred_at": event.occurred_at,
+        },
+    )
+    return cursor.rowcount == 1
+
+
+async def transcript_page(
+    db: Database,
+    mission_id: str,
+    task_id: str,
+    *,
+    attempt: int | None = None,
+    after_attempt: int = 0,
+    after: int = -1,
+    limit: int = 500,
+) -> list[TranscriptEntry]:
+    """The entries after ``(after_attempt, after)`` in (attempt, sequence) order."""
+    params: dict[str, Any] = {
+        "mission_id": mission_id,
+        "task_id": task_id,
+        "attempt": attempt,
+        "after_attempt": after_attempt,
+        "after": after,
+        "limit": limit,
+    }
+    async with db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_PAGE, params)
+        rows = await cur.fetchall()
+    return [msgspec.convert(row, TranscriptEntry) for row in rows]

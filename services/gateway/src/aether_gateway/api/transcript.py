@@ -1,0 +1,87 @@
+"""An attempt's transcript: every model turn, tool call, command and note of a task's
+attempts, from the durable record the gateway keeps (``adapters.transcripts``).
+
+Pages follow (attempt, sequence) order: ``next`` names where the following page starts,
+and is absent once the last entry was returned. Entries arriving while the agent works
+are sent live on the mission's event stream with ``?telemetry=1`` (type
+``transcript_recorded``, no id); a client that reconnects asks this route for what it
+missed after the last entry it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+
+from aether_events import is_valid_token
+from aether_gateway.adapters.transcripts import TranscriptEntry, transcript_page
+from aether_gateway.api.auth import READ
+from aether_gateway.api.context import GatewayContext
+from aether_gateway.api.errors import bad_request, error_responses
+from aether_gateway.api.queries import _mission_or_wait
+
+
+class TranscriptCursor(msgspec.Struct, kw_only=True):
+    """Where the next page starts: pass both as ``after_attempt`` and ``after``."""
+
+    after_attempt: int
+    after: int
+
+
+class Transcript(msgspec.Struct, kw_only=True):
+    mission_id: str
+    task_id: str
+    entries: list[TranscriptEntry]
+    next: TranscriptCursor | None = None
+
+
+@get(
+    "/missions/{mission_id:str}/tasks/{task_id:str}/transcript",
+    summary="A task's transcript: its agents' turns, tool calls, commands and notes",
+    guards=[READ],
+    responses=error_responses(400, 401, 403, 404),
+    tags=["tasks"],
+)
+async def task_transcript(
+    ctx: NamedDependency[GatewayContext],
+    mission_id: FromPath[str],
+    task_id: FromPath[str],
+    attempt: Annotated[
+        int | None, QueryParameter(ge=0, description="Only this attempt's entries")
+    ] = None,
+    after_attempt: Annotated[
+        int | None,
+        QueryParameter(ge=0, description="With `after`: the attempt of the last entry held"),
+    ] = None,
+    after: Annotated[
+        int | None, QueryParameter(ge=0, description="The sequence of the last entry held")
+    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Page size")] = 500,
+) -> Transcript:
+    """Oldest first, by attempt then sequence; each text is an excerpt (``truncated``
+    says one was cut)."""
+    if not is_valid_token(task_id):
+        raise bad_request("task_id is not a valid id")
+    await _mission_or_wait(ctx, mission_id)
+    start_attempt = after_attempt if after_attempt is not None else (attempt or 0)
+    entries = await transcript_page(
+        ctx.read_model.db,
+        mission_id,
+        task_id,
+        attempt=attempt,
+        after_attempt=start_attempt,
+        after=-1 if after is None else after,
+        limit=limit,
+    )
+    following = None
+    if len(entries) == limit:
+        last = entries[-1]
+        following = TranscriptCursor(after_attempt=last.attempt, after=last.sequence)
+    return Transcript(mission_id=mission_id, task_id=task_id, entries=entries, next=following)
+
+
+TRANSCRIPT_ROUTES = [task_transcript]

@@ -1,0 +1,149 @@
+"""GET /missions/{id}/tasks/{task}/transcript: every entry of every attempt, kept in
+PostgreSQL once (a repeated entry is not doubled), paged in order, read-only tokens
+allowed, kept when the telemetry stream forgets it, and sent live on the event stream."""
+
+from __future__ import annotations
+
+import json
+
+from aether_events import TELEMETRY_STREAM, EventPublisher, TranscriptRecorded, Usage
+
+from .conftest import Script, eventually
+from .test_auth import new_token
+from .test_sse import messages, read_events
+
+
+def entry(script: Script, attempt: int, sequence: int, kind: str = "turn", **fields):
+    return TranscriptRecorded(
+        **script.meta(),
+        task_id="t1",
+        attempt=attempt,
+        runner_id="r-1",
+        sequence=sequence,
+        kind=kind,
+        runtime="builtin",
+        **fields,
+    )
+
+
+async def publish(nc, *events):
+    return await EventPublisher(nc.jetstream()).publish_all(events)
+
+
+def path(script: Script, task: str = "t1") -> str:
+    return f"/missions/{script.mission_id}/tasks/{task}/transcript"
+
+
+async def complete(http, script: Script, count: int, **params):
+    async def read():
+        answer = (await http.get(path(script), params=params)).json()
+        return answer if len(answer.get("entries", [])) >= count else None
+
+    return await eventually(read, what=f"{count} transcript entries")
+
+
+async def test_entries_are_stored_once_in_order_and_paged(http, nc, script):
+    await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
+    await publish(
+        nc,
+        entry(script, 1, 0, "prompt", text="<task>do it</task>"),
+        entry(
+            script,
+            1,
+            1,
+            text="Looking first.",
+            tool="read_file",
+            stop_reason="tool_use",
+            usage=Usage(input_tokens=120, output_tokens=8),
+        ),
+        entry(script, 1, 2, "tool_call", tool="read_file", arguments='{"path": "a"}', result="x"),
+        # The same entry again under another id (a copy the duplicate window missed).
+        entry(script, 1, 2, "tool_call", tool="read_file", result="a later copy"),
+        entry(
+            script,
+            1,
+            3,
+            "command",
+            tool="run_command",
+            arguments='{"command": "pytest"}',
+            result="$ pytest\n[exit code 1]\n\x00F",
+            exit_code=1,
+            status="exit code 1 after 0.2 s",
+            truncated=True,
+        ),
+        entry(script, 2, 0, "prompt", text="second attempt"),
+        entry(script, 2, 1, text="Done.", tool="finish"),
+        TranscriptRecorded(
+            **script.meta(), task_id="t2", attempt=1, runner_id="r-2", sequence=0, kind="prompt"
+        ),
+    )
+
+    everything = await complete(http, script, 6)
+    entries = everything["entries"]
+    assert [(e["attempt"], e["sequence"], e["kind"]) for e in entries] == [
+        (1, 0, "prompt"),
+        (1, 1, "turn"),
+        (1, 2, "tool_call"),
+        (1, 3, "command"),
+        (2, 0, "prompt"),
+        (2, 1, "turn"),
+    ]
+    assert everything["next"] is None
+    turn, call, command = entries[1], entries[2], entries[3]
+    assert turn["usage"]["input_tokens"] == 120 and turn["stop_reason"] == "tool_use"
+    assert call["result"] == "x" and call["arguments"] == '{"path": "a"}'
+    assert command["exit_code"] == 1 and command["truncated"] is True
+    assert command["result"].endswith("\ufffdF")  # a NUL the database cannot hold
+
+    second = (await http.get(path(script), params={"attempt": 2})).json()["entries"]
+    assert [(e["attempt"], e["sequence"]) for e in second] == [(2, 0), (2, 1)]
+
+    first_page = (await http.get(path(script), params={"limit": 4})).json()
+    assert len(first_page["entries"]) == 4
+    assert first_page["next"] == {"after_attempt": 1, "after": 3}
+    rest = (await http.get(path(script), params={"limit": 4, **first_page["next"]})).json()
+    assert [(e["attempt"], e["sequence"]) for e in rest["entries"]] == [(2, 0), (2, 1)]
+    assert rest["next"] is None
+    after = (await http.get(path(script), params={"attempt": 1, "after": 1})).json()["entries"]
+    assert [e["sequence"] for e in after] == [2, 3]
+
+
+async def test_the_transcript_is_a_read_like_the_others(http, gateway_server, nc, script):
+    await publish(nc, script.requested(), entry(script, 1, 0, "prompt", text="hello"))
+    await complete(http, script, 1)
+    reader = (await new_token(http, "read"))["token"]
+    async with gateway_server.client(token=reader) as client:
+        answer = await client.get(path(script))
+        assert answer.status_code == 200 and answer.json()["entries"][0]["text"] == "hello"
+    async with gateway_server.client(token=None) as anonymous:
+        assert (await anonymous.get(path(script))).status_code == 401
+    assert (await http.get("/missions/m-unknown/tasks/t1/transcript")).status_code == 404
+    assert (await http.get(path(script, "bad task"))).status_code == 400
+    schema = (await http.get("/schema/openapi.json")).json()
+    assert "/missions/{mission_id}/tasks/{task_id}/transcript" in schema["paths"]
+
+
+async def test_entries_outlive_the_telemetry_stream_and_a_rebuild(http, gateway_server, nc, script):
+    await publish(nc, script.requested(), entry(script, 1, 0, "prompt", text="kept"))
+    await complete(http, script, 1)
+    await gateway_server.stop()
+    await nc.jetstream().purge_stream(TELEMETRY_STREAM)
+    await gateway_server.start()
+    async with gateway_server.client() as client:
+        rebuilt = await client.post("/admin/read-model/rebuild")
+        assert rebuilt.status_code in (200, 201), rebuilt.text
+        answer = (await client.get(path(script))).json()
+    assert [e["text"] for e in answer["entries"]] == ["kept"]
+
+
+async def test_new_entries_are_sent_live_on_the_missions_event_stream(http, nc, script):
+    await publish(nc, script.requested())
+    url = f"/missions/{script.mission_id}/events"
+    async with http.stream("GET", url, params={"telemetry": "1"}) as response:
+        stream = messages(response)
+        await read_events(stream, 1)
+        await publish(nc, entry(script, 1, 4, "command", tool="run_command", exit_code=0))
+        [live] = await read_events(stream, 1)
+    assert live["event"] == "transcript_recorded" and "id" not in live
+    data = json.loads(live["data"])
+    assert (data["task_id"], data["sequence"], data["exit_code"]) == ("t1", 4, 0)
