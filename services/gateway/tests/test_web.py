@@ -33,6 +33,8 @@ from aether_events import (
     StepRetryRequested,
     TaskEscalated,
     TaskRetryRequested,
+    TranscriptRecorded,
+    Usage,
     WorkspaceReady,
 )
 from tests.web.browser import artefacts, browser, expect  # noqa: F401 (fixtures)
@@ -151,6 +153,28 @@ async def test_board_follows_a_mission_from_sign_in_to_merge(
         )
     )
     await expect(t1.locator(".activity")).to_have_text("write_file greet.py")
+    await publisher.publish_all(
+        [
+            entry(script, 0, "prompt", text="<task>greet by name</task>"),
+            entry(
+                script,
+                1,
+                "turn",
+                text="I will change greet.",
+                tool="write_file",
+                stop_reason="tool_use",
+                usage=Usage(input_tokens=1200, output_tokens=40),
+            ),
+            entry(
+                script,
+                2,
+                "tool_call",
+                tool="write_file",
+                arguments='{"path": "greet.py", "content": "def greet(name): ..."}',
+                result="wrote greet.py (2 lines)",
+            ),
+        ]
+    )
     await publisher.publish_all([script.usage(0.045), _completed(script, "t1", head)])
     await expect(page.locator('[data-column="merging"] article[data-task="t1"]')).to_have_count(1)
     await publisher.publish(script.merged("t1"))
@@ -165,6 +189,36 @@ async def test_board_follows_a_mission_from_sign_in_to_merge(
     # The task's page: its activity from the stored events, and its diff.
     await t1.locator("a.task-title").click()
     await expect(page.locator("#transcript")).to_contain_text("merged as dddddddddd")
+    # The agent's transcript: stored entries first, then one arriving live.
+    entries = page.locator("#agent-transcript li.entry")
+    await expect(entries).to_have_count(3)
+    turn = page.locator('#agent-transcript li[data-kind="turn"]')
+    await expect(turn).to_contain_text("I will change greet.")
+    await expect(turn).to_contain_text("asks: write_file")
+    await expect(turn).to_contain_text("1.2k in")
+    call = page.locator('#agent-transcript li[data-kind="tool_call"]')
+    await expect(call.locator("pre.args")).to_contain_text('"path": "greet.py"')
+    await expect(call.locator("pre.result")).to_have_text("wrote greet.py (2 lines)")
+    await publisher.publish(
+        entry(
+            script,
+            3,
+            "command",
+            tool="run_command",
+            arguments='{"command": "pytest -q"}',
+            result="$ pytest -q\n[exit code 1 after 0.3 s]\n<b>1 failed</b>",
+            exit_code=1,
+            status="exit code 1 after 0.3 s",
+            truncated=True,
+        )
+    )
+    command = page.locator('#agent-transcript li[data-kind="command"]')
+    await expect(command.locator(".exit")).to_have_text("exit 1")
+    await expect(command.locator(".cut")).to_have_text("excerpt")
+    # What a command printed is text on the page, never markup.
+    await expect(command.locator("pre.result")).to_contain_text("<b>1 failed</b>")
+    await expect(command.locator("pre.result b")).to_have_count(0)
+    await expect(page.locator("#agent-transcript .attempt-mark")).to_have_text(["Attempt 1"])
     await expect(page.locator('.diff-file[data-path="greet.py"]')).to_contain_text("hello {name}")
     await expect(page.locator('.diff-file[data-path="test_greet.py"]')).to_have_count(1)
     await page.screenshot(path=str(artefacts / "4-task.png"), full_page=True)
@@ -175,6 +229,19 @@ async def test_board_follows_a_mission_from_sign_in_to_merge(
     await page.click('#nav a[data-page="usage"]')
     await expect(page.locator("#usage-model svg")).to_contain_text("claude-test")
     await page.screenshot(path=str(artefacts / "6-usage.png"), full_page=True)
+
+
+def entry(script: Script, sequence: int, kind: str, **fields: Any) -> TranscriptRecorded:
+    return TranscriptRecorded(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id="t1",
+        attempt=1,
+        runner_id="runner-1",
+        sequence=sequence,
+        kind=kind,  # type: ignore[arg-type]
+        runtime="builtin",
+        **fields,
+    )
 
 
 async def _with(events_coro: Any, kind: type) -> Any:
@@ -384,9 +451,14 @@ async def test_board_resumes_after_a_gateway_restart_without_missing_or_doubling
             model="claude-test",
         )
     )
+    await publisher.publish(entry(script, 0, "turn", text="worked while nobody watched"))
     await publisher.publish(script.agent_completed("t1"))
     await gateway_server.start()
     await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    # Telemetry is not replayed by the event stream: the page asks the transcript route.
+    missed = page.locator("#agent-transcript li.entry")
+    await expect(missed).to_have_count(1)
+    await expect(missed.locator(".says")).to_have_text("worked while nobody watched")
     await publisher.publish(script.merged("t1"))
     await expect(page.locator("#task-status .pill")).to_have_text("merged")
     kinds = [k.strip().lower() for k in await page.locator("#transcript .kind").all_inner_texts()]

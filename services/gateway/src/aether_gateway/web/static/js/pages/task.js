@@ -1,10 +1,12 @@
 // One task: what it is, every attempt and what it cost, the agent's activity (live while
-// it runs, then from the mission's stored events), and its branch's diff.
+// it runs, then from the mission's stored events), the agent's full transcript, and its
+// branch's diff.
 
 import { get } from "../api.js";
 import { age, debounce, h, money, pill, put, short, time, tokens } from "../dom.js";
-import { LiveStream } from "../live.js";
+import { LiveStream, onLiveState } from "../live.js";
 import { diffView } from "../diff.js";
+import { TranscriptView } from "../transcript.js";
 
 const DESCRIBE = {
   task_ready: (e) => `ready for attempt ${e.attempt} on ${e.model}${e.wave !== undefined && e.wave !== null ? `, wave ${e.wave + 1}` : ""}`,
@@ -35,8 +37,9 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   const attempts = h("section", { class: "card", id: "attempts" });
   const transcript = h("ol", { class: "transcript", id: "transcript" });
   const diffCard = h("section", { class: "card", id: "diff" });
+  const agentTranscript = new TranscriptView(missionBase, taskId);
   main.append(
-    h("div", { class: "task-layout" }, header, attempts, h("section", { class: "card" }, h("h2", {}, "Activity"), transcript), diffCard),
+    h("div", { class: "task-layout" }, header, attempts, h("section", { class: "card" }, h("h2", {}, "Activity"), transcript), agentTranscript.el, diffCard),
   );
   let lastSeq = 0;
   let task = null;
@@ -143,6 +146,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   }
   const position = await get("/events/position").catch(() => ({ sequence: 0 }));
   await loadEvents();
+  await agentTranscript.load().catch(() => {});
   await loadDiff();
   let diffShownFor = task.commit_sha;
   let lastLive = 0;
@@ -168,6 +172,10 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
       reload();
     },
     onTelemetry: (type, event) => {
+      if (type === "transcript_recorded") {
+        agentTranscript.live(event);
+        return;
+      }
       if (type !== "agent_progress" || event.task_id !== taskId) return;
       const empty = transcript.querySelector(".empty-line");
       if (empty) empty.remove();
@@ -175,5 +183,17 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
     },
   }).start();
   DESCRIBE.agent_progress = (e) => `turn ${e.turns}, ${e.tool_calls} tool calls${e.last_action ? ": " + e.last_action : ""}`;
-  return () => live.stop();
+  // Telemetry is not replayed: whatever the transcript missed before the stream went live
+  // (on opening, after a drop) is asked for then, and every few seconds, since an entry
+  // can reach the database a moment after the ask that should have found it.
+  const refresh = () => agentTranscript.load().catch(() => {});
+  const unwatch = onLiveState((state) => {
+    if (state === "live") refresh();
+  });
+  const timer = setInterval(refresh, 5000);
+  return () => {
+    clearInterval(timer);
+    unwatch();
+    live.stop();
+  };
 }

@@ -1,0 +1,142 @@
+// An agent's transcript on the task page: every model turn, tool call (arguments and an
+// excerpt of its result) and command (exit status and output) of each attempt, from the
+// gateway's durable record, then live as the runner publishes each entry. Entries are
+// keyed by attempt and sequence, so one that comes both from a page and live is drawn
+// once, and a page asked for after a reconnect fills whatever the drop missed.
+
+import { get } from "./api.js";
+import { h, money, tokens } from "./dom.js";
+
+const LABEL = {
+  prompt: "task prompt",
+  turn: "model turn",
+  tool_call: "tool call",
+  command: "command",
+  note: "note",
+  output: "output",
+};
+
+function pretty(args) {
+  if (!args) return "";
+  try {
+    return JSON.stringify(JSON.parse(args), null, 2);
+  } catch {
+    return args; // a CLI agent's command line, or an excerpt cut mid-JSON
+  }
+}
+
+function block(cls, text, open = false) {
+  if (!text) return null;
+  const lines = text.split("\n").length;
+  if (lines <= 6 && text.length <= 400) return h("pre", { class: cls }, text);
+  const first = text.split("\n")[0].slice(0, 120);
+  return h("details", { class: cls, open }, h("summary", {}, `${first} … (${lines} lines)`), h("pre", {}, text));
+}
+
+function usageLine(usage) {
+  if (!usage) return null;
+  const parts = [`${tokens(usage.input_tokens)} in`, `${tokens(usage.output_tokens)} out`];
+  if (usage.cache_read_input_tokens) parts.push(`${tokens(usage.cache_read_input_tokens)} cached`);
+  if (usage.cost_usd !== null && usage.cost_usd !== undefined) parts.push(money(usage.cost_usd, 4));
+  return h("span", { class: "usage" }, parts.join(" · "));
+}
+
+/** One entry as a list item (``entry`` as the route or the live event gives it). */
+export function entryItem(entry) {
+  const kind = entry.kind;
+  const head = [h("span", { class: "kind" }, LABEL[kind] || kind)];
+  const body = [];
+  if (kind === "turn") {
+    if (entry.tool) head.push(h("span", { class: "tool" }, "asks: " + entry.tool));
+    if (entry.stop_reason) head.push(h("span", { class: "muted" }, `(${entry.stop_reason})`));
+    head.push(usageLine(entry.usage));
+    body.push(entry.text ? h("p", { class: "says wrap" }, entry.text) : null);
+  } else if (kind === "tool_call" || kind === "command") {
+    head.push(h("span", { class: "tool" }, entry.tool));
+    if (kind === "command") {
+      const ok = entry.exit_code === 0;
+      const status = entry.exit_code === null || entry.exit_code === undefined ? entry.status || "did not exit" : `exit ${entry.exit_code}`;
+      head.push(h("span", { class: "exit " + (ok ? "ok" : "bad"), title: entry.status || "" }, status));
+    } else if (entry.is_error) {
+      head.push(h("span", { class: "exit bad" }, "error"));
+    }
+    body.push(block("args", pretty(entry.arguments)));
+    body.push(block("result", entry.result));
+  } else {
+    if (entry.tool) head.push(h("span", { class: "tool" }, entry.tool));
+    body.push(block("text", entry.text, kind === "output"));
+  }
+  if (entry.truncated) head.push(h("span", { class: "cut", title: "the runner kept an excerpt" }, "excerpt"));
+  return h(
+    "li",
+    { class: "entry e-" + kind, "data-attempt": entry.attempt, "data-seq": entry.sequence, "data-kind": kind },
+    h("div", { class: "entry-head" }, ...head),
+    ...body,
+  );
+}
+
+export class TranscriptView {
+  constructor(missionBase, taskId) {
+    this.url = `${missionBase}/tasks/${encodeURIComponent(taskId)}/transcript`;
+    this.taskId = taskId;
+    this.list = h("ol", { class: "agent-transcript", id: "agent-transcript" });
+    this.el = h("section", { class: "card", id: "transcript-card" }, h("h2", {}, "Agent transcript"), this.list);
+    this.seen = new Set();
+    this.last = { after_attempt: 0, after: -1 };
+    this.loading = null;
+  }
+
+  /** Fetch every entry after the last one held (all of them the first time). */
+  load() {
+    // One page run at a time: a reconnect while the first load runs waits for it.
+    this.loading = (this.loading || Promise.resolve()).then(() => this.pages());
+    return this.loading;
+  }
+
+  async pages() {
+    let cursor = this.last.after < 0 ? null : this.last;
+    for (;;) {
+      const query = cursor ? `?after_attempt=${cursor.after_attempt}&after=${cursor.after}` : "";
+      const page = await get(this.url + query);
+      for (const entry of page.entries) this.add(entry);
+      if (!page.next) break;
+      cursor = page.next;
+    }
+    if (!this.list.childElementCount) this.list.append(h("li", { class: "muted empty-line" }, "No agent has recorded anything for this task yet."));
+  }
+
+  /** A ``transcript_recorded`` event seen live. */
+  live(event) {
+    if (event.task_id !== this.taskId) return;
+    this.add(event);
+  }
+
+  add(entry) {
+    const key = `${entry.attempt}:${entry.sequence}`;
+    if (this.seen.has(key)) return;
+    this.seen.add(key);
+    const empty = this.list.querySelector(".empty-line");
+    if (empty) empty.remove();
+    if (entry.attempt > this.last.after_attempt || (entry.attempt === this.last.after_attempt && entry.sequence > this.last.after)) {
+      this.last = { after_attempt: entry.attempt, after: entry.sequence };
+    }
+    const item = entryItem(entry);
+    // In (attempt, sequence) order: an entry can arrive live before an older one's page.
+    let before = null;
+    for (const other of this.list.children) {
+      const a = Number(other.dataset.attempt);
+      const s = Number(other.dataset.seq);
+      if (a > entry.attempt || (a === entry.attempt && s > entry.sequence)) {
+        before = other;
+        break;
+      }
+    }
+    if (!this.list.querySelector(`[data-attempt="${entry.attempt}"]`)) {
+      const mark = h("li", { class: "attempt-mark", "data-attempt": entry.attempt, "data-seq": -1 }, `Attempt ${entry.attempt}`);
+      this.list.insertBefore(mark, before);
+    }
+    const stick = this.list.scrollTop + this.list.clientHeight >= this.list.scrollHeight - 8;
+    this.list.insertBefore(item, before);
+    if (stick) this.list.scrollTop = this.list.scrollHeight;
+  }
+}
