@@ -208,13 +208,25 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     diff.add_argument("--stat", action="store_true", help="files and line counts only")
 
     logs = command(
-        "logs", commands.mission_logs, "what the agents did: one line per step (tool, file)"
+        "logs",
+        commands.mission_logs,
+        "what the agents did: a task's transcript, or one line per step of every task",
     )
     logs.add_argument("mission_id")
-    logs.add_argument("task_id", nargs="?", help="only this task (default: every task)")
+    logs.add_argument(
+        "task_id",
+        nargs="?",
+        help="this task's transcript: turns, tool calls, commands (default: every task's steps)",
+    )
     logs.add_argument("--attempt", type=int, help="only this attempt of the task")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new steps until it ends"
+    )
+    logs.add_argument(
+        "--full", action="store_true", help="every line of results and outputs (and the prompt)"
+    )
+    logs.add_argument(
+        "--steps", action="store_true", help="one line per step for the task too, no transcript"
     )
 
     watch = command("watch", commands.watch, "live board of a mission's tasks")

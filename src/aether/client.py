@@ -109,6 +109,23 @@ class GatewayClient:
         result: dict[str, Any] = self._get(f"/missions/{mission_id}/activity", **params)
         return result
 
+    def transcript(
+        self,
+        mission_id: str,
+        task_id: str,
+        attempt: int | None = None,
+        after_attempt: int | None = None,
+        after: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of a task's transcript, after ``(after_attempt, after)``."""
+        result: dict[str, Any] = self._get(
+            f"/missions/{mission_id}/tasks/{task_id}/transcript",
+            attempt=attempt,
+            after_attempt=after_attempt,
+            after=after,
+        )
+        return result
+
     def approve(self, mission_id: str, version: int | None = None) -> dict[str, Any]:
         body = {"version": version} if version is not None else {}
         result: dict[str, Any] = self._post(f"/missions/{mission_id}/plan/approve", body)

@@ -214,10 +214,14 @@ def task_diff(args: argparse.Namespace) -> int:
 
 
 def mission_logs(args: argparse.Namespace) -> int:
-    """The agents' steps on a mission's tasks (see ``aether.agentlog``)."""
+    """A task's transcript (``aether.transcript``), or the agents' steps on every task
+    (``aether.agentlog``)."""
     from aether.agentlog import mission_logs as print_steps
+    from aether.transcript import task_transcript
 
     try:
+        if args.task_id and not args.steps:
+            return task_transcript(client(args), args)
         return print_steps(client(args), args)
     except KeyboardInterrupt:
         return 130

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import json
 
-from aether_events import TELEMETRY_STREAM, EventPublisher, TranscriptRecorded, Usage
+from aether_events import (
+    TELEMETRY_STREAM,
+    AgentStarted,
+    EventPublisher,
+    TranscriptRecorded,
+    Usage,
+)
 
 from .conftest import Script, eventually
 from .test_auth import new_token
@@ -147,3 +153,66 @@ async def test_new_entries_are_sent_live_on_the_missions_event_stream(http, nc, 
     assert live["event"] == "transcript_recorded" and "id" not in live
     data = json.loads(live["data"])
     assert (data["task_id"], data["sequence"], data["exit_code"]) == ("t1", 4, 0)
+
+
+async def test_the_cli_prints_the_transcript_and_follows_it_until_the_mission_ends(
+    http, gateway_server, nc, script, capsys
+):
+    import asyncio
+
+    from aether.cli import main
+
+    from .conftest import ADMIN_TOKEN
+
+    await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
+    await publish(
+        nc,
+        script.task_ready("t1"),
+        AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r-1", model="m"),
+        entry(script, 1, 0, "prompt", text="<task>greet</task>"),
+        entry(script, 1, 1, text="Editing greet.", tool="write_file", stop_reason="tool_use"),
+        entry(script, 1, 2, "tool_call", tool="write_file", arguments='{"path": "g.py"}'),
+    )
+    await complete(http, script, 3)
+    cli = ["--url", gateway_server.base_url, "--token", ADMIN_TOKEN, "mission", "logs"]
+
+    assert await asyncio.to_thread(main, [*cli, script.mission_id, "t1"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert "started    on r-1 with m" in listed[0]
+    assert listed[1].endswith("prompt (18 characters)")
+    assert "model (tool_use)  asks write_file" in listed[2]
+    assert listed[3].strip() == "Editing greet."
+    assert listed[4].endswith('write_file {"path": "g.py"}')
+
+    following = asyncio.create_task(
+        asyncio.to_thread(main, [*cli, script.mission_id, "t1", "-f", "--json"])
+    )
+
+    so_far: list[str] = []
+
+    async def listing():
+        so_far.extend(capsys.readouterr().out.splitlines())
+        return so_far if len(so_far) >= 4 else None
+
+    # The listing comes first; then entries published while it follows, then the end.
+    first = await eventually(listing, what="the listing")
+    assert [json.loads(line)["type"] for line in first] == [
+        "agent_started",
+        *["transcript_recorded"] * 3,
+    ]
+    await publish(
+        nc,
+        entry(script, 1, 3, "command", arguments='{"command": "pytest"}', exit_code=0),
+        script.agent_completed("t1"),
+        script.merged("t1"),
+        script.task_ready("t2"),
+        script.merged("t2"),
+        script.completed(),
+    )
+    assert await asyncio.wait_for(following, 30) == 0
+    streamed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["type"], e.get("sequence")) for e in streamed] == [
+        ("transcript_recorded", 3),
+        ("agent_completed", None),
+    ]
+    assert streamed[0]["exit_code"] == 0
