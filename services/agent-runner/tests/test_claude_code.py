@@ -18,6 +18,7 @@ from aether_events import (
     AgentProgress,
     AgentStarted,
     MissionCancelled,
+    TranscriptRecorded,
     Usage,
     UsageRecorded,
 )
@@ -163,6 +164,23 @@ async def test_claude_code_edits_runs_a_command_through_aether_and_the_commit_la
     assert "run_command python -c print(6*7)" in actions
     assert not any("/etc/hostname" in action for action in actions)
     assert len(events.of(AgentStarted)) == 1
+
+    # The transcript: each turn, the refused read, each tool with its result, the command
+    # with its exit status (from Aether's run_command), and the CLI's result.
+    entries = sorted(events.of(TranscriptRecorded), key=lambda e: e.sequence)
+    assert [e.sequence for e in entries] == list(range(len(entries)))
+    assert {e.runtime for e in entries} == {"claude-code"}
+    turns = [e for e in entries if e.kind == "turn"]
+    assert [t.tool for t in turns if t.tool] == ["Read", "Read", "Edit", "Write", RUN_COMMAND]
+    assert any(t.text == "greet now says hello there" for t in turns)
+    calls = [e for e in entries if e.kind == "tool_call"]
+    refused = next(c for c in calls if c.is_error)
+    assert refused.tool == "Read" and "outside the repository" in refused.result
+    assert {c.tool for c in calls if not c.is_error} >= {"Read", "Edit", "Write"}
+    [command] = [e for e in entries if e.kind == "command"]
+    assert command.exit_code == 0 and "42" in command.result
+    assert '"command": "python -c print(6*7)"' in command.arguments
+    assert entries[-1].kind == "note" and entries[-1].tool == "result"
 
 
 async def test_claude_code_turn_limit_fails_the_task_without_retry(

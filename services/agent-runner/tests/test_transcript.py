@@ -167,3 +167,43 @@ async def test_every_step_of_an_attempt_is_published_bounded_and_redacted(
     assert "characters cut]" in command.result
     assert last.tool == "finish"
     assert all(secret not in e.text + e.arguments + e.result for e in entries)
+
+
+@pytest.mark.parametrize(("mode", "code"), [("ok", 0), ("crash", 3)])
+async def test_a_cli_agents_output_and_exit_status_are_its_transcript(
+    mode: str,
+    code: int,
+    tmp_path: Path,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    from aether_agent_runner.runtimes.spec import CommandSpec
+
+    from .test_command_runtime import AGENT
+
+    program = tmp_path / "fake_agent.py"
+    program.write_text(AGENT)
+    spec = CommandSpec(
+        name="fake", command=[sys.executable, str(program), mode], prompt="stdin", usage="json"
+    )
+    await start_runner(model({}), runtime="fake", command_runtimes=(spec,))
+    await publish(workspace_ready(task_repo, mission_id))
+
+    await events.wait_for(
+        lambda log: any(e.kind == "command" for e in log.of(TranscriptRecorded)), timeout=30
+    )
+    entries = sorted(events.of(TranscriptRecorded), key=lambda e: e.sequence)
+    # The first run of the attempt: its entries are numbered from 0.
+    assert [e.sequence for e in entries] == list(range(len(entries)))
+    output = "\n".join(e.text for e in entries if e.kind == "output")
+    assert "reading the task t1" in output
+    last = entries[-1]
+    assert (last.kind, last.tool, last.exit_code, last.runtime) == ("command", "fake", code, "fake")
+    assert last.arguments.endswith(f"fake_agent.py {mode}")
+    if mode == "crash":
+        assert last.is_error and "something broke" in last.result
