@@ -89,7 +89,8 @@ export class TranscriptView {
   /** Fetch every entry after the last one held (all of them the first time). */
   load() {
     // One page run at a time: a reconnect while the first load runs waits for it.
-    this.loading = (this.loading || Promise.resolve()).then(() => this.pages());
+    // A failed load (the gateway restarting) must not stop the ones after it.
+    this.loading = (this.loading || Promise.resolve()).catch(() => {}).then(() => this.pages());
     return this.loading;
   }
 
