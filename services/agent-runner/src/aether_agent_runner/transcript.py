@@ -245,8 +245,9 @@ class Transcript:
         left out, the next one)."""
         entry = self.reader.entry(record)
         if entry is None:
-            if sequence is None:
-                self.next_sequence += 1
+            # Nothing to show, but the record keeps its number.
+            number = self.next_sequence if sequence is None else sequence
+            self.next_sequence = max(self.next_sequence, number + 1)
             return
         await self.add(entry, sequence)
 
