@@ -42,8 +42,8 @@ PRIVATE_TMP = Path("/tmp")  # noqa: S108 - a fresh tmpfs inside the sandbox, not
 HOME = PRIVATE_TMP / "home"
 HINT = (
     "bubblewrap needs unprivileged user namespaces and the right to mount a fresh /proc "
-    "(in a container: a seccomp profile allowing unshare, and an unmasked /proc); see the "
-    "README's Security section, or set AETHER_SANDBOX=unconfined to run commands without "
+    "(in a container: a seccomp profile allowing unshare, and an unmasked /proc); see "
+    "docs/security.md, or set AETHER_SANDBOX=unconfined to run commands without "
     "confinement"
 )
 

@@ -111,7 +111,7 @@ def _limited(argv: list[str], limits: Limits, cgroup: Cgroup | None) -> list[str
 
 
 def enforcement(sandbox: Sandbox) -> dict[str, str]:
-    """How each limit is enforced on this machine (for the start-up log and the README)."""
+    """How each limit is enforced on this machine (for the start-up log and the docs)."""
     group = Cgroup.create(Limits(), sandbox.settings.cgroup)
     enforced = group.enforces if group is not None else set()
     if group is not None:
