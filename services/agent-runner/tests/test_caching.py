@@ -120,6 +120,8 @@ async def test_a_ten_turn_task_reads_most_of_its_input_from_the_cache(task_repo:
 
     assert outcome.finished and outcome.turns == 10 and len(usages) == 10
     assert all(markers(request) <= 3 for request in requests)
+    # The tenth call is the last the limits allow: it reads the ninth's entry, writes none.
+    assert usages[-1].cache_creation_input_tokens == 0 and usages[-1].input_tokens > 0
     # From the second turn on, everything the previous request sent is read back,
     # the wide second turn included.
     # (A prefix under the model's minimum, 1,024 tokens here, is not cached at all.)
@@ -130,7 +132,7 @@ async def test_a_ten_turn_task_reads_most_of_its_input_from_the_cache(task_repo:
 
 
 async def test_with_the_last_block_alone_a_wide_turn_is_written_again(task_repo: Any) -> None:
-    def last_only(messages: list[Any]) -> list[Any]:
+    def last_only(messages: list[Any], final: bool) -> list[Any]:
         marked = cache_breakpoints(messages)
         # Keep the marker on the last message only, as the loop did before.
         return [
@@ -168,6 +170,8 @@ def test_breakpoints_mark_the_previous_requests_end_and_the_last_block() -> None
     )
     assert [flags(m) for m in marked] == [[False], [False], [True], [False], [True]]
     assert "cache_control" not in messages[2]["content"][0]  # the conversation is unchanged
+    final = cache_breakpoints(messages, final=True)
+    assert [flags(m) for m in final] == [[False], [False], [True], [False], [False]]
     first = cache_breakpoints(messages[:1])
     assert first == [{"role": "user", "content": [{"type": "text", "text": "task", **_eph()}]}]
     # A reply that paused its turn is sent back as it is: its end and the request

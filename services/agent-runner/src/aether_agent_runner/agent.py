@@ -88,7 +88,9 @@ class Agent:
     max_output_tokens: int = 8192
     clock: Callable[[], float] = time.monotonic
     # Where the conversation's cache breakpoints go (a bench compares placements).
-    breakpoints: Breakpoints = field(default=lambda messages: cache_breakpoints(messages))
+    breakpoints: Breakpoints = field(
+        default=lambda messages, final: cache_breakpoints(messages, final)
+    )
 
     async def run(self, conversation: Conversation) -> Outcome:
         """Work the conversation until ``finish`` or a limit; a wall-time limit cuts a model
@@ -197,7 +199,9 @@ class Agent:
             max_tokens=self.max_output_tokens,
             system=self.system,
             tools=self.toolbox.definitions(),
-            messages=self.breakpoints(conversation.messages),
+            messages=self.breakpoints(
+                conversation.messages, conversation.turns + 1 >= self.limits.max_turns
+            ),
         ) as stream:
             return await stream.get_final_message()
 
@@ -228,14 +232,15 @@ class Agent:
         )
 
 
-Breakpoints = Callable[[list[MessageParam]], list[MessageParam]]
+Breakpoints = Callable[[list[MessageParam], bool], list[MessageParam]]
 
 
-def cache_breakpoints(messages: list[MessageParam]) -> list[MessageParam]:
+def cache_breakpoints(messages: list[MessageParam], final: bool = False) -> list[MessageParam]:
     """The messages with the two cache breakpoints a turn needs (the third is on the
     system prompt, which caches the tools with it).
 
-    - On the last block: the conversation so far is written, for the next turn to read.
+    - On the last block: the conversation so far is written, for the next turn to read;
+      not on the ``final`` turn the limits allow, whose entry no turn would read.
     - On the last block of the message that ended the previous request, where that turn's
       entry was written: this turn reads it there, however many blocks the latest reply
       and its tool results added. With the last one alone the read depends on the API's
@@ -246,7 +251,8 @@ def cache_breakpoints(messages: list[MessageParam]) -> list[MessageParam]:
     if not messages:
         return messages
     marked = list(messages)
-    _mark(marked, len(marked) - 1)
+    if not final:
+        _mark(marked, len(marked) - 1)
     replies = [i for i, m in enumerate(marked) if m["role"] == "assistant"]
     if replies and replies[-1] > 0:
         _mark(marked, replies[-1] - 1)
