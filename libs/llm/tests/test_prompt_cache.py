@@ -143,6 +143,17 @@ def test_more_than_twenty_new_blocks_miss_the_entry_unless_it_keeps_its_breakpoi
     assert usage(client, messages=marked(conversation(80), 30, 80)) == (5000, 3000, 0)
 
 
+def test_writes_that_no_request_read_are_counted(
+    client: anthropic.Anthropic, cache: PromptCache
+) -> None:
+    usage(client, messages=marked(conversation(12), 12))
+    assert cache.writes() == (1200, 1200)
+    usage(client, messages=marked(conversation(20), 12, 20))
+    assert cache.writes() == (2000, 800)  # the first write was read back
+    usage(client, messages=marked(conversation(30, changed=1), 30))
+    assert cache.writes() == (5000, 3800)
+
+
 def test_entries_exist_only_where_a_breakpoint_was(client: anthropic.Anthropic) -> None:
     usage(client, messages=marked(conversation(30), 30))
     # Block 24 was never marked: a prefix ending there is not cached, even though it is

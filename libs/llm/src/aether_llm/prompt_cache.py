@@ -109,8 +109,9 @@ class Accounting:
     cache_read_input_tokens: int
     ephemeral_5m_input_tokens: int
     ephemeral_1h_input_tokens: int
-    _writes: list[tuple[Key, str]] = field(default_factory=list, repr=False)
+    _writes: list[tuple[Key, str, int]] = field(default_factory=list, repr=False)
     _refreshes: list[Key] = field(default_factory=list, repr=False)
+    _used: list[Key] = field(default_factory=list, repr=False)
     _cache: PromptCache | None = field(default=None, repr=False)
 
     def usage(self) -> JSON:
@@ -126,7 +127,7 @@ class Accounting:
 
     def commit(self) -> None:
         if self._cache is not None:
-            self._cache._store(self._writes, self._refreshes)
+            self._cache._store(self._writes, self._refreshes, self._used)
             self._cache = None
 
 
@@ -142,6 +143,9 @@ class PromptCache:
     def __post_init__(self) -> None:
         # (model, prefix digest) → (expiry time, lifetime in seconds)
         self._entries: dict[Key, tuple[float, float]] = {}
+        # Tokens written, and those written to an entry no request has read since.
+        self._written = 0
+        self._unread: dict[Key, int] = {}
         self._lock = threading.Lock()
 
     def account(self, request: JSON) -> Accounting:
@@ -166,7 +170,10 @@ class PromptCache:
         now = self.clock()
         with self._lock:
             live = {key for key, (expiry, _) in self._entries.items() if expiry > now}
+            unread = set(self._unread)
         hit = self._lookup(model, blocks, marks, live)
+        # Reading a prefix reads every entry written inside it.
+        used = [(model, b.digest) for b in blocks[: hit + 1] if (model, b.digest) in unread]
         read = prefix[hit] if hit >= 0 else 0
         # A read refreshes the entry it read and the marked ones inside it.
         refreshes = [
@@ -174,14 +181,14 @@ class PromptCache:
             for i in {*(i for i in marks if i < hit), hit}
             if i >= 0 and (model, blocks[i].digest) in live
         ]
-        writes: list[tuple[Key, str]] = []
+        writes: list[tuple[Key, str, int]] = []
         written = {"5m": 0, "1h": 0}
         end = read
         for i in marks:
             ttl = blocks[i].ttl or "5m"
             if i <= hit or prefix[i] < minimum:
                 continue  # read already, or too short to cache: billed as plain input
-            writes.append(((model, blocks[i].digest), ttl))
+            writes.append(((model, blocks[i].digest), ttl, prefix[i] - end))
             written[ttl] += prefix[i] - end
             end = prefix[i]
         creation = end - read
@@ -193,6 +200,7 @@ class PromptCache:
             ephemeral_1h_input_tokens=written["1h"],
             _writes=writes,
             _refreshes=refreshes,
+            _used=used,
             _cache=self,
         )
 
@@ -204,15 +212,27 @@ class PromptCache:
                     return i
         return -1
 
-    def _store(self, writes: list[tuple[Key, str]], refreshes: list[Key]) -> None:
+    def _store(
+        self, writes: list[tuple[Key, str, int]], refreshes: list[Key], used: list[Key]
+    ) -> None:
         now = self.clock()
         with self._lock:
             for key in refreshes:
                 if key in self._entries:
                     _, lifetime = self._entries[key]
                     self._entries[key] = (now + lifetime, lifetime)
-            for key, ttl in writes:  # only prefixes with no live entry are written
+            for key in used:
+                self._unread.pop(key, None)
+            for key, ttl, tokens in writes:  # only prefixes with no live entry are written
                 self._entries[key] = (now + TTL_SECONDS[ttl], TTL_SECONDS[ttl])
+                self._written += tokens
+                self._unread[key] = self._unread.get(key, 0) + tokens
+
+    def writes(self) -> tuple[int, int]:
+        """Tokens written to the cache so far, and how many of them no request has read
+        (a write is read when a later request reads a prefix that holds it)."""
+        with self._lock:
+            return self._written, sum(self._unread.values())
 
     def entries(self) -> int:
         """How many entries are live now."""
