@@ -215,7 +215,7 @@ async def agent_task(model: str, wide: bool, breakpoints: Breakpoints, lookback:
 
 # --- the planner ----------------------------------------------------------------------
 
-PLAN = {
+PLAN: dict[str, Any] = {
     "rationale": "two steps",
     "tasks": [
         {
@@ -236,7 +236,10 @@ PLAN = {
         },
     ],
 }
-REJECTED = {**PLAN, "tasks": [{**PLAN["tasks"][0], "depends_on": ["t1"]}]}  # type: ignore[dict-item]
+REJECTED: dict[str, Any] = {
+    "rationale": "one step",
+    "tasks": [{**PLAN["tasks"][0], "depends_on": ["t1"]}],
+}
 
 
 def planner_context(tokens: int = 7_300) -> str:
@@ -255,10 +258,11 @@ async def planner_mission(
 ) -> Totals:
     clock = Clock()
     cache = PromptCache(clock=clock)
-    questions = ("ask_clarifying_questions", {"questions": ["Which output format?"]})
-    first_reply = {"correction": ("submit_plan", REJECTED)}.get(scenario, ("submit_plan", PLAN))
-    if scenario.startswith("answer"):
-        first_reply = questions
+    first_reply: tuple[str, dict[str, Any]] = ("submit_plan", PLAN)
+    if scenario == "correction":
+        first_reply = ("submit_plan", REJECTED)
+    elif scenario.startswith("answer"):
+        first_reply = ("ask_clarifying_questions", {"questions": ["Which output format?"]})
     replies = [first_reply, ("submit_plan", PLAN)]
 
     def respond(request: dict[str, Any]) -> Reply:
