@@ -43,13 +43,17 @@ def cache(clock: Clock) -> PromptCache:
     return PromptCache(clock=clock, count_tokens=words)
 
 
+@pytest.fixture(scope="module")
+def server() -> Iterator[MessagesServer]:
+    running = MessagesServer(lambda request: Reply([text_block("ok")], output_tokens=7))
+    yield running.start()
+    running.stop()
+
+
 @pytest.fixture
-def client(cache: PromptCache) -> Iterator[anthropic.Anthropic]:
-    server = MessagesServer(lambda request: Reply([text_block("ok")], output_tokens=7))
-    server.cache = cache
-    server.start()
-    yield anthropic.Anthropic(api_key="test", base_url=server.url, max_retries=0)
-    server.stop()
+def client(server: MessagesServer, cache: PromptCache) -> anthropic.Anthropic:
+    server.cache = cache  # a fresh cache for every test
+    return anthropic.Anthropic(api_key="test", base_url=server.url, max_retries=0)
 
 
 def text(n: int, word: str = "w", **extra: Any) -> dict[str, Any]:
