@@ -210,10 +210,9 @@ async def get_mission(
             plan_estimate(
                 plan.version,
                 [(task.id, task.tier) for task in plan.tasks],
-                # The offline model is free: a plan it runs reserves nothing.
-                _free(ctx.settings.estimate_usd)
-                if plan.offline or mission.offline
-                else ctx.settings.estimate_usd,
+                # The offline model is free: a plan it made (its tasks run on it too,
+                # as a stack without a key runs every call on it) reserves nothing.
+                _free(ctx.settings.estimate_usd) if plan.offline else ctx.settings.estimate_usd,
             )
             for plan in plans
         ],
