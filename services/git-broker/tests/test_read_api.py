@@ -111,7 +111,12 @@ async def test_a_local_diff_is_bounded_and_marks_binary_files(
     (repo / "logo.png").write_bytes(b"\x89PNG\0\0binary")
     git(repo, "add", "logo.png")
     long = "".join(f"line {i}\n" for i in range(diff.MAX_LINES_PER_FILE + 50))
-    head = commit(repo, {"app/util.py": "def util():\n    return 2\n", "long.txt": long}, "t")
+    minified = "x" * (diff.MAX_LINE_CHARS * 3) + "\n"
+    head = commit(
+        repo,
+        {"app/util.py": "def util():\n    return 2\n", "long.txt": long, "min.js": minified},
+        "t",
+    )
     async with client(broker) as http:
         answer = await http.get(
             "/repository/diff", params={"repository": str(repo), "base": base, "head": head}
@@ -119,7 +124,10 @@ async def test_a_local_diff_is_bounded_and_marks_binary_files(
     assert answer.status_code == 200, answer.text
     found = answer.json()
     by_path = {f["path"]: f for f in found["files"]}
-    assert sorted(by_path) == ["app/util.py", "logo.png", "long.txt"]
+    assert sorted(by_path) == ["app/util.py", "logo.png", "long.txt", "min.js"]
+    (line,) = [x for x in by_path["min.js"]["lines"] if x.startswith("+")]
+    assert len(line) == diff.MAX_LINE_CHARS + 1 and line.endswith("…")
+    assert by_path["min.js"]["truncated"] is True
     assert by_path["app/util.py"]["lines"][1:] == [" def util():", "-    return 1", "+    return 2"]
     assert by_path["logo.png"]["binary"] is True and by_path["logo.png"]["lines"] == []
     assert by_path["long.txt"]["truncated"] is True

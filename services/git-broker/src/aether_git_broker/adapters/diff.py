@@ -2,9 +2,10 @@
 holds (read-only: nothing is checked out, no hook, filter or configuration runs).
 
 The answer is bounded for a person reading it in a browser or a terminal: at most
-``MAX_FILES`` files and ``MAX_LINES`` lines in all (``MAX_LINES_PER_FILE`` per file), a
-file over ``MAX_BLOB_BYTES`` or with a NUL byte near its start is marked binary and not
-shown; whatever is cut is marked ``truncated``.
+``MAX_FILES`` files and ``MAX_LINES`` lines in all (``MAX_LINES_PER_FILE`` per file),
+each line at most ``MAX_LINE_CHARS`` characters and ``MAX_CHARS`` in all (a minified
+file is one enormous line); a file over ``MAX_BLOB_BYTES`` or with a NUL byte near its
+start is marked binary and not shown; whatever is cut is marked ``truncated``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ MAX_FILES = 200
 MAX_LINES_PER_FILE = 2000
 MAX_LINES = 20000
 MAX_BLOB_BYTES = 1_000_000
+MAX_LINE_CHARS = 1000
+MAX_CHARS = 4_000_000
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -92,10 +95,10 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
     a commit there)."""
     old, new = _commit(repo, base), _commit(repo, head)
     files: list[FileDiff] = []
-    total = added_all = removed_all = 0
+    total = added_all = removed_all = chars = 0
     truncated_all = False
     for change in sorted(tree_changes(repo.object_store, old.tree, new.tree), key=_path_of):
-        if len(files) >= MAX_FILES or total >= MAX_LINES:
+        if len(files) >= MAX_FILES or total >= MAX_LINES or chars >= MAX_CHARS:
             truncated_all = True
             break
         name = _path_of(change).decode("utf-8", "replace")
@@ -113,7 +116,15 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
         added_all += added
         removed_all += removed
         keep = min(MAX_LINES_PER_FILE, MAX_LINES - total)
-        shown = lines[:keep]
+        shown: list[str] = []
+        cut = False
+        for line in lines[:keep]:
+            if chars >= MAX_CHARS:
+                break
+            if len(line) > MAX_LINE_CHARS:
+                line, cut = line[:MAX_LINE_CHARS] + "…", True
+            shown.append(line)
+            chars += len(line)
         total += len(shown)
         files.append(
             FileDiff(
@@ -122,7 +133,7 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
                 added=added,
                 removed=removed,
                 lines=shown,
-                truncated=len(shown) < len(lines),
+                truncated=cut or len(shown) < len(lines),
             )
         )
     return CommitDiff(
