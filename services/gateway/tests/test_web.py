@@ -479,6 +479,15 @@ async def test_remote_repository_hint_and_each_planned_tasks_estimate(
         await expect(page.locator("#nm-base-hint")).to_contain_text("trunk")
         await expect(page.locator("#nm-base_branch")).to_have_attribute("placeholder", "trunk")
     await page.screenshot(path=str(artefacts / "remote-default-branch.png"))
+    # A remote that cannot be reached: the hint says why, and nothing is sent for it.
+    await page.fill("#nm-repository", "git://127.0.0.1:9/none.git")
+    await page.locator("#nm-repository").blur()
+    await expect(page.locator("#nm-base-hint")).to_contain_text(
+        "could not fetch from git://127.0.0.1:9/none.git"
+    )
+    await expect(page.locator("#nm-base_branch")).to_have_attribute(
+        "placeholder", "the repository's default"
+    )
 
     plan = script.plan(task_ids=("t1", "t2"))
     tiers = {"t1": "small", "t2": "complex"}
