@@ -268,8 +268,13 @@ def test_network_policies_allow_each_service_only_what_it_needs(overlay: str) ->
     for name in ("gateway", "scheduler", "git-broker"):
         assert not can(workloads[name], INTERNET, 443), f"{name} must not reach the internet"
     assert can(INTERNET, workloads["gateway"], 8100), "clients reach the gateway"
-    for name in ("planner", "scheduler", "agent-runner", "git-broker"):
+    for name in ("planner", "scheduler", "agent-runner"):
         assert not can(workloads["gateway"], workloads[name], SERVICES[name][1])
+    # The broker's read API (diffs, default branches): the gateway only.
+    assert can(workloads["gateway"], workloads["git-broker"], SERVICES["git-broker"][1])
+    for name in ("planner", "scheduler", "agent-runner"):
+        assert not can(workloads[name], workloads["git-broker"], SERVICES["git-broker"][1])
+    assert not can(INTERNET, workloads["git-broker"], SERVICES["git-broker"][1])
     assert not can(INTERNET, nats, 4222)
 
 

@@ -252,6 +252,8 @@ class Service:
     # Errors that, besides the bus's and the network's, mean the world is failing rather
     # than the message (a database driver's connection errors; see ``failures``).
     transient_errors: tuple[type[BaseException], ...] = ()
+    # More HTTP routes on the service's port, by exact path (a service's own small API).
+    routes: dict[str, health.ASGIApp] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         credentials = self.settings.nats_credentials
@@ -678,6 +680,7 @@ class Service:
             "/healthz": health.healthz(),
             "/readyz": health.readyz(self._ready_check),
             "/metrics": health.metrics(),
+            **self.routes,
         }
         return AsgiFastStream(
             self.broker,

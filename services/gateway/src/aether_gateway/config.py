@@ -6,6 +6,7 @@ import os
 
 import msgspec
 
+from aether_events.estimates import DEFAULT_ESTIMATES_USD, tier_estimates
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_runtime import RuntimeSettings
 
@@ -49,6 +50,15 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     # its consumer fell behind or skipped events (0: never; a reconnect to NATS and a
     # skipped sequence also trigger a check).
     read_model_check_seconds: float = 2.0
+    # What a planned task of each tier is expected to cost (the scheduler's rule and
+    # overrides, ``AETHER_ESTIMATE_USD_<TIER>``), shown on each task of a plan.
+    estimate_usd: dict[str, float] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_ESTIMATES_USD)
+    )
+    # The git broker's read API (task diffs, default branches of any repository it can
+    # read) and the read-only token it accepts; unset: those queries answer 503.
+    broker_url: str = ""
+    broker_token: str = ""
 
     def __post_init__(self) -> None:
         if self.admin_token and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
@@ -97,6 +107,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             agent_stale_seconds=float(env.get("AETHER_AGENT_STALE_SECONDS", "90")),
             read_model_check_seconds=float(env.get("AETHER_READ_MODEL_CHECK_SECONDS", "2")),
+            estimate_usd=tier_estimates(),
+            broker_url=env.get("AETHER_GATEWAY_BROKER_URL", ""),
+            broker_token=env.get("AETHER_GATEWAY_BROKER_TOKEN", ""),
         )
 
 

@@ -10,6 +10,13 @@ export class ApiError extends Error {
     this.body = body || {};
   }
 
+  /** The message with the reason the gateway gave beside it (a 404's "why"), if any. */
+  explained() {
+    const detail = this.body.detail;
+    const reason = detail && typeof detail === "object" && typeof detail.reason === "string" ? detail.reason : "";
+    return reason && !this.message.includes(reason) ? `${this.message}: ${reason}` : this.message;
+  }
+
   /** The field an error names, if any (a 400 from the gateway's validation). */
   fields() {
     const detail = this.body.detail;
