@@ -265,8 +265,13 @@ def test_network_policies_allow_each_service_only_what_it_needs(overlay: str) ->
         assert not can(workloads[name], database, 5432), f"{name} must not reach PostgreSQL"
     for name in ("planner", "agent-runner"):
         assert can(workloads[name], INTERNET, 443), f"{name} must reach the model endpoint"
-    for name in ("gateway", "scheduler", "git-broker"):
+    for name in ("gateway", "scheduler"):
         assert not can(workloads[name], INTERNET, 443), f"{name} must not reach the internet"
+    # The broker clones and pushes missions' repositories by URL: git's transports only.
+    for port in (443, 22, 9418):
+        assert can(workloads["git-broker"], INTERNET, port), f"the broker must reach git on {port}"
+    assert not can(workloads["git-broker"], INTERNET, 80), "the broker speaks only git's transports"
+    assert not can(workloads["git-broker"], database, 5432), "the broker has no database"
     assert can(INTERNET, workloads["gateway"], 8100), "clients reach the gateway"
     for name in ("planner", "scheduler", "agent-runner"):
         assert not can(workloads["gateway"], workloads[name], SERVICES[name][1])
