@@ -154,9 +154,12 @@ class OidcVerifier:
         self._lock = asyncio.Lock()
 
     def _key_client(self, url: str) -> jwt.PyJWKClient:
+        # The key set is cached for five minutes; single keys are not cached apart from
+        # it (cache_keys), or a key the provider has withdrawn would stay trusted.
         return jwt.PyJWKClient(
             url,
-            cache_keys=True,
+            cache_keys=False,
+            cache_jwk_set=True,
             lifespan=300,
             timeout=10,
             cooldown_duration=self.settings.jwks_cooldown_seconds,
