@@ -70,6 +70,8 @@ class OidcSession(msgspec.Struct, kw_only=True):
     "/auth/oidc",
     summary="How the board signs in with OIDC (enabled false: not configured)",
     opt=_OPEN,
+    # OpenAPI: one empty requirement means no credentials are needed.
+    security=[{}],
     responses=error_responses(503),
     tags=["auth"],
 )
@@ -100,6 +102,8 @@ async def oidc_config(ctx: NamedDependency[GatewayContext]) -> OidcConfig:
     status_code=HTTP_200_OK,
     summary="Finish an OIDC sign-in: swap the code for a checked ID token",
     opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
+    # OpenAPI: one empty requirement means no credentials are needed.
+    security=[{}],
     responses=error_responses(400, 401, 403, 404, 503),
     tags=["auth"],
 )
