@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from oidc_provider_mock import User
 
+from aether.infra import free_port
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_gateway.config import GatewaySettings
 from aether_gateway.domain.auth import claim_at, role_names, scopes_for_roles
@@ -378,3 +379,29 @@ def test_roles_are_found_in_nested_and_namespaced_claims():
     mapping: dict[Any, tuple[str, ...]] = {"admin": ("x",), "write": ("b",), "read": ("q",)}
     assert scopes_for_roles(frozenset({"b", "x"}), mapping) == {"admin", "write"}
     assert scopes_for_roles(frozenset({"zzz"}), mapping) == frozenset()
+
+
+async def test_an_unreachable_provider_is_reported_not_trusted(
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+):
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    gateway = await make_gateway(oidc=OidcSettings(issuer=nowhere, client_id=CLIENT_ID))
+    async with gateway.client(token=None) as anonymous:
+        response = await anonymous.get("/auth/oidc")
+        assert response.status_code == 503
+        assert response.json()["error"] == "the identity provider cannot be reached; try again"
+    token = jwt.encode(
+        {"iss": nowhere, "sub": "x", "aud": CLIENT_ID, "exp": int(time.time()) + 60},
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        algorithm="RS256",
+        headers={"kid": "k"},
+    )
+    async with gateway.client(token=token) as c:
+        response = await c.get("/missions")
+    assert response.status_code == 401
+    assert response.json()["error"].startswith(
+        "the OIDC token is not valid: the identity provider is unavailable"
+    )
+    # The API tokens still work while the provider is away.
+    async with gateway.client() as admin:
+        assert (await admin.get("/missions")).status_code == 200

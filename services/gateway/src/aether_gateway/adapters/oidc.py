@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 CALLBACK_PATH = "/board/oidc/callback"
 # Bounds on what the provider sends back: it is another party's input.
 _MAX_ERROR_TEXT = 300
+# How long a failed discovery is remembered before the provider is asked again.
+_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class OidcSettings:
     scope_prefix: str = "aether:"
     # The board's sign-in (off without a client id).
     client_id: str = ""
-    client_secret: str = ""
+    client_secret: str = field(default="", repr=False)
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     # Where the provider sends the browser back; empty: the public URL's callback page.
     redirect_url: str = ""
@@ -152,6 +155,8 @@ class OidcVerifier:
             self._key_client(settings.jwks_url) if settings.jwks_url else None
         )
         self._lock = asyncio.Lock()
+        self._failure: ProviderUnavailable | None = None
+        self._failed_at = 0.0
 
     def _key_client(self, url: str) -> jwt.PyJWKClient:
         # The key set is cached for five minutes; single keys are not cached apart from
@@ -169,8 +174,17 @@ class OidcVerifier:
         """The provider's discovery document, fetched once it is first needed (a failed
         fetch is tried again on the next call)."""
         async with self._lock:
-            if self._metadata is None:
+            if self._metadata is not None:
+                return self._metadata
+            # A provider that is down is asked again after a pause, not on every request
+            # (each would wait out the timeout behind this lock).
+            if self._failure is not None and time.monotonic() - self._failed_at < _RETRY_SECONDS:
+                raise self._failure
+            try:
                 self._metadata = await self._discover()
+            except ProviderUnavailable as error:
+                self._failure, self._failed_at = error, time.monotonic()
+                raise
             return self._metadata
 
     async def _discover(self) -> ProviderMetadata:
