@@ -164,3 +164,15 @@ async def test_an_answer_this_tab_did_not_ask_for_is_refused(
 def board_host(board: GatewayServer) -> str:
     issuer = board.settings.oidc.issuer if board.settings.oidc else ""
     return (issuer or "").removeprefix("http://")
+
+
+async def test_a_sign_in_denied_at_the_provider_says_so(board: GatewayServer, browser: Any) -> None:
+    page = await first_page(browser)
+    await page.goto(board.base_url + "/board/")
+    await page.click("#oidc-signin")
+    await page.click('button[value="deny"]')
+    await expect(page.locator("#signin .notice")).to_have_text(
+        "Not signed in: the identity provider refused: "
+        "The resource owner or authorization server denied the request"
+    )
+    assert await page.evaluate("sessionStorage.getItem('aether.oidc.pending')") is None
