@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import msgspec
 
@@ -76,18 +77,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls) -> GatewaySettings:
         env = os.environ
-        jwks_url = env.get("AETHER_OIDC_JWKS_URL", "")
-        oidc = (
-            OidcSettings(
-                jwks_url=jwks_url,
-                issuer=env.get("AETHER_OIDC_ISSUER") or None,
-                audience=env.get("AETHER_OIDC_AUDIENCE") or None,
-                scope_claim=env.get("AETHER_OIDC_SCOPE_CLAIM", "scope"),
-                scope_prefix=env.get("AETHER_OIDC_SCOPE_PREFIX", "aether:"),
-            )
-            if jwks_url
-            else None
-        )
+        oidc = _oidc_from_env(env)
         return cls(
             runtime=RuntimeSettings.from_env(DEFAULT_PORT),
             database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -111,6 +101,42 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             broker_url=env.get("AETHER_GATEWAY_BROKER_URL", ""),
             broker_token=env.get("AETHER_GATEWAY_BROKER_TOKEN", ""),
         )
+
+
+def _oidc_from_env(env: Mapping[str, str]) -> OidcSettings | None:
+    """``AETHER_OIDC_*``: OIDC is on when an issuer or a key set is named."""
+    jwks_url = env.get("AETHER_OIDC_JWKS_URL", "")
+    issuer = env.get("AETHER_OIDC_ISSUER", "")
+    if not jwks_url and not issuer:
+        return None
+    defaults = OidcSettings(jwks_url=jwks_url, issuer=issuer or None)
+    return OidcSettings(
+        jwks_url=jwks_url,
+        issuer=issuer or None,
+        audience=env.get("AETHER_OIDC_AUDIENCE") or None,
+        scope_claim=env.get("AETHER_OIDC_SCOPE_CLAIM", defaults.scope_claim),
+        scope_prefix=env.get("AETHER_OIDC_SCOPE_PREFIX", defaults.scope_prefix),
+        client_id=env.get("AETHER_OIDC_CLIENT_ID", ""),
+        client_secret=env.get("AETHER_OIDC_CLIENT_SECRET", ""),
+        scopes=_names(env.get("AETHER_OIDC_SCOPES"), defaults.scopes),
+        redirect_url=env.get("AETHER_OIDC_REDIRECT_URL", ""),
+        role_claim=env.get("AETHER_OIDC_ROLE_CLAIM", defaults.role_claim),
+        admin_roles=_names(env.get("AETHER_OIDC_ADMIN_ROLES"), defaults.admin_roles),
+        operator_roles=_names(env.get("AETHER_OIDC_OPERATOR_ROLES"), defaults.operator_roles),
+        read_only_roles=_names(env.get("AETHER_OIDC_READ_ONLY_ROLES"), defaults.read_only_roles),
+        jwks_cooldown_seconds=float(
+            env.get("AETHER_OIDC_JWKS_COOLDOWN_SECONDS", str(defaults.jwks_cooldown_seconds))
+        ),
+        leeway_seconds=float(env.get("AETHER_OIDC_LEEWAY_SECONDS", str(defaults.leeway_seconds))),
+    )
+
+
+def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list setting: names separated by commas or spaces (unset: the default; set but
+    empty: none)."""
+    if raw is None:
+        return default
+    return tuple(raw.replace(",", " ").split())
 
 
 def _default_budget(raw: str | None) -> float | None:

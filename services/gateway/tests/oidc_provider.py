@@ -1,0 +1,170 @@
+"""A real OpenID Connect provider for the tests: ``oidc-provider-mock`` (authlib's
+authorization server in a Flask app) on a free port of this machine, with PKCE enforced
+(the package leaves it out, so RFC 7636's extension from authlib is added), nonces
+required, and a way to rotate its signing key.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import flask
+import httpx
+import oidc_provider_mock
+import werkzeug.serving
+from authlib import jose
+from authlib.oauth2.rfc7636 import CodeChallenge
+from oidc_provider_mock._storage import Client, ClientAllowAny
+
+from aether.infra import free_port
+
+
+def _sign_with_key_id(extension: Any) -> None:
+    """Put the key id in the ID token's header, as every real provider does (the package
+    signs with a bare key, which leaves it out): given a key set, authlib names the key
+    it signs with."""
+    if not hasattr(extension, "get_jwt_config"):
+        return
+    config = extension.get_jwt_config
+
+    def with_key_id(grant: Any, client: Any = None) -> dict[str, Any]:
+        found: dict[str, Any] = config(grant, client)
+        key = dict(found["key"])
+        key["kid"] = jose.KeySet((flask.g.oidc_provider_mock_storage.jwk,)).as_dict()["keys"][0][
+            "kid"
+        ]
+        found["key"] = {"keys": [key]}
+        return found
+
+    extension.get_jwt_config = with_key_id
+
+
+class Provider:
+    """An identity provider at ``self.issuer`` whose users are ``users``."""
+
+    def __init__(
+        self,
+        users: Sequence[oidc_provider_mock.User] = (),
+        *,
+        token_max_age: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.app = oidc_provider_mock.app(
+            require_nonce=True,
+            user_claims=users,
+            access_token_max_age=token_max_age,
+            issue_refresh_token=False,
+        )
+        # The provider's authorization server and storage live on flask.g, set per
+        # request: run the request hooks once to reach them.
+        with self.app.test_request_context():
+            self.app.preprocess_request()
+            server: Any = flask.g._authlib_authorization_server
+            self.storage: Any = flask.g.oidc_provider_mock_storage
+        challenges: dict[str, tuple[str | None, str | None]] = {}
+
+        class Pkce(CodeChallenge):  # type: ignore[misc]
+            def get_authorization_code_challenge(self, code: Any) -> str | None:
+                return challenges.get(code.code, (None, None))[0]
+
+            def get_authorization_code_challenge_method(self, code: Any) -> str | None:
+                return challenges.get(code.code, (None, None))[1]
+
+        for grant, extensions in server._authorization_grants:
+            for extension in extensions:
+                _sign_with_key_id(extension)
+            extensions.append(Pkce(required=True))
+            # Public clients (a browser app, no secret) too: PKCE is what binds their code.
+            grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+        store = self.storage.store_authorization_code
+
+        def remember_challenge(code: Any) -> None:
+            values = flask.request.values
+            challenges[code.code] = (
+                values.get("code_challenge"),
+                values.get("code_challenge_method"),
+            )
+            store(code)
+
+        self.storage.store_authorization_code = remember_challenge
+        self.port = free_port()
+        self.server = werkzeug.serving.make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+    @property
+    def key(self) -> Any:
+        """The provider's current signing key (authlib's JWK, private part included)."""
+        return self.storage.jwk
+
+    def register_confidential_client(self, client_id: str, secret: str) -> None:
+        """A client that must authenticate with ``secret`` (HTTP basic) at the token
+        endpoint; any other client id is taken as a public client."""
+        self.storage.store_client(
+            Client(
+                id=client_id,
+                secret=secret,
+                redirect_uris=ClientAllowAny(),
+                allowed_scopes=Client.SCOPES_SUPPORTED,
+                token_endpoint_auth_method="client_secret_basic",
+            )
+        )
+
+    def rotate_key(self) -> None:
+        """Sign with a new key from now on; the JWKS then publishes only the new one."""
+        self.storage.jwk = jose.RSAKey.generate_key(is_private=True)
+
+    async def authorize(
+        self,
+        *,
+        sub: str,
+        client_id: str,
+        redirect_uri: str,
+        nonce: str,
+        challenge: str,
+    ) -> str:
+        """Sign ``sub`` in on the provider's own page (as a browser would post its form)
+        and return the code it sends back."""
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": "openid profile email",
+            "state": "s",
+            "nonce": nonce,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{self.issuer}/oauth2/authorize", params=params, data={"sub": sub}
+            )
+        assert response.status_code == 302, response.text
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(response.headers["location"]).query)
+        return query["code"][0]
+
+    async def token(
+        self, code: str, *, client_id: str, redirect_uri: str, verifier: str
+    ) -> dict[str, Any]:
+        """The token endpoint's answer for ``code`` (as a client of its own would get)."""
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{self.issuer}/oauth2/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "client_id": client_id,
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": verifier,
+                },
+            )
+        answer: dict[str, Any] = response.json()
+        return answer
