@@ -135,6 +135,10 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
 
     ``FileNotFoundError``/``PermissionError`` when the program (or bubblewrap) cannot start.
     """
+    from aether_sandbox.warm import WarmSandbox  # here: the warm sandbox builds on this module
+
+    if isinstance(sandbox, WarmSandbox):
+        return await sandbox.execute(request, output_chars)
     limits = request.limits
     launch = sandbox.launch(request)
     gate = _Gate() if launch.held is not None else None

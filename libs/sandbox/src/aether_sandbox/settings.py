@@ -53,7 +53,9 @@ class SandboxSettings:
     choice). ``read_only``: more host paths commands may read (the system directories, the
     Python runtime and the directories on ``PATH`` are always readable). ``cgroup``: a
     cgroup v2 directory with the ``pids`` and ``memory`` controllers delegated, under which
-    each command gets its own cgroup (found automatically when left empty)."""
+    each command gets its own cgroup (found automatically when left empty). ``warm``: an
+    attempt's commands run in one kept bubblewrap, each in a fresh process tree
+    (``warm.py``), rather than in a bubblewrap of their own."""
 
     backend: str = "bubblewrap"
     network: str = "none"
@@ -61,6 +63,7 @@ class SandboxSettings:
     read_only: tuple[Path, ...] = ()
     cgroup: str = ""
     bwrap: str = "bwrap"
+    warm: bool = True
 
     @property
     def unconfined(self) -> bool:
@@ -115,4 +118,6 @@ class SandboxSettings:
             read_only=read_only,
             cgroup=env.get("AETHER_SANDBOX_CGROUP", "").strip(),
             bwrap=env.get("AETHER_SANDBOX_BWRAP", "").strip() or "bwrap",
+            warm=env.get("AETHER_SANDBOX_WARM", "").strip().lower()
+            not in ("0", "false", "off", "no"),
         )

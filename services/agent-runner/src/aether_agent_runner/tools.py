@@ -25,10 +25,12 @@ from aether_agent_runner.commands import (
 from aether_agent_runner.workspace import ToolError, Workspace
 from aether_runtime.metrics import at_zero
 from aether_sandbox import (
+    Bubblewrap,
     Limits,
     Sandbox,
     SandboxSettings,
     SandboxUnavailable,
+    WarmSandbox,
     open_sandbox,
 )
 
@@ -182,6 +184,7 @@ class ToolBox:
         self._passed_env = passed_env
         self._scratch: Path | None = None
         self._sandbox = sandbox
+        self._warm: WarmSandbox | None = None  # the one this toolbox started, and ends
         self._limits = limits
 
     def sandbox(self) -> Sandbox:
@@ -196,6 +199,9 @@ class ToolBox:
                 self._limits = settings.limits
         if isinstance(self._sandbox, SandboxUnavailable):
             raise ToolError(f"run_command is refused: no sandbox can start. {self._sandbox}")
+        if isinstance(self._sandbox, Bubblewrap) and self._sandbox.settings.warm:
+            # One kept sandbox for this attempt's commands, each in a fresh process tree.
+            self._sandbox = self._warm = WarmSandbox(self._sandbox)
         return self._sandbox
 
     def definitions(self) -> list[ToolParam]:
@@ -206,7 +212,9 @@ class ToolBox:
         return tools
 
     def close(self) -> None:
-        """Remove the commands' scratch directory."""
+        """End the attempt's kept sandbox; remove the commands' scratch directory."""
+        if self._warm is not None:
+            self._warm.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
