@@ -29,6 +29,7 @@ from aether_sandbox import (
 )
 from aether_sandbox.bubblewrap import open_bubblewrap
 from aether_sandbox.cgroups import Cgroup
+from aether_sandbox.egress import parse_allow_list
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubblewrap")
 ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"}
@@ -393,3 +394,43 @@ async def test_commands_side_by_side_each_get_a_sandbox(tmp_path: Path) -> None:
 def test_warm_is_on_unless_an_operator_turns_it_off() -> None:
     assert SandboxSettings.from_env({}).warm
     assert not SandboxSettings.from_env({"AETHER_SANDBOX_WARM": "off"}).warm
+
+
+# --- the egress allow-list --------------------------------------------------------------
+
+
+def test_the_egress_allow_list_is_read_and_checked() -> None:
+    settings = SandboxSettings.from_env({"AETHER_SANDBOX_EGRESS": "PyPI.org:443, *.npmjs.org"})
+    assert settings.egress == ("pypi.org:443", "*.npmjs.org")
+    with pytest.raises(ValueError, match="AETHER_SANDBOX_NETWORK=host"):
+        SandboxSettings.from_env(
+            {"AETHER_SANDBOX_EGRESS": "pypi.org", "AETHER_SANDBOX_NETWORK": "host"}
+        )
+    for bad in ("pypi.org:http", "user@pypi.org", "http://pypi.org/", "py*.org", "a:0"):
+        with pytest.raises(ValueError, match="AETHER_SANDBOX_EGRESS"):
+            SandboxSettings.from_env({"AETHER_SANDBOX_EGRESS": bad})
+
+
+def test_destinations_match_by_name_and_port() -> None:
+    exact, wildcard, bare, v6 = parse_allow_list(
+        "pypi.org:443 *.npmjs.org:443 example.com [::1]:8080"
+    )
+    assert exact.matches("pypi.org", 443) and not exact.matches("pypi.org", 80)
+    assert not exact.matches("evil-pypi.org", 443) and not exact.matches("x.pypi.org", 443)
+    assert wildcard.matches("registry.npmjs.org", 443) and not wildcard.matches("npmjs.org", 443)
+    assert not wildcard.matches("npmjs.org.evil.com", 443)
+    assert bare.ports == (80, 443)
+    assert v6.matches("::1", 8080)
+
+
+@needs_bwrap
+def test_a_one_off_command_with_an_allow_list_gets_the_proxy(tmp_path: Path) -> None:
+    # The git broker's verification runs one command, without a kept sandbox of its own.
+    sandbox = open_sandbox(SandboxSettings(egress=("pypi.org:443",)))
+    code = (
+        "import os, socket\n"
+        "socket.create_connection(('127.0.0.1', 3128))\n"
+        "print(os.environ['HTTPS_PROXY'])"
+    )
+    done = execute_sync(sandbox, Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV))
+    assert done.exit_code == 0 and done.output == "http://127.0.0.1:3128\n"

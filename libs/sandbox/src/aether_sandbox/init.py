@@ -38,6 +38,7 @@ SCRUBBED = ("/tmp", "/dev/shm")  # noqa: S108 - the sandbox's own tmpfs and /dev
 IPC_RMID = 0
 PR_SET_DUMPABLE = 4
 MAX_MESSAGE = 4 << 20
+PROXY_PORT = 3128  # where commands find the egress proxy (egress.INSIDE_PORT)
 MAX_FDS = 8
 # keyctl(2), by architecture (the C library has no wrapper): keys live in keyrings of the
 # user namespace, which a kept sandbox shares between its commands.
@@ -47,13 +48,14 @@ SESSION_KEYRING, USER_KEYRING, USER_SESSION_KEYRING = -3, -4, -5
 NO_KEYS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOKEY)
 
 
-def main(control_fd: int) -> None:
+def main(control_fd: int, egress: str | None) -> None:
     os.set_inheritable(control_fd, False)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the one handler Python installs
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     control = socket.socket(fileno=control_fd)
     modes = {path: os.stat(path).st_mode & 0o7777 for path in SCRUBBED if os.path.isdir(path)}
+    relay = _Relay(egress) if egress else None
     if KEYCTL is None:
         _send(control, {"ready": False, "why": f"no keyctl number for {os.uname().machine}"})
         return
@@ -65,7 +67,7 @@ def main(control_fd: int) -> None:
         if message.get("op") == "join":
             _send(control, _join(fds))
         elif message.get("op") == "run" and fds:
-            _send(control, _run(control, message, fds, libc, modes))
+            _send(control, _run(control, message, fds, libc, modes, relay))
         else:
             for fd in fds:
                 os.close(fd)
@@ -109,6 +111,7 @@ def _run(
     fds: list[int],
     libc: ctypes.CDLL,
     modes: dict[str, int],
+    relay: _Relay | None,
 ) -> dict[str, object]:
     output = fds[0]
     for unexpected in fds[1:]:
@@ -127,7 +130,11 @@ def _run(
     handle = os.pidfd_open(pid)
     try:
         while status is None:
-            ready, _, _ = select.select([control.fileno(), handle], [], [])
+            readers = [control.fileno(), handle, *(relay.readers() if relay else [])]
+            writers = relay.writers() if relay else []
+            ready, writable, _ = select.select(readers, writers, [])
+            if relay is not None:
+                relay.serve(ready, writable)
             if control.fileno() in ready:
                 order, passed = _receive(control)
                 for unexpected in passed:
@@ -141,6 +148,8 @@ def _run(
             status = _reap(pid)
     finally:
         os.close(handle)
+        if relay is not None:
+            relay.drop()  # every connection was the command's
     _kill_all(pid)
     assert status is not None
     reply: dict[str, object] = {"exit": os.waitstatus_to_exitcode(status)}
@@ -285,5 +294,116 @@ def _ipc_ids(kind: str) -> list[int]:
     return [int(row.split()[1]) for row in rows if row.strip()]
 
 
+class _Relay:
+    """Connections to ``127.0.0.1:PROXY_PORT`` in the sandbox, each copied both ways to a
+    new connection to the runner's egress proxy (a unix socket mounted in): the network
+    namespace stays empty, and the proxy decides where a connection may go."""
+
+    def __init__(self, proxy: str) -> None:
+        self.proxy = proxy
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", PROXY_PORT))
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.peer: dict[int, socket.socket] = {}  # fd -> the socket its bytes go to
+        self.sockets: dict[int, socket.socket] = {}
+        self.pending: dict[int, bytes] = {}  # fd -> bytes waiting to be written to it
+        self.ended: set[int] = set()  # fds that have said all they will say
+
+    def readers(self) -> list[int]:
+        """The listener, and every socket whose peer has nothing waiting (backpressure)."""
+        return [self.listener.fileno()] + [
+            fd
+            for fd, peer in self.peer.items()
+            if fd not in self.ended and not self.pending.get(peer.fileno())
+        ]
+
+    def writers(self) -> list[int]:
+        return [fd for fd, data in self.pending.items() if data]
+
+    def serve(self, readable: list[int], writable: list[int]) -> None:
+        for fd in writable:
+            if fd in self.sockets:
+                self._write(fd)
+        for fd in readable:
+            if fd == self.listener.fileno():
+                self._accept()
+            elif fd in self.sockets:
+                self._read(fd)
+
+    def _accept(self) -> None:
+        try:
+            inside, _ = self.listener.accept()
+        except OSError:
+            return
+        outside = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            outside.connect(self.proxy)
+        except OSError:
+            inside.close()
+            outside.close()
+            return
+        for one, other in ((inside, outside), (outside, inside)):
+            one.setblocking(False)
+            self.sockets[one.fileno()] = one
+            self.peer[one.fileno()] = other
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = self.sockets[fd].recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        peer = self.peer[fd].fileno()
+        if data:
+            self.pending[peer] = self.pending.get(peer, b"") + data
+            self._write(peer)
+        else:
+            self.ended.add(fd)
+            self._settle(fd)
+
+    def _write(self, fd: int) -> None:
+        data = self.pending.get(fd, b"")
+        try:
+            sent = self.sockets[fd].send(data) if data else 0
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(fd)
+            return
+        self.pending[fd] = data[sent:]
+        if not self.pending[fd]:
+            self._settle(self.peer[fd].fileno())
+
+    def _settle(self, fd: int) -> None:
+        """Pass on an end of input once what came before it is written; close the pair
+        once both sides have ended."""
+        if fd not in self.sockets:
+            return
+        peer = self.peer[fd].fileno()
+        if fd in self.ended and not self.pending.get(peer):
+            with contextlib.suppress(OSError):
+                self.sockets[peer].shutdown(socket.SHUT_WR)
+            if peer in self.ended and not self.pending.get(fd):
+                self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        if fd not in self.sockets:
+            return
+        peer = self.peer[fd].fileno()
+        for one in (fd, peer):
+            connection = self.sockets.pop(one, None)
+            self.peer.pop(one, None)
+            self.pending.pop(one, None)
+            self.ended.discard(one)
+            if connection is not None:
+                connection.close()
+
+    def drop(self) -> None:
+        for fd in list(self.sockets):
+            self._close(fd)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

@@ -35,13 +35,14 @@ from aether_sandbox.base import Launch, Request
 from aether_sandbox.bubblewrap import Bubblewrap, scratch_env
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
+from aether_sandbox.egress import INSIDE_PORT, INSIDE_SOCKET, EgressProxy, parse_allow_list
 from aether_sandbox.execute import (
     Outcome,
     OutputCollector,
     _Reader,
     _remove,
     _size,
-    execute,
+    execute_cold,
     rlimits,
 )
 from aether_sandbox.settings import MIB, Limits
@@ -75,22 +76,37 @@ class WarmSandbox:
     async def execute(self, request: Request, output_chars: int) -> Outcome:
         if self._busy:
             # Commands of one attempt side by side: this one gets a sandbox of its own.
-            return await execute(self.cold, request, output_chars)
+            return await self._aside(request, output_chars)
         self._busy = True
         try:
             held = await self._ready(request)
             if held is None:
-                return await execute(self.cold, request, output_chars)
+                return await execute_cold(self.cold, request, output_chars)
             try:
                 outcome = await held.run(request, output_chars)
             finally:
                 if not held.usable:
                     self._discard()
             if outcome is None:  # not started: a sandbox of its own
-                return await execute(self.cold, request, output_chars)
+                return await self._aside(request, output_chars)
             return outcome
         finally:
             self._busy = False
+
+    async def _aside(self, request: Request, output_chars: int) -> Outcome:
+        """A sandbox for this command alone: kept only for it where it needs the egress
+        proxy (which a kept sandbox's init relays), a cold one otherwise."""
+        if not self.settings.egress:
+            return await execute_cold(self.cold, request, output_chars)
+        once = WarmSandbox(self.cold)
+        try:
+            held = await once._ready(request)
+            outcome = await held.run(request, output_chars) if held is not None else None
+            if outcome is None:
+                return await execute_cold(self.cold, request, output_chars)
+            return outcome
+        finally:
+            once.close()
 
     async def _ready(self, request: Request) -> _Held | None:
         mounts = self.cold.mounts(request)
@@ -129,6 +145,7 @@ class _Held:
         self.usable = True
         self.cgroup: Cgroup | None = None
         self.limits: Limits | None = None
+        self.proxy: EgressProxy | None = None
         self._loop = asyncio.get_running_loop()
         self._replies: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
         self._loop.add_reader(control.fileno(), self._readable)
@@ -137,10 +154,20 @@ class _Held:
     async def start(cls, cold: Bubblewrap, request: Request, mounts: list[str]) -> _Held | None:
         """A kept sandbox with ``mounts``, its init ready and in its cgroup; ``None`` where
         it cannot start (the cold path then says why, in bubblewrap's words)."""
+        proxy = None
+        egress: list[str] = []
+        relay: list[str] = []
+        if cold.settings.egress:
+            proxy = EgressProxy(parse_allow_list(" ".join(cold.settings.egress)))
+            await proxy.start()
+            egress = ["--ro-bind", str(proxy.path), str(INSIDE_SOCKET)]
+            relay = [str(INSIDE_SOCKET)]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [
             *cold.namespaces("--as-pid-1"),
-            *mounts,
+            *mounts[:-2],  # before the root turns read-only: the proxy's mount point
+            *egress,
+            *mounts[-2:],
             "--chdir",
             str(request.workdir),
             "--",
@@ -150,16 +177,20 @@ class _Held:
             "-c",
             INIT_SOURCE,
             str(theirs.fileno()),
+            *relay,
         ]
         try:
             process = _spawn(argv, theirs.fileno())
         except OSError:
             ours.close()
+            if proxy is not None:
+                proxy.close()
             return None
         finally:
             theirs.close()
         ours.setblocking(False)
         held = cls(cold, process, ours, mounts)
+        held.proxy = proxy
         if not await held._started(request.limits):
             held.kill()
             return None
@@ -213,6 +244,11 @@ class _Held:
         limits = request.limits
         cgroup = self.cgroup
         env, directories = scratch_env(request.env)
+        if self.proxy is not None:
+            for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+                env.pop(name, None)
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+                env[name] = f"http://127.0.0.1:{INSIDE_PORT}"
         began = time.monotonic()
         deadline = began + limits.wall_seconds
         try:
@@ -327,6 +363,9 @@ class _Held:
         if self.cgroup is not None:
             _remove(self.cgroup)
             self.cgroup = None
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
 
 
 def _ready(reply: dict[str, object] | None, key: str) -> bool:
