@@ -210,3 +210,9 @@ async def test_names_do_not_resolve_and_no_resolver_is_reachable(box: Box) -> No
 async def test_the_command_sees_only_the_sandboxs_proxy(box: Box) -> None:
     code = "import os\nprint('PROXY', os.environ.get('HTTPS_PROXY'), os.environ.get('NO_PROXY'))"
     assert "PROXY http://127.0.0.1:3128 None" in await box.python(code)
+
+
+async def test_the_model_is_told_where_commands_may_go(box: Box) -> None:
+    (tool,) = [tool for tool in box.tools.definitions() if tool["name"] == "run_command"]
+    description = tool["description"]
+    assert f"127.0.0.1:{box.allowed}" in description and "HTTP(S)_PROXY" in description

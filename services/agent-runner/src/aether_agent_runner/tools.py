@@ -124,11 +124,16 @@ FINISH_TOOL: ToolParam = _tool(
 )
 
 
-def command_tool(policy: CommandPolicy) -> ToolParam:
+def command_tool(policy: CommandPolicy, egress: tuple[str, ...] = ()) -> ToolParam:
+    network = (
+        "the network only through HTTP(S)_PROXY, to " + ", ".join(egress)
+        if egress
+        else "no network"
+    )
     where = (
         "paths must stay inside the repository"
         if policy.check_paths
-        else "it runs in a sandbox where only the repository is writable and there is no network"
+        else f"it runs in a sandbox where only the repository is writable, with {network}"
     )
     return _tool(
         "run_command",
@@ -207,7 +212,9 @@ class ToolBox:
     def definitions(self) -> list[ToolParam]:
         tools = list(FILE_TOOLS)
         if self._commands is not None:
-            tools.append(command_tool(self._commands))
+            opened = self._sandbox
+            egress = opened.settings.egress if isinstance(opened, Bubblewrap | WarmSandbox) else ()
+            tools.append(command_tool(self._commands, egress))
         tools.append(FINISH_TOOL)
         return tools
 
