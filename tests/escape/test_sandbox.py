@@ -610,6 +610,21 @@ async def test_commands_in_the_kept_sandbox_hold_no_capability(target: Target) -
     out = await target.run("grep -E ^Cap(Eff|Prm|Bnd|Amb) /proc/self/status")
     for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
         assert f"{name}:\t0000000000000000" in out
+    # So nothing a command could leave in the namespaces it shares with the next one.
+    code = (
+        "import ctypes, os, socket\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "try:\n"
+        "    socket.sethostname('left-behind')\n"
+        "    print('RENAMED')\n"
+        "except OSError as e:\n"
+        "    print('HOSTNAME', e.errno)\n"
+        "print('MOUNT', libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())\n"
+        "print('UNSHARE', libc.unshare(0x10000000), ctypes.get_errno())\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "RENAMED" not in out and "MOUNT -1" in out and "UNSHARE -1" in out
+    assert "sandbox" in await target.run("python -c 'import socket; print(socket.gethostname())'")
 
 
 # --- no sandbox, no commands ------------------------------------------------------------------

@@ -406,6 +406,10 @@ def test_the_egress_allow_list_is_read_and_checked() -> None:
         SandboxSettings.from_env(
             {"AETHER_SANDBOX_EGRESS": "pypi.org", "AETHER_SANDBOX_NETWORK": "host"}
         )
+    with pytest.raises(ValueError, match="AETHER_SANDBOX=unconfined"):
+        SandboxSettings.from_env(
+            {"AETHER_SANDBOX_EGRESS": "pypi.org", "AETHER_SANDBOX": "unconfined"}
+        )
     for bad in ("pypi.org:http", "user@pypi.org", "http://pypi.org/", "py*.org", "a:0"):
         with pytest.raises(ValueError, match="AETHER_SANDBOX_EGRESS"):
             SandboxSettings.from_env({"AETHER_SANDBOX_EGRESS": bad})

@@ -91,6 +91,11 @@ class SandboxSettings:
             part.strip().lower()
             for part in env.get("AETHER_SANDBOX_EGRESS", "").replace(",", " ").split()
         )
+        if egress and backend == "unconfined":
+            raise ValueError(
+                "AETHER_SANDBOX_EGRESS confines a sandbox's network: it means nothing with "
+                "AETHER_SANDBOX=unconfined, whose commands use the host's"
+            )
         if egress and network == "host":
             raise ValueError(
                 "AETHER_SANDBOX_EGRESS needs the sandbox's own empty network: it cannot be "
