@@ -355,8 +355,9 @@ class _Held:
         with contextlib.suppress(ValueError, OSError, RuntimeError):
             self._loop.remove_reader(self.control.fileno())
         self.control.close()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.returncode is None:  # once: a reaped pid may be another's now
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         if self.cgroup is not None:
             self.cgroup.kill()
         self.process.wait()
