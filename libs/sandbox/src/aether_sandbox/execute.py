@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from aether_sandbox.base import Launch, Request, Sandbox
+from aether_sandbox.bubblewrap import Bubblewrap
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
 from aether_sandbox.settings import MIB, Limits
@@ -135,6 +136,22 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
 
     ``FileNotFoundError``/``PermissionError`` when the program (or bubblewrap) cannot start.
     """
+    from aether_sandbox.warm import WarmSandbox  # here: the warm sandbox builds on this module
+
+    if isinstance(sandbox, WarmSandbox):
+        return await sandbox.execute(request, output_chars)
+    if isinstance(sandbox, Bubblewrap) and sandbox.settings.egress:
+        # Only a kept sandbox's init relays to the egress proxy: one kept for this command.
+        once = WarmSandbox(sandbox)
+        try:
+            return await once.execute(request, output_chars)
+        finally:
+            once.close()
+    return await execute_cold(sandbox, request, output_chars)
+
+
+async def execute_cold(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
+    """``execute`` in a sandbox of the command's own (bubblewrap started for it)."""
     limits = request.limits
     launch = sandbox.launch(request)
     gate = _Gate() if launch.held is not None else None
