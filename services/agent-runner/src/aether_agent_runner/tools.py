@@ -198,6 +198,10 @@ class ToolBox:
             raise ToolError(f"run_command is refused: no sandbox can start. {self._sandbox}")
         return self._sandbox
 
+    def command_limits(self) -> Limits:
+        """The limits of one sandboxed command (the runner's, once ``sandbox`` is open)."""
+        return self._limits or Limits()
+
     def definitions(self) -> list[ToolParam]:
         tools = list(FILE_TOOLS)
         if self._commands is not None:
