@@ -138,9 +138,9 @@ class Reporter:
             )
         )
 
-    async def progressed(self, progress: Progress) -> None:
+    async def progressed(self, progress: Progress, *, always: bool = False) -> None:
         now = self._monotonic()
-        if self._last is not None and now - self._last < self._interval:
+        if not always and self._last is not None and now - self._last < self._interval:
             return
         self._last = now
         ready = self._ready
