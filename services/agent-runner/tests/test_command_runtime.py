@@ -325,3 +325,32 @@ def test_specs_are_read_from_a_json_file_and_refuse_unknown_fields(tmp_path: Pat
     bad.write_text('[{"name": "x", "command": ["x"], "shell": true}]')
     with pytest.raises(Exception, match="shell"):
         load_specs(str(bad))
+
+
+@needs_sandbox
+async def test_a_spec_may_give_the_host_network_as_an_explicit_choice(
+    spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    from aether_llm import Reply, text_block
+
+    reply = Reply([text_block("hi")], "end_turn", input_tokens=70, output_tokens=9)
+    scripted = model({"t1": [lambda request: reply]})
+    endpoint = scripted.url.split("//", 1)[1].rstrip("/")
+    chosen = spec(
+        "model", sys.executable, "claude-sonnet-5-5", endpoint, model_endpoint=True, network="host"
+    )
+    await start_runner(scripted, runtime="fake", command_runtimes=(chosen,))
+    await publish(workspace_ready(task_repo, mission_id))
+    await events.first(AgentCompleted)
+
+    assert len(scripted.script.requests) == 1
+    actions = [p.last_action for p in events.of(AgentProgress)]
+    # No relay: the tool dialled the runner's endpoint itself, on the host's network.
+    assert f"reached {endpoint}" in actions
