@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 INSIDE_SOURCE = Path(__file__).with_name("relay_inside.py")
+STDIO_SOURCE = Path(__file__).with_name("stdio_inside.py")
 
 
 class RelayRefused(Exception):
@@ -57,6 +58,13 @@ def inside_argv(socket_path: Path, url: str, argv: list[str]) -> list[str]:
     """The sandbox's argument vector: the inside relay, which then starts ``argv``."""
     source = INSIDE_SOURCE.read_text()
     return [sys.executable, "-I", "-c", source, str(socket_path), url, "--", *argv]
+
+
+def stdio_argv(socket_path: Path, argv: list[str]) -> list[str]:
+    """The sandbox's argument vector for an agent whose standard input and output are a
+    connection to ``socket_path`` (``stdio_inside``)."""
+    source = STDIO_SOURCE.read_text()
+    return [sys.executable, "-I", "-c", source, str(socket_path), "--", *argv]
 
 
 @contextlib.asynccontextmanager

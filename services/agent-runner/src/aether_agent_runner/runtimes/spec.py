@@ -29,6 +29,11 @@ class CommandSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     loopback to a unix socket the runner serves. ``network`` ``host`` gives the tool the
     host's whole network instead: an operator's explicit choice, for a tool that must
     reach its vendor.
+
+    ``protocol`` ``acp``: the tool is an Agent Client Protocol agent; the runner speaks the
+    protocol to it over its standard input and output (the prompt goes in a session's
+    prompt, ``prompt`` and ``usage`` are not used: usage is what its prompt response
+    reports, else unknown) and serves its file reads and writes inside the worktree.
     """
 
     name: str
@@ -39,6 +44,7 @@ class CommandSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     env: list[str] = msgspec.field(default_factory=list)
     network: Literal["none", "host"] = "none"
     read_only: list[str] = msgspec.field(default_factory=list)
+    protocol: Literal["lines", "acp"] = "lines"
 
 
 def load_specs(path: str) -> tuple[CommandSpec, ...]:
