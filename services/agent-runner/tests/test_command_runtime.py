@@ -354,3 +354,38 @@ async def test_a_spec_may_give_the_host_network_as_an_explicit_choice(
     actions = [p.last_action for p in events.of(AgentProgress)]
     # No relay: the tool dialled the runner's endpoint itself, on the host's network.
     assert f"reached {endpoint}" in actions
+
+
+@needs_sandbox
+async def test_cancelling_the_mission_kills_the_cli_agents_whole_sandbox(
+    spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    from aether_events import MissionCancelled
+
+    from .test_service import control_meta
+
+    marker = uuid.uuid4().hex
+    await run(
+        spec("hang", sys.executable, marker),
+        task_repo,
+        model,
+        start_runner,
+        publish,
+        mission_id,
+        workspace_ready,
+    )
+    await events.first(AgentProgress)  # the tool has started and spoken
+    await until(lambda: len(processes_naming(marker)) >= 2)  # it and its detached child
+
+    await publish(MissionCancelled(**control_meta(mission_id), reason="not needed"))
+    failed = await events.first(AgentFailed)
+
+    assert failed.reason == "stopped: the mission was cancelled: not needed"
+    await until(lambda: processes_naming(marker) == [])
