@@ -48,6 +48,22 @@ class Agent:
             os._exit(4)
         if MODE == "hang":
             await asyncio.sleep(600)
+        if MODE == "model":  # through the relay: the sandbox has no network of its own
+            import urllib.request
+            request = urllib.request.Request(
+                os.environ["ANTHROPIC_BASE_URL"].rstrip("/") + "/v1/messages",
+                data=json.dumps({"model": "claude-sonnet-5-5", "max_tokens": 100,
+                                 "messages": [{"role": "user", "content": text}]}).encode(),
+                headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"],
+                         "anthropic-version": "2023-06-01", "content-type": "application/json"})
+            reply = await asyncio.to_thread(
+                lambda: json.load(urllib.request.urlopen(request, timeout=30)))
+            said = acp.update_agent_message_text(reply["content"][0]["text"])
+            await self.conn.session_update(session_id=session_id, update=said)
+            tokens = reply["usage"]
+            self.usage = schema.Usage(input_tokens=tokens["input_tokens"],
+                                      output_tokens=tokens["output_tokens"],
+                                      total_tokens=tokens["input_tokens"] + tokens["output_tokens"])
         update = acp.start_tool_call("c1", "Read src/app.py", kind="read", status="pending")
         await self.conn.session_update(session_id=session_id, update=update)
         app = os.path.join(self.cwd, "src", "app.py")
@@ -73,7 +89,7 @@ class Agent:
             refused += "/yes"
         message = acp.update_agent_message_text("wrote acp.txt; escapes refused: " + refused)
         await self.conn.session_update(session_id=session_id, update=message)
-        usage = None
+        usage = getattr(self, "usage", None)
         if MODE == "usage":
             usage = schema.Usage(input_tokens=800, output_tokens=90, total_tokens=890,
                                  cached_read_tokens=2000)
@@ -91,12 +107,13 @@ def acp_spec(tmp_path: Path) -> Callable[..., CommandSpec]:
     program = tool / "acp_agent.py"
     program.write_text(AGENT)
 
-    def make(mode: str, executable: str = sys.executable) -> CommandSpec:
+    def make(mode: str, executable: str = sys.executable, **fields: Any) -> CommandSpec:
         return CommandSpec(
             name="acp-fake",
             command=[executable, str(program), mode],
             protocol="acp",
             read_only=[str(tool)],
+            **fields,
         )
 
     return make
@@ -184,3 +201,29 @@ async def test_an_acp_agent_that_cannot_finish_fails_the_task_with_the_reason(
 
     assert reason in failed.reason
     assert failed.retryable is retryable
+
+
+@needs_sandbox
+async def test_an_acp_agent_reaches_the_model_through_the_relay(
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    from aether_llm import Reply, text_block
+
+    reply = Reply([text_block("answered by the model")], "end_turn", 70, 9)
+    scripted = model({"t1": [lambda request: reply]})
+    spec = acp_spec("model", model_endpoint=True)
+    await start_runner(scripted, runtime="acp-fake", command_runtimes=(spec,))
+    await publish(workspace_ready(task_repo, mission_id))
+    done = await events.first(AgentCompleted)
+
+    assert len(scripted.script.requests) == 1
+    assert done.summary.startswith("answered by the model")
+    priced = load_prices().priced("claude-sonnet-5-5", Usage(input_tokens=70, output_tokens=9))
+    assert done.usage == priced
