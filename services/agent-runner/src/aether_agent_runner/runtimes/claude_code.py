@@ -332,7 +332,7 @@ def _kill_cli(client: sdk.ClaudeSDKClient) -> None:
     """Kill the CLI of a run that is being abandoned (a stop order, the wall time).
 
     Closing the client gives the CLI five seconds to save its session before it is
-    terminated; an abandoned run's session is not kept, and a stop must take effect at
+    terminated; an abandoned run is not resumed, and a stop must take effect at
     once. The SDK does not expose its process, hence the private attributes; should they
     change, the close still ends the CLI, only later."""
     process = getattr(getattr(client, "_transport", None), "_process", None)
