@@ -72,7 +72,9 @@ class Observer(Protocol):
 
     async def model_called(self, turn: int, usage: Usage) -> None: ...
 
-    async def progressed(self, progress: Progress) -> None: ...
+    async def progressed(self, progress: Progress, *, always: bool = False) -> None:
+        """``always``: a notice that must not be dropped by the progress interval."""
+        ...
 
 
 @dataclass

@@ -209,6 +209,10 @@ class ToolBox:
             self._sandbox = self._warm = WarmSandbox(self._sandbox)
         return self._sandbox
 
+    def command_limits(self) -> Limits:
+        """The limits of one sandboxed command (the runner's, once ``sandbox`` is open)."""
+        return self._limits or Limits()
+
     def definitions(self) -> list[ToolParam]:
         tools = list(FILE_TOOLS)
         if self._commands is not None:

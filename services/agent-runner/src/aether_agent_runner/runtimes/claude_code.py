@@ -14,17 +14,27 @@ through the same policy and sandbox as the built-in loop's). Its own Bash and we
 not offered. Nothing from the repository configures it: no project settings (their hooks
 would run outside any sandbox), no ``.mcp.json`` servers. Its environment carries the
 model endpoint and key and none of the runner's other variables.
+
+Resuming after a runner crash: the session id is chosen here and journalled before the
+CLI starts, and the CLI's configuration directory (which holds its session transcripts)
+lives beside the journal, outside the worktree. When the same attempt is delivered again
+(its runner died), the CLI is started with ``resume`` on that session and told to carry
+on, the worktree kept as the crash left it; the turns whose replies the CLI had written to
+its transcript are not asked of the model again. If it cannot resume, a fresh session
+starts from the base commit, and a progress event says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +44,18 @@ import msgspec
 
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.agent import Outcome, Progress
+from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
 from aether_agent_runner.runtimes.roles import role_prompt
-from aether_events import Usage
+from aether_agent_runner.runtimes.session import (
+    Earlier,
+    earlier_run,
+    start_record,
+    tool_record,
+    turn_record,
+)
+from aether_events import ZERO_USAGE, Usage, known_cost
 from aether_llm import PriceTable, load_prices
 
 log = logging.getLogger("aether.agent-runner.claude-code")
@@ -85,6 +103,11 @@ repository; other agents work other tasks in parallel and their work is merged w
 program with its arguments, no pipes or redirection.
 - Do not commit, branch or push: your changes are committed and merged for you.
 - When the task is done, reply with a short summary of what you changed and why."""
+
+CONTINUE = """\
+The runner working this task was restarted while you were at it. Carry on from where the \
+conversation stops: the working directory holds every change you made so far. When the \
+task is done, reply with a short summary of what you changed and why."""
 
 
 def cli_environment(
@@ -198,8 +221,12 @@ class _Run:
     files_changed: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     seen_messages: set[str] = field(default_factory=set)
+    # Where each model reply is journalled (its usage, for a resume to count).
+    record: Callable[[dict[str, Any]], None] | None = None
+    # The model and counts of the reply being streamed.
+    replying: tuple[str, dict[str, Any]] | None = None
 
-    async def progress(self, action: str) -> None:
+    async def progress(self, action: str, *, always: bool = False) -> None:
         await self.job.observer.progressed(
             Progress(
                 turns=self.turns,
@@ -207,7 +234,8 @@ class _Run:
                 files_changed=list(self.files_changed),
                 usage=self.usage,
                 last_action=action,
-            )
+            ),
+            always=always,
         )
 
     async def before_tool(
@@ -232,6 +260,8 @@ class _Run:
                     }
                 }
         self.tool_calls += 1
+        if self.record is not None:
+            self.record(tool_record())
         await self.progress(describe(tool, arguments, root))
         return {}
 
@@ -262,22 +292,47 @@ class _Run:
             return
         self.seen_messages.add(key)
         self.turns += 1
-        counts = message.usage or {}
-        self.usage = self.usage.plus(
-            Usage(
-                input_tokens=int(counts.get("input_tokens") or 0),
-                output_tokens=int(counts.get("output_tokens") or 0),
-                cache_creation_input_tokens=int(counts.get("cache_creation_input_tokens") or 0),
-                cache_read_input_tokens=int(counts.get("cache_read_input_tokens") or 0),
+
+    def streamed(self, message: sdk.StreamEvent) -> None:
+        """Count a model reply once it has been received whole: its ``message_start``
+        names the model and the input counts, its ``message_delta`` the final output
+        count (the assistant messages carry the counts of the reply's start only)."""
+        event = message.event
+        kind = event.get("type")
+        if kind == "message_start":
+            started = event.get("message")
+            started = started if isinstance(started, dict) else {}
+            counts = started.get("usage")
+            self.replying = (
+                str(started.get("model") or self.job.ready.model),
+                dict(counts) if isinstance(counts, dict) else {},
             )
-        )
+        elif kind == "message_delta" and self.replying is not None:
+            model, counts = self.replying
+            self.replying = None
+            final = event.get("usage")
+            counts.update(final if isinstance(final, dict) else {})
+            usage = Usage(
+                input_tokens=_tokens(counts, "input_tokens"),
+                output_tokens=_tokens(counts, "output_tokens"),
+                cache_creation_input_tokens=_tokens(counts, "cache_creation_input_tokens"),
+                cache_read_input_tokens=_tokens(counts, "cache_read_input_tokens"),
+            )
+            self.usage = self.usage.plus(usage)
+            if self.record is not None:
+                self.record(turn_record(model, usage))
+
+
+def _tokens(counts: dict[str, Any], key: str) -> int:
+    value = counts.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _kill_cli(client: sdk.ClaudeSDKClient) -> None:
     """Kill the CLI of a run that is being abandoned (a stop order, the wall time).
 
     Closing the client gives the CLI five seconds to save its session before it is
-    terminated; an abandoned run's session is not kept, and a stop must take effect at
+    terminated; an abandoned run is not resumed, and a stop must take effect at
     once. The SDK does not expose its process, hence the private attributes; should they
     change, the close still ends the CLI, only later."""
     process = getattr(getattr(client, "_transport", None), "_process", None)
@@ -297,31 +352,96 @@ class ClaudeCodeRuntime:
     name: str = CLAUDE_CODE
 
     async def run(self, job: Job) -> Outcome:
-        ready, worktree = job.ready, job.worktree
-        # No transcript of an earlier run is kept: the attempt starts from its base.
+        ready = job.ready
+        records = await asyncio.to_thread(job.journal.read)
+        earlier = earlier_run(records, job.identity, self.prices or load_prices(), ready.model)
+        config_dir = job.journal.path.parent / "claude-code"
+        if earlier is not None:
+            log.info("resuming the Claude Code session", extra={"session": earlier.session_id})
+            outcome, resumed = await self._session(job, config_dir, earlier, resume=True)
+            if resumed:
+                return outcome
+            notice = (
+                f"could not resume Claude Code session {earlier.session_id}; "
+                "starting a fresh session"
+            )
+            log.warning(notice, extra={"reason": outcome.reason or "it ended at once"})
+            # Counted on from the resumption's notice (``_session``), so no event id of
+            # the attempt is used twice; the earlier session's spending is still the task's.
+            earlier = Earlier(
+                session_id="",
+                turns=earlier.turns,
+                tool_calls=earlier.tool_calls + 2,
+                usage=earlier.usage,
+            )
+            await _Run(job, earlier.turns, earlier.tool_calls).progress(notice, always=True)
         if await asyncio.to_thread(reset_to, job.git, ready.base_sha):
             log.warning("restarting cleanly: discarded changes of an earlier run")
-        repo_map = await asyncio.to_thread(repository_map, worktree)
-        prompt = task_prompt(ready, repo_map, job.limits)
+        await asyncio.to_thread(shutil.rmtree, config_dir, True)
+        session_id = str(uuid.uuid4())
+        await asyncio.to_thread(job.journal.start, start_record(job.identity, session_id, earlier))
+        fresh = Earlier(
+            session_id=session_id,
+            turns=earlier.turns if earlier else 0,
+            tool_calls=earlier.tool_calls if earlier else 0,
+            usage=earlier.usage if earlier else ZERO_USAGE,
+        )
+        outcome, _ = await self._session(job, config_dir, fresh, resume=False)
+        return outcome
+
+    async def _session(
+        self, job: Job, config_dir: Path, earlier: Earlier, *, resume: bool
+    ) -> tuple[Outcome, bool]:
+        """One run of the CLI on ``earlier.session_id`` (a new one, or resumed); the
+        outcome, and whether the session got going (a resume that did not is retried
+        fresh by the caller)."""
+        worktree = job.worktree
+        if resume:
+            prompt = CONTINUE
+        else:
+            repo_map = await asyncio.to_thread(repository_map, worktree)
+            prompt = task_prompt(job.ready, repo_map, job.limits)
         memory = await asyncio.to_thread(memory_files, worktree)
-        config_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
-        run = _Run(job)
+        await asyncio.to_thread(config_dir.mkdir, parents=True, exist_ok=True)
+        run = _Run(
+            job, earlier.turns, earlier.tool_calls, usage=earlier.usage, record=job.journal.append
+        )
+        spent = limit_reached(job.limits, earlier.turns, earlier.usage, 0.0)
+        if spent is not None:
+            return self._outcome(run, False, reason=spent, retryable=False), True
+        began = run.turns
         stderr: deque[str] = deque(maxlen=20)
+        options = self._options(job, run, memory, config_dir, stderr.append)
+        # What the earlier session used counts against the task's turn and cost limits.
+        limits = job.limits
+        options = dataclasses.replace(
+            options,
+            max_turns=limits.max_turns - earlier.turns,
+            max_budget_usd=(
+                None
+                if limits.max_cost_usd is None
+                else limits.max_cost_usd - known_cost(earlier.usage)
+            ),
+        )
+        if resume:
+            options = dataclasses.replace(options, resume=earlier.session_id)
+            run.tool_calls += 1  # the notice's own count: no earlier event has it
+            await run.progress(f"resuming Claude Code session {earlier.session_id}", always=True)
+        else:
+            options = dataclasses.replace(options, session_id=earlier.session_id)
         try:
-            options = self._options(job, run, memory, config_dir, stderr.append)
             async with asyncio.timeout(job.limits.max_seconds):
-                return await self._converse(job, run, prompt, options, stderr)
+                outcome = await self._converse(job, run, prompt, options, stderr, earlier.usage)
         except TimeoutError:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
-            return self._outcome(run, False, reason=reason, retryable=False)
+            outcome = self._outcome(run, False, reason=reason, retryable=False)
         except sdk.CLINotFoundError as error:
-            return self._outcome(run, False, reason=f"Claude Code is not installed: {error}")
+            outcome = self._outcome(run, False, reason=f"Claude Code is not installed: {error}")
         except sdk.ClaudeSDKError as error:
             detail = " | ".join(stderr)
             reason = f"Claude Code failed: {error}" + (f" ({detail})" if detail else "")
-            return self._outcome(run, False, reason=reason[:2000], retryable=True)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, config_dir, True)
+            outcome = self._outcome(run, False, reason=reason[:2000], retryable=True)
+        return outcome, outcome.finished or run.turns > began
 
     def _options(
         self,
@@ -379,6 +499,8 @@ class ClaudeCodeRuntime:
             env=cli_environment(dict(os.environ), self.base_url, self.api_key, config_dir),
             cli_path=self.cli_path,
             stderr=on_stderr,
+            # For each reply's final usage (see ``_Run.streamed``).
+            include_partial_messages=True,
         )
 
     async def _converse(
@@ -388,6 +510,7 @@ class ClaudeCodeRuntime:
         prompt: str,
         options: sdk.ClaudeAgentOptions,
         stderr: deque[str],
+        earlier: Usage,
     ) -> Outcome:
         result: sdk.ResultMessage | None = None
         async with sdk.ClaudeSDKClient(options) as client:
@@ -396,6 +519,8 @@ class ClaudeCodeRuntime:
                 async for message in client.receive_response():
                     if isinstance(message, sdk.AssistantMessage):
                         run.assistant(message)
+                    elif isinstance(message, sdk.StreamEvent):
+                        run.streamed(message)
                     elif isinstance(message, sdk.ResultMessage):
                         result = message
             except BaseException:
@@ -404,7 +529,11 @@ class ClaudeCodeRuntime:
         if result is None:
             detail = " | ".join(stderr)
             return self._outcome(run, False, reason=f"Claude Code ended without a result {detail}")
-        run.usage = result_usage(result, job.ready.model, self.prices or load_prices())
+        # The result counts this process's calls; the turns of a session before a restart
+        # were journalled as they came and are added.
+        run.usage = earlier.plus(
+            result_usage(result, job.ready.model, self.prices or load_prices())
+        )
         run.turns = max(run.turns, result.num_turns)
         await job.observer.model_called(run.turns, run.usage)
         summary = (result.result or "").strip()
