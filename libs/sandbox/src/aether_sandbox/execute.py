@@ -146,6 +146,12 @@ async def execute(
     """
     from aether_sandbox.warm import WarmSandbox  # here: the warm sandbox builds on this module
 
+    if on_output is not None or request.stdin is not None:
+        # A whole program fed a file or read as it runs (an agent CLI, not a command of
+        # the agent's): a sandbox of its own, never the attempt's kept one. It gets no
+        # egress relay (that is the kept sandbox's init): its spec names its network.
+        cold = sandbox.cold if isinstance(sandbox, WarmSandbox) else sandbox
+        return await execute_cold(cold, request, output_chars, on_output)
     if isinstance(sandbox, WarmSandbox):
         return await sandbox.execute(request, output_chars)
     if isinstance(sandbox, Bubblewrap) and sandbox.settings.egress:
@@ -158,7 +164,12 @@ async def execute(
     return await execute_cold(sandbox, request, output_chars)
 
 
-async def execute_cold(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
+async def execute_cold(
+    sandbox: Sandbox,
+    request: Request,
+    output_chars: int = 16_000,
+    on_output: Callable[[bytes], None] | None = None,
+) -> Outcome:
     """``execute`` in a sandbox of the command's own (bubblewrap started for it)."""
     limits = request.limits
     launch = sandbox.launch(request)
