@@ -12,7 +12,8 @@ consumer up until a timer runs out:
   delivers it again now. A consumer that one process runs (a single durable with one
   lane) knows what it holds; a durable shared by several lanes or processes asks the
   service's processes first (``Holders``: a request on the service's own inbox prefix,
-  each process answering with the deliveries it is handling). A negative
+  each process answering with the deliveries it is handling), and one of them hands
+  back for all (a message handed back twice would be delivered twice). A negative
   acknowledgement of a message that is not pending is ignored by the server, so asking
   about a sequence that another consumer's filter left out, or that was acknowledged
   meanwhile, costs nothing.
@@ -24,8 +25,10 @@ consumer up until a timer runs out:
   once however often it is sent.
 * **Pull requests.** The request a consumer's fetch is waiting on is gone with the server,
   and the fetch would wait out its expiry before asking again. ``wake_fetch`` ends such
-  a wait at once (as the server's own "request timeout" status would), so the consumer's
-  loop asks the restarted server for its next message straight away.
+  a wait at once with the status the server sends when JetStream cannot answer (503),
+  which the consumer's loop (FastStream's) takes as "ask again": it asks the restarted
+  server for its next message straight away. (A "request timeout" status would not do:
+  nats-py's fetch waits on after one until its own deadline.)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,11 +107,15 @@ class Holders:
         self._subject = f"{inbox_prefix}.held"
         self._held = held
         self._sub: Subscription | None = None
+        # Names this process among the service's: of those that answer, the least
+        # hands back (each handing back the same lost message would have it delivered
+        # twice: the second one finds it pending again, with a new holder).
+        self.ident = uuid.uuid4().hex
 
     async def serve(self) -> None:
         async def answer(msg: Msg) -> None:
             if msg.reply:
-                body = json.dumps(sorted(self._held())).encode()
+                body = json.dumps({"id": self.ident, "held": sorted(self._held())}).encode()
                 with contextlib.suppress(Exception):
                     await self._nc.publish(msg.reply, body)
 
@@ -119,10 +127,11 @@ class Holders:
                 await self._sub.unsubscribe()
             self._sub = None
 
-    async def ask(self, window: float = HOLDERS_WINDOW_SECONDS) -> Held:
+    async def ask(self, window: float = HOLDERS_WINDOW_SECONDS) -> tuple[Held, set[str]]:
         """What every process that answers within ``window`` seconds holds (this one's
-        own holdings always included)."""
+        own holdings always included), and which processes answered (this one too)."""
         held: Held = set(self._held())
+        answered = {self.ident}
         inbox = self._nc.new_inbox()
         answers = await self._nc.subscribe(inbox)
         try:
@@ -133,12 +142,14 @@ class Holders:
                     msg = await answers.next_msg(timeout=left)
                 except Exception:
                     break
-                with contextlib.suppress(ValueError, TypeError):
-                    held |= {(str(d), int(s)) for d, s in json.loads(msg.data)}
+                with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                    body = json.loads(msg.data)
+                    held |= {(str(d), int(seq)) for d, seq in body["held"]}
+                    answered.add(str(body["id"]))
         finally:
             with contextlib.suppress(Exception):
                 await answers.unsubscribe()
-        return held
+        return held, answered
 
 
 async def hand_back(
@@ -152,7 +163,7 @@ async def hand_back(
     """Negatively acknowledge what the server holds for nobody (see the module); returns
     the stream sequences handed back, per durable."""
     handed: dict[str, list[int]] = {}
-    asked: Held | None = None
+    asked: tuple[Held, set[str]] | None = None
     for lane in lanes:
         info = await _consumer_info(js, lane)
         if info is None or not info.num_ack_pending or info.delivered is None:
@@ -162,7 +173,9 @@ async def hand_back(
         else:
             if asked is None:
                 asked = await holders.ask()
-            held = asked
+            held, answered = asked
+            if holders.ident != min(answered):
+                continue  # another process of the service hands back
         mine = {seq for durable, seq in held if durable == lane.durable}
         if info.num_ack_pending <= len(mine):
             continue  # every unacknowledged delivery is being handled
@@ -223,10 +236,10 @@ async def _consumer_info(js: JetStreamContext, lane: Lane) -> ConsumerInfo | Non
 
 def wake_fetch(subscription: Any) -> bool:
     """End the wait of a fetch on ``subscription`` (a nats-py pull subscription) whose
-    pull request was lost with the server, as the server's "408 Request Timeout" status
-    would: the fetch raises its timeout and the consumer's loop asks again at once.
-    Returns whether a fetch was waiting (nothing happens when none is: the next fetch
-    sends a new request anyway, and drops status messages left in its queue)."""
+    pull request was lost with the server: the fetch raises ``ServiceUnavailableError``,
+    on which the consumer's loop asks again at once. Returns whether a fetch was waiting
+    (nothing happens when none is: the next fetch sends a new request anyway, and drops
+    a status message left in its queue)."""
     sub = getattr(subscription, "_sub", None)
     waiting = getattr(sub, "_pending_next_msgs_calls", None)
     queue = getattr(sub, "_pending_queue", None)
@@ -236,7 +249,7 @@ def wake_fetch(subscription: Any) -> bool:
         Msg(
             _client=sub._conn,
             subject=sub.subject,
-            headers={"Status": "408", "Description": "Request Timeout"},
+            headers={"Status": "503", "Description": "pull request lost with the server"},
         )
     )
     return True
