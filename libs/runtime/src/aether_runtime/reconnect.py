@@ -165,17 +165,16 @@ async def hand_back(
     handed: dict[str, list[int]] = {}
     asked: tuple[Held, set[str]] | None = None
     for lane in lanes:
+        if not lane.sole and holders is not None:
+            if asked is None:
+                asked = await holders.ask()
+            if holders.ident != min(asked[1]):
+                continue  # another process of the service hands back
+        # Read after the others answered, with what this process took on meanwhile.
         info = await _consumer_info(js, lane)
         if info is None or not info.num_ack_pending or info.delivered is None:
             continue
-        if lane.sole or holders is None:
-            held = held_here()
-        else:
-            if asked is None:
-                asked = await holders.ask()
-            held, answered = asked
-            if holders.ident != min(answered):
-                continue  # another process of the service hands back
+        held = held_here() | (asked[0] if asked is not None and not lane.sole else set())
         mine = {seq for durable, seq in held if durable == lane.durable}
         if info.num_ack_pending <= len(mine):
             continue  # every unacknowledged delivery is being handled
