@@ -252,3 +252,37 @@ async def test_a_fetch_waiting_on_a_lost_pull_request_is_woken(nc: NatsClient) -
     await EventPublisher(js).publish(requested("m-1"))
     (msg,) = await sub.fetch(1, timeout=30)
     assert msg.metadata.sequence.stream == 1
+
+
+async def test_consumers_start_once_a_server_restarted_during_start_up_is_back(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The server goes down while the consumers are being set up, taking their requests
+    with it: the start is tried again until it succeeds, rather than failing and leaving
+    the process up with no consumer."""
+    handler = Recorder()
+    svc = Service(name="restarted", settings=RuntimeSettings(nats_url=nats_server.url, port=0))
+    svc.bus_poll_seconds = 0
+    svc.consume(
+        ConsumerSpec(
+            durable="restarted", subject=ALL_MISSION_EVENTS, handler=handler, ack_wait_seconds=HOUR
+        )
+    )
+    await svc._start()
+    await svc.broker.connect()
+    assert nats_server.process is not None
+    os.kill(nats_server.process.pid, signal.SIGSTOP)
+    await stopped(nats_server.process.pid)
+    starting = asyncio.create_task(svc.start_consumers())
+    await asyncio.sleep(0.5)  # its requests are on their way to the frozen server
+    nats_server.kill()
+    nats_server.start()
+    nc = await connect(nats_server.url)
+    try:
+        await asyncio.wait_for(starting, 60)
+        await svc._after_start()
+        await publish_when_back(nc, requested("m-1"))
+        await handler.wait("m-1", timeout=60)
+    finally:
+        await nc.close()
+        await svc.stop()

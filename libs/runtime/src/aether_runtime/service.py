@@ -692,7 +692,7 @@ class Service:
         """Start everything without the FastStream ASGI wrapper (for apps like Litestar
         that own the HTTP side and call this from their lifespan)."""
         await self._start()
-        await self.broker.start()
+        await self.start_consumers()
         await self._after_start()
 
     async def stop(self) -> None:
@@ -708,7 +708,13 @@ class Service:
             "/readyz": health.readyz(self._ready_check),
             "/metrics": health.metrics(),
         }
-        return AsgiFastStream(
+        service = self
+
+        class App(AsgiFastStream):
+            async def _start_broker(self) -> None:
+                await service.start_consumers()
+
+        return App(
             self.broker,
             asgi_routes=[(path, http.instrument(app, path)) for path, app in routes.items()],
             logger=None,
@@ -716,6 +722,28 @@ class Service:
             after_startup=[self._after_start],
             on_shutdown=[self._stop],
         )
+
+    async def start_consumers(self) -> None:
+        """Start the broker's subscriptions, and again while the bus fails them.
+
+        A request lost with a server restarted during start-up times out; FastStream,
+        which starts the broker after telling the ASGI server the app is up, then left
+        the process running with no consumer, never ready, never restarted. A
+        subscription made stays made (FastStream skips it the next time)."""
+        pause = 0.25
+        while True:
+            try:
+                await self.broker.start()
+                return
+            except Exception as error:
+                if self.stopping or not transient(error):
+                    raise
+                log.warning(
+                    "consumers not started on the bus; retrying",
+                    extra={"error": repr(error), "retry_in": pause},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, TRANSIENT_PAUSE_SECONDS)
 
     # --- deliveries ---------------------------------------------------------------
 
