@@ -51,12 +51,13 @@ class Provider:
         users: Sequence[oidc_provider_mock.User] = (),
         *,
         token_max_age: timedelta = timedelta(minutes=10),
+        refresh_tokens: bool = False,
     ) -> None:
         self.app = oidc_provider_mock.app(
             require_nonce=True,
             user_claims=users,
             access_token_max_age=token_max_age,
-            issue_refresh_token=False,
+            issue_refresh_token=refresh_tokens,
         )
         # The provider's authorization server and storage live on flask.g, set per
         # request: run the request hooks once to reach them.
@@ -79,6 +80,23 @@ class Provider:
             extensions.append(Pkce(required=True))
             # Public clients (a browser app, no secret) too: PKCE is what binds their code.
             grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+        # A refresh answers a new ID token too, as Keycloak, Okta or Auth0 do (authlib's
+        # refresh grant alone gives only an access token): the code grant's OpenID
+        # extension signs it.
+        openid = next(
+            extension
+            for _, extensions in server._authorization_grants
+            for extension in extensions
+            if hasattr(extension, "process_token")
+        )
+
+        def with_id_token(created: Any) -> None:
+            created.register_hook("after_create_token_response", openid.process_token)
+
+        for index, (grant, extensions) in enumerate(server._token_grants):
+            if grant.GRANT_TYPE == "refresh_token":
+                grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+                server._token_grants[index] = (grant, [*(extensions or []), with_id_token])
         store = self.storage.store_authorization_code
 
         def remember_challenge(code: Any) -> None:
