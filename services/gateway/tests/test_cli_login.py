@@ -21,7 +21,7 @@ import pytest
 from aether import login
 from aether.cli import main
 
-from .conftest import ADMIN_TOKEN, GatewayServer
+from .conftest import ADMIN_TOKEN, GatewayServer, eventually
 from .oidc_provider import Provider
 from .test_oidc import USERS, settings_for
 
@@ -135,6 +135,38 @@ async def test_login_through_the_browser_keeps_a_token_later_commands_use(
     code, _, err = await run(capsys, "tokens", "whoami", *where)
     assert code == 1
     assert "refused the token (401" in err and "aether login" in err
+
+
+async def test_device_sign_in_prints_a_code_and_waits_for_its_approval(
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    device = Provider(USERS, device_grant=True)
+    try:
+        gateway = await make_gateway(oidc=settings_for(device))
+        where = ("--url", gateway.base_url, "--home", str(tmp_path))
+        capsys.readouterr()
+        running = asyncio.create_task(asyncio.to_thread(main, ["login", *where, "--device"]))
+        printed = ""
+
+        async def told_a_code() -> bool:
+            nonlocal printed
+            printed += capsys.readouterr().out
+            return "enter the code" in printed
+
+        await eventually(told_a_code)
+        user_code = printed.split("enter the code ")[1].split()[0]
+        assert f"{device.issuer}/device" in printed
+        device.approve(user_code, "rita")
+        assert await asyncio.wait_for(running, 60) == 0
+        out = printed + capsys.readouterr().out
+        assert f"signed in to {gateway.base_url} as" in out
+        code, me, err = await run(capsys, "tokens", "whoami", *where, "--json")
+        assert code == 0, err
+        assert (json.loads(me)["id"], json.loads(me)["scopes"]) == ("oidc:rita", ["read"])
+    finally:
+        device.stop()
 
 
 async def test_a_sign_in_about_to_expire_is_refreshed_before_a_command(
