@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import stat
 import threading
 import time
@@ -31,8 +32,9 @@ class Browser:
     the redirect to the CLI's loopback listener (in a thread, as a browser is another
     process)."""
 
-    def __init__(self, sub: str) -> None:
+    def __init__(self, sub: str, *, forge_state: bool = False) -> None:
         self.sub = sub
+        self.forge_state = forge_state
         self.opened: list[str] = []
         self.landed: httpx.Response | None = None
         self.failure: BaseException | None = None
@@ -50,7 +52,10 @@ class Browser:
             with httpx.Client(timeout=30) as http:
                 form = http.post(address, data={"sub": self.sub})
                 assert form.status_code == 302, form.text
-                self.landed = http.get(form.headers["location"])
+                location = form.headers["location"]
+                if self.forge_state:  # an answer made for another sign-in
+                    location = re.sub(r"state=[^&]+", "state=someone-elses", location)
+                self.landed = http.get(location)
         except BaseException as error:  # reported by the test, not lost in the thread
             self.failure = error
 
@@ -76,8 +81,8 @@ async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
     return code, out, err
 
 
-def use_browser(monkeypatch: pytest.MonkeyPatch, sub: str) -> Browser:
-    browser = Browser(sub)
+def use_browser(monkeypatch: pytest.MonkeyPatch, sub: str, **options: bool) -> Browser:
+    browser = Browser(sub, **options)
     monkeypatch.setattr(webbrowser, "open", browser.open)
     return browser
 
@@ -252,4 +257,19 @@ async def test_login_says_plainly_what_it_cannot_do(
     code, _, err = await run(capsys, "login", *where)
     assert code == 1 and "refused you: the OIDC token grants no Aether scope" in err
     assert one_line_error(err)
+    assert not (tmp_path / login.CREDENTIALS_FILE).exists()
+
+
+async def test_an_answer_with_another_sign_ins_state_is_refused(
+    provider: Provider,
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    gateway = await make_gateway(oidc=settings_for(provider))
+    use_browser(monkeypatch, "ada", forge_state=True)
+    where = ("--url", gateway.base_url, "--home", str(tmp_path))
+    code, _, err = await run(capsys, "login", *where)
+    assert code == 1 and "not for this sign-in (state differs)" in err
     assert not (tmp_path / login.CREDENTIALS_FILE).exists()
