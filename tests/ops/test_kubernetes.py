@@ -214,10 +214,10 @@ def test_every_secret_and_config_map_a_pod_reads_exists(overlay: str) -> None:
         for container in pod["containers"]:
             for env in container.get("env", []):
                 ref = (env.get("valueFrom") or {}).get("secretKeyRef")
-                if ref and ("Secret", ref["name"]) not in present:
+                if ref and not ref.get("optional") and ("Secret", ref["name"]) not in present:
                     missing.add(ref["name"])
             for source in container.get("envFrom", []):
-                if "configMapRef" in source:
+                if "configMapRef" in source and not source["configMapRef"].get("optional"):
                     assert ("ConfigMap", source["configMapRef"]["name"]) in present
         for volume in pod.get("volumes", []):
             if "configMap" in volume:
@@ -404,3 +404,24 @@ def test_only_the_services_that_run_commands_may_start_a_sandbox(overlay: str) -
     (namespace,) = objects(overlay, "Namespace")
     labels = namespace["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_takes_the_optional_oidc_settings(overlay: str) -> None:
+    """OIDC is the cluster's choice: the settings come from an aether-oidc ConfigMap and
+    the client secret from an aether-oidc Secret, both optional so a cluster without them
+    starts the gateway with tokens only."""
+    for deployment in app_deployments(overlay):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        sources = [s["configMapRef"] for s in container.get("envFrom", []) if "configMapRef" in s]
+        env = {e["name"]: e for e in container.get("env", [])}
+        takes_oidc = {"name": "aether-oidc", "optional": True} in sources
+        secret = (env.get("AETHER_OIDC_CLIENT_SECRET") or {}).get("valueFrom")
+        if deployment["metadata"]["name"] == "gateway":
+            assert takes_oidc
+            assert secret == {
+                "secretKeyRef": {"name": "aether-oidc", "key": "client-secret", "optional": True}
+            }
+        else:
+            assert not takes_oidc, deployment["metadata"]["name"]
+            assert not any(name.startswith("AETHER_OIDC_") for name in env)

@@ -7,10 +7,11 @@ required, and a way to rotate its signing key.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import flask
 import httpx
@@ -18,6 +19,11 @@ import oidc_provider_mock
 import werkzeug.serving
 from authlib import jose
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc8628 import (
+    DeviceAuthorizationEndpoint,
+    DeviceCodeGrant,
+    DeviceCredentialDict,
+)
 from oidc_provider_mock._storage import Client, ClientAllowAny
 
 from aether.infra import free_port
@@ -51,12 +57,14 @@ class Provider:
         users: Sequence[oidc_provider_mock.User] = (),
         *,
         token_max_age: timedelta = timedelta(minutes=10),
+        refresh_tokens: bool = False,
+        device_grant: bool = False,
     ) -> None:
         self.app = oidc_provider_mock.app(
             require_nonce=True,
             user_claims=users,
             access_token_max_age=token_max_age,
-            issue_refresh_token=False,
+            issue_refresh_token=refresh_tokens,
         )
         # The provider's authorization server and storage live on flask.g, set per
         # request: run the request hooks once to reach them.
@@ -79,6 +87,26 @@ class Provider:
             extensions.append(Pkce(required=True))
             # Public clients (a browser app, no secret) too: PKCE is what binds their code.
             grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+        # A refresh answers a new ID token too, as Keycloak, Okta or Auth0 do (authlib's
+        # refresh grant alone gives only an access token): the code grant's OpenID
+        # extension signs it.
+        openid = next(
+            extension
+            for _, extensions in server._authorization_grants
+            for extension in extensions
+            if hasattr(extension, "process_token")
+        )
+
+        def with_id_token(created: Any) -> None:
+            created.register_hook("after_create_token_response", openid.process_token)
+
+        for index, (grant, extensions) in enumerate(server._token_grants):
+            if grant.GRANT_TYPE == "refresh_token":
+                grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+                server._token_grants[index] = (grant, [*(extensions or []), with_id_token])
+        self.approved: dict[str, str] = {}  # user code -> the user who approved it
+        if device_grant:
+            self._add_device_grant(server, with_id_token)
         store = self.storage.store_authorization_code
 
         def remember_challenge(code: Any) -> None:
@@ -95,6 +123,70 @@ class Provider:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.issuer = f"http://127.0.0.1:{self.port}"
+
+    def _add_device_grant(self, server: Any, with_id_token: Any) -> None:
+        """RFC 8628 with authlib's endpoint and grant: the package offers neither."""
+        credentials: dict[str, dict[str, Any]] = {}
+        provider = self
+
+        class Endpoint(DeviceAuthorizationEndpoint):  # type: ignore[misc]
+            CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["none", "client_secret_basic"]
+            INTERVAL = 1
+
+            def get_verification_uri(self) -> str:
+                return f"{provider.issuer}/device"
+
+            def save_device_credential(self, client_id: str, scope: str, data: Any) -> None:
+                credentials[data["device_code"]] = {
+                    **data,
+                    "client_id": client_id,
+                    "scope": scope,
+                    "expires_at": time.time() + data["expires_in"],
+                }
+
+        class Grant(DeviceCodeGrant):  # type: ignore[misc]
+            TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["none", "client_secret_basic"]
+
+            def query_device_credential(self, device_code: str) -> Any:
+                found = credentials.get(device_code)
+                return DeviceCredentialDict(found) if found else None
+
+            def query_user_grant(self, user_code: str) -> Any:
+                sub = provider.approved.get(user_code)
+                return None if sub is None else (provider.storage.get_user(sub), True)
+
+            def should_slow_down(self, credential: Any) -> bool:
+                return False
+
+        if DeviceCodeGrant.GRANT_TYPE not in Client.GRANT_TYPES_SUPPORTED:
+            Client.GRANT_TYPES_SUPPORTED = (
+                *Client.GRANT_TYPES_SUPPORTED,
+                DeviceCodeGrant.GRANT_TYPE,
+            )
+        server.register_endpoint(Endpoint)
+        server._token_grants.append((Grant, [with_id_token]))
+
+        def device_authorization() -> Any:
+            return server.create_endpoint_response(Endpoint.ENDPOINT_NAME)
+
+        def token() -> Any:  # the package's own view knows only its two grants
+            return server.create_token_response()
+
+        discovery = self.app.view_functions["oidc-provider-mock.openid_config"]
+
+        def openid_config() -> Any:
+            answer = discovery()
+            found = dict(answer if isinstance(answer, dict) else answer.get_json())
+            found["device_authorization_endpoint"] = f"{provider.issuer}/oauth2/device"
+            return flask.jsonify(found)
+
+        self.app.add_url_rule("/oauth2/device", "device", device_authorization, methods=["POST"])
+        self.app.view_functions["oidc-provider-mock.issue_token"] = token
+        self.app.view_functions["oidc-provider-mock.openid_config"] = openid_config
+
+    def approve(self, user_code: str, sub: str) -> None:
+        """``sub`` enters ``user_code`` on the verification page and approves it."""
+        self.approved[user_code] = sub
 
     def stop(self) -> None:
         self.server.shutdown()

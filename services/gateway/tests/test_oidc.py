@@ -366,6 +366,23 @@ def test_settings_are_read_from_the_environment(monkeypatch):
     assert GatewaySettings.from_env().oidc is None
 
 
+def test_the_client_secret_may_come_from_a_file(monkeypatch, tmp_path):
+    secret = tmp_path / "client-secret"
+    secret.write_text("from-the-file\n")
+    monkeypatch.setenv("AETHER_OIDC_ISSUER", "https://idp.test")
+    monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET_FILE", str(secret))
+    oidc = GatewaySettings.from_env().oidc
+    assert oidc is not None
+    assert oidc.client_secret == "from-the-file"
+    # The variable itself wins over the file; empty counts as unset (compose's default).
+    monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET", "from-the-env")
+    assert GatewaySettings.from_env().oidc.client_secret == "from-the-env"  # type: ignore[union-attr]
+    monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET", "")
+    monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):
+        GatewaySettings.from_env()
+
+
 def test_roles_are_found_in_nested_and_namespaced_claims():
     claims = {
         "realm_access": {"roles": ["a", "b"]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import msgspec
 
@@ -117,7 +118,7 @@ def _oidc_from_env(env: Mapping[str, str]) -> OidcSettings | None:
         scope_claim=env.get("AETHER_OIDC_SCOPE_CLAIM", defaults.scope_claim),
         scope_prefix=env.get("AETHER_OIDC_SCOPE_PREFIX", defaults.scope_prefix),
         client_id=env.get("AETHER_OIDC_CLIENT_ID", ""),
-        client_secret=env.get("AETHER_OIDC_CLIENT_SECRET", ""),
+        client_secret=_secret(env, "AETHER_OIDC_CLIENT_SECRET", "AETHER_OIDC_CLIENT_SECRET_FILE"),
         scopes=_names(env.get("AETHER_OIDC_SCOPES"), defaults.scopes),
         redirect_url=env.get("AETHER_OIDC_REDIRECT_URL", ""),
         role_claim=env.get("AETHER_OIDC_ROLE_CLAIM", defaults.role_claim),
@@ -129,6 +130,17 @@ def _oidc_from_env(env: Mapping[str, str]) -> OidcSettings | None:
         ),
         leeway_seconds=float(env.get("AETHER_OIDC_LEEWAY_SECONDS", str(defaults.leeway_seconds))),
     )
+
+
+def _secret(env: Mapping[str, str], name: str, file_name: str) -> str:
+    """``name``, else the contents of the file ``file_name`` names (a mounted secret, kept
+    out of the environment and of ``docker inspect``), else empty."""
+    if env.get(name):
+        return env[name]
+    path = env.get(file_name)
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return ""
 
 
 def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
