@@ -40,7 +40,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 FROM ${PYTHON_IMAGE}
 # bubblewrap confines every command an agent runs and every verification command (see the
-# README's Security section for what the container must be allowed for it to start).
+# docs/security.md for what the container must be allowed for it to start).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bubblewrap \
  && rm -rf /var/lib/apt/lists/*

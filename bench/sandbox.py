@@ -8,10 +8,16 @@ round by round so that machine load hits every variant alike:
                the watch, the kill of the process group): the executor's own cost, with
                the ``sh``/``prlimit`` pair an unconfined command starts behind (a held
                bubblewrap is limited from outside instead);
-- bubblewrap:  the same through ``execute`` in the bubblewrap sandbox (what an agent's
-               ``run_command`` pays), and the raw ``bwrap`` launch without the executor.
+- bubblewrap:  the same through ``execute`` in a bubblewrap of its own (a cold sandbox:
+               what ``run_command`` paid before the warm one, and still pays with
+               ``AETHER_SANDBOX_WARM=off``), and the raw ``bwrap`` launch without the executor;
+- warm:        the same through ``execute`` in the attempt's kept bubblewrap
+               (``WarmSandbox``: what an agent's ``run_command`` pays by default).
 
-    uv run python bench/sandbox.py [--rounds 30]
+    uv run python bench/sandbox.py [--rounds 30] [--runs 1]
+
+With ``--runs N`` the whole measurement is repeated and the medians of the runs' p50
+overheads are printed last (for a loaded machine).
 
 A figure, not a test: it prints numbers and never fails on them. The goal is an overhead
 under 20 ms per command.
@@ -30,10 +36,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aether_sandbox import (
+    Bubblewrap,
     Limits,
     Request,
+    Sandbox,
     SandboxSettings,
     Unconfined,
+    WarmSandbox,
     enforcement,
     execute,
     open_sandbox,
@@ -65,13 +74,30 @@ async def timed(run: Callable[[], Awaitable[object]]) -> float:
     return (time.perf_counter() - began) * 1000
 
 
-async def main(rounds: int) -> None:
+async def main(rounds: int, runs: int) -> None:
     settings = SandboxSettings()
     sandbox = open_sandbox(settings)
-    unconfined = Unconfined(SandboxSettings(backend="unconfined"))
-    limits = Limits(wall_seconds=60)
     print(f"limits enforced by: {enforcement(sandbox)}")
     print(f"{rounds} rounds per command, interleaved; times in ms (mean, p50)\n")
+    overheads: dict[tuple[str, str], list[float]] = {}
+    for run in range(runs):
+        if runs > 1:
+            print(f"--- run {run + 1} of {runs}")
+        for key, value in (await measure(sandbox, rounds)).items():
+            overheads.setdefault(key, []).append(value)
+    if runs > 1:
+        print(f"median over {runs} runs of the p50 overhead against bare (ms):")
+        for (label, name), values in overheads.items():
+            print(f"  {label:<18} {name:<12} {statistics.median(values):+7.1f}")
+
+
+async def measure(sandbox: Sandbox, rounds: int) -> dict[tuple[str, str], float]:
+    """One interleaved measurement; the p50 overhead of each variant against bare."""
+    unconfined = Unconfined(SandboxSettings(backend="unconfined"))
+    assert isinstance(sandbox, Bubblewrap)
+    warm = WarmSandbox(sandbox)
+    limits = Limits(wall_seconds=60)
+    overheads: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="aether-bench-sandbox-") as directory:
         workdir = Path(directory)
         (workdir / "file.txt").write_text("x\n")
@@ -84,6 +110,7 @@ async def main(rounds: int) -> None:
                 "limits only": lambda r=request: execute(unconfined, r),
                 "bwrap launch": lambda a=launch.argv, e=launch.env: bare(a, workdir, e),
                 "bubblewrap": lambda r=request: execute(sandbox, r),
+                "warm": lambda r=request: execute(warm, r),
             }
             times: dict[str, list[float]] = {name: [] for name in variants}
             for run in variants.values():  # warm-up: page cache, imports
@@ -92,6 +119,7 @@ async def main(rounds: int) -> None:
                 for name, run in variants.items():
                     times[name].append(await timed(run))
             base = statistics.mean(times["bare"])
+            base_p50 = statistics.median(times["bare"])
             label = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
             print(f"$ {label}")
             for name, values in times.items():
@@ -101,11 +129,18 @@ async def main(rounds: int) -> None:
                     if name == "bare"
                     else (f"   overhead {mean - base:+7.1f} ms   ratio {mean / base:5.2f}x")
                 )
-                print(f"  {name:<12} mean {mean:7.1f}  p50 {statistics.median(values):7.1f}{extra}")
+                p50 = statistics.median(values)
+                print(f"  {name:<12} mean {mean:7.1f}  p50 {p50:7.1f}{extra}")
+                if name != "bare":
+                    overheads[(label, name)] = p50 - base_p50
             print()
+    warm.close()
+    return overheads
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--runs", type=int, default=1)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.rounds, arguments.runs))

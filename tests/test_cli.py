@@ -306,6 +306,31 @@ def test_show_prints_the_graph_each_tasks_files_tier_and_criteria_and_the_plan_c
     assert "      accept  greet('Ada') returns 'Hello, Ada'" in text
 
 
+def test_show_prints_each_planned_tasks_estimate_from_the_gateway():
+    from aether.render import mission_detail
+
+    tasks = [
+        {"id": "t1", "title": "Add greet", "depends_on": [], "tier": "small"},
+        {"id": "t2", "title": "Add bye", "depends_on": ["t1"], "tier": "complex"},
+    ]
+    mission = {
+        "id": "m-1",
+        "status": "awaiting_approval",
+        "repository": "git://example.com/r.git",
+        "base_branch": "",
+        "requirement": "r",
+        "plans": [{"version": 1, "tasks": tasks}],
+        "plan_estimates": [
+            {"version": 1, "tasks": {"t1": 0.05, "t2": 1.5}, "total_usd": 1.55},
+        ],
+        "graph": {"layers": [["t1"], ["t2"]]},
+    }
+    text = mission_detail(mission)
+    assert "  plan v1 tasks, estimated ≈ $1.55:\n" in text
+    assert "    t1         [small] ≈ $0.05 Add greet\n" in text
+    assert "    t2         [complex] ≈ $1.50 Add bye" in text
+
+
 def test_the_cli_reference_is_generated_from_the_current_parser():
     from aether.clidoc import reference
 

@@ -14,6 +14,7 @@ import httpx
 from aether import commands
 from aether.client import ApiError, GatewayClient
 from aether.credentials import TOKEN_FILE
+from aether.login import LoginError, run_login, run_logout
 from aether.render import describe
 from aether.watch import TERMINAL
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except commands.UsageError as error:
+    except (commands.UsageError, LoginError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -55,7 +56,8 @@ def _explain(error: ApiError, args: argparse.Namespace) -> str:
         return (
             f"the gateway at {target.url} refused the token (401: {error.message}); "
             f"token from {target.token_source}\n"
-            "  pass --token, export AETHER_TOKEN, or --home for the stack's home"
+            "  pass --token, export AETHER_TOKEN, run `aether login`, or --home for the "
+            "stack's home"
         )
     if error.status == 403:
         return f"{error} (the token lacks the scope this needs)"
@@ -72,7 +74,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=argparse.SUPPRESS,
-        help=f"API token ($AETHER_TOKEN, else the stack home's {TOKEN_FILE})",
+        help="API token ($AETHER_TOKEN, else the home's `aether login`, else the stack "
+        f"home's {TOKEN_FILE})",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
@@ -269,6 +272,28 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    login = sub.add_parser(
+        "login",
+        help="sign in with the gateway's OIDC provider (or keep an API token) for later commands",
+        parents=[common],
+    )
+    login.add_argument(
+        "--device",
+        action="store_true",
+        help="the device authorization grant: a code to enter on another device",
+    )
+    login.add_argument(
+        "--no-browser", action="store_true", help="print the sign-in URL, do not open a browser"
+    )
+    login.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the browser (300)"
+    )
+    login.set_defaults(run=run_login)
+    logout = sub.add_parser(
+        "logout", help="forget the sign-in kept for the gateway", parents=[common]
+    )
+    logout.set_defaults(run=run_logout)
+
     tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (admin)")
     tsub = tokens.add_subparsers(title="token commands")
     create = tsub.add_parser("create", help="create a token", parents=[common])

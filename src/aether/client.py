@@ -101,6 +101,12 @@ class GatewayClient:
         result: dict[str, Any] = self._get(f"/missions/{mission_id}/tasks/{task_id}")
         return result
 
+    def task_diff(self, mission_id: str, task_id: str) -> dict[str, Any]:
+        """The task's commit against its base, as the git broker reads it (any repository
+        the broker holds, local or remote)."""
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}/tasks/{task_id}/diff")
+        return result
+
     def activity(
         self, mission_id: str, task_id: str | None = None, attempt: int | None = None
     ) -> dict[str, Any]:

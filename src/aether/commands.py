@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from aether.client import ApiError, GatewayClient
-from aether.gitview import diff_stat, format_stat, unified_diff
+from aether.gitview import diff_stat, format_stat, stat_of_answer, text_of_answer, unified_diff
 from aether.locate import Target, find_target
 from aether.render import describe, mission_detail, mission_line, money, short, token_line
 from aether.repocheck import RepositoryProblem, check_repository
@@ -189,7 +189,8 @@ def show(args: argparse.Namespace) -> int:
 
 def task_diff(args: argparse.Namespace) -> int:
     """What a task's latest attempt changed: its commit against the base it started from,
-    read from the mission's repository (which must be a local path here)."""
+    read from the mission's repository when it is a directory here, else asked of the
+    gateway (whose git broker holds every mission's repository, local or remote)."""
     gateway = client(args)
     mission = gateway.show(args.mission_id)
     task = gateway.task(args.mission_id, args.task_id)
@@ -199,16 +200,19 @@ def task_diff(args: argparse.Namespace) -> int:
             f"task {args.task_id} of {args.mission_id} has no commit yet ({task.get('status')})"
         )
     repository = Path(mission["repository"])
-    if "://" in mission["repository"] or not repository.is_dir():
-        raise UsageError(f"the repository {mission['repository']} is not a local directory here")
-    try:
-        text = (
-            format_stat(diff_stat(repository, base, commit))
-            if args.stat
-            else unified_diff(repository, base, commit)
-        )
-    except KeyError:
-        raise UsageError(f"commit {commit[:10]} is not in {repository}") from None
+    local = "://" not in mission["repository"] and repository.is_dir()
+    if local:
+        try:
+            text = (
+                format_stat(diff_stat(repository, base, commit))
+                if args.stat
+                else unified_diff(repository, base, commit)
+            )
+        except KeyError:
+            local = False  # not this machine's copy: ask the broker's
+    if not local:
+        answer = gateway.task_diff(args.mission_id, args.task_id)
+        text = format_stat(stat_of_answer(answer)) if args.stat else text_of_answer(answer)
     emit(args, {"base_sha": base, "commit_sha": commit, "diff": text}, lambda: text.rstrip())
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dulwich.diff_tree import tree_changes
 from dulwich.objects import Blob, Commit, TreeEntry
@@ -60,6 +61,32 @@ def unified_diff(repo_path: Path, old: str, new: str) -> str:
         out = BytesIO()
         write_tree_diff(out, repo.object_store, old_commit.tree, new_commit.tree)
         return out.getvalue().decode("utf-8", errors="replace")
+
+
+def stat_of_answer(diff: dict[str, Any]) -> list[FileStat]:
+    """The per-file counts of the gateway's diff answer."""
+    return [
+        FileStat(str(f["path"]), int(f["added"]), int(f["removed"]))
+        for f in diff.get("files") or []
+    ]
+
+
+def text_of_answer(diff: dict[str, Any]) -> str:
+    """The gateway's diff answer as unified-diff text; a binary file and whatever the
+    broker cut short are said so, not shown."""
+    out: list[str] = []
+    for f in diff.get("files") or []:
+        path = str(f["path"])
+        out.append(f"diff --git a/{path} b/{path}  ({f['change']})")
+        if f.get("binary"):
+            out.append("Binary file, not shown")
+            continue
+        out += [f"--- a/{path}", f"+++ b/{path}", *(str(line) for line in f.get("lines") or [])]
+        if f.get("truncated"):
+            out.append("… (cut short: the file's diff is longer than shown)")
+    if diff.get("truncated"):
+        out.append("… (cut short: more files changed than shown)")
+    return "\n".join(out) + "\n"
 
 
 def format_stat(stats: list[FileStat]) -> str:

@@ -66,26 +66,37 @@ class Target:
     home: Path
 
 
-def find_target(url: str | None, token: str | None, home: Path | None) -> Target:
-    from aether.credentials import TOKEN_FILE
-
+def find_url(url: str | None, home: Path | None) -> tuple[str, str, Path, str]:
+    """The gateway URL and where it came from, with the home and how it was chosen."""
     where, how = find_home(home)
     if url:
-        found_url, url_source = url, "--url"
-    elif os.environ.get("AETHER_URL"):
-        found_url, url_source = os.environ["AETHER_URL"], "$AETHER_URL"
-    else:
-        found_url, url_source = DEFAULT_URL, "the default"
-        try:
-            state = json.loads((where / "stack.json").read_text(encoding="utf-8"))
-            if state.get("gateway_url"):
-                found_url, url_source = state["gateway_url"], f"{where / 'stack.json'} ({how})"
-        except (OSError, ValueError):
-            pass
+        return url, "--url", where, how
+    if os.environ.get("AETHER_URL"):
+        return os.environ["AETHER_URL"], "$AETHER_URL", where, how
+    try:
+        state = json.loads((where / "stack.json").read_text(encoding="utf-8"))
+        if state.get("gateway_url"):
+            return state["gateway_url"], f"{where / 'stack.json'} ({how})", where, how
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_URL, "the default", where, how
+
+
+def find_target(url: str | None, token: str | None, home: Path | None) -> Target:
+    """The gateway and the token: ``--token``, ``$AETHER_TOKEN``, the home's kept sign-in
+    for that gateway (``aether login``, refreshed when due), else the stack's admin token."""
+    from aether.credentials import TOKEN_FILE
+    from aether.login import credentials_path, usable_token
+
+    found_url, url_source, where, how = find_url(url, home)
     if token:
         return Target(found_url, url_source, token, "--token", where)
     if os.environ.get("AETHER_TOKEN"):
         return Target(found_url, url_source, os.environ["AETHER_TOKEN"], "$AETHER_TOKEN", where)
+    signed_in = usable_token(where, found_url)
+    if signed_in:
+        source = f"`aether login` ({credentials_path(where)})"
+        return Target(found_url, url_source, signed_in, source, where)
     path = where / TOKEN_FILE
     try:
         kept = path.read_text(encoding="utf-8").strip() or None

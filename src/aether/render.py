@@ -174,10 +174,17 @@ def plan_lines(m: dict[str, Any]) -> list[str]:
         lines += [f"    {change}" for change in plan_changes(plans[-2], latest)] or [
             "    (no change to the tasks)"
         ]
-    lines.append(f"  plan v{latest['version']} tasks:")
+    estimate = next(
+        (e for e in m.get("plan_estimates") or [] if e.get("version") == latest["version"]), None
+    )
+    costs: dict[str, float] = (estimate or {}).get("tasks") or {}
+    total = f", estimated ≈ ${estimate['total_usd']:.2f}" if estimate else ""
+    lines.append(f"  plan v{latest['version']} tasks{total}:")
     for task in tasks.values():
+        cost = f" ≈ ${costs[task['id']]:.2f}" if task["id"] in costs else ""
         lines.append(
-            f"    {task['id']:<10} [{task.get('tier', 'standard')}] {short(task['title'], 80)}"
+            f"    {task['id']:<10} [{task.get('tier', 'standard')}]{cost} "
+            f"{short(task['title'], 80)}"
         )
         if task.get("files"):
             lines.append(f"      files   {', '.join(task['files'])}")

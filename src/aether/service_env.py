@@ -93,10 +93,11 @@ SERVICE_PREFIXES: dict[str, tuple[str, ...]] = {
         "AETHER_SSE_",
         "AETHER_MISSION_RATE_",
         "AETHER_READ_MODEL_",
+        "AETHER_ESTIMATE_USD_",
     ),
     "planner": ("AETHER_PLANNER_", *MODEL_PREFIXES),
     # The tiers' model ids, to choose a task's model (not the key: AETHER_MODEL_OFFLINE).
-    "scheduler": ("AETHER_SCHEDULER_", *MODEL_PREFIXES),
+    "scheduler": ("AETHER_SCHEDULER_", "AETHER_ESTIMATE_USD_", *MODEL_PREFIXES),
     "agent-runner": ("AETHER_AGENT_", "AETHER_SANDBOX_", *MODEL_PREFIXES),
     "git-broker": ("AETHER_GIT_", "AETHER_VERIFY", "AETHER_WORKTREE_", "AETHER_SANDBOX_"),
 }

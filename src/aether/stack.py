@@ -177,11 +177,22 @@ class Stack:
             env["AETHER_MODEL_OFFLINE"] = "0" if self._given("ANTHROPIC_API_KEY") else "1"
         if name in ("git-broker", "agent-runner"):
             env["AETHER_WORKTREES_DIR"] = str(self.worktrees_dir)
+        if name == "git-broker":
+            env["AETHER_GIT_READ_TOKEN"] = self.git_read_token
+        if name == "gateway":
+            # Diffs and default branches come from the broker, with a read-only token.
+            env["AETHER_GATEWAY_BROKER_URL"] = f"http://127.0.0.1:{self.ports['git-broker']}"
+            env["AETHER_GATEWAY_BROKER_TOKEN"] = self.git_read_token
         if name == "gateway":
             env["DATABASE_URL"] = self.database_url
             env["AETHER_ADMIN_TOKEN"] = self.admin_token
             env["AETHER_GATEWAY_PUBLIC_URL"] = self.gateway_url
         return env
+
+    @property
+    def git_read_token(self) -> str:
+        """The token of the git broker's read API, which only the gateway is handed."""
+        return load_or_create_secret(self.credentials_dir / "git-read.token")
 
     def _given(self, name: str) -> str:
         """A setting from ``env``, else the operator's environment, else empty."""

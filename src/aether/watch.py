@@ -8,7 +8,6 @@ event id without missing one. Agent progress arrives as telemetry and only fills
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,7 +125,10 @@ class Board:
         (what it reserves against the budget), nothing for the offline model."""
         if self.offline:
             return 0.0
-        return sum(tier_estimates().get(tier, 0.0) for tier in self.tiers.values())
+        from aether_events.estimates import estimate_for
+
+        estimates = tier_estimates()
+        return sum(estimate_for(tier, estimates) for tier in self.tiers.values())
 
     @property
     def merged(self) -> int:
@@ -224,12 +226,9 @@ HINTS = {
 
 def tier_estimates() -> dict[str, float]:
     """The scheduler's cost estimate per tier, with the same overrides it reads."""
-    from aether_scheduler.domain.model import DEFAULT_ESTIMATES_USD
+    from aether_events.estimates import tier_estimates as shared
 
-    return {
-        tier: float(os.environ.get(f"AETHER_ESTIMATE_USD_{tier.upper()}") or default)
-        for tier, default in DEFAULT_ESTIMATES_USD.items()
-    }
+    return shared()
 
 
 def _when(value: object) -> datetime | None:

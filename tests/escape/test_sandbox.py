@@ -32,7 +32,7 @@ import pytest
 from aether_agent_runner.commands import CommandPolicy
 from aether_agent_runner.tools import ToolBox
 from aether_agent_runner.workspace import Workspace
-from aether_sandbox import MIB, Limits, SandboxSettings, open_sandbox
+from aether_sandbox import MIB, Limits, SandboxSettings, WarmSandbox, open_sandbox
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed (.ci/run installs it)"
@@ -457,6 +457,174 @@ async def test_a_command_past_its_wall_clock_is_killed_whole(target: Target) -> 
 async def test_endless_output_is_stopped(target: Target) -> None:
     out = await target.run("yes escape", timeout=60)
     assert "printed more than" in out and "[timed out" not in out
+
+
+# --- the kept sandbox: one command's leftovers, the next command, and the init ------------
+
+# Python run inside: the pids of the namespace other than its own (the init is 1).
+OTHERS = (
+    "import os\n"
+    "me = os.getpid()\n"
+    "print('OTHERS', sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != me))\n"
+)
+
+
+async def test_an_attempts_commands_share_one_kept_sandbox(target: Target) -> None:
+    for _ in range(3):
+        assert "[exit code 0" in await target.run("true")
+    sandbox = target.tools.sandbox()
+    assert isinstance(sandbox, WarmSandbox)
+    assert sandbox.started == 1
+
+
+async def test_files_left_in_tmp_home_and_dev_shm_are_gone_for_the_next_command(
+    target: Target,
+) -> None:
+    code = (
+        "import os\n"
+        "os.makedirs('/tmp/deep/er', exist_ok=True)\n"
+        "open('/tmp/deep/er/note', 'w').write('left')\n"
+        "os.chmod('/tmp/deep/er', 0)\n"
+        "os.chmod('/tmp/deep', 0)\n"
+        "open(os.path.expanduser('~/.netrc'), 'w').write('left')\n"
+        "open('/dev/shm/left', 'w').write('left')\n"
+        "os.symlink('/etc/passwd', '/tmp/link')\n"
+        "os.mkfifo('/tmp/fifo')\n"
+        "os.setxattr('/tmp', 'user.left', b'left')\n"
+        "os.chmod('/tmp', 0o777)\n"
+        "print('LEFT')\n"
+    )
+    assert "LEFT" in await target.run(f"python -c {shlex.quote(code)}")
+    look = (
+        "import os, stat\n"
+        "found = []\n"
+        "for root in ('/tmp', '/dev/shm'):\n"
+        "    for here, dirs, files in os.walk(root):\n"
+        "        found += [os.path.join(here, n) for n in dirs + files]\n"
+        "print('FOUND', sorted(found))\n"
+        "print('XATTRS', os.listxattr('/tmp'))\n"
+        "print('MODE', oct(stat.S_IMODE(os.stat('/tmp').st_mode)))\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(look)}")
+    # Only the scratch directories every command gets, empty.
+    assert (
+        "FOUND ['/tmp/aether', '/tmp/aether/cache', '/tmp/aether/home', '/tmp/aether/tmp']" in out
+    )
+    assert "XATTRS []" in out and "MODE 0o777" not in out
+
+
+async def test_system_v_ipc_keys_and_message_queues_do_not_outlive_a_command(
+    target: Target,
+) -> None:
+    leave = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "shm = libc.shmget(0x5eed, 4096, 0o1600)\n"
+        "msg = libc.msgget(0x5eed, 0o1600)\n"
+        "sem = libc.semget(0x5eed, 1, 0o1600)\n"
+        "key = libc.syscall(248, b'user', b'aether-left', b'secret', 6, ctypes.c_int(-4))\n"
+        "rt = ctypes.CDLL('librt.so.1', use_errno=True)\n"
+        "mq = rt.mq_open(b'/aether-left', os.O_CREAT | os.O_RDWR, 0o600, None)\n"
+        "print('MADE', shm >= 0, msg >= 0, sem >= 0, key > 0, 'MQ', mq, ctypes.get_errno())\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(leave)}")
+    assert "MADE True True True True" in out
+    # A POSIX message queue cannot even be made (none could be emptied between commands).
+    assert "MQ -1" in out
+    find = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('SHM', libc.shmget(0x5eed, 0, 0), 'MSG', libc.msgget(0x5eed, 0),\n"
+        "      'SEM', libc.semget(0x5eed, 0, 0))\n"
+        "print('KEY', libc.syscall(249, b'user', b'aether-left', None, ctypes.c_int(0)))\n"
+        "for kind in ('shm', 'msg', 'sem'):\n"
+        "    print(kind, open(f'/proc/sysvipc/{kind}').read().splitlines()[1:])\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(find)}")
+    assert "SHM -1 MSG -1 SEM -1" in out and "KEY -1" in out
+    assert "shm []" in out and "msg []" in out and "sem []" in out
+
+
+async def test_a_detached_process_is_gone_before_the_next_command_starts(target: Target) -> None:
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        while True:\n"
+        "            open('beacon', 'a').write('.')\n"
+        "            time.sleep(0.01)\n"
+        "    os._exit(0)\n"
+        "while not os.path.exists('beacon'):\n"
+        "    time.sleep(0.01)\n"
+        "print('DETACHED')\n"
+    )
+    assert "DETACHED" in await target.run(f"python -c {shlex.quote(code)}")
+    out = await target.run(f"python -c {shlex.quote(OTHERS)}")
+    assert "OTHERS [1]" in out
+    size = (target.worktree / "beacon").stat().st_size
+    assert "OTHERS [1]" in await target.run(f"python -c {shlex.quote(OTHERS)}")
+    assert (target.worktree / "beacon").stat().st_size == size
+
+
+async def test_a_command_past_its_wall_clock_leaves_nothing_for_the_next(target: Target) -> None:
+    code = (
+        "import os, subprocess, time\n"
+        "subprocess.Popen(['python', '-c', 'import time; time.sleep(600)'],\n"
+        "                 start_new_session=True)\n"
+        "time.sleep(600)\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=1)
+    assert "[timed out after 1." in out
+    assert "OTHERS [1]" in await target.run(f"python -c {shlex.quote(OTHERS)}")
+
+
+async def test_the_init_cannot_be_signalled_traced_or_read(target: Target) -> None:
+    code = (
+        "import ctypes, os, signal\n"
+        "for number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,\n"
+        "               signal.SIGSTOP, signal.SIGSEGV, signal.SIGUSR1, signal.SIGCHLD):\n"
+        "    os.kill(1, number)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('PTRACE', libc.ptrace(16, 1, 0, 0), os.strerror(ctypes.get_errno()))\n"
+        "print('SEIZE', libc.ptrace(0x4206, 1, 0, 0), os.strerror(ctypes.get_errno()))\n"
+        "for name in ['mem', 'environ', 'maps', 'cwd/x', 'root/x'] + [\n"
+        "        f'fd/{n}' for n in range(16)]:\n"
+        "    try:\n"
+        "        open(f'/proc/1/{name}', 'r+b' if name == 'mem' else 'rb')\n"
+        "        print('OPENED', name)\n"
+        "    except OSError as e:\n"
+        "        pass\n"
+        "print('TRIED')\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "TRIED" in out and "OPENED" not in out
+    assert "PTRACE -1 Operation not permitted" in out and "SEIZE -1" in out
+    # The init is alive and well: the next command runs in the same sandbox.
+    assert "OTHERS [1]" in await target.run(f"python -c {shlex.quote(OTHERS)}")
+    sandbox = target.tools.sandbox()
+    assert isinstance(sandbox, WarmSandbox) and sandbox.started == 1
+
+
+async def test_commands_in_the_kept_sandbox_hold_no_capability(target: Target) -> None:
+    out = await target.run("grep -E ^Cap(Eff|Prm|Bnd|Amb) /proc/self/status")
+    for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert f"{name}:\t0000000000000000" in out
+    # So nothing a command could leave in the namespaces it shares with the next one.
+    code = (
+        "import ctypes, os, socket\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "try:\n"
+        "    socket.sethostname('left-behind')\n"
+        "    print('RENAMED')\n"
+        "except OSError as e:\n"
+        "    print('HOSTNAME', e.errno)\n"
+        "print('MOUNT', libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())\n"
+        "print('UNSHARE', libc.unshare(0x10000000), ctypes.get_errno())\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "RENAMED" not in out and "MOUNT -1" in out and "UNSHARE -1" in out
+    assert "sandbox" in await target.run("python -c 'import socket; print(socket.gethostname())'")
 
 
 # --- no sandbox, no commands ------------------------------------------------------------------

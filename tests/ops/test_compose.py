@@ -357,3 +357,43 @@ def test_image_environment_runs_every_service_without_the_command_line_package(
         [str(python), "-c", script], capture_output=True, text=True, timeout=300, check=False
     )
     assert imported.returncode == 0 and not imported.stdout, imported.stdout + imported.stderr
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${NAME:-default}`` and ``${NAME}`` substitution, for one value."""
+
+    def one(found: re.Match[str]) -> str:
+        name, default = found.group(1), found.group(3) or ""
+        return env.get(name) or (default if found.group(2) == ":-" else "")
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", one, value)
+
+
+def test_gateway_oidc_is_off_by_default_and_wired_when_set(tmp_path: Path) -> None:
+    from aether_gateway.config import _oidc_from_env
+
+    environment = services()["gateway"]["environment"]
+    oidc = {name: value for name, value in environment.items() if name.startswith("AETHER_OIDC_")}
+    assert {"AETHER_OIDC_ISSUER", "AETHER_OIDC_CLIENT_ID"} <= set(oidc)
+    assert {"AETHER_OIDC_CLIENT_SECRET", "AETHER_OIDC_CLIENT_SECRET_FILE"} <= set(oidc)
+    for name, service in services().items():
+        if name != "gateway":
+            assert not any(key.startswith("AETHER_OIDC_") for key in service.get("environment", {}))
+    # Nothing set in the operator's environment: no OIDC at all.
+    assert _oidc_from_env({k: interpolate(v, {}) for k, v in oidc.items()}) is None
+    secret = tmp_path / "oidc-client-secret"
+    secret.write_text("s3cret\n")
+    operator = {
+        "AETHER_OIDC_ISSUER": "https://idp.test",
+        "AETHER_OIDC_CLIENT_ID": "aether",
+        "AETHER_OIDC_CLIENT_SECRET_FILE": str(secret),
+    }
+    settings = _oidc_from_env({k: interpolate(v, operator) for k, v in oidc.items()})
+    assert settings is not None
+    assert (settings.issuer, settings.client_id, settings.client_secret) == (
+        "https://idp.test",
+        "aether",
+        "s3cret",
+    )
+    assert settings.role_claim == "roles"
+    assert settings.audience is None

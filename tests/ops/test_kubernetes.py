@@ -214,10 +214,10 @@ def test_every_secret_and_config_map_a_pod_reads_exists(overlay: str) -> None:
         for container in pod["containers"]:
             for env in container.get("env", []):
                 ref = (env.get("valueFrom") or {}).get("secretKeyRef")
-                if ref and ("Secret", ref["name"]) not in present:
+                if ref and not ref.get("optional") and ("Secret", ref["name"]) not in present:
                     missing.add(ref["name"])
             for source in container.get("envFrom", []):
-                if "configMapRef" in source:
+                if "configMapRef" in source and not source["configMapRef"].get("optional"):
                     assert ("ConfigMap", source["configMapRef"]["name"]) in present
         for volume in pod.get("volumes", []):
             if "configMap" in volume:
@@ -265,11 +265,21 @@ def test_network_policies_allow_each_service_only_what_it_needs(overlay: str) ->
         assert not can(workloads[name], database, 5432), f"{name} must not reach PostgreSQL"
     for name in ("planner", "agent-runner"):
         assert can(workloads[name], INTERNET, 443), f"{name} must reach the model endpoint"
-    for name in ("gateway", "scheduler", "git-broker"):
+    for name in ("gateway", "scheduler"):
         assert not can(workloads[name], INTERNET, 443), f"{name} must not reach the internet"
+    # The broker clones and pushes missions' repositories by URL: git's transports only.
+    for port in (443, 22, 9418):
+        assert can(workloads["git-broker"], INTERNET, port), f"the broker must reach git on {port}"
+    assert not can(workloads["git-broker"], INTERNET, 80), "the broker speaks only git's transports"
+    assert not can(workloads["git-broker"], database, 5432), "the broker has no database"
     assert can(INTERNET, workloads["gateway"], 8100), "clients reach the gateway"
-    for name in ("planner", "scheduler", "agent-runner", "git-broker"):
+    for name in ("planner", "scheduler", "agent-runner"):
         assert not can(workloads["gateway"], workloads[name], SERVICES[name][1])
+    # The broker's read API (diffs, default branches): the gateway only.
+    assert can(workloads["gateway"], workloads["git-broker"], SERVICES["git-broker"][1])
+    for name in ("planner", "scheduler", "agent-runner"):
+        assert not can(workloads[name], workloads["git-broker"], SERVICES["git-broker"][1])
+    assert not can(INTERNET, workloads["git-broker"], SERVICES["git-broker"][1])
     assert not can(INTERNET, nats, 4222)
 
 
@@ -394,3 +404,24 @@ def test_only_the_services_that_run_commands_may_start_a_sandbox(overlay: str) -
     (namespace,) = objects(overlay, "Namespace")
     labels = namespace["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_takes_the_optional_oidc_settings(overlay: str) -> None:
+    """OIDC is the cluster's choice: the settings come from an aether-oidc ConfigMap and
+    the client secret from an aether-oidc Secret, both optional so a cluster without them
+    starts the gateway with tokens only."""
+    for deployment in app_deployments(overlay):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        sources = [s["configMapRef"] for s in container.get("envFrom", []) if "configMapRef" in s]
+        env = {e["name"]: e for e in container.get("env", [])}
+        takes_oidc = {"name": "aether-oidc", "optional": True} in sources
+        secret = (env.get("AETHER_OIDC_CLIENT_SECRET") or {}).get("valueFrom")
+        if deployment["metadata"]["name"] == "gateway":
+            assert takes_oidc
+            assert secret == {
+                "secretKeyRef": {"name": "aether-oidc", "key": "client-secret", "optional": True}
+            }
+        else:
+            assert not takes_oidc, deployment["metadata"]["name"]
+            assert not any(name.startswith("AETHER_OIDC_") for name in env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -20,12 +21,15 @@ from aether_sandbox import (
     SandboxSettings,
     SandboxUnavailable,
     Unconfined,
+    WarmSandbox,
     enforcement,
     execute,
     execute_sync,
     open_sandbox,
 )
+from aether_sandbox.bubblewrap import open_bubblewrap
 from aether_sandbox.cgroups import Cgroup
+from aether_sandbox.egress import parse_allow_list
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubblewrap")
 ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"}
@@ -314,3 +318,123 @@ async def test_without_pidfds_commands_are_still_watched_and_reaped(
         sandbox, Request(["sleep", "30"], tmp_path, tmp_path, ENV, Limits(wall_seconds=0.5))
     )
     assert stopped.timed_out and stopped.exit_code is None
+
+
+# --- the warm sandbox -------------------------------------------------------------------
+
+
+@needs_bwrap
+async def test_a_warm_sandbox_keeps_the_worktree_and_nothing_else(tmp_path: Path) -> None:
+    # tmp_path lies under the host's /tmp: the worktree is then mounted inside the
+    # sandbox's own /tmp, which is emptied after every command, around the mount.
+    workdir = tmp_path / "work"
+    (workdir / "src").mkdir(parents=True)
+    (workdir / "src" / "kept.txt").write_text("kept\n")
+    warm = WarmSandbox(open_bubblewrap(SandboxSettings()))
+    try:
+
+        def request(script: str) -> Request:
+            argv = ["/bin/sh", "-c", script]
+            return Request(argv, workdir, workdir / "src", ENV, Limits(wall_seconds=30))
+
+        first = await execute(warm, request("echo made > made.txt; echo left > /tmp/left"))
+        assert first.exit_code == 0 and first.sandbox == "bubblewrap"
+        second = await execute(warm, request("cat kept.txt made.txt; ls /tmp/left; exit 3"))
+        assert second.exit_code == 3
+        assert "kept\nmade\n" in second.output and "No such file" in second.output
+        assert (workdir / "src" / "kept.txt").read_text() == "kept\n"
+        assert (workdir / "src" / "made.txt").read_text() == "made\n"
+        assert warm.started == 1
+    finally:
+        warm.close()
+
+
+@needs_bwrap
+async def test_a_warm_sandbox_reports_a_missing_program_and_stays_usable(tmp_path: Path) -> None:
+    warm = WarmSandbox(open_bubblewrap(SandboxSettings()))
+    try:
+        with pytest.raises(FileNotFoundError, match="not-a-program"):
+            await execute(warm, Request(["not-a-program"], tmp_path, tmp_path, ENV))
+        done = await execute(warm, Request(["echo", "still"], tmp_path, tmp_path, ENV))
+        assert done.output == "still\n" and warm.started == 1
+    finally:
+        warm.close()
+
+
+@needs_bwrap
+async def test_a_warm_sandbox_that_was_closed_or_changed_starts_anew(tmp_path: Path) -> None:
+    warm = WarmSandbox(open_bubblewrap(SandboxSettings()))
+    other = tmp_path / "other"
+    other.mkdir()
+    try:
+        await execute(warm, Request(["true"], tmp_path, tmp_path, ENV))
+        # Other mounts (another workdir): another sandbox.
+        await execute(warm, Request(["true"], other, other, ENV))
+        assert warm.started == 2
+        warm.close()
+        done = await execute(warm, Request(["echo", "again"], other, other, ENV))
+        assert done.output == "again\n" and warm.started == 3
+    finally:
+        warm.close()
+
+
+@needs_bwrap
+async def test_commands_side_by_side_each_get_a_sandbox(tmp_path: Path) -> None:
+    warm = WarmSandbox(open_bubblewrap(SandboxSettings()))
+    try:
+        slow = Request(["sh", "-c", "sleep 0.5; echo slow"], tmp_path, tmp_path, ENV)
+        quick = Request(["echo", "quick"], tmp_path, tmp_path, ENV)
+        done = await asyncio.gather(execute(warm, slow), execute(warm, quick))
+        assert [outcome.output for outcome in done] == ["slow\n", "quick\n"]
+        assert warm.started == 1
+    finally:
+        warm.close()
+
+
+def test_warm_is_on_unless_an_operator_turns_it_off() -> None:
+    assert SandboxSettings.from_env({}).warm
+    assert not SandboxSettings.from_env({"AETHER_SANDBOX_WARM": "off"}).warm
+
+
+# --- the egress allow-list --------------------------------------------------------------
+
+
+def test_the_egress_allow_list_is_read_and_checked() -> None:
+    settings = SandboxSettings.from_env({"AETHER_SANDBOX_EGRESS": "PyPI.org:443, *.npmjs.org"})
+    assert settings.egress == ("pypi.org:443", "*.npmjs.org")
+    with pytest.raises(ValueError, match="AETHER_SANDBOX_NETWORK=host"):
+        SandboxSettings.from_env(
+            {"AETHER_SANDBOX_EGRESS": "pypi.org", "AETHER_SANDBOX_NETWORK": "host"}
+        )
+    with pytest.raises(ValueError, match="AETHER_SANDBOX=unconfined"):
+        SandboxSettings.from_env(
+            {"AETHER_SANDBOX_EGRESS": "pypi.org", "AETHER_SANDBOX": "unconfined"}
+        )
+    for bad in ("pypi.org:http", "user@pypi.org", "http://pypi.org/", "py*.org", "a:0"):
+        with pytest.raises(ValueError, match="AETHER_SANDBOX_EGRESS"):
+            SandboxSettings.from_env({"AETHER_SANDBOX_EGRESS": bad})
+
+
+def test_destinations_match_by_name_and_port() -> None:
+    exact, wildcard, bare, v6 = parse_allow_list(
+        "pypi.org:443 *.npmjs.org:443 example.com [::1]:8080"
+    )
+    assert exact.matches("pypi.org", 443) and not exact.matches("pypi.org", 80)
+    assert not exact.matches("evil-pypi.org", 443) and not exact.matches("x.pypi.org", 443)
+    assert wildcard.matches("registry.npmjs.org", 443) and not wildcard.matches("npmjs.org", 443)
+    assert not wildcard.matches("npmjs.org.evil.com", 443)
+    assert bare.ports == (80, 443)
+    assert v6.matches("::1", 8080)
+
+
+@needs_bwrap
+def test_a_one_off_command_with_an_allow_list_gets_the_proxy(tmp_path: Path) -> None:
+    # The git broker's verification runs one command, without a kept sandbox of its own.
+    sandbox = open_sandbox(SandboxSettings(egress=("pypi.org:443",)))
+    code = (
+        "import os, socket\n"
+        "socket.create_connection(('127.0.0.1', 3128))\n"
+        "print(os.environ['HTTPS_PROXY'])"
+    )
+    done = execute_sync(sandbox, Request([sys.executable, "-c", code], tmp_path, tmp_path, ENV))
+    assert done.exit_code == 0 and done.output == "http://127.0.0.1:3128\n"

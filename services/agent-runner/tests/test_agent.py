@@ -148,7 +148,10 @@ async def test_the_model_is_called_with_tools_system_and_a_cache_breakpoint(
         for block in m["content"]
         if "cache_control" in block
     ]
-    assert marked == [request["messages"][-1]["content"][-1]]
+    # The end of the previous request (the opening prompt) and the last block.
+    assert marked == [request["messages"][0]["content"][-1], request["messages"][-1]["content"][-1]]
+    assert all(block["cache_control"] == {"type": "ephemeral"} for block in marked)
+    assert not any("cache_control" in tool for tool in request["tools"])
 
 
 async def test_turn_limit(task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any) -> None:

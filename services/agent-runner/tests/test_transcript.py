@@ -25,6 +25,8 @@ from aether_agent_runner.transcript import (
 from aether_events import AgentCompleted, TranscriptRecorded, derived_id
 from aether_llm import text_block
 
+from .test_command_runtime import needs_sandbox
+
 
 @pytest.fixture(autouse=True)
 def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +172,7 @@ async def test_every_step_of_an_attempt_is_published_bounded_and_redacted(
 
 
 @pytest.mark.parametrize(("mode", "code"), [("ok", 0), ("crash", 3)])
+@needs_sandbox
 async def test_a_cli_agents_output_and_exit_status_are_its_transcript(
     mode: str,
     code: int,
@@ -186,10 +189,17 @@ async def test_a_cli_agents_output_and_exit_status_are_its_transcript(
 
     from .test_command_runtime import AGENT
 
-    program = tmp_path / "fake_agent.py"
+    # The program lives outside the worktree, readable in the sandbox.
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    program = tool / "fake_agent.py"
     program.write_text(AGENT)
     spec = CommandSpec(
-        name="fake", command=[sys.executable, str(program), mode], prompt="stdin", usage="json"
+        name="fake",
+        command=[sys.executable, str(program), mode],
+        prompt="stdin",
+        usage="json",
+        read_only=[str(tool)],
     )
     await start_runner(model({}), runtime="fake", command_runtimes=(spec,))
     await publish(workspace_ready(task_repo, mission_id))
@@ -205,5 +215,6 @@ async def test_a_cli_agents_output_and_exit_status_are_its_transcript(
     last = entries[-1]
     assert (last.kind, last.tool, last.exit_code, last.runtime) == ("command", "fake", code, "fake")
     assert last.arguments.endswith(f"fake_agent.py {mode}")
+    assert last.status.startswith(f"exit code {code} after ")
     if mode == "crash":
         assert last.is_error and "something broke" in last.result

@@ -2,17 +2,21 @@
 
 ``script`` builds one mission's events from the catalogue; ``gateway_db`` is a fresh
 database on the session's PostgreSQL; ``gateway`` runs the whole app under uvicorn on a
-free port against the session's NATS (its streams emptied by ``nc``) and that database.
+free port against the session's NATS (its streams emptied by ``nc``) and that database,
+asking the git broker's read API (its real code, served by ``broker_read_api``) for
+diffs and default branches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -41,12 +45,15 @@ from aether_events import (
 )
 from aether_gateway.app import Gateway, create_app
 from aether_gateway.config import GatewaySettings
+from aether_git_broker.adapters.readapi import ReadApi
+from aether_git_broker.adapters.remote import Remotes
 from aether_runtime import RuntimeSettings
 
 T = TypeVar("T")
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ADMIN_TOKEN = "test-bootstrap-admin-token"
+BROKER_READ_TOKEN = "test-broker-read-token-0123456789"
 
 
 class Script:
@@ -269,6 +276,50 @@ class GatewayServer:
         )
 
 
+@dataclass(frozen=True)
+class BrokerReadApi:
+    """Where the broker's read API answers, and where it keeps remote clones."""
+
+    url: str
+    token: str
+    remotes: Remotes
+
+
+@pytest.fixture(scope="session")
+def broker_read_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerReadApi]:
+    """The git broker's read API on its own port, in a thread (the broker's code, not a
+    stand-in: the gateway's diffs and default branches are answered by it)."""
+    remotes = Remotes(str(tmp_path_factory.mktemp("broker-data")), timeout=10.0)
+    routes = ReadApi(BROKER_READ_TOKEN, (), remotes).routes()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        route = routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await route(scope, receive, send)
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, name="broker-read-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the broker's read API did not start")
+        time.sleep(0.02)
+    try:
+        yield BrokerReadApi(f"http://127.0.0.1:{port}", BROKER_READ_TOKEN, remotes)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def gateway_settings(nats_url: str, database_url: str, **overrides: object) -> GatewaySettings:
     """Test settings: a free port, quick keep-alives, the bootstrap admin token."""
     port = free_port()
@@ -286,13 +337,14 @@ def gateway_settings(nats_url: str, database_url: str, **overrides: object) -> G
 
 @pytest.fixture
 async def make_gateway(
-    nc: NatsClient, nats_url: str, gateway_db: str
+    nc: NatsClient, nats_url: str, gateway_db: str, broker_read_api: BrokerReadApi
 ) -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
     """Start a gateway with some settings changed (all share the test's database)."""
     servers: list[GatewayServer] = []
+    broker = {"broker_url": broker_read_api.url, "broker_token": broker_read_api.token}
 
     async def make(**overrides: object) -> GatewayServer:
-        server = GatewayServer(gateway_settings(nats_url, gateway_db, **overrides))
+        server = GatewayServer(gateway_settings(nats_url, gateway_db, **{**broker, **overrides}))
         servers.append(server)  # before starting: one slow to start is still stopped
         await server.start()
         return server

@@ -10,8 +10,10 @@ from msgspec.structs import replace
 
 from aether_events import EventPublisher, new_mission_id
 from aether_gateway.web import static_directory
+from aether_git_broker.sources import RemoteSource, parse_repository
+from tests.gitdaemon import bare_copy, git_daemon
 
-from .conftest import Script, eventually
+from .conftest import BrokerReadApi, Script, eventually
 
 
 def two_commits(path: Path) -> tuple[str, str]:
@@ -74,10 +76,64 @@ async def test_task_diff_is_read_from_the_local_repository(http, nc, script: Scr
     assert (found["added"], found["removed"]) == (1, 1)
 
 
-async def test_task_diff_of_a_repository_the_gateway_cannot_read_is_a_404(http, nc, script: Script):
+def served_remotely(tmp_path: Path, head: str | None = None) -> tuple[Path, str]:
+    """A repository with two commits, as a bare copy served by ``git daemon``."""
+    base, tip = two_commits(tmp_path / "work")
+    if head is not None:
+        with Repo(str(tmp_path / "work")) as work:
+            work.refs[f"refs/heads/{head}".encode()] = work.head()
+    served = tmp_path / "served"
+    served.mkdir()
+    bare_copy(tmp_path / "work", served, "upstream.git", head=head)
+    return served, f"{base} {tip}"
+
+
+async def test_task_diff_of_a_remote_repository_is_read_through_the_broker(
+    http, nc, script: Script, tmp_path, broker_read_api: BrokerReadApi
+):
+    served, shas = served_remotely(tmp_path)
+    base, head = shas.split()
+    with git_daemon(served) as daemon:
+        url = f"{daemon}/upstream.git"
+        await EventPublisher(nc.jetstream()).publish_all(
+            [
+                script.requested(repository=url),
+                replace(script.prepared(), base_sha=base),
+                script.plan(task_ids=("t1",)),
+                script.approved(),
+                script.task_ready("t1"),
+                replace(script.agent_completed("t1"), commit_sha=head),
+            ]
+        )
+        diff_url = f"/missions/{script.mission_id}/tasks/t1/diff"
+
+        async def answered():
+            answer = await http.get(diff_url)
+            return answer if "not committed" not in answer.text else None
+
+        # Before the broker has cloned it, it has nothing to read from: a 404 saying so.
+        missing = await eventually(answered, what="the diff's answer")
+        assert missing.status_code == 404
+        assert "holds no clone" in missing.text
+        # The broker's own fetch, over git's protocol, as when it prepares the mission.
+        source = parse_repository(url)
+        assert isinstance(source, RemoteSource)
+        broker_read_api.remotes.fetch(source, "master")
+        found = await http.get(diff_url)
+    assert found.status_code == 200, found.text
+    by_path = {f["path"]: f for f in found.json()["files"]}
+    assert by_path["a.txt"]["lines"][1:] == [" one", "-two", "+2"]
+    assert by_path["bin.dat"]["binary"] is True
+    assert found.json()["mission_id"] == script.mission_id
+
+
+async def test_without_the_broker_diffs_are_unavailable_with_the_reason(
+    make_gateway, nc, script: Script
+):
+    server = await make_gateway(broker_url="")
     await EventPublisher(nc.jetstream()).publish_all(
         [
-            script.requested(repository="https://example.invalid/repo.git"),
+            script.requested(repository="/nowhere"),
             script.prepared(),
             script.plan(task_ids=("t1",)),
             script.approved(),
@@ -85,14 +141,16 @@ async def test_task_diff_of_a_repository_the_gateway_cannot_read_is_a_404(http, 
             script.agent_completed("t1"),
         ]
     )
+    async with server.client() as client:
 
-    async def diff():
-        answer = await http.get(f"/missions/{script.mission_id}/tasks/t1/diff")
-        return answer if answer.status_code != 404 or "not readable" in answer.text else None
+        async def diff():
+            answer = await client.get(f"/missions/{script.mission_id}/tasks/t1/diff")
+            return answer if answer.status_code == 503 else None
 
-    answer = await eventually(diff, what="the diff's answer")
-    assert answer.status_code == 404
-    assert "not readable from the gateway" in answer.text
+        answer = await eventually(diff, what="the diff's answer")
+        assert "AETHER_GATEWAY_BROKER_URL" in answer.json()["error"]
+        branch = await client.get("/repositories/default-branch", params={"repository": "/r"})
+        assert branch.status_code == 503
 
 
 async def test_board_pages_and_assets_are_served_without_a_token(gateway_server):
@@ -170,10 +228,53 @@ async def test_default_branch_of_a_local_repository_for_writers_only(
     found = await http.get(url, params={"repository": str(tmp_path / "repo")})
     assert found.status_code == 200, found.text
     assert found.json()["default_branch"] == "trunk"
-    for elsewhere in ("https://example.invalid/r.git", str(tmp_path), "relative/path"):
-        answer = await http.get(url, params={"repository": elsewhere})
-        assert answer.status_code == 404, elsewhere
+    not_a_repository = await http.get(url, params={"repository": str(tmp_path)})
+    assert not_a_repository.status_code == 404
+    assert "not a git repository" in not_a_repository.json()["detail"]["reason"]
+    relative = await http.get(url, params={"repository": "relative/path"})
+    assert relative.status_code == 400
+    assert "not an absolute path" in relative.json()["error"]
+    unreachable = await http.get(url, params={"repository": "git://127.0.0.1:9/r.git"})
+    assert unreachable.status_code == 502
+    assert "could not fetch from git://127.0.0.1:9/r.git" in unreachable.json()["error"]
+    served, _ = served_remotely(tmp_path, head="trunk")
+    with git_daemon(served) as daemon:
+        remote = await http.get(url, params={"repository": f"{daemon}/upstream.git"})
+    assert remote.status_code == 200, remote.text
+    assert remote.json()["default_branch"] == "trunk"
     created = await http.post("/admin/tokens", json={"name": "viewer", "scopes": ["read"]})
     async with gateway_server.client(token=created.json()["token"]) as reader:
         refused = await reader.get(url, params={"repository": str(tmp_path / "repo")})
         assert refused.status_code == 403
+
+
+async def test_each_plan_version_has_an_estimate_per_task_from_its_tier(
+    make_gateway, nc, script: Script
+):
+    server = await make_gateway(estimate_usd={"small": 0.1, "standard": 0.5, "complex": 2.0})
+    offline = script.plan(version=1, task_ids=("t1", "t2"))
+    tiers = {"t1": "small", "t2": "complex", "t3": "standard"}
+    real = replace(
+        script.plan(version=2, task_ids=("t1", "t2", "t3")),
+        offline=False,
+        model="claude-test",
+    )
+    real = replace(real, tasks=[replace(t, tier=tiers[t.id]) for t in real.tasks])
+    await EventPublisher(nc.jetstream()).publish_all(
+        [script.requested(), script.prepared(), offline, real]
+    )
+    async with server.client() as client:
+
+        async def both_plans():
+            answer = await client.get(f"/missions/{script.mission_id}")
+            found = answer.json() if answer.status_code == 200 else {}
+            return found if len(found.get("plans", [])) == 2 else None
+
+        found = await eventually(both_plans, what="both plan versions")
+        schema = (await client.get("/schema/openapi.json")).json()
+    by_version = {e["version"]: e for e in found["plan_estimates"]}
+    # The offline model is free: its plan is estimated at nothing.
+    assert by_version[1] == {"version": 1, "tasks": {"t1": 0.0, "t2": 0.0}, "total_usd": 0.0}
+    assert by_version[2]["tasks"] == {"t1": 0.1, "t2": 2.0, "t3": 0.5}
+    assert by_version[2]["total_usd"] == 2.6
+    assert "plan_estimates" in schema["components"]["schemas"]["MissionDetail"]["properties"]

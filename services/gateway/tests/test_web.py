@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from dulwich import porcelain
 from dulwich.repo import Repo
 
@@ -37,6 +38,7 @@ from aether_events import (
     Usage,
     WorkspaceReady,
 )
+from tests.gitdaemon import bare_copy, git_daemon
 from tests.web.browser import artefacts, browser, expect  # noqa: F401 (fixtures)
 
 from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually, stored_events
@@ -527,3 +529,55 @@ async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
     assert found["paused"] == [None, "cancelled", None, "paused"]
     assert found["task"] == {"taskId": "t9", "status": "ready", "attempt": 2, "error": None}
     assert found["unrelated"] is None
+
+
+async def test_remote_repository_hint_and_each_planned_tasks_estimate(
+    make_gateway: Any, nc: Any, script: Script, browser: Any, artefacts: Path, tmp_path: Path
+) -> None:
+    # Estimates from the gateway's settings (the scheduler's rule), not from the page.
+    server = await make_gateway(estimate_usd={"small": 0.1, "standard": 0.5, "complex": 2.0})
+    work = tmp_path / "work"
+    base, _ = sample_repository(work)
+    with Repo(str(work)) as r:
+        r.refs[b"refs/heads/trunk"] = r.refs[b"refs/heads/main"]
+    served = tmp_path / "served"
+    served.mkdir()
+    bare_copy(work, served, "upstream.git", head="trunk")
+    page = await signed_in(browser, server)
+    with git_daemon(served) as daemon:
+        url = f"{daemon}/upstream.git"
+        await page.fill("#nm-repository", url)
+        await page.locator("#nm-repository").blur()
+        await expect(page.locator("#nm-base-hint")).to_contain_text("trunk")
+        await expect(page.locator("#nm-base_branch")).to_have_attribute("placeholder", "trunk")
+    await page.screenshot(path=str(artefacts / "remote-default-branch.png"))
+    # A remote that cannot be reached: the hint says why, and nothing is sent for it.
+    await page.fill("#nm-repository", "git://127.0.0.1:9/none.git")
+    await page.locator("#nm-repository").blur()
+    await expect(page.locator("#nm-base-hint")).to_contain_text(
+        "could not fetch from git://127.0.0.1:9/none.git"
+    )
+    await expect(page.locator("#nm-base_branch")).to_have_attribute(
+        "placeholder", "the repository's default"
+    )
+
+    plan = script.plan(task_ids=("t1", "t2"))
+    tiers = {"t1": "small", "t2": "complex"}
+    real = msgspec.structs.replace(
+        plan,
+        offline=False,
+        model="claude-test",
+        tasks=[msgspec.structs.replace(t, tier=tiers[t.id]) for t in plan.tasks],
+    )
+    await EventPublisher(nc.jetstream()).publish_all(
+        [script.requested(repository=url), prepared(script, work, base), real]
+    )
+    await page.goto(f"{server.base_url}/board/missions/{script.mission_id}")
+    small = page.locator('#plan-graph .node[data-task="t1"]')
+    await expect(small).to_have_attribute("data-estimate", "0.10")
+    await expect(small.locator(".node-cost")).to_have_text("≈ $0.10")
+    await expect(page.locator('#plan-graph .node[data-task="t2"]')).to_have_attribute(
+        "data-estimate", "2.00"
+    )
+    await expect(page.locator("#plan-estimate")).to_have_text("estimated ≈ $2.10")
+    await page.screenshot(path=str(artefacts / "plan-estimates.png"), full_page=True)

@@ -20,7 +20,7 @@ from aether_events import (
     UsageRecorded,
     ensure_streams,
 )
-from aether_llm import ApiError, Reply, tool_use_block
+from aether_llm import DEFAULT_TIERS, ApiError, PromptCache, Reply, tool_use_block
 
 from .conftest import Planner, good_tasks, plan_reply, start_planner
 
@@ -29,7 +29,7 @@ def of(events, cls):
     return [e for e in events if isinstance(e, cls)]
 
 
-async def test_a_good_plan_is_produced_with_cached_prefix_and_exact_usage(
+async def test_a_good_plan_is_produced_with_exact_usage_and_no_cache_write(
     planner: Planner, script
 ) -> None:
     s, _ = script
@@ -54,10 +54,9 @@ async def test_a_good_plan_is_produced_with_cached_prefix_and_exact_usage(
     # 1000×$4 + 200×$20 + 300×$5 + 400×$0.20 per million tokens
     assert usage.usage.cost_usd == pytest.approx(0.00958)
     request = s.requests[0]
-    assert request["system"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert request["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    # No breakpoint anywhere: nothing is written to a cache no later call is known to read.
+    assert "cache_control" not in json.dumps(request)
     context = request["messages"][0]["content"][0]
-    assert context["cache_control"] == {"type": "ephemeral"}
     assert "Converts CSV to JSON." in context["text"]  # the README was read
     assert "src/export.py" in context["text"] and "Python" in context["text"]
     assert request["tool_choice"] == {"type": "any"}
@@ -175,12 +174,35 @@ async def test_feedback_produces_the_next_version_and_keeps_the_first(
         "The user's feedback on it:\nMerge the CLI into the parser task"
         in revision["messages"][0]["content"][1]["text"]
     )
-    # The cached prefix is byte-for-byte the same as the first call's.
+    # The prefix is byte-for-byte the same as the first call's.
     assert revision["messages"][0]["content"][0] == s.requests[0]["messages"][0]["content"][0]
     assert (
         revision["system"] == s.requests[0]["system"]
         and revision["tools"] == s.requests[0]["tools"]
     )
+
+
+async def test_a_plan_and_its_revision_write_nothing_to_the_prompt_cache(
+    planner: Planner, script
+) -> None:
+    """Against a server that accounts prompt caching as the API does, neither the first
+    plan nor its revision pays for a cache write: no later call would read it (the
+    revision forces submit_plan, which a first call's message entry would not match)."""
+    s, server = script
+    # The test repository is small: let any prefix be cacheable, so a marker would show.
+    server.cache = PromptCache(minimum_tokens={DEFAULT_TIERS["complex"]: 1})
+    s.replies += [plan_reply(good_tasks()), plan_reply(good_tasks()[:1])]
+    await planner.request()
+    await planner.wait_for(PlanProduced)
+    await planner.publisher.publish(
+        PlanRevisionRequested(**planner.meta("revise"), feedback="One task", base_version=1)
+    )
+    events = await planner.wait_for(PlanProduced, count=2)
+    usages = [u.usage for u in of(events, UsageRecorded)]
+    assert len(usages) == 2
+    assert all(u.cache_creation_input_tokens == 0 for u in usages)
+    assert all(u.cache_read_input_tokens == 0 and u.input_tokens > 0 for u in usages)
+    assert server.cache.writes() == (0, 0)
 
 
 @pytest.mark.parametrize("planner", [2], indirect=True)

@@ -11,6 +11,7 @@ from aether_llm.messages_server import (
     tool_use_block,
 )
 from aether_llm.pricing import ModelPrice, PriceTable, load_prices
+from aether_llm.prompt_cache import PromptCache
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -20,6 +21,7 @@ __all__ = [
     "MessagesServer",
     "ModelPrice",
     "PriceTable",
+    "PromptCache",
     "Reply",
     "Responder",
     "add_usage",

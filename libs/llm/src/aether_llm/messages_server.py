@@ -4,7 +4,9 @@ It serves the offline model (``aether_llm.offline``) and the scripted fakes test
 every caller goes through the real anthropic SDK over real HTTP. It answers
 ``POST /v1/messages`` with either a whole message or, when the request says
 ``"stream": true``, the server-sent events the SDK's stream parser expects; replies can
-also be API errors (429, 529, 5xx) with the documented error body.
+also be API errors (429, 529, 5xx) with the documented error body. Given a
+``PromptCache`` (``aether_llm.prompt_cache``), it reports the input side of every reply's
+usage as Anthropic's prefix cache would (the reply's own input figures are replaced).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from aether_llm.prompt_cache import CacheRequestError, PromptCache
 
 JSON = dict[str, Any]
 
@@ -161,6 +165,7 @@ class MessagesServer:
     port: int = 0
     host: str = "127.0.0.1"
     requests: list[JSON] = field(default_factory=list)
+    cache: PromptCache | None = None
 
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
@@ -199,6 +204,13 @@ class MessagesServer:
                     return
                 with server._lock:
                     server.requests.append(request)
+                accounting = None
+                if server.cache is not None:
+                    try:
+                        accounting = server.cache.account(request)
+                    except CacheRequestError as error:
+                        self._send_json(400, _error_body("invalid_request_error", str(error)))
+                        return
                 try:
                     reply = server.responder(request)
                 except Exception as error:  # a broken script must show, not hang the client
@@ -212,6 +224,9 @@ class MessagesServer:
                 if reply.delay_seconds:
                     threading.Event().wait(reply.delay_seconds)
                 message = reply.to_message(request)
+                if accounting is not None:
+                    message["usage"].update(accounting.usage())
+                    accounting.commit()  # an entry is readable once its reply begins
                 if request.get("stream"):
                     self._send_stream(message)
                 else:

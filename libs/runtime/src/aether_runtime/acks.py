@@ -8,6 +8,14 @@ latest ones are sent again after every reconnect, since a server killed at once 
 have written down what it answered; while a handler runs its message is kept alive with
 in-progress acks, which lets every consumer run with a short ack wait (the bound on a
 delivery lost in flight).
+
+One answer never comes: a server killed before it wrote down that it had delivered the
+message restarts with its consumer's delivered pointer behind it, and ignores, without a
+reply, an acknowledgement above that pointer (it will deliver the message again, as new).
+Waiting for that answer held the handler, and so an ordered consumer, for its whole ack
+wait (4 s, the runner's 10 s) after every such restart. So an acknowledgement that is not
+answered is checked against the consumer's state: settled when the ack floor covers it,
+given up at once when the server no longer counts it as delivered.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ ACK = b"+ACK"
 TERM = b"+TERM"
 NAK = b"-NAK"
 PROGRESS = b"+WPI"
+# How long one acknowledgement waits for the server's answer before it is checked against
+# the consumer's state and sent again (the server answers in milliseconds when it can).
+ANSWER_SECONDS = 0.5
 
 
 class Settled:
@@ -68,7 +79,7 @@ async def confirm(
         attempt += 1
         try:
             if nc.is_connected:
-                await nc.request(msg.reply, payload, timeout=min(1.0, max(within, 0.1)))
+                await nc.request(msg.reply, payload, timeout=min(ANSWER_SECONDS, max(within, 0.1)))
                 msg._ackd = True  # nats-py's own flag: the message is settled
                 return True
         except asyncio.CancelledError:
@@ -79,10 +90,39 @@ async def confirm(
                     "acknowledgement not confirmed; retrying",
                     extra={"error": repr(error), "payload": payload.decode()},
                 )
+            verdict = await server_view(nc, msg) if nc.is_connected else None
+            if verdict is not None:
+                log.info(
+                    "acknowledgement settled by the consumer's state",
+                    extra={"payload": payload.decode(), "verdict": verdict},
+                )
+                msg._ackd = True
+                return verdict == "recorded"
         if time.monotonic() >= deadline:
             log.warning("acknowledgement given up", extra={"payload": payload.decode()})
             return False
         await asyncio.sleep(0.1)
+
+
+async def server_view(nc: NatsClient, msg: Msg) -> str | None:
+    """What the server's consumer state says of ``msg``'s delivery: ``"recorded"`` when
+    its ack floor covers it (settled), ``"forgotten"`` when the server no longer counts it
+    as delivered (it restarted without having written that down: it ignores the ack and
+    will deliver the message again), None while it is pending or unknown (the ack is to
+    be sent again)."""
+    try:
+        meta = msg.metadata
+        info = await nc.jetstream().consumer_info(meta.stream, meta.consumer, timeout=1.0)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        return None
+    sequence = meta.sequence.stream
+    if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= sequence:
+        return "recorded"
+    if info.delivered is not None and (info.delivered.stream_seq or 0) < sequence:
+        return "forgotten"
+    return None
 
 
 def settling(msg: Msg) -> bool:

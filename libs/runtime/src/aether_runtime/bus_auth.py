@@ -16,7 +16,9 @@ What a service may do:
 * create, update and pull from its own durable consumers and acknowledge their messages:
   never pull from, acknowledge for, or reconfigure another service's durable;
 * create or update the streams only if its role declares them, never delete or purge one;
-* receive replies only on its own inbox prefix, so no service reads another's replies.
+* receive replies only on its own inbox prefix, so no service reads another's replies;
+  publish there too, so its processes can ask one another what they hold after a bus
+  restart (see ``reconnect``): only they read it.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
                 f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
                 f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
             ]
+    allow.append(f"{role.inbox_prefix}.>")
     subscribe = [f"{role.inbox_prefix}.>"]
     subscribe += [
         f"{ADVISORY_MAX_DELIVERIES}.{stream}.{durable}" for stream, durable in role.durables

@@ -11,7 +11,7 @@ What the table cannot say: NATS permissions are by subject, and an event's subje
 its mission and type, not its task or attempt. So the agent runner may publish agent and
 usage events for any mission; that a runner reports only on work it holds is checked by
 the consumers, which fold an agent event only for the attempt they dispatched (see
-"Security" in the README).
+docs/security.md).
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ is never dropped in silence: at the delivery limit the failure is recorded all t
 Consumers run with a short ack wait and the runtime keeps each running handler's message
 alive, and acknowledgements are confirmed by the server (see ``acks``): a delivery lost
 with a restarting NATS server is redelivered within seconds. ``/readyz`` reports a
-consumer that has stalled (see ``stall``). After a reconnect, a single-writer consumer
-whose one delivery the server still holds for nobody here (lost in flight with the
-restart) has it handed back at once rather than after the ack wait (``_hand_back_lost``).
+consumer that has stalled (see ``stall``). After a reconnect, every delivery the server
+still holds for no process of the service (lost in flight with the restart) is handed
+back at once rather than after the ack wait, and fetches waiting on a pull request lost
+with the server ask again at once (see ``reconnect``).
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ from aether_events import (
     type_subject,
 )
 from aether_runtime import health, http, metrics
-from aether_runtime.acks import ACK, NAK, TERM, Settled, confirm, kept_alive
+from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.failures import RetryLater, transient
 from aether_runtime.logs import log_context
+from aether_runtime.reconnect import Holders, Lane, Reconnects, hand_back, wake_fetch
 from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
 from aether_runtime.stall import ConsumerWatch
@@ -87,14 +89,9 @@ log = logging.getLogger("aether.runtime")
 Handler = Callable[[Event, "Delivery"], Awaitable[None]]
 Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 
-# How long one pull request waits for a message. A request in flight when the server
-# restarts is lost, and the consumer fetches again only once it expires, so this bounds
-# that part of a restart's stall.
+# How long one pull request waits for a message. A request lost with a restarting server
+# is not waited out: the fetch is woken at the reconnect (``reconnect.wake_fetch``).
 FETCH_SECONDS = 2.0
-# After a reconnect, how often and how long to ask for a consumer's state while JetStream
-# is still recovering (``Service._hand_back_lost``).
-HAND_BACK_TRIES = 40
-HAND_BACK_PAUSE_SECONDS = 0.25
 # The longest pause between runs of a handler failing on the bus or a database: short,
 # since the bus comes back within seconds of a restart and every message waits for it.
 TRANSIENT_PAUSE_SECONDS = 1.0
@@ -159,11 +156,17 @@ class Delivery:
 
 
 class CountingPublisher(EventPublisher):
-    """An EventPublisher that counts what it publishes and logs with the event's ids."""
+    """An EventPublisher that counts what it publishes and logs with the event's ids, and
+    sends an event again at once when the connection comes back while it waits for the
+    stream's answer (see ``reconnect``), rather than waiting out the publish timeout for
+    an answer the restarted server will never send."""
 
-    def __init__(self, js: JetStreamContext, service: str) -> None:
+    def __init__(
+        self, js: JetStreamContext, service: str, reconnects: Reconnects | None = None
+    ) -> None:
         super().__init__(js)
         self._service = service
+        self._reconnects = reconnects
 
     async def publish(
         self,
@@ -172,11 +175,40 @@ class CountingPublisher(EventPublisher):
         expected_last_subject_sequence: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> PubAck:
-        ack = await super().publish(
-            event,
-            expected_last_subject_sequence=expected_last_subject_sequence,
-            headers=headers,
-        )
+        while True:
+            # Not with an expected sequence: a copy the first send stored would fail its
+            # check (the server tests it before the duplicate window).
+            upcoming = (
+                self._reconnects.upcoming()
+                if self._reconnects is not None and expected_last_subject_sequence is None
+                else None
+            )
+            sending = asyncio.ensure_future(
+                super().publish(
+                    event,
+                    expected_last_subject_sequence=expected_last_subject_sequence,
+                    headers=headers,
+                )
+            )
+            if upcoming is None:
+                ack = await sending
+                break
+            back = asyncio.ensure_future(upcoming.wait())
+            try:
+                await asyncio.wait({sending, back}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                back.cancel()
+                if not sending.done():
+                    sending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await sending
+            if not sending.cancelled():
+                ack = sending.result()
+                break
+            log.info(
+                "publish sent again after a reconnect",
+                extra={"published_event_id": event.event_id},
+            )
         metrics.EVENTS_PUBLISHED.labels(
             self._service, tag_of(type(event)), str(bool(ack.duplicate)).lower()
         ).inc()
@@ -252,6 +284,8 @@ class Service:
     # Errors that, besides the bus's and the network's, mean the world is failing rather
     # than the message (a database driver's connection errors; see ``failures``).
     transient_errors: tuple[type[BaseException], ...] = ()
+    # More HTTP routes on the service's port, by exact path (a service's own small API).
+    routes: dict[str, health.ASGIApp] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         credentials = self.settings.nats_credentials
@@ -269,6 +303,7 @@ class Service:
             # (Typed as int, but handed to nats-py, which sleeps for it: a float works.)
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
+            reconnected_cb=self._consumers_reconnected,
         )
         self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -292,6 +327,14 @@ class Service:
         self._settled = Settled()
         self._reconnected_at = datetime.now(UTC)
         self._hand_back: asyncio.Task[None] | None = None
+        self._holders: Holders | None = None
+        self._reconnects = Reconnects()
+        # The FastStream subscribers, whose fetches are woken after a reconnect.
+        self._subscribers: list[Any] = []
+        # Consumers with no delivery since the latest reconnect, and when it was
+        # (monotonic): the first one is logged with how long it took.
+        self._awaiting_first: set[str] = set()
+        self._reconnected_mono = 0.0
         for counter in (
             metrics.REDELIVERIES,
             metrics.POISON,
@@ -360,6 +403,8 @@ class Service:
             inbox_prefix=f"{self._inbox_prefix}.".encode(),
         )
 
+        self._subscribers.append(subscriber)
+
         async def on_message(msg: NatsMessage) -> None:
             if spec.hand_offs <= 0:
                 await self._deliver(spec, msg)
@@ -399,6 +444,8 @@ class Service:
             reconnected_cb=self._reconnected,
         )
         self._js = self.nc.jetstream()
+        self._holders = Holders(self.nc, self._inbox_prefix, self.held)
+        await self._holders.serve()
         role = ROLES.get(self.name)
         if not self.settings.nats_user or (role is not None and role.declares_streams):
             await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
@@ -406,7 +453,7 @@ class Service:
             # Under per-service permissions only the role that declares the streams may
             # create or change them (see ``roles``); the others wait for them.
             await wait_for_streams(self._js)
-        self._publisher = CountingPublisher(self._js, self.name)
+        self._publisher = CountingPublisher(self._js, self.name, self._reconnects)
         last_seq = 0
         if self._rebuild is not None:
             began = time.monotonic()
@@ -471,7 +518,10 @@ class Service:
                 raise error from None
 
     async def _reconnected(self) -> None:
+        self._reconnects.happened()
         self._reconnected_at = datetime.now(UTC)
+        self._reconnected_mono = time.monotonic()
+        self._awaiting_first = {spec.durable for spec in self._consumers}
         try:
             sent = await self._settled.resend(self._nats)
         except Exception as error:
@@ -484,62 +534,41 @@ class Service:
             )
 
     async def _hand_back_lost(self, reconnected_at: datetime) -> None:
-        """Have the server deliver again, at once, what it delivered to nobody here.
-
-        A delivery lost with a restarting server (sent as it went down, or recorded as
-        sent on its disk and never sent) stays owed to the consumer until its ack wait
-        runs out, and a single-writer consumer (one message in flight) delivers nothing
-        else meanwhile. Such a consumer is run by one process, so a message it was last
-        given before the reconnect that this process neither handles nor settled was
-        lost: a negative acknowledgement, addressed as the server addresses the
-        message's own (``$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer
-        seq>.<time>.<pending>``; the server reads only the two sequences), hands it back.
-        """
+        """Have the server deliver again, at once, what it delivered to no process of this
+        service (see ``reconnect``). A durable with one lane here is taken to be this
+        process's alone (the one-at-a-time consumers, the planner's with hand-offs); one
+        with several lanes, or several workers, may be shared with other processes."""
         if self.stopping:
             return
-        ordered = {
-            (spec.stream, spec.durable): spec
-            for spec in self._consumers
-            if spec.max_workers <= 1 and spec.hand_offs <= 0
-        }
-        for spec in ordered.values():
-            info = None
-            for _ in range(HAND_BACK_TRIES):
-                try:
-                    info = await self.js.consumer_info(spec.stream, spec.durable, timeout=1.0)
-                    break
-                except Exception:
-                    # JetStream answers some moments after the server accepts clients.
-                    await asyncio.sleep(HAND_BACK_PAUSE_SECONDS)
-            if info is None or not info.num_ack_pending or info.delivered is None:
-                continue
-            last = info.delivered
-            floor = info.ack_floor.consumer_seq if info.ack_floor else 0
-            given = last.last_active
-            if given is not None and given.tzinfo is None:
-                given = given.replace(tzinfo=UTC)
-            given_before = given is None or given < reconnected_at
-            if (
-                last.consumer_seq <= (floor or 0)
-                or not given_before
-                or self.handling(spec.durable, last.stream_seq)
-            ):
-                continue
-            subject = (
-                f"$JS.ACK.{spec.stream}.{spec.durable}.1.{last.stream_seq}"
-                f".{last.consumer_seq}.{time.time_ns()}.0"
-            )
-            try:
-                await self._nats.publish(subject, NAK)
-                await self._nats.flush(timeout=1)
-            except Exception as error:
-                log.warning("could not hand back a lost delivery", extra={"error": repr(error)})
-                continue
-            metrics.HANDED_BACK.labels(self.name, spec.durable).inc()
-            log.info(
-                "lost delivery handed back",
-                extra={"consumer": spec.durable, "seq": last.stream_seq},
-            )
+        lanes: dict[tuple[str, str], int] = {}
+        workers: dict[tuple[str, str], int] = {}
+        for spec in self._consumers:
+            key = (spec.stream, spec.durable)
+            lanes[key] = lanes.get(key, 0) + 1
+            workers[key] = max(workers.get(key, 0), spec.max_workers)
+        handed = await hand_back(
+            self.js,
+            self._nats,
+            [
+                Lane(stream, durable, sole=count == 1 and workers[(stream, durable)] <= 1)
+                for (stream, durable), count in lanes.items()
+            ],
+            self.held,
+            reconnected_at,
+            self._holders,
+        )
+        for durable, sequences in handed.items():
+            metrics.HANDED_BACK.labels(self.name, durable).inc(len(sequences))
+
+    def held(self) -> set[tuple[str, int]]:
+        """The deliveries this process is handling or settling: (durable, stream seq)."""
+        return set(self._in_flight)
+
+    async def _consumers_reconnected(self) -> None:
+        """The consumers' connection is back: fetches waiting on a pull request the
+        restarted server never got ask again now."""
+        woken = sum(wake_fetch(getattr(sub, "subscription", None)) for sub in self._subscribers)
+        log.info("consumers reconnected", extra={"fetches_woken": woken})
 
     async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
         """Bring an existing consumer's ack wait, delivery limit and subject filters to the
@@ -620,6 +649,8 @@ class Service:
         for hook in self.on_stopping:
             await hook()
         await self.steps.stop()
+        if self._holders is not None:
+            await self._holders.stop()
         if self.nc is not None and self.nc.is_connected:
             await self.nc.drain()
 
@@ -663,7 +694,7 @@ class Service:
         """Start everything without the FastStream ASGI wrapper (for apps like Litestar
         that own the HTTP side and call this from their lifespan)."""
         await self._start()
-        await self.broker.start()
+        await self.start_consumers()
         await self._after_start()
 
     async def stop(self) -> None:
@@ -678,8 +709,15 @@ class Service:
             "/healthz": health.healthz(),
             "/readyz": health.readyz(self._ready_check),
             "/metrics": health.metrics(),
+            **self.routes,
         }
-        return AsgiFastStream(
+        service = self
+
+        class App(AsgiFastStream):
+            async def _start_broker(self) -> None:
+                await service.start_consumers()
+
+        return App(
             self.broker,
             asgi_routes=[(path, http.instrument(app, path)) for path, app in routes.items()],
             logger=None,
@@ -687,6 +725,28 @@ class Service:
             after_startup=[self._after_start],
             on_shutdown=[self._stop],
         )
+
+    async def start_consumers(self) -> None:
+        """Start the broker's subscriptions, and again while the bus fails them.
+
+        A request lost with a server restarted during start-up times out; FastStream,
+        which starts the broker after telling the ASGI server the app is up, then left
+        the process running with no consumer, never ready, never restarted. A
+        subscription made stays made (FastStream skips it the next time)."""
+        pause = 0.25
+        while True:
+            try:
+                await self.broker.start()
+                return
+            except Exception as error:
+                if self.stopping or not transient(error):
+                    raise
+                log.warning(
+                    "consumers not started on the bus; retrying",
+                    extra={"error": repr(error), "retry_in": pause},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, TRANSIENT_PAUSE_SECONDS)
 
     # --- deliveries ---------------------------------------------------------------
 
@@ -708,6 +768,17 @@ class Service:
             _release=release,
         )
         metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
+        if spec.durable in self._awaiting_first:
+            self._awaiting_first.discard(spec.durable)
+            log.info(
+                "first delivery since the reconnect",
+                extra={
+                    "consumer": spec.durable,
+                    "seconds": round(time.monotonic() - self._reconnected_mono, 3),
+                    "seq": delivery.sequence,
+                    "deliveries": delivery.num_delivered,
+                },
+            )
         if delivery.redelivered:
             metrics.REDELIVERIES.labels(self.name).inc()
         in_progress = metrics.HANDLERS_IN_PROGRESS.labels(self.name, spec.durable)

@@ -16,6 +16,7 @@ from aether_sandbox.base import (
 from aether_sandbox.bubblewrap import Bubblewrap, open_bubblewrap
 from aether_sandbox.execute import Outcome, OutputCollector, enforcement, execute, execute_sync
 from aether_sandbox.settings import MIB, Limits, SandboxSettings
+from aether_sandbox.warm import WarmSandbox
 
 __all__ = [
     "MIB",
@@ -30,6 +31,7 @@ __all__ = [
     "SandboxSettings",
     "SandboxUnavailable",
     "Unconfined",
+    "WarmSandbox",
     "enforcement",
     "execute",
     "execute_sync",

@@ -29,7 +29,8 @@ class Request:
     """One command: ``workdir`` is the only tree it may write (``cwd`` lies inside it);
     ``protect`` are entries inside ``workdir`` that stay read-only (a ``.git`` file) or,
     for directories, are hidden behind an empty read-only one; ``read_only`` are more host
-    paths it may read (on top of the system directories and the Python runtime)."""
+    paths it may read (on top of the system directories and the Python runtime); ``stdin``
+    a host file the command reads on its standard input (else it reads nothing)."""
 
     argv: list[str]
     workdir: Path
@@ -38,6 +39,7 @@ class Request:
     limits: Limits = field(default_factory=Limits)
     read_only: tuple[Path, ...] = ()
     protect: tuple[Path, ...] = ()
+    stdin: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from aether_sandbox.base import Launch, Request, SandboxUnavailable
@@ -42,8 +43,8 @@ PRIVATE_TMP = Path("/tmp")  # noqa: S108 - a fresh tmpfs inside the sandbox, not
 HOME = PRIVATE_TMP / "home"
 HINT = (
     "bubblewrap needs unprivileged user namespaces and the right to mount a fresh /proc "
-    "(in a container: a seccomp profile allowing unshare, and an unmasked /proc); see the "
-    "README's Security section, or set AETHER_SANDBOX=unconfined to run commands without "
+    "(in a container: a seccomp profile allowing unshare, and an unmasked /proc); see "
+    "docs/security.md, or set AETHER_SANDBOX=unconfined to run commands without "
     "confinement"
 )
 
@@ -82,6 +83,20 @@ def _within(path: Path, shown: list[Path], real: list[Path]) -> bool:
     return inside(path, shown) and inside(Path(os.path.realpath(path)), real)
 
 
+def scratch_env(source: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``source`` with ``HOME``, ``TMPDIR`` and ``XDG_CACHE_HOME`` inside the private
+    ``/tmp``, and the directories to make there for them."""
+    env = dict(source)
+    directories = []
+    for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME"):
+        value = env.get(name)
+        if value is None or PRIVATE_TMP not in Path(value).parents:
+            env[name] = str(HOME if name == "HOME" else PRIVATE_TMP)
+        if Path(env[name]) != PRIVATE_TMP:
+            directories.append(env[name])
+    return env, directories
+
+
 class Bubblewrap:
     name = "bubblewrap"
     confined = True
@@ -99,7 +114,24 @@ class Bubblewrap:
         self.options = _options(found)
 
     def launch(self, request: Request) -> Launch:
-        workdir = request.workdir
+        env, directories = scratch_env(request.env)
+        args = [*self.namespaces(), *self.mounts(request)]
+        for directory in directories:
+            args += ["--dir", directory]
+        args += ["--chdir", str(request.cwd), "--"]
+        argv = args + list(request.argv)
+        if not {"--info-fd", "--block-fd"} <= self.options:
+            return Launch(argv, env, request.cwd)
+
+        def held(info: int, gate: int) -> list[str]:
+            # bubblewrap writes the sandbox's first process to --info-fd once it is cloned,
+            # and that process reads --block-fd after the mounts, before it starts anything.
+            return [argv[0], "--info-fd", str(info), "--block-fd", str(gate), *argv[1:]]
+
+        return Launch(argv, env, request.cwd, held)
+
+    def namespaces(self, *extra: str) -> list[str]:
+        """bubblewrap and its namespace options (``extra`` among them)."""
         args = [
             self.executable,
             "--unshare-user",
@@ -108,14 +140,24 @@ class Bubblewrap:
             "--unshare-uts",
             "--unshare-cgroup-try",
             *(["--disable-userns"] if "--disable-userns" in self.options else []),
+            # A runner started as root would otherwise hand its commands every capability
+            # in the sandbox's user namespace (ptrace of their neighbours included).
+            "--cap-drop",
+            "ALL",
             "--die-with-parent",
             "--new-session",
             "--hostname",
             "sandbox",
+            *extra,
         ]
         if self.settings.network != "host":
             args.append("--unshare-net")
-        args += ["--ro-bind", "/usr", "/usr"]
+        return args
+
+    def mounts(self, request: Request) -> list[str]:
+        """The file system of ``request``'s sandbox, ending with a read-only root."""
+        workdir = request.workdir
+        args = ["--ro-bind", "/usr", "/usr"]
         # What the sandbox shows as on the host: by name (``shown``) and by real path
         # (``real``). A readable path that is both already is, and needs no mount of its own.
         shown, real = [Path("/usr"), Path("/etc")], [Path("/usr"), Path("/etc")]
@@ -136,10 +178,9 @@ class Bubblewrap:
         if "--size" in self.options:
             args += ["--size", str(request.limits.tmp_bytes)]
         args += ["--tmpfs", str(PRIVATE_TMP)]
-        env = dict(request.env)
         readable = [
             *runtime_paths(),
-            *path_directories(env.get("PATH", ""), workdir),
+            *path_directories(request.env.get("PATH", ""), workdir),
             *self.settings.read_only,
             *request.read_only,
         ]
@@ -159,25 +200,9 @@ class Bubblewrap:
                 args += ["--tmpfs", str(path), "--remount-ro", str(path)]
             else:
                 args += ["--ro-bind", str(path), str(path)]
-        for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME"):
-            value = env.get(name)
-            if value is None or PRIVATE_TMP not in Path(value).parents:
-                env[name] = str(HOME if name == "HOME" else PRIVATE_TMP)
-            if Path(env[name]) != PRIVATE_TMP:
-                args += ["--dir", env[name]]
         # The root itself (a tmpfs holding the mount points) is read-only too: a path the
         # sandbox does not show cannot be created either.
-        args += ["--remount-ro", "/", "--chdir", str(request.cwd), "--"]
-        argv = args + list(request.argv)
-        if not {"--info-fd", "--block-fd"} <= self.options:
-            return Launch(argv, env, request.cwd)
-
-        def held(info: int, gate: int) -> list[str]:
-            # bubblewrap writes the sandbox's first process to --info-fd once it is cloned,
-            # and that process reads --block-fd after the mounts, before it starts anything.
-            return [argv[0], "--info-fd", str(info), "--block-fd", str(gate), *argv[1:]]
-
-        return Launch(argv, env, request.cwd, held)
+        return [*args, "--remount-ro", "/"]
 
     def probe(self) -> None:
         """Start one sandbox; ``SandboxUnavailable`` (with bubblewrap's words) if it fails."""

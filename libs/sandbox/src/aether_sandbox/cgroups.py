@@ -192,14 +192,43 @@ class Cgroup:
 
     def out_of_memory(self) -> bool:
         """Whether the kernel killed something in the cgroup for want of memory."""
+        return self.oom_kills() > 0
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed in the cgroup for want of memory."""
         for directory in self.directories:
             for name in ("memory.events", "memory.oom_control"):
                 with contextlib.suppress(OSError, ValueError):
                     for line in _read(os.path.join(directory, name)).splitlines():
                         key, _, value = line.partition(" ")
-                        if key == "oom_kill" and int(value) > 0:
-                            return True
-        return False
+                        if key == "oom_kill":
+                            return int(value)
+        return 0
+
+    def relimit(self, limits: Limits, memory_reserve: int = 0, process_reserve: int = 0) -> None:
+        """Write ``limits`` anew, each raised by what a process kept in the cgroup needs."""
+        for directory in self.directories:
+            pids = os.path.join(directory, "pids.max")
+            if os.path.exists(pids):
+                count = limits.processes
+                _write(pids, "max" if count is None else str(count + process_reserve))
+            memory = limits.memory_bytes
+            for name in ("memory.max", "memory.limit_in_bytes"):
+                path = os.path.join(directory, name)
+                if not os.path.exists(path):
+                    continue
+                value = str(memory + memory_reserve) if memory is not None else "max"
+                if name == "memory.limit_in_bytes":
+                    value = "-1" if memory is None else value
+                    # memsw must stay at or above the memory limit: raise it first, set it after.
+                    swap = os.path.join(directory, "memory.memsw.limit_in_bytes")
+                    with contextlib.suppress(OSError):
+                        _write(swap, "-1")
+                    _write(path, value)
+                    with contextlib.suppress(OSError):
+                        _write(swap, value)
+                else:
+                    _write(path, value)
 
     def pids(self) -> list[int]:
         found: set[int] = set()

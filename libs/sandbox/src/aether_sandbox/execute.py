@@ -30,9 +30,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from aether_sandbox.base import Launch, Request, Sandbox
+from aether_sandbox.bubblewrap import Bubblewrap
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
 from aether_sandbox.settings import MIB, Limits
@@ -111,7 +113,7 @@ def _limited(argv: list[str], limits: Limits, cgroup: Cgroup | None) -> list[str
 
 
 def enforcement(sandbox: Sandbox) -> dict[str, str]:
-    """How each limit is enforced on this machine (for the start-up log and the README)."""
+    """How each limit is enforced on this machine (for the start-up log and the docs)."""
     group = Cgroup.create(Limits(), sandbox.settings.cgroup)
     enforced = group.enforces if group is not None else set()
     if group is not None:
@@ -130,11 +132,45 @@ def enforcement(sandbox: Sandbox) -> dict[str, str]:
     }
 
 
-async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
+async def execute(
+    sandbox: Sandbox,
+    request: Request,
+    output_chars: int = 16_000,
+    on_output: Callable[[bytes], None] | None = None,
+) -> Outcome:
     """Run ``request`` in ``sandbox``; stdout and stderr together, the middle cut when long.
+    ``on_output``, if given, is handed each piece of output as it arrives (from the event
+    loop: it must not block).
 
     ``FileNotFoundError``/``PermissionError`` when the program (or bubblewrap) cannot start.
     """
+    from aether_sandbox.warm import WarmSandbox  # here: the warm sandbox builds on this module
+
+    if on_output is not None or request.stdin is not None:
+        # A whole program fed a file or read as it runs (an agent CLI, not a command of
+        # the agent's): a sandbox of its own, never the attempt's kept one. It gets no
+        # egress relay (that is the kept sandbox's init): its spec names its network.
+        cold = sandbox.cold if isinstance(sandbox, WarmSandbox) else sandbox
+        return await execute_cold(cold, request, output_chars, on_output)
+    if isinstance(sandbox, WarmSandbox):
+        return await sandbox.execute(request, output_chars)
+    if isinstance(sandbox, Bubblewrap) and sandbox.settings.egress:
+        # Only a kept sandbox's init relays to the egress proxy: one kept for this command.
+        once = WarmSandbox(sandbox)
+        try:
+            return await once.execute(request, output_chars)
+        finally:
+            once.close()
+    return await execute_cold(sandbox, request, output_chars)
+
+
+async def execute_cold(
+    sandbox: Sandbox,
+    request: Request,
+    output_chars: int = 16_000,
+    on_output: Callable[[bytes], None] | None = None,
+) -> Outcome:
+    """``execute`` in a sandbox of the command's own (bubblewrap started for it)."""
     limits = request.limits
     launch = sandbox.launch(request)
     gate = _Gate() if launch.held is not None else None
@@ -146,12 +182,18 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
     collector = OutputCollector(output_chars)
     try:
         if gate is not None and launch.held is not None:
-            process = _spawn(launch.held(*gate.child_ends), launch, gate.child_ends)
+            process = _spawn(
+                launch.held(*gate.child_ends), launch, gate.child_ends, stdin=request.stdin
+            )
         else:
             granted = rlimits(limits, cgroup)
             argv = _limited(launch.argv, limits, cgroup)
             process = _spawn(
-                argv or launch.argv, launch, (), None if argv else lambda: _enter(granted, cgroup)
+                argv or launch.argv,
+                launch,
+                (),
+                None if argv else lambda: _enter(granted, cgroup),
+                stdin=request.stdin,
             )
     except BaseException:
         _end(None, cgroup)
@@ -162,7 +204,7 @@ async def execute(sandbox: Sandbox, request: Request, output_chars: int = 16_000
         if gate is not None:
             gate.close_child_ends()
     assert process.stdout is not None
-    output = _Reader(process.stdout, collector)
+    output = _Reader(process.stdout, collector, on_output)
     exited = _exit_of(process.pid)
     timed_out = False
     stopped: str | None = None
@@ -212,29 +254,38 @@ def _spawn(
     launch: Launch,
     pass_fds: tuple[int, ...],
     preexec: Callable[[], None] | None = None,
+    *,
+    stdin: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the process directly (a vfork where no ``preexec`` is given): the event loop's
     subprocess transport would add a few loop turns and a waiting thread per command, and
     a held launch waits for this process to confine it."""
-    return subprocess.Popen(
-        argv,
-        cwd=launch.cwd,
-        env=launch.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        pass_fds=pass_fds,
-        preexec_fn=preexec,
-    )
+    with open(stdin, "rb") if stdin is not None else contextlib.nullcontext() as source:
+        return subprocess.Popen(
+            argv,
+            cwd=launch.cwd,
+            env=launch.env,
+            stdin=subprocess.DEVNULL if source is None else source,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds,
+            preexec_fn=preexec,
+        )
 
 
 class _Reader:
     """Feeds the process's output pipe to the collector from the event loop; ``ended`` is
     done when every writer has closed it."""
 
-    def __init__(self, pipe: IO[bytes], collector: OutputCollector) -> None:
+    def __init__(
+        self,
+        pipe: IO[bytes],
+        collector: OutputCollector,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._on_output = on_output
         self._pipe = pipe
         self._fd = pipe.fileno()
         self._collector = collector
@@ -251,6 +302,8 @@ class _Reader:
             chunk = b""
         if chunk:
             self._collector.feed(chunk)
+            if self._on_output is not None:
+                self._on_output(chunk)
         else:
             self._loop.remove_reader(self._fd)
             if not self.ended.done():

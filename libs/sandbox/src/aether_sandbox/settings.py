@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from aether_sandbox.egress import Destination
+
 MIB = 1024 * 1024
 
 BACKENDS = ("bubblewrap", "unconfined")
@@ -53,7 +55,11 @@ class SandboxSettings:
     choice). ``read_only``: more host paths commands may read (the system directories, the
     Python runtime and the directories on ``PATH`` are always readable). ``cgroup``: a
     cgroup v2 directory with the ``pids`` and ``memory`` controllers delegated, under which
-    each command gets its own cgroup (found automatically when left empty)."""
+    each command gets its own cgroup (found automatically when left empty). ``warm``: an
+    attempt's commands run in one kept bubblewrap, each in a fresh process tree
+    (``warm.py``), rather than in a bubblewrap of their own. ``egress``: the destinations
+    (``host[:port]``, ``*.domain[:port]``) commands may reach through the allow-listing
+    proxy (``egress.py``); the network namespace stays empty."""
 
     backend: str = "bubblewrap"
     network: str = "none"
@@ -61,6 +67,8 @@ class SandboxSettings:
     read_only: tuple[Path, ...] = ()
     cgroup: str = ""
     bwrap: str = "bwrap"
+    warm: bool = True
+    egress: tuple[str, ...] = ()
 
     @property
     def unconfined(self) -> bool:
@@ -79,6 +87,22 @@ class SandboxSettings:
             raise ValueError(
                 f"AETHER_SANDBOX_NETWORK must be one of {', '.join(NETWORKS)}, not {network!r}"
             )
+        egress = tuple(
+            part.strip().lower()
+            for part in env.get("AETHER_SANDBOX_EGRESS", "").replace(",", " ").split()
+        )
+        if egress and backend == "unconfined":
+            raise ValueError(
+                "AETHER_SANDBOX_EGRESS confines a sandbox's network: it means nothing with "
+                "AETHER_SANDBOX=unconfined, whose commands use the host's"
+            )
+        if egress and network == "host":
+            raise ValueError(
+                "AETHER_SANDBOX_EGRESS needs the sandbox's own empty network: it cannot be "
+                "combined with AETHER_SANDBOX_NETWORK=host"
+            )
+        for entry in egress:
+            Destination.parse(entry)  # ValueError naming a malformed entry
         default = Limits()
 
         def mib(name: str, fallback: int | None) -> int | None:
@@ -115,4 +139,7 @@ class SandboxSettings:
             read_only=read_only,
             cgroup=env.get("AETHER_SANDBOX_CGROUP", "").strip(),
             bwrap=env.get("AETHER_SANDBOX_BWRAP", "").strip() or "bwrap",
+            egress=egress,
+            warm=env.get("AETHER_SANDBOX_WARM", "").strip().lower()
+            not in ("0", "false", "off", "no"),
         )

@@ -72,7 +72,9 @@ class Observer(Protocol):
 
     async def model_called(self, turn: int, usage: Usage) -> None: ...
 
-    async def progressed(self, progress: Progress) -> None: ...
+    async def progressed(self, progress: Progress, *, always: bool = False) -> None:
+        """``always``: a notice that must not be dropped by the progress interval."""
+        ...
 
 
 @dataclass
@@ -87,6 +89,10 @@ class Agent:
     has_changes: Callable[[], Awaitable[bool]]
     max_output_tokens: int = 8192
     clock: Callable[[], float] = time.monotonic
+    # Where the conversation's cache breakpoints go (a bench compares placements).
+    breakpoints: Breakpoints = field(
+        default=lambda messages, final: cache_breakpoints(messages, final)
+    )
     # Told about every record once it is journaled (the attempt's transcript).
     on_record: Callable[[Record], Awaitable[None]] | None = None
 
@@ -203,7 +209,9 @@ class Agent:
             max_tokens=self.max_output_tokens,
             system=self.system,
             tools=self.toolbox.definitions(),
-            messages=with_cache_breakpoint(conversation.messages),
+            messages=self.breakpoints(
+                conversation.messages, conversation.turns + 1 >= self.limits.max_turns
+            ),
         ) as stream:
             return await stream.get_final_message()
 
@@ -236,24 +244,51 @@ class Agent:
         )
 
 
-def with_cache_breakpoint(messages: list[MessageParam]) -> list[MessageParam]:
-    """The messages with a cache breakpoint on the last block, so each call reads the
-    conversation so far from the prompt cache (older breakpoints are not kept)."""
+Breakpoints = Callable[[list[MessageParam], bool], list[MessageParam]]
+
+
+def cache_breakpoints(messages: list[MessageParam], final: bool = False) -> list[MessageParam]:
+    """The messages with the two cache breakpoints a turn needs (the third is on the
+    system prompt, which caches the tools with it).
+
+    - On the last block: the conversation so far is written, for the next turn to read;
+      not on the ``final`` turn the limits allow, whose entry no turn would read.
+    - On the last block of the message that ended the previous request, where that turn's
+      entry was written: this turn reads it there, however many blocks the latest reply
+      and its tool results added. With the last one alone the read depends on the API's
+      look-back, which reaches only 20 blocks: one turn of ten parallel tool calls (a
+      use and a result each) is past it, and every later turn then writes the whole
+      conversation again instead of reading it.
+    """
     if not messages:
         return messages
-    last = copy.copy(messages[-1])
-    content = last["content"]
+    marked = list(messages)
+    if not final:
+        _mark(marked, len(marked) - 1)
+    replies = [i for i, m in enumerate(marked) if m["role"] == "assistant"]
+    if replies and replies[-1] > 0:
+        _mark(marked, replies[-1] - 1)
+    return marked
+
+
+def _mark(messages: list[MessageParam], index: int) -> None:
+    """Put a breakpoint on the last block of ``messages[index]`` (a copy: the
+    conversation itself, journaled as it is, keeps no markers)."""
+    message = copy.copy(messages[index])
+    content = message["content"]
     blocks: list[Any] = (
         [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
     )
+    # A thinking block cannot carry a marker; nor can an empty text block.
     if (
         blocks
         and isinstance(blocks[-1], dict)
         and blocks[-1].get("type") not in ("thinking", "redacted_thinking")
+        and not (blocks[-1].get("type") == "text" and not blocks[-1].get("text"))
     ):
         blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
-    last["content"] = blocks
-    return [*messages[:-1], last]
+    message["content"] = blocks
+    messages[index] = message
 
 
 def reply_action(content: list[Any], stop_reason: str | None) -> str:

@@ -145,6 +145,8 @@ def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
             extra={
                 "sandbox": sandbox.name,
                 "network": agent.sandbox.network,
+                "egress": ",".join(agent.sandbox.egress) or None,
+                "warm": agent.sandbox.warm,
                 **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
             },
         )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from dulwich.repo import Repo
@@ -46,6 +47,7 @@ from aether_agent_runner.runtimes import (
     runtime_name,
 )
 from aether_agent_runner.runtimes.roles import RoleMissing, find_role
+from aether_agent_runner.runtimes.session import earlier_run
 from aether_agent_runner.tools import ToolBox
 from aether_agent_runner.transcript import (
     DEFAULT_PATTERNS,
@@ -69,7 +71,7 @@ from aether_events import (
     outside_scope,
     step_ids,
 )
-from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL
+from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL, load_prices
 from aether_llm.roles import model_for_role
 from aether_runtime import RetryLater
 from aether_sandbox import Sandbox, SandboxUnavailable
@@ -152,9 +154,9 @@ class Reporter:
             )
         )
 
-    async def progressed(self, progress: Progress) -> None:
+    async def progressed(self, progress: Progress, *, always: bool = False) -> None:
         now = self._monotonic()
-        if self._last is not None and now - self._last < self._interval:
+        if not always and self._last is not None and now - self._last < self._interval:
             return
         self._last = now
         ready = self._ready
@@ -287,7 +289,7 @@ class Attempts:
             summary = (conversation.finish_summary() if conversation else None) or (
                 "(recovered after a restart)"
             )
-            usage = conversation.usage if conversation else Usage()
+            usage = conversation.usage if conversation else _session_usage(records, me, ready)
             return completed(ready, self.clock(), own, summary, files, usage)
         limits = self.settings.limits(ready.max_cost_usd)
         try:
@@ -332,7 +334,9 @@ class Attempts:
             runtime=runtime.name,
         )
         if runtime.name != BUILTIN:
-            # Only the built-in loop resumes its journal; the others start over.
+            # Only the built-in loop republishes its journal's entries under their own
+            # numbers; each run of the others (a resumed Claude Code session included)
+            # numbers its entries after the earlier runs'.
             transcript.start_run(await asyncio.to_thread(next_run, journal.path.parent))
         confined = not settings.sandbox.unconfined
         # Every runtime's commands go through this toolbox: the built-in loop's tool calls
@@ -406,6 +410,14 @@ class Attempts:
             return failed(ready, self.clock(), reason, True), "empty"
         result = completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
         return result, "completed"
+
+
+def _session_usage(
+    records: list[dict[str, Any]], me: dict[str, Any], ready: WorkspaceReady
+) -> Usage:
+    """What a Claude Code session's journal counted (else nothing is known)."""
+    earlier = earlier_run(records, me, load_prices(), ready.model)
+    return earlier.usage if earlier is not None else Usage()
 
 
 def _push(broker: Broker, git: GitDir, branch: str, sha: str) -> None:

@@ -26,10 +26,12 @@ from aether_agent_runner.commands import (
 from aether_agent_runner.workspace import ToolError, Workspace
 from aether_runtime.metrics import at_zero
 from aether_sandbox import (
+    Bubblewrap,
     Limits,
     Sandbox,
     SandboxSettings,
     SandboxUnavailable,
+    WarmSandbox,
     open_sandbox,
 )
 
@@ -123,11 +125,16 @@ FINISH_TOOL: ToolParam = _tool(
 )
 
 
-def command_tool(policy: CommandPolicy) -> ToolParam:
+def command_tool(policy: CommandPolicy, egress: tuple[str, ...] = ()) -> ToolParam:
+    network = (
+        "the network only through HTTP(S)_PROXY, to " + ", ".join(egress)
+        if egress
+        else "no network"
+    )
     where = (
         "paths must stay inside the repository"
         if policy.check_paths
-        else "it runs in a sandbox where only the repository is writable and there is no network"
+        else f"it runs in a sandbox where only the repository is writable, with {network}"
     )
     return _tool(
         "run_command",
@@ -186,6 +193,7 @@ class ToolBox:
         self._passed_env = passed_env
         self._scratch: Path | None = None
         self._sandbox = sandbox
+        self._warm: WarmSandbox | None = None  # the one this toolbox started, and ends
         self._limits = limits
 
     def sandbox(self) -> Sandbox:
@@ -200,17 +208,28 @@ class ToolBox:
                 self._limits = settings.limits
         if isinstance(self._sandbox, SandboxUnavailable):
             raise ToolError(f"run_command is refused: no sandbox can start. {self._sandbox}")
+        if isinstance(self._sandbox, Bubblewrap) and self._sandbox.settings.warm:
+            # One kept sandbox for this attempt's commands, each in a fresh process tree.
+            self._sandbox = self._warm = WarmSandbox(self._sandbox)
         return self._sandbox
+
+    def command_limits(self) -> Limits:
+        """The limits of one sandboxed command (the runner's, once ``sandbox`` is open)."""
+        return self._limits or Limits()
 
     def definitions(self) -> list[ToolParam]:
         tools = list(FILE_TOOLS)
         if self._commands is not None:
-            tools.append(command_tool(self._commands))
+            opened = self._sandbox
+            egress = opened.settings.egress if isinstance(opened, Bubblewrap | WarmSandbox) else ()
+            tools.append(command_tool(self._commands, egress))
         tools.append(FINISH_TOOL)
         return tools
 
     def close(self) -> None:
-        """Remove the commands' scratch directory."""
+        """End the attempt's kept sandbox; remove the commands' scratch directory."""
+        if self._warm is not None:
+            self._warm.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

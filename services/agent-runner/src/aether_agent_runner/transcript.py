@@ -307,27 +307,28 @@ def next_run(directory: Path) -> int:
 
 
 class OutputLines:
-    """A CLI agent's output as ``output`` entries: lines gathered until ``chars`` of them
-    or ``lines`` lines, so a chatty tool makes a few entries rather than one per line."""
+    """A CLI agent's output gathered for ``output`` entries: lines until ``chars`` of them
+    or ``lines`` lines, so a chatty tool makes a few entries rather than one per line.
+    Synchronous, so the sandbox's output callback can feed it from the event loop."""
 
-    def __init__(self, transcript: Transcript | None, chars: int = 2000, lines: int = 40) -> None:
-        self._transcript = transcript
+    def __init__(self, chars: int = 2000, lines: int = 40) -> None:
         self._chars = chars
         self._lines = lines
         self._held: list[str] = []
         self._size = 0
 
-    async def line(self, text: str) -> None:
-        if self._transcript is None:
-            return
+    def line(self, text: str) -> str | None:
+        """Hold ``text``; the batch it completes, if it completes one."""
         self._held.append(text)
         self._size += len(text) + 1
         if self._size >= self._chars or len(self._held) >= self._lines:
-            await self.flush()
+            return self.rest()
+        return None
 
-    async def flush(self) -> None:
-        if self._transcript is None or not self._held:
-            return
+    def rest(self) -> str | None:
+        """The lines held so far as one batch (None: none held)."""
+        if not self._held:
+            return None
         text = "\n".join(self._held)
         self._held, self._size = [], 0
-        await self._transcript.add(Entry(kind="output", text=text))
+        return text

@@ -81,10 +81,13 @@ class Gateway:
         service_at_zero(self.service.name, [ALL_MISSION_EVENTS, ALL_TELEMETRY])
         self.hub = Hub(ring_size=settings.sse_ring_size, max_queue=settings.sse_queue_size)
         self.tokens = TokenStore(self.db)
+        self.oidc = (
+            OidcVerifier(settings.oidc, public_url=settings.base_url)
+            if settings.oidc is not None
+            else None
+        )
         self.authenticator = Authenticator(
-            self.tokens,
-            admin_token=settings.admin_token,
-            oidc=OidcVerifier(settings.oidc) if settings.oidc is not None else None,
+            self.tokens, admin_token=settings.admin_token, oidc=self.oidc
         )
         self.context = api.GatewayContext(
             settings=settings,
@@ -100,6 +103,7 @@ class Gateway:
                 window_seconds=settings.mission_rate_window_seconds,
             ),
             rebuild=self._rebuild,
+            oidc=self.oidc,
         )
         self.service.on_started.append(self._start_hub)
         self.watch = ReadModelWatch(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from pathlib import Path
 
 import msgspec
 
+from aether_events.estimates import DEFAULT_ESTIMATES_USD, tier_estimates
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_runtime import RuntimeSettings
 
@@ -49,6 +52,15 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     # its consumer fell behind or skipped events (0: never; a reconnect to NATS and a
     # skipped sequence also trigger a check).
     read_model_check_seconds: float = 2.0
+    # What a planned task of each tier is expected to cost (the scheduler's rule and
+    # overrides, ``AETHER_ESTIMATE_USD_<TIER>``), shown on each task of a plan.
+    estimate_usd: dict[str, float] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_ESTIMATES_USD)
+    )
+    # The git broker's read API (task diffs, default branches of any repository it can
+    # read) and the read-only token it accepts; unset: those queries answer 503.
+    broker_url: str = ""
+    broker_token: str = ""
 
     def __post_init__(self) -> None:
         if self.admin_token and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
@@ -66,18 +78,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls) -> GatewaySettings:
         env = os.environ
-        jwks_url = env.get("AETHER_OIDC_JWKS_URL", "")
-        oidc = (
-            OidcSettings(
-                jwks_url=jwks_url,
-                issuer=env.get("AETHER_OIDC_ISSUER") or None,
-                audience=env.get("AETHER_OIDC_AUDIENCE") or None,
-                scope_claim=env.get("AETHER_OIDC_SCOPE_CLAIM", "scope"),
-                scope_prefix=env.get("AETHER_OIDC_SCOPE_PREFIX", "aether:"),
-            )
-            if jwks_url
-            else None
-        )
+        oidc = _oidc_from_env(env)
         return cls(
             runtime=RuntimeSettings.from_env(DEFAULT_PORT),
             database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -97,7 +98,57 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             agent_stale_seconds=float(env.get("AETHER_AGENT_STALE_SECONDS", "90")),
             read_model_check_seconds=float(env.get("AETHER_READ_MODEL_CHECK_SECONDS", "2")),
+            estimate_usd=tier_estimates(),
+            broker_url=env.get("AETHER_GATEWAY_BROKER_URL", ""),
+            broker_token=env.get("AETHER_GATEWAY_BROKER_TOKEN", ""),
         )
+
+
+def _oidc_from_env(env: Mapping[str, str]) -> OidcSettings | None:
+    """``AETHER_OIDC_*``: OIDC is on when an issuer or a key set is named."""
+    jwks_url = env.get("AETHER_OIDC_JWKS_URL", "")
+    issuer = env.get("AETHER_OIDC_ISSUER", "")
+    if not jwks_url and not issuer:
+        return None
+    defaults = OidcSettings(jwks_url=jwks_url, issuer=issuer or None)
+    return OidcSettings(
+        jwks_url=jwks_url,
+        issuer=issuer or None,
+        audience=env.get("AETHER_OIDC_AUDIENCE") or None,
+        scope_claim=env.get("AETHER_OIDC_SCOPE_CLAIM", defaults.scope_claim),
+        scope_prefix=env.get("AETHER_OIDC_SCOPE_PREFIX", defaults.scope_prefix),
+        client_id=env.get("AETHER_OIDC_CLIENT_ID", ""),
+        client_secret=_secret(env, "AETHER_OIDC_CLIENT_SECRET", "AETHER_OIDC_CLIENT_SECRET_FILE"),
+        scopes=_names(env.get("AETHER_OIDC_SCOPES"), defaults.scopes),
+        redirect_url=env.get("AETHER_OIDC_REDIRECT_URL", ""),
+        role_claim=env.get("AETHER_OIDC_ROLE_CLAIM", defaults.role_claim),
+        admin_roles=_names(env.get("AETHER_OIDC_ADMIN_ROLES"), defaults.admin_roles),
+        operator_roles=_names(env.get("AETHER_OIDC_OPERATOR_ROLES"), defaults.operator_roles),
+        read_only_roles=_names(env.get("AETHER_OIDC_READ_ONLY_ROLES"), defaults.read_only_roles),
+        jwks_cooldown_seconds=float(
+            env.get("AETHER_OIDC_JWKS_COOLDOWN_SECONDS", str(defaults.jwks_cooldown_seconds))
+        ),
+        leeway_seconds=float(env.get("AETHER_OIDC_LEEWAY_SECONDS", str(defaults.leeway_seconds))),
+    )
+
+
+def _secret(env: Mapping[str, str], name: str, file_name: str) -> str:
+    """``name``, else the contents of the file ``file_name`` names (a mounted secret, kept
+    out of the environment and of ``docker inspect``), else empty."""
+    if env.get(name):
+        return env[name]
+    path = env.get(file_name)
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return ""
+
+
+def _names(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list setting: names separated by commas or spaces (unset: the default; set but
+    empty: none)."""
+    if raw is None:
+        return default
+    return tuple(raw.replace(",", " ").split())
 
 
 def _default_budget(raw: str | None) -> float | None:

@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 
 from aether_events import ALL_MISSION_EVENTS, type_subject
 from aether_git_broker.adapters.git import GitRepositories
+from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.adapters.smarthttp import (
     Attempt,
@@ -52,6 +53,9 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         pool_capacity=settings.worktree_pool,
     )
     naming = settings.naming
+    remotes = Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds)
+    # What the gateway reads through the broker (task diffs, default branches).
+    service.routes.update(ReadApi(settings.read_token, settings.repository_roots, remotes).routes())
     # Serving repositories over smart HTTP: each attempt gets a push token of its own.
     tokens = PushTokens(settings.git_token) if settings.git_http_port is not None else None
     handlers = Handlers(
@@ -61,7 +65,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         publisher=lambda: service.publisher,
         keepalive_seconds=settings.ack_wait_seconds / 3,
         policy=settings.policy,
-        remotes=Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds),
+        remotes=remotes,
         verifier=Verifier(timeout=settings.verify_timeout_seconds, sandbox=verification_sandbox()),
         push_tokens=tokens,
     )

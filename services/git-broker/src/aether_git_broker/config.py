@@ -47,7 +47,8 @@ class GitBrokerSettings:
     ``AETHER_GIT_HTTP_HOST`` (default: ``AETHER_HTTP_HOST``), with ``AETHER_GIT_TOKEN`` the
     secret the broker mints each attempt's push token with (it is not a token itself);
     ``AETHER_WORKTREE_POOL``: how many finished worktrees per repository are kept for
-    reuse (``0``: none).
+    reuse (``0``: none); ``AETHER_GIT_READ_TOKEN``: the token the read API (task diffs,
+    default branches, on the broker's own port) accepts (unset: the API answers 503).
     """
 
     runtime: RuntimeSettings
@@ -68,10 +69,13 @@ class GitBrokerSettings:
     git_http_host: str | None = None
     git_token: str = ""
     worktree_pool: int = 4
+    read_token: str = ""
 
     def __post_init__(self) -> None:
         if self.git_http_port is not None and not self.git_token:
             raise SettingsError("AETHER_GIT_HTTP_PORT is set but AETHER_GIT_TOKEN is not")
+        if self.read_token and len(self.read_token) < 16:
+            raise SettingsError("AETHER_GIT_READ_TOKEN must be at least 16 characters")
         for root in self.repository_roots:
             if not os.path.isabs(root):
                 raise SettingsError(f"repository root {root!r} is not an absolute path")
@@ -119,6 +123,7 @@ class GitBrokerSettings:
             git_http_host=env.get("AETHER_GIT_HTTP_HOST") or None,
             git_token=env.get("AETHER_GIT_TOKEN") or "",
             worktree_pool=int(env.get("AETHER_WORKTREE_POOL") or 4),
+            read_token=env.get("AETHER_GIT_READ_TOKEN") or "",
         )
         settings.naming  # noqa: B018 - fail at start-up on a prefix git would refuse
         return settings

@@ -1,4 +1,4 @@
-"""What the planner tells the model: a stable prefix (cached) and the mission's turn."""
+"""What the planner tells the model: a stable prefix and the mission's turn."""
 
 from __future__ import annotations
 

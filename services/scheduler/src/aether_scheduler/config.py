@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from aether_events import TIERS
+from aether_events.estimates import tier_estimates
 from aether_llm import LLMSettings, load_prices
 from aether_scheduler.domain import Config
-from aether_scheduler.domain.model import DEFAULT_ESTIMATES_USD
 
 
 def _optional_float(name: str) -> float | None:
@@ -19,15 +19,13 @@ def config_from_env() -> Config:
     llm = LLMSettings.from_env()
     models: dict[str, str] = {tier: llm.model_for(tier) for tier in TIERS}
     prices = load_prices()
-    estimates: dict[str, float] = {}
+    # A free model (the offline one) reserves nothing.
+    free = []
     for tier in TIERS:
-        estimate = float(
-            os.environ.get(f"AETHER_ESTIMATE_USD_{tier.upper()}", DEFAULT_ESTIMATES_USD[tier])
-        )
         price = prices.price_of(models[tier])
         if price is not None and price.input == price.output == 0:
-            estimate = 0.0  # a free model (the offline one) reserves nothing
-        estimates[tier] = estimate
+            free.append(tier)
+    estimates = tier_estimates(free)
     return Config(
         tier_models=models,
         max_attempts=int(os.environ.get("AETHER_MAX_ATTEMPTS", "3")),

@@ -14,17 +14,27 @@ through the same policy and sandbox as the built-in loop's). Its own Bash and we
 not offered. Nothing from the repository configures it: no project settings (their hooks
 would run outside any sandbox), no ``.mcp.json`` servers. Its environment carries the
 model endpoint and key and none of the runner's other variables.
+
+Resuming after a runner crash: the session id is chosen here and journalled before the
+CLI starts, and the CLI's configuration directory (which holds its session transcripts)
+lives beside the journal, outside the worktree. When the same attempt is delivered again
+(its runner died), the CLI is started with ``resume`` on that session and told to carry
+on, the worktree kept as the crash left it; the turns whose replies the CLI had written to
+its transcript are not asked of the model again. If it cannot resume, a fresh session
+starts from the base commit, and a progress event says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +44,19 @@ import msgspec
 
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.agent import Outcome, Progress
+from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
 from aether_agent_runner.runtimes.roles import role_prompt
+from aether_agent_runner.runtimes.session import (
+    Earlier,
+    earlier_run,
+    start_record,
+    tool_record,
+    turn_record,
+)
 from aether_agent_runner.transcript import Entry, as_json
-from aether_events import Usage
+from aether_events import ZERO_USAGE, Usage, known_cost
 from aether_llm import PriceTable, load_prices
 
 log = logging.getLogger("aether.agent-runner.claude-code")
@@ -86,6 +104,11 @@ repository; other agents work other tasks in parallel and their work is merged w
 program with its arguments, no pipes or redirection.
 - Do not commit, branch or push: your changes are committed and merged for you.
 - When the task is done, reply with a short summary of what you changed and why."""
+
+CONTINUE = """\
+The runner working this task was restarted while you were at it. Carry on from where the \
+conversation stops: the working directory holds every change you made so far. When the \
+task is done, reply with a short summary of what you changed and why."""
 
 
 def cli_environment(
@@ -199,8 +222,14 @@ class _Run:
     files_changed: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     seen_messages: set[str] = field(default_factory=set)
+    # Where each model reply is journalled (its usage, for a resume to count).
+    record: Callable[[dict[str, Any]], None] | None = None
+    # The model and counts of the reply being streamed.
+    replying: tuple[str, dict[str, Any]] | None = None
+    # The reply's transcript entries, held until its final usage is streamed.
+    held: list[Entry] = field(default_factory=list)
 
-    async def progress(self, action: str) -> None:
+    async def progress(self, action: str, *, always: bool = False) -> None:
         await self.job.observer.progressed(
             Progress(
                 turns=self.turns,
@@ -208,12 +237,26 @@ class _Run:
                 files_changed=list(self.files_changed),
                 usage=self.usage,
                 last_action=action,
-            )
+            ),
+            always=always,
         )
 
-    async def record(self, entry: Entry) -> None:
+    async def transcribe(self, entry: Entry) -> None:
+        """Add ``entry`` to the transcript, after the reply entries held so far."""
+        await self.reply_done(None)
         if self.job.transcript is not None:
             await self.job.transcript.add(entry)
+
+    async def reply_done(self, usage: Usage | None) -> None:
+        """Publish the held entries of a reply, ``usage`` (its final counts) on the last."""
+        held, self.held = self.held, []
+        if usage is not None:
+            if not held:
+                held.append(Entry(kind="turn"))
+            held[-1] = dataclasses.replace(held[-1], usage=usage)
+        if self.job.transcript is not None:
+            for entry in held:
+                await self.job.transcript.add(entry)
 
     async def before_tool(
         self, data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
@@ -226,7 +269,7 @@ class _Run:
             value = arguments.get(key)
             if value is not None and (not isinstance(value, str) or inside(root, value) is None):
                 log.info("refused a path outside the worktree", extra={"tool": tool})
-                await self.record(
+                await self.transcribe(
                     Entry(
                         kind="tool_call",
                         tool=tool,
@@ -246,6 +289,8 @@ class _Run:
                     }
                 }
         self.tool_calls += 1
+        if self.record is not None:
+            self.record(tool_record())
         await self.progress(describe(tool, arguments, root))
         return {}
 
@@ -264,7 +309,7 @@ class _Run:
             # A command's entry comes from the runner's own run_command (exit status).
             response = data.get("tool_response")
             result = response if isinstance(response, str) else as_json(response)
-            await self.record(
+            await self.transcribe(
                 Entry(kind="tool_call", tool=tool, arguments=as_json(arguments), result=result)
             )
         # No progress event: it would carry the same counts, so the same event id, as the
@@ -277,44 +322,69 @@ class _Run:
         await self.progress("stopped")
         return {}
 
-    async def assistant(self, message: sdk.AssistantMessage) -> None:
+    def assistant(self, message: sdk.AssistantMessage) -> None:
         key = message.message_id or str(id(message))
         texts = [b.text for b in message.content if isinstance(b, sdk.TextBlock)]
         asked = [b.name for b in message.content if isinstance(b, sdk.ToolUseBlock)]
         first = key not in self.seen_messages
         if texts or asked or first:
             # The CLI may split one reply into several messages: one entry each.
-            await self.record(
+            self.held.append(
                 Entry(
                     kind="turn",
                     text="\n".join(texts),
                     tool=", ".join(asked),
                     stop_reason=message.stop_reason,
-                    usage=_usage_counts(message.usage) if first else None,
                 )
             )
         if not first:
             return
         self.seen_messages.add(key)
         self.turns += 1
-        self.usage = self.usage.plus(_usage_counts(message.usage))
+
+    def streamed(self, message: sdk.StreamEvent) -> Usage | None:
+        """Count a model reply once it has been received whole: its ``message_start``
+        names the model and the input counts, its ``message_delta`` the final output
+        count (the assistant messages carry the counts of the reply's start only). The
+        usage of the reply the event completes, if it completes one."""
+        event = message.event
+        kind = event.get("type")
+        if kind == "message_start":
+            started = event.get("message")
+            started = started if isinstance(started, dict) else {}
+            counts = started.get("usage")
+            self.replying = (
+                str(started.get("model") or self.job.ready.model),
+                dict(counts) if isinstance(counts, dict) else {},
+            )
+        elif kind == "message_delta" and self.replying is not None:
+            model, counts = self.replying
+            self.replying = None
+            final = event.get("usage")
+            counts.update(final if isinstance(final, dict) else {})
+            usage = Usage(
+                input_tokens=_tokens(counts, "input_tokens"),
+                output_tokens=_tokens(counts, "output_tokens"),
+                cache_creation_input_tokens=_tokens(counts, "cache_creation_input_tokens"),
+                cache_read_input_tokens=_tokens(counts, "cache_read_input_tokens"),
+            )
+            self.usage = self.usage.plus(usage)
+            if self.record is not None:
+                self.record(turn_record(model, usage))
+            return usage
+        return None
 
 
-def _usage_counts(counts: dict[str, Any] | None) -> Usage:
-    counts = counts or {}
-    return Usage(
-        input_tokens=int(counts.get("input_tokens") or 0),
-        output_tokens=int(counts.get("output_tokens") or 0),
-        cache_creation_input_tokens=int(counts.get("cache_creation_input_tokens") or 0),
-        cache_read_input_tokens=int(counts.get("cache_read_input_tokens") or 0),
-    )
+def _tokens(counts: dict[str, Any], key: str) -> int:
+    value = counts.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _kill_cli(client: sdk.ClaudeSDKClient) -> None:
     """Kill the CLI of a run that is being abandoned (a stop order, the wall time).
 
     Closing the client gives the CLI five seconds to save its session before it is
-    terminated; an abandoned run's session is not kept, and a stop must take effect at
+    terminated; an abandoned run is not resumed, and a stop must take effect at
     once. The SDK does not expose its process, hence the private attributes; should they
     change, the close still ends the CLI, only later."""
     process = getattr(getattr(client, "_transport", None), "_process", None)
@@ -334,31 +404,96 @@ class ClaudeCodeRuntime:
     name: str = CLAUDE_CODE
 
     async def run(self, job: Job) -> Outcome:
-        ready, worktree = job.ready, job.worktree
-        # No transcript of an earlier run is kept: the attempt starts from its base.
+        ready = job.ready
+        records = await asyncio.to_thread(job.journal.read)
+        earlier = earlier_run(records, job.identity, self.prices or load_prices(), ready.model)
+        config_dir = job.journal.path.parent / "claude-code"
+        if earlier is not None:
+            log.info("resuming the Claude Code session", extra={"session": earlier.session_id})
+            outcome, resumed = await self._session(job, config_dir, earlier, resume=True)
+            if resumed:
+                return outcome
+            notice = (
+                f"could not resume Claude Code session {earlier.session_id}; "
+                "starting a fresh session"
+            )
+            log.warning(notice, extra={"reason": outcome.reason or "it ended at once"})
+            # Counted on from the resumption's notice (``_session``), so no event id of
+            # the attempt is used twice; the earlier session's spending is still the task's.
+            earlier = Earlier(
+                session_id="",
+                turns=earlier.turns,
+                tool_calls=earlier.tool_calls + 2,
+                usage=earlier.usage,
+            )
+            await _Run(job, earlier.turns, earlier.tool_calls).progress(notice, always=True)
         if await asyncio.to_thread(reset_to, job.git, ready.base_sha):
             log.warning("restarting cleanly: discarded changes of an earlier run")
-        repo_map = await asyncio.to_thread(repository_map, worktree)
-        prompt = task_prompt(ready, repo_map, job.limits)
+        await asyncio.to_thread(shutil.rmtree, config_dir, True)
+        session_id = str(uuid.uuid4())
+        await asyncio.to_thread(job.journal.start, start_record(job.identity, session_id, earlier))
+        fresh = Earlier(
+            session_id=session_id,
+            turns=earlier.turns if earlier else 0,
+            tool_calls=earlier.tool_calls if earlier else 0,
+            usage=earlier.usage if earlier else ZERO_USAGE,
+        )
+        outcome, _ = await self._session(job, config_dir, fresh, resume=False)
+        return outcome
+
+    async def _session(
+        self, job: Job, config_dir: Path, earlier: Earlier, *, resume: bool
+    ) -> tuple[Outcome, bool]:
+        """One run of the CLI on ``earlier.session_id`` (a new one, or resumed); the
+        outcome, and whether the session got going (a resume that did not is retried
+        fresh by the caller)."""
+        worktree = job.worktree
+        if resume:
+            prompt = CONTINUE
+        else:
+            repo_map = await asyncio.to_thread(repository_map, worktree)
+            prompt = task_prompt(job.ready, repo_map, job.limits)
         memory = await asyncio.to_thread(memory_files, worktree)
-        config_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
-        run = _Run(job)
+        await asyncio.to_thread(config_dir.mkdir, parents=True, exist_ok=True)
+        run = _Run(
+            job, earlier.turns, earlier.tool_calls, usage=earlier.usage, record=job.journal.append
+        )
+        spent = limit_reached(job.limits, earlier.turns, earlier.usage, 0.0)
+        if spent is not None:
+            return self._outcome(run, False, reason=spent, retryable=False), True
+        began = run.turns
         stderr: deque[str] = deque(maxlen=20)
+        options = self._options(job, run, memory, config_dir, stderr.append)
+        # What the earlier session used counts against the task's turn and cost limits.
+        limits = job.limits
+        options = dataclasses.replace(
+            options,
+            max_turns=limits.max_turns - earlier.turns,
+            max_budget_usd=(
+                None
+                if limits.max_cost_usd is None
+                else limits.max_cost_usd - known_cost(earlier.usage)
+            ),
+        )
+        if resume:
+            options = dataclasses.replace(options, resume=earlier.session_id)
+            run.tool_calls += 1  # the notice's own count: no earlier event has it
+            await run.progress(f"resuming Claude Code session {earlier.session_id}", always=True)
+        else:
+            options = dataclasses.replace(options, session_id=earlier.session_id)
         try:
-            options = self._options(job, run, memory, config_dir, stderr.append)
             async with asyncio.timeout(job.limits.max_seconds):
-                return await self._converse(job, run, prompt, options, stderr)
+                outcome = await self._converse(job, run, prompt, options, stderr, earlier.usage)
         except TimeoutError:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
-            return self._outcome(run, False, reason=reason, retryable=False)
+            outcome = self._outcome(run, False, reason=reason, retryable=False)
         except sdk.CLINotFoundError as error:
-            return self._outcome(run, False, reason=f"Claude Code is not installed: {error}")
+            outcome = self._outcome(run, False, reason=f"Claude Code is not installed: {error}")
         except sdk.ClaudeSDKError as error:
             detail = " | ".join(stderr)
             reason = f"Claude Code failed: {error}" + (f" ({detail})" if detail else "")
-            return self._outcome(run, False, reason=reason[:2000], retryable=True)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, config_dir, True)
+            outcome = self._outcome(run, False, reason=reason[:2000], retryable=True)
+        return outcome, outcome.finished or run.turns > began
 
     def _options(
         self,
@@ -383,7 +518,7 @@ class ClaudeCodeRuntime:
             async def run_command(arguments: dict[str, Any]) -> dict[str, Any]:
                 result = await toolbox.call("run_command", arguments)
                 ran = result.ran
-                await run.record(
+                await run.transcribe(
                     Entry(
                         kind="command",
                         tool="run_command",
@@ -428,6 +563,8 @@ class ClaudeCodeRuntime:
             env=cli_environment(dict(os.environ), self.base_url, self.api_key, config_dir),
             cli_path=self.cli_path,
             stderr=on_stderr,
+            # For each reply's final usage (see ``_Run.streamed``).
+            include_partial_messages=True,
         )
 
     async def _converse(
@@ -437,6 +574,7 @@ class ClaudeCodeRuntime:
         prompt: str,
         options: sdk.ClaudeAgentOptions,
         stderr: deque[str],
+        earlier: Usage,
     ) -> Outcome:
         result: sdk.ResultMessage | None = None
         async with sdk.ClaudeSDKClient(options) as client:
@@ -444,18 +582,25 @@ class ClaudeCodeRuntime:
                 await client.query(prompt)
                 async for message in client.receive_response():
                     if isinstance(message, sdk.AssistantMessage):
-                        await run.assistant(message)
+                        run.assistant(message)
+                    elif isinstance(message, sdk.StreamEvent):
+                        if (usage := run.streamed(message)) is not None:
+                            await run.reply_done(usage)
                     elif isinstance(message, sdk.ResultMessage):
                         result = message
                         text = f"{message.subtype}: {(message.result or '').strip()}"
-                        await run.record(Entry(kind="note", tool="result", text=text))
+                        await run.transcribe(Entry(kind="note", tool="result", text=text))
             except BaseException:
                 _kill_cli(client)
                 raise
         if result is None:
             detail = " | ".join(stderr)
             return self._outcome(run, False, reason=f"Claude Code ended without a result {detail}")
-        run.usage = result_usage(result, job.ready.model, self.prices or load_prices())
+        # The result counts this process's calls; the turns of a session before a restart
+        # were journalled as they came and are added.
+        run.usage = earlier.plus(
+            result_usage(result, job.ready.model, self.prices or load_prices())
+        )
         run.turns = max(run.turns, result.num_turns)
         await job.observer.model_called(run.turns, run.usage)
         summary = (result.result or "").strip()

@@ -1,22 +1,29 @@
 """A CLI agent as a runtime, started from a declarative spec (``runtimes.spec``).
 
-The tool runs in the worktree in its own process group, with the environment the
-runner's commands get (no credentials) plus what its spec asks for; each line it prints
-is progress; the usage it reports (if its spec says how) is recorded, and usage it does
-not report stays unknown. A wall-time limit, a stop order or a crash ends the whole group.
+The whole tool runs inside the runner's sandbox (``aether_sandbox``, as ``run_command``'s
+commands do): the worktree its only writable place and its ``.git`` read-only, the
+sandbox's memory, process, CPU, output and disk limits, and the attempt's wall time, after
+which the whole sandbox is killed; a stop order or a crash ends it the same way. Its
+environment is the one the runner's commands get (no credentials) plus what its spec asks
+for. With the model endpoint and no network, a relay gives it the runner's model endpoint
+and nothing else (``runtimes.relay``). Each line it prints (standard output and error
+together) is progress; the usage it reports (if its spec says how) is recorded, and usage
+it does not report stays unknown. The output, in batches of lines, and how the tool
+ended are the attempt's transcript.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +32,28 @@ import msgspec
 
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.agent import Outcome, Progress
-from aether_agent_runner.commands import command_env, is_secret_name
+from aether_agent_runner.commands import CommandResult, command_env, is_secret_name
 from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.relay import RelayRefused, endpoint, inside_argv, serving
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.spec import CommandSpec
+from aether_agent_runner.tools import SANDBOX_SCRATCH
 from aether_agent_runner.transcript import Entry, OutputLines
+from aether_agent_runner.workspace import ToolError
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
+from aether_sandbox import Outcome as Ran
+from aether_sandbox import Request, Sandbox, SandboxUnavailable, execute, open_sandbox
 
 _PLACEHOLDER = re.compile(r"\{(prompt|prompt_file|model)\}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 MAX_LINE = 4000
+# Progress lines (and transcript batches) waiting to be published; beyond this, telemetry
+# is dropped (a dropped batch is counted in the next one).
+MAX_PENDING = 1000
+# What bubblewrap, or the relay inside the sandbox, prints when the program is not there.
+NOT_STARTED = ("bwrap: execvp ", "aether-relay: cannot start ")
 
 
 @dataclass
@@ -47,7 +64,14 @@ class _Seen:
     # Whether every report carried its own cost (else the price table prices the tokens).
     all_costed: bool = True
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=10))
-    output: OutputLines = field(default_factory=lambda: OutputLines(None))
+    first: str = ""
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
 
 
 @dataclass
@@ -70,67 +94,102 @@ class CommandRuntime:
             prompt = role_prompt(job.role) + "\n\n" + prompt
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-cli-"))
         try:
+            sandbox = self._sandbox(job)
             prompt_file = scratch / "prompt.md"
             prompt_file.write_text(prompt)
             values = {"prompt": prompt, "prompt_file": str(prompt_file), "model": ready.model}
             argv = [_fill(part, values) for part in self.spec.command]
-            return await self._run(job, argv, prompt, scratch)
+            return await self._run(job, sandbox, argv, prompt_file, scratch)
+        except _Failed as failure:
+            return Outcome(False, reason=failure.reason, retryable=failure.retryable)
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    def _env(self, scratch: Path) -> dict[str, str]:
+    def _sandbox(self, job: Job) -> Sandbox:
+        try:
+            sandbox = job.toolbox.sandbox()
+        except ToolError as error:
+            raise _Failed(f"the {self.name} runtime runs only in a sandbox: {error}") from None
+        if self.spec.network == "host" and sandbox.confined:
+            settings = dataclasses.replace(sandbox.settings, network="host")
+            try:
+                return open_sandbox(settings)
+            except SandboxUnavailable as error:
+                raise _Failed(f"the {self.name} runtime cannot start: {error}") from None
+        return sandbox
+
+    def _env(self, sandbox: Sandbox, scratch: Path) -> dict[str, str]:
         passed = tuple(name for name in self.spec.env if not is_secret_name(name))
-        env = command_env(os.environ, scratch, passed)
+        if sandbox.confined:
+            # HOME, TMPDIR and caches live in the sandbox's own private /tmp.
+            env = command_env(os.environ, SANDBOX_SCRATCH, passed, make_dirs=False)
+        else:
+            env = command_env(os.environ, scratch / "env", passed)
         if self.spec.model_endpoint:
             env["ANTHROPIC_BASE_URL"] = self.base_url
             env["ANTHROPIC_API_KEY"] = self.api_key
         return env
 
-    async def _run(self, job: Job, argv: list[str], prompt: str, scratch: Path) -> Outcome:
+    @contextlib.asynccontextmanager
+    async def _endpoint(
+        self, sandbox: Sandbox, argv: list[str], scratch: Path
+    ) -> AsyncIterator[list[str]]:
+        """``argv`` as the sandbox starts it: behind the model relay when the tool needs
+        the model endpoint and the sandbox has no network of its own."""
+        offline = sandbox.confined and sandbox.settings.network != "host"
+        if not (self.spec.model_endpoint and offline):
+            yield argv
+            return
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=job.worktree,
-                env=self._env(scratch),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
+            host, port, url = endpoint(self.base_url)
+        except RelayRefused as error:
+            raise _Failed(f"the {self.name} runtime cannot reach the model: {error}") from None
+        socket_path = scratch / "model.sock"
+        async with serving(socket_path, host, port):
+            yield inside_argv(socket_path, url, argv)
+
+    async def _run(
+        self, job: Job, sandbox: Sandbox, argv: list[str], prompt_file: Path, scratch: Path
+    ) -> Outcome:
+        worktree = job.worktree
+        seen = _Seen()
+        lines = _Lines(self, job, seen)
+        async with self._endpoint(sandbox, argv, scratch) as launched:
+            request = Request(
+                argv=launched,
+                workdir=worktree,
+                cwd=worktree,
+                env=self._env(sandbox, scratch),
+                limits=job.toolbox.command_limits().with_wall(job.limits.max_seconds),
+                read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
+                protect=(worktree / ".git",),
+                stdin=prompt_file if self.spec.prompt == "stdin" else None,
             )
-        except (FileNotFoundError, PermissionError) as error:
-            reason = f"the {self.name} runtime cannot start {argv[0]!r}: {error.strerror}"
-            return Outcome(False, reason=reason, retryable=False)
-        seen = _Seen(output=OutputLines(job.transcript))
-        code: int | None = None
-        try:
-            async with asyncio.timeout(job.limits.max_seconds):
-                await self._feed(process, prompt)
-                assert process.stdout is not None
-                assert process.stderr is not None
-                await asyncio.gather(
-                    self._read(process.stdout, job, seen),
-                    _tail(process.stderr, seen.tail),
-                )
-                code = await process.wait()
-        except TimeoutError:
-            return self._ended(
-                seen,
-                f"wall-time limit reached: {job.limits.max_seconds:g} s allowed",
-                retryable=False,
-            )
-        finally:
-            _kill_group(process.pid)
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-            await self._transcribe_end(job, seen, code)
+            publisher = asyncio.create_task(lines.publish())
+            try:
+                ran = await execute(sandbox, request, 16_000, lines.feed)
+            except (FileNotFoundError, PermissionError) as error:
+                reason = f"the {self.name} runtime cannot start {argv[0]!r}: {error.strerror}"
+                raise _Failed(reason) from None
+            finally:
+                lines.close()
+                await publisher
+        await self._transcribe_end(job, seen, ran)
+        if ran.exit_code is not None and ran.exit_code != 0 and seen.first.startswith(NOT_STARTED):
+            said = seen.first.split(": ", 2)[-1]
+            raise _Failed(f"the {self.name} runtime cannot start {argv[0]!r}: {said}")
         usage = self._usage(seen, job.ready.model)
         if usage is not None:
             await job.observer.model_called(max(seen.lines, 1), usage)
-        if code != 0:
+        if ran.timed_out:
+            reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
+            return self._ended(seen, reason, retryable=False, usage=usage)
+        if ran.exit_code is None:
+            reason = f"{self.name} was stopped: {ran.stopped}"
+            return self._ended(seen, reason, retryable=False, usage=usage)
+        if ran.exit_code != 0:
             errors = " | ".join(seen.tail)
-            reason = f"{self.name} exited with {code}" + (f": {errors}" if errors else "")
+            reason = f"{self.name} exited with {ran.exit_code}" + (f": {errors}" if errors else "")
             return self._ended(seen, reason[:2000], retryable=True, usage=usage)
         return Outcome(
             True,
@@ -140,58 +199,44 @@ class CommandRuntime:
             usage=usage if usage is not None else Usage(cost_usd=None),
         )
 
-    async def _transcribe_end(self, job: Job, seen: _Seen, code: int | None) -> None:
-        """The output not yet recorded, then the tool's command line (as its spec has it:
-        the prompt stays a placeholder) and how it ended."""
-        await seen.output.flush()
+    async def _transcribe_end(self, job: Job, seen: _Seen, ran: Ran) -> None:
+        """The transcript's last entry: the tool's command line (as its spec has it: the
+        prompt stays a placeholder), how it ended and the end of its output."""
         if job.transcript is None:
             return
-        status = "stopped (wall-time limit or stop order)" if code is None else f"exit code {code}"
+        ended = CommandResult(ran.exit_code, ran.timed_out, "", ran.seconds, stopped=ran.stopped)
         await job.transcript.add(
             Entry(
                 kind="command",
                 tool=self.name,
                 arguments=" ".join(self.spec.command),
                 result="\n".join(seen.tail),
-                is_error=code != 0,
-                exit_code=code,
-                status=status,
+                is_error=ran.exit_code != 0,
+                exit_code=ran.exit_code,
+                status=ended.status(),
             )
         )
 
-    async def _feed(self, process: asyncio.subprocess.Process, prompt: str) -> None:
-        assert process.stdin is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            if self.spec.prompt == "stdin":
-                process.stdin.write(prompt.encode())
-                await process.stdin.drain()
-            process.stdin.close()
-
-    async def _read(self, stream: asyncio.StreamReader, job: Job, seen: _Seen) -> None:
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line longer than the reader's limit: skip what it holds
-                raw = await stream.read(65536)
-            if not raw:
-                return
-            line = _CONTROL.sub("", raw.decode(errors="replace")).strip()[:MAX_LINE]
-            if not line:
-                continue
-            seen.lines += 1
-            await seen.output.line(line)
-            text = self._take(line, seen)
-            if text:
-                seen.last_text = text
-                await job.observer.progressed(
-                    Progress(
-                        turns=0,
-                        tool_calls=seen.lines,
-                        files_changed=[],
-                        usage=seen.reported or Usage(cost_usd=None),
-                        last_action=text if len(text) <= 120 else text[:117] + "…",
-                    )
-                )
+    def line(self, line: str, seen: _Seen) -> Progress | None:
+        """Take one line of the tool's output; the progress it makes, if any."""
+        line = _clean(line)
+        if not line:
+            return None
+        if not seen.first:
+            seen.first = line
+        seen.lines += 1
+        seen.tail.append(line[:300])
+        text = self._take(line, seen)
+        if not text:
+            return None
+        seen.last_text = text
+        return Progress(
+            turns=0,
+            tool_calls=seen.lines,
+            files_changed=[],
+            usage=seen.reported or Usage(cost_usd=None),
+            last_action=text if len(text) <= 120 else text[:117] + "…",
+        )
 
     def _take(self, line: str, seen: _Seen) -> str:
         """The line's text for progress; a usage report is added up instead."""
@@ -253,17 +298,8 @@ def _usage(report: dict[str, Any]) -> Usage | None:
     return usage
 
 
-async def _tail(stream: asyncio.StreamReader, tail: deque[str]) -> None:
-    while True:
-        try:
-            raw = await stream.readline()
-        except ValueError:
-            raw = await stream.read(65536)
-        if not raw:
-            return
-        line = _CONTROL.sub("", raw.decode(errors="replace")).strip()
-        if line:
-            tail.append(line[:300])
+def _clean(line: str) -> str:
+    return _CONTROL.sub("", line).strip()[:MAX_LINE]
 
 
 def _fill(part: str, values: dict[str, str]) -> str:
@@ -271,6 +307,64 @@ def _fill(part: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda found: values[found.group(1)], part)
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+class _Lines:
+    """Splits the tool's output into lines as it arrives (from the event loop) and
+    publishes their progress and transcript batches in order, off the loop's reading path."""
+
+    def __init__(self, runtime: CommandRuntime, job: Job, seen: _Seen) -> None:
+        self._runtime = runtime
+        self._job = job
+        self._seen = seen
+        self._buffer = bytearray()
+        self._queue: asyncio.Queue[Progress | Entry | None] = asyncio.Queue()
+        self._output = OutputLines()
+        self._dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > 4 * MAX_LINE:  # no line end in sight: cut one here
+                    end = len(self._buffer)
+                else:
+                    return
+            raw, self._buffer = bytes(self._buffer[:end]), self._buffer[end + 1 :]
+            self._take(raw)
+
+    def _take(self, raw: bytes) -> None:
+        text = raw.decode(errors="replace")
+        progress = self._runtime.line(text, self._seen)
+        if progress is not None and self._queue.qsize() < MAX_PENDING:
+            self._queue.put_nowait(progress)
+        if self._job.transcript is not None and (line := _clean(text)):
+            self._batch(self._output.line(line))
+
+    def _batch(self, text: str | None) -> None:
+        if text is None:
+            return
+        if self._queue.qsize() >= MAX_PENDING:
+            self._dropped += text.count("\n") + 1
+            return
+        if self._dropped:
+            text = f"[… {self._dropped} lines not recorded: the transcript fell behind …]\n{text}"
+            self._dropped = 0
+        self._queue.put_nowait(Entry(kind="output", text=text))
+
+    def close(self) -> None:
+        if self._buffer:
+            self._take(bytes(self._buffer))
+            self._buffer.clear()
+        self._batch(self._output.rest())
+        if self._dropped:  # no batch left to say so: an entry of its own, past the bound
+            said = f"[… {self._dropped} lines not recorded: the transcript fell behind …]"
+            self._queue.put_nowait(Entry(kind="output", text=said))
+        self._queue.put_nowait(None)
+
+    async def publish(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            if isinstance(item, Entry):
+                if self._job.transcript is not None:
+                    await self._job.transcript.add(item)
+            else:
+                await self._job.observer.progressed(item)

@@ -40,6 +40,15 @@ def runtimes(
                     f"aether-agent-runner[claude-code]): {error}"
                 ) from None
             return ClaudeCodeRuntime(base_url=base_url, api_key=api_key, cli_path=claude_code_cli)
+        if name in by_name and by_name[name].protocol == "acp":
+            try:
+                from aether_agent_runner.runtimes.acp_client import AcpRuntime
+            except ImportError as error:
+                raise RuntimeUnavailable(
+                    f"the {name} runtime speaks ACP, which is not installed on this runner "
+                    f"(install aether-agent-runner[acp]): {error}"
+                ) from None
+            return AcpRuntime(by_name[name], base_url, api_key)
         if name in by_name:
             return CommandRuntime(by_name[name], base_url, api_key)
         have = ", ".join([*KNOWN, *by_name])

@@ -1,32 +1,30 @@
-"""A task branch's diff against its base, read from the mission's repository with
-dulwich (read-only: nothing is checked out, no hook or filter runs).
+"""A task branch's diff against its base, and a repository's default branch, asked of the
+git broker's read API.
 
-The gateway can read the repository when it is a directory on the gateway's own
-machine (the local stack); for any other repository the diff is not available here and
-the caller says so.
+The broker holds every mission's repository (a local one itself, a remote one's clone),
+so it answers for repositories the gateway cannot read: a URL, a path on another machine
+or volume. The gateway holds only the broker's read token (``AETHER_GATEWAY_BROKER_TOKEN``,
+which cannot push or mint push tokens) and never opens a repository itself. The broker
+bounds what it sends; the gateway bounds what it reads (``MAX_ANSWER_BYTES``) and checks
+the answer's shape before passing it on.
 """
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
+from typing import TypeVar
 
+import httpx
 import msgspec
-from dulwich.diff_tree import tree_changes
-from dulwich.errors import NotGitRepository
-from dulwich.objects import Blob, Commit, TreeEntry
-from dulwich.refs import Ref
-from dulwich.repo import Repo
 
-# Bounds: a diff is for a person to read in a browser, not an export.
-MAX_FILES = 200
-MAX_LINES_PER_FILE = 2000
-MAX_LINES = 20000
-MAX_BLOB_BYTES = 1_000_000
+# The broker's own bound (20,000 lines, 200 files) fits well inside this.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+TIMEOUT_SECONDS = 60.0
+T = TypeVar("T")
 
 
 class FileDiff(msgspec.Struct, frozen=True, kw_only=True):
-    """One changed file: unified-diff lines (``+``, ``-``, `` ``, ``@@ …``)."""
+    """One changed file: unified-diff lines (``+``, ``-``, `` ``, ``@@ …``); a binary
+    file has none, a file cut short is ``truncated``."""
 
     path: str
     change: str
@@ -37,11 +35,9 @@ class FileDiff(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool = False
 
 
-class TaskDiff(msgspec.Struct, frozen=True, kw_only=True):
-    """What a task's commit changed against the integration head it started from."""
+class CommitDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """The broker's answer."""
 
-    mission_id: str
-    task_id: str
     base_sha: str
     head_sha: str
     added: int
@@ -50,110 +46,100 @@ class TaskDiff(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool = False
 
 
-class DiffUnavailable(Exception):
-    """The repository or one of the commits cannot be read from here."""
+class TaskDiff(CommitDiff, frozen=True, kw_only=True):
+    """What a task's commit changed against the integration head it started from."""
+
+    mission_id: str
+    task_id: str
 
 
-def _blob(repo: Repo, entry: TreeEntry | None) -> bytes:
-    if entry is None or entry.sha is None:
-        return b""
-    obj = repo[entry.sha]
-    return obj.data if isinstance(obj, Blob) else b""
+class DefaultBranchAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    default_branch: str
 
 
-def _text(data: bytes) -> list[str] | None:
-    if b"\0" in data[:8000] or len(data) > MAX_BLOB_BYTES:
-        return None
-    return data.decode("utf-8", errors="replace").splitlines()
+class BrokerUnavailable(Exception):
+    """The broker could not answer: ``status`` is what the gateway answers (404 for a
+    repository or commit the broker does not have, 400 for a reference it refuses,
+    502/503/504 when the broker or the remote cannot be reached)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
-def _commit(repo: Repo, sha: str) -> Commit:
-    try:
-        found = repo[sha.encode()]
-    except (KeyError, ValueError):
-        raise DiffUnavailable(f"commit {sha[:12]} is not in the repository") from None
-    if not isinstance(found, Commit):
-        raise DiffUnavailable(f"{sha[:12]} is not a commit")
-    return found
+class BrokerReader:
+    """The broker's read API over HTTP (``url`` empty: not configured, every read is a
+    503 saying so)."""
 
+    def __init__(self, url: str, token: str, *, timeout: float = TIMEOUT_SECONDS) -> None:
+        self._url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
 
-def task_diff(repository: str, mission_id: str, task_id: str, base: str, head: str) -> TaskDiff:
-    """The diff of ``head`` against ``base`` in the repository at ``repository``."""
-    path = Path(repository)
-    if not path.is_absolute() or not path.is_dir():
-        raise DiffUnavailable("the mission's repository is not readable from the gateway")
-    try:
-        repo = Repo(str(path))
-    except NotGitRepository:
-        raise DiffUnavailable("the mission's repository is not a git repository") from None
-    with repo:
-        old, new = _commit(repo, base), _commit(repo, head)
-        files: list[FileDiff] = []
-        total = added_all = removed_all = 0
-        truncated_all = False
-        changes = sorted(
-            tree_changes(repo.object_store, old.tree, new.tree),
-            key=lambda c: c.new.path if c.new and c.new.path else c.old.path if c.old else b"",
+    async def task_diff(
+        self, repository: str, mission_id: str, task_id: str, base: str, head: str
+    ) -> TaskDiff:
+        found = await self._get(
+            "/repository/diff",
+            {"repository": repository, "base": base, "head": head},
+            CommitDiff,
         )
-        for change in changes:
-            if len(files) >= MAX_FILES or total >= MAX_LINES:
-                truncated_all = True
-                break
-            named = change.new if change.new is not None and change.new.path else change.old
-            name = (named.path or b"").decode("utf-8", "replace") if named is not None else ""
-            before, after = _text(_blob(repo, change.old)), _text(_blob(repo, change.new))
-            if before is None or after is None:
-                files.append(
-                    FileDiff(
-                        path=name, change=change.type, added=0, removed=0, lines=[], binary=True
-                    )
-                )
-                continue
-            lines = [
-                line.rstrip("\n") for line in difflib.unified_diff(before, after, lineterm="", n=3)
-            ][2:]  # the ---/+++ header: the path is shown already
-            added = sum(1 for x in lines if x.startswith("+"))
-            removed = sum(1 for x in lines if x.startswith("-"))
-            added_all += added
-            removed_all += removed
-            cut = len(lines) > MAX_LINES_PER_FILE or total + len(lines) > MAX_LINES
-            keep = min(MAX_LINES_PER_FILE, MAX_LINES - total)
-            shown = lines[:keep]
-            total += len(shown)
-            files.append(
-                FileDiff(
-                    path=name,
-                    change=change.type,
-                    added=added,
-                    removed=removed,
-                    lines=shown,
-                    truncated=cut,
-                )
+        return TaskDiff(**msgspec.structs.asdict(found), mission_id=mission_id, task_id=task_id)
+
+    async def default_branch(self, repository: str) -> str:
+        found = await self._get(
+            "/repository/default-branch", {"repository": repository}, DefaultBranchAnswer
+        )
+        return found.default_branch
+
+    async def _get(self, path: str, params: dict[str, str], kind: type[T]) -> T:
+        if not self._url:
+            raise BrokerUnavailable(
+                503, "the git broker's read API is not configured (AETHER_GATEWAY_BROKER_URL)"
             )
-        return TaskDiff(
-            mission_id=mission_id,
-            task_id=task_id,
-            base_sha=base,
-            head_sha=head,
-            added=added_all,
-            removed=removed_all,
-            files=files,
-            truncated=truncated_all,
-        )
+        headers = {"authorization": f"Bearer {self._token}"}
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self._timeout) as client,
+                client.stream("GET", self._url + path, params=params, headers=headers) as answer,
+            ):
+                body = bytearray()
+                async for chunk in answer.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise BrokerUnavailable(502, "the git broker's answer is too large")
+                status = answer.status_code
+        except httpx.TimeoutException:
+            raise BrokerUnavailable(504, "the git broker did not answer in time") from None
+        except httpx.HTTPError as error:
+            raise BrokerUnavailable(
+                503, f"the git broker cannot be reached ({type(error).__name__})"
+            ) from None
+        if status == 200:
+            try:
+                return msgspec.json.decode(bytes(body), type=kind)
+            except msgspec.DecodeError as error:
+                raise BrokerUnavailable(
+                    502, f"the git broker's answer is malformed: {error}"
+                ) from None
+        raise BrokerUnavailable(_status_for(status), _reason_of(bytes(body), status))
 
 
-def default_branch(repository: str) -> str:
-    """The branch ``HEAD`` names in the repository at ``repository`` (a local directory)."""
-    path = Path(repository)
-    if not path.is_absolute() or not path.is_dir():
-        raise DiffUnavailable("the repository is not a directory the gateway can read")
+def _status_for(broker_status: int) -> int:
+    """What the gateway answers for the broker's status: the caller's mistakes and what
+    is missing pass through; the gateway's own credential being refused is the gateway's
+    fault (503), not the caller's (401)."""
+    if broker_status in (400, 404, 502, 503, 504):
+        return broker_status
+    return 503 if broker_status in (401, 403) else 502
+
+
+def _reason_of(body: bytes, status: int) -> str:
     try:
-        repo = Repo(str(path))
-    except NotGitRepository:
-        raise DiffUnavailable("the directory is not a git repository") from None
-    with repo:
-        target = repo.refs.read_ref(Ref(b"HEAD"))
-    prefix = b"ref: refs/heads/"
-    if target is None or not target.startswith(prefix):
-        raise DiffUnavailable("the repository's HEAD names no branch")
-    return target[len(prefix) :].decode("utf-8", "replace")
+        error = msgspec.json.decode(body[:4096], type=dict[str, str]).get("error", "")
+    except msgspec.DecodeError:
+        error = ""
+    if status in (401, 403):
+        return "the git broker refused the gateway's read token (AETHER_GATEWAY_BROKER_TOKEN)"
+    return error[:500] or f"the git broker answered {status}"

@@ -1,72 +1,318 @@
-"""OIDC bearer tokens: JWTs verified against the identity provider's JWKS."""
+"""OIDC: JWTs verified against the identity provider's JWKS, and the board's sign-in.
+
+Two ways in, both ending in a :class:`Principal`:
+
+- a bearer JWT on any request (the CLI, ``curl``, the board after it signed in): an
+  access token whose audience is ``AETHER_OIDC_AUDIENCE``, or an ID token issued to
+  Aether's own client id;
+- the board's sign-in: the authorization-code flow with PKCE. The browser holds the
+  verifier, the state and the nonce; the gateway swaps the code for tokens at the
+  provider's token endpoint (with the client secret when the client is confidential, so
+  the secret never reaches a browser) and checks the ID token, its nonce included,
+  before handing it to the board as its bearer token.
+
+Keys come from the JWKS the discovery document names (or ``AETHER_OIDC_JWKS_URL``) and
+are cached; a token signed with a key id not in the cache fetches the set again (at most
+once per cooldown), which is how a provider's key rotation is followed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import jwt
+import msgspec
 
-from aether_gateway.domain.auth import Principal, parse_scopes
+from aether_gateway.domain.auth import (
+    Principal,
+    Scope,
+    claim_at,
+    parse_scopes,
+    role_names,
+    scopes_for_roles,
+)
 
 log = logging.getLogger("aether.gateway.oidc")
 
 # Asymmetric algorithms only: a JWKS publishes public keys, and accepting HS256 would let
 # anyone who knows a public key sign tokens with it.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+CALLBACK_PATH = "/board/oidc/callback"
+# Bounds on what the provider sends back: it is another party's input.
+_MAX_ERROR_TEXT = 300
+# How long a failed discovery is remembered before the provider is asked again.
+_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class OidcSettings:
-    jwks_url: str
+    """Where tokens come from and what they grant (``AETHER_OIDC_*``)."""
+
+    # The key set; empty: the one the issuer's discovery document names.
+    jwks_url: str = ""
+    # The provider's issuer URL: tokens must name it, and its discovery document
+    # (``<issuer>/.well-known/openid-configuration``) gives the endpoints.
     issuer: str | None = None
+    # The audience of access tokens sent to the API (ID tokens carry the client id).
     audience: str | None = None
     # The claim holding the caller's scopes (a space-separated string or a list) and the
     # prefix that marks Aether's among them (``aether:write``).
     scope_claim: str = "scope"
     scope_prefix: str = "aether:"
+    # The board's sign-in (off without a client id).
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    # Where the provider sends the browser back; empty: the public URL's callback page.
+    redirect_url: str = ""
+    # The claim listing the caller's roles (a dotted path reaches into objects), and
+    # which of the provider's roles make an Aether admin, operator or read-only user.
+    role_claim: str = "roles"
+    admin_roles: tuple[str, ...] = ("aether-admin",)
+    operator_roles: tuple[str, ...] = ("aether-operator",)
+    read_only_roles: tuple[str, ...] = ("aether-read-only",)
+    # Least time between two fetches of the key set forced by an unknown key id.
+    jwks_cooldown_seconds: float = 30.0
+    # Clock skew allowed on exp, iat and nbf.
+    leeway_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.jwks_url and not self.issuer:
+            raise ValueError("OIDC needs AETHER_OIDC_ISSUER or AETHER_OIDC_JWKS_URL")
+        if self.client_id and not self.issuer:
+            raise ValueError("AETHER_OIDC_CLIENT_ID needs AETHER_OIDC_ISSUER (its discovery)")
+        if self.client_id and "openid" not in self.scopes:
+            raise ValueError("AETHER_OIDC_SCOPES must include openid")
+        if self.jwks_cooldown_seconds < 0 or self.leeway_seconds < 0:
+            raise ValueError("OIDC cooldown and leeway cannot be negative")
+
+    @property
+    def browser_sign_in(self) -> bool:
+        return bool(self.client_id)
+
+    def role_mapping(self) -> dict[Scope, tuple[str, ...]]:
+        return {
+            "admin": self.admin_roles,
+            "write": self.operator_roles,
+            "read": self.read_only_roles,
+        }
 
 
 class InvalidToken(Exception):
-    """The bearer token is not a valid OIDC token for this gateway."""
+    """The bearer token (or the sign-in's answer) is not valid for this gateway."""
+
+
+class ProviderUnavailable(Exception):
+    """The identity provider could not be reached or answered nonsense."""
+
+
+class ProviderMetadata(msgspec.Struct, kw_only=True):
+    """The parts of the discovery document the gateway uses (unknown fields ignored)."""
+
+    issuer: str
+    authorization_endpoint: str = ""
+    token_endpoint: str = ""
+    jwks_uri: str = ""
+    end_session_endpoint: str = ""
+
+
+class _TokenAnswer(msgspec.Struct, kw_only=True):
+    id_token: str = ""
+    error: str = ""
+    error_description: str = ""
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A finished sign-in: who, and the ID token the board now sends as its bearer."""
+
+    principal: Principal
+    token: str
+    expires_at: int
+    claims: dict[str, Any] = field(repr=False)
+
+
+def _client() -> httpx.AsyncClient:
+    # One per exchange: sign-ins are rare, and a client bound to no loop survives the
+    # app being stopped and started again.
+    return httpx.AsyncClient(timeout=10, follow_redirects=False)
 
 
 class OidcVerifier:
-    """Verifies signatures with keys fetched (and cached) from the JWKS URL."""
+    """Verifies JWTs and finishes the board's sign-in against one provider."""
 
-    def __init__(self, settings: OidcSettings) -> None:
+    def __init__(self, settings: OidcSettings, *, public_url: str = "") -> None:
         self.settings = settings
-        self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=10)
+        self.redirect_url = settings.redirect_url or f"{public_url.rstrip('/')}{CALLBACK_PATH}"
+        self._metadata: ProviderMetadata | None = None
+        self._jwks: jwt.PyJWKClient | None = (
+            self._key_client(settings.jwks_url) if settings.jwks_url else None
+        )
+        self._lock = asyncio.Lock()
+        self._failure: ProviderUnavailable | None = None
+        self._failed_at = 0.0
+
+    def _key_client(self, url: str) -> jwt.PyJWKClient:
+        # The key set is cached for five minutes; single keys are not cached apart from
+        # it (cache_keys), or a key the provider has withdrawn would stay trusted.
+        return jwt.PyJWKClient(
+            url,
+            cache_keys=False,
+            cache_jwk_set=True,
+            lifespan=300,
+            timeout=10,
+            cooldown_duration=self.settings.jwks_cooldown_seconds,
+        )
+
+    async def metadata(self) -> ProviderMetadata:
+        """The provider's discovery document, fetched once it is first needed (a failed
+        fetch is tried again on the next call)."""
+        async with self._lock:
+            if self._metadata is not None:
+                return self._metadata
+            # A provider that is down is asked again after a pause, not on every request
+            # (each would wait out the timeout behind this lock).
+            if self._failure is not None and time.monotonic() - self._failed_at < _RETRY_SECONDS:
+                raise self._failure
+            try:
+                self._metadata = await self._discover()
+            except ProviderUnavailable as error:
+                self._failure, self._failed_at = error, time.monotonic()
+                raise
+            return self._metadata
+
+    async def _discover(self) -> ProviderMetadata:
+        issuer = self.settings.issuer or ""
+        if not issuer:
+            # JWKS-only configuration: no discovery, no browser sign-in.
+            return ProviderMetadata(issuer="", jwks_uri=self.settings.jwks_url)
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            async with _client() as http:
+                response = await http.get(url)
+            response.raise_for_status()
+            found = msgspec.json.decode(response.content, type=ProviderMetadata)
+        except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise ProviderUnavailable(f"the discovery document at {url}: {error}") from error
+        # OIDC Discovery 1.0 §4.3: the document must name the issuer it was fetched for,
+        # else another party's keys would be trusted.
+        if found.issuer.rstrip("/") != issuer.rstrip("/"):
+            raise ProviderUnavailable(
+                f"the discovery document names issuer {found.issuer[:200]!r}, not {issuer!r}"
+            )
+        if not found.jwks_uri and not self.settings.jwks_url:
+            raise ProviderUnavailable("the discovery document names no jwks_uri")
+        log.info("OIDC provider discovered", extra={"issuer": found.issuer})
+        return found
+
+    async def _keys(self) -> tuple[jwt.PyJWKClient, str | None]:
+        """The key client and the issuer tokens must name (None: not checked)."""
+        if self._jwks is not None:
+            # Keys named outright (or found before): no discovery needed to verify.
+            return self._jwks, (self._metadata.issuer if self._metadata else None)
+        found = await self.metadata()
+        self._jwks = self._key_client(found.jwks_uri)
+        return self._jwks, found.issuer
 
     async def principal(self, token: str) -> Principal:
-        """The caller the token names, with the Aether scopes it grants."""
-        # PyJWKClient fetches the key set with blocking I/O (cached after the first call).
-        claims = await asyncio.to_thread(self._verify, token)
+        """The caller a bearer JWT names, with the Aether scopes it grants."""
+        audiences = [a for a in (self.settings.audience, self.settings.client_id) if a]
+        claims = await self._verified(token, audiences)
+        return self.principal_of(claims)
+
+    async def sign_in(self, code: str, code_verifier: str, nonce: str) -> SignedIn:
+        """Swap an authorization code for tokens and check the ID token, its nonce too."""
+        if not self.settings.browser_sign_in:
+            raise InvalidToken("OIDC sign-in is not configured")
+        found = await self.metadata()
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.redirect_url,
+            "code_verifier": code_verifier,
+            "client_id": self.settings.client_id,
+        }
+        # A confidential client authenticates with client_secret_basic; a public one
+        # (no secret) is held to its PKCE verifier alone.
+        auth: httpx.Auth = (
+            httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
+            if self.settings.client_secret
+            else httpx.Auth()
+        )
+        try:
+            async with _client() as http:
+                response = await http.post(found.token_endpoint, data=form, auth=auth)
+            answer = msgspec.json.decode(response.content, type=_TokenAnswer)
+        except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise ProviderUnavailable(f"the token endpoint: {error}") from error
+        if response.status_code >= 400 or answer.error or not answer.id_token:
+            why = answer.error_description or answer.error or f"HTTP {response.status_code}"
+            raise InvalidToken(f"the provider refused the code: {why[:_MAX_ERROR_TEXT]}")
+        claims = await self._verified(answer.id_token, [self.settings.client_id], id_token=True)
+        if not hmac.compare_digest(str(claims.get("nonce", "")).encode(), nonce.encode()):
+            raise InvalidToken("the ID token's nonce is not this sign-in's")
+        audience = claims.get("aud")
+        several = isinstance(audience, list) and len(audience) > 1
+        if several and claims.get("azp") != self.settings.client_id:
+            raise InvalidToken("the ID token was issued to another party (azp)")
+        return SignedIn(
+            principal=self.principal_of(claims),
+            token=answer.id_token,
+            expires_at=int(claims["exp"]),
+            claims=claims,
+        )
+
+    def principal_of(self, claims: dict[str, Any]) -> Principal:
         subject = str(claims.get("sub") or "")
         if not subject:
             raise InvalidToken("the token names no subject")
         raw: Any = claims.get(self.settings.scope_claim, "")
-        granted = raw if isinstance(raw, str | list) else ""
-        scopes = parse_scopes(granted, self.settings.scope_prefix)
-        name = str(claims.get("preferred_username") or claims.get("email") or subject)
-        return Principal(id=f"oidc:{subject}", name=name, scopes=scopes, kind="oidc")
+        granted = parse_scopes(
+            raw if isinstance(raw, str | list) else "", self.settings.scope_prefix
+        )
+        roles = role_names(claim_at(claims, self.settings.role_claim))
+        scopes = granted | scopes_for_roles(roles, self.settings.role_mapping())
+        name = str(
+            claims.get("preferred_username") or claims.get("email") or claims.get("name") or subject
+        )
+        return Principal(id=f"oidc:{subject}", name=name[:200], scopes=scopes, kind="oidc")
 
-    def _verify(self, token: str) -> dict[str, Any]:
+    async def _verified(
+        self, token: str, audiences: list[str], *, id_token: bool = False
+    ) -> dict[str, Any]:
         try:
-            key = self._jwks.get_signing_key_from_jwt(token)
+            keys, issuer = await self._keys()
+        except ProviderUnavailable as error:
+            raise InvalidToken(f"the identity provider is unavailable ({error})") from error
+        required = ["exp", "sub", "iat", "iss", "aud"] if id_token else ["exp", "sub"]
+        # PyJWKClient fetches the key set with blocking I/O (cached after the first call).
+        return await asyncio.to_thread(self._decode, keys, token, audiences, issuer, required)
+
+    def _decode(
+        self,
+        keys: jwt.PyJWKClient,
+        token: str,
+        audiences: list[str],
+        issuer: str | None,
+        required: list[str],
+    ) -> dict[str, Any]:
+        issuer = issuer or self.settings.issuer
+        try:
+            key = keys.get_signing_key_from_jwt(token)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=list(ALGORITHMS),
-                audience=self.settings.audience,
-                issuer=self.settings.issuer,
-                options={
-                    "require": ["exp", "sub"],
-                    "verify_aud": self.settings.audience is not None,
-                },
-                leeway=30,
+                audience=audiences or None,
+                issuer=issuer,
+                options={"require": required, "verify_aud": bool(audiences)},
+                leeway=self.settings.leeway_seconds,
             )
         except jwt.PyJWTError as error:
             raise InvalidToken(str(error)) from error

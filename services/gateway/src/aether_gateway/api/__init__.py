@@ -13,6 +13,7 @@ from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import on_http_error, on_unexpected_error, on_validation_error
 from aether_gateway.api.inputs import InputGuard, strict_body
 from aether_gateway.api.live import LIVE_ROUTES
+from aether_gateway.api.oidc import OIDC_ROUTES
 from aether_gateway.api.queries import QUERY_ROUTES
 from aether_gateway.api.steps import STEP_ROUTES
 from aether_gateway.api.transcript import TRANSCRIPT_ROUTES
@@ -40,6 +41,7 @@ def router(ctx: GatewayContext) -> Router:
             *STEP_ROUTES,
             *ACTIVITY_ROUTES,
             *TRANSCRIPT_ROUTES,
+            *OIDC_ROUTES,
         ],
         dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
         before_request=strict_body,

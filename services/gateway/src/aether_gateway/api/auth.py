@@ -4,8 +4,10 @@ Every route except health, readiness and metrics needs a bearer token:
 
 - an API token (``aet_…``), looked up by its SHA-256 hash;
 - the bootstrap admin token from ``AETHER_ADMIN_TOKEN``, compared in constant time;
-- an OIDC access token (a JWT), verified against the identity provider's JWKS, when
-  ``AETHER_OIDC_JWKS_URL`` is set.
+- an OIDC JWT (an access token for ``AETHER_OIDC_AUDIENCE``, or an ID token issued to
+  ``AETHER_OIDC_CLIENT_ID``, which is what the board signs in with), verified against the
+  identity provider's JWKS, when ``AETHER_OIDC_ISSUER`` or ``AETHER_OIDC_JWKS_URL`` is
+  set. Its scopes come from the scope claim and from the roles in the role claim.
 
 Event streams also take the token as ``?access_token=`` (a browser's EventSource cannot
 send headers). Each route then names the scope it needs with a guard.
@@ -71,7 +73,10 @@ class Authenticator:
             if not found.scopes:
                 raise PermissionDeniedException(
                     detail="the OIDC token grants no Aether scope",
-                    extra={"scope_claim": self._oidc.settings.scope_claim},
+                    extra={
+                        "scope_claim": self._oidc.settings.scope_claim,
+                        "role_claim": self._oidc.settings.role_claim,
+                    },
                 )
             return found
         raise _unauthorized("the token is not valid")

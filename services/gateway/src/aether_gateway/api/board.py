@@ -1,25 +1,26 @@
 """The queries the web board needs beyond the rest of the API: where the read model
 stands (so a page can load a snapshot and then stream from exactly that point), the
-progress of a page of missions in one call, and a task branch's diff against the
-integration head it started from."""
+progress of a page of missions in one call, a task branch's diff against the integration
+head it started from and a repository's default branch (these two asked of the git
+broker, which holds every mission's repository)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import msgspec
 from litestar import Router, get
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath, QueryParameter
 
 from aether_events import is_valid_token
 from aether_gateway.adapters.db import Database
-from aether_gateway.adapters.diffs import DiffUnavailable, TaskDiff, default_branch, task_diff
+from aether_gateway.adapters.diffs import BrokerReader, BrokerUnavailable, TaskDiff
 from aether_gateway.adapters.progress import Progress, progress_of
 from aether_gateway.api.auth import READ, WRITE
 from aether_gateway.api.context import GatewayContext
-from aether_gateway.api.errors import bad_request, error_responses, not_found
+from aether_gateway.api.errors import bad_request, error_responses, not_found, unavailable
 from aether_gateway.api.queries import _mission_or_wait
 
 
@@ -68,18 +69,31 @@ async def tasks_progress(
     return MissionProgress(missions=await progress_of(db, [i for i in ids if is_valid_token(i)]))
 
 
+def _broker_failed(what: str, failed: BrokerUnavailable) -> HTTPException:
+    if failed.status == 404:
+        return not_found(what, reason=failed.reason)
+    if failed.status == 400:
+        return bad_request(f"{what}: {failed.reason}", reason=failed.reason)
+    return unavailable(failed.status, f"{what}: {failed.reason}", reason=failed.reason)
+
+
 @get(
     "/missions/{mission_id:str}/tasks/{task_id:str}/diff",
     summary="A task's commit as a diff against the integration head it started from",
     guards=[READ],
-    responses=error_responses(400, 401, 403, 404),
+    responses=error_responses(400, 401, 403, 404, 502, 503, 504),
     tags=["tasks"],
 )
 async def get_task_diff(
-    ctx: NamedDependency[GatewayContext], mission_id: FromPath[str], task_id: FromPath[str]
+    ctx: NamedDependency[GatewayContext],
+    broker: NamedDependency[BrokerReader],
+    mission_id: FromPath[str],
+    task_id: FromPath[str],
 ) -> TaskDiff:
-    """Read from the mission's repository when the gateway can reach it (a local
-    directory); 404 when the task has no commit yet or the repository is elsewhere."""
+    """Read by the git broker from its copy of the mission's repository (local or
+    remote), bounded: at most 200 files and 20,000 lines, binary files marked, whatever
+    is cut marked ``truncated``. 404 when the task has no commit yet or the broker does
+    not hold it; 502/503/504 when the broker cannot be asked."""
     mission = await _mission_or_wait(ctx, mission_id)
     task = await ctx.queries.task(mission_id, task_id)
     if task is None:
@@ -88,11 +102,11 @@ async def get_task_diff(
     if task.commit_sha is None or base is None:
         raise not_found(f"a commit of task {task_id!r}", reason="the agent has not committed")
     try:
-        return await asyncio.to_thread(
-            task_diff, mission.repository, mission_id, task_id, base, task.commit_sha
+        return await broker.task_diff(
+            mission.repository, mission_id, task_id, base, task.commit_sha
         )
-    except DiffUnavailable as error:
-        raise not_found(f"the diff of task {task_id!r}", reason=str(error)) from None
+    except BrokerUnavailable as failed:
+        raise _broker_failed(f"the diff of task {task_id!r}", failed) from None
 
 
 class DefaultBranch(msgspec.Struct, kw_only=True):
@@ -102,26 +116,30 @@ class DefaultBranch(msgspec.Struct, kw_only=True):
 
 @get(
     "/repositories/default-branch",
-    summary="The default branch of a repository the gateway can read (a local directory)",
+    summary="The default branch of a repository (a local path or a remote URL)",
     guards=[WRITE],
-    responses=error_responses(400, 401, 403, 404),
+    responses=error_responses(400, 401, 403, 404, 502, 503, 504),
     tags=["missions"],
 )
 async def repository_default_branch(
+    broker: NamedDependency[BrokerReader],
     repository: Annotated[str, QueryParameter(min_length=1, max_length=4096)],
 ) -> DefaultBranch:
-    """What a new mission's base branch defaults to in the board's form. Only for those
-    who may submit missions (it tells whether a path is a repository); a repository the
-    gateway cannot read (a URL, another machine's path) is a 404."""
+    """What a new mission's base branch defaults to in the board's form, read by the git
+    broker as it would read it when preparing the mission (a local ``HEAD``, a remote's
+    advertised ``HEAD``). Only for those who may submit missions: it makes the broker
+    read the repository. 400 for a reference the broker refuses, 404 when there is no
+    default branch, 502 when a remote cannot be reached."""
     try:
-        branch = await asyncio.to_thread(default_branch, repository)
-    except DiffUnavailable as error:
-        raise not_found("the repository's default branch", reason=str(error)) from None
+        branch = await broker.default_branch(repository)
+    except BrokerUnavailable as failed:
+        raise _broker_failed("the repository's default branch", failed) from None
     return DefaultBranch(repository=repository, default_branch=branch)
 
 
 def board_router(ctx: GatewayContext, db: Database) -> Router:
     """The board's queries, with ``ctx`` injected as in the rest of the API."""
+    broker = BrokerReader(ctx.settings.broker_url, ctx.settings.broker_token)
     return Router(
         path="/",
         route_handlers=[
@@ -133,5 +151,6 @@ def board_router(ctx: GatewayContext, db: Database) -> Router:
         dependencies={
             "ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True),
             "db": Provide(lambda: db, sync_to_thread=False, use_cache=True),
+            "broker": Provide(lambda: broker, sync_to_thread=False, use_cache=True),
         },
     )

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from aether_events.estimates import PlanEstimate
 from aether_gateway.adapters.queries import StoredEvent, UsageRow
 from aether_gateway.adapters.tokens import TokenInfo
 from aether_gateway.domain import (
@@ -142,6 +143,9 @@ class MissionDetail(Mission, frozen=True, kw_only=True):
     projection_errors: list[ProjectionFailure] = msgspec.field(default_factory=list)
     # Events a service could not handle (see GET /missions/{id}/steps).
     failed_steps: list[FailedStep] = msgspec.field(default_factory=list)
+    # Per plan version: what each task is expected to cost from its tier (the
+    # scheduler's reservation rule; nothing for a plan the offline model runs).
+    plan_estimates: list[PlanEstimate] = msgspec.field(default_factory=list)
 
 
 class TaskPage(msgspec.Struct, kw_only=True):

@@ -14,6 +14,7 @@ from aether_events import Event, tag_of
 from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.hub import Hub
 from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
+from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.tokens import TokenStore
@@ -39,6 +40,8 @@ class GatewayContext:
     rebuild: Any = None
     # Set when the app shuts down, so open event streams end instead of holding it up.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # OIDC, when configured: bearer JWTs and the board's sign-in.
+    oidc: OidcVerifier | None = None
 
     def mission_url(self, mission_id: str) -> str:
         return f"{self.settings.base_url}/missions/{mission_id}"

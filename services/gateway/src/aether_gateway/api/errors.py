@@ -41,7 +41,9 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         ),
         422: "The Idempotency-Key was used before with a different request",
         429: "Too many requests; `Retry-After` says when to try again",
-        503: "The event bus or the database is unavailable; try again",
+        502: "The git broker, or a remote repository it reads, answered with an error",
+        503: "The event bus, the database or the git broker is unavailable; try again",
+        504: "The git broker did not answer in time; try again",
     }
     return {
         code: ResponseSpec(
@@ -61,6 +63,11 @@ def mission_not_found(mission_id: str) -> NotFoundException:
 
 def conflict(message: str, **detail: Any) -> HTTPException:
     return HTTPException(status_code=HTTP_409_CONFLICT, detail=message, extra=detail or None)
+
+
+def unavailable(status: int, message: str, **detail: Any) -> HTTPException:
+    """A 5xx of a service behind the gateway (``status``), with its reason."""
+    return HTTPException(status_code=status, detail=message, extra=detail or None)
 
 
 def bad_request(message: str, **detail: Any) -> ClientException:

@@ -14,6 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
 from aether_events import TYPES_BY_TAG, is_valid_token
+from aether_events.estimates import plan_estimate
 from aether_gateway.adapters.queries import UsageRow
 from aether_gateway.api.auth import READ
 from aether_gateway.api.bodies import (
@@ -205,7 +206,21 @@ async def get_mission(
             await ctx.read_model.failures(mission_id) if mission.projection_failures else []
         ),
         failed_steps=await failed_steps_of(ctx, mission_id),
+        plan_estimates=[
+            plan_estimate(
+                plan.version,
+                [(task.id, task.tier) for task in plan.tasks],
+                # The offline model is free: a plan it made (its tasks run on it too,
+                # as a stack without a key runs every call on it) reserves nothing.
+                _free(ctx.settings.estimate_usd) if plan.offline else ctx.settings.estimate_usd,
+            )
+            for plan in plans
+        ],
     )
+
+
+def _free(estimates: dict[str, float]) -> dict[str, float]:
+    return dict.fromkeys(estimates, 0.0)
 
 
 @get(

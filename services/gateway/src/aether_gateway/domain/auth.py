@@ -7,6 +7,7 @@ Scopes are ordered: ``admin`` may do everything ``write`` may, and ``write`` eve
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal
 
 import msgspec
@@ -50,3 +51,36 @@ def parse_scopes(values: list[str] | str, prefix: str = "") -> frozenset[str]:
         if name in _RANK:
             found.add(name)
     return frozenset(found)
+
+
+def claim_at(claims: Mapping[str, object], name: str) -> object:
+    """The claim called ``name``: the top-level claim of that exact name when there is one
+    (namespaced claims such as ``https://example.test/roles`` contain dots), else the
+    dotted path into nested objects (Keycloak's ``realm_access.roles``)."""
+    if name in claims:
+        return claims[name]
+    found: object = claims
+    for part in name.split("."):
+        if not isinstance(found, Mapping) or part not in found:
+            return None
+        found = found[part]
+    return found
+
+
+def role_names(value: object) -> frozenset[str]:
+    """The role names in a claim: a list of strings, or one string of names separated by
+    spaces or commas. Anything else names none."""
+    if isinstance(value, str):
+        return frozenset(value.replace(",", " ").split())
+    if isinstance(value, list | tuple):
+        return frozenset(item for item in value if isinstance(item, str))
+    return frozenset()
+
+
+def scopes_for_roles(
+    roles: frozenset[str], mapping: Mapping[Scope, Iterable[str]]
+) -> frozenset[str]:
+    """The Aether scopes that ``roles`` are given by ``mapping`` (scope -> the identity
+    provider's roles that grant it): admin for an admin role, ``write`` for an operator
+    role, ``read`` for a read-only one."""
+    return frozenset(scope for scope, granting in mapping.items() if roles & set(granting))

@@ -16,6 +16,12 @@ from aether_git_broker.naming import ref_name_problem
 from aether_git_broker.sources import RemoteSource
 
 _HEADS = b"refs/heads/"
+
+
+class NoDefaultBranch(RemoteError):
+    """The remote answered, but names no default branch that exists."""
+
+
 _SYMREF = b"ref: "
 
 
@@ -59,10 +65,12 @@ def remote_default_branch(source: RemoteSource, timeout: float) -> str:
         raise _failure("fetch from", source.display, error) from None
     name = _branch_named(advertised.symrefs.get(Ref(b"HEAD")))
     if name is None:
-        raise RemoteError(
+        raise NoDefaultBranch(
             f"{source.display} does not say which branch is its default (no HEAD naming a "
             "branch): name a base branch"
         )
     if advertised.refs.get(Ref(_HEADS + name.encode())) is None:
-        raise RemoteError(f"the default branch {name!r} (HEAD) of {source.display} does not exist")
+        raise NoDefaultBranch(
+            f"the default branch {name!r} (HEAD) of {source.display} does not exist"
+        )
     return name

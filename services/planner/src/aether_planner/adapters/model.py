@@ -1,4 +1,13 @@
-"""The planner's model calls through the anthropic SDK: tool use, prompt caching, a journal."""
+"""The planner's model calls through the anthropic SDK: tool use and a journal.
+
+No prompt caching: a cache write costs 1.25 times plain input and pays only when a later
+call reads it within five minutes, and no planner call knows that one will. A mission is
+usually planned in one call; the next call on the same repository context (an answer to
+the planner's questions, feedback on a plan) waits on a person, mostly for longer than
+the cache lives; a correction follows only a rejected reply, which is known after the
+call; and tools and system prompt alone are shorter than the models' minimum cacheable
+prefix. Measured in ``bench/caching.py``; the reasoning is in ``docs/caching.md``.
+"""
 
 from __future__ import annotations
 
@@ -53,16 +62,11 @@ ANSWER_TOOL: ToolParam = {
         "required": ["answer"],
     },
 }
-# Always the same tools in the same order, the last one marked: the tool definitions are
-# part of the cached prefix, so they must not change from call to call.
-TOOLS: list[ToolParam] = [
-    QUESTIONS_TOOL,
-    ANSWER_TOOL,
-    {**PLAN_TOOL, "cache_control": {"type": "ephemeral"}},
-]
-SYSTEM: list[TextBlockParam] = [
-    {"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}
-]
+# Always the same tools in the same order and the same system prompt: a prompt prefix
+# that never varies is what a provider's automatic prefix reuse (or a later cache
+# breakpoint) can match.
+TOOLS: list[ToolParam] = [QUESTIONS_TOOL, ANSWER_TOOL, PLAN_TOOL]
+SYSTEM: list[TextBlockParam] = [{"type": "text", "text": SYSTEM_PROMPT}]
 ANY_TOOL: ToolChoiceAnyParam = {"type": "any"}
 FORCE_PLAN: ToolChoiceToolParam = {"type": "tool", "name": "submit_plan"}
 
@@ -137,7 +141,7 @@ class PlannerModel:
             {
                 "role": "user",
                 "content": [
-                    {"type": "text", "text": context, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": context},
                     {"type": "text", "text": mission},
                 ],
             }

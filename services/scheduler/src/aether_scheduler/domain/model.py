@@ -19,6 +19,7 @@ from aether_events import (
     known_cost,
     phase_of,
 )
+from aether_events.estimates import DEFAULT_ESTIMATES_USD
 
 TaskStatus = Literal[
     "pending",  # waiting for dependencies, a slot, the budget or a scope to free up
@@ -35,10 +36,6 @@ TaskStatus = Literal[
 IN_FLIGHT: frozenset[str] = frozenset({"ready", "running"})
 UNMERGED_WORK: frozenset[str] = frozenset({"ready", "running", "completed"})
 DONE: frozenset[str] = frozenset({"merged", "skipped"})
-
-
-# What a task of each tier is expected to cost before it runs, unless configured.
-DEFAULT_ESTIMATES_USD: dict[str, float] = {"small": 0.05, "standard": 0.40, "complex": 1.50}
 
 
 @dataclass(frozen=True)

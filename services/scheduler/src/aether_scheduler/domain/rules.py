@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 
 from aether_events import PlannedTask
+from aether_events.estimates import estimate_for as shared_estimate_for
 from aether_scheduler.domain.model import Config
 
 
@@ -66,4 +67,5 @@ def backoff_seconds(mission_id: str, task_id: str, attempt: int, config: Config)
 
 
 def estimate_for(tier: str, config: Config) -> float:
-    return config.estimate_usd.get(tier, max(config.estimate_usd.values(), default=0.0))
+    # The rule is shared with the gateway and the command line, which show the estimate.
+    return shared_estimate_for(tier, config.estimate_usd)

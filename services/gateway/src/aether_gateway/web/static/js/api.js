@@ -1,6 +1,8 @@
 // The gateway's REST API, with the token from the browser session.
 
 const KEY = "aether.token";
+const KIND = "aether.signin";
+const EXPIRES = "aether.expires";
 let signedOutHandler = () => {};
 
 export class ApiError extends Error {
@@ -8,6 +10,13 @@ export class ApiError extends Error {
     super((body && body.error) || `HTTP ${status}`);
     this.status = status;
     this.body = body || {};
+  }
+
+  /** The message with the reason the gateway gave beside it (a 404's "why"), if any. */
+  explained() {
+    const detail = this.body.detail;
+    const reason = detail && typeof detail === "object" && typeof detail.reason === "string" ? detail.reason : "";
+    return reason && !this.message.includes(reason) ? `${this.message}: ${reason}` : this.message;
   }
 
   /** The field an error names, if any (a 400 from the gateway's validation). */
@@ -29,12 +38,24 @@ export function token() {
   return sessionStorage.getItem(KEY);
 }
 
-export function setToken(value) {
+/** Keep the token; an OIDC session also keeps when it ends (seconds since the epoch). */
+export function setToken(value, { kind = "token", expiresAt = null } = {}) {
   sessionStorage.setItem(KEY, value);
+  sessionStorage.setItem(KIND, kind);
+  if (expiresAt) sessionStorage.setItem(EXPIRES, String(expiresAt));
+  else sessionStorage.removeItem(EXPIRES);
+}
+
+/** How the tab signed in ("token" or "oidc") and when that ends (null: not known). */
+export function session() {
+  const expires = Number(sessionStorage.getItem(EXPIRES));
+  return { kind: sessionStorage.getItem(KIND) || "token", expiresAt: expires > 0 ? expires : null };
 }
 
 export function forgetToken() {
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(KIND);
+  sessionStorage.removeItem(EXPIRES);
   sessionStorage.removeItem("aether.me");
 }
 
@@ -81,7 +102,11 @@ export const post = (path, body = {}) => call("POST", path, body);
 
 /** Who holds the token, and whether they may command (``write``) or only look. */
 export async function whoami(auth = token()) {
-  const me = await call("GET", "/auth/whoami", undefined, { auth, quiet401: true });
+  return withRights(await call("GET", "/auth/whoami", undefined, { auth, quiet401: true }));
+}
+
+/** ``me`` with ``canWrite``: whether its scopes allow commands. */
+export function withRights(me) {
   me.canWrite = me.scopes.includes("write") || me.scopes.includes("admin");
   return me;
 }

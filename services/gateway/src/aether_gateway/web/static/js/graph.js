@@ -16,10 +16,12 @@ function clip(text, max) {
 
 /**
  * Draw ``plan``'s tasks. ``statusOf(id)`` gives a task's state (or null when the plan
- * is not the running one); ``onOpen(id)`` is called when a node is clicked.
+ * is not the running one); ``costOf(id)`` its cost so far (text, or "" when none);
+ * ``estimateOf(id)`` what it is expected to cost (a number of USD, or null);
+ * ``onOpen(id)`` is called when a node is clicked.
  * Returns {svg, nodes: Map(id -> <g>)} so that live events can recolour one node.
  */
-export function planGraph(plan, { statusOf, costOf, onOpen }) {
+export function planGraph(plan, { statusOf, costOf, estimateOf = () => null, onOpen }) {
   const byId = new Map(plan.tasks.map((t) => [t.id, t]));
   const columns = layers(plan.tasks);
   const tallest = Math.max(1, ...columns.map((c) => c.length));
@@ -64,17 +66,21 @@ export function planGraph(plan, { statusOf, costOf, onOpen }) {
   for (const [id, pos] of at) {
     const task = byId.get(id);
     const status = statusOf(id) || "planned";
-    const cost = costOf(id);
+    const estimate = estimateOf(id);
+    const estimated = estimate == null ? "" : `≈ $${estimate.toFixed(2)}`;
+    // What it has cost so far once it ran, else what it is expected to cost.
+    const cost = costOf(id) || estimated;
     const tip = [
       `${task.title} (${id})`,
       `tier: ${task.tier}`,
+      estimate == null ? null : `estimated cost: $${estimate.toFixed(2)}`,
       task.files && task.files.length ? `files: ${task.files.join(", ")}` : null,
       task.depends_on && task.depends_on.length ? `after: ${task.depends_on.join(", ")}` : null,
       ...(task.acceptance_criteria || []).map((c) => `✓ ${c}`),
     ].filter(Boolean).join("\n");
     const node = s(
       "g",
-      { class: `node s-${status}`, transform: `translate(${pos.x},${pos.y})`, tabindex: 0, "data-task": id, "data-status": status },
+      { class: `node s-${status}`, transform: `translate(${pos.x},${pos.y})`, tabindex: 0, "data-task": id, "data-status": status, ...(estimate == null ? {} : { "data-estimate": estimate.toFixed(2) }) },
       s("title", {}, tip),
       s("rect", { width: W, height: H, rx: 8 }),
       s("rect", { class: "stripe", width: 5, height: H, rx: 2 }),

@@ -1,8 +1,9 @@
 // The board's shell: sign-in, navigation, and which page shows for which path.
 
-import { forgetToken, onSignedOut, token, whoami } from "./api.js";
+import { forgetToken, onSignedOut, session, setToken, signedOut, token, whoami, withRights } from "./api.js";
 import { clear, h, put } from "./dom.js";
 import { onLiveState } from "./live.js";
+import { finishSignIn, oidcConfig, signOutUrl } from "./oidc.js";
 import { agentsPage } from "./pages/agents.js";
 import { missionPage } from "./pages/mission.js";
 import { missionsPage } from "./pages/missions.js";
@@ -13,6 +14,7 @@ import { usagePage } from "./pages/usage.js";
 const main = document.getElementById("main");
 let me = null;
 let leave = null; // the current page's clean-up
+let expiry = null; // the timer that ends an OIDC session when its token does
 
 const ROUTES = [
   [/^\/board\/?$/, "missions", () => missionsPage],
@@ -46,6 +48,7 @@ async function render(message) {
     leave = null;
   }
   clear(main);
+  if (location.pathname === "/board/oidc/callback") return oidcCallback();
   if (!token()) {
     me = null;
     showChrome(false);
@@ -60,6 +63,7 @@ async function render(message) {
       return render(error.status === 401 ? "That token is no longer valid: sign in again." : error.message);
     }
   }
+  armExpiry();
   showChrome(true);
   const path = location.pathname;
   for (const [pattern, section, page] of ROUTES) {
@@ -80,6 +84,34 @@ function signedIn(who) {
   navigate(location.pathname.startsWith("/board") ? location.pathname : "/board/", { replace: true });
 }
 
+// The identity provider sent the browser back with a code (or an error).
+async function oidcCallback() {
+  me = null;
+  showChrome(false);
+  main.append(h("section", { class: "center" }, h("p", { class: "muted", id: "oidc-progress" }, "Signing in…")));
+  try {
+    const { session: done, returnTo } = await finishSignIn(location.search);
+    setToken(done.token, { kind: "oidc", expiresAt: done.expires_at });
+    me = withRights({ id: done.id, name: done.name, kind: done.kind, scopes: done.scopes });
+    navigate(returnTo, { replace: true });
+  } catch (error) {
+    forgetToken();
+    history.replaceState(null, "", "/board/");
+    render(error.status === 403 ? `Not signed in: ${error.message}.` : `Not signed in: ${error.message}`);
+  }
+}
+
+// An OIDC session ends when its token does: back to sign-in, saying so.
+function armExpiry() {
+  clearTimeout(expiry);
+  const { expiresAt } = session();
+  if (!expiresAt) return;
+  const left = expiresAt * 1000 - Date.now();
+  const end = () => signedOut("your session expired");
+  if (left <= 0) return end();
+  expiry = setTimeout(end, Math.min(left, 2 ** 31 - 1));
+}
+
 onSignedOut((reason) => {
   me = null;
   render(reason ? `Signed out: ${reason}.` : undefined);
@@ -91,10 +123,16 @@ onLiveState((state) => {
   live.querySelector("span").textContent = state;
 });
 
-document.getElementById("signout").addEventListener("click", () => {
+document.getElementById("signout").addEventListener("click", async () => {
+  const { kind } = session();
+  const idToken = token();
   forgetToken();
+  clearTimeout(expiry);
   me = null;
-  render("Signed out.");
+  // Signed in with OIDC: end the provider's session too, where it offers a way.
+  const away = kind === "oidc" ? signOutUrl(await oidcConfig(), idToken) : null;
+  if (away) location.assign(away);
+  else render("Signed out.");
 });
 
 // Links marked data-nav move within the board without reloading it.

@@ -202,11 +202,14 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       head.append(select);
     }
     head.append(h("span", { class: "muted small" }, `${plan.tasks.length} tasks · ${plan.model || "planner"}${plan.offline ? " (offline)" : ""}`));
+    const estimate = (m.plan_estimates || []).find((e) => e.version === plan.version);
+    if (estimate) head.append(h("span", { class: "muted small", id: "plan-estimate" }, `estimated ≈ $${estimate.total_usd.toFixed(2)}`));
     const current = plan.version === (m.approved_version ?? m.plan_version);
     const tasks = new Map((m.tasks || []).map((t) => [t.task_id, t]));
     const { svg, nodes } = planGraph(plan, {
       statusOf: (id) => (current && tasks.has(id) ? tasks.get(id).status : null),
       costOf: (id) => (current && tasks.has(id) && tasks.get(id).cost_usd ? money(tasks.get(id).cost_usd) : ""),
+      estimateOf: (id) => (estimate && id in estimate.tasks ? estimate.tasks[id] : null),
       onOpen: (id) => navigate(`${boardBase}/tasks/${encodeURIComponent(id)}`),
     });
     graphNodes = current ? nodes : new Map();

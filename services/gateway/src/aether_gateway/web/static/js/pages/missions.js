@@ -83,9 +83,12 @@ function newMissionForm(onCreated) {
       detected = found.default_branch;
       baseInput.placeholder = detected;
       hint.textContent = `Left empty: ${detected}, the repository's default branch`;
-    } catch {
+    } catch (error) {
+      if (repository.value.trim() !== path) return;
       baseInput.placeholder = "the repository's default";
-      hint.textContent = "Left empty: the repository's default branch, read when the mission starts";
+      // Why it could not be read now (unreachable, no such repository), when the gateway says.
+      const why = error.explained && error.status !== 403 ? ` (not read now: ${error.explained()})` : "";
+      hint.textContent = `Left empty: the repository's default branch, read when the mission starts${why}`;
     }
   });
   form.addEventListener("submit", async (event) => {

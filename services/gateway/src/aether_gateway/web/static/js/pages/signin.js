@@ -1,5 +1,6 @@
 import { setToken, whoami } from "../api.js";
 import { h } from "../dom.js";
+import { oidcConfig, startSignIn } from "../oidc.js";
 
 export function signInPage(main, { message, onSignedIn }) {
   const input = h("input", {
@@ -48,4 +49,24 @@ export function signInPage(main, { message, onSignedIn }) {
   });
   main.append(h("section", { class: "center" }, form));
   input.focus();
+  offerOidc(form, message);
+}
+
+// Where the gateway has an identity provider, its button comes first.
+async function offerOidc(form, message) {
+  const cfg = await oidcConfig();
+  if (!cfg.enabled || !form.isConnected) return;
+  let host = cfg.issuer;
+  try {
+    host = new URL(cfg.issuer).host;
+  } catch {
+    // shown as configured
+  }
+  const button = h("button", { type: "button", class: "primary", id: "oidc-signin" }, "Sign in with ", host);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    await startSignIn(cfg, location.pathname);
+  });
+  const title = form.querySelector("h1");
+  title.after(h("div", { class: "oidc" }, button, h("p", { class: "muted" }, "or paste an API token:")));
 }

@@ -128,7 +128,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
       const diff = await get(base + "/diff");
       diffCard.append(diffView(diff));
     } catch (error) {
-      diffCard.append(h("p", { class: "muted" }, error.message));
+      diffCard.append(h("p", { class: "muted", id: "diff-error" }, error.explained ? error.explained() : error.message));
     }
   }
 

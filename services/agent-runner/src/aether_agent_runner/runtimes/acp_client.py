@@ -1,0 +1,327 @@
+"""An Agent Client Protocol agent as a runtime, through the ``agent-client-protocol``
+package (the ``acp`` extra).
+
+The agent runs inside the runner's sandbox like any command runtime (``runtimes.command``:
+the worktree its only writable place, the sandbox's limits, the attempt's wall time, the
+model relay); its standard input and output are a connection to a unix socket the runner
+serves (``stdio_inside``), over which the runner is the protocol's client: it opens one
+session in the worktree and sends the task's prompt. The agent's tool calls become
+progress; its file reads and writes go through the runner's worktree file layer (paths
+outside the worktree or in ``.git`` are refused); a permission request is granted once
+(the agent is confined whatever it runs); no terminal is offered. Usage is what the
+prompt's response reports, priced by the price table, else unknown. The transcript holds
+the agent's text (a ``turn`` entry before each tool call and at the end, with the stop
+reason and usage) and each tool call it starts (its title and input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import acp
+from acp import schema
+
+from aether_agent_runner.agent import Outcome, Progress
+from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.command import NOT_STARTED, CommandRuntime, _Failed, _Seen
+from aether_agent_runner.runtimes.relay import stdio_argv
+from aether_agent_runner.transcript import Entry, as_json
+from aether_agent_runner.workspace import ToolError
+from aether_events import Usage
+from aether_llm import load_prices
+from aether_sandbox import Outcome as Ran
+from aether_sandbox import Request, Sandbox, execute
+
+MAX_SUMMARY = 2000
+# How long an agent is given to exit once its session is done and its input closed.
+EXIT_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class _Client:
+    """The protocol's client side, for one agent working one worktree."""
+
+    job: Job
+    tool_calls: int = 0
+    text: list[str] = field(default_factory=list)
+    # How much of ``text`` the transcript holds already.
+    transcribed: int = 0
+    # How the prompt ended, once it has (for the transcript's last turn).
+    stop_reason: str | None = None
+    usage: Usage | None = None
+
+    async def transcribe(self, entry: Entry) -> None:
+        if self.job.transcript is not None:
+            await self.job.transcript.add(entry)
+
+    def _new_text(self) -> str:
+        text = "".join(self.text[self.transcribed :]).strip()
+        self.transcribed = len(self.text)
+        return text
+
+    async def finish(self) -> None:
+        """The agent's last words (and how its prompt ended) as the transcript's turn."""
+        text = self._new_text()
+        if text or self.stop_reason is not None:
+            await self.transcribe(
+                Entry(kind="turn", text=text, stop_reason=self.stop_reason, usage=self.usage)
+            )
+
+    def _relative(self, path: str) -> str:
+        root = self.job.toolbox.workspace.root
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            raise acp.RequestError.invalid_params({"path": "an absolute path is required"})
+        try:
+            return candidate.relative_to(root).as_posix() or "."
+        except ValueError:
+            raise acp.RequestError.invalid_params(
+                {"path": f"{path!r} is outside the repository"}
+            ) from None
+
+    async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        if isinstance(update, schema.AgentMessageChunk):
+            if isinstance(update.content, schema.TextContentBlock):
+                self.text.append(update.content.text)
+        elif isinstance(update, schema.ToolCallStart):
+            self.tool_calls += 1
+            title = " ".join(update.title.split())
+            if said := self._new_text():
+                await self.transcribe(Entry(kind="turn", text=said, tool=title))
+            await self.transcribe(
+                Entry(
+                    kind="tool_call",
+                    tool=title,
+                    arguments="" if update.raw_input is None else as_json(update.raw_input),
+                )
+            )
+            await self.job.observer.progressed(
+                Progress(
+                    turns=0,
+                    tool_calls=self.tool_calls,
+                    files_changed=list(self.job.toolbox.workspace.changed),
+                    usage=Usage(cost_usd=None),
+                    last_action=title if len(title) <= 120 else title[:117] + "…",
+                )
+            )
+
+    async def request_permission(
+        self, options: list[schema.PermissionOption], session_id: str, tool_call: Any, **kwargs: Any
+    ) -> schema.RequestPermissionResponse:
+        chosen = next((option for option in options if option.kind == "allow_once"), None)
+        if chosen is None:
+            return schema.RequestPermissionResponse(
+                outcome=schema.DeniedOutcome(outcome="cancelled")
+            )
+        return schema.RequestPermissionResponse(
+            outcome=schema.AllowedOutcome(option_id=chosen.option_id, outcome="selected")
+        )
+
+    async def read_text_file(
+        self,
+        path: str,
+        session_id: str,
+        limit: int | None = None,
+        line: int | None = None,
+        **kwargs: Any,
+    ) -> schema.ReadTextFileResponse:
+        workspace = self.job.toolbox.workspace
+        try:
+            text = await asyncio.to_thread(workspace.read_file, self._relative(path))
+        except ToolError as error:
+            raise acp.RequestError.invalid_params({"path": str(error)}) from None
+        if line is not None or limit is not None:
+            lines = text.splitlines(keepends=True)
+            first = max((line or 1) - 1, 0)
+            text = "".join(lines[first : None if limit is None else first + max(limit, 0)])
+        return schema.ReadTextFileResponse(content=text)
+
+    async def write_text_file(
+        self, content: str, path: str, session_id: str, **kwargs: Any
+    ) -> schema.WriteTextFileResponse | None:
+        workspace = self.job.toolbox.workspace
+        try:
+            await asyncio.to_thread(workspace.write_file, self._relative(path), content)
+        except ToolError as error:
+            raise acp.RequestError.invalid_params({"path": str(error)}) from None
+        return schema.WriteTextFileResponse()
+
+    def summary(self) -> str:
+        text = "".join(self.text).strip()
+        return text[-MAX_SUMMARY:] if text else "(no summary)"
+
+
+@dataclass
+class AcpRuntime(CommandRuntime):
+    """A command runtime whose spec says ``protocol: acp``."""
+
+    async def _run(
+        self, job: Job, sandbox: Sandbox, argv: list[str], prompt_file: Path, scratch: Path
+    ) -> Outcome:
+        prompt = await asyncio.to_thread(prompt_file.read_text)
+        seen = _Seen()
+        socket_path = scratch / "acp.sock"
+        loop = asyncio.get_running_loop()
+        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        connected = loop.create_future()
+
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if connected.done():
+                writer.close()  # one agent, one connection
+            else:
+                connected.set_result((reader, writer))
+
+        server = await asyncio.start_unix_server(
+            accepted, path=str(socket_path), limit=acp.core.DEFAULT_STDIO_BUFFER_LIMIT_BYTES
+        )
+        buffer = bytearray()
+
+        def errors(chunk: bytes) -> None:  # the agent's standard error: kept for reasons
+            buffer.extend(chunk)
+            *lines, rest = bytes(buffer).split(b"\n")
+            buffer[:] = rest[-4000:]
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    seen.first = seen.first or line
+                    seen.tail.append(line[:300])
+
+        client = _Client(job)
+        try:
+            async with self._endpoint(sandbox, stdio_argv(socket_path, argv), scratch) as launched:
+                request = Request(
+                    argv=launched,
+                    workdir=job.worktree,
+                    cwd=job.worktree,
+                    env=self._env(sandbox, scratch),
+                    limits=job.toolbox.command_limits().with_wall(job.limits.max_seconds),
+                    read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
+                    protect=(job.worktree / ".git",),
+                )
+                running = asyncio.create_task(execute(sandbox, request, 16_000, errors))
+                try:
+                    outcome = await self._converse(job, client, prompt, connected, running, seen)
+                    await client.finish()
+                    return outcome
+                finally:
+                    if not running.done():
+                        running.cancel()  # its cancellation kills the whole sandbox
+                    with contextlib.suppress(asyncio.CancelledError, OSError):
+                        await running
+        finally:
+            server.close()
+            if connected.done():
+                connected.result()[1].close()
+
+    async def _converse(
+        self,
+        job: Job,
+        client: _Client,
+        prompt: str,
+        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+        running: asyncio.Task[Ran],
+        seen: _Seen,
+    ) -> Outcome:
+        first: set[asyncio.Future[Any]] = {connected, running}
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not connected.done():
+            return self._exited(await running, job, client, seen, "before it spoke")
+        reader, writer = connected.result()
+        connection = acp.connect_to_agent(client, writer, reader)  # type: ignore[arg-type]
+        talking = asyncio.create_task(self._talk(connection, job, prompt))
+        try:
+            pending: set[asyncio.Future[Any]] = {talking, running}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not talking.done():
+                ran = await running
+                return self._exited(ran, job, client, seen, "in the middle of its session")
+            try:
+                response = talking.result()
+            except acp.RequestError as error:
+                reason = f"{self.name} refused the session: {error}"
+                return Outcome(False, reason=reason[:2000], tool_calls=client.tool_calls)
+            except (ConnectionError, OSError, ValueError) as error:
+                # The connection broke or carried something that is not the protocol.
+                with contextlib.suppress(TimeoutError):
+                    ran = await asyncio.wait_for(asyncio.shield(running), EXIT_GRACE_SECONDS)
+                    return self._exited(ran, job, client, seen, "in the middle of its session")
+                reason = f"{self.name} broke the protocol: {error!r}"
+                return Outcome(False, reason=reason[:2000], tool_calls=client.tool_calls)
+        finally:
+            if not talking.done():
+                talking.cancel()
+            with contextlib.suppress(Exception):
+                await connection.close()
+            writer.close()
+        # Its input closed: a well-behaved agent exits; one that does not is killed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running), EXIT_GRACE_SECONDS)
+        usage = self._reported(response.usage, job.ready.model)
+        client.stop_reason, client.usage = response.stop_reason, usage
+        if usage is not None:
+            await job.observer.model_called(max(client.tool_calls, 1), usage)
+        unknown = Usage(cost_usd=None)
+        if response.stop_reason != "end_turn":
+            reason = f"{self.name} stopped: {response.stop_reason}"
+            return Outcome(
+                False,
+                reason=reason,
+                retryable=False,
+                tool_calls=client.tool_calls,
+                usage=usage or unknown,
+            )
+        return Outcome(
+            True,
+            summary=client.summary(),
+            tool_calls=client.tool_calls,
+            usage=usage or unknown,
+            files_changed=list(job.toolbox.workspace.changed),
+        )
+
+    @staticmethod
+    async def _talk(connection: Any, job: Job, prompt: str) -> schema.PromptResponse:
+        await connection.initialize(
+            protocol_version=acp.PROTOCOL_VERSION,
+            client_capabilities=schema.ClientCapabilities(
+                fs=schema.FileSystemCapabilities(read_text_file=True, write_text_file=True),
+                terminal=False,
+            ),
+            client_info=schema.Implementation(name="aether", version="1"),
+        )
+        session = await connection.new_session(cwd=str(job.worktree), mcp_servers=[])
+        response: schema.PromptResponse = await connection.prompt(
+            session_id=session.session_id, prompt=[acp.text_block(prompt)]
+        )
+        return response
+
+    def _exited(self, ran: Ran, job: Job, client: _Client, seen: _Seen, when: str) -> Outcome:
+        if ran.timed_out:
+            reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
+            return Outcome(False, reason=reason, retryable=False, usage=Usage(cost_usd=None))
+        if seen.first.startswith(NOT_STARTED):
+            raise _Failed(f"the {self.name} runtime cannot start: {seen.first}")
+        said = " | ".join(seen.tail)
+        code = ran.exit_code if ran.exit_code is not None else f"stopped ({ran.stopped})"
+        reason = f"{self.name} exited with {code} {when}" + (f": {said}" if said else "")
+        return Outcome(
+            False,
+            reason=reason[:2000],
+            retryable=True,
+            tool_calls=client.tool_calls,
+            usage=Usage(cost_usd=None),
+        )
+
+    def _reported(self, reported: schema.Usage | None, model: str) -> Usage | None:
+        if reported is None:
+            return None
+        tokens = Usage(
+            input_tokens=max(reported.input_tokens, 0),
+            output_tokens=max(reported.output_tokens, 0),
+            cache_creation_input_tokens=max(reported.cached_write_tokens or 0, 0),
+            cache_read_input_tokens=max(reported.cached_read_tokens or 0, 0),
+        )
+        return (self.prices or load_prices()).priced(model, tokens)

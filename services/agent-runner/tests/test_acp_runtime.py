@@ -1,0 +1,248 @@
+"""The ACP runtime: a small real Agent Client Protocol agent (built on the
+``agent-client-protocol`` package's agent side) run in the runner's sandbox, spoken to over
+its standard input and output by the runner as the protocol's client."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aether_agent_runner.runtimes.spec import CommandSpec
+from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentProgress,
+    TranscriptRecorded,
+    Usage,
+    UsageRecorded,
+)
+from aether_llm import load_prices
+
+from .test_command_runtime import needs_sandbox
+from .test_service import git_log
+
+pytest.importorskip("acp")
+
+AGENT = r"""
+import asyncio, json, os, re, sys
+import acp
+from acp import schema
+
+MODE = sys.argv[1]
+
+
+class Agent:
+    def on_connect(self, conn):
+        self.conn = conn
+
+    async def initialize(self, protocol_version, client_capabilities=None, client_info=None, **kw):
+        self.fs = client_capabilities.fs
+        return schema.InitializeResponse(protocol_version=protocol_version)
+
+    async def new_session(self, cwd, mcp_servers=None, **kw):
+        self.cwd = cwd
+        return schema.NewSessionResponse(session_id="s1")
+
+    async def prompt(self, prompt, session_id, **kw):
+        text = "".join(block.text for block in prompt)
+        task = json.loads(re.search(r"<task>(.*?)</task>", text, re.S).group(1))
+        if MODE == "crash":
+            print("the agent broke", file=sys.stderr, flush=True)
+            os._exit(4)
+        if MODE == "hang":
+            await asyncio.sleep(600)
+        if MODE == "model":  # through the relay: the sandbox has no network of its own
+            import urllib.request
+            request = urllib.request.Request(
+                os.environ["ANTHROPIC_BASE_URL"].rstrip("/") + "/v1/messages",
+                data=json.dumps({"model": "claude-sonnet-5-5", "max_tokens": 100,
+                                 "messages": [{"role": "user", "content": text}]}).encode(),
+                headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"],
+                         "anthropic-version": "2023-06-01", "content-type": "application/json"})
+            reply = await asyncio.to_thread(
+                lambda: json.load(urllib.request.urlopen(request, timeout=30)))
+            said = acp.update_agent_message_text(reply["content"][0]["text"])
+            await self.conn.session_update(session_id=session_id, update=said)
+            tokens = reply["usage"]
+            self.usage = schema.Usage(input_tokens=tokens["input_tokens"],
+                                      output_tokens=tokens["output_tokens"],
+                                      total_tokens=tokens["input_tokens"] + tokens["output_tokens"])
+        update = acp.start_tool_call("c1", "Read src/app.py", kind="read", status="pending")
+        await self.conn.session_update(session_id=session_id, update=update)
+        app = os.path.join(self.cwd, "src", "app.py")
+        read = await self.conn.read_text_file(path=app, session_id=session_id)
+        update = acp.start_tool_call("c2", "Write acp.txt", kind="edit", status="pending")
+        await self.conn.session_update(session_id=session_id, update=update)
+        lines = str(len(read.content.splitlines()))
+        await self.conn.write_text_file(
+            path=os.path.join(self.cwd, "acp.txt"),
+            content="task " + task["id"] + ", app has " + lines + " lines\n",
+            session_id=session_id,
+        )
+        refused = "no"
+        try:
+            await self.conn.write_text_file(
+                path="/etc/acp-escape", content="x", session_id=session_id)
+        except Exception:
+            refused = "yes"
+        try:
+            await self.conn.write_text_file(
+                path=os.path.join(self.cwd, ".git", "config"), content="x", session_id=session_id)
+        except Exception:
+            refused += "/yes"
+        message = acp.update_agent_message_text("wrote acp.txt; escapes refused: " + refused)
+        await self.conn.session_update(session_id=session_id, update=message)
+        usage = getattr(self, "usage", None)
+        if MODE == "usage":
+            usage = schema.Usage(input_tokens=800, output_tokens=90, total_tokens=890,
+                                 cached_read_tokens=2000)
+        return schema.PromptResponse(stop_reason="end_turn", usage=usage)
+
+
+asyncio.run(acp.run_agent(Agent()))
+"""
+
+
+@pytest.fixture
+def acp_spec(tmp_path: Path) -> Callable[..., CommandSpec]:
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    program = tool / "acp_agent.py"
+    program.write_text(AGENT)
+
+    def make(mode: str, executable: str = sys.executable, **fields: Any) -> CommandSpec:
+        return CommandSpec(
+            name="acp-fake",
+            command=[executable, str(program), mode],
+            protocol="acp",
+            read_only=[str(tool)],
+            **fields,
+        )
+
+    return make
+
+
+async def start(
+    spec: CommandSpec,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    **settings: Any,
+) -> None:
+    await start_runner(model({}), runtime="acp-fake", command_runtimes=(spec,), **settings)
+    await publish(workspace_ready(task_repo, mission_id))
+
+
+@needs_sandbox
+@pytest.mark.parametrize("mode", ["quiet", "usage"])
+async def test_an_acp_agent_works_the_task_through_the_runners_file_layer(
+    mode: str,
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    await start(
+        acp_spec(mode), task_repo, model, start_runner, publish, mission_id, workspace_ready
+    )
+    done = await events.first(AgentCompleted)
+
+    lines = len((task_repo.worktree / "src" / "app.py").read_text().splitlines())
+    assert (task_repo.worktree / "acp.txt").read_text() == f"task t1, app has {lines} lines\n"
+    assert done.files_changed == ["acp.txt"]
+    assert done.summary == "wrote acp.txt; escapes refused: yes/yes"
+    assert "Aether-Task: t1" in git_log(task_repo, task_repo.branch)
+    actions = [p.last_action for p in events.of(AgentProgress)]
+    assert "Read src/app.py" in actions and "Write acp.txt" in actions
+    # The transcript: each tool call the agent started, then its last words and how its
+    # prompt ended.
+    entries = sorted(events.of(TranscriptRecorded), key=lambda e: e.sequence)
+    assert [(e.kind, e.tool) for e in entries] == [
+        ("tool_call", "Read src/app.py"),
+        ("tool_call", "Write acp.txt"),
+        ("turn", ""),
+    ]
+    assert [e.sequence for e in entries] == list(range(3))
+    last = entries[-1]
+    assert last.text == done.summary and last.stop_reason == "end_turn"
+    if mode == "usage":
+        counts = Usage(input_tokens=800, output_tokens=90, cache_read_input_tokens=2000)
+        priced = load_prices().priced("claude-sonnet-5-5", counts)
+        assert done.usage == priced
+        assert [u.usage for u in events.of(UsageRecorded)] == [priced]
+        assert last.usage == priced
+    else:
+        assert done.usage.cost_usd is None  # not reported: unknown, never zero
+        assert events.of(UsageRecorded) == []
+
+
+@needs_sandbox
+@pytest.mark.parametrize(
+    ("mode", "executable", "settings", "reason", "retryable"),
+    [
+        ("ok", "/nonexistent/acp-agent", {}, "cannot start", False),
+        ("crash", None, {}, "exited with 4 in the middle of its session: the agent broke", True),
+        ("hang", None, {"max_seconds": 2.0}, "wall-time limit reached: 2 s allowed", False),
+    ],
+    ids=["missing", "crashing", "hanging"],
+)
+async def test_an_acp_agent_that_cannot_finish_fails_the_task_with_the_reason(
+    mode: str,
+    executable: str | None,
+    settings: dict[str, Any],
+    reason: str,
+    retryable: bool,
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    chosen = acp_spec(mode, executable or sys.executable)
+    await start(
+        chosen, task_repo, model, start_runner, publish, mission_id, workspace_ready, **settings
+    )
+    failed = await events.first(AgentFailed)
+
+    assert reason in failed.reason
+    assert failed.retryable is retryable
+
+
+@needs_sandbox
+async def test_an_acp_agent_reaches_the_model_through_the_relay(
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    from aether_llm import Reply, text_block
+
+    reply = Reply([text_block("answered by the model")], "end_turn", 70, 9)
+    scripted = model({"t1": [lambda request: reply]})
+    spec = acp_spec("model", model_endpoint=True)
+    await start_runner(scripted, runtime="acp-fake", command_runtimes=(spec,))
+    await publish(workspace_ready(task_repo, mission_id))
+    done = await events.first(AgentCompleted)
+
+    assert len(scripted.script.requests) == 1
+    assert done.summary.startswith("answered by the model")
+    priced = load_prices().priced("claude-sonnet-5-5", Usage(input_tokens=70, output_tokens=9))
+    assert done.usage == priced

@@ -1,0 +1,262 @@
+"""A real OpenID Connect provider for the tests: ``oidc-provider-mock`` (authlib's
+authorization server in a Flask app) on a free port of this machine, with PKCE enforced
+(the package leaves it out, so RFC 7636's extension from authlib is added), nonces
+required, and a way to rotate its signing key.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import flask
+import httpx
+import oidc_provider_mock
+import werkzeug.serving
+from authlib import jose
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc8628 import (
+    DeviceAuthorizationEndpoint,
+    DeviceCodeGrant,
+    DeviceCredentialDict,
+)
+from oidc_provider_mock._storage import Client, ClientAllowAny
+
+from aether.infra import free_port
+
+
+def _sign_with_key_id(extension: Any) -> None:
+    """Put the key id in the ID token's header, as every real provider does (the package
+    signs with a bare key, which leaves it out): given a key set, authlib names the key
+    it signs with."""
+    if not hasattr(extension, "get_jwt_config"):
+        return
+    config = extension.get_jwt_config
+
+    def with_key_id(grant: Any, client: Any = None) -> dict[str, Any]:
+        found: dict[str, Any] = config(grant, client)
+        key = dict(found["key"])
+        key["kid"] = jose.KeySet((flask.g.oidc_provider_mock_storage.jwk,)).as_dict()["keys"][0][
+            "kid"
+        ]
+        found["key"] = {"keys": [key]}
+        return found
+
+    extension.get_jwt_config = with_key_id
+
+
+class Provider:
+    """An identity provider at ``self.issuer`` whose users are ``users``."""
+
+    def __init__(
+        self,
+        users: Sequence[oidc_provider_mock.User] = (),
+        *,
+        token_max_age: timedelta = timedelta(minutes=10),
+        refresh_tokens: bool = False,
+        device_grant: bool = False,
+    ) -> None:
+        self.app = oidc_provider_mock.app(
+            require_nonce=True,
+            user_claims=users,
+            access_token_max_age=token_max_age,
+            issue_refresh_token=refresh_tokens,
+        )
+        # The provider's authorization server and storage live on flask.g, set per
+        # request: run the request hooks once to reach them.
+        with self.app.test_request_context():
+            self.app.preprocess_request()
+            server: Any = flask.g._authlib_authorization_server
+            self.storage: Any = flask.g.oidc_provider_mock_storage
+        challenges: dict[str, tuple[str | None, str | None]] = {}
+
+        class Pkce(CodeChallenge):  # type: ignore[misc]
+            def get_authorization_code_challenge(self, code: Any) -> str | None:
+                return challenges.get(code.code, (None, None))[0]
+
+            def get_authorization_code_challenge_method(self, code: Any) -> str | None:
+                return challenges.get(code.code, (None, None))[1]
+
+        for grant, extensions in server._authorization_grants:
+            for extension in extensions:
+                _sign_with_key_id(extension)
+            extensions.append(Pkce(required=True))
+            # Public clients (a browser app, no secret) too: PKCE is what binds their code.
+            grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+        # A refresh answers a new ID token too, as Keycloak, Okta or Auth0 do (authlib's
+        # refresh grant alone gives only an access token): the code grant's OpenID
+        # extension signs it.
+        openid = next(
+            extension
+            for _, extensions in server._authorization_grants
+            for extension in extensions
+            if hasattr(extension, "process_token")
+        )
+
+        def with_id_token(created: Any) -> None:
+            created.register_hook("after_create_token_response", openid.process_token)
+
+        for index, (grant, extensions) in enumerate(server._token_grants):
+            if grant.GRANT_TYPE == "refresh_token":
+                grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+                server._token_grants[index] = (grant, [*(extensions or []), with_id_token])
+        self.approved: dict[str, str] = {}  # user code -> the user who approved it
+        if device_grant:
+            self._add_device_grant(server, with_id_token)
+        store = self.storage.store_authorization_code
+
+        def remember_challenge(code: Any) -> None:
+            values = flask.request.values
+            challenges[code.code] = (
+                values.get("code_challenge"),
+                values.get("code_challenge_method"),
+            )
+            store(code)
+
+        self.storage.store_authorization_code = remember_challenge
+        self.port = free_port()
+        self.server = werkzeug.serving.make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+
+    def _add_device_grant(self, server: Any, with_id_token: Any) -> None:
+        """RFC 8628 with authlib's endpoint and grant: the package offers neither."""
+        credentials: dict[str, dict[str, Any]] = {}
+        provider = self
+
+        class Endpoint(DeviceAuthorizationEndpoint):  # type: ignore[misc]
+            CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["none", "client_secret_basic"]
+            INTERVAL = 1
+
+            def get_verification_uri(self) -> str:
+                return f"{provider.issuer}/device"
+
+            def save_device_credential(self, client_id: str, scope: str, data: Any) -> None:
+                credentials[data["device_code"]] = {
+                    **data,
+                    "client_id": client_id,
+                    "scope": scope,
+                    "expires_at": time.time() + data["expires_in"],
+                }
+
+        class Grant(DeviceCodeGrant):  # type: ignore[misc]
+            TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["none", "client_secret_basic"]
+
+            def query_device_credential(self, device_code: str) -> Any:
+                found = credentials.get(device_code)
+                return DeviceCredentialDict(found) if found else None
+
+            def query_user_grant(self, user_code: str) -> Any:
+                sub = provider.approved.get(user_code)
+                return None if sub is None else (provider.storage.get_user(sub), True)
+
+            def should_slow_down(self, credential: Any) -> bool:
+                return False
+
+        if DeviceCodeGrant.GRANT_TYPE not in Client.GRANT_TYPES_SUPPORTED:
+            Client.GRANT_TYPES_SUPPORTED = (
+                *Client.GRANT_TYPES_SUPPORTED,
+                DeviceCodeGrant.GRANT_TYPE,
+            )
+        server.register_endpoint(Endpoint)
+        server._token_grants.append((Grant, [with_id_token]))
+
+        def device_authorization() -> Any:
+            return server.create_endpoint_response(Endpoint.ENDPOINT_NAME)
+
+        def token() -> Any:  # the package's own view knows only its two grants
+            return server.create_token_response()
+
+        discovery = self.app.view_functions["oidc-provider-mock.openid_config"]
+
+        def openid_config() -> Any:
+            answer = discovery()
+            found = dict(answer if isinstance(answer, dict) else answer.get_json())
+            found["device_authorization_endpoint"] = f"{provider.issuer}/oauth2/device"
+            return flask.jsonify(found)
+
+        self.app.add_url_rule("/oauth2/device", "device", device_authorization, methods=["POST"])
+        self.app.view_functions["oidc-provider-mock.issue_token"] = token
+        self.app.view_functions["oidc-provider-mock.openid_config"] = openid_config
+
+    def approve(self, user_code: str, sub: str) -> None:
+        """``sub`` enters ``user_code`` on the verification page and approves it."""
+        self.approved[user_code] = sub
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+    @property
+    def key(self) -> Any:
+        """The provider's current signing key (authlib's JWK, private part included)."""
+        return self.storage.jwk
+
+    def register_confidential_client(self, client_id: str, secret: str) -> None:
+        """A client that must authenticate with ``secret`` (HTTP basic) at the token
+        endpoint; any other client id is taken as a public client."""
+        self.storage.store_client(
+            Client(
+                id=client_id,
+                secret=secret,
+                redirect_uris=ClientAllowAny(),
+                allowed_scopes=Client.SCOPES_SUPPORTED,
+                token_endpoint_auth_method="client_secret_basic",
+            )
+        )
+
+    def rotate_key(self) -> None:
+        """Sign with a new key from now on; the JWKS then publishes only the new one."""
+        self.storage.jwk = jose.RSAKey.generate_key(is_private=True)
+
+    async def authorize(
+        self,
+        *,
+        sub: str,
+        client_id: str,
+        redirect_uri: str,
+        nonce: str,
+        challenge: str,
+    ) -> str:
+        """Sign ``sub`` in on the provider's own page (as a browser would post its form)
+        and return the code it sends back."""
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": "openid profile email",
+            "state": "s",
+            "nonce": nonce,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{self.issuer}/oauth2/authorize", params=params, data={"sub": sub}
+            )
+        assert response.status_code == 302, response.text
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(response.headers["location"]).query)
+        return query["code"][0]
+
+    async def token(
+        self, code: str, *, client_id: str, redirect_uri: str, verifier: str
+    ) -> dict[str, Any]:
+        """The token endpoint's answer for ``code`` (as a client of its own would get)."""
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{self.issuer}/oauth2/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "client_id": client_id,
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": verifier,
+                },
+            )
+        answer: dict[str, Any] = response.json()
+        return answer
