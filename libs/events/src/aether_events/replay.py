@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
 import msgspec
@@ -27,27 +27,18 @@ class ReplayResult(msgspec.Struct, kw_only=True):
 
 
 async def stored_messages(
-    js: JetStreamContext,
-    stream: str,
-    subject: str | Sequence[str],
-    *,
-    after: int = 0,
-    batch: int = 256,
+    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 256
 ) -> AsyncGenerator[Msg, None]:
-    """Every message stored on ``subject`` (or on any of several subjects) after sequence
-    ``after``, in stream order, as stored (undecoded). Uses an ephemeral pull consumer,
-    deleted afterwards."""
-    subjects = [subject] if isinstance(subject, str) else sorted(set(subject))
-    several = len(subjects) > 1
+    """Every message stored on ``subject`` after sequence ``after``, in stream order, as
+    stored (undecoded). Uses an ephemeral pull consumer, deleted afterwards."""
     config = ConsumerConfig(
-        filter_subject=None if several else subjects[0],
-        filter_subjects=subjects if several else None,
+        filter_subject=subject,
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
         opt_start_seq=after + 1 if after else None,
         inactive_threshold=60.0,
     )
-    sub = await js.pull_subscribe(subjects[0], stream=stream, config=config)
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
         while remaining > 0:
@@ -65,15 +56,14 @@ async def stored_messages(
 async def replay(
     js: JetStreamContext,
     stream: str,
-    subject: str | Sequence[str],
+    subject: str,
     state: S,
     fold: Callable[[S, Event, int], S],
     *,
     after_sequence: int = 0,
     batch: int = 256,
 ) -> tuple[S, ReplayResult]:
-    """Fold every stored event on ``subject`` (one subject or several; after
-    ``after_sequence``) into ``state``.
+    """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
 
     ``fold(state, event, stream_sequence)`` is called in stream order. Payloads that do not
     decode are counted and skipped: a projection is rebuilt from what can be read.
