@@ -193,12 +193,20 @@ class ReadModel:
             async with self._db.pool.connection() as conn:
                 try:
                     async with conn.pipeline():
+                        # The position is locked and moved once for the run.
+                        position = await self._lock_position(conn, self.consumer)
                         for item in incoming:
-                            changed, gap = await self._take_in(
-                                conn, item, self.consumer, "missions", False
-                            )
-                            fresh += changed
-                            jumped = jumped or gap
+                            if item.seq <= position:
+                                continue
+                            if item.seq > position + 1:
+                                await faults.note_gap(
+                                    conn, self.consumer, position + 1, item.seq - 1
+                                )
+                                jumped = True
+                            assert item.event is not None
+                            fresh += await self._fold_one(conn, item.event, item.seq, "missions")
+                            position = item.seq
+                        await self._set_position(conn, self.consumer, position)
                         await conn.commit()
                 except BaseException:
                     with contextlib.suppress(psycopg.Error):
