@@ -7,7 +7,9 @@ separate processes and an agent that does no model work (the model server of
 1. **Per-task overhead against mission size**: chained missions of N = 10, 50 and 200
    tasks, each on a fresh stack, ``--repeats`` times. Per N it prints the median of the
    mean TaskReady → BranchMerged latency and of the chain's cycle time (one TaskReady to
-   the next, which is what a chain of N pays N times), and both as ratios against N = 10.
+   the next, which is what a chain of N pays N times), and both as ratios against N = 10;
+   per mission, the median cycle of its last quarter against its first (growth within
+   one mission, which a change of load between runs does not blur).
 2. **Idle memory**: each service's resident set (``VmRSS``) a few seconds after it is
    ready, on an empty stream.
 3. **Start-up with history**: one real mission (a chain of ``--template-tasks`` tasks)
@@ -106,7 +108,11 @@ async def one_size(work: Path, n: int, run: int) -> tuple[float, float] | None:
     if not any(isinstance(e, MissionCompleted) for e in events):
         return None
     latency = per_task(events)["ready_to_merged"]
-    return statistics.fmean(latency), statistics.fmean(cycle_times(events))
+    cycles = cycle_times(events)
+    quarter = max(len(cycles) // 4, 1)
+    drift = statistics.median(cycles[-quarter:]) / statistics.median(cycles[:quarter])
+    print(f"  N={n:<4} run {run + 1}: last quarter's cycles / first quarter's {drift:.2f}x")
+    return statistics.fmean(latency), statistics.fmean(cycles)
 
 
 async def sizes(work: Path, ns: list[int], repeats: int) -> None:
