@@ -7,7 +7,9 @@ separate processes and an agent that does no model work (the model server of
 1. **Per-task overhead against mission size**: chained missions of N = 10, 50 and 200
    tasks, each on a fresh stack, ``--repeats`` times. Per N it prints the median of the
    mean TaskReady → BranchMerged latency and of the chain's cycle time (one TaskReady to
-   the next, which is what a chain of N pays N times), and both as ratios against N = 10;
+   the next, which is what a chain of N pays N times), the cycle less the same git work
+   timed in a plain loop of N tasks (the orchestration's own cost), as ratios against
+   N = 10;
    per mission, the median cycle of its last quarter against its first (growth within
    one mission, which a change of load between runs does not blur).
 2. **Idle memory**: each service's resident set (``VmRSS``) a few seconds after it is
@@ -51,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import itertools
 
-from overhead import NoWorkModel, per_task, plan_of, run_mission
+from overhead import NoWorkModel, per_task, plain_git_loop, plan_of, run_mission
 
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
@@ -93,8 +95,11 @@ def cycle_times(events: list[Any]) -> list[float]:
     return [(b - a).total_seconds() for a, b in itertools.pairwise(readies)]
 
 
-async def one_size(work: Path, n: int, run: int) -> tuple[float, float] | None:
-    """Mean TaskReady→BranchMerged and mean cycle time of one chained mission of ``n``."""
+async def one_size(work: Path, n: int, run: int) -> tuple[float, float, float] | None:
+    """Mean TaskReady→BranchMerged, mean cycle time of one chained mission of ``n``, and
+    the mean of the same git work for ``n`` tasks in a plain loop (which grows with the
+    tree: each task adds a file)."""
+    floor = await asyncio.to_thread(plain_git_loop, work / f"plain-n{n}-{run}", n)
     model = MessagesServer(NoWorkModel(plan_of(n, "chain"))).start()
     stack = make_stack(work, f"n{n}-{run}", model.url)
     try:
@@ -112,12 +117,12 @@ async def one_size(work: Path, n: int, run: int) -> tuple[float, float] | None:
     quarter = max(len(cycles) // 4, 1)
     drift = statistics.median(cycles[-quarter:]) / statistics.median(cycles[:quarter])
     print(f"  N={n:<4} run {run + 1}: last quarter's cycles / first quarter's {drift:.2f}x")
-    return statistics.fmean(latency), statistics.fmean(cycles)
+    return statistics.fmean(latency), statistics.fmean(cycles), statistics.fmean(floor)
 
 
 async def sizes(work: Path, ns: list[int], repeats: int) -> None:
     print(f"per-task overhead, chained missions, {repeats} run(s) per size ({load()})")
-    found: dict[int, list[tuple[float, float]]] = {n: [] for n in ns}
+    found: dict[int, list[tuple[float, float, float]]] = {n: [] for n in ns}
     # Interleaved (10, 50, 200, 10, 50, 200, …) so a change of load hits every size.
     for run in range(repeats):
         for n in ns:
@@ -128,22 +133,26 @@ async def sizes(work: Path, ns: list[int], repeats: int) -> None:
             found[n].append(figures)
             print(
                 f"  N={n:<4} run {run + 1}: ready→merged {figures[0] * 1000:6.1f} ms,"
-                f" cycle {figures[1] * 1000:6.1f} ms ({load()})"
+                f" cycle {figures[1] * 1000:6.1f} ms, plain git {figures[2] * 1000:6.1f} ms"
+                f" ({load()})"
             )
     base = found[ns[0]]
     if not base:
         return
     base_latency = statistics.median(f[0] for f in base)
     base_cycle = statistics.median(f[1] for f in base)
+    base_over = statistics.median(f[1] - f[2] for f in base)
     print(f"  medians, ratios against N={ns[0]}:")
     for n in ns:
         if not found[n]:
             continue
         latency = statistics.median(f[0] for f in found[n])
         cycle = statistics.median(f[1] for f in found[n])
+        over = statistics.median(f[1] - f[2] for f in found[n])
         print(
             f"    N={n:<4} ready→merged {latency * 1000:6.1f} ms ({latency / base_latency:.2f}x)"
             f"   cycle {cycle * 1000:6.1f} ms ({cycle / base_cycle:.2f}x)"
+            f"   cycle minus plain git {over * 1000:6.1f} ms ({over / base_over:.2f}x)"
         )
 
 
