@@ -47,7 +47,8 @@ async def test_follower_delivers_control_events_once_in_order_across_a_lost_cons
     before = await publisher.publish(cancelled("m-before"))
     seen: list[Event] = []
 
-    async def on_event(event: Event) -> None:
+    async def on_event(event: Event, sequence: int) -> None:
+        assert sequence > before.seq
         seen.append(event)
 
     follower = await follow_control_events(js, before.seq, on_event)

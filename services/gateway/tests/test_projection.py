@@ -7,6 +7,7 @@ from datetime import timedelta
 import psycopg
 
 from aether_events import EventPublisher, TaskReady, new_mission_id
+from aether_gateway.handlers import CATCH_UP_RUN
 
 from .conftest import Script, eventually
 
@@ -136,3 +137,29 @@ async def test_usage_with_unknown_price_keeps_the_cost_unknown(http, nc, script)
     mission = await eventually(tokens_counted, what="usage to be folded")
     assert mission["cost_usd"] is None
     assert mission["cost_complete"] is False
+
+
+async def test_a_catch_up_in_runs_folds_each_event_once_around_one_postgres_refuses(
+    http, nc, gateway_server
+):
+    """Published while the gateway is down, more events than one catch-up run holds, one
+    of them refused by PostgreSQL: the run with it is folded again event by event, so the
+    others are folded once and the refused one is recorded, as when folded live."""
+    url = gateway_server.settings.database_url
+    await gateway_server.stop()
+    scripts = [Script(new_mission_id()) for _ in range(CATCH_UP_RUN // 2 + 5)]
+    good = [e for s in scripts for e in (s.requested(), s.prepared())]
+    bad = Script(new_mission_id())
+    middle = len(good) // 2
+    events = [*good[:middle], bad.requested(repository="/repos/a\x00b"), *good[middle:]]
+    assert len(events) > CATCH_UP_RUN
+    seqs = await publish(nc, events)
+    await gateway_server.start()
+    async with gateway_server.client() as client:
+        await folded(client, bad.mission_id, "requested")
+        for s in (scripts[0], scripts[-1]):
+            await folded(client, s.mission_id, "preparing")
+    assert await scalar(url, "SELECT count(*) FROM events") == len(events)
+    assert await scalar(url, "SELECT count(DISTINCT event_id) FROM events") == len(events)
+    assert await scalar(url, "SELECT count(*) FROM projection_failures") == 1
+    assert await scalar(url, "SELECT last_seq FROM projection_position") == seqs[-1]

@@ -2,7 +2,7 @@
 
 from aether_runtime.failures import RetryLater
 from aether_runtime.logs import configure_logging, log_context
-from aether_runtime.projection import Projection
+from aether_runtime.projection import Projection, stored_sequence
 from aether_runtime.service import ConsumerSpec, Delivery, Service, serve
 from aether_runtime.settings import RuntimeSettings
 
@@ -16,4 +16,5 @@ __all__ = [
     "configure_logging",
     "log_context",
     "serve",
+    "stored_sequence",
 ]

@@ -78,6 +78,7 @@ from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.failures import RetryLater, transient
 from aether_runtime.logs import log_context
+from aether_runtime.projection import Projection
 from aether_runtime.reconnect import Holders, Lane, Reconnects, hand_back, wake_fetch
 from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
@@ -310,6 +311,7 @@ class Service:
         self._publisher: CountingPublisher | None = None
         self._rebuild: Rebuild | None = None
         self._consumers: list[ConsumerSpec] = []
+        self._bounded: list[tuple[Projection[Any], tuple[Callable[[], int], ...]]] = []
         self.ready = False
         self.stopping = False
         self.started_at = time.monotonic()
@@ -357,6 +359,29 @@ class Service:
         if self._publisher is None:
             raise RuntimeError("service not connected yet")
         return self._publisher
+
+    def bound(self, projection: Projection[Any], *floors: Callable[[], int]) -> None:
+        """Keep the event ids ``projection`` remembers bounded: at each bus reading its
+        position moves to the lowest point every lane feeding it has settled, which is
+        the ack floor JetStream stores for each of this service's mission stream
+        consumers (every message at or below it was handled, so folded, and is never
+        delivered to that consumer again) and each of ``floors`` (the last sequence a
+        follower of the service's own has handed over)."""
+        self._bounded.append((projection, floors))
+
+    def _advance_projections(self, readings: Readings) -> None:
+        settled: list[int] = []
+        retries = self._retry_spec.durable if self._retry_spec is not None else None
+        for (stream, durable), info in readings.items():
+            if stream != MISSIONS_STREAM or durable == retries:
+                continue  # another stream's sequences; the retry requests fold nothing
+            if info is None or info.ack_floor is None:
+                return  # a consumer not there (yet): nothing is known of its lane
+            settled.append(info.ack_floor.stream_seq or 0)
+        for projection, floors in self._bounded:
+            lanes = settled + [floor() for floor in floors]
+            if lanes:
+                projection.advance(min(lanes))
 
     def rebuild_with(self, rebuild: Rebuild) -> None:
         """Set the coroutine that replays the stream into the projection; returns the last
@@ -672,6 +697,7 @@ class Service:
         return "; ".join(self._stalled.values()) or None
 
     def _observe(self, readings: Readings) -> None:
+        self._advance_projections(readings)
         now = time.monotonic()
         for (stream, durable), info in readings.items():
             watch = self._watches.setdefault(

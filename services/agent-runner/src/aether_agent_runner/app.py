@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from nats.js import JetStreamContext
 
 from aether_agent_runner.adapters.bus import (
+    CONTROL_TYPES,
     ensure_work_consumer,
     follow_control_events,
 )
@@ -25,7 +26,15 @@ from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
 from aether_agent_runner.runtimes.registry import runtimes
-from aether_events import Event, WorkspaceReady, mission_history, new_event_id, type_subject
+from aether_events import (
+    MISSIONS_STREAM,
+    Event,
+    WorkspaceReady,
+    mission_subject,
+    new_event_id,
+    replay,
+    type_subject,
+)
 from aether_llm import LLMSettings, make_client
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
 from aether_runtime.metrics import service_at_zero
@@ -82,8 +91,18 @@ def wire(
         sandbox=confinement(agent),
     )
 
-    async def history(mission_id: str) -> list[Event]:
-        return await mission_history(service.js, mission_id)
+    async def history(mission_id: str) -> list[tuple[Event, int]]:
+        def collect(
+            found: list[tuple[Event, int]], event: Event, seq: int
+        ) -> list[tuple[Event, int]]:
+            found.append((event, seq))
+            return found
+
+        empty: list[tuple[Event, int]] = []
+        found, _ = await replay(
+            service.js, MISSIONS_STREAM, mission_subject(mission_id), empty, collect
+        )
+        return found
 
     handlers = Handlers(
         projection,
@@ -96,14 +115,19 @@ def wire(
     subject = type_subject(WorkspaceReady)
 
     async def start(js: JetStreamContext) -> int:
-        last = await projection.rebuild(js, "agent-runner")
+        # Only the types evolve folds: the work consumer's and the control follower's.
+        folded: tuple[type[Event], ...] = (WorkspaceReady, *CONTROL_TYPES)
+        last = await projection.rebuild(js, "agent-runner", due=pending, types=folded)
         # Created now, the work consumer starts at the first attempt still owed (a
         # workspace announced before any runner ran), so it is run once, by one runner.
-        first = projection.first_sequence(pending(projection.state))
+        first = projection.first_due
         after = last if first is None else min(last, first - 1)
         await ensure_work_consumer(js, DURABLE, subject, after, agent.ack_wait_seconds)
         follower = await follow_control_events(js, last, handlers.on_control)
         service.on_stopping.append(follower.stop)
+        # The projection is fed by the work consumer and this follower: its remembered
+        # ids are bounded by where both have settled.
+        service.bound(projection, lambda: follower.last_sequence)
         log.info(
             "agent runner configured",
             extra={

@@ -21,11 +21,12 @@ from aether_events import (
     caused_by,
     step_ids,
 )
-from aether_runtime import Delivery, Projection
+from aether_runtime import Delivery, Projection, stored_sequence
 
 log = logging.getLogger("aether.agent-runner")
 
-History = Callable[[str], Awaitable[list[Event]]]
+# A mission's stored events, each with its stream sequence.
+History = Callable[[str], Awaitable[list[tuple[Event, int]]]]
 
 
 class RunningAgents:
@@ -82,15 +83,15 @@ class Handlers:
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """A delivery of the work consumer (WorkspaceReady)."""
-        self.projection.apply(event)
+        self.projection.apply(event, delivery.sequence)
         if not isinstance(event, WorkspaceReady):
             return
         attempt = (event.mission_id, event.task.id, event.attempt)
         if delivery.redelivered and self._history is not None:
             # Another runner may have reported the attempt before it died: look at the
             # mission's own history rather than trust that our follower has caught up.
-            for earlier in await self._history(event.mission_id):
-                self.projection.apply(earlier)
+            for earlier, sequence in await self._history(event.mission_id):
+                self.projection.apply(earlier, sequence)
         why = why_not_run(self.projection.state, attempt)
         if why is not None:
             log.info("not running the attempt", extra={"why": why})
@@ -103,8 +104,8 @@ class Handlers:
         if attempt in self.projection.state.settled:
             log.warning("the attempt was reported elsewhere meanwhile; not reporting it again")
             return
-        await self._publisher().publish(result)
-        self.projection.apply(result)
+        ack = await self._publisher().publish(result)
+        self.projection.apply(result, stored_sequence(ack))
 
     async def _run(
         self, ready: WorkspaceReady, attempt: Attempt, delivery: Delivery
@@ -137,9 +138,10 @@ class Handlers:
             self.running.unregister(attempt)
             metrics.AGENTS_RUNNING.dec()
 
-    async def on_control(self, event: Event) -> None:
-        """An event of the control follower: fold it, stop the agents it ends."""
-        self.projection.apply(event)
+    async def on_control(self, event: Event, sequence: int = 0) -> None:
+        """An event of the control follower (stored at ``sequence``): fold it, stop the
+        agents it ends."""
+        self.projection.apply(event, sequence)
         order = stop_order(event)
         if order is None:
             return

@@ -26,6 +26,8 @@ from aether_runtime import ConsumerSpec, Delivery
 log = logging.getLogger("aether.gateway.projection")
 
 Folded = list[tuple[Event, int]]
+# Stored messages folded per transaction when catching up (at start, after a stall).
+CATCH_UP_RUN = 200
 
 
 def _collect(pending: Folded, event: Event, sequence: int) -> Folded:
@@ -89,8 +91,8 @@ class Projector:
             js, MISSIONS_STREAM, ALL_MISSION_EVENTS, after=position, until=until
         )
         folded = 0
-        for message in messages:
-            folded += await self.read_model.take(Incoming.of_message(message))
+        for start in range(0, len(messages), CATCH_UP_RUN):
+            folded += await self.read_model.take_run(messages[start : start + CATCH_UP_RUN])
         return folded
 
     async def diverged(self, js: JetStreamContext, position: int, stream_last: int) -> str | None:

@@ -71,11 +71,17 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
     )
 
     async def rebuild(js: JetStreamContext) -> int:
-        last = await projection.rebuild(js, SERVICE_NAME)
+        last = await projection.rebuild(
+            js,
+            SERVICE_NAME,
+            due=lambda state: pending(state, naming, settings.policy),
+            types=FOLDED,
+        )
         await handlers.start_up()
         return last
 
     service.rebuild_with(rebuild)
+    service.bound(projection)
     service.consume(
         ConsumerSpec(
             durable=DURABLE,
@@ -86,9 +92,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
             ack_wait_seconds=settings.ack_wait_seconds,
             # Created after the replay, the consumer starts at the first trigger still
             # owed (a mission requested before the broker first started, say).
-            first_due=lambda: projection.first_sequence(
-                pending(projection.state, naming, settings.policy)
-            ),
+            first_due=lambda: projection.first_due,
         )
     )
     service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])

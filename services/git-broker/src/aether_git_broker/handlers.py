@@ -59,7 +59,7 @@ from aether_git_broker.domain import (
 from aether_git_broker.domain import decide as decide_action
 from aether_git_broker.naming import Naming
 from aether_git_broker.sources import LocalSource, RemoteSource, redact
-from aether_runtime import Delivery, Projection
+from aether_runtime import Delivery, Projection, stored_sequence
 
 log = logging.getLogger("aether.git_broker")
 
@@ -109,7 +109,7 @@ class Handlers:
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
-        self.projection.apply(event)
+        self.projection.apply(event, delivery.sequence)
         action = decide_action(self.projection.state, event, self._naming, self._policy)
         match action:
             case Ignore(reason=reason):
@@ -224,8 +224,8 @@ class Handlers:
             await asyncio.sleep(min(self._lock_stale_seconds - age, 0.5) + 0.01)
 
     async def _publish(self, event: Event) -> None:
-        await self._publisher().publish(event)
-        self.projection.apply(event)
+        ack = await self._publisher().publish(event)
+        self.projection.apply(event, stored_sequence(ack))
 
     async def _failed(self, cause: Event, action: Action, failure: Failure, what: str) -> None:
         """Publish what the domain says a failed step becomes (or raise, so the runtime

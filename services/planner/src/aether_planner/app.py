@@ -39,9 +39,10 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
 
     async def rebuild(js: JetStreamContext) -> int:
         model.journal = await CallJournal.open(js, settings.stream_replicas)
-        return await projection.rebuild(js, "planner")
+        return await projection.rebuild(js, "planner", due=pending, types=FOLDED)
 
     service.rebuild_with(rebuild)
+    service.bound(projection)
     service.consume(
         ConsumerSpec(
             durable="planner",
@@ -56,7 +57,7 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             # Handlers.handle). The runtime keeps a released message alive while it runs.
             # Created after the replay, the consumer starts at the first trigger still
             # unanswered (a repository prepared before the planner first started).
-            first_due=lambda: projection.first_sequence(pending(projection.state)),
+            first_due=lambda: projection.first_due,
         )
     )
     service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])

@@ -30,7 +30,7 @@ from aether_planner.context import files_to_read, render
 from aether_planner.domain import MissionPlanning, State, wants_model
 from aether_planner.domain.decide import AskModel, Outcome, decide, failed
 from aether_planner.prompt import mission_text
-from aether_runtime import Delivery, Projection
+from aether_runtime import Delivery, Projection, stored_sequence
 
 log = logging.getLogger("aether.planner")
 
@@ -65,7 +65,7 @@ class Handlers:
         # every event is folded before the next is delivered. A trigger then takes its
         # mission's lock (locks are fair: a later trigger of the mission queues behind)
         # and releases the consumer for the model call.
-        self.projection.apply(event)
+        self.projection.apply(event, delivery.sequence)
         mission = self.projection.state.missions.get(event.mission_id)
         if mission is not None and (mission.approved or mission.ended):
             self._contexts.pop(event.mission_id, None)  # no more planning for it
@@ -82,8 +82,8 @@ class Handlers:
                     async with delivery.keep_alive():
                         decided = await self._answer(event)
                     for out in decided:
-                        await self._publisher().publish(out)
-                        self.projection.apply(out)
+                        ack = await self._publisher().publish(out)
+                        self.projection.apply(out, stored_sequence(ack))
         finally:
             users[0] -= 1
             if not users[0]:  # nobody queued behind: the mission's lock can go

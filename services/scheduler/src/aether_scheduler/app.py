@@ -57,6 +57,7 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
                 await task
 
     service.rebuild_with(rebuild)
+    service.bound(projection)
     service.on_started.append(start_timers)
     service.on_stopping.append(stop_timers)
     service.consume(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aether_events import Event, EventPublisher, tag_of
-from aether_runtime import Delivery, Projection
+from aether_runtime import Delivery, Projection, stored_sequence
 from aether_scheduler import metrics
 from aether_scheduler.domain import Config, State, catch_up, decide, evolve, next_timer, tick
 
@@ -35,7 +35,7 @@ class Handlers:
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
-            self._apply(event)
+            self._apply(event, delivery.sequence)
             await self._publish(decide(self.projection.state, event, self._clock(), self.config))
         self._wake.set()
 
@@ -59,15 +59,15 @@ class Handlers:
 
     async def _publish(self, decided: list[Event]) -> None:
         for out in decided:
-            await self._publisher().publish(out)
+            ack = await self._publisher().publish(out)
             # Apply at once: the next event must see this decision even before it comes
             # back through the consumer (it is then skipped as already applied).
-            self._apply(out)
+            self._apply(out, stored_sequence(ack))
             log.info("decided %s", tag_of(type(out)), extra={"decided_event_id": out.event_id})
 
-    def _apply(self, event: Event) -> None:
+    def _apply(self, event: Event, sequence: int = 0) -> None:
         before = self.projection.state
-        if self.projection.apply(event):
+        if self.projection.apply(event, sequence):
             metrics.observe(before, self.projection.state, event)
 
     async def run_timers(self, max_sleep: float = 1.0) -> None:

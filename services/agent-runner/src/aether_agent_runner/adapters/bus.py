@@ -109,10 +109,10 @@ async def ensure_work_consumer(
 async def follow_control_events(
     js: JetStreamContext,
     after_sequence: int,
-    on_event: Callable[[Event], Awaitable[None]],
+    on_event: Callable[[Event, int], Awaitable[None]],
 ) -> Follower:
-    """Deliver every control event stored after ``after_sequence`` to ``on_event``, in
-    order (until the returned follower is stopped)."""
+    """Deliver every control event stored after ``after_sequence`` to ``on_event``, with
+    its stream sequence, in order (until the returned follower is stopped)."""
 
     async def deliver(msg: Msg) -> None:
         try:
@@ -120,7 +120,7 @@ async def follow_control_events(
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return
         try:
-            await on_event(event)
+            await on_event(event, msg.metadata.sequence.stream)
         except Exception:
             log.exception("control event not handled", extra={"subject": msg.subject})
 

@@ -181,6 +181,49 @@ class ReadModel:
         except EVENT_ERRORS:
             return await self._take(item, self.consumer, "missions", guarded=True)
 
+    async def take_run(self, items: list[StoredMessage]) -> int:
+        """Fold a run of stored mission stream messages as ``take`` folds each, in one
+        transaction: the start-up catch-up then commits (and waits for the disk) once per
+        run instead of once per event. A message that cannot be stored as it is undoes
+        the run, which is then folded one message at a time. Returns how many changed the
+        read model."""
+        incoming = [Incoming.of_message(message) for message in items]
+        if any(item.event is None for item in incoming):
+            return await self._take_each(incoming)
+        fresh = 0
+        jumped = False
+        try:
+            async with self._db.pool.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        # The position is locked and moved once for the run.
+                        position = await self._lock_position(conn, self.consumer)
+                        for item in incoming:
+                            if item.seq <= position:
+                                continue
+                            if item.seq > position + 1:
+                                await faults.note_gap(
+                                    conn, self.consumer, position + 1, item.seq - 1
+                                )
+                                jumped = True
+                            assert item.event is not None
+                            fresh += await self._fold_one(conn, item.event, item.seq, "missions")
+                            position = item.seq
+                        await self._set_position(conn, self.consumer, position)
+                        await conn.commit()
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                    raise
+        except EVENT_ERRORS:
+            return await self._take_each(incoming)
+        if jumped:
+            self.gap_found.set()
+        return fresh
+
+    async def _take_each(self, incoming: list[Incoming]) -> int:
+        return sum([await self.take(item) for item in incoming])
+
     async def apply_telemetry(self, event: Event, sequence: int) -> bool:
         """Fold a telemetry event (heartbeat, progress) stored at ``sequence``."""
         item = Incoming.of_event(event, sequence)

@@ -1,0 +1,309 @@
+"""Does Aether's cost stay flat as work and history grow?
+
+Three measurements, in one run, on embedded NATS and PostgreSQL with the five services as
+separate processes and an agent that does no model work (the model server of
+``bench/overhead.py``):
+
+1. **Per-task overhead against mission size**: chained missions of N = 10, 50 and 200
+   tasks, each on a fresh stack, ``--repeats`` times. Per N it prints the median of the
+   mean TaskReady → BranchMerged latency and of the chain's cycle time (one TaskReady to
+   the next, which is what a chain of N pays N times), the cycle less the same git work
+   timed in a plain loop of N tasks (the orchestration's own cost), as ratios against
+   N = 10;
+   per mission, the median cycle of its last quarter against its first (growth within
+   one mission, which a change of load between runs does not blur).
+2. **Idle memory**: each service's resident set (``VmRSS``) a few seconds after it is
+   ready, on an empty stream.
+3. **Start-up with history**: one real mission (a chain of ``--template-tasks`` tasks)
+   runs through the stack; its stored events are then published again, through the real
+   ``EventPublisher``, as ``--missions - 1`` more missions (every id, and the mission id
+   wherever it appears in subjects, branch names and paths, replaced by a fresh one), so
+   the stream holds that many finished missions of exactly the shape the services write.
+   All five services are stopped before that; each is then started alone and the script
+   prints the time from process start to ``/readyz``, the replay time the service logs
+   ("projection rebuilt"), and its resident set once ready.
+
+The load average is printed with every figure: the machine is shared, compare the ratios
+within a run.
+
+    uv run python bench/scale.py [--sizes 10,50,200] [--repeats 3] [--missions 1000]
+        [--template-tasks 3] [--services gateway,...] [--skip-sizes] [--skip-history]
+
+A figure, not a test: it prints numbers and never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import DeliverPolicy
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import itertools
+
+from overhead import NoWorkModel, per_task, plain_git_loop, plan_of, run_mission
+
+from aether.gitview import create_sample_repository
+from aether.stack import SERVICES, Stack
+from aether_events import (
+    EventPublisher,
+    MissionCompleted,
+    TaskReady,
+    decode,
+    mission_subject,
+)
+from aether_llm import MessagesServer
+
+_ID_KEYS = ("event_id", "causation_id", "correlation_id", "mission_id")
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f}"
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_stack(work: Path, label: str, model_url: str) -> Stack:
+    return Stack(
+        home=work / f"stack-{label}",
+        random_ports=True,
+        env={"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": model_url},
+    )
+
+
+def cycle_times(events: list[Any]) -> list[float]:
+    """Seconds from each TaskReady to the next one (a chain's period)."""
+    readies = sorted(e.occurred_at for e in events if isinstance(e, TaskReady))
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(readies)]
+
+
+async def one_size(work: Path, n: int, run: int) -> tuple[float, float, float] | None:
+    """Mean TaskReady→BranchMerged, mean cycle time of one chained mission of ``n``, and
+    the mean of the same git work for ``n`` tasks in a plain loop (which grows with the
+    tree: each task adds a file)."""
+    floor = await asyncio.to_thread(plain_git_loop, work / f"plain-n{n}-{run}", n)
+    model = MessagesServer(NoWorkModel(plan_of(n, "chain"))).start()
+    stack = make_stack(work, f"n{n}-{run}", model.url)
+    try:
+        await asyncio.to_thread(stack.start)
+        repo = work / f"repo-n{n}-{run}"
+        create_sample_repository(repo)
+        events = await run_mission(stack, repo, n, 1)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        model.stop()
+    if not any(isinstance(e, MissionCompleted) for e in events):
+        return None
+    latency = per_task(events)["ready_to_merged"]
+    cycles = cycle_times(events)
+    quarter = max(len(cycles) // 4, 1)
+    drift = statistics.median(cycles[-quarter:]) / statistics.median(cycles[:quarter])
+    print(f"  N={n:<4} run {run + 1}: last quarter's cycles / first quarter's {drift:.2f}x")
+    return statistics.fmean(latency), statistics.fmean(cycles), statistics.fmean(floor)
+
+
+async def sizes(work: Path, ns: list[int], repeats: int) -> None:
+    print(f"per-task overhead, chained missions, {repeats} run(s) per size ({load()})")
+    found: dict[int, list[tuple[float, float, float]]] = {n: [] for n in ns}
+    # Interleaved (10, 50, 200, 10, 50, 200, …) so a change of load hits every size.
+    for run in range(repeats):
+        for n in ns:
+            figures = await one_size(work, n, run)
+            if figures is None:
+                print(f"  N={n} run {run + 1}: the mission did not complete", file=sys.stderr)
+                continue
+            found[n].append(figures)
+            print(
+                f"  N={n:<4} run {run + 1}: ready→merged {figures[0] * 1000:6.1f} ms,"
+                f" cycle {figures[1] * 1000:6.1f} ms, plain git {figures[2] * 1000:6.1f} ms"
+                f" ({load()})"
+            )
+    base = found[ns[0]]
+    if not base:
+        return
+    base_latency = statistics.median(f[0] for f in base)
+    base_cycle = statistics.median(f[1] for f in base)
+    base_over = statistics.median(f[1] - f[2] for f in base)
+    print(f"  medians, ratios against N={ns[0]}:")
+    for n in ns:
+        if not found[n]:
+            continue
+        latency = statistics.median(f[0] for f in found[n])
+        cycle = statistics.median(f[1] for f in found[n])
+        over = statistics.median(f[1] - f[2] for f in found[n])
+        print(
+            f"    N={n:<4} ready→merged {latency * 1000:6.1f} ms ({latency / base_latency:.2f}x)"
+            f"   cycle {cycle * 1000:6.1f} ms ({cycle / base_cycle:.2f}x)"
+            f"   cycle minus plain git {over * 1000:6.1f} ms ({over / base_over:.2f}x)"
+        )
+
+
+def idle_rss(stack: Stack, label: str, settle: float = 3.0) -> None:
+    time.sleep(settle)
+    figures = "  ".join(f"{name} {rss_mib(stack.processes[name].pid):5.1f}" for name in SERVICES)
+    print(f"  idle RSS MiB, {label}: {figures} ({load()})")
+
+
+async def template_messages(stack: Stack, mission_id: str) -> list[bytes]:
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            mission_subject(mission_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        out: list[bytes] = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=2.0)
+            except nats.errors.TimeoutError:
+                break
+            out.append(msg.data)
+            if msg.metadata.num_pending == 0:
+                break
+        await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def _ids(raw: list[bytes]) -> set[str]:
+    found: set[str] = set()
+    for data in raw:
+        payload = json.loads(data)
+        for key in _ID_KEYS:
+            if isinstance(payload.get(key), str) and payload[key]:
+                found.add(payload[key])
+    return found
+
+
+async def publish_history(stack: Stack, raw: list[bytes], copies: int) -> float:
+    """Publish ``copies`` clones of one mission's stored events; returns the seconds taken."""
+    ids = sorted(_ids(raw), key=len, reverse=True)
+    began = time.perf_counter()
+    nc = await nats.connect(stack.nats_url)
+    try:
+        publisher = EventPublisher(nc.jetstream())
+
+        async def clone(_: int) -> None:
+            fresh = {
+                old: uuid.uuid4().hex[: len(old)] if len(old) <= 32 else str(uuid.uuid4())
+                for old in ids
+            }
+            for data in raw:
+                text = data.decode()
+                for old in ids:
+                    text = text.replace(old, fresh[old])
+                await publisher.publish(decode(text.encode()))
+
+        done = 0
+        while done < copies:
+            batch = min(25, copies - done)
+            await asyncio.gather(*(clone(done + i) for i in range(batch)))
+            done += batch
+    finally:
+        await nc.close()
+    return time.perf_counter() - began
+
+
+def rebuilt_seconds(stack: Stack, name: str) -> str:
+    """The replay time the service logged last ("projection rebuilt")."""
+    path = stack.home / "logs" / f"{name}.log"
+    seconds = "?"
+    for line in path.read_text(errors="replace").splitlines():
+        if "projection rebuilt" in line:
+            try:
+                seconds = f"{json.loads(line).get('seconds', '?')}"
+            except ValueError:
+                continue
+    return seconds
+
+
+async def history(
+    work: Path, missions: int, template_tasks: int, only: list[str], ready_within: float
+) -> None:
+    model = MessagesServer(NoWorkModel(plan_of(template_tasks, "chain"))).start()
+    stack = make_stack(work, "history", model.url)
+    try:
+        began = time.perf_counter()
+        await asyncio.to_thread(stack.start)
+        print(f"memory and start-up with history ({load()})")
+        print(f"  stack ready in {time.perf_counter() - began:.1f} s")
+        idle_rss(stack, "fresh start, empty stream")
+        repo = work / "repo-history"
+        create_sample_repository(repo)
+        events = await run_mission(stack, repo, template_tasks, 1)
+        if not any(isinstance(e, MissionCompleted) for e in events):
+            print("  the template mission did not complete", file=sys.stderr)
+            return
+        raw = await template_messages(stack, events[0].mission_id)
+        for name in reversed(list(SERVICES)):
+            stack.stop_service(name)
+        took = await publish_history(stack, raw, missions - 1)
+        print(
+            f"  history: {missions} finished missions of {len(raw)} events each"
+            f" ({len(raw) * missions} events; {template_tasks}-task chains), the clones"
+            f" published in {took:.1f} s ({load()})"
+        )
+        for name in only:
+            began = time.perf_counter()
+            stack.start_service(name)
+            try:
+                await asyncio.to_thread(stack.wait_ready, [name], ready_within)
+            except TimeoutError:
+                print(f"  {name:<13} not ready after {ready_within:.0f} s ({load()})")
+                continue
+            ready = time.perf_counter() - began
+            await asyncio.sleep(3.0)
+            replayed = rebuilt_seconds(stack, name)
+            print(
+                f"  {name:<13} start→ready {ready:6.2f} s, replay {replayed:>6} s,"
+                f" RSS {rss_mib(stack.processes[name].pid):6.1f} MiB ({load()})"
+            )
+    finally:
+        await asyncio.to_thread(stack.stop)
+        model.stop()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,50,200")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--missions", type=int, default=1000)
+    parser.add_argument("--template-tasks", type=int, default=3)
+    parser.add_argument("--skip-sizes", action="store_true")
+    parser.add_argument("--skip-history", action="store_true")
+    parser.add_argument(
+        "--services", default=",".join(SERVICES), help="the services to start with history"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="aether-scale-"))
+    print(f"bench/scale: work dir {work}, {os.cpu_count()} cores, {load()}")
+    if not args.skip_history:
+        only = args.services.split(",")
+        await history(work, args.missions, args.template_tasks, only, args.ready_timeout)
+    if not args.skip_sizes:
+        await sizes(work, [int(n) for n in args.sizes.split(",")], args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
