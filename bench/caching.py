@@ -16,6 +16,10 @@ token counts approximated at four characters a token).
   repository context of about 7,300 tokens, in six missions: one call; a rejected plan
   and its correction; questions, answered two or ten minutes later; a plan, then
   feedback two or ten minutes later.
+- Claude Code: the Claude Code runtime (the real CLI from the claude-agent-sdk wheel, its
+  own breakpoint placement) on the same scratch repository, a scripted ten-call task with
+  its file tools, its usage taken from the runtime's per-call usage events. Skipped, with
+  the reason, when the CLI cannot run here.
 
     uv run python bench/caching.py [--before 96fae97] [--model claude-sonnet-5-5]
 
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import types
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,7 @@ class Totals:
     cost: float = 0.0
     uncached_cost: float = 0.0
     unread: int = 0
+    calls: int = 0
 
     @property
     def input(self) -> int:
@@ -210,6 +216,112 @@ async def agent_task(model: str, wide: bool, breakpoints: Breakpoints, lookback:
     for usage in usages:
         totals.add(model, usage)
     totals.unread = cache.writes()[1]
+    return totals
+
+
+# --- Claude Code ----------------------------------------------------------------------
+
+
+def claude_code_script(worktree: Path) -> list[dict[str, Any]]:
+    """The Claude Code task's replies, one a call: its file tools on the scratch repository
+    (absolute paths, as the CLI's tools take them), then the answer."""
+    app, src = str(worktree / "src" / "app.py"), str(worktree / "src")
+    return [
+        call("Glob", pattern="src/*.py"),
+        call("Read", file_path=str(worktree / "src" / "m0.py")),
+        call("Grep", pattern="def value_3_", path=src),
+        call("Read", file_path=app),
+        call("Edit", file_path=app, old_string='"Hello, "', new_string='"Hi, "'),
+        call("Read", file_path=app),
+        call("Write", file_path=str(worktree / "src" / "notes.txt"), content="shorter\n"),
+        call("Grep", pattern="Hi, ", path=src),
+        call("Read", file_path=str(worktree / "src" / "m1.py")),
+        text_block("the greeting is now Hi"),
+    ]
+
+
+def committed(worktree: Path) -> str:
+    """Make ``worktree`` a git repository with its files committed; the commit."""
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "0"],
+    ):
+        subprocess.run(["git", *args], cwd=worktree, check=True, capture_output=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=worktree, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+async def claude_code_task(model: str) -> Totals | str:
+    """The Claude Code runtime's totals on the scripted task, or why it could not run."""
+    try:
+        import claude_agent_sdk  # noqa: F401
+    except ImportError as error:
+        return f"claude-agent-sdk is not installed ({error})"
+    from aether_agent_runner.adapters.git import GitDir
+    from aether_agent_runner.adapters.journal import state_dir
+    from aether_agent_runner.runtimes import Job
+    from aether_agent_runner.runtimes.claude_code import ClaudeCodeRuntime
+    from aether_events import PlannedTask, WorkspaceReady
+
+    cache = PromptCache()
+    usages: list[Usage] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        worktree = scratch_repository(Path(scratch) / "repo").resolve()
+        sha = committed(worktree)
+        git = GitDir.clone(worktree, "main")
+        script = claude_code_script(worktree)
+
+        def respond(request: dict[str, Any]) -> Reply:
+            turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
+            block = script[min(turn, len(script) - 1)]
+            stop = "tool_use" if block["type"] == "tool_use" else "end_turn"
+            return Reply([block], stop, output_tokens=80)
+
+        class Recorder(Quiet):
+            async def model_called(self, turn: int, usage: Usage) -> None:
+                usages.append(usage)
+
+        async def has_changes() -> bool:
+            return True
+
+        ready = WorkspaceReady(
+            event_id="e1",
+            mission_id="m-bench",
+            occurred_at=datetime.now(UTC),
+            correlation_id="e0",
+            task=PlannedTask(id="t1", title="Shorter greeting", files=["src/app.py"]),
+            attempt=1,
+            model=model,
+            branch="main",
+            worktree_path=str(worktree),
+            base_sha=sha,
+        )
+        server = MessagesServer(respond, cache=cache).start()
+        try:
+            outcome = await ClaudeCodeRuntime(base_url=server.url, api_key="bench").run(
+                Job(
+                    ready=ready,
+                    worktree=worktree,
+                    git=git,
+                    limits=Limits(max_turns=TURNS + 2, max_seconds=300),
+                    journal=Journal(state_dir(git)),
+                    identity=identity("m-bench", "t1", 1, sha),
+                    observer=Recorder(),
+                    toolbox=ToolBox(Workspace(worktree), None),
+                    has_changes=has_changes,
+                )
+            )
+        finally:
+            server.stop()
+    if not outcome.finished:
+        return f"the Claude Code CLI could not run the task: {outcome.reason[:300]}"
+    totals = Totals()
+    for usage in usages:
+        totals.add(model, usage)
+    totals.unread = cache.writes()[1]
+    totals.calls = len(usages)
     return totals
 
 
@@ -359,6 +471,21 @@ async def main() -> None:
         "written\n  that no later call read; vs none: cost next to the same calls without "
         "caching."
     )
+
+    print("\nClaude Code: the runtime and its CLI on a scripted ten-call task (look-back 20)")
+    claude = await claude_code_task(model)
+    if isinstance(claude, str):
+        print(f"  skipped: {claude}")
+    else:
+        print(
+            f"{'calls':>5} {'read share':>10} {'plain':>7} {'written':>8} {'read':>8} "
+            f"{'unread':>7} {'cost $':>9} {'vs none':>7}"
+        )
+        t = claude
+        print(
+            f"{t.calls:5} {share(t):>10} {t.plain:7,} {t.written:8,} {t.read:8,} "
+            f"{t.unread:7,} {t.cost:9.5f} {versus(t):>7}"
+        )
 
     context = planner_context()
     print(f"\nplanner: the model adapter, a repository context of ~{len(context) // 4:,} tokens")

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aether_agent_runner.adapters.git import GitDir
 from aether_agent_runner.adapters.journal import Journal, state_dir
 from aether_agent_runner.agent import Progress
 from aether_agent_runner.conversation import identity
@@ -78,11 +79,13 @@ def job(worktree: Path, sha: str) -> Job:
     async def changed() -> bool:
         return True
 
+    git = GitDir.clone(worktree, "main")
     return Job(
         ready=ready,
         worktree=worktree,
+        git=git,
         limits=Limits(max_turns=10, max_seconds=120),
-        journal=Journal(state_dir(worktree)),
+        journal=Journal(state_dir(git)),
         identity=identity("m-bench", "t1", 1, sha),
         observer=Quiet(),
         toolbox=ToolBox(Workspace(worktree), None),

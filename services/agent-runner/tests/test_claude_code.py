@@ -3,6 +3,7 @@ scripted Messages API server, worked by an in-process runner on real NATS."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -82,7 +83,9 @@ async def test_claude_code_edits_runs_a_command_through_aether_and_the_commit_la
     events: Any,
     mission_id: str,
     workspace_ready: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="aether.agent-runner.claude-code")
     worktree = task_repo.worktree
     (worktree / "CLAUDE.md").write_text("Always keep greetings polite.\n")
     git(worktree, "add", "CLAUDE.md")
@@ -151,11 +154,36 @@ async def test_claude_code_edits_runs_a_command_through_aether_and_the_commit_la
         cache_creation_input_tokens=400,
         cache_read_input_tokens=4 * 400,
     )
-    priced = load_prices().priced("claude-sonnet-5-5", counts)
-    assert done.usage == priced
+    prices = load_prices()
+    priced = prices.priced("claude-sonnet-5-5", counts)
+    assert done.usage.cost_usd == pytest.approx(priced.cost_usd)
+    assert msgspec.structs.replace(done.usage, cost_usd=None) == counts
+    # One usage event per model call, each the call's own counts as the server sent them.
     recorded = events.of(UsageRecorded)
-    assert [u.usage for u in recorded] == [priced]
-    assert recorded[0].step.startswith("agent:t1:a1:")
+    assert [u.step for u in recorded] == [f"agent:t1:a1:turn{n}" for n in range(1, 7)]
+    calls = [(0, 0), (400, 0), (0, 400), (0, 400), (0, 400), (0, 400)]
+    assert [u.usage for u in recorded] == [
+        prices.priced(
+            "claude-sonnet-5-5",
+            Usage(
+                input_tokens=120,
+                output_tokens=30,
+                cache_creation_input_tokens=write,
+                cache_read_input_tokens=read,
+            ),
+        )
+        for write, read in calls
+    ]
+    assert len({u.event_id for u in recorded}) == 6
+    total = Usage(cost_usd=0.0)
+    for event in recorded:
+        total = total.plus(event.usage)
+    assert msgspec.structs.replace(total, cost_usd=None) == counts
+    assert total.cost_usd == pytest.approx(priced.cost_usd)
+    # The CLI's own total agrees with the calls recorded: no mismatch is logged.
+    messages = [r.getMessage() for r in caplog.records]
+    assert "refused a path outside the worktree" in messages  # the runtime's log is seen
+    assert not [r for r in caplog.records if "reported total" in r.getMessage()]
 
     actions = [p.last_action for p in events.of(AgentProgress)]
     assert "Read src/app.py" in actions
@@ -250,3 +278,58 @@ async def test_an_unknown_runtime_fails_the_task_plainly(
     assert failed.reason.startswith("unknown agent runtime 'codex'")
     assert not failed.retryable
     assert scripted.script.requests == []
+
+
+def test_a_cli_total_that_differs_from_the_recorded_calls_is_logged_with_both(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from claude_agent_sdk import ResultMessage
+
+    from aether_agent_runner.runtimes.claude_code import check_total
+
+    prices = load_prices()
+    model = "claude-sonnet-5-5"
+    calls = prices.priced(model, Usage(input_tokens=240, output_tokens=60))
+    assert calls.cost_usd
+    result = ResultMessage(
+        subtype="success",
+        duration_ms=1,
+        duration_api_ms=1,
+        is_error=False,
+        num_turns=2,
+        session_id="s",
+        total_cost_usd=calls.cost_usd,
+        model_usage={model: {"inputTokens": 240, "outputTokens": 60, "costUSD": calls.cost_usd}},
+    )
+    assert check_total(calls, result, model, prices)
+    assert not caplog.records
+
+    cli_usd = calls.cost_usd * 3
+    dearer = ResultMessage(
+        subtype="success",
+        duration_ms=1,
+        duration_api_ms=1,
+        is_error=False,
+        num_turns=2,
+        session_id="s",
+        total_cost_usd=cli_usd,
+        model_usage={model: {"inputTokens": 240, "outputTokens": 60, "costUSD": cli_usd}},
+    )
+    assert not check_total(calls, dearer, model, prices)
+    warned = [r for r in caplog.records if "reported total" in r.getMessage()]
+    assert len(warned) == 1
+    assert str(calls.cost_usd) in warned[0].getMessage()
+    assert str(cli_usd) in warned[0].getMessage()
+
+    # A reply the stream never showed: the CLI counted more tokens than were recorded.
+    more = ResultMessage(
+        subtype="success",
+        duration_ms=1,
+        duration_api_ms=1,
+        is_error=False,
+        num_turns=3,
+        session_id="s",
+        total_cost_usd=calls.cost_usd,
+        model_usage={model: {"inputTokens": 360, "outputTokens": 60, "costUSD": calls.cost_usd}},
+    )
+    assert not check_total(calls, more, model, prices)

@@ -87,6 +87,14 @@ def journal_dir(worktree: Path) -> Path:
     return (admin if admin.is_absolute() else worktree / admin) / DIRECTORY
 
 
+def sum_usage(recorded: list[UsageRecorded]) -> Usage:
+    """What the gateway and the scheduler add up: every usage event's usage."""
+    total = Usage(cost_usd=0.0)
+    for event in recorded:
+        total = total.plus(event.usage)
+    return total
+
+
 def session_written(worktree: Path, tool_use_id: str) -> bool:
     """Whether the CLI's session transcript on disk holds that tool call's result."""
     for path in (journal_dir(worktree) / "claude-code" / "projects").glob("*/*.jsonl"):
@@ -176,7 +184,13 @@ async def test_a_claude_code_attempt_resumes_its_session_after_the_runner_is_kil
     assert done.usage.input_tokens == priced.input_tokens
     assert done.usage.output_tokens == priced.output_tokens
     assert done.usage.cost_usd == pytest.approx(priced.cost_usd)
-    assert [u.usage for u in events.of(UsageRecorded)] == [done.usage]
+    # One usage event per received reply: the two the killed runner recorded, then the
+    # resumed call, numbered on from the journal (so none is recorded twice).
+    recorded = events.of(UsageRecorded)
+    assert [u.step for u in recorded] == [f"agent:t1:a1:turn{n}" for n in (1, 2, 3)]
+    assert len({u.event_id for u in recorded}) == 3
+    assert all((u.usage.input_tokens, u.usage.output_tokens) == (120, 30) for u in recorded)
+    assert sum_usage(recorded).cost_usd == pytest.approx(done.usage.cost_usd)
     log = (second.home / "logs" / "agent-runner.log").read_text()
     assert "resuming the Claude Code session" in log
 
@@ -234,3 +248,8 @@ async def test_a_session_that_cannot_be_resumed_starts_fresh_and_says_so(
     # The first session's two answered replies were paid for and stay the task's, with
     # the fresh session's three.
     assert (done.usage.input_tokens, done.usage.output_tokens) == (5 * 120, 5 * 30)
+    recorded = events.of(UsageRecorded)
+    assert [u.step for u in recorded] == [f"agent:t1:a1:turn{n}" for n in range(1, 6)]
+    total = sum_usage(recorded)
+    assert (total.input_tokens, total.output_tokens) == (5 * 120, 5 * 30)
+    assert total.cost_usd == pytest.approx(done.usage.cost_usd)

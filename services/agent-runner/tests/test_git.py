@@ -155,3 +155,46 @@ def test_a_change_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> Non
 
     assert app.stat().st_mtime_ns == old
     assert changed_paths(records) == ["src/app.py"]
+
+
+def test_a_rewritten_index_is_read_again_not_taken_from_the_parsed_copy(tmp_path: Path) -> None:
+    """Parsed indexes are kept by the identity of their file; the commit's new index is
+    a new file, so what it records is seen at once."""
+    _, wt, records = _linked(tmp_path)
+    assert changed_paths(records) == []  # the index git wrote, parsed and kept
+    (wt / "other.txt").write_text("x\n")
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(wt / "other.txt", ns=(old, old))
+    before = StatCache(records.admin / "index")
+    assert before.sha(b"other.txt", (wt / "other.txt").stat(), 0o100644) is None
+
+    sha, _ = commit_all(records, "adds other.txt\n")
+
+    assert sha is not None
+    after = StatCache(records.admin / "index")
+    assert after.sha(b"other.txt", (wt / "other.txt").stat(), 0o100644) is not None
+    assert git("status", "--porcelain", cwd=wt) == ""
+
+
+def test_an_index_that_does_not_read_only_means_every_file_is_read(tmp_path: Path) -> None:
+    """The index is a cache written without a sync: one a crash left torn or empty
+    costs reading the files, never a change overlooked."""
+    _, wt, records = _linked(tmp_path)
+    app = wt / "src" / "app.py"
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(app, ns=(old, old))
+    (wt / "other.txt").write_text("x\n")
+    commit_all(records, "the index now records app.py's stat data\n")
+    index = records.admin / "index"
+    index.write_bytes(index.read_bytes()[:-7])  # torn: the checksum does not match
+    with app.open("r+b") as file:
+        file.write(b"y")
+    os.utime(app, ns=(old, old))
+
+    assert StatCache(index).sha(b"src/app.py", app.stat(), 0o100644) is None
+    assert changed_paths(records) == ["src/app.py"]
+    index.write_bytes(b"")
+    assert changed_paths(records) == ["src/app.py"]
+    sha, changed = commit_all(records, "app.py changed\n")
+    assert sha is not None and changed == ["src/app.py"]
+    assert git("status", "--porcelain", cwd=wt) == ""

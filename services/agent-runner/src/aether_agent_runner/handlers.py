@@ -154,11 +154,18 @@ class Handlers:
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, ready: WorkspaceReady) -> AsyncIterator[None]:
-        """Publish AgentHeartbeat on the telemetry stream while the agent works."""
+        """Publish AgentHeartbeat on the telemetry stream while the agent works.
+
+        The beat ends on a flag, not on its cancellation alone: on Python 3.11 a
+        cancellation that arrives as a publish's acknowledgement does is swallowed by
+        ``asyncio.wait_for`` inside the NATS client (the publish returns normally), and a
+        beat that only stopped when cancelled would then go on forever, with the attempt's
+        result waiting behind it and never published."""
+        stopped = asyncio.Event()
 
         async def beat() -> None:
             number = 0
-            while True:
+            while not stopped.is_set():
                 number += 1
                 runner = self._attempts.runner_id
                 step = step_ids.heartbeat(ready.task.id, ready.attempt, runner, number)
@@ -173,12 +180,15 @@ class Handlers:
                     )
                 except Exception:
                     log.warning("heartbeat not published", exc_info=True)
-                await asyncio.sleep(self._heartbeat_seconds)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._heartbeat_seconds):
+                        await stopped.wait()
 
         task = asyncio.create_task(beat())
         try:
             yield
         finally:
+            stopped.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

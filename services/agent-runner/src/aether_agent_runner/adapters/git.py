@@ -14,14 +14,26 @@ can rewrite, is never read. No git configuration is read at all.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import stat
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-from dulwich.index import Index, IndexEntry, commit_tree, index_entry_from_stat
+from dulwich.file import GitFile
+from dulwich.index import (
+    IndexChecksumWriter,
+    IndexEntry,
+    commit_tree,
+    index_entry_from_stat,
+    write_index_dict,
+)
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, Commit, ObjectID
 from dulwich.refs import DiskRefsContainer, Ref
@@ -169,17 +181,38 @@ def own_commit(git: GitDir, base_sha: str, task_id: str, attempt: int) -> str | 
     return None
 
 
-def _files_of(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
-    return {
-        entry.path: (entry.mode, entry.sha)
-        for entry in store.iter_tree_contents(tree)
-        if entry.path is not None and entry.mode is not None and entry.sha is not None
-    }
+# The files of recently read trees. A tree id names its content, so what was read once
+# is true for good: a task's reset, check for changes and commit, which all compare the
+# worktree with the same base tree, read it from the object store once.
+_TREES: OrderedDict[ObjectID, Mapping[bytes, tuple[int, ObjectID]]] = OrderedDict()
+_TREES_KEPT = 16
+_TREES_LOCK = threading.Lock()  # the runner works several attempts in worker threads
+
+
+def _files_of(store: DiskObjectStore, tree: ObjectID) -> Mapping[bytes, tuple[int, ObjectID]]:
+    """Every file of ``tree`` by path: its mode and blob id (read-only, shared)."""
+    with _TREES_LOCK:
+        known = _TREES.get(tree)
+        if known is not None:
+            _TREES.move_to_end(tree)
+            return known
+    files = MappingProxyType(
+        {
+            entry.path: (entry.mode, entry.sha)
+            for entry in store.iter_tree_contents(tree)
+            if entry.path is not None and entry.mode is not None and entry.sha is not None
+        }
+    )
+    with _TREES_LOCK:
+        _TREES[tree] = files
+        while len(_TREES) > _TREES_KEPT:
+            _TREES.popitem(last=False)
+    return files
 
 
 def _state(
     git: GitDir, at: bytes, max_hash: int
-) -> tuple[DiskObjectStore, dict[bytes, tuple[int, ObjectID]], dict[bytes, Found], list[bytes]]:
+) -> tuple[DiskObjectStore, Mapping[bytes, tuple[int, ObjectID]], dict[bytes, Found], list[bytes]]:
     store = git.store()
     tracked = _files_of(store, _commit(store, at).tree)
     found = scan(git.worktree, git.common, tracked, max_hash, StatCache(git.admin / "index"))
@@ -279,18 +312,33 @@ def _content(files: Files, path: bytes, mode: int) -> bytes:
 
 
 def _write_index(
-    git: GitDir, files: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]
+    git: GitDir, files: Mapping[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]
 ) -> None:
     """The worktree's index for the tree of ``files``, with the stat data of the files
-    that match it (so ``git status`` in the worktree trusts them without reading them)."""
-    index = Index(str(git.admin / "index"), read=False)
-    for path, (mode, sha) in files.items():
+    that match it (so ``git status`` in the worktree trusts them without reading them).
+
+    Written beside and renamed over, but not synced to disk: the index is a cache of stat
+    data, never the record of anything. An index a machine crash leaves empty or torn is
+    one ``StatCache`` cannot read, and every file is then read and compared with the tree
+    (what resume trusts is the branch, whose update is synced, and the journal)."""
+    entries: dict[bytes, IndexEntry] = {}
+    for path, (mode, sha) in sorted(files.items()):
         entry = found.get(path)
         if entry is not None and mode != GITLINK and entry.mode == mode:
-            index[path] = index_entry_from_stat(entry.st, sha, mode)
+            entries[path] = index_entry_from_stat(entry.st, sha, mode)
         else:
-            index[path] = IndexEntry(0, 0, 0, 0, mode, 0, 0, 0, sha)
-    index.write()
+            entries[path] = IndexEntry(0, 0, 0, 0, mode, 0, 0, 0, sha)
+    buffer = io.BytesIO()
+    checksummed = IndexChecksumWriter(buffer)
+    write_index_dict(checksummed, entries)
+    checksummed.write_checksum()
+    out = GitFile(str(git.admin / "index"), "wb", fsync=False)
+    try:
+        out.write(buffer.getvalue())
+    except BaseException:
+        out.abort()
+        raise
+    out.close()
 
 
 def reset_to(git: GitDir, sha: str) -> bool:
@@ -335,7 +383,7 @@ def _remove(files: Files, path: str) -> None:
             os.unlink(parts[-1], dir_fd=parent)
 
 
-def _prune_empty(files: Files, path: str, tracked: dict[bytes, tuple[int, ObjectID]]) -> None:
+def _prune_empty(files: Files, path: str, tracked: Mapping[bytes, tuple[int, ObjectID]]) -> None:
     """Remove the now empty directories above a removed untracked file."""
     parts = path.split("/")[:-1]
     while parts:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
+from dulwich.errors import ChecksumMismatch
 from dulwich.ignore import IgnoreFilter, read_ignore_patterns
 from dulwich.index import Index, IndexEntry
 from dulwich.objects import ObjectID
@@ -25,6 +29,7 @@ from aether_agent_runner.safefs import Raced, Refused, is_git_name, open_dir, re
 GITLINK = 0o160000
 SYMLINK = 0o120000
 MAX_IGNORE_BYTES = 1_000_000
+_INDEXES_LOCK = threading.Lock()  # scans run in worker threads, several tasks at once
 
 
 class StatCache:
@@ -36,15 +41,14 @@ class StatCache:
     that cannot be read (missing, another version) only means every file is read."""
 
     def __init__(self, path: Path) -> None:
-        self._entries: dict[bytes, IndexEntry] = {}
+        self._entries: Mapping[bytes, IndexEntry] = {}
         self._written_ns = 0
         try:
-            self._written_ns = os.stat(path).st_mtime_ns
-            for name, entry in Index(str(path)).items():
-                if isinstance(entry, IndexEntry):
-                    self._entries[name] = entry
-        except (OSError, ValueError, AssertionError, KeyError):
-            self._entries = {}
+            st = os.stat(path)
+        except OSError:
+            return
+        self._written_ns = st.st_mtime_ns
+        self._entries = _parsed_index(path, st)
 
     def sha(self, path: bytes, st: os.stat_result, mode: int) -> ObjectID | None:
         entry = self._entries.get(path)
@@ -58,6 +62,43 @@ class StatCache:
             and _time(entry.ctime) == _time_ns(st.st_ctime_ns)
         )
         return entry.sha if same else None
+
+
+# Parsed indexes by the identity of the file that held them. An index is only ever
+# replaced whole (written beside and renamed over, by the broker and by the runner), so a
+# file with the same device, inode, size and change and modification times to the
+# nanosecond holds the same bytes: the reset, the check for changes and the commit of one
+# task parse the worktree's index once instead of three times.
+_INDEXES: OrderedDict[tuple[str, int, int, int, int, int], Mapping[bytes, IndexEntry]] = (
+    OrderedDict()
+)
+_INDEXES_KEPT = 16
+
+
+def _parsed_index(path: Path, st: os.stat_result) -> Mapping[bytes, IndexEntry]:
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _INDEXES_LOCK:
+        known = _INDEXES.get(key)
+        if known is not None:
+            _INDEXES.move_to_end(key)
+            return known
+    entries: dict[bytes, IndexEntry] = {}
+    try:
+        for name, entry in Index(str(path)).items():
+            if isinstance(entry, IndexEntry):
+                entries[name] = entry
+        after = os.stat(path)
+    except (OSError, ValueError, AssertionError, KeyError, ChecksumMismatch):
+        return {}  # unreadable (being replaced, another version): every file is read
+    if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != key[2:]:
+        # Replaced while it was read: what was parsed may not be what ``st`` describes.
+        return {}
+    parsed = MappingProxyType(entries)
+    with _INDEXES_LOCK:
+        _INDEXES[key] = parsed
+        while len(_INDEXES) > _INDEXES_KEPT:
+            _INDEXES.popitem(last=False)
+    return parsed
 
 
 def _time(value: int | float | tuple[int, int]) -> tuple[int, int]:
@@ -147,14 +188,14 @@ def _exclude(common: Path) -> _Ignores:
 def scan(
     worktree: Path,
     common: Path,
-    tracked: dict[bytes, tuple[int, ObjectID]],
+    tracked: Mapping[bytes, tuple[int, ObjectID]],
     max_hash: int,
     cache: StatCache | None = None,
 ) -> dict[bytes, Found]:
     """Every file of ``worktree`` that git would consider: tracked paths (hashed when
     at most ``max_hash`` bytes, unless ``cache`` knows them by their stat data) and
     untracked ones that are not ignored (not hashed). Gitlinks are never entered."""
-    tracked_dirs = {p[: i + 1] for p in tracked for i, c in enumerate(p) if c == ord("/")}
+    tracked_dirs = _directories(tracked)
     found: dict[bytes, Found] = {}
     fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -165,9 +206,21 @@ def scan(
     return found
 
 
+def _directories(paths: Iterable[bytes]) -> set[bytes]:
+    """Every directory above ``paths``, each as its path with a trailing slash."""
+    found: set[bytes] = set()
+    for path in paths:
+        end = path.rfind(b"/")
+        # Deepest first: a directory already known has its parents known too.
+        while end > 0 and path[: end + 1] not in found:
+            found.add(path[: end + 1])
+            end = path.rfind(b"/", 0, end)
+    return found
+
+
 @dataclass
 class _Walk:
-    tracked: dict[bytes, tuple[int, ObjectID]]
+    tracked: Mapping[bytes, tuple[int, ObjectID]]
     tracked_dirs: set[bytes]
     found: dict[bytes, Found]
     max_hash: int
@@ -224,7 +277,9 @@ class _Walk:
             return None  # unreadable or hard-linked: counts as changed
 
 
-def changes(tracked: dict[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]) -> list[bytes]:
+def changes(
+    tracked: Mapping[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]
+) -> list[bytes]:
     """Paths added, modified (content or mode) or deleted relative to ``tracked``."""
     changed = [p for p in tracked if p not in found]
     for path, entry in found.items():

@@ -3,9 +3,10 @@ Claude Code CLI).
 
 What is mapped: the task's prompt, with the repository's own ``CLAUDE.md`` / ``AGENTS.md``
 appended to Claude Code's system prompt; its PreToolUse, PostToolUse and Stop hooks to
-progress (tool, file, command); its result's per-model usage, priced by the price table
-and checked against the cost the CLI reports; the turn and cost limits; the model's
-endpoint (``ANTHROPIC_BASE_URL``, the runner's own).
+progress (tool, file, command); each model reply's usage (from the stream, cache reads and
+writes included), priced by the price table and recorded as one ``UsageRecorded`` per
+call, the sum checked at the end against the cost the CLI reports; the turn and cost
+limits; the model's endpoint (``ANTHROPIC_BASE_URL``, the runner's own).
 
 What it may do: read and edit files inside the worktree (its Read, Write, Edit, Glob and
 Grep tools; a PreToolUse hook refuses any path outside it or in ``.git``) and run programs
@@ -162,7 +163,8 @@ def memory_files(root: Path) -> str:
 
 def result_usage(result: sdk.ResultMessage, model: str, prices: PriceTable) -> Usage:
     """The run's usage from its result, per model, priced by the price table; where the
-    table has no price the CLI's own figure is taken (and the sum says so)."""
+    table has no price the CLI's own figure is taken (and the sum says so). Only a check
+    now: what is recorded is each reply's usage as it streams (``_Run.streamed``)."""
     per_model: dict[str, Usage] = {}
     cli_cost: dict[str, float | None] = {}
     for name, model_counts in (result.model_usage or {}).items():
@@ -201,6 +203,38 @@ def result_usage(result: sdk.ResultMessage, model: str, prices: PriceTable) -> U
     return total
 
 
+def check_total(recorded: Usage, result: sdk.ResultMessage, model: str, prices: PriceTable) -> bool:
+    """Whether the replies recorded add up to the CLI's reported total (its tokens, and its
+    cost within ``COST_TOLERANCE``); a warning with both figures when they do not."""
+    theirs = result_usage(result, model, prices)
+    tokens = (
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    )
+    same_tokens = all(getattr(recorded, name) == getattr(theirs, name) for name in tokens)
+    cli_usd = result.total_cost_usd
+    ours = recorded.cost_usd
+    same_cost = (
+        cli_usd is None
+        or ours is None
+        or abs(cli_usd - ours) <= COST_TOLERANCE * max(cli_usd, ours, 1e-9)
+    )
+    if same_tokens and same_cost:
+        return True
+    log.warning(
+        "the usage recorded per call differs from the CLI's reported total; "
+        "recorded %s (%s USD), CLI %s (%s USD)",
+        msgspec.to_builtins(recorded),
+        ours,
+        msgspec.to_builtins(theirs),
+        cli_usd,
+        extra={"recorded_usd": ours, "cli_usd": cli_usd},
+    )
+    return False
+
+
 def describe(tool: str, tool_input: dict[str, Any], root: Path) -> str:
     """A short account of a tool call for progress: the tool, and its file or command."""
     name = "run_command" if tool == COMMAND_TOOL else tool
@@ -222,6 +256,13 @@ class _Run:
     files_changed: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     seen_messages: set[str] = field(default_factory=set)
+    # What prices each reply.
+    prices: PriceTable | None = None
+    # Replies of the attempt so far, journalled ones of earlier runs included: the sequence
+    # that names each reply's usage event, so a resumed run never reuses one.
+    replies: int = 0
+    # What this process's replies used (to check against the CLI's result).
+    streamed_usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
     # Where each model reply is journalled (its usage, for a resume to count).
     record: Callable[[dict[str, Any]], None] | None = None
     # The model and counts of the reply being streamed.
@@ -342,11 +383,13 @@ class _Run:
         self.seen_messages.add(key)
         self.turns += 1
 
-    def streamed(self, message: sdk.StreamEvent) -> Usage | None:
+    async def streamed(self, message: sdk.StreamEvent) -> None:
         """Count a model reply once it has been received whole: its ``message_start``
         names the model and the input counts, its ``message_delta`` the final output
         count (the assistant messages carry the counts of the reply's start only). The
-        usage of the reply the event completes, if it completes one."""
+        reply is journalled, then recorded as one usage event named by its sequence in
+        the attempt (a resumed run counts on from the journalled replies), then its
+        transcript entries are published with that usage."""
         event = message.event
         kind = event.get("type")
         if kind == "message_start":
@@ -368,11 +411,14 @@ class _Run:
                 cache_creation_input_tokens=_tokens(counts, "cache_creation_input_tokens"),
                 cache_read_input_tokens=_tokens(counts, "cache_read_input_tokens"),
             )
-            self.usage = self.usage.plus(usage)
+            priced = (self.prices or load_prices()).priced(model, usage)
+            self.usage = self.usage.plus(priced)
+            self.streamed_usage = self.streamed_usage.plus(priced)
+            self.replies += 1
             if self.record is not None:
                 self.record(turn_record(model, usage))
-            return usage
-        return None
+            await self.job.observer.model_called(self.replies, priced)
+            await self.reply_done(priced)
 
 
 def _tokens(counts: dict[str, Any], key: str) -> int:
@@ -456,7 +502,13 @@ class ClaudeCodeRuntime:
         memory = await asyncio.to_thread(memory_files, worktree)
         await asyncio.to_thread(config_dir.mkdir, parents=True, exist_ok=True)
         run = _Run(
-            job, earlier.turns, earlier.tool_calls, usage=earlier.usage, record=job.journal.append
+            job,
+            earlier.turns,
+            earlier.tool_calls,
+            usage=earlier.usage,
+            record=job.journal.append,
+            prices=self.prices or load_prices(),
+            replies=earlier.turns,
         )
         spent = limit_reached(job.limits, earlier.turns, earlier.usage, 0.0)
         if spent is not None:
@@ -483,7 +535,7 @@ class ClaudeCodeRuntime:
             options = dataclasses.replace(options, session_id=earlier.session_id)
         try:
             async with asyncio.timeout(job.limits.max_seconds):
-                outcome = await self._converse(job, run, prompt, options, stderr, earlier.usage)
+                outcome = await self._converse(job, run, prompt, options, stderr)
         except TimeoutError:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
             outcome = self._outcome(run, False, reason=reason, retryable=False)
@@ -574,7 +626,6 @@ class ClaudeCodeRuntime:
         prompt: str,
         options: sdk.ClaudeAgentOptions,
         stderr: deque[str],
-        earlier: Usage,
     ) -> Outcome:
         result: sdk.ResultMessage | None = None
         async with sdk.ClaudeSDKClient(options) as client:
@@ -584,8 +635,7 @@ class ClaudeCodeRuntime:
                     if isinstance(message, sdk.AssistantMessage):
                         run.assistant(message)
                     elif isinstance(message, sdk.StreamEvent):
-                        if (usage := run.streamed(message)) is not None:
-                            await run.reply_done(usage)
+                        await run.streamed(message)
                     elif isinstance(message, sdk.ResultMessage):
                         result = message
                         text = f"{message.subtype}: {(message.result or '').strip()}"
@@ -596,13 +646,10 @@ class ClaudeCodeRuntime:
         if result is None:
             detail = " | ".join(stderr)
             return self._outcome(run, False, reason=f"Claude Code ended without a result {detail}")
-        # The result counts this process's calls; the turns of a session before a restart
-        # were journalled as they came and are added.
-        run.usage = earlier.plus(
-            result_usage(result, job.ready.model, self.prices or load_prices())
-        )
+        # Each reply's usage was recorded as it came; the result (this process's calls)
+        # only checks their sum.
+        check_total(run.streamed_usage, result, job.ready.model, self.prices or load_prices())
         run.turns = max(run.turns, result.num_turns)
-        await job.observer.model_called(run.turns, run.usage)
         summary = (result.result or "").strip()
         match result.subtype:
             case "success" if not result.is_error:
