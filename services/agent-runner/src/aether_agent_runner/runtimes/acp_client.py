@@ -53,18 +53,38 @@ class _Client:
     # How the prompt ended, once it has (for the transcript's last turn).
     stop_reason: str | None = None
     usage: Usage | None = None
+    # Tool calls waiting for their progress and transcript entries (see ``session_update``).
+    updates: asyncio.Queue[tuple[schema.ToolCallStart, int, int] | None] = field(
+        default_factory=asyncio.Queue
+    )
+    worker: asyncio.Task[None] | None = None
 
     async def transcribe(self, entry: Entry) -> None:
         if self.job.transcript is not None:
             await self.job.transcript.add(entry)
 
-    def _new_text(self) -> str:
-        text = "".join(self.text[self.transcribed :]).strip()
-        self.transcribed = len(self.text)
+    def _new_text(self, upto: int | None = None) -> str:
+        upto = len(self.text) if upto is None else upto
+        text = "".join(self.text[self.transcribed : upto]).strip()
+        self.transcribed = max(self.transcribed, upto)
         return text
+
+    def start(self) -> None:
+        self.worker = asyncio.create_task(self._work())
+
+    async def drained(self) -> None:
+        """Wait until every tool call so far has its progress and entries published."""
+        if self.worker is not None and not self.worker.done():
+            self.updates.put_nowait(None)
+            await self.worker
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
 
     async def finish(self) -> None:
         """The agent's last words (and how its prompt ended) as the transcript's turn."""
+        await self.drained()
         text = self._new_text()
         if text or self.stop_reason is not None:
             await self.transcribe(
@@ -84,13 +104,21 @@ class _Client:
             ) from None
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        # Taken without waiting: the connection runs each notification as a task of its
+        # own (and cancels those still running when it closes), so what must wait, the
+        # publishing, is done in arrival order by ``_work``.
         if isinstance(update, schema.AgentMessageChunk):
             if isinstance(update.content, schema.TextContentBlock):
                 self.text.append(update.content.text)
         elif isinstance(update, schema.ToolCallStart):
             self.tool_calls += 1
+            self.updates.put_nowait((update, len(self.text), self.tool_calls))
+
+    async def _work(self) -> None:
+        while (item := await self.updates.get()) is not None:
+            update, said_before, number = item
             title = " ".join(update.title.split())
-            if said := self._new_text():
+            if said := self._new_text(said_before):
                 await self.transcribe(Entry(kind="turn", text=said, tool=title))
             await self.transcribe(
                 Entry(
@@ -102,7 +130,7 @@ class _Client:
             await self.job.observer.progressed(
                 Progress(
                     turns=0,
-                    tool_calls=self.tool_calls,
+                    tool_calls=number,
                     files_changed=list(self.job.toolbox.workspace.changed),
                     usage=Usage(cost_usd=None),
                     last_action=title if len(title) <= 120 else title[:117] + "…",
@@ -191,6 +219,7 @@ class AcpRuntime(CommandRuntime):
                     seen.tail.append(line[:300])
 
         client = _Client(job)
+        client.start()
         try:
             async with self._endpoint(sandbox, stdio_argv(socket_path, argv), scratch) as launched:
                 request = Request(
@@ -213,6 +242,7 @@ class AcpRuntime(CommandRuntime):
                     with contextlib.suppress(asyncio.CancelledError, OSError):
                         await running
         finally:
+            client.stop()
             server.close()
             if connected.done():
                 connected.result()[1].close()
@@ -257,6 +287,7 @@ class AcpRuntime(CommandRuntime):
             with contextlib.suppress(Exception):
                 await connection.close()
             writer.close()
+        await client.drained()
         # Its input closed: a well-behaved agent exits; one that does not is killed.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(running), EXIT_GRACE_SECONDS)
