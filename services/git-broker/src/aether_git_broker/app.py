@@ -103,12 +103,20 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         def served(attempt: Attempt) -> Served | None:
             view = projection.state.mission(attempt.mission_id)
             key = (attempt.task_id, attempt.attempt)
-            if view is None or view.prepared is None or not view.attempt_live(key):
+            if view is None or view.prepared is None:
                 return None
+            if view.attempt_live(key):
+                branch = view.workspaces[key].branch
+            else:
+                # Its WorkspaceReady reached the runner before the broker had its ack back.
+                announced = handlers.announcing.get((attempt.mission_id, *key))
+                if announced is None or view.terminal or key in view.ended:
+                    return None
+                branch = announced.branch
             return Served(
                 path=view.prepared.path,
                 integration_branch=view.prepared.integration_branch,
-                task_branch=view.workspaces[key].branch,
+                task_branch=branch,
             )
 
         assert tokens is not None

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from dulwich.objects import ObjectID
 
-from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, tag_of
+from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, WorkspaceReady, tag_of
 from aether_git_broker import metrics
 from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.defaultbranch import local_default_branch, remote_default_branch
@@ -106,6 +106,10 @@ class Handlers:
         self._remotes = remotes
         self._verifier = verifier or Verifier()
         self._lock_stale_seconds = lock_stale_seconds
+        # Workspaces whose WorkspaceReady is being published, by (mission, task, attempt):
+        # whoever holds the event's push token may fetch the moment it reaches them, before
+        # the publish's acknowledgement is back and the projection has folded it.
+        self.announcing: dict[tuple[str, str, int], WorkspaceReady] = {}
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
@@ -326,7 +330,13 @@ class Handlers:
         if self._push_tokens is not None:
             token = self._push_tokens.mint(event.mission_id, event.task.id, event.attempt)
             outcome = dataclasses.replace(outcome, push_token=token)
-        await self._publish(workspace_ready_event(event, self._clock(), outcome))
+        ready = workspace_ready_event(event, self._clock(), outcome)
+        key = (event.mission_id, event.task.id, event.attempt)
+        self.announcing[key] = ready
+        try:
+            await self._publish(ready)
+        finally:
+            del self.announcing[key]
         log.info(
             "workspace ready",
             extra={
