@@ -95,6 +95,9 @@ async def test_a_mission_from_the_form_to_its_merged_branch_in_the_browser(
     await first.locator("a.task-title").click()
     await expect(page.locator("#transcript")).to_contain_text("agent started")
     await expect(page.locator("#transcript")).to_contain_text("merged as")
+    # The agent's own transcript: its model turns and the tool calls it made.
+    await expect(page.locator('#agent-transcript li[data-kind="turn"]')).not_to_have_count(0)
+    await expect(page.locator('#agent-transcript li[data-kind="tool_call"]')).not_to_have_count(0)
     await expect(page.locator("#attempts tbody tr")).to_have_count(1)
     await expect(page.locator(".diff-file")).not_to_have_count(0)
     await expect(page.locator("table.diff tr.add").first).to_be_visible()
