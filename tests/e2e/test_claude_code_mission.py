@@ -31,6 +31,7 @@ from aether_events import (
     WorkspaceReady,
     decode,
 )
+from aether_events.usage import total
 from aether_llm import DEFAULT_TIERS, MessagesServer, Reply, load_prices, text_block, tool_use_block
 from tests.e2e.test_mission_flow import stack_for, tree_files
 from tests.support import MissionLog, ScriptedModel, finish, write
@@ -200,7 +201,18 @@ async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
     assert "You are the writer." in "".join(b.get("text", "") for b in first["system"])
     expected = load_prices().priced(haiku, counts)
     recorded = [u for u in log.of_type(UsageRecorded) if u.task_id == "b"]
-    assert [u.usage for u in recorded] == [expected] and done.usage == expected
+    # One record per model call (two here), together the server's counts and price.
+    assert len(recorded) == 2
+    summed = total([u.usage for u in recorded])
+    for field in (
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ):
+        assert getattr(summed, field) == getattr(expected, field) == getattr(done.usage, field)
+    assert summed.cost_usd == pytest.approx(expected.cost_usd)
+    assert done.usage.cost_usd == pytest.approx(expected.cost_usd)
     assert f"Aether-Cost-USD: {expected.cost_usd:.6f}" in message
 
     # Progress names the CLI's tool calls.
