@@ -16,34 +16,12 @@ from typing import TypeVar
 import httpx
 import msgspec
 
+from aether_events.diffs import CommitDiff
+
 # The broker's own bound (20,000 lines, 200 files) fits well inside this.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 TIMEOUT_SECONDS = 60.0
 T = TypeVar("T")
-
-
-class FileDiff(msgspec.Struct, frozen=True, kw_only=True):
-    """One changed file: unified-diff lines (``+``, ``-``, `` ``, ``@@ …``); a binary
-    file has none, a file cut short is ``truncated``."""
-
-    path: str
-    change: str
-    added: int
-    removed: int
-    lines: list[str]
-    binary: bool = False
-    truncated: bool = False
-
-
-class CommitDiff(msgspec.Struct, frozen=True, kw_only=True):
-    """The broker's answer."""
-
-    base_sha: str
-    head_sha: str
-    added: int
-    removed: int
-    files: list[FileDiff]
-    truncated: bool = False
 
 
 class TaskDiff(CommitDiff, frozen=True, kw_only=True):

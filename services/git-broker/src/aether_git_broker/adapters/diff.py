@@ -13,10 +13,11 @@ from __future__ import annotations
 import difflib
 import re
 
-import msgspec
 from dulwich.diff_tree import TreeChange, tree_changes
 from dulwich.objects import Blob, Commit, ObjectID, TreeEntry
 from dulwich.repo import Repo
+
+from aether_events.diffs import CommitDiff, FileDiff
 
 MAX_FILES = 200
 MAX_LINES_PER_FILE = 2000
@@ -25,29 +26,6 @@ MAX_BLOB_BYTES = 1_000_000
 MAX_LINE_CHARS = 1000
 MAX_CHARS = 4_000_000
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-
-
-class FileDiff(msgspec.Struct, frozen=True, kw_only=True):
-    """One changed file: unified-diff lines (``+``, ``-``, `` ``, ``@@ …``)."""
-
-    path: str
-    change: str
-    added: int
-    removed: int
-    lines: list[str]
-    binary: bool = False
-    truncated: bool = False
-
-
-class CommitDiff(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``head_sha`` changed against ``base_sha``."""
-
-    base_sha: str
-    head_sha: str
-    added: int
-    removed: int
-    files: list[FileDiff]
-    truncated: bool = False
 
 
 class DiffError(Exception):

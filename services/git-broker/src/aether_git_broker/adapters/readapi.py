@@ -32,13 +32,14 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from aether_events.diffs import CommitDiff
 from aether_git_broker import metrics
 from aether_git_broker.adapters.defaultbranch import (
     NoDefaultBranch,
     local_default_branch,
     remote_default_branch,
 )
-from aether_git_broker.adapters.diff import CommitDiff, DiffError, commit_diff, is_sha
+from aether_git_broker.adapters.diff import DiffError, commit_diff, is_sha
 from aether_git_broker.adapters.remote import RemoteError, Remotes
 from aether_git_broker.adapters.repository import RepositoryError, open_repository
 from aether_git_broker.sources import (
