@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aether_sandbox.base import Launch, Request, Sandbox
 from aether_sandbox.bubblewrap import Bubblewrap
@@ -217,8 +217,15 @@ async def execute_cold(
             except TimeoutError:
                 timed_out = True
         if not timed_out:
-            timed_out, stopped = await _watch(
-                process, exited, deadline, limits, cgroup, disk, collector
+            # Until the process exits, not its pipes: a child may hold them.
+            timed_out, stopped = await watch_limits(
+                exited,
+                deadline,
+                limits,
+                lambda: cgroup.cpu_seconds() if cgroup is not None else None,
+                disk,
+                collector,
+                running=lambda: process.poll() is None,
             )
         # Whatever the command left running (a server, a child holding the pipe) goes now.
         _end(process.pid, cgroup)
@@ -412,28 +419,28 @@ def execute_sync(sandbox: Sandbox, request: Request, output_chars: int = 16_000)
     return asyncio.run(execute(sandbox, request, output_chars))
 
 
-async def _watch(
-    process: subprocess.Popen[bytes],
-    exited: asyncio.Future[None],
+async def watch_limits(
+    ended: asyncio.Future[Any],
     deadline: float,
     limits: Limits,
-    cgroup: Cgroup | None,
+    cpu_used: Callable[[], float | None],
     disk: DiskWatch,
     collector: OutputCollector,
+    running: Callable[[], bool] | None = None,
 ) -> tuple[bool, str | None]:
-    """Wait for the process to exit (not for its pipes: a child may hold them), checking
-    the limits every 0.1 s; returns (timed out, which limit stopped it)."""
-    while process.poll() is None:
+    """Wait until ``ended`` is done (or ``running`` says the command is not), checking the
+    limits every 0.1 s; returns (timed out, which limit stopped it)."""
+    while running() if running is not None else not ended.done():
         now = time.monotonic()
         if now >= deadline:
             return True, None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), min(0.1, deadline - now))
+            await asyncio.wait_for(asyncio.shield(ended), min(0.1, deadline - now))
             continue
         if collector.total > limits.output_bytes:
             return False, f"it printed more than {_size(limits.output_bytes)} of output"
-        if cgroup is not None and limits.cpu_seconds is not None:
-            used = cgroup.cpu_seconds()
+        if limits.cpu_seconds is not None:
+            used = cpu_used()
             if used is not None and used > limits.cpu_seconds:
                 return False, f"it used more than {limits.cpu_seconds} s of CPU time"
         reason = await asyncio.to_thread(disk.over)

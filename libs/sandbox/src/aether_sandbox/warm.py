@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from aether_sandbox.base import Launch, Request
@@ -44,6 +43,7 @@ from aether_sandbox.execute import (
     _size,
     execute_cold,
     rlimits,
+    watch_limits,
 )
 from aether_sandbox.settings import MIB, Limits
 
@@ -292,7 +292,9 @@ class _Held:
         reply: dict[str, object] | None = None
         answered = asyncio.ensure_future(self._replies.get())
         try:
-            timed_out, stopped = await _watch(answered, deadline, limits, cpu_used, disk, collector)
+            timed_out, stopped = await watch_limits(
+                answered, deadline, limits, cpu_used, disk, collector
+            )
             if not answered.done():
                 self._kill_command()
                 try:
@@ -383,32 +385,3 @@ def _spawn(argv: list[str], control: int) -> subprocess.Popen[bytes]:
         start_new_session=True,
         pass_fds=(control,),
     )
-
-
-async def _watch(
-    answered: asyncio.Future[dict[str, object] | None],
-    deadline: float,
-    limits: Limits,
-    cpu_used: Callable[[], float | None],
-    disk: DiskWatch,
-    collector: OutputCollector,
-) -> tuple[bool, str | None]:
-    """Wait for the init's answer, checking the limits every 0.1 s; returns (timed out,
-    which limit stopped it)."""
-    while not answered.done():
-        now = time.monotonic()
-        if now >= deadline:
-            return True, None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(answered), min(0.1, deadline - now))
-            continue
-        if collector.total > limits.output_bytes:
-            return False, f"it printed more than {_size(limits.output_bytes)} of output"
-        if limits.cpu_seconds is not None:
-            used = cpu_used()
-            if used is not None and used > limits.cpu_seconds:
-                return False, f"it used more than {limits.cpu_seconds} s of CPU time"
-        reason = await asyncio.to_thread(disk.over)
-        if reason is not None:
-            return False, reason
-    return False, None
