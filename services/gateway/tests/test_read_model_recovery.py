@@ -149,7 +149,10 @@ async def test_a_nats_server_crash_mid_mission_leaves_no_gap_in_the_read_model(
 
             async def reported_caught_up():
                 body = (await http.get("/readyz")).json()
-                return body if body["read_model"].get("caught_up") else None
+                # What the watch last found: a look from before the second half was
+                # published is caught up too, at an older position; wait for a newer look.
+                seen = body["read_model"]
+                return body if seen.get("caught_up") and seen.get("position") == last else None
 
             ready = await eventually(reported_caught_up, what="readiness to report it")
             assert ready["read_model"]["position"] == last
