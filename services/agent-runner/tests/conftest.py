@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -400,3 +401,9 @@ async def start_runner(nats_url: str, nc: NatsClient) -> AsyncIterator[Callable[
 
 def elapsed_since(began: float) -> float:
     return time.monotonic() - began
+
+
+@pytest.fixture
+def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put the Python running the tests first on PATH, so "python" in a command is it."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -39,9 +36,8 @@ class Seen:
         self.progress.append(progress)
 
 
-@pytest.fixture(autouse=True)
-def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+# Commands the tests run find the Python they run on (its virtual environment's bin).
+pytestmark = pytest.mark.usefixtures("python_on_path")
 
 
 def make_agent(

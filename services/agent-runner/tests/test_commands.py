@@ -49,10 +49,8 @@ def box(worktree: Path, sandbox: Any = None, **policy: Any) -> ToolBox:
     return ToolBox(Workspace(worktree), CommandPolicy(**settings), sandbox=sandbox)
 
 
-@pytest.fixture(autouse=True)
-def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Commands find programs through PATH; make sure "python" is this interpreter.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+# Commands the tests run find the Python they run on (its virtual environment's bin).
+pytestmark = pytest.mark.usefixtures("python_on_path")
 
 
 async def test_an_allowed_program_runs_in_the_worktree(task_repo: Any) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import select
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,10 +34,8 @@ from aether_events import (
 from aether_llm import Reply, text_block
 from aether_sandbox import SandboxSettings
 
-
-@pytest.fixture(autouse=True)
-def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+# Commands the tests run find the Python they run on (its virtual environment's bin).
+pytestmark = pytest.mark.usefixtures("python_on_path")
 
 
 def control_meta(mission_id: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@ on real NATS publishing every step of an attempt as TranscriptRecorded."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +26,8 @@ from aether_llm import text_block
 
 from .test_command_runtime import needs_sandbox
 
-
-@pytest.fixture(autouse=True)
-def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+# Commands the tests run find the Python they run on (its virtual environment's bin).
+pytestmark = pytest.mark.usefixtures("python_on_path")
 
 
 # --- pure parts ------------------------------------------------------------------------
