@@ -382,7 +382,11 @@ def _demo(args: argparse.Namespace) -> int:
         mission_id = created["mission_id"]
         print(f"mission {mission_id} submitted; following its events:")
         print(f"  (live on the board: {stack.gateway_url}/board/missions/{mission_id}, ")
-        print(f"   token {stack.admin_token})")
+        # The token's file, not the token: a terminal's scroll-back and a shared screen
+        # are not places for a credential.
+        token_file = stack.home / TOKEN_FILE
+        where = token_file if token_file.exists() else "$AETHER_ADMIN_TOKEN"
+        print(f"   sign in with the token in {where})")
         final: dict[str, Any] | None = None
         for event in client.events(mission_id):
             print(describe(event), flush=True)
