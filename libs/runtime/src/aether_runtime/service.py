@@ -543,7 +543,7 @@ class Service:
         if self._holders is not None:
             await self._holders.stop()
         # The connection is the broker's to close: ``broker.stop`` stops its subscribers
-        # and drains it (after this in the ASGI app's shutdown, before it in ``stop``).
+        # and drains it, after this (in ``stop`` as in the ASGI app's shutdown).
 
     def _ready_check(self) -> tuple[bool, str]:
         if not self.ready:
@@ -590,9 +590,12 @@ class Service:
         await self._after_start()
 
     async def stop(self) -> None:
+        """Stop in the order the ASGI app's shutdown does: the service's own parts
+        first, on the live connection (deliveries arriving meanwhile are handed back),
+        then the broker, which waits for running handlers and closes the connection."""
         self.stopping = True
-        await self.broker.stop()
         await self._stop()
+        await self.broker.stop()
 
     def asgi(self) -> AsgiFastStream:
         """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics, each
