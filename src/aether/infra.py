@@ -57,6 +57,8 @@ class EmbeddedNats:
     process: subprocess.Popen[bytes] | None = None
     # A configuration file read before the command-line options (users and permissions).
     config: Path | None = None
+    # The HTTP monitoring port (``/connz``, ``/varz``); 0: none.
+    monitor_port: int = 0
 
     @property
     def url(self) -> str:
@@ -79,7 +81,7 @@ class EmbeddedNats:
                 "--port",
                 str(self.port),
                 "--http_port",
-                "0",
+                str(self.monitor_port),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from aether_events import Event, MissionMessagePosted
 from aether_runtime import Projection
-from aether_runtime.service import start_sequence
+from aether_runtime.consumers import start_sequence
 
 
 def message(event_id: str) -> MissionMessagePosted:

@@ -46,7 +46,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats
 from faststream.asgi import AsgiFastStream
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
@@ -54,10 +53,8 @@ from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy as JsAckPolicy
-from nats.js.api import ConsumerConfig as JsConsumerConfig
-from nats.js.api import DeliverPolicy, PubAck
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
 
 from aether_events import (
     MISSIONS_STREAM,
@@ -76,6 +73,7 @@ from aether_events import (
 from aether_runtime import health, http, metrics
 from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
+from aether_runtime.consumers import ConsumerSpec, ensure_consumer
 from aether_runtime.failures import RetryLater, transient
 from aether_runtime.logs import log_context
 from aether_runtime.projection import Projection
@@ -87,7 +85,6 @@ from aether_runtime.steps import Steps
 
 log = logging.getLogger("aether.runtime")
 
-Handler = Callable[[Event, "Delivery"], Awaitable[None]]
 Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 
 # How long one pull request waits for a message. A request lost with a restarting server
@@ -225,50 +222,6 @@ class CountingPublisher(EventPublisher):
 
 
 @dataclass
-class ConsumerSpec:
-    durable: str
-    subject: str
-    handler: Handler
-    stream: str = MISSIONS_STREAM
-    max_workers: int = 1
-    # How long the server waits for a sign of life before delivering a message again.
-    # Short, because a delivery lost with a crashed server blocks an ordered consumer for
-    # this long; a slow handler is not at risk, the runtime sends in-progress acks for it.
-    ack_wait_seconds: float = 4.0
-    max_deliver: int = 20
-    # Created fresh, start at new messages instead of right after the replayed position
-    # (for a consumer on another stream, whose sequences the replay does not know).
-    start_at_new: bool = False
-    # The stream sequence of the earliest replayed event whose work is still due by the
-    # rebuilt projection (None: nothing is due); a durable created fresh starts there.
-    first_due: Callable[[], int | None] | None = None
-    # The event types the service folds or answers, when not every type on ``subject``:
-    # the server then delivers only those (one filter subject per type), instead of the
-    # service decoding, handling and acknowledging every event of every mission.
-    types: tuple[type[Event], ...] | None = None
-    # How many handlers that called ``Delivery.release`` may still be running while the
-    # consumer delivers the next message (one-at-a-time consumers only). Such a handler
-    # folds in stream order, then releases for its slow part (a model call), so one
-    # mission's slow step does not hold up the others.
-    hand_offs: int = 0
-    # Pauses between in-place retries of a handler failing for a reason about the message
-    # (a bug, data it cannot take); when they are used up the step is recorded as failed
-    # and the message terminated. Short: an ordered consumer delivers nothing meanwhile.
-    retry_delays: tuple[float, ...] = (0.25, 1.0)
-    # How long a handler failing for a reason about the world (bus, database down) is
-    # retried in place before its message is handed back to the server (then counted
-    # against ``max_deliver``).
-    transient_patience_seconds: float = 300.0
-
-    @property
-    def filter_subjects(self) -> list[str] | None:
-        """The consumer's subject filters for ``types`` (None: ``subject`` alone)."""
-        if self.types is None:
-            return None
-        return sorted({type_subject(cls) for cls in self.types})
-
-
-@dataclass
 class Service:
     """Wires one service: NATS connection, streams, projection rebuild, consumer, HTTP."""
 
@@ -297,14 +250,16 @@ class Service:
                 if credentials
                 else None
             ),
+            # The service's one connection: the broker opens it (``_start``) and the
+            # service publishes, acknowledges, replays and asks on it too.
+            name=f"aether-{self.name}",
             inbox_prefix=self._inbox_prefix,
             logger=None,
             graceful_timeout=30.0,
-            # The consumers pull on this connection: it comes back as soon as the others.
             # (Typed as int, but handed to nats-py, which sleeps for it: a float works.)
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
-            reconnected_cb=self._consumers_reconnected,
+            reconnected_cb=self._reconnected,
         )
         self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -420,7 +375,7 @@ class Service:
             config=ConsumerConfig(
                 ack_wait=spec.ack_wait_seconds,
                 max_deliver=spec.max_deliver,
-                max_ack_pending=_max_ack_pending(spec),
+                max_ack_pending=spec.max_ack_pending,
             ),
             ack_policy=AckPolicy.MANUAL,
             max_workers=spec.max_workers if spec.max_workers > 1 else None,
@@ -460,14 +415,11 @@ class Service:
         return self._locks.setdefault(id(spec), asyncio.Lock())
 
     async def _start(self) -> None:
-        self.nc = await nats.connect(
-            self.settings.nats_url,
-            **self._connect_options(),
-            name=f"aether-{self.name}",
-            reconnect_time_wait=RECONNECT_WAIT_SECONDS,
-            max_reconnect_attempts=-1,
-            reconnected_cb=self._reconnected,
-        )
+        # One connection per process: FastStream's broker opens it, with the service's
+        # name, credentials, inbox prefix and reconnection settings, and its subscribers
+        # pull on it; the service uses the same client for everything else (see
+        # docs/decisions/0013-one-connection-per-service.md).
+        self.nc = await self.broker.connect()
         self._js = self.nc.jetstream()
         self._holders = Holders(self.nc, self._inbox_prefix, self.held)
         await self._holders.serve()
@@ -488,12 +440,8 @@ class Service:
                 extra={"last_sequence": last_seq, "seconds": round(time.monotonic() - began, 3)},
             )
         for spec in self._consumers:
-            await self._ensure_consumer(spec, last_seq)
+            await ensure_consumer(self.js, spec, last_seq)
         await self.steps.watch_delivery_limits(self._consumers)
-
-    def _connect_options(self) -> dict[str, Any]:
-        """Credentials, and the service's own inbox prefix."""
-        return {**self.settings.nats_credentials, "inbox_prefix": self._inbox_prefix}
 
     @property
     def _inbox_prefix(self) -> str:
@@ -501,48 +449,9 @@ class Service:
         (see ``bus_auth``)."""
         return f"_INBOX.{self.name}"
 
-    async def _ensure_consumer(self, spec: ConsumerSpec, last_seq: int) -> None:
-        try:
-            info = await self.js.consumer_info(spec.stream, spec.durable)
-        except NotFoundError:
-            pass
-        else:
-            await self._align_consumer(spec, info.config)
-            return
-        start = start_sequence(last_seq, spec.first_due() if spec.first_due else None)
-        config = JsConsumerConfig(
-            durable_name=spec.durable,
-            name=spec.durable,
-            filter_subject=None if spec.filter_subjects else spec.subject,
-            filter_subjects=spec.filter_subjects,
-            ack_policy=JsAckPolicy.EXPLICIT,
-            ack_wait=spec.ack_wait_seconds,
-            max_deliver=spec.max_deliver,
-            max_ack_pending=_max_ack_pending(spec),
-            deliver_policy=(
-                DeliverPolicy.NEW
-                if spec.start_at_new
-                else DeliverPolicy.BY_START_SEQUENCE
-                if start > 1
-                else DeliverPolicy.ALL
-            ),
-            opt_start_seq=start if start > 1 and not spec.start_at_new else None,
-        )
-        if start <= last_seq:
-            log.info(
-                "consumer created at due work",
-                extra={"durable": spec.durable, "start": start, "replayed_to": last_seq},
-            )
-        try:
-            await self.js.add_consumer(spec.stream, config=config)
-        except BadRequestError as error:
-            # Another replica created it meanwhile (with its own start): bind to that one.
-            try:
-                await self.js.consumer_info(spec.stream, spec.durable)
-            except NotFoundError:
-                raise error from None
-
     async def _reconnected(self) -> None:
+        # Fetches waiting on a pull request the restarted server never got ask again now.
+        woken = sum(wake_fetch(getattr(sub, "subscription", None)) for sub in self._subscribers)
         self._reconnects.happened()
         self._reconnected_at = datetime.now(UTC)
         self._reconnected_mono = time.monotonic()
@@ -552,7 +461,7 @@ class Service:
         except Exception as error:
             log.warning("could not repeat acknowledgements", extra={"error": repr(error)})
             return
-        log.info("reconnected to nats", extra={"acks_repeated": sent})
+        log.info("reconnected to nats", extra={"acks_repeated": sent, "fetches_woken": woken})
         if self._hand_back is None or self._hand_back.done():
             self._hand_back = asyncio.create_task(
                 self._hand_back_lost(self._reconnected_at), name=f"{self.name}-hand-back"
@@ -588,49 +497,6 @@ class Service:
     def held(self) -> set[tuple[str, int]]:
         """The deliveries this process is handling or settling: (durable, stream seq)."""
         return set(self._in_flight)
-
-    async def _consumers_reconnected(self) -> None:
-        """The consumers' connection is back: fetches waiting on a pull request the
-        restarted server never got ask again now."""
-        woken = sum(wake_fetch(getattr(sub, "subscription", None)) for sub in self._subscribers)
-        log.info("consumers reconnected", extra={"fetches_woken": woken})
-
-    async def _align_consumer(self, spec: ConsumerSpec, config: JsConsumerConfig) -> None:
-        """Bring an existing consumer's ack wait, delivery limit and subject filters to the
-        spec's (a consumer created by an older build keeps its own otherwise); nothing
-        else of it changes, its position least of all."""
-        wanted = spec.filter_subjects
-        # Raised where the spec needs more room (hand-offs), never lowered: the runner's
-        # lanes share a consumer it made with room for every process.
-        pending = config.max_ack_pending
-        room = pending is None or pending < 0 or pending >= _max_ack_pending(spec)
-        filters = sorted(config.filter_subjects or [config.filter_subject or spec.subject])
-        same_filters = filters == (wanted or [spec.subject])
-        if (
-            config.ack_wait == spec.ack_wait_seconds
-            and config.max_deliver == spec.max_deliver
-            and room
-            and same_filters
-        ):
-            return
-        log.info(
-            "consumer settings updated",
-            extra={
-                "consumer": spec.durable,
-                "ack_wait": spec.ack_wait_seconds,
-                "was": config.ack_wait,
-                "max_deliver": spec.max_deliver,
-                "filters": wanted or [spec.subject],
-            },
-        )
-        config.ack_wait = spec.ack_wait_seconds
-        config.max_deliver = spec.max_deliver
-        if not room:
-            config.max_ack_pending = _max_ack_pending(spec)
-        if not same_filters:
-            config.filter_subject = None if wanted else spec.subject
-            config.filter_subjects = wanted
-        await self.js.add_consumer(spec.stream, config=config)
 
     async def _after_start(self) -> None:
         for hook in self.on_started:
@@ -676,8 +542,8 @@ class Service:
         await self.steps.stop()
         if self._holders is not None:
             await self._holders.stop()
-        if self.nc is not None and self.nc.is_connected:
-            await self.nc.drain()
+        # The connection is the broker's to close: ``broker.stop`` stops its subscribers
+        # and drains it, after this (in ``stop`` as in the ASGI app's shutdown).
 
     def _ready_check(self) -> tuple[bool, str]:
         if not self.ready:
@@ -724,9 +590,12 @@ class Service:
         await self._after_start()
 
     async def stop(self) -> None:
+        """Stop in the order the ASGI app's shutdown does: the service's own parts
+        first, on the live connection (deliveries arriving meanwhile are handed back),
+        then the broker, which waits for running handlers and closes the connection."""
         self.stopping = True
-        await self.broker.stop()
         await self._stop()
+        await self.broker.stop()
 
     def asgi(self) -> AsgiFastStream:
         """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics, each
@@ -988,27 +857,12 @@ async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
                 waited += every
 
 
-def start_sequence(last_replayed: int, first_due: int | None) -> int:
-    """Where a durable consumer created now starts: at the earliest due work, else right
-    after the replayed position."""
-    after = last_replayed + 1
-    return after if first_due is None else min(first_due, after)
-
-
 def _age(event: Event) -> float:
     """Seconds since the event occurred (never negative: clocks of two hosts differ)."""
     occurred = event.occurred_at
     if occurred.tzinfo is None:
         occurred = occurred.replace(tzinfo=UTC)
     return max((datetime.now(UTC) - occurred).total_seconds(), 0.0)
-
-
-def _max_ack_pending(spec: ConsumerSpec) -> int:
-    """One message at a time keeps an ordered consumer in order (plus the handlers that
-    released theirs, ``hand_offs``). A concurrent consumer gets room for many, since the
-    limit is shared by every process bound to it (several replicas each running
-    ``max_workers``)."""
-    return 1 + max(spec.hand_offs, 0) if spec.max_workers <= 1 else 1000
 
 
 def _task_id(event: Event) -> str | None:

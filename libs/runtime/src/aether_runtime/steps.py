@@ -35,7 +35,8 @@ from aether_events import (
 )
 
 if TYPE_CHECKING:
-    from aether_runtime.service import ConsumerSpec, Delivery, Service
+    from aether_runtime.consumers import ConsumerSpec
+    from aether_runtime.service import Delivery, Service
 
 log = logging.getLogger("aether.runtime.steps")
 

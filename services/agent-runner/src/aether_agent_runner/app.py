@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 
 from aether_agent_runner.adapters.bus import (
     CONTROL_TYPES,
-    ensure_work_consumer,
+    WORK_ACK_PENDING,
     follow_control_events,
 )
 from aether_agent_runner.attempt import Attempts
@@ -118,11 +118,6 @@ def wire(
         # Only the types evolve folds: the work consumer's and the control follower's.
         folded: tuple[type[Event], ...] = (WorkspaceReady, *CONTROL_TYPES)
         last = await projection.rebuild(js, "agent-runner", due=pending, types=folded)
-        # Created now, the work consumer starts at the first attempt still owed (a
-        # workspace announced before any runner ran), so it is run once, by one runner.
-        first = projection.first_due
-        after = last if first is None else min(last, first - 1)
-        await ensure_work_consumer(js, DURABLE, subject, after, agent.ack_wait_seconds)
         follower = await follow_control_events(js, last, handlers.on_control)
         service.on_stopping.append(follower.stop)
         # The projection is fed by the work consumer and this follower: its remembered
@@ -147,6 +142,12 @@ def wire(
                 handler=handlers.handle,
                 max_workers=1,
                 ack_wait_seconds=agent.ack_wait_seconds,
+                # Shared by every runner process, each bound by its lanes (see ``bus``).
+                ack_pending=WORK_ACK_PENDING,
+                # Created after the replay, the work consumer starts at the first attempt
+                # still owed (a workspace announced before any runner ran), so it is run
+                # once, by one runner.
+                first_due=lambda: projection.first_due,
             )
         )
     service_at_zero(service.name, [subject])

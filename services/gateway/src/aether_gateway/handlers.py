@@ -7,8 +7,6 @@ import logging
 from functools import partial
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -21,7 +19,7 @@ from aether_events import (
 )
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import Incoming, event_id_at, read_stored
-from aether_runtime import ConsumerSpec, Delivery
+from aether_runtime import ConsumerSpec, Delivery, ensure_consumer
 
 log = logging.getLogger("aether.gateway.projection")
 
@@ -165,7 +163,7 @@ class Projector:
         if self.telemetry is not None:
             # The runtime starts every consumer after the *mission* stream's position;
             # the telemetry consumer counts another stream, so it is created here first.
-            await _ensure_durable(js, self.telemetry, last)
+            await ensure_consumer(js, self.telemetry, last)
 
     async def rebuild_all(self, js: JetStreamContext) -> tuple[int, int, int]:
         """Replace the whole read model by folding both streams from their start.
@@ -190,25 +188,3 @@ class Projector:
             },
         )
         return rebuild.missions_last, rebuild.telemetry_last, rebuild.folded
-
-
-async def _ensure_durable(js: JetStreamContext, spec: ConsumerSpec, last_seq: int) -> None:
-    try:
-        await js.consumer_info(spec.stream, spec.durable)
-        return
-    except NotFoundError:
-        pass
-    await js.add_consumer(
-        spec.stream,
-        config=ConsumerConfig(
-            durable_name=spec.durable,
-            name=spec.durable,
-            filter_subject=spec.subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=spec.ack_wait_seconds,
-            max_deliver=spec.max_deliver,
-            max_ack_pending=max(spec.max_workers, 1),
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else DeliverPolicy.ALL,
-            opt_start_seq=last_seq + 1 if last_seq else None,
-        ),
-    )
