@@ -71,7 +71,7 @@ def wire(
     agent: AgentSettings | None = None,
 ) -> tuple[Service, Handlers]:
     """The service and its handlers (tests look at the running agents)."""
-    settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
+    settings = settings or RuntimeSettings.for_service(DEFAULT_PORT)
     llm = llm or LLMSettings.from_env()
     agent = agent or AgentSettings.from_env()
     service = Service(name="agent-runner", settings=settings)

@@ -80,7 +80,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ
         oidc = _oidc_from_env(env)
         return cls(
-            runtime=RuntimeSettings.from_env(DEFAULT_PORT),
+            runtime=RuntimeSettings.for_service(DEFAULT_PORT),
             database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
             public_url=env.get("AETHER_GATEWAY_PUBLIC_URL", ""),
             sse_keepalive_seconds=float(env.get("AETHER_SSE_KEEPALIVE_SECONDS", "15")),

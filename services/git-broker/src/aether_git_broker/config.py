@@ -99,7 +99,7 @@ class GitBrokerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GitBrokerSettings:
         env = os.environ if env is None else env
-        runtime = RuntimeSettings.from_env(DEFAULT_PORT)
+        runtime = RuntimeSettings.for_service(DEFAULT_PORT)
         worktrees = env.get("AETHER_WORKTREES_DIR") or DEFAULT_WORKTREES_DIR
         data_dir = env.get("AETHER_GIT_DATA_DIR")
         roots = env.get("AETHER_REPOSITORY_ROOTS") or ""

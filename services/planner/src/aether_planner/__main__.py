@@ -5,7 +5,7 @@ from aether_runtime import RuntimeSettings, configure_logging, serve
 
 
 def main() -> None:
-    settings = RuntimeSettings.from_env(DEFAULT_PORT)
+    settings = RuntimeSettings.for_service(DEFAULT_PORT)
     configure_logging("planner", settings.log_level)
     serve(build(settings))
 

@@ -19,7 +19,7 @@ DEFAULT_PORT = 8102
 
 
 def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = None) -> Service:
-    settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
+    settings = settings or RuntimeSettings.for_service(DEFAULT_PORT)
     llm = llm or LLMSettings.from_env()
     service = Service(name="planner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
