@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import msgspec
 
@@ -182,6 +182,8 @@ def _convert(name: str, raw: str, kind: Any, marker: Env) -> Any:
         return msgspec.convert(value, kind, strict=False, dec_hook=_dec_hook)
     except (ValueError, TypeError, msgspec.ValidationError) as error:
         reason = str(error).split(" - at ")[0].replace(", got `str`", "")
+        if typing.get_origin(kind) is Literal:
+            reason = f"expected one of {', '.join(map(str, typing.get_args(kind)))}"
         raise SettingsError(f"{name}={raw!r} is not valid: {reason}") from error
 
 
