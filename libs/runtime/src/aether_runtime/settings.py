@@ -3,8 +3,8 @@
 A settings class is a frozen ``msgspec.Struct`` deriving from ``EnvSettings``; each
 setting is one field, declared once with its variable's name, its type and its default::
 
-    class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
-        max_attempts: int = setting("AETHER_MAX_ATTEMPTS", 3)
+    class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
+        log_level: str = setting("LOG_LEVEL", "INFO")
 
 ``from_env`` converts each variable to its field's type with msgspec (an unset or blank
 variable keeps the default) and names the variable when a value does not convert. A type
