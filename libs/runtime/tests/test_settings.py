@@ -113,3 +113,12 @@ def test_a_class_without_nested_parts_reads_from_the_environment(
 ) -> None:
     monkeypatch.setenv("PLAIN_NAME", "from-os")
     assert Plain.from_env().name == "from-os"
+
+
+class Optional(EnvSettings, frozen=True, kw_only=True):
+    names: Names | None = setting("OPTIONAL_NAMES", None)
+
+
+def test_a_reader_applies_to_an_optional_field_too() -> None:
+    assert Optional.from_env({"OPTIONAL_NAMES": "a,b"}).names == ("a", "b")
+    assert Optional.from_env({}).names is None

@@ -159,9 +159,11 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def _marker(cls: type[EnvSettings], name: str) -> Env | None:
     hint = _hints(cls).get(name)
-    for meta in getattr(hint, "__metadata__", ()):
-        if isinstance(meta, Env):
-            return meta
+    # The marker of ``Annotated[T, Env(...)]``, alone or in a union (``... | None``).
+    for part in (hint, *typing.get_args(hint)):
+        for meta in getattr(part, "__metadata__", ()):
+            if isinstance(meta, Env):
+                return meta
     return None
 
 
@@ -188,6 +190,8 @@ def _convert(name: str, raw: str, kind: Any, marker: Env) -> Any:
 
 
 def _dec_hook(kind: Any, value: Any) -> Any:
+    if isinstance(kind, type) and isinstance(value, kind):
+        return value
     if kind is Path and isinstance(value, str):
         return Path(value)
     raise NotImplementedError
