@@ -122,3 +122,11 @@ class Optional(EnvSettings, frozen=True, kw_only=True):
 def test_a_reader_applies_to_an_optional_field_too() -> None:
     assert Optional.from_env({"OPTIONAL_NAMES": "a,b"}).names == ("a", "b")
     assert Optional.from_env({}).names is None
+
+
+def test_one_value_is_read_as_from_env_reads_it_without_the_others() -> None:
+    env = {"EXAMPLE_CAP": "none", "EXAMPLE_ATTEMPTS": "not a number"}
+    assert Example.value_of("cap", env) is None
+    assert Example.value_of("tools", env) == ("a", "b")
+    with pytest.raises(SettingsError, match="EXAMPLE_ATTEMPTS"):
+        Example.value_of("attempts", env)

@@ -27,6 +27,6 @@ def test_variables_set_the_tier_context_and_concurrency() -> None:
 
 def test_an_unknown_tier_is_refused_with_the_tiers_it_may_be() -> None:
     with pytest.raises(
-        SettingsError, match=r"AETHER_PLANNER_TIER='huge'.*small, standard, complex"
+        SettingsError, match=r"AETHER_PLANNER_TIER='huge'.*small, standard or complex"
     ):
         PlannerSettings.from_env({"AETHER_PLANNER_TIER": "huge"})

@@ -122,6 +122,23 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
         return declared
 
     @classmethod
+    def value_of(cls, name: str, env: ENV | None = None) -> Any:
+        """One field's value as ``from_env`` reads it (its default when unset), without
+        reading or checking the others."""
+        env = os.environ if env is None else env
+        for field in msgspec.structs.fields(cls):
+            if field.name == name and field.encode_name != name:
+                raw = _raw(env, field.encode_name, _marker(cls, name) or Env())
+                if raw is None:
+                    return (
+                        field.default_factory()
+                        if field.default is msgspec.NODEFAULT
+                        else field.default
+                    )
+                return _convert(field.encode_name, raw, field.type, _marker(cls, name) or Env())
+        raise KeyError(f"{cls.__name__} reads no variable into {name!r}")
+
+    @classmethod
     def load(
         cls,
         env: ENV | None = None,
@@ -140,11 +157,7 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
             if field.encode_name == field.name or field.name in given:
                 continue
             marker = _marker(cls, field.name) or Env()
-            raw = env.get(field.encode_name)
-            if raw is not None and not raw.strip() and not marker.keep_empty:
-                raw = None
-            if raw is None and marker.file is not None and env.get(marker.file, "").strip():
-                raw = _first_line(env[marker.file], marker.file)
+            raw = _raw(env, field.encode_name, marker)
             if raw is not None:
                 values[field.name] = _convert(field.encode_name, raw, field.type, marker)
             elif defaults is not None and field.name in defaults:
@@ -155,6 +168,17 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
     def from_env(cls, env: ENV | None = None) -> Self:
         """The settings from the environment (a class with nested parts overrides this)."""
         return cls.load(env)
+
+
+def _raw(env: ENV, name: str, marker: Env) -> str | None:
+    """The text of ``name``: ``None`` when unset or blank (unless blank is a value), else
+    the file ``marker.file`` names when there is one."""
+    raw = env.get(name)
+    if raw is not None and not raw.strip() and not marker.keep_empty:
+        raw = None
+    if raw is None and marker.file is not None and env.get(marker.file, "").strip():
+        raw = _first_line(env[marker.file], marker.file)
+    return raw
 
 
 def _marker(cls: type[EnvSettings], name: str) -> Env | None:
@@ -182,10 +206,12 @@ def _convert(name: str, raw: str, kind: Any, marker: Env) -> Any:
         if kind is bool or kind == bool | None:
             value = flag(value) if isinstance(value, str) else value
         return msgspec.convert(value, kind, strict=False, dec_hook=_dec_hook)
-    except (ValueError, TypeError, msgspec.ValidationError) as error:
+    except (ValueError, TypeError, OSError, msgspec.MsgspecError) as error:
         reason = str(error).split(" - at ")[0].replace(", got `str`", "")
-        if typing.get_origin(kind) is Literal:
-            reason = f"expected one of {', '.join(map(str, typing.get_args(kind)))}"
+        plain = typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
+        if typing.get_origin(plain) is Literal:
+            *others, last = map(str, typing.get_args(plain))
+            reason = f"expected {', '.join(others)} or {last}" if others else f"expected {last}"
         raise SettingsError(f"{name}={raw!r} is not valid: {reason}") from error
 
 
