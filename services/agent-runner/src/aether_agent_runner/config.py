@@ -209,6 +209,6 @@ class RunnerSettings(ServiceSettings, frozen=True, kw_only=True):
         return cls.load(
             env,
             runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env),
-            llm=LLMSettings.from_env(),
+            llm=LLMSettings.from_env(env),
             agent=AgentSettings.from_env(env),
         )

@@ -30,5 +30,5 @@ class PlannerSettings(ServiceSettings, frozen=True, kw_only=True):
         return cls.load(
             env,
             runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env),
-            llm=LLMSettings.from_env(),
+            llm=LLMSettings.from_env(env),
         )

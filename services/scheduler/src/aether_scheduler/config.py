@@ -40,7 +40,7 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
         return cls.load(
             env,
             runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env),
-            llm=LLMSettings.from_env(),
+            llm=LLMSettings.from_env(env),
         )
 
     def config(self, tier_models: dict[str, str], estimate_usd: dict[str, float]) -> Config:
