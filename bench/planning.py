@@ -42,7 +42,8 @@ from aether_events import (
     type_subject,
 )
 from aether_llm import LLMSettings, MessagesServer, Reply, tool_use_block
-from aether_planner.app import build
+from aether_planner.bootstrap import bootstrap
+from aether_planner.config import PlannerSettings
 from aether_runtime import RuntimeSettings
 
 PLAN = {
@@ -129,9 +130,9 @@ async def plan_together(nats_url: str, repo: Path, sha: str, count: int) -> floa
 
 
 async def run(nats_url: str, model_url: str, repo: Path, sha: str, n: int, lanes: str) -> None:
-    os.environ["AETHER_PLANNER_CONCURRENCY"] = lanes
     llm = LLMSettings(api_key="bench", base_url=model_url, max_retries=0)
-    service = build(RuntimeSettings(nats_url=nats_url, port=free_port()), llm)
+    runtime = RuntimeSettings(nats_url=nats_url, port=free_port())
+    service = bootstrap(PlannerSettings(runtime=runtime, llm=llm, concurrency=int(lanes))).service
     await service.start()
     try:
         await plan_together(nats_url, repo, sha, 1)  # warm-up: the SDK, the connections

@@ -34,3 +34,47 @@ def test_every_setting_the_code_reads_is_in_the_configuration_reference():
     assert len(in_code) > 60  # the scan sees the settings at all
     missing = sorted(in_code - documented)
     assert not missing, f"add to docs/configuration.md: {missing}"
+
+
+def declared_settings() -> dict[str, str]:
+    """Every variable a settings class declares (``aether_runtime.settings``), to its class."""
+    from aether_agent_runner.config import RunnerSettings, TranscriptEnv
+    from aether_gateway.config import GatewaySettings, OidcEnv
+    from aether_git_broker.config import GitBrokerSettings
+    from aether_planner.config import PlannerSettings
+    from aether_runtime.settings import EnvSettings
+    from aether_scheduler.config import SchedulerSettings
+
+    classes: list[type[EnvSettings]] = [
+        GatewaySettings,
+        OidcEnv,
+        PlannerSettings,
+        SchedulerSettings,
+        RunnerSettings,
+        TranscriptEnv,
+        GitBrokerSettings,
+    ]
+    seen: set[type] = set()
+    declared: dict[str, str] = {}
+    while classes:
+        cls = classes.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        classes.extend(EnvSettings.__subclasses__())
+        classes.extend(cls.__subclasses__())
+        if cls.__module__.startswith("aether_"):  # not a test's own example
+            declared.update(dict.fromkeys(cls.declared(), cls.__name__))
+    return declared
+
+
+def test_every_declared_setting_is_in_the_configuration_reference():
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", REFERENCE.read_text(encoding="utf-8")))
+    declared = declared_settings()
+    # Every service's settings class, and the runtime's, declare their variables.
+    assert {"NATS_URL", "AETHER_MAX_ATTEMPTS", "AETHER_OIDC_ISSUER", "AETHER_VERIFY"} <= set(
+        declared
+    )
+    assert {"AETHER_PLANNER_TIER", "AETHER_AGENT_MAX_TURNS"} <= set(declared)
+    missing = sorted(name for name in declared if name not in documented)
+    assert not missing, f"add to docs/configuration.md: {missing}"

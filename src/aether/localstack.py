@@ -234,11 +234,11 @@ def model_line(env: Mapping[str, str]) -> str:
     if not env.get("ANTHROPIC_API_KEY"):
         return "OFFLINE model (no ANTHROPIC_API_KEY): deterministic and not intelligent"
     # The gateway's own reading of the setting, so the banner says what it will apply.
-    from aether_gateway.config import _default_budget
+    from aether_gateway.config import GatewaySettings
     from aether_llm.config import DEFAULT_TIERS
 
     tiers = {t: env.get(f"AETHER_MODEL_{t.upper()}", m) for t, m in DEFAULT_TIERS.items()}
-    budget = _default_budget(env.get("AETHER_DEFAULT_MISSION_BUDGET_USD"))
+    budget = GatewaySettings.value_of("default_mission_budget_usd", env)
     limit = (
         f"default mission budget ${budget:.2f} (--budget at submit)"
         if budget is not None

@@ -58,7 +58,7 @@ from aether_events import (
     mission_subject,
     new_event_id,
 )
-from aether_git_broker import GitBrokerSettings, build_broker
+from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.app import GitBroker
 from aether_llm import LLMSettings, MessagesServer, Reply, make_client, tool_use_block
@@ -511,7 +511,7 @@ async def served(nc: NatsClient, nats_url: str, tmp_path: Path) -> AsyncIterator
     await ensure_streams(nc.jetstream())
     worktrees = tmp_path / "broker-worktrees"
     worktrees.mkdir()
-    broker = build_broker(
+    broker = bootstrap(
         GitBrokerSettings(
             runtime=RuntimeSettings(nats_url=nats_url, port=0),
             worktrees_dir=worktrees.resolve(),

@@ -377,8 +377,8 @@ class Runner:
 @pytest.fixture
 async def start_runner(nats_url: str, nc: NatsClient) -> AsyncIterator[Callable[..., Any]]:
     """``await start_runner(model, **agent_settings)``: a runner service in this process."""
-    from aether_agent_runner.app import wire
-    from aether_agent_runner.config import AgentSettings
+    from aether_agent_runner.bootstrap import bootstrap
+    from aether_agent_runner.config import AgentSettings, RunnerSettings
 
     started: list[Service] = []
 
@@ -389,10 +389,11 @@ async def start_runner(nats_url: str, nc: NatsClient) -> AsyncIterator[Callable[
             "ack_wait_seconds": 10.0,
         }
         settings = AgentSettings(**{**defaults, **overrides})
-        service, handlers = wire(RuntimeSettings(nats_url=nats_url, port=0), model.llm(), settings)
-        started.append(service)  # before starting: one that fails half-way is stopped too
-        await service.start()
-        return Runner(service, handlers)
+        runtime = RuntimeSettings(nats_url=nats_url, port=0)
+        runner = bootstrap(RunnerSettings(runtime=runtime, llm=model.llm(), agent=settings))
+        started.append(runner.service)  # before starting: one that fails half-way is stopped too
+        await runner.service.start()
+        return Runner(runner.service, runner.handlers)
 
     yield start
     for service in started:

@@ -35,7 +35,7 @@ from aether_events import (
     ensure_streams,
     new_event_id,
 )
-from aether_git_broker import GitBrokerSettings, build_broker
+from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.app import GitBroker
 from aether_llm import make_client
 from aether_runtime import RuntimeSettings
@@ -89,7 +89,7 @@ async def broker(nc: NatsClient, nats_url: str, tmp_path: Path) -> AsyncIterator
     await ensure_streams(nc.jetstream())
     worktrees = tmp_path / "broker-worktrees"
     worktrees.mkdir()
-    served = build_broker(
+    served = bootstrap(
         GitBrokerSettings(
             runtime=RuntimeSettings(nats_url=nats_url, port=0),
             worktrees_dir=worktrees.resolve(),

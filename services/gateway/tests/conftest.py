@@ -43,7 +43,8 @@ from aether_events import (
     mission_history,
     new_mission_id,
 )
-from aether_gateway.app import Gateway, create_app
+from aether_gateway.app import Gateway
+from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import GatewaySettings
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
@@ -222,7 +223,7 @@ class GatewayServer:
         self.gateway: Gateway | None = None
 
     async def start(self) -> None:
-        app = create_app(self.settings)
+        app = bootstrap_app(self.settings)
         self.gateway = app.state.gateway
         config = uvicorn.Config(
             app,

@@ -23,6 +23,7 @@ from aether.infra import free_port
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_gateway.config import GatewaySettings
 from aether_gateway.domain.auth import claim_at, role_names, scopes_for_roles
+from aether_runtime.settings import SettingsError
 
 from .conftest import GatewayServer
 from .oidc_provider import Provider
@@ -379,7 +380,7 @@ def test_the_client_secret_may_come_from_a_file(monkeypatch, tmp_path):
     assert GatewaySettings.from_env().oidc.client_secret == "from-the-env"  # type: ignore[union-attr]
     monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET", "")
     monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET_FILE", str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SettingsError, match="AETHER_OIDC_CLIENT_SECRET_FILE"):
         GatewaySettings.from_env()
 
 

@@ -21,11 +21,10 @@ from aether_events import (
     RepositoryPrepared,
     WorkspaceReady,
 )
-from aether_git_broker import GitBrokerSettings
+from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.adapters import diff
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
-from aether_git_broker.app import build_broker
 from aether_runtime import RuntimeSettings
 from tests.gitdaemon import bare_copy, git_daemon
 
@@ -38,7 +37,7 @@ class Served:
     """The broker's ASGI app (its consumer, health and read API) under uvicorn."""
 
     def __init__(self, settings: GitBrokerSettings) -> None:
-        self.app = build_broker(settings).service.asgi()
+        self.app = bootstrap(settings).service.asgi()
         self.url = f"http://127.0.0.1:{settings.runtime.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(

@@ -30,7 +30,7 @@ from aether_events import (
     RepositoryPrepared,
     WorkspaceReady,
 )
-from aether_git_broker import GitBrokerSettings, build_broker
+from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.app import GitBroker
 from aether_runtime import RuntimeSettings
 
@@ -70,7 +70,7 @@ async def served(
         git_http_port=0,
         git_token=TOKEN,
     )
-    broker = build_broker(settings)
+    broker = bootstrap(settings)
     await start_service(broker.service)
     try:
         yield broker
@@ -286,7 +286,7 @@ async def test_a_mission_on_a_url_is_worked_merged_and_pushed_back_to_it(
         ack_wait_seconds=2.0,
         push_remote="origin",
     )
-    broker = build_broker(settings)
+    broker = bootstrap(settings)
     await start_service(broker.service)
     publisher = EventPublisher(nc.jetstream())
     mission = "m-roundtrip"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 from prometheus_client import REGISTRY
@@ -24,7 +24,7 @@ from aether_events import (
     WorkspaceReady,
     new_event_id,
 )
-from aether_git_broker import GitBrokerSettings, build_service
+from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_runtime import RuntimeSettings, Service
 from tests.eventlog import EventLog
 
@@ -62,7 +62,7 @@ def settings(nats_url: str, worktrees_dir: Path) -> GitBrokerSettings:
 
 @pytest.fixture
 async def broker(nc: NatsClient, settings: GitBrokerSettings) -> AsyncIterator[Service]:
-    service = build_service(settings)
+    service = bootstrap(settings).service
     try:  # started inside: a service that fails half-way through its start is stopped too
         await start_service(service)
         yield service
@@ -192,7 +192,7 @@ async def test_a_restarted_broker_remembers_what_it_merged(
 ) -> None:
     mission = "m-restart"
     events = await watch(nc, mission)
-    service = build_service(settings)
+    service = bootstrap(settings).service
     await start_service(service)
     try:
         await publisher.publish(
@@ -218,7 +218,7 @@ async def test_a_restarted_broker_remembers_what_it_merged(
     head = git(repo, "rev-parse", prepared.integration_branch)
     assert git(repo, "rev-list", "--merges", "--count", head) == "1"
 
-    restarted = build_service(settings)
+    restarted = bootstrap(settings).service
     await start_service(restarted)
     try:
         await publisher.publish(
@@ -301,7 +301,7 @@ async def test_a_restarted_broker_removes_leftovers_before_its_first_delivery(
 ) -> None:
     mission = "m-sweep"
     events = await watch(nc, mission)
-    service = build_service(settings)
+    service = bootstrap(settings).service
     await start_service(service)
     try:
         await publisher.publish(
@@ -337,7 +337,7 @@ async def test_a_restarted_broker_removes_leftovers_before_its_first_delivery(
         )
     )
 
-    restarted = build_service(settings)
+    restarted = bootstrap(settings).service
     await start_service(restarted)
     try:
         # start() returns once the projection is rebuilt and the sweep is done. (The
@@ -364,7 +364,7 @@ async def test_delivery_pushes_once_across_a_restart(
 ) -> None:
     remote = tmp_path / "delivered.git"
     git(tmp_path, "init", "-q", "--bare", str(remote))
-    pushing = dataclasses.replace(settings, push_remote=str(remote))
+    pushing = msgspec.structs.replace(settings, push_remote=str(remote))
     mission = "m-push"
     events = await watch(nc, mission)
     pushed_before = sample("aether_pushes_total", result="pushed")
@@ -384,7 +384,7 @@ async def test_delivery_pushes_once_across_a_restart(
         await answered.next(RepositoryPrepared)
         await answered.stop()
 
-    service = build_service(pushing)
+    service = bootstrap(pushing).service
     await start_service(service)
     try:
         await publisher.publish(
@@ -406,7 +406,7 @@ async def test_delivery_pushes_once_across_a_restart(
 
     # Restarted, the broker is told again that the mission completed (a re-sent report):
     # the remote already has the result, so nothing is pushed.
-    restarted = build_service(pushing)
+    restarted = bootstrap(pushing).service
     await start_service(restarted)
     try:
         await completed_and_handled(pushing, "m-marker2")

@@ -23,7 +23,8 @@ from aether_events import (
     mission_history,
 )
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
-from aether_planner.app import build
+from aether_planner.bootstrap import bootstrap
+from aether_planner.config import PlannerSettings
 from aether_runtime import RuntimeSettings, Service
 from tests.eventlog import EventLog
 
@@ -163,7 +164,8 @@ class Planner:
 
 def start_planner(nats_url: str, base_url: str, max_retries: int = 0) -> Service:
     llm = LLMSettings(api_key="test-key", base_url=base_url, max_retries=max_retries)
-    return build(RuntimeSettings(nats_url=nats_url, port=free_port()), llm)
+    runtime = RuntimeSettings(nats_url=nats_url, port=free_port())
+    return bootstrap(PlannerSettings(runtime=runtime, llm=llm)).service
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ chooses models but never calls one (the scheduler) is not handed the key: it is 
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import msgspec
 
 from aether_events import Tier
+from aether_runtime.settings import ENV, Env, EnvSettings, setting
 
 OFFLINE_MODEL = "aether-offline"
 
@@ -25,14 +27,26 @@ DEFAULT_TIERS: dict[str, str] = {
 }
 
 
-class LLMSettings(msgspec.Struct, frozen=True, kw_only=True):
-    api_key: str | None = None
-    base_url: str | None = None
+def _flag(value: str) -> bool | None:
+    """``1``/``true`` or ``0``/``false``; anything else (empty): not said."""
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes"}:
+        return True
+    if lowered in {"0", "false", "no"}:
+        return False
+    return None
+
+
+class LLMSettings(EnvSettings, frozen=True, kw_only=True):
+    # Unset: the offline model (see ``offline``).
+    api_key: str | None = setting("ANTHROPIC_API_KEY", None)
+    base_url: str | None = setting("ANTHROPIC_BASE_URL", None)
+    # The model of each tier (``AETHER_MODEL_<TIER>``, read by ``from_env``).
     tiers: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_TIERS))
-    max_retries: int = 4
-    timeout_seconds: float = 120.0
+    max_retries: int = setting("AETHER_MODEL_MAX_RETRIES", 4)
+    timeout_seconds: float = setting("AETHER_MODEL_TIMEOUT_SECONDS", 120.0)
     # Said outright (AETHER_MODEL_OFFLINE) where the key is not given; None: by the key.
-    offline_mode: bool | None = None
+    offline_mode: Annotated[bool | None, Env(parse=_flag)] = setting("AETHER_MODEL_OFFLINE", None)
 
     @property
     def offline(self) -> bool:
@@ -50,25 +64,9 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True):
         return self.tiers[tier]
 
     @classmethod
-    def from_env(cls) -> LLMSettings:
+    def from_env(cls, env: ENV | None = None) -> LLMSettings:
+        env = os.environ if env is None else env
         tiers = dict(DEFAULT_TIERS)
         for tier in tiers:
-            tiers[tier] = os.environ.get(f"AETHER_MODEL_{tier.upper()}", tiers[tier])
-        return cls(
-            api_key=os.environ.get("ANTHROPIC_API_KEY") or None,
-            base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
-            tiers=tiers,
-            max_retries=int(os.environ.get("AETHER_MODEL_MAX_RETRIES", "4")),
-            timeout_seconds=float(os.environ.get("AETHER_MODEL_TIMEOUT_SECONDS", "120")),
-            offline_mode=_flag(os.environ.get("AETHER_MODEL_OFFLINE", "")),
-        )
-
-
-def _flag(value: str) -> bool | None:
-    """``1``/``true`` or ``0``/``false``; anything else (empty): not said."""
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes"}:
-        return True
-    if lowered in {"0", "false", "no"}:
-        return False
-    return None
+            tiers[tier] = env.get(f"AETHER_MODEL_{tier.upper()}") or tiers[tier]
+        return cls.load(env, tiers=tiers)

@@ -1,36 +1,256 @@
-"""Settings every service reads from the environment."""
+"""Typed settings read from the environment: the one way every service declares them.
+
+A settings class is a frozen ``msgspec.Struct`` deriving from ``EnvSettings``; each
+setting is one field, declared once with its variable's name, its type and its default::
+
+    class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
+        log_level: str = setting("LOG_LEVEL", "INFO")
+
+``from_env`` converts each variable to its field's type with msgspec (an unset or blank
+variable keeps the default) and names the variable when a value does not convert. A type
+annotated with ``Env(...)`` says how its text is read when that is not msgspec's plain
+conversion: a list split on commas, a value that may be ``none``, a secret that may come
+from a file. A field declared without a variable (a nested part, such as ``runtime``) is
+given by the class's own ``from_env``.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import msgspec
 
+ENV = Mapping[str, str]
 
-class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    stream_replicas: int = 1
-    log_level: str = "INFO"
-    # The service's NATS user and password (empty: connect without credentials, as to a
-    # server that asks for none, such as the tests' own).
-    nats_user: str = ""
-    nats_password: str = ""
+
+class SettingsError(ValueError):
+    """A setting a service cannot start with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Env:
+    """How a variable's text becomes its field's value, when not by plain conversion.
+
+    ``parse`` turns the text into a value (then checked against the field's type);
+    ``file`` names a second variable holding the path of a file whose first line is the
+    value (a mounted secret), read when the variable itself is unset; ``keep_empty``
+    makes a blank value a value rather than "unset".
+    """
+
+    parse: Callable[[str], object] | None = None
+    file: str | None = None
+    keep_empty: bool = False
+
+
+def setting(name: str, default: Any = msgspec.NODEFAULT, *, factory: Any = None) -> Any:
+    """A field read from the variable ``name``, with its default (or a default ``factory``)."""
+    if factory is not None:
+        return msgspec.field(name=name, default_factory=factory)
+    return msgspec.field(name=name, default=default)
+
+
+# --- readers for the shapes of text settings take ----------------------------------
+
+
+def flag(raw: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1, true, yes, on, 0, false, no, off")
+
+
+def names(raw: str) -> tuple[str, ...]:
+    """Names separated by commas or white space."""
+    return tuple(raw.replace(",", " ").split())
+
+
+def path_list(raw: str) -> tuple[str, ...]:
+    """Paths separated by ``:`` (``os.pathsep``), each with ``~`` expanded."""
+    return tuple(os.path.normpath(os.path.expanduser(p)) for p in raw.split(os.pathsep) if p)
+
+
+def lines(raw: str) -> tuple[str, ...]:
+    """One value a line (for values that may hold commas, such as patterns)."""
+    return tuple(line.strip() for line in raw.splitlines() if line.strip())
+
+
+def directory(raw: str) -> Path:
+    """A directory, ``~`` expanded and made absolute."""
+    return Path(raw.strip()).expanduser().resolve()
+
+
+def none_or(
+    parse: Callable[[str], Any], *, words: Iterable[str] = ("none",)
+) -> Callable[[str], Any]:
+    """``parse``, except that one of ``words`` (any case) means ``None``."""
+    nones = frozenset(words)
+
+    def read(raw: str) -> Any:
+        return None if raw.strip().lower() in nones else parse(raw.strip())
+
+    return read
+
+
+Names = Annotated[tuple[str, ...], Env(parse=names)]
+Flag = Annotated[bool, Env(parse=flag)]
+
+
+# --- the base ----------------------------------------------------------------------
+
+
+class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings declared with ``setting`` fields and read by ``from_env``."""
 
     @classmethod
-    def from_env(cls, default_port: int) -> RuntimeSettings:
-        return cls(
-            nats_url=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
-            host=os.environ.get("AETHER_HTTP_HOST", "127.0.0.1"),
-            port=int(os.environ.get("PORT", default_port)),
-            stream_replicas=int(os.environ.get("AETHER_STREAM_REPLICAS", "1")),
-            log_level=os.environ.get("LOG_LEVEL", "INFO"),
-            nats_user=os.environ.get("NATS_USER", ""),
-            nats_password=nats_password(os.environ),
-        )
+    def declared(cls) -> dict[str, str]:
+        """Each variable this class reads (its own fields'), to the field it fills."""
+        declared: dict[str, str] = {}
+        for field in msgspec.structs.fields(cls):
+            if field.encode_name != field.name:
+                declared[field.encode_name] = field.name
+                marker = _marker(cls, field.name)
+                if marker is not None and marker.file is not None:
+                    declared[marker.file] = field.name
+        return declared
+
+    @classmethod
+    def value_of(cls, name: str, env: ENV | None = None) -> Any:
+        """One field's value as ``from_env`` reads it (its default when unset), without
+        reading or checking the others."""
+        env = os.environ if env is None else env
+        for field in msgspec.structs.fields(cls):
+            if field.name == name and field.encode_name != name:
+                raw = _raw(env, field.encode_name, _marker(cls, name) or Env())
+                if raw is None:
+                    return (
+                        field.default_factory()
+                        if field.default is msgspec.NODEFAULT
+                        else field.default
+                    )
+                return _convert(field.encode_name, raw, field.type, _marker(cls, name) or Env())
+        raise KeyError(f"{cls.__name__} reads no variable into {name!r}")
+
+    @classmethod
+    def load(
+        cls,
+        env: ENV | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        **given: Any,
+    ) -> Self:
+        """The settings from ``env`` (default: the process environment).
+
+        ``defaults`` replaces declared defaults by field name (a service's own port);
+        ``given`` fills the fields read from no variable (nested parts).
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            if field.encode_name == field.name or field.name in given:
+                continue
+            marker = _marker(cls, field.name) or Env()
+            raw = _raw(env, field.encode_name, marker)
+            if raw is not None:
+                values[field.name] = _convert(field.encode_name, raw, field.type, marker)
+            elif defaults is not None and field.name in defaults:
+                values[field.name] = defaults[field.name]
+        return cls(**values, **given)
+
+    @classmethod
+    def from_env(cls, env: ENV | None = None) -> Self:
+        """The settings from the environment (a class with nested parts overrides this)."""
+        return cls.load(env)
+
+
+def _raw(env: ENV, name: str, marker: Env) -> str | None:
+    """The text of ``name``: ``None`` when unset or blank (unless blank is a value), else
+    the file ``marker.file`` names when there is one."""
+    raw = env.get(name)
+    if raw is not None and not raw.strip() and not marker.keep_empty:
+        raw = None
+    if raw is None and marker.file is not None and env.get(marker.file, "").strip():
+        raw = _first_line(env[marker.file], marker.file)
+    return raw
+
+
+def _marker(cls: type[EnvSettings], name: str) -> Env | None:
+    hint = _hints(cls).get(name)
+    # The marker of ``Annotated[T, Env(...)]``, alone or in a union (``... | None``).
+    for part in (hint, *typing.get_args(hint)):
+        for meta in getattr(part, "__metadata__", ()):
+            if isinstance(meta, Env):
+                return meta
+    return None
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
+    return _HINTS[cls]
+
+
+def _convert(name: str, raw: str, kind: Any, marker: Env) -> Any:
+    try:
+        value: Any = marker.parse(raw) if marker.parse is not None else raw.strip()
+        if kind is bool or kind == bool | None:
+            value = flag(value) if isinstance(value, str) else value
+        return msgspec.convert(value, kind, strict=False, dec_hook=_dec_hook)
+    except (ValueError, TypeError, OSError, msgspec.MsgspecError) as error:
+        reason = str(error).split(" - at ")[0].replace(", got `str`", "")
+        plain = typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
+        if typing.get_origin(plain) is Literal:
+            *others, last = map(str, typing.get_args(plain))
+            reason = f"expected {', '.join(others)} or {last}" if others else f"expected {last}"
+        raise SettingsError(f"{name}={raw!r} is not valid: {reason}") from error
+
+
+def _dec_hook(kind: Any, value: Any) -> Any:
+    if isinstance(kind, type) and isinstance(value, kind):
+        return value
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+def _first_line(path: str, name: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise SettingsError(f"{name}={path!r} cannot be read: {error.strerror}") from error
+
+
+# --- what every service reads --------------------------------------------------------
+
+
+class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
+    """NATS, HTTP and logging: the settings every service reads."""
+
+    nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222")
+    host: str = setting("AETHER_HTTP_HOST", "127.0.0.1")
+    port: int = setting("PORT", 8000)
+    stream_replicas: int = setting("AETHER_STREAM_REPLICAS", 1)
+    log_level: str = setting("LOG_LEVEL", "INFO")
+    # The service's NATS user and password (empty: connect without credentials, as to a
+    # server that asks for none, such as the tests' own). The password may come from a
+    # file (a mounted Secret) named by NATS_PASSWORD_FILE.
+    nats_user: str = setting("NATS_USER", "")
+    nats_password: Annotated[str, Env(file="NATS_PASSWORD_FILE")] = setting("NATS_PASSWORD", "")
+
+    @classmethod
+    def for_service(cls, default_port: int, env: ENV | None = None) -> RuntimeSettings:
+        """The settings of a service listening on ``default_port`` unless ``PORT`` says."""
+        return cls.load(env, defaults={"port": default_port})
 
     @property
     def nats_credentials(self) -> dict[str, str]:
@@ -40,12 +260,13 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
         return {"user": self.nats_user, "password": self.nats_password}
 
 
-def nats_password(env: Mapping[str, str]) -> str:
-    """``NATS_PASSWORD``, else the first line of the file ``NATS_PASSWORD_FILE`` names (a
-    mounted Secret), else empty."""
-    if env.get("NATS_PASSWORD"):
-        return env["NATS_PASSWORD"]
-    path = env.get("NATS_PASSWORD_FILE")
-    if path:
-        return Path(path).read_text(encoding="utf-8").strip()
-    return ""
+class ServiceSettings(EnvSettings, frozen=True, kw_only=True):
+    """A service's settings: its own fields, and ``runtime`` with its default port."""
+
+    DEFAULT_PORT: ClassVar[int] = 8000
+
+    runtime: RuntimeSettings
+
+    @classmethod
+    def from_env(cls, env: ENV | None = None) -> Self:
+        return cls.load(env, runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env))

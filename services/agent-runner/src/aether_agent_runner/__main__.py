@@ -1,13 +1,14 @@
 """``python -m aether_agent_runner``."""
 
-from aether_agent_runner.app import DEFAULT_PORT, build
-from aether_runtime import RuntimeSettings, configure_logging, serve
+from aether_agent_runner.bootstrap import bootstrap
+from aether_agent_runner.config import SERVICE_NAME, RunnerSettings
+from aether_runtime import configure_logging, serve
 
 
 def main() -> None:
-    settings = RuntimeSettings.from_env(DEFAULT_PORT)
-    configure_logging("agent-runner", settings.log_level)
-    serve(build(settings))
+    settings = RunnerSettings.from_env()
+    configure_logging(SERVICE_NAME, settings.runtime.log_level)
+    serve(bootstrap(settings).service)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ number of agents a process runs at once.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 from nats.js import JetStreamContext
 
@@ -22,73 +22,60 @@ from aether_agent_runner.adapters.bus import (
     follow_control_events,
 )
 from aether_agent_runner.attempt import Attempts
-from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.config import SERVICE_NAME, RunnerSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
-from aether_agent_runner.runtimes.registry import runtimes
+from aether_agent_runner.runtimes import Runtime
 from aether_events import (
     MISSIONS_STREAM,
     Event,
     WorkspaceReady,
     mission_subject,
-    new_event_id,
     replay,
     type_subject,
 )
-from aether_llm import LLMSettings, make_client
-from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
-from aether_sandbox import (
-    Sandbox,
-    SandboxUnavailable,
-    enforcement,
-    mark_logs_unconfined,
-    open_sandbox,
-)
+from aether_sandbox import Sandbox, SandboxUnavailable
 
-DEFAULT_PORT = 8103
 DURABLE = "agent-runner"
 
 log = logging.getLogger("aether.agent-runner")
 
 
-def runner_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{new_event_id()[:6]}"
+@dataclass
+class Adapters:
+    """The runner's real parts, built by ``bootstrap`` from the settings."""
+
+    # The agent runtime of each name (the built-in loop, Claude Code, other CLI agents).
+    runtimes: Callable[[str], Runtime]
+    # Where the agents' commands run, or why none can (then they are refused).
+    sandbox: Sandbox | SandboxUnavailable
+    runner_id: str
+    clock: Callable[[], datetime]
 
 
-def build(
-    settings: RuntimeSettings | None = None,
-    llm: LLMSettings | None = None,
-    agent: AgentSettings | None = None,
-) -> Service:
-    """The agent runner service, ready to serve."""
-    return wire(settings, llm, agent)[0]
+@dataclass
+class AgentRunner:
+    """The service and the parts tests look at (the running agents)."""
+
+    service: Service
+    handlers: Handlers
 
 
-def wire(
-    settings: RuntimeSettings | None = None,
-    llm: LLMSettings | None = None,
-    agent: AgentSettings | None = None,
-) -> tuple[Service, Handlers]:
-    """The service and its handlers (tests look at the running agents)."""
-    settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
-    llm = llm or LLMSettings.from_env()
-    agent = agent or AgentSettings.from_env()
-    service = Service(name="agent-runner", settings=settings)
+def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
+    """The runner's lanes and control follower around ``adapters``."""
+    agent, llm = settings.agent, settings.llm
+    service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[State] = Projection(State(), evolve)
     attempts = Attempts(
-        runtimes=runtimes(
-            make_client(llm),
-            agent.max_output_tokens,
-            agent.claude_code_cli,
-            agent.command_runtimes,
-        ),
+        runtimes=adapters.runtimes,
         settings=agent,
         publisher=lambda: service.publisher,
-        runner_id=runner_id(),
-        clock=_now,
+        runner_id=adapters.runner_id,
+        clock=adapters.clock,
         tiers=dict(llm.tiers),
-        sandbox=confinement(agent),
+        sandbox=adapters.sandbox,
     )
 
     async def history(mission_id: str) -> list[tuple[Event, int]]:
@@ -151,32 +138,4 @@ def wire(
             )
         )
     service_at_zero(service.name, [subject])
-    return service, handlers
-
-
-def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
-    """The sandbox the agents' commands run in, or why none can (then they are refused)."""
-    try:
-        sandbox = open_sandbox(agent.sandbox)
-    except SandboxUnavailable as error:
-        log.error("no sandbox can start: run_command will be refused", extra={"reason": str(error)})
-        return error
-    if not sandbox.confined:
-        mark_logs_unconfined()
-        log.warning("agent commands run UNCONFINED, as the runner's own user (AETHER_SANDBOX)")
-    else:
-        log.info(
-            "agent commands run in a sandbox",
-            extra={
-                "sandbox": sandbox.name,
-                "network": agent.sandbox.network,
-                "egress": ",".join(agent.sandbox.egress) or None,
-                "warm": agent.sandbox.warm,
-                **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
-            },
-        )
-    return sandbox
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    return AgentRunner(service=service, handlers=handlers)

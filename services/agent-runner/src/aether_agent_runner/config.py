@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -13,7 +12,22 @@ from aether_agent_runner.adapters.git import CommitLimits
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 from aether_agent_runner.transcript import TranscriptSettings, check_patterns
+from aether_llm import LLMSettings
+from aether_runtime.settings import (
+    ENV,
+    Env,
+    EnvSettings,
+    Names,
+    RuntimeSettings,
+    ServiceSettings,
+    lines,
+    names,
+    none_or,
+    setting,
+)
 from aether_sandbox import SandboxSettings
+
+SERVICE_NAME = "agent-runner"
 
 # Programs the agent may run *unconfined* when AETHER_AGENT_COMMANDS is not set:
 # interpreters, test runners, linters and read-only text tools. Shells, env, xargs and git
@@ -43,7 +57,44 @@ DEFAULT_COMMANDS: tuple[str, ...] = (
 )
 
 
-class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+def commands(raw: str) -> tuple[str, ...] | None:
+    """``AETHER_AGENT_COMMANDS``: program names; ``*`` any; empty or ``none``: none."""
+    listed = names(raw)
+    if listed == ("*",):
+        return None
+    if listed in ((), ("none",)):
+        return ()
+    return listed
+
+
+def at_least_one(raw: str) -> int:
+    return max(1, int(raw))
+
+
+def redact_patterns(raw: str) -> tuple[str, ...]:
+    """Regular expressions, one a line (commas may be part of one), each checked."""
+    return check_patterns(lines(raw))
+
+
+def entry_chars(raw: str) -> int:
+    return max(200, int(raw))
+
+
+class TranscriptEnv(EnvSettings, frozen=True, kw_only=True):
+    """How much of each step the transcript keeps, and what more it redacts."""
+
+    entry_chars: Annotated[int, Env(parse=entry_chars)] = setting(
+        "AETHER_AGENT_TRANSCRIPT_CHARS", TranscriptSettings().entry_chars
+    )
+    redact: Annotated[tuple[str, ...], Env(parse=redact_patterns)] = setting(
+        "AETHER_AGENT_TRANSCRIPT_REDACT", ()
+    )
+
+    def settings(self) -> TranscriptSettings:
+        return TranscriptSettings(entry_chars=self.entry_chars, redact=self.redact)
+
+
+class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     """What bounds one agent, how many run per process, and what its commands may do.
 
     ``commands`` is the allow-list of program names (``None``: any program); read from
@@ -54,40 +105,50 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     ``git_url`` is the git broker's smart HTTP server (``http://broker:port``), with
     ``git_token`` its token: with it set, an attempt whose worktree path does not exist here
     (or every attempt, when ``git_fetch`` is ``"always"``) is fetched into a clone under
-    ``work_dir`` and its commit pushed back to the task branch.
+    ``work_dir`` and its commit pushed back to the task branch. The token is optional: the
+    broker hands each attempt a token of its own in WorkspaceReady.
     """
 
-    concurrency: int = 2
+    concurrency: Annotated[int, Env(parse=at_least_one)] = setting("AETHER_AGENT_CONCURRENCY", 2)
     # Short: a delivery lost with a restarting NATS server waits this long (a running
     # agent keeps its message alive with in-progress acks however long it works).
-    ack_wait_seconds: float = 10.0
-    max_turns: int = 40
-    max_output_tokens: int = 8192
-    max_tokens: int = 2_000_000
-    max_seconds: float = 1800.0
-    max_cost_usd: float | None = 5.0
-    commands: tuple[str, ...] | None = DEFAULT_COMMANDS
-    command_timeout_seconds: float = 120.0
-    command_output_chars: int = 16_000
-    command_env: tuple[str, ...] = ()
-    search_timeout_seconds: float = 20.0
-    heartbeat_seconds: float = 10.0
-    progress_seconds: float = 5.0
-    git_url: str | None = None
-    git_token: str = ""
-    git_fetch: str = "auto"
-    git_timeout_seconds: float = 300.0
-    work_dir: str = ""
+    ack_wait_seconds: float = setting("AETHER_AGENT_ACK_WAIT_SECONDS", 10.0)
+    max_turns: int = setting("AETHER_AGENT_MAX_TURNS", 40)
+    max_output_tokens: int = setting("AETHER_AGENT_MAX_OUTPUT_TOKENS", 8192)
+    max_tokens: int = setting("AETHER_AGENT_MAX_TOKENS", 2_000_000)
+    max_seconds: float = setting("AETHER_AGENT_MAX_SECONDS", 1800.0)
+    # ``none`` or ``off``: no cap of the runner's own (the mission's budget still caps).
+    max_cost_usd: Annotated[float | None, Env(parse=none_or(float, words=("none", "off")))] = (
+        setting("AETHER_AGENT_MAX_COST_USD", 5.0)
+    )
+    commands: Annotated[tuple[str, ...] | None, Env(parse=commands, keep_empty=True)] = setting(
+        "AETHER_AGENT_COMMANDS", DEFAULT_COMMANDS
+    )
+    command_timeout_seconds: float = setting("AETHER_AGENT_COMMAND_TIMEOUT_SECONDS", 120.0)
+    command_output_chars: int = setting("AETHER_AGENT_COMMAND_OUTPUT_CHARS", 16_000)
+    command_env: Names = setting("AETHER_AGENT_COMMAND_ENV", ())
+    search_timeout_seconds: float = setting("AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", 20.0)
+    heartbeat_seconds: float = setting("AETHER_AGENT_HEARTBEAT_SECONDS", 10.0)
+    progress_seconds: float = setting("AETHER_AGENT_PROGRESS_SECONDS", 5.0)
+    git_url: str | None = setting("AETHER_AGENT_GIT_URL", None)
+    git_token: str = setting("AETHER_AGENT_GIT_TOKEN", "")
+    git_fetch: Annotated[Literal["auto", "always"], Env(parse=str.lower)] = setting(
+        "AETHER_AGENT_GIT_FETCH", "auto"
+    )
+    git_timeout_seconds: float = setting("AETHER_AGENT_GIT_TIMEOUT_SECONDS", 300.0)
+    work_dir: str = setting("AETHER_AGENT_WORK_DIR", "")
     # The runtime of a task that names none (``aether_agent_runner.runtimes``).
-    runtime: str = "builtin"
-    claude_code_cli: str | None = None
-    # Other CLI agents as runtimes (``AETHER_AGENT_COMMAND_RUNTIMES``: a JSON file).
-    command_runtimes: tuple[CommandSpec, ...] = ()
+    runtime: Annotated[str, Env(parse=str.lower)] = setting("AETHER_AGENT_RUNTIME", "builtin")
+    claude_code_cli: str | None = setting("AETHER_CLAUDE_CODE_CLI", None)
+    # Other CLI agents as runtimes (a JSON file of their specs).
+    command_runtimes: Annotated[tuple[CommandSpec, ...], Env(parse=load_specs)] = setting(
+        "AETHER_AGENT_COMMAND_RUNTIMES", ()
+    )
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     # The most one attempt's commit may carry; above it the task fails with the reason.
-    commit_max_files: int = 2_000
-    commit_max_blob_bytes: int = 10_000_000
-    commit_max_bytes: int = 100_000_000
+    commit_max_files: int = setting("AETHER_AGENT_COMMIT_MAX_FILES", 2_000)
+    commit_max_blob_bytes: int = setting("AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", 10_000_000)
+    commit_max_bytes: int = setting("AETHER_AGENT_COMMIT_MAX_BYTES", 100_000_000)
     # How much of each step the transcript keeps, and what more it redacts.
     transcript: TranscriptSettings = msgspec.field(default_factory=TranscriptSettings)
 
@@ -122,91 +183,32 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
-        env = os.environ if env is None else env
-        default = cls()
-
-        def number(name: str, fallback: float) -> float:
-            raw = env.get(name, "").strip()
-            return float(raw) if raw else fallback
-
-        def names(raw: str) -> tuple[str, ...]:
-            return tuple(part for part in raw.replace(",", " ").split() if part)
-
+    def from_env(cls, env: ENV | None = None) -> AgentSettings:
         sandbox = SandboxSettings.from_env(env)
-        commands: tuple[str, ...] | None = None if not sandbox.unconfined else default.commands
-        raw_commands = env.get("AETHER_AGENT_COMMANDS")
-        if raw_commands is not None:
-            listed = names(raw_commands)
-            if listed == ("*",):
-                commands = None
-            elif listed in ((), ("none",)):
-                commands = ()
-            else:
-                commands = listed
-        raw_cost = env.get("AETHER_AGENT_MAX_COST_USD", "").strip().lower()
-        max_cost = (
-            None
-            if raw_cost in ("none", "off")
-            else (float(raw_cost) if raw_cost else default.max_cost_usd)
-        )
-        git_fetch = env.get("AETHER_AGENT_GIT_FETCH", "").strip().lower() or default.git_fetch
-        if git_fetch not in ("auto", "always"):
-            raise ValueError(f"AETHER_AGENT_GIT_FETCH must be auto or always, not {git_fetch!r}")
-        git_url = env.get("AETHER_AGENT_GIT_URL", "").strip() or None
-        # Optional: the broker hands each attempt a token of its own in WorkspaceReady.
-        git_token = env.get("AETHER_AGENT_GIT_TOKEN", "")
-        return cls(
-            concurrency=max(1, int(number("AETHER_AGENT_CONCURRENCY", default.concurrency))),
-            ack_wait_seconds=number("AETHER_AGENT_ACK_WAIT_SECONDS", default.ack_wait_seconds),
-            max_turns=int(number("AETHER_AGENT_MAX_TURNS", default.max_turns)),
-            max_output_tokens=int(
-                number("AETHER_AGENT_MAX_OUTPUT_TOKENS", default.max_output_tokens)
-            ),
-            max_tokens=int(number("AETHER_AGENT_MAX_TOKENS", default.max_tokens)),
-            max_seconds=number("AETHER_AGENT_MAX_SECONDS", default.max_seconds),
-            max_cost_usd=max_cost,
-            commands=commands,
-            command_timeout_seconds=number(
-                "AETHER_AGENT_COMMAND_TIMEOUT_SECONDS", default.command_timeout_seconds
-            ),
-            command_output_chars=int(
-                number("AETHER_AGENT_COMMAND_OUTPUT_CHARS", default.command_output_chars)
-            ),
-            command_env=names(env.get("AETHER_AGENT_COMMAND_ENV", "")),
-            search_timeout_seconds=number(
-                "AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", default.search_timeout_seconds
-            ),
-            heartbeat_seconds=number("AETHER_AGENT_HEARTBEAT_SECONDS", default.heartbeat_seconds),
-            progress_seconds=number("AETHER_AGENT_PROGRESS_SECONDS", default.progress_seconds),
-            git_url=git_url,
-            git_token=git_token,
-            git_fetch=git_fetch,
-            git_timeout_seconds=number(
-                "AETHER_AGENT_GIT_TIMEOUT_SECONDS", default.git_timeout_seconds
-            ),
-            work_dir=env.get("AETHER_AGENT_WORK_DIR", "").strip(),
-            runtime=env.get("AETHER_AGENT_RUNTIME", "").strip().lower() or default.runtime,
-            claude_code_cli=env.get("AETHER_CLAUDE_CODE_CLI", "").strip() or None,
-            command_runtimes=(
-                load_specs(specs) if (specs := env.get("AETHER_AGENT_COMMAND_RUNTIMES")) else ()
-            ),
+        # Unset, the allow-list is any program inside a sandbox (which confines it) and
+        # the default list when commands run unconfined.
+        confined = {} if sandbox.unconfined else {"commands": None}
+        return cls.load(
+            env,
+            defaults=confined,
             sandbox=sandbox,
-            commit_max_files=int(number("AETHER_AGENT_COMMIT_MAX_FILES", default.commit_max_files)),
-            commit_max_blob_bytes=int(
-                number("AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", default.commit_max_blob_bytes)
-            ),
-            commit_max_bytes=int(number("AETHER_AGENT_COMMIT_MAX_BYTES", default.commit_max_bytes)),
-            transcript=TranscriptSettings(
-                entry_chars=max(
-                    200,
-                    int(number("AETHER_AGENT_TRANSCRIPT_CHARS", default.transcript.entry_chars)),
-                ),
-                # Regular expressions, one a line (commas may be part of one).
-                redact=check_patterns(
-                    line.strip()
-                    for line in env.get("AETHER_AGENT_TRANSCRIPT_REDACT", "").splitlines()
-                    if line.strip()
-                ),
-            ),
+            transcript=TranscriptEnv.from_env(env).settings(),
+        )
+
+
+class RunnerSettings(ServiceSettings, frozen=True, kw_only=True):
+    """The agent runner's settings: the runtime's, the model's and the agents'."""
+
+    DEFAULT_PORT: ClassVar[int] = 8103
+
+    llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
+    agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+
+    @classmethod
+    def from_env(cls, env: ENV | None = None) -> RunnerSettings:
+        return cls.load(
+            env,
+            runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env),
+            llm=LLMSettings.from_env(env),
+            agent=AgentSettings.from_env(env),
         )

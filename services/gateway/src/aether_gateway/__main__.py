@@ -6,8 +6,9 @@ from types import FrameType
 
 import uvicorn
 
-from aether_gateway.app import Gateway, create_app
-from aether_gateway.config import GatewaySettings
+from aether_gateway.app import Gateway
+from aether_gateway.bootstrap import bootstrap_app
+from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_runtime import configure_logging
 
 
@@ -29,8 +30,8 @@ class _Server(uvicorn.Server):
 
 def main() -> None:
     settings = GatewaySettings.from_env()
-    configure_logging("gateway", settings.runtime.log_level)
-    app = create_app(settings)
+    configure_logging(SERVICE_NAME, settings.runtime.log_level)
+    app = bootstrap_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.runtime.host,

@@ -1,4 +1,4 @@
-"""Building the gateway: the Litestar app around the runtime service and the read model.
+"""Wiring the gateway: the Litestar app around the runtime service and the read model.
 
 The app's lifespan opens the database and migrates it, then starts the runtime service,
 which catches the read model up from its stored positions and starts the durable
@@ -37,7 +37,7 @@ from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.board import board_router
 from aether_gateway.api.idempotency import IdempotencyMiddleware
 from aether_gateway.api.schema import StrictStructSchema
-from aether_gateway.config import GatewaySettings
+from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
 from aether_gateway.recovery import ReadModelWatch
@@ -54,10 +54,10 @@ VERSION = "0.2.0"
 class Gateway:
     """The wired parts of one gateway process."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, db: Database, oidc: OidcVerifier | None) -> None:
         self.settings = settings
-        self.service = Service("gateway", settings.runtime, transient_errors=DATABASE_ERRORS)
-        self.db = Database(settings.database_url, max_size=settings.db_pool_max_size)
+        self.service = Service(SERVICE_NAME, settings.runtime, transient_errors=DATABASE_ERRORS)
+        self.db = db
         self.read_model = ReadModel(self.db, consumer=CONSUMER)
         self.projector = Projector(self.read_model)
         telemetry = ConsumerSpec(
@@ -81,11 +81,7 @@ class Gateway:
         service_at_zero(self.service.name, [ALL_MISSION_EVENTS, ALL_TELEMETRY])
         self.hub = Hub(ring_size=settings.sse_ring_size, max_queue=settings.sse_queue_size)
         self.tokens = TokenStore(self.db)
-        self.oidc = (
-            OidcVerifier(settings.oidc, public_url=settings.base_url)
-            if settings.oidc is not None
-            else None
-        )
+        self.oidc = oidc
         self.authenticator = Authenticator(
             self.tokens, admin_token=settings.admin_token, oidc=self.oidc
         )
@@ -204,9 +200,8 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_app(settings: GatewaySettings | None = None) -> Litestar:
-    """The gateway's ASGI app, configured from ``settings`` (or the environment)."""
-    gateway = Gateway(settings or GatewaySettings.from_env())
+def create_app(gateway: Gateway) -> Litestar:
+    """The ASGI app serving ``gateway`` (``bootstrap`` builds it)."""
     open_route = {"exclude_from_auth": True}
 
     @get("/healthz", include_in_schema=False, sync_to_thread=False, opt=open_route)

@@ -4,7 +4,7 @@ It prepares integration branches, gives each task attempt a branch and a linked 
 at the integration head, and merges finished tasks one at a time.
 """
 
-from aether_git_broker.app import build_broker, build_service
+from aether_git_broker.bootstrap import bootstrap
 from aether_git_broker.config import GitBrokerSettings
 
-__all__ = ["GitBrokerSettings", "build_broker", "build_service"]
+__all__ = ["GitBrokerSettings", "bootstrap"]

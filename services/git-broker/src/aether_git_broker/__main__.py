@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aether_git_broker.app import build_service
+from aether_git_broker.bootstrap import bootstrap
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
 from aether_runtime import configure_logging, serve
 
@@ -10,7 +10,7 @@ from aether_runtime import configure_logging, serve
 def main() -> None:
     settings = GitBrokerSettings.from_env()
     configure_logging(SERVICE_NAME, settings.runtime.log_level)
-    serve(build_service(settings))
+    serve(bootstrap(settings).service)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Wiring: the runtime ``Service`` with the broker's projection, adapters and consumer."""
+"""Wiring: the runtime ``Service`` with the broker's projection, handlers and consumer."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aether_git_broker.adapters.smarthttp import (
     PushTokens,
     Served,
 )
-from aether_git_broker.adapters.verify import Verifier, verification_sandbox
+from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
 from aether_git_broker.domain import FOLDED, BrokerState, evolve, pending
 from aether_git_broker.handlers import Handlers
@@ -37,7 +37,18 @@ class GitBroker:
     http: GitHttpServer | None
 
 
-def build_broker(settings: GitBrokerSettings) -> GitBroker:
+@dataclass
+class Adapters:
+    """The broker's real parts, built by ``bootstrap`` from the settings."""
+
+    git: GitRepositories
+    remotes: Remotes
+    verifier: Verifier
+    # Signs each attempt's push token when repositories are served over smart HTTP.
+    push_tokens: PushTokens | None
+
+
+def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
     """The git broker: one durable consumer on every mission event, one event at a time.
 
     A single worker is the point: the broker is the only writer of the repositories, and
@@ -46,18 +57,12 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
     """
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[BrokerState] = Projection(BrokerState(), evolve)
-    git = GitRepositories(
-        identity=settings.identity,
-        max_listed_files=settings.max_listed_files,
-        worktrees_dir=str(settings.worktrees_dir),
-        pool_capacity=settings.worktree_pool,
-    )
+    git, tokens = adapters.git, adapters.push_tokens
     naming = settings.naming
-    remotes = Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds)
     # What the gateway reads through the broker (task diffs, default branches).
-    service.routes.update(ReadApi(settings.read_token, settings.repository_roots, remotes).routes())
-    # Serving repositories over smart HTTP: each attempt gets a push token of its own.
-    tokens = PushTokens(settings.git_token) if settings.git_http_port is not None else None
+    service.routes.update(
+        ReadApi(settings.read_token, settings.repository_roots, adapters.remotes).routes()
+    )
     handlers = Handlers(
         projection,
         git,
@@ -65,8 +70,8 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
         publisher=lambda: service.publisher,
         keepalive_seconds=settings.ack_wait_seconds / 3,
         policy=settings.policy,
-        remotes=remotes,
-        verifier=Verifier(timeout=settings.verify_timeout_seconds, sandbox=verification_sandbox()),
+        remotes=adapters.remotes,
+        verifier=adapters.verifier,
         push_tokens=tokens,
     )
 
@@ -98,7 +103,7 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
     service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
 
     http = None
-    if settings.git_http_port is not None:
+    if settings.git_http_port is not None and tokens is not None:
 
         def served(attempt: Attempt) -> Served | None:
             view = projection.state.mission(attempt.mission_id)
@@ -119,7 +124,6 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
                 task_branch=branch,
             )
 
-        assert tokens is not None
         http = GitHttpServer(
             GitHttpApp(served, tokens),
             settings.git_http_host or settings.runtime.host,
@@ -138,8 +142,3 @@ def build_broker(settings: GitBrokerSettings) -> GitBroker:
     service.on_started.append(start_http)
     service.on_stopping.append(stop)
     return GitBroker(service=service, handlers=handlers, git=git, http=http)
-
-
-def build_service(settings: GitBrokerSettings) -> Service:
-    """The git broker's runtime service (see ``build_broker``)."""
-    return build_broker(settings).service

@@ -1,13 +1,14 @@
 """``python -m aether_planner``."""
 
-from aether_planner.app import DEFAULT_PORT, build
-from aether_runtime import RuntimeSettings, configure_logging, serve
+from aether_planner.bootstrap import bootstrap
+from aether_planner.config import SERVICE_NAME, PlannerSettings
+from aether_runtime import configure_logging, serve
 
 
 def main() -> None:
-    settings = RuntimeSettings.from_env(DEFAULT_PORT)
-    configure_logging("planner", settings.log_level)
-    serve(build(settings))
+    settings = PlannerSettings.from_env()
+    configure_logging(SERVICE_NAME, settings.runtime.log_level)
+    serve(bootstrap(settings).service)
 
 
 if __name__ == "__main__":

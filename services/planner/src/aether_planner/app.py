@@ -1,44 +1,44 @@
-"""Wiring the planner."""
+"""Wiring the planner: one ordered consumer of the events it folds."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS, TIERS, as_tier, type_subject
-from aether_llm import LLMSettings, make_client
+from aether_events import ALL_MISSION_EVENTS, type_subject
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import PlannerModel
+from aether_planner.config import SERVICE_NAME, PlannerSettings
 from aether_planner.domain import FOLDED, State, evolve, pending
 from aether_planner.handlers import Handlers
-from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
 
-DEFAULT_PORT = 8102
+
+@dataclass
+class Planner:
+    """The service and the parts tests look at."""
+
+    service: Service
+    handlers: Handlers
 
 
-def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = None) -> Service:
-    settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
-    llm = llm or LLMSettings.from_env()
-    service = Service(name="planner", settings=settings)
+def wire(settings: PlannerSettings, model: PlannerModel) -> Planner:
+    """The planner's consumer around ``model`` (``bootstrap`` builds it)."""
+    service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[State] = Projection(State(), evolve)
-    model = PlannerModel(make_client(llm))
-    named = os.environ.get("AETHER_PLANNER_TIER", "complex")
-    tier = as_tier(named)
-    if tier is None:
-        raise ValueError(f"AETHER_PLANNER_TIER must be one of {', '.join(TIERS)}, not {named!r}")
     handlers = Handlers(
         projection,
         lambda: service.publisher,
         model,
-        llm,
-        tier=tier,
-        context_tokens=int(os.environ.get("AETHER_PLANNER_CONTEXT_TOKENS", "24000")),
+        settings.llm,
+        tier=settings.tier,
+        context_tokens=settings.context_tokens,
     )
 
     async def rebuild(js: JetStreamContext) -> int:
-        model.journal = await CallJournal.open(js, settings.stream_replicas)
+        model.journal = await CallJournal.open(js, settings.runtime.stream_replicas)
         return await projection.rebuild(js, "planner", due=pending, types=FOLDED)
 
     service.rebuild_with(rebuild)
@@ -49,7 +49,7 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
             subject=ALL_MISSION_EVENTS,
             types=FOLDED,
             handler=handlers.handle,
-            hand_offs=int(os.environ.get("AETHER_PLANNER_CONCURRENCY", "32")),
+            hand_offs=settings.concurrency,
             # One event at a time, in stream order: a trigger must never be looked at
             # before the events it follows (a prepared repository before its request).
             # A trigger's model call is released from the consumer (hand_offs), so
@@ -61,4 +61,4 @@ def build(settings: RuntimeSettings | None = None, llm: LLMSettings | None = Non
         )
     )
     service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
-    return service
+    return Planner(service=service, handlers=handlers)

@@ -1,14 +1,14 @@
 """``python -m aether_scheduler``."""
 
 from aether_runtime import configure_logging, serve
-from aether_runtime.settings import RuntimeSettings
-from aether_scheduler.app import DEFAULT_PORT, build
+from aether_scheduler.bootstrap import bootstrap
+from aether_scheduler.config import SERVICE_NAME, SchedulerSettings
 
 
 def main() -> None:
-    settings = RuntimeSettings.from_env(DEFAULT_PORT)
-    configure_logging("scheduler", settings.log_level)
-    serve(build(settings))
+    settings = SchedulerSettings.from_env()
+    configure_logging(SERVICE_NAME, settings.runtime.log_level)
+    serve(bootstrap(settings).service)
 
 
 if __name__ == "__main__":

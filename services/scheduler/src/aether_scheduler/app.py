@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
@@ -14,21 +15,27 @@ from aether_events import (
     Event,
     replay,
 )
-from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
 from aether_scheduler import metrics
-from aether_scheduler.config import config_from_env
+from aether_scheduler.config import SERVICE_NAME, SchedulerSettings
 from aether_scheduler.domain import Config, State, evolve
 from aether_scheduler.handlers import Handlers
 
-DEFAULT_PORT = 8101
+
+@dataclass
+class Scheduler:
+    """The service and the parts tests look at."""
+
+    service: Service
+    handlers: Handlers
 
 
-def build(settings: RuntimeSettings | None = None, config: Config | None = None) -> Service:
-    settings = settings or RuntimeSettings.from_env(DEFAULT_PORT)
-    service = Service(name="scheduler", settings=settings)
+def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
+    """The scheduler's consumers and timers around ``config`` (``bootstrap`` builds it)."""
+    service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[State] = Projection(State(), evolve)
-    handlers = Handlers(projection, lambda: service.publisher, config or config_from_env())
+    handlers = Handlers(projection, lambda: service.publisher, config)
     metrics.register(lambda: projection.state)
 
     async def rebuild(js: JetStreamContext) -> int:
@@ -73,4 +80,4 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
         )
     )
     service_at_zero(service.name, [ALL_MISSION_EVENTS, ALL_TELEMETRY])
-    return service
+    return Scheduler(service=service, handlers=handlers)

@@ -1,40 +1,59 @@
-"""Scheduler settings from the environment."""
+"""The scheduler's settings, read from the environment.
+
+The defaults are the domain's own (``Config``), so each is written once.
+"""
 
 from __future__ import annotations
 
-import os
+from typing import ClassVar
 
-from aether_events import TIERS
-from aether_events.estimates import tier_estimates
-from aether_llm import LLMSettings, load_prices
+import msgspec
+
+from aether_llm import LLMSettings
+from aether_runtime.settings import ENV, RuntimeSettings, ServiceSettings, setting
 from aether_scheduler.domain import Config
 
-
-def _optional_float(name: str) -> float | None:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else None
+SERVICE_NAME = "scheduler"
 
 
-def config_from_env() -> Config:
-    llm = LLMSettings.from_env()
-    models: dict[str, str] = {tier: llm.model_for(tier) for tier in TIERS}
-    prices = load_prices()
-    # A free model (the offline one) reserves nothing.
-    free = []
-    for tier in TIERS:
-        price = prices.price_of(models[tier])
-        if price is not None and price.input == price.output == 0:
-            free.append(tier)
-    estimates = tier_estimates(free)
-    return Config(
-        tier_models=models,
-        max_attempts=int(os.environ.get("AETHER_MAX_ATTEMPTS", "3")),
-        global_concurrency=int(os.environ.get("AETHER_GLOBAL_CONCURRENCY", "64")),
-        estimate_usd=estimates,
-        retry_base_seconds=float(os.environ.get("AETHER_RETRY_BASE_SECONDS", "5")),
-        retry_max_seconds=float(os.environ.get("AETHER_RETRY_MAX_SECONDS", "300")),
-        heartbeat_timeout_seconds=float(os.environ.get("AETHER_HEARTBEAT_TIMEOUT_SECONDS", "120")),
-        daily_budget_usd=_optional_float("AETHER_DAILY_BUDGET_USD"),
-        monthly_budget_usd=_optional_float("AETHER_MONTHLY_BUDGET_USD"),
-        warn_fraction=float(os.environ.get("AETHER_BUDGET_WARN_FRACTION", "0.8")),
+class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
+    """How the scheduler runs missions; ``llm`` says which model each tier uses."""
+
+    DEFAULT_PORT: ClassVar[int] = 8101
+
+    max_attempts: int = setting("AETHER_MAX_ATTEMPTS", Config.max_attempts)
+    global_concurrency: int = setting("AETHER_GLOBAL_CONCURRENCY", Config.global_concurrency)
+    retry_base_seconds: float = setting("AETHER_RETRY_BASE_SECONDS", Config.retry_base_seconds)
+    retry_max_seconds: float = setting("AETHER_RETRY_MAX_SECONDS", Config.retry_max_seconds)
+    heartbeat_timeout_seconds: float = setting(
+        "AETHER_HEARTBEAT_TIMEOUT_SECONDS", Config.heartbeat_timeout_seconds
     )
+    daily_budget_usd: float | None = setting("AETHER_DAILY_BUDGET_USD", Config.daily_budget_usd)
+    monthly_budget_usd: float | None = setting(
+        "AETHER_MONTHLY_BUDGET_USD", Config.monthly_budget_usd
+    )
+    warn_fraction: float = setting("AETHER_BUDGET_WARN_FRACTION", Config.warn_fraction)
+    llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
+
+    @classmethod
+    def from_env(cls, env: ENV | None = None) -> SchedulerSettings:
+        return cls.load(
+            env,
+            runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env),
+            llm=LLMSettings.from_env(env),
+        )
+
+    def config(self, tier_models: dict[str, str], estimate_usd: dict[str, float]) -> Config:
+        """The domain's configuration, with the models and estimates of each tier."""
+        return Config(
+            tier_models=tier_models,
+            max_attempts=self.max_attempts,
+            global_concurrency=self.global_concurrency,
+            estimate_usd=estimate_usd,
+            retry_base_seconds=self.retry_base_seconds,
+            retry_max_seconds=self.retry_max_seconds,
+            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
+            daily_budget_usd=self.daily_budget_usd,
+            monthly_budget_usd=self.monthly_budget_usd,
+            warn_fraction=self.warn_fraction,
+        )

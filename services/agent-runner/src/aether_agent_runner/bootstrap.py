@@ -1,0 +1,74 @@
+"""The one place the agent runner's real parts are built from its settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+
+from aether_agent_runner.app import Adapters, AgentRunner, wire
+from aether_agent_runner.config import AgentSettings, RunnerSettings
+from aether_agent_runner.runtimes.registry import runtimes
+from aether_events import new_event_id
+from aether_llm import make_client
+from aether_sandbox import (
+    Sandbox,
+    SandboxUnavailable,
+    enforcement,
+    mark_logs_unconfined,
+    open_sandbox,
+)
+
+log = logging.getLogger("aether.agent-runner")
+
+
+def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
+    """The agent runner from ``settings`` (default: the environment): the model client
+    and the runtimes around it, and the sandbox its agents' commands run in."""
+    settings = settings or RunnerSettings.from_env()
+    agent = settings.agent
+    adapters = Adapters(
+        runtimes=runtimes(
+            make_client(settings.llm),
+            agent.max_output_tokens,
+            agent.claude_code_cli,
+            agent.command_runtimes,
+        ),
+        sandbox=confinement(agent),
+        runner_id=runner_id(),
+        clock=_now,
+    )
+    return wire(settings, adapters)
+
+
+def runner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{new_event_id()[:6]}"
+
+
+def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
+    """The sandbox the agents' commands run in, or why none can (then they are refused)."""
+    try:
+        sandbox = open_sandbox(agent.sandbox)
+    except SandboxUnavailable as error:
+        log.error("no sandbox can start: run_command will be refused", extra={"reason": str(error)})
+        return error
+    if not sandbox.confined:
+        mark_logs_unconfined()
+        log.warning("agent commands run UNCONFINED, as the runner's own user (AETHER_SANDBOX)")
+    else:
+        log.info(
+            "agent commands run in a sandbox",
+            extra={
+                "sandbox": sandbox.name,
+                "network": agent.sandbox.network,
+                "egress": ",".join(agent.sandbox.egress) or None,
+                "warm": agent.sandbox.warm,
+                **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
+            },
+        )
+    return sandbox
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
