@@ -30,6 +30,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
+from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.adapters.git import (
     CommitLimits,
     CommitRefused,
@@ -39,11 +40,10 @@ from aether_agent_runner.adapters.git import (
     commit_all,
     reset_to,
 )
-from aether_agent_runner.attempt import Attempts
+from aether_agent_runner.adapters.search import search
+from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.runtimes.registry import runtimes
-from aether_agent_runner.search import search
-from aether_agent_runner.workspace import ToolError, Workspace
 from aether_events import (
     AgentFailed,
     Event,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from aether_agent_runner.adapters.conversation import Conversation, identity, tool_result
 from aether_agent_runner.config import DEFAULT_COMMANDS, AgentSettings
-from aether_agent_runner.conversation import Conversation, identity, tool_result
 from aether_agent_runner.domain import (
     Limits,
     State,
@@ -245,7 +245,7 @@ def test_a_workspace_announced_after_its_attempt_ended_is_not_owed() -> None:
 def test_agent_started_says_what_commands_run_in(
     settings: AgentSettings, sandbox: Any, reported: str | None
 ) -> None:
-    from aether_agent_runner.attempt import Attempts
+    from aether_agent_runner.adapters.attempt import Attempts
     from aether_sandbox import Bubblewrap
 
     if sandbox == "bubblewrap-instance":

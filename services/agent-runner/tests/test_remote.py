@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from aether_agent_runner.attempt import Attempts
+from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import (

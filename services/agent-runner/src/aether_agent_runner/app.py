@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
+from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.adapters.bus import (
     CONTROL_TYPES,
     ensure_work_consumer,
     follow_control_events,
 )
-from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers

@@ -10,9 +10,9 @@ from pathlib import Path
 import msgspec
 
 from aether_agent_runner.adapters.git import CommitLimits
+from aether_agent_runner.adapters.transcript import TranscriptSettings, check_patterns
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
-from aether_agent_runner.transcript import TranscriptSettings, check_patterns
 from aether_sandbox import SandboxSettings
 
 # Programs the agent may run *unconfined* when AETHER_AGENT_COMMANDS is not set:

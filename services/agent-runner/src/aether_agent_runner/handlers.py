@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aether_agent_runner import metrics
-from aether_agent_runner.attempt import AttemptBusy, Attempts, failed
+from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts, failed
 from aether_agent_runner.domain import Attempt, State, StopOrder, stop_order, why_not_run
 from aether_events import (
     AgentHeartbeat,

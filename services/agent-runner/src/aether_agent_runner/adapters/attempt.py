@@ -24,6 +24,8 @@ import msgspec
 from dulwich.repo import Repo
 
 from aether_agent_runner import metrics
+from aether_agent_runner.adapters.commands import CommandPolicy
+from aether_agent_runner.adapters.conversation import Conversation, identity
 from aether_agent_runner.adapters.git import (
     CommitRefused,
     GitDir,
@@ -34,11 +36,18 @@ from aether_agent_runner.adapters.git import (
     own_commit,
 )
 from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
+from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.remote import Broker, RemoteError, prepare_clone
-from aether_agent_runner.agent import Outcome, Progress
-from aether_agent_runner.commands import CommandPolicy
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.transcript import (
+    DEFAULT_PATTERNS,
+    Redactor,
+    Transcript,
+    next_run,
+    secrets_in,
+)
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_agent_runner.config import AgentSettings
-from aether_agent_runner.conversation import Conversation, identity
 from aether_agent_runner.runtimes import (
     BUILTIN,
     Job,
@@ -48,15 +57,6 @@ from aether_agent_runner.runtimes import (
 )
 from aether_agent_runner.runtimes.roles import RoleMissing, find_role
 from aether_agent_runner.runtimes.session import earlier_run
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.transcript import (
-    DEFAULT_PATTERNS,
-    Redactor,
-    Transcript,
-    next_run,
-    secrets_in,
-)
-from aether_agent_runner.workspace import Workspace
 from aether_events import (
     AgentCompleted,
     AgentFailed,

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from aether_agent_runner.commands import is_secret_name
+from aether_agent_runner.adapters.commands import is_secret_name
 from aether_events import (
     EventPublisher,
     TranscriptKind,
