@@ -12,7 +12,14 @@ from typing import Any
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts, failed
-from aether_agent_runner.domain import Attempt, State, StopOrder, stop_order, why_not_run
+from aether_agent_runner.domain import (
+    Attempt,
+    State,
+    StopOrder,
+    settled,
+    stop_order,
+    why_not_run,
+)
 from aether_events import (
     AgentHeartbeat,
     Event,
@@ -101,7 +108,7 @@ class Handlers:
         result = await self._run(event, attempt, delivery)
         if result is None:
             return
-        if attempt in self.projection.state.settled:
+        if settled(self.projection.state, attempt):
             log.warning("the attempt was reported elsewhere meanwhile; not reporting it again")
             return
         ack = await self._publisher().publish(result)
