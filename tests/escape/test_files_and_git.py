@@ -442,7 +442,6 @@ async def test_an_attempt_over_the_commit_limits_fails_with_the_reason(
                 make_client(LLMSettings(api_key="k", base_url=server.url, max_retries=0))
             ),
             settings=AgentSettings(progress_seconds=0.0, commit_max_blob_bytes=1000),
-            publisher=lambda: publisher,
             runner_id="escape",
             clock=lambda: datetime.now(UTC),
         )
@@ -456,7 +455,7 @@ async def test_an_attempt_over_the_commit_limits_fails_with_the_reason(
             base_sha=linked.base,
             git_dir=str(linked.admin),
         )
-        result = await attempts.work(ready)
+        result = await attempts.work(ready, publisher.publish)
     finally:
         server.stop()
 

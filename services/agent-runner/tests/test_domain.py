@@ -253,7 +253,6 @@ def test_agent_started_says_what_commands_run_in(
     attempts = Attempts(
         runtimes=lambda name: None,  # type: ignore[arg-type,return-value]
         settings=settings,
-        publisher=lambda: None,  # type: ignore[arg-type,return-value]
         runner_id="r",
         clock=lambda: datetime.now(UTC),
         sandbox=sandbox,

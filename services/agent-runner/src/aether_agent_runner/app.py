@@ -84,7 +84,6 @@ def wire(
             agent.command_runtimes,
         ),
         settings=agent,
-        publisher=lambda: service.publisher,
         runner_id=runner_id(),
         clock=_now,
         tiers=dict(llm.tiers),
