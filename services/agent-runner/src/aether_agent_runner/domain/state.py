@@ -4,8 +4,8 @@ may run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from aether_agent_runner.domain.frozenmap import FrozenMap
@@ -64,58 +64,34 @@ def evolve(state: State, event: Event) -> State:
     """The state after ``event`` (pure: ``state`` is not changed)."""
     match event:
         case WorkspaceReady():
-            attempt = (event.mission_id, event.task.id, event.attempt)
-            mission = state.mission(event.mission_id)
+            m = state.mission(event.mission_id)
             own = (event.task.id, event.attempt)
-            if why_not_run(state, attempt) is not None or mission.ready.get(own) == event.event_id:
+            if _why_not(m, own) is not None or m.ready.get(own) == event.event_id:
                 return state
-            ready = _frozen({**mission.ready, own: event.event_id})
-            return _with(state, event.mission_id, replace(mission, ready=ready))
+            ready = _frozen({**m.ready, own: event.event_id})
+            changed = Mission(m.ended, m.settled, m.abandoned, m.skipped_tasks, ready)
         case AgentCompleted() | AgentFailed():
-            mission = state.mission(event.mission_id)
+            m = state.mission(event.mission_id)
             own = (event.task_id, event.attempt)
-            return _with(
-                state,
-                event.mission_id,
-                replace(
-                    mission,
-                    settled=mission.settled | {own},
-                    ready=_without(mission.ready, lambda a: a == own),
-                ),
-            )
+            ready = _without(m.ready, own)
+            changed = Mission(m.ended, m.settled | {own}, m.abandoned, m.skipped_tasks, ready)
         case TaskTimedOut():
-            mission = state.mission(event.mission_id)
+            m = state.mission(event.mission_id)
             own = (event.task_id, event.attempt)
-            return _with(
-                state,
-                event.mission_id,
-                replace(
-                    mission,
-                    abandoned=mission.abandoned | {own},
-                    ready=_without(mission.ready, lambda a: a == own),
-                ),
-            )
+            ready = _without(m.ready, own)
+            changed = Mission(m.ended, m.settled, m.abandoned | {own}, m.skipped_tasks, ready)
         case TaskSkipped():
-            mission = state.mission(event.mission_id)
+            m = state.mission(event.mission_id)
             task_id = event.task_id
-            return _with(
-                state,
-                event.mission_id,
-                replace(
-                    mission,
-                    skipped_tasks=mission.skipped_tasks | {task_id},
-                    ready=_without(mission.ready, lambda a: a[0] == task_id),
-                ),
-            )
+            ready = _frozen({a: e for a, e in m.ready.items() if a[0] != task_id})
+            skipped = m.skipped_tasks | {task_id}
+            changed = Mission(m.ended, m.settled, m.abandoned, skipped, ready)
         case _ if is_terminal(event):
-            mission = state.mission(event.mission_id)
-            ended = replace(mission, ended=True, ready=_frozen({}))
-            return _with(state, event.mission_id, ended)
-    return state
-
-
-def _with(state: State, mission_id: str, mission: Mission) -> State:
-    return replace(state, missions=state.missions.set(mission_id, mission))
+            m = state.mission(event.mission_id)
+            changed = Mission(True, m.settled, m.abandoned, m.skipped_tasks, _frozen({}))
+        case _:
+            return state
+    return State(state.missions.set(event.mission_id, changed))
 
 
 def _frozen(ready: dict[tuple[str, int], str]) -> Mapping[tuple[str, int], str]:
@@ -123,25 +99,28 @@ def _frozen(ready: dict[tuple[str, int], str]) -> Mapping[tuple[str, int], str]:
 
 
 def _without(
-    ready: Mapping[tuple[str, int], str], gone: Callable[[tuple[str, int]], bool]
+    ready: Mapping[tuple[str, int], str], attempt: tuple[str, int]
 ) -> Mapping[tuple[str, int], str]:
-    """``ready`` without the attempts ``gone`` names (the same mapping when there are none)."""
-    if not any(gone(attempt) for attempt in ready):
+    """``ready`` without ``attempt`` (the same mapping when it is not there)."""
+    if attempt not in ready:
         return ready
-    return _frozen({attempt: event_id for attempt, event_id in ready.items() if not gone(attempt)})
+    return _frozen({a: event_id for a, event_id in ready.items() if a != attempt})
 
 
 def why_not_run(state: State, attempt: Attempt) -> str | None:
     """Why an attempt must not (or need not) run, or ``None`` when it should."""
     mission_id, task_id, number = attempt
-    mission = state.mission(mission_id)
+    return _why_not(state.mission(mission_id), (task_id, number))
+
+
+def _why_not(mission: Mission, attempt: tuple[str, int]) -> str | None:
     if mission.ended:
         return "the mission is over"
-    if (task_id, number) in mission.settled:
+    if attempt in mission.settled:
         return "the attempt already has a result"
-    if (task_id, number) in mission.abandoned:
+    if attempt in mission.abandoned:
         return "the scheduler timed the attempt out"
-    if task_id in mission.skipped_tasks:
+    if attempt[0] in mission.skipped_tasks:
         return "the task was skipped"
     return None
 
