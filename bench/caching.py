@@ -5,7 +5,7 @@ Everything goes through the real anthropic SDK to the local Messages API server 
 prefix-cache accounting (``aether_llm.prompt_cache``: Anthropic's documented rules, with
 token counts approximated at four characters a token).
 
-- Agent loop: the real tool-use loop (``aether_agent_runner.agent.Agent``) on a scratch
+- Agent loop: the real tool-use loop (``aether_agent_runner.adapters.model.Agent``) on a scratch
   repository, a scripted ten-turn task (look around, read, edit, check, finish) in two
   shapes: *narrow*, one tool call a turn, and *wide*, whose second turn reads twelve files
   at once (25 new blocks, past the API's 20-block look-back). Each runs with the
@@ -41,18 +41,18 @@ from typing import Any
 
 import anthropic
 
+from aether_agent_runner.adapters.conversation import Conversation, identity
 from aether_agent_runner.adapters.journal import Journal
-from aether_agent_runner.agent import Agent, Breakpoints, cache_breakpoints
-from aether_agent_runner.conversation import Conversation, identity
+from aether_agent_runner.adapters.model import Agent, Breakpoints, cache_breakpoints
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_agent_runner.domain import Limits
-from aether_agent_runner.prompt import SYSTEM, repository_map
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map
 from aether_events import Usage
 from aether_llm import MessagesServer, PromptCache, Reply, load_prices, text_block, tool_use_block
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_PATH = "services/agent-runner/src/aether_agent_runner/agent.py"
+AGENT_PATH = "services/agent-runner/src/aether_agent_runner/adapters/model.py"
 PLANNER_PATH = "services/planner/src/aether_planner/adapters/model.py"
 TURNS = 10
 

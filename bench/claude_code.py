@@ -26,16 +26,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aether_agent_runner.adapters.conversation import identity
 from aether_agent_runner.adapters.git import GitDir
 from aether_agent_runner.adapters.journal import Journal, state_dir
-from aether_agent_runner.agent import Progress
-from aether_agent_runner.conversation import identity
+from aether_agent_runner.adapters.model import Progress
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes import Job, Runtime
 from aether_agent_runner.runtimes.builtin import BuiltinRuntime
 from aether_agent_runner.runtimes.claude_code import ClaudeCodeRuntime
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import Workspace
 from aether_events import PlannedTask, Usage, WorkspaceReady
 from aether_llm import LLMSettings, MessagesServer, Reply, make_client, text_block, tool_use_block
 

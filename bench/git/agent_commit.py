@@ -29,7 +29,7 @@ from dulwich import porcelain
 from dulwich.repo import Repo
 
 from aether_agent_runner.adapters.git import GitDir, commit_all
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.adapters.workspace import Workspace
 
 ENV = {
     **os.environ,

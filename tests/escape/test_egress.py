@@ -24,9 +24,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from aether_agent_runner.commands import CommandPolicy
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.adapters.commands import CommandPolicy
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_sandbox import SandboxSettings, open_sandbox
 
 pytestmark = pytest.mark.skipif(

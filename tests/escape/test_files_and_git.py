@@ -30,6 +30,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
+from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.adapters.git import (
     CommitLimits,
     CommitRefused,
@@ -39,11 +40,10 @@ from aether_agent_runner.adapters.git import (
     commit_all,
     reset_to,
 )
-from aether_agent_runner.attempt import Attempts
+from aether_agent_runner.adapters.search import search
+from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.runtimes.registry import runtimes
-from aether_agent_runner.search import search
-from aether_agent_runner.workspace import ToolError, Workspace
 from aether_events import (
     AgentFailed,
     Event,
@@ -442,7 +442,6 @@ async def test_an_attempt_over_the_commit_limits_fails_with_the_reason(
                 make_client(LLMSettings(api_key="k", base_url=server.url, max_retries=0))
             ),
             settings=AgentSettings(progress_seconds=0.0, commit_max_blob_bytes=1000),
-            publisher=lambda: publisher,
             runner_id="escape",
             clock=lambda: datetime.now(UTC),
         )
@@ -456,7 +455,7 @@ async def test_an_attempt_over_the_commit_limits_fails_with_the_reason(
             base_sha=linked.base,
             git_dir=str(linked.admin),
         )
-        result = await attempts.work(ready)
+        result = await attempts.work(ready, publisher.publish)
     finally:
         server.stop()
 

@@ -29,9 +29,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from aether_agent_runner.commands import CommandPolicy
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.adapters.commands import CommandPolicy
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_sandbox import MIB, Limits, SandboxSettings, WarmSandbox, open_sandbox
 
 pytestmark = pytest.mark.skipif(

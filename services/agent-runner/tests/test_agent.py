@@ -11,15 +11,15 @@ from typing import Any
 import anthropic
 import pytest
 
+from aether_agent_runner.adapters.commands import CommandPolicy
+from aether_agent_runner.adapters.conversation import Conversation, identity
 from aether_agent_runner.adapters.git import changed_paths
 from aether_agent_runner.adapters.journal import Journal, state_dir
-from aether_agent_runner.agent import Agent, Outcome, Progress
-from aether_agent_runner.commands import CommandPolicy
-from aether_agent_runner.conversation import Conversation, identity
+from aether_agent_runner.adapters.model import Agent, Outcome, Progress
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_agent_runner.domain import Limits
-from aether_agent_runner.prompt import SYSTEM
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.runtimes.prompt import SYSTEM
 from aether_events import Usage
 from aether_llm import Reply, text_block
 
@@ -286,7 +286,7 @@ async def test_a_resumed_conversation_repeats_no_finished_step(
 
 
 def test_progress_after_a_model_reply_names_the_tools_and_files_it_asks_for():
-    from aether_agent_runner.agent import reply_action
+    from aether_agent_runner.adapters.model import reply_action
 
     content = [
         {"type": "text", "text": "I will write it."},

@@ -10,14 +10,14 @@ from typing import Any
 
 import anthropic
 
+from aether_agent_runner.adapters.conversation import Conversation, identity
 from aether_agent_runner.adapters.git import changed_paths
 from aether_agent_runner.adapters.journal import Journal, state_dir
-from aether_agent_runner.agent import Agent, Breakpoints, Outcome, cache_breakpoints
-from aether_agent_runner.conversation import Conversation, identity
+from aether_agent_runner.adapters.model import Agent, Breakpoints, Outcome, cache_breakpoints
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_agent_runner.domain import Limits
-from aether_agent_runner.prompt import SYSTEM, repository_map, task_prompt
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map, task_prompt
 from aether_events import Usage
 from aether_llm import MessagesServer, PromptCache, Reply, text_block, tool_use_block
 

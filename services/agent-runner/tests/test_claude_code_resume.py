@@ -17,7 +17,7 @@ import pytest
 
 from aether.stack import Stack
 from aether_agent_runner.adapters.journal import DIRECTORY
-from aether_agent_runner.transcript import RUN_STRIDE
+from aether_agent_runner.adapters.transcript import RUN_STRIDE
 from aether_events import (
     AgentCompleted,
     AgentProgress,

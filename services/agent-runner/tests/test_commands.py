@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from aether_agent_runner.adapters.git import changed_paths
-from aether_agent_runner.commands import (
+from aether_agent_runner.adapters.commands import (
     CommandPolicy,
     command_env,
     is_secret_name,
     parse_command,
     run_command,
 )
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import ToolError, Workspace
+from aether_agent_runner.adapters.git import changed_paths
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_sandbox import SandboxSettings, Unconfined
 
 # The tests that follow a command's processes by their host pid run unconfined: inside

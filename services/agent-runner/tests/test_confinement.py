@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from aether_agent_runner.search import search
-from aether_agent_runner.workspace import ToolError, Workspace
+from aether_agent_runner.adapters.search import search
+from aether_agent_runner.adapters.workspace import ToolError, Workspace
 
 
 def plant(root: Path, worktree: Path) -> Path:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from aether_agent_runner.adapters.conversation import Conversation, identity, tool_result
 from aether_agent_runner.config import DEFAULT_COMMANDS, AgentSettings
-from aether_agent_runner.conversation import Conversation, identity, tool_result
 from aether_agent_runner.domain import (
     Limits,
     State,
@@ -245,7 +245,7 @@ def test_a_workspace_announced_after_its_attempt_ended_is_not_owed() -> None:
 def test_agent_started_says_what_commands_run_in(
     settings: AgentSettings, sandbox: Any, reported: str | None
 ) -> None:
-    from aether_agent_runner.attempt import Attempts
+    from aether_agent_runner.adapters.attempt import Attempts
     from aether_sandbox import Bubblewrap
 
     if sandbox == "bubblewrap-instance":
@@ -253,7 +253,6 @@ def test_agent_started_says_what_commands_run_in(
     attempts = Attempts(
         runtimes=lambda name: None,  # type: ignore[arg-type,return-value]
         settings=settings,
-        publisher=lambda: None,  # type: ignore[arg-type,return-value]
         runner_id="r",
         clock=lambda: datetime.now(UTC),
         sandbox=sandbox,

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from aether_agent_runner.tools import FINISH, ToolBox
-from aether_agent_runner.workspace import Workspace
+from aether_agent_runner.adapters.tools import FINISH, ToolBox
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_llm.offline import MARK, respond, split_requirement
 
 

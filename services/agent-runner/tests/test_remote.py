@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from aether_agent_runner.attempt import Attempts
+from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import (
@@ -136,12 +136,15 @@ async def remote_workspace(
     return msgspec.structs.replace(ready, worktree_path=str(elsewhere))
 
 
+def emit(nc: NatsClient) -> Any:
+    """Where the attempt's own events go: straight to the stream."""
+    return EventPublisher(nc.jetstream()).publish
+
+
 def attempts(nc: NatsClient, model: Any, settings: AgentSettings) -> Attempts:
-    publisher = EventPublisher(nc.jetstream())
     return Attempts(
         runtimes=runtimes(make_client(model.llm())),
         settings=settings,
-        publisher=lambda: publisher,
         runner_id="runner-elsewhere",
         clock=lambda: datetime.now(UTC),
     )
@@ -173,7 +176,7 @@ async def test_a_runner_elsewhere_clones_works_pushes_and_the_broker_merges_it(
     settings = AgentSettings(progress_seconds=0.0, git_url=git_url(broker), work_dir=str(clones))
     assert ready.push_token  # the attempt's own token; the runner holds none
 
-    result = await attempts(nc, scripted, settings).work(ready)
+    result = await attempts(nc, scripted, settings).work(ready, emit(nc))
 
     assert isinstance(result, AgentCompleted), result
     sha = result.commit_sha
@@ -221,12 +224,12 @@ async def test_a_restarted_runner_reports_the_commit_it_already_pushed(
         git_url=git_url(broker),
         work_dir=str(tmp_path / "clones"),
     )
-    first = await attempts(nc, scripted, settings).work(ready)
+    first = await attempts(nc, scripted, settings).work(ready, emit(nc))
     assert isinstance(first, AgentCompleted)
     calls = len(scripted.script.calls)
 
     # The report was lost with the runner; the redelivery finds the pushed commit.
-    again = await attempts(nc, scripted, settings).work(ready)
+    again = await attempts(nc, scripted, settings).work(ready, emit(nc))
 
     assert isinstance(again, AgentCompleted)
     assert again.commit_sha == first.commit_sha and again.files_changed == ["feature.py"]
@@ -250,7 +253,7 @@ async def test_a_wrong_token_fails_the_attempt_with_the_reason(
     scripted = model({"t1": [finish("nothing")]})
     settings = AgentSettings(git_url=git_url(broker), work_dir=str(tmp_path / "clones"))
 
-    result = await attempts(nc, scripted, settings).work(ready)
+    result = await attempts(nc, scripted, settings).work(ready, emit(nc))
 
     assert isinstance(result, AgentFailed), result
     assert result.retryable is False

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from aether_agent_runner.commands import CommandPolicy
-from aether_agent_runner.search import search
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.workspace import MAX_READ_CHARS, ToolError, Workspace
+from aether_agent_runner.adapters.commands import CommandPolicy
+from aether_agent_runner.adapters.search import search
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.workspace import MAX_READ_CHARS, ToolError, Workspace
 
 
 @pytest.fixture

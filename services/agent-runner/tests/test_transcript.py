@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aether_agent_runner.transcript import (
+from aether_agent_runner.adapters.transcript import (
     DEFAULT_PATTERNS,
     REDACTED,
     RecordReader,

@@ -16,12 +16,12 @@ from datetime import datetime
 
 from nats.js import JetStreamContext
 
+from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.adapters.bus import (
     CONTROL_TYPES,
     WORK_ACK_PENDING,
     follow_control_events,
 )
-from aether_agent_runner.attempt import Attempts
 from aether_agent_runner.config import SERVICE_NAME, RunnerSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
@@ -71,7 +71,6 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
     attempts = Attempts(
         runtimes=adapters.runtimes,
         settings=agent,
-        publisher=lambda: service.publisher,
         runner_id=adapters.runner_id,
         clock=adapters.clock,
         tiers=dict(llm.tiers),

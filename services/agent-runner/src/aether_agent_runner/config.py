@@ -9,9 +9,9 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from aether_agent_runner.adapters.git import CommitLimits
+from aether_agent_runner.adapters.transcript import TranscriptSettings, check_patterns
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
-from aether_agent_runner.transcript import TranscriptSettings, check_patterns
 from aether_llm import LLMSettings
 from aether_runtime.settings import (
     ENV,

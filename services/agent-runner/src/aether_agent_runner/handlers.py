@@ -1,5 +1,10 @@
 """On WorkspaceReady: run the agent while it may run, publish its result. On a mission's
-or task's end: stop the agents it concerns."""
+or task's end: stop the agents it concerns.
+
+Fold, decide (``domain``), publish: this module is where the runner's events are
+published. The attempt returns its result; what it emits while it works goes through the
+attempt's stream, opened and closed here (``adapters.stream``), and the heartbeat is
+published here too."""
 
 from __future__ import annotations
 
@@ -11,16 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aether_agent_runner import metrics
-from aether_agent_runner.attempt import AttemptBusy, Attempts, failed
-from aether_agent_runner.domain import Attempt, State, StopOrder, stop_order, why_not_run
-from aether_events import (
-    AgentHeartbeat,
-    Event,
-    EventPublisher,
-    WorkspaceReady,
-    caused_by,
-    step_ids,
-)
+from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts
+from aether_agent_runner.adapters.stream import AttemptStream
+from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
+from aether_events import Event, EventPublisher, WorkspaceReady
 from aether_runtime import Delivery, Projection, stored_sequence
 
 log = logging.getLogger("aether.agent-runner")
@@ -86,7 +85,7 @@ class Handlers:
         self.projection.apply(event, delivery.sequence)
         if not isinstance(event, WorkspaceReady):
             return
-        attempt = (event.mission_id, event.task.id, event.attempt)
+        attempt = decide.attempt_of(event)
         if delivery.redelivered and self._history is not None:
             # Another runner may have reported the attempt before it died: look at the
             # mission's own history rather than trust that our follower has caught up.
@@ -99,13 +98,13 @@ class Handlers:
         if attempt in self.running:
             raise AttemptBusy("this runner is already working the attempt")
         result = await self._run(event, attempt, delivery)
-        if result is None:
+        report = decide.result_to_report(self.projection.state, event, result)
+        if report is None:
+            if result is not None:
+                log.warning("the attempt was reported elsewhere meanwhile; not reporting it again")
             return
-        if attempt in self.projection.state.settled:
-            log.warning("the attempt was reported elsewhere meanwhile; not reporting it again")
-            return
-        ack = await self._publisher().publish(result)
-        self.projection.apply(result, stored_sequence(ack))
+        ack = await self._publisher().publish(report)
+        self.projection.apply(report, stored_sequence(ack))
 
     async def _run(
         self, ready: WorkspaceReady, attempt: Attempt, delivery: Delivery
@@ -114,27 +113,33 @@ class Handlers:
         when the order says the attempt is someone else's to report."""
         stop = self.running.register(attempt)
         metrics.AGENTS_RUNNING.inc()
-        work = asyncio.create_task(self._attempts.work(ready))
+        # The one way the attempt's own events reach the stream while it works.
+        stream = AttemptStream(self._publisher)
+        work = asyncio.create_task(self._attempts.work(ready, stream.emit))
         try:
             async with delivery.keep_alive(self._keep_alive_every), self._heartbeat(ready):
                 waiting: set[asyncio.Future[Any]] = {work, stop}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if work.done():
+                finished = work.done()
+                if not finished:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, AttemptBusy):
+                        await work
+                # Everything the attempt emitted is stored before its result is published.
+                await stream.close()
+            if finished:
                 return work.result()
             order = stop.result()
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, AttemptBusy):
-                await work
             log.info("agent stopped", extra={"reason": order.reason})
             metrics.RESULTS.labels("stopped").inc()
-            if not order.report:
-                return None
-            return failed(ready, self._clock(), f"stopped: {order.reason}", retryable=False)
+            return decide.stopped(ready, self._clock(), order)
         finally:
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
+            with contextlib.suppress(Exception):
+                await stream.close()
             self.running.unregister(attempt)
             metrics.AGENTS_RUNNING.dec()
 
@@ -168,15 +173,9 @@ class Handlers:
             while not stopped.is_set():
                 number += 1
                 runner = self._attempts.runner_id
-                step = step_ids.heartbeat(ready.task.id, ready.attempt, runner, number)
                 try:
                     await self._publisher().publish(
-                        AgentHeartbeat(
-                            **caused_by(ready, self._clock(), step),
-                            task_id=ready.task.id,
-                            attempt=ready.attempt,
-                            runner_id=runner,
-                        )
+                        decide.heartbeat(ready, self._clock(), runner, number)
                     )
                 except Exception:
                     log.warning("heartbeat not published", exc_info=True)

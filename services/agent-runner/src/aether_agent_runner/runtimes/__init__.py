@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 from aether_agent_runner.adapters.git import GitDir
 from aether_agent_runner.adapters.journal import Journal
-from aether_agent_runner.agent import Observer, Outcome
+from aether_agent_runner.adapters.model import Observer, Outcome
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.transcript import Transcript
 from aether_agent_runner.domain import Limits
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.transcript import Transcript
 from aether_events import WorkspaceReady
 from aether_llm.roles import Role
 

@@ -25,12 +25,12 @@ from typing import Any
 import acp
 from acp import schema
 
-from aether_agent_runner.agent import Outcome, Progress
+from aether_agent_runner.adapters.model import Outcome, Progress
+from aether_agent_runner.adapters.transcript import Entry, as_json
+from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.command import NOT_STARTED, CommandRuntime, _Failed, _Seen
 from aether_agent_runner.runtimes.relay import stdio_argv
-from aether_agent_runner.transcript import Entry, as_json
-from aether_agent_runner.workspace import ToolError
 from aether_events import Usage
 from aether_llm import load_prices
 from aether_sandbox import Outcome as Ran

@@ -1,4 +1,4 @@
-"""The built-in runtime: Aether's own tool-use loop (``aether_agent_runner.agent``), which
+"""The built-in runtime: Aether's own tool-use loop (``aether_agent_runner.adapters.model``), which
 journals every step and so resumes a conversation a dead runner left."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import anthropic
 from anthropic.types import TextBlockParam
 
 from aether_agent_runner import metrics
+from aether_agent_runner.adapters.conversation import Conversation
 from aether_agent_runner.adapters.git import reset_to
-from aether_agent_runner.agent import Agent, Outcome
-from aether_agent_runner.conversation import Conversation
-from aether_agent_runner.prompt import SYSTEM, repository_map, task_prompt
+from aether_agent_runner.adapters.model import Agent, Outcome
 from aether_agent_runner.runtimes import BUILTIN, Job
+from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map, task_prompt
 from aether_agent_runner.runtimes.roles import role_prompt
 
 log = logging.getLogger("aether.agent-runner")

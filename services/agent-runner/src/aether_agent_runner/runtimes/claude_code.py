@@ -44,10 +44,11 @@ import claude_agent_sdk as sdk
 import msgspec
 
 from aether_agent_runner.adapters.git import reset_to
-from aether_agent_runner.agent import Outcome, Progress
+from aether_agent_runner.adapters.model import Outcome, Progress
+from aether_agent_runner.adapters.transcript import Entry, as_json
 from aether_agent_runner.domain import limit_reached
-from aether_agent_runner.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
+from aether_agent_runner.runtimes.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import (
     Earlier,
@@ -56,7 +57,6 @@ from aether_agent_runner.runtimes.session import (
     tool_record,
     turn_record,
 )
-from aether_agent_runner.transcript import Entry, as_json
 from aether_events import ZERO_USAGE, Usage, known_cost
 from aether_llm import PriceTable, load_prices
 

@@ -30,17 +30,17 @@ from typing import Any
 
 import msgspec
 
+from aether_agent_runner.adapters.commands import CommandResult, command_env, is_secret_name
 from aether_agent_runner.adapters.git import reset_to
-from aether_agent_runner.agent import Outcome, Progress
-from aether_agent_runner.commands import CommandResult, command_env, is_secret_name
-from aether_agent_runner.prompt import repository_map, task_prompt
+from aether_agent_runner.adapters.model import Outcome, Progress
+from aether_agent_runner.adapters.tools import SANDBOX_SCRATCH
+from aether_agent_runner.adapters.transcript import Entry, OutputLines
+from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes.relay import RelayRefused, endpoint, inside_argv, serving
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.spec import CommandSpec
-from aether_agent_runner.tools import SANDBOX_SCRATCH
-from aether_agent_runner.transcript import Entry, OutputLines
-from aether_agent_runner.workspace import ToolError
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
 from aether_sandbox import Outcome as Ran

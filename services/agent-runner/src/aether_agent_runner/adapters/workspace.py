@@ -16,7 +16,14 @@ import os
 import stat
 from pathlib import Path
 
-from aether_agent_runner.safefs import Raced, Refused, Resolved, Tree, is_git_name, open_dir
+from aether_agent_runner.adapters.safefs import (
+    Raced,
+    Refused,
+    Resolved,
+    Tree,
+    is_git_name,
+    open_dir,
+)
 
 MAX_READ_CHARS = 100_000
 MAX_LIST_ENTRIES = 400

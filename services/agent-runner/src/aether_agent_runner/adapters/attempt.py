@@ -24,6 +24,8 @@ import msgspec
 from dulwich.repo import Repo
 
 from aether_agent_runner import metrics
+from aether_agent_runner.adapters.commands import CommandPolicy
+from aether_agent_runner.adapters.conversation import Conversation, identity
 from aether_agent_runner.adapters.git import (
     CommitRefused,
     GitDir,
@@ -34,11 +36,21 @@ from aether_agent_runner.adapters.git import (
     own_commit,
 )
 from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
+from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.remote import Broker, RemoteError, prepare_clone
-from aether_agent_runner.agent import Outcome, Progress
-from aether_agent_runner.commands import CommandPolicy
+from aether_agent_runner.adapters.stream import Emit
+from aether_agent_runner.adapters.tools import ToolBox
+from aether_agent_runner.adapters.transcript import (
+    DEFAULT_PATTERNS,
+    Redactor,
+    Transcript,
+    next_run,
+    secrets_in,
+)
+from aether_agent_runner.adapters.workspace import Workspace
 from aether_agent_runner.config import AgentSettings
-from aether_agent_runner.conversation import Conversation, identity
+from aether_agent_runner.domain import decide
+from aether_agent_runner.domain.decide import completed, failed
 from aether_agent_runner.runtimes import (
     BUILTIN,
     Job,
@@ -48,28 +60,11 @@ from aether_agent_runner.runtimes import (
 )
 from aether_agent_runner.runtimes.roles import RoleMissing, find_role
 from aether_agent_runner.runtimes.session import earlier_run
-from aether_agent_runner.tools import ToolBox
-from aether_agent_runner.transcript import (
-    DEFAULT_PATTERNS,
-    Redactor,
-    Transcript,
-    next_run,
-    secrets_in,
-)
-from aether_agent_runner.workspace import Workspace
 from aether_events import (
     AgentCompleted,
-    AgentFailed,
-    AgentProgress,
-    AgentStarted,
     Event,
-    EventPublisher,
     Usage,
-    UsageRecorded,
     WorkspaceReady,
-    caused_by,
-    outside_scope,
-    step_ids,
 )
 from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL, load_prices
 from aether_llm.roles import model_for_role
@@ -87,52 +82,21 @@ class AttemptBusy(RetryLater):
     (handed back with a delay, not a failed step)."""
 
 
-def failed(ready: WorkspaceReady, now: datetime, reason: str, retryable: bool) -> AgentFailed:
-    return AgentFailed(
-        **caused_by(ready, now, step_ids.agent_failed(ready.task.id, ready.attempt)),
-        task_id=ready.task.id,
-        attempt=ready.attempt,
-        reason=reason,
-        retryable=retryable,
-    )
-
-
-def completed(
-    ready: WorkspaceReady,
-    now: datetime,
-    sha: str,
-    summary: str,
-    files: list[str],
-    usage: Usage,
-) -> AgentCompleted:
-    return AgentCompleted(
-        **caused_by(ready, now, step_ids.agent_completed(ready.task.id, ready.attempt)),
-        task_id=ready.task.id,
-        attempt=ready.attempt,
-        commit_sha=sha,
-        branch=ready.branch,
-        summary=summary,
-        files_changed=files,
-        usage=usage,
-        files_outside_scope=outside_scope(files, ready.task.files),
-    )
-
-
 class Reporter:
-    """Publishes UsageRecorded for every model call and AgentProgress at most every
-    ``interval`` seconds (telemetry: a lost progress event is not worth failing over)."""
+    """Emits UsageRecorded for every model call and AgentProgress at most every
+    ``interval`` seconds, through the attempt's stream (``adapters.stream``)."""
 
     def __init__(
         self,
         ready: WorkspaceReady,
-        publisher: Callable[[], EventPublisher],
+        emit: Emit,
         clock: Callable[[], datetime],
         runner_id: str,
         interval: float,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ready = ready
-        self._publisher = publisher
+        self._emit = emit
         self._clock = clock
         self._runner_id = runner_id
         self._interval = interval
@@ -140,45 +104,27 @@ class Reporter:
         self._last: float | None = None
 
     async def model_called(self, turn: int, usage: Usage) -> None:
-        ready, task_id, attempt = self._ready, self._ready.task.id, self._ready.attempt
-        await self._publisher().publish(
-            UsageRecorded(
-                **caused_by(ready, self._clock(), step_ids.agent_usage(task_id, attempt, turn)),
-                service="agent-runner",
-                model=ready.model,
-                usage=usage,
-                step=f"agent:{task_id}:a{attempt}:turn{turn}",
-                offline=ready.model == OFFLINE_MODEL,
-                task_id=task_id,
-                attempt=attempt,
-            )
-        )
+        ready = self._ready
+        offline = ready.model == OFFLINE_MODEL
+        await self._emit(decide.usage_recorded(ready, self._clock(), turn, usage, offline))
 
     async def progressed(self, progress: Progress, *, always: bool = False) -> None:
         now = self._monotonic()
         if not always and self._last is not None and now - self._last < self._interval:
             return
         self._last = now
-        ready = self._ready
-        step = step_ids.agent_progress(
-            ready.task.id, ready.attempt, progress.turns, progress.tool_calls
-        )
-        try:
-            await self._publisher().publish(
-                AgentProgress(
-                    **caused_by(ready, self._clock(), step),
-                    task_id=ready.task.id,
-                    attempt=ready.attempt,
-                    runner_id=self._runner_id,
-                    turns=progress.turns,
-                    tool_calls=progress.tool_calls,
-                    files_changed=progress.files_changed,
-                    usage=progress.usage,
-                    last_action=progress.last_action,
-                )
+        await self._emit(
+            decide.progressed(
+                self._ready,
+                self._clock(),
+                self._runner_id,
+                turns=progress.turns,
+                tool_calls=progress.tool_calls,
+                files_changed=progress.files_changed,
+                usage=progress.usage,
+                last_action=progress.last_action,
             )
-        except Exception:
-            log.warning("progress not published", exc_info=True)
+        )
 
 
 @dataclass
@@ -188,7 +134,6 @@ class Attempts:
 
     runtimes: Callable[[str], Runtime]
     settings: AgentSettings
-    publisher: Callable[[], EventPublisher]
     runner_id: str
     clock: Callable[[], datetime]
     # What commands run in; ``None``: opened from the environment at the first command.
@@ -206,11 +151,13 @@ class Attempts:
             return "unconfined" if self.settings.sandbox.unconfined else "bubblewrap"
         return self.sandbox.name
 
-    async def work(self, ready: WorkspaceReady) -> Event:
-        """The attempt's result: AgentCompleted or AgentFailed. Raises ``AttemptBusy``."""
+    async def work(self, ready: WorkspaceReady, emit: Emit) -> Event:
+        """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
+        What happens on the way (AgentStarted, usage, progress, the transcript) goes to
+        ``emit``, the attempt's stream. Raises ``AttemptBusy``."""
         worktree = Path(ready.worktree_path)
         if self.settings.fetches(await asyncio.to_thread(worktree.exists)):
-            return await self._work_fetched(ready)
+            return await self._work_fetched(ready, emit)
         if not await asyncio.to_thread(worktree.is_dir):
             return failed(ready, self.clock(), f"worktree {worktree} does not exist", True)
         try:
@@ -223,11 +170,11 @@ class Attempts:
         if not await asyncio.to_thread(lock.acquire):
             raise AttemptBusy(f"another agent is working in {worktree}")
         try:
-            return await self._work(ready, git, Journal(directory))
+            return await self._work(ready, git, Journal(directory), emit)
         finally:
             lock.release()
 
-    async def _work_fetched(self, ready: WorkspaceReady) -> Event:
+    async def _work_fetched(self, ready: WorkspaceReady, emit: Emit) -> Event:
         """Fetch and push: work the attempt in a clone of its task branch from the git
         broker, then push the commit to that branch before reporting it."""
         settings = self.settings
@@ -262,7 +209,7 @@ class Attempts:
                 return failed(ready, self.clock(), str(error), error.retryable)
             git = GitDir.clone(clone, ready.branch)
             directory = await asyncio.to_thread(state_dir, git)
-            result = await self._work(ready, git, Journal(directory))
+            result = await self._work(ready, git, Journal(directory), emit)
             if isinstance(result, AgentCompleted):
                 try:
                     await asyncio.to_thread(_push, broker, git, ready.branch, result.commit_sha)
@@ -276,7 +223,9 @@ class Attempts:
         finally:
             lock.release()
 
-    async def _work(self, ready: WorkspaceReady, git: GitDir, journal: Journal) -> Event:
+    async def _work(
+        self, ready: WorkspaceReady, git: GitDir, journal: Journal, emit: Emit
+    ) -> Event:
         task, attempt = ready.task, ready.attempt
         worktree = git.worktree
         me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
@@ -307,23 +256,12 @@ class Attempts:
             # The role's model is the attempt's from here on: events, usage and trailers.
             model = model_for_role(role.model, ready.model, self.tiers)
             ready = msgspec.structs.replace(ready, model=model)
-        await self.publisher().publish(
-            AgentStarted(
-                **caused_by(ready, self.clock(), step_ids.agent_started(task.id, attempt)),
-                task_id=task.id,
-                attempt=attempt,
-                runner_id=self.runner_id,
-                model=ready.model,
-                sandbox=self.sandbox_name(),
-            )
-        )
-        reporter = Reporter(
-            ready, self.publisher, self.clock, self.runner_id, self.settings.progress_seconds
-        )
+        await emit(decide.started(ready, self.clock(), self.runner_id, self.sandbox_name()))
+        reporter = Reporter(ready, emit, self.clock, self.runner_id, self.settings.progress_seconds)
         settings = self.settings
         transcript = Transcript(
             ready,
-            self.publisher,
+            emit,
             self.clock,
             self.runner_id,
             settings.transcript,
@@ -387,29 +325,14 @@ class Attempts:
         return result
 
     def _commit(self, ready: WorkspaceReady, git: GitDir, outcome: Outcome) -> tuple[Event, str]:
-        task = ready.task
-        cost = "unknown" if outcome.usage.cost_usd is None else f"{outcome.usage.cost_usd:.6f}"
-        message = (
-            f"{task.title}\n\n{outcome.summary}\n\n"
-            f"Aether-Mission: {ready.mission_id}\n"
-            f"Aether-Task: {task.id}\n"
-            f"Aether-Attempt: {ready.attempt}\n"
-            f"Aether-Model: {ready.model}\n"
-            f"Aether-Cost-USD: {cost}\n"
-        )
+        message = decide.commit_message(ready, outcome.summary, outcome.usage)
         try:
             sha, changed = commit_all(git, message, self.settings.commit_limits())
         except CommitRefused as error:
-            # Not retried: the same task would most likely produce the same change; a
-            # person decides (the reason says what was too much).
-            reason = f"the commit was refused: {error}"
-            log.warning("commit refused", extra={"reason": reason})
-            return failed(ready, self.clock(), reason, False), "refused"
-        if sha is None:
-            reason = f"the agent finished without changing any file: {outcome.summary}"
-            return failed(ready, self.clock(), reason, True), "empty"
-        result = completed(ready, self.clock(), sha, outcome.summary, changed, outcome.usage)
-        return result, "completed"
+            refused = decide.commit_refused(ready, self.clock(), str(error))
+            log.warning("commit refused", extra={"reason": refused.reason})
+            return refused, "refused"
+        return decide.committed(ready, self.clock(), sha, changed, outcome.summary, outcome.usage)
 
 
 def _session_usage(

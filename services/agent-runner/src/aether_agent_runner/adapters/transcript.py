@@ -16,9 +16,8 @@ earlier runs' (``RUN_STRIDE`` apart), so a restart adds a run instead of overwri
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 
 import msgspec
 
-from aether_agent_runner.commands import is_secret_name
+from aether_agent_runner.adapters.commands import is_secret_name
 from aether_events import (
-    EventPublisher,
+    Event,
     TranscriptKind,
     TranscriptRecorded,
     Usage,
@@ -36,8 +35,6 @@ from aether_events import (
     caused_by,
     step_ids,
 )
-
-log = logging.getLogger("aether.agent-runner.transcript")
 
 RUN_STRIDE = 1_000_000
 REDACTED = "[redacted]"
@@ -213,13 +210,14 @@ class RecordReader:
 
 
 class Transcript:
-    """Publishes one attempt's entries, each bounded and redacted. A lost entry is logged,
-    never a reason to fail the attempt (a resumed built-in attempt publishes it again)."""
+    """Emits one attempt's entries, each bounded and redacted, to the attempt's stream
+    (``adapters.stream``: a lost entry is logged there, never a reason to fail the
+    attempt; a resumed built-in attempt publishes it again)."""
 
     def __init__(
         self,
         ready: WorkspaceReady,
-        publisher: Callable[[], EventPublisher],
+        emit: Callable[[Event], Awaitable[object]],
         clock: Callable[[], datetime],
         runner_id: str,
         settings: TranscriptSettings,
@@ -227,7 +225,7 @@ class Transcript:
         runtime: str = "",
     ) -> None:
         self._ready = ready
-        self._publisher = publisher
+        self._emit = emit
         self._clock = clock
         self._runner_id = runner_id
         self._settings = settings
@@ -252,13 +250,10 @@ class Transcript:
         await self.add(entry, sequence)
 
     async def add(self, entry: Entry, sequence: int | None = None) -> None:
-        """Publish ``entry`` as the next entry (or at ``sequence``)."""
+        """Emit ``entry`` as the next entry (or at ``sequence``)."""
         number = self.next_sequence if sequence is None else sequence
         self.next_sequence = max(self.next_sequence, number + 1)
-        try:
-            await self._publisher().publish(self.event(entry, number))
-        except Exception:
-            log.warning("transcript entry not published", exc_info=True)
+        await self._emit(self.event(entry, number))
 
     def event(self, entry: Entry, sequence: int) -> TranscriptRecorded:
         """The bounded, redacted event of ``entry``."""

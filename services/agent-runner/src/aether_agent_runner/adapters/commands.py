@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aether_agent_runner.workspace import ToolError, Workspace
+from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_sandbox import Limits, Request, Sandbox, execute
 
 SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "&>"})

@@ -16,14 +16,14 @@ from typing import Any
 from anthropic.types import ToolParam
 
 from aether_agent_runner import metrics
-from aether_agent_runner.commands import (
+from aether_agent_runner.adapters.commands import (
     CommandPolicy,
     CommandResult,
     command_env,
     parse_command,
     run_command,
 )
-from aether_agent_runner.workspace import ToolError, Workspace
+from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_runtime.metrics import at_zero
 from aether_sandbox import (
     Bubblewrap,
@@ -297,7 +297,7 @@ class ToolBox:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "aether_agent_runner.search",
+            "aether_agent_runner.adapters.search",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from anthropic.types import TextBlockParam
 
+from aether_agent_runner.adapters.search import SKIPPED_DIRECTORIES
 from aether_agent_runner.domain import Limits
-from aether_agent_runner.search import SKIPPED_DIRECTORIES
 from aether_events import WorkspaceReady
 
 MAX_MAP_ENTRIES = 300

@@ -1,7 +1,7 @@
 """Searching the worktree with a regular expression.
 
 ``search`` is plain Python. The agent runs it in a child process
-(``python -m aether_agent_runner.search``) with a timeout, because a pathological pattern
+(``python -m aether_agent_runner.adapters.search``) with a timeout, because a pathological pattern
 can make Python's regex engine backtrack for hours and a thread cannot be stopped.
 """
 
@@ -16,8 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from aether_agent_runner.safefs import Raced, Refused, is_git_name, read_in
-from aether_agent_runner.workspace import BINARY_SNIFF_BYTES, ToolError, Workspace
+from aether_agent_runner.adapters.safefs import Raced, Refused, is_git_name, read_in
+from aether_agent_runner.adapters.workspace import BINARY_SNIFF_BYTES, ToolError, Workspace
 
 MAX_MATCHES = 100
 MAX_OUTPUT_CHARS = 20_000

@@ -21,9 +21,9 @@ import anthropic
 from anthropic.types import Message, MessageParam, TextBlockParam
 
 from aether_agent_runner import metrics
-from aether_agent_runner.conversation import Conversation, Record, block_param, tool_result
+from aether_agent_runner.adapters.conversation import Conversation, Record, block_param, tool_result
+from aether_agent_runner.adapters.tools import FINISH, ToolBox, describe_call
 from aether_agent_runner.domain import Limits, limit_reached, wall_time_reason
-from aether_agent_runner.tools import FINISH, ToolBox, describe_call
 from aether_events import Usage
 from aether_llm import usage_of
 

@@ -1,0 +1,78 @@
+"""The one way an attempt's events reach the stream while it works.
+
+The handler opens an ``AttemptStream`` per attempt and hands its ``emit`` to the attempt:
+AgentStarted, UsageRecorded, AgentProgress and TranscriptRecorded are queued there and
+published in the background, in the order emitted, so the agent never waits on a publish
+acknowledgement. The queue is bounded: an attempt that emits faster than the bus takes
+waits for room rather than holding an unbounded backlog. The handler closes the stream
+before it publishes the attempt's result, so every entry of an attempt is stored before
+its completion. Each event's id is derived from its step, so an entry published again
+(a retried publish, a resumed attempt) is stored once.
+
+Progress and transcript entries are telemetry: one that cannot be published is logged
+and skipped. Any other event (AgentStarted, UsageRecorded: the cost of a model call) that
+cannot be published fails the attempt: the next ``emit`` raises it, and so does
+``close``, so the delivery is handed back as it was when the attempt published it itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aether_events import AgentProgress, Event, EventPublisher, TranscriptRecorded
+
+log = logging.getLogger("aether.agent-runner.stream")
+
+# What an attempt is given to send its events with.
+Emit = Callable[[Event], Awaitable[object]]
+
+BUFFER = 256
+# Lost without failing the attempt (a resumed attempt publishes its transcript again).
+TELEMETRY: dict[type[Event], str] = {
+    AgentProgress: "progress not published",
+    TranscriptRecorded: "transcript entry not published",
+}
+
+
+class AttemptStream:
+    """Publishes one attempt's events in order, off the attempt's path."""
+
+    def __init__(self, publisher: Callable[[], EventPublisher], buffer: int = BUFFER) -> None:
+        self._publisher = publisher
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._sender = asyncio.create_task(self._send())
+
+    async def emit(self, event: Event) -> None:
+        """Queue ``event``; waits only when the buffer is full. Raises the failure of an
+        earlier event that the attempt cannot go on without."""
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise RuntimeError("the attempt's stream is closed")
+        await self._queue.put(event)
+
+    async def close(self) -> None:
+        """Publish everything queued, then stop; raises a failure ``emit`` would have."""
+        if not self._closed:
+            self._closed = True
+            await self._queue.put(None)
+        # Shielded: should the handler be cancelled meanwhile, what it emitted is still sent.
+        await asyncio.shield(self._sender)
+        if self._failure is not None:
+            raise self._failure
+
+    async def _send(self) -> None:
+        while (event := await self._queue.get()) is not None:
+            try:
+                await self._publisher().publish(event)
+            except Exception as error:
+                telemetry = TELEMETRY.get(type(event))
+                if telemetry is not None:
+                    log.warning(telemetry, exc_info=True)
+                elif self._failure is None:
+                    log.warning("attempt event not published", exc_info=True)
+                    self._failure = error

@@ -1,0 +1,106 @@
+"""An attempt's stream against a real NATS server: everything emitted is stored, in the
+order emitted, by the time ``close`` returns; a lost telemetry entry does not fail the
+attempt, a lost usage record does."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from aether_agent_runner.adapters.stream import AttemptStream
+from aether_agent_runner.domain import decide
+from aether_events import (
+    AgentProgress,
+    Event,
+    EventPublisher,
+    PlannedTask,
+    TranscriptRecorded,
+    Usage,
+    UsageRecorded,
+    WorkspaceReady,
+    ensure_streams,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ready(mission_id: str) -> WorkspaceReady:
+    return WorkspaceReady(
+        event_id=f"{mission_id}-ready",
+        mission_id=mission_id,
+        occurred_at=NOW,
+        correlation_id="c",
+        task=PlannedTask(id="t1", title="t"),
+        attempt=1,
+        model="claude",
+        branch=f"aether-tasks/{mission_id}/t1/a1",
+        worktree_path="/wt",
+        base_sha="b" * 40,
+    )
+
+
+async def test_every_emitted_event_is_stored_in_order_before_close_returns(
+    nc: NatsClient, watch: Any, mission_id: str
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    log = await watch(mission_id)
+    workspace = ready(mission_id)
+    # A buffer far smaller than what is emitted: emitting waits for room, nothing is lost.
+    stream = AttemptStream(lambda: publisher, buffer=2)
+    emitted = [decide.started(workspace, NOW, "r", None)] + [
+        decide.usage_recorded(workspace, NOW, turn, Usage(input_tokens=turn), False)
+        for turn in range(1, 21)
+    ]
+    for event in emitted:
+        await stream.emit(event)
+    await stream.close()
+
+    stored = await log.count(UsageRecorded, 20)
+    assert [e.event_id for e in stored] == [e.event_id for e in emitted[1:]]
+    assert [e.usage.input_tokens for e in stored] == list(range(1, 21))
+
+
+class Refusing:
+    """A publisher that refuses every event of the given types (a full stream, a lost
+    connection) and takes the others."""
+
+    def __init__(self, refused: tuple[type[Event], ...]) -> None:
+        self.refused = refused
+        self.taken: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        await asyncio.sleep(0)
+        if isinstance(event, self.refused):
+            raise ConnectionError("refused")
+        self.taken.append(event)
+
+
+async def test_lost_progress_and_transcript_entries_do_not_fail_the_attempt() -> None:
+    workspace = ready("m1")
+    refusing = Refusing((AgentProgress, TranscriptRecorded))
+    stream = AttemptStream(lambda: refusing)  # type: ignore[arg-type,return-value]
+    progress = decide.progressed(
+        workspace, NOW, "r", turns=1, tool_calls=0, files_changed=[], usage=Usage(), last_action=""
+    )
+    usage = decide.usage_recorded(workspace, NOW, 1, Usage(), False)
+    await stream.emit(progress)
+    await stream.emit(usage)
+    await stream.close()
+    assert refusing.taken == [usage]
+
+
+async def test_a_lost_usage_record_fails_the_attempt_at_the_next_emit_and_at_close() -> None:
+    workspace = ready("m1")
+    refusing = Refusing((UsageRecorded,))
+    stream = AttemptStream(lambda: refusing)  # type: ignore[arg-type,return-value]
+    await stream.emit(decide.usage_recorded(workspace, NOW, 1, Usage(), False))
+    with pytest.raises(ConnectionError):
+        await stream.close()
+    with pytest.raises(ConnectionError):
+        await stream.emit(decide.started(workspace, NOW, "r", None))
