@@ -382,9 +382,14 @@ class Handlers:
             log.warning("merge refused", extra={**extra, "detail": outcome.detail[:2000]})
         else:
             # Before publishing, so whoever sees BranchMerged never finds the worktree.
-            await self._clean_after_merge(action, delivery)
+            await self._recycle_after_merge(action, delivery)
             log.info("merged", extra=extra)
         await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
+        if outcome.kind not in ("conflict", "verify_failed"):
+            # After publishing: the scheduler frees the next task meanwhile, and the next
+            # delivery here (its TaskReady) still finds the branch gone. A crash between
+            # the two leaves a merged task's branch, which start-up removes.
+            await self._delete_task_branch(action, delivery)
 
     def _verify(
         self, handle: Handle, commit: ObjectID, *, command: str, scratch: str
@@ -396,23 +401,32 @@ class Handlers:
         metrics.VERIFICATIONS.labels(last.result if last else "failed").inc()
         return failure
 
-    async def _clean_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
+    async def _recycle_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
         try:
             # Pooled for the next task of this repository rather than deleted.
             removed = await self._run(
                 delivery, self._git.recycle_worktree, action.repository_path, action.worktree_path
             )
-            deleted = await self._run(
-                delivery, self._git.delete_branch, action.repository_path, action.task_branch
-            )
         except (OSError, RepositoryError) as error:
             # The merge stands; the mission's end (or the next start) removes what is left.
             log.warning(
-                "worktree or task branch not removed",
+                "worktree not removed",
                 extra={"worktree": action.worktree_path, "error": str(error)},
             )
             return
         metrics.CLEANED.labels("worktree", "step").inc(int(removed))
+
+    async def _delete_task_branch(self, action: MergeTask, delivery: Delivery) -> None:
+        try:
+            deleted = await self._run(
+                delivery, self._git.delete_branch, action.repository_path, action.task_branch
+            )
+        except (OSError, RepositoryError) as error:
+            log.warning(
+                "task branch not removed",
+                extra={"branch": action.task_branch, "error": str(error)},
+            )
+            return
         metrics.CLEANED.labels("branch", "step").inc(int(deleted))
 
     # --- the end of a mission -----------------------------------------------------

@@ -202,12 +202,9 @@ class GitRepositories:
                 head, conflicted = resolution_start(
                     handle, self._identity, head, ObjectID(resolve_sha.encode())
                 )
-            if not repo.refs.add_if_new(
-                task_ref,
-                head,
-                committer=self._identity,
-                message=f"aether: task branch from {integration_branch}".encode(),
-            ):
+            # No reflog: the branch lives for one task and is deleted once merged, when
+            # git would delete its reflog too (dulwich leaves it, one file per task).
+            if not repo.refs.add_if_new(task_ref, head):
                 head = repo.refs[task_ref]
             os.makedirs(os.path.dirname(worktree_path), exist_ok=True)
             created = worktrees.add_worktree(
