@@ -110,6 +110,8 @@ class Handlers:
         # whoever holds the event's push token may fetch the moment it reaches them, before
         # the publish's acknowledgement is back and the projection has folded it.
         self.announcing: dict[tuple[str, str, int], WorkspaceReady] = {}
+        # Branches of merged tasks not deleted yet: (repository path, branch).
+        self._merged_branches: list[tuple[str, str]] = []
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
@@ -346,6 +348,7 @@ class Handlers:
                 "reused": not outcome.created,
             },
         )
+        await self._delete_merged_branches(delivery)
 
     # --- merges -------------------------------------------------------------------
 
@@ -386,10 +389,12 @@ class Handlers:
             log.info("merged", extra=extra)
         await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
         if outcome.kind not in ("conflict", "verify_failed"):
-            # After publishing: the scheduler frees the next task meanwhile, and the next
-            # delivery here (its TaskReady) still finds the branch gone. A crash between
-            # the two leaves a merged task's branch, which start-up removes.
-            await self._delete_task_branch(action, delivery)
+            # Deleted once the next workspace is announced, while its agent works and this
+            # consumer has nothing to do, rather than between the merge and its event or
+            # before the next workspace (both on a chained mission's critical path). A stop
+            # before then leaves a merged task's branch, which start-up removes, as the
+            # mission's end removes every task branch.
+            self._merged_branches.append((action.repository_path, action.task_branch))
 
     def _verify(
         self, handle: Handle, commit: ObjectID, *, command: str, scratch: str
@@ -416,22 +421,25 @@ class Handlers:
             return
         metrics.CLEANED.labels("worktree", "step").inc(int(removed))
 
-    async def _delete_task_branch(self, action: MergeTask, delivery: Delivery) -> None:
-        try:
-            deleted = await self._run(
-                delivery, self._git.delete_branch, action.repository_path, action.task_branch
-            )
-        except (OSError, RepositoryError) as error:
-            log.warning(
-                "task branch not removed",
-                extra={"branch": action.task_branch, "error": str(error)},
-            )
-            return
-        metrics.CLEANED.labels("branch", "step").inc(int(deleted))
+    async def _delete_merged_branches(self, delivery: Delivery) -> None:
+        """Delete the branches of the tasks merged since the last call."""
+        while self._merged_branches:
+            repository_path, branch = self._merged_branches.pop()
+            try:
+                deleted = await self._run(
+                    delivery, self._git.delete_branch, repository_path, branch
+                )
+            except (OSError, RepositoryError) as error:
+                log.warning(
+                    "task branch not removed", extra={"branch": branch, "error": str(error)}
+                )
+                continue
+            metrics.CLEANED.labels("branch", "step").inc(int(deleted))
 
     # --- the end of a mission -----------------------------------------------------
 
     async def _finish(self, action: FinishMission, delivery: Delivery) -> None:
+        await self._delete_merged_branches(delivery)
         removed = await self._run(
             delivery,
             self._git.remove_worktrees_under,

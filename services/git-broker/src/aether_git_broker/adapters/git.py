@@ -28,6 +28,7 @@ from aether_events import RepoFile
 from aether_git_broker.adapters import locks, worktrees
 from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.merge import merge_task
+from aether_git_broker.adapters.refs import add_branch
 from aether_git_broker.adapters.repository import (
     DEFAULT_IDENTITY,
     SHA,
@@ -204,7 +205,7 @@ class GitRepositories:
                 )
             # No reflog: the branch lives for one task and is deleted once merged, when
             # git would delete its reflog too (dulwich leaves it, one file per task).
-            if not repo.refs.add_if_new(task_ref, head):
+            if not add_branch(repo, task_ref, head):
                 head = repo.refs[task_ref]
             os.makedirs(os.path.dirname(worktree_path), exist_ok=True)
             created = worktrees.add_worktree(
