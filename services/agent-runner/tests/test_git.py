@@ -7,11 +7,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+from dulwich.file import FileLocked
+from dulwich.objects import ObjectID
+
 from aether_agent_runner.adapters.git import (
     GitDir,
     changed_paths,
     commit_all,
     commit_message_trailers,
+    move_branch,
     reset_to,
 )
 from aether_agent_runner.adapters.scan import StatCache
@@ -198,3 +203,36 @@ def test_an_index_that_does_not_read_only_means_every_file_is_read(tmp_path: Pat
     sha, changed = commit_all(records, "app.py changed\n")
     assert sha is not None and changed == ["src/app.py"]
     assert git("status", "--porcelain", cwd=wt) == ""
+
+
+def test_the_task_branch_moves_only_from_where_it_was_and_never_past_a_held_lock(
+    tmp_path: Path,
+) -> None:
+    """The branch is moved as git moves it (lock, look again, rename), not synced: a
+    commit whose branch someone else moved is not recorded, and a held lock stops it."""
+    repo, wt, records = _linked(tmp_path)
+    base = git("rev-parse", "task", cwd=repo).strip()
+    (wt / "other.txt").write_text("x\n")
+    sha, _ = commit_all(records, "first\n")
+    assert sha is not None
+    assert git("rev-parse", "task", cwd=repo).strip() == sha
+    assert not (records.common / "refs" / "heads" / "task.lock").exists()
+
+    # Someone else moved it: a move from where the runner last saw it is refused.
+    git("update-ref", "refs/heads/task", base, cwd=repo)
+    assert move_branch(records, ObjectID(sha.encode()), ObjectID(b"1" * 40)) is False
+    assert git("rev-parse", "task", cwd=repo).strip() == base
+
+    lock = records.common / "refs" / "heads" / "task.lock"
+    lock.write_text("held\n")
+    (wt / "second.txt").write_text("y\n")
+    with pytest.raises(FileLocked):
+        commit_all(records, "blocked\n")
+    assert lock.read_text() == "held\n"
+    assert git("rev-parse", "task", cwd=repo).strip() == base
+    lock.unlink()
+
+    assert reset_to(records, sha) is True
+    assert git("rev-parse", "task", cwd=repo).strip() == sha
+    assert git("status", "--porcelain", cwd=wt) == ""
+    assert not lock.exists()

@@ -22,12 +22,13 @@ def test_every_record_reads_back_in_order_and_a_torn_tail_is_ignored(tmp_path: P
     assert journal.read()[1]["content"][0]["text"] == "ü"
 
 
-def test_the_begin_record_and_model_replies_are_synced_tool_results_ride_along(
+def test_model_replies_are_synced_the_begin_record_and_tool_results_ride_along(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reply is a paid call a resume must not make again, so it reaches the disk
-    before the agent goes on; a tool result is written to the system at once and
-    reaches the disk with the next sync of the same file."""
+    before the agent goes on; the built-in loop's begin record (rebuilt as it was by a
+    fresh start) and a tool result are written to the system at once and reach the disk
+    with the next sync of the same file."""
     synced: list[list[str]] = []
     real_fsync = journal_module.os.fsync
 
@@ -46,12 +47,31 @@ def test_the_begin_record_and_model_replies_are_synced_tool_results_ride_along(
     journal.append({"kind": "reply", "content": []})
     journal.append({"kind": "answer", "block": {}})
     journal.append({"kind": "answer", "block": {}})
-    assert len(synced) == 2
+    assert len(synced) == 1
     assert [r["kind"] for r in journal.read()] == ["begin", "reply", "answer", "answer"]
     journal.append({"kind": "reply", "content": []})
 
     assert synced == [
-        ["begin"],
         ["begin", "reply"],
         ["begin", "reply", "answer", "answer", "reply"],
     ]
+
+
+def test_a_first_record_a_fresh_start_cannot_rebuild_is_synced_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Claude Code session's first record names the session to resume and carries what
+    earlier sessions spent; it is on the disk before the session starts."""
+    synced: list[bytes] = []
+    real_fsync = journal_module.os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(Path(f"/proc/self/fd/{fd}").read_bytes())
+
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)
+    journal = Journal(tmp_path)
+    journal.start({"kind": "claude-code", "session_id": "s1"})
+
+    assert len(synced) == 1
+    assert b'"session_id":"s1"' in synced[0]

@@ -245,9 +245,11 @@ async def test_a_failed_verification_is_reported_like_a_conflict_with_the_output
     assert len(recorder.of(MergeConflicted)) == 1
 
 
-async def test_a_merge_removes_the_worktree_and_the_task_branch(
+async def test_a_merge_removes_the_worktree_and_the_next_workspace_the_task_branch(
     repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
 ) -> None:
+    """The worktree is gone before BranchMerged is published; the merged task's branch
+    once the next workspace is announced (its agent then works, the broker waits)."""
     recorder = Recorder()
     handlers = handlers_for(worktrees_dir, recorder)
     await prepare(handlers, recorder, repo)
@@ -255,8 +257,14 @@ async def test_a_merge_removes_the_worktree_and_the_task_branch(
     sha = commit(worktrees_dir / M / "t1-a1", {"one.py": "1\n"}, "one")
     await handlers.handle(done("t1", sha), RecordingDelivery())
     assert not (worktrees_dir / M / "t1-a1").exists()
-    assert git(repo, "branch", "--list", f"aether-tasks/{M}/*") == ""
     assert git(repo, "rev-parse", f"aether/{M}") == sha
+    listing = ("branch", "--list", "--format=%(refname:short)", f"aether-tasks/{M}/*")
+    assert git(repo, *listing) == f"aether-tasks/{M}/t1/a1"
+
+    await handlers.handle(ready("t2"), RecordingDelivery())
+
+    assert git(repo, *listing) == f"aether-tasks/{M}/t2/a1"
+    assert git(repo, "rev-parse", f"aether-tasks/{M}/t2/a1") == sha
 
 
 async def test_a_cancelled_mission_leaves_no_worktree_or_task_branch(

@@ -14,7 +14,7 @@ from dulwich.repo import Repo
 
 from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.objects import ObjectIO
-from aether_git_broker.adapters.refs import move_branch
+from aether_git_broker.adapters.refs import add_branch, move_branch
 from aether_git_broker.adapters.treemerge import Trees, changed_paths
 
 Git = Callable[..., str]
@@ -142,3 +142,30 @@ def test_a_packed_branch_moves_through_dulwich(
 def test_reading_a_missing_object_raises_key_error(repo: Path, missing: str) -> None:
     with Repo(str(repo)) as dulwich_repo, pytest.raises(KeyError):
         ObjectIO(dulwich_repo.object_store).read(_sha(missing))
+
+
+def test_a_task_branch_is_added_once_without_a_reflog_and_never_past_a_held_lock(
+    repo: Path, git: Git, commit: Callable[..., str]
+) -> None:
+    first = git(repo, "rev-parse", "HEAD")
+    second = commit(repo, {"x.txt": "x\n"}, "second")
+    ref = Ref(b"refs/heads/tasks/m-1/t1/a1")
+    git(repo, "branch", "packed", first)
+    git(repo, "pack-refs", "--all")
+    with Repo(str(repo)) as dulwich_repo:
+        assert add_branch(dulwich_repo, ref, _sha(first))
+        assert not add_branch(dulwich_repo, ref, _sha(second))  # exists: left alone
+        assert not add_branch(dulwich_repo, Ref(b"refs/heads/packed"), _sha(second))
+        held = Ref(b"refs/heads/tasks/m-1/t2/a1")
+        lock = Path(repo) / ".git" / "refs" / "heads" / "tasks" / "m-1" / "t2" / "a1.lock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text("held\n")
+        with pytest.raises(FileLocked):
+            add_branch(dulwich_repo, held, _sha(second))
+        assert lock.read_text() == "held\n"
+        with pytest.raises(ValueError, match="cannot name"):
+            add_branch(dulwich_repo, Ref(b"refs/heads/tasks/../../x"), _sha(first))
+    assert git(repo, "rev-parse", "tasks/m-1/t1/a1") == first
+    assert git(repo, "rev-parse", "packed") == first
+    assert not (Path(repo) / ".git" / "logs" / "refs" / "heads" / "tasks").exists()
+    assert git(repo, "branch", "--list", "tasks/m-1/*") == "tasks/m-1/t1/a1"

@@ -110,6 +110,8 @@ class Handlers:
         # whoever holds the event's push token may fetch the moment it reaches them, before
         # the publish's acknowledgement is back and the projection has folded it.
         self.announcing: dict[tuple[str, str, int], WorkspaceReady] = {}
+        # Branches of merged tasks not deleted yet: (repository path, branch).
+        self._merged_branches: list[tuple[str, str]] = []
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
@@ -346,6 +348,7 @@ class Handlers:
                 "reused": not outcome.created,
             },
         )
+        await self._delete_merged_branches(delivery)
 
     # --- merges -------------------------------------------------------------------
 
@@ -382,9 +385,16 @@ class Handlers:
             log.warning("merge refused", extra={**extra, "detail": outcome.detail[:2000]})
         else:
             # Before publishing, so whoever sees BranchMerged never finds the worktree.
-            await self._clean_after_merge(action, delivery)
+            await self._recycle_after_merge(action, delivery)
             log.info("merged", extra=extra)
         await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
+        if outcome.kind not in ("conflict", "verify_failed"):
+            # Deleted once the next workspace is announced, while its agent works and this
+            # consumer has nothing to do, rather than between the merge and its event or
+            # before the next workspace (both on a chained mission's critical path). A stop
+            # before then leaves a merged task's branch, which start-up removes, as the
+            # mission's end removes every task branch.
+            self._merged_branches.append((action.repository_path, action.task_branch))
 
     def _verify(
         self, handle: Handle, commit: ObjectID, *, command: str, scratch: str
@@ -396,28 +406,40 @@ class Handlers:
         metrics.VERIFICATIONS.labels(last.result if last else "failed").inc()
         return failure
 
-    async def _clean_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
+    async def _recycle_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
         try:
             # Pooled for the next task of this repository rather than deleted.
             removed = await self._run(
                 delivery, self._git.recycle_worktree, action.repository_path, action.worktree_path
             )
-            deleted = await self._run(
-                delivery, self._git.delete_branch, action.repository_path, action.task_branch
-            )
         except (OSError, RepositoryError) as error:
             # The merge stands; the mission's end (or the next start) removes what is left.
             log.warning(
-                "worktree or task branch not removed",
+                "worktree not removed",
                 extra={"worktree": action.worktree_path, "error": str(error)},
             )
             return
         metrics.CLEANED.labels("worktree", "step").inc(int(removed))
-        metrics.CLEANED.labels("branch", "step").inc(int(deleted))
+
+    async def _delete_merged_branches(self, delivery: Delivery) -> None:
+        """Delete the branches of the tasks merged since the last call."""
+        while self._merged_branches:
+            repository_path, branch = self._merged_branches.pop()
+            try:
+                deleted = await self._run(
+                    delivery, self._git.delete_branch, repository_path, branch
+                )
+            except (OSError, RepositoryError) as error:
+                log.warning(
+                    "task branch not removed", extra={"branch": branch, "error": str(error)}
+                )
+                continue
+            metrics.CLEANED.labels("branch", "step").inc(int(deleted))
 
     # --- the end of a mission -----------------------------------------------------
 
     async def _finish(self, action: FinishMission, delivery: Delivery) -> None:
+        await self._delete_merged_branches(delivery)
         removed = await self._run(
             delivery,
             self._git.remove_worktrees_under,

@@ -8,12 +8,15 @@ the files they describe. A runner that sees the worktree sees its transcript.
 The journal is JSON lines, appended one step at a time; a line torn by a crash is ignored.
 Every record is written to the operating system before the agent goes on, so a runner
 process that dies loses none of them. Only the records whose loss would repeat an effect
-are also synced to the disk, against a machine that stops: the first (which attempt the
-journal belongs to) and each model reply (a paid call, which a resume must not make
-again). A sync writes everything appended before it, so the tool results between two
-replies reach the disk with the next reply; one lost to a machine crash before that is
-a tool call made again on resume, whose file writes were no more on the disk than its
-record was. The lock is an ``flock`` held while an agent works: the kernel releases
+are also synced to the disk, against a machine that stops: each model reply (a paid call,
+which a resume must not make again) and a first record that carries what a fresh start
+could not rebuild (a Claude Code session's id and what its earlier sessions spent). A
+sync writes everything appended before it, so the tool results between two replies reach
+the disk with the next reply; one lost to a machine crash before that is a tool call made
+again on resume, whose file writes were no more on the disk than its record was. The
+built-in loop's first record (the attempt's identity and prompt) reaches the disk with
+the first reply in the same way: lost before that, the attempt starts over having paid
+for nothing. The lock is an ``flock`` held while an agent works: the kernel releases
 it when the process dies, so a runner that takes over never finds a stale lock, and two
 runners on one machine can never work one attempt at the same time.
 """
@@ -30,8 +33,11 @@ from typing import Any
 from aether_agent_runner.adapters.git import GitDir
 
 DIRECTORY = "aether-agent"
-# The records synced to disk as they are appended (see above); ``start`` always syncs.
-SYNCED = frozenset({"begin", "reply"})
+# The records synced to disk as they are appended (see above).
+SYNCED = frozenset({"reply"})
+# First records that need no sync of their own: the built-in loop's, which a fresh start
+# rebuilds as it was; any other first record is synced.
+UNSYNCED_STARTS = frozenset({"begin"})
 
 
 def state_dir(git: GitDir) -> Path:
@@ -70,7 +76,8 @@ class Journal:
         with temporary.open("wb") as out:
             out.write(_line(record))
             out.flush()
-            os.fsync(out.fileno())
+            if record.get("kind") not in UNSYNCED_STARTS:
+                os.fsync(out.fileno())
         os.replace(temporary, self.path)
 
     def append(self, record: dict[str, Any]) -> None:

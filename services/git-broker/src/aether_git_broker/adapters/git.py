@@ -28,6 +28,7 @@ from aether_events import RepoFile
 from aether_git_broker.adapters import locks, worktrees
 from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.merge import merge_task
+from aether_git_broker.adapters.refs import add_branch
 from aether_git_broker.adapters.repository import (
     DEFAULT_IDENTITY,
     SHA,
@@ -202,12 +203,9 @@ class GitRepositories:
                 head, conflicted = resolution_start(
                     handle, self._identity, head, ObjectID(resolve_sha.encode())
                 )
-            if not repo.refs.add_if_new(
-                task_ref,
-                head,
-                committer=self._identity,
-                message=f"aether: task branch from {integration_branch}".encode(),
-            ):
+            # No reflog: the branch lives for one task and is deleted once merged, when
+            # git would delete its reflog too (dulwich leaves it, one file per task).
+            if not add_branch(repo, task_ref, head):
                 head = repo.refs[task_ref]
             os.makedirs(os.path.dirname(worktree_path), exist_ok=True)
             created = worktrees.add_worktree(

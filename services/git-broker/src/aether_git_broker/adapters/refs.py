@@ -19,7 +19,7 @@ import os
 
 from dulwich.file import FileLocked
 from dulwich.objects import ObjectID
-from dulwich.refs import Ref
+from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -94,3 +94,35 @@ def _append_reflog(
         file = open(path, "ab")  # noqa: SIM115
     with file:
         file.write(line)
+
+
+def add_branch(repo: Repo, ref: Ref, sha: ObjectID) -> bool:
+    """Create ``ref`` at ``sha`` unless it exists (``False`` then), without a reflog and,
+    for the reason above, without a sync: a task's branch, which lives until its merge.
+
+    The ref is written under ``<ref>.lock`` and renamed into place; a ref that exists,
+    loose or packed, is left alone. ``FileLocked`` when the lock is held."""
+    if not check_ref_format(ref):
+        raise ValueError(f"{ref!r} cannot name a branch")
+    common = repo.commondir()
+    path = os.path.join(common, os.fsdecode(ref))
+    if _read(path) is not None or ref in repo.refs.get_packed_refs():
+        return False
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = path + ".lock"
+    try:
+        fd = os.open(lock, _CREATE, 0o644)
+    except FileExistsError:
+        raise FileLocked(path, lock) from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(sha + b"\n")
+        if os.path.lexists(path):  # created between the look and the lock
+            os.unlink(lock)
+            return False
+        os.rename(lock, path)
+    except BaseException:
+        if os.path.exists(lock):
+            os.unlink(lock)
+        raise
+    return True
