@@ -34,6 +34,8 @@ from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, Commit, ObjectID
 from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 
+from aether_agent_runner.adapters.safefs import Refused
+from aether_agent_runner.adapters.safefs import Tree as Files
 from aether_agent_runner.adapters.scan import (
     GITLINK,
     SYMLINK,
@@ -43,8 +45,6 @@ from aether_agent_runner.adapters.scan import (
     read_entry,
     scan,
 )
-from aether_agent_runner.safefs import Refused
-from aether_agent_runner.safefs import Tree as Files
 
 AUTHOR = b"Aether Agent <agent@aether.invalid>"
 

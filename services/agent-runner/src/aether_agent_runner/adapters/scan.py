@@ -24,7 +24,7 @@ from dulwich.ignore import IgnoreFilter, read_ignore_patterns
 from dulwich.index import Index, IndexEntry
 from dulwich.objects import ObjectID
 
-from aether_agent_runner.safefs import Raced, Refused, is_git_name, open_dir, read_in
+from aether_agent_runner.adapters.safefs import Raced, Refused, is_git_name, open_dir, read_in
 
 GITLINK = 0o160000
 SYMLINK = 0o120000
