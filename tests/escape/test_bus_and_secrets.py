@@ -27,12 +27,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from aether.stack import SERVICES, Stack
 from aether_events import (
     MISSIONS_STREAM,
-    AgentStarted,
     BranchMerged,
     Event,
     MissionCancelled,
     MissionRequested,
     PlanApproved,
+    StepFailed,
     StreamSettings,
     TaskReady,
     WorkspaceReady,
@@ -183,9 +183,20 @@ async def test_runner_cannot_slip_a_forged_event_in_with_a_plain_publish(
     assert await stored_on(admin, subject_for(event)) == 0
 
 
-async def test_runner_publishes_its_own_agent_events(runner: Connection, admin: NatsClient) -> None:
-    """The control: the same connection is let through for what its role publishes."""
-    event = AgentStarted(**_meta("m-own"), task_id="t1", attempt=1, runner_id="r1", model="m")
+async def test_runner_publishes_its_own_step_records(runner: Connection, admin: NatsClient) -> None:
+    """The control: the same connection is let through for what its role publishes (its
+    agent events go out with an attempt's credential: test_attempt_credentials)."""
+    event = StepFailed(
+        **_meta("m-own"),
+        service="agent-runner",
+        consumer="agent-runner",
+        failed_event_id="e1",
+        failed_event_type="workspace_ready",
+        stream=MISSIONS_STREAM,
+        stream_sequence=1,
+        error="boom",
+        attempts=3,
+    )
     assert runner.nc is not None
     ack = await runner.nc.jetstream().publish(subject_for(event), encode(event), timeout=5.0)
     assert ack.stream == MISSIONS_STREAM

@@ -29,6 +29,7 @@ from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import (
     MISSIONS_STREAM,
     Event,
+    EventPublisher,
     WorkspaceReady,
     mission_subject,
     new_event_id,
@@ -36,7 +37,8 @@ from aether_events import (
     type_subject,
 )
 from aether_llm import LLMSettings, make_client
-from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime import ConsumerSpec, Delivery, Projection, RuntimeSettings, Service
+from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey, current_publisher
 from aether_runtime.metrics import service_at_zero
 from aether_sandbox import (
     Sandbox,
@@ -76,6 +78,13 @@ def wire(
     agent = agent or AgentSettings.from_env()
     service = Service(name="agent-runner", settings=settings)
     projection: Projection[State] = Projection(State(), evolve)
+    me = runner_id()
+
+    def publisher() -> EventPublisher:
+        # An attempt's events go out with its own credential where the bus grants them
+        # (``attempt_scope``); everything else with the service's.
+        return current_publisher() or service.publisher
+
     attempts = Attempts(
         runtimes=runtimes(
             make_client(llm),
@@ -84,8 +93,8 @@ def wire(
             agent.command_runtimes,
         ),
         settings=agent,
-        publisher=lambda: service.publisher,
-        runner_id=runner_id(),
+        publisher=publisher,
+        runner_id=me,
         clock=_now,
         tiers=dict(llm.tiers),
         sandbox=confinement(agent),
@@ -106,7 +115,7 @@ def wire(
 
     handlers = Handlers(
         projection,
-        lambda: service.publisher,
+        publisher,
         attempts,
         history=history,
         ack_wait_seconds=agent.ack_wait_seconds,
@@ -138,19 +147,38 @@ def wire(
         )
         return last
 
+    credentials = attempt_credentials(settings, me)
+
+    async def handle(event: Event, delivery: Delivery) -> None:
+        if credentials is None or not isinstance(event, WorkspaceReady):
+            return await handlers.handle(event, delivery)
+        key = AttemptKey(event.mission_id, event.task.id, event.attempt)
+        async with credentials.scope(key):
+            return await handlers.handle(event, delivery)
+
     service.rebuild_with(start)
     for _ in range(agent.concurrency):
         service.consume(
             ConsumerSpec(
                 durable=DURABLE,
                 subject=subject,
-                handler=handlers.handle,
+                handler=handle,
                 max_workers=1,
                 ack_wait_seconds=agent.ack_wait_seconds,
             )
         )
     service_at_zero(service.name, [subject])
     return service, handlers
+
+
+def attempt_credentials(settings: RuntimeSettings, me: str) -> AttemptCredentials | None:
+    """How attempts publish their events: with a credential of their own, asked of the
+    bus with the runners' secret (``AETHER_ATTEMPT_SECRET``); without the secret, with the
+    service's user (a bus without per-service users)."""
+    secret = os.environ.get("AETHER_ATTEMPT_SECRET", "").strip()
+    if not secret:
+        return None
+    return AttemptCredentials(nats_url=settings.nats_url, secret=secret, runner_id=me)
 
 
 def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:

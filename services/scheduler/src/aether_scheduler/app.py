@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 
 from nats.js import JetStreamContext
 
@@ -15,13 +17,50 @@ from aether_events import (
     replay,
 )
 from aether_runtime import ConsumerSpec, Projection, RuntimeSettings, Service
+from aether_runtime.attempt_auth import DEFAULT_TTL_SECONDS, AttemptAuthorizer, AttemptKey, Grants
 from aether_runtime.metrics import service_at_zero
+from aether_runtime.roles import ROLES
 from aether_scheduler import metrics
 from aether_scheduler.config import config_from_env
 from aether_scheduler.domain import Config, State, evolve
+from aether_scheduler.domain.model import IN_FLIGHT
 from aether_scheduler.handlers import Handlers
 
 DEFAULT_PORT = 8101
+
+log = logging.getLogger("aether.scheduler")
+
+
+def attempt_open(state: State, key: AttemptKey) -> bool:
+    """Whether ``key`` is an attempt the scheduler handed out and that has not ended."""
+    mission = state.missions.get(key.mission_id)
+    task = mission.tasks.get(key.task_id) if mission is not None else None
+    return task is not None and task.status in IN_FLIGHT and task.attempt == key.attempt
+
+
+def serve_attempt_credentials(service: Service, projection: Projection[State]) -> None:
+    """Grant the agent runners' attempt credentials (``aether_runtime.attempt_auth``) when
+    the NATS server calls out for them: only for attempts open in this state."""
+    seed = os.environ.get("AETHER_ATTEMPT_ISSUER_SEED", "").strip()
+    secret = os.environ.get("AETHER_ATTEMPT_SECRET", "").strip()
+    if not seed or not secret:
+        return
+    ttl = float(os.environ.get("AETHER_ATTEMPT_CREDENTIAL_SECONDS", str(DEFAULT_TTL_SECONDS)))
+    authorizer = AttemptAuthorizer(
+        issuer_seed=seed,
+        secret=secret,
+        grants=Grants(lambda key: attempt_open(projection.state, key)),
+        types=ROLES["agent-runner"].attempt_publishes,
+        ttl_seconds=ttl,
+    )
+
+    async def serve() -> None:
+        assert service.nc is not None
+        await authorizer.serve(service.nc)
+        log.info("granting attempt credentials", extra={"issuer": authorizer.issuer})
+
+    service.on_started.append(serve)
+    service.on_stopping.append(authorizer.stop)
 
 
 def build(settings: RuntimeSettings | None = None, config: Config | None = None) -> Service:
@@ -56,6 +95,7 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    serve_attempt_credentials(service, projection)
     service.rebuild_with(rebuild)
     service.bound(projection)
     service.on_started.append(start_timers)
