@@ -383,3 +383,24 @@ async def test_the_credential_ends_with_its_attempt(
     with pytest.raises(nats.errors.ConnectionClosedError):
         await attempt.nc.publish(subject_for(completed(key)), encode(completed(key)))
     assert await stored_on(admin, subject_for(completed(key))) == 0
+
+
+async def test_an_open_attempts_credential_is_renewed_when_it_expires(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    """The control of the test above: while the attempt is open, the runner's publisher
+    asks again after the server closed the expired credential, and goes on publishing."""
+    authorizer.service.ttl_seconds = 2.0
+    key = AttemptKey("m-long", "t1", 1)
+    authorizer.open.add(key)
+    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "r1")
+    async with credentials.scope(key) as publisher:
+        await publisher.publish(started(key))
+        first = publisher.connection
+        assert first is not None
+        while not first.is_closed:  # until it expires and the server closes it
+            await asyncio.sleep(0.05)
+        ack = await publisher.publish(completed(key))
+        assert ack.stream == MISSIONS_STREAM
+        assert publisher.connection is not first
+    assert await stored_on(admin, subject_for(completed(key))) == 1

@@ -14,8 +14,9 @@ credential that names one attempt instead:
 * the answer is a user JWT, signed with the issuer account key the server trusts, whose
   publish allow-list names only the attempt's event types on ``aether.mission.<mission>.…``
   and ``aether.telemetry.<mission>.…``, whose only subscription is the attempt's own inbox,
-  and which expires after ``ttl_seconds``: the server then disconnects the client, and
-  its reconnection asks again, which is refused once the attempt has been closed.
+  and which expires after ``ttl_seconds``: the server then closes the connection, and the
+  runner's next publish connects and asks again, which is refused once the attempt has
+  ended.
 
 The JWTs are NATS's ``ed25519-nkey`` JWTs (the formats of ``nats-io/jwt`` v2), made and
 checked here with ``nkeys``; requests are not encrypted (no ``xkey``): they travel on the
@@ -312,7 +313,10 @@ class AttemptPublisher(EventPublisher):
 
     async def _connected(self) -> EventPublisher:
         async with self._lock:
-            if self._inner is None:
+            if self._inner is None or self._nc is None or self._nc.is_closed:
+                # The first event, or the credential expired: the server closed the
+                # connection (the client does not reconnect then) and it is asked for
+                # again, granted only while the attempt is open.
                 self._nc = await self._connect()
                 self._inner = EventPublisher(self._nc.jetstream())
             return self._inner
@@ -349,10 +353,25 @@ class AttemptPublisher(EventPublisher):
         expected_last_subject_sequence: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> PubAck:
-        inner = await self._connected()
-        return await inner.publish(
-            event, expected_last_subject_sequence=expected_last_subject_sequence, headers=headers
-        )
+        for tries in range(2):
+            inner = await self._connected()
+            try:
+                return await inner.publish(
+                    event,
+                    expected_last_subject_sequence=expected_last_subject_sequence,
+                    headers=headers,
+                )
+            except nats.errors.ConnectionClosedError:
+                # Closed as it expired, mid-publish: once more on a new connection (the
+                # event's id makes a second copy a duplicate the stream drops).
+                if tries == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @property
+    def connection(self) -> NatsClient | None:
+        """The attempt's connection now (None before its first event)."""
+        return self._nc
 
     async def close(self) -> None:
         async with self._lock:
