@@ -200,14 +200,14 @@ async def test_an_open_attempt_publishes_its_own_events(
     stack: Stack, authorizer: Authorizer, admin: NatsClient
 ) -> None:
     """The control: the runner's real publisher, through the credential of its attempt."""
-    key = AttemptKey("m-own", "t1", 1)
+    key = AttemptKey("m-own", "1.2", 1)  # a task id may hold dots
     authorizer.open.add(key)
     credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
     async with credentials.scope(key) as publisher:
         ack = await publisher.publish(started(key))
         assert ack.stream == MISSIONS_STREAM
         beat = AgentHeartbeat(
-            **meta(key.mission_id, "beat"), task_id="t1", attempt=1, runner_id="r1"
+            **meta(key.mission_id, "beat"), task_id=key.task_id, attempt=1, runner_id="r1"
         )
         assert (await publisher.publish(beat)).stream == TELEMETRY_STREAM
         usage = UsageRecorded(
@@ -216,7 +216,7 @@ async def test_an_open_attempt_publishes_its_own_events(
             model="m",
             usage=Usage(input_tokens=10, output_tokens=5),
             step="turn-1",
-            task_id="t1",
+            task_id=key.task_id,
             attempt=1,
         )
         await publisher.publish(usage)

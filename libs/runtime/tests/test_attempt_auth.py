@@ -26,6 +26,10 @@ KEY = AttemptKey("m1", "t1", 2)
 
 def test_a_user_name_names_one_attempt_and_its_runner() -> None:
     assert parse_user(KEY.user("r1")) == (KEY, "r1")
+    dotted = AttemptKey("m1", "1.2", 1)  # the planner's task ids may hold dots
+    assert parse_user(dotted.user("r1")) == (dotted, "r1")
+    assert dotted.inbox_prefix.count(".") == 2
+    assert dotted.inbox_prefix != AttemptKey("m1", "1_2", 1).inbox_prefix
     for forged in (
         "agent-runner",
         "attempt/m1/t1/2",
@@ -100,7 +104,7 @@ def test_the_answer_is_a_signed_user_limited_to_the_attempts_mission() -> None:
         "aether.mission.m1.agent_completed",
         "aether.telemetry.m1.agent_heartbeat",
     ]
-    assert user["nats"]["sub"]["allow"] == ["_INBOX.attempt.m1.t1.2.>"]
+    assert user["nats"]["sub"]["allow"] == [f"{KEY.inbox_prefix}.>"]
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,8 @@ log = logging.getLogger("aether.attempt-auth")
 USER_PREFIX = "attempt"
 GLOBAL_ACCOUNT = "$G"
 DEFAULT_TTL_SECONDS = 120.0
+# What the planner lets a task id be (it names no subject token: only the user and a digest).
+_TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def new_issuer_seed() -> str:
@@ -86,8 +88,10 @@ class AttemptKey:
 
     @property
     def inbox_prefix(self) -> str:
-        """The only subjects a connection of this attempt may subscribe to."""
-        return f"_INBOX.{USER_PREFIX}.{self.mission_id}.{self.task_id}.{self.attempt}"
+        """The only subjects a connection of this attempt may subscribe to (a digest: a
+        task id may hold dots, which would split a subject token)."""
+        name = f"{self.mission_id}/{self.task_id}/{self.attempt}".encode()
+        return f"_INBOX.{USER_PREFIX}.{hashlib.sha256(name).hexdigest()[:32]}"
 
 
 def parse_user(user: str) -> tuple[AttemptKey, str] | None:
@@ -96,7 +100,9 @@ def parse_user(user: str) -> tuple[AttemptKey, str] | None:
     if len(parts) != 5 or parts[0] != USER_PREFIX:
         return None
     _, mission_id, task_id, attempt, runner_id = parts
-    if not all(is_valid_token(token) for token in (mission_id, task_id, runner_id)):
+    if not (is_valid_token(mission_id) and is_valid_token(runner_id)):
+        return None
+    if not _TASK_ID.fullmatch(task_id):
         return None
     if not attempt.isdigit() or len(attempt) > 9:
         return None

@@ -82,7 +82,7 @@ def wire(
 
     def publisher() -> EventPublisher:
         # An attempt's events go out with its own credential where the bus grants them
-        # (``attempt_scope``); everything else with the service's.
+        # (``handle`` below); everything else with the service's.
         return current_publisher() or service.publisher
 
     attempts = Attempts(
