@@ -54,6 +54,18 @@ def test_the_first_runner_holds_an_open_attempt() -> None:
     assert grants.claim(KEY, "r1") == "the attempt is not open"
 
 
+def test_another_runner_takes_an_attempt_over_once_its_holders_credential_expired() -> None:
+    """A runner that died never renews: its attempt's message goes to another runner,
+    which is granted the attempt once the dead runner's credential can no longer be used."""
+    grants = Grants(lambda key: True)
+    assert grants.claim(KEY, "r1", now=100.0, ttl=60.0) is None
+    assert grants.claim(KEY, "r2", now=159.0, ttl=60.0) == "the attempt is held by another runner"
+    assert grants.claim(KEY, "r1", now=159.5, ttl=60.0) is None  # renewed: held again
+    assert grants.claim(KEY, "r2", now=200.0, ttl=60.0) == "the attempt is held by another runner"
+    assert grants.claim(KEY, "r2", now=220.0, ttl=60.0) is None
+    assert grants.claim(KEY, "r1", now=221.0, ttl=60.0) == "the attempt is held by another runner"
+
+
 def _server_request(server_seed: str, user: str, password: str) -> str:
     import nkeys
 

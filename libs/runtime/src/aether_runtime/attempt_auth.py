@@ -54,6 +54,7 @@ from nats.js.api import PubAck
 from aether_events import TELEMETRY_TYPES, Event, EventPublisher, tag_of
 from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX, is_valid_token
 from aether_runtime.bus_auth import AUTH_SUBJECT
+from aether_runtime.failures import RetryLater
 
 log = logging.getLogger("aether.attempt-auth")
 
@@ -120,21 +121,27 @@ def attempt_subjects(key: AttemptKey, types: Iterable[type[Event]]) -> list[str]
 
 class Grants:
     """Which attempts are open (asked of the trusted service's state on every
-    connection), and which runner holds each: the first that asked for it."""
+    connection), and which runner holds each: the first that asked for it, until its
+    credential has expired without being renewed (a runner that died: the attempt's
+    message is delivered to another, which may then take it over)."""
 
     def __init__(self, is_open: Callable[[AttemptKey], bool]) -> None:
         self.is_open = is_open
-        self._holders: dict[AttemptKey, str] = {}
+        self._holders: dict[AttemptKey, tuple[str, float]] = {}
 
-    def claim(self, key: AttemptKey, runner_id: str) -> str | None:
-        """Bind ``key`` to ``runner_id`` if it is open and free or already its; None when
+    def claim(
+        self, key: AttemptKey, runner_id: str, now: float = 0.0, ttl: float = float("inf")
+    ) -> str | None:
+        """Bind ``key`` to ``runner_id`` (at ``now``, for ``ttl`` seconds) if it is open
+        and free, already its, or its holder's credential has expired; None when
         granted, else why not."""
         if not self.is_open(key):
             self._holders.pop(key, None)
             return "the attempt is not open"
-        holder = self._holders.setdefault(key, runner_id)
-        if holder != runner_id:
+        holder = self._holders.get(key)
+        if holder is not None and holder[0] != runner_id and now < holder[1] + ttl:
             return "the attempt is held by another runner"
+        self._holders[key] = (runner_id, now)
         if len(self._holders) > 4 * _PRUNE_ABOVE:
             self._prune()
         return None
@@ -246,7 +253,7 @@ class AttemptAuthorizer:
             error = "wrong password"
         else:
             key, runner_id = claimed
-            refusal = self.grants.claim(key, runner_id)
+            refusal = self.grants.claim(key, runner_id, self.clock(), self.ttl_seconds)
             if refusal is not None:
                 error = refusal
             else:
@@ -304,6 +311,10 @@ def runner_token(runner_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", runner_id)[:64] or "runner"
 
 
+class CredentialRefused(RetryLater):
+    """The bus did not grant the attempt's credential: its message comes back later."""
+
+
 class AttemptPublisher(EventPublisher):
     """Publishes one attempt's events on a connection of its own, made with the
     attempt's credential when the first event is published, closed with the scope."""
@@ -328,9 +339,11 @@ class AttemptPublisher(EventPublisher):
             return self._inner
 
     async def _connect(self) -> NatsClient:
-        # The scheduler opens the attempt when it folds its TaskReady; a runner that got
-        # the workspace first asks again a few times.
-        wait = 0.1
+        # Refused while the attempt is not open (it ended, or the scheduler has not
+        # folded it), held by another runner, or while no scheduler answers: asked a few
+        # times, then the delivery is handed back for later (``RetryLater``), freeing the
+        # lane; its redelivery looks at the mission's history again before it runs.
+        wait = 0.2
         for tries in range(CONNECT_TRIES):
             try:
                 return await nats.connect(
@@ -346,10 +359,13 @@ class AttemptPublisher(EventPublisher):
                 )
             except (nats.errors.Error, OSError) as error:
                 if tries == CONNECT_TRIES - 1:
-                    raise
+                    raise CredentialRefused(
+                        f"no NATS credential for attempt {self._key.attempt} of task "
+                        f"{self._key.task_id}: {error}"
+                    ) from error
                 log.info("attempt credential not granted yet", extra={"error": str(error)})
                 await asyncio.sleep(wait)
-                wait = min(wait * 2, 2.0)
+                wait *= 2
         raise AssertionError("unreachable")
 
     async def publish(
@@ -388,7 +404,7 @@ class AttemptPublisher(EventPublisher):
             self._inner = None
 
 
-CONNECT_TRIES = 35  # about a minute, the waits doubling up to 2 s
+CONNECT_TRIES = 5  # about 3 s of waits (each refusal may take the callout's timeout too)
 
 
 @dataclass(frozen=True)
