@@ -10,7 +10,8 @@ credential that names one attempt instead:
 * the authorizer (``AttemptAuthorizer``, served by a trusted service that knows which
   attempts are open) accepts a user name ``attempt/<mission>/<task>/<attempt>/<runner>``
   with the runners' attempt secret, only while that attempt is open and only for the
-  first runner that asked for it (a second runner asking for the same attempt is refused);
+  first runner that asked for it (a second runner asking for the same attempt is refused
+  until the holder's credential has expired unrenewed: a runner that died);
 * the answer is a user JWT, signed with the issuer account key the server trusts, whose
   publish allow-list names only the attempt's event types on ``aether.mission.<mission>.…``
   and ``aether.telemetry.<mission>.…``, whose only subscription is the attempt's own inbox,
