@@ -147,7 +147,7 @@ def wire(
         )
         return last
 
-    credentials = attempt_credentials(settings, me)
+    credentials = attempt_credentials(settings)
 
     async def handle(event: Event, delivery: Delivery) -> None:
         if credentials is None or not isinstance(event, WorkspaceReady):
@@ -171,14 +171,18 @@ def wire(
     return service, handlers
 
 
-def attempt_credentials(settings: RuntimeSettings, me: str) -> AttemptCredentials | None:
+def attempt_credentials(settings: RuntimeSettings) -> AttemptCredentials | None:
     """How attempts publish their events: with a credential of their own, asked of the
     bus with the runners' secret (``AETHER_ATTEMPT_SECRET``); without the secret, with the
     service's user (a bus without per-service users)."""
     secret = os.environ.get("AETHER_ATTEMPT_SECRET", "").strip()
     if not secret:
         return None
-    return AttemptCredentials(nats_url=settings.nats_url, secret=secret, runner_id=me)
+    # The host names the holder: a runner restarted on the same host (a new process id)
+    # takes its attempts back at once; another host only once their credential expired.
+    return AttemptCredentials(
+        nats_url=settings.nats_url, secret=secret, runner_id=socket.gethostname()
+    )
 
 
 def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
