@@ -128,6 +128,7 @@ class Attempt:
             closed_cb=on_closed,
             max_reconnect_attempts=2,
             reconnect_time_wait=0.1,
+            connect_timeout=30,
         )
         return self
 
@@ -190,6 +191,8 @@ async def refused(stack: Stack, key: AttemptKey, runner: str = "r1", **options: 
             },
             allow_reconnect=False,
             max_reconnect_attempts=0,
+            # The refusal comes from the authorizer, through the server: wait for it.
+            connect_timeout=30,
         )
 
 

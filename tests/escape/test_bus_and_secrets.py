@@ -289,8 +289,16 @@ async def test_runner_cannot_take_over_the_schedulers_consumer(
 
 
 async def test_no_credentials_no_connection(stack: Stack) -> None:
+    # A login the configuration does not list goes to the auth callout, which no
+    # scheduler answers here: the server refuses it once the callout times out, so the
+    # client waits longer than that for the refusal.
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
-        await nats.connect(stack.nats_server_url, max_reconnect_attempts=0, allow_reconnect=False)
+        await nats.connect(
+            stack.nats_server_url,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            connect_timeout=30,
+        )
 
 
 async def test_one_service_password_does_not_open_another_user(stack: Stack) -> None:

@@ -356,7 +356,8 @@ class AttemptPublisher(EventPublisher):
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.2,
-                    connect_timeout=5,
+                    # The server asks the scheduler before it answers.
+                    connect_timeout=15,
                 )
             except (nats.errors.Error, OSError) as error:
                 if tries == CONNECT_TRIES - 1:
