@@ -67,13 +67,17 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             "AETHER_RETRY_BASE_SECONDS",
             "AETHER_RETRY_MAX_SECONDS",
             "AETHER_PRICES_FILE",
+            # It grants the agent runners' attempt credentials (``attempt_auth``).
+            "AETHER_ATTEMPT_ISSUER_SEED",
+            "AETHER_ATTEMPT_SECRET",
+            "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
         }
     ),
     # The runner's own process calls the model; the commands it runs get none of this
     # (their environment is filtered again, and they run sandboxed).
     "agent-runner": MODEL_NAMES
     | PROXY_NAMES
-    | {"AETHER_WORKTREES_DIR", "AETHER_SANDBOX", "AETHER_CLAUDE_CODE_CLI"},
+    | {"AETHER_WORKTREES_DIR", "AETHER_SANDBOX", "AETHER_CLAUDE_CODE_CLI", "AETHER_ATTEMPT_SECRET"},
     "git-broker": PROXY_NAMES
     | {
         "AETHER_ACK_WAIT_SECONDS",

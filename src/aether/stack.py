@@ -19,8 +19,10 @@ import httpx
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port
 from aether.service_env import settings_for
+from aether_runtime.attempt_auth import issuer_public_key, new_issuer_seed
 from aether_runtime.bus_auth import (
     ADMIN_USER,
+    Callout,
     Secret,
     User,
     password_env,
@@ -89,6 +91,10 @@ class Stack:
         self.nats_server_url = self.nats_url
         # Per service: its NATS user's password (only when the stack runs its own NATS).
         self.nats_passwords: dict[str, str] = {}
+        # What attempt credentials need (``aether_runtime.attempt_auth``): the issuer's
+        # seed (the scheduler's) and the runners' secret; with NATS_URL, the operator's.
+        self.attempt_issuer_seed = self._given("AETHER_ATTEMPT_ISSUER_SEED")
+        self.attempt_secret = self._given("AETHER_ATTEMPT_SECRET")
         self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
         self.admin_token = (
             self.admin_token
@@ -151,9 +157,18 @@ class Stack:
         }
         users = [User(name=ADMIN_USER, password=Secret(self.nats_passwords[ADMIN_USER]))]
         users += service_users({name: Secret(self.nats_passwords[name]) for name in SERVICES})
+        # Attempt credentials: the scheduler signs them with this account key (its public
+        # key is the callout's issuer); runners prove they are runners with the secret.
+        seed = self.credentials_dir / "nats" / "attempt-issuer.seed"
+        if not seed.exists():
+            write_private(seed, new_issuer_seed() + "\n")
+        self.attempt_issuer_seed = seed.read_text(encoding="utf-8").strip()
+        self.attempt_secret = load_or_create_secret(secrets / "attempt.secret")
+        callout = Callout(Secret(issuer_public_key(self.attempt_issuer_seed)))
         path = self.credentials_dir / "nats.conf"
         write_private(
-            path, "# Written by aether up at every start.\n" + render_authorization(users)
+            path,
+            "# Written by aether up at every start.\n" + render_authorization(users, callout),
         )
         return path
 
@@ -172,6 +187,11 @@ class Stack:
             # this service the operator gives as NATS_PASSWORD_<SERVICE>, as compose does.
             env["NATS_USER"] = name
             env["NATS_PASSWORD"] = password
+        if self.attempt_secret and name in ("scheduler", "agent-runner"):
+            # The scheduler grants attempt credentials, the runners ask for them.
+            env["AETHER_ATTEMPT_SECRET"] = self.attempt_secret
+        if self.attempt_issuer_seed and name == "scheduler":
+            env["AETHER_ATTEMPT_ISSUER_SEED"] = self.attempt_issuer_seed
         if name == "scheduler":
             # It chooses the tasks' models, and so must know whether a key is set.
             env["AETHER_MODEL_OFFLINE"] = "0" if self._given("ANTHROPIC_API_KEY") else "1"

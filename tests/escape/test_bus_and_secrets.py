@@ -27,12 +27,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from aether.stack import SERVICES, Stack
 from aether_events import (
     MISSIONS_STREAM,
-    AgentStarted,
     BranchMerged,
     Event,
     MissionCancelled,
     MissionRequested,
     PlanApproved,
+    StepFailed,
     StreamSettings,
     TaskReady,
     WorkspaceReady,
@@ -183,9 +183,20 @@ async def test_runner_cannot_slip_a_forged_event_in_with_a_plain_publish(
     assert await stored_on(admin, subject_for(event)) == 0
 
 
-async def test_runner_publishes_its_own_agent_events(runner: Connection, admin: NatsClient) -> None:
-    """The control: the same connection is let through for what its role publishes."""
-    event = AgentStarted(**_meta("m-own"), task_id="t1", attempt=1, runner_id="r1", model="m")
+async def test_runner_publishes_its_own_step_records(runner: Connection, admin: NatsClient) -> None:
+    """The control: the same connection is let through for what its role publishes (its
+    agent events go out with an attempt's credential: test_attempt_credentials)."""
+    event = StepFailed(
+        **_meta("m-own"),
+        service="agent-runner",
+        consumer="agent-runner",
+        failed_event_id="e1",
+        failed_event_type="workspace_ready",
+        stream=MISSIONS_STREAM,
+        stream_sequence=1,
+        error="boom",
+        attempts=3,
+    )
     assert runner.nc is not None
     ack = await runner.nc.jetstream().publish(subject_for(event), encode(event), timeout=5.0)
     assert ack.stream == MISSIONS_STREAM
@@ -278,8 +289,16 @@ async def test_runner_cannot_take_over_the_schedulers_consumer(
 
 
 async def test_no_credentials_no_connection(stack: Stack) -> None:
+    # A login the configuration does not list goes to the auth callout, which no
+    # scheduler answers here: the server refuses it once the callout times out, so the
+    # client waits longer than that for the refusal.
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
-        await nats.connect(stack.nats_server_url, max_reconnect_attempts=0, allow_reconnect=False)
+        await nats.connect(
+            stack.nats_server_url,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            connect_timeout=30,
+        )
 
 
 async def test_one_service_password_does_not_open_another_user(stack: Stack) -> None:

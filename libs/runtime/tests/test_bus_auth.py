@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from aether_events import MISSIONS_STREAM, catalogue
-from aether_runtime.bus_auth import event_subjects, permissions, static_authorization
+from aether_runtime.attempt_auth import AttemptKey, attempt_subjects
+from aether_runtime.bus_auth import (
+    AUTH_REPLIES,
+    AUTH_SUBJECT,
+    ISSUER_ENV,
+    event_subjects,
+    permissions,
+    static_authorization,
+)
 from aether_runtime.roles import ROLES, STREAMS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,7 +42,7 @@ def constructed(service: str) -> set[str]:
 
 
 def test_every_event_type_has_a_publisher() -> None:
-    published = set().union(*(role.publishes for role in ROLES.values()))
+    published = set().union(*(role.publishes | role.attempt_publishes for role in ROLES.values()))
     assert {cls.__name__ for cls in EVENTS - published} == set()
 
 
@@ -42,15 +50,21 @@ def test_every_event_type_has_a_publisher() -> None:
 def test_a_service_builds_only_events_its_role_publishes(service: str) -> None:
     built = constructed(service)
     assert built, f"found no events built by {service}: the scan is broken"
-    allowed = {cls.__name__ for cls in ROLES[service].publishes}
+    role = ROLES[service]
+    allowed = {cls.__name__ for cls in role.publishes | role.attempt_publishes}
     assert built <= allowed, f"{service} builds {sorted(built - allowed)} its role lacks"
 
 
-def test_the_agent_runner_may_publish_only_agent_and_usage_events() -> None:
+def test_the_agent_runner_publishes_agent_events_only_with_an_attempts_credential() -> None:
     runner = permissions(ROLES["agent-runner"])
     events = [s for s in runner.publish_allow if s.startswith("aether.")]
     assert events == event_subjects(ROLES["agent-runner"])
-    assert {s.rsplit(".", 1)[1] for s in events} == {
+    # Its own user: only its failed steps; the agent and usage events of an attempt go
+    # out with that attempt's credential, limited to the attempt's mission.
+    assert {s.rsplit(".", 1)[1] for s in events} == {"step_failed", "step_recovered"}
+    key = AttemptKey("m1", "t1", 2)
+    scoped = attempt_subjects(key, ROLES["agent-runner"].attempt_publishes)
+    assert {s.rsplit(".", 1)[1] for s in scoped} == {
         "agent_started",
         "agent_progress",
         "agent_heartbeat",
@@ -58,9 +72,8 @@ def test_the_agent_runner_may_publish_only_agent_and_usage_events() -> None:
         "agent_completed",
         "agent_failed",
         "usage_recorded",
-        "step_failed",
-        "step_recovered",
     }
+    assert all(s.split(".")[2] == "m1" for s in scoped)
     assert not any(".STREAM.CREATE." in s or ".STREAM.UPDATE." in s for s in runner.publish_allow)
     assert f"$JS.API.CONSUMER.MSG.NEXT.{MISSIONS_STREAM}.scheduler" in runner.publish_deny
     assert runner.subscribe_allow[0] == "_INBOX.agent-runner.>"
@@ -89,6 +102,21 @@ def test_no_service_acknowledges_for_another() -> None:
         for other in ROLES.values():
             if other is not role:
                 assert not acks & {f"$JS.ACK.{s}.{d}.>" for s, d in other.durables}, name
+
+
+def test_only_the_scheduler_answers_the_servers_authorization_requests() -> None:
+    answering = {
+        name for name, role in ROLES.items() if AUTH_SUBJECT in permissions(role).subscribe_allow
+    }
+    assert answering == {"scheduler"}
+    assert AUTH_REPLIES in permissions(ROLES["scheduler"]).publish_allow
+
+
+def test_every_static_user_logs_in_without_the_callout() -> None:
+    text = static_authorization()
+    callout = text[text.index("auth_callout") :]
+    assert f"issuer: ${ISSUER_ENV}" in callout
+    assert re.findall(r'"([\w-]+)"', callout) == ["aether", *ROLES]
 
 
 def test_static_configuration_reads_every_password_from_the_environment() -> None:

@@ -18,7 +18,10 @@ What a service may do:
 * create or update the streams only if its role declares them, never delete or purge one;
 * receive replies only on its own inbox prefix, so no service reads another's replies;
   publish there too, so its processes can ask one another what they hold after a bus
-  restart (see ``reconnect``): only they read it.
+  restart (see ``reconnect``): only they read it;
+* the role that authorizes attempts (the scheduler) also receives the server's
+  authorization requests and answers them (``attempt_auth``); every user of the block is
+  an ``auth_users`` of the callout, so only attempt users are asked about.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ from aether_runtime.roles import ROLES, STREAMS, Role
 API = "$JS.API"
 ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 ADMIN_USER = "aether"
+# Where the server asks the authorizer about attempt users, and where it wants the answer.
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+AUTH_REPLIES = "$SYS._INBOX.>"
+# The server's environment variable holding the attempt issuer's public key (compose, k8s).
+ISSUER_ENV = "NATS_ATTEMPT_ISSUER"
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,10 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
             ]
     allow.append(f"{role.inbox_prefix}.>")
     subscribe = [f"{role.inbox_prefix}.>"]
+    if role.authorizes_attempts:
+        # The server's authorization requests for attempt users, and its reply subjects.
+        subscribe.append(AUTH_SUBJECT)
+        allow.append(AUTH_REPLIES)
     subscribe += [
         f"{ADVISORY_MAX_DELIVERIES}.{stream}.{durable}" for stream, durable in role.durables
     ]
@@ -156,8 +168,19 @@ def password_env(service: str) -> str:
     return "NATS_PASSWORD_" + service.upper().replace("-", "_")
 
 
-def render_authorization(users: list[User]) -> str:
-    """The ``authorization`` block of a nats-server configuration for ``users``."""
+@dataclass(frozen=True)
+class Callout:
+    """The ``auth_callout`` of the configuration: users not listed in it are handed to an
+    authorizer (``aether_runtime.attempt_auth``) whose answers ``issuer`` (an account
+    public nkey, or ``$NAME`` of the server's environment) signs."""
+
+    issuer: Secret
+
+
+def render_authorization(users: list[User], callout: Callout | None = None) -> str:
+    """The ``authorization`` block of a nats-server configuration for ``users``; with
+    ``callout``, every other user name is asked of the authorizer (``users`` are its
+    ``auth_users``: they log in as before, without it)."""
     lines = ["authorization {", "  users = ["]
     for user in users:
         lines.append("    {")
@@ -175,7 +198,15 @@ def render_authorization(users: list[User]) -> str:
                 lines.append("        }")
             lines.append("      }")
         lines.append("    }")
-    lines += ["  ]", "}"]
+    lines.append("  ]")
+    if callout is not None:
+        lines.append("  auth_callout {")
+        lines.append(f"    issuer: {callout.issuer.render()}")
+        lines.append("    auth_users: [")
+        lines += [f"      {json.dumps(user.name)}" for user in users]
+        lines.append("    ]")
+        lines.append("  }")
+    lines.append("}")
     return "\n".join(lines) + "\n"
 
 
@@ -184,12 +215,13 @@ def static_authorization() -> str:
     environment, an administrator included (``NATS_PASSWORD_ADMIN``)."""
     users = [User(name=ADMIN_USER, password=Secret(env="NATS_PASSWORD_ADMIN"))]
     users += service_users({name: Secret(env=password_env(name)) for name in ROLES})
-    return STATIC_HEADER + render_authorization(users)
+    return STATIC_HEADER + render_authorization(users, Callout(Secret(env=ISSUER_ENV)))
 
 
 STATIC_HEADER = """\
 # NATS users and permissions of the Aether services, one user per service with the
-# permissions of its role; each password comes from the server's environment.
+# permissions of its role; each password comes from the server's environment, and so
+# does the public key of the attempt credentials' issuer (NATS_ATTEMPT_ISSUER).
 # Generated from aether_runtime.roles: do not edit. After changing the roles, run
 #   uv run python -m aether_runtime.bus_auth > deploy/nats/auth.conf
 # and copy it into k8s/base/nats.yaml (the tests compare both with the table).

@@ -7,11 +7,11 @@ subjects it may publish, the JetStream API calls it may make, the inbox it reads
 on. A new event type or consumer is added here, once; a service that publishes an event
 its role does not list is refused by the server.
 
-What the table cannot say: NATS permissions are by subject, and an event's subject names
-its mission and type, not its task or attempt. So the agent runner may publish agent and
-usage events for any mission; that a runner reports only on work it holds is checked by
-the consumers, which fold an agent event only for the attempt they dispatched (see
-docs/security.md).
+An event's subject names its mission and type, not its task or attempt, so a static user
+cannot be limited to the work it holds. The agent runner's own user therefore publishes
+no agent event: ``attempt_publishes`` are published with a credential per attempt that
+the scheduler's authorizer grants while the attempt is open (``attempt_auth``), limited
+to that attempt's mission (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -67,6 +67,20 @@ from aether_events import (
 _STEP_RECORDS: frozenset[type[Event]] = frozenset({StepFailed, StepRecovered})
 
 
+# What an agent runner reports on one attempt: published with the attempt's credential.
+ATTEMPT_EVENTS: frozenset[type[Event]] = frozenset(
+    {
+        AgentStarted,
+        UsageRecorded,
+        AgentCompleted,
+        AgentFailed,
+        AgentProgress,
+        AgentHeartbeat,
+        TranscriptRecorded,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Role:
     """One service's part on the bus."""
@@ -77,6 +91,10 @@ class Role:
     durables: tuple[tuple[str, str], ...]
     declares_streams: bool = False
     kv_buckets: tuple[str, ...] = ()
+    # Published only with an attempt's own credential (``attempt_auth``), never the user's.
+    attempt_publishes: frozenset[type[Event]] = frozenset()
+    # Answers the server's authorization requests for attempt users (the scheduler).
+    authorizes_attempts: bool = False
 
     @property
     def inbox_prefix(self) -> str:
@@ -91,6 +109,8 @@ def _role(
     *,
     declares_streams: bool = False,
     kv_buckets: tuple[str, ...] = (),
+    attempt_publishes: frozenset[type[Event]] = frozenset(),
+    authorizes_attempts: bool = False,
 ) -> Role:
     # The runtime gives every service a consumer of retry requests for its failed steps.
     retries = (MISSIONS_STREAM, f"{service}-step-retries")
@@ -100,6 +120,8 @@ def _role(
         durables=(*durables, retries),
         declares_streams=declares_streams,
         kv_buckets=kv_buckets,
+        attempt_publishes=attempt_publishes,
+        authorizes_attempts=authorizes_attempts,
     )
 
 
@@ -149,19 +171,14 @@ ROLES: dict[str, Role] = {
             # The scheduler is the one active instance that every mission needs: the streams
             # are its to create and update (replicas, duplicate window, age limit).
             declares_streams=True,
+            # It knows which attempts are open: it grants their credentials.
+            authorizes_attempts=True,
         ),
         _role(
             "agent-runner",
-            {
-                AgentStarted,
-                UsageRecorded,
-                AgentCompleted,
-                AgentFailed,
-                AgentProgress,
-                AgentHeartbeat,
-                TranscriptRecorded,
-            },
+            set(),
             [(MISSIONS_STREAM, "agent-runner")],
+            attempt_publishes=ATTEMPT_EVENTS,
         ),
         _role(
             "git-broker",

@@ -29,12 +29,14 @@ from aether_agent_runner.runtimes import Runtime
 from aether_events import (
     MISSIONS_STREAM,
     Event,
+    EventPublisher,
     WorkspaceReady,
     mission_subject,
     replay,
     type_subject,
 )
-from aether_runtime import ConsumerSpec, Projection, Service
+from aether_runtime import ConsumerSpec, Delivery, Projection, Service
+from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey, current_publisher
 from aether_runtime.metrics import service_at_zero
 from aether_sandbox import Sandbox, SandboxUnavailable
 
@@ -53,6 +55,9 @@ class Adapters:
     sandbox: Sandbox | SandboxUnavailable
     runner_id: str
     clock: Callable[[], datetime]
+    # How an attempt's events go out with the attempt's own bus credential (decision
+    # 0014); None: with the service's user (a bus without per-service users).
+    credentials: AttemptCredentials | None = None
 
 
 @dataclass
@@ -68,6 +73,12 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
     agent, llm = settings.agent, settings.llm
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[State] = Projection(State(), evolve)
+
+    def publisher() -> EventPublisher:
+        # An attempt's events go out with its own credential where the bus grants them
+        # (``handle`` below); everything else with the service's.
+        return current_publisher() or service.publisher
+
     attempts = Attempts(
         runtimes=adapters.runtimes,
         settings=agent,
@@ -92,7 +103,7 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
 
     handlers = Handlers(
         projection,
-        lambda: service.publisher,
+        publisher,
         attempts,
         history=history,
         ack_wait_seconds=agent.ack_wait_seconds,
@@ -119,13 +130,22 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         )
         return last
 
+    credentials = adapters.credentials
+
+    async def handle(event: Event, delivery: Delivery) -> None:
+        if credentials is None or not isinstance(event, WorkspaceReady):
+            return await handlers.handle(event, delivery)
+        key = AttemptKey(event.mission_id, event.task.id, event.attempt)
+        async with credentials.scope(key):
+            return await handlers.handle(event, delivery)
+
     service.rebuild_with(start)
     for _ in range(agent.concurrency):
         service.consume(
             ConsumerSpec(
                 durable=DURABLE,
                 subject=subject,
-                handler=handlers.handle,
+                handler=handle,
                 max_workers=1,
                 ack_wait_seconds=agent.ack_wait_seconds,
                 # Shared by every runner process, each bound by its lanes (see ``bus``).

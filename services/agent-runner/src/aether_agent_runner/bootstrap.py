@@ -12,6 +12,7 @@ from aether_agent_runner.config import AgentSettings, RunnerSettings
 from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import new_event_id
 from aether_llm import make_client
+from aether_runtime.attempt_auth import AttemptCredentials
 from aether_sandbox import (
     Sandbox,
     SandboxUnavailable,
@@ -38,8 +39,24 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
         sandbox=confinement(agent),
         runner_id=runner_id(),
         clock=_now,
+        credentials=attempt_credentials(settings),
     )
     return wire(settings, adapters)
+
+
+def attempt_credentials(settings: RunnerSettings) -> AttemptCredentials | None:
+    """How attempts publish their events: with a credential of their own, asked of the
+    bus with the runners' secret (``AETHER_ATTEMPT_SECRET``); without the secret, with the
+    service's user (a bus without per-service users)."""
+    if not settings.attempt_secret:
+        return None
+    # The host names the holder: a runner restarted on the same host (a new process id)
+    # takes its attempts back at once; another host only once their credential expired.
+    return AttemptCredentials(
+        nats_url=settings.runtime.nats_url,
+        secret=settings.attempt_secret,
+        runner_id=socket.gethostname(),
+    )
 
 
 def runner_id() -> str:

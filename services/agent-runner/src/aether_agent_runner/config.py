@@ -203,6 +203,9 @@ class RunnerSettings(ServiceSettings, frozen=True, kw_only=True):
 
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    # The runners' shared secret for asking the bus for each attempt's own credential
+    # (decision 0014); empty: attempts publish with the service's user.
+    attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
 
     @classmethod
     def from_env(cls, env: ENV | None = None) -> RunnerSettings:

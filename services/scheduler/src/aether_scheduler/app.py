@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -16,10 +17,13 @@ from aether_events import (
     replay,
 )
 from aether_runtime import ConsumerSpec, Projection, Service
+from aether_runtime.attempt_auth import AttemptAuthorizer, AttemptKey, Grants
 from aether_runtime.metrics import service_at_zero
+from aether_runtime.roles import ROLES
 from aether_scheduler import metrics
 from aether_scheduler.config import SERVICE_NAME, SchedulerSettings
 from aether_scheduler.domain import Config, State, evolve
+from aether_scheduler.domain.model import IN_FLIGHT
 from aether_scheduler.handlers import Handlers
 
 
@@ -29,6 +33,40 @@ class Scheduler:
 
     service: Service
     handlers: Handlers
+
+
+log = logging.getLogger("aether.scheduler")
+
+
+def attempt_open(state: State, key: AttemptKey) -> bool:
+    """Whether ``key`` is an attempt the scheduler handed out and that has not ended."""
+    mission = state.missions.get(key.mission_id)
+    task = mission.tasks.get(key.task_id) if mission is not None else None
+    return task is not None and task.status in IN_FLIGHT and task.attempt == key.attempt
+
+
+def serve_attempt_credentials(
+    service: Service, projection: Projection[State], settings: SchedulerSettings
+) -> None:
+    """Grant the agent runners' attempt credentials (``aether_runtime.attempt_auth``) when
+    the NATS server calls out for them: only for attempts open in this state."""
+    if not settings.attempt_issuer_seed or not settings.attempt_secret:
+        return
+    authorizer = AttemptAuthorizer(
+        issuer_seed=settings.attempt_issuer_seed,
+        secret=settings.attempt_secret,
+        grants=Grants(lambda key: attempt_open(projection.state, key)),
+        types=ROLES["agent-runner"].attempt_publishes,
+        ttl_seconds=settings.attempt_credential_seconds,
+    )
+
+    async def serve() -> None:
+        assert service.nc is not None
+        await authorizer.serve(service.nc)
+        log.info("granting attempt credentials", extra={"issuer": authorizer.issuer})
+
+    service.on_started.append(serve)
+    service.on_stopping.append(authorizer.stop)
 
 
 def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
@@ -63,6 +101,7 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    serve_attempt_credentials(service, projection, settings)
     service.rebuild_with(rebuild)
     service.bound(projection)
     service.on_started.append(start_timers)

@@ -10,6 +10,7 @@ from typing import ClassVar
 import msgspec
 
 from aether_llm import LLMSettings
+from aether_runtime.attempt_auth import DEFAULT_TTL_SECONDS
 from aether_runtime.settings import ENV, RuntimeSettings, ServiceSettings, setting
 from aether_scheduler.domain import Config
 
@@ -33,6 +34,13 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
         "AETHER_MONTHLY_BUDGET_USD", Config.monthly_budget_usd
     )
     warn_fraction: float = setting("AETHER_BUDGET_WARN_FRACTION", Config.warn_fraction)
+    # Granting each agent-runner attempt its own bus credential (decision 0014): the key
+    # that signs them, the runners' shared secret, and how long one lives.
+    attempt_issuer_seed: str = setting("AETHER_ATTEMPT_ISSUER_SEED", "")
+    attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
+    attempt_credential_seconds: float = setting(
+        "AETHER_ATTEMPT_CREDENTIAL_SECONDS", DEFAULT_TTL_SECONDS
+    )
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
 
     @classmethod

@@ -1,0 +1,442 @@
+"""Credentials for one task attempt: NATS auth callout served by a trusted service.
+
+A subject names a mission and an event type, so a static NATS user cannot be limited to
+"the work it holds". This module lets the runner publish its agent events with a
+credential that names one attempt instead:
+
+* the NATS server's ``authorization`` block gets an ``auth_callout`` whose ``auth_users``
+  are every static user (they log in as before, without the callout); any other user
+  name is handed to the authorizer as an authorization request (``$SYS.REQ.USER.AUTH``);
+* the authorizer (``AttemptAuthorizer``, served by a trusted service that knows which
+  attempts are open) accepts a user name ``attempt/<mission>/<task>/<attempt>/<runner>``
+  with the runners' attempt secret, only while that attempt is open and only for the
+  first runner that asked for it (a second runner asking for the same attempt is refused
+  until the holder's credential has expired unrenewed: a runner that died);
+* the answer is a user JWT, signed with the issuer account key the server trusts, whose
+  publish allow-list names only the attempt's event types on ``aether.mission.<mission>.…``
+  and ``aether.telemetry.<mission>.…``, whose only subscription is the attempt's own inbox,
+  and which expires after ``ttl_seconds``: the server then closes the connection, and the
+  runner's next publish connects and asks again, which is refused once the attempt has
+  ended.
+
+The JWTs are NATS's ``ed25519-nkey`` JWTs (the formats of ``nats-io/jwt`` v2), made and
+checked here with ``nkeys``; requests are not encrypted (no ``xkey``): they travel on the
+server's own connection to the authorizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import contextvars
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+import nats
+import nats.errors
+import nkeys
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import PubAck
+
+from aether_events import TELEMETRY_TYPES, Event, EventPublisher, tag_of
+from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX, is_valid_token
+from aether_runtime.bus_auth import AUTH_SUBJECT
+from aether_runtime.failures import RetryLater
+
+log = logging.getLogger("aether.attempt-auth")
+
+USER_PREFIX = "attempt"
+GLOBAL_ACCOUNT = "$G"
+DEFAULT_TTL_SECONDS = 120.0
+# What the planner lets a task id be (it names no subject token: only the user and a digest).
+_TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def new_issuer_seed() -> str:
+    """A new account nkey seed (``SA…``) for signing attempt credentials."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)).decode()
+
+
+def issuer_public_key(seed: str) -> str:
+    """The public key (``A…``) of an issuer seed: what the server's ``auth_callout`` names."""
+    return bytes(nkeys.from_seed(seed.encode()).public_key).decode()
+
+
+@dataclass(frozen=True)
+class AttemptKey:
+    """One attempt of one task of one mission."""
+
+    mission_id: str
+    task_id: str
+    attempt: int
+
+    def user(self, runner_id: str) -> str:
+        """The NATS user name a runner connects with for this attempt."""
+        return f"{USER_PREFIX}/{self.mission_id}/{self.task_id}/{self.attempt}/{runner_id}"
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The only subjects a connection of this attempt may subscribe to (a digest: a
+        task id may hold dots, which would split a subject token)."""
+        name = f"{self.mission_id}/{self.task_id}/{self.attempt}".encode()
+        return f"_INBOX.{USER_PREFIX}.{hashlib.sha256(name).hexdigest()[:32]}"
+
+
+def parse_user(user: str) -> tuple[AttemptKey, str] | None:
+    """The attempt and runner a user name claims, or None if it is not one."""
+    parts = user.split("/")
+    if len(parts) != 5 or parts[0] != USER_PREFIX:
+        return None
+    _, mission_id, task_id, attempt, runner_id = parts
+    if not (is_valid_token(mission_id) and is_valid_token(runner_id)):
+        return None
+    if not _TASK_ID.fullmatch(task_id):
+        return None
+    if not attempt.isdigit() or len(attempt) > 9:
+        return None
+    return AttemptKey(mission_id, task_id, int(attempt)), runner_id
+
+
+def attempt_subjects(key: AttemptKey, types: Iterable[type[Event]]) -> list[str]:
+    """The subjects an attempt's credential may publish on: its mission's, these types."""
+    subjects = []
+    for cls in types:
+        prefix = TELEMETRY_PREFIX if cls in TELEMETRY_TYPES else MISSION_PREFIX
+        subjects.append(f"{prefix}.{key.mission_id}.{tag_of(cls)}")
+    return sorted(subjects)
+
+
+class Grants:
+    """Which attempts are open (asked of the trusted service's state on every
+    connection), and which runner holds each: the first that asked for it, until its
+    credential has expired without being renewed (a runner that died: the attempt's
+    message is delivered to another, which may then take it over)."""
+
+    def __init__(self, is_open: Callable[[AttemptKey], bool]) -> None:
+        self.is_open = is_open
+        self._holders: dict[AttemptKey, tuple[str, float]] = {}
+
+    def claim(
+        self, key: AttemptKey, runner_id: str, now: float = 0.0, ttl: float = float("inf")
+    ) -> str | None:
+        """Bind ``key`` to ``runner_id`` (at ``now``, for ``ttl`` seconds) if it is open
+        and free, already its, or its holder's credential has expired; None when
+        granted, else why not."""
+        if not self.is_open(key):
+            self._holders.pop(key, None)
+            return "the attempt is not open"
+        holder = self._holders.get(key)
+        if holder is not None and holder[0] != runner_id and now < holder[1] + ttl:
+            return "the attempt is held by another runner"
+        self._holders[key] = (runner_id, now)
+        if len(self._holders) > 4 * _PRUNE_ABOVE:
+            self._prune()
+        return None
+
+    def _prune(self) -> None:
+        for key in [key for key in self._holders if not self.is_open(key)]:
+            del self._holders[key]
+
+
+_PRUNE_ABOVE = 256
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_HEADER = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+
+
+def encode_jwt(claims: dict[str, Any], signer: nkeys.KeyPair) -> str:
+    """A NATS JWT of ``claims`` (``jti`` and ``iat`` added), signed by ``signer``."""
+    body = {**claims, "jti": "", "iat": int(time.time())}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+    body["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    head_and_body = f"{_HEADER}.{_b64(json.dumps(body).encode())}"
+    return f"{head_and_body}.{_b64(signer.sign(head_and_body.encode()))}"
+
+
+def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
+    raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+    return nacl.signing.VerifyKey(raw[1:-2])  # prefix byte, key, crc16
+
+
+def decode_jwt(token: str) -> dict[str, Any]:
+    """The claims of a NATS JWT whose signature is its issuer's (``iss``); ValueError
+    otherwise."""
+    try:
+        head, body, signature = token.split(".")
+        claims: dict[str, Any] = json.loads(_unb64(body))
+        issuer = str(claims["iss"])
+        _verify_key(issuer).verify(f"{head}.{body}".encode(), _unb64(signature))
+    except (ValueError, KeyError, TypeError, nacl.exceptions.BadSignatureError) as error:
+        raise ValueError(f"not a JWT signed by its issuer: {error}") from error
+    return claims
+
+
+@dataclass
+class AttemptAuthorizer:
+    """Answers the NATS server's authorization requests for attempt users.
+
+    ``secret`` is the one the agent runners hold (``AETHER_ATTEMPT_SECRET``: a runner
+    proves it is one); ``types`` are the events an attempt's credential may publish.
+    """
+
+    issuer_seed: str
+    secret: str
+    grants: Grants
+    types: frozenset[type[Event]]
+    ttl_seconds: float = DEFAULT_TTL_SECONDS
+    clock: Callable[[], float] = time.time
+    _subscription: Subscription | None = None
+
+    def __post_init__(self) -> None:
+        self._issuer = nkeys.from_seed(self.issuer_seed.encode())
+        self.issuer = bytes(self._issuer.public_key).decode()
+
+    async def serve(self, nc: NatsClient) -> None:
+        """Answer the server's requests on ``nc`` (a static user, so not called out)."""
+        self._subscription = await nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            answer = self.answer(msg.data.decode())
+        except ValueError as error:
+            # Not a request of the server (forged or garbled): no answer, the server
+            # times out and refuses the connection.
+            log.warning("authorization request refused unanswered", extra={"error": str(error)})
+            return
+        await msg.respond(answer.encode())
+
+    def answer(self, request_jwt: str) -> str:
+        """The signed authorization response to one request (a user JWT, or an error)."""
+        request = decode_jwt(request_jwt)
+        nats_claims = request.get("nats") or {}
+        if nats_claims.get("type") != "authorization_request":
+            raise ValueError("not an authorization request")
+        server_id = str((nats_claims.get("server_id") or {}).get("id") or request["iss"])
+        user_nkey = str(nats_claims.get("user_nkey") or "")
+        if not user_nkey:
+            raise ValueError("the request names no user nkey")
+        options = nats_claims.get("connect_opts") or {}
+        user = str(options.get("user") or "")
+        password = str(options.get("pass") or "")
+        error = ""
+        user_jwt = ""
+        claimed = parse_user(user)
+        if claimed is None:
+            error = "not an attempt user"
+        elif not hmac.compare_digest(password.encode(), self.secret.encode()):
+            error = "wrong password"
+        else:
+            key, runner_id = claimed
+            refusal = self.grants.claim(key, runner_id, self.clock(), self.ttl_seconds)
+            if refusal is not None:
+                error = refusal
+            else:
+                user_jwt = self.user_jwt(key, user, user_nkey)
+        if error:
+            log.info("attempt credential refused", extra={"user": user, "reason": error})
+        response = {
+            "aud": server_id,
+            "iss": self.issuer,
+            "sub": user_nkey,
+            "nats": {
+                "jwt": user_jwt,
+                "error": error,
+                "type": "authorization_response",
+                "version": 2,
+            },
+        }
+        return encode_jwt(response, self._issuer)
+
+    def user_jwt(self, key: AttemptKey, user: str, user_nkey: str) -> str:
+        """The credential of one attempt: its events on its mission, its own inbox."""
+        inbox = f"{key.inbox_prefix}.>"
+        claims = {
+            "aud": GLOBAL_ACCOUNT,
+            "iss": self.issuer,
+            "sub": user_nkey,
+            "name": user,
+            "exp": int(self.clock() + self.ttl_seconds),
+            "nats": {
+                "pub": {"allow": attempt_subjects(key, self.types)},
+                "sub": {"allow": [inbox]},
+                "subs": -1,
+                "data": -1,
+                "payload": -1,
+                "type": "user",
+                "version": 2,
+            },
+        }
+        return encode_jwt(claims, self._issuer)
+
+
+# The publisher of the attempt the current task works on (set by ``AttemptCredentials``).
+_CURRENT: contextvars.ContextVar[EventPublisher | None] = contextvars.ContextVar(
+    "aether_attempt_publisher", default=None
+)
+
+
+def current_publisher() -> EventPublisher | None:
+    """The publisher of the attempt this task (or the task that started it) works on."""
+    return _CURRENT.get()
+
+
+def runner_token(runner_id: str) -> str:
+    """``runner_id`` as one subject token (a host name may hold dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", runner_id)[:64] or "runner"
+
+
+class CredentialRefused(RetryLater):
+    """The bus did not grant the attempt's credential: its message comes back later."""
+
+
+class AttemptPublisher(EventPublisher):
+    """Publishes one attempt's events on a connection of its own, made with the
+    attempt's credential when the first event is published, closed with the scope."""
+
+    def __init__(self, url: str, key: AttemptKey, runner_id: str, secret: str) -> None:
+        self._url = url
+        self._key = key
+        self._user = key.user(runner_token(runner_id))
+        self._secret = secret
+        self._nc: NatsClient | None = None
+        self._inner: EventPublisher | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connected(self) -> EventPublisher:
+        async with self._lock:
+            if self._inner is None or self._nc is None or self._nc.is_closed:
+                # The first event, or the credential expired: the server closed the
+                # connection (the client does not reconnect then) and it is asked for
+                # again, granted only while the attempt is open.
+                self._nc = await self._connect()
+                self._inner = EventPublisher(self._nc.jetstream())
+            return self._inner
+
+    async def _connect(self) -> NatsClient:
+        # Refused while the attempt is not open (it ended, or the scheduler has not
+        # folded it), held by another runner, or while no scheduler answers: asked a few
+        # times, then the delivery is handed back for later (``RetryLater``), freeing the
+        # lane; its redelivery looks at the mission's history again before it runs.
+        wait = 0.2
+        for tries in range(CONNECT_TRIES):
+            try:
+                return await nats.connect(
+                    self._url,
+                    user=self._user,
+                    password=self._secret,
+                    inbox_prefix=self._key.inbox_prefix,
+                    name=f"aether-attempt-{self._key.task_id}-a{self._key.attempt}",
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    # The server asks the scheduler before it answers.
+                    connect_timeout=15,
+                )
+            except (nats.errors.Error, OSError) as error:
+                if tries == CONNECT_TRIES - 1:
+                    raise CredentialRefused(
+                        f"no NATS credential for attempt {self._key.attempt} of task "
+                        f"{self._key.task_id}: {error}"
+                    ) from error
+                log.info("attempt credential not granted yet", extra={"error": str(error)})
+                await asyncio.sleep(wait)
+                wait *= 2
+        raise AssertionError("unreachable")
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        expected_last_subject_sequence: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck:
+        for tries in range(2):
+            inner = await self._connected()
+            try:
+                return await inner.publish(
+                    event,
+                    expected_last_subject_sequence=expected_last_subject_sequence,
+                    headers=headers,
+                )
+            except nats.errors.ConnectionClosedError:
+                # Closed as it expired, mid-publish: once more on a new connection (the
+                # event's id makes a second copy a duplicate the stream drops).
+                if tries == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @property
+    def connection(self) -> NatsClient | None:
+        """The attempt's connection now (None before its first event)."""
+        return self._nc
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._nc is not None:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await self._nc.close()
+            self._nc = None
+            self._inner = None
+
+
+CONNECT_TRIES = 5  # about 3 s of waits (each refusal may take the callout's timeout too)
+
+
+@dataclass(frozen=True)
+class AttemptCredentials:
+    """What a runner needs to publish an attempt's events with its own credential."""
+
+    nats_url: str
+    secret: str
+    runner_id: str
+
+    @contextlib.asynccontextmanager
+    async def scope(self, key: AttemptKey) -> AsyncIterator[AttemptPublisher]:
+        """Within this block (and the tasks started in it) ``current_publisher()`` is the
+        attempt's; its connection is closed when the block ends."""
+        publisher = AttemptPublisher(self.nats_url, key, self.runner_id, self.secret)
+        token = _CURRENT.set(publisher)
+        try:
+            yield publisher
+        finally:
+            _CURRENT.reset(token)
+            await publisher.close()
+
+
+def main() -> None:
+    """Print a new issuer seed and its public key (for compose and Kubernetes secrets)."""
+    seed = new_issuer_seed()
+    print(f"AETHER_ATTEMPT_ISSUER_SEED={seed}")
+    print(f"NATS_ATTEMPT_ISSUER={issuer_public_key(seed)}")
+    print(f"AETHER_ATTEMPT_SECRET={secrets.token_urlsafe(32)}")
+
+
+if __name__ == "__main__":
+    main()

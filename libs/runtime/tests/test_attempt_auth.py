@@ -1,0 +1,159 @@
+"""The attempt authorizer's pure parts: user names, grants, and the JWTs it signs (the
+escape tests run it against a real server)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from aether_events import AgentCompleted, AgentHeartbeat
+from aether_runtime.attempt_auth import (
+    AttemptAuthorizer,
+    AttemptKey,
+    Grants,
+    decode_jwt,
+    encode_jwt,
+    issuer_public_key,
+    new_issuer_seed,
+    parse_user,
+    runner_token,
+)
+
+KEY = AttemptKey("m1", "t1", 2)
+
+
+def test_a_user_name_names_one_attempt_and_its_runner() -> None:
+    assert parse_user(KEY.user("r1")) == (KEY, "r1")
+    dotted = AttemptKey("m1", "1.2", 1)  # the planner's task ids may hold dots
+    assert parse_user(dotted.user("r1")) == (dotted, "r1")
+    assert dotted.inbox_prefix.count(".") == 2
+    assert dotted.inbox_prefix != AttemptKey("m1", "1_2", 1).inbox_prefix
+    for forged in (
+        "agent-runner",
+        "attempt/m1/t1/2",
+        "attempt/m1/t1/two/r1",
+        "attempt/m1/t1/2/r1/extra",
+        "attempt/m.>/t1/2/r1",
+        "attempt/m1/t*/2/r1",
+        "other/m1/t1/2/r1",
+    ):
+        assert parse_user(forged) is None, forged
+    assert runner_token("host.example.org-12-ab") == "host-example-org-12-ab"
+
+
+def test_the_first_runner_holds_an_open_attempt() -> None:
+    open_now = {KEY}
+    grants = Grants(lambda key: key in open_now)
+    assert grants.claim(KEY, "r1") is None
+    assert grants.claim(KEY, "r1") is None  # its reconnection
+    assert grants.claim(KEY, "r2") == "the attempt is held by another runner"
+    assert grants.claim(AttemptKey("m1", "t2", 1), "r1") == "the attempt is not open"
+    open_now.clear()
+    assert grants.claim(KEY, "r1") == "the attempt is not open"
+
+
+def test_another_runner_takes_an_attempt_over_once_its_holders_credential_expired() -> None:
+    """A runner that died never renews: its attempt's message goes to another runner,
+    which is granted the attempt once the dead runner's credential can no longer be used."""
+    grants = Grants(lambda key: True)
+    assert grants.claim(KEY, "r1", now=100.0, ttl=60.0) is None
+    assert grants.claim(KEY, "r2", now=159.0, ttl=60.0) == "the attempt is held by another runner"
+    assert grants.claim(KEY, "r1", now=159.5, ttl=60.0) is None  # renewed: held again
+    assert grants.claim(KEY, "r2", now=200.0, ttl=60.0) == "the attempt is held by another runner"
+    assert grants.claim(KEY, "r2", now=220.0, ttl=60.0) is None
+    assert grants.claim(KEY, "r1", now=221.0, ttl=60.0) == "the attempt is held by another runner"
+
+
+def _server_request(server_seed: str, user: str, password: str) -> str:
+    import nkeys
+
+    server = nkeys.from_seed(server_seed.encode())
+    server_id = bytes(server.public_key).decode()
+    claims = {
+        "aud": "nats-authorization-request",
+        "iss": server_id,
+        "sub": "UUSER",
+        "nats": {
+            "type": "authorization_request",
+            "version": 2,
+            "server_id": {"id": server_id},
+            "user_nkey": "UUSERNKEY",
+            "connect_opts": {"user": user, "pass": password},
+        },
+    }
+    return encode_jwt(claims, server)
+
+
+def _server_seed() -> str:
+    import os
+
+    import nkeys
+
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER)).decode()
+
+
+def test_the_answer_is_a_signed_user_limited_to_the_attempts_mission() -> None:
+    seed = new_issuer_seed()
+    authorizer = AttemptAuthorizer(
+        issuer_seed=seed,
+        secret="s3cret",
+        grants=Grants(lambda key: key == KEY),
+        types=frozenset({AgentCompleted, AgentHeartbeat}),
+        ttl_seconds=60,
+        clock=lambda: 1000.0,
+    )
+    answer = decode_jwt(
+        authorizer.answer(_server_request(_server_seed(), KEY.user("r1"), "s3cret"))
+    )
+    assert answer["iss"] == issuer_public_key(seed)
+    assert answer["nats"]["error"] == ""
+    user = decode_jwt(answer["nats"]["jwt"])
+    assert user["sub"] == "UUSERNKEY"
+    assert user["exp"] == 1060
+    assert user["nats"]["pub"]["allow"] == [
+        "aether.mission.m1.agent_completed",
+        "aether.telemetry.m1.agent_heartbeat",
+    ]
+    assert user["nats"]["sub"]["allow"] == [f"{KEY.inbox_prefix}.>"]
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "error"),
+    [
+        (KEY.user("r1"), "wrong", "wrong password"),
+        (AttemptKey("m1", "t1", 3).user("r1"), "s3cret", "the attempt is not open"),
+        ("gateway", "s3cret", "not an attempt user"),
+    ],
+)
+def test_a_refusal_is_a_signed_error(user: str, password: str, error: str) -> None:
+    authorizer = AttemptAuthorizer(
+        issuer_seed=new_issuer_seed(),
+        secret="s3cret",
+        grants=Grants(lambda key: key == KEY),
+        types=frozenset({AgentCompleted}),
+    )
+    answer = decode_jwt(authorizer.answer(_server_request(_server_seed(), user, password)))
+    assert answer["nats"] == {
+        "jwt": "",
+        "error": error,
+        "type": "authorization_response",
+        "version": 2,
+    }
+
+
+def test_a_request_not_signed_by_its_issuer_is_not_answered() -> None:
+    request = _server_request(_server_seed(), KEY.user("r1"), "s3cret")
+    head, body, signature = request.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["nats"]["connect_opts"]["user"] = AttemptKey("m2", "t1", 2).user("r1")
+    forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    authorizer = AttemptAuthorizer(
+        issuer_seed=new_issuer_seed(),
+        secret="s3cret",
+        grants=Grants(lambda key: True),
+        types=frozenset({AgentCompleted}),
+    )
+    with pytest.raises(ValueError, match="signed"):
+        authorizer.answer(f"{head}.{forged_body}.{signature}")

@@ -1,0 +1,409 @@
+"""Escape attempts with an agent runner's attempt credential.
+
+The runner's own NATS user publishes no agent event; an attempt's events go out with a
+credential the scheduler's authorizer grants through the server's auth callout, for that
+attempt only while it is open (``aether_runtime.attempt_auth``). These run against the
+NATS server ``aether up`` starts, with its generated configuration (callout included),
+and the authorizer connected as the scheduler's user with the scheduler's permissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from aether.stack import Stack
+from aether_events import (
+    MISSIONS_STREAM,
+    TELEMETRY_STREAM,
+    AgentCompleted,
+    AgentHeartbeat,
+    AgentStarted,
+    BranchMerged,
+    Event,
+    StreamSettings,
+    TaskReady,
+    UsageRecorded,
+    encode,
+    ensure_streams,
+    subject_for,
+)
+from aether_events.catalogue import PlannedTask, Usage
+from aether_runtime.attempt_auth import (
+    AttemptAuthorizer,
+    AttemptCredentials,
+    AttemptKey,
+    Grants,
+)
+from aether_runtime.roles import ROLES
+
+# Another runner's attempt, in another mission.
+VICTIM = AttemptKey("m-victim", "t1", 1)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    home = Path(tempfile.mkdtemp(prefix="aether-escape-attempts-"))
+    stack = Stack(home=home, random_ports=True, env={})
+    stack.start_infrastructure()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Authorizer:
+    """The scheduler's side: the authorizer on a connection of the scheduler's user, with
+    the set of open attempts in the test's hands."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.open: set[AttemptKey] = set()
+        self.service = AttemptAuthorizer(
+            issuer_seed=stack.attempt_issuer_seed,
+            secret=stack.attempt_secret,
+            grants=Grants(lambda key: key in self.open),
+            types=ROLES["agent-runner"].attempt_publishes,
+        )
+
+
+@pytest.fixture
+async def authorizer(stack: Stack) -> AsyncIterator[Authorizer]:
+    nc = await nats.connect(
+        stack.nats_server_url,
+        user="scheduler",
+        password=stack.nats_passwords["scheduler"],
+        inbox_prefix="_INBOX.scheduler",
+    )
+    await ensure_streams(nc.jetstream(), StreamSettings())
+    authorizer = Authorizer(stack)
+    await authorizer.service.serve(nc)
+    try:
+        yield authorizer
+    finally:
+        await authorizer.service.stop()
+        await nc.close()
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[NatsClient]:
+    nc = await nats.connect(stack.nats_url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+class Attempt:
+    """A raw connection with an attempt's credential, recording the server's errors."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.closed = asyncio.Event()
+        self.nc: NatsClient | None = None
+
+    async def open(
+        self, stack: Stack, key: AttemptKey, runner: str = "r1", secret: str | None = None
+    ) -> Attempt:
+        async def on_error(error: Exception) -> None:
+            self.errors.append(str(error))
+
+        async def on_closed() -> None:
+            self.closed.set()
+
+        self.nc = await nats.connect(
+            stack.nats_server_url,
+            user=key.user(runner),
+            password=stack.attempt_secret if secret is None else secret,
+            inbox_prefix=key.inbox_prefix,
+            error_cb=on_error,
+            closed_cb=on_closed,
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.1,
+            connect_timeout=30,
+        )
+        return self
+
+    async def violation(self, fragment: str) -> str:
+        """Wait for the server's permissions violation naming ``fragment``."""
+        while True:
+            for error in self.errors:
+                if "permissions violation" in error.lower() and fragment.lower() in error.lower():
+                    return error
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+
+def meta(mission_id: str, name: str) -> dict[str, Any]:
+    return {
+        "event_id": f"{mission_id}-{name}",
+        "mission_id": mission_id,
+        "occurred_at": datetime.now(UTC),
+        "correlation_id": f"corr-{mission_id}",
+    }
+
+
+def started(key: AttemptKey, name: str = "started") -> AgentStarted:
+    return AgentStarted(
+        **meta(key.mission_id, name),
+        task_id=key.task_id,
+        attempt=key.attempt,
+        runner_id="r1",
+        model="m",
+    )
+
+
+def completed(key: AttemptKey, name: str = "completed") -> AgentCompleted:
+    return AgentCompleted(
+        **meta(key.mission_id, name),
+        task_id=key.task_id,
+        attempt=key.attempt,
+        commit_sha="0" * 40,
+        branch="b",
+    )
+
+
+async def stored_on(admin: NatsClient, subject: str, stream: str = MISSIONS_STREAM) -> int:
+    info = await admin.jetstream().stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def refused(stack: Stack, key: AttemptKey, runner: str = "r1", **options: Any) -> None:
+    with pytest.raises(nats.errors.Error, match=r"(?i)authoriz"):
+        await nats.connect(
+            stack.nats_server_url,
+            **{
+                "user": key.user(runner),
+                "password": stack.attempt_secret,
+                "inbox_prefix": key.inbox_prefix,
+                **options,
+            },
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            # The refusal comes from the authorizer, through the server: wait for it.
+            connect_timeout=30,
+        )
+
+
+# --- the credential lets an attempt report on itself ----------------------------------------
+
+
+async def test_an_open_attempt_publishes_its_own_events(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    """The control: the runner's real publisher, through the credential of its attempt."""
+    key = AttemptKey("m-own", "1.2", 1)  # a task id may hold dots
+    authorizer.open.add(key)
+    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
+    async with credentials.scope(key) as publisher:
+        ack = await publisher.publish(started(key))
+        assert ack.stream == MISSIONS_STREAM
+        beat = AgentHeartbeat(
+            **meta(key.mission_id, "beat"), task_id=key.task_id, attempt=1, runner_id="r1"
+        )
+        assert (await publisher.publish(beat)).stream == TELEMETRY_STREAM
+        usage = UsageRecorded(
+            **meta(key.mission_id, "usage"),
+            service="agent-runner",
+            model="m",
+            usage=Usage(input_tokens=10, output_tokens=5),
+            step="turn-1",
+            task_id=key.task_id,
+            attempt=1,
+        )
+        await publisher.publish(usage)
+        # Published twice (a redelivery): the stream's duplicate window drops the second.
+        again = await publisher.publish(started(key))
+        assert again.duplicate
+    assert await stored_on(admin, subject_for(started(key))) == 1
+    assert await stored_on(admin, subject_for(usage)) == 1
+    assert await stored_on(admin, subject_for(beat), TELEMETRY_STREAM) == 1
+
+
+# --- and nothing else ------------------------------------------------------------------------
+
+
+async def test_the_runners_own_user_publishes_no_agent_event(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error))
+
+    nc = await nats.connect(
+        stack.nats_server_url,
+        user="agent-runner",
+        password=stack.nats_passwords["agent-runner"],
+        inbox_prefix="_INBOX.agent-runner",
+        error_cb=on_error,
+    )
+    try:
+        event = completed(VICTIM)
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jetstream().publish(subject_for(event), encode(event), timeout=1.0)
+        assert any("permissions violation" in error.lower() for error in errors), errors
+    finally:
+        await nc.close()
+    assert await stored_on(admin, subject_for(event)) == 0
+
+
+async def test_an_attempt_cannot_report_on_another_mission(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    mine = AttemptKey("m-mine", "t1", 1)
+    authorizer.open |= {mine, VICTIM}
+    attempt = await Attempt().open(stack, mine)
+    assert attempt.nc is not None
+    try:
+        for event in (completed(VICTIM, "forged-done"), started(VICTIM, "forged-start")):
+            with pytest.raises(nats.errors.TimeoutError):
+                await attempt.nc.jetstream().publish(subject_for(event), encode(event), timeout=1.0)
+            await attempt.violation(subject_for(event))
+            assert await stored_on(admin, subject_for(event)) == 0
+    finally:
+        await attempt.close()
+
+
+@pytest.mark.parametrize("kind", [TaskReady, BranchMerged])
+async def test_an_attempt_cannot_publish_what_is_not_an_agent_event(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient, kind: type[Event]
+) -> None:
+    key = AttemptKey(f"m-{kind.__name__.lower()}", "t1", 1)
+    authorizer.open.add(key)
+    attempt = await Attempt().open(stack, key)
+    assert attempt.nc is not None
+    event: Event
+    if kind is TaskReady:
+        task = PlannedTask(id="t1", title="x")
+        event = TaskReady(**meta(key.mission_id, "ready"), task=task, attempt=2, model="x")
+    else:
+        event = BranchMerged(
+            **meta(key.mission_id, "merged"),
+            task_id="t1",
+            attempt=1,
+            merge_sha="0" * 40,
+            integration_branch="main",
+        )
+    try:
+        await attempt.nc.publish(subject_for(event), encode(event))
+        await attempt.nc.flush()
+        await attempt.violation(subject_for(event))
+        assert await stored_on(admin, subject_for(event)) == 0
+    finally:
+        await attempt.close()
+
+
+@pytest.mark.parametrize("subject", ["aether.>", "_INBOX.>", "_INBOX.scheduler.>", "$SYS.>"])
+async def test_an_attempt_cannot_listen(stack: Stack, authorizer: Authorizer, subject: str) -> None:
+    key = AttemptKey("m-listen", "t1", 1)
+    authorizer.open.add(key)
+    attempt = await Attempt().open(stack, key)
+    assert attempt.nc is not None
+    try:
+        await attempt.nc.subscribe(subject)
+        await attempt.nc.flush()
+        await attempt.violation(f'subscription to "{subject}"')
+    finally:
+        await attempt.close()
+
+
+async def test_no_credential_for_an_attempt_that_is_not_open(
+    stack: Stack, authorizer: Authorizer
+) -> None:
+    # Another task of the same mission, a later attempt of the same task, another mission.
+    authorizer.open.add(AttemptKey("m-closed", "t1", 1))
+    for key in (
+        AttemptKey("m-closed", "t2", 1),
+        AttemptKey("m-closed", "t1", 2),
+        AttemptKey("m-other", "t1", 1),
+    ):
+        await refused(stack, key)
+
+
+async def test_no_credential_for_an_attempt_another_runner_holds(
+    stack: Stack, authorizer: Authorizer
+) -> None:
+    key = AttemptKey("m-held", "t1", 1)
+    authorizer.open.add(key)
+    holder = await Attempt().open(stack, key, runner="r-holder")
+    try:
+        await refused(stack, key, runner="r-thief")
+        # The holder itself may connect again (its reconnection after a bus restart).
+        again = await Attempt().open(stack, key, runner="r-holder")
+        await again.close()
+    finally:
+        await holder.close()
+
+
+async def test_no_credential_without_the_runners_secret(
+    stack: Stack, authorizer: Authorizer
+) -> None:
+    key = AttemptKey("m-secret", "t1", 1)
+    authorizer.open.add(key)
+    await refused(stack, key, password="guessed")
+    # The runner's NATS password is not the attempt secret either.
+    await refused(stack, key, password=stack.nats_passwords["agent-runner"])
+    # A forged "attempt" with a static user's name is that user's login, not an attempt's.
+    with pytest.raises(nats.errors.Error, match=r"(?i)authoriz"):
+        await nats.connect(
+            stack.nats_server_url,
+            user="agent-runner",
+            password=stack.attempt_secret,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+
+
+async def test_the_credential_ends_with_its_attempt(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    """Once the attempt is closed, the credential expires and is not granted again: the
+    connection is closed by the server and nothing more is stored."""
+    authorizer.service.ttl_seconds = 2.0
+    key = AttemptKey("m-ended", "t1", 1)
+    authorizer.open.add(key)
+    attempt = await Attempt().open(stack, key)
+    assert attempt.nc is not None
+    await attempt.nc.jetstream().publish(
+        subject_for(started(key)), encode(started(key)), timeout=5.0
+    )
+    authorizer.open.discard(key)
+    await refused(stack, key)
+    # The server disconnects the expired credential; the reconnections are refused.
+    await attempt.closed.wait()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await attempt.nc.publish(subject_for(completed(key)), encode(completed(key)))
+    assert await stored_on(admin, subject_for(completed(key))) == 0
+
+
+async def test_an_open_attempts_credential_is_renewed_when_it_expires(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    """The control of the test above: while the attempt is open, the runner's publisher
+    asks again after the server closed the expired credential, and goes on publishing."""
+    authorizer.service.ttl_seconds = 2.0
+    key = AttemptKey("m-long", "t1", 1)
+    authorizer.open.add(key)
+    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "r1")
+    async with credentials.scope(key) as publisher:
+        await publisher.publish(started(key))
+        first = publisher.connection
+        assert first is not None
+        while not first.is_closed:  # until it expires and the server closes it
+            await asyncio.sleep(0.05)
+        ack = await publisher.publish(completed(key))
+        assert ack.stream == MISSIONS_STREAM
+        assert publisher.connection is not first
+    assert await stored_on(admin, subject_for(completed(key))) == 1
