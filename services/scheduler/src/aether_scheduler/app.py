@@ -20,6 +20,7 @@ from aether_scheduler import metrics
 from aether_scheduler.config import config_from_env
 from aether_scheduler.domain import Config, State, evolve
 from aether_scheduler.handlers import Handlers
+from aether_scheduler.history import replay_history
 
 DEFAULT_PORT = 8101
 
@@ -32,7 +33,7 @@ def build(settings: RuntimeSettings | None = None, config: Config | None = None)
     metrics.register(lambda: projection.state)
 
     async def rebuild(js: JetStreamContext) -> int:
-        last = await projection.rebuild(js, "scheduler")
+        last = await replay_history(projection, js, "scheduler")
 
         def fold(state: State, event: Event, seq: int) -> State:
             return evolve(state, event)
