@@ -5,13 +5,15 @@ separate processes and an agent that does no model work (the model server of
 ``bench/overhead.py``):
 
 1. **Per-task overhead against mission size**: chained missions of N = 10, 50 and 200
-   tasks, each on a fresh stack, ``--repeats`` times. Per N it prints the median of the
-   mean TaskReady → BranchMerged latency and of the chain's cycle time (one TaskReady to
-   the next, which is what a chain of N pays N times), the cycle less the same git work
-   timed in a plain loop of N tasks (the orchestration's own cost), as ratios against
-   N = 10;
-   per mission, the median cycle of its last quarter against its first (growth within
-   one mission, which a change of load between runs does not blur).
+   tasks, each on a fresh stack, ``--repeats`` times interleaved. Per N it prints the
+   median (and the range) of the mean TaskReady → BranchMerged latency and of the
+   chain's cycle time (one TaskReady to the next, which is what a chain of N pays N
+   times), the cycle less the same git work timed in a plain loop of N tasks (the
+   orchestration's own cost), as ratios against N = 10; per mission, the median cycle
+   of its last quarter against its first (growth within one mission, which a change of
+   load between runs does not blur); and **each service's CPU time per task** (its
+   process's user + system time over the mission, divided by N), the figure a busy
+   machine moves least, which says which service's cost grows with N.
 2. **Idle memory**: each service's resident set (``VmRSS``) a few seconds after it is
    ready, on an empty stream.
 3. **Start-up with history**: one real mission (a chain of ``--template-tasks`` tasks)
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -53,11 +56,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import itertools
 
-from overhead import NoWorkModel, per_task, plain_git_loop, plan_of, run_mission
+from overhead import NoWorkModel, per_task, plain_git_loop, plan_of, run_mission, service_cpu
 
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
 from aether_events import (
+    BranchMerged,
     EventPublisher,
     MissionCompleted,
     TaskReady,
@@ -95,10 +99,16 @@ def cycle_times(events: list[Any]) -> list[float]:
     return [(b - a).total_seconds() for a, b in itertools.pairwise(readies)]
 
 
-async def one_size(work: Path, n: int, run: int) -> tuple[float, float, float] | None:
-    """Mean TaskReady→BranchMerged, mean cycle time of one chained mission of ``n``, and
-    the mean of the same git work for ``n`` tasks in a plain loop (which grows with the
-    tree: each task adds a file)."""
+class SizeRun:
+    """One chained mission of N tasks: mean TaskReady→BranchMerged, mean cycle, the mean
+    of the same git work in a plain loop (which grows with the tree: each task adds a
+    file), and each service's CPU seconds per task over the mission."""
+
+    def __init__(self, latency: float, cycle: float, floor: float, cpu: dict[str, float]):
+        self.latency, self.cycle, self.floor, self.cpu = latency, cycle, floor, cpu
+
+
+async def one_size(work: Path, n: int, run: int) -> SizeRun | None:
     floor = await asyncio.to_thread(plain_git_loop, work / f"plain-n{n}-{run}", n)
     model = MessagesServer(NoWorkModel(plan_of(n, "chain"))).start()
     stack = make_stack(work, f"n{n}-{run}", model.url)
@@ -106,7 +116,15 @@ async def one_size(work: Path, n: int, run: int) -> tuple[float, float, float] |
         await asyncio.to_thread(stack.start)
         repo = work / f"repo-n{n}-{run}"
         create_sample_repository(repo)
-        events = await run_mission(stack, repo, n, 1)
+        samples: list[tuple[float, dict[str, float]]] = []
+        sampler = asyncio.create_task(sample_cpu(stack, samples))
+        try:
+            events = await run_mission(stack, repo, n, 1)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        samples.append((time.time(), service_cpu(stack)))
     finally:
         await asyncio.to_thread(stack.stop)
         model.stop()
@@ -117,43 +135,99 @@ async def one_size(work: Path, n: int, run: int) -> tuple[float, float, float] |
     quarter = max(len(cycles) // 4, 1)
     drift = statistics.median(cycles[-quarter:]) / statistics.median(cycles[:quarter])
     print(f"  N={n:<4} run {run + 1}: last quarter's cycles / first quarter's {drift:.2f}x")
-    return statistics.fmean(latency), statistics.fmean(cycles), statistics.fmean(floor)
+    cpu = chain_cpu(events, samples, n)
+    return SizeRun(
+        statistics.fmean(latency), statistics.fmean(cycles), statistics.fmean(floor), cpu
+    )
+
+
+async def sample_cpu(stack: Stack, into: list[tuple[float, dict[str, float]]]) -> None:
+    """Each service's CPU seconds so far, with the wall time, every 100 ms."""
+    while True:
+        into.append((time.time(), service_cpu(stack)))
+        await asyncio.sleep(0.1)
+
+
+def chain_cpu(
+    events: list[Any], samples: list[tuple[float, dict[str, float]]], n: int
+) -> dict[str, float]:
+    """Each service's CPU seconds per task while the chain ran: from the last sample
+    before the first TaskReady to the first after the last BranchMerged (planning and
+    start-up, paid once per mission, left out), over the tasks merged in between."""
+    readies = [e.occurred_at.timestamp() for e in events if isinstance(e, TaskReady)]
+    merges = [e.occurred_at.timestamp() for e in events if isinstance(e, BranchMerged)]
+    if not readies or not merges:
+        return {}
+    start = max((s for s in samples if s[0] <= min(readies)), default=samples[0], key=_at)
+    end = min((s for s in samples if s[0] >= max(merges)), default=samples[-1], key=_at)
+    return {name: (end[1][name] - start[1].get(name, 0.0)) / n for name in end[1]}
+
+
+def _at(sample: tuple[float, dict[str, float]]) -> float:
+    return sample[0]
+
+
+def _ms(values: list[float]) -> str:
+    """Median and range, in milliseconds."""
+    low, high = min(values) * 1000, max(values) * 1000
+    return f"{statistics.median(values) * 1000:6.1f} ms ({low:.0f}–{high:.0f})"
 
 
 async def sizes(work: Path, ns: list[int], repeats: int) -> None:
     print(f"per-task overhead, chained missions, {repeats} run(s) per size ({load()})")
-    found: dict[int, list[tuple[float, float, float]]] = {n: [] for n in ns}
+    found: dict[int, list[SizeRun]] = {n: [] for n in ns}
+    loads: list[float] = []
     # Interleaved (10, 50, 200, 10, 50, 200, …) so a change of load hits every size.
     for run in range(repeats):
         for n in ns:
             figures = await one_size(work, n, run)
+            loads.append(os.getloadavg()[0])
             if figures is None:
                 print(f"  N={n} run {run + 1}: the mission did not complete", file=sys.stderr)
                 continue
             found[n].append(figures)
+            cpu = "  ".join(f"{k} {v * 1000:.1f}" for k, v in figures.cpu.items())
             print(
-                f"  N={n:<4} run {run + 1}: ready→merged {figures[0] * 1000:6.1f} ms,"
-                f" cycle {figures[1] * 1000:6.1f} ms, plain git {figures[2] * 1000:6.1f} ms"
-                f" ({load()})"
+                f"  N={n:<4} run {run + 1}: ready→merged {figures.latency * 1000:6.1f} ms,"
+                f" cycle {figures.cycle * 1000:6.1f} ms, plain git {figures.floor * 1000:6.1f} ms;"
+                f" CPU ms/task {cpu} ({load()})"
             )
     base = found[ns[0]]
     if not base:
         return
-    base_latency = statistics.median(f[0] for f in base)
-    base_cycle = statistics.median(f[1] for f in base)
-    base_over = statistics.median(f[1] - f[2] for f in base)
-    print(f"  medians, ratios against N={ns[0]}:")
+    base_latency = statistics.median(f.latency for f in base)
+    base_cycle = statistics.median(f.cycle for f in base)
+    base_over = statistics.median(f.cycle - f.floor for f in base)
+    print(
+        f"  medians (range), ratios against N={ns[0]}; 1-minute load over the runs"
+        f" {min(loads):.1f}–{max(loads):.1f}:"
+    )
     for n in ns:
-        if not found[n]:
+        runs = found[n]
+        if not runs:
             continue
-        latency = statistics.median(f[0] for f in found[n])
-        cycle = statistics.median(f[1] for f in found[n])
-        over = statistics.median(f[1] - f[2] for f in found[n])
+        latency = statistics.median(f.latency for f in runs)
+        cycle = statistics.median(f.cycle for f in runs)
+        over = statistics.median(f.cycle - f.floor for f in runs)
         print(
-            f"    N={n:<4} ready→merged {latency * 1000:6.1f} ms ({latency / base_latency:.2f}x)"
-            f"   cycle {cycle * 1000:6.1f} ms ({cycle / base_cycle:.2f}x)"
-            f"   cycle minus plain git {over * 1000:6.1f} ms ({over / base_over:.2f}x)"
+            f"    N={n:<4} ready→merged {_ms([f.latency for f in runs])}"
+            f" {latency / base_latency:.2f}x"
+            f"   cycle {_ms([f.cycle for f in runs])} {cycle / base_cycle:.2f}x"
+            f"   cycle minus plain git {over * 1000:6.1f} ms {over / base_over:.2f}x"
         )
+    print(f"  CPU ms per task by service, median of runs (ratio against N={ns[0]}):")
+    print("    " + f"{'service':<14}" + "".join(f"{'N=' + str(n):>18}" for n in ns))
+    for name in SERVICES:
+        base_cpu = statistics.median(f.cpu.get(name, 0.0) for f in base)
+        cells = []
+        for n in ns:
+            if not found[n]:
+                cells.append(f"{'-':>18}")
+                continue
+            value = statistics.median(f.cpu.get(name, 0.0) for f in found[n])
+            ratio = f"({value / base_cpu:.2f}x)" if base_cpu else ""
+            cells.append(f"{value * 1000:9.1f} {ratio:>8}")
+        print(f"    {name:<14}" + "".join(cells))
 
 
 def idle_rss(stack: Stack, label: str, settle: float = 3.0) -> None:

@@ -25,6 +25,7 @@ from aether_scheduler.config import SERVICE_NAME, SchedulerSettings
 from aether_scheduler.domain import Config, State, evolve
 from aether_scheduler.domain.model import IN_FLIGHT
 from aether_scheduler.handlers import Handlers
+from aether_scheduler.history import replay_history
 
 
 @dataclass
@@ -77,7 +78,7 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
     metrics.register(lambda: projection.state)
 
     async def rebuild(js: JetStreamContext) -> int:
-        last = await projection.rebuild(js, "scheduler")
+        last = await replay_history(projection, js, "scheduler")
 
         def fold(state: State, event: Event, seq: int) -> State:
             return evolve(state, event)

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aether_events import TIERS, Event
+from aether_events import TIERS, BranchMerged, Event
 from aether_events.status import MISSION_PHASES
 from aether_runtime.metrics import at_zero
 from aether_scheduler.domain import MissionState, State
@@ -121,11 +121,16 @@ def observe(before: State, after: State, event: Event) -> None:
     if mission.terminal and (previous is None or not previous.terminal):
         elapsed = (event.occurred_at - mission.request.occurred_at).total_seconds()
         MISSION_SECONDS.labels(mission.status).observe(max(elapsed, 0.0))
-    for task_id, task in mission.tasks.items():
-        if task.status != "merged" or task.first_ready_at is None or task.merged_at is None:
-            continue
-        old = previous.tasks.get(task_id) if previous is not None else None
-        if old is not None and old.status == "merged":
-            continue
-        elapsed = (task.merged_at - task.first_ready_at).total_seconds()
-        TASK_SECONDS.labels(task.spec.tier).observe(max(elapsed, 0.0))
+    # Only a BranchMerged merges a task: the one it names is the only one to look at.
+    if not isinstance(event, BranchMerged):
+        return
+    task = mission.tasks.get(event.task_id)
+    if task is None or task.status != "merged":
+        return
+    if task.first_ready_at is None or task.merged_at is None:
+        return
+    old = previous.tasks.get(task.spec.id) if previous is not None else None
+    if old is not None and old.status == "merged":
+        return
+    elapsed = (task.merged_at - task.first_ready_at).total_seconds()
+    TASK_SECONDS.labels(task.spec.tier).observe(max(elapsed, 0.0))

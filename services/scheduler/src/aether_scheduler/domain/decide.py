@@ -10,6 +10,7 @@ derived from the step, so deciding twice publishes nothing new.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from aether_events import (
@@ -30,7 +31,6 @@ from aether_events import (
 )
 from aether_scheduler.domain.evolve import evolve
 from aether_scheduler.domain.model import (
-    DONE,
     IN_FLIGHT,
     UNMERGED_WORK,
     Config,
@@ -54,10 +54,12 @@ def decide(state: State, event: Event, now: datetime, config: Config) -> list[Ev
 def tick(state: State, now: datetime, config: Config) -> list[Event]:
     """What the passing of time makes happen: due retries, overdue heartbeats."""
     out: list[Event] = []
-    for mission_id, mission in state.missions.items():
+    missions = state.missions
+    for mission_id in list(state.live):
+        mission = missions[mission_id]
         if mission.terminal or mission.approved_version is None:
             continue
-        if not any(_timer_due(t, now, config) for t in mission.tasks.values()):
+        if not any(_timer_due(t, now, config) for t in _timed(mission)):
             continue
         decided = _settle(state, mission_id, None, now, config)
         for event in decided:
@@ -75,8 +77,9 @@ def catch_up(state: State, now: datetime, config: Config) -> list[Event]:
     missions stuck. Deciding twice is harmless: the ids repeat.
     """
     out: list[Event] = []
-    for mission_id, mission in state.missions.items():
-        if mission.terminal:
+    missions = state.missions
+    for mission_id in list(state.live):
+        if missions[mission_id].terminal:
             continue
         decided = _settle(state, mission_id, None, now, config)
         for event in decided:
@@ -89,12 +92,17 @@ def next_timer(state: State, config: Config) -> datetime | None:
     """When ``tick`` next has something to do (for the shell's sleep)."""
     times = [
         when
-        for mission in state.missions.values()
-        if not mission.terminal
-        for task in mission.tasks.values()
+        for mission_id in state.live
+        if not (mission := state.missions[mission_id]).terminal
+        for task in _timed(mission)
         if (when := _timer_at(task, config)) is not None
     ]
     return min(times, default=None)
+
+
+def _timed(m: MissionState) -> list[TaskState]:
+    """The tasks that may have a timer running: in flight, or waiting to be retried."""
+    return [m.tasks[t] for t in m.with_status(*IN_FLIGHT, "retry_wait")]
 
 
 def _timer_at(task: TaskState, config: Config) -> datetime | None:
@@ -189,8 +197,8 @@ def _timeouts(
     state: State, m: MissionState, why: Event, now: datetime, config: Config
 ) -> list[Event]:
     out: list[Event] = []
-    for task in _ordered(m):
-        if task.status in IN_FLIGHT and _timer_due(task, now, config):
+    for task in _ordered(m, m.with_status(*IN_FLIGHT)):
+        if _timer_due(task, now, config):
             cause = task.ready_event or why
             step = step_ids.task_timed_out(task.spec.id, task.attempt)
             out.append(
@@ -208,8 +216,8 @@ def _failures(
     state: State, m: MissionState, why: Event, now: datetime, config: Config
 ) -> list[Event]:
     out: list[Event] = []
-    for task in _ordered(m):
-        if task.status != "retry_wait" or task.retry_event is not None:
+    for task in _ordered(m, m.with_status("retry_wait")):
+        if task.retry_event is not None:
             continue
         task_id, attempt = task.spec.id, task.attempt
         if task.attempt - task.attempts_base >= config.max_attempts and not task.immediate_retry:
@@ -251,25 +259,21 @@ def _failures(
 # --- starting tasks ------------------------------------------------------------------
 
 
-def _ordered(m: MissionState) -> list[TaskState]:
-    return sorted(m.tasks.values(), key=lambda t: (-t.spec.priority, t.wave, t.order))
-
-
-def _deps_done(m: MissionState, task: TaskState) -> bool:
-    return all(m.tasks[d].status in DONE for d in task.spec.depends_on if d in m.tasks)
+def _ordered(m: MissionState, task_ids: Iterable[str]) -> list[TaskState]:
+    """The tasks ``task_ids`` in the order they are started: priority, wave, plan order."""
+    tasks = m.tasks
+    return sorted((tasks[t] for t in task_ids), key=lambda t: (-t.spec.priority, t.wave, t.order))
 
 
 def _candidates(m: MissionState, now: datetime) -> list[tuple[TaskState, int]]:
-    """Tasks that could start now if there were room, with the attempt they would be."""
+    """Tasks that could start now if there were room, with the attempt they would be:
+    pending ones whose dependencies are done, and retries whose time has come."""
     out: list[tuple[TaskState, int]] = []
-    for task in _ordered(m):
-        if task.status == "pending" and _deps_done(m, task):
+    for task in _ordered(m, m.startable | m.with_status("retry_wait")):
+        if task.status == "pending":
             out.append((task, 1))
         elif (
-            task.status == "retry_wait"
-            and task.retry_event is not None
-            and task.not_before is not None
-            and task.not_before <= now
+            task.retry_event is not None and task.not_before is not None and task.not_before <= now
         ):
             out.append((task, task.retry_event.attempt))
     return out
@@ -277,11 +281,9 @@ def _candidates(m: MissionState, now: datetime) -> list[tuple[TaskState, int]]:
 
 def _in_flight_everywhere(state: State) -> int:
     return sum(
-        1
-        for mission in state.missions.values()
-        if not mission.terminal
-        for task in mission.tasks.values()
-        if task.status in IN_FLIGHT
+        len(mission.with_status(*IN_FLIGHT))
+        for mission_id in state.live
+        if not (mission := state.missions[mission_id]).terminal
     )
 
 
@@ -302,13 +304,13 @@ def _starts(
                 **caused_by(why, now, step), spent_usd=spent, budget_usd=budget, scope=scope
             )
         ]
-    running = sum(1 for t in m.tasks.values() if t.status in IN_FLIGHT)
+    running = len(m.with_status(*IN_FLIGHT))
     room = min(
         m.request.max_concurrency - running,
         config.global_concurrency - _in_flight_everywhere(state),
     )
     committed = m.spent_usd + m.reserved_usd
-    claimed = [t.claims for t in m.tasks.values() if t.status in UNMERGED_WORK]
+    claimed = [m.tasks[t].claims for t in m.with_status(*UNMERGED_WORK)]
     out: list[Event] = []
     waves = set(m.waves_started)
     budget_stopped = False
@@ -326,7 +328,7 @@ def _starts(
         cause = task.retry_event if attempt > 1 and task.retry_event is not None else why
         if task.wave not in waves:
             waves.add(task.wave)
-            wave_ids = [t.spec.id for t in _ordered(m) if t.wave == task.wave]
+            wave_ids = list(m.wave_tasks.get(task.wave, ()))
             out.append(
                 WaveStarted(
                     **caused_by(cause, now, step_ids.wave_started(task.wave)),
@@ -389,7 +391,7 @@ def _ready(
 def _waves(state: State, m: MissionState, why: Event, now: datetime, config: Config) -> list[Event]:
     out: list[Event] = []
     for wave in sorted(m.waves_started - m.waves_completed):
-        if all(t.status in DONE for t in m.tasks.values() if t.wave == wave):
+        if not m.undone_in_wave.get(wave, 0):
             out.append(
                 WaveCompleted(**caused_by(why, now, step_ids.wave_completed(wave)), wave=wave)
             )
@@ -399,12 +401,11 @@ def _waves(state: State, m: MissionState, why: Event, now: datetime, config: Con
 def _ending(
     state: State, m: MissionState, why: Event, now: datetime, config: Config
 ) -> list[Event]:
-    if all(t.status in DONE for t in m.tasks.values()):
+    if not m.undone:
         return [_completed(m, why, now)]
-    live = _live_tasks(m)
-    if live:
+    if m.with_status(*_LIVE) or _live_tasks(m):
         return []
-    failed = sorted(t.spec.id for t in m.tasks.values() if t.status == "failed")
+    failed = sorted(m.with_status("failed"))
     blocked = sorted(t.spec.id for t in m.tasks.values() if t.status == "pending")
     reasons = "; ".join(f"{tid}: {m.tasks[tid].last_failure}" for tid in failed)
     reason = f"task(s) {', '.join(failed)} failed and cannot be retried ({reasons})"
@@ -413,14 +414,13 @@ def _ending(
     return [MissionFailed(**caused_by(why, now, step_ids.mission_failed()), reason=reason)]
 
 
+_LIVE = ("ready", "running", "completed", "retry_wait", "escalated")
+
+
 def _live_tasks(m: MissionState) -> set[str]:
     """Tasks that are running, waiting on time or a person, or could still run one day."""
-    live = {
-        t.spec.id
-        for t in m.tasks.values()
-        if t.status in ("ready", "running", "completed", "retry_wait", "escalated")
-    }
-    dead = {t.spec.id for t in m.tasks.values() if t.status == "failed"}
+    live = set(m.with_status(*_LIVE))
+    dead = set(m.with_status("failed"))
     pending = [t for t in m.tasks.values() if t.status == "pending"]
     changed = True
     while changed:  # a pending task is dead once any dependency is dead

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -37,17 +36,31 @@ from aether_events import (
     advance,
     known_cost,
 )
-from aether_scheduler.domain.model import MissionState, State, TaskState
+from aether_scheduler.domain.model import (
+    DONE,
+    TRACKED,
+    MissionState,
+    State,
+    TaskState,
+    changed,
+)
 from aether_scheduler.domain.rules import waves_of
 
 
 def evolve(state: State, event: Event) -> State:
-    """Fold one event into the state (pure)."""
+    """Fold one event into the state (pure).
+
+    Every change copies what changes and no more: the mission's record and, for a task's
+    event, that task's; the other tasks and missions are shared with the state before."""
     if isinstance(event, MissionRequested):
         if event.mission_id in state.missions:
             return state
         created = MissionState(request=event, budget_usd=event.budget_usd)
-        return replace(state, missions={**state.missions, event.mission_id: created})
+        return changed(
+            state,
+            missions={**state.missions, event.mission_id: created},
+            live={**state.live, event.mission_id: None},
+        )
     mission = state.missions.get(event.mission_id)
     if mission is None:
         return state
@@ -56,10 +69,14 @@ def evolve(state: State, event: Event) -> State:
     updated = _mission(mission, event)
     progress = advance(mission.progress, event)
     if progress is not mission.progress:
-        updated = replace(updated, progress=progress)
+        updated = changed(updated, progress=progress)
     if updated is mission:
         return state
-    return replace(state, missions={**state.missions, event.mission_id: updated})
+    missions = {**state.missions, event.mission_id: updated}
+    if updated.terminal and event.mission_id in state.live:
+        live = {mid: None for mid in state.live if mid != event.mission_id}
+        return changed(state, missions=missions, live=live)
+    return changed(state, missions=missions)
 
 
 def _global_spend(state: State, event: UsageRecorded) -> State:
@@ -68,7 +85,7 @@ def _global_spend(state: State, event: UsageRecorded) -> State:
         return state
     day = event.occurred_at.strftime("%Y-%m-%d")
     month = event.occurred_at.strftime("%Y-%m")
-    return replace(
+    return changed(
         state,
         daily_spent={**state.daily_spent, day: state.daily_spent.get(day, 0.0) + cost},
         monthly_spent={**state.monthly_spent, month: state.monthly_spent.get(month, 0.0) + cost},
@@ -79,7 +96,77 @@ def _task(m: MissionState, task_id: str, **changes: Any) -> MissionState:
     task = m.tasks.get(task_id)
     if task is None:
         return m
-    return replace(m, tasks={**m.tasks, task_id: replace(task, **changes)})
+    moved = changed(task, **changes)
+    tasks = {**m.tasks, task_id: moved}
+    if moved.status == task.status:
+        return changed(m, tasks=tasks)
+    return changed(m, tasks=tasks, **_reindexed(m, tasks, task, moved))
+
+
+def _deps_done(tasks: dict[str, TaskState], task: TaskState) -> bool:
+    return all(tasks[d].status in DONE for d in task.spec.depends_on if d in tasks)
+
+
+def _startable(tasks: dict[str, TaskState], task: TaskState) -> bool:
+    return task.status == "pending" and _deps_done(tasks, task)
+
+
+def _reindexed(
+    m: MissionState, tasks: dict[str, TaskState], old: TaskState, new: TaskState
+) -> dict[str, Any]:
+    """The mission's task indexes after one task moved from ``old``'s status to ``new``'s:
+    only that task and its dependents are looked at."""
+    task_id = new.spec.id
+    out: dict[str, Any] = {}
+    if old.status in TRACKED or new.status in TRACKED:
+        tracked = dict(m.tracked)
+        if old.status in TRACKED:
+            tracked[old.status] = tracked.get(old.status, frozenset()) - {task_id}
+        if new.status in TRACKED:
+            tracked[new.status] = tracked.get(new.status, frozenset()) | {task_id}
+        out["tracked"] = tracked
+    done = (new.status in DONE) - (old.status in DONE)
+    if done:
+        out["undone"] = m.undone - done
+        out["undone_in_wave"] = {
+            **m.undone_in_wave,
+            new.wave: m.undone_in_wave.get(new.wave, 0) - done,
+        }
+    startable = set(m.startable)
+    for tid in (task_id, *(m.dependents.get(task_id, ()) if done else ())):
+        if _startable(tasks, tasks[tid]):
+            startable.add(tid)
+        else:
+            startable.discard(tid)
+    out["startable"] = frozenset(startable)
+    return out
+
+
+def _approved(m: MissionState, version: int, plan: PlanProduced) -> MissionState:
+    """The mission's tasks once ``plan`` is approved, all pending, with their indexes."""
+    waves = waves_of(plan.tasks)
+    tasks = {t.id: TaskState(spec=t, wave=waves[t.id], order=i) for i, t in enumerate(plan.tasks)}
+    dependents: dict[str, list[str]] = {}
+    for task in tasks.values():
+        for dep in dict.fromkeys(task.spec.depends_on):
+            if dep in tasks and dep != task.spec.id:
+                dependents.setdefault(dep, []).append(task.spec.id)
+    by_rank = sorted(tasks.values(), key=lambda t: (-t.spec.priority, t.order))
+    wave_tasks: dict[int, list[str]] = {}
+    for task in by_rank:
+        wave_tasks.setdefault(task.wave, []).append(task.spec.id)
+    undone_in_wave = {wave: len(ids) for wave, ids in wave_tasks.items()}
+    return changed(
+        m,
+        approved_version=version,
+        tasks=tasks,
+        tracked={},
+        startable=frozenset(t.spec.id for t in tasks.values() if _startable(tasks, t)),
+        dependents={tid: tuple(ids) for tid, ids in dependents.items()},
+        wave_tasks={wave: tuple(ids) for wave, ids in wave_tasks.items()},
+        undone=len(tasks),
+        undone_in_wave=undone_in_wave,
+    )
 
 
 def _resolution_context(
@@ -125,25 +212,21 @@ def _seen(m: MissionState, task_id: str, attempt: int, at: datetime) -> MissionS
 def _mission(m: MissionState, event: Event) -> MissionState:
     match event:
         case RepositoryPrepared():
-            return replace(
+            return changed(
                 m,
                 base_sha=event.base_sha,
                 integration_branch=event.integration_branch,
                 integration_head=m.integration_head or event.base_sha,
             )
         case PlanProduced():
-            return replace(m, plans={**m.plans, event.version: event})
+            return changed(m, plans={**m.plans, event.version: event})
         case PlanFailed():
-            return replace(m, plan_failure=event.reason)
+            return changed(m, plan_failure=event.reason)
         case PlanApproved():
             plan = m.plans.get(event.version)
             if plan is None or m.approved_version is not None:
                 return m
-            waves = waves_of(plan.tasks)
-            tasks = {
-                t.id: TaskState(spec=t, wave=waves[t.id], order=i) for i, t in enumerate(plan.tasks)
-            }
-            return replace(m, approved_version=event.version, tasks=tasks)
+            return _approved(m, event.version, plan)
         case TaskReady():
             task = m.tasks.get(event.task.id)
             if task is None or event.attempt <= task.attempt:
@@ -188,7 +271,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
         case BranchMerged():
             if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
                 return m
-            m = replace(m, integration_head=event.merge_sha)
+            m = changed(m, integration_head=event.merge_sha)
             return _task(
                 m,
                 event.task_id,
@@ -278,7 +361,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 return m
             return _task(m, event.task_id, status="skipped", reserved_usd=0.0)
         case UsageRecorded():
-            m = replace(m, usage=m.usage.plus(event.usage))
+            m = changed(m, usage=m.usage.plus(event.usage))
             if event.task_id is not None and event.attempt is not None:
                 task = m.tasks.get(event.task_id)
                 if task is not None and task.attempt == event.attempt:
@@ -289,16 +372,16 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                     return _task(m, event.task_id, attempt_spent_usd=spent, reserved_usd=reserved)
             return m
         case BudgetWarning():
-            return replace(m, warned_at_budget=event.budget_usd) if event.scope == "mission" else m
+            return changed(m, warned_at_budget=event.budget_usd) if event.scope == "mission" else m
         case BudgetExceeded():
             if event.scope == "mission":
-                return replace(m, exceeded_at_budget=event.budget_usd)
-            return replace(m, global_exceeded=m.global_exceeded | {event.scope})
+                return changed(m, exceeded_at_budget=event.budget_usd)
+            return changed(m, global_exceeded=m.global_exceeded | {event.scope})
         case BudgetRaised():
-            return replace(m, budget_usd=event.budget_usd)
+            return changed(m, budget_usd=event.budget_usd)
         case WaveStarted():
-            return replace(m, waves_started=m.waves_started | {event.wave})
+            return changed(m, waves_started=m.waves_started | {event.wave})
         case WaveCompleted():
-            return replace(m, waves_completed=m.waves_completed | {event.wave})
+            return changed(m, waves_completed=m.waves_completed | {event.wave})
     # Pauses, resumes and the mission's end are ``progress`` (folded in ``evolve``).
     return m

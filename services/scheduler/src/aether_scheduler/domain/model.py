@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from aether_events import (
     ZERO_USAGE,
@@ -36,6 +36,25 @@ TaskStatus = Literal[
 IN_FLIGHT: frozenset[str] = frozenset({"ready", "running"})
 UNMERGED_WORK: frozenset[str] = frozenset({"ready", "running", "completed"})
 DONE: frozenset[str] = frozenset({"merged", "skipped"})
+# The statuses whose tasks a mission keeps by status (see ``MissionState.tracked``): the
+# few a decision looks for, neither waiting for their turn nor done.
+TRACKED: tuple[str, ...] = ("ready", "running", "completed", "retry_wait", "escalated", "failed")
+
+_T = TypeVar("_T")
+
+
+def changed(value: _T, **changes: Any) -> _T:
+    """A copy of the frozen dataclass ``value`` with ``changes``: what
+    ``dataclasses.replace`` gives, at a fraction of its cost (it re-runs ``__init__``
+    field by field, which was most of the start-up replay). ``__post_init__`` is not run:
+    the state's indexes are kept by ``evolve``, not recomputed on every copy."""
+    fields = value.__dict__
+    if not changes.keys() <= fields.keys():
+        raise TypeError(f"{type(value).__name__} has no field {set(changes) - set(fields)}")
+    copy = object.__new__(type(value))
+    copy.__dict__.update(fields)
+    copy.__dict__.update(changes)
+    return copy
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,26 @@ class MissionState:
     tasks: dict[str, TaskState] = field(default_factory=dict)
     waves_started: frozenset[int] = frozenset()
     waves_completed: frozenset[int] = frozenset()
+    # Indexes of ``tasks``, set when the plan is approved and kept by ``evolve`` as tasks
+    # move, so that deciding after an event looks at the few tasks that matter instead of
+    # every task of the mission (which made each task of a large mission dearer):
+    # the ids of the tasks in each ``TRACKED`` status;
+    tracked: dict[str, frozenset[str]] = field(default_factory=dict)
+    # the pending tasks whose dependencies are all done (what could start next);
+    startable: frozenset[str] = frozenset()
+    # each task's dependents, and each wave's tasks in the order a WaveStarted names them;
+    dependents: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    wave_tasks: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # how many tasks are not done (merged or skipped), in all and in each wave.
+    undone: int = 0
+    undone_in_wave: dict[int, int] = field(default_factory=dict)
+
+    def with_status(self, *statuses: str) -> frozenset[str]:
+        """The ids of the tasks in any of ``statuses`` (each one of ``TRACKED``)."""
+        empty: frozenset[str] = frozenset()
+        if len(statuses) == 1:
+            return self.tracked.get(statuses[0], empty)
+        return empty.union(*(self.tracked.get(s, empty) for s in statuses))
 
     @property
     def spent_usd(self) -> float:
@@ -123,7 +162,9 @@ class MissionState:
 
     @property
     def reserved_usd(self) -> float:
-        return sum(t.reserved_usd for t in self.tasks.values())
+        # Only a task that is ready or running holds a reservation: every way out of
+        # those statuses releases it (``evolve``), so the others need not be looked at.
+        return sum(self.tasks[t].reserved_usd for t in self.with_status(*IN_FLIGHT))
 
     @property
     def terminal(self) -> bool:
@@ -145,3 +186,13 @@ class State:
     # Known spend across every mission, by UTC day (YYYY-MM-DD) and month (YYYY-MM).
     daily_spent: dict[str, float] = field(default_factory=dict)
     monthly_spent: dict[str, float] = field(default_factory=dict)
+    # The missions that have not ended, in the order they were requested (kept by
+    # ``evolve``): the passing of time, a start and the global concurrency look only at
+    # these, however many finished missions the history holds.
+    live: dict[str, None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A state built from missions directly (not folded) gets its index here.
+        if self.missions and not self.live:
+            live = {mid: None for mid, m in self.missions.items() if not m.terminal}
+            object.__setattr__(self, "live", live)

@@ -1,0 +1,87 @@
+"""The scheduler's start-up replay: live missions in full, finished ones in brief.
+
+A finished mission asks nothing more of the scheduler: ``decide`` answers none of its
+events, ``tick`` and ``catch_up`` pass it by, and the global concurrency counts only
+live missions. What it still contributes is that it exists and how it ended (a late
+event for it must not start it again; the mission gauges count it) and its spending
+(today's and this month's global budgets). So the replay reads, of the whole history,
+only the events that say so, one event type at a time (``MissionRequested``, the
+terminal types, ``UsageRecorded``), and then every event of each mission that has not
+ended, one mission at a time. Folded in stream order through the same ``evolve``, this
+gives the state a full replay gives, except that a finished mission's tasks are not
+kept; and the history of finished missions costs a few events each instead of all
+of them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+
+from aether_events import (
+    MISSIONS_STREAM,
+    TERMINAL_TYPES,
+    Event,
+    MissionRequested,
+    UnknownEventType,
+    UsageRecorded,
+    decode,
+    mission_subject,
+    type_subject,
+)
+from aether_events.replay import stored_messages
+from aether_runtime import Projection
+from aether_runtime import metrics as runtime_metrics
+from aether_scheduler.domain import State
+
+# What the replay reads of every mission, finished or not.
+SUMMARY_TYPES: tuple[type[Event], ...] = (MissionRequested, *TERMINAL_TYPES, UsageRecorded)
+# With more live missions than this, one read of the whole stream costs less than a
+# read per mission.
+PER_MISSION_READS = 64
+
+
+def _mission_of(subject: str) -> str:
+    # aether.mission.<mission_id>.<type>: ids are single subject tokens.
+    return subject.split(".")[2]
+
+
+async def replay_history(projection: Projection[State], js: JetStreamContext, service: str) -> int:
+    """Replay the mission stream into ``projection``; returns the sequence it is complete
+    up to (what ``Projection.rebuild`` returns)."""
+    # Everything stored by now is read back; what comes later is the consumers' (each
+    # read below stops at ``end``, so all of them see the same history).
+    end = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
+    stored: dict[int, bytes] = {}
+    requested: dict[str, None] = {}
+    finished: set[str] = set()
+    for cls in SUMMARY_TYPES:
+        async for msg in stored_messages(js, MISSIONS_STREAM, type_subject(cls)):
+            seq = msg.metadata.sequence.stream
+            if seq > end:
+                continue
+            stored[seq] = msg.data
+            if cls is MissionRequested:
+                requested[_mission_of(msg.subject)] = None
+            elif cls is not UsageRecorded:
+                finished.add(_mission_of(msg.subject))
+    live = [mission_id for mission_id in requested if mission_id not in finished]
+    if len(live) > PER_MISSION_READS:
+        return await projection.rebuild(js, service)
+    for mission_id in live:
+        async for msg in stored_messages(js, MISSIONS_STREAM, mission_subject(mission_id)):
+            seq = msg.metadata.sequence.stream
+            if seq <= end:
+                stored[seq] = msg.data
+    applied = 0
+    for seq in sorted(stored):
+        try:
+            event = decode(stored[seq])
+        except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        projection.apply(event, seq)
+        applied += 1
+    runtime_metrics.REPLAYED.labels(service).inc(applied)
+    projection.advance(end)
+    projection.last_sequence = max(projection.last_sequence, end)
+    return end
