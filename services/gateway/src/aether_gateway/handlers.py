@@ -209,9 +209,10 @@ class Projector:
         Returns the mission and telemetry sequences folded up to, and the event count.
         """
         async with self.read_model.rebuilding() as rebuild:
-            missions = await read_stored(js, MISSIONS_STREAM, ALL_MISSION_EVENTS)
-            for message in missions:
-                await rebuild.fold(Incoming.of_message(message))
+            runs = stored_runs(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, size=CATCH_UP_RUN)
+            async with contextlib.aclosing(runs):
+                async for run in runs:
+                    await rebuild.fold_run(run)
             telemetry, telemetry_last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, 0)
             for event, sequence in telemetry:
                 await rebuild.fold_telemetry(event, sequence)

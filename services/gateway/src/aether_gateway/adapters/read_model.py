@@ -103,6 +103,33 @@ class Rebuild:
         self.folded += await self._read_model._fold_item(self._conn, item, "missions")
         self.missions_last = max(self.missions_last, item.seq)
 
+    async def fold_run(self, messages: list[StoredMessage]) -> None:
+        """Fold a run of mission stream messages as ``fold`` folds each: the events
+        together (``runs``), under a savepoint that, should a row be refused, undoes
+        them for ``fold`` to take one at a time; a message without an event alone."""
+        events: list[Incoming] = []
+        for item in [Incoming.of_message(message) for message in messages]:
+            if item.event is not None:
+                events.append(item)
+                continue
+            await self._fold_events(events)
+            events = []
+            await self.fold(item)
+        await self._fold_events(events)
+
+    async def _fold_events(self, items: list[Incoming]) -> None:
+        if not items:
+            return
+        run = [(item.event, item.seq) for item in items if item.event is not None]
+        try:
+            async with self._conn.transaction():
+                self.folded += await fold_events(self._conn, run)
+        except EVENT_ERRORS:
+            for item in items:
+                await self.fold(item)
+            return
+        self.missions_last = max(self.missions_last, items[-1].seq)
+
     async def fold_telemetry(self, event: Event, sequence: int) -> None:
         item = Incoming.of_event(event, sequence)
         await self._read_model._fold_item(self._conn, item, "telemetry")
