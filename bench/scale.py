@@ -30,6 +30,10 @@ within a run.
 
     uv run python bench/scale.py [--sizes 10,50,200] [--repeats 3] [--missions 1000]
         [--template-tasks 3] [--services gateway,...] [--skip-sizes] [--skip-history]
+        [--profile]
+
+``--profile`` runs the services started with history under cProfile and saves
+``<work dir>/<service>.prof`` when they stop (the replay's profile).
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -85,11 +89,15 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def make_stack(work: Path, label: str, model_url: str) -> Stack:
+def make_stack(work: Path, label: str, model_url: str, profiled: list[str] | None = None) -> Stack:
+    """``profiled`` services run under cProfile (``bench/profiled.py``), saving
+    ``<work>/<name>.prof`` when stopped."""
+    wrapper = str(Path(__file__).with_name("profiled.py"))
     return Stack(
         home=work / f"stack-{label}",
         random_ports=True,
         env={"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": model_url},
+        python_options={name: [wrapper, str(work / f"{name}.prof")] for name in profiled or []},
     )
 
 
@@ -311,10 +319,15 @@ def rebuilt_seconds(stack: Stack, name: str) -> str:
 
 
 async def history(
-    work: Path, missions: int, template_tasks: int, only: list[str], ready_within: float
+    work: Path,
+    missions: int,
+    template_tasks: int,
+    only: list[str],
+    ready_within: float,
+    profile: bool = False,
 ) -> None:
     model = MessagesServer(NoWorkModel(plan_of(template_tasks, "chain"))).start()
-    stack = make_stack(work, "history", model.url)
+    stack = make_stack(work, "history", model.url, only if profile else None)
     try:
         began = time.perf_counter()
         await asyncio.to_thread(stack.start)
@@ -368,12 +381,19 @@ async def main() -> int:
         "--services", default=",".join(SERVICES), help="the services to start with history"
     )
     parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the services started with history under cProfile (<work dir>/<name>.prof)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aether-scale-"))
     print(f"bench/scale: work dir {work}, {os.cpu_count()} cores, {load()}")
     if not args.skip_history:
         only = args.services.split(",")
-        await history(work, args.missions, args.template_tasks, only, args.ready_timeout)
+        await history(
+            work, args.missions, args.template_tasks, only, args.ready_timeout, args.profile
+        )
     if not args.skip_sizes:
         await sizes(work, [int(n) for n in args.sizes.split(",")], args.repeats)
     return 0

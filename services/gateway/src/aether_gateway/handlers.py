@@ -3,6 +3,8 @@ what the consumer missed, and rebuild from scratch on an administrator's request
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from functools import partial
 
@@ -18,14 +20,22 @@ from aether_events import (
     replay,
 )
 from aether_gateway.adapters.read_model import ReadModel
-from aether_gateway.adapters.stream import Incoming, event_id_at, read_stored
+from aether_gateway.adapters.stream import (
+    Incoming,
+    StoredMessage,
+    event_id_at,
+    read_stored,
+    stored_runs,
+)
 from aether_runtime import ConsumerSpec, Delivery, ensure_consumer
 
 log = logging.getLogger("aether.gateway.projection")
 
 Folded = list[tuple[Event, int]]
-# Stored messages folded per transaction when catching up (at start, after a stall).
-CATCH_UP_RUN = 200
+# Stored messages folded per transaction when catching up (at start, after a stall),
+# and how many runs the stream is read ahead of the one being written.
+CATCH_UP_RUN = 500
+READ_AHEAD = 2
 
 
 def _collect(pending: Folded, event: Event, sequence: int) -> Folded:
@@ -83,14 +93,40 @@ class Projector:
 
     async def _fold_after(self, js: JetStreamContext, position: int, limit: int = 0) -> int:
         """Fold the mission stream's messages stored after ``position`` (at most
-        ``limit`` of them when given); returns how many changed the read model."""
+        ``limit`` of them when given); returns how many changed the read model.
+
+        The stream is read by a task of its own, a few runs ahead: while one run is
+        written, the next ones arrive (and no more than those are held)."""
         until = position + limit if limit else None
-        messages = await read_stored(
-            js, MISSIONS_STREAM, ALL_MISSION_EVENTS, after=position, until=until
-        )
+        ready: asyncio.Queue[list[StoredMessage] | None] = asyncio.Queue(maxsize=READ_AHEAD)
+
+        async def read() -> None:
+            subject = ALL_MISSION_EVENTS
+            runs = stored_runs(
+                js, MISSIONS_STREAM, subject, after=position, until=until, size=CATCH_UP_RUN
+            )
+            try:
+                async with contextlib.aclosing(runs):
+                    async for run in runs:
+                        await ready.put(run)
+            except asyncio.CancelledError:
+                raise  # the folding stopped: nobody waits for the end
+            except BaseException:
+                await ready.put(None)  # the end, then the error (from reader.result())
+                raise
+            await ready.put(None)
+
+        reader = asyncio.create_task(read(), name="gateway-catch-up-read")
         folded = 0
-        for start in range(0, len(messages), CATCH_UP_RUN):
-            folded += await self.read_model.take_run(messages[start : start + CATCH_UP_RUN])
+        try:
+            while (run := await ready.get()) is not None:
+                folded += await self.read_model.take_run(run)
+        except BaseException:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            raise
+        await reader  # a failed read fails the catch-up (what was folded is kept)
         return folded
 
     async def diverged(self, js: JetStreamContext, position: int, stream_last: int) -> str | None:
@@ -171,9 +207,10 @@ class Projector:
         Returns the mission and telemetry sequences folded up to, and the event count.
         """
         async with self.read_model.rebuilding() as rebuild:
-            missions = await read_stored(js, MISSIONS_STREAM, ALL_MISSION_EVENTS)
-            for message in missions:
-                await rebuild.fold(Incoming.of_message(message))
+            runs = stored_runs(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, size=CATCH_UP_RUN)
+            async with contextlib.aclosing(runs):
+                async for run in runs:
+                    await rebuild.fold_run(run)
             telemetry, telemetry_last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, 0)
             for event, sequence in telemetry:
                 await rebuild.fold_telemetry(event, sequence)

@@ -45,6 +45,7 @@ from aether_gateway.adapters.rows import (
     row_values,
     task_of,
 )
+from aether_gateway.adapters.runs import fold_events
 from aether_gateway.adapters.stream import Incoming, StoredMessage
 from aether_gateway.adapters.transcripts import store_entry
 from aether_gateway.domain import (
@@ -101,6 +102,33 @@ class Rebuild:
     async def fold(self, item: Incoming) -> None:
         self.folded += await self._read_model._fold_item(self._conn, item, "missions")
         self.missions_last = max(self.missions_last, item.seq)
+
+    async def fold_run(self, messages: list[StoredMessage]) -> None:
+        """Fold a run of mission stream messages as ``fold`` folds each: the events
+        together (``runs``), under a savepoint that, should a row be refused, undoes
+        them for ``fold`` to take one at a time; a message without an event alone."""
+        events: list[Incoming] = []
+        for item in [Incoming.of_message(message) for message in messages]:
+            if item.event is not None:
+                events.append(item)
+                continue
+            await self._fold_events(events)
+            events = []
+            await self.fold(item)
+        await self._fold_events(events)
+
+    async def _fold_events(self, items: list[Incoming]) -> None:
+        if not items:
+            return
+        run = [(item.event, item.seq) for item in items if item.event is not None]
+        try:
+            async with self._conn.transaction():
+                self.folded += await fold_events(self._conn, run)
+        except EVENT_ERRORS:
+            for item in items:
+                await self.fold(item)
+            return
+        self.missions_last = max(self.missions_last, items[-1].seq)
 
     async def fold_telemetry(self, event: Event, sequence: int) -> None:
         item = Incoming.of_event(event, sequence)
@@ -182,14 +210,30 @@ class ReadModel:
             return await self._take(item, self.consumer, "missions", guarded=True)
 
     async def take_run(self, items: list[StoredMessage]) -> int:
-        """Fold a run of stored mission stream messages as ``take`` folds each, in one
-        transaction: the start-up catch-up then commits (and waits for the disk) once per
-        run instead of once per event. A message that cannot be stored as it is undoes
-        the run, which is then folded one message at a time. Returns how many changed the
-        read model."""
+        """Fold a run of stored mission stream messages as ``take`` folds each, and
+        return how many changed the read model.
+
+        The events are folded together (``runs``): recorded, read and written with a
+        few statements per table, in one transaction with the position, so the start-up
+        catch-up neither waits for the server once per event nor commits once per
+        event. A message without an event (an unknown type, a payload that does not
+        decode) is taken alone between the events around it; a run with an event that
+        cannot be stored as it is is undone and folded one message at a time."""
         incoming = [Incoming.of_message(message) for message in items]
-        if any(item.event is None for item in incoming):
-            return await self._take_each(incoming)
+        fresh = 0
+        events: list[Incoming] = []
+        for item in incoming:
+            if item.event is not None:
+                events.append(item)
+                continue
+            fresh += await self._take_events(events)
+            events = []
+            fresh += await self.take(item)
+        return fresh + await self._take_events(events)
+
+    async def _take_events(self, incoming: list[Incoming]) -> int:
+        if not incoming:
+            return 0
         fresh = 0
         jumped = False
         try:
@@ -198,6 +242,7 @@ class ReadModel:
                     async with conn.pipeline():
                         # The position is locked and moved once for the run.
                         position = await self._lock_position(conn, self.consumer)
+                        run: list[tuple[Event, int]] = []
                         for item in incoming:
                             if item.seq <= position:
                                 continue
@@ -207,8 +252,9 @@ class ReadModel:
                                 )
                                 jumped = True
                             assert item.event is not None
-                            fresh += await self._fold_one(conn, item.event, item.seq, "missions")
+                            run.append((item.event, item.seq))
                             position = item.seq
+                        fresh = await fold_events(conn, run)
                         await self._set_position(conn, self.consumer, position)
                         await conn.commit()
                 except BaseException:

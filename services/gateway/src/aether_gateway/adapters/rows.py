@@ -43,6 +43,28 @@ def _insert(table: str, columns: tuple[str, ...]) -> sql.Composed:
     )
 
 
+def _many(
+    table: str, columns: tuple[str, ...], key: tuple[str, ...] = (), kept: tuple[str, ...] = ()
+) -> sql.Composed:
+    """``_upsert`` (with ``key``) or ``_insert`` (without) for many rows at once: the rows
+    are one JSON array of objects named by column, typed by the table's own row type."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    query = sql.SQL(
+        "INSERT INTO {table} ({names})"
+        " SELECT {names} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)"
+    ).format(table=sql.Identifier(table), names=names)
+    if not key:
+        return query + sql.SQL(" ON CONFLICT DO NOTHING")
+    updates = [c for c in columns if c not in key and c not in kept]
+    return query + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, key)),
+        sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in updates
+        ),
+    )
+
+
 def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
     return cls.__struct_fields__
 
@@ -57,6 +79,16 @@ INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
     UsageEntry: _insert("usage_records", _columns(UsageEntry)),
     MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
     BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
+}
+
+# The same, for many rows in one statement (the catch-up's runs); each key at most once.
+UPSERT_MISSIONS = _many("missions", _columns(Mission), ("id",), kept=("projection_failures",))
+UPSERT_TASKS = _many("tasks", _columns(Task), ("mission_id", "task_id"))
+UPSERT_PLANS = _many("plans", _columns(Plan), ("mission_id", "version"))
+INSERTS_MANY: dict[type[msgspec.Struct], sql.Composed] = {
+    UsageEntry: _many("usage_records", _columns(UsageEntry)),
+    MissionMessage: _many("mission_messages", _columns(MissionMessage)),
+    BudgetAlert: _many("budget_alerts", _columns(BudgetAlert)),
 }
 
 # Merging what one event says about an agent session into its row; see SessionUpdate
@@ -108,6 +140,12 @@ def row_values(struct: msgspec.Struct) -> list[Any]:
             value = Jsonb(msgspec.to_builtins(value))
         values.append(value)
     return values
+
+
+def rows_json(structs: list[Any]) -> str:
+    """Rows for a ``_many`` statement: the structs as one JSON array of objects (their
+    JSON columns as JSON, which is how ``row_values`` writes them too)."""
+    return msgspec.json.encode(structs).decode()
 
 
 def convert(row: dict[str, Any], cls: type[T]) -> T:

@@ -9,6 +9,7 @@ projection failure, not silently passed over.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -100,9 +101,29 @@ async def read_stored(
     """Every message on ``subject`` stored after sequence ``after`` (up to ``until``,
     inclusive, when given), in stream order."""
     found: list[StoredMessage] = []
+    async with contextlib.aclosing(
+        stored_runs(js, stream, subject, after=after, until=until, size=batch)
+    ) as runs:
+        async for run in runs:
+            found.extend(run)
+    return found
+
+
+async def stored_runs(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    after: int = 0,
+    until: int | None = None,
+    size: int = 256,
+) -> AsyncGenerator[list[StoredMessage], None]:
+    """``read_stored``'s messages in runs of up to ``size``, each given as soon as read
+    (a long history is then never held whole)."""
+    run: list[StoredMessage] = []
     # Closed at once on an early end, so its ephemeral consumer goes with it.
     async with contextlib.aclosing(
-        stored_messages(js, stream, subject, after=after, batch=batch)
+        stored_messages(js, stream, subject, after=after, batch=max(size, 256))
     ) as messages:
         async for msg in messages:
             meta = msg.metadata
@@ -110,8 +131,12 @@ async def read_stored(
             if until is not None and seq > until:
                 break
             stored_at = meta.timestamp or datetime.now(UTC)
-            found.append(StoredMessage(seq, msg.subject, msg.data, stored_at))
-    return found
+            run.append(StoredMessage(seq, msg.subject, msg.data, stored_at))
+            if len(run) >= size:
+                yield run
+                run = []
+    if run:
+        yield run
 
 
 async def event_id_at(js: JetStreamContext, stream: str, seq: int) -> str | None:
