@@ -46,10 +46,11 @@ def artefacts(tmp_path: Path) -> Path:
     return where
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def chromium() -> AsyncIterator[Any]:
-    """One headless chromium for the session: starting it is most of a browser test's
-    set-up. Each test still gets a fresh profile (``browser``)."""
+    """One headless chromium for a test module (each module imports this fixture, so
+    each has its own): starting it was most of a browser test's set-up. Each test still
+    gets a fresh profile (``browser``)."""
     async with playwright_api.async_playwright() as pw:
         launched = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
