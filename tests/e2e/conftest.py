@@ -1,6 +1,54 @@
 """The whole-system fixtures of ``test_mission_flow`` (a scripted model server, a fresh
-database, a sample repository, the running stack), shared with every end-to-end test here."""
+database, a sample repository, the running stack), shared with every end-to-end test here.
 
-from tests.e2e.test_mission_flow import fresh_database, model_server, repo, running
+The package-scoped ones are defined here only: a fixture defined in two places is two
+fixtures, and each would start its own stack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from aether.stack import Stack
+from aether_llm import MessagesServer
+from tests.e2e.test_mission_flow import (
+    create_database,
+    fresh_database,
+    model_server,
+    repo,
+    running,
+    scripted_model,
+    stack_for,
+)
+from tests.support import ScriptedModel
 
 __all__ = ["fresh_database", "model_server", "repo", "running"]
+
+
+@pytest.fixture(scope="package")
+def shared_model() -> Iterator[tuple[MessagesServer, ScriptedModel]]:
+    """One scripted model server for the package: its script keys on task ids, not
+    missions, so every mission of the three-task plan is answered the same way."""
+    script = scripted_model(delays={"b": 4.0})
+    server = MessagesServer(script).start()
+    yield server, script
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+async def shared_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_model: tuple[MessagesServer, ScriptedModel],
+    database_url: str,
+) -> AsyncIterator[Stack]:
+    """The five services and their own NATS, started once for the package's tests that
+    each run their own mission on it (starting a stack is most of such a test's time)."""
+    database = create_database(database_url)
+    stack = stack_for(tmp_path_factory.mktemp("shared"), shared_model[0], database)
+    try:
+        await asyncio.to_thread(stack.start)
+        yield stack
+    finally:
+        await asyncio.to_thread(stack.stop)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from dulwich.objects import Commit, Tree
 from dulwich.repo import Repo
 
 from aether.gitview import create_sample_repository
-from aether.stack import Stack
+from aether.stack import SERVICES, Stack
 from aether_events import (
     AgentStarted,
     BranchMerged,
@@ -116,15 +115,20 @@ def scripted_model(delays: dict[str, float] | None = None) -> ScriptedModel:
 _databases = itertools.count()
 
 
-@pytest.fixture
-def fresh_database(database_url: str) -> str:
-    """A new, empty database on the session's PostgreSQL server."""
+def create_database(database_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``database_url``."""
     name = f"e2e_{next(_databases)}_{id(object())}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base, _, query = database_url.partition("?")
     prefix = base.rsplit("/", 1)[0]
     return f"{prefix}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> str:
+    """A new, empty database on the session's PostgreSQL server."""
+    return create_database(database_url)
 
 
 @pytest.fixture
@@ -148,23 +152,26 @@ def stack_for(tmp_path: Path, model: MessagesServer, database: str) -> Stack:
 
 
 @pytest.fixture
-def model_server() -> Iterator[tuple[MessagesServer, ScriptedModel]]:
-    script = scripted_model(delays={"b": 4.0})
-    server = MessagesServer(script).start()
-    yield server, script
-    server.stop()
+def model_server(
+    shared_model: tuple[MessagesServer, ScriptedModel],
+) -> tuple[MessagesServer, ScriptedModel]:
+    """The package's scripted model, its record of calls emptied for this test."""
+    shared_model[1].calls.clear()
+    return shared_model
 
 
 @pytest.fixture
-async def running(
-    tmp_path: Path, model_server: tuple[MessagesServer, ScriptedModel], fresh_database: str
-) -> AsyncIterator[Stack]:
-    stack = stack_for(tmp_path, model_server[0], fresh_database)
-    try:
-        await asyncio.to_thread(stack.start)
-        yield stack
-    finally:
-        await asyncio.to_thread(stack.stop)
+async def running(shared_stack: Stack, model_server: object) -> Stack:
+    """The package's stack with every service up: a service an earlier test killed and
+    did not start again (it failed half-way) is started before this test."""
+    stack = shared_stack
+    for name in SERVICES:
+        service = stack.processes.get(name)
+        if service is None or service.process.poll() is not None:
+            stack.processes.pop(name, None)
+            stack.start_service(name)
+    await asyncio.to_thread(stack.wait_ready)
+    return stack
 
 
 async def submit_and_approve(stack: Stack, repo: Path) -> tuple[str, MissionLog, Any]:

@@ -46,35 +46,42 @@ def artefacts(tmp_path: Path) -> Path:
     return where
 
 
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh headless chromium profile."""
+@pytest.fixture(scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One headless chromium for a test module (each module imports this fixture, so
+    each has its own): starting it was most of a browser test's set-up. Each test still
+    gets a fresh profile (``browser``)."""
     async with playwright_api.async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1440, "height": 1000},
+        launched = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
-        errors: list[str] = []
-
-        def watch(page: Any) -> None:
-            page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
-            page.on(
-                "console",
-                lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None,
-            )
-
-        for page in context.pages:
-            watch(page)
-        context.on("page", watch)
-        context.script_errors = errors
         try:
-            yield context
+            yield launched
         finally:
-            await context.close()
-        # Failed requests the tests provoke (401, 400) log as console errors too; a
-        # script error never is one of them.
-        scripts = [e for e in errors if "Failed to load resource" not in e]
-        assert not scripts, "the board's scripts failed:\n" + "\n".join(scripts)
+            await launched.close()
+
+
+@pytest.fixture
+async def browser(chromium: Any) -> AsyncIterator[Any]:
+    """A fresh profile (a new browser context: no cookies, storage or cache of another
+    test's) in the session's chromium."""
+    context = await chromium.new_context(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+
+    def watch(page: Any) -> None:
+        page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
+        page.on(
+            "console",
+            lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None,
+        )
+
+    context.on("page", watch)
+    context.script_errors = errors
+    try:
+        yield context
+    finally:
+        await context.close()
+    # Failed requests the tests provoke (401, 400) log as console errors too; a
+    # script error never is one of them.
+    scripts = [e for e in errors if "Failed to load resource" not in e]
+    assert not scripts, "the board's scripts failed:\n" + "\n".join(scripts)

@@ -20,9 +20,9 @@ from dulwich.repo import Repo
 from aether.gitview import create_sample_repository
 from aether.stack import Stack
 from tests.e2e.test_mission_flow import fresh_database
-from tests.web.browser import artefacts, browser, expect
+from tests.web.browser import artefacts, browser, chromium, expect
 
-__all__ = ["artefacts", "browser", "fresh_database"]
+__all__ = ["artefacts", "browser", "chromium", "fresh_database"]
 
 pytestmark = pytest.mark.e2e
 

@@ -39,7 +39,7 @@ from aether_events import (
     WorkspaceReady,
 )
 from tests.gitdaemon import bare_copy, git_daemon
-from tests.web.browser import artefacts, browser, expect  # noqa: F401 (fixtures)
+from tests.web.browser import artefacts, browser, chromium, expect  # noqa: F401 (fixtures)
 
 from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually, stored_events
 

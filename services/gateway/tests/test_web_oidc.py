@@ -20,7 +20,7 @@ from aether.infra import free_port
 from aether_events import EventPublisher, RepositoryPrepared
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_runtime import RuntimeSettings
-from tests.web.browser import artefacts, browser, expect  # noqa: F401 (fixtures)
+from tests.web.browser import artefacts, browser, chromium, expect  # noqa: F401 (fixtures)
 
 from .conftest import GatewayServer, Script
 from .oidc_provider import Provider

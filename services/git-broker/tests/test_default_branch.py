@@ -107,7 +107,7 @@ def served(repo: Path) -> Iterator[str]:
     """The test repository served read-only over smart HTTP."""
     backend = DictBackend({"/upstream.git": Repo(str(repo))})
     server = make_server("127.0.0.1", 0, make_wsgi_chain(backend), handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/upstream.git"

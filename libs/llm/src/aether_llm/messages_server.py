@@ -258,8 +258,10 @@ class MessagesServer:
 
         self._httpd = _QuietServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
+        # A short poll: ``stop`` waits for the serving loop to notice, which with the
+        # default half second is most of a test's tear-down.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="messages-server", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name="messages-server", daemon=True
         )
         self._thread.start()
         return self

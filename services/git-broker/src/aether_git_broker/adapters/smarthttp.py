@@ -329,8 +329,10 @@ class GitHttpServer:
         self._server = make_server(
             host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
         )
+        # A short poll: ``stop`` waits for the serving loop to notice (half a second by
+        # default, on every broker stop).
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="git-http", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="git-http", daemon=True
         )
 
     @property
