@@ -11,7 +11,7 @@ temporary directory).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from dulwich import porcelain
@@ -21,6 +21,7 @@ from aether_events import (
     AgentProgress,
     AgentStarted,
     BudgetRaised,
+    Event,
     EventPublisher,
     MissionMessagePosted,
     MissionPaused,
@@ -38,10 +39,13 @@ from aether_events import (
     Usage,
     WorkspaceReady,
 )
+from tests.eventlog import EventLog
 from tests.gitdaemon import bare_copy, git_daemon
 from tests.web.browser import artefacts, browser, chromium, expect  # noqa: F401 (fixtures)
 
-from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually, stored_events
+from .conftest import ADMIN_TOKEN, GatewayServer, Script
+
+E = TypeVar("E", bound=Event)
 
 
 async def signed_in(browser: Any, server: GatewayServer, token: str = ADMIN_TOKEN) -> Any:
@@ -123,9 +127,7 @@ async def test_board_follows_a_mission_from_sign_in_to_merge(
     await expect(page.locator("#plan-graph .node")).to_have_count(2)
     await expect(page.locator('#plan-graph [data-edge="t1->t2"]')).to_have_count(1)
     await page.click("#approve")
-    history = await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), PlanApproved), what="approval"
-    )
+    history = await first_stored(nc, script.mission_id, PlanApproved)
     assert history.version == 1
     await expect(page.locator("#mission-status .pill")).to_have_text("running")
     await expect(page.locator("#approve")).to_have_count(0)
@@ -246,8 +248,11 @@ def entry(script: Script, sequence: int, kind: str, **fields: Any) -> Transcript
     )
 
 
-async def _with(events_coro: Any, kind: type) -> Any:
-    return next((e for e in await events_coro if isinstance(e, kind)), None)
+async def first_stored(nc: Any, mission_id: str, kind: type[E]) -> E:
+    """The mission's first stored event of ``kind``, waited for as events arrive (the log
+    reads the stream from its start, so one stored before the wait counts too)."""
+    async with EventLog(nc, mission_id) as log:
+        return await log.first(kind)
 
 
 def _completed(script: Script, task_id: str, commit: str) -> Any:
@@ -312,9 +317,7 @@ async def test_writer_answers_the_planner_pauses_resumes_and_retries_a_task(
     await expect(page.locator("#questions")).to_contain_text("hello or hi")
     await page.fill("#message-text", "hello, please")
     await page.click("#send-message")
-    posted = await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), MissionMessagePosted), what="answer"
-    )
+    posted = await first_stored(nc, script.mission_id, MissionMessagePosted)
     assert posted.text == "hello, please"
 
     await publisher.publish_all(
@@ -322,20 +325,14 @@ async def test_writer_answers_the_planner_pauses_resumes_and_retries_a_task(
     )
     await expect(page.locator("#mission-status .pill")).to_have_text("running")
     await page.click("#pause")
-    await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), MissionPaused), what="pause"
-    )
+    await first_stored(nc, script.mission_id, MissionPaused)
     await expect(page.locator("#mission-status .pill")).to_have_text("paused")
     await page.click("#resume")
-    await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), MissionResumed), what="resume"
-    )
+    await first_stored(nc, script.mission_id, MissionResumed)
     await expect(page.locator("#mission-status .pill")).to_have_text("running")
 
     await page.locator('article[data-task="t1"] [data-action=retry]').click()
-    retried = await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), TaskRetryRequested), what="retry"
-    )
+    retried = await first_stored(nc, script.mission_id, TaskRetryRequested)
     assert retried.task_id == "t1"
     await expect(page.locator('[data-column="pending"] article[data-task="t1"]')).to_have_count(1)
     await page.screenshot(path=str(artefacts / "mission-commands.png"), full_page=True)
@@ -378,17 +375,13 @@ async def test_plan_versions_their_changes_a_budget_raise_and_a_failed_step_retr
 
     await page.fill("#budget-input", "2.5")
     await page.click("#raise-budget")
-    raised = await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), BudgetRaised), what="budget"
-    )
+    raised = await first_stored(nc, script.mission_id, BudgetRaised)
     assert raised.budget_usd == 2.5
     await expect(page.locator("#costbar")).to_contain_text("of $2.50")
 
     await expect(page.locator("#steps")).to_contain_text("529 five times")
     await page.locator("#steps button").click()
-    retry = await eventually(
-        lambda: _with(stored_events(nc, script.mission_id), StepRetryRequested), what="retry"
-    )
+    retry = await first_stored(nc, script.mission_id, StepRetryRequested)
     assert retry.failed_event_id == prepared_event.event_id
     await page.screenshot(path=str(artefacts / "plan-versions.png"), full_page=True)
 
@@ -416,9 +409,7 @@ async def test_form_errors_show_the_gateways_message_next_to_the_field(
     await page.click("#new-mission button[type=submit]")
     await expect(page.locator("#mission-head")).to_be_visible()
     mission_id = page.url.rstrip("/").rsplit("/", 1)[1]
-    requested = await eventually(
-        lambda: _with(stored_events(nc, mission_id), MissionRequested), what="the request"
-    )
+    requested = await first_stored(nc, mission_id, MissionRequested)
     assert (requested.base_branch, requested.budget_usd) == ("trunk", 3.0)
 
 
