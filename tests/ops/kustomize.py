@@ -2,7 +2,7 @@
 
 ``render`` uses the real thing when it is installed (``kustomize build`` or
 ``kubectl kustomize``). Where neither is (a bare CI machine), it uses ``build`` below:
-the few kustomize features ``k8s/`` uses (resources, components, literal generators,
+the few kustomize features ``k8s/`` uses (resources, components, literal Secret generators,
 namespace, images, replicas), with the JSON patches applied by the ``jsonpatch`` library
 (RFC 6902). It refuses any field or option it does not implement, so it can never quietly
 render something else, and wherever kubectl is present a test renders every overlay both
@@ -37,7 +37,6 @@ KUSTOMIZATION_FIELDS = {
     "replicas",
     "patches",
     "secretGenerator",
-    "configMapGenerator",
 }
 CLUSTER_SCOPED = {
     "Namespace",
@@ -151,19 +150,20 @@ def _apply_component(path: Path, resources: list[Doc]) -> list[Doc]:
 
 def _generate(kustomization: Doc) -> list[Doc]:
     out: list[Doc] = []
-    for kind, key in (("Secret", "secretGenerator"), ("ConfigMap", "configMapGenerator")):
-        for spec in kustomization.get(key, []):
-            extra = set(spec) - {"name", "literals", "options", "type"}
-            if extra or not (spec.get("options") or {}).get("disableNameSuffixHash"):
-                raise Unsupported(f"{key} {spec.get('name')}: only literals without a hash")
-            values = dict(literal.split("=", 1) for literal in spec.get("literals", []))
-            doc: Doc = {"apiVersion": "v1", "kind": kind, "metadata": {"name": spec["name"]}}
-            if kind == "Secret":
-                doc["type"] = spec.get("type", "Opaque")
-                doc["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
-            else:
-                doc["data"] = values
-            out.append(doc)
+    for spec in kustomization.get("secretGenerator", []):
+        extra = set(spec) - {"name", "literals", "options", "type"}
+        if extra or not (spec.get("options") or {}).get("disableNameSuffixHash"):
+            raise Unsupported(f"secretGenerator {spec.get('name')}: only literals without a hash")
+        values = dict(literal.split("=", 1) for literal in spec.get("literals", []))
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": spec["name"]},
+                "type": spec.get("type", "Opaque"),
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+            }
+        )
     return out
 
 

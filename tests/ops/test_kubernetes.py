@@ -383,6 +383,11 @@ def test_built_in_renderer_refuses_what_it_does_not_implement(tmp_path: Path) ->
     )
     with pytest.raises(kustomize.Unsupported, match="strategic merge"):
         kustomize.build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "configMapGenerator:\n  - name: x\n    literals: [a=b]\n"
+    )
+    with pytest.raises(kustomize.Unsupported, match="configMapGenerator"):
+        kustomize.build(tmp_path)
 
 
 SANDBOXED = ("agent-runner", "git-broker")
