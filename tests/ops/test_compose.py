@@ -370,7 +370,7 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 
 def test_gateway_oidc_is_off_by_default_and_wired_when_set(tmp_path: Path) -> None:
-    from aether_gateway.config import _oidc_from_env
+    from aether_gateway.config import OidcEnv
 
     environment = services()["gateway"]["environment"]
     oidc = {name: value for name, value in environment.items() if name.startswith("AETHER_OIDC_")}
@@ -380,7 +380,7 @@ def test_gateway_oidc_is_off_by_default_and_wired_when_set(tmp_path: Path) -> No
         if name != "gateway":
             assert not any(key.startswith("AETHER_OIDC_") for key in service.get("environment", {}))
     # Nothing set in the operator's environment: no OIDC at all.
-    assert _oidc_from_env({k: interpolate(v, {}) for k, v in oidc.items()}) is None
+    assert OidcEnv.from_env({k: interpolate(v, {}) for k, v in oidc.items()}).settings() is None
     secret = tmp_path / "oidc-client-secret"
     secret.write_text("s3cret\n")
     operator = {
@@ -388,7 +388,7 @@ def test_gateway_oidc_is_off_by_default_and_wired_when_set(tmp_path: Path) -> No
         "AETHER_OIDC_CLIENT_ID": "aether",
         "AETHER_OIDC_CLIENT_SECRET_FILE": str(secret),
     }
-    settings = _oidc_from_env({k: interpolate(v, operator) for k, v in oidc.items()})
+    settings = OidcEnv.from_env({k: interpolate(v, operator) for k, v in oidc.items()}).settings()
     assert settings is not None
     assert (settings.issuer, settings.client_id, settings.client_secret) == (
         "https://idp.test",
