@@ -109,7 +109,11 @@ class GitRepositories:
 
     def close(self) -> None:
         """Close every open repository (after any pool warm-up still running)."""
-        for thread in list(self._warming.values()):
+        # Read under the lock: a warm-up is registered and started under it, so none
+        # seen here is registered but not yet started (joining that one raises).
+        with self._lock:
+            warming = list(self._warming.values())
+        for thread in warming:
             thread.join()
         with self._lock:
             for path in list(self._open_handles):
