@@ -56,6 +56,7 @@ from aether_events import TELEMETRY_TYPES, Event, EventPublisher, tag_of
 from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX, is_valid_token
 from aether_runtime.bus_auth import AUTH_SUBJECT
 from aether_runtime.failures import RetryLater
+from aether_runtime.service import CountingPublisher
 
 log = logging.getLogger("aether.attempt-auth")
 
@@ -320,8 +321,16 @@ class AttemptPublisher(EventPublisher):
     """Publishes one attempt's events on a connection of its own, made with the
     attempt's credential when the first event is published, closed with the scope."""
 
-    def __init__(self, url: str, key: AttemptKey, runner_id: str, secret: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: AttemptKey,
+        runner_id: str,
+        secret: str,
+        service: str = "agent-runner",
+    ) -> None:
         self._url = url
+        self._service = service
         self._key = key
         self._user = key.user(runner_token(runner_id))
         self._secret = secret
@@ -336,7 +345,9 @@ class AttemptPublisher(EventPublisher):
                 # connection (the client does not reconnect then) and it is asked for
                 # again, granted only while the attempt is open.
                 self._nc = await self._connect()
-                self._inner = EventPublisher(self._nc.jetstream())
+                # Counted and logged as the service's own publishes are: the events
+                # metric, and the handler's "handled" line at INFO (it published).
+                self._inner = CountingPublisher(self._nc.jetstream(), self._service)
             return self._inner
 
     async def _connect(self) -> NatsClient:
