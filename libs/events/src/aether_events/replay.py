@@ -46,7 +46,7 @@ async def stored_batches(
 
     An ephemeral pull consumer (named here, so per-service permissions allow it; left to
     its inactivity threshold, like nats-py's own) is asked for ``batch`` messages at a
-    time, and they are gathered by one subscription callback. nats-py's ``fetch`` makes a
+    time, and they are gathered by a subscription's callback. nats-py's ``fetch`` makes a
     task and a timer for every message it returns, which a start-up replay of tens of
     thousands of events pays over and over; here a batch costs one request and one wait.
     """
@@ -61,58 +61,51 @@ async def stored_batches(
     )
     info = await js.add_consumer(stream, config=config)
     remaining = info.num_pending or 0
-    if remaining <= 0:
-        return
-    pull = _Pull()
-    sub = await nc.subscribe(nc.new_inbox(), cb=pull.arrive)
-    try:
-        next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{config.name}"
-        while remaining > 0:
-            wanted = min(batch, remaining)
-            pull.start(wanted)
+    next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{config.name}"
+    while remaining > 0:
+        wanted = min(batch, remaining)
+        # A subscription of its own for each request, so nothing late of an earlier one
+        # (a message or a status) is taken for it.
+        pull = _Pull(wanted)
+        sub = await nc.subscribe(nc.new_inbox(), cb=pull.arrive)
+        try:
             request = json.dumps({"batch": wanted, "no_wait": True}).encode()
             await nc.publish(next_subject, request, reply=sub.subject)
-            with contextlib.suppress(TimeoutError):
-                # Only a silent server ends a read here; what did arrive is still given.
+            timed_out = False
+            try:
                 await asyncio.wait_for(pull.done.wait(), timeout=5.0)
-            msgs = pull.take()
-            if not msgs:
-                break
+            except TimeoutError:
+                timed_out = True
+        finally:
+            await sub.unsubscribe()
+        msgs = pull.msgs
+        if msgs:
             yield msgs
-            remaining = msgs[-1].metadata.num_pending or 0
-    finally:
-        await sub.unsubscribe()
+        if timed_out or not msgs:
+            # A silent server, or nothing more now: the read ends with what arrived.
+            break
+        remaining = msgs[-1].metadata.num_pending or 0
 
 
 class _Pull:
-    """The messages that answer one pull request, gathered by the subscription's callback
+    """The messages that answer one pull request, gathered by its subscription's callback
     (nats-py runs a subscription's callbacks one after another, in arrival order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: int) -> None:
         self.done = asyncio.Event()
-        self._msgs: list[Msg] = []
-        self._wanted = 0
-
-    def start(self, wanted: int) -> None:
-        self._msgs = []
+        self.msgs: list[Msg] = []
         self._wanted = wanted
-        self.done.clear()
 
     async def arrive(self, msg: Msg) -> None:
         if self.done.is_set():
-            return  # late for a request already given up on
+            return
         if msg.headers and msg.headers.get(Header.STATUS):
             # No more now (404), the request expired (408), or the consumer is gone (409).
             self.done.set()
             return
-        self._msgs.append(msg)
-        if len(self._msgs) >= self._wanted:
+        self.msgs.append(msg)
+        if len(self.msgs) >= self._wanted:
             self.done.set()
-
-    def take(self) -> list[Msg]:
-        self.done.set()
-        msgs, self._msgs = self._msgs, []
-        return msgs
 
 
 async def replay(
