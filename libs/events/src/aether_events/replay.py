@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
 from aether_events.catalogue import Event
 from aether_events.codec import UnknownEventType, decode
@@ -27,30 +28,84 @@ class ReplayResult(msgspec.Struct, kw_only=True):
 
 
 async def stored_messages(
-    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 256
+    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 2048
 ) -> AsyncGenerator[Msg, None]:
     """Every message stored on ``subject`` after sequence ``after``, in stream order, as
-    stored (undecoded). Uses an ephemeral pull consumer, deleted afterwards."""
+    stored (undecoded). Read in batches by ``stored_batches``."""
+    batches = stored_batches(js, stream, subject, after=after, batch=batch)
+    async with contextlib.aclosing(batches):
+        async for msgs in batches:
+            for msg in msgs:
+                yield msg
+
+
+async def stored_batches(
+    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 2048
+) -> AsyncGenerator[list[Msg], None]:
+    """``stored_messages`` in lists of up to ``batch``, one pull request each.
+
+    An ephemeral pull consumer (named here, so per-service permissions allow it; left to
+    its inactivity threshold, like nats-py's own) is asked for ``batch`` messages at a
+    time, and they are gathered by a subscription's callback. nats-py's ``fetch`` makes a
+    task and a timer for every message it returns, which a start-up replay of tens of
+    thousands of events pays over and over; here a batch costs one request and one wait.
+    """
+    nc = js._nc
     config = ConsumerConfig(
+        name=nc._nuid.next().decode(),
         filter_subject=subject,
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
         opt_start_seq=after + 1 if after else None,
         inactive_threshold=60.0,
     )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
-    try:
-        remaining = (await sub.consumer_info()).num_pending or 0
-        while remaining > 0:
+    info = await js.add_consumer(stream, config=config)
+    remaining = info.num_pending or 0
+    next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{config.name}"
+    while remaining > 0:
+        wanted = min(batch, remaining)
+        # A subscription of its own for each request, so nothing late of an earlier one
+        # (a message or a status) is taken for it.
+        pull = _Pull(wanted)
+        sub = await nc.subscribe(nc.new_inbox(), cb=pull.arrive)
+        try:
+            request = json.dumps({"batch": wanted, "no_wait": True}).encode()
+            await nc.publish(next_subject, request, reply=sub.subject)
+            timed_out = False
             try:
-                msgs = await sub.fetch(min(batch, remaining), timeout=5.0)
-            except nats.errors.TimeoutError:
-                break
-            for msg in msgs:
-                yield msg
-                remaining = msg.metadata.num_pending or 0
-    finally:
-        await sub.unsubscribe()
+                await asyncio.wait_for(pull.done.wait(), timeout=5.0)
+            except TimeoutError:
+                timed_out = True
+        finally:
+            await sub.unsubscribe()
+        msgs = pull.msgs
+        if msgs:
+            yield msgs
+        if timed_out or not msgs:
+            # A silent server, or nothing more now: the read ends with what arrived.
+            break
+        remaining = msgs[-1].metadata.num_pending or 0
+
+
+class _Pull:
+    """The messages that answer one pull request, gathered by its subscription's callback
+    (nats-py runs a subscription's callbacks one after another, in arrival order)."""
+
+    def __init__(self, wanted: int) -> None:
+        self.done = asyncio.Event()
+        self.msgs: list[Msg] = []
+        self._wanted = wanted
+
+    async def arrive(self, msg: Msg) -> None:
+        if self.done.is_set():
+            return
+        if msg.headers and msg.headers.get(Header.STATUS):
+            # No more now (404), the request expired (408), or the consumer is gone (409).
+            self.done.set()
+            return
+        self.msgs.append(msg)
+        if len(self.msgs) >= self._wanted:
+            self.done.set()
 
 
 async def replay(
@@ -61,7 +116,7 @@ async def replay(
     fold: Callable[[S, Event, int], S],
     *,
     after_sequence: int = 0,
-    batch: int = 256,
+    batch: int = 2048,
 ) -> tuple[S, ReplayResult]:
     """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
 

@@ -18,7 +18,8 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from aether_events import Event, UnknownEventType, decode, stored_messages, tag_of
+from aether_events import Event, UnknownEventType, decode, tag_of
+from aether_events.replay import stored_batches
 
 
 @dataclass(frozen=True)
@@ -123,18 +124,23 @@ async def stored_runs(
     run: list[StoredMessage] = []
     # Closed at once on an early end, so its ephemeral consumer goes with it.
     async with contextlib.aclosing(
-        stored_messages(js, stream, subject, after=after, batch=max(size, 256))
-    ) as messages:
-        async for msg in messages:
-            meta = msg.metadata
-            seq = meta.sequence.stream
-            if until is not None and seq > until:
+        stored_batches(js, stream, subject, after=after, batch=max(size, 2048))
+    ) as batches:
+        async for msgs in batches:
+            ended = False
+            for msg in msgs:
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                if until is not None and seq > until:
+                    ended = True
+                    break
+                stored_at = meta.timestamp or datetime.now(UTC)
+                run.append(StoredMessage(seq, msg.subject, msg.data, stored_at))
+                if len(run) >= size:
+                    yield run
+                    run = []
+            if ended:
                 break
-            stored_at = meta.timestamp or datetime.now(UTC)
-            run.append(StoredMessage(seq, msg.subject, msg.data, stored_at))
-            if len(run) >= size:
-                yield run
-                run = []
     if run:
         yield run
 

@@ -1,0 +1,100 @@
+"""Reading a stream back in batches, against a real NATS JetStream server: every message
+once, in stream order, across many pull requests, filtered, after a sequence, and ended
+early without leaving the read half open."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+
+from nats.aio.client import Client as NatsClient
+
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    MISSIONS_STREAM,
+    EventPublisher,
+    MissionMessagePosted,
+    MissionRequested,
+    derived_id,
+    ensure_streams,
+    stored_messages,
+)
+from aether_events.replay import stored_batches
+from aether_events.subjects import type_subject
+
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+async def store(nc: NatsClient, count: int) -> None:
+    """``count`` events, a MissionRequested every third (seq 1, 4, 7, …), the rest posts."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    for i in range(count):
+        mission = f"m{i % 4}"
+        if i % 3 == 0:
+            await publisher.publish(
+                MissionRequested(
+                    event_id=derived_id(mission, f"requested-{i}"),
+                    mission_id=mission,
+                    occurred_at=NOW,
+                    correlation_id="c",
+                    repository="/r",
+                    requirement=f"r{i}",
+                )
+            )
+        else:
+            await publisher.publish(
+                MissionMessagePosted(
+                    event_id=derived_id(mission, f"posted-{i}"),
+                    mission_id=mission,
+                    occurred_at=NOW,
+                    correlation_id="c",
+                    text=f"t{i}",
+                )
+            )
+
+
+async def test_many_small_batches_give_every_message_once_in_order(nc: NatsClient) -> None:
+    await store(nc, 50)
+    js = nc.jetstream()
+    sizes: list[int] = []
+    seqs: list[int] = []
+    async for batch in stored_batches(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=7):
+        sizes.append(len(batch))
+        seqs += [msg.metadata.sequence.stream for msg in batch]
+    assert seqs == list(range(1, 51))
+    assert sizes == [7] * 7 + [1]
+
+
+async def test_a_filtered_read_after_a_sequence_gives_only_that_type_after_it(
+    nc: NatsClient,
+) -> None:
+    await store(nc, 40)
+    js = nc.jetstream()
+    subject = type_subject(MissionRequested)
+    seqs = [
+        msg.metadata.sequence.stream
+        async for msg in stored_messages(js, MISSIONS_STREAM, subject, after=10, batch=3)
+    ]
+    assert seqs == list(range(13, 41, 3))
+    nothing = [m async for m in stored_messages(js, MISSIONS_STREAM, subject, after=40)]
+    assert nothing == []
+
+
+async def test_a_read_ended_early_can_be_followed_by_another(nc: NatsClient) -> None:
+    await store(nc, 30)
+    js = nc.jetstream()
+    first: list[int] = []
+    messages = stored_messages(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=4)
+    async with contextlib.aclosing(messages):
+        async for msg in messages:
+            first.append(msg.metadata.sequence.stream)
+            if len(first) == 6:
+                break
+    assert first == [1, 2, 3, 4, 5, 6]
+    again = [
+        msg.metadata.sequence.stream
+        async for msg in stored_messages(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, after=6)
+    ]
+    assert again == list(range(7, 31))
