@@ -17,11 +17,19 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from dulwich.objects import ObjectID
 
-from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, WorkspaceReady, tag_of
+from aether_events import (
+    AgentCompleted,
+    Event,
+    MissionRequested,
+    Publisher,
+    TaskReady,
+    WorkspaceReady,
+    tag_of,
+)
 from aether_git_broker import metrics
 from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.defaultbranch import local_default_branch, remote_default_branch
@@ -67,10 +75,6 @@ T = TypeVar("T")
 
 # Stale locks one step may clear before it gives up (and the message is retried later).
 MAX_LOCKS_CLEARED = 16
-
-
-class Publisher(Protocol):
-    async def publish(self, event: Event) -> Any: ...
 
 
 def utc_now() -> datetime:
