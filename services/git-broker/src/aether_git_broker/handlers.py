@@ -33,7 +33,7 @@ from aether_events import (
 from aether_git_broker import metrics
 from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.defaultbranch import local_default_branch, remote_default_branch
-from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
+from aether_git_broker.adapters.git import Handle, RepositoryError
 from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
 from aether_git_broker.adapters.smarthttp import PushTokens
@@ -66,6 +66,7 @@ from aether_git_broker.domain import (
 )
 from aether_git_broker.domain import decide as decide_action
 from aether_git_broker.naming import Naming
+from aether_git_broker.ports import Repositories
 from aether_git_broker.sources import LocalSource, RemoteSource, redact
 from aether_runtime import Delivery, Projection, stored_sequence
 
@@ -87,7 +88,7 @@ class Handlers:
     def __init__(
         self,
         projection: Projection[BrokerState],
-        git: GitRepositories,
+        git: Repositories,
         naming: Naming,
         publisher: Callable[[], Publisher],
         clock: Callable[[], datetime] = utc_now,
