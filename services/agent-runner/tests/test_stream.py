@@ -1,29 +1,26 @@
-"""An attempt's stream against a real NATS server: everything emitted is stored, in the
-order emitted, by the time ``close`` returns; a lost telemetry entry does not fail the
-attempt, a lost usage record does."""
+"""An attempt's stream: everything emitted is stored, in the order emitted, by the time
+``close`` returns; a lost telemetry entry does not fail the attempt, a lost usage record
+does."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
-from nats.aio.client import Client as NatsClient
 
 from aether_agent_runner.adapters.stream import AttemptStream
 from aether_agent_runner.domain import decide
 from aether_events import (
     AgentProgress,
     Event,
-    EventPublisher,
     PlannedTask,
     TranscriptRecorded,
     Usage,
     UsageRecorded,
     WorkspaceReady,
-    ensure_streams,
 )
+from aether_events.testing import InMemoryPublisher
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -43,14 +40,11 @@ def ready(mission_id: str) -> WorkspaceReady:
     )
 
 
-async def test_every_emitted_event_is_stored_in_order_before_close_returns(
-    nc: NatsClient, watch: Any, mission_id: str
-) -> None:
-    js = nc.jetstream()
-    await ensure_streams(js)
-    publisher = EventPublisher(js)
-    log = await watch(mission_id)
-    workspace = ready(mission_id)
+async def test_every_emitted_event_is_stored_in_order_before_close_returns() -> None:
+    # The in-memory publisher stores in publish order, as JetStream does
+    # (tests/contracts/test_publisher.py).
+    publisher = InMemoryPublisher()
+    workspace = ready("m-order")
     # A buffer far smaller than what is emitted: emitting waits for room, nothing is lost.
     stream = AttemptStream(lambda: publisher, buffer=2)
     emitted = [decide.started(workspace, NOW, "r", None)] + [
@@ -61,7 +55,7 @@ async def test_every_emitted_event_is_stored_in_order_before_close_returns(
         await stream.emit(event)
     await stream.close()
 
-    stored = await log.count(UsageRecorded, 20)
+    stored = publisher.of(UsageRecorded)
     assert [e.event_id for e in stored] == [e.event_id for e in emitted[1:]]
     assert [e.usage.input_tokens for e in stored] == list(range(1, 21))
 

@@ -65,7 +65,7 @@ from aether_events.ids import (
     step_event_id,
 )
 from aether_events.meta import Meta, caused_by
-from aether_events.publisher import EventPublisher
+from aether_events.publisher import EventPublisher, Publisher
 from aether_events.replay import ReplayResult, mission_history, replay, stored_messages
 from aether_events.scopes import in_scope, outside_scope
 from aether_events.status import (
@@ -152,6 +152,7 @@ __all__ = [
     "PlanProduced",
     "PlanRevisionRequested",
     "PlannedTask",
+    "Publisher",
     "ReplayResult",
     "RepoFile",
     "RepositoryPrepared",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -10,6 +11,22 @@ from nats.js.api import PubAck
 from aether_events.catalogue import Event
 from aether_events.codec import encode
 from aether_events.subjects import subject_for
+
+
+class Publisher(Protocol):
+    """The port every handler publishes through.
+
+    ``publish`` returns once the stream has stored the event, with the stream's sequence
+    number for it. Publishing an event whose id was already stored (a redelivered step)
+    stores nothing and answers ``duplicate=True`` with the first copy's sequence.
+    ``EventPublisher`` is the JetStream adapter; ``aether_events.testing.InMemoryPublisher``
+    the in-memory fake, and ``tests/contracts/test_publisher.py`` holds both to the same
+    assertions.
+    """
+
+    async def publish(self, event: Event) -> PubAck:
+        """Store one event; the acknowledgement names its stream and sequence."""
+        ...
 
 
 class EventPublisher:

@@ -19,7 +19,7 @@ from aether_agent_runner import metrics
 from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts
 from aether_agent_runner.adapters.stream import AttemptStream
 from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
-from aether_events import Event, EventPublisher, WorkspaceReady
+from aether_events import Event, Publisher, WorkspaceReady
 from aether_runtime import Delivery, Projection, stored_sequence
 
 log = logging.getLogger("aether.agent-runner")
@@ -63,7 +63,7 @@ class Handlers:
     def __init__(
         self,
         projection: Projection[State],
-        publisher: Callable[[], EventPublisher],
+        publisher: Callable[[], Publisher],
         attempts: Attempts,
         *,
         history: History | None = None,

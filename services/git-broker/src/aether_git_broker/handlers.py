@@ -17,15 +17,23 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from dulwich.objects import ObjectID
 
-from aether_events import AgentCompleted, Event, MissionRequested, TaskReady, WorkspaceReady, tag_of
+from aether_events import (
+    AgentCompleted,
+    Event,
+    MissionRequested,
+    Publisher,
+    TaskReady,
+    WorkspaceReady,
+    tag_of,
+)
 from aether_git_broker import metrics
 from aether_git_broker.adapters.checkout import UnsafePath
 from aether_git_broker.adapters.defaultbranch import local_default_branch, remote_default_branch
-from aether_git_broker.adapters.git import GitRepositories, Handle, RepositoryError
+from aether_git_broker.adapters.git import Handle, RepositoryError
 from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
 from aether_git_broker.adapters.smarthttp import PushTokens
@@ -58,6 +66,7 @@ from aether_git_broker.domain import (
 )
 from aether_git_broker.domain import decide as decide_action
 from aether_git_broker.naming import Naming
+from aether_git_broker.ports import Repositories
 from aether_git_broker.sources import LocalSource, RemoteSource, redact
 from aether_runtime import Delivery, Projection, stored_sequence
 
@@ -67,10 +76,6 @@ T = TypeVar("T")
 
 # Stale locks one step may clear before it gives up (and the message is retried later).
 MAX_LOCKS_CLEARED = 16
-
-
-class Publisher(Protocol):
-    async def publish(self, event: Event) -> Any: ...
 
 
 def utc_now() -> datetime:
@@ -83,7 +88,7 @@ class Handlers:
     def __init__(
         self,
         projection: Projection[BrokerState],
-        git: GitRepositories,
+        git: Repositories,
         naming: Naming,
         publisher: Callable[[], Publisher],
         clock: Callable[[], datetime] = utc_now,

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 from aether_events import (
     Event,
-    EventPublisher,
     MissionAnswered,
     PlanClarificationRequested,
     PlanFailed,
     PlanProduced,
+    Publisher,
     RepositoryPrepared,
     Tier,
     UsageRecorded,
@@ -39,7 +39,7 @@ class Handlers:
     def __init__(
         self,
         projection: Projection[State],
-        publisher: Callable[[], EventPublisher],
+        publisher: Callable[[], Publisher],
         model: PlannerModel,
         llm: LLMSettings,
         tier: Tier = "complex",

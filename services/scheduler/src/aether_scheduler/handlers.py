@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from aether_events import Event, EventPublisher, tag_of
+from aether_events import Event, Publisher, tag_of
 from aether_runtime import Delivery, Projection, stored_sequence
 from aether_scheduler import metrics
 from aether_scheduler.domain import Config, State, catch_up, decide, evolve, next_timer, tick
@@ -20,7 +20,7 @@ class Handlers:
     def __init__(
         self,
         projection: Projection[State],
-        publisher: Callable[[], EventPublisher],
+        publisher: Callable[[], Publisher],
         config: Config,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:

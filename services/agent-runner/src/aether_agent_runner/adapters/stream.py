@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aether_events import AgentProgress, Event, EventPublisher, TranscriptRecorded
+from aether_events import AgentProgress, Event, Publisher, TranscriptRecorded
 
 log = logging.getLogger("aether.agent-runner.stream")
 
@@ -39,7 +39,7 @@ TELEMETRY: dict[type[Event], str] = {
 class AttemptStream:
     """Publishes one attempt's events in order, off the attempt's path."""
 
-    def __init__(self, publisher: Callable[[], EventPublisher], buffer: int = BUFFER) -> None:
+    def __init__(self, publisher: Callable[[], Publisher], buffer: int = BUFFER) -> None:
         self._publisher = publisher
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
         self._failure: BaseException | None = None

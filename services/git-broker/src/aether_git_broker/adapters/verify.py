@@ -23,7 +23,8 @@ from typing import Literal
 
 from dulwich.objects import ObjectID
 
-from aether_git_broker.adapters.git import GitRepositories, Handle
+from aether_git_broker.adapters.git import Handle
+from aether_git_broker.ports import ScratchWorktrees
 from aether_sandbox import (
     Request,
     Sandbox,
@@ -126,7 +127,7 @@ class Verifier:
 
     def verify(
         self,
-        git: GitRepositories,
+        git: ScratchWorktrees,
         handle: Handle,
         commit: ObjectID,
         command: str,

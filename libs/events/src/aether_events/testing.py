@@ -1,0 +1,68 @@
+"""An in-memory ``Publisher`` for handler tests.
+
+It keeps what JetStream's ``EventPublisher`` promises a handler, and nothing more: each
+event is stored in its stream (mission events in ``AETHER_MISSIONS``, telemetry in
+``AETHER_TELEMETRY``) with that stream's next sequence number, in publish order; an event
+whose id the stream already holds is not stored again and is acknowledged as a duplicate
+with the first copy's sequence (the ``Nats-Msg-Id`` de-duplication). Events go through the
+wire codec, so one that would not encode or decode fails here as it would on the bus.
+``tests/contracts/test_publisher.py`` runs the same assertions against this class and a
+real NATS JetStream server; a behaviour it does not check is not promised.
+
+One difference is deliberate: JetStream forgets ids after the stream's duplicate window
+(two hours for mission events), this publisher never does; no test runs that long.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, TypeVar
+
+from nats.js.api import PubAck
+
+from aether_events.catalogue import TELEMETRY_TYPES, Event
+from aether_events.codec import decode, encode
+from aether_events.publisher import Publisher
+from aether_events.streams import MISSIONS_STREAM, TELEMETRY_STREAM
+from aether_events.subjects import subject_for
+
+E = TypeVar("E", bound=Event)
+
+
+class InMemoryPublisher:
+    """Stores published events per stream, de-duplicated by event id."""
+
+    def __init__(self) -> None:
+        self._stored: dict[str, list[tuple[str, Event]]] = defaultdict(list)
+        self._sequence_of: dict[str, dict[str, int]] = defaultdict(dict)
+
+    async def publish(self, event: Event) -> PubAck:
+        """Store one event (a copy decoded from its wire form) unless its id is stored."""
+        subject = subject_for(event)
+        stream = TELEMETRY_STREAM if type(event) in TELEMETRY_TYPES else MISSIONS_STREAM
+        known = self._sequence_of[stream].get(event.event_id)
+        if known is not None:
+            return PubAck(stream=stream, seq=known, duplicate=True)
+        stored = self._stored[stream]
+        stored.append((subject, decode(encode(event))))
+        self._sequence_of[stream][event.event_id] = len(stored)
+        # JetStream leaves ``duplicate`` out of a first store's acknowledgement.
+        return PubAck(stream=stream, seq=len(stored))
+
+    def stored(self, stream: str = MISSIONS_STREAM) -> list[Event]:
+        """The events one stream holds, in sequence order (sequence = index + 1)."""
+        return [event for _, event in self._stored[stream]]
+
+    def subjects(self, stream: str = MISSIONS_STREAM) -> list[str]:
+        """The subject each stored event was published on, in sequence order."""
+        return [subject for subject, _ in self._stored[stream]]
+
+    def of(self, cls: type[E]) -> list[E]:
+        """The stored events of one type, from whichever stream holds that type."""
+        stream = TELEMETRY_STREAM if cls in TELEMETRY_TYPES else MISSIONS_STREAM
+        return [event for event in self.stored(stream) if isinstance(event, cls)]
+
+
+if TYPE_CHECKING:
+    # mypy holds the fake to the port's signature; the contract test to its behaviour.
+    _conforms: Publisher = InMemoryPublisher()
