@@ -182,6 +182,10 @@ class MessagesServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # A reply is written in pieces (headers, then body or events) on a kept-alive
+            # connection: with Nagle's algorithm each later piece waits for the client's
+            # delayed acknowledgement of the first, about 40 ms per call.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
