@@ -9,6 +9,7 @@ elsewhere.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -21,11 +22,50 @@ from typing import Any
 
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago on the loopback interface."""
+    """A TCP port that was free a moment ago on the loopback interface.
+
+    Drawn from below the kernel's ephemeral range, where outgoing connections take their
+    local ports: a port the kernel hands out for ``bind(0)`` is one that the next client
+    connection of any process on the machine may take before the service that was given
+    it binds it (seen in CI as "address already in use" at a service's start)."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(PRIVATE_PORTS_START, low)
+        # Never the same port twice from one process: one handed out a moment ago may not
+        # be bound yet.
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+# Ports handed out by ``free_port``: above the well-known and common service ports.
+PRIVATE_PORTS_START = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; IANA's 49152 elsewhere), at
+    least 1,000 above ``PRIVATE_PORTS_START``."""
+    low = 49152
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    return max(low, PRIVATE_PORTS_START + 1000)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listening socket could bind ``port`` on the loopback interface now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:

@@ -171,6 +171,10 @@ class Supervisor:
     def _ready(self, name: str) -> bool:
         service = self.stack.processes[name]
         if service.process.poll() is not None:
+            if self.stack.moved_port(name):
+                self.since[name] = time.monotonic()
+                self.record()
+                return False
             raise StackError(
                 f"{name} exited with code {service.process.returncode} while starting"
                 + self._last_error(name),
@@ -303,7 +307,9 @@ def up(
         supervise.prune_postgres_handles(home / "postgres")
         # LogEcho has the two methods the stack's log pump calls (write and flush).
         echo = cast(IO[str], supervise.LogEcho(out, verbose))
-        stack = Stack(home=home, echo_logs=echo)
+        # With --port-base 0 the ports are chosen here, so a service may move to another
+        # when something takes its port before it binds it.
+        stack = Stack(home=home, echo_logs=echo, random_ports=port_base == 0)
         stack.ports = ports
         remember_home(home)
         reaper = supervise.start_reaper(home)

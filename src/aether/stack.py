@@ -17,7 +17,7 @@ from typing import IO
 import httpx
 
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
-from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port
+from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
 from aether.service_env import settings_for
 from aether_runtime.attempt_auth import issuer_public_key, new_issuer_seed
 from aether_runtime.bus_auth import (
@@ -29,6 +29,9 @@ from aether_runtime.bus_auth import (
     render_authorization,
     service_users,
 )
+
+# How often a service whose freely chosen port was taken at start-up moves to another.
+PORT_MOVES = 3
 
 SERVICES: dict[str, tuple[str, int]] = {
     "git-broker": ("aether_git_broker", 8104),
@@ -44,6 +47,9 @@ class ServiceProcess:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    pump: threading.Thread | None = None
+    # Where this process's lines begin in its log file (the file is kept across restarts).
+    log_offset: int = 0
 
     @property
     def url(self) -> str:
@@ -86,6 +92,7 @@ class Stack:
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
         self._nats: EmbeddedNats | None = None
+        self._port_moves: dict[str, int] = {}
         self._postgres: EmbeddedPostgres | None = None
         self.nats_url = self.env.get("NATS_URL") or os.environ.get("NATS_URL", "")
         self.nats_server_url = self.nats_url
@@ -220,6 +227,8 @@ class Stack:
 
     def start_service(self, name: str) -> ServiceProcess:
         module, _ = SERVICES[name]
+        log = self.home / "logs" / f"{name}.log"
+        log_offset = log.stat().st_size if log.exists() else 0
         process = subprocess.Popen(
             [sys.executable, *self.python_options.get(name, []), "-m", module],
             env=self.service_env(name),
@@ -227,12 +236,31 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        service = ServiceProcess(name, self.ports[name], process)
+        service = ServiceProcess(name, self.ports[name], process, log_offset=log_offset)
         self.processes[name] = service
-        threading.Thread(
+        service.pump = threading.Thread(
             target=self._pump, args=(service,), name=f"log-{name}", daemon=True
-        ).start()
+        )
+        service.pump.start()
         return service
+
+    def moved_port(self, name: str) -> bool:
+        """Start ``name`` again on another free port when it died at start-up because its
+        port was taken between choosing it and binding it; only for ports this stack chose
+        freely (``random_ports``), at most ``PORT_MOVES`` times per service."""
+        service = self.processes[name]
+        if not self.random_ports or self._port_moves.get(name, 0) >= PORT_MOVES:
+            return False
+        if service.pump is not None:
+            service.pump.join(2.0)
+        with contextlib.suppress(OSError), (self.home / "logs" / f"{name}.log").open("rb") as log:
+            log.seek(service.log_offset)
+            if b"address already in use" not in log.read() and port_is_free(service.port):
+                return False
+        self._port_moves[name] = self._port_moves.get(name, 0) + 1
+        self.ports[name] = free_port()
+        self.start_service(name)
+        return True
 
     def _pump(self, service: ServiceProcess) -> None:
         """Copy a service's log lines to its log file (and to ``echo_logs``)."""
@@ -252,6 +280,9 @@ class Stack:
             service = self.processes[name]
             while True:
                 if service.process.poll() is not None:
+                    if self.moved_port(name):
+                        service = self.processes[name]
+                        continue
                     raise RuntimeError(
                         f"{name} exited with {service.process.returncode}; "
                         f"see {self.home / 'logs' / (name + '.log')}"

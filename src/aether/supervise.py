@@ -37,6 +37,8 @@ from typing import IO, Any
 import httpx
 import psutil
 
+from aether.infra import free_port
+
 STATE_FILE = "stack.json"
 LOCK_FILE = "up.lock"
 DEFAULT_PORT_BASE = 8100
@@ -147,17 +149,10 @@ def plan_ports(
         if overrides and name in overrides:
             ports[name] = overrides[name]
         elif base == 0:
-            ports[name] = _free_port()
+            ports[name] = free_port()
         else:
             ports[name] = (DEFAULT_PORT_BASE if base is None else base) + PORT_OFFSETS[name]
     return ports
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_owner(port: int) -> str:

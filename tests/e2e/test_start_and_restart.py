@@ -9,6 +9,7 @@ service SIGKILLed mid-mission and restarted finishes what it was doing, once.
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import nats
 import pytest
 from dulwich.repo import Repo
 
+from aether.infra import PRIVATE_PORTS_START, free_port
 from aether.stack import SERVICES, Stack
 from aether_events import (
     AgentCompleted,
@@ -183,3 +185,37 @@ async def test_a_service_killed_mid_mission_and_restarted_merges_each_task_once(
             await nc.close()
         await asyncio.to_thread(stack.stop)
     assert_each_task_merged_once(log, repo, model_server[1])
+
+
+async def test_a_service_whose_free_port_is_taken_before_it_binds_moves_to_another(
+    tmp_path: Path,
+    model_server: tuple[MessagesServer, ScriptedModel],
+    fresh_database: str,
+) -> None:
+    """A port chosen free can be taken before the service binds it (by any process on the
+    machine); the stack then starts that service on another port instead of failing."""
+    stack = stack_for(tmp_path, model_server[0], fresh_database)
+    taken = stack.ports["planner"]
+    try:
+        await asyncio.to_thread(stack.start_infrastructure)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", taken))
+            holder.listen()
+            await asyncio.to_thread(stack.start, 90.0)
+        assert stack.ports["planner"] != taken
+        assert stack.processes["planner"].port == stack.ports["planner"]
+        async with httpx.AsyncClient(timeout=5) as http:
+            ready = await http.get(f"{stack.processes['planner'].url}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["pid"] == stack.processes["planner"].pid
+        log = (stack.home / "logs" / "planner.log").read_text()
+        assert "address already in use" in log
+    finally:
+        stack.stop()
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_never_twice() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(PRIVATE_PORTS_START <= port < max(low, PRIVATE_PORTS_START + 1000) for port in ports)
