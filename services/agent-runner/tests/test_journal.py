@@ -75,3 +75,31 @@ def test_a_first_record_a_fresh_start_cannot_rebuild_is_synced_at_once(
 
     assert len(synced) == 1
     assert b'"session_id":"s1"' in synced[0]
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [b'{"kind": "answer", "blo', b'{"kind":"answer","block":{"type":"text","text":"ok"}}'],
+    ids=["mid-record", "before-its-newline"],
+)
+def test_records_appended_after_a_resume_from_a_torn_tail_are_read_back(
+    tmp_path: Path, torn: bytes
+) -> None:
+    """A resumed attempt appends after the crash's torn line; a second resume must still
+    see those records (else it pays again for every model call made after the first)."""
+    journal = Journal(tmp_path)
+    journal.start({"kind": "begin", "identity": {"task": "t1"}})
+    journal.append({"kind": "reply", "content": []})
+    with journal.path.open("ab") as out:
+        out.write(torn)  # a crash mid-write
+
+    first = [r["kind"] for r in journal.read()]
+    journal.append({"kind": "reply", "content": [{"type": "text", "text": "after"}]})
+    journal.append({"kind": "answer", "block": {"type": "text", "text": "later"}})
+
+    again = journal.read()
+    kept = 1 if torn.endswith(b"}") else 0
+    assert first == ["begin", "reply"] + ["answer"] * kept
+    assert [r["kind"] for r in again] == [*first, "reply", "answer"]
+    assert again[-2]["content"][0]["text"] == "after"
+    assert journal.path.read_bytes().endswith(b"\n")

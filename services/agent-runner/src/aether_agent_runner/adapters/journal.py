@@ -5,7 +5,8 @@ aether-agent/``): outside the worktree, so the agent's tools cannot reach them a
 never committed, and removed with the worktree by the git broker, so they share the fate of
 the files they describe. A runner that sees the worktree sees its transcript.
 
-The journal is JSON lines, appended one step at a time; a line torn by a crash is ignored.
+The journal is JSON lines, appended one step at a time; a line torn by a crash is cut off
+when the journal is next read.
 Every record is written to the operating system before the agent goes on, so a runner
 process that dies loses none of them. Only the records whose loss would repeat an effect
 are also synced to the disk, against a machine that stops: each model reply (a paid call,
@@ -54,21 +55,42 @@ class Journal:
         self.path = directory / "transcript.jsonl"
 
     def read(self) -> list[dict[str, Any]]:
+        """The records, in order, up to a line torn by a crash mid-write (everything after
+        it is unknown). The torn tail is cut off the file, and a last whole record the crash
+        left without its newline gets one: records appended after a resume would otherwise
+        land on the torn line and be lost to every later read. Only the attempt's lock
+        holder reads."""
         try:
-            lines = self.path.read_bytes().split(b"\n")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
         records: list[dict[str, Any]] = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # torn by a crash mid-write: everything after it is unknown
-            if isinstance(record, dict):
-                records.append(record)
+        whole = 0  # bytes of the file made of whole records
+        while whole < len(data):
+            end = data.find(b"\n", whole)
+            line = data[whole:] if end < 0 else data[whole:end]
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if isinstance(record, dict):
+                    records.append(record)
+            whole = len(data) if end < 0 else end + 1
+        if whole < len(data) or not data.endswith(b"\n"):
+            self._cut(whole)
         return records
+
+    def _cut(self, length: int) -> None:
+        """Keep the first ``length`` bytes, ending on a newline."""
+        with self.path.open("r+b") as out:
+            out.truncate(length)
+            if length:
+                out.seek(length - 1)
+                if out.read(1) != b"\n":
+                    out.write(b"\n")
+            out.flush()
+            os.fsync(out.fileno())
 
     def start(self, record: dict[str, Any]) -> None:
         """Begin a new journal with ``record``, replacing any old one."""
