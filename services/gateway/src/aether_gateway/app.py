@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -155,6 +156,9 @@ class Gateway:
                 stream_last_seq=state.stream_last_seq,
                 lag_events=state.lag,
                 caught_up=state.caught_up,
+                # The watch looks every few seconds: right after a burst, "caught up" is
+                # as of this many seconds ago.
+                checked_seconds_ago=round(max(time.monotonic() - state.checked_at, 0.0), 3),
             )
         return status
 
@@ -172,7 +176,10 @@ def _read_model_detail(detail: str, status: dict[str, Any]) -> str:
     parts = [detail]
     if "caught_up" in status:
         lag = status["lag_events"]
-        parts.append("read model caught up" if lag == 0 else f"read model {lag} events behind")
+        as_of = f" as of {status['checked_seconds_ago']:.1f}s ago"
+        parts.append(
+            ("read model caught up" if lag == 0 else f"read model {lag} events behind") + as_of
+        )
     parts.append(f"{failures} projection failure{'' if failures == 1 else 's'}")
     return "; ".join(parts)
 
