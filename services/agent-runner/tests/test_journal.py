@@ -8,6 +8,8 @@ import pytest
 
 from aether_agent_runner.adapters import journal as journal_module
 from aether_agent_runner.adapters.journal import Journal
+from aether_agent_runner.runtimes.session import TURN, tool_record, turn_record
+from aether_events import ZERO_USAGE
 
 
 def test_every_record_reads_back_in_order_and_a_torn_tail_is_ignored(tmp_path: Path) -> None:
@@ -103,3 +105,25 @@ def test_records_appended_after_a_resume_from_a_torn_tail_are_read_back(
     assert [r["kind"] for r in again] == [*first, "reply", "answer"]
     assert again[-2]["content"][0]["text"] == "after"
     assert journal.path.read_bytes().endswith(b"\n")
+
+
+def test_a_claude_code_turn_is_synced_as_it_is_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its usage is what a resumed session counts against the budget and numbers its
+    next usage event from."""
+    synced: list[int] = []
+    real_fsync = journal_module.os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(fd)
+
+    journal = Journal(tmp_path)
+    journal.start({"kind": "claude-code", "identity": {}, "session_id": "s"})
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)
+    journal.append(tool_record())
+    assert synced == []
+    journal.append(turn_record("m", ZERO_USAGE))
+    assert len(synced) == 1
+    assert journal.read()[-1]["kind"] == TURN

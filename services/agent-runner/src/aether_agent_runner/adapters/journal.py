@@ -10,7 +10,7 @@ when the journal is next read.
 Every record is written to the operating system before the agent goes on, so a runner
 process that dies loses none of them. Only the records whose loss would repeat an effect
 are also synced to the disk, against a machine that stops: each model reply (a paid call,
-which a resume must not make again) and a first record that carries what a fresh start
+which a resume must not make again), each Claude Code turn's usage and a first record that carries what a fresh start
 could not rebuild (a Claude Code session's id and what its earlier sessions spent). A
 sync writes everything appended before it, so the tool results between two replies reach
 the disk with the next reply; one lost to a machine crash before that is a tool call made
@@ -34,8 +34,11 @@ from typing import Any
 from aether_agent_runner.adapters.git import GitDir
 
 DIRECTORY = "aether-agent"
-# The records synced to disk as they are appended (see above).
-SYNCED = frozenset({"reply"})
+# The records synced to disk as they are appended (see above): a model reply of the
+# built-in loop, and a Claude Code turn's usage (``runtimes.session.TURN``: a paid call
+# whose usage, lost, a resumed session would neither count against the budget nor give
+# its own event id, so the next call's usage would reuse it and be dropped as a copy).
+SYNCED = frozenset({"reply", "claude-code-turn"})
 # First records that need no sync of their own: the built-in loop's, which a fresh start
 # rebuilds as it was; any other first record is synced.
 UNSYNCED_STARTS = frozenset({"begin"})
