@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from aether.cli import _parser
+from aether.cli import _attach_secrets, _parser
 from aether.client import SseEvent, parse_sse
-from aether.credentials import load_or_create_admin_token, resolve_token
+from aether.credentials import load_or_create_admin_token, new_secret, resolve_token
 from aether.gitview import create_sample_repository
 from aether.locate import find_target, remember_home
 from aether.repocheck import RepositoryProblem, check_repository
@@ -141,6 +141,25 @@ def test_json_and_url_may_come_before_or_after_the_command(argv):
     args = _parser().parse_args(argv)
     assert args.json is True
     assert args.url in (None, "http://x")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_token_beginning_with_a_dash_is_taken_as_the_tokens_value(where):
+    """One ``secrets.token_urlsafe`` in 64 begins with "-", which argparse takes for an
+    option ("argument --token: expected one argument")."""
+    token = "-Xy_secret"
+    command = ["mission", "show", "m-1"]
+    argv = ["--token", token, *command] if where == "before" else [*command, "--token", token]
+    args = _parser().parse_args(_attach_secrets(argv))
+    assert args.token == token
+    assert _attach_secrets(["mission", "show", "--", "--token", "x"])[-2:] == ["--token", "x"]
+
+
+def test_generated_secrets_never_begin_with_a_dash():
+    secrets = [new_secret() for _ in range(3000)]
+    assert not [s for s in secrets if s.startswith("-")]
+    assert len(set(secrets)) == len(secrets)
+    assert all(len(s) == 43 for s in secrets)
 
 
 def test_options_after_the_command_do_not_reset_those_before():

@@ -23,7 +23,7 @@ SCOPES = ("read", "write", "admin")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_secrets(sys.argv[1:] if argv is None else argv))
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -62,6 +62,29 @@ def _explain(error: ApiError, args: argparse.Namespace) -> str:
     if error.status == 403:
         return f"{error} (the token lacks the scope this needs)"
     return str(error)
+
+
+# Options whose value is a secret: it may begin with "-", which argparse would take for an
+# option (a token from ``secrets.token_urlsafe`` does one time in 64).
+SECRET_OPTIONS = ("--token",)
+
+
+def _attach_secrets(argv: list[str]) -> list[str]:
+    """``--token VALUE`` as ``--token=VALUE``, so that any value is taken as it is."""
+    out: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            out.extend(argv[index:])
+            break
+        if arg in SECRET_OPTIONS and index + 1 < len(argv):
+            out.append(f"{arg}={argv[index + 1]}")
+            index += 2
+            continue
+        out.append(arg)
+        index += 1
+    return out
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

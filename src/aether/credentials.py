@@ -23,6 +23,15 @@ def load_or_create_admin_token(home: Path) -> str:
     return load_or_create_secret(home / TOKEN_FILE)
 
 
+def new_secret() -> str:
+    """32 random bytes, URL-safe, never beginning with "-" (a value that does is taken for
+    an option by command lines: ``aether --token -x…``, ``curl -H``, ``nats --password``)."""
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
+
+
 def load_or_create_secret(path: Path) -> str:
     """The secret kept in ``path`` (readable by its owner only), made the first time."""
     if path.exists():
@@ -30,7 +39,7 @@ def load_or_create_secret(path: Path) -> str:
         if secret:
             return secret
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    secret = secrets.token_urlsafe(32)
+    secret = new_secret()
     write_private(path, secret + "\n")
     return secret
 
