@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from aether_events import new_event_id
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, make_client, tool_use_block
 from aether_llm.messages_server import text_block
 from aether_planner.adapters.journal import CallJournal
@@ -179,7 +180,7 @@ async def test_a_journaled_step_is_replayed_and_not_asked_again(
 ) -> None:
     js = nc.jetstream()
     world.model.journal = await CallJournal.open(js)
-    key = f"contract-{type(world.model).__name__}"
+    key = f"contract-{new_event_id()}"  # the session's bucket outlives the test
     world.script(plan_reply(good_tasks()), plan_reply(good_tasks()[:1]))
     first = await ask(world, key)
     again = await ask(world, key)
