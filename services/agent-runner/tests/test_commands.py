@@ -277,3 +277,31 @@ def _alive(pid: int, grace: float = 5.0) -> bool:
     finally:
         os.close(fd)
     return not readable
+
+
+async def test_run_command_through_the_sandbox_port_on_the_scripted_fake(
+    tmp_path: Path,
+) -> None:
+    """What run_command makes of a sandbox's outcome, with nothing run: the request it
+    asks for, a timeout, bubblewrap's words for a missing program, a refusal."""
+    from aether_sandbox.testing import Scripted, ScriptedSandbox
+
+    fake = ScriptedSandbox(
+        [Scripted("ok\n", 0, 0.25), Scripted("", 0, 90), Scripted("bwrap: execvp nope: x", 1)]
+    )
+
+    async def run(argv: list[str], sandbox: ScriptedSandbox = fake) -> Any:
+        return await run_command(argv, tmp_path, {}, 30, 1000, sandbox=sandbox, workdir=tmp_path)
+
+    done = await run(["pytest", "-q"])
+    assert (done.exit_code, done.output, done.sandbox) == (0, "ok\n", "scripted")
+    asked = fake.requests[0]
+    assert (asked.argv, asked.cwd, asked.workdir) == (["pytest", "-q"], tmp_path, tmp_path)
+    assert asked.limits.wall_seconds == 30 and asked.protect == (tmp_path / ".git",)
+    slow = await run(["sleep", "90"])
+    assert slow.timed_out and slow.status() == "timed out after 30.0 s and was stopped"
+    with pytest.raises(ToolError, match="nope: command not found in the sandbox"):
+        await run(["nope"])
+    refusing = ScriptedSandbox(unavailable="bubblewrap is not installed")
+    with pytest.raises(ToolError, match=r"refused: no sandbox can start\. bubblewrap is not"):
+        await run(["pytest"], refusing)

@@ -1,4 +1,5 @@
-"""A planner service in-process against real NATS, and a scripted Messages API server."""
+"""A planner service in-process against real NATS, and either a scripted Messages API
+server (``planner``: the real model adapter) or the scripted model fake (``fake_planner``)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ from aether_events import (
     mission_history,
 )
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
+from aether_planner.app import wire
 from aether_planner.bootstrap import bootstrap
 from aether_planner.config import PlannerSettings
+from aether_planner.ports import PlanningModel
+from aether_planner.testing import ScriptedPlannerModel
 from aether_runtime import RuntimeSettings, Service
 from tests.eventlog import EventLog
 
@@ -178,6 +182,34 @@ async def planner(
 ) -> AsyncIterator[Planner]:
     service = start_planner(nats_url, script[1].url, max_retries=getattr(request, "param", 0))
     try:  # started inside: a service that fails half-way through its start is stopped too
+        await service.start()
+        yield Planner(service, nc, f"m-{abs(hash(request.node.name)) % 10**12:012d}", repo)
+    finally:
+        await service.stop()
+
+
+def start_planner_on(nats_url: str, model: PlanningModel) -> Service:
+    """A planner whose model calls go to ``model`` (the scripted fake), not over HTTP."""
+    runtime = RuntimeSettings(nats_url=nats_url, port=free_port())
+    settings = PlannerSettings(runtime=runtime, llm=LLMSettings(api_key="test-key"))
+    return wire(settings, model).service
+
+
+@pytest.fixture
+def fake() -> ScriptedPlannerModel:
+    return ScriptedPlannerModel()
+
+
+@pytest.fixture
+async def fake_planner(
+    nats_url: str,
+    nc: NatsClient,
+    fake: ScriptedPlannerModel,
+    repo: Path,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Planner]:
+    service = start_planner_on(nats_url, fake)
+    try:
         await service.start()
         yield Planner(service, nc, f"m-{abs(hash(request.node.name)) % 10**12:012d}", repo)
     finally:

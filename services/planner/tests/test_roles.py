@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from aether_events import PlanProduced
+from aether_planner.testing import ScriptedPlannerModel
 
 from .conftest import Planner, plan_reply
 from .test_service import of
@@ -20,8 +21,9 @@ You review code.
 
 
 async def test_a_plan_assigns_a_repository_role_and_bad_templates_are_warnings(
-    planner: Planner, script
+    fake_planner: Planner, fake: ScriptedPlannerModel
 ) -> None:
+    planner = fake_planner
     agents = planner.repo / ".claude" / "agents"
     agents.mkdir(parents=True)
     (agents / "reviewer.md").write_text(REVIEWER)
@@ -32,7 +34,6 @@ async def test_a_plan_assigns_a_repository_role_and_bad_templates_are_warnings(
         cwd=planner.repo,
         check=True,
     )
-    s, _ = script
     tasks = [
         {
             "id": "t1",
@@ -61,12 +62,12 @@ async def test_a_plan_assigns_a_repository_role_and_bad_templates_are_warnings(
             "role": "ghost-writer",
         },
     ]
-    s.replies.append(plan_reply(tasks))
+    fake.replies.append(plan_reply(tasks))
 
     await planner.request(extra_files=(".claude/agents/reviewer.md", ".claude/agents/broken.md"))
     plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
 
-    context = s.requests[0]["messages"][0]["content"][0]["text"]
+    context = fake.asked[0].context
     assert "<roles>\n- reviewer: Reviews a change and adds the missing tests\n</roles>" in context
     assert [t.role for t in plan.tasks] == [None, "reviewer", None]
     assert any("role template .claude/agents/broken.md ignored" in r for r in plan.repairs)

@@ -2,6 +2,7 @@
 
 ``open_sandbox(settings)`` gives the configured backend (bubblewrap by default) or raises
 ``SandboxUnavailable`` naming what is missing; ``execute`` runs a ``Request`` in it.
+``open_runner`` gives the same as a ``CommandRunner`` (the port ``port.py`` describes).
 """
 
 from aether_sandbox.base import (
@@ -15,6 +16,7 @@ from aether_sandbox.base import (
 )
 from aether_sandbox.bubblewrap import Bubblewrap, open_bubblewrap
 from aether_sandbox.execute import Outcome, OutputCollector, enforcement, execute, execute_sync
+from aether_sandbox.port import CommandRunner, SandboxRunner, open_runner
 from aether_sandbox.settings import MIB, Limits, SandboxSettings
 from aether_sandbox.warm import WarmSandbox
 
@@ -22,12 +24,14 @@ __all__ = [
     "MIB",
     "UNCONFINED",
     "Bubblewrap",
+    "CommandRunner",
     "Launch",
     "Limits",
     "Outcome",
     "OutputCollector",
     "Request",
     "Sandbox",
+    "SandboxRunner",
     "SandboxSettings",
     "SandboxUnavailable",
     "Unconfined",
@@ -36,6 +40,7 @@ __all__ = [
     "execute",
     "execute_sync",
     "mark_logs_unconfined",
+    "open_runner",
     "open_sandbox",
 ]
 

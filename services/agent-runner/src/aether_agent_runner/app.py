@@ -38,7 +38,7 @@ from aether_events import (
 from aether_runtime import ConsumerSpec, Delivery, Projection, Service
 from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey, current_publisher
 from aether_runtime.metrics import service_at_zero
-from aether_sandbox import Sandbox, SandboxUnavailable
+from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
 
 DURABLE = "agent-runner"
 
@@ -52,7 +52,7 @@ class Adapters:
     # The agent runtime of each name (the built-in loop, Claude Code, other CLI agents).
     runtimes: Callable[[str], Runtime]
     # Where the agents' commands run, or why none can (then they are refused).
-    sandbox: Sandbox | SandboxUnavailable
+    sandbox: Sandbox | CommandRunner | SandboxUnavailable
     runner_id: str
     clock: Callable[[], datetime]
     # How an attempt's events go out with the attempt's own bus credential (decision

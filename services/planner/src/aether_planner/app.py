@@ -8,10 +8,10 @@ from nats.js import JetStreamContext
 
 from aether_events import ALL_MISSION_EVENTS, type_subject
 from aether_planner.adapters.journal import CallJournal
-from aether_planner.adapters.model import PlannerModel
 from aether_planner.config import SERVICE_NAME, PlannerSettings
 from aether_planner.domain import FOLDED, State, evolve, pending
 from aether_planner.handlers import Handlers
+from aether_planner.ports import PlanningModel
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
 
@@ -24,8 +24,9 @@ class Planner:
     handlers: Handlers
 
 
-def wire(settings: PlannerSettings, model: PlannerModel) -> Planner:
-    """The planner's consumer around ``model`` (``bootstrap`` builds it)."""
+def wire(settings: PlannerSettings, model: PlanningModel) -> Planner:
+    """The planner's consumer around ``model`` (``bootstrap`` builds the real one; tests
+    may pass ``aether_planner.testing.ScriptedPlannerModel``)."""
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(

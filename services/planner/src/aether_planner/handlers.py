@@ -24,11 +24,12 @@ from aether_events import (
 from aether_llm import OFFLINE_MODEL, LLMSettings
 from aether_llm.roles import InvalidRole, is_role_path, parse_role
 from aether_planner import metrics
-from aether_planner.adapters.model import Decision, ModelUnavailable, PlannerModel
+from aether_planner.adapters.model import Decision, ModelUnavailable
 from aether_planner.adapters.repository import read_files
 from aether_planner.context import files_to_read, render
 from aether_planner.domain import MissionPlanning, State, wants_model
 from aether_planner.domain.decide import AskModel, Outcome, decide, failed
+from aether_planner.ports import PlanningModel
 from aether_planner.prompt import mission_text
 from aether_runtime import Delivery, Projection, stored_sequence
 
@@ -40,7 +41,7 @@ class Handlers:
         self,
         projection: Projection[State],
         publisher: Callable[[], Publisher],
-        model: PlannerModel,
+        model: PlanningModel,
         llm: LLMSettings,
         tier: Tier = "complex",
         context_tokens: int = 24_000,

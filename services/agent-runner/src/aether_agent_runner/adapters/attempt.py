@@ -69,7 +69,7 @@ from aether_events import (
 from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL, load_prices
 from aether_llm.roles import model_for_role
 from aether_runtime import RetryLater
-from aether_sandbox import Sandbox, SandboxUnavailable
+from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -137,7 +137,7 @@ class Attempts:
     runner_id: str
     clock: Callable[[], datetime]
     # What commands run in; ``None``: opened from the environment at the first command.
-    sandbox: Sandbox | SandboxUnavailable | None = None
+    sandbox: Sandbox | CommandRunner | SandboxUnavailable | None = None
     # Model ids of the tiers, for the aliases a role may name (haiku, sonnet, opus).
     tiers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIERS))
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aether_agent_runner.adapters.workspace import ToolError, Workspace
-from aether_sandbox import Limits, Request, Sandbox, execute
+from aether_sandbox import CommandRunner, Limits, Request, Sandbox, SandboxUnavailable, execute
 
 SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "&>"})
 
@@ -178,12 +178,13 @@ async def run_command(
     limit_seconds: float,
     output_chars: int,
     *,
-    sandbox: Sandbox,
+    sandbox: Sandbox | CommandRunner,
     workdir: Path,
     limits: Limits | None = None,
 ) -> CommandResult:
     """Run ``argv`` in ``cwd`` inside ``sandbox``, ``workdir`` the one writable tree (its
-    ``.git`` stays read-only); stdout and stderr together, the middle cut when long."""
+    ``.git`` stays read-only); stdout and stderr together, the middle cut when long.
+    ``sandbox`` is a backend, or any ``CommandRunner`` (the port: a handler test's fake)."""
     request = Request(
         argv=argv,
         workdir=workdir,
@@ -193,7 +194,12 @@ async def run_command(
         protect=(workdir / ".git",),
     )
     try:
-        outcome = await execute(sandbox, request, output_chars)
+        if isinstance(sandbox, CommandRunner):
+            outcome = await sandbox.run(request, output_chars)
+        else:
+            outcome = await execute(sandbox, request, output_chars)
+    except SandboxUnavailable as error:
+        raise ToolError(f"run_command is refused: no sandbox can start. {error}") from None
     except FileNotFoundError:
         raise ToolError(f"{argv[0]}: command not found") from None
     except PermissionError:

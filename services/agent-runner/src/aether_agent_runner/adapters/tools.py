@@ -27,6 +27,7 @@ from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_runtime.metrics import at_zero
 from aether_sandbox import (
     Bubblewrap,
+    CommandRunner,
     Limits,
     Sandbox,
     SandboxSettings,
@@ -173,9 +174,10 @@ class ToolResult:
 class ToolBox:
     """The tools of one agent over one worktree.
 
-    ``sandbox`` runs its commands: a ``Sandbox``, or the ``SandboxUnavailable`` that says
-    why none can start (every ``run_command`` is then refused with that reason); left out,
-    the one the environment configures is opened at the first command.
+    ``sandbox`` runs its commands: a ``Sandbox`` (or any ``CommandRunner``: a handler
+    test's ``ScriptedSandbox``), or the ``SandboxUnavailable`` that says why none can
+    start (every ``run_command`` is then refused with that reason); left out, the one the
+    environment configures is opened at the first command.
     """
 
     def __init__(
@@ -184,7 +186,7 @@ class ToolBox:
         commands: CommandPolicy | None,
         search_timeout_seconds: float = 20.0,
         passed_env: tuple[str, ...] = (),
-        sandbox: Sandbox | SandboxUnavailable | None = None,
+        sandbox: Sandbox | CommandRunner | SandboxUnavailable | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.workspace = workspace
@@ -196,7 +198,7 @@ class ToolBox:
         self._warm: WarmSandbox | None = None  # the one this toolbox started, and ends
         self._limits = limits
 
-    def sandbox(self) -> Sandbox:
+    def sandbox(self) -> Sandbox | CommandRunner:
         """The sandbox commands run in, or ``ToolError`` naming what is missing."""
         if self._sandbox is None:
             settings = SandboxSettings.from_env()

@@ -43,8 +43,15 @@ from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.spec import CommandSpec
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
+from aether_sandbox import (
+    CommandRunner,
+    Request,
+    Sandbox,
+    SandboxUnavailable,
+    execute,
+    open_sandbox,
+)
 from aether_sandbox import Outcome as Ran
-from aether_sandbox import Request, Sandbox, SandboxUnavailable, execute, open_sandbox
 
 _PLACEHOLDER = re.compile(r"\{(prompt|prompt_file|model)\}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -110,6 +117,8 @@ class CommandRuntime:
             sandbox = job.toolbox.sandbox()
         except ToolError as error:
             raise _Failed(f"the {self.name} runtime runs only in a sandbox: {error}") from None
+        if isinstance(sandbox, CommandRunner):  # a test's fake runs no program
+            raise _Failed(f"the {self.name} runtime needs a sandbox backend, not {sandbox.name}")
         if self.spec.network == "host" and sandbox.confined:
             settings = dataclasses.replace(sandbox.settings, network="host")
             try:

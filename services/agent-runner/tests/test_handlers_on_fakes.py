@@ -1,0 +1,135 @@
+"""The runner's handlers on the fakes of its ports: around the scripted runtime
+(``aether_agent_runner.testing``), what the runner does with any runtime's work (started,
+usage, the commit, the result events) without a model; and the built-in runtime's
+commands through the scripted sandbox (``aether_sandbox.testing``), which runs nothing.
+``test_runtime_contract.py`` and ``tests/contracts/test_sandbox.py`` hold the fakes to
+the real adapters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from aether.infra import free_port
+from aether_agent_runner.app import Adapters, wire
+from aether_agent_runner.config import AgentSettings, RunnerSettings
+from aether_agent_runner.runtimes import Runtime
+from aether_agent_runner.runtimes.builtin import BuiltinRuntime
+from aether_agent_runner.testing import Edit, Finish, ModelError, ScriptedRuntime
+from aether_events import AgentCompleted, AgentFailed, AgentStarted, UsageRecorded
+from aether_llm import LLMSettings, make_client
+from aether_runtime import RuntimeSettings, Service
+from aether_sandbox import CommandRunner, SandboxUnavailable
+from aether_sandbox.testing import Scripted, ScriptedSandbox
+
+from .conftest import Model, finish, git, reply, results_of, tool
+
+NO_SANDBOX = SandboxUnavailable("these tests run no commands")
+
+
+@pytest.fixture
+async def start_scripted(nats_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_scripted(runtime, sandbox=…, llm=…, commands=…)``: a runner in this
+    process whose every attempt runs on ``runtime``."""
+    started: list[Service] = []
+
+    async def start(
+        runtime: Runtime,
+        sandbox: CommandRunner | SandboxUnavailable = NO_SANDBOX,
+        llm: LLMSettings | None = None,
+        commands: tuple[str, ...] = (),
+    ) -> None:
+        settings = RunnerSettings(
+            runtime=RuntimeSettings(nats_url=nats_url, port=free_port()),
+            llm=llm or LLMSettings(api_key="unused"),
+            agent=AgentSettings(heartbeat_seconds=0.5, progress_seconds=0.0, commands=commands),
+        )
+        adapters = Adapters(
+            runtimes=lambda name: runtime,
+            sandbox=sandbox,
+            runner_id="scripted-runner",
+            clock=lambda: datetime.now(UTC),
+        )
+        service = wire(settings, adapters).service
+        started.append(service)
+        await service.start()
+
+    yield start
+    for service in started:
+        await service.stop()
+
+
+async def test_a_scripted_agents_edit_is_committed_and_reported_with_its_usage(
+    task_repo: Any,
+    start_scripted: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    runtime = ScriptedRuntime(
+        [Edit("src/app.py", "def greet(name):\n    return 'Hi ' + name\n"), Finish("hi")]
+    )
+    await start_scripted(runtime)
+    await publish(workspace_ready(task_repo, mission_id))
+    done = await events.first(AgentCompleted)
+    assert done.summary == "hi" and done.files_changed == ["src/app.py"]
+    assert git(task_repo.worktree, "show", f"{done.commit_sha}:src/app.py").startswith(
+        "def greet(name):\n    return 'Hi '"
+    )
+    assert len(events.of(AgentStarted)) == 1
+    usages = events.of(UsageRecorded)
+    assert [u.usage.input_tokens for u in usages] == [100, 100]
+    assert done.usage.input_tokens == 200 and done.usage.cost_known
+    assert [job.ready.task.id for job in runtime.jobs] == ["t1"]
+
+
+async def test_a_scripted_model_error_fails_the_attempt_as_retryable(
+    task_repo: Any,
+    start_scripted: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    await start_scripted(ScriptedRuntime([ModelError(529, "overloaded")]))
+    await publish(workspace_ready(task_repo, mission_id))
+    failed = await events.first(AgentFailed)
+    assert failed.retryable and failed.reason == "model call failed: 529 overloaded"
+
+
+async def test_the_agents_command_goes_through_the_sandbox_port_and_nothing_runs(
+    task_repo: Any,
+    model: Callable[..., Model],
+    start_scripted: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    served = model(
+        {
+            "t1": [
+                reply(tool("run_command", command="pytest -q tests")),
+                reply(tool("write_file", path="NOTES.md", content="tests pass\n")),
+                finish("checked"),
+            ]
+        }
+    )
+    sandbox = ScriptedSandbox([Scripted("3 passed in 0.01s\n", 0, 0.5)])
+    runtime = BuiltinRuntime(make_client(served.llm()))
+    await start_scripted(runtime, sandbox, served.llm(), commands=("pytest",))
+    await publish(workspace_ready(task_repo, mission_id))
+    done = await events.first(AgentCompleted)
+    assert events.of(AgentStarted)[0].sandbox == "scripted"
+    [asked] = sandbox.requests
+    assert asked.argv == ["pytest", "-q", "tests"] and asked.cwd == task_repo.worktree
+    assert asked.protect == (task_repo.worktree / ".git",)
+    # What the model was told is the scripted outcome, in run_command's words.
+    told = results_of(served.script.requests[1])[0]
+    assert told.startswith("$ pytest -q tests\n[exit code 0 after 0.5 s]")
+    assert "3 passed in 0.01s" in told
+    assert done.files_changed == ["NOTES.md"]
