@@ -10,8 +10,9 @@ when the journal is next read.
 Every record is written to the operating system before the agent goes on, so a runner
 process that dies loses none of them. Only the records whose loss would repeat an effect
 are also synced to the disk, against a machine that stops: each model reply (a paid call,
-which a resume must not make again), each Claude Code turn's usage and a first record that carries what a fresh start
-could not rebuild (a Claude Code session's id and what its earlier sessions spent). A
+which a resume must not make again), each Claude Code turn's usage, and a first record
+that carries what a fresh start could not rebuild (a Claude Code session's id and what its
+earlier sessions spent). A
 sync writes everything appended before it, so the tool results between two replies reach
 the disk with the next reply; one lost to a machine crash before that is a tool call made
 again on resume, whose file writes were no more on the disk than its record was. The
