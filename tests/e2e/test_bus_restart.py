@@ -1,6 +1,9 @@
 """The NATS server killed with SIGKILL in the middle of a mission and started again on
-the same port and store: every service resumes within seconds and the mission completes,
-with the read model equal to the stream."""
+the same port and store: every service resumes and the mission completes, with the read
+model equal to the stream. How long the restart stalls the mission is measured by
+``bench/chaos`` (its stall figure), not asserted here; that no consumer waits out its ack
+wait after a reconnect is proven with hour-long ack waits in
+``libs/runtime/tests/test_reconnect.py``."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from tests.eventlog import EventLog
 pytestmark = pytest.mark.e2e
 
 
-async def test_a_nats_restart_mid_mission_costs_seconds_and_the_mission_completes(
+async def test_a_nats_restart_mid_mission_and_the_mission_completes_with_its_read_model(
     running: Stack, repo: Path
 ) -> None:
     stack = running  # its NATS server is the stack's own, which this test may kill
@@ -41,9 +44,6 @@ async def test_a_nats_restart_mid_mission_costs_seconds_and_the_mission_complete
         await nc.close()
     print(f"mission completed {completed_after:.1f} s after NATS came back")
     assert any(isinstance(e, MissionCompleted) for e in history)
-    # Three tasks, the slowest with a 4 s model reply, and the chain after it: well
-    # under one old 30 s ack wait when nothing stalls.
-    assert completed_after < 30
     assert sorted(e.task_id for e in history if isinstance(e, BranchMerged)) == ["a", "b", "c"]
     assert sorted(e.task.id for e in history if isinstance(e, TaskReady)) == ["a", "b", "c"]
     # The read model caught up with the stream: completed, every event folded.
