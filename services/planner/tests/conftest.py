@@ -183,7 +183,7 @@ async def planner(
     service = start_planner(nats_url, script[1].url, max_retries=getattr(request, "param", 0))
     try:  # started inside: a service that fails half-way through its start is stopped too
         await service.start()
-        yield Planner(service, nc, f"m-{abs(hash(request.node.name)) % 10**12:012d}", repo)
+        yield Planner(service, nc, f"m-{abs(hash(request.node.nodeid)) % 10**12:012d}", repo)
     finally:
         await service.stop()
 
@@ -211,6 +211,6 @@ async def fake_planner(
     service = start_planner_on(nats_url, fake)
     try:
         await service.start()
-        yield Planner(service, nc, f"m-{abs(hash(request.node.name)) % 10**12:012d}", repo)
+        yield Planner(service, nc, f"m-{abs(hash(request.node.nodeid)) % 10**12:012d}", repo)
     finally:
         await service.stop()
