@@ -96,10 +96,15 @@ from aether_events.streams import (
 from aether_events.subjects import (
     ALL_MISSION_EVENTS,
     ALL_TELEMETRY,
+    ATTEMPT_TYPES,
+    attempt_subject,
     is_valid_token,
     mission_subject,
     subject_for,
+    subject_parts,
+    task_token,
     type_subject,
+    type_subjects,
 )
 from aether_events.usage import ZERO_USAGE, Usage, add_cost, known_cost
 
@@ -107,6 +112,7 @@ __all__ = [
     "ALL_MISSION_EVENTS",
     "ALL_TELEMETRY",
     "ALL_TYPES",
+    "ATTEMPT_TYPES",
     "MISSIONS_STREAM",
     "MISSION_STATUSES",
     "NEEDS_PERSON_STATUSES",
@@ -181,6 +187,7 @@ __all__ = [
     "add_cost",
     "advance",
     "as_tier",
+    "attempt_subject",
     "caused_by",
     "decode",
     "derived_id",
@@ -202,8 +209,11 @@ __all__ = [
     "stored_messages",
     "stream_configs",
     "subject_for",
+    "subject_parts",
     "tag_of",
     "task_status_after",
+    "task_token",
     "to_builtins",
     "type_subject",
+    "type_subjects",
 ]

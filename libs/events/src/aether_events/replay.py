@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -21,6 +21,23 @@ from aether_events.subjects import mission_subject
 S = TypeVar("S")
 
 
+# One subject filter, or several that do not overlap (an event type's two subject forms:
+# ``type_subjects``).
+Subjects = str | Sequence[str]
+
+
+def filters_of(subject: Subjects) -> tuple[str | None, list[str] | None]:
+    """The ``filter_subject`` and ``filter_subjects`` of a consumer reading ``subject``."""
+    if isinstance(subject, str):
+        return subject, None
+    subjects = list(dict.fromkeys(subject))
+    if not subjects:
+        raise ValueError("no subject to read")
+    if len(subjects) == 1:
+        return subjects[0], None
+    return None, subjects
+
+
 class ReplayResult(msgspec.Struct, kw_only=True):
     last_sequence: int = 0
     applied: int = 0
@@ -28,10 +45,10 @@ class ReplayResult(msgspec.Struct, kw_only=True):
 
 
 async def stored_messages(
-    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
 ) -> AsyncGenerator[Msg, None]:
-    """Every message stored on ``subject`` after sequence ``after``, in stream order, as
-    stored (undecoded). Read in batches by ``stored_batches``."""
+    """Every message stored on ``subject`` (one filter or several) after sequence
+    ``after``, in stream order, as stored (undecoded). Read in batches by ``stored_batches``."""
     batches = stored_batches(js, stream, subject, after=after, batch=batch)
     async with contextlib.aclosing(batches):
         async for msgs in batches:
@@ -40,7 +57,7 @@ async def stored_messages(
 
 
 async def stored_batches(
-    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
 ) -> AsyncGenerator[list[Msg], None]:
     """``stored_messages`` in lists of up to ``batch``, one pull request each.
 
@@ -51,9 +68,11 @@ async def stored_batches(
     thousands of events pays over and over; here a batch costs one request and one wait.
     """
     nc = js._nc
+    one, several = filters_of(subject)
     config = ConsumerConfig(
         name=nc._nuid.next().decode(),
-        filter_subject=subject,
+        filter_subject=one,
+        filter_subjects=several,
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
         opt_start_seq=after + 1 if after else None,
@@ -111,7 +130,7 @@ class _Pull:
 async def replay(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: Subjects,
     state: S,
     fold: Callable[[S, Event, int], S],
     *,

@@ -15,7 +15,7 @@ from aether_events import (
     UnknownEventType,
     decode,
     replay,
-    type_subject,
+    type_subjects,
 )
 from aether_events.replay import ReplayResult, stored_messages
 from aether_runtime import metrics
@@ -146,7 +146,7 @@ class Projection(Generic[S]):
         the whole stream. Events stored after ``end`` are left to the consumers.
         """
         stored: list[tuple[int, bytes]] = []
-        for subject in sorted({type_subject(t) for t in types}):
+        for subject in sorted({subject for t in types for subject in type_subjects(t)}):
             async for msg in stored_messages(js, MISSIONS_STREAM, subject):
                 seq = msg.metadata.sequence.stream
                 if seq <= end:

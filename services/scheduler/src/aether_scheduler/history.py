@@ -27,7 +27,8 @@ from aether_events import (
     UsageRecorded,
     decode,
     mission_subject,
-    type_subject,
+    subject_parts,
+    type_subjects,
 )
 from aether_events.replay import stored_messages
 from aether_runtime import Projection
@@ -42,8 +43,7 @@ PER_MISSION_READS = 64
 
 
 def _mission_of(subject: str) -> str:
-    # aether.mission.<mission_id>.<type>: ids are single subject tokens.
-    return subject.split(".")[2]
+    return subject_parts(subject)[0]
 
 
 async def replay_history(projection: Projection[State], js: JetStreamContext, service: str) -> int:
@@ -56,7 +56,7 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     requested: dict[str, None] = {}
     finished: set[str] = set()
     for cls in SUMMARY_TYPES:
-        async for msg in stored_messages(js, MISSIONS_STREAM, type_subject(cls)):
+        async for msg in stored_messages(js, MISSIONS_STREAM, type_subjects(cls)):
             seq = msg.metadata.sequence.stream
             if seq > end:
                 continue

@@ -38,7 +38,7 @@ from aether_events import (
     TaskTimedOut,
     UnknownEventType,
     decode,
-    type_subject,
+    type_subjects,
 )
 from aether_runtime.follow import Follower
 
@@ -80,7 +80,7 @@ async def follow_control_events(
     follower = Follower(
         js,
         MISSIONS_STREAM,
-        [type_subject(cls) for cls in CONTROL_TYPES],
+        [subject for cls in CONTROL_TYPES for subject in type_subjects(cls)],
         deliver,
         after_sequence=after_sequence,
         name="agent-runner-control-events",

@@ -18,8 +18,8 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from aether_events import Event, UnknownEventType, decode, tag_of
-from aether_events.replay import stored_batches
+from aether_events import Event, UnknownEventType, decode, subject_parts, tag_of
+from aether_events.replay import Subjects, stored_batches
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,13 @@ class StoredMessage:
 
     @property
     def mission_id(self) -> str:
-        """The mission named by the subject (``aether.<kind>.<mission_id>.<type>``)."""
-        parts = self.subject.split(".")
-        return parts[2] if len(parts) >= 4 else ""
+        """The mission named by the subject (``aether.<kind>.<mission_id>.<type>…``)."""
+        return subject_parts(self.subject)[0]
 
     @property
     def tag(self) -> str:
         """The event type named by the subject."""
-        return self.subject.rsplit(".", 1)[-1]
+        return subject_parts(self.subject)[1]
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class Incoming:
 async def read_stored(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: Subjects,
     *,
     after: int = 0,
     until: int | None = None,
@@ -113,7 +112,7 @@ async def read_stored(
 async def stored_runs(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: Subjects,
     *,
     after: int = 0,
     until: int | None = None,
