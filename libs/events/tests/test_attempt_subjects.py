@@ -25,6 +25,7 @@ from aether_events import (
     encode,
     ensure_streams,
     mission_history,
+    on_its_subject,
     replay,
     subject_for,
     subject_parts,
@@ -152,3 +153,38 @@ async def test_events_stored_on_the_old_subjects_are_still_read(nc: NatsClient) 
     assert [event.event_id for event in one] == [old.event_id, new.event_id]
     history = await mission_history(js, "m-1")
     assert [event.event_id for event in history] == [old.event_id, new.event_id, "m-1-u"]
+
+
+def test_an_attempts_event_is_taken_only_from_its_own_subject() -> None:
+    event = completed("m-1", "t2", 1, "c")
+    assert on_its_subject(event, "aether.mission.m-1.agent_completed.t2.1")
+    assert on_its_subject(event, "aether.mission.m-1.agent_completed")  # stored before
+    # Published with the credential of another task, another attempt, another mission.
+    assert not on_its_subject(event, "aether.mission.m-1.agent_completed.t1.1")
+    assert not on_its_subject(event, "aether.mission.m-1.agent_completed.t2.2")
+    assert not on_its_subject(event, "aether.mission.m-2.agent_completed.t2.1")
+    assert not on_its_subject(event, "aether.mission.m-2.agent_completed")
+    assert not on_its_subject(event, "aether.mission.m-1.agent_started.t2.1")
+    # Other types are limited by type alone (static users): any subject will do.
+    assert on_its_subject(
+        MissionRequested(**meta("m-1", "r"), repository="/r", requirement="x"), "x"
+    )  # type: ignore[arg-type]
+
+
+async def test_a_replay_passes_over_an_event_about_other_work(nc: NatsClient) -> None:
+    """What t1's credential could store: its own subject, a payload about t2."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    forged = completed("m-1", "t2", 1, "forged")
+    await js.publish("aether.mission.m-1.agent_completed.t1.1", encode(forged))
+    real = completed("m-1", "t1", 1, "real")
+    await EventPublisher(js).publish(real)
+
+    def collect(found: list[Event], event: Event, _: int) -> list[Event]:
+        found.append(event)
+        return found
+
+    empty: list[Event] = []
+    read, result = await replay(js, MISSIONS_STREAM, type_subjects(AgentCompleted), empty, collect)
+    assert [event.event_id for event in read] == [real.event_id]
+    assert result.skipped == 1

@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from aether_events.catalogue import Event
 from aether_events.codec import UnknownEventType, decode
 from aether_events.streams import MISSIONS_STREAM
-from aether_events.subjects import mission_subject
+from aether_events.subjects import mission_subject, on_its_subject
 
 S = TypeVar("S")
 
@@ -140,7 +140,9 @@ async def replay(
     """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
 
     ``fold(state, event, stream_sequence)`` is called in stream order. Payloads that do not
-    decode are counted and skipped: a projection is rebuilt from what can be read.
+    decode, and events on a subject that does not name what they report on
+    (``on_its_subject``), are counted and skipped: a projection is rebuilt from what can be
+    read.
     """
     result = ReplayResult(last_sequence=after_sequence)
     messages = stored_messages(js, stream, subject, after=after_sequence, batch=batch)
@@ -152,8 +154,11 @@ async def replay(
             except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
                 result.skipped += 1
             else:
-                state = fold(state, event, seq)
-                result.applied += 1
+                if on_its_subject(event, msg.subject):
+                    state = fold(state, event, seq)
+                    result.applied += 1
+                else:
+                    result.skipped += 1
             result.last_sequence = seq
     return state, result
 

@@ -127,6 +127,24 @@ def type_subject(cls: type[Event]) -> str:
     return subjects[0]
 
 
+def on_its_subject(event: Event, subject: str) -> bool:
+    """Whether ``event`` was stored on a subject that names what it reports on.
+
+    An attempt's credential may publish only on its attempt's subjects, but the payload
+    is the publisher's to write: an event of ``ATTEMPT_TYPES`` is taken only from its
+    own attempt's subject (``subject_for``) or from its mission's four-token subject for
+    its type (where no attempt credential may publish: events stored before subjects
+    named the attempt, the planner's usage). Every other type is published by services
+    whose users are limited by type alone: any subject of the right type will do."""
+    if type(event) not in ATTEMPT_TYPES:
+        return True
+    try:
+        own = subject_for(event)
+    except ValueError:
+        return False
+    return subject in (own, f"{_prefix(type(event))}.{event.mission_id}.{tag_of(type(event))}")
+
+
 def subject_parts(subject: str) -> tuple[str, str]:
     """The mission id and event type tag an event's subject names (either form); empty
     strings for a subject that is not one."""

@@ -27,6 +27,7 @@ from aether_events import (
     UsageRecorded,
     decode,
     mission_subject,
+    on_its_subject,
     subject_parts,
     type_subjects,
 )
@@ -52,7 +53,7 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     # Everything stored by now is read back; what comes later is the consumers' (each
     # read below stops at ``end``, so all of them see the same history).
     end = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
-    stored: dict[int, bytes] = {}
+    stored: dict[int, tuple[str, bytes]] = {}
     requested: dict[str, None] = {}
     finished: set[str] = set()
     for cls in SUMMARY_TYPES:
@@ -60,7 +61,7 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
             seq = msg.metadata.sequence.stream
             if seq > end:
                 continue
-            stored[seq] = msg.data
+            stored[seq] = (msg.subject, msg.data)
             if cls is MissionRequested:
                 requested[_mission_of(msg.subject)] = None
             elif cls is not UsageRecorded:
@@ -72,12 +73,15 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
         async for msg in stored_messages(js, MISSIONS_STREAM, mission_subject(mission_id)):
             seq = msg.metadata.sequence.stream
             if seq <= end:
-                stored[seq] = msg.data
+                stored[seq] = (msg.subject, msg.data)
     applied = 0
     for seq in sorted(stored):
+        subject, data = stored[seq]
         try:
-            event = decode(stored[seq])
+            event = decode(data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if not on_its_subject(event, subject):
             continue
         projection.apply(event, seq)
         applied += 1

@@ -38,6 +38,7 @@ from aether_events import (
     TaskTimedOut,
     UnknownEventType,
     decode,
+    on_its_subject,
     type_subjects,
 )
 from aether_runtime.follow import Follower
@@ -71,6 +72,8 @@ async def follow_control_events(
         try:
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if not on_its_subject(event, msg.subject):
             return
         try:
             await on_event(event, msg.metadata.sequence.stream)

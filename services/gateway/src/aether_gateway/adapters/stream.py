@@ -9,6 +9,7 @@ projection failure, not silently passed over.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +19,17 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from aether_events import Event, UnknownEventType, decode, subject_parts, tag_of
+from aether_events import (
+    Event,
+    UnknownEventType,
+    decode,
+    on_its_subject,
+    subject_parts,
+    tag_of,
+)
 from aether_events.replay import Subjects, stored_batches
+
+log = logging.getLogger("aether.gateway.stream")
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,16 @@ class Incoming:
             )
 
         try:
-            return made(event=decode(message.data))
+            event = decode(message.data)
+            if not on_its_subject(event, message.subject):
+                # Published with one attempt's credential about another: passed over as
+                # an unknown type is (the runtime terminates it on the live path).
+                log.warning(
+                    "event not on its own subject passed over",
+                    extra={"seq": message.seq, "subject": message.subject},
+                )
+                return made(unknown=True)
+            return made(event=event)
         except UnknownEventType:
             return made(unknown=True)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
