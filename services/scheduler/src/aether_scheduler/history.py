@@ -56,8 +56,11 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     stored: dict[int, tuple[str, bytes]] = {}
     requested: dict[str, None] = {}
     finished: set[str] = set()
-    for cls in SUMMARY_TYPES:
-        async for msg in stored_messages(js, MISSIONS_STREAM, type_subjects(cls)):
+    # One read per subject (an attempt type has two forms): the server finds one
+    # subject's messages quickly (see ``Projection._replay_types``).
+    reads = [(cls, subject) for cls in SUMMARY_TYPES for subject in type_subjects(cls)]
+    for cls, subject in reads:
+        async for msg in stored_messages(js, MISSIONS_STREAM, subject):
             seq = msg.metadata.sequence.stream
             if seq > end:
                 continue
