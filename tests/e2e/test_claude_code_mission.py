@@ -30,6 +30,7 @@ from aether_events import (
     UsageRecorded,
     WorkspaceReady,
     decode,
+    type_subjects,
 )
 from aether_events.usage import total
 from aether_llm import DEFAULT_TIERS, MessagesServer, Reply, load_prices, text_block, tool_use_block
@@ -117,8 +118,9 @@ async def claude_stack(
 
 async def telemetry(nc: Any, mission_id: str) -> list[Any]:
     js = nc.jetstream()
+    # Progress names its attempt (``aether_events.subjects``): any task, any attempt.
     subscription = await js.subscribe(
-        f"aether.telemetry.{mission_id}.agent_progress", ordered_consumer=True
+        type_subjects(AgentProgress, mission_id)[1], ordered_consumer=True
     )
     found = []
     try:

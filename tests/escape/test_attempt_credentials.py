@@ -25,6 +25,7 @@ from aether.stack import Stack
 from aether_events import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
+    TELEMETRY_TYPES,
     AgentCompleted,
     AgentHeartbeat,
     AgentStarted,
@@ -32,10 +33,12 @@ from aether_events import (
     Event,
     StreamSettings,
     TaskReady,
+    TranscriptRecorded,
     UsageRecorded,
     encode,
     ensure_streams,
     subject_for,
+    tag_of,
 )
 from aether_events.catalogue import PlannedTask, Usage
 from aether_runtime.attempt_auth import (
@@ -272,6 +275,82 @@ async def test_an_attempt_cannot_report_on_another_mission(
                 await attempt.nc.jetstream().publish(subject_for(event), encode(event), timeout=1.0)
             await attempt.violation(subject_for(event))
             assert await stored_on(admin, subject_for(event)) == 0
+    finally:
+        await attempt.close()
+
+
+def usage_of(key: AttemptKey, name: str = "usage") -> UsageRecorded:
+    return UsageRecorded(
+        **meta(key.mission_id, name),
+        service="agent-runner",
+        model="m",
+        usage=Usage(input_tokens=10, output_tokens=5),
+        step=name,
+        task_id=key.task_id,
+        attempt=key.attempt,
+    )
+
+
+def forged(kind: type[Event], key: AttemptKey) -> Event:
+    """An event of ``kind`` reporting on ``key``, as a thief of another attempt would."""
+    name = f"forged-{tag_of(kind)}-{key.task_id}-a{key.attempt}"
+    if kind is AgentCompleted:
+        return completed(key, name)
+    if kind is UsageRecorded:
+        return usage_of(key, name)
+    if kind is AgentHeartbeat:
+        return AgentHeartbeat(
+            **meta(key.mission_id, name), task_id=key.task_id, attempt=key.attempt, runner_id="r1"
+        )
+    return TranscriptRecorded(
+        **meta(key.mission_id, name),
+        task_id=key.task_id,
+        attempt=key.attempt,
+        runner_id="r1",
+        sequence=1,
+        kind="note",
+        text="done",
+    )
+
+
+def stream_of(event: Event) -> str:
+    return TELEMETRY_STREAM if type(event) in TELEMETRY_TYPES else MISSIONS_STREAM
+
+
+@pytest.mark.parametrize(
+    "kind", [AgentCompleted, UsageRecorded, TranscriptRecorded, AgentHeartbeat]
+)
+@pytest.mark.parametrize(
+    "victim",
+    [AttemptKey("m-same", "t2", 1), AttemptKey("m-same", "t1", 2)],
+    ids=["another-task", "another-attempt"],
+)
+async def test_an_attempt_cannot_report_on_other_work_of_its_mission(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient, kind: type[Event], victim: AttemptKey
+) -> None:
+    """With the credential of attempt 1 of t1: nothing for t2 of the same mission, nor
+    for attempt 2 of t1, though both are open (held by other runners); the server
+    refuses the publish, so the scheduler never sees it."""
+    mine = AttemptKey("m-same", "t1", 1)
+    authorizer.open |= {mine, victim}
+    attempt = await Attempt().open(stack, mine)
+    assert attempt.nc is not None
+    event = forged(kind, victim)
+    try:
+        await attempt.nc.publish(subject_for(event), encode(event))
+        await attempt.nc.flush()
+        await attempt.violation(subject_for(event))
+        assert await stored_on(admin, subject_for(event), stream_of(event)) == 0
+        # Nor on the subject that names no attempt (how agent events were stored before).
+        untasked = subject_for(event).rsplit(".", 2)[0]
+        await attempt.nc.publish(untasked, encode(event))
+        await attempt.nc.flush()
+        await attempt.violation(f'"{untasked}"')
+        assert await stored_on(admin, untasked, stream_of(event)) == 0
+        # The control: the same kind of event, on its own attempt, is taken.
+        own = forged(kind, mine)
+        ack = await attempt.nc.jetstream().publish(subject_for(own), encode(own), timeout=5.0)
+        assert ack.stream == stream_of(own)
     finally:
         await attempt.close()
 

@@ -21,6 +21,7 @@ from aether_events import (
     subject_for,
     tag_of,
     type_subject,
+    type_subjects,
 )
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -80,7 +81,10 @@ def test_subjects_filter_by_mission_and_by_type() -> None:
     assert subject_for(event) == "aether.mission.m-0123456789abcdef.mission_requested"
     assert mission_subject("m-1") == "aether.mission.m-1.>"
     assert type_subject(MissionRequested) == "aether.mission.*.mission_requested"
-    assert type_subject(AgentHeartbeat) == "aether.telemetry.*.agent_heartbeat"
+    assert type_subjects(AgentHeartbeat) == [
+        "aether.telemetry.*.agent_heartbeat",
+        "aether.telemetry.*.agent_heartbeat.*.*",
+    ]
 
 
 def test_subject_refuses_mission_ids_that_are_not_tokens() -> None:

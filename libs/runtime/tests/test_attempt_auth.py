@@ -94,7 +94,7 @@ def _server_seed() -> str:
     return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER)).decode()
 
 
-def test_the_answer_is_a_signed_user_limited_to_the_attempts_mission() -> None:
+def test_the_answer_is_a_signed_user_limited_to_the_attempts_subjects() -> None:
     seed = new_issuer_seed()
     authorizer = AttemptAuthorizer(
         issuer_seed=seed,
@@ -112,9 +112,10 @@ def test_the_answer_is_a_signed_user_limited_to_the_attempts_mission() -> None:
     user = decode_jwt(answer["nats"]["jwt"])
     assert user["sub"] == "UUSERNKEY"
     assert user["exp"] == 1060
+    # Its mission, its task, its attempt: no wildcard.
     assert user["nats"]["pub"]["allow"] == [
-        "aether.mission.m1.agent_completed",
-        "aether.telemetry.m1.agent_heartbeat",
+        "aether.mission.m1.agent_completed.t1.2",
+        "aether.telemetry.m1.agent_heartbeat.t1.2",
     ]
     assert user["nats"]["sub"]["allow"] == [f"{KEY.inbox_prefix}.>"]
 

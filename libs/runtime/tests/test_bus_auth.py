@@ -60,11 +60,11 @@ def test_the_agent_runner_publishes_agent_events_only_with_an_attempts_credentia
     events = [s for s in runner.publish_allow if s.startswith("aether.")]
     assert events == event_subjects(ROLES["agent-runner"])
     # Its own user: only its failed steps; the agent and usage events of an attempt go
-    # out with that attempt's credential, limited to the attempt's mission.
+    # out with that attempt's credential, limited to the attempt's own subjects.
     assert {s.rsplit(".", 1)[1] for s in events} == {"step_failed", "step_recovered"}
     key = AttemptKey("m1", "t1", 2)
     scoped = attempt_subjects(key, ROLES["agent-runner"].attempt_publishes)
-    assert {s.rsplit(".", 1)[1] for s in scoped} == {
+    assert {s.split(".")[3] for s in scoped} == {
         "agent_started",
         "agent_progress",
         "agent_heartbeat",
@@ -73,7 +73,7 @@ def test_the_agent_runner_publishes_agent_events_only_with_an_attempts_credentia
         "agent_failed",
         "usage_recorded",
     }
-    assert all(s.split(".")[2] == "m1" for s in scoped)
+    assert all(s.split(".")[2::2] == ["m1", "t1"] and s.endswith(".2") for s in scoped)
     assert not any(".STREAM.CREATE." in s or ".STREAM.UPDATE." in s for s in runner.publish_allow)
     assert f"$JS.API.CONSUMER.MSG.NEXT.{MISSIONS_STREAM}.scheduler" in runner.publish_deny
     assert runner.subscribe_allow[0] == "_INBOX.agent-runner.>"

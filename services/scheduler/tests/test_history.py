@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from aether_events import EventPublisher, MissionCancelled, ensure_streams
+from aether_events import (
+    EventPublisher,
+    MissionCancelled,
+    Usage,
+    UsageRecorded,
+    encode,
+    ensure_streams,
+    subject_for,
+)
 from aether_runtime import Projection
 from aether_scheduler import history
 from aether_scheduler.domain import State, evolve
@@ -89,3 +98,35 @@ async def test_with_many_live_missions_the_whole_stream_is_read(
     full, brief = await both(nc)
     assert brief.state == full.state
     assert brief.position == full.position
+
+
+async def test_usage_stored_before_attempt_subjects_counts_and_forged_usage_does_not(
+    nc: NatsClient,
+) -> None:
+    """A task's usage on the four-token subject (stored before subjects named the
+    attempt) is read by both replays; usage published with one attempt's credential
+    about another task (its own subject, the other's payload) by neither."""
+    scenarios = missions()
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    forged_from = ""
+    for events in itertools.zip_longest(*(s.log for s in scenarios)):
+        for event in events:
+            if isinstance(event, UsageRecorded) and event.task_id == "b":
+                # m-done's task b: stored as an older build did.
+                await js.publish(f"aether.mission.{event.mission_id}.usage_recorded", encode(event))
+                forged_from = subject_for(event)
+            elif event is not None:
+                await publisher.publish(event)
+    live_a = next(e for e in scenarios[1].log if isinstance(e, UsageRecorded) and e.task_id == "a")
+    forged = msgspec.structs.replace(
+        live_a, event_id="forged", usage=Usage(input_tokens=1, output_tokens=1, cost_usd=100.0)
+    )
+    # On the subject of another attempt (m-done's task b): the server would allow it
+    # to that attempt's credential, the payload names m-live's task a.
+    await js.publish(forged_from, encode(forged))
+    full, brief = await both(nc)
+    for state in (full.state, brief.state):
+        assert sum(state.daily_spent.values()) == pytest.approx(0.5 + 0.25 + 0.3 + 0.1)
+    assert brief.state.missions["m-live"] == full.state.missions["m-live"]

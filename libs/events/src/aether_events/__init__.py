@@ -96,10 +96,16 @@ from aether_events.streams import (
 from aether_events.subjects import (
     ALL_MISSION_EVENTS,
     ALL_TELEMETRY,
+    ATTEMPT_TYPES,
+    attempt_subject,
     is_valid_token,
     mission_subject,
+    on_its_subject,
     subject_for,
+    subject_parts,
+    task_token,
     type_subject,
+    type_subjects,
 )
 from aether_events.usage import ZERO_USAGE, Usage, add_cost, known_cost
 
@@ -107,6 +113,7 @@ __all__ = [
     "ALL_MISSION_EVENTS",
     "ALL_TELEMETRY",
     "ALL_TYPES",
+    "ATTEMPT_TYPES",
     "MISSIONS_STREAM",
     "MISSION_STATUSES",
     "NEEDS_PERSON_STATUSES",
@@ -181,6 +188,7 @@ __all__ = [
     "add_cost",
     "advance",
     "as_tier",
+    "attempt_subject",
     "caused_by",
     "decode",
     "derived_id",
@@ -195,6 +203,7 @@ __all__ = [
     "mission_subject",
     "new_event_id",
     "new_mission_id",
+    "on_its_subject",
     "outside_scope",
     "phase_of",
     "replay",
@@ -202,8 +211,11 @@ __all__ = [
     "stored_messages",
     "stream_configs",
     "subject_for",
+    "subject_parts",
     "tag_of",
     "task_status_after",
+    "task_token",
     "to_builtins",
     "type_subject",
+    "type_subjects",
 ]

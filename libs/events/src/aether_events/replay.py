@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -16,9 +16,26 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from aether_events.catalogue import Event
 from aether_events.codec import UnknownEventType, decode
 from aether_events.streams import MISSIONS_STREAM
-from aether_events.subjects import mission_subject
+from aether_events.subjects import mission_subject, on_its_subject
 
 S = TypeVar("S")
+
+
+# One subject filter, or several that do not overlap (an event type's two subject forms:
+# ``type_subjects``).
+Subjects = str | Sequence[str]
+
+
+def filters_of(subject: Subjects) -> tuple[str | None, list[str] | None]:
+    """The ``filter_subject`` and ``filter_subjects`` of a consumer reading ``subject``."""
+    if isinstance(subject, str):
+        return subject, None
+    subjects = list(dict.fromkeys(subject))
+    if not subjects:
+        raise ValueError("no subject to read")
+    if len(subjects) == 1:
+        return subjects[0], None
+    return None, subjects
 
 
 class ReplayResult(msgspec.Struct, kw_only=True):
@@ -28,10 +45,10 @@ class ReplayResult(msgspec.Struct, kw_only=True):
 
 
 async def stored_messages(
-    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
 ) -> AsyncGenerator[Msg, None]:
-    """Every message stored on ``subject`` after sequence ``after``, in stream order, as
-    stored (undecoded). Read in batches by ``stored_batches``."""
+    """Every message stored on ``subject`` (one filter or several) after sequence
+    ``after``, in stream order, as stored (undecoded). Read in batches by ``stored_batches``."""
     batches = stored_batches(js, stream, subject, after=after, batch=batch)
     async with contextlib.aclosing(batches):
         async for msgs in batches:
@@ -40,7 +57,7 @@ async def stored_messages(
 
 
 async def stored_batches(
-    js: JetStreamContext, stream: str, subject: str, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
 ) -> AsyncGenerator[list[Msg], None]:
     """``stored_messages`` in lists of up to ``batch``, one pull request each.
 
@@ -51,9 +68,11 @@ async def stored_batches(
     thousands of events pays over and over; here a batch costs one request and one wait.
     """
     nc = js._nc
+    one, several = filters_of(subject)
     config = ConsumerConfig(
         name=nc._nuid.next().decode(),
-        filter_subject=subject,
+        filter_subject=one,
+        filter_subjects=several,
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
         opt_start_seq=after + 1 if after else None,
@@ -111,7 +130,7 @@ class _Pull:
 async def replay(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: Subjects,
     state: S,
     fold: Callable[[S, Event, int], S],
     *,
@@ -121,7 +140,9 @@ async def replay(
     """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
 
     ``fold(state, event, stream_sequence)`` is called in stream order. Payloads that do not
-    decode are counted and skipped: a projection is rebuilt from what can be read.
+    decode, and events on a subject that does not name what they report on
+    (``on_its_subject``), are counted and skipped: a projection is rebuilt from what can be
+    read.
     """
     result = ReplayResult(last_sequence=after_sequence)
     messages = stored_messages(js, stream, subject, after=after_sequence, batch=batch)
@@ -133,8 +154,11 @@ async def replay(
             except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
                 result.skipped += 1
             else:
-                state = fold(state, event, seq)
-                result.applied += 1
+                if on_its_subject(event, msg.subject):
+                    state = fold(state, event, seq)
+                    result.applied += 1
+                else:
+                    result.skipped += 1
             result.last_sequence = seq
     return state, result
 

@@ -13,8 +13,10 @@ credential that names one attempt instead:
   first runner that asked for it (a second runner asking for the same attempt is refused
   until the holder's credential has expired unrenewed: a runner that died);
 * the answer is a user JWT, signed with the issuer account key the server trusts, whose
-  publish allow-list names only the attempt's event types on ``aether.mission.<mission>.…``
-  and ``aether.telemetry.<mission>.…``, whose only subscription is the attempt's own inbox,
+  publish allow-list names only the attempt's own subjects: each of its event types on
+  ``aether.<kind>.<mission>.<type>.<task token>.<attempt>`` (``aether_events.subjects``),
+  so neither another task nor another attempt of the same task; whose only subscription
+  is the attempt's own inbox,
   and which expires after ``ttl_seconds``: the server then closes the connection, and the
   runner's next publish connects and asks again, which is refused once the attempt has
   ended.
@@ -52,8 +54,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
-from aether_events import TELEMETRY_TYPES, Event, EventPublisher, tag_of
-from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX, is_valid_token
+from aether_events import Event, EventPublisher
+from aether_events.subjects import attempt_subject, is_valid_token
 from aether_runtime.bus_auth import AUTH_SUBJECT
 from aether_runtime.failures import RetryLater
 from aether_runtime.service import CountingPublisher
@@ -63,7 +65,8 @@ log = logging.getLogger("aether.attempt-auth")
 USER_PREFIX = "attempt"
 GLOBAL_ACCOUNT = "$G"
 DEFAULT_TTL_SECONDS = 120.0
-# What the planner lets a task id be (it names no subject token: only the user and a digest).
+# What the planner lets a task id be (a subject names it by ``task_token``, the inbox by a
+# digest).
 _TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -113,12 +116,9 @@ def parse_user(user: str) -> tuple[AttemptKey, str] | None:
 
 
 def attempt_subjects(key: AttemptKey, types: Iterable[type[Event]]) -> list[str]:
-    """The subjects an attempt's credential may publish on: its mission's, these types."""
-    subjects = []
-    for cls in types:
-        prefix = TELEMETRY_PREFIX if cls in TELEMETRY_TYPES else MISSION_PREFIX
-        subjects.append(f"{prefix}.{key.mission_id}.{tag_of(cls)}")
-    return sorted(subjects)
+    """The subjects an attempt's credential may publish on: these types, on this attempt
+    of this task of this mission, and nothing with a wildcard."""
+    return sorted(attempt_subject(cls, key.mission_id, key.task_id, key.attempt) for cls in types)
 
 
 class Grants:
@@ -276,7 +276,7 @@ class AttemptAuthorizer:
         return encode_jwt(response, self._issuer)
 
     def user_jwt(self, key: AttemptKey, user: str, user_nkey: str) -> str:
-        """The credential of one attempt: its events on its mission, its own inbox."""
+        """The credential of one attempt: its events on its own subjects, its own inbox."""
         inbox = f"{key.inbox_prefix}.>"
         claims = {
             "aud": GLOBAL_ACCOUNT,

@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
-from aether_events import MISSIONS_STREAM, Event, type_subject
+from aether_events import MISSIONS_STREAM, Event, type_subjects
 
 if TYPE_CHECKING:
     from aether_runtime.service import Delivery
@@ -84,7 +84,7 @@ class ConsumerSpec:
         """The consumer's subject filters for ``types`` (None: ``subject`` alone)."""
         if self.types is None:
             return None
-        return sorted({type_subject(cls) for cls in self.types})
+        return sorted({subject for cls in self.types for subject in type_subjects(cls)})
 
     @property
     def max_ack_pending(self) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from aether_events import ALL_TYPES, tag_of, type_subject
+from aether_events import ALL_TYPES, tag_of, type_subjects
 
 EVENTS_CONSUMED = Counter(
     "aether_events_consumed_total",
@@ -133,7 +133,9 @@ def event_types_on(subject_filters: Iterable[str]) -> list[str]:
     receive."""
     filters = list(subject_filters)
     return [
-        tag_of(cls) for cls in ALL_TYPES if any(_overlap(f, type_subject(cls)) for f in filters)
+        tag_of(cls)
+        for cls in ALL_TYPES
+        if any(_overlap(f, subject) for f in filters for subject in type_subjects(cls))
     ]
 
 

@@ -14,8 +14,9 @@ from aether_events import (
     Event,
     UnknownEventType,
     decode,
+    on_its_subject,
     replay,
-    type_subject,
+    type_subjects,
 )
 from aether_events.replay import ReplayResult, stored_messages
 from aether_runtime import metrics
@@ -145,21 +146,24 @@ class Projection(Generic[S]):
         quickly, while a consumer filtered to several subjects is slower to read than
         the whole stream. Events stored after ``end`` are left to the consumers.
         """
-        stored: list[tuple[int, bytes]] = []
-        for subject in sorted({type_subject(t) for t in types}):
+        stored: list[tuple[int, str, bytes]] = []
+        for subject in sorted({subject for t in types for subject in type_subjects(t)}):
             async for msg in stored_messages(js, MISSIONS_STREAM, subject):
                 seq = msg.metadata.sequence.stream
                 if seq <= end:
-                    stored.append((seq, msg.data))
+                    stored.append((seq, msg.subject, msg.data))
         stored.sort(key=lambda item: item[0])
         result = ReplayResult(last_sequence=0)
-        for seq, data in stored:
+        for seq, subject, data in stored:
             try:
                 event = decode(data)
             except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
                 result.skipped += 1
             else:
-                self.apply(event, seq)
-                result.applied += 1
+                if on_its_subject(event, subject):
+                    self.apply(event, seq)
+                    result.applied += 1
+                else:
+                    result.skipped += 1
             result.last_sequence = seq
         return result

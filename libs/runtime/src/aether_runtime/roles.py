@@ -7,11 +7,12 @@ subjects it may publish, the JetStream API calls it may make, the inbox it reads
 on. A new event type or consumer is added here, once; a service that publishes an event
 its role does not list is refused by the server.
 
-An event's subject names its mission and type, not its task or attempt, so a static user
-cannot be limited to the work it holds. The agent runner's own user therefore publishes
-no agent event: ``attempt_publishes`` are published with a credential per attempt that
-the scheduler's authorizer grants while the attempt is open (``attempt_auth``), limited
-to that attempt's mission (see docs/security.md).
+"The work a runner holds" changes every minute while a static user's permissions do not,
+so a static user cannot be limited to it. The agent runner's own user therefore
+publishes no agent event: ``attempt_publishes`` are published with a credential per
+attempt that the scheduler's authorizer grants while the attempt is open
+(``attempt_auth``), limited to that attempt's subjects, which name its mission, task
+and attempt (``aether_events.subjects``; see docs/security.md).
 """
 
 from __future__ import annotations
@@ -19,13 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aether_events import (
+    ATTEMPT_TYPES,
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
-    AgentCompleted,
-    AgentFailed,
-    AgentHeartbeat,
-    AgentProgress,
-    AgentStarted,
     BranchMerged,
     BudgetExceeded,
     BudgetRaised,
@@ -55,7 +52,6 @@ from aether_events import (
     TaskRetryRequested,
     TaskSkipped,
     TaskTimedOut,
-    TranscriptRecorded,
     UsageRecorded,
     WaveCompleted,
     WaveStarted,
@@ -67,18 +63,9 @@ from aether_events import (
 _STEP_RECORDS: frozenset[type[Event]] = frozenset({StepFailed, StepRecovered})
 
 
-# What an agent runner reports on one attempt: published with the attempt's credential.
-ATTEMPT_EVENTS: frozenset[type[Event]] = frozenset(
-    {
-        AgentStarted,
-        UsageRecorded,
-        AgentCompleted,
-        AgentFailed,
-        AgentProgress,
-        AgentHeartbeat,
-        TranscriptRecorded,
-    }
-)
+# What an agent runner reports on one attempt: published with the attempt's credential,
+# on subjects that name the attempt.
+ATTEMPT_EVENTS: frozenset[type[Event]] = ATTEMPT_TYPES
 
 
 @dataclass(frozen=True)

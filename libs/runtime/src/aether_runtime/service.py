@@ -67,6 +67,7 @@ from aether_events import (
     UnknownEventType,
     decode,
     ensure_streams,
+    on_its_subject,
     tag_of,
     type_subject,
 )
@@ -715,6 +716,20 @@ class Service:
             log.error(
                 "poison message terminated",
                 extra={"subject": raw.subject, "seq": delivery.sequence, "error": str(error)},
+            )
+            await self._settle(raw, TERM, spec)
+            return
+        if not on_its_subject(event, raw.subject):
+            # Published with one attempt's credential about another task or attempt: the
+            # server allowed the subject, the payload names other work. Not folded.
+            metrics.POISON.labels(self.name).inc()
+            log.error(
+                "event not on its own subject terminated",
+                extra={
+                    "subject": raw.subject,
+                    "seq": delivery.sequence,
+                    "event_type": type(event).__name__,
+                },
             )
             await self._settle(raw, TERM, spec)
             return

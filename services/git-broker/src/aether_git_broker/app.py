@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS, type_subject
+from aether_events import ALL_MISSION_EVENTS, type_subjects
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
@@ -100,7 +100,7 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
             first_due=lambda: projection.first_due,
         )
     )
-    service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
+    service_at_zero(service.name, [subject for cls in FOLDED for subject in type_subjects(cls)])
 
     http = None
     if settings.git_http_port is not None and tokens is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS, type_subject
+from aether_events import ALL_MISSION_EVENTS, type_subjects
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.config import SERVICE_NAME, PlannerSettings
 from aether_planner.domain import FOLDED, State, evolve, pending
@@ -61,5 +61,5 @@ def wire(settings: PlannerSettings, model: PlanningModel) -> Planner:
             first_due=lambda: projection.first_due,
         )
     )
-    service_at_zero(service.name, [type_subject(cls) for cls in FOLDED])
+    service_at_zero(service.name, [subject for cls in FOLDED for subject in type_subjects(cls)])
     return Planner(service=service, handlers=handlers)

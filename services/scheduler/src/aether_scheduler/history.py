@@ -27,7 +27,9 @@ from aether_events import (
     UsageRecorded,
     decode,
     mission_subject,
-    type_subject,
+    on_its_subject,
+    subject_parts,
+    type_subjects,
 )
 from aether_events.replay import stored_messages
 from aether_runtime import Projection
@@ -42,8 +44,7 @@ PER_MISSION_READS = 64
 
 
 def _mission_of(subject: str) -> str:
-    # aether.mission.<mission_id>.<type>: ids are single subject tokens.
-    return subject.split(".")[2]
+    return subject_parts(subject)[0]
 
 
 async def replay_history(projection: Projection[State], js: JetStreamContext, service: str) -> int:
@@ -52,15 +53,18 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     # Everything stored by now is read back; what comes later is the consumers' (each
     # read below stops at ``end``, so all of them see the same history).
     end = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
-    stored: dict[int, bytes] = {}
+    stored: dict[int, tuple[str, bytes]] = {}
     requested: dict[str, None] = {}
     finished: set[str] = set()
-    for cls in SUMMARY_TYPES:
-        async for msg in stored_messages(js, MISSIONS_STREAM, type_subject(cls)):
+    # One read per subject (an attempt type has two forms): the server finds one
+    # subject's messages quickly (see ``Projection._replay_types``).
+    reads = [(cls, subject) for cls in SUMMARY_TYPES for subject in type_subjects(cls)]
+    for cls, subject in reads:
+        async for msg in stored_messages(js, MISSIONS_STREAM, subject):
             seq = msg.metadata.sequence.stream
             if seq > end:
                 continue
-            stored[seq] = msg.data
+            stored[seq] = (msg.subject, msg.data)
             if cls is MissionRequested:
                 requested[_mission_of(msg.subject)] = None
             elif cls is not UsageRecorded:
@@ -72,12 +76,15 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
         async for msg in stored_messages(js, MISSIONS_STREAM, mission_subject(mission_id)):
             seq = msg.metadata.sequence.stream
             if seq <= end:
-                stored[seq] = msg.data
+                stored[seq] = (msg.subject, msg.data)
     applied = 0
     for seq in sorted(stored):
+        subject, data = stored[seq]
         try:
-            event = decode(stored[seq])
+            event = decode(data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if not on_its_subject(event, subject):
             continue
         projection.apply(event, seq)
         applied += 1

@@ -38,7 +38,8 @@ from aether_events import (
     TaskTimedOut,
     UnknownEventType,
     decode,
-    type_subject,
+    on_its_subject,
+    type_subjects,
 )
 from aether_runtime.follow import Follower
 
@@ -72,6 +73,8 @@ async def follow_control_events(
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return
+        if not on_its_subject(event, msg.subject):
+            return
         try:
             await on_event(event, msg.metadata.sequence.stream)
         except Exception:
@@ -80,7 +83,7 @@ async def follow_control_events(
     follower = Follower(
         js,
         MISSIONS_STREAM,
-        [type_subject(cls) for cls in CONTROL_TYPES],
+        [subject for cls in CONTROL_TYPES for subject in type_subjects(cls)],
         deliver,
         after_sequence=after_sequence,
         name="agent-runner-control-events",

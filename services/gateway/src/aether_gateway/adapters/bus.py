@@ -12,7 +12,7 @@ from aether_events import (
     UnknownEventType,
     decode,
     mission_subject,
-    type_subject,
+    type_subjects,
 )
 from aether_gateway.adapters.stream import read_stored
 from aether_runtime import Service
@@ -44,7 +44,7 @@ class Bus:
     async def progress_reports(self, mission_id: str) -> list[AgentProgress]:
         """The mission's agent progress reports still kept by the telemetry stream (it
         keeps them for a limited time), oldest first; what does not decode is skipped."""
-        subject = type_subject(AgentProgress).replace(".*.", f".{mission_id}.", 1)
+        subject = type_subjects(AgentProgress, mission_id)
         reports: list[AgentProgress] = []
         for stored in await read_stored(self._service.js, TELEMETRY_STREAM, subject):
             try:

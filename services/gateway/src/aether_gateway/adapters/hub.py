@@ -32,6 +32,7 @@ from aether_events import (
     UnknownEventType,
     decode,
     encode,
+    on_its_subject,
     tag_of,
 )
 from aether_events.codec import without_secrets
@@ -234,6 +235,8 @@ class Hub:
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return None  # the read model skips these too, so replay and live agree
+        if not on_its_subject(event, msg.subject):
+            return None  # one attempt's credential reporting on another: skipped too
         return StreamedEvent(
             sequence=sequence,
             mission_id=event.mission_id,

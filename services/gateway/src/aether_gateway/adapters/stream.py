@@ -9,6 +9,7 @@ projection failure, not silently passed over.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +19,17 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from aether_events import Event, UnknownEventType, decode, tag_of
-from aether_events.replay import stored_batches
+from aether_events import (
+    Event,
+    UnknownEventType,
+    decode,
+    on_its_subject,
+    subject_parts,
+    tag_of,
+)
+from aether_events.replay import Subjects, stored_batches
+
+log = logging.getLogger("aether.gateway.stream")
 
 
 @dataclass(frozen=True)
@@ -33,14 +43,13 @@ class StoredMessage:
 
     @property
     def mission_id(self) -> str:
-        """The mission named by the subject (``aether.<kind>.<mission_id>.<type>``)."""
-        parts = self.subject.split(".")
-        return parts[2] if len(parts) >= 4 else ""
+        """The mission named by the subject (``aether.<kind>.<mission_id>.<type>…``)."""
+        return subject_parts(self.subject)[0]
 
     @property
     def tag(self) -> str:
         """The event type named by the subject."""
-        return self.subject.rsplit(".", 1)[-1]
+        return subject_parts(self.subject)[1]
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,16 @@ class Incoming:
             )
 
         try:
-            return made(event=decode(message.data))
+            event = decode(message.data)
+            if not on_its_subject(event, message.subject):
+                # Published with one attempt's credential about another: passed over as
+                # an unknown type is (the runtime terminates it on the live path).
+                log.warning(
+                    "event not on its own subject passed over",
+                    extra={"seq": message.seq, "subject": message.subject},
+                )
+                return made(unknown=True)
+            return made(event=event)
         except UnknownEventType:
             return made(unknown=True)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
@@ -93,7 +111,7 @@ class Incoming:
 async def read_stored(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: Subjects,
     *,
     after: int = 0,
     until: int | None = None,
@@ -113,7 +131,7 @@ async def read_stored(
 async def stored_runs(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: Subjects,
     *,
     after: int = 0,
     until: int | None = None,
