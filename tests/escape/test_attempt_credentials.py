@@ -135,13 +135,17 @@ class Attempt:
         )
         return self
 
-    async def violation(self, fragment: str) -> str:
-        """Wait for the server's permissions violation naming ``fragment``."""
-        while True:
+    async def violation(self, fragment: str, within: float = 30.0) -> str:
+        """Wait for the server's permissions violation naming ``fragment`` (the bound only
+        keeps a missing one from hanging the test until its timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
             for error in self.errors:
                 if "permissions violation" in error.lower() and fragment.lower() in error.lower():
                     return error
             await asyncio.sleep(0.02)
+        raise AssertionError(f"no permissions violation for {fragment!r}: {self.errors}")
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:

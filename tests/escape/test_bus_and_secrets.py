@@ -83,8 +83,9 @@ class Connection:
         )
         return self
 
-    async def violation(self, fragment: str, within: float = 5.0) -> str:
-        """Wait for the server's permissions violation naming ``fragment``."""
+    async def violation(self, fragment: str, within: float = 30.0) -> str:
+        """Wait for the server's permissions violation naming ``fragment`` (the bound only
+        keeps a missing one from hanging the test until its timeout)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while loop.time() < deadline:
