@@ -68,7 +68,11 @@ async def handoff_seconds(times: int = 200) -> list[float]:
 
 async def attempts(n: int) -> list[float]:
     """Seconds of ``Attempts.work`` for each of ``n`` chained attempts."""
-    work = Path(tempfile.mkdtemp(prefix="aether-runner-attempts-"))
+    with tempfile.TemporaryDirectory(prefix="aether-runner-attempts-") as work:
+        return await attempts_in(Path(work), n)
+
+
+async def attempts_in(work: Path, n: int) -> list[float]:
     repo = work / "repo"
     create_sample_repository(repo)
     git = GitRepositories()
