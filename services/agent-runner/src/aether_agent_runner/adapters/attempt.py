@@ -155,7 +155,14 @@ class Attempts:
         """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
         What happens on the way (AgentStarted, usage, progress, the transcript) goes to
         ``emit``, the attempt's stream. Raises ``AttemptBusy``."""
-        claimed = await asyncio.to_thread(self._claim, ready)
+        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim, ready))
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopped while the thread takes the lock: it is released once taken, or it
+            # would be held by this process for good (a pooled worktree comes back).
+            claiming.add_done_callback(_release_claimed)
+            raise
         if claimed is None:
             return await self._work_fetched(ready, emit)
         if isinstance(claimed, str):
@@ -362,6 +369,15 @@ def _push(broker: Broker, git: GitDir, branch: str, sha: str) -> None:
     # (its .git, attributes, hooks) takes part in sending the pack.
     with Repo(str(git.common), bare=True) as repo:
         broker.push_branch(repo, branch, sha)
+
+
+def _release_claimed(
+    claiming: asyncio.Future[tuple[GitDir, Path, AttemptLock] | str | None],
+) -> None:
+    if not claiming.cancelled() and claiming.exception() is None:
+        claimed = claiming.result()
+        if isinstance(claimed, tuple):
+            claimed[2].release()
 
 
 def _recall(
