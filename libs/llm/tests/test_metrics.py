@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, make_client, text_block
+from aether_llm.metrics import _model_of
 
 MODEL = "claude-haiku-5-5"  # priced in the bundled table
 
@@ -149,3 +151,18 @@ def test_a_client_exports_its_configured_models_series_at_zero_before_any_call()
         assert get("aether_model_cost_usd_total", labels) == 0.0
         assert get("aether_model_unpriced_responses_total", labels) == 0.0
         assert get("aether_model_request_duration_seconds_count", labels) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("body", "model"),
+    [
+        (b'{"messages": [{"role": "user", "content": "model"}], "model": "claude-x"}', "claude-x"),
+        (b'{"model": "", "max_tokens": 1}', "unknown"),
+        (b'{"model": 7}', "unknown"),
+        (b'["model", "claude-x"]', "unknown"),
+        (b'{"model": "claude-x"', "unknown"),
+    ],
+)
+def test_a_call_is_labelled_with_its_requests_model_or_unknown(body: bytes, model: str) -> None:
+    request = httpx2.Request("POST", "http://model.invalid/v1/messages", content=body)
+    assert _model_of(request) == model

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from aether_agent_runner.adapters import attempt as attempt_module
 from aether_agent_runner.adapters import journal as journal_module
-from aether_agent_runner.adapters.journal import Journal
+from aether_agent_runner.adapters.attempt import Attempts
+from aether_agent_runner.adapters.git import GitDir
+from aether_agent_runner.adapters.journal import AttemptLock, Journal
+from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.runtimes.session import TURN, tool_record, turn_record
-from aether_events import ZERO_USAGE
+from aether_events import ZERO_USAGE, Event, WorkspaceReady
 
 
 def test_every_record_reads_back_in_order_and_a_torn_tail_is_ignored(tmp_path: Path) -> None:
@@ -127,3 +136,52 @@ def test_a_claude_code_turn_is_synced_as_it_is_appended(
     journal.append(turn_record("m", ZERO_USAGE))
     assert len(synced) == 1
     assert journal.read()[-1]["kind"] == TURN
+
+
+async def test_an_attempt_stopped_while_its_lock_is_taken_leaves_the_lock_free(
+    task_repo: Any, workspace_ready: Callable[..., WorkspaceReady], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worktree is claimed (checked, its state directory made, its lock taken) in a
+    worker thread. An attempt stopped meanwhile lets go of the lock once the thread has
+    taken it; held, it would refuse every later attempt in this worktree (a pooled one
+    comes back for another task) for as long as the process lives."""
+    entered, go_on = threading.Event(), threading.Event()
+    real_state_dir = attempt_module.state_dir
+
+    def slow_state_dir(git: GitDir) -> Path:
+        entered.set()
+        go_on.wait(timeout=60)
+        return real_state_dir(git)
+
+    released = asyncio.Event()
+    real_release = attempt_module._release_claimed
+
+    def release(claiming: Any) -> None:
+        real_release(claiming)
+        released.set()
+
+    monkeypatch.setattr(attempt_module, "state_dir", slow_state_dir)
+    monkeypatch.setattr(attempt_module, "_release_claimed", release)
+    attempts = Attempts(
+        runtimes=lambda name: None,  # type: ignore[arg-type,return-value]
+        settings=AgentSettings(),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+    ready = workspace_ready(task_repo, "m-stop")
+
+    async def emit(event: Event) -> None:
+        raise AssertionError(f"a stopped claim emitted {event!r}")
+
+    work = asyncio.create_task(attempts.work(ready, emit))
+    assert await asyncio.to_thread(entered.wait, 60)
+    work.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await work
+    go_on.set()
+    await asyncio.wait_for(released.wait(), 60)
+
+    git = attempt_module._git_dir(ready, Path(ready.worktree_path))
+    lock = AttemptLock(real_state_dir(git))
+    assert lock.acquire()
+    lock.release()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from dulwich.file import FileLocked
 
 from aether_events import (
     AgentCompleted,
@@ -20,7 +23,7 @@ from aether_events import (
     new_event_id,
 )
 from aether_events.testing import InMemoryPublisher
-from aether_git_broker.domain import BrokerState, evolve
+from aether_git_broker.domain import BrokerState, MergeOutcome, evolve
 from aether_git_broker.handlers import Handlers
 from aether_git_broker.naming import Naming
 from aether_git_broker.testing import InMemoryRepositories
@@ -39,9 +42,9 @@ def delivery() -> Delivery:
 
 
 class World:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, repos: InMemoryRepositories | None = None) -> None:
         self.repo = str(tmp_path / "repo")
-        self.repos = InMemoryRepositories()
+        self.repos = repos or InMemoryRepositories()
         self.repos.add_repository(self.repo, {"README.md": "# demo\n"})
         self.published = InMemoryPublisher()
         self.worktrees = tmp_path / "worktrees"
@@ -110,3 +113,42 @@ async def test_a_cancelled_mission_leaves_no_worktree_or_task_branch(tmp_path: P
         assert not world.repos.has_branch(world.repo, workspace.branch)
     # The result branch stays: it is the mission's output, even a partial one.
     assert world.repos.has_branch(world.repo, prepared.integration_branch)
+
+
+class LockedOnce(InMemoryRepositories):
+    """Recycling meets a lock file once (its writer already gone); counts the merges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merges = 0
+        self.locked = False
+
+    def merge(self, *args: Any, **kwargs: Any) -> MergeOutcome:
+        self.merges += 1
+        return super().merge(*args, **kwargs)
+
+    def recycle_worktree(self, repository_path: str, worktree_path: str) -> bool:
+        if not self.locked:
+            self.locked = True
+            raise FileLocked(worktree_path, worktree_path + ".lock")
+        return super().recycle_worktree(repository_path, worktree_path)
+
+
+async def test_a_lock_in_the_way_of_recycling_neither_repeats_the_merge_nor_keeps_the_worktree(
+    tmp_path: Path,
+) -> None:
+    """The merge and the worktree's recycling share one hand-off to a worker thread; a
+    lock met by the recycling is waited out by recycling again, not by merging again
+    (which would report the task as already merged, no longer a fast-forward)."""
+    repos = LockedOnce()
+    world = World(tmp_path, repos)
+    await world.prepare()
+    one = await world.ready("t1")
+    sha = world.repos.commit_in(one.worktree_path, {"one.py": "1\n"})
+    await world.done("t1", sha)
+
+    (merged,) = world.published.of(BranchMerged)
+    assert (merged.merge_sha, merged.fast_forward) == (sha, True)
+    assert repos.merges == 1
+    assert repos.locked
+    assert repos.worktrees == {}

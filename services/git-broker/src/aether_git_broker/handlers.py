@@ -36,6 +36,7 @@ from aether_git_broker.adapters.defaultbranch import local_default_branch, remot
 from aether_git_broker.adapters.git import Handle, RepositoryError
 from aether_git_broker.adapters.locks import STALE_AFTER, FileLocked, lock_age, remove_if_stale
 from aether_git_broker.adapters.remote import RemoteError, Remotes
+from aether_git_broker.adapters.repository import Verifier as MergeCheck
 from aether_git_broker.adapters.smarthttp import PushTokens
 from aether_git_broker.adapters.verify import Verifier
 from aether_git_broker.adapters.worktrees import sweep_directory
@@ -47,6 +48,7 @@ from aether_git_broker.domain import (
     FailWorkspace,
     FinishMission,
     Ignore,
+    MergeOutcome,
     MergeTask,
     Policy,
     PrepareRepository,
@@ -71,6 +73,8 @@ from aether_git_broker.sources import LocalSource, RemoteSource, redact
 from aether_runtime import Delivery, Projection, stored_sequence
 
 log = logging.getLogger("aether.git_broker")
+# Merge outcomes that leave the integration branch (and the task's worktree) as they were.
+_REFUSED = ("conflict", "verify_failed")
 
 T = TypeVar("T")
 
@@ -367,33 +371,27 @@ class Handlers:
                 scratch=self._naming.verify_path(event.mission_id, action.task_id, action.attempt),
             )
         try:
-            outcome = await self._run(
-                delivery,
-                self._git.merge,
-                action.repository_path,
-                action.integration_branch,
-                since_sha=action.since_sha,
-                mission_id=event.mission_id,
-                task_id=action.task_id,
-                attempt=action.attempt,
-                commit_sha=action.commit_sha,
-                now=self._clock(),
-                verify=verify,
+            outcome, merged_at, recycled = await self._run(
+                delivery, self._merge_and_recycle, action, event.mission_id, self._clock(), verify
             )
         except RepositoryError as error:
             await self._failed(event, action, Refused(str(error)), "merge impossible")
             return
-        metrics.MERGE_SECONDS.observe(time.perf_counter() - began)
+        metrics.MERGE_SECONDS.observe(merged_at - began)
         metrics.MERGES.labels(outcome.kind).inc()
         extra = {"result": outcome.kind, "sha": outcome.sha, "files": list(outcome.files)}
-        if outcome.kind in ("conflict", "verify_failed"):
+        if outcome.kind in _REFUSED:
             log.warning("merge refused", extra={**extra, "detail": outcome.detail[:2000]})
         else:
             # Before publishing, so whoever sees BranchMerged never finds the worktree.
-            await self._recycle_after_merge(action, delivery)
+            if recycled is None:
+                # A lock was in the way: waited out (and the worktree recycled) here.
+                await self._recycle_after_merge(action, delivery)
+            else:
+                self._recycled(action, recycled)
             log.info("merged", extra=extra)
         await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
-        if outcome.kind not in ("conflict", "verify_failed"):
+        if outcome.kind not in _REFUSED:
             # Deleted once the next workspace is announced, while its agent works and this
             # consumer has nothing to do, rather than between the merge and its event or
             # before the next workspace (both on a chained mission's critical path). A stop
@@ -411,17 +409,53 @@ class Handlers:
         metrics.VERIFICATIONS.labels(last.result if last else "failed").inc()
         return failure
 
+    def _merge_and_recycle(
+        self, action: MergeTask, mission_id: str, now: datetime, verify: MergeCheck | None
+    ) -> tuple[MergeOutcome, float, bool | OSError | RepositoryError | None]:
+        """The merge, then, unless it was refused, the task's worktree pooled for the next
+        task of the repository (or removed): both in one hand-off to a worker thread, on
+        a chained mission's critical path. Returns the outcome, when the merge ended
+        (``perf_counter``), and what recycling answered: whether a worktree went, the
+        error that kept it, or ``None`` when it was not tried or a lock was in its way
+        (the merge is not made again for that: the caller recycles on its own)."""
+        outcome = self._git.merge(
+            action.repository_path,
+            action.integration_branch,
+            since_sha=action.since_sha,
+            mission_id=mission_id,
+            task_id=action.task_id,
+            attempt=action.attempt,
+            commit_sha=action.commit_sha,
+            now=now,
+            verify=verify,
+        )
+        merged_at = time.perf_counter()
+        if outcome.kind in _REFUSED:
+            return outcome, merged_at, None
+        try:
+            recycled = self._git.recycle_worktree(action.repository_path, action.worktree_path)
+        except FileLocked:
+            return outcome, merged_at, None
+        except (OSError, RepositoryError) as error:
+            return outcome, merged_at, error
+        return outcome, merged_at, recycled
+
     async def _recycle_after_merge(self, action: MergeTask, delivery: Delivery) -> None:
         try:
             # Pooled for the next task of this repository rather than deleted.
-            removed = await self._run(
+            removed: bool | OSError | RepositoryError = await self._run(
                 delivery, self._git.recycle_worktree, action.repository_path, action.worktree_path
             )
         except (OSError, RepositoryError) as error:
+            removed = error
+        self._recycled(action, removed)
+
+    def _recycled(self, action: MergeTask, removed: bool | OSError | RepositoryError) -> None:
+        if isinstance(removed, Exception):
             # The merge stands; the mission's end (or the next start) removes what is left.
             log.warning(
                 "worktree not removed",
-                extra={"worktree": action.worktree_path, "error": str(error)},
+                extra={"worktree": action.worktree_path, "error": str(removed)},
             )
             return
         metrics.CLEANED.labels("worktree", "step").inc(int(removed))

@@ -155,24 +155,43 @@ class Attempts:
         """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
         What happens on the way (AgentStarted, usage, progress, the transcript) goes to
         ``emit``, the attempt's stream. Raises ``AttemptBusy``."""
-        worktree = Path(ready.worktree_path)
-        if self.settings.fetches(await asyncio.to_thread(worktree.exists)):
-            return await self._work_fetched(ready, emit)
-        if not await asyncio.to_thread(worktree.is_dir):
-            return failed(ready, self.clock(), f"worktree {worktree} does not exist", True)
+        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim, ready))
         try:
-            git = await asyncio.to_thread(_git_dir, ready, worktree)
-            directory = await asyncio.to_thread(state_dir, git)
-        except (OSError, GitDirError) as error:
-            reason = f"{worktree} is not a usable git worktree: {error}"
-            return failed(ready, self.clock(), reason, True)
-        lock = AttemptLock(directory)
-        if not await asyncio.to_thread(lock.acquire):
-            raise AttemptBusy(f"another agent is working in {worktree}")
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopped while the thread takes the lock: it is released once taken, or it
+            # would be held by this process for good (a pooled worktree comes back).
+            claiming.add_done_callback(_release_claimed)
+            raise
+        if claimed is None:
+            return await self._work_fetched(ready, emit)
+        if isinstance(claimed, str):
+            return failed(ready, self.clock(), claimed, True)
+        git, directory, lock = claimed
         try:
             return await self._work(ready, git, Journal(directory), emit)
         finally:
             lock.release()
+
+    def _claim(self, ready: WorkspaceReady) -> tuple[GitDir, Path, AttemptLock] | str | None:
+        """The attempt's worktree, state directory and lock, taken in one worker thread
+        (under load each hand-off to a thread costs a few milliseconds); ``None`` when the
+        attempt is fetched instead, a reason when the worktree is not usable. Raises
+        ``AttemptBusy``."""
+        worktree = Path(ready.worktree_path)
+        if self.settings.fetches(worktree.exists()):
+            return None
+        if not worktree.is_dir():
+            return f"worktree {worktree} does not exist"
+        try:
+            git = _git_dir(ready, worktree)
+            directory = state_dir(git)
+        except (OSError, GitDirError) as error:
+            return f"{worktree} is not a usable git worktree: {error}"
+        lock = AttemptLock(directory)
+        if not lock.acquire():
+            raise AttemptBusy(f"another agent is working in {worktree}")
+        return git, directory, lock
 
     async def _work_fetched(self, ready: WorkspaceReady, emit: Emit) -> Event:
         """Fetch and push: work the attempt in a clone of its task branch from the git
@@ -229,9 +248,10 @@ class Attempts:
         task, attempt = ready.task, ready.attempt
         worktree = git.worktree
         me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
-        records = await asyncio.to_thread(journal.read)
+        records, own = await asyncio.to_thread(
+            _recall, journal, git, ready.base_sha, task.id, attempt
+        )
         conversation = Conversation.from_records(records, me)
-        own = await asyncio.to_thread(own_commit, git, ready.base_sha, task.id, attempt)
         if own is not None:
             log.info("found this attempt's commit from before a restart; reporting it")
             files = await asyncio.to_thread(commit_files, git, own)
@@ -308,6 +328,7 @@ class Attempts:
             has_changes=has_changes,
             role=role,
             transcript=transcript,
+            records=records,
         )
         began = time.monotonic()
         try:
@@ -348,6 +369,23 @@ def _push(broker: Broker, git: GitDir, branch: str, sha: str) -> None:
     # (its .git, attributes, hooks) takes part in sending the pack.
     with Repo(str(git.common), bare=True) as repo:
         broker.push_branch(repo, branch, sha)
+
+
+def _release_claimed(
+    claiming: asyncio.Future[tuple[GitDir, Path, AttemptLock] | str | None],
+) -> None:
+    if not claiming.cancelled() and claiming.exception() is None:
+        claimed = claiming.result()
+        if isinstance(claimed, tuple):
+            claimed[2].release()
+
+
+def _recall(
+    journal: Journal, git: GitDir, base_sha: str, task_id: str, attempt: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """What the attempt left before a restart: its journal, and its commit if the task
+    branch holds it (read together: one hand-off to a worker thread)."""
+    return journal.read(), own_commit(git, base_sha, task_id, attempt)
 
 
 def _git_dir(ready: WorkspaceReady, worktree: Path) -> GitDir:

@@ -49,6 +49,9 @@ class Job:
     role: Role | None = None
     # Where the runtime records what the agent does (every runtime has one at work).
     transcript: Transcript | None = None
+    # The journal as the runner read it, under the attempt's lock, before the runtime
+    # started (``None``: not read; the runtime reads it).
+    records: list[dict[str, Any]] | None = None
 
 
 class Runtime(Protocol):

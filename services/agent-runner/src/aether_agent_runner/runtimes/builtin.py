@@ -12,7 +12,7 @@ import anthropic
 from anthropic.types import TextBlockParam
 
 from aether_agent_runner import metrics
-from aether_agent_runner.adapters.conversation import Conversation
+from aether_agent_runner.adapters.conversation import Conversation, Record
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.adapters.model import Agent, Outcome
 from aether_agent_runner.runtimes import BUILTIN, Job
@@ -29,21 +29,20 @@ class BuiltinRuntime:
     name: str = BUILTIN
 
     async def run(self, job: Job) -> Outcome:
-        ready, worktree = job.ready, job.worktree
-        records = await asyncio.to_thread(job.journal.read)
-        conversation = Conversation.from_records(records, job.identity)
-        if conversation is None:
+        records = job.records
+        if records is None:
+            records = await asyncio.to_thread(job.journal.read)
+        resumed = Conversation.from_records(records, job.identity)
+        if resumed is None:
             if records:
                 log.warning("the journal in the worktree is not this attempt's; starting over")
-            if await asyncio.to_thread(reset_to, job.git, ready.base_sha):
+            discarded, conversation, begin = await asyncio.to_thread(_start_over, job)
+            if discarded:
                 log.warning("restarting cleanly: discarded changes no transcript accounts for")
-            repo_map = await asyncio.to_thread(repository_map, worktree)
-            conversation = Conversation.fresh(task_prompt(ready, repo_map, job.limits))
-            begin = conversation.begin_record(job.identity)
-            await asyncio.to_thread(job.journal.start, begin)
             if job.transcript is not None:
                 await job.transcript.journaled(begin, 0)
         else:
+            conversation = resumed
             metrics.RESUMED.inc()
             log.info(
                 "resuming the attempt from its journal",
@@ -61,11 +60,12 @@ class BuiltinRuntime:
         job.toolbox.workspace.changed = list(conversation.changed)
         agent = Agent(
             client=self.client,
-            model=ready.model,
+            model=job.ready.model,
             system=system_for(job),
             toolbox=job.toolbox,
             limits=job.limits,
             journal=job.journal.append,
+            journal_syncs=job.journal.syncs,
             observer=job.observer,
             has_changes=job.has_changes,
             max_output_tokens=self.max_output_tokens,
@@ -79,6 +79,18 @@ class BuiltinRuntime:
             return Outcome(False, reason=reason, retryable=retry)
         except anthropic.APIError as error:
             return Outcome(False, reason=f"model call failed: {error}", retryable=True)
+
+
+def _start_over(job: Job) -> tuple[bool, Conversation, Record]:
+    """Reset the worktree to the attempt's base, then begin the conversation and its
+    journal: in one worker thread (under load each hand-off costs a few milliseconds).
+    Returns whether changes were discarded, the conversation and its first record."""
+    discarded = reset_to(job.git, job.ready.base_sha)
+    repo_map = repository_map(job.worktree)
+    conversation = Conversation.fresh(task_prompt(job.ready, repo_map, job.limits))
+    begin = conversation.begin_record(job.identity)
+    job.journal.start(begin)
+    return discarded, conversation, begin
 
 
 def system_for(job: Job) -> list[TextBlockParam]:

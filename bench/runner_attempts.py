@@ -1,0 +1,160 @@
+"""The agent runner's own time per attempt, without the bus or the other services.
+
+Works N chained attempts through ``Attempts.work`` exactly as the runner's handler does
+(claim the worktree, read the journal, AgentStarted, the built-in loop with its two calls
+to a local Messages API server through the anthropic SDK, journal, commit), each in a
+real worktree the git broker's adapter prepared at the integration head, then merges it
+and removes the worktree (untimed) before the next. The agent is ``bench/overhead.py``'s,
+which does no model work; the events go to a list. Prints the p50 and mean wall time
+per attempt, the first few left out (imports, cold caches), how many times an attempt
+handed work to a worker thread (``asyncio.to_thread``), and what one such hand-off of
+no work costs in the same run: on a loaded machine the wall time swings more between
+runs than a change of a few milliseconds, while the count does not.
+
+    uv run python bench/runner_attempts.py [--tasks 40]
+
+Run it from two checkouts alternately to compare a change: on a loaded machine only
+same-session ratios mean anything. A figure, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aether.gitview import create_sample_repository
+from aether_agent_runner.adapters.attempt import Attempts
+from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.runtimes.builtin import BuiltinRuntime
+from aether_events import AgentCompleted, Event, PlannedTask, WorkspaceReady
+from aether_git_broker.adapters.git import GitRepositories
+from aether_llm import DEFAULT_TIERS, LLMSettings, MessagesServer, make_client
+from aether_sandbox import SandboxSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import NoWorkModel, plan_of
+
+T = TypeVar("T")
+
+WARM_UP = 5
+HANDOFFS = 0
+_to_thread = asyncio.to_thread
+
+
+async def _counted(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    global HANDOFFS
+    HANDOFFS += 1
+    return await _to_thread(func, *args, **kwargs)
+
+
+async def handoff_seconds(times: int = 200) -> list[float]:
+    """Wall time of handing nothing to a worker thread and getting it back."""
+    out = []
+    for _ in range(times):
+        began = time.perf_counter()
+        await _to_thread(int)
+        out.append(time.perf_counter() - began)
+    return out
+
+
+async def attempts(n: int) -> list[float]:
+    """Seconds of ``Attempts.work`` for each of ``n`` chained attempts."""
+    with tempfile.TemporaryDirectory(prefix="aether-runner-attempts-") as work:
+        return await attempts_in(Path(work), n)
+
+
+async def attempts_in(work: Path, n: int) -> list[float]:
+    repo = work / "repo"
+    create_sample_repository(repo)
+    git = GitRepositories()
+    git.prepare_repository(str(repo), "main", "bench/integration")
+    server = MessagesServer(NoWorkModel(plan_of(n, "chain"))).start()
+    client = make_client(LLMSettings(api_key="bench", base_url=server.url, max_retries=0))
+    runtime = BuiltinRuntime(client)
+    runner = Attempts(
+        runtimes=lambda name: runtime,
+        # The agent runs no command, so no sandbox is opened.
+        settings=AgentSettings(sandbox=SandboxSettings(backend="unconfined")),
+        runner_id="bench",
+        clock=lambda: datetime.now(UTC),
+    )
+    emitted: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        emitted.append(event)
+
+    durations = []
+    base = None
+    try:
+        for i in range(1, n + 1):
+            ws = git.prepare_workspace(
+                str(repo), "bench/integration", f"bench-tasks/t{i}", str(work / "wt" / f"t{i}")
+            )
+            base = base or ws.base_sha
+            ready = WorkspaceReady(
+                event_id=f"ready-{i}",
+                mission_id="bench",
+                occurred_at=datetime.now(UTC),
+                correlation_id="bench",
+                task=PlannedTask(
+                    id=f"t{i}",
+                    title=f"Write file {i}",
+                    description=f"write bench/f{i}.txt",
+                    files=[f"bench/f{i}.txt"],
+                ),
+                attempt=1,
+                model=DEFAULT_TIERS["small"],
+                branch=ws.branch,
+                worktree_path=ws.worktree_path,
+                git_dir=ws.git_dir,
+                base_sha=ws.base_sha,
+            )
+            began = time.perf_counter()
+            result = await runner.work(ready, emit)
+            durations.append(time.perf_counter() - began)
+            if not isinstance(result, AgentCompleted):
+                raise SystemExit(f"attempt {i} did not complete: {result}")
+            git.merge(
+                repository_path=str(repo),
+                integration_branch="bench/integration",
+                since_sha=base,
+                mission_id="bench",
+                task_id=f"t{i}",
+                attempt=1,
+                commit_sha=result.commit_sha,
+                now=datetime.now(UTC),
+            )
+            git.remove_worktree(str(repo), ws.worktree_path)
+    finally:
+        server.stop()
+    return durations
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=40)
+    args = parser.parse_args()
+    asyncio.to_thread = _counted
+    measured = asyncio.run(attempts(args.tasks))[WARM_UP:]
+    asyncio.to_thread = _to_thread
+    p50, mean = statistics.median(measured) * 1000, statistics.fmean(measured) * 1000
+    print(f"runner_attempts: {len(measured)} attempts  p50 {p50:.1f} ms  mean {mean:.1f} ms")
+    hop = statistics.median(asyncio.run(handoff_seconds())) * 1000
+    print(
+        f"  hand-offs to worker threads per attempt {HANDOFFS / args.tasks:.1f};"
+        f" one empty hand-off p50 {hop:.2f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
