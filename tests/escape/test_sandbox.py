@@ -649,3 +649,51 @@ async def test_without_bubblewrap_commands_are_refused_naming_what_is_missing(
     assert "refused" in result.content and "bubblewrap is not installed" in result.content
     assert "AETHER_SANDBOX=unconfined" in result.content
     assert not marker.exists()
+
+
+# --- a reviewer's further attempts ------------------------------------------------------------
+
+
+async def test_kernel_settings_under_proc_sys_cannot_be_opened_for_writing(target: Target) -> None:
+    # Run as root, the command's user is the host's root: the kernel lets root write
+    # /proc/sys/kernel/core_pattern (a program it then runs as root on any crash) on the
+    # user alone. Opening for writing writes nothing; every opening must fail.
+    code = (
+        "import os\n"
+        "opened, tried = [], 0\n"
+        "for here, dirs, files in os.walk('/proc/sys'):\n"
+        "    for name in files:\n"
+        "        tried += 1\n"
+        "        try:\n"
+        "            os.close(os.open(os.path.join(here, name), os.O_WRONLY | os.O_NONBLOCK))\n"
+        "            opened.append(os.path.join(here, name))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print('TRIED', tried > 100, 'OPENED', opened[:20])\n"
+        "print('PATTERN', open('/proc/sys/kernel/core_pattern').read().strip() != '')\n"
+    )
+    for sandbox in (target.tools, None):
+        out = await (
+            target.run(f"python -c {shlex.quote(code)}") if sandbox else _cold(target, code)
+        )
+        assert "TRIED True OPENED []" in out
+        assert "PATTERN True" in out  # still readable
+
+
+async def _cold(target: Target, code: str) -> str:
+    """``code`` run in a sandbox of its own (``AETHER_SANDBOX_WARM=off``)."""
+    tools = ToolBox(
+        Workspace(target.worktree),
+        CommandPolicy(None, timeout_seconds=30, output_chars=8000, check_paths=False),
+        sandbox=open_sandbox(SandboxSettings(limits=LIMITS, warm=False)),
+        limits=LIMITS,
+    )
+    try:
+        result = await tools.call(
+            "run_command", {"command": f"python -c {shlex.quote(code)}", "timeout_seconds": 30}
+        )
+    finally:
+        tools.close()
+    status = STATUS.search(result.content)
+    assert status, result.content
+    return result.content[status.start() :]
