@@ -651,3 +651,97 @@ async def test_a_forged_or_widened_token_is_refused(
         ]
 
     assert answers == [401, 401, 401, 200]
+
+
+# --- a reviewer's further attempts: names git reads as .git elsewhere ---------------------
+
+# Plain names on Linux; the repository's own directory on the file system a person clones
+# the merged branch onto (NTFS: trailing dots and spaces, the short name; HFS+: ignored
+# code points), where its hooks would run. git itself refuses to check them out.
+DOT_GIT_ELSEWHERE = [".git.", ".GIT ", ".git. .", "GIT~1", ".git::$INDEX_ALLOCATION", ".g\u200cit"]
+
+
+@pytest.mark.parametrize("name", DOT_GIT_ELSEWHERE)
+def test_a_name_read_as_dot_git_elsewhere_is_refused_and_never_committed(
+    linked: Linked, name: str
+) -> None:
+    workspace = Workspace(linked.worktree)
+    with pytest.raises(ToolError, match=r"\.git"):
+        workspace.write_file(f"{name}/hooks/post-checkout", "#!/bin/sh\n")
+    # Made by a command instead, beside a real change: the commit leaves it out.
+    hook(linked.worktree / name / "hooks" / "post-checkout", linked.marker)
+    (linked.worktree / "README.md").write_text("# changed\n")
+
+    sha, changed = commit_all(linked.records, "work\n")
+
+    assert sha is not None and changed == ["README.md"]
+    assert name not in workspace.list_dir(".")
+    assert "post-checkout" not in search(linked.worktree, "touch", ".")
+
+
+def _commit_with(repo: Path, parent: str, path: list[bytes]) -> str:
+    """A commit (made by hand, as a push could bring it) adding a hook at ``path`` to
+    ``parent``'s tree: no git that checks names is involved."""
+    from dulwich.objects import Blob, Commit, Tree
+    from dulwich.repo import Repo
+
+    with Repo(str(repo)) as handle:
+        store = handle.object_store
+        blob = Blob.from_string(b"#!/bin/sh\ntouch pwned\n")
+        store.add_object(blob)
+        child: Blob | Tree = blob
+        mode = 0o100755
+        for name in reversed(path[1:]):
+            tree = Tree()
+            tree.add(name, mode, child.id)
+            store.add_object(tree)
+            child, mode = tree, 0o040000
+        top = store[handle[parent.encode()].tree]  # type: ignore[attr-defined]
+        assert isinstance(top, Tree)
+        top.add(path[0], mode, child.id)
+        store.add_object(top)
+        commit = Commit()
+        commit.tree = top.id
+        commit.parents = [parent.encode()]
+        commit.author = commit.committer = b"Agent <agent@example.com>"
+        commit.author_time = commit.commit_time = 0
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.message = b"hand-made\n"
+        store.add_object(commit)
+        return commit.id.decode()
+
+
+@pytest.mark.parametrize("name", DOT_GIT_ELSEWHERE)
+def test_the_broker_neither_checks_out_nor_merges_a_name_read_as_dot_git(
+    linked: Linked, tmp_path: Path, name: str
+) -> None:
+    bad = _commit_with(linked.repo, linked.base, [name.encode(), b"hooks", b"post-checkout"])
+    git(linked.repo, "branch", "-f", "hand-made", bad)
+    broker = GitRepositories()
+    try:
+        broker.prepare_repository(str(linked.repo), "main", "aether/m-names")
+        merged = broker.merge(
+            str(linked.repo),
+            "aether/m-names",
+            since_sha=linked.base,
+            mission_id="m-names",
+            task_id="t1",
+            attempt=1,
+            commit_sha=bad,
+            now=datetime.now(UTC),
+        )
+        # A branch that already holds it (pushed as the base of a mission): no checkout.
+        broker.prepare_repository(str(linked.repo), "hand-made", "aether/m-names-2")
+        with pytest.raises(ValueError, match="the tree has an entry"):
+            broker.prepare_workspace(
+                str(linked.repo),
+                "aether/m-names-2",
+                "aether-tasks/m-names-2/t1/a1",
+                str(tmp_path / "next"),
+            )
+    finally:
+        broker.close()
+
+    assert merged.kind == "conflict" and "no checkout may write" in merged.detail
+    assert git(linked.repo, "rev-parse", "aether/m-names") == linked.base
+    assert not (tmp_path / "next" / name).exists()

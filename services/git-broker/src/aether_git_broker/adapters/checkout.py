@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
 from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
@@ -50,8 +51,23 @@ class FileEntry:
     sha: ObjectID
 
 
+def is_dot_git(name: bytes) -> bool:
+    """Whether a file system git's users check out on reads ``name`` as ``.git``: any
+    case, NTFS's trailing dots and spaces, its short name ``GIT~1`` and alternate data
+    streams, and HFS+'s ignored code points (``.g\u200cit``). Written on Linux they are
+    plain names, but the branch is merged and cloned elsewhere, where such a directory
+    is the repository's own (its hooks run): git itself refuses them."""
+    if name.lower() == b".git" or not validate_path_element_ntfs(name):
+        return True
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # not a name HFS+ could hold, so not its .git either
+    return not validate_path_element_hfs(name)
+
+
 def _unsafe(name: bytes) -> bool:
-    return name in (b"", b".", b"..") or b"/" in name or b"\0" in name or name.lower() == b".git"
+    return name in (b"", b".", b"..") or b"/" in name or b"\0" in name or is_dot_git(name)
 
 
 def _check_name(name: bytes, prefix: bytes) -> None:
