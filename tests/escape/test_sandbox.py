@@ -697,3 +697,47 @@ async def _cold(target: Target, code: str) -> str:
     status = STATUS.search(result.content)
     assert status, result.content
     return result.content[status.start() :]
+
+
+def _add_key(description: bytes, payload: bytes, keyring: int) -> int:
+    """add_key(2) in the test process (the runner's place); the key's id."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = int(libc.syscall(248, b"user", description, payload, len(payload), ctypes.c_int(keyring)))
+    assert key > 0, os.strerror(ctypes.get_errno())
+    return key
+
+
+async def test_the_runners_session_keyring_is_not_reachable(target: Target) -> None:
+    import ctypes
+
+    if os.uname().machine != "x86_64":
+        pytest.skip("keyctl numbers used here are x86_64's")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # A session keyring of the runner's own (joined here, as a login or service manager
+    # would have given it one) holding a secret.
+    assert libc.syscall(250, ctypes.c_long(1), None) > 0  # KEYCTL_JOIN_SESSION_KEYRING
+    description = f"aether-review-{uuid.uuid4().hex}".encode()
+    _add_key(description, SECRET.encode(), -3)  # KEY_SPEC_SESSION_KEYRING
+    code = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "buffer = ctypes.create_string_buffer(4096)\n"
+        f"for keyring in (-3, -4, -5, -1, -2):\n"
+        f"    key = libc.syscall(250, 10, ctypes.c_int(keyring), b'user', {description!r}, 0)\n"
+        "    print('SEARCH', keyring, key)\n"
+        "    if key > 0:\n"
+        "        size = libc.syscall(250, 11, ctypes.c_int(key), buffer, 4096)\n"
+        "        print('READ', buffer.raw[:max(size, 0)])\n"
+        f"key = libc.syscall(249, b'user', {description!r}, None, 0)\n"
+        "print('REQUEST', key)\n"
+        "if key > 0:\n"
+        "    size = libc.syscall(250, 11, ctypes.c_int(key), buffer, 4096)\n"
+        "    print('READ', buffer.raw[:max(size, 0)])\n"
+    )
+    kept = await target.run(f"python -c {shlex.quote(code)}")
+    cold = await _cold(target, code)
+    for out in (kept, cold):
+        assert "REQUEST -1" in out, (kept, cold)
+        assert "READ" not in out and SECRET not in out
