@@ -741,3 +741,144 @@ async def test_the_runners_session_keyring_is_not_reachable(target: Target) -> N
     for out in (kept, cold):
         assert "REQUEST -1" in out, (kept, cold)
         assert "READ" not in out and SECRET not in out
+
+
+async def test_an_abstract_unix_socket_of_the_host_is_out_of_reach(target: Target) -> None:
+    # Abstract sockets have no file: only the network namespace keeps them apart.
+    import socket
+
+    name = f"\0aether-review-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(name)
+    listener.listen()
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({name!r})\n"
+        "print('CONNECTED')\n"
+    )
+    try:
+        outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert "CONNECTED" in outside.stdout, outside.stderr
+        listener.accept()[0].close()
+        out = await target.run(f"python -c {shlex.quote(code)}")
+    finally:
+        listener.close()
+    assert "CONNECTED" not in out and "Connection refused" in out
+
+
+async def test_no_descriptor_reaches_past_the_sandbox(target: Target) -> None:
+    # Whatever a command inherits: only /dev/null and its output pipe, in the kept
+    # sandbox and in a cold one; no directory, socket or file of the runner's.
+    code = (
+        "import os, stat\n"
+        "fds = os.listdir('/proc/self/fd')\n"
+        "for fd in map(int, fds):\n"
+        "    try:\n"
+        "        mode = os.fstat(fd).st_mode\n"
+        "    except OSError:\n"
+        "        continue  # the listing's own descriptor, closed by now\n"
+        "    if not (stat.S_ISFIFO(mode) or os.readlink(f'/proc/self/fd/{fd}') == '/dev/null'):\n"
+        "        print('REACHES', fd, os.readlink(f'/proc/self/fd/{fd}'))\n"
+        "print('CHECKED', len(fds))\n"
+    )
+    for out in (await target.run(f"python -c {shlex.quote(code)}"), await _cold(target, code)):
+        assert "CHECKED" in out and "REACHES" not in out, out
+
+
+async def test_other_attempts_worktrees_and_the_hosts_shm_are_not_there(target: Target) -> None:
+    sibling = target.worktree.parent / "t2-a1"
+    sibling.mkdir()
+    (sibling / "secret.txt").write_text(SECRET)
+    host_shm = Path("/dev/shm") / f"aether-review-{uuid.uuid4().hex}"
+    host_shm.write_text(SECRET)
+    code = (
+        "import os\n"
+        f"paths = ['../t2-a1/secret.txt', {str(sibling / 'secret.txt')!r}, {str(host_shm)!r}]\n"
+        "for path in paths:\n"
+        "    try:\n"
+        "        print('READ', open(path).read())\n"
+        "    except OSError as e:\n"
+        "        print('DENIED', e.strerror)\n"
+        "print('PARENT', os.listdir('..'))\n"
+        "open('/dev/shm/from-inside', 'w').write('x')\n"
+    )
+    try:
+        out = await target.run(f"python -c {shlex.quote(code)}")
+    finally:
+        host_shm.unlink()
+    assert SECRET not in out and "READ" not in out and "t2-a1" not in out
+    assert not Path("/dev/shm/from-inside").exists()
+
+
+async def test_a_nested_sandbox_or_namespace_cannot_be_made(target: Target) -> None:
+    out = await target.run("bwrap --ro-bind / / --bind / /mnt true")
+    assert "[exit code 0" not in out
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for flag in (0x10000000, 0x20000, 0x40000000, 0x20000000, 0x08000000):\n"
+        "    print('UNSHARE', hex(flag), libc.unshare(flag))\n"
+        "try:\n"
+        "    print('SETNS', libc.setns(os.open('/proc/1/ns/mnt', os.O_RDONLY), 0))\n"
+        "except OSError as e:\n"
+        "    print('SETNS DENIED', e.strerror)\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert out.count(" -1\n") == 5 and "SETNS DENIED" in out
+
+
+async def test_the_worktrees_git_file_cannot_be_renamed_or_linked_away(target: Target) -> None:
+    git_file = target.worktree / ".git"
+    pointer = git_file.read_bytes()
+    code = (
+        "import os\n"
+        "for step in (lambda: os.rename('.git', 'moved'), lambda: os.link('.git', 'linked'),\n"
+        "             lambda: os.rename('README.md', '.git'),\n"
+        "             lambda: os.symlink('/tmp', 'x') or os.rename('x', '.git')):\n"
+        "    try:\n"
+        "        step()\n"
+        "        print('DONE')\n"
+        "    except OSError as e:\n"
+        "        print('DENIED', e.strerror)\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "DONE" not in out and out.count("DENIED") == 4
+    assert git_file.read_bytes() == pointer and not (target.worktree / "linked").exists()
+
+
+async def test_a_stderr_flood_is_stopped_too(target: Target) -> None:
+    code = "import sys\nwhile True:\n    sys.stderr.write('flood ' * 1000)\n"
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=60)
+    assert "printed more than" in out and "[timed out" not in out
+
+
+async def test_after_a_fork_bomb_the_kept_sandbox_runs_the_next_command_alone(
+    target: Target,
+) -> None:
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=5)
+    assert "[timed out after" in out or "stopped" in out
+    assert "OTHERS [1]" in await target.run(f"python -c {shlex.quote(OTHERS)}")
+    assert "[exit code 0" in await target.run("true")
+
+
+async def test_the_bus_cannot_be_reached_over_udp_or_ipv6_either(
+    target: Target, nats_url: str
+) -> None:
+    port = urlparse(nats_url).port
+    code = (
+        "import socket\n"
+        f"for family, host in ((socket.AF_INET6, '::1'), (socket.AF_INET, '127.0.0.1')):\n"
+        "    try:\n"
+        f"        socket.create_connection((host, {port}), timeout=5)\n"
+        "        print('CONNECTED', host)\n"
+        "    except OSError as e:\n"
+        "        print('REFUSED', host, e.strerror)\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"u.sendto(b'PING', ('127.0.0.1', {port}))\n"
+        "print('ADDRESSES', socket.if_nameindex())\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "CONNECTED" not in out and out.count("REFUSED") == 2
+    assert "ADDRESSES [(1, 'lo')]" in out
