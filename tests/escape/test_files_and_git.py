@@ -745,3 +745,40 @@ def test_the_broker_neither_checks_out_nor_merges_a_name_read_as_dot_git(
     assert merged.kind == "conflict" and "no checkout may write" in merged.detail
     assert git(linked.repo, "rev-parse", "aether/m-names") == linked.base
     assert not (tmp_path / "next" / name).exists()
+
+
+# --- a reviewer's further attempts: files a command leaves for the runner --------------------
+
+
+def _nest(top: Path, levels: int) -> None:
+    """``levels`` directories one inside the other under ``top``, with a file at the bottom
+    (as a command makes them: a few thousand, far within the sandbox's file cap)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _unnest(top: Path) -> None:
+    """Remove what ``_nest`` made (``shutil.rmtree`` would overflow as well; rm does not)."""
+    subprocess.run(["rm", "-rf", str(top / "d")], check=True)
+
+
+def test_directories_nested_thousands_deep_overflow_neither_search_nor_commit(
+    linked: Linked,
+) -> None:
+    _nest(linked.worktree, 3000)
+    (linked.worktree / "README.md").write_text("# changed\n")
+    try:
+        assert "README.md:1" in search(linked.worktree, "changed", ".")
+        with pytest.raises(CommitRefused, match="more than 200 deep"):
+            commit_all(linked.records, "deep\n")
+        assert linked.head() == linked.base
+    finally:
+        _unnest(linked.worktree)

@@ -41,6 +41,7 @@ from aether_agent_runner.adapters.scan import (
     SYMLINK,
     Found,
     StatCache,
+    TooDeep,
     changes,
     read_entry,
     scan,
@@ -248,7 +249,10 @@ def commit_all(
     limits = limits or CommitLimits()
     refs = git.refs()
     head = refs[git.ref]
-    store, tracked, found, changed = _state(git, head, limits.max_blob_bytes)
+    try:
+        store, tracked, found, changed = _state(git, head, limits.max_blob_bytes)
+    except TooDeep as error:
+        raise CommitRefused(str(error)) from None
     if not changed:
         return None, []
     if len(changed) > limits.max_files:
