@@ -782,3 +782,101 @@ def test_directories_nested_thousands_deep_overflow_neither_search_nor_commit(
         assert linked.head() == linked.base
     finally:
         _unnest(linked.worktree)
+
+
+async def test_a_unix_socket_file_is_refused_as_a_tool_error_not_a_crash(linked: Linked) -> None:
+    import socket
+
+    from aether_agent_runner.adapters.commands import CommandPolicy
+    from aether_agent_runner.adapters.tools import ToolBox
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(linked.worktree / "control.sock"))
+    listener.listen()
+    tools = ToolBox(Workspace(linked.worktree), CommandPolicy(None, check_paths=False))
+    try:
+        for name, args in (
+            ("read_file", {"path": "control.sock"}),
+            ("edit_file", {"path": "control.sock", "old_text": "a", "new_text": "b"}),
+            ("search", {"pattern": ".", "path": "control.sock"}),
+        ):
+            result = await tools.call(name, args)
+            assert (name != "search" and result.is_error) or "no matches" in result.content
+        (linked.worktree / "README.md").write_text("# changed\n")
+        sha, changed = commit_all(linked.records, "work\n")
+    finally:
+        tools.close()
+        listener.close()
+    assert sha is not None and changed == ["README.md"]
+
+
+def test_a_sparse_file_of_64_gib_is_neither_read_whole_searched_nor_committed(
+    linked: Linked,
+) -> None:
+    with open(linked.worktree / "sparse.bin", "wb") as handle:
+        handle.truncate(64 << 30)
+        handle.seek(32 << 30)
+        handle.write(b"needle\n")
+    workspace = Workspace(linked.worktree)
+
+    with pytest.raises(ToolError, match="binary"):
+        workspace.read_file("sparse.bin")
+    assert "needle" not in search(linked.worktree, "ne.dle", ".")
+    with pytest.raises(CommitRefused, match="more than the"):
+        commit_all(linked.records, "sparse\n")
+    assert linked.head() == linked.base
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/proc/self/root{outside}/secret.txt",
+        "/proc/self/cwd/../outside/secret.txt",
+        "/proc/{pid}/root{outside}/secret.txt",
+        "/proc/{pid}/fd/{fd}",
+        "../../../../../../../../../../proc/self/root{outside}/secret.txt",
+    ],
+)
+def test_a_link_through_proc_leads_nowhere_for_every_tool(linked: Linked, target: str) -> None:
+    held = os.open(linked.outside / "secret.txt", os.O_RDONLY)
+    try:
+        os.symlink(
+            target.format(outside=linked.outside, pid=os.getpid(), fd=held),
+            linked.worktree / "p",
+        )
+        workspace = Workspace(linked.worktree)
+        for call in (
+            lambda: workspace.read_file("p"),
+            lambda: workspace.edit_file("p", "TOP", "NOT"),
+            lambda: workspace.write_file("p/../x", "x\n"),
+            lambda: workspace.list_dir("p"),
+        ):
+            with pytest.raises(ToolError, match=r"outside|not a directory"):
+                call()
+        assert "TOP SECRET" not in search(linked.worktree, "S.CRET", ".")
+    finally:
+        os.close(held)
+    assert (linked.outside / "secret.txt").read_text() == "TOP SECRET\n"
+    assert not (linked.outside / "x").exists()
+
+
+async def test_names_too_long_and_paths_thousands_deep_are_tool_errors(linked: Linked) -> None:
+    from aether_agent_runner.adapters.commands import CommandPolicy
+    from aether_agent_runner.adapters.tools import ToolBox
+
+    tools = ToolBox(Workspace(linked.worktree), CommandPolicy(None, check_paths=False))
+    before = snapshot(linked.outside)
+    try:
+        long_name = await tools.call("write_file", {"path": "x" * 300, "content": "x"})
+        newline = await tools.call(
+            "write_file", {"path": "a\nb/../../../outside/x", "content": "x"}
+        )
+        climb = "/".join(["d"] * 50 + [".."] * 52) + "/outside/x"
+        climbed = await tools.call("write_file", {"path": climb, "content": "x"})
+        deep = await tools.call("read_file", {"path": "/".join(["d"] * 5000) + "/f"})
+    finally:
+        tools.close()
+    assert long_name.is_error and "name too long" in long_name.content.lower()
+    assert newline.is_error and climbed.is_error and "outside" in climbed.content
+    assert deep.is_error
+    assert snapshot(linked.outside) == before
