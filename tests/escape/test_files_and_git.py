@@ -880,3 +880,98 @@ async def test_names_too_long_and_paths_thousands_deep_are_tool_errors(linked: L
     assert newline.is_error and climbed.is_error and "outside" in climbed.content
     assert deep.is_error
     assert snapshot(linked.outside) == before
+
+
+async def test_a_token_cannot_push_refs_git_itself_would_not_send(
+    served: GitBroker, nc: NatsClient, linked: Linked, tmp_path: Path
+) -> None:
+    # A raw client sends what git refuses to: names with "..", "@{", a lock file's name,
+    # a branch under its own, the integration branch, a tag, HEAD.
+    from dulwich.client import HttpGitClient
+    from dulwich.repo import Repo
+
+    _, mine = await attempt_of(nc, linked.repo, "m-refs")
+    clone = tmp_path / "clone"
+    url = remote(served, "m-refs", mine.push_token)
+    assert (
+        run_git(tmp_path, "clone", "-q", "--branch", mine.branch, url, str(clone)).returncode == 0
+    )
+    (clone / "evil.txt").write_text("evil\n")
+    git(clone, "add", "evil.txt")
+    git(clone, "commit", "-q", "-m", "evil")
+    new = git(clone, "rev-parse", "HEAD").encode()
+    own = f"refs/heads/{mine.branch}"
+    names = [
+        f"{own}/../../../../aether/m-refs",
+        f"{own}@{{0}}",
+        f"{own}.lock",
+        f"{own}/sub",
+        f"{own}/../t2/a1",
+        "refs/heads/aether/m-refs",
+        "refs/tags/v1",
+        "HEAD",
+        "refs/heads/../../config",
+    ]
+    before = set(git(linked.repo, "for-each-ref").splitlines())
+    assert served.http is not None
+    client = HttpGitClient(
+        f"http://127.0.0.1:{served.http.port}/", username="agent", password=mine.push_token
+    )
+    refused = []
+    with Repo(str(clone)) as local:
+        for name in names:
+
+            def update(refs: dict[Any, Any], name: str = name) -> dict[Any, Any]:
+                return {**refs, name.encode(): new}
+
+            try:
+                result = client.send_pack("/m-refs", update, local.generate_pack_data)
+            except Exception as error:  # refused before or while sending
+                refused.append((name, str(error)))
+                continue
+            status = (result.ref_status or {}).get(name.encode())
+            if status is not None:
+                refused.append((name, status))
+
+    assert [name for name, _ in refused] == names
+    assert set(git(linked.repo, "for-each-ref").splitlines()) == before
+    assert git(linked.repo, "rev-parse", mine.branch) == mine.base_sha
+    assert not (linked.repo / ".git" / "refs" / "heads" / f"{mine.branch}.lock").exists()
+
+
+def test_a_gitmodules_url_that_runs_a_command_is_never_fetched(
+    linked: Linked, tmp_path: Path
+) -> None:
+    # ext:: runs its URL as a command; "--upload-pack" in a URL was another way in.
+    (linked.worktree / ".gitmodules").write_text(
+        '[submodule "lib"]\n\tpath = lib\n'
+        f"\turl = ext::sh -c touch% {linked.marker}\n"
+        '[submodule "two"]\n\tpath = two\n'
+        f"\turl = --upload-pack=touch {linked.marker}\n"
+        "\tupdate = !sh -c 'touch {linked.marker}'\n"
+    )
+    sha, _ = commit_all(linked.records, "modules\n")
+    assert sha is not None
+    # The gitlinks themselves, added by hand (as a pushed commit could carry them).
+    for path in ("lib", "two"):
+        git(linked.worktree, "update-index", "--add", "--cacheinfo", f"160000,{linked.base},{path}")
+        (linked.worktree / path).mkdir()  # as a checkout leaves them: empty
+    git(linked.worktree, "commit", "-q", "-m", "gitlinks")
+    (linked.worktree / "README.md").write_text("# changed\n")
+    sha, changed = commit_all(linked.records, "more\n")
+    broker = GitRepositories()
+    try:
+        broker.prepare_repository(str(linked.repo), linked.branch, "aether/m-modules")
+        outcome = broker.prepare_workspace(
+            str(linked.repo),
+            "aether/m-modules",
+            "aether-tasks/m-modules/t1/a1",
+            str(tmp_path / "next"),
+        )
+    finally:
+        broker.close()
+
+    assert sha is not None and changed == ["README.md"]
+    assert (Path(outcome.worktree_path) / "lib").is_dir()
+    assert list((Path(outcome.worktree_path) / "lib").iterdir()) == []
+    assert not linked.marker.exists()
