@@ -975,3 +975,44 @@ def test_a_gitmodules_url_that_runs_a_command_is_never_fetched(
     assert (Path(outcome.worktree_path) / "lib").is_dir()
     assert list((Path(outcome.worktree_path) / "lib").iterdir()) == []
     assert not linked.marker.exists()
+
+
+def test_delete_and_list_while_a_directory_is_swapped_for_a_link_out(linked: Linked) -> None:
+    # delete_file and list_dir (the swap test above covers read, write, edit, search).
+    sub = linked.worktree / "sub"
+    sub.mkdir()
+    (linked.outside / "victim.txt").write_text("keep\n")
+    real = linked.worktree / "sub.real"
+    workspace = Workspace(linked.worktree)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(sub, real)
+            with contextlib.suppress(OSError):
+                os.symlink(linked.outside, sub)
+            with contextlib.suppress(OSError):
+                os.unlink(sub)
+            with contextlib.suppress(OSError):
+                os.rename(real, sub)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    listed_outside = 0
+    try:
+        for _ in range(400):
+            with contextlib.suppress(OSError):
+                (real if real.exists() else sub).joinpath("victim.txt").write_text("inside\n")
+            with contextlib.suppress(ToolError, FileNotFoundError):
+                workspace.delete_file("sub/victim.txt")
+            with contextlib.suppress(ToolError, FileNotFoundError):
+                if "secret.txt" in workspace.list_dir("sub", 2):
+                    listed_outside += 1
+    finally:
+        stop.set()
+        swapper.join()
+
+    assert listed_outside == 0
+    assert (linked.outside / "victim.txt").read_text() == "keep\n"
+    assert (linked.outside / "secret.txt").read_text() == "TOP SECRET\n"

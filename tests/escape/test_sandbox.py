@@ -882,3 +882,38 @@ async def test_the_bus_cannot_be_reached_over_udp_or_ipv6_either(
     out = await target.run(f"python -c {shlex.quote(code)}")
     assert "CONNECTED" not in out and out.count("REFUSED") == 2
     assert "ADDRESSES [(1, 'lo')]" in out
+
+
+async def test_no_unix_socket_is_reachable_and_the_git_dirs_are_not_readable(
+    target: Target,
+) -> None:
+    # A socket file ignores network namespaces: any one the sandbox could see (a docker,
+    # dbus or database socket under /run, /var, the home) would be a way out.
+    admin = Path(_git(target.worktree, "rev-parse", "--absolute-git-dir"))
+    code = (
+        "import os, socket, stat\n"
+        "found = []\n"
+        "for here, dirs, files in os.walk('/'):\n"
+        "    if here == '/':\n"
+        "        dirs[:] = [d for d in dirs if d not in ('proc', 'sys', 'usr')]\n"
+        "    for name in files:\n"
+        "        path = os.path.join(here, name)\n"
+        "        try:\n"
+        "            if stat.S_ISSOCK(os.lstat(path).st_mode):\n"
+        "                found.append(path)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "for path in found:\n"
+        "    try:\n"
+        "        socket.socket(socket.AF_UNIX).connect(path)\n"
+        "        print('CONNECTED', path)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('SOCKETS', len(found))\n"
+        f"for path in ({str(admin / 'HEAD')!r}, {str(target.repo / '.git' / 'config')!r},\n"
+        f"             {str(admin)!r}, '/run', '/var/run'):\n"
+        "    print('EXISTS', path, os.path.exists(path))\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=120)
+    assert "SOCKETS" in out and "CONNECTED" not in out
+    assert "EXISTS" in out and " True" not in out
