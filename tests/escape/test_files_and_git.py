@@ -1016,3 +1016,66 @@ def test_delete_and_list_while_a_directory_is_swapped_for_a_link_out(linked: Lin
     assert listed_outside == 0
     assert (linked.outside / "victim.txt").read_text() == "keep\n"
     assert (linked.outside / "secret.txt").read_text() == "TOP SECRET\n"
+
+
+def test_the_brokers_checkout_never_writes_through_a_link_committed_or_planted(
+    linked: Linked, tmp_path: Path
+) -> None:
+    # A tree with "link" a symlink out, checked out; then one where "link" is a directory
+    # with a file in it, checked out over the first: the file must land inside. And a
+    # directory the agent swapped for a link out before the broker reuses the worktree.
+    from dulwich.objects import Blob, Tree
+    from dulwich.repo import Repo
+
+    from aether_git_broker.adapters.checkout import checkout
+    from aether_git_broker.adapters.treemerge import Trees
+
+    directory = tmp_path / "wt" / "reused"
+    directory.mkdir(parents=True)
+    relative_out = os.path.relpath(linked.outside, directory)
+    before = snapshot(linked.outside)
+    with Repo(str(linked.repo)) as repo:
+        store = repo.object_store
+        link = Blob.from_string(relative_out.encode())
+        payload = Blob.from_string(b"pwned\n")
+        first, inner, second = Tree(), Tree(), Tree()
+        first.add(b"link", 0o120000, link.id)
+        inner.add(b"pwned", 0o100644, payload.id)
+        inner.add(b"secret.txt", 0o100644, payload.id)
+        second.add(b"link", 0o040000, inner.id)
+        for obj in (link, payload, first, inner, second):
+            store.add_object(obj)
+        trees = Trees(store)
+        index_one, index_two = str(tmp_path / "index-1"), str(tmp_path / "index-2")
+        checkout(repo, trees, first.id, str(directory), index_one)
+        assert os.readlink(directory / "link") == relative_out
+        checkout(repo, trees, second.id, str(directory), index_two, previous=index_one)
+        assert (directory / "link").is_dir() and not (directory / "link").is_symlink()
+        # The agent replaces the directory by a link out; the broker reuses the worktree.
+        shutil.rmtree(directory / "link")
+        os.symlink(relative_out, directory / "link")
+        checkout(repo, trees, second.id, str(directory), index_one, previous=index_two)
+
+    assert (directory / "link").is_dir() and not (directory / "link").is_symlink()
+    assert (directory / "link" / "pwned").read_text() == "pwned\n"
+    assert snapshot(linked.outside) == before
+
+
+def test_a_gitignore_that_is_a_link_out_or_a_fifo_is_not_read_by_the_commit(
+    linked: Linked,
+) -> None:
+    # The runner reads .gitignore files as data: one linked to a secret outside (which
+    # the patterns could echo) or a FIFO (which would hang a plain open) is passed over.
+    os.symlink(linked.outside / "secret.txt", linked.worktree / ".gitignore")
+    (linked.worktree / "src" / "sub").mkdir()
+    os.mkfifo(linked.worktree / "src" / ".gitignore")
+    (linked.worktree / "src" / "sub" / "new.py").write_text("x = 1\n")
+
+    sha, changed = commit_all(linked.records, "ignores\n")
+
+    assert sha is not None and changed == [".gitignore", "src/sub/new.py"]
+    # The link is committed as a link (its target's name), never the secret itself.
+    assert git(linked.repo, "cat-file", "-p", f"{sha}:.gitignore") == str(
+        linked.outside / "secret.txt"
+    )
+    assert "TOP SECRET" not in git(linked.repo, "log", "-p", "-1", sha)
