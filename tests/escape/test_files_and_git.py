@@ -1079,3 +1079,60 @@ def test_a_gitignore_that_is_a_link_out_or_a_fifo_is_not_read_by_the_commit(
         linked.outside / "secret.txt"
     )
     assert "TOP SECRET" not in git(linked.repo, "log", "-p", "-1", sha)
+
+
+@pytest.mark.parametrize("name", [".gitmodules", ".GitModules. ", "GITMOD~1"])
+def test_a_gitmodules_link_is_neither_committed_checked_out_nor_merged(
+    linked: Linked, tmp_path: Path, name: str
+) -> None:
+    # A linked .gitmodules is read through its link by the git of whoever clones the
+    # merged branch (CVE-2018-11235); git now refuses to check one out.
+    os.symlink(linked.outside / "secret.txt", linked.worktree / name)
+    with pytest.raises(CommitRefused, match="symbolic link"):
+        commit_all(linked.records, "modules\n")
+    assert linked.head() == linked.base
+    # Brought by a push instead: the broker merges it not, and checks it out not.
+    from dulwich.objects import Blob, Commit, Tree
+    from dulwich.repo import Repo
+
+    with Repo(str(linked.repo)) as handle:
+        link = Blob.from_string(str(linked.outside / "secret.txt").encode())
+        handle.object_store.add_object(link)
+        top = handle.object_store[handle[linked.base.encode()].tree]  # type: ignore[attr-defined]
+        assert isinstance(top, Tree)
+        top.add(name.encode(), 0o120000, link.id)
+        handle.object_store.add_object(top)
+        commit = Commit()
+        commit.tree, commit.parents = top.id, [linked.base.encode()]
+        commit.author = commit.committer = b"Agent <agent@example.com>"
+        commit.author_time = commit.commit_time = 0
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.message = b"linked\n"
+        handle.object_store.add_object(commit)
+        bad = commit.id.decode()
+    git(linked.repo, "branch", "-f", "linked-modules", bad)
+    broker = GitRepositories()
+    try:
+        broker.prepare_repository(str(linked.repo), "main", "aether/m-linked")
+        merged = broker.merge(
+            str(linked.repo),
+            "aether/m-linked",
+            since_sha=linked.base,
+            mission_id="m-linked",
+            task_id="t1",
+            attempt=1,
+            commit_sha=bad,
+            now=datetime.now(UTC),
+        )
+        broker.prepare_repository(str(linked.repo), "linked-modules", "aether/m-linked-2")
+        with pytest.raises(ValueError, match="as a link"):
+            broker.prepare_workspace(
+                str(linked.repo),
+                "aether/m-linked-2",
+                "aether-tasks/m-linked-2/t1/a1",
+                str(tmp_path / "next"),
+            )
+    finally:
+        broker.close()
+    assert merged.kind == "conflict" and ".gitmodules link" in merged.detail
+    assert git(linked.repo, "rev-parse", "aether/m-linked") == linked.base
