@@ -651,3 +651,488 @@ async def test_a_forged_or_widened_token_is_refused(
         ]
 
     assert answers == [401, 401, 401, 200]
+
+
+# --- a reviewer's further attempts: names git reads as .git elsewhere ---------------------
+
+# Plain names on Linux; the repository's own directory on the file system a person clones
+# the merged branch onto (NTFS: trailing dots and spaces, the short name; HFS+: ignored
+# code points), where its hooks would run. git itself refuses to check them out.
+DOT_GIT_ELSEWHERE = [".git.", ".GIT ", ".git. .", "GIT~1", ".git::$INDEX_ALLOCATION", ".g\u200cit"]
+
+
+@pytest.mark.parametrize("name", DOT_GIT_ELSEWHERE)
+def test_a_name_read_as_dot_git_elsewhere_is_refused_and_never_committed(
+    linked: Linked, name: str
+) -> None:
+    workspace = Workspace(linked.worktree)
+    with pytest.raises(ToolError, match=r"\.git"):
+        workspace.write_file(f"{name}/hooks/post-checkout", "#!/bin/sh\n")
+    # Made by a command instead, beside a real change: the commit leaves it out.
+    hook(linked.worktree / name / "hooks" / "post-checkout", linked.marker)
+    (linked.worktree / "README.md").write_text("# changed\n")
+
+    sha, changed = commit_all(linked.records, "work\n")
+
+    assert sha is not None and changed == ["README.md"]
+    assert name not in workspace.list_dir(".")
+    assert "post-checkout" not in search(linked.worktree, "touch", ".")
+
+
+def _commit_with(repo: Path, parent: str, path: list[bytes]) -> str:
+    """A commit (made by hand, as a push could bring it) adding a hook at ``path`` to
+    ``parent``'s tree: no git that checks names is involved."""
+    from dulwich.objects import Blob, Commit, Tree
+    from dulwich.repo import Repo
+
+    with Repo(str(repo)) as handle:
+        store = handle.object_store
+        blob = Blob.from_string(b"#!/bin/sh\ntouch pwned\n")
+        store.add_object(blob)
+        child: Blob | Tree = blob
+        mode = 0o100755
+        for name in reversed(path[1:]):
+            tree = Tree()
+            tree.add(name, mode, child.id)
+            store.add_object(tree)
+            child, mode = tree, 0o040000
+        top = store[handle[parent.encode()].tree]  # type: ignore[attr-defined]
+        assert isinstance(top, Tree)
+        top.add(path[0], mode, child.id)
+        store.add_object(top)
+        commit = Commit()
+        commit.tree = top.id
+        commit.parents = [parent.encode()]
+        commit.author = commit.committer = b"Agent <agent@example.com>"
+        commit.author_time = commit.commit_time = 0
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.message = b"hand-made\n"
+        store.add_object(commit)
+        return commit.id.decode()
+
+
+@pytest.mark.parametrize("name", DOT_GIT_ELSEWHERE)
+def test_the_broker_neither_checks_out_nor_merges_a_name_read_as_dot_git(
+    linked: Linked, tmp_path: Path, name: str
+) -> None:
+    bad = _commit_with(linked.repo, linked.base, [name.encode(), b"hooks", b"post-checkout"])
+    git(linked.repo, "branch", "-f", "hand-made", bad)
+    broker = GitRepositories()
+    try:
+        broker.prepare_repository(str(linked.repo), "main", "aether/m-names")
+        merged = broker.merge(
+            str(linked.repo),
+            "aether/m-names",
+            since_sha=linked.base,
+            mission_id="m-names",
+            task_id="t1",
+            attempt=1,
+            commit_sha=bad,
+            now=datetime.now(UTC),
+        )
+        # A branch that already holds it (pushed as the base of a mission): no checkout.
+        broker.prepare_repository(str(linked.repo), "hand-made", "aether/m-names-2")
+        with pytest.raises(ValueError, match="the tree has an entry"):
+            broker.prepare_workspace(
+                str(linked.repo),
+                "aether/m-names-2",
+                "aether-tasks/m-names-2/t1/a1",
+                str(tmp_path / "next"),
+            )
+    finally:
+        broker.close()
+
+    assert merged.kind == "conflict" and "no checkout may write" in merged.detail
+    assert git(linked.repo, "rev-parse", "aether/m-names") == linked.base
+    assert not (tmp_path / "next" / name).exists()
+
+
+# --- a reviewer's further attempts: files a command leaves for the runner --------------------
+
+
+def _nest(top: Path, levels: int) -> None:
+    """``levels`` directories one inside the other under ``top``, with a file at the bottom
+    (as a command makes them: a few thousand, far within the sandbox's file cap)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _unnest(top: Path) -> None:
+    """Remove what ``_nest`` made (``shutil.rmtree`` would overflow as well; rm does not)."""
+    subprocess.run(["rm", "-rf", str(top / "d")], check=True)
+
+
+def test_directories_nested_thousands_deep_overflow_neither_search_nor_commit(
+    linked: Linked,
+) -> None:
+    _nest(linked.worktree, 3000)
+    (linked.worktree / "README.md").write_text("# changed\n")
+    try:
+        assert "README.md:1" in search(linked.worktree, "changed", ".")
+        with pytest.raises(CommitRefused, match="more than 200 deep"):
+            commit_all(linked.records, "deep\n")
+        assert linked.head() == linked.base
+    finally:
+        _unnest(linked.worktree)
+
+
+async def test_a_unix_socket_file_is_refused_as_a_tool_error_not_a_crash(linked: Linked) -> None:
+    import socket
+
+    from aether_agent_runner.adapters.commands import CommandPolicy
+    from aether_agent_runner.adapters.tools import ToolBox
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(linked.worktree / "control.sock"))
+    listener.listen()
+    tools = ToolBox(Workspace(linked.worktree), CommandPolicy(None, check_paths=False))
+    try:
+        for name, args in (
+            ("read_file", {"path": "control.sock"}),
+            ("edit_file", {"path": "control.sock", "old_text": "a", "new_text": "b"}),
+            ("search", {"pattern": ".", "path": "control.sock"}),
+        ):
+            result = await tools.call(name, args)
+            assert (name != "search" and result.is_error) or "no matches" in result.content
+        (linked.worktree / "README.md").write_text("# changed\n")
+        sha, changed = commit_all(linked.records, "work\n")
+    finally:
+        tools.close()
+        listener.close()
+    assert sha is not None and changed == ["README.md"]
+
+
+def test_a_sparse_file_of_64_gib_is_neither_read_whole_searched_nor_committed(
+    linked: Linked,
+) -> None:
+    with open(linked.worktree / "sparse.bin", "wb") as handle:
+        handle.truncate(64 << 30)
+        handle.seek(32 << 30)
+        handle.write(b"needle\n")
+    workspace = Workspace(linked.worktree)
+
+    with pytest.raises(ToolError, match="binary"):
+        workspace.read_file("sparse.bin")
+    assert "needle" not in search(linked.worktree, "ne.dle", ".")
+    with pytest.raises(CommitRefused, match="more than the"):
+        commit_all(linked.records, "sparse\n")
+    assert linked.head() == linked.base
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/proc/self/root{outside}/secret.txt",
+        "/proc/self/cwd/../outside/secret.txt",
+        "/proc/{pid}/root{outside}/secret.txt",
+        "/proc/{pid}/fd/{fd}",
+        "../../../../../../../../../../proc/self/root{outside}/secret.txt",
+    ],
+)
+def test_a_link_through_proc_leads_nowhere_for_every_tool(linked: Linked, target: str) -> None:
+    held = os.open(linked.outside / "secret.txt", os.O_RDONLY)
+    try:
+        os.symlink(
+            target.format(outside=linked.outside, pid=os.getpid(), fd=held),
+            linked.worktree / "p",
+        )
+        workspace = Workspace(linked.worktree)
+        for call in (
+            lambda: workspace.read_file("p"),
+            lambda: workspace.edit_file("p", "TOP", "NOT"),
+            lambda: workspace.write_file("p/../x", "x\n"),
+            lambda: workspace.list_dir("p"),
+        ):
+            with pytest.raises(ToolError, match=r"outside|not a directory"):
+                call()
+        assert "TOP SECRET" not in search(linked.worktree, "S.CRET", ".")
+    finally:
+        os.close(held)
+    assert (linked.outside / "secret.txt").read_text() == "TOP SECRET\n"
+    assert not (linked.outside / "x").exists()
+
+
+async def test_names_too_long_and_paths_thousands_deep_are_tool_errors(linked: Linked) -> None:
+    from aether_agent_runner.adapters.commands import CommandPolicy
+    from aether_agent_runner.adapters.tools import ToolBox
+
+    tools = ToolBox(Workspace(linked.worktree), CommandPolicy(None, check_paths=False))
+    before = snapshot(linked.outside)
+    try:
+        long_name = await tools.call("write_file", {"path": "x" * 300, "content": "x"})
+        newline = await tools.call(
+            "write_file", {"path": "a\nb/../../../outside/x", "content": "x"}
+        )
+        climb = "/".join(["d"] * 50 + [".."] * 52) + "/outside/x"
+        climbed = await tools.call("write_file", {"path": climb, "content": "x"})
+        deep = await tools.call("read_file", {"path": "/".join(["d"] * 5000) + "/f"})
+    finally:
+        tools.close()
+    assert long_name.is_error and "name too long" in long_name.content.lower()
+    assert newline.is_error and climbed.is_error and "outside" in climbed.content
+    assert deep.is_error
+    assert snapshot(linked.outside) == before
+
+
+async def test_a_token_cannot_push_refs_git_itself_would_not_send(
+    served: GitBroker, nc: NatsClient, linked: Linked, tmp_path: Path
+) -> None:
+    # A raw client sends what git refuses to: names with "..", "@{", a lock file's name,
+    # a branch under its own, the integration branch, a tag, HEAD.
+    from dulwich.client import HttpGitClient
+    from dulwich.repo import Repo
+
+    _, mine = await attempt_of(nc, linked.repo, "m-refs")
+    clone = tmp_path / "clone"
+    url = remote(served, "m-refs", mine.push_token)
+    assert (
+        run_git(tmp_path, "clone", "-q", "--branch", mine.branch, url, str(clone)).returncode == 0
+    )
+    (clone / "evil.txt").write_text("evil\n")
+    git(clone, "add", "evil.txt")
+    git(clone, "commit", "-q", "-m", "evil")
+    new = git(clone, "rev-parse", "HEAD").encode()
+    own = f"refs/heads/{mine.branch}"
+    names = [
+        f"{own}/../../../../aether/m-refs",
+        f"{own}@{{0}}",
+        f"{own}.lock",
+        f"{own}/sub",
+        f"{own}/../t2/a1",
+        "refs/heads/aether/m-refs",
+        "refs/tags/v1",
+        "HEAD",
+        "refs/heads/../../config",
+    ]
+    before = set(git(linked.repo, "for-each-ref").splitlines())
+    assert served.http is not None
+    client = HttpGitClient(
+        f"http://127.0.0.1:{served.http.port}/", username="agent", password=mine.push_token
+    )
+    refused = []
+    with Repo(str(clone)) as local:
+        for name in names:
+
+            def update(refs: dict[Any, Any], name: str = name) -> dict[Any, Any]:
+                return {**refs, name.encode(): new}
+
+            try:
+                result = client.send_pack("/m-refs", update, local.generate_pack_data)
+            except Exception as error:  # refused before or while sending
+                refused.append((name, str(error)))
+                continue
+            status = (result.ref_status or {}).get(name.encode())
+            if status is not None:
+                refused.append((name, status))
+
+    assert [name for name, _ in refused] == names
+    assert set(git(linked.repo, "for-each-ref").splitlines()) == before
+    assert git(linked.repo, "rev-parse", mine.branch) == mine.base_sha
+    assert not (linked.repo / ".git" / "refs" / "heads" / f"{mine.branch}.lock").exists()
+
+
+def test_a_gitmodules_url_that_runs_a_command_is_never_fetched(
+    linked: Linked, tmp_path: Path
+) -> None:
+    # ext:: runs its URL as a command; "--upload-pack" in a URL was another way in.
+    (linked.worktree / ".gitmodules").write_text(
+        '[submodule "lib"]\n\tpath = lib\n'
+        f"\turl = ext::sh -c touch% {linked.marker}\n"
+        '[submodule "two"]\n\tpath = two\n'
+        f"\turl = --upload-pack=touch {linked.marker}\n"
+        "\tupdate = !sh -c 'touch {linked.marker}'\n"
+    )
+    sha, _ = commit_all(linked.records, "modules\n")
+    assert sha is not None
+    # The gitlinks themselves, added by hand (as a pushed commit could carry them).
+    for path in ("lib", "two"):
+        git(linked.worktree, "update-index", "--add", "--cacheinfo", f"160000,{linked.base},{path}")
+        (linked.worktree / path).mkdir()  # as a checkout leaves them: empty
+    git(linked.worktree, "commit", "-q", "-m", "gitlinks")
+    (linked.worktree / "README.md").write_text("# changed\n")
+    sha, changed = commit_all(linked.records, "more\n")
+    broker = GitRepositories()
+    try:
+        broker.prepare_repository(str(linked.repo), linked.branch, "aether/m-modules")
+        outcome = broker.prepare_workspace(
+            str(linked.repo),
+            "aether/m-modules",
+            "aether-tasks/m-modules/t1/a1",
+            str(tmp_path / "next"),
+        )
+    finally:
+        broker.close()
+
+    assert sha is not None and changed == ["README.md"]
+    assert (Path(outcome.worktree_path) / "lib").is_dir()
+    assert list((Path(outcome.worktree_path) / "lib").iterdir()) == []
+    assert not linked.marker.exists()
+
+
+def test_delete_and_list_while_a_directory_is_swapped_for_a_link_out(linked: Linked) -> None:
+    # delete_file and list_dir (the swap test above covers read, write, edit, search).
+    sub = linked.worktree / "sub"
+    sub.mkdir()
+    (linked.outside / "victim.txt").write_text("keep\n")
+    real = linked.worktree / "sub.real"
+    workspace = Workspace(linked.worktree)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(sub, real)
+            with contextlib.suppress(OSError):
+                os.symlink(linked.outside, sub)
+            with contextlib.suppress(OSError):
+                os.unlink(sub)
+            with contextlib.suppress(OSError):
+                os.rename(real, sub)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    listed_outside = 0
+    try:
+        for _ in range(400):
+            with contextlib.suppress(OSError):
+                (real if real.exists() else sub).joinpath("victim.txt").write_text("inside\n")
+            with contextlib.suppress(ToolError, FileNotFoundError):
+                workspace.delete_file("sub/victim.txt")
+            with contextlib.suppress(ToolError, FileNotFoundError):
+                if "secret.txt" in workspace.list_dir("sub", 2):
+                    listed_outside += 1
+    finally:
+        stop.set()
+        swapper.join()
+
+    assert listed_outside == 0
+    assert (linked.outside / "victim.txt").read_text() == "keep\n"
+    assert (linked.outside / "secret.txt").read_text() == "TOP SECRET\n"
+
+
+def test_the_brokers_checkout_never_writes_through_a_link_committed_or_planted(
+    linked: Linked, tmp_path: Path
+) -> None:
+    # A tree with "link" a symlink out, checked out; then one where "link" is a directory
+    # with a file in it, checked out over the first: the file must land inside. And a
+    # directory the agent swapped for a link out before the broker reuses the worktree.
+    from dulwich.objects import Blob, Tree
+    from dulwich.repo import Repo
+
+    from aether_git_broker.adapters.checkout import checkout
+    from aether_git_broker.adapters.treemerge import Trees
+
+    directory = tmp_path / "wt" / "reused"
+    directory.mkdir(parents=True)
+    relative_out = os.path.relpath(linked.outside, directory)
+    before = snapshot(linked.outside)
+    with Repo(str(linked.repo)) as repo:
+        store = repo.object_store
+        link = Blob.from_string(relative_out.encode())
+        payload = Blob.from_string(b"pwned\n")
+        first, inner, second = Tree(), Tree(), Tree()
+        first.add(b"link", 0o120000, link.id)
+        inner.add(b"pwned", 0o100644, payload.id)
+        inner.add(b"secret.txt", 0o100644, payload.id)
+        second.add(b"link", 0o040000, inner.id)
+        for obj in (link, payload, first, inner, second):
+            store.add_object(obj)
+        trees = Trees(store)
+        index_one, index_two = str(tmp_path / "index-1"), str(tmp_path / "index-2")
+        checkout(repo, trees, first.id, str(directory), index_one)
+        assert os.readlink(directory / "link") == relative_out
+        checkout(repo, trees, second.id, str(directory), index_two, previous=index_one)
+        assert (directory / "link").is_dir() and not (directory / "link").is_symlink()
+        # The agent replaces the directory by a link out; the broker reuses the worktree.
+        shutil.rmtree(directory / "link")
+        os.symlink(relative_out, directory / "link")
+        checkout(repo, trees, second.id, str(directory), index_one, previous=index_two)
+
+    assert (directory / "link").is_dir() and not (directory / "link").is_symlink()
+    assert (directory / "link" / "pwned").read_text() == "pwned\n"
+    assert snapshot(linked.outside) == before
+
+
+def test_a_gitignore_that_is_a_link_out_or_a_fifo_is_not_read_by_the_commit(
+    linked: Linked,
+) -> None:
+    # The runner reads .gitignore files as data: one linked to a secret outside (which
+    # the patterns could echo) or a FIFO (which would hang a plain open) is passed over.
+    os.symlink(linked.outside / "secret.txt", linked.worktree / ".gitignore")
+    (linked.worktree / "src" / "sub").mkdir()
+    os.mkfifo(linked.worktree / "src" / ".gitignore")
+    (linked.worktree / "src" / "sub" / "new.py").write_text("x = 1\n")
+
+    sha, changed = commit_all(linked.records, "ignores\n")
+
+    assert sha is not None and changed == [".gitignore", "src/sub/new.py"]
+    # The link is committed as a link (its target's name), never the secret itself.
+    assert git(linked.repo, "cat-file", "-p", f"{sha}:.gitignore") == str(
+        linked.outside / "secret.txt"
+    )
+    assert "TOP SECRET" not in git(linked.repo, "log", "-p", "-1", sha)
+
+
+@pytest.mark.parametrize("name", [".gitmodules", ".GitModules. ", "GITMOD~1"])
+def test_a_gitmodules_link_is_neither_committed_checked_out_nor_merged(
+    linked: Linked, tmp_path: Path, name: str
+) -> None:
+    # A linked .gitmodules is read through its link by the git of whoever clones the
+    # merged branch (CVE-2018-11235); git now refuses to check one out.
+    os.symlink(linked.outside / "secret.txt", linked.worktree / name)
+    with pytest.raises(CommitRefused, match="symbolic link"):
+        commit_all(linked.records, "modules\n")
+    assert linked.head() == linked.base
+    # Brought by a push instead: the broker merges it not, and checks it out not.
+    from dulwich.objects import Blob, Commit, Tree
+    from dulwich.repo import Repo
+
+    with Repo(str(linked.repo)) as handle:
+        link = Blob.from_string(str(linked.outside / "secret.txt").encode())
+        handle.object_store.add_object(link)
+        top = handle.object_store[handle[linked.base.encode()].tree]  # type: ignore[attr-defined]
+        assert isinstance(top, Tree)
+        top.add(name.encode(), 0o120000, link.id)
+        handle.object_store.add_object(top)
+        commit = Commit()
+        commit.tree, commit.parents = top.id, [linked.base.encode()]
+        commit.author = commit.committer = b"Agent <agent@example.com>"
+        commit.author_time = commit.commit_time = 0
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.message = b"linked\n"
+        handle.object_store.add_object(commit)
+        bad = commit.id.decode()
+    git(linked.repo, "branch", "-f", "linked-modules", bad)
+    broker = GitRepositories()
+    try:
+        broker.prepare_repository(str(linked.repo), "main", "aether/m-linked")
+        merged = broker.merge(
+            str(linked.repo),
+            "aether/m-linked",
+            since_sha=linked.base,
+            mission_id="m-linked",
+            task_id="t1",
+            attempt=1,
+            commit_sha=bad,
+            now=datetime.now(UTC),
+        )
+        broker.prepare_repository(str(linked.repo), "linked-modules", "aether/m-linked-2")
+        with pytest.raises(ValueError, match="as a link"):
+            broker.prepare_workspace(
+                str(linked.repo),
+                "aether/m-linked-2",
+                "aether-tasks/m-linked-2/t1/a1",
+                str(tmp_path / "next"),
+            )
+    finally:
+        broker.close()
+    assert merged.kind == "conflict" and ".gitmodules link" in merged.detail
+    assert git(linked.repo, "rev-parse", "aether/m-linked") == linked.base

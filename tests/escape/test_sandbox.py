@@ -649,3 +649,271 @@ async def test_without_bubblewrap_commands_are_refused_naming_what_is_missing(
     assert "refused" in result.content and "bubblewrap is not installed" in result.content
     assert "AETHER_SANDBOX=unconfined" in result.content
     assert not marker.exists()
+
+
+# --- a reviewer's further attempts ------------------------------------------------------------
+
+
+async def test_kernel_settings_under_proc_sys_cannot_be_opened_for_writing(target: Target) -> None:
+    # Run as root, the command's user is the host's root: the kernel lets root write
+    # /proc/sys/kernel/core_pattern (a program it then runs as root on any crash) on the
+    # user alone. Opening for writing writes nothing; every opening must fail.
+    code = (
+        "import os\n"
+        "opened, tried = [], 0\n"
+        "for here, dirs, files in os.walk('/proc/sys'):\n"
+        "    for name in files:\n"
+        "        tried += 1\n"
+        "        try:\n"
+        "            os.close(os.open(os.path.join(here, name), os.O_WRONLY | os.O_NONBLOCK))\n"
+        "            opened.append(os.path.join(here, name))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print('TRIED', tried > 100, 'OPENED', opened[:20])\n"
+        "print('PATTERN', open('/proc/sys/kernel/core_pattern').read().strip() != '')\n"
+    )
+    for sandbox in (target.tools, None):
+        out = await (
+            target.run(f"python -c {shlex.quote(code)}") if sandbox else _cold(target, code)
+        )
+        assert "TRIED True OPENED []" in out
+        assert "PATTERN True" in out  # still readable
+
+
+async def _cold(target: Target, code: str) -> str:
+    """``code`` run in a sandbox of its own (``AETHER_SANDBOX_WARM=off``)."""
+    tools = ToolBox(
+        Workspace(target.worktree),
+        CommandPolicy(None, timeout_seconds=30, output_chars=8000, check_paths=False),
+        sandbox=open_sandbox(SandboxSettings(limits=LIMITS, warm=False)),
+        limits=LIMITS,
+    )
+    try:
+        result = await tools.call(
+            "run_command", {"command": f"python -c {shlex.quote(code)}", "timeout_seconds": 30}
+        )
+    finally:
+        tools.close()
+    status = STATUS.search(result.content)
+    assert status, result.content
+    return result.content[status.start() :]
+
+
+def _add_key(description: bytes, payload: bytes, keyring: int) -> int:
+    """add_key(2) in the test process (the runner's place); the key's id."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = int(libc.syscall(248, b"user", description, payload, len(payload), ctypes.c_int(keyring)))
+    assert key > 0, os.strerror(ctypes.get_errno())
+    return key
+
+
+async def test_the_runners_session_keyring_is_not_reachable(target: Target) -> None:
+    import ctypes
+
+    if os.uname().machine != "x86_64":
+        pytest.skip("keyctl numbers used here are x86_64's")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # A session keyring of the runner's own (joined here, as a login or service manager
+    # would have given it one) holding a secret.
+    assert libc.syscall(250, ctypes.c_long(1), None) > 0  # KEYCTL_JOIN_SESSION_KEYRING
+    description = f"aether-review-{uuid.uuid4().hex}".encode()
+    _add_key(description, SECRET.encode(), -3)  # KEY_SPEC_SESSION_KEYRING
+    code = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "buffer = ctypes.create_string_buffer(4096)\n"
+        f"for keyring in (-3, -4, -5, -1, -2):\n"
+        f"    key = libc.syscall(250, 10, ctypes.c_int(keyring), b'user', {description!r}, 0)\n"
+        "    print('SEARCH', keyring, key)\n"
+        "    if key > 0:\n"
+        "        size = libc.syscall(250, 11, ctypes.c_int(key), buffer, 4096)\n"
+        "        print('READ', buffer.raw[:max(size, 0)])\n"
+        f"key = libc.syscall(249, b'user', {description!r}, None, 0)\n"
+        "print('REQUEST', key)\n"
+        "if key > 0:\n"
+        "    size = libc.syscall(250, 11, ctypes.c_int(key), buffer, 4096)\n"
+        "    print('READ', buffer.raw[:max(size, 0)])\n"
+    )
+    kept = await target.run(f"python -c {shlex.quote(code)}")
+    cold = await _cold(target, code)
+    for out in (kept, cold):
+        assert "REQUEST -1" in out, (kept, cold)
+        assert "READ" not in out and SECRET not in out
+
+
+async def test_an_abstract_unix_socket_of_the_host_is_out_of_reach(target: Target) -> None:
+    # Abstract sockets have no file: only the network namespace keeps them apart.
+    import socket
+
+    name = f"\0aether-review-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(name)
+    listener.listen()
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({name!r})\n"
+        "print('CONNECTED')\n"
+    )
+    try:
+        outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert "CONNECTED" in outside.stdout, outside.stderr
+        listener.accept()[0].close()
+        out = await target.run(f"python -c {shlex.quote(code)}")
+    finally:
+        listener.close()
+    assert "CONNECTED" not in out and "Connection refused" in out
+
+
+async def test_no_descriptor_reaches_past_the_sandbox(target: Target) -> None:
+    # Whatever a command inherits: only /dev/null and its output pipe, in the kept
+    # sandbox and in a cold one; no directory, socket or file of the runner's.
+    code = (
+        "import os, stat\n"
+        "fds = os.listdir('/proc/self/fd')\n"
+        "for fd in map(int, fds):\n"
+        "    try:\n"
+        "        mode = os.fstat(fd).st_mode\n"
+        "    except OSError:\n"
+        "        continue  # the listing's own descriptor, closed by now\n"
+        "    if not (stat.S_ISFIFO(mode) or os.readlink(f'/proc/self/fd/{fd}') == '/dev/null'):\n"
+        "        print('REACHES', fd, os.readlink(f'/proc/self/fd/{fd}'))\n"
+        "print('CHECKED', len(fds))\n"
+    )
+    for out in (await target.run(f"python -c {shlex.quote(code)}"), await _cold(target, code)):
+        assert "CHECKED" in out and "REACHES" not in out, out
+
+
+async def test_other_attempts_worktrees_and_the_hosts_shm_are_not_there(target: Target) -> None:
+    sibling = target.worktree.parent / "t2-a1"
+    sibling.mkdir()
+    (sibling / "secret.txt").write_text(SECRET)
+    host_shm = Path("/dev/shm") / f"aether-review-{uuid.uuid4().hex}"
+    host_shm.write_text(SECRET)
+    code = (
+        "import os\n"
+        f"paths = ['../t2-a1/secret.txt', {str(sibling / 'secret.txt')!r}, {str(host_shm)!r}]\n"
+        "for path in paths:\n"
+        "    try:\n"
+        "        print('READ', open(path).read())\n"
+        "    except OSError as e:\n"
+        "        print('DENIED', e.strerror)\n"
+        "print('PARENT', os.listdir('..'))\n"
+        "open('/dev/shm/from-inside', 'w').write('x')\n"
+    )
+    try:
+        out = await target.run(f"python -c {shlex.quote(code)}")
+    finally:
+        host_shm.unlink()
+    assert SECRET not in out and "READ" not in out and "t2-a1" not in out
+    assert not Path("/dev/shm/from-inside").exists()
+
+
+async def test_a_nested_sandbox_or_namespace_cannot_be_made(target: Target) -> None:
+    out = await target.run("bwrap --ro-bind / / --bind / /mnt true")
+    assert "[exit code 0" not in out
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for flag in (0x10000000, 0x20000, 0x40000000, 0x20000000, 0x08000000):\n"
+        "    print('UNSHARE', hex(flag), libc.unshare(flag))\n"
+        "try:\n"
+        "    print('SETNS', libc.setns(os.open('/proc/1/ns/mnt', os.O_RDONLY), 0))\n"
+        "except OSError as e:\n"
+        "    print('SETNS DENIED', e.strerror)\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert out.count(" -1\n") == 5 and "SETNS DENIED" in out
+
+
+async def test_the_worktrees_git_file_cannot_be_renamed_or_linked_away(target: Target) -> None:
+    git_file = target.worktree / ".git"
+    pointer = git_file.read_bytes()
+    code = (
+        "import os\n"
+        "for step in (lambda: os.rename('.git', 'moved'), lambda: os.link('.git', 'linked'),\n"
+        "             lambda: os.rename('README.md', '.git'),\n"
+        "             lambda: os.symlink('/tmp', 'x') or os.rename('x', '.git')):\n"
+        "    try:\n"
+        "        step()\n"
+        "        print('DONE')\n"
+        "    except OSError as e:\n"
+        "        print('DENIED', e.strerror)\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "DONE" not in out and out.count("DENIED") == 4
+    assert git_file.read_bytes() == pointer and not (target.worktree / "linked").exists()
+
+
+async def test_a_stderr_flood_is_stopped_too(target: Target) -> None:
+    code = "import sys\nwhile True:\n    sys.stderr.write('flood ' * 1000)\n"
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=60)
+    assert "printed more than" in out and "[timed out" not in out
+
+
+async def test_after_a_fork_bomb_the_kept_sandbox_runs_the_next_command_alone(
+    target: Target,
+) -> None:
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=5)
+    assert "[timed out after" in out or "stopped" in out
+    assert "OTHERS [1]" in await target.run(f"python -c {shlex.quote(OTHERS)}")
+    assert "[exit code 0" in await target.run("true")
+
+
+async def test_the_bus_cannot_be_reached_over_udp_or_ipv6_either(
+    target: Target, nats_url: str
+) -> None:
+    port = urlparse(nats_url).port
+    code = (
+        "import socket\n"
+        f"for family, host in ((socket.AF_INET6, '::1'), (socket.AF_INET, '127.0.0.1')):\n"
+        "    try:\n"
+        f"        socket.create_connection((host, {port}), timeout=5)\n"
+        "        print('CONNECTED', host)\n"
+        "    except OSError as e:\n"
+        "        print('REFUSED', host, e.strerror)\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"u.sendto(b'PING', ('127.0.0.1', {port}))\n"
+        "print('ADDRESSES', socket.if_nameindex())\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}")
+    assert "CONNECTED" not in out and out.count("REFUSED") == 2
+    assert "ADDRESSES [(1, 'lo')]" in out
+
+
+async def test_no_unix_socket_is_reachable_and_the_git_dirs_are_not_readable(
+    target: Target,
+) -> None:
+    # A socket file ignores network namespaces: any one the sandbox could see (a docker,
+    # dbus or database socket under /run, /var, the home) would be a way out.
+    admin = Path(_git(target.worktree, "rev-parse", "--absolute-git-dir"))
+    code = (
+        "import os, socket, stat\n"
+        "found = []\n"
+        "for here, dirs, files in os.walk('/'):\n"
+        "    if here == '/':\n"
+        "        dirs[:] = [d for d in dirs if d not in ('proc', 'sys', 'usr')]\n"
+        "    for name in files:\n"
+        "        path = os.path.join(here, name)\n"
+        "        try:\n"
+        "            if stat.S_ISSOCK(os.lstat(path).st_mode):\n"
+        "                found.append(path)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "for path in found:\n"
+        "    try:\n"
+        "        socket.socket(socket.AF_UNIX).connect(path)\n"
+        "        print('CONNECTED', path)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('SOCKETS', len(found))\n"
+        f"for path in ({str(admin / 'HEAD')!r}, {str(target.repo / '.git' / 'config')!r},\n"
+        f"             {str(admin)!r}, '/run', '/var/run'):\n"
+        "    print('EXISTS', path, os.path.exists(path))\n"
+    )
+    out = await target.run(f"python -c {shlex.quote(code)}", timeout=120)
+    assert "SOCKETS" in out and "CONNECTED" not in out
+    assert "EXISTS" in out and " True" not in out

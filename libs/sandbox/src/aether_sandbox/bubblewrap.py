@@ -174,7 +174,11 @@ class Bubblewrap:
         for name in MASKED_ETC:
             if (Path("/etc") / name).is_file():
                 args += ["--ro-bind", "/dev/null", f"/etc/{name}"]
-        args += ["--proc", "/proc", "--dev", "/dev"]
+        # The kernel's settings under /proc/sys check only that the writer's user is root
+        # (not its capabilities), and bubblewrap's own cover skips them: a runner run as
+        # root would otherwise let a command set kernel.core_pattern, a program the kernel
+        # then starts as the host's root. Read-only, they stay readable.
+        args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
         if "--size" in self.options:
             args += ["--size", str(request.limits.tmp_bytes)]
         args += ["--tmpfs", str(PRIVATE_TMP)]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import resource
@@ -51,6 +53,26 @@ class Outcome:
     seconds: float
     sandbox: str
     stopped: str | None = None
+
+
+# keyctl(2) (no C library wrapper) and its operation joining a new session keyring.
+_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _own_session_keyring() -> None:
+    """In bubblewrap's process before exec: a new, empty session keyring. A user
+    namespace does not change the session keyring, and without this the command could
+    search and read every key in the service's own (one its login or service manager
+    gave it). Without keys in the kernel there are none to read; any other failure
+    fails the start (``Popen`` raises), rather than running the command with them."""
+    if _KEYCTL is None:
+        return
+    if _LIBC.syscall(_KEYCTL, ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING), None) == -1:
+        number = ctypes.get_errno()
+        if number not in (errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(number, f"cannot join a new session keyring: {os.strerror(number)}")
 
 
 # Joins every cgroup.procs file named before "--", then execs the rest.
@@ -183,7 +205,11 @@ async def execute_cold(
     try:
         if gate is not None and launch.held is not None:
             process = _spawn(
-                launch.held(*gate.child_ends), launch, gate.child_ends, stdin=request.stdin
+                launch.held(*gate.child_ends),
+                launch,
+                gate.child_ends,
+                _own_session_keyring,
+                stdin=request.stdin,
             )
         else:
             granted = rlimits(limits, cgroup)

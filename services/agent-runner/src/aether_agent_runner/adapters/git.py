@@ -41,6 +41,7 @@ from aether_agent_runner.adapters.scan import (
     SYMLINK,
     Found,
     StatCache,
+    TooDeep,
     changes,
     read_entry,
     scan,
@@ -248,7 +249,10 @@ def commit_all(
     limits = limits or CommitLimits()
     refs = git.refs()
     head = refs[git.ref]
-    store, tracked, found, changed = _state(git, head, limits.max_blob_bytes)
+    try:
+        store, tracked, found, changed = _state(git, head, limits.max_blob_bytes)
+    except TooDeep as error:
+        raise CommitRefused(str(error)) from None
     if not changed:
         return None, []
     if len(changed) > limits.max_files:
@@ -265,6 +269,11 @@ def commit_all(
         if entry is None:
             del entries[path]
             continue
+        if entry.mode == SYMLINK and _is_dot_gitmodules(os.path.basename(path)):
+            raise CommitRefused(
+                f"{_text(path)} is a symbolic link; git refuses a linked .gitmodules "
+                "(write the file itself)"
+            )
         size = entry.st.st_size
         if size > limits.max_blob_bytes:
             raise CommitRefused(
@@ -294,6 +303,13 @@ def commit_all(
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
     _write_index(git, entries, found)
     return commit.id.decode(), [_text(p) for p in changed]
+
+
+def _is_dot_gitmodules(name: bytes) -> bool:
+    """``.gitmodules`` as git reads it: any case, NTFS's trailing dots and spaces, its
+    short name."""
+    lowered = name.lower().rstrip(b". ")
+    return lowered == b".gitmodules" or lowered.startswith(b"gitmod~")
 
 
 def move_branch(git: GitDir, old: ObjectID | None, new: ObjectID) -> bool:

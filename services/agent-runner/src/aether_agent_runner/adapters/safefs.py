@@ -22,6 +22,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
+
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -37,8 +39,22 @@ class Raced(Refused):
 
 
 def is_git_name(part: str) -> bool:
-    # Case-insensitive: on macOS and Windows file systems ".GIT" is the same directory.
-    return part.lower() == ".git"
+    """``.git`` as a file system the branch may be cloned on reads it: any case (macOS,
+    Windows), NTFS's trailing dots and spaces and short name ``GIT~1``, HFS+'s ignored
+    code points (``.g\u200cit``). Such names are neither touched nor committed."""
+    lowered = part.lower()
+    if lowered == ".git":
+        return True
+    if part.isascii() and "git" not in lowered:
+        return False  # the common case, without the checks below
+    name = os.fsencode(part)
+    if not validate_path_element_ntfs(name):
+        return True
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # not a name HFS+ could hold
+    return not validate_path_element_hfs(name)
 
 
 def open_dir(parent: int, name: str) -> int:

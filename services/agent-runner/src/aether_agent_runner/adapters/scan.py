@@ -29,7 +29,14 @@ from aether_agent_runner.adapters.safefs import Raced, Refused, is_git_name, ope
 GITLINK = 0o160000
 SYMLINK = 0o120000
 MAX_IGNORE_BYTES = 1_000_000
+# Directories nested deeper than this are not walked: each level is a frame of the walk,
+# and a command can nest thousands (far within the file cap) to make it overflow.
+MAX_DEPTH = 200
 _INDEXES_LOCK = threading.Lock()  # scans run in worker threads, several tasks at once
+
+
+class TooDeep(Exception):
+    """The worktree nests directories deeper than ``MAX_DEPTH``: it is not walked."""
 
 
 class StatCache:
@@ -200,7 +207,7 @@ def scan(
     fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         walk = _Walk(tracked, tracked_dirs, found, max_hash, cache)
-        walk.directory(fd, "", _exclude(common).below("", fd), False)
+        walk.directory(fd, "", _exclude(common).below("", fd), False, 0)
     finally:
         os.close(fd)
     return found
@@ -226,7 +233,14 @@ class _Walk:
     max_hash: int
     cache: StatCache | None
 
-    def directory(self, fd: int, prefix: str, ignores: _Ignores, ignored_dir: bool) -> None:
+    def directory(
+        self, fd: int, prefix: str, ignores: _Ignores, ignored_dir: bool, depth: int
+    ) -> None:
+        if depth > MAX_DEPTH:
+            raise TooDeep(
+                f"the worktree nests directories more than {MAX_DEPTH} deep "
+                f"({prefix[:60]}…): delete them"
+            )
         for name in sorted(os.listdir(fd)):
             if is_git_name(name):
                 continue
@@ -250,7 +264,7 @@ class _Walk:
                     continue
                 try:
                     inner = ignores.below(path + "/", child) if not skip else ignores
-                    self.directory(child, path + "/", inner, skip)
+                    self.directory(child, path + "/", inner, skip, depth + 1)
                 finally:
                     os.close(child)
                 continue

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aether_agent_runner.adapters.safefs import Raced, Refused, is_git_name, read_in
+from aether_agent_runner.adapters.scan import MAX_DEPTH
 from aether_agent_runner.adapters.workspace import BINARY_SNIFF_BYTES, ToolError, Workspace
 
 MAX_MATCHES = 100
@@ -103,12 +104,16 @@ def _files(
                         yield "/".join(start), data
                     return
         with tree.directory(start) as top:
-            yield from _walk(top, start, glob)
+            yield from _walk(top, start, glob, 0)
     except (OSError, Raced):
         return
 
 
-def _walk(fd: int, prefix: tuple[str, ...], glob: str | None) -> Iterator[tuple[str, bytes]]:
+def _walk(
+    fd: int, prefix: tuple[str, ...], glob: str | None, depth: int
+) -> Iterator[tuple[str, bytes]]:
+    if depth > MAX_DEPTH:
+        return  # deeper than any source tree: not searched (nor a stack overflowed)
     try:
         names = sorted(os.listdir(fd))
     except OSError:
@@ -139,7 +144,7 @@ def _walk(fd: int, prefix: tuple[str, ...], glob: str | None) -> Iterator[tuple[
         except OSError:
             continue  # became a symlink or went away: not followed
         try:
-            yield from _walk(child, (*prefix, name), glob)
+            yield from _walk(child, (*prefix, name), glob, depth + 1)
         finally:
             os.close(child)
 

@@ -21,9 +21,10 @@ import os
 import shutil
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
 from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
@@ -50,8 +51,43 @@ class FileEntry:
     sha: ObjectID
 
 
+def is_dot_git(name: bytes) -> bool:
+    """Whether a file system git's users check out on reads ``name`` as ``.git``: any
+    case, NTFS's trailing dots and spaces, its short name ``GIT~1`` and alternate data
+    streams, and HFS+'s ignored code points (``.g\u200cit``). Written on Linux they are
+    plain names, but the branch is merged and cloned elsewhere, where such a directory
+    is the repository's own (its hooks run): git itself refuses them."""
+    if name.lower() == b".git" or not validate_path_element_ntfs(name):
+        return True
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # not a name HFS+ could hold, so not its .git either
+    return not validate_path_element_hfs(name)
+
+
+def is_dot_gitmodules(name: bytes) -> bool:
+    """``.gitmodules`` as git reads it: any case, NTFS's trailing dots and spaces, its
+    short name. git refuses to check one out as a symlink (its target would be read as
+    the submodules' configuration), so no checkout or merge here writes one."""
+    lowered = name.lower().rstrip(b". ")
+    return lowered == b".gitmodules" or lowered.startswith(b"gitmod~")
+
+
+def linked_gitmodules(files: Mapping[bytes, tuple[int, ObjectID] | None]) -> list[str]:
+    """The paths of ``files`` (path → mode and object, or gone) that are a
+    ``.gitmodules`` symlink."""
+    return sorted(
+        path.decode(errors="replace")
+        for path, entry in files.items()
+        if entry is not None
+        and stat.S_ISLNK(entry[0])
+        and is_dot_gitmodules(path.rpartition(b"/")[2])
+    )
+
+
 def _unsafe(name: bytes) -> bool:
-    return name in (b"", b".", b"..") or b"/" in name or b"\0" in name or name.lower() == b".git"
+    return name in (b"", b".", b"..") or b"/" in name or b"\0" in name or is_dot_git(name)
 
 
 def _check_name(name: bytes, prefix: bytes) -> None:
@@ -75,6 +111,10 @@ def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEn
         prefix, tree = pending.pop()
         for name, (mode, sha) in trees.entries(tree).items():
             _check_name(name, prefix)
+            if stat.S_ISLNK(mode) and is_dot_gitmodules(name):
+                raise UnsafePath(
+                    f"the tree has {prefix.decode(errors='replace')}{name!r} as a link"
+                )
             path = prefix + name
             if stat.S_ISDIR(mode):
                 directories.append(path)

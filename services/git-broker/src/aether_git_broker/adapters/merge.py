@@ -15,7 +15,7 @@ from datetime import datetime
 from dulwich.objects import Commit, ObjectID
 from dulwich.trailers import parse_trailers
 
-from aether_git_broker.adapters.checkout import unsafe_paths
+from aether_git_broker.adapters.checkout import linked_gitmodules, unsafe_paths
 from aether_git_broker.adapters.history import merge_bases
 from aether_git_broker.adapters.refs import move_branch
 from aether_git_broker.adapters.repository import (
@@ -108,14 +108,14 @@ def merge_task(
             )
         files = result.changed
         lines_merged = result.lines_merged
-    unsafe = unsafe_paths(files)
+    unsafe = unsafe_paths(files) + linked_gitmodules(files)
     if unsafe:
         return MergeOutcome(
             kind="conflict",
             sha=head.decode(),
             files=tuple(unsafe),
             detail="the task's commit has paths no checkout may write (a '..' or '.git' "
-            "component): " + ", ".join(unsafe[:10]),
+            "component, a .gitmodules link): " + ", ".join(unsafe[:10]),
         )
     if verify is not None:
         failure = verify(handle, new_head)
