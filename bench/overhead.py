@@ -17,7 +17,7 @@ handler time per task under cProfile and saves the profile (``.prof``, and the t
 as text) in the work directory.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
-        [--profile]
+        [--profile [--profile-service NAME] [--profile-cpu]]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -359,6 +359,11 @@ async def main() -> int:
         choices=list(SERVICES),
         help="the service to profile with --profile (default: the one with most handler time)",
     )
+    parser.add_argument(
+        "--profile-cpu",
+        action="store_true",
+        help="with --profile, time functions by CPU time instead of the wall clock",
+    )
     args = parser.parse_args()
     shapes = ["independent", "chain"] if args.shape == "both" else [args.shape]
     work = Path(tempfile.mkdtemp(prefix="aether-bench-"))
@@ -396,7 +401,13 @@ async def main() -> int:
             "chain",
             args.tasks,
             args.concurrency,
-            {slowest: [str(Path(__file__).with_name("profiled.py")), str(out)]},
+            {
+                slowest: [
+                    str(Path(__file__).with_name("profiled.py")),
+                    *(["--cpu"] if args.profile_cpu else []),
+                    str(out),
+                ]
+            },
         )
         if out.exists():
             text = io.StringIO()

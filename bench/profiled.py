@@ -1,6 +1,9 @@
 """Run a module under cProfile and save the profile when the process ends, by a signal too.
 
-    python bench/profiled.py <out.prof> -m <module>
+    python bench/profiled.py [--cpu] <out.prof> -m <module>
+
+``--cpu`` times the functions by the process's CPU time instead of the wall clock: on a
+loaded machine, wall time charges a function for the time other processes ran.
 
 ``python -m cProfile`` writes nothing for a server stopped with SIGTERM: uvicorn handles
 the signal, shuts down, then raises it again with the default handler, which ends the
@@ -13,15 +16,20 @@ import cProfile
 import runpy
 import signal
 import sys
+import time
 
 
 def main() -> None:
-    if len(sys.argv) != 4 or sys.argv[2] != "-m":
+    args = sys.argv[1:]
+    cpu = args[:1] == ["--cpu"]
+    if cpu:
+        args = args[1:]
+    if len(args) != 3 or args[1] != "-m":
         raise SystemExit(__doc__)
-    out, module = sys.argv[1], sys.argv[3]
+    out, module = args[0], args[2]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sys.argv = [module]
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
     profile.enable()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)

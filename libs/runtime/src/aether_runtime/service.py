@@ -261,6 +261,10 @@ class Service:
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
             reconnected_cb=self._reconnected,
+            # No dependency injection: a handler takes the message itself (``_the_message``
+            # as its decoder). With it, FastStream resolved the message's annotation through
+            # a context lookup run in a worker thread, several hand-offs per delivery.
+            apply_types=False,
         )
         self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -382,6 +386,7 @@ class Service:
             max_workers=spec.max_workers if spec.max_workers > 1 else None,
             # FastStream's own default is the shared ``_INBOX.``, outside the service's.
             inbox_prefix=f"{self._inbox_prefix}.".encode(),
+            decoder=_the_message,
         )
 
         self._subscribers.append(subscriber)
@@ -855,6 +860,12 @@ class Service:
             log.exception("could not record the failed step")
             return
         await self._settle(msg.raw_message, TERM, spec)
+
+
+async def _the_message(msg: NatsMessage) -> NatsMessage:
+    """The subscribers' decoder: the handler is given the message, not its body decoded
+    (the broker applies no types; ``_deliver`` decodes the event)."""
+    return msg
 
 
 async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:

@@ -17,13 +17,21 @@ T = TypeVar("T", bound=msgspec.Struct)
 _JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
 
 
+def _rendered(query: sql.Composable) -> bytes:
+    """A statement built from identifiers, as the bytes psycopg sends. Rendered once at
+    import: handed over as ``sql.Composed``, psycopg renders it again on every execution,
+    escaping each identifier (a task's upsert costs about 0.2 ms of CPU, a mission's 0.4,
+    per statement of every fold). The names are ASCII, the same in any client encoding."""
+    return query.as_bytes(None)
+
+
 def _upsert(
     table: str, columns: tuple[str, ...], key: tuple[str, ...], kept: tuple[str, ...] = ()
-) -> sql.Composed:
+) -> bytes:
     """Insert a row or update it; ``kept`` columns are written only by an insert (another
     writer owns them once the row exists)."""
     updates = [c for c in columns if c not in key and c not in kept]
-    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, columns)),
         sql.SQL(", ").join(sql.Placeholder() * len(columns)),
@@ -33,19 +41,21 @@ def _upsert(
             for c in updates
         ),
     )
+    return _rendered(query)
 
 
-def _insert(table: str, columns: tuple[str, ...]) -> sql.Composed:
-    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+def _insert(table: str, columns: tuple[str, ...]) -> bytes:
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, columns)),
         sql.SQL(", ").join(sql.Placeholder() * len(columns)),
     )
+    return _rendered(query)
 
 
 def _many(
     table: str, columns: tuple[str, ...], key: tuple[str, ...] = (), kept: tuple[str, ...] = ()
-) -> sql.Composed:
+) -> bytes:
     """``_upsert`` (with ``key``) or ``_insert`` (without) for many rows at once: the rows
     are one JSON array of objects named by column, typed by the table's own row type."""
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
@@ -54,14 +64,17 @@ def _many(
         " SELECT {names} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)"
     ).format(table=sql.Identifier(table), names=names)
     if not key:
-        return query + sql.SQL(" ON CONFLICT DO NOTHING")
+        return _rendered(query + sql.SQL(" ON CONFLICT DO NOTHING"))
     updates = [c for c in columns if c not in key and c not in kept]
-    return query + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in updates
-        ),
+    return _rendered(
+        query
+        + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, key)),
+            sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in updates
+            ),
+        )
     )
 
 
@@ -75,7 +88,7 @@ def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
 UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",), kept=("projection_failures",))
 UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
-INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
+INSERTS: dict[type[msgspec.Struct], bytes] = {
     UsageEntry: _insert("usage_records", _columns(UsageEntry)),
     MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
     BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
@@ -85,7 +98,7 @@ INSERTS: dict[type[msgspec.Struct], sql.Composed] = {
 UPSERT_MISSIONS = _many("missions", _columns(Mission), ("id",), kept=("projection_failures",))
 UPSERT_TASKS = _many("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLANS = _many("plans", _columns(Plan), ("mission_id", "version"))
-INSERTS_MANY: dict[type[msgspec.Struct], sql.Composed] = {
+INSERTS_MANY: dict[type[msgspec.Struct], bytes] = {
     UsageEntry: _many("usage_records", _columns(UsageEntry)),
     MissionMessage: _many("mission_messages", _columns(MissionMessage)),
     BudgetAlert: _many("budget_alerts", _columns(BudgetAlert)),
