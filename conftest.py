@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
+import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
@@ -67,10 +68,24 @@ def database_url() -> Iterator[str]:
     data = Path(tempfile.mkdtemp(prefix="aether-test-pg-"))
     server = EmbeddedPostgres(data).start()
     try:
+        _not_durable(server.url)
         yield server.url
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _not_durable(url: str) -> None:
+    """The session's server is thrown away with the session: it need not survive a power
+    cut, so it does not wait for the disk. Every commit, and each test database created
+    from a template and dropped, otherwise waited on an fsync; on a machine whose disk
+    other jobs keep busy that was a good part of every database test's time. Nothing a
+    test checks depends on it (a killed PostgreSQL is never a scenario: its server
+    process outlives the tests' kills)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(f"ALTER SYSTEM SET {name} = off")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 @pytest.fixture

@@ -47,6 +47,10 @@ async def shared_stack(
     each run their own mission on it (starting a stack is most of such a test's time)."""
     database = create_database(database_url)
     stack = stack_for(tmp_path_factory.mktemp("shared"), shared_model[0], database)
+    # The runner killed mid-mission there: its held task comes back within seconds (the
+    # default, 10 s, was most of that case's time; the runner keeps a message it works on
+    # alive every 2 s).
+    stack.env["AETHER_AGENT_ACK_WAIT_SECONDS"] = "6"
     try:
         await asyncio.to_thread(stack.start)
         yield stack

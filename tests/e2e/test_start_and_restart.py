@@ -160,30 +160,27 @@ KILLS: dict[str, tuple[str, Any]] = {
 
 @pytest.mark.parametrize("kill", list(KILLS))
 async def test_a_service_killed_mid_mission_and_restarted_merges_each_task_once(
-    tmp_path: Path,
+    running: Stack,
     model_server: tuple[MessagesServer, ScriptedModel],
-    fresh_database: str,
     repo: Path,
     kill: str,
 ) -> None:
+    """On the package's stack (each case its own mission on it): a restart is a restart
+    whichever missions the service saw before, and a stack of its own for each case was
+    most of the case's time. ``running`` starts again a victim a failed case left down."""
     victim, when = KILLS[kill]
-    stack = stack_for(tmp_path, model_server[0], fresh_database)
-    nc = None
+    mission_id = await submit(running, repo)
+    nc = await nats.connect(running.nats_url)
     try:
-        await asyncio.to_thread(stack.start, 90.0)
-        mission_id = await submit(stack, repo)
-        nc = await nats.connect(stack.nats_url)
         log = await MissionLog(nc, mission_id).start()
         await log.wait_for(when, timeout=60)
-        await asyncio.to_thread(stack.kill, victim)
-        stack.start_service(victim)
-        await asyncio.to_thread(stack.wait_ready, [victim], 60.0)
+        await asyncio.to_thread(running.kill, victim)
+        running.start_service(victim)
+        await asyncio.to_thread(running.wait_ready, [victim], 60.0)
         await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
         await log.stop()
     finally:
-        if nc is not None:
-            await nc.close()
-        await asyncio.to_thread(stack.stop)
+        await nc.close()
     assert_each_task_merged_once(log, repo, model_server[1])
 
 

@@ -72,13 +72,15 @@ async def test_a_mission_from_the_form_to_its_merged_branch_in_the_browser(
     await expect(nodes).to_have_count(3)
     await expect(page.locator("#plan-graph [data-edge]")).to_have_count(2)
     await page.screenshot(path=str(artefacts / "e2e-1-plan.png"), full_page=True)
-    await approve.click()
-    await expect(page.locator("#mission-status .pill")).to_have_text("running")
 
+    # Paused and resumed before the approval: on the offline model the three tasks can
+    # all merge before a pause clicked after it lands, and the test must not race them.
     await page.click("#pause")
     await expect(page.locator("#mission-status .pill")).to_have_text("paused")
     await page.click("#resume")
-    await expect(page.locator("#mission-status .pill")).not_to_have_text("paused")
+    await expect(page.locator("#mission-status .pill")).to_have_text("awaiting approval")
+    await approve.click()
+    await expect(page.locator("#mission-status .pill")).not_to_have_text("awaiting approval")
 
     merged = page.locator('[data-column="merged"] article')
     await expect(merged).to_have_count(3, timeout=180_000)

@@ -32,14 +32,18 @@ async def stream_messages(nc) -> int:
 # --- query parameters and paths --------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", QUERY_ROUTES)
-@pytest.mark.parametrize("value", ["%00", "a%00b", "%1B[31m", "%7F", "%C2%85", "%FF", "%ED%A0%80"])
-async def test_a_control_character_or_bad_utf8_in_any_query_parameter_is_refused(
-    http, route, value
-):
-    name = "repository" if route == "/missions" else "mission_id"
-    response = await http.get(f"{route}?{name}={value}")
-    assert_refused(response, name)
+BAD_QUERY_VALUES = ["%00", "a%00b", "%1B[31m", "%7F", "%C2%85", "%FF", "%ED%A0%80"]
+
+
+async def test_a_control_character_or_bad_utf8_in_any_query_parameter_is_refused(http):
+    # Every route and value against one gateway: a refusal changes nothing, and a gateway
+    # of its own for each of the 42 requests was nearly all of their time.
+    for route in QUERY_ROUTES:
+        for value in BAD_QUERY_VALUES:
+            name = "repository" if route == "/missions" else "mission_id"
+            response = await http.get(f"{route}?{name}={value}")
+            assert response.status_code == 400, f"{route}?{name}={value}: {response.text}"
+            assert_refused(response, name)
 
 
 async def test_a_control_character_in_a_parameter_name_or_the_path_is_refused(http):
