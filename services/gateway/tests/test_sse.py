@@ -213,8 +213,9 @@ async def test_two_hundred_clients_share_one_subscription(gateway_server, nc, sc
         assert hub.subscriber_count == clients
         info = await nc.jetstream().stream_info("AETHER_MISSIONS")
         # The durable projection consumer, the step-retry consumer and the hub's one
-        # ordered consumer: not 200.
-        assert info.state.consumer_count <= 4
+        # ordered consumer, plus the read-model watch's and replays' short-lived ones,
+        # which expire on their own (a loaded machine sees one or two more): not 200.
+        assert info.state.consumer_count <= 8
         acks = [await publisher.publish(e) for e in script.happy_path()[1:]]
         results = await asyncio.wait_for(asyncio.gather(*followers), 60)
     expected = [results[0][0]] + [a.seq for a in acks]
