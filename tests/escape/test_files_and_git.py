@@ -977,6 +977,32 @@ def test_a_gitmodules_url_that_runs_a_command_is_never_fetched(
     assert not linked.marker.exists()
 
 
+def _plant_inside(*candidates: Path) -> None:
+    """Put a victim.txt in whichever candidate is a real directory right now, never
+    through the link the swapper plants (the test's own write must not be the escape)."""
+    for candidate in candidates:
+        try:
+            directory = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            out = os.open(
+                "victim.txt",
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                0o644,
+                dir_fd=directory,
+            )
+            try:
+                os.write(out, b"inside\n")
+            finally:
+                os.close(out)
+            return
+        except OSError:
+            continue
+        finally:
+            os.close(directory)
+
+
 def test_delete_and_list_while_a_directory_is_swapped_for_a_link_out(linked: Linked) -> None:
     # delete_file and list_dir (the swap test above covers read, write, edit, search).
     sub = linked.worktree / "sub"
@@ -1002,8 +1028,7 @@ def test_delete_and_list_while_a_directory_is_swapped_for_a_link_out(linked: Lin
     listed_outside = 0
     try:
         for _ in range(400):
-            with contextlib.suppress(OSError):
-                (real if real.exists() else sub).joinpath("victim.txt").write_text("inside\n")
+            _plant_inside(real, sub)
             with contextlib.suppress(ToolError, FileNotFoundError):
                 workspace.delete_file("sub/victim.txt")
             with contextlib.suppress(ToolError, FileNotFoundError):
