@@ -29,6 +29,7 @@ Costs are priced by the bundled price table. A figure, not a test: it never fail
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import subprocess
 import sys
@@ -52,8 +53,12 @@ from aether_events import Usage
 from aether_llm import MessagesServer, PromptCache, Reply, load_prices, text_block, tool_use_block
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_PATH = "services/agent-runner/src/aether_agent_runner/adapters/model.py"
-PLANNER_PATH = "services/planner/src/aether_planner/adapters/model.py"
+# Where the agent loop's module is now, and where it was before the runner's rooms.
+AGENT_PATHS = (
+    "services/agent-runner/src/aether_agent_runner/adapters/model.py",
+    "services/agent-runner/src/aether_agent_runner/agent.py",
+)
+PLANNER_PATHS = ("services/planner/src/aether_planner/adapters/model.py",)
 TURNS = 10
 
 
@@ -103,17 +108,42 @@ class Totals:
         self.uncached_cost += prices.cost(model, flat) or 0.0
 
 
-def from_history(commit: str, path: str, name: str) -> types.ModuleType:
-    """The module at ``path`` as it was at ``commit`` (its imports resolve to today's code)."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def from_history(
+    commit: str, paths: tuple[str, ...], name: str, only: tuple[str, ...] = ()
+) -> types.ModuleType:
+    """The module as it was at ``commit``, from the first of ``paths`` that existed then
+    (modules move); its imports resolve to today's code. With ``only``, just those
+    top-level functions and the standard-library imports: a module whose project imports
+    have moved since still gives the function being compared."""
+    for path in paths:
+        shown = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:{path}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"none of {', '.join(paths)} exists at {commit}")
+    tree = ast.parse(shown.stdout)
+    if only:
+        tree.body = [
+            node
+            for node in tree.body
+            if (isinstance(node, ast.FunctionDef) and node.name in only)
+            or (
+                isinstance(node, ast.Import)
+                and all(a.name.split(".")[0] in sys.stdlib_module_names for a in node.names)
+            )
+            or (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").split(".")[0] in {*sys.stdlib_module_names, "__future__"}
+            )
+        ]
     module = types.ModuleType(name)
     sys.modules[name] = module
-    exec(compile(source, f"{commit}:{path}", "exec"), module.__dict__)
+    exec(compile(tree, f"{commit}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -161,7 +191,7 @@ class Quiet:
     async def model_called(self, turn: int, usage: Usage) -> None:
         return None
 
-    async def progressed(self, progress: Any) -> None:
+    async def progressed(self, progress: Any, *, always: bool = False) -> None:
         return None
 
 
@@ -440,8 +470,10 @@ async def main() -> None:
     parser.add_argument("--model", default="claude-sonnet-5-5")
     args = parser.parse_args()
     model = args.model
-    old_agent = from_history(args.before, AGENT_PATH, "aether_agent_before")
-    old_planner = from_history(args.before, PLANNER_PATH, "aether_planner_before")
+    old_agent = from_history(
+        args.before, AGENT_PATHS, "aether_agent_before", only=("with_cache_breakpoint",)
+    )
+    old_planner = from_history(args.before, PLANNER_PATHS, "aether_planner_before")
     before: Breakpoints = lambda messages, final: old_agent.with_cache_breakpoint(messages)  # noqa: E731
     after: Breakpoints = cache_breakpoints
     placements: list[tuple[str, Breakpoints]] = [
