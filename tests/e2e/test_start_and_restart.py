@@ -72,7 +72,9 @@ async def submit(stack: Stack, repo: Path) -> str:
         return mission_id
 
 
-def assert_each_task_merged_once(log: MissionLog, repo: Path, script: ScriptedModel) -> None:
+def assert_each_task_merged_once(
+    log: MissionLog, repo: Path, script: ScriptedModel, plan_calls: int = 1
+) -> None:
     assert sorted(e.task_id for e in log.of_type(BranchMerged)) == ["a", "b", "c"]
     # Done by the service that owed it, not rescued by the scheduler timing tasks out.
     assert sorted((e.task.id, e.attempt) for e in log.of_type(TaskReady)) == [
@@ -83,7 +85,7 @@ def assert_each_task_merged_once(log: MissionLog, repo: Path, script: ScriptedMo
     assert log.of_type(TaskTimedOut) == []
     assert len(log.of_type(MissionCompleted)) == 1
     assert len(log.of_type(PlanProduced)) == 1
-    assert script.calls.count("plan") == 1
+    assert 1 <= script.calls.count("plan") <= plan_calls
     completed = log.of_type(MissionCompleted)[0]
     files = tree_files(repo, completed.final_sha)
     assert files["a.txt"] == b"alpha\n" and files["b.txt"] == b"beta\n"
@@ -181,7 +183,11 @@ async def test_a_service_killed_mid_mission_and_restarted_merges_each_task_once(
         await log.stop()
     finally:
         await nc.close()
-    assert_each_task_merged_once(log, repo, model_server[1])
+    # A planner killed with its model call in flight asks again once (the journal keeps
+    # replies, and this one never came); a reply it had journaled is never asked again.
+    assert_each_task_merged_once(
+        log, repo, model_server[1], plan_calls=2 if victim == "planner" else 1
+    )
 
 
 async def test_a_service_whose_free_port_is_taken_before_it_binds_moves_to_another(
