@@ -29,6 +29,7 @@ from aether_runtime.bus_auth import (
     render_authorization,
     service_users,
 )
+from aether_runtime.listen import EXIT_PORT_TAKEN
 
 # How often a service whose freely chosen port was taken at start-up moves to another.
 PORT_MOVES = 3
@@ -253,10 +254,16 @@ class Stack:
             return False
         if service.pump is not None:
             service.pump.join(2.0)
-        with contextlib.suppress(OSError), (self.home / "logs" / f"{name}.log").open("rb") as log:
-            log.seek(service.log_offset)
-            if b"address already in use" not in log.read() and port_is_free(service.port):
-                return False
+        if service.process.returncode != EXIT_PORT_TAKEN:
+            with (
+                contextlib.suppress(OSError),
+                (self.home / "logs" / f"{name}.log").open("rb") as log,
+            ):
+                log.seek(service.log_offset)
+                if b"address already in use" not in log.read().lower() and port_is_free(
+                    service.port
+                ):
+                    return False
         self._port_moves[name] = self._port_moves.get(name, 0) + 1
         self.ports[name] = free_port()
         self.start_service(name)

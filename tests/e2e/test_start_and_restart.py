@@ -9,6 +9,7 @@ service SIGKILLed mid-mission and restarted finishes what it was doing, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -196,23 +197,27 @@ async def test_a_service_whose_free_port_is_taken_before_it_binds_moves_to_anoth
     fresh_database: str,
 ) -> None:
     """A port chosen free can be taken before the service binds it (by any process on the
-    machine); the stack then starts that service on another port instead of failing."""
+    machine); the stack then starts that service on another port instead of failing. The
+    service finds out before it starts anything (it binds first) and exits at once."""
     stack = stack_for(tmp_path, model_server[0], fresh_database)
-    taken = stack.ports["planner"]
+    taken = {name: stack.ports[name] for name in ("planner", "gateway")}
     try:
         await asyncio.to_thread(stack.start_infrastructure)
-        with socket.socket() as holder:
-            holder.bind(("127.0.0.1", taken))
-            holder.listen()
+        with contextlib.ExitStack() as holders:
+            for port in taken.values():
+                holder = holders.enter_context(socket.socket())
+                holder.bind(("127.0.0.1", port))
+                holder.listen()
             await asyncio.to_thread(stack.start, 90.0)
-        assert stack.ports["planner"] != taken
-        assert stack.processes["planner"].port == stack.ports["planner"]
         async with httpx.AsyncClient(timeout=5) as http:
-            ready = await http.get(f"{stack.processes['planner'].url}/readyz")
-        assert ready.status_code == 200
-        assert ready.json()["pid"] == stack.processes["planner"].pid
-        log = (stack.home / "logs" / "planner.log").read_text()
-        assert "address already in use" in log
+            for name, port in taken.items():
+                assert stack.ports[name] != port
+                assert stack.processes[name].port == stack.ports[name]
+                ready = await http.get(f"{stack.processes[name].url}/readyz")
+                assert ready.status_code == 200
+                assert ready.json()["pid"] == stack.processes[name].pid
+                log = (stack.home / "logs" / f"{name}.log").read_text()
+                assert f"cannot listen on 127.0.0.1:{port}: address already in use" in log
     finally:
         stack.stop()
 

@@ -71,7 +71,7 @@ from aether_events import (
     tag_of,
     type_subject,
 )
-from aether_runtime import health, http, metrics
+from aether_runtime import health, http, listen, metrics
 from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.consumers import ConsumerSpec, ensure_consumer
@@ -900,10 +900,12 @@ def _task_id(event: Event) -> str | None:
 
 
 def serve(service: Service) -> None:
-    """Run the service's ASGI app with uvicorn until interrupted."""
+    """Run the service's ASGI app with uvicorn until interrupted, on a port bound before
+    the app starts (see ``listen``)."""
     import uvicorn
 
-    uvicorn.run(
+    sock = listen.bind_or_exit(service.settings.host, service.settings.port)
+    config = uvicorn.Config(
         service.asgi(),
         host=service.settings.host,
         port=service.settings.port,
@@ -911,3 +913,4 @@ def serve(service: Service) -> None:
         access_log=False,
         lifespan="on",
     )
+    uvicorn.Server(config).run(sockets=[sock])

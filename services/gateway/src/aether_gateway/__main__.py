@@ -9,7 +9,7 @@ import uvicorn
 from aether_gateway.app import Gateway
 from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
-from aether_runtime import configure_logging
+from aether_runtime import configure_logging, listen
 
 
 class _Server(uvicorn.Server):
@@ -31,6 +31,7 @@ class _Server(uvicorn.Server):
 def main() -> None:
     settings = GatewaySettings.from_env()
     configure_logging(SERVICE_NAME, settings.runtime.log_level)
+    sock = listen.bind_or_exit(settings.runtime.host, settings.runtime.port)
     app = bootstrap_app(settings)
     config = uvicorn.Config(
         app,
@@ -41,7 +42,7 @@ def main() -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    _Server(config, app.state.gateway).run()
+    _Server(config, app.state.gateway).run(sockets=[sock])
 
 
 if __name__ == "__main__":
