@@ -226,7 +226,7 @@ async def test_a_cli_agent_that_cannot_finish_fails_the_task_with_the_reason(
     await until(lambda: processes_naming(marker) == [])
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)

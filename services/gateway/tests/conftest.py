@@ -180,7 +180,7 @@ def script() -> Script:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, what: str = "condition"
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0, what: str = "condition"
 ) -> T:
     """Poll ``probe`` until it returns something other than None (or False)."""
     deadline = time.monotonic() + timeout

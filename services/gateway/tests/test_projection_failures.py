@@ -43,7 +43,7 @@ async def listed(http, *mission_ids: str) -> dict[str, dict]:
         by_id = {m["id"]: m for m in missions}
         return by_id if all(m in by_id for m in mission_ids) else None
 
-    return await eventually(probe, timeout=10.0, what=f"missions {mission_ids} to be listed")
+    return await eventually(probe, what=f"missions {mission_ids} to be listed")
 
 
 async def publish_raw(nc, event: MissionRequested, payload: bytes) -> int:

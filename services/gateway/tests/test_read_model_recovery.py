@@ -135,7 +135,7 @@ async def test_a_nats_server_crash_mid_mission_leaves_no_gap_in_the_read_model(
 
         # Well inside the consumer's 30 s ack wait: a lost acknowledgement must not stall
         # the read model until it runs out.
-        await eventually(caught_up, timeout=12, what="the read model to reach the stream's end")
+        await eventually(caught_up, what="the read model to reach the stream's end")
         recovered = time.monotonic()
         expected = await stream_seqs(nc, script.mission_id)
         assert len(expected) == len(events)
