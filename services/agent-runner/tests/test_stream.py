@@ -122,11 +122,11 @@ async def test_an_abandoned_stream_drops_what_is_queued_and_closes_at_once() -> 
     stream = AttemptStream(lambda: publisher)
     await stream.emit(decide.started(workspace, NOW, "r", None))
     await stream.emit(decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False))
-    await asyncio.wait_for(publisher.waiting.wait(), 30)
+    await asyncio.wait_for(publisher.waiting.wait(), 120)
 
     stream.abandon()
     # With the publish still held: a close that waited for the queue would never return.
-    await asyncio.wait_for(stream.close(), 30)
+    await asyncio.wait_for(stream.close(), 120)
     with pytest.raises(RuntimeError):
         await stream.emit(decide.usage_recorded(workspace, NOW, 2, Usage(), False))
     assert publisher.stored() == []
