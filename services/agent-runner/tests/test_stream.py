@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,34 @@ async def test_a_lost_usage_record_fails_the_attempt_at_the_next_emit_and_at_clo
         await stream.close()
     with pytest.raises(ConnectionError):
         await stream.emit(decide.started(workspace, NOW, "r", None))
+
+
+class GatedPublisher(InMemoryPublisher):
+    """Stores nothing until ``gate`` opens: a publish that cannot get through (an
+    attempt's connection whose credential is being refused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def publish(self, event: Event) -> Any:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().publish(event)
+
+
+async def test_an_abandoned_stream_drops_what_is_queued_and_closes_at_once() -> None:
+    publisher = GatedPublisher()
+    workspace = ready("m-abandoned")
+    stream = AttemptStream(lambda: publisher)
+    await stream.emit(decide.started(workspace, NOW, "r", None))
+    await stream.emit(decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False))
+    await asyncio.wait_for(publisher.waiting.wait(), 120)
+
+    stream.abandon()
+    # With the publish still held: a close that waited for the queue would never return.
+    await asyncio.wait_for(stream.close(), 120)
+    with pytest.raises(RuntimeError):
+        await stream.emit(decide.usage_recorded(workspace, NOW, 2, Usage(), False))
+    assert publisher.stored() == []

@@ -21,6 +21,7 @@ from aether_agent_runner.adapters.stream import AttemptStream
 from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
 from aether_events import Event, Publisher, WorkspaceReady
 from aether_runtime import Delivery, Projection, stored_sequence
+from aether_runtime.attempt_auth import CredentialRefused
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -117,14 +118,25 @@ class Handlers:
         stream = AttemptStream(self._publisher)
         work = asyncio.create_task(self._attempts.work(ready, stream.emit))
         try:
-            async with delivery.keep_alive(self._keep_alive_every), self._heartbeat(ready):
-                waiting: set[asyncio.Future[Any]] = {work, stop}
+            async with (
+                delivery.keep_alive(self._keep_alive_every),
+                self._heartbeat(ready) as refused,
+            ):
+                waiting: set[asyncio.Future[Any]] = {work, stop, refused}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 finished = work.done()
                 if not finished:
                     work.cancel()
                     with contextlib.suppress(asyncio.CancelledError, AttemptBusy):
                         await work
+                if not finished and refused.done():
+                    # Nothing of the attempt can be stored: it stops now rather than
+                    # spend model calls it could not report, and its delivery is handed
+                    # back (its redelivery looks at the mission's history first).
+                    log.warning("the attempt's credential was refused; handing it back")
+                    metrics.RESULTS.labels("credential_refused").inc()
+                    stream.abandon()
+                    raise refused.result()
                 # Everything the attempt emitted is stored before its result is published.
                 await stream.close()
             if finished:
@@ -158,8 +170,16 @@ class Handlers:
             )
 
     @contextlib.asynccontextmanager
-    async def _heartbeat(self, ready: WorkspaceReady) -> AsyncIterator[None]:
-        """Publish AgentHeartbeat on the telemetry stream while the agent works.
+    async def _heartbeat(
+        self, ready: WorkspaceReady
+    ) -> AsyncIterator[asyncio.Future[CredentialRefused]]:
+        """Publish AgentHeartbeat on the telemetry stream while the agent works; yields a
+        future set when the bus refuses the attempt's credential.
+
+        The first beat goes out as the attempt starts, so the attempt's own connection
+        (its credential asked of the authorizer through the auth callout) is opened while
+        the worktree and journal are prepared, not after; a refusal there (the attempt
+        is not open, or another runner holds it) ends the attempt at once.
 
         The beat ends on a flag, not on its cancellation alone: on Python 3.11 a
         cancellation that arrives as a publish's acknowledgement does is swallowed by
@@ -167,6 +187,7 @@ class Handlers:
         beat that only stopped when cancelled would then go on forever, with the attempt's
         result waiting behind it and never published."""
         stopped = asyncio.Event()
+        refused: asyncio.Future[CredentialRefused] = asyncio.get_running_loop().create_future()
 
         async def beat() -> None:
             number = 0
@@ -177,6 +198,9 @@ class Handlers:
                     await self._publisher().publish(
                         decide.heartbeat(ready, self._clock(), runner, number)
                     )
+                except CredentialRefused as error:
+                    refused.set_result(error)
+                    return
                 except Exception:
                     log.warning("heartbeat not published", exc_info=True)
                 with contextlib.suppress(TimeoutError):
@@ -185,7 +209,7 @@ class Handlers:
 
         task = asyncio.create_task(beat())
         try:
-            yield
+            yield refused
         finally:
             stopped.set()
             task.cancel()

@@ -18,7 +18,8 @@ MODEL_CALLS = Counter("aether_agent_model_calls_total", "Model calls the agents 
 RESULTS = Counter(
     "aether_agent_results_total",
     "Attempts ended, by result (completed, empty, ended by a limit or the model, stopped, "
-    "refused: a commit over the limits)",
+    "refused: a commit over the limits, credential_refused: the bus refused the attempt's "
+    "credential)",
     ["result"],
 )
 RESUMED = Counter(
@@ -37,5 +38,5 @@ ATTEMPT_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
 
-at_zero(RESULTS, result=("completed", "empty", "ended", "stopped", "refused"))
+at_zero(RESULTS, result=("completed", "empty", "ended", "stopped", "refused", "credential_refused"))
 at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended", "refused"))

@@ -53,11 +53,13 @@ from aether_agent_runner.domain import decide
 from aether_agent_runner.domain.decide import completed, failed
 from aether_agent_runner.runtimes import (
     BUILTIN,
+    FreshStart,
     Job,
     Runtime,
     RuntimeUnavailable,
     runtime_name,
 )
+from aether_agent_runner.runtimes.builtin import BuiltinRuntime, begin_fresh
 from aether_agent_runner.runtimes.roles import RoleMissing, find_role
 from aether_agent_runner.runtimes.session import earlier_run
 from aether_events import (
@@ -155,7 +157,11 @@ class Attempts:
         """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
         What happens on the way (AgentStarted, usage, progress, the transcript) goes to
         ``emit``, the attempt's stream. Raises ``AttemptBusy``."""
-        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim, ready))
+        runtime = self._runtime(ready)
+        # A fresh built-in attempt's conversation is begun in the same hand-off as the
+        # lock (a role is looked up in the worktree first, and may change the model).
+        begins = isinstance(runtime, BuiltinRuntime) and not ready.task.role
+        claiming = asyncio.ensure_future(asyncio.to_thread(self._prepare, ready, begins))
         try:
             claimed = await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -167,11 +173,42 @@ class Attempts:
             return await self._work_fetched(ready, emit)
         if isinstance(claimed, str):
             return failed(ready, self.clock(), claimed, True)
+        try:
+            return await self._work(ready, claimed.git, claimed.journal, emit, claimed, runtime)
+        finally:
+            claimed.lock.release()
+
+    def _runtime(self, ready: WorkspaceReady) -> Runtime | RuntimeUnavailable:
+        """The attempt's runtime, or why it cannot run (reported only once the branch is
+        known not to hold the attempt's commit already)."""
+        try:
+            return self.runtimes(runtime_name(ready.runtime, self.settings.runtime))
+        except RuntimeUnavailable as error:
+            return error
+
+    def _prepare(self, ready: WorkspaceReady, begins: bool) -> Prepared | str | None:
+        """Everything before AgentStarted that touches the disk, in one worker thread:
+        the attempt's lock (``_claim``), its journal and any commit of its own from
+        before a restart, and, when ``begins`` and neither holds anything of this
+        attempt's, the built-in loop's fresh start (reset, repository map, first
+        record). ``None`` or a reason as ``_claim``; raises ``AttemptBusy``."""
+        claimed = self._claim(ready)
+        if not isinstance(claimed, tuple):
+            return claimed
         git, directory, lock = claimed
         try:
-            return await self._work(ready, git, Journal(directory), emit)
-        finally:
+            journal = Journal(directory)
+            task, attempt = ready.task, ready.attempt
+            records, own = _recall(journal, git, ready.base_sha, task.id, attempt)
+            fresh = None
+            me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
+            if begins and own is None and Conversation.from_records(records, me) is None:
+                limits = self.settings.limits(ready.max_cost_usd)
+                fresh = begin_fresh(git, ready, limits, journal, me)
+            return Prepared(git, journal, lock, records, own, fresh)
+        except BaseException:
             lock.release()
+            raise
 
     def _claim(self, ready: WorkspaceReady) -> tuple[GitDir, Path, AttemptLock] | str | None:
         """The attempt's worktree, state directory and lock, taken in one worker thread
@@ -243,16 +280,26 @@ class Attempts:
             lock.release()
 
     async def _work(
-        self, ready: WorkspaceReady, git: GitDir, journal: Journal, emit: Emit
+        self,
+        ready: WorkspaceReady,
+        git: GitDir,
+        journal: Journal,
+        emit: Emit,
+        prepared: Prepared | None = None,
+        runtime: Runtime | RuntimeUnavailable | None = None,
     ) -> Event:
         task, attempt = ready.task, ready.attempt
         worktree = git.worktree
         me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
-        records, own = await asyncio.to_thread(
-            _recall, journal, git, ready.base_sha, task.id, attempt
-        )
-        conversation = Conversation.from_records(records, me)
+        if prepared is not None:
+            records, own, fresh = prepared.records, prepared.own, prepared.fresh
+        else:
+            records, own = await asyncio.to_thread(
+                _recall, journal, git, ready.base_sha, task.id, attempt
+            )
+            fresh = None
         if own is not None:
+            conversation = Conversation.from_records(records, me)
             log.info("found this attempt's commit from before a restart; reporting it")
             files = await asyncio.to_thread(commit_files, git, own)
             summary = (conversation.finish_summary() if conversation else None) or (
@@ -261,11 +308,11 @@ class Attempts:
             usage = conversation.usage if conversation else _session_usage(records, me, ready)
             return completed(ready, self.clock(), own, summary, files, usage)
         limits = self.settings.limits(ready.max_cost_usd)
-        try:
-            runtime = self.runtimes(runtime_name(ready.runtime, self.settings.runtime))
-        except RuntimeUnavailable as error:
+        if runtime is None:
+            runtime = self._runtime(ready)
+        if isinstance(runtime, RuntimeUnavailable):
             metrics.RESULTS.labels("ended").inc()
-            return failed(ready, self.clock(), str(error), False)
+            return failed(ready, self.clock(), str(runtime), False)
         role = None
         if task.role:
             try:
@@ -329,6 +376,7 @@ class Attempts:
             role=role,
             transcript=transcript,
             records=records,
+            fresh=fresh,
         )
         began = time.monotonic()
         try:
@@ -371,13 +419,25 @@ def _push(broker: Broker, git: GitDir, branch: str, sha: str) -> None:
         broker.push_branch(repo, branch, sha)
 
 
-def _release_claimed(
-    claiming: asyncio.Future[tuple[GitDir, Path, AttemptLock] | str | None],
-) -> None:
+@dataclass(frozen=True)
+class Prepared:
+    """What the preparation hand-off took and read under the attempt's lock."""
+
+    git: GitDir
+    journal: Journal
+    lock: AttemptLock
+    records: list[dict[str, Any]]
+    # This attempt's commit on the task branch from before a restart, if any.
+    own: str | None
+    # The built-in loop's conversation, begun there (``None``: the runtime's to do).
+    fresh: FreshStart | None
+
+
+def _release_claimed(claiming: asyncio.Future[Prepared | str | None]) -> None:
     if not claiming.cancelled() and claiming.exception() is None:
         claimed = claiming.result()
-        if isinstance(claimed, tuple):
-            claimed[2].release()
+        if isinstance(claimed, Prepared):
+            claimed.lock.release()
 
 
 def _recall(

@@ -44,6 +44,7 @@ class AttemptStream:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
         self._failure: BaseException | None = None
         self._closed = False
+        self._abandoned = False
         self._sender = asyncio.create_task(self._send())
 
     async def emit(self, event: Event) -> None:
@@ -55,8 +56,17 @@ class AttemptStream:
             raise RuntimeError("the attempt's stream is closed")
         await self._queue.put(event)
 
+    def abandon(self) -> None:
+        """Stop at once, dropping what is still queued: for an attempt whose events the
+        bus no longer takes (its credential refused). Each event's id is its step's, so
+        a resumed attempt publishes them again, each stored once."""
+        self._closed = self._abandoned = True
+        self._sender.cancel()
+
     async def close(self) -> None:
         """Publish everything queued, then stop; raises a failure ``emit`` would have."""
+        if self._abandoned:
+            return
         if not self._closed:
             self._closed = True
             await self._queue.put(None)

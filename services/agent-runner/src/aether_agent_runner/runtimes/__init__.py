@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aether_agent_runner.adapters.conversation import Conversation, Record
 from aether_agent_runner.adapters.git import GitDir
 from aether_agent_runner.adapters.journal import Journal
 from aether_agent_runner.adapters.model import Observer, Outcome
@@ -29,6 +30,16 @@ from aether_llm.roles import Role
 BUILTIN = "builtin"
 CLAUDE_CODE = "claude-code"
 KNOWN = (BUILTIN, CLAUDE_CODE)
+
+
+@dataclass(frozen=True)
+class FreshStart:
+    """A built-in conversation begun from a clean worktree: whether changes no journal
+    accounted for were discarded, the conversation, and its first (journaled) record."""
+
+    discarded: bool
+    conversation: Conversation
+    begin: Record
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,9 @@ class Job:
     # The journal as the runner read it, under the attempt's lock, before the runtime
     # started (``None``: not read; the runtime reads it).
     records: list[dict[str, Any]] | None = None
+    # The built-in loop's conversation, begun by the runner in the same hand-off as the
+    # lock and the journal's reading (``None``: the runtime resumes or begins it).
+    fresh: FreshStart | None = None
 
 
 class Runtime(Protocol):

@@ -7,17 +7,21 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import anthropic
 from anthropic.types import TextBlockParam
 
 from aether_agent_runner import metrics
-from aether_agent_runner.adapters.conversation import Conversation, Record
-from aether_agent_runner.adapters.git import reset_to
+from aether_agent_runner.adapters.conversation import Conversation
+from aether_agent_runner.adapters.git import GitDir, reset_to
+from aether_agent_runner.adapters.journal import Journal
 from aether_agent_runner.adapters.model import Agent, Outcome
-from aether_agent_runner.runtimes import BUILTIN, Job
+from aether_agent_runner.domain import Limits
+from aether_agent_runner.runtimes import BUILTIN, FreshStart, Job
 from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map, task_prompt
 from aether_agent_runner.runtimes.roles import role_prompt
+from aether_events import WorkspaceReady
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -32,11 +36,16 @@ class BuiltinRuntime:
         records = job.records
         if records is None:
             records = await asyncio.to_thread(job.journal.read)
-        resumed = Conversation.from_records(records, job.identity)
+        # Begun by the runner in its preparation hand-off: the journal held nothing of
+        # this attempt's then (``begin_fresh``).
+        fresh = job.fresh
+        resumed = None if fresh is not None else Conversation.from_records(records, job.identity)
         if resumed is None:
             if records:
                 log.warning("the journal in the worktree is not this attempt's; starting over")
-            discarded, conversation, begin = await asyncio.to_thread(_start_over, job)
+            if fresh is None:
+                fresh = await asyncio.to_thread(_start_over, job)
+            discarded, conversation, begin = fresh.discarded, fresh.conversation, fresh.begin
             if discarded:
                 log.warning("restarting cleanly: discarded changes no transcript accounts for")
             if job.transcript is not None:
@@ -81,16 +90,23 @@ class BuiltinRuntime:
             return Outcome(False, reason=f"model call failed: {error}", retryable=True)
 
 
-def _start_over(job: Job) -> tuple[bool, Conversation, Record]:
+def _start_over(job: Job) -> FreshStart:
+    return begin_fresh(job.git, job.ready, job.limits, job.journal, job.identity)
+
+
+def begin_fresh(
+    git: GitDir, ready: WorkspaceReady, limits: Limits, journal: Journal, me: dict[str, Any]
+) -> FreshStart:
     """Reset the worktree to the attempt's base, then begin the conversation and its
-    journal: in one worker thread (under load each hand-off costs a few milliseconds).
-    Returns whether changes were discarded, the conversation and its first record."""
-    discarded = reset_to(job.git, job.ready.base_sha)
-    repo_map = repository_map(job.worktree)
-    conversation = Conversation.fresh(task_prompt(job.ready, repo_map, job.limits))
-    begin = conversation.begin_record(job.identity)
-    job.journal.start(begin)
-    return discarded, conversation, begin
+    journal, in the caller's thread: one worker thread's work (under load each hand-off
+    costs a few milliseconds), the runner's own preparation hand-off when it can tell a
+    fresh built-in attempt in advance. Blocking; the attempt's lock must be held."""
+    discarded = reset_to(git, ready.base_sha)
+    repo_map = repository_map(git.worktree)
+    conversation = Conversation.fresh(task_prompt(ready, repo_map, limits))
+    begin = conversation.begin_record(me)
+    journal.start(begin)
+    return FreshStart(discarded, conversation, begin)
 
 
 def system_for(job: Job) -> list[TextBlockParam]:

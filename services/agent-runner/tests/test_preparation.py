@@ -1,0 +1,154 @@
+"""An attempt's preparation: what happens between WorkspaceReady and the first model call.
+
+A fresh built-in attempt takes its lock, reads its journal, looks for a commit of its own
+and begins its conversation (reset, repository map, first record) in one hand-off to a
+worker thread; its own bus connection, asked of the authorizer through the auth callout,
+is opened meanwhile by the first heartbeat, and a refusal there ends the attempt at once
+and hands its delivery back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from aether_agent_runner.adapters import attempt as attempt_module
+from aether_agent_runner.adapters.attempt import Attempts
+from aether_agent_runner.adapters.journal import AttemptLock
+from aether_agent_runner.config import AgentSettings
+from aether_agent_runner.domain import State, evolve
+from aether_agent_runner.handlers import Handlers
+from aether_agent_runner.runtimes.builtin import BuiltinRuntime
+from aether_agent_runner.testing import Hold, ScriptedRuntime
+from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentHeartbeat,
+    AgentStarted,
+    Event,
+    WorkspaceReady,
+)
+from aether_llm import make_client
+from aether_runtime import Delivery, Projection
+from aether_runtime.attempt_auth import CredentialRefused
+
+from .conftest import TIMEOUT, Model, TaskRepo, Turn, git
+
+
+async def test_a_fresh_builtin_attempt_is_prepared_in_one_hand_off(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    model: Callable[[dict[str, list[Turn]]], Model],
+    reply: Callable[..., Turn],
+    tool: Callable[..., dict[str, Any]],
+    finish: Callable[..., Turn],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lock, journal, own commit and the conversation's beginning (which resets what no
+    journal accounts for) all happen in the one hand-off before the first model call;
+    the runtime does not begin the conversation again."""
+    scripted = model(
+        {"t1": [reply(tool("write_file", path="src/app.py", content="x = 1\n")), finish()]}
+    )
+    handed: list[str] = []
+    before_first_call: list[list[str]] = []
+    scripted.script.on_call = lambda task, turn: (
+        before_first_call.append(list(handed)) if turn == 0 else None
+    )
+    real_to_thread = asyncio.to_thread
+
+    async def to_thread(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        # The runner's own hand-offs (the SDK makes one of its own at its first call).
+        if getattr(function, "__module__", "").startswith("aether_agent_runner"):
+            handed.append(function.__name__)
+        return await real_to_thread(function, *args, **kwargs)
+
+    # Left by an earlier attempt in this (pooled) worktree: reset before the agent starts.
+    (task_repo.worktree / "stray.txt").write_text("not this attempt's\n")
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    attempts = Attempts(
+        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+    emitted: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        emitted.append(event)
+
+    result = await attempts.work(workspace_ready(task_repo, "m-prepared"), emit)
+
+    assert isinstance(result, AgentCompleted), result
+    assert before_first_call == [["_prepare"]]
+    assert isinstance(emitted[0], AgentStarted)
+    assert result.files_changed == ["src/app.py"]
+    assert not (task_repo.worktree / "stray.txt").exists()
+    shown = git(task_repo.repo, "show", "--name-only", "--format=", result.commit_sha)
+    assert shown.split() == ["src/app.py"]
+
+
+# --- a refused credential ------------------------------------------------------------------
+
+
+class RefusingBus:
+    """The publisher an attempt gets when the bus refuses its credential: every publish
+    raises ``CredentialRefused`` once the attempt is at work (the callout's answer
+    arriving while the worktree is prepared and the agent has started)."""
+
+    def __init__(self, at_work: asyncio.Event) -> None:
+        self._at_work = at_work
+        self.tried: list[Event] = []
+
+    async def publish(self, event: Event, **options: Any) -> Any:
+        self.tried.append(event)
+        await self._at_work.wait()
+        raise CredentialRefused("the attempt is not open")
+
+
+async def test_a_refused_credential_stops_the_attempt_and_hands_it_back(
+    task_repo: TaskRepo, workspace_ready: Callable[..., WorkspaceReady]
+) -> None:
+    """The first heartbeat opens the attempt's connection while the attempt prepares and
+    starts; refused, the attempt is cancelled (not left holding its lane and worktree,
+    its agent spending model calls nothing could report), what it emitted is dropped,
+    and the delivery is handed back for later (``RetryLater``)."""
+    hold = Hold()
+    runtime = ScriptedRuntime([hold])
+    bus = RefusingBus(hold.reached)
+    attempts = Attempts(
+        runtimes=lambda name: runtime,
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+    handlers = Handlers(Projection(State(), evolve), lambda: bus, attempts, heartbeat_seconds=0.5)
+    refused_before = refusals()
+    ready = workspace_ready(task_repo, "m-refused")
+
+    with pytest.raises(CredentialRefused):
+        # A bound, not an expectation: before, the attempt never ended.
+        await asyncio.wait_for(handlers.handle(ready, Delivery(1, 1, 0)), 4 * TIMEOUT)
+
+    assert hold.reached.is_set() and len(runtime.jobs) == 1
+    assert len(handlers.running) == 0
+    assert refusals() == refused_before + 1
+    assert any(isinstance(event, AgentHeartbeat) for event in bus.tried)
+    assert not any(isinstance(event, AgentCompleted | AgentFailed) for event in bus.tried)
+    git_dir = attempt_module._git_dir(ready, Path(ready.worktree_path))
+    lock = AttemptLock(attempt_module.state_dir(git_dir))
+    assert lock.acquire()
+    lock.release()
+
+
+def refusals() -> float:
+    found = REGISTRY.get_sample_value(
+        "aether_agent_results_total", {"result": "credential_refused"}
+    )
+    return found or 0.0
