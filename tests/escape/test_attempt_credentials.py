@@ -45,6 +45,7 @@ from aether_runtime.attempt_auth import (
     AttemptAuthorizer,
     AttemptCredentials,
     AttemptKey,
+    CredentialRefused,
     Grants,
 )
 from aether_runtime.roles import ROLES
@@ -490,3 +491,15 @@ async def test_an_open_attempts_credential_is_renewed_when_it_expires(
         assert ack.stream == MISSIONS_STREAM
         assert publisher.connection is not first
     assert await stored_on(admin, subject_for(completed(key))) == 1
+
+
+async def test_the_runners_publisher_gives_up_on_a_refused_credential(
+    stack: Stack, authorizer: Authorizer
+) -> None:
+    """The runner's own publisher, for an attempt that is not open: it asks a few times,
+    then raises ``CredentialRefused`` (its delivery is handed back), never asking forever."""
+    key = AttemptKey("m-never-open", "t1", 1)
+    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
+    async with credentials.scope(key) as publisher:
+        with pytest.raises(CredentialRefused, match="no NATS credential for attempt 1"):
+            await publisher.publish(started(key))

@@ -358,18 +358,24 @@ class AttemptPublisher(EventPublisher):
         wait = 0.2
         for tries in range(CONNECT_TRIES):
             try:
-                return await nats.connect(
+                nc = await nats.connect(
                     self._url,
                     user=self._user,
                     password=self._secret,
                     inbox_prefix=self._key.inbox_prefix,
                     name=f"aether-attempt-{self._key.task_id}-a{self._key.attempt}",
                     allow_reconnect=True,
-                    max_reconnect_attempts=-1,
+                    # nats-py retries a first connection as often as it reconnects: with no
+                    # limit, a refused credential was asked for again forever and the
+                    # attempt held its lane. One retry per try here (the count is the
+                    # tries above); once connected, it reconnects through any bus restart.
+                    max_reconnect_attempts=1,
                     reconnect_time_wait=0.2,
                     # The server asks the scheduler before it answers.
                     connect_timeout=15,
                 )
+                nc.options["max_reconnect_attempts"] = -1
+                return nc
             except (nats.errors.Error, OSError) as error:
                 if tries == CONNECT_TRIES - 1:
                     raise CredentialRefused(
