@@ -296,6 +296,9 @@ class Service:
         # Per consumer and per event type, the metric children a delivery updates
         # (looked up once rather than at every delivery).
         self._meter_sets: dict[tuple[str, str], _Meters] = {}
+        # Per consumer spec, the stream sequence its lane settled last and how, as the
+        # server confirmed it (see ``_deliver``).
+        self._last_settled: dict[int, tuple[int, bytes]] = {}
         # Consumers with no delivery since the latest reconnect, and when it was
         # (monotonic): the first one is logged with how long it took.
         self._awaiting_first: set[str] = set()
@@ -687,6 +690,18 @@ class Service:
         )
         meters = self._meters(spec)
         meters.pending.set(meta.num_pending)
+        settled = self._last_settled.get(id(spec))
+        if settled is not None and settled[0] == delivery.sequence:
+            # Delivered again after this lane settled it, and the server said so: its
+            # ack wait ran out before the settlement reached it (the server restarted
+            # meanwhile), and the delivery was waiting on the lane's standing request
+            # (``pull``). The work is done: settle it again rather than do it twice.
+            log.info(
+                "a settled message delivered again is settled again",
+                extra={"consumer": spec.durable, "seq": delivery.sequence},
+            )
+            await self._settle(raw, settled[1], spec)
+            return
         if self._awaiting_first and spec.durable in self._awaiting_first:
             self._awaiting_first.discard(spec.durable)
             log.info(
@@ -717,7 +732,9 @@ class Service:
         return (durable, sequence) in self._in_flight
 
     async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec) -> None:
-        await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
+        sequence = raw.metadata.sequence.stream
+        if await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled):
+            self._last_settled[id(spec)] = (sequence, payload)
 
     @property
     def _nats(self) -> NatsClient:
