@@ -9,11 +9,13 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from aether.infra import EmbeddedNats
 from aether_events import (
     ALL_MISSION_EVENTS,
     MISSIONS_STREAM,
@@ -60,10 +62,12 @@ async def test_a_standing_request_delivers_many_messages_in_order(nc: NatsClient
     for i in range(30):
         await publisher.publish(requested(f"m-{i}"))
     seen: list[int] = []
+    asking: list[int] = []
     done = asyncio.Event()
 
     async def handle(msg: Msg) -> None:
         seen.append(msg.metadata.sequence.stream)
+        asking.append(puller.asking)
         await msg.ack_sync()
         if len(seen) == 31:
             done.set()
@@ -74,15 +78,16 @@ async def test_a_standing_request_delivers_many_messages_in_order(nc: NatsClient
     )
     await puller.start()
     try:
-        # Waiting messages come on the one request, each once the previous is settled.
         while len(seen) < 30:
             await asyncio.sleep(0.01)
-        # One more, published to a lane that waits: it comes at once on the same request,
-        # not once a batch has filled (that would be an hour here).
+        # One more, published to a lane that waits: it comes on the request waiting (an
+        # hour long here), as soon as it is there.
         await publisher.publish(requested("m-late"))
         await asyncio.wait_for(done.wait(), 30)
         assert seen == list(range(1, 32))
+        # Every message came on the one request, which still asked for more meanwhile.
         assert puller.requests == 1
+        assert all(left > 0 for left in asking)
     finally:
         await puller.stop()
 
@@ -158,3 +163,56 @@ async def test_a_settled_message_delivered_again_is_not_handled_twice(
         assert "a settled message delivered again is settled again" in caplog.messages
     finally:
         await svc.stop()
+
+
+async def test_a_lane_asks_again_at_once_when_its_request_is_lost_with_the_server(
+    nats_server: EmbeddedNats,
+) -> None:
+    """Its request lives an hour: only the wake at the reconnect makes the lane ask the
+    restarted server again."""
+    lanes: list[Puller] = []
+
+    async def reconnected() -> None:
+        for lane in lanes:
+            lane.wake()
+
+    nc = await nats.connect(
+        nats_server.url,
+        reconnect_time_wait=0.2,
+        max_reconnect_attempts=-1,
+        reconnected_cb=reconnected,
+    )
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("woken", 1))
+    seen: list[int] = []
+    arrived = asyncio.Event()
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        await msg.ack_sync()
+        arrived.set()
+
+    puller = Puller(
+        nc, MISSIONS_STREAM, "woken", nc.new_inbox(), handle, standing=True, expires=HOUR
+    )
+    lanes.append(puller)
+    await puller.start()
+    try:
+        while puller.requests < 1:
+            await asyncio.sleep(0.01)
+        nats_server.kill()
+        nats_server.start()
+        publisher = EventPublisher(js, timeout=1.0)
+        while True:
+            try:
+                await publisher.publish(requested("m-after"))
+                break
+            except Exception:
+                await asyncio.sleep(0.05)  # the server is not answering yet
+        await asyncio.wait_for(arrived.wait(), 60)
+        assert seen == [1]
+        assert puller.requests >= 2
+    finally:
+        await puller.stop()
+        await nc.close()

@@ -9,10 +9,12 @@ waits to fill its batch.
 How much a lane asks for depends on who bounds what is in flight:
 
 * A consumer that delivers one message at a time (``max_ack_pending`` of 1: the
-  single-writer consumers) keeps a *standing* request for a batch of messages. The
-  server delivers the next one only once the previous one is acknowledged, at once on
-  the request already waiting, so a task's many deliveries cost one request per batch
-  rather than one each, and nothing waits on this side unhandled.
+  single-writer consumers) keeps a *standing* request for a batch of messages, renewed
+  before the message that uses it up is handled. The server delivers the next message
+  only once the previous one is acknowledged, and then at once, on the request already
+  waiting, rather than after the lane has asked again: a task's many deliveries cost one
+  request per batch rather than a request and its round trip each, and nothing waits
+  on this side unhandled.
 * Any other lane (one the server lets deliver more than it holds: several lanes or
   processes sharing a durable, hand-offs, several workers) asks only for what it has
   room for, when it has it, as before: a message pulled by a busy lane would wait
@@ -43,7 +45,7 @@ from nats.js.api import Header
 log = logging.getLogger("aether.runtime.pull")
 
 # How many messages a standing request asks for (the server still delivers them one at a
-# time, as each is acknowledged).
+# time, each once the previous one is acknowledged).
 STANDING_BATCH = 256
 # How long past a request's expiry it is taken for lost when the server said nothing.
 GRACE_SECONDS = 1.0
@@ -51,7 +53,8 @@ GRACE_SECONDS = 1.0
 # answering yet), so a lane does not spin.
 REFUSED_PAUSE_SECONDS = 0.25
 
-_WAKE: Final = object()  # ask again now (a reconnect; a handler finished)
+_LOST: Final = object()  # the requests in flight are lost (a reconnect): ask again now
+_FREED: Final = object()  # a handler finished: there may be room to ask for more
 _STOP: Final = object()
 _PENDING = "Nats-Pending-Messages"
 
@@ -88,6 +91,11 @@ class Puller:
         self._expire_at = 0.0
         self.requests = 0  # pull requests sent (for tests and figures)
 
+    @property
+    def asking(self) -> int:
+        """How many messages the lane's live requests still ask for."""
+        return self._asked
+
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._arrived)
         self._task = asyncio.create_task(self._run(), name=f"pull {self._subject}")
@@ -97,7 +105,7 @@ class Puller:
 
     def wake(self) -> None:
         """The requests in flight are lost (the server restarted): ask again now."""
-        self._queue.put_nowait(_WAKE)
+        self._queue.put_nowait(_LOST)
 
     async def stop(self, graceful: float = 30.0) -> None:
         """Stop asking, let the running handlers finish (up to ``graceful`` seconds),
@@ -161,7 +169,10 @@ class Puller:
                 continue
             if item is _STOP:
                 return
-            if item is _WAKE:
+            if item is _LOST:
+                self._asked = 0
+                continue
+            if item is _FREED:
                 continue
             assert isinstance(item, Msg)
             status = _status(item)
@@ -169,6 +180,10 @@ class Puller:
                 pause_until = max(pause_until, self._ended(item, status))
                 continue
             self._asked = max(self._asked - 1, 0)
+            if self._standing and (room := self._room()) > 0:
+                # The next request waits at the server while this message is handled.
+                with contextlib.suppress(Exception):
+                    await self._ask(room)
             if self._workers == 1:
                 await self._handled(item)
             else:
@@ -187,7 +202,7 @@ class Puller:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         if not self._stopping:
-            self._queue.put_nowait(_WAKE)
+            self._queue.put_nowait(_FREED)
 
     def _ended(self, msg: Msg, status: str) -> float:
         """Account for a request the server ended; returns until when not to ask."""
