@@ -389,7 +389,10 @@ class Service:
         a time, a lock a retried step shares, so a retry never runs beside it."""
         if spec.max_workers > 1 or spec.hand_offs > 0:
             return contextlib.nullcontext()
-        return self._locks.setdefault(id(spec), asyncio.Lock())
+        lock = self._locks.get(id(spec))
+        if lock is None:
+            lock = self._locks[id(spec)] = asyncio.Lock()
+        return lock
 
     async def _start(self) -> None:
         # One connection per process: FastStream's broker opens it, with the service's
@@ -700,7 +703,7 @@ class Service:
                 "a settled message delivered again is settled again",
                 extra={"consumer": spec.durable, "seq": delivery.sequence},
             )
-            await self._settle(raw, settled[1], spec)
+            await self._settle(raw, settled[1], spec, delivery.sequence)
             return
         if self._awaiting_first and spec.durable in self._awaiting_first:
             self._awaiting_first.discard(spec.durable)
@@ -731,8 +734,7 @@ class Service:
         """Whether this process is handling (or settling) that message of ``durable``."""
         return (durable, sequence) in self._in_flight
 
-    async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec) -> None:
-        sequence = raw.metadata.sequence.stream
+    async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec, sequence: int) -> None:
         if await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled):
             self._last_settled[id(spec)] = (sequence, payload)
 
@@ -750,7 +752,7 @@ class Service:
         except UnknownEventType as unknown:
             metrics.EVENTS_CONSUMED.labels(self.name, unknown.tag, "unknown").inc()
             log.warning("skipping unknown event type", extra={"tag": unknown.tag})
-            await self._settle(raw, ACK, spec)
+            await self._settle(raw, ACK, spec, delivery.sequence)
             return
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             metrics.POISON.labels(self.name).inc()
@@ -758,7 +760,7 @@ class Service:
                 "poison message terminated",
                 extra={"subject": raw.subject, "seq": delivery.sequence, "error": str(error)},
             )
-            await self._settle(raw, TERM, spec)
+            await self._settle(raw, TERM, spec, delivery.sequence)
             return
         if not on_its_subject(event, raw.subject):
             # Published with one attempt's credential about another task or attempt: the
@@ -772,7 +774,7 @@ class Service:
                     "event_type": type(event).__name__,
                 },
             )
-            await self._settle(raw, TERM, spec)
+            await self._settle(raw, TERM, spec, delivery.sequence)
             return
         tag = tag_of(type(event))
         task_id = _task_id(event)
@@ -789,7 +791,7 @@ class Service:
                 await self._failed(spec, raw, event, delivery, deliveries, gave_up)
                 return
             meters.of(tag).ok.inc()
-            await self._settle(raw, ACK, spec)
+            await self._settle(raw, ACK, spec, delivery.sequence)
             # A line per handled event that did something, with the ids above: grep a
             # mission's steps across services (DEBUG shows every delivery).
             noted = published[0] or elapsed >= SLOW_HANDLER_SECONDS or type(event) in TERMINAL_TYPES
@@ -897,7 +899,7 @@ class Service:
             # on the server, the advisory records the failure instead (see ``steps``).
             log.exception("could not record the failed step")
             return
-        await self._settle(raw, TERM, spec)
+        await self._settle(raw, TERM, spec, delivery.sequence)
 
 
 async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
