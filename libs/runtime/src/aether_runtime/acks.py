@@ -134,20 +134,34 @@ def settling(msg: Msg) -> bool:
 async def kept_alive(nc: NatsClient, msg: Msg, every: float) -> AsyncIterator[None]:
     """Send in-progress acks for ``msg`` every ``every`` seconds while the body runs, so
     a consumer's short ack wait bounds how long a lost delivery waits, not how long a
-    handler may take. A beat that cannot be sent (the bus is down) is skipped."""
+    handler may take. A beat that cannot be sent (the bus is down) is skipped.
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                # Not once it is being settled: the beat would only follow the answer.
-                if nc.is_connected and not settling(msg):
-                    await nc.publish(msg.reply, PROGRESS)
+    A timer rather than a task: most handlers end long before the first beat, and a
+    task made and cancelled per delivery cost more than the handler's own work."""
+    loop = asyncio.get_running_loop()
+    sending: set[asyncio.Task[None]] = set()
+    timer: asyncio.TimerHandle | None = None
 
-    task = asyncio.create_task(beat())
+    async def send() -> None:
+        with contextlib.suppress(Exception):
+            # Not once it is being settled: the beat would only follow the answer.
+            if nc.is_connected and not settling(msg):
+                await nc.publish(msg.reply, PROGRESS)
+
+    def beat() -> None:
+        nonlocal timer
+        task = loop.create_task(send())
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+        timer = loop.call_later(every, beat)
+
+    timer = loop.call_later(every, beat)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if timer is not None:
+            timer.cancel()
+        for task in list(sending):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -47,8 +47,7 @@ from typing import Any
 
 import msgspec
 from faststream.asgi import AsgiFastStream
-from faststream.middlewares import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -78,7 +77,8 @@ from aether_runtime.consumers import ConsumerSpec, ensure_consumer
 from aether_runtime.failures import RetryLater, transient
 from aether_runtime.logs import log_context
 from aether_runtime.projection import Projection
-from aether_runtime.reconnect import Holders, Lane, Reconnects, hand_back, wake_fetch
+from aether_runtime.pull import Puller
+from aether_runtime.reconnect import Holders, Lane, Reconnects, hand_back
 from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
 from aether_runtime.stall import ConsumerWatch
@@ -88,8 +88,8 @@ log = logging.getLogger("aether.runtime")
 
 Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 
-# How long one pull request waits for a message. A request lost with a restarting server
-# is not waited out: the fetch is woken at the reconnect (``reconnect.wake_fetch``).
+# How long one pull request waits for messages. A request lost with a restarting server
+# is not waited out: the lane asks again at the reconnect (``pull.Puller.wake``).
 FETCH_SECONDS = 2.0
 # The longest pause between runs of a handler failing on the bus or a database: short,
 # since the bus comes back within seconds of a restart and every message waits for it.
@@ -115,7 +115,7 @@ class Delivery:
     # the runtime's retries in place (see ``failures``).
     num_delivered: int
     pending: int
-    _message: NatsMessage | None = None
+    _message: Msg | None = None
     _release: Callable[[], None] | None = None
 
     @property
@@ -261,9 +261,8 @@ class Service:
             reconnect_time_wait=RECONNECT_WAIT_SECONDS,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
             reconnected_cb=self._reconnected,
-            # No dependency injection: a handler takes the message itself (``_the_message``
-            # as its decoder). With it, FastStream resolved the message's annotation through
-            # a context lookup run in a worker thread, several hand-offs per delivery.
+            # No dependency injection (the consumers' lanes are the runtime's own, see
+            # ``pull``; the broker subscribes to nothing).
             apply_types=False,
         )
         self.nc: NatsClient | None = None
@@ -291,8 +290,15 @@ class Service:
         self._hand_back: asyncio.Task[None] | None = None
         self._holders: Holders | None = None
         self._reconnects = Reconnects()
-        # The FastStream subscribers, whose fetches are woken after a reconnect.
-        self._subscribers: list[Any] = []
+        # The consumers' lanes (one per ``consume``), started with the consumers and
+        # woken after a reconnect.
+        self._pullers: list[Puller] = []
+        # Per consumer and per event type, the metric children a delivery updates
+        # (looked up once rather than at every delivery).
+        self._meter_sets: dict[tuple[str, str], _Meters] = {}
+        # Per consumer spec, the stream sequence its lane settled last and how, as the
+        # server confirmed it (see ``_deliver``).
+        self._last_settled: dict[int, tuple[int, bytes]] = {}
         # Consumers with no delivery since the latest reconnect, and when it was
         # (monotonic): the first one is logged with how long it took.
         self._awaiting_first: set[str] = set()
@@ -368,41 +374,6 @@ class Service:
             metrics.HANDLERS_IN_PROGRESS,
         ):
             gauge.labels(self.name, spec.durable)
-        subscriber = self.broker.subscriber(
-            spec.subject,
-            # The streams are Aether's (``ensure_streams``, with the configured replicas,
-            # duplicate window and age limit). Left to declare them, FastStream would
-            # "update" each to its own defaults at every start: one replica, a two-minute
-            # duplicate window and no age limit.
-            stream=JStream(spec.stream, declare=False),
-            durable=spec.durable,
-            pull_sub=PullSub(batch_size=1, timeout=FETCH_SECONDS),
-            config=ConsumerConfig(
-                ack_wait=spec.ack_wait_seconds,
-                max_deliver=spec.max_deliver,
-                max_ack_pending=spec.max_ack_pending,
-            ),
-            ack_policy=AckPolicy.MANUAL,
-            max_workers=spec.max_workers if spec.max_workers > 1 else None,
-            # FastStream's own default is the shared ``_INBOX.``, outside the service's.
-            inbox_prefix=f"{self._inbox_prefix}.".encode(),
-            decoder=_the_message,
-        )
-
-        self._subscribers.append(subscriber)
-
-        async def on_message(msg: NatsMessage) -> None:
-            if spec.hand_offs <= 0:
-                await self._deliver(spec, msg)
-                return
-            released = asyncio.Event()
-            task = asyncio.create_task(self._deliver(spec, msg, released.set))
-            self._handed_off.add(task)
-            task.add_done_callback(self._handed_off.discard)
-            task.add_done_callback(lambda _: released.set())
-            await released.wait()
-
-        subscriber(on_message)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -418,7 +389,10 @@ class Service:
         a time, a lock a retried step shares, so a retry never runs beside it."""
         if spec.max_workers > 1 or spec.hand_offs > 0:
             return contextlib.nullcontext()
-        return self._locks.setdefault(id(spec), asyncio.Lock())
+        lock = self._locks.get(id(spec))
+        if lock is None:
+            lock = self._locks[id(spec)] = asyncio.Lock()
+        return lock
 
     async def _start(self) -> None:
         # One connection per process: FastStream's broker opens it, with the service's
@@ -457,7 +431,9 @@ class Service:
 
     async def _reconnected(self) -> None:
         # Fetches waiting on a pull request the restarted server never got ask again now.
-        woken = sum(wake_fetch(getattr(sub, "subscription", None)) for sub in self._subscribers)
+        for puller in self._pullers:
+            puller.wake()
+        woken = len(self._pullers)
         self._reconnects.happened()
         self._reconnected_at = datetime.now(UTC)
         self._reconnected_mono = time.monotonic()
@@ -546,6 +522,9 @@ class Service:
         for hook in self.on_stopping:
             await hook()
         await self.steps.stop()
+        # The consumers' lanes stop asking, their running handlers finish, and what
+        # arrived meanwhile is handed back (``pull``).
+        await self._stop_pullers()
         if self._holders is not None:
             await self._holders.stop()
         # The connection is the broker's to close: ``broker.stop`` stops its subscribers
@@ -638,6 +617,7 @@ class Service:
         while True:
             try:
                 await self.broker.start()
+                await self._start_pullers()
                 return
             except Exception as error:
                 if self.stopping or not transient(error):
@@ -649,27 +629,83 @@ class Service:
             await asyncio.sleep(pause)
             pause = min(pause * 2, TRANSIENT_PAUSE_SECONDS)
 
+    async def _start_pullers(self) -> None:
+        """One lane per registered consumer, pulling on the service's connection (see
+        ``pull``); a lane started stays started."""
+        for spec in self._consumers[len(self._pullers) :]:
+            puller = Puller(
+                self._nats,
+                spec.stream,
+                spec.durable,
+                self._nats.new_inbox(),
+                self._on_message(spec),
+                # One message in flight, held back by the server: a standing request.
+                standing=spec.max_ack_pending == 1 and spec.max_workers <= 1,
+                workers=spec.max_workers,
+                expires=FETCH_SECONDS,
+            )
+            await puller.start()
+            self._pullers.append(puller)
+
+    def _on_message(self, spec: ConsumerSpec) -> Callable[[Msg], Awaitable[None]]:
+        if spec.hand_offs <= 0:
+            return lambda msg: self._deliver(spec, msg)
+
+        async def hand_off(msg: Msg) -> None:
+            released = asyncio.Event()
+            task = asyncio.create_task(self._deliver(spec, msg, released.set))
+            self._handed_off.add(task)
+            task.add_done_callback(self._handed_off.discard)
+            task.add_done_callback(lambda _: released.set())
+            await released.wait()
+
+        return hand_off
+
+    async def _stop_pullers(self) -> None:
+        pullers, self._pullers = self._pullers, []
+        await asyncio.gather(*(puller.stop() for puller in pullers))
+
     # --- deliveries ---------------------------------------------------------------
 
+    def _meters(self, spec: ConsumerSpec) -> _Meters:
+        meters = self._meter_sets.get((spec.stream, spec.durable))
+        if meters is None:
+            meters = self._meter_sets[(spec.stream, spec.durable)] = _Meters(
+                self.name, spec.durable
+            )
+        return meters
+
     async def _deliver(
-        self, spec: ConsumerSpec, msg: NatsMessage, release: Callable[[], None] | None = None
+        self, spec: ConsumerSpec, raw: Msg, release: Callable[[], None] | None = None
     ) -> None:
         if self.stopping:
             # Hand it straight back: left unacknowledged, it would hold up the consumer
             # (one message in flight) until its ack wait ran out after our restart.
-            await msg.nack()
+            await _nak(raw)
             return
-        raw = msg.raw_message
         meta = raw.metadata
         delivery = Delivery(
             sequence=meta.sequence.stream,
             num_delivered=meta.num_delivered,
             pending=meta.num_pending,
-            _message=msg,
+            _message=raw,
             _release=release,
         )
-        metrics.CONSUMER_PENDING.labels(self.name, spec.durable).set(meta.num_pending)
-        if spec.durable in self._awaiting_first:
+        meters = self._meters(spec)
+        meters.pending.set(meta.num_pending)
+        settled = self._last_settled.get(id(spec))
+        if settled is not None and settled[0] == delivery.sequence:
+            # Delivered again after this lane settled it, and the server said so: its
+            # ack wait ran out before the settlement reached it (the server restarted
+            # meanwhile), and the delivery was waiting on the lane's standing request
+            # (``pull``). The work is done: settle it again rather than do it twice.
+            log.info(
+                "a settled message delivered again is settled again",
+                extra={"consumer": spec.durable, "seq": delivery.sequence},
+            )
+            await self._settle(raw, settled[1], spec, delivery.sequence)
+            return
+        if self._awaiting_first and spec.durable in self._awaiting_first:
             self._awaiting_first.discard(spec.durable)
             log.info(
                 "first delivery since the reconnect",
@@ -680,26 +716,27 @@ class Service:
                     "deliveries": delivery.num_delivered,
                 },
             )
-        if delivery.redelivered:
+        if delivery.num_delivered > 1:
             metrics.REDELIVERIES.labels(self.name).inc()
-        in_progress = metrics.HANDLERS_IN_PROGRESS.labels(self.name, spec.durable)
-        in_progress.inc()
+        meters.in_progress.inc()
         self._busy[spec.durable] = self._busy.get(spec.durable, 0) + 1
-        self._in_flight.add((spec.durable, delivery.sequence))
+        held = (spec.durable, delivery.sequence)
+        self._in_flight.add(held)
         try:
             async with kept_alive(self._nats, raw, max(spec.ack_wait_seconds / 4, 0.2)):
-                await self._handle(spec, msg, delivery)
+                await self._handle(spec, raw, delivery, meters)
         finally:
-            self._in_flight.discard((spec.durable, delivery.sequence))
+            self._in_flight.discard(held)
             self._busy[spec.durable] -= 1
-            in_progress.dec()
+            meters.in_progress.dec()
 
     def handling(self, durable: str, sequence: int) -> bool:
         """Whether this process is handling (or settling) that message of ``durable``."""
         return (durable, sequence) in self._in_flight
 
-    async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec) -> None:
-        await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
+    async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec, sequence: int) -> None:
+        if await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled):
+            self._last_settled[id(spec)] = (sequence, payload)
 
     @property
     def _nats(self) -> NatsClient:
@@ -707,14 +744,15 @@ class Service:
             raise RuntimeError("service not connected yet")
         return self.nc
 
-    async def _handle(self, spec: ConsumerSpec, msg: NatsMessage, delivery: Delivery) -> None:
-        raw = msg.raw_message
+    async def _handle(
+        self, spec: ConsumerSpec, raw: Msg, delivery: Delivery, meters: _Meters
+    ) -> None:
         try:
             event = decode(raw.data)
         except UnknownEventType as unknown:
             metrics.EVENTS_CONSUMED.labels(self.name, unknown.tag, "unknown").inc()
             log.warning("skipping unknown event type", extra={"tag": unknown.tag})
-            await self._settle(raw, ACK, spec)
+            await self._settle(raw, ACK, spec, delivery.sequence)
             return
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             metrics.POISON.labels(self.name).inc()
@@ -722,7 +760,7 @@ class Service:
                 "poison message terminated",
                 extra={"subject": raw.subject, "seq": delivery.sequence, "error": str(error)},
             )
-            await self._settle(raw, TERM, spec)
+            await self._settle(raw, TERM, spec, delivery.sequence)
             return
         if not on_its_subject(event, raw.subject):
             # Published with one attempt's credential about another task or attempt: the
@@ -736,11 +774,11 @@ class Service:
                     "event_type": type(event).__name__,
                 },
             )
-            await self._settle(raw, TERM, spec)
+            await self._settle(raw, TERM, spec, delivery.sequence)
             return
         tag = tag_of(type(event))
         task_id = _task_id(event)
-        metrics.DELIVERY_DELAY_SECONDS.labels(self.name, spec.durable).observe(_age(event))
+        meters.delay.observe(_age(event))
         published = [0]
         _published_here.set(published)
         # The server's count: ``delivery.num_delivered`` also counts retries in place.
@@ -750,14 +788,16 @@ class Service:
             gave_up = await self._attempts(spec, event, delivery, tag)
             elapsed = time.perf_counter() - began
             if gave_up is not None:
-                await self._failed(spec, msg, event, delivery, deliveries, gave_up)
+                await self._failed(spec, raw, event, delivery, deliveries, gave_up)
                 return
-            metrics.EVENTS_CONSUMED.labels(self.name, tag, "ok").inc()
-            await self._settle(raw, ACK, spec)
+            meters.of(tag).ok.inc()
+            await self._settle(raw, ACK, spec, delivery.sequence)
             # A line per handled event that did something, with the ids above: grep a
             # mission's steps across services (DEBUG shows every delivery).
             noted = published[0] or elapsed >= SLOW_HANDLER_SECONDS or type(event) in TERMINAL_TYPES
             level = logging.INFO if noted else logging.DEBUG
+            if not log.isEnabledFor(level):
+                return
             log.log(
                 level,
                 "handled %s",
@@ -796,7 +836,7 @@ class Service:
                 metrics.EVENTS_CONSUMED.labels(self.name, tag, "error").inc()
                 failure = error
             finally:
-                metrics.HANDLER_SECONDS.labels(self.name, tag).observe(time.perf_counter() - began)
+                self._meters(spec).of(tag).seconds.observe(time.perf_counter() - began)
             if self.stopping or isinstance(failure, RetryLater):
                 return failure
             if self._about_the_world(failure):
@@ -823,7 +863,7 @@ class Service:
     async def _failed(
         self,
         spec: ConsumerSpec,
-        msg: NatsMessage,
+        raw: Msg,
         event: Event,
         delivery: Delivery,
         deliveries: int,
@@ -834,7 +874,7 @@ class Service:
         else record the failed step on the mission and terminate it."""
         tag = tag_of(type(event))
         if self.stopping:
-            await msg.nack()
+            await _nak(raw)
             return
         if deliveries < spec.max_deliver and (
             isinstance(error, RetryLater) or self._about_the_world(error)
@@ -845,7 +885,7 @@ class Service:
                 extra={"retry_in": delay, "type": tag, "error": repr(error)},
             )
             self._backoff_until[spec.durable] = time.monotonic() + delay + spec.ack_wait_seconds
-            await msg.nack(delay=delay)
+            await _nak(raw, delay)
             return
         log.error(
             "handler failed; recording the failed step",
@@ -859,13 +899,7 @@ class Service:
             # on the server, the advisory records the failure instead (see ``steps``).
             log.exception("could not record the failed step")
             return
-        await self._settle(msg.raw_message, TERM, spec)
-
-
-async def _the_message(msg: NatsMessage) -> NatsMessage:
-    """The subscribers' decoder: the handler is given the message, not its body decoded
-    (the broker applies no types; ``_deliver`` decodes the event)."""
-    return msg
+        await self._settle(raw, TERM, spec, delivery.sequence)
 
 
 async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
@@ -881,6 +915,35 @@ async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
                     log.info("waiting for the stream to be declared", extra={"stream": stream})
                 await asyncio.sleep(every)
                 waited += every
+
+
+class _Meters:
+    """The metric children one consumer's deliveries update."""
+
+    def __init__(self, service: str, durable: str) -> None:
+        self._service = service
+        self.pending = metrics.CONSUMER_PENDING.labels(service, durable)
+        self.in_progress = metrics.HANDLERS_IN_PROGRESS.labels(service, durable)
+        self.delay = metrics.DELIVERY_DELAY_SECONDS.labels(service, durable)
+        self._types: dict[str, _TypeMeters] = {}
+
+    def of(self, tag: str) -> _TypeMeters:
+        meters = self._types.get(tag)
+        if meters is None:
+            meters = self._types[tag] = _TypeMeters(self._service, tag)
+        return meters
+
+
+class _TypeMeters:
+    def __init__(self, service: str, tag: str) -> None:
+        self.ok = metrics.EVENTS_CONSUMED.labels(service, tag, "ok")
+        self.seconds = metrics.HANDLER_SECONDS.labels(service, tag)
+
+
+async def _nak(raw: Msg, delay: float | None = None) -> None:
+    """Hand ``raw`` back to the server (after ``delay`` seconds), unless settled."""
+    if not raw.is_acked:
+        await raw.nak(delay=delay)
 
 
 def _age(event: Event) -> float:

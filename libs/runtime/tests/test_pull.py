@@ -1,0 +1,218 @@
+"""A consumer's lane: one standing pull request for a one-at-a-time consumer's many
+messages, in order and each as soon as it is there; a shared lane asks only for what it
+can hold; a message delivered again after its lane settled it is not handled twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from aether.infra import EmbeddedNats
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    MISSIONS_STREAM,
+    Event,
+    EventPublisher,
+    MissionRequested,
+    derived_id,
+    ensure_streams,
+)
+from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service
+from aether_runtime.pull import Puller
+
+HOUR = 3600.0
+
+
+def requested(mission: str) -> MissionRequested:
+    return MissionRequested(
+        event_id=derived_id(mission, "requested"),
+        mission_id=mission,
+        occurred_at=datetime.now(UTC),
+        correlation_id="c",
+        repository="/r",
+        requirement="x",
+    )
+
+
+def consumer(name: str, max_ack_pending: int) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name,
+        name=name,
+        filter_subject=ALL_MISSION_EVENTS,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=HOUR,
+        max_deliver=20,
+        max_ack_pending=max_ack_pending,
+    )
+
+
+async def test_a_standing_request_delivers_many_messages_in_order(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("standing", 1))
+    publisher = EventPublisher(js)
+    for i in range(30):
+        await publisher.publish(requested(f"m-{i}"))
+    seen: list[int] = []
+    asking: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        asking.append(puller.asking)
+        await msg.ack_sync()
+        if len(seen) == 31:
+            done.set()
+
+    # A request lives an hour here: only the server's one-at-a-time delivery paces it.
+    puller = Puller(
+        nc, MISSIONS_STREAM, "standing", nc.new_inbox(), handle, standing=True, expires=HOUR
+    )
+    await puller.start()
+    try:
+        while len(seen) < 30:
+            await asyncio.sleep(0.01)
+        # One more, published to a lane that waits: it comes on the request waiting (an
+        # hour long here), as soon as it is there.
+        await publisher.publish(requested("m-late"))
+        await asyncio.wait_for(done.wait(), 30)
+        assert seen == list(range(1, 32))
+        # Every message came on the one request, which still asked for more meanwhile.
+        assert puller.requests == 1
+        assert all(left > 0 for left in asking)
+    finally:
+        await puller.stop()
+
+
+async def test_a_lane_that_shares_its_consumer_holds_one_message_at_a_time(
+    nc: NatsClient,
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    # Room for many on the server: the lane itself must ask for no more than it holds.
+    await js.add_consumer(MISSIONS_STREAM, consumer("shared", 1000))
+    publisher = EventPublisher(js)
+    for i in range(5):
+        await publisher.publish(requested(f"m-{i}"))
+    pending_seen: list[int] = []
+    seen: list[int] = []
+
+    async def handle(msg: Msg) -> None:
+        info = await js.consumer_info(MISSIONS_STREAM, "shared")
+        pending_seen.append(info.num_ack_pending)
+        seen.append(msg.metadata.sequence.stream)
+        await msg.ack_sync()
+
+    puller = Puller(
+        nc, MISSIONS_STREAM, "shared", nc.new_inbox(), handle, standing=False, expires=HOUR
+    )
+    await puller.start()
+    try:
+        while len(seen) < 5:
+            await asyncio.sleep(0.01)
+        assert seen == [1, 2, 3, 4, 5]
+        assert pending_seen == [1] * 5
+    finally:
+        await puller.stop()
+
+
+async def test_a_settled_message_delivered_again_is_not_handled_twice(
+    nats_url: str, nc: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that holds the event loop past the ack wait (no in-progress ack can go
+    out meanwhile): the server delivers the message again, onto the lane's standing
+    request; the lane's settlement of the first delivery covers it."""
+    calls: list[str] = []
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        calls.append(event.mission_id)
+        if event.mission_id == "m-blocking":
+            time.sleep(4.0)  # the handler's own (blocking) work, four ack waits long
+
+    svc = Service(
+        name="blocked", settings=RuntimeSettings(nats_url=nats_url, port=0), bus_poll_seconds=0
+    )
+    svc.consume(
+        ConsumerSpec(
+            durable="blocked", subject=ALL_MISSION_EVENTS, handler=handler, ack_wait_seconds=1.0
+        )
+    )
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    caplog.set_level(logging.INFO, logger="aether.runtime")
+    await svc.start()
+    try:
+        await publisher.publish(requested("m-blocking"))
+        await publisher.publish(requested("m-next"))
+        while "m-next" not in calls:
+            await asyncio.sleep(0.05)
+        info = await js.consumer_info(MISSIONS_STREAM, "blocked")
+        while info.ack_floor.stream_seq < 2:
+            await asyncio.sleep(0.05)
+            info = await js.consumer_info(MISSIONS_STREAM, "blocked")
+        assert calls == ["m-blocking", "m-next"]
+        assert "a settled message delivered again is settled again" in caplog.messages
+    finally:
+        await svc.stop()
+
+
+async def test_a_lane_asks_again_at_once_when_its_request_is_lost_with_the_server(
+    nats_server: EmbeddedNats,
+) -> None:
+    """Its request lives an hour: only the wake at the reconnect makes the lane ask the
+    restarted server again."""
+    lanes: list[Puller] = []
+
+    async def reconnected() -> None:
+        for lane in lanes:
+            lane.wake()
+
+    nc = await nats.connect(
+        nats_server.url,
+        reconnect_time_wait=0.2,
+        max_reconnect_attempts=-1,
+        reconnected_cb=reconnected,
+    )
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("woken", 1))
+    seen: list[int] = []
+    arrived = asyncio.Event()
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        await msg.ack_sync()
+        arrived.set()
+
+    puller = Puller(
+        nc, MISSIONS_STREAM, "woken", nc.new_inbox(), handle, standing=True, expires=HOUR
+    )
+    lanes.append(puller)
+    await puller.start()
+    try:
+        while puller.requests < 1:
+            await asyncio.sleep(0.01)
+        nats_server.kill()
+        nats_server.start()
+        publisher = EventPublisher(js, timeout=1.0)
+        while True:
+            try:
+                await publisher.publish(requested("m-after"))
+                break
+            except Exception:
+                await asyncio.sleep(0.05)  # the server is not answering yet
+        await asyncio.wait_for(arrived.wait(), 60)
+        assert seen == [1]
+        assert puller.requests >= 2
+    finally:
+        await puller.stop()
+        await nc.close()
