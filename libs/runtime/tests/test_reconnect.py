@@ -17,13 +17,12 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import ServiceUnavailableError
 
 from aether.infra import EmbeddedNats
 from aether_events import ALL_MISSION_EVENTS, MISSIONS_STREAM, EventPublisher, ensure_streams
 from aether_runtime import ConsumerSpec, RuntimeSettings, Service
 from aether_runtime.acks import ACK, confirm, server_view
-from aether_runtime.reconnect import Reconnects, wake_fetch
+from aether_runtime.reconnect import Reconnects
 from aether_runtime.service import CountingPublisher
 
 from .test_bus_restart import Recorder, connect, publish_when_back, requested
@@ -231,27 +230,6 @@ async def test_a_released_delivery_is_kept_and_the_lost_one_handed_back(
         gate.set()
         await svc.stop()
         await nc.close()
-
-
-async def test_a_fetch_waiting_on_a_lost_pull_request_is_woken(nc: NatsClient) -> None:
-    js = nc.jetstream()
-    await ensure_streams(js)
-    await js.add_consumer(MISSIONS_STREAM, consumer("woken"))
-    sub = await js.pull_subscribe_bind("woken", stream=MISSIONS_STREAM)
-    assert not wake_fetch(sub)  # no fetch waits: nothing to do
-    fetching = asyncio.create_task(sub.fetch(1, timeout=HOUR))
-    while not wake_fetch(sub):
-        await asyncio.sleep(0.01)
-    try:
-        await asyncio.wait_for(fetching, 30)
-    except ServiceUnavailableError:
-        pass  # on which the consumer's loop asks again
-    else:
-        raise AssertionError("the woken fetch returned a message from an empty stream")
-    # The next fetch drops nothing it should not, and gets what is there.
-    await EventPublisher(js).publish(requested("m-1"))
-    (msg,) = await sub.fetch(1, timeout=30)
-    assert msg.metadata.sequence.stream == 1
 
 
 async def test_consumers_start_once_a_server_restarted_during_start_up_is_back(

@@ -23,12 +23,9 @@ consumer up until a timer runs out:
   connection came back, and it sends the event again at once (see
   ``service.CountingPublisher``): the event's ``Nats-Msg-Id`` makes the stream store it
   once however often it is sent.
-* **Pull requests.** The request a consumer's fetch is waiting on is gone with the server,
-  and the fetch would wait out its expiry before asking again. ``wake_fetch`` ends such
-  a wait at once with the status the server sends when JetStream cannot answer (503),
-  which the consumer's loop (FastStream's) takes as "ask again": it asks the restarted
-  server for its next message straight away. (A "request timeout" status would not do:
-  nats-py's fetch waits on after one until its own deadline.)
+* **Pull requests.** The request a consumer's lane is waiting on is gone with the server;
+  the lane (``pull.Puller``) is told of the reconnect and asks the restarted server for
+  its next messages straight away instead of waiting out the request's expiry.
 """
 
 from __future__ import annotations
@@ -42,7 +39,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -231,24 +227,3 @@ async def _consumer_info(js: JetStreamContext, lane: Lane) -> ConsumerInfo | Non
             # JetStream answers some moments after the server accepts clients.
             await asyncio.sleep(INFO_PAUSE_SECONDS)
     return None
-
-
-def wake_fetch(subscription: Any) -> bool:
-    """End the wait of a fetch on ``subscription`` (a nats-py pull subscription) whose
-    pull request was lost with the server: the fetch raises ``ServiceUnavailableError``,
-    on which the consumer's loop asks again at once. Returns whether a fetch was waiting
-    (nothing happens when none is: the next fetch sends a new request anyway, and drops
-    a status message left in its queue)."""
-    sub = getattr(subscription, "_sub", None)
-    waiting = getattr(sub, "_pending_next_msgs_calls", None)
-    queue = getattr(sub, "_pending_queue", None)
-    if not waiting or queue is None or sub is None:
-        return False
-    queue.put_nowait(
-        Msg(
-            _client=sub._conn,
-            subject=sub.subject,
-            headers={"Status": "503", "Description": "pull request lost with the server"},
-        )
-    )
-    return True
