@@ -219,7 +219,14 @@ class ReadModel:
         event. A message without an event (an unknown type, a payload that does not
         decode) is taken alone between the events around it; a run with an event that
         cannot be stored as it is is undone and folded one message at a time."""
-        incoming = [Incoming.of_message(message) for message in items]
+        return await self.take_items([Incoming.of_message(message) for message in items])
+
+    async def take_items(self, incoming: list[Incoming]) -> int:
+        """``take_run`` for messages already read (the live consumer's runs, see
+        ``batches``): one alone takes the one-event path, which waits for the server
+        least; more are folded together, in one transaction with one position move."""
+        if len(incoming) == 1:
+            return int(await self.take(incoming[0]))
         fresh = 0
         events: list[Incoming] = []
         for item in incoming:
@@ -272,7 +279,39 @@ class ReadModel:
 
     async def apply_telemetry(self, event: Event, sequence: int) -> bool:
         """Fold a telemetry event (heartbeat, progress) stored at ``sequence``."""
-        item = Incoming.of_event(event, sequence)
+        return await self._take_telemetry(Incoming.of_event(event, sequence))
+
+    async def take_telemetry(self, incoming: list[Incoming]) -> int:
+        """Fold a run of telemetry events (in stream order) in one transaction with one
+        move of the telemetry position; returns how many were new. A run with an event
+        that cannot be stored as it is is undone and folded one event at a time, so
+        that one is recorded as a failure and the others are folded."""
+        if len(incoming) == 1:
+            return int(await self._take_telemetry(incoming[0]))
+        consumer = self.telemetry_consumer
+        fresh = 0
+        try:
+            async with self._db.pool.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        position = await self._lock_position(conn, consumer)
+                        for item in incoming:
+                            if item.seq <= position or item.event is None:
+                                continue
+                            await self._fold_telemetry(conn, item.event)
+                            position = item.seq
+                            fresh += 1
+                        await self._set_position(conn, consumer, position)
+                        await conn.commit()
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                    raise
+        except EVENT_ERRORS:
+            return sum([await self._take_telemetry(item) for item in incoming])
+        return fresh
+
+    async def _take_telemetry(self, item: Incoming) -> bool:
         try:
             return await self._take(item, self.telemetry_consumer, "telemetry", guarded=False)
         except EVENT_ERRORS:
