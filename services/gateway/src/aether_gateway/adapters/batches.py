@@ -4,9 +4,9 @@ into the next one together (a group commit).
 The consumers hand each delivered event here and release their message, so the consumer
 delivers the next one while this one is folded (``ConsumerSpec.hand_offs``); each
 handler then waits for its own event to be committed before its message is settled.
-The first event handed to an idle batcher is folded at once, alone (no added latency);
-the events delivered while it is in flight are folded together next, in stream order,
-in one transaction with one move of the position.
+An idle batcher folds what it is handed at once (no added latency: nothing waits for
+company); the events delivered while that fold is in flight are folded together next,
+in stream order, in one transaction with one move of the position.
 
 Order is what keeps the read model exact: an event above the position folded before one
 below it would leave the earlier one behind the position (a gap the watch must repair by
