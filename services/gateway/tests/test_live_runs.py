@@ -240,3 +240,22 @@ async def test_telemetry_runs_fold_into_the_rows_folding_one_by_one_makes(
     again: Batcher[Incoming] = Batcher(read_model.take_telemetry, name="test")
     await _through(again, items, seed + 1)
     assert await _telemetry_rows(read_model) == expected
+
+
+async def test_an_event_below_the_position_leaves_nothing_behind(
+    read_model: ReadModel, script: Script
+) -> None:
+    """The one-event path sends the event's record with the position's lock; an event
+    the position has passed (here one it jumped over) must leave no row."""
+    requested, prepared, plan = script.requested(), script.prepared(), script.plan()
+    assert await read_model.apply(requested, 1)
+    assert await read_model.apply(plan, 3)  # the position jumps over 2: a gap
+    assert await read_model.gaps() == [(2, 2)]
+    assert not await read_model.apply(prepared, 2)
+    assert not await read_model.apply(plan, 3)  # delivered again
+    async with read_model.db.pool.connection() as conn:
+        cur = await conn.execute("SELECT seq FROM events ORDER BY seq")
+        assert [row[0] for row in await cur.fetchall()] == [1, 3]
+        cur = await conn.execute("SELECT count(*) FROM plans")
+        assert await cur.fetchone() == (1,)
+    assert await read_model.position() == 3
