@@ -2,9 +2,10 @@
 
 Each event, or each run of events waiting together (the live consumers' runs, see
 ``batches``, and the catch-up's, see ``runs``), is folded in one transaction with the
-projection's stream position, under a row lock on that position: an event at or below the stored position was folded before
-and is skipped, so redeliveries, the start-up catch-up, several replicas folding at once
-and a rebuild running beside the live projection each change the rows exactly once.
+projection's stream position, under a row lock on that position: an event at or below
+the stored position was folded before and is skipped, so redeliveries, the start-up
+catch-up, several replicas folding at once and a rebuild running beside the live
+projection each change the rows exactly once.
 
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
 stream's (``<consumer>-telemetry``); they count different streams' sequences. Transcript
