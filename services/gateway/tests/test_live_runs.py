@@ -101,8 +101,10 @@ async def test_a_run_cut_short_and_delivered_again_folds_every_event_once(
         waiting = [batcher.submit(item) for item in _live(messages)]
         for _ in range(rng.randrange(1, 300)):
             await asyncio.sleep(0)
+        # Cut wherever it is (a run in flight is rolled back); no handler was answered
+        # for what had not committed.
         await batcher.close()
-        assert any(done.cancelled() for done in waiting)
+        assert all(done.done() for done in waiting)
         # Some runs may have committed before the stop: delivered again, all of it.
         again: Batcher[Incoming] = Batcher(read_model.take_items, name="test")
         await _through(again, _live(messages), seed)

@@ -117,8 +117,13 @@ class Batcher(Generic[T]):
                 _answer(run[0][1], error)
                 return
             # Only the event at fault should see the error: each alone, in order.
-            for entry in run:
-                await self._settle([entry])
+            for n, entry in enumerate(run):
+                try:
+                    await self._settle([entry])
+                except asyncio.CancelledError:
+                    for _, done in run[n + 1 :]:
+                        done.cancel()
+                    raise
             return
         self.runs += 1
         self.items += len(run)
