@@ -8,7 +8,7 @@ import asyncio
 import psycopg
 import pytest
 
-from aether_gateway.adapters.batches import Batcher
+from aether_gateway.adapters.batches import Batcher, InOrder
 
 
 class Folds:
@@ -105,3 +105,58 @@ async def test_close_cancels_whoever_still_waits() -> None:
     for done in [*waiting, late]:
         with pytest.raises(asyncio.CancelledError):
             await done
+
+
+class Item:
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def __repr__(self) -> str:
+        return f"Item({self.seq})"
+
+
+class Stored:
+    """A position another replica may move: ``moves`` says to what, call by call."""
+
+    def __init__(self, position: int, moves: dict[int, int] | None = None) -> None:
+        self.value = position
+        self.moves = moves or {}
+        self.asked = 0
+        self.folded: list[list[int]] = []
+
+    async def position(self) -> int:
+        self.asked += 1
+        self.value = self.moves.get(self.asked, self.value)
+        return self.value
+
+    async def fold(self, items: list[Item]) -> None:
+        self.folded.append([item.seq for item in items])
+        self.value = max(self.value, items[-1].seq)
+
+
+async def test_consecutive_runs_never_look_at_the_position_again() -> None:
+    stored = Stored(0)
+    in_order: InOrder[Item] = InOrder(stored.fold, stored.position)
+    await in_order([Item(1), Item(2)])
+    await in_order([Item(3)])
+    await in_order([Item(4), Item(5), Item(6)])
+    assert stored.folded == [[1, 2], [3], [4, 5, 6]]
+    assert stored.asked == 1  # once, at the first run
+
+
+async def test_a_run_with_a_hole_waits_for_another_replica_to_fold_it() -> None:
+    # Another replica holds 3: the position reaches it at the third look.
+    stored = Stored(0, moves={3: 3})
+    in_order: InOrder[Item] = InOrder(stored.fold, stored.position, grace=60.0)
+    await in_order([Item(1), Item(2), Item(4), Item(5)])
+    assert stored.folded == [[1, 2], [4, 5]]
+    assert stored.asked == 3
+    assert in_order.waits == 2
+
+
+async def test_a_hole_nobody_fills_is_folded_over_after_the_grace() -> None:
+    stored = Stored(0)
+    in_order: InOrder[Item] = InOrder(stored.fold, stored.position, grace=0.02)
+    await in_order([Item(1), Item(3)])
+    assert stored.folded == [[1], [3]]
+    assert stored.value == 3

@@ -20,7 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
-from aether_gateway.adapters.batches import Batcher
+from aether_gateway.adapters.batches import Batcher, InOrder
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
     Incoming,
@@ -76,9 +76,13 @@ class Projector:
     ) -> None:
         self.read_model = read_model
         self.telemetry = telemetry
-        self.missions = Batcher(read_model.take_items, name="missions", stopping=stopping)
+        self.missions = Batcher(
+            InOrder(read_model.take_items, read_model.position), name="missions", stopping=stopping
+        )
         self.telemetry_runs = Batcher(
-            read_model.take_telemetry, name="telemetry", stopping=stopping
+            InOrder(read_model.take_telemetry, read_model.telemetry_position),
+            name="telemetry",
+            stopping=stopping,
         )
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from aether_gateway.adapters.faults import DATABASE_ERRORS
 from aether_runtime.failures import transient
@@ -160,3 +160,63 @@ def _answer(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
+
+
+class Sequenced(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+S = TypeVar("S", bound=Sequenced)
+
+# How long a run whose first sequence is not the next one waits for the position to
+# reach it (another replica folding the events between) before it is folded anyway.
+GAP_GRACE_SECONDS = 0.5
+
+
+class InOrder(Generic[S]):
+    """A batcher's fold that keeps stream order across replicas sharing the consumer.
+
+    With several messages in flight, the server hands them to whichever replica asks:
+    one may hold sequence 10 while another folds 11, which would move the position past
+    10 (a gap, repaired by refolding the mission; for telemetry, a lost entry). So a run
+    is folded in stretches of consecutive sequences, and a stretch that does not follow
+    the last one this process folded first waits, briefly, for the position to reach
+    the sequence before it. One replica alone never waits but where the stream holds
+    something it was not given (an unknown type, a payload the runtime refused), and
+    then for ``grace`` at most; the position then jumps as before (a gap for the watch).
+    """
+
+    def __init__(
+        self,
+        fold: Callable[[list[S]], Awaitable[object]],
+        position: Callable[[], Awaitable[int]],
+        *,
+        grace: float = GAP_GRACE_SECONDS,
+    ) -> None:
+        self._fold = fold
+        self._position = position
+        self._grace = grace
+        self._last: int | None = None
+        self.waits = 0  # stretches that looked at the position first (for tests)
+
+    async def __call__(self, items: list[S]) -> None:
+        start = 0
+        while start < len(items):
+            end = start + 1
+            while end < len(items) and items[end].seq == items[end - 1].seq + 1:
+                end += 1
+            stretch = items[start:end]
+            if self._last is None or stretch[0].seq != self._last + 1:
+                await self._reached(stretch[0].seq - 1)
+            await self._fold(stretch)
+            self._last = stretch[-1].seq
+            start = end
+
+    async def _reached(self, target: int) -> None:
+        self.waits += 1
+        give_up_at = time.monotonic() + self._grace
+        pause = 0.005
+        while await self._position() < target and time.monotonic() < give_up_at:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
