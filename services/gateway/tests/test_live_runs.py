@@ -30,7 +30,7 @@ from aether_events import (
     decode,
     ensure_streams,
 )
-from aether_gateway.adapters.batches import Batcher
+from aether_gateway.adapters.batches import Batcher, InOrder
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import Incoming, StoredMessage, read_stored
 from aether_gateway.handlers import Projector
@@ -261,3 +261,37 @@ async def test_an_event_below_the_position_leaves_nothing_behind(
         cur = await conn.execute("SELECT count(*) FROM plans")
         assert await cur.fetchone() == (1,)
     assert await read_model.position() == 3
+
+
+async def test_two_replicas_sharing_the_consumer_fold_in_stream_order(
+    nc: NatsClient, read_model: ReadModel
+) -> None:
+    """The server hands the messages in flight to whichever replica asks: each replica
+    gets stretches of the stream, and the two fold them, concurrently, into the rows
+    one process folding in order makes, with no gap left for the watch to repair."""
+    seed = 8
+    await publish(nc, history(seed, missions=6, per_mission=20), seed)
+    messages = await read_stored(nc.jetstream(), MISSIONS_STREAM, ALL_MISSION_EVENTS)
+    db = read_model.db
+    await one_by_one(read_model, messages)
+    expected = await dump(db, read_model.consumer)
+    assert expected["projection_gaps"] == []
+
+    await read_model.reset()
+    other = ReadModel(db, read_model.consumer)  # the second replica's, on one database
+    replicas = [
+        Batcher(InOrder(model.take_items, model.position, grace=60.0), name=f"replica-{n}")
+        for n, model in enumerate((read_model, other))
+    ]
+    rng = random.Random(seed)
+    waiting: list[asyncio.Future[None]] = []
+    start = 0
+    while start < len(messages):
+        length = rng.randint(1, 6)
+        replica = replicas[rng.randrange(2)]
+        waiting.extend(replica.submit(item) for item in _live(messages[start : start + length]))
+        start += length
+        for _ in range(rng.randrange(0, 5)):
+            await asyncio.sleep(0)
+    await asyncio.gather(*waiting)
+    assert await dump(db, read_model.consumer) == expected
