@@ -44,7 +44,7 @@ _LONGEST_PAUSE = 5.0
 
 
 class Batcher(Generic[T]):
-    """Hands ``fold`` the items given to ``fold_one`` in runs, in order, one run at a
+    """Hands ``fold`` the items given to ``submit`` in runs, in order, one run at a
     time; ``fold`` takes a run (one item or more) and folds it in one transaction."""
 
     def __init__(
@@ -75,10 +75,6 @@ class Batcher(Generic[T]):
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"gateway-{self._name}-runs")
         return done
-
-    async def fold_one(self, item: T) -> None:
-        """Queue ``item`` and return once it is folded (or raise what kept it from it)."""
-        await self.submit(item)
 
     async def close(self) -> None:
         """Stop folding; whoever still waits gets ``CancelledError``."""
