@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aether_events import ALL_MISSION_EVENTS, ALL_TELEMETRY, TELEMETRY_STREAM
 from aether_gateway import api
+from aether_gateway.adapters.batches import LIVE_RUN
 from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import DATABASE_ERRORS
@@ -60,13 +61,16 @@ class Gateway:
         self.service = Service(SERVICE_NAME, settings.runtime, transient_errors=DATABASE_ERRORS)
         self.db = db
         self.read_model = ReadModel(self.db, consumer=CONSUMER)
-        self.projector = Projector(self.read_model)
+        self.projector = Projector(self.read_model, stopping=lambda: self.service.stopping)
+        # Both consumers deliver in order, and let a run's worth of messages be in
+        # flight while the projector folds them (``adapters.batches``).
         telemetry = ConsumerSpec(
             durable=self.read_model.telemetry_consumer,
             subject=ALL_TELEMETRY,
             stream=TELEMETRY_STREAM,
             handler=self.projector.on_telemetry,
             max_workers=1,
+            hand_offs=LIVE_RUN - 1,
         )
         self.projector.telemetry = telemetry
         self.service.rebuild_with(self.projector.rebuild)
@@ -76,6 +80,7 @@ class Gateway:
                 subject=ALL_MISSION_EVENTS,
                 handler=self.projector.on_event,
                 max_workers=1,
+                hand_offs=LIVE_RUN - 1,
             )
         )
         self.service.consume(telemetry)
@@ -108,6 +113,7 @@ class Gateway:
         )
         self.service.on_started.append(self.watch.start)
         self.service.on_stopping.append(self.watch.stop)
+        self.service.on_stopping.append(self.projector.close)
 
     async def _start_hub(self) -> None:
         await self.hub.start(self.service.js, self.context.closing)

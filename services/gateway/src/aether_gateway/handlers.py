@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from functools import partial
 
 from nats.js import JetStreamContext
@@ -19,6 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
+from aether_gateway.adapters.batches import Batcher, InOrder
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
     Incoming,
@@ -51,20 +53,52 @@ async def _read(js: JetStreamContext, stream: str, subject: str, after: int) -> 
     return pending, result.last_sequence
 
 
-class Projector:
-    """Keeps the PostgreSQL read model in step with the mission and telemetry streams."""
+async def _released(folding: asyncio.Future[None], delivery: Delivery) -> None:
+    """Let the consumer deliver the next message while this one's event (queued
+    already) is folded; return once it is."""
+    delivery.release()
+    await folding
 
-    def __init__(self, read_model: ReadModel, telemetry: ConsumerSpec | None = None) -> None:
+
+class Projector:
+    """Keeps the PostgreSQL read model in step with the mission and telemetry streams.
+
+    Live deliveries are folded in runs (``batches``): a handler hands its event over and
+    releases its message, so the next one is delivered while this one is folded, and
+    returns (its message is then settled) once its event is committed."""
+
+    def __init__(
+        self,
+        read_model: ReadModel,
+        telemetry: ConsumerSpec | None = None,
+        *,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.read_model = read_model
         self.telemetry = telemetry
+        self.missions = Batcher(
+            InOrder(read_model.take_items, read_model.position), name="missions", stopping=stopping
+        )
+        self.telemetry_runs = Batcher(
+            InOrder(read_model.take_telemetry, read_model.telemetry_position),
+            name="telemetry",
+            stopping=stopping,
+        )
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         """The mission consumer's handler: fold the event (a second delivery is a no-op)."""
-        await self.read_model.apply(event, delivery.sequence)
+        folding = self.missions.submit(Incoming.of_event(event, delivery.sequence))
+        await _released(folding, delivery)
 
     async def on_telemetry(self, event: Event, delivery: Delivery) -> None:
         """The telemetry consumer's handler: fold a heartbeat or a progress report."""
-        await self.read_model.apply_telemetry(event, delivery.sequence)
+        folding = self.telemetry_runs.submit(Incoming.of_event(event, delivery.sequence))
+        await _released(folding, delivery)
+
+    async def close(self) -> None:
+        """Stop folding live deliveries (at the service's stop)."""
+        await self.missions.close()
+        await self.telemetry_runs.close()
 
     async def rebuild(self, js: JetStreamContext) -> int:
         """Fold what was stored since the read model's positions; return the mission
@@ -194,8 +228,9 @@ class Projector:
             await self.read_model.reset_telemetry_position()
             position = 0
         pending, last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, position)
-        for event, sequence in pending:
-            await self.read_model.apply_telemetry(event, sequence)
+        for start in range(0, len(pending), CATCH_UP_RUN):
+            run = pending[start : start + CATCH_UP_RUN]
+            await self.read_model.take_telemetry([Incoming.of_event(e, s) for e, s in run])
         if self.telemetry is not None:
             # The runtime starts every consumer after the *mission* stream's position;
             # the telemetry consumer counts another stream, so it is created here first.

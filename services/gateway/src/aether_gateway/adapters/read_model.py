@@ -1,9 +1,11 @@
 """The read model in PostgreSQL: folding events into rows.
 
-Each event is folded in one transaction with the projection's stream position, under a
-row lock on that position: an event at or below the stored position was folded before
-and is skipped, so redeliveries, the start-up catch-up, several replicas folding at once
-and a rebuild running beside the live projection each change the rows exactly once.
+Each event, or each run of events waiting together (the live consumers' runs, see
+``batches``, and the catch-up's, see ``runs``), is folded in one transaction with the
+projection's stream position, under a row lock on that position: an event at or below
+the stored position was folded before and is skipped, so redeliveries, the start-up
+catch-up, several replicas folding at once and a rebuild running beside the live
+projection each change the rows exactly once.
 
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
 stream's (``<consumer>-telemetry``); they count different streams' sequences. Transcript
@@ -24,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 import psycopg
@@ -87,6 +90,12 @@ _MISSION_TABLES = (
     "budget_alerts",
     "agent_sessions",
 )
+
+
+# The answers ``_read_view`` asked for, and ``_record``'s (the event's insert, then those).
+_Reading = tuple[list[str] | None, AsyncCursor[DictRow], AsyncCursor[DictRow] | None]
+_Recording = tuple[AsyncCursor[Any], _Reading]
+_LOCK_POSITION = "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE"
 
 
 class Rebuild:
@@ -168,7 +177,7 @@ class ReadModel:
         return await self.position(self.telemetry_consumer)
 
     async def _lock_position(self, conn: AsyncConnection, consumer: str) -> int:
-        select = "SELECT last_seq FROM projection_position WHERE consumer = %s FOR UPDATE"
+        select = _LOCK_POSITION
         row = None
         if consumer in self._positions_seen:
             # The row exists once made (nothing deletes it): one statement per event, not two.
@@ -219,7 +228,14 @@ class ReadModel:
         event. A message without an event (an unknown type, a payload that does not
         decode) is taken alone between the events around it; a run with an event that
         cannot be stored as it is is undone and folded one message at a time."""
-        incoming = [Incoming.of_message(message) for message in items]
+        return await self.take_items([Incoming.of_message(message) for message in items])
+
+    async def take_items(self, incoming: list[Incoming]) -> int:
+        """``take_run`` for messages already read (the live consumer's runs, see
+        ``batches``): one alone takes the one-event path, which waits for the server
+        least; more are folded together, in one transaction with one position move."""
+        if len(incoming) == 1:
+            return int(await self.take(incoming[0]))
         fresh = 0
         events: list[Incoming] = []
         for item in incoming:
@@ -272,7 +288,39 @@ class ReadModel:
 
     async def apply_telemetry(self, event: Event, sequence: int) -> bool:
         """Fold a telemetry event (heartbeat, progress) stored at ``sequence``."""
-        item = Incoming.of_event(event, sequence)
+        return await self._take_telemetry(Incoming.of_event(event, sequence))
+
+    async def take_telemetry(self, incoming: list[Incoming]) -> int:
+        """Fold a run of telemetry events (in stream order) in one transaction with one
+        move of the telemetry position; returns how many were new. A run with an event
+        that cannot be stored as it is is undone and folded one event at a time, so
+        that one is recorded as a failure and the others are folded."""
+        if len(incoming) == 1:
+            return int(await self._take_telemetry(incoming[0]))
+        consumer = self.telemetry_consumer
+        fresh = 0
+        try:
+            async with self._db.pool.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        position = await self._lock_position(conn, consumer)
+                        for item in incoming:
+                            if item.seq <= position or item.event is None:
+                                continue
+                            await self._fold_telemetry(conn, item.event)
+                            position = item.seq
+                            fresh += 1
+                        await self._set_position(conn, consumer, position)
+                        await conn.commit()
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                    raise
+        except EVENT_ERRORS:
+            return sum([await self._take_telemetry(item) for item in incoming])
+        return fresh
+
+    async def _take_telemetry(self, item: Incoming) -> bool:
         try:
             return await self._take(item, self.telemetry_consumer, "telemetry", guarded=False)
         except EVENT_ERRORS:
@@ -317,6 +365,8 @@ class ReadModel:
     ) -> tuple[bool, bool]:
         """Fold ``item`` in the caller's transaction unless the position is past it;
         returns whether rows changed and whether the position jumped over sequences."""
+        if not guarded and item.event is not None and consumer in self._positions_seen:
+            return await self._take_ahead(conn, item.event, item.seq, consumer, stream)
         position = await self._lock_position(conn, consumer)
         if item.seq <= position:
             return False, False
@@ -330,6 +380,38 @@ class ReadModel:
         else:
             fresh = await self._fold_one(conn, item.event, item.seq, stream)
         await self._set_position(conn, consumer, item.seq)
+        return fresh, jumped
+
+    async def _take_ahead(
+        self, conn: AsyncConnection, event: Event, seq: int, consumer: str, stream: Stream
+    ) -> tuple[bool, bool]:
+        """``_take_in`` in a pipeline without waiting for the position first: the lock,
+        the event's record and the reads of its rows (or a telemetry event's writes) go
+        to the server together, one round trip fewer per event. The lock is taken
+        before the rest runs (the server runs them in order); an event at or below the
+        position is then undone with everything sent for it (an event recorded at a
+        sequence the position once jumped over must not appear now)."""
+        locked = await conn.execute(_LOCK_POSITION, (consumer,))
+        recording = await self._record(conn, event, seq) if stream == "missions" else None
+        if recording is None:
+            await self._fold_telemetry(conn, event)
+        row = await locked.fetchone()
+        if row is None or seq <= int(row[0]):
+            await conn.rollback()
+            if row is None:  # the position's row is gone: make it, the slow way
+                self._positions_seen.discard(consumer)
+                return await self._take_in(
+                    conn, Incoming.of_event(event, seq), consumer, stream, False
+                )
+            return False, False
+        position = int(row[0])
+        jumped = stream == "missions" and seq > position + 1
+        if jumped:
+            await faults.note_gap(conn, consumer, position + 1, seq - 1)
+        fresh = True
+        if recording is not None:
+            fresh = await self._fold_read(conn, event, seq, *recording)
+        await self._set_position(conn, consumer, seq)
         return fresh, jumped
 
     async def _fold_item(self, conn: AsyncConnection, item: Incoming, stream: Stream) -> bool:
@@ -408,6 +490,13 @@ class ReadModel:
         return True
 
     async def _fold(self, conn: AsyncConnection, event: Event, sequence: int) -> bool:
+        return await self._fold_read(
+            conn, event, sequence, *await self._record(conn, event, sequence)
+        )
+
+    async def _record(self, conn: AsyncConnection, event: Event, sequence: int) -> _Recording:
+        """Record the event and ask for the rows it reads, without waiting for the
+        answers (``_fold_read`` reads them)."""
         # The same event id at a new sequence (republished after the stream's duplicate
         # window) is history already: record nothing, fold nothing.
         cur = await conn.execute(
@@ -433,7 +522,17 @@ class ReadModel:
         # event recorded before, the rows read (and the mission row locked until the
         # commit) are simply not used.
         reading = await self._read_view(conn, event.mission_id, tasks_read(event))
-        if await cur.fetchone() is None:
+        return cur, reading
+
+    async def _fold_read(
+        self,
+        conn: AsyncConnection,
+        event: Event,
+        sequence: int,
+        recorded: AsyncCursor[Any],
+        reading: _Reading,
+    ) -> bool:
+        if await recorded.fetchone() is None:
             return False
         view = await self._view(conn, event.mission_id, *reading)
         await self._write(conn, fold(view, event, sequence))
@@ -587,7 +686,7 @@ class ReadModel:
 
     async def _read_view(
         self, conn: AsyncConnection, mission_id: str, task_ids: list[str] | None
-    ) -> tuple[list[str] | None, AsyncCursor[DictRow], AsyncCursor[DictRow] | None]:
+    ) -> _Reading:
         """Send the reads of ``_load_view`` without waiting for their answers (which a
         pipeline then brings with the next statement whose answer is read)."""
         mission = conn.cursor(row_factory=dict_row)

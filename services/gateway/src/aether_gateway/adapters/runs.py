@@ -37,7 +37,7 @@ from aether_gateway.domain import (
     Task,
     UsageEntry,
 )
-from aether_gateway.domain.run import fold_run
+from aether_gateway.domain.run import fold_run, tasks_needed
 
 # Every event of the run in one statement. ``ON CONFLICT DO NOTHING`` skips an event
 # recorded before (its sequence, or its id at another sequence: republished after the
@@ -75,14 +75,23 @@ async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> in
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     recorded = await conn.execute(_RECORD_EVENTS, columns)
-    mission_ids = sorted({event.mission_id for event, _ in run})
-    # Sent before the insert's answer is read: in a pipeline the three go together.
+    needed = tasks_needed([event for event, _ in run])
+    mission_ids = sorted(needed)
+    whole = [m for m in mission_ids if needed[m] is None]
+    some = [(m, t) for m in mission_ids for t in needed[m] or ()]
+    # Sent before the insert's answer is read: in a pipeline they all go together.
     missions = conn.cursor(row_factory=dict_row)
     await missions.execute(
         "SELECT * FROM missions WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (mission_ids,)
     )
+    # Only the task rows the events read: a few events of a long mission (the live
+    # consumer's runs) need not load and convert every task of it.
     tasks = conn.cursor(row_factory=dict_row)
-    await tasks.execute("SELECT * FROM tasks WHERE mission_id = ANY(%s)", (mission_ids,))
+    await tasks.execute(
+        "SELECT * FROM tasks WHERE mission_id = ANY(%s) OR (mission_id, task_id) IN"
+        " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        (whole, [m for m, _ in some], [t for _, t in some]),
+    )
     fresh = {int(row[0]) for row in await recorded.fetchall()}
     views: dict[str, MissionView] = {}
     async with missions:
@@ -94,6 +103,7 @@ async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> in
             view = views.get(task.mission_id)
             if view is not None:
                 view.tasks[task.task_id] = task
+    await _count_tasks(conn, views, needed)
     writes = fold_run(views, [(event, seq) for event, seq in run if seq in fresh])
     await _write_many(conn, UPSERT_MISSIONS, writes.missions)
     await _write_many(conn, UPSERT_PLANS, writes.plans)
@@ -113,6 +123,27 @@ async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> in
                 MERGE_SESSION_SQL, [msgspec.structs.asdict(s) for s in writes.sessions]
             )
     return len(fresh)
+
+
+async def _count_tasks(
+    conn: AsyncConnection, views: dict[str, MissionView], needed: dict[str, list[str] | None]
+) -> None:
+    """Give a view read in part its mission's task count when a task its events read
+    does not exist (the fold then numbers the new task by it; see ``tasks_read``)."""
+    short = [
+        mission_id
+        for mission_id, view in views.items()
+        if (ids := needed.get(mission_id)) is not None and not set(ids) <= view.tasks.keys()
+    ]
+    if not short:
+        return
+    cur = await conn.execute(
+        "SELECT mission_id, count(*) FROM tasks WHERE mission_id = ANY(%s) GROUP BY mission_id",
+        (short,),
+    )
+    counts = {str(row[0]): int(row[1]) for row in await cur.fetchall()}
+    for mission_id in short:
+        views[mission_id].task_count = counts.get(mission_id, 0)
 
 
 async def _write_many(conn: AsyncConnection, query: Any, rows: list[Any]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import msgspec
 
 from aether_events import Event
-from aether_gateway.domain.fold import Changes, MissionView, fold
+from aether_gateway.domain.fold import Changes, MissionView, fold, tasks_read
 from aether_gateway.domain.model import (
     BudgetAlert,
     Mission,
@@ -46,25 +46,48 @@ class RunWrites(msgspec.Struct, kw_only=True):
 
 
 def advanced(view: MissionView, changes: Changes) -> MissionView:
-    """The view as it stands once ``changes`` are written (``view`` holds every task of
-    the mission; so does the result)."""
+    """The view as it stands once ``changes`` are written: ``view`` holds every task of
+    the mission, or those the run's events read with the mission's ``task_count`` (see
+    ``tasks_read``); so does the result, its count kept."""
     if changes.empty:
         return view
     tasks = view.tasks
+    count = view.task_count
     if changes.removed_tasks or changes.tasks:
         tasks = dict(tasks)
         for task_id in changes.removed_tasks:
-            tasks.pop(task_id, None)
+            if tasks.pop(task_id, None) is not None and count is not None:
+                count -= 1
         for task in changes.tasks:
+            if task.task_id not in tasks and count is not None:
+                count += 1
             tasks[task.task_id] = task
     mission = changes.mission if changes.mission is not None else view.mission
-    return MissionView(mission=mission, tasks=tasks)
+    return MissionView(mission=mission, tasks=tasks, task_count=count)
+
+
+def tasks_needed(events: list[Event]) -> dict[str, list[str] | None]:
+    """Per mission, the task rows ``fold_run`` needs for ``events``: those any of its
+    events reads (``tasks_read``), or ``None`` for every task of the mission."""
+    needed: dict[str, set[str] | None] = {}
+    for event in events:
+        read = tasks_read(event)
+        mission_id = event.mission_id
+        if read is None:
+            needed[mission_id] = None
+            continue
+        known = needed.setdefault(mission_id, set())
+        if known is not None:
+            known.update(read)
+    return {m: None if ids is None else sorted(ids) for m, ids in needed.items()}
 
 
 def fold_run(views: dict[str, MissionView], events: list[tuple[Event, int]]) -> RunWrites:
     """The rows to write for ``events`` (each with its stream sequence, in stream order),
-    given ``views``: for every mission the events name, its mission row and all its task
-    rows as stored before the run (a mission not stored yet may be left out)."""
+    given ``views``: for every mission the events name, its mission row and its task
+    rows as stored before the run, all of them or those ``tasks_needed`` names with the
+    mission's task count when one of those does not exist (a mission not stored yet may
+    be left out)."""
     start = dict(views)
     current = dict(views)
     plans: dict[tuple[str, int], Plan] = {}
