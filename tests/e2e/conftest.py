@@ -7,12 +7,12 @@ fixtures, and each would start its own stack."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from aether.stack import Stack
-from aether_llm import MessagesServer
+from aether_llm import MessagesServer, Responder
 from tests.e2e.test_mission_flow import (
     create_database,
     fresh_database,
@@ -56,3 +56,19 @@ async def shared_stack(
         yield stack
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+@pytest.fixture
+def answer_with(
+    shared_model: tuple[MessagesServer, ScriptedModel],
+) -> Iterator[Callable[[Responder], None]]:
+    """Has the package's model server answer this test with a script of its own (another
+    plan, other task scripts), so that a test needing one runs its mission on the
+    package's stack rather than starting a stack for it; the package's script answers
+    again afterwards. The package's tests run one at a time, each waiting for its mission
+    to end, so no other mission is asking meanwhile."""
+    server, script = shared_model
+    try:
+        yield lambda responder: setattr(server, "responder", responder)
+    finally:
+        server.responder = script

@@ -4,11 +4,10 @@ service its own process, against the scripted Messages API server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ from aether_events import (
     type_subjects,
 )
 from aether_events.usage import total
-from aether_llm import DEFAULT_TIERS, MessagesServer, Reply, load_prices, text_block, tool_use_block
-from tests.e2e.test_mission_flow import stack_for, tree_files
+from aether_llm import DEFAULT_TIERS, Reply, Responder, load_prices, text_block, tool_use_block
+from tests.e2e.test_mission_flow import tree_files
 from tests.support import MissionLog, ScriptedModel, finish, write
 
 pytest.importorskip("claude_agent_sdk")
@@ -90,30 +89,25 @@ def claude_done(request: dict[str, Any]) -> Reply:
 
 
 @pytest.fixture
-def claude_model() -> Iterator[tuple[MessagesServer, ScriptedModel]]:
+def claude_model() -> ScriptedModel:
     CLAUDE_REQUESTS.clear()
-    script = ScriptedModel(
+    return ScriptedModel(
         plan=PLAN,
         scripts={
             "a": [write("a.txt", "alpha\n"), finish("wrote a")],
             "b": [claude_write, claude_done],
         },
     )
-    server = MessagesServer(script).start()
-    yield server, script
-    server.stop()
 
 
 @pytest.fixture
-async def claude_stack(
-    tmp_path: Path, claude_model: tuple[MessagesServer, ScriptedModel], fresh_database: str
-) -> AsyncIterator[Stack]:
-    stack = stack_for(tmp_path, claude_model[0], fresh_database)
-    try:
-        await asyncio.to_thread(stack.start)
-        yield stack
-    finally:
-        await asyncio.to_thread(stack.stop)
+def claude_stack(
+    running: Stack, answer_with: Callable[[Responder], None], claude_model: ScriptedModel
+) -> Stack:
+    """The package's stack (the runtime is the mission's choice), its model answering
+    with this test's plan and scripts: a stack of its own was most of the test's time."""
+    answer_with(claude_model)
+    return running
 
 
 async def telemetry(nc: Any, mission_id: str) -> list[Any]:
@@ -135,7 +129,7 @@ async def telemetry(nc: Any, mission_id: str) -> list[Any]:
 
 
 async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
-    claude_stack: Stack, repo: Path, claude_model: tuple[MessagesServer, ScriptedModel]
+    claude_stack: Stack, repo: Path, claude_model: ScriptedModel
 ) -> None:
     (repo / ".claude" / "agents").mkdir(parents=True)
     (repo / ".claude" / "agents" / "writer.md").write_text(WRITER)
@@ -176,7 +170,7 @@ async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
     assert files["a.txt"] == b"alpha\n" and files["b.txt"] == b"beta\n"
 
     # The CLI's requests reached the server; its commit carries the trailers.
-    _, script = claude_model
+    script = claude_model
     assert [c for c in script.calls if c.startswith("b:")] == ["b:0", "b:1"]
     done = next(e for e in log.of_type(AgentCompleted) if e.task_id == "b")
     assert done.summary == "wrote b" and done.files_changed == ["b.txt"]

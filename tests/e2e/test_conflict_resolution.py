@@ -9,8 +9,7 @@ the resolution merges, and the integration branch holds both tasks' intent.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from aether_events import (
     TaskReady,
     WorkspaceReady,
 )
-from aether_llm import MessagesServer, Reply, tool_use_block
+from aether_llm import Reply, Responder, tool_use_block
 from tests.e2e.test_line_merge import PLAN, REGISTRY, shared_repo
-from tests.e2e.test_mission_flow import stack_for, submit_and_approve, tree_files
+from tests.e2e.test_mission_flow import submit_and_approve, tree_files
 from tests.support import ScriptedModel, _first_user_text, finish, tool_results, write
 
 pytestmark = pytest.mark.e2e
@@ -78,8 +77,8 @@ def beta() -> BetaAgent:
 
 
 @pytest.fixture
-def resolving_model(beta: BetaAgent) -> Iterator[MessagesServer]:
-    script = ScriptedModel(
+def resolving_model(beta: BetaAgent) -> ScriptedModel:
+    return ScriptedModel(
         plan=PLAN,
         scripts={
             "a": [
@@ -91,21 +90,16 @@ def resolving_model(beta: BetaAgent) -> Iterator[MessagesServer]:
         },
         delays={"b": 4.0},
     )
-    server = MessagesServer(script).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
-async def resolving_stack(
-    tmp_path: Path, resolving_model: MessagesServer, fresh_database: str
-) -> AsyncIterator[Stack]:
-    stack = stack_for(tmp_path, resolving_model, fresh_database)
-    try:
-        await asyncio.to_thread(stack.start)
-        yield stack
-    finally:
-        await asyncio.to_thread(stack.stop)
+def resolving_stack(
+    running: Stack, answer_with: Callable[[Responder], None], resolving_model: ScriptedModel
+) -> Stack:
+    """The package's stack, its model answering with this test's plan and scripts (a
+    stack of its own was most of the test's time)."""
+    answer_with(resolving_model)
+    return running
 
 
 async def test_a_true_conflict_is_resolved_by_a_resolution_attempt(

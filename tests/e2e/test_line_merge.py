@@ -10,7 +10,7 @@ drift and the mission view shows it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,8 +27,8 @@ from aether_events import (
     TaskReady,
     TaskRetried,
 )
-from aether_llm import MessagesServer
-from tests.e2e.test_mission_flow import stack_for, submit_and_approve, tree_files
+from aether_llm import Responder
+from tests.e2e.test_mission_flow import submit_and_approve, tree_files
 from tests.support import ScriptedModel, finish, write
 
 pytestmark = pytest.mark.e2e
@@ -74,8 +74,8 @@ def shared_repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def line_model() -> Iterator[MessagesServer]:
-    script = ScriptedModel(
+def line_model() -> ScriptedModel:
+    return ScriptedModel(
         plan=PLAN,
         scripts={
             "a": [
@@ -92,21 +92,16 @@ def line_model() -> Iterator[MessagesServer]:
         # b's agent is still at work when a merges, so b's commit is not on a's.
         delays={"b": 4.0},
     )
-    server = MessagesServer(script).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
-async def line_stack(
-    tmp_path: Path, line_model: MessagesServer, fresh_database: str
-) -> AsyncIterator[Stack]:
-    stack = stack_for(tmp_path, line_model, fresh_database)
-    try:
-        await asyncio.to_thread(stack.start)
-        yield stack
-    finally:
-        await asyncio.to_thread(stack.stop)
+def line_stack(
+    running: Stack, answer_with: Callable[[Responder], None], line_model: ScriptedModel
+) -> Stack:
+    """The package's stack, its model answering with this test's plan and scripts (a
+    stack of its own was most of the test's time)."""
+    answer_with(line_model)
+    return running
 
 
 async def test_parallel_tasks_editing_one_file_merge_line_by_line_without_a_rerun(

@@ -3,8 +3,6 @@ refuses what the mission's state does not allow with a message."""
 
 from __future__ import annotations
 
-import pytest
-
 from aether_events import (
     BudgetRaised,
     EventPublisher,
@@ -135,10 +133,12 @@ async def test_two_racing_requests_with_one_key_still_make_one_mission(http, nc)
     assert len(await events_of(nc, ids.pop(), MissionRequested)) == 1
 
 
-@pytest.mark.parametrize("key", ["", "a" * 256, "with space", "naïve".encode("latin-1")])
-async def test_an_invalid_idempotency_key_is_refused(http, key):
-    response = await http.post("/missions", json=MISSION, headers={"Idempotency-Key": key})
-    assert response.status_code == 400, key
+async def test_an_invalid_idempotency_key_is_refused(http):
+    # One gateway for every key: a refusal changes nothing, and a gateway of its own
+    # for each was nearly all of their time.
+    for key in ["", "a" * 256, "with space", "naïve".encode("latin-1")]:
+        response = await http.post("/missions", json=MISSION, headers={"Idempotency-Key": key})
+        assert response.status_code == 400, key
 
 
 async def test_mission_creation_is_rate_limited_per_caller(make_gateway):
@@ -218,21 +218,14 @@ async def test_feedback_on_a_plan_awaiting_approval_asks_for_a_revision(
     await wait_for(http, script.mission_id, lambda m: m["status"] == "preparing")
 
 
-@pytest.mark.parametrize(
-    ("body", "status"),
-    [
-        ({}, 400),
-        ({"text": ""}, 400),
-        ({"text": "   "}, 400),
-        ({"text": 5}, 400),
-        ({"tex": "x"}, 400),
-    ],
-)
-async def test_invalid_messages_are_refused(http, nc, script, body, status):
+async def test_invalid_messages_are_refused(http, nc, script):
+    # One gateway for every case: a refusal changes nothing, and a gateway of its own
+    # for each was nearly all of their time.
     await publish(nc, script.requested())
-    response = await http.post(f"/missions/{script.mission_id}/messages", json=body)
-    assert response.status_code == status
-    assert response.json()["error"]
+    for body in [{}, {"text": ""}, {"text": "   "}, {"text": 5}, {"tex": "x"}]:
+        response = await http.post(f"/missions/{script.mission_id}/messages", json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"], body
 
 
 async def test_commands_on_an_unknown_mission_are_404(http):

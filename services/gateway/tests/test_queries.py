@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from aether.render import mission_detail
 from aether_events import (
     AgentCompleted,
@@ -110,21 +108,20 @@ async def test_missions_filter_by_status_repository_and_date(http, nc):
     ]
 
 
-@pytest.mark.parametrize(
-    ("params", "mentions"),
-    [
+async def test_mission_queries_are_validated(http):
+    # One gateway for every case: a query only reads, and a gateway of its own for each
+    # was nearly all of their time.
+    for params, mentions in [
         ({"limit": 0}, "limit"),
         ({"limit": 201}, "limit"),
         ({"status": "sleeping"}, "sleeping"),
         ({"since": "yesterday"}, "since"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "WyJ4Il0"}, "cursor"),
-    ],
-)
-async def test_mission_queries_are_validated(http, params, mentions):
-    response = await http.get("/missions", params=params)
-    assert response.status_code == 400
-    assert mentions in response.json()["error"]
+    ]:
+        response = await http.get("/missions", params=params)
+        assert response.status_code == 400, (params, response.text)
+        assert mentions in response.json()["error"], (params, response.text)
 
 
 async def test_a_mission_shows_its_graph_messages_budget_and_agents(http, nc, script):

@@ -26,7 +26,7 @@ from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import (  # the one decoding of a reply, shared
     Decision,
     ModelUnavailable,
-    _decision,
+    journaled_decision,
 )
 
 
@@ -63,14 +63,8 @@ class ScriptedPlannerModel:
         plan_only: bool,
         correction: tuple[Message, str] | None = None,
     ) -> Decision:
-        message = await self.journal.get(key) if self.journal else None
-        replayed = message is not None
-        if message is None:
-            asked = Asked(model, context, mission, plan_only, correction and correction[1])
-            message = await self._reply(asked)
-            if self.journal:
-                await self.journal.put(key, message)
-        return _decision(model, message, replayed)
+        asked = Asked(model, context, mission, plan_only, correction and correction[1])
+        return await journaled_decision(self.journal, key, model, lambda: self._reply(asked))
 
     async def _reply(self, asked: Asked) -> Message:
         self.asked.append(asked)

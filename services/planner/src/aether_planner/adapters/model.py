@@ -11,6 +11,7 @@ prefix. Measured in ``bench/caching.py``; the reasoning is in ``docs/caching.md`
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,13 +122,12 @@ class PlannerModel:
         correction: tuple[Message, str] | None = None,
     ) -> Decision:
         """Ask the model once for step ``key`` (or replay its journaled reply)."""
-        message = await self.journal.get(key) if self.journal else None
-        replayed = message is not None
-        if message is None:
-            message = await self._create(model, context, mission, plan_only, correction)
-            if self.journal:
-                await self.journal.put(key, message)
-        return _decision(model, message, replayed)
+        return await journaled_decision(
+            self.journal,
+            key,
+            model,
+            lambda: self._create(model, context, mission, plan_only, correction),
+        )
 
     async def _create(
         self,
@@ -185,6 +185,25 @@ class PlannerModel:
             raise ModelUnavailable(
                 f"the model endpoint answered {error.status_code}: {error.message}"
             ) from error
+
+
+async def journaled_decision(
+    journal: CallJournal | None,
+    key: str,
+    model: str,
+    ask: Callable[[], Awaitable[Message]],
+) -> Decision:
+    """The decision for step ``key``: its reply replayed from ``journal`` when the step
+    was answered before, else ``ask``ed once and journaled before it is decoded (so a
+    planner killed after the call does not ask again). The real adapter and the scripted
+    fake both go through here, so replay behaves the same in both."""
+    message = await journal.get(key) if journal else None
+    replayed = message is not None
+    if message is None:
+        message = await ask()
+        if journal:
+            await journal.put(key, message)
+    return _decision(model, message, replayed)
 
 
 def _tool_use(message: Message) -> ToolUseBlock | None:
