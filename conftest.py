@@ -24,6 +24,41 @@ from nats.js.errors import NotFoundError
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, wait_for_jetstream
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in a worker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a parallel run (``-n N --dist loadgroup``), which tests one worker runs together.
+
+    Every multi-process test (marked ``e2e``: the five services, a NATS cluster, the
+    chaos trials) goes to one worker, one after another, so that two such stacks never
+    start side by side on a small machine; the other workers run everything else beside
+    them. A test using a package- or module-scoped fixture goes with the other tests of
+    that package or module, so the fixture (a stack, a browser) starts once, not once per
+    worker. Any other test goes to whichever worker is free."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    for item in items:
+        group = _parallel_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _parallel_group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("e2e") is not None:
+        return "e2e"
+    info = getattr(item, "_fixtureinfo", None)
+    scopes = {
+        (definitions[-1].scope, definitions[-1].baseid)
+        for definitions in (info.name2fixturedefs.values() if info is not None else ())
+        if definitions
+    }
+    packages = sorted(baseid for scope, baseid in scopes if scope == "package")
+    if packages:
+        return f"package:{packages[0]}"
+    if any(scope in ("module", "class") for scope, _ in scopes):
+        return f"module:{item.nodeid.split('::')[0]}"
+    return None
+
+
 def _docker_available() -> bool:
     if os.environ.get("AETHER_TEST_CONTAINERS") != "1":
         return False

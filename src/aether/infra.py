@@ -9,6 +9,7 @@ elsewhere.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import socket
@@ -28,10 +29,10 @@ def free_port() -> int:
     local ports: a port the kernel hands out for ``bind(0)`` is one that the next client
     connection of any process on the machine may take before the service that was given
     it binds it (seen in CI as "address already in use" at a service's start)."""
-    low = _ephemeral_low()
+    start, stop = _port_slice(PRIVATE_PORTS_START, _ephemeral_low())
     rng = random.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(PRIVATE_PORTS_START, low)
+        port = rng.randrange(start, stop)
         # Never the same port twice from one process: one handed out a moment ago may not
         # be bound yet.
         if port not in _handed_out and port_is_free(port):
@@ -56,6 +57,23 @@ def _ephemeral_low() -> int:
         text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
         low = int(text.split()[0])
     return max(low, PRIVATE_PORTS_START + 1000)
+
+
+def _port_slice(start: int, stop: int) -> tuple[int, int]:
+    """This process's share of ``[start, stop)``: all of it, except in a parallel test
+    run (pytest-xdist), where worker N of M draws only from the N-th of M equal slices.
+    ``_handed_out`` is one process's memory: two workers drawing from the whole range
+    could both hand out one port before either binds it. Processes a worker starts
+    inherit its variables and so draw from its slice too."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return start, stop
+    index, workers = int(worker[2:]), int(count)
+    if not 0 <= index < workers:
+        return start, stop
+    width = (stop - start) // workers
+    return start + index * width, start + (index + 1) * width
 
 
 def port_is_free(port: int) -> bool:

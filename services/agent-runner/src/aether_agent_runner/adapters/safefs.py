@@ -168,7 +168,15 @@ class Tree:
                 links += 1
                 if links > _MAX_LINKS:
                     raise Refused(f"{path!r} has too many levels of symbolic links")
-                target = self._readlink(here, name)
+                try:
+                    target = self._readlink(here, name)
+                except OSError as error:
+                    if error.errno != errno.EINVAL:
+                        raise
+                    # No longer a link (swapped since the lstat): look at the name again;
+                    # each look counts as a link, so endless swapping ends in a refusal.
+                    pending.append(name)
+                    continue
                 if "\x00" in target:
                     raise Refused(f"{path!r} leads through a link with a NUL byte")
                 if target.startswith("/"):
