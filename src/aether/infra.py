@@ -9,8 +9,10 @@ elsewhere.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -86,6 +88,35 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+# How many ports a server whose freely chosen port was taken tries before giving up.
+PORT_TRIES = 3
+
+
+class NatsExited(RuntimeError):
+    """The nats-server started exited before it answered (its port taken, a bad config)."""
+
+
+def wait_for_nats(
+    port: int, name: str, process: subprocess.Popen[bytes], timeout: float = 30.0
+) -> None:
+    """Wait until the nats-server named ``name`` (started as ``process``) answers on
+    ``port``: the INFO line a NATS server sends every new client names the server. Raises
+    ``NatsExited`` as soon as ``process`` ends."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NatsExited(f"nats-server exited with {process.returncode} (port {port})")
+        with (
+            contextlib.suppress(OSError, ValueError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+        ):
+            line = sock.makefile("rb").readline(1 << 16)
+            if line.startswith(b"INFO ") and json.loads(line[5:]).get("server_name") == name:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nats-server {name} not answering on port {port} after {timeout}s")
+
+
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,20 +148,42 @@ class EmbeddedNats:
     config: Path | None = None
     # The HTTP monitoring port (``/connz``, ``/varz``); 0: none.
     monitor_port: int = 0
+    # The server's name, unique to this object (the same across its restarts): how its
+    # start knows the server answering on the port is this one.
+    name: str = field(default_factory=lambda: f"aether-{secrets.token_hex(6)}")
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, log_file: Path | None = None) -> EmbeddedNats:
+        """Start the server and wait until *it* answers on its port. A port chosen here
+        (``port`` 0 at the first start) can be taken by another process between choosing
+        and binding; the server then exits and another port is chosen. A server that
+        merely answers on the port is not taken for this one (it may be another's)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
+        chosen = self.port == 0
+        for tries in range(PORT_TRIES):
+            self.port = self.port or free_port()
+            self.process = self._launch(log_file)
+            try:
+                wait_for_nats(self.port, self.name, self.process)
+                return self
+            except NatsExited:
+                if not chosen or tries == PORT_TRIES - 1:
+                    raise
+                self.port = 0
+        raise AssertionError("unreachable")
+
+    def _launch(self, log_file: Path | None) -> subprocess.Popen[bytes]:
         out: Any = log_file.open("ab") if log_file else subprocess.DEVNULL
         config = ["--config", str(self.config)] if self.config is not None else []
-        self.process = subprocess.Popen(
+        return subprocess.Popen(
             [
                 nats_server_binary(),
                 *config,
+                "--server_name",
+                self.name,
                 "--jetstream",
                 "--store_dir",
                 str(self.data_dir),
@@ -144,8 +197,6 @@ class EmbeddedNats:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.port)
-        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
