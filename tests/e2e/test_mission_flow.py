@@ -284,9 +284,15 @@ async def test_scheduler_killed_mid_mission_completes_with_each_task_merged_once
 ) -> None:
     _, log, nc = await submit_and_approve(running, repo)
     try:
-        # Task a merges while b's agent is still waiting on its (slow) model reply.
+        # Task a merges while b's agent is still waiting on its (slow) model reply. b's
+        # AgentStarted shows its attempt holds its bus credential, which the scheduler
+        # grants (an attempt starting while no scheduler answers waits for one).
         await log.wait_for(
-            lambda log: any(e.task_id == "a" for e in log.of_type(BranchMerged)), timeout=60
+            lambda log: (
+                any(e.task_id == "a" for e in log.of_type(BranchMerged))
+                and any(e.task_id == "b" for e in log.of_type(AgentStarted))
+            ),
+            timeout=60,
         )
         await asyncio.to_thread(running.kill, "scheduler")
         await log.wait_for(
