@@ -26,7 +26,7 @@ typecheck: ## mypy --strict over libs, services, src and bench/chaos
 
 check: lint typecheck ## what a commit must pass
 
-test: ## the whole suite (about ten minutes on two cores)
+test: ## the whole suite (three workers; about ten minutes on two cores)
 	uv run pytest
 
 test-unit: ## the pure rules and the CLI, with no servers to start
