@@ -61,6 +61,7 @@ class Follower:
         self._pending = 0
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def consumer(self) -> str | None:
@@ -75,9 +76,15 @@ class Follower:
             self.last_sequence = (await self._js.stream_info(self._stream)).state.last_seq
             self._new_only = False
         await self._subscribe()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
+        # The loop ends on the flag too, not on its cancellation alone: on Python 3.11 a
+        # cancellation that arrives as a fetch's answer does is swallowed by the
+        # ``asyncio.wait_for`` inside nats-py (the fetch returns normally), and a loop that
+        # only stopped when cancelled then fetched on forever, its stop waiting behind it.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -111,7 +118,7 @@ class Follower:
 
     async def _run(self) -> None:
         idle = 0
-        while True:
+        while not self._stopping:
             try:
                 if self._sub is None:
                     await self._subscribe()
