@@ -7,7 +7,6 @@ instead; these machines have no engine, so the embedded binaries are the default
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
@@ -18,10 +17,9 @@ import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, wait_for_jetstream
+from aether_events.testing import delete_streams_for_good
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in a worker
@@ -137,34 +135,12 @@ async def nats_cluster() -> AsyncIterator[EmbeddedNatsCluster]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-async def _delete_stream(js: JetStreamContext, stream: str) -> None:
-    """Delete a stream and see it gone: on a loaded machine the delete request can time
-    out while the server still holds the stream, and a test would then start on the
-    previous test's events."""
-    for _ in range(50):
-        try:
-            await js.delete_stream(stream)
-        except NotFoundError:
-            return
-        except (TimeoutError, nats.errors.TimeoutError):
-            pass
-        try:
-            await js.stream_info(stream)
-        except NotFoundError:
-            return
-        except (TimeoutError, nats.errors.TimeoutError):
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"stream {stream} could not be deleted")
-
-
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
     """A connection to the session's NATS server; the Aether streams start empty."""
     client = await nats.connect(nats_url)
     js = client.jetstream()
-    for stream in ("AETHER_MISSIONS", "AETHER_TELEMETRY"):
-        await _delete_stream(js, stream)
+    await delete_streams_for_good(js)
     try:
         yield client
     finally:

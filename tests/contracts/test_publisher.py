@@ -8,14 +8,12 @@ may rely on what is asserted here, and only on that.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import nats
 import pytest
-from nats.js.errors import NotFoundError
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -34,7 +32,7 @@ from aether_events import (
     stored_messages,
     subject_for,
 )
-from aether_events.testing import InMemoryPublisher
+from aether_events.testing import InMemoryPublisher, delete_streams_for_good
 
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
 M = "m-contract"
@@ -65,9 +63,7 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     # Asked for here rather than as a parameter, so the in-memory runs start no server.
     nc = await nats.connect(request.getfixturevalue("nats_url"))
     js = nc.jetstream()
-    for stream in (MISSIONS_STREAM, TELEMETRY_STREAM):
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(stream)
+    await delete_streams_for_good(js)
     await ensure_streams(js)
 
     async def stored(stream: str) -> list[tuple[int, str, Event]]:

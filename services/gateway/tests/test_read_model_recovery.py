@@ -25,6 +25,7 @@ from aether_events import (
     mission_subject,
     new_mission_id,
 )
+from aether_events.testing import delete_streams_for_good
 from aether_gateway.adapters.stream import read_stored
 
 from .conftest import GatewayServer, Script, eventually, gateway_settings, stored_events
@@ -239,7 +240,7 @@ async def test_a_stream_recreated_under_the_gateway_is_folded_afresh(make_gatewa
             return response.status_code == 200 and response.json()["status"] == status
 
         await eventually(lambda: status_of(gone, "awaiting_approval"), what="the first stream")
-        await js.delete_stream(MISSIONS_STREAM)
+        await delete_streams_for_good(js, (MISSIONS_STREAM,))
         await ensure_streams(js)
         await EventPublisher(js).publish_all([kept.requested(), kept.prepared()])
 

@@ -15,15 +15,20 @@ One difference is deliberate: JetStream forgets ids after the stream's duplicate
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import defaultdict
 from typing import TYPE_CHECKING, TypeVar
 
-from nats.js.api import PubAck
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StreamConfig
+from nats.js.errors import NotFoundError
 
 from aether_events.catalogue import TELEMETRY_TYPES, Event
 from aether_events.codec import decode, encode
 from aether_events.publisher import Publisher
-from aether_events.streams import MISSIONS_STREAM, TELEMETRY_STREAM
+from aether_events.streams import MISSIONS_STREAM, TELEMETRY_STREAM, StreamSettings, stream_configs
 from aether_events.subjects import subject_for
 
 E = TypeVar("E", bound=Event)
@@ -66,3 +71,61 @@ class InMemoryPublisher:
 if TYPE_CHECKING:
     # mypy holds the fake to the port's signature; the contract test to its behaviour.
     _conforms: Publisher = InMemoryPublisher()
+
+
+async def delete_streams_for_good(
+    js: JetStreamContext, names: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
+) -> None:
+    """Delete Aether's streams so that the next stream created under any of those names
+    starts empty (see ``delete_stream_for_good``)."""
+    for config in stream_configs(StreamSettings()):
+        if config.name in names:
+            await delete_stream_for_good(js, config)
+
+
+async def delete_stream_for_good(js: JetStreamContext, config: StreamConfig) -> None:
+    """Delete the stream named by ``config`` so that a stream created again under its name
+    starts with no messages and no consumers.
+
+    A plain delete does not promise that on the NATS server: it moves a deleted stream's
+    directory aside (``.NAME``) and removes it in the background, and a second deletion
+    of the same name while that removal runs leaves the directory where it is, though the
+    deletion is answered as done; the next stream of that name then recovers the old
+    messages and consumers (seen with nats-server 2.15.1 in about one of six delete and
+    create cycles a few milliseconds apart: a test started on the previous test's
+    events). So: delete, create it again and look, until a created stream is empty, then
+    delete that empty one; whatever a deletion leaves behind is then an empty stream."""
+    assert config.name is not None
+    for attempt in range(100):
+        await _delete(js, config.name)
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            await js.add_stream(config)
+        try:
+            state = (await js.stream_info(config.name)).state
+        except (NotFoundError, TimeoutError, nats.errors.TimeoutError):
+            continue
+        if state.messages == 0 and state.last_seq == 0 and state.consumer_count == 0:
+            await _delete(js, config.name)
+            return
+        await asyncio.sleep(min(0.05 * (attempt + 1), 0.5))
+    raise RuntimeError(f"stream {config.name} kept its messages through 100 deletions")
+
+
+async def _delete(js: JetStreamContext, stream: str) -> None:
+    """Delete a stream and see it gone: on a loaded machine the delete request can time
+    out while the server still holds the stream."""
+    for _ in range(50):
+        try:
+            await js.delete_stream(stream)
+        except NotFoundError:
+            return
+        except (TimeoutError, nats.errors.TimeoutError):
+            pass
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            return
+        except (TimeoutError, nats.errors.TimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"stream {stream} could not be deleted")
