@@ -26,13 +26,13 @@ from aether_events.testing import delete_streams_for_good
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In a parallel run (``-n N --dist loadgroup``), which tests one worker runs together.
 
-    Every multi-process test (marked ``e2e``: the five services, a NATS cluster, the
-    chaos trials) goes to one worker, one after another, so that two such stacks never
-    start side by side on a small machine; the other workers run everything else beside
-    them. A test using a package- or module-scoped fixture goes with the other tests of
-    that package or module, so the fixture (a stack, a browser) starts once, not once per
-    worker. Any other test goes to whichever worker is free."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    A test using a package-, module- or class-scoped fixture (a stack of the five
+    services, a browser, a shared gateway) goes with the other tests of that package or
+    module, so the fixture starts once, on one worker; any other test goes to whichever
+    worker is free. Collection happens in the workers, where xdist has turned ``--dist``
+    into ``no`` and kept ``loadgroup`` as a flag of its own: the flag is what says the
+    run is grouped (reading ``--dist`` here once made every group silently vanish)."""
+    if not parallel_groups_wanted(config):
         return
     for item in items:
         group = _parallel_group(item)
@@ -40,9 +40,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def parallel_groups_wanted(config: pytest.Config) -> bool:
+    """Whether this process collects for a grouped parallel run: an xdist worker of
+    ``--dist loadgroup`` (``loadgroup`` set) or, where xdist runs no workers, never."""
+    return bool(getattr(config.option, "loadgroup", False))
+
+
 def _parallel_group(item: pytest.Item) -> str | None:
-    if item.get_closest_marker("e2e") is not None:
-        return "e2e"
     info = getattr(item, "_fixtureinfo", None)
     scopes = {
         (definitions[-1].scope, definitions[-1].baseid)
