@@ -253,30 +253,22 @@ class ReadModel:
         fresh = 0
         jumped = False
         try:
-            async with self._db.pool.connection() as conn:
-                try:
-                    async with conn.pipeline():
-                        # The position is locked and moved once for the run.
-                        position = await self._lock_position(conn, self.consumer)
-                        run: list[tuple[Event, int]] = []
-                        for item in incoming:
-                            if item.seq <= position:
-                                continue
-                            if item.seq > position + 1:
-                                await faults.note_gap(
-                                    conn, self.consumer, position + 1, item.seq - 1
-                                )
-                                jumped = True
-                            assert item.event is not None
-                            run.append((item.event, item.seq))
-                            position = item.seq
-                        fresh = await fold_events(conn, run)
-                        await self._set_position(conn, self.consumer, position)
-                        await conn.commit()
-                except BaseException:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.rollback()
-                    raise
+            async with self._db.pool.connection() as conn, _pipelined(conn):
+                # The position is locked and moved once for the run.
+                position = await self._lock_position(conn, self.consumer)
+                run: list[tuple[Event, int]] = []
+                for item in incoming:
+                    if item.seq <= position:
+                        continue
+                    if item.seq > position + 1:
+                        await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
+                        jumped = True
+                    assert item.event is not None
+                    run.append((item.event, item.seq))
+                    position = item.seq
+                fresh = await fold_events(conn, run)
+                await self._set_position(conn, self.consumer, position)
+                await conn.commit()
         except EVENT_ERRORS:
             return await self._take_each(incoming)
         if jumped:
@@ -300,22 +292,16 @@ class ReadModel:
         consumer = self.telemetry_consumer
         fresh = 0
         try:
-            async with self._db.pool.connection() as conn:
-                try:
-                    async with conn.pipeline():
-                        position = await self._lock_position(conn, consumer)
-                        for item in incoming:
-                            if item.seq <= position or item.event is None:
-                                continue
-                            await self._fold_telemetry(conn, item.event)
-                            position = item.seq
-                            fresh += 1
-                        await self._set_position(conn, consumer, position)
-                        await conn.commit()
-                except BaseException:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.rollback()
-                    raise
+            async with self._db.pool.connection() as conn, _pipelined(conn):
+                position = await self._lock_position(conn, consumer)
+                for item in incoming:
+                    if item.seq <= position or item.event is None:
+                        continue
+                    await self._fold_telemetry(conn, item.event)
+                    position = item.seq
+                    fresh += 1
+                await self._set_position(conn, consumer, position)
+                await conn.commit()
         except EVENT_ERRORS:
             return sum([await self._take_telemetry(item) for item in incoming])
         return fresh
@@ -348,16 +334,9 @@ class ReadModel:
         move the position and commit; end the pipeline) instead of one per statement
         (nine to ten). The transaction is the connection's own (begun by the first
         statement), not a ``transaction()`` block, which waits for the server more."""
-        try:
-            async with conn.pipeline():
-                taken = await self._take_in(conn, item, consumer, stream, False)
-                await conn.commit()
-        except BaseException:
-            # A connection too broken to roll back is the pool's to discard; the error
-            # that matters is the one that got here.
-            with contextlib.suppress(psycopg.Error):
-                await conn.rollback()
-            raise
+        async with _pipelined(conn):
+            taken = await self._take_in(conn, item, consumer, stream, False)
+            await conn.commit()
         return taken
 
     async def _take_in(
@@ -754,3 +733,17 @@ class ReadModel:
 
     async def _merge_session(self, conn: AsyncConnection, update: SessionUpdate) -> None:
         await conn.execute(MERGE_SESSION_SQL, msgspec.structs.asdict(update))
+
+
+@contextlib.asynccontextmanager
+async def _pipelined(conn: AsyncConnection) -> AsyncIterator[None]:
+    """``conn`` in pipeline mode; whatever fails inside is rolled back (the caller
+    commits). A connection too broken to roll back is the pool's to discard; the error
+    that matters is the one that got here."""
+    try:
+        async with conn.pipeline():
+            yield
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            await conn.rollback()
+        raise
