@@ -86,6 +86,9 @@ from aether_runtime.steps import Steps
 
 log = logging.getLogger("aether.runtime")
 
+# How long a stop waits for what it cancelled (handed-off handlers) and for each stop hook.
+STOP_GRACE_SECONDS = 10.0
+
 Rebuild = Callable[[JetStreamContext], Awaitable[int]]
 
 # How long one pull request waits for messages. A request lost with a restarting server
@@ -234,6 +237,8 @@ class Service:
     # How often consumer lag and stream sizes are read into gauges (0: never); the same
     # readings find stalled consumers.
     bus_poll_seconds: float = 10.0
+    # How long a stop waits for its cancelled handed-off handlers, and for each stop hook.
+    stop_grace_seconds: float = STOP_GRACE_SECONDS
     # A consumer with messages waiting that delivers nothing for this long is stalled.
     stall_after_seconds: float = 60.0
     # Errors that, besides the bus's and the network's, mean the world is failing rather
@@ -516,11 +521,11 @@ class Service:
         # redelivered (unsettled) once their ack wait runs out, as after a crash.
         for task in list(self._handed_off):
             task.cancel()
-        for task in list(self._handed_off):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._within_grace(
+            set[asyncio.Future[None]](self._handed_off), "a handed-off handler"
+        )
         for hook in self.on_stopping:
-            await hook()
+            await self._within_grace({asyncio.ensure_future(hook())}, "a stop hook")
         await self.steps.stop()
         # The consumers' lanes stop asking, their running handlers finish, and what
         # arrived meanwhile is handed back (``pull``).
@@ -529,6 +534,24 @@ class Service:
             await self._holders.stop()
         # The connection is the broker's to close: ``broker.stop`` stops its subscribers
         # and drains it, after this (in ``stop`` as in the ASGI app's shutdown).
+
+    async def _within_grace(self, tasks: set[asyncio.Future[None]], what: str) -> None:
+        """Wait for ``tasks`` to end, at most ``stop_grace_seconds``: a coroutine that
+        swallows its cancellation (as one inside nats-py's fetch once did) would
+        otherwise hold the stop for good. One still running is cancelled again and left."""
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.stop_grace_seconds)
+        for task in tasks - pending:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("%s failed while the service stopped", what, exc_info=task.exception())
+        for task in pending:
+            task.cancel()
+            log.warning(
+                "%s did not end within %g s of the stop; left behind",
+                what,
+                self.stop_grace_seconds,
+            )
 
     def _ready_check(self) -> tuple[bool, str]:
         if not self.ready:
