@@ -1,4 +1,5 @@
-"""The agent's tool-use loop over one task, through the anthropic SDK (streaming).
+"""The agent's tool-use loop over one task, through the anthropic SDK (streaming, the
+final reply folded from the events by ``aether_llm.streamed``).
 
 The loop alternates between answering the latest reply's tool calls and asking the model
 again, until the model calls ``finish`` or a limit ends the task. Every step is journaled
@@ -18,14 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import anthropic
-from anthropic.types import Message, MessageParam, TextBlockParam
+from anthropic.types import MessageParam, TextBlockParam
 
 from aether_agent_runner import metrics
-from aether_agent_runner.adapters.conversation import Conversation, Record, block_param, tool_result
+from aether_agent_runner.adapters.conversation import Conversation, Record, param_of, tool_result
 from aether_agent_runner.adapters.tools import FINISH, ToolBox, describe_call
 from aether_agent_runner.domain import Limits, limit_reached, wall_time_reason
 from aether_events import Usage
 from aether_llm import usage_of
+from aether_llm.streamed import StreamedReply, stream_reply
 
 log = logging.getLogger("aether.agent")
 
@@ -129,7 +131,7 @@ class Agent:
                 return self._ended(conversation, reason)
             message = await self._call(conversation)
             usage = usage_of(self.model, message.usage)
-            content = [block_param(block) for block in message.content]
+            content = [param_of(block) for block in message.content]
             await self._record(
                 conversation.reply(content, message.stop_reason, usage, self.clock() - started)
             )
@@ -206,9 +208,10 @@ class Agent:
             await self._record(conversation.answer(text, elapsed(), note="nudge"))
         return None
 
-    async def _call(self, conversation: Conversation) -> Message:
+    async def _call(self, conversation: Conversation) -> StreamedReply:
         metrics.MODEL_CALLS.inc()
-        async with self.client.messages.stream(
+        return await stream_reply(
+            self.client,
             model=self.model,
             max_tokens=self.max_output_tokens,
             system=self.system,
@@ -216,8 +219,7 @@ class Agent:
             messages=self.breakpoints(
                 conversation.messages, conversation.turns + 1 >= self.limits.max_turns
             ),
-        ) as stream:
-            return await stream.get_final_message()
+        )
 
     async def _record(self, record: Record) -> None:
         if self.journal_syncs(record):
