@@ -124,7 +124,7 @@ _STAGE_MASK = 0x3000
 def read_index(data: bytes) -> dict[bytes, IndexEntry] | None:
     """The entries of an index file (version 2 or 3) that are not conflicted, as
     dulwich's ``Index`` reads them, in one pass over the bytes: dulwich reads an entry at
-    a time through a file object, over 10 µs an entry (5 times this), and a fresh
+    a time through a file object, 3 to 5 times slower than this, and a fresh
     worktree's index is read once per attempt, much of a small worktree's scan. ``None``
     for what is left to dulwich: version 4 (compressed paths), a path of 4095 bytes or
     more. Raises ``ChecksumMismatch`` as dulwich does, ``ValueError`` when the bytes are
