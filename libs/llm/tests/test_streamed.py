@@ -98,7 +98,8 @@ MIXED = [
     delta(3, {"type": "input_json_delta", "partial_json": '{"path": "src/a'}),
     delta(3, {"type": "input_json_delta", "partial_json": '.py", "content": "x = [1,'}),
     ("ping", {"type": "ping"}),
-    delta(3, {"type": "input_json_delta", "partial_json": ' {\\"k\\": null}]\\n"}'}),
+    delta(3, {"type": "input_json_delta", "partial_json": ' {\\"k\\": null}]\\n", "mode": nu'}),
+    delta(3, {"type": "input_json_delta", "partial_json": 'll, "opts": {"a": null}}'}),
     stop(3),
     block(4, {"type": "tool_use", "id": "toolu_2", "name": "list_dir", "input": {}}),
     stop(4),
@@ -227,7 +228,13 @@ async def test_what_the_fold_gives_for_the_mixed_reply(server: SseServer) -> Non
             "type": "tool_use",
             "id": "toolu_1",
             "name": "write_file",
-            "input": {"path": "src/a.py", "content": 'x = [1, {"k": null}]\n'},
+            # None inside a tool's input is the model's, kept as the SDK keeps it.
+            "input": {
+                "path": "src/a.py",
+                "content": 'x = [1, {"k": null}]\n',
+                "mode": None,
+                "opts": {"a": None},
+            },
         },
         {"type": "tool_use", "id": "toolu_2", "name": "list_dir", "input": {}},
     ]

@@ -10,7 +10,7 @@ is still streamed, so a long reply keeps its connection busy and the client's re
 timeout still applies between events rather than to the whole reply. The SDK's own
 decoder (``AsyncStream.raw_events``) splits the events; they are folded here as the API
 documents them and as the SDK's accumulator does, into the same content, stop reason and
-usage: content blocks as the JSON the API sent (``None`` values left out, as
+usage: content blocks as the JSON the API sent (``None`` values left out where
 ``model_dump(exclude_none=True)`` leaves them out), a tool call's input parsed once, at
 the end, in the SDK's partial mode (a call cut off by the output limit keeps what
 arrived of it).
@@ -154,8 +154,13 @@ class _Fold:
 
 
 def _without_none(value: Any) -> Any:
+    """``value`` as ``model_dump(exclude_none=True)`` gives it: ``None`` left out of the
+    blocks' own fields and the objects in them, but not out of a tool's ``input``, a free
+    object that pydantic dumps as it is."""
     if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
+        return {
+            k: v if k == "input" else _without_none(v) for k, v in value.items() if v is not None
+        }
     if isinstance(value, list):
         return [_without_none(v) for v in value]
     return value
