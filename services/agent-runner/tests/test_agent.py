@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,6 +244,50 @@ async def test_finishing_without_a_change_is_questioned_once(
     assert "No file in the repository has changed" in str(
         scripted.script.requests[1]["messages"][-1]["content"]
     )
+
+
+@pytest.mark.parametrize("changes_first", [False, True], ids=["questioned", "changed"])
+async def test_a_finishing_reply_is_journaled_and_checked_in_one_hand_off(
+    task_repo: Any,
+    model: Callable[..., Any],
+    tool: Any,
+    reply: Any,
+    finish: Any,
+    changes_first: bool,
+) -> None:
+    """With ``changes_now``, a reply that only finishes is journaled and the worktree
+    checked in the same worker thread, the reply first; the check answers the finish as
+    ``has_changes`` would (questioned once when nothing changed, not asked again)."""
+    write = reply(tool("write_file", path="b.txt", content="b"))
+    steps = (
+        [write, finish("wrote b")] if changes_first else [finish("no"), write, finish("wrote b")]
+    )
+    scripted = model({"t1": steps})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    asked_async = 0
+    checks: list[tuple[str, bool, str]] = []
+
+    async def has_changes() -> bool:
+        nonlocal asked_async
+        asked_async += 1
+        return True
+
+    def changes_now() -> bool:
+        found = bool(changed_paths(task_repo.git_dir))
+        last = journal.read()[-1]
+        checks.append((threading.current_thread().name, found, str(last.get("kind"))))
+        return found
+
+    agent.has_changes, agent.changes_now = has_changes, changes_now
+    outcome = await agent.run(start(journal))
+
+    assert outcome.finished and outcome.summary == "wrote b"
+    assert outcome.files_changed == ["b.txt"]
+    assert asked_async == 0
+    assert [(found, kind) for _, found, kind in checks] == [(changes_first, "reply")]
+    assert checks[0][0] != threading.main_thread().name
+    questions = [m for r in scripted.script.requests for m in [str(r["messages"][-1])]]
+    assert any("No file in the repository has changed" in q for q in questions) != changes_first
 
 
 async def test_a_resumed_conversation_repeats_no_finished_step(

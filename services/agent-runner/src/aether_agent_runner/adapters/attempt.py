@@ -360,8 +360,11 @@ class Attempts:
             limits=settings.sandbox.limits,
         )
 
+        def changes_now() -> bool:
+            return bool(changed_paths(git))
+
         async def has_changes() -> bool:
-            return bool(await asyncio.to_thread(changed_paths, git))
+            return await asyncio.to_thread(changes_now)
 
         job = Job(
             ready=ready,
@@ -373,6 +376,7 @@ class Attempts:
             observer=reporter,
             toolbox=toolbox,
             has_changes=has_changes,
+            changes_now=changes_now,
             role=role,
             transcript=transcript,
             records=records,

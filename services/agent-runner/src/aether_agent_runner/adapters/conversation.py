@@ -31,7 +31,12 @@ def identity(mission_id: str, task_id: str, attempt: int, base_sha: str) -> JSON
 
 def block_param(block: ContentBlock) -> JSON:
     """A reply's content block in the form it is sent back to the API (and journaled)."""
-    data: JSON = block.model_dump(mode="json", exclude_none=True)
+    return param_of(block.model_dump(mode="json", exclude_none=True))
+
+
+def param_of(data: JSON) -> JSON:
+    """``block_param`` of a content block given as the API's JSON, ``None`` values left
+    out (``aether_llm.streamed``)."""
     match data.get("type"):
         case "text":
             kept = {"type": "text", "text": data.get("text", "")}

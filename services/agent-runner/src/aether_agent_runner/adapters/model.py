@@ -1,4 +1,5 @@
-"""The agent's tool-use loop over one task, through the anthropic SDK (streaming).
+"""The agent's tool-use loop over one task, through the anthropic SDK (streaming, the
+final reply folded from the events by ``aether_llm.streamed``).
 
 The loop alternates between answering the latest reply's tool calls and asking the model
 again, until the model calls ``finish`` or a limit ends the task. Every step is journaled
@@ -18,14 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import anthropic
-from anthropic.types import Message, MessageParam, TextBlockParam
+from anthropic.types import MessageParam, TextBlockParam
 
 from aether_agent_runner import metrics
-from aether_agent_runner.adapters.conversation import Conversation, Record, block_param, tool_result
+from aether_agent_runner.adapters.conversation import Conversation, Record, param_of, tool_result
 from aether_agent_runner.adapters.tools import FINISH, ToolBox, describe_call
 from aether_agent_runner.domain import Limits, limit_reached, wall_time_reason
 from aether_events import Usage
 from aether_llm import usage_of
+from aether_llm.streamed import StreamedReply, stream_reply
 
 log = logging.getLogger("aether.agent")
 
@@ -99,6 +101,12 @@ class Agent:
     # event loop: reaching the operating system takes microseconds, a worker thread's
     # hand-off milliseconds on a loaded machine.
     journal_syncs: Callable[[Record], bool] = field(default=lambda record: True)
+    # ``has_changes`` as a blocking call for a worker thread. Given, a reply whose only
+    # call is ``finish`` is journaled and the worktree checked in one hand-off instead of
+    # two; nothing runs between that check and the finish it answers.
+    changes_now: Callable[[], bool] | None = None
+    # What that check found, for the next ``_answer`` only.
+    _checked: bool | None = field(default=None, init=False, repr=False)
 
     async def run(self, conversation: Conversation) -> Outcome:
         """Work the conversation until ``finish`` or a limit; a wall-time limit cuts a model
@@ -127,11 +135,14 @@ class Agent:
             )
             if reason is not None:
                 return self._ended(conversation, reason)
+            self._checked = None  # answered or not, it was of the reply before
             message = await self._call(conversation)
             usage = usage_of(self.model, message.usage)
-            content = [block_param(block) for block in message.content]
+            content = [param_of(block) for block in message.content]
+            check = self._checks_finish(conversation, content, message.stop_reason)
             await self._record(
-                conversation.reply(content, message.stop_reason, usage, self.clock() - started)
+                conversation.reply(content, message.stop_reason, usage, self.clock() - started),
+                check=check,
             )
             await self.observer.model_called(conversation.turns, usage)
             await self._progress(conversation, reply_action(content, message.stop_reason))
@@ -141,6 +152,7 @@ class Agent:
         stop = conversation.stop_reason
         uses = conversation.tool_uses()
         pending = [use for use in uses if use["id"] not in conversation.answered]
+        checked, self._checked = self._checked, None
 
         def elapsed() -> float:
             return self.clock() - started
@@ -182,7 +194,9 @@ class Agent:
             await self._progress(conversation, result.action)
         if finish is not None:
             objections = conversation.notes.get("nothing_changed", 0)
-            if objections < MAX_OBJECTIONS and not await self.has_changes():
+            if objections < MAX_OBJECTIONS and not (
+                checked if checked is not None else await self.has_changes()
+            ):
                 block = tool_result(finish["id"], NOTHING_CHANGED, is_error=True)
                 await self._record(
                     conversation.answer(block, elapsed(), tool_call=True, note="nothing_changed")
@@ -206,9 +220,10 @@ class Agent:
             await self._record(conversation.answer(text, elapsed(), note="nudge"))
         return None
 
-    async def _call(self, conversation: Conversation) -> Message:
+    async def _call(self, conversation: Conversation) -> StreamedReply:
         metrics.MODEL_CALLS.inc()
-        async with self.client.messages.stream(
+        return await stream_reply(
+            self.client,
             model=self.model,
             max_tokens=self.max_output_tokens,
             system=self.system,
@@ -216,16 +231,37 @@ class Agent:
             messages=self.breakpoints(
                 conversation.messages, conversation.turns + 1 >= self.limits.max_turns
             ),
-        ) as stream:
-            return await stream.get_final_message()
+        )
 
-    async def _record(self, record: Record) -> None:
+    def _checks_finish(
+        self, conversation: Conversation, content: list[Any], stop_reason: str | None
+    ) -> bool:
+        """Whether a reply's journaling also checks the worktree for changes: its only
+        call is ``finish``, which the check answers unless it was already objected to."""
+        if self.changes_now is None or stop_reason == "max_tokens":
+            return False
+        calls = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+        return (
+            len(calls) == 1
+            and calls[0].get("name") == FINISH
+            and conversation.notes.get("nothing_changed", 0) < MAX_OBJECTIONS
+        )
+
+    async def _record(self, record: Record, *, check: bool = False) -> None:
         if self.journal_syncs(record):
-            await asyncio.to_thread(self.journal, record)
+            changes_now = self.changes_now if check else None
+            if changes_now is not None:
+                self._checked = await asyncio.to_thread(self._journal_then, record, changes_now)
+            else:
+                await asyncio.to_thread(self.journal, record)
         else:
             self.journal(record)
         if self.on_record is not None:
             await self.on_record(record)
+
+    def _journal_then(self, record: Record, check: Callable[[], bool]) -> bool:
+        self.journal(record)
+        return check()
 
     async def _progress(self, conversation: Conversation, action: str) -> None:
         await self.observer.progressed(

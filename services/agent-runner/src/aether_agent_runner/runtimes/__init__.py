@@ -56,6 +56,9 @@ class Job:
     observer: Observer
     toolbox: ToolBox
     has_changes: Callable[[], Awaitable[bool]]
+    # The same check, blocking, for a worker thread that has other work of the attempt's
+    # to do (``None``: only ``has_changes``).
+    changes_now: Callable[[], bool] | None = None
     # The repository role the task takes on; ``ready.model`` is already the role's model.
     role: Role | None = None
     # Where the runtime records what the agent does (every runtime has one at work).

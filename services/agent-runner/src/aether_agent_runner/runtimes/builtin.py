@@ -77,6 +77,7 @@ class BuiltinRuntime:
             journal_syncs=job.journal.syncs,
             observer=job.observer,
             has_changes=job.has_changes,
+            changes_now=job.changes_now,
             max_output_tokens=self.max_output_tokens,
             on_record=job.transcript.journaled if job.transcript is not None else None,
         )
