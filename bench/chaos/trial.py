@@ -380,7 +380,7 @@ class Trial:
     async def _carry_out(self, kill: Kill, record: KillRecord) -> None:
         seconds, events = self.reference.trigger(kill)
         if kill.phase == "boot":
-            await asyncio.sleep(max(0.0, self._started + seconds - time.time()))
+            await self._start_up_moment(kill.target, self._started + seconds)
         else:
             async with self._progress:
                 await self._progress.wait_for(lambda: len(self.stored) >= events)
@@ -389,6 +389,20 @@ class Trial:
             self._firing.add(current)  # from here on it is seen through, mission over or not
         async with self._locks[kill.target]:
             await self._kill_and_restart(kill, record)
+
+    async def _start_up_moment(self, target: str, planned: float) -> None:
+        """Until ``planned`` (a wall-clock time), or until ``target`` listens on its port
+        if that comes first: a service binds its port before it starts anything else
+        (``aether_runtime.listen``), so from then on it is connecting, replaying and
+        starting its consumers, and ready only after that. The fault-free run that sets
+        ``planned`` is the session's first start (Python compiling every module it
+        imports), slower than a trial's: a trial's scheduler was once ready before its
+        planned moment, and its "start-up" kill came after it."""
+        service = self.stack.processes.get(target) if target != NATS else None
+        while time.time() < planned:
+            if service is not None and await _listens(service.port):
+                return
+            await asyncio.sleep(0.02)
 
     async def _kill_and_restart(self, kill: Kill, record: KillRecord) -> None:
         target = kill.target
@@ -594,3 +608,15 @@ def _read_git(
             tasks += [m.decode() for m in _TASK_TRAILER.findall(commit.message)]
             sha = commit.parents[0] if commit.parents else None
         return final.tree.decode(), tasks, problems
+
+
+async def _listens(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback ``port`` now."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
