@@ -160,3 +160,19 @@ async def test_a_hole_nobody_fills_is_folded_over_after_the_grace() -> None:
     await in_order([Item(1), Item(3)])
     assert stored.folded == [[1], [3]]
     assert stored.value == 3
+
+
+async def test_a_lingering_batcher_folds_what_comes_meanwhile_with_the_first() -> None:
+    """Told to linger (telemetry), an idle batcher waits for company before it folds:
+    items handed over one after another go in one run. Without it, the first goes alone."""
+    eager, lingering = Folds(), Folds()
+    for folds, linger in ((eager, 0.0), (lingering, 0.5)):
+        batcher: Batcher[int] = Batcher(folds, name="test", linger=linger)
+        first = batcher.submit(0)
+        await asyncio.sleep(0)  # the drainer has started: folding, or lingering
+        await asyncio.sleep(0)
+        rest = [batcher.submit(n) for n in range(1, 4)]
+        await asyncio.gather(first, *rest)
+    assert eager.runs == [[0], [1, 2, 3]]
+    assert lingering.runs == [[0, 1, 2, 3]]
+    assert lingering.folded == [0, 1, 2, 3]

@@ -293,3 +293,56 @@ async def test_a_client_that_falls_behind_is_let_go_cleanly():
     assert slow.overflowed
     assert await slow.next(0.1) is CLOSED
     assert hub.subscriber_count == 0
+
+
+async def test_telemetry_is_decoded_only_while_a_client_asks_for_it(script):
+    """Telemetry is not kept for replay: with no client asking for it, a message is
+    passed over as it arrives, undecoded; a client that asks for it gets it."""
+    from nats.aio.msg import Msg
+
+    from aether_events import AgentProgress, encode, subject_for
+    from aether_gateway.adapters.hub import Filter, Hub, StreamedEvent
+
+    progress = AgentProgress(**script.meta(), task_id="t1", attempt=1, runner_id="r", turns=4)
+    msg = Msg(_client=None, subject=subject_for(progress), data=encode(progress))  # type: ignore[arg-type]
+    hub = Hub()
+    plain = hub.subscribe(Filter(mission_id=script.mission_id))
+    await hub._on_telemetry(msg)
+    assert hub.telemetry_passed_over == 1
+
+    watching = hub.subscribe(Filter(mission_id=script.mission_id, telemetry=True))
+    await hub._on_telemetry(msg)
+    assert hub.telemetry_passed_over == 1
+    received = await watching.next(0.1)
+    assert isinstance(received, StreamedEvent)
+    assert received.sequence is None and received.type == "agent_progress"
+    assert json.loads(received.data)["turns"] == 4
+    assert plain._queue.empty()
+
+    watching.close()
+    await hub._on_telemetry(msg)
+    assert hub.telemetry_passed_over == 2
+    plain.close()
+
+
+def test_a_kept_event_is_encoded_for_clients_without_its_secrets(script):
+    """The hub keeps the decoded event and encodes it when a client first needs it:
+    the same bytes as before, the attempt's push token withheld."""
+    from aether_events import PlannedTask, WorkspaceReady, encode
+    from aether_events.codec import without_secrets
+    from aether_gateway.adapters.hub import StreamedEvent
+
+    ready = WorkspaceReady(
+        **script.meta(),
+        task=PlannedTask(id="t1", title="T1", files=["a"]),
+        attempt=1,
+        model="m",
+        branch="b",
+        worktree_path="/w",
+        base_sha="a" * 40,
+        push_token="secret-token",
+    )
+    kept = StreamedEvent(1, script.mission_id, "workspace_ready", "t1", event=ready)
+    assert kept.data == encode(without_secrets(ready))
+    assert b"secret-token" not in kept.data
+    assert kept.data is kept.data  # encoded once

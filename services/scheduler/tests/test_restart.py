@@ -17,8 +17,12 @@ from nats.aio.client import Client as NatsClient
 
 from aether.infra import free_port
 from aether_events import (
+    TELEMETRY_STREAM,
+    AgentCompleted,
     AgentFailed,
+    AgentHeartbeat,
     AgentStarted,
+    BranchMerged,
     Event,
     EventPublisher,
     MissionRequested,
@@ -29,7 +33,11 @@ from aether_events import (
     TaskReady,
     TaskRetried,
     TaskTimedOut,
+    TranscriptRecorded,
+    WaveCompleted,
+    WaveStarted,
     ensure_streams,
+    type_subjects,
 )
 from tests.eventlog import EventLog
 
@@ -188,3 +196,60 @@ async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_an
     approvals = [e for e in events if isinstance(e, PlanApproved)]
     assert len(approvals) == 1 and approvals[0].automatic
     assert [e.task.id for e in events if isinstance(e, TaskReady)] == ["a"]
+
+
+async def test_the_consumers_leave_out_its_own_events_and_transcripts_and_a_chain_moves_on(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    """The scheduler applies what it publishes when the stream stores it, so its consumer
+    does not deliver those types back; a transcript entry changes nothing it keeps, so
+    its telemetry consumer delivers heartbeats and progress only. A chain still moves on:
+    the dependent task is readied by the merge alone."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    scheduler.start()
+    await scheduler.ready()
+    missions = (await js.consumer_info("AETHER_MISSIONS", "scheduler")).config.filter_subjects
+    assert missions is not None
+    for own in (TaskReady, WaveStarted, WaveCompleted):
+        assert not set(type_subjects(own)) & set(missions), own
+    for folded in (AgentStarted, BranchMerged, PlanApproved, MissionRequested):
+        assert set(type_subjects(folded)) <= set(missions), folded
+    telemetry = (await js.consumer_info(TELEMETRY_STREAM, "scheduler-telemetry")).config
+    assert telemetry.filter_subjects is not None
+    assert set(type_subjects(AgentHeartbeat)) <= set(telemetry.filter_subjects)
+    assert not set(type_subjects(TranscriptRecorded)) & set(telemetry.filter_subjects)
+
+    publisher = EventPublisher(js)
+    tasks = [
+        PlannedTask(id="a", title="A", files=["a"]),
+        PlannedTask(id="b", title="B", files=["b"], depends_on=["a"]),
+    ]
+    await publisher.publish_all(
+        [
+            MissionRequested(**meta(0), repository="/r", requirement="r", auto_approve=True),
+            RepositoryPrepared(
+                **meta(1),
+                repository_path="/r",
+                base_branch="main",
+                base_sha="s",
+                integration_branch="aether/x",
+            ),
+            PlanProduced(**meta(2), version=1, tasks=tasks),
+        ]
+    )
+    await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
+    await publisher.publish_all(
+        [
+            AgentStarted(**meta(3), task_id="a", attempt=1, runner_id="r", model="m"),
+            AgentCompleted(**meta(4), task_id="a", attempt=1, commit_sha="c", branch="t/a"),
+            BranchMerged(
+                **meta(5), task_id="a", attempt=1, merge_sha="m1", integration_branch="aether/x"
+            ),
+        ]
+    )
+    events = await wait_for(
+        nc, lambda ev: any(isinstance(e, TaskReady) and e.task.id == "b" for e in ev)
+    )
+    starts = [(e.task.id, e.attempt) for e in events if isinstance(e, TaskReady)]
+    assert starts == [("a", 1), ("b", 1)]

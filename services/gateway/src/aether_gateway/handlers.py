@@ -20,7 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
-from aether_gateway.adapters.batches import Batcher, InOrder
+from aether_gateway.adapters.batches import MISSION_LINGER, TELEMETRY_LINGER, Batcher, InOrder
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
     Incoming,
@@ -77,12 +77,16 @@ class Projector:
         self.read_model = read_model
         self.telemetry = telemetry
         self.missions = Batcher(
-            InOrder(read_model.take_items, read_model.position), name="missions", stopping=stopping
+            InOrder(read_model.take_items, read_model.position),
+            name="missions",
+            stopping=stopping,
+            linger=MISSION_LINGER,
         )
         self.telemetry_runs = Batcher(
             InOrder(read_model.take_telemetry, read_model.telemetry_position),
             name="telemetry",
             stopping=stopping,
+            linger=TELEMETRY_LINGER,
         )
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:

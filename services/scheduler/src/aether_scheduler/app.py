@@ -12,7 +12,11 @@ from nats.js import JetStreamContext
 from aether_events import (
     ALL_MISSION_EVENTS,
     ALL_TELEMETRY,
+    ALL_TYPES,
     TELEMETRY_STREAM,
+    TELEMETRY_TYPES,
+    AgentHeartbeat,
+    AgentProgress,
     Event,
     replay,
 )
@@ -37,6 +41,24 @@ class Scheduler:
 
 
 log = logging.getLogger("aether.scheduler")
+
+# What only the scheduler publishes (``roles``). It applies each of its events as soon as
+# the stream has stored it (``Handlers._publish``, with the stored sequence), and a
+# publish that failed is decided and sent again under the same id; delivered back, such
+# an event would only be skipped as applied already, after a decode and a confirmed ack.
+OWN_TYPES: frozenset[type[Event]] = ROLES["scheduler"].publishes - frozenset(
+    cls
+    for role in ROLES.values()
+    if role.service != "scheduler"
+    for cls in role.publishes | role.attempt_publishes
+)
+# The mission events the consumer delivers: every mission type but the scheduler's own.
+FOLDED: tuple[type[Event], ...] = tuple(
+    cls for cls in ALL_TYPES if cls not in TELEMETRY_TYPES and cls not in OWN_TYPES
+)
+# The telemetry that moves a task's liveness clock (``evolve``); a transcript entry
+# changes nothing here.
+TELEMETRY_FOLDED: tuple[type[Event], ...] = (AgentHeartbeat, AgentProgress)
 
 
 def attempt_open(state: State, key: AttemptKey) -> bool:
@@ -108,13 +130,19 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
     service.on_started.append(start_timers)
     service.on_stopping.append(stop_timers)
     service.consume(
-        ConsumerSpec(durable="scheduler", subject=ALL_MISSION_EVENTS, handler=handlers.handle)
+        ConsumerSpec(
+            durable="scheduler",
+            subject=ALL_MISSION_EVENTS,
+            types=FOLDED,
+            handler=handlers.handle,
+        )
     )
     service.consume(
         ConsumerSpec(
             durable="scheduler-telemetry",
             subject=ALL_TELEMETRY,
             stream=TELEMETRY_STREAM,
+            types=TELEMETRY_FOLDED,
             handler=handlers.handle_telemetry,
             start_at_new=True,
         )

@@ -4,9 +4,11 @@ into the next one together (a group commit).
 The consumers hand each delivered event here and release their message, so the consumer
 delivers the next one while this one is folded (``ConsumerSpec.hand_offs``); each
 handler then waits for its own event to be committed before its message is settled.
-An idle batcher folds what it is handed at once (no added latency: nothing waits for
-company); the events delivered while that fold is in flight are folded together next,
-in stream order, in one transaction with one move of the position.
+An idle batcher told to linger waits that long for company before it folds what it was
+handed (the gateway's: a few milliseconds for mission events, which come in bursts, a
+tenth of a second for telemetry, whose rows nothing waits for); else it folds at once. The
+events delivered while a fold is in flight are folded together next, in stream order, in
+one transaction with one move of the position.
 
 Order is what keeps the read model exact: an event above the position folded before one
 below it would leave the earlier one behind the position (a gap the watch must repair by
@@ -36,6 +38,17 @@ T = TypeVar("T")
 
 # Events folded per transaction at most (the consumers let this many be in flight).
 LIVE_RUN = 64
+# How long a mission run waits for company. A chained task's events come in bursts (the
+# merge, the scheduler's wave and readiness events a millisecond or two after it; the
+# agent's usage and its result together): one transaction for a burst rather than one
+# per event, for the read model a few milliseconds later (nothing on a mission's path
+# waits for it; a query after an event seen live does, see ``GatewayContext.settled``).
+MISSION_LINGER = 0.005
+# How long a telemetry run waits for company. An attempt's telemetry (a heartbeat, its
+# progress, transcript entries) comes a few at a time and each alone cost a transaction;
+# nothing reads the sessions or transcripts it writes in step with the mission's events
+# (clients follow telemetry live, through the hub), so a tenth of a second late is fine.
+TELEMETRY_LINGER = 0.1
 # How long a run failing on the database is retried in place before its handlers get
 # the error (the runtime then retries each, or hands its message back).
 PATIENCE_SECONDS = 120.0
@@ -55,12 +68,16 @@ class Batcher(Generic[T]):
         stopping: Callable[[], bool] = lambda: False,
         limit: int = LIVE_RUN,
         patience_seconds: float = PATIENCE_SECONDS,
+        linger: float = 0.0,
     ) -> None:
         self._fold = fold
         self._name = name
         self._stopping = stopping
         self._limit = max(limit, 1)
         self._patience = patience_seconds
+        # How long a run waits for company before it is folded (0: not at all; see
+        # ``MISSION_LINGER`` and ``TELEMETRY_LINGER``).
+        self._linger = max(linger, 0.0)
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self._drainer: asyncio.Task[None] | None = None
         # How many runs were folded, and how many items they held (for tests and logs).
@@ -90,6 +107,8 @@ class Batcher(Generic[T]):
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self._linger and len(self._queue) < self._limit:
+                    await asyncio.sleep(self._linger)
                 run = self._queue[: self._limit]
                 del self._queue[: self._limit]
                 await self._settle(run)

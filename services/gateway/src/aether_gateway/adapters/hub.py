@@ -29,6 +29,7 @@ from aether_events import (
     ALL_TELEMETRY,
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
+    Event,
     UnknownEventType,
     decode,
     encode,
@@ -42,16 +43,45 @@ from aether_runtime.follow import Follower
 log = logging.getLogger("aether.gateway.hub")
 
 
-@dataclass(frozen=True)
 class StreamedEvent:
     """One event on its way to clients; ``sequence`` is ``None`` for telemetry, which
-    is not kept for replay (its sequences count another stream)."""
+    is not kept for replay (its sequences count another stream).
 
-    sequence: int | None
-    mission_id: str
-    type: str
-    task_id: str | None
-    data: bytes
+    ``data`` is the event as clients receive it (without its secrets). Given the event
+    instead, it is encoded when first asked for: most events the hub keeps for replay
+    never reach a client."""
+
+    __slots__ = ("_data", "_event", "mission_id", "sequence", "task_id", "type")
+
+    def __init__(
+        self,
+        sequence: int | None,
+        mission_id: str,
+        type: str,
+        task_id: str | None,
+        data: bytes | None = None,
+        *,
+        event: Event | None = None,
+    ) -> None:
+        if data is None and event is None:
+            raise ValueError("a streamed event needs its data or the event itself")
+        self.sequence = sequence
+        self.mission_id = mission_id
+        self.type = type
+        self.task_id = task_id
+        self._data = data
+        self._event = event
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            assert self._event is not None
+            self._data = encode(without_secrets(self._event))
+            self._event = None
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"StreamedEvent({self.sequence}, {self.mission_id}, {self.type})"
 
 
 class _Signal:
@@ -138,6 +168,10 @@ class Hub:
         self._max_queue = max_queue
         self._by_mission: dict[str, set[Subscriber]] = {}
         self._everything: set[Subscriber] = set()
+        # The clients that asked for telemetry: with none, a telemetry message is not
+        # even decoded (it is not kept for replay, so nobody can want it later).
+        self._telemetry_wanted: set[Subscriber] = set()
+        self.telemetry_passed_over = 0  # telemetry messages nobody wanted (for tests)
         self._followers: list[Follower] = []
         self._watcher: asyncio.Task[None] | None = None
         self.last_sequence = 0
@@ -204,6 +238,8 @@ class Hub:
     def subscribe(self, wanted: Filter) -> Subscriber:
         """Register a client; live events after ``Subscriber.start`` reach its queue."""
         subscriber = Subscriber(self, wanted, self.last_sequence, self._max_queue)
+        if wanted.telemetry:
+            self._telemetry_wanted.add(subscriber)
         if wanted.mission_id is None:
             self._everything.add(subscriber)
         else:
@@ -211,6 +247,7 @@ class Hub:
         return subscriber
 
     def remove(self, subscriber: Subscriber) -> None:
+        self._telemetry_wanted.discard(subscriber)
         mission_id = subscriber.filter.mission_id
         if mission_id is None:
             self._everything.discard(subscriber)
@@ -242,7 +279,7 @@ class Hub:
             mission_id=event.mission_id,
             type=tag_of(type(event)),
             task_id=task_of(event),
-            data=encode(without_secrets(event)),
+            event=event,
         )
 
     async def _on_mission_event(self, msg: Msg) -> None:
@@ -260,6 +297,9 @@ class Hub:
         self._dispatch(event, self._targets(event.mission_id))
 
     async def _on_telemetry(self, msg: Msg) -> None:
+        if not self._telemetry_wanted:
+            self.telemetry_passed_over += 1
+            return
         event = self._streamed(msg, None)
         if event is not None:
             self._dispatch(event, self._targets(event.mission_id))
