@@ -330,12 +330,17 @@ class Stack:
         self._nats.start(self.home / "logs" / "nats.log")
 
     def stop_service(self, name: str, timeout: float = 15.0) -> None:
-        _terminate([self.processes.pop(name)], timeout)
+        self.stop_services([name], timeout)
+
+    def stop_services(self, names: list[str], timeout: float = 15.0) -> None:
+        """Stop the services ``names`` together: SIGTERM to all at once, each given
+        ``timeout`` seconds in parallel."""
+        _terminate([self.processes.pop(name) for name in names], timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the services (SIGTERM to all at once, each given ``timeout`` seconds, in
         parallel: one at a time cost a shutdown each), then NATS and PostgreSQL."""
-        _terminate([self.processes.pop(name) for name in reversed(list(self.processes))], timeout)
+        self.stop_services(list(reversed(list(self.processes))), timeout)
         nats, self._nats = self._nats, None
         stopping = threading.Thread(target=nats.stop) if nats is not None else None
         if stopping is not None:
