@@ -16,7 +16,6 @@ from aether.client import ApiError, GatewayClient
 from aether.credentials import TOKEN_FILE
 from aether.login import LoginError, run_login, run_logout
 from aether.render import describe
-from aether.watch import TERMINAL
 
 SCOPES = ("read", "write", "admin")
 
@@ -410,6 +409,8 @@ def _demo(args: argparse.Namespace) -> int:
         token_file = stack.home / TOKEN_FILE
         where = token_file if token_file.exists() else "$AETHER_ADMIN_TOKEN"
         print(f"   sign in with the token in {where})")
+        from aether.watch import TERMINAL
+
         final: dict[str, Any] | None = None
         for event in client.events(mission_id):
             print(describe(event), flush=True)

@@ -283,26 +283,30 @@ class Stack:
 
     def wait_ready(self, names: list[str] | None = None, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        for name in names or list(self.processes):
-            service = self.processes[name]
-            while True:
-                if service.process.poll() is not None:
-                    if self.moved_port(name):
-                        service = self.processes[name]
-                        continue
-                    raise RuntimeError(
-                        f"{name} exited with {service.process.returncode}; "
-                        f"see {self.home / 'logs' / (name + '.log')}"
-                    )
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    answer = httpx.get(f"{service.url}/readyz", timeout=1.0)
-                    # Ready only when the answer comes from the process started here, not
-                    # from another program that holds the port.
-                    if answer.status_code == 200 and answer.json().get("pid") == service.pid:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {timeout}s")
-                time.sleep(0.1)
+        with httpx.Client(timeout=1.0) as http:  # one client: each new one costs 40 ms
+            for name in names or list(self.processes):
+                self._wait_ready(name, http, deadline, timeout)
+
+    def _wait_ready(self, name: str, http: httpx.Client, deadline: float, timeout: float) -> None:
+        service = self.processes[name]
+        while True:
+            if service.process.poll() is not None:
+                if self.moved_port(name):
+                    service = self.processes[name]
+                    continue
+                raise RuntimeError(
+                    f"{name} exited with {service.process.returncode}; "
+                    f"see {self.home / 'logs' / (name + '.log')}"
+                )
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                answer = http.get(f"{service.url}/readyz")
+                # Ready only when the answer comes from the process started here, not
+                # from another program that holds the port.
+                if answer.status_code == 200 and answer.json().get("pid") == service.pid:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready after {timeout}s")
+            time.sleep(0.05)
 
     def start(self, timeout: float = 90.0) -> Stack:
         self.start_infrastructure()
@@ -326,27 +330,46 @@ class Stack:
         self._nats.start(self.home / "logs" / "nats.log")
 
     def stop_service(self, name: str, timeout: float = 15.0) -> None:
-        service = self.processes.pop(name)
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGTERM)
-            try:
-                service.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(service.process.pid, signal.SIGKILL)
-                service.process.wait()
+        self.stop_services([name], timeout)
 
-    def stop(self) -> None:
-        for name in list(reversed(list(self.processes))):
-            self.stop_service(name)
-        if self._nats is not None:
-            self._nats.stop()
-            self._nats = None
+    def stop_services(self, names: list[str], timeout: float = 15.0) -> None:
+        """Stop the services ``names`` together: SIGTERM to all at once, each given
+        ``timeout`` seconds in parallel."""
+        _terminate([self.processes.pop(name) for name in names], timeout)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the services (SIGTERM to all at once, each given ``timeout`` seconds, in
+        parallel: one at a time cost a shutdown each), then NATS and PostgreSQL."""
+        self.stop_services(list(reversed(list(self.processes))), timeout)
+        nats, self._nats = self._nats, None
+        stopping = threading.Thread(target=nats.stop) if nats is not None else None
+        if stopping is not None:
+            stopping.start()  # NATS stops while PostgreSQL does
         if self._postgres is not None:
             self._postgres.stop()
             self._postgres = None
+        if stopping is not None:
+            stopping.join()
 
     def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _terminate(services: list[ServiceProcess], timeout: float) -> None:
+    """SIGTERM the process group of each of ``services`` still running, then wait for
+    each until ``timeout`` seconds after the signals; SIGKILL what is left then."""
+    running = [service for service in services if service.process.poll() is None]
+    for service in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for service in running:
+        try:
+            service.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()

@@ -151,7 +151,7 @@ def survivors(pids: list[int], timeout: float = 60.0) -> list[int]:
                 pass
         if not living or time.monotonic() > deadline:
             return living
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def recorded_pids(up: Up) -> list[int]:
