@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from litestar.exceptions import ValidationException
 
-from aether_events import MISSIONS_STREAM, MissionPaused
+from aether_events import MISSIONS_STREAM, MissionPaused, MissionRequested
 from aether_gateway.api.bodies import CreateMission
 from aether_gateway.api.inputs import check_path, check_query_string, unstorable
 
@@ -100,7 +100,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
         "model_overrides",
     ),
     (b'{"repository": "/r", "requirement": "x", "budget_usd": "3"}', "budget_usd"),
-    (b'{"repository": "/r", "requirement": "x", "max_tasks": 3.0}', "max_tasks"),
+    (b'{"repository": "/r", "requirement": "x", "max_tasks": 3.5}', "max_tasks"),
     (b'{"repository": "/r", "requirement": "x", "auto_approve": "true"}', "auto_approve"),
     (b'{"repository": "/r", "requirement": "x", "max_concurrency": "2"}', "max_concurrency"),
     (b"", "a JSON body is required"),
@@ -127,6 +127,21 @@ async def test_a_valid_body_is_still_accepted_with_integers_for_amounts(http, nc
     assert await stream_messages(nc) == 1
 
 
+async def test_an_integer_written_with_a_zero_fraction_is_an_integer(http, nc):
+    """JSON Schema's ``integer``, which the API's document declares, is any number whose
+    fractional part is zero; a generator of valid input (and some encoders) write 3.0."""
+    response = await http.post(
+        "/missions",
+        content=b'{"repository": "/r", "requirement": "x", "max_tasks": 3.0, '
+        b'"max_concurrency": 2.0}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 202, response.text
+    [requested] = await events_of(nc, response.json()["mission_id"], MissionRequested)
+    assert (requested.max_tasks, requested.max_concurrency) == (3, 2)
+    assert isinstance(requested.max_tasks, int)
+
+
 async def test_every_command_body_refuses_nul(http, nc, script):
     await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
     base = f"/missions/{script.mission_id}"
@@ -140,7 +155,7 @@ async def test_every_command_body_refuses_nul(http, nc, script):
     ]:
         assert_refused(await http.post(path, json=body), "NUL")
     assert_refused(await http.post(f"{base}/budget", json={"budget_usd": "9"}), "budget_usd")
-    assert_refused(await http.post(f"{base}/plan/approve", json={"version": 1.0}), "version")
+    assert_refused(await http.post(f"{base}/plan/approve", json={"version": 1.5}), "version")
     assert await stream_messages(nc) == before
     assert (await http.get("/admin/tokens")).json()["tokens"] == []
     # A body may still be left out where the route allows it.

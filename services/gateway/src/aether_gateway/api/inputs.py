@@ -3,7 +3,8 @@
 - Query parameters and path segments: text that is not UTF-8, or that holds a control
   character or a surrogate. None of them is free text, and PostgreSQL cannot store NUL.
 - JSON bodies: decoded strictly against the route's body type (a number given as a
-  string is refused, as an unknown field is), and refused when a string holds NUL or an
+  string is refused, as an unknown field is; an integer may be written ``127.0``, as JSON
+  Schema's ``integer`` allows), and refused when a string holds NUL or an
   unpaired surrogate, which PostgreSQL cannot store, so nothing it could not fold is
   ever published. Deep nesting and bytes that are not UTF-8 are refused too.
 
@@ -124,6 +125,31 @@ def unstorable(value: Any, path: str = "") -> str | None:
     return None
 
 
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """``body`` decoded strictly, except that a number with no fraction (``127.0``) is
+    taken where an integer is expected: JSON Schema's ``integer`` (which the API's
+    document declares) is any number whose fractional part is zero, and some encoders
+    write every number with one. A number given as a string is still refused."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as error:
+        if "Expected `int`, got `float`" not in str(error):
+            raise
+        return decoder.decode(
+            msgspec.json.encode(_integral_floats_as_ints(msgspec.json.decode(body)))
+        )
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
 async def strict_body(request: Request[Any, Any, Any]) -> None:
     """A before-request hook: check the JSON body of routes that take one, strictly."""
     handler = request.route_handler
@@ -139,7 +165,7 @@ async def strict_body(request: Request[Any, Any, Any]) -> None:
             raise _refusal("body", "body", "a JSON body is required")
         return
     try:
-        value = decoder.decode(body)
+        value = _decode(decoder, body)
     except msgspec.ValidationError as error:
         message = str(error)
         at = _AT.search(message)
