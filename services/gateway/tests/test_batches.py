@@ -163,7 +163,7 @@ async def test_a_hole_nobody_fills_is_folded_over_after_the_grace() -> None:
 
 
 async def test_a_lingering_batcher_folds_what_comes_meanwhile_with_the_first() -> None:
-    """Told to linger (telemetry), an idle batcher waits for company before it folds:
+    """Told to linger (mission events), an idle batcher waits for company before it folds:
     items handed over one after another go in one run. Without it, the first goes alone."""
     eager, lingering = Folds(), Folds()
     for folds, linger in ((eager, 0.0), (lingering, 0.5)):

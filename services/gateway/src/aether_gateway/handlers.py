@@ -20,7 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
-from aether_gateway.adapters.batches import MISSION_LINGER, TELEMETRY_LINGER, Batcher, InOrder
+from aether_gateway.adapters.batches import MISSION_LINGER, Batcher, InOrder
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
     Incoming,
@@ -86,7 +86,6 @@ class Projector:
             InOrder(read_model.take_telemetry, read_model.telemetry_position),
             name="telemetry",
             stopping=stopping,
-            linger=TELEMETRY_LINGER,
         )
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:

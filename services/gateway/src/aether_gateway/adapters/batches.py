@@ -5,8 +5,9 @@ The consumers hand each delivered event here and release their message, so the c
 delivers the next one while this one is folded (``ConsumerSpec.hand_offs``); each
 handler then waits for its own event to be committed before its message is settled.
 An idle batcher told to linger waits that long for company before it folds what it was
-handed (the gateway's: a few milliseconds for mission events, which come in bursts, a
-tenth of a second for telemetry, whose rows nothing waits for); else it folds at once. The
+handed (the gateway's: a few milliseconds for mission events, which come in bursts;
+telemetry is folded at once, ahead of the mission events that follow it); else it folds
+at once. The
 events delivered while a fold is in flight are folded together next, in stream order, in
 one transaction with one move of the position.
 
@@ -44,11 +45,9 @@ LIVE_RUN = 64
 # per event, for the read model a few milliseconds later (nothing on a mission's path
 # waits for it; a query after an event seen live does, see ``GatewayContext.settled``).
 MISSION_LINGER = 0.005
-# How long a telemetry run waits for company. An attempt's telemetry (a heartbeat, its
-# progress, transcript entries) comes a few at a time and each alone cost a transaction;
-# nothing reads the sessions or transcripts it writes in step with the mission's events
-# (clients follow telemetry live, through the hub), so a tenth of a second late is fine.
-TELEMETRY_LINGER = 0.1
+# Telemetry runs do not wait: `aether mission logs -f` reads an attempt's transcript
+# from the read model and stops at the mission's end, so a transcript entry folded after
+# the mission events that follow it would be missed (a CI run caught a 0.1 s wait).
 # How long a run failing on the database is retried in place before its handlers get
 # the error (the runtime then retries each, or hands its message back).
 PATIENCE_SECONDS = 120.0
@@ -76,7 +75,7 @@ class Batcher(Generic[T]):
         self._limit = max(limit, 1)
         self._patience = patience_seconds
         # How long a run waits for company before it is folded (0: not at all; see
-        # ``MISSION_LINGER`` and ``TELEMETRY_LINGER``).
+        # ``MISSION_LINGER``).
         self._linger = max(linger, 0.0)
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self._drainer: asyncio.Task[None] | None = None
