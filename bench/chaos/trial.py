@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from aether.gitview import create_sample_repository
-from aether.infra import EmbeddedNats
+from aether.infra import EmbeddedNats, port_is_free
 from aether.stack import SERVICES, Stack
 from aether_events import (
     MISSIONS_STREAM,
@@ -400,7 +400,7 @@ class Trial:
         planned moment, and its "start-up" kill came after it."""
         service = self.stack.processes.get(target) if target != NATS else None
         while time.time() < planned:
-            if service is not None and await _listens(service.port):
+            if service is not None and not port_is_free(service.port):
                 return
             await asyncio.sleep(0.02)
 
@@ -608,15 +608,3 @@ def _read_git(
             tasks += [m.decode() for m in _TASK_TRAILER.findall(commit.message)]
             sha = commit.parents[0] if commit.parents else None
         return final.tree.decode(), tasks, problems
-
-
-async def _listens(port: int) -> bool:
-    """Whether something accepts TCP connections on the loopback ``port`` now."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True

@@ -16,6 +16,7 @@ from typing import IO
 
 import httpx
 
+from aether import supervise
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
 from aether.service_env import settings_for
@@ -298,12 +299,10 @@ class Stack:
                     f"{name} exited with {service.process.returncode}; "
                     f"see {self.home / 'logs' / (name + '.log')}"
                 )
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                answer = http.get(f"{service.url}/readyz")
-                # Ready only when the answer comes from the process started here, not
-                # from another program that holds the port.
-                if answer.status_code == 200 and answer.json().get("pid") == service.pid:
-                    break
+            # Ready only when the answer comes from the process started here, not from
+            # another program that holds the port.
+            if supervise.ready_pid(service.url, http) == (200, service.pid):
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not ready after {timeout}s")
             time.sleep(0.05)

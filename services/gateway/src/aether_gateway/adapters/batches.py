@@ -7,9 +7,8 @@ handler then waits for its own event to be committed before its message is settl
 An idle batcher told to linger waits that long for company before it folds what it was
 handed (the gateway's: a few milliseconds for mission events, which come in bursts;
 telemetry is folded at once, ahead of the mission events that follow it); else it folds
-at once. The
-events delivered while a fold is in flight are folded together next, in stream order, in
-one transaction with one move of the position.
+at once. The events delivered while a fold is in flight are folded together next, in
+stream order, in one transaction with one move of the position.
 
 Order is what keeps the read model exact: an event above the position folded before one
 below it would leave the earlier one behind the position (a gap the watch must repair by
