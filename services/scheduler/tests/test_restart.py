@@ -166,12 +166,8 @@ async def test_pending_backoff_and_heartbeat_timers_fire_after_a_kill(
     assert len(starts) == len(set(starts)), f"a task started twice: {starts}"
 
 
-async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_and_started(
-    scheduler: Scheduler, nc: NatsClient
-) -> None:
-    js = nc.jetstream()
-    await ensure_streams(js)
-    publisher = EventPublisher(js)
+async def publish_a_chain_of_two(publisher: EventPublisher) -> None:
+    """A mission, auto-approved, whose plan is task a, then b depending on it."""
     tasks = [
         PlannedTask(id="a", title="A", files=["a"]),
         PlannedTask(id="b", title="B", files=["b"], depends_on=["a"]),
@@ -189,6 +185,15 @@ async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_an
             PlanProduced(**meta(2), version=1, tasks=tasks),
         ]
     )
+
+
+async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_and_started(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await publish_a_chain_of_two(publisher)
     # Its consumer is created after it replays these, so no delivery will bring them.
     scheduler.start()
     await scheduler.ready()
@@ -221,23 +226,7 @@ async def test_the_consumers_leave_out_its_own_events_and_transcripts_and_a_chai
     assert not set(type_subjects(TranscriptRecorded)) & set(telemetry.filter_subjects)
 
     publisher = EventPublisher(js)
-    tasks = [
-        PlannedTask(id="a", title="A", files=["a"]),
-        PlannedTask(id="b", title="B", files=["b"], depends_on=["a"]),
-    ]
-    await publisher.publish_all(
-        [
-            MissionRequested(**meta(0), repository="/r", requirement="r", auto_approve=True),
-            RepositoryPrepared(
-                **meta(1),
-                repository_path="/r",
-                base_branch="main",
-                base_sha="s",
-                integration_branch="aether/x",
-            ),
-            PlanProduced(**meta(2), version=1, tasks=tasks),
-        ]
-    )
+    await publish_a_chain_of_two(publisher)
     await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
     await publisher.publish_all(
         [
