@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -92,3 +93,21 @@ async def test_a_start_that_changes_a_streams_durability_says_so(
     assert record.getMessage() == "stream settings changed"
     assert record.stream == MISSIONS_STREAM  # type: ignore[attr-defined]
     assert (await js.stream_info(MISSIONS_STREAM)).config.duplicate_window == 600
+
+
+async def test_a_start_leaves_a_stream_that_has_its_settings_alone(nc: NatsClient) -> None:
+    """Every service ensures the streams at every start: only a change of settings is
+    sent to the server as an update (a replicated proposal on a cluster)."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    updates: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        updates.append(msg.subject)
+
+    watch = await nc.subscribe("$JS.API.STREAM.UPDATE.>", cb=seen)
+    await ensure_streams(js)
+    await ensure_streams(js, StreamSettings(duplicate_window_seconds=60))
+    await nc.flush()
+    await watch.unsubscribe()
+    assert updates == [f"$JS.API.STREAM.UPDATE.{MISSIONS_STREAM}"]

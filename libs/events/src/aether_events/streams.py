@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -54,28 +56,59 @@ def stream_configs(settings: StreamSettings) -> list[StreamConfig]:
 async def ensure_streams(js: JetStreamContext, settings: StreamSettings | None = None) -> None:
     """Create the streams, or bring an existing one's settings up to date.
 
-    Safe to call from every service at every start, concurrently.
+    Safe to call from every service at every start, concurrently. A stream that already
+    has every setting asked for is left alone: every service updating it at every start
+    was a replicated proposal per service on a cluster, and five services starting
+    together saw one time out (a service then failed its start). A request that times
+    out is asked again, ``REQUEST_TRIES`` times in all.
     """
     for config in stream_configs(settings or StreamSettings()):
-        assert config.name is not None
-        try:
-            current = (await js.stream_info(config.name)).config
-        except NotFoundError:
+        for tries_left in reversed(range(REQUEST_TRIES)):
             try:
-                await js.add_stream(config)
-            except Exception:
-                # Another service created it between our look and our add.
-                await js.stream_info(config.name)
-            continue
-        was, now = _durability(current), _durability(config)
-        if was != now:
-            # Visible, since whoever starts a service with other settings changes the
-            # stream for everyone (fewer replicas is less durable).
-            log.warning(
-                "stream settings changed",
-                extra={"stream": config.name, "was": str(was), "now": str(now)},
-            )
-        await js.update_stream(config)
+                await _ensure_stream(js, config)
+                break
+            except nats.errors.TimeoutError:
+                if not tries_left:
+                    raise
+                log.warning("stream request timed out; asking again", extra={"stream": config.name})
+
+
+# How many times a stream request that times out is made in all.
+REQUEST_TRIES = 3
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        current = (await js.stream_info(config.name)).config
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+        except Exception:
+            # Another service created it between our look and our add.
+            await js.stream_info(config.name)
+        return
+    if _has_settings(current, config):
+        return
+    was, now = _durability(current), _durability(config)
+    if was != now:
+        # Visible, since whoever starts a service with other settings changes the
+        # stream for everyone (fewer replicas is less durable).
+        log.warning(
+            "stream settings changed",
+            extra={"stream": config.name, "was": str(was), "now": str(now)},
+        )
+    await js.update_stream(config)
+
+
+def _has_settings(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether the stream already has every setting ``wanted`` gives (those it leaves
+    as ``None`` are the server's to choose)."""
+    return all(
+        getattr(current, field.name) == value
+        for field in dataclasses.fields(wanted)
+        if (value := getattr(wanted, field.name)) is not None
+    )
 
 
 def _durability(config: StreamConfig) -> tuple[object, ...]:
