@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -87,8 +88,10 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         except Exception:
             # Another service created it between our look and our add.
             await js.stream_info(config.name)
+        await _until_led(js, config.name)
         return
     if _has_settings(current, config):
+        await _until_led(js, config.name)
         return
     was, now = _durability(current), _durability(config)
     if was != now:
@@ -99,6 +102,26 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             extra={"stream": config.name, "was": str(was), "now": str(now)},
         )
     await js.update_stream(config)
+    await _until_led(js, config.name)
+
+
+# How long a start waits for a replicated stream to have a leader.
+LEADER_WAIT_SECONDS = 30.0
+
+
+async def _until_led(js: JetStreamContext, name: str) -> None:
+    """Wait until the stream ``name`` has a leader (at once on a single server): a
+    replicated stream just created or changed elects one first, and until then every
+    request about it (a replay's consumer, a publish) times out. A service starting in
+    that moment failed its start in CI."""
+    deadline = asyncio.get_running_loop().time() + LEADER_WAIT_SECONDS
+    while True:
+        cluster = (await js.stream_info(name)).cluster
+        if cluster is None or cluster.leader:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise nats.errors.TimeoutError
+        await asyncio.sleep(0.1)
 
 
 def _has_settings(current: StreamConfig, wanted: StreamConfig) -> bool:
