@@ -22,6 +22,7 @@ from aether_events import (
     tag_of,
 )
 from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
 
 from .conftest import Script, eventually
@@ -202,6 +203,35 @@ async def test_an_error_about_the_database_is_retried_not_recorded(gateway_db, s
         await db.close()
 
 
+async def test_a_telemetry_failure_recorded_before_its_mission_is_stored_counts_on_it(
+    gateway_db, script
+):
+    """The two streams are folded by separate consumers: an agent's report refused before
+    the mission's own events are folded still counts on the mission once it is listed."""
+    db = Database(gateway_db, max_size=1)
+    await db.open()
+    try:
+        await db.migrate()
+        read_model = ReadModel(db)
+        report = AgentProgress(
+            **script.meta(), task_id="t1", attempt=1, runner_id="r1", turns=1, last_action="a\x00"
+        )
+        assert await read_model.apply_telemetry(report, 7)
+        for seq, event in enumerate(
+            [script.requested(), script.plan(task_ids=("t1",)), script.task_ready("t1")], 1
+        ):
+            assert await read_model.apply(event, seq)
+        queries = Queries(db)
+        mission = await queries.mission(script.mission_id)
+        assert mission is not None and mission.projection_failures == 1
+        [listed] = await queries.missions()
+        assert listed.projection_failures == 1
+        [failure] = await read_model.failures(script.mission_id)
+        assert (failure.stream, failure.seq, failure.outcome) == ("telemetry", 7, "sanitised")
+    finally:
+        await db.close()
+
+
 async def test_a_telemetry_event_postgres_refuses_is_recorded_on_its_mission(make_gateway, nc):
     """An agent's progress report quotes its last action, which may hold a NUL: stored
     sanitised, recorded, and the reports after it still arrive."""
@@ -236,8 +266,7 @@ async def test_a_telemetry_event_postgres_refuses_is_recorded_on_its_mission(mak
         )
 
         async def recounted():
-            # The mission's failure count is a recount of the recorded failures, made
-            # after the failing event's own transaction: it may trail the later report.
+            # Counted when the mission is read, from the failures recorded for it.
             mission = (await http.get(f"/missions/{script.mission_id}")).json()
             return mission if mission["projection_failures"] else None
 

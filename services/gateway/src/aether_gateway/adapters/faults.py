@@ -52,7 +52,7 @@ async def record_failure(
     error: str,
     outcome: str,
 ) -> bool:
-    """Record a failure (once per stream sequence) and count it on its mission's row.
+    """Record a failure (once per stream sequence); its mission counts it when read.
 
     Returns whether it was new.
     """
@@ -65,21 +65,7 @@ async def record_failure(
         """,
         (stream, seq, scrub_text(mission_id), scrub_text(event_type), error, outcome),
     )
-    fresh = await cur.fetchone() is not None
-    await recount(conn, mission_id)
-    return fresh
-
-
-async def recount(conn: AsyncConnection, mission_id: str) -> None:
-    """Set the mission row's failure count from the failures recorded for it."""
-    await conn.execute(
-        """
-        UPDATE missions SET projection_failures =
-            (SELECT count(*) FROM projection_failures WHERE mission_id = %s)
-        WHERE id = %s
-        """,
-        (scrub_text(mission_id), scrub_text(mission_id)),
-    )
+    return await cur.fetchone() is not None
 
 
 async def failures(conn: AsyncConnection, mission_id: str | None = None) -> list[ProjectionFailure]:

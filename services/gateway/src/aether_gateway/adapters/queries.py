@@ -26,6 +26,13 @@ from aether_gateway.domain import (
 
 UsageGrouping = Literal["day", "month", "mission", "model", "task"]
 
+# Missions as read: each with the count of the events the read model could not store for it
+# (counted here, not stored: a failure may be recorded before its mission's row exists).
+MISSION_ROWS = sql.SQL(
+    "SELECT m.*, (SELECT count(*) FROM projection_failures f WHERE f.mission_id = m.id)::int"
+    " AS projection_failures FROM missions m"
+)
+
 
 class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One event as the read model keeps it: its stream sequence and its JSON."""
@@ -117,12 +124,12 @@ class Queries:
             where.add(sql.SQL("created_at < %s"), until)
         if before is not None:
             where.add(sql.SQL("(created_at, id) < (%s, %s)"), *before)
-        query = sql.SQL("SELECT * FROM missions{} ORDER BY created_at DESC, id DESC LIMIT %s")
-        rows = await self._rows(query.format(where.sql()), [*where.params, limit])
+        query = MISSION_ROWS + where.sql() + sql.SQL(" ORDER BY created_at DESC, id DESC LIMIT %s")
+        rows = await self._rows(query, [*where.params, limit])
         return [convert(r, Mission) for r in rows]
 
     async def mission(self, mission_id: str) -> Mission | None:
-        rows = await self._rows(sql.SQL("SELECT * FROM missions WHERE id = %s"), [mission_id])
+        rows = await self._rows(MISSION_ROWS + sql.SQL(" WHERE id = %s"), [mission_id])
         return convert(rows[0], Mission) if rows else None
 
     async def plans(self, mission_id: str) -> list[Plan]:

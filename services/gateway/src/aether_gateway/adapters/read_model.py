@@ -41,6 +41,7 @@ from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
 from aether_gateway.adapters.rows import (
     INSERTS,
     MERGE_SESSION_SQL,
+    MISSION_COLUMNS,
     UPSERT_MISSION,
     UPSERT_PLAN,
     UPSERT_TASK,
@@ -594,7 +595,6 @@ class ReadModel:
                 if message.seq > position:
                     break
                 folded += await self._fold_item(conn, Incoming.of_message(message), "missions")
-            await faults.recount(conn, mission_id)
         return folded
 
     async def knows(self, seq: int, event_id: str) -> bool:
@@ -714,7 +714,7 @@ class ReadModel:
 
     async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
         if changes.mission is not None:
-            await conn.execute(UPSERT_MISSION, row_values(changes.mission))
+            await conn.execute(UPSERT_MISSION, row_values(changes.mission, MISSION_COLUMNS))
         if changes.plan is not None:
             await conn.execute(UPSERT_PLAN, row_values(changes.plan))
         if changes.removed_tasks:

@@ -25,12 +25,9 @@ def _rendered(query: sql.Composable) -> bytes:
     return query.as_bytes(None)
 
 
-def _upsert(
-    table: str, columns: tuple[str, ...], key: tuple[str, ...], kept: tuple[str, ...] = ()
-) -> bytes:
-    """Insert a row or update it; ``kept`` columns are written only by an insert (another
-    writer owns them once the row exists)."""
-    updates = [c for c in columns if c not in key and c not in kept]
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> bytes:
+    """Insert a row or update it."""
+    updates = [c for c in columns if c not in key]
     query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, columns)),
@@ -53,9 +50,7 @@ def _insert(table: str, columns: tuple[str, ...]) -> bytes:
     return _rendered(query)
 
 
-def _many(
-    table: str, columns: tuple[str, ...], key: tuple[str, ...] = (), kept: tuple[str, ...] = ()
-) -> bytes:
+def _many(table: str, columns: tuple[str, ...], key: tuple[str, ...] = ()) -> bytes:
     """``_upsert`` (with ``key``) or ``_insert`` (without) for many rows at once: the rows
     are one JSON array of objects named by column, typed by the table's own row type."""
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
@@ -65,7 +60,7 @@ def _many(
     ).format(table=sql.Identifier(table), names=names)
     if not key:
         return _rendered(query + sql.SQL(" ON CONFLICT DO NOTHING"))
-    updates = [c for c in columns if c not in key and c not in kept]
+    updates = [c for c in columns if c not in key]
     return _rendered(
         query
         + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
@@ -82,10 +77,10 @@ def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
     return cls.__struct_fields__
 
 
-# The failure count is ``faults.recount``'s: the telemetry consumer records a failure
-# while the missions consumer may be folding the same mission from a view read before it,
-# and writing that view's count back would lose the failure.
-UPSERT_MISSION = _upsert("missions", _columns(Mission), ("id",), kept=("projection_failures",))
+# A mission's failure count is not stored: it is counted when the mission is read
+# (``queries.MISSION_ROW``), so a failure recorded before its mission's row exists counts.
+MISSION_COLUMNS = tuple(c for c in _columns(Mission) if c != "projection_failures")
+UPSERT_MISSION = _upsert("missions", MISSION_COLUMNS, ("id",))
 UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
 INSERTS: dict[type[msgspec.Struct], bytes] = {
@@ -95,7 +90,7 @@ INSERTS: dict[type[msgspec.Struct], bytes] = {
 }
 
 # The same, for many rows in one statement (the catch-up's runs); each key at most once.
-UPSERT_MISSIONS = _many("missions", _columns(Mission), ("id",), kept=("projection_failures",))
+UPSERT_MISSIONS = _many("missions", MISSION_COLUMNS, ("id",))
 UPSERT_TASKS = _many("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLANS = _many("plans", _columns(Plan), ("mission_id", "version"))
 INSERTS_MANY: dict[type[msgspec.Struct], bytes] = {
@@ -144,10 +139,11 @@ _NEWER = (
 MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
 
 
-def row_values(struct: msgspec.Struct) -> list[Any]:
-    """A struct's values in column order, JSON columns wrapped for psycopg."""
+def row_values(struct: msgspec.Struct, columns: tuple[str, ...] | None = None) -> list[Any]:
+    """A struct's values in column order (all its fields, or ``columns``), JSON columns
+    wrapped for psycopg."""
     values: list[Any] = []
-    for column in struct.__struct_fields__:
+    for column in struct.__struct_fields__ if columns is None else columns:
         value = getattr(struct, column)
         if column in _JSON_COLUMNS:
             value = Jsonb(msgspec.to_builtins(value))
