@@ -32,7 +32,8 @@ from aether_agent_runner.runtimes import Job, Runtime
 from aether_agent_runner.runtimes.builtin import BuiltinRuntime
 from aether_agent_runner.testing import Edit, Finish, Hold, ModelError, ScriptedRuntime, Step
 from aether_events import Usage
-from aether_llm import ApiError, Reply, load_prices, make_client
+from aether_llm import ApiError, Reply, load_prices
+from aether_llm.client import LazyClient
 
 from .conftest import Model, Signal, TaskRepo, finish, reply, tool, workspace_ready
 
@@ -86,7 +87,8 @@ def world(request: pytest.FixtureRequest, model: Callable[..., Model]) -> Iterat
             served.script.on_call = lambda task, turn: turn == hold and signal.set()
             # The held call is answered only once the test is over.
             gates.append(served.script.gates.setdefault(("t1", hold), threading.Event()))
-        return BuiltinRuntime(make_client(served.llm()))
+        # Built at the first call, as the runner's bootstrap holds it.
+        return BuiltinRuntime(LazyClient(served.llm()))
 
     try:
         yield World(builtin, lambda: reached[0].wait())

@@ -16,7 +16,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from aether_events import new_event_id
-from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, make_client, tool_use_block
+from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
+from aether_llm.client import LazyClient
 from aether_llm.messages_server import text_block
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import Decision, ModelUnavailable, PlannerModel
@@ -63,7 +64,8 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
     script = Script()
     server = MessagesServer(script).start()
     try:
-        client = make_client(LLMSettings(api_key="k", base_url=server.url, max_retries=0))
+        # Built at the first call, as the planner's bootstrap holds it.
+        client = LazyClient(LLMSettings(api_key="k", base_url=server.url, max_retries=0))
         yield World(
             PlannerModel(client),
             lambda *replies: script.replies.extend(replies),

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import anthropic
 import httpx2
 import msgspec
 from prometheus_client import Counter, Histogram
@@ -268,6 +267,8 @@ def _model_of(request: httpx2.Request) -> str:
 def metered_http_client() -> httpx2.AsyncClient:
     """The anthropic SDK's default async HTTP client, with the metering transport (and
     the connection limits and keep-alive the SDK would have set itself)."""
+    import anthropic  # here: the SDK is imported when a client is built (``aether_llm.client``)
+
     inner = httpx2.AsyncHTTPTransport(
         limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
         socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)],

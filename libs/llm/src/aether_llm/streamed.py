@@ -21,13 +21,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
-import httpx2
-from anthropic.types import MessageParam, TextBlockParam, ToolUnionParam
-from anthropic.types import Usage as ApiUsage
 from jiter import from_json
+
+if TYPE_CHECKING:
+    # The SDK is imported by the calls below, not with this module: a service imports it
+    # when it first calls the model (``aether_llm.client``).
+    import anthropic
+    import httpx2
+    from anthropic.types import MessageParam, TextBlockParam, ToolUnionParam
+    from anthropic.types import Usage as ApiUsage
 
 JSON = dict[str, Any]
 
@@ -56,6 +60,8 @@ async def stream_reply(
     """Ask for one reply, streamed, and fold its events. Raises what the SDK raises: an
     ``APIStatusError`` for an error status or an error event in the stream, an
     ``APIConnectionError``/``APITimeoutError`` for the transport."""
+    import anthropic
+
     async with client.messages.with_streaming_response.create(
         model=model,
         max_tokens=max_tokens,
@@ -134,6 +140,9 @@ class _Fold:
                     totals[name] = usage[name]
 
     def reply(self, request: httpx2.Request) -> StreamedReply:
+        import anthropic
+        from anthropic.types import Usage as ApiUsage
+
         if self.message is None:
             raise anthropic.APIError("the reply's stream held no message", request, body=None)
         content: list[JSON] = self.message["content"]

@@ -11,7 +11,7 @@ from aether_agent_runner.app import Adapters, AgentRunner, wire
 from aether_agent_runner.config import AgentSettings, RunnerSettings
 from aether_agent_runner.runtimes.registry import runtimes
 from aether_events import new_event_id
-from aether_llm import make_client
+from aether_llm.client import LazyClient
 from aether_runtime.attempt_auth import AttemptCredentials
 from aether_sandbox import (
     Sandbox,
@@ -26,12 +26,13 @@ log = logging.getLogger("aether.agent-runner")
 
 def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
     """The agent runner from ``settings`` (default: the environment): the model client
-    and the runtimes around it, and the sandbox its agents' commands run in."""
+    (built, and the anthropic SDK imported, when the first attempt needs it) and the
+    runtimes around it, and the sandbox its agents' commands run in."""
     settings = settings or RunnerSettings.from_env()
     agent = settings.agent
     adapters = Adapters(
         runtimes=runtimes(
-            make_client(settings.llm),
+            LazyClient(settings.llm),
             agent.max_output_tokens,
             agent.claude_code_cli,
             agent.command_runtimes,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aether_llm import make_client
+from aether_llm.client import LazyClient
 from aether_planner.adapters.model import PlannerModel
 from aether_planner.app import Planner, wire
 from aether_planner.config import PlannerSettings
@@ -10,6 +10,7 @@ from aether_planner.config import PlannerSettings
 
 def bootstrap(settings: PlannerSettings | None = None) -> Planner:
     """The planner from ``settings`` (default: the environment), calling the model
-    ``settings.llm`` names."""
+    ``settings.llm`` names (the client, and the anthropic SDK with it, is built at the
+    first call: a planner that never plans starts without it)."""
     settings = settings or PlannerSettings.from_env()
-    return wire(settings, PlannerModel(make_client(settings.llm)))
+    return wire(settings, PlannerModel(LazyClient(settings.llm)))

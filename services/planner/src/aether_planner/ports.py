@@ -10,12 +10,13 @@ the same assertions against both; a behaviour it does not check is not promised.
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from anthropic.types import Message
+from typing import TYPE_CHECKING, Protocol
 
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.adapters.model import Decision
+
+if TYPE_CHECKING:
+    from anthropic.types import Message
 
 
 class PlanningModel(Protocol):

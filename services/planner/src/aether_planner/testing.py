@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from anthropic.types import Message
+from typing import TYPE_CHECKING, Any
 
 from aether_llm import ApiError, Reply
 from aether_planner.adapters.journal import CallJournal
@@ -28,6 +26,9 @@ from aether_planner.adapters.model import (  # the one decoding of a reply, shar
     ModelUnavailable,
     journaled_decision,
 )
+
+if TYPE_CHECKING:
+    from anthropic.types import Message
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class ScriptedPlannerModel:
         return await journaled_decision(self.journal, key, model, lambda: self._reply(asked))
 
     async def _reply(self, asked: Asked) -> Message:
+        from anthropic.types import Message
+
         self.asked.append(asked)
         if not self.replies:
             raise ModelUnavailable("the model endpoint answered 500: the script has no replies")

@@ -10,13 +10,15 @@ asking the model again. Folding and recording share one code path (``apply``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from anthropic.types import ContentBlock, MessageParam
 
 from aether_events import Usage
 from aether_llm import add_usage
+
+if TYPE_CHECKING:
+    from anthropic.types import ContentBlock, MessageParam
 
 Record = dict[str, Any]
 JSON = dict[str, Any]

@@ -16,10 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
-
-import anthropic
-from anthropic.types import MessageParam, TextBlockParam
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.conversation import Conversation, Record, param_of, tool_result
@@ -28,6 +25,11 @@ from aether_agent_runner.domain import Limits, limit_reached, wall_time_reason
 from aether_events import Usage
 from aether_llm import usage_of
 from aether_llm.streamed import StreamedReply, stream_reply
+
+if TYPE_CHECKING:
+    # The SDK comes with the client (``aether_llm.client``), when the first call is made.
+    import anthropic
+    from anthropic.types import MessageParam, TextBlockParam
 
 log = logging.getLogger("aether.agent")
 
@@ -287,7 +289,7 @@ class Agent:
         )
 
 
-Breakpoints = Callable[[list[MessageParam], bool], list[MessageParam]]
+Breakpoints: TypeAlias = "Callable[[list[MessageParam], bool], list[MessageParam]]"
 
 
 def cache_breakpoints(messages: list[MessageParam], final: bool = False) -> list[MessageParam]:

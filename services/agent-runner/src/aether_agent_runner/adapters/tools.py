@@ -11,9 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from anthropic.types import ToolParam
+from typing import TYPE_CHECKING, Any
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.commands import (
@@ -35,6 +33,9 @@ from aether_sandbox import (
     WarmSandbox,
     open_sandbox,
 )
+
+if TYPE_CHECKING:
+    from anthropic.types import ToolParam
 
 log = logging.getLogger("aether.agent.tools")
 

@@ -7,10 +7,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-import anthropic
-from anthropic.types import TextBlockParam
+from typing import TYPE_CHECKING, Any
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.conversation import Conversation
@@ -22,13 +19,19 @@ from aether_agent_runner.runtimes import BUILTIN, FreshStart, Job
 from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map, task_prompt
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_events import WorkspaceReady
+from aether_llm.client import LazyClient, client_of
+
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types import TextBlockParam
 
 log = logging.getLogger("aether.agent-runner")
 
 
 @dataclass
 class BuiltinRuntime:
-    client: anthropic.AsyncAnthropic
+    # A ``LazyClient`` is built at the first attempt, the anthropic SDK imported with it.
+    client: anthropic.AsyncAnthropic | LazyClient
     max_output_tokens: int = 8192
     name: str = BUILTIN
 
@@ -67,8 +70,11 @@ class BuiltinRuntime:
                 for index, record in enumerate(records):
                     await job.transcript.journaled(record, index)
         job.toolbox.workspace.changed = list(conversation.changed)
+        client = await client_of(self.client)
+        import anthropic  # imported with the client: here only to name its errors
+
         agent = Agent(
-            client=self.client,
+            client=client,
             model=job.ready.model,
             system=system_for(job),
             toolbox=job.toolbox,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-from anthropic.types import TextBlockParam
+from typing import TYPE_CHECKING
 
 from aether_agent_runner.adapters.search import SKIPPED_DIRECTORIES
 from aether_agent_runner.domain import Limits
 from aether_events import WorkspaceReady
+
+if TYPE_CHECKING:
+    from anthropic.types import TextBlockParam
 
 MAX_MAP_ENTRIES = 300
 

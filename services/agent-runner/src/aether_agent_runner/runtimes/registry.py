@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import anthropic
+from typing import TYPE_CHECKING
 
 from aether_agent_runner.runtimes import BUILTIN, CLAUDE_CODE, KNOWN, Runtime, RuntimeUnavailable
 from aether_agent_runner.runtimes.builtin import BuiltinRuntime
 from aether_agent_runner.runtimes.command import CommandRuntime
 from aether_agent_runner.runtimes.spec import CommandSpec
+from aether_llm.client import LazyClient, endpoint_of
+
+if TYPE_CHECKING:
+    import anthropic
 
 
 def runtimes(
-    client: anthropic.AsyncAnthropic,
+    client: anthropic.AsyncAnthropic | LazyClient,
     max_output_tokens: int = 8192,
     claude_code_cli: str | None = None,
     commands: tuple[CommandSpec, ...] = (),
 ) -> Callable[[str], Runtime]:
     """The runtimes this runner has. Every runtime calls the model at the client's endpoint
     with its key; Claude Code needs the ``claude-code`` extra installed; ``commands`` are
-    other CLI agents by name."""
+    other CLI agents by name (a ``LazyClient`` is built at the built-in runtime's first
+    call, and for the CLI agents only to learn the SDK's default URL)."""
     builtin = BuiltinRuntime(client, max_output_tokens)
-    base_url, api_key = str(client.base_url).rstrip("/"), client.api_key or ""
     by_name = {spec.name: spec for spec in commands}
     for name in KNOWN:
         if name in by_name:
@@ -39,6 +42,7 @@ def runtimes(
                     "the claude-code runtime is not installed on this runner (install "
                     f"aether-agent-runner[claude-code]): {error}"
                 ) from None
+            base_url, api_key = endpoint_of(client)
             return ClaudeCodeRuntime(base_url=base_url, api_key=api_key, cli_path=claude_code_cli)
         if name in by_name and by_name[name].protocol == "acp":
             try:
@@ -48,9 +52,9 @@ def runtimes(
                     f"the {name} runtime speaks ACP, which is not installed on this runner "
                     f"(install aether-agent-runner[acp]): {error}"
                 ) from None
-            return AcpRuntime(by_name[name], base_url, api_key)
+            return AcpRuntime(by_name[name], *endpoint_of(client))
         if name in by_name:
-            return CommandRuntime(by_name[name], base_url, api_key)
+            return CommandRuntime(by_name[name], *endpoint_of(client))
         have = ", ".join([*KNOWN, *by_name])
         raise RuntimeUnavailable(f"unknown agent runtime {name!r}; this runner has {have}")
 

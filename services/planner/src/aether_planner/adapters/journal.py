@@ -8,12 +8,15 @@ there and goes on from it.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import nats.js.errors
-from anthropic.types import Message
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
+
+if TYPE_CHECKING:
+    from anthropic.types import Message
 
 log = logging.getLogger("aether.planner.journal")
 
@@ -47,6 +50,9 @@ class CallJournal:
             return None
         if entry.value is None:
             return None
+        # Imported for a reply to replay, not with the planner (``aether_llm.client``).
+        from anthropic.types import Message
+
         return Message.model_validate_json(entry.value)
 
     async def put(self, key: str, message: Message) -> None:

@@ -13,25 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import anthropic
 import msgspec
-from anthropic.types import (
-    Message,
-    MessageParam,
-    TextBlockParam,
-    ToolChoiceAnyParam,
-    ToolChoiceToolParam,
-    ToolParam,
-    ToolUseBlock,
-)
 
 from aether_events import Usage
 from aether_llm import usage_of
+from aether_llm.client import LazyClient, client_of
 from aether_planner.adapters.journal import CallJournal
 from aether_planner.domain import PLAN_TOOL_SCHEMA, PlanSubmission
 from aether_planner.prompt import SYSTEM_PROMPT
+
+if TYPE_CHECKING:
+    # The SDK is imported when the planner first asks the model or replays a reply
+    # (``aether_llm.client``), not when it starts.
+    import anthropic
+    from anthropic.types import (
+        Message,
+        MessageParam,
+        TextBlockParam,
+        ToolChoiceAnyParam,
+        ToolChoiceToolParam,
+        ToolParam,
+        ToolUseBlock,
+    )
 
 PLAN_TOOL: ToolParam = {
     "name": "submit_plan",
@@ -103,7 +108,7 @@ class Decision:
 class PlannerModel:
     def __init__(
         self,
-        client: anthropic.AsyncAnthropic,
+        client: anthropic.AsyncAnthropic | LazyClient,
         journal: CallJournal | None = None,
         max_tokens: int = 8192,
     ) -> None:
@@ -170,8 +175,11 @@ class PlannerModel:
                 )
             else:
                 messages.append({"role": "user", "content": fix})
+        client = await client_of(self._client)
+        import anthropic  # imported with the client: here only to name its errors
+
         try:
-            return await self._client.messages.create(
+            return await client.messages.create(
                 model=model,
                 max_tokens=self._max_tokens,
                 system=SYSTEM,
@@ -207,6 +215,8 @@ async def journaled_decision(
 
 
 def _tool_use(message: Message) -> ToolUseBlock | None:
+    from anthropic.types import ToolUseBlock
+
     for block in message.content:
         if isinstance(block, ToolUseBlock):
             return block

@@ -1,0 +1,60 @@
+"""``LazyClient``: the client ``make_client`` builds, built (and the anthropic SDK
+imported) only when it is first asked for, and the same in every way that shows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from prometheus_client import REGISTRY
+
+from aether_llm import LLMSettings, make_client
+from aether_llm.client import LazyClient, client_of, endpoint_of
+
+
+def test_holding_a_client_does_not_import_the_sdk_and_building_it_does() -> None:
+    script = (
+        "import sys\n"
+        "from aether_llm import LLMSettings\n"
+        "from aether_llm.client import LazyClient, endpoint_of\n"
+        "held = LazyClient(LLMSettings(api_key='k', base_url='http://127.0.0.1:9'))\n"
+        "endpoint_of(held)\n"
+        "print('anthropic' in sys.modules)\n"
+        "held.now()\n"
+        "print('anthropic' in sys.modules)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        LLMSettings(api_key="k", base_url="http://127.0.0.1:9"),
+        LLMSettings(api_key="k", base_url="http://127.0.0.1:9/"),
+        LLMSettings(api_key="k", base_url="http://Models.Example:443/v1//"),
+        LLMSettings(api_key="", base_url="https://models.example", offline_mode=False),
+        LLMSettings(api_key=None, base_url=None),  # the offline model's server
+        LLMSettings(api_key="k", base_url=None),  # the SDK's default URL
+    ],
+)
+def test_the_endpoint_is_the_built_client_s(settings: LLMSettings) -> None:
+    assert endpoint_of(LazyClient(settings)) == endpoint_of(make_client(settings))
+
+
+async def test_the_client_is_built_once() -> None:
+    held = LazyClient(LLMSettings(api_key="k", base_url="http://127.0.0.1:9", max_retries=3))
+    first = await client_of(held)
+    assert first is held.now()
+    assert await client_of(held) is first
+    assert await client_of(first) is first
+    assert first.max_retries == 3
+
+
+def test_the_configured_models_series_are_at_zero_before_the_client_is_built() -> None:
+    tiers = {"small": "lazy-small", "standard": "lazy-standard", "complex": "lazy-complex"}
+    LazyClient(LLMSettings(api_key="k", base_url="http://127.0.0.1:9", tiers=tiers))
+    for model in tiers.values():
+        labels = {"model": model, "outcome": "ok"}
+        assert REGISTRY.get_sample_value("aether_model_requests_total", labels) == 0.0
