@@ -2,7 +2,7 @@
 # them. CI runs `.ci/run`, which is `setup`, `lint`, `typecheck` and `test` in one.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup hooks lint fmt typecheck check test test-unit test-e2e test-ops bench chaos demo up ci
+.PHONY: help setup hooks lint fmt typecheck check test test-cpu test-unit test-e2e test-ops bench chaos demo up ci
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -26,8 +26,11 @@ typecheck: ## mypy --strict over libs, services, src and bench/chaos
 
 check: lint typecheck ## what a commit must pass
 
-test: ## the whole suite (three workers; about ten minutes on two cores)
+test: ## the whole suite (three workers; six to seven minutes on two quiet cores)
 	uv run pytest
+
+test-cpu: ## the whole suite, then where its CPU went, test file by test file
+	uv run pytest -p tests.cputime
 
 test-unit: ## the pure rules and the CLI, with no servers to start
 	uv run pytest -q libs/events/tests/test_catalogue.py libs/events/tests/test_shared_rules.py \
