@@ -6,7 +6,8 @@ to a local Messages API server through the anthropic SDK, journal, commit), each
 real worktree the git broker's adapter prepared at the integration head, then merges it
 and removes the worktree (untimed) before the next. The agent is ``bench/overhead.py``'s,
 which does no model work; the events go to a list. Prints the p50 and mean wall time
-per attempt, the first few left out (imports, cold caches), how many times an attempt
+per attempt and the process's CPU during it (the in-process model server's included),
+the first few left out (imports, cold caches), how many times an attempt
 handed work to a worker thread (``asyncio.to_thread``), and what one such hand-off of
 no work costs in the same run: on a loaded machine the wall time swings more between
 runs than a change of a few milliseconds, while the count does not.
@@ -47,6 +48,7 @@ T = TypeVar("T")
 
 WARM_UP = 5
 HANDOFFS = 0
+CPU: list[float] = []  # the process's CPU seconds during each attempt
 _to_thread = asyncio.to_thread
 
 
@@ -118,9 +120,10 @@ async def attempts_in(work: Path, n: int) -> list[float]:
                 git_dir=ws.git_dir,
                 base_sha=ws.base_sha,
             )
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             result = await runner.work(ready, emit)
             durations.append(time.perf_counter() - began)
+            CPU.append(time.process_time() - cpu)
             if not isinstance(result, AgentCompleted):
                 raise SystemExit(f"attempt {i} did not complete: {result}")
             git.merge(
@@ -148,6 +151,8 @@ def main() -> int:
     asyncio.to_thread = _to_thread
     p50, mean = statistics.median(measured) * 1000, statistics.fmean(measured) * 1000
     print(f"runner_attempts: {len(measured)} attempts  p50 {p50:.1f} ms  mean {mean:.1f} ms")
+    cpu = statistics.median(CPU[WARM_UP:]) * 1000
+    print(f"  process CPU per attempt p50 {cpu:.1f} ms (the model server's thread included)")
     hop = statistics.median(asyncio.run(handoff_seconds())) * 1000
     print(
         f"  hand-offs to worker threads per attempt {HANDOFFS / args.tasks:.1f};"

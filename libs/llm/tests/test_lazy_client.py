@@ -58,3 +58,24 @@ def test_the_configured_models_series_are_at_zero_before_the_client_is_built() -
     for model in tiers.values():
         labels = {"model": model, "outcome": "ok"}
         assert REGISTRY.get_sample_value("aether_model_requests_total", labels) == 0.0
+
+
+def test_the_sdk_gathers_no_span_attributes_when_no_span_could_be_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from aether_llm.client import sdk_spans
+
+    # This environment has the OpenTelemetry API (the SDK's dependency) and no
+    # OpenTelemetry SDK: every span would be a no-op, so the client is built without.
+    assert importlib.util.find_spec("opentelemetry.sdk") is None
+    assert sdk_spans() is False
+    client = make_client(LLMSettings(api_key="k", base_url="http://127.0.0.1:9"))
+    assert client._open_telemetry["traces"]["enabled"] is False
+    assert client._tracer is None
+    # A tracer provider named in the environment: the SDK's default, its spans on.
+    monkeypatch.setenv("OTEL_PYTHON_TRACER_PROVIDER", "sdk_tracer_provider")
+    assert sdk_spans() is None
+    client = make_client(LLMSettings(api_key="k", base_url="http://127.0.0.1:9"))
+    assert client._open_telemetry["traces"]["enabled"] is True

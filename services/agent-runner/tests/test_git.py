@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from dulwich.file import FileLocked
+from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ObjectID
 
 from aether_agent_runner.adapters.git import (
@@ -236,3 +237,57 @@ def test_the_task_branch_moves_only_from_where_it_was_and_never_past_a_held_lock
     assert git("rev-parse", "task", cwd=repo).strip() == sha
     assert git("status", "--porcelain", cwd=wt) == ""
     assert not lock.exists()
+
+
+def _tree_files(store: DiskObjectStore, tree: bytes) -> dict[bytes, tuple[int, ObjectID]]:
+    return {
+        e.path: (e.mode, e.sha)
+        for e in store.iter_tree_contents(ObjectID(tree))
+        if e.path is not None and e.mode is not None and e.sha is not None
+    }
+
+
+def test_a_commit_builds_the_same_tree_as_one_built_whole(tmp_path: Path) -> None:
+    """Only the changed directories are rebuilt; every other tree is the base's. The
+    result must be the tree dulwich's ``commit_tree`` builds from all the files, over
+    adds, edits, mode changes, deletions that empty a directory, and a file turned into a
+    directory and a directory into a file."""
+    from dulwich.index import commit_tree
+    from dulwich.objects import Blob
+
+    from aether_agent_runner.adapters.git import changed_tree
+
+    _, _, records = _linked(tmp_path)
+    store = records.store()
+    base: dict[bytes, tuple[int, ObjectID]] = {}
+    for path in [b"a.txt", b"d/x.txt", b"d/e/y.txt", b"d/e/z.txt", b"f", b"g/h/i.txt", b"k/l"]:
+        blob = Blob.from_string(path + b"\n")
+        store.add_object(blob)
+        base[path] = (0o100644, blob.id)
+    base_tree = commit_tree(store, [(p, s, m) for p, (m, s) in base.items()])
+
+    def blob(text: bytes) -> ObjectID:
+        made = Blob.from_string(text)
+        store.add_object(made)
+        return made.id
+
+    cases: list[dict[bytes, tuple[int, ObjectID] | None]] = [
+        {b"a.txt": (0o100644, blob(b"edited"))},
+        {b"new/deep/er/file.py": (0o100644, blob(b"x"))},
+        {b"d/e/y.txt": None, b"d/e/z.txt": None},  # d/e goes away
+        {b"f": None, b"f/inside.txt": (0o100644, blob(b"f is a directory"))},
+        {b"k/l": None, b"k": (0o100644, blob(b"k is a file"))},
+        {b"d/x.txt": (0o100755, base[b"d/x.txt"][1])},  # mode only
+        {b"g/h/i.txt": (0o120000, blob(b"../a.txt"))},  # a symlink now
+        dict.fromkeys(base),  # nothing left
+    ]
+    for case in cases:
+        files = dict(base)
+        for path, entry in case.items():
+            if entry is None:
+                files.pop(path, None)
+            else:
+                files[path] = entry
+        whole = commit_tree(store, [(p, s, m) for p, (m, s) in files.items()])
+        assert changed_tree(store, base_tree, files, sorted(case)) == whole, case
+        assert _tree_files(store, whole) == files

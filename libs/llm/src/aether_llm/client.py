@@ -8,9 +8,11 @@ model need not pay at every start. ``LazyClient`` is how a service holds its cli
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import httpx2
 
@@ -85,6 +87,7 @@ class LazyClient:
                     max_retries=self._settings.max_retries,
                     timeout=self._settings.timeout_seconds,
                     http_client=metered_http_client(),
+                    open_telemetry=sdk_spans(),
                 )
             return self._client
 
@@ -102,6 +105,21 @@ class LazyClient:
         if self._client is not None:
             return self._client
         return await asyncio.to_thread(self.now)
+
+
+def sdk_spans() -> Literal[False] | None:
+    """The SDK's ``open_telemetry`` option: ``None`` (its default, spans as the
+    environment says) when an OpenTelemetry SDK is installed or a tracer provider named,
+    ``False`` otherwise. With the OpenTelemetry API alone every span is a no-op, and the
+    SDK still gathered each call's span attributes from its request and headers: about a
+    quarter of a millisecond of CPU per model call, a tenth of the call's."""
+    if os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
+        return None
+    try:
+        found = importlib.util.find_spec("opentelemetry.sdk")
+    except (ImportError, ValueError):
+        found = None
+    return None if found is not None else False
 
 
 def endpoint_of(client: anthropic.AsyncAnthropic | LazyClient) -> tuple[str, str]:

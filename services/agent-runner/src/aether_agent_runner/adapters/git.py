@@ -23,15 +23,14 @@ import threading
 import time
 from binascii import unhexlify
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from dulwich.file import FileLocked, GitFile
-from dulwich.index import commit_tree
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Blob, Commit, ObjectID
+from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 
 from aether_agent_runner.adapters.safefs import Refused
@@ -207,13 +206,24 @@ def _files_of(store: DiskObjectStore, tree: ObjectID) -> Mapping[bytes, tuple[in
     return files
 
 
-def _state(
-    git: GitDir, at: bytes, max_hash: int
-) -> tuple[DiskObjectStore, Mapping[bytes, tuple[int, ObjectID]], dict[bytes, Found], list[bytes]]:
+@dataclass(frozen=True)
+class _State:
+    """The worktree against a commit: the commit's tree and files, what the scan found
+    and the paths that differ."""
+
+    store: DiskObjectStore
+    tree: ObjectID
+    tracked: Mapping[bytes, tuple[int, ObjectID]]
+    found: dict[bytes, Found]
+    changed: list[bytes]
+
+
+def _state(git: GitDir, at: bytes, max_hash: int) -> _State:
     store = git.store()
-    tracked = _files_of(store, _commit(store, at).tree)
+    tree = _commit(store, at).tree
+    tracked = _files_of(store, tree)
     found = scan(git.worktree, git.common, tracked, max_hash, StatCache(git.admin / "index"))
-    return store, tracked, found, changes(tracked, found)
+    return _State(store, tree, tracked, found, changes(tracked, found))
 
 
 def _text(path: bytes) -> str:
@@ -224,7 +234,7 @@ def changed_paths(git: GitDir) -> list[str]:
     """Every path that differs from the head commit: modified, deleted or new (and not
     ignored)."""
     head = git.refs()[git.ref]
-    return [_text(p) for p in _state(git, head, CommitLimits.max_blob_bytes)[3]]
+    return [_text(p) for p in _state(git, head, CommitLimits.max_blob_bytes).changed]
 
 
 def commit_files(git: GitDir, sha: str) -> list[str]:
@@ -250,9 +260,10 @@ def commit_all(
     refs = git.refs()
     head = refs[git.ref]
     try:
-        store, tracked, found, changed = _state(git, head, limits.max_blob_bytes)
+        state = _state(git, head, limits.max_blob_bytes)
     except TooDeep as error:
         raise CommitRefused(str(error)) from None
+    store, tracked, found, changed = state.store, state.tracked, state.found, state.changed
     if not changed:
         return None, []
     if len(changed) > limits.max_files:
@@ -290,7 +301,7 @@ def commit_all(
         entries[path] = (entry.mode, blob.id)
     for blob in blobs:
         store.add_object(blob)
-    tree = commit_tree(store, [(p, sha, mode) for p, (mode, sha) in entries.items()])
+    tree = changed_tree(store, state.tree, entries, changed)
     commit = Commit()
     commit.tree = tree
     commit.parents = [head]
@@ -303,6 +314,76 @@ def commit_all(
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
     _write_index(git, entries, found)
     return commit.id.decode(), [_text(p) for p in changed]
+
+
+def changed_tree(
+    store: DiskObjectStore,
+    base: ObjectID,
+    files: Mapping[bytes, tuple[int, ObjectID]],
+    changed: Iterable[bytes],
+) -> ObjectID:
+    """The id of the tree of ``files`` (every file by path: mode and blob id), written to
+    ``store``, when it differs from the tree ``base`` only at the paths ``changed``.
+
+    Only the directories above a changed path are built, hashed and written; every other
+    directory keeps its tree from ``base``. dulwich's ``commit_tree`` builds, hashes and
+    looks up every directory of the tree, which for a worktree of thousands of files was
+    most of a commit of a few. Same tree id as ``commit_tree(store, files)``, which
+    ``services/agent-runner/tests/test_git.py`` checks over adds, edits, deletions and a
+    file turned into a directory and back. A directory left with no files disappears, as
+    git has no empty trees."""
+    touched: dict[bytes, set[bytes]] = {b"": set()}  # directory → changed names in it
+    for path in changed:
+        directory, _, name = path.rpartition(b"/")
+        touched.setdefault(directory, set()).add(name)
+        while directory:  # each directory is a changed name of its parent
+            parent, _, name = directory.rpartition(b"/")
+            names = touched.setdefault(parent, set())
+            if name in names:
+                break
+            names.add(name)
+            directory = parent
+    read: dict[bytes, ObjectID | None] = {b"": base}
+
+    def base_items(directory: bytes) -> dict[bytes, tuple[int, ObjectID]]:
+        tree_id = read.get(directory)
+        if tree_id is None:
+            return {}
+        tree = store[tree_id]
+        if not isinstance(tree, Tree):
+            raise GitDirError(f"{tree_id!r} is not a tree")
+        items: dict[bytes, tuple[int, ObjectID]] = {}
+        for item in tree.iteritems():
+            items[item.path] = (item.mode, item.sha)
+            child = directory + b"/" + item.path if directory else item.path
+            if stat.S_ISDIR(item.mode) and child in touched:
+                read[child] = item.sha
+        return items
+
+    def build(directory: bytes) -> ObjectID | None:
+        items = base_items(directory)
+        prefix = directory + b"/" if directory else b""
+        for name in touched[directory]:
+            path = prefix + name
+            items.pop(name, None)
+            if path in touched and (sub := build(path)) is not None:
+                items[name] = (stat.S_IFDIR, sub)
+            elif (entry := files.get(path)) is not None:  # a directory turned file too
+                items[name] = entry
+        if not items:
+            return None
+        tree = Tree()
+        for name, (mode, sha) in items.items():
+            tree.add(name, mode, sha)
+        store.add_object(tree)
+        return tree.id
+
+    built = build(b"")
+    if built is None:
+        empty = Tree()
+        store.add_object(empty)
+        return empty.id
+    return built
 
 
 def _is_dot_gitmodules(name: bytes) -> bool:
@@ -439,7 +520,8 @@ def reset_to(git: GitDir, sha: str) -> bool:
     symlink, so links a command left in the worktree cannot redirect the writes."""
     refs = git.refs()
     target = ObjectID(sha.encode())
-    store, tracked, found, changed = _state(git, target, CommitLimits.max_blob_bytes)
+    state = _state(git, target, CommitLimits.max_blob_bytes)
+    store, tracked, found, changed = state.store, state.tracked, state.found, state.changed
     if refs[git.ref] == target and not changed:
         return False
     files = Files(str(git.worktree))

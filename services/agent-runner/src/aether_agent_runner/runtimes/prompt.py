@@ -45,19 +45,25 @@ def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
     """The worktree's files, one path per line, dependency and cache directories left out."""
     paths: list[str] = []
     more = 0
+    top = os.fspath(root)
     # fwalk opens each directory by descriptor without following symlinks: a directory
     # swapped for a link to elsewhere is not entered, not even to list its names.
-    for directory, subdirectories, names, _ in os.fwalk(root, follow_symlinks=False):
+    for directory, subdirectories, names, _ in os.fwalk(top, follow_symlinks=False):
         subdirectories[:] = sorted(
             d for d in subdirectories if d.lower() != ".git" and d not in SKIPPED_DIRECTORIES
         )
+        # fwalk names each directory below ``top`` as os.path.join(its parent, its name):
+        # the path relative to the root is what follows ``top`` (string work, not a
+        # PurePath built and compared per file).
+        inside = directory[len(top) :].lstrip("/")
+        prefix = inside + "/" if inside else ""
         for name in sorted(names):
             if name.lower() == ".git":
                 continue
             if len(paths) >= limit:
                 more += 1
                 continue
-            paths.append((Path(directory) / name).relative_to(root).as_posix())
+            paths.append(prefix + name)
     if more:
         paths.append(f"[… and {more} more files]")
     return "\n".join(paths) or "(no files yet)"
