@@ -254,7 +254,7 @@ class ReadModel:
         fresh = 0
         jumped = False
         try:
-            async with self._db.pool.connection() as conn, _pipelined(conn):
+            async with self._db.pool.connection() as conn, _in_one_go(conn):
                 # The position is locked and moved once for the run.
                 position = await self._lock_position(conn, self.consumer)
                 run: list[tuple[Event, int]] = []
@@ -269,7 +269,6 @@ class ReadModel:
                     position = item.seq
                 fresh = await fold_events(conn, run)
                 await self._set_position(conn, self.consumer, position)
-                await conn.commit()
         except EVENT_ERRORS:
             return await self._take_each(incoming)
         if jumped:
@@ -293,7 +292,7 @@ class ReadModel:
         consumer = self.telemetry_consumer
         fresh = 0
         try:
-            async with self._db.pool.connection() as conn, _pipelined(conn):
+            async with self._db.pool.connection() as conn, _in_one_go(conn):
                 position = await self._lock_position(conn, consumer)
                 for item in incoming:
                     if item.seq <= position or item.event is None:
@@ -302,7 +301,6 @@ class ReadModel:
                     position = item.seq
                     fresh += 1
                 await self._set_position(conn, consumer, position)
-                await conn.commit()
         except EVENT_ERRORS:
             return sum([await self._take_telemetry(item) for item in incoming])
         return fresh
@@ -330,15 +328,12 @@ class ReadModel:
         self, conn: AsyncConnection, item: Incoming, consumer: str, stream: Stream
     ) -> tuple[bool, bool]:
         """``_take_in`` in pipeline mode, where a statement whose answer is not read yet
-        goes with the next one whose answer is: an event's fold is five round trips
-        (begin; lock the position; record the event and read its rows; write the rows,
-        move the position and commit; end the pipeline) instead of one per statement
-        (nine to ten). The transaction is the connection's own (begun by the first
-        statement), not a ``transaction()`` block, which waits for the server more."""
-        async with _pipelined(conn):
-            taken = await self._take_in(conn, item, consumer, stream, False)
-            await conn.commit()
-        return taken
+        goes with the next one whose answer is: an event's fold is two round trips (the
+        lock of the position, the event's record and the reads of its rows; the writes,
+        the position's move and the commit) instead of one per statement (nine to ten).
+        See ``_in_one_go`` for the transaction's begin and commit."""
+        async with _in_one_go(conn):
+            return await self._take_in(conn, item, consumer, stream, False)
 
     async def _take_in(
         self, conn: AsyncConnection, item: Incoming, consumer: str, stream: Stream, guarded: bool
@@ -377,7 +372,7 @@ class ReadModel:
             await self._fold_telemetry(conn, event)
         row = await locked.fetchone()
         if row is None or seq <= int(row[0]):
-            await conn.rollback()
+            await _begin_again(conn)
             if row is None:  # the position's row is gone: make it, the slow way
                 self._positions_seen.discard(consumer)
                 return await self._take_in(
@@ -733,6 +728,44 @@ class ReadModel:
 
     async def _merge_session(self, conn: AsyncConnection, update: SessionUpdate) -> None:
         await conn.execute(MERGE_SESSION_SQL, msgspec.structs.asdict(update))
+
+
+@contextlib.asynccontextmanager
+async def _in_one_go(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A transaction in pipeline mode whose begin and commit travel with its statements.
+
+    psycopg begins a transaction in pipeline mode with a round trip of its own (it
+    sends its ``BEGIN`` with a sync and waits), and ending the pipeline after its
+    ``commit()`` is another sync to wait for: two of an event's four round trips, and
+    each costs the gateway CPU (a wait on the socket, a timer, a loop turn), not only
+    time. Here the connection is in autocommit mode while the block runs, so psycopg
+    begins nothing; ``BEGIN`` goes out with the first statement and ``COMMIT`` with the
+    last, and the pipeline's end is the one sync. A statement that fails aborts the
+    transaction (the server skips the rest until the sync) and the error is raised;
+    ``_pipelined`` then rolls back. The connection leaves in its usual mode, or is
+    closed (the pool then replaces it) when it cannot be put back."""
+    await conn.set_autocommit(True)
+    try:
+        async with _pipelined(conn):
+            await conn.execute(_BEGIN, prepare=False)
+            yield
+            await conn.execute(_COMMIT, prepare=False)
+    finally:
+        try:
+            await conn.set_autocommit(False)
+        except psycopg.Error:
+            await conn.close()
+
+
+async def _begin_again(conn: AsyncConnection) -> None:
+    """Undo what an ``_in_one_go`` block sent so far, and go on in a new transaction."""
+    await conn.execute(_ROLLBACK, prepare=False)
+    await conn.execute(_BEGIN, prepare=False)
+
+
+_BEGIN = b"BEGIN"
+_COMMIT = b"COMMIT"
+_ROLLBACK = b"ROLLBACK"
 
 
 @contextlib.asynccontextmanager
