@@ -49,7 +49,7 @@ from aether_gateway.adapters.rows import (
     row_values,
     task_of,
 )
-from aether_gateway.adapters.runs import fold_events
+from aether_gateway.adapters.runs import finish_run, fold_events, send_run
 from aether_gateway.adapters.stream import Incoming, StoredMessage
 from aether_gateway.adapters.transcripts import store_entry
 from aether_gateway.domain import (
@@ -255,25 +255,57 @@ class ReadModel:
         jumped = False
         try:
             async with self._db.pool.connection() as conn, _in_one_go(conn):
-                # The position is locked and moved once for the run.
-                position = await self._lock_position(conn, self.consumer)
-                run: list[tuple[Event, int]] = []
-                for item in incoming:
-                    if item.seq <= position:
-                        continue
-                    if item.seq > position + 1:
-                        await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
-                        jumped = True
-                    assert item.event is not None
-                    run.append((item.event, item.seq))
-                    position = item.seq
-                fresh = await fold_events(conn, run)
-                await self._set_position(conn, self.consumer, position)
+                taken = await self._take_events_ahead(conn, incoming)
+                if taken is not None:
+                    fresh, jumped = taken
+                else:
+                    # The position is locked and moved once for the run.
+                    position = await self._lock_position(conn, self.consumer)
+                    run: list[tuple[Event, int]] = []
+                    for item in incoming:
+                        if item.seq <= position:
+                            continue
+                        if item.seq > position + 1:
+                            await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
+                            jumped = True
+                        assert item.event is not None
+                        run.append((item.event, item.seq))
+                        position = item.seq
+                    fresh = await fold_events(conn, run)
+                    await self._set_position(conn, self.consumer, position)
         except EVENT_ERRORS:
             return await self._take_each(incoming)
         if jumped:
             self.gap_found.set()
         return fresh
+
+    async def _take_events_ahead(
+        self, conn: AsyncConnection, incoming: list[Incoming]
+    ) -> tuple[int, bool] | None:
+        """A run as ``_take_ahead`` takes one event: the position's lock goes with the
+        run's record and reads, one round trip fewer, and a run the position does not
+        lie below (another replica folded part of it) is undone for the slow way
+        (``None``)."""
+        sequences = [item.seq for item in incoming]
+        if self.consumer not in self._positions_seen or sequences != sorted(set(sequences)):
+            return None
+        locked = await conn.execute(_LOCK_POSITION, (self.consumer,))
+        run = [(item.event, item.seq) for item in incoming if item.event is not None]
+        sent = await send_run(conn, run)
+        row = await locked.fetchone()
+        if row is None or sequences[0] <= int(row[0]):
+            await _begin_again(conn)
+            return None
+        position = int(row[0])
+        jumped = False
+        for sequence in sequences:
+            if sequence > position + 1:
+                await faults.note_gap(conn, self.consumer, position + 1, sequence - 1)
+                jumped = True
+            position = sequence
+        fresh = await finish_run(conn, sent)
+        await self._set_position(conn, self.consumer, position)
+        return fresh, jumped
 
     async def _take_each(self, incoming: list[Incoming]) -> int:
         return sum([await self.take(item) for item in incoming])
