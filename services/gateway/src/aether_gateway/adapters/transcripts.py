@@ -5,7 +5,7 @@ back in order, a page at a time."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import msgspec
 from psycopg import AsyncConnection
@@ -69,7 +69,13 @@ def _clean(text: str) -> str:
 
 async def store_entry(conn: AsyncConnection, event: TranscriptRecorded) -> bool:
     """Store ``event`` in the caller's transaction; whether it was new."""
-    cursor = await conn.execute(
+    cursor = await conn.execute(*storing(event))
+    return cursor.rowcount == 1
+
+
+def storing(event: TranscriptRecorded) -> tuple[LiteralString, dict[str, Any]]:
+    """The statement that stores ``event``, and its parameters."""
+    return (
         _INSERT,
         {
             "mission_id": event.mission_id,
@@ -93,7 +99,6 @@ async def store_entry(conn: AsyncConnection, event: TranscriptRecorded) -> bool:
             "occurred_at": event.occurred_at,
         },
     )
-    return cursor.rowcount == 1
 
 
 async def transcript_page(
