@@ -7,14 +7,11 @@ from typing import Any, TypeVar
 
 import msgspec
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from aether_events import Event
 from aether_gateway.domain import BudgetAlert, Mission, MissionMessage, Plan, Task, UsageEntry
 
 T = TypeVar("T", bound=msgspec.Struct)
-
-_JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
 
 
 def _rendered(query: sql.Composable) -> bytes:
@@ -25,34 +22,9 @@ def _rendered(query: sql.Composable) -> bytes:
     return query.as_bytes(None)
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> bytes:
-    """Insert a row or update it."""
-    updates = [c for c in columns if c not in key]
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in updates
-        ),
-    )
-    return _rendered(query)
-
-
-def _insert(table: str, columns: tuple[str, ...]) -> bytes:
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-    )
-    return _rendered(query)
-
-
 def _many(table: str, columns: tuple[str, ...], key: tuple[str, ...] = ()) -> bytes:
-    """``_upsert`` (with ``key``) or ``_insert`` (without) for many rows at once: the rows
-    are one JSON array of objects named by column, typed by the table's own row type."""
+    """Insert rows, or update those that exist (with ``key``): the rows are one JSON
+    array of objects named by column, typed by the table's own row type."""
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     query = sql.SQL(
         "INSERT INTO {table} ({names})"
@@ -80,16 +52,7 @@ def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
 # A mission's failure count is not stored: it is counted when the mission is read
 # (``queries.MISSION_ROW``), so a failure recorded before its mission's row exists counts.
 MISSION_COLUMNS = tuple(c for c in _columns(Mission) if c != "projection_failures")
-UPSERT_MISSION = _upsert("missions", MISSION_COLUMNS, ("id",))
-UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
-UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
-INSERTS: dict[type[msgspec.Struct], bytes] = {
-    UsageEntry: _insert("usage_records", _columns(UsageEntry)),
-    MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
-    BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
-}
-
-# The same, for many rows in one statement (the catch-up's runs); each key at most once.
+# The read model's writes, for one row or many in one statement; each key at most once.
 UPSERT_MISSIONS = _many("missions", MISSION_COLUMNS, ("id",))
 UPSERT_TASKS = _many("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLANS = _many("plans", _columns(Plan), ("mission_id", "version"))
@@ -139,21 +102,9 @@ _NEWER = (
 MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
 
 
-def row_values(struct: msgspec.Struct, columns: tuple[str, ...] | None = None) -> list[Any]:
-    """A struct's values in column order (all its fields, or ``columns``), JSON columns
-    wrapped for psycopg."""
-    values: list[Any] = []
-    for column in struct.__struct_fields__ if columns is None else columns:
-        value = getattr(struct, column)
-        if column in _JSON_COLUMNS:
-            value = Jsonb(msgspec.to_builtins(value))
-        values.append(value)
-    return values
-
-
 def rows_json(structs: list[Any]) -> str:
     """Rows for a ``_many`` statement: the structs as one JSON array of objects (their
-    JSON columns as JSON, which is how ``row_values`` writes them too)."""
+    JSON columns as JSON)."""
     return msgspec.json.encode(structs).decode()
 
 
