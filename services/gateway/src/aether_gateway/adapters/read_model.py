@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, LiteralString
 
-import msgspec
 import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
 from psycopg.abc import Params
@@ -47,6 +46,7 @@ from aether_gateway.adapters.rows import (
     UPSERT_TASKS,
     convert,
     rows_json,
+    session_json,
     task_of,
 )
 from aether_gateway.adapters.runs import finish_run, fold_events, send_run
@@ -828,7 +828,7 @@ def _writes(changes: Changes) -> list[Statement]:
 
 
 def _merging(update: SessionUpdate) -> Statement:
-    return MERGE_SESSION_SQL, msgspec.structs.asdict(update)
+    return MERGE_SESSION_SQL, (session_json(update),)
 
 
 def _telemetry_writes(event: Event) -> list[Statement]:

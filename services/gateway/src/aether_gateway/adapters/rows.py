@@ -9,7 +9,15 @@ import msgspec
 from psycopg import sql
 
 from aether_events import Event
-from aether_gateway.domain import BudgetAlert, Mission, MissionMessage, Plan, Task, UsageEntry
+from aether_gateway.domain import (
+    BudgetAlert,
+    Mission,
+    MissionMessage,
+    Plan,
+    SessionUpdate,
+    Task,
+    UsageEntry,
+)
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -63,21 +71,32 @@ INSERTS_MANY: dict[type[msgspec.Struct], bytes] = {
 }
 
 # Merging what one event says about an agent session into its row; see SessionUpdate
-# for why each column merges the way it does.
-_MERGE_SESSION = """
+# for why each column merges the way it does. The update goes as one JSON object (its
+# fields by name, encoded by msgspec) rather than twenty parameters psycopg adapts one
+# at a time. ``status`` as sent (it may be null) is read from ``u``; every other column
+# as inserted, from ``EXCLUDED``.
+MERGE_SESSION_SQL = b"""
+WITH u AS (
+    SELECT * FROM jsonb_to_record(%s::jsonb) AS u(
+        mission_id text, task_id text, attempt integer, seen_at timestamptz,
+        runner_id text, model text, status text, started_at timestamptz,
+        finished_at timestamptz, error text, progress_at timestamptz, turns integer,
+        tool_calls integer, files_changed text[], last_action text, tokens_in bigint,
+        tokens_out bigint, cost_usd double precision, unknown_cost boolean)
+)
 INSERT INTO agent_sessions AS s (
     mission_id, task_id, attempt, runner_id, model, status, started_at, finished_at,
     last_seen_at, error, progress_at, turns, tool_calls, files_changed, last_action,
     tokens_in, tokens_out, cost_usd, cost_complete)
-VALUES (
-    %(mission_id)s, %(task_id)s, %(attempt)s, %(runner_id)s, %(model)s,
-    coalesce(%(status)s, 'running'), %(started_at)s, %(finished_at)s, %(seen_at)s,
-    %(error)s, %(progress_at)s, %(turns)s, %(tool_calls)s, %(files_changed)s,
-    %(last_action)s, %(tokens_in)s, %(tokens_out)s, %(cost_usd)s, NOT %(unknown_cost)s)
+SELECT
+    mission_id, task_id, attempt, runner_id, model, coalesce(status, 'running'),
+    started_at, finished_at, seen_at, error, progress_at, turns, tool_calls,
+    files_changed, last_action, tokens_in, tokens_out, cost_usd, NOT unknown_cost
+FROM u
 ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
     runner_id = coalesce(s.runner_id, EXCLUDED.runner_id),
     model = coalesce(EXCLUDED.model, s.model),
-    status = coalesce(%(status)s, s.status),
+    status = coalesce((SELECT status FROM u), s.status),
     started_at = coalesce(EXCLUDED.started_at, s.started_at),
     finished_at = coalesce(EXCLUDED.finished_at, s.finished_at),
     last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
@@ -92,14 +111,17 @@ ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
     cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN s.cost_usd
                     ELSE coalesce(s.cost_usd, 0) + EXCLUDED.cost_usd END,
     cost_complete = s.cost_complete AND EXCLUDED.cost_complete
-"""
-# ``newer``: this update carries progress at least as recent as the stored one.
-_NEWER = (
-    "(%(progress_at)s::timestamptz IS NOT NULL"
-    " AND (s.progress_at IS NULL OR %(progress_at)s::timestamptz >= s.progress_at))"
+""".replace(
+    # ``newer``: this update carries progress at least as recent as the stored one.
+    b"%(newer)s",
+    b"(EXCLUDED.progress_at IS NOT NULL"
+    b" AND (s.progress_at IS NULL OR EXCLUDED.progress_at >= s.progress_at))",
 )
-# bytes: psycopg takes a query built at import time as bytes (it is not a literal string).
-MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
+
+
+def session_json(update: SessionUpdate) -> str:
+    """``MERGE_SESSION_SQL``'s parameter."""
+    return msgspec.json.encode(update).decode()
 
 
 def rows_json(structs: list[Any]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
@@ -27,6 +26,7 @@ from aether_gateway.adapters.rows import (
     UPSERT_TASKS,
     convert,
     rows_json,
+    session_json,
     task_of,
 )
 from aether_gateway.domain import (
@@ -149,9 +149,7 @@ async def finish_run(conn: AsyncConnection, sent: Sent) -> int:
     await _write_many(conn, INSERTS_MANY[BudgetAlert], writes.alerts)
     if writes.sessions:
         async with conn.cursor() as cur:
-            await cur.executemany(
-                MERGE_SESSION_SQL, [msgspec.structs.asdict(s) for s in writes.sessions]
-            )
+            await cur.executemany(MERGE_SESSION_SQL, [(session_json(s),) for s in writes.sessions])
     return len(fresh)
 
 
