@@ -26,11 +26,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, LiteralString
 
-import msgspec
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
+from psycopg.abc import Params
 from psycopg.rows import DictRow, dict_row
 
 from aether_events import Event, MissionRequested, TranscriptRecorded, encode, tag_of
@@ -39,19 +39,19 @@ from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
 from aether_gateway.adapters.rows import (
-    INSERTS,
+    INSERTS_MANY,
     MERGE_SESSION_SQL,
-    MISSION_COLUMNS,
-    UPSERT_MISSION,
-    UPSERT_PLAN,
-    UPSERT_TASK,
+    UPSERT_MISSIONS,
+    UPSERT_PLANS,
+    UPSERT_TASKS,
     convert,
-    row_values,
+    rows_json,
+    session_json,
     task_of,
 )
-from aether_gateway.adapters.runs import fold_events
+from aether_gateway.adapters.runs import finish_run, fold_events, send_run
 from aether_gateway.adapters.stream import Incoming, StoredMessage
-from aether_gateway.adapters.transcripts import store_entry
+from aether_gateway.adapters.transcripts import storing
 from aether_gateway.domain import (
     Changes,
     Mission,
@@ -194,10 +194,7 @@ class ReadModel:
         return int(row[0])
 
     async def _set_position(self, conn: AsyncConnection, consumer: str, sequence: int) -> None:
-        await conn.execute(
-            "UPDATE projection_position SET last_seq = %s, updated_at = now() WHERE consumer = %s",
-            (sequence, consumer),
-        )
+        await conn.execute(_SET_POSITION, (sequence, consumer))
 
     # --- folding ---------------------------------------------------------------------
 
@@ -254,27 +251,58 @@ class ReadModel:
         fresh = 0
         jumped = False
         try:
-            async with self._db.pool.connection() as conn, _pipelined(conn):
-                # The position is locked and moved once for the run.
-                position = await self._lock_position(conn, self.consumer)
-                run: list[tuple[Event, int]] = []
-                for item in incoming:
-                    if item.seq <= position:
-                        continue
-                    if item.seq > position + 1:
-                        await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
-                        jumped = True
-                    assert item.event is not None
-                    run.append((item.event, item.seq))
-                    position = item.seq
-                fresh = await fold_events(conn, run)
-                await self._set_position(conn, self.consumer, position)
-                await conn.commit()
+            async with self._db.pool.connection() as conn, _in_one_go(conn):
+                taken = await self._take_events_ahead(conn, incoming)
+                if taken is not None:
+                    fresh, jumped = taken
+                else:
+                    # The position is locked and moved once for the run.
+                    position = await self._lock_position(conn, self.consumer)
+                    run: list[tuple[Event, int]] = []
+                    for item in incoming:
+                        if item.seq <= position:
+                            continue
+                        if item.seq > position + 1:
+                            await faults.note_gap(conn, self.consumer, position + 1, item.seq - 1)
+                            jumped = True
+                        assert item.event is not None
+                        run.append((item.event, item.seq))
+                        position = item.seq
+                    fresh = await fold_events(conn, run)
+                    await self._set_position(conn, self.consumer, position)
         except EVENT_ERRORS:
             return await self._take_each(incoming)
         if jumped:
             self.gap_found.set()
         return fresh
+
+    async def _take_events_ahead(
+        self, conn: AsyncConnection, incoming: list[Incoming]
+    ) -> tuple[int, bool] | None:
+        """A run as ``_take_scripted`` takes one event: the position's lock goes with the
+        run's record and reads, one round trip fewer, and a run the position does not
+        lie below (another replica folded part of it) is undone for the slow way
+        (``None``)."""
+        sequences = [item.seq for item in incoming]
+        if self.consumer not in self._positions_seen or sequences != sorted(set(sequences)):
+            return None
+        locked = await conn.execute(_LOCK_POSITION, (self.consumer,))
+        run = [(item.event, item.seq) for item in incoming if item.event is not None]
+        sent = await send_run(conn, run)
+        row = await locked.fetchone()
+        if row is None or sequences[0] <= int(row[0]):
+            await _begin_again(conn)
+            return None
+        position = int(row[0])
+        jumped = False
+        for sequence in sequences:
+            if sequence > position + 1:
+                await faults.note_gap(conn, self.consumer, position + 1, sequence - 1)
+                jumped = True
+            position = sequence
+        fresh = await finish_run(conn, sent)
+        await self._set_position(conn, self.consumer, position)
+        return fresh, jumped
 
     async def _take_each(self, incoming: list[Incoming]) -> int:
         return sum([await self.take(item) for item in incoming])
@@ -293,7 +321,7 @@ class ReadModel:
         consumer = self.telemetry_consumer
         fresh = 0
         try:
-            async with self._db.pool.connection() as conn, _pipelined(conn):
+            async with self._db.pool.connection() as conn, _in_one_go(conn):
                 position = await self._lock_position(conn, consumer)
                 for item in incoming:
                     if item.seq <= position or item.event is None:
@@ -302,7 +330,6 @@ class ReadModel:
                     position = item.seq
                     fresh += 1
                 await self._set_position(conn, consumer, position)
-                await conn.commit()
         except EVENT_ERRORS:
             return sum([await self._take_telemetry(item) for item in incoming])
         return fresh
@@ -329,24 +356,78 @@ class ReadModel:
     async def _take_batched(
         self, conn: AsyncConnection, item: Incoming, consumer: str, stream: Stream
     ) -> tuple[bool, bool]:
-        """``_take_in`` in pipeline mode, where a statement whose answer is not read yet
-        goes with the next one whose answer is: an event's fold is five round trips
-        (begin; lock the position; record the event and read its rows; write the rows,
-        move the position and commit; end the pipeline) instead of one per statement
-        (nine to ten). The transaction is the connection's own (begun by the first
-        statement), not a ``transaction()`` block, which waits for the server more."""
-        async with _pipelined(conn):
-            taken = await self._take_in(conn, item, consumer, stream, False)
-            await conn.commit()
-        return taken
+        """``_take_in`` in two round trips: ``_take_scripted`` once the position's row
+        is known to exist, else in pipeline mode, where a statement whose answer is not
+        read yet goes with the next one whose answer is (see ``_in_one_go``)."""
+        assert item.event is not None
+        if consumer in self._positions_seen:
+            async with _autocommit(conn):
+                taken = await self._take_scripted(conn, item.event, item.seq, consumer, stream)
+            if taken is not None:
+                return taken
+            self._positions_seen.discard(consumer)  # the position's row is gone: make it
+        async with _in_one_go(conn):
+            return await self._take_in(conn, item, consumer, stream, False)
+
+    async def _take_scripted(
+        self, conn: AsyncConnection, event: Event, seq: int, consumer: str, stream: Stream
+    ) -> tuple[bool, bool] | None:
+        """Fold one event with two scripts (``_Script``: statements sent as one query).
+
+        The first begins, locks the position, records the event and reads its rows (or
+        writes a telemetry event); the second writes the rows, moves the position and
+        commits. Sent one statement at a time, even pipelined, psycopg's work per
+        statement (a cursor, the parameters' adaptation, the result's handling) was
+        most of a fold's CPU. The lock is taken before the rest runs (the server runs
+        them in order); an event at or below the position is undone with everything
+        sent for it. ``None``: the position's row is missing (undone too)."""
+        first = _Script(conn)
+        first.add(_BEGIN)
+        first.add(_LOCK_POSITION, (consumer,))
+        task_ids: list[str] | None = None
+        if stream == "missions":
+            first.add(_RECORD_EVENT, _recorded(event, seq))
+            task_ids = tasks_read(event)
+            for query, params in _reads(event.mission_id, task_ids):
+                first.add(query, params)
+        else:
+            for query, params in _telemetry_writes(event):
+                first.add(query, params)
+        cur = await first.run()
+        cur.nextset()  # past BEGIN
+        row = await cur.fetchone()
+        if row is None or seq <= int(row["last_seq"]):
+            await conn.execute(_ROLLBACK, prepare=False)
+            return None if row is None else (False, False)
+        position = int(row["last_seq"])
+        jumped = stream == "missions" and seq > position + 1
+        if jumped:
+            await faults.note_gap(conn, consumer, position + 1, seq - 1)
+        second = _Script(conn)
+        fresh = True
+        if stream == "missions":
+            cur.nextset()
+            fresh = await cur.fetchone() is not None
+            if fresh:
+                cur.nextset()
+                mission_row = await cur.fetchone()
+                task_rows = None
+                if task_ids is None or task_ids:
+                    cur.nextset()
+                    task_rows = await cur.fetchall()
+                view = await self._view_of(conn, event.mission_id, task_ids, mission_row, task_rows)
+                for query, params in _writes(fold(view, event, seq)):
+                    second.add(query, params)
+        second.add(_SET_POSITION, (seq, consumer))
+        second.add(_COMMIT)
+        await second.run()
+        return fresh, jumped
 
     async def _take_in(
         self, conn: AsyncConnection, item: Incoming, consumer: str, stream: Stream, guarded: bool
     ) -> tuple[bool, bool]:
         """Fold ``item`` in the caller's transaction unless the position is past it;
         returns whether rows changed and whether the position jumped over sequences."""
-        if not guarded and item.event is not None and consumer in self._positions_seen:
-            return await self._take_ahead(conn, item.event, item.seq, consumer, stream)
         position = await self._lock_position(conn, consumer)
         if item.seq <= position:
             return False, False
@@ -360,38 +441,6 @@ class ReadModel:
         else:
             fresh = await self._fold_one(conn, item.event, item.seq, stream)
         await self._set_position(conn, consumer, item.seq)
-        return fresh, jumped
-
-    async def _take_ahead(
-        self, conn: AsyncConnection, event: Event, seq: int, consumer: str, stream: Stream
-    ) -> tuple[bool, bool]:
-        """``_take_in`` in a pipeline without waiting for the position first: the lock,
-        the event's record and the reads of its rows (or a telemetry event's writes) go
-        to the server together, one round trip fewer per event. The lock is taken
-        before the rest runs (the server runs them in order); an event at or below the
-        position is then undone with everything sent for it (an event recorded at a
-        sequence the position once jumped over must not appear now)."""
-        locked = await conn.execute(_LOCK_POSITION, (consumer,))
-        recording = await self._record(conn, event, seq) if stream == "missions" else None
-        if recording is None:
-            await self._fold_telemetry(conn, event)
-        row = await locked.fetchone()
-        if row is None or seq <= int(row[0]):
-            await conn.rollback()
-            if row is None:  # the position's row is gone: make it, the slow way
-                self._positions_seen.discard(consumer)
-                return await self._take_in(
-                    conn, Incoming.of_event(event, seq), consumer, stream, False
-                )
-            return False, False
-        position = int(row[0])
-        jumped = stream == "missions" and seq > position + 1
-        if jumped:
-            await faults.note_gap(conn, consumer, position + 1, seq - 1)
-        fresh = True
-        if recording is not None:
-            fresh = await self._fold_read(conn, event, seq, *recording)
-        await self._set_position(conn, consumer, seq)
         return fresh, jumped
 
     async def _fold_item(self, conn: AsyncConnection, item: Incoming, stream: Stream) -> bool:
@@ -479,23 +528,7 @@ class ReadModel:
         answers (``_fold_read`` reads them)."""
         # The same event id at a new sequence (republished after the stream's duplicate
         # window) is history already: record nothing, fold nothing.
-        cur = await conn.execute(
-            """
-            INSERT INTO events (seq, mission_id, type, task_id, event_id, occurred_at, payload)
-            VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
-            ON CONFLICT DO NOTHING
-            RETURNING seq
-            """,
-            (
-                sequence,
-                event.mission_id,
-                tag_of(type(event)),
-                task_of(event),
-                event.event_id,
-                event.occurred_at,
-                encode(without_secrets(event)).decode(),
-            ),
-        )
+        cur = await conn.execute(_RECORD_EVENT, _recorded(event, sequence))
         # Only the rows the event reads: loading every task of the mission for each event
         # made a fold cost grow with the mission's size. They are asked for before the
         # insert's answer is read, so in a pipeline both go in one round trip; for an
@@ -519,12 +552,8 @@ class ReadModel:
         return True
 
     async def _fold_telemetry(self, conn: AsyncConnection, event: Event) -> None:
-        if isinstance(event, TranscriptRecorded):
-            await store_entry(conn, event)
-            return
-        update = session_update(event)
-        if update is not None:
-            await self._merge_session(conn, update)
+        for query, params in _telemetry_writes(event):
+            await conn.execute(query, params)
 
     @asynccontextmanager
     async def rebuilding(self) -> AsyncIterator[Rebuild]:
@@ -668,18 +697,13 @@ class ReadModel:
     ) -> _Reading:
         """Send the reads of ``_load_view`` without waiting for their answers (which a
         pipeline then brings with the next statement whose answer is read)."""
+        reads = _reads(mission_id, task_ids)
         mission = conn.cursor(row_factory=dict_row)
-        await mission.execute("SELECT * FROM missions WHERE id = %s FOR UPDATE", (mission_id,))
-        if task_ids is not None and not task_ids:
+        await mission.execute(*reads[0])
+        if len(reads) == 1:
             return task_ids, mission, None
         tasks = conn.cursor(row_factory=dict_row)
-        if task_ids is None:
-            await tasks.execute("SELECT * FROM tasks WHERE mission_id = %s", (mission_id,))
-        else:
-            await tasks.execute(
-                "SELECT * FROM tasks WHERE mission_id = %s AND task_id = ANY(%s)",
-                (mission_id, task_ids),
-            )
+        await tasks.execute(*reads[1])
         return task_ids, mission, tasks
 
     async def _view(
@@ -693,14 +717,26 @@ class ReadModel:
         """The view from the answers to ``_read_view``."""
         async with mission_cur:
             mission_row = await mission_cur.fetchone()
-        rows = []
+        rows = None
         if tasks_cur is not None:
             async with tasks_cur:
                 rows = await tasks_cur.fetchall()
+        return await self._view_of(conn, mission_id, task_ids, mission_row, rows)
+
+    async def _view_of(
+        self,
+        conn: AsyncConnection,
+        mission_id: str,
+        task_ids: list[str] | None,
+        mission_row: DictRow | None,
+        rows: list[DictRow] | None,
+    ) -> MissionView:
+        """The view from the rows ``_reads`` read (``rows`` is ``None`` when no task
+        row was asked for)."""
         if mission_row is None:
             return MissionView()
         mission = convert(mission_row, Mission)
-        if tasks_cur is None:
+        if rows is None:
             return MissionView(mission=mission, task_count=None)
         tasks = {t.task_id: t for t in (convert(r, Task) for r in rows)}
         count = None
@@ -713,26 +749,168 @@ class ReadModel:
         return MissionView(mission=mission, tasks=tasks, task_count=count)
 
     async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
-        if changes.mission is not None:
-            await conn.execute(UPSERT_MISSION, row_values(changes.mission, MISSION_COLUMNS))
-        if changes.plan is not None:
-            await conn.execute(UPSERT_PLAN, row_values(changes.plan))
-        if changes.removed_tasks:
-            assert changes.mission is not None
-            await conn.execute(
-                "DELETE FROM tasks WHERE mission_id = %s AND task_id = ANY(%s)",
+        for query, params in _writes(changes):
+            await conn.execute(query, params)
+
+
+Statement = tuple[bytes | LiteralString, Params | None]
+
+# The same event id at a new sequence (republished after the stream's duplicate window)
+# is history already: record nothing, fold nothing.
+_RECORD_EVENT = b"""
+INSERT INTO events (seq, mission_id, type, task_id, event_id, occurred_at, payload)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+ON CONFLICT DO NOTHING
+RETURNING seq
+"""
+_SET_POSITION = (
+    b"UPDATE projection_position SET last_seq = %s, updated_at = now() WHERE consumer = %s"
+)
+
+
+def _recorded(event: Event, sequence: int) -> Params:
+    """``_RECORD_EVENT``'s parameters."""
+    return (
+        sequence,
+        event.mission_id,
+        tag_of(type(event)),
+        task_of(event),
+        event.event_id,
+        event.occurred_at,
+        encode(without_secrets(event)).decode(),
+    )
+
+
+def _reads(mission_id: str, task_ids: list[str] | None) -> list[Statement]:
+    """The mission's row (locked), then its task rows: all of them, some, or (for an
+    empty ``task_ids``) no statement."""
+    reads: list[Statement] = [(b"SELECT * FROM missions WHERE id = %s FOR UPDATE", (mission_id,))]
+    if task_ids is None:
+        reads.append((b"SELECT * FROM tasks WHERE mission_id = %s", (mission_id,)))
+    elif task_ids:
+        reads.append(
+            (
+                b"SELECT * FROM tasks WHERE mission_id = %s AND task_id = ANY(%s)",
+                (mission_id, task_ids),
+            )
+        )
+    return reads
+
+
+def _writes(changes: Changes) -> list[Statement]:
+    """The statements that write a fold's changes, in order. Rows go as JSON (the runs'
+    statements, ``rows``): one parameter a row, encoded by msgspec, rather than one
+    per column adapted by psycopg one at a time."""
+    out: list[Statement] = []
+    if changes.mission is not None:
+        out.append((UPSERT_MISSIONS, (rows_json([changes.mission]),)))
+    if changes.plan is not None:
+        out.append((UPSERT_PLANS, (rows_json([changes.plan]),)))
+    if changes.removed_tasks:
+        assert changes.mission is not None
+        out.append(
+            (
+                b"DELETE FROM tasks WHERE mission_id = %s AND task_id = ANY(%s)",
                 (changes.mission.id, changes.removed_tasks),
             )
-        for task in changes.tasks:
-            await conn.execute(UPSERT_TASK, row_values(task))
-        for row in (changes.usage, changes.message, changes.alert):
-            if row is not None:
-                await conn.execute(INSERTS[type(row)], row_values(row))
-        if changes.session is not None:
-            await self._merge_session(conn, changes.session)
+        )
+    if changes.tasks:
+        # One statement upserts each row once: a task listed twice keeps its last state,
+        # as two upserts one after the other left it.
+        tasks = list({task.task_id: task for task in changes.tasks}.values())
+        out.append((UPSERT_TASKS, (rows_json(tasks),)))
+    for row in (changes.usage, changes.message, changes.alert):
+        if row is not None:
+            out.append((INSERTS_MANY[type(row)], (rows_json([row]),)))
+    if changes.session is not None:
+        out.append(_merging(changes.session))
+    return out
 
-    async def _merge_session(self, conn: AsyncConnection, update: SessionUpdate) -> None:
-        await conn.execute(MERGE_SESSION_SQL, msgspec.structs.asdict(update))
+
+def _merging(update: SessionUpdate) -> Statement:
+    return MERGE_SESSION_SQL, (session_json(update),)
+
+
+def _telemetry_writes(event: Event) -> list[Statement]:
+    """What folding a telemetry event writes: a transcript entry, or what it says
+    about its agent session."""
+    if isinstance(event, TranscriptRecorded):
+        return [storing(event)]
+    update = session_update(event)
+    return [] if update is None else [_merging(update)]
+
+
+class _Script:
+    """Statements sent to the server as one query: one execute and one round trip for
+    all of them, their parameters bound here (psycopg's client-side binding, with the
+    connection's own escaping). Statements after one that fails are not run, and the
+    error is raised by ``run``. The connection must be in autocommit mode (psycopg
+    would otherwise send a ``BEGIN`` of its own first): a script begins and ends its
+    transaction itself."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._cursor = AsyncClientCursor(conn, row_factory=dict_row)
+        self._encoding = conn.info.encoding
+        self._parts: list[str] = []
+
+    def add(self, query: bytes | LiteralString, params: Params | None = None) -> None:
+        self._parts.append(self._cursor.mogrify(query, params))
+
+    async def run(self) -> AsyncClientCursor[DictRow]:
+        """Send the statements; the cursor is at the first one's answer."""
+        script = ";\n".join(self._parts).encode(self._encoding)
+        await self._cursor.execute(script, prepare=False)
+        return self._cursor
+
+
+@contextlib.asynccontextmanager
+async def _autocommit(conn: AsyncConnection) -> AsyncIterator[None]:
+    """``conn`` in autocommit mode for the block (whose statements begin and end their
+    transaction); whatever fails inside is rolled back. The connection leaves in its
+    usual mode, or is closed (the pool then replaces it) when it cannot be put back."""
+    await conn.set_autocommit(True)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            await conn.rollback()
+        raise
+    finally:
+        try:
+            await conn.set_autocommit(False)
+        except psycopg.Error:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _in_one_go(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A transaction in pipeline mode whose begin and commit travel with its statements.
+
+    psycopg begins a transaction in pipeline mode with a round trip of its own (it
+    sends its ``BEGIN`` with a sync and waits), and ending the pipeline after its
+    ``commit()`` is another sync to wait for: two of an event's four round trips, and
+    each costs the gateway CPU (a wait on the socket, a timer, a loop turn), not only
+    time. Here the connection is in autocommit mode while the block runs, so psycopg
+    begins nothing; ``BEGIN`` goes out with the first statement and ``COMMIT`` with the
+    last, and the pipeline's end is the one sync. A statement that fails aborts the
+    transaction (the server skips the rest until the sync) and the error is raised;
+    ``_pipelined`` then rolls back. The connection leaves in its usual mode, or is
+    closed (the pool then replaces it) when it cannot be put back."""
+    async with _autocommit(conn), _pipelined(conn):
+        await conn.execute(_BEGIN, prepare=False)
+        yield
+        await conn.execute(_COMMIT, prepare=False)
+
+
+async def _begin_again(conn: AsyncConnection) -> None:
+    """Undo what an ``_in_one_go`` block sent so far, and go on in a new transaction."""
+    await conn.execute(_ROLLBACK, prepare=False)
+    await conn.execute(_BEGIN, prepare=False)
+
+
+_BEGIN = b"BEGIN"
+_COMMIT = b"COMMIT"
+_ROLLBACK = b"ROLLBACK"
 
 
 @contextlib.asynccontextmanager

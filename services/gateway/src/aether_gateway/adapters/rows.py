@@ -7,14 +7,19 @@ from typing import Any, TypeVar
 
 import msgspec
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from aether_events import Event
-from aether_gateway.domain import BudgetAlert, Mission, MissionMessage, Plan, Task, UsageEntry
+from aether_gateway.domain import (
+    BudgetAlert,
+    Mission,
+    MissionMessage,
+    Plan,
+    SessionUpdate,
+    Task,
+    UsageEntry,
+)
 
 T = TypeVar("T", bound=msgspec.Struct)
-
-_JSON_COLUMNS = frozenset({"tasks", "repairs", "model_overrides", "questions"})
 
 
 def _rendered(query: sql.Composable) -> bytes:
@@ -25,34 +30,9 @@ def _rendered(query: sql.Composable) -> bytes:
     return query.as_bytes(None)
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> bytes:
-    """Insert a row or update it."""
-    updates = [c for c in columns if c not in key]
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in updates
-        ),
-    )
-    return _rendered(query)
-
-
-def _insert(table: str, columns: tuple[str, ...]) -> bytes:
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-    )
-    return _rendered(query)
-
-
 def _many(table: str, columns: tuple[str, ...], key: tuple[str, ...] = ()) -> bytes:
-    """``_upsert`` (with ``key``) or ``_insert`` (without) for many rows at once: the rows
-    are one JSON array of objects named by column, typed by the table's own row type."""
+    """Insert rows, or update those that exist (with ``key``): the rows are one JSON
+    array of objects named by column, typed by the table's own row type."""
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     query = sql.SQL(
         "INSERT INTO {table} ({names})"
@@ -80,16 +60,7 @@ def _columns(cls: type[msgspec.Struct]) -> tuple[str, ...]:
 # A mission's failure count is not stored: it is counted when the mission is read
 # (``queries.MISSION_ROW``), so a failure recorded before its mission's row exists counts.
 MISSION_COLUMNS = tuple(c for c in _columns(Mission) if c != "projection_failures")
-UPSERT_MISSION = _upsert("missions", MISSION_COLUMNS, ("id",))
-UPSERT_TASK = _upsert("tasks", _columns(Task), ("mission_id", "task_id"))
-UPSERT_PLAN = _upsert("plans", _columns(Plan), ("mission_id", "version"))
-INSERTS: dict[type[msgspec.Struct], bytes] = {
-    UsageEntry: _insert("usage_records", _columns(UsageEntry)),
-    MissionMessage: _insert("mission_messages", _columns(MissionMessage)),
-    BudgetAlert: _insert("budget_alerts", _columns(BudgetAlert)),
-}
-
-# The same, for many rows in one statement (the catch-up's runs); each key at most once.
+# The read model's writes, for one row or many in one statement; each key at most once.
 UPSERT_MISSIONS = _many("missions", MISSION_COLUMNS, ("id",))
 UPSERT_TASKS = _many("tasks", _columns(Task), ("mission_id", "task_id"))
 UPSERT_PLANS = _many("plans", _columns(Plan), ("mission_id", "version"))
@@ -100,21 +71,32 @@ INSERTS_MANY: dict[type[msgspec.Struct], bytes] = {
 }
 
 # Merging what one event says about an agent session into its row; see SessionUpdate
-# for why each column merges the way it does.
-_MERGE_SESSION = """
+# for why each column merges the way it does. The update goes as one JSON object (its
+# fields by name, encoded by msgspec) rather than twenty parameters psycopg adapts one
+# at a time. ``status`` as sent (it may be null) is read from ``u``; every other column
+# as inserted, from ``EXCLUDED``.
+MERGE_SESSION_SQL = b"""
+WITH u AS (
+    SELECT * FROM jsonb_to_record(%s::jsonb) AS u(
+        mission_id text, task_id text, attempt integer, seen_at timestamptz,
+        runner_id text, model text, status text, started_at timestamptz,
+        finished_at timestamptz, error text, progress_at timestamptz, turns integer,
+        tool_calls integer, files_changed text[], last_action text, tokens_in bigint,
+        tokens_out bigint, cost_usd double precision, unknown_cost boolean)
+)
 INSERT INTO agent_sessions AS s (
     mission_id, task_id, attempt, runner_id, model, status, started_at, finished_at,
     last_seen_at, error, progress_at, turns, tool_calls, files_changed, last_action,
     tokens_in, tokens_out, cost_usd, cost_complete)
-VALUES (
-    %(mission_id)s, %(task_id)s, %(attempt)s, %(runner_id)s, %(model)s,
-    coalesce(%(status)s, 'running'), %(started_at)s, %(finished_at)s, %(seen_at)s,
-    %(error)s, %(progress_at)s, %(turns)s, %(tool_calls)s, %(files_changed)s,
-    %(last_action)s, %(tokens_in)s, %(tokens_out)s, %(cost_usd)s, NOT %(unknown_cost)s)
+SELECT
+    mission_id, task_id, attempt, runner_id, model, coalesce(status, 'running'),
+    started_at, finished_at, seen_at, error, progress_at, turns, tool_calls,
+    files_changed, last_action, tokens_in, tokens_out, cost_usd, NOT unknown_cost
+FROM u
 ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
     runner_id = coalesce(s.runner_id, EXCLUDED.runner_id),
     model = coalesce(EXCLUDED.model, s.model),
-    status = coalesce(%(status)s, s.status),
+    status = coalesce((SELECT status FROM u), s.status),
     started_at = coalesce(EXCLUDED.started_at, s.started_at),
     finished_at = coalesce(EXCLUDED.finished_at, s.finished_at),
     last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
@@ -129,31 +111,22 @@ ON CONFLICT (mission_id, task_id, attempt) DO UPDATE SET
     cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN s.cost_usd
                     ELSE coalesce(s.cost_usd, 0) + EXCLUDED.cost_usd END,
     cost_complete = s.cost_complete AND EXCLUDED.cost_complete
-"""
-# ``newer``: this update carries progress at least as recent as the stored one.
-_NEWER = (
-    "(%(progress_at)s::timestamptz IS NOT NULL"
-    " AND (s.progress_at IS NULL OR %(progress_at)s::timestamptz >= s.progress_at))"
+""".replace(
+    # ``newer``: this update carries progress at least as recent as the stored one.
+    b"%(newer)s",
+    b"(EXCLUDED.progress_at IS NOT NULL"
+    b" AND (s.progress_at IS NULL OR EXCLUDED.progress_at >= s.progress_at))",
 )
-# bytes: psycopg takes a query built at import time as bytes (it is not a literal string).
-MERGE_SESSION_SQL = _MERGE_SESSION.replace("%(newer)s", _NEWER).encode()
 
 
-def row_values(struct: msgspec.Struct, columns: tuple[str, ...] | None = None) -> list[Any]:
-    """A struct's values in column order (all its fields, or ``columns``), JSON columns
-    wrapped for psycopg."""
-    values: list[Any] = []
-    for column in struct.__struct_fields__ if columns is None else columns:
-        value = getattr(struct, column)
-        if column in _JSON_COLUMNS:
-            value = Jsonb(msgspec.to_builtins(value))
-        values.append(value)
-    return values
+def session_json(update: SessionUpdate) -> str:
+    """``MERGE_SESSION_SQL``'s parameter."""
+    return msgspec.json.encode(update).decode()
 
 
 def rows_json(structs: list[Any]) -> str:
     """Rows for a ``_many`` statement: the structs as one JSON array of objects (their
-    JSON columns as JSON, which is how ``row_values`` writes them too)."""
+    JSON columns as JSON)."""
     return msgspec.json.encode(structs).decode()
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import DictRow, dict_row
 
 from aether_events import Event, encode, tag_of
 from aether_events.codec import without_secrets
@@ -27,6 +26,7 @@ from aether_gateway.adapters.rows import (
     UPSERT_TASKS,
     convert,
     rows_json,
+    session_json,
     task_of,
 )
 from aether_gateway.domain import (
@@ -56,11 +56,36 @@ RETURNING seq
 """
 
 
+class Sent:
+    """A run's record and reads, sent and not yet answered (see ``send_run``)."""
+
+    def __init__(
+        self,
+        run: list[tuple[Event, int]],
+        needed: dict[str, list[str] | None],
+        recorded: AsyncCursor[Any],
+        missions: AsyncCursor[DictRow],
+        tasks: AsyncCursor[DictRow],
+    ) -> None:
+        self.run = run
+        self.needed = needed
+        self.recorded = recorded
+        self.missions = missions
+        self.tasks = tasks
+
+
 async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> int:
     """Fold ``run`` (events with their stream sequences, in stream order, each above the
     position) in the caller's transaction; returns how many were new to the read model."""
     if not run:
         return 0
+    return await finish_run(conn, await send_run(conn, run))
+
+
+async def send_run(conn: AsyncConnection, run: list[tuple[Event, int]]) -> Sent:
+    """The first half of ``fold_events``: record the run's events and ask for the rows
+    they read, without waiting for an answer (in a pipeline, these go to the server
+    with whatever is sent before the next answer is read)."""
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
     for event, sequence in run:
         values = (
@@ -79,7 +104,6 @@ async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> in
     mission_ids = sorted(needed)
     whole = [m for m in mission_ids if needed[m] is None]
     some = [(m, t) for m in mission_ids for t in needed[m] or ()]
-    # Sent before the insert's answer is read: in a pipeline they all go together.
     missions = conn.cursor(row_factory=dict_row)
     await missions.execute(
         "SELECT * FROM missions WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (mission_ids,)
@@ -92,12 +116,18 @@ async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> in
         " (SELECT * FROM unnest(%s::text[], %s::text[]))",
         (whole, [m for m, _ in some], [t for _, t in some]),
     )
-    fresh = {int(row[0]) for row in await recorded.fetchall()}
+    return Sent(run, needed, recorded, missions, tasks)
+
+
+async def finish_run(conn: AsyncConnection, sent: Sent) -> int:
+    """The second half of ``fold_events``: read the answers, fold, write the rows."""
+    run, needed = sent.run, sent.needed
+    fresh = {int(row[0]) for row in await sent.recorded.fetchall()}
     views: dict[str, MissionView] = {}
-    async with missions:
+    async with sent.missions as missions:
         for row in await missions.fetchall():
             views[row["id"]] = MissionView(mission=convert(row, Mission))
-    async with tasks:
+    async with sent.tasks as tasks:
         for row in await tasks.fetchall():
             task = convert(row, Task)
             view = views.get(task.mission_id)
@@ -119,9 +149,7 @@ async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> in
     await _write_many(conn, INSERTS_MANY[BudgetAlert], writes.alerts)
     if writes.sessions:
         async with conn.cursor() as cur:
-            await cur.executemany(
-                MERGE_SESSION_SQL, [msgspec.structs.asdict(s) for s in writes.sessions]
-            )
+            await cur.executemany(MERGE_SESSION_SQL, [(session_json(s),) for s in writes.sessions])
     return len(fresh)
 
 

@@ -5,12 +5,11 @@ back in order, a page at a time."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from aether_events import TranscriptRecorded, Usage
 from aether_gateway.adapters.db import Database
@@ -38,15 +37,18 @@ class TranscriptEntry(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
 
 
+# The entry goes as one JSON object (encoded by msgspec) rather than one parameter a
+# column, each adapted by psycopg on its own: a transcript entry is most of the telemetry
+# the gateway folds. A column the object leaves out is NULL.
 _INSERT = """
 INSERT INTO transcript_entries (
     mission_id, task_id, attempt, sequence, event_id, runner_id, runtime, kind, text, tool,
     arguments, result, is_error, exit_code, status, stop_reason, usage, truncated, occurred_at
-) VALUES (
-    %(mission_id)s, %(task_id)s, %(attempt)s, %(sequence)s, %(event_id)s, %(runner_id)s,
-    %(runtime)s, %(kind)s, %(text)s, %(tool)s, %(arguments)s, %(result)s, %(is_error)s,
-    %(exit_code)s, %(status)s, %(stop_reason)s, %(usage)s, %(truncated)s, %(occurred_at)s
 )
+SELECT
+    mission_id, task_id, attempt, sequence, event_id, runner_id, runtime, kind, text, tool,
+    arguments, result, is_error, exit_code, status, stop_reason, usage, truncated, occurred_at
+FROM jsonb_populate_record(NULL::transcript_entries, %s::jsonb)
 ON CONFLICT (mission_id, task_id, attempt, sequence) DO NOTHING
 """
 
@@ -69,31 +71,37 @@ def _clean(text: str) -> str:
 
 async def store_entry(conn: AsyncConnection, event: TranscriptRecorded) -> bool:
     """Store ``event`` in the caller's transaction; whether it was new."""
-    cursor = await conn.execute(
-        _INSERT,
-        {
-            "mission_id": event.mission_id,
-            "task_id": event.task_id,
-            "attempt": event.attempt,
-            "sequence": event.sequence,
-            "event_id": event.event_id,
-            "runner_id": _clean(event.runner_id),
-            "runtime": _clean(event.runtime),
-            "kind": event.kind,
-            "text": _clean(event.text),
-            "tool": _clean(event.tool),
-            "arguments": _clean(event.arguments),
-            "result": _clean(event.result),
-            "is_error": event.is_error,
-            "exit_code": event.exit_code,
-            "status": _clean(event.status),
-            "stop_reason": None if event.stop_reason is None else _clean(event.stop_reason),
-            "usage": None if event.usage is None else Jsonb(msgspec.to_builtins(event.usage)),
-            "truncated": event.truncated,
-            "occurred_at": event.occurred_at,
-        },
-    )
+    cursor = await conn.execute(*storing(event))
     return cursor.rowcount == 1
+
+
+def storing(event: TranscriptRecorded) -> tuple[LiteralString, tuple[str]]:
+    """The statement that stores ``event``, and its parameters."""
+    entry: dict[str, Any] = {
+        "mission_id": event.mission_id,
+        "task_id": event.task_id,
+        "attempt": event.attempt,
+        "sequence": event.sequence,
+        "event_id": event.event_id,
+        "runner_id": _clean(event.runner_id),
+        "runtime": _clean(event.runtime),
+        "kind": event.kind,
+        "text": _clean(event.text),
+        "tool": _clean(event.tool),
+        "arguments": _clean(event.arguments),
+        "result": _clean(event.result),
+        "is_error": event.is_error,
+        "status": _clean(event.status),
+        "truncated": event.truncated,
+        "occurred_at": event.occurred_at,
+    }
+    if event.exit_code is not None:
+        entry["exit_code"] = event.exit_code
+    if event.stop_reason is not None:
+        entry["stop_reason"] = _clean(event.stop_reason)
+    if event.usage is not None:
+        entry["usage"] = event.usage
+    return _INSERT, (msgspec.json.encode(entry).decode(),)
 
 
 async def transcript_page(
