@@ -41,12 +41,11 @@ def test_each_files_cpu_is_counted_in_pytest_and_in_the_processes_it_started(tmp
             "-m",
             "pytest",
             "-q",
+            "--disable-plugin-autoload",  # no other plugin: a run of three small tests
             "-p",
             "tests.cputime",
             "-p",
             "no:cacheprovider",
-            "-n",
-            "0",
             "-c",
             os.devnull,
             "--rootdir",
