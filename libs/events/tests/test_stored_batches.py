@@ -5,16 +5,26 @@ early without leaving the read half open."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
+import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 
+from aether.infra import EmbeddedNats
 from aether_events import (
     ALL_MISSION_EVENTS,
     MISSIONS_STREAM,
     EventPublisher,
     MissionMessagePosted,
     MissionRequested,
+    ReplayStalled,
     derived_id,
     ensure_streams,
     stored_messages,
@@ -98,3 +108,40 @@ async def test_a_read_ended_early_can_be_followed_by_another(nc: NatsClient) -> 
         async for msg in stored_messages(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, after=6)
     ]
     assert again == list(range(7, 31))
+
+
+async def test_a_server_that_stops_answering_mid_read_ends_it_with_an_error_not_a_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What arrived is given, and then the read fails: a silent server must not make a
+    part of the history pass for all of it."""
+    data = Path(tempfile.mkdtemp(prefix="aether-test-nats-"))
+    server = EmbeddedNats(data).start()
+    stopped = False
+    nc = await nats.connect(server.url)
+    try:
+        await store(nc, 20)
+        seqs: list[int] = []
+
+        async def read() -> None:
+            nonlocal stopped
+            async for batch in stored_batches(
+                nc.jetstream(), MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=5
+            ):
+                seqs.extend(msg.metadata.sequence.stream for msg in batch)
+                if not stopped:
+                    os.kill(server.process.pid, signal.SIGSTOP)  # takes requests, answers none
+                    stopped = True
+                    # A short wait from here on (the module, not the package's ``replay``
+                    # function of the same name); the first batch had the usual one.
+                    monkeypatch.setattr(sys.modules["aether_events.replay"], "PULL_TIMEOUT", 1.0)
+
+        with pytest.raises(ReplayStalled, match="15 messages still to come"):
+            await read()
+        assert seqs == [1, 2, 3, 4, 5]
+    finally:
+        if stopped:
+            os.kill(server.process.pid, signal.SIGCONT)
+        await nc.close()
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)

@@ -66,7 +66,13 @@ from aether_events.ids import (
 )
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher, Publisher
-from aether_events.replay import ReplayResult, mission_history, replay, stored_messages
+from aether_events.replay import (
+    ReplayResult,
+    ReplayStalled,
+    mission_history,
+    replay,
+    stored_messages,
+)
 from aether_events.scopes import in_scope, outside_scope
 from aether_events.status import (
     MISSION_STATUSES,
@@ -161,6 +167,7 @@ __all__ = [
     "PlannedTask",
     "Publisher",
     "ReplayResult",
+    "ReplayStalled",
     "RepoFile",
     "RepositoryPrepared",
     "Step",

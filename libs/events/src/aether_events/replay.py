@@ -44,6 +44,15 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     skipped: int = 0
 
 
+# How long a read waits for the server to answer one pull request.
+PULL_TIMEOUT = 5.0
+
+
+class ReplayStalled(TimeoutError):
+    """The server stopped answering a read of stored messages before it had given them
+    all: what was read is not the whole history. The read can be made again."""
+
+
 async def stored_messages(
     js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
 ) -> AsyncGenerator[Msg, None]:
@@ -66,6 +75,8 @@ async def stored_batches(
     time, and they are gathered by a subscription's callback. nats-py's ``fetch`` makes a
     task and a timer for every message it returns, which a start-up replay of tens of
     thousands of events pays over and over; here a batch costs one request and one wait.
+    A server that stops answering while the stream holds more raises ``ReplayStalled``
+    (after the messages that did arrive).
     """
     nc = js._nc
     one, several = filters_of(subject)
@@ -92,7 +103,7 @@ async def stored_batches(
             await nc.publish(next_subject, request, reply=sub.subject)
             timed_out = False
             try:
-                await asyncio.wait_for(pull.done.wait(), timeout=5.0)
+                await asyncio.wait_for(pull.done.wait(), timeout=PULL_TIMEOUT)
             except TimeoutError:
                 timed_out = True
         finally:
@@ -100,9 +111,16 @@ async def stored_batches(
         msgs = pull.msgs
         if msgs:
             yield msgs
-        if timed_out or not msgs:
-            # A silent server, or nothing more now: the read ends with what arrived.
-            break
+        if timed_out:
+            # The server stopped answering (a node lost, a leader being elected) while
+            # the stream held more: a read that ended here would pass a part of the
+            # history for the whole of it (a start-up replay, a mission's history).
+            raise ReplayStalled(
+                f"{stream} did not answer a read of {subject!r} for"
+                f" {PULL_TIMEOUT:.0f} s with {remaining - len(msgs)} messages still to come"
+            )
+        if not msgs:
+            break  # nothing more now
         remaining = msgs[-1].metadata.num_pending or 0
 
 
