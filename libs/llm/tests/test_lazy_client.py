@@ -74,8 +74,13 @@ def test_the_sdk_gathers_no_span_attributes_when_no_span_could_be_recorded(
     client = make_client(LLMSettings(api_key="k", base_url="http://127.0.0.1:9"))
     assert client._open_telemetry["traces"]["enabled"] is False
     assert client._tracer is None
-    # A tracer provider named in the environment: the SDK's default, its spans on.
-    monkeypatch.setenv("OTEL_PYTHON_TRACER_PROVIDER", "sdk_tracer_provider")
+    # With an OpenTelemetry SDK installed: the SDK's default, its spans on.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: object() if name == "opentelemetry.sdk" else find_spec(name, *rest),
+    )
     assert sdk_spans() is None
     client = make_client(LLMSettings(api_key="k", base_url="http://127.0.0.1:9"))
     assert client._open_telemetry["traces"]["enabled"] is True

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import threading
 from typing import TYPE_CHECKING, Literal
 
@@ -109,12 +108,11 @@ class LazyClient:
 
 def sdk_spans() -> Literal[False] | None:
     """The SDK's ``open_telemetry`` option: ``None`` (its default, spans as the
-    environment says) when an OpenTelemetry SDK is installed or a tracer provider named,
-    ``False`` otherwise. With the OpenTelemetry API alone every span is a no-op, and the
-    SDK still gathered each call's span attributes from its request and headers: about a
-    quarter of a millisecond of CPU per model call, a tenth of the call's."""
-    if os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
-        return None
+    environment says) when an OpenTelemetry SDK is installed, ``False`` otherwise. With
+    the OpenTelemetry API alone every span is a no-op, and the SDK still gathered each
+    call's span attributes from its request and headers: about a quarter of a
+    millisecond of CPU per model call, a tenth of the call's. (Decided by what is
+    installed, not by a setting: a service reads only the settings it is handed.)"""
     try:
         found = importlib.util.find_spec("opentelemetry.sdk")
     except (ImportError, ValueError):
