@@ -136,9 +136,12 @@ async def test_a_server_that_stops_answering_mid_read_ends_it_with_an_error_not_
                     # function of the same name); the first batch had the usual one.
                     monkeypatch.setattr(sys.modules["aether_events.replay"], "PULL_TIMEOUT", 1.0)
 
-        with pytest.raises(ReplayStalled, match="15 messages still to come"):
+        with pytest.raises(ReplayStalled) as stalled:
             await read()
-        assert seqs == [1, 2, 3, 4, 5]
+        # What arrived, in order, and not all of it (the signal may take a moment to stop
+        # a server answering on the other core, so a second batch may still come).
+        assert 5 <= len(seqs) < 20 and seqs == list(range(1, len(seqs) + 1))
+        assert f"{20 - len(seqs)} messages still to come" in str(stalled.value)
     finally:
         if stopped:
             os.kill(server.process.pid, signal.SIGCONT)
