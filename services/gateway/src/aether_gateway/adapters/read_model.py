@@ -33,8 +33,7 @@ from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
 from psycopg.abc import Params
 from psycopg.rows import DictRow, dict_row
 
-from aether_events import Event, MissionRequested, TranscriptRecorded, encode, tag_of
-from aether_events.codec import without_secrets
+from aether_events import Event, MissionRequested, TranscriptRecorded, tag_of
 from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
@@ -45,9 +44,9 @@ from aether_gateway.adapters.rows import (
     UPSERT_PLANS,
     UPSERT_TASKS,
     convert,
+    event_row,
     rows_json,
     session_json,
-    task_of,
 )
 from aether_gateway.adapters.runs import finish_run, fold_events, send_run
 from aether_gateway.adapters.stream import Incoming, StoredMessage
@@ -386,7 +385,7 @@ class ReadModel:
         first.add(_LOCK_POSITION, (consumer,))
         task_ids: list[str] | None = None
         if stream == "missions":
-            first.add(_RECORD_EVENT, _recorded(event, seq))
+            first.add(_RECORD_EVENT, event_row(event, seq))
             task_ids = tasks_read(event)
             for query, params in _reads(event.mission_id, task_ids):
                 first.add(query, params)
@@ -528,7 +527,7 @@ class ReadModel:
         answers (``_fold_read`` reads them)."""
         # The same event id at a new sequence (republished after the stream's duplicate
         # window) is history already: record nothing, fold nothing.
-        cur = await conn.execute(_RECORD_EVENT, _recorded(event, sequence))
+        cur = await conn.execute(_RECORD_EVENT, event_row(event, sequence))
         # Only the rows the event reads: loading every task of the mission for each event
         # made a fold cost grow with the mission's size. They are asked for before the
         # insert's answer is read, so in a pipeline both go in one round trip; for an
@@ -766,19 +765,6 @@ RETURNING seq
 _SET_POSITION = (
     b"UPDATE projection_position SET last_seq = %s, updated_at = now() WHERE consumer = %s"
 )
-
-
-def _recorded(event: Event, sequence: int) -> Params:
-    """``_RECORD_EVENT``'s parameters."""
-    return (
-        sequence,
-        event.mission_id,
-        tag_of(type(event)),
-        task_of(event),
-        event.event_id,
-        event.occurred_at,
-        encode(without_secrets(event)).decode(),
-    )
 
 
 def _reads(mission_id: str, task_ids: list[str] | None) -> list[Statement]:

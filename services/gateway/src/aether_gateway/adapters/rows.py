@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 import msgspec
 from psycopg import sql
 
-from aether_events import Event
+from aether_events import Event, encode, tag_of
+from aether_events.codec import without_secrets
 from aether_gateway.domain import (
     BudgetAlert,
     Mission,
@@ -142,3 +143,17 @@ def task_of(event: Event) -> str | None:
         task = getattr(event, "task", None)
         value = getattr(task, "id", None)
     return value if isinstance(value, str) else None
+
+
+def event_row(event: Event, sequence: int) -> tuple[Any, ...]:
+    """An event as the ``events`` table stores it: its sequence, mission, type, task, id,
+    time and JSON (without secrets), in that order."""
+    return (
+        sequence,
+        event.mission_id,
+        tag_of(type(event)),
+        task_of(event),
+        event.event_id,
+        event.occurred_at,
+        encode(without_secrets(event)).decode(),
+    )

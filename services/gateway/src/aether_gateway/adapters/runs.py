@@ -16,8 +16,7 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
-from aether_events import Event, encode, tag_of
-from aether_events.codec import without_secrets
+from aether_events import Event
 from aether_gateway.adapters.rows import (
     INSERTS_MANY,
     MERGE_SESSION_SQL,
@@ -25,9 +24,9 @@ from aether_gateway.adapters.rows import (
     UPSERT_PLANS,
     UPSERT_TASKS,
     convert,
+    event_row,
     rows_json,
     session_json,
-    task_of,
 )
 from aether_gateway.domain import (
     BudgetAlert,
@@ -88,16 +87,7 @@ async def send_run(conn: AsyncConnection, run: list[tuple[Event, int]]) -> Sent:
     with whatever is sent before the next answer is read)."""
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
     for event, sequence in run:
-        values = (
-            sequence,
-            event.mission_id,
-            tag_of(type(event)),
-            task_of(event),
-            event.event_id,
-            event.occurred_at,
-            encode(without_secrets(event)).decode(),
-        )
-        for column, value in zip(columns, values, strict=True):
+        for column, value in zip(columns, event_row(event, sequence), strict=True):
             column.append(value)
     recorded = await conn.execute(_RECORD_EVENTS, columns)
     needed = tasks_needed([event for event, _ in run])
