@@ -3,7 +3,10 @@
 Runs missions of N tasks (independent, then chained) through the five services as
 separate processes on embedded NATS and PostgreSQL, with a model server whose agent does
 no model work: it writes one file and finishes. For every task it measures TaskReady →
-BranchMerged from the events' timestamps. In the same run it times the same git
+BranchMerged from the events' timestamps. Each stack first runs a small warm-up mission
+(``--warm-up``, its wall time printed), as the peers in ``bench/peers`` are timed after
+their start-up: a fresh stack's first mission imports the model SDK in the planner and the
+runner (at their first model call). In the same run it times the same git
 operations in a plain loop (task branch and worktree at the integration head, write one
 file, commit, merge, remove the worktree) with the same adapters the services use.
 
@@ -17,7 +20,7 @@ handler time per task under cProfile and saves the profile (``.prof``, and the t
 as text) in the work directory.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
-        [--profile [--profile-service NAME] [--profile-cpu]]
+        [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -64,6 +67,9 @@ from aether_git_broker.adapters.git import GitRepositories
 from aether_llm import MessagesServer, Reply, tool_use_block
 
 _TASK = re.compile(r"<task>(.*?)</task>", re.DOTALL)
+# A requirement as the planner's prompt holds it (the messages as JSON text).
+_REQUIREMENT = re.compile(r"<requirement>\\n(.*?)\\n</requirement>")
+WARM_UP = "warm-up"
 
 
 def plan_of(n: int, shape: str) -> dict[str, Any]:
@@ -82,15 +88,22 @@ def plan_of(n: int, shape: str) -> dict[str, Any]:
 
 
 class NoWorkModel:
-    """Plans the given graph; an agent writes its one file, then finishes."""
+    """Plans the given graph (or, for a requirement named in ``others``, that one's); an
+    agent writes its one file, then finishes."""
 
-    def __init__(self, plan: dict[str, Any]) -> None:
+    def __init__(
+        self, plan: dict[str, Any], others: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.plan = plan
+        self.others = others or {}
 
     def __call__(self, request: dict[str, Any]) -> Reply:
         tools = {t["name"] for t in request.get("tools", [])}
         if "submit_plan" in tools:
-            return Reply([tool_use_block("submit_plan", self.plan)], "tool_use", 10, 10)
+            text = json.dumps(request["messages"])
+            named = _REQUIREMENT.search(text)
+            plan = self.others.get(named.group(1), self.plan) if named else self.plan
+            return Reply([tool_use_block("submit_plan", plan)], "tool_use", 10, 10)
         content = request["messages"][0]["content"]
         text = content if isinstance(content, str) else content[0]["text"]
         found = _TASK.search(text)
@@ -112,7 +125,9 @@ def summary(values: list[float]) -> str:
     return f"mean {mean * 1000:7.1f} ms  p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms"
 
 
-async def run_mission(stack: Stack, repo: Path, n: int, concurrency: int) -> list[Event]:
+async def run_mission(
+    stack: Stack, repo: Path, n: int, concurrency: int, requirement: str = "benchmark"
+) -> list[Event]:
     nc = await nats.connect(stack.nats_url)
     try:
         async with httpx.AsyncClient(
@@ -122,7 +137,7 @@ async def run_mission(stack: Stack, repo: Path, n: int, concurrency: int) -> lis
                 "/missions",
                 json={
                     "repository": str(repo),
-                    "requirement": "benchmark",
+                    "requirement": requirement,
                     "auto_approve": True,
                     "max_tasks": n,
                     "max_concurrency": concurrency,
@@ -243,17 +258,31 @@ def service_cpu(stack: Stack) -> dict[str, float]:
     return out
 
 
+def scrape_all(stack: Stack) -> dict[str, dict[str, float]]:
+    """``scrape`` of every service."""
+    return {name: scrape(stack.processes[name].url) for name in SERVICES}
+
+
 def print_services(
-    shape: str, stack: Stack, n: int, cpu_before: dict[str, float]
+    shape: str,
+    stack: Stack,
+    n: int,
+    cpu_before: dict[str, float],
+    before: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """Per service: deliveries per task, mean handler ms, mean wait before handling, CPU
-    ms per task. Returns handler seconds per task by service."""
+    """Per service, since ``before`` (the services' metrics then): deliveries per task,
+    mean handler ms, mean wait before handling, CPU ms per task. Returns handler seconds
+    per task by service."""
     cpu_after = service_cpu(stack)
     print(f"  {shape}: service        deliveries/task  handler ms  waited ms  CPU ms/task")
     handler_per_task: dict[str, float] = {}
     total_deliveries = 0.0
     for name in SERVICES:
-        totals = scrape(stack.processes[name].url)
+        earlier = (before or {}).get(name, {})
+        totals = {
+            key: value - earlier.get(key, 0.0)
+            for key, value in scrape(stack.processes[name].url).items()
+        }
         count = totals.get("aether_handler_duration_seconds_count", 0.0)
         spent = totals.get("aether_handler_duration_seconds_sum", 0.0)
         waits = totals.get("aether_event_delivery_delay_seconds_count", 0.0)
@@ -311,10 +340,14 @@ async def run_shape(
     n: int,
     concurrency: int,
     python_options: dict[str, list[str]] | None = None,
+    warm_up: int = 2,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
-    """One mission through a fresh stack: its events, wall time, and (read before the stack
-    stops) the services' handler seconds per task. Prints the hop and service tables."""
-    model = MessagesServer(NoWorkModel(plan_of(n, shape))).start()
+    """One mission through a fresh stack, after a warm-up mission of ``warm_up`` tasks on
+    the same stack (the peers too are timed after their start-up): its events, wall time,
+    and (read before the stack stops) the services' handler seconds per task. Prints the
+    warm-up's wall time and the measured mission's hop and service tables."""
+    others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
+    model = MessagesServer(NoWorkModel(plan_of(n, shape), others)).start()
     stack = Stack(
         home=work / f"stack-{label}",
         random_ports=True,
@@ -329,15 +362,29 @@ async def run_shape(
     handler: dict[str, float] = {}
     try:
         await asyncio.to_thread(stack.start)
+        if warm_up:
+            # A fresh stack's first mission pays one-time costs the measured one must not:
+            # the model SDK's import at the planner's and runner's first call, the
+            # services' first statements and connections.
+            warm_repo = work / f"repo-{label}-warm-up"
+            create_sample_repository(warm_repo)
+            began = time.perf_counter()
+            warm = await run_mission(stack, warm_repo, warm_up, concurrency, WARM_UP)
+            took = time.perf_counter() - began
+            if not any(isinstance(e, MissionCompleted) for e in warm):
+                print(f"  {label}: the warm-up mission did not complete", file=sys.stderr)
+                return warm, took, stack, handler, {}
+            print(f"  {label}: warm-up mission of {warm_up} tasks (the stack's first) {took:.2f} s")
         repo = work / f"repo-{label}"
         create_sample_repository(repo)
+        before = await asyncio.to_thread(scrape_all, stack)
         cpu_before = service_cpu(stack)
         began = time.perf_counter()
         events = await run_mission(stack, repo, n, concurrency)
         wall = time.perf_counter() - began
         if any(isinstance(e, MissionCompleted) for e in events):
             print_hops(label, per_task(events))
-            handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before)
+            handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before, before)
     finally:
         await asyncio.to_thread(stack.stop)
         model.stop()
@@ -349,6 +396,12 @@ async def main() -> int:
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--shape", choices=["independent", "chain", "both"], default="both")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=2,
+        help="tasks of the mission each stack runs before the measured one (0: none)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -373,7 +426,7 @@ async def main() -> int:
     handler_total: dict[str, float] = {}
     for shape in shapes:
         events, wall, _, handler, _ = await run_shape(
-            work, shape, shape, args.tasks, args.concurrency
+            work, shape, shape, args.tasks, args.concurrency, warm_up=args.warm_up
         )
         for name, seconds in handler.items():
             handler_total[name] = handler_total.get(name, 0.0) + seconds
@@ -408,6 +461,7 @@ async def main() -> int:
                     str(out),
                 ]
             },
+            args.warm_up,
         )
         if out.exists():
             text = io.StringIO()
