@@ -333,6 +333,25 @@ def plain_git_loop(work: Path, n: int) -> list[float]:
     return durations
 
 
+async def warm_up_stack(stack: Stack, work: Path, label: str, tasks: int, concurrency: int) -> bool:
+    """Run the stack's first mission, of ``tasks`` tasks (the model server's plan for the
+    ``WARM_UP`` requirement), and print its wall time; whether it completed.
+
+    A fresh stack's first mission pays one-time costs a measured one must not: the model
+    SDK's import at the planner's and the runner's first model call, the services' first
+    statements and connections."""
+    repo = work / f"repo-{label}-warm-up"
+    create_sample_repository(repo)
+    began = time.perf_counter()
+    events = await run_mission(stack, repo, tasks, concurrency, WARM_UP)
+    took = time.perf_counter() - began
+    if not any(isinstance(e, MissionCompleted) for e in events):
+        print(f"  {label}: the warm-up mission did not complete", file=sys.stderr)
+        return False
+    print(f"  {label}: warm-up mission of {tasks} tasks (the stack's first) {took:.2f} s")
+    return True
+
+
 async def run_shape(
     work: Path,
     label: str,
@@ -362,19 +381,8 @@ async def run_shape(
     handler: dict[str, float] = {}
     try:
         await asyncio.to_thread(stack.start)
-        if warm_up:
-            # A fresh stack's first mission pays one-time costs the measured one must not:
-            # the model SDK's import at the planner's and runner's first call, the
-            # services' first statements and connections.
-            warm_repo = work / f"repo-{label}-warm-up"
-            create_sample_repository(warm_repo)
-            began = time.perf_counter()
-            warm = await run_mission(stack, warm_repo, warm_up, concurrency, WARM_UP)
-            took = time.perf_counter() - began
-            if not any(isinstance(e, MissionCompleted) for e in warm):
-                print(f"  {label}: the warm-up mission did not complete", file=sys.stderr)
-                return warm, took, stack, handler, {}
-            print(f"  {label}: warm-up mission of {warm_up} tasks (the stack's first) {took:.2f} s")
+        if warm_up and not await warm_up_stack(stack, work, label, warm_up, concurrency):
+            return [], 0.0, stack, handler, {}
         repo = work / f"repo-{label}"
         create_sample_repository(repo)
         before = await asyncio.to_thread(scrape_all, stack)

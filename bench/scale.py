@@ -60,7 +60,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import itertools
 
-from overhead import NoWorkModel, per_task, plain_git_loop, plan_of, run_mission, service_cpu
+from overhead import (
+    WARM_UP,
+    NoWorkModel,
+    per_task,
+    plain_git_loop,
+    plan_of,
+    run_mission,
+    service_cpu,
+    warm_up_stack,
+)
 
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
@@ -118,10 +127,15 @@ class SizeRun:
 
 async def one_size(work: Path, n: int, run: int) -> SizeRun | None:
     floor = await asyncio.to_thread(plain_git_loop, work / f"plain-n{n}-{run}", n)
-    model = MessagesServer(NoWorkModel(plan_of(n, "chain"))).start()
+    plans = {WARM_UP: plan_of(2, "chain")}
+    model = MessagesServer(NoWorkModel(plan_of(n, "chain"), plans)).start()
     stack = make_stack(work, f"n{n}-{run}", model.url)
     try:
         await asyncio.to_thread(stack.start)
+        # Not on the stack's first mission: that one's first task waits for the SDK's
+        # import in the runner, which would weigh on N = 10 twenty times more than on 200.
+        if not await warm_up_stack(stack, work, f"n{n}-{run}", 2, 1):
+            return None
         repo = work / f"repo-n{n}-{run}"
         create_sample_repository(repo)
         samples: list[tuple[float, dict[str, float]]] = []
