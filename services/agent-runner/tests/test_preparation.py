@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from aether_agent_runner.adapters import attempt as attempt_module
+from aether_agent_runner.adapters import git as git_module
 from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.adapters.journal import AttemptLock
 from aether_agent_runner.config import AgentSettings
@@ -152,3 +153,121 @@ def refusals() -> float:
         "aether_agent_results_total", {"result": "credential_refused"}
     )
     return found or 0.0
+
+
+# --- one scan fewer -------------------------------------------------------------------------
+
+
+async def test_the_commit_takes_the_finish_checks_look_at_the_worktree_not_a_new_scan(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    model: Callable[[dict[str, list[Turn]]], Model],
+    reply: Callable[..., Turn],
+    tool: Callable[..., dict[str, Any]],
+    finish: Callable[..., Turn],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each scan reads every file's status, so a worktree of thousands of files pays for
+    each: a built-in attempt scans at its reset and at the finish check, and commits what
+    that check found (no tool call ran in between); a finish after a tool call that
+    followed the check is committed from a scan of its own (below)."""
+    scripted = model(
+        {"t1": [reply(tool("write_file", path="src/app.py", content="x = 1\n")), finish()]}
+    )
+    scans: list[str] = []
+    real_state = git_module._state
+
+    def counted(git_dir: Any, at: Any, max_hash: int) -> Any:
+        scans.append(at.decode())
+        return real_state(git_dir, at, max_hash)
+
+    monkeypatch.setattr(git_module, "_state", counted)
+    attempts = Attempts(
+        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+    emitted: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        emitted.append(event)
+
+    ready = workspace_ready(task_repo, "m-one-scan")
+    result = await attempts.work(ready, emit)
+
+    assert isinstance(result, AgentCompleted), result
+    assert scans == [ready.base_sha, ready.base_sha]  # the reset, the finish check
+    assert result.files_changed == ["src/app.py"]
+    shown = git(task_repo.repo, "show", "--name-only", "--format=", result.commit_sha)
+    assert shown.split() == ["src/app.py"]
+
+
+async def test_a_finish_after_a_tool_call_that_followed_the_last_check_is_scanned_again(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    model: Callable[[dict[str, list[Turn]]], Model],
+    reply: Callable[..., Turn],
+    tool: Callable[..., dict[str, Any]],
+    finish: Callable[..., Turn],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first finish is checked (nothing changed: objected to), the agent then writes
+    a file and finishes again, unchecked (one objection is all it gets): the look from
+    the check is older than the write, so the commit scans for itself and holds it."""
+    scripted = model(
+        {
+            "t1": [
+                finish(),
+                reply(tool("write_file", path="src/late.py", content="late = 1\n")),
+                finish(),
+            ]
+        }
+    )
+    scans: list[str] = []
+    real_state = git_module._state
+
+    def counted(git_dir: Any, at: Any, max_hash: int) -> Any:
+        scans.append(at.decode())
+        return real_state(git_dir, at, max_hash)
+
+    monkeypatch.setattr(git_module, "_state", counted)
+    attempts = Attempts(
+        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+
+    async def emit(event: Event) -> None:
+        pass
+
+    ready = workspace_ready(task_repo, "m-late-write")
+    result = await attempts.work(ready, emit)
+
+    assert isinstance(result, AgentCompleted), result
+    assert len(scans) == 3  # the reset, the first finish's check, the commit
+    assert result.files_changed == ["src/late.py"]
+
+
+def test_a_look_taken_before_the_branch_moved_is_not_committed(tmp_path: Path) -> None:
+    """``commit_all`` takes a caller's snapshot only if it was taken against the head it
+    commits on: one from before the last commit would commit that commit's changes again
+    and miss the new ones, so the worktree is scanned afresh."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.txt").write_text("a\n")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    task = git_module.GitDir.clone(repo, "main")
+    (repo / "b.txt").write_text("b\n")
+    early = git_module.snapshot(task)
+    first, changed = git_module.commit_all(task, "first\n", scanned=early)
+    assert first is not None and changed == ["b.txt"]
+    (repo / "c.txt").write_text("c\n")
+
+    second, changed = git_module.commit_all(task, "second\n", scanned=early)
+
+    assert second is not None and changed == ["c.txt"]
+    assert git(repo, "show", "--name-only", "--format=", second).split() == ["c.txt"]

@@ -30,10 +30,11 @@ from aether_agent_runner.adapters.git import (
     CommitRefused,
     GitDir,
     GitDirError,
-    changed_paths,
+    Snapshot,
     commit_all,
     commit_files,
     own_commit,
+    snapshot,
 )
 from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
 from aether_agent_runner.adapters.model import Outcome, Progress
@@ -360,8 +361,16 @@ class Attempts:
             limits=settings.sandbox.limits,
         )
 
+        commit_limits = settings.commit_limits()
+        # The latest look at the worktree and the tool calls begun before it: the commit
+        # reuses it when no call began since (the built-in loop's finish check is taken
+        # right before its outcome), rather than scanning every file again.
+        looked: list[tuple[Snapshot, int]] = []
+
         def changes_now() -> bool:
-            return bool(changed_paths(git))
+            seen = snapshot(git, commit_limits.max_blob_bytes)
+            looked[:] = [(seen, toolbox.calls)]
+            return seen.changed
 
         async def has_changes() -> bool:
             return await asyncio.to_thread(changes_now)
@@ -392,15 +401,23 @@ class Attempts:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
             return failed(ready, self.clock(), outcome.reason, outcome.retryable)
-        result, kind = await asyncio.to_thread(self._commit, ready, git, outcome)
+        unchanged = [seen for seen, calls in looked if calls == toolbox.calls]
+        scanned = unchanged[0] if unchanged and runtime.name == BUILTIN else None
+        result, kind = await asyncio.to_thread(self._commit, ready, git, outcome, scanned)
         metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
         return result
 
-    def _commit(self, ready: WorkspaceReady, git: GitDir, outcome: Outcome) -> tuple[Event, str]:
+    def _commit(
+        self,
+        ready: WorkspaceReady,
+        git: GitDir,
+        outcome: Outcome,
+        scanned: Snapshot | None = None,
+    ) -> tuple[Event, str]:
         message = decide.commit_message(ready, outcome.summary, outcome.usage)
         try:
-            sha, changed = commit_all(git, message, self.settings.commit_limits())
+            sha, changed = commit_all(git, message, self.settings.commit_limits(), scanned)
         except CommitRefused as error:
             refused = decide.commit_refused(ready, self.clock(), str(error))
             log.warning("commit refused", extra={"reason": refused.reason})

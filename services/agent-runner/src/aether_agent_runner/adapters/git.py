@@ -230,6 +230,27 @@ def _text(path: bytes) -> str:
     return path.decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The worktree against the task branch's head as one scan found it (``snapshot``),
+    for ``commit_all`` to commit without scanning again when nothing wrote to the
+    worktree in between."""
+
+    head: bytes
+    max_hash: int
+    state: _State
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.state.changed)
+
+
+def snapshot(git: GitDir, max_hash: int = CommitLimits.max_blob_bytes) -> Snapshot:
+    """Scan the worktree against the task branch's head."""
+    head = git.refs()[git.ref]
+    return Snapshot(head, max_hash, _state(git, head, max_hash))
+
+
 def changed_paths(git: GitDir) -> list[str]:
     """Every path that differs from the head commit: modified, deleted or new (and not
     ignored)."""
@@ -251,18 +272,29 @@ def commit_files(git: GitDir, sha: str) -> list[str]:
 
 
 def commit_all(
-    git: GitDir, message: str, limits: CommitLimits | None = None
+    git: GitDir,
+    message: str,
+    limits: CommitLimits | None = None,
+    scanned: Snapshot | None = None,
 ) -> tuple[str | None, list[str]]:
     """Commit every change of the worktree on the task branch; ``(None, [])`` when nothing
     changed. Raises ``CommitRefused`` (nothing written to the branch) when the change is
-    over ``limits`` or holds a file that is not the worktree's own (a hard link)."""
+    over ``limits`` or holds a file that is not the worktree's own (a hard link).
+
+    ``scanned``: the caller's ``snapshot`` of the worktree, taken with nothing written to
+    it since, so the changes are the ones it found (a worktree of thousands of files is
+    scanned once rather than twice); ignored unless taken against the branch's head
+    with these limits. Each changed file is still read when committed, by descriptor."""
     limits = limits or CommitLimits()
     refs = git.refs()
     head = refs[git.ref]
-    try:
-        state = _state(git, head, limits.max_blob_bytes)
-    except TooDeep as error:
-        raise CommitRefused(str(error)) from None
+    if scanned is not None and scanned.head == head and scanned.max_hash == limits.max_blob_bytes:
+        state = scanned.state
+    else:
+        try:
+            state = _state(git, head, limits.max_blob_bytes)
+        except TooDeep as error:
+            raise CommitRefused(str(error)) from None
     store, tracked, found, changed = state.store, state.tracked, state.found, state.changed
     if not changed:
         return None, []

@@ -198,6 +198,9 @@ class ToolBox:
         self._sandbox = sandbox
         self._warm: WarmSandbox | None = None  # the one this toolbox started, and ends
         self._limits = limits
+        # Calls begun so far: a look at the worktree taken at one count is still what the
+        # agent left while the count stays the same.
+        self.calls = 0
 
     def sandbox(self) -> Sandbox | CommandRunner:
         """The sandbox commands run in, or ``ToolError`` naming what is missing."""
@@ -239,6 +242,7 @@ class ToolBox:
 
     async def call(self, name: str, args: dict[str, Any]) -> ToolResult:
         """Carry out one call; refusals and failures become error results for the model."""
+        self.calls += 1
         action = describe_call(name, args)
         ran: CommandResult | None = None
         try:
