@@ -73,12 +73,7 @@ async def test_a_fresh_builtin_attempt_is_prepared_in_one_hand_off(
     # Left by an earlier attempt in this (pooled) worktree: reset before the agent starts.
     (task_repo.worktree / "stray.txt").write_text("not this attempt's\n")
     monkeypatch.setattr(asyncio, "to_thread", to_thread)
-    attempts = Attempts(
-        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
-        settings=AgentSettings(commands=()),
-        runner_id="r",
-        clock=lambda: datetime.now(UTC),
-    )
+    attempts = builtin_attempts(scripted)
     emitted: list[Event] = []
 
     async def emit(event: Event) -> None:
@@ -158,6 +153,28 @@ def refusals() -> float:
 # --- one scan fewer -------------------------------------------------------------------------
 
 
+def counted_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The commit each scan of a worktree compares it with, in order, from now on."""
+    scans: list[str] = []
+    real_state = git_module._state
+
+    def counted(git_dir: Any, at: Any, max_hash: int) -> Any:
+        scans.append(at.decode())
+        return real_state(git_dir, at, max_hash)
+
+    monkeypatch.setattr(git_module, "_state", counted)
+    return scans
+
+
+def builtin_attempts(scripted: Model) -> Attempts:
+    return Attempts(
+        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+
+
 async def test_the_commit_takes_the_finish_checks_look_at_the_worktree_not_a_new_scan(
     task_repo: TaskRepo,
     workspace_ready: Callable[..., WorkspaceReady],
@@ -174,20 +191,8 @@ async def test_the_commit_takes_the_finish_checks_look_at_the_worktree_not_a_new
     scripted = model(
         {"t1": [reply(tool("write_file", path="src/app.py", content="x = 1\n")), finish()]}
     )
-    scans: list[str] = []
-    real_state = git_module._state
-
-    def counted(git_dir: Any, at: Any, max_hash: int) -> Any:
-        scans.append(at.decode())
-        return real_state(git_dir, at, max_hash)
-
-    monkeypatch.setattr(git_module, "_state", counted)
-    attempts = Attempts(
-        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
-        settings=AgentSettings(commands=()),
-        runner_id="r",
-        clock=lambda: datetime.now(UTC),
-    )
+    scans = counted_scans(monkeypatch)
+    attempts = builtin_attempts(scripted)
     emitted: list[Event] = []
 
     async def emit(event: Event) -> None:
@@ -224,20 +229,8 @@ async def test_a_finish_after_a_tool_call_that_followed_the_last_check_is_scanne
             ]
         }
     )
-    scans: list[str] = []
-    real_state = git_module._state
-
-    def counted(git_dir: Any, at: Any, max_hash: int) -> Any:
-        scans.append(at.decode())
-        return real_state(git_dir, at, max_hash)
-
-    monkeypatch.setattr(git_module, "_state", counted)
-    attempts = Attempts(
-        runtimes=lambda name: BuiltinRuntime(make_client(scripted.llm())),
-        settings=AgentSettings(commands=()),
-        runner_id="r",
-        clock=lambda: datetime.now(UTC),
-    )
+    scans = counted_scans(monkeypatch)
+    attempts = builtin_attempts(scripted)
 
     async def emit(event: Event) -> None:
         pass
