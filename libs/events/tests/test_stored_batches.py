@@ -5,6 +5,7 @@ early without leaving the read half open."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -148,3 +150,66 @@ async def test_a_server_that_stops_answering_mid_read_ends_it_with_an_error_not_
         await nc.close()
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+class _FirstAnswerEmpty:
+    """Makes the server answer a read's first pull request with nothing though messages
+    are stored, as a stream's new leader in a cluster can before it has caught up: the
+    request asks for at most one byte, so the server answers with a status and delivers
+    (and so uses up) nothing. ``then`` runs before that request is sent."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, then: Any = None) -> None:
+        module = sys.modules["aether_events.replay"]
+        self.emptied = 0
+        outer = self
+
+        class Json:
+            @staticmethod
+            def dumps(request: dict[str, Any]) -> str:
+                if outer.emptied == 0:
+                    outer.emptied += 1
+                    request = {**request, "max_bytes": 1}
+                return json.dumps(request)
+
+        monkeypatch.setattr(module, "json", Json)
+        if then is not None:
+            real_add = module.JetStreamContext.add_consumer
+
+            async def add_then(js: Any, *args: Any, **kwargs: Any) -> Any:
+                info = await real_add(js, *args, **kwargs)
+                await then()
+                return info
+
+            monkeypatch.setattr(module.JetStreamContext, "add_consumer", add_then)
+
+
+async def test_a_read_answered_with_nothing_while_more_is_stored_asks_again(
+    nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty answer is not the end while the consumer still counts messages to
+    deliver: the read asks again and gives them all, in order."""
+    await store(nc, 20)
+    empty = _FirstAnswerEmpty(monkeypatch)
+    seqs = [
+        msg.metadata.sequence.stream
+        async for msg in stored_messages(nc.jetstream(), MISSIONS_STREAM, ALL_MISSION_EVENTS)
+    ]
+    assert empty.emptied == 1
+    assert seqs == list(range(1, 21))
+
+
+async def test_a_read_answered_with_nothing_because_the_messages_are_gone_ends(
+    nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages purged (or aged out) after the read began: the consumer counts none
+    left, so the empty answer ends the read, with no error."""
+    await store(nc, 20)
+    js = nc.jetstream()
+
+    async def purge() -> None:
+        await js.purge_stream(MISSIONS_STREAM)
+
+    empty = _FirstAnswerEmpty(monkeypatch, then=purge)
+    seqs = [msg async for msg in stored_messages(js, MISSIONS_STREAM, ALL_MISSION_EVENTS)]
+    assert empty.emptied == 1
+    assert seqs == []

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
@@ -80,8 +81,9 @@ async def stored_batches(
     """
     nc = js._nc
     one, several = filters_of(subject)
+    name = nc._nuid.next().decode()
     config = ConsumerConfig(
-        name=nc._nuid.next().decode(),
+        name=name,
         filter_subject=one,
         filter_subjects=several,
         ack_policy=AckPolicy.NONE,
@@ -91,7 +93,10 @@ async def stored_batches(
     )
     info = await js.add_consumer(stream, config=config)
     remaining = info.num_pending or 0
-    next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{config.name}"
+    next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{name}"
+    loop = asyncio.get_running_loop()
+    # Since when pulls have been answered with nothing while the consumer counted more.
+    empty_since: float | None = None
     while remaining > 0:
         wanted = min(batch, remaining)
         # A subscription of its own for each request, so nothing late of an earlier one
@@ -119,9 +124,38 @@ async def stored_batches(
                 f"{stream} did not answer a read of {subject!r} for"
                 f" {PULL_TIMEOUT:.0f} s with {remaining - len(msgs)} messages still to come"
             )
-        if not msgs:
-            break  # nothing more now
-        remaining = msgs[-1].metadata.num_pending or 0
+        if msgs:
+            remaining = msgs[-1].metadata.num_pending or 0
+            empty_since = None
+            continue
+        # Answered with nothing while the consumer counted more: either they are gone
+        # (an age limit, a purge) or the server cannot give them yet (a new stream leader
+        # in a cluster, catching up). The consumer's own count says which; a read that
+        # ended here on the second would pass a part of the history for all of it.
+        remaining = await _pending(js, stream, name, remaining)
+        if remaining == 0:
+            break
+        empty_since = loop.time() if empty_since is None else empty_since
+        if loop.time() - empty_since > PULL_TIMEOUT:
+            raise ReplayStalled(
+                f"{stream} answered reads of {subject!r} with nothing for"
+                f" {PULL_TIMEOUT:.0f} s with {remaining} messages still to come"
+            )
+        await asyncio.sleep(_EMPTY_PAUSE)
+
+
+# Between reads answered with nothing while more are stored.
+_EMPTY_PAUSE = 0.05
+
+
+async def _pending(js: JetStreamContext, stream: str, consumer: str, known: int) -> int:
+    """The consumer's count of messages still to deliver, or ``known`` when the server
+    does not say (it may be electing a leader)."""
+    try:
+        info = await js.consumer_info(stream, consumer)
+    except (TimeoutError, nats.errors.Error):
+        return known
+    return info.num_pending or 0
 
 
 class _Pull:
