@@ -718,10 +718,11 @@ class Service:
         meters.pending.set(meta.num_pending)
         settled = self._last_settled.get(id(spec))
         if settled is not None and settled[0] == delivery.sequence:
-            # Delivered again after this lane settled it, and the server said so: its
-            # ack wait ran out before the settlement reached it (the server restarted
-            # meanwhile), and the delivery was waiting on the lane's standing request
-            # (``pull``). The work is done: settle it again rather than do it twice.
+            # Delivered again after this lane settled it: its ack wait ran out before the
+            # settlement reached the server (which restarted meanwhile; the delivery was
+            # waiting on the lane's standing request, ``pull``), or the server, killed
+            # before it wrote the delivery down, ignored the settlement and delivered the
+            # message again as new. The work is done: settle it again, not do it twice.
             log.info(
                 "a settled message delivered again is settled again",
                 extra={"consumer": spec.durable, "seq": delivery.sequence},
@@ -758,8 +759,12 @@ class Service:
         return (durable, sequence) in self._in_flight
 
     async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec, sequence: int) -> None:
-        if await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled):
-            self._last_settled[id(spec)] = (sequence, payload)
+        # Noted whether or not the server answers: the work is done either way. A server
+        # killed before it wrote down the delivery ignores the ack and delivers the
+        # message again as new, and one that never answered redelivers it after the ack
+        # wait; that copy is then settled the same way, not handled a second time.
+        self._last_settled[id(spec)] = (sequence, payload)
+        await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
 
     @property
     def _nats(self) -> NatsClient:
