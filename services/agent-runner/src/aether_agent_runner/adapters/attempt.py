@@ -27,6 +27,7 @@ from aether_agent_runner import metrics
 from aether_agent_runner.adapters.commands import CommandPolicy
 from aether_agent_runner.adapters.conversation import Conversation, identity
 from aether_agent_runner.adapters.git import (
+    CommitLimits,
     CommitRefused,
     GitDir,
     GitDirError,
@@ -362,14 +363,15 @@ class Attempts:
         )
 
         commit_limits = settings.commit_limits()
-        # The latest look at the worktree and the tool calls begun before it: the commit
-        # reuses it when no call began since (the built-in loop's finish check is taken
-        # right before its outcome), rather than scanning every file again.
-        looked: list[tuple[Snapshot, int]] = []
+        # The latest look at the worktree, with the tool calls begun before it: the
+        # commit reuses it when no call began since (the built-in loop's finish check is
+        # taken right before its outcome), rather than scanning every file again.
+        looked: tuple[Snapshot, int] | None = None
 
         def changes_now() -> bool:
+            nonlocal looked
             seen = snapshot(git, commit_limits.max_blob_bytes)
-            looked[:] = [(seen, toolbox.calls)]
+            looked = (seen, toolbox.calls)
             return seen.changed
 
         async def has_changes() -> bool:
@@ -401,9 +403,12 @@ class Attempts:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
             return failed(ready, self.clock(), outcome.reason, outcome.retryable)
-        unchanged = [seen for seen, calls in looked if calls == toolbox.calls]
-        scanned = unchanged[0] if unchanged and runtime.name == BUILTIN else None
-        result, kind = await asyncio.to_thread(self._commit, ready, git, outcome, scanned)
+        scanned = None
+        if looked is not None and looked[1] == toolbox.calls and runtime.name == BUILTIN:
+            scanned = looked[0]
+        result, kind = await asyncio.to_thread(
+            self._commit, ready, git, outcome, commit_limits, scanned
+        )
         metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
         return result
@@ -413,11 +418,12 @@ class Attempts:
         ready: WorkspaceReady,
         git: GitDir,
         outcome: Outcome,
+        limits: CommitLimits,
         scanned: Snapshot | None = None,
     ) -> tuple[Event, str]:
         message = decide.commit_message(ready, outcome.summary, outcome.usage)
         try:
-            sha, changed = commit_all(git, message, self.settings.commit_limits(), scanned)
+            sha, changed = commit_all(git, message, limits, scanned)
         except CommitRefused as error:
             refused = decide.commit_refused(ready, self.clock(), str(error))
             log.warning("commit refused", extra={"reason": refused.reason})
