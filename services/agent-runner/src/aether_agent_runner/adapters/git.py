@@ -254,8 +254,7 @@ def snapshot(git: GitDir, max_hash: int = CommitLimits.max_blob_bytes) -> Snapsh
 def changed_paths(git: GitDir) -> list[str]:
     """Every path that differs from the head commit: modified, deleted or new (and not
     ignored)."""
-    head = git.refs()[git.ref]
-    return [_text(p) for p in _state(git, head, CommitLimits.max_blob_bytes).changed]
+    return [_text(p) for p in snapshot(git).state.changed]
 
 
 def commit_files(git: GitDir, sha: str) -> list[str]:
