@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import nats
 import pytest
+from nats.js.api import PubAck
 
 from aether_events import (
     ALL_MISSION_EVENTS,
@@ -29,6 +30,7 @@ from aether_events import (
     decode,
     derived_id,
     ensure_streams,
+    publish_in_order,
     stored_messages,
     subject_for,
 )
@@ -166,3 +168,53 @@ async def test_an_event_whose_mission_id_is_no_subject_token_is_refused(bus: Bus
     with pytest.raises(ValueError, match="not a valid subject token"):
         await bus.publisher.publish(bad)
     assert await bus.stored(MISSIONS_STREAM) == []
+
+
+# --- several events of one decision ---------------------------------------------------
+
+
+class InFlight:
+    """A publisher counting how many of its publishes wait for an acknowledgement at once."""
+
+    def __init__(self, inner: Publisher) -> None:
+        self._inner = inner
+        self.now = 0
+        self.most = 0
+
+    async def publish(self, event: Event) -> PubAck:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await self._inner.publish(event)
+        finally:
+            self.now -= 1
+
+
+async def test_events_published_together_are_stored_in_their_order(bus: Bus) -> None:
+    """``publish_in_order`` sends each event before it starts the next and waits for the
+    acknowledgements together: the stream holds them in the order given, each with its
+    own sequence, and on the server the waits overlap."""
+    events: list[Event] = [requested(), *(failed(f"n{n}") for n in range(20)), heartbeat(1)]
+    counted = InFlight(bus.publisher)
+    acks = await publish_in_order(counted, events)
+    assert [(ack.stream, ack.seq) for ack in acks] == [
+        *((MISSIONS_STREAM, n) for n in range(1, 22)),
+        (TELEMETRY_STREAM, 1),
+    ]
+    assert [event for _, _, event in await bus.stored(MISSIONS_STREAM)] == events[:-1]
+    assert [event for _, _, event in await bus.stored(TELEMETRY_STREAM)] == [heartbeat(1)]
+    if isinstance(bus.publisher, EventPublisher):
+        assert counted.most > 1
+    # Published again (a retried decision): each is a duplicate of its first copy.
+    again = await publish_in_order(bus.publisher, events)
+    assert all(ack.duplicate for ack in again)
+    assert [(ack.stream, ack.seq) for ack in again] == [(a.stream, a.seq) for a in acks]
+
+
+async def test_an_event_refused_before_it_is_sent_stops_the_ones_after_it(bus: Bus) -> None:
+    bad = MissionFailed(
+        event_id="x", mission_id="m.1", occurred_at=NOW, correlation_id="c", reason="r"
+    )
+    with pytest.raises(ValueError, match="not a valid subject token"):
+        await publish_in_order(bus.publisher, [requested(), bad, failed("after")])
+    assert [event for _, _, event in await bus.stored(MISSIONS_STREAM)] == [requested()]

@@ -65,7 +65,7 @@ from aether_events.ids import (
     step_event_id,
 )
 from aether_events.meta import Meta, caused_by
-from aether_events.publisher import EventPublisher, Publisher
+from aether_events.publisher import EventPublisher, Publisher, publish_in_order
 from aether_events.replay import (
     ReplayResult,
     ReplayStalled,
@@ -213,6 +213,7 @@ __all__ = [
     "on_its_subject",
     "outside_scope",
     "phase_of",
+    "publish_in_order",
     "replay",
     "step_event_id",
     "stored_messages",

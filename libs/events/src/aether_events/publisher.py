@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from nats.js import JetStreamContext
@@ -58,3 +59,33 @@ class EventPublisher:
     async def publish_all(self, events: Iterable[Event]) -> list[PubAck]:
         """Publish events in order, each stored before the next is sent."""
         return [await self.publish(event) for event in events]
+
+
+async def publish_in_order(publisher: Publisher, events: Sequence[Event]) -> list[PubAck]:
+    """Publish ``events`` in their order, waiting once for all their acknowledgements
+    rather than once per event: a decision of three events is stored after about one
+    round trip instead of three.
+
+    Each publish is started, and has sent its event, before the next is started, so the
+    events go out in order on the one connection and the stream stores them in that
+    order; only the waits for the acknowledgements overlap. One refused before it is sent
+    (an invalid subject, too large) stops the ones after it, which are never sent. Raises
+    the first failure once every started publish has ended: an event after one whose
+    acknowledgement failed may have been stored, so the caller, retrying, publishes them
+    all again with the same ids, which stores each once."""
+    sending: list[asyncio.Task[PubAck]] = []
+    for event in events:
+        task = asyncio.ensure_future(publisher.publish(event))
+        sending.append(task)
+        # One turn of the loop: the publish runs until it waits for its acknowledgement
+        # (sent) or fails before sending.
+        await asyncio.sleep(0)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            break
+    if sending:
+        await asyncio.wait(sending)
+    failures = [task.exception() for task in sending if not task.cancelled()]
+    failure = next((error for error in failures if error is not None), None)
+    if failure is not None:
+        raise failure
+    return [task.result() for task in sending]

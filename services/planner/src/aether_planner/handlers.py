@@ -19,6 +19,7 @@ from aether_events import (
     UsageRecorded,
     caused_by,
     derived_id,
+    publish_in_order,
     step_ids,
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
@@ -82,8 +83,8 @@ class Handlers:
                 if wants_model(self.projection.state, event):
                     async with delivery.keep_alive():
                         decided = await self._answer(event)
-                    for out in decided:
-                        ack = await self._publisher().publish(out)
+                    acks = await publish_in_order(self._publisher(), decided)
+                    for out, ack in zip(decided, acks, strict=True):
                         self.projection.apply(out, stored_sequence(ack))
         finally:
             users[0] -= 1

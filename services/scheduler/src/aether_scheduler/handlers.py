@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from aether_events import Event, Publisher, tag_of
+from aether_events import Event, Publisher, publish_in_order, tag_of
 from aether_runtime import Delivery, Projection, stored_sequence
 from aether_scheduler import metrics
 from aether_scheduler.domain import Config, State, catch_up, decide, evolve, next_timer, tick
@@ -58,10 +58,14 @@ class Handlers:
             await self._publish(tick(self.projection.state, self._clock(), self.config))
 
     async def _publish(self, decided: list[Event]) -> None:
-        for out in decided:
-            ack = await self._publisher().publish(out)
-            # Apply at once: the next event must see this decision even before it comes
-            # back through the consumer (it is then skipped as already applied).
+        # In order, with one wait for all the acknowledgements: a merge that frees the
+        # next task decides WaveCompleted, WaveStarted and TaskReady, and the TaskReady a
+        # chained mission waits for is stored a round trip after them, not three.
+        acks = await publish_in_order(self._publisher(), decided)
+        for out, ack in zip(decided, acks, strict=True):
+            # Applied before the lock is let go: the next event must see this decision
+            # even before it comes back through the consumer (it is then skipped as
+            # already applied).
             self._apply(out, stored_sequence(ack))
             log.info("decided %s", tag_of(type(out)), extra={"decided_event_id": out.event_id})
 
