@@ -11,6 +11,7 @@ import pytest
 
 from aether_events import (
     ALL_TYPES,
+    TERMINAL_TYPES,
     AgentCompleted,
     BranchMerged,
     Event,
@@ -29,6 +30,7 @@ from aether_events import (
     decode,
     derived_id,
 )
+from aether_git_broker.app import DELIVERED
 from aether_git_broker.domain import (
     FOLDED,
     BrokerState,
@@ -52,6 +54,7 @@ from aether_git_broker.domain import (
 )
 from aether_git_broker.naming import Naming
 from aether_git_broker.sources import LocalSource, RemoteSource
+from aether_runtime.roles import only_published_by
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 NAMING = Naming(branch_prefix="aether", worktrees_dir="/wt")
@@ -460,3 +463,23 @@ def test_the_consumer_filter_leaves_out_only_events_that_change_nothing() -> Non
             continue
         assert evolve(state, sample) == state, type(sample)
         assert isinstance(decide(state, sample, NAMING), Ignore), type(sample)
+
+
+def test_the_consumer_leaves_out_the_brokers_own_events_which_ask_for_nothing() -> None:
+    """The broker applies each event it publishes as the stream stores it, so its
+    consumer does not deliver them back (a BranchMerged delivered back held up the
+    TaskReady it freed); nothing is decided on one of them, and the replay still folds
+    them. Every type the broker acts on is delivered."""
+    own = only_published_by("git-broker")
+    assert {BranchMerged, WorkspaceReady, RepositoryPrepared} <= own
+    assert not own & set(DELIVERED)
+    assert set(DELIVERED) | own >= set(FOLDED) - {MissionFailed}
+    assert {MissionRequested, TaskReady, AgentCompleted, *TERMINAL_TYPES} <= set(DELIVERED)
+    samples = [decode(path.read_bytes()) for path in sorted(SAMPLES.glob("*.json"))]
+    under_way = [
+        s for s in samples if isinstance(s, MissionRequested | RepositoryPrepared | TaskReady)
+    ]
+    state = given(*under_way)
+    for sample in samples:
+        if type(sample) in own:
+            assert isinstance(decide(evolve(state, sample), sample, NAMING), Ignore), sample

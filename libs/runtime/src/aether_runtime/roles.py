@@ -188,3 +188,20 @@ STREAMS: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
 def role_of(service: str) -> Role:
     """The role of ``service`` (KeyError for a name the table does not know)."""
     return ROLES[service]
+
+
+def only_published_by(service: str) -> frozenset[type[Event]]:
+    """The event types ``service`` publishes and no other service (nor an attempt) does.
+
+    A service that applies each of its own events once the stream has stored it (with
+    the stored sequence) and, when a publish failed, decides and publishes it again
+    under the same id, has no use for them coming back through its consumer: there each
+    would only be skipped as applied already, after a decode and a confirmed ack, and
+    would hold up the delivery queued behind it. Its start-up replay still reads them."""
+    others = frozenset(
+        cls
+        for role in ROLES.values()
+        if role.service != service
+        for cls in role.publishes | role.attempt_publishes
+    )
+    return ROLES[service].publishes - others

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from aether_events import ALL_MISSION_EVENTS, type_subjects
+from aether_events import ALL_MISSION_EVENTS, Event, type_subjects
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
@@ -23,8 +23,15 @@ from aether_git_broker.domain import FOLDED, BrokerState, evolve, pending
 from aether_git_broker.handlers import Handlers
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.metrics import service_at_zero
+from aether_runtime.roles import only_published_by
 
 DURABLE = "git-broker"
+# What the consumer delivers: every folded type but the broker's own, which each handler
+# applies as the stream stores it (``Handlers._publish``); its BranchMerged delivered back
+# held up the TaskReady the merge freed, queued behind it. The replay reads them all.
+DELIVERED: tuple[type[Event], ...] = tuple(
+    cls for cls in FOLDED if cls not in only_published_by(SERVICE_NAME)
+)
 
 
 @dataclass
@@ -91,7 +98,7 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
         ConsumerSpec(
             durable=DURABLE,
             subject=ALL_MISSION_EVENTS,
-            types=FOLDED,
+            types=DELIVERED,
             handler=handlers.handle,
             max_workers=1,
             ack_wait_seconds=settings.ack_wait_seconds,
@@ -100,7 +107,7 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
             first_due=lambda: projection.first_due,
         )
     )
-    service_at_zero(service.name, [subject for cls in FOLDED for subject in type_subjects(cls)])
+    service_at_zero(service.name, [subject for cls in DELIVERED for subject in type_subjects(cls)])
 
     http = None
     if settings.git_http_port is not None and tokens is not None:

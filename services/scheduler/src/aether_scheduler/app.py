@@ -23,7 +23,7 @@ from aether_events import (
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.attempt_auth import AttemptAuthorizer, AttemptKey, Grants
 from aether_runtime.metrics import service_at_zero
-from aether_runtime.roles import ROLES
+from aether_runtime.roles import ROLES, only_published_by
 from aether_scheduler import metrics
 from aether_scheduler.config import SERVICE_NAME, SchedulerSettings
 from aether_scheduler.domain import Config, State, evolve
@@ -42,16 +42,9 @@ class Scheduler:
 
 log = logging.getLogger("aether.scheduler")
 
-# What only the scheduler publishes (``roles``). It applies each of its events as soon as
-# the stream has stored it (``Handlers._publish``, with the stored sequence), and a
-# publish that failed is decided and sent again under the same id; delivered back, such
-# an event would only be skipped as applied already, after a decode and a confirmed ack.
-OWN_TYPES: frozenset[type[Event]] = ROLES["scheduler"].publishes - frozenset(
-    cls
-    for role in ROLES.values()
-    if role.service != "scheduler"
-    for cls in role.publishes | role.attempt_publishes
-)
+# What only the scheduler publishes: applied as each is stored (``Handlers._publish``),
+# not delivered back (``aether_runtime.roles.only_published_by``).
+OWN_TYPES: frozenset[type[Event]] = only_published_by("scheduler")
 # The mission events the consumer delivers: every mission type but the scheduler's own.
 FOLDED: tuple[type[Event], ...] = tuple(
     cls for cls in ALL_TYPES if cls not in TELEMETRY_TYPES and cls not in OWN_TYPES
