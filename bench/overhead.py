@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import pstats
 import re
@@ -39,13 +41,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
-from nats.js.api import DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
 from aether.gitview import create_sample_repository
@@ -60,8 +63,8 @@ from aether_events import (
     MissionFailed,
     TaskReady,
     WorkspaceReady,
-    decode,
-    mission_subject,
+    mission_history,
+    type_subjects,
 )
 from aether_git_broker.adapters.git import GitRepositories
 from aether_llm import MessagesServer, Reply, tool_use_block
@@ -115,6 +118,36 @@ class NoWorkModel:
         return Reply([tool_use_block("write_file", write)], "tool_use", 10, 5)
 
 
+def _serve_model(plan: dict[str, Any], others: dict[str, dict[str, Any]], pipe: Connection) -> None:
+    """The model server's process: sends its URL, serves until told to stop."""
+    server = MessagesServer(NoWorkModel(plan, others)).start()
+    try:
+        pipe.send(server.url)
+        pipe.recv()
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def model_server(plan: dict[str, Any], others: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """The no-work model's URL, served from a process of its own: the model is not part
+    of what is measured, and a server thread in this process would share its interpreter
+    lock with the mission's event reading here."""
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_model, args=(plan, others, child), daemon=True
+    )
+    process.start()
+    try:
+        yield parent.recv()
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -145,24 +178,28 @@ async def run_mission(
             )
             created.raise_for_status()
             mission_id = created.json()["mission_id"]
-        events: list[Event] = []
+        # Only the mission's end is watched while it runs; its history is read once it
+        # has ended. An observer decoding each of its events live would take the CPU
+        # the services need (the peers run with no observer at all).
         done = asyncio.Event()
 
-        async def on_message(msg: Any) -> None:
-            event = decode(msg.data)
-            events.append(event)
-            if isinstance(event, MissionCompleted | MissionFailed):
-                done.set()
+        async def on_end(msg: Any) -> None:
+            done.set()
 
-        sub = await nc.jetstream().subscribe(
-            mission_subject(mission_id),
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        await asyncio.wait_for(done.wait(), timeout=60 + 10 * n)
-        await sub.unsubscribe()
-        return events
+        ends = [
+            subject
+            for cls in (MissionCompleted, MissionFailed)
+            for subject in type_subjects(cls, mission_id)
+        ]
+        subs = [await nc.subscribe(subject, cb=on_end) for subject in ends]
+        js = nc.jetstream()
+        # An end stored before the subscriptions began is found in the stream.
+        stored = await mission_history(js, mission_id)
+        if not any(isinstance(event, MissionCompleted | MissionFailed) for event in stored):
+            await asyncio.wait_for(done.wait(), timeout=60 + 10 * n)
+        for sub in subs:
+            await sub.unsubscribe()
+        return await mission_history(js, mission_id)
     finally:
         await nc.close()
 
@@ -366,13 +403,28 @@ async def run_shape(
     and (read before the stack stops) the services' handler seconds per task. Prints the
     warm-up's wall time and the measured mission's hop and service tables."""
     others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
-    model = MessagesServer(NoWorkModel(plan_of(n, shape), others)).start()
+    with model_server(plan_of(n, shape), others) as model_url:
+        return await _run_shape(
+            work, label, shape, n, concurrency, model_url, python_options, warm_up
+        )
+
+
+async def _run_shape(
+    work: Path,
+    label: str,
+    shape: str,
+    n: int,
+    concurrency: int,
+    model_url: str,
+    python_options: dict[str, list[str]] | None,
+    warm_up: int,
+) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     stack = Stack(
         home=work / f"stack-{label}",
         random_ports=True,
         env={
             "ANTHROPIC_API_KEY": "bench",
-            "ANTHROPIC_BASE_URL": model.url,
+            "ANTHROPIC_BASE_URL": model_url,
             # As many agents as the mission runs at once (the runner's default is two).
             "AETHER_AGENT_CONCURRENCY": str(concurrency),
         },
@@ -395,7 +447,6 @@ async def run_shape(
             handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before, before)
     finally:
         await asyncio.to_thread(stack.stop)
-        model.stop()
     return events, wall, stack, handler, {}
 
 
