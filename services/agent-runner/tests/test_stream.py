@@ -130,3 +130,40 @@ async def test_an_abandoned_stream_drops_what_is_queued_and_closes_at_once() -> 
     with pytest.raises(RuntimeError):
         await stream.emit(decide.usage_recorded(workspace, NOW, 2, Usage(), False))
     assert publisher.stored() == []
+
+
+class CountingGate(GatedPublisher):
+    """A gated publisher that also counts the publishes waiting at its gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    async def publish(self, event: Event) -> Any:
+        self.held += 1
+        return await super().publish(event)
+
+
+async def test_what_is_queued_together_is_sent_together_and_stored_in_order() -> None:
+    """A model reply's burst (usage, progress, a transcript entry) waits for one round of
+    acknowledgements, not one each: every queued event's publish has started before the
+    first is acknowledged, and they are stored in the order emitted."""
+    publisher = CountingGate()
+    workspace = ready("m-burst")
+    stream = AttemptStream(lambda: publisher)
+    emitted = [decide.started(workspace, NOW, "r", None)] + [
+        decide.usage_recorded(workspace, NOW, turn, Usage(input_tokens=turn), False)
+        for turn in range(1, 6)
+    ]
+    for event in emitted:
+        await stream.emit(event)
+    # Emitting does not wait (the buffer has room): all six are queued when the sender
+    # first looks, and each publish is held at the gate once started.
+    for _ in range(400):
+        if publisher.held == len(emitted):
+            break
+        await asyncio.sleep(0.005)
+    assert publisher.held == len(emitted)
+    publisher.gate.set()
+    await stream.close()
+    assert [e.event_id for e in publisher.stored()] == [e.event_id for e in emitted]

@@ -61,29 +61,55 @@ class EventPublisher:
         return [await self.publish(event) for event in events]
 
 
+async def send_in_order(
+    publisher: Publisher, events: Sequence[Event]
+) -> list[asyncio.Task[PubAck]]:
+    """Start publishing ``events`` in their order, each once the one before has sent its
+    event: they go out in order on the one connection, and the stream stores them in
+    that order, while their waits for acknowledgements overlap. Returns the started
+    publishes, to be awaited; fewer than ``events`` when one was refused before it was
+    sent (an invalid subject, too large): that one is the last returned, and none after
+    it is started."""
+    sending: list[asyncio.Task[PubAck]] = []
+    try:
+        for event in events:
+            task = asyncio.ensure_future(publisher.publish(event))
+            sending.append(task)
+            # One turn of the loop: the publish runs until it waits for its
+            # acknowledgement (sent) or fails before sending.
+            await asyncio.sleep(0)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                break
+    except asyncio.CancelledError:
+        for task in sending:
+            task.cancel()
+        raise
+    return sending
+
+
+async def ended(sending: list[asyncio.Task[PubAck]]) -> None:
+    """Wait until every publish of ``sending`` has ended; cancelled meanwhile, cancel them
+    (an event already sent may still be stored: only the wait for it stops)."""
+    if not sending:
+        return
+    try:
+        await asyncio.wait(sending)
+    except asyncio.CancelledError:
+        for task in sending:
+            task.cancel()
+        raise
+
+
 async def publish_in_order(publisher: Publisher, events: Sequence[Event]) -> list[PubAck]:
     """Publish ``events`` in their order, waiting once for all their acknowledgements
-    rather than once per event: a decision of three events is stored after about one
-    round trip instead of three.
-
-    Each publish is started, and has sent its event, before the next is started, so the
-    events go out in order on the one connection and the stream stores them in that
-    order; only the waits for the acknowledgements overlap. One refused before it is sent
-    (an invalid subject, too large) stops the ones after it, which are never sent. Raises
-    the first failure once every started publish has ended: an event after one whose
-    acknowledgement failed may have been stored, so the caller, retrying, publishes them
-    all again with the same ids, which stores each once."""
-    sending: list[asyncio.Task[PubAck]] = []
-    for event in events:
-        task = asyncio.ensure_future(publisher.publish(event))
-        sending.append(task)
-        # One turn of the loop: the publish runs until it waits for its acknowledgement
-        # (sent) or fails before sending.
-        await asyncio.sleep(0)
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            break
-    if sending:
-        await asyncio.wait(sending)
+    rather than once per event (``send_in_order``): a decision of three events is stored
+    after about one round trip instead of three. One refused before it is sent stops the
+    ones after it, which are never sent. Raises the first failure once every started
+    publish has ended: an event after one whose acknowledgement failed may have been
+    stored, so the caller, retrying, publishes them all again with the same ids, which
+    stores each once."""
+    sending = await send_in_order(publisher, events)
+    await ended(sending)
     failures = [task.exception() for task in sending if not task.cancelled()]
     failure = next((error for error in failures if error is not None), None)
     if failure is not None:

@@ -2,7 +2,8 @@
 
 The handler opens an ``AttemptStream`` per attempt and hands its ``emit`` to the attempt:
 AgentStarted, UsageRecorded, AgentProgress and TranscriptRecorded are queued there and
-published in the background, in the order emitted, so the agent never waits on a publish
+published in the background, in the order emitted (what is queued together goes out
+together, with one wait for its acknowledgements), so the agent never waits on a publish
 acknowledgement. The queue is bounded: an attempt that emits faster than the bus takes
 waits for room rather than holding an unbounded backlog. The handler closes the stream
 before it publishes the attempt's result, so every entry of an attempt is stored before
@@ -22,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aether_events import AgentProgress, Event, Publisher, TranscriptRecorded
+from aether_events.publisher import ended, send_in_order
 
 log = logging.getLogger("aether.agent-runner.stream")
 
@@ -76,13 +78,38 @@ class AttemptStream:
             raise self._failure
 
     async def _send(self) -> None:
-        while (event := await self._queue.get()) is not None:
-            try:
-                await self._publisher().publish(event)
-            except Exception as error:
-                telemetry = TELEMETRY.get(type(event))
-                if telemetry is not None:
-                    log.warning(telemetry, exc_info=True)
-                elif self._failure is None:
-                    log.warning("attempt event not published", exc_info=True)
-                    self._failure = error
+        closing = False
+        while not closing:
+            event = await self._queue.get()
+            if event is None:
+                break
+            # Everything queued meanwhile goes out together, in order, with one wait for
+            # the acknowledgements (an attempt emits in bursts: a model reply's usage,
+            # progress and transcript entry), rather than a round trip each.
+            batch = [event]
+            while not self._queue.empty():
+                queued = self._queue.get_nowait()
+                if queued is None:
+                    closing = True
+                    break
+                batch.append(queued)
+            await self._publish(batch)
+
+    async def _publish(self, batch: list[Event]) -> None:
+        while batch:
+            sending = await send_in_order(self._publisher(), batch)
+            await ended(sending)
+            for event, sent in zip(batch, sending, strict=False):
+                error = None if sent.cancelled() else sent.exception()
+                if error is not None:
+                    self._lost(event, error)
+            # Past one refused before it was sent, the rest go out on their own.
+            batch = batch[len(sending) :]
+
+    def _lost(self, event: Event, error: BaseException) -> None:
+        telemetry = TELEMETRY.get(type(event))
+        if telemetry is not None:
+            log.warning(telemetry, exc_info=error)
+        elif self._failure is None:
+            log.warning("attempt event not published", exc_info=error)
+            self._failure = error
