@@ -13,7 +13,8 @@ file, commit, merge, remove the worktree) with the same adapters the services us
 It also prints, per hop, the median and p95 from one event's timestamp to the next
 (TaskReady → WorkspaceReady → AgentStarted → AgentCompleted → BranchMerged → the next
 TaskReady that merge caused), each service's mean time in its handlers next to the mean
-time an event waited before its handling began (from the services' own histograms), the
+time an event waited before its handling began, from its occurrence and from its storing
+in the stream (the services' own histograms: the difference is the publisher's part), the
 CPU each service spent per task, and how many deliveries one task costs. With
 ``--profile`` it runs one more chained mission with the service that spent the most
 handler time per task under cProfile and saves the profile (``.prof``, and the top of it
@@ -264,13 +265,15 @@ def print_hops(shape: str, figures: dict[str, list[float]]) -> None:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Sums and counts of the handler and delivery-delay histograms at ``url``/metrics."""
+    """Sums and counts of the handler, delivery-delay and consumer-wait histograms at
+    ``url``/metrics."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in (
             "aether_handler_duration_seconds",
             "aether_event_delivery_delay_seconds",
+            "aether_event_consumer_wait_seconds",
         ):
             continue
         for sample in family.samples:
@@ -311,7 +314,10 @@ def print_services(
     mean handler ms, mean wait before handling, CPU ms per task. Returns handler seconds
     per task by service."""
     cpu_after = service_cpu(stack)
-    print(f"  {shape}: service        deliveries/task  handler ms  waited ms  CPU ms/task")
+    print(
+        f"  {shape}: service        deliveries/task  handler ms  waited ms  since stored"
+        "  CPU ms/task"
+    )
     handler_per_task: dict[str, float] = {}
     total_deliveries = 0.0
     for name in SERVICES:
@@ -324,12 +330,15 @@ def print_services(
         spent = totals.get("aether_handler_duration_seconds_sum", 0.0)
         waits = totals.get("aether_event_delivery_delay_seconds_count", 0.0)
         waited = totals.get("aether_event_delivery_delay_seconds_sum", 0.0)
+        stored = totals.get("aether_event_consumer_wait_seconds_count", 0.0)
+        since_stored = totals.get("aether_event_consumer_wait_seconds_sum", 0.0)
         cpu = (cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0)) / n * 1000
         handler_per_task[name] = spent / n
         total_deliveries += count
         print(
             f"    {name:<14} {count / n:12.1f}  {spent / max(count, 1) * 1000:10.2f}"
-            f"  {waited / max(waits, 1) * 1000:9.2f}  {cpu:10.1f}"
+            f"  {waited / max(waits, 1) * 1000:9.2f}  {since_stored / max(stored, 1) * 1000:12.2f}"
+            f"  {cpu:10.1f}"
         )
     print(f"    all services   {total_deliveries / n:12.1f} deliveries per task")
     return handler_per_task

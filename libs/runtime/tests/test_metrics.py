@@ -3,7 +3,8 @@ series exported at zero before anything is counted."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from aether_events import (
     ALL_TYPES,
     MISSIONS_STREAM,
     TELEMETRY_TYPES,
+    Event,
     EventPublisher,
     MissionRequested,
     WorkspaceReady,
@@ -25,7 +27,7 @@ from aether_events import (
     tag_of,
     type_subject,
 )
-from aether_runtime import http
+from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service, http
 from aether_runtime.bus_metrics import read_bus
 from aether_runtime.health import Message, Scope
 from aether_runtime.metrics import at_zero, event_types_on, service_at_zero
@@ -156,3 +158,40 @@ def test_a_service_exports_its_event_metrics_at_zero_before_any_event() -> None:
 
 def value_or_none(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_a_delivery_tells_the_publishers_lag_from_the_consumers(
+    nc: NatsClient, nats_url: str
+) -> None:
+    """An event published half a minute after it occurred (a publisher that waited) is
+    half a minute old when handled, but the stream stored it just now: the delivery
+    delay counts both parts, the consumer's wait only the time since it was stored."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    name = "lagging-publisher"
+    handled = asyncio.Event()
+
+    async def handle(event: Event, delivery: Delivery) -> None:
+        handled.set()
+
+    service = Service(name=name, settings=RuntimeSettings(nats_url=nats_url, port=0))
+    service.consume(ConsumerSpec(durable=name, subject=ALL_MISSION_EVENTS, handler=handle))
+    await service.start()
+    try:
+        late = MissionRequested(
+            event_id=derived_id("m-late", "requested"),
+            mission_id="m-late",
+            occurred_at=datetime.now(UTC) - timedelta(seconds=30),
+            correlation_id="c",
+            repository="/r",
+            requirement="x",
+        )
+        await EventPublisher(js).publish(late)
+        await asyncio.wait_for(handled.wait(), 30)
+    finally:
+        await service.stop()
+    labels = {"service": name, "consumer": name}
+    assert value("aether_event_delivery_delay_seconds_count", **labels) == 1
+    assert value("aether_event_delivery_delay_seconds_sum", **labels) >= 30
+    assert value("aether_event_consumer_wait_seconds_count", **labels) == 1
+    assert value("aether_event_consumer_wait_seconds_sum", **labels) < 10

@@ -41,6 +41,13 @@ DELIVERY_DELAY_SECONDS = Histogram(
     ["service", "consumer"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
+CONSUMER_WAIT_SECONDS = Histogram(
+    "aether_event_consumer_wait_seconds",
+    "Time from the stream storing an event to the start of its handling here (the "
+    "delivery and queueing behind other work; the delivery delay less the publisher's part)",
+    ["service", "consumer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 REDELIVERIES = Counter(
     "aether_redeliveries_total",
     "Messages received more than once",

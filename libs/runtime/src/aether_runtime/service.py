@@ -807,6 +807,7 @@ class Service:
         tag = tag_of(type(event))
         task_id = _task_id(event)
         meters.delay.observe(_age(event))
+        meters.stored.observe(_stored_age(raw))
         published = [0]
         _published_here.set(published)
         # The server's count: ``delivery.num_delivered`` also counts retries in place.
@@ -953,6 +954,7 @@ class _Meters:
         self.pending = metrics.CONSUMER_PENDING.labels(service, durable)
         self.in_progress = metrics.HANDLERS_IN_PROGRESS.labels(service, durable)
         self.delay = metrics.DELIVERY_DELAY_SECONDS.labels(service, durable)
+        self.stored = metrics.CONSUMER_WAIT_SECONDS.labels(service, durable)
         self._types: dict[str, _TypeMeters] = {}
 
     def of(self, tag: str) -> _TypeMeters:
@@ -972,6 +974,11 @@ async def _nak(raw: Msg, delay: float | None = None) -> None:
     """Hand ``raw`` back to the server (after ``delay`` seconds), unless settled."""
     if not raw.is_acked:
         await raw.nak(delay=delay)
+
+
+def _stored_age(raw: Msg) -> float:
+    """Seconds since the stream stored ``raw`` (by the server's clock; never negative)."""
+    return max(0.0, time.time() - raw.metadata.timestamp.timestamp())
 
 
 def _age(event: Event) -> float:
