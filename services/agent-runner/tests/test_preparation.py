@@ -3,8 +3,8 @@
 A fresh built-in attempt takes its lock, reads its journal, looks for a commit of its own
 and begins its conversation (reset, repository map, first record) in one hand-off to a
 worker thread; its own bus connection, asked of the authorizer through the auth callout,
-is opened meanwhile by the first heartbeat, and a refusal there ends the attempt at once
-and hands its delivery back.
+is opened meanwhile, and a refusal there ends the attempt at once and hands its delivery
+back.
 """
 
 from __future__ import annotations
@@ -94,13 +94,20 @@ async def test_a_fresh_builtin_attempt_is_prepared_in_one_hand_off(
 
 
 class RefusingBus:
-    """The publisher an attempt gets when the bus refuses its credential: every publish
-    raises ``CredentialRefused`` once the attempt is at work (the callout's answer
-    arriving while the worktree is prepared and the agent has started)."""
+    """The publisher an attempt gets when the bus refuses its credential: opening its
+    connection, and every publish, raises ``CredentialRefused`` once the attempt is at
+    work (the callout's answer arriving while the worktree is prepared and the agent
+    has started)."""
 
     def __init__(self, at_work: asyncio.Event) -> None:
         self._at_work = at_work
         self.tried: list[Event] = []
+        self.opened = 0
+
+    async def open(self) -> None:
+        self.opened += 1
+        await self._at_work.wait()
+        raise CredentialRefused("the attempt is not open")
 
     async def publish(self, event: Event, **options: Any) -> Any:
         self.tried.append(event)
@@ -111,8 +118,8 @@ class RefusingBus:
 async def test_a_refused_credential_stops_the_attempt_and_hands_it_back(
     task_repo: TaskRepo, workspace_ready: Callable[..., WorkspaceReady]
 ) -> None:
-    """The first heartbeat opens the attempt's connection while the attempt prepares and
-    starts; refused, the attempt is cancelled (not left holding its lane and worktree,
+    """The attempt's connection is opened while the attempt prepares and starts;
+    refused, the attempt is cancelled (not left holding its lane and worktree,
     its agent spending model calls nothing could report), what it emitted is dropped,
     and the delivery is handed back for later (``RetryLater``)."""
     hold = Hold()
@@ -124,7 +131,8 @@ async def test_a_refused_credential_stops_the_attempt_and_hands_it_back(
         runner_id="r",
         clock=lambda: datetime.now(UTC),
     )
-    handlers = Handlers(Projection(State(), evolve), lambda: bus, attempts, heartbeat_seconds=0.5)
+    # No heartbeat falls due during the test: the refusal comes from opening.
+    handlers = Handlers(Projection(State(), evolve), lambda: bus, attempts, heartbeat_seconds=60)
     refused_before = refusals()
     ready = workspace_ready(task_repo, "m-refused")
 
@@ -135,7 +143,9 @@ async def test_a_refused_credential_stops_the_attempt_and_hands_it_back(
     assert hold.reached.is_set() and len(runtime.jobs) == 1
     assert len(handlers.running) == 0
     assert refusals() == refused_before + 1
-    assert any(isinstance(event, AgentHeartbeat) for event in bus.tried)
+    # Refused at the opening of its connection, before any heartbeat was due.
+    assert bus.opened == 1
+    assert not any(isinstance(event, AgentHeartbeat) for event in bus.tried)
     assert not any(isinstance(event, AgentCompleted | AgentFailed) for event in bus.tried)
     git_dir = attempt_module._git_dir(ready, Path(ready.worktree_path))
     lock = AttemptLock(attempt_module.state_dir(git_dir))

@@ -93,7 +93,9 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
             ]
         }
     )
-    await start_runner(scripted)
+    # Beats every 50 ms: the first one falls due an interval after the attempt starts,
+    # well within an attempt that runs the tests in the sandbox.
+    await start_runner(scripted, heartbeat_seconds=0.05)
     ready = workspace_ready(task_repo, mission_id)
 
     await publish(ready)

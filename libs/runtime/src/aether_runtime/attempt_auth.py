@@ -42,7 +42,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import nacl.exceptions
 import nacl.signing
@@ -409,9 +409,15 @@ class AttemptPublisher(EventPublisher):
                     raise
         raise AssertionError("unreachable")
 
+    async def open(self) -> None:
+        """Open the attempt's connection now rather than at its first event: its
+        credential is asked of the authorizer, and a refusal raises ``CredentialRefused``
+        as a publish would."""
+        await self._connected()
+
     @property
     def connection(self) -> NatsClient | None:
-        """The attempt's connection now (None before its first event)."""
+        """The attempt's connection now (None before it is opened)."""
         return self._nc
 
     async def close(self) -> None:
@@ -421,6 +427,14 @@ class AttemptPublisher(EventPublisher):
                     await self._nc.close()
             self._nc = None
             self._inner = None
+
+
+@runtime_checkable
+class Opens(Protocol):
+    """A publisher whose connection can be opened ahead of its first event
+    (``AttemptPublisher``)."""
+
+    async def open(self) -> None: ...
 
 
 CONNECT_TRIES = 5  # about 3 s of waits (each refusal may take the callout's timeout too)

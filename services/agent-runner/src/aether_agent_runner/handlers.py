@@ -21,7 +21,7 @@ from aether_agent_runner.adapters.stream import AttemptStream
 from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
 from aether_events import Event, Publisher, WorkspaceReady
 from aether_runtime import Delivery, Projection, stored_sequence
-from aether_runtime.attempt_auth import CredentialRefused
+from aether_runtime.attempt_auth import CredentialRefused, Opens
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -176,10 +176,12 @@ class Handlers:
         """Publish AgentHeartbeat on the telemetry stream while the agent works; yields a
         future set when the bus refuses the attempt's credential.
 
-        The first beat goes out as the attempt starts, so the attempt's own connection
-        (its credential asked of the authorizer through the auth callout) is opened while
-        the worktree and journal are prepared, not after; a refusal there (the attempt
-        is not open, or another runner holds it) ends the attempt at once.
+        The attempt's own connection (its credential asked of the authorizer through the
+        auth callout) is opened as the attempt starts, while the worktree and journal are
+        prepared, not at its first event; a refusal there (the attempt is not open, or
+        another runner holds it) ends the attempt at once. The first beat goes out one
+        interval later: AgentStarted tells the scheduler the attempt is alive, and a beat
+        beside it cost every task two deliveries that said nothing more.
 
         The beat ends on a flag, not on its cancellation alone: on Python 3.11 a
         cancellation that arrives as a publish's acknowledgement does is swallowed by
@@ -190,8 +192,23 @@ class Handlers:
         refused: asyncio.Future[CredentialRefused] = asyncio.get_running_loop().create_future()
 
         async def beat() -> None:
+            publisher = self._publisher()
+            if isinstance(publisher, Opens):
+                try:
+                    await publisher.open()
+                except CredentialRefused as error:
+                    refused.set_result(error)
+                    return
+                except Exception:
+                    # Not refused: the attempt's first event asks again.
+                    log.warning("the attempt's connection was not opened", exc_info=True)
             number = 0
             while not stopped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._heartbeat_seconds):
+                        await stopped.wait()
+                if stopped.is_set():
+                    return
                 number += 1
                 runner = self._attempts.runner_id
                 try:
@@ -203,9 +220,6 @@ class Handlers:
                     return
                 except Exception:
                     log.warning("heartbeat not published", exc_info=True)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._heartbeat_seconds):
-                        await stopped.wait()
 
         task = asyncio.create_task(beat())
         try:
