@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dulwich.file import FileLocked
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import ObjectID
+from dulwich.objects import Blob, ObjectID
 
 from aether_agent_runner.adapters.git import (
     GitDir,
@@ -291,3 +291,25 @@ def test_a_commit_builds_the_same_tree_as_one_built_whole(tmp_path: Path) -> Non
         whole = commit_tree(store, [(p, s, m) for p, (m, s) in files.items()])
         assert changed_tree(store, base_tree, files, sorted(case)) == whole, case
         assert _tree_files(store, whole) == files
+
+
+def test_a_lock_a_killed_writer_left_on_an_object_does_not_stop_the_commit(
+    tmp_path: Path,
+) -> None:
+    """A runner killed while dulwich wrote a loose object leaves the object's ``.lock``;
+    the same file committed again (the attempt resumed, or its next attempt) writes the
+    same object, and the commit failed on that lock every time. The object is written
+    past it, whole, and git reads the commit."""
+    repo, wt, records = _linked(tmp_path)
+    content = b"print('resumed')\n"
+    (wt / "src" / "new.py").write_bytes(content)
+    blob = Blob.from_string(content).id.decode()
+    objects = repo / ".git" / "objects" / blob[:2]
+    objects.mkdir(exist_ok=True)
+    (objects / f"{blob[2:]}.lock").write_bytes(b"half a write")
+
+    sha, changed = commit_all(records, "Resumed\n\nAether-Task: t1\nAether-Attempt: 1\n")
+
+    assert sha is not None and changed == ["src/new.py"]
+    assert git("cat-file", "-p", f"{sha}:src/new.py", cwd=repo).encode() == content
+    assert git("fsck", "--no-dangling", cwd=repo) == ""

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import struct
+import tempfile
 import threading
 import time
 from binascii import unhexlify
@@ -30,7 +31,7 @@ from types import MappingProxyType
 
 from dulwich.file import FileLocked, GitFile
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Blob, Commit, ObjectID, Tree
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 
 from aether_agent_runner.adapters.safefs import Refused
@@ -331,7 +332,7 @@ def commit_all(
         blobs.append(blob)
         entries[path] = (entry.mode, blob.id)
     for blob in blobs:
-        store.add_object(blob)
+        add_object(store, blob)
     tree = changed_tree(store, state.tree, entries, changed)
     commit = Commit()
     commit.tree = tree
@@ -340,7 +341,7 @@ def commit_all(
     commit.author_time = commit.commit_time = int(time.time())
     commit.author_timezone = commit.commit_timezone = 0
     commit.message = message.encode()
-    store.add_object(commit)
+    add_object(store, commit)
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
     _write_index(git, entries, found)
@@ -406,15 +407,44 @@ def changed_tree(
         tree = Tree()
         for name, (mode, sha) in items.items():
             tree.add(name, mode, sha)
-        store.add_object(tree)
+        add_object(store, tree)
         return tree.id
 
     built = build(b"")
     if built is None:
         empty = Tree()
-        store.add_object(empty)
+        add_object(store, empty)
         return empty.id
     return built
+
+
+def add_object(store: DiskObjectStore, obj: ShaFile) -> None:
+    """``store.add_object``, also past a lock a killed writer left on the object's file.
+
+    dulwich writes a loose object through a ``.lock`` file beside it; a runner killed
+    in that write leaves the lock, and every later write of the same object (the same
+    file committed again when the attempt resumes, or by its next attempt) failed on it,
+    so the task could never commit. A loose object is named by its content: every
+    writer of it writes the same bytes, and its lock guards nothing. Past a lock, the
+    object goes through a file of its own, renamed into place (the lock is left to
+    whoever holds it, or to the broker's clean-up of a crash's leftovers)."""
+    try:
+        store.add_object(obj)
+    except FileLocked:
+        hexsha = obj.id.decode("ascii")
+        directory = os.path.join(store.path, hexsha[:2])
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{hexsha[2:]}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(obj.as_legacy_object())
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, 0o444)
+            os.replace(temporary, os.path.join(directory, hexsha[2:]))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
 
 def _is_dot_gitmodules(name: bytes) -> bool:
