@@ -167,3 +167,26 @@ async def test_what_is_queued_together_is_sent_together_and_stored_in_order() ->
     publisher.gate.set()
     await stream.close()
     assert [e.event_id for e in publisher.stored()] == [e.event_id for e in emitted]
+
+
+async def test_a_stream_with_no_publisher_to_send_with_fails_the_attempt() -> None:
+    """Sending with no publisher to be had is a lost event like any other: the next emit
+    raises it (the sender does not die leaving emits to fill the buffer), and so does
+    the close."""
+
+    def no_publisher() -> Any:
+        raise RuntimeError("service not connected yet")
+
+    workspace = ready("m-unsent")
+    stream = AttemptStream(no_publisher)
+
+    async def emit_until_refused() -> None:
+        for turn in range(1, 400):  # until the sender has tried the first
+            await stream.emit(decide.usage_recorded(workspace, NOW, turn, Usage(), False))
+            await asyncio.sleep(0.005)
+
+    with pytest.raises(RuntimeError, match="not connected"):
+        # A bound, not an expectation: a dead sender left the emits waiting for room.
+        await asyncio.wait_for(emit_until_refused(), 30)
+    with pytest.raises(RuntimeError, match="not connected"):
+        await asyncio.wait_for(stream.close(), 120)

@@ -97,7 +97,12 @@ class AttemptStream:
 
     async def _publish(self, batch: list[Event]) -> None:
         while batch:
-            sending = await send_in_order(self._publisher(), batch)
+            try:
+                sending = await send_in_order(self._publisher(), batch)
+            except Exception as unsent:  # no publisher to send with: each event is lost
+                for event in batch:
+                    self._lost(event, unsent)
+                return
             await ended(sending)
             for event, sent in zip(batch, sending, strict=False):
                 error = None if sent.cancelled() else sent.exception()
