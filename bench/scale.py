@@ -107,6 +107,9 @@ def make_stack(work: Path, label: str, model_url: str, profiled: list[str] | Non
         random_ports=True,
         env={"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": model_url},
         python_options={name: [wrapper, str(work / f"{name}.prof")] for name in profiled or []},
+        # Each service its own interpreter, as in its container: its resident set is its
+        # own, not the pages it shares with the prestarter (``aether.prestart``).
+        prestart=False,
     )
 
 

@@ -12,11 +12,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import httpx
 
-from aether import supervise
+from aether import prestart, supervise
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
 from aether.service_env import settings_for
@@ -44,11 +44,30 @@ SERVICES: dict[str, tuple[str, int]] = {
 }
 
 
+class ChildProcess(Protocol):
+    """What the stack needs of a service's process: a ``subprocess.Popen``, or a child of
+    the prestarter (``aether.prestart.Forked``)."""
+
+    pid: int
+    returncode: int | None
+    stdout: IO[bytes] | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class ServiceProcess:
     name: str
     port: int
-    process: subprocess.Popen[bytes]
+    process: ChildProcess
     pump: threading.Thread | None = None
     # Where this process's lines begin in its log file (the file is kept across restarts).
     log_offset: int = 0
@@ -88,8 +107,12 @@ class Stack:
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     admin_token: str = ""
     # Interpreter options put before ``-m <module>`` for some services (a benchmark runs
-    # one under ``-m cProfile -o <file>``).
+    # one under ``-m cProfile -o <file>``); those services start as their own interpreter.
     python_options: dict[str, list[str]] = field(default_factory=dict)
+    # Services are forked from this process's prestarter (``aether.prestart``), which
+    # has imported their code once; ``False`` starts each as ``python -m <module>``, as
+    # a container does (a benchmark of each service's own memory, say).
+    prestart: bool = True
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -129,6 +152,8 @@ class Stack:
         return self.home / "worktrees"
 
     def start_infrastructure(self) -> None:
+        if self.prestart:
+            prestart.shared()  # its imports overlap the servers' start
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         if not self.admin_token:
@@ -231,13 +256,17 @@ class Stack:
         module, _ = SERVICES[name]
         log = self.home / "logs" / f"{name}.log"
         log_offset = log.stat().st_size if log.exists() else 0
-        process = subprocess.Popen(
-            [sys.executable, *self.python_options.get(name, []), "-m", module],
-            env=self.service_env(name),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process: ChildProcess
+        if self.prestart and name not in self.python_options:
+            process = prestart.shared().spawn(module, self.service_env(name))
+        else:
+            process = subprocess.Popen(
+                [sys.executable, *self.python_options.get(name, []), "-m", module],
+                env=self.service_env(name),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         service = ServiceProcess(name, self.ports[name], process, log_offset=log_offset)
         self.processes[name] = service
         service.pump = threading.Thread(

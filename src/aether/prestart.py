@@ -1,0 +1,372 @@
+"""Starting services from an interpreter that has already imported them.
+
+A service process spends most of its start-up importing its code and what it builds on
+(FastStream, nats-py, Litestar, msgspec, psycopg, dulwich, the anthropic SDK): 0.5 to
+1 s of CPU each, the same work in every one of the five and again at every restart.
+``aether up`` and the tests start services from a *prestarter* instead: one process
+(``python -m aether.prestart``) imports every service's code once, freezes what it
+imported out of the garbage collector's sight (so the children share those pages rather
+than copy them on the first collection), and forks a child per request. The child is
+then exactly what ``python -m <module>`` would have been, minus the imports:
+
+- its environment is the one the request gives, nothing of the prestarter's (which
+  starts with an empty one and holds no credentials) or of another service's;
+- it runs in its own session (as ``start_new_session=True`` does), in the requested
+  directory, with the requested file as its stdout and stderr and ``/dev/null`` as
+  stdin; it inherits no other descriptor;
+- its module runs as ``__main__`` through ``runpy``, as ``-m`` does, and the interpreter
+  exits the usual way (``atexit`` handlers, thread joins, flushes).
+
+The prestarter reaps its children and reports each exit status over its socket, so a
+:class:`Forked` handle waits, polls and signals like a ``subprocess.Popen``. When the
+process that started it goes, the prestarter's socket closes and it exits; the children
+it forked stay with their own sessions (whoever started them stops them, as before).
+
+Container images keep starting their one service with ``python -m``; a stack run with
+interpreter options (a profiler) starts those services the plain way too
+(``aether.stack``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+# What the prestarter imports before it forks anything: every service's entry module
+# (and so its code and libraries) and the SDK the planner and runner load on first use.
+PRELOAD = (
+    "aether_git_broker.__main__",
+    "aether_planner.__main__",
+    "aether_scheduler.__main__",
+    "aether_agent_runner.__main__",
+    "aether_gateway.__main__",
+    "anthropic",
+)
+# The descriptor of the prestarter's end of its channel, in its otherwise empty
+# environment (its command line stays ``python -m aether.prestart``: what ``ps`` and the
+# stack's messages show for every service it forked).
+CHANNEL_ENV = "AETHER_PRESTART_CHANNEL"
+MESSAGE_LIMIT = 1 << 20
+PR_SET_NAME = 15  # one request: a module name, a directory, an environment
+
+
+class PrestartError(RuntimeError):
+    """The prestarter is gone, or could not fork the child asked for."""
+
+
+# --- the prestarter's side ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    module: str
+    env: dict[str, str]
+    cwd: str
+    output: int  # the descriptor the child writes its stdout and stderr to
+
+
+def _serve(channel: socket.socket) -> _Request | None:
+    """Fork a child per request until the channel closes. Returns the request in a child
+    (which then runs its module), ``None`` in the prestarter once the channel has closed
+    and every child it forked has exited (it reaps them to the last)."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    while True:
+        ready = _wait_readable(channel, wake_read)
+        if wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+            _report_exits(channel)
+        if channel.fileno() not in ready:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(channel, MESSAGE_LIMIT, 1)
+        except ConnectionError:
+            data, fds = b"", []
+        if not data:
+            _reap_all()
+            return None
+        request = json.loads(data)
+        output = fds[0]
+        try:
+            pid = os.fork()
+        except OSError as error:
+            os.close(output)
+            _send(channel, {"id": request["id"], "error": str(error)})
+            continue
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            channel.close()
+            os.close(wake_read)
+            os.close(wake_write)
+            return _Request(request["module"], request["env"], request["cwd"], output)
+        os.close(output)
+        _send(channel, {"id": request["id"], "pid": pid})
+
+
+def _wait_readable(channel: socket.socket, wake: int) -> list[int]:
+    readable, _, _ = select.select([channel.fileno(), wake], [], [])
+    return readable
+
+
+def _report_exits(channel: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(channel, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+
+
+def _send(channel: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):  # the other side is gone: nobody to tell
+        channel.send(json.dumps(message).encode())
+
+
+def _become(request: _Request) -> None:
+    """In a freshly forked child: take the request's session, descriptors, directory and
+    environment, then run its module as ``__main__``."""
+    os.setsid()
+    _name_process(request.module)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(request.output, 1)
+    os.dup2(request.output, 2)
+    for fd in (devnull, request.output):
+        if fd > 2:
+            os.close(fd)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    os.chdir(request.cwd)
+    os.environ.clear()
+    os.environ.update(request.env)
+    sys.path[0] = request.cwd  # what ``-m`` puts first: the directory it ran in
+    sys.argv = [request.module]
+    runpy.run_module(request.module, run_name="__main__", alter_sys=True)
+
+
+def _name_process(module: str) -> None:
+    """Name the process after its service (``top``, ``ps -o comm``, ``pgrep``; the kernel
+    keeps 15 characters); its command line stays the prestarter's."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, module.removeprefix("aether_").encode()[:15], 0, 0, 0)
+
+
+def _preload(modules: Iterable[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a service that cannot be imported fails in its own child
+            print(f"prestart: could not preload {name}", file=sys.stderr)
+            traceback.print_exc()
+    gc.collect()
+    gc.freeze()
+
+
+def main(argv: list[str]) -> None:
+    channel = socket.socket(fileno=int(os.environ.pop(CHANNEL_ENV)))
+    _preload(argv or PRELOAD)
+    request = _serve(channel)
+    if request is None:
+        return
+    try:
+        _become(request)
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+# --- the starting side -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Forked:
+    """A child of the prestarter, handled like a ``subprocess.Popen``."""
+
+    pid: int
+    stdout: IO[bytes] | None
+    args: list[str]
+    returncode: int | None = None
+    _exited: threading.Event = field(default_factory=threading.Event)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _ended(self, code: int) -> None:
+        self.returncode = code
+        self._exited.set()
+
+
+class Prestarter:
+    """The starting side of a prestarter process (module docstring)."""
+
+    def __init__(self, preload: tuple[str, ...] = PRELOAD) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._channel = ours
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aether.prestart", *([] if preload == PRELOAD else preload)],
+            # Unbuffered output, as the stack gives every service, for the children.
+            env={CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,
+        )
+        theirs.close()
+        # Reaped whenever it exits, with nobody waiting on it.
+        threading.Thread(target=self.process.wait, name="prestart-wait", daemon=True).start()
+        self._lock = threading.Lock()
+        self._next = 0
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._answered = threading.Condition(self._lock)
+        self._children: dict[int, Forked] = {}
+        self._early_exits: dict[int, int] = {}
+        self._gone = False
+        threading.Thread(target=self._listen, name="prestart", daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._gone
+
+    def spawn(self, module: str, env: dict[str, str], cwd: str | None = None) -> Forked:
+        """Fork a child that runs ``module`` as ``python -m`` would, with exactly ``env``;
+        its stdout and stderr are the returned handle's ``stdout`` pipe."""
+        read, write = os.pipe()
+        with self._lock:
+            if self._gone:
+                os.close(read)
+                os.close(write)
+                raise PrestartError("the prestarter has exited")
+            self._next += 1
+            number = self._next
+            message = {"id": number, "module": module, "env": env, "cwd": cwd or os.getcwd()}
+            try:
+                socket.send_fds(self._channel, [json.dumps(message).encode()], [write])
+            except OSError as error:
+                os.close(read)
+                raise PrestartError(f"the prestarter is gone: {error}") from error
+            finally:
+                os.close(write)
+            while number not in self._answers and not self._gone:
+                self._answered.wait()
+            answer = self._answers.pop(number, None)
+            if answer is None or "pid" not in answer:
+                os.close(read)
+                why = answer["error"] if answer else "the prestarter has exited"
+                raise PrestartError(f"could not start {module}: {why}")
+            pid = int(answer["pid"])
+            child = Forked(pid, os.fdopen(read, "rb"), [sys.executable, "-m", module])
+            if pid in self._early_exits:  # it ended before its answer was read
+                child._ended(self._early_exits.pop(pid))
+            else:
+                self._children[pid] = child
+            return child
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                data = self._channel.recv(MESSAGE_LIMIT)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            message = json.loads(data)
+            with self._lock:
+                if "exited" in message:
+                    pid, code = int(message["exited"]), int(message["code"])
+                    child = self._children.pop(pid, None)
+                    if child is None:
+                        self._early_exits[pid] = code
+                    else:
+                        child._ended(code)
+                else:
+                    self._answers[int(message["id"])] = message
+                    self._answered.notify_all()
+        with self._lock:
+            self._gone = True
+            self._answered.notify_all()
+            orphans = list(self._children.values())
+            self._children.clear()
+        # No one reports these any more: wait for each the way one waits for a stranger.
+        for child in orphans:
+            threading.Thread(target=_watch_orphan, args=(child,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop taking requests; the prestarter exits once its children have (they keep
+        running until whoever started them stops them)."""
+        with contextlib.suppress(OSError):
+            self._channel.shutdown(socket.SHUT_RDWR)
+        self._channel.close()
+
+
+def _watch_orphan(child: Forked) -> None:
+    import psutil
+
+    try:
+        code = psutil.Process(child.pid).wait()
+    except psutil.NoSuchProcess:
+        code = None
+    child._ended(code if isinstance(code, int) else -1)
+
+
+_shared: Prestarter | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Prestarter:
+    """This process's prestarter, started on first use and again if it has exited."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive:
+            _shared = Prestarter()
+        return _shared
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

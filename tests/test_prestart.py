@@ -1,0 +1,161 @@
+"""Services forked from the prestarter are what ``python -m <module>`` would have started:
+their own environment, directory, session and descriptors, their exit reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aether.prestart import CHANNEL_ENV, Forked, Prestarter
+
+CHILD = """\
+import atexit, json, os, sys, threading, time
+
+def report():
+    print(json.dumps({
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "argv": sys.argv,
+        "name": __name__,
+        "own_session": os.getsid(0) == os.getpid(),
+        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "stdin": os.readlink("/proc/self/fd/0"),
+        "comm": open("/proc/self/comm").read().strip(),
+    }))
+
+report()
+print("to stderr", file=sys.stderr)
+atexit.register(lambda: print("atexit ran"))
+# A thread that is not a daemon: the interpreter waits for it before exiting.
+threading.Thread(target=lambda: (time.sleep(0.2), print("thread joined"))).start()
+sys.exit(int(os.environ.get("EXIT_CODE", "0")))
+"""
+
+
+@pytest.fixture
+def prestarter(tmp_path: Path) -> Iterator[Prestarter]:
+    (tmp_path / "child_module.py").write_text(CHILD)
+    (tmp_path / "failing_module.py").write_text("raise ValueError('broken at import')\n")
+    (tmp_path / "waiting_module.py").write_text("import time\ntime.sleep(600)\n")
+    # Preloading a small module keeps the fixture quick; Stack's preloads the services.
+    started = Prestarter(preload=("json",))
+    yield started
+    started.close()
+
+
+def run(prestarter: Prestarter, module: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    child = prestarter.spawn(module, env, str(cwd))
+    assert child.stdout is not None
+    output = child.stdout.read().decode()
+    return child.wait(30), output
+
+
+def test_a_child_runs_its_module_as_main_with_exactly_its_own_environment(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    code, output = run(prestarter, "child_module", tmp_path, {"ONLY": "this", "EXIT_CODE": "3"})
+
+    assert code == 3
+    seen = json.loads(output.splitlines()[0])
+    # Nothing of the prestarter's environment or of the test's.
+    assert seen["env"] == {"ONLY": "this", "EXIT_CODE": "3"}
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["name"] == "__main__"
+    assert seen["argv"] == [str(tmp_path / "child_module.py")]
+    assert seen["own_session"]
+    # Only stdin, stdout and stderr (and the descriptor listing itself): nothing of the
+    # prestarter's channel or of another child's output.
+    assert seen["fds"] == [0, 1, 2, 3]
+    assert seen["stdin"] == os.devnull
+    assert seen["comm"] == "child_module"
+    # stderr goes where stdout does; the interpreter exits the usual way.
+    assert "to stderr" in output
+    assert "thread joined" in output
+    assert "atexit ran" in output
+
+
+def test_the_prestarter_itself_holds_nothing_of_the_starting_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AETHER_ADMIN_TOKEN", "not for the prestarter")
+    started = Prestarter(preload=("json",))
+    try:
+        environ = Path(f"/proc/{started.process.pid}/environ").read_bytes()
+    finally:
+        started.close()
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry}
+    assert names <= {CHANNEL_ENV, "PYTHONUNBUFFERED", "LC_CTYPE"}
+
+
+def test_a_module_that_fails_exits_with_its_traceback(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    code, output = run(prestarter, "failing_module", tmp_path, {})
+    assert code == 1
+    assert "ValueError: broken at import" in output
+
+    code, output = run(prestarter, "no_such_module", tmp_path, {})
+    assert code == 1
+    assert "No module named no_such_module" in output
+
+
+def test_a_killed_child_reports_its_signal_and_can_be_waited_for_with_a_timeout(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    child = prestarter.spawn("waiting_module", {}, str(tmp_path))
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(0.3)
+    assert child.poll() is None
+
+    os.killpg(child.pid, signal.SIGKILL)
+
+    assert child.wait(30) == -signal.SIGKILL
+    assert child.returncode == -signal.SIGKILL
+    child.kill()  # a no-op once it has ended, as Popen's is
+
+
+def test_children_started_together_from_threads_each_get_their_own_process_and_output(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    results: dict[int, tuple[Forked, str]] = {}
+
+    def start(number: int) -> None:
+        child = prestarter.spawn("child_module", {"N": str(number)}, str(tmp_path))
+        assert child.stdout is not None
+        results[number] = (child, child.stdout.read().decode())
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert sorted(results) == list(range(8))
+    assert len({child.pid for child, _ in results.values()}) == 8
+    for number, (child, output) in results.items():
+        assert child.wait(30) == 0
+        assert json.loads(output.splitlines()[0])["env"] == {"N": str(number)}
+
+
+def test_closing_leaves_the_children_running_and_the_prestarter_waits_for_them(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    child = prestarter.spawn("waiting_module", {}, str(tmp_path))
+    prestarter.close()
+
+    # Still reaping its child, the prestarter has not exited, and the child runs on.
+    with pytest.raises(subprocess.TimeoutExpired):
+        prestarter.process.wait(0.5)
+    os.kill(child.pid, 0)
+
+    os.killpg(child.pid, signal.SIGKILL)
+    assert prestarter.process.wait(30) == 0
+    # Its exit is still known here, the prestarter being gone.
+    assert child.wait(30) in (-signal.SIGKILL, -1)
