@@ -32,7 +32,7 @@ from aether_runtime.roles import ROLES
 
 async def run(n: int) -> None:
     home = Path(tempfile.mkdtemp(prefix="aether-bench-attempts-"))
-    stack = Stack(home=home, random_ports=True, env={})
+    stack = Stack(home=home, random_ports=True, prestart=False, env={})
     stack.start_infrastructure()
     try:
         scheduler = await nats.connect(

@@ -29,6 +29,7 @@ import httpx
 import nats
 from playwright.async_api import async_playwright
 
+from aether import prestart
 from aether.stack import Stack
 from aether_events import (
     AgentCompleted,
@@ -149,7 +150,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(n_tasks: int, n_events: int, screenshot: Path | None = None) -> None:
     home = Path(tempfile.mkdtemp(prefix="aether-bench-board-"))
-    stack = Stack(home=home / "stack", random_ports=True)
+    stack = Stack(home=home / "stack", random_ports=True, prestart=prestart.shared())
     await asyncio.to_thread(stack.start_infrastructure)
     # The streams are declared by the stack's administrator (the gateway waits for them).
     nc = await nats.connect(stack.nats_url)

@@ -52,6 +52,7 @@ import httpx
 import nats
 from prometheus_client.parser import text_string_to_metric_families
 
+from aether import prestart
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
 from aether_agent_runner.adapters.git import GitDir, commit_all
@@ -431,6 +432,7 @@ async def _run_shape(
     stack = Stack(
         home=work / f"stack-{label}",
         random_ports=True,
+        prestart=prestart.shared(),
         env={
             "ANTHROPIC_API_KEY": "bench",
             "ANTHROPIC_BASE_URL": model_url,

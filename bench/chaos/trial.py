@@ -27,6 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from aether import prestart
 from aether.gitview import create_sample_repository
 from aether.infra import EmbeddedNats, port_is_free
 from aether.stack import SERVICES, Stack
@@ -174,6 +175,7 @@ class Trial:
         self.stack = Stack(
             home=self.home / "stack",
             random_ports=True,
+            prestart=prestart.shared(),
             env={
                 **self.settings.env,
                 "NATS_URL": self.nats.url,

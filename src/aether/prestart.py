@@ -192,6 +192,10 @@ def _preload(modules: Iterable[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """``python -m aether.prestart [--for WHAT] [MODULE…]``: ``--for`` only names what it
+    serves on its command line (and so on its children's)."""
+    if argv[:1] == ["--for"]:
+        argv = argv[2:]
     channel = socket.socket(fileno=int(os.environ.pop(CHANNEL_ENV)))
     _preload(argv or PRELOAD)
     request = _serve(channel)
@@ -247,11 +251,17 @@ class Forked:
 class Prestarter:
     """The starting side of a prestarter process (module docstring)."""
 
-    def __init__(self, preload: tuple[str, ...] = PRELOAD) -> None:
+    def __init__(self, serves: str = "", preload: tuple[str, ...] = PRELOAD) -> None:
+        """``serves`` goes on the command line of the prestarter and so of every child
+        (a stack's home, say: ``ps`` and ``pgrep -f`` then find what a stack runs)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = ours
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aether.prestart", *([] if preload == PRELOAD else preload)],
+            [
+                *(sys.executable, "-m", "aether.prestart"),
+                *(("--for", serves) if serves else ()),
+                *(() if preload == PRELOAD else preload),
+            ],
             # Unbuffered output, as the stack gives every service, for the children.
             env={CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
@@ -360,7 +370,8 @@ _shared_lock = threading.Lock()
 
 
 def shared() -> Prestarter:
-    """This process's prestarter, started on first use and again if it has exited."""
+    """This process's prestarter, for the stacks it runs one after another (tests,
+    benchmarks); started on first use and again if it has exited."""
     global _shared
     with _shared_lock:
         if _shared is None or not _shared.alive:

@@ -16,9 +16,10 @@ from typing import IO, Protocol
 
 import httpx
 
-from aether import prestart, supervise
+from aether import supervise
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
+from aether.prestart import Prestarter
 from aether.service_env import settings_for
 from aether_runtime.attempt_auth import issuer_public_key, new_issuer_seed
 from aether_runtime.bus_auth import (
@@ -109,16 +110,18 @@ class Stack:
     # Interpreter options put before ``-m <module>`` for some services (a benchmark runs
     # one under ``-m cProfile -o <file>``); those services start as their own interpreter.
     python_options: dict[str, list[str]] = field(default_factory=dict)
-    # Services are forked from this process's prestarter (``aether.prestart``), which
-    # has imported their code once; ``False`` starts each as ``python -m <module>``, as
-    # a container does (a benchmark of each service's own memory, say).
-    prestart: bool = True
+    # Where the services are forked from (``aether.prestart``): ``True``, a prestarter
+    # of the stack's own, named after its home and stopped with it; a ``Prestarter`` to
+    # share (``aether.prestart.shared()``: a process that runs many stacks); ``False``, none:
+    # each service starts as ``python -m <module>``, as in its container.
+    prestart: Prestarter | bool = True
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
         self._nats: EmbeddedNats | None = None
         self._port_moves: dict[str, int] = {}
         self._postgres: EmbeddedPostgres | None = None
+        self._prestarter: Prestarter | None = None
         self.nats_url = self.env.get("NATS_URL") or os.environ.get("NATS_URL", "")
         self.nats_server_url = self.nats_url
         # Per service: its NATS user's password (only when the stack runs its own NATS).
@@ -152,8 +155,7 @@ class Stack:
         return self.home / "worktrees"
 
     def start_infrastructure(self) -> None:
-        if self.prestart:
-            prestart.shared()  # its imports overlap the servers' start
+        self.prestarter()  # its imports overlap the servers' start
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         if not self.admin_token:
@@ -257,8 +259,9 @@ class Stack:
         log = self.home / "logs" / f"{name}.log"
         log_offset = log.stat().st_size if log.exists() else 0
         process: ChildProcess
-        if self.prestart and name not in self.python_options:
-            process = prestart.shared().spawn(module, self.service_env(name))
+        prestarter = self.prestarter()
+        if prestarter is not None and name not in self.python_options:
+            process = prestarter.spawn(module, self.service_env(name))
         else:
             process = subprocess.Popen(
                 [sys.executable, *self.python_options.get(name, []), "-m", module],
@@ -274,6 +277,15 @@ class Stack:
         )
         service.pump.start()
         return service
+
+    def prestarter(self) -> Prestarter | None:
+        """The prestarter the services are forked from (started here when it is the
+        stack's own), or ``None`` when they start as their own interpreters."""
+        if isinstance(self.prestart, Prestarter):
+            return self.prestart
+        if self.prestart and (self._prestarter is None or not self._prestarter.alive):
+            self._prestarter = Prestarter(serves=str(self.home))
+        return self._prestarter
 
     def moved_port(self, name: str) -> bool:
         """Start ``name`` again on another free port when it died at start-up because its
@@ -369,6 +381,9 @@ class Stack:
         """Stop the services (SIGTERM to all at once, each given ``timeout`` seconds, in
         parallel: one at a time cost a shutdown each), then NATS and PostgreSQL."""
         self.stop_services(list(reversed(list(self.processes))), timeout)
+        own, self._prestarter = self._prestarter, None
+        if own is not None:
+            own.close()  # it exits once the last service it forked has
         nats, self._nats = self._nats, None
         stopping = threading.Thread(target=nats.stop) if nats is not None else None
         if stopping is not None:

@@ -12,6 +12,7 @@ import httpx
 import nats
 import pytest
 
+from aether import prestart
 from aether.infra import EmbeddedNatsCluster
 from aether.stack import Stack
 from aether_events import (
@@ -74,6 +75,7 @@ async def clustered(
     stack = Stack(
         home=tmp_path / "stack",
         random_ports=True,
+        prestart=prestart.shared(),
         env={
             "ANTHROPIC_API_KEY": "test-key",
             "ANTHROPIC_BASE_URL": model_server[0].url,

@@ -18,6 +18,7 @@ import pytest
 from dulwich.objects import Commit, Tree
 from dulwich.repo import Repo
 
+from aether import prestart
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
 from aether_events import (
@@ -142,6 +143,7 @@ def stack_for(tmp_path: Path, model: MessagesServer, database: str) -> Stack:
     return Stack(
         home=tmp_path / "stack",
         random_ports=True,
+        prestart=prestart.shared(),
         env={
             "ANTHROPIC_API_KEY": "test-key",
             "ANTHROPIC_BASE_URL": model.url,

@@ -19,6 +19,7 @@ import nats
 import pytest
 from dulwich.repo import Repo
 
+from aether import prestart
 from aether.infra import PRIVATE_PORTS_START, free_port
 from aether.stack import SERVICES, Stack
 from aether_events import (
@@ -44,6 +45,7 @@ def stack_for(tmp_path: Path, model: MessagesServer, database: str) -> Stack:
     return Stack(
         home=tmp_path / "stack",
         random_ports=True,
+        prestart=prestart.shared(),
         env={
             "ANTHROPIC_API_KEY": "test-key",
             "ANTHROPIC_BASE_URL": model.url,

@@ -57,7 +57,7 @@ VICTIM = AttemptKey("m-victim", "t1", 1)
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="aether-escape-attempts-"))
-    stack = Stack(home=home, random_ports=True, env={})
+    stack = Stack(home=home, random_ports=True, prestart=False, env={})
     stack.start_infrastructure()
     try:
         yield stack

@@ -54,7 +54,7 @@ def stack() -> Iterator[Stack]:
     """The infrastructure of ``aether up`` (no services): NATS with the generated users
     and permissions, PostgreSQL locked down with the gateway's role."""
     home = Path(tempfile.mkdtemp(prefix="aether-escape-"))
-    stack = Stack(home=home, random_ports=True, env=dict(SECRET_ENV))
+    stack = Stack(home=home, random_ports=True, prestart=False, env=dict(SECRET_ENV))
     stack.start_infrastructure()
     try:
         yield stack

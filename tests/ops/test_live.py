@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from prometheus_client.samples import Sample
 
+from aether import prestart
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
 from aether_events import (
@@ -176,6 +177,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> A
     stack = Stack(
         home=home / "stack",
         random_ports=True,
+        prestart=prestart.shared(),
         env={
             # The offline model served here: no test ever reaches a real endpoint.
             "ANTHROPIC_API_KEY": "local-offline-model",

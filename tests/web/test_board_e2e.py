@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from dulwich.repo import Repo
 
+from aether import prestart
 from aether.gitview import create_sample_repository
 from aether.stack import Stack
 from tests.e2e.test_mission_flow import fresh_database
@@ -38,6 +39,7 @@ async def offline_stack(tmp_path: Path, fresh_database: str) -> AsyncIterator[St
     stack = Stack(
         home=tmp_path / "stack",
         random_ports=True,
+        prestart=prestart.shared(),
         # No key: the planner and the agents use the offline model.
         env={"ANTHROPIC_API_KEY": "", "DATABASE_URL": fresh_database},
     )

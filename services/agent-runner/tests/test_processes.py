@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from aether import prestart
 from aether.stack import Stack
 from aether_events import (
     AgentCompleted,
@@ -34,6 +35,7 @@ def runners(tmp_path: Path, nats_url: str) -> Iterator[Callable[..., Stack]]:
         stack = Stack(
             home=tmp_path / f"runner-{len(stacks)}",
             random_ports=True,
+            prestart=prestart.shared(),
             env={
                 "NATS_URL": nats_url,
                 "DATABASE_URL": "postgresql://unused",
