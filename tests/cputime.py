@@ -4,11 +4,13 @@ The suite is CPU-bound on a small machine (its wall time is about its CPU divide
 cores), so this counts CPU rather than time: for each test (set-up, call and tear-down),
 the CPU of the pytest process that ran it and of the processes it started and waited
 for (``RUSAGE_CHILDREN``: a service process a test or fixture stopped, ``git``,
-``bwrap``, a browser). A process a module- or package-scoped fixture started is counted
-where that fixture stops it, on the module's or package's last test; the session's
-servers (NATS, PostgreSQL) with each process's last test. At the end it
-prints the files with the most CPU, and the whole run's CPU next to its wall time. With
-xdist each worker appends its tests to one file, which the controller sums.
+``bwrap``, a browser; a service forked from the prestarter is counted as its exit is
+reported, ``aether.prestart.exited_children_cpu``). A process a module- or
+package-scoped fixture started is counted where that fixture stops it, on the module's or
+package's last test; the session's servers (NATS, PostgreSQL) with each process's last
+test. At the end it prints the files with the most CPU, and the whole run's CPU next to
+its wall time. With xdist each worker appends its tests to one file, which the
+controller sums.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from aether import prestart
+
 _RECORDS = "AETHER_CPUTIME_RECORDS"
 SESSION = "(each process's session tear-down: its NATS and PostgreSQL)"
 SHOWN = 30
@@ -33,7 +37,8 @@ _session_teardown = [0.0, 0.0]
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    # Services forked from a prestarter are its children, not ours: it reports their CPU.
+    return usage.ru_utime + usage.ru_stime + prestart.exited_children_cpu()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aether.prestart import CHANNEL_ENV, Forked, Prestarter
+from aether.prestart import CHANNEL_ENV, Forked, Prestarter, exited_children_cpu
 
 CHILD = """\
 import atexit, json, os, sys, threading, time
@@ -44,6 +44,9 @@ def prestarter(tmp_path: Path) -> Iterator[Prestarter]:
     (tmp_path / "child_module.py").write_text(CHILD)
     (tmp_path / "failing_module.py").write_text("raise ValueError('broken at import')\n")
     (tmp_path / "waiting_module.py").write_text("import time\ntime.sleep(600)\n")
+    (tmp_path / "spinning_module.py").write_text(
+        "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end:\n    pass\n"
+    )
     # Preloading a small module keeps the fixture quick; Stack's preloads the services.
     started = Prestarter(preload=("json",))
     yield started
@@ -159,3 +162,25 @@ def test_closing_leaves_the_children_running_and_the_prestarter_waits_for_them(
     assert prestarter.process.wait(30) == 0
     # Its exit is still known here, the prestarter being gone.
     assert child.wait(30) in (-signal.SIGKILL, -1)
+
+
+def test_the_cpu_of_an_exited_child_is_counted_here(prestarter: Prestarter, tmp_path: Path) -> None:
+    before = exited_children_cpu()
+    code, _ = run(prestarter, "spinning_module", tmp_path, {})
+    assert code == 0
+    assert exited_children_cpu() - before >= 0.35
+
+
+def test_a_service_preloaded_by_its_entry_module_runs_that_module_afresh_and_quietly(
+    tmp_path: Path,
+) -> None:
+    started = Prestarter(preload=("aether_scheduler.__main__",))
+    try:
+        code, output = run(started, "aether_scheduler", tmp_path, {"PORT": "not-a-port"})
+    finally:
+        started.close()
+    # Its own settings were read (from its own environment), and runpy had nothing to
+    # warn about (the entry module was not left imported under its own name).
+    assert code == 1
+    assert "PORT='not-a-port' is not valid" in output
+    assert "RuntimeWarning" not in output

@@ -130,12 +130,13 @@ def _wait_readable(channel: socket.socket, wake: int) -> list[int]:
 def _report_exits(channel: socket.socket) -> None:
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        _send(channel, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        code = os.waitstatus_to_exitcode(status)
+        _send(channel, {"exited": pid, "code": code, "cpu": usage.ru_utime + usage.ru_stime})
 
 
 def _reap_all() -> None:
@@ -187,6 +188,9 @@ def _preload(modules: Iterable[str]) -> None:
         except Exception:  # a service that cannot be imported fails in its own child
             print(f"prestart: could not preload {name}", file=sys.stderr)
             traceback.print_exc()
+        if name.endswith(".__main__"):
+            # What it imported stays; the module itself is run afresh as ``__main__``.
+            sys.modules.pop(name, None)
     gc.collect()
     gc.freeze()
 
@@ -330,6 +334,7 @@ class Prestarter:
             with self._lock:
                 if "exited" in message:
                     pid, code = int(message["exited"]), int(message["code"])
+                    _count_cpu(float(message["cpu"]))
                     child = self._children.pop(pid, None)
                     if child is None:
                         self._early_exits[pid] = code
@@ -363,6 +368,23 @@ def _watch_orphan(child: Forked) -> None:
     except psutil.NoSuchProcess:
         code = None
     child._ended(code if isinstance(code, int) else -1)
+
+
+_exited_cpu = [0.0]
+_exited_cpu_lock = threading.Lock()
+
+
+def _count_cpu(seconds: float) -> None:
+    with _exited_cpu_lock:
+        _exited_cpu[0] += seconds
+
+
+def exited_children_cpu() -> float:
+    """The CPU seconds used by every child of this process's prestarters that has exited
+    (and by what each waited for): what ``RUSAGE_CHILDREN`` would have counted had the
+    services been this process's own children."""
+    with _exited_cpu_lock:
+        return _exited_cpu[0]
 
 
 _shared: Prestarter | None = None
