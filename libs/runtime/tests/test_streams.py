@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -13,6 +15,8 @@ from aether_events import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
     Event,
+    StreamSettings,
+    ensure_streams,
 )
 from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service
 
@@ -95,3 +99,25 @@ async def test_three_replicas_survive_service_restarts_on_a_three_node_cluster(
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:
         await nc.close()
+
+
+async def test_services_starting_together_on_a_fresh_cluster_all_find_the_streams_led(
+    nats_cluster: EmbeddedNatsCluster,
+) -> None:
+    """Five services declaring the replicated streams at once, each through a different
+    server: the one whose add loses the race, or who asks a server the new stream has not
+    reached yet, waits for the stream rather than failing its start on "stream not
+    found". Several rounds, the streams deleted between them."""
+    clients = [await nats.connect(url) for url in nats_cluster.urls * 2][:5]
+    try:
+        for _ in range(8):
+            await asyncio.gather(
+                *(ensure_streams(nc.jetstream(), StreamSettings(replicas=3)) for nc in clients)
+            )
+            js = clients[0].jetstream()
+            assert await stream_settings(js) == declared(3)
+            for name in (MISSIONS_STREAM, TELEMETRY_STREAM):
+                await js.delete_stream(name)
+    finally:
+        for nc in clients:
+            await nc.close()
