@@ -110,7 +110,7 @@ async def test_services_starting_together_on_a_fresh_cluster_all_find_the_stream
     found". Several rounds, the streams deleted between them."""
     clients = [await nats.connect(url) for url in nats_cluster.urls * 2][:5]
     try:
-        for _ in range(8):
+        for _ in range(2):
             await asyncio.gather(
                 *(ensure_streams(nc.jetstream(), StreamSettings(replicas=3)) for nc in clients)
             )
