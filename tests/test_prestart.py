@@ -184,3 +184,20 @@ def test_a_service_preloaded_by_its_entry_module_runs_that_module_afresh_and_qui
     assert code == 1
     assert "PORT='not-a-port' is not valid" in output
     assert "RuntimeWarning" not in output
+
+
+def test_what_the_prestarter_itself_writes_goes_to_its_log_not_to_our_output(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "child_module.py").write_text(CHILD)
+    log = tmp_path / "prestart.log"
+    started = Prestarter(preload=("json", "no_such_module_to_preload"), log=log)
+    try:
+        # A child answered means the preloading is over.
+        code, _ = run(started, "child_module", tmp_path, {})
+        outputs = {os.readlink(f"/proc/{started.process.pid}/fd/{fd}") for fd in (1, 2)}
+    finally:
+        started.close()
+    assert code == 0
+    assert outputs == {str(log)}
+    assert "could not preload no_such_module_to_preload" in log.read_text()

@@ -45,6 +45,7 @@ import threading
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 # What the prestarter imports before it forks anything: every service's entry module
@@ -255,11 +256,17 @@ class Forked:
 class Prestarter:
     """The starting side of a prestarter process (module docstring)."""
 
-    def __init__(self, serves: str = "", preload: tuple[str, ...] = PRELOAD) -> None:
+    def __init__(
+        self, serves: str = "", preload: tuple[str, ...] = PRELOAD, log: Path | None = None
+    ) -> None:
         """``serves`` goes on the command line of the prestarter and so of every child
-        (a stack's home, say: ``ps`` and ``pgrep -f`` then find what a stack runs)."""
+        (a stack's home, say: ``ps`` and ``pgrep -f`` then find what a stack runs).
+        ``log`` takes what the prestarter itself writes (a module it could not preload);
+        without one it writes where this process does, and holds that open while it
+        lives (as long as the last service it forked)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = ours
+        output = log.open("ab") if log is not None else None
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "aether.prestart"),
@@ -269,10 +276,14 @@ class Prestarter:
             # Unbuffered output, as the stack gives every service, for the children.
             env={CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
             pass_fds=(theirs.fileno(),),
             start_new_session=True,
         )
         theirs.close()
+        if output is not None:
+            output.close()
         # Reaped whenever it exits, with nobody waiting on it.
         threading.Thread(target=self.process.wait, name="prestart-wait", daemon=True).start()
         self._lock = threading.Lock()

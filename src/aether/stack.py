@@ -155,9 +155,9 @@ class Stack:
         return self.home / "worktrees"
 
     def start_infrastructure(self) -> None:
-        self.prestarter()  # its imports overlap the servers' start
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
+        self.prestarter()  # its imports overlap the servers' start
         if not self.admin_token:
             self.admin_token = load_or_create_admin_token(self.home)
         if not self.nats_url:
@@ -284,7 +284,9 @@ class Stack:
         if isinstance(self.prestart, Prestarter):
             return self.prestart
         if self.prestart and (self._prestarter is None or not self._prestarter.alive):
-            self._prestarter = Prestarter(serves=str(self.home))
+            logs = self.home / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            self._prestarter = Prestarter(serves=str(self.home), log=logs / "prestart.log")
         return self._prestarter
 
     def moved_port(self, name: str) -> bool:
