@@ -201,3 +201,45 @@ def test_what_the_prestarter_itself_writes_goes_to_its_log_not_to_our_output(
     assert code == 0
     assert outputs == {str(log)}
     assert "could not preload no_such_module_to_preload" in log.read_text()
+
+
+def memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether any readable mapping of process ``pid`` holds ``needle``."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as memory:
+        for line in maps:
+            span, permissions = line.split()[:2]
+            if not permissions.startswith("r"):
+                continue
+            start, end = (int(part, 16) for part in span.split("-"))
+            try:
+                memory.seek(start)
+                if needle in memory.read(end - start):
+                    return True
+            except (OSError, ValueError, OverflowError):
+                continue
+    return False
+
+
+def test_a_services_credentials_never_pass_through_the_prestarter(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    secret = "gateway-password-" + os.urandom(8).hex()
+    code, output = run(prestarter, "child_module", tmp_path, {"DATABASE_PASSWORD": secret})
+    assert code == 0
+    assert json.loads(output.splitlines()[0])["env"] == {"DATABASE_PASSWORD": secret}
+    # Nothing of it in the prestarter, whose memory every later child starts from.
+    assert not memory_holds(prestarter.process.pid, secret.encode())
+    # The search does find what is there: the prestarter's own command line.
+    assert memory_holds(prestarter.process.pid, b"aether.prestart")
+
+
+def test_a_child_can_be_signalled_by_its_group_as_soon_as_it_is_started(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    """As after ``Popen(start_new_session=True)``: the session exists when the pid is
+    handed back (a stack kills a service's group; one killed right after its start once
+    raised "no such process" and was left running, untracked)."""
+    for _ in range(20):
+        child = prestarter.spawn("waiting_module", {}, str(tmp_path))
+        os.killpg(child.pid, signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL

@@ -10,8 +10,11 @@ than copy them on the first collection), and forks a child per request. The chil
 then exactly what ``python -m <module>`` would have been, minus the imports:
 
 - its environment is the one the request gives, nothing of the prestarter's (which
-  starts with an empty one and holds no credentials) or of another service's;
-- it runs in its own session (as ``start_new_session=True`` does), in the requested
+  starts with an empty one) or of another service's: it comes to the child through a
+  pipe the prestarter passes on unread, so the prestarter never holds a service's
+  credentials and no child inherits another's;
+- it runs in its own session (as ``start_new_session=True`` does: made before its pid is
+  answered, so its group can be signalled at once), in the requested
   directory, with the requested file as its stdout and stderr and ``/dev/null`` as
   stdin; it inherits no other descriptor;
 - its module runs as ``__main__`` through ``runpy``, as ``-m`` does, and the interpreter
@@ -76,9 +79,9 @@ class PrestartError(RuntimeError):
 @dataclass(frozen=True)
 class _Request:
     module: str
-    env: dict[str, str]
     cwd: str
     output: int  # the descriptor the child writes its stdout and stderr to
+    environment: int  # the pipe the child reads its environment from
 
 
 def _serve(channel: socket.socket) -> _Request | None:
@@ -98,29 +101,39 @@ def _serve(channel: socket.socket) -> _Request | None:
         if channel.fileno() not in ready:
             continue
         try:
-            data, fds, _, _ = socket.recv_fds(channel, MESSAGE_LIMIT, 1)
+            data, fds, _, _ = socket.recv_fds(channel, MESSAGE_LIMIT, 2)
         except ConnectionError:
             data, fds = b"", []
         if not data:
             _reap_all()
             return None
         request = json.loads(data)
-        output = fds[0]
+        session_read, session_write = os.pipe()
         try:
             pid = os.fork()
         except OSError as error:
-            os.close(output)
+            pid = -1
             _send(channel, {"id": request["id"], "error": str(error)})
-            continue
         if pid == 0:
+            # Its own session before anything else, and said so: the pid is answered
+            # only then, so whoever signals the child's group (``killpg``) right after
+            # the answer finds it, as after ``Popen(start_new_session=True)``.
+            os.setsid()
+            os.close(session_read)
+            os.close(session_write)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             channel.close()
             os.close(wake_read)
             os.close(wake_write)
-            return _Request(request["module"], request["env"], request["cwd"], output)
-        os.close(output)
-        _send(channel, {"id": request["id"], "pid": pid})
+            return _Request(request["module"], request["cwd"], *fds)
+        os.close(session_write)
+        with os.fdopen(session_read, "rb") as session:
+            session.read()  # EOF: the child has its session (or has died)
+        for fd in fds:
+            os.close(fd)
+        if pid > 0:
+            _send(channel, {"id": request["id"], "pid": pid})
 
 
 def _wait_readable(channel: socket.socket, wake: int) -> list[int]:
@@ -155,8 +168,12 @@ def _send(channel: socket.socket, message: dict[str, Any]) -> None:
 
 def _become(request: _Request) -> None:
     """In a freshly forked child: take the request's session, descriptors, directory and
-    environment, then run its module as ``__main__``."""
-    os.setsid()
+    environment, then run its module as ``__main__``. The environment comes from the
+    starting process straight to the child through a pipe the prestarter only passes on:
+    the prestarter never holds a service's credentials, so no child forked after another
+    inherits that one's."""
+    with os.fdopen(request.environment, "rb") as pipe:
+        env = json.loads(pipe.read())
     _name_process(request.module)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -168,7 +185,7 @@ def _become(request: _Request) -> None:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     os.chdir(request.cwd)
     os.environ.clear()
-    os.environ.update(request.env)
+    os.environ.update(env)
     sys.path[0] = request.cwd  # what ``-m`` puts first: the directory it ran in
     sys.argv = [request.module]
     runpy.run_module(request.module, run_name="__main__", alter_sys=True)
@@ -303,28 +320,35 @@ class Prestarter:
         """Fork a child that runs ``module`` as ``python -m`` would, with exactly ``env``;
         its stdout and stderr are the returned handle's ``stdout`` pipe."""
         read, write = os.pipe()
+        env_read, env_write = os.pipe()
         with self._lock:
             if self._gone:
-                os.close(read)
-                os.close(write)
+                for fd in (read, write, env_read, env_write):
+                    os.close(fd)
                 raise PrestartError("the prestarter has exited")
             self._next += 1
             number = self._next
-            message = {"id": number, "module": module, "env": env, "cwd": cwd or os.getcwd()}
+            message = {"id": number, "module": module, "cwd": cwd or os.getcwd()}
             try:
-                socket.send_fds(self._channel, [json.dumps(message).encode()], [write])
+                socket.send_fds(self._channel, [json.dumps(message).encode()], [write, env_read])
             except OSError as error:
                 os.close(read)
+                os.close(env_write)
                 raise PrestartError(f"the prestarter is gone: {error}") from error
             finally:
                 os.close(write)
+                os.close(env_read)
             while number not in self._answers and not self._gone:
                 self._answered.wait()
             answer = self._answers.pop(number, None)
             if answer is None or "pid" not in answer:
                 os.close(read)
+                os.close(env_write)
                 why = answer["error"] if answer else "the prestarter has exited"
                 raise PrestartError(f"could not start {module}: {why}")
+            # Only the child reads this (it waits for it before anything else).
+            with contextlib.suppress(BrokenPipeError), os.fdopen(env_write, "wb") as pipe:
+                pipe.write(json.dumps(env).encode())
             pid = int(answer["pid"])
             child = Forked(pid, os.fdopen(read, "rb"), [sys.executable, "-m", module])
             if pid in self._early_exits:  # it ended before its answer was read

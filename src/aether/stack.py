@@ -359,9 +359,11 @@ class Stack:
 
     def kill(self, name: str) -> None:
         """SIGKILL one service (crash testing)."""
-        service = self.processes.pop(name)
-        os.killpg(service.process.pid, signal.SIGKILL)
+        service = self.processes[name]
+        with contextlib.suppress(ProcessLookupError):  # it had died already
+            os.killpg(service.process.pid, signal.SIGKILL)
         service.process.wait()
+        del self.processes[name]
 
     def restart_nats(self) -> None:
         """SIGKILL the embedded NATS server and start it again on the same port and store
