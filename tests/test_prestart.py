@@ -50,6 +50,8 @@ def prestarter(tmp_path: Path) -> Iterator[Prestarter]:
     # Preloading a small module keeps the fixture quick; Stack's preloads the services.
     started = Prestarter(preload=("json",))
     yield started
+    for child in started.running():  # what a failed test left behind
+        child.kill()
     started.close()
 
 

@@ -357,6 +357,11 @@ class Prestarter:
                 self._children[pid] = child
             return child
 
+    def running(self) -> list[Forked]:
+        """The children forked here whose exit has not been reported yet."""
+        with self._lock:
+            return list(self._children.values())
+
     def _listen(self) -> None:
         while True:
             try:
