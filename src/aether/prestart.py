@@ -65,8 +65,8 @@ PRELOAD = (
 # environment (its command line stays ``python -m aether.prestart``: what ``ps`` and the
 # stack's messages show for every service it forked).
 CHANNEL_ENV = "AETHER_PRESTART_CHANNEL"
-MESSAGE_LIMIT = 1 << 20
-PR_SET_NAME = 15  # one request: a module name, a directory, an environment
+MESSAGE_LIMIT = 1 << 20  # a request: a module name and a directory; an answer
+PR_SET_NAME = 15  # prctl(2)
 
 
 class PrestartError(RuntimeError):
