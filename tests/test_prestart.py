@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aether.prestart import CHANNEL_ENV, Forked, Prestarter, exited_children_cpu
+from aether.prestart import CHANNEL_ENV, Forked, Prestarter, PrestartError, exited_children_cpu
 
 CHILD = """\
 import atexit, json, os, sys, threading, time
@@ -245,3 +245,20 @@ def test_a_child_can_be_signalled_by_its_group_as_soon_as_it_is_started(
         child = prestarter.spawn("waiting_module", {}, str(tmp_path))
         os.killpg(child.pid, signal.SIGKILL)
         assert child.wait(30) == -signal.SIGKILL
+
+
+def test_a_child_whose_prestarter_died_is_still_waited_for(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    child = prestarter.spawn("waiting_module", {}, str(tmp_path))
+    prestarter.process.kill()
+    prestarter.process.wait(30)
+    assert child.poll() is None  # still running, now nobody's child here
+
+    os.kill(child.pid, signal.SIGKILL)
+
+    # Its status died with the prestarter; its end is still seen.
+    assert child.wait(30) in (-signal.SIGKILL, -1)
+    # And the next spawn says the prestarter is gone rather than hang.
+    with pytest.raises(PrestartError):
+        prestarter.spawn("child_module", {}, str(tmp_path))
