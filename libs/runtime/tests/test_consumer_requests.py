@@ -1,0 +1,78 @@
+"""Creating a durable through a moment a real cluster shows after one of its servers
+comes back: the consumer's requests go unanswered until its group has a leader. These
+drive ``ensure_consumer`` with a stand-in for the JetStream API that answers that way
+(the restart itself runs on a real three-node cluster in ``tests/e2e/test_cluster.py``)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import nats.errors
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+from aether_events import ALL_MISSION_EVENTS, Event
+from aether_runtime import ConsumerSpec, Delivery, consumers, ensure_consumer
+
+
+async def ignore(event: Event, delivery: Delivery) -> None:
+    return None
+
+
+SPEC = ConsumerSpec(durable="scheduler", subject=ALL_MISSION_EVENTS, handler=ignore)
+
+
+class Electing:
+    """Unanswered for ``silent`` requests (a timeout, or "temporarily unavailable"),
+    then a cluster with no such consumer yet, where our add may itself go unanswered
+    although it created the consumer."""
+
+    def __init__(self, silent: int, lost_add: bool = False) -> None:
+        self.silent = silent
+        self.lost_add = lost_add
+        self.requests = 0
+        self.created: list[Any] = []
+
+    def _answer(self) -> None:
+        self.requests += 1
+        if self.requests <= self.silent:
+            if self.requests % 2:
+                raise nats.errors.TimeoutError
+            raise ServiceUnavailableError(code=503, description="temporarily unavailable")
+
+    async def consumer_info(self, stream: str, durable: str) -> Any:
+        self._answer()
+        if not self.created:
+            raise NotFoundError(description="consumer not found")
+        return type("Info", (), {"config": self.created[-1]})()
+
+    async def add_consumer(self, stream: str, config: Any) -> Any:
+        self._answer()
+        self.created.append(config)
+        if self.lost_add and len(self.created) == 1:
+            raise nats.errors.TimeoutError
+        return None
+
+
+async def test_a_consumer_request_the_cluster_does_not_answer_yet_is_asked_again() -> None:
+    js = Electing(silent=3)
+    await ensure_consumer(cast(JetStreamContext, js), SPEC, 41)
+    (config,) = js.created
+    assert config.opt_start_seq == 42
+
+
+async def test_a_creation_that_timed_out_but_happened_is_found_not_made_twice() -> None:
+    js = Electing(silent=0, lost_add=True)
+    await ensure_consumer(cast(JetStreamContext, js), SPEC, 0)
+    assert len(js.created) == 1
+
+
+async def test_a_cluster_that_never_answers_fails_the_start_in_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(consumers, "UNANSWERED_WAIT_SECONDS", 0.5)
+    js = Electing(silent=10_000)
+    with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
+        await ensure_consumer(cast(JetStreamContext, js), SPEC, 0)
+    assert js.requests > 1
