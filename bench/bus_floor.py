@@ -156,9 +156,7 @@ async def _role(name: str, url: str, work: str, git: bool, pipe: Connection) -> 
                 target = Path(step.worktree_path) / "bench" / f"f{step.task}.txt"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(f"t{step.task}\n")
-                records = GitDir.linked(
-                    Path(step.worktree_path), Path(step.git_dir), step.branch
-                )
+                records = GitDir.linked(Path(step.worktree_path), Path(step.git_dir), step.branch)
                 message = f"t{step.task}\n\nAether-Task: t{step.task}\nAether-Attempt: 1\n"
                 sha = commit_all(records, message)[0] or ""
             await _publish(js, "floor.completed", _next(step, commit_sha=sha))

@@ -18,10 +18,16 @@ in the stream (the services' own histograms: the difference is the publisher's p
 CPU each service spent per task, and how many deliveries one task costs. With
 ``--profile`` it runs one more chained mission with the service that spent the most
 handler time per task under cProfile and saves the profile (``.prof``, and the top of it
-as text) in the work directory.
+as text) in the work directory. With ``--pause-gateway`` it runs one more chained mission
+with the gateway stopped (SIGSTOP) from the mission's submission to its end: on a machine
+of few cores the read model's CPU is taken from the services on the mission's path, and
+the difference is what it costs them. It also prints, inside each attempt, the time from
+AgentStarted to the end of the first model call, between the ends of two calls, and from
+the last call's end to AgentCompleted, from the events the attempt emitted as it went.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
         [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
+        [--pause-gateway]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -38,6 +44,7 @@ import multiprocessing
 import os
 import pstats
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -64,6 +71,7 @@ from aether_events import (
     MissionCompleted,
     MissionFailed,
     TaskReady,
+    UsageRecorded,
     WorkspaceReady,
     mission_history,
     type_subjects,
@@ -161,9 +169,17 @@ def summary(values: list[float]) -> str:
 
 
 async def run_mission(
-    stack: Stack, repo: Path, n: int, concurrency: int, requirement: str = "benchmark"
+    stack: Stack,
+    repo: Path,
+    n: int,
+    concurrency: int,
+    requirement: str = "benchmark",
+    paused: str | None = None,
 ) -> list[Event]:
+    """Run one mission through ``stack`` and return its history. ``paused``: a service
+    stopped (SIGSTOP) from the mission's submission to its end, and then let go on."""
     nc = await nats.connect(stack.nats_url)
+    stopped = None
     try:
         async with httpx.AsyncClient(
             base_url=stack.gateway_url, timeout=30, headers=stack.auth_headers
@@ -180,6 +196,9 @@ async def run_mission(
             )
             created.raise_for_status()
             mission_id = created.json()["mission_id"]
+        if paused is not None:
+            stopped = stack.processes[paused].process.pid
+            os.kill(stopped, signal.SIGSTOP)
         # Only the mission's end is watched while it runs; its history is read once it
         # has ended. An observer decoding each of its events live would take the CPU
         # the services need (the peers run with no observer at all).
@@ -203,6 +222,8 @@ async def run_mission(
             await sub.unsubscribe()
         return await mission_history(js, mission_id)
     finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
         await nc.close()
 
 
@@ -253,6 +274,39 @@ def per_task(events: list[Event]) -> dict[str, list[float]]:
             out["ready_to_merged"].append(
                 (at[(task, "BranchMerged")] - at[(task, "TaskReady")]).total_seconds()
             )
+    return out
+
+
+def inside_attempts(events: list[Event]) -> dict[str, list[float]]:
+    """Seconds per phase of each attempt, from the events it emitted as it went: from
+    AgentStarted to the end of its first model call (its UsageRecorded), from one model
+    call's end to the next's (the tool calls between them and the call), and from the
+    last call's end to AgentCompleted (the finish check and the commit)."""
+    started: dict[tuple[str, int], datetime] = {}
+    calls: dict[tuple[str, int], list[datetime]] = {}
+    done: dict[tuple[str, int], datetime] = {}
+    for event in events:
+        if isinstance(event, AgentStarted):
+            started[(event.task_id, event.attempt)] = event.occurred_at
+        elif isinstance(event, UsageRecorded) and event.task_id and event.attempt:
+            calls.setdefault((event.task_id, event.attempt), []).append(event.occurred_at)
+        elif isinstance(event, AgentCompleted):
+            done[(event.task_id, event.attempt)] = event.occurred_at
+    out: dict[str, list[float]] = {
+        "AgentStarted→first model call ends": [],
+        "a model call ends→the next ends": [],
+        "last model call ends→AgentCompleted": [],
+    }
+    for attempt, began in started.items():
+        ends = sorted(calls.get(attempt, []))
+        if attempt not in done or not ends:
+            continue
+        out["AgentStarted→first model call ends"].append((ends[0] - began).total_seconds())
+        for one, two in itertools.pairwise(ends):
+            out["a model call ends→the next ends"].append((two - one).total_seconds())
+        out["last model call ends→AgentCompleted"].append(
+            (done[attempt] - ends[-1]).total_seconds()
+        )
     return out
 
 
@@ -407,6 +461,7 @@ async def run_shape(
     concurrency: int,
     python_options: dict[str, list[str]] | None = None,
     warm_up: int = 2,
+    paused: str | None = None,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     """One mission through a fresh stack, after a warm-up mission of ``warm_up`` tasks on
     the same stack (the peers too are timed after their start-up): its events, wall time,
@@ -415,7 +470,7 @@ async def run_shape(
     others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
     with model_server(plan_of(n, shape), others) as model_url:
         return await _run_shape(
-            work, label, shape, n, concurrency, model_url, python_options, warm_up
+            work, label, shape, n, concurrency, model_url, python_options, warm_up, paused
         )
 
 
@@ -428,6 +483,7 @@ async def _run_shape(
     model_url: str,
     python_options: dict[str, list[str]] | None,
     warm_up: int,
+    paused: str | None = None,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     stack = Stack(
         home=work / f"stack-{label}",
@@ -451,10 +507,15 @@ async def _run_shape(
         before = await asyncio.to_thread(scrape_all, stack)
         cpu_before = service_cpu(stack)
         began = time.perf_counter()
-        events = await run_mission(stack, repo, n, concurrency)
+        events = await run_mission(stack, repo, n, concurrency, paused=paused)
         wall = time.perf_counter() - began
         if any(isinstance(e, MissionCompleted) for e in events):
             print_hops(label, per_task(events))
+            print(f"  {label}: inside the attempts (from the events each one emitted)")
+            for phase, values in inside_attempts(events).items():
+                if values:
+                    p50, p95 = statistics.median(values) * 1000, percentile(values, 0.95) * 1000
+                    print(f"    {phase:<38} {p50:7.1f}  {p95:7.1f}")
             handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before, before)
     finally:
         await asyncio.to_thread(stack.stop)
@@ -487,6 +548,12 @@ async def main() -> int:
         action="store_true",
         help="with --profile, time functions by CPU time instead of the wall clock",
     )
+    parser.add_argument(
+        "--pause-gateway",
+        action="store_true",
+        help="run one more chained mission with the gateway stopped while it runs (what the"
+        " read model's CPU costs the services on the mission's path)",
+    )
     args = parser.parse_args()
     shapes = ["independent", "chain"] if args.shape == "both" else [args.shape]
     work = Path(tempfile.mkdtemp(prefix="aether-bench-"))
@@ -514,6 +581,23 @@ async def main() -> int:
             f" {per / (statistics.fmean(baseline) * 1000):.1f}x the plain git loop);"
             f" mean latency is {ratio:.1f}x the plain git work (+{overhead * 1000:.0f} ms/task)"
         )
+    if args.pause_gateway:
+        events, wall, *_ = await run_shape(
+            work,
+            "chain-gateway-paused",
+            "chain",
+            args.tasks,
+            args.concurrency,
+            warm_up=args.warm_up,
+            paused="gateway",
+        )
+        latency = per_task(events)["ready_to_merged"]
+        if latency:
+            print(f"  chain, gateway paused  TaskReady→BranchMerged  {summary(latency)}")
+            print(
+                f"  chain, gateway paused  mission wall time {wall:6.1f} s"
+                f" ({wall / args.tasks * 1000:.0f} ms/task)"
+            )
     if args.profile and (handler_total or args.profile_service):
         slowest = args.profile_service or max(handler_total, key=lambda name: handler_total[name])
         out = work / f"profile-{slowest}.prof"
