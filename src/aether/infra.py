@@ -9,9 +9,11 @@ elsewhere.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -358,6 +360,7 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import pgserver
 
+        _socket_dirs_without_spaces()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         return self
@@ -425,6 +428,36 @@ class EmbeddedPostgres:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute("SELECT pg_reload_conf()")
         return _pg_url(role, role_password, database, socket_dir)
+
+
+# What pg_ctl can pass to the server unquoted: it hands ``-k <socket directory>`` through a
+# shell, so a directory with a space in it (``~/My Projects/.aether``) split the option
+# and the server did not start.
+_UNQUOTED_PATH = re.compile(r"[A-Za-z0-9._/+,:@%=-]+")
+
+
+def _socket_dirs_without_spaces() -> None:
+    """Have pgserver put the server's socket in its runtime directory (where it already
+    puts it when the data directory's path is too long for a socket) when the data
+    directory's path holds anything a shell would split or interpret."""
+    from pgserver import postgres_server
+
+    choose = postgres_server.find_suitable_socket_dir
+    if getattr(choose, "aether_unquoted", False):
+        return
+
+    def choose_unquoted(pgdata: Path, runtime_path: Path) -> Path:
+        chosen: Path = choose(pgdata, runtime_path)
+        if _UNQUOTED_PATH.fullmatch(str(chosen)):
+            return chosen
+        # As pgserver names its own runtime socket directories: by the data directory.
+        identity = f"{pgdata}-{pgdata.stat().st_ino}".encode()
+        directory: Path = runtime_path / hashlib.sha256(identity).hexdigest()[:10]
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    choose_unquoted.aether_unquoted = True  # type: ignore[attr-defined]
+    postgres_server.find_suitable_socket_dir = choose_unquoted
 
 
 def _pg_url(user: str, password: str, database: str, socket_dir: Path | None) -> str:

@@ -9,6 +9,7 @@ line when a service warns, fails or is restarted. Raw JSON logs go to
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -271,7 +272,9 @@ def _banner(stack: Stack, home: Path) -> str:
     )
     model = model_line(os.environ)
     default_home = Path(os.environ.get("AETHER_HOME", ".aether")).resolve() == home
-    target = "" if default_home else f"   (other shells: export AETHER_HOME={home})"
+    # Quoted as a shell reads it: the default home is under the directory `up` runs in.
+    exported = f"export AETHER_HOME={shlex.quote(str(home))}"
+    target = "" if default_home else f"   (other shells: {exported})"
     return (
         f"\nAether is up.\n"
         f"  gateway   {stack.gateway_url}\n"
