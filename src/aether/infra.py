@@ -442,7 +442,8 @@ def _socket_dirs_without_spaces() -> None:
     directory's path holds anything a shell would split or interpret."""
     from pgserver import postgres_server
 
-    choose = postgres_server.find_suitable_socket_dir
+    # Where pgserver's server looks it up when it starts (its own name for it).
+    choose = postgres_server.find_suitable_socket_dir  # type: ignore[attr-defined]
     if getattr(choose, "aether_unquoted", False):
         return
 
@@ -457,7 +458,7 @@ def _socket_dirs_without_spaces() -> None:
         return directory
 
     choose_unquoted.aether_unquoted = True  # type: ignore[attr-defined]
-    postgres_server.find_suitable_socket_dir = choose_unquoted
+    postgres_server.find_suitable_socket_dir = choose_unquoted  # type: ignore[attr-defined]
 
 
 def _pg_url(user: str, password: str, database: str, socket_dir: Path | None) -> str:
