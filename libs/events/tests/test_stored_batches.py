@@ -4,6 +4,7 @@ early without leaving the read half open."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -149,6 +150,39 @@ async def test_a_server_that_stops_answering_mid_read_ends_it_with_an_error_not_
         # What arrived, in order, and not all of it.
         assert 5 <= len(seqs) < STORED and seqs == list(range(1, len(seqs) + 1))
         assert f"{STORED - len(seqs)} messages still to come" in str(stalled.value)
+    finally:
+        if stopped:
+            os.kill(server.process.pid, signal.SIGCONT)
+        await nc.close()
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_a_patient_read_goes_on_from_where_it_stopped_once_the_server_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start-up replay through a server that stops answering for a while (a cluster
+    electing a leader): read again from the last message read, every message once, in
+    order."""
+    monkeypatch.setattr(sys.modules["aether_events.replay"], "PULL_TIMEOUT", 1.0)
+    data = Path(tempfile.mkdtemp(prefix="aether-test-nats-"))
+    server = EmbeddedNats(data).start()
+    nc = await nats.connect(server.url)
+    stopped = False
+    try:
+        await store(nc, STORED)
+        seqs: list[int] = []
+        loop = asyncio.get_running_loop()
+        async for batch in stored_batches(
+            nc.jetstream(), MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=50, patience=30.0
+        ):
+            seqs.extend(msg.metadata.sequence.stream for msg in batch)
+            if not stopped:
+                # Silent for longer than a pull waits, then answering again.
+                os.kill(server.process.pid, signal.SIGSTOP)
+                stopped = True
+                loop.call_later(2.5, os.kill, server.process.pid, signal.SIGCONT)
+        assert seqs == list(range(1, STORED + 1))
     finally:
         if stopped:
             os.kill(server.process.pid, signal.SIGCONT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
@@ -13,6 +14,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.errors import ServiceUnavailableError
 
 from aether_events.catalogue import Event
 from aether_events.codec import UnknownEventType, decode
@@ -20,6 +22,8 @@ from aether_events.streams import MISSIONS_STREAM
 from aether_events.subjects import mission_subject, on_its_subject
 
 S = TypeVar("S")
+
+log = logging.getLogger("aether.events.replay")
 
 
 # One subject filter, or several that do not overlap (an event type's two subject forms:
@@ -47,6 +51,9 @@ class ReplayResult(msgspec.Struct, kw_only=True):
 
 # How long a read waits for the server to answer one pull request.
 PULL_TIMEOUT = 5.0
+# How long a service's start-up reads of its history go on through a server that stops
+# answering (``stored_batches``' patience): a cluster electing a leader.
+START_PATIENCE_SECONDS = 30.0
 
 
 class ReplayStalled(TimeoutError):
@@ -55,11 +62,17 @@ class ReplayStalled(TimeoutError):
 
 
 async def stored_messages(
-    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext,
+    stream: str,
+    subject: Subjects,
+    *,
+    after: int = 0,
+    batch: int = 2048,
+    patience: float = 0.0,
 ) -> AsyncGenerator[Msg, None]:
     """Every message stored on ``subject`` (one filter or several) after sequence
     ``after``, in stream order, as stored (undecoded). Read in batches by ``stored_batches``."""
-    batches = stored_batches(js, stream, subject, after=after, batch=batch)
+    batches = stored_batches(js, stream, subject, after=after, batch=batch, patience=patience)
     async with contextlib.aclosing(batches):
         async for msgs in batches:
             for msg in msgs:
@@ -67,9 +80,47 @@ async def stored_messages(
 
 
 async def stored_batches(
-    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext,
+    stream: str,
+    subject: Subjects,
+    *,
+    after: int = 0,
+    batch: int = 2048,
+    patience: float = 0.0,
 ) -> AsyncGenerator[list[Msg], None]:
     """``stored_messages`` in lists of up to ``batch``, one pull request each.
+
+    ``patience``: for how many seconds a read the server stops answering (``ReplayStalled``),
+    or whose consumer it does not create in time, is made again from the last message
+    read, rather than failing at once: a service starting while a cluster elects a leader
+    (a server of it just back) reads its history through that moment. Every message is
+    still given once, in order, and a read that cannot go on past the patience fails as
+    before.
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + patience
+    while True:
+        reads = _stored_batches(js, stream, subject, after=after, batch=batch)
+        try:
+            async with contextlib.aclosing(reads):
+                async for msgs in reads:
+                    after = msgs[-1].metadata.sequence.stream
+                    yield msgs
+            return
+        except (ReplayStalled, nats.errors.TimeoutError, ServiceUnavailableError) as error:
+            if loop.time() >= give_up_at:
+                raise
+            log.warning(
+                "read of stored messages not answered; reading on",
+                extra={"stream": stream, "after": after, "error": str(error)},
+            )
+        await asyncio.sleep(_EMPTY_PAUSE)
+
+
+async def _stored_batches(
+    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
+) -> AsyncGenerator[list[Msg], None]:
+    """One read of ``stored_batches``, with no patience.
 
     An ephemeral pull consumer (named here, so per-service permissions allow it; left to
     its inactivity threshold, like nats-py's own) is asked for ``batch`` messages at a
@@ -188,6 +239,7 @@ async def replay(
     *,
     after_sequence: int = 0,
     batch: int = 2048,
+    patience: float = 0.0,
 ) -> tuple[S, ReplayResult]:
     """Fold every stored event on ``subject`` (after ``after_sequence``) into ``state``.
 
@@ -197,7 +249,9 @@ async def replay(
     read.
     """
     result = ReplayResult(last_sequence=after_sequence)
-    messages = stored_messages(js, stream, subject, after=after_sequence, batch=batch)
+    messages = stored_messages(
+        js, stream, subject, after=after_sequence, batch=batch, patience=patience
+    )
     async with contextlib.aclosing(messages):
         async for msg in messages:
             seq = msg.metadata.sequence.stream

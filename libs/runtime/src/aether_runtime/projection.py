@@ -18,7 +18,7 @@ from aether_events import (
     replay,
     type_subjects,
 )
-from aether_events.replay import ReplayResult, stored_messages
+from aether_events.replay import START_PATIENCE_SECONDS, ReplayResult, stored_messages
 from aether_runtime import metrics
 
 S = TypeVar("S")
@@ -126,7 +126,9 @@ class Projection(Generic[S]):
         # last one read was.
         end = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
         if types is None:
-            _, result = await replay(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, self, fold)
+            _, result = await replay(
+                js, MISSIONS_STREAM, ALL_MISSION_EVENTS, self, fold, patience=START_PATIENCE_SECONDS
+            )
         else:
             result = await self._replay_types(js, types, end)
         metrics.REPLAYED.labels(service).inc(result.applied)
@@ -148,7 +150,9 @@ class Projection(Generic[S]):
         """
         stored: list[tuple[int, str, bytes]] = []
         for subject in sorted({subject for t in types for subject in type_subjects(t)}):
-            async for msg in stored_messages(js, MISSIONS_STREAM, subject):
+            async for msg in stored_messages(
+                js, MISSIONS_STREAM, subject, patience=START_PATIENCE_SECONDS
+            ):
                 seq = msg.metadata.sequence.stream
                 if seq <= end:
                     stored.append((seq, msg.subject, msg.data))

@@ -20,6 +20,7 @@ from aether_events import (
     Event,
     replay,
 )
+from aether_events.replay import START_PATIENCE_SECONDS
 from aether_runtime import ConsumerSpec, Projection, Service
 from aether_runtime.attempt_auth import AttemptAuthorizer, AttemptKey, Grants
 from aether_runtime.metrics import service_at_zero
@@ -99,7 +100,12 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
             return evolve(state, event)
 
         projection.state, _ = await replay(
-            js, TELEMETRY_STREAM, ALL_TELEMETRY, projection.state, fold
+            js,
+            TELEMETRY_STREAM,
+            ALL_TELEMETRY,
+            projection.state,
+            fold,
+            patience=START_PATIENCE_SECONDS,
         )
         return last
 

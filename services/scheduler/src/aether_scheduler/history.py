@@ -31,7 +31,7 @@ from aether_events import (
     subject_parts,
     type_subjects,
 )
-from aether_events.replay import stored_messages
+from aether_events.replay import START_PATIENCE_SECONDS, stored_messages
 from aether_runtime import Projection
 from aether_runtime import metrics as runtime_metrics
 from aether_scheduler.domain import State
@@ -60,7 +60,9 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     # subject's messages quickly (see ``Projection._replay_types``).
     reads = [(cls, subject) for cls in SUMMARY_TYPES for subject in type_subjects(cls)]
     for cls, subject in reads:
-        async for msg in stored_messages(js, MISSIONS_STREAM, subject):
+        async for msg in stored_messages(
+            js, MISSIONS_STREAM, subject, patience=START_PATIENCE_SECONDS
+        ):
             seq = msg.metadata.sequence.stream
             if seq > end:
                 continue
@@ -73,7 +75,9 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     if len(live) > PER_MISSION_READS:
         return await projection.rebuild(js, service)
     for mission_id in live:
-        async for msg in stored_messages(js, MISSIONS_STREAM, mission_subject(mission_id)):
+        async for msg in stored_messages(
+            js, MISSIONS_STREAM, mission_subject(mission_id), patience=START_PATIENCE_SECONDS
+        ):
             seq = msg.metadata.sequence.stream
             if seq <= end:
                 stored[seq] = (msg.subject, msg.data)
