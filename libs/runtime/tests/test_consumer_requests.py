@@ -1,10 +1,12 @@
-"""Creating a durable through a moment a real cluster shows after one of its servers
-comes back: the consumer's requests go unanswered until its group has a leader. These
-drive ``ensure_consumer`` with a stand-in for the JetStream API that answers that way
-(the restart itself runs on a real three-node cluster in ``tests/e2e/test_cluster.py``)."""
+"""Creating a durable, and a follower's consumer, through a moment a real cluster shows
+after one of its servers comes back: the consumer's requests go unanswered until its
+group has a leader. These drive ``ensure_consumer`` and ``Follower.start`` with a
+stand-in for the JetStream API that answers that way (the restart itself runs on a real
+three-node cluster in ``tests/e2e/test_cluster.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import nats.errors
@@ -13,7 +15,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from aether_events import ALL_MISSION_EVENTS, Event
-from aether_runtime import ConsumerSpec, Delivery, consumers, ensure_consumer
+from aether_runtime import ConsumerSpec, Delivery, consumers, ensure_consumer, unanswered
+from aether_runtime.follow import Follower
 
 
 async def ignore(event: Event, delivery: Delivery) -> None:
@@ -76,3 +79,56 @@ async def test_a_cluster_that_never_answers_fails_the_start_in_the_end(
     with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
         await ensure_consumer(cast(JetStreamContext, js), SPEC, 0)
     assert js.requests > 1
+
+
+class QuietSubscription:
+    """A follower's consumer with nothing to deliver."""
+
+    _consumer = "follower-1"
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+        await asyncio.sleep(timeout)
+        raise nats.errors.TimeoutError
+
+    async def consumer_info(self) -> Any:
+        return None
+
+    async def unsubscribe(self) -> None:
+        return None
+
+
+class ElectingForFollowers(Electing):
+    async def stream_info(self, stream: str) -> Any:
+        self._answer()
+        return type("Info", (), {"state": type("State", (), {"last_seq": 41})()})()
+
+    async def pull_subscribe(self, subject: str, **options: Any) -> QuietSubscription:
+        self._answer()
+        return QuietSubscription()
+
+
+async def ignore_message(msg: Any) -> None:
+    return None
+
+
+async def test_a_follower_starting_on_a_cluster_that_does_not_answer_yet_asks_again() -> None:
+    js = ElectingForFollowers(silent=3)
+    follower = Follower(
+        cast(JetStreamContext, js), "S", ["a.>"], ignore_message, new_only=True, name="control"
+    )
+    await follower.start()
+    try:
+        assert follower.consumer == "follower-1"
+        assert follower.last_sequence == 41
+    finally:
+        await follower.stop()
+
+
+async def test_a_follower_on_a_cluster_that_never_answers_fails_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(unanswered, "PATIENCE_SECONDS", 0.5)
+    js = ElectingForFollowers(silent=10_000)
+    follower = Follower(cast(JetStreamContext, js), "S", ["a.>"], ignore_message)
+    with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
+        await follower.start()

@@ -17,18 +17,17 @@ with the configured settings (``aether_events.ensure_streams``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import MISSIONS_STREAM, Event, type_subjects
+from aether_runtime.unanswered import PATIENCE_SECONDS, asked_again
 
 if TYPE_CHECKING:
     from aether_runtime.service import Delivery
@@ -132,7 +131,7 @@ def creation_config(spec: ConsumerSpec, after: int) -> ConsumerConfig:
 
 
 # How long a start keeps asking about a consumer the cluster does not answer for.
-UNANSWERED_WAIT_SECONDS = 30.0
+UNANSWERED_WAIT_SECONDS = PATIENCE_SECONDS
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, after: int) -> None:
@@ -140,25 +139,15 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, after: int) 
     or at new messages; see ``creation_config``), or bring an existing one to the spec
     (``align``). Another process creating it meanwhile wins: its start is kept.
 
-    A request the server does not answer in time, or answers "temporarily unavailable",
-    is asked again for ``UNANSWERED_WAIT_SECONDS``: on a cluster a consumer's group
-    elects a leader after a server comes back, and until then its requests time out (a
-    scheduler started in that moment failed its start in CI). Asking again is safe: a
-    consumer our timed-out request did create is found and aligned."""
-    clock = asyncio.get_running_loop().time
-    began = clock()
-    while True:
-        try:
-            await _ensure_consumer(js, spec, after)
-            return
-        except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
-            if clock() - began > UNANSWERED_WAIT_SECONDS:
-                raise
-            log.warning(
-                "consumer request not answered; asking again",
-                extra={"durable": spec.durable, "error": type(error).__name__},
-            )
-        await asyncio.sleep(0.2)
+    Asked again while the server does not answer (``unanswered``): on a cluster a
+    consumer's group elects a leader after a server comes back, and until then its
+    requests time out (a scheduler started in that moment failed its start in CI). Asking
+    again is safe: a consumer our timed-out request did create is found and aligned."""
+    await asked_again(
+        lambda: _ensure_consumer(js, spec, after),
+        f"consumer {spec.durable}",
+        UNANSWERED_WAIT_SECONDS,
+    )
 
 
 async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, after: int) -> None:

@@ -25,6 +25,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from aether_runtime.unanswered import asked_again
+
 log = logging.getLogger("aether.runtime.follow")
 
 MAX_BATCH = 256
@@ -69,13 +71,16 @@ class Follower:
         return None if self._sub is None else self._sub._consumer
 
     async def start(self) -> None:
-        """Create the consumer (so a failure shows at start-up) and start following."""
+        """Create the consumer (so a failure shows at start-up) and start following.
+        Asked again while the server does not answer (``unanswered``: a cluster electing
+        leaders as one of its servers comes back)."""
         if self._new_only:
             # From the stream's end now, as a position: a consumer made again later goes on
             # from there rather than from its own "now".
-            self.last_sequence = (await self._js.stream_info(self._stream)).state.last_seq
+            info = await asked_again(lambda: self._js.stream_info(self._stream), self._name)
+            self.last_sequence = info.state.last_seq
             self._new_only = False
-        await self._subscribe()
+        await asked_again(self._subscribe, self._name)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self._name)
 

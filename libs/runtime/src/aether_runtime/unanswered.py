@@ -1,0 +1,43 @@
+"""Asking the server again while a cluster does not answer: a service starting as one of
+its servers comes back meets requests that time out, or are answered "temporarily
+unavailable", while the groups of its streams and consumers elect leaders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+from nats.js.errors import ServiceUnavailableError
+
+log = logging.getLogger("aether.runtime")
+
+T = TypeVar("T")
+
+# What a server says while it cannot answer yet.
+UNANSWERED = (nats.errors.TimeoutError, ServiceUnavailableError)
+# How long a start keeps asking.
+PATIENCE_SECONDS = 30.0
+
+
+async def asked_again(
+    request: Callable[[], Awaitable[T]], what: str, patience: float | None = None
+) -> T:
+    """``request()``, made again every 0.2 s while the server does not answer it, for
+    ``patience`` seconds (``PATIENCE_SECONDS`` by default); then its error is raised. The
+    request must be safe to make twice: one that timed out may have been done."""
+    clock = asyncio.get_running_loop().time
+    give_up_at = clock() + (PATIENCE_SECONDS if patience is None else patience)
+    while True:
+        try:
+            return await request()
+        except UNANSWERED as error:
+            if clock() >= give_up_at:
+                raise
+            log.warning(
+                "request not answered; asking again",
+                extra={"request": what, "error": type(error).__name__},
+            )
+        await asyncio.sleep(0.2)
