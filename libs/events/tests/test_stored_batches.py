@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,31 +117,61 @@ async def test_a_read_ended_early_can_be_followed_by_another(nc: NatsClient) -> 
 STORED = 500
 
 
+class Pausable:
+    """A NATS server of the test's own that it can stop answering (SIGSTOP: it takes
+    requests and answers none) and let go on."""
+
+    def __init__(self, server: EmbeddedNats) -> None:
+        self.server = server
+        self.paused = False
+
+    def pause(self) -> None:
+        assert self.server.process is not None
+        os.kill(self.server.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and self.server.process is not None:
+            os.kill(self.server.process.pid, signal.SIGCONT)
+        self.paused = False
+
+
+@contextlib.asynccontextmanager
+async def pausable_server() -> AsyncIterator[tuple[Pausable, NatsClient]]:
+    """A server of the test's own with ``STORED`` events, and a client of it; let go on
+    and removed at the end."""
+    data = Path(tempfile.mkdtemp(prefix="aether-test-nats-"))
+    server = EmbeddedNats(data).start()
+    pausable = Pausable(server)
+    nc = await nats.connect(server.url)
+    try:
+        await store(nc, STORED)
+        yield pausable, nc
+    finally:
+        pausable.resume()
+        await nc.close()
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 async def test_a_server_that_stops_answering_mid_read_ends_it_with_an_error_not_a_part(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What arrived is given, and then the read fails: a silent server must not make a
     part of the history pass for all of it."""
-    data = Path(tempfile.mkdtemp(prefix="aether-test-nats-"))
-    server = EmbeddedNats(data).start()
-    stopped = False
-    nc = await nats.connect(server.url)
-    try:
-        # Many more than the read can take before the stop holds (a signal may take a
-        # moment to stop a server answering on the other core, or a loaded machine's
-        # scheduler longer): what it reads then is still a part, never the whole.
-        await store(nc, STORED)
+    # Many more stored than the read can take before the stop holds (a signal may take a
+    # moment to stop a server answering on the other core, or a loaded machine's
+    # scheduler longer): what it reads then is still a part, never the whole.
+    async with pausable_server() as (server, nc):
         seqs: list[int] = []
 
         async def read() -> None:
-            nonlocal stopped
             async for batch in stored_batches(
                 nc.jetstream(), MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=5
             ):
                 seqs.extend(msg.metadata.sequence.stream for msg in batch)
-                if not stopped:
-                    os.kill(server.process.pid, signal.SIGSTOP)  # takes requests, answers none
-                    stopped = True
+                if not server.paused:
+                    server.pause()
                     # A short wait from here on (the module, not the package's ``replay``
                     # function of the same name); the first batch had the usual one.
                     monkeypatch.setattr(sys.modules["aether_events.replay"], "PULL_TIMEOUT", 1.0)
@@ -150,12 +181,6 @@ async def test_a_server_that_stops_answering_mid_read_ends_it_with_an_error_not_
         # What arrived, in order, and not all of it.
         assert 5 <= len(seqs) < STORED and seqs == list(range(1, len(seqs) + 1))
         assert f"{STORED - len(seqs)} messages still to come" in str(stalled.value)
-    finally:
-        if stopped:
-            os.kill(server.process.pid, signal.SIGCONT)
-        await nc.close()
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 async def test_a_patient_read_goes_on_from_where_it_stopped_once_the_server_answers(
@@ -165,30 +190,18 @@ async def test_a_patient_read_goes_on_from_where_it_stopped_once_the_server_answ
     electing a leader): read again from the last message read, every message once, in
     order."""
     monkeypatch.setattr(sys.modules["aether_events.replay"], "PULL_TIMEOUT", 1.0)
-    data = Path(tempfile.mkdtemp(prefix="aether-test-nats-"))
-    server = EmbeddedNats(data).start()
-    nc = await nats.connect(server.url)
-    stopped = False
-    try:
-        await store(nc, STORED)
+    async with pausable_server() as (server, nc):
         seqs: list[int] = []
         loop = asyncio.get_running_loop()
         async for batch in stored_batches(
             nc.jetstream(), MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=50, patience=30.0
         ):
             seqs.extend(msg.metadata.sequence.stream for msg in batch)
-            if not stopped:
+            if len(seqs) == 50:
                 # Silent for longer than a pull waits, then answering again.
-                os.kill(server.process.pid, signal.SIGSTOP)
-                stopped = True
-                loop.call_later(2.5, os.kill, server.process.pid, signal.SIGCONT)
+                server.pause()
+                loop.call_later(2.5, server.resume)
         assert seqs == list(range(1, STORED + 1))
-    finally:
-        if stopped:
-            os.kill(server.process.pid, signal.SIGCONT)
-        await nc.close()
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 class _FirstAnswerEmpty:
