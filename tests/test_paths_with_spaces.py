@@ -3,7 +3,9 @@ default home is ``./.aether`` in the directory ``aether up`` runs in."""
 
 from __future__ import annotations
 
+import re
 import shlex
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -12,8 +14,11 @@ import psycopg
 import pytest
 
 from aether import localstack
+from aether.commands import _outcome
 from aether.infra import EmbeddedPostgres
 from aether.stack import Stack
+from aether.watch import Board
+from aether_events.status import MissionProgress
 
 
 def test_postgres_starts_with_its_data_in_a_directory_with_a_space(tmp_path: Path) -> None:
@@ -39,3 +44,39 @@ def test_the_banner_shows_a_home_with_a_space_as_a_shell_reads_it(
     (line,) = [line for line in banner.splitlines() if "export AETHER_HOME=" in line]
     words = shlex.split(line.split("(other shells: ", 1)[1].rstrip(")"))
     assert words == ["export", f"AETHER_HOME={home}"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    command = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_next_steps_after_a_mission_run_as_printed_in_a_repository_with_a_space(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "My Projects" / "app"
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# app\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+    base = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-qb", "aether/m-1")
+    (repo / "hello.py").write_text("print('hello')\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "hello")
+    final = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-q", "main")
+    board = Board(
+        mission_id="m-1",
+        progress=MissionProgress(status="completed"),
+        repository=str(repo),
+        base_sha=base,
+        branch="aether/m-1",
+        final_sha=final,
+    )
+    review, merge = re.findall(r"`([^`]+)`", _outcome(board))
+    shown = subprocess.run(review, shell=True, check=True, capture_output=True, text=True)
+    assert "hello.py" in shown.stdout
+    subprocess.run(merge, shell=True, check=True, capture_output=True)
+    assert (repo / "hello.py").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -428,7 +429,8 @@ def _demo(args: argparse.Namespace) -> int:
             return 1
         print(f"\nresult branch: {final['integration_branch']} @ {final['final_sha']}")
         print(format_stat(diff_stat(repo, base_sha, final["final_sha"])))
-        print(f"\ninspect it with: git -C {repo} log --stat {final['integration_branch']}")
+        branch = shlex.quote(final["integration_branch"])
+        print(f"\ninspect it with: git -C {shlex.quote(str(repo))} log --stat {branch}")
         return 0
     finally:
         stack.stop()

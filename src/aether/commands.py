@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import queue
+import shlex
 import shutil
 import sys
 import threading
@@ -397,9 +398,11 @@ def _outcome(board: Board) -> str:
         # Left out when the result is not in this repository (another clone of it).
         with contextlib.suppress(KeyError, OSError):
             lines.append(format_stat(diff_stat(local, board.base_sha, board.final_sha)))
+        # As a shell reads them: the repository's path may hold a space.
+        git, branch = f"git -C {shlex.quote(str(local))}", shlex.quote(board.branch)
         lines.append(
-            f"next: review it with `git -C {local} diff {board.base_sha[:10]} {board.branch}`"
-            f"\n      and merge it with `git -C {local} merge {board.branch}`"
+            f"next: review it with `{git} diff {board.base_sha[:10]} {branch}`"
+            f"\n      and merge it with `{git} merge {branch}`"
         )
     return "\n".join(lines)
 
