@@ -167,9 +167,10 @@ class Supervisor:
                         port = self.stack.ports[name]
                         progress.say(f"  ✓ {name:<13} :{port}  ({elapsed:.1f}s)")
                 if time.monotonic() > deadline:
+                    home = shlex.quote(str(self.stack.home))
                     raise StackError(
                         f"{', '.join(pending)} not ready after {START_TIMEOUT:.0f}s",
-                        f"see `aether logs {pending[0]} --home {self.stack.home}`",
+                        f"see `aether logs {pending[0]} --home {home}`",
                     )
                 if pending:
                     self.stopping.wait(0.05)
@@ -189,7 +190,7 @@ class Supervisor:
             raise StackError(
                 f"{name} exited with code {service.process.returncode} while starting"
                 + self._last_error(name),
-                f"full log: `aether logs {name} --home {self.stack.home}`",
+                f"full log: `aether logs {name} --home {shlex.quote(str(self.stack.home))}`",
             )
         answer = supervise.ready_pid(service.url, http)
         if answer is None:
@@ -400,7 +401,8 @@ def status(home: Path) -> int:
     home = home.resolve()
     state = supervise.running_state(home)
     if state is None:
-        print(f"no stack is running on {home} (start one with `aether up --home {home}`)")
+        up = f"aether up --home {shlex.quote(str(home))}"
+        print(f"no stack is running on {home} (start one with `{up}`)")
         return 1
     now = time.time()
     print(

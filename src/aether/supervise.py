@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -114,7 +115,8 @@ class HomeLock:
             os.close(fd)
             raise StackError(
                 f"a stack is already running on {self.home}{_describe_holder(self.home)}",
-                f"stop it with `aether down --home {self.home}`, or use another --home",
+                f"stop it with `aether down --home {shlex.quote(str(self.home))}`, or use"
+                " another --home",
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
