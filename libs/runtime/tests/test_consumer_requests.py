@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from aether_events import ALL_MISSION_EVENTS, Event
-from aether_runtime import ConsumerSpec, Delivery, consumers, ensure_consumer, unanswered
+from aether_runtime import ConsumerSpec, Delivery, ensure_consumer, unanswered
 from aether_runtime.follow import Follower
 
 
@@ -74,7 +74,7 @@ async def test_a_creation_that_timed_out_but_happened_is_found_not_made_twice() 
 async def test_a_cluster_that_never_answers_fails_the_start_in_the_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(consumers, "UNANSWERED_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(unanswered, "PATIENCE_SECONDS", 0.5)
     js = Electing(silent=10_000)
     with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
         await ensure_consumer(cast(JetStreamContext, js), SPEC, 0)

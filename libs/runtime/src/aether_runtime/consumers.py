@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
 from aether_events import MISSIONS_STREAM, Event, type_subjects
-from aether_runtime.unanswered import PATIENCE_SECONDS, asked_again
+from aether_runtime.unanswered import asked_again
 
 if TYPE_CHECKING:
     from aether_runtime.service import Delivery
@@ -130,10 +130,6 @@ def creation_config(spec: ConsumerSpec, after: int) -> ConsumerConfig:
     )
 
 
-# How long a start keeps asking about a consumer the cluster does not answer for.
-UNANSWERED_WAIT_SECONDS = PATIENCE_SECONDS
-
-
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, after: int) -> None:
     """Create ``spec``'s durable, starting after ``after`` (or at the first due work,
     or at new messages; see ``creation_config``), or bring an existing one to the spec
@@ -143,11 +139,7 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, after: int) 
     consumer's group elects a leader after a server comes back, and until then its
     requests time out (a scheduler started in that moment failed its start in CI). Asking
     again is safe: a consumer our timed-out request did create is found and aligned."""
-    await asked_again(
-        lambda: _ensure_consumer(js, spec, after),
-        f"consumer {spec.durable}",
-        UNANSWERED_WAIT_SECONDS,
-    )
+    await asked_again(lambda: _ensure_consumer(js, spec, after), f"consumer {spec.durable}")
 
 
 async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec, after: int) -> None:

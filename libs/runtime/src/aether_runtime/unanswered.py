@@ -12,14 +12,16 @@ from typing import TypeVar
 import nats.errors
 from nats.js.errors import ServiceUnavailableError
 
+from aether_events.replay import START_PATIENCE_SECONDS
+
 log = logging.getLogger("aether.runtime")
 
 T = TypeVar("T")
 
 # What a server says while it cannot answer yet.
 UNANSWERED = (nats.errors.TimeoutError, ServiceUnavailableError)
-# How long a start keeps asking.
-PATIENCE_SECONDS = 30.0
+# How long a start keeps asking: as long as its replay reads on through the same moment.
+PATIENCE_SECONDS = START_PATIENCE_SECONDS
 
 
 async def asked_again(
