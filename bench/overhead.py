@@ -310,13 +310,13 @@ def inside_attempts(events: list[Event]) -> dict[str, list[float]]:
     return out
 
 
-def print_hops(shape: str, figures: dict[str, list[float]]) -> None:
-    print(f"  {shape}: hop                              p50 ms   p95 ms")
+def print_hops(shape: str, figures: dict[str, list[float]], title: str = "hop") -> None:
+    print(f"  {shape}: {title:<38} p50 ms   p95 ms")
     for hop, values in figures.items():
         if hop == "ready_to_merged" or not values:
             continue
         p50, p95 = statistics.median(values) * 1000, percentile(values, 0.95) * 1000
-        print(f"    {hop:<34} {p50:7.1f}  {p95:7.1f}")
+        print(f"    {hop:<38} {p50:7.1f}  {p95:7.1f}")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -511,11 +511,7 @@ async def _run_shape(
         wall = time.perf_counter() - began
         if any(isinstance(e, MissionCompleted) for e in events):
             print_hops(label, per_task(events))
-            print(f"  {label}: inside the attempts (from the events each one emitted)")
-            for phase, values in inside_attempts(events).items():
-                if values:
-                    p50, p95 = statistics.median(values) * 1000, percentile(values, 0.95) * 1000
-                    print(f"    {phase:<38} {p50:7.1f}  {p95:7.1f}")
+            print_hops(label, inside_attempts(events), "inside the attempts")
             handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before, before)
     finally:
         await asyncio.to_thread(stack.stop)
