@@ -54,6 +54,9 @@ PULL_TIMEOUT = 5.0
 # How long a service's start-up reads of its history go on through a server that stops
 # answering (``stored_batches``' patience): a cluster electing a leader.
 START_PATIENCE_SECONDS = 30.0
+# What a server says while it cannot answer yet (a request timed out, or "temporarily
+# unavailable").
+UNANSWERED = (nats.errors.TimeoutError, ServiceUnavailableError)
 
 
 class ReplayStalled(TimeoutError):
@@ -107,7 +110,7 @@ async def stored_batches(
                     after = msgs[-1].metadata.sequence.stream
                     yield msgs
             return
-        except (ReplayStalled, nats.errors.TimeoutError, ServiceUnavailableError) as error:
+        except (ReplayStalled, *UNANSWERED) as error:
             if loop.time() >= give_up_at:
                 raise
             log.warning(

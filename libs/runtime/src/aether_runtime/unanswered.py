@@ -9,17 +9,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import nats.errors
-from nats.js.errors import ServiceUnavailableError
-
-from aether_events.replay import START_PATIENCE_SECONDS
+from aether_events.replay import START_PATIENCE_SECONDS, UNANSWERED
 
 log = logging.getLogger("aether.runtime")
 
 T = TypeVar("T")
 
-# What a server says while it cannot answer yet.
-UNANSWERED = (nats.errors.TimeoutError, ServiceUnavailableError)
 # How long a start keeps asking: as long as its replay reads on through the same moment.
 PATIENCE_SECONDS = START_PATIENCE_SECONDS
 
