@@ -15,7 +15,10 @@ It also prints, per hop, the median and p95 from one event's timestamp to the ne
 TaskReady that merge caused), each service's mean time in its handlers next to the mean
 time an event waited before its handling began, from its occurrence and from its storing
 in the stream (the services' own histograms: the difference is the publisher's part), the
-CPU each service spent per task, and how many deliveries one task costs. With
+CPU each service spent per task, and how many deliveries one task costs; and the CPU per
+task of what else shares the machine's cores with them: the NATS server, PostgreSQL (its
+server and every backend, those that ended included), the model server, and this
+process, which reads the mission's events as they come. With
 ``--profile`` it runs one more chained mission with the service that spent the most
 handler time per task under cProfile and saves the profile (``.prof``, and the top of it
 as text) in the work directory. With ``--pause-gateway`` it runs one more chained mission
@@ -139,17 +142,20 @@ def _serve_model(plan: dict[str, Any], others: dict[str, dict[str, Any]], pipe: 
 
 
 @contextlib.contextmanager
-def model_server(plan: dict[str, Any], others: dict[str, dict[str, Any]]) -> Iterator[str]:
-    """The no-work model's URL, served from a process of its own: the model is not part
-    of what is measured, and a server thread in this process would share its interpreter
-    lock with the mission's event reading here."""
+def model_server(
+    plan: dict[str, Any], others: dict[str, dict[str, Any]]
+) -> Iterator[tuple[str, int]]:
+    """The no-work model's URL and process id, served from a process of its own: the
+    model is not part of what is measured, and a server thread in this process would
+    share its interpreter lock with the mission's event reading here."""
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(
         target=_serve_model, args=(plan, others, child), daemon=True
     )
     process.start()
+    assert process.pid is not None
     try:
-        yield parent.recv()
+        yield parent.recv(), process.pid
     finally:
         with contextlib.suppress(OSError):
             parent.send("stop")
@@ -337,10 +343,41 @@ def scrape(url: str) -> dict[str, float]:
     return totals
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (Linux)."""
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """User plus system CPU time of a process (Linux); with ``reaped_children``, that of
+    its children it has waited for too."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                    out.append(int(entry.name))
+    return out
+
+
+def server_cpu(stack: Stack, model_pid: int) -> dict[str, float]:
+    """CPU seconds so far of what shares the cores with the services: the stack's NATS
+    server, its PostgreSQL (the postmaster with the backends it reaped, and the live
+    ones), the model server and this process."""
+    out = {"this process": time.process_time(), "model server": cpu_seconds(model_pid)}
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        out["nats-server"] = cpu_seconds(stack._nats.process.pid)  # type: ignore[union-attr]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        postmaster = int((stack.home / "postgres" / "postmaster.pid").read_text().split()[0])
+        total = cpu_seconds(postmaster, reaped_children=True)
+        for child in _children(postmaster):
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(child)
+        out["PostgreSQL"] = total
+    return out
 
 
 def service_cpu(stack: Stack) -> dict[str, float]:
@@ -364,11 +401,15 @@ def print_services(
     n: int,
     cpu_before: dict[str, float],
     before: dict[str, dict[str, float]] | None = None,
+    servers_before: dict[str, float] | None = None,
+    model_pid: int = 0,
 ) -> dict[str, float]:
     """Per service, since ``before`` (the services' metrics then): deliveries per task,
-    mean handler ms, mean wait before handling, CPU ms per task. Returns handler seconds
-    per task by service."""
+    mean handler ms, mean wait before handling, CPU ms per task; then the CPU per task
+    of the servers beside them since ``servers_before``. Returns handler seconds per
+    task by service."""
     cpu_after = service_cpu(stack)
+    servers_after = server_cpu(stack, model_pid) if servers_before is not None else {}
     print(
         f"  {shape}: service        deliveries/task  handler ms  waited ms  since stored"
         "  CPU ms/task"
@@ -396,6 +437,15 @@ def print_services(
             f"  {cpu:10.1f}"
         )
     print(f"    all services   {total_deliveries / n:12.1f} deliveries per task")
+    if servers_before is not None:
+        beside = ", ".join(
+            f"{name} {(after - servers_before.get(name, after)) / n * 1000:.1f}"
+            for name, after in servers_after.items()
+        )
+        services = sum(cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0) for name in SERVICES)
+        print(f"    CPU ms/task beside the services: {beside}")
+        beside_total = sum(v - servers_before.get(k, v) for k, v in servers_after.items())
+        print(f"    CPU ms/task, all of it: {(services + beside_total) / n * 1000:.1f}")
     return handler_per_task
 
 
@@ -468,9 +518,18 @@ async def run_shape(
     and (read before the stack stops) the services' handler seconds per task. Prints the
     warm-up's wall time and the measured mission's hop and service tables."""
     others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
-    with model_server(plan_of(n, shape), others) as model_url:
+    with model_server(plan_of(n, shape), others) as (model_url, model_pid):
         return await _run_shape(
-            work, label, shape, n, concurrency, model_url, python_options, warm_up, paused
+            work,
+            label,
+            shape,
+            n,
+            concurrency,
+            model_url,
+            model_pid,
+            python_options,
+            warm_up,
+            paused,
         )
 
 
@@ -481,6 +540,7 @@ async def _run_shape(
     n: int,
     concurrency: int,
     model_url: str,
+    model_pid: int,
     python_options: dict[str, list[str]] | None,
     warm_up: int,
     paused: str | None = None,
@@ -506,13 +566,16 @@ async def _run_shape(
         create_sample_repository(repo)
         before = await asyncio.to_thread(scrape_all, stack)
         cpu_before = service_cpu(stack)
+        servers_before = server_cpu(stack, model_pid)
         began = time.perf_counter()
         events = await run_mission(stack, repo, n, concurrency, paused=paused)
         wall = time.perf_counter() - began
         if any(isinstance(e, MissionCompleted) for e in events):
             print_hops(label, per_task(events))
             print_hops(label, inside_attempts(events), "inside the attempts")
-            handler = await asyncio.to_thread(print_services, label, stack, n, cpu_before, before)
+            handler = await asyncio.to_thread(
+                print_services, label, stack, n, cpu_before, before, servers_before, model_pid
+            )
     finally:
         await asyncio.to_thread(stack.stop)
     return events, wall, stack, handler, {}
