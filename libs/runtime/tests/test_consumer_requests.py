@@ -6,7 +6,6 @@ three-node cluster in ``tests/e2e/test_cluster.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, cast
 
 import nats.errors
@@ -81,30 +80,39 @@ async def test_a_cluster_that_never_answers_fails_the_start_in_the_end(
     assert js.requests > 1
 
 
-class QuietSubscription:
-    """A follower's consumer with nothing to deliver."""
+class QuietConnection:
+    """A follower's connection, with nothing to deliver."""
 
-    _consumer = "follower-1"
+    def __init__(self) -> None:
+        self._nuid = type("Nuid", (), {"next": lambda self: b"follower-1"})()
+        self.published: list[str] = []
 
-    async def fetch(self, batch: int, timeout: float) -> list[Any]:
-        await asyncio.sleep(timeout)
-        raise nats.errors.TimeoutError
+    def new_inbox(self) -> str:
+        return "_INBOX.quiet"
 
-    async def consumer_info(self) -> Any:
-        return None
+    async def subscribe(self, subject: str, cb: Any) -> Any:
+        class Quiet:
+            async def unsubscribe(self) -> None:
+                return None
 
-    async def unsubscribe(self) -> None:
-        return None
+        quiet = Quiet()
+        quiet.subject = subject  # type: ignore[attr-defined]
+        return quiet
+
+    async def publish(self, subject: str, payload: bytes, reply: str) -> None:
+        self.published.append(subject)
 
 
 class ElectingForFollowers(Electing):
+    _prefix = "$JS.API"
+
+    def __init__(self, silent: int) -> None:
+        super().__init__(silent)
+        self._nc = QuietConnection()
+
     async def stream_info(self, stream: str) -> Any:
         self._answer()
         return type("Info", (), {"state": type("State", (), {"last_seq": 41})()})()
-
-    async def pull_subscribe(self, subject: str, **options: Any) -> QuietSubscription:
-        self._answer()
-        return QuietSubscription()
 
 
 async def ignore_message(msg: Any) -> None:
@@ -119,6 +127,9 @@ async def test_a_follower_starting_on_a_cluster_that_does_not_answer_yet_asks_ag
     await follower.start()
     try:
         assert follower.consumer == "follower-1"
+        (config,) = js.created
+        assert config.name == "follower-1"
+        assert config.opt_start_seq == 42
         assert follower.last_sequence == 41
     finally:
         await follower.stop()

@@ -53,34 +53,63 @@ async def test_new_only_starts_at_the_end_and_goes_on_from_there_after_a_loss(
         await follower.stop()
 
 
-async def test_stop_ends_the_loop_when_a_fetch_swallows_its_cancellation(
+async def test_stop_ends_the_loop_when_something_inside_swallows_its_cancellation(
     nc: NatsClient,
 ) -> None:
-    """On Python 3.11 ``asyncio.wait_for`` inside nats-py's fetch can swallow a
-    cancellation that arrives as the fetch answers; the follower then fetches again. Its
-    stop must still end the loop (it once waited behind it forever)."""
+    """On Python 3.11 ``asyncio.wait_for`` (inside nats-py's requests) can swallow a
+    cancellation that arrives as the request is answered, and a handler may swallow one
+    too; the follower then goes on. Its stop must still end the loop (it once waited
+    behind it forever)."""
     js = nc.jetstream()
     await ensure_streams(js, StreamSettings())
+    handling = asyncio.Event()
+    swallowed = 0
 
     async def on_message(msg: Msg) -> None:
-        pass
+        nonlocal swallowed
+        handling.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed += 1
 
     follower = Follower(js, TELEMETRY_STREAM, ["aether.telemetry.>"], on_message, fetch_seconds=0.2)
     await follower.start()
-    sub = follower._sub
-    assert sub is not None
-    real_fetch = sub.fetch
-    swallowed = 0
-
-    async def fetch_swallowing_cancellation(batch: int = 1, timeout: float | None = 5) -> list[Msg]:
-        nonlocal swallowed
-        try:
-            return await real_fetch(batch, timeout=timeout)
-        except asyncio.CancelledError:
-            swallowed += 1
-            return []
-
-    sub.fetch = fetch_swallowing_cancellation  # type: ignore[method-assign]
-    await asyncio.sleep(0.3)  # the loop is in a fetch
+    await js.publish("aether.telemetry.m1.agent_progress", b"one")
+    await asyncio.wait_for(handling.wait(), 10)
     await asyncio.wait_for(follower.stop(), 30)
     assert swallowed == 1
+
+
+async def test_one_standing_request_follows_many_messages(nc: NatsClient) -> None:
+    """Messages stored while the follower waits come on the request already at the
+    server, not on a request each: a hundred messages, one at a time, in order, cost a
+    request or two, not a hundred."""
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    seen: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def on_message(msg: Msg) -> None:
+        seen.append(msg.data)
+        arrived.set()
+
+    requests: list[str] = []
+
+    async def on_request(msg: Msg) -> None:
+        requests.append(msg.subject)
+
+    watch = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{TELEMETRY_STREAM}.>", cb=on_request)
+    follower = Follower(js, TELEMETRY_STREAM, ["aether.telemetry.>"], on_message, new_only=True)
+    await follower.start()
+    try:
+        for index in range(100):
+            arrived.clear()
+            await js.publish("aether.telemetry.m1.agent_progress", f"{index}".encode())
+            await asyncio.wait_for(arrived.wait(), 10)
+        assert seen == [f"{i}".encode() for i in range(100)]
+        await nc.flush()
+        assert 1 <= len(requests) <= 2
+    finally:
+        await follower.stop()
+        await watch.unsubscribe()

@@ -6,30 +6,49 @@ the one JetStream API subject that names no consumer: the server takes the name 
 request body, a durable's too, so bus permissions cannot let a service use it without
 letting it reconfigure another service's durable (see ``bus_auth``). A ``Follower`` is an
 ephemeral pull consumer with a name of its own (created through
-``…CONSUMER.CREATE.<stream>.<name>``), fetching what is known to wait, else one message
-(a larger batch than what is there waits out its timeout for more), and made again from
-the last sequence it delivered when it is lost (a server restart, a disconnection longer
-than its idle limit): every message once, in stream order.
+``…CONSUMER.CREATE.<stream>.<name>``), made again from the last sequence it delivered when
+it is lost (a server restart, a disconnection longer than its idle limit): every message
+once, in stream order.
+
+It keeps a *standing* request at the server: one pull request for up to ``MAX_BATCH``
+messages that lives ``fetch_seconds``, renewed while half of it is still unused, so the
+server sends each new message as it is stored, on a request already waiting. Fetching one
+message per request (as nats-py's ``fetch`` does while nothing is known to wait) cost a
+request and its round trip for every message followed: the gateway's two followers
+alone made thirteen requests a task of a chained mission. A request the server ends
+(expired, 408) is renewed; one that ends otherwise (the consumer deleted, no consumer
+to answer), or that nothing is heard of past its life, has the consumer looked up, and
+made again from the last sequence delivered when it is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-import nats.errors
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from aether_runtime.pull import PENDING_MESSAGES, request_status
 from aether_runtime.unanswered import asked_again
 
 log = logging.getLogger("aether.runtime.follow")
 
+# How many messages one standing request asks for.
 MAX_BATCH = 256
+# How long past a request's life it is taken for lost when the server said nothing.
+GRACE_SECONDS = 1.0
+# The pause before asking again after the server ended a request for another reason than
+# its expiry and the consumer was found in place, so a follower does not spin.
+REFUSED_PAUSE_SECONDS = 0.25
 
 
 class Follower:
@@ -51,6 +70,9 @@ class Follower:
         check_every: int = 5,
     ) -> None:
         self._js = js
+        # The connection the JetStream context speaks through: the follower's requests
+        # and the inbox its messages come to.
+        self._nc: NatsClient = js._nc
         self._stream = stream
         self._subjects = subjects
         self._on_message = on_message
@@ -60,15 +82,19 @@ class Follower:
         self._fetch_seconds = fetch_seconds
         self._idle_seconds = idle_seconds
         self._check_every = check_every
-        self._pending = 0
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._consumer: str | None = None
+        self._sub: Subscription | None = None
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._asked = 0  # messages asked for and not yet delivered, over live requests
+        self._heard_by = 0.0  # when a word is due from the server, if a request is live
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.requests = 0  # pull requests sent (for tests and figures)
 
     @property
     def consumer(self) -> str | None:
         """The name of the consumer in use (None between two)."""
-        return None if self._sub is None else self._sub._consumer
+        return self._consumer
 
     async def start(self) -> None:
         """Create the consumer (so a failure shows at start-up) and start following.
@@ -85,10 +111,6 @@ class Follower:
         self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
-        # The loop ends on the flag too, not on its cancellation alone: on Python 3.11 a
-        # cancellation that arrives as a fetch's answer does is swallowed by the
-        # ``asyncio.wait_for`` inside nats-py (the fetch returns normally), and a loop that
-        # only stopped when cancelled then fetched on forever, its stop waiting behind it.
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
@@ -98,12 +120,17 @@ class Follower:
         await self._unsubscribe()
 
     async def _subscribe(self) -> None:
+        """A consumer from the last sequence delivered, and a fresh inbox for it (what the
+        previous one still sends is not read)."""
+        await self._unsubscribe()
         after = self.last_sequence
         if after:
             policy, start = DeliverPolicy.BY_START_SEQUENCE, after + 1
         else:
             policy, start = DeliverPolicy.ALL, None
+        name = self._nc._nuid.next().decode()
         config = ConsumerConfig(
+            name=name,
             ack_policy=AckPolicy.NONE,
             deliver_policy=policy,
             opt_start_seq=start,
@@ -111,15 +138,37 @@ class Follower:
         )
         if len(self._subjects) > 1:
             config.filter_subjects = list(self._subjects)
-        self._sub = await self._js.pull_subscribe(
-            self._subjects[0], stream=self._stream, config=config
-        )
+        else:
+            config.filter_subject = self._subjects[0]
+        await self._js.add_consumer(self._stream, config=config)
+        self._queue = asyncio.Queue()
+        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=self._arrived)
+        self._consumer = name
+        self._asked = 0
+
+    async def _arrived(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
 
     async def _unsubscribe(self) -> None:
+        self._consumer = None
         if self._sub is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await self._sub.unsubscribe()
             self._sub = None
+
+    async def _ask(self) -> None:
+        """A request for ``MAX_BATCH`` more messages, living ``fetch_seconds``."""
+        assert self._sub is not None
+        assert self._consumer is not None
+        body = {"batch": MAX_BATCH, "expires": int(self._fetch_seconds * 1e9)}
+        await self._nc.publish(
+            f"{self._js._prefix}.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}",
+            json.dumps(body).encode(),
+            reply=self._sub.subject,
+        )
+        self._asked += MAX_BATCH
+        self._heard_by = time.monotonic() + self._fetch_seconds + GRACE_SECONDS
+        self.requests += 1
 
     async def _run(self) -> None:
         idle = 0
@@ -127,29 +176,37 @@ class Follower:
             try:
                 if self._sub is None:
                     await self._subscribe()
-                assert self._sub is not None
+                if self._asked <= MAX_BATCH // 2:
+                    await self._ask()
                 try:
-                    # What the last message said is waiting, at once (it is there: the
-                    # fetch returns without waiting); else one, as soon as it comes.
-                    batch = min(max(self._pending, 1), MAX_BATCH)
-                    messages = await self._sub.fetch(batch, timeout=self._fetch_seconds)
-                except nats.errors.TimeoutError:
+                    async with asyncio.timeout(max(self._heard_by - time.monotonic(), 0.0)):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    # Not a word past the request's life: it was lost with the connection.
+                    self._asked = 0
+                    await self._check()
+                    continue
+                status = request_status(item)
+                if status is None:
+                    idle = 0
+                    self._asked = max(self._asked - 1, 0)
+                    await self._deliver(item)
+                elif status == "408":
+                    self._expired(item)
                     idle += 1
                     if idle % self._check_every == 0:
-                        # Nothing for a while: is the consumer still there?
-                        await self._sub.consumer_info()
-                    continue
-                idle = 0
-                for msg in messages:
-                    await self._deliver(msg)
+                        await self._check()  # nothing for a while: is the consumer there?
+                elif status != "100":  # 100: a heartbeat
+                    # Ended otherwise: the consumer deleted, or nobody there to answer.
+                    self._asked = 0
+                    log.debug(
+                        "pull request ended",
+                        extra={"follower": self._name, "status": status},
+                    )
+                    await self._check()
+                    await asyncio.sleep(REFUSED_PAUSE_SECONDS)
             except asyncio.CancelledError:
                 raise
-            except NotFoundError:
-                log.info(
-                    "consumer lost; following again",
-                    extra={"follower": self._name, "after": self.last_sequence},
-                )
-                await self._unsubscribe()
             except Exception as error:
                 log.warning(
                     "following interrupted", extra={"follower": self._name, "error": repr(error)}
@@ -157,12 +214,32 @@ class Follower:
                 await self._unsubscribe()
                 await asyncio.sleep(0.5)
 
+    def _expired(self, status: Msg) -> None:
+        """A request lived its life; the server says how many it still asked for."""
+        left = (status.headers or {}).get(PENDING_MESSAGES)
+        if left is not None and left.isdigit():
+            self._asked = max(self._asked - int(left), 0)
+        else:
+            self._asked = 0
+
+    async def _check(self) -> None:
+        """Look the consumer up; when it is gone, follow again from the last sequence."""
+        if self._consumer is None:
+            return
+        try:
+            await self._js.consumer_info(self._stream, self._consumer)
+        except NotFoundError:
+            log.info(
+                "consumer lost; following again",
+                extra={"follower": self._name, "after": self.last_sequence},
+            )
+            await self._unsubscribe()
+
     async def _deliver(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
         if sequence <= self.last_sequence:
             return  # already delivered before the consumer was made again
         self.last_sequence = sequence
-        self._pending = msg.metadata.num_pending or 0
         try:
             await self._on_message(msg)
         except Exception:

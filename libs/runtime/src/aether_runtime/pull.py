@@ -56,7 +56,8 @@ REFUSED_PAUSE_SECONDS = 0.25
 _LOST: Final = object()  # the requests in flight are lost (a reconnect): ask again now
 _FREED: Final = object()  # a handler finished: there may be room to ask for more
 _STOP: Final = object()
-_PENDING = "Nats-Pending-Messages"
+# What a request the server ended still asked for.
+PENDING_MESSAGES = "Nats-Pending-Messages"
 
 
 class Puller:
@@ -126,7 +127,7 @@ class Puller:
                     await task
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, Msg) and _status(item) is None and not item.is_acked:
+            if isinstance(item, Msg) and request_status(item) is None and not item.is_acked:
                 with contextlib.suppress(Exception):
                     await item.nak()
 
@@ -175,7 +176,7 @@ class Puller:
             if item is _FREED:
                 continue
             assert isinstance(item, Msg)
-            status = _status(item)
+            status = request_status(item)
             if status is not None:
                 pause_until = max(pause_until, self._ended(item, status))
                 continue
@@ -209,7 +210,7 @@ class Puller:
         if status == "100":
             return 0.0  # a heartbeat
         headers = msg.headers or {}
-        left = headers.get(_PENDING)
+        left = headers.get(PENDING_MESSAGES)
         if status in ("408", "409") and left is not None and left.isdigit():
             self._asked = max(self._asked - int(left), 0)
         else:
@@ -223,7 +224,7 @@ class Puller:
         return time.monotonic() + REFUSED_PAUSE_SECONDS
 
 
-def _status(msg: Msg) -> str | None:
+def request_status(msg: Msg) -> str | None:
     """The status of a message the server sent about a request (None: a delivery)."""
     if msg.headers and not msg.data and not msg.reply:
         return msg.headers.get(Header.STATUS)
