@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from aether.infra import EmbeddedNats
 from aether_events import TELEMETRY_STREAM, StreamSettings, ensure_streams
 from aether_runtime.follow import Follower
 
@@ -113,3 +115,50 @@ async def test_one_standing_request_follows_many_messages(nc: NatsClient) -> Non
     finally:
         await follower.stop()
         await watch.unsubscribe()
+
+
+async def test_a_follower_goes_on_in_order_through_a_server_restart(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The standing request dies with the server: the follower hears nothing past its
+    life, looks its consumer up once the server is back, and goes on from the last
+    sequence it delivered: every message once, in order."""
+    nc = await nats.connect(nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    seen: list[bytes] = []
+
+    async def on_message(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    async def until(count: int) -> None:
+        while len(seen) < count:
+            await asyncio.sleep(0.02)
+
+    async def publish_when_back(data: bytes) -> None:
+        while True:
+            try:
+                await js.publish("aether.telemetry.m1.agent_progress", data, timeout=1.0)
+                return
+            except Exception:
+                await asyncio.sleep(0.05)
+
+    follower = Follower(js, TELEMETRY_STREAM, ["aether.telemetry.>"], on_message, fetch_seconds=0.5)
+    await follower.start()
+    try:
+        for index in range(3):
+            await js.publish("aether.telemetry.m1.agent_progress", f"before-{index}".encode())
+        await asyncio.wait_for(until(3), 10)
+        nats_server.stop()
+        nats_server.start()
+        for index in range(3):
+            await asyncio.wait_for(publish_when_back(f"after-{index}".encode()), 30)
+        await asyncio.wait_for(until(6), 30)
+        await asyncio.sleep(1.5)  # nothing more comes: no message twice
+        assert seen == [
+            *(f"before-{i}".encode() for i in range(3)),
+            *(f"after-{i}".encode() for i in range(3)),
+        ]
+    finally:
+        await follower.stop()
+        await nc.close()
