@@ -1,21 +1,37 @@
 """Creating a durable, and a follower's consumer, through a moment a real cluster shows
 after one of its servers comes back: the consumer's requests go unanswered until its
-group has a leader. These drive ``ensure_consumer`` and ``Follower.start`` with a
-stand-in for the JetStream API that answers that way (the restart itself runs on a real
-three-node cluster in ``tests/e2e/test_cluster.py``)."""
+group has a leader. These drive ``ensure_consumer``, ``Follower.start`` and
+``stream_end`` with a stand-in for the JetStream API that answers that way, and a whole
+start-up replay through a real server that stops answering as it begins (the restart
+itself runs on a real three-node cluster in ``tests/e2e/test_cluster.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+from datetime import UTC, datetime
 from typing import Any, cast
 
+import nats
 import nats.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from aether_events import ALL_MISSION_EVENTS, Event
-from aether_runtime import ConsumerSpec, Delivery, ensure_consumer, unanswered
+from aether.infra import EmbeddedNats
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    Event,
+    EventPublisher,
+    MissionMessagePosted,
+    StreamSettings,
+    derived_id,
+    ensure_streams,
+)
+from aether_runtime import ConsumerSpec, Delivery, Projection, ensure_consumer, unanswered
 from aether_runtime.follow import Follower
+from aether_runtime.unanswered import stream_end
 
 
 async def ignore(event: Event, delivery: Delivery) -> None:
@@ -143,3 +159,63 @@ async def test_a_follower_on_a_cluster_that_never_answers_fails_its_start(
     follower = Follower(cast(JetStreamContext, js), "S", ["a.>"], ignore_message)
     with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
         await follower.start()
+
+
+async def test_the_end_of_a_stream_is_asked_again_while_the_cluster_does_not_answer() -> None:
+    js = ElectingForFollowers(silent=3)
+    assert await stream_end(cast(JetStreamContext, js), "S") == 41
+    assert js.requests == 4
+
+
+async def test_the_end_of_a_stream_a_cluster_never_answers_fails_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(unanswered, "PATIENCE_SECONDS", 0.5)
+    js = ElectingForFollowers(silent=10_000)
+    with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
+        await stream_end(cast(JetStreamContext, js), "S")
+
+
+async def test_a_start_up_replay_goes_through_a_server_that_stops_answering_at_its_start(
+    nats_server: EmbeddedNats,
+) -> None:
+    """A projection's rebuild asks the stream where it ends, then reads it back. A real
+    server stopped (SIGSTOP) for 2.5 s as the rebuild begins, with requests that time
+    out after 1 s: the rebuild waits it out and folds every event once."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream(timeout=1.0)
+        await ensure_streams(js, StreamSettings())
+        publisher = EventPublisher(js)
+        events = [posted(n) for n in range(20)]
+        for event in events:
+            await publisher.publish(event)
+        projection: Projection[tuple[str, ...]] = Projection((), remember)
+        assert nats_server.process is not None
+        pid = nats_server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        resumed = asyncio.get_running_loop().call_later(2.5, os.kill, pid, signal.SIGCONT)
+        try:
+            last = await asyncio.wait_for(projection.rebuild(js, "test"), 60)
+        finally:
+            resumed.cancel()
+            os.kill(pid, signal.SIGCONT)
+        assert projection.state == tuple(e.event_id for e in events)
+        assert last == 20
+    finally:
+        await nc.close()
+
+
+def posted(n: int) -> MissionMessagePosted:
+    return MissionMessagePosted(
+        event_id=derived_id("m", f"posted-{n}"),
+        mission_id="m",
+        occurred_at=datetime.now(UTC),
+        correlation_id=derived_id("m", "requested"),
+        text="x",
+        author="a",
+    )
+
+
+def remember(state: tuple[str, ...], event: Event) -> tuple[str, ...]:
+    return (*state, event.event_id)

@@ -38,7 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from aether_runtime.pull import PENDING_MESSAGES, request_status
-from aether_runtime.unanswered import asked_again
+from aether_runtime.unanswered import asked_again, stream_end
 
 log = logging.getLogger("aether.runtime.follow")
 
@@ -103,8 +103,7 @@ class Follower:
         if self._new_only:
             # From the stream's end now, as a position: a consumer made again later goes on
             # from there rather than from its own "now".
-            info = await asked_again(lambda: self._js.stream_info(self._stream), self._name)
-            self.last_sequence = info.state.last_seq
+            self.last_sequence = await stream_end(self._js, self._stream)
             self._new_only = False
         await asked_again(self._subscribe, self._name)
         self._stopping = False

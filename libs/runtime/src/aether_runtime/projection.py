@@ -20,6 +20,7 @@ from aether_events import (
 )
 from aether_events.replay import START_PATIENCE_SECONDS, ReplayResult, stored_messages
 from aether_runtime import metrics
+from aether_runtime.unanswered import stream_end
 
 S = TypeVar("S")
 
@@ -124,7 +125,7 @@ class Projection(Generic[S]):
 
         # Everything stored by now is read back (of the types asked for), whatever the
         # last one read was.
-        end = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
+        end = await stream_end(js, MISSIONS_STREAM)
         if types is None:
             _, result = await replay(
                 js, MISSIONS_STREAM, ALL_MISSION_EVENTS, self, fold, patience=START_PATIENCE_SECONDS

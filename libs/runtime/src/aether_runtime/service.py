@@ -70,6 +70,7 @@ from aether_events import (
     tag_of,
     type_subject,
 )
+from aether_events.replay import UNANSWERED
 from aether_runtime import health, http, listen, metrics
 from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
 from aether_runtime.bus_metrics import Readings, poll_bus
@@ -939,7 +940,7 @@ async def wait_for_streams(js: JetStreamContext, every: float = 0.5) -> None:
             try:
                 await js.stream_info(stream)
                 break
-            except NotFoundError:
+            except (NotFoundError, *UNANSWERED):  # not declared yet, or a cluster electing
                 if waited == 0.0:
                     log.info("waiting for the stream to be declared", extra={"stream": stream})
                 await asyncio.sleep(every)

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from nats.js import JetStreamContext
+
 from aether_events.replay import START_PATIENCE_SECONDS, UNANSWERED
 
 log = logging.getLogger("aether.runtime")
@@ -38,3 +40,11 @@ async def asked_again(
                 extra={"request": what, "error": type(error).__name__},
             )
         await asyncio.sleep(0.2)
+
+
+async def stream_end(js: JetStreamContext, stream: str) -> int:
+    """The last sequence stored in ``stream`` now, asked again while the server does not
+    answer (``asked_again``): where a start's replay reads up to, or from where a
+    follower follows."""
+    info = await asked_again(lambda: js.stream_info(stream), f"the end of {stream}")
+    return info.state.last_seq

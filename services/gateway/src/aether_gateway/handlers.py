@@ -30,6 +30,7 @@ from aether_gateway.adapters.stream import (
     stored_runs,
 )
 from aether_runtime import ConsumerSpec, Delivery, ensure_consumer
+from aether_runtime.unanswered import stream_end
 
 log = logging.getLogger("aether.gateway.projection")
 
@@ -113,8 +114,8 @@ class Projector:
         is derived from events that no longer exist: it is dropped and rebuilt.
         """
         position = await self.read_model.position()
-        info = await js.stream_info(MISSIONS_STREAM)
-        reason = await self.diverged(js, position, info.state.last_seq)
+        end = await stream_end(js, MISSIONS_STREAM)
+        reason = await self.diverged(js, position, end)
         if reason is not None:
             log.warning(
                 "the stream's history is not the read model's; rebuilding the read model",
@@ -226,8 +227,7 @@ class Projector:
 
     async def _catch_up_telemetry(self, js: JetStreamContext) -> None:
         position = await self.read_model.telemetry_position()
-        info = await js.stream_info(TELEMETRY_STREAM)
-        if position > info.state.last_seq:
+        if position > await stream_end(js, TELEMETRY_STREAM):
             await self.read_model.reset_telemetry_position()
             position = 0
         pending, last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, position)

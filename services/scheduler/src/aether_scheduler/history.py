@@ -34,6 +34,7 @@ from aether_events import (
 from aether_events.replay import START_PATIENCE_SECONDS, stored_messages
 from aether_runtime import Projection
 from aether_runtime import metrics as runtime_metrics
+from aether_runtime.unanswered import stream_end
 from aether_scheduler.domain import State
 
 # What the replay reads of every mission, finished or not.
@@ -52,7 +53,7 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
     up to (what ``Projection.rebuild`` returns)."""
     # Everything stored by now is read back; what comes later is the consumers' (each
     # read below stops at ``end``, so all of them see the same history).
-    end = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
+    end = await stream_end(js, MISSIONS_STREAM)
     stored: dict[int, tuple[str, bytes]] = {}
     requested: dict[str, None] = {}
     finished: set[str] = set()

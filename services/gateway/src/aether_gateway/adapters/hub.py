@@ -39,6 +39,7 @@ from aether_events import (
 from aether_events.codec import without_secrets
 from aether_gateway.adapters.rows import task_of
 from aether_runtime.follow import Follower
+from aether_runtime.unanswered import stream_end
 
 log = logging.getLogger("aether.gateway.hub")
 
@@ -187,8 +188,7 @@ class Hub:
 
     async def start(self, js: JetStreamContext, closing: asyncio.Event) -> None:
         """Follow both streams from their current ends."""
-        info = await js.stream_info(MISSIONS_STREAM)
-        last = info.state.last_seq
+        last = await stream_end(js, MISSIONS_STREAM)
         self.last_sequence = self.floor = last
         # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
         # creation the bus permissions refuse (see ``aether_runtime.follow``).
