@@ -7,6 +7,7 @@ import json
 import os
 import select
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,23 @@ SECRETS = {
 PY = "python"
 
 
+# The toolboxes a test made, closed after it as an attempt closes its own (their kept
+# sandbox ended, an unconfined command's scratch directory removed).
+_MADE: list[ToolBox] = []
+
+
 def box(worktree: Path, sandbox: Any = None, **policy: Any) -> ToolBox:
     settings = {"allowed": (PY, "ls"), "timeout_seconds": 20.0, "output_chars": 4000, **policy}
-    return ToolBox(Workspace(worktree), CommandPolicy(**settings), sandbox=sandbox)
+    made = ToolBox(Workspace(worktree), CommandPolicy(**settings), sandbox=sandbox)
+    _MADE.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def _closed_after() -> Iterator[None]:
+    yield
+    while _MADE:
+        _MADE.pop().close()
 
 
 # Commands the tests run find the Python they run on (its virtual environment's bin).
