@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from aether.infra import EmbeddedNats
 from aether_events import TELEMETRY_STREAM, StreamSettings, ensure_streams
 from aether_runtime.follow import Follower
+from aether_runtime.reconnect import Reconnects
 
 
 async def test_new_only_starts_at_the_end_and_goes_on_from_there_after_a_loss(
@@ -162,3 +163,57 @@ async def test_a_follower_goes_on_in_order_through_a_server_restart(
     finally:
         await follower.stop()
         await nc.close()
+
+
+async def test_at_a_reconnect_a_follower_asks_the_restarted_server_at_once(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The server is killed (a graceful stop would end the request with a status): its
+    standing request lives a minute here, so only the reconnect, which the follower is
+    told of, makes it ask the restarted server before the test's 30 s are out."""
+    reconnects = Reconnects()
+
+    async def back() -> None:
+        reconnects.happened()
+
+    nc = await nats.connect(
+        nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1, reconnected_cb=back
+    )
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    seen: list[bytes] = []
+
+    async def on_message(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    follower = Follower(
+        js,
+        TELEMETRY_STREAM,
+        ["aether.telemetry.>"],
+        on_message,
+        new_only=True,
+        fetch_seconds=60.0,
+        reconnects=reconnects,
+    )
+    await follower.start()
+    try:
+        await js.publish("aether.telemetry.m1.agent_progress", b"before")
+        await asyncio.wait_for(_until(seen, 1), 10)
+        nats_server.kill()
+        nats_server.start()
+        while True:
+            try:
+                await js.publish("aether.telemetry.m1.agent_progress", b"after", timeout=1.0)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(_until(seen, 2), 30)
+        assert seen == [b"before", b"after"]
+    finally:
+        await follower.stop()
+        await nc.close()
+
+
+async def _until(seen: list[bytes], count: int) -> None:
+    while len(seen) < count:
+        await asyncio.sleep(0.02)

@@ -18,7 +18,9 @@ request and its round trip for every message followed: the gateway's two followe
 alone made thirteen requests a task of a chained mission. A request the server ends
 (expired, 408) is renewed; one that ends otherwise (the consumer deleted, no consumer
 to answer), or that nothing is heard of past its life, has the consumer looked up, and
-made again from the last sequence delivered when it is gone.
+made again from the last sequence delivered when it is gone. Given the service's
+``Reconnects``, it asks again at once when the connection comes back (the request in
+flight went down with the server) instead of waiting out the request's life.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -38,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from aether_runtime.pull import PENDING_MESSAGES, request_status
+from aether_runtime.reconnect import Reconnects
 from aether_runtime.unanswered import asked_again, stream_end
 
 log = logging.getLogger("aether.runtime.follow")
@@ -49,6 +53,7 @@ GRACE_SECONDS = 1.0
 # The pause before asking again after the server ended a request for another reason than
 # its expiry and the consumer was found in place, so a follower does not spin.
 REFUSED_PAUSE_SECONDS = 0.25
+_LOST: Final = object()  # the connection came back: the requests in flight are gone
 
 
 class Follower:
@@ -68,6 +73,7 @@ class Follower:
         fetch_seconds: float = 2.0,
         idle_seconds: float = 120.0,
         check_every: int = 5,
+        reconnects: Reconnects | None = None,
     ) -> None:
         self._js = js
         # The connection the JetStream context speaks through: the follower's requests
@@ -82,9 +88,11 @@ class Follower:
         self._fetch_seconds = fetch_seconds
         self._idle_seconds = idle_seconds
         self._check_every = check_every
+        self._reconnects = reconnects
+        self._woken: asyncio.Task[None] | None = None
         self._consumer: str | None = None
         self._sub: Subscription | None = None
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._queue: asyncio.Queue[Msg | object] = asyncio.Queue()
         self._asked = 0  # messages asked for and not yet delivered, over live requests
         self._heard_by = 0.0  # when a word is due from the server, if a request is live
         self._task: asyncio.Task[None] | None = None
@@ -108,9 +116,23 @@ class Follower:
         await asked_again(self._subscribe, self._name)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self._name)
+        if self._reconnects is not None:
+            self._woken = asyncio.create_task(
+                self._wake_at_reconnects(self._reconnects), name=f"{self._name}-reconnects"
+            )
+
+    async def _wake_at_reconnects(self, reconnects: Reconnects) -> None:
+        while True:
+            await reconnects.upcoming().wait()
+            self._queue.put_nowait(_LOST)
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._woken is not None:
+            self._woken.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._woken
+            self._woken = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,6 +207,10 @@ class Follower:
                     self._asked = 0
                     await self._check()
                     continue
+                if item is _LOST:
+                    self._asked = 0  # ask the restarted server now
+                    continue
+                assert isinstance(item, Msg)
                 status = request_status(item)
                 if status is None:
                     idle = 0

@@ -321,6 +321,11 @@ class Service:
     # --- wiring -------------------------------------------------------------------
 
     @property
+    def reconnects(self) -> Reconnects:
+        """The connection's reconnects (a follower asks the restarted server again at once)."""
+        return self._reconnects
+
+    @property
     def js(self) -> JetStreamContext:
         if self._js is None:
             raise RuntimeError("service not connected yet")

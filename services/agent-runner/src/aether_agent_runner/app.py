@@ -115,7 +115,7 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         # Only the types evolve folds: the work consumer's and the control follower's.
         folded: tuple[type[Event], ...] = (WorkspaceReady, *CONTROL_TYPES)
         last = await projection.rebuild(js, "agent-runner", due=pending, types=folded)
-        follower = await follow_control_events(js, last, handlers.on_control)
+        follower = await follow_control_events(js, last, handlers.on_control, service.reconnects)
         service.on_stopping.append(follower.stop)
         # The projection is fed by the work consumer and this follower: its remembered
         # ids are bounded by where both have settled.

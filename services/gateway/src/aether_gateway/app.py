@@ -116,7 +116,7 @@ class Gateway:
         self.service.on_stopping.append(self.projector.close)
 
     async def _start_hub(self) -> None:
-        await self.hub.start(self.service.js, self.context.closing)
+        await self.hub.start(self.service.js, self.context.closing, self.service.reconnects)
 
     async def _rebuild(self) -> tuple[int, int, int]:
         return await self.projector.rebuild_all(self.service.js)

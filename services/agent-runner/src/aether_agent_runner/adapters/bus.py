@@ -42,6 +42,7 @@ from aether_events import (
     type_subjects,
 )
 from aether_runtime.follow import Follower
+from aether_runtime.reconnect import Reconnects
 
 log = logging.getLogger("aether.agent-runner.bus")
 
@@ -64,9 +65,11 @@ async def follow_control_events(
     js: JetStreamContext,
     after_sequence: int,
     on_event: Callable[[Event, int], Awaitable[None]],
+    reconnects: Reconnects | None = None,
 ) -> Follower:
     """Deliver every control event stored after ``after_sequence`` to ``on_event``, with
-    its stream sequence, in order (until the returned follower is stopped)."""
+    its stream sequence, in order (until the returned follower is stopped); with the
+    connection's ``reconnects``, asking a restarted server again at once."""
 
     async def deliver(msg: Msg) -> None:
         try:
@@ -87,6 +90,7 @@ async def follow_control_events(
         deliver,
         after_sequence=after_sequence,
         name="agent-runner-control-events",
+        reconnects=reconnects,
     )
     await follower.start()
     return follower

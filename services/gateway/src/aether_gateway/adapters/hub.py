@@ -39,6 +39,7 @@ from aether_events import (
 from aether_events.codec import without_secrets
 from aether_gateway.adapters.rows import task_of
 from aether_runtime.follow import Follower
+from aether_runtime.reconnect import Reconnects
 from aether_runtime.unanswered import stream_end
 
 log = logging.getLogger("aether.gateway.hub")
@@ -186,8 +187,11 @@ class Hub:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def start(self, js: JetStreamContext, closing: asyncio.Event) -> None:
-        """Follow both streams from their current ends."""
+    async def start(
+        self, js: JetStreamContext, closing: asyncio.Event, reconnects: Reconnects | None = None
+    ) -> None:
+        """Follow both streams from their current ends (asking a restarted server again at
+        once when given the connection's ``reconnects``)."""
         last = await stream_end(js, MISSIONS_STREAM)
         self.last_sequence = self.floor = last
         # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
@@ -200,6 +204,7 @@ class Hub:
                 self._on_mission_event,
                 after_sequence=last,
                 name="gateway-hub-missions",
+                reconnects=reconnects,
             ),
             Follower(
                 js,
@@ -208,6 +213,7 @@ class Hub:
                 self._on_telemetry,
                 new_only=True,
                 name="gateway-hub-telemetry",
+                reconnects=reconnects,
             ),
         ]
         for follower in self._followers:
