@@ -25,7 +25,9 @@ consumer up until a timer runs out:
   once however often it is sent.
 * **Pull requests.** The request a consumer's lane is waiting on is gone with the server;
   the lane (``pull.Puller``) is told of the reconnect and asks the restarted server for
-  its next messages straight away instead of waiting out the request's expiry.
+  its next messages straight away instead of waiting out the request's expiry; so does a
+  follower given the service's ``Reconnects`` (``follow.Follower``: the SSE hub's, the
+  agent runner's control events).
 """
 
 from __future__ import annotations
