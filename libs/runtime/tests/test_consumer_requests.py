@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -86,16 +87,6 @@ async def test_a_creation_that_timed_out_but_happened_is_found_not_made_twice() 
     assert len(js.created) == 1
 
 
-async def test_a_cluster_that_never_answers_fails_the_start_in_the_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(unanswered, "PATIENCE_SECONDS", 0.5)
-    js = Electing(silent=10_000)
-    with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
-        await ensure_consumer(cast(JetStreamContext, js), SPEC, 0)
-    assert js.requests > 1
-
-
 class QuietConnection:
     """A follower's connection, with nothing to deliver."""
 
@@ -151,29 +142,29 @@ async def test_a_follower_starting_on_a_cluster_that_does_not_answer_yet_asks_ag
         await follower.stop()
 
 
-async def test_a_follower_on_a_cluster_that_never_answers_fails_its_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(unanswered, "PATIENCE_SECONDS", 0.5)
-    js = ElectingForFollowers(silent=10_000)
-    follower = Follower(cast(JetStreamContext, js), "S", ["a.>"], ignore_message)
-    with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
-        await follower.start()
-
-
 async def test_the_end_of_a_stream_is_asked_again_while_the_cluster_does_not_answer() -> None:
     js = ElectingForFollowers(silent=3)
     assert await stream_end(cast(JetStreamContext, js), "S") == 41
     assert js.requests == 4
 
 
-async def test_the_end_of_a_stream_a_cluster_never_answers_fails_the_start(
-    monkeypatch: pytest.MonkeyPatch,
+# What a start asks a cluster about, each asked again until its patience runs out.
+NEVER_ANSWERED: dict[str, Callable[[JetStreamContext], Awaitable[object]]] = {
+    "a durable": lambda js: ensure_consumer(js, SPEC, 0),
+    "a follower's consumer": lambda js: Follower(js, "S", ["a.>"], ignore_message).start(),
+    "the stream's end": lambda js: stream_end(js, "S"),
+}
+
+
+@pytest.mark.parametrize("request_of", NEVER_ANSWERED)
+async def test_a_cluster_that_never_answers_fails_the_start_in_the_end(
+    request_of: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(unanswered, "PATIENCE_SECONDS", 0.5)
     js = ElectingForFollowers(silent=10_000)
     with pytest.raises((nats.errors.TimeoutError, ServiceUnavailableError)):
-        await stream_end(cast(JetStreamContext, js), "S")
+        await NEVER_ANSWERED[request_of](cast(JetStreamContext, js))
+    assert js.requests > 1
 
 
 async def test_a_start_up_replay_goes_through_a_server_that_stops_answering_at_its_start(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from aether.infra import EmbeddedNats
 from aether_events import TELEMETRY_STREAM, StreamSettings, ensure_streams
@@ -20,10 +22,7 @@ async def test_new_only_starts_at_the_end_and_goes_on_from_there_after_a_loss(
     js = nc.jetstream()
     await ensure_streams(js, StreamSettings())
     await js.publish("aether.telemetry.m1.agent_progress", b"old")
-    seen: list[bytes] = []
-
-    async def on_message(msg: Msg) -> None:
-        seen.append(msg.data)
+    seen, on_message = recorded()
 
     follower = Follower(
         js,
@@ -39,17 +38,13 @@ async def test_new_only_starts_at_the_end_and_goes_on_from_there_after_a_loss(
         for index in range(5):
             await js.publish("aether.telemetry.m1.agent_progress", f"new-{index}".encode())
 
-        async def until(count: int) -> None:
-            while len(seen) < count:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(until(5), 10)
+        await asyncio.wait_for(received(seen, 5), 10)
         lost = follower.consumer
         assert lost is not None
         await js.delete_consumer(TELEMETRY_STREAM, lost)
         # Stored while no consumer exists: the next one starts after the last delivered.
         await js.publish("aether.telemetry.m1.agent_progress", b"while-lost")
-        await asyncio.wait_for(until(6), 10)
+        await asyncio.wait_for(received(seen, 6), 10)
         assert seen == [*(f"new-{i}".encode() for i in range(5)), b"while-lost"]
         assert follower.consumer not in (None, lost)
     finally:
@@ -127,34 +122,19 @@ async def test_a_follower_goes_on_in_order_through_a_server_restart(
     nc = await nats.connect(nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
     js = nc.jetstream()
     await ensure_streams(js, StreamSettings())
-    seen: list[bytes] = []
-
-    async def on_message(msg: Msg) -> None:
-        seen.append(msg.data)
-
-    async def until(count: int) -> None:
-        while len(seen) < count:
-            await asyncio.sleep(0.02)
-
-    async def publish_when_back(data: bytes) -> None:
-        while True:
-            try:
-                await js.publish("aether.telemetry.m1.agent_progress", data, timeout=1.0)
-                return
-            except Exception:
-                await asyncio.sleep(0.05)
+    seen, on_message = recorded()
 
     follower = Follower(js, TELEMETRY_STREAM, ["aether.telemetry.>"], on_message, fetch_seconds=0.5)
     await follower.start()
     try:
         for index in range(3):
             await js.publish("aether.telemetry.m1.agent_progress", f"before-{index}".encode())
-        await asyncio.wait_for(until(3), 10)
+        await asyncio.wait_for(received(seen, 3), 10)
         nats_server.stop()
         nats_server.start()
         for index in range(3):
-            await asyncio.wait_for(publish_when_back(f"after-{index}".encode()), 30)
-        await asyncio.wait_for(until(6), 30)
+            await asyncio.wait_for(published_when_back(js, f"after-{index}".encode()), 30)
+        await asyncio.wait_for(received(seen, 6), 30)
         await asyncio.sleep(1.5)  # nothing more comes: no message twice
         assert seen == [
             *(f"before-{i}".encode() for i in range(3)),
@@ -181,10 +161,7 @@ async def test_at_a_reconnect_a_follower_asks_the_restarted_server_at_once(
     )
     js = nc.jetstream()
     await ensure_streams(js, StreamSettings())
-    seen: list[bytes] = []
-
-    async def on_message(msg: Msg) -> None:
-        seen.append(msg.data)
+    seen, on_message = recorded()
 
     follower = Follower(
         js,
@@ -198,22 +175,37 @@ async def test_at_a_reconnect_a_follower_asks_the_restarted_server_at_once(
     await follower.start()
     try:
         await js.publish("aether.telemetry.m1.agent_progress", b"before")
-        await asyncio.wait_for(_until(seen, 1), 10)
+        await asyncio.wait_for(received(seen, 1), 10)
         nats_server.kill()
         nats_server.start()
-        while True:
-            try:
-                await js.publish("aether.telemetry.m1.agent_progress", b"after", timeout=1.0)
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
-        await asyncio.wait_for(_until(seen, 2), 30)
+        await asyncio.wait_for(published_when_back(js, b"after"), 30)
+        await asyncio.wait_for(received(seen, 2), 30)
         assert seen == [b"before", b"after"]
     finally:
         await follower.stop()
         await nc.close()
 
 
-async def _until(seen: list[bytes], count: int) -> None:
+def recorded() -> tuple[list[bytes], Callable[[Msg], Awaitable[None]]]:
+    """What a follower delivers, in a list, and the handler that fills it."""
+    seen: list[bytes] = []
+
+    async def on_message(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    return seen, on_message
+
+
+async def received(seen: list[bytes], count: int) -> None:
     while len(seen) < count:
         await asyncio.sleep(0.02)
+
+
+async def published_when_back(js: JetStreamContext, data: bytes) -> None:
+    """Published once the server answers JetStream requests again."""
+    while True:
+        try:
+            await js.publish("aether.telemetry.m1.agent_progress", data, timeout=1.0)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
