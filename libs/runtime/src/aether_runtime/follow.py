@@ -97,7 +97,6 @@ class Follower:
         self._heard_by = 0.0  # when a word is due from the server, if a request is live
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.requests = 0  # pull requests sent (for tests and figures)
 
     @property
     def consumer(self) -> str | None:
@@ -189,7 +188,6 @@ class Follower:
         )
         self._asked += MAX_BATCH
         self._heard_by = time.monotonic() + self._fetch_seconds + GRACE_SECONDS
-        self.requests += 1
 
     async def _run(self) -> None:
         idle = 0
