@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from aether_runtime.pull import PENDING_MESSAGES, request_status
+from aether_runtime.pull import request_status, still_asked
 from aether_runtime.reconnect import Reconnects
 from aether_runtime.unanswered import asked_again, stream_end
 
@@ -214,8 +214,8 @@ class Follower:
                     idle = 0
                     self._asked = max(self._asked - 1, 0)
                     await self._deliver(item)
-                elif status == "408":
-                    self._expired(item)
+                elif status == "408":  # expired
+                    self._asked = still_asked(self._asked, item)
                     idle += 1
                     if idle % self._check_every == 0:
                         await self._check()  # nothing for a while: is the consumer there?
@@ -236,14 +236,6 @@ class Follower:
                 )
                 await self._unsubscribe()
                 await asyncio.sleep(0.5)
-
-    def _expired(self, status: Msg) -> None:
-        """A request lived its life; the server says how many it still asked for."""
-        left = (status.headers or {}).get(PENDING_MESSAGES)
-        if left is not None and left.isdigit():
-            self._asked = max(self._asked - int(left), 0)
-        else:
-            self._asked = 0
 
     async def _check(self) -> None:
         """Look the consumer up; when it is gone, follow again from the last sequence."""

@@ -57,7 +57,7 @@ _LOST: Final = object()  # the requests in flight are lost (a reconnect): ask ag
 _FREED: Final = object()  # a handler finished: there may be room to ask for more
 _STOP: Final = object()
 # What a request the server ended still asked for.
-PENDING_MESSAGES = "Nats-Pending-Messages"
+_PENDING = "Nats-Pending-Messages"
 
 
 class Puller:
@@ -210,11 +210,7 @@ class Puller:
         if status == "100":
             return 0.0  # a heartbeat
         headers = msg.headers or {}
-        left = headers.get(PENDING_MESSAGES)
-        if status in ("408", "409") and left is not None and left.isdigit():
-            self._asked = max(self._asked - int(left), 0)
-        else:
-            self._asked = 0
+        self._asked = still_asked(self._asked, msg) if status in ("408", "409") else 0
         if status == "408":
             return 0.0  # expired: ask again at once
         log.debug(
@@ -222,6 +218,15 @@ class Puller:
             extra={"status": status, "description": headers.get(Header.DESCRIPTION)},
         )
         return time.monotonic() + REFUSED_PAUSE_SECONDS
+
+
+def still_asked(asked: int, ended: Msg) -> int:
+    """How many messages live requests still ask for once the server ended one with
+    ``ended`` (408, 409): it says how many that one still asked for, else none is left."""
+    left = (ended.headers or {}).get(_PENDING)
+    if left is not None and left.isdigit():
+        return max(asked - int(left), 0)
+    return 0
 
 
 def request_status(msg: Msg) -> str | None:
