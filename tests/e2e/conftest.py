@@ -48,8 +48,8 @@ async def shared_stack(
     database = create_database(database_url)
     stack = stack_for(tmp_path_factory.mktemp("shared"), shared_model[0], database)
     # The runner killed mid-mission there: its held task comes back within seconds (the
-    # default, 10 s, was most of that case's time; the runner keeps a message it works on
-    # alive every 2 s).
+    # runner keeps a message it works on alive every 2 s; longer than the default 4 s, so
+    # a worker starved on a loaded machine does not see its message delivered again).
     stack.env["AETHER_AGENT_ACK_WAIT_SECONDS"] = "6"
     try:
         await asyncio.to_thread(stack.start)

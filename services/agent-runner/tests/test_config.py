@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aether_agent_runner.config import RunnerSettings
+from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
 from aether_runtime.settings import SettingsError
 
 
@@ -24,6 +25,14 @@ def test_the_runners_settings_hold_the_runtimes_the_models_and_the_agents() -> N
     assert settings.agent.runtime == "claude-code"
     assert settings.agent.transcript.entry_chars == 200  # the least an entry keeps
     assert RunnerSettings.from_env({}).runtime.port == 8103
+
+
+def test_a_runner_that_died_holding_work_leaves_it_as_briefly_as_any_consumer() -> None:
+    """The runners' shared consumer waits for a sign of life as long as every other
+    consumer (it was 10 s: a runner killed holding an attempt stalled its task that long)."""
+    assert RunnerSettings.from_env({}).agent.ack_wait_seconds == DEFAULT_ACK_WAIT_SECONDS == 4.0
+    set_here = RunnerSettings.from_env({"AETHER_AGENT_ACK_WAIT_SECONDS": "2.5"})
+    assert set_here.agent.ack_wait_seconds == 2.5
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ One answer never comes: a server killed before it wrote down that it had deliver
 message restarts with its consumer's delivered pointer behind it, and ignores, without a
 reply, an acknowledgement above that pointer (it will deliver the message again, as new).
 Waiting for that answer held the handler, and so an ordered consumer, for its whole ack
-wait (4 s, the runner's 10 s) after every such restart. So an acknowledgement that is not
+wait (4 s) after every such restart. So an acknowledgement that is not
 answered is checked against the consumer's state: settled when the ack floor covers it,
 given up at once when the server no longer counts it as delivered.
 """

@@ -38,6 +38,12 @@ Handler = Callable[[Event, "Delivery"], Awaitable[None]]
 
 # A concurrent consumer's room: the limit is shared by every process bound to it.
 SHARED_ACK_PENDING = 1000
+# How long the server waits for a sign of life before delivering a message again, for
+# every consumer (the git broker's and the agent runners' as configured). Short, because
+# a delivery lost with a crashed server, or held by a process that died, waits this long
+# for another; a slow handler is not at risk, the runtime (and the runner, for an agent
+# at work) sends in-progress acks for it three or four times within it.
+DEFAULT_ACK_WAIT_SECONDS = 4.0
 
 
 @dataclass
@@ -47,10 +53,7 @@ class ConsumerSpec:
     handler: Handler
     stream: str = MISSIONS_STREAM
     max_workers: int = 1
-    # How long the server waits for a sign of life before delivering a message again.
-    # Short, because a delivery lost with a crashed server blocks an ordered consumer for
-    # this long; a slow handler is not at risk, the runtime sends in-progress acks for it.
-    ack_wait_seconds: float = 4.0
+    ack_wait_seconds: float = DEFAULT_ACK_WAIT_SECONDS
     max_deliver: int = 20
     # Created fresh, start at new messages instead of right after the replayed position
     # (for a consumer on another stream, whose sequences the replay does not know).

@@ -13,6 +13,7 @@ from aether_agent_runner.adapters.transcript import TranscriptSettings, check_pa
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 from aether_llm import LLMSettings
+from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
 from aether_runtime.settings import (
     ENV,
     Env,
@@ -110,9 +111,10 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     """
 
     concurrency: Annotated[int, Env(parse=at_least_one)] = setting("AETHER_AGENT_CONCURRENCY", 2)
-    # Short: a delivery lost with a restarting NATS server waits this long (a running
-    # agent keeps its message alive with in-progress acks however long it works).
-    ack_wait_seconds: float = setting("AETHER_AGENT_ACK_WAIT_SECONDS", 10.0)
+    # Short: a delivery lost with a restarting NATS server, or held by a runner that was
+    # killed, waits this long for a runner (a running agent keeps its message alive with
+    # in-progress acks however long it works).
+    ack_wait_seconds: float = setting("AETHER_AGENT_ACK_WAIT_SECONDS", DEFAULT_ACK_WAIT_SECONDS)
     max_turns: int = setting("AETHER_AGENT_MAX_TURNS", 40)
     max_output_tokens: int = setting("AETHER_AGENT_MAX_OUTPUT_TOKENS", 8192)
     max_tokens: int = setting("AETHER_AGENT_MAX_TOKENS", 2_000_000)

@@ -11,6 +11,7 @@ import msgspec
 from aether_git_broker.adapters.git import DEFAULT_IDENTITY
 from aether_git_broker.domain import Policy
 from aether_git_broker.naming import Naming
+from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
 from aether_runtime.settings import (
     ENV,
     Env,
@@ -52,7 +53,7 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
     # ``Name <email>`` of merge commits.
     identity: str = setting("AETHER_GIT_IDENTITY", DEFAULT_IDENTITY)
     max_listed_files: int = setting("AETHER_MAX_LISTED_FILES", 2000)
-    ack_wait_seconds: float = setting("AETHER_ACK_WAIT_SECONDS", 4.0)
+    ack_wait_seconds: float = setting("AETHER_ACK_WAIT_SECONDS", DEFAULT_ACK_WAIT_SECONDS)
     # Directories local repositories must be in (empty: anywhere).
     repository_roots: Annotated[tuple[str, ...], Env(parse=path_list)] = setting(
         "AETHER_REPOSITORY_ROOTS", ()
