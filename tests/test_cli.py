@@ -382,3 +382,36 @@ def test_up_names_the_real_model_and_the_default_budget_when_a_key_is_set() -> N
     assert line.endswith("default mission budget $5.00 (--budget at submit)")
     unbounded = model_line({"ANTHROPIC_API_KEY": "k", "AETHER_DEFAULT_MISSION_BUDGET_USD": "none"})
     assert "NO default mission budget" in unbounded
+
+
+def test_show_says_where_the_result_was_delivered_or_why_not():
+    from aether.client import SseEvent
+    from aether.render import describe, mission_detail
+
+    mission = {
+        "id": "m-1",
+        "status": "completed",
+        "repository": "/r",
+        "base_branch": "main",
+        "requirement": "r",
+        "integration_branch": "aether/m-1",
+        "final_sha": "e" * 40,
+    }
+    assert "deliver" not in mission_detail(mission)
+    where = {"branch": "aether/m-1", "sha": "e" * 40, "remote": "https://git.example/app"}
+    pushed = {**mission, "delivery": {"status": "pushed", **where, "already_there": False}}
+    assert "  delivered    aether/m-1 @ eeeeeeeeee to https://git.example/app\n" in (
+        mission_detail(pushed) + "\n"
+    )
+    failed = {**mission, "delivery": {"status": "failed", **where, "reason": "someone moved it"}}
+    text = mission_detail(failed)
+    assert "  delivery     FAILED: someone moved it\n" in text
+    assert "aether/m-1 @ eeeeeeeeee to https://git.example/app" in text
+    event = SseEvent(
+        event="branch_push_failed",
+        id="9",
+        data={"integration_branch": "aether/m-1", "sha": "e" * 40, **where, "reason": "refused"},
+    )
+    assert describe(event).endswith(
+        "branch_push_failed                to https://git.example/app: refused"
+    )

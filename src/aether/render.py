@@ -69,6 +69,11 @@ def describe(event: SseEvent) -> str:
             f"{d['integration_branch']} @ {d['final_sha'][:10]}, {d['tasks_merged']} tasks, "
             f"cost {cost}"
         )
+    elif kind == "branch_pushed":
+        there = " (already there)" if d.get("already_there") else ""
+        detail = f"{d['integration_branch']} @ {d['sha'][:10]} to {d['remote']}{there}"
+    elif kind == "branch_push_failed":
+        detail = f"to {d['remote']}: {d['reason']}"
     elif kind == "usage_recorded":
         usage = d.get("usage") or {}
         detail = f"{d.get('model')} in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
@@ -94,6 +99,7 @@ def mission_detail(m: dict[str, Any]) -> str:
     if m.get("integration_branch"):
         head = f" @ {m['final_sha'][:10]}" if m.get("final_sha") else ""
         lines.append(f"  branch       {m['integration_branch']}{head}")
+    lines.extend(delivery_lines(m.get("delivery")))
     if m.get("plan_version") is not None:
         approved = m.get("approved_version")
         state = f"approved v{approved}" if approved is not None else "not approved"
@@ -149,6 +155,20 @@ def mission_detail(m: dict[str, Any]) -> str:
             author = msg.get("author") or ""
             lines.append(f"    {msg['kind']:<8} {author:<16} {short(msg['text'], 70)}")
     return "\n".join(lines)
+
+
+def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
+    """Where the git broker delivered the result (``AETHER_PUSH_REMOTE``), or why not."""
+    if not delivery:
+        return []
+    where = f"{delivery['branch']} @ {delivery['sha'][:10]} to {delivery['remote']}"
+    if delivery["status"] == "pushed":
+        there = " (it was already there)" if delivery.get("already_there") else ""
+        return [f"  delivered    {where}{there}"]
+    return [
+        f"  delivery     FAILED: {delivery.get('reason') or 'no reason given'}",
+        f"{'':15}{where}",
+    ]
 
 
 def plan_lines(m: dict[str, Any]) -> list[str]:

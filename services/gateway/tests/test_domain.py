@@ -8,6 +8,8 @@ import pytest
 from aether_events import (
     AgentFailed,
     AgentStarted,
+    BranchPushed,
+    BranchPushFailed,
     Event,
     MergeConflicted,
     MissionCancelled,
@@ -187,6 +189,30 @@ def test_pause_and_resume_return_to_where_the_mission_was(script):
     other = play([script.requested(), script.plan(), MissionPaused(**script.meta())])
     other = play([MissionResumed(**script.meta())], other)
     assert other.mission.status == "awaiting_approval"
+
+
+def test_a_completed_mission_shows_where_its_result_was_delivered(script):
+    completed = play(script.happy_path())
+    assert completed.mission.delivery is None
+    branch, sha = completed.mission.integration_branch, completed.mission.final_sha
+    where = {"integration_branch": branch, "sha": sha, "remote": "https://git.example/app"}
+    failed = BranchPushFailed(**script.meta(), **where, reason="the remote refused it")
+    view = play([failed], completed)
+    assert view.mission.status == "completed"
+    delivery = view.mission.delivery
+    assert (delivery.status, delivery.reason, delivery.sha) == (
+        "failed",
+        "the remote refused it",
+        sha,
+    )
+    # Pushed later (a retry asked for by a person, another broker): the push is shown.
+    view = play([BranchPushed(**script.meta(), **where, already_there=True)], view)
+    delivery = view.mission.delivery
+    assert (delivery.status, delivery.reason, delivery.already_there) == ("pushed", None, True)
+    assert (delivery.branch, delivery.remote) == (branch, "https://git.example/app")
+    # A failure recorded after a push does not hide that the result was delivered.
+    assert play([failed], view).mission.delivery == delivery
+    assert view.mission.status == "completed"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import psycopg
 
-from aether_events import EventPublisher, TaskReady, new_mission_id
+from aether_events import BranchPushed, EventPublisher, TaskReady, new_mission_id
 from aether_gateway.handlers import CATCH_UP_RUN
 
 from .conftest import Script, eventually
@@ -66,6 +66,36 @@ async def test_a_scripted_mission_shows_its_plan_tasks_and_final_status(
     url = gateway_server.settings.database_url
     assert await scalar(url, "SELECT count(*) FROM events") == len(seqs)
     assert await scalar(url, "SELECT last_seq FROM projection_position") == seqs[-1]
+
+
+async def test_a_delivered_mission_shows_where_its_result_went(http, nc, gateway_server, script):
+    pushed = BranchPushed(
+        **script.meta(),
+        integration_branch=f"aether/{script.mission_id}",
+        sha="e" * 40,
+        remote="https://git.example/team/app.git",
+    )
+    await publish(nc, [*script.happy_path(), pushed])
+
+    async def delivered():
+        mission = (await http.get(f"/missions/{script.mission_id}")).json()
+        return mission if mission.get("delivery") else None
+
+    mission = await eventually(delivered, what="the delivery to be shown")
+    assert mission["status"] == "completed"
+    assert mission["delivery"] == {
+        "status": "pushed",
+        "remote": "https://git.example/team/app.git",
+        "branch": f"aether/{script.mission_id}",
+        "sha": "e" * 40,
+        "at": mission["delivery"]["at"],
+        "already_there": False,
+        "reason": None,
+    }
+    assert mission["delivery"]["at"].startswith(pushed.occurred_at.strftime("%Y-%m-%dT%H:%M"))
+    listed = (await http.get("/missions")).json()["missions"]
+    (row,) = [m for m in listed if m["id"] == script.mission_id]
+    assert row["delivery"]["status"] == "pushed"
 
 
 async def test_missions_are_listed_newest_first(http, nc, script):

@@ -499,6 +499,13 @@ async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
           ],
           task: f.taskChange('task_ready', { task: { id: 't9' }, attempt: 2 }),
           unrelated: f.taskChange('plan_produced', {}),
+          delivery: [
+            f.delivery(null),
+            f.delivery({ status: 'pushed', branch: 'aether/m-1', sha: 'e'.repeat(40),
+                         remote: 'https://git.example/app', already_there: true }),
+            f.delivery({ status: 'failed', branch: 'aether/m-1', sha: 'e'.repeat(40),
+                         remote: 'https://git.example/app', reason: 'someone moved it' }),
+          ],
         };
       }"""
     )
@@ -520,6 +527,17 @@ async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
     assert found["paused"] == [None, "cancelled", None, "paused"]
     assert found["task"] == {"taskId": "t9", "status": "ready", "attempt": 2, "error": None}
     assert found["unrelated"] is None
+    where = "aether/m-1 @ eeeeeeeeee to https://git.example/app"
+    assert found["delivery"] == [
+        None,
+        {
+            "label": "Delivered",
+            "where": where + " (already there)",
+            "failed": False,
+            "reason": None,
+        },
+        {"label": "Delivery failed", "where": where, "failed": True, "reason": "someone moved it"},
+    ]
 
 
 async def test_remote_repository_hint_and_each_planned_tasks_estimate(

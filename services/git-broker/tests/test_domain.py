@@ -14,6 +14,8 @@ from aether_events import (
     TERMINAL_TYPES,
     AgentCompleted,
     BranchMerged,
+    BranchPushed,
+    BranchPushFailed,
     Event,
     MergeConflicted,
     MissionCancelled,
@@ -398,6 +400,28 @@ def test_a_finished_mission_owes_nothing_and_forgets_its_triggers() -> None:
     assert pending(state, NAMING) == []
     view = state.mission(M)
     assert view is not None and not view.ready and not view.completed and not view.requested
+
+
+@pytest.mark.parametrize("recorded", [BranchPushed, BranchPushFailed])
+def test_a_completion_is_owed_its_push_until_the_stream_records_the_delivery(
+    recorded: type[BranchPushed] | type[BranchPushFailed],
+) -> None:
+    """A broker whose consumer starts after a mission completed (its first start, or a
+    durable made again) still pushes the result; once the delivery, or giving it up, is
+    on the stream, the completion owes nothing and handled again pushes nothing."""
+    done = MissionCompleted(
+        **meta("e-completed"), final_sha="d" * 40, integration_branch="aether/m-1", tasks_merged=1
+    )
+    remote = Policy(push_remote="origin")
+    state = given(requested(), PREPARED, task_ready("t1"), completed("t1"), done)
+    assert pending(state, NAMING) == []  # no remote: nothing to deliver
+    assert pending(state, NAMING, remote) == ["e-completed"]
+    where = {"integration_branch": "aether/m-1", "sha": "d" * 40, "remote": "origin"}
+    extra = {"reason": "refused"} if recorded is BranchPushFailed else {}
+    state = evolve(state, recorded(**meta("e-delivery"), **where, **extra))
+    assert pending(state, NAMING, remote) == []
+    again = decide(state, done, NAMING, remote)
+    assert isinstance(again, FinishMission) and again.push is None
 
 
 def test_the_start_up_sweep_keeps_live_worktrees_and_lists_leftovers() -> None:

@@ -12,6 +12,8 @@ import pytest
 from aether_events import (
     AgentCompleted,
     BranchMerged,
+    BranchPushed,
+    BranchPushFailed,
     Event,
     MergeConflicted,
     MissionCancelled,
@@ -404,12 +406,29 @@ async def test_a_completed_mission_is_pushed_once_even_when_handled_again_after_
     await handlers.handle(completed, RecordingDelivery())
     assert git(remote, "rev-parse", prepared.integration_branch) == sha
     # A restart that replays everything, then the same completion delivered again.
-    restarted = handlers_for(worktrees_dir, Recorder(), policy=policy, remotes=remotes)
-    restarted.projection.apply_all([*recorder.events, completed])
+    (delivered,) = [e for e in recorder.events if isinstance(e, BranchPushed)]
+    assert (delivered.integration_branch, delivered.sha) == (prepared.integration_branch, sha)
+    assert (delivered.remote, delivered.already_there) == (str(remote), False)
+    assert delivered.causation_id == completed.event_id
+    # A broker killed after the push, before its record was stored: started again, it
+    # replays everything else, then the same completion comes again.
+    unrecorded = [e for e in recorder.events if not isinstance(e, BranchPushed)]
+    again = Recorder()
+    restarted = handlers_for(worktrees_dir, again, policy=policy, remotes=remotes)
+    restarted.projection.apply_all([*unrecorded, completed])
     await restarted.start_up()
     await restarted.handle(completed, RecordingDelivery())
     assert remotes.outcomes == ["pushed", "already_pushed"]
     assert git(remote, "rev-parse", prepared.integration_branch) == sha
+    # Recorded again under the same id (a stream that had it keeps the first).
+    (repeated,) = [e for e in again.events if isinstance(e, BranchPushed)]
+    assert repeated.already_there and repeated.event_id == delivered.event_id
+    # With the delivery on the stream, a completion handled again does not look again.
+    later = handlers_for(worktrees_dir, Recorder(), policy=policy, remotes=remotes)
+    later.projection.apply_all([*recorder.events, completed])
+    await later.start_up()
+    await later.handle(completed, RecordingDelivery())
+    assert remotes.outcomes == ["pushed", "already_pushed"]
 
 
 async def test_a_push_to_a_branch_someone_else_moved_is_refused(
@@ -436,9 +455,17 @@ async def test_a_push_to_a_branch_someone_else_moved_is_refused(
         integration_branch=prepared.integration_branch,
         tasks_merged=0,
     )
-    delivery = RecordingDelivery()
-    delivery.num_delivered = 3  # the last attempt: the failure is logged, not retried
-    await handlers.handle(completed, delivery)
-    assert git(remote, "rev-parse", prepared.integration_branch) == other
     with pytest.raises(Exception, match="someone else moved it"):
         await handlers.handle(completed, RecordingDelivery())
+    assert not [e for e in recorder.events if isinstance(e, BranchPushed | BranchPushFailed)]
+    delivery = RecordingDelivery()
+    delivery.num_delivered = 3  # the last attempt: given up and recorded, not retried
+    await handlers.handle(completed, delivery)
+    assert git(remote, "rev-parse", prepared.integration_branch) == other
+    (failed,) = [e for e in recorder.events if isinstance(e, BranchPushed | BranchPushFailed)]
+    assert isinstance(failed, BranchPushFailed)
+    assert (failed.integration_branch, failed.sha) == (
+        prepared.integration_branch,
+        prepared.base_sha,
+    )
+    assert failed.remote == str(remote) and "someone else moved it" in failed.reason

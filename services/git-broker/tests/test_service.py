@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from aether_events import (
     AgentCompleted,
     BranchMerged,
+    BranchPushed,
     EventPublisher,
     MissionCompleted,
     MissionRequested,
@@ -351,7 +352,8 @@ async def test_delivery_pushes_once_across_a_restart(
     assert git(remote, "rev-parse", branch) == sha
 
     # Restarted, the broker is told again that the mission completed (a re-sent report):
-    # the remote already has the result, so nothing is pushed.
+    # the stream records the delivery, so nothing is pushed (nor looked at again; a
+    # delivery left unrecorded by a crash is found on the remote: test_handlers).
     restarted = bootstrap(pushing).service
     await start_service(restarted)
     try:
@@ -359,6 +361,14 @@ async def test_delivery_pushes_once_across_a_restart(
     finally:
         await stop_service(restarted)
     assert sample("aether_pushes_total", result="pushed") - pushed_before == 1
-    assert sample("aether_pushes_total", result="already_pushed") - already_before == 1
+    assert sample("aether_pushes_total", result="already_pushed") - already_before == 0
     assert git(remote, "rev-parse", branch) == sha
+    # The delivery is on the stream once, after the completion, for the gateway to show.
+    (delivered,) = events.of(BranchPushed)
+    assert (delivered.integration_branch, delivered.sha, delivered.remote) == (
+        branch,
+        sha,
+        str(remote),
+    )
+    assert not delivered.already_there
     await events.stop()

@@ -181,6 +181,27 @@ class MissionFailed(Event, frozen=True, kw_only=True, tag="mission_failed"):
     reason: str
 
 
+class BranchPushed(Event, frozen=True, kw_only=True, tag="branch_pushed"):
+    """The git broker delivered a completed mission: ``integration_branch`` on ``remote``
+    (its URL or path, without credentials) points at ``sha``. ``already_there``: the
+    remote branch was found at ``sha`` (a completion handled again), nothing was sent."""
+
+    integration_branch: str
+    sha: str
+    remote: str
+    already_there: bool = False
+
+
+class BranchPushFailed(Event, frozen=True, kw_only=True, tag="branch_push_failed"):
+    """The git broker gave up delivering a completed mission (after its retries, or at
+    once when someone else moved the remote branch): ``reason`` says why, for people."""
+
+    integration_branch: str
+    sha: str
+    remote: str
+    reason: str
+
+
 class BudgetRaised(Event, frozen=True, kw_only=True, tag="budget_raised"):
     budget_usd: float
     requested_by: str | None = None
@@ -466,6 +487,8 @@ AnyEvent = (
     | MissionCancelled
     | MissionCompleted
     | MissionFailed
+    | BranchPushed
+    | BranchPushFailed
     | BudgetWarning
     | BudgetExceeded
     | BudgetRaised

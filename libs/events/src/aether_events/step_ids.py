@@ -61,6 +61,14 @@ def mission_completed() -> Step:
     return _step("mission_completed")
 
 
+def branch_pushed() -> Step:
+    return _step("branch_pushed")
+
+
+def branch_push_failed() -> Step:
+    return _step("branch_push_failed")
+
+
 def mission_failed(by: str | None = None) -> Step:
     """The scheduler's verdict (``by`` ``None``), or another service's (``by`` its name)."""
     return _step("mission_failed") if by is None else _step("mission_failed", by)

@@ -58,6 +58,8 @@ from aether_git_broker.domain import (
     RejectMission,
     Sweep,
     after_push_failure,
+    delivered_event,
+    delivery_failed_event,
     failure_event,
     merge_event,
     mission_failed_event,
@@ -150,7 +152,7 @@ class Handlers:
                 assert isinstance(event, AgentCompleted)
                 await self._merge(event, action, delivery)
             case FinishMission():
-                await self._finish(action, delivery)
+                await self._finish(event, action, delivery)
 
     async def start_up(self) -> None:
         """Remove what a crash left behind, judged from the replayed projection: lock
@@ -477,7 +479,7 @@ class Handlers:
 
     # --- the end of a mission -----------------------------------------------------
 
-    async def _finish(self, action: FinishMission, delivery: Delivery) -> None:
+    async def _finish(self, event: Event, action: FinishMission, delivery: Delivery) -> None:
         await self._delete_merged_branches(delivery)
         removed = await self._run(
             delivery,
@@ -494,11 +496,14 @@ class Handlers:
         metrics.CLEANED.labels("branch", "step").inc(len(branches))
         log.info("mission cleaned up", extra={"worktrees": removed, "branches": branches})
         if action.push is not None:
-            await self._push(action.repository_path, action.push, delivery)
+            await self._push(event, action.repository_path, action.push, delivery)
 
-    async def _push(self, repository_path: str, push: Push, delivery: Delivery) -> None:
+    async def _push(
+        self, completed: Event, repository_path: str, push: Push, delivery: Delivery
+    ) -> None:
         """Deliver the result once: the remote branch is looked at before pushing, so a
-        redelivered MissionCompleted (after a crash, a restart) finds it there."""
+        redelivered MissionCompleted (after a crash, a restart) finds it there. The
+        delivery is recorded (BranchPushed), and so is giving it up (BranchPushFailed)."""
         if self._remotes is None:
             log.error("no remotes adapter; the result was not pushed")
             return
@@ -518,9 +523,29 @@ class Handlers:
                 log.warning("push failed; will retry", extra={"error": str(error)})
                 raise
             log.error("push failed; giving up", extra={"error": str(error)})
+            await self._publish(
+                delivery_failed_event(
+                    completed,
+                    self._clock(),
+                    push.integration_branch,
+                    push.sha,
+                    redact(push.target),
+                    str(error),
+                )
+            )
             return
         metrics.PUSH_SECONDS.observe(time.perf_counter() - began)
         metrics.PUSHES.labels(outcome.kind).inc()
+        await self._publish(
+            delivered_event(
+                completed,
+                self._clock(),
+                push.integration_branch,
+                push.sha,
+                redact(outcome.remote),
+                already_there=outcome.kind == "already_pushed",
+            )
+        )
         log.info(
             "integration branch delivered" if outcome.kind == "pushed" else "already delivered",
             extra={

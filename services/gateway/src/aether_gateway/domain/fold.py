@@ -9,7 +9,7 @@ and writes the ``Changes`` together with the stream position in one transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec.structs import replace
@@ -22,6 +22,8 @@ from aether_events import (
     AgentProgress,
     AgentStarted,
     BranchMerged,
+    BranchPushed,
+    BranchPushFailed,
     BudgetExceeded,
     BudgetRaised,
     BudgetWarning,
@@ -56,6 +58,7 @@ from aether_events import (
 )
 from aether_gateway.domain.model import (
     BudgetAlert,
+    Delivery,
     MessageKind,
     Mission,
     MissionMessage,
@@ -233,7 +236,34 @@ def _fold_outcome(mission: Mission, event: Event) -> Mission:
             return replace(mission, error=event.reason)
         case MissionCancelled():
             return replace(mission, error=event.reason or "cancelled")
+        case BranchPushed() | BranchPushFailed():
+            return _delivered(mission, event)
     return mission
+
+
+def _delivered(mission: Mission, event: BranchPushed | BranchPushFailed) -> Mission:
+    """The delivery the event records. A push recorded once stays: a failure recorded
+    after it (the broker gave up on a completion handled again, with the remote moved
+    on since) does not hide that the result was delivered."""
+    if mission.delivery is not None and mission.delivery.status == "pushed":
+        return mission
+    status: Literal["pushed", "failed"]
+    if isinstance(event, BranchPushed):
+        status, already_there, reason = "pushed", event.already_there, None
+    else:
+        status, already_there, reason = "failed", False, event.reason
+    return replace(
+        mission,
+        delivery=Delivery(
+            status=status,
+            remote=event.remote,
+            branch=event.integration_branch,
+            sha=event.sha,
+            at=event.occurred_at,
+            already_there=already_there,
+            reason=reason,
+        ),
+    )
 
 
 def _wave(mission: Mission, wave: int) -> Mission:

@@ -20,6 +20,20 @@ from aether_events import TaskStatus as TaskStatus
 SessionStatus = Literal["running", "completed", "failed", "timed_out"]
 
 
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a completed mission's result went: the git broker's push of its integration
+    branch (``BranchPushed``), or why it gave up (``BranchPushFailed``)."""
+
+    status: Literal["pushed", "failed"]
+    remote: str
+    branch: str
+    sha: str
+    at: datetime
+    # The remote branch was already at ``sha`` when the broker looked (nothing was sent).
+    already_there: bool = False
+    reason: str | None = None
+
+
 class Mission(msgspec.Struct, frozen=True, kw_only=True):
     """One row of ``missions``."""
 
@@ -65,6 +79,8 @@ class Mission(msgspec.Struct, frozen=True, kw_only=True):
     pauses: int = 0
     resumes: int = 0
     error: str | None = None
+    # Set once the git broker delivered the result, or gave up (``AETHER_PUSH_REMOTE``).
+    delivery: Delivery | None = None
     # Events of this mission the read model could not store as they were (see
     # ``ProjectionFailure``): non-zero means this record may be incomplete.
     projection_failures: int = 0

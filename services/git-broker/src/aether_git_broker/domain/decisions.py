@@ -139,7 +139,8 @@ def decide(state: BrokerState, event: Event, naming: Naming, policy: Policy = Po
             if view is None or view.prepared is None:
                 return Ignore("no repository was prepared for this mission")
             push = None
-            if isinstance(event, MissionCompleted) and policy.push_remote:
+            # Delivered already (or given up): a completion handled again pushes nothing.
+            if isinstance(event, MissionCompleted) and policy.push_remote and not view.delivered:
                 push = Push(
                     integration_branch=view.prepared.integration_branch,
                     sha=event.final_sha,
@@ -274,8 +275,9 @@ def pending(state: BrokerState, naming: Naming, policy: Policy = Policy()) -> li
     prepare (or a request to reject), a workspace to create, an agent's branch to merge.
     What a broker starting up owes, whenever the trigger was published.
 
-    The end of a mission is not in it: the start-up ``sweep`` does its clean-up, and a
-    result push is not recorded on the stream, so it cannot be told apart from done.
+    The end of a mission is in it only when its result is still to be pushed (a remote is
+    configured, and neither BranchPushed nor BranchPushFailed is on the stream): the
+    start-up ``sweep`` does the clean-up.
     """
     due: list[str] = []
     for view in state.missions.values():
@@ -287,6 +289,10 @@ def pending(state: BrokerState, naming: Naming, policy: Policy = Policy()) -> li
             for trigger in triggers
             if not isinstance(decide(state, trigger, naming, policy), Ignore)
         )
+        if view.completion is not None:
+            finish = decide(state, view.completion, naming, policy)
+            if isinstance(finish, FinishMission) and finish.push is not None:
+                due.append(view.completion.event_id)
     return due
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 from aether_events import (
     AgentCompleted,
     BranchMerged,
+    BranchPushed,
+    BranchPushFailed,
     Event,
     MergeConflicted,
     MissionFailed,
@@ -150,4 +152,30 @@ def merge_event(
         fast_forward=outcome.fast_forward,
         files_changed=list(outcome.files),
         lines_merged=list(outcome.lines_merged),
+    )
+
+
+def delivered_event(
+    cause: Event, now: datetime, branch: str, sha: str, remote: str, *, already_there: bool
+) -> BranchPushed:
+    """The completed mission ``cause`` was delivered to ``remote`` (no credentials in it)."""
+    return BranchPushed(
+        **caused_by(cause, now, step_ids.branch_pushed()),
+        integration_branch=branch,
+        sha=sha,
+        remote=remote,
+        already_there=already_there,
+    )
+
+
+def delivery_failed_event(
+    cause: Event, now: datetime, branch: str, sha: str, remote: str, reason: str
+) -> BranchPushFailed:
+    """Delivering the completed mission ``cause`` was given up, for ``reason``."""
+    return BranchPushFailed(
+        **caused_by(cause, now, step_ids.branch_push_failed()),
+        integration_branch=branch,
+        sha=sha,
+        remote=remote,
+        reason=reason,
     )

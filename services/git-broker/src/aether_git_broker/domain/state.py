@@ -10,8 +10,11 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     BranchMerged,
+    BranchPushed,
+    BranchPushFailed,
     Event,
     MergeConflicted,
+    MissionCompleted,
     MissionRequested,
     RepositoryPrepared,
     TaskReady,
@@ -59,6 +62,10 @@ class MissionView:
     completed: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
     # Attempts that are over (completed, failed, timed out): their push tokens are void.
     ended: frozenset[TaskKey] = frozenset()
+    # The mission's completion, and whether its delivery is on the stream (BranchPushed,
+    # or BranchPushFailed: given up): a completion not delivered is still owed a push.
+    completion: MissionCompleted | None = None
+    delivered: bool = False
 
     def attempt_live(self, key: TaskKey) -> bool:
         """Whether an attempt may still fetch and push: its workspace announced, no end."""
@@ -78,6 +85,8 @@ FOLDED: tuple[type[Event], ...] = (
     TaskTimedOut,
     BranchMerged,
     MergeConflicted,
+    BranchPushed,
+    BranchPushFailed,
     *sorted(TERMINAL_TYPES, key=lambda cls: cls.__name__),
 )
 
@@ -144,6 +153,8 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
         case AgentFailed() | TaskTimedOut() if not view.terminal:
             key = (event.task_id, event.attempt)
             return _update(state, replace(view, ended=view.ended | {key}))
+        case BranchPushed() | BranchPushFailed():
+            return _update(state, replace(view, delivered=True))
         case _ if is_terminal(event):
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
@@ -160,6 +171,11 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                     ready={},
                     completed={},
                     ended=frozenset(),
+                    completion=(
+                        event
+                        if isinstance(event, MissionCompleted) and not view.terminal
+                        else view.completion
+                    ),
                 ),
             )
         case _:

@@ -52,6 +52,19 @@ export function missionChange(current, type) {
   return next;
 }
 
+/**
+ * What the header says of a completed mission's delivery (the git broker's push to
+ * AETHER_PUSH_REMOTE): null before any, else its label, one line of where, and why not.
+ */
+export function delivery(d) {
+  if (!d) return null;
+  const where = `${d.branch} @ ${d.sha.slice(0, 10)} to ${d.remote}`;
+  if (d.status === "pushed") {
+    return { label: "Delivered", where: where + (d.already_there ? " (already there)" : ""), failed: false, reason: null };
+  }
+  return { label: "Delivery failed", where, failed: true, reason: d.reason || "no reason given" };
+}
+
 /** Board column of a task status. */
 export function column(status) {
   switch (status) {

@@ -3,7 +3,7 @@
 
 import { ApiError, get, post } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill, put, short, time, tokens } from "../dom.js";
-import { COLUMNS, column, missionChange, planDiff, taskChange } from "../fold.js";
+import { COLUMNS, column, delivery, missionChange, planDiff, taskChange } from "../fold.js";
 import { planGraph, setNodeStatus } from "../graph.js";
 import { LiveStream, record } from "../live.js";
 
@@ -104,6 +104,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         h("div", {}, h("dt", {}, "Base"), h("dd", { class: "mono" }, m.base_branch || "the repository's default", m.base_sha ? " @ " + short(m.base_sha) : "")),
         h("div", {}, h("dt", {}, "Integration branch"), h("dd", { class: "mono", id: "integration-branch" }, m.integration_branch || "—")),
         m.final_sha ? h("div", {}, h("dt", {}, "Result"), h("dd", { class: "mono", id: "final-sha" }, short(m.final_sha))) : null,
+        deliveryFact(delivery(m.delivery)),
         h("div", {}, h("dt", {}, "Tokens in / out"), h("dd", {}, `${tokens(m.tokens_in)} / ${tokens(m.tokens_out)}`)),
         h("div", {}, h("dt", {}, "Prompt-cache hits"), h("dd", { id: "cache-ratio" }, cacheRatio(m))),
         h("div", {}, h("dt", {}, "Age"), h("dd", { title: time(m.created_at) }, age(m.created_at))),
@@ -114,6 +115,13 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       m.error ? h("p", { class: "field-error" }, m.error) : null,
       m.requirement.includes("\n") ? h("details", {}, h("summary", {}, "Requirement"), h("pre", { class: "wrap" }, m.requirement)) : null,
     );
+  }
+
+  function deliveryFact(d) {
+    if (!d) return null;
+    const where = h("span", { class: "mono" }, d.where);
+    const said = d.failed ? [h("span", { class: "field-error" }, d.reason), h("br"), where] : [where];
+    return h("div", {}, h("dt", {}, d.label), h("dd", { id: "delivery" }, ...said));
   }
 
   async function command(path, body, button) {
