@@ -407,6 +407,8 @@ def test_show_says_where_the_result_was_delivered_or_why_not():
     text = mission_detail(failed)
     assert "  delivery     FAILED: someone moved it\n" in text
     assert "aether/m-1 @ eeeeeeeeee to https://git.example/app" in text
+    retrying = {**mission, "delivery": {**failed["delivery"], "status": "retrying"}}
+    assert "  delivery     pushing again (it failed: someone moved it)" in mission_detail(retrying)
     event = SseEvent(
         event="branch_push_failed",
         id="9",

@@ -276,6 +276,10 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parser.add_argument("--reason")
     command("resume", commands.resume, "resume a paused mission").add_argument("mission_id")
 
+    command(
+        "deliver", commands.deliver, "push a completed mission's result again after a failure"
+    ).add_argument("mission_id")
+
     step = command("retry-step", commands.retry_step, "run a failed step again")
     step.add_argument("mission_id")
     step.add_argument("event_id", help="the id of the event the step failed on")

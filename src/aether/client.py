@@ -157,6 +157,10 @@ class GatewayClient:
         result: dict[str, Any] = self._post(f"/missions/{mission_id}/tasks/{task_id}/retry")
         return result
 
+    def retry_delivery(self, mission_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/missions/{mission_id}/delivery/retry")
+        return result
+
     def steps(self, mission_id: str) -> list[dict[str, Any]]:
         """The mission's failed steps (events a service could not handle)."""
         result: dict[str, Any] = self._get(f"/missions/{mission_id}/steps")

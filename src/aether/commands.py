@@ -273,6 +273,12 @@ def retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def deliver(args: argparse.Namespace) -> int:
+    answer = client(args).retry_delivery(args.mission_id)
+    emit(args, answer, lambda: f"the git broker will push the result of {args.mission_id} again")
+    return 0
+
+
 def retry_step(args: argparse.Namespace) -> int:
     answer = client(args).retry_step(args.mission_id, args.event_id, args.service)
     emit(

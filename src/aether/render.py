@@ -165,10 +165,10 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
     if delivery["status"] == "pushed":
         there = " (it was already there)" if delivery.get("already_there") else ""
         return [f"  delivered    {where}{there}"]
-    return [
-        f"  delivery     FAILED: {delivery.get('reason') or 'no reason given'}",
-        f"{'':15}{where}",
-    ]
+    reason = delivery.get("reason") or "no reason given"
+    if delivery["status"] == "retrying":
+        return [f"  delivery     pushing again (it failed: {reason})", f"{'':15}{where}"]
+    return [f"  delivery     FAILED: {reason}", f"{'':15}{where}"]
 
 
 def plan_lines(m: dict[str, Any]) -> list[str]:

@@ -4,7 +4,10 @@ refuses what the mission's state does not allow with a message."""
 from __future__ import annotations
 
 from aether_events import (
+    BranchPushed,
+    BranchPushFailed,
     BudgetRaised,
+    DeliveryRetryRequested,
     EventPublisher,
     MissionCancelled,
     MissionMessagePosted,
@@ -238,6 +241,7 @@ async def test_commands_on_an_unknown_mission_are_404(http):
         ("/missions/m-nothere/tasks/t1/retry", None),
         ("/missions/m-nothere/tasks/t1/skip", None),
         ("/missions/m-nothere/plan/approve", None),
+        ("/missions/m-nothere/delivery/retry", None),
     ]:
         response = await http.post(path, json=body)
         assert response.status_code == 404, path
@@ -329,6 +333,38 @@ async def test_an_escalated_task_can_be_retried_once_per_attempt(http, nc, scrip
     refused = await http.post(url)
     assert refused.status_code == 409
     assert "only an escalated or failed task" in refused.json()["error"]
+
+
+async def test_a_delivery_given_up_can_be_asked_for_again_once_per_failure(
+    http, nc, script, gateway_server
+):
+    url = f"/missions/{script.mission_id}/delivery/retry"
+    await running_mission(nc, http, script)
+    refused = await http.post(url)
+    assert refused.status_code == 409
+    assert "only a completed mission's result is delivered" in refused.json()["error"]
+    await publish(nc, script.completed())
+    await wait_for(http, script.mission_id, lambda m: m["status"] == "completed")
+    refused = await http.post(url)
+    assert refused.status_code == 409 and "AETHER_PUSH_REMOTE" in refused.json()["error"]
+
+    where = {"integration_branch": f"aether/{script.mission_id}", "sha": "e" * 40}
+    await publish(nc, BranchPushFailed(**script.meta(), **where, remote="/r.git", reason="moved"))
+    await wait_for(
+        http, script.mission_id, lambda m: (m["delivery"] or {}).get("status") == "failed"
+    )
+    body = assert_accepted(await http.post(url), gateway_server, script.mission_id)
+    shown = await wait_for(http, script.mission_id, lambda m: m["delivery"]["status"] == "retrying")
+    assert shown["delivery"]["reason"] == "moved"  # the failure's, until the retry's end
+    again = assert_accepted(await http.post(url), gateway_server, script.mission_id)
+    assert again["event_id"] == body["event_id"]  # one retry per failure
+    [retry] = await events_of(nc, script.mission_id, DeliveryRetryRequested)
+    assert retry.event_id == body["event_id"] and retry.requested_by
+
+    await publish(nc, BranchPushed(**script.meta(), **where, remote="/r.git"))
+    await wait_for(http, script.mission_id, lambda m: m["delivery"]["status"] == "pushed")
+    refused = await http.post(url)
+    assert refused.status_code == 409 and "delivered to /r.git already" in refused.json()["error"]
 
 
 async def test_an_escalated_task_can_be_skipped(http, nc, script, gateway_server):

@@ -505,6 +505,8 @@ async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
                          remote: 'https://git.example/app', already_there: true }),
             f.delivery({ status: 'failed', branch: 'aether/m-1', sha: 'e'.repeat(40),
                          remote: 'https://git.example/app', reason: 'someone moved it' }),
+            f.delivery({ status: 'retrying', branch: 'aether/m-1', sha: 'e'.repeat(40),
+                         remote: 'https://git.example/app', reason: 'someone moved it' }),
           ],
         };
       }"""
@@ -537,6 +539,12 @@ async def test_the_pages_pure_rules_layers_plan_changes_and_status_folds(
             "reason": None,
         },
         {"label": "Delivery failed", "where": where, "failed": True, "reason": "someone moved it"},
+        {
+            "label": "Delivery retrying",
+            "where": where,
+            "failed": False,
+            "reason": "someone moved it",
+        },
     ]
 
 

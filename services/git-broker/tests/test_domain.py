@@ -16,6 +16,7 @@ from aether_events import (
     BranchMerged,
     BranchPushed,
     BranchPushFailed,
+    DeliveryRetryRequested,
     Event,
     MergeConflicted,
     MissionCancelled,
@@ -422,6 +423,28 @@ def test_a_completion_is_owed_its_push_until_the_stream_records_the_delivery(
     assert pending(state, NAMING, remote) == []
     again = decide(state, done, NAMING, remote)
     assert isinstance(again, FinishMission) and again.push is None
+
+
+def test_a_delivery_given_up_is_owed_again_once_a_person_asks() -> None:
+    done = MissionCompleted(
+        **meta("e-completed"), final_sha="d" * 40, integration_branch="aether/m-1", tasks_merged=1
+    )
+    remote = Policy(push_remote="origin")
+    where = {"integration_branch": "aether/m-1", "sha": "d" * 40, "remote": "origin"}
+    failed = BranchPushFailed(**meta("e-failed"), **where, reason="refused")
+    state = given(requested(), PREPARED, done, failed)
+    retry = DeliveryRetryRequested(**meta("e-retry"))
+    # Nothing to deliver again without a remote, nor for a mission that did not complete.
+    assert isinstance(decide(evolve(state, retry), retry, NAMING), Ignore)
+    assert isinstance(decide(given(requested(), PREPARED, retry), retry, NAMING, remote), Ignore)
+    state = evolve(state, retry)
+    assert pending(state, NAMING, remote) == ["e-retry"]
+    action = decide(state, retry, NAMING, remote)
+    assert isinstance(action, FinishMission)
+    assert action.push == Push(integration_branch="aether/m-1", sha="d" * 40, target="origin")
+    state = evolve(state, BranchPushed(**meta("e-pushed"), **where))
+    assert pending(state, NAMING, remote) == []
+    assert isinstance(decide(state, retry, NAMING, remote), Ignore)
 
 
 def test_the_start_up_sweep_keeps_live_worktrees_and_lists_leftovers() -> None:

@@ -14,6 +14,7 @@ from aether_events import (
     BranchMerged,
     BranchPushed,
     BranchPushFailed,
+    DeliveryRetryRequested,
     Event,
     MergeConflicted,
     MissionCancelled,
@@ -469,3 +470,19 @@ async def test_a_push_to_a_branch_someone_else_moved_is_refused(
         prepared.base_sha,
     )
     assert failed.remote == str(remote) and "someone else moved it" in failed.reason
+    # Given up, a completion handled again does nothing; a person who put the branch back
+    # asks for the delivery again, and the result is pushed, recorded under the retry.
+    await handlers.handle(completed, RecordingDelivery())
+    assert git(remote, "rev-parse", prepared.integration_branch) == other
+    git(remote, "update-ref", "-d", f"refs/heads/{prepared.integration_branch}")
+    retry = DeliveryRetryRequested(**meta(), requested_by="ada")
+    await handlers.handle(retry, RecordingDelivery())
+    assert git(remote, "rev-parse", prepared.integration_branch) == prepared.base_sha
+    pushed = recorder.events[-1]
+    assert isinstance(pushed, BranchPushed) and not pushed.already_there
+    assert pushed.causation_id == retry.event_id
+    assert pushed.event_id not in {e.event_id for e in recorder.events[:-1]}
+    # Delivered now: the same request again (a redelivery) pushes nothing more.
+    handled = len(recorder.events)
+    await handlers.handle(retry, RecordingDelivery())
+    assert len(recorder.events) == handled

@@ -192,6 +192,13 @@ class BranchPushed(Event, frozen=True, kw_only=True, tag="branch_pushed"):
     already_there: bool = False
 
 
+class DeliveryRetryRequested(Event, frozen=True, kw_only=True, tag="delivery_retry_requested"):
+    """A person asked the git broker to push a completed mission's result again after it
+    gave up (``BranchPushFailed``): the remote fixed, the branch moved back."""
+
+    requested_by: str | None = None
+
+
 class BranchPushFailed(Event, frozen=True, kw_only=True, tag="branch_push_failed"):
     """The git broker gave up delivering a completed mission (after its retries, or at
     once when someone else moved the remote branch): ``reason`` says why, for people."""
@@ -489,6 +496,7 @@ AnyEvent = (
     | MissionFailed
     | BranchPushed
     | BranchPushFailed
+    | DeliveryRetryRequested
     | BudgetWarning
     | BudgetExceeded
     | BudgetRaised

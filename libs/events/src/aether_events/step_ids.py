@@ -61,12 +61,18 @@ def mission_completed() -> Step:
     return _step("mission_completed")
 
 
-def branch_pushed() -> Step:
-    return _step("branch_pushed")
+def branch_pushed(retry: str = "") -> Step:
+    """The delivery of the completion, or of the retry (its event id) that asked again."""
+    return _step("branch_pushed", retry) if retry else _step("branch_pushed")
 
 
-def branch_push_failed() -> Step:
-    return _step("branch_push_failed")
+def branch_push_failed(retry: str = "") -> Step:
+    return _step("branch_push_failed", retry) if retry else _step("branch_push_failed")
+
+
+def delivery_retry_requested(failed_at: str) -> Step:
+    """Once per delivery given up (named by when it was): a repeated command is one."""
+    return _step("delivery_retry_requested", failed_at)
 
 
 def mission_failed(by: str | None = None) -> Step:

@@ -325,6 +325,24 @@ async def raise_budget(
     return _accepted(ctx, event)
 
 
+@_command(
+    "/missions/{mission_id:str}/delivery/retry",
+    "Push a completed mission's result again after the git broker gave up",
+    "retry_delivery",
+)
+async def retry_delivery(
+    ctx: NamedDependency[GatewayContext],
+    request: Request[Any, Any, Any],
+    mission_id: FromPath[str],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[CommandAccepted]:
+    """Publish ``DeliveryRetryRequested`` for a completed mission whose delivery failed."""
+    by = principal_of(request).name
+    mission = await _mission(ctx, mission_id, lambda m: decide.retry_delivery(m, _now(), by))
+    event = await _decide_and_publish(ctx, lambda: decide.retry_delivery(mission, _now(), by))
+    return _accepted(ctx, event)
+
+
 async def _task(ctx: GatewayContext, mission_id: str, task_id: str) -> Task | None:
     return await ctx.queries.task(mission_id, task_id) if is_valid_token(task_id) else None
 
@@ -392,4 +410,5 @@ COMMAND_ROUTES = [
     raise_budget,
     retry_task,
     skip_task,
+    retry_delivery,
 ]

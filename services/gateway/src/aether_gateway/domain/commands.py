@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from aether_events import RETRYABLE_TASK_STATUSES as RETRYABLE_TASK_STATUSES
 from aether_events import (
     BudgetRaised,
+    DeliveryRetryRequested,
     MissionCancelled,
     MissionMessagePosted,
     MissionPaused,
@@ -241,3 +242,30 @@ def raise_budget(
         )
     event_id = step_event_id(mission.id, step_ids.budget_raised(budget_usd))
     return BudgetRaised(**_meta(mission, event_id, now), budget_usd=budget_usd, requested_by=by)
+
+
+def retry_delivery(mission: Mission, now: datetime, by: str | None) -> DeliveryRetryRequested:
+    """Have the git broker push a completed mission's result again after it gave up,
+    once per failure (a repeated command, or one sent while the retry runs, is one)."""
+    delivery = mission.delivery
+    if mission.status != "completed":
+        raise Refusal(
+            "conflict",
+            f"the mission is {mission.status}; only a completed mission's result is delivered",
+            status=mission.status,
+        )
+    if delivery is None:
+        raise Refusal(
+            "conflict",
+            "no delivery was tried: the git broker pushes a result only with"
+            " AETHER_PUSH_REMOTE set, once the mission completed",
+            status=mission.status,
+        )
+    if delivery.status == "pushed":
+        raise Refusal(
+            "conflict",
+            f"the result was delivered to {delivery.remote} already",
+            delivery=delivery.status,
+        )
+    event_id = step_event_id(mission.id, step_ids.delivery_retry_requested(delivery.at.isoformat()))
+    return DeliveryRetryRequested(**_meta(mission, event_id, now), requested_by=by)

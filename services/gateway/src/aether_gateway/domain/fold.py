@@ -27,6 +27,7 @@ from aether_events import (
     BudgetExceeded,
     BudgetRaised,
     BudgetWarning,
+    DeliveryRetryRequested,
     Event,
     MergeConflicted,
     MissionAnswered,
@@ -238,6 +239,10 @@ def _fold_outcome(mission: Mission, event: Event) -> Mission:
             return replace(mission, error=event.reason or "cancelled")
         case BranchPushed() | BranchPushFailed():
             return _delivered(mission, event)
+        case DeliveryRetryRequested():
+            if mission.delivery is None or mission.delivery.status == "pushed":
+                return mission
+            return replace(mission, delivery=replace(mission.delivery, status="retrying"))
     return mission
 
 
@@ -247,7 +252,7 @@ def _delivered(mission: Mission, event: BranchPushed | BranchPushFailed) -> Miss
     on since) does not hide that the result was delivered."""
     if mission.delivery is not None and mission.delivery.status == "pushed":
         return mission
-    status: Literal["pushed", "failed"]
+    status: Literal["pushed", "failed", "retrying"]
     if isinstance(event, BranchPushed):
         status, already_there, reason = "pushed", event.already_there, None
     else:

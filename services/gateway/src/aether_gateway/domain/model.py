@@ -22,9 +22,11 @@ SessionStatus = Literal["running", "completed", "failed", "timed_out"]
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     """Where a completed mission's result went: the git broker's push of its integration
-    branch (``BranchPushed``), or why it gave up (``BranchPushFailed``)."""
+    branch (``BranchPushed``), or why it gave up (``BranchPushFailed``), and whether a
+    person asked for it again since (``retrying``: ``at`` and ``reason`` stay the
+    failure's)."""
 
-    status: Literal["pushed", "failed"]
+    status: Literal["pushed", "failed", "retrying"]
     remote: str
     branch: str
     sha: str

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from aether_events import (
     AgentCompleted,
+    DeliveryRetryRequested,
     Event,
     MissionAnswered,
     MissionCancelled,
@@ -138,24 +139,43 @@ def decide(state: BrokerState, event: Event, naming: Naming, policy: Policy = Po
         case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
             if view is None or view.prepared is None:
                 return Ignore("no repository was prepared for this mission")
-            push = None
             # Delivered already (or given up): a completion handled again pushes nothing.
-            if isinstance(event, MissionCompleted) and policy.push_remote and not view.delivered:
-                push = Push(
-                    integration_branch=view.prepared.integration_branch,
-                    sha=event.final_sha,
-                    target=_push_target(policy.push_remote, view.repository),
-                )
-            path = view.prepared.path
-            return FinishMission(
-                repository_path=path,
-                worktrees_directory=naming.mission_worktrees(event.mission_id),
-                task_branches=naming.task_branches(event.mission_id),
-                push=push,
-                drop_pool=path not in _active_repositories(state),
-            )
+            completed = event if isinstance(event, MissionCompleted) else None
+            return _finish(state, view, naming, _push(view, completed, policy))
+        case DeliveryRetryRequested():
+            if view is None or view.prepared is None or view.completion is None:
+                return Ignore("the mission has not completed")
+            push = _push(view, view.completion, policy)
+            if push is None:
+                why = "no push remote is configured" if not policy.push_remote else "delivered"
+                return Ignore(f"nothing to deliver again: {why}")
+            return _finish(state, view, naming, push)
         case _:
             return Ignore("not an event the git broker acts on")
+
+
+def _push(view: MissionView, completed: MissionCompleted | None, policy: Policy) -> Push | None:
+    """The push a completion owes: none without a remote, or once its delivery (or
+    giving it up, with no retry asked for since) is on the stream."""
+    if completed is None or not policy.push_remote or view.delivered or view.prepared is None:
+        return None
+    return Push(
+        integration_branch=view.prepared.integration_branch,
+        sha=completed.final_sha,
+        target=_push_target(policy.push_remote, view.repository),
+    )
+
+
+def _finish(state: BrokerState, view: MissionView, naming: Naming, push: Push | None) -> Action:
+    assert view.prepared is not None
+    path = view.prepared.path
+    return FinishMission(
+        repository_path=path,
+        worktrees_directory=naming.mission_worktrees(view.mission_id),
+        task_branches=naming.task_branches(view.mission_id),
+        push=push,
+        drop_pool=path not in _active_repositories(state),
+    )
 
 
 def _active_repositories(state: BrokerState) -> set[str]:
@@ -276,8 +296,9 @@ def pending(state: BrokerState, naming: Naming, policy: Policy = Policy()) -> li
     What a broker starting up owes, whenever the trigger was published.
 
     The end of a mission is in it only when its result is still to be pushed (a remote is
-    configured, and neither BranchPushed nor BranchPushFailed is on the stream): the
-    start-up ``sweep`` does the clean-up.
+    configured, and neither BranchPushed nor BranchPushFailed is on the stream, or a
+    person asked for it again since, DeliveryRetryRequested): the start-up ``sweep`` does
+    the clean-up.
     """
     due: list[str] = []
     for view in state.missions.values():
@@ -289,10 +310,11 @@ def pending(state: BrokerState, naming: Naming, policy: Policy = Policy()) -> li
             for trigger in triggers
             if not isinstance(decide(state, trigger, naming, policy), Ignore)
         )
-        if view.completion is not None:
-            finish = decide(state, view.completion, naming, policy)
+        trigger = view.retry or view.completion
+        if trigger is not None:
+            finish = decide(state, trigger, naming, policy)
             if isinstance(finish, FinishMission) and finish.push is not None:
-                due.append(view.completion.event_id)
+                due.append(trigger.event_id)
     return due
 
 

@@ -15,6 +15,7 @@ from aether_events import (
     BranchMerged,
     BranchPushed,
     BranchPushFailed,
+    DeliveryRetryRequested,
     Event,
     MergeConflicted,
     MissionFailed,
@@ -158,9 +159,10 @@ def merge_event(
 def delivered_event(
     cause: Event, now: datetime, branch: str, sha: str, remote: str, *, already_there: bool
 ) -> BranchPushed:
-    """The completed mission ``cause`` was delivered to ``remote`` (no credentials in it)."""
+    """The completed mission ``cause`` (or the retry asked for) was delivered to ``remote``
+    (no credentials in it)."""
     return BranchPushed(
-        **caused_by(cause, now, step_ids.branch_pushed()),
+        **caused_by(cause, now, step_ids.branch_pushed(_retry(cause))),
         integration_branch=branch,
         sha=sha,
         remote=remote,
@@ -171,11 +173,17 @@ def delivered_event(
 def delivery_failed_event(
     cause: Event, now: datetime, branch: str, sha: str, remote: str, reason: str
 ) -> BranchPushFailed:
-    """Delivering the completed mission ``cause`` was given up, for ``reason``."""
+    """Delivering the completed mission ``cause`` (or the retry asked for) was given up,
+    for ``reason``."""
     return BranchPushFailed(
-        **caused_by(cause, now, step_ids.branch_push_failed()),
+        **caused_by(cause, now, step_ids.branch_push_failed(_retry(cause))),
         integration_branch=branch,
         sha=sha,
         remote=remote,
         reason=reason,
     )
+
+
+def _retry(cause: Event) -> str:
+    """What tells a retry's delivery from the completion's: the retry's own id."""
+    return cause.event_id if isinstance(cause, DeliveryRetryRequested) else ""

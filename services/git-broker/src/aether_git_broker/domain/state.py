@@ -12,6 +12,7 @@ from aether_events import (
     BranchMerged,
     BranchPushed,
     BranchPushFailed,
+    DeliveryRetryRequested,
     Event,
     MergeConflicted,
     MissionCompleted,
@@ -64,8 +65,10 @@ class MissionView:
     ended: frozenset[TaskKey] = frozenset()
     # The mission's completion, and whether its delivery is on the stream (BranchPushed,
     # or BranchPushFailed: given up): a completion not delivered is still owed a push.
+    # A person's DeliveryRetryRequested after a failure owes it again.
     completion: MissionCompleted | None = None
     delivered: bool = False
+    retry: DeliveryRetryRequested | None = None
 
     def attempt_live(self, key: TaskKey) -> bool:
         """Whether an attempt may still fetch and push: its workspace announced, no end."""
@@ -87,6 +90,7 @@ FOLDED: tuple[type[Event], ...] = (
     MergeConflicted,
     BranchPushed,
     BranchPushFailed,
+    DeliveryRetryRequested,
     *sorted(TERMINAL_TYPES, key=lambda cls: cls.__name__),
 )
 
@@ -155,6 +159,8 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
             return _update(state, replace(view, ended=view.ended | {key}))
         case BranchPushed() | BranchPushFailed():
             return _update(state, replace(view, delivered=True))
+        case DeliveryRetryRequested() if view.completion is not None:
+            return _update(state, replace(view, retry=event, delivered=False))
         case _ if is_terminal(event):
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.

@@ -62,7 +62,9 @@ export function delivery(d) {
   if (d.status === "pushed") {
     return { label: "Delivered", where: where + (d.already_there ? " (already there)" : ""), failed: false, reason: null };
   }
-  return { label: "Delivery failed", where, failed: true, reason: d.reason || "no reason given" };
+  const reason = d.reason || "no reason given";
+  if (d.status === "retrying") return { label: "Delivery retrying", where, failed: false, reason };
+  return { label: "Delivery failed", where, failed: true, reason };
 }
 
 /** Board column of a task status. */

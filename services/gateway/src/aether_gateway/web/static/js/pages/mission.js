@@ -120,7 +120,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   function deliveryFact(d) {
     if (!d) return null;
     const where = h("span", { class: "mono" }, d.where);
-    const said = d.failed ? [h("span", { class: "field-error" }, d.reason), h("br"), where] : [where];
+    const said = d.reason ? [h("span", { class: d.failed ? "field-error" : "muted" }, d.reason), h("br"), where] : [where];
     return h("div", {}, h("dt", {}, d.label), h("dd", { id: "delivery" }, ...said));
   }
 
