@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from aether_events import (
     AgentCompleted,
     BranchMerged,
+    BranchPushed,
     EventPublisher,
     MissionCompleted,
     MissionRequested,
@@ -324,6 +325,8 @@ async def test_a_mission_on_a_url_is_worked_merged_and_pushed_back_to_it(
     # The result is back where the mission came from.
     assert git(repo, "rev-parse", prepared.integration_branch) == merged.merge_sha
     assert git(repo, "show", f"{prepared.integration_branch}:from_clone.py") == "X = 1"
+    (delivered,) = events.of(BranchPushed)  # and the stream says so
+    assert (delivered.remote, delivered.sha) == (upstream, merged.merge_sha)
     await events.stop()
 
 
