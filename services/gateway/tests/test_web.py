@@ -20,7 +20,9 @@ from dulwich.repo import Repo
 from aether_events import (
     AgentProgress,
     AgentStarted,
+    BranchPushFailed,
     BudgetRaised,
+    DeliveryRetryRequested,
     Event,
     EventPublisher,
     MissionMessagePosted,
@@ -336,6 +338,33 @@ async def test_writer_answers_the_planner_pauses_resumes_and_retries_a_task(
     assert retried.task_id == "t1"
     await expect(page.locator('[data-column="pending"] article[data-task="t1"]')).to_have_count(1)
     await page.screenshot(path=str(artefacts / "mission-commands.png"), full_page=True)
+
+
+async def test_a_writer_sees_a_failed_delivery_and_has_it_pushed_again(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    where = {"integration_branch": f"aether/{script.mission_id}", "sha": "e" * 40}
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            *script.happy_path(),
+            BranchPushFailed(
+                **script.meta(),  # type: ignore[arg-type]
+                **where,
+                remote="https://git.example/app.git",
+                reason="the remote branch was moved",
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    delivery = page.locator("#delivery")
+    await expect(delivery).to_contain_text("the remote branch was moved")
+    await expect(delivery).to_contain_text("to https://git.example/app.git")
+    await page.click("#retry-delivery")
+    asked = await first_stored(nc, script.mission_id, DeliveryRetryRequested)
+    assert asked.requested_by
+    await expect(page.locator("#delivery")).not_to_contain_text("Push again")
+    await expect(page.locator("dt", has_text="Delivery retrying")).to_have_count(1)
 
 
 async def test_plan_versions_their_changes_a_budget_raise_and_a_failed_step_retry(

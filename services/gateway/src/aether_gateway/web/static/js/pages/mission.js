@@ -121,6 +121,12 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     if (!d) return null;
     const where = h("span", { class: "mono" }, d.where);
     const said = d.reason ? [h("span", { class: d.failed ? "field-error" : "muted" }, d.reason), h("br"), where] : [where];
+    if (d.failed && me.canWrite) {
+      // The broker gave up: once the remote is fixed, a writer asks for the push again.
+      const again = h("button", { type: "button", class: "small", id: "retry-delivery" }, "Push again");
+      again.addEventListener("click", () => command("/delivery/retry", {}, again));
+      said.push(" ", again);
+    }
     return h("div", {}, h("dt", {}, d.label), h("dd", { id: "delivery" }, ...said));
   }
 
