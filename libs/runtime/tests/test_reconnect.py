@@ -264,3 +264,43 @@ async def test_consumers_start_once_a_server_restarted_during_start_up_is_back(
     finally:
         await nc.close()
         await svc.stop()
+
+
+async def test_a_single_writer_starting_is_handed_what_its_killed_predecessor_held(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The one process of a single-writer service (the git broker, the scheduler) was
+    killed holding a delivery of its one-at-a-time durable, whose ack wait is an hour:
+    the process that replaces it is handed that delivery at once, handles it once, and
+    the messages behind it follow."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("writer"))
+    await publisher.publish(requested("m-of-the-dead"))
+    dead = await js.pull_subscribe_bind("writer", stream=MISSIONS_STREAM)
+    (taken,) = await dead.fetch(1, timeout=10)
+    assert b"m-of-the-dead" in taken.data
+    await dead.unsubscribe()  # killed: its delivery neither acknowledged nor handed back
+    await publisher.publish(requested("m-behind"))
+    handler = Recorder()
+    svc = Service(
+        name="writer",
+        settings=RuntimeSettings(nats_url=nats_server.url, port=0),
+        bus_poll_seconds=0,
+    )
+    svc.single_writer = True
+    svc.consume(
+        ConsumerSpec(
+            durable="writer", subject=ALL_MISSION_EVENTS, handler=handler, ack_wait_seconds=HOUR
+        )
+    )
+    try:
+        await svc.start()
+        await handler.wait("m-of-the-dead", timeout=30)
+        await handler.wait("m-behind", timeout=30)
+        assert handler.calls == ["m-of-the-dead", "m-behind"]
+    finally:
+        await svc.stop()
+        await nc.close()

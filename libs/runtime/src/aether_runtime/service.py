@@ -238,6 +238,11 @@ class Service:
     # How often consumer lag and stream sizes are read into gauges (0: never); the same
     # readings find stalled consumers.
     bus_poll_seconds: float = 10.0
+    # One process of the service runs at a time (the git broker, the scheduler: deployed
+    # with Recreate; ``aether up`` starts one again only once it exited). What its
+    # durables owe a process that is gone is then no live process's: a start hands it
+    # back at once instead of leaving it to the ack wait (see ``_after_start``).
+    single_writer: bool = False
     # How long a stop waits for its cancelled handed-off handlers, and for each stop hook.
     stop_grace_seconds: float = STOP_GRACE_SECONDS
     # A consumer with messages waiting that delivers nothing for this long is stalled.
@@ -293,6 +298,7 @@ class Service:
         self._handed_off: set[asyncio.Task[None]] = set()
         self._settled = Settled()
         self._reconnected_at = datetime.now(UTC)
+        self._consumers_started_at = datetime.now(UTC)
         self._hand_back: asyncio.Task[None] | None = None
         self._holders: Holders | None = None
         self._reconnects = Reconnects()
@@ -464,7 +470,8 @@ class Service:
         """Have the server deliver again, at once, what it delivered to no process of this
         service (see ``reconnect``). A durable with one lane here is taken to be this
         process's alone (the one-at-a-time consumers, the planner's with hand-offs); one
-        with several lanes, or several workers, may be shared with other processes."""
+        with several lanes, or several workers, may be shared with other processes, unless
+        the service is a ``single_writer``."""
         if self.stopping:
             return
         lanes: dict[tuple[str, str], int] = {}
@@ -477,7 +484,11 @@ class Service:
             self.js,
             self._nats,
             [
-                Lane(stream, durable, sole=count == 1 and workers[(stream, durable)] <= 1)
+                Lane(
+                    stream,
+                    durable,
+                    sole=self.single_writer or (count == 1 and workers[(stream, durable)] <= 1),
+                )
                 for (stream, durable), count in lanes.items()
             ],
             self.held,
@@ -494,6 +505,15 @@ class Service:
     async def _after_start(self) -> None:
         for hook in self.on_started:
             await hook()
+        if self.single_writer and (self._hand_back is None or self._hand_back.done()):
+            # The process this one replaces may have died holding a delivery: with one
+            # process of the service at a time, nobody holds it now. Handed back, it comes
+            # here at once rather than after its ack wait (the last delivery made since
+            # the consumers started is on its way to a lane, and kept).
+            self._hand_back = asyncio.create_task(
+                self._hand_back_lost(self._consumers_started_at),
+                name=f"{self.name}-hand-back-at-start",
+            )
         if self.bus_poll_seconds > 0:
             # One entry per durable: a service may run several lanes on the same one.
             consumers = list(dict.fromkeys((spec.stream, spec.durable) for spec in self._consumers))
@@ -517,6 +537,10 @@ class Service:
         self.stopping = True
         self.ready = False
         metrics.READY.labels(self.name).set(0)
+        if self._hand_back is not None and not self._hand_back.done():
+            self._hand_back.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._hand_back
         if self._poller is not None:
             self._poller_stop.set()
             self._poller.cancel()
@@ -643,6 +667,7 @@ class Service:
         the process running with no consumer, never ready, never restarted. A
         subscription made stays made (FastStream skips it the next time)."""
         pause = 0.25
+        self._consumers_started_at = datetime.now(UTC)
         while True:
             try:
                 await self.broker.start()

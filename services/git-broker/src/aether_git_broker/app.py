@@ -63,6 +63,8 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
     delivery (right after the projection is rebuilt) it removes what a crash left behind.
     """
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
+    # One at a time (Recreate): what a killed predecessor held is handed back at start.
+    service.single_writer = True
     projection: Projection[BrokerState] = Projection(BrokerState(), evolve)
     git, tokens = adapters.git, adapters.push_tokens
     naming = settings.naming

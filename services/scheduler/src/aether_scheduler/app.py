@@ -89,6 +89,8 @@ def serve_attempt_credentials(
 def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
     """The scheduler's consumers and timers around ``config`` (``bootstrap`` builds it)."""
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
+    # One at a time (Recreate): what a killed predecessor held is handed back at start.
+    service.single_writer = True
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(projection, lambda: service.publisher, config)
     metrics.register(lambda: projection.state)
