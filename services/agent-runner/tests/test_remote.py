@@ -8,6 +8,7 @@ broker merges that commit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ from aether_events import (
     AgentFailed,
     BranchMerged,
     EventPublisher,
+    MissionCompleted,
     MissionRequested,
     PlannedTask,
     RepositoryPrepared,
@@ -34,6 +36,7 @@ from aether_events import (
     WorkspaceReady,
     ensure_streams,
     new_event_id,
+    new_mission_id,
 )
 from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.app import GitBroker
@@ -284,3 +287,52 @@ def test_fetch_and_push_settings_from_the_environment() -> None:
     assert AgentSettings.from_env({"AETHER_AGENT_GIT_URL": "http://broker:8200"}).git_token == ""
     with pytest.raises(ValueError, match="auto or always"):
         AgentSettings.from_env({"AETHER_AGENT_GIT_FETCH": "sometimes"})
+
+
+async def test_an_ended_missions_clones_go_once_its_agents_here_have_stopped(
+    tmp_path: Path,
+) -> None:
+    """A runner that fetches and pushes keeps a failed attempt's clone for its
+    redelivery; once the mission ended, the clones of its attempts go: after the agents
+    of the mission working here stopped, and never one another runner holds the lock of.
+    A runner starting up removes the clones of missions that ended while it was down."""
+    from aether_agent_runner.adapters.journal import AttemptLock
+    from aether_agent_runner.domain import State, evolve
+    from aether_agent_runner.handlers import Handlers
+    from aether_runtime import Projection
+
+    clones = tmp_path / "clones"
+    ended, other = new_mission_id(), new_mission_id()
+    for mission, name in [(ended, "t1-a1"), (ended, "t2-a1"), (ended, "t3-a2"), (other, "t1-a1")]:
+        (clones / mission / name / ".git").mkdir(parents=True)
+    held = AttemptLock(clones / ended, "t3-a2.lock")  # another runner works in it
+    assert held.acquire()
+    settings = AgentSettings(git_url="http://broker.invalid:1", work_dir=str(clones))
+    work = Attempts(
+        runtimes=lambda name: None,  # type: ignore[arg-type,return-value]
+        settings=settings,
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+    handlers = Handlers(Projection(State(), evolve), lambda: None, work)  # type: ignore[arg-type,return-value]
+    handlers.running.register((ended, "t1", 1))
+    completed = MissionCompleted(
+        event_id=new_event_id(),
+        mission_id=ended,
+        occurred_at=datetime.now(UTC),
+        correlation_id="c",
+        final_sha="f" * 40,
+        integration_branch=f"aether/{ended}",
+        tasks_merged=3,
+    )
+    await handlers.on_control(completed)
+    await asyncio.sleep(0)
+    assert (clones / ended / "t1-a1").exists()  # its agent is still stopping
+    handlers.running.unregister((ended, "t1", 1))
+    await handlers.forgotten()
+    assert sorted(p.name for p in (clones / ended).iterdir()) == ["t3-a2", "t3-a2.lock"]
+    assert (clones / other / "t1-a1").exists()
+    held.release()
+
+    assert work.sweep(lambda mission: mission == ended) == [f"{ended}/t3-a2"]
+    assert not (clones / ended).exists() and (clones / other / "t1-a1").exists()

@@ -9,6 +9,7 @@ number of agents a process runs at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,8 +116,15 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         # Only the types evolve folds: the work consumer's and the control follower's.
         folded: tuple[type[Event], ...] = (WorkspaceReady, *CONTROL_TYPES)
         last = await projection.rebuild(js, "agent-runner", due=pending, types=folded)
+        # Clones of fetched attempts whose mission ended while this runner was down.
+        swept = await asyncio.to_thread(
+            attempts.sweep, lambda mission_id: projection.state.mission(mission_id).ended
+        )
+        if swept:
+            log.info("removed the clones of ended missions", extra={"clones": swept})
         follower = await follow_control_events(js, last, handlers.on_control, service.reconnects)
         service.on_stopping.append(follower.stop)
+        service.on_stopping.append(handlers.forgotten)
         # The projection is fed by the work consumer and this follower: its remembered
         # ids are bounded by where both have settled.
         service.bound(projection, lambda: follower.last_sequence)

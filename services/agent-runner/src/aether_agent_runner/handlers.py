@@ -19,7 +19,7 @@ from aether_agent_runner import metrics
 from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts
 from aether_agent_runner.adapters.stream import AttemptStream
 from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
-from aether_events import Event, Publisher, WorkspaceReady
+from aether_events import Event, Publisher, WorkspaceReady, is_terminal
 from aether_runtime import Delivery, Projection, stored_sequence
 from aether_runtime.attempt_auth import CredentialRefused, Opens
 
@@ -34,6 +34,7 @@ class RunningAgents:
 
     def __init__(self) -> None:
         self._agents: dict[Attempt, asyncio.Future[StopOrder]] = {}
+        self._gone = asyncio.Event()  # set (and replaced) whenever an agent is unregistered
 
     def __contains__(self, attempt: Attempt) -> bool:
         return attempt in self._agents
@@ -50,6 +51,13 @@ class RunningAgents:
         future = self._agents.pop(attempt, None)
         if future is not None and not future.done():
             future.cancel()
+        self._gone.set()
+        self._gone = asyncio.Event()
+
+    async def none_of(self, mission_id: str) -> None:
+        """Return once no agent of the mission is at work here."""
+        while any(attempt[0] == mission_id for attempt in self._agents):
+            await self._gone.wait()
 
     def stop(self, order: StopOrder) -> list[Attempt]:
         stopped = []
@@ -80,6 +88,8 @@ class Handlers:
         self._heartbeat_seconds = heartbeat_seconds
         self._clock = clock
         self.running = RunningAgents()
+        # Clean-ups of ended missions' clones, each waiting for the mission's agents here.
+        self._forgetting: set[asyncio.Task[None]] = set()
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """A delivery of the work consumer (WorkspaceReady)."""
@@ -168,6 +178,27 @@ class Handlers:
                 "stopping agents",
                 extra={"reason": order.reason, "attempts": [f"{t}/a{a}" for _, t, a in stopped]},
             )
+        if is_terminal(event):
+            task = asyncio.create_task(self._forget(event.mission_id))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
+
+    async def _forget(self, mission_id: str) -> None:
+        """Once the ended mission's agents here have stopped, remove what this runner kept
+        of it (the clones of fetched attempts: a failed one's stays for a redelivery,
+        which no ended mission gets)."""
+        await self.running.none_of(mission_id)
+        try:
+            removed = await self._attempts.forget(mission_id)
+            if removed:
+                log.info("removed the clones of an ended mission", extra={"clones": removed})
+        except OSError as error:
+            log.warning("could not remove an ended mission's clones", extra={"error": str(error)})
+
+    async def forgotten(self) -> None:
+        """Wait for the clean-ups of ended missions started so far (tests, shutdown)."""
+        while self._forgetting:
+            await asyncio.gather(*self._forgetting, return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def _heartbeat(

@@ -9,12 +9,13 @@ did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -154,6 +155,23 @@ class Attempts:
         if self.sandbox is None:
             return "unconfined" if self.settings.sandbox.unconfined else "bubblewrap"
         return self.sandbox.name
+
+    async def forget(self, mission_id: str) -> list[str]:
+        """Remove the clones this runner made for an ended mission's fetched attempts
+        (none when it works in the broker's worktrees); returns the ones removed."""
+        if not self.settings.git_url or not _SAFE_NAME.fullmatch(mission_id):
+            return []
+        root = self.settings.clones_dir()
+        return await asyncio.to_thread(remove_clones, root, [mission_id])
+
+    def sweep(self, ended: Callable[[str], bool]) -> list[str]:
+        """At start-up: remove the clones of every mission ``ended`` says is over (it
+        ended while this runner was down, or before a clean-up finished)."""
+        root = self.settings.clones_dir()
+        if not self.settings.git_url or not root.is_dir():
+            return []
+        missions = [p.name for p in root.iterdir() if p.is_dir() and ended(p.name)]
+        return remove_clones(root, missions)
 
     async def work(self, ready: WorkspaceReady, emit: Emit) -> Event:
         """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
@@ -481,3 +499,32 @@ def _git_dir(ready: WorkspaceReady, worktree: Path) -> GitDir:
     if ready.git_dir:
         return GitDir.linked(worktree, Path(ready.git_dir), ready.branch)
     return GitDir.discover(worktree, ready.branch)
+
+
+def remove_clones(root: Path, mission_ids: Iterable[str]) -> list[str]:
+    """Remove the attempt clones under ``root/<mission>`` that no attempt holds (each is
+    locked while worked: ``<task>-a<n>.lock`` beside it), then the mission's directory
+    once empty; returns the clones removed, as ``<mission>/<task>-a<n>``."""
+    removed: list[str] = []
+    for mission_id in mission_ids:
+        missions = root / mission_id
+        if not missions.is_dir() or missions.is_symlink():
+            continue
+        for clone in sorted(p for p in missions.iterdir() if p.is_dir() and not p.is_symlink()):
+            lock = AttemptLock(missions, f"{clone.name}.lock")
+            if not lock.acquire():
+                continue  # an attempt (in this runner or another) works in it
+            try:
+                shutil.rmtree(clone)
+                removed.append(f"{mission_id}/{clone.name}")
+            finally:
+                lock.release()
+                with contextlib.suppress(OSError):
+                    lock.path.unlink()
+        for stale in missions.glob("*.lock"):
+            if not (missions / stale.name.removesuffix(".lock")).exists():
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        with contextlib.suppress(OSError):
+            missions.rmdir()  # only once empty
+    return removed
