@@ -13,6 +13,7 @@ rows too: its position is committed with each run's rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -264,7 +265,12 @@ async def test_an_interrupted_catch_up_resumed_folds_every_event_once(
             await catch_up
             steps = max(1, steps // 2)
         catch_up.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        # Python 3.11 loses a cancellation that meets a wait inside the database driver
+        # just as that wait ends (``asyncio.wait_for``): the catch-up then runs to its
+        # end, and the rows below must be the same all the same.
+        with contextlib.suppress(asyncio.CancelledError):
             await catch_up
+        # The connection the cut run held is back in the pool (closed and replaced),
+        # or this would wait for it forever.
         await Projector(read_model).rebuild(js)
         assert await dump(db, read_model.consumer) == expected

@@ -907,6 +907,13 @@ async def _pipelined(conn: AsyncConnection) -> AsyncIterator[None]:
     try:
         async with conn.pipeline():
             yield
+    except asyncio.CancelledError:
+        # Stopped mid-pipeline (a catch-up cut short): what the server has of it is not
+        # known, and rolling back would wait for its answers in a task told to stop.
+        # Closed, the connection takes its transaction (and the position's lock) with
+        # it, and the pool replaces it.
+        await conn.close()
+        raise
     except BaseException:
         with contextlib.suppress(psycopg.Error):
             await conn.rollback()
