@@ -15,6 +15,8 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from aether_runtime.unanswered import asked_again
+
 if TYPE_CHECKING:
     from anthropic.types import Message
 
@@ -29,19 +31,9 @@ class CallJournal:
 
     @classmethod
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> CallJournal:
-        try:
-            kv = await js.key_value(BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=BUCKET,
-                    description="Model replies of the planner, by step",
-                    ttl=7 * 24 * 3600,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                )
-            )
-        return cls(kv)
+        """The bucket, made if missing; asked again while the server does not answer (a
+        cluster electing a leader as the planner starts: asked once, the start failed)."""
+        return cls(await asked_again(lambda: _bucket(js, replicas), f"the bucket {BUCKET}"))
 
     async def get(self, key: str) -> Message | None:
         try:
@@ -57,3 +49,19 @@ class CallJournal:
 
     async def put(self, key: str, message: Message) -> None:
         await self._kv.put(key, message.model_dump_json().encode())
+
+
+async def _bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        # Made twice (a request answered after it timed out) is the same bucket.
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=BUCKET,
+                description="Model replies of the planner, by step",
+                ttl=7 * 24 * 3600,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+        )
