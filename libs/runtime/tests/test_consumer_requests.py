@@ -32,6 +32,7 @@ from aether_events import (
 )
 from aether_runtime import ConsumerSpec, Delivery, Projection, ensure_consumer, unanswered
 from aether_runtime.follow import Follower
+from aether_runtime.testing import Unanswering
 from aether_runtime.unanswered import stream_end
 
 
@@ -42,32 +43,24 @@ async def ignore(event: Event, delivery: Delivery) -> None:
 SPEC = ConsumerSpec(durable="scheduler", subject=ALL_MISSION_EVENTS, handler=ignore)
 
 
-class Electing:
+class Electing(Unanswering):
     """Unanswered for ``silent`` requests (a timeout, or "temporarily unavailable"),
     then a cluster with no such consumer yet, where our add may itself go unanswered
     although it created the consumer."""
 
     def __init__(self, silent: int, lost_add: bool = False) -> None:
-        self.silent = silent
+        super().__init__(silent)
         self.lost_add = lost_add
-        self.requests = 0
         self.created: list[Any] = []
 
-    def _answer(self) -> None:
-        self.requests += 1
-        if self.requests <= self.silent:
-            if self.requests % 2:
-                raise nats.errors.TimeoutError
-            raise ServiceUnavailableError(code=503, description="temporarily unavailable")
-
     async def consumer_info(self, stream: str, durable: str) -> Any:
-        self._answer()
+        self.answer()
         if not self.created:
             raise NotFoundError(description="consumer not found")
         return type("Info", (), {"config": self.created[-1]})()
 
     async def add_consumer(self, stream: str, config: Any) -> Any:
-        self._answer()
+        self.answer()
         self.created.append(config)
         if self.lost_add and len(self.created) == 1:
             raise nats.errors.TimeoutError
@@ -118,7 +111,7 @@ class ElectingForFollowers(Electing):
         self._nc = QuietConnection()
 
     async def stream_info(self, stream: str) -> Any:
-        self._answer()
+        self.answer()
         return type("Info", (), {"state": type("State", (), {"last_seq": 41})()})()
 
 

@@ -13,30 +13,23 @@ from nats.js.errors import BucketNotFoundError, ServiceUnavailableError
 
 from aether_planner.adapters.journal import BUCKET, CallJournal
 from aether_runtime import unanswered
+from aether_runtime.testing import Unanswering
 
 
-class Electing:
+class Electing(Unanswering):
     """Unanswered for ``silent`` requests (timeouts and 503s), then a cluster without the
     bucket, which makes it."""
 
     def __init__(self, silent: int) -> None:
-        self.silent = silent
-        self.requests = 0
+        super().__init__(silent)
         self.made: list[Any] = []
 
-    def _answer(self) -> None:
-        self.requests += 1
-        if self.requests <= self.silent:
-            if self.requests % 2:
-                raise nats.errors.TimeoutError
-            raise ServiceUnavailableError(code=503, description="temporarily unavailable")
-
     async def key_value(self, bucket: str) -> Any:
-        self._answer()
+        self.answer()
         raise BucketNotFoundError(description=f"bucket {bucket} not found")
 
     async def create_key_value(self, config: Any) -> Any:
-        self._answer()
+        self.answer()
         self.made.append(config)
         return object()
 
