@@ -123,6 +123,15 @@ async def _decide_and_publish(ctx: GatewayContext, decision: Callable[[], Event]
     return event
 
 
+async def _decided(
+    ctx: GatewayContext, mission_id: str, decision: Callable[[Mission], Event]
+) -> Event:
+    """The command's event, published: the mission is read (again, once the read model
+    caught up, when the decision refuses what it first read), then decided on."""
+    mission = await _mission(ctx, mission_id, decision)
+    return await _decide_and_publish(ctx, lambda: decision(mission))
+
+
 @post(
     "/missions",
     status_code=HTTP_202_ACCEPTED,
@@ -195,8 +204,7 @@ async def approve_plan(
     """Publish ``PlanApproved`` for the latest plan version, once per version."""
     by = principal_of(request).name
     version = data.version if data is not None else None
-    mission = await _mission(ctx, mission_id, lambda m: decide.approve(m, version, _now(), by))
-    event = await _decide_and_publish(ctx, lambda: decide.approve(mission, version, _now(), by))
+    event = await _decided(ctx, mission_id, lambda m: decide.approve(m, version, _now(), by))
     url = ctx.mission_url(mission_id)
     body = PlanApprovalAccepted(
         mission_id=mission_id,
@@ -276,8 +284,7 @@ async def pause_mission(
 ) -> Response[CommandAccepted]:
     """Publish ``MissionPaused``; tasks already running finish, no new one starts."""
     by, reason = principal_of(request).name, data.reason if data else ""
-    mission = await _mission(ctx, mission_id, lambda m: decide.pause(m, reason, _now(), by))
-    event = await _decide_and_publish(ctx, lambda: decide.pause(mission, reason, _now(), by))
+    event = await _decided(ctx, mission_id, lambda m: decide.pause(m, reason, _now(), by))
     return _accepted(ctx, event)
 
 
@@ -290,8 +297,7 @@ async def resume_mission(
 ) -> Response[CommandAccepted]:
     """Publish ``MissionResumed``."""
     by = principal_of(request).name
-    mission = await _mission(ctx, mission_id, lambda m: decide.resume(m, _now(), by))
-    event = await _decide_and_publish(ctx, lambda: decide.resume(mission, _now(), by))
+    event = await _decided(ctx, mission_id, lambda m: decide.resume(m, _now(), by))
     return _accepted(ctx, event)
 
 
@@ -305,8 +311,7 @@ async def cancel_mission(
 ) -> Response[CommandAccepted]:
     """Publish ``MissionCancelled``; nothing merged so far is undone."""
     by, reason = principal_of(request).name, data.reason if data else ""
-    mission = await _mission(ctx, mission_id, lambda m: decide.cancel(m, reason, _now(), by))
-    event = await _decide_and_publish(ctx, lambda: decide.cancel(mission, reason, _now(), by))
+    event = await _decided(ctx, mission_id, lambda m: decide.cancel(m, reason, _now(), by))
     return _accepted(ctx, event)
 
 
@@ -320,8 +325,7 @@ async def raise_budget(
 ) -> Response[CommandAccepted]:
     """Publish ``BudgetRaised`` with the new budget (more than the current one)."""
     by, amount = principal_of(request).name, data.budget_usd
-    mission = await _mission(ctx, mission_id, lambda m: decide.raise_budget(m, amount, _now(), by))
-    event = await _decide_and_publish(ctx, lambda: decide.raise_budget(mission, amount, _now(), by))
+    event = await _decided(ctx, mission_id, lambda m: decide.raise_budget(m, amount, _now(), by))
     return _accepted(ctx, event)
 
 
@@ -338,8 +342,7 @@ async def retry_delivery(
 ) -> Response[CommandAccepted]:
     """Publish ``DeliveryRetryRequested`` for a completed mission whose delivery failed."""
     by = principal_of(request).name
-    mission = await _mission(ctx, mission_id, lambda m: decide.retry_delivery(m, _now(), by))
-    event = await _decide_and_publish(ctx, lambda: decide.retry_delivery(mission, _now(), by))
+    event = await _decided(ctx, mission_id, lambda m: decide.retry_delivery(m, _now(), by))
     return _accepted(ctx, event)
 
 
