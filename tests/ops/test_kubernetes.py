@@ -290,6 +290,47 @@ def test_network_policies_allow_each_service_only_what_it_needs(overlay: str) ->
     assert not can(INTERNET, nats, 4222)
 
 
+GIT_HTTP = 8105
+
+
+def _container(overlay: str, name: str) -> Doc:
+    container: Doc = named(overlay, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_production_runners_fetch_and_push_without_the_shared_volume() -> None:
+    """Production's runners (remote-runners component) clone each attempt from the
+    broker's smart HTTP and push it back: no worktrees volume, the broker's URL, and a
+    port of the broker only they reach. The local overlay keeps the shared volume."""
+    runner = named("production", "Deployment", "agent-runner")["spec"]["template"]["spec"]
+    assert "worktrees" not in {v["name"] for v in runner["volumes"]}
+    assert "worktrees" not in {m["name"] for m in runner["containers"][0]["volumeMounts"]}
+    env = {e["name"]: e for e in runner["containers"][0]["env"]}
+    assert env["AETHER_AGENT_GIT_URL"]["value"] == f"http://git-broker:{GIT_HTTP}"
+    broker = _container("production", "git-broker")
+    broker_env = {e["name"]: e for e in broker["env"]}
+    assert broker_env["AETHER_GIT_HTTP_PORT"]["value"] == str(GIT_HTTP)
+    assert broker_env["AETHER_GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "aether-secrets",
+        "key": "git-push-secret",
+    }
+    assert {"name": "git-http", "containerPort": GIT_HTTP} in broker["ports"]
+    service_ports = named("production", "Service", "git-broker")["spec"]["ports"]
+    assert {"name": "git-http", "port": GIT_HTTP, "targetPort": "git-http"} in service_ports
+
+    policies = objects("production", "NetworkPolicy")
+    workloads = pods(objects("production"))
+    broker_pod = workloads["git-broker"]
+    assert can_connect(policies, workloads["agent-runner"], broker_pod, GIT_HTTP)
+    for name in ("gateway", "planner", "scheduler"):
+        assert not can_connect(policies, workloads[name], broker_pod, GIT_HTTP), name
+    assert not can_connect(policies, INTERNET, broker_pod, GIT_HTTP)
+
+    local = named("local", "Deployment", "agent-runner")["spec"]["template"]["spec"]
+    assert "worktrees" in {v["name"] for v in local["volumes"]}
+    assert "AETHER_AGENT_GIT_URL" not in {e["name"] for e in local["containers"][0]["env"]}
+
+
 def test_production_lets_prometheus_scrape_and_keda_read_nats() -> None:
     policies = objects("production", "NetworkPolicy")
     workloads = pods(objects("production"))
