@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from aether_events import (
     AgentCompleted,
@@ -459,9 +460,11 @@ async def test_a_push_to_a_branch_someone_else_moved_is_refused(
     with pytest.raises(Exception, match="someone else moved it"):
         await handlers.handle(completed, RecordingDelivery())
     assert not [e for e in recorder.events if isinstance(e, BranchPushed | BranchPushFailed)]
+    given_up = REGISTRY.get_sample_value("aether_pushes_total", {"result": "given_up"}) or 0.0
     delivery = RecordingDelivery()
     delivery.num_delivered = 3  # the last attempt: given up and recorded, not retried
     await handlers.handle(completed, delivery)
+    assert REGISTRY.get_sample_value("aether_pushes_total", {"result": "given_up"}) == given_up + 1
     assert git(remote, "rev-parse", prepared.integration_branch) == other
     (failed,) = [e for e in recorder.events if isinstance(e, BranchPushed | BranchPushFailed)]
     assert isinstance(failed, BranchPushFailed)

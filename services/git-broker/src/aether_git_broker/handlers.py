@@ -523,6 +523,7 @@ class Handlers:
                 log.warning("push failed; will retry", extra={"error": str(error)})
                 raise
             log.error("push failed; giving up", extra={"error": str(error)})
+            metrics.PUSHES.labels("given_up").inc()
             await self._publish(
                 delivery_failed_event(
                     completed,

@@ -76,7 +76,8 @@ GIT_HTTP_REQUESTS = Counter(
 at_zero(MERGES, result=get_args(MergeKind))
 at_zero(VERIFICATIONS, result=("passed", "failed", "timed_out"))
 at_zero(FETCHES, result=("cloned", "fetched", "failed"))
-at_zero(PUSHES, result=("pushed", "already_pushed", "failed"))
+# ``failed``: a try that failed (retried or not); ``given_up``: the last of them.
+at_zero(PUSHES, result=("pushed", "already_pushed", "failed", "given_up"))
 at_zero(CLEANED, kind=("worktree", "branch", "lock"), when=("step", "start"))
 at_zero(
     GIT_HTTP_REQUESTS,
