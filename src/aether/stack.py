@@ -216,6 +216,9 @@ class Stack:
             "NATS_URL": self.nats_server_url,
             "PORT": str(self.ports[name]),
             "PYTHONUNBUFFERED": "1",
+            # One process of each service, started again only once it exited: what a
+            # killed one held is handed back as its successor starts.
+            "AETHER_ONE_PROCESS": "1",
         }
         password = self.nats_passwords.get(name) or self._given(password_env(name))
         if password:

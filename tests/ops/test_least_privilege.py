@@ -37,7 +37,14 @@ SOURCES = {
     "git-broker": ["services/git-broker/src", "libs/runtime/src"],
 }
 # Set by the stack itself for each service, not passed through from the operator.
-STACK_SET = {"NATS_URL", "PORT", "NATS_USER", "NATS_PASSWORD", "NATS_PASSWORD_FILE"}
+STACK_SET = {
+    "NATS_URL",
+    "PORT",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_PASSWORD_FILE",
+    "AETHER_ONE_PROCESS",
+}
 STACK_SET_FOR = {
     "gateway": {"DATABASE_URL", "AETHER_ADMIN_TOKEN", "AETHER_GATEWAY_PUBLIC_URL"},
     "git-broker": {"AETHER_WORKTREES_DIR"},

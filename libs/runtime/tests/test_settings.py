@@ -130,3 +130,9 @@ def test_one_value_is_read_as_from_env_reads_it_without_the_others() -> None:
     assert Example.value_of("tools", env) == ("a", "b")
     with pytest.raises(SettingsError, match="EXAMPLE_ATTEMPTS"):
         Example.value_of("attempts", env)
+
+
+def test_a_process_is_the_only_one_of_its_service_only_when_told() -> None:
+    assert RuntimeSettings.from_env({}).one_process is False
+    assert RuntimeSettings.from_env({"AETHER_ONE_PROCESS": "1"}).one_process is True
+    assert RuntimeSettings.from_env({"AETHER_ONE_PROCESS": "false"}).one_process is False

@@ -241,7 +241,8 @@ class Service:
     # One process of the service runs at a time (the git broker, the scheduler: deployed
     # with Recreate; ``aether up`` starts one again only once it exited). What its
     # durables owe a process that is gone is then no live process's: a start hands it
-    # back at once instead of leaving it to the ack wait (see ``_after_start``).
+    # back at once instead of leaving it to the ack wait (see ``_after_start``). Any
+    # service is so where its settings say it is the only process (``one_process``).
     single_writer: bool = False
     # How long a stop waits for its cancelled handed-off handlers, and for each stop hook.
     stop_grace_seconds: float = STOP_GRACE_SECONDS
@@ -487,7 +488,7 @@ class Service:
                 Lane(
                     stream,
                     durable,
-                    sole=self.single_writer or (count == 1 and workers[(stream, durable)] <= 1),
+                    sole=self.alone or (count == 1 and workers[(stream, durable)] <= 1),
                 )
                 for (stream, durable), count in lanes.items()
             ],
@@ -498,6 +499,11 @@ class Service:
         for durable, sequences in handed.items():
             metrics.HANDED_BACK.labels(self.name, durable).inc(len(sequences))
 
+    @property
+    def alone(self) -> bool:
+        """Whether this is the only process of the service (see ``single_writer``)."""
+        return self.single_writer or self.settings.one_process
+
     def held(self) -> set[tuple[str, int]]:
         """The deliveries this process is handling or settling: (durable, stream seq)."""
         return set(self._in_flight)
@@ -505,7 +511,7 @@ class Service:
     async def _after_start(self) -> None:
         for hook in self.on_started:
             await hook()
-        if self.single_writer and (self._hand_back is None or self._hand_back.done()):
+        if self.alone and (self._hand_back is None or self._hand_back.done()):
             # The process this one replaces may have died holding a delivery: with one
             # process of the service at a time, nobody holds it now. Handed back, it comes
             # here at once rather than after its ack wait (the last delivery made since

@@ -240,6 +240,10 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     host: str = setting("AETHER_HTTP_HOST", "127.0.0.1")
     port: int = setting("PORT", 8000)
     stream_replicas: int = setting("AETHER_STREAM_REPLICAS", 1)
+    # This process is the only one of its service, started again only once it exited
+    # (``aether up`` sets it for each of its services): a start then hands back at once
+    # what the service's durables hold for a process that is gone.
+    one_process: bool = setting("AETHER_ONE_PROCESS", False)
     log_level: str = setting("LOG_LEVEL", "INFO")
     # The service's NATS user and password (empty: connect without credentials, as to a
     # server that asks for none, such as the tests' own). The password may come from a
