@@ -472,7 +472,7 @@ class Service:
         service (see ``reconnect``). A durable with one lane here is taken to be this
         process's alone (the one-at-a-time consumers, the planner's with hand-offs); one
         with several lanes, or several workers, may be shared with other processes, unless
-        the service is a ``single_writer``."""
+        this is the service's only process (``alone``)."""
         if self.stopping:
             return
         lanes: dict[tuple[str, str], int] = {}
