@@ -1,6 +1,7 @@
 """Planning many missions at once: 20 missions submitted together next to one alone.
 
-Starts nats-server and one planner (in this process) against a model server that answers
+Starts nats-server, the git broker's read API (which the planner reads the files it plans
+from through) and one planner (in this process) against a model server that answers
 every call after a fixed delay (500 ms by default), submits one mission, then 20 at once
 (each a MissionRequested and its RepositoryPrepared, as the git broker would publish),
 after a warm-up mission, and prints how long until every plan was produced. It does it
@@ -41,11 +42,13 @@ from aether_events import (
     new_mission_id,
     type_subject,
 )
+from aether_git_broker.testing import read_api_served
 from aether_llm import LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.bootstrap import bootstrap
 from aether_planner.config import PlannerSettings
 from aether_runtime import RuntimeSettings
 
+READ_TOKEN = "bench-planning-read-token-0123456789"
 PLAN = {
     "rationale": "one step",
     "tasks": [
@@ -129,10 +132,19 @@ async def plan_together(nats_url: str, repo: Path, sha: str, count: int) -> floa
         await nc.close()
 
 
-async def run(nats_url: str, model_url: str, repo: Path, sha: str, n: int, lanes: str) -> None:
+async def run(
+    nats_url: str, model_url: str, broker_url: str, repo: Path, sha: str, n: int, lanes: str
+) -> None:
     llm = LLMSettings(api_key="bench", base_url=model_url, max_retries=0)
     runtime = RuntimeSettings(nats_url=nats_url, port=free_port())
-    service = bootstrap(PlannerSettings(runtime=runtime, llm=llm, concurrency=int(lanes))).service
+    settings = PlannerSettings(
+        runtime=runtime,
+        llm=llm,
+        concurrency=int(lanes),
+        broker_url=broker_url,
+        broker_token=READ_TOKEN,
+    )
+    service = bootstrap(settings).service
     await service.start()
     try:
         await plan_together(nats_url, repo, sha, 1)  # warm-up: the SDK, the connections
@@ -160,8 +172,10 @@ async def main() -> int:
     model = MessagesServer(SlowModel(args.delay)).start()
     print(f"bench/planning: model answers in {args.delay * 1000:.0f} ms; work dir {work}")
     try:
-        for lanes in (args.concurrency, "0"):
-            await run(server.url, model.url, repo, sha, args.missions, lanes)
+        clones = str(work / "clones")
+        async with read_api_served(READ_TOKEN, clones, free_port()) as broker_url:
+            for lanes in (args.concurrency, "0"):
+                await run(server.url, model.url, broker_url, repo, sha, args.missions, lanes)
     finally:
         model.stop()
         server.stop()

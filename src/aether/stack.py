@@ -238,10 +238,15 @@ class Stack:
             env["AETHER_WORKTREES_DIR"] = str(self.worktrees_dir)
         if name == "git-broker":
             env["AETHER_GIT_READ_TOKEN"] = self.git_read_token
+        broker = f"http://127.0.0.1:{self.ports['git-broker']}"
         if name == "gateway":
             # Diffs and default branches come from the broker, with a read-only token.
-            env["AETHER_GATEWAY_BROKER_URL"] = f"http://127.0.0.1:{self.ports['git-broker']}"
+            env["AETHER_GATEWAY_BROKER_URL"] = broker
             env["AETHER_GATEWAY_BROKER_TOKEN"] = self.git_read_token
+        if name == "planner":
+            # So do the files it plans from: it never opens a repository itself.
+            env["AETHER_PLANNER_BROKER_URL"] = broker
+            env["AETHER_PLANNER_BROKER_TOKEN"] = self.git_read_token
         if name == "gateway":
             env["DATABASE_URL"] = self.database_url
             env["AETHER_ADMIN_TOKEN"] = self.admin_token
@@ -250,7 +255,8 @@ class Stack:
 
     @property
     def git_read_token(self) -> str:
-        """The token of the git broker's read API, which only the gateway is handed."""
+        """The token of the git broker's read API, which only the gateway and the planner
+        are handed."""
         return load_or_create_secret(self.credentials_dir / "git-read.token")
 
     def _given(self, name: str) -> str:

@@ -128,7 +128,8 @@ def test_volumes_are_declared_and_images_pinned() -> None:
 
 def test_broker_and_agents_see_repositories_and_worktrees_at_the_same_paths() -> None:
     """Agents work in worktrees the broker creates (and the journal lives beside them), so
-    both must mount them at the same path; the planner reads repositories, read-only."""
+    both must mount them at the same path; the planner reads repositories through the
+    broker's read API, with its read token, and mounts none."""
 
     def mounts(name: str) -> dict[str, tuple[str, str]]:
         found = (volume(v) for v in services()[name].get("volumes", []))
@@ -138,11 +139,18 @@ def test_broker_and_agents_see_repositories_and_worktrees_at_the_same_paths() ->
     assert services()["agent-runner"]["environment"]["AETHER_WORKTREES_DIR"] == worktrees
     (shared,) = [path for path in mounts("git-broker") if worktrees.startswith(path + "/")]
     assert mounts("agent-runner")[shared] == mounts("git-broker")[shared]
-    assert mounts("planner")[shared] == (mounts("git-broker")[shared][0], "ro")
     roots = services()["git-broker"]["environment"]["AETHER_REPOSITORY_ROOTS"]
     assert roots == shared
-    for name in ("gateway", "scheduler"):
+    for name in ("gateway", "scheduler", "planner"):
         assert not mounts(name), f"{name} needs no repository access"
+    broker_port = services()["git-broker"]["environment"]["PORT"]
+    for name, prefix in (("gateway", "AETHER_GATEWAY"), ("planner", "AETHER_PLANNER")):
+        env = services()[name]["environment"]
+        assert env[f"{prefix}_BROKER_URL"] == f"http://git-broker:{broker_port}"
+        assert (
+            env[f"{prefix}_BROKER_TOKEN"]
+            == services()["git-broker"]["environment"]["AETHER_GIT_READ_TOKEN"]
+        )
 
 
 def test_nats_keeps_jetstream_on_a_volume_and_syncs_every_write() -> None:

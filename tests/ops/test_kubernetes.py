@@ -282,9 +282,10 @@ def test_network_policies_allow_each_service_only_what_it_needs(overlay: str) ->
     assert can(INTERNET, workloads["gateway"], 8100), "clients reach the gateway"
     for name in ("planner", "scheduler", "agent-runner"):
         assert not can(workloads["gateway"], workloads[name], SERVICES[name][1])
-    # The broker's read API (diffs, default branches): the gateway only.
-    assert can(workloads["gateway"], workloads["git-broker"], SERVICES["git-broker"][1])
-    for name in ("planner", "scheduler", "agent-runner"):
+    # The broker's read API (diffs, default branches, files): the gateway and the planner.
+    for name in ("gateway", "planner"):
+        assert can(workloads[name], workloads["git-broker"], SERVICES["git-broker"][1]), name
+    for name in ("scheduler", "agent-runner"):
         assert not can(workloads[name], workloads["git-broker"], SERVICES["git-broker"][1])
     assert not can(INTERNET, workloads["git-broker"], SERVICES["git-broker"][1])
     assert not can(INTERNET, nats, 4222)
@@ -329,6 +330,37 @@ def test_production_runners_fetch_and_push_without_the_shared_volume() -> None:
     local = named("local", "Deployment", "agent-runner")["spec"]["template"]["spec"]
     assert "worktrees" in {v["name"] for v in local["volumes"]}
     assert "AETHER_AGENT_GIT_URL" not in {e["name"] for e in local["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_planner_reads_repositories_through_the_broker_and_mounts_none(overlay: str) -> None:
+    """The planner holds the read API's token and URL, not the broker's volume; with the
+    runners fetching and pushing too (production), the broker alone mounts the volume,
+    which then needs no storage shared between nodes."""
+    planner = named(overlay, "Deployment", "planner")["spec"]["template"]["spec"]
+    assert "worktrees" not in {v["name"] for v in planner["volumes"]}
+    env = {e["name"]: e for e in planner["containers"][0]["env"]}
+    broker_port = SERVICES["git-broker"][1]
+    assert env["AETHER_PLANNER_BROKER_URL"]["value"] == f"http://git-broker:{broker_port}"
+    gateway = {e["name"]: e for e in _container(overlay, "gateway")["env"]}
+    token = env["AETHER_PLANNER_BROKER_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == gateway["AETHER_GATEWAY_BROKER_TOKEN"]["valueFrom"]["secretKeyRef"]
+    claim = named(overlay, "PersistentVolumeClaim", "aether-worktrees")["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    mounting = {
+        name
+        for name in SERVICES
+        if "worktrees"
+        in {
+            v["name"]
+            for v in named(overlay, "Deployment", name)["spec"]["template"]["spec"].get(
+                "volumes", []
+            )
+        }
+    }
+    assert mounting == (
+        {"git-broker"} if overlay == "production" else {"git-broker", "agent-runner"}
+    )
 
 
 def test_production_lets_prometheus_scrape_and_keda_read_nats() -> None:

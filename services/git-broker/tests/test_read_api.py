@@ -1,5 +1,6 @@
-"""The broker's read API (task diffs, default branches) on a real broker: real NATS, its
-HTTP port under uvicorn, repositories on disk and one served by a real ``git daemon``."""
+"""The broker's read API (task diffs, default branches, files at a commit) on a real
+broker: real NATS, its HTTP port under uvicorn, repositories on disk and one served by a
+real ``git daemon``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from aether_events import (
     WorkspaceReady,
 )
 from aether_git_broker import GitBrokerSettings, bootstrap
-from aether_git_broker.adapters import diff
+from aether_git_broker.adapters import diff, files
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
 from aether_runtime import RuntimeSettings
@@ -163,6 +164,78 @@ async def test_reads_need_the_read_token_and_say_what_is_wrong(
         assert posted.status_code == 405
 
 
+async def test_files_are_read_from_the_commits_tree_and_say_what_was_left_out(
+    broker: Served, repo: Path, git: Callable[..., str], commit: Callable[..., str]
+) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    (repo / "logo.png").write_bytes(b"\x89PNG\0\0binary")
+    (repo / "link.py").symlink_to("/etc/passwd")
+    git(repo, "add", "logo.png", "link.py")
+    big = "x" * (files.MAX_FILE_BYTES + 10)
+    head = commit(repo, {"big.txt": big, "app/util.py": "def util():\n    return 2\n"}, "t")
+    # Edits not committed are never what is answered.
+    (repo / "README.md").write_text("# edited, not committed\n")
+    asked = ["README.md", "app/util.py", "big.txt", "logo.png", "link.py", "app", "nope.py"]
+    async with client(broker) as http:
+        answer = await http.get(
+            "/repository/files",
+            params=[("repository", str(repo)), ("commit", head)] + [("path", p) for p in asked],
+        )
+        assert answer.status_code == 200, answer.text
+        found = answer.json()
+        at_base = await http.get(
+            "/repository/files",
+            params={"repository": str(repo), "commit": base, "path": ["app/util.py", "big.txt"]},
+        )
+    assert found["commit_sha"] == head
+    assert found["files"] == {
+        "README.md": "# demo\n",
+        "app/util.py": "def util():\n    return 2\n",
+        "big.txt": big[: files.MAX_FILE_BYTES],
+    }
+    assert found["truncated"] == ["big.txt"]
+    assert found["omitted"] == {
+        "logo.png": "binary",
+        "link.py": "not a file",
+        "app": "not a file",
+        "nope.py": "missing",
+    }
+    assert at_base.json()["files"] == {"app/util.py": "def util():\n    return 1\n"}
+    assert at_base.json()["omitted"] == {"big.txt": "missing"}
+
+
+REFUSED_PATHS = [
+    ([], "name at least one file"),
+    (["../outside.py"], "'.' or '..' part"),
+    (["app//main.py"], "'.' or '..' part"),
+    (["/etc/passwd"], "is absolute"),
+    (["a\0b"], "NUL"),
+    (["x" * (files.MAX_PATH_CHARS + 1)], "longer than"),
+    ([f"f{i}.py" for i in range(files.MAX_PATHS + 1)], f"at most {files.MAX_PATHS} paths"),
+]
+
+
+async def test_files_refuses_paths_that_name_no_file_of_a_tree(
+    broker: Served, repo: Path, git: Callable[..., str]
+) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    async with client(broker) as http:
+        for paths, reason in REFUSED_PATHS:
+            params = [("repository", str(repo)), ("commit", head)] + [("path", p) for p in paths]
+            refused = await http.get("/repository/files", params=params)
+            assert refused.status_code == 400, (paths, refused.text)
+            assert reason in refused.json()["error"], paths
+        unknown = await http.get(
+            "/repository/files", params={"repository": str(repo), "commit": "c" * 40, "path": "a"}
+        )
+        assert unknown.status_code == 404
+        assert "cccccccccccc is not in the repository" in unknown.json()["error"]
+        not_a_commit = await http.get(
+            "/repository/files", params={"repository": str(repo), "commit": "HEAD", "path": "a"}
+        )
+        assert not_a_commit.status_code == 400
+
+
 async def test_default_branches_of_local_and_remote_repositories(
     broker: Served, repo: Path, upstream: str, git: Callable[..., str]
 ) -> None:
@@ -220,6 +293,13 @@ async def test_a_task_diff_on_a_remote_repository_is_read_from_the_brokers_clone
             "add",
             ["+FEATURE = True"],
         )
+        # What the planner reads of a remote repository comes from the same clone.
+        read = await http.get(
+            "/repository/files",
+            params={"repository": upstream, "commit": head, "path": ["feature.py", "README.md"]},
+        )
+        assert read.status_code == 200, read.text
+        assert read.json()["files"] == {"feature.py": "FEATURE = True\n", "README.md": "# demo\n"}
 
 
 async def test_without_a_read_token_the_api_is_off(tmp_path: Path) -> None:

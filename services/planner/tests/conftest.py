@@ -1,5 +1,6 @@
 """A planner service in-process against real NATS, and either a scripted Messages API
-server (``planner``: the real model adapter) or the scripted model fake (``fake_planner``)."""
+server (``planner``: the real model adapter) or the scripted model fake (``fake_planner``);
+either reads repositories through the git broker's own read API (``broker_read``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from aether_events import (
     derived_id,
     mission_history,
 )
+from aether_git_broker.testing import read_api_served
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.app import wire
 from aether_planner.bootstrap import bootstrap
@@ -33,6 +35,7 @@ from aether_runtime import RuntimeSettings, Service
 from tests.eventlog import EventLog
 
 Responder = Callable[[dict[str, Any]], Reply | ApiError]
+BROKER_TOKEN = "planner-tests-read-token-0123456789"
 
 
 @dataclass
@@ -166,10 +169,26 @@ class Planner:
             return await log.wait_for(lambda log: len(log.of(cls)) >= count, timeout)
 
 
-def start_planner(nats_url: str, base_url: str, max_retries: int = 0) -> Service:
-    llm = LLMSettings(api_key="test-key", base_url=base_url, max_retries=max_retries)
+@pytest.fixture(scope="session")
+async def broker_read(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The URL of the git broker's own read API (no consumer: the broker's reading
+    alone), which the session's planners read repositories through."""
+    clones = str(tmp_path_factory.mktemp("clones"))
+    async with read_api_served(BROKER_TOKEN, clones, free_port()) as url:
+        yield url
+
+
+def planner_settings(nats_url: str, llm: LLMSettings, broker: str, **kw: Any) -> PlannerSettings:
+    """A planner's settings on ``nats_url``, reading through the read API at ``broker``
+    (``kw``: any other setting, the token included)."""
     runtime = RuntimeSettings(nats_url=nats_url, port=free_port())
-    return bootstrap(PlannerSettings(runtime=runtime, llm=llm)).service
+    given: dict[str, Any] = {"broker_token": BROKER_TOKEN, **kw}
+    return PlannerSettings(runtime=runtime, llm=llm, broker_url=broker, **given)
+
+
+def start_planner(nats_url: str, base_url: str, broker: str, max_retries: int = 0) -> Service:
+    llm = LLMSettings(api_key="test-key", base_url=base_url, max_retries=max_retries)
+    return bootstrap(planner_settings(nats_url, llm, broker)).service
 
 
 @pytest.fixture
@@ -178,9 +197,11 @@ async def planner(
     nc: NatsClient,
     script: tuple[Script, MessagesServer],
     repo: Path,
+    broker_read: str,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Planner]:
-    service = start_planner(nats_url, script[1].url, max_retries=getattr(request, "param", 0))
+    retries = getattr(request, "param", 0)
+    service = start_planner(nats_url, script[1].url, broker_read, max_retries=retries)
     try:  # started inside: a service that fails half-way through its start is stopped too
         await service.start()
         yield Planner(service, nc, f"m-{abs(hash(request.node.nodeid)) % 10**12:012d}", repo)
@@ -188,10 +209,9 @@ async def planner(
         await service.stop()
 
 
-def start_planner_on(nats_url: str, model: PlanningModel) -> Service:
+def start_planner_on(nats_url: str, model: PlanningModel, broker: str, **kw: Any) -> Service:
     """A planner whose model calls go to ``model`` (the scripted fake), not over HTTP."""
-    runtime = RuntimeSettings(nats_url=nats_url, port=free_port())
-    settings = PlannerSettings(runtime=runtime, llm=LLMSettings(api_key="test-key"))
+    settings = planner_settings(nats_url, LLMSettings(api_key="test-key"), broker, **kw)
     return wire(settings, model).service
 
 
@@ -206,9 +226,10 @@ async def fake_planner(
     nc: NatsClient,
     fake: ScriptedPlannerModel,
     repo: Path,
+    broker_read: str,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Planner]:
-    service = start_planner_on(nats_url, fake)
+    service = start_planner_on(nats_url, fake, broker_read)
     try:
         await service.start()
         yield Planner(service, nc, f"m-{abs(hash(request.node.nodeid)) % 10**12:012d}", repo)

@@ -146,13 +146,13 @@ async def test_feedback_produces_the_next_version_and_keeps_the_first(
 
 
 async def test_a_trigger_redelivered_after_a_crash_does_not_call_the_model_again(
-    nats_url: str, nc: NatsClient, fake: ScriptedPlannerModel, repo
+    nats_url: str, nc: NatsClient, fake: ScriptedPlannerModel, repo, broker_read: str
 ) -> None:
     """The planner dies after the model answered and before it published (its publisher
     fails, so the message is handed back): the restarted planner takes the reply from the
     journal."""
     fake.replies.append(plan_reply(good_tasks()))
-    crashing = start_planner_on(nats_url, fake)
+    crashing = start_planner_on(nats_url, fake, broker_read)
 
     class Crash(Exception):
         pass
@@ -174,7 +174,7 @@ async def test_a_trigger_redelivered_after_a_crash_does_not_call_the_model_again
         type(crashing.publisher).publish = original  # type: ignore[method-assign]
         await crashing.stop()
     assert len(fake.asked) == 1
-    restarted = start_planner_on(nats_url, fake)
+    restarted = start_planner_on(nats_url, fake, broker_read)
     await restarted.start()
     try:
         events = await Planner(restarted, nc, "m-crash-fake", repo).wait_for(PlanProduced)
@@ -210,13 +210,13 @@ async def test_a_message_about_a_plan_is_revised_once_through_its_revision_reque
 
 
 async def test_a_repository_prepared_before_the_planner_first_started_is_planned(
-    nats_url: str, nc: NatsClient, fake: ScriptedPlannerModel, repo
+    nats_url: str, nc: NatsClient, fake: ScriptedPlannerModel, repo, broker_read: str
 ) -> None:
     """The start-up race: the mission is requested and its repository prepared while no
     planner has ever run (so no durable consumer exists yet). The planner's replay folds
     the trigger; it must still answer it, once."""
     fake.replies.append(plan_reply(good_tasks()))
-    service = start_planner_on(nats_url, fake)
+    service = start_planner_on(nats_url, fake, broker_read)
     early = Planner(service, nc, "m-before-start-fake", repo)
     await ensure_streams(nc.jetstream())  # as the gateway and the broker would have
     await early.request()
@@ -227,7 +227,7 @@ async def test_a_repository_prepared_before_the_planner_first_started_is_planned
         await service.stop()
     assert len(of(events, PlanProduced)) == 1 and len(fake.asked) == 1
     # A second start (the durable exists now) answers nothing again.
-    again = start_planner_on(nats_url, fake)
+    again = start_planner_on(nats_url, fake, broker_read)
     await again.start()
     try:
         fake.replies.append(plan_reply(good_tasks()))

@@ -95,13 +95,13 @@ async def test_rate_limited_then_succeeds(planner: Planner, script) -> None:
 
 
 async def test_an_unreachable_model_fails_the_plan_clearly(
-    nats_url: str, nc: NatsClient, repo
+    nats_url: str, nc: NatsClient, repo, broker_read: str
 ) -> None:
     from aether.infra import free_port
 
     from .conftest import Planner
 
-    service = start_planner(nats_url, f"http://127.0.0.1:{free_port()}", max_retries=0)
+    service = start_planner(nats_url, f"http://127.0.0.1:{free_port()}", broker_read, max_retries=0)
     await service.start()
     try:
         p = Planner(service, nc, "m-unreachable", repo)

@@ -1,6 +1,7 @@
-"""The git broker's read API answer for a diff: written by the broker, read by the gateway.
+"""The git broker's read API answers: a diff (written by the broker, read by the gateway)
+and files at a commit (read by the planner).
 
-A contract between two services, kept here once, like the events.
+Contracts between services, kept here once, like the events.
 """
 
 from __future__ import annotations
@@ -30,3 +31,15 @@ class CommitDiff(msgspec.Struct, frozen=True, kw_only=True):
     removed: int
     files: list[FileDiff]
     truncated: bool = False
+
+
+class RepositoryFiles(msgspec.Struct, frozen=True, kw_only=True):
+    """The text of files at ``commit_sha``: ``files`` maps each path read to its text
+    (UTF-8, undecodable bytes replaced), cut at the broker's bound where ``truncated``
+    names it; ``omitted`` says why a path asked for has no text (``missing``,
+    ``binary``, ``not a file``: a directory, a symbolic link, a submodule)."""
+
+    commit_sha: str
+    files: dict[str, str]
+    truncated: list[str] = msgspec.field(default_factory=list)
+    omitted: dict[str, str] = msgspec.field(default_factory=dict)

@@ -88,7 +88,9 @@ at_zero(GIT_HTTP_REQUESTS, service=("other",), outcome=("401", "404"))
 
 GIT_READ_REQUESTS = Counter(
     "aether_git_read_requests",
-    "Requests to the broker's read API (diffs, default branches), by request and status",
+    "Requests to the broker's read API (diffs, default branches, files), by request and status",
     ["request", "status"],
 )
-at_zero(GIT_READ_REQUESTS, request=("diff", "default-branch"), status=("200", "401", "404"))
+at_zero(
+    GIT_READ_REQUESTS, request=("diff", "default-branch", "files"), status=("200", "401", "404")
+)

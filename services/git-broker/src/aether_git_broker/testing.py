@@ -8,12 +8,17 @@ other such file, a resolution attempt (``resolve_sha``) and a verified merge (``
 raise ``NotImplementedError``, so a test that needs them uses real repositories. There
 are no pools and no lock files, so the clean-ups of those find nothing; paths a checkout
 may not write are not refused.
+
+``read_api_served`` serves the broker's own read API (``adapters.readapi``), nothing else
+of the broker, for the tests and benchmarks of the services that read through it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -22,9 +27,12 @@ from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
 from aether_events import RepoFile
+from aether_git_broker.adapters.readapi import ReadApi
+from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.adapters.repository import SHA, Handle, RepositoryError, Verifier
 from aether_git_broker.domain import MergeOutcome, RepositoryOutcome, WorkspaceOutcome
 from aether_git_broker.ports import Repositories
+from aether_runtime.health import Receive, Scope, Send
 
 Files = dict[str, str]
 
@@ -338,3 +346,38 @@ def _merge_files(
 if TYPE_CHECKING:
     # mypy holds the fake to the port's signatures; the contract test to its behaviour.
     _conforms: Repositories = InMemoryRepositories()
+
+
+@contextlib.asynccontextmanager
+async def read_api_served(
+    token: str, clones_dir: str, port: int, roots: tuple[str, ...] = ()
+) -> AsyncIterator[str]:
+    """The broker's read API with ``token`` on ``127.0.0.1:port`` (remote repositories'
+    clones under ``clones_dir``), served by uvicorn in this event loop: its URL."""
+    import uvicorn
+
+    routes = ReadApi(token, roots, Remotes(clones_dir)).routes()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        route = routes.get(scope.get("path", ""))
+        if route is None:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await route(scope, receive, send)
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise RuntimeError("the read API stopped as it started")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving

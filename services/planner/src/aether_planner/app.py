@@ -8,11 +8,12 @@ from nats.js import JetStreamContext
 
 from aether_events import ALL_MISSION_EVENTS, type_subjects
 from aether_planner.adapters.journal import CallJournal
-from aether_planner.config import SERVICE_NAME, PlannerSettings
+from aether_planner.config import BROKER_SETTINGS, SERVICE_NAME, PlannerSettings
 from aether_planner.domain import FOLDED, State, evolve, pending
 from aether_planner.handlers import Handlers
-from aether_planner.ports import PlanningModel
+from aether_planner.ports import PlanningModel, RepositoryReader
 from aether_runtime import ConsumerSpec, Projection, Service
+from aether_runtime.broker_read import BrokerRead
 from aether_runtime.metrics import service_at_zero
 
 
@@ -24,9 +25,12 @@ class Planner:
     handlers: Handlers
 
 
-def wire(settings: PlannerSettings, model: PlanningModel) -> Planner:
+def wire(
+    settings: PlannerSettings, model: PlanningModel, files: RepositoryReader | None = None
+) -> Planner:
     """The planner's consumer around ``model`` (``bootstrap`` builds the real one; tests
-    may pass ``aether_planner.testing.ScriptedPlannerModel``)."""
+    may pass ``aether_planner.testing.ScriptedPlannerModel``), reading repositories
+    through ``files`` (default: the git broker's read API the settings name)."""
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(
@@ -34,8 +38,10 @@ def wire(settings: PlannerSettings, model: PlanningModel) -> Planner:
         lambda: service.publisher,
         model,
         settings.llm,
+        files or BrokerRead(settings.broker_url, settings.broker_token, settings=BROKER_SETTINGS),
         tier=settings.tier,
         context_tokens=settings.context_tokens,
+        read_wait_seconds=settings.broker_wait_seconds,
     )
 
     async def rebuild(js: JetStreamContext) -> int:

@@ -11,11 +11,13 @@ from aether_llm import LLMSettings
 from aether_runtime.settings import ENV, RuntimeSettings, ServiceSettings, setting
 
 SERVICE_NAME = "planner"
+# The settings naming the git broker's read API, as what a failure to read says.
+BROKER_SETTINGS = ("AETHER_PLANNER_BROKER_URL", "AETHER_PLANNER_BROKER_TOKEN")
 
 
 class PlannerSettings(ServiceSettings, frozen=True, kw_only=True):
-    """Which tier plans, how much of the repository it reads, how many missions at once;
-    ``llm`` is the model client's."""
+    """Which tier plans, how much of the repository it reads and through what, how many
+    missions at once; ``llm`` is the model client's."""
 
     DEFAULT_PORT: ClassVar[int] = 8102
 
@@ -23,6 +25,13 @@ class PlannerSettings(ServiceSettings, frozen=True, kw_only=True):
     context_tokens: int = setting("AETHER_PLANNER_CONTEXT_TOKENS", 24_000)
     # Missions planned at once (each mission's triggers stay in order).
     concurrency: int = setting("AETHER_PLANNER_CONCURRENCY", 32)
+    # The git broker's read API, which the planner reads a repository's files through:
+    # it never opens a repository, nor needs the broker's volume. Without it, or when
+    # the broker has not answered for ``broker_wait_seconds``, a plan is made from the
+    # file list alone and says so.
+    broker_url: str = setting("AETHER_PLANNER_BROKER_URL", "")
+    broker_token: str = setting("AETHER_PLANNER_BROKER_TOKEN", "")
+    broker_wait_seconds: float = setting("AETHER_PLANNER_BROKER_WAIT_SECONDS", 30.0)
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
 
     @classmethod

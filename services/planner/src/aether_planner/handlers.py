@@ -14,7 +14,6 @@ from aether_events import (
     PlanFailed,
     PlanProduced,
     Publisher,
-    RepositoryPrepared,
     Tier,
     UsageRecorded,
     caused_by,
@@ -26,15 +25,19 @@ from aether_llm import OFFLINE_MODEL, LLMSettings
 from aether_llm.roles import InvalidRole, is_role_path, parse_role
 from aether_planner import metrics
 from aether_planner.adapters.model import Decision, ModelUnavailable
-from aether_planner.adapters.repository import read_files
 from aether_planner.context import files_to_read, render
 from aether_planner.domain import MissionPlanning, State, wants_model
 from aether_planner.domain.decide import AskModel, Outcome, decide, failed
-from aether_planner.ports import PlanningModel
+from aether_planner.ports import PlanningModel, RepositoryReader
 from aether_planner.prompt import mission_text
 from aether_runtime import Delivery, Projection, stored_sequence
+from aether_runtime.broker_read import BrokerReadFailed
 
 log = logging.getLogger("aether.planner")
+
+# Between two tries to read a repository's files from a broker that did not answer.
+FIRST_READ_RETRY_SECONDS = 0.25
+LONGEST_READ_RETRY_SECONDS = 4.0
 
 
 class Handlers:
@@ -44,13 +47,17 @@ class Handlers:
         publisher: Callable[[], Publisher],
         model: PlanningModel,
         llm: LLMSettings,
+        files: RepositoryReader,
         tier: Tier = "complex",
         context_tokens: int = 24_000,
+        read_wait_seconds: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.projection = projection
         self._publisher = publisher
         self._model = model
+        self._files = files
+        self._read_wait_seconds = read_wait_seconds
         self._llm = llm
         self._tier = tier
         self._context_tokens = context_tokens
@@ -97,24 +104,58 @@ class Handlers:
         cached = self._contexts.get(prepared.mission_id)
         if cached is None:
             paths = files_to_read(prepared, mission.request.requirement)
-            contents = await asyncio.to_thread(
-                read_files, prepared.repository_path, prepared.base_sha, paths
+            role_paths = [f.path for f in prepared.files if is_role_path(f.path)]
+            texts, warnings = await self._read(mission, [*paths, *role_paths])
+            cached = render(
+                prepared, {p: texts[p] for p in paths if p in texts}, self._context_tokens
             )
-            cached = render(prepared, contents, self._context_tokens)
-            roles, warnings, block = await asyncio.to_thread(self._discover_roles, prepared)
+            roles, role_warnings, block = self._discover_roles(role_paths, texts)
             cached += block
-            self._roles[prepared.mission_id] = (roles, warnings)
+            self._roles[prepared.mission_id] = (roles, [*warnings, *role_warnings])
             self._contexts[prepared.mission_id] = cached  # the same text keeps the cache warm
         return cached
 
-    @staticmethod
-    def _discover_roles(prepared: RepositoryPrepared) -> tuple[list[str], list[str], str]:
-        """The repository's roles (``.claude/agents/*.md``), warnings about templates that
-        cannot be used, and the block that offers the roles to the model."""
-        paths = [f.path for f in prepared.files if is_role_path(f.path)]
+    async def _read(
+        self, mission: MissionPlanning, paths: list[str]
+    ) -> tuple[dict[str, str], list[str]]:
+        """The text of ``paths`` at the mission's base commit, read through the git broker,
+        and a warning for the plan when they could not be read (it is then planned from
+        the file list). A broker that does not answer is asked again for
+        ``read_wait_seconds`` (a broker restarting); one that refuses is not."""
+        prepared = mission.prepared
+        assert prepared is not None
         if not paths:
-            return [], [], ""
-        texts = read_files(prepared.repository_path, prepared.base_sha, paths)
+            return {}, []
+        delay = FIRST_READ_RETRY_SECONDS
+        deadline = asyncio.get_running_loop().time() + self._read_wait_seconds
+        while True:
+            try:
+                found = await self._files.files(
+                    mission.request.repository, prepared.base_sha, paths
+                )
+                return found.files, []
+            except BrokerReadFailed as failed:
+                left = deadline - asyncio.get_running_loop().time()
+                if failed.answered or left <= 0:
+                    warning = (
+                        f"the repository's files could not be read ({failed.reason}); "
+                        "planned from the file list alone"
+                    )
+                    log.warning(
+                        "repository files not read; planning from the file list",
+                        extra={"reason": failed.reason, "status": failed.status},
+                    )
+                    return {}, [warning]
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, LONGEST_READ_RETRY_SECONDS)
+
+    @staticmethod
+    def _discover_roles(
+        paths: list[str], texts: dict[str, str]
+    ) -> tuple[list[str], list[str], str]:
+        """The repository's roles (``.claude/agents/*.md`` at ``paths``, read into
+        ``texts``), warnings about templates that cannot be used, and the block that
+        offers the roles to the model."""
         roles: dict[str, str] = {}
         warnings = []
         for path in paths:

@@ -50,7 +50,8 @@ def _text(data: bytes) -> list[str] | None:
     return data.decode("utf-8", errors="replace").splitlines()
 
 
-def _commit(repo: Repo, sha: str) -> Commit:
+def commit_of(repo: Repo, sha: str) -> Commit:
+    """The commit ``sha`` names, or ``DiffError`` saying why there is none."""
     if not is_sha(sha):
         raise DiffError(f"{sha[:40]!r} is not a commit id (40 hexadecimal digits)")
     try:
@@ -71,7 +72,7 @@ def _path_of(change: TreeChange) -> bytes:
 def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
     """The diff of ``head`` against ``base`` in ``repo`` (``DiffError`` when either is not
     a commit there)."""
-    old, new = _commit(repo, base), _commit(repo, head)
+    old, new = commit_of(repo, base), commit_of(repo, head)
     files: list[FileDiff] = []
     total = added_all = removed_all = chars = 0
     truncated_all = False

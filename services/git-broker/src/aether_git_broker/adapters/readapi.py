@@ -1,7 +1,7 @@
 """The broker's read API: what the gateway needs to know about repositories it cannot
 read itself (a remote URL, a path on the broker's machine or volume).
 
-Two requests on the broker's own HTTP port, both ``GET`` and JSON:
+Three requests on the broker's own HTTP port, all ``GET`` and JSON:
 
 - ``/repository/diff?repository=<ref>&base=<sha>&head=<sha>``: what ``head`` changed
   against ``base`` in the broker's copy of the repository (a local repository itself, a
@@ -14,8 +14,8 @@ compares in constant time with ``AETHER_GIT_READ_TOKEN``. It grants reading only
 not the secret push tokens are minted with, and nothing here writes, fetches into a
 clone or runs what a repository holds. A repository reference is read by the same rules
 as a mission's (``sources.parse_repository``, inside the configured roots), so the token
-shows nothing a mission could not make the broker read. Answers: 400 for a reference or
-commit id that is not usable, 401 without the token, 404 for a repository or commit the
+shows nothing a mission could not make the broker read. Answers: 400 for a reference,
+commit id or path that is not usable, 401 without the token, 404 for a repository or commit the
 broker does not have, 502 when a remote cannot be reached, 503 when the API is off
 (no token configured); each with ``{"error": <reason>}``.
 """
@@ -32,7 +32,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from aether_events.diffs import CommitDiff
+from aether_events.diffs import CommitDiff, RepositoryFiles
 from aether_git_broker import metrics
 from aether_git_broker.adapters.defaultbranch import (
     NoDefaultBranch,
@@ -40,6 +40,7 @@ from aether_git_broker.adapters.defaultbranch import (
     remote_default_branch,
 )
 from aether_git_broker.adapters.diff import DiffError, commit_diff, is_sha
+from aether_git_broker.adapters.files import MAX_PATHS, InvalidPath, checked_path, read_texts
 from aether_git_broker.adapters.remote import RemoteError, Remotes
 from aether_git_broker.adapters.repository import RepositoryError, open_repository
 from aether_git_broker.sources import (
@@ -55,6 +56,7 @@ log = logging.getLogger("aether.git_broker.read")
 
 DIFF_PATH = "/repository/diff"
 DEFAULT_BRANCH_PATH = "/repository/default-branch"
+FILES_PATH = "/repository/files"
 # Reads run in threads beside the broker's one writer; a few at a time at most.
 MAX_CONCURRENT_READS = 4
 
@@ -74,7 +76,7 @@ class ReadFailed(Exception):
 
 
 class ReadApi:
-    """The two routes, sharing the token check and a bound on concurrent reads."""
+    """The three routes, sharing the token check and a bound on concurrent reads."""
 
     def __init__(self, token: str, roots: tuple[str, ...], remotes: Remotes) -> None:
         self._token = token.encode()
@@ -86,12 +88,13 @@ class ReadApi:
         return {
             DIFF_PATH: self._route("diff", self._diff),
             DEFAULT_BRANCH_PATH: self._route("default-branch", self._default_branch),
+            FILES_PATH: self._route("files", self._files),
         }
 
     # --- the requests ----------------------------------------------------------------
 
-    def _source(self, query: dict[str, str]) -> LocalSource | RemoteSource:
-        text = query.get("repository", "")
+    def _source(self, query: Query) -> LocalSource | RemoteSource:
+        text = query.one("repository")
         try:
             return parse_repository(text, self._roots)
         except InvalidRepository as error:
@@ -109,9 +112,9 @@ class ReadApi:
             )
         return path
 
-    def _diff(self, query: dict[str, str]) -> CommitDiff:
+    def _diff(self, query: Query) -> CommitDiff:
         source = self._source(query)
-        base, head = query.get("base", ""), query.get("head", "")
+        base, head = query.one("base"), query.one("head")
         for name, value in (("base", base), ("head", head)):
             if not is_sha(value):
                 raise ReadFailed(400, f"{name} must be a commit id (40 hexadecimal digits)")
@@ -121,7 +124,27 @@ class ReadApi:
         except (RepositoryError, DiffError) as error:
             raise ReadFailed(404, redact(str(error))) from None
 
-    def _default_branch(self, query: dict[str, str]) -> DefaultBranch:
+    def _files(self, query: Query) -> RepositoryFiles:
+        source = self._source(query)
+        commit = query.one("commit")
+        if not is_sha(commit):
+            raise ReadFailed(400, "commit must be a commit id (40 hexadecimal digits)")
+        paths = query.many("path")
+        if not paths:
+            raise ReadFailed(400, "name at least one file (path=…)")
+        if len(paths) > MAX_PATHS:
+            raise ReadFailed(400, f"at most {MAX_PATHS} paths a request ({len(paths)} given)")
+        try:
+            checked = [checked_path(path) for path in paths]
+        except InvalidPath as error:
+            raise ReadFailed(400, str(error)) from None
+        try:
+            with open_repository(self._path(source)) as repo:
+                return read_texts(repo, commit, checked)
+        except (RepositoryError, DiffError) as error:
+            raise ReadFailed(404, redact(str(error))) from None
+
+    def _default_branch(self, query: Query) -> DefaultBranch:
         source = self._source(query)
         try:
             if isinstance(source, LocalSource):
@@ -134,11 +157,11 @@ class ReadApi:
             raise ReadFailed(404, str(error)) from None
         except RemoteError as error:
             raise ReadFailed(502, str(error)) from None
-        return DefaultBranch(repository=query.get("repository", ""), default_branch=branch)
+        return DefaultBranch(repository=query.one("repository"), default_branch=branch)
 
     # --- HTTP ------------------------------------------------------------------------
 
-    def _route(self, name: str, read: Callable[[dict[str, str]], Any]) -> ASGIApp:
+    def _route(self, name: str, read: Callable[[Query], Any]) -> ASGIApp:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             status, body = await self._answer(scope, read)
             metrics.GIT_READ_REQUESTS.labels(name, str(status)).inc()
@@ -156,14 +179,12 @@ class ReadApi:
 
         return app
 
-    async def _answer(
-        self, scope: Scope, read: Callable[[dict[str, str]], Any]
-    ) -> tuple[int, bytes]:
+    async def _answer(self, scope: Scope, read: Callable[[Query], Any]) -> tuple[int, bytes]:
         try:
             if scope.get("method") != "GET":
                 raise ReadFailed(405, "only GET is served here")
             self._authorise(scope)
-            query = _query(scope)
+            query = Query.of(scope)
             async with self._reads:
                 answer = await asyncio.to_thread(read, query)
         except ReadFailed as failed:
@@ -186,17 +207,33 @@ class ReadApi:
             raise ReadFailed(401, "a valid read token is needed")
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    raw = bytes(scope.get("query_string") or b"")
-    if len(raw) > 16_384:
-        raise ReadFailed(400, "the query is too long")
-    try:
-        parsed = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        raise ReadFailed(400, "the query is not UTF-8") from None
-    query: dict[str, str] = {}
-    for key, values in parsed.items():
-        if len(values) != 1:
-            raise ReadFailed(400, f"{key} is given more than once")
-        query[key] = values[0]
-    return query
+class Query:
+    """A request's query: ``path`` may be given many times, any other key once."""
+
+    REPEATABLE = frozenset({"path"})
+
+    def __init__(self, values: dict[str, list[str]]) -> None:
+        self._values = values
+
+    @classmethod
+    def of(cls, scope: Scope) -> Query:
+        raw = bytes(scope.get("query_string") or b"")
+        if len(raw) > 131_072:
+            raise ReadFailed(400, "the query is too long")
+        try:
+            parsed = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise ReadFailed(400, "the query is not UTF-8") from None
+        for key, values in parsed.items():
+            if len(values) != 1 and key not in cls.REPEATABLE:
+                raise ReadFailed(400, f"{key} is given more than once")
+        return cls(parsed)
+
+    def one(self, key: str) -> str:
+        """The value of ``key`` (empty when it is not given)."""
+        values = self._values.get(key, [""])
+        return values[0]
+
+    def many(self, key: str) -> list[str]:
+        """Every value of a repeatable ``key``, in the order given."""
+        return list(self._values.get(key, []))
