@@ -409,6 +409,15 @@ def test_show_says_where_the_result_was_delivered_or_why_not():
     assert "aether/m-1 @ eeeeeeeeee to https://git.example/app" in text
     retrying = {**mission, "delivery": {**failed["delivery"], "status": "retrying"}}
     assert "  delivery     pushing again (it failed: someone moved it)" in mission_detail(retrying)
+    announced = {**mission, "status": "running", "final_sha": None}
+    announced["delivery"] = {"status": "pending", **where, "sha": ""}
+    assert "  delivery     to https://git.example/app once the mission completes" in (
+        mission_detail(announced)
+    )
+    pushing = {**mission, "delivery": {"status": "pending", **where}}
+    assert "  delivery     pushing aether/m-1 @ eeeeeeeeee to https://git.example/app" in (
+        mission_detail(pushing)
+    )
     event = SseEvent(
         event="branch_push_failed",
         id="9",

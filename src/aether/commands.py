@@ -305,6 +305,9 @@ def budget(args: argparse.Namespace) -> int:
 
 _CLEAR = "\x1b[H\x1b[2J"
 REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never left up
+# How long a completed mission's watch waits for the push its repository's preparation
+# announced (BranchPushed or BranchPushFailed) before it ends without it.
+DELIVERY_WAIT_SECONDS = 120.0
 
 
 def _read_events(
@@ -316,7 +319,12 @@ def _read_events(
     wait = 1.0
     while not stop.is_set():
         try:
-            for event in gateway.events(mission_id, last_event_id=last_id, telemetry=True):
+            # Not ended by the gateway at the mission's end: the delivery may follow it, and
+            # the watch itself decides when it has seen enough.
+            events = gateway.events(
+                mission_id, last_event_id=last_id, telemetry=True, until_terminal=False
+            )
+            for event in events:
                 if event.id is not None:
                     last_id = event.id
                 wait = 1.0
@@ -355,6 +363,7 @@ def watch(args: argparse.Namespace) -> int:
     notice = ""
     drawn_at = 0.0
     drawn_state: tuple[Any, ...] = ()
+    delivery_since: float | None = None
     try:
         while True:
             try:
@@ -382,6 +391,15 @@ def watch(args: argparse.Namespace) -> int:
                     width = shutil.get_terminal_size((100, 24)).columns
                     print(_CLEAR + render(board, width, notice=notice), flush=True)
                     drawn_at, drawn_state = now, state
+            if board.finished and board.awaiting_delivery:
+                # Completed: the push announced when the repository was prepared follows.
+                if delivery_since is None:
+                    delivery_since = time.monotonic()
+                    notice = f"completed; waiting for the push to {board.delivery_remote}"
+                    if not board_view and not args.json:
+                        print(f"({notice})", file=sys.stderr, flush=True)
+                if time.monotonic() - delivery_since < DELIVERY_WAIT_SECONDS:
+                    continue
             if board.finished:
                 if not args.json:
                     print(_outcome(board), flush=True)
@@ -399,6 +417,13 @@ def _outcome(board: Board) -> str:
             f"see `aether mission show {board.mission_id}`"
         )
     lines = [f"\nresult branch: {board.branch} @ {board.final_sha[:10]}"]
+    if board.delivered:
+        lines.append(board.delivered)
+    elif board.delivery_remote:
+        lines.append(
+            f"its push to {board.delivery_remote} was not reported within"
+            f" {DELIVERY_WAIT_SECONDS:.0f} s; `aether mission show {board.mission_id}` will say"
+        )
     local = Path(board.repository)
     if "://" not in board.repository and local.is_dir() and board.base_sha and board.final_sha:
         # Left out when the result is not in this repository (another clone of it).

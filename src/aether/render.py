@@ -161,6 +161,11 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
     """Where the git broker delivered the result (``AETHER_PUSH_REMOTE``), or why not."""
     if not delivery:
         return []
+    if delivery["status"] == "pending":
+        if not delivery["sha"]:
+            return [f"  delivery     to {delivery['remote']} once the mission completes"]
+        where = f"{delivery['branch']} @ {delivery['sha'][:10]} to {delivery['remote']}"
+        return [f"  delivery     pushing {where}"]
     where = f"{delivery['branch']} @ {delivery['sha'][:10]} to {delivery['remote']}"
     if delivery["status"] == "pushed":
         there = " (it was already there)" if delivery.get("already_there") else ""

@@ -82,6 +82,15 @@ class Board:
     reason: str = ""
     model: str = ""
     tiers: dict[str, str] = field(default_factory=dict)
+    # Where the broker said it will push the result (RepositoryPrepared), and the line
+    # saying how that went once it did (BranchPushed or BranchPushFailed).
+    delivery_remote: str = ""
+    delivered: str = ""
+
+    @property
+    def awaiting_delivery(self) -> bool:
+        """Completed, with a push announced whose end has not been seen yet."""
+        return self.status == "completed" and bool(self.delivery_remote) and not self.delivered
 
     def apply(self, event: SseEvent) -> None:
         """Fold one event into the board."""
@@ -107,6 +116,12 @@ class Board:
         elif kind == "repository_prepared":
             self.base_sha = str(data.get("base_sha", ""))
             self.branch = str(data.get("integration_branch", ""))
+            self.delivery_remote = str(data.get("delivery_remote") or "")
+        elif kind == "branch_pushed" and not self.delivered:
+            there = " (it was already there)" if data.get("already_there") else ""
+            self.delivered = f"delivered to {data.get('remote', '')}{there}"
+        elif kind == "branch_push_failed" and not self.delivered:
+            self.delivered = f"delivery FAILED: {data.get('reason', '')}"
         elif kind == "mission_completed":
             self.final_sha = str(data.get("final_sha", ""))
             self.branch = str(data.get("integration_branch", self.branch))

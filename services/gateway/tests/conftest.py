@@ -85,13 +85,14 @@ class Script:
         }
         return MissionRequested(**self.meta(), **data)  # type: ignore[arg-type]
 
-    def prepared(self) -> RepositoryPrepared:
+    def prepared(self, delivery_remote: str = "") -> RepositoryPrepared:
         return RepositoryPrepared(
             **self.meta(),  # type: ignore[arg-type]
             repository_path="/repos/demo",
             base_branch="main",
             base_sha="a" * 40,
             integration_branch=f"aether/{self.mission_id}",
+            delivery_remote=delivery_remote,
         )
 
     def plan(self, version: int = 1, task_ids: tuple[str, ...] = ("t1", "t2")) -> PlanProduced:

@@ -8,7 +8,7 @@ import json
 
 from aether.cli import main
 from aether.gitview import create_sample_repository
-from aether_events import EventPublisher, TaskEscalated
+from aether_events import BranchPushed, EventPublisher, RepositoryPrepared, TaskEscalated
 
 from .conftest import ADMIN_TOKEN, eventually
 
@@ -132,3 +132,37 @@ async def test_watch_follows_a_mission_across_a_gateway_restart(gateway_server, 
     lines = [line.split()[0] for line in out.splitlines() if line.strip().startswith("#")]
     assert lines == [f"#{a.seq}" for a in acks]
     assert "reconnecting" in err
+
+
+async def test_watch_waits_for_the_delivery_its_mission_announced(
+    gateway_server, nc, capsys, script
+):
+    cli = Cli(gateway_server, capsys)
+    publisher = EventPublisher(nc.jetstream())
+    remote = "https://git.example/app"
+    events = script.happy_path()
+    at = next(i for i, e in enumerate(events) if isinstance(e, RepositoryPrepared))
+    events[at] = script.prepared(delivery_remote=remote)
+    await publisher.publish_all(events)
+    watching = asyncio.create_task(cli("mission", "watch", script.mission_id, "--events"))
+
+    async def completed_and_waiting():
+        return gateway_server.gateway.hub.subscriber_count == 1
+
+    await eventually(completed_and_waiting, what="the watch to follow the completed mission")
+    await asyncio.sleep(0.5)  # it has had the whole history, the completion included
+    assert not watching.done(), "the watch ended before the announced push was reported"
+    done = events[-1]
+    await publisher.publish(
+        BranchPushed(
+            **script.meta(),
+            integration_branch=done.integration_branch,  # type: ignore[attr-defined]
+            sha=done.final_sha,  # type: ignore[attr-defined]
+            remote=remote,
+        )
+    )
+    code, out, err = await asyncio.wait_for(watching, 60)
+    assert code == 0, err
+    assert f"(completed; waiting for the push to {remote})" in err
+    assert "branch_pushed" in out
+    assert f"delivered to {remote}" in out

@@ -10,6 +10,7 @@ from aether_events import (
     AgentStarted,
     BranchPushed,
     BranchPushFailed,
+    DeliveryRetryRequested,
     Event,
     MergeConflicted,
     MissionCancelled,
@@ -213,6 +214,30 @@ def test_a_completed_mission_shows_where_its_result_was_delivered(script):
     # A failure recorded after a push does not hide that the result was delivered.
     assert play([failed], view).mission.delivery == delivery
     assert view.mission.status == "completed"
+
+
+def test_a_delivery_announced_at_preparation_is_pending_until_the_push_is_reported(script):
+    remote = "https://git.example/app"
+    view = play([script.requested(), script.prepared(delivery_remote=remote)])
+    announced = view.mission.delivery
+    assert (announced.status, announced.remote, announced.sha) == ("pending", remote, "")
+    assert announced.branch == f"aether/{script.mission_id}"
+    rest = [script.plan(task_ids=("t1",)), script.approved(), script.task_ready("t1")]
+    done = script.completed()
+    view = play([*rest, script.agent_completed("t1"), script.merged("t1"), done], view)
+    pushing = view.mission.delivery
+    assert (pushing.status, pushing.sha, pushing.at) == (
+        "pending",
+        done.final_sha,
+        done.occurred_at,
+    )
+    # A retry cannot be asked for (nor folded) while the broker has not reported.
+    assert play([DeliveryRetryRequested(**script.meta())], view).mission.delivery == pushing
+    where = {"integration_branch": done.integration_branch, "sha": done.final_sha, "remote": remote}
+    pushed = play([BranchPushed(**script.meta(), **where)], view).mission.delivery
+    assert (pushed.status, pushed.sha) == ("pushed", done.final_sha)
+    # A broker that pushes nowhere announces nothing.
+    assert play([script.requested(), script.prepared()]).mission.delivery is None
 
 
 @pytest.mark.parametrize(

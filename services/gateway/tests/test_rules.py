@@ -19,6 +19,7 @@ from aether_events import (
     MissionPaused,
     MissionResumed,
     PlanClarificationRequested,
+    RepositoryPrepared,
     TaskEscalated,
     TaskRetryRequested,
     TaskSkipped,
@@ -194,6 +195,16 @@ def test_approval_rules(script):
         decide.approve(view.mission, 1, NOW, None)
     approval = decide.approve(view.mission, None, NOW, "bob")
     assert (approval.version, approval.approved_by) == (2, "bob")
+
+
+def test_a_delivery_cannot_be_asked_for_again_before_the_broker_reported_it(script):
+    events = script.happy_path()
+    at = next(i for i, e in enumerate(events) if isinstance(e, RepositoryPrepared))
+    events[at] = script.prepared(delivery_remote="https://git.example/app")
+    completed = play(events).mission
+    assert completed.status == "completed" and completed.delivery.status == "pending"
+    with pytest.raises(Refusal, match="has not reported its push to https://git"):
+        decide.retry_delivery(completed, NOW, None)
 
 
 def test_scopes_are_ordered():

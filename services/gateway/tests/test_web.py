@@ -45,7 +45,7 @@ from tests.eventlog import EventLog
 from tests.gitdaemon import bare_copy, git_daemon
 from tests.web.browser import artefacts, browser, chromium, expect  # noqa: F401 (fixtures)
 
-from .conftest import ADMIN_TOKEN, GatewayServer, Script
+from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually
 
 E = TypeVar("E", bound=Event)
 
@@ -344,20 +344,35 @@ async def test_a_writer_sees_a_failed_delivery_and_has_it_pushed_again(
     gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
 ) -> None:
     where = {"integration_branch": f"aether/{script.mission_id}", "sha": "e" * 40}
-    await EventPublisher(nc.jetstream()).publish_all(
-        [
-            *script.happy_path(),
-            BranchPushFailed(
-                **script.meta(),  # type: ignore[arg-type]
-                **where,
-                remote="https://git.example/app.git",
-                reason="the remote branch was moved",
-            ),
-        ]
-    )
+    remote = "https://git.example/app.git"
+    # The repository's preparation announced the push; the mission completed.
+    events = [
+        script.prepared(delivery_remote=remote) if isinstance(e, RepositoryPrepared) else e
+        for e in script.happy_path()
+    ]
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(events)
     page = await signed_in(browser, gateway_server)
     await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
     delivery = page.locator("#delivery")
+    await expect(delivery).to_contain_text(f"pushing aether/{script.mission_id} @ eeeeeeeeee")
+    await expect(page.locator("#retry-delivery")).to_have_count(0)
+    await publisher.publish(
+        BranchPushFailed(
+            **script.meta(),  # type: ignore[arg-type]
+            **where,
+            remote=remote,
+            reason="the remote branch was moved",
+        )
+    )
+
+    async def folded() -> bool:
+        async with gateway_server.client() as http:
+            mission = (await http.get(f"/missions/{script.mission_id}")).json()
+        return bool((mission.get("delivery") or {}).get("status") == "failed")
+
+    await eventually(folded, what="the failed push to be folded")
+    await page.reload()
     await expect(delivery).to_contain_text("the remote branch was moved")
     await expect(delivery).to_contain_text("to https://git.example/app.git")
     await page.click("#retry-delivery")

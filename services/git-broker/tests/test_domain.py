@@ -122,6 +122,20 @@ def test_a_requested_mission_prepares_its_repository() -> None:
     )
 
 
+def test_a_prepared_repository_announces_where_the_mission_will_be_delivered() -> None:
+    event = requested()
+    assert decide(given(event), event, NAMING).delivery_remote == ""  # type: ignore[union-attr]
+    mirror = Policy(push_remote="https://bot:tok@example.com/mirror.git")
+    action = decide(given(event), event, NAMING, mirror)
+    assert isinstance(action, PrepareRepository)
+    assert action.delivery_remote == "https://bot:***@example.com/mirror.git"
+    # "origin" of a mission on a remote repository is where it was cloned from.
+    remote = requested(repository="https://x:secret@example.com/org/repo.git")
+    action = decide(given(remote), remote, NAMING, Policy(push_remote="origin"))
+    assert isinstance(action, PrepareRepository)
+    assert action.delivery_remote == "https://x:***@example.com/org/repo.git"
+
+
 @pytest.mark.parametrize(
     ("url", "display"),
     [

@@ -339,6 +339,7 @@ async def test_delivery_pushes_once_across_a_restart(
         )
         prepared = await events.next(RepositoryPrepared)
         branch = prepared.integration_branch
+        assert prepared.delivery_remote == str(remote)  # announced for watchers
         await publisher.publish(task_ready(mission, "t1"))
         workspace = await events.next(WorkspaceReady)
         sha = commit(workspace.worktree_path, {"shipped.py": "1\n"}, "ship it")

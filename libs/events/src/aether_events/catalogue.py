@@ -102,6 +102,10 @@ class RepositoryPrepared(Event, frozen=True, kw_only=True, tag="repository_prepa
     files: list[RepoFile] = msgspec.field(default_factory=list)
     file_count: int = 0
     files_truncated: bool = False
+    # Where the broker will push the integration branch once the mission completes (a
+    # URL without credentials, a path or a remote's name); empty: nowhere. A completed
+    # mission with one has its delivery (BranchPushed or BranchPushFailed) still to come.
+    delivery_remote: str = ""
 
 
 class PlanProduced(Event, frozen=True, kw_only=True, tag="plan_produced"):

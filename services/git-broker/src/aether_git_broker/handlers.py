@@ -273,7 +273,8 @@ class Handlers:
         except (RepositoryError, RemoteError) as error:
             await self._failed(event, action, Refused(str(error)), "repository rejected")
             return
-        await self._publish(repository_prepared_event(event, self._clock(), outcome))
+        prepared = repository_prepared_event(event, self._clock(), outcome, action.delivery_remote)
+        await self._publish(prepared)
         # Worktrees for the first tasks are checked out while the mission is planned.
         await asyncio.to_thread(
             self._git.prewarm, outcome.path, outcome.base_sha, event.max_concurrency

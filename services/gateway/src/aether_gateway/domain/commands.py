@@ -267,5 +267,11 @@ def retry_delivery(mission: Mission, now: datetime, by: str | None) -> DeliveryR
             f"the result was delivered to {delivery.remote} already",
             delivery=delivery.status,
         )
+    if delivery.status == "pending":
+        raise Refusal(
+            "conflict",
+            f"the git broker has not reported its push to {delivery.remote} yet",
+            delivery=delivery.status,
+        )
     event_id = step_event_id(mission.id, step_ids.delivery_retry_requested(delivery.at.isoformat()))
     return DeliveryRetryRequested(**_meta(mission, event_id, now), requested_by=by)

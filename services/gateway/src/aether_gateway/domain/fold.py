@@ -220,18 +220,41 @@ def _fold_mission(mission: Mission, event: Event) -> Mission:
 def _fold_outcome(mission: Mission, event: Event) -> Mission:
     match event:
         case RepositoryPrepared():
-            # The broker names the base it used: the repository's default when none was asked.
+            # The broker names the base it used: the repository's default when none was
+            # asked, and where it will deliver the result.
+            announced = mission.delivery
+            if event.delivery_remote and announced is None:
+                announced = Delivery(
+                    status="pending",
+                    remote=event.delivery_remote,
+                    branch=event.integration_branch,
+                    sha="",
+                    at=event.occurred_at,
+                )
             return replace(
                 mission,
                 integration_branch=event.integration_branch,
                 base_sha=event.base_sha,
                 base_branch=event.base_branch or mission.base_branch,
+                delivery=announced,
             )
         case PlanFailed():
             return replace(mission, error=event.reason)
         case MissionCompleted():
+            delivery = mission.delivery
+            if delivery is not None and delivery.status == "pending":
+                # What the broker is now pushing: the result, as of the completion.
+                delivery = replace(
+                    delivery,
+                    branch=event.integration_branch,
+                    sha=event.final_sha,
+                    at=event.occurred_at,
+                )
             return replace(
-                mission, final_sha=event.final_sha, integration_branch=event.integration_branch
+                mission,
+                final_sha=event.final_sha,
+                integration_branch=event.integration_branch,
+                delivery=delivery,
             )
         case MissionFailed():
             return replace(mission, error=event.reason)
@@ -240,7 +263,7 @@ def _fold_outcome(mission: Mission, event: Event) -> Mission:
         case BranchPushed() | BranchPushFailed():
             return _delivered(mission, event)
         case DeliveryRetryRequested():
-            if mission.delivery is None or mission.delivery.status == "pushed":
+            if mission.delivery is None or mission.delivery.status in ("pending", "pushed"):
                 return mission
             return replace(mission, delivery=replace(mission.delivery, status="retrying"))
     return mission
@@ -252,7 +275,7 @@ def _delivered(mission: Mission, event: BranchPushed | BranchPushFailed) -> Miss
     on since) does not hide that the result was delivered."""
     if mission.delivery is not None and mission.delivery.status == "pushed":
         return mission
-    status: Literal["pushed", "failed", "retrying"]
+    status: Literal["pending", "pushed", "failed", "retrying"]
     if isinstance(event, BranchPushed):
         status, already_there, reason = "pushed", event.already_there, None
     else:

@@ -21,12 +21,14 @@ SessionStatus = Literal["running", "completed", "failed", "timed_out"]
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a completed mission's result went: the git broker's push of its integration
-    branch (``BranchPushed``), or why it gave up (``BranchPushFailed``), and whether a
-    person asked for it again since (``retrying``: ``at`` and ``reason`` stay the
-    failure's)."""
+    """Where a completed mission's result goes: ``pending`` from the repository's
+    preparation, which names the remote the git broker will push to (``sha`` empty until
+    the mission completed, then its final commit, ``at`` the completion), then the push
+    (``pushed``, ``BranchPushed``) or why the broker gave up (``failed``,
+    ``BranchPushFailed``), and whether a person asked for it again since (``retrying``:
+    ``at`` and ``reason`` stay the failure's)."""
 
-    status: Literal["pushed", "failed", "retrying"]
+    status: Literal["pending", "pushed", "failed", "retrying"]
     remote: str
     branch: str
     sha: str

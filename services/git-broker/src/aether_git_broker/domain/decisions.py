@@ -27,6 +27,7 @@ from aether_git_broker.sources import (
     LocalSource,
     RemoteSource,
     parse_repository,
+    redact,
 )
 
 
@@ -61,6 +62,8 @@ class PrepareRepository:
     source: LocalSource | RemoteSource
     base_branch: str
     integration_branch: str
+    # Announced in RepositoryPrepared: where the completed mission will be pushed.
+    delivery_remote: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,9 @@ def _on_requested(
         source=source,
         base_branch=event.base_branch,
         integration_branch=naming.integration_branch(event.mission_id),
+        delivery_remote=(
+            redact(_push_target(policy.push_remote, event.repository)) if policy.push_remote else ""
+        ),
     )
 
 

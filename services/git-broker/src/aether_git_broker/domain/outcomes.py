@@ -75,7 +75,7 @@ class MergeOutcome:
 
 
 def repository_prepared_event(
-    cause: MissionRequested, now: datetime, outcome: RepositoryOutcome
+    cause: MissionRequested, now: datetime, outcome: RepositoryOutcome, delivery_remote: str = ""
 ) -> RepositoryPrepared:
     return RepositoryPrepared(
         **caused_by(cause, now, step_ids.repository_prepared()),
@@ -86,6 +86,7 @@ def repository_prepared_event(
         files=list(outcome.files),
         file_count=outcome.file_count,
         files_truncated=outcome.files_truncated,
+        delivery_remote=delivery_remote,
     )
 
 

@@ -53,11 +53,17 @@ export function missionChange(current, type) {
 }
 
 /**
- * What the header says of a completed mission's delivery (the git broker's push to
- * AETHER_PUSH_REMOTE): null before any, else its label, one line of where, and why not.
+ * What the header says of a mission's delivery (the git broker's push to
+ * AETHER_PUSH_REMOTE): null where none is announced, else its label, one line of where,
+ * and why not.
  */
 export function delivery(d) {
   if (!d) return null;
+  if (d.status === "pending") {
+    // Announced when the repository was prepared; the push follows the completion.
+    const where = d.sha ? `pushing ${d.branch} @ ${d.sha.slice(0, 10)} to ${d.remote}` : `to ${d.remote} once the mission completes`;
+    return { label: "Delivery", where, failed: false, reason: null };
+  }
   const where = `${d.branch} @ ${d.sha.slice(0, 10)} to ${d.remote}`;
   if (d.status === "pushed") {
     return { label: "Delivered", where: where + (d.already_there ? " (already there)" : ""), failed: false, reason: null };
