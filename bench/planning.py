@@ -42,6 +42,7 @@ from aether_events import (
     new_mission_id,
     type_subject,
 )
+from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.testing import read_api_served
 from aether_llm import LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.bootstrap import bootstrap
@@ -172,8 +173,8 @@ async def main() -> int:
     model = MessagesServer(SlowModel(args.delay)).start()
     print(f"bench/planning: model answers in {args.delay * 1000:.0f} ms; work dir {work}")
     try:
-        clones = str(work / "clones")
-        async with read_api_served(READ_TOKEN, clones, free_port()) as broker_url:
+        clones = Remotes(str(work / "clones"))
+        with read_api_served(READ_TOKEN, clones, free_port()) as broker_url:
             for lanes in (args.concurrency, "0"):
                 await run(server.url, model.url, broker_url, repo, sha, args.missions, lanes)
     finally:

@@ -10,13 +10,12 @@ diffs and default branches.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import psycopg
@@ -47,8 +46,8 @@ from aether_gateway.adapters.db import Database
 from aether_gateway.app import Gateway
 from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import GatewaySettings
-from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
+from aether_git_broker.testing import read_api_served
 from aether_runtime import RuntimeSettings
 
 T = TypeVar("T")
@@ -339,34 +338,8 @@ def broker_read_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker
     """The git broker's read API on its own port, in a thread (the broker's code, not a
     stand-in: the gateway's diffs and default branches are answered by it)."""
     remotes = Remotes(str(tmp_path_factory.mktemp("broker-data")), timeout=10.0)
-    routes = ReadApi(BROKER_READ_TOKEN, (), remotes).routes()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        route = routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if route is None:
-            await send({"type": "http.response.start", "status": 404, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await route(scope, receive, send)
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, name="broker-read-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the broker's read API did not start")
-        time.sleep(0.02)
-    try:
-        yield BrokerReadApi(f"http://127.0.0.1:{port}", BROKER_READ_TOKEN, remotes)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with read_api_served(BROKER_READ_TOKEN, remotes, free_port()) as url:
+        yield BrokerReadApi(url, BROKER_READ_TOKEN, remotes)
 
 
 def gateway_settings(nats_url: str, database_url: str, **overrides: object) -> GatewaySettings:

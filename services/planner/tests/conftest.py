@@ -24,6 +24,7 @@ from aether_events import (
     derived_id,
     mission_history,
 )
+from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.testing import read_api_served
 from aether_llm import ApiError, LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.app import wire
@@ -170,11 +171,11 @@ class Planner:
 
 
 @pytest.fixture(scope="session")
-async def broker_read(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+def broker_read(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of the git broker's own read API (no consumer: the broker's reading
     alone), which the session's planners read repositories through."""
-    clones = str(tmp_path_factory.mktemp("clones"))
-    async with read_api_served(BROKER_TOKEN, clones, free_port()) as url:
+    remotes = Remotes(str(tmp_path_factory.mktemp("clones")))
+    with read_api_served(BROKER_TOKEN, remotes, free_port()) as url:
         yield url
 
 

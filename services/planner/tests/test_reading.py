@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 
 from aether.infra import free_port
 from aether_events import PlanProduced
+from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.testing import read_api_served
 from aether_planner.testing import ScriptedPlannerModel
 
@@ -87,7 +88,7 @@ async def test_a_broker_back_within_the_wait_is_read(
         # The broker is down for a while (restarting), then serves again.
         await asyncio.sleep(0.7)
         assert not fake.asked, "the planner did not wait for the broker"
-        async with read_api_served(BROKER_TOKEN, str(tmp_path / "clones"), port):
+        with read_api_served(BROKER_TOKEN, Remotes(str(tmp_path / "clones")), port):
             plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
     finally:
         await service.stop()

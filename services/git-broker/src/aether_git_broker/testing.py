@@ -15,10 +15,11 @@ of the broker, for the tests and benchmarks of the services that read through it
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -348,18 +349,18 @@ if TYPE_CHECKING:
     _conforms: Repositories = InMemoryRepositories()
 
 
-@contextlib.asynccontextmanager
-async def read_api_served(
-    token: str, clones_dir: str, port: int, roots: tuple[str, ...] = ()
-) -> AsyncIterator[str]:
+@contextlib.contextmanager
+def read_api_served(
+    token: str, remotes: Remotes, port: int, roots: tuple[str, ...] = ()
+) -> Iterator[str]:
     """The broker's read API with ``token`` on ``127.0.0.1:port`` (remote repositories'
-    clones under ``clones_dir``), served by uvicorn in this event loop: its URL."""
+    clones where ``remotes`` keeps them), served by uvicorn in a thread: its URL."""
     import uvicorn
 
-    routes = ReadApi(token, roots, Remotes(clones_dir)).routes()
+    routes = ReadApi(token, roots, remotes).routes()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        route = routes.get(scope.get("path", ""))
+        route = routes.get(scope.get("path", "")) if scope["type"] == "http" else None
         if route is None:
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -370,14 +371,15 @@ async def read_api_served(
         app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False
     )
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    thread = threading.Thread(target=server.run, name="broker-read-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
-        if serving.done():
-            serving.result()
-            raise RuntimeError("the read API stopped as it started")
-        await asyncio.sleep(0.01)
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the broker's read API did not start")
+        time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await serving
+        thread.join(timeout=10)
