@@ -94,3 +94,24 @@ async def test_a_broker_back_within_the_wait_is_read(
         await service.stop()
     assert README in fake.asked[0].context
     assert plan.repairs == []
+
+
+async def test_without_a_read_api_configured_the_planner_says_so_at_start_and_on_each_plan(
+    nats_url: str, nc: NatsClient, fake: ScriptedPlannerModel, repo: Path, caplog
+) -> None:
+    fake.replies.append(plan_reply(good_tasks()))
+    with caplog.at_level("WARNING", logger="aether.planner"):
+        service = start_planner_on(nats_url, fake, "")
+    assert "AETHER_PLANNER_BROKER_URL is not set" in caplog.text
+    await service.start()
+    try:
+        planner = Planner(service, nc, "m-read-unconfigured", repo)
+        await planner.request()
+        plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
+    finally:
+        await service.stop()
+    assert README not in fake.asked[0].context
+    assert plan.repairs == [
+        "the repository's files could not be read (the git broker's read API is not"
+        " configured (AETHER_PLANNER_BROKER_URL)); planned from the file list alone"
+    ]

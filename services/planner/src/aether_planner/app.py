@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -32,6 +33,11 @@ def wire(
     may pass ``aether_planner.testing.ScriptedPlannerModel``), reading repositories
     through ``files`` (default: the git broker's read API the settings name)."""
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
+    if files is None and not settings.broker_url:
+        logging.getLogger("aether.planner").warning(
+            "AETHER_PLANNER_BROKER_URL is not set: missions are planned from the file list"
+            " alone, without reading any file (each plan says so)"
+        )
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(
         projection,
