@@ -1,5 +1,6 @@
-"""The broker's read API: what the gateway needs to know about repositories it cannot
-read itself (a remote URL, a path on the broker's machine or volume).
+"""The broker's read API: what the gateway and the planner need to know about
+repositories they never open themselves (a remote URL, a path on the broker's machine or
+volume).
 
 Three requests on the broker's own HTTP port, all ``GET`` and JSON:
 
