@@ -16,11 +16,23 @@ from aether_events import PlanProduced
 from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.testing import read_api_served
 from aether_planner.testing import ScriptedPlannerModel
+from aether_runtime import Service
 
 from .conftest import BROKER_TOKEN, Planner, good_tasks, plan_reply, start_planner_on
 from .test_service import of
 
 README = "Converts CSV to JSON."
+
+
+async def planned(service: Service, nc: NatsClient, repo: Path, mission_id: str) -> PlanProduced:
+    """The plan ``service`` (started here, stopped after) makes for a new mission."""
+    await service.start()
+    try:
+        planner = Planner(service, nc, mission_id, repo)
+        await planner.request()
+        return of(await planner.wait_for(PlanProduced), PlanProduced)[0]
+    finally:
+        await service.stop()
 
 
 async def test_the_model_is_given_the_base_commits_text_read_through_the_broker(
@@ -42,13 +54,7 @@ async def test_a_broker_that_refuses_the_token_leaves_a_plan_that_says_so(
 ) -> None:
     fake.replies.append(plan_reply(good_tasks()))
     service = start_planner_on(nats_url, fake, broker_read, broker_token="not-the-" + BROKER_TOKEN)
-    await service.start()
-    try:
-        planner = Planner(service, nc, "m-read-refused", repo)
-        await planner.request()
-        plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
-    finally:
-        await service.stop()
+    plan = await planned(service, nc, repo, "m-read-refused")
     assert README not in fake.asked[0].context
     assert "README.md" in fake.asked[0].context  # the file list is still there
     assert plan.repairs == [
@@ -63,13 +69,7 @@ async def test_a_broker_down_for_the_whole_wait_leaves_a_plan_that_says_so(
     fake.replies.append(plan_reply(good_tasks()))
     nowhere = f"http://127.0.0.1:{free_port()}"
     service = start_planner_on(nats_url, fake, nowhere, broker_wait_seconds=0.5)
-    await service.start()
-    try:
-        planner = Planner(service, nc, "m-read-unreachable", repo)
-        await planner.request()
-        plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
-    finally:
-        await service.stop()
+    plan = await planned(service, nc, repo, "m-read-unreachable")
     assert README not in fake.asked[0].context
     (repair,) = plan.repairs
     assert "the git broker cannot be reached" in repair and "from the file list" in repair
@@ -103,13 +103,7 @@ async def test_without_a_read_api_configured_the_planner_says_so_at_start_and_on
     with caplog.at_level("WARNING", logger="aether.planner"):
         service = start_planner_on(nats_url, fake, "")
     assert "AETHER_PLANNER_BROKER_URL is not set" in caplog.text
-    await service.start()
-    try:
-        planner = Planner(service, nc, "m-read-unconfigured", repo)
-        await planner.request()
-        plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
-    finally:
-        await service.stop()
+    plan = await planned(service, nc, repo, "m-read-unconfigured")
     assert README not in fake.asked[0].context
     assert plan.repairs == [
         "the repository's files could not be read (the git broker's read API is not"
