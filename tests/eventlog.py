@@ -10,6 +10,7 @@ events seen so far, which is usually the whole diagnosis.
         await publish(...)
         merged = await log.first(BranchMerged)
         await log.wait_for(lambda log: len(log.of(TaskReady)) == 2)
+        completed = await log.completion()  # fails at once if it cannot come
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from typing import Any, Self, TypeVar
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
-from aether_events import Event, decode, ensure_streams
+from aether_events import (
+    TERMINAL_TYPES,
+    Event,
+    MissionCompleted,
+    TaskEscalated,
+    decode,
+    ensure_streams,
+)
 
 E = TypeVar("E", bound=Event)
 
@@ -118,6 +126,27 @@ class EventLog:
         """The first event of type ``cls``, once there is one."""
         await self.wait_for(lambda log: bool(log.of(cls)), timeout)
         return self.of(cls)[0]
+
+    async def completion(self, timeout: float = DEFAULT_TIMEOUT) -> MissionCompleted:
+        """The mission's ``MissionCompleted``, once stored; fails as soon as nothing but a
+        person could bring it: the mission ended another way (failed, cancelled) or a task
+        was escalated. A broken change then fails its test with the events that show why,
+        rather than after the whole timeout, and the next test on a shared stack starts."""
+        await self.wait_for(
+            lambda log: bool(log.of(MissionCompleted)) or log._beyond_completion(), timeout
+        )
+        completed = self.of(MissionCompleted)
+        if not completed:
+            seen = [type(e).__name__ for e in self.events]
+            raise AssertionError(f"the mission cannot complete on its own; events: {seen}")
+        return completed[0]
+
+    def _beyond_completion(self) -> bool:
+        return any(
+            isinstance(event, TaskEscalated)
+            or (type(event) in TERMINAL_TYPES and not isinstance(event, MissionCompleted))
+            for event in self.events
+        )
 
     async def count(self, cls: type[E], count: int, timeout: float = DEFAULT_TIMEOUT) -> list[E]:
         """The events of type ``cls``, once there are at least ``count``."""

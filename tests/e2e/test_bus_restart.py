@@ -38,7 +38,8 @@ async def test_a_nats_restart_mid_mission_and_the_mission_completes_with_its_rea
     nc = await nats.connect(stack.nats_url)
     try:
         async with EventLog(nc, mission_id) as log:
-            history = await log.wait_for(lambda log: bool(log.of(MissionCompleted)), timeout=120)
+            await log.completion(timeout=120)
+            history = list(log.events)
         completed_after = time.monotonic() - back
     finally:
         await nc.close()

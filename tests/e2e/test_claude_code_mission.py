@@ -155,7 +155,7 @@ async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
     nc = await nats.connect(claude_stack.nats_url)
     log = await MissionLog(nc, mission_id).start()
     try:
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=180)
+        await log.completion(timeout=180)
         progress = await telemetry(nc, mission_id)
     finally:
         await log.stop()

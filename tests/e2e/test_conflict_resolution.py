@@ -107,7 +107,7 @@ async def test_a_true_conflict_is_resolved_by_a_resolution_attempt(
 ) -> None:
     _, log, nc = await submit_and_approve(resolving_stack, shared_repo)
     try:
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=180)
+        await log.completion(timeout=180)
     finally:
         await log.stop()
         await nc.close()

@@ -109,7 +109,7 @@ async def test_parallel_tasks_editing_one_file_merge_line_by_line_without_a_reru
 ) -> None:
     mission_id, log, nc = await submit_and_approve(line_stack, shared_repo)
     try:
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.completion(timeout=120)
     finally:
         await log.stop()
         await nc.close()

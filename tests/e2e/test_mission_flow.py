@@ -239,7 +239,7 @@ async def test_mission_with_a_dependent_task_merges_every_change(
 ) -> None:
     mission_id, log, nc = await submit_and_approve(running, repo)
     try:
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.completion(timeout=120)
     finally:
         await log.stop()
         await nc.close()
@@ -302,7 +302,7 @@ async def test_scheduler_killed_mid_mission_completes_with_each_task_merged_once
         )
         restarted = running.start_service("scheduler")
         await asyncio.to_thread(running.wait_ready, [restarted.name])
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.completion(timeout=120)
     finally:
         await log.stop()
         await nc.close()

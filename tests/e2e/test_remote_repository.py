@@ -16,7 +16,7 @@ from dulwich.repo import Repo
 
 from aether.cli import main
 from aether.stack import Stack
-from aether_events import MissionCompleted, PlanProduced
+from aether_events import PlanProduced
 from tests.gitdaemon import bare_copy, git_daemon
 from tests.support import MissionLog
 
@@ -73,7 +73,7 @@ async def test_a_remote_repositorys_branch_estimates_and_diffs_come_through_the_
                         break
                     await asyncio.sleep(0.1)
                 assert approved.status_code == 202, approved.text
-                await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=180)
+                await log.completion(timeout=180)
             finally:
                 await log.stop()
                 await nc.close()

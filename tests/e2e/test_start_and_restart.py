@@ -139,7 +139,7 @@ async def test_a_mission_submitted_before_each_service_first_starts_completes(
             await log.wait_for(waiting_on_it, timeout=60)
             stack.start_service(name)
             await asyncio.to_thread(stack.wait_ready, [name], 60.0)
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.completion(timeout=120)
         await log.stop()
     finally:
         if nc is not None:
@@ -187,7 +187,7 @@ async def test_a_service_killed_mid_mission_and_restarted_merges_each_task_once(
         await asyncio.to_thread(running.kill, victim)
         running.start_service(victim)
         await asyncio.to_thread(running.wait_ready, [victim], 60.0)
-        await log.wait_for(lambda log: bool(log.of_type(MissionCompleted)), timeout=120)
+        await log.completion(timeout=120)
         await log.stop()
     finally:
         await nc.close()
