@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from aether import http as aether_http
+
 DEFAULT_URL = "http://127.0.0.1:8100"
 
 
@@ -47,7 +49,7 @@ class GatewayClient:
         token = token or os.environ.get("AETHER_TOKEN")
         if token:
             headers["authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+        self._http = aether_http.client(self.url, headers=headers, timeout=30.0)
 
     def close(self) -> None:
         self._http.close()

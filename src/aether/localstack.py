@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 import httpx
 
+from aether import http as aether_http
 from aether import supervise
 from aether.credentials import TOKEN_FILE
 from aether.locate import remember_home
@@ -155,8 +156,8 @@ class Supervisor:
         self.record()
         pending = list(SERVICES)
         deadline = time.monotonic() + START_TIMEOUT
-        # One client for the whole wait: a new one per request costs 40 ms of CPU.
-        with httpx.Client(timeout=1.0) as http:
+        # One client for the whole wait.
+        with aether_http.client(timeout=1.0) as http:
             while pending:
                 self._check_stop()
                 progress.waiting = ", ".join(pending)
@@ -411,7 +412,7 @@ def status(home: Path) -> int:
     )
     print(f"  {'process':<13} {'pid':>7} {'port':>6}  {'health':<10} uptime  restarts")
     healthy = True
-    with httpx.Client(timeout=1.0) as http:
+    with aether_http.client(timeout=1.0) as http:
         for name, record in state.get("processes", {}).items():
             healthy = _status_line(name, record, now, http) and healthy
     return 0 if healthy else 3
