@@ -22,12 +22,13 @@ from aether.credentials import load_or_create_admin_token, load_or_create_secret
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
 from aether.prestart import Prestarter
 from aether.service_env import settings_for
-from aether_runtime.attempt_auth import issuer_public_key, new_issuer_seed
 from aether_runtime.bus_auth import (
     ADMIN_USER,
     Callout,
     Secret,
     User,
+    issuer_public_key,
+    new_issuer_seed,
     password_env,
     render_authorization,
     service_users,

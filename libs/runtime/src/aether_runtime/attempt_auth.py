@@ -36,7 +36,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -56,7 +55,7 @@ from nats.js.api import PubAck
 
 from aether_events import Event, EventPublisher
 from aether_events.subjects import attempt_subject, is_valid_token
-from aether_runtime.bus_auth import AUTH_SUBJECT
+from aether_runtime.bus_auth import AUTH_SUBJECT, issuer_public_key, new_issuer_seed
 from aether_runtime.failures import RetryLater
 from aether_runtime.service import CountingPublisher
 
@@ -68,16 +67,6 @@ DEFAULT_TTL_SECONDS = 120.0
 # What the planner lets a task id be (a subject names it by ``task_token``, the inbox by a
 # digest).
 _TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def new_issuer_seed() -> str:
-    """A new account nkey seed (``SA…``) for signing attempt credentials."""
-    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)).decode()
-
-
-def issuer_public_key(seed: str) -> str:
-    """The public key (``A…``) of an issuer seed: what the server's ``auth_callout`` names."""
-    return bytes(nkeys.from_seed(seed.encode()).public_key).decode()
 
 
 @dataclass(frozen=True)

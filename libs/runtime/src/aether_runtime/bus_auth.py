@@ -27,8 +27,11 @@ What a service may do:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import nkeys
 
 from aether_events import TELEMETRY_TYPES, tag_of
 from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX
@@ -230,3 +233,13 @@ STATIC_HEADER = """\
 
 if __name__ == "__main__":
     print(static_authorization(), end="")
+
+
+def new_issuer_seed() -> str:
+    """A new account nkey seed (``SA…``) for signing attempt credentials."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)).decode()
+
+
+def issuer_public_key(seed: str) -> str:
+    """The public key (``A…``) of an issuer seed: what the server's ``auth_callout`` names."""
+    return bytes(nkeys.from_seed(seed.encode()).public_key).decode()
