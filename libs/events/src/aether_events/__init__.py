@@ -99,6 +99,7 @@ from aether_events.streams import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
     StreamSettings,
+    ensure_stream,
     ensure_streams,
     stream_configs,
 )
@@ -206,6 +207,7 @@ __all__ = [
     "decode",
     "derived_id",
     "encode",
+    "ensure_stream",
     "ensure_streams",
     "in_scope",
     "is_terminal",

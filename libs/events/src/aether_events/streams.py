@@ -10,7 +10,7 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServerError
 
 from aether_events.subjects import ALL_MISSION_EVENTS, ALL_TELEMETRY
 
@@ -64,18 +64,48 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings | None =
     out is asked again, ``REQUEST_TRIES`` times in all.
     """
     for config in stream_configs(settings or StreamSettings()):
-        for tries_left in reversed(range(REQUEST_TRIES)):
-            try:
-                await _ensure_stream(js, config)
-                break
-            except nats.errors.TimeoutError:
-                if not tries_left:
-                    raise
-                log.warning("stream request timed out; asking again", extra={"stream": config.name})
+        await ensure_stream(js, config)
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream ``config`` names, or bring its settings up to date (see
+    ``ensure_streams``). A request that times out is asked again, ``REQUEST_TRIES`` times
+    in all; a store the server cannot create yet, because a deleted stream of that name is
+    still being removed, is asked for again for up to ``STORE_WAIT_SECONDS``."""
+    clock = asyncio.get_running_loop().time
+    store_deadline = clock() + STORE_WAIT_SECONDS
+    pause = 0.05
+    tries_left = REQUEST_TRIES - 1
+    while True:
+        try:
+            await _ensure_stream(js, config)
+            return
+        except nats.errors.TimeoutError:
+            if not tries_left:
+                raise
+            tries_left -= 1
+            log.warning("stream request timed out; asking again", extra={"stream": config.name})
+        except ServerError as error:
+            if not store_not_created(error) or clock() > store_deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+def store_not_created(error: Exception) -> bool:
+    """Whether ``error`` is the server's "error creating store for stream": a deleted
+    stream's directory is removed in the background, and a stream of the same name
+    created meanwhile fails so (seen with nats-server 2.15 when streams are deleted and
+    created again within milliseconds)."""
+    return isinstance(error, ServerError) and error.err_code == STORE_NOT_CREATED
 
 
 # How many times a stream request that times out is made in all.
 REQUEST_TRIES = 3
+# JetStream's error code for "error creating store for stream".
+STORE_NOT_CREATED = 10049
+# How long a stream's creation waits for a deleted namesake's removal to finish.
+STORE_WAIT_SECONDS = 10.0
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -86,6 +116,8 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         try:
             await js.add_stream(config)
         except Exception as error:
+            if store_not_created(error):
+                raise  # asked again by ``ensure_stream``
             # Another service created it between our look and our add; if none did, the
             # stream never shows, and this is why.
             await _until_led(js, config.name, unless=error)

@@ -27,7 +27,13 @@ from nats.js.errors import NotFoundError, ServerError
 from aether_events.catalogue import TELEMETRY_TYPES, Event
 from aether_events.codec import decode, encode
 from aether_events.publisher import Publisher
-from aether_events.streams import MISSIONS_STREAM, TELEMETRY_STREAM, StreamSettings, stream_configs
+from aether_events.streams import (
+    MISSIONS_STREAM,
+    TELEMETRY_STREAM,
+    StreamSettings,
+    store_not_created,
+    stream_configs,
+)
 from aether_events.subjects import subject_for
 
 E = TypeVar("E", bound=Event)
@@ -72,10 +78,6 @@ if TYPE_CHECKING:
     _conforms: Publisher = InMemoryPublisher()
 
 
-# JetStream's error code for "error creating store for stream".
-_STORE_NOT_CREATED = 10049
-
-
 async def delete_streams_for_good(
     js: JetStreamContext, names: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
 ) -> None:
@@ -106,9 +108,8 @@ async def delete_stream_for_good(js: JetStreamContext, config: StreamConfig) -> 
         except (TimeoutError, nats.errors.TimeoutError):
             pass
         except ServerError as error:
-            # "error creating store for stream": the old directory's removal was still
-            # running when the store was made (seen once in a whole-suite run).
-            if error.err_code != _STORE_NOT_CREATED:
+            # The old directory's removal was still running when the store was made.
+            if not store_not_created(error):
                 raise
             await asyncio.sleep(min(0.05 * (attempt + 1), 0.5))
             continue
