@@ -231,10 +231,6 @@ STATIC_HEADER = """\
 """
 
 
-if __name__ == "__main__":
-    print(static_authorization(), end="")
-
-
 def new_issuer_seed() -> str:
     """A new account nkey seed (``SA…``) for signing attempt credentials."""
     return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)).decode()
@@ -243,3 +239,7 @@ def new_issuer_seed() -> str:
 def issuer_public_key(seed: str) -> str:
     """The public key (``A…``) of an issuer seed: what the server's ``auth_callout`` names."""
     return bytes(nkeys.from_seed(seed.encode()).public_key).decode()
+
+
+if __name__ == "__main__":
+    print(static_authorization(), end="")
