@@ -24,12 +24,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
 from aether_events import (
-    TERMINAL_TYPES,
     Event,
     MissionCompleted,
     TaskEscalated,
     decode,
     ensure_streams,
+    is_terminal,
 )
 
 E = TypeVar("E", bound=Event)
@@ -144,7 +144,7 @@ class EventLog:
     def _beyond_completion(self) -> bool:
         return any(
             isinstance(event, TaskEscalated)
-            or (type(event) in TERMINAL_TYPES and not isinstance(event, MissionCompleted))
+            or (is_terminal(event) and not isinstance(event, MissionCompleted))
             for event in self.events
         )
 
