@@ -81,6 +81,7 @@ from aether_events import (
 )
 from aether_git_broker.adapters.git import GitRepositories
 from aether_llm import MessagesServer, Reply, tool_use_block
+from aether_runtime import tls
 
 _TASK = re.compile(r"<task>(.*?)</task>", re.DOTALL)
 # A requirement as the planner's prompt holds it (the messages as JSON text).
@@ -188,7 +189,7 @@ async def run_mission(
     stopped = None
     try:
         async with httpx.AsyncClient(
-            base_url=stack.gateway_url, timeout=30, headers=stack.auth_headers
+            verify=tls.shared(), base_url=stack.gateway_url, timeout=30, headers=stack.auth_headers
         ) as http:
             created = await http.post(
                 "/missions",
@@ -328,7 +329,7 @@ def print_hops(shape: str, figures: dict[str, list[float]], title: str = "hop") 
 def scrape(url: str) -> dict[str, float]:
     """Sums and counts of the handler, delivery-delay and consumer-wait histograms at
     ``url``/metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=10, verify=tls.shared()).text
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in (

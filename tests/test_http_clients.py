@@ -1,6 +1,10 @@
-"""The command line's HTTP clients (``aether.http``): a client of a plain-HTTP gateway or
-health endpoint is made without the trust store, talks plain HTTP, and never connects over
-TLS unverified; a client of an ``https://`` gateway verifies against the trust store."""
+"""HTTP clients' TLS contexts (``aether_runtime.tls``).
+
+The command line's clients (``aether.http``): a client of a plain-HTTP gateway or health
+endpoint is made without the trust store, talks plain HTTP, and never connects over TLS
+unverified; a client of an ``https://`` gateway verifies against the trust store. The
+services' clients share one verifying context per process, the trust store loaded once:
+the model client, the broker's read API client and the OIDC verifier's clients use it."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from aether import http as aether_http
+from aether_runtime import tls
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -109,3 +114,38 @@ def test_an_https_gateway_is_verified_against_the_trust_store(tmp_path: Path):
         trusting = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         with httpx.Client(base_url=url, verify=trusting, timeout=5.0) as http:
             assert http.get("/").text == "hello"
+
+
+def test_the_shared_context_is_loaded_once_and_verifies(tmp_path: Path):
+    shared = tls.shared()
+    assert tls.shared() is shared and tls.for_url("HTTPS://example.test/") is shared
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    assert shared.cert_store_stats()["x509_ca"] > 0  # the trust store, loaded
+    assert tls.for_url("http://127.0.0.1:1").cert_store_stats()["x509_ca"] == 0
+    refused = pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED")
+    with _served(_self_signed(tmp_path)) as url, httpx.Client(verify=shared) as http, refused:
+        http.get(f"{url}/")
+    with _served() as url, httpx.Client(verify=shared, timeout=5.0) as http:
+        assert http.get(f"{url}/").text == "hello"  # plain HTTP through it too
+
+
+async def test_the_services_clients_use_the_shared_context():
+    from aether_gateway.adapters import oidc
+    from aether_llm.metrics import metered_http_client
+    from aether_runtime.broker_read import BrokerRead
+
+    def context_of(client: object) -> object:
+        transport = client._transport  # type: ignore[attr-defined]
+        transport = getattr(transport, "_inner", transport)  # the model client's meter
+        return transport._pool._ssl_context
+
+    model = metered_http_client()
+    broker = BrokerRead("http://127.0.0.1:1", "token", settings=("x", "y"))
+    verifier = oidc._client()
+    try:
+        for client in (model, broker._http(), verifier):
+            assert context_of(client) is tls.shared()
+    finally:
+        await model.aclose()
+        await broker._http().aclose()
+        await verifier.aclose()

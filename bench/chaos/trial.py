@@ -40,6 +40,7 @@ from aether_events import (
     mission_subject,
 )
 from aether_llm import MessagesServer
+from aether_runtime import tls
 
 from . import checks
 from .checks import KillRecord, ModelCallReport, ReadModelView, Stall, Stored
@@ -203,7 +204,10 @@ class Trial:
             boot = any(k.phase == "boot" for k in self.kills)
             deadline = time.monotonic() + self.settings.timeout
             async with httpx.AsyncClient(
-                base_url=self.stack.gateway_url, timeout=5.0, headers=self.stack.auth_headers
+                verify=tls.shared(),
+                base_url=self.stack.gateway_url,
+                timeout=5.0,
+                headers=self.stack.auth_headers,
             ) as http:
                 # With a kill at start-up the mission goes in as soon as the gateway takes
                 # it, as a user would send it; otherwise once everything is ready.
@@ -320,7 +324,7 @@ class Trial:
 
     async def _watch(self) -> None:
         """Restart what exits on its own, and note when each process gets ready."""
-        async with httpx.AsyncClient(timeout=1.0) as http:
+        async with httpx.AsyncClient(verify=tls.shared(), timeout=1.0) as http:
             while True:
                 for name, service in list(self.stack.processes.items()):
                     code = service.process.poll()

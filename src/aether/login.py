@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from aether.credentials import write_private
+from aether_runtime import tls
 
 CREDENTIALS_FILE = "credentials.json"
 # A token with less than this left is refreshed first: the gateway's clock may be ahead.
@@ -168,10 +169,12 @@ def _refresh(session: Session) -> Session:
 
 
 def _whoami(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    whoami = f"{_key(url)}/auth/whoami"
     response = httpx.get(
-        f"{_key(url)}/auth/whoami",
+        whoami,
         headers={"authorization": f"Bearer {token}"},
         timeout=_HTTP_TIMEOUT,
+        verify=tls.for_url(whoami),
     )
     try:
         body = response.json()
@@ -189,7 +192,7 @@ def _refusal(body: dict[str, Any]) -> str:
 
 def _get_json(url: str, what: str) -> dict[str, Any]:
     try:
-        response = httpx.get(url, timeout=_HTTP_TIMEOUT)
+        response = httpx.get(url, timeout=_HTTP_TIMEOUT, verify=tls.for_url(url))
         response.raise_for_status()
         found = response.json()
     except (httpx.HTTPError, ValueError) as error:
@@ -203,7 +206,9 @@ def _token_request(endpoint: str, form: dict[str, str], what: str) -> dict[str, 
     if not endpoint:
         raise LoginError(f"{what}: the provider has no token endpoint")
     try:
-        response = httpx.post(endpoint, data=form, timeout=_HTTP_TIMEOUT)
+        response = httpx.post(
+            endpoint, data=form, timeout=_HTTP_TIMEOUT, verify=tls.for_url(endpoint)
+        )
         answer = response.json()
     except (httpx.HTTPError, ValueError) as error:
         raise LoginError(f"{what} failed at {endpoint}: {error}") from None
@@ -398,7 +403,12 @@ def device_sign_in(
     }
     while time.monotonic() < deadline:
         sleep(interval)
-        response = httpx.post(provider.token_endpoint, data=form, timeout=_HTTP_TIMEOUT)
+        response = httpx.post(
+            provider.token_endpoint,
+            data=form,
+            timeout=_HTTP_TIMEOUT,
+            verify=tls.for_url(provider.token_endpoint),
+        )
         try:
             answer = response.json()
         except ValueError:

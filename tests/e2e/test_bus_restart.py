@@ -17,6 +17,7 @@ import pytest
 
 from aether.stack import Stack
 from aether_events import BranchMerged, MissionCompleted, TaskReady
+from aether_runtime import tls
 from tests.e2e.test_mission_flow import submit_and_approve
 from tests.eventlog import EventLog
 
@@ -49,7 +50,7 @@ async def test_a_nats_restart_mid_mission_and_the_mission_completes_with_its_rea
     assert sorted(e.task.id for e in history if isinstance(e, TaskReady)) == ["a", "b", "c"]
     # The read model caught up with the stream: completed, every event folded.
     async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10
+        verify=tls.shared(), base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10
     ) as http:
         shown: dict[str, object] = {}
         count = 0

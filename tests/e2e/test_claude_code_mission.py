@@ -33,6 +33,7 @@ from aether_events import (
 )
 from aether_events.usage import total
 from aether_llm import DEFAULT_TIERS, Reply, Responder, load_prices, text_block, tool_use_block
+from aether_runtime import tls
 from tests.e2e.test_mission_flow import tree_files
 from tests.support import MissionLog, ScriptedModel, finish, write
 
@@ -138,7 +139,10 @@ async def test_a_mission_worked_by_claude_code_and_the_builtin_loop_merges_both(
             ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True
         )
     async with httpx.AsyncClient(
-        base_url=claude_stack.gateway_url, timeout=10, headers=claude_stack.auth_headers
+        verify=tls.shared(),
+        base_url=claude_stack.gateway_url,
+        timeout=10,
+        headers=claude_stack.auth_headers,
     ) as http:
         created = await http.post(
             "/missions",

@@ -24,6 +24,7 @@ from aether_events import (
     mission_history,
 )
 from aether_llm import MessagesServer
+from aether_runtime import tls
 from tests.e2e.test_mission_flow import submit_and_approve, tree_files
 from tests.support import ScriptedModel
 
@@ -112,7 +113,7 @@ async def test_a_mission_completes_when_one_of_three_servers_is_killed_and_strea
     status = ""
     # One client for the wait: a new one per look costs 40 ms of CPU (its TLS context).
     async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10
+        verify=tls.shared(), base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10
     ) as http:
         for _ in range(1200):
             status = await mission_status(http, mission_id)

@@ -28,6 +28,7 @@ from aether_events import (
     TaskRetried,
 )
 from aether_llm import Responder
+from aether_runtime import tls
 from tests.e2e.test_mission_flow import submit_and_approve, tree_files
 from tests.support import ScriptedModel, finish, write
 
@@ -131,7 +132,7 @@ async def test_parallel_tasks_editing_one_file_merge_line_by_line_without_a_reru
     for done in log.of_type(AgentCompleted):
         assert done.files_outside_scope == ["src/registry.py"]
     async with httpx.AsyncClient(
-        base_url=line_stack.gateway_url, headers=line_stack.auth_headers
+        verify=tls.shared(), base_url=line_stack.gateway_url, headers=line_stack.auth_headers
     ) as http:
         for _ in range(100):
             shown = (await http.get(f"/missions/{mission_id}")).json()

@@ -32,6 +32,7 @@ from aether_events import (
     WorkspaceReady,
 )
 from aether_llm import MessagesServer
+from aether_runtime import tls
 from tests.support import MissionLog, ScriptedModel, finish, tool_results, write
 
 pytestmark = pytest.mark.e2e
@@ -178,7 +179,7 @@ async def running(shared_stack: Stack, model_server: object) -> Stack:
 
 async def submit_and_approve(stack: Stack, repo: Path) -> tuple[str, MissionLog, Any]:
     async with httpx.AsyncClient(
-        base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
+        verify=tls.shared(), base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
     ) as http:
         created = await http.post(
             "/missions",
@@ -271,7 +272,7 @@ async def test_mission_with_a_dependent_task_merges_every_change(
     # The agents' commands ran in the sandbox, and the events say so.
     assert {e.sandbox for e in log.of_type(AgentStarted)} == {"bubblewrap"}
     async with httpx.AsyncClient(
-        base_url=running.gateway_url, headers=running.auth_headers
+        verify=tls.shared(), base_url=running.gateway_url, headers=running.auth_headers
     ) as http:
         for _ in range(100):
             shown = (await http.get(f"/missions/{mission_id}")).json()

@@ -17,6 +17,7 @@ from dulwich.repo import Repo
 from aether.cli import main
 from aether.stack import Stack
 from aether_events import PlanProduced
+from aether_runtime import tls
 from tests.gitdaemon import bare_copy, git_daemon
 from tests.support import MissionLog
 
@@ -41,7 +42,10 @@ async def test_a_remote_repositorys_branch_estimates_and_diffs_come_through_the_
     with git_daemon(served) as daemon:
         url = f"{daemon}/upstream.git"
         async with httpx.AsyncClient(
-            base_url=running.gateway_url, timeout=30, headers=running.auth_headers
+            verify=tls.shared(),
+            base_url=running.gateway_url,
+            timeout=30,
+            headers=running.auth_headers,
         ) as http:
             branch = await http.get("/repositories/default-branch", params={"repository": url})
             assert branch.status_code == 200, branch.text

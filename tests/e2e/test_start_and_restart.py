@@ -35,6 +35,7 @@ from aether_events import (
     WorkspaceReady,
 )
 from aether_llm import MessagesServer
+from aether_runtime import tls
 from tests.e2e.test_mission_flow import tree_files
 from tests.support import MissionLog, ScriptedModel
 
@@ -60,7 +61,7 @@ def stack_for(tmp_path: Path, model: MessagesServer, database: str) -> Stack:
 
 async def submit(stack: Stack, repo: Path) -> str:
     async with httpx.AsyncClient(
-        base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
+        verify=tls.shared(), base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
     ) as http:
         created = await http.post(
             "/missions",
@@ -216,7 +217,7 @@ async def test_a_service_whose_free_port_is_taken_before_it_binds_moves_to_anoth
                 holder.bind(("127.0.0.1", port))
                 holder.listen()
             await asyncio.to_thread(stack.start, 90.0)
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with httpx.AsyncClient(verify=tls.shared(), timeout=5) as http:
             for name, port in taken.items():
                 assert stack.ports[name] != port
                 assert stack.processes[name].port == stack.ports[name]

@@ -62,7 +62,7 @@ from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.app import GitBroker
 from aether_llm import LLMSettings, MessagesServer, Reply, make_client, tool_use_block
-from aether_runtime import RuntimeSettings
+from aether_runtime import RuntimeSettings, tls
 
 GIT_ENV = {
     **os.environ,
@@ -644,7 +644,7 @@ async def test_a_forged_or_widened_token_is_refused(
     base = f"http://127.0.0.1:{served.http.port}/m-forge/info/refs?service=git-upload-pack"
     forged = msgspec.json.encode(["m-forge", "t1", 2]).decode()
     widened = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=") + "." + mac
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=tls.shared(), timeout=10) as client:
         answers = [
             (await client.get(base, auth=("agent", token))).status_code
             for token in (SECRET, widened, claims + "." + "0" * 64, ready.push_token)

@@ -35,6 +35,7 @@ from aether_events import (
     TaskTimedOut,
 )
 from aether_llm.offline import start_offline_server
+from aether_runtime import tls
 from tests.ops.dashboards import queries, stat_panels
 from tests.ops.promql import PROMETHEUS_SERIES, Selector, exported_names, selectors
 from tests.support import MissionLog
@@ -97,7 +98,9 @@ async def fresh_database(database_url: str) -> str:
 
 
 def gateway(stack: Stack) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10)
+    return httpx.AsyncClient(
+        verify=tls.shared(), base_url=stack.gateway_url, headers=stack.auth_headers, timeout=10
+    )
 
 
 async def submit(stack: Stack, repository: Path, requirement: str) -> str:
@@ -161,7 +164,7 @@ async def time_out_a_task(stack: Stack, repository: Path) -> None:
 
 
 async def scrape(stack: Stack) -> dict[str, str]:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(verify=tls.shared(), timeout=10) as http:
         return {
             name: (await http.get(f"{service.url}/metrics")).text
             for name, service in stack.processes.items()

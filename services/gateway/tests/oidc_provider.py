@@ -27,6 +27,7 @@ from authlib.oauth2.rfc8628 import (
 from oidc_provider_mock._storage import Client, ClientAllowAny
 
 from aether.infra import free_port
+from aether_runtime import tls
 
 
 def _sign_with_key_id(extension: Any) -> None:
@@ -235,7 +236,7 @@ class Provider:
             "code_challenge": challenge,
             "code_challenge_method": "S256",
         }
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=tls.shared()) as http:
             response = await http.post(
                 f"{self.issuer}/oauth2/authorize", params=params, data={"sub": sub}
             )
@@ -247,7 +248,7 @@ class Provider:
         self, code: str, *, client_id: str, redirect_uri: str, verifier: str
     ) -> dict[str, Any]:
         """The token endpoint's answer for ``code`` (as a client of its own would get)."""
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=tls.shared()) as http:
             response = await http.post(
                 f"{self.issuer}/oauth2/token",
                 data={

@@ -21,6 +21,7 @@ import pytest
 
 from aether import login
 from aether.cli import main
+from aether_runtime import tls
 
 from .conftest import ADMIN_TOKEN, GatewayServer, eventually
 from .oidc_provider import Provider
@@ -49,7 +50,7 @@ class Browser:
 
     def _visit(self, address: str) -> None:
         try:
-            with httpx.Client(timeout=30) as http:
+            with httpx.Client(verify=tls.shared(), timeout=30) as http:
                 form = http.post(address, data={"sub": self.sub})
                 assert form.status_code == 302, form.text
                 location = form.headers["location"]

@@ -26,7 +26,7 @@ from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.adapters import diff, files
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
-from aether_runtime import RuntimeSettings
+from aether_runtime import RuntimeSettings, tls
 from tests.gitdaemon import bare_copy, git_daemon
 
 from .test_service import meta, task_ready, watch
@@ -101,7 +101,7 @@ async def broker(nc: NatsClient, nats_url: str, tmp_path: Path) -> AsyncIterator
 
 def client(broker: Served, token: str | None = TOKEN) -> httpx.AsyncClient:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=broker.url, headers=headers, timeout=30)
+    return httpx.AsyncClient(verify=tls.shared(), base_url=broker.url, headers=headers, timeout=30)
 
 
 async def test_a_local_diff_is_bounded_and_marks_binary_files(

@@ -33,7 +33,7 @@ from aether_events import (
 )
 from aether_git_broker import GitBrokerSettings, bootstrap
 from aether_git_broker.app import GitBroker
-from aether_runtime import RuntimeSettings
+from aether_runtime import RuntimeSettings, tls
 
 from .test_service import meta, start_service, stop_service, task_ready, watch
 
@@ -371,7 +371,7 @@ async def test_a_want_that_cannot_be_served_is_a_protocol_error_not_a_server_err
             + _pkt(b"done\n")
         )
     assert broker_url(served)
-    async with httpx.AsyncClient(auth=("agent", token), timeout=10) as client:
+    async with httpx.AsyncClient(verify=tls.shared(), auth=("agent", token), timeout=10) as client:
         # The advertised refs still show only the mission's branches.
         refs = await client.get(f"{broker_url(served)}/{mission}/info/refs?service=git-upload-pack")
         assert refs.status_code == 200

@@ -39,6 +39,7 @@ from aether_events import (
     ensure_streams,
     type_subjects,
 )
+from aether_runtime import tls
 from tests.eventlog import EventLog
 
 M = "m-restart"
@@ -68,7 +69,7 @@ class Scheduler:
         )
 
     async def ready(self) -> None:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=tls.shared()) as http:
             for _ in range(300):
                 try:
                     if (await http.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:

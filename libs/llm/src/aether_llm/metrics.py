@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from aether_events import Usage
 from aether_llm.pricing import load_prices
+from aether_runtime import tls
 from aether_runtime.metrics import at_zero
 
 log = logging.getLogger("aether.llm.metrics")
@@ -266,10 +267,13 @@ def _model_of(request: httpx2.Request) -> str:
 
 def metered_http_client() -> httpx2.AsyncClient:
     """The anthropic SDK's default async HTTP client, with the metering transport (and
-    the connection limits and keep-alive the SDK would have set itself)."""
+    the connection limits and keep-alive the SDK would have set itself) and the
+    process's one TLS context (``aether_runtime.tls``: a transport otherwise loads the
+    trust store, tens of milliseconds of CPU, for every client made)."""
     import anthropic  # here: the SDK is imported when a client is built (``aether_llm.client``)
 
     inner = httpx2.AsyncHTTPTransport(
+        verify=tls.shared(),
         limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
         socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)],
     )

@@ -19,6 +19,7 @@ import httpx
 import msgspec
 
 from aether_events.diffs import RepositoryFiles
+from aether_runtime import tls
 
 # The broker's own bounds (a diff's 20,000 lines; 64 files of 20,000 bytes) fit well
 # inside this.
@@ -65,12 +66,15 @@ class BrokerRead:
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
-        """One client for every request: making one costs tens of milliseconds of CPU
-        (its TLS context), more than a read. It keeps no connection between requests, so
-        it holds nothing open that would need closing."""
+        """One client for every request, with the process's one TLS context (``tls``):
+        loading a trust store costs tens of milliseconds of CPU, more than a read. It
+        keeps no connection between requests, so it holds nothing open that would need
+        closing."""
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=self._timeout, limits=httpx.Limits(max_keepalive_connections=0)
+                timeout=self._timeout,
+                limits=httpx.Limits(max_keepalive_connections=0),
+                verify=tls.shared(),
             )
         return self._client
 

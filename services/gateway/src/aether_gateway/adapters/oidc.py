@@ -37,6 +37,7 @@ from aether_gateway.domain.auth import (
     role_names,
     scopes_for_roles,
 )
+from aether_runtime import tls
 
 log = logging.getLogger("aether.gateway.oidc")
 
@@ -139,9 +140,10 @@ class SignedIn:
 
 
 def _client() -> httpx.AsyncClient:
-    # One per exchange: sign-ins are rare, and a client bound to no loop survives the
-    # app being stopped and started again.
-    return httpx.AsyncClient(timeout=10, follow_redirects=False)
+    # One per exchange: a client bound to no loop survives the app being stopped and
+    # started again. Its TLS context is the process's one (``tls``): loading the trust
+    # store for each took more CPU than the exchange.
+    return httpx.AsyncClient(timeout=10, follow_redirects=False, verify=tls.shared())
 
 
 class OidcVerifier:
