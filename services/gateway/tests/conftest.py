@@ -48,7 +48,7 @@ from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import GatewaySettings
 from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.testing import read_api_served
-from aether_runtime import RuntimeSettings
+from aether_runtime import RuntimeSettings, tls
 
 T = TypeVar("T")
 
@@ -253,10 +253,6 @@ class _Uvicorn(uvicorn.Server):
             await self.stop.wait()
 
 
-# Loading the CA bundle takes tens of milliseconds; each test's client took it afresh.
-_TLS = httpx.create_ssl_context()
-
-
 class GatewayServer:
     """The gateway app under uvicorn, on a free port, startable and stoppable again."""
 
@@ -315,7 +311,8 @@ class GatewayServer:
     ) -> httpx.AsyncClient:
         """A client sending ``token`` (the bootstrap admin token unless told otherwise)."""
         sent = {"authorization": f"Bearer {token}"} if token else {}
-        kwargs.setdefault("verify", _TLS)
+        # The process's one TLS context: each test's client loaded the trust store afresh.
+        kwargs.setdefault("verify", tls.shared())
         return httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
