@@ -31,13 +31,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     module, so the fixture starts once, on one worker; any other test goes to whichever
     worker is free. Collection happens in the workers, where xdist has turned ``--dist``
     into ``no`` and kept ``loadgroup`` as a flag of its own: the flag is what says the
-    run is grouped (reading ``--dist`` here once made every group silently vanish)."""
+    run is grouped (reading ``--dist`` here once made every group silently vanish).
+
+    The long tests that go to any free worker are handed out first (``long_first``)."""
     if not parallel_groups_wanted(config):
         return
     for item in items:
         group = _parallel_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    items[:] = long_first(items)
+
+
+def long_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` with the long ungrouped tests first, each part in its order.
+
+    xdist hands a grouped run's work out in the order it is given, the groups (a stack's
+    tests, a browser's) first, largest first; then one test at a time, to whichever
+    worker is free. A long test handed out last kept its worker busy after the others
+    had finished (the API fuzzing, about a minute, came after half the suite; the
+    scheduler's property tests and timers, near the end of the collection, held the run
+    for 15 s with one or two workers busy). Handed out first, the short tests fill the
+    end. Long: end-to-end (``e2e``), property-based (hypothesis), or marked ``slow``.
+    A serial run keeps the collection's order (a module's tests stay together)."""
+
+    def long(item: pytest.Item) -> bool:
+        if item.get_closest_marker("xdist_group") is not None:
+            return False  # handed out with its group
+        if item.get_closest_marker("e2e") or item.get_closest_marker("slow"):
+            return True
+        return bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
+
+    return sorted(items, key=lambda item: not long(item))
 
 
 def parallel_groups_wanted(config: pytest.Config) -> bool:

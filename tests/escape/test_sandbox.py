@@ -223,6 +223,7 @@ async def test_a_makefile_cannot_write_outside(target: Target) -> None:
     _assert_contained(target, before, paths)
 
 
+@pytest.mark.slow
 async def test_a_conftest_run_by_pytest_cannot_write_outside(target: Target) -> None:
     paths = _targets(target)
     (target.worktree / "tests" / "conftest.py").write_text(_write_all(paths))

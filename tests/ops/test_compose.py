@@ -308,6 +308,7 @@ def copy_into(context: Path, item: str, destination: str) -> None:
     shutil.copy(origin, target)
 
 
+@pytest.mark.slow
 def test_image_environment_runs_every_service_without_the_command_line_package(
     tmp_path: Path,
 ) -> None:

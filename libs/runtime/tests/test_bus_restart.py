@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 
 import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -126,6 +127,7 @@ async def test_a_killed_and_restarted_server_stalls_the_next_event_for_seconds(
         await svc.stop()
 
 
+@pytest.mark.slow
 async def test_a_handler_at_work_through_a_restart_is_not_redelivered_and_settles(
     nats_server: EmbeddedNats,
 ) -> None:

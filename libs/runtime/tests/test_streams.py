@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -77,6 +78,7 @@ async def test_a_started_service_leaves_the_streams_as_aether_declared_them(
         await svc.stop()
 
 
+@pytest.mark.slow
 async def test_three_replicas_survive_service_restarts_on_a_three_node_cluster(
     nats_cluster: EmbeddedNatsCluster,
 ) -> None:
@@ -101,6 +103,7 @@ async def test_three_replicas_survive_service_restarts_on_a_three_node_cluster(
         await nc.close()
 
 
+@pytest.mark.slow
 async def test_services_starting_together_on_a_fresh_cluster_all_find_the_streams_led(
     nats_cluster: EmbeddedNatsCluster,
 ) -> None:

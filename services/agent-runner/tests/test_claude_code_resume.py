@@ -128,6 +128,7 @@ async def kill_during_call(
     return first
 
 
+@pytest.mark.slow
 async def test_a_claude_code_attempt_resumes_its_session_after_the_runner_is_killed(
     task_repo: Any,
     model: Callable[..., Any],
@@ -215,6 +216,7 @@ async def test_a_claude_code_attempt_resumes_its_session_after_the_runner_is_kil
     assert (resumed_run[-1].kind, resumed_run[-1].tool) == ("note", "result")
 
 
+@pytest.mark.slow
 async def test_a_session_that_cannot_be_resumed_starts_fresh_and_says_so(
     task_repo: Any,
     model: Callable[..., Any],

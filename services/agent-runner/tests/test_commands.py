@@ -270,6 +270,7 @@ async def test_long_output_keeps_its_beginning_and_end(task_repo: Any) -> None:
     assert "bytes of output omitted" in output and len(output) < 1200
 
 
+@pytest.mark.slow
 async def test_running_the_tests_leaves_nothing_to_commit(task_repo: Any) -> None:
     # A pytest start loads every plugin of the environment: on a loaded machine that alone
     # has taken over the 20 s the other tests allow a command.

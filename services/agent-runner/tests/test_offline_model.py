@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aether_agent_runner.adapters.tools import FINISH, ToolBox
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_llm.offline import MARK, respond, split_requirement
@@ -54,6 +56,7 @@ def git_diff_deleted_lines(worktree: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_existing_files_keep_their_content_and_gain_a_marked_section(task_repo: Any):
     worktree: Path = task_repo.worktree
     before = {p: (worktree / p).read_text() for p in ("src/app.py", "tests/test_app.py")}

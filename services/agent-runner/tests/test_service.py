@@ -57,6 +57,7 @@ def git_log(repo: Any, ref: str) -> str:
     ).stdout
 
 
+@pytest.mark.slow
 async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     task_repo: Any,
     model: Callable[..., Any],

@@ -200,6 +200,7 @@ async def in_runs(read_model: ReadModel, messages: list[StoredMessage], seed: in
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.slow
 async def test_runs_fold_into_the_rows_folding_one_by_one_makes(
     nc: NatsClient, read_model: ReadModel, seed: int
 ) -> None:
@@ -233,6 +234,7 @@ async def test_runs_fold_into_the_rows_folding_one_by_one_makes(
 
 
 @pytest.mark.parametrize("seed", [4, 5])
+@pytest.mark.slow
 async def test_an_interrupted_catch_up_resumed_folds_every_event_once(
     nc: NatsClient, read_model: ReadModel, seed: int
 ) -> None:

@@ -16,12 +16,15 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ADMIN_TOKEN
 
 MINIMUM_CASES = 1000
 FUZZER = Path(__file__).with_name("fuzzer.py")
 
 
+@pytest.mark.slow
 async def test_fuzzing_the_openapi_document_finds_no_server_error(make_gateway, nc, tmp_path):
     # No rate limit: the fuzzer requests hundreds of missions.
     server = await make_gateway(mission_rate_limit=0)

@@ -37,6 +37,7 @@ def wide_client(server, **kwargs) -> httpx.AsyncClient:
     )
 
 
+@pytest.mark.slow
 async def test_concurrent_copies_with_one_key_all_get_the_first_answer_and_count_once(
     make_gateway, nc
 ):

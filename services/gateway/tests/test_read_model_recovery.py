@@ -225,6 +225,7 @@ async def test_events_the_consumer_skipped_are_refolded_from_the_stream(make_gat
     assert len(seqs) == len(history) == 8
 
 
+@pytest.mark.slow
 async def test_a_stream_recreated_under_the_gateway_is_folded_afresh(make_gateway, nc):
     """The stream's sequences now name other events than the ones folded: the read
     model is rebuilt from the stream as it is, and follows it from there."""

@@ -182,6 +182,7 @@ async def test_a_dropped_connection_resumes_with_no_gap_and_no_duplicate(
     assert [m["event"] for m in first + resumed] == [tag_of(type(e)) for e in events]
 
 
+@pytest.mark.slow
 async def test_two_hundred_clients_share_one_subscription(gateway_server, nc, script):
     publisher = EventPublisher(nc.jetstream())
     await publisher.publish(script.requested())

@@ -108,6 +108,7 @@ def meta(n: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 async def test_pending_backoff_and_heartbeat_timers_fire_after_a_kill(
     scheduler: Scheduler, nc: NatsClient
 ) -> None:
