@@ -25,6 +25,8 @@ from aether_agent_runner.adapters.tools import ToolBox
 from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_sandbox import SandboxSettings, Unconfined
 
+from .conftest import QUICK_PYTEST
+
 # The tests that follow a command's processes by their host pid run unconfined: inside
 # the sandbox a pid is one of its own namespace (tests/escape covers the sandboxed case).
 UNCONFINED = Unconfined(SandboxSettings(backend="unconfined"))
@@ -270,12 +272,12 @@ async def test_long_output_keeps_its_beginning_and_end(task_repo: Any) -> None:
     assert "bytes of output omitted" in output and len(output) < 1200
 
 
-@pytest.mark.slow
 async def test_running_the_tests_leaves_nothing_to_commit(task_repo: Any) -> None:
-    # A pytest start loads every plugin of the environment: on a loaded machine that alone
-    # has taken over the 20 s the other tests allow a command.
+    # A pytest start loads every plugin of the environment (about 3 s of CPU here; on a
+    # loaded machine it has taken over the 20 s the other tests allow a command): the
+    # project's tests need none, so none is loaded.
     tools = box(task_repo.worktree, timeout_seconds=180.0)
-    result = await tools.call("run_command", {"command": "python -m pytest -q tests"})
+    result = await tools.call("run_command", {"command": f"{QUICK_PYTEST} tests"})
     assert "[exit code 0" in result.content and "1 passed" in result.content
     assert changed_paths(task_repo.git_dir) == []
     tools.close()

@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from aether_agent_runner.adapters.tools import FINISH, ToolBox
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_llm.offline import MARK, respond, split_requirement
+
+from .conftest import QUICK_PYTEST
 
 
 async def work(worktree: Path, requirement: str) -> tuple[list[str], str]:
@@ -56,7 +56,6 @@ def git_diff_deleted_lines(worktree: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 async def test_existing_files_keep_their_content_and_gain_a_marked_section(task_repo: Any):
     worktree: Path = task_repo.worktree
     before = {p: (worktree / p).read_text() for p in ("src/app.py", "tests/test_app.py")}
@@ -84,7 +83,7 @@ async def test_existing_files_keep_their_content_and_gain_a_marked_section(task_
     assert "no intelligence" in summary
     # The code still runs: its test passes with the appended comments.
     ran = subprocess.run(
-        ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_app.py"],
+        [*QUICK_PYTEST.split(), "-p", "no:cacheprovider", "tests/test_app.py"],
         cwd=worktree,
         capture_output=True,
         text=True,

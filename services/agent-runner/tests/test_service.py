@@ -33,6 +33,8 @@ from aether_events import (
 from aether_llm import Reply, text_block
 from aether_sandbox import SandboxSettings
 
+from .conftest import QUICK_PYTEST
+
 # Commands the tests run find the Python they run on (its virtual environment's bin).
 pytestmark = pytest.mark.usefixtures("python_on_path")
 
@@ -57,7 +59,6 @@ def git_log(repo: Any, ref: str) -> str:
     ).stdout
 
 
-@pytest.mark.slow
 async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     task_repo: Any,
     model: Callable[..., Any],
@@ -89,7 +90,8 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
                         new_text='"Hello there, Ada"',
                     ),
                 ),
-                reply(tool("run_command", command="python -m pytest -q tests")),
+                # No plugin autoloaded: each installed beside pytest costs its start.
+                reply(tool("run_command", command=f"{QUICK_PYTEST} tests")),
                 finish("greet says hello there; tests updated and passing"),
             ]
         }
