@@ -3,6 +3,7 @@ scripted Messages API server, worked by an in-process runner on real NATS."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -28,7 +29,10 @@ from aether_llm import Reply, load_prices, text_block, tool_use_block
 from .conftest import git
 from .test_service import control_meta, git_log, signal_on, task_repo_head
 
-pytest.importorskip("claude_agent_sdk")
+# Whether it is installed, not imported: every worker collects this module, and importing
+# the SDK (0.7 s) is only for the worker that runs its tests.
+if importlib.util.find_spec("claude_agent_sdk") is None:
+    pytest.skip("claude_agent_sdk is not installed", allow_module_level=True)
 
 RUN_COMMAND = "mcp__aether__run_command"
 

@@ -5,6 +5,7 @@ waits on a model call, and a second runner that resumes the CLI's session."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import threading
 import uuid
@@ -32,7 +33,10 @@ from .conftest import git
 from .test_claude_code import processes_in, turn
 from .test_processes import runners, signal_when  # noqa: F401 - the fixture is used by name
 
-pytest.importorskip("claude_agent_sdk")
+# Whether it is installed, not imported: every worker collects this module, and importing
+# the SDK (0.7 s) is only for the worker that runs its tests.
+if importlib.util.find_spec("claude_agent_sdk") is None:
+    pytest.skip("claude_agent_sdk is not installed", allow_module_level=True)
 pytestmark = pytest.mark.timeout(240)
 
 CLAUDE_CODE = {"AETHER_AGENT_RUNTIME": "claude-code"}
