@@ -14,6 +14,7 @@ import pytest
 
 from aether_llm import MessagesServer, PromptCache, Reply, text_block
 from aether_llm.prompt_cache import approximate_tokens, minimum_cacheable_tokens
+from aether_runtime import tls
 
 MODEL = "claude-sonnet-4-6"  # 1,024-token minimum
 EPHEMERAL: Any = {"type": "ephemeral"}
@@ -53,7 +54,12 @@ def server() -> Iterator[MessagesServer]:
 @pytest.fixture
 def client(server: MessagesServer, cache: PromptCache) -> anthropic.Anthropic:
     server.cache = cache  # a fresh cache for every test
-    return anthropic.Anthropic(api_key="test", base_url=server.url, max_retries=0)
+    return anthropic.Anthropic(
+        api_key="test",
+        base_url=server.url,
+        max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(verify=tls.shared()),
+    )
 
 
 def text(n: int, word: str = "w", **extra: Any) -> dict[str, Any]:

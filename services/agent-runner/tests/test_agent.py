@@ -23,6 +23,7 @@ from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.prompt import SYSTEM
 from aether_events import Usage
 from aether_llm import Reply, text_block
+from aether_runtime import tls
 
 
 @dataclass
@@ -56,7 +57,12 @@ def make_agent(
         return bool(await asyncio.to_thread(changed_paths, task_repo.git_dir))
 
     agent = Agent(
-        client=anthropic.AsyncAnthropic(api_key="test", base_url=model.url, max_retries=0),
+        client=anthropic.AsyncAnthropic(
+            api_key="test",
+            base_url=model.url,
+            max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=tls.shared()),
+        ),
         model=model_id,
         system=SYSTEM,
         toolbox=ToolBox(Workspace(worktree), CommandPolicy(allowed=("python",))),

@@ -20,6 +20,7 @@ from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map, task_prompt
 from aether_events import Usage
 from aether_llm import MessagesServer, PromptCache, Reply, text_block, tool_use_block
+from aether_runtime import tls
 
 from .conftest import workspace_ready
 
@@ -79,7 +80,12 @@ async def run_task(
 
     try:
         agent = Agent(
-            client=anthropic.AsyncAnthropic(api_key="test", base_url=server.url, max_retries=0),
+            client=anthropic.AsyncAnthropic(
+                api_key="test",
+                base_url=server.url,
+                max_retries=0,
+                http_client=anthropic.DefaultAsyncHttpxClient(verify=tls.shared()),
+            ),
             model="claude-sonnet-5-5",
             system=SYSTEM,
             toolbox=ToolBox(Workspace(task_repo.worktree), None),
