@@ -26,7 +26,7 @@ typecheck: ## mypy --strict over libs, services, src and bench/chaos
 
 check: lint typecheck ## what a commit must pass
 
-test: ## the whole suite (four workers; about five minutes on two quiet cores)
+test: ## the whole suite (four workers; about four minutes on two quiet cores)
 	uv run pytest
 
 test-cpu: ## the whole suite, then where its CPU went, test file by test file
