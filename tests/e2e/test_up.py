@@ -436,7 +436,7 @@ def test_installed_as_a_uv_tool_it_runs_the_stack_from_any_directory(tmp_path: P
     tools = Path(tempfile.mkdtemp(prefix="aether-tool-test-"))
     env = {**env_for(tmp_path), "UV_TOOL_DIR": str(tools), "UV_TOOL_BIN_DIR": str(tools / "bin")}
     # The tool's environment compiles only what its processes import, as they import it,
-    # rather than all of every package at install (10 s of CPU, most of it never run here).
+    # rather than all of every package at install (about 3 s of the test's CPU).
     env["UV_COMPILE_BYTECODE"] = "0"
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     installed = subprocess.run(
