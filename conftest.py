@@ -7,10 +7,12 @@ instead; these machines have no engine, so the embedded binaries are the default
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import nats
@@ -20,6 +22,69 @@ from nats.aio.client import Client as NatsClient
 
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, wait_for_jetstream
 from aether_events.testing import delete_streams_for_good
+
+# Where the suite's temporary files go when the machine has memory for them: the
+# throwaway repositories, NATS stores and PostgreSQL data directories of a run (about
+# 1.3 GB at its peak) then never reach the disk.
+MEMORY_TEMP_CANDIDATES = (Path("/dev/shm"),)  # noqa: S108 (its directory is checked: ours, no one else's to write)
+MEMORY_TEMP_NEEDED = 4 << 30  # free bytes a tmpfs must have to be used
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the run's temporary files in memory (``memory_temp_base``), once, in the
+    process that starts the others: xdist's workers, and every process a test starts,
+    inherit ``TMPDIR``."""
+    if hasattr(config, "workerinput"):
+        return
+    base = memory_temp_base(os.environ, MEMORY_TEMP_CANDIDATES, MEMORY_TEMP_NEEDED)
+    if base is not None:
+        os.environ["TMPDIR"] = str(base)
+        tempfile.tempdir = None  # looked up again from the environment
+
+
+def memory_temp_base(
+    environ: Mapping[str, str], candidates: Iterable[Path], needed: int
+) -> Path | None:
+    """A directory for the run's temporary files on the first of ``candidates`` that is a
+    writable tmpfs with ``needed`` bytes free, made if missing (one per user); ``None``
+    when ``TMPDIR`` is already set (the caller's choice stands) or none qualifies.
+
+    On a virtual machine's disk every file a test writes and deletes costs the kernel
+    block I/O (and a discard per freed extent where the disk is mounted with
+    ``discard``); the suite's whole run on the 2-core machine took 5–8 % less wall time
+    with its temporary files in memory. pytest's retention (``tmp_path_retention_policy``
+    in ``pyproject.toml``) keeps only failed tests' directories, so a run leaves little
+    behind in memory."""
+    if environ.get("TMPDIR"):
+        return None
+    tmpfs = _tmpfs_mounts()
+    for candidate in candidates:
+        if str(candidate) not in tmpfs or not os.access(candidate, os.W_OK | os.X_OK):
+            continue
+        stats = os.statvfs(candidate)
+        if stats.f_bavail * stats.f_frsize < needed:
+            continue
+        base = candidate / f"aether-tests-{os.getuid()}"
+        with contextlib.suppress(FileExistsError):
+            base.mkdir(mode=0o700)
+        # Another user's directory, or a link, at the name is not ours to write in; nor
+        # one others may write in. (Readable is fine: an embedded PostgreSQL run as root
+        # opens the path to its own user.)
+        found = base.lstat()
+        ours = stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid()
+        if ours and not found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return base
+    return None
+
+
+def _tmpfs_mounts() -> set[str]:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return set()
+    return {
+        fields[1] for fields in map(str.split, lines) if len(fields) > 2 and fields[2] == "tmpfs"
+    }
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in a worker

@@ -10,6 +10,7 @@ and the authorizer connected as the scheduler's user with the scheduler's permis
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ def stack() -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+        shutil.rmtree(home, ignore_errors=True)  # its PostgreSQL data among the rest
 
 
 class Authorizer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -60,6 +61,7 @@ def stack() -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+        shutil.rmtree(home, ignore_errors=True)  # its PostgreSQL data among the rest
 
 
 class Connection:
