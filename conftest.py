@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import nats
@@ -43,7 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def memory_temp_base(
-    environ: Mapping[str, str], candidates: Iterable[Path], needed: int
+    environ: Mapping[str, str],
+    candidates: Iterable[Path],
+    needed: int,
+    tmpfs: Collection[str] | None = None,
 ) -> Path | None:
     """A directory for the run's temporary files on the first of ``candidates`` that is a
     writable tmpfs with ``needed`` bytes free, made if missing (one per user); ``None``
@@ -54,10 +57,12 @@ def memory_temp_base(
     ``discard``); the suite's whole run on the 2-core machine took 5–8 % less wall time
     with its temporary files in memory. pytest's retention (``tmp_path_retention_policy``
     in ``pyproject.toml``) keeps only failed tests' directories, so a run leaves little
-    behind in memory."""
+    behind in memory. ``tmpfs``: the tmpfs mount points (read from the mount table when
+    not given)."""
     if environ.get("TMPDIR"):
         return None
-    tmpfs = _tmpfs_mounts()
+    if tmpfs is None:
+        tmpfs = _tmpfs_mounts()
     for candidate in candidates:
         if str(candidate) not in tmpfs or not os.access(candidate, os.W_OK | os.X_OK):
             continue

@@ -43,29 +43,25 @@ def test_a_directory_on_another_file_system_is_passed_over(tmp_path: Path) -> No
     assert memory_temp_base({}, [tmp_path], needed=1) is None
 
 
-def test_a_name_taken_by_a_link_or_open_to_others_is_not_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_name_taken_by_a_link_or_open_to_others_is_not_used(tmp_path: Path) -> None:
     """Someone else's link at the directory's name (a shared tmpfs) is not followed, and
     a directory others may write in is not used (one they may read is). ``tmp_path``
-    stands for the tmpfs (a mount is out of reach here), so nothing at the real name is
-    touched."""
-    import conftest
-
-    monkeypatch.setattr(conftest, "_tmpfs_mounts", lambda: {str(tmp_path)})
+    stands for the tmpfs (named a mount: a real one is out of reach here), so nothing at
+    the real name is touched."""
+    mounts = {str(tmp_path)}
     name = tmp_path / f"aether-tests-{os.getuid()}"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(mode=0o700)
     name.symlink_to(elsewhere)
-    assert memory_temp_base({}, [tmp_path], needed=1) is None
+    assert memory_temp_base({}, [tmp_path], needed=1, tmpfs=mounts) is None
     name.unlink()
     name.mkdir()
     for open_to_others in (0o775, 0o757, 0o777):
         name.chmod(open_to_others)
-        assert memory_temp_base({}, [tmp_path], needed=1) is None
+        assert memory_temp_base({}, [tmp_path], needed=1, tmpfs=mounts) is None
     for ours_to_write in (0o700, 0o755):
         name.chmod(ours_to_write)
-        assert memory_temp_base({}, [tmp_path], needed=1) == name
+        assert memory_temp_base({}, [tmp_path], needed=1, tmpfs=mounts) == name
 
 
 def test_this_run_uses_the_base_chosen_for_it(tmp_path: Path) -> None:

@@ -791,7 +791,13 @@ async def test_a_unix_socket_file_is_refused_as_a_tool_error_not_a_crash(linked:
     from aether_agent_runner.adapters.tools import ToolBox
 
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(linked.worktree / "control.sock"))
+    # Bound through the directory's descriptor: a socket's path may be 107 bytes at most,
+    # and a worktree under a test's temporary directory can be longer than that.
+    directory = os.open(linked.worktree, os.O_PATH | os.O_DIRECTORY)
+    try:
+        listener.bind(f"/proc/self/fd/{directory}/control.sock")
+    finally:
+        os.close(directory)
     listener.listen()
     tools = ToolBox(Workspace(linked.worktree), CommandPolicy(None, check_paths=False))
     try:
