@@ -184,6 +184,11 @@ def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
     printer = TranscriptPrinter(args)
     position = _listed(gateway, args, printer)
     ended = gateway.show(args.mission_id)["status"] in TERMINAL_STATUSES
+    if args.follow and ended:
+        # It ended after (or while) it was listed: what came in between is in the
+        # gateway's record by now, and a stream from the listing's position would never
+        # see the end it already passed.
+        _listed(gateway, args, printer)
     if not args.follow or ended:
         if not printer.printed and not args.json:
             print(f"no transcript for task {args.task_id} of {args.mission_id} yet")
