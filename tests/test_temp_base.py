@@ -9,45 +9,42 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MEMORY_TEMP_CANDIDATES, _tmpfs_mounts, memory_temp_base
+from conftest import memory_temp_base
 
-TMPFS = next((c for c in MEMORY_TEMP_CANDIDATES if str(c) in _tmpfs_mounts()), None)
-needs_tmpfs = pytest.mark.skipif(TMPFS is None, reason="no tmpfs among the candidates here")
+# ``tmp_path`` stands for the tmpfs in these tests, named a mount point (a real mount is out
+# of reach here), so nothing at the real name is touched and no test needs a tmpfs.
 
 
-@needs_tmpfs
-def test_a_tmpfs_with_room_is_chosen_in_a_directory_of_our_own() -> None:
-    assert TMPFS is not None
-    base = memory_temp_base({}, [TMPFS], needed=1)
-    assert base == TMPFS / f"aether-tests-{os.getuid()}"
+def test_a_tmpfs_with_room_is_chosen_in_a_directory_of_our_own(tmp_path: Path) -> None:
+    base = memory_temp_base({}, [tmp_path], needed=1, tmpfs={str(tmp_path)})
+    assert base == tmp_path / f"aether-tests-{os.getuid()}"
     found = base.lstat()
     assert found.st_uid == os.getuid()
     assert not found.st_mode & 0o022
+    # Found again by the next run, as it is.
+    assert memory_temp_base({}, [tmp_path], needed=1, tmpfs={str(tmp_path)}) == base
 
 
-@needs_tmpfs
 def test_the_callers_tmpdir_stands(tmp_path: Path) -> None:
-    assert TMPFS is not None
-    assert memory_temp_base({"TMPDIR": str(tmp_path)}, [TMPFS], needed=1) is None
+    mounts = {str(tmp_path)}
+    assert memory_temp_base({"TMPDIR": "/elsewhere"}, [tmp_path], 1, tmpfs=mounts) is None
 
 
-@needs_tmpfs
-def test_a_tmpfs_without_the_room_needed_is_passed_over() -> None:
-    assert TMPFS is not None
-    free = os.statvfs(TMPFS)
-    assert memory_temp_base({}, [TMPFS], needed=free.f_blocks * free.f_frsize + 1) is None
+def test_a_tmpfs_without_the_room_needed_is_passed_over(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path)
+    everything = free.f_blocks * free.f_frsize + 1
+    assert memory_temp_base({}, [tmp_path], needed=everything, tmpfs={str(tmp_path)}) is None
 
 
-def test_a_directory_on_another_file_system_is_passed_over(tmp_path: Path) -> None:
-    # A directory that is not itself a tmpfs mount (even one inside a tmpfs).
+def test_a_directory_that_is_no_tmpfs_mount_is_passed_over(tmp_path: Path) -> None:
+    # As the mount table has it (even a directory inside a tmpfs is not one).
     assert memory_temp_base({}, [tmp_path], needed=1) is None
+    assert memory_temp_base({}, [tmp_path], needed=1, tmpfs={"/dev/shm"}) is None
 
 
 def test_a_name_taken_by_a_link_or_open_to_others_is_not_used(tmp_path: Path) -> None:
     """Someone else's link at the directory's name (a shared tmpfs) is not followed, and
-    a directory others may write in is not used (one they may read is). ``tmp_path``
-    stands for the tmpfs (named a mount: a real one is out of reach here), so nothing at
-    the real name is touched."""
+    a directory others may write in is not used (one they may read is)."""
     mounts = {str(tmp_path)}
     name = tmp_path / f"aether-tests-{os.getuid()}"
     elsewhere = tmp_path / "elsewhere"
