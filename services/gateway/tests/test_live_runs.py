@@ -160,7 +160,7 @@ async def test_handlers_release_their_message_and_return_once_folded(
     await asyncio.gather(*handlers)
     assert released == list(range(1, len(handlers) + 1))
     assert await read_model.position() == len(handlers)
-    assert projector.missions.runs < len(handlers)
+    assert projector.runs.runs < len(handlers)
     async with read_model.db.pool.connection() as conn:
         cur = await conn.execute("SELECT status FROM missions WHERE id = %s", (script.mission_id,))
         row = await cur.fetchone()
@@ -295,3 +295,51 @@ async def test_two_replicas_sharing_the_consumer_fold_in_stream_order(
             await asyncio.sleep(0)
     await asyncio.gather(*waiting)
     assert await dump(db, read_model.consumer) == expected
+
+
+async def test_both_streams_fold_in_one_run_with_the_telemetry_first(
+    read_model: ReadModel, script: Script
+) -> None:
+    """A mission's events and its agent's transcript, delivered interleaved, share one
+    run: its telemetry is folded before its mission events (so `aether mission logs -f`,
+    which stops at the mission's end, finds every entry delivered before it)."""
+    projector = Projector(read_model)
+    order: list[str] = []
+    missions, telemetry = projector._missions, projector._telemetry
+
+    async def fold_missions(items: list[Incoming]) -> None:
+        order.append("missions")
+        await missions(items)
+
+    async def fold_telemetry(items: list[Incoming]) -> None:
+        order.append("telemetry")
+        await telemetry(items)
+
+    projector._missions, projector._telemetry = fold_missions, fold_telemetry  # type: ignore[assignment]
+    entries = [
+        decode(payload)
+        for payload in _telemetry(random.Random(3), script.mission_id, 6)
+        if b"transcript_recorded" in payload
+    ]
+    assert entries
+    events = script.happy_path()
+    handlers = []
+    for seq, event in enumerate(events, start=1):
+        delivery = Delivery(sequence=seq, num_delivered=1, pending=0, _release=lambda: None)
+        handlers.append(asyncio.create_task(projector.on_event(event, delivery)))
+        if seq <= len(entries):
+            entry = Delivery(sequence=seq, num_delivered=1, pending=0, _release=lambda: None)
+            handlers.append(asyncio.create_task(projector.on_telemetry(entries[seq - 1], entry)))
+    await asyncio.gather(*handlers)
+    assert projector.runs.runs == 1
+    assert order == ["telemetry", "missions"]
+    assert await read_model.position() == len(events)
+    assert await read_model.telemetry_position() == len(entries)
+    async with read_model.db.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM transcript_entries WHERE mission_id = %s", (script.mission_id,)
+        )
+        assert await cur.fetchone() == (len(entries),)
+        cur = await conn.execute("SELECT status FROM missions WHERE id = %s", (script.mission_id,))
+        assert await cur.fetchone() == ("completed",)
+    await projector.close()

@@ -20,7 +20,8 @@ from aether_events import (
     mission_subject,
     replay,
 )
-from aether_gateway.adapters.batches import MISSION_LINGER, Batcher, InOrder
+from aether_gateway.adapters.batches import LIVE_LINGER, LIVE_SPACING, Batcher, InOrder
+from aether_gateway.adapters.faults import Stream
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
     Incoming,
@@ -66,7 +67,13 @@ class Projector:
 
     Live deliveries are folded in runs (``batches``): a handler hands its event over and
     releases its message, so the next one is delivered while this one is folded, and
-    returns (its message is then settled) once its event is committed."""
+    returns (its message is then settled) once its event is committed.
+
+    Both streams' deliveries share one queue, and a run folds its telemetry before its
+    mission events: ``aether mission logs -f`` reads an attempt's transcript from the read
+    model and stops at the mission's end, so a transcript entry delivered before the
+    mission's last events must not be folded after them. Sharing the queue lets
+    telemetry wait for company as mission events do (folded alone, it could not)."""
 
     def __init__(
         self,
@@ -74,35 +81,43 @@ class Projector:
         telemetry: ConsumerSpec | None = None,
         *,
         stopping: Callable[[], bool] = lambda: False,
+        spacing: float = LIVE_SPACING,
     ) -> None:
         self.read_model = read_model
         self.telemetry = telemetry
-        self.missions = Batcher(
-            InOrder(read_model.take_items, read_model.position),
-            name="missions",
+        self._missions = InOrder(read_model.take_items, read_model.position)
+        self._telemetry = InOrder(read_model.take_telemetry, read_model.telemetry_position)
+        self.runs: Batcher[tuple[Stream, Incoming]] = Batcher(
+            self._fold_run,
+            name="live",
             stopping=stopping,
-            linger=MISSION_LINGER,
-        )
-        self.telemetry_runs = Batcher(
-            InOrder(read_model.take_telemetry, read_model.telemetry_position),
-            name="telemetry",
-            stopping=stopping,
+            linger=LIVE_LINGER,
+            spacing=spacing,
         )
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         """The mission consumer's handler: fold the event (a second delivery is a no-op)."""
-        folding = self.missions.submit(Incoming.of_event(event, delivery.sequence))
+        folding = self.runs.submit(("missions", Incoming.of_event(event, delivery.sequence)))
         await _released(folding, delivery)
 
     async def on_telemetry(self, event: Event, delivery: Delivery) -> None:
         """The telemetry consumer's handler: fold a heartbeat or a progress report."""
-        folding = self.telemetry_runs.submit(Incoming.of_event(event, delivery.sequence))
+        folding = self.runs.submit(("telemetry", Incoming.of_event(event, delivery.sequence)))
         await _released(folding, delivery)
+
+    async def _fold_run(self, run: list[tuple[Stream, Incoming]]) -> None:
+        """Fold a run's telemetry, then its mission events, each stream in the order its
+        events were delivered (one transaction each)."""
+        telemetry = [item for stream, item in run if stream == "telemetry"]
+        missions = [item for stream, item in run if stream == "missions"]
+        if telemetry:
+            await self._telemetry(telemetry)
+        if missions:
+            await self._missions(missions)
 
     async def close(self) -> None:
         """Stop folding live deliveries (at the service's stop)."""
-        await self.missions.close()
-        await self.telemetry_runs.close()
+        await self.runs.close()
 
     async def rebuild(self, js: JetStreamContext) -> int:
         """Fold what was stored since the read model's positions; return the mission
