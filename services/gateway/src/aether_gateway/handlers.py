@@ -20,7 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
-from aether_gateway.adapters.batches import LIVE_LINGER, LIVE_SPACING, Batcher, InOrder
+from aether_gateway.adapters.batches import LIVE_LINGER, Batcher, InOrder
 from aether_gateway.adapters.faults import Stream
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
@@ -81,7 +81,6 @@ class Projector:
         telemetry: ConsumerSpec | None = None,
         *,
         stopping: Callable[[], bool] = lambda: False,
-        spacing: float = LIVE_SPACING,
     ) -> None:
         self.read_model = read_model
         self.telemetry = telemetry
@@ -92,7 +91,6 @@ class Projector:
             name="live",
             stopping=stopping,
             linger=LIVE_LINGER,
-            spacing=spacing,
         )
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
