@@ -343,3 +343,22 @@ async def test_both_streams_fold_in_one_run_with_the_telemetry_first(
         cur = await conn.execute("SELECT status FROM missions WHERE id = %s", (script.mission_id,))
         assert await cur.fetchone() == ("completed",)
     await projector.close()
+
+
+async def test_a_wait_for_the_next_fold_ends_when_a_run_is_folded(
+    read_model: ReadModel, script: Script
+) -> None:
+    """A query behind the read model waits on ``next_fold``: it ends once the next run is
+    committed, not at the end of its time; with nothing folded it waits its time out."""
+    projector = Projector(read_model)
+    waiting = asyncio.create_task(projector.next_fold(60.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    delivery = Delivery(sequence=1, num_delivered=1, pending=0, _release=lambda: None)
+    await projector.on_event(script.requested(), delivery)
+    await asyncio.wait_for(waiting, 10.0)
+    assert await read_model.position() == 1
+
+    quiet = asyncio.create_task(projector.next_fold(0.05))
+    await asyncio.wait_for(quiet, 10.0)  # nothing folded: it returns on its own time
+    await projector.close()

@@ -106,6 +106,7 @@ class Gateway:
             ),
             rebuild=self._rebuild,
             oidc=self.oidc,
+            next_fold=self.projector.next_fold,
         )
         self.service.on_started.append(self._start_hub)
         self.watch = ReadModelWatch(

@@ -92,6 +92,8 @@ class Projector:
             stopping=stopping,
             linger=LIVE_LINGER,
         )
+        # Set (and replaced) whenever a live run has been folded: see ``next_fold``.
+        self._folded = asyncio.Event()
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         """The mission consumer's handler: fold the event (a second delivery is a no-op)."""
@@ -112,6 +114,15 @@ class Projector:
             await self._telemetry(telemetry)
         if missions:
             await self._missions(missions)
+        self._folded.set()
+        self._folded = asyncio.Event()
+
+    async def next_fold(self, within: float) -> None:
+        """Return once the next live run here has been folded, or after ``within``
+        seconds (the position also moves by the catch-up, or another replica's runs)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._folded.wait()
 
     async def close(self) -> None:
         """Stop folding live deliveries (at the service's stop)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,10 @@ from aether_gateway.domain.auth import Principal
 log = logging.getLogger("aether.gateway.api")
 
 
+async def _pause(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
 @dataclass
 class GatewayContext:
     """The gateway's adapters, as the routes see them."""
@@ -42,6 +47,9 @@ class GatewayContext:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # OIDC, when configured: bearer JWTs and the board's sign-in.
     oidc: OidcVerifier | None = None
+    # Returns once the projection here folds its next run, or after the seconds given:
+    # a query waiting for the read model looks again as soon as it may have moved.
+    next_fold: Callable[[float], Awaitable[None]] = _pause
 
     def mission_url(self, mission_id: str) -> str:
         return f"{self.settings.base_url}/missions/{mission_id}"
@@ -68,7 +76,7 @@ class GatewayContext:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while position < target and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+            await self.next_fold(0.02)
             position = await self.read_model.position()
 
     async def caught_up(self, within: float = 5.0) -> bool:
@@ -83,7 +91,7 @@ class GatewayContext:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while position < target and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+            await self.next_fold(0.05)
             position = await self.read_model.position()
         return True
 
