@@ -4,6 +4,7 @@ reaching only the event at fault, a database away retried in place."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -176,3 +177,50 @@ async def test_a_lingering_batcher_folds_what_comes_meanwhile_with_the_first() -
     assert eager.runs == [[0], [1, 2, 3]]
     assert lingering.runs == [[0, 1, 2, 3]]
     assert lingering.folded == [0, 1, 2, 3]
+
+
+async def test_a_spaced_batcher_starts_a_run_no_sooner_than_the_spacing_after_the_last() -> None:
+    """Given a spacing, a busy batcher folds what came during the spacing in one run
+    that starts no sooner than that after the one before; after a quiet spell longer
+    than the spacing, an item is folded at once."""
+    spacing = 0.6
+    folds = Folds()
+    starts: list[float] = []
+
+    async def timed(items: list[int]) -> None:
+        starts.append(time.monotonic())
+        await folds(items)
+
+    batcher: Batcher[int] = Batcher(timed, name="test", spacing=spacing)
+    began = time.monotonic()
+    await batcher.submit(0)
+    rest = [batcher.submit(n) for n in range(1, 4)]
+    await asyncio.gather(*rest)
+    assert folds.runs == [[0], [1, 2, 3]]
+    assert starts[0] - began < spacing / 2
+    assert starts[1] - starts[0] >= spacing
+
+    await asyncio.sleep(spacing)  # a quiet spell
+    handed = time.monotonic()
+    await batcher.submit(4)
+    assert folds.runs[-1] == [4]
+    assert starts[2] - handed < spacing / 2
+
+
+async def test_hurried_a_spaced_batcher_folds_what_waits_at_once() -> None:
+    """Someone waiting on the read model hurries the runs: what waits out the spacing
+    is folded now; with nothing queued, a hurry changes nothing."""
+    spacing = 30.0
+    folds = Folds()
+    batcher: Batcher[int] = Batcher(folds, name="test", spacing=spacing)
+    batcher.hurry()  # nothing queued
+    await batcher.submit(0)  # folded at once: the batcher was idle
+    waiting = batcher.submit(1)
+    await asyncio.sleep(0)  # the drainer waits out the spacing
+    assert not waiting.done()
+    began = time.monotonic()
+    batcher.hurry()
+    await waiting
+    assert time.monotonic() - began < spacing / 2
+    assert folds.runs == [[0], [1]]
+    await batcher.close()

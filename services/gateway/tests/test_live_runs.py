@@ -362,3 +362,22 @@ async def test_a_wait_for_the_next_fold_ends_when_a_run_is_folded(
     quiet = asyncio.create_task(projector.next_fold(0.05))
     await asyncio.wait_for(quiet, 10.0)  # nothing folded: it returns on its own time
     await projector.close()
+
+
+async def test_a_hurried_projector_folds_what_waits_for_its_run(
+    read_model: ReadModel, script: Script
+) -> None:
+    """Runs spaced apart leave an event waiting for its run; a query waiting on the read
+    model hurries the projector, and the event is folded at once."""
+    projector = Projector(read_model, spacing=60.0)
+    events = script.happy_path()[:2]
+    first = Delivery(sequence=1, num_delivered=1, pending=0, _release=lambda: None)
+    await projector.on_event(events[0], first)  # folded at once: nothing before it
+    second = Delivery(sequence=2, num_delivered=1, pending=0, _release=lambda: None)
+    folding = asyncio.create_task(projector.on_event(events[1], second))
+    await asyncio.sleep(0.01)
+    assert not folding.done() and await read_model.position() == 1
+    projector.hurry()
+    await asyncio.wait_for(folding, 10.0)
+    assert await read_model.position() == 2
+    await projector.close()

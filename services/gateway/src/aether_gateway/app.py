@@ -107,6 +107,7 @@ class Gateway:
             rebuild=self._rebuild,
             oidc=self.oidc,
             next_fold=self.projector.next_fold,
+            hurry=self.projector.hurry,
         )
         self.service.on_started.append(self._start_hub)
         self.watch = ReadModelWatch(

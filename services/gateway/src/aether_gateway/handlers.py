@@ -20,7 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
-from aether_gateway.adapters.batches import LIVE_LINGER, Batcher, InOrder
+from aether_gateway.adapters.batches import LIVE_LINGER, LIVE_SPACING, Batcher, InOrder
 from aether_gateway.adapters.faults import Stream
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.stream import (
@@ -81,6 +81,7 @@ class Projector:
         telemetry: ConsumerSpec | None = None,
         *,
         stopping: Callable[[], bool] = lambda: False,
+        spacing: float = LIVE_SPACING,
     ) -> None:
         self.read_model = read_model
         self.telemetry = telemetry
@@ -91,6 +92,7 @@ class Projector:
             name="live",
             stopping=stopping,
             linger=LIVE_LINGER,
+            spacing=spacing,
         )
         # Set (and replaced) whenever a live run has been folded: see ``next_fold``.
         self._folded = asyncio.Event()
@@ -116,6 +118,10 @@ class Projector:
             await self._missions(missions)
         self._folded.set()
         self._folded = asyncio.Event()
+
+    def hurry(self) -> None:
+        """Someone waits for the read model: fold the deliveries waiting for their run now."""
+        self.runs.hurry()
 
     async def next_fold(self, within: float) -> None:
         """Return once the next live run here has been folded, or after ``within``

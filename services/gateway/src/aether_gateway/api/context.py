@@ -50,6 +50,8 @@ class GatewayContext:
     # Returns once the projection here folds its next run, or after the seconds given:
     # a query waiting for the read model looks again as soon as it may have moved.
     next_fold: Callable[[float], Awaitable[None]] = _pause
+    # Has the projection here fold what waits for its run now (see ``LIVE_SPACING``).
+    hurry: Callable[[], None] = lambda: None
 
     def mission_url(self, mission_id: str) -> str:
         return f"{self.settings.base_url}/missions/{mission_id}"
@@ -76,6 +78,7 @@ class GatewayContext:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while position < target and loop.time() < deadline:
+            self.hurry()  # at every look: the event may reach the projection after the hub
             await self.next_fold(0.02)
             position = await self.read_model.position()
 
@@ -91,6 +94,7 @@ class GatewayContext:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while position < target and loop.time() < deadline:
+            self.hurry()
             await self.next_fold(0.05)
             position = await self.read_model.position()
         return True
