@@ -33,19 +33,30 @@ def free_port() -> int:
     local ports: a port the kernel hands out for ``bind(0)`` is one that the next client
     connection of any process on the machine may take before the service that was given
     it binds it (seen in CI as "address already in use" at a service's start)."""
+    try:
+        return free_port_run(1)
+    except OSError:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen: int = sock.getsockname()[1]
+            return chosen
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive ports that were free a moment ago, drawn as
+    ``free_port`` draws one (a stack given a port base takes the ports after it).
+    Raises ``OSError`` when none is found."""
     start, stop = _port_slice(PRIVATE_PORTS_START, _ephemeral_low())
     rng = random.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(start, stop)
+        base = rng.randrange(start, max(stop - count + 1, start + 1))
+        ports = range(base, base + count)
         # Never the same port twice from one process: one handed out a moment ago may not
         # be bound yet.
-        if port not in _handed_out and port_is_free(port):
-            _handed_out.add(port)
-            return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        chosen: int = sock.getsockname()[1]
-        return chosen
+        if _handed_out.isdisjoint(ports) and all(port_is_free(port) for port in ports):
+            _handed_out.update(ports)
+            return base
+    raise OSError(f"no {count} free ports in a row below the ephemeral range")
 
 
 # Ports handed out by ``free_port``: above the well-known and common service ports.

@@ -20,7 +20,7 @@ import pytest
 from dulwich.repo import Repo
 
 from aether import prestart
-from aether.infra import PRIVATE_PORTS_START, free_port
+from aether.infra import PRIVATE_PORTS_START, free_port, free_port_run
 from aether.stack import SERVICES, Stack
 from aether_events import (
     AgentCompleted,
@@ -235,3 +235,10 @@ def test_free_ports_come_from_below_the_ephemeral_range_and_never_twice() -> Non
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
     assert all(PRIVATE_PORTS_START <= port < max(low, PRIVATE_PORTS_START + 1000) for port in ports)
+    # A run of ports (a stack's port base): all below the range, none handed out before.
+    bases = [free_port_run(5) for _ in range(20)]
+    run_ports = [base + n for base in bases for n in range(5)]
+    assert len(set(run_ports)) == len(run_ports) and not set(run_ports) & set(ports)
+    assert all(
+        PRIVATE_PORTS_START <= port < max(low, PRIVATE_PORTS_START + 1000) for port in run_ports
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -35,6 +34,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from aether.gitview import create_sample_repository
+from aether.infra import free_port_run
 
 pytestmark = pytest.mark.e2e
 
@@ -329,28 +329,10 @@ class Screen:
 
 def free_port_base() -> int:
     """A port with the next four free too (the gateway's and the four other services'),
-    below the kernel's ephemeral range: a port picked there and closed again can be
-    taken as the source port of any outgoing connection (another worker's) before the
-    stack binds it, which a CI run saw ("address already in use")."""
-    ephemeral_low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10000, max(ephemeral_low - 5, 10001))
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + 5):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise AssertionError("no five free ports in a row")
+    below the kernel's ephemeral range (``free_port_run``): a port the kernel handed out
+    and took back can become another worker's outgoing connection's before the stack
+    binds it, which a CI run saw ("address already in use")."""
+    return free_port_run(5)
 
 
 def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
