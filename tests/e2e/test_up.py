@@ -213,59 +213,6 @@ def test_submit_refuses_what_is_not_a_repository_before_sending(tmp_path: Path):
     assert result.stderr.strip() == f"error: {repo} has no branch 'dev' (it has: main)"
 
 
-def test_down_stops_a_running_stack_and_the_cli_finds_its_home(started: Up, tmp_path: Path):
-    up = started
-    assert "http://127.0.0.1:" in up.output and "token" in up.output
-    pids = recorded_pids(up)
-
-    status = run(tmp_path, "status", "--home", str(up.home))
-    assert status.returncode == 0, status.stdout
-    assert status.stdout.count(" ready ") == 5 and status.stdout.count(" running ") == 2
-
-    second = run(tmp_path, "up", "--home", str(up.home), "--port-base", "0")
-    assert second.returncode == 1
-    assert f"a stack is already running on {up.home} (aether up pid {up.process.pid}" in (
-        second.stderr
-    )
-    assert survivors(pids, timeout=0) == pids  # the refused second up touched nothing
-
-    # A repository on master with an uncommitted change, submitted from another
-    # directory: the CLI finds the stack through the latest up, the base is master.
-    repo = tmp_path / "project"
-    create_sample_repository(repo)
-    with Repo(str(repo)) as git:
-        git.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/master"))
-        git.refs[Ref(b"refs/heads/master")] = git.refs[Ref(b"refs/heads/main")]
-        del git.refs[Ref(b"refs/heads/main")]
-    (repo / "notes.txt").write_text("not committed\n")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    submitted = run(
-        tmp_path, "mission", "submit", "Add a greeting", "--repo", str(repo), cwd=elsewhere
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    assert "uncommitted change(s)" in submitted.stderr and "? notes.txt" in submitted.stderr
-    mission_id = submitted.stdout.strip()
-    shown = run(tmp_path, "mission", "show", "@last", "--json", cwd=elsewhere)
-    assert shown.returncode == 0, shown.stderr
-    mission = json.loads(shown.stdout)
-    assert (mission["id"], mission["base_branch"]) == (mission_id, "master")
-    prefix = run(tmp_path, "mission", "show", mission_id[:6], "--json", cwd=elsewhere)
-    assert json.loads(prefix.stdout)["id"] == mission_id
-
-    logs = run(tmp_path, "logs", "gateway", "-n", "5", "--home", str(up.home))
-    assert logs.returncode == 0 and "gateway" in logs.stdout and "{" not in logs.stdout
-
-    down = run(tmp_path, "down", "--home", str(up.home))
-    assert down.returncode == 0, down.stderr
-    assert f"stopped the stack on {up.home}" in down.stdout
-    assert up.process.wait(60) == 0
-    assert survivors(pids) == []
-    assert run(tmp_path, "status", "--home", str(up.home)).returncode == 1
-    offline = run(tmp_path, "mission", "list", cwd=elsewhere)
-    assert offline.returncode == 1 and "cannot reach the gateway" in offline.stderr
-
-
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL])
 def test_no_child_outlives_up(started: Up, signum: int):
     pids = recorded_pids(started)
@@ -409,8 +356,50 @@ def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
         assert cancelled.returncode == 0, cancelled.stderr
         second.process.wait(60)
 
+        # The same stack, as the person goes on with it (one stack for both: starting
+        # one is seconds of CPU). It is found through its home and the latest up; a
+        # second up on the home is refused and touches nothing; down stops it all.
+        assert "token" in up.output
+        pids = recorded_pids(up)
+        status = run(tmp_path, "status", "--home", str(home))
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count(" ready ") == 5 and status.stdout.count(" running ") == 2
+        again = run(tmp_path, "up", "--home", str(home), "--port-base", "0")
+        assert again.returncode == 1
+        assert f"a stack is already running on {home} (aether up pid {up.process.pid}" in (
+            again.stderr
+        )
+        assert survivors(pids, timeout=0) == pids  # the refused second up touched nothing
+
+        # Submitted from another directory with an uncommitted change: the CLI finds the
+        # stack through the latest up, the base is the repository's master.
+        (repo / "notes.txt").write_text("not committed\n")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        submitted = run(
+            tmp_path, "mission", "submit", "Add a greeting", "--repo", str(repo), cwd=elsewhere
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert "uncommitted change(s)" in submitted.stderr and "? notes.txt" in submitted.stderr
+        third = submitted.stdout.strip()
+        shown_last = run(tmp_path, "mission", "show", "@last", "--json", cwd=elsewhere)
+        assert shown_last.returncode == 0, shown_last.stderr
+        mission = json.loads(shown_last.stdout)
+        assert (mission["id"], mission["base_branch"]) == (third, "master")
+        prefix = run(tmp_path, "mission", "show", third[:6], "--json", cwd=elsewhere)
+        assert json.loads(prefix.stdout)["id"] == third
+
+        logs = run(tmp_path, "logs", "gateway", "-n", "5", "--home", str(home))
+        assert logs.returncode == 0 and "gateway" in logs.stdout and "{" not in logs.stdout
+
         down = run(tmp_path, "down", "--home", str(home))
-        assert down.returncode == 0 and up.process.wait(60) == 0
+        assert down.returncode == 0, down.stderr
+        assert f"stopped the stack on {home}" in down.stdout
+        assert up.process.wait(60) == 0
+        assert survivors(pids) == []
+        assert run(tmp_path, "status", "--home", str(home)).returncode == 1
+        offline = run(tmp_path, "mission", "list", cwd=elsewhere)
+        assert offline.returncode == 1 and "cannot reach the gateway" in offline.stderr
     finally:
         up.stop()
         shutil.rmtree(home, ignore_errors=True)
