@@ -81,10 +81,21 @@ class Progress:
 
     def say(self, line: str) -> None:
         with self._lock:
-            if self.tty:
-                self.out.write("\r\x1b[2K")
-            self.out.write(line + "\n")
-            self.out.flush()
+            self._say(line)
+
+    def done(self, line: str, waiting: str) -> None:
+        """Say that a step is done and name what is waited for next, in one go: the line
+        refreshed in place (or every ten seconds) never names a finished step as still
+        awaited."""
+        with self._lock:
+            self._say(line)
+            self.waiting = waiting
+
+    def _say(self, line: str) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[2K")
+        self.out.write(line + "\n")
+        self.out.flush()
 
     def close(self) -> None:
         self._stop.set()
@@ -148,7 +159,11 @@ class Supervisor:
         began = time.monotonic()
         self.stack.start_infrastructure()
         self.record()
-        progress.say(f"  ✓ NATS and PostgreSQL ({time.monotonic() - began:.1f}s)")
+        # Named before the services start: forking them (the prestarter's imports first)
+        # can take seconds, and the line must not say NATS and PostgreSQL meanwhile.
+        progress.done(
+            f"  ✓ NATS and PostgreSQL ({time.monotonic() - began:.1f}s)", ", ".join(SERVICES)
+        )
         self._check_stop()
         for name in SERVICES:
             self.stack.start_service(name)

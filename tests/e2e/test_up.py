@@ -290,6 +290,9 @@ def test_the_newcomer_path_in_a_terminal(tmp_path: Path):
         up.wait_for("Aether is up.")
         assert f"gateway   http://127.0.0.1:{base}" in up.output
         assert "OFFLINE model" in up.output and "{" not in up.output  # no raw JSON logs
+        # What it still waits for is never a step it has said is done.
+        after_infrastructure = up.output.split("✓ NATS and PostgreSQL", 1)[1]
+        assert "waiting for NATS" not in after_infrastructure, up.output
 
         repo = tmp_path / "project"
         create_sample_repository(repo)
