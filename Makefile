@@ -7,8 +7,8 @@
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: ## install the workspace, exactly as locked
-	uv sync --locked
+setup: ## install the workspace, exactly as locked, with its bytecode compiled
+	uv sync --locked --compile-bytecode
 
 hooks: setup ## install the pre-commit hooks (ruff, ruff format, mypy)
 	uv run pre-commit install
