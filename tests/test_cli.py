@@ -426,3 +426,28 @@ def test_show_says_where_the_result_was_delivered_or_why_not():
     assert describe(event).endswith(
         "branch_push_failed                to https://git.example/app: refused"
     )
+
+
+def test_show_says_what_a_task_does_now_not_its_agents_last_sampled_action():
+    from aether.render import mission_detail
+
+    asked = {"last_action": "model asks: read_file src/g.py"}
+    tasks = [
+        {"task_id": "t1", "status": "merged", "title": "Add greet", "merge_sha": "1f14cf1797ab"},
+        {"task_id": "t2", "status": "running", "title": "Add bye"},
+        {"task_id": "t3", "status": "escalated", "title": "Add doc", "error": "tests fail"},
+        {"task_id": "t4", "status": "completed", "title": "Add more"},
+    ]
+    mission = {
+        "id": "m-1",
+        "status": "running",
+        "repository": "/r",
+        "base_branch": "main",
+        "requirement": "r",
+        "tasks": [{**task, "attempt": 1, "agent": asked} for task in tasks],
+    }
+    lines = {line.split()[0]: line for line in mission_detail(mission).splitlines()[1:]}
+    assert lines["t1"].endswith("Add greet  — merged 1f14cf1797")
+    assert lines["t2"].endswith("Add bye  — model asks: read_file src/g.py")
+    assert lines["t3"].endswith("Add doc  — tests fail")
+    assert lines["t4"].endswith("Add more")  # done, its merge not yet: nothing to add

@@ -127,8 +127,7 @@ def mission_detail(m: dict[str, Any]) -> str:
         lines.append("  tasks:")
         for t in tasks:
             after = f" (after {', '.join(t['depends_on'])})" if t.get("depends_on") else ""
-            agent = t.get("agent") or {}
-            activity = agent.get("last_action") or t.get("error") or ""
+            activity = task_note(t)
             note = f"  — {short(activity, 40)}" if activity else ""
             lines.append(
                 f"    {t['task_id']:<10} {t['status']:<11} try {t.get('attempt', 0)}  "
@@ -155,6 +154,20 @@ def mission_detail(m: dict[str, Any]) -> str:
             author = msg.get("author") or ""
             lines.append(f"    {msg['kind']:<8} {author:<16} {short(msg['text'], 70)}")
     return "\n".join(lines)
+
+
+def task_note(t: dict[str, Any]) -> str:
+    """What a task's line says after its title, as the live board does: the agent's
+    latest action while it works, what went wrong when it failed, the merge once merged.
+    An agent's last action is sampled, often a turn before its end: shown beside a task
+    that is done, it read as if the model still asked (``merged … — model asks:
+    read_file``)."""
+    status = t.get("status")
+    if status == "running":
+        return str((t.get("agent") or {}).get("last_action") or "working")
+    if status == "merged" and t.get("merge_sha"):
+        return f"merged {str(t['merge_sha'])[:10]}"
+    return str(t.get("error") or "")
 
 
 def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
