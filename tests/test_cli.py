@@ -451,3 +451,30 @@ def test_show_says_what_a_task_does_now_not_its_agents_last_sampled_action():
     assert lines["t2"].endswith("Add bye  — model asks: read_file src/g.py")
     assert lines["t3"].endswith("Add doc  — tests fail")
     assert lines["t4"].endswith("Add more")  # done, its merge not yet: nothing to add
+
+
+def test_the_feed_the_board_and_show_count_waves_alike_from_one():
+    from aether.render import describe, mission_detail
+
+    # Events number waves from 0; people read them from 1, as `show` and the web board do.
+    ready = ev(5, "task_ready", task={"id": "a", "title": "Write a"}, attempt=1, model="x", wave=0)
+    assert "attempt 1, wave 1, model x" in describe(ready)
+    assert "wave 1: a, b" in describe(ev(6, "wave_started", wave=0, task_ids=["a", "b"]))
+    assert describe(ev(7, "wave_completed", wave=1)).endswith("wave 2")
+    board = Board("m-1")
+    for event in [ev(3, "plan_produced", **PLAN), ev(4, "plan_approved", version=1), ready]:
+        board.apply(event)
+    row = next(line for line in render(board).splitlines() if "Write a" in line)
+    assert row.split()[1:4] == ["ready", "1", "1"]  # status, try, wave
+    graph = mission_detail(
+        {
+            "id": "m-1",
+            "status": "running",
+            "repository": "/r",
+            "base_branch": "main",
+            "requirement": "r",
+            "plans": [{"version": 1, "tasks": PLAN["tasks"]}],
+            "graph": {"layers": [["a"], ["b"]]},
+        }
+    )
+    assert "    wave 1  a\n    wave 2  b ← a" in graph

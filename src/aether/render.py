@@ -12,6 +12,12 @@ def short(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def wave_number(wave: int) -> int:
+    """A wave as people count it, from 1 (as ``show``'s graph and the web board do); the
+    events number them from 0."""
+    return wave + 1
+
+
 def money(value: float | None, complete: bool = True) -> str:
     """A cost; ``+`` marks a lower bound (some call's price was unknown)."""
     if value is None:
@@ -31,7 +37,7 @@ def describe(event: SseEvent) -> str:
     elif kind == "repository_prepared":
         detail = f"{d['integration_branch']} from {d['base_branch']}@{d['base_sha'][:10]}"
     elif kind == "task_ready":
-        detail = f"attempt {d['attempt']}, wave {d.get('wave', 0)}, model {d['model']}"
+        detail = f"attempt {d['attempt']}, wave {wave_number(d.get('wave', 0))}, model {d['model']}"
     elif kind == "workspace_ready":
         detail = f"{d['branch']} at {d['base_sha'][:10]}"
     elif kind == "agent_completed":
@@ -55,9 +61,9 @@ def describe(event: SseEvent) -> str:
     elif kind == "budget_raised":
         detail = f"to ${d['budget_usd']:.2f}"
     elif kind == "wave_started":
-        detail = f"wave {d['wave']}: {', '.join(d.get('task_ids', []))}"
+        detail = f"wave {wave_number(d['wave'])}: {', '.join(d.get('task_ids', []))}"
     elif kind == "wave_completed":
-        detail = f"wave {d['wave']}"
+        detail = f"wave {wave_number(d['wave'])}"
     elif kind in ("task_retried", "task_timed_out"):
         detail = f"attempt {d['attempt']}" + (f": {d['reason']}" if d.get("reason") else "")
     elif kind == "agent_progress":

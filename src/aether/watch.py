@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from aether.client import SseEvent
-from aether.render import money
+from aether.render import money, wave_number
 from aether_events import (
     NEEDS_PERSON_TASK_STATUSES,
     SETTLED_TASK_STATUSES,
@@ -330,7 +330,7 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
         f"{'title':<{title_width}}  latest activity"
     )
     for line in board.tasks.values():
-        wave = "-" if line.wave is None else str(line.wave)
+        wave = "-" if line.wave is None else str(wave_number(line.wave))
         title = _fit(_title(line), title_width)
         row = (
             f"  {_fit(line.id, 10):<10} {line.status:<12} {line.attempt:>3} {wave:>4} "
