@@ -478,3 +478,28 @@ def test_the_feed_the_board_and_show_count_waves_alike_from_one():
         }
     )
     assert "    wave 1  a\n    wave 2  b ← a" in graph
+
+
+def test_an_unreachable_default_gateway_names_the_home_looked_in(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from aether import locate
+    from aether.cli import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(locate, "DEFAULT_URL", closed)
+    for name in ("AETHER_URL", "AETHER_TOKEN", "AETHER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "no stack here"
+    assert main(["mission", "list", "--home", str(home)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"error: cannot reach the gateway at {closed} (from the default)")
+    assert lines[1] == (
+        f"  no stack is running on {home} (the home from --home): start one with "
+        f"`aether up --home '{home}'`, or point --url / $AETHER_URL at a running one"
+    )
+    # A URL given is not a guess: the plain hint.
+    assert main(["mission", "list", "--url", closed]) == 1
+    assert capsys.readouterr().err.splitlines()[1].startswith("  start a stack with `aether up`")

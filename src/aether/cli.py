@@ -15,10 +15,25 @@ import httpx
 from aether import commands
 from aether.client import ApiError, GatewayClient
 from aether.credentials import TOKEN_FILE
+from aether.locate import Target
 from aether.login import LoginError, run_login, run_logout
 from aether.render import describe
 
 SCOPES = ("read", "write", "admin")
+
+
+def _unreachable_hint(target: Target) -> str:
+    """What to do when the gateway does not answer. With no URL given and no stack in the
+    home, the default URL was only a guess: say which home was looked in, and how it was
+    chosen (a mistyped ``--home`` or a stale ``$AETHER_HOME`` shows at once)."""
+    if target.url_source == "the default":
+        home = shlex.quote(str(target.home))
+        return (
+            f"no stack is running on {target.home} (the home from {target.home_source}): "
+            f"start one with `aether up --home {home}`, or point --url / $AETHER_URL at a "
+            "running one"
+        )
+    return "start a stack with `aether up`, or point --url / $AETHER_URL at a running one"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         target = commands.target(args)
         print(
             f"error: cannot reach the gateway at {target.url} (from {target.url_source}): "
-            f"{error or type(error).__name__}\n"
-            "  start a stack with `aether up`, or point --url / $AETHER_URL at a running one",
+            f"{error or type(error).__name__}\n  {_unreachable_hint(target)}",
             file=sys.stderr,
         )
         return 1

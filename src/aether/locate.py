@@ -64,6 +64,8 @@ class Target:
     token: str | None
     token_source: str
     home: Path
+    # How the home was chosen (``--home``, ``$AETHER_HOME``, ``./.aether``, …).
+    home_source: str = ""
 
 
 def find_url(url: str | None, home: Path | None) -> tuple[str, str, Path, str]:
@@ -90,17 +92,19 @@ def find_target(url: str | None, token: str | None, home: Path | None) -> Target
 
     found_url, url_source, where, how = find_url(url, home)
     if token:
-        return Target(found_url, url_source, token, "--token", where)
+        return Target(found_url, url_source, token, "--token", where, how)
     if os.environ.get("AETHER_TOKEN"):
-        return Target(found_url, url_source, os.environ["AETHER_TOKEN"], "$AETHER_TOKEN", where)
+        return Target(
+            found_url, url_source, os.environ["AETHER_TOKEN"], "$AETHER_TOKEN", where, how
+        )
     signed_in = usable_token(where, found_url)
     if signed_in:
         source = f"`aether login` ({credentials_path(where)})"
-        return Target(found_url, url_source, signed_in, source, where)
+        return Target(found_url, url_source, signed_in, source, where, how)
     path = where / TOKEN_FILE
     try:
         kept = path.read_text(encoding="utf-8").strip() or None
     except OSError:
         kept = None
     source = f"{path} ({how})" if kept else f"none: no --token, $AETHER_TOKEN or {path}"
-    return Target(found_url, url_source, kept, source, where)
+    return Target(found_url, url_source, kept, source, where, how)
