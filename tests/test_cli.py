@@ -503,3 +503,26 @@ def test_an_unreachable_default_gateway_names_the_home_looked_in(tmp_path, monke
     # A URL given is not a guess: the plain hint.
     assert main(["mission", "list", "--url", closed]) == 1
     assert capsys.readouterr().err.splitlines()[1].startswith("  start a stack with `aether up`")
+
+
+def test_the_mission_list_has_a_header_over_its_columns():
+    from aether.render import mission_lines
+
+    mission = {
+        "id": "m-0a6fb914d37d4361",
+        "status": "awaiting_approval",
+        "created_at": "2026-12-03T04:25:42Z",
+        "cost_usd": 0.0,
+        "repository": "/tmp/tour",
+        "requirement": "Add a greeting",
+    }
+    header, line = mission_lines([mission])
+    for column, value in [
+        ("status", "awaiting_approval"),
+        ("created", "2026-12-03 04:25:42"),
+        ("repository", "/tmp/tour"),
+        ("requirement", "Add a greeting"),
+    ]:
+        assert header.index(column) == line.index(value), (column, header, line)
+    assert header.index("cost") + len("cost") == line.index("$0.0000") + len("$0.0000")
+    assert mission_lines([]) == []

@@ -23,7 +23,7 @@ import httpx
 from aether.client import ApiError, GatewayClient
 from aether.gitview import diff_stat, format_stat, stat_of_answer, text_of_answer, unified_diff
 from aether.locate import Target, find_target
-from aether.render import describe, mission_detail, mission_line, money, short, token_line
+from aether.render import describe, mission_detail, mission_lines, money, short, token_line
 from aether.repocheck import RepositoryProblem, check_repository
 
 if TYPE_CHECKING:
@@ -179,8 +179,15 @@ def list_missions(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"missions": found, "next_cursor": cursor}, indent=2))
         return 0
-    for mission in found:
-        print(mission_line(mission))
+    for line in mission_lines(found):
+        print(line)
+    if not found:
+        filtered = args.status or args.repo or args.since
+        print(
+            "no missions match"
+            if filtered
+            else 'no missions yet: `aether mission submit --repo PATH "what you want done"`'
+        )
     if cursor is not None:
         print(f"(more: --all, or the API's cursor {cursor})", file=sys.stderr)
     return 0

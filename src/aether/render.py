@@ -87,13 +87,31 @@ def describe(event: SseEvent) -> str:
     return f"{seq:>6} {kind:<22} {task:<10} {detail}".rstrip()
 
 
+def mission_lines(missions: list[dict[str, Any]]) -> list[str]:
+    """``aether mission list``: a header, then a line per mission."""
+    if not missions:
+        return []
+    header = _mission_columns("mission", "status", "created", "cost", "repository", "")
+    return [header + "requirement"] + [mission_line(m) for m in missions]
+
+
 def mission_line(m: dict[str, Any]) -> str:
     created = str(m.get("created_at", ""))[:19].replace("T", " ")
     cost = money(m.get("cost_usd"), m.get("cost_complete", True))
-    return (
-        f"{m['id']}  {m['status']:<17} {created}  {cost:>10}  "
-        f"{short(m.get('repository', ''), 30):<30}  {short(m.get('requirement', ''), 50)}"
+    return _mission_columns(
+        m["id"],
+        m["status"],
+        created,
+        cost,
+        short(m.get("repository", ""), 30),
+        short(m.get("requirement", ""), 50),
     )
+
+
+def _mission_columns(
+    mission: str, status: str, created: str, cost: str, repository: str, requirement: str
+) -> str:
+    return f"{mission:<18}  {status:<17} {created:<19}  {cost:>10}  {repository:<30}  {requirement}"
 
 
 def mission_detail(m: dict[str, Any]) -> str:

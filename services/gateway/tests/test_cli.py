@@ -36,6 +36,10 @@ async def test_mission_commands_for_people_and_for_scripts(
     gateway_server, nc, capsys, script, tmp_path
 ):
     cli = Cli(gateway_server, capsys)
+    code, out, _ = await cli("mission", "list")
+    assert code == 0 and out.startswith("no missions yet: `aether mission submit")
+    code, out, _ = await cli("mission", "list", "--status", "failed")
+    assert code == 0 and out.strip() == "no missions match"
     repository = tmp_path / "repo"
     create_sample_repository(repository)  # submit checks the repository before sending
     created = await cli.json(
@@ -44,6 +48,14 @@ async def test_mission_commands_for_people_and_for_scripts(
     mission_id = created["mission_id"]
     code, out, _ = await cli("mission", "list")
     assert code == 0 and mission_id in out and "requested" in out
+    assert out.splitlines()[0].split() == [
+        "mission",
+        "status",
+        "created",
+        "cost",
+        "repository",
+        "requirement",
+    ]
     listed = await cli.json("mission", "list", "--status", "requested")
     assert [m["id"] for m in listed["missions"]] == [mission_id]
 
