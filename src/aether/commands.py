@@ -134,6 +134,14 @@ def submit(args: argparse.Namespace) -> int:
             else "no budget: nothing limits this mission's model spend",
             file=sys.stderr,
         )
+        if not args.watch:
+            mission = created["mission_id"]
+            then = (
+                ""
+                if args.auto_approve
+                else f"; approve its plan: `aether mission approve {mission}`"
+            )
+            print(f"follow it: `aether mission watch {mission}`{then}", file=sys.stderr)
     if args.watch:
         args.mission_id = created["mission_id"]
         args.events = False

@@ -82,6 +82,18 @@ async def test_mission_commands_for_people_and_for_scripts(
     code, out, _ = await cli("mission", "cancel", mission_id)
     assert code == 0
 
+    # Submitted for a person: the id alone on stdout, and on stderr what to do next.
+    code, out, err = await cli("mission", "submit", "Add a farewell", "--repo", str(repository))
+    assert code == 0, err
+    second = out.strip()
+    assert second.startswith("m-") and second != mission_id
+    assert f"follow it: `aether mission watch {second}`" in err
+    assert f"approve its plan: `aether mission approve {second}`" in err
+    code, out, err = await cli(
+        "mission", "submit", "Add more", "--repo", str(repository), "--auto-approve"
+    )
+    assert code == 0 and "follow it:" in err and "approve its plan" not in err
+
 
 async def test_retry_skip_and_approve_from_the_command_line(gateway_server, nc, capsys, script):
     cli = Cli(gateway_server, capsys)
