@@ -91,8 +91,8 @@ def mission_lines(missions: list[dict[str, Any]]) -> list[str]:
     """``aether mission list``: a header, then a line per mission."""
     if not missions:
         return []
-    header = _mission_columns("mission", "status", "created", "cost", "repository", "")
-    return [header + "requirement"] + [mission_line(m) for m in missions]
+    header = _mission_columns("mission", "status", "created", "cost", "repository", "requirement")
+    return [header] + [mission_line(m) for m in missions]
 
 
 def mission_line(m: dict[str, Any]) -> str:
