@@ -65,7 +65,7 @@ class Target:
     token_source: str
     home: Path
     # How the home was chosen (``--home``, ``$AETHER_HOME``, ``./.aether``, …).
-    home_source: str = ""
+    home_source: str
 
 
 def find_url(url: str | None, home: Path | None) -> tuple[str, str, Path, str]:
