@@ -216,3 +216,65 @@ async def test_a_lane_asks_again_at_once_when_its_request_is_lost_with_the_serve
     finally:
         await puller.stop()
         await nc.close()
+
+
+@pytest.mark.parametrize("confirm", [True, False], ids=["confirmed", "sent"])
+async def test_a_hand_off_lane_keeps_one_request_and_settles_each_message_once(
+    nats_url: str, nc: NatsClient, confirm: bool
+) -> None:
+    """A lane whose handlers release their messages (``hand_offs``) is still one lane the
+    server holds to the consumer's limit: one standing request serves every message.
+    Unconfirmed settlements (``confirm_settlements=False``) send each acknowledgement
+    and wait for no answer: a message each way fewer per delivery, every one settled."""
+    count = 40
+    order: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        order.append(event.mission_id)
+        delivery.release()
+        await asyncio.sleep(0.01)  # the slow part, after the release
+        if len(order) == count:
+            done.set()
+
+    svc = Service(
+        name="handing", settings=RuntimeSettings(nats_url=nats_url, port=0), bus_poll_seconds=0
+    )
+    svc.consume(
+        ConsumerSpec(
+            durable="handing",
+            subject=ALL_MISSION_EVENTS,
+            handler=handler,
+            hand_offs=7,
+            confirm_settlements=confirm,
+        )
+    )
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await svc.start()
+    try:
+        assert svc.nc is not None
+        before = dict(svc.nc.stats)
+        for i in range(count):
+            await publisher.publish(requested(f"m-{i:02d}"))
+        await asyncio.wait_for(done.wait(), 30)
+        info = await js.consumer_info(MISSIONS_STREAM, "handing")
+        while info.ack_floor.stream_seq < count:
+            await asyncio.sleep(0.02)
+            info = await js.consumer_info(MISSIONS_STREAM, "handing")
+        assert order == [f"m-{i:02d}" for i in range(count)]
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+        (lane,) = [p for p in svc._pullers if p.durable == "handing"]
+        assert lane.requests == 1
+        sent = svc.nc.stats["out_msgs"] - before["out_msgs"]
+        received = svc.nc.stats["in_msgs"] - before["in_msgs"]
+        # Each delivery in, its settlement out; confirmed, the server's answer comes in
+        # too. (A few more for the service's own bus readings, which are off here.)
+        assert count <= sent <= count + 3
+        if confirm:
+            assert received >= 2 * count
+        else:
+            assert count <= received <= count + 3
+    finally:
+        await svc.stop()

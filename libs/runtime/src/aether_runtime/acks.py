@@ -104,6 +104,20 @@ async def confirm(
         await asyncio.sleep(0.1)
 
 
+async def send(nc: NatsClient, msg: Msg, payload: bytes, settled: Settled | None = None) -> None:
+    """Send ``payload`` (``ACK`` or ``TERM``) for ``msg`` without waiting for an answer,
+    for a consumer whose handler may safely see a message again
+    (``ConsumerSpec.confirm_settlements``). One lost with the server is sent again
+    after the reconnect (``settled``); one lost for good only has the message delivered
+    again after its ack wait."""
+    msg._aether_settling = True  # type: ignore[attr-defined]  # see ``settling``
+    if settled is not None:
+        settled.note(msg, payload)
+    with contextlib.suppress(Exception):  # not connected: the resend or the redelivery
+        await nc.publish(msg.reply, payload)
+    msg._ackd = True  # nats-py's own flag: the message is settled
+
+
 async def server_view(nc: NatsClient, msg: Msg) -> str | None:
     """What the server's consumer state says of ``msg``'s delivery: ``"recorded"`` when
     its ack floor covers it (settled), ``"forgotten"`` when the server no longer counts it

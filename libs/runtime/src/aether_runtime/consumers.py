@@ -82,6 +82,12 @@ class ConsumerSpec:
     # and ``hand_offs`` give (see ``max_ack_pending``): a durable that several processes
     # share, each bounding itself by its lanes (the agent runner's work consumer).
     ack_pending: int | None = None
+    # Whether each settlement waits for the server's answer (``acks.confirm``). A
+    # consumer whose handler changes nothing on a second delivery of a message it handled
+    # (the gateway's read model skips what is at or below its stored position) need not:
+    # a lost acknowledgement then costs a redelivery after the ack wait, settled again
+    # with no work, and the answer is one message more through the server per delivery.
+    confirm_settlements: bool = True
 
     @property
     def filter_subjects(self) -> list[str] | None:

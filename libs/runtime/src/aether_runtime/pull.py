@@ -8,17 +8,19 @@ waits to fill its batch.
 
 How much a lane asks for depends on who bounds what is in flight:
 
-* A consumer that delivers one message at a time (``max_ack_pending`` of 1: the
-  single-writer consumers) keeps a *standing* request for a batch of messages, renewed
-  before the message that uses it up is handled. The server delivers the next message
-  only once the previous one is acknowledged, and then at once, on the request already
-  waiting, rather than after the lane has asked again: a task's many deliveries cost one
-  request per batch rather than a request and its round trip each, and nothing waits
-  on this side unhandled.
+* A consumer with one lane whose limit of messages in flight is its own
+  (``max_ack_pending`` of 1, the single-writer consumers; or 1 + ``hand_offs``, whose
+  handlers release their message and go on, the gateway's and the planner's) keeps a
+  *standing* request for a batch of messages, renewed before the message that uses it
+  up is handled. The server delivers the next message once the limit allows, and then
+  at once, on the request already waiting, rather than after the lane has asked again:
+  a task's many deliveries cost one request per batch rather than a request and its
+  round trip each. What waits on this side is bounded by that limit, and waits only for
+  the handlers before it to release theirs.
 * Any other lane (one the server lets deliver more than it holds: several lanes or
-  processes sharing a durable, hand-offs, several workers) asks only for what it has
-  room for, when it has it, as before: a message pulled by a busy lane would wait
-  unhandled, and not kept alive, while another lane could have run it.
+  processes sharing a durable under a limit of the durable's, several workers) asks
+  only for what it has room for, when it has it: a message pulled by a busy lane would
+  wait unhandled, and not kept alive, while another lane could have run it.
 
 A request lives ``expires`` seconds; the server ends it with a status (408) and the lane
 asks again. One lost with a restarting server is not waited out: ``wake`` (called at a
@@ -76,6 +78,7 @@ class Puller:
         expires: float = 2.0,
     ) -> None:
         self._nc = nc
+        self.durable = durable
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = inbox
         self._handle = handle

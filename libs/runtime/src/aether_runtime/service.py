@@ -72,7 +72,7 @@ from aether_events import (
 )
 from aether_events.replay import UNANSWERED
 from aether_runtime import health, http, listen, metrics
-from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive
+from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive, send
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.consumers import ConsumerSpec, ensure_consumer
 from aether_runtime.failures import RetryLater, transient
@@ -699,8 +699,9 @@ class Service:
                 spec.durable,
                 self._nats.new_inbox(),
                 self._on_message(spec),
-                # One message in flight, held back by the server: a standing request.
-                standing=spec.max_ack_pending == 1 and spec.max_workers <= 1,
+                # One lane, which the server holds to the consumer's limit of messages
+                # in flight: a standing request (see ``pull``).
+                standing=spec.max_workers <= 1 and spec.ack_pending is None,
                 workers=spec.max_workers,
                 expires=FETCH_SECONDS,
             )
@@ -801,7 +802,10 @@ class Service:
         # message again as new, and one that never answered redelivers it after the ack
         # wait; that copy is then settled the same way, not handled a second time.
         self._last_settled[id(spec)] = (sequence, payload)
-        await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
+        if spec.confirm_settlements:
+            await confirm(self._nats, raw, payload, spec.ack_wait_seconds, self._settled)
+        else:
+            await send(self._nats, raw, payload, self._settled)
 
     @property
     def _nats(self) -> NatsClient:
