@@ -27,6 +27,10 @@ of few cores the read model's CPU is taken from the services on the mission's pa
 the difference is what it costs them. It also prints, inside each attempt, the time from
 AgentStarted to the end of the first model call, between the ends of two calls, and from
 the last call's end to AgentCompleted, from the events the attempt emitted as it went.
+And it prints how many messages a task costs through the NATS server, by who sent or
+received them (the server's own count per connection, ``/connz``, on a monitoring port
+the stack's server opens for the bench): each service's connection, and the attempts'
+own connections together.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
         [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
@@ -64,6 +68,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aether import prestart
 from aether.gitview import create_sample_repository
+from aether.infra import free_port
 from aether.stack import SERVICES, Stack
 from aether_agent_runner.adapters.git import GitDir, commit_all
 from aether_events import (
@@ -82,6 +87,7 @@ from aether_events import (
 from aether_git_broker.adapters.git import GitRepositories
 from aether_llm import MessagesServer, Reply, tool_use_block
 from aether_runtime import tls
+from aether_runtime.bus_auth import ADMIN_USER
 
 _TASK = re.compile(r"<task>(.*?)</task>", re.DOTALL)
 # A requirement as the planner's prompt holds it (the messages as JSON text).
@@ -450,6 +456,59 @@ def print_services(
     return handler_per_task
 
 
+# A connection, by its NATS user (a service's own, one attempt's, the stack's
+# administrator: this process), and the messages it sent to the server and received.
+BusConnection = tuple[str, int, int]
+
+
+def bus_messages(monitor_port: int) -> dict[int, BusConnection]:
+    """Every connection the server knows, open or closed (by connection id): who it was
+    and how many messages it sent to the server and received from it so far."""
+    reply = httpx.get(
+        f"http://127.0.0.1:{monitor_port}/connz",
+        params={"state": "all", "auth": "true", "limit": 100_000},
+        timeout=10.0,
+    )
+    reply.raise_for_status()
+    found: dict[int, BusConnection] = {}
+    for conn in reply.json().get("connections") or []:
+        user = str(conn.get("authorized_user") or "(no user)")
+        if user.startswith("attempt/"):
+            who = "agent-runner attempts"
+        elif user == ADMIN_USER:
+            who = "this process"
+        else:
+            who = user
+        found[int(conn["cid"])] = (who, int(conn["in_msgs"]), int(conn["out_msgs"]))
+    return found
+
+
+def print_bus_messages(
+    shape: str, before: dict[int, BusConnection], after: dict[int, BusConnection], n: int
+) -> dict[str, float]:
+    """Messages a task through the server since ``before``, by who sent or received them
+    (in: sent to the server; out: delivered by it). Returns the total a task by who."""
+    sent: dict[str, int] = {}
+    received: dict[str, int] = {}
+    for cid, (who, into, out) in after.items():
+        _, into_before, out_before = before.get(cid, (who, 0, 0))
+        sent[who] = sent.get(who, 0) + into - into_before
+        received[who] = received.get(who, 0) + out - out_before
+    print(f"  {shape}: messages a task through NATS        sent   received      all")
+    totals: dict[str, float] = {}
+    for who in sorted(sent, key=lambda w: -(sent[w] + received[w])):
+        if sent[who] + received[who] == 0:
+            continue
+        totals[who] = (sent[who] + received[who]) / n
+        print(f"    {who:<36} {sent[who] / n:7.1f} {received[who] / n:10.1f} {totals[who]:8.1f}")
+    everything = sum(sent.values()) + sum(received.values())
+    print(
+        f"    {'all connections':<36} {sum(sent.values()) / n:7.1f}"
+        f" {sum(received.values()) / n:10.1f} {everything / n:8.1f}"
+    )
+    return totals
+
+
 def plain_git_loop(work: Path, n: int) -> list[float]:
     """The same git operations, one task after another, with no events in between."""
     repo = work / "plain-repo"
@@ -557,6 +616,7 @@ async def _run_shape(
             "AETHER_AGENT_CONCURRENCY": str(concurrency),
         },
         python_options=python_options or {},
+        nats_monitor_port=free_port(),
     )
     handler: dict[str, float] = {}
     try:
@@ -568,6 +628,7 @@ async def _run_shape(
         before = await asyncio.to_thread(scrape_all, stack)
         cpu_before = service_cpu(stack)
         servers_before = server_cpu(stack, model_pid)
+        messages_before = await asyncio.to_thread(bus_messages, stack.nats_monitor_port)
         began = time.perf_counter()
         events = await run_mission(stack, repo, n, concurrency, paused=paused)
         wall = time.perf_counter() - began
@@ -577,6 +638,8 @@ async def _run_shape(
             handler = await asyncio.to_thread(
                 print_services, label, stack, n, cpu_before, before, servers_before, model_pid
             )
+            messages = await asyncio.to_thread(bus_messages, stack.nats_monitor_port)
+            print_bus_messages(label, messages_before, messages, n)
     finally:
         await asyncio.to_thread(stack.stop)
     return events, wall, stack, handler, {}

@@ -117,6 +117,9 @@ class Stack:
     # share (``aether.prestart.shared()``: a process that runs many stacks); ``False``, none:
     # each service starts as ``python -m <module>``, as in its container.
     prestart: Prestarter | bool = True
+    # The embedded NATS server's HTTP monitoring port (``/connz``, ``/varz``: what each
+    # connection sent and received); 0, the default: none. Benchmarks count messages.
+    nats_monitor_port: int = 0
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -164,9 +167,9 @@ class Stack:
             self.admin_token = load_or_create_admin_token(self.home)
         if not self.nats_url:
             config = self.write_nats_config()
-            self._nats = EmbeddedNats(self.home / "nats", config=config).start(
-                self.home / "logs" / "nats.log"
-            )
+            self._nats = EmbeddedNats(
+                self.home / "nats", config=config, monitor_port=self.nats_monitor_port
+            ).start(self.home / "logs" / "nats.log")
             self.nats_server_url = self._nats.url
             admin = self.nats_passwords.pop(ADMIN_USER)
             self.nats_url = self._nats.url.replace("nats://", f"nats://{ADMIN_USER}:{admin}@")
