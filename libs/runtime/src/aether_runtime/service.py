@@ -419,6 +419,7 @@ class Service:
         # docs/decisions/0013-one-connection-per-service.md).
         self.nc = await self.broker.connect()
         self._js = self.nc.jetstream()
+        log.info("connected to the bus", extra={"event_loop": event_loop_name()})
         self._holders = Holders(self.nc, self._inbox_prefix, self.held)
         await self._holders.serve()
         role = ROLES.get(self.name)
@@ -1036,6 +1037,12 @@ def _task_id(event: Event) -> str | None:
         task = getattr(event, "task", None)
         value = getattr(task, "id", None)
     return value if isinstance(value, str) else None
+
+
+def event_loop_name() -> str:
+    """Which event loop runs this process: ``uvloop`` (what uvicorn takes when it is
+    installed, as it is with the runtime) or ``asyncio``."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def serve(service: Service) -> None:
