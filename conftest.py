@@ -7,18 +7,20 @@ instead; these machines have no engine, so the embedded binaries are the default
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import nats
 import psycopg
 import pytest
+import uvloop
 from nats.aio.client import Client as NatsClient
 
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, wait_for_jetstream
@@ -270,3 +272,10 @@ async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on uvloop, the services' own loop (``aether_runtime``)."""
+    return {"uvloop": uvloop.new_event_loop}
