@@ -1,0 +1,91 @@
+"""What reading a task's base tree costs the agent runner, whole or from the tree before.
+
+Each task of a mission starts from the integration head, which differs from the last
+task's base by the files merged since. The runner compares the worktree with that tree
+three times an attempt (reset, check for changes, commit) and caches its files by tree
+id; a tree it has not seen is read either whole (every tree object of the repository)
+or as the difference from the last tree it read from the same repository
+(``_files_of``). This builds a repository of ``--files`` files in nested directories,
+then ``--tasks`` commits that each change or add one file, as merges do, and times both
+reads of each new tree, interleaved.
+
+    uv run python bench/git/base_trees.py [--files 10000] [--tasks 50]
+
+A figure, not a test: it prints numbers and a ratio and never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import stat
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dulwich.index import commit_tree
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Blob, ObjectID
+
+from aether_agent_runner.adapters import git as runner_git
+
+MODE = stat.S_IFREG | 0o644
+
+
+def path_of(i: int) -> bytes:
+    return f"src/pkg{i % 20}/mod{i % 7}/file{i}.py".encode()
+
+
+def tree_of(store: DiskObjectStore, files: dict[bytes, bytes]) -> ObjectID:
+    entries = []
+    for path, content in files.items():
+        blob = Blob.from_string(content)
+        store.add_object(blob)
+        entries.append((path, blob.id, MODE))
+    return commit_tree(store, entries)
+
+
+def forget() -> None:
+    with runner_git._TREES_LOCK:
+        runner_git._TREES.clear()
+        runner_git._LAST_TREE.clear()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aether-bench-trees-") as work:
+        store = DiskObjectStore.init(Path(work))
+        files = {path_of(i): f"v0 {i}\n".encode() for i in range(args.files)}
+        trees = [tree_of(store, files)]
+        for task in range(args.tasks):
+            # Every other task adds a file, the others change one.
+            index = args.files + task if task % 2 else (task * 7919) % args.files
+            files[path_of(index)] = f"task {task}\n".encode()
+            trees.append(tree_of(store, files))
+        whole: list[float] = []
+        moved: list[float] = []
+        for before, tree in itertools.pairwise(trees):
+            forget()
+            began = time.perf_counter()
+            expected = dict(runner_git._files_of(store, tree))
+            whole.append(time.perf_counter() - began)
+            forget()
+            runner_git._files_of(store, before)
+            began = time.perf_counter()
+            got = dict(runner_git._files_of(store, tree))
+            moved.append(time.perf_counter() - began)
+            assert got == expected
+        store.close()
+    w, m = statistics.median(whole) * 1000, statistics.median(moved) * 1000
+    print(f"base tree of {args.files} files, {args.tasks} tasks (median ms a new tree)")
+    print(f"  read whole                         {w:8.2f}")
+    print(f"  read from the tree before          {m:8.2f}")
+    print(f"  whole ÷ from the tree before       {w / m:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()
