@@ -187,7 +187,8 @@ _TREES_KEPT = 16
 _TREES_LOCK = threading.Lock()  # the runner works several attempts in worker threads
 # The tree each object store's files were last read for: the next task of a repository
 # starts from the integration head, which is that tree and the few files merged since.
-_LAST_TREE: dict[str, ObjectID] = {}
+# (As many stores as trees are kept: a store whose last tree left the cache is no help.)
+_LAST_TREE: OrderedDict[str, ObjectID] = OrderedDict()
 
 TreeFiles = Mapping[bytes, tuple[int, ObjectID]]
 
@@ -204,7 +205,7 @@ def _files_of(store: DiskObjectStore, tree: ObjectID) -> TreeFiles:
         known = _TREES.get(tree)
         if known is not None:
             _TREES.move_to_end(tree)
-            _LAST_TREE[key] = tree
+            _read_last(key, tree)
             return known
         near = _LAST_TREE.get(key)
         near_files = _TREES.get(near) if near is not None else None
@@ -220,10 +221,18 @@ def _files_of(store: DiskObjectStore, tree: ObjectID) -> TreeFiles:
         )
     with _TREES_LOCK:
         _TREES[tree] = files
-        _LAST_TREE[key] = tree
+        _read_last(key, tree)
         while len(_TREES) > _TREES_KEPT:
             _TREES.popitem(last=False)
     return files
+
+
+def _read_last(store: str, tree: ObjectID) -> None:
+    """Note ``tree`` as the last one read from ``store`` (under ``_TREES_LOCK``)."""
+    _LAST_TREE[store] = tree
+    _LAST_TREE.move_to_end(store)
+    while len(_LAST_TREE) > _TREES_KEPT:
+        _LAST_TREE.popitem(last=False)
 
 
 def _moved(
