@@ -485,9 +485,9 @@ def bus_messages(monitor_port: int) -> dict[int, BusConnection]:
 
 def print_bus_messages(
     shape: str, before: dict[int, BusConnection], after: dict[int, BusConnection], n: int
-) -> dict[str, float]:
+) -> None:
     """Messages a task through the server since ``before``, by who sent or received them
-    (in: sent to the server; out: delivered by it). Returns the total a task by who."""
+    (sent: to the server; received: delivered by it)."""
     sent: dict[str, int] = {}
     received: dict[str, int] = {}
     for cid, (who, into, out) in after.items():
@@ -495,18 +495,15 @@ def print_bus_messages(
         sent[who] = sent.get(who, 0) + into - into_before
         received[who] = received.get(who, 0) + out - out_before
     print(f"  {shape}: messages a task through NATS        sent   received      all")
-    totals: dict[str, float] = {}
     for who in sorted(sent, key=lambda w: -(sent[w] + received[w])):
-        if sent[who] + received[who] == 0:
-            continue
-        totals[who] = (sent[who] + received[who]) / n
-        print(f"    {who:<36} {sent[who] / n:7.1f} {received[who] / n:10.1f} {totals[who]:8.1f}")
+        both = sent[who] + received[who]
+        if both:
+            print(f"    {who:<36} {sent[who] / n:7.1f} {received[who] / n:10.1f} {both / n:8.1f}")
     everything = sum(sent.values()) + sum(received.values())
     print(
         f"    {'all connections':<36} {sum(sent.values()) / n:7.1f}"
         f" {sum(received.values()) / n:10.1f} {everything / n:8.1f}"
     )
-    return totals
 
 
 def plain_git_loop(work: Path, n: int) -> list[float]:
