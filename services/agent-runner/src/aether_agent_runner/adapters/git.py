@@ -182,15 +182,14 @@ def own_commit(git: GitDir, base_sha: str, task_id: str, attempt: int) -> str | 
 # The files of recently read trees. A tree id names its content, so what was read once
 # is true for good: a task's reset, check for changes and commit, which all compare the
 # worktree with the same base tree, read it from the object store once.
-_TREES: OrderedDict[ObjectID, Mapping[bytes, tuple[int, ObjectID]]] = OrderedDict()
+TreeFiles = Mapping[bytes, tuple[int, ObjectID]]  # a tree's files: path -> (mode, blob id)
+_TREES: OrderedDict[ObjectID, TreeFiles] = OrderedDict()
 _TREES_KEPT = 16
 _TREES_LOCK = threading.Lock()  # the runner works several attempts in worker threads
 # The tree each object store's files were last read for: the next task of a repository
 # starts from the integration head, which is that tree and the few files merged since.
 # (As many stores as trees are kept: a store whose last tree left the cache is no help.)
 _LAST_TREE: OrderedDict[str, ObjectID] = OrderedDict()
-
-TreeFiles = Mapping[bytes, tuple[int, ObjectID]]
 
 
 def _files_of(store: DiskObjectStore, tree: ObjectID) -> TreeFiles:
