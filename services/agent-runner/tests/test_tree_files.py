@@ -52,6 +52,8 @@ def forget_trees() -> None:
     with runner_git._TREES_LOCK:
         runner_git._TREES.clear()
         runner_git._LAST_TREE.clear()
+        runner_git._ENTRIES.clear()
+        runner_git._entries_held = 0
 
 
 def whole(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from dulwich.diff_tree import tree_changes
 from dulwich.file import FileLocked, GitFile
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
@@ -237,20 +236,81 @@ def _read_last(store: str, tree: ObjectID) -> None:
 def _moved(
     store: DiskObjectStore, old: ObjectID, old_files: TreeFiles, new: ObjectID
 ) -> dict[bytes, tuple[int, ObjectID]]:
-    """``new``'s files, from ``old``'s and the changes between the two trees."""
+    """``new``'s files, from ``old``'s and the changes between the two trees.
+
+    The two trees are compared directory by directory, entry by entry: a subtree with
+    the same id on both sides is skipped, one whose id changed is compared in turn, and
+    a file that became a directory (or the other way round) swaps that file for the
+    directory's files. (dulwich's ``tree_changes`` does the same walk with an object and
+    a joined path per entry: about twice the CPU on a directory of a few hundred files,
+    which every task's reset pays on the critical path.)"""
     files = dict(old_files)
-    for change in tree_changes(store, old, new):
-        if change.old is not None and change.old.path is not None:
-            files.pop(change.old.path, None)
-        entry = change.new
-        if (
-            entry is not None
-            and entry.path is not None
-            and entry.mode is not None
-            and entry.sha is not None
-        ):
-            files[entry.path] = (entry.mode, entry.sha)
+    _apply_changes(store, b"", old, new, files)
     return files
+
+
+def _apply_changes(
+    store: DiskObjectStore,
+    prefix: bytes,
+    old: ObjectID,
+    new: ObjectID,
+    files: dict[bytes, tuple[int, ObjectID]],
+) -> None:
+    before, after = _entries(store, old), _entries(store, new)
+    for name, (mode, sha) in before.items():
+        now = after.get(name)
+        if now == (mode, sha):
+            continue
+        path = prefix + name
+        if stat.S_ISDIR(mode):
+            if now is not None and stat.S_ISDIR(now[0]):
+                _apply_changes(store, path + b"/", sha, now[1], files)
+                continue
+            for entry in store.iter_tree_contents(sha):
+                if entry.path is not None:
+                    files.pop(path + b"/" + entry.path, None)
+        else:
+            files.pop(path, None)
+    for name, (mode, sha) in after.items():
+        was = before.get(name)
+        if was == (mode, sha):
+            continue
+        path = prefix + name
+        if not stat.S_ISDIR(mode):
+            files[path] = (mode, ObjectID(sha))
+        elif was is None or not stat.S_ISDIR(was[0]):
+            for entry in store.iter_tree_contents(sha):
+                if entry.path is not None and entry.mode is not None and entry.sha is not None:
+                    files[path + b"/" + entry.path] = (entry.mode, entry.sha)
+
+
+# The entries of recently compared directories (name -> (mode, id)), by tree id: the
+# next task's comparison starts from the tree this one ended on. Bounded by entries, not
+# directories, so that a few huge directories cannot hold much memory.
+_ENTRIES: OrderedDict[ObjectID, dict[bytes, tuple[int, ObjectID]]] = OrderedDict()
+_ENTRIES_KEPT = 50_000
+_entries_held = 0
+
+
+def _entries(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
+    """The entries of directory ``tree`` (read-only, shared)."""
+    global _entries_held
+    with _TREES_LOCK:
+        known = _ENTRIES.get(tree)
+        if known is not None:
+            _ENTRIES.move_to_end(tree)
+            return known
+    found = store[tree]
+    assert isinstance(found, Tree)
+    entries = {name: (mode, ObjectID(sha)) for name, mode, sha in found.iteritems()}
+    with _TREES_LOCK:
+        if tree not in _ENTRIES:
+            _ENTRIES[tree] = entries
+            _entries_held += len(entries)
+            while _entries_held > _ENTRIES_KEPT and len(_ENTRIES) > 1:
+                _, dropped = _ENTRIES.popitem(last=False)
+                _entries_held -= len(dropped)
+    return entries
 
 
 @dataclass(frozen=True)
