@@ -49,14 +49,6 @@ def tree_of(store: DiskObjectStore, files: dict[bytes, bytes]) -> ObjectID:
     return commit_tree(store, entries)
 
 
-def forget() -> None:
-    with runner_git._TREES_LOCK:
-        runner_git._TREES.clear()
-        runner_git._LAST_TREE.clear()
-        runner_git._ENTRIES.clear()
-        runner_git._entries_held = 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
@@ -82,11 +74,11 @@ def main() -> None:
         # the one before (what it read of that one still cached).
         for _ in range(3):
             for tree in trees[1:]:
-                forget()
+                runner_git.forget_trees()
                 began = time.perf_counter()
                 expected[tree] = dict(runner_git._files_of(store, tree))
                 whole.append(time.perf_counter() - began)
-            forget()
+            runner_git.forget_trees()
             runner_git._files_of(store, trees[0])
             for tree in trees[1:]:
                 began = time.perf_counter()

@@ -48,14 +48,6 @@ def write(store: DiskObjectStore, files: dict[bytes, tuple[bytes, int]]) -> Obje
     return commit_tree(store, entries)
 
 
-def forget_trees() -> None:
-    with runner_git._TREES_LOCK:
-        runner_git._TREES.clear()
-        runner_git._LAST_TREE.clear()
-        runner_git._ENTRIES.clear()
-        runner_git._entries_held = 0
-
-
 def whole(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
     return {
         entry.path: (entry.mode, entry.sha)
@@ -69,7 +61,7 @@ def whole(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, Obje
 def test_a_tree_read_from_the_one_before_has_the_files_of_a_whole_read(
     tmp_path_factory: pytest.TempPathFactory, versions: list[dict[bytes, tuple[bytes, int]]]
 ) -> None:
-    forget_trees()  # each example reads its first tree whole
+    runner_git.forget_trees()  # each example reads its first tree whole
     root = tmp_path_factory.mktemp("objects")
     store = DiskObjectStore.init(root)
     try:
@@ -81,7 +73,7 @@ def test_a_tree_read_from_the_one_before_has_the_files_of_a_whole_read(
 
 
 def test_a_new_tree_is_read_from_the_last_one_of_its_store(tmp_path: Path) -> None:
-    forget_trees()
+    runner_git.forget_trees()
     store = DiskObjectStore.init(tmp_path)
     try:
         first = write(store, {b"src/a.py": (b"one\n", FILE), b"README": (b"r\n", FILE)})

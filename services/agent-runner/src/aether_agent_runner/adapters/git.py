@@ -233,6 +233,17 @@ def _read_last(store: str, tree: ObjectID) -> None:
         _LAST_TREE.popitem(last=False)
 
 
+def forget_trees() -> None:
+    """Drop every tree and directory kept in memory: the next tree is read whole (tests
+    and benchmarks that time or check a first read)."""
+    global _entries_held
+    with _TREES_LOCK:
+        _TREES.clear()
+        _LAST_TREE.clear()
+        _ENTRIES.clear()
+        _entries_held = 0
+
+
 def _moved(
     store: DiskObjectStore, old: ObjectID, old_files: TreeFiles, new: ObjectID
 ) -> dict[bytes, tuple[int, ObjectID]]:
