@@ -288,7 +288,7 @@ def _apply_changes(
             continue
         path = prefix + name
         if not stat.S_ISDIR(mode):
-            files[path] = (mode, ObjectID(sha))
+            files[path] = (mode, sha)
         elif was is None or not stat.S_ISDIR(was[0]):
             for entry in store.iter_tree_contents(sha):
                 if entry.path is not None and entry.mode is not None and entry.sha is not None:
