@@ -23,22 +23,32 @@ PATHS = st.lists(
 ).map(lambda parts: "/".join(parts) + ".py")
 
 
+MOST_TASKS = 12
+# Each strategy built once: hypothesis builds, validates and looks up a strategy each time
+# one is made, a good part of these tests' CPU when every task of every graph made its
+# own. The draws, and so the examples, are the same.
+TASK_IDS = [f"t{i}" for i in range(MOST_TASKS)]
+TASK_COUNT = st.integers(1, MOST_TASKS)
+DEPENDENCIES = [st.lists(st.sampled_from(TASK_IDS[:i]), unique=True) for i in range(1, MOST_TASKS)]
+TASK_FILES = st.lists(PATHS, max_size=3, unique=True)
+TIERS = st.sampled_from(["small", "standard", "complex"])
+
+
 @st.composite
 def dags(draw: st.DrawFn) -> list[SubmittedTask]:
-    n = draw(st.integers(1, 12))
-    ids = [f"t{i}" for i in range(n)]
+    n = draw(TASK_COUNT)
     tasks = []
-    for i, tid in enumerate(ids):
-        deps = draw(st.lists(st.sampled_from(ids[:i]), unique=True)) if i else []
-        files = draw(st.lists(PATHS, max_size=3, unique=True))
+    for i in range(n):
+        deps = draw(DEPENDENCIES[i - 1]) if i else []
+        files = draw(TASK_FILES)
         tasks.append(
             SubmittedTask(
-                id=tid,
+                id=TASK_IDS[i],
                 title=f"Task {i}",
                 description=f"do {i}",
                 files=files,
                 depends_on=list(deps),
-                tier=draw(st.sampled_from(["small", "standard", "complex"])),
+                tier=draw(TIERS),
             )
         )
     return draw(st.permutations(tasks))

@@ -15,7 +15,9 @@ from aether_scheduler.domain import Config, MissionState, State, next_timer
 from aether_scheduler.domain.model import DONE, IN_FLIGHT, TRACKED, changed
 
 from .scenario import Scenario, task
-from .test_properties import EXAMPLES, _act, actions, configs, graphs
+from .test_properties import ACT, EXAMPLES, _act, actions, configs, graphs, pick
+
+NOW_AND_THEN = st.integers(0, 49)
 
 
 def scanned(m: MissionState) -> dict[str, Any]:
@@ -76,10 +78,10 @@ def test_indexes_match_a_scan_of_every_task_after_every_step(
         if s.state.missions[s.mission_id].terminal:
             break
         possible = actions(s)
-        if possible and data.draw(st.integers(0, 9)) > 0:
-            verb, tid = data.draw(st.sampled_from(possible))
+        if possible and data.draw(ACT) > 0:
+            verb, tid = pick(data, possible)
             _act(s, verb, tid, data)
-        elif data.draw(st.integers(0, 49)) == 0:
+        elif data.draw(NOW_AND_THEN) == 0:
             s.when(MissionCancelled(**s.meta(), reason="changed my mind"))
         else:
             due = next_timer(s.state, s.config)

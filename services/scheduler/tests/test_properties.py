@@ -30,24 +30,49 @@ from .scenario import Scenario
 
 FILES = ["a.py", "b.py", "src/", "src/c.py", "docs/d.md"]
 EXAMPLES = 400
+MOST_TASKS = 7
+
+# Every strategy an example draws from is built once, here: hypothesis builds, validates
+# and looks up a strategy each time one is made, about two fifths of these tests' CPU
+# when each task of each graph and each step of each history made its own. The draws
+# are the same (``sampled_from`` draws an index as ``integers`` does), so are the examples.
+TASK_IDS = [f"t{i}" for i in range(MOST_TASKS)]
+TASK_COUNT = st.integers(1, MOST_TASKS)
+DEPENDENCIES = [st.lists(st.sampled_from(TASK_IDS[:i]), unique=True) for i in range(1, MOST_TASKS)]
+TASK_FILES = st.lists(st.sampled_from(FILES), max_size=2, unique=True)
+TIERS = st.sampled_from(["small", "standard", "complex"])
+PRIORITIES = st.integers(0, 2)
+ACT = st.integers(0, 9)  # anything but 0: someone acts, if anyone can
+RARELY = st.sampled_from(range(100))
+SPENDS = st.sampled_from([0.0, 0.3, 1.2])
+_PICKS: dict[int, st.SearchStrategy[int]] = {}
+
+
+def pick(data: Any, choices: list[tuple[str, str]]) -> tuple[str, str]:
+    """``data.draw(st.sampled_from(choices))``, with one strategy per number of choices
+    (and, as ``sampled_from`` of one element, no draw when there is one)."""
+    if len(choices) == 1:
+        return choices[0]
+    picks = _PICKS.get(len(choices))
+    if picks is None:
+        picks = _PICKS[len(choices)] = st.integers(0, len(choices) - 1)
+    return choices[data.draw(picks)]
 
 
 @st.composite
 def graphs(draw: st.DrawFn) -> list[PlannedTask]:
-    n = draw(st.integers(1, 7))
+    n = draw(TASK_COUNT)
     tasks = []
     for i in range(n):
-        deps = (
-            draw(st.lists(st.sampled_from([f"t{j}" for j in range(i)]), unique=True)) if i else []
-        )
+        deps = draw(DEPENDENCIES[i - 1]) if i else []
         tasks.append(
             PlannedTask(
-                id=f"t{i}",
+                id=TASK_IDS[i],
                 title=f"task {i}",
-                files=draw(st.lists(st.sampled_from(FILES), max_size=2, unique=True)),
+                files=draw(TASK_FILES),
                 depends_on=deps,
-                tier=draw(st.sampled_from(["small", "standard", "complex"])),
-                priority=draw(st.integers(0, 2)),
+                tier=draw(TIERS),
+                priority=draw(PRIORITIES),
             )
         )
     return tasks
@@ -142,11 +167,11 @@ def test_invariants_hold_and_every_mission_ends_or_waits_on_a_person(
             break
         # People step in a couple of times at most; then escalations are left waiting.
         possible = actions(s, people_may_act=interventions < 2)
-        if possible and data.draw(st.integers(0, 9)) > 0:
-            verb, tid = data.draw(st.sampled_from(possible))
+        if possible and data.draw(ACT) > 0:
+            verb, tid = pick(data, possible)
             interventions += verb in HUMAN
             decided = _act(s, verb, tid, data)
-        elif data.draw(st.sampled_from(range(100))) == 37:  # rarely: boundaries are likely draws
+        elif data.draw(RARELY) == 37:  # rarely: boundaries are likely draws
             decided = s.when(MissionCancelled(**s.meta(), reason="changed my mind"))
         else:
             due = next_timer(s.state, s.config)
@@ -175,7 +200,7 @@ def _act(s: Scenario, verb: str, tid: str, data: Any) -> list[Event]:
     if verb == "start":
         return s.started(tid)
     if verb == "spend":
-        return s.used(tid, data.draw(st.sampled_from([0.0, 0.3, 1.2])))
+        return s.used(tid, data.draw(SPENDS))
     if verb == "complete":
         return s.completed(tid)
     if verb == "fail":
