@@ -6,14 +6,26 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from aether.prestart import CHANNEL_ENV, Forked, Prestarter, PrestartError, exited_children_cpu
+from aether.prestart import (
+    CHANNEL_ENV,
+    SHARED_ENV,
+    Forked,
+    Prestarter,
+    PrestartError,
+    SharedPrestarter,
+    exited_children_cpu,
+    shared,
+)
 
 CHILD = """\
 import atexit, json, os, sys, threading, time
@@ -28,6 +40,7 @@ def report():
         "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
         "stdin": os.readlink("/proc/self/fd/0"),
         "comm": open("/proc/self/comm").read().strip(),
+        "ppid": os.getppid(),
     }))
 
 report()
@@ -262,3 +275,124 @@ def test_a_child_whose_prestarter_died_is_still_waited_for(
     # And the next spawn says the prestarter is gone rather than hang.
     with pytest.raises(PrestartError):
         prestarter.spawn("child_module", {}, str(tmp_path))
+
+
+# --- a prestarter shared by several processes ---------------------------------------------
+
+
+def loaded(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has mapped a shared library named ``library``."""
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.fixture
+def shared_prestarter(tmp_path: Path) -> Iterator[SharedPrestarter]:
+    (tmp_path / "child_module.py").write_text(CHILD)
+    (tmp_path / "waiting_module.py").write_text("import time\ntime.sleep(600)\n")
+    # ``decimal`` maps its C library when imported: what shows that the preload happened.
+    started = SharedPrestarter(tmp_path / "socket", preload=("decimal",))
+    yield started
+    started.close()
+
+
+def test_each_process_joining_a_shared_prestarter_gets_its_own_forked_with_the_imports(
+    shared_prestarter: SharedPrestarter, tmp_path: Path
+) -> None:
+    # Nothing imported until a process asks: a run that starts no service pays nothing.
+    assert not loaded(shared_prestarter.process.pid, "_decimal")
+
+    first = Prestarter.joining(shared_prestarter.path)
+    second = Prestarter.joining(shared_prestarter.path)
+    try:
+        code_a, output_a = run(first, "child_module", tmp_path, {"N": "a", "EXIT_CODE": "4"})
+        code_b, output_b = run(second, "child_module", tmp_path, {"N": "b"})
+        # Each its own environment, exit status and output, as from a prestarter of its own.
+        assert (code_a, code_b) == (4, 0)
+        seen_a, seen_b = (json.loads(out.splitlines()[0]) for out in (output_a, output_b))
+        assert (seen_a["env"], seen_b["env"]) == ({"N": "a", "EXIT_CODE": "4"}, {"N": "b"})
+        assert seen_a["fds"] == seen_b["fds"] == [0, 1, 2, 3]
+        assert seen_a["own_session"] and seen_b["own_session"]
+        # Forked by two prestarters, both forked by the shared one after its imports.
+        assert seen_a["ppid"] != seen_b["ppid"]
+        for joined in (seen_a["ppid"], seen_b["ppid"]):
+            assert psutil.Process(joined).ppid() == shared_prestarter.process.pid
+            assert loaded(joined, "_decimal")
+        assert loaded(shared_prestarter.process.pid, "_decimal")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_shared_prestarter_exits_when_closed_once_its_prestarters_are_done(
+    shared_prestarter: SharedPrestarter, tmp_path: Path
+) -> None:
+    joined = Prestarter.joining(shared_prestarter.path)
+    child = joined.spawn("waiting_module", {}, str(tmp_path))
+    shared_prestarter.close()
+
+    assert not shared_prestarter.path.exists()
+    with pytest.raises(FileNotFoundError):
+        Prestarter.joining(shared_prestarter.path)
+    # The process that joined keeps its prestarter and its child until it is done.
+    with pytest.raises(subprocess.TimeoutExpired):
+        shared_prestarter.process.wait(0.5)
+    os.killpg(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+    joined.close()
+    assert shared_prestarter.process.wait(30) == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_a_shared_prestarter_serves_no_other_user() -> None:
+    # Where the other user may reach the socket (pytest's directories are private to
+    # their owner): only the shared prestarter's own check refuses.
+    reachable = Path(tempfile.mkdtemp(dir="/tmp"))
+    reachable.chmod(0o755)
+    started = SharedPrestarter(reachable / "socket", preload=("json",))
+    started.path.chmod(0o777)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # another user asks for a child
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            channel.connect(str(started.path))
+            channel.sendall(b'{"id": 1, "module": "json", "cwd": "/"}')
+            try:
+                answered = channel.recv(4096) != b""
+            except ConnectionResetError:  # closed with the request unread
+                answered = False
+            os.write(write, b"answered" if answered else b"closed")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as answer:
+            told = answer.read()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        started.close()
+        reachable.rmdir()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert told == b"closed"
+
+
+def test_shared_joins_the_prestarter_the_environment_names_or_starts_its_own(
+    shared_prestarter: SharedPrestarter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aether.prestart as module
+
+    monkeypatch.setattr(module, "_shared", None)
+    monkeypatch.setenv(SHARED_ENV, str(shared_prestarter.path))
+    joined = shared()
+    assert joined.process is None  # forked by the shared one, not started here
+    joined.close()
+
+    monkeypatch.setattr(module, "_shared", None)
+    monkeypatch.setenv(SHARED_ENV, str(shared_prestarter.path.with_name("nothing-here")))
+    own = shared()
+    assert own.process is not None
+    own.close()

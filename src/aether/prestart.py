@@ -25,6 +25,12 @@ The prestarter reaps its children and reports each exit status over its socket, 
 process that started it goes, the prestarter's socket closes and it exits; the children
 it forked stay with their own sessions (whoever started them stops them, as before).
 
+Several processes that each run many stacks (the workers of a parallel test run) can
+share the imports too: a :class:`SharedPrestarter` listens on a socket, imports what it
+preloads when the first process connects, and forks for each connection a prestarter of
+that process's own, which serves it exactly as above. Only processes of the same user
+are served.
+
 Container images keep starting their one service with ``python -m``; a stack run with
 interpreter options (a profiler) starts those services the plain way too
 (``aether.stack``).
@@ -42,6 +48,7 @@ import runpy
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -65,6 +72,10 @@ PRELOAD = (
 # environment (its command line stays ``python -m aether.prestart``: what ``ps`` and the
 # stack's messages show for every service it forked).
 CHANNEL_ENV = "AETHER_PRESTART_CHANNEL"
+# The descriptor of a shared prestarter's listening socket (``SharedPrestarter``).
+LISTENER_ENV = "AETHER_PRESTART_LISTENER"
+# Where a process finds the shared prestarter it should fork its own from (``shared()``).
+SHARED_ENV = "AETHER_PRESTART_SHARED"
 MESSAGE_LIMIT = 1 << 20  # a request: a module name and a directory; an answer
 PR_SET_NAME = 15  # prctl(2)
 
@@ -166,6 +177,82 @@ def _send(channel: socket.socket, message: dict[str, Any]) -> None:
         channel.send(json.dumps(message).encode())
 
 
+def _branch(
+    owner: socket.socket, listener: socket.socket, modules: Iterable[str]
+) -> socket.socket | None:
+    """A shared prestarter's loop: for each connection to ``listener`` from a process of
+    this user, fork a prestarter that serves that connection (``_serve``), having preloaded
+    ``modules`` at the first. Returns the connection in such a forked prestarter; ``None``
+    here once ``owner`` (the starting process's channel) has closed and every prestarter
+    forked here has exited."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    preloaded = False
+    while True:
+        readable, _, _ = select.select([owner.fileno(), listener.fileno(), wake_read], [], [])
+        if wake_read in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+            _reap_exited()
+        if owner.fileno() in readable:
+            try:
+                data = owner.recv(MESSAGE_LIMIT)
+            except OSError:
+                data = b""
+            if not data:
+                listener.close()
+                _reap_all()
+                return None
+        if listener.fileno() not in readable:
+            continue
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            continue
+        if not _same_user(connection):
+            connection.close()
+            continue
+        if not preloaded:
+            _preload(modules)
+            preloaded = True
+        try:
+            pid = os.fork()
+        except OSError:
+            connection.close()  # the process finds its prestarter gone, and starts its own
+            continue
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (wake_read, wake_write):
+                os.close(fd)
+            owner.close()
+            listener.close()
+            return connection
+        connection.close()
+
+
+def _same_user(connection: socket.socket) -> bool:
+    """Whether the process at the other end runs as this one's user (``SO_PEERCRED``)."""
+    layout = "3i"  # pid, uid, gid
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(layout)
+    )
+    _, uid, _ = struct.unpack(layout, credentials)
+    return bool(uid == os.getuid())
+
+
+def _reap_exited() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _become(request: _Request) -> None:
     """In a freshly forked child: take the request's session, descriptors, directory and
     environment, then run its module as ``__main__``. The environment comes from the
@@ -219,7 +306,14 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--for"]:
         argv = argv[2:]
     channel = socket.socket(fileno=int(os.environ.pop(CHANNEL_ENV)))
-    _preload(argv or PRELOAD)
+    listening = os.environ.pop(LISTENER_ENV, None)
+    if listening is None:
+        _preload(argv or PRELOAD)
+    else:
+        connection = _branch(channel, socket.socket(fileno=int(listening)), argv or PRELOAD)
+        if connection is None:
+            return
+        channel = connection
     request = _serve(channel)
     if request is None:
         return
@@ -282,9 +376,8 @@ class Prestarter:
         without one it writes where this process does, and holds that open while it
         lives (as long as the last service it forked)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._channel = ours
         output = log.open("ab") if log is not None else None
-        self.process = subprocess.Popen(
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
             [
                 *(sys.executable, "-m", "aether.prestart"),
                 *(("--for", serves) if serves else ()),
@@ -303,6 +396,27 @@ class Prestarter:
             output.close()
         # Reaped whenever it exits, with nobody waiting on it.
         threading.Thread(target=self.process.wait, name="prestart-wait", daemon=True).start()
+        self._attach(ours)
+
+    @classmethod
+    def joining(cls, shared: Path) -> Prestarter:
+        """A prestarter of this process's own, forked by the shared prestarter listening at
+        ``shared`` (:class:`SharedPrestarter`) rather than started here: it has the shared
+        one's imports without paying for them again. ``OSError`` when nothing listens
+        there. Its ``process`` is ``None`` (it is not this process's child)."""
+        channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            channel.connect(str(shared))
+        except OSError:
+            channel.close()
+            raise
+        joined = cls.__new__(cls)
+        joined.process = None
+        joined._attach(channel)
+        return joined
+
+    def _attach(self, channel: socket.socket) -> None:
+        self._channel = channel
         self._lock = threading.Lock()
         self._next = 0
         self._answers: dict[int, dict[str, Any]] = {}
@@ -427,18 +541,71 @@ def exited_children_cpu() -> float:
         return _exited_cpu[0]
 
 
+class SharedPrestarter:
+    """A prestarter shared by several processes (the workers of a parallel test run, each
+    running many stacks): it listens on a socket at ``path``, imports ``preload`` when the
+    first process connects (so that a run that never starts a service never pays for
+    them), and forks a prestarter for each connected process of this user
+    (:meth:`Prestarter.joining`). Each process then pays nothing for the imports, where
+    a prestarter of its own costs 3 to 4 s of CPU (the model SDK's types half of it)."""
+
+    def __init__(self, path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
+        self.path = path
+        # Bound here, before the process starts: a process may connect at once (it is then
+        # accepted once the shared prestarter runs).
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(path))
+        listener.listen(64)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "aether.prestart"),
+                *(() if preload == PRELOAD else preload),
+            ],
+            env={
+                CHANNEL_ENV: str(theirs.fileno()),
+                LISTENER_ENV: str(listener.fileno()),
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdin=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(), listener.fileno()),
+            start_new_session=True,
+        )
+        theirs.close()
+        listener.close()
+        self._channel = ours
+        threading.Thread(target=self.process.wait, name="prestart-wait", daemon=True).start()
+
+    def close(self) -> None:
+        """Take no more connections; the process exits once every prestarter it forked has
+        (each once its process has closed its channel and its services have exited)."""
+        with contextlib.suppress(OSError):
+            self._channel.shutdown(socket.SHUT_RDWR)
+        self._channel.close()
+        self.path.unlink(missing_ok=True)
+
+
 _shared: Prestarter | None = None
 _shared_lock = threading.Lock()
 
 
 def shared() -> Prestarter:
     """This process's prestarter, for the stacks it runs one after another (tests,
-    benchmarks); started on first use and again if it has exited."""
+    benchmarks); made on first use and again if it has exited: forked for this process by
+    the shared prestarter ``AETHER_PRESTART_SHARED`` names when that one answers, started
+    here otherwise."""
     global _shared
     with _shared_lock:
         if _shared is None or not _shared.alive:
-            _shared = Prestarter()
+            _shared = _joined_or_own(os.environ.get(SHARED_ENV))
         return _shared
+
+
+def _joined_or_own(shared_path: str | None) -> Prestarter:
+    if shared_path:
+        with contextlib.suppress(OSError):
+            return Prestarter.joining(Path(shared_path))
+    return Prestarter()
 
 
 if __name__ == "__main__":
