@@ -27,6 +27,20 @@ import yaml
 
 Doc = dict[str, Any]
 
+# libyaml's parser where PyYAML has it: the same safe loading at a fraction of the pure
+# Python parser's CPU (parsing the rendered overlays was a third of these tests' time).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load(text: str) -> Any:
+    return yaml.load(text, Loader=SAFE_LOADER)
+
+
+def load_all(text: str) -> list[Doc]:
+    """The documents of a YAML stream, less the empty ones."""
+    return [doc for doc in yaml.load_all(text, Loader=SAFE_LOADER) if doc]
+
+
 KUSTOMIZATION_FIELDS = {
     "apiVersion",
     "kind",
@@ -98,7 +112,7 @@ def render_with(command: list[str], path: Path) -> list[Doc]:
     )
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} {path} failed:\n{out.stderr}")
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    return load_all(out.stdout)
 
 
 # --- the built-in renderer ---------------------------------------------------------------
@@ -117,7 +131,7 @@ def build(path: Path) -> list[Doc]:
 def _load_kustomization(path: Path, kind: str) -> Doc:
     for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
         if (path / name).is_file():
-            data: Doc = yaml.safe_load((path / name).read_text())
+            data: Doc = load((path / name).read_text())
             break
     else:
         raise FileNotFoundError(f"no kustomization in {path}")
@@ -136,7 +150,7 @@ def _accumulate(path: Path, kustomization: Doc) -> list[Doc]:
         if target.is_dir():
             out += build(target)
         else:
-            out += [doc for doc in yaml.safe_load_all(target.read_text()) if doc]
+            out += load_all(target.read_text())
     return out
 
 
@@ -189,7 +203,7 @@ def _patch(resources: list[Doc], patch: Doc) -> None:
     target = patch.get("target") or {}
     if set(target) - {"kind", "name"} or set(patch) - {"target", "patch"}:
         raise Unsupported(f"patch {patch}: only JSON 6902 patches targeted by kind and name")
-    operations = yaml.safe_load(patch["patch"])
+    operations = load(patch["patch"])
     if not isinstance(operations, list):
         raise Unsupported("strategic merge patches")
     matched = [

@@ -39,6 +39,9 @@ EXTERNAL_SECRETS = {
     "local": set(),
 }
 SINGLE_WRITERS = ("scheduler", "git-broker")
+# kubernetes_validate reads and parses its schema files again at every validation (the
+# definitions file alone is megabytes of JSON): here each is parsed once.
+kubernetes_schemas.schema_contents = cache(kubernetes_schemas.schema_contents)
 
 Doc = dict[str, Any]
 
