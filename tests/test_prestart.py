@@ -24,6 +24,7 @@ from aether.prestart import (
     PrestartError,
     SharedPrestarter,
     exited_children_cpu,
+    joined_or_own,
     shared,
 )
 
@@ -391,8 +392,7 @@ def test_shared_joins_the_prestarter_the_environment_names_or_starts_its_own(
     assert joined.process is None  # forked by the shared one, not started here
     joined.close()
 
-    monkeypatch.setattr(module, "_shared", None)
-    monkeypatch.setenv(SHARED_ENV, str(shared_prestarter.path.with_name("nothing-here")))
-    own = shared()
+    # Nothing answering there: one of its own (preloading little, to keep this quick).
+    own = joined_or_own(str(shared_prestarter.path.with_name("nothing-here")), ("json",))
     assert own.process is not None
     own.close()

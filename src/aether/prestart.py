@@ -597,15 +597,17 @@ def shared() -> Prestarter:
     global _shared
     with _shared_lock:
         if _shared is None or not _shared.alive:
-            _shared = _joined_or_own(os.environ.get(SHARED_ENV))
+            _shared = joined_or_own(os.environ.get(SHARED_ENV))
         return _shared
 
 
-def _joined_or_own(shared_path: str | None) -> Prestarter:
+def joined_or_own(shared_path: str | None, preload: tuple[str, ...] = PRELOAD) -> Prestarter:
+    """A prestarter forked by the shared prestarter at ``shared_path`` when one answers
+    there, else one started here (preloading ``preload``)."""
     if shared_path:
         with contextlib.suppress(OSError):
             return Prestarter.joining(Path(shared_path))
-    return Prestarter()
+    return Prestarter(preload=preload)
 
 
 if __name__ == "__main__":
