@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
@@ -276,3 +277,55 @@ async def test_an_interrupted_catch_up_resumed_folds_every_event_once(
         # or this would wait for it forever.
         await Projector(read_model).rebuild(js)
         assert await dump(db, read_model.consumer) == expected
+
+
+class Electing:
+    """The JetStream API of a cluster electing leaders (a server of it just back): every
+    other request goes unanswered (a timeout) before the server answers it, so each
+    request of a catch-up meets a silence once, then is answered when asked again."""
+
+    ASKED = ("stream_info", "add_consumer", "consumer_info", "get_msg")
+
+    def __init__(self, js: Any) -> None:
+        self._js = js
+        self.unanswered = 0
+        self._requests = 0
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._js, name)
+        if name not in self.ASKED:
+            return real
+
+        async def request(*args: Any, **kwargs: Any) -> Any:
+            self._requests += 1
+            if self._requests % 2:
+                self.unanswered += 1
+                raise nats.errors.TimeoutError
+            return await real(*args, **kwargs)
+
+        return request
+
+
+async def test_a_start_up_catch_up_asks_again_through_a_cluster_electing_leaders(
+    nc: NatsClient, read_model: ReadModel
+) -> None:
+    """A gateway starting while its cluster elects leaders (the three-node test saw its
+    telemetry read fail the start) folds the same rows: from nothing, and from half-way
+    (where it first checks the event it folded last is still on the stream)."""
+    seed = 6
+    await publish(nc, history(seed, missions=4), seed)
+    js = nc.jetstream()
+    messages = await read_stored(js, MISSIONS_STREAM, ALL_MISSION_EVENTS)
+    await one_by_one(read_model, messages)
+    expected = await dump(read_model.db, read_model.consumer)
+
+    for folded_before in (0, len(messages) // 2):
+        await read_model.reset()
+        await in_runs(read_model, messages[:folded_before], seed)
+        electing = Electing(js)
+        last = await Projector(read_model).rebuild(electing)
+        assert last == messages[-1].seq
+        assert await dump(read_model.db, read_model.consumer) == expected
+        # Each of its requests met the silence once: the stream's end and the last
+        # folded event (half-way), the reads of both streams.
+        assert electing.unanswered >= (4 if folded_before else 3)

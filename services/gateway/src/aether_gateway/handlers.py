@@ -20,6 +20,7 @@ from aether_events import (
     mission_subject,
     replay,
 )
+from aether_events.replay import START_PATIENCE_SECONDS
 from aether_gateway.adapters.batches import LIVE_LINGER, LIVE_SPACING, Batcher, InOrder
 from aether_gateway.adapters.faults import Stream
 from aether_gateway.adapters.read_model import ReadModel
@@ -31,7 +32,7 @@ from aether_gateway.adapters.stream import (
     stored_runs,
 )
 from aether_runtime import ConsumerSpec, Delivery, ensure_consumer
-from aether_runtime.unanswered import stream_end
+from aether_runtime.unanswered import asked_again, stream_end
 
 log = logging.getLogger("aether.gateway.projection")
 
@@ -47,11 +48,16 @@ def _collect(pending: Folded, event: Event, sequence: int) -> Folded:
     return pending
 
 
-async def _read(js: JetStreamContext, stream: str, subject: str, after: int) -> tuple[Folded, int]:
-    """The decodable events stored after ``after``, and the last sequence read."""
+async def _read(
+    js: JetStreamContext, stream: str, subject: str, after: int, patience: float = 0.0
+) -> tuple[Folded, int]:
+    """The decodable events stored after ``after``, and the last sequence read
+    (``patience``: as ``replay``'s)."""
     # replay() folds synchronously, so the events are gathered here and written after.
     empty: Folded = []
-    pending, result = await replay(js, stream, subject, empty, _collect, after_sequence=after)
+    pending, result = await replay(
+        js, stream, subject, empty, _collect, after_sequence=after, patience=patience
+    )
     return pending, result.last_sequence
 
 
@@ -142,10 +148,17 @@ class Projector:
         instead of replaying the whole stream. A stream whose history is not the one the
         read model folded (recreated, or it lost its tail in a crash) means the read model
         is derived from events that no longer exist: it is dropped and rebuilt.
+
+        Every request to the bus here is asked again while the server does not answer
+        (``START_PATIENCE_SECONDS``), as in every service's start: a gateway starting as
+        a server of its cluster comes back meets a moment of unanswered requests while
+        the streams' groups elect leaders.
         """
         position = await self.read_model.position()
         end = await stream_end(js, MISSIONS_STREAM)
-        reason = await self.diverged(js, position, end)
+        reason = await asked_again(
+            lambda: self.diverged(js, position, end), "the event the read model folded last"
+        )
         if reason is not None:
             log.warning(
                 "the stream's history is not the read model's; rebuilding the read model",
@@ -153,15 +166,18 @@ class Projector:
             )
             await self.read_model.reset()
             position = 0
-        folded = await self._fold_after(js, position)
+        folded = await self._fold_after(js, position, patience=START_PATIENCE_SECONDS)
         last = max(position, await self.read_model.position())
         log.info("read model caught up", extra={"from": position, "to": last, "folded": folded})
         await self._catch_up_telemetry(js)
         return last
 
-    async def _fold_after(self, js: JetStreamContext, position: int, limit: int = 0) -> int:
+    async def _fold_after(
+        self, js: JetStreamContext, position: int, limit: int = 0, patience: float = 0.0
+    ) -> int:
         """Fold the mission stream's messages stored after ``position`` (at most
         ``limit`` of them when given); returns how many changed the read model.
+        ``patience``: for how long a read the server does not answer is made again.
 
         The stream is read by a task of its own, a few runs ahead: while one run is
         written, the next ones arrive (and no more than those are held)."""
@@ -171,7 +187,13 @@ class Projector:
         async def read() -> None:
             subject = ALL_MISSION_EVENTS
             runs = stored_runs(
-                js, MISSIONS_STREAM, subject, after=position, until=until, size=CATCH_UP_RUN
+                js,
+                MISSIONS_STREAM,
+                subject,
+                after=position,
+                until=until,
+                size=CATCH_UP_RUN,
+                patience=patience,
             )
             try:
                 async with contextlib.aclosing(runs):
@@ -260,7 +282,9 @@ class Projector:
         if position > await stream_end(js, TELEMETRY_STREAM):
             await self.read_model.reset_telemetry_position()
             position = 0
-        pending, last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, position)
+        pending, last = await _read(
+            js, TELEMETRY_STREAM, ALL_TELEMETRY, position, patience=START_PATIENCE_SECONDS
+        )
         for start in range(0, len(pending), CATCH_UP_RUN):
             run = pending[start : start + CATCH_UP_RUN]
             await self.read_model.take_telemetry([Incoming.of_event(e, s) for e, s in run])

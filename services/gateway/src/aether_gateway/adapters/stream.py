@@ -136,13 +136,14 @@ async def stored_runs(
     after: int = 0,
     until: int | None = None,
     size: int = 256,
+    patience: float = 0.0,
 ) -> AsyncGenerator[list[StoredMessage], None]:
     """``read_stored``'s messages in runs of up to ``size``, each given as soon as read
-    (a long history is then never held whole)."""
+    (a long history is then never held whole). ``patience``: as ``stored_batches``'."""
     run: list[StoredMessage] = []
     # Closed at once on an early end, so its ephemeral consumer goes with it.
     async with contextlib.aclosing(
-        stored_batches(js, stream, subject, after=after, batch=max(size, 2048))
+        stored_batches(js, stream, subject, after=after, batch=max(size, 2048), patience=patience)
     ) as batches:
         async for msgs in batches:
             ended = False
