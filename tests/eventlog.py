@@ -16,7 +16,7 @@ events seen so far, which is usually the whole diagnosis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -60,29 +60,49 @@ class EventLog:
         self._changed = asyncio.Condition()
         self._subs: list[Any] = []
         self._cursor = 0  # how far ``next`` has read
+        self._last: dict[str, int] = {}  # the last stream sequence taken, by stream prefix
 
     async def start(self) -> Self:
         js = self._nc.jetstream()
         if self._declare:
             await ensure_streams(js)
 
-        async def on_message(msg: Any) -> None:
-            event = decode(msg.data)
-            async with self._changed:
-                self.events.append(event)
-                self.entries.append((msg.metadata.sequence.stream, event))
-                self._changed.notify_all()
+        def taker(prefix: str) -> Callable[[Any], Awaitable[None]]:
+            async def on_message(msg: Any) -> None:
+                event = decode(msg.data)
+                sequence = msg.metadata.sequence.stream
+                async with self._changed:
+                    self.events.append(event)
+                    self.entries.append((sequence, event))
+                    self._last[prefix] = sequence
+                    self._changed.notify_all()
+
+            return on_message
 
         for prefix in self._prefixes:
             self._subs.append(
                 await js.subscribe(
                     f"{prefix}.{self.mission_id}.>",
-                    cb=on_message,
+                    cb=taker(prefix),
                     ordered_consumer=True,
                     deliver_policy=DeliverPolicy.ALL,
                 )
             )
         return self
+
+    async def caught_up(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until every stream followed has given this log all it stores of the mission
+        now. The streams arrive independently: an event seen on one (an attempt's
+        AgentCompleted) says nothing of what the other holds from before it (the
+        attempt's progress and transcript, stored first); after this, that is here too."""
+        for prefix, sub in zip(self._prefixes, self._subs, strict=True):
+            while True:
+                info = await sub.consumer_info()
+                if not info.num_pending:
+                    break
+                await asyncio.sleep(0.01)  # the server is still delivering what it counts
+            target = info.delivered.stream_seq if info.delivered else 0
+            await self.wait_for(lambda log, p=prefix, t=target: log._last.get(p, 0) >= t, timeout)
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
@@ -123,8 +143,12 @@ class EventLog:
         return list(self.events)
 
     async def first(self, cls: type[E], timeout: float = DEFAULT_TIMEOUT) -> E:
-        """The first event of type ``cls``, once there is one."""
+        """The first event of type ``cls``, once there is one; following both streams,
+        once what the other stream stored before it is here too (``caught_up``: an
+        attempt's result is read with its progress, usage and transcript)."""
         await self.wait_for(lambda log: bool(log.of(cls)), timeout)
+        if len(self._subs) > 1:
+            await self.caught_up(timeout)
         return self.of(cls)[0]
 
     async def completion(self, timeout: float = DEFAULT_TIMEOUT) -> MissionCompleted:
