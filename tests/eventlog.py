@@ -101,8 +101,8 @@ class EventLog:
                 if not info.num_pending:
                     break
                 await asyncio.sleep(0.01)  # the server is still delivering what it counts
-            target = info.delivered.stream_seq if info.delivered else 0
-            await self.wait_for(lambda log, p=prefix, t=target: log._last.get(p, 0) >= t, timeout)
+            target: int = info.delivered.stream_seq if info.delivered else 0
+            await self.wait_for(_taken_up_to(prefix, target), timeout)
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
@@ -193,3 +193,12 @@ class EventLog:
 
         await self.wait_for(arrived, timeout)
         return found[0]
+
+
+def _taken_up_to(prefix: str, sequence: int) -> Callable[[EventLog], bool]:
+    """Whether a log has taken its stream ``prefix``'s messages up to ``sequence``."""
+
+    def taken(log: EventLog) -> bool:
+        return log._last.get(prefix, 0) >= sequence
+
+    return taken
