@@ -95,11 +95,15 @@ class EventLog:
         now. The streams arrive independently: an event seen on one (an attempt's
         AgentCompleted) says nothing of what the other holds from before it (the
         attempt's progress and transcript, stored first); after this, that is here too."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + timeout
         for prefix, sub in zip(self._prefixes, self._subs, strict=True):
             while True:
                 info = await sub.consumer_info()
                 if not info.num_pending:
                     break
+                if clock() > deadline:
+                    raise AssertionError(f"{prefix}: {info.num_pending} never delivered")
                 await asyncio.sleep(0.01)  # the server is still delivering what it counts
             target: int = info.delivered.stream_seq if info.delivered else 0
             await self.wait_for(_taken_up_to(prefix, target), timeout)
