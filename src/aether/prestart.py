@@ -375,28 +375,12 @@ class Prestarter:
         ``log`` takes what the prestarter itself writes (a module it could not preload);
         without one it writes where this process does, and holds that open while it
         lives (as long as the last service it forked)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         output = log.open("ab") if log is not None else None
-        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aether.prestart"),
-                *(("--for", serves) if serves else ()),
-                *(() if preload == PRELOAD else preload),
-            ],
-            # Unbuffered output, as the stack gives every service, for the children.
-            env={CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"},
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=output,
-            pass_fds=(theirs.fileno(),),
-            start_new_session=True,
-        )
-        theirs.close()
+        channel, process = _launch(("--for", serves) if serves else (), preload, output=output)
         if output is not None:
             output.close()
-        # Reaped whenever it exits, with nobody waiting on it.
-        threading.Thread(target=self.process.wait, name="prestart-wait", daemon=True).start()
-        self._attach(ours)
+        self.process: subprocess.Popen[bytes] | None = process
+        self._attach(channel)
 
     @classmethod
     def joining(cls, shared: Path) -> Prestarter:
@@ -556,25 +540,8 @@ class SharedPrestarter:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind(str(path))
         listener.listen(64)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aether.prestart"),
-                *(() if preload == PRELOAD else preload),
-            ],
-            env={
-                CHANNEL_ENV: str(theirs.fileno()),
-                LISTENER_ENV: str(listener.fileno()),
-                "PYTHONUNBUFFERED": "1",
-            },
-            stdin=subprocess.DEVNULL,
-            pass_fds=(theirs.fileno(), listener.fileno()),
-            start_new_session=True,
-        )
-        theirs.close()
+        self._channel, self.process = _launch((), preload, listener=listener)
         listener.close()
-        self._channel = ours
-        threading.Thread(target=self.process.wait, name="prestart-wait", daemon=True).start()
 
     def close(self) -> None:
         """Take no more connections; the process exits once every prestarter it forked has
@@ -583,6 +550,40 @@ class SharedPrestarter:
             self._channel.shutdown(socket.SHUT_RDWR)
         self._channel.close()
         self.path.unlink(missing_ok=True)
+
+
+def _launch(
+    options: tuple[str, ...],
+    preload: tuple[str, ...],
+    output: IO[bytes] | None = None,
+    listener: socket.socket | None = None,
+) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """Start ``python -m aether.prestart`` in a session of its own with an environment of
+    nothing but its channel (and ``listener``, for a shared one); returns our end of the
+    channel and the process, which is reaped whenever it exits, nobody waiting on it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Unbuffered output, as the stack gives every service, for the children.
+    env = {CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
+    passed = [theirs.fileno()]
+    if listener is not None:
+        env[LISTENER_ENV] = str(listener.fileno())
+        passed.append(listener.fileno())
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "aether.prestart"),
+            *options,
+            *(() if preload == PRELOAD else preload),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        pass_fds=passed,
+        start_new_session=True,
+    )
+    theirs.close()
+    threading.Thread(target=process.wait, name="prestart-wait", daemon=True).start()
+    return ours, process
 
 
 _shared: Prestarter | None = None
