@@ -57,8 +57,11 @@ log = logging.getLogger("aether.runtime.reconnect")
 INFO_TRIES = 40
 INFO_PAUSE_SECONDS = 0.25
 # How long the processes of a service have to say what they hold (they reconnect within
-# the client's reconnect wait of each other, half a second).
+# the client's reconnect wait of each other, half a second, when nothing holds them up)...
 HOLDERS_WINDOW_SECONDS = 0.5
+# ...and how long a process of the service known to be running is waited for past that
+# (one that is slower to come back; a killed one is waited for this long once).
+HOLDERS_PATIENCE_SECONDS = 5.0
 # At most this many sequences are handed back per consumer (the latest: the ones lost are
 # those delivered as the server went down).
 MOST_HANDED_BACK = 2000
@@ -96,48 +99,108 @@ class Holders:
     """The deliveries the processes of one service are handling, asked for over NATS.
 
     Every process answers requests on ``<inbox prefix>.held`` with what it holds; a
-    process that wants to know what its service holds sends one and gathers the answers
-    for a short while. The subject is under the service's own inbox prefix, which only
-    its processes may read (see ``bus_auth``)."""
+    process that wants to know what its service holds sends one and gathers the answers.
+    The subject is under the service's own inbox prefix, which only its processes may
+    read (see ``bus_auth``).
 
-    def __init__(self, nc: NatsClient, inbox_prefix: str, held: Callable[[], Held]) -> None:
+    A process that comes back later than the asker (each reconnects on a timer of its
+    own) must not be taken for one holding nothing: what it holds would be handed back
+    and delivered twice. So each process keeps a roster of the others: it introduces
+    itself when it starts (the others answer, and note it), every request names its
+    sender, and a process that stops says so. An ask waits for ``window`` seconds, and
+    then, up to ``patience``, for every process of the roster that has not answered yet,
+    asking again every ``window`` (one away when a request went out never gets it); one
+    that never answers (killed) is taken off the roster."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        inbox_prefix: str,
+        held: Callable[[], Held],
+        window: float = HOLDERS_WINDOW_SECONDS,
+        patience: float = HOLDERS_PATIENCE_SECONDS,
+    ) -> None:
         self._nc = nc
         self._subject = f"{inbox_prefix}.held"
         self._held = held
+        self._window = window
+        self._patience = patience
         self._sub: Subscription | None = None
+        self._introducing: asyncio.Task[None] | None = None
         # Names this process among the service's: of those that answer, the least
         # hands back (each handing back the same lost message would have it delivered
         # twice: the second one finds it pending again, with a new holder).
         self.ident = uuid.uuid4().hex
+        # The other processes of the service this one knows of.
+        self.peers: set[str] = set()
 
     async def serve(self) -> None:
         async def answer(msg: Msg) -> None:
+            sender = _sender(msg.data)
+            if sender is not None and sender[0] != self.ident:
+                if sender[1]:
+                    self.peers.discard(sender[0])  # it stopped
+                else:
+                    self.peers.add(sender[0])
             if msg.reply:
                 body = json.dumps({"id": self.ident, "held": sorted(self._held())}).encode()
                 with contextlib.suppress(Exception):
                     await self._nc.publish(msg.reply, body)
 
         self._sub = await self._nc.subscribe(self._subject, cb=answer)
+        # The others running now answer, and note this one; nothing waits for it.
+        self._introducing = asyncio.create_task(self._introduce())
+
+    async def _introduce(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._gather(self._window, patience=0.0)
 
     async def stop(self) -> None:
+        if self._introducing is not None:
+            self._introducing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._introducing
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+                # The others need not wait for this one at their next ask.
+                await self._nc.publish(self._subject, self._request(stopping=True))
             self._sub = None
 
-    async def ask(self, window: float = HOLDERS_WINDOW_SECONDS) -> tuple[Held, set[str]]:
-        """What every process that answers within ``window`` seconds holds (this one's
-        own holdings always included), and which processes answered (this one too)."""
+    async def ask(self) -> tuple[Held, set[str]]:
+        """What every process that answers holds (this one's own holdings always
+        included), and which processes answered (this one too); see the class."""
+        held, answered = await self._gather(self._window, self._patience)
+        # Those of the roster that said nothing for so long are gone.
+        self.peers &= answered
+        return held, answered
+
+    async def _gather(self, window: float, patience: float) -> tuple[Held, set[str]]:
         held: Held = set(self._held())
         answered = {self.ident}
         inbox = self._nc.new_inbox()
         answers = await self._nc.subscribe(inbox)
         try:
-            await self._nc.publish(self._subject, b"", reply=inbox)
-            deadline = time.monotonic() + window
-            while (left := deadline - time.monotonic()) > 0:
+            request = self._request()
+            await self._nc.publish(self._subject, request, reply=inbox)
+            began = time.monotonic()
+            asked_at = began
+            while True:
+                now = time.monotonic()
+                # Past the window, only for a process of the roster yet to answer.
+                missing = self.peers - answered
+                left = (window if not missing else max(window, patience)) - (now - began)
+                if left <= 0:
+                    break
+                if missing and now - asked_at >= window:
+                    # A process away when the request went out never got it: ask again
+                    # (the ones that answered answer again, counted once).
+                    await self._nc.publish(self._subject, request, reply=inbox)
+                    asked_at = now
                 try:
-                    msg = await answers.next_msg(timeout=left)
+                    msg = await answers.next_msg(timeout=min(left, window))
+                except TimeoutError:
+                    continue
                 except Exception:
                     break
                 with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
@@ -147,7 +210,20 @@ class Holders:
         finally:
             with contextlib.suppress(Exception):
                 await answers.unsubscribe()
+        self.peers |= answered - {self.ident}
         return held, answered
+
+    def _request(self, *, stopping: bool = False) -> bytes:
+        return json.dumps({"id": self.ident, "stopping": stopping}).encode()
+
+
+def _sender(data: bytes) -> tuple[str, bool] | None:
+    """Who sent a request to the holders, and whether it is stopping."""
+    try:
+        body = json.loads(data)
+        return str(body["id"]), bool(body.get("stopping"))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 async def hand_back(
