@@ -21,8 +21,10 @@ server and every backend, those that ended included), the model server, and this
 process, which reads the mission's events as they come. With
 ``--profile`` it runs one more chained mission with the service that spent the most
 handler time per task under cProfile and saves the profile (``.prof``, and the top of it
-as text) in the work directory. With ``--pause-gateway`` it runs one more chained mission
-with the gateway stopped (SIGSTOP) from the mission's submission to its end: on a machine
+as text) in the work directory, which is then kept (otherwise it is removed at the end
+unless ``--keep`` is given or the run failed). With ``--pause-gateway`` it runs one
+more chained mission with the gateway stopped (SIGSTOP) from the mission's submission to
+its end: on a machine
 of few cores the read model's CPU is taken from the services on the mission's path, and
 the difference is what it costs them. It also prints, inside each attempt, the time from
 AgentStarted to the end of the first model call, between the ends of two calls, and from
@@ -34,7 +36,7 @@ own connections together.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
         [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
-        [--pause-gateway]
+        [--pause-gateway] [--keep]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -51,15 +53,17 @@ import multiprocessing
 import os
 import pstats
 import re
+import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -174,6 +178,46 @@ def model_server(
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class WorkDirectory:
+    """A run's work directory (its repositories, the stacks' NATS and PostgreSQL data,
+    their logs), removed when the run ends: each run left a hundred megabytes or more
+    in the temporary directory, and nothing took them away. It is kept whole when
+    ``keep`` is set (``--keep``, or a run that saved profiles there) or the run failed
+    (an exception, or ``keep`` set on the way), and the entries named in ``spare`` are
+    kept in any case (an environment a later run can use again); what is kept is
+    printed."""
+
+    def __init__(self, prefix: str, keep: bool = False, spare: Iterable[str] = ()) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.keep = keep
+        self._spare = set(spare)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.keep or kind is not None:
+            print(f"  work directory kept: {self.path}", file=sys.stderr)
+            return
+        spared = []
+        for entry in self.path.iterdir():
+            if entry.name in self._spare:
+                spared.append(entry)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if spared:
+            print(f"  kept: {', '.join(str(entry) for entry in spared)}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def summary(values: list[float]) -> str:
@@ -674,9 +718,19 @@ async def main() -> int:
         help="run one more chained mission with the gateway stopped while it runs (what the"
         " read model's CPU costs the services on the mission's path)",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (kept with --profile)"
+    )
     args = parser.parse_args()
+    workdir = WorkDirectory("aether-bench-", keep=args.keep or args.profile)
+    with workdir as work:
+        status = await measure(args, work)
+        workdir.keep = workdir.keep or status != 0
+    return status
+
+
+async def measure(args: argparse.Namespace, work: Path) -> int:
     shapes = ["independent", "chain"] if args.shape == "both" else [args.shape]
-    work = Path(tempfile.mkdtemp(prefix="aether-bench-"))
     print(f"bench/overhead: N={args.tasks} tasks, concurrency {args.concurrency}, work dir {work}")
     baseline = plain_git_loop(work, args.tasks)
     print(f"  plain git loop per task          {summary(baseline)}")

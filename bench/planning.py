@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +47,10 @@ from aether_llm import LLMSettings, MessagesServer, Reply, tool_use_block
 from aether_planner.bootstrap import bootstrap
 from aether_planner.config import PlannerSettings
 from aether_runtime import RuntimeSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import WorkDirectory
 
 READ_TOKEN = "bench-planning-read-token-0123456789"
 PLAN = {
@@ -165,21 +168,22 @@ async def main() -> int:
     parser.add_argument("--missions", type=int, default=20)
     parser.add_argument("--delay", type=float, default=0.5)
     parser.add_argument("--concurrency", default=os.environ.get("AETHER_PLANNER_CONCURRENCY", "32"))
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="aether-planning-"))
-    repo = work / "repo"
-    sha = create_sample_repository(repo)
-    server = EmbeddedNats(work / "nats").start()
-    model = MessagesServer(SlowModel(args.delay)).start()
-    print(f"bench/planning: model answers in {args.delay * 1000:.0f} ms; work dir {work}")
-    try:
-        clones = Remotes(str(work / "clones"))
-        with read_api_served(READ_TOKEN, clones, free_port()) as broker_url:
-            for lanes in (args.concurrency, "0"):
-                await run(server.url, model.url, broker_url, repo, sha, args.missions, lanes)
-    finally:
-        model.stop()
-        server.stop()
+    with WorkDirectory("aether-planning-", keep=args.keep) as work:
+        repo = work / "repo"
+        sha = create_sample_repository(repo)
+        server = EmbeddedNats(work / "nats").start()
+        model = MessagesServer(SlowModel(args.delay)).start()
+        print(f"bench/planning: model answers in {args.delay * 1000:.0f} ms; work dir {work}")
+        try:
+            clones = Remotes(str(work / "clones"))
+            with read_api_served(READ_TOKEN, clones, free_port()) as broker_url:
+                for lanes in (args.concurrency, "0"):
+                    await run(server.url, model.url, broker_url, repo, sha, args.missions, lanes)
+        finally:
+            model.stop()
+            server.stop()
     return 0
 
 

@@ -47,7 +47,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -63,6 +62,7 @@ import itertools
 from overhead import (
     WARM_UP,
     NoWorkModel,
+    WorkDirectory,
     per_task,
     plain_git_loop,
     plan_of,
@@ -403,16 +403,19 @@ async def main() -> int:
         action="store_true",
         help="run the services started with history under cProfile (<work dir>/<name>.prof)",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (kept with --profile)"
+    )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="aether-scale-"))
-    print(f"bench/scale: work dir {work}, {os.cpu_count()} cores, {load()}")
-    if not args.skip_history:
-        only = args.services.split(",")
-        await history(
-            work, args.missions, args.template_tasks, only, args.ready_timeout, args.profile
-        )
-    if not args.skip_sizes:
-        await sizes(work, [int(n) for n in args.sizes.split(",")], args.repeats)
+    with WorkDirectory("aether-scale-", keep=args.keep or args.profile) as work:
+        print(f"bench/scale: work dir {work}, {os.cpu_count()} cores, {load()}")
+        if not args.skip_history:
+            only = args.services.split(",")
+            await history(
+                work, args.missions, args.template_tasks, only, args.ready_timeout, args.profile
+            )
+        if not args.skip_sizes:
+            await sizes(work, [int(n) for n in args.sizes.split(",")], args.repeats)
     return 0
 
 

@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -36,7 +35,7 @@ from aether.gitview import create_sample_repository
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import run_shape
+from overhead import WorkDirectory, run_shape
 from work import GitWork
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,14 +106,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--venv", type=Path, help="a peers' environment built before")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     n = args.tasks
-    work = Path(tempfile.mkdtemp(prefix="aether-peers-"))
-    print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
-    python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
-    (work / "peers").mkdir()
-    walls = asyncio.run(aether(work, n))
-    walls.update(run_peers(python, work, n))
+    # The peers' environment built here is kept for ``--venv`` next time.
+    with WorkDirectory("aether-peers-", keep=args.keep, spare=["venv"]) as work:
+        print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
+        python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
+        (work / "peers").mkdir()
+        walls = asyncio.run(aether(work, n))
+        walls.update(run_peers(python, work, n))
     print(f"\n  {'orchestrator (same git work), ms/task':<40} {'chain':>16} {'4 at a time':>16}")
     print(f"  {'':<40} {'(× its floor)':>16} {'(× its floor)':>16}")
     systems = dict.fromkeys(key.split("|")[0] for key in walls)
