@@ -131,16 +131,19 @@ class Holders:
         # hands back (each handing back the same lost message would have it delivered
         # twice: the second one finds it pending again, with a new holder).
         self.ident = uuid.uuid4().hex
-        # The other processes of the service this one knows of.
+        # The other processes of the service this one knows of, and those that said they
+        # stopped (an answer of theirs still in flight must not bring them back).
         self.peers: set[str] = set()
+        self._gone: set[str] = set()
 
     async def serve(self) -> None:
         async def answer(msg: Msg) -> None:
             sender = _sender(msg.data)
             if sender is not None and sender[0] != self.ident:
-                if sender[1]:
-                    self.peers.discard(sender[0])  # it stopped
-                else:
+                if sender[1]:  # it stopped
+                    self.peers.discard(sender[0])
+                    self._gone.add(sender[0])
+                elif sender[0] not in self._gone:
                     self.peers.add(sender[0])
             if msg.reply:
                 body = json.dumps({"id": self.ident, "held": sorted(self._held())}).encode()
@@ -210,7 +213,7 @@ class Holders:
         finally:
             with contextlib.suppress(Exception):
                 await answers.unsubscribe()
-        self.peers |= answered - {self.ident}
+        self.peers |= answered - {self.ident} - self._gone
         return held, answered
 
     def _request(self, *, stopping: bool = False) -> bytes:
