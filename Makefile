@@ -2,10 +2,10 @@
 # them. CI runs `.ci/run`, which is `setup`, `lint`, `typecheck` and `test` in one.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup hooks lint fmt typecheck check test test-cpu test-unit test-e2e test-ops bench chaos demo up ci
+.PHONY: help setup hooks lint fmt typecheck check test test-cpu test-unit test-e2e test-ops bench bench-suite chaos demo up ci
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 setup: ## install the workspace, exactly as locked, with its bytecode compiled
 	uv sync --locked --compile-bytecode
@@ -47,6 +47,9 @@ test-ops: ## compose, Kubernetes, dashboards and alerts
 
 bench: ## per-task overhead of the whole pipeline, next to plain git
 	uv run python bench/overhead.py
+
+bench-suite: ## the whole suite's wall time and CPU, in units of a CPU probe run beside it
+	uv run python bench/suite.py
 
 chaos: ## 50 trials of killing a service or NATS mid-mission
 	uv run python -m bench.chaos --trials 50
