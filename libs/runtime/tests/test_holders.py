@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import pytest
@@ -23,7 +23,7 @@ PATIENCE = 3.0
 
 
 @pytest.fixture
-async def connect(nats_url: str) -> AsyncIterator[Callable[[], asyncio.Future[NatsClient]]]:
+async def connect(nats_url: str) -> AsyncIterator[Callable[[], Awaitable[NatsClient]]]:
     clients: list[NatsClient] = []
 
     async def opened() -> NatsClient:
@@ -31,10 +31,15 @@ async def connect(nats_url: str) -> AsyncIterator[Callable[[], asyncio.Future[Na
         clients.append(client)
         return client
 
-    yield opened  # type: ignore[misc]
+    yield opened
     for client in clients:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+def service_prefix() -> str:
+    """A service's own inbox prefix, new for each test."""
+    return f"_INBOX.svc{uuid.uuid4().hex[:8]}"
 
 
 def holders(nc: NatsClient, prefix: str, held: Held) -> Holders:
@@ -50,9 +55,9 @@ async def known(asker: Holders, *others: Holders) -> None:
 
 
 async def test_a_process_that_comes_back_late_is_waited_for_and_what_it_holds_counted(
-    connect: Callable[[], asyncio.Future[NatsClient]],
+    connect: Callable[[], Awaitable[NatsClient]],
 ) -> None:
-    prefix = f"_INBOX.svc{uuid.uuid4().hex[:8]}"
+    prefix = service_prefix()
     late = holders(await connect(), prefix, {("work", 7)})
     asker = holders(await connect(), prefix, {("work", 9)})
     await late.serve()
@@ -75,9 +80,9 @@ async def test_a_process_that_comes_back_late_is_waited_for_and_what_it_holds_co
 
 
 async def test_a_stopped_process_is_not_waited_for_and_a_killed_one_only_once(
-    connect: Callable[[], asyncio.Future[NatsClient]],
+    connect: Callable[[], Awaitable[NatsClient]],
 ) -> None:
-    prefix = f"_INBOX.svc{uuid.uuid4().hex[:8]}"
+    prefix = service_prefix()
     asker = holders(await connect(), prefix, set())
     stopped = holders(await connect(), prefix, {("work", 1)})
     await asker.serve()
@@ -106,9 +111,9 @@ async def test_a_stopped_process_is_not_waited_for_and_a_killed_one_only_once(
 
 
 async def test_a_process_started_later_knows_the_ones_running(
-    connect: Callable[[], asyncio.Future[NatsClient]],
+    connect: Callable[[], Awaitable[NatsClient]],
 ) -> None:
-    prefix = f"_INBOX.svc{uuid.uuid4().hex[:8]}"
+    prefix = service_prefix()
     first = holders(await connect(), prefix, set())
     await first.serve()
     second = holders(await connect(), prefix, set())
