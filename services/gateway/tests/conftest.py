@@ -265,7 +265,7 @@ class GatewayServer:
 
     async def start(self) -> None:
         app = bootstrap_app(self.settings)
-        self.gateway = app.state.gateway
+        self.gateway = app.gateway
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -33,6 +33,30 @@ async def test_not_ready_when_the_database_does_not_answer(http, gateway_server)
     }
 
 
+async def test_gateways_in_one_process_share_the_routes_and_each_answers_as_itself(make_gateway):
+    # The routes are built once per process; each gateway's app hands them its own
+    # context, so what one gateway knows (its admin token, its database) is never the
+    # other's, whichever of them answered first.
+    other_token = "another-bootstrap-admin-token"
+    first = await make_gateway()
+    second = await make_gateway(admin_token=other_token)
+    assert first._server.config.app.routes is second._server.config.app.routes
+    async with (
+        first.client() as first_admin,
+        second.client(token=other_token) as second_admin,
+        first.client(token=other_token) as second_token_at_first,
+        second.client() as first_token_at_second,
+    ):
+        for _ in range(2):
+            assert (await first_admin.get("/missions")).status_code == 200
+            assert (await second_admin.get("/missions")).status_code == 200
+            assert (await second_token_at_first.get("/missions")).status_code == 401
+            assert (await first_token_at_second.get("/missions")).status_code == 401
+        await second.gateway.db.close()
+        assert (await second_admin.get("/readyz")).json()["detail"] == "database unreachable"
+        assert (await first_admin.get("/readyz")).json()["status"] == "ready"
+
+
 async def test_a_valid_request_publishes_mission_requested(http, nc, gateway_server):
     body = {
         "repository": "/repos/demo",

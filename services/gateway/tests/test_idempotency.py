@@ -19,7 +19,7 @@ from aether_gateway.adapters.limits import (
     Reserved,
     StoredResponse,
 )
-from aether_gateway.api.idempotency import IdempotencyMiddleware
+from aether_gateway.api.idempotency import IdempotentPosts
 
 from .conftest import eventually
 from .test_commands import MISSION, events_of, publish, wait_for
@@ -164,11 +164,9 @@ async def test_a_released_or_abandoned_reservation_is_taken_over(store):
     assert isinstance(await store.reserve("alice", "k2", request), InProgress)
 
 
-def idempotency_middleware(server) -> IdempotencyMiddleware:
-    [middleware] = [
-        m for m in server._server.config.app.middleware if isinstance(m, IdempotencyMiddleware)
-    ]
-    return middleware
+def idempotency_middleware(server) -> IdempotentPosts:
+    """The gateway's own requests under a key (what its middleware hands them to)."""
+    return server.gateway.context.idempotent
 
 
 async def test_a_copy_waits_for_a_request_running_on_another_replica(http, gateway_server, store):

@@ -42,7 +42,7 @@ def main() -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    _Server(config, app.state.gateway).run(sockets=[sock])
+    _Server(config, app.gateway).run(sockets=[sock])
 
 
 if __name__ == "__main__":

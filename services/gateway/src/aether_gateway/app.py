@@ -1,6 +1,8 @@
-"""Wiring the gateway: the Litestar app around the runtime service and the read model.
+"""Wiring the gateway: the ASGI app around the runtime service and the read model.
 
-The app's lifespan opens the database and migrates it, then starts the runtime service,
+The routes are one Litestar app per process (``shared_routes``); each gateway's ASGI app
+(``GatewayApp``) hands them its connections with its context on the scope. Its lifespan
+opens the database and migrates it, then starts the runtime service,
 which catches the read model up from its stored positions and starts the durable
 ``gateway`` consumers (mission events and telemetry) that fold every later event, and
 then the hub that fans the streams out to event-stream clients, and the watch that
@@ -10,17 +12,18 @@ ends the open event streams first, then the service, then the pool.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import traceback
+from typing import Any, cast
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aether_events import ALL_MISSION_EVENTS, ALL_TELEMETRY, TELEMETRY_STREAM
@@ -28,6 +31,7 @@ from aether_gateway import api
 from aether_gateway.adapters.batches import LIVE_RUN
 from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.diffs import BrokerReader
 from aether_gateway.adapters.faults import DATABASE_ERRORS
 from aether_gateway.adapters.hub import Hub
 from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
@@ -37,8 +41,9 @@ from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.board import board_router
-from aether_gateway.api.idempotency import IdempotencyMiddleware
+from aether_gateway.api.idempotency import IdempotencyMiddleware, IdempotentPosts
 from aether_gateway.api.schema import StrictStructSchema
+from aether_gateway.api.served import SCOPE_KEY
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
@@ -50,6 +55,9 @@ from aether_runtime.metrics import service_at_zero
 log = logging.getLogger("aether.gateway")
 
 CONSUMER = "gateway"
+# Where ``GatewayApp`` puts its gateway on a connection's scope, for ``/readyz`` (the
+# routes of the API find its context under ``api.context.SCOPE_KEY``).
+_GATEWAY_KEY = "aether.gateway"
 VERSION = "0.2.0"
 
 
@@ -95,14 +103,19 @@ class Gateway:
         self.authenticator = Authenticator(
             self.tokens, admin_token=settings.admin_token, oidc=self.oidc
         )
+        idempotency = IdempotencyStore(self.db)
         self.context = api.GatewayContext(
             settings=settings,
+            db=self.db,
             read_model=self.read_model,
             queries=Queries(self.db),
             bus=Bus(self.service),
             hub=self.hub,
             tokens=self.tokens,
-            idempotency=IdempotencyStore(self.db),
+            authenticator=self.authenticator,
+            idempotency=idempotency,
+            idempotent=IdempotentPosts(idempotency),
+            broker=BrokerReader(settings.broker_url, settings.broker_token),
             mission_rate=RateLimiter(
                 self.db,
                 limit=settings.mission_rate_limit,
@@ -174,14 +187,6 @@ class Gateway:
             )
         return status
 
-    @asynccontextmanager
-    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        await self.start()
-        try:
-            yield
-        finally:
-            await self.stop()
-
 
 def _read_model_detail(detail: str, status: dict[str, Any]) -> str:
     failures = status["projection_failures"]
@@ -219,8 +224,64 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_app(gateway: Gateway) -> Litestar:
+class GatewayApp:
+    """The ASGI app of one gateway: the routes (``shared_routes``) with this gateway's
+    context on every connection's scope, and its start and stop as the lifespan.
+
+    The routes hold no gateway of their own, so a process builds them once however many
+    gateways it serves (Litestar parses every handler's signature for each app it
+    builds: about a tenth of a second of CPU, which the tests paid for each of theirs)."""
+
+    def __init__(self, gateway: Gateway, routes: Litestar) -> None:
+        self.gateway = gateway
+        self.routes = routes
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(cast("LifeSpanReceive", receive), cast("LifeSpanSend", send))
+            return
+        scope[SCOPE_KEY] = self.gateway.context  # type: ignore[literal-required]
+        scope[_GATEWAY_KEY] = self.gateway  # type: ignore[literal-required]
+        await self.routes(scope, cast("Receive", receive), cast("Send", send))
+
+    async def _lifespan(self, receive: LifeSpanReceive, send: LifeSpanSend) -> None:
+        """The ASGI lifespan protocol around ``Gateway.start`` and ``Gateway.stop``: a
+        failure is sent to the server with its traceback (which uvicorn logs) and
+        raised, as Litestar's own lifespan does."""
+        await receive()  # lifespan.startup
+        try:
+            await self.gateway.start()
+        except BaseException:
+            await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await self.gateway.stop()
+        except BaseException:
+            await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app serving ``gateway`` (``bootstrap`` builds it)."""
+    return GatewayApp(gateway, shared_routes())
+
+
+@functools.cache
+def shared_routes() -> Litestar:
+    """Every route of the gateway, built once per process (see ``GatewayApp``)."""
+    return create_routes()
+
+
+def create_routes() -> Litestar:
+    """The gateway's routes, finding the gateway a connection came to on its scope."""
     open_route = {"exclude_from_auth": True}
 
     @get("/healthz", include_in_schema=False, sync_to_thread=False, opt=open_route)
@@ -228,7 +289,8 @@ def create_app(gateway: Gateway) -> Litestar:
         return {"status": "ok"}
 
     @get("/readyz", include_in_schema=False, opt=open_route)
-    async def readyz() -> Response[dict[str, Any]]:
+    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        gateway = request.scope[_GATEWAY_KEY]  # type: ignore[literal-required]
         ok, detail = await gateway.readiness()
         body: dict[str, Any] = {
             "status": "ready" if ok else "not-ready",
@@ -248,21 +310,20 @@ def create_app(gateway: Gateway) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            api.router(gateway.context),
-            board_router(gateway.context, gateway.db),
+            api.router(),
+            board_router(),
             *WEB_ROUTES,
             healthz,
             readyz,
             metrics,
         ],
-        lifespan=[gateway.lifespan],
         # Outermost first: metrics see every answer, input no route can take is refused
         # before anything looks at it, auth runs before idempotency (keys are per caller).
         middleware=[
             HttpMetrics(),
             api.InputGuard(),
-            AuthMiddleware(gateway.authenticator),
-            IdempotencyMiddleware(gateway.context.idempotency),
+            AuthMiddleware(),
+            IdempotencyMiddleware(),
         ],
         # Logging is the runtime's (JSON lines); Litestar's own config would replace it.
         logging_config=None,
@@ -274,6 +335,5 @@ def create_app(gateway: Gateway) -> Litestar:
         openapi_config=openapi_config(),
         plugins=[StrictStructSchema()],
     )
-    app.state.gateway = gateway
     routes_at_zero(app)
     return app

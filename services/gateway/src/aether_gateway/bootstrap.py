@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
-
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.oidc import OidcVerifier
-from aether_gateway.app import Gateway, create_app
+from aether_gateway.app import Gateway, GatewayApp, create_app
 from aether_gateway.config import GatewaySettings
 
 
@@ -23,6 +21,6 @@ def bootstrap(settings: GatewaySettings | None = None) -> Gateway:
     return Gateway(settings, db=db, oidc=oidc)
 
 
-def bootstrap_app(settings: GatewaySettings | None = None) -> Litestar:
-    """The ASGI app of the gateway ``bootstrap`` builds (``app.state.gateway`` is it)."""
+def bootstrap_app(settings: GatewaySettings | None = None) -> GatewayApp:
+    """The ASGI app of the gateway ``bootstrap`` builds (``app.gateway`` is it)."""
     return create_app(bootstrap(settings))

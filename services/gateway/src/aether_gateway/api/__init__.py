@@ -9,7 +9,7 @@ from litestar.di import Provide
 from aether_gateway.api.activity import ACTIVITY_ROUTES
 from aether_gateway.api.admin import ADMIN_ROUTES
 from aether_gateway.api.commands import COMMAND_ROUTES
-from aether_gateway.api.context import GatewayContext
+from aether_gateway.api.context import GatewayContext, request_context
 from aether_gateway.api.errors import on_http_error, on_unexpected_error, on_validation_error
 from aether_gateway.api.inputs import InputGuard, strict_body
 from aether_gateway.api.live import LIVE_ROUTES
@@ -28,9 +28,10 @@ __all__ = [
 ]
 
 
-def router(ctx: GatewayContext) -> Router:
-    """Every API route, with ``ctx`` injected into each handler and its JSON body (if it
-    takes one) checked strictly before it runs."""
+def router() -> Router:
+    """Every API route, with the context of the gateway a request came to injected as
+    ``ctx`` into each handler and its JSON body (if it takes one) checked strictly
+    before it runs."""
     return Router(
         path="/",
         route_handlers=[
@@ -43,6 +44,6 @@ def router(ctx: GatewayContext) -> Router:
             *TRANSCRIPT_ROUTES,
             *OIDC_ROUTES,
         ],
-        dependencies={"ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True)},
+        dependencies={"ctx": Provide(request_context, sync_to_thread=False)},
         before_request=strict_body,
     )

@@ -22,10 +22,7 @@ from aether_gateway.api.bodies import (
 )
 from aether_gateway.api.context import GatewayContext, principal_of
 from aether_gateway.api.errors import error_responses, not_found
-
-# Route option: a repeated request must not be answered from the idempotency store
-# (it would have to keep the answer, and a token's secret must not be kept).
-NO_IDEMPOTENCY_OPT = "no_idempotency"
+from aether_gateway.api.idempotency import NO_IDEMPOTENCY_OPT
 
 
 @post(

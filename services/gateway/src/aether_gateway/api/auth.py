@@ -28,6 +28,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from aether_gateway.adapters.oidc import InvalidToken, OidcVerifier
 from aether_gateway.adapters.tokens import TokenStore
+from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import TOKEN_PREFIX, Principal
 from aether_gateway.domain.auth import Scope as AetherScope
 
@@ -83,13 +84,11 @@ class Authenticator:
 
 
 class AuthMiddleware(ASGIMiddleware):
-    """Puts the caller on ``scope["user"]``, or answers 401."""
+    """Puts the caller on ``scope["user"]``, or answers 401 (with the authenticator of
+    the gateway the request came to)."""
 
     scopes = (ScopeType.HTTP,)
     exclude_opt_key = "exclude_from_auth"
-
-    def __init__(self, authenticator: Authenticator) -> None:
-        self.authenticator = authenticator
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
@@ -98,7 +97,7 @@ class AuthMiddleware(ASGIMiddleware):
             token = connection.query_params.get("access_token") or None
         if token is None:
             raise _unauthorized("authentication required: send Authorization: Bearer <token>")
-        scope["user"] = await self.authenticator.principal(token)
+        scope["user"] = await context_of(scope).authenticator.principal(token)
         await next_app(scope, receive, send)
 
 

@@ -19,7 +19,7 @@ from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.diffs import BrokerReader, BrokerUnavailable, TaskDiff
 from aether_gateway.adapters.progress import Progress, progress_of
 from aether_gateway.api.auth import READ, WRITE
-from aether_gateway.api.context import GatewayContext
+from aether_gateway.api.context import GatewayContext, request_context
 from aether_gateway.api.errors import bad_request, error_responses, not_found, unavailable
 from aether_gateway.api.queries import _mission_or_wait
 
@@ -137,9 +137,9 @@ async def repository_default_branch(
     return DefaultBranch(repository=repository, default_branch=branch)
 
 
-def board_router(ctx: GatewayContext, db: Database) -> Router:
-    """The board's queries, with ``ctx`` injected as in the rest of the API."""
-    broker = BrokerReader(ctx.settings.broker_url, ctx.settings.broker_token)
+def board_router() -> Router:
+    """The board's queries, with the context of the gateway a request came to injected
+    as ``ctx`` as in the rest of the API (and its database and broker reader)."""
     return Router(
         path="/",
         route_handlers=[
@@ -149,8 +149,16 @@ def board_router(ctx: GatewayContext, db: Database) -> Router:
             repository_default_branch,
         ],
         dependencies={
-            "ctx": Provide(lambda: ctx, sync_to_thread=False, use_cache=True),
-            "db": Provide(lambda: db, sync_to_thread=False, use_cache=True),
-            "broker": Provide(lambda: broker, sync_to_thread=False, use_cache=True),
+            "ctx": Provide(request_context, sync_to_thread=False),
+            "db": Provide(_database, sync_to_thread=False),
+            "broker": Provide(_broker, sync_to_thread=False),
         },
     )
+
+
+def _database(ctx: GatewayContext) -> Database:
+    return ctx.db
+
+
+def _broker(ctx: GatewayContext) -> BrokerReader:
+    return ctx.broker

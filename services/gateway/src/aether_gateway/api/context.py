@@ -1,4 +1,5 @@
-"""What the routes work with, built once by the app, and small helpers they share."""
+"""What the routes work with, built once per gateway (the routes find it on each
+connection's scope: ``served``), and small helpers they share."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from litestar.exceptions import NotAuthorizedException, ServiceUnavailableExcept
 
 from aether_events import Event, tag_of
 from aether_gateway.adapters.bus import Bus
+from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.diffs import BrokerReader
 from aether_gateway.adapters.hub import Hub
 from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
 from aether_gateway.adapters.tokens import TokenStore
+from aether_gateway.api.auth import Authenticator
+from aether_gateway.api.idempotency import IdempotentPosts
+from aether_gateway.api.served import context_of
 from aether_gateway.config import GatewaySettings
 from aether_gateway.domain.auth import Principal
 
@@ -34,13 +40,19 @@ class GatewayContext:
     """The gateway's adapters, as the routes see them."""
 
     settings: GatewaySettings
+    db: Database
     read_model: ReadModel
     queries: Queries
     bus: Bus
     hub: Hub
     tokens: TokenStore
+    authenticator: Authenticator
     idempotency: IdempotencyStore
+    # The requests with an Idempotency-Key running here, which their copies wait on.
+    idempotent: IdempotentPosts
     mission_rate: RateLimiter
+    # The git broker's read API (the board's diffs and default branches).
+    broker: BrokerReader
     # Rebuilds the read model from both streams; set by the app (it needs the stream).
     rebuild: Any = None
     # Set when the app shuts down, so open event streams end instead of holding it up.
@@ -98,6 +110,11 @@ class GatewayContext:
             await self.next_fold(0.05)
             position = await self.read_model.position()
         return True
+
+
+def request_context(request: Request[Any, Any, Any]) -> GatewayContext:
+    """The routes' ``ctx`` dependency."""
+    return context_of(request.scope)
 
 
 def principal_of(request: Request[Any, Any, Any]) -> Principal:

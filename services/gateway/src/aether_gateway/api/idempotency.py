@@ -32,10 +32,13 @@ from aether_gateway.adapters.limits import (
     Reserved,
     StoredResponse,
 )
-from aether_gateway.api.admin import NO_IDEMPOTENCY_OPT
+from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import Principal
 
 HEADER = b"idempotency-key"
+# Route option: a repeated request must not be answered from the idempotency store
+# (it would have to keep the answer, and a token's secret must not be kept).
+NO_IDEMPOTENCY_OPT = "no_idempotency"
 WAIT_SECONDS = 30.0
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 _KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -55,7 +58,18 @@ class _Flight:
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
+    """Hands each POST to the ``IdempotentPosts`` of the gateway it came to."""
+
     scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        await context_of(scope).idempotent.handle(scope, receive, send, next_app)
+
+
+class IdempotentPosts:
+    """One gateway's requests under an Idempotency-Key: its copies here wait on the
+    request running here (``_flights``), copies elsewhere on the reservation in
+    ``store``."""
 
     def __init__(self, store: IdempotencyStore, *, wait_seconds: float = WAIT_SECONDS) -> None:
         self.store = store

@@ -20,10 +20,10 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from aether_gateway.adapters.oidc import InvalidToken, ProviderUnavailable
-from aether_gateway.api.admin import NO_IDEMPOTENCY_OPT
 from aether_gateway.api.auth import CHALLENGE
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import error_responses
+from aether_gateway.api.idempotency import NO_IDEMPOTENCY_OPT
 
 log = logging.getLogger("aether.gateway.oidc")
 
