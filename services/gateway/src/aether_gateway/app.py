@@ -56,7 +56,7 @@ log = logging.getLogger("aether.gateway")
 
 CONSUMER = "gateway"
 # Where ``GatewayApp`` puts its gateway on a connection's scope, for ``/readyz`` (the
-# routes of the API find its context under ``api.context.SCOPE_KEY``).
+# routes of the API find its context under ``api.served.SCOPE_KEY``).
 _GATEWAY_KEY = "aether.gateway"
 VERSION = "0.2.0"
 
