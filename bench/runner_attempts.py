@@ -12,7 +12,11 @@ handed work to a worker thread (``asyncio.to_thread``), and what one such hand-o
 no work costs in the same run: on a loaded machine the wall time swings more between
 runs than a change of a few milliseconds, while the count does not.
 
-    uv run python bench/runner_attempts.py [--tasks 40]
+``--direct-model`` hands the loop the agent's replies in-process instead (no SDK, no
+HTTP, no server): the difference between the two runs is what the two model calls cost
+an attempt.
+
+    uv run python bench/runner_attempts.py [--tasks 40] [--direct-model]
 
 Run it from two checkouts alternately to compare a change: on a loaded machine only
 same-session ratios mean anything. A figure, not a test.
@@ -26,11 +30,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aether_agent_runner.adapters.model as agent_model
 from aether.gitview import create_sample_repository
 from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.config import AgentSettings
@@ -38,6 +43,7 @@ from aether_agent_runner.runtimes.builtin import BuiltinRuntime
 from aether_events import AgentCompleted, Event, PlannedTask, WorkspaceReady
 from aether_git_broker.adapters.git import GitRepositories
 from aether_llm import DEFAULT_TIERS, LLMSettings, MessagesServer, make_client
+from aether_llm.streamed import StreamedReply
 from aether_sandbox import SandboxSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +62,19 @@ async def _counted(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     global HANDOFFS
     HANDOFFS += 1
     return await _to_thread(func, *args, **kwargs)
+
+
+def direct_replies(model: NoWorkModel) -> Callable[..., Awaitable[StreamedReply]]:
+    """A stand-in for ``stream_reply`` that asks ``model`` in-process."""
+    from anthropic.types import Usage
+
+    async def reply(client: object, **request: Any) -> StreamedReply:
+        asked = {"messages": list(request["messages"]), "tools": list(request["tools"])}
+        answer = model(asked)
+        usage = Usage(input_tokens=answer.input_tokens, output_tokens=answer.output_tokens)
+        return StreamedReply(content=answer.content, stop_reason=answer.stop_reason, usage=usage)
+
+    return reply
 
 
 async def handoff_seconds(times: int = 200) -> list[float]:
@@ -145,7 +164,14 @@ async def attempts_in(work: Path, n: int) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=40)
+    parser.add_argument(
+        "--direct-model",
+        action="store_true",
+        help="hand the loop the agent's replies in-process (no SDK, HTTP or server)",
+    )
     args = parser.parse_args()
+    if args.direct_model:
+        agent_model.stream_reply = direct_replies(NoWorkModel(plan_of(args.tasks, "chain")))
     asyncio.to_thread = _counted
     measured = asyncio.run(attempts(args.tasks))[WARM_UP:]
     asyncio.to_thread = _to_thread
