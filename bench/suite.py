@@ -5,10 +5,12 @@ A shared two-core machine's speed moves by more than a factor of two within an h
 suite time alone says little about a change to the suite. This runs a fixed CPU-bound
 probe (pure Python, in a fresh interpreter, ``--probes`` times) before and after the
 suite and prints the suite's wall time and the machine's busy core-seconds (``/proc/stat``:
-everything the tests start, and anything else running) as multiples of the probe's CPU
-time: those ratios hold still while the machine's speed moves, and are what to compare
-across runs. A probe that moved much between before and after says the machine's speed
-changed during the run, and the ratios are then rough.
+everything the tests start, and anything else running; the time the host stole from the
+machine's virtual CPUs is printed apart) as multiples of the probe's CPU time. Those
+ratios follow the machine's speed roughly (the probe is one process's pure-Python loop,
+the suite many processes, forks and system calls: two runs of the same code have been a
+sixth apart), far better than seconds do. A probe that moved much between before and
+after says the machine's speed changed during the run, and the ratios are then rougher.
 
     uv run python bench/suite.py [--probes 3] [-- PYTEST ARGS...]
 
@@ -44,13 +46,16 @@ def probe() -> float:
     return float(done.stdout)
 
 
-def busy_jiffies() -> int:
-    """The whole machine's non-idle time so far, in clock ticks (``/proc/stat``)."""
+def busy_jiffies() -> tuple[int, int]:
+    """The whole machine's time spent working so far, and the time its virtual CPUs
+    wanted to run but the host ran something else (steal), in clock ticks
+    (``/proc/stat``). Stolen time is not work done, and a probe's CPU time leaves it
+    out too, so it is counted apart."""
     with open("/proc/stat") as stat:
         fields = stat.readline().split()
     user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[1:8])
     steal = int(fields[8]) if len(fields) > 8 else 0
-    return user + nice + system + irq + softirq + steal
+    return user + nice + system + irq + softirq, steal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     before = [probe() for _ in range(args.probes)]
     command = ["uv", "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"]
     command += args.pytest_args
-    busy0, began = busy_jiffies(), time.monotonic()
+    (busy0, steal0), began = busy_jiffies(), time.monotonic()
     status = subprocess.run(command, cwd=ROOT).returncode
     wall = time.monotonic() - began
-    busy = (busy_jiffies() - busy0) / ticks
+    busy1, steal1 = busy_jiffies()
+    busy, steal = (busy1 - busy0) / ticks, (steal1 - steal0) / ticks
     after = [probe() for _ in range(args.probes)]
     speed = statistics.median(before + after)
     print()
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  probe, CPU s     before {' '.join(f'{p:.2f}' for p in before)}", end="")
     print(f"   after {' '.join(f'{p:.2f}' for p in after)}   median {speed:.2f}")
     print(f"  suite            wall {wall:.1f} s   busy {busy:.1f} core-s", end="")
-    print(f"   ({busy / wall:.2f} cores busy on average)")
+    print(f"   ({busy / wall:.2f} cores busy on average; {steal:.1f} core-s stolen by the host)")
     print(f"  in probes        wall {wall / speed:.1f}   busy {busy / speed:.1f}")
     drift = max(statistics.median(after), statistics.median(before))
     drift /= min(statistics.median(after), statistics.median(before))
