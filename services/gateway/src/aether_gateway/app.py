@@ -230,7 +230,7 @@ class GatewayApp:
 
     The routes hold no gateway of their own, so a process builds them once however many
     gateways it serves (Litestar parses every handler's signature for each app it
-    builds: about a tenth of a second of CPU, which the tests paid for each of theirs)."""
+    builds: about 0.16 s of CPU, which the tests paid for each gateway they started)."""
 
     def __init__(self, gateway: Gateway, routes: Litestar) -> None:
         self.gateway = gateway
