@@ -103,7 +103,6 @@ class Gateway:
         self.authenticator = Authenticator(
             self.tokens, admin_token=settings.admin_token, oidc=self.oidc
         )
-        idempotency = IdempotencyStore(self.db)
         self.context = api.GatewayContext(
             settings=settings,
             db=self.db,
@@ -113,8 +112,7 @@ class Gateway:
             hub=self.hub,
             tokens=self.tokens,
             authenticator=self.authenticator,
-            idempotency=idempotency,
-            idempotent=IdempotentPosts(idempotency),
+            idempotent=IdempotentPosts(IdempotencyStore(self.db)),
             broker=BrokerReader(settings.broker_url, settings.broker_token),
             mission_rate=RateLimiter(
                 self.db,

@@ -17,7 +17,7 @@ from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.diffs import BrokerReader
 from aether_gateway.adapters.hub import Hub
-from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
+from aether_gateway.adapters.limits import RateLimiter
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
@@ -47,8 +47,8 @@ class GatewayContext:
     hub: Hub
     tokens: TokenStore
     authenticator: Authenticator
-    idempotency: IdempotencyStore
-    # The requests with an Idempotency-Key running here, which their copies wait on.
+    # The requests with an Idempotency-Key: their store, and those running here, which
+    # their copies here wait on.
     idempotent: IdempotentPosts
     mission_rate: RateLimiter
     # The git broker's read API (the board's diffs and default branches).
