@@ -3,6 +3,7 @@ their own environment, directory, session and descriptors, their exit reported."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -379,6 +380,42 @@ def test_a_shared_prestarter_serves_no_other_user() -> None:
         reachable.rmdir()
     assert os.waitstatus_to_exitcode(status) == 0
     assert told == b"closed"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to listen as another user")
+def test_joining_refuses_a_prestarter_that_runs_as_another_user(tmp_path: Path) -> None:
+    # A socket listened on by another user's process: its children would run that
+    # user's code with this user's services' environment.
+    path = tmp_path / "socket"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(path))
+    ready, go = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other user: the peer's credentials are the listener's at listen()
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            listener.listen(1)
+            os.write(go, b"listening")
+            connection, _ = listener.accept()
+            connection.recv(4096)  # until the joining side closes
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(go)
+    listener.close()
+    try:
+        assert os.read(ready, 64) == b"listening"
+        with pytest.raises(PermissionError, match="another user"):
+            Prestarter.joining(path)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(ready)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_shared_joins_the_prestarter_the_environment_names_or_starts_its_own(

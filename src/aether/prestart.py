@@ -387,10 +387,14 @@ class Prestarter:
         """A prestarter of this process's own, forked by the shared prestarter listening at
         ``shared`` (:class:`SharedPrestarter`) rather than started here: it has the shared
         one's imports without paying for them again. ``OSError`` when nothing listens
-        there. Its ``process`` is ``None`` (it is not this process's child)."""
+        there, or when what listens runs as another user (whose prestarter would run its
+        own code as this user's services). Its ``process`` is ``None`` (it is not this
+        process's child)."""
         channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             channel.connect(str(shared))
+            if not _same_user(channel):
+                raise PermissionError(f"the prestarter at {shared} runs as another user")
         except OSError:
             channel.close()
             raise

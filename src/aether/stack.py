@@ -20,7 +20,7 @@ from aether import http as aether_http
 from aether import supervise
 from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
-from aether.prestart import Prestarter
+from aether.prestart import SHARED_ENV, Prestarter
 from aether.service_env import settings_for
 from aether_runtime.bus_auth import (
     ADMIN_USER,
@@ -113,9 +113,9 @@ class Stack:
     # one under ``-m cProfile -o <file>``); those services start as their own interpreter.
     python_options: dict[str, list[str]] = field(default_factory=dict)
     # Where the services are forked from (``aether.prestart``): ``True``, a prestarter
-    # of the stack's own, named after its home and stopped with it; a ``Prestarter`` to
-    # share (``aether.prestart.shared()``: a process that runs many stacks); ``False``, none:
-    # each service starts as ``python -m <module>``, as in its container.
+    # of the stack's own, stopped with it (``_own_prestarter``); a ``Prestarter`` to
+    # share (``aether.prestart.shared()``: a process that runs many stacks); ``False``,
+    # none: each service starts as ``python -m <module>``, as in its container.
     prestart: Prestarter | bool = True
     # The embedded NATS server's HTTP monitoring port (``/connz``, ``/varz``: what each
     # connection sent and received); 0, the default: none. Benchmarks count messages.
@@ -298,10 +298,21 @@ class Stack:
         if isinstance(self.prestart, Prestarter):
             return self.prestart
         if self.prestart and (self._prestarter is None or not self._prestarter.alive):
-            logs = self.home / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            self._prestarter = Prestarter(serves=str(self.home), log=logs / "prestart.log")
+            self._prestarter = self._own_prestarter()
         return self._prestarter
+
+    def _own_prestarter(self) -> Prestarter:
+        """Forked for this stack by the shared prestarter ``AETHER_PRESTART_SHARED``
+        names, when one of this user's answers there (a parallel test run's: every stack
+        it starts, ``aether up``'s included, then skips the imports); else started here,
+        named after the stack's home."""
+        shared = os.environ.get(SHARED_ENV)
+        if shared:
+            with contextlib.suppress(OSError):
+                return Prestarter.joining(Path(shared))
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        return Prestarter(serves=str(self.home), log=logs / "prestart.log")
 
     def moved_port(self, name: str) -> bool:
         """Start ``name`` again on another free port when it died at start-up because its

@@ -35,6 +35,7 @@ from dulwich.repo import Repo
 
 from aether.gitview import create_sample_repository
 from aether.infra import free_port_run
+from aether.prestart import SHARED_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -62,15 +63,23 @@ def run(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.Compl
 
 
 class Up:
-    """``aether up`` running in the background, its output collected line by line."""
+    """``aether up`` running in the background, its output collected line by line.
+
+    Its services are forked from the test run's shared prestarter when there is one
+    (``aether.prestart``: the services' imports done once for the run rather than again
+    by each ``up``, about 4 s of CPU a stack); ``aether demo``'s test and the installed
+    tool's start a prestarter of their own, as a newcomer's first start does."""
 
     def __init__(self, tmp_path: Path, home: Path, *args: str) -> None:
         self.home = home
         self.lines: list[str] = []
         self._seen = threading.Condition()
+        env = env_for(tmp_path)
+        if SHARED_ENV in os.environ:
+            env[SHARED_ENV] = os.environ[SHARED_ENV]
         self.process = subprocess.Popen(
             [*AETHER, "up", "--home", str(home), *args],
-            env=env_for(tmp_path),
+            env=env,
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
