@@ -775,7 +775,7 @@ _SET_POSITION = (
 def halves(items: list[T]) -> list[list[T]]:
     """A run undone for one message that cannot be stored as it is, split for each half
     to be folded as a run again: the bad message is found in about two runs per halving
-    (a dozen for a catch-up's run of 500) rather than by folding every message of the
+    (under twenty for a catch-up's run of 500) rather than by folding every message of the
     run alone, one transaction each."""
     middle = len(items) // 2
     return [items[:middle], items[middle:]]
