@@ -203,6 +203,24 @@ def test_a_service_preloaded_by_its_entry_module_runs_that_module_afresh_and_qui
     assert "RuntimeWarning" not in output
 
 
+def test_a_preloaded_gateway_has_its_routes_built_before_the_fork(tmp_path: Path) -> None:
+    # The entry module's ``prestart()`` ran in the prestarter: the child finds the routes
+    # already built (a cache hit), not building them at its start.
+    (tmp_path / "routes_child.py").write_text(
+        "from aether_gateway import app\n"
+        "before = app.shared_routes.cache_info()\n"
+        "app.shared_routes()\n"
+        "print(before.currsize, app.shared_routes.cache_info().misses)\n"
+    )
+    started = Prestarter(preload=("aether_gateway.__main__",))
+    try:
+        code, output = run(started, "routes_child", tmp_path, {})
+    finally:
+        started.close()
+    assert code == 0, output
+    assert output.split() == ["1", "1"]  # built once, in the prestarter
+
+
 def test_what_the_prestarter_itself_writes_goes_to_its_log_not_to_our_output(
     tmp_path: Path,
 ) -> None:

@@ -4,10 +4,12 @@ A service process spends most of its start-up importing its code and what it bui
 (FastStream, nats-py, Litestar, msgspec, psycopg, dulwich, the anthropic SDK): 0.5 to
 1 s of CPU each, the same work in every one of the five and again at every restart.
 ``aether up`` and the tests start services from a *prestarter* instead: one process
-(``python -m aether.prestart``) imports every service's code once, freezes what it
-imported out of the garbage collector's sight (so the children share those pages rather
-than copy them on the first collection), and forks a child per request. The child is
-then exactly what ``python -m <module>`` would have been, minus the imports:
+(``python -m aether.prestart``) imports every service's code once, runs the
+``prestart()`` an entry module defines (start-up work that holds nothing of one start:
+the gateway builds its routes), freezes what it holds out of the garbage collector's
+sight (so the children share those pages rather than copy them on the first
+collection), and forks a child per request. The child is then exactly what
+``python -m <module>`` would have been, minus the imports:
 
 - its environment is the one the request gives, nothing of the prestarter's (which
   starts with an empty one) or of another service's: it comes to the child through a
@@ -68,6 +70,8 @@ PRELOAD = (
     "aether_gateway.__main__",
     "anthropic",
 )
+# What a preloaded module may define for the prestarter to call once it is imported.
+PRESTART_HOOK = "prestart"
 # The descriptor of the prestarter's end of its channel, in its otherwise empty
 # environment (its command line stays ``python -m aether.prestart``: what ``ps`` and the
 # stack's messages show for every service it forked).
@@ -287,9 +291,15 @@ def _name_process(module: str) -> None:
 
 
 def _preload(modules: Iterable[str]) -> None:
+    """Import ``modules``, and run the ``prestart()`` of each that has one: what its
+    process would otherwise do at every start and that holds nothing of that start (the
+    gateway builds its routes), done once here for every child."""
     for name in modules:
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            warm = getattr(module, PRESTART_HOOK, None)
+            if callable(warm):
+                warm()
         except Exception:  # a service that cannot be imported fails in its own child
             print(f"prestart: could not preload {name}", file=sys.stderr)
             traceback.print_exc()

@@ -6,7 +6,7 @@ from types import FrameType
 
 import uvicorn
 
-from aether_gateway.app import Gateway
+from aether_gateway.app import Gateway, shared_routes
 from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_runtime import configure_logging, listen
@@ -26,6 +26,13 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._gateway.context.closing.set()
         super().handle_exit(sig, frame)
+
+
+def prestart() -> None:
+    """Done once by a prestarter (``aether.prestart``) for every gateway it forks: the
+    routes, which hold no gateway's state, built before the fork (about a quarter of a
+    second of CPU a start otherwise)."""
+    shared_routes()
 
 
 def main() -> None:
