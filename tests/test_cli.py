@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -526,3 +528,21 @@ def test_the_mission_list_has_a_header_over_its_columns():
         assert header.index(column) == line.index(value), (column, header, line)
     assert header.index("cost") + len("cost") == line.index("$0.0000") + len("$0.0000")
     assert mission_lines([]) == []
+
+
+def test_a_command_starts_without_httpxs_own_command_line_or_dulwich() -> None:
+    """httpx's command line (click, rich, pygments) was about a third of a short command's
+    start; dulwich is imported only by the commands that read a repository."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, aether.cli, httpx\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules}"
+            " & {'click', 'rich', 'pygments', 'dulwich'}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr

@@ -1,16 +1,18 @@
-"""Reading results out of a repository with dulwich (no git binary needed)."""
+"""Reading results out of a repository with dulwich (no git binary needed).
+
+dulwich is imported where a repository is read (about 25 ms): most commands never do.
+"""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dulwich.diff_tree import tree_changes
-from dulwich.objects import Blob, Commit, TreeEntry
-from dulwich.refs import Ref
-from dulwich.repo import Repo
+if TYPE_CHECKING:
+    from dulwich.objects import TreeEntry
+    from dulwich.repo import Repo
 
 
 @dataclass
@@ -21,6 +23,8 @@ class FileStat:
 
 
 def _lines(repo: Repo, entry: TreeEntry | None) -> list[bytes]:
+    from dulwich.objects import Blob
+
     if entry is None or entry.sha is None:
         return []
     blob = repo[entry.sha]
@@ -29,6 +33,10 @@ def _lines(repo: Repo, entry: TreeEntry | None) -> list[bytes]:
 
 def diff_stat(repo_path: Path, old: str, new: str) -> list[FileStat]:
     """Per-file added/removed line counts between two commits."""
+    from dulwich.diff_tree import tree_changes
+    from dulwich.objects import Commit
+    from dulwich.repo import Repo
+
     with Repo(str(repo_path)) as repo:
         old_commit, new_commit = repo[old.encode()], repo[new.encode()]
         assert isinstance(old_commit, Commit)
@@ -52,7 +60,9 @@ def unified_diff(repo_path: Path, old: str, new: str) -> str:
     """The unified diff between two commits of a repository (binary files named only)."""
     from io import BytesIO
 
+    from dulwich.objects import Commit
     from dulwich.patch import write_tree_diff
+    from dulwich.repo import Repo
 
     with Repo(str(repo_path)) as repo:
         old_commit, new_commit = repo[old.encode()], repo[new.encode()]
@@ -105,6 +115,7 @@ def format_stat(stats: list[FileStat]) -> str:
 def create_sample_repository(path: Path) -> str:
     """A small repository on branch ``main`` for the demo; returns the head sha."""
     from dulwich import porcelain
+    from dulwich.refs import Ref
 
     path.mkdir(parents=True, exist_ok=True)
     repo = porcelain.init(str(path))
