@@ -73,12 +73,17 @@ class Authorizer:
 
     def __init__(self, stack: Stack) -> None:
         self.open: set[AttemptKey] = set()
+        self.asked = 0  # how many times the server called out for a credential
         self.service = AttemptAuthorizer(
             issuer_seed=stack.attempt_issuer_seed,
             secret=stack.attempt_secret,
-            grants=Grants(lambda key: key in self.open),
+            grants=Grants(self._grant),
             types=ROLES["agent-runner"].attempt_publishes,
         )
+
+    def _grant(self, key: AttemptKey) -> bool:
+        self.asked += 1
+        return key in self.open
 
 
 @pytest.fixture
@@ -499,9 +504,16 @@ async def test_the_runners_publisher_gives_up_on_a_refused_credential(
     stack: Stack, authorizer: Authorizer
 ) -> None:
     """The runner's own publisher, for an attempt that is not open: it asks a few times,
-    then raises ``CredentialRefused`` (its delivery is handed back), never asking forever."""
+    then raises ``CredentialRefused`` (its delivery is handed back), never asking forever;
+    the attempt's next events are refused at once, without asking again."""
     key = AttemptKey("m-never-open", "t1", 1)
     credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
     async with credentials.scope(key) as publisher:
         with pytest.raises(CredentialRefused, match="no NATS credential for attempt 1"):
             await publisher.publish(started(key))
+        asked = authorizer.asked
+        assert asked >= 1
+        for event in (started(key), completed(key)):
+            with pytest.raises(CredentialRefused, match="no NATS credential for attempt 1"):
+                await asyncio.wait_for(publisher.publish(event), 1.0)
+        assert authorizer.asked == asked

@@ -132,6 +132,27 @@ async def test_an_abandoned_stream_drops_what_is_queued_and_closes_at_once() -> 
     assert publisher.stored() == []
 
 
+async def test_a_bounded_close_drops_what_the_bus_does_not_take_in_time() -> None:
+    """A stopping service waits a bounded time for an attempt's events; the rest is
+    dropped (a resumed attempt publishes it again) rather than hold the stop."""
+    publisher = GatedPublisher()
+    workspace = ready("m-bounded")
+    stream = AttemptStream(lambda: publisher)
+    await stream.emit(decide.started(workspace, NOW, "r", None))
+    await asyncio.wait_for(publisher.waiting.wait(), 120)
+
+    closing = asyncio.ensure_future(stream.close())
+    await asyncio.sleep(0)
+    closing.cancel()  # the service's stop cancels the handler in its close
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    # An unbounded close would wait on the held publish for good.
+    await asyncio.wait_for(stream.close(within=0.05), 120)
+    with pytest.raises(RuntimeError):
+        await stream.emit(decide.usage_recorded(workspace, NOW, 1, Usage(), False))
+    assert publisher.stored() == []
+
+
 class CountingGate(GatedPublisher):
     """A gated publisher that also counts the publishes waiting at its gate."""
 

@@ -326,14 +326,26 @@ class AttemptPublisher(EventPublisher):
         self._nc: NatsClient | None = None
         self._inner: EventPublisher | None = None
         self._lock = asyncio.Lock()
+        # Why the credential was refused, once it was: asked ``CONNECT_TRIES`` times
+        # already, it is not asked for again within this attempt.
+        self._refused: str | None = None
 
     async def _connected(self) -> EventPublisher:
         async with self._lock:
+            if self._refused is not None:
+                # The attempt's other events (what its stream still holds, its result)
+                # fail at once: each asking again took a few seconds, and far longer once
+                # the scheduler had stopped answering (a runner's stop waited on them).
+                raise CredentialRefused(self._refused)
             if self._inner is None or self._nc is None or self._nc.is_closed:
                 # The first event, or the credential expired: the server closed the
                 # connection (the client does not reconnect then) and it is asked for
                 # again, granted only while the attempt is open.
-                self._nc = await self._connect()
+                try:
+                    self._nc = await self._connect()
+                except CredentialRefused as refused:
+                    self._refused = str(refused)
+                    raise
                 # Counted and logged as the service's own publishes are: the events
                 # metric, and the handler's "handled" line at INFO (it published).
                 self._inner = CountingPublisher(self._nc.jetstream(), self._service)

@@ -25,6 +25,10 @@ from aether_runtime.attempt_auth import CredentialRefused, Opens
 
 log = logging.getLogger("aether.agent-runner")
 
+# How long a stopping service waits for an attempt's emitted events to be stored: a
+# healthy bus takes milliseconds.
+STOP_SECONDS = 2.0
+
 # A mission's stored events, each with its stream sequence.
 History = Callable[[str], Awaitable[list[tuple[Event, int]]]]
 
@@ -160,8 +164,12 @@ class Handlers:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
+            # Cancelled (the service stops): what the attempt emitted gets a bound, and
+            # a resumed attempt publishes it again, each event stored once by its id.
+            me = asyncio.current_task()
+            stopping = me is not None and me.cancelling() > 0
             with contextlib.suppress(Exception):
-                await stream.close()
+                await stream.close(within=STOP_SECONDS if stopping else None)
             self.running.unregister(attempt)
             metrics.AGENTS_RUNNING.dec()
 

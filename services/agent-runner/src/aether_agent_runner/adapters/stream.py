@@ -65,17 +65,36 @@ class AttemptStream:
         self._closed = self._abandoned = True
         self._sender.cancel()
 
-    async def close(self) -> None:
-        """Publish everything queued, then stop; raises a failure ``emit`` would have."""
+    async def close(self, within: float | None = None) -> None:
+        """Publish everything queued, then stop; raises a failure ``emit`` would have.
+
+        Should the caller be cancelled meanwhile, what was emitted is still sent. With
+        ``within``, the caller waits at most that many seconds, and what is not stored by
+        then is dropped (``abandon``): a service's stop is not held by an attempt whose
+        events the bus does not take (its credential refused with no scheduler left to
+        grant it, several seconds a request)."""
         if self._abandoned:
             return
         if not self._closed:
             self._closed = True
-            await self._queue.put(None)
-        # Shielded: should the handler be cancelled meanwhile, what it emitted is still sent.
-        await asyncio.shield(self._sender)
+            if within is None:
+                await self._queue.put(None)
+            elif self._queue.full():
+                self._drop(f"{self._queue.qsize()} queued")
+                return
+            else:
+                self._queue.put_nowait(None)
+        # Waited on, not awaited: the caller's cancellation does not reach the sender.
+        done, _ = await asyncio.wait({self._sender}, timeout=within)
+        if not done:
+            self._drop(f"not stored within {within:g} s")
+            return
         if self._failure is not None:
             raise self._failure
+
+    def _drop(self, why: str) -> None:
+        log.warning("the attempt's last events were dropped at its stop", extra={"why": why})
+        self.abandon()
 
     async def _send(self) -> None:
         closing = False
