@@ -10,6 +10,7 @@ and the authorizer connected as the scheduler's user with the scheduler's permis
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -501,11 +502,13 @@ async def test_an_open_attempts_credential_is_renewed_when_it_expires(
 
 
 async def test_the_runners_publisher_gives_up_on_a_refused_credential(
-    stack: Stack, authorizer: Authorizer
+    stack: Stack, authorizer: Authorizer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The runner's own publisher, for an attempt that is not open: it asks a few times,
     then raises ``CredentialRefused`` (its delivery is handed back), never asking forever;
-    the attempt's next events are refused at once, without asking again."""
+    the attempt's next events are refused at once, without asking again. The refusals
+    are logged as information, not as errors with a traceback each."""
+    caplog.set_level(logging.INFO)
     key = AttemptKey("m-never-open", "t1", 1)
     credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
     async with credentials.scope(key) as publisher:
@@ -517,3 +520,6 @@ async def test_the_runners_publisher_gives_up_on_a_refused_credential(
             with pytest.raises(CredentialRefused, match="no NATS credential for attempt 1"):
                 await asyncio.wait_for(publisher.publish(event), 1.0)
         assert authorizer.asked == asked
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert any(r.getMessage() == "attempt connection error" for r in caplog.records)

@@ -306,6 +306,13 @@ class CredentialRefused(RetryLater):
     """The bus did not grant the attempt's credential: its message comes back later."""
 
 
+async def _connection_error(error: Exception) -> None:
+    """An attempt connection's error, one line: nats-py's own logs each at ERROR with its
+    traceback, two a refused try, where a refusal is expected (the attempt ended, or the
+    scheduler has not folded it yet) and is told once it is final (``CredentialRefused``)."""
+    log.info("attempt connection error", extra={"error": str(error) or type(error).__name__})
+
+
 class AttemptPublisher(EventPublisher):
     """Publishes one attempt's events on a connection of its own, made with the
     attempt's credential when the first event is published, closed with the scope."""
@@ -374,6 +381,7 @@ class AttemptPublisher(EventPublisher):
                     reconnect_time_wait=0.2,
                     # The server asks the scheduler before it answers.
                     connect_timeout=15,
+                    error_cb=_connection_error,
                 )
                 nc.options["max_reconnect_attempts"] = -1
                 return nc
