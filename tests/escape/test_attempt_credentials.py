@@ -501,6 +501,21 @@ async def test_an_open_attempts_credential_is_renewed_when_it_expires(
     assert await stored_on(admin, subject_for(completed(key))) == 1
 
 
+async def test_a_stopping_runner_does_not_ask_again_for_a_refused_credential(
+    stack: Stack, authorizer: Authorizer
+) -> None:
+    """Once the runner stops, a refused credential is not asked for again: the attempt's
+    delivery is handed back at once instead of holding the stop for the tries left."""
+    key = AttemptKey("m-never-open-at-stop", "t1", 1)
+    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
+    await credentials.stop()
+    async with credentials.scope(key) as publisher:
+        with pytest.raises(CredentialRefused, match="the runner is stopping"):
+            await publisher.publish(started(key))
+    # One try (nats-py retries a first connection once within it), not five.
+    assert 1 <= authorizer.asked <= 2
+
+
 async def test_the_runners_publisher_gives_up_on_a_refused_credential(
     stack: Stack, authorizer: Authorizer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import nacl.exceptions
@@ -324,8 +324,11 @@ class AttemptPublisher(EventPublisher):
         runner_id: str,
         secret: str,
         service: str = "agent-runner",
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._url = url
+        # Set when the runner stops: a refused credential is not asked for again then.
+        self._stopping = stopping or asyncio.Event()
         self._service = service
         self._key = key
         self._user = key.user(runner_token(runner_id))
@@ -386,14 +389,21 @@ class AttemptPublisher(EventPublisher):
                 nc.options["max_reconnect_attempts"] = -1
                 return nc
             except (nats.errors.Error, OSError) as error:
-                if tries == CONNECT_TRIES - 1:
-                    raise CredentialRefused(
-                        f"no NATS credential for attempt {self._key.attempt} of task "
-                        f"{self._key.task_id}: {error}"
-                    ) from error
-                log.info("attempt credential not granted yet", extra={"error": str(error)})
-                await asyncio.sleep(wait)
-                wait *= 2
+                if tries < CONNECT_TRIES - 1 and not self._stopping.is_set():
+                    log.info("attempt credential not granted yet", extra={"error": str(error)})
+                    # The wait ends early when the runner stops: it would hold the stop
+                    # (each ask takes the callout's timeout once no scheduler answers).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._stopping.wait()
+                    wait *= 2
+                    if not self._stopping.is_set():
+                        continue
+                stopping = "; the runner is stopping" if self._stopping.is_set() else ""
+                raise CredentialRefused(
+                    f"no NATS credential for attempt {self._key.attempt} of task "
+                    f"{self._key.task_id}: {error}{stopping}"
+                ) from error
         raise AssertionError("unreachable")
 
     async def publish(
@@ -456,12 +466,22 @@ class AttemptCredentials:
     nats_url: str
     secret: str
     runner_id: str
+    _stopping: asyncio.Event = field(
+        default_factory=asyncio.Event, init=False, compare=False, repr=False
+    )
+
+    async def stop(self) -> None:
+        """The runner stops: a credential refused from now on is not asked for again
+        (the attempt's delivery is handed back at once, for another runner)."""
+        self._stopping.set()
 
     @contextlib.asynccontextmanager
     async def scope(self, key: AttemptKey) -> AsyncIterator[AttemptPublisher]:
         """Within this block (and the tasks started in it) ``current_publisher()`` is the
         attempt's; its connection is closed when the block ends."""
-        publisher = AttemptPublisher(self.nats_url, key, self.runner_id, self.secret)
+        publisher = AttemptPublisher(
+            self.nats_url, key, self.runner_id, self.secret, stopping=self._stopping
+        )
         token = _CURRENT.set(publisher)
         try:
             yield publisher

@@ -139,6 +139,10 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         return last
 
     credentials = adapters.credentials
+    if credentials is not None:
+        # First of the stop hooks: an attempt still asking for a refused credential gives
+        # up then, rather than hold the hooks that wait for the attempts to end.
+        service.on_stopping.insert(0, credentials.stop)
 
     async def handle(event: Event, delivery: Delivery) -> None:
         if credentials is None or not isinstance(event, WorkspaceReady):
