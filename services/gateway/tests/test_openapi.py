@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 from litestar.handlers import HTTPRouteHandler
 from openapi_spec_validator import validate
@@ -91,3 +92,19 @@ async def test_documented_bodies_match_the_routes(http):
     names = {p["name"] for p in sse["parameters"]}
     assert {"Last-Event-ID", "after", "until_terminal", "telemetry", "access_token"} <= names
     assert paths["/admin/tokens"]["post"]["responses"].keys() >= {"201", "400"}
+
+
+def test_the_routes_are_built_without_a_deprecated_litestar_idiom() -> None:
+    """Litestar 3 drops what it deprecates now (a dependency's provider whose own
+    dependency is inferred from its name, for one): the routes are built with none."""
+    from litestar.exceptions import LitestarDeprecationWarning
+
+    from aether_gateway.app import create_routes
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_routes()
+    deprecated = [
+        str(w.message) for w in caught if issubclass(w.category, LitestarDeprecationWarning)
+    ]
+    assert deprecated == []

@@ -156,9 +156,9 @@ def board_router() -> Router:
     )
 
 
-def _database(ctx: GatewayContext) -> Database:
+def _database(ctx: NamedDependency[GatewayContext]) -> Database:
     return ctx.db
 
 
-def _broker(ctx: GatewayContext) -> BrokerReader:
+def _broker(ctx: NamedDependency[GatewayContext]) -> BrokerReader:
     return ctx.broker
