@@ -21,6 +21,7 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     AgentHeartbeat,
+    AgentProgress,
     AgentStarted,
     BranchMerged,
     Event,
@@ -168,6 +169,42 @@ async def test_pending_backoff_and_heartbeat_timers_fire_after_a_kill(
     assert len(starts) == len(set(starts)), f"a task started twice: {starts}"
 
 
+@pytest.mark.slow
+async def test_a_restart_replays_the_beats_and_not_the_progress_into_the_liveness_clock(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    """The telemetry a restart replays is what the live consumer folds: the runner's beats.
+    A beat stored while the scheduler was down moves the task's deadline; progress, stored
+    later still, does not (the timeout names the beat as the last sign of life)."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await publish_a_chain_of_two(publisher)
+    scheduler.start()
+    await scheduler.ready()
+    await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
+    await publisher.publish(
+        AgentStarted(**meta(3), task_id="a", attempt=1, runner_id="r", model="m")
+    )
+    scheduler.kill()
+    beat_at = datetime.now(UTC) + timedelta(seconds=1)
+    await publisher.publish(
+        AgentHeartbeat(**{**meta(4), "occurred_at": beat_at}, task_id="a", attempt=1, runner_id="r")
+    )
+    progress_at = beat_at + timedelta(seconds=2)
+    await publisher.publish(
+        AgentProgress(
+            **{**meta(5), "occurred_at": progress_at}, task_id="a", attempt=1, runner_id="r"
+        )
+    )
+    scheduler.start()
+    await scheduler.ready()
+    events = await wait_for(nc, lambda ev: any(isinstance(e, TaskTimedOut) for e in ev), timeout=40)
+    timed_out = next(e for e in events if isinstance(e, TaskTimedOut))
+    assert (timed_out.task_id, timed_out.attempt) == ("a", 1)
+    assert timed_out.last_heartbeat_at == beat_at
+
+
 async def publish_a_chain_of_two(publisher: EventPublisher) -> None:
     """A mission, auto-approved, whose plan is task a, then b depending on it."""
     tasks = [
@@ -209,8 +246,9 @@ async def test_the_consumers_leave_out_its_own_events_and_transcripts_and_a_chai
     scheduler: Scheduler, nc: NatsClient
 ) -> None:
     """The scheduler applies what it publishes when the stream stores it, so its consumer
-    does not deliver those types back; a transcript entry changes nothing it keeps, so
-    its telemetry consumer delivers heartbeats and progress only. A chain still moves on:
+    does not deliver those types back; its telemetry consumer delivers heartbeats alone
+    (progress and transcript entries say nothing about liveness that the runner's beats
+    do not). A chain still moves on:
     the dependent task is readied by the merge alone."""
     js = nc.jetstream()
     await ensure_streams(js)
@@ -225,7 +263,8 @@ async def test_the_consumers_leave_out_its_own_events_and_transcripts_and_a_chai
     telemetry = (await js.consumer_info(TELEMETRY_STREAM, "scheduler-telemetry")).config
     assert telemetry.filter_subjects is not None
     assert set(type_subjects(AgentHeartbeat)) <= set(telemetry.filter_subjects)
-    assert not set(type_subjects(TranscriptRecorded)) & set(telemetry.filter_subjects)
+    for unfolded in (TranscriptRecorded, AgentProgress):
+        assert not set(type_subjects(unfolded)) & set(telemetry.filter_subjects), unfolded
 
     publisher = EventPublisher(js)
     await publish_a_chain_of_two(publisher)

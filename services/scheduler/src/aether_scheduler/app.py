@@ -16,9 +16,9 @@ from aether_events import (
     TELEMETRY_STREAM,
     TELEMETRY_TYPES,
     AgentHeartbeat,
-    AgentProgress,
     Event,
     replay,
+    type_subjects,
 )
 from aether_events.replay import START_PATIENCE_SECONDS
 from aether_runtime import ConsumerSpec, Projection, Service
@@ -50,9 +50,13 @@ OWN_TYPES: frozenset[type[Event]] = only_published_by("scheduler")
 FOLDED: tuple[type[Event], ...] = tuple(
     cls for cls in ALL_TYPES if cls not in TELEMETRY_TYPES and cls not in OWN_TYPES
 )
-# The telemetry that moves a task's liveness clock (``evolve``); a transcript entry
-# changes nothing here.
-TELEMETRY_FOLDED: tuple[type[Event], ...] = (AgentHeartbeat, AgentProgress)
+# The telemetry that moves a task's liveness clock (``evolve``). The runner beats every
+# few seconds for as long as an attempt runs, whatever its agent does, so progress (and
+# a transcript entry) would say nothing more: each was a delivery, a decode and a
+# confirmed acknowledgement per task for a clock the beats already move.
+TELEMETRY_FOLDED: tuple[type[Event], ...] = (AgentHeartbeat,)
+# Their subjects: what a restart replays from the telemetry stream.
+TELEMETRY_FOLDED_SUBJECTS = [s for cls in TELEMETRY_FOLDED for s in type_subjects(cls)]
 
 
 def attempt_open(state: State, key: AttemptKey) -> bool:
@@ -104,7 +108,7 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
         projection.state, _ = await replay(
             js,
             TELEMETRY_STREAM,
-            ALL_TELEMETRY,
+            TELEMETRY_FOLDED_SUBJECTS,
             projection.state,
             fold,
             patience=START_PATIENCE_SECONDS,
