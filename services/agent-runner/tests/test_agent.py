@@ -252,6 +252,45 @@ async def test_finishing_without_a_change_is_questioned_once(
     )
 
 
+async def test_a_finish_beside_a_call_that_failed_is_questioned_once(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any
+) -> None:
+    """A reply may change files and finish at once (one model call for the task), but a
+    finish whose sibling call failed was made blind to that failure: it is answered with
+    the failure, once; the next finish is taken as it comes."""
+    at_once = model(
+        {"t1": [reply(tool("write_file", path="b.txt", content="b"), tool("finish", summary="b"))]}
+    )
+    agent, journal, _ = make_agent(task_repo, at_once)
+    outcome = await agent.run(start(journal))
+    assert outcome.finished and outcome.summary == "b" and outcome.files_changed == ["b.txt"]
+    assert len(at_once.script.requests) == 1
+
+    blind = reply(
+        tool("write_file", path="../outside.txt", content="x"),
+        tool("edit_file", path="missing.txt", old_text="a", new_text="b"),
+        tool("finish", summary="blind"),
+    )
+    mended = reply(
+        tool("write_file", path="c.txt", content="c"),
+        tool("edit_file", path="missing.txt", old_text="a", new_text="b"),
+        tool("finish", summary="mended"),
+    )
+    scripted = model({"t1": [blind, mended]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    outcome = await agent.run(start(journal))
+
+    assert outcome.finished and outcome.summary == "mended"
+    assert len(scripted.script.requests) == 2
+    answered = scripted.script.requests[1]["messages"][-1]["content"]
+    finish_answer = answered[-1]
+    assert finish_answer["is_error"] and "2 calls (write_file, edit_file)" in str(
+        finish_answer["content"]
+    )
+    assert not (task_repo.worktree.parent / "outside.txt").exists()
+    assert (task_repo.worktree / "c.txt").read_text() == "c"
+
+
 @pytest.mark.parametrize("changes_first", [False, True], ids=["questioned", "changed"])
 async def test_a_finishing_reply_is_journaled_and_checked_in_one_hand_off(
     task_repo: Any,

@@ -46,6 +46,11 @@ NOTHING_CHANGED = (
     "change is not a result. Make the change, or call finish again if the task truly needs "
     "no change."
 )
+FAILED_BESIDE = (
+    "{calls} in the same reply as this finish failed (see {its} result), so the task was "
+    "not finished: it would have ended on a change that did not happen. Deal with the "
+    "failure, or call finish again if it does not matter."
+)
 MAX_NUDGES = 1
 MAX_OBJECTIONS = 1
 
@@ -176,11 +181,14 @@ class Agent:
                 retryable=False,
             )
         finish = next((use for use in pending if use["name"] == FINISH), None)
+        failed: list[str] = []
         for use in pending:
             if use["name"] == FINISH:
                 continue
             arguments = use.get("input") if isinstance(use.get("input"), dict) else {}
             result = await self.toolbox.call(use["name"], cast(dict[str, Any], arguments))
+            if result.is_error:
+                failed.append(str(use["name"]))
             block = tool_result(use["id"], result.content, result.is_error)
             ran = result.ran
             command = None if ran is None else {"exit_code": ran.exit_code, "status": ran.status()}
@@ -195,6 +203,18 @@ class Agent:
             )
             await self._progress(conversation, result.action)
         if finish is not None:
+            if failed and conversation.notes.get("failed_beside", 0) < MAX_OBJECTIONS:
+                # The model called finish before it could see these results.
+                calls = ", ".join(dict.fromkeys(failed))
+                objection = FAILED_BESIDE.format(
+                    calls=f"{len(failed)} call{'s' if len(failed) > 1 else ''} ({calls})",
+                    its="their" if len(failed) > 1 else "its",
+                )
+                block = tool_result(finish["id"], objection, is_error=True)
+                await self._record(
+                    conversation.answer(block, elapsed(), tool_call=True, note="failed_beside")
+                )
+                return None
             objections = conversation.notes.get("nothing_changed", 0)
             if objections < MAX_OBJECTIONS and not (
                 checked if checked is not None else await self.has_changes()
