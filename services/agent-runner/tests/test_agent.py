@@ -13,7 +13,7 @@ import anthropic
 import pytest
 
 from aether_agent_runner.adapters.commands import CommandPolicy
-from aether_agent_runner.adapters.conversation import Conversation, identity
+from aether_agent_runner.adapters.conversation import Conversation, identity, tool_result
 from aether_agent_runner.adapters.git import changed_paths
 from aether_agent_runner.adapters.journal import Journal, state_dir
 from aether_agent_runner.adapters.model import Agent, Outcome, Progress
@@ -373,6 +373,53 @@ async def test_a_resumed_conversation_repeats_no_finished_step(
     assert scripted.script.calls == ["t1:0", "t1:1", "t1:2", "t1:2"]
     assert (task_repo.worktree / "log.txt").read_text() == "ran\n"
     assert seen.usages == [(3, seen.usages[0][1])]
+
+
+async def test_a_reply_resumed_between_its_calls_runs_the_rest_before_asking_again(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any, finish: Any
+) -> None:
+    """A runner that died between two calls of one reply left the first one's result in
+    the journal: the resumed loop runs the second (not the first again) and asks the
+    model only once every call of the reply has its result, all in one message."""
+    scripted = model({"t1": [reply(tool("write_file", path="never.txt", content="x")), finish()]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    conversation = start(journal)
+    append = "python -c \"open('log.txt', 'a').write('ran\\n')\""
+    both = [
+        tool("run_command", "toolu_a", command=append),
+        tool("write_file", "toolu_b", path="b.txt", content="b"),
+    ]
+    journal.append(conversation.reply(both, "tool_use", Usage(input_tokens=1), 0.0))
+    journal.append(conversation.answer(tool_result("toolu_a", "ran"), 0.0, tool_call=True))
+
+    again = Conversation.from_records(journal.read(), identity("m", "t1", 1, "base"))
+    assert again is not None and again.awaiting_answers
+    outcome = await agent.run(again)
+
+    assert outcome.finished and outcome.tool_calls == 3
+    assert scripted.script.calls == ["t1:1"]
+    answered = scripted.script.requests[0]["messages"][-1]["content"]
+    assert [block["tool_use_id"] for block in answered] == ["toolu_a", "toolu_b"]
+    assert (task_repo.worktree / "b.txt").read_text() == "b"
+    assert not (task_repo.worktree / "log.txt").exists()
+    assert not (task_repo.worktree / "never.txt").exists()
+
+    # A call that failed before the restart still stands against a finish beside it.
+    scripted = model({"t1": [finish("unused"), finish("after all")]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    conversation = start(journal)
+    blind = [
+        tool("write_file", "toolu_c", path="../outside.txt", content="x"),
+        tool("finish", "toolu_d", summary="blind"),
+    ]
+    journal.append(conversation.reply(blind, "tool_use", Usage(input_tokens=1), 0.0))
+    refused = tool_result("toolu_c", "outside the worktree", is_error=True)
+    journal.append(conversation.answer(refused, 0.0, tool_call=True))
+    again = Conversation.from_records(journal.read(), identity("m", "t1", 1, "base"))
+    assert again is not None
+    outcome = await agent.run(again)
+    assert outcome.finished and outcome.summary == "after all"
+    assert "1 call (write_file)" in str(scripted.script.requests[0]["messages"][-1]["content"])
 
 
 def test_progress_after_a_model_reply_names_the_tools_and_files_it_asks_for():

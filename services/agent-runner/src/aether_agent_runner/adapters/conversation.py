@@ -86,6 +86,8 @@ class Conversation:
     notes: dict[str, int] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)
+    # Where the latest model reply is in ``messages`` (None before the first).
+    reply_index: int | None = None
 
     @classmethod
     def fresh(cls, prompt: str) -> Conversation:
@@ -164,6 +166,7 @@ class Conversation:
         if kind == "reply":
             usage = msgspec.convert(record.get("usage") or {}, Usage)
             self.messages.append({"role": "assistant", "content": record["content"]})
+            self.reply_index = len(self.messages) - 1
             self.turns += 1
             self.usage = add_usage(self.usage, usage)
             self.last_usage = usage
@@ -196,12 +199,39 @@ class Conversation:
 
     @property
     def awaiting_answers(self) -> bool:
-        """Whether the latest message is a model reply (its tool calls come next)."""
-        return self.messages[-1]["role"] == "assistant"
+        """Whether the latest model reply still has calls to answer: it is the latest
+        message, or some of its calls have no result yet (a runner that died between two
+        calls of one reply journaled the first one's result)."""
+        if self.messages[-1]["role"] == "assistant":
+            return True
+        return any(block["id"] not in self.answered for block in self._reply_uses())
 
     def latest_reply(self) -> list[JSON]:
-        content: Any = self.messages[-1]["content"] if self.awaiting_answers else []
+        """The latest model reply's blocks while it awaits answers, else none."""
+        return self._reply_blocks() if self.awaiting_answers else []
+
+    def failed_calls(self) -> list[str]:
+        """The names of the latest reply's calls whose results are errors, in order."""
+        if self.reply_index is None:
+            return []
+        errors = {
+            block.get("tool_use_id")
+            for message in self.messages[self.reply_index + 1 :]
+            if isinstance(message["content"], list)
+            for block in message["content"]
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+            if block.get("is_error")
+        }
+        return [str(use["name"]) for use in self._reply_uses() if use["id"] in errors]
+
+    def _reply_blocks(self) -> list[JSON]:
+        if self.reply_index is None:
+            return []
+        content: Any = self.messages[self.reply_index]["content"]
         return [block for block in content if isinstance(block, dict)]
+
+    def _reply_uses(self) -> list[JSON]:
+        return [block for block in self._reply_blocks() if block.get("type") == "tool_use"]
 
     def tool_uses(self) -> list[JSON]:
         return [block for block in self.latest_reply() if block.get("type") == "tool_use"]

@@ -181,14 +181,11 @@ class Agent:
                 retryable=False,
             )
         finish = next((use for use in pending if use["name"] == FINISH), None)
-        failed: list[str] = []
         for use in pending:
             if use["name"] == FINISH:
                 continue
             arguments = use.get("input") if isinstance(use.get("input"), dict) else {}
             result = await self.toolbox.call(use["name"], cast(dict[str, Any], arguments))
-            if result.is_error:
-                failed.append(str(use["name"]))
             block = tool_result(use["id"], result.content, result.is_error)
             ran = result.ran
             command = None if ran is None else {"exit_code": ran.exit_code, "status": ran.status()}
@@ -203,6 +200,8 @@ class Agent:
             )
             await self._progress(conversation, result.action)
         if finish is not None:
+            # Those answered before a restart count too.
+            failed = [name for name in conversation.failed_calls() if name != FINISH]
             if failed and conversation.notes.get("failed_beside", 0) < MAX_OBJECTIONS:
                 # The model called finish before it could see these results.
                 calls = ", ".join(dict.fromkeys(failed))
