@@ -44,7 +44,7 @@ class Handlers:
         self._wake.set()
 
     async def handle_telemetry(self, event: Event, delivery: Delivery) -> None:
-        """Heartbeats and progress only move liveness clocks forward; nothing is decided."""
+        """Heartbeats only move liveness clocks forward; nothing is decided."""
         async with self._lock:
             self.projection.state = evolve(self.projection.state, event)
 
