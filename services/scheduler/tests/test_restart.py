@@ -176,13 +176,7 @@ async def test_a_restart_replays_the_beats_and_not_the_progress_into_the_livenes
     """The telemetry a restart replays is what the live consumer folds: the runner's beats.
     A beat stored while the scheduler was down moves the task's deadline; progress, stored
     later still, does not (the timeout names the beat as the last sign of life)."""
-    js = nc.jetstream()
-    await ensure_streams(js)
-    publisher = EventPublisher(js)
-    await publish_a_chain_of_two(publisher)
-    scheduler.start()
-    await scheduler.ready()
-    await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
+    publisher, _ = await a_chain_started(scheduler, nc)
     await publisher.publish(
         AgentStarted(**meta(3), task_id="a", attempt=1, runner_id="r", model="m")
     )
@@ -226,17 +220,26 @@ async def publish_a_chain_of_two(publisher: EventPublisher) -> None:
     )
 
 
-async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_and_started(
+async def a_chain_started(
     scheduler: Scheduler, nc: NatsClient
-) -> None:
+) -> tuple[EventPublisher, list[Event]]:
+    """A chain of two published before the scheduler first starts (its consumer is
+    created after it replays them, so no delivery brings them), then started: the
+    publisher and the events once the first task is ready."""
     js = nc.jetstream()
     await ensure_streams(js)
     publisher = EventPublisher(js)
     await publish_a_chain_of_two(publisher)
-    # Its consumer is created after it replays these, so no delivery will bring them.
     scheduler.start()
     await scheduler.ready()
     events = await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
+    return publisher, events
+
+
+async def test_a_plan_produced_before_the_scheduler_first_started_is_approved_and_started(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    _, events = await a_chain_started(scheduler, nc)
     approvals = [e for e in events if isinstance(e, PlanApproved)]
     assert len(approvals) == 1 and approvals[0].automatic
     assert [e.task.id for e in events if isinstance(e, TaskReady)] == ["a"]
