@@ -422,6 +422,84 @@ async def test_a_reply_resumed_between_its_calls_runs_the_rest_before_asking_aga
     assert "1 call (write_file)" in str(scripted.script.requests[0]["messages"][-1]["content"])
 
 
+class Died(BaseException):
+    """The runner's death, right after a journal record reached the disk."""
+
+
+def calls_and_results_pair_up(request: dict[str, Any]) -> bool:
+    """Whether every call of every reply in ``request`` has its result in the message
+    right after it, as the Messages API requires."""
+    messages = request["messages"]
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        calls = {b["id"] for b in message["content"] if b.get("type") == "tool_use"}
+        if not calls:
+            continue
+        if i + 1 == len(messages) or not isinstance(messages[i + 1]["content"], list):
+            return False
+        results = messages[i + 1]["content"]
+        answered = {b["tool_use_id"] for b in results if b.get("type") == "tool_result"}
+        if answered != calls:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("dies_after", range(1, 9))
+async def test_an_attempt_killed_after_any_record_resumes_to_the_same_end(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any, dies_after: int
+) -> None:
+    """Three replies of two calls each (the last with finish), the runner killed right
+    after each of the eight records the loop journals in turn: the resumed loop ends as
+    an uninterrupted one does, with no model call made twice, no call with a recorded
+    result run again, and every request one the Messages API takes."""
+    append = "python -c \"open('log.txt', 'a').write('ran\\n')\""
+    scripted = model(
+        {
+            "t1": [
+                reply(
+                    tool("write_file", path="a.txt", content="a"),
+                    tool("write_file", path="b.txt", content="b"),
+                ),
+                reply(
+                    tool("run_command", command=append),
+                    tool("edit_file", path="a.txt", old_text="a", new_text="A"),
+                ),
+                reply(tool("write_file", path="c.txt", content="c"), tool("finish", summary="abc")),
+            ]
+        }
+    )
+    agent, journal, _ = make_agent(task_repo, scripted)
+    written = 0
+
+    def append_then_die(record: dict[str, Any]) -> None:
+        nonlocal written
+        journal.append(record)
+        written += 1
+        if written == dies_after:
+            raise Died
+
+    agent.journal = append_then_die
+    with pytest.raises(Died):
+        await agent.run(start(journal))
+
+    again = Conversation.from_records(journal.read(), identity("m", "t1", 1, "base"))
+    assert again is not None
+    agent, journal, _ = make_agent(task_repo, scripted)
+    outcome = await agent.run(again)
+
+    assert outcome.finished and outcome.summary == "abc" and outcome.tool_calls == 6
+    assert scripted.script.calls == ["t1:0", "t1:1", "t1:2"]
+    assert all(calls_and_results_pair_up(request) for request in scripted.script.requests)
+    worktree = task_repo.worktree
+    assert [(worktree / f).read_text() for f in ("a.txt", "b.txt", "c.txt")] == ["A", "b", "c"]
+    assert (worktree / "log.txt").read_text() == "ran\n"
+    results = [
+        r["block"] for r in journal.read() if r.get("kind") == "answer" and r.get("tool_call")
+    ]
+    assert len(results) == 5 and not any(block.get("is_error") for block in results)
+
+
 def test_progress_after_a_model_reply_names_the_tools_and_files_it_asks_for():
     from aether_agent_runner.adapters.model import reply_action
 
