@@ -29,6 +29,8 @@ of few cores the read model's CPU is taken from the services on the mission's pa
 the difference is what it costs them. It also prints, inside each attempt, the time from
 AgentStarted to the end of the first model call, between the ends of two calls, and from
 the last call's end to AgentCompleted, from the events the attempt emitted as it went.
+With ``--one-reply`` the agent writes its file and finishes in the same reply, as a model
+may: one model call a task instead of two.
 And it prints how many messages a task costs through the NATS server, by who sent or
 received them (the server's own count per connection, ``/connz``, on a monitoring port
 the stack's server opens for the bench): each service's connection, and the attempts'
@@ -36,7 +38,7 @@ own connections together.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
         [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
-        [--pause-gateway] [--keep]
+        [--pause-gateway] [--one-reply] [--keep]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -116,13 +118,18 @@ def plan_of(n: int, shape: str) -> dict[str, Any]:
 
 class NoWorkModel:
     """Plans the given graph (or, for a requirement named in ``others``, that one's); an
-    agent writes its one file, then finishes."""
+    agent writes its one file, then finishes: in a second reply, or with ``one_reply`` in
+    the same one (one model call a task)."""
 
     def __init__(
-        self, plan: dict[str, Any], others: dict[str, dict[str, Any]] | None = None
+        self,
+        plan: dict[str, Any],
+        others: dict[str, dict[str, Any]] | None = None,
+        one_reply: bool = False,
     ) -> None:
         self.plan = plan
         self.others = others or {}
+        self.one_reply = one_reply
 
     def __call__(self, request: dict[str, Any]) -> Reply:
         tools = {t["name"] for t in request.get("tools", [])}
@@ -139,12 +146,17 @@ class NoWorkModel:
         if any(m["role"] == "assistant" for m in request["messages"]):
             return Reply([tool_use_block("finish", {"summary": "done"})], "tool_use", 10, 1)
         write = {"path": task["files"][0], "content": f"{task['id']}\n"}
-        return Reply([tool_use_block("write_file", write)], "tool_use", 10, 5)
+        blocks = [tool_use_block("write_file", write)]
+        if self.one_reply:
+            blocks.append(tool_use_block("finish", {"summary": "done"}))
+        return Reply(blocks, "tool_use", 10, 5)
 
 
-def _serve_model(plan: dict[str, Any], others: dict[str, dict[str, Any]], pipe: Connection) -> None:
+def _serve_model(
+    plan: dict[str, Any], others: dict[str, dict[str, Any]], one_reply: bool, pipe: Connection
+) -> None:
     """The model server's process: sends its URL, serves until told to stop."""
-    server = MessagesServer(NoWorkModel(plan, others)).start()
+    server = MessagesServer(NoWorkModel(plan, others, one_reply)).start()
     try:
         pipe.send(server.url)
         pipe.recv()
@@ -154,14 +166,14 @@ def _serve_model(plan: dict[str, Any], others: dict[str, dict[str, Any]], pipe: 
 
 @contextlib.contextmanager
 def model_server(
-    plan: dict[str, Any], others: dict[str, dict[str, Any]]
+    plan: dict[str, Any], others: dict[str, dict[str, Any]], one_reply: bool = False
 ) -> Iterator[tuple[str, int]]:
     """The no-work model's URL and process id, served from a process of its own: the
     model is not part of what is measured, and a server thread in this process would
     share its interpreter lock with the mission's event reading here."""
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve_model, args=(plan, others, child), daemon=True
+        target=_serve_model, args=(plan, others, one_reply, child), daemon=True
     )
     process.start()
     assert process.pid is not None
@@ -613,13 +625,14 @@ async def run_shape(
     python_options: dict[str, list[str]] | None = None,
     warm_up: int = 2,
     paused: str | None = None,
+    one_reply: bool = False,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     """One mission through a fresh stack, after a warm-up mission of ``warm_up`` tasks on
     the same stack (the peers too are timed after their start-up): its events, wall time,
     and (read before the stack stops) the services' handler seconds per task. Prints the
     warm-up's wall time and the measured mission's hop and service tables."""
     others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
-    with model_server(plan_of(n, shape), others) as (model_url, model_pid):
+    with model_server(plan_of(n, shape), others, one_reply) as (model_url, model_pid):
         return await _run_shape(
             work,
             label,
@@ -719,6 +732,12 @@ async def main() -> int:
         " read model's CPU costs the services on the mission's path)",
     )
     parser.add_argument(
+        "--one-reply",
+        action="store_true",
+        help="the agent writes its file and finishes in one reply (one model call a task"
+        " instead of two)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (kept with --profile)"
     )
     args = parser.parse_args()
@@ -737,7 +756,13 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
     handler_total: dict[str, float] = {}
     for shape in shapes:
         events, wall, _, handler, _ = await run_shape(
-            work, shape, shape, args.tasks, args.concurrency, warm_up=args.warm_up
+            work,
+            shape,
+            shape,
+            args.tasks,
+            args.concurrency,
+            warm_up=args.warm_up,
+            one_reply=args.one_reply,
         )
         for name, seconds in handler.items():
             handler_total[name] = handler_total.get(name, 0.0) + seconds
@@ -764,6 +789,7 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             args.concurrency,
             warm_up=args.warm_up,
             paused="gateway",
+            one_reply=args.one_reply,
         )
         latency = per_task(events)["ready_to_merged"]
         if latency:
@@ -790,6 +816,7 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
                 ]
             },
             args.warm_up,
+            one_reply=args.one_reply,
         )
         if out.exists():
             text = io.StringIO()
