@@ -45,7 +45,48 @@ class Agent:
 
     async def initialize(self, protocol_version, client_capabilities=None, client_info=None, **kw):
         self.fs = client_capabilities.fs
+        self.terminal = client_capabilities.terminal
         return schema.InitializeResponse(protocol_version=protocol_version)
+
+    async def terminals(self, session_id):
+        # Commands through the client's terminal; what each gave, for the summary.
+        if not self.terminal:
+            return "no terminal"
+        said = []
+        conn = self.conn
+
+        async def run(**request):
+            made = await conn.create_terminal(session_id=session_id, **request)
+            ended = await conn.wait_for_terminal_exit(
+                session_id=session_id, terminal_id=made.terminal_id)
+            out = await conn.terminal_output(session_id=session_id, terminal_id=made.terminal_id)
+            await conn.release_terminal(session_id=session_id, terminal_id=made.terminal_id)
+            return ended, out
+
+        count = "import os; print(os.environ['NOTE'], len(open('app.py').read().splitlines()))"
+        ended, out = await run(
+            command="python", args=["-c", count], cwd=os.path.join(self.cwd, "src"),
+            env=[schema.EnvVariable(name="NOTE", value="lines")])
+        said.append(f"{ended.exit_code} {out.output.strip()} {out.truncated}")
+        # A whole command line, failing, its output kept to its last five bytes.
+        ended, out = await run(
+            command="python -c \"import sys; print('x' * 40 + 'tail'); sys.exit(3)\"",
+            output_byte_limit=5)
+        said.append(f"{ended.exit_code} {out.output.strip()} {out.truncated}")
+        try:
+            await conn.create_terminal(session_id=session_id, command="sh", args=["-c", "true"])
+            said.append("sh ran")
+        except Exception:
+            said.append("sh refused")
+        sleep = ["-c", "import time; time.sleep(60)"]
+        made = await conn.create_terminal(session_id=session_id, command="python", args=sleep)
+        await conn.kill_terminal(session_id=session_id, terminal_id=made.terminal_id)
+        ended = await conn.wait_for_terminal_exit(
+            session_id=session_id, terminal_id=made.terminal_id)
+        said.append(f"killed {ended.signal}")
+        # Left running: the session's end stops it.
+        await conn.create_terminal(session_id=session_id, command="python", args=sleep)
+        return "; ".join(said)
 
     async def new_session(self, cwd, mcp_servers=None, **kw):
         self.cwd = cwd
@@ -59,6 +100,14 @@ class Agent:
             os._exit(4)
         if MODE == "hang":
             await asyncio.sleep(600)
+        if MODE == "terminal":
+            said = await self.terminals(session_id)
+            await self.conn.session_update(
+                session_id=session_id, update=acp.update_agent_message_text(said))
+            await self.conn.write_text_file(
+                path=os.path.join(self.cwd, "ran.txt"), content=said + "\n",
+                session_id=session_id)
+            return schema.PromptResponse(stop_reason="end_turn")
         if MODE == "model":  # through the relay: the sandbox has no network of its own
             import urllib.request
             request = urllib.request.Request(
@@ -250,3 +299,49 @@ async def test_an_acp_agent_reaches_the_model_through_the_relay(
     assert done.summary.startswith("answered by the model")
     priced = load_prices().priced("claude-sonnet-5-5", Usage(input_tokens=70, output_tokens=9))
     assert done.usage == priced
+
+
+@needs_sandbox
+@pytest.mark.usefixtures("python_on_path")
+@pytest.mark.parametrize("commands", [("python",), ()], ids=["python allowed", "none allowed"])
+async def test_an_acp_agent_runs_commands_through_the_clients_terminal_under_the_policy(
+    commands: tuple[str, ...],
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """The terminal is offered when the task's agent may run commands: each runs as
+    ``run_command`` does (its allow-list, in the sandbox, in the worktree), with the
+    agent's variables and output limit; a refused program is an error to the agent, a
+    killed command ends by a signal, one left running ends with the session. Without
+    commands no terminal is offered."""
+    await start(
+        acp_spec("terminal"),
+        task_repo,
+        model,
+        start_runner,
+        publish,
+        mission_id,
+        workspace_ready,
+        commands=commands,
+    )
+    done = await events.first(AgentCompleted)
+
+    if not commands:
+        assert done.summary == "no terminal"
+        return
+    lines = len((task_repo.worktree / "src" / "app.py").read_text().splitlines())
+    assert done.summary == (f"0 lines {lines} False; 3 tail True; sh refused; killed SIGKILL")
+    assert (task_repo.worktree / "ran.txt").read_text() == done.summary + "\n"
+    entries = [e for e in events.of(TranscriptRecorded) if e.kind == "command"]
+    assert [(e.exit_code, e.status.split(" after")[0]) for e in entries[:2]] == [
+        (0, "exit code 0"),
+        (3, "exit code 3"),
+    ]
+    assert {e.status for e in entries[2:]} == {"stopped before it ended"}
+    assert len(entries) == 4

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,6 +220,18 @@ class ToolBox:
             self._sandbox = self._warm = WarmSandbox(self._sandbox)
         return self._sandbox
 
+    @property
+    def runs_commands(self) -> bool:
+        """Whether this task's agent may run any command at all."""
+        return self._commands is not None
+
+    def command_argv(self, command: str) -> list[str]:
+        """The argument vector ``command`` runs as, or ``ToolError`` saying why it may
+        not run (no command may, or the policy refuses this one)."""
+        if self._commands is None:
+            raise ToolError("this task's agent may not run commands")
+        return parse_command(command, self._commands, self.workspace)
+
     def command_limits(self) -> Limits:
         """The limits of one sandboxed command (the runner's, once ``sandbox`` is open)."""
         return self._limits or Limits()
@@ -240,14 +253,18 @@ class ToolBox:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    async def call(self, name: str, args: dict[str, Any]) -> ToolResult:
-        """Carry out one call; refusals and failures become error results for the model."""
+    async def call(
+        self, name: str, args: dict[str, Any], env: Mapping[str, str] | None = None
+    ) -> ToolResult:
+        """Carry out one call; refusals and failures become error results for the model.
+        ``env``: variables a ``run_command`` sets for its program on top of the
+        commands' environment (an ACP agent's terminal names them)."""
         self.calls += 1
         action = describe_call(name, args)
         ran: CommandResult | None = None
         try:
             if name == "run_command" and self._commands is not None:
-                ran = await self._run(args, self._commands)
+                ran = await self._run(args, self._commands, env or {})
                 content = ran.report(_text(args, "command"))
             else:
                 content = await self._dispatch(name, args)
@@ -329,7 +346,9 @@ class ToolBox:
             raise ToolError(f"the search failed: {err.decode(errors='replace')[-2000:]}")
         return out.decode(errors="replace")
 
-    async def _run(self, args: dict[str, Any], policy: CommandPolicy) -> CommandResult:
+    async def _run(
+        self, args: dict[str, Any], policy: CommandPolicy, extra_env: Mapping[str, str]
+    ) -> CommandResult:
         sandbox = self.sandbox()
         command = _text(args, "command")
         argv = parse_command(command, policy, self.workspace)
@@ -347,6 +366,7 @@ class ToolBox:
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="aether-agent-"))
             env = command_env(os.environ, self._scratch, self._passed_env)
+        env.update(extra_env)
         result = await run_command(
             argv,
             cwd,

@@ -12,13 +12,21 @@ outside the worktree or in ``.git`` are refused); a permission request is grante
 prompt's response reports, priced by the price table, else unknown. The transcript holds
 the agent's text (a ``turn`` entry before each tool call and at the end, with the stop
 reason and usage) and each tool call it starts (its title and input).
+
+When the task's agent may run commands, the client offers the protocol's terminal: a
+command the agent starts there runs as the built-in loop's ``run_command`` does (the same
+allow-list, another sandbox of the runner's, its time limit and output cut), one
+``command`` entry in the transcript when it ends. Its output comes whole once it ends
+(``terminal/output`` shows none before); killing or releasing a terminal stops its
+command, and every command still running when the session ends is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,7 @@ import acp
 from acp import schema
 
 from aether_agent_runner.adapters.model import Outcome, Progress
+from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
@@ -37,8 +46,67 @@ from aether_sandbox import Outcome as Ran
 from aether_sandbox import Request, Sandbox, execute
 
 MAX_SUMMARY = 2000
+# What the sandbox puts in place of the middle of a command's output past its cut.
+_CUT_MARK = "bytes of output omitted"
 # How long an agent is given to exit once its session is done and its input closed.
 EXIT_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class _Terminal:
+    """A command the agent started through the protocol's terminal."""
+
+    running: asyncio.Task[ToolResult]
+    byte_limit: int | None
+    killed: bool = False
+
+    def output(self) -> tuple[str, bool]:
+        """What the command wrote (its output, or why it did not run), cut to the byte
+        limit from its start; and whether anything was cut."""
+        if self.killed or not self.running.done() or self.running.cancelled():
+            return "", False
+        result = self.running.result()
+        text = result.content if result.ran is None else result.ran.output
+        cut = _CUT_MARK in text
+        limit = self.byte_limit
+        if limit is not None and limit >= 0:
+            data = text.encode()
+            if len(data) > limit:
+                text, cut = data[len(data) - limit :].decode("utf-8", "ignore"), True
+        return text, cut
+
+    def exit_status(self) -> schema.TerminalExitStatus | None:
+        """How it ended (None while it runs): a signal when it was stopped, 127 when it
+        could not run at all."""
+        if self.killed or self.running.cancelled():
+            return schema.TerminalExitStatus(exit_code=None, signal="SIGKILL")
+        if not self.running.done():
+            return None
+        ran = self.running.result().ran
+        if ran is None:
+            return schema.TerminalExitStatus(exit_code=127, signal=None)
+        if ran.exit_code is None:
+            return schema.TerminalExitStatus(exit_code=None, signal="SIGKILL")
+        return schema.TerminalExitStatus(exit_code=ran.exit_code, signal=None)
+
+    async def stop(self) -> None:
+        if not self.running.done():
+            self.killed = True
+            self.running.cancel()
+        await ended(self.running)
+
+
+async def ended(running: asyncio.Task[Any]) -> None:
+    """Wait for ``running`` to end, however it ends; a cancellation of the waiter itself
+    still propagates."""
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # noqa: S110 - its outcome is read from the task where it matters
+        pass
 
 
 @dataclass
@@ -58,6 +126,8 @@ class _Client:
         default_factory=asyncio.Queue
     )
     worker: asyncio.Task[None] | None = None
+    terminals: dict[str, _Terminal] = field(default_factory=dict)
+    terminals_started: int = 0
 
     async def transcribe(self, entry: Entry) -> None:
         if self.job.transcript is not None:
@@ -178,6 +248,91 @@ class _Client:
             raise acp.RequestError.invalid_params({"path": str(error)}) from None
         return schema.WriteTextFileResponse()
 
+    async def create_terminal(
+        self,
+        command: str,
+        session_id: str,
+        args: list[str] | None = None,
+        env: list[schema.EnvVariable] | None = None,
+        cwd: str | None = None,
+        output_byte_limit: int | None = None,
+        **kwargs: Any,
+    ) -> schema.CreateTerminalResponse:
+        line = shlex.join([command, *args]) if args else command
+        try:
+            self.job.toolbox.command_argv(line)
+        except ToolError as error:
+            raise acp.RequestError.invalid_params({"command": str(error)}) from None
+        where = self._relative(cwd) if cwd else "."
+        variables = {variable.name: variable.value for variable in env or []}
+        self.terminals_started += 1
+        terminal_id = f"terminal-{self.terminals_started}"
+        running = asyncio.create_task(self._command(line, where, variables))
+        self.terminals[terminal_id] = _Terminal(running, output_byte_limit)
+        return schema.CreateTerminalResponse(terminal_id=terminal_id)
+
+    async def _command(self, line: str, cwd: str, env: dict[str, str]) -> ToolResult:
+        arguments = {"command": line, "cwd": cwd}
+        entry = Entry(kind="command", tool="terminal", arguments=as_json(arguments))
+        try:
+            result = await self.job.toolbox.call("run_command", arguments, env=env)
+        except asyncio.CancelledError:
+            await self.transcribe(replace(entry, is_error=True, status="stopped before it ended"))
+            raise
+        ran = result.ran
+        await self.transcribe(
+            replace(
+                entry,
+                result=result.content,
+                is_error=result.is_error,
+                exit_code=None if ran is None else ran.exit_code,
+                status="refused" if ran is None else ran.status(),
+            )
+        )
+        return result
+
+    def _terminal(self, terminal_id: str) -> _Terminal:
+        terminal = self.terminals.get(terminal_id)
+        if terminal is None:
+            raise acp.RequestError.invalid_params({"terminal_id": f"no terminal {terminal_id!r}"})
+        return terminal
+
+    async def terminal_output(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> schema.TerminalOutputResponse:
+        terminal = self._terminal(terminal_id)
+        output, truncated = terminal.output()
+        return schema.TerminalOutputResponse(
+            output=output, truncated=truncated, exit_status=terminal.exit_status()
+        )
+
+    async def wait_for_terminal_exit(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> schema.WaitForTerminalExitResponse:
+        terminal = self._terminal(terminal_id)
+        await ended(terminal.running)
+        status = terminal.exit_status()
+        assert status is not None
+        return schema.WaitForTerminalExitResponse(exit_code=status.exit_code, signal=status.signal)
+
+    async def kill_terminal(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> schema.KillTerminalResponse:
+        await self._terminal(terminal_id).stop()
+        return schema.KillTerminalResponse()
+
+    async def release_terminal(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> schema.ReleaseTerminalResponse:
+        await self._terminal(terminal_id).stop()
+        del self.terminals[terminal_id]
+        return schema.ReleaseTerminalResponse()
+
+    async def stop_terminals(self) -> None:
+        """Stop every command still running (the session is over)."""
+        for terminal in list(self.terminals.values()):
+            await terminal.stop()
+
     def summary(self) -> str:
         text = "".join(self.text).strip()
         return text[-MAX_SUMMARY:] if text else "(no summary)"
@@ -242,6 +397,7 @@ class AcpRuntime(CommandRuntime):
                     with contextlib.suppress(asyncio.CancelledError, OSError):
                         await running
         finally:
+            await client.stop_terminals()
             client.stop()
             server.close()
             if connected.done():
@@ -319,7 +475,7 @@ class AcpRuntime(CommandRuntime):
             protocol_version=acp.PROTOCOL_VERSION,
             client_capabilities=schema.ClientCapabilities(
                 fs=schema.FileSystemCapabilities(read_text_file=True, write_text_file=True),
-                terminal=False,
+                terminal=job.toolbox.runs_commands,
             ),
             client_info=schema.Implementation(name="aether", version="1"),
         )
