@@ -78,6 +78,14 @@ class Agent:
             said.append("sh ran")
         except Exception:
             said.append("sh refused")
+        # An allowed name found elsewhere: where programs are found is not the agent's.
+        try:
+            await conn.create_terminal(
+                session_id=session_id, command="python", args=["-V"],
+                env=[schema.EnvVariable(name="PATH", value=self.cwd)])
+            said.append("PATH set")
+        except Exception:
+            said.append("PATH refused")
         sleep = ["-c", "import time; time.sleep(60)"]
         made = await conn.create_terminal(session_id=session_id, command="python", args=sleep)
         await conn.kill_terminal(session_id=session_id, terminal_id=made.terminal_id)
@@ -336,7 +344,8 @@ async def test_an_acp_agent_runs_commands_through_the_clients_terminal_under_the
         assert done.summary == "no terminal"
         return
     lines = len((task_repo.worktree / "src" / "app.py").read_text().splitlines())
-    assert done.summary == (f"0 lines {lines} False; 3 tail True; sh refused; killed SIGKILL")
+    said = f"0 lines {lines} False; 3 tail True; sh refused; PATH refused; killed SIGKILL"
+    assert done.summary == said
     assert (task_repo.worktree / "ran.txt").read_text() == done.summary + "\n"
     entries = [e for e in events.of(TranscriptRecorded) if e.kind == "command"]
     assert [(e.exit_code, e.status.split(" after")[0]) for e in entries[:2]] == [

@@ -48,6 +48,19 @@ from aether_sandbox import Request, Sandbox, execute
 MAX_SUMMARY = 2000
 # What the sandbox puts in place of the middle of a command's output past its cut.
 _CUT_MARK = "bytes of output omitted"
+
+
+def refused_variable(name: str) -> str | None:
+    """Why an agent may not set ``name`` for its command, or None. Where programs are
+    found and what the loader adds are the runner's: with them an agent could run any
+    program under an allowed name."""
+    if not name or "=" in name or "\0" in name:
+        return f"{name!r} is not a variable name"
+    if name == "PATH" or name.startswith(("LD_", "DYLD_")):
+        return f"{name} decides which program runs; it is the runner's to set"
+    return None
+
+
 # How long an agent is given to exit once its session is done and its input closed.
 EXIT_GRACE_SECONDS = 5.0
 
@@ -265,6 +278,9 @@ class _Client:
             raise acp.RequestError.invalid_params({"command": str(error)}) from None
         where = self._relative(cwd) if cwd else "."
         variables = {variable.name: variable.value for variable in env or []}
+        for name in variables:
+            if (why := refused_variable(name)) is not None:
+                raise acp.RequestError.invalid_params({"env": why})
         self.terminals_started += 1
         terminal_id = f"terminal-{self.terminals_started}"
         running = asyncio.create_task(self._command(line, where, variables))
