@@ -86,12 +86,20 @@ class Agent:
             said.append("PATH set")
         except Exception:
             said.append("PATH refused")
-        sleep = ["-c", "import time; time.sleep(60)"]
+        # What a running command wrote shows as it runs; a kill ends it by a signal.
+        sleep = ["-c", "import time; print('started', flush=True); time.sleep(60)"]
         made = await conn.create_terminal(session_id=session_id, command="python", args=sleep)
+        for _ in range(200):
+            out = await conn.terminal_output(session_id=session_id, terminal_id=made.terminal_id)
+            if out.output.strip():
+                break
+            await asyncio.sleep(0.05)
+        said.append(f"{out.output.strip()} {out.exit_status}")
         await conn.kill_terminal(session_id=session_id, terminal_id=made.terminal_id)
         ended = await conn.wait_for_terminal_exit(
             session_id=session_id, terminal_id=made.terminal_id)
-        said.append(f"killed {ended.signal}")
+        out = await conn.terminal_output(session_id=session_id, terminal_id=made.terminal_id)
+        said.append(f"killed {ended.signal} {out.output.strip()}")
         # Left running: the session's end stops it.
         await conn.create_terminal(session_id=session_id, command="python", args=sleep)
         return "; ".join(said)
@@ -344,7 +352,10 @@ async def test_an_acp_agent_runs_commands_through_the_clients_terminal_under_the
         assert done.summary == "no terminal"
         return
     lines = len((task_repo.worktree / "src" / "app.py").read_text().splitlines())
-    said = f"0 lines {lines} False; 3 tail True; sh refused; PATH refused; killed SIGKILL"
+    said = (
+        f"0 lines {lines} False; 3 tail True; sh refused; PATH refused; started None;"
+        " killed SIGKILL started"
+    )
     assert done.summary == said
     assert (task_repo.worktree / "ran.txt").read_text() == done.summary + "\n"
     entries = [e for e in events.of(TranscriptRecorded) if e.kind == "command"]

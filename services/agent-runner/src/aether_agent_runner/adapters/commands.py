@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,10 +181,13 @@ async def run_command(
     sandbox: Sandbox | CommandRunner,
     workdir: Path,
     limits: Limits | None = None,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> CommandResult:
     """Run ``argv`` in ``cwd`` inside ``sandbox``, ``workdir`` the one writable tree (its
     ``.git`` stays read-only); stdout and stderr together, the middle cut when long.
-    ``sandbox`` is a backend, or any ``CommandRunner`` (the port: a handler test's fake)."""
+    ``sandbox`` is a backend, or any ``CommandRunner`` (the port: a handler test's fake).
+    ``on_output``: handed the output as it comes (then the command runs in a sandbox of
+    its own, not the attempt's kept one; a ``CommandRunner`` gives it none)."""
     request = Request(
         argv=argv,
         workdir=workdir,
@@ -197,7 +200,7 @@ async def run_command(
         if isinstance(sandbox, CommandRunner):
             outcome = await sandbox.run(request, output_chars)
         else:
-            outcome = await execute(sandbox, request, output_chars)
+            outcome = await execute(sandbox, request, output_chars, on_output)
     except SandboxUnavailable as error:
         raise ToolError(f"run_command is refused: no sandbox can start. {error}") from None
     except FileNotFoundError:

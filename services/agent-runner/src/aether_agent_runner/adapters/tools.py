@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,17 +254,22 @@ class ToolBox:
             self._scratch = None
 
     async def call(
-        self, name: str, args: dict[str, Any], env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        args: dict[str, Any],
+        env: Mapping[str, str] | None = None,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> ToolResult:
         """Carry out one call; refusals and failures become error results for the model.
-        ``env``: variables a ``run_command`` sets for its program on top of the
-        commands' environment (an ACP agent's terminal names them)."""
+        For a ``run_command`` (an ACP agent's terminal gives both): ``env``, variables
+        set for its program on top of the commands' environment; ``on_output``, handed
+        its output as it comes."""
         self.calls += 1
         action = describe_call(name, args)
         ran: CommandResult | None = None
         try:
             if name == "run_command" and self._commands is not None:
-                ran = await self._run(args, self._commands, env or {})
+                ran = await self._run(args, self._commands, env or {}, on_output)
                 content = ran.report(_text(args, "command"))
             else:
                 content = await self._dispatch(name, args)
@@ -347,7 +352,11 @@ class ToolBox:
         return out.decode(errors="replace")
 
     async def _run(
-        self, args: dict[str, Any], policy: CommandPolicy, extra_env: Mapping[str, str]
+        self,
+        args: dict[str, Any],
+        policy: CommandPolicy,
+        extra_env: Mapping[str, str],
+        on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         sandbox = self.sandbox()
         command = _text(args, "command")
@@ -376,6 +385,7 @@ class ToolBox:
             sandbox=sandbox,
             workdir=self.workspace.root,
             limits=self._limits,
+            on_output=on_output,
         )
         log.info(
             "command ran",

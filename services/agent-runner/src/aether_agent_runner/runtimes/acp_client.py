@@ -15,10 +15,10 @@ reason and usage) and each tool call it starts (its title and input).
 
 When the task's agent may run commands, the client offers the protocol's terminal: a
 command the agent starts there runs as the built-in loop's ``run_command`` does (the same
-allow-list, another sandbox of the runner's, its time limit and output cut), one
-``command`` entry in the transcript when it ends. Its output comes whole once it ends
-(``terminal/output`` shows none before); killing or releasing a terminal stops its
-command, and every command still running when the session ends is stopped.
+allow-list, a sandbox of its own, its time limit and output cut), one ``command`` entry in
+the transcript when it ends. ``terminal/output`` gives what it has written so far (its
+last ``LIVE_BYTES``), its whole output once it ends; killing or releasing a terminal stops
+its command, and every command still running when the session ends is stopped.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ from aether_sandbox import Request, Sandbox, execute
 MAX_SUMMARY = 2000
 # What the sandbox puts in place of the middle of a command's output past its cut.
 _CUT_MARK = "bytes of output omitted"
+# How much of a running terminal command's output is kept for ``terminal/output``.
+LIVE_BYTES = 256 * 1024
 
 
 def refused_variable(name: str) -> str | None:
@@ -66,27 +68,42 @@ EXIT_GRACE_SECONDS = 5.0
 
 
 @dataclass
+class _Live:
+    """The end of a running command's output, as it comes."""
+
+    data: bytearray = field(default_factory=bytearray)
+    trimmed: bool = False
+
+    def keep(self, chunk: bytes) -> None:
+        self.data.extend(chunk)
+        if len(self.data) > LIVE_BYTES:
+            del self.data[: len(self.data) - LIVE_BYTES]
+            self.trimmed = True
+
+
+@dataclass
 class _Terminal:
     """A command the agent started through the protocol's terminal."""
 
     running: asyncio.Task[ToolResult]
     byte_limit: int | None
+    live: _Live
     killed: bool = False
 
     def output(self) -> tuple[str, bool]:
-        """What the command wrote (its output, or why it did not run), cut to the byte
-        limit from its start; and whether anything was cut."""
+        """What the command wrote so far (once it ended: its whole output, or why it did
+        not run), cut to the byte limit from its start; and whether anything was cut."""
         if self.killed or not self.running.done() or self.running.cancelled():
-            return "", False
-        result = self.running.result()
-        text = result.content if result.ran is None else result.ran.output
-        cut = _CUT_MARK in text
+            # Running, or stopped: what it wrote until then.
+            data, cut = bytes(self.live.data), self.live.trimmed
+        else:
+            result = self.running.result()
+            text = result.content if result.ran is None else result.ran.output
+            data, cut = text.encode(), _CUT_MARK in text
         limit = self.byte_limit
-        if limit is not None and limit >= 0:
-            data = text.encode()
-            if len(data) > limit:
-                text, cut = data[len(data) - limit :].decode("utf-8", "ignore"), True
-        return text, cut
+        if limit is not None and 0 <= limit < len(data):
+            data, cut = data[len(data) - limit :], True
+        return data.decode("utf-8", "ignore"), cut
 
     def exit_status(self) -> schema.TerminalExitStatus | None:
         """How it ended (None while it runs): a signal when it was stopped, 127 when it
@@ -283,15 +300,18 @@ class _Client:
                 raise acp.RequestError.invalid_params({"env": why})
         self.terminals_started += 1
         terminal_id = f"terminal-{self.terminals_started}"
-        running = asyncio.create_task(self._command(line, where, variables))
-        self.terminals[terminal_id] = _Terminal(running, output_byte_limit)
+        live = _Live()
+        running = asyncio.create_task(self._command(line, where, variables, live))
+        self.terminals[terminal_id] = _Terminal(running, output_byte_limit, live)
         return schema.CreateTerminalResponse(terminal_id=terminal_id)
 
-    async def _command(self, line: str, cwd: str, env: dict[str, str]) -> ToolResult:
+    async def _command(self, line: str, cwd: str, env: dict[str, str], live: _Live) -> ToolResult:
         arguments = {"command": line, "cwd": cwd}
         entry = Entry(kind="command", tool="terminal", arguments=as_json(arguments))
         try:
-            result = await self.job.toolbox.call("run_command", arguments, env=env)
+            result = await self.job.toolbox.call(
+                "run_command", arguments, env=env, on_output=live.keep
+            )
         except asyncio.CancelledError:
             await self.transcribe(replace(entry, is_error=True, status="stopped before it ended"))
             raise
