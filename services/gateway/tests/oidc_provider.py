@@ -24,6 +24,7 @@ from authlib.oauth2.rfc8628 import (
     DeviceCodeGrant,
     DeviceCredentialDict,
 )
+from joserfc.jwk import KeySet
 from oidc_provider_mock._storage import Client, ClientAllowAny
 
 from aether.infra import free_port
@@ -32,22 +33,34 @@ from aether_runtime import tls
 
 def _sign_with_key_id(extension: Any) -> None:
     """Put the key id in the ID token's header, as every real provider does (the package
-    signs with a bare key, which leaves it out): given a key set, authlib names the key
-    it signs with."""
+    signs with a bare key, which leaves it out), through authlib's own hooks for the
+    key, algorithm, claims and header: the package answers authlib's deprecated
+    ``get_jwt_config``, which is asked here once per token instead."""
     if not hasattr(extension, "get_jwt_config"):
         return
     config = extension.get_jwt_config
 
-    def with_key_id(grant: Any, client: Any = None) -> dict[str, Any]:
-        found: dict[str, Any] = config(grant, client)
-        key = dict(found["key"])
-        key["kid"] = jose.KeySet((flask.g.oidc_provider_mock_storage.jwk,)).as_dict()["keys"][0][
-            "kid"
-        ]
-        found["key"] = {"keys": [key]}
-        return found
+    def key_id() -> str:
+        jwk = flask.g.oidc_provider_mock_storage.jwk
+        return str(jose.KeySet((jwk,)).as_dict()["keys"][0]["kid"])
 
-    extension.get_jwt_config = with_key_id
+    def private_key(client: Any) -> KeySet:
+        return KeySet.import_key_set({"keys": [{**config(None, client)["key"], "kid": key_id()}]})
+
+    def algorithm(client: Any) -> str:
+        return str(config(None, client)["alg"])
+
+    def claims(client: Any) -> dict[str, Any]:
+        found = config(None, client)
+        return {"iss": found["iss"], "exp": int(time.time()) + found["exp"]}
+
+    def header(client: Any) -> dict[str, str]:
+        return {"alg": algorithm(client), "kid": key_id()}
+
+    extension.resolve_client_private_key = private_key
+    extension.get_client_algorithm = algorithm
+    extension.get_client_claims = claims
+    extension.get_encode_header = header
 
 
 class Provider:
