@@ -35,7 +35,7 @@ import os
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ import msgspec
 
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.adapters.model import Outcome, Progress
+from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
@@ -70,6 +71,70 @@ MAX_MEMORY_CHARS = 32_000
 # A relative cost difference beyond this between the CLI's figure and the price table's
 # is logged: one of the two price lists is out of date.
 COST_TOLERANCE = 0.01
+# How long a command waits for Claude Code's own file tools at work (a read, an edit, a
+# search: quick) before it is refused (see ``FileWindows``).
+FILE_TOOL_PATIENCE_SECONDS = 30.0
+
+
+class CommandBusy(Exception):
+    """A command was refused: Claude Code's file tools stayed at work past the patience."""
+
+
+@dataclass
+class FileWindows:
+    """Claude Code's own file tools and the agent's commands, kept apart in time.
+
+    A file tool's path is checked in its PreToolUse hook and opened by the CLI after it:
+    a command running in between could put a link in its place that leads out of the
+    worktree. Every process a command starts ends with it (the sandbox kills the rest), so
+    a file tool's window (its check to its result) opens only while no command runs, and
+    a command starts only once every open window has closed: by the tool's PostToolUse or
+    PostToolUseFailure hook, or by the next model reply (the CLI asks the model only once
+    every call of the last reply has its result). However the CLI schedules its tools,
+    nothing but the CLI changes the worktree's links while one of its file tools is at
+    work."""
+
+    patience: float = FILE_TOOL_PATIENCE_SECONDS
+    open: set[str] = field(default_factory=set)
+    commands: int = 0
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def opening(self, use_id: str) -> None:
+        """Open a file tool's window once no command runs."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.commands == 0)
+            self.open.add(use_id)
+
+    async def closing(self, use_id: str | None = None) -> None:
+        """Close a file tool's window (``None``: every one left open)."""
+        async with self.changed:
+            if use_id is None:
+                self.open.clear()
+            else:
+                self.open.discard(use_id)
+            self.changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def command(self) -> AsyncIterator[None]:
+        """Hold off file tools while a command runs; it starts once none is at work, or
+        raises ``CommandBusy`` after ``patience``."""
+        async with self.changed:
+            try:
+                async with asyncio.timeout(self.patience):
+                    await self.changed.wait_for(lambda: not self.open)
+            except TimeoutError:
+                raise CommandBusy(
+                    f"Claude Code's file tools were still at work after {self.patience:g} s;"
+                    " run the command again"
+                ) from None
+            self.commands += 1
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.commands -= 1
+                self.changed.notify_all()
+
 
 # What of the runner's environment the CLI keeps: where programs and certificates are,
 # locale and proxies. Everything else is blanked (tokens, the bus's credentials).
@@ -269,6 +334,7 @@ class _Run:
     replying: tuple[str, dict[str, Any]] | None = None
     # The reply's transcript entries, held until its final usage is streamed.
     held: list[Entry] = field(default_factory=list)
+    windows: FileWindows = field(default_factory=FileWindows)
 
     async def progress(self, action: str, *, always: bool = False) -> None:
         await self.job.observer.progressed(
@@ -300,7 +366,7 @@ class _Run:
                 await self.job.transcript.add(entry)
 
     async def before_tool(
-        self, data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
+        self, data: sdk.HookInput, tool_use_id: str | None, _context: sdk.HookContext
     ) -> sdk.HookJSONOutput:
         tool = str(data.get("tool_name", ""))
         tool_input = data.get("tool_input")
@@ -333,12 +399,16 @@ class _Run:
         if self.record is not None:
             self.record(tool_record())
         await self.progress(describe(tool, arguments, root))
+        if tool in FILE_TOOLS:
+            await self.windows.opening(tool_use_id or f"call-{self.tool_calls}")
         return {}
 
     async def after_tool(
-        self, data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
+        self, data: sdk.HookInput, tool_use_id: str | None, _context: sdk.HookContext
     ) -> sdk.HookJSONOutput:
         tool = str(data.get("tool_name", ""))
+        if tool in FILE_TOOLS and tool_use_id is not None:
+            await self.windows.closing(tool_use_id)
         tool_input = data.get("tool_input")
         arguments: dict[str, Any] = tool_input if isinstance(tool_input, dict) else {}
         if tool in EDITING_TOOLS:
@@ -357,13 +427,44 @@ class _Run:
         # one published before the call.
         return {}
 
+    async def after_failed_tool(
+        self, data: sdk.HookInput, tool_use_id: str | None, _context: sdk.HookContext
+    ) -> sdk.HookJSONOutput:
+        if str(data.get("tool_name", "")) in FILE_TOOLS and tool_use_id is not None:
+            await self.windows.closing(tool_use_id)
+        return {}
+
+    async def run_command(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The CLI's ``mcp__aether__run_command``: the runner's own run_command, once no
+        file tool of the CLI is at work (``FileWindows``)."""
+        toolbox = self.job.toolbox
+        try:
+            async with self.windows.command():
+                result = await toolbox.call("run_command", arguments)
+        except CommandBusy as busy:
+            result = ToolResult(str(busy), True)
+        ran = result.ran
+        await self.transcribe(
+            Entry(
+                kind="command",
+                tool="run_command",
+                arguments=as_json(arguments),
+                result=result.content,
+                is_error=result.is_error,
+                exit_code=None if ran is None else ran.exit_code,
+                status="refused" if ran is None else ran.status(),
+            )
+        )
+        return {"content": [{"type": "text", "text": result.content}], "is_error": result.is_error}
+
     async def stopped(
         self, _data: sdk.HookInput, _tool_use_id: str | None, _context: sdk.HookContext
     ) -> sdk.HookJSONOutput:
         await self.progress("stopped")
         return {}
 
-    def assistant(self, message: sdk.AssistantMessage) -> None:
+    def assistant(self, message: sdk.AssistantMessage) -> bool:
+        """Count and transcribe a message of a model reply; whether it begins a new one."""
         key = message.message_id or str(id(message))
         texts = [b.text for b in message.content if isinstance(b, sdk.TextBlock)]
         asked = [b.name for b in message.content if isinstance(b, sdk.ToolUseBlock)]
@@ -379,9 +480,10 @@ class _Run:
                 )
             )
         if not first:
-            return
+            return False
         self.seen_messages.add(key)
         self.turns += 1
+        return True
 
     async def streamed(self, message: sdk.StreamEvent) -> None:
         """Count a model reply once it has been received whole: its ``message_start``
@@ -565,30 +667,9 @@ class ClaudeCodeRuntime:
         )
         commands = role is None or role.tools is None or "Bash" in role.tools
         if definition is not None and commands:
-            toolbox = job.toolbox
-
-            async def run_command(arguments: dict[str, Any]) -> dict[str, Any]:
-                result = await toolbox.call("run_command", arguments)
-                ran = result.ran
-                await run.transcribe(
-                    Entry(
-                        kind="command",
-                        tool="run_command",
-                        arguments=as_json(arguments),
-                        result=result.content,
-                        is_error=result.is_error,
-                        exit_code=None if ran is None else ran.exit_code,
-                        status="refused" if ran is None else ran.status(),
-                    )
-                )
-                return {
-                    "content": [{"type": "text", "text": result.content}],
-                    "is_error": result.is_error,
-                }
-
             command = sdk.tool(
                 "run_command", definition["description"], dict(definition["input_schema"])
-            )(run_command)
+            )(run.run_command)
             servers["aether"] = sdk.create_sdk_mcp_server("aether", tools=[command])
             allowed.append(COMMAND_TOOL)
         append = RULES + (f"\n\n{memory}" if memory else "")
@@ -610,6 +691,7 @@ class ClaudeCodeRuntime:
             hooks={
                 "PreToolUse": [sdk.HookMatcher(hooks=[run.before_tool])],
                 "PostToolUse": [sdk.HookMatcher(hooks=[run.after_tool])],
+                "PostToolUseFailure": [sdk.HookMatcher(hooks=[run.after_failed_tool])],
                 "Stop": [sdk.HookMatcher(hooks=[run.stopped])],
             },
             env=cli_environment(dict(os.environ), self.base_url, self.api_key, config_dir),
@@ -633,7 +715,9 @@ class ClaudeCodeRuntime:
                 await client.query(prompt)
                 async for message in client.receive_response():
                     if isinstance(message, sdk.AssistantMessage):
-                        run.assistant(message)
+                        if run.assistant(message):
+                            # Every call of the reply before has its result.
+                            await run.windows.closing()
                     elif isinstance(message, sdk.StreamEvent):
                         await run.streamed(message)
                     elif isinstance(message, sdk.ResultMessage):
