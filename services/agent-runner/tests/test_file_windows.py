@@ -87,8 +87,9 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A reply asking for reads and a command side by side: each read's window, opened
-    by its PreToolUse and closed by its PostToolUse under the same call id, never spans a
-    command, and the command goes through the windows."""
+    by its PreToolUse before its path is checked and closed by its PostToolUse under the
+    same call id (or at once, when the path is refused), never spans a command, and the
+    command goes through the windows."""
     from aether_agent_runner.runtimes.claude_code import FileWindows
 
     seen: list[tuple[str, str | None]] = []
@@ -128,6 +129,7 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
                     tool_use_block("Read", {"file_path": app}),
                     tool_use_block(RUN_COMMAND, {"command": "python -c print(6*7)"}),
                     tool_use_block("Read", {"file_path": readme}),
+                    tool_use_block("Read", {"file_path": "/etc/hostname"}),
                 ),
                 turn(tool_use_block("Write", {"file_path": readme, "content": "read\n"})),
                 turn(text_block("done")),
@@ -141,7 +143,8 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
 
     assert done.summary == "done"
     opened_ids = [use_id for kind, use_id in seen if kind == "open"]
-    assert len(opened_ids) == 3  # two reads, one write
+    # Two reads, the refused one (its path is checked inside its window), one write.
+    assert len(opened_ids) == 4
     for use_id in opened_ids:
         assert ("close", use_id) in seen[seen.index(("open", use_id)) :]
     inside = False

@@ -372,9 +372,14 @@ class _Run:
         tool_input = data.get("tool_input")
         arguments: dict[str, Any] = tool_input if isinstance(tool_input, dict) else {}
         root = self.job.worktree
+        window = tool_use_id or f"call-{self.tool_calls + 1}"
+        if tool in FILE_TOOLS:
+            # Opened before the check: no command may run from it to the tool's result.
+            await self.windows.opening(window)
         for key in ("file_path", "path", "notebook_path"):
             value = arguments.get(key)
             if value is not None and (not isinstance(value, str) or inside(root, value) is None):
+                await self.windows.closing(window)
                 log.info("refused a path outside the worktree", extra={"tool": tool})
                 await self.transcribe(
                     Entry(
@@ -399,8 +404,6 @@ class _Run:
         if self.record is not None:
             self.record(tool_record())
         await self.progress(describe(tool, arguments, root))
-        if tool in FILE_TOOLS:
-            await self.windows.opening(tool_use_id or f"call-{self.tool_calls}")
         return {}
 
     async def after_tool(
