@@ -215,6 +215,45 @@ async def test_claude_code_edits_runs_a_command_through_aether_and_the_commit_la
     assert entries[-1].kind == "note" and entries[-1].tool == "result"
 
 
+async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """A glob pattern names paths too: the CLI follows an absolute one out of the worktree
+    (it listed the host's ``/etc`` files), so an absolute one, one climbing with ``..`` or
+    one into ``.git`` is refused like a path outside; one below the worktree is matched."""
+    worktree = task_repo.worktree
+    scripted = model(
+        {
+            "t1": [
+                turn(tool_use_block("Glob", {"pattern": "/etc/host*"})),
+                turn(tool_use_block("Glob", {"pattern": "src/../../*"})),
+                turn(tool_use_block("Grep", {"pattern": "x", "glob": ".git/*"})),
+                turn(tool_use_block("Glob", {"pattern": "src/*.py"})),
+                turn(
+                    tool_use_block("Write", {"file_path": str(worktree / "x.md"), "content": "x"})
+                ),
+                turn(text_block("done")),
+            ]
+        }
+    )
+    await start_runner(scripted, runtime="claude-code")
+    base = git(worktree, "rev-parse", "HEAD")
+    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
+    await events.first(AgentCompleted, timeout=120)
+
+    answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:5]]
+    for refused in answers[:3]:
+        assert "outside the repository or in .git" in refused, answers
+    assert "/etc/hostname" not in "".join(answers)  # nothing of the host listed
+    assert "app.py" in answers[3]
+
+
 async def test_claude_code_turn_limit_fails_the_task_without_retry(
     task_repo: Any,
     model: Callable[..., Any],

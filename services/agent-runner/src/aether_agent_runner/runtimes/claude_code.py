@@ -211,6 +211,33 @@ def inside(root: Path, path: str) -> str | None:
     return relative.as_posix() or "."
 
 
+# Glob patterns, by tool and argument: they name paths too, and the CLI follows an absolute
+# one out of the worktree (``Glob`` with ``/etc/host*`` lists the host's files).
+PATTERNS = {"Glob": "pattern", "Grep": "glob"}
+
+
+def pattern_inside(pattern: str) -> bool:
+    """Whether a glob pattern stays below the directory it is matched in: relative, with no
+    ``..`` among its parts, and not reaching into ``.git``."""
+    if not pattern or "\x00" in pattern or pattern.startswith(("/", "~", "\\")):
+        return False
+    parts = pattern.replace("\\", "/").split("/")
+    return ".." not in parts and not any(part.lower() == ".git" for part in parts)
+
+
+def refused_argument(tool: str, arguments: dict[str, Any], root: Path) -> object | None:
+    """The first path or glob pattern of a call that leads outside the worktree or into
+    ``.git`` (what the hook refuses), or None."""
+    for key in ("file_path", "path", "notebook_path"):
+        value: object = arguments.get(key)
+        if value is not None and (not isinstance(value, str) or inside(root, value) is None):
+            return value
+    pattern: object = arguments.get(PATTERNS[tool]) if tool in PATTERNS else None
+    if pattern is not None and (not isinstance(pattern, str) or not pattern_inside(pattern)):
+        return pattern
+    return None
+
+
 def memory_files(root: Path) -> str:
     """The repository's own agent instructions (``CLAUDE.md``, ``AGENTS.md``), bounded; a
     file that is a link out of the worktree is not read."""
@@ -376,30 +403,29 @@ class _Run:
         if tool in FILE_TOOLS:
             # Opened before the check: no command may run from it to the tool's result.
             await self.windows.opening(window)
-        for key in ("file_path", "path", "notebook_path"):
-            value = arguments.get(key)
-            if value is not None and (not isinstance(value, str) or inside(root, value) is None):
-                await self.windows.closing(window)
-                log.info("refused a path outside the worktree", extra={"tool": tool})
-                await self.transcribe(
-                    Entry(
-                        kind="tool_call",
-                        tool=tool,
-                        arguments=as_json(arguments),
-                        result=f"refused: {value!r} is outside the repository or in .git",
-                        is_error=True,
-                    )
+        refused = refused_argument(tool, arguments, root)
+        if refused is not None:
+            await self.windows.closing(window)
+            log.info("refused a path outside the worktree", extra={"tool": tool})
+            await self.transcribe(
+                Entry(
+                    kind="tool_call",
+                    tool=tool,
+                    arguments=as_json(arguments),
+                    result=f"refused: {refused!r} is outside the repository or in .git",
+                    is_error=True,
                 )
-                return {
-                    "hookSpecificOutput": {
-                        "hookEventName": "PreToolUse",
-                        "permissionDecision": "deny",
-                        "permissionDecisionReason": (
-                            f"{value!r} is outside the repository or in .git; only files "
-                            "of the working directory may be used"
-                        ),
-                    }
+            )
+            return {
+                "hookSpecificOutput": {
+                    "hookEventName": "PreToolUse",
+                    "permissionDecision": "deny",
+                    "permissionDecisionReason": (
+                        f"{refused!r} is outside the repository or in .git; only files "
+                        "of the working directory may be used"
+                    ),
                 }
+            }
         self.tool_calls += 1
         if self.record is not None:
             self.record(tool_record())
