@@ -365,3 +365,21 @@ async def test_an_acp_agent_runs_commands_through_the_clients_terminal_under_the
     ]
     assert {e.status for e in entries[2:]} == {"stopped before it ended"}
     assert len(entries) == 4
+
+
+async def test_what_an_agent_says_past_the_bound_is_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent's messages are kept for the transcript and the summary up to
+    ``MAX_TEXT_CHARS``, and nothing after: one that talks without end does not grow the
+    runner's memory."""
+    import acp
+
+    from aether_agent_runner.runtimes import acp_client
+
+    monkeypatch.setattr(acp_client, "MAX_TEXT_CHARS", 10)
+    client = acp_client._Client(job=None)  # type: ignore[arg-type]  # not reached here
+    for said in ("hello ", "world", "!" * 1000, "."):
+        await client.session_update("s1", acp.update_agent_message_text(said))
+    assert client.summary() == "hello" and client.text_dropped
+    assert client.text_chars == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,20 @@ import pytest
 from aether_agent_runner.adapters.transcript import (
     DEFAULT_PATTERNS,
     REDACTED,
+    Entry,
     RecordReader,
     Redactor,
+    Transcript,
     TranscriptSettings,
     check_patterns,
     cut,
     next_run,
     secrets_in,
 )
-from aether_events import AgentCompleted, TranscriptRecorded, derived_id
+from aether_events import AgentCompleted, Event, TranscriptRecorded, derived_id
 from aether_llm import text_block
 
+from .conftest import workspace_ready
 from .test_command_runtime import needs_sandbox
 
 # Commands the tests run find the Python they run on (its virtual environment's bin).
@@ -106,6 +110,37 @@ def test_journal_records_become_turns_tool_calls_commands_and_notes() -> None:
 
 def test_runs_of_an_attempt_are_counted_on_disk(tmp_path: Path) -> None:
     assert [next_run(tmp_path) for _ in range(3)] == [0, 1, 2]
+
+
+async def test_a_run_publishes_at_most_its_entries_then_says_the_rest_are_left_out(
+    task_repo: Any,
+) -> None:
+    """An agent that floods its session (an ACP agent announcing tool calls without end)
+    does not flood the bus: past ``max_entries`` one note, then nothing."""
+    sent: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        sent.append(event)
+
+    transcript = Transcript(
+        workspace_ready(task_repo, "m-cap"),
+        emit,
+        lambda: datetime.now(UTC),
+        "r1",
+        TranscriptSettings(max_entries=3),
+        Redactor([], []),
+    )
+    for n in range(6):
+        await transcript.add(Entry(kind="tool_call", tool=f"call {n}"))
+    entries = [e for e in sent if isinstance(e, TranscriptRecorded)]
+    assert [(e.sequence, e.kind, e.tool) for e in entries[:3]] == [
+        (0, "tool_call", "call 0"),
+        (1, "tool_call", "call 1"),
+        (2, "tool_call", "call 2"),
+    ]
+    assert [(e.sequence, e.kind) for e in entries[3:]] == [(3, "note")]
+    assert "keeps 3 entries" in entries[3].text
+    assert transcript.next_sequence == 6
 
 
 # --- a runner on real NATS -------------------------------------------------------------

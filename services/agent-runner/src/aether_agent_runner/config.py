@@ -9,7 +9,11 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from aether_agent_runner.adapters.git import CommitLimits
-from aether_agent_runner.adapters.transcript import TranscriptSettings, check_patterns
+from aether_agent_runner.adapters.transcript import (
+    RUN_STRIDE,
+    TranscriptSettings,
+    check_patterns,
+)
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 from aether_llm import LLMSettings
@@ -81,6 +85,11 @@ def entry_chars(raw: str) -> int:
     return max(200, int(raw))
 
 
+def max_entries(raw: str) -> int:
+    # Below the stride that numbers a restarted run's entries after the earlier runs'.
+    return min(max(1, int(raw)), RUN_STRIDE - 1)
+
+
 class TranscriptEnv(EnvSettings, frozen=True, kw_only=True):
     """How much of each step the transcript keeps, and what more it redacts."""
 
@@ -90,9 +99,14 @@ class TranscriptEnv(EnvSettings, frozen=True, kw_only=True):
     redact: Annotated[tuple[str, ...], Env(parse=redact_patterns)] = setting(
         "AETHER_AGENT_TRANSCRIPT_REDACT", ()
     )
+    max_entries: Annotated[int, Env(parse=max_entries)] = setting(
+        "AETHER_AGENT_TRANSCRIPT_MAX_ENTRIES", TranscriptSettings().max_entries
+    )
 
     def settings(self) -> TranscriptSettings:
-        return TranscriptSettings(entry_chars=self.entry_chars, redact=self.redact)
+        return TranscriptSettings(
+            entry_chars=self.entry_chars, redact=self.redact, max_entries=self.max_entries
+        )
 
 
 class AgentSettings(EnvSettings, frozen=True, kw_only=True):

@@ -54,10 +54,13 @@ MIN_SECRET = 8
 
 class TranscriptSettings(msgspec.Struct, frozen=True, kw_only=True):
     """``entry_chars``: the most characters one field of an entry keeps; ``redact``:
-    more regular expressions whose matches are replaced."""
+    more regular expressions whose matches are replaced; ``max_entries``: the most
+    entries one run of an attempt publishes (an agent that floods its session does not
+    flood the bus and the read model)."""
 
     entry_chars: int = 4000
     redact: tuple[str, ...] = ()
+    max_entries: int = 20_000
 
 
 def check_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
@@ -233,6 +236,9 @@ class Transcript:
         self.runtime = runtime
         self.next_sequence = 0
         self.reader = RecordReader()
+        # Entries this process published for the attempt, and whether the cap was said.
+        self.published = 0
+        self.capped = False
 
     def start_run(self, run: int) -> None:
         """Number the entries from here on as run ``run`` (runtimes that start over)."""
@@ -250,9 +256,21 @@ class Transcript:
         await self.add(entry, sequence)
 
     async def add(self, entry: Entry, sequence: int | None = None) -> None:
-        """Emit ``entry`` as the next entry (or at ``sequence``)."""
+        """Emit ``entry`` as the next entry (or at ``sequence``); past ``max_entries``,
+        one note says the rest are left out, and nothing more is emitted."""
         number = self.next_sequence if sequence is None else sequence
         self.next_sequence = max(self.next_sequence, number + 1)
+        if self.published >= self._settings.max_entries:
+            if not self.capped:
+                self.capped = True
+                limit = self._settings.max_entries
+                note = Entry(
+                    kind="note",
+                    text=f"the transcript keeps {limit:,} entries of a run; the rest are left out",
+                )
+                await self._emit(self.event(note, number))
+            return
+        self.published += 1
         await self._emit(self.event(entry, number))
 
     def event(self, entry: Entry, sequence: int) -> TranscriptRecorded:

@@ -46,6 +46,9 @@ from aether_sandbox import Outcome as Ran
 from aether_sandbox import Request, Sandbox, execute
 
 MAX_SUMMARY = 2000
+# The most characters of an agent's messages kept for the transcript and the summary: what
+# an agent says beyond them is left out (it would otherwise grow the runner's memory).
+MAX_TEXT_CHARS = 1_000_000
 # What the sandbox puts in place of the middle of a command's output past its cut.
 _CUT_MARK = "bytes of output omitted"
 # How much of a running terminal command's output is kept for ``terminal/output``.
@@ -148,6 +151,9 @@ class _Client:
     text: list[str] = field(default_factory=list)
     # How much of ``text`` the transcript holds already.
     transcribed: int = 0
+    # How many characters ``text`` holds, and whether some were left out (MAX_TEXT_CHARS).
+    text_chars: int = 0
+    text_dropped: bool = False
     # How the prompt ended, once it has (for the transcript's last turn).
     stop_reason: str | None = None
     usage: Usage | None = None
@@ -186,6 +192,9 @@ class _Client:
         """The agent's last words (and how its prompt ended) as the transcript's turn."""
         await self.drained()
         text = self._new_text()
+        if self.text_dropped:
+            left_out = f"the agent's messages past {MAX_TEXT_CHARS:,} characters were left out"
+            await self.transcribe(Entry(kind="note", text=left_out))
         if text or self.stop_reason is not None:
             await self.transcribe(
                 Entry(kind="turn", text=text, stop_reason=self.stop_reason, usage=self.usage)
@@ -209,7 +218,12 @@ class _Client:
         # publishing, is done in arrival order by ``_work``.
         if isinstance(update, schema.AgentMessageChunk):
             if isinstance(update.content, schema.TextContentBlock):
-                self.text.append(update.content.text)
+                said = update.content.text
+                if self.text_dropped or self.text_chars + len(said) > MAX_TEXT_CHARS:
+                    self.text_dropped = True
+                else:
+                    self.text.append(said)
+                    self.text_chars += len(said)
         elif isinstance(update, schema.ToolCallStart):
             self.tool_calls += 1
             self.updates.put_nowait((update, len(self.text), self.tool_calls))
