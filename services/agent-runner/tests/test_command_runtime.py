@@ -41,7 +41,7 @@ if mode == "escape":
             print("wrote", target, flush=True)
         except OSError as error:
             print("refused", target, error.strerror, flush=True)
-if mode == "model":
+if mode in ("model", "model-tls"):
     import urllib.request
     request = urllib.request.Request(
         os.environ["ANTHROPIC_BASE_URL"].rstrip("/") + "/v1/messages",
@@ -49,7 +49,13 @@ if mode == "model":
                          "messages": [{"role": "user", "content": prompt}]}).encode(),
         headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"],
                  "anthropic-version": "2023-06-01", "content-type": "application/json"})
-    reply = json.load(urllib.request.urlopen(request, timeout=30))
+    opener = urllib.request.build_opener()  # HTTPS_PROXY from the environment, if set
+    if mode == "model-tls":  # trusting the certificate named by the next argument
+        import ssl
+        trusted = ssl.create_default_context(cafile=sys.argv.pop(3))
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=trusted))
+        print("proxy", os.environ.get("HTTPS_PROXY", "none"), flush=True)
+    reply = json.load(opener.open(request, timeout=30))
     print(json.dumps({"usage": reply["usage"], "text": reply["content"][0]["text"]}), flush=True)
     import socket
     for address in sys.argv[3:]:
@@ -312,6 +318,98 @@ async def test_a_cli_agent_reaches_the_model_through_the_relay_and_nothing_else(
     # The model's own address is the sandbox's loopback inside: not the host's server.
     assert any(a.startswith(f"unreachable {endpoint}") for a in actions)
     assert any(a.startswith("unreachable 1.1.1.1:53") for a in actions)
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` signed by its own key, and the key: the files."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@needs_sandbox
+async def test_a_cli_agent_reaches_an_https_model_by_its_name_through_the_relays_tunnel(
+    spec: Any,
+    tmp_path: Path,
+    task_repo: Any,
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """An https endpoint by host name (as the real API is): the tool keeps its URL, so TLS
+    checks the name it dialled, and reaches it through ``HTTPS_PROXY``, a tunnel to that
+    host and port alone; nothing else is reachable."""
+    import ssl
+
+    from aether_llm import LLMSettings, MessagesServer, Reply, text_block
+
+    from .conftest import Script
+
+    cert, key = self_signed(tmp_path / "tool", "localhost")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    reply = Reply([text_block("hi over tls")], "end_turn", input_tokens=70, output_tokens=9)
+    script = Script({"t1": [lambda request: reply]})
+    server = MessagesServer(script, ssl_context=context).start()
+    try:
+        port = server.url.rsplit(":", 1)[1]
+
+        class Endpoint:
+            def llm(self) -> LLMSettings:
+                return LLMSettings(api_key="k", base_url=f"https://localhost:{port}")
+
+        chosen = spec(
+            "model-tls",
+            sys.executable,
+            "claude-sonnet-5-5",
+            str(cert),
+            f"127.0.0.1:{port}",
+            model_endpoint=True,
+        )
+        await start_runner(Endpoint(), runtime="fake", command_runtimes=(chosen,))
+        await publish(workspace_ready(task_repo, mission_id))
+        done = await events.first(AgentCompleted)
+    finally:
+        server.stop()
+
+    assert len(script.requests) == 1
+    assert done.summary and done.usage.input_tokens == 70
+    actions = [p.last_action for p in events.of(AgentProgress)]
+    assert "hi over tls" in actions
+    assert any(a.startswith("proxy http://127.0.0.1:") for a in actions)
+    # The endpoint's own address, dialled directly, is not reachable from inside.
+    assert any(a.startswith(f"unreachable 127.0.0.1:{port}") for a in actions)
 
 
 def test_specs_are_read_from_a_json_file_and_refuse_unknown_fields(tmp_path: Path) -> None:

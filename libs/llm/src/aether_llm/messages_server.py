@@ -7,12 +7,14 @@ every caller goes through the real anthropic SDK over real HTTP. It answers
 also be API errors (429, 529, 5xx) with the documented error body. Given a
 ``PromptCache`` (``aether_llm.prompt_cache``), it reports the input side of every reply's
 usage as Anthropic's prefix cache would (the reply's own input figures are replaced).
+Given an ``ssl_context``, it speaks HTTPS.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -166,6 +168,7 @@ class MessagesServer:
     host: str = "127.0.0.1"
     requests: list[JSON] = field(default_factory=list)
     cache: PromptCache | None = None
+    ssl_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
@@ -175,7 +178,8 @@ class MessagesServer:
     @property
     def url(self) -> str:
         assert self._httpd is not None, "server not started"
-        return f"http://{self.host}:{self._httpd.server_address[1]}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self._httpd.server_address[1]}"
 
     def start(self) -> MessagesServer:
         server = self
@@ -262,6 +266,11 @@ class MessagesServer:
 
         self._httpd = _QuietServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
+        if self.ssl_context is not None:
+            # Each connection's handshake in its own thread, when its request is read.
+            self._httpd.socket = self.ssl_context.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         # A short poll: ``stop`` waits for the serving loop to notice, which with the
         # default half second is most of a test's tear-down.
         self._thread = threading.Thread(

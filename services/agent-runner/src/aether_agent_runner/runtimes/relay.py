@@ -3,8 +3,11 @@
 The runner serves a unix socket in a directory the sandbox can read; every connection to
 it is carried to the host and port of the runner's own model endpoint (whatever the tool
 sends: TLS passes through untouched). Inside, ``relay_inside`` listens on the sandbox's
-loopback and points the tool's ``ANTHROPIC_BASE_URL`` there. The sandbox's network
-namespace stays empty: no other address is reachable.
+loopback. For an ``http`` endpoint the tool's ``ANTHROPIC_BASE_URL`` points there. For an
+``https`` one the tool keeps its URL, since TLS checks the name it dialled, and reaches it
+through ``HTTPS_PROXY``: the inside relay answers ``CONNECT`` to that host and port alone
+and tunnels it. The sandbox's network namespace stays empty: no other address is
+reachable.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 INSIDE_SOURCE = Path(__file__).with_name("relay_inside.py")
+# What the inside relay is given for an https endpoint: a tunnel to this authority alone.
+TUNNEL = "connect:"
 STDIO_SOURCE = Path(__file__).with_name("stdio_inside.py")
 
 
@@ -26,32 +31,26 @@ class RelayRefused(Exception):
 
 
 def endpoint(base_url: str) -> tuple[str, int, str]:
-    """The host and port the relay connects to, and the URL the tool is given inside
-    (``{port}`` standing for the loopback port the inside relay picks)."""
+    """The host and port the relay connects to, and what the inside relay is given: the
+    URL the tool is given (``{port}`` standing for the loopback port the inside relay
+    picks), or for https ``TUNNEL`` and the authority the tool may ``CONNECT`` to."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RelayRefused(f"the model endpoint {base_url!r} is not an http(s) URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
-    if parts.scheme == "https" and not _is_loopback_or_address(host):
-        # TLS checks the name the tool dialled, and the sandbox's loopback is not that name.
-        raise RelayRefused(
-            f"the model endpoint {base_url!r} is https by host name, which the relay into an "
-            'offline sandbox cannot present; give the spec "network": "host" (the host\'s '
-            "network, an explicit choice) or point the runner at a local http endpoint"
-        )
-    inside = f"{parts.scheme}://127.0.0.1:{{port}}{parts.path.rstrip('/')}"
-    return host, port, inside
+    if parts.scheme == "https":
+        return host, port, TUNNEL + authority(host, port)
+    return host, port, f"http://127.0.0.1:{{port}}{parts.path.rstrip('/')}"
 
 
-def _is_loopback_or_address(host: str) -> bool:
-    if host == "localhost":
-        return True
+def authority(host: str, port: int) -> str:
+    """``host:port`` as a ``CONNECT`` request names it (an IPv6 address in brackets)."""
     try:
-        ipaddress.ip_address(host)
+        bracketed = ipaddress.ip_address(host).version == 6
     except ValueError:
-        return False
-    return True
+        bracketed = False
+    return f"[{host}]:{port}" if bracketed else f"{host.lower()}:{port}"
 
 
 def inside_argv(socket_path: Path, url: str, argv: list[str]) -> list[str]:
