@@ -53,6 +53,8 @@ MAX_TEXT_CHARS = 1_000_000
 _CUT_MARK = "bytes of output omitted"
 # How much of a running terminal command's output is kept for ``terminal/output``.
 LIVE_BYTES = 256 * 1024
+# How long an agent is given to exit once its session is done and its input closed.
+EXIT_GRACE_SECONDS = 5.0
 
 
 def refused_variable(name: str) -> str | None:
@@ -64,10 +66,6 @@ def refused_variable(name: str) -> str | None:
     if name == "PATH" or name.startswith(("LD_", "DYLD_")):
         return f"{name} decides which program runs; it is the runner's to set"
     return None
-
-
-# How long an agent is given to exit once its session is done and its input closed.
-EXIT_GRACE_SECONDS = 5.0
 
 
 @dataclass
