@@ -226,7 +226,8 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
 ) -> None:
     """A glob pattern names paths too: the CLI follows an absolute one out of the worktree
     (it listed the host's ``/etc`` files), so an absolute one, one climbing with ``..`` or
-    one into ``.git`` is refused like a path outside; one below the worktree is matched."""
+    one into ``.git`` is refused like a path outside; so is a path beginning with ``~``,
+    which the CLI reads as a home directory; a pattern below the worktree is matched."""
     worktree = task_repo.worktree
     scripted = model(
         {
@@ -234,6 +235,8 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
                 turn(tool_use_block("Glob", {"pattern": "/etc/host*"})),
                 turn(tool_use_block("Glob", {"pattern": "src/../../*"})),
                 turn(tool_use_block("Grep", {"pattern": "x", "glob": ".git/*"})),
+                turn(tool_use_block("Glob", {"pattern": "*", "path": "~"})),
+                turn(tool_use_block("Grep", {"pattern": "x", "path": "~/.bashrc"})),
                 turn(tool_use_block("Glob", {"pattern": "src/*.py"})),
                 turn(
                     tool_use_block("Write", {"file_path": str(worktree / "x.md"), "content": "x"})
@@ -247,11 +250,11 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
     await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
     await events.first(AgentCompleted, timeout=120)
 
-    answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:5]]
-    for refused in answers[:3]:
+    answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:7]]
+    for refused in answers[:5]:
         assert "outside the repository or in .git" in refused, answers
     assert "/etc/hostname" not in "".join(answers)  # nothing of the host listed
-    assert "app.py" in answers[3]
+    assert "app.py" in answers[5]
 
 
 async def test_claude_code_turn_limit_fails_the_task_without_retry(

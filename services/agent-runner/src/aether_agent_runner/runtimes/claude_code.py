@@ -198,8 +198,10 @@ def cli_environment(
 
 def inside(root: Path, path: str) -> str | None:
     """``path`` (absolute or relative to ``root``) as a relative path when it stays inside
-    the worktree and out of ``.git`` once symbolic links are followed, else ``None``."""
-    if not path or "\x00" in path:
+    the worktree and out of ``.git`` once symbolic links are followed, else ``None``. A
+    path beginning with ``~`` is outside: the CLI reads it as a home directory (``Glob``
+    with the path ``~`` listed the runner's)."""
+    if not path or "\x00" in path or path.startswith("~"):
         return None
     root = root.resolve()
     resolved = (root / path).resolve()
