@@ -15,7 +15,7 @@ from aether_events import AgentCompleted
 from aether_llm import text_block, tool_use_block
 
 from .conftest import git
-from .test_claude_code import RUN_COMMAND, turn
+from .test_claude_code import RUN_COMMAND, result_text, tool_results, turn
 
 if importlib.util.find_spec("claude_agent_sdk") is None:
     pytest.skip("claude_agent_sdk is not installed", allow_module_level=True)
@@ -131,6 +131,11 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
                     tool_use_block("Read", {"file_path": readme}),
                     tool_use_block("Read", {"file_path": "/etc/hostname"}),
                 ),
+                # A file tool that fails beside a command closes its window all the same.
+                turn(
+                    tool_use_block("Read", {"file_path": str(worktree / "missing.txt")}),
+                    tool_use_block(RUN_COMMAND, {"command": "python -c print(6*8)"}),
+                ),
                 turn(tool_use_block("Write", {"file_path": readme, "content": "read\n"})),
                 turn(text_block("done")),
             ]
@@ -143,8 +148,9 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
 
     assert done.summary == "done"
     opened_ids = [use_id for kind, use_id in seen if kind == "open"]
-    # Two reads, the refused one (its path is checked inside its window), one write.
-    assert len(opened_ids) == 4
+    # Two reads, the refused one (its path is checked inside its window), the failing
+    # one, one write.
+    assert len(opened_ids) == 5
     for use_id in opened_ids:
         assert ("close", use_id) in seen[seen.index(("open", use_id)) :]
     inside = False
@@ -160,4 +166,7 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
             windows.clear()
         else:
             windows.discard(what)
-    assert ("command", "starts") in seen
+    assert seen.count(("command", "starts")) == 2
+    answers = [result_text(block) for r in scripted.script.requests for block in tool_results(r)]
+    assert any("42" in a for a in answers) and any("48" in a for a in answers)
+    assert not any("still at work" in a for a in answers)
