@@ -380,7 +380,8 @@ async def test_a_reply_resumed_between_its_calls_runs_the_rest_before_asking_aga
 ) -> None:
     """A runner that died between two calls of one reply left the first one's result in
     the journal: the resumed loop runs the second (not the first again) and asks the
-    model only once every call of the reply has its result, all in one message."""
+    model only once every call of the reply has its result, all in one message. What an
+    interrupted write left (the file layer's temporary files) is removed first."""
     scripted = model({"t1": [reply(tool("write_file", path="never.txt", content="x")), finish()]})
     agent, journal, _ = make_agent(task_repo, scripted)
     conversation = start(journal)
@@ -392,10 +393,17 @@ async def test_a_reply_resumed_between_its_calls_runs_the_rest_before_asking_aga
     journal.append(conversation.reply(both, "tool_use", Usage(input_tokens=1), 0.0))
     journal.append(conversation.answer(tool_result("toolu_a", "ran"), 0.0, tool_call=True))
 
+    # What a write the runner's death cut short left behind, and a file of the agent's.
+    debris = [task_repo.worktree / "src" / ".app.py.0123456789ab.tmp"]
+    debris.append(task_repo.worktree / ".b.txt.abcdef012345.tmp")
+    for path in [*debris, task_repo.worktree / "notes.tmp"]:
+        path.write_text("half")
     again = Conversation.from_records(journal.read(), identity("m", "t1", 1, "base"))
     assert again is not None and again.awaiting_answers
     outcome = await agent.run(again)
 
+    assert not any(path.exists() for path in debris)
+    assert (task_repo.worktree / "notes.tmp").exists()
     assert outcome.finished and outcome.tool_calls == 3
     assert scripted.script.calls == ["t1:1"]
     answered = scripted.script.requests[0]["messages"][-1]["content"]

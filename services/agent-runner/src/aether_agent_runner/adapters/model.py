@@ -118,6 +118,11 @@ class Agent:
     async def run(self, conversation: Conversation) -> Outcome:
         """Work the conversation until ``finish`` or a limit; a wall-time limit cuts a model
         call or a command short."""
+        if conversation.turns:
+            # Resumed: a write the runner's death cut short may have left its file.
+            removed = await asyncio.to_thread(self.toolbox.workspace.remove_debris)
+            if removed:
+                log.warning("removed what interrupted writes left", extra={"paths": removed})
         started = self.clock() - conversation.elapsed
         remaining = self.limits.max_seconds - conversation.elapsed
         if remaining <= 0:

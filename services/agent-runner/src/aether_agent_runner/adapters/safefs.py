@@ -18,11 +18,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
+
+# A file ``replace`` writes before renaming it into place: ``.<name>.<12 hex>.tmp``.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of ``Tree.replace``'s temporary files (one a write cut
+    short by the process's death leaves behind)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -22,6 +22,7 @@ from aether_agent_runner.adapters.safefs import (
     Resolved,
     Tree,
     is_git_name,
+    is_temporary,
     open_dir,
 )
 
@@ -261,6 +262,28 @@ class Workspace:
             raise ToolError(str(error)) from None
         self._note_change(target)
         return f"deleted {target.text}"
+
+    def remove_debris(self) -> list[str]:
+        """Remove the temporary files writes cut short left (``safefs.is_temporary``: the
+        file layer's own names), the first step of a resumed attempt: a write interrupted
+        by the runner's death would otherwise leave its file to be committed with the
+        attempt's work. Not counted as the agent's changes. Returns their paths."""
+        found: list[str] = []
+        for directory, subdirectories, files in os.walk(self.root, followlinks=False):
+            subdirectories[:] = [name for name in subdirectories if not is_git_name(name)]
+            found += [
+                os.path.relpath(os.path.join(directory, name), self.root)
+                for name in files
+                if is_temporary(name)
+            ]
+        removed: list[str] = []
+        for path in sorted(found):
+            try:
+                self.tree.remove(self.locate(path))
+            except (OSError, Refused, ToolError):
+                continue  # gone meanwhile, or not the file it was: left as it is
+            removed.append(path)
+        return removed
 
     def _replace(self, target: Resolved, data: bytes) -> None:
         """Write ``data`` to ``target`` through a fresh temporary file, keeping its mode."""
