@@ -76,6 +76,61 @@ async def test_a_window_left_open_is_closed_by_the_next_reply_or_refuses_the_com
     assert windows.commands == 0 and not windows.open
 
 
+async def test_a_file_tool_waits_for_a_command_no_longer_than_the_patience() -> None:
+    from aether_agent_runner.runtimes.claude_code import FileWindows
+
+    windows = FileWindows(patience=0.05)
+    async with windows.command():
+        assert not await windows.opening("read-1")  # refused: the command still runs
+    assert await windows.opening("read-2")
+    assert windows.open == {"read-2"}
+
+
+async def test_a_check_that_fails_blocks_the_call_it_was_to_check(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check that cannot be made refuses the call (the CLI would take a hook that
+    fails for no decision, and run the tool unchecked, were it not told to block)."""
+    from aether_agent_runner.runtimes import claude_code
+
+    checked = claude_code.refused_argument
+
+    def failing(tool: str, arguments: dict[str, Any], root: Any) -> object | None:
+        if tool == "Read":
+            raise RuntimeError("the check broke")
+        return checked(tool, arguments, root)
+
+    monkeypatch.setattr(claude_code, "refused_argument", failing)
+    worktree = task_repo.worktree
+    (worktree / "secret.txt").write_text("the contents\n")
+    scripted = model(
+        {
+            "t1": [
+                turn(tool_use_block("Read", {"file_path": str(worktree / "secret.txt")})),
+                turn(
+                    tool_use_block("Write", {"file_path": str(worktree / "x.md"), "content": "x"})
+                ),
+                turn(text_block("done")),
+            ]
+        }
+    )
+    await start_runner(scripted, runtime="claude-code")
+    base = git(worktree, "rev-parse", "HEAD")
+    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
+    await events.first(AgentCompleted, timeout=120)
+
+    [answer] = tool_results(scripted.script.requests[1])
+    assert "could not check this call's paths" in result_text(answer)
+    assert "the contents" not in result_text(answer)
+
+
 async def test_the_clis_file_tools_and_commands_do_not_overlap(
     task_repo: Any,
     model: Callable[..., Any],
@@ -95,9 +150,11 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
     seen: list[tuple[str, str | None]] = []
     opening, closing, command = FileWindows.opening, FileWindows.closing, FileWindows.command
 
-    async def opened(self: Any, use_id: str) -> None:
-        await opening(self, use_id)
-        seen.append(("open", use_id))
+    async def opened(self: Any, use_id: str) -> bool:
+        done: bool = await opening(self, use_id)
+        if done:
+            seen.append(("open", use_id))
+        return done
 
     async def closed(self: Any, use_id: str | None = None) -> None:
         seen.append(("close", use_id))

@@ -72,8 +72,11 @@ MAX_MEMORY_CHARS = 32_000
 # is logged: one of the two price lists is out of date.
 COST_TOLERANCE = 0.01
 # How long a command waits for Claude Code's own file tools at work (a read, an edit, a
-# search: quick) before it is refused (see ``FileWindows``).
+# search: quick), and a file tool for a command, before it is refused (``FileWindows``).
 FILE_TOOL_PATIENCE_SECONDS = 30.0
+# The CLI's limit on one PreToolUse hook, whose check may wait that long: past it the CLI
+# would fail the hook (and, blocking on failure, the tool).
+PRE_TOOL_HOOK_SECONDS = 2 * FILE_TOOL_PATIENCE_SECONDS
 
 
 class CommandBusy(Exception):
@@ -99,11 +102,17 @@ class FileWindows:
     commands: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def opening(self, use_id: str) -> None:
-        """Open a file tool's window once no command runs."""
+    async def opening(self, use_id: str) -> bool:
+        """Open a file tool's window once no command runs; False when one still runs after
+        ``patience`` (the tool is then refused)."""
         async with self.changed:
-            await self.changed.wait_for(lambda: self.commands == 0)
+            try:
+                async with asyncio.timeout(self.patience):
+                    await self.changed.wait_for(lambda: self.commands == 0)
+            except TimeoutError:
+                return False
             self.open.add(use_id)
+            return True
 
     async def closing(self, use_id: str | None = None) -> None:
         """Close a file tool's window (``None``: every one left open)."""
@@ -238,6 +247,17 @@ def refused_argument(tool: str, arguments: dict[str, Any], root: Path) -> object
     if pattern is not None and (not isinstance(pattern, str) or not pattern_inside(pattern)):
         return pattern
     return None
+
+
+def deny(reason: str) -> sdk.HookJSONOutput:
+    """A PreToolUse answer that refuses the call, telling the model why."""
+    return {
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": reason,
+        }
+    }
 
 
 def memory_files(root: Path) -> str:
@@ -402,10 +422,19 @@ class _Run:
         arguments: dict[str, Any] = tool_input if isinstance(tool_input, dict) else {}
         root = self.job.worktree
         window = tool_use_id or f"call-{self.tool_calls + 1}"
-        if tool in FILE_TOOLS:
-            # Opened before the check: no command may run from it to the tool's result.
-            await self.windows.opening(window)
-        refused = refused_argument(tool, arguments, root)
+        # Opened before the check: no command may run from it to the tool's result.
+        if tool in FILE_TOOLS and not await self.windows.opening(window):
+            return deny(
+                f"a command of yours was still running after {self.windows.patience:g} s; "
+                f"call {tool} again once it has ended"
+            )
+        try:
+            refused = refused_argument(tool, arguments, root)
+        except Exception:
+            # Refused, not let through: a check that cannot be made is not a pass.
+            await self.windows.closing(window)
+            log.exception("a call's paths could not be checked", extra={"tool": tool})
+            return deny("the runner could not check this call's paths; it was not run")
         if refused is not None:
             await self.windows.closing(window)
             log.info("refused a path outside the worktree", extra={"tool": tool})
@@ -418,16 +447,10 @@ class _Run:
                     is_error=True,
                 )
             )
-            return {
-                "hookSpecificOutput": {
-                    "hookEventName": "PreToolUse",
-                    "permissionDecision": "deny",
-                    "permissionDecisionReason": (
-                        f"{refused!r} is outside the repository or in .git; only files "
-                        "of the working directory may be used"
-                    ),
-                }
-            }
+            return deny(
+                f"{refused!r} is outside the repository or in .git; only files of the "
+                "working directory may be used"
+            )
         self.tool_calls += 1
         if self.record is not None:
             self.record(tool_record())
@@ -720,7 +743,16 @@ class ClaudeCodeRuntime:
             max_turns=job.limits.max_turns,
             max_budget_usd=job.limits.max_cost_usd,
             hooks={
-                "PreToolUse": [sdk.HookMatcher(hooks=[run.before_tool])],
+                # A check that fails or outlasts its time blocks the call: the CLI's
+                # default takes a failed hook for no decision, which would let the tool
+                # run unchecked.
+                "PreToolUse": [
+                    sdk.HookMatcher(
+                        hooks=[run.before_tool],
+                        timeout=PRE_TOOL_HOOK_SECONDS,
+                        on_failure="block",
+                    )
+                ],
                 "PostToolUse": [sdk.HookMatcher(hooks=[run.after_tool])],
                 "PostToolUseFailure": [sdk.HookMatcher(hooks=[run.after_failed_tool])],
                 "Stop": [sdk.HookMatcher(hooks=[run.stopped])],
