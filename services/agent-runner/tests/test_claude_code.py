@@ -58,6 +58,24 @@ def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
     return [block for block in last["content"] if block.get("type") == "tool_result"]
 
 
+async def worked_by_claude_code(
+    scripted: Any,
+    task_repo: Any,
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> AgentCompleted:
+    """Task t1 worked by the Claude Code runtime against ``scripted``, from the worktree's
+    head: its AgentCompleted."""
+    await start_runner(scripted, runtime="claude-code")
+    base = git(task_repo.worktree, "rev-parse", "HEAD")
+    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
+    done: AgentCompleted = await events.first(AgentCompleted, timeout=120)
+    return done
+
+
 def result_text(block: dict[str, Any]) -> str:
     content = block.get("content")
     if isinstance(content, list):
@@ -245,10 +263,9 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
             ]
         }
     )
-    await start_runner(scripted, runtime="claude-code")
-    base = git(worktree, "rev-parse", "HEAD")
-    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
-    await events.first(AgentCompleted, timeout=120)
+    await worked_by_claude_code(
+        scripted, task_repo, start_runner, publish, events, mission_id, workspace_ready
+    )
 
     answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:7]]
     for refused in answers[:5]:

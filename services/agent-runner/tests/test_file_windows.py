@@ -8,14 +8,11 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import pytest
 
-from aether_events import AgentCompleted
 from aether_llm import text_block, tool_use_block
 
-from .conftest import git
-from .test_claude_code import RUN_COMMAND, result_text, tool_results, turn
+from .test_claude_code import RUN_COMMAND, result_text, tool_results, turn, worked_by_claude_code
 
 if importlib.util.find_spec("claude_agent_sdk") is None:
     pytest.skip("claude_agent_sdk is not installed", allow_module_level=True)
@@ -121,10 +118,9 @@ async def test_a_check_that_fails_blocks_the_call_it_was_to_check(
             ]
         }
     )
-    await start_runner(scripted, runtime="claude-code")
-    base = git(worktree, "rev-parse", "HEAD")
-    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
-    await events.first(AgentCompleted, timeout=120)
+    await worked_by_claude_code(
+        scripted, task_repo, start_runner, publish, events, mission_id, workspace_ready
+    )
 
     [answer] = tool_results(scripted.script.requests[1])
     assert "could not check this call's paths" in result_text(answer)
@@ -198,10 +194,9 @@ async def test_the_clis_file_tools_and_commands_do_not_overlap(
             ]
         }
     )
-    await start_runner(scripted, runtime="claude-code")
-    base = git(worktree, "rev-parse", "HEAD")
-    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
-    done = await events.first(AgentCompleted, timeout=120)
+    done = await worked_by_claude_code(
+        scripted, task_repo, start_runner, publish, events, mission_id, workspace_ready
+    )
 
     assert done.summary == "done"
     opened_ids = [use_id for kind, use_id in seen if kind == "open"]
