@@ -245,7 +245,8 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
     """A glob pattern names paths too: the CLI follows an absolute one out of the worktree
     (it listed the host's ``/etc`` files), so an absolute one, one climbing with ``..`` or
     one into ``.git`` is refused like a path outside; so is a path beginning with ``~``,
-    which the CLI reads as a home directory; a pattern below the worktree is matched."""
+    which the CLI reads as a home directory, and one with space around it, which the CLI
+    trims after the hook has seen it; a pattern below the worktree is matched."""
     worktree = task_repo.worktree
     scripted = model(
         {
@@ -255,6 +256,9 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
                 turn(tool_use_block("Grep", {"pattern": "x", "glob": ".git/*"})),
                 turn(tool_use_block("Glob", {"pattern": "*", "path": "~"})),
                 turn(tool_use_block("Grep", {"pattern": "x", "path": "~/.bashrc"})),
+                turn(tool_use_block("Glob", {"pattern": "*", "path": " /etc"})),
+                turn(tool_use_block("Grep", {"pattern": "root", "path": "\t/etc/passwd"})),
+                turn(tool_use_block("Glob", {"pattern": " /etc/host*"})),
                 turn(tool_use_block("Glob", {"pattern": "src/*.py"})),
                 turn(
                     tool_use_block("Write", {"file_path": str(worktree / "x.md"), "content": "x"})
@@ -267,11 +271,12 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
         scripted, task_repo, start_runner, publish, events, mission_id, workspace_ready
     )
 
-    answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:7]]
-    for refused in answers[:5]:
+    answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:10]]
+    for refused in answers[:8]:
         assert "outside the repository or in .git" in refused, answers
     assert "/etc/hostname" not in "".join(answers)  # nothing of the host listed
-    assert "app.py" in answers[5]
+    assert "root:x:" not in "".join(answers)  # nor read
+    assert "app.py" in answers[8]
 
 
 async def test_claude_code_turn_limit_fails_the_task_without_retry(

@@ -209,8 +209,9 @@ def inside(root: Path, path: str) -> str | None:
     """``path`` (absolute or relative to ``root``) as a relative path when it stays inside
     the worktree and out of ``.git`` once symbolic links are followed, else ``None``. A
     path beginning with ``~`` is outside: the CLI reads it as a home directory (``Glob``
-    with the path ``~`` listed the runner's)."""
-    if not path or "\x00" in path or path.startswith("~"):
+    with the path ``~`` listed the runner's). So is one the CLI would read otherwise than
+    it is written (``unlike_read``)."""
+    if unlike_read(path) or path.startswith("~"):
         return None
     root = root.resolve()
     resolved = (root / path).resolve()
@@ -227,10 +228,20 @@ def inside(root: Path, path: str) -> str | None:
 PATTERNS = {"Glob": "pattern", "Grep": "glob"}
 
 
+def unlike_read(text: str) -> bool:
+    """Whether the CLI might read a path or pattern otherwise than it is written: empty,
+    with a control character, or with space around it, which the CLI trims before it
+    uses the path and after the hook has seen it (``Grep`` with the path ``\\t/etc/passwd``
+    answered that file's lines)."""
+    return (
+        not text or text != text.strip() or any(ord(char) < 32 or ord(char) == 127 for char in text)
+    )
+
+
 def pattern_inside(pattern: str) -> bool:
     """Whether a glob pattern stays below the directory it is matched in: relative, with no
     ``..`` among its parts, and not reaching into ``.git``."""
-    if not pattern or "\x00" in pattern or pattern.startswith(("/", "~", "\\")):
+    if unlike_read(pattern) or pattern.startswith(("/", "~", "\\")):
         return False
     parts = pattern.replace("\\", "/").split("/")
     return ".." not in parts and not any(part.lower() == ".git" for part in parts)
