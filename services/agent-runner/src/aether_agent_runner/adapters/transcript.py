@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from aether_agent_runner.adapters.commands import is_secret_name
+from aether_agent_runner.adapters.tools import ToolResult
 from aether_events import (
     Event,
     TranscriptKind,
@@ -122,6 +123,21 @@ class Entry:
     status: str = ""
     stop_reason: str | None = None
     usage: Usage | None = None
+
+
+def command_entry(tool: str, arguments: dict[str, Any], result: ToolResult) -> Entry:
+    """The ``command`` entry of a ``run_command`` a runtime carried out for its agent: its
+    output, and how it ended (``refused`` when it did not run)."""
+    ran = result.ran
+    return Entry(
+        kind="command",
+        tool=tool,
+        arguments=as_json(arguments),
+        result=result.content,
+        is_error=result.is_error,
+        exit_code=None if ran is None else ran.exit_code,
+        status="refused" if ran is None else ran.status(),
+    )
 
 
 def as_json(value: Any) -> str:

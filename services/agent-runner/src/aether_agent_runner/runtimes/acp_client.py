@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from acp import schema
 
 from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.tools import ToolResult
-from aether_agent_runner.adapters.transcript import Entry, as_json
+from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.command import NOT_STARTED, CommandRuntime, _Failed, _Seen
@@ -319,24 +319,21 @@ class _Client:
 
     async def _command(self, line: str, cwd: str, env: dict[str, str], live: _Live) -> ToolResult:
         arguments = {"command": line, "cwd": cwd}
-        entry = Entry(kind="command", tool="terminal", arguments=as_json(arguments))
         try:
             result = await self.job.toolbox.call(
                 "run_command", arguments, env=env, on_output=live.keep
             )
         except asyncio.CancelledError:
-            await self.transcribe(replace(entry, is_error=True, status="stopped before it ended"))
-            raise
-        ran = result.ran
-        await self.transcribe(
-            replace(
-                entry,
-                result=result.content,
-                is_error=result.is_error,
-                exit_code=None if ran is None else ran.exit_code,
-                status="refused" if ran is None else ran.status(),
+            stopped = Entry(
+                kind="command",
+                tool="terminal",
+                arguments=as_json(arguments),
+                is_error=True,
+                status="stopped before it ended",
             )
-        )
+            await self.transcribe(stopped)
+            raise
+        await self.transcribe(command_entry("terminal", arguments, result))
         return result
 
     def _terminal(self, terminal_id: str) -> _Terminal:

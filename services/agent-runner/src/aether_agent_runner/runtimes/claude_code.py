@@ -46,7 +46,7 @@ import msgspec
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.tools import ToolResult
-from aether_agent_runner.adapters.transcript import Entry, as_json
+from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
 from aether_agent_runner.runtimes.prompt import repository_map, task_prompt
@@ -508,18 +508,7 @@ class _Run:
                 result = await toolbox.call("run_command", arguments)
         except CommandBusy as busy:
             result = ToolResult(str(busy), True)
-        ran = result.ran
-        await self.transcribe(
-            Entry(
-                kind="command",
-                tool="run_command",
-                arguments=as_json(arguments),
-                result=result.content,
-                is_error=result.is_error,
-                exit_code=None if ran is None else ran.exit_code,
-                status="refused" if ran is None else ran.status(),
-            )
-        )
+        await self.transcribe(command_entry("run_command", arguments, result))
         return {"content": [{"type": "text", "text": result.content}], "is_error": result.is_error}
 
     async def stopped(
