@@ -155,6 +155,44 @@ async def test_new_entries_are_sent_live_on_the_missions_event_stream(http, nc, 
     assert (data["task_id"], data["sequence"], data["exit_code"]) == ("t1", 4, 0)
 
 
+async def test_an_attempts_end_reaches_a_telemetry_client_after_the_entries_before_it(
+    gateway_server, nc, script
+):
+    """The runner stores an attempt's transcript before its end; the hub's two followers
+    run apart, and a client following both gets the end after those entries however
+    far the telemetry follower lags (a client that stops at the mission's end would
+    otherwise never print them)."""
+    import asyncio
+
+    from aether_gateway.adapters.hub import Filter, Hub, StreamedEvent
+
+    hub = Hub()
+    await hub.start(nc.jetstream(), asyncio.Event())
+    follower = hub._telemetry
+    assert follower is not None
+    delivered = follower._deliver
+
+    async def lagging(msg):
+        await asyncio.sleep(0.3)
+        await delivered(msg)
+
+    follower._deliver = lagging  # type: ignore[method-assign]
+    try:
+        watching = hub.subscribe(Filter(mission_id=script.mission_id, telemetry=True))
+        plain = hub.subscribe(Filter(mission_id=script.mission_id))
+        await publish(nc, entry(script, 1, 3, "command", exit_code=0))
+        await publish(nc, script.agent_completed("t1"))
+        received = [await watching.next(5), await watching.next(5)]
+        assert [e.type for e in received if isinstance(e, StreamedEvent)] == [
+            "transcript_recorded",
+            "agent_completed",
+        ]
+        only = await plain.next(5)
+        assert isinstance(only, StreamedEvent) and only.type == "agent_completed"
+    finally:
+        await hub.stop()
+
+
 async def test_the_cli_prints_the_transcript_and_follows_it_until_the_mission_ends(
     http, gateway_server, nc, script, capsys
 ):

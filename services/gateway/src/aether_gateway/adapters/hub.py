@@ -9,6 +9,13 @@ A client registers first and replays afterwards: everything after ``Subscriber.s
 (the hub's last sequence when the client registered) reaches its queue, and everything
 up to it comes from the ring or the read model. Nothing falls between the two, and the
 client drops live events it already replayed, so there is no gap and no duplicate.
+
+The two followers run apart, so an attempt's end (on the mission stream) could reach a
+client before the attempt's last transcript entries (on telemetry), which the runner
+stores before it publishes the end; a client that stops at the mission's end would then
+never see them. While some client follows a mission with its telemetry, the hub holds
+an attempt's end until its telemetry follower has caught up with the telemetry stored
+by then (``TELEMETRY_WAIT_SECONDS`` at most).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from aether_events import (
     ALL_TELEMETRY,
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
+    AgentCompleted,
+    AgentFailed,
     Event,
     UnknownEventType,
     decode,
@@ -43,6 +52,10 @@ from aether_runtime.reconnect import Reconnects
 from aether_runtime.unanswered import stream_end
 
 log = logging.getLogger("aether.gateway.hub")
+
+# How long an attempt's end waits for the telemetry stored before it to reach clients.
+TELEMETRY_WAIT_SECONDS = 2.0
+ATTEMPT_ENDS = frozenset(tag_of(cls) for cls in (AgentCompleted, AgentFailed))
 
 
 class StreamedEvent:
@@ -175,6 +188,10 @@ class Hub:
         self._telemetry_wanted: set[Subscriber] = set()
         self.telemetry_passed_over = 0  # telemetry messages nobody wanted (for tests)
         self._followers: list[Follower] = []
+        self._js: JetStreamContext | None = None
+        self._telemetry: Follower | None = None
+        # Attempts' ends waiting for the telemetry follower to move (see the module).
+        self._telemetry_waiters: list[asyncio.Future[None]] = []
         self._watcher: asyncio.Task[None] | None = None
         self.last_sequence = 0
         # The ring holds every decodable event with floor < sequence <= last_sequence.
@@ -194,8 +211,18 @@ class Hub:
         once when given the connection's ``reconnects``)."""
         last = await stream_end(js, MISSIONS_STREAM)
         self.last_sequence = self.floor = last
+        self._js = js
         # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
         # creation the bus permissions refuse (see ``aether_runtime.follow``).
+        self._telemetry = Follower(
+            js,
+            TELEMETRY_STREAM,
+            [ALL_TELEMETRY],
+            self._on_telemetry,
+            new_only=True,
+            name="gateway-hub-telemetry",
+            reconnects=reconnects,
+        )
         self._followers = [
             Follower(
                 js,
@@ -206,15 +233,7 @@ class Hub:
                 name="gateway-hub-missions",
                 reconnects=reconnects,
             ),
-            Follower(
-                js,
-                TELEMETRY_STREAM,
-                [ALL_TELEMETRY],
-                self._on_telemetry,
-                new_only=True,
-                name="gateway-hub-telemetry",
-                reconnects=reconnects,
-            ),
+            self._telemetry,
         ]
         for follower in self._followers:
             await follower.start()
@@ -293,6 +312,8 @@ class Hub:
         if sequence <= self.last_sequence:
             return
         event = self._streamed(msg, sequence)
+        if event is not None and event.type in ATTEMPT_ENDS and self._telemetry_watched(event):
+            await self._telemetry_caught_up()
         self.last_sequence = sequence
         if event is None:
             return
@@ -303,12 +324,39 @@ class Hub:
         self._dispatch(event, self._targets(event.mission_id))
 
     async def _on_telemetry(self, msg: Msg) -> None:
+        if self._telemetry_waiters:
+            waiters, self._telemetry_waiters = self._telemetry_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if not self._telemetry_wanted:
             self.telemetry_passed_over += 1
             return
         event = self._streamed(msg, None)
         if event is not None:
             self._dispatch(event, self._targets(event.mission_id))
+
+    def _telemetry_watched(self, event: StreamedEvent) -> bool:
+        return any(s.filter.mission_id in (None, event.mission_id) for s in self._telemetry_wanted)
+
+    async def _telemetry_caught_up(self) -> None:
+        """Wait until the telemetry follower has delivered what the telemetry stream
+        holds now (at most ``TELEMETRY_WAIT_SECONDS``)."""
+        follower, js = self._telemetry, self._js
+        if follower is None or js is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(TELEMETRY_WAIT_SECONDS):
+                info = await js.stream_info(TELEMETRY_STREAM)
+                while follower.last_sequence < info.state.last_seq:
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._telemetry_waiters.append(waiter)
+                    await waiter
+        except TimeoutError:
+            log.info("an attempt's end sent before the telemetry follower caught up")
+        except Exception as error:  # the server unreachable: the end is not held for it
+            log.info("telemetry position not known", extra={"error": repr(error)})
 
     def _targets(self, mission_id: str) -> Iterable[Subscriber]:
         yield from list(self._everything)
