@@ -121,6 +121,43 @@ def test_execute_sync_runs_without_an_event_loop(tmp_path: Path) -> None:
     assert outcome.exit_code == 0 and outcome.output == "/tmp/home\n"
 
 
+@needs_bwrap
+async def test_a_home_asked_for_is_the_commands_home_and_outlives_it(tmp_path: Path) -> None:
+    """A request's ``home`` is the command's ``HOME``, writable and kept on the host
+    (where an agent keeps the sessions a restarted runner loads); what the command writes
+    there counts against its disk cap as what it writes into its workdir does."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    sandbox = open_sandbox(SandboxSettings())
+    script = "echo $HOME; echo kept > $HOME/session; echo gone > /tmp/scratch"
+    outcome = await execute(
+        sandbox, Request(["sh", "-c", script], workdir, workdir, ENV, home=home)
+    )
+    assert outcome.exit_code == 0 and outcome.output == "/tmp/home\n"
+    assert (home / "session").read_text() == "kept\n"
+    assert list(workdir.iterdir()) == [] and not (tmp_path / "scratch").exists()
+
+    unconfined = Unconfined(SandboxSettings(backend="unconfined"))
+    outcome = await execute(
+        unconfined, Request(["sh", "-c", "echo $HOME"], workdir, workdir, ENV, home=home)
+    )
+    assert outcome.output == f"{home}\n"
+
+    # Many files, each under the per-file cap, filling the home past the sum.
+    code = (
+        "import os, time\n"
+        "for n in range(40):\n"
+        "    open(os.path.join(os.environ['HOME'], f'f{n}'), 'wb').write(b'x' * 400_000)\n"
+        "    time.sleep(0.05)\n"
+    )
+    limits = Limits(disk_bytes=MIB)
+    request = Request([sys.executable, "-c", code], workdir, workdir, ENV, limits, home=home)
+    outcome = await execute(sandbox, request)
+    assert outcome.stopped == "it wrote more than 1 MiB into the worktree and its home"
+    assert len(list(home.glob("f*"))) < 40
+
+
 async def test_limits_apply_unconfined_too(tmp_path: Path) -> None:
     sandbox = Unconfined(SandboxSettings(backend="unconfined"))
     code = "open('big', 'wb').write(b'x' * (4 << 20))"

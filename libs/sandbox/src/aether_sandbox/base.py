@@ -30,7 +30,9 @@ class Request:
     ``protect`` are entries inside ``workdir`` that stay read-only (a ``.git`` file) or,
     for directories, are hidden behind an empty read-only one; ``read_only`` are more host
     paths it may read (on top of the system directories and the Python runtime); ``stdin``
-    a host file the command reads on its standard input (else it reads nothing)."""
+    a host file the command reads on its standard input (else it reads nothing); ``home``
+    a host directory that is the command's ``HOME``, writable and kept once it ends (where
+    an agent keeps its sessions; else ``HOME`` is in the sandbox's private ``/tmp``)."""
 
     argv: list[str]
     workdir: Path
@@ -40,6 +42,12 @@ class Request:
     read_only: tuple[Path, ...] = ()
     protect: tuple[Path, ...] = ()
     stdin: Path | None = None
+    home: Path | None = None
+
+    @property
+    def writable(self) -> tuple[Path, ...]:
+        """The host trees the command may write: ``workdir``, and ``home`` if given."""
+        return (self.workdir,) if self.home is None else (self.workdir, self.home)
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,10 @@ class Unconfined:
         self.settings = settings
 
     def launch(self, request: Request) -> Launch:
-        return Launch(list(request.argv), dict(request.env), request.cwd)
+        env = dict(request.env)
+        if request.home is not None:
+            env["HOME"] = str(request.home)
+        return Launch(list(request.argv), env, request.cwd)
 
 
 _marked = False

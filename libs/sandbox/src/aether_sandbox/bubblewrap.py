@@ -5,7 +5,8 @@ hashes and host keys masked), the Python runtime the service runs on, the direct
 ``PATH`` and any operator-named path, all read-only; a fresh ``/proc`` of a new PID
 namespace (so no other process, and no other process's environment, is visible); a
 minimal ``/dev``; a private ``/tmp`` (a size-capped tmpfs holding ``HOME``); and the
-request's ``workdir``, the only place a write reaches the host. New user, PID, IPC, UTS
+request's ``workdir``, the only place a write reaches the host (with its ``home``, when
+it asks for one, bound as ``HOME``). New user, PID, IPC, UTS
 and (unless the operator chose ``host``) network namespaces; no further user namespaces
 inside; a new session (no terminal injection); killed when its parent dies. The end of the
 command's first process ends the PID namespace, which takes every process it left behind
@@ -115,6 +116,9 @@ class Bubblewrap:
 
     def launch(self, request: Request) -> Launch:
         env, directories = scratch_env(request.env)
+        if request.home is not None:
+            env["HOME"] = str(HOME)  # bound there from the host (``mounts``)
+            directories = [d for d in directories if d != str(HOME)]
         args = [*self.namespaces(), *self.mounts(request)]
         for directory in directories:
             args += ["--dir", directory]
@@ -197,6 +201,8 @@ class Bubblewrap:
                 shown.append(path)
                 real.append(path)
         args += ["--bind", str(workdir), str(workdir)]
+        if request.home is not None:
+            args += ["--bind", str(request.home), str(HOME)]
         for path in request.protect:
             if path.is_symlink() or not path.exists():
                 continue

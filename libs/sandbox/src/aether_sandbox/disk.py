@@ -1,4 +1,4 @@
-"""Watching what a command writes into its workdir.
+"""Watching what a command writes into its workdir (and its home, when it has one).
 
 RLIMIT_FSIZE bounds each file; this bounds the sum and the number of new entries. The
 file system's free space and free inodes are cheap to read and can only overstate what
@@ -20,45 +20,57 @@ from aether_sandbox.settings import MIB, Limits
 
 
 class DiskWatch:
-    def __init__(self, root: Path, limits: Limits) -> None:
-        self.root = root
+    """The trees a command may write (its workdir, and its home when it has one): the
+    sum of what it wrote into them, and the entries it made there."""
+
+    def __init__(self, roots: tuple[Path, ...], limits: Limits) -> None:
+        self.roots = roots
         self.bytes = limits.disk_bytes
         self.files = limits.files
         self.since_ns = time.time_ns()
-        self._base = self._stat()
+        self._base = [self._stat(root) for root in roots]
         self._walked_at = 0.0
 
-    def _stat(self) -> os.statvfs_result | None:
+    @staticmethod
+    def _stat(root: Path) -> os.statvfs_result | None:
         try:
-            return os.statvfs(self.root)
+            return os.statvfs(root)
         except OSError:
             return None
 
+    def _may_be_over(self) -> bool:
+        """Whether any file system a root is on lost more than the caps since the start."""
+        for root, base in zip(self.roots, self._base, strict=True):
+            now = self._stat(root)
+            if base is None or now is None:
+                continue
+            lost_bytes = (base.f_bavail - now.f_bavail) * now.f_frsize
+            lost_inodes = base.f_favail - now.f_favail
+            if self.bytes is not None and lost_bytes > self.bytes:
+                return True
+            if self.files is not None and now.f_files > 0 and lost_inodes > self.files:
+                return True
+        return False
+
     def over(self) -> str | None:
         """Why the command has written too much, or ``None``."""
-        now = self._stat()
-        if self._base is None or now is None:
-            return None
-        lost_bytes = (self._base.f_bavail - now.f_bavail) * now.f_frsize
-        lost_inodes = self._base.f_favail - now.f_favail
-        may_bytes = self.bytes is not None and lost_bytes > self.bytes
-        may_files = self.files is not None and now.f_files > 0 and lost_inodes > self.files
-        if not (may_bytes or may_files):
+        if not self._may_be_over():
             return None
         if time.monotonic() - self._walked_at < 0.5:
             return None
         written, created = self.walk()
         self._walked_at = time.monotonic()
+        where = "the worktree" if len(self.roots) == 1 else "the worktree and its home"
         if self.bytes is not None and written > self.bytes:
-            return f"it wrote more than {self.bytes / MIB:g} MiB into the worktree"
+            return f"it wrote more than {self.bytes / MIB:g} MiB into {where}"
         if self.files is not None and created > self.files:
-            return f"it created more than {self.files:,} files in the worktree"
+            return f"it created more than {self.files:,} files in {where}"
         return None
 
     def walk(self) -> tuple[int, int]:
         """(bytes in files changed since the start, entries created or changed since)."""
         written = created = 0
-        stack = [str(self.root)]
+        stack = [str(root) for root in self.roots]
         while stack:
             directory = stack.pop()
             with contextlib.suppress(OSError), os.scandir(directory) as entries:

@@ -168,7 +168,7 @@ async def execute(
     """
     from aether_sandbox.warm import WarmSandbox  # here: the warm sandbox builds on this module
 
-    if on_output is not None or request.stdin is not None:
+    if on_output is not None or request.stdin is not None or request.home is not None:
         # A whole program fed a file or read as it runs (an agent CLI, not a command of
         # the agent's): a sandbox of its own, never the attempt's kept one. It gets no
         # egress relay (that is the kept sandbox's init): its spec names its network.
@@ -200,7 +200,7 @@ async def execute_cold(
     cgroup = None if gate is not None else Cgroup.create(limits, sandbox.settings.cgroup)
     began = time.monotonic()
     deadline = began + limits.wall_seconds
-    disk = DiskWatch(request.workdir, limits)
+    disk = DiskWatch(request.writable, limits)
     collector = OutputCollector(output_chars)
     try:
         if gate is not None and launch.held is not None:
