@@ -24,6 +24,7 @@ from aether_events import (
 from aether_llm import load_prices
 
 from .test_command_runtime import needs_sandbox
+from .test_processes import runners  # noqa: F401 - the fixture is used by name
 from .test_service import git_log
 
 # Whether it is installed, not imported: every worker collects this module, and importing
@@ -46,7 +47,69 @@ class Agent:
     async def initialize(self, protocol_version, client_capabilities=None, client_info=None, **kw):
         self.fs = client_capabilities.fs
         self.terminal = client_capabilities.terminal
-        return schema.InitializeResponse(protocol_version=protocol_version)
+        loads = MODE in ("resumable", "loads")
+        return schema.InitializeResponse(
+            protocol_version=protocol_version,
+            agent_capabilities=schema.AgentCapabilities(load_session=loads))
+
+    # Sessions kept in the agent's home, as a real agent keeps them: what a load finds.
+    def saved(self, session_id):
+        return os.path.join(os.environ["HOME"], "sessions", session_id + ".json")
+
+    def save(self):
+        os.makedirs(os.path.dirname(self.saved(self.session_id)), exist_ok=True)
+        with open(self.saved(self.session_id), "w") as out:
+            json.dump(self.session, out)
+
+    async def load_session(self, cwd, session_id, mcp_servers=None, **kw):
+        if not os.path.exists(self.saved(session_id)):
+            raise acp.RequestError.resource_not_found(session_id)
+        self.cwd, self.session_id = cwd, session_id
+        with open(self.saved(session_id)) as saved:
+            self.session = json.load(saved)
+        self.session["loaded"] += 1
+        self.save()
+        # The conversation so far, replayed to the client as the protocol has it.
+        for said in self.session["said"]:
+            await self.conn.session_update(
+                session_id=session_id, update=acp.update_agent_message_text(said))
+        update = acp.start_tool_call("r1", "Replayed call", kind="edit", status="completed")
+        await self.conn.session_update(session_id=session_id, update=update)
+        return schema.LoadSessionResponse()
+
+    async def steps(self, session_id, text):
+        # Two steps, the session saved after each; "resumable" waits after the first for
+        # the runner to be killed.
+        session = self.session
+        session["prompts"].append(text[:300])
+        self.save()
+        if session["steps"] == 0:
+            update = acp.start_tool_call("c1", "Write part1.txt", kind="edit", status="pending")
+            await self.conn.session_update(session_id=session_id, update=update)
+            await self.conn.write_text_file(
+                path=os.path.join(self.cwd, "part1.txt"), content="one\n", session_id=session_id)
+            session["steps"] = 1
+            session["said"].append("wrote part1.txt")
+            self.save()
+            await self.conn.session_update(
+                session_id=session_id, update=acp.update_agent_message_text("wrote part1.txt"))
+            if MODE == "resumable":
+                open(os.path.join(os.environ["HOME"], "step1.done"), "w").close()
+                await asyncio.sleep(600)
+        update = acp.start_tool_call("c2", "Write part2.txt", kind="edit", status="pending")
+        await self.conn.session_update(session_id=session_id, update=update)
+        written = f"after {session['steps']} step(s), loaded {session['loaded']} time(s)\n"
+        await self.conn.write_text_file(
+            path=os.path.join(self.cwd, "part2.txt"), content=written, session_id=session_id)
+        session["steps"] = 2
+        self.save()
+        restarted = "restarted" in text
+        await self.conn.session_update(
+            session_id=session_id,
+            update=acp.update_agent_message_text(f"done; told of a restart: {restarted}"))
+        return schema.PromptResponse(
+            stop_reason="end_turn",
+            usage=schema.Usage(input_tokens=100, output_tokens=10, total_tokens=110))
 
     async def terminals(self, session_id):
         # Commands through the client's terminal; what each gave, for the summary.
@@ -106,10 +169,18 @@ class Agent:
 
     async def new_session(self, cwd, mcp_servers=None, **kw):
         self.cwd = cwd
+        if MODE in ("resumable", "loads"):
+            import uuid
+            self.session_id = "sess-" + uuid.uuid4().hex
+            self.session = {"steps": 0, "loaded": 0, "said": [], "prompts": []}
+            self.save()
+            return schema.NewSessionResponse(session_id=self.session_id)
         return schema.NewSessionResponse(session_id="s1")
 
     async def prompt(self, prompt, session_id, **kw):
         text = "".join(block.text for block in prompt)
+        if MODE in ("resumable", "loads"):
+            return await self.steps(session_id, text)
         task = json.loads(re.search(r"<task>(.*?)</task>", text, re.S).group(1))
         if MODE == "crash":
             print("the agent broke", file=sys.stderr, flush=True)
@@ -383,3 +454,141 @@ async def test_what_an_agent_says_past_the_bound_is_left_out(
         await client.session_update("s1", acp.update_agent_message_text(said))
     assert client.summary() == "hello" and client.text_dropped
     assert client.text_chars == 6
+
+
+def _journal_dir(worktree: Path) -> Path:
+    from aether_agent_runner.adapters.journal import DIRECTORY
+
+    from .conftest import git
+
+    admin = Path(git(worktree, "rev-parse", "--git-dir"))
+    return (admin if admin.is_absolute() else worktree / admin) / DIRECTORY
+
+
+@needs_sandbox
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_an_acp_attempt_loads_its_session_after_the_runner_is_killed(
+    acp_spec: Any,
+    tmp_path: Path,
+    task_repo: Any,
+    model: Callable[..., Any],
+    runners: Callable[..., Any],  # noqa: F811
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """A runner process killed with SIGKILL in the middle of an ACP agent's session (the
+    agent done with its first step, its session saved in its home), and a second runner:
+    it finds the session in the journal, keeps the worktree as the kill left it, loads
+    the session (what the agent replays of it is not reported again), tells the agent
+    it was restarted, and the agent goes on with its second step, not its first."""
+    import asyncio
+    import json
+
+    import msgspec
+
+    from aether_agent_runner.runtimes.acp_client import HOME_DIRECTORY
+
+    from .conftest import git
+
+    specs = tmp_path / "runtimes.json"
+    specs.write_bytes(msgspec.json.encode([acp_spec("resumable")]))
+    settings = {
+        "AETHER_AGENT_RUNTIME": "acp-fake",
+        "AETHER_AGENT_COMMAND_RUNTIMES": str(specs),
+        "AETHER_AGENT_PROGRESS_SECONDS": "0",
+    }
+    worktree = task_repo.worktree
+    base = git(worktree, "rev-parse", "HEAD")
+    ready = msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base)
+    scripted = model({})
+    first = runners(scripted.url, **settings)
+    await publish(ready)
+    home = _journal_dir(worktree) / HOME_DIRECTORY
+    async with asyncio.timeout(120):
+        while not (home / "step1.done").exists():
+            await asyncio.sleep(0.05)
+    await asyncio.to_thread(first.kill, "agent-runner")  # the runner, and its sandbox with it
+    assert (worktree / "part1.txt").read_text() == "one\n"
+
+    second = runners(scripted.url, **settings)
+    done = await events.first(AgentCompleted, timeout=120)
+
+    [saved] = (home / "sessions").glob("*.json")
+    session = json.loads(saved.read_text())
+    # The first step was not made again: the loaded session went on with the second.
+    assert (session["steps"], session["loaded"]) == (2, 1)
+    assert "The runner working this task was restarted" in session["prompts"][-1]
+    assert (worktree / "part2.txt").read_text() == "after 1 step(s), loaded 1 time(s)\n"
+    assert set(done.files_changed) == {"part1.txt", "part2.txt"}
+    assert done.summary == "done; told of a restart: True"
+    actions = [p.last_action for p in events.of(AgentProgress)]
+    assert f"resuming ACP session {saved.stem}" in actions
+    assert actions.count("Write part1.txt") == 1 and "Write part2.txt" in actions
+    assert "Replayed call" not in actions
+    # No progress event of the second run reuses an id of the first's (each would be
+    # dropped by the stream as a copy).
+    assert len(events.of(AgentProgress)) == len(actions) == 3
+    entries = sorted(events.of(TranscriptRecorded), key=lambda e: e.sequence)
+    assert len({e.sequence for e in entries}) == len(entries)
+    assert not any(e.tool == "Replayed call" for e in entries)
+    assert [e.tool for e in entries if e.kind == "tool_call"] == [
+        "Write part1.txt",
+        "Write part2.txt",
+    ]
+    # The second run's usage, reported once.
+    priced = load_prices().priced("claude-sonnet-5-5", Usage(input_tokens=100, output_tokens=10))
+    assert [u.usage for u in events.of(UsageRecorded)] == [priced]
+    assert done.usage == priced
+    log = (second.home / "logs" / "agent-runner.log").read_text()
+    assert "resuming the ACP session" in log
+
+
+@needs_sandbox
+async def test_an_acp_session_that_cannot_be_loaded_starts_fresh_from_the_base_and_says_so(
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """The journal names a session the agent does not have: the worktree goes back to
+    the attempt's base, a notice says so, and a fresh session works the whole task."""
+    import json
+
+    import msgspec
+
+    from aether_agent_runner.adapters.conversation import identity
+    from aether_agent_runner.runtimes.session import ACP_START, start_record, tool_record
+
+    from .conftest import git
+
+    worktree = task_repo.worktree
+    base = git(worktree, "rev-parse", "HEAD")
+    ready = msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base)
+    journal = _journal_dir(worktree)
+    journal.mkdir(parents=True, exist_ok=True)
+    me = identity(mission_id, "t1", 1, base)
+    records = [start_record(me, "sess-lost", kind=ACP_START), tool_record()]
+    (journal / "transcript.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (worktree / "stray.txt").write_text("left by the lost run\n")
+
+    await start_runner(model({}), runtime="acp-fake", command_runtimes=(acp_spec("loads"),))
+    await publish(ready)
+    done = await events.first(AgentCompleted)
+
+    assert not (worktree / "stray.txt").exists()
+    assert set(done.files_changed) == {"part1.txt", "part2.txt"}
+    assert (worktree / "part2.txt").read_text() == "after 1 step(s), loaded 0 time(s)\n"
+    # The agent's messages of the run, as it sent them (no separator of the runner's).
+    assert done.summary == "wrote part1.txtdone; told of a restart: False"
+    progress = events.of(AgentProgress)
+    notice = "could not resume ACP session sess-lost; starting a fresh session"
+    assert [p.last_action for p in progress] == [notice, "Write part1.txt", "Write part2.txt"]
+    # Counted on from the journal: the lost run's one tool call, then the notice.
+    assert [p.tool_calls for p in progress] == [2, 3, 4]

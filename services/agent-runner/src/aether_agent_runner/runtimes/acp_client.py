@@ -19,13 +19,23 @@ allow-list, a sandbox of its own, its time limit and output cut), one ``command`
 the transcript when it ends. ``terminal/output`` gives what it has written so far (its
 last ``LIVE_BYTES``), its whole output once it ends; killing or releasing a terminal stops
 its command, and every command still running when the session ends is stopped.
+
+An attempt outlives its runner when its agent can load sessions: the agent's ``HOME`` is a
+directory beside the attempt's journal (not the sandbox's private ``/tmp``), the session
+id is journalled once the agent makes it, and each tool call and reported usage as they
+come. A runner that finds that session in the journal keeps the worktree as it is, loads
+the session (what the agent replays of it is not reported again) and tells the agent to
+carry on; an agent that cannot load it gets a fresh session from the base commit, and a
+notice says so. Usage and progress count on from the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +43,34 @@ from typing import Any
 import acp
 from acp import schema
 
+from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.command import NOT_STARTED, CommandRuntime, _Failed, _Seen
+from aether_agent_runner.runtimes.prompt import CONTINUE
 from aether_agent_runner.runtimes.relay import stdio_argv
+from aether_agent_runner.runtimes.session import (
+    ACP_START,
+    Earlier,
+    earlier_run,
+    start_record,
+    tool_record,
+    turn_record,
+)
 from aether_events import Usage
 from aether_llm import load_prices
 from aether_sandbox import Outcome as Ran
 from aether_sandbox import Request, Sandbox, execute
 
+log = logging.getLogger("aether.agent-runner.acp")
+
 MAX_SUMMARY = 2000
+# The agent's home, beside the attempt's journal: where it keeps the sessions a restarted
+# runner loads. Kept when the runner dies; emptied when the attempt starts afresh.
+HOME_DIRECTORY = "acp-home"
 # The most characters of an agent's messages kept for the transcript and the summary: what
 # an agent says beyond them is left out (it would otherwise grow the runner's memory).
 MAX_TEXT_CHARS = 1_000_000
@@ -162,6 +187,23 @@ class _Client:
     worker: asyncio.Task[None] | None = None
     terminals: dict[str, _Terminal] = field(default_factory=dict)
     terminals_started: int = 0
+    # While a session is loaded: what the agent replays of it was reported by the run
+    # that lived it, and is not taken again.
+    replaying: bool = False
+
+    async def notice(self, text: str) -> None:
+        """A progress event of the runner's own (counted as a step: its id is new)."""
+        self.tool_calls += 1
+        await self.job.observer.progressed(
+            Progress(
+                turns=0,
+                tool_calls=self.tool_calls,
+                files_changed=list(self.job.toolbox.workspace.changed),
+                usage=Usage(cost_usd=None),
+                last_action=text,
+            ),
+            always=True,
+        )
 
     async def transcribe(self, entry: Entry) -> None:
         if self.job.transcript is not None:
@@ -214,6 +256,8 @@ class _Client:
         # Taken without waiting: the connection runs each notification as a task of its
         # own (and cancels those still running when it closes), so what must wait, the
         # publishing, is done in arrival order by ``_work``.
+        if self.replaying:
+            return
         if isinstance(update, schema.AgentMessageChunk):
             if isinstance(update.content, schema.TextContentBlock):
                 said = update.content.text
@@ -224,6 +268,8 @@ class _Client:
                     self.text_chars += len(said)
         elif isinstance(update, schema.ToolCallStart):
             self.tool_calls += 1
+            # Journalled as it is counted: a later run's progress counts on from it.
+            self.job.journal.append(tool_record())
             self.updates.put_nowait((update, len(self.text), self.tool_calls))
 
     async def _work(self) -> None:
@@ -387,10 +433,25 @@ class _Client:
 class AcpRuntime(CommandRuntime):
     """A command runtime whose spec says ``protocol: acp``."""
 
+    async def _earlier(self, job: Job) -> Earlier | None:
+        records = await asyncio.to_thread(job.journal.read)
+        prices = self.prices or load_prices()
+        return earlier_run(records, job.identity, prices, job.ready.model, kind=ACP_START)
+
     async def _run(
-        self, job: Job, sandbox: Sandbox, argv: list[str], prompt_file: Path, scratch: Path
+        self,
+        job: Job,
+        sandbox: Sandbox,
+        argv: list[str],
+        prompt_file: Path,
+        scratch: Path,
+        earlier: Earlier | None,
     ) -> Outcome:
         prompt = await asyncio.to_thread(prompt_file.read_text)
+        home = job.journal.path.parent / HOME_DIRECTORY
+        if earlier is None:
+            await asyncio.to_thread(shutil.rmtree, home, True)
+        await asyncio.to_thread(home.mkdir, exist_ok=True)
         seen = _Seen()
         socket_path = scratch / "acp.sock"
         loop = asyncio.get_running_loop()
@@ -418,7 +479,7 @@ class AcpRuntime(CommandRuntime):
                     seen.first = seen.first or line
                     seen.tail.append(line[:300])
 
-        client = _Client(job)
+        client = _Client(job, tool_calls=earlier.tool_calls if earlier else 0)
         client.start()
         try:
             async with self._endpoint(sandbox, stdio_argv(socket_path, argv), scratch) as launched:
@@ -430,10 +491,13 @@ class AcpRuntime(CommandRuntime):
                     limits=job.toolbox.command_limits().with_wall(job.limits.max_seconds),
                     read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
                     protect=(job.worktree / ".git",),
+                    home=home,
                 )
                 running = asyncio.create_task(execute(sandbox, request, 16_000, errors))
                 try:
-                    outcome = await self._converse(job, client, prompt, connected, running, seen)
+                    outcome = await self._converse(
+                        job, client, prompt, connected, running, seen, earlier
+                    )
                     await client.finish()
                     return outcome
                 finally:
@@ -456,6 +520,7 @@ class AcpRuntime(CommandRuntime):
         connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
         running: asyncio.Task[Ran],
         seen: _Seen,
+        earlier: Earlier | None,
     ) -> Outcome:
         first: set[asyncio.Future[Any]] = {connected, running}
         await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
@@ -463,7 +528,7 @@ class AcpRuntime(CommandRuntime):
             return self._exited(await running, job, client, seen, "before it spoke")
         reader, writer = connected.result()
         connection = acp.connect_to_agent(client, writer, reader)  # type: ignore[arg-type]
-        talking = asyncio.create_task(self._talk(connection, job, prompt))
+        talking = asyncio.create_task(self._talk(connection, job, client, prompt, earlier))
         try:
             pending: set[asyncio.Future[Any]] = {talking, running}
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -471,7 +536,7 @@ class AcpRuntime(CommandRuntime):
                 ran = await running
                 return self._exited(ran, job, client, seen, "in the middle of its session")
             try:
-                response = talking.result()
+                response, spent = talking.result()
             except acp.RequestError as error:
                 reason = f"{self.name} refused the session: {error}"
                 return Outcome(False, reason=reason[:2000], tool_calls=client.tool_calls)
@@ -495,8 +560,12 @@ class AcpRuntime(CommandRuntime):
         usage = self._reported(response.usage, job.ready.model)
         client.stop_reason, client.usage = response.stop_reason, usage
         if usage is not None:
-            await job.observer.model_called(max(client.tool_calls, 1), usage)
-        unknown = Usage(cost_usd=None)
+            # Journalled first (and synced: a paid call): a resumed run counts it, and
+            # numbers its own report after it.
+            await asyncio.to_thread(job.journal.append, turn_record(job.ready.model, usage))
+            await job.observer.model_called(spent.turns + 1, usage)
+        total = usage if spent.turns == 0 else spent.usage.plus(usage or Usage(cost_usd=None))
+        total = total or Usage(cost_usd=None)
         if response.stop_reason != "end_turn":
             reason = f"{self.name} stopped: {response.stop_reason}"
             return Outcome(
@@ -504,19 +573,22 @@ class AcpRuntime(CommandRuntime):
                 reason=reason,
                 retryable=False,
                 tool_calls=client.tool_calls,
-                usage=usage or unknown,
+                usage=total,
             )
         return Outcome(
             True,
             summary=client.summary(),
             tool_calls=client.tool_calls,
-            usage=usage or unknown,
+            usage=total,
             files_changed=list(job.toolbox.workspace.changed),
         )
 
-    @staticmethod
-    async def _talk(connection: Any, job: Job, prompt: str) -> schema.PromptResponse:
-        await connection.initialize(
+    async def _talk(
+        self, connection: Any, job: Job, client: _Client, prompt: str, earlier: Earlier | None
+    ) -> tuple[schema.PromptResponse, Earlier]:
+        """The session's prompt and its answer; with it, what earlier sessions of the
+        attempt spent (their reported turns and usage, counted with this one's)."""
+        started = await connection.initialize(
             protocol_version=acp.PROTOCOL_VERSION,
             client_capabilities=schema.ClientCapabilities(
                 fs=schema.FileSystemCapabilities(read_text_file=True, write_text_file=True),
@@ -524,11 +596,67 @@ class AcpRuntime(CommandRuntime):
             ),
             client_info=schema.Implementation(name="aether", version="1"),
         )
-        session = await connection.new_session(cwd=str(job.worktree), mcp_servers=[])
+        session_id = None
+        if earlier is not None:
+            session_id = await self._load(connection, job, client, started, earlier)
+        if session_id is not None:
+            text = CONTINUE
+            assert earlier is not None
+            spent = earlier
+        else:
+            session = await connection.new_session(cwd=str(job.worktree), mcp_servers=[])
+            session_id = session.session_id
+            spent = Earlier(
+                session_id=session_id,
+                turns=earlier.turns if earlier else 0,
+                tool_calls=client.tool_calls,
+                usage=earlier.usage if earlier else Usage(cost_usd=0.0),
+            )
+            carried = spent if earlier is not None else None
+            record = start_record(job.identity, session_id, carried, kind=ACP_START)
+            await asyncio.to_thread(job.journal.start, record)
+            text = prompt
+        # What the agent replayed came before its answer to the load, each update handled
+        # by a task of its own made as it arrived: one turn of the loop lets those still
+        # waiting run, and what comes from here on is the new run's.
+        await asyncio.sleep(0)
+        client.replaying = False
         response: schema.PromptResponse = await connection.prompt(
-            session_id=session.session_id, prompt=[acp.text_block(prompt)]
+            session_id=session_id, prompt=[acp.text_block(text)]
         )
-        return response
+        return response, spent
+
+    @staticmethod
+    async def _load(
+        connection: Any,
+        job: Job,
+        client: _Client,
+        started: schema.InitializeResponse,
+        earlier: Earlier,
+    ) -> str | None:
+        """Load the attempt's earlier session; its id, or ``None`` (the worktree then back
+        at the base commit, for a fresh session)."""
+        capabilities = started.agent_capabilities
+        why = "the agent does not load sessions"
+        if capabilities is not None and capabilities.load_session:
+            client.replaying = True
+            try:
+                await connection.load_session(
+                    session_id=earlier.session_id, cwd=str(job.worktree), mcp_servers=[]
+                )
+                why = ""
+            except acp.RequestError as error:
+                why = str(error)[:500]
+        if not why:
+            log.info("resuming the ACP session", extra={"session": earlier.session_id})
+            await client.notice(f"resuming ACP session {earlier.session_id}")
+            return earlier.session_id
+        notice = f"could not resume ACP session {earlier.session_id}; starting a fresh session"
+        log.warning(notice, extra={"reason": why})
+        await client.notice(notice)
+        if await asyncio.to_thread(reset_to, job.git, job.ready.base_sha):
+            log.warning("restarting cleanly: discarded changes of an earlier run")
+        return None
 
     def _exited(self, ran: Ran, job: Job, client: _Client, seen: _Seen, when: str) -> Outcome:
         if ran.timed_out:

@@ -49,7 +49,7 @@ from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
-from aether_agent_runner.runtimes.prompt import repository_map, task_prompt
+from aether_agent_runner.runtimes.prompt import CONTINUE, repository_map, task_prompt
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import (
     Earlier,
@@ -179,11 +179,6 @@ repository; other agents work other tasks in parallel and their work is merged w
 program with its arguments, no pipes or redirection.
 - Do not commit, branch or push: your changes are committed and merged for you.
 - When the task is done, reply with a short summary of what you changed and why."""
-
-CONTINUE = """\
-The runner working this task was restarted while you were at it. Carry on from where the \
-conversation stops: the working directory holds every change you made so far. When the \
-task is done, reply with a short summary of what you changed and why."""
 
 
 def cli_environment(

@@ -40,6 +40,7 @@ from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.prompt import repository_map, task_prompt
 from aether_agent_runner.runtimes.relay import RelayRefused, endpoint, inside_argv, serving
 from aether_agent_runner.runtimes.roles import role_prompt
+from aether_agent_runner.runtimes.session import Earlier
 from aether_agent_runner.runtimes.spec import CommandSpec
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
@@ -94,7 +95,9 @@ class CommandRuntime:
 
     async def run(self, job: Job) -> Outcome:
         ready, worktree = job.ready, job.worktree
-        await asyncio.to_thread(reset_to, job.git, ready.base_sha)
+        earlier = await self._earlier(job)
+        if earlier is None:
+            await asyncio.to_thread(reset_to, job.git, ready.base_sha)
         repo_map = await asyncio.to_thread(repository_map, worktree)
         prompt = task_prompt(ready, repo_map, job.limits)
         if job.role is not None:
@@ -106,11 +109,16 @@ class CommandRuntime:
             prompt_file.write_text(prompt)
             values = {"prompt": prompt, "prompt_file": str(prompt_file), "model": ready.model}
             argv = [_fill(part, values) for part in self.spec.command]
-            return await self._run(job, sandbox, argv, prompt_file, scratch)
+            return await self._run(job, sandbox, argv, prompt_file, scratch, earlier)
         except _Failed as failure:
             return Outcome(False, reason=failure.reason, retryable=failure.retryable)
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def _earlier(self, job: Job) -> Earlier | None:
+        """The session of this attempt a dead runner left, to go on with (its worktree
+        then kept as it is), or ``None``: a command runtime starts over, from the base."""
+        return None
 
     def _sandbox(self, job: Job) -> Sandbox:
         try:
@@ -158,7 +166,13 @@ class CommandRuntime:
             yield inside_argv(socket_path, url, argv)
 
     async def _run(
-        self, job: Job, sandbox: Sandbox, argv: list[str], prompt_file: Path, scratch: Path
+        self,
+        job: Job,
+        sandbox: Sandbox,
+        argv: list[str],
+        prompt_file: Path,
+        scratch: Path,
+        earlier: Earlier | None,
     ) -> Outcome:
         worktree = job.worktree
         seen = _Seen()

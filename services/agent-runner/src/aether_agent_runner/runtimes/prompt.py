@@ -94,3 +94,10 @@ def task_prompt(ready: WorkspaceReady, files: str, limits: Limits) -> str:
         budget += f" and ${limits.max_cost_usd:.2f}"
     parts.append(f"You have {budget} for this task; work efficiently.")
     return "\n\n".join(parts)
+
+
+# What a resumed session (Claude Code's, an ACP agent's) is told as it goes on.
+CONTINUE = """\
+The runner working this task was restarted while you were at it. Carry on from where the \
+conversation stops: the working directory holds every change you made so far. When the \
+task is done, reply with a short summary of what you changed and why."""

@@ -1,7 +1,8 @@
-"""What the runner's journal keeps of a Claude Code attempt, so a restarted runner can
-resume its session: the session id (written before the CLI starts, so it is known
-however early the runner dies) and each turn's usage as the CLI streamed it (the result
-that would have counted them never came)."""
+"""What the runner's journal keeps of a Claude Code or ACP attempt, so a restarted runner
+can resume its session: the session id (Claude Code's written before the CLI starts, so
+it is known however early the runner dies; an ACP agent's once the agent has made it),
+each tool call, and each turn's usage as it was reported (the result that would have
+counted them never came)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from aether_events import ZERO_USAGE, Usage
 from aether_llm import PriceTable
 
 START = "claude-code"
+# The first record of an ACP agent's session: the id is the agent's, any short string.
+ACP_START = "acp"
+MAX_SESSION_ID = 256
 TURN = "claude-code-turn"
 # One per tool call, journalled before its progress is published: the progress of a later
 # run counts on from these, so none of its event ids is one an earlier run published.
@@ -33,11 +37,15 @@ class Earlier:
 
 
 def start_record(
-    identity: dict[str, Any], session_id: str, carried: Earlier | None = None
+    identity: dict[str, Any],
+    session_id: str,
+    carried: Earlier | None = None,
+    *,
+    kind: str = START,
 ) -> dict[str, Any]:
     """The journal's first record; ``carried``: what sessions of the attempt before this
     one (which could not be resumed) counted and cost, so a later resume still counts it."""
-    record: dict[str, Any] = {"kind": START, "identity": identity, "session_id": session_id}
+    record: dict[str, Any] = {"kind": kind, "identity": identity, "session_id": session_id}
     if carried is not None:
         record["carried"] = {
             "turns": carried.turns,
@@ -65,19 +73,22 @@ def turn_record(model: str, usage: Usage) -> dict[str, Any]:
 
 
 def earlier_run(
-    records: list[dict[str, Any]], identity: dict[str, Any], prices: PriceTable, model: str
+    records: list[dict[str, Any]],
+    identity: dict[str, Any],
+    prices: PriceTable,
+    model: str,
+    *,
+    kind: str = START,
 ) -> Earlier | None:
-    """The session the journal holds for this attempt, or ``None`` (no journal, another
-    attempt's, another runtime's, or a session id that is not one)."""
+    """The session of ``kind`` the journal holds for this attempt, or ``None`` (no
+    journal, another attempt's, another runtime's, or a session id that is not one)."""
     if not records:
         return None
     begin = records[0]
-    if begin.get("kind") != START or begin.get("identity") != identity:
+    if begin.get("kind") != kind or begin.get("identity") != identity:
         return None
-    session_id = begin.get("session_id")
-    try:
-        session_id = str(uuid.UUID(str(session_id)))
-    except ValueError:
+    session_id = _session_id(begin.get("session_id"), kind)
+    if session_id is None:
         return None
     turns, tool_calls, usage = 0, 0, ZERO_USAGE
     carried = begin.get("carried")
@@ -109,6 +120,19 @@ def earlier_run(
         named = record.get("model")
         usage = usage.plus(prices.priced(named if isinstance(named, str) else model, tokens))
     return Earlier(session_id, turns, tool_calls, usage)
+
+
+def _session_id(value: object, kind: str) -> str | None:
+    """Claude Code's session id (a UUID, the runner's choice), or an ACP agent's (its
+    own: any non-empty string of printable characters, not too long)."""
+    if kind == START:
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError:
+            return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SESSION_ID:
+        return None
+    return value if value.isprintable() else None
 
 
 def _count(counts: dict[str, Any], key: str) -> int:
