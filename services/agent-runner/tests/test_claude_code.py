@@ -27,6 +27,7 @@ from aether_events import (
 from aether_llm import Reply, load_prices, text_block, tool_use_block
 
 from .conftest import git
+from .test_command_runtime import needs_sandbox
 from .test_service import control_meta, git_log, signal_on, task_repo_head
 
 # Whether it is installed, not imported: every worker collects this module, and importing
@@ -277,6 +278,51 @@ async def test_claude_codes_glob_and_grep_patterns_stay_in_the_worktree(
     assert "/etc/hostname" not in "".join(answers)  # nothing of the host listed
     assert "root:x:" not in "".join(answers)  # nor read
     assert "app.py" in answers[8]
+
+
+@needs_sandbox
+async def test_claude_code_runs_in_the_sandbox_whose_mounts_hold_its_file_tools(
+    tmp_path: Path,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI runs in the command sandbox: with the runner's path check made to let
+    everything through (a flaw in it), its file tools still find nothing of the host
+    outside the worktree (a file beside it, read or listed), and its work in the
+    worktree lands as before."""
+    from aether_agent_runner.runtimes import claude_code
+
+    monkeypatch.setattr(claude_code, "refused_argument", lambda tool, arguments, root: None)
+    secret = tmp_path / "beside-the-worktree.txt"
+    secret.write_text("runner secret\n")
+    worktree = task_repo.worktree
+    scripted = model(
+        {
+            "t1": [
+                turn(tool_use_block("Read", {"file_path": str(secret)})),
+                turn(tool_use_block("Glob", {"pattern": "*", "path": str(tmp_path)})),
+                turn(
+                    tool_use_block("Write", {"file_path": str(worktree / "x.md"), "content": "x"})
+                ),
+                turn(text_block("done")),
+            ]
+        }
+    )
+    done = await worked_by_claude_code(
+        scripted, task_repo, start_runner, publish, events, mission_id, workspace_ready
+    )
+
+    answers = [result_text(tool_results(r)[0]) for r in scripted.script.requests[1:3]]
+    assert "runner secret" not in answers[0], answers
+    assert "does not exist" in answers[0].lower() or "no such file" in answers[0].lower()
+    assert secret.name not in answers[1], answers[1]  # the worktree's parent is bare
+    assert done.files_changed == ["x.md"]
 
 
 async def test_claude_code_turn_limit_fails_the_task_without_retry(

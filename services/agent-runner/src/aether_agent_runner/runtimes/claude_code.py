@@ -49,7 +49,9 @@ from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
+from aether_agent_runner.runtimes.confined_cli import bundled_cli, confined, sandbox_of
 from aether_agent_runner.runtimes.prompt import CONTINUE, repository_map, task_prompt
+from aether_agent_runner.runtimes.relay import RelayRefused
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import (
     Earlier,
@@ -685,8 +687,21 @@ class ClaudeCodeRuntime:
         else:
             options = dataclasses.replace(options, session_id=earlier.session_id)
         try:
-            async with asyncio.timeout(job.limits.max_seconds):
-                outcome = await self._converse(job, run, prompt, options, stderr)
+            async with contextlib.AsyncExitStack() as stack:
+                sandbox = sandbox_of(job)
+                cli = self.cli_path or bundled_cli()
+                if sandbox is not None and cli is not None:
+                    # The CLI runs in the sandbox: its file tools see the worktree and
+                    # nothing of the host beside the system's read-only directories.
+                    script = await stack.enter_async_context(
+                        confined(sandbox, cli, job, config_dir, self.base_url)
+                    )
+                    options = dataclasses.replace(options, cli_path=script)
+                async with asyncio.timeout(job.limits.max_seconds):
+                    outcome = await self._converse(job, run, prompt, options, stderr)
+        except RelayRefused as error:
+            reason = f"Claude Code cannot reach the model from its sandbox: {error}"
+            outcome = self._outcome(run, False, reason=reason, retryable=False)
         except TimeoutError:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
             outcome = self._outcome(run, False, reason=reason, retryable=False)

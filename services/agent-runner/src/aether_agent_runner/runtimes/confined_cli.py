@@ -1,0 +1,94 @@
+"""The Claude Code CLI inside the command sandbox.
+
+The SDK starts the CLI itself, with its standard streams as the protocol between them.
+It is given a script instead: the script starts bubblewrap with the sandbox's namespaces
+and mounts (``aether_sandbox.Bubblewrap.launch``: the worktree the only writable tree, its
+``.git`` read-only, the system directories read-only, no network of its own, a fresh
+``/proc``), the model relay when the sandbox has no network (``runtimes.relay``), and the
+CLI, whose standard streams, arguments and variables pass through unchanged. The CLI's
+configuration directory (its sessions, which a resumed run loads) is the sandbox's home,
+bound from beside the attempt's journal. The mounts, not only the runner's path check,
+then hold the CLI's own file tools to the worktree: a path that leads out finds nothing
+there. The CLI's process gets none of the sandbox's resource limits (the agent's commands,
+run through ``run_command``, do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import claude_agent_sdk as sdk
+
+from aether_agent_runner.adapters.workspace import ToolError
+from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.relay import endpoint, inside_argv, serving
+from aether_sandbox import Bubblewrap, Request, WarmSandbox
+from aether_sandbox.bubblewrap import HOME
+
+# The variables the sandbox decides (where the CLI's home, temporary files and
+# configuration are inside it); every other one is the SDK's, as it would be outside.
+_PLACED = ("HOME", "TMPDIR", "XDG_CACHE_HOME")
+
+
+def bundled_cli() -> str | None:
+    """The CLI the SDK runs when given none: the one in its wheel, else ``claude`` on
+    ``PATH``."""
+    bundled = Path(sdk.__file__).parent / "_bundled" / "claude"
+    return str(bundled) if bundled.is_file() else shutil.which("claude")
+
+
+def sandbox_of(job: Job) -> Bubblewrap | None:
+    """The bubblewrap backend the attempt's commands run in; ``None`` when they run
+    unconfined (an operator's choice), in a test's fake, or not at all."""
+    try:
+        sandbox = job.toolbox.sandbox()
+    except ToolError:
+        return None
+    cold = sandbox.cold if isinstance(sandbox, WarmSandbox) else sandbox
+    return cold if isinstance(cold, Bubblewrap) else None
+
+
+@contextlib.asynccontextmanager
+async def confined(
+    sandbox: Bubblewrap, cli: str, job: Job, config_dir: Path, base_url: str
+) -> AsyncIterator[str]:
+    """A script that runs ``cli`` in ``sandbox``, to give the SDK as the CLI's path;
+    valid (the model relay served) while in use. Raises ``RelayRefused`` for a model
+    endpoint the relay cannot carry."""
+    scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
+    try:
+        argv = [cli]
+        async with contextlib.AsyncExitStack() as stack:
+            if sandbox.settings.network != "host":
+                host, port, url = endpoint(base_url)
+                socket_path = scratch / "model.sock"
+                await stack.enter_async_context(serving(socket_path, host, port))
+                argv = inside_argv(socket_path, url, argv)
+            request = Request(
+                argv=argv,
+                workdir=job.worktree,
+                cwd=job.worktree,
+                env={"PATH": os.environ.get("PATH", os.defpath)},
+                read_only=(scratch, Path(cli).parent),
+                protect=(job.worktree / ".git",),
+                home=config_dir,
+            )
+            launch = sandbox.launch(request)
+            placed = {name: launch.env[name] for name in _PLACED if name in launch.env}
+            placed["CLAUDE_CONFIG_DIR"] = str(HOME)
+            env = shutil.which("env") or "/usr/bin/env"
+            assignments = [f"{name}={value}" for name, value in placed.items()]
+            script = scratch / "claude"
+            line = shlex.join([env, *assignments, *launch.argv])
+            await asyncio.to_thread(script.write_text, f'#!/bin/sh\nexec {line} "$@"\n')
+            await asyncio.to_thread(script.chmod, 0o700)
+            yield str(script)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
