@@ -67,3 +67,11 @@ def test_role_paths_and_models() -> None:
     assert model_for_role("inherit", "task", tiers) == "task"
     assert model_for_role(None, "task", tiers) == "task"
     assert model_for_role("claude-x-1", "task", tiers) == "claude-x-1"
+
+
+def test_a_description_over_several_lines_is_read_whole() -> None:
+    folded = "---\nname: x\ndescription: >-\n  Reviews\n  changes\ntools:\n  - Read\n---\nhi\n"
+    role = parse_role(folded)
+    assert (role.description, role.tools) == ("Reviews changes", ("Read",))
+    kept = parse_role(folded.replace(">-", "|"))
+    assert kept.description == "Reviews\nchanges"

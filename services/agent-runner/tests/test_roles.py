@@ -120,3 +120,111 @@ async def test_a_role_the_worktree_does_not_define_fails_the_task(
     assert "names role 'architect'" in failed.reason
     assert not failed.retryable
     assert scripted.script.requests == []
+
+
+NOTES_SKILL = """---
+name: release-notes
+description: Writes the release notes from CHANGES.md
+---
+Read CHANGES.md and write docs/release.md, newest first.
+"""
+
+
+def test_the_worktrees_skills_are_found_without_leaving_it(tmp_path: Any) -> None:
+    """Each ``.claude/skills/<name>/SKILL.md`` that names and describes its skill, in name
+    order; a directory or file that is a link (into or out of the worktree) is not read,
+    and what is not a skill is left out."""
+    from pathlib import Path
+
+    from aether_agent_runner.runtimes.roles import find_skills
+
+    worktree = Path(tmp_path) / "wt"
+    skills = worktree / ".claude" / "skills"
+    (skills / "release-notes").mkdir(parents=True)
+    (skills / "release-notes" / "SKILL.md").write_text(NOTES_SKILL)
+    (skills / "broken").mkdir()
+    (skills / "broken" / "SKILL.md").write_text("no front matter\n")
+    (skills / "empty").mkdir()
+    (skills / "README.md").write_text("not a skill directory\n")
+    outside = Path(tmp_path) / "outside"
+    outside.mkdir()
+    (outside / "SKILL.md").write_text(NOTES_SKILL.replace("release-notes", "escaped"))
+    (skills / "linked-dir").symlink_to(outside)
+    (skills / "linked-file").mkdir()
+    (skills / "linked-file" / "SKILL.md").symlink_to(outside / "SKILL.md")
+
+    found, more = find_skills(worktree)
+    assert [(s.name, s.path) for s in found] == [
+        ("release-notes", ".claude/skills/release-notes/SKILL.md")
+    ]
+    assert found[0].description == "Writes the release notes from CHANGES.md"
+    assert more == 0
+    # The skills directory itself a link: nothing is read through it.
+    (worktree / ".claude" / "skills").rename(worktree / ".claude" / "real")
+    (worktree / ".claude" / "skills").symlink_to(worktree / ".claude" / "real")
+    assert find_skills(worktree) == ([], 0)
+    assert find_skills(Path(tmp_path) / "no-such-worktree") == ([], 0)
+
+
+def test_past_the_bound_skills_are_counted_not_named(tmp_path: Any, monkeypatch: Any) -> None:
+    from pathlib import Path
+
+    from aether_agent_runner.runtimes import roles
+
+    monkeypatch.setattr(roles, "MAX_SKILLS", 2)
+    skills = Path(tmp_path) / ".claude" / "skills"
+    for name in ("a-one", "b-two", "c-three"):
+        (skills / name).mkdir(parents=True)
+        (skills / name / "SKILL.md").write_text(NOTES_SKILL.replace("release-notes", name))
+    found, more = roles.find_skills(Path(tmp_path))
+    assert [s.name for s in found] == ["a-one", "b-two"] and more == 1
+
+
+@pytest.mark.parametrize("runtime", ["builtin", "claude-code"])
+async def test_the_agent_is_told_of_the_repositorys_skills(
+    runtime: str,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """Its opening message names each skill, what it is for and where its file is (the
+    agent reads the file when the task calls for it): on the built-in loop and on Claude
+    Code, which is not given the repository's settings and so does not load them itself."""
+    if runtime == "claude-code":
+        pytest.importorskip("claude_agent_sdk")
+    worktree = task_repo.worktree
+    (worktree / ".claude" / "skills" / "release-notes").mkdir(parents=True)
+    (worktree / ".claude" / "skills" / "release-notes" / "SKILL.md").write_text(NOTES_SKILL)
+    git(worktree, "add", ".claude")
+    git(worktree, "commit", "-q", "-m", "a release-notes skill")
+    ready = msgspec.structs.replace(
+        workspace_ready(task_repo, mission_id), base_sha=git(worktree, "rev-parse", "HEAD")
+    )
+    path = str(worktree / "r.txt")
+    if runtime == "builtin":
+        replies = [
+            Reply([tool_use_block("write_file", {"path": "r.txt", "content": "ok\n"})], "tool_use"),
+            Reply([tool_use_block("finish", {"summary": "done"})], "tool_use"),
+        ]
+    else:
+        replies = [
+            Reply([tool_use_block("Write", {"file_path": path, "content": "ok\n"})], "tool_use"),
+            Reply([text_block("done")], "end_turn"),
+        ]
+    scripted = model({"t1": [lambda r, reply=reply: reply for reply in replies]})
+    await start_runner(scripted, runtime=runtime)
+    await publish(ready)
+    await events.first(AgentCompleted, timeout=120)
+
+    first = scripted.script.requests[0]["messages"][0]["content"]
+    text = first if isinstance(first, str) else "".join(b.get("text", "") for b in first)
+    assert "<skills>" in text
+    line = (
+        "- release-notes (.claude/skills/release-notes/SKILL.md): "
+        "Writes the release notes from CHANGES.md"
+    )
+    assert line in text

@@ -18,6 +18,7 @@ MAX_ROLE_CHARS = 20_000
 MODEL_ALIASES = {"haiku": "small", "sonnet": "standard", "opus": "complex"}
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _KEY = re.compile(r"([A-Za-z_][\w-]*)\s*:\s*(.*)")
+_BLOCKS = frozenset({">", ">-", ">+", "|", "|-", "|+"})
 
 
 class InvalidRole(ValueError):
@@ -39,10 +40,10 @@ def is_role_path(path: str) -> bool:
     return str(pure.parent) == ROLES_DIR and pure.suffix == ".md"
 
 
-def parse_role(text: str) -> Role:
-    """The role a template defines, or ``InvalidRole``."""
-    if len(text) > MAX_ROLE_CHARS:
-        raise InvalidRole(f"longer than {MAX_ROLE_CHARS} characters")
+def front_matter(text: str) -> tuple[dict[str, str | list[str]], str]:
+    """The ``key: value`` fields (and ``- item`` lists) between a file's two ``---``
+    lines, and the text below them; ``InvalidRole`` when there are none or one is not
+    understood (a small subset of YAML, the one Claude Code's templates use)."""
     lines = text.replace("\r\n", "\n").split("\n")
     if not lines or lines[0].strip() != "---":
         raise InvalidRole("no front matter (the file must start with a '---' line)")
@@ -52,10 +53,20 @@ def parse_role(text: str) -> Role:
         raise InvalidRole("the front matter is not closed with a '---' line") from None
     fields: dict[str, str | list[str]] = {}
     current: str | None = None
+    # A value written over several lines: a block (``>`` folded, ``|`` kept) or a plain
+    # value whose indented lines continue it.
+    block: str | None = None
     for line in lines[1:end]:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
         stripped = line.strip()
+        if current is not None and line[:1].isspace() and stripped and block is not None:
+            held = fields.get(current, "")
+            if isinstance(held, str):
+                joint = "\n" if block.startswith("|") else " "
+                fields[current] = f"{held}{joint}{stripped}" if held else stripped
+                continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        block = None
         if stripped.startswith("- ") and current is not None:
             value = fields.setdefault(current, [])
             if not isinstance(value, list):
@@ -67,15 +78,30 @@ def parse_role(text: str) -> Role:
             raise InvalidRole(f"front matter line not understood: {stripped[:60]!r}")
         current = match.group(1)
         raw = match.group(2).strip()
-        if raw:
-            fields[current] = _unquote(raw)
+        if raw in _BLOCKS:
+            fields[current], block = "", raw
+        elif raw:
+            fields[current], block = _unquote(raw), ">"
+    return fields, "\n".join(lines[end + 1 :]).strip()
+
+
+def named(fields: dict[str, str | list[str]]) -> tuple[str, str]:
+    """The ``name`` and ``description`` fields, or ``InvalidRole``."""
     name = fields.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidRole("'name' must be lowercase letters, digits and '-'")
     description = fields.get("description")
     if not isinstance(description, str) or not description:
         raise InvalidRole("'description' is required")
-    prompt = "\n".join(lines[end + 1 :]).strip()
+    return name, description
+
+
+def parse_role(text: str) -> Role:
+    """The role a template defines, or ``InvalidRole``."""
+    if len(text) > MAX_ROLE_CHARS:
+        raise InvalidRole(f"longer than {MAX_ROLE_CHARS} characters")
+    fields, prompt = front_matter(text)
+    name, description = named(fields)
     if not prompt:
         raise InvalidRole("the role has no prompt below its front matter")
     model = fields.get("model")

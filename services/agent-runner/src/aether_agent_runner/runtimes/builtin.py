@@ -16,7 +16,7 @@ from aether_agent_runner.adapters.journal import Journal
 from aether_agent_runner.adapters.model import Agent, Outcome
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes import BUILTIN, FreshStart, Job
-from aether_agent_runner.runtimes.prompt import SYSTEM, repository_map, task_prompt
+from aether_agent_runner.runtimes.prompt import SYSTEM, repository_view, task_prompt
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_events import WorkspaceReady
 from aether_llm.client import LazyClient, client_of
@@ -109,8 +109,8 @@ def begin_fresh(
     costs a few milliseconds), the runner's own preparation hand-off when it can tell a
     fresh built-in attempt in advance. Blocking; the attempt's lock must be held."""
     discarded = reset_to(git, ready.base_sha)
-    repo_map = repository_map(git.worktree)
-    conversation = Conversation.fresh(task_prompt(ready, repo_map, limits))
+    repo_map, skills = repository_view(git.worktree)
+    conversation = Conversation.fresh(task_prompt(ready, repo_map, limits, skills))
     begin = conversation.begin_record(me)
     journal.start(begin)
     return FreshStart(discarded, conversation, begin)

@@ -50,7 +50,7 @@ from aether_agent_runner.adapters.transcript import Entry, as_json, command_entr
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
 from aether_agent_runner.runtimes.confined_cli import bundled_cli, confined, sandbox_of
-from aether_agent_runner.runtimes.prompt import CONTINUE, repository_map, task_prompt
+from aether_agent_runner.runtimes.prompt import CONTINUE, repository_view, task_prompt
 from aether_agent_runner.runtimes.relay import RelayRefused
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import (
@@ -650,8 +650,8 @@ class ClaudeCodeRuntime:
         if resume:
             prompt = CONTINUE
         else:
-            repo_map = await asyncio.to_thread(repository_map, worktree)
-            prompt = task_prompt(job.ready, repo_map, job.limits)
+            repo_map, skills = await asyncio.to_thread(repository_view, worktree)
+            prompt = task_prompt(job.ready, repo_map, job.limits, skills)
         memory = await asyncio.to_thread(memory_files, worktree)
         await asyncio.to_thread(config_dir.mkdir, parents=True, exist_ok=True)
         run = _Run(

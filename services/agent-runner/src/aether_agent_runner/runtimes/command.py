@@ -37,7 +37,7 @@ from aether_agent_runner.adapters.tools import SANDBOX_SCRATCH
 from aether_agent_runner.adapters.transcript import Entry, OutputLines
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
-from aether_agent_runner.runtimes.prompt import repository_map, task_prompt
+from aether_agent_runner.runtimes.prompt import repository_view, task_prompt
 from aether_agent_runner.runtimes.relay import RelayRefused, endpoint, inside_argv, serving
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import Earlier
@@ -98,8 +98,8 @@ class CommandRuntime:
         earlier = await self._earlier(job)
         if earlier is None:
             await asyncio.to_thread(reset_to, job.git, ready.base_sha)
-        repo_map = await asyncio.to_thread(repository_map, worktree)
-        prompt = task_prompt(ready, repo_map, job.limits)
+        repo_map, skills = await asyncio.to_thread(repository_view, worktree)
+        prompt = task_prompt(ready, repo_map, job.limits, skills)
         if job.role is not None:
             prompt = role_prompt(job.role) + "\n\n" + prompt
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-cli-"))

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 from aether_agent_runner.adapters.search import SKIPPED_DIRECTORIES
 from aether_agent_runner.domain import Limits
+from aether_agent_runner.runtimes.roles import find_skills
 from aether_events import WorkspaceReady
+from aether_llm.skills import skills_section
 
 if TYPE_CHECKING:
     from anthropic.types import TextBlockParam
@@ -41,6 +43,12 @@ SYSTEM: list[TextBlockParam] = [
 ]
 
 
+def repository_view(root: Path) -> tuple[str, str]:
+    """What the opening message shows of the worktree: its map, and its skills."""
+    skills, more = find_skills(root)
+    return repository_map(root), skills_section(skills, more)
+
+
 def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
     """The worktree's files, one path per line, dependency and cache directories left out."""
     paths: list[str] = []
@@ -69,8 +77,9 @@ def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
     return "\n".join(paths) or "(no files yet)"
 
 
-def task_prompt(ready: WorkspaceReady, files: str, limits: Limits) -> str:
-    """The opening message: mission, task (as JSON), context, repository map, limits."""
+def task_prompt(ready: WorkspaceReady, files: str, limits: Limits, skills: str = "") -> str:
+    """The opening message: mission, task (as JSON), context, repository map, the
+    repository's skills (``aether_llm.skills.skills_section``), limits."""
     task = ready.task
     spec = json.dumps(
         {
@@ -89,6 +98,8 @@ def task_prompt(ready: WorkspaceReady, files: str, limits: Limits) -> str:
     if ready.context:
         parts.append(f"<context>\n{ready.context}\n</context>")
     parts.append(f"<repository>\n{files}\n</repository>")
+    if skills:
+        parts.append(skills)
     budget = f"at most {limits.max_turns} model turns"
     if limits.max_cost_usd is not None:
         budget += f" and ${limits.max_cost_usd:.2f}"

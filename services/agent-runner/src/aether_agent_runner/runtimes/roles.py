@@ -1,10 +1,26 @@
-"""Finding the role a task names among the worktree's ``.claude/agents`` templates."""
+"""Finding the role a task names among the worktree's ``.claude/agents`` templates, and
+the skills its ``.claude/skills`` defines."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import stat
 from pathlib import Path
 
 from aether_llm.roles import ROLES_DIR, InvalidRole, Role, parse_role
+from aether_llm.skills import (
+    MAX_SKILL_CHARS,
+    MAX_SKILLS,
+    SKILL_FILE,
+    SKILLS_DIR,
+    Skill,
+    parse_skill,
+)
+
+log = logging.getLogger("aether.agent-runner")
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RoleMissing(Exception):
@@ -36,3 +52,62 @@ def find_role(worktree: Path, name: str) -> Role:
 def role_prompt(role: Role) -> str:
     """The role's instructions as they are added to an agent's system prompt."""
     return f'<role name="{role.name}">\n{role.prompt}\n</role>'
+
+
+def find_skills(worktree: Path) -> tuple[list[Skill], int]:
+    """The worktree's skills in name order (at most ``MAX_SKILLS``), and how many more
+    there are. Each directory and file is opened by descriptor without following a link,
+    so none leads out of the worktree; one that is not a skill (no SKILL.md, or one
+    without a name and description) is left out and logged."""
+    skills: list[Skill] = []
+    more = 0
+    opened: list[int] = []
+    try:
+        parent = os.open(worktree, _DIRECTORY)
+        opened.append(parent)
+        for part in SKILLS_DIR.split("/"):
+            parent = os.open(part, _DIRECTORY, dir_fd=parent)
+            opened.append(parent)
+        names = sorted(os.listdir(parent))
+    except OSError:
+        names = []
+    try:
+        for name in names:
+            path = f"{SKILLS_DIR}/{name}/{SKILL_FILE}"
+            try:
+                text = _read_skill(parent, name)
+                if text is None:
+                    continue
+                skill = parse_skill(text, path)
+            except (OSError, InvalidRole) as error:
+                log.info("not a skill", extra={"path": path, "error": str(error)})
+                continue
+            if len(skills) >= MAX_SKILLS:
+                more += 1
+            else:
+                skills.append(skill)
+    finally:
+        for fd in reversed(opened):
+            os.close(fd)
+    return skills, more
+
+
+def _read_skill(skills_fd: int, name: str) -> str | None:
+    """The SKILL.md of directory ``name`` (None when ``name`` is not a directory or has
+    none), read by descriptor without following links; ``OSError`` when it is a link."""
+    try:
+        directory = os.open(name, _DIRECTORY, dir_fd=skills_fd)
+    except NotADirectoryError:
+        return None
+    try:
+        try:
+            fd = os.open(SKILL_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+        except FileNotFoundError:
+            return None
+        with contextlib.closing(os.fdopen(fd, "rb")) as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise OSError(f"{SKILL_FILE} is not a regular file")
+            data = file.read(MAX_SKILL_CHARS * 4 + 1)
+    finally:
+        os.close(directory)
+    return data.decode("utf-8", errors="replace")
