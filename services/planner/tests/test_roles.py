@@ -72,3 +72,50 @@ async def test_a_plan_assigns_a_repository_role_and_bad_templates_are_warnings(
     assert [t.role for t in plan.tasks] == [None, "reviewer", None]
     assert any("role template .claude/agents/broken.md ignored" in r for r in plan.repairs)
     assert any("dropped role 'ghost-writer'" in r for r in plan.repairs)
+
+
+NOTES_SKILL = """---
+name: release-notes
+description: >-
+  Writes the release notes
+  from CHANGES.md
+---
+Read CHANGES.md and write docs/release.md.
+"""
+
+
+async def test_the_repositorys_skills_are_offered_to_the_planning_model(
+    fake_planner: Planner, fake: ScriptedPlannerModel
+) -> None:
+    planner = fake_planner
+    skills = planner.repo / ".claude" / "skills"
+    (skills / "release-notes").mkdir(parents=True)
+    (skills / "release-notes" / "SKILL.md").write_text(NOTES_SKILL)
+    (skills / "broken").mkdir()
+    (skills / "broken" / "SKILL.md").write_text("no front matter here\n")
+    subprocess.run(["git", "add", "."], cwd=planner.repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "skills"],
+        cwd=planner.repo,
+        check=True,
+    )
+    task = {
+        "id": "t1",
+        "title": "Release notes",
+        "description": "use the release-notes skill",
+        "files": ["docs/release.md"],
+        "depends_on": [],
+        "tier": "small",
+    }
+    fake.replies.append(plan_reply([task]))
+
+    await planner.request(
+        extra_files=(".claude/skills/release-notes/SKILL.md", ".claude/skills/broken/SKILL.md")
+    )
+    await planner.wait_for(PlanProduced)
+
+    context = fake.asked[0].context
+    assert "<skills>\n- release-notes: Writes the release notes from CHANGES.md\n</skills>" in (
+        context
+    )
+    assert "broken" not in context.split("<skills>")[1]

@@ -12,6 +12,7 @@ repository's like any other file: read with the file tools, run only through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from aether_llm.roles import InvalidRole, front_matter, named
 
@@ -30,6 +31,12 @@ class Skill:
     description: str
     # The SKILL.md, relative to the repository's root.
     path: str
+
+
+def is_skill_path(path: str) -> bool:
+    """Whether a repository path is a skill's file (``.claude/skills/<name>/SKILL.md``)."""
+    pure = PurePosixPath(path)
+    return str(pure.parent.parent) == SKILLS_DIR and pure.name == SKILL_FILE
 
 
 def parse_skill(text: str, path: str) -> Skill:

@@ -23,6 +23,7 @@ from aether_events import (
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
 from aether_llm.roles import InvalidRole, is_role_path, parse_role
+from aether_llm.skills import MAX_SKILLS, is_skill_path, parse_skill
 from aether_planner import metrics
 from aether_planner.adapters.model import Decision, ModelUnavailable
 from aether_planner.context import files_to_read, render
@@ -105,12 +106,15 @@ class Handlers:
         if cached is None:
             paths = files_to_read(prepared, mission.request.requirement)
             role_paths = [f.path for f in prepared.files if is_role_path(f.path)]
-            texts, warnings = await self._read(mission, [*paths, *role_paths])
+            skill_paths = [f.path for f in prepared.files if is_skill_path(f.path)]
+            skill_paths = sorted(skill_paths)[:MAX_SKILLS]
+            texts, warnings = await self._read(mission, [*paths, *role_paths, *skill_paths])
             cached = render(
                 prepared, {p: texts[p] for p in paths if p in texts}, self._context_tokens
             )
             roles, role_warnings, block = self._discover_roles(role_paths, texts)
             cached += block
+            cached += self._skills_block(skill_paths, texts)
             self._roles[prepared.mission_id] = (roles, [*warnings, *role_warnings])
             self._contexts[prepared.mission_id] = cached  # the same text keeps the cache warm
         return cached
@@ -173,6 +177,23 @@ class Handlers:
             return [], warnings, ""
         lines = "\n".join(f"- {name}: {description}" for name, description in roles.items())
         return list(roles), warnings, f"\n\n<roles>\n{lines}\n</roles>"
+
+    @staticmethod
+    def _skills_block(paths: list[str], texts: dict[str, str]) -> str:
+        """The block that tells the model of the repository's skills (each agent is told
+        of them too, and reads one when its task calls for it)."""
+        skills = []
+        for path in paths:
+            if path not in texts:
+                continue
+            try:
+                skills.append(parse_skill(texts[path], path))
+            except InvalidRole as error:
+                log.info("not a skill", extra={"path": path, "error": str(error)})
+        if not skills:
+            return ""
+        lines = "\n".join(f"- {skill.name}: {skill.description}" for skill in skills)
+        return f"\n\n<skills>\n{lines}\n</skills>"
 
     async def _answer(self, trigger: Event) -> list[Event]:
         """Ask the model until ``decide`` (the domain's rules) names the outcome."""

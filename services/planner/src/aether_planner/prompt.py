@@ -28,6 +28,8 @@ shallow graphs; never create cycles.
 complex (subtle design or debugging).
 - `role`, only when the repository lists roles in <roles>: the one whose description fits \
 the task; leave it out otherwise.
+- When the repository lists skills in <skills> and one fits a task, name it in the task's \
+description (its agent is shown the skills and reads the one it needs).
 - Use as few tasks as the work allows, never more than the mission's limit, and explain \
 the decomposition briefly in `rationale`.
 """
