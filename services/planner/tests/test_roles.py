@@ -119,3 +119,67 @@ async def test_the_repositorys_skills_are_offered_to_the_planning_model(
         context
     )
     assert "broken" not in context.split("<skills>")[1]
+
+
+RELEASE_COMMAND = """---
+description: Release notes for a version
+argument-hint: <version>
+---
+Write docs/release.md: the release notes for version $1, from CHANGES.md.
+"""
+
+
+async def test_a_requirement_invoking_a_repository_command_is_planned_from_its_text(
+    fake_planner: Planner, fake: ScriptedPlannerModel
+) -> None:
+    """``/release-notes v2.1``: the planning model is given the command's text with the
+    arguments put in, the plan carries it (the agents are told it), and the plan's notes
+    say where it came from."""
+    planner = fake_planner
+    commands = planner.repo / ".claude" / "commands"
+    commands.mkdir(parents=True)
+    (commands / "release-notes.md").write_text(RELEASE_COMMAND)
+    subprocess.run(["git", "add", "."], cwd=planner.repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a command"],
+        cwd=planner.repo,
+        check=True,
+    )
+    task = {
+        "id": "t1",
+        "title": "Release notes",
+        "description": "write them",
+        "files": ["docs/release.md"],
+        "depends_on": [],
+        "tier": "small",
+    }
+    fake.replies.append(plan_reply([task]))
+
+    await planner.request("/release-notes v2.1", extra_files=(".claude/commands/release-notes.md",))
+    plan = of(await planner.wait_for(PlanProduced), PlanProduced)[0]
+
+    expanded = "Write docs/release.md: the release notes for version v2.1, from CHANGES.md."
+    assert f"<requirement>\n{expanded}\n</requirement>" in fake.asked[0].mission
+    assert plan.requirement == expanded
+    assert any("the repository's command /release-notes" in r for r in plan.repairs)
+
+
+async def test_a_command_the_repository_lacks_is_planned_as_written_and_noted(
+    fake_planner: Planner, fake: ScriptedPlannerModel
+) -> None:
+    task = {
+        "id": "t1",
+        "title": "Notes",
+        "description": "write them",
+        "files": ["docs/release.md"],
+        "depends_on": [],
+        "tier": "small",
+    }
+    fake.replies.append(plan_reply([task]))
+
+    await fake_planner.request("/release-notes v2.1")
+    plan = of(await fake_planner.wait_for(PlanProduced), PlanProduced)[0]
+
+    assert "<requirement>\n/release-notes v2.1\n</requirement>" in fake.asked[0].mission
+    assert plan.requirement is None
+    assert any("has no command /release-notes" in r for r in plan.repairs)

@@ -14,9 +14,12 @@ from aether_events import (
     MissionCompleted,
     MissionFailed,
     MissionPaused,
+    MissionRequested,
     MissionResumed,
     PlanApproved,
     PlanFailed,
+    PlanProduced,
+    RepositoryPrepared,
     TaskEscalated,
     TaskReady,
     TaskRetried,
@@ -63,6 +66,26 @@ def test_tasks_carry_the_missions_agent_runtime_with_its_per_tier_override() -> 
     by_id = {e.task.id: e for e in of(decided, TaskReady)}
     assert by_id["a"].runtime == "claude-code" and by_id["b"].runtime == "builtin"
     assert all(e.runtime is None for e in of(Scenario().start(*diamond()), TaskReady))
+
+
+def test_tasks_carry_the_requirement_the_approved_plan_was_made_from() -> None:
+    """A mission that invoked a repository command: its agents are told the command's
+    text (the plan's requirement), not the bare invocation; otherwise the mission's."""
+    s = Scenario()
+    s.given(
+        MissionRequested(**s.meta(), repository="/r", requirement="/release-notes v2.1"),
+        RepositoryPrepared(
+            **s.meta(),
+            repository_path="/r",
+            base_branch="main",
+            base_sha="base",
+            integration_branch=f"aether/{s.mission_id}",
+        ),
+        PlanProduced(**s.meta(), version=1, tasks=[task("a")], requirement="Write v2.1's notes"),
+    )
+    decided = s.when(PlanApproved(**s.meta(), version=1))
+    assert [e.requirement for e in of(decided, TaskReady)] == ["Write v2.1's notes"]
+    assert [e.requirement for e in of(Scenario().start(task("a")), TaskReady)] == ["do it"]
 
 
 def test_dependent_task_waits_for_every_dependency_then_its_wave_starts() -> None:

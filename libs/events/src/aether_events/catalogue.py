@@ -115,6 +115,9 @@ class PlanProduced(Event, frozen=True, kw_only=True, tag="plan_produced"):
     model: str = ""
     offline: bool = False
     repairs: list[str] = msgspec.field(default_factory=list)
+    # The requirement the plan was made from when it is not the mission's as submitted
+    # (a repository command the mission invoked, its arguments put in); agents get it.
+    requirement: str | None = None
 
 
 class PlanFailed(Event, frozen=True, kw_only=True, tag="plan_failed"):

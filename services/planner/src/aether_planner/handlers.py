@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import msgspec
+
 from aether_events import (
     Event,
     MissionAnswered,
@@ -22,6 +24,7 @@ from aether_events import (
     step_ids,
 )
 from aether_llm import OFFLINE_MODEL, LLMSettings
+from aether_llm.commands import Invocation, expand, invocation
 from aether_llm.roles import InvalidRole, is_role_path, parse_role
 from aether_llm.skills import MAX_SKILLS, is_skill_path, parse_skill
 from aether_planner import metrics
@@ -66,6 +69,9 @@ class Handlers:
         self._contexts: dict[str, str] = {}
         # Per mission: the repository's role names, and warnings about its bad templates.
         self._roles: dict[str, tuple[list[str], list[str]]] = {}
+        # Per mission invoking a repository command: the requirement it makes (None when
+        # there is no such command), and the plan's notes about it.
+        self._commands: dict[str, tuple[str | None, list[str]]] = {}
         # One lock per mission with a trigger in hand: its triggers are answered one after
         # another, in stream order, while other missions' are answered beside them.
         self._missions: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -80,6 +86,7 @@ class Handlers:
         if mission is not None and (mission.approved or mission.ended):
             self._contexts.pop(event.mission_id, None)  # no more planning for it
             self._roles.pop(event.mission_id, None)
+            self._commands.pop(event.mission_id, None)
         if not wants_model(self.projection.state, event):
             return
         lock, users = self._missions.setdefault(event.mission_id, (asyncio.Lock(), [0]))
@@ -104,11 +111,17 @@ class Handlers:
         assert prepared is not None
         cached = self._contexts.get(prepared.mission_id)
         if cached is None:
+            called = invocation(mission.request.requirement)
+            command_paths = [called.path] if called is not None else []
             paths = files_to_read(prepared, mission.request.requirement)
             role_paths = [f.path for f in prepared.files if is_role_path(f.path)]
             skill_paths = [f.path for f in prepared.files if is_skill_path(f.path)]
             skill_paths = sorted(skill_paths)[:MAX_SKILLS]
-            texts, warnings = await self._read(mission, [*paths, *role_paths, *skill_paths])
+            texts, warnings = await self._read(
+                mission, [*paths, *role_paths, *skill_paths, *command_paths]
+            )
+            if called is not None:
+                self._commands[prepared.mission_id] = _command(called, texts)
             cached = render(
                 prepared, {p: texts[p] for p in paths if p in texts}, self._context_tokens
             )
@@ -203,6 +216,10 @@ class Handlers:
         offline = model == OFFLINE_MODEL
         context = await self._context(mission)
         roles, warnings = self._roles.get(trigger.mission_id, ([], []))
+        requirement, notes = self._commands.get(trigger.mission_id, (None, []))
+        warnings = [*warnings, *notes]
+        if requirement is not None:
+            request = msgspec.structs.replace(request, requirement=requirement)
         replies: list[Decision] = []
         out: list[Event] = []
 
@@ -216,6 +233,7 @@ class Handlers:
                 offline=offline,
                 roles=roles,
                 warnings=warnings,
+                requirement=requirement,
             )
 
         step = next_step()
@@ -255,6 +273,25 @@ class Handlers:
             step = next_step()
         _count(step)
         return [*out, step]
+
+
+def _command(called: Invocation, texts: dict[str, str]) -> tuple[str | None, list[str]]:
+    """The requirement a repository command makes of the mission (``None`` when the
+    repository has no such command, or one that cannot be used), and the plan's notes."""
+    text = texts.get(called.path)
+    if text is None:
+        return None, [
+            f"the repository has no command /{called.name} ({called.path}); "
+            "planned from the requirement as written"
+        ]
+    try:
+        expanded = expand(text, called)
+    except InvalidRole as error:
+        return None, [
+            f"the command /{called.name} ({called.path}) cannot be used: {error}; "
+            "planned from the requirement as written"
+        ]
+    return expanded.text, expanded.notes
 
 
 def _count(outcome: Outcome) -> None:

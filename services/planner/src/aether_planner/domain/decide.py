@@ -115,10 +115,12 @@ def decide(
     offline: bool,
     roles: Collection[str] = (),
     warnings: Sequence[str] = (),
+    requirement: str | None = None,
 ) -> AskModel | Outcome:
     """The next step for ``trigger``, given the model's replies to it so far. ``roles``:
     the repository's role names; ``warnings``: about its role templates that cannot be
-    used, reported with a plan's repairs."""
+    used (and the command the mission invoked), reported with a plan's repairs;
+    ``requirement``: what the mission's repository command made of its requirement."""
     ask = AskModel(revising=revising(mission, trigger), plan_only=plan_required(mission, trigger))
     if not replies:
         return ask
@@ -133,6 +135,7 @@ def decide(
             offline=offline,
             roles=roles,
             warnings=warnings,
+            requirement=requirement,
         )
     if len(replies) < MAX_MODEL_CALLS:
         return AskModel(ask.revising, ask.plan_only, "\n".join(f"- {p}" for p in found))
@@ -149,6 +152,7 @@ def outcome(
     offline: bool,
     roles: Collection[str] = (),
     warnings: Sequence[str] = (),
+    requirement: str | None = None,
 ) -> PlanProduced | PlanClarificationRequested | MissionAnswered:
     """The event a usable reply becomes: questions, an answer, or the next plan version."""
     meta = caused_by(trigger, now, step_ids.planner_outcome(trigger.event_id))
@@ -169,6 +173,7 @@ def outcome(
         model=model,
         offline=offline,
         repairs=[*warnings, *repairs],
+        requirement=requirement,
     )
 
 

@@ -375,7 +375,7 @@ def _ready(
         task=task.spec,
         attempt=attempt,
         model=model,
-        requirement=m.request.requirement,
+        requirement=_requirement(m),
         wave=task.wave,
         max_cost_usd=cap,
         context=context if attempt > 1 else "",
@@ -383,6 +383,13 @@ def _ready(
         runtime=m.request.runtime_overrides.get(tier) or m.request.runtime,
         resolve_sha=task.resolve_sha if attempt > 1 else None,
     )
+
+
+def _requirement(m: MissionState) -> str:
+    """What the agents are told the mission is: the approved plan's requirement when it
+    was made from a repository command, else the mission's as submitted."""
+    plan = None if m.approved_version is None else m.plans.get(m.approved_version)
+    return (plan.requirement if plan is not None else None) or m.request.requirement
 
 
 # --- waves and the end ------------------------------------------------------------------
