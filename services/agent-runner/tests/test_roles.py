@@ -12,7 +12,7 @@ import pytest
 from aether_events import AgentCompleted, AgentFailed, AgentStarted, UsageRecorded
 from aether_llm import DEFAULT_TIERS, Reply, text_block, tool_use_block
 
-from .conftest import git
+from .conftest import git, results_of
 
 REVIEWER = """---
 name: reviewer
@@ -228,3 +228,61 @@ async def test_the_agent_is_told_of_the_repositorys_skills(
         "Writes the release notes from CHANGES.md"
     )
     assert line in text
+
+
+READER = """---
+name: reader
+description: Reads and reports, changes nothing but its notes
+tools: Read, Grep, Write
+---
+You read the code and write NOTES.md.
+"""
+
+
+async def test_the_builtin_loop_offers_only_the_tools_the_role_names(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    tool: Any,
+    reply: Any,
+    finish: Any,
+) -> None:
+    """A role's ``tools`` (Claude Code's names) narrow the built-in loop's tools as they
+    narrow Claude Code's: ``Read``, ``Grep`` and ``Write`` give read_file, search,
+    write_file and delete_file, and finish; no edit_file, list_dir or run_command (the
+    task's policy allows python), and a call to one is refused."""
+    worktree = task_repo.worktree
+    (worktree / ".claude" / "agents").mkdir(parents=True)
+    (worktree / ".claude" / "agents" / "reader.md").write_text(READER)
+    git(worktree, "add", ".claude")
+    git(worktree, "commit", "-q", "-m", "a reader role")
+    ready = workspace_ready(task_repo, mission_id)
+    ready = msgspec.structs.replace(
+        ready,
+        task=msgspec.structs.replace(ready.task, role="reader"),
+        base_sha=git(worktree, "rev-parse", "HEAD"),
+    )
+    scripted = model(
+        {
+            "t1": [
+                reply(tool("edit_file", path="src/app.py", old_text="Hello", new_text="Hi")),
+                reply(tool("run_command", command="python -V")),
+                reply(tool("write_file", path="NOTES.md", content="read\n")),
+                finish("noted"),
+            ]
+        }
+    )
+    await start_runner(scripted, commands=("python",))
+    await publish(ready)
+    done = await events.first(AgentCompleted)
+
+    offered = [t["name"] for t in scripted.script.requests[0]["tools"]]
+    assert offered == ["read_file", "search", "write_file", "delete_file", "finish"]
+    answers = [results_of(r)[0] for r in scripted.script.requests[1:3]]
+    assert all("is not one of this task's tools" in answer for answer in answers), answers
+    assert done.files_changed == ["NOTES.md"]
+    assert "Hello" in (worktree / "src" / "app.py").read_text()

@@ -63,7 +63,7 @@ from aether_agent_runner.runtimes import (
     runtime_name,
 )
 from aether_agent_runner.runtimes.builtin import BuiltinRuntime, begin_fresh
-from aether_agent_runner.runtimes.roles import RoleMissing, find_role
+from aether_agent_runner.runtimes.roles import RoleMissing, find_role, role_tools
 from aether_agent_runner.runtimes.session import earlier_run
 from aether_events import (
     AgentCompleted,
@@ -378,6 +378,7 @@ class Attempts:
             settings.command_env,
             sandbox=self.sandbox,
             limits=settings.sandbox.limits,
+            allowed=role_tools(role),
         )
 
         commit_limits = settings.commit_limits()

@@ -179,7 +179,8 @@ class ToolBox:
     ``sandbox`` runs its commands: a ``Sandbox`` (or any ``CommandRunner``: a handler
     test's ``ScriptedSandbox``), or the ``SandboxUnavailable`` that says why none can
     start (every ``run_command`` is then refused with that reason); left out, the one the
-    environment configures is opened at the first command.
+    environment configures is opened at the first command. ``allowed``: the only tools
+    the agent may call (its role's ``tools``; ``finish`` always), or ``None`` for all.
     """
 
     def __init__(
@@ -190,9 +191,13 @@ class ToolBox:
         passed_env: tuple[str, ...] = (),
         sandbox: Sandbox | CommandRunner | SandboxUnavailable | None = None,
         limits: Limits | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> None:
         self.workspace = workspace
         self._commands = commands if commands and commands.allowed != () else None
+        self._allowed = None if allowed is None else allowed | {FINISH}
+        if self._allowed is not None and "run_command" not in self._allowed:
+            self._commands = None
         self._search_timeout = search_timeout_seconds
         self._passed_env = passed_env
         self._scratch: Path | None = None
@@ -220,6 +225,10 @@ class ToolBox:
             self._sandbox = self._warm = WarmSandbox(self._sandbox)
         return self._sandbox
 
+    def may_call(self, name: str) -> bool:
+        """Whether the task's role (if it names tools) lets the agent call ``name``."""
+        return self._allowed is None or name in self._allowed
+
     @property
     def runs_commands(self) -> bool:
         """Whether this task's agent may run any command at all."""
@@ -237,7 +246,7 @@ class ToolBox:
         return self._limits or Limits()
 
     def definitions(self) -> list[ToolParam]:
-        tools = list(FILE_TOOLS)
+        tools = [tool for tool in FILE_TOOLS if self.may_call(tool["name"])]
         if self._commands is not None:
             opened = self._sandbox
             egress = opened.settings.egress if isinstance(opened, Bubblewrap | WarmSandbox) else ()
@@ -268,6 +277,11 @@ class ToolBox:
         action = describe_call(name, args)
         ran: CommandResult | None = None
         try:
+            if not self.may_call(name):
+                raise ToolError(
+                    f"{name} is not one of this task's tools (its role allows "
+                    f"{', '.join(sorted(self._allowed or ()))})"
+                )
             if name == "run_command" and self._commands is not None:
                 ran = await self._run(args, self._commands, env or {}, on_output)
                 content = ran.report(_text(args, "command"))

@@ -49,6 +49,34 @@ def find_role(worktree: Path, name: str) -> Role:
     raise RoleMissing(f"the task names role {name!r}, which {ROLES_DIR} does not define{detail}")
 
 
+# What each Claude Code tool a role's ``tools`` may name lets an agent do, as the built-in
+# loop's tools (any runtime's commands are ``run_command``).
+ROLE_TOOLS: dict[str, tuple[str, ...]] = {
+    "Read": ("read_file",),
+    "Glob": ("list_dir",),
+    "LS": ("list_dir",),
+    "Grep": ("search",),
+    "Edit": ("edit_file",),
+    "MultiEdit": ("edit_file",),
+    "Write": ("write_file", "delete_file"),
+    "Bash": ("run_command",),
+}
+BUILTIN_TOOLS = frozenset(name for names in ROLE_TOOLS.values() for name in names)
+
+
+def role_tools(role: Role | None) -> frozenset[str] | None:
+    """The tools an agent in ``role`` may call (``None``: the role names none, so every
+    one); a role may also name the built-in loop's own tools."""
+    if role is None or role.tools is None:
+        return None
+    allowed: set[str] = set()
+    for tool in role.tools:
+        allowed.update(ROLE_TOOLS.get(tool, ()))
+        if tool in BUILTIN_TOOLS:
+            allowed.add(tool)
+    return frozenset(allowed)
+
+
 def role_prompt(role: Role) -> str:
     """The role's instructions as they are added to an agent's system prompt."""
     return f'<role name="{role.name}">\n{role.prompt}\n</role>'
