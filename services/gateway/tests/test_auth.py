@@ -117,6 +117,36 @@ async def test_a_revoked_token_is_refused_at_once(http, gateway_server):
     assert created["id"] in [t["id"] for t in everything["tokens"]]
 
 
+async def test_an_open_event_stream_ends_once_its_token_is_revoked(make_gateway):
+    """A stream opened with a token that is revoked while it is open ends within the
+    gateway's re-check interval, with an event saying why, rather than running on until
+    the next reconnect; its reconnect is then refused."""
+    import asyncio
+
+    from .test_sse import messages
+
+    server = await make_gateway(sse_reauth_seconds=0.3)
+    async with server.client() as admin:
+        created = await new_token(admin, "read")
+        async with server.client(token=created["token"]) as reader:
+            async with reader.stream("GET", "/events/stream") as response:
+                assert response.status_code == 200
+                stream = messages(response)
+                # Open and good: it is still there after a few re-checks.
+                await asyncio.sleep(1.0)
+                assert (await admin.delete(f"/admin/tokens/{created['id']}")).status_code == 200
+                seen = []
+
+                async def until_the_end():
+                    async for message in stream:
+                        seen.append(message)
+
+                await asyncio.wait_for(until_the_end(), 10)
+            ended = [m for m in seen if m.get("event") == "stream_ended"]
+            assert len(ended) == 1 and "token" in ended[0]["data"]
+            assert (await reader.get("/events/stream")).status_code == 401
+
+
 async def test_tokens_are_stored_as_hashes_and_never_listed(http, gateway_server):
     created = await new_token(http, "write", "read")
     secret = created["token"]

@@ -99,6 +99,9 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
     # Where clients reach this gateway (behind a proxy or an ingress it is not host:port).
     public_url: str = setting("AETHER_GATEWAY_PUBLIC_URL", "")
     sse_keepalive_seconds: float = setting("AETHER_SSE_KEEPALIVE_SECONDS", 15.0)
+    # How often an open event stream asks again whether its token is still good: one
+    # revoked or expired meanwhile ends the stream within about this long.
+    sse_reauth_seconds: float = setting("AETHER_SSE_REAUTH_SECONDS", 15.0)
     # Recent events kept in memory for clients that reconnect, and how far a client may
     # fall behind before it is let go (it then resumes with Last-Event-ID).
     sse_ring_size: int = setting("AETHER_SSE_RING_SIZE", 10_000)

@@ -98,6 +98,8 @@ class AuthMiddleware(ASGIMiddleware):
         if token is None:
             raise _unauthorized("authentication required: send Authorization: Bearer <token>")
         scope["user"] = await context_of(scope).authenticator.principal(token)
+        # Kept for what outlives the request's check: an event stream asks again.
+        scope["auth"] = token
         await next_app(scope, receive, send)
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import get
+from litestar import Request, get
 from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -131,18 +132,37 @@ def _message(event: StreamedEvent) -> ServerSentEventMessage:
     return ServerSentEventMessage(id=event.sequence, event=event.type, data=event.data.decode())
 
 
+async def _still_good(ctx: GatewayContext, token: object) -> bool:
+    """Whether the token a stream was opened with would still be let in."""
+    if not isinstance(token, str):
+        return True  # a stream no token opened (none is served so)
+    try:
+        await ctx.authenticator.principal(token)
+    except (NotAuthorizedException, PermissionDeniedException):
+        return False
+    return True
+
+
 def _stream(
-    ctx: GatewayContext, wanted: Filter, after: int, *, until_terminal: bool = False
+    ctx: GatewayContext,
+    wanted: Filter,
+    after: int,
+    token: object,
+    *,
+    until_terminal: bool = False,
 ) -> ServerSentEvent:
     # Registered before anything is replayed: every event after ``start`` reaches the
     # queue, every event up to it comes from the replay.
     subscriber = ctx.hub.subscribe(wanted)
     start = subscriber.start
-    idle = ctx.settings.sse_keepalive_seconds
+    reauth = ctx.settings.sse_reauth_seconds
+    idle = min(ctx.settings.sse_keepalive_seconds, reauth)
 
     async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
         metrics.SSE_CLIENTS.inc()
         last = after
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + reauth
         try:
             if after < start:
                 async for event in _replay(ctx, after, start, wanted):
@@ -152,6 +172,14 @@ def _stream(
                         return
             while not ctx.closing.is_set():
                 item = await subscriber.next(idle)
+                if loop.time() >= check_at:
+                    if not await _still_good(ctx, token):
+                        log.info("event stream ended: its token is no longer valid")
+                        yield ServerSentEventMessage(
+                            event="stream_ended", data='{"reason": "token no longer valid"}'
+                        )
+                        return
+                    check_at = loop.time() + reauth
                 if item is IDLE:
                     yield ServerSentEventMessage(comment="keep-alive", data=None)
                     continue
@@ -195,6 +223,7 @@ _SSE_ERRORS = {200: _STREAM, **error_responses(400, 401, 403, 404)}
 )
 async def mission_events(
     ctx: NamedDependency[GatewayContext],
+    request: Request[Any, Any, Any],
     mission_id: FromPath[str],
     after: After = None,
     until_terminal: Annotated[
@@ -216,7 +245,7 @@ async def mission_events(
     ):
         raise mission_not_found(mission_id)
     wanted = Filter(mission_id=mission_id, telemetry=telemetry)
-    return _stream(ctx, wanted, start, until_terminal=until_terminal)
+    return _stream(ctx, wanted, start, request.scope.get("auth"), until_terminal=until_terminal)
 
 
 @get(
@@ -229,6 +258,7 @@ async def mission_events(
 )
 async def all_events(
     ctx: NamedDependency[GatewayContext],
+    request: Request[Any, Any, Any],
     type: Annotated[
         list[str] | None, QueryParameter(description="Only these event types (repeat)")
     ] = None,
@@ -243,7 +273,8 @@ async def all_events(
     unknown = sorted((types or frozenset()) - TYPES_BY_TAG.keys())
     if unknown:
         raise bad_request(f"unknown event type {unknown[0]!r}", allowed=sorted(TYPES_BY_TAG))
-    return _stream(ctx, Filter(types=types, telemetry=telemetry), start)
+    wanted = Filter(types=types, telemetry=telemetry)
+    return _stream(ctx, wanted, start, request.scope.get("auth"))
 
 
 LIVE_ROUTES = [mission_events, all_events]
