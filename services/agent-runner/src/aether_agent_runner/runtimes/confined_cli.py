@@ -62,6 +62,8 @@ async def confined(
     """A script that runs ``cli`` in ``sandbox``, to give the SDK as the CLI's path;
     valid (the model relay served) while in use. Raises ``RelayRefused`` for a model
     endpoint the relay cannot carry."""
+    # The CLI's directory, and where it really lives when a link names it.
+    where = (Path(cli).parent, (await asyncio.to_thread(Path(cli).resolve)).parent)
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
     try:
         argv = [cli]
@@ -76,7 +78,7 @@ async def confined(
                 workdir=job.worktree,
                 cwd=job.worktree,
                 env={"PATH": os.environ.get("PATH", os.defpath)},
-                read_only=(scratch, Path(cli).parent),
+                read_only=(scratch, *where),
                 protect=(job.worktree / ".git",),
                 home=config_dir,
             )
