@@ -38,6 +38,7 @@ import json
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -325,8 +326,10 @@ class AttemptPublisher(EventPublisher):
         secret: str,
         service: str = "agent-runner",
         stopping: asyncio.Event | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
+        self._tls = tls
         # Set when the runner stops: a refused credential is not asked for again then.
         self._stopping = stopping or asyncio.Event()
         self._service = service
@@ -385,6 +388,7 @@ class AttemptPublisher(EventPublisher):
                     # The server asks the scheduler before it answers.
                     connect_timeout=15,
                     error_cb=_connection_error,
+                    tls=self._tls,
                 )
                 nc.options["max_reconnect_attempts"] = -1
                 return nc
@@ -466,6 +470,8 @@ class AttemptCredentials:
     nats_url: str
     secret: str
     runner_id: str
+    # The bus's TLS, as the service's own connection has it (``RuntimeSettings.nats_tls``).
+    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
     _stopping: asyncio.Event = field(
         default_factory=asyncio.Event, init=False, compare=False, repr=False
     )
@@ -480,7 +486,12 @@ class AttemptCredentials:
         """Within this block (and the tasks started in it) ``current_publisher()`` is the
         attempt's; its connection is closed when the block ends."""
         publisher = AttemptPublisher(
-            self.nats_url, key, self.runner_id, self.secret, stopping=self._stopping
+            self.nats_url,
+            key,
+            self.runner_id,
+            self.secret,
+            stopping=self._stopping,
+            tls=self.tls,
         )
         token = _CURRENT.set(publisher)
         try:

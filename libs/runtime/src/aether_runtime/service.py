@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsBroker
-from faststream.nats.security import NatsUserPassword
+from faststream.nats.security import NatsSecurity, NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -256,13 +256,17 @@ class Service:
 
     def __post_init__(self) -> None:
         credentials = self.settings.nats_credentials
+        tls = self.settings.nats_tls()
+        security: NatsSecurity | None = None
+        if credentials:
+            security = NatsUserPassword(
+                credentials["user"], credentials["password"], ssl_context=tls
+            )
+        elif tls is not None:
+            security = NatsSecurity(ssl_context=tls)
         self.broker = NatsBroker(
             self.settings.nats_url,
-            security=(
-                NatsUserPassword(credentials["user"], credentials["password"])
-                if credentials
-                else None
-            ),
+            security=security,
             # The service's one connection: the broker opens it (``_start``) and the
             # service publishes, acknowledges, replays and asks on it too.
             name=f"aether-{self.name}",

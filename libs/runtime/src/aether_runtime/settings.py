@@ -17,6 +17,7 @@ given by the class's own ``from_env``.
 from __future__ import annotations
 
 import os
+import ssl
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -250,11 +251,33 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     # file (a mounted Secret) named by NATS_PASSWORD_FILE.
     nats_user: str = setting("NATS_USER", "")
     nats_password: Annotated[str, Env(file="NATS_PASSWORD_FILE")] = setting("NATS_PASSWORD", "")
+    # TLS to the bus (a ``tls://`` URL, or any of these set): the CA bundle the server's
+    # certificate must chain to (else the system's trust store), and a certificate and key
+    # for a server that asks its clients for one.
+    nats_tls_ca: str = setting("NATS_TLS_CA", "")
+    nats_tls_cert: str = setting("NATS_TLS_CERT", "")
+    nats_tls_key: str = setting("NATS_TLS_KEY", "")
 
     @classmethod
     def for_service(cls, default_port: int, env: ENV | None = None) -> RuntimeSettings:
         """The settings of a service listening on ``default_port`` unless ``PORT`` says."""
         return cls.load(env, defaults={"port": default_port})
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        """The TLS context of every connection to the bus (the service's and its
+        attempts'), or ``None`` for plain connections; ``SettingsError`` when a file it
+        names cannot be loaded. The server's certificate is checked against its name."""
+        servers = [url.strip() for url in self.nats_url.split(",")]
+        wanted = any(url.startswith("tls://") for url in servers)
+        if not (wanted or self.nats_tls_ca or self.nats_tls_cert):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.nats_tls_ca or None)
+            if self.nats_tls_cert:
+                context.load_cert_chain(self.nats_tls_cert, self.nats_tls_key or None)
+        except (OSError, ssl.SSLError) as error:
+            raise SettingsError(f"the bus's TLS settings cannot be loaded: {error}") from error
+        return context
 
     @property
     def nats_credentials(self) -> dict[str, str]:

@@ -57,6 +57,7 @@ def attempt_credentials(settings: RunnerSettings) -> AttemptCredentials | None:
         nats_url=settings.runtime.nats_url,
         secret=settings.attempt_secret,
         runner_id=socket.gethostname(),
+        tls=settings.runtime.nats_tls(),
     )
 
 
