@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import shlex
 import shutil
@@ -31,6 +33,8 @@ from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.relay import endpoint, inside_argv, serving
 from aether_sandbox import Bubblewrap, Request, WarmSandbox
 from aether_sandbox.bubblewrap import HOME
+
+log = logging.getLogger("aether.agent-runner.claude-code")
 
 # The variables the sandbox decides (where the CLI's home, temporary files and
 # configuration are inside it); every other one is the SDK's, as it would be outside.
@@ -65,6 +69,9 @@ async def confined(
     # The CLI's directory, and where it really lives when a link names it.
     where = (Path(cli).parent, (await asyncio.to_thread(Path(cli).resolve)).parent)
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
+    # Where bubblewrap names the sandbox's first process: the end of that process is the
+    # end of every process in the sandbox, which the runner waits for.
+    info = scratch / "sandbox.json"
     try:
         argv = [cli]
         async with contextlib.AsyncExitStack() as stack:
@@ -88,9 +95,32 @@ async def confined(
             env = shutil.which("env") or "/usr/bin/env"
             assignments = [f"{name}={value}" for name, value in placed.items()]
             script = scratch / "claude"
-            line = shlex.join([env, *assignments, *launch.argv])
-            await asyncio.to_thread(script.write_text, f'#!/bin/sh\nexec {line} "$@"\n')
+            bwrap, *options = launch.argv
+            line = shlex.join([env, *assignments, bwrap, "--info-fd", "3", *options])
+            text = f'#!/bin/sh\nexec 3>{shlex.quote(str(info))}\nexec {line} "$@"\n'
+            await asyncio.to_thread(script.write_text, text)
             await asyncio.to_thread(script.chmod, 0o700)
             yield str(script)
     finally:
+        await _sandbox_ended(info)
         await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+
+async def _sandbox_ended(info: Path, within: float = 10.0) -> None:
+    """Wait until the sandbox ``info`` names has no process left (its first process has
+    exited: the kernel ends the rest of its PID namespace before that process's exit is
+    done). A CLI killed by a stop order is then gone when the stop is reported."""
+    try:
+        pid = int(json.loads(await asyncio.to_thread(info.read_text))["child-pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # never started
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            stat = await asyncio.to_thread(Path(f"/proc/{pid}/stat").read_text)
+        except OSError:
+            return
+        if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+            return  # exited, not yet reaped
+        await asyncio.sleep(0.01)
+    log.warning("the Claude Code sandbox outlived its CLI", extra={"pid": pid})
