@@ -33,6 +33,10 @@ COMMON_NAMES = frozenset(
         "LOG_LEVEL",
         "AETHER_HTTP_HOST",
         "AETHER_STREAM_REPLICAS",
+        # TLS to a bus the stack is pointed at (files' paths, not secrets themselves).
+        "NATS_TLS_CA",
+        "NATS_TLS_CERT",
+        "NATS_TLS_KEY",
     }
 )
 COMMON_PREFIXES = ("LC_",)

@@ -212,7 +212,36 @@ def test_nats_is_a_three_server_jetstream_cluster_on_volumes(overlay: str) -> No
     assert "jetstream" in conf and "store_dir: /data" in conf
     config = named(overlay, "ConfigMap", "aether-config")["data"]
     assert config["AETHER_STREAM_REPLICAS"] == "3"
-    assert config["NATS_URL"] == "nats://nats:4222"
+    scheme = "tls" if overlay == "production" else "nats"
+    assert config["NATS_URL"] == f"{scheme}://nats:4222"
+
+
+def test_production_speaks_tls_to_the_bus_and_between_its_servers() -> None:
+    """The nats-tls component: the servers take TLS only, from clients and from each
+    other, with the certificate of the aether-nats-tls Secret; every service connects
+    with tls:// and checks the server against the Secret's CA, mounted where
+    NATS_TLS_CA says (and only the CA: no service holds the server's key)."""
+    config = named("production", "ConfigMap", "nats-config")["data"]
+    assert 'include "tls.conf"' in config["nats.conf"]
+    assert 'include "cluster-tls.conf"' in config["nats.conf"].split("cluster {")[1]
+    for name in ("tls.conf", "cluster-tls.conf"):
+        for field in ("cert_file: /etc/nats-tls/tls.crt", "key_file: /etc/nats-tls/tls.key"):
+            assert field in config[name]
+    assert "verify: true" in config["cluster-tls.conf"]
+    nats = named("production", "StatefulSet", "nats")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "aether-nats-tls"}} in nats["volumes"]
+    mounts = nats["containers"][0]["volumeMounts"]
+    assert {"name": "tls", "mountPath": "/etc/nats-tls", "readOnly": True} in mounts
+    ca = named("production", "ConfigMap", "aether-config")["data"]["NATS_TLS_CA"]
+    for deployment in app_deployments("production"):
+        pod = deployment["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "nats-tls"]
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "nats-tls"]
+        assert ca == f"{mount['mountPath']}/ca.crt" and mount["readOnly"] is True
+    # The local overlay stays plain, its ConfigMap keys saying where TLS would go.
+    local = named("local", "ConfigMap", "nats-config")["data"]
+    assert "tls {" not in local["tls.conf"] + local["cluster-tls.conf"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
