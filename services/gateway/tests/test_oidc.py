@@ -5,6 +5,7 @@ audience, expiry)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -251,6 +252,48 @@ async def test_an_expired_token_is_refused_at_sign_in_and_on_the_api(
         assert response.json()["error"] == "the OIDC token is not valid: Signature has expired"
     finally:
         provider.stop()
+
+
+async def test_a_board_session_is_renewed_with_the_providers_refresh_token(
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+):
+    """A provider that gives refresh tokens: the sign-in hands the board one, and
+    ``/auth/oidc/refresh`` swaps it for a new checked ID token (and the refresh token to
+    use next), which works as the bearer; one the provider does not know is 401. A
+    provider that gives none: the session has nothing to renew it."""
+    provider = Provider(USERS, refresh_tokens=True)
+    try:
+        browser = Browser(provider, await make_gateway(oidc=settings_for(provider)))
+        first = (await browser.sign_in("otto")).json()
+        assert first["refresh_token"]
+        await asyncio.sleep(1.1)  # a new token's iat and exp differ from the first's
+        async with browser.gateway.client(token=None) as anonymous:
+            renewed = await anonymous.post(
+                "/auth/oidc/refresh", json={"refresh_token": first["refresh_token"]}
+            )
+            assert renewed.status_code == 200, renewed.text
+            session = renewed.json()
+            assert session["token"] != first["token"]
+            assert session["expires_at"] > first["expires_at"]
+            assert (session["id"], session["scopes"]) == ("oidc:otto", ["write"])
+            assert session["refresh_token"]
+            refused = await anonymous.post(
+                "/auth/oidc/refresh", json={"refresh_token": "not-one-it-gave"}
+            )
+            assert refused.status_code == 401
+            assert refused.json()["error"].startswith("the session cannot be renewed")
+            empty = await anonymous.post("/auth/oidc/refresh", json={"refresh_token": ""})
+            assert empty.status_code == 400
+        async with browser.gateway.client(token=session["token"]) as board:
+            assert (await board.get("/missions")).status_code == 200
+    finally:
+        provider.stop()
+    without = Provider(USERS)
+    try:
+        browser = Browser(without, await make_gateway(oidc=settings_for(without)))
+        assert (await browser.sign_in("otto")).json()["refresh_token"] == ""
+    finally:
+        without.stop()
 
 
 async def test_a_forged_signature_is_refused(signed: Browser):

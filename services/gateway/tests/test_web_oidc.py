@@ -117,6 +117,43 @@ async def test_an_operator_signs_in_with_the_provider_until_the_token_expires(
     assert await page.evaluate("sessionStorage.getItem('aether.token')") is None
 
 
+async def test_a_session_the_provider_renews_goes_on_past_its_first_token(
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+    nats_url: str,
+    browser: Any,
+    artefacts: Path,
+) -> None:
+    """With a refresh token from the provider the board renews its session a minute
+    before the ID token ends, and goes on with the new one instead of signing out."""
+    provider = Provider(USERS, refresh_tokens=True)
+    try:
+        port = free_port()
+        board = await make_gateway(
+            runtime=RuntimeSettings(nats_url=nats_url, host="127.0.0.1", port=port),
+            public_url=f"http://127.0.0.1:{port}",
+            oidc=OidcSettings(issuer=provider.issuer, client_id="aether-board"),
+        )
+        page = await first_page(browser)
+        await page.clock.install()
+        await sign_in(page, board, "otto")
+        first = await page.evaluate("sessionStorage.getItem('aether.token')")
+        assert await page.evaluate("sessionStorage.getItem('aether.renew')")
+
+        # Nine and a half minutes on: the renewal (due at nine) has run.
+        await page.clock.fast_forward("09:30")
+        await page.wait_for_function(
+            "first => sessionStorage.getItem('aether.token') !== first", arg=first
+        )
+        await expect(page.locator("#missions")).to_be_visible()
+        await expect(page.locator("#who")).to_contain_text("otto@x.test")
+        # The new token is what the board sends now: a page it loads still answers.
+        await page.click('a[href="/board/agents"]')
+        await expect(page.locator("#signin")).to_be_hidden()
+        await page.screenshot(path=str(artefacts / "oidc-renewed.png"))
+    finally:
+        provider.stop()
+
+
 async def test_signing_out_ends_the_providers_session_too(
     board: GatewayServer, browser: Any, artefacts: Path
 ) -> None:

@@ -125,6 +125,7 @@ class ProviderMetadata(msgspec.Struct, kw_only=True):
 
 class _TokenAnswer(msgspec.Struct, kw_only=True):
     id_token: str = ""
+    refresh_token: str = ""
     error: str = ""
     error_description: str = ""
 
@@ -137,6 +138,8 @@ class SignedIn:
     token: str
     expires_at: int
     claims: dict[str, Any] = field(repr=False)
+    # What renews the session before the token ends ("": the provider gave none).
+    refresh_token: str = field(default="", repr=False)
 
 
 def _client() -> httpx.AsyncClient:
@@ -230,16 +233,44 @@ class OidcVerifier:
 
     async def sign_in(self, code: str, code_verifier: str, nonce: str) -> SignedIn:
         """Swap an authorization code for tokens and check the ID token, its nonce too."""
+        answer = await self._token_request(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self.redirect_url,
+                "code_verifier": code_verifier,
+                "client_id": self.settings.client_id,
+            },
+            "code",
+        )
+        claims = await self._verified(answer.id_token, [self.settings.client_id], id_token=True)
+        if not hmac.compare_digest(str(claims.get("nonce", "")).encode(), nonce.encode()):
+            raise InvalidToken("the ID token's nonce is not this sign-in's")
+        return self._signed_in(answer, claims)
+
+    async def refresh(self, refresh_token: str) -> SignedIn:
+        """Renew a board session: the provider's refresh grant, the new ID token checked
+        as a sign-in's is (but for the nonce, which a refresh does not carry)."""
+        answer = await self._token_request(
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": self.settings.client_id,
+            },
+            "refresh token",
+        )
+        claims = await self._verified(answer.id_token, [self.settings.client_id], id_token=True)
+        if not answer.refresh_token:
+            # Not rotated: the one the board holds goes on working.
+            answer = msgspec.structs.replace(answer, refresh_token=refresh_token)
+        return self._signed_in(answer, claims)
+
+    async def _token_request(self, form: dict[str, str], what: str) -> _TokenAnswer:
+        """The token endpoint's answer to ``form``; ``InvalidToken`` when it refuses
+        ``what`` or gives no ID token."""
         if not self.settings.browser_sign_in:
             raise InvalidToken("OIDC sign-in is not configured")
         found = await self.metadata()
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": self.redirect_url,
-            "code_verifier": code_verifier,
-            "client_id": self.settings.client_id,
-        }
         # A confidential client authenticates with client_secret_basic; a public one
         # (no secret) is held to its PKCE verifier alone.
         auth: httpx.Auth = (
@@ -255,10 +286,10 @@ class OidcVerifier:
             raise ProviderUnavailable(f"the token endpoint: {error}") from error
         if response.status_code >= 400 or answer.error or not answer.id_token:
             why = answer.error_description or answer.error or f"HTTP {response.status_code}"
-            raise InvalidToken(f"the provider refused the code: {why[:_MAX_ERROR_TEXT]}")
-        claims = await self._verified(answer.id_token, [self.settings.client_id], id_token=True)
-        if not hmac.compare_digest(str(claims.get("nonce", "")).encode(), nonce.encode()):
-            raise InvalidToken("the ID token's nonce is not this sign-in's")
+            raise InvalidToken(f"the provider refused the {what}: {why[:_MAX_ERROR_TEXT]}")
+        return answer
+
+    def _signed_in(self, answer: _TokenAnswer, claims: dict[str, Any]) -> SignedIn:
         audience = claims.get("aud")
         several = isinstance(audience, list) and len(audience) > 1
         if several and claims.get("azp") != self.settings.client_id:
@@ -268,6 +299,7 @@ class OidcVerifier:
             token=answer.id_token,
             expires_at=int(claims["exp"]),
             claims=claims,
+            refresh_token=answer.refresh_token,
         )
 
     def principal_of(self, claims: dict[str, Any]) -> Principal:

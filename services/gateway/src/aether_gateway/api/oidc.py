@@ -19,7 +19,12 @@ from litestar.exceptions import (
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
-from aether_gateway.adapters.oidc import InvalidToken, ProviderUnavailable
+from aether_gateway.adapters.oidc import (
+    InvalidToken,
+    OidcVerifier,
+    ProviderUnavailable,
+    SignedIn,
+)
 from aether_gateway.api.auth import CHALLENGE
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import error_responses
@@ -64,6 +69,9 @@ class OidcSession(msgspec.Struct, kw_only=True):
     name: str
     kind: str
     scopes: list[str]
+    # Renews the session before ``expires_at`` (``/auth/oidc/refresh``); "" when the
+    # provider gave none, and the session ends with the token.
+    refresh_token: str = ""
 
 
 @get(
@@ -125,13 +133,57 @@ async def oidc_token(
         raise NotAuthorizedException(
             detail=f"the OIDC sign-in is not valid: {error}", headers=CHALLENGE
         ) from None
+    return _session(verifier, done)
+
+
+class OidcRefresh(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The refresh token a sign-in (or the last renewal) handed out."""
+
+    refresh_token: _Opaque
+
+
+@post(
+    "/auth/oidc/refresh",
+    status_code=HTTP_200_OK,
+    summary="Renew an OIDC session before its ID token ends",
+    opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
+    # OpenAPI: one empty requirement means no credentials are needed.
+    security=[{}],
+    responses=error_responses(400, 401, 403, 404, 503),
+    tags=["auth"],
+)
+async def oidc_refresh(
+    ctx: NamedDependency[GatewayContext], data: JSONBody[OidcRefresh]
+) -> OidcSession:
+    """The provider's refresh grant: a new checked ID token (and the refresh token to
+    use next), or 401 once the provider no longer renews the session."""
+    verifier = ctx.oidc
+    if verifier is None or not verifier.settings.browser_sign_in:
+        raise NotFoundException(detail="OIDC sign-in is not configured")
+    try:
+        done = await verifier.refresh(data.refresh_token)
+    except ProviderUnavailable as error:
+        log.warning("OIDC renewal failed", extra={"reason": str(error)})
+        raise ServiceUnavailableException(
+            detail="the identity provider cannot be reached; try again"
+        ) from None
+    except InvalidToken as error:
+        log.info("OIDC renewal refused", extra={"reason": str(error)})
+        raise NotAuthorizedException(
+            detail=f"the session cannot be renewed: {error}", headers=CHALLENGE
+        ) from None
+    return _session(verifier, done)
+
+
+def _session(verifier: OidcVerifier, done: SignedIn) -> OidcSession:
+    """The board's session for a checked ID token; 403 when it grants no Aether role."""
     principal = done.principal
     if not principal.scopes:
         raise PermissionDeniedException(
             detail="your account has no Aether role",
             extra={"role_claim": verifier.settings.role_claim},
         )
-    log.info("OIDC sign-in", extra={"principal": principal.id, "scopes": sorted(principal.scopes)})
+    log.info("OIDC session", extra={"principal": principal.id, "scopes": sorted(principal.scopes)})
     return OidcSession(
         token=done.token,
         expires_at=done.expires_at,
@@ -139,7 +191,8 @@ async def oidc_token(
         name=principal.name,
         kind=principal.kind,
         scopes=sorted(principal.scopes),
+        refresh_token=done.refresh_token,
     )
 
 
-OIDC_ROUTES = [oidc_config, oidc_token]
+OIDC_ROUTES = [oidc_config, oidc_token, oidc_refresh]

@@ -3,6 +3,7 @@
 const KEY = "aether.token";
 const KIND = "aether.signin";
 const EXPIRES = "aether.expires";
+const RENEW = "aether.renew";
 let signedOutHandler = () => {};
 
 export class ApiError extends Error {
@@ -38,24 +39,33 @@ export function token() {
   return sessionStorage.getItem(KEY);
 }
 
-/** Keep the token; an OIDC session also keeps when it ends (seconds since the epoch). */
-export function setToken(value, { kind = "token", expiresAt = null } = {}) {
+/** Keep the token; an OIDC session also keeps when it ends (seconds since the epoch) and
+ * what renews it (the provider's refresh token, if it gave one). */
+export function setToken(value, { kind = "token", expiresAt = null, renew = null } = {}) {
   sessionStorage.setItem(KEY, value);
   sessionStorage.setItem(KIND, kind);
   if (expiresAt) sessionStorage.setItem(EXPIRES, String(expiresAt));
   else sessionStorage.removeItem(EXPIRES);
+  if (renew) sessionStorage.setItem(RENEW, renew);
+  else sessionStorage.removeItem(RENEW);
 }
 
-/** How the tab signed in ("token" or "oidc") and when that ends (null: not known). */
+/** How the tab signed in ("token" or "oidc"), when that ends (null: not known) and what
+ * renews it (null: nothing; the session ends with its token). */
 export function session() {
   const expires = Number(sessionStorage.getItem(EXPIRES));
-  return { kind: sessionStorage.getItem(KIND) || "token", expiresAt: expires > 0 ? expires : null };
+  return {
+    kind: sessionStorage.getItem(KIND) || "token",
+    expiresAt: expires > 0 ? expires : null,
+    renew: sessionStorage.getItem(RENEW),
+  };
 }
 
 export function forgetToken() {
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(KIND);
   sessionStorage.removeItem(EXPIRES);
+  sessionStorage.removeItem(RENEW);
   sessionStorage.removeItem("aether.me");
 }
 

@@ -3,7 +3,7 @@
 import { forgetToken, onSignedOut, session, setToken, signedOut, token, whoami, withRights } from "./api.js";
 import { clear, h, put } from "./dom.js";
 import { onLiveState } from "./live.js";
-import { finishSignIn, oidcConfig, signOutUrl } from "./oidc.js";
+import { finishSignIn, oidcConfig, renewSession, signOutUrl } from "./oidc.js";
 import { agentsPage } from "./pages/agents.js";
 import { missionPage } from "./pages/mission.js";
 import { missionsPage } from "./pages/missions.js";
@@ -91,7 +91,7 @@ async function oidcCallback() {
   main.append(h("section", { class: "center" }, h("p", { class: "muted", id: "oidc-progress" }, "Signing in…")));
   try {
     const { session: done, returnTo } = await finishSignIn(location.search);
-    setToken(done.token, { kind: "oidc", expiresAt: done.expires_at });
+    setToken(done.token, { kind: "oidc", expiresAt: done.expires_at, renew: done.refresh_token || null });
     me = withRights({ id: done.id, name: done.name, kind: done.kind, scopes: done.scopes });
     navigate(returnTo, { replace: true });
   } catch (error) {
@@ -101,15 +101,41 @@ async function oidcCallback() {
   }
 }
 
-// An OIDC session ends when its token does: back to sign-in, saying so.
+// An OIDC session ends when its token does: back to sign-in, saying so. One the provider
+// gave a refresh token is renewed first, a minute before its end (half-way for a shorter
+// token), and goes on with the new token; one that cannot be renewed ends with its token.
 function armExpiry() {
   clearTimeout(expiry);
-  const { expiresAt } = session();
+  const { expiresAt, renew } = session();
   if (!expiresAt) return;
   const left = expiresAt * 1000 - Date.now();
   const end = () => signedOut("your session expired");
   if (left <= 0) return end();
-  expiry = setTimeout(end, Math.min(left, 2 ** 31 - 1));
+  if (!renew) {
+    expiry = setTimeout(end, Math.min(left, 2 ** 31 - 1));
+    return;
+  }
+  const at = Math.max(left - 60_000, left / 2);
+  expiry = setTimeout(() => renewNow(renew, expiresAt), Math.min(at, 2 ** 31 - 1));
+}
+
+async function renewNow(renew, expiresAt) {
+  try {
+    const done = await renewSession(renew);
+    if (!token()) return; // signed out meanwhile
+    setToken(done.token, { kind: "oidc", expiresAt: done.expires_at, renew: done.refresh_token || renew });
+    me = withRights({ id: done.id, name: done.name, kind: done.kind, scopes: done.scopes });
+  } catch (error) {
+    if (error.status === 401 || error.status === 403 || error.status === 404) {
+      return signedOut("your session expired");
+    }
+    // The provider or the gateway unreachable for now: asked again until the token ends.
+    const left = expiresAt * 1000 - Date.now();
+    if (left <= 0) return signedOut("your session expired");
+    expiry = setTimeout(() => renewNow(renew, expiresAt), Math.min(5_000, left));
+    return;
+  }
+  armExpiry();
 }
 
 onSignedOut((reason) => {

@@ -85,6 +85,12 @@ export async function finishSignIn(search) {
   return { session, returnTo: boardPath(pending.returnTo) };
 }
 
+/** Renew the session with the refresh token it holds: the gateway's new session, or an
+ * ApiError (401: the provider renews it no more). */
+export async function renewSession(refreshToken) {
+  return call("POST", "/auth/oidc/refresh", { refresh_token: refreshToken }, { auth: null, quiet401: true });
+}
+
 /** Where to end the provider's session too (null: it names no end-session endpoint). */
 export function signOutUrl(cfg, idToken) {
   if (!cfg || !cfg.enabled || !cfg.end_session_endpoint) return null;
