@@ -244,6 +244,29 @@ def test_production_speaks_tls_to_the_bus_and_between_its_servers() -> None:
     assert "tls {" not in local["tls.conf"] + local["cluster-tls.conf"]
 
 
+def test_production_serves_the_gateway_over_tls_through_an_ingress() -> None:
+    """One Ingress, TLS for its host, to the gateway Service's named port, with event
+    streams passed on unbuffered and kept open; the gateway's public URL is that host
+    over https (OIDC sends browsers back there). The local overlay has none."""
+    (ingress,) = objects("production", "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["hosts"] == [rule["host"]] and tls["secretName"] == "aether-gateway-tls"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/" and path["pathType"] == "Prefix"
+    backend = path["backend"]["service"]
+    service = named("production", "Service", backend["name"])
+    assert backend["name"] == "gateway"
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 60
+    gateway = named("production", "Deployment", "gateway")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in gateway["containers"][0]["env"]}
+    assert env["AETHER_GATEWAY_PUBLIC_URL"] == f"https://{rule['host']}"
+    assert objects("local", "Ingress") == []
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_secret_and_config_map_a_pod_reads_exists(overlay: str) -> None:
     present = {(d["kind"], d["metadata"]["name"]) for d in objects(overlay)}
