@@ -529,8 +529,13 @@ async def test_an_acp_attempt_loads_its_session_after_the_runner_is_killed(
     assert actions.count("Write part1.txt") == 1 and "Write part2.txt" in actions
     assert "Replayed call" not in actions
     # No progress event of the second run reuses an id of the first's (each would be
-    # dropped by the stream as a copy).
+    # dropped by the stream as a copy), nor would a third run's: the journal counts the
+    # notice as a step too.
     assert len(events.of(AgentProgress)) == len(actions) == 3
+    from aether_agent_runner.runtimes.session import TOOL
+
+    journal = (home.parent / "transcript.jsonl").read_text().splitlines()
+    assert sum(json.loads(line).get("kind") == TOOL for line in journal) == 3
     entries = sorted(events.of(TranscriptRecorded), key=lambda e: e.sequence)
     assert len({e.sequence for e in entries}) == len(entries)
     assert not any(e.tool == "Replayed call" for e in entries)

@@ -192,8 +192,10 @@ class _Client:
     replaying: bool = False
 
     async def notice(self, text: str) -> None:
-        """A progress event of the runner's own (counted as a step: its id is new)."""
+        """A progress event of the runner's own (counted as a step, journalled as one: its
+        id is new, and stays unused by any later run)."""
         self.tool_calls += 1
+        self.job.journal.append(tool_record())
         await self.job.observer.progressed(
             Progress(
                 turns=0,
