@@ -682,7 +682,9 @@ class ClaudeCodeRuntime:
         )
         if resume:
             options = dataclasses.replace(options, resume=earlier.session_id)
-            run.tool_calls += 1  # the notice's own count: no earlier event has it
+            # The notice's own count: no earlier event has it, and journalled, no later one.
+            run.tool_calls += 1
+            await asyncio.to_thread(job.journal.append, tool_record())
             await run.progress(f"resuming Claude Code session {earlier.session_id}", always=True)
         else:
             options = dataclasses.replace(options, session_id=earlier.session_id)
