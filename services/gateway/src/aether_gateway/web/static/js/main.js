@@ -15,6 +15,7 @@ const main = document.getElementById("main");
 let me = null;
 let leave = null; // the current page's clean-up
 let expiry = null; // the timer that ends an OIDC session when its token does
+let renewing = false; // a renewal in flight: its refresh token is not sent twice
 
 const ROUTES = [
   [/^\/board\/?$/, "missions", () => missionsPage],
@@ -105,6 +106,7 @@ async function oidcCallback() {
 // gave a refresh token is renewed first, a minute before its end (half-way for a shorter
 // token), and goes on with the new token; one that cannot be renewed ends with its token.
 function armExpiry() {
+  if (renewing) return; // the renewal arms the next timer once it is done
   clearTimeout(expiry);
   const { expiresAt, renew } = session();
   if (!expiresAt) return;
@@ -120,6 +122,8 @@ function armExpiry() {
 }
 
 async function renewNow(renew, expiresAt) {
+  if (renewing) return;
+  renewing = true;
   try {
     const done = await renewSession(renew);
     if (!token()) return; // signed out meanwhile
@@ -134,6 +138,8 @@ async function renewNow(renew, expiresAt) {
     if (left <= 0) return signedOut("your session expired");
     expiry = setTimeout(() => renewNow(renew, expiresAt), Math.min(5_000, left));
     return;
+  } finally {
+    renewing = false;
   }
   armExpiry();
 }
