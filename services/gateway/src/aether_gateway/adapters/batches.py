@@ -127,10 +127,12 @@ class Batcher(Generic[T]):
             while self._queue:
                 if len(self._queue) < self._limit:
                     since = time.monotonic() - self._last_start
-                    wait = max(self._linger, self._spacing - since)
-                    if wait > 0 and not self._hurried.is_set():
+                    due = time.monotonic() + max(self._linger, self._spacing - since)
+                    # Until the clock says so: a loop's timer may fire a little early
+                    # (uvloop's count in whole milliseconds).
+                    while not self._hurried.is_set() and (left := due - time.monotonic()) > 0:
                         with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(wait):
+                            async with asyncio.timeout(left):
                                 await self._hurried.wait()
                 self._hurried.clear()
                 self._last_start = time.monotonic()
