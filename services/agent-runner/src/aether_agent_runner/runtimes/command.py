@@ -38,7 +38,7 @@ from aether_agent_runner.adapters.transcript import Entry, OutputLines
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.prompt import repository_view, task_prompt
-from aether_agent_runner.runtimes.relay import RelayRefused, endpoint, inside_argv, serving
+from aether_agent_runner.runtimes.relay import RelayRefused, relayed
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import Earlier
 from aether_agent_runner.runtimes.spec import CommandSpec
@@ -157,13 +157,13 @@ class CommandRuntime:
         if not (self.spec.model_endpoint and offline):
             yield argv
             return
-        try:
-            host, port, url = endpoint(self.base_url)
-        except RelayRefused as error:
-            raise _Failed(f"the {self.name} runtime cannot reach the model: {error}") from None
-        socket_path = scratch / "model.sock"
-        async with serving(socket_path, host, port):
-            yield inside_argv(socket_path, url, argv)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                inside = await stack.enter_async_context(relayed(self.base_url, argv, scratch))
+            except RelayRefused as error:
+                reason = f"the {self.name} runtime cannot reach the model: {error}"
+                raise _Failed(reason) from None
+            yield inside
 
     async def _run(
         self,

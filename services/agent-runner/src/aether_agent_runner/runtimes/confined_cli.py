@@ -30,7 +30,7 @@ import claude_agent_sdk as sdk
 
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
-from aether_agent_runner.runtimes.relay import endpoint, inside_argv, serving
+from aether_agent_runner.runtimes.relay import relayed
 from aether_sandbox import Bubblewrap, Request, WarmSandbox
 from aether_sandbox.bubblewrap import HOME
 
@@ -76,10 +76,7 @@ async def confined(
         argv = [cli]
         async with contextlib.AsyncExitStack() as stack:
             if sandbox.settings.network != "host":
-                host, port, url = endpoint(base_url)
-                socket_path = scratch / "model.sock"
-                await stack.enter_async_context(serving(socket_path, host, port))
-                argv = inside_argv(socket_path, url, argv)
+                argv = await stack.enter_async_context(relayed(base_url, argv, scratch))
             request = Request(
                 argv=argv,
                 workdir=job.worktree,

@@ -67,6 +67,18 @@ def stdio_argv(socket_path: Path, argv: list[str]) -> list[str]:
 
 
 @contextlib.asynccontextmanager
+async def relayed(base_url: str, argv: list[str], scratch: Path) -> AsyncIterator[list[str]]:
+    """``argv`` behind the model relay: started in a sandbox without a network, it reaches
+    ``base_url`` through a socket served in ``scratch`` (a directory the sandbox reads)
+    while in use. Raises ``RelayRefused``, before serving anything, for an endpoint the
+    relay cannot carry."""
+    host, port, url = endpoint(base_url)
+    socket_path = scratch / "model.sock"
+    async with serving(socket_path, host, port):
+        yield inside_argv(socket_path, url, argv)
+
+
+@contextlib.asynccontextmanager
 async def serving(socket_path: Path, host: str, port: int) -> AsyncIterator[None]:
     """Serve ``socket_path``, carrying each connection to ``host:port``, while in use."""
     tasks: set[asyncio.Task[None]] = set()
