@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +34,9 @@ def _workspace(broker: GitRepositories, repo: Path, worktrees_dir: Path, task: s
 
 def _pooled(worktrees_dir: Path) -> list[Path]:
     pools = list((worktrees_dir / ".pool").glob("*"))
-    return [p for pool in pools for p in pool.iterdir() if not p.name.endswith(".index")]
+    return [
+        p for pool in pools for p in pool.iterdir() if not p.name.endswith((".index", ".admin"))
+    ]
 
 
 def test_a_reused_worktree_is_exactly_the_new_head_whatever_the_agent_left(
@@ -116,7 +120,7 @@ def test_a_pooled_worktree_cut_short_is_not_reused(
     first = _workspace(broker, repo, worktrees_dir, "t1")
     broker.recycle_worktree(str(repo), str(first))
     (pooled,) = _pooled(worktrees_dir)
-    os.unlink(str(pooled) + ".index")  # a crash between moving the files and the index
+    shutil.rmtree(str(pooled) + ".admin")  # a crash between moving the files and the index
     (pooled / "junk.txt").write_text("x\n")
     second = _workspace(broker, repo, worktrees_dir, "t2")
     assert not (second / "junk.txt").exists()
@@ -155,6 +159,64 @@ def test_start_up_clears_pool_entries_cut_short(
     (pool,) = (worktrees_dir / ".pool").iterdir()
     (pool / "warm-dead.warming" / "src").mkdir(parents=True)
     (pool / "gone.index").write_bytes(b"DIRC")
+    (pool / "lost.admin").mkdir()
     removed = broker.clear_pool_leftovers()
-    assert sorted(Path(p).name for p in removed) == ["gone.index", "warm-dead.warming"]
+    assert sorted(Path(p).name for p in removed) == [
+        "gone.index",
+        "lost.admin",
+        "warm-dead.warming",
+    ]
     assert len(_pooled(worktrees_dir)) == 1
+
+
+def test_a_pooled_worktree_takes_its_administrative_files_along_without_the_attempts_state(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    first = _workspace(broker, repo, worktrees_dir, "t1")
+    admin = Path(git(first, "rev-parse", "--absolute-git-dir"))
+    runner = admin / "aether-agent"
+    (runner / "home" / ".cache").mkdir(parents=True)
+    (runner / "lock").write_bytes(b"")
+    (runner / "transcript.jsonl").write_text('{"kind":"begin"}\n')
+    (admin / "ORIG_HEAD").write_text("0" * 40 + "\n")
+    lock_inode = (runner / "lock").stat().st_ino
+    assert broker.recycle_worktree(str(repo), str(first))
+    assert not admin.exists()
+
+    second = _workspace(broker, repo, worktrees_dir, "t2")
+    moved = Path(git(second, "rev-parse", "--absolute-git-dir"))
+    assert moved != admin
+    assert sorted(p.name for p in moved.iterdir()) == [
+        "HEAD",
+        "aether-agent",
+        "commondir",
+        "gitdir",
+        "index",
+    ]
+    # The lock file is kept (nobody holds it); what the attempt kept is gone.
+    assert [p.name for p in (moved / "aether-agent").iterdir()] == ["lock"]
+    assert (moved / "aether-agent" / "lock").stat().st_ino == lock_inode
+    assert git(second, "symbolic-ref", "HEAD") == "refs/heads/aether-tasks/m-p/t2/a1"
+    assert git(second, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(repo, "worktree", "prune", "--dry-run", "-v") == ""
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert str(second) in listed and str(first) not in listed
+
+
+def test_a_lock_still_held_is_not_handed_to_the_next_worktree(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    first = _workspace(broker, repo, worktrees_dir, "t1")
+    runner = Path(git(first, "rev-parse", "--absolute-git-dir")) / "aether-agent"
+    runner.mkdir()
+    held = os.open(runner / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert broker.recycle_worktree(str(repo), str(first))
+        second = _workspace(broker, repo, worktrees_dir, "t2")
+        admin = Path(git(second, "rev-parse", "--absolute-git-dir"))
+        assert list((admin / "aether-agent").iterdir()) == []
+    finally:
+        os.close(held)
