@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -333,6 +334,32 @@ async def test_a_finishing_reply_is_journaled_and_checked_in_one_hand_off(
     assert checks[0][0] != threading.main_thread().name
     questions = [m for r in scripted.script.requests for m in [str(r["messages"][-1])]]
     assert any("No file in the repository has changed" in q for q in questions) != changes_first
+
+
+async def test_a_reply_is_synced_while_its_tools_run_and_before_the_next_call(
+    task_repo: Any, model: Callable[..., Any], tool: Any, reply: Any, finish: Any
+) -> None:
+    """With ``sync``, a reply is written at once and synced in a worker thread while its
+    tools run; no model call is made, and no outcome given, before the sync of every
+    reply before it has ended."""
+    scripted = model({"t1": [reply(tool("write_file", path="b.txt", content="b")), finish("ok")]})
+    agent, journal, _ = make_agent(task_repo, scripted)
+    seen: list[tuple[int, int, bool]] = []
+
+    def sync() -> None:
+        time.sleep(0.2)  # a slow disk: what comes next happens meanwhile or waits for it
+        journal.sync()
+        replies = sum(1 for record in journal.read() if record["kind"] == "reply")
+        written = (task_repo.worktree / "b.txt").exists()
+        seen.append((replies, len(scripted.script.requests), written))
+
+    agent.journal, agent.journal_syncs, agent.sync = journal.write, journal.syncs, sync
+    outcome = await agent.run(start(journal))
+
+    assert outcome.finished
+    # Each sync covers its reply and ends before the next request is made; the first
+    # reply's tool ran while it was under way.
+    assert seen == [(1, 1, True), (2, 2, True)]
 
 
 async def test_a_resumed_conversation_repeats_no_finished_step(

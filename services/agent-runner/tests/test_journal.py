@@ -68,6 +68,28 @@ def test_model_replies_are_synced_the_begin_record_and_tool_results_ride_along(
     ]
 
 
+def test_a_record_written_for_a_later_sync_reaches_the_disk_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write`` never syncs, whatever the record; ``sync`` syncs everything written."""
+    synced: list[int] = []
+    real_fsync = journal_module.os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(len(Path(f"/proc/self/fd/{fd}").read_bytes().splitlines()))
+
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)
+    journal = Journal(tmp_path)
+    journal.start({"kind": "begin"})
+    journal.write({"kind": "reply", "content": []})
+    journal.write({"kind": "answer", "block": {}})
+    assert synced == []
+    journal.sync()
+    assert synced == [3]
+    assert [r["kind"] for r in journal.read()] == ["begin", "reply", "answer"]
+
+
 def test_a_first_record_a_fresh_start_cannot_rebuild_is_synced_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

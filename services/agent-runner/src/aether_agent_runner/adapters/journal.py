@@ -12,7 +12,9 @@ process that dies loses none of them. Only the records whose loss would repeat a
 are also synced to the disk, against a machine that stops: each model reply (a paid call,
 which a resume must not make again), each Claude Code turn's usage, and a first record
 that carries what a fresh start could not rebuild (a Claude Code session's id and what its
-earlier sessions spent). A
+earlier sessions spent). The
+built-in loop syncs a reply while it runs the reply's tools, and waits for that sync
+before its next model call and before its outcome (``Agent.sync``). A
 sync writes everything appended before it, so the tool results between two replies reach
 the disk with the next reply; one lost to a machine crash before that is a tool call made
 again on resume, whose file writes were no more on the disk than its record was. The
@@ -112,6 +114,20 @@ class Journal:
             out.flush()
             if self.syncs(record):
                 os.fsync(out.fileno())
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` for the operating system only, whatever its kind: for a
+        caller that syncs on its own (``sync``) while it goes on."""
+        with self.path.open("ab") as out:
+            out.write(_line(record))
+
+    def sync(self) -> None:
+        """Wait until everything appended so far is on the disk."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def syncs(record: dict[str, Any]) -> bool:

@@ -112,8 +112,16 @@ class Agent:
     # call is ``finish`` is journaled and the worktree checked in one hand-off instead of
     # two; nothing runs between that check and the finish it answers.
     changes_now: Callable[[], bool] | None = None
+    # Given, ``journal`` only writes a record to the operating system, and a record that
+    # must reach the disk is synced by this in a worker thread while the agent goes on
+    # (runs the reply's tools, checks the worktree): the sync is waited for before the
+    # next model call, the effect a reply lost to a machine's stop would repeat, and
+    # before the agent's outcome. Without it ``journal`` syncs such a record itself.
+    sync: Callable[[], None] | None = None
     # What that check found, for the next ``_answer`` only.
     _checked: bool | None = field(default=None, init=False, repr=False)
+    # The sync under way, if any.
+    _syncing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     async def run(self, conversation: Conversation) -> Outcome:
         """Work the conversation until ``finish`` or a limit; a wall-time limit cuts a model
@@ -135,6 +143,8 @@ class Agent:
                 raise
             elapsed = self.clock() - started
             return self._ended(conversation, wall_time_reason(self.limits, elapsed))
+        finally:
+            await self._synced()
 
     async def _loop(self, conversation: Conversation, started: float) -> Outcome:
         while True:
@@ -247,6 +257,7 @@ class Agent:
         return None
 
     async def _call(self, conversation: Conversation) -> StreamedReply:
+        await self._synced()
         metrics.MODEL_CALLS.inc()
         return await stream_reply(
             self.client,
@@ -274,7 +285,13 @@ class Agent:
         )
 
     async def _record(self, record: Record, *, check: bool = False) -> None:
-        if self.journal_syncs(record):
+        if self.journal_syncs(record) and self.sync is not None:
+            await self._synced()  # one at a time: each sync covers what came before
+            self.journal(record)
+            self._syncing = asyncio.ensure_future(asyncio.to_thread(self.sync))
+            if check and self.changes_now is not None:
+                self._checked = await asyncio.to_thread(self.changes_now)
+        elif self.journal_syncs(record):
             changes_now = self.changes_now if check else None
             if changes_now is not None:
                 self._checked = await asyncio.to_thread(self._journal_then, record, changes_now)
@@ -288,6 +305,12 @@ class Agent:
     def _journal_then(self, record: Record, check: Callable[[], bool]) -> bool:
         self.journal(record)
         return check()
+
+    async def _synced(self) -> None:
+        """Wait for the sync under way, if any; raises its failure."""
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            await syncing
 
     async def _progress(self, conversation: Conversation, action: str) -> None:
         await self.observer.progressed(
