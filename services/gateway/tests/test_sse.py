@@ -286,7 +286,7 @@ async def test_a_client_that_falls_behind_is_let_go_cleanly():
     from aether_gateway.adapters.hub import CLOSED, Filter, Hub, StreamedEvent
 
     hub = Hub(max_queue=3)
-    slow = hub.subscribe(Filter(mission_id="m-1"))
+    slow = await hub.subscribe(Filter(mission_id="m-1"))
     for seq in range(1, 6):
         event = StreamedEvent(sequence=seq, mission_id="m-1", type="x", task_id=None, data=b"{}")
         hub._dispatch(event, hub._targets("m-1"))
@@ -307,11 +307,11 @@ async def test_telemetry_is_decoded_only_while_a_client_asks_for_it(script):
     progress = AgentProgress(**script.meta(), task_id="t1", attempt=1, runner_id="r", turns=4)
     msg = Msg(_client=None, subject=subject_for(progress), data=encode(progress))  # type: ignore[arg-type]
     hub = Hub()
-    plain = hub.subscribe(Filter(mission_id=script.mission_id))
+    plain = await hub.subscribe(Filter(mission_id=script.mission_id))
     await hub._on_telemetry(msg)
     assert hub.telemetry_passed_over == 1
 
-    watching = hub.subscribe(Filter(mission_id=script.mission_id, telemetry=True))
+    watching = await hub.subscribe(Filter(mission_id=script.mission_id, telemetry=True))
     await hub._on_telemetry(msg)
     assert hub.telemetry_passed_over == 1
     received = await watching.next(0.1)

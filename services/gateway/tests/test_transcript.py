@@ -168,18 +168,18 @@ async def test_an_attempts_end_reaches_a_telemetry_client_after_the_entries_befo
 
     hub = Hub()
     await hub.start(nc.jetstream(), asyncio.Event())
-    follower = hub._telemetry
-    assert follower is not None
-    delivered = follower._deliver
-
-    async def lagging(msg):
-        await asyncio.sleep(0.3)
-        await delivered(msg)
-
-    follower._deliver = lagging  # type: ignore[method-assign]
     try:
-        watching = hub.subscribe(Filter(mission_id=script.mission_id, telemetry=True))
-        plain = hub.subscribe(Filter(mission_id=script.mission_id))
+        watching = await hub.subscribe(Filter(mission_id=script.mission_id, telemetry=True))
+        plain = await hub.subscribe(Filter(mission_id=script.mission_id))
+        follower = hub._telemetry
+        assert follower is not None
+        delivered = follower._deliver
+
+        async def lagging(msg):
+            await asyncio.sleep(0.3)
+            await delivered(msg)
+
+        follower._deliver = lagging  # type: ignore[method-assign]
         await publish(nc, entry(script, 1, 3, "command", exit_code=0))
         await publish(nc, script.agent_completed("t1"))
         received = [await watching.next(5), await watching.next(5)]
@@ -254,3 +254,58 @@ async def test_the_cli_prints_the_transcript_and_follows_it_until_the_mission_en
         ("agent_completed", None),
     ]
     assert streamed[0]["exit_code"] == 0
+
+
+async def test_the_hub_follows_the_streams_only_while_a_client_wants_them(
+    gateway_server, nc, script
+):
+    """No client, no followers: the server delivers the gateway nothing for its hub.
+    The first client starts them at the streams' ends; once the last client has been
+    gone for the linger time they stop, and a client in between keeps them."""
+    import asyncio
+
+    from aether_gateway.adapters.hub import Filter, Hub, StreamedEvent
+
+    js = nc.jetstream()
+
+    async def consumers() -> set[str]:
+        names: set[str] = set()
+        for stream in ("AETHER_MISSIONS", "AETHER_TELEMETRY"):
+            names |= {c.name for c in await js.consumers_info(stream)}
+        return names
+
+    hub = Hub(linger_seconds=0.5)
+    await hub.start(js, asyncio.Event())
+    try:
+        requested, prepared, plan, *_ = script.happy_path()
+        await publish(nc, requested)
+        assert not hub.following
+        before = hub.last_sequence
+
+        client = await hub.subscribe(Filter(mission_id=script.mission_id))
+        assert hub.following and client.start > before  # from the stream's end now
+        followed = {f.consumer for f in hub._followers}
+        assert None not in followed and followed <= await consumers()
+        [ack] = await publish(nc, prepared)
+        received = await client.next(5)
+        assert isinstance(received, StreamedEvent) and received.sequence == ack.seq
+        assert hub.recent(client.start, ack.seq, Filter()) == [received]
+        client.close()
+
+        await asyncio.sleep(0.2)
+        again = await hub.subscribe(Filter())  # within the linger: the same followers
+        await asyncio.sleep(0.5)
+        assert hub.following and {f.consumer for f in hub._followers} == followed
+        again.close()
+
+        async def stopped() -> bool:
+            return not hub.following
+
+        await eventually(stopped, timeout=5, what="the hub's followers to stop")
+        seen = hub.last_sequence
+        await publish(nc, plan)
+        await asyncio.sleep(0.3)
+        assert hub.last_sequence == seen  # nothing delivered to it any more
+        assert hub.recent(client.start, ack.seq, Filter()) is None  # the read model's now
+    finally:
+        await hub.stop()

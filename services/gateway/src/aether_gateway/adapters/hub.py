@@ -3,7 +3,11 @@
 The hub follows the mission stream with a single consumer in order (and the telemetry
 stream with another), keeps the most recent mission events in a ring, and hands each
 event to the queues of the clients that want it. However many clients are connected,
-the server sees two consumers per gateway process.
+the server sees two consumers per gateway process, and none while no client is: the
+followers start with the first client (from the streams' ends then, with an empty ring)
+and stop once no client has been connected for ``linger_seconds``. Without it every
+event of every mission was delivered to the gateway a second time and decoded for a
+ring no client read: on a two-core machine that was CPU taken from the missions.
 
 A client registers first and replays afterwards: everything after ``Subscriber.start``
 (the hub's last sequence when the client registered) reaches its queue, and everything
@@ -177,8 +181,11 @@ class Subscriber:
 class Hub:
     """The fan-out of the mission and telemetry streams to event-stream clients."""
 
-    def __init__(self, *, ring_size: int = 10_000, max_queue: int = 1_000) -> None:
+    def __init__(
+        self, *, ring_size: int = 10_000, max_queue: int = 1_000, linger_seconds: float = 60.0
+    ) -> None:
         self._ring: deque[StreamedEvent] = deque()
+        self._linger_seconds = linger_seconds
         self._ring_size = ring_size
         self._max_queue = max_queue
         self._by_mission: dict[str, set[Subscriber]] = {}
@@ -189,7 +196,10 @@ class Hub:
         self.telemetry_passed_over = 0  # telemetry messages nobody wanted (for tests)
         self._followers: list[Follower] = []
         self._js: JetStreamContext | None = None
+        self._reconnects: Reconnects | None = None
         self._telemetry: Follower | None = None
+        self._starting = asyncio.Lock()  # one start or stop of the followers at a time
+        self._idle: asyncio.Task[None] | None = None  # the stop once no client is left
         # Attempts' ends waiting for the telemetry follower to move (see the module).
         self._telemetry_waiters: list[asyncio.Future[None]] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -207,48 +217,100 @@ class Hub:
     async def start(
         self, js: JetStreamContext, closing: asyncio.Event, reconnects: Reconnects | None = None
     ) -> None:
-        """Follow both streams from their current ends (asking a restarted server again at
-        once when given the connection's ``reconnects``)."""
-        last = await stream_end(js, MISSIONS_STREAM)
-        self.last_sequence = self.floor = last
+        """Be ready to follow both streams (asking a restarted server again at once when
+        given the connection's ``reconnects``): from their ends once a client comes."""
+        self.last_sequence = self.floor = await stream_end(js, MISSIONS_STREAM)
         self._js = js
-        # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
-        # creation the bus permissions refuse (see ``aether_runtime.follow``).
-        self._telemetry = Follower(
-            js,
-            TELEMETRY_STREAM,
-            [ALL_TELEMETRY],
-            self._on_telemetry,
-            new_only=True,
-            name="gateway-hub-telemetry",
-            reconnects=reconnects,
-        )
-        self._followers = [
-            Follower(
+        self._reconnects = reconnects
+        self._watcher = asyncio.create_task(self._end_all_when(closing))
+        self.started = True
+
+    @property
+    def following(self) -> bool:
+        """Whether the followers are running (while a client is connected, and a while
+        after the last one left)."""
+        return bool(self._followers)
+
+    async def _follow(self) -> None:
+        """Start the followers unless they run: from the streams' ends, the ring empty."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        js = self._js
+        if self._followers or js is None or not self.started:
+            return
+        async with self._starting:
+            if self._followers or not self.started:
+                return
+            last = await stream_end(js, MISSIONS_STREAM)
+            self._ring.clear()
+            self.last_sequence = self.floor = max(last, self.last_sequence)
+            # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
+            # creation the bus permissions refuse (see ``aether_runtime.follow``).
+            telemetry = Follower(
+                js,
+                TELEMETRY_STREAM,
+                [ALL_TELEMETRY],
+                self._on_telemetry,
+                new_only=True,
+                name="gateway-hub-telemetry",
+                reconnects=self._reconnects,
+            )
+            missions = Follower(
                 js,
                 MISSIONS_STREAM,
                 [ALL_MISSION_EVENTS],
                 self._on_mission_event,
-                after_sequence=last,
+                after_sequence=self.last_sequence,
                 name="gateway-hub-missions",
-                reconnects=reconnects,
-            ),
-            self._telemetry,
-        ]
-        for follower in self._followers:
-            await follower.start()
-        self._watcher = asyncio.create_task(self._end_all_when(closing))
-        self.started = True
-        log.info("event hub following the streams", extra={"from_sequence": last + 1})
+                reconnects=self._reconnects,
+            )
+            started: list[Follower] = []
+            try:
+                for follower in (missions, telemetry):
+                    await follower.start()
+                    started.append(follower)
+            except BaseException:
+                for follower in started:
+                    await follower.stop()
+                raise
+            self._telemetry = telemetry
+            self._followers = [missions, telemetry]
+            log.info(
+                "event hub following the streams", extra={"from_sequence": self.last_sequence + 1}
+            )
+
+    async def _stop_following(self) -> None:
+        async with self._starting:
+            followers, self._followers = self._followers, []
+            self._telemetry = None
+            for follower in followers:
+                await follower.stop()
+            # What the ring held is no longer followed: a client's replay comes from the
+            # read model up to where the next start begins.
+            self._ring.clear()
+            self.floor = self.last_sequence
+            for waiter in self._telemetry_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._telemetry_waiters = []
+
+    async def _stop_when_idle(self) -> None:
+        await asyncio.sleep(self._linger_seconds)
+        if self.subscriber_count == 0:
+            self._idle = None
+            await self._stop_following()
+            log.info("event hub stopped following the streams: no client for a while")
 
     async def stop(self) -> None:
         self.started = False
         self.end_all()
         if self._watcher is not None:
             self._watcher.cancel()
-        for follower in self._followers:
-            await follower.stop()
-        self._followers.clear()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        await self._stop_following()
 
     async def _end_all_when(self, closing: asyncio.Event) -> None:
         await closing.wait()
@@ -260,8 +322,10 @@ class Hub:
 
     # --- clients --------------------------------------------------------------------
 
-    def subscribe(self, wanted: Filter) -> Subscriber:
-        """Register a client; live events after ``Subscriber.start`` reach its queue."""
+    async def subscribe(self, wanted: Filter) -> Subscriber:
+        """Register a client, following the streams first if no client was; live events
+        after ``Subscriber.start`` reach its queue."""
+        await self._follow()
         subscriber = Subscriber(self, wanted, self.last_sequence, self._max_queue)
         if wanted.telemetry:
             self._telemetry_wanted.add(subscriber)
@@ -276,12 +340,14 @@ class Hub:
         mission_id = subscriber.filter.mission_id
         if mission_id is None:
             self._everything.discard(subscriber)
-            return
-        group = self._by_mission.get(mission_id)
-        if group is not None:
-            group.discard(subscriber)
-            if not group:
-                del self._by_mission[mission_id]
+        else:
+            group = self._by_mission.get(mission_id)
+            if group is not None:
+                group.discard(subscriber)
+                if not group:
+                    del self._by_mission[mission_id]
+        if self.subscriber_count == 0 and self._followers and self._idle is None:
+            self._idle = asyncio.get_running_loop().create_task(self._stop_when_idle())
 
     def recent(self, after: int, upto: int, wanted: Filter) -> list[StreamedEvent] | None:
         """The ring's events in ``(after, upto]`` that ``wanted`` matches, or ``None``

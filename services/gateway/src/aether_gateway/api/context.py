@@ -82,8 +82,16 @@ class GatewayContext:
     async def settled(self, within: float = 2.0) -> None:
         """Wait (briefly) until the read model has folded every event this gateway has
         streamed to clients, so a client that saw an event on a stream finds it in the
-        queries it makes next. Costs one position read when nothing is pending."""
+        queries it makes next; while the hub follows no stream (no client here wants
+        one), every event the stream holds, so a command's event is found by the query
+        made after it. Costs one position read when nothing is pending, and the stream's
+        position while the hub is idle."""
         target = self.hub.last_sequence
+        if not self.hub.following:
+            try:
+                target = max(target, await self.bus.last_sequence())
+            except Exception as error:  # the bus out of reach: the read model as it is
+                log.info("stream position not known", extra={"error": repr(error)})
         position = await self.read_model.position()
         if position >= target:
             return

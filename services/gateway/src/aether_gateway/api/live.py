@@ -19,7 +19,11 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ServiceUnavailableException,
+)
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -145,7 +149,7 @@ async def _still_good(ctx: GatewayContext, token: object) -> bool:
     return True
 
 
-def _stream(
+async def _stream(
     ctx: GatewayContext,
     wanted: Filter,
     after: int,
@@ -155,7 +159,14 @@ def _stream(
 ) -> ServerSentEvent:
     # Registered before anything is replayed: every event after ``start`` reaches the
     # queue, every event up to it comes from the replay.
-    subscriber = ctx.hub.subscribe(wanted)
+    try:
+        subscriber = await ctx.hub.subscribe(wanted)
+    except Exception as error:  # the bus out of reach as the hub starts following it
+        log.warning("event stream not opened", extra={"error": repr(error)})
+        raise ServiceUnavailableException(
+            detail="the event bus cannot be followed right now; try again",
+            extra={"reason": type(error).__name__},
+        ) from error
     start = subscriber.start
     reauth = ctx.settings.sse_reauth_seconds
     idle = min(ctx.settings.sse_keepalive_seconds, reauth)
@@ -247,7 +258,9 @@ async def mission_events(
     ):
         raise mission_not_found(mission_id)
     wanted = Filter(mission_id=mission_id, telemetry=telemetry)
-    return _stream(ctx, wanted, start, request.scope.get("auth"), until_terminal=until_terminal)
+    return await _stream(
+        ctx, wanted, start, request.scope.get("auth"), until_terminal=until_terminal
+    )
 
 
 @get(
@@ -276,7 +289,7 @@ async def all_events(
     if unknown:
         raise bad_request(f"unknown event type {unknown[0]!r}", allowed=sorted(TYPES_BY_TAG))
     wanted = Filter(types=types, telemetry=telemetry)
-    return _stream(ctx, wanted, start, request.scope.get("auth"))
+    return await _stream(ctx, wanted, start, request.scope.get("auth"))
 
 
 LIVE_ROUTES = [mission_events, all_events]
