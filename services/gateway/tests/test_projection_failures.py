@@ -24,6 +24,7 @@ from aether_events import (
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.stream import Incoming
 
 from .conftest import Script, eventually
 
@@ -195,6 +196,7 @@ async def test_an_error_about_the_database_is_retried_not_recorded(gateway_db, s
         prepared = script.prepared()
         with pytest.raises(psycopg.OperationalError):
             await read_model.apply(prepared, 2)
+        await db.pool.check()  # the queries' connection went with the folds'
         assert await read_model.position() == 1
         assert await read_model.apply(prepared, 2)
         assert await read_model.position() == 2
@@ -275,3 +277,38 @@ async def test_a_telemetry_event_postgres_refuses_is_recorded_on_its_mission(mak
         [error] = mission["projection_errors"]
         assert (error["stream"], error["seq"]) == ("telemetry", seq)
         assert (error["type"], error["outcome"]) == ("agent_progress", "sanitised")
+
+
+async def test_the_read_models_folds_commit_without_waiting_for_the_disk_and_nothing_else(
+    gateway_db, script
+):
+    """A fold's rows and position are lost together if the server loses its last
+    commits, and folded again from the stream: its commits do not wait for the disk.
+    Every other write (tokens, idempotency keys) still does."""
+    # The tests' server does not wait for the disk at all: this database does, as a
+    # production one.
+    async with await psycopg.AsyncConnection.connect(gateway_db, autocommit=True) as admin:
+        name = (await (await admin.execute("SELECT current_database()")).fetchone())[0]
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+    db = Database(gateway_db, max_size=1)
+    await db.open()
+    try:
+        await db.migrate()
+
+        async def setting(pool) -> str:
+            async with pool.connection() as conn:
+                row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+            return str(row[0])
+
+        assert await setting(db.folds) == "off"
+        assert await setting(db.pool) == "on"
+        before = db.folds.get_stats().get("requests_num", 0)
+        read_model = ReadModel(db)
+        assert await read_model.apply(script.requested(), 1)
+        assert await read_model.take_items(
+            [Incoming.of_event(script.prepared(), 2), Incoming.of_event(script.plan(), 3)]
+        )
+        assert db.folds.get_stats().get("requests_num", 0) - before == 2
+        assert await read_model.position() == 3
+    finally:
+        await db.close()

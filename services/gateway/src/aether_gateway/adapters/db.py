@@ -23,6 +23,11 @@ _MIGRATION_LOCK_KEY = 0x4145_5448_4552  # "AETHER"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+async def _commits_unsynced(conn: AsyncConnection) -> None:
+    await conn.execute("SET synchronous_commit TO off")
+    await conn.commit()
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -47,19 +52,40 @@ def migrations() -> list[Migration]:
 
 
 class Database:
-    """A psycopg 3 async pool over the gateway's database."""
+    """Two psycopg 3 async pools over the gateway's database: ``pool`` for everything,
+    and ``folds`` for the read model's live folds, whose commits do not wait for the
+    disk (``synchronous_commit`` off).
+
+    A fold commits its rows with the stream position they reach, in one transaction, so
+    a commit the server loses in a crash of its own (at most a few hundred milliseconds
+    of them; a crash of the gateway loses nothing) takes the position back with the rows,
+    and the events are folded again from the stream. Waiting for the disk at every commit
+    (a write-ahead log flush for each run of events) bought nothing the stream does not
+    keep, and each flush held up the other processes' file creations on the same disk.
+    Everything else (tokens, idempotency keys, the rebuild) commits as before."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
         self.url = url
         self.pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="aether-gateway"
         )
+        # Two: the mission stream's folds and the telemetry's, each one at a time.
+        self.folds: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=2,
+            open=False,
+            name="aether-gateway-folds",
+            configure=_commits_unsynced,
+        )
 
     async def open(self, wait_seconds: float = 30.0) -> None:
-        """Open the pool and wait until a first connection succeeds."""
+        """Open the pools and wait until a first connection of each succeeds."""
         await self.pool.open(wait=True, timeout=wait_seconds)
+        await self.folds.open(wait=True, timeout=wait_seconds)
 
     async def close(self) -> None:
+        await self.folds.close()
         await self.pool.close()
 
     async def ping(self, wait_seconds: float = 2.0) -> bool:

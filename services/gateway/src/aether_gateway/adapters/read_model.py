@@ -256,7 +256,7 @@ class ReadModel:
         fresh = 0
         jumped = False
         try:
-            async with self._db.pool.connection() as conn, _in_one_go(conn):
+            async with self._db.folds.connection() as conn, _in_one_go(conn):
                 taken = await self._take_events_ahead(conn, incoming)
                 if taken is not None:
                     fresh, jumped = taken
@@ -325,7 +325,7 @@ class ReadModel:
         consumer = self.telemetry_consumer
         fresh = 0
         try:
-            async with self._db.pool.connection() as conn, _in_one_go(conn):
+            async with self._db.folds.connection() as conn, _in_one_go(conn):
                 position = await self._lock_position(conn, consumer)
                 for item in incoming:
                     if item.seq <= position or item.event is None:
@@ -345,7 +345,7 @@ class ReadModel:
             return await self._take(item, self.telemetry_consumer, "telemetry", guarded=True)
 
     async def _take(self, item: Incoming, consumer: str, stream: Stream, *, guarded: bool) -> bool:
-        async with self._db.pool.connection() as conn:
+        async with self._db.folds.connection() as conn:
             if guarded or item.event is None:
                 # Statement by statement, so that a refused row is known at its own
                 # savepoint.
