@@ -137,3 +137,31 @@ def test_a_task_commit_with_a_path_no_checkout_may_write_is_not_merged(
     assert "no checkout may write" in outcome.detail
     assert git(repo, "rev-parse", "aether/m-1") == base
     broker.close()
+
+
+def test_a_checkout_finds_the_objects_a_git_gc_packs_while_it_reads(
+    repo: Path, worktrees_dir: Path, git: Git, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git packs loose objects in the background after a large commit: one deleted
+    between dulwich's look at the packs and its look at the loose files is found in
+    the new pack, not reported missing."""
+    broker = GitRepositories()
+    broker.prepare_repository(str(repo), "main", "aether/m-1")
+    store = broker._open(str(repo)).repo.object_store
+    loose = store._get_loose_object
+    packed: list[bool] = []
+
+    def gc_meanwhile(sha: bytes) -> object:
+        if not packed:
+            git(repo, "repack", "-a", "-d", "-q")
+            git(repo, "prune-packed")
+            packed.append(True)
+        return loose(sha)
+
+    monkeypatch.setattr(store, "_get_loose_object", gc_meanwhile)
+    outcome = broker.prepare_workspace(
+        str(repo), "aether/m-1", "aether-tasks/m-1/t1/a1", str(worktrees_dir / "t1")
+    )
+    assert packed
+    assert git(Path(outcome.worktree_path), "status", "--porcelain") == ""
+    broker.close()

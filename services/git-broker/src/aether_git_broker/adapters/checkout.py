@@ -21,11 +21,12 @@ import os
 import shutil
 import stat
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
-from dulwich.objects import ObjectID
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import ObjectID, ShaFile
 from dulwich.repo import Repo
 
 from aether_git_broker.adapters.repository import RepositoryError
@@ -326,7 +327,7 @@ def checkout(
             index.append((entry.path, entry.mode, entry.sha, None))
         else:
             by_sha.setdefault(entry.sha, []).append(entry)
-    for blob in repo.object_store.iterobjects_subset(list(by_sha)):
+    for blob in _blobs(repo.object_store, by_sha):
         data = blob.as_raw_string()
         for entry in by_sha.pop(blob.id):
             target = root + b"/" + entry.path
@@ -345,6 +346,26 @@ def checkout(
         raise KeyError(f"object {missing} is missing from the repository")
     write_index(index_path, index)
     return sum(1 for e in wanted.values() if e.mode != _GITLINK)
+
+
+# How many times the objects still missing are looked for again (see ``_blobs``).
+_LOOKS = 3
+
+
+def _blobs(store: BaseObjectStore, wanted: Mapping[ObjectID, object]) -> Iterator[ShaFile]:
+    """The objects of ``wanted`` that are not yet taken out of it, as the caller takes
+    them (each at most once). A ``git gc`` in the repository (git starts one in the
+    background after a commit that leaves many loose objects) can pack loose objects
+    and delete them between dulwich's look at the packs and its look at the loose
+    files, so an object is reported missing that is in a pack by then: what is still
+    wanted is looked for again, packs first, before it is taken for missing."""
+    for look in range(_LOOKS):
+        try:
+            yield from store.iterobjects_subset(list(wanted))
+            return
+        except KeyError:
+            if look == _LOOKS - 1:
+                raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
