@@ -193,6 +193,7 @@ def test_a_pooled_worktree_takes_its_administrative_files_along_without_the_atte
         "commondir",
         "gitdir",
         "index",
+        "locked",
     ]
     # The lock file is kept (nobody holds it); what the attempt kept is gone.
     assert [p.name for p in (moved / "aether-agent").iterdir()] == ["lock"]
@@ -220,3 +221,35 @@ def test_a_lock_still_held_is_not_handed_to_the_next_worktree(
         assert list((admin / "aether-agent").iterdir()) == []
     finally:
         os.close(held)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_git_prune_while_a_worktree_is_checked_out_leaves_it_alone(
+    broker: GitRepositories,
+    repo: Path,
+    worktrees_dir: Path,
+    git: Git,
+    monkeypatch: pytest.MonkeyPatch,
+    pooled: bool,
+) -> None:
+    """git prunes a worktree whose directory is missing (it is, until the checkout ends)
+    and whose index is missing or old, and runs such a prune in the background of its
+    gc: the broker's worktrees are locked, from before they are registered."""
+    broker.prepare_repository(str(repo), "main", INTEGRATION)
+    if pooled:
+        broker.recycle_worktree(str(repo), str(_workspace(broker, repo, worktrees_dir, "t0")))
+    original = worktrees_module.checkout
+    pruned: list[str] = []
+
+    def pruning(*args: object, **kwargs: object) -> int:
+        pruned.append(git(repo, "worktree", "prune", "-v"))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worktrees_module, "checkout", pruning)
+    second = _workspace(broker, repo, worktrees_dir, "t1")
+    assert pruned == [""]
+    assert git(second, "status", "--porcelain", "--untracked-files=all") == ""
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert f"worktree {second}\n" in listed + "\n"
+    assert f"locked {worktrees_module.LOCK_REASON}" in listed
+    assert not list(repo.glob(".git/aether-new-*"))

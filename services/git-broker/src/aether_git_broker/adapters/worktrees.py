@@ -46,9 +46,17 @@ _ADMIN = ".admin"
 _WARMING = ".warming"
 # What a pooled administrative directory keeps: git's own files, and the agent runner's
 # directory with its lock file (``aether-agent/lock``); anything else is removed.
-_ADMIN_KEEPS = frozenset({"index", "HEAD", "gitdir", "commondir", "aether-agent"})
+_ADMIN_KEEPS = frozenset({"index", "HEAD", "gitdir", "commondir", "locked", "aether-agent"})
+# git's mark of a worktree that no ``git worktree prune`` or ``remove`` may take (the
+# broker removes its own): its content is the reason ``git worktree list`` shows.
+_LOCKED = "locked"
+LOCK_REASON = "aether: the git broker's, for one task attempt"
 _RUNNER_DIR = "aether-agent"
 _RUNNER_KEEPS = frozenset({"lock"})
+# Where a new administrative directory is built, in the common directory beside
+# ``worktrees`` (so it is renamed into place on the same file system, and git, which
+# looks only inside ``worktrees``, never prunes it half-built).
+_STAGING = "aether-new-"
 POOL_DIR = ".pool"
 
 
@@ -179,19 +187,31 @@ def add_worktree(
     pooled = _claim(pool, partial)
     admin = admin_dir(repo, path)
     shutil.rmtree(admin, ignore_errors=True)
-    previous = pooled.index if pooled is not None else None
     if pooled is None:
         os.makedirs(partial)
+    # The administrative directory appears complete, by a rename, and locked: git prunes
+    # one without its gitdir file, or whose worktree is not there (it is not, until the
+    # checkout ends) and whose index is missing or old, unless it is locked; and git runs
+    # a prune in the background of its own gc, or a person does, while a worktree of
+    # thousands of files is checked out.
     if pooled is not None and pooled.admin is not None:
-        os.rename(pooled.admin, admin)
-        previous = os.path.join(admin, "index")
+        staging = pooled.admin
     else:
-        os.makedirs(admin)
-        _write(os.path.join(admin, "commondir"), "../..\n")
+        staging = os.path.join(_common_dir(repo), _STAGING + os.path.basename(admin))
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        _write(os.path.join(staging, "commondir"), "../..\n")
+    if not os.path.exists(os.path.join(staging, _LOCKED)):
+        _write(os.path.join(staging, _LOCKED), LOCK_REASON + "\n")
+    _write(os.path.join(staging, "gitdir"), os.path.join(path, ".git") + "\n")
+    _write(os.path.join(staging, "HEAD"), f"{head}\n")
+    os.makedirs(os.path.dirname(admin), exist_ok=True)
+    os.rename(staging, admin)
     _write(os.path.join(partial, ".git"), f"gitdir: {admin}\n")
-    _write(os.path.join(admin, "gitdir"), os.path.join(path, ".git") + "\n")
-    _write(os.path.join(admin, "HEAD"), f"{head}\n")
     index = os.path.join(admin, "index")
+    previous = pooled.index if pooled is not None else None
+    if pooled is not None and pooled.admin is not None:
+        previous = index
     checkout(repo, trees, tree, partial, index, previous)
     if previous is not None and previous != index:
         os.unlink(previous)
@@ -398,6 +418,10 @@ def prune_registrations(repo: Repo, worktrees_dir: str, live: frozenset[str]) ->
     root = os.path.realpath(worktrees_dir) + os.sep
     keep = {os.path.realpath(path) for path in live}
     pruned = []
+    common = _common_dir(repo)
+    for name in os.listdir(common):
+        if name.startswith(_STAGING):  # a new worktree's, cut short
+            shutil.rmtree(os.path.join(common, name), ignore_errors=True)
     for path, admin in registered_worktrees(repo).items():
         if not path.startswith(root) or (path in keep and os.path.isdir(path)):
             continue
