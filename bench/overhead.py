@@ -30,7 +30,9 @@ the difference is what it costs them. It also prints, inside each attempt, the t
 AgentStarted to the end of the first model call, between the ends of two calls, and from
 the last call's end to AgentCompleted, from the events the attempt emitted as it went.
 With ``--one-reply`` the agent writes its file and finishes in the same reply, as a model
-may: one model call a task instead of two.
+may: one model call a task instead of two. With ``--files N`` the measured missions' and
+the plain loop's repository hold N more files: what scanning a middling project's
+worktree costs a task.
 And it prints how many messages a task costs through the NATS server, by who sent or
 received them (the server's own count per connection, ``/connz``, on a monitoring port
 the stack's server opens for the bench): each service's connection, and the attempts'
@@ -38,7 +40,7 @@ own connections together.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
         [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
-        [--pause-gateway] [--one-reply] [--keep]
+        [--pause-gateway] [--one-reply] [--files N] [--keep]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -58,6 +60,7 @@ import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -562,10 +565,29 @@ def print_bus_messages(
     )
 
 
-def plain_git_loop(work: Path, n: int) -> list[float]:
+def bench_repository(path: Path, files: int = 0) -> None:
+    """The sample repository, with ``files`` more files committed in a second commit
+    (50 directories of 7 subdirectories): the size of a middling project, whose every
+    per-task scan of the worktree shows. Committed with the git command line, its
+    background gc off (one started meanwhile packs and prunes the loose objects under
+    the measured work)."""
+    create_sample_repository(path)
+    if not files:
+        return
+    for i in range(files):
+        target = path / "lib" / f"pkg{i % 50}" / f"sub{i % 7}" / f"m{i}.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"VALUE = {i}\n")
+    git = ["git", "-C", str(path), "-c", "gc.auto=0", "-c", "user.name=bench"]
+    subprocess.run([*git, "add", "lib"], check=True)
+    email = ["-c", "user.email=bench@aether.invalid"]
+    subprocess.run([*git, *email, "commit", "-q", "-m", f"{files} files"], check=True)
+
+
+def plain_git_loop(work: Path, n: int, files: int = 0) -> list[float]:
     """The same git operations, one task after another, with no events in between."""
     repo = work / "plain-repo"
-    create_sample_repository(repo)
+    bench_repository(repo, files)
     git = GitRepositories()
     git.prepare_repository(str(repo), "main", "bench/plain")
     base = None
@@ -626,6 +648,7 @@ async def run_shape(
     warm_up: int = 2,
     paused: str | None = None,
     one_reply: bool = False,
+    files: int = 0,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     """One mission through a fresh stack, after a warm-up mission of ``warm_up`` tasks on
     the same stack (the peers too are timed after their start-up): its events, wall time,
@@ -644,6 +667,7 @@ async def run_shape(
             python_options,
             warm_up,
             paused,
+            files,
         )
 
 
@@ -658,6 +682,7 @@ async def _run_shape(
     python_options: dict[str, list[str]] | None,
     warm_up: int,
     paused: str | None = None,
+    files: int = 0,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     stack = Stack(
         home=work / f"stack-{label}",
@@ -678,7 +703,7 @@ async def _run_shape(
         if warm_up and not await warm_up_stack(stack, work, label, warm_up, concurrency):
             return [], 0.0, stack, handler, {}
         repo = work / f"repo-{label}"
-        create_sample_repository(repo)
+        await asyncio.to_thread(bench_repository, repo, files)
         before = await asyncio.to_thread(scrape_all, stack)
         cpu_before = service_cpu(stack)
         servers_before = server_cpu(stack, model_pid)
@@ -738,6 +763,13 @@ async def main() -> int:
         " instead of two)",
     )
     parser.add_argument(
+        "--files",
+        type=int,
+        default=0,
+        help="files added to the measured missions' repository and the plain loop's"
+        " (the sample has 2): what the per-task scans of a worktree cost as it grows",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (kept with --profile)"
     )
     args = parser.parse_args()
@@ -750,8 +782,11 @@ async def main() -> int:
 
 async def measure(args: argparse.Namespace, work: Path) -> int:
     shapes = ["independent", "chain"] if args.shape == "both" else [args.shape]
-    print(f"bench/overhead: N={args.tasks} tasks, concurrency {args.concurrency}, work dir {work}")
-    baseline = plain_git_loop(work, args.tasks)
+    print(
+        f"bench/overhead: N={args.tasks} tasks, concurrency {args.concurrency},"
+        f" {args.files + 2} files, work dir {work}"
+    )
+    baseline = plain_git_loop(work, args.tasks, args.files)
     print(f"  plain git loop per task          {summary(baseline)}")
     handler_total: dict[str, float] = {}
     for shape in shapes:
@@ -763,6 +798,7 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             args.concurrency,
             warm_up=args.warm_up,
             one_reply=args.one_reply,
+            files=args.files,
         )
         for name, seconds in handler.items():
             handler_total[name] = handler_total.get(name, 0.0) + seconds
