@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from aether_agent_runner.adapters import attempt as attempt_module
 from aether_agent_runner.adapters import git as git_module
 from aether_agent_runner.adapters.attempt import Attempts
-from aether_agent_runner.adapters.journal import AttemptLock
+from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
 from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve
 from aether_agent_runner.handlers import Handlers
@@ -216,6 +216,42 @@ async def test_the_commit_takes_the_finish_checks_look_at_the_worktree_not_a_new
     assert result.files_changed == ["src/app.py"]
     shown = git(task_repo.repo, "show", "--name-only", "--format=", result.commit_sha)
     assert shown.split() == ["src/app.py"]
+
+
+async def test_a_first_delivery_starts_from_the_brokers_checkout_without_a_reset_scan(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    model: Callable[[dict[str, list[Turn]]], Model],
+    reply: Callable[..., Turn],
+    tool: Callable[..., dict[str, Any]],
+    finish: Callable[..., Turn],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WorkspaceReady's first delivery, no journal and the branch at the base: nothing
+    ran in the worktree since the broker checked it out and verified it, so it is not
+    scanned again before the agent starts (the finish check's scan is the one). Anything
+    of an earlier run (a journal, here another attempt's) and it is reset as before."""
+    scans = counted_scans(monkeypatch)
+
+    async def emit(event: Event) -> None:
+        pass
+
+    turns = [reply(tool("write_file", path="src/app.py", content="x = 1\n")), finish()]
+    ready = workspace_ready(task_repo, "m-first")
+    first = await builtin_attempts(model({"t1": turns})).work(ready, emit, first_delivery=True)
+    assert isinstance(first, AgentCompleted), first
+    assert scans == [ready.base_sha]  # the finish check's alone
+
+    scans.clear()
+    git(task_repo.worktree, "reset", "-q", "--hard", ready.base_sha)
+    journal = Journal(state_dir(task_repo.git_dir))
+    journal.start({"kind": "begin", "identity": {"mission": "m-other", "task": "t1"}})
+    (task_repo.worktree / "stray.txt").write_text("an earlier run's\n")
+    again = workspace_ready(task_repo, "m-again")
+    second = await builtin_attempts(model({"t1": turns})).work(again, emit, first_delivery=True)
+    assert isinstance(second, AgentCompleted), second
+    assert scans == [again.base_sha, again.base_sha]  # the reset, the finish check
+    assert not (task_repo.worktree / "stray.txt").exists()
 
 
 async def test_a_finish_after_a_tool_call_that_followed_the_last_check_is_scanned_again(

@@ -130,7 +130,9 @@ class Handlers:
         metrics.AGENTS_RUNNING.inc()
         # The one way the attempt's own events reach the stream while it works.
         stream = AttemptStream(self._publisher)
-        work = asyncio.create_task(self._attempts.work(ready, stream.emit))
+        work = asyncio.create_task(
+            self._attempts.work(ready, stream.emit, first_delivery=not delivery.redelivered)
+        )
         try:
             async with (
                 delivery.keep_alive(self._keep_alive_every),

@@ -35,6 +35,7 @@ from aether_agent_runner.adapters.git import (
     Snapshot,
     commit_all,
     commit_files,
+    head_sha,
     own_commit,
     snapshot,
 )
@@ -173,15 +174,23 @@ class Attempts:
         missions = [p.name for p in root.iterdir() if p.is_dir() and ended(p.name)]
         return remove_clones(root, missions)
 
-    async def work(self, ready: WorkspaceReady, emit: Emit) -> Event:
+    async def work(
+        self, ready: WorkspaceReady, emit: Emit, *, first_delivery: bool = False
+    ) -> Event:
         """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
         What happens on the way (AgentStarted, usage, progress, the transcript) goes to
-        ``emit``, the attempt's stream. Raises ``AttemptBusy``."""
+        ``emit``, the attempt's stream. Raises ``AttemptBusy``.
+
+        ``first_delivery``: WorkspaceReady reaches a runner for the first time, so no
+        agent has worked in the worktree since the git broker checked it out (see
+        ``_prepare``)."""
         runtime = self._runtime(ready)
         # A fresh built-in attempt's conversation is begun in the same hand-off as the
         # lock (a role is looked up in the worktree first, and may change the model).
         begins = isinstance(runtime, BuiltinRuntime) and not ready.task.role
-        claiming = asyncio.ensure_future(asyncio.to_thread(self._prepare, ready, begins))
+        claiming = asyncio.ensure_future(
+            asyncio.to_thread(self._prepare, ready, begins, first_delivery)
+        )
         try:
             claimed = await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -206,12 +215,22 @@ class Attempts:
         except RuntimeUnavailable as error:
             return error
 
-    def _prepare(self, ready: WorkspaceReady, begins: bool) -> Prepared | str | None:
+    def _prepare(
+        self, ready: WorkspaceReady, begins: bool, first_delivery: bool = False
+    ) -> Prepared | str | None:
         """Everything before AgentStarted that touches the disk, in one worker thread:
         the attempt's lock (``_claim``), its journal and any commit of its own from
         before a restart, and, when ``begins`` and neither holds anything of this
         attempt's, the built-in loop's fresh start (reset, repository map, first
-        record). ``None`` or a reason as ``_claim``; raises ``AttemptBusy``."""
+        record). ``None`` or a reason as ``_claim``; raises ``AttemptBusy``.
+
+        The reset scans every file of the worktree against its index. It is left out
+        when nothing can have touched the worktree since the git broker checked it out
+        and verified every file (on a project of thousands of files, tens of
+        milliseconds a task): WorkspaceReady's first delivery (no runner had it before,
+        so no agent of this attempt ran), no journal, and the task branch still at the
+        attempt's base. An attempt handed back, redelivered after a runner's death, or
+        run from a clone is reset as before."""
         claimed = self._claim(ready)
         if not isinstance(claimed, tuple):
             return claimed
@@ -224,7 +243,8 @@ class Attempts:
             me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
             if begins and own is None and Conversation.from_records(records, me) is None:
                 limits = self.settings.limits(ready.max_cost_usd)
-                fresh = begin_fresh(git, ready, limits, journal, me)
+                checked_out = first_delivery and not records and head_sha(git) == ready.base_sha
+                fresh = begin_fresh(git, ready, limits, journal, me, checked_out=checked_out)
             return Prepared(git, journal, lock, records, own, fresh)
         except BaseException:
             lock.release()

@@ -103,13 +103,22 @@ def _start_over(job: Job) -> FreshStart:
 
 
 def begin_fresh(
-    git: GitDir, ready: WorkspaceReady, limits: Limits, journal: Journal, me: dict[str, Any]
+    git: GitDir,
+    ready: WorkspaceReady,
+    limits: Limits,
+    journal: Journal,
+    me: dict[str, Any],
+    *,
+    checked_out: bool = False,
 ) -> FreshStart:
     """Reset the worktree to the attempt's base, then begin the conversation and its
     journal, in the caller's thread: one worker thread's work (under load each hand-off
     costs a few milliseconds), the runner's own preparation hand-off when it can tell a
-    fresh built-in attempt in advance. Blocking; the attempt's lock must be held."""
-    discarded = reset_to(git, ready.base_sha)
+    fresh built-in attempt in advance. Blocking; the attempt's lock must be held.
+
+    ``checked_out``: the worktree is as the git broker checked it out at the base, with
+    nothing run in it since (``Attempts._prepare`` says when): not scanned again."""
+    discarded = False if checked_out else reset_to(git, ready.base_sha)
     repo_map, skills = repository_view(git.worktree)
     conversation = Conversation.fresh(task_prompt(ready, repo_map, limits, skills))
     begin = conversation.begin_record(me)
