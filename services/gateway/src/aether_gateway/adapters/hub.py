@@ -282,25 +282,35 @@ class Hub:
 
     async def _stop_following(self) -> None:
         async with self._starting:
-            followers, self._followers = self._followers, []
-            self._telemetry = None
-            for follower in followers:
-                await follower.stop()
-            # What the ring held is no longer followed: a client's replay comes from the
-            # read model up to where the next start begins.
-            self._ring.clear()
-            self.floor = self.last_sequence
-            for waiter in self._telemetry_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._telemetry_waiters = []
+            await self._stopped_following()
+
+    async def _stopped_following(self) -> None:
+        """Stop the followers (the caller holds ``_starting``)."""
+        followers, self._followers = self._followers, []
+        self._telemetry = None
+        for follower in followers:
+            await follower.stop()
+        # What the ring held is no longer followed: a client's replay comes from the read
+        # model up to where the next start begins.
+        self._ring.clear()
+        self.floor = self.last_sequence
+        for waiter in self._telemetry_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._telemetry_waiters = []
 
     async def _stop_when_idle(self) -> None:
         await asyncio.sleep(self._linger_seconds)
-        if self.subscriber_count == 0:
-            self._idle = None
-            await self._stop_following()
-            log.info("event hub stopped following the streams: no client for a while")
+        # From here on it is not cancelled by a client that comes meanwhile (a stop cut
+        # short would leave followers half stopped): that client either registers before
+        # the look below, which then keeps the followers, or waits for the stop under the
+        # lock and starts them again.
+        self._idle = None
+        async with self._starting:
+            if self.subscriber_count or not self._followers:
+                return
+            await self._stopped_following()
+        log.info("event hub stopped following the streams: no client for a while")
 
     async def stop(self) -> None:
         self.started = False
