@@ -165,3 +165,40 @@ def test_a_checkout_finds_the_objects_a_git_gc_packs_while_it_reads(
     assert packed
     assert git(Path(outcome.worktree_path), "status", "--porcelain") == ""
     broker.close()
+
+
+def test_a_trees_names_are_checked_once_and_a_new_bad_one_still_refused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree's id names its entries: once its names passed, listing it again checks
+    none of them; a tree that differs (here by one bad name) is checked in full."""
+    from aether_git_broker.adapters import checkout as checkout_module
+
+    checked: list[bytes] = []
+    real = checkout_module._check_name
+
+    def counting(name: bytes, prefix: bytes) -> None:
+        checked.append(prefix + name)
+        real(name, prefix)
+
+    monkeypatch.setattr(checkout_module, "_check_name", counting)
+    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
+    with Repo(str(repo)) as dulwich_repo:
+        blob = Blob.from_string(b"x\n")
+        dulwich_repo.object_store.add_object(blob)
+        trees = Trees(dulwich_repo.object_store)
+        inner = trees.write({b"a.py": (0o100644, blob.id), b"b.py": (0o100644, blob.id)})
+        good = trees.write({b"src": (0o040000, inner), b"README": (0o100644, blob.id)})
+        _, files = checkout_module.list_tree(trees, ObjectID(good))
+        assert sorted(f.path for f in files) == [b"README", b"src/a.py", b"src/b.py"]
+        assert sorted(checked) == [b"README", b"src", b"src/a.py", b"src/b.py"]
+
+        checked.clear()
+        _, again = checkout_module.list_tree(trees, ObjectID(good))
+        assert again == files and checked == []
+
+        bad = trees.write({b"src": (0o040000, inner), b".GIT": (0o040000, inner)})
+        with pytest.raises(UnsafePath):
+            checkout_module.list_tree(trees, ObjectID(bad))
+        with pytest.raises(UnsafePath):  # refused again, not remembered as checked
+            checkout_module.list_tree(trees, ObjectID(bad))

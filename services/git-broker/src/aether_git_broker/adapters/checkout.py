@@ -103,6 +103,15 @@ def unsafe_paths(paths: Iterable[bytes]) -> list[str]:
     )
 
 
+# Trees whose entries' names have all been checked. A tree's id names its entries, so
+# the check holds for good; a task's tree differs from the one before in a few
+# directories, and checking every name (NTFS's and HFS+'s readings of ``.git``) was most
+# of listing a tree of thousands of files. Cleared whole when full (a set's own
+# operations are safe from the pool's warming thread).
+_CHECKED_TREES: set[ObjectID] = set()
+_CHECKED_KEPT = 1 << 16
+
+
 def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEntry]]:
     """Every directory (parents first) and every non-directory entry below a tree."""
     directories: list[bytes] = []
@@ -110,12 +119,18 @@ def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEn
     pending: list[tuple[bytes, ObjectID]] = [(b"", tree_id)]
     while pending:
         prefix, tree = pending.pop()
-        for name, (mode, sha) in trees.entries(tree).items():
-            _check_name(name, prefix)
-            if stat.S_ISLNK(mode) and is_dot_gitmodules(name):
-                raise UnsafePath(
-                    f"the tree has {prefix.decode(errors='replace')}{name!r} as a link"
-                )
+        entries = trees.entries(tree)
+        if tree not in _CHECKED_TREES:
+            for name, (mode, _) in entries.items():
+                _check_name(name, prefix)
+                if stat.S_ISLNK(mode) and is_dot_gitmodules(name):
+                    raise UnsafePath(
+                        f"the tree has {prefix.decode(errors='replace')}{name!r} as a link"
+                    )
+            if len(_CHECKED_TREES) >= _CHECKED_KEPT:
+                _CHECKED_TREES.clear()
+            _CHECKED_TREES.add(tree)
+        for name, (mode, sha) in entries.items():
             path = prefix + name
             if stat.S_ISDIR(mode):
                 directories.append(path)
