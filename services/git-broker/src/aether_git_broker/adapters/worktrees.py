@@ -135,11 +135,12 @@ def pool_of(repo: Repo, worktrees_dir: str) -> str:
 
 @dataclass(frozen=True)
 class _Pooled:
-    """A pooled worktree claimed for a new path: the index of what its files hold, and
-    its administrative directory when that was pooled with it (the index inside)."""
+    """A pooled worktree claimed for a new path: its administrative directory when that
+    was pooled with it (the index of what its files hold inside), else that index alone
+    (a worktree the pool was warmed with)."""
 
-    index: str
-    admin: str | None
+    admin: str | None = None
+    index: str | None = None
 
 
 def _claim(pool: str | None, partial: str) -> _Pooled | None:
@@ -154,11 +155,11 @@ def _claim(pool: str | None, partial: str) -> _Pooled | None:
         admin = candidate + _ADMIN
         if os.path.isfile(os.path.join(admin, "index")):
             os.rename(candidate, partial)
-            return _Pooled(os.path.join(admin, "index"), admin)
+            return _Pooled(admin=admin)
         index = candidate + _INDEX
         if os.path.exists(index):
             os.rename(candidate, partial)
-            return _Pooled(index, None)
+            return _Pooled(index=index)
         shutil.rmtree(candidate, ignore_errors=True)  # cut short while pooling
         shutil.rmtree(admin, ignore_errors=True)
     return None
@@ -209,12 +210,14 @@ def add_worktree(
     os.rename(staging, admin)
     _write(os.path.join(partial, ".git"), f"gitdir: {admin}\n")
     index = os.path.join(admin, "index")
-    previous = pooled.index if pooled is not None else None
-    if pooled is not None and pooled.admin is not None:
-        previous = index
-    checkout(repo, trees, tree, partial, index, previous)
-    if previous is not None and previous != index:
-        os.unlink(previous)
+    if pooled is None:
+        checkout(repo, trees, tree, partial, index)
+    elif pooled.admin is not None:
+        checkout(repo, trees, tree, partial, index, index)  # the pooled one, moved in
+    else:
+        assert pooled.index is not None
+        checkout(repo, trees, tree, partial, index, pooled.index)
+        os.unlink(pooled.index)
     os.rename(partial, path)
     return True
 
