@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from dulwich.objects import Commit as CommitObject
+from dulwich.repo import Repo
 
 from aether_git_broker.adapters import checkout as checkout_module
 from aether_git_broker.adapters import worktrees as worktrees_module
@@ -147,6 +149,33 @@ def test_a_warmed_pool_serves_the_first_tasks_without_a_full_checkout(
     wt = _workspace(broker, repo, worktrees_dir, "t1")
     assert written == [0]  # every file was already there
     assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
+    assert len(_pooled(worktrees_dir)) == 1
+
+
+def test_a_warm_up_does_not_replace_the_worktrees_tasks_take_while_it_runs(
+    repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=3)
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    with Repo(str(repo)) as opened:
+        pool = worktrees_module.pool_of(opened, str(worktrees_dir))
+        commit = opened[base.encode()]
+    assert isinstance(commit, CommitObject)
+    original = checkout_module.checkout
+    built: list[str] = []
+
+    def claimed_meanwhile(*args: object, **kwargs: object) -> int:
+        # A task takes the worktree made before this one while this one is built.
+        for made in _pooled(worktrees_dir):
+            if not made.name.endswith(".warming"):
+                shutil.rmtree(made)
+        built.append(str(args[3]))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worktrees_module, "checkout", claimed_meanwhile)
+    made = worktrees_module.warm_pool(str(repo), commit.tree, pool, 2)
+    assert made == 2
+    assert len(built) == 2
     assert len(_pooled(worktrees_dir)) == 1
 
 

@@ -295,12 +295,18 @@ def warm_pool(repository_path: str, tree: ObjectID, pool: str, count: int) -> in
     """Check ``tree`` out into the pool until it holds ``count`` worktrees; returns how
     many were made. Meant for a background thread while a mission is being planned: it
     opens its own repository, builds each one under a name the pool ignores and renames
-    it into place, so a worktree taken from the pool is always complete."""
+    it into place, so a worktree taken from the pool is always complete.
+
+    It makes at most what the pool lacked when it began: a worktree the mission's tasks
+    take meanwhile comes back to the pool when its task ends, and one made to replace
+    it would only find the pool full then and be removed (on a repository of thousands
+    of files, a whole checkout and a whole removal a task, beside the mission's work)."""
     made = 0
     with Repo(repository_path) as repo:
         trees = Trees(repo.object_store)
         os.makedirs(pool, exist_ok=True)
-        while _pooled_count(pool) < count:
+        lacking = count - _pooled_count(pool)
+        while made < lacking and _pooled_count(pool) < count:
             name = os.path.join(pool, f"warm-{os.urandom(4).hex()}")
             building = name + _WARMING
             os.makedirs(building)
