@@ -22,7 +22,7 @@ from aether_agent_runner.testing import Edit, Finish, ModelError, ScriptedRuntim
 from aether_events import AgentCompleted, AgentFailed, AgentStarted, UsageRecorded
 from aether_llm import LLMSettings, make_client
 from aether_runtime import RuntimeSettings, Service
-from aether_sandbox import CommandRunner, SandboxUnavailable
+from aether_sandbox import CommandRunner, Request, SandboxUnavailable
 from aether_sandbox.testing import Scripted, ScriptedSandbox
 
 from .conftest import Model, finish, git, reply, results_of, tool
@@ -133,3 +133,37 @@ async def test_the_agents_command_goes_through_the_sandbox_port_and_nothing_runs
     assert told.startswith("$ pytest -q tests\n[exit code 0 after 0.5 s]")
     assert "3 passed in 0.01s" in told
     assert done.files_changed == ["NOTES.md"]
+
+
+async def test_what_a_command_wrote_anywhere_is_committed_beside_the_file_tools_writes(
+    task_repo: Any,
+    model: Callable[..., Model],
+    start_scripted: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """Until a command runs, only the ways to what the file tools wrote are looked at
+    when the agent finishes; after one, every directory is."""
+    served = model(
+        {
+            "t1": [
+                reply(tool("write_file", path="NOTES.md", content="generated a test\n")),
+                reply(tool("run_command", command="make generate")),
+                finish("generated"),
+            ]
+        }
+    )
+
+    def generate(request: Request) -> Scripted:
+        (request.cwd / "tests" / "test_generated.py").write_text("def test(): ...\n")
+        return Scripted("generated\n", 0, 0.1)
+
+    sandbox = ScriptedSandbox([generate])
+    runtime = BuiltinRuntime(make_client(served.llm()))
+    await start_scripted(runtime, sandbox, served.llm(), commands=("make",))
+    await publish(workspace_ready(task_repo, mission_id))
+    done = await events.first(AgentCompleted)
+    assert done.files_changed == ["NOTES.md", "tests/test_generated.py"]
+    assert git(task_repo.worktree, "status", "--porcelain", "--untracked-files=all") == ""

@@ -164,13 +164,14 @@ def refusals() -> float:
 
 
 def counted_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The commit each scan of a worktree compares it with, in order, from now on."""
+    """The commit each scan of a worktree compares it with, in order, from now on; a
+    scan of only the ways to what the file tools wrote is marked ``(ways)``."""
     scans: list[str] = []
     real_state = git_module._state
 
-    def counted(git_dir: Any, at: Any, max_hash: int) -> Any:
-        scans.append(at.decode())
-        return real_state(git_dir, at, max_hash)
+    def counted(git_dir: Any, at: Any, max_hash: int, written: Any = None) -> Any:
+        scans.append(at.decode() + (" (ways)" if written is not None else ""))
+        return real_state(git_dir, at, max_hash, written)
 
     monkeypatch.setattr(git_module, "_state", counted)
     return scans
@@ -229,8 +230,9 @@ async def test_a_first_delivery_starts_from_the_brokers_checkout_without_a_reset
 ) -> None:
     """WorkspaceReady's first delivery, no journal and the branch at the base: nothing
     ran in the worktree since the broker checked it out and verified it, so it is not
-    scanned again before the agent starts (the finish check's scan is the one). Anything
-    of an earlier run (a journal, here another attempt's) and it is reset as before."""
+    scanned again before the agent starts, and the finish check walks only the ways to
+    what the file tools wrote. Anything of an earlier run (a journal, here another
+    attempt's) and it is reset and checked whole as before."""
     scans = counted_scans(monkeypatch)
 
     async def emit(event: Event) -> None:
@@ -240,7 +242,7 @@ async def test_a_first_delivery_starts_from_the_brokers_checkout_without_a_reset
     ready = workspace_ready(task_repo, "m-first")
     first = await builtin_attempts(model({"t1": turns})).work(ready, emit, first_delivery=True)
     assert isinstance(first, AgentCompleted), first
-    assert scans == [ready.base_sha]  # the finish check's alone
+    assert scans == [f"{ready.base_sha} (ways)"]  # the finish check's alone
 
     scans.clear()
     git(task_repo.worktree, "reset", "-q", "--hard", ready.base_sha)

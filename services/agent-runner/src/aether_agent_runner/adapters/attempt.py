@@ -406,10 +406,16 @@ class Attempts:
         # commit reuses it when no call began since (the built-in loop's finish check is
         # taken right before its outcome), rather than scanning every file again.
         looked: tuple[Snapshot, int] | None = None
+        # A worktree as the broker checked it out, where no command has run since, holds
+        # what the file tools wrote and nothing else new: the look walks only the ways to
+        # the paths they went for, not every directory of the project.
+        checked_out = fresh is not None and fresh.checked_out
 
         def changes_now() -> bool:
             nonlocal looked
-            seen = snapshot(git, commit_limits.max_blob_bytes)
+            touched = toolbox.workspace.touched
+            written = frozenset(touched) if checked_out and not toolbox.commands else None
+            seen = snapshot(git, commit_limits.max_blob_bytes, written)
             looked = (seen, toolbox.calls)
             return seen.changed
 

@@ -334,14 +334,20 @@ class _State:
     tracked: Mapping[bytes, tuple[int, ObjectID]]
     found: dict[bytes, Found]
     changed: list[bytes]
+    # The worktree's index as the scan read it: the stat data of the files it did not
+    # look at, for the next index.
+    index: StatCache
 
 
-def _state(git: GitDir, at: bytes, max_hash: int) -> _State:
+def _state(
+    git: GitDir, at: bytes, max_hash: int, written: Iterable[tuple[str, ...]] | None = None
+) -> _State:
     store = git.store()
     tree = _commit(store, at).tree
     tracked = _files_of(store, tree)
-    found = scan(git.worktree, git.common, tracked, max_hash, StatCache(git.admin / "index"))
-    return _State(store, tree, tracked, found, changes(tracked, found))
+    index = StatCache(git.admin / "index")
+    found = scan(git.worktree, git.common, tracked, max_hash, index, written)
+    return _State(store, tree, tracked, found, changes(tracked, found), index)
 
 
 def _text(path: bytes) -> str:
@@ -363,10 +369,16 @@ class Snapshot:
         return bool(self.state.changed)
 
 
-def snapshot(git: GitDir, max_hash: int = CommitLimits.max_blob_bytes) -> Snapshot:
-    """Scan the worktree against the task branch's head."""
+def snapshot(
+    git: GitDir,
+    max_hash: int = CommitLimits.max_blob_bytes,
+    written: Iterable[tuple[str, ...]] | None = None,
+) -> Snapshot:
+    """Scan the worktree against the task branch's head; with ``written``, only the
+    ways to those paths (``scan``: the worktree held exactly the head's tree, and
+    nothing but writes to them happened to it since)."""
     head = git.refs()[git.ref]
-    return Snapshot(head, max_hash, _state(git, head, max_hash))
+    return Snapshot(head, max_hash, _state(git, head, max_hash, written))
 
 
 def changed_paths(git: GitDir) -> list[str]:
@@ -434,6 +446,7 @@ def commit_all(
                 f"{_text(path)} is a symbolic link; git refuses a linked .gitmodules "
                 "(write the file itself)"
             )
+        assert entry.st is not None  # a changed file is one the scan looked at
         size = entry.st.st_size
         if size > limits.max_blob_bytes:
             raise CommitRefused(
@@ -461,7 +474,7 @@ def commit_all(
     add_object(store, commit)
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
-    _write_index(git, entries, found)
+    _write_index(git, entries, found, state.index)
     return commit.id.decode(), [_text(p) for p in changed]
 
 
@@ -638,10 +651,14 @@ def _content(files: Files, path: bytes, mode: int) -> bytes:
 
 
 def _write_index(
-    git: GitDir, files: Mapping[bytes, tuple[int, ObjectID]], found: dict[bytes, Found]
+    git: GitDir,
+    files: Mapping[bytes, tuple[int, ObjectID]],
+    found: dict[bytes, Found],
+    previous: StatCache,
 ) -> None:
     """The worktree's index for the tree of ``files``, with the stat data of the files
-    that match it (so ``git status`` in the worktree trusts them without reading them).
+    that match it (so ``git status`` in the worktree trusts them without reading them);
+    a file found without stat data (not looked at) keeps the ``previous`` index's entry.
 
     Written beside and renamed over, but not synced to disk: the index is a cache of stat
     data, never the record of anything. An index a machine crash leaves empty or torn is
@@ -655,7 +672,25 @@ def _write_index(
     chunks = [b"DIRC" + struct.pack(">LL", 2, len(files))]
     for path, (mode, sha) in sorted(files.items()):
         entry = found.get(path)
-        if entry is not None and mode != GITLINK and entry.mode == mode:
+        if entry is not None and entry.st is None and mode != GITLINK:
+            kept = previous.kept(path, mode, sha)
+            if kept is not None:
+                ctime, mtime = _seconds(kept.ctime), _seconds(kept.mtime)
+                packed = pack(
+                    *ctime,
+                    *mtime,
+                    kept.dev,
+                    kept.ino,
+                    mode,
+                    kept.uid,
+                    kept.gid,
+                    kept.size,
+                    unhexlify(sha),
+                    min(len(path), 0xFFF),
+                )
+            else:
+                packed = _unknown(mode, sha, path)
+        elif entry is not None and entry.st is not None and mode != GITLINK and entry.mode == mode:
             st = entry.st
             packed = pack(
                 int(st.st_ctime) & _U32,
@@ -672,7 +707,7 @@ def _write_index(
                 min(len(path), 0xFFF),
             )
         else:
-            packed = pack(0, 0, 0, 0, 0, 0, mode, 0, 0, 0, unhexlify(sha), min(len(path), 0xFFF))
+            packed = _unknown(mode, sha, path)
         packed += path
         chunks.append(packed + b"\0" * (8 - len(packed) % 8))
     data = b"".join(chunks)
@@ -688,6 +723,18 @@ def _write_index(
 
 _INDEX_ENTRY = struct.Struct(">LLLLLLLLLL20sH")
 _U32 = 0xFFFFFFFF
+
+
+def _unknown(mode: int, sha: ObjectID, path: bytes) -> bytes:
+    """An index entry with no stat data: whoever reads the index reads the file."""
+    return _INDEX_ENTRY.pack(0, 0, 0, 0, 0, 0, mode, 0, 0, 0, unhexlify(sha), min(len(path), 0xFFF))
+
+
+def _seconds(value: int | float | tuple[int, int]) -> tuple[int, int]:
+    """An index entry's time as the index stores it: seconds and nanoseconds."""
+    if isinstance(value, tuple):
+        return value[0] & _U32, max(value[1], 0)
+    return int(value) & _U32, 0
 
 
 def reset_to(git: GitDir, sha: str) -> bool:
@@ -716,7 +763,7 @@ def reset_to(git: GitDir, sha: str) -> bool:
         assert isinstance(blob, Blob)
         found[path] = _write(files, _text(path), mode, blob.as_raw_string(), blob_id)
     move_branch(git, None, target)
-    _write_index(git, tracked, found)
+    _write_index(git, tracked, found, state.index)
     return True
 
 

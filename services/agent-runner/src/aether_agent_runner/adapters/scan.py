@@ -17,7 +17,7 @@ import threading
 from binascii import hexlify
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -58,6 +58,19 @@ class StatCache:
             return
         self._written_ns = st.st_mtime_ns
         self._entries = _parsed_index(path, st)
+
+    def kept(self, path: bytes, mode: int, sha: ObjectID) -> IndexEntry | None:
+        """The index's entry for ``path`` when it records ``mode`` and ``sha`` and its
+        stat data was taken before the index was written (not racily clean: a file
+        modified in the instant the index was written could hold other bytes than it
+        says), for a new index to keep for a file nobody touched."""
+        entry = self._entries.get(path)
+        if entry is None or entry.mode != mode or entry.sha != sha:
+            return None
+        seconds, nanoseconds = _time(entry.mtime)
+        if seconds * 1_000_000_000 + max(nanoseconds, 0) >= self._written_ns:
+            return None
+        return entry
 
     def sha(self, path: bytes, st: os.stat_result, mode: int) -> ObjectID | None:
         entry = self._entries.get(path)
@@ -191,11 +204,12 @@ def _time_ns(ns: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Found:
     """A file of the worktree: its git mode, its blob id (``None`` when not hashed: an
-    untracked file, or one too large) and its stat data."""
+    untracked file, or one too large) and its stat data (``None``: not looked at, taken
+    as the tree has it; see ``scan``'s ``written``)."""
 
     mode: int
     sha: ObjectID | None
-    st: os.stat_result
+    st: os.stat_result | None
 
 
 def blob_id(data: bytes) -> ObjectID:
@@ -270,19 +284,60 @@ def scan(
     tracked: Mapping[bytes, tuple[int, ObjectID]],
     max_hash: int,
     cache: StatCache | None = None,
+    written: Iterable[tuple[str, ...]] | None = None,
 ) -> dict[bytes, Found]:
     """Every file of ``worktree`` that git would consider: tracked paths (hashed when
     at most ``max_hash`` bytes, unless ``cache`` knows them by their stat data) and
-    untracked ones that are not ignored (not hashed). Gitlinks are never entered."""
+    untracked ones that are not ignored (not hashed). Gitlinks are never entered.
+
+    ``written``: when the worktree held exactly ``tracked`` (nothing else, not even
+    ignored files) and nothing but writes to these paths (root-relative components)
+    has happened to it since, the same answer from walking only the directories on
+    their way: a tracked directory off every such way is not entered, and its files are
+    found as the tree has them, without stat data. Every directory that is not the
+    tree's was made by those writes and is walked whole, and so is each directory on a
+    written path's way, where a write cut short may have left its temporary file."""
     tracked_dirs = _directories(tracked)
     found: dict[bytes, Found] = {}
+    ways = _ways(written) if written is not None else None
     fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        walk = _Walk(tracked, tracked_dirs, found, max_hash, cache)
+        walk = _Walk(tracked, tracked_dirs, found, max_hash, cache, ways)
         walk.directory(fd, "", _exclude(common).below("", fd), False, 0)
     finally:
         os.close(fd)
+    if walk.passed:
+        _untouched(tracked, found, walk.entered, walk.passed)
     return found
+
+
+def _ways(written: Iterable[tuple[str, ...]]) -> set[bytes]:
+    """Every directory (with a trailing slash; the root as ``b""``) on the way to the
+    written paths, and each written path itself taken as a directory."""
+    ways = {b""}
+    for parts in written:
+        for end in range(1, len(parts) + 1):
+            ways.add(os.fsencode("/".join(parts[:end])) + b"/")
+    return ways
+
+
+def _untouched(
+    tracked: Mapping[bytes, tuple[int, ObjectID]],
+    found: dict[bytes, Found],
+    entered: set[bytes],
+    passed: set[bytes],
+) -> None:
+    """Found as the tree has them: the tracked files below a directory the walk passed
+    by. A tracked file under no such directory and not found is gone."""
+    for path, (mode, sha) in tracked.items():
+        if path in found:
+            continue
+        # The outermost directory of the path the walk did not enter.
+        end = path.find(b"/")
+        while end != -1 and path[: end + 1] in entered:
+            end = path.find(b"/", end + 1)
+        if end != -1 and path[: end + 1] in passed:
+            found[path] = Found(mode, sha, None)
 
 
 def _directories(paths: Iterable[bytes]) -> set[bytes]:
@@ -304,6 +359,11 @@ class _Walk:
     found: dict[bytes, Found]
     max_hash: int
     cache: StatCache | None
+    # The directories to enter of the tree's own (``None``: all of them; see ``scan``).
+    ways: set[bytes] | None = None
+    # The directories entered, and the tree's directories passed by (``ways`` given).
+    entered: set[bytes] = field(default_factory=set)
+    passed: set[bytes] = field(default_factory=set)
 
     def directory(
         self, fd: int, prefix: str, ignores: _Ignores, ignored_dir: bool, depth: int
@@ -313,6 +373,8 @@ class _Walk:
                 f"the worktree nests directories more than {MAX_DEPTH} deep "
                 f"({prefix[:60]}…): delete them"
             )
+        if self.ways is not None:
+            self.entered.add(os.fsencode(prefix))
         for name in sorted(os.listdir(fd)):
             if is_git_name(name):
                 continue
@@ -327,6 +389,11 @@ class _Walk:
                 self.found[key] = Found(GITLINK, known[1], st)
                 continue
             if stat.S_ISDIR(st.st_mode):
+                if self.ways is not None:
+                    directory = key + b"/"
+                    if directory in self.tracked_dirs and directory not in self.ways:
+                        self.passed.add(directory)
+                        continue
                 skip = ignored_dir or ignores.ignored(path, True)
                 if skip and key + b"/" not in self.tracked_dirs:
                     continue

@@ -207,6 +207,9 @@ class ToolBox:
         # Calls begun so far: a look at the worktree taken at one count is still what the
         # agent left while the count stays the same.
         self.calls = 0
+        # Commands begun so far: while none has, only the file tools wrote to the
+        # worktree, at the paths its ``touched`` holds.
+        self.commands = 0
 
     def sandbox(self) -> Sandbox | CommandRunner:
         """The sandbox commands run in, or ``ToolError`` naming what is missing."""
@@ -283,6 +286,7 @@ class ToolBox:
                     f"{', '.join(sorted(self._allowed or ()))})"
                 )
             if name == "run_command" and self._commands is not None:
+                self.commands += 1
                 ran = await self._run(args, self._commands, env or {}, on_output)
                 content = ran.report(_text(args, "command"))
             else:

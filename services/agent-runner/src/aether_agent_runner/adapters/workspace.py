@@ -41,6 +41,9 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.changed: list[str] = []
+        # Every path a write, an edit or a deletion went for (taken before it begins, so
+        # one cut short counts too), as root-relative components.
+        self.touched: set[tuple[str, ...]] = set()
         self.tree = Tree(str(self.root))
 
     # --- confinement --------------------------------------------------------------
@@ -184,6 +187,7 @@ class Workspace:
         target = self.locate(path)
         if not target.parts:
             raise ToolError(f"{path!r} is a directory")
+        self.touched.add(target.parts)
         self._replace(target, content.encode("utf-8"))
         self._note_change(target)
         return f"wrote {len(content.encode()):,} bytes to {target.text}"
@@ -237,6 +241,7 @@ class Workspace:
         updated = (
             text.replace(old_text, new_text) if replace_all else text.replace(old_text, new_text, 1)
         )
+        self.touched.add(target.parts)
         self._replace(target, updated.encode("utf-8", errors="surrogateescape"))
         self._note_change(target)
         replaced = count if replace_all else 1
@@ -248,6 +253,7 @@ class Workspace:
         target = self.locate(path)
         if not target.parts:
             raise ToolError("the repository root cannot be deleted")
+        self.touched.add(target.parts)
         try:
             self.tree.remove(target)
         except FileNotFoundError:

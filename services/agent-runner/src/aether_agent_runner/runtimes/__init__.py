@@ -35,11 +35,14 @@ KNOWN = (BUILTIN, CLAUDE_CODE)
 @dataclass(frozen=True)
 class FreshStart:
     """A built-in conversation begun from a clean worktree: whether changes no journal
-    accounted for were discarded, the conversation, and its first (journaled) record."""
+    accounted for were discarded, the conversation, and its first (journaled) record;
+    ``checked_out``: the worktree held exactly the base's tree, as the git broker
+    checked it out (not even ignored files), when the conversation began."""
 
     discarded: bool
     conversation: Conversation
     begin: Record
+    checked_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def begin_fresh(
     conversation = Conversation.fresh(task_prompt(ready, repo_map, limits, skills))
     begin = conversation.begin_record(me)
     journal.start(begin)
-    return FreshStart(discarded, conversation, begin)
+    return FreshStart(discarded, conversation, begin, checked_out)
 
 
 def system_for(job: Job) -> list[TextBlockParam]:
