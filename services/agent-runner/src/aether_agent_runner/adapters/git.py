@@ -241,6 +241,7 @@ def forget_trees() -> None:
         _TREES.clear()
         _LAST_TREE.clear()
         _ENTRIES.clear()
+        _LISTINGS.clear()
         _entries_held = 0
 
 
@@ -322,6 +323,66 @@ def _entries(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, O
                 _, dropped = _ENTRIES.popitem(last=False)
                 _entries_held -= len(dropped)
     return entries
+
+
+# The listings of recently listed directories (``tree_listing``), by tree id and what
+# a listing keeps: a task's base differs from the last one's in the few directories
+# merged since, and only those are listed again.
+_LISTINGS: OrderedDict[tuple[ObjectID, int, frozenset[str]], tuple[tuple[bytes, ...], int]] = (
+    OrderedDict()
+)
+_LISTINGS_KEPT = 4096
+# Directories nested deeper than this are not listed (the scan walks no deeper).
+_LISTING_DEPTH = 200
+
+
+def tree_listing(
+    git: GitDir, sha: str, limit: int, skipped: frozenset[str]
+) -> tuple[list[str], int]:
+    """The first ``limit`` file paths of commit ``sha``'s tree, in the order a walk of its
+    checkout meets them (in each directory its files, then its subdirectories, each by
+    name), and how many more there are. A directory named in ``skipped`` (dependency
+    and cache directories) is left out; a submodule has no files here, a symbolic link
+    is a file."""
+    store = git.store()
+    paths, count = _listing(store, _commit(store, sha).tree, limit, skipped, 0)
+    return [_text(p) for p in paths], count - len(paths)
+
+
+def _listing(
+    store: DiskObjectStore, tree: ObjectID, limit: int, skipped: frozenset[str], depth: int
+) -> tuple[tuple[bytes, ...], int]:
+    key = (tree, limit, skipped)
+    with _TREES_LOCK:
+        known = _LISTINGS.get(key)
+        if known is not None:
+            _LISTINGS.move_to_end(key)
+            return known
+    entries = _entries(store, tree)
+    files: list[bytes] = []
+    directories: list[tuple[bytes, ObjectID]] = []
+    for name, (mode, sha) in entries.items():
+        if name.lower() == b".git" or mode == GITLINK:
+            continue
+        if not stat.S_ISDIR(mode):
+            files.append(name)
+        elif os.fsdecode(name) not in skipped and depth < _LISTING_DEPTH:
+            directories.append((name, sha))
+    files.sort()
+    paths = files[:limit]
+    count = len(files)
+    for name, sha in sorted(directories):
+        inner, inner_count = _listing(store, sha, limit, skipped, depth + 1)
+        count += inner_count
+        room = limit - len(paths)
+        if room > 0:
+            paths.extend(name + b"/" + path for path in inner[:room])
+    listed = (tuple(paths), count)
+    with _TREES_LOCK:
+        _LISTINGS[key] = listed
+        while len(_LISTINGS) > _LISTINGS_KEPT:
+            _LISTINGS.popitem(last=False)
+    return listed
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.conversation import Conversation
-from aether_agent_runner.adapters.git import GitDir, reset_to
+from aether_agent_runner.adapters.git import GitDir, reset_to, tree_listing
 from aether_agent_runner.adapters.journal import Journal
 from aether_agent_runner.adapters.model import Agent, Outcome
+from aether_agent_runner.adapters.search import SKIPPED_DIRECTORIES
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes import BUILTIN, FreshStart, Job
-from aether_agent_runner.runtimes.prompt import SYSTEM, repository_view, task_prompt
+from aether_agent_runner.runtimes.prompt import (
+    MAX_MAP_ENTRIES,
+    SYSTEM,
+    repository_view,
+    task_prompt,
+)
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_events import WorkspaceReady
 from aether_llm.client import LazyClient, client_of
@@ -119,7 +125,13 @@ def begin_fresh(
     ``checked_out``: the worktree is as the git broker checked it out at the base, with
     nothing run in it since (``Attempts._prepare`` says when): not scanned again."""
     discarded = False if checked_out else reset_to(git, ready.base_sha)
-    repo_map, skills = repository_view(git.worktree)
+    # A checkout holds exactly the base's tree: its map is read from the tree.
+    listing = (
+        tree_listing(git, ready.base_sha, MAX_MAP_ENTRIES, SKIPPED_DIRECTORIES)
+        if checked_out
+        else None
+    )
+    repo_map, skills = repository_view(git.worktree, listing)
     conversation = Conversation.fresh(task_prompt(ready, repo_map, limits, skills))
     begin = conversation.begin_record(me)
     journal.start(begin)

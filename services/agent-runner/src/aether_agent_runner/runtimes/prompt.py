@@ -43,10 +43,23 @@ SYSTEM: list[TextBlockParam] = [
 ]
 
 
-def repository_view(root: Path) -> tuple[str, str]:
-    """What the opening message shows of the worktree: its map, and its skills."""
+def repository_view(root: Path, listing: tuple[list[str], int] | None = None) -> tuple[str, str]:
+    """What the opening message shows of the worktree: its map, and its skills.
+
+    ``listing``: the map's paths and how many more there are, when the caller knows the
+    worktree holds exactly a tree and nothing else (``adapters.git.tree_listing``, read
+    from the tree's objects, most of them known from the last task's); else the
+    worktree is walked."""
     skills, more = find_skills(root)
-    return repository_map(root), skills_section(skills, more)
+    files = map_text(*listing) if listing is not None else repository_map(root)
+    return files, skills_section(skills, more)
+
+
+def map_text(paths: list[str], more: int) -> str:
+    """The map's text: one path per line, then how many more files there are."""
+    if more:
+        paths = [*paths, f"[… and {more} more files]"]
+    return "\n".join(paths) or "(no files yet)"
 
 
 def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
@@ -72,9 +85,7 @@ def repository_map(root: Path, limit: int = MAX_MAP_ENTRIES) -> str:
                 more += 1
                 continue
             paths.append(prefix + name)
-    if more:
-        paths.append(f"[… and {more} more files]")
-    return "\n".join(paths) or "(no files yet)"
+    return map_text(paths, more)
 
 
 def task_prompt(ready: WorkspaceReady, files: str, limits: Limits, skills: str = "") -> str:
