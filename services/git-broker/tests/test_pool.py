@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +178,24 @@ def test_a_warm_up_does_not_replace_the_worktrees_tasks_take_while_it_runs(
     assert made == 2
     assert len(built) == 2
     assert len(_pooled(worktrees_dir)) == 1
+
+
+def test_a_warm_up_runs_at_the_lowest_priority(
+    repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    niceness: list[int] = []
+
+    def warm(*args: object) -> int:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return 0
+
+    monkeypatch.setattr(worktrees_module, "warm_pool", warm)
+    assert broker.prewarm(str(repo), base, count=2)
+    broker.close()
+    assert niceness == [19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
 
 
 def test_start_up_clears_pool_entries_cut_short(
