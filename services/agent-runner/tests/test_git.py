@@ -13,7 +13,9 @@ from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, ObjectID
 
 from aether_agent_runner.adapters.git import (
+    _FANOUTS,
     GitDir,
+    add_object,
     changed_paths,
     commit_all,
     commit_message_trailers,
@@ -313,3 +315,39 @@ def test_a_lock_a_killed_writer_left_on_an_object_does_not_stop_the_commit(
     assert sha is not None and changed == ["src/new.py"]
     assert git("cat-file", "-p", f"{sha}:src/new.py", cwd=repo).encode() == content
     assert git("fsck", "--no-dangling", cwd=repo) == ""
+
+
+def test_objects_are_written_whole_beside_existing_ones_and_after_a_prune_of_their_directory(
+    tmp_path: Path,
+) -> None:
+    """An object already stored is not written again but has its time refreshed (an
+    age-based prune spares it); a directory of objects pruned since this process last
+    wrote into it is made again; git reads every commit."""
+    repo, wt, records = _linked(tmp_path)
+    (wt / "src" / "first.py").write_text("first = 1\n")
+    first, _ = commit_all(records, "First\n")
+    assert first is not None
+    store = records.store()
+    old = time.time() - 30 * 86400
+    blob = git("rev-parse", f"{first}:src/first.py", cwd=repo).strip()
+    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
+    os.utime(loose, (old, old))
+
+    (wt / "src" / "again.py").write_text("first = 1\n")  # the same blob
+    (wt / "src" / "second.py").write_text("second = 2\n")
+    second_blob = Blob.from_string(b"second = 2\n").id.decode()
+    fanout = repo / ".git" / "objects" / second_blob[:2]
+    # Its directory known to this process, then pruned (git's prune removes an emptied
+    # one).
+    fanout.mkdir(exist_ok=True)
+    assert not any(fanout.iterdir())
+    add_object(store, Blob.from_string(b"a warm-up object\n"))
+    _FANOUTS.add(str(fanout))
+    fanout.rmdir()
+    second, changed = commit_all(records, "Second\n")
+
+    assert second is not None and changed == ["src/again.py", "src/second.py"]
+    assert loose.stat().st_mtime > old + 86400
+    assert git("cat-file", "-p", f"{second}:src/second.py", cwd=repo) == "second = 2\n"
+    assert git("fsck", "--no-dangling", cwd=repo) == ""
+    assert not list((repo / ".git" / "objects").rglob("tmp_obj_*"))
