@@ -110,6 +110,33 @@ def test_a_first_record_a_fresh_start_cannot_rebuild_is_synced_at_once(
     assert b'"session_id":"s1"' in synced[0]
 
 
+def test_a_first_journal_is_written_in_place_and_an_old_one_replaced_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt's first start makes the file with its record (no file renamed into
+    place: a torn first line is cut off by the next read); a start over an old journal
+    replaces it whole, so none of its records survive under the new start."""
+    renamed: list[str] = []
+    real_replace = journal_module.os.replace
+
+    def replace(source: Any, target: Any) -> None:
+        renamed.append(Path(target).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(journal_module.os, "replace", replace)
+    journal = Journal(tmp_path)
+    journal.start({"kind": "claude-code", "session_id": "s1"})
+    journal.append({"kind": "reply", "content": []})
+    assert renamed == []
+    assert [r["kind"] for r in journal.read()] == ["claude-code", "reply"]
+
+    journal.start({"kind": "begin", "identity": {"task": "t2"}})
+
+    assert renamed == ["transcript.jsonl"]
+    assert journal.read() == [{"kind": "begin", "identity": {"task": "t2"}}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["transcript.jsonl"]
+
+
 @pytest.mark.parametrize(
     "torn",
     [b'{"kind": "answer", "blo', b'{"kind":"answer","block":{"type":"text","text":"ok"}}'],

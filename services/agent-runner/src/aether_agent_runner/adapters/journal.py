@@ -99,14 +99,33 @@ class Journal:
             os.fsync(out.fileno())
 
     def start(self, record: dict[str, Any]) -> None:
-        """Begin a new journal with ``record``, replacing any old one."""
-        temporary = self.path.with_suffix(".tmp")
-        with temporary.open("wb") as out:
-            out.write(_line(record))
-            out.flush()
-            if record.get("kind") not in UNSYNCED_STARTS:
-                os.fsync(out.fileno())
-        os.replace(temporary, self.path)
+        """Begin a new journal with ``record``, replacing any old one.
+
+        With no journal there yet (an attempt's first start), the file is made with its
+        record in it: a crash half-way leaves a torn line, which the next read cuts off
+        as it would any other. An old journal is replaced whole, by a new file renamed
+        over it, so no crash leaves its records under the new start."""
+        line = _line(record)
+        synced = record.get("kind") not in UNSYNCED_STARTS
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            temporary = self.path.with_suffix(".tmp")
+            with temporary.open("wb") as out:
+                out.write(line)
+                out.flush()
+                if synced:
+                    os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+            return
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            if synced:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("ab") as out:
