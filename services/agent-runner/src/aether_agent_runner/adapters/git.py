@@ -397,6 +397,9 @@ class _State:
     # The worktree's index as the scan read it: the stat data of the files it did not
     # look at, for the next index.
     index: StatCache
+    # The paths only writes to which happened since the worktree held exactly the tree
+    # (``scan``'s ``written``), when the scan looked only on the ways to them.
+    written: frozenset[tuple[str, ...]] | None = None
 
 
 def _state(
@@ -406,8 +409,9 @@ def _state(
     tree = _commit(store, at).tree
     tracked = _files_of(store, tree)
     index = StatCache(git.admin / "index")
-    found = scan(git.worktree, git.common, tracked, max_hash, index, written)
-    return _State(store, tree, tracked, found, changes(tracked, found), index)
+    ways = frozenset(written) if written is not None else None
+    found = scan(git.worktree, git.common, tracked, max_hash, index, ways)
+    return _State(store, tree, tracked, found, changes(tracked, found), index, ways)
 
 
 def _text(path: bytes) -> str:
@@ -534,7 +538,7 @@ def commit_all(
     add_object(store, commit)
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
-    _write_index(git, entries, found, state.index)
+    _write_index(git, entries, found, state.index, state.written)
     return commit.id.decode(), [_text(p) for p in changed]
 
 
@@ -743,10 +747,18 @@ def _write_index(
     files: Mapping[bytes, tuple[int, ObjectID]],
     found: dict[bytes, Found],
     previous: StatCache,
+    written: Iterable[tuple[str, ...]] | None = None,
 ) -> None:
     """The worktree's index for the tree of ``files``, with the stat data of the files
     that match it (so ``git status`` in the worktree trusts them without reading them);
     a file found without stat data (not looked at) keeps the ``previous`` index's entry.
+
+    ``written``: the worktree holds exactly ``files`` but on the ways to these paths
+    (nothing but writes to them happened since it held exactly a tree, and the commit
+    took in every change they made that is not ignored). Said in the index's optional
+    ``WRITTEN_EXTENSION`` for the git broker, which checks then only those ways when it
+    reuses the worktree for another task (git skips an optional extension it does not
+    know, and drops it when it writes the index itself).
 
     Written beside and renamed over, but not synced to disk: the index is a cache of stat
     data, never the record of anything. An index a machine crash leaves empty or torn is
@@ -798,6 +810,9 @@ def _write_index(
             packed = _unknown(mode, sha, path)
         packed += path
         chunks.append(packed + b"\0" * (8 - len(packed) % 8))
+    if written is not None:
+        paths = b"\0".join(sorted(os.fsencode("/".join(parts)) for parts in written))
+        chunks.append(WRITTEN_EXTENSION + struct.pack(">L", len(paths)) + paths)
     data = b"".join(chunks)
     data += hashlib.sha1(data, usedforsecurity=False).digest()
     out = GitFile(str(git.admin / "index"), "wb", fsync=False)
@@ -811,6 +826,11 @@ def _write_index(
 
 _INDEX_ENTRY = struct.Struct(">LLLLLLLLLL20sH")
 _U32 = 0xFFFFFFFF
+# The index extension naming the paths the file tools wrote (``_write_index``): an
+# optional one, by git's rule (its signature begins with a capital letter). Its data is
+# the paths, root-relative, separated by NUL bytes. The git broker reads it
+# (``aether_git_broker.adapters.checkout``).
+WRITTEN_EXTENSION = b"AETW"
 
 
 def _unknown(mode: int, sha: ObjectID, path: bytes) -> bytes:

@@ -16,6 +16,7 @@ refused: a commit made by an agent is not trusted to stay inside its directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -158,16 +159,24 @@ def _stat_fields(st: os.stat_result) -> tuple[int, ...]:
     )
 
 
-def write_index(
-    path: str, entries: list[tuple[bytes, int, ObjectID, os.stat_result | None]]
-) -> None:
+# A file's stat data for the index: taken now, kept from an earlier index (as it stores
+# it: ctime s/ns, mtime s/ns, dev, ino, uid, gid, size), or none.
+Stat = os.stat_result | tuple[int, ...] | None
+
+
+def write_index(path: str, entries: list[tuple[bytes, int, ObjectID, Stat]]) -> None:
     """Write a version 2 index of ``(path, mode, sha, stat)`` (no stat: all zeros)."""
     entries = sorted(entries, key=lambda e: e[0])
     chunks = [b"DIRC" + struct.pack(">LL", 2, len(entries))]
     pack = struct.Struct(">LLLLLLLLLL20sH").pack
     for name, mode, sha, st in entries:
-        fields = _stat_fields(st) if st is not None else (0, 0, 0, 0, 0, 0)
-        uid, gid, size = (st.st_uid, st.st_gid, st.st_size & 0xFFFFFFFF) if st else (0, 0, 0)
+        if isinstance(st, os.stat_result):  # a tuple too: asked first
+            fields = list(_stat_fields(st))
+            uid, gid, size = st.st_uid, st.st_gid, st.st_size & 0xFFFFFFFF
+        elif st is not None:
+            *fields, uid, gid, size = st
+        else:
+            fields, uid, gid, size = [0, 0, 0, 0, 0, 0], 0, 0, 0
         entry = pack(
             *fields,
             _index_mode(mode),
@@ -200,7 +209,24 @@ class IndexEntry:
 _ENTRY = struct.Struct(">LLLLLLLLLL20sH")
 
 
-def read_index(path: str) -> dict[bytes, IndexEntry] | None:
+@dataclass(frozen=True)
+class Index:
+    """An index's entries, and the paths its ``WRITTEN_EXTENSION`` names (``None``:
+    none, or not a list of safe paths)."""
+
+    entries: dict[bytes, IndexEntry]
+    written: list[bytes] | None = None
+
+
+# The optional index extension in which the agent runner names the paths its file tools
+# wrote when nothing else happened in the worktree since it held exactly a tree: the
+# worktree then holds exactly the index's entries but on the ways to those paths
+# (``aether_agent_runner.adapters.git.WRITTEN_EXTENSION``; the paths root-relative,
+# separated by NUL bytes).
+WRITTEN_EXTENSION = b"AETW"
+
+
+def read_index(path: str) -> Index | None:
     """The entries of a version 2 or 3 index, or ``None`` if it cannot be read (missing,
     damaged, another version): the caller then writes every file again."""
     try:
@@ -234,9 +260,86 @@ def read_index(path: str) -> dict[bytes, IndexEntry] | None:
                 sha=ObjectID(sha.hex().encode()),
                 stat=(*fields, uid, gid, size),
             )
+        written = _written(data, offset)
     except (struct.error, ValueError):
         return None
-    return entries
+    return Index(entries, written)
+
+
+def _written(data: bytes, offset: int) -> list[bytes] | None:
+    """The paths of the index's ``WRITTEN_EXTENSION``, from the first extension at
+    ``offset`` on; ``None`` without one, or when one of its paths is not a safe path."""
+    end = len(data) - 20
+    while offset + 8 <= end:
+        signature = data[offset : offset + 4]
+        (size,) = struct.unpack_from(">L", data, offset + 4)
+        body = data[offset + 8 : offset + 8 + size]
+        offset += 8 + size
+        if signature != WRITTEN_EXTENSION or offset > end:
+            continue
+        paths = body.split(b"\0") if body else []
+        if any(path.startswith(b"/") or unsafe_paths([path]) for path in paths):
+            return None
+        return paths
+    return None
+
+
+def _known(
+    root: bytes, old: dict[bytes, IndexEntry], written: list[bytes]
+) -> tuple[dict[bytes, os.stat_result], set[bytes], dict[bytes, IndexEntry]]:
+    """What a directory holds that, by its index's ``WRITTEN_EXTENSION``, holds exactly
+    ``old`` but on the ways to ``written``: the files and directories found walking only
+    those ways (and, whole, every directory ``old`` does not have, which only the writes
+    can have made), the directories of ``old`` off them, and ``old``'s files off them,
+    which are not looked at."""
+    ways = {b""}
+    for path in written:
+        parts = path.split(b"/")
+        for end in range(1, len(parts) + 1):
+            ways.add(b"/".join(parts[:end]))
+    old_dirs: set[bytes] = set()
+    for path in old:
+        end = path.rfind(b"/")
+        while end > 0 and path[:end] not in old_dirs:
+            old_dirs.add(path[:end])
+            end = path.rfind(b"/", 0, end)
+    present: dict[bytes, os.stat_result] = {}
+    directories: set[bytes] = set()
+    pending = [b""]
+    while pending:
+        prefix = pending.pop()
+        try:
+            listing = os.scandir(root + b"/" + prefix if prefix else root)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # a way the writes removed
+        with listing:
+            for entry in listing:
+                path = prefix + b"/" + entry.name if prefix else entry.name
+                if not prefix and entry.name == b".git":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    directories.add(path)
+                    if path in ways or path not in old_dirs:
+                        pending.append(path)
+                else:
+                    present[path] = entry.stat(follow_symlinks=False)
+    trusted: dict[bytes, IndexEntry] = {}
+    for path, was in old.items():
+        if path.rpartition(b"/")[0] in ways:
+            continue  # on a way: found by the walk, or gone
+        if was.mode == _GITLINK:
+            directories.add(path)
+        else:
+            trusted[path] = was
+    directories.update(d for d in old_dirs if d.rpartition(b"/")[0] not in ways)
+    return present, directories, trusted
+
+
+def _trusted_clean(old: IndexEntry, index_mtime_ns: int) -> bool:
+    """Whether an index entry's stat data can be kept for a file nobody wrote since:
+    there is some, taken before the index was written (not racily clean)."""
+    mtime_ns = old.stat[2] * 1_000_000_000 + old.stat[3]
+    return mtime_ns != 0 and mtime_ns < index_mtime_ns
 
 
 def _clean(old: IndexEntry, st: os.stat_result, mode: int, index_mtime_ns: int) -> bool:
@@ -305,12 +408,30 @@ def checkout(
     directories, files = list_tree(trees, tree_id)
     root = os.fsencode(directory)
     wanted = {entry.path: entry for entry in files}
-    index: list[tuple[bytes, int, ObjectID, os.stat_result | None]] = []
+    index: list[tuple[bytes, int, ObjectID, Stat]] = []
     existing: set[bytes] = set()
-    old = read_index(previous) if previous is not None else None
+    read = read_index(previous) if previous is not None else None
+    old = read.entries if read is not None else None
     if previous is not None:
         index_mtime = os.stat(previous).st_mtime_ns if old is not None else 0
-        present, present_dirs = _scan(root)
+        trusted: dict[bytes, IndexEntry] = {}
+        if read is not None and read.written is not None:
+            present, present_dirs, trusted = _known(root, read.entries, read.written)
+        else:
+            present, present_dirs = _scan(root)
+        for path, kept in trusted.items():
+            entry = wanted.get(path)
+            if (
+                entry is not None
+                and kept.sha == entry.sha
+                and _index_mode(kept.mode) == _index_mode(entry.mode)
+                and _trusted_clean(kept, index_mtime)
+            ):
+                index.append((path, entry.mode, entry.sha, kept.stat))
+                del wanted[path]
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(root + b"/" + path)
         for path, st in present.items():
             entry = wanted.get(path)
             was = old.get(path) if old is not None else None
