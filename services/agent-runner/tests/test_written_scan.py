@@ -149,3 +149,12 @@ def test_a_racily_clean_entry_is_not_carried_into_the_next_index(tmp_path: Path)
     assert index.sha(b"docs/api/index.md", leaf.lstat(), 0o100644) is None
     assert index.sha(b"docs/guide.md", (wt / "docs" / "guide.md").lstat(), 0o100644) is not None
     assert git("status", "--porcelain", "--untracked-files=all", cwd=wt) == ""
+
+
+def test_what_a_resume_clears_of_writes_cut_short_counts_as_written(tmp_path: Path) -> None:
+    wt, _ = _checked_out(tmp_path, "task")
+    (wt / "src" / "core" / ".model.py.0123456789ab.tmp").write_text("half\n")
+    ws = Workspace(wt)
+
+    assert ws.remove_debris() == ["src/core/.model.py.0123456789ab.tmp"]
+    assert ws.touched == {("src", "core", ".model.py.0123456789ab.tmp")}

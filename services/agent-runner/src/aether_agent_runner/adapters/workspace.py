@@ -285,7 +285,9 @@ class Workspace:
         removed: list[str] = []
         for path in sorted(found):
             try:
-                self.tree.remove(self.locate(path))
+                target = self.locate(path)
+                self.touched.add(target.parts)
+                self.tree.remove(target)
             except (OSError, Refused, ToolError):
                 continue  # gone meanwhile, or not the file it was: left as it is
             removed.append(path)
