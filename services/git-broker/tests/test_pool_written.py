@@ -77,6 +77,7 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
     other_path = Path(other.worktree_path)
     (other_path / "lib" / "deep" / "er" / "x.py").write_text("x = 2\n")
     (other_path / "docs" / "api" / "index.md").write_text("API\n")
+    (other_path / "README.md").write_text("# demo, merged first\n")  # on the ways, not written
     other_records = GitDir.linked(other_path, Path(other.git_dir), other.branch)
     other_sha, _ = commit_all(other_records, "other\n")
     assert other_sha is not None
@@ -120,6 +121,7 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
     assert git(path, "diff-files", "--quiet") == ""
     assert (path / "lib" / "deep" / "er" / "x.py").read_text() == "x = 2\n"
     assert (path / "docs" / "api" / "index.md").read_text() == "API\n"
+    assert (path / "README.md").read_text() == "# demo, merged first\n"
     assert (path / "app" / "main.py").read_text() == "print('HELLO')\n"
     assert not (path / "app" / "trace.log").exists()
     assert not (path / "app" / "util.py").exists()

@@ -294,9 +294,10 @@ def scan(
     ignored files) and nothing but writes to these paths (root-relative components)
     has happened to it since, the same answer from walking only the directories on
     their way: a tracked directory off every such way is not entered, and its files are
-    found as the tree has them, without stat data. Every directory that is not the
-    tree's was made by those writes and is walked whole, and so is each directory on a
-    written path's way, where a write cut short may have left its temporary file."""
+    found as the tree has them, without stat data, as is every tracked file no write
+    went for. Every directory that is not the tree's was made by those writes and is
+    walked whole, and so is each directory on a written path's way, where a write cut
+    short may have left its temporary file."""
     tracked_dirs = _directories(tracked)
     found: dict[bytes, Found] = {}
     ways = _ways(written) if written is not None else None
@@ -380,11 +381,20 @@ class _Walk:
                 continue
             path = prefix + name
             key = os.fsencode(path)
+            known = self.tracked.get(key)
+            if (
+                self.ways is not None
+                and known is not None
+                and known[0] != GITLINK
+                and key + b"/" not in self.ways
+            ):
+                # A tracked file no write went for: as the tree has it, not looked at.
+                self.found[key] = Found(known[0], known[1], None)
+                continue
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
-            known = self.tracked.get(key)
             if known is not None and known[0] == GITLINK:
                 self.found[key] = Found(GITLINK, known[1], st)
                 continue

@@ -290,8 +290,9 @@ def _known(
     """What a directory holds that, by its index's ``WRITTEN_EXTENSION``, holds exactly
     ``old`` but on the ways to ``written``: the files and directories found walking only
     those ways (and, whole, every directory ``old`` does not have, which only the writes
-    can have made), the directories of ``old`` off them, and ``old``'s files off them,
-    which are not looked at."""
+    can have made), the directories of ``old`` off them, and ``old``'s files off them or
+    that no write went for, which are not looked at."""
+    targets = set(written)
     ways = {b""}
     for path in written:
         parts = path.split(b"/")
@@ -305,6 +306,7 @@ def _known(
             end = path.rfind(b"/", 0, end)
     present: dict[bytes, os.stat_result] = {}
     directories: set[bytes] = set()
+    untouched: set[bytes] = set()  # listed on a way, but no write went for them
     pending = [b""]
     while pending:
         prefix = pending.pop()
@@ -317,6 +319,10 @@ def _known(
                 path = prefix + b"/" + entry.name if prefix else entry.name
                 if not prefix and entry.name == b".git":
                     continue
+                was = old.get(path)
+                if was is not None and was.mode != _GITLINK and path not in targets:
+                    untouched.add(path)
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     directories.add(path)
                     if path in ways or path not in old_dirs:
@@ -325,7 +331,7 @@ def _known(
                     present[path] = entry.stat(follow_symlinks=False)
     trusted: dict[bytes, IndexEntry] = {}
     for path, was in old.items():
-        if path.rpartition(b"/")[0] in ways:
+        if path.rpartition(b"/")[0] in ways and path not in untouched:
             continue  # on a way: found by the walk, or gone
         if was.mode == _GITLINK:
             directories.add(path)
