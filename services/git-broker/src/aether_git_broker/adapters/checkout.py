@@ -24,6 +24,7 @@ import stat
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
 from dulwich.object_store import BaseObjectStore
@@ -46,8 +47,10 @@ class UnsafePath(ValueError):
     """A tree entry whose name would escape the directory or overwrite git's own files."""
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(NamedTuple):
+    """A tree's non-directory entry, by its path below the tree (a tuple: a tree of
+    thousands of files makes as many each checkout)."""
+
     path: bytes
     mode: int
     sha: ObjectID
@@ -196,10 +199,10 @@ def write_index(path: str, entries: list[tuple[bytes, int, ObjectID, Stat]]) -> 
     os.replace(temporary, path)
 
 
-@dataclass(frozen=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     """One entry of an index: its mode, object and the stat data it was written with
-    (ctime s/ns, mtime s/ns, dev, ino, uid, gid, size; 32-bit as stored)."""
+    (ctime s/ns, mtime s/ns, dev, ino, uid, gid, size; 32-bit as stored). A tuple: an
+    index of thousands of entries is read at each checkout."""
 
     mode: int
     sha: ObjectID
@@ -256,9 +259,7 @@ def read_index(path: str) -> Index | None:
             length = end - offset
             offset += length + (8 - length % 8)
             entries[name] = IndexEntry(
-                mode=mode,
-                sha=ObjectID(sha.hex().encode()),
-                stat=(*fields, uid, gid, size),
+                mode, ObjectID(sha.hex().encode()), (*fields, uid, gid, size)
             )
         written = _written(data, offset)
     except (struct.error, ValueError):
