@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from dulwich.objects import ObjectID
 
 from aether_agent_runner.adapters.git import GitDir, commit_all, snapshot
 from aether_agent_runner.adapters.workspace import Workspace
@@ -163,3 +164,37 @@ def test_an_extension_naming_an_unsafe_path_is_not_believed(tmp_path: Path, path
     (tmp_path / "index").write_bytes(data)
     index = read_index(str(tmp_path / "index"))
     assert index is not None and index.entries == {} and index.written is None
+
+
+def test_an_index_whose_paths_lead_out_is_not_believed(
+    project: Path, worktrees_dir: Path, git: Git
+) -> None:
+    """The broker removes what the index names and the new tree lacks: an index naming
+    a path out of the worktree (a runner gone wrong) makes it scan the worktree whole,
+    and nothing outside is touched."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
+    broker.prepare_repository(str(project), "main", INTEGRATION)
+    first = _workspace(broker, project, worktrees_dir, "t1")
+    broker.recycle_worktree(str(project), first.worktree_path)
+    (index_path,) = (worktrees_dir / ".pool").glob("*/*.admin/index")
+    victim = worktrees_dir / "victim.txt"
+    victim.write_text("not the broker's\n")
+    index = read_index(str(index_path))
+    assert index is not None
+    entries: list[tuple[bytes, int, ObjectID, checkout_module.Stat]] = [
+        (path, entry.mode, entry.sha, entry.stat) for path, entry in index.entries.items()
+    ]
+    some = entries[0]
+    entries.append((b"../../victim.txt", 0o100644, some[2], some[3]))
+    checkout_module.write_index(str(index_path), entries)
+    body = b"README.md"
+    data = index_path.read_bytes()[:-20]
+    data += WRITTEN_EXTENSION + struct.pack(">L", len(body)) + body
+    index_path.write_bytes(data + hashlib.sha1(data, usedforsecurity=False).digest())
+    forged = read_index(str(index_path))
+    assert forged is not None and forged.written == [b"README.md"]
+
+    second = Path(_workspace(broker, project, worktrees_dir, "t2").worktree_path)
+
+    assert victim.read_text() == "not the broker's\n"
+    assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""

@@ -287,12 +287,16 @@ def _written(data: bytes, offset: int) -> list[bytes] | None:
 
 def _known(
     root: bytes, old: dict[bytes, IndexEntry], written: list[bytes]
-) -> tuple[dict[bytes, os.stat_result], set[bytes], dict[bytes, IndexEntry]]:
+) -> tuple[dict[bytes, os.stat_result], set[bytes], dict[bytes, IndexEntry]] | None:
     """What a directory holds that, by its index's ``WRITTEN_EXTENSION``, holds exactly
     ``old`` but on the ways to ``written``: the files and directories found walking only
     those ways (and, whole, every directory ``old`` does not have, which only the writes
     can have made), the directories of ``old`` off them, and ``old``'s files off them or
-    that no write went for, which are not looked at."""
+    that no write went for, which are not looked at.
+
+    The paths of ``old`` are then removed or written by name, so an index with a path
+    that would lead out of the directory (absolute, or with an empty, ``.`` or ``..``
+    component) is not believed: ``None``, and the directory is scanned whole."""
     targets = set(written)
     ways = {b""}
     for path in written:
@@ -301,6 +305,8 @@ def _known(
             ways.add(b"/".join(parts[:end]))
     old_dirs: set[bytes] = set()
     for path in old:
+        if _leads_out(path):
+            return None
         end = path.rfind(b"/")
         while end > 0 and path[:end] not in old_dirs:
             old_dirs.add(path[:end])
@@ -340,6 +346,18 @@ def _known(
             trusted[path] = was
     directories.update(d for d in old_dirs if d.rpartition(b"/")[0] not in ways)
     return present, directories, trusted
+
+
+def _leads_out(path: bytes) -> bool:
+    """Whether a relative path would leave the directory it is taken in (or name it)."""
+    framed = b"/" + path + b"/"
+    return (
+        path.startswith(b"/")
+        or b"\0" in path
+        or b"/../" in framed
+        or b"/./" in framed
+        or b"//" in framed
+    )
 
 
 def _trusted_clean(old: IndexEntry, index_mtime_ns: int) -> bool:
@@ -422,8 +440,11 @@ def checkout(
     if previous is not None:
         index_mtime = os.stat(previous).st_mtime_ns if old is not None else 0
         trusted: dict[bytes, IndexEntry] = {}
+        known = None
         if read is not None and read.written is not None:
-            present, present_dirs, trusted = _known(root, read.entries, read.written)
+            known = _known(root, read.entries, read.written)
+        if known is not None:
+            present, present_dirs, trusted = known
         else:
             present, present_dirs = _scan(root)
         for path, kept in trusted.items():
