@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aether_agent_runner.adapters import git as git_module
 from aether_agent_runner.adapters.git import GitDir, forget_trees, tree_listing
 from aether_agent_runner.adapters.search import SKIPPED_DIRECTORIES
 from aether_agent_runner.runtimes.prompt import map_text, repository_map
@@ -89,3 +90,16 @@ def test_a_trees_listing_is_the_map_of_its_checkout(tmp_path: Path, limit: int) 
     repo, second = _committed(tmp_path, ["src/pkg/new.py", "docs/v.md"])
     listing = tree_listing(repo_git, second, limit, SKIPPED_DIRECTORIES)
     assert map_text(*listing) == repository_map(repo, limit=limit)
+
+
+def test_the_listings_kept_are_bounded_by_the_paths_they_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, sha = _committed(tmp_path, [f"d{i}/sub/f{j}.txt" for i in range(20) for j in range(5)])
+    forget_trees()
+    monkeypatch.setattr(git_module, "_LISTINGS_KEPT", 50)
+    listing = tree_listing(GitDir.clone(repo, "main"), sha, 3, SKIPPED_DIRECTORIES)
+    assert map_text(*listing) == repository_map(repo, limit=3)
+    held = sum(len(paths) + 1 for paths, _ in git_module._LISTINGS.values())
+    assert held == git_module._listings_held
+    assert len(git_module._LISTINGS) > 1 and held <= 50

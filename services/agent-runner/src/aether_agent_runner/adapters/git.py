@@ -235,12 +235,13 @@ def _read_last(store: str, tree: ObjectID) -> None:
 def forget_trees() -> None:
     """Drop every tree and directory kept in memory: the next tree is read whole (tests
     and benchmarks that time or check a first read)."""
-    global _entries_held
+    global _entries_held, _listings_held
     with _TREES_LOCK:
         _TREES.clear()
         _LAST_TREE.clear()
         _ENTRIES.clear()
         _LISTINGS.clear()
+        _listings_held = 0
         _entries_held = 0
 
 
@@ -326,11 +327,13 @@ def _entries(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, O
 
 # The listings of recently listed directories (``tree_listing``), by tree id and what
 # a listing keeps: a task's base differs from the last one's in the few directories
-# merged since, and only those are listed again.
+# merged since, and only those are listed again. Bounded by the paths they hold (each
+# directory's listing holds up to the map's limit of its files and its subdirectories').
 _LISTINGS: OrderedDict[tuple[ObjectID, int, frozenset[str]], tuple[tuple[bytes, ...], int]] = (
     OrderedDict()
 )
-_LISTINGS_KEPT = 4096
+_LISTINGS_KEPT = 100_000
+_listings_held = 0
 # Directories nested deeper than this are not listed (the scan walks no deeper).
 _LISTING_DEPTH = 200
 
@@ -377,10 +380,14 @@ def _listing(
         if room > 0:
             paths.extend(name + b"/" + path for path in inner[:room])
     listed = (tuple(paths), count)
+    global _listings_held
     with _TREES_LOCK:
-        _LISTINGS[key] = listed
-        while len(_LISTINGS) > _LISTINGS_KEPT:
-            _LISTINGS.popitem(last=False)
+        if key not in _LISTINGS:
+            _LISTINGS[key] = listed
+            _listings_held += len(paths) + 1
+            while _listings_held > _LISTINGS_KEPT and len(_LISTINGS) > 1:
+                _, (dropped, _) = _LISTINGS.popitem(last=False)
+                _listings_held -= len(dropped) + 1
     return listed
 
 
