@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from aether_agent_runner.adapters import scan as scan_module
 from aether_agent_runner.adapters.git import GitDir, commit_all, snapshot
 from aether_agent_runner.adapters.scan import StatCache
 from aether_agent_runner.adapters.workspace import ToolError, Workspace
@@ -159,3 +160,30 @@ def test_what_a_resume_clears_of_writes_cut_short_counts_as_written(tmp_path: Pa
 
     assert ws.remove_debris() == ["src/core/.model.py.0123456789ab.tmp"]
     assert ws.touched == {("src", "core", ".model.py.0123456789ab.tmp")}
+
+
+def test_a_look_on_the_ways_and_its_commit_parse_no_entry_of_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The untouched files' entries go into the new index as the old one stores them,
+    byte for byte, without the index being parsed entry by entry."""
+    wt, records = _checked_out(tmp_path, "task")
+    before = (records.admin / "index").read_bytes()
+
+    def parsed(*args: object) -> object:
+        raise AssertionError("the index was parsed entry by entry")
+
+    monkeypatch.setattr(scan_module, "_parsed_index", parsed)
+    ws = Workspace(wt)
+    ws.edit_file("src/app.py", "x = 1", "x = 5")
+    ws.write_file("src/core/fresh.py", "fresh = 1\n")
+
+    sha, changed = commit_all(records, "Work\n", scanned=snapshot(records, written=ws.touched))
+
+    assert sha is not None and changed == ["src/app.py", "src/core/fresh.py"]
+    after = (records.admin / "index").read_bytes()
+    for path in (b"docs/api/index.md", b"src/core/deep/er/leaf.py", b"README.md"):
+        start = before.index(path + b"\0") - 62
+        entry = before[start : start + ((62 + len(path) + 8) & ~7)]
+        assert entry in after, path
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=wt) == ""

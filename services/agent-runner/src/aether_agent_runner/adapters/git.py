@@ -780,6 +780,10 @@ def _write_index(
     for path, (mode, sha) in sorted(files.items()):
         entry = found.get(path)
         if entry is not None and entry.st is None and mode != GITLINK:
+            raw = previous.kept_raw(path, mode, sha)
+            if raw is not None:
+                chunks.append(raw)  # as the previous index stores it, name and padding too
+                continue
             kept = previous.kept(path, mode, sha)
             if kept is not None:
                 ctime, mtime = _seconds(kept.ctime), _seconds(kept.mtime)

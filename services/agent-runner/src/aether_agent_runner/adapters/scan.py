@@ -14,7 +14,7 @@ import os
 import stat
 import struct
 import threading
-from binascii import hexlify
+from binascii import hexlify, unhexlify
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,14 +50,42 @@ class StatCache:
     that cannot be read (missing, another version) only means every file is read."""
 
     def __init__(self, path: Path) -> None:
-        self._entries: Mapping[bytes, IndexEntry] = {}
+        self._path = path
+        self._stat: os.stat_result | None = None
+        # Read at the first use: a look at only the ways to what the file tools wrote,
+        # and its commit, need no entry parsed (``kept_raw``).
+        self._parsed: Mapping[bytes, IndexEntry] | None = None
+        self._raw: Mapping[bytes, bytes] | None = None
         self._written_ns = 0
         try:
-            st = os.stat(path)
+            self._stat = os.stat(path)
         except OSError:
+            self._parsed, self._raw = {}, {}
             return
-        self._written_ns = st.st_mtime_ns
-        self._entries = _parsed_index(path, st)
+        self._written_ns = self._stat.st_mtime_ns
+
+    @property
+    def _entries(self) -> Mapping[bytes, IndexEntry]:
+        if self._parsed is None:
+            assert self._stat is not None
+            self._parsed = _parsed_index(self._path, self._stat)
+        return self._parsed
+
+    def kept_raw(self, path: bytes, mode: int, sha: ObjectID) -> bytes | None:
+        """``kept``'s entry as the index stores it (name and padding included), for a new
+        index to copy as it is; ``None`` also when the index's entries cannot be copied
+        so (not version 2, or with extended flags)."""
+        if self._raw is None:
+            assert self._stat is not None
+            self._raw = _raw_index(self._path, self._stat)
+        raw = self._raw.get(path)
+        if raw is None or raw[40:60] != unhexlify(sha):
+            return None
+        mtime_s, mtime_ns, _, _, entry_mode = _RAW_STAT.unpack_from(raw, 8)
+        if entry_mode != mode:
+            return None
+        written = mtime_s * 1_000_000_000 + mtime_ns
+        return raw if 0 < written < self._written_ns else None
 
     def kept(self, path: bytes, mode: int, sha: ObjectID) -> IndexEntry | None:
         """The index's entry for ``path`` when it records ``mode`` and ``sha`` and its
@@ -132,6 +160,62 @@ _HEADER = struct.Struct(">4sLL")
 _NAME_MASK = 0x0FFF
 _EXTENDED = 0x4000
 _STAGE_MASK = 0x3000
+# mtime s/ns, dev, ino, mode: an index entry's fields from its eighth byte.
+_RAW_STAT = struct.Struct(">LLLLL")
+_RAW_INDEXES: OrderedDict[tuple[str, int, int, int, int, int], Mapping[bytes, bytes]] = (
+    OrderedDict()
+)
+
+
+def _raw_index(path: Path, st: os.stat_result) -> Mapping[bytes, bytes]:
+    """The entries of a version 2 index as it stores them (name and padding included),
+    by path: for a new index to copy the entries of the files nobody touched without
+    parsing each; empty for an index whose entries cannot be copied so (another version,
+    extended or conflicted entries, a name of 4095 bytes or more) or cannot be read.
+    Kept by the file's identity, as ``_parsed_index`` keeps what it parses."""
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _INDEXES_LOCK:
+        known = _RAW_INDEXES.get(key)
+        if known is not None:
+            _RAW_INDEXES.move_to_end(key)
+            return known
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+        after = os.stat(path)
+    except OSError:
+        return {}
+    if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != key[2:]:
+        return {}  # replaced while it was read
+    if len(data) < _HEADER.size + 20:
+        return {}
+    signature, version, count = _HEADER.unpack_from(data)
+    body = data[:-20]
+    if signature != b"DIRC" or version != 2:
+        return {}
+    if data[-20:] not in (hashlib.sha1(body, usedforsecurity=False).digest(), b"\0" * 20):
+        return {}
+    raw: dict[bytes, bytes] = {}
+    flags_at, offset = _ENTRY.size - 2, _HEADER.size
+    unpack = struct.Struct(">H").unpack_from
+    for _ in range(count):
+        if offset + _ENTRY.size > len(body):
+            return {}
+        (flags,) = unpack(body, offset + flags_at)
+        length = flags & _NAME_MASK
+        if flags & (_EXTENDED | _STAGE_MASK) or length == _NAME_MASK:
+            return {}
+        size = (_ENTRY.size + length + 8) & ~7
+        raw[body[offset + _ENTRY.size : offset + _ENTRY.size + length]] = body[
+            offset : offset + size
+        ]
+        offset += size
+    copied = MappingProxyType(raw)
+    with _INDEXES_LOCK:
+        _RAW_INDEXES[key] = copied
+        while len(_RAW_INDEXES) > _INDEXES_KEPT:
+            _RAW_INDEXES.popitem(last=False)
+    return copied
 
 
 def read_index(data: bytes) -> dict[bytes, IndexEntry] | None:
@@ -429,7 +513,11 @@ class _Walk:
     def _sha(
         self, fd: int, name: str, path: str, key: bytes, st: os.stat_result, mode: int
     ) -> ObjectID | None:
-        cached = self.cache.sha(key, st, mode) if self.cache is not None else None
+        # On the ways to what the file tools wrote, only what they went for is hashed:
+        # written since the index was, it is not in the index's stat data.
+        cached = (
+            self.cache.sha(key, st, mode) if self.cache is not None and self.ways is None else None
+        )
         if cached is not None:
             return cached
         if st.st_size > self.max_hash:
