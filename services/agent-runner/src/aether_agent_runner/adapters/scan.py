@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
 from dulwich.errors import ChecksumMismatch
 from dulwich.ignore import IgnoreFilter, read_ignore_patterns
@@ -114,24 +115,56 @@ class StatCache:
         return entry.sha if same else None
 
 
-# Parsed indexes by the identity of the file that held them. An index is only ever
-# replaced whole (written beside and renamed over, by the broker and by the runner), so a
-# file with the same device, inode, size and change and modification times to the
-# nanosecond holds the same bytes: the reset, the check for changes and the commit of one
-# task parse the worktree's index once instead of three times.
-_INDEXES: OrderedDict[tuple[str, int, int, int, int, int], Mapping[bytes, IndexEntry]] = (
-    OrderedDict()
-)
-_INDEXES_KEPT = 16
+# Identity of an index file: an index is only ever replaced whole (written beside and
+# renamed over, by the broker and by the runner), so a file with the same device,
+# inode, size and change and modification times to the nanosecond holds the same bytes.
+_Identity = tuple[str, int, int, int, int, int]
+_Read = TypeVar("_Read")
+
+
+def _identity(path: Path, st: os.stat_result) -> _Identity:
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _unchanged(path: Path, key: _Identity) -> bool:
+    """Whether the file at ``path`` still has the identity ``key`` (not replaced while
+    it was read)."""
+    after = os.stat(path)
+    return (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == key[2:]
+
+
+class _ByIdentity(Generic[_Read]):
+    """What was read of the last few index files, by their identity: the reset, the
+    check for changes and the commit of one task read the worktree's index once instead
+    of three times."""
+
+    def __init__(self, kept: int = 16) -> None:
+        self._items: OrderedDict[_Identity, _Read] = OrderedDict()
+        self._kept = kept
+
+    def get(self, key: _Identity) -> _Read | None:
+        with _INDEXES_LOCK:
+            known = self._items.get(key)
+            if known is not None:
+                self._items.move_to_end(key)
+            return known
+
+    def put(self, key: _Identity, read: _Read) -> _Read:
+        with _INDEXES_LOCK:
+            self._items[key] = read
+            while len(self._items) > self._kept:
+                self._items.popitem(last=False)
+        return read
+
+
+_INDEXES: _ByIdentity[Mapping[bytes, IndexEntry]] = _ByIdentity()
 
 
 def _parsed_index(path: Path, st: os.stat_result) -> Mapping[bytes, IndexEntry]:
-    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _INDEXES_LOCK:
-        known = _INDEXES.get(key)
-        if known is not None:
-            _INDEXES.move_to_end(key)
-            return known
+    key = _identity(path, st)
+    known = _INDEXES.get(key)
+    if known is not None:
+        return known
     entries: dict[bytes, IndexEntry] | None
     try:
         with open(path, "rb") as file:
@@ -141,18 +174,13 @@ def _parsed_index(path: Path, st: os.stat_result) -> Mapping[bytes, IndexEntry]:
             for name, entry in Index(str(path)).items():
                 if isinstance(entry, IndexEntry):
                     entries[name] = entry
-        after = os.stat(path)
+        unchanged = _unchanged(path, key)
     except (OSError, ValueError, AssertionError, KeyError, ChecksumMismatch):
         return {}  # unreadable (being replaced, another version): every file is read
-    if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != key[2:]:
+    if not unchanged:
         # Replaced while it was read: what was parsed may not be what ``st`` describes.
         return {}
-    parsed = MappingProxyType(entries)
-    with _INDEXES_LOCK:
-        _INDEXES[key] = parsed
-        while len(_INDEXES) > _INDEXES_KEPT:
-            _INDEXES.popitem(last=False)
-    return parsed
+    return _INDEXES.put(key, MappingProxyType(entries))
 
 
 _ENTRY = struct.Struct(">LLLLLLLLLL20sH")
@@ -162,9 +190,7 @@ _EXTENDED = 0x4000
 _STAGE_MASK = 0x3000
 # mtime s/ns, dev, ino, mode: an index entry's fields from its eighth byte.
 _RAW_STAT = struct.Struct(">LLLLL")
-_RAW_INDEXES: OrderedDict[tuple[str, int, int, int, int, int], Mapping[bytes, bytes]] = (
-    OrderedDict()
-)
+_RAW_INDEXES: _ByIdentity[Mapping[bytes, bytes]] = _ByIdentity()
 
 
 def _raw_index(path: Path, st: os.stat_result) -> Mapping[bytes, bytes]:
@@ -173,20 +199,17 @@ def _raw_index(path: Path, st: os.stat_result) -> Mapping[bytes, bytes]:
     parsing each; empty for an index whose entries cannot be copied so (another version,
     extended or conflicted entries, a name of 4095 bytes or more) or cannot be read.
     Kept by the file's identity, as ``_parsed_index`` keeps what it parses."""
-    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _INDEXES_LOCK:
-        known = _RAW_INDEXES.get(key)
-        if known is not None:
-            _RAW_INDEXES.move_to_end(key)
-            return known
+    key = _identity(path, st)
+    known = _RAW_INDEXES.get(key)
+    if known is not None:
+        return known
     try:
         with open(path, "rb") as file:
             data = file.read()
-        after = os.stat(path)
+        if not _unchanged(path, key):
+            return {}  # replaced while it was read
     except OSError:
         return {}
-    if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != key[2:]:
-        return {}  # replaced while it was read
     if len(data) < _HEADER.size + 20:
         return {}
     signature, version, count = _HEADER.unpack_from(data)
@@ -210,12 +233,7 @@ def _raw_index(path: Path, st: os.stat_result) -> Mapping[bytes, bytes]:
             offset : offset + size
         ]
         offset += size
-    copied = MappingProxyType(raw)
-    with _INDEXES_LOCK:
-        _RAW_INDEXES[key] = copied
-        while len(_RAW_INDEXES) > _INDEXES_KEPT:
-            _RAW_INDEXES.popitem(last=False)
-    return copied
+    return _RAW_INDEXES.put(key, MappingProxyType(raw))
 
 
 def read_index(data: bytes) -> dict[bytes, IndexEntry] | None:
