@@ -35,6 +35,12 @@ def _workspace(broker: GitRepositories, repo: Path, worktrees_dir: Path, task: s
     return Path(outcome.worktree_path)
 
 
+def _prepared(repo: Path, worktrees_dir: Path, capacity: int) -> tuple[GitRepositories, str]:
+    """A broker whose pool keeps ``capacity`` worktrees, and the integration branch's base."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=capacity)
+    return broker, broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+
+
 def _pooled(worktrees_dir: Path) -> list[Path]:
     pools = list((worktrees_dir / ".pool").glob("*"))
     return [
@@ -134,8 +140,7 @@ def test_a_pooled_worktree_cut_short_is_not_reused(
 def test_a_warmed_pool_serves_the_first_tasks_without_a_full_checkout(
     repo: Path, worktrees_dir: Path, git: Git, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=3)
-    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    broker, base = _prepared(repo, worktrees_dir, 3)
     assert broker.prewarm(str(repo), base, count=2)
     broker.close()  # waits for the warm-up
     assert len(_pooled(worktrees_dir)) == 2
@@ -156,8 +161,7 @@ def test_a_warmed_pool_serves_the_first_tasks_without_a_full_checkout(
 def test_a_warm_up_does_not_replace_the_worktrees_tasks_take_while_it_runs(
     repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=3)
-    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    _, base = _prepared(repo, worktrees_dir, 3)
     with Repo(str(repo)) as opened:
         pool = worktrees_module.pool_of(opened, str(worktrees_dir))
         commit = opened[base.encode()]
@@ -183,8 +187,7 @@ def test_a_warm_up_does_not_replace_the_worktrees_tasks_take_while_it_runs(
 def test_a_warm_up_runs_at_the_lowest_priority(
     repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
-    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    broker, base = _prepared(repo, worktrees_dir, 2)
     niceness: list[int] = []
 
     def warm(*args: object) -> int:
