@@ -33,7 +33,7 @@ from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 
-from aether_agent_runner.adapters.safefs import Refused
+from aether_agent_runner.adapters.safefs import Refused, write_all
 from aether_agent_runner.adapters.safefs import Tree as Files
 from aether_agent_runner.adapters.scan import (
     GITLINK,
@@ -664,9 +664,7 @@ def add_object(store: DiskObjectStore, obj: ShaFile) -> None:
         fd = os.open(temporary, flags, 0o444)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(temporary, path)
@@ -714,9 +712,7 @@ def move_branch(git: GitDir, old: ObjectID | None, new: ObjectID) -> bool:
         try:
             moved = old is not None and _read_ref(path) != old
             if not moved:
-                view = memoryview(new + b"\n")
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, new + b"\n")
         finally:
             os.close(fd)
         if moved:  # between the look and the lock
@@ -924,9 +920,7 @@ def _write(files: Files, path: str, mode: int, data: bytes, sha: ObjectID) -> Fo
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(name, flags, 0o777 if mode & 0o100 else 0o666, dir_fd=parent)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
             finally:
                 os.close(fd)
         return Found(mode, sha, os.stat(name, dir_fd=parent, follow_symlinks=False))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aether_agent_runner.adapters.git import GitDir
+from aether_agent_runner.adapters.safefs import write_all
 
 DIRECTORY = "aether-agent"
 # The records synced to disk as they are appended (see above): a model reply of the
@@ -105,27 +106,21 @@ class Journal:
         record in it: a crash half-way leaves a torn line, which the next read cuts off
         as it would any other. An old journal is replaced whole, by a new file renamed
         over it, so no crash leaves its records under the new start."""
-        line = _line(record)
-        synced = record.get("kind") not in UNSYNCED_STARTS
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        target = self.path
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(target, flags | os.O_EXCL, 0o644)
         except FileExistsError:
-            temporary = self.path.with_suffix(".tmp")
-            with temporary.open("wb") as out:
-                out.write(line)
-                out.flush()
-                if synced:
-                    os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-            return
+            target = self.path.with_suffix(".tmp")
+            fd = os.open(target, flags | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            if synced:
+            write_all(fd, _line(record))
+            if record.get("kind") not in UNSYNCED_STARTS:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        if target != self.path:
+            os.replace(target, self.path)
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("ab") as out:

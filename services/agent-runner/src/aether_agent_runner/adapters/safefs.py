@@ -226,7 +226,7 @@ class Tree:
             fd = os.open(temporary, _CREATE, 0o600, dir_fd=parent)
             try:
                 try:
-                    _write_all(fd, data)
+                    write_all(fd, data)
                     os.fchmod(fd, mode)
                 finally:
                     os.close(fd)
@@ -291,7 +291,8 @@ def check_file(st: os.stat_result, shown: str) -> None:
         )
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may take only part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
