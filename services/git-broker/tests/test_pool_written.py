@@ -110,10 +110,14 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
     head = _merge(broker, project, base, "t1", sha)
     assert broker.recycle_worktree(str(project), first.worktree_path)
 
-    def no_scan(root: bytes) -> object:
-        raise AssertionError("the whole worktree was scanned")
+    scan = checkout_module._scan
 
-    monkeypatch.setattr(checkout_module, "_scan", no_scan)
+    def no_whole_scan(root: bytes, passed: object = None, enters: object = None) -> object:
+        if enters is None:
+            raise AssertionError("the whole worktree was scanned")
+        return scan(root, passed, enters)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkout_module, "_scan", no_whole_scan)
     second = _workspace(broker, project, worktrees_dir, "t2")
 
     path = Path(second.worktree_path)

@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -311,31 +311,16 @@ def _known(
         while end > 0 and path[:end] not in old_dirs:
             old_dirs.add(path[:end])
             end = path.rfind(b"/", 0, end)
-    present: dict[bytes, os.stat_result] = {}
-    directories: set[bytes] = set()
     untouched: set[bytes] = set()  # listed on a way, but no write went for them
-    pending = [b""]
-    while pending:
-        prefix = pending.pop()
-        try:
-            listing = os.scandir(root + b"/" + prefix if prefix else root)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # a way the writes removed
-        with listing:
-            for entry in listing:
-                path = prefix + b"/" + entry.name if prefix else entry.name
-                if not prefix and entry.name == b".git":
-                    continue
-                was = old.get(path)
-                if was is not None and was.mode != _GITLINK and path not in targets:
-                    untouched.add(path)
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    directories.add(path)
-                    if path in ways or path not in old_dirs:
-                        pending.append(path)
-                else:
-                    present[path] = entry.stat(follow_symlinks=False)
+
+    def passed(path: bytes) -> bool:
+        was = old.get(path)
+        if was is not None and was.mode != _GITLINK and path not in targets:
+            untouched.add(path)
+            return True
+        return False
+
+    present, directories = _scan(root, passed, lambda path: path in ways or path not in old_dirs)
     trusted: dict[bytes, IndexEntry] = {}
     for path, was in old.items():
         if path.rpartition(b"/")[0] in ways and path not in untouched:
@@ -392,21 +377,37 @@ def _clean(old: IndexEntry, st: os.stat_result, mode: int, index_mtime_ns: int) 
     )
 
 
-def _scan(root: bytes) -> tuple[dict[bytes, os.stat_result], set[bytes]]:
-    """Every file and directory below ``root`` (relative paths), its ``.git`` aside."""
+def _scan(
+    root: bytes,
+    passed: Callable[[bytes], bool] | None = None,
+    enters: Callable[[bytes], bool] | None = None,
+) -> tuple[dict[bytes, os.stat_result], set[bytes]]:
+    """Every file and directory below ``root`` (relative paths), its ``.git`` aside.
+
+    ``passed``: the paths left out, not looked at; ``enters``: the only directories
+    walked into (one gone by then is passed over)."""
     files: dict[bytes, os.stat_result] = {}
     directories: set[bytes] = set()
     pending = [b""]
     while pending:
         prefix = pending.pop()
-        with os.scandir(root + b"/" + prefix if prefix else root) as listing:
+        try:
+            listing = os.scandir(root + b"/" + prefix if prefix else root)
+        except (FileNotFoundError, NotADirectoryError):
+            if enters is None:
+                raise
+            continue
+        with listing:
             for entry in listing:
-                path = prefix + entry.name
+                path = prefix + b"/" + entry.name if prefix else entry.name
                 if not prefix and entry.name == b".git":
+                    continue
+                if passed is not None and passed(path):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     directories.add(path)
-                    pending.append(path + b"/")
+                    if enters is None or enters(path):
+                        pending.append(path)
                 else:
                     files[path] = entry.stat(follow_symlinks=False)
     return files, directories
