@@ -545,7 +545,7 @@ def commit_all(
     add_object(store, commit)
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
-    _write_index(git, entries, found, state.index, state.written)
+    _write_index(git, entries, found, state.index, state.written, state.tree)
     return commit.id.decode(), [_text(p) for p in changed]
 
 
@@ -751,6 +751,7 @@ def _write_index(
     found: dict[bytes, Found],
     previous: StatCache,
     written: Iterable[tuple[str, ...]] | None = None,
+    base: ObjectID | None = None,
 ) -> None:
     """The worktree's index for the tree of ``files``, with the stat data of the files
     that match it (so ``git status`` in the worktree trusts them without reading them);
@@ -761,7 +762,11 @@ def _write_index(
     took in every change they made that is not ignored). Said in the index's optional
     ``WRITTEN_EXTENSION`` for the git broker, which checks then only those ways when it
     reuses the worktree for another task (git skips an optional extension it does not
-    know, and drops it when it writes the index itself).
+    know, and drops it when it writes the index itself). ``base``, the tree the worktree
+    held before those writes, follows in ``BASE_EXTENSION``, and last a fixed-size
+    ``END_EXTENSION`` gives where the first of them begins: the broker, which remembers
+    the checkout it made of that tree, reads them from the end of the file without
+    reading one entry.
 
     Written beside and renamed over, but not synced to disk: the index is a cache of stat
     data, never the record of anything. An index a machine crash leaves empty or torn is
@@ -818,8 +823,12 @@ def _write_index(
         packed += path
         chunks.append(packed + b"\0" * (8 - len(packed) % 8))
     if written is not None:
+        start = sum(map(len, chunks))
         paths = b"\0".join(sorted(os.fsencode("/".join(parts)) for parts in written))
         chunks.append(WRITTEN_EXTENSION + struct.pack(">L", len(paths)) + paths)
+        if base is not None:
+            chunks.append(BASE_EXTENSION + struct.pack(">L", len(base)) + base)
+            chunks.append(END_EXTENSION + struct.pack(">LL", 4, start))
     data = b"".join(chunks)
     data += hashlib.sha1(data, usedforsecurity=False).digest()
     out = GitFile(str(git.admin / "index"), "wb", fsync=False)
@@ -838,6 +847,11 @@ _U32 = 0xFFFFFFFF
 # the paths, root-relative, separated by NUL bytes. The git broker reads it
 # (``aether_git_broker.adapters.checkout``).
 WRITTEN_EXTENSION = b"AETW"
+# With it, the tree the worktree held before those writes (40 hexadecimal digits), and
+# last the offset in the file of ``WRITTEN_EXTENSION``'s signature (4 bytes, big-endian):
+# a fixed-size trailer the broker finds at the end without reading the entries.
+BASE_EXTENSION = b"AETB"
+END_EXTENSION = b"AETZ"
 
 
 def _unknown(mode: int, sha: ObjectID, path: bytes) -> bytes:
