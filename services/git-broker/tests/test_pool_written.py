@@ -6,6 +6,7 @@ commit and the broker's checkout together, as they run)."""
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +18,13 @@ from dulwich.objects import ObjectID
 from aether_agent_runner.adapters.git import GitDir, commit_all, snapshot
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_git_broker.adapters import checkout as checkout_module
-from aether_git_broker.adapters.checkout import WRITTEN_EXTENSION, read_index
+from aether_git_broker.adapters import worktrees as worktrees_module
+from aether_git_broker.adapters.checkout import (
+    END_EXTENSION,
+    WRITTEN_EXTENSION,
+    read_claim,
+    read_index,
+)
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.domain import WorkspaceOutcome
 
@@ -107,6 +114,9 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
         b"app/util.py",
         b"notes/new/deep.txt",
     ]
+    claim = read_claim(str(Path(first.git_dir) / "index"))
+    assert claim is not None and claim.written == sorted(index.written)
+    assert claim.base.decode() == git(worktree, "rev-parse", f"{first.base_sha}^{{tree}}").strip()
     head = _merge(broker, project, base, "t1", sha)
     assert broker.recycle_worktree(str(project), first.worktree_path)
 
@@ -202,3 +212,175 @@ def test_an_index_whose_paths_lead_out_is_not_believed(
 
     assert victim.read_text() == "not the broker's\n"
     assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+
+
+KINDS = ["edit", "delete", "exec", "link"]
+
+
+def _tree_files(git: Git, path: Path, rev: str) -> str:
+    return git(path, "ls-tree", "-r", "--full-tree", rev)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_reuse_by_what_changed_leaves_exactly_the_new_tree(
+    repo: Path, worktrees_dir: Path, git: Git, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chained tasks whose agents only use the file tools, with other tasks' changes
+    merged between them (edits, new and deleted files and directories, an executable, a
+    symbolic link, a file turned directory): each next worktree, reused by what changed
+    since the broker's checkout, is exactly the new head for git, files and index; the
+    unusual cases fall back to the whole checkout, and most reuses take the short way."""
+    rng = random.Random(seed)
+    files = {
+        f"d{d}/s{s}/f{f}.txt": f"{d}{s}{f}\n" for d in range(3) for s in range(2) for f in range(3)
+    }
+    write_and_commit(repo, {".gitignore": "*.log\n", "top.txt": "top\n", **files}, "a project")
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    taken: list[bool] = []
+    reuse = worktrees_module.reuse_on_the_ways
+
+    def counted(*args: object) -> int | None:
+        result = reuse(*args)  # type: ignore[arg-type]
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(worktrees_module, "reuse_on_the_ways", counted)
+    for round_ in range(8):
+        task = f"t{round_}"
+        ws = _workspace(broker, repo, worktrees_dir, task)
+        path = Path(ws.worktree_path)
+        assert git(path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+        assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
+        tracked = sorted(git(path, "ls-files").split())
+        # Another task's changes, merged first (not on this task's paths).
+        other = _workspace(broker, repo, worktrees_dir, f"o{round_}")
+        other_path = Path(other.worktree_path)
+        assert git(other_path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+        regular = [t for t in tracked if not (path / t).is_symlink()]
+        mine = set(rng.sample(regular, 2))
+        others = [t for t in regular if t not in mine and t != ".gitignore"]
+        for number, victim in enumerate(rng.sample(others, 3)):
+            # A file turned directory once: left to the whole checkout.
+            kind = "dir" if round_ == 5 and number == 0 else rng.choice(KINDS)
+            target = other_path / victim
+            if kind == "edit":
+                target.write_text(f"other {round_}\n")
+            elif kind == "delete":
+                target.unlink()
+            elif kind == "exec":
+                target.chmod(0o755)
+            elif kind == "link":
+                target.unlink()
+                target.symlink_to("../top.txt")
+            else:
+                target.unlink()
+                target.mkdir()
+                (target / "inside.txt").write_text("now a directory\n")
+        (other_path / f"new{round_}" / "deep").mkdir(parents=True)
+        (other_path / f"new{round_}" / "deep" / "n.txt").write_text("new\n")
+        other_records = GitDir.linked(other_path, Path(other.git_dir), other.branch)
+        other_sha, _ = commit_all(other_records, "other\n")
+        assert other_sha is not None
+        _merge(broker, repo, base, f"o{round_}", other_sha)
+        broker.remove_worktree(str(repo), other.worktree_path)
+        # This task's agent: the file tools only.
+        tools = Workspace(path)
+        edited, deleted = sorted(mine)
+        tools.write_file(edited, f"edited in {task}\n")
+        tools.delete_file(deleted)
+        tools.write_file(f"{task}/made/here.txt", f"{task}\n")
+        tools.write_file(f"d{rng.randrange(3)}/{task}.txt", "beside\n")
+        tools.write_file(f"d0/{task}.log", "ignored\n")
+        records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
+        sha, _ = commit_all(records, f"{task}\n", scanned=snapshot(records, written=tools.touched))
+        assert sha is not None
+        head = _merge(broker, repo, base, task, sha)
+        assert broker.recycle_worktree(str(repo), ws.worktree_path)
+
+        following = _workspace(broker, repo, worktrees_dir, f"n{round_}")
+        next_path = Path(following.worktree_path)
+        assert following.base_sha == head
+        assert git(next_path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+        assert git(next_path, "diff-files", "--quiet") == ""
+        assert git(next_path, "diff-index", "--cached", "--quiet", "HEAD") == ""
+        on_disk = sorted(
+            str(p.relative_to(next_path))
+            for p in next_path.rglob("*")
+            if (p.is_file() or p.is_symlink()) and ".git" not in p.relative_to(next_path).parts
+        )
+        assert on_disk == sorted(git(next_path, "ls-files").split())
+        assert git(next_path, "ls-files", "-s") != ""
+        assert _tree_files(git, next_path, "HEAD") == _tree_files(git, repo, INTEGRATION)
+        broker.remove_worktree(str(repo), following.worktree_path)
+    assert taken.count(False) <= 1, taken
+
+
+def _one_task(broker: GitRepositories, repo: Path, worktrees_dir: Path, base: str) -> Path:
+    """A task whose agent wrote one file with the file tools, merged; its worktree pooled.
+    Returns the pooled worktree's index."""
+    ws = _workspace(broker, repo, worktrees_dir, "t1")
+    tools = Workspace(Path(ws.worktree_path))
+    tools.write_file("lib/z.py", "z = 1\n")
+    records = GitDir.linked(Path(ws.worktree_path), Path(ws.git_dir), ws.branch)
+    sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
+    assert sha is not None
+    _merge(broker, repo, base, "t1", sha)
+    assert broker.recycle_worktree(str(repo), ws.worktree_path)
+    (index,) = (worktrees_dir / ".pool").glob("*/*.admin/index")
+    return index
+
+
+@pytest.mark.parametrize("case", ["restarted", "another base", "no trailer"])
+def test_a_claim_the_broker_cannot_match_with_its_own_checkout_is_checked_whole(
+    project: Path, worktrees_dir: Path, git: Git, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No record of the checkout (a broker started since), a claim about another tree,
+    or an index without the runner's trailer: the worktree is looked at file by file."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    base = broker.prepare_repository(str(project), "main", INTEGRATION).base_sha
+    index = _one_task(broker, project, worktrees_dir, base)
+    data = index.read_bytes()[:-20]
+    if case == "restarted":
+        broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    elif case == "another base":
+        claimed = data.index(b"AETB") + 8
+        data = data[:claimed] + b"0" * 40 + data[claimed + 40 :]
+    else:
+        data = data[: data.index(END_EXTENSION)]
+    index.write_bytes(data + hashlib.sha1(data, usedforsecurity=False).digest())
+    results: list[int | None] = []
+    reuse = worktrees_module.reuse_on_the_ways
+
+    def recorded(*args: object) -> int | None:
+        results.append(reuse(*args))  # type: ignore[arg-type]
+        return results[-1]
+
+    monkeypatch.setattr(worktrees_module, "reuse_on_the_ways", recorded)
+    second = Path(_workspace(broker, project, worktrees_dir, "t2").worktree_path)
+
+    assert results == [None]
+    assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+    assert (second / "lib" / "z.py").read_text() == "z = 1\n"
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        END_EXTENSION + struct.pack(">LL", 4, 4),  # the claim would start in the header
+        END_EXTENSION + struct.pack(">LL", 4, 1 << 30),  # past the end
+        END_EXTENSION + struct.pack(">LL", 8, 12),  # not its size
+    ],
+)
+def test_a_trailer_pointing_anywhere_else_is_no_claim(tmp_path: Path, trailer: bytes) -> None:
+    body = b"ok.txt"
+    data = b"DIRC" + struct.pack(">LL", 2, 0)
+    data += WRITTEN_EXTENSION + struct.pack(">L", len(body)) + body
+    data += b"AETB" + struct.pack(">L", 40) + b"a" * 40 + trailer
+    data += hashlib.sha1(data, usedforsecurity=False).digest()
+    (tmp_path / "index").write_bytes(data)
+    assert read_claim(str(tmp_path / "index")) is None
+    good = data[: -20 - len(trailer)] + END_EXTENSION + struct.pack(">LL", 4, 12)
+    (tmp_path / "index").write_bytes(good + hashlib.sha1(good, usedforsecurity=False).digest())
+    claim = read_claim(str(tmp_path / "index"))
+    assert claim is not None and claim.written == [b"ok.txt"] and claim.base == b"a" * 40

@@ -16,12 +16,16 @@ refused: a commit made by an agent is not trusted to stay inside its directory.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -32,7 +36,7 @@ from dulwich.objects import ObjectID, ShaFile
 from dulwich.repo import Repo
 
 from aether_git_broker.adapters.repository import RepositoryError
-from aether_git_broker.adapters.treemerge import Trees
+from aether_git_broker.adapters.treemerge import Entry, Trees
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _GITLINK = 0o160000
@@ -116,6 +120,21 @@ _CHECKED_TREES: set[ObjectID] = set()
 _CHECKED_KEPT = 1 << 16
 
 
+def checked_entries(trees: Trees, tree_id: ObjectID, prefix: bytes) -> Mapping[bytes, Entry]:
+    """A tree's entries, its names checked (``UnsafePath``) unless already checked."""
+    entries = trees.entries(tree_id)
+    if tree_id not in _CHECKED_TREES:
+        for name, (mode, _) in entries.items():
+            _check_name(name, prefix)
+            if stat.S_ISLNK(mode) and is_dot_gitmodules(name):
+                shown = prefix.decode(errors="replace")
+                raise UnsafePath(f"the tree has {shown}{name!r} as a link")
+        if len(_CHECKED_TREES) >= _CHECKED_KEPT:
+            _CHECKED_TREES.clear()
+        _CHECKED_TREES.add(tree_id)
+    return entries
+
+
 def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEntry]]:
     """Every directory (parents first) and every non-directory entry below a tree."""
     directories: list[bytes] = []
@@ -123,18 +142,7 @@ def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEn
     pending: list[tuple[bytes, ObjectID]] = [(b"", tree_id)]
     while pending:
         prefix, tree = pending.pop()
-        entries = trees.entries(tree)
-        if tree not in _CHECKED_TREES:
-            for name, (mode, _) in entries.items():
-                _check_name(name, prefix)
-                if stat.S_ISLNK(mode) and is_dot_gitmodules(name):
-                    raise UnsafePath(
-                        f"the tree has {prefix.decode(errors='replace')}{name!r} as a link"
-                    )
-            if len(_CHECKED_TREES) >= _CHECKED_KEPT:
-                _CHECKED_TREES.clear()
-            _CHECKED_TREES.add(tree)
-        for name, (mode, sha) in entries.items():
+        for name, (mode, sha) in checked_entries(trees, tree, prefix).items():
             path = prefix + name
             if stat.S_ISDIR(mode):
                 directories.append(path)
@@ -167,36 +175,73 @@ def _stat_fields(st: os.stat_result) -> tuple[int, ...]:
 Stat = os.stat_result | tuple[int, ...] | None
 
 
-def write_index(path: str, entries: list[tuple[bytes, int, ObjectID, Stat]]) -> None:
+_ENTRY = struct.Struct(">LLLLLLLLLL20sH")
+
+
+def pack_entry(name: bytes, mode: int, sha: ObjectID, st: Stat) -> bytes:
+    """One version 2 index entry as stored: its fields, name and NUL padding."""
+    if isinstance(st, os.stat_result):  # a tuple too: asked first
+        fields = list(_stat_fields(st))
+        uid, gid, size = st.st_uid, st.st_gid, st.st_size & 0xFFFFFFFF
+    elif st is not None:
+        *fields, uid, gid, size = st
+    else:
+        fields, uid, gid, size = [0, 0, 0, 0, 0, 0], 0, 0, 0
+    entry = _ENTRY.pack(
+        *fields,
+        _index_mode(mode),
+        uid,
+        gid,
+        size,
+        bytes.fromhex(sha.decode()),
+        min(len(name), 0xFFF),
+    )
+    entry += name
+    return entry + b"\0" * (8 - len(entry) % 8)
+
+
+def stat_mtime_ns(st: Stat) -> int:
+    """The modification time (ns) of an index entry's stat data (0: none)."""
+    if isinstance(st, os.stat_result):
+        return st.st_mtime_ns
+    if st is not None:
+        return st[2] * 1_000_000_000 + st[3]
+    return 0
+
+
+@dataclass(frozen=True)
+class Written:
+    """An index as written: its paths in order, each entry as stored, the file's
+    modification time, and the paths whose stat data is not older than it (racily
+    clean: their content cannot be vouched for by their stat data)."""
+
+    names: list[bytes]
+    raws: list[bytes]
+    mtime_ns: int
+    racy: frozenset[bytes]
+
+
+def write_index(path: str, entries: list[tuple[bytes, int, ObjectID, Stat]]) -> Written:
     """Write a version 2 index of ``(path, mode, sha, stat)`` (no stat: all zeros)."""
     entries = sorted(entries, key=lambda e: e[0])
-    chunks = [b"DIRC" + struct.pack(">LL", 2, len(entries))]
-    pack = struct.Struct(">LLLLLLLLLL20sH").pack
-    for name, mode, sha, st in entries:
-        if isinstance(st, os.stat_result):  # a tuple too: asked first
-            fields = list(_stat_fields(st))
-            uid, gid, size = st.st_uid, st.st_gid, st.st_size & 0xFFFFFFFF
-        elif st is not None:
-            *fields, uid, gid, size = st
-        else:
-            fields, uid, gid, size = [0, 0, 0, 0, 0, 0], 0, 0, 0
-        entry = pack(
-            *fields,
-            _index_mode(mode),
-            uid,
-            gid,
-            size,
-            bytes.fromhex(sha.decode()),
-            min(len(name), 0xFFF),
-        )
-        entry += name
-        chunks.append(entry + b"\0" * (8 - len(entry) % 8))
-    data = b"".join(chunks)
+    names = [name for name, _, _, _ in entries]
+    raws = [pack_entry(*entry) for entry in entries]
+    mtime_ns = write_raw_index(path, raws)
+    racy = frozenset(e[0] for e in entries if stat_mtime_ns(e[3]) >= mtime_ns)
+    return Written(names, raws, mtime_ns, racy)
+
+
+def write_raw_index(path: str, raws: list[bytes]) -> int:
+    """Write a version 2 index of entries as stored, in order; returns its mtime (ns)."""
+    data = b"DIRC" + struct.pack(">LL", 2, len(raws)) + b"".join(raws)
     data += hashlib.sha1(data, usedforsecurity=False).digest()
     temporary = path + ".lock"
     with open(temporary, "wb") as file:
         file.write(data)
+        file.flush()
+        mtime_ns = os.fstat(file.fileno()).st_mtime_ns
     os.replace(temporary, path)
+    return mtime_ns
 
 
 class IndexEntry(NamedTuple):
@@ -207,9 +252,6 @@ class IndexEntry(NamedTuple):
     mode: int
     sha: ObjectID
     stat: tuple[int, ...]
-
-
-_ENTRY = struct.Struct(">LLLLLLLLLL20sH")
 
 
 @dataclass(frozen=True)
@@ -227,6 +269,134 @@ class Index:
 # (``aether_agent_runner.adapters.git.WRITTEN_EXTENSION``; the paths root-relative,
 # separated by NUL bytes).
 WRITTEN_EXTENSION = b"AETW"
+
+
+# With ``WRITTEN_EXTENSION``, the runner's index gives the tree the worktree held before
+# those writes (``BASE_EXTENSION``: 40 hexadecimal digits), and ends with
+# ``END_EXTENSION``: 4 bytes, big-endian, the offset of the first of the two, so they are
+# read from the end of the file without reading one entry (an index's entries end in
+# NUL padding, so its last bytes cannot pass for this trailer).
+BASE_EXTENSION = b"AETB"
+END_EXTENSION = b"AETZ"
+_TRAILER = struct.Struct(">4sLL")
+_SHA1_HEX = re.compile(rb"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the agent runner's index says of its worktree: it held exactly ``base``
+    (the broker's checkout), and since then only the paths ``written`` were written."""
+
+    written: list[bytes]
+    base: ObjectID
+
+
+def read_claim(path: str) -> Claim | None:
+    """The claim at the end of the index at ``path``, or ``None``: no claim, an index
+    that is damaged or not version 2, or a claim naming an unsafe path."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    end = len(data) - 20 - _TRAILER.size
+    if end < 12 or data[:8] != b"DIRC\0\0\0\2":
+        return None
+    signature, size, start = _TRAILER.unpack_from(data, end)
+    if signature != END_EXTENSION or size != 4 or not 12 <= start <= end:
+        return None
+    if hashlib.sha1(data[:-20], usedforsecurity=False).digest() != data[-20:]:
+        return None
+    found: dict[bytes, bytes] = {}
+    offset = start
+    while offset < end:
+        if offset + 8 > end:
+            return None
+        signature, size = struct.unpack_from(">4sL", data, offset)
+        found[signature] = data[offset + 8 : offset + 8 + size]
+        offset += 8 + size
+    body, base = found.get(WRITTEN_EXTENSION), found.get(BASE_EXTENSION)
+    if offset != end or body is None or base is None or not _SHA1_HEX.fullmatch(base):
+        return None
+    written = body.split(b"\0") if body else []
+    if any(path.startswith(b"/") or unsafe_paths([path]) for path in written):
+        return None
+    return Claim(written, ObjectID(base))
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A checkout the broker made into a worktree: its tree and its index as written."""
+
+    tree: ObjectID
+    index: Written
+
+    def entry(self, path: bytes) -> bytes | None:
+        """The index entry of ``path`` as stored, if it has one."""
+        names = self.index.names
+        at = bisect.bisect_left(names, path)
+        return self.index.raws[at] if at < len(names) and names[at] == path else None
+
+
+def entry_fields(raw: bytes) -> IndexEntry:
+    """An index entry as stored, read."""
+    *fields, mode, uid, gid, size, sha, _ = _ENTRY.unpack_from(raw)
+    return IndexEntry(mode, ObjectID(sha.hex().encode()), (*fields, uid, gid, size))
+
+
+class Checkouts:
+    """The last checkout made into each worktree's administrative directory, by the
+    directory's identity (device, inode: it keeps it when the worktree is pooled and
+    reused), bounded by the entries kept in all."""
+
+    def __init__(self, max_entries: int = 400_000) -> None:
+        self._kept: OrderedDict[tuple[int, int], Checkout] = OrderedDict()
+        self._entries = 0
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(index_path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(os.path.dirname(index_path))
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def remember(self, index_path: str, tree: ObjectID, index: Written) -> None:
+        key = self._key(index_path)
+        if key is None or len(index.names) > self._max:
+            return
+        with self._lock:
+            self._drop(key)
+            self._kept[key] = Checkout(tree, index)
+            self._entries += len(index.names)
+            while self._entries > self._max:
+                self._drop(next(iter(self._kept)))
+
+    def forget(self, index_path: str) -> None:
+        key = self._key(index_path)
+        if key is not None:
+            with self._lock:
+                self._drop(key)
+
+    def take(self, index_path: str) -> Checkout | None:
+        """The checkout remembered for the directory of ``index_path``, forgotten."""
+        key = self._key(index_path)
+        if key is None:
+            return None
+        with self._lock:
+            found = self._kept.get(key)
+            self._drop(key)
+        return found
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        gone = self._kept.pop(key, None)
+        if gone is not None:
+            self._entries -= len(gone.index.names)
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 def read_index(path: str) -> Index | None:
@@ -420,6 +590,7 @@ def checkout(
     directory: str,
     index_path: str,
     previous: str | None = None,
+    checkouts: Checkouts | None = None,
 ) -> int:
     """Make ``directory`` hold exactly ``tree_id`` and write its index to ``index_path``.
 
@@ -427,7 +598,8 @@ def checkout(
     stat data match are kept and everything else is removed or written: a directory
     used before needs only what differs. Without it the directory must be empty.
     Returns the number of files written. Blobs are written as stored: no attributes,
-    filters or configuration take part.
+    filters or configuration take part. ``checkouts``: where the checkout is remembered,
+    by the directory of ``index_path`` (a worktree's administrative directory).
     """
     if repo.object_format.name != "sha1":
         raise UnsupportedRepository(f"{repo.path} names its objects by {repo.object_format.name}")
@@ -485,14 +657,29 @@ def checkout(
     for path in directories:
         if path not in existing:
             os.mkdir(root + b"/" + path)
+    index.extend(write_files(repo.object_store, root, wanted.values()))
+    if checkouts is not None:
+        checkouts.forget(index_path)
+    written = write_index(index_path, index)
+    if checkouts is not None:
+        checkouts.remember(index_path, tree_id, written)
+    return sum(1 for e in wanted.values() if e.mode != _GITLINK)
+
+
+def write_files(
+    store: BaseObjectStore, root: bytes, wanted: Iterable[FileEntry]
+) -> list[tuple[bytes, int, ObjectID, Stat]]:
+    """Write each entry below ``root`` (its path free, its directory there), blobs in
+    pack order; returns their index entries (a gitlink: an empty directory, no stat)."""
+    index: list[tuple[bytes, int, ObjectID, Stat]] = []
     by_sha: dict[ObjectID, list[FileEntry]] = {}
-    for entry in wanted.values():
+    for entry in wanted:
         if entry.mode == _GITLINK:
             os.makedirs(root + b"/" + entry.path, exist_ok=True)
             index.append((entry.path, entry.mode, entry.sha, None))
         else:
             by_sha.setdefault(entry.sha, []).append(entry)
-    for blob in _blobs(repo.object_store, by_sha):
+    for blob in _blobs(store, by_sha):
         data = blob.as_raw_string()
         for entry in by_sha.pop(blob.id):
             target = root + b"/" + entry.path
@@ -509,8 +696,7 @@ def checkout(
     if by_sha:
         missing = next(iter(by_sha)).decode()
         raise KeyError(f"object {missing} is missing from the repository")
-    write_index(index_path, index)
-    return sum(1 for e in wanted.values() if e.mode != _GITLINK)
+    return index
 
 
 # How many times the objects still missing are looked for again (see ``_blobs``).

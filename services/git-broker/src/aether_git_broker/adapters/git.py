@@ -27,6 +27,7 @@ from dulwich.repo import Repo
 
 from aether_events import RepoFile
 from aether_git_broker.adapters import locks, worktrees
+from aether_git_broker.adapters.checkout import Checkouts
 from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.merge import merge_task
 from aether_git_broker.adapters.refs import add_branch
@@ -86,6 +87,8 @@ class GitRepositories:
         self._open_handles: OrderedDict[str, Handle] = OrderedDict()
         self._lock = threading.RLock()
         self._warming: dict[str, threading.Thread] = {}
+        # The checkouts made into worktrees, for reusing one by what changed since.
+        self._checkouts = Checkouts()
 
     def _open(self, repository: str) -> Handle:
         path = local_path(repository)
@@ -220,6 +223,7 @@ class GitRepositories:
                 f"ref: {task_ref.decode()}",
                 handle.commit(head).tree,
                 self._pool(repo),
+                self._checkouts,
             )
             return WorkspaceOutcome(
                 branch=branch,
@@ -246,6 +250,7 @@ class GitRepositories:
             commit.decode(),
             handle.commit(commit).tree,
             self._pool(handle.repo),
+            self._checkouts,
         )
 
     def release_worktree(self, repo: Repo, path: str) -> bool:

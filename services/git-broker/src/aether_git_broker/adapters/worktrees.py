@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
-from aether_git_broker.adapters.checkout import checkout
+from aether_git_broker.adapters.checkout import Checkouts, checkout
+from aether_git_broker.adapters.reuse import reuse_on_the_ways
 from aether_git_broker.adapters.treemerge import Trees
 
 log = logging.getLogger("aether.git_broker.worktrees")
@@ -172,10 +173,13 @@ def add_worktree(
     head: str,
     tree: ObjectID,
     pool: str | None = None,
+    checkouts: Checkouts | None = None,
 ) -> bool:
     """Make ``path`` a linked worktree whose ``HEAD`` is ``head`` (``ref: refs/heads/…``
     or a commit id), with ``tree`` (the tree of that commit) checked out, starting from
-    a worktree of ``pool`` when there is one.
+    a worktree of ``pool`` when there is one. ``checkouts``: the broker's record of the
+    checkouts it made, for reusing a pooled worktree by what changed since
+    (``reuse.reuse_on_the_ways``).
 
     Returns ``False`` when a complete worktree with that ``HEAD`` is already there (it is
     reused untouched: an agent may be at work in it), ``True`` when one was created.
@@ -211,12 +215,17 @@ def add_worktree(
     _write(os.path.join(partial, ".git"), f"gitdir: {admin}\n")
     index = os.path.join(admin, "index")
     if pooled is None:
-        checkout(repo, trees, tree, partial, index)
+        checkout(repo, trees, tree, partial, index, checkouts=checkouts)
     elif pooled.admin is not None:
-        checkout(repo, trees, tree, partial, index, index)  # the pooled one, moved in
+        # The pooled one's index, moved in with its administrative directory.
+        if (
+            checkouts is None
+            or reuse_on_the_ways(repo, trees, tree, partial, index, checkouts) is None
+        ):
+            checkout(repo, trees, tree, partial, index, index, checkouts)
     else:
         assert pooled.index is not None
-        checkout(repo, trees, tree, partial, index, pooled.index)
+        checkout(repo, trees, tree, partial, index, pooled.index, checkouts)
         os.unlink(pooled.index)
     os.rename(partial, path)
     return True

@@ -1,0 +1,325 @@
+"""Reusing a pooled worktree only the agent runner's file tools wrote to, in time that
+follows what changed rather than the size of the project.
+
+The broker remembers the last checkout it made into each worktree (``Checkouts``: the
+tree and the index as written). The runner's index says, at its end, that the worktree
+held exactly that tree and that only some paths were written since (``Claim``). What the
+worktree holds then differs from the next tree only where the two trees differ (found by
+comparing them directory by directory, by id) and on the ways to those paths (their
+directories listed, one level each). Only those paths are looked at, removed or written,
+and the next index is the remembered one with their entries replaced: no entry of the
+runner's index is read and no other file is looked at.
+
+Anything less usual (a directory in place of a file or the other way round, a gitlink,
+a directory removed or made by the agent off those ways, a path on them gone missing)
+is left to the whole checkout (``checkout.checkout``), which looks at every file; so is
+a worktree the broker has no record of (after a restart), or a claim about another tree.
+The decision is taken before anything is changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dulwich.objects import ObjectID
+from dulwich.repo import Repo
+
+from aether_git_broker.adapters.checkout import (
+    Checkout,
+    Checkouts,
+    FileEntry,
+    Stat,
+    UnsupportedRepository,
+    Written,
+    checked_entries,
+    entry_fields,
+    pack_entry,
+    read_claim,
+    stat_mtime_ns,
+    write_files,
+    write_raw_index,
+)
+from aether_git_broker.adapters.treemerge import Entry, Trees
+
+_GITLINK = 0o160000
+_SYMLINK = 0o120000
+
+
+class _Unusual(Exception):
+    """Something the reuse on the ways leaves to the whole checkout."""
+
+
+@dataclass
+class _Diff:
+    """Where two trees differ: non-directory paths (old, new; either may be absent),
+    directories only the old one has, directories only the new one has."""
+
+    files: dict[bytes, tuple[Entry | None, Entry | None]] = field(default_factory=dict)
+    gone_dirs: list[bytes] = field(default_factory=list)
+    new_dirs: list[bytes] = field(default_factory=list)
+
+
+def _diff(trees: Trees, old: ObjectID, new: ObjectID) -> _Diff:
+    """Compare two trees, entering only the subtrees whose ids differ; the new tree's
+    names are checked as a checkout checks them."""
+    diff = _Diff()
+    pending: list[tuple[bytes, ObjectID | None, ObjectID | None]] = [(b"", old, new)]
+    while pending:
+        prefix, a_id, b_id = pending.pop()
+        olds = trees.entries(a_id) if a_id is not None else {}
+        news = checked_entries(trees, b_id, prefix) if b_id is not None else {}
+        for name in olds.keys() | news.keys():
+            a, b = olds.get(name), news.get(name)
+            if a == b:
+                continue
+            path = prefix + name
+            a_dir = a is not None and stat.S_ISDIR(a[0])
+            b_dir = b is not None and stat.S_ISDIR(b[0])
+            if (a is not None and a[0] == _GITLINK) or (b is not None and b[0] == _GITLINK):
+                raise _Unusual(f"a gitlink at {path!r}")
+            if a is not None and b is not None and a_dir != b_dir:
+                raise _Unusual(f"a directory and a file at {path!r}")
+            if a_dir or b_dir:
+                if not b_dir:
+                    diff.gone_dirs.append(path)
+                elif not a_dir:
+                    diff.new_dirs.append(path)
+                pending.append(
+                    (path + b"/", a[1] if a_dir and a else None, b[1] if b_dir and b else None)
+                )
+            else:
+                diff.files[path] = (a, b)
+    diff.new_dirs.sort()
+    return diff
+
+
+def _at(trees: Trees, tree: ObjectID, path: bytes) -> Entry | None:
+    """The entry of ``tree`` at ``path`` (a directory's: its mode and tree id)."""
+    entry: Entry | None = (stat.S_IFDIR, tree)
+    for name in path.split(b"/") if path else []:
+        if entry is None or not stat.S_ISDIR(entry[0]):
+            return None
+        entry = trees.entries(entry[1]).get(name)
+    return entry
+
+
+def _is_dir(entry: Entry | None) -> bool:
+    return entry is not None and stat.S_ISDIR(entry[0])
+
+
+def _same_mode(a: int, b: int) -> bool:
+    if stat.S_ISREG(a) and stat.S_ISREG(b):
+        return bool(a & 0o100) == bool(b & 0o100)
+    return a == b
+
+
+def _clean(raw: bytes, st: os.stat_result, mode: int, index_mtime_ns: int) -> bool:
+    """Whether a file found on disk is still what its remembered entry says, by its
+    stat data (a file modified in the instant the index was written is not)."""
+    if st.st_mtime_ns >= index_mtime_ns:
+        return False
+    if mode == _SYMLINK:
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+    elif not stat.S_ISREG(st.st_mode) or bool(st.st_mode & 0o100) != bool(mode & 0o100):
+        return False
+    was = entry_fields(raw).stat
+    return (
+        int(st.st_ctime) & 0xFFFFFFFF,
+        st.st_ctime_ns % 1_000_000_000,
+        int(st.st_mtime) & 0xFFFFFFFF,
+        st.st_mtime_ns % 1_000_000_000,
+        st.st_ino & 0xFFFFFFFF,
+        st.st_size & 0xFFFFFFFF,
+    ) == (was[0], was[1], was[2], was[3], was[5], was[8])
+
+
+@dataclass
+class _Plan:
+    unlink: list[bytes] = field(default_factory=list)
+    rmtree: list[bytes] = field(default_factory=list)
+    mkdir: list[bytes] = field(default_factory=list)
+    write: list[FileEntry] = field(default_factory=list)
+    # Index entries to replace: a path's new entry (mode, sha, stat), or None to drop it.
+    entries: dict[bytes, tuple[int, ObjectID, Stat] | None] = field(default_factory=dict)
+
+
+def _plan(
+    trees: Trees, memo: Checkout, written: list[bytes], tree_id: ObjectID, root: bytes
+) -> _Plan:
+    base = memo.tree
+    diff = _diff(trees, base, tree_id)
+    targets = set(written)
+    ways: set[bytes] = set()
+    for path in written:
+        end = path.rfind(b"/")
+        while end > 0:
+            ways.add(path[:end])
+            end = path.rfind(b"/", 0, end)
+    for way in ways:
+        for tree in (base, tree_id):
+            entry = _at(trees, tree, way)
+            if entry is not None and not _is_dir(entry):
+                raise _Unusual(f"a way through a file at {way!r}")
+    for target in targets:
+        if _is_dir(_at(trees, base, target)) or _is_dir(_at(trees, tree_id, target)):
+            raise _Unusual(f"a directory written to at {target!r}")
+
+    # What the ways hold: each of their directories listed, one level.
+    present: dict[bytes, os.stat_result] = {}
+    seen_dirs: set[bytes] = set()
+    for way in sorted({b"", *ways}):
+        base_dir = _at(trees, base, way)
+        try:
+            listing = os.scandir(root + b"/" + way if way else root)
+        except OSError:
+            raise _Unusual(f"the way {way!r} is not a directory any more") from None
+        on_disk: set[bytes] = set()
+        with listing:
+            for item in listing:
+                name = item.name
+                if not way and name == b".git":
+                    continue
+                on_disk.add(name)
+                path = way + b"/" + name if way else name
+                if item.is_dir(follow_symlinks=False):
+                    seen_dirs.add(path)
+                    if path not in ways and not _is_dir(_at(trees, base, path)):
+                        raise _Unusual(f"a directory off the ways made at {path!r}")
+                    continue
+                if path not in targets and memo.entry(path) is not None:
+                    continue  # a file of the checkout no write went for
+                present[path] = item.stat(follow_symlinks=False)
+        if _is_dir(base_dir):
+            assert base_dir is not None
+            for name, (mode, _) in trees.entries(base_dir[1]).items():
+                path = way + b"/" + name if way else name
+                if name not in on_disk and (stat.S_ISDIR(mode) or path not in targets):
+                    raise _Unusual(f"{path!r} is gone without a write naming it")
+
+    plan = _Plan()
+    for path in diff.files.keys() | present.keys() | targets | memo.index.racy:
+        raw = memo.entry(path)
+        new = diff.files[path][1] if path in diff.files else _file_of(raw)
+        st = present.get(path)
+        if st is not None:
+            if _is_dir(_at(trees, base, path)) or _is_dir(_at(trees, tree_id, path)):
+                raise _Unusual(f"a file where a tree has a directory, {path!r}")
+            if (
+                new is not None
+                and raw is not None
+                and _same(raw, new)
+                and _clean(raw, st, new[0], memo.index.mtime_ns)
+            ):
+                plan.entries[path] = (new[0], new[1], st)
+                continue
+            plan.unlink.append(path)
+        elif path in targets or raw is None:
+            pass  # not there: a written path gone, or a path the checkout did not have
+        elif new is not None and _same(raw, new):
+            # A file of the checkout nobody wrote to, as it was written.
+            if path in memo.index.racy:
+                # Its stat data could not vouch for it: taken again (nobody wrote to it).
+                try:
+                    plan.entries[path] = (new[0], new[1], os.lstat(root + b"/" + path))
+                except OSError:
+                    raise _Unusual(f"{path!r} is gone without a write naming it") from None
+            continue
+        else:
+            plan.unlink.append(path)
+        if new is None:
+            plan.entries[path] = None
+        else:
+            plan.write.append(FileEntry(path, new[0], new[1]))
+    plan.rmtree = [*diff.gone_dirs, *(w for w in ways if not _is_dir(_at(trees, tree_id, w)))]
+    plan.mkdir = [d for d in diff.new_dirs if d not in seen_dirs]
+    return plan
+
+
+def _same(raw: bytes, entry: Entry) -> bool:
+    """Whether a remembered index entry records this mode and object."""
+    was = entry_fields(raw)
+    return was.sha == entry[1] and _same_mode(was.mode, entry[0])
+
+
+def _file_of(raw: bytes | None) -> Entry | None:
+    if raw is None:
+        return None
+    entry = entry_fields(raw)
+    return (entry.mode, entry.sha)
+
+
+def reuse_on_the_ways(
+    repo: Repo,
+    trees: Trees,
+    tree_id: ObjectID,
+    directory: str,
+    index_path: str,
+    checkouts: Checkouts,
+) -> int | None:
+    """Make ``directory`` (a pooled worktree whose index is at ``index_path``) hold
+    exactly ``tree_id`` by looking only where it can differ, and write its index; the
+    number of files written, or ``None`` when it is left to the whole checkout (nothing
+    changed then)."""
+    if repo.object_format.name != "sha1":
+        raise UnsupportedRepository(f"{repo.path} names its objects by {repo.object_format.name}")
+    memo = checkouts.take(index_path)
+    if memo is None:
+        return None
+    claim = read_claim(index_path)
+    if claim is None or claim.base != memo.tree:
+        return None
+    root = os.fsencode(directory)
+    try:
+        plan = _plan(trees, memo, claim.written, tree_id, root)
+    except _Unusual:
+        return None
+    for path in plan.unlink:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root + b"/" + path)
+    for path in sorted(plan.rmtree, key=len, reverse=True):
+        shutil.rmtree(root + b"/" + path, ignore_errors=True)
+    for path in plan.mkdir:
+        os.makedirs(root + b"/" + path, exist_ok=True)
+    for path, mode, sha, st in write_files(repo.object_store, root, plan.write):
+        plan.entries[path] = (mode, sha, st)
+    written = _spliced(memo.index, plan.entries, index_path)
+    checkouts.remember(index_path, tree_id, written)
+    return len(plan.write)
+
+
+def _spliced(
+    index: Written,
+    entries: Mapping[bytes, tuple[int, ObjectID, Stat] | None],
+    index_path: str,
+) -> Written:
+    """The remembered index with ``entries`` replaced, added or dropped, written."""
+    names, raws = index.names, index.raws
+    new_names: list[bytes] = []
+    new_raws: list[bytes] = []
+    fresh: dict[bytes, Stat] = {}
+    done = 0
+    for path in sorted(entries):
+        at = bisect.bisect_left(names, path, done)
+        new_names.extend(names[done:at])
+        new_raws.extend(raws[done:at])
+        done = at + 1 if at < len(names) and names[at] == path else at
+        entry = entries[path]
+        if entry is not None:
+            mode, sha, st = entry
+            new_names.append(path)
+            new_raws.append(pack_entry(path, mode, sha, st))
+            fresh[path] = st
+    new_names.extend(names[done:])
+    new_raws.extend(raws[done:])
+    mtime_ns = write_raw_index(index_path, new_raws)
+    racy = (index.racy - entries.keys()) | {
+        path for path, st in fresh.items() if stat_mtime_ns(st) >= mtime_ns
+    }
+    return Written(new_names, new_raws, mtime_ns, frozenset(racy))
