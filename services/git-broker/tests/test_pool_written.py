@@ -295,6 +295,10 @@ def test_a_reuse_by_what_changed_leaves_exactly_the_new_tree(
         records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
         sha, _ = commit_all(records, f"{task}\n", scanned=snapshot(records, written=tools.touched))
         assert sha is not None
+        # The runner's index, its base's with what changed replaced, is the commit's
+        # (looked at without git refreshing it, which would drop the runner's claim).
+        assert git(path, "--no-optional-locks", "status", "--porcelain", "-uall") == ""
+        assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
         head = _merge(broker, repo, base, task, sha)
         assert broker.recycle_worktree(str(repo), ws.worktree_path)
 

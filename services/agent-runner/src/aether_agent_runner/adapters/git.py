@@ -13,6 +13,7 @@ can rewrite, is never read. No git configuration is read at all.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -23,7 +24,7 @@ import threading
 import time
 from binascii import unhexlify
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +45,7 @@ from aether_agent_runner.adapters.scan import (
     changes,
     read_entry,
     scan,
+    scan_ways,
 )
 
 AUTHOR = b"Aether Agent <agent@aether.invalid>"
@@ -405,7 +407,8 @@ class _State:
     # look at, for the next index.
     index: StatCache
     # The paths only writes to which happened since the worktree held exactly the tree
-    # (``scan``'s ``written``), when the scan looked only on the ways to them.
+    # (``scan``'s ``written``), when the scan looked only on the ways to them: ``found``
+    # then holds what it found there, and every other tracked file is as the tree has it.
     written: frozenset[tuple[str, ...]] | None = None
 
 
@@ -416,9 +419,36 @@ def _state(
     tree = _commit(store, at).tree
     tracked = _files_of(store, tree)
     index = StatCache(git.admin / "index")
-    ways = frozenset(written) if written is not None else None
-    found = scan(git.worktree, git.common, tracked, max_hash, index, ways)
-    return _State(store, tree, tracked, found, changes(tracked, found), index, ways)
+    if written is None:
+        found = scan(git.worktree, git.common, tracked, max_hash, index)
+        return _State(store, tree, tracked, found, changes(tracked, found), index)
+    ways = frozenset(written)
+    look = scan_ways(
+        git.worktree, git.common, tracked, max_hash, _directories_of(store, tree), ways
+    )
+    changed = set(look.deleted)
+    for path, entry in look.found.items():
+        if tracked.get(path) != (entry.mode, entry.sha):
+            changed.add(path)
+    return _State(store, tree, tracked, look.found, sorted(changed), index, ways)
+
+
+def _directories_of(
+    store: DiskObjectStore, tree: ObjectID
+) -> Callable[[bytes], Mapping[bytes, tuple[int, ObjectID]] | None]:
+    """The entries of ``tree``'s directories by path (trailing slash; the root ``b""``),
+    read as they are asked for."""
+
+    def entries(directory: bytes) -> Mapping[bytes, tuple[int, ObjectID]] | None:
+        current = tree
+        for name in directory.split(b"/")[:-1] if directory else []:
+            entry = _entries(store, current).get(name)
+            if entry is None or not stat.S_ISDIR(entry[0]):
+                return None
+            current = entry[1]
+        return _entries(store, current)
+
+    return entries
 
 
 def _text(path: bytes) -> str:
@@ -503,14 +533,16 @@ def commit_all(
             f"the change touches {len(changed):,} files, more than the {limits.max_files:,} "
             "one commit may hold (generated or dependency files? add them to .gitignore)"
         )
-    entries = dict(tracked)
+    # On the ways (``state.written``), only what changed: the tree and the index are
+    # the base's with those paths replaced.
+    entries = dict(tracked) if state.written is None else {}
     total = 0
     files = Files(str(git.worktree))
     blobs: list[Blob] = []
     for path in changed:
         entry = found.get(path)
         if entry is None:
-            del entries[path]
+            entries.pop(path, None)
             continue
         if entry.mode == SYMLINK and _is_dot_gitmodules(os.path.basename(path)):
             raise CommitRefused(
@@ -545,7 +577,14 @@ def commit_all(
     add_object(store, commit)
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
-    _write_index(git, entries, found, state.index, state.written, state.tree)
+    if state.written is None:
+        _write_index(git, entries, found, state.index)
+    elif not _write_spliced(git, entries, changed, state):
+        whole = {**tracked, **entries}
+        for path in changed:
+            if path not in entries:
+                whole.pop(path, None)
+        _write_index(git, whole, found, state.index, state.written, state.tree)
     return commit.id.decode(), [_text(p) for p in changed]
 
 
@@ -780,6 +819,8 @@ def _write_index(
     chunks = [b"DIRC" + struct.pack(">LL", 2, len(files))]
     for path, (mode, sha) in sorted(files.items()):
         entry = found.get(path)
+        if written is not None and entry is None:
+            entry = Found(mode, sha, None)  # off the ways: as the tree has it
         if entry is not None and entry.st is None and mode != GITLINK:
             raw = previous.kept_raw(path, mode, sha)
             if raw is not None:
@@ -823,12 +864,22 @@ def _write_index(
         packed += path
         chunks.append(packed + b"\0" * (8 - len(packed) % 8))
     if written is not None:
-        start = sum(map(len, chunks))
-        paths = b"\0".join(sorted(os.fsencode("/".join(parts)) for parts in written))
-        chunks.append(WRITTEN_EXTENSION + struct.pack(">L", len(paths)) + paths)
-        if base is not None:
-            chunks.append(BASE_EXTENSION + struct.pack(">L", len(base)) + base)
-            chunks.append(END_EXTENSION + struct.pack(">LL", 4, start))
+        chunks.extend(_claim(sum(map(len, chunks)), written, base))
+    _replace_index(git, chunks)
+
+
+def _claim(start: int, written: Iterable[tuple[str, ...]], base: ObjectID | None) -> list[bytes]:
+    """The extensions saying only ``written`` was written since the worktree held exactly
+    ``base``, for an index whose entries end at ``start``."""
+    paths = b"\0".join(sorted(os.fsencode("/".join(parts)) for parts in written))
+    chunks = [WRITTEN_EXTENSION + struct.pack(">L", len(paths)) + paths]
+    if base is not None:
+        chunks.append(BASE_EXTENSION + struct.pack(">L", len(base)) + base)
+        chunks.append(END_EXTENSION + struct.pack(">LL", 4, start))
+    return chunks
+
+
+def _replace_index(git: GitDir, chunks: list[bytes]) -> None:
     data = b"".join(chunks)
     data += hashlib.sha1(data, usedforsecurity=False).digest()
     out = GitFile(str(git.admin / "index"), "wb", fsync=False)
@@ -838,6 +889,78 @@ def _write_index(
         out.abort()
         raise
     out.close()
+
+
+def _write_spliced(
+    git: GitDir,
+    files: Mapping[bytes, tuple[int, ObjectID]],
+    changed: list[bytes],
+    state: _State,
+) -> bool:
+    """``_write_index`` after a look on the ways, in time that follows what changed: the
+    index read (the base's, as the broker wrote it) with the entries of the paths that
+    changed (``files``: those still there) and of the files looked at replaced, and any
+    entry whose stat data cannot vouch for its file written without it. ``False`` when
+    the index read cannot be copied so (the caller writes it whole)."""
+    previous = state.index.raw_entries()
+    if previous is None or len(previous.names) != len(state.tracked):
+        return False
+    replaced: dict[bytes, bytes | None] = dict.fromkeys(changed)
+    for path, (mode, sha) in files.items():
+        replaced[path] = _packed(path, mode, sha, state.found.get(path))
+    for path, entry in state.found.items():
+        known = state.tracked.get(path)
+        if path not in replaced and entry.st is not None and known == (entry.mode, entry.sha):
+            assert known is not None
+            replaced[path] = _packed(path, *known, entry)
+    for path in previous.unkept:
+        if path not in replaced and (kept := state.tracked.get(path)) is not None:
+            replaced[path] = _unknown(*kept, path) + _name(path)
+    names, raws = previous.names, previous.raws
+    chunks = [b""]
+    count, done = 0, 0
+    for path in sorted(replaced):
+        at = bisect.bisect_left(names, path, done)
+        chunks.extend(raws[done:at])
+        count += at - done
+        done = at + 1 if at < len(names) and names[at] == path else at
+        if (raw := replaced[path]) is not None:
+            chunks.append(raw)
+            count += 1
+    chunks.extend(raws[done:])
+    count += len(names) - done
+    chunks[0] = b"DIRC" + struct.pack(">LL", 2, count)
+    assert state.written is not None
+    chunks.extend(_claim(sum(map(len, chunks)), state.written, state.tree))
+    _replace_index(git, chunks)
+    return True
+
+
+def _packed(path: bytes, mode: int, sha: ObjectID, entry: Found | None) -> bytes:
+    """A new index entry as stored: with the stat data of the file looked at, when it
+    is the file committed."""
+    st = entry.st if entry is not None and entry.mode == mode and mode != GITLINK else None
+    if st is None:
+        return _unknown(mode, sha, path) + _name(path)
+    return _INDEX_ENTRY.pack(
+        int(st.st_ctime) & _U32,
+        st.st_ctime_ns % 1_000_000_000,
+        int(st.st_mtime) & _U32,
+        st.st_mtime_ns % 1_000_000_000,
+        st.st_dev & _U32,
+        st.st_ino & _U32,
+        mode,
+        st.st_uid & _U32,
+        st.st_gid & _U32,
+        st.st_size & _U32,
+        unhexlify(sha),
+        min(len(path), 0xFFF),
+    ) + _name(path)
+
+
+def _name(path: bytes) -> bytes:
+    """An entry's name and NUL padding, after its fixed part."""
+    return path + b"\0" * (8 - (_INDEX_ENTRY.size + len(path)) % 8)
 
 
 _INDEX_ENTRY = struct.Struct(">LLLLLLLLLL20sH")

@@ -16,7 +16,7 @@ import struct
 import threading
 from binascii import hexlify, unhexlify
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -56,12 +56,13 @@ class StatCache:
         # Read at the first use: a look at only the ways to what the file tools wrote,
         # and its commit, need no entry parsed (``kept_raw``).
         self._parsed: Mapping[bytes, IndexEntry] | None = None
-        self._raw: Mapping[bytes, bytes] | None = None
+        self._raw: RawIndex | None = None
+        self._raw_read = False
         self._written_ns = 0
         try:
             self._stat = os.stat(path)
         except OSError:
-            self._parsed, self._raw = {}, {}
+            self._parsed, self._raw_read = {}, True
             return
         self._written_ns = self._stat.st_mtime_ns
 
@@ -76,10 +77,8 @@ class StatCache:
         """``kept``'s entry as the index stores it (name and padding included), for a new
         index to copy as it is; ``None`` also when the index's entries cannot be copied
         so (not version 2, or with extended flags)."""
-        if self._raw is None:
-            assert self._stat is not None
-            self._raw = _raw_index(self._path, self._stat)
-        raw = self._raw.get(path)
+        entries = self.raw_entries()
+        raw = entries.by_path.get(path) if entries is not None else None
         if raw is None or raw[40:60] != unhexlify(sha):
             return None
         mtime_s, mtime_ns, _, _, entry_mode = _RAW_STAT.unpack_from(raw, 8)
@@ -87,6 +86,15 @@ class StatCache:
             return None
         written = mtime_s * 1_000_000_000 + mtime_ns
         return raw if 0 < written < self._written_ns else None
+
+    def raw_entries(self) -> RawIndex | None:
+        """The index's entries as stored (``RawIndex``), or ``None`` when they cannot
+        be copied so."""
+        if not self._raw_read:
+            assert self._stat is not None
+            self._raw = _raw_index(self._path, self._stat)
+            self._raw_read = True
+        return self._raw
 
     def kept(self, path: bytes, mode: int, sha: ObjectID) -> IndexEntry | None:
         """The index's entry for ``path`` when it records ``mode`` and ``sha`` and its
@@ -190,50 +198,80 @@ _EXTENDED = 0x4000
 _STAGE_MASK = 0x3000
 # mtime s/ns, dev, ino, mode: an index entry's fields from its eighth byte.
 _RAW_STAT = struct.Struct(">LLLLL")
-_RAW_INDEXES: _ByIdentity[Mapping[bytes, bytes]] = _ByIdentity()
 
 
-def _raw_index(path: Path, st: os.stat_result) -> Mapping[bytes, bytes]:
-    """The entries of a version 2 index as it stores them (name and padding included),
-    by path: for a new index to copy the entries of the files nobody touched without
-    parsing each; empty for an index whose entries cannot be copied so (another version,
-    extended or conflicted entries, a name of 4095 bytes or more) or cannot be read.
-    Kept by the file's identity, as ``_parsed_index`` keeps what it parses."""
+@dataclass(frozen=True)
+class RawIndex:
+    """A version 2 index's entries as stored (name and padding included): by path, and
+    in the index's order with their paths; ``unkept``, the paths whose stat data is not
+    older than the index (racily clean, it cannot vouch for their content)."""
+
+    by_path: Mapping[bytes, bytes]
+    names: list[bytes]
+    raws: list[bytes]
+    unkept: frozenset[bytes]
+
+
+_RAW_INDEXES: _ByIdentity[RawIndex] = _ByIdentity()
+_NO_RAW = RawIndex(MappingProxyType({}), [], [], frozenset())
+
+
+def _raw_index(path: Path, st: os.stat_result) -> RawIndex | None:
+    """The entries of a version 2 index as it stores them, for a new index to copy the
+    entries of the files nobody touched without parsing each; ``None`` for an index
+    whose entries cannot be copied so (another version, extended or conflicted entries,
+    a name of 4095 bytes or more) or that cannot be read. Kept by the file's identity,
+    as ``_parsed_index`` keeps what it parses."""
     key = _identity(path, st)
     known = _RAW_INDEXES.get(key)
     if known is not None:
-        return known
+        return known if known is not _NO_RAW else None
+    read = _read_raw(path, key)
+    _RAW_INDEXES.put(key, read if read is not None else _NO_RAW)
+    return read
+
+
+def _read_raw(path: Path, key: _Identity) -> RawIndex | None:
     try:
         with open(path, "rb") as file:
             data = file.read()
         if not _unchanged(path, key):
-            return {}  # replaced while it was read
+            return None  # replaced while it was read
     except OSError:
-        return {}
+        return None
     if len(data) < _HEADER.size + 20:
-        return {}
+        return None
     signature, version, count = _HEADER.unpack_from(data)
     body = data[:-20]
     if signature != b"DIRC" or version != 2:
-        return {}
+        return None
     if data[-20:] not in (hashlib.sha1(body, usedforsecurity=False).digest(), b"\0" * 20):
-        return {}
-    raw: dict[bytes, bytes] = {}
-    flags_at, offset = _ENTRY.size - 2, _HEADER.size
+        return None
+    written_ns = key[4]
+    names: list[bytes] = []
+    raws: list[bytes] = []
+    unkept: list[bytes] = []
+    flags_at, offset, size = _ENTRY.size - 2, _HEADER.size, _ENTRY.size
     unpack = struct.Struct(">H").unpack_from
+    mtime = struct.Struct(">LL").unpack_from
     for _ in range(count):
-        if offset + _ENTRY.size > len(body):
-            return {}
+        if offset + size > len(body):
+            return None
         (flags,) = unpack(body, offset + flags_at)
         length = flags & _NAME_MASK
         if flags & (_EXTENDED | _STAGE_MASK) or length == _NAME_MASK:
-            return {}
-        size = (_ENTRY.size + length + 8) & ~7
-        raw[body[offset + _ENTRY.size : offset + _ENTRY.size + length]] = body[
-            offset : offset + size
-        ]
-        offset += size
-    return _RAW_INDEXES.put(key, MappingProxyType(raw))
+            return None
+        end = (size + length + 8) & ~7
+        name = body[offset + size : offset + size + length]
+        names.append(name)
+        raws.append(body[offset : offset + end])
+        seconds, nanoseconds = mtime(body, offset + 8)
+        if seconds * 1_000_000_000 + nanoseconds >= written_ns:
+            unkept.append(name)
+        offset += end
+    return RawIndex(
+        MappingProxyType(dict(zip(names, raws, strict=True))), names, raws, frozenset(unkept)
+    )
 
 
 def read_index(data: bytes) -> dict[bytes, IndexEntry] | None:
@@ -414,6 +452,74 @@ def scan(
     return found
 
 
+# A directory's tracked entries, name -> (mode, id), by its path with a trailing slash
+# (the root: ``b""``); ``None`` for a path that is no directory of the tree.
+Listing = Callable[[bytes], Mapping[bytes, tuple[int, ObjectID]] | None]
+
+
+@dataclass(frozen=True)
+class WaysScan:
+    """What a look on the ways found (``scan_ways``): the files found on them (a
+    tracked file in one of their directories that no write went for, as the tree has
+    it, without stat data), and the tracked files gone."""
+
+    found: dict[bytes, Found]
+    deleted: list[bytes]
+
+
+class _TreeDirs:
+    """The tree's directories (paths with a trailing slash), asked one at a time."""
+
+    def __init__(self, listing: Listing) -> None:
+        self._listing = listing
+
+    def __contains__(self, directory: object) -> bool:
+        if not isinstance(directory, bytes) or not directory.endswith(b"/"):
+            return False
+        parent, _, name = directory[:-1].rpartition(b"/")
+        entries = self._listing(parent + b"/" if parent else b"")
+        entry = entries.get(name) if entries is not None else None
+        return entry is not None and stat.S_ISDIR(entry[0])
+
+
+def scan_ways(
+    worktree: Path,
+    common: Path,
+    tracked: Mapping[bytes, tuple[int, ObjectID]],
+    max_hash: int,
+    listing: Listing,
+    written: Iterable[tuple[str, ...]],
+) -> WaysScan:
+    """``scan`` with ``written``, in time that follows the ways rather than the tree:
+    only what the walk on the ways found is returned, with the tracked files gone
+    (directly in a directory it entered, or below a tracked directory there that is
+    not there any more); every other tracked file is as the tree has it. ``listing``
+    gives the tree's directories' entries."""
+    found: dict[bytes, Found] = {}
+    walk = _Walk(tracked, _TreeDirs(listing), found, max_hash, None, _ways(written))
+    fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        walk.directory(fd, "", _exclude(common).below("", fd), False, 0)
+    finally:
+        os.close(fd)
+    deleted: list[bytes] = []
+    for directory in walk.entered:
+        pending = [(directory, listing(directory))]
+        while pending:
+            prefix, entries = pending.pop()
+            for name, (mode, _) in (entries or {}).items():
+                path = prefix + name
+                if not stat.S_ISDIR(mode):
+                    if path not in found:
+                        deleted.append(path)
+                elif prefix != directory or (
+                    path + b"/" not in walk.entered and path + b"/" not in walk.passed
+                ):
+                    # Not there any more (or below such a directory): gone with its files.
+                    pending.append((path + b"/", listing(path + b"/")))
+    return WaysScan(found, deleted)
+
+
 def _ways(written: Iterable[tuple[str, ...]]) -> set[bytes]:
     """Every directory (with a trailing slash; the root as ``b""``) on the way to the
     written paths, and each written path itself taken as a directory."""
@@ -458,7 +564,7 @@ def _directories(paths: Iterable[bytes]) -> set[bytes]:
 @dataclass
 class _Walk:
     tracked: Mapping[bytes, tuple[int, ObjectID]]
-    tracked_dirs: set[bytes]
+    tracked_dirs: Container[bytes]
     found: dict[bytes, Found]
     max_hash: int
     cache: StatCache | None
