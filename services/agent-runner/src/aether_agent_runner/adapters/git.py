@@ -308,15 +308,23 @@ _entries_held = 0
 
 def _entries(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
     """The entries of directory ``tree`` (read-only, shared)."""
-    global _entries_held
     with _TREES_LOCK:
         known = _ENTRIES.get(tree)
         if known is not None:
             _ENTRIES.move_to_end(tree)
             return known
     found = store[tree]
-    assert isinstance(found, Tree)
+    if not isinstance(found, Tree):
+        raise GitDirError(f"{tree!r} is not a tree")
     entries = {name: (mode, ObjectID(sha)) for name, mode, sha in found.iteritems()}
+    _remember_entries(tree, entries)
+    return entries
+
+
+def _remember_entries(tree: ObjectID, entries: dict[bytes, tuple[int, ObjectID]]) -> None:
+    """Keep a directory's entries by its tree id (one read, or one just written: the next
+    task's base is often the tree this one's commit built)."""
+    global _entries_held
     with _TREES_LOCK:
         if tree not in _ENTRIES:
             _ENTRIES[tree] = entries
@@ -324,7 +332,6 @@ def _entries(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, O
             while _entries_held > _ENTRIES_KEPT and len(_ENTRIES) > 1:
                 _, dropped = _ENTRIES.popitem(last=False)
                 _entries_held -= len(dropped)
-    return entries
 
 
 # The listings of recently listed directories (``tree_listing``), by tree id and what
@@ -621,15 +628,11 @@ def changed_tree(
         tree_id = read.get(directory)
         if tree_id is None:
             return {}
-        tree = store[tree_id]
-        if not isinstance(tree, Tree):
-            raise GitDirError(f"{tree_id!r} is not a tree")
-        items: dict[bytes, tuple[int, ObjectID]] = {}
-        for item in tree.iteritems():
-            items[item.path] = (item.mode, item.sha)
-            child = directory + b"/" + item.path if directory else item.path
-            if stat.S_ISDIR(item.mode) and child in touched:
-                read[child] = item.sha
+        items = dict(_entries(store, tree_id))
+        prefix = directory + b"/" if directory else b""
+        for name, (mode, sha) in items.items():
+            if stat.S_ISDIR(mode) and prefix + name in touched:
+                read[prefix + name] = sha
         return items
 
     def build(directory: bytes) -> ObjectID | None:
@@ -648,6 +651,7 @@ def changed_tree(
         for name, (mode, sha) in items.items():
             tree.add(name, mode, sha)
         add_object(store, tree)
+        _remember_entries(tree.id, items)
         return tree.id
 
     built = build(b"")
