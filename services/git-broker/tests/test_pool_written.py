@@ -388,3 +388,26 @@ def test_a_trailer_pointing_anywhere_else_is_no_claim(tmp_path: Path, trailer: b
     (tmp_path / "index").write_bytes(good + hashlib.sha1(good, usedforsecurity=False).digest())
     claim = read_claim(str(tmp_path / "index"))
     assert claim is not None and claim.written == [b"ok.txt"] and claim.base == b"a" * 40
+
+
+def test_the_records_of_checkouts_are_bounded_and_go_with_the_pools(
+    project: Path, worktrees_dir: Path, tmp_path: Path
+) -> None:
+    records = checkout_module.Checkouts(max_entries=5)
+    written = checkout_module.Written([b"a", b"b", b"c"], [b"1", b"2", b"3"], 1, frozenset())
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        records.remember(str(tmp_path / name / "index"), ObjectID(b"a" * 40), written)
+    # Six entries in all are over the bound: the oldest record goes.
+    assert len(records) == 1
+    assert records.take(str(tmp_path / "one" / "index")) is None
+    taken = records.take(str(tmp_path / "two" / "index"))
+    assert taken is not None and taken.entry(b"b") == b"2" and taken.entry(b"d") is None
+    assert records.take(str(tmp_path / "two" / "index")) is None  # taken once
+
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    base = broker.prepare_repository(str(project), "main", INTEGRATION).base_sha
+    _one_task(broker, project, worktrees_dir, base)
+    assert len(broker._checkouts) == 1
+    assert broker.drop_idle_pools([]) != []
+    assert len(broker._checkouts) == 0

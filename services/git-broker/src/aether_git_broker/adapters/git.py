@@ -333,7 +333,10 @@ class GitRepositories:
             except RepositoryError:
                 return False
             pool = self._pool(repo)
-            return pool is not None and worktrees.drop_pool(pool)
+            dropped = pool is not None and worktrees.drop_pool(pool)
+            if dropped:
+                self._checkouts.clear()  # no record outlives an idle repository's pool
+            return dropped
 
     def drop_idle_pools(self, active_repositories: Iterable[str]) -> list[str]:
         """Delete the pools of every repository not in ``active_repositories``."""
@@ -352,6 +355,10 @@ class GitRepositories:
                 pool = os.path.join(root, name)
                 if pool not in keep and worktrees.drop_pool(pool):
                     dropped.append(pool)
+            if dropped:
+                # The records of the checkouts go with them (those of worktrees still in
+                # use are made again, at worst, by one whole check each).
+                self._checkouts.clear()
             return dropped
 
     def remove_worktree(self, repository_path: str, worktree_path: str) -> bool:
