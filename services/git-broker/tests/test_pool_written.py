@@ -5,9 +5,12 @@ commit and the broker's checkout together, as they run)."""
 
 from __future__ import annotations
 
+import array
 import hashlib
+import os
 import random
 import struct
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 from dulwich.objects import ObjectID
 
+from aether_agent_runner.adapters import scan as scan_module
 from aether_agent_runner.adapters.git import GitDir, commit_all, snapshot
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_git_broker.adapters import checkout as checkout_module
@@ -411,3 +415,45 @@ def test_the_records_of_checkouts_are_bounded_and_go_with_the_pools(
     assert len(broker._checkouts) == 1
     assert broker.drop_idle_pools([]) != []
     assert len(broker._checkouts) == 0
+
+
+def test_the_runner_copies_the_brokers_index_by_its_offsets_and_its_word_on_racy_entries(
+    project: Path, worktrees_dir: Path, git: Git, tmp_path: Path
+) -> None:
+    """The broker's index ends with where each entry begins and which paths were just
+    written: the runner's commit copies it without walking it entry by entry, and an
+    entry the broker names whose stat data is not older than the index is not copied
+    with it (a file changed in the same instant could hold other bytes)."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    broker.prepare_repository(str(project), "main", INTEGRATION)
+    ws = _workspace(broker, project, worktrees_dir, "t1")
+    index_path = Path(ws.git_dir) / "index"
+    st = index_path.stat()
+    read = scan_module._raw_index(index_path, st)
+    assert read is not None and isinstance(read.starts, array.array)  # told, not walked
+    listed = sorted(git(Path(ws.worktree_path), "ls-files").split())
+    assert sorted(read.by_path) == [p.encode() for p in listed]
+
+    # An index the broker writes with a file whose time is ahead of the index's.
+    ahead = tmp_path / "ahead.txt"
+    ahead.write_text("x\n")
+    future = time.time_ns() + 60_000_000_000
+    os.utime(ahead, ns=(future, future))
+    sha = ObjectID(b"a" * 40)
+    forged = tmp_path / "index"
+    checkout_module.write_index(
+        str(forged), [(b"ahead.txt", 0o100644, sha, ahead.stat()), (b"b.txt", 0o100644, sha, None)]
+    )
+    told = scan_module._raw_index(forged, forged.stat())
+    assert told is not None and told.unkept == {b"ahead.txt"}
+    assert told.name(1) == b"b.txt" and told.sound(1)
+
+    # The runner's commit on the ways, from the broker's index: git reads it as true.
+    tools = Workspace(Path(ws.worktree_path))
+    tools.write_file("lib/new.py", "new = 1\n")
+    records = GitDir.linked(Path(ws.worktree_path), Path(ws.git_dir), ws.branch)
+    sha_done, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
+    assert sha_done is not None
+    path = Path(ws.worktree_path)
+    assert git(path, "--no-optional-locks", "status", "--porcelain", "-uall") == ""
+    assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""

@@ -13,7 +13,6 @@ can rewrite, is never read. No git configuration is read at all.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import os
@@ -37,6 +36,7 @@ from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 from aether_agent_runner.adapters.safefs import Refused, write_all
 from aether_agent_runner.adapters.safefs import Tree as Files
 from aether_agent_runner.adapters.scan import (
+    END_EXTENSION,
     GITLINK,
     SYMLINK,
     Found,
@@ -907,7 +907,7 @@ def _write_spliced(
     entry whose stat data cannot vouch for its file written without it. ``False`` when
     the index read cannot be copied so (the caller writes it whole)."""
     previous = state.index.raw_entries()
-    if previous is None or len(previous.names) != len(state.tracked):
+    if previous is None or len(previous) != len(state.tracked):
         return False
     replaced: dict[bytes, bytes | None] = dict.fromkeys(changed)
     for path, (mode, sha) in files.items():
@@ -920,19 +920,24 @@ def _write_spliced(
     for path in previous.unkept:
         if path not in replaced and (kept := state.tracked.get(path)) is not None:
             replaced[path] = _unknown(*kept, path) + _name(path)
-    names, raws = previous.names, previous.raws
+    starts, data = previous.starts, previous.data
     chunks = [b""]
     count, done = 0, 0
     for path in sorted(replaced):
-        at = bisect.bisect_left(names, path, done)
-        chunks.extend(raws[done:at])
+        at = previous.find(path, done)
+        chunks.append(data[starts[done] : starts[at]])
         count += at - done
-        done = at + 1 if at < len(names) and names[at] == path else at
+        if at < len(previous) and previous.name(at) == path:
+            if not previous.sound(at):
+                return False
+            done = at + 1
+        else:
+            done = at
         if (raw := replaced[path]) is not None:
             chunks.append(raw)
             count += 1
-    chunks.extend(raws[done:])
-    count += len(names) - done
+    chunks.append(data[starts[done] : starts[-1]])
+    count += len(previous) - done
     chunks[0] = b"DIRC" + struct.pack(">LL", 2, count)
     assert state.written is not None
     chunks.extend(_claim(sum(map(len, chunks)), state.written, state.tree))
@@ -978,7 +983,6 @@ WRITTEN_EXTENSION = b"AETW"
 # last the offset in the file of ``WRITTEN_EXTENSION``'s signature (4 bytes, big-endian):
 # a fixed-size trailer the broker finds at the end without reading the entries.
 BASE_EXTENSION = b"AETB"
-END_EXTENSION = b"AETZ"
 
 
 def _unknown(mode: int, sha: ObjectID, path: bytes) -> bytes:

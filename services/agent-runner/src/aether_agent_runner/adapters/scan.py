@@ -9,14 +9,17 @@ always counts.
 
 from __future__ import annotations
 
+import array
+import bisect
 import hashlib
 import os
 import stat
 import struct
+import sys
 import threading
 from binascii import hexlify, unhexlify
 from collections import OrderedDict
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -150,6 +153,10 @@ class _ByIdentity(Generic[_Read]):
         self._items: OrderedDict[_Identity, _Read] = OrderedDict()
         self._kept = kept
 
+    def has(self, key: _Identity) -> bool:
+        with _INDEXES_LOCK:
+            return key in self._items
+
     def get(self, key: _Identity) -> _Read | None:
         with _INDEXES_LOCK:
             known = self._items.get(key)
@@ -200,20 +207,65 @@ _STAGE_MASK = 0x3000
 _RAW_STAT = struct.Struct(">LLLLL")
 
 
-@dataclass(frozen=True)
 class RawIndex:
-    """A version 2 index's entries as stored (name and padding included): by path, and
-    in the index's order with their paths; ``unkept``, the paths whose stat data is not
-    older than the index (racily clean, it cannot vouch for their content)."""
+    """A version 2 index's entries as stored (name and padding included), by position
+    (in the index's order, which is its paths' order) and, built when first asked for,
+    by path; ``unkept``, the paths whose stat data is not older than the index (racily
+    clean: it cannot vouch for their content)."""
 
-    by_path: Mapping[bytes, bytes]
-    names: list[bytes]
-    raws: list[bytes]
-    unkept: frozenset[bytes]
+    def __init__(self, data: bytes, starts: Sequence[int], unkept: frozenset[bytes]) -> None:
+        self.data = data
+        # Where each entry begins, and where the last one ends.
+        self.starts = starts
+        self.unkept = unkept
+        self._by_path: Mapping[bytes, bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def name(self, at: int) -> bytes:
+        start = self.starts[at]
+        (flags,) = _FLAGS.unpack_from(self.data, start + _ENTRY.size - 2)
+        return self.data[start + _ENTRY.size : start + _ENTRY.size + (flags & _NAME_MASK)]
+
+    def raw(self, at: int) -> bytes:
+        return self.data[self.starts[at] : self.starts[at + 1]]
+
+    def find(self, path: bytes, lo: int = 0) -> int:
+        """Where ``path`` is, or would be, among the entries (from ``lo`` on)."""
+        return bisect.bisect_left(range(len(self)), path, lo, key=self.name)
+
+    def sound(self, at: int) -> bool:
+        """Whether the entry at ``at`` is one the index's layout says it is (its name's
+        length, no extended or conflicted flags, its size to the next one)."""
+        start, end = self.starts[at], self.starts[at + 1]
+        if not _HEADER.size <= start < end <= len(self.data):
+            return False
+        (flags,) = _FLAGS.unpack_from(self.data, start + _ENTRY.size - 2)
+        length = flags & _NAME_MASK
+        return (
+            not flags & (_EXTENDED | _STAGE_MASK)
+            and length != _NAME_MASK
+            and end - start == (_ENTRY.size + length + 8) & ~7
+        )
+
+    @property
+    def by_path(self) -> Mapping[bytes, bytes]:
+        if self._by_path is None:
+            self._by_path = MappingProxyType({self.name(i): self.raw(i) for i in range(len(self))})
+        return self._by_path
 
 
-_RAW_INDEXES: _ByIdentity[RawIndex] = _ByIdentity()
-_NO_RAW = RawIndex(MappingProxyType({}), [], [], frozenset())
+_FLAGS = struct.Struct(">H")
+# The broker's index ends with where each entry begins (``OFFSETS_EXTENSION``: the count,
+# then count + 1 offsets, 4 bytes each, big-endian; then the paths, NUL-separated, of the
+# entries written just before the index, whose stat data may not be older than it),
+# followed by a fixed-size trailer giving where that extension begins
+# (``END_EXTENSION``), so an index of thousands of entries is not walked entry by entry.
+OFFSETS_EXTENSION = b"AETO"
+END_EXTENSION = b"AETZ"
+_TRAILER = struct.Struct(">4sLL")
+_RAW_INDEXES: _ByIdentity[RawIndex | None] = _ByIdentity()
 
 
 def _raw_index(path: Path, st: os.stat_result) -> RawIndex | None:
@@ -224,11 +276,9 @@ def _raw_index(path: Path, st: os.stat_result) -> RawIndex | None:
     as ``_parsed_index`` keeps what it parses."""
     key = _identity(path, st)
     known = _RAW_INDEXES.get(key)
-    if known is not None:
-        return known if known is not _NO_RAW else None
-    read = _read_raw(path, key)
-    _RAW_INDEXES.put(key, read if read is not None else _NO_RAW)
-    return read
+    if known is not None or _RAW_INDEXES.has(key):
+        return known
+    return _RAW_INDEXES.put(key, _read_raw(path, key))
 
 
 def _read_raw(path: Path, key: _Identity) -> RawIndex | None:
@@ -248,30 +298,72 @@ def _read_raw(path: Path, key: _Identity) -> RawIndex | None:
     if data[-20:] not in (hashlib.sha1(body, usedforsecurity=False).digest(), b"\0" * 20):
         return None
     written_ns = key[4]
-    names: list[bytes] = []
-    raws: list[bytes] = []
-    unkept: list[bytes] = []
-    flags_at, offset, size = _ENTRY.size - 2, _HEADER.size, _ENTRY.size
-    unpack = struct.Struct(">H").unpack_from
-    mtime = struct.Struct(">LL").unpack_from
+    told = _told_starts(body, count)
+    if told is not None:
+        starts, recent = told
+        index = RawIndex(body, starts, frozenset())
+        unkept = []
+        for name in recent:
+            at = index.find(name)
+            if at == len(index) or not index.sound(at) or index.name(at) != name:
+                return None
+            if _entry_mtime_ns(body, starts[at]) >= written_ns:
+                unkept.append(name)
+        index.unkept = frozenset(unkept)
+        return index
+    walked: list[int] = []
+    unkept = []
+    offset, size = _HEADER.size, _ENTRY.size
     for _ in range(count):
         if offset + size > len(body):
             return None
-        (flags,) = unpack(body, offset + flags_at)
+        (flags,) = _FLAGS.unpack_from(body, offset + size - 2)
         length = flags & _NAME_MASK
         if flags & (_EXTENDED | _STAGE_MASK) or length == _NAME_MASK:
             return None
-        end = (size + length + 8) & ~7
-        name = body[offset + size : offset + size + length]
-        names.append(name)
-        raws.append(body[offset : offset + end])
-        seconds, nanoseconds = mtime(body, offset + 8)
-        if seconds * 1_000_000_000 + nanoseconds >= written_ns:
-            unkept.append(name)
-        offset += end
-    return RawIndex(
-        MappingProxyType(dict(zip(names, raws, strict=True))), names, raws, frozenset(unkept)
-    )
+        walked.append(offset)
+        if _entry_mtime_ns(body, offset) >= written_ns:
+            unkept.append(body[offset + size : offset + size + length])
+        offset += (size + length + 8) & ~7
+    walked.append(offset)
+    return RawIndex(body, walked, frozenset(unkept))
+
+
+def _entry_mtime_ns(data: bytes, start: int) -> int:
+    seconds, nanoseconds = _MTIME.unpack_from(data, start + 8)
+    return int(seconds * 1_000_000_000 + nanoseconds)
+
+
+_MTIME = struct.Struct(">LL")
+
+
+def _told_starts(body: bytes, count: int) -> tuple[Sequence[int], list[bytes]] | None:
+    """The entries' offsets and the recently written paths the index's own trailer
+    gives (``OFFSETS_EXTENSION``), or ``None`` without one (or one that does not fit)."""
+    end = len(body) - _TRAILER.size
+    if end < _HEADER.size:
+        return None
+    signature, size, start = _TRAILER.unpack_from(body, end)
+    if signature != END_EXTENSION or size != 4 or not _HEADER.size <= start <= end - 12:
+        return None
+    signature, length = struct.unpack_from(">4sL", body, start)
+    told = body[start + 8 : start + 8 + length]
+    if signature != OFFSETS_EXTENSION or start + 8 + length != end or len(told) < 4:
+        return None
+    (listed,) = struct.unpack_from(">L", told)
+    table = 4 + 4 * (listed + 1)
+    if listed != count or len(told) < table:
+        return None
+    starts = array.array("I")
+    if starts.itemsize != 4:
+        return None
+    starts.frombytes(told[4:table])
+    if sys.byteorder == "little":
+        starts.byteswap()
+    if starts[0] != _HEADER.size or starts[-1] != start:
+        return None
+    recent = told[table:].split(b"\0") if len(told) > table else []
+    return starts, recent
 
 
 def read_index(data: bytes) -> dict[bytes, IndexEntry] | None:

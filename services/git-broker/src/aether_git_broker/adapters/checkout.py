@@ -16,15 +16,19 @@ refused: a commit made by an agent is not trusted to stay inside its directory.
 
 from __future__ import annotations
 
+import array
 import bisect
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import shutil
 import stat
 import struct
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -226,14 +230,43 @@ def write_index(path: str, entries: list[tuple[bytes, int, ObjectID, Stat]]) -> 
     entries = sorted(entries, key=lambda e: e[0])
     names = [name for name, _, _, _ in entries]
     raws = [pack_entry(*entry) for entry in entries]
-    mtime_ns = write_raw_index(path, raws)
+    since = time.time_ns() - RECENT_NS
+    recent = [
+        e[0] for e in entries if isinstance(e[3], os.stat_result) and stat_mtime_ns(e[3]) >= since
+    ]
+    mtime_ns = write_raw_index(path, raws, recent)
     racy = frozenset(e[0] for e in entries if stat_mtime_ns(e[3]) >= mtime_ns)
     return Written(names, raws, mtime_ns, racy)
 
 
-def write_raw_index(path: str, raws: list[bytes]) -> int:
-    """Write a version 2 index of entries as stored, in order; returns its mtime (ns)."""
-    data = b"DIRC" + struct.pack(">LL", 2, len(raws)) + b"".join(raws)
+# How long before an index is written a file's stat data is taken as possibly not older
+# than the index's own time (the file system's clock is coarser than ``time_ns``, by a
+# few milliseconds at most).
+RECENT_NS = 1_000_000_000
+
+
+def write_raw_index(path: str, raws: list[bytes], recent: Iterable[bytes] = ()) -> int:
+    """Write a version 2 index of entries as stored, in order; returns its mtime (ns).
+
+    It ends with where each entry begins and the paths whose stat data may not be older
+    than the index (``recent``: those taken in the last ``RECENT_NS``), in
+    ``OFFSETS_EXTENSION`` and a fixed-size trailer (``END_EXTENSION``), which git skips:
+    the agent runner copies the entries of the files nobody touched without walking the
+    index entry by entry."""
+    header = b"DIRC" + struct.pack(">LL", 2, len(raws))
+    starts = array.array("I", itertools.accumulate(map(len, raws), initial=len(header)))
+    if sys.byteorder == "little":
+        starts.byteswap()
+    told = struct.pack(">L", len(raws)) + starts.tobytes() + b"\0".join(recent)
+    end = len(header) + sum(map(len, raws))
+    data = b"".join(
+        [
+            header,
+            *raws,
+            OFFSETS_EXTENSION + struct.pack(">L", len(told)) + told,
+            _TRAILER.pack(END_EXTENSION, 4, end),
+        ]
+    )
     data += hashlib.sha1(data, usedforsecurity=False).digest()
     temporary = path + ".lock"
     with open(temporary, "wb") as file:
@@ -279,6 +312,8 @@ WRITTEN_EXTENSION = b"AETW"
 BASE_EXTENSION = b"AETB"
 END_EXTENSION = b"AETZ"
 _TRAILER = struct.Struct(">4sLL")
+# The broker's own index ends with where each entry begins (``write_raw_index``).
+OFFSETS_EXTENSION = b"AETO"
 _SHA1_HEX = re.compile(rb"[0-9a-f]{40}")
 
 

@@ -24,6 +24,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from dulwich.objects import ObjectID
 from dulwich.repo import Repo
 
 from aether_git_broker.adapters.checkout import (
+    RECENT_NS,
     Checkout,
     Checkouts,
     FileEntry,
@@ -318,7 +320,9 @@ def _spliced(
             fresh[path] = st
     new_names.extend(names[done:])
     new_raws.extend(raws[done:])
-    mtime_ns = write_raw_index(index_path, new_raws)
+    since = time.time_ns() - RECENT_NS
+    recent = [path for path, st in fresh.items() if stat_mtime_ns(st) >= since]
+    mtime_ns = write_raw_index(index_path, new_raws, recent)
     racy = (index.racy - entries.keys()) | {
         path for path, st in fresh.items() if stat_mtime_ns(st) >= mtime_ns
     }
