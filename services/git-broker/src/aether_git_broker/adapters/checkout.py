@@ -157,7 +157,7 @@ def list_tree(trees: Trees, tree_id: ObjectID) -> tuple[list[bytes], list[FileEn
     return directories, files
 
 
-def _index_mode(mode: int) -> int:
+def index_mode(mode: int) -> int:
     if stat.S_ISREG(mode):
         return 0o100755 if mode & 0o100 else 0o100644
     return mode
@@ -193,7 +193,7 @@ def pack_entry(name: bytes, mode: int, sha: ObjectID, st: Stat) -> bytes:
         fields, uid, gid, size = [0, 0, 0, 0, 0, 0], 0, 0, 0
     entry = _ENTRY.pack(
         *fields,
-        _index_mode(mode),
+        index_mode(mode),
         uid,
         gid,
         size,
@@ -563,7 +563,7 @@ def _trusted_clean(old: IndexEntry, index_mtime_ns: int) -> bool:
     return mtime_ns != 0 and mtime_ns < index_mtime_ns
 
 
-def _clean(old: IndexEntry, st: os.stat_result, mode: int, index_mtime_ns: int) -> bool:
+def is_clean(old: IndexEntry, st: os.stat_result, mode: int, index_mtime_ns: int) -> bool:
     """Whether a file on disk is still what the index says, by its stat data alone.
 
     A file changed in the same instant the index was written cannot be told apart that
@@ -666,7 +666,7 @@ def checkout(
             if (
                 entry is not None
                 and kept.sha == entry.sha
-                and _index_mode(kept.mode) == _index_mode(entry.mode)
+                and index_mode(kept.mode) == index_mode(entry.mode)
                 and _trusted_clean(kept, index_mtime)
             ):
                 index.append((path, entry.mode, entry.sha, kept.stat))
@@ -681,8 +681,8 @@ def checkout(
                 entry is not None
                 and was is not None
                 and was.sha == entry.sha
-                and _index_mode(was.mode) == _index_mode(entry.mode)
-                and _clean(was, st, entry.mode, index_mtime)
+                and index_mode(was.mode) == index_mode(entry.mode)
+                and is_clean(was, st, entry.mode, index_mtime)
             ):
                 index.append((path, entry.mode, entry.sha, st))
                 del wanted[path]

@@ -41,6 +41,8 @@ from aether_git_broker.adapters.checkout import (
     Written,
     checked_entries,
     entry_fields,
+    index_mode,
+    is_clean,
     pack_entry,
     read_claim,
     stat_mtime_ns,
@@ -50,7 +52,6 @@ from aether_git_broker.adapters.checkout import (
 from aether_git_broker.adapters.treemerge import Entry, Trees
 
 _GITLINK = 0o160000
-_SYMLINK = 0o120000
 
 
 class _Unusual(Exception):
@@ -113,33 +114,6 @@ def _at(trees: Trees, tree: ObjectID, path: bytes) -> Entry | None:
 
 def _is_dir(entry: Entry | None) -> bool:
     return entry is not None and stat.S_ISDIR(entry[0])
-
-
-def _same_mode(a: int, b: int) -> bool:
-    if stat.S_ISREG(a) and stat.S_ISREG(b):
-        return bool(a & 0o100) == bool(b & 0o100)
-    return a == b
-
-
-def _clean(raw: bytes, st: os.stat_result, mode: int, index_mtime_ns: int) -> bool:
-    """Whether a file found on disk is still what its remembered entry says, by its
-    stat data (a file modified in the instant the index was written is not)."""
-    if st.st_mtime_ns >= index_mtime_ns:
-        return False
-    if mode == _SYMLINK:
-        if not stat.S_ISLNK(st.st_mode):
-            return False
-    elif not stat.S_ISREG(st.st_mode) or bool(st.st_mode & 0o100) != bool(mode & 0o100):
-        return False
-    was = entry_fields(raw).stat
-    return (
-        int(st.st_ctime) & 0xFFFFFFFF,
-        st.st_ctime_ns % 1_000_000_000,
-        int(st.st_mtime) & 0xFFFFFFFF,
-        st.st_mtime_ns % 1_000_000_000,
-        st.st_ino & 0xFFFFFFFF,
-        st.st_size & 0xFFFFFFFF,
-    ) == (was[0], was[1], was[2], was[3], was[5], was[8])
 
 
 @dataclass
@@ -217,7 +191,7 @@ def _plan(
                 new is not None
                 and raw is not None
                 and _same(raw, new)
-                and _clean(raw, st, new[0], memo.index.mtime_ns)
+                and is_clean(entry_fields(raw), st, new[0], memo.index.mtime_ns)
             ):
                 plan.entries[path] = (new[0], new[1], st)
                 continue
@@ -247,7 +221,7 @@ def _plan(
 def _same(raw: bytes, entry: Entry) -> bool:
     """Whether a remembered index entry records this mode and object."""
     was = entry_fields(raw)
-    return was.sha == entry[1] and _same_mode(was.mode, entry[0])
+    return was.sha == entry[1] and index_mode(was.mode) == index_mode(entry[0])
 
 
 def _file_of(raw: bytes | None) -> Entry | None:
