@@ -184,6 +184,32 @@ def test_a_warm_up_does_not_replace_the_worktrees_tasks_take_while_it_runs(
     assert len(_pooled(worktrees_dir)) == 1
 
 
+def test_a_warm_up_stops_once_the_first_task_takes_a_workspace(
+    repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan that comes at once (the offline model's) has its first tasks check out
+    what the pool lacks: the warm-up finishes the worktree it is making and stops,
+    rather than take the cores from them for worktrees the pool would then not keep."""
+    broker, base = _prepared(repo, worktrees_dir, 3)
+    original = checkout_module.checkout
+    gate = threading.Event()
+    warmed: list[str] = []
+
+    def gated(*args: object, **kwargs: object) -> int:
+        if str(args[3]).endswith(".warming"):
+            warmed.append(str(args[3]))
+            assert gate.wait(30)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worktrees_module, "checkout", gated)
+    assert broker.prewarm(str(repo), base, count=3)
+    _workspace(broker, repo, worktrees_dir, "t1")  # the first task, while it warms
+    gate.set()
+    broker.close()  # waits for the warm-up
+    assert len(warmed) == 1
+    assert len(_pooled(worktrees_dir)) == 1
+
+
 def test_a_warm_up_runs_at_the_lowest_priority(
     repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -87,6 +87,8 @@ class GitRepositories:
         self._open_handles: OrderedDict[str, Handle] = OrderedDict()
         self._lock = threading.RLock()
         self._warming: dict[str, threading.Thread] = {}
+        # Set when a pool's first task takes a workspace: its warm-up stops (see prewarm).
+        self._warm_stops: dict[str, threading.Event] = {}
         # The checkouts made into worktrees, for reusing one by what changed since.
         self._checkouts = Checkouts()
 
@@ -216,6 +218,7 @@ class GitRepositories:
             if not add_branch(repo, task_ref, head):
                 head = repo.refs[task_ref]
             os.makedirs(os.path.dirname(worktree_path), exist_ok=True)
+            self._tasks_began(repo)
             created = worktrees.add_worktree(
                 repo,
                 handle.trees,
@@ -233,6 +236,16 @@ class GitRepositories:
                 conflicted_files=tuple(conflicted),
                 git_dir=worktrees.admin_dir(repo, worktree_path),
             )
+
+    def _tasks_began(self, repo: Repo) -> None:
+        """A task takes a workspace: the pool's warm-up makes no more worktrees. What
+        the first tasks lacked they have checked out by now, and those come back to the
+        pool when they end; more would only share the cores with the tasks (a plan that
+        comes at once, as the offline model's does) and be removed, the pool full."""
+        pool = self._pool(repo)
+        stop = self._warm_stops.pop(pool, None) if pool is not None else None
+        if stop is not None:
+            stop.set()
 
     def _pool(self, repo: Repo) -> str | None:
         if self._worktrees_dir is None:
@@ -273,7 +286,8 @@ class GitRepositories:
     def prewarm(self, repository_path: str, commit_sha: str, count: int) -> bool:
         """Start filling the repository's pool with worktrees of ``commit_sha`` in the
         background (while the mission is planned), so its first tasks do not each write
-        every file. Returns whether a warm-up started."""
+        every file; it stops when the first task takes a workspace. Returns whether a
+        warm-up started."""
         with self._lock:
             repo = self._open(repository_path).repo
             pool = self._pool(repo)
@@ -284,9 +298,10 @@ class GitRepositories:
             if running is not None and running.is_alive():
                 return False
             tree = handle.commit(ObjectID(commit_sha.encode())).tree
+            stop = self._warm_stops[pool] = threading.Event()
             thread = threading.Thread(
                 target=self._warm,
-                args=(handle.path, tree, pool, min(count, self._pool_capacity)),
+                args=(handle.path, tree, pool, min(count, self._pool_capacity), stop),
                 name="git-broker-warm-pool",
                 daemon=True,
             )
@@ -294,14 +309,16 @@ class GitRepositories:
             thread.start()
             return True
 
-    def _warm(self, repository_path: str, tree: ObjectID, pool: str, count: int) -> None:
+    def _warm(
+        self, repository_path: str, tree: ObjectID, pool: str, count: int, stop: threading.Event
+    ) -> None:
         # Work that is only ahead of time yields the cores to the mission's own: on a
         # project of thousands of files each worktree is seconds of writing, and a plan
         # that comes quickly has the first tasks waiting on the same cores.
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
-            made = worktrees.warm_pool(repository_path, tree, pool, count)
+            made = worktrees.warm_pool(repository_path, tree, pool, count, stop)
         except Exception:  # a background helper: log, never crash the broker
             log.exception("warming the worktree pool failed", extra={"pool": pool})
             return

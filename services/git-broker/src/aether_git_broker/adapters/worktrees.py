@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 from dataclasses import dataclass
 
 from dulwich.objects import ObjectID
@@ -300,7 +301,13 @@ def _pooled_count(pool: str) -> int:
     return sum(1 for n in os.listdir(pool) if not n.endswith((_INDEX, _ADMIN)))
 
 
-def warm_pool(repository_path: str, tree: ObjectID, pool: str, count: int) -> int:
+def warm_pool(
+    repository_path: str,
+    tree: ObjectID,
+    pool: str,
+    count: int,
+    stop: threading.Event | None = None,
+) -> int:
     """Check ``tree`` out into the pool until it holds ``count`` worktrees; returns how
     many were made. Meant for a background thread while a mission is being planned: it
     opens its own repository, builds each one under a name the pool ignores and renames
@@ -309,13 +316,16 @@ def warm_pool(repository_path: str, tree: ObjectID, pool: str, count: int) -> in
     It makes at most what the pool lacked when it began: a worktree the mission's tasks
     take meanwhile comes back to the pool when its task ends, and one made to replace
     it would only find the pool full then and be removed (on a repository of thousands
-    of files, a whole checkout and a whole removal a task, beside the mission's work)."""
+    of files, a whole checkout and a whole removal a task, beside the mission's work).
+    ``stop``, once set, ends it before its next worktree."""
     made = 0
     with Repo(repository_path) as repo:
         trees = Trees(repo.object_store)
         os.makedirs(pool, exist_ok=True)
         lacking = count - _pooled_count(pool)
         while made < lacking and _pooled_count(pool) < count:
+            if stop is not None and stop.is_set():
+                break
             name = os.path.join(pool, f"warm-{os.urandom(4).hex()}")
             building = name + _WARMING
             os.makedirs(building)
