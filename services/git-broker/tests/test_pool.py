@@ -192,17 +192,19 @@ def test_a_warm_up_stops_once_the_first_task_takes_a_workspace(
     rather than take the cores from them for worktrees the pool would then not keep."""
     broker, base = _prepared(repo, worktrees_dir, 3)
     original = checkout_module.checkout
-    gate = threading.Event()
+    gate, making = threading.Event(), threading.Event()
     warmed: list[str] = []
 
     def gated(*args: object, **kwargs: object) -> int:
         if str(args[3]).endswith(".warming"):
             warmed.append(str(args[3]))
+            making.set()
             assert gate.wait(30)
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(worktrees_module, "checkout", gated)
     assert broker.prewarm(str(repo), base, count=3)
+    assert making.wait(30)
     _workspace(broker, repo, worktrees_dir, "t1")  # the first task, while it warms
     gate.set()
     broker.close()  # waits for the warm-up
