@@ -816,7 +816,7 @@ def _write_index(
     one ``StatCache`` cannot read, and every file is then read and compared with the tree
     (what resume trusts is the branch and the journal).
 
-    Packed here in one pass (version 2, no extensions), not entry by entry through
+    Packed here in one pass (version 2, none of git's extensions), not entry by entry through
     dulwich's ``IndexEntry`` objects and writer, which cost more than the scan of a
     small worktree."""
     pack = _INDEX_ENTRY.pack
@@ -847,26 +847,9 @@ def _write_index(
                 )
             else:
                 packed = _unknown(mode, sha, path)
-        elif entry is not None and entry.st is not None and mode != GITLINK and entry.mode == mode:
-            st = entry.st
-            packed = pack(
-                int(st.st_ctime) & _U32,
-                st.st_ctime_ns % 1_000_000_000,
-                int(st.st_mtime) & _U32,
-                st.st_mtime_ns % 1_000_000_000,
-                st.st_dev & _U32,
-                st.st_ino & _U32,
-                mode,
-                st.st_uid & _U32,
-                st.st_gid & _U32,
-                st.st_size & _U32,
-                unhexlify(sha),
-                min(len(path), 0xFFF),
-            )
+            chunks.append(packed + _name(path))
         else:
-            packed = _unknown(mode, sha, path)
-        packed += path
-        chunks.append(packed + b"\0" * (8 - len(packed) % 8))
+            chunks.append(_packed(path, mode, sha, entry))
     if written is not None:
         chunks.extend(_claim(sum(map(len, chunks)), written, base))
     _replace_index(git, chunks)
