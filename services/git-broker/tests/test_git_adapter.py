@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from dulwich.file import FileLocked
 
 from aether_git_broker.adapters import merge as merge_module
 from aether_git_broker.adapters.git import GitRepositories, RefMoved, RepositoryError
@@ -413,3 +414,37 @@ def test_a_reported_commit_that_is_not_one_is_a_conflict_not_a_crash(
     assert outcome.kind == "conflict"
     assert outcome.detail
     assert git(repo, "rev-parse", INTEGRATION) == prepared
+
+
+def test_deleting_a_task_branch_takes_its_empty_directory_and_a_packed_copy(
+    broker: GitRepositories, repo: Path, git: Callable[..., str]
+) -> None:
+    git(repo, "branch", "packed", "main")
+    git(repo, "pack-refs", "--all")
+    git(repo, "branch", "-f", "packed", "main")  # loose again, over its packed copy
+    git(repo, "branch", "aether-tasks/m1/t1/a1", "main")
+    git(repo, "branch", "aether-tasks/m1/t2/a1", "main")
+    git(repo, "branch", "aether-tasks/m1/t2/a2", "main")
+    heads = repo / ".git" / "refs" / "heads"
+
+    assert broker.delete_branch(str(repo), "aether-tasks/m1/t1/a1")
+    assert broker.delete_branch(str(repo), "aether-tasks/m1/t2/a1")
+    assert broker.delete_branch(str(repo), "packed")
+    assert not broker.delete_branch(str(repo), "aether-tasks/m1/t1/a1")  # gone already
+
+    listed = git(repo, "branch", "--list", "--format=%(refname:short)").split()
+    assert listed == ["aether-tasks/m1/t2/a2", "main"]
+    assert not (heads / "aether-tasks" / "m1" / "t1").exists()  # left empty: removed
+    assert (heads / "aether-tasks" / "m1" / "t2").is_dir()  # another attempt's is there
+    assert not list((repo / ".git").rglob("*.lock"))
+
+
+def test_a_branch_whose_lock_is_held_is_not_deleted(
+    broker: GitRepositories, repo: Path, git: Callable[..., str]
+) -> None:
+    git(repo, "branch", "aether-tasks/m1/t1/a1", "main")
+    lock = repo / ".git" / "refs" / "heads" / "aether-tasks" / "m1" / "t1" / "a1.lock"
+    lock.write_text("")
+    with pytest.raises(FileLocked):
+        broker.delete_branch(str(repo), "aether-tasks/m1/t1/a1")
+    assert "aether-tasks/m1/t1/a1" in git(repo, "branch", "--list")

@@ -30,7 +30,7 @@ from aether_git_broker.adapters import locks, worktrees
 from aether_git_broker.adapters.checkout import Checkouts
 from aether_git_broker.adapters.history import Commits, merge_bases
 from aether_git_broker.adapters.merge import merge_task
-from aether_git_broker.adapters.refs import add_branch
+from aether_git_broker.adapters.refs import add_branch, remove_branch
 from aether_git_broker.adapters.repository import (
     DEFAULT_IDENTITY,
     SHA,
@@ -413,10 +413,7 @@ class GitRepositories:
                 repo = self._open(repository_path).repo
             except RepositoryError:
                 return False
-            ref = branch_ref(branch)
-            if ref not in repo.refs:
-                return False
-            return bool(repo.refs.remove_if_equals(ref, None))
+            return remove_branch(repo, branch_ref(branch))
 
     def delete_branches(self, repository_path: str, prefix: str) -> list[str]:
         """Delete every branch whose name starts with ``prefix`` (a ``…/`` namespace)."""

@@ -15,6 +15,7 @@ ref) goes through dulwich.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from dulwich.file import FileLocked
@@ -125,4 +126,39 @@ def add_branch(repo: Repo, ref: Ref, sha: ObjectID) -> bool:
         if os.path.exists(lock):
             os.unlink(lock)
         raise
+    return True
+
+
+def remove_branch(repo: Repo, ref: Ref) -> bool:
+    """Delete ``ref`` if it exists (``False`` when it does not), as git does: under
+    ``<ref>.lock``, the loose ref unlinked, its directory removed when that leaves it
+    empty. dulwich's ``remove_if_equals`` also reads the packed refs twice and tries
+    every parent directory up to ``refs``; a branch the broker made is loose, so only a
+    packed one (or a symbolic one) goes through dulwich. ``FileLocked`` when the lock
+    is held."""
+    common = repo.commondir()
+    path = os.path.join(common, os.fsdecode(ref))
+    current = _read(path)
+    if current is None or current.startswith(b"ref: "):
+        if ref not in repo.refs:
+            return False
+        return bool(repo.refs.remove_if_equals(ref, None))
+    lock = path + ".lock"
+    try:
+        fd = os.open(lock, _CREATE, 0o644)
+    except FileExistsError:
+        raise FileLocked(path, lock) from None
+    os.close(fd)
+    try:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        if ref in repo.refs.get_packed_refs():
+            repo.refs.remove_if_equals(ref, None)  # a packed copy too: git would remove it
+    finally:
+        os.unlink(lock)
+    if ref.count(b"/") > 2:  # a branch in a namespace of its own (never refs/heads)
+        with contextlib.suppress(OSError):  # not empty: another attempt's branch is there
+            os.rmdir(os.path.dirname(path))
     return True
