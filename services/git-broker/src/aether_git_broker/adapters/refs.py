@@ -133,13 +133,14 @@ def remove_branch(repo: Repo, ref: Ref) -> bool:
     """Delete ``ref`` if it exists (``False`` when it does not), as git does: under
     ``<ref>.lock``, the loose ref unlinked, its directory removed when that leaves it
     empty. dulwich's ``remove_if_equals`` also reads the packed refs twice and tries
-    every parent directory up to ``refs``; a branch the broker made is loose, so only a
-    packed one (or a symbolic one) goes through dulwich. ``FileLocked`` when the lock
-    is held."""
+    every parent directory up to ``refs``; a branch the broker made is loose, so only one
+    the packed refs name too (or a symbolic one) goes through dulwich. ``FileLocked``
+    when the lock is held."""
     common = repo.commondir()
     path = os.path.join(common, os.fsdecode(ref))
     current = _read(path)
-    if current is None or current.startswith(b"ref: "):
+    packed = _read(os.path.join(common, "packed-refs"))
+    if current is None or current.startswith(b"ref: ") or (packed and b" " + ref in packed):
         if ref not in repo.refs:
             return False
         return bool(repo.refs.remove_if_equals(ref, None))
@@ -154,8 +155,6 @@ def remove_branch(repo: Repo, ref: Ref) -> bool:
             os.unlink(path)
         except FileNotFoundError:
             return False
-        if ref in repo.refs.get_packed_refs():
-            repo.refs.remove_if_equals(ref, None)  # a packed copy too: git would remove it
     finally:
         os.unlink(lock)
     if ref.count(b"/") > 2:  # a branch in a namespace of its own (never refs/heads)
