@@ -118,6 +118,8 @@ def _is_dir(entry: Entry | None) -> bool:
 
 @dataclass
 class _Plan:
+    """What the reuse does, decided before it does any of it."""
+
     unlink: list[bytes] = field(default_factory=list)
     rmtree: list[bytes] = field(default_factory=list)
     mkdir: list[bytes] = field(default_factory=list)
@@ -129,6 +131,8 @@ class _Plan:
 def _plan(
     trees: Trees, memo: Checkout, written: list[bytes], tree_id: ObjectID, root: bytes
 ) -> _Plan:
+    """What makes ``root``, the checkout ``memo`` but on the ways to ``written``, hold
+    exactly ``tree_id``; ``_Unusual`` when that is left to the whole checkout."""
     base = memo.tree
     diff = _diff(trees, base, tree_id)
     targets = set(written)
