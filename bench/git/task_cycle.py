@@ -8,8 +8,8 @@ to the pool. Twice, interleaved task by task, each on a repository and pool of i
 
 - ``ways``: as a first delivery where only the file tools wrote (the map read from the
   tree; the finish check and the commit look only on the ways to what they wrote; the
-  commit's index names those paths, and the broker's next checkout of that worktree
-  looks only there too);
+  commit's index names those paths and the tree they were written on, and the broker's
+  next checkout of that worktree looks only at what changed since its own checkout);
 - ``whole``: the same with every directory walked (the map too), as after a command or
   a resume: the baseline, measured in the same run.
 
