@@ -230,12 +230,16 @@ def write_index(path: str, entries: list[tuple[bytes, int, ObjectID, Stat]]) -> 
     entries = sorted(entries, key=lambda e: e[0])
     names = [name for name, _, _, _ in entries]
     raws = [pack_entry(*entry) for entry in entries]
+    # Only stat data taken now can be racily clean: what is kept from an earlier index
+    # was older than that index (``_trusted_clean``), so the racy are among the recent.
     since = time.time_ns() - RECENT_NS
     recent = [
-        e[0] for e in entries if isinstance(e[3], os.stat_result) and stat_mtime_ns(e[3]) >= since
+        (name, st.st_mtime_ns)
+        for name, _, _, st in entries
+        if isinstance(st, os.stat_result) and st.st_mtime_ns >= since
     ]
-    mtime_ns = write_raw_index(path, raws, recent)
-    racy = frozenset(e[0] for e in entries if stat_mtime_ns(e[3]) >= mtime_ns)
+    mtime_ns = write_raw_index(path, raws, [name for name, _ in recent])
+    racy = frozenset(name for name, mtime in recent if mtime >= mtime_ns)
     return Written(names, raws, mtime_ns, racy)
 
 
