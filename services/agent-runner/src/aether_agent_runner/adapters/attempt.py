@@ -451,8 +451,11 @@ class Attempts:
         scanned = None
         if looked is not None and looked[1] == toolbox.calls and runtime.name == BUILTIN:
             scanned = looked[0]
+        # Confined, nothing of the agent outlives its command (the sandbox ends every
+        # process a command started), and the toolbox is closed: the worktree is what
+        # the commit's scan finds, until the broker takes it back.
         result, kind = await asyncio.to_thread(
-            self._commit, ready, git, outcome, commit_limits, scanned
+            self._commit, ready, git, outcome, commit_limits, scanned, confined
         )
         metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
@@ -465,10 +468,11 @@ class Attempts:
         outcome: Outcome,
         limits: CommitLimits,
         scanned: Snapshot | None = None,
+        settled: bool = False,
     ) -> tuple[Event, str]:
         message = decide.commit_message(ready, outcome.summary, outcome.usage)
         try:
-            sha, changed = commit_all(git, message, limits, scanned)
+            sha, changed = commit_all(git, message, limits, scanned, settled)
         except CommitRefused as error:
             refused = decide.commit_refused(ready, self.clock(), str(error))
             log.warning("commit refused", extra={"reason": refused.reason})

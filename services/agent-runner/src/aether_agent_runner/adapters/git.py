@@ -39,10 +39,12 @@ from aether_agent_runner.adapters.scan import (
     END_EXTENSION,
     GITLINK,
     SYMLINK,
+    Extras,
     Found,
     StatCache,
     TooDeep,
     changes,
+    directories,
     read_entry,
     scan,
     scan_ways,
@@ -417,6 +419,8 @@ class _State:
     # (``scan``'s ``written``), when the scan looked only on the ways to them: ``found``
     # then holds what it found there, and every other tracked file is as the tree has it.
     written: frozenset[tuple[str, ...]] | None = None
+    # What a whole scan passed by that no commit holds (``written`` is then ``None``).
+    extras: Extras | None = None
 
 
 def _state(
@@ -427,8 +431,9 @@ def _state(
     tracked = _files_of(store, tree)
     index = StatCache(git.admin / "index")
     if written is None:
-        found = scan(git.worktree, git.common, tracked, max_hash, index)
-        return _State(store, tree, tracked, found, changes(tracked, found), index)
+        extras = Extras()
+        found = scan(git.worktree, git.common, tracked, max_hash, index, extras=extras)
+        return _State(store, tree, tracked, found, changes(tracked, found), index, None, extras)
     ways = frozenset(written)
     look = scan_ways(
         git.worktree, git.common, tracked, max_hash, _directories_of(store, tree), ways
@@ -513,6 +518,7 @@ def commit_all(
     message: str,
     limits: CommitLimits | None = None,
     scanned: Snapshot | None = None,
+    settled: bool = False,
 ) -> tuple[str | None, list[str]]:
     """Commit every change of the worktree on the task branch; ``(None, [])`` when nothing
     changed. Raises ``CommitRefused`` (nothing written to the branch) when the change is
@@ -521,7 +527,12 @@ def commit_all(
     ``scanned``: the caller's ``snapshot`` of the worktree, taken with nothing written to
     it since, so the changes are the ones it found (a worktree of thousands of files is
     scanned once rather than twice); ignored unless taken against the branch's head
-    with these limits. Each changed file is still read when committed, by descriptor."""
+    with these limits. Each changed file is still read when committed, by descriptor.
+
+    ``settled``: nothing of the agent runs any more, nor ran since the scan (its
+    commands' processes are gone), so after a scan of every file the worktree is known
+    whole: the commit's tree and what the scan passed by (``Extras``), which the index
+    then says (``_write_index``'s ``extras``)."""
     limits = limits or CommitLimits()
     refs = git.refs()
     head = refs[git.ref]
@@ -585,7 +596,8 @@ def commit_all(
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
     if state.written is None:
-        _write_index(git, entries, found, state.index)
+        extras = _extras_claim(state.extras, entries) if settled else None
+        _write_index(git, entries, found, state.index, base=tree, extras=extras)
     elif not _write_spliced(git, entries, changed, state):
         whole = {**tracked, **entries}
         for path in changed:
@@ -593,6 +605,36 @@ def commit_all(
                 whole.pop(path, None)
         _write_index(git, whole, found, state.index, state.written, state.tree)
     return commit.id.decode(), [_text(p) for p in changed]
+
+
+# A worktree whose extras are more than this many paths is not claimed whole: the broker
+# checks it file by file as before (a claim is read whole, and kept in the index).
+MAX_EXTRAS = 10_000
+
+
+def _extras_claim(
+    extras: Extras | None, files: Mapping[bytes, tuple[int, ObjectID]]
+) -> list[bytes] | None:
+    """What a worktree holds besides the tree of ``files``, after a whole scan that
+    found ``extras``: the outermost of its directories that the tree does not have (made
+    by a command, holding nothing committed: empty, or with only extras in them), and
+    the extras in the tree's directories; ``None`` when the scan could not look at
+    everything, or there are too many."""
+    if extras is None or not extras.sure:
+        return None
+    tree_dirs = {b"", *directories(files)}
+    out: list[bytes] = []
+    for directory in extras.entered:
+        if directory and directory not in tree_dirs and _parent(directory[:-1]) in tree_dirs:
+            out.append(directory[:-1])
+    out.extend(path for path in extras.paths if _parent(path) in tree_dirs)
+    return sorted(out) if len(out) <= MAX_EXTRAS else None
+
+
+def _parent(path: bytes) -> bytes:
+    """The directory ``path`` is in, with a trailing slash (the root: ``b""``)."""
+    end = path.rfind(b"/")
+    return path[: end + 1] if end >= 0 else b""
 
 
 def changed_tree(
@@ -795,6 +837,7 @@ def _write_index(
     previous: StatCache,
     written: Iterable[tuple[str, ...]] | None = None,
     base: ObjectID | None = None,
+    extras: list[bytes] | None = None,
 ) -> None:
     """The worktree's index for the tree of ``files``, with the stat data of the files
     that match it (so ``git status`` in the worktree trusts them without reading them);
@@ -810,6 +853,13 @@ def _write_index(
     ``END_EXTENSION`` gives where the first of them begins: the broker, which remembers
     the checkout it made of that tree, reads them from the end of the file without
     reading one entry.
+
+    ``extras`` (without ``written``): the worktree holds exactly ``files``, the tree
+    ``base``, and besides them only these paths (files, or directories with what is in
+    them), none of which a commit holds (``_extras_claim``). Said the same way, with
+    ``EXTRAS_EXTENSION`` in place of ``WRITTEN_EXTENSION``: the broker removes them and
+    then reuses the worktree by what differs between ``base`` and the next tree, without
+    looking at the other files, whose stat data this index has fresh from the scan.
 
     Written beside and renamed over, but not synced to disk: the index is a cache of stat
     data, never the record of anything. An index a machine crash leaves empty or torn is
@@ -852,6 +902,10 @@ def _write_index(
             chunks.append(_packed(path, mode, sha, entry))
     if written is not None:
         chunks.extend(_claim(sum(map(len, chunks)), written, base))
+    elif extras is not None and base is not None:
+        paths = b"\0".join(extras)
+        chunks.append(EXTRAS_EXTENSION + struct.pack(">L", len(paths)) + paths)
+        chunks.extend(_base(sum(map(len, chunks[:-1])), base))
     _replace_index(git, chunks)
 
 
@@ -861,9 +915,17 @@ def _claim(start: int, written: Iterable[tuple[str, ...]], base: ObjectID | None
     paths = b"\0".join(sorted(os.fsencode("/".join(parts)) for parts in written))
     chunks = [WRITTEN_EXTENSION + struct.pack(">L", len(paths)) + paths]
     if base is not None:
-        chunks.append(BASE_EXTENSION + struct.pack(">L", len(base)) + base)
-        chunks.append(END_EXTENSION + struct.pack(">LL", 4, start))
+        chunks.extend(_base(start, base))
     return chunks
+
+
+def _base(start: int, base: ObjectID) -> list[bytes]:
+    """The base tree's extension and the trailer giving where the claim, at ``start``,
+    begins."""
+    return [
+        BASE_EXTENSION + struct.pack(">L", len(base)) + base,
+        END_EXTENSION + struct.pack(">LL", 4, start),
+    ]
 
 
 def _replace_index(git: GitDir, chunks: list[bytes]) -> None:
@@ -966,6 +1028,10 @@ WRITTEN_EXTENSION = b"AETW"
 # last the offset in the file of ``WRITTEN_EXTENSION``'s signature (4 bytes, big-endian):
 # a fixed-size trailer the broker finds at the end without reading the entries.
 BASE_EXTENSION = b"AETB"
+# In its place, after a scan of every file with nothing of the agent running: the paths
+# the worktree holds besides the tree (``_write_index``'s ``extras``), separated by NUL
+# bytes, followed by the same two.
+EXTRAS_EXTENSION = b"AETX"
 
 
 def _unknown(mode: int, sha: ObjectID, path: bytes) -> bytes:

@@ -510,6 +510,21 @@ def _exclude(common: Path) -> _Ignores:
     return _Ignores([("", IgnoreFilter(list(read_ignore_patterns(_Lines(data)))))])  # type: ignore[arg-type]
 
 
+@dataclass
+class Extras:
+    """What a whole walk (``scan`` without ``written``) passed by that no commit holds:
+    ``paths``, root-relative, of the ignored files and directories (a directory not
+    entered), the nested ``.git`` files and directories and the special files (FIFOs,
+    sockets, devices); ``entered``, every directory it entered (with a trailing slash;
+    the root as ``b""``). ``sure`` is false when something could not be looked at (a
+    file gone between its listing and its stat, a directory that could not be opened):
+    the worktree is then not known whole."""
+
+    paths: list[bytes] = field(default_factory=list)
+    entered: list[bytes] = field(default_factory=list)
+    sure: bool = True
+
+
 def scan(
     worktree: Path,
     common: Path,
@@ -517,6 +532,7 @@ def scan(
     max_hash: int,
     cache: StatCache | None = None,
     written: Iterable[tuple[str, ...]] | None = None,
+    extras: Extras | None = None,
 ) -> dict[bytes, Found]:
     """Every file of ``worktree`` that git would consider: tracked paths (hashed when
     at most ``max_hash`` bytes, unless ``cache`` knows them by their stat data) and
@@ -529,13 +545,16 @@ def scan(
     found as the tree has them, without stat data, as is every tracked file no write
     went for. Every directory that is not the tree's was made by those writes and is
     walked whole, and so is each directory on a written path's way, where a write cut
-    short may have left its temporary file."""
-    tracked_dirs = _directories(tracked)
+    short may have left its temporary file.
+
+    ``extras``: filled, on a whole walk, with what it passed by that no commit holds."""
+    tracked_dirs = directories(tracked)
     found: dict[bytes, Found] = {}
     ways = _ways(written) if written is not None else None
     fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         walk = _Walk(tracked, tracked_dirs, found, max_hash, cache, ways)
+        walk.extras = extras if ways is None else None
         walk.directory(fd, "", _exclude(common).below("", fd), False, 0)
     finally:
         os.close(fd)
@@ -641,7 +660,7 @@ def _untouched(
             found[path] = Found(mode, sha, None)
 
 
-def _directories(paths: Iterable[bytes]) -> set[bytes]:
+def directories(paths: Iterable[bytes]) -> set[bytes]:
     """Every directory above ``paths``, each as its path with a trailing slash."""
     found: set[bytes] = set()
     for path in paths:
@@ -665,6 +684,8 @@ class _Walk:
     # The directories entered, and the tree's directories passed by (``ways`` given).
     entered: set[bytes] = field(default_factory=set)
     passed: set[bytes] = field(default_factory=set)
+    # What a whole walk passed by that no commit holds, when asked (``Extras``).
+    extras: Extras | None = None
 
     def directory(
         self, fd: int, prefix: str, ignores: _Ignores, ignored_dir: bool, depth: int
@@ -676,11 +697,17 @@ class _Walk:
             )
         if self.ways is not None:
             self.entered.add(os.fsencode(prefix))
+        extras = self.extras
+        if extras is not None:
+            extras.entered.append(os.fsencode(prefix))
         for name in sorted(os.listdir(fd)):
-            if is_git_name(name):
-                continue
             path = prefix + name
             key = os.fsencode(path)
+            if is_git_name(name):
+                # The worktree's own ``.git`` file stays; any other is an extra.
+                if extras is not None and path != ".git":
+                    extras.paths.append(key)
+                continue
             known = self.tracked.get(key)
             if (
                 self.ways is not None
@@ -694,6 +721,8 @@ class _Walk:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
+                if extras is not None:
+                    extras.sure = False
                 continue
             if known is not None and known[0] == GITLINK:
                 self.found[key] = Found(GITLINK, known[1], st)
@@ -706,10 +735,14 @@ class _Walk:
                         continue
                 skip = ignored_dir or ignores.ignored(path, True)
                 if skip and key + b"/" not in self.tracked_dirs:
+                    if extras is not None:
+                        extras.paths.append(key)
                     continue
                 try:
                     child = open_dir(fd, name)
                 except (OSError, Raced):
+                    if extras is not None:
+                        extras.sure = False
                     continue
                 try:
                     inner = ignores.below(path + "/", child) if not skip else ignores
@@ -719,10 +752,15 @@ class _Walk:
                 continue
             mode = git_mode(st)
             if mode is None:
-                continue  # a FIFO, socket or device: git records none of them
+                # A FIFO, socket or device: git records none of them.
+                if extras is not None:
+                    extras.paths.append(key)
+                continue
             if known is None:
                 if not (ignored_dir or ignores.ignored(path, False)):
                     self.found[key] = Found(mode, None, st)
+                elif extras is not None:
+                    extras.paths.append(key)
                 continue
             self.found[key] = Found(mode, self._sha(fd, name, path, key, st, mode), st)
 

@@ -316,6 +316,13 @@ WRITTEN_EXTENSION = b"AETW"
 BASE_EXTENSION = b"AETB"
 END_EXTENSION = b"AETZ"
 _TRAILER = struct.Struct(">4sLL")
+# In place of ``WRITTEN_EXTENSION``, after the runner scanned every file with nothing
+# of the agent running: the worktree holds exactly the index's entries, the tree
+# ``BASE_EXTENSION`` names, and besides them only these paths (files, or directories
+# with what is in them), none of which a commit holds: ignored files, nested ``.git``
+# directories, special files, directories a command made that hold nothing committed
+# (``aether_agent_runner.adapters.git.EXTRAS_EXTENSION``; NUL-separated, root-relative).
+EXTRAS_EXTENSION = b"AETX"
 # The broker's own index ends with where each entry begins (``write_raw_index``).
 OFFSETS_EXTENSION = b"AETO"
 _SHA1_HEX = re.compile(rb"[0-9a-f]{40}")
@@ -324,10 +331,14 @@ _SHA1_HEX = re.compile(rb"[0-9a-f]{40}")
 @dataclass(frozen=True)
 class Claim:
     """What the agent runner's index says of its worktree: it held exactly ``base``
-    (the broker's checkout), and since then only the paths ``written`` were written."""
+    (the broker's checkout), and since then only the paths ``written`` were written; or,
+    with ``extras``, that it holds exactly ``base`` with the index's entries (``index``,
+    as written) and besides them only the paths ``extras``."""
 
     written: list[bytes]
     base: ObjectID
+    extras: list[bytes] | None = None
+    index: Written | None = None
 
 
 def read_claim(path: str) -> Claim | None:
@@ -336,6 +347,7 @@ def read_claim(path: str) -> Claim | None:
     try:
         with open(path, "rb") as file:
             data = file.read()
+            mtime_ns = os.fstat(file.fileno()).st_mtime_ns
     except OSError:
         return None
     end = len(data) - 20 - _TRAILER.size
@@ -355,12 +367,62 @@ def read_claim(path: str) -> Claim | None:
         found[signature] = data[offset + 8 : offset + 8 + size]
         offset += 8 + size
     body, base = found.get(WRITTEN_EXTENSION), found.get(BASE_EXTENSION)
-    if offset != end or body is None or base is None or not _SHA1_HEX.fullmatch(base):
+    extras = found.get(EXTRAS_EXTENSION)
+    if offset != end or (body is None) == (extras is None):
         return None
-    written = body.split(b"\0") if body else []
-    if any(path.startswith(b"/") or unsafe_paths([path]) for path in written):
+    if base is None or not _SHA1_HEX.fullmatch(base):
         return None
-    return Claim(written, ObjectID(base))
+    paths = (body if body is not None else extras or b"").split(b"\0")
+    if paths == [b""]:
+        paths = []
+    if body is not None:
+        if any(path.startswith(b"/") or unsafe_paths([path]) for path in paths):
+            return None
+        return Claim(paths, ObjectID(base))
+    # An extra may be a nested ``.git``: only one that would lead out, or the worktree's
+    # own, is refused here (the reuse takes only extras in the base tree's directories).
+    index = _as_written(data, start, mtime_ns)
+    if index is None or any(_leads_out(path) or path == b".git" for path in paths):
+        return None
+    return Claim([], ObjectID(base), paths, index)
+
+
+def _as_written(data: bytes, end: int, mtime_ns: int) -> Written | None:
+    """The entries of a version 2 index (``data``, its entries ending at ``end``,
+    modified at ``mtime_ns``) as stored, or ``None``: an entry with flags a checkout's
+    index does not have, names out of order or leading out of the worktree."""
+    (count,) = struct.unpack_from(">L", data, 8)
+    names: list[bytes] = []
+    raws: list[bytes] = []
+    racy: list[bytes] = []
+    offset = 12
+    mtime_s, mtime_rest = divmod(mtime_ns, 1_000_000_000)
+    flags_of = struct.Struct(">H").unpack_from
+    times = struct.Struct(">LL").unpack_from
+    try:
+        for _ in range(count):
+            (flags,) = flags_of(data, offset + 60)
+            if flags & 0x7000:  # a merge stage, or extended flags
+                return None
+            length = flags & 0xFFF
+            if length == 0xFFF:
+                length = data.index(b"\0", offset + 62) - offset - 62
+            size = 62 + length
+            size += 8 - size % 8
+            name = data[offset + 62 : offset + 62 + length]
+            if names and name <= names[-1]:
+                return None
+            seconds, nanoseconds = times(data, offset + 8)
+            if (seconds, nanoseconds) >= (mtime_s, mtime_rest):
+                racy.append(name)
+            names.append(name)
+            raws.append(data[offset : offset + size])
+            offset += size
+    except (struct.error, ValueError):
+        return None
+    if offset != end or any(_leads_out(name) for name in racy):
+        return None
+    return Written(names, raws, mtime_ns, frozenset(racy))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Reusing a pooled worktree only the agent runner's file tools wrote to, in time that
-follows what changed rather than the size of the project.
+"""Reusing a pooled worktree in time that follows what changed rather than the size of
+the project: one only the agent runner's file tools wrote to, or one the runner scanned
+whole after the agent's commands ended.
 
 The broker remembers the last checkout it made into each worktree (``Checkouts``: the
 tree and the index as written). The runner's index says, at its end, that the worktree
@@ -15,6 +16,15 @@ a directory removed or made by the agent off those ways, a path on them gone mis
 is left to the whole checkout (``checkout.checkout``), which looks at every file; so is
 a worktree the broker has no record of (after a restart), or a claim about another tree.
 The decision is taken before anything is changed.
+
+Where a command ran, the runner scans every file before it commits, with nothing of the
+agent running any more (a confined command's processes end with it). Its index then
+holds every file with fresh stat data, and says what the worktree holds besides the
+commit's tree: ignored files and directories, nested ``.git`` directories, special
+files, directories a command made that hold nothing committed. The broker removes those
+(falling back if one will not go) and takes the runner's index, read entry by entry,
+in place of its own record: the rest is as above, with no path written, so the scan is
+not made a second time by the broker.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dulwich.objects import ObjectID
@@ -120,6 +130,8 @@ def _is_dir(entry: Entry | None) -> bool:
 class _Plan:
     """What the reuse does, decided before it does any of it."""
 
+    # What the worktree holds besides the tree, removed first (files or directories).
+    extras: list[bytes] = field(default_factory=list)
     unlink: list[bytes] = field(default_factory=list)
     rmtree: list[bytes] = field(default_factory=list)
     mkdir: list[bytes] = field(default_factory=list)
@@ -129,11 +141,24 @@ class _Plan:
 
 
 def _plan(
-    trees: Trees, memo: Checkout, written: list[bytes], tree_id: ObjectID, root: bytes
+    trees: Trees,
+    memo: Checkout,
+    written: list[bytes],
+    tree_id: ObjectID,
+    root: bytes,
+    extras: Sequence[bytes] = (),
 ) -> _Plan:
-    """What makes ``root``, the checkout ``memo`` but on the ways to ``written``, hold
-    exactly ``tree_id``; ``_Unusual`` when that is left to the whole checkout."""
+    """What makes ``root``, the checkout ``memo`` but on the ways to ``written`` and
+    with ``extras`` besides, hold exactly ``tree_id``; ``_Unusual`` when that is left to
+    the whole checkout."""
     base = memo.tree
+    for extra in extras:
+        # Beside the tree's files, in its directories: removed by name, nothing of the
+        # tree's on their way.
+        parent = extra.rpartition(b"/")[0]
+        if _at(trees, base, extra) is not None or not _is_dir(_at(trees, base, parent)):
+            raise _Unusual(f"an extra at {extra!r} is not beside the tree")
+    extra_set = set(extras)
     diff = _diff(trees, base, tree_id)
     targets = set(written)
     ways: set[bytes] = set()
@@ -167,6 +192,8 @@ def _plan(
                 if not way and name == b".git":
                     continue
                 on_disk.add(name)
+                if not way and name in extra_set:
+                    continue  # removed before anything is written
                 path = way + b"/" + name if way else name
                 if item.is_dir(follow_symlinks=False):
                     seen_dirs.add(path)
@@ -183,7 +210,7 @@ def _plan(
                 if name not in on_disk and (stat.S_ISDIR(mode) or path not in targets):
                     raise _Unusual(f"{path!r} is gone without a write naming it")
 
-    plan = _Plan()
+    plan = _Plan(extras=list(extras))
     for path in diff.files.keys() | present.keys() | targets | memo.index.racy:
         raw = memo.entry(path)
         new = diff.files[path][1] if path in diff.files else _file_of(raw)
@@ -246,19 +273,31 @@ def reuse_on_the_ways(
     """Make ``directory`` (a pooled worktree whose index is at ``index_path``) hold
     exactly ``tree_id`` by looking only where it can differ, and write its index; the
     number of files written, or ``None`` when it is left to the whole checkout (nothing
-    changed then)."""
+    changed then, but for extras removed before one of them would not go).
+
+    The runner's claim is of one of two kinds: only its file tools wrote since the
+    broker's last checkout into this worktree (which the broker remembers), or, after it
+    scanned every file with nothing of the agent running, the worktree holds exactly its
+    index's entries and the extras it names (``checkout.EXTRAS_EXTENSION``): these are
+    removed first, and then what differs between the two trees is all there is to do."""
     if repo.object_format.name != "sha1":
         raise UnsupportedRepository(f"{repo.path} names its objects by {repo.object_format.name}")
     memo = checkouts.take(index_path)
-    if memo is None:
-        return None
     claim = read_claim(index_path)
-    if claim is None or claim.base != memo.tree:
+    if claim is None:
+        return None
+    if claim.index is not None:
+        # After a scan of every file: the runner's index, not the broker's last checkout,
+        # says what the worktree holds.
+        memo = Checkout(claim.base, claim.index)
+    elif memo is None or claim.base != memo.tree:
         return None
     root = os.fsencode(directory)
     try:
-        plan = _plan(trees, memo, claim.written, tree_id, root)
-    except _Unusual:
+        plan = _plan(trees, memo, claim.written, tree_id, root, claim.extras or [])
+    except (_Unusual, KeyError, ValueError):
+        return None  # a base this repository does not have is a claim not believed
+    if not _removed(root, plan.extras):
         return None
     for path in plan.unlink:
         with contextlib.suppress(FileNotFoundError):
@@ -272,6 +311,24 @@ def reuse_on_the_ways(
     written = _spliced(memo.index, plan.entries, index_path)
     checkouts.remember(index_path, tree_id, written)
     return len(plan.write)
+
+
+def _removed(root: bytes, extras: list[bytes]) -> bool:
+    """Remove ``extras`` (directories with all they hold); whether they are gone."""
+    for extra in extras:
+        path = root + b"/" + extra
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if os.path.lexists(path):
+            return False
+    return True
 
 
 def _spliced(
