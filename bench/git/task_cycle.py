@@ -4,14 +4,18 @@ Builds a repository of ``--files`` files over nested directories and runs ``--ta
 chained tasks through the git broker's and the agent runner's adapters: a workspace
 from the pool at the integration head, the opening message's repository map, one file
 written by the file tools, the finish check, the commit, the merge, the worktree back
-to the pool. Twice, interleaved task by task, each on a repository and pool of its own:
+to the pool. Three times, interleaved task by task, each on a repository and pool of its
+own:
 
 - ``ways``: as a first delivery where only the file tools wrote (the map read from the
   tree; the finish check and the commit look only on the ways to what they wrote; the
   commit's index names those paths and the tree they were written on, and the broker's
   next checkout of that worktree looks only at what changed since its own checkout);
-- ``whole``: the same with every directory walked (the map too), as after a command or
-  a resume: the baseline, measured in the same run.
+- ``command``: as after a confined command, every directory walked (the map too) by the
+  runner, whose index then says what the worktree holds besides the commit's tree, so
+  that the broker's next checkout does not walk it again;
+- ``whole``: every directory walked by the runner and again by the broker, as after an
+  unconfined command or a resume: the baseline, measured in the same run.
 
     uv run python bench/git/task_cycle.py [--files 2000] [--tasks 30]
 
@@ -64,7 +68,7 @@ class Project:
         self.git = GitRepositories(worktrees_dir=str(self.worktrees), pool_capacity=4)
         self.base = self.git.prepare_repository(str(self.repo), "main", INTEGRATION).base_sha
 
-    def task(self, number: int, ways: bool) -> list[float]:
+    def task(self, number: int, mode: str) -> list[float]:
         """One task's steps, each timed (seconds)."""
         times = [time.perf_counter()]
         ws = self.git.prepare_workspace(
@@ -75,6 +79,7 @@ class Project:
         )
         times.append(time.perf_counter())
         records = GitDir.linked(Path(ws.worktree_path), Path(ws.git_dir), ws.branch)
+        ways = mode == "ways"
         if ways:
             tree_listing(records, ws.base_sha, MAX_MAP_ENTRIES, SKIPPED_DIRECTORIES)
         else:
@@ -84,7 +89,8 @@ class Project:
         tools.write_file(f"bench/t{number}.txt", f"t{number}\n")
         looked = snapshot(records, written=frozenset(tools.touched) if ways else None)
         times.append(time.perf_counter())
-        sha, _ = commit_all(records, f"t{number}\n", CommitLimits(), looked)
+        settled = mode == "command"
+        sha, _ = commit_all(records, f"t{number}\n", CommitLimits(), looked, settled)
         assert sha is not None
         times.append(time.perf_counter())
         merged = self.git.merge(
@@ -108,14 +114,16 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--tasks", type=int, default=30)
     args = parser.parse_args()
+    modes = ("ways", "command", "whole")
     with tempfile.TemporaryDirectory(prefix="aether-task-cycle-") as work:
-        projects = {mode: Project(Path(work) / mode, args.files) for mode in ("ways", "whole")}
+        projects = {mode: Project(Path(work) / mode, args.files) for mode in modes}
         timed: dict[str, list[list[float]]] = {mode: [] for mode in projects}
         for number in range(1, args.tasks + 1):
             for mode, project in projects.items():
-                timed[mode].append(project.task(number, ways=mode == "ways"))
+                timed[mode].append(project.task(number, mode))
         print(f"bench/git/task_cycle: {args.files} files, {args.tasks} chained tasks")
-        print(f"  {'step (median ms)':22s} {'ways':>8s} {'whole':>8s} {'ways ÷ whole':>13s}")
+        heads = "".join(f"{mode:>9s}" for mode in modes)
+        print(f"  {'step (median ms)':22s}{heads} {'ways ÷ whole':>13s} {'command ÷ whole':>16s}")
         totals = dict.fromkeys(projects, 0.0)
         for index, step in enumerate(STEPS):
             # The first two tasks fill the pool; the rest reuse it.
@@ -125,10 +133,15 @@ def main() -> None:
             }
             for mode, value in medians.items():
                 totals[mode] += value
-            ratio = medians["ways"] / medians["whole"]
-            print(f"  {step:22s} {medians['ways']:8.2f} {medians['whole']:8.2f} {ratio:12.2f}×")
-        ratio = totals["ways"] / totals["whole"]
-        print(f"  {'all of it':22s} {totals['ways']:8.2f} {totals['whole']:8.2f} {ratio:12.2f}×")
+            print(_row(step, medians))
+        print(_row("all of it", totals))
+
+
+def _row(label: str, figures: dict[str, float]) -> str:
+    """A step's medians per mode, and the first two over the last."""
+    values = "".join(f"{value:9.2f}" for value in figures.values())
+    ways, command, whole = figures.values()
+    return f"  {label:22s}{values} {ways / whole:12.2f}× {command / whole:15.2f}×"
 
 
 if __name__ == "__main__":
