@@ -23,7 +23,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from dulwich.errors import ChecksumMismatch
 from dulwich.ignore import IgnoreFilter, read_ignore_patterns
@@ -61,6 +61,7 @@ class StatCache:
         self._parsed: Mapping[bytes, IndexEntry] | None = None
         self._raw: RawIndex | None = None
         self._raw_read = False
+        self._keys: Mapping[bytes, _StatKey] | None = None
         self._written_ns = 0
         try:
             self._stat = os.stat(path)
@@ -113,17 +114,21 @@ class StatCache:
         return entry
 
     def sha(self, path: bytes, st: os.stat_result, mode: int) -> ObjectID | None:
-        entry = self._entries.get(path)
-        if entry is None or entry.mode != mode or st.st_mtime_ns >= self._written_ns:
+        if self._keys is None:
+            assert self._stat is not None
+            self._keys = _stat_keys(self._path, self._stat, self._entries)
+        key = self._keys.get(path)
+        mtime_ns = st.st_mtime_ns
+        if key is None or key[0] != mode or mtime_ns >= self._written_ns:
             return None
         # The change time too: a file rewritten and given its old mtime back still differs.
         same = (
-            entry.size == st.st_size & 0xFFFFFFFF
-            and entry.ino == st.st_ino & 0xFFFFFFFF
-            and _time(entry.mtime) == _time_ns(st.st_mtime_ns)
-            and _time(entry.ctime) == _time_ns(st.st_ctime_ns)
+            key[1] == st.st_size & 0xFFFFFFFF
+            and key[2] == st.st_ino & 0xFFFFFFFF
+            and key[3] == mtime_ns
+            and key[4] == st.st_ctime_ns
         )
-        return entry.sha if same else None
+        return key[5] if same else None
 
 
 # Identity of an index file: an index is only ever replaced whole (written beside and
@@ -173,6 +178,41 @@ class _ByIdentity(Generic[_Read]):
 
 
 _INDEXES: _ByIdentity[Mapping[bytes, IndexEntry]] = _ByIdentity()
+# An entry's mode, size, inode, modification and change times (ns; -1 when the entry's
+# time is not in seconds and nanoseconds) and blob id: what ``StatCache.sha`` compares,
+# built once per index.
+_StatKey = tuple[int, int, int, int, int, ObjectID]
+_KEYS: _ByIdentity[Mapping[bytes, _StatKey]] = _ByIdentity()
+
+
+def _stat_keys(
+    path: Path, st: os.stat_result, entries: Mapping[bytes, IndexEntry]
+) -> Mapping[bytes, _StatKey]:
+    """``entries`` as ``StatCache.sha`` compares them, kept by the index's identity. A
+    time is kept to the nanosecond as the index stores it (seconds in 32 bits), so it
+    equals a file's ``st_mtime_ns`` until 2106 and differs after (a file read again)."""
+    key = _identity(path, st)
+    known = _KEYS.get(key)
+    if known is not None:
+        return known
+    keys = {
+        name: (
+            entry.mode,
+            entry.size,
+            entry.ino,
+            _ns(entry.mtime),
+            _ns(entry.ctime),
+            entry.sha,
+        )
+        for name, entry in entries.items()
+    }
+    # An index that could not be read is not kept: the next look reads it again.
+    return _KEYS.put(key, MappingProxyType(keys)) if keys else keys
+
+
+def _ns(value: int | float | tuple[int, int]) -> int:
+    seconds, nanoseconds = _time(value)
+    return seconds * 1_000_000_000 + nanoseconds if nanoseconds >= 0 else -1
 
 
 def _parsed_index(path: Path, st: os.stat_result) -> Mapping[bytes, IndexEntry]:
@@ -429,15 +469,11 @@ def _time(value: int | float | tuple[int, int]) -> tuple[int, int]:
     return value if isinstance(value, tuple) else (int(value), -1)
 
 
-def _time_ns(ns: int) -> tuple[int, int]:
-    return (ns // 1_000_000_000) & 0xFFFFFFFF, ns % 1_000_000_000
-
-
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """A file of the worktree: its git mode, its blob id (``None`` when not hashed: an
     untracked file, or one too large) and its stat data (``None``: not looked at, taken
-    as the tree has it; see ``scan``'s ``written``)."""
+    as the tree has it; see ``scan``'s ``written``). A tuple: a scan makes one per file
+    of the project."""
 
     mode: int
     sha: ObjectID | None
