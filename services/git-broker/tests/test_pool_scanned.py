@@ -17,7 +17,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dulwich.objects import ObjectID
 
 from aether_agent_runner.adapters import git as runner_git
 from aether_agent_runner.adapters import scan as scan_module
@@ -316,14 +315,39 @@ def test_a_claim_of_extras_not_beside_the_tree_is_not_believed(
     _exact(git, second, project)
 
 
+def test_an_index_read_that_is_not_the_bases_is_written_whole(
+    project: Path, worktrees_dir: Path, git: Git
+) -> None:
+    """After a whole scan the commit copies the entries the index read vouched for;
+    an index holding others besides (here one staged by hand, of a file gone, in place of
+    one dropped from it) is not copied, and the new index is exactly the commit's."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    broker.prepare_repository(str(project), "main", INTEGRATION)
+    ws = _workspace(broker, project, worktrees_dir, "t1")
+    worktree = Path(ws.worktree_path)
+    (worktree / "stray.txt").write_text("staged, then gone\n")
+    git(worktree, "add", "stray.txt")
+    (worktree / "stray.txt").unlink()
+    git(worktree, "rm", "-q", "--cached", "lib/y.py")
+    (worktree / "docs" / "guide.md").write_text("a command's\n")
+    records = GitDir.linked(worktree, Path(ws.git_dir), ws.branch)
+    sha, changed = commit_all(records, "work\n", settled=True)
+    assert sha is not None and changed == ["docs/guide.md"]
+    staged = sorted(line.split("\t")[1] for line in git(worktree, "ls-files", "-s").splitlines())
+    assert staged == sorted(git(worktree, "ls-tree", "-r", "--name-only", "HEAD").split())
+    assert git(worktree, "--no-optional-locks", "status", "--porcelain", "-uall") == ""
+    assert git(worktree, "diff-index", "--cached", "--quiet", "HEAD") == ""
+
+
 def test_too_many_extras_make_no_claim() -> None:
     extras = scan_module.Extras(
         paths=[f"f{i}.log".encode() for i in range(runner_git.MAX_EXTRAS + 1)], entered=[b""]
     )
-    files = {b"a.txt": (0o100644, ObjectID(b"0" * 40))}
-    assert runner_git._extras_claim(extras, files) is None
+    assert runner_git._extras_claim(extras, {b""}) is None
     extras.paths.pop()
-    assert runner_git._extras_claim(extras, files) == sorted(extras.paths)
+    assert runner_git._extras_claim(extras, {b""}) == sorted(extras.paths)
+    extras.sure = False
+    assert runner_git._extras_claim(extras, {b""}) is None
 
 
 def _command_like(rng: random.Random, path: Path, git: Git, task: str, part: int) -> None:
@@ -403,6 +427,10 @@ def test_chained_tasks_with_commands_each_get_exactly_the_new_tree(
         sha, _ = commit_all(records, f"{task}\n", settled=True)
         assert sha is not None
         assert read_claim(str(Path(ws.git_dir) / "index")) is not None
+        # The runner's index, the scan's clean entries copied as they were, is the
+        # commit's (looked at without git refreshing it, which would drop the claim).
+        assert git(path, "--no-optional-locks", "status", "--porcelain", "-uall") == ""
+        assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
         head = _merge(broker, repo, base, task, sha)
         assert broker.recycle_worktree(str(repo), ws.worktree_path)
     assert head

@@ -14,6 +14,7 @@ can rewrite, is never read. No git configuration is read at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -23,7 +24,7 @@ import threading
 import time
 from binascii import unhexlify
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -43,8 +44,8 @@ from aether_agent_runner.adapters.scan import (
     Found,
     StatCache,
     TooDeep,
+    TreeDirs,
     changes,
-    directories,
     read_entry,
     scan,
     scan_ways,
@@ -596,9 +597,19 @@ def commit_all(
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
     if state.written is None:
-        extras = _extras_claim(state.extras, entries) if settled else None
-        _write_index(git, entries, found, state.index, base=tree, extras=extras)
-    elif not _write_spliced(git, entries, changed, state):
+        dirs = _WithRoot(TreeDirs(_directories_of(store, tree)))
+        extras = _extras_claim(state.extras, dirs) if settled else None
+        clean = state.extras.clean if state.extras is not None else None
+        tail = _extras_tail(extras, tree) if extras is not None else _no_tail
+        if clean is None or not _write_spliced(git, entries, changed, state, tail, clean):
+            _write_index(git, entries, found, state.index, base=tree, extras=extras)
+    elif not _write_spliced(
+        git,
+        {path: entries[path] for path in changed if path in entries},
+        changed,
+        state,
+        functools.partial(_claim, written=state.written, base=state.tree),
+    ):
         whole = {**tracked, **entries}
         for path in changed:
             if path not in entries:
@@ -612,23 +623,30 @@ def commit_all(
 MAX_EXTRAS = 10_000
 
 
-def _extras_claim(
-    extras: Extras | None, files: Mapping[bytes, tuple[int, ObjectID]]
-) -> list[bytes] | None:
-    """What a worktree holds besides the tree of ``files``, after a whole scan that
-    found ``extras``: the outermost of its directories that the tree does not have (made
-    by a command, holding nothing committed: empty, or with only extras in them), and
-    the extras in the tree's directories; ``None`` when the scan could not look at
-    everything, or there are too many."""
+def _extras_claim(extras: Extras | None, tree_dirs: Container[bytes]) -> list[bytes] | None:
+    """What a worktree holds besides a tree, after a whole scan that found ``extras``:
+    the outermost of its directories that the tree does not have (``tree_dirs``, with a
+    trailing slash; the root ``b""``), made by a command and holding nothing committed
+    (empty, or with only extras in them), and the extras in the tree's directories;
+    ``None`` when the scan could not look at everything, or there are too many."""
     if extras is None or not extras.sure:
         return None
-    tree_dirs = {b"", *directories(files)}
     out: list[bytes] = []
     for directory in extras.entered:
         if directory and directory not in tree_dirs and _parent(directory[:-1]) in tree_dirs:
             out.append(directory[:-1])
     out.extend(path for path in extras.paths if _parent(path) in tree_dirs)
     return sorted(out) if len(out) <= MAX_EXTRAS else None
+
+
+class _WithRoot:
+    """A tree's directories (``TreeDirs``), the root (``b""``) among them."""
+
+    def __init__(self, dirs: TreeDirs) -> None:
+        self._dirs = dirs
+
+    def __contains__(self, directory: object) -> bool:
+        return directory == b"" or directory in self._dirs
 
 
 def _parent(path: bytes) -> bytes:
@@ -903,9 +921,7 @@ def _write_index(
     if written is not None:
         chunks.extend(_claim(sum(map(len, chunks)), written, base))
     elif extras is not None and base is not None:
-        paths = b"\0".join(extras)
-        chunks.append(EXTRAS_EXTENSION + struct.pack(">L", len(paths)) + paths)
-        chunks.extend(_base(sum(map(len, chunks[:-1])), base))
+        chunks.extend(_extras_tail(extras, base)(sum(map(len, chunks))))
     _replace_index(git, chunks)
 
 
@@ -917,6 +933,22 @@ def _claim(start: int, written: Iterable[tuple[str, ...]], base: ObjectID | None
     if base is not None:
         chunks.extend(_base(start, base))
     return chunks
+
+
+def _extras_tail(extras: list[bytes], base: ObjectID) -> Callable[[int], list[bytes]]:
+    """The extensions saying the worktree holds exactly ``base`` and ``extras``, for an
+    index whose entries end where the returned function is told."""
+    paths = b"\0".join(extras)
+    claim = EXTRAS_EXTENSION + struct.pack(">L", len(paths)) + paths
+
+    def tail(start: int) -> list[bytes]:
+        return [claim, *_base(start, base)]
+
+    return tail
+
+
+def _no_tail(start: int) -> list[bytes]:
+    return []
 
 
 def _base(start: int, base: ObjectID) -> list[bytes]:
@@ -945,33 +977,49 @@ def _write_spliced(
     files: Mapping[bytes, tuple[int, ObjectID]],
     changed: list[bytes],
     state: _State,
+    tail: Callable[[int], list[bytes]],
+    clean: set[bytes] | None = None,
 ) -> bool:
-    """``_write_index`` after a look on the ways, in time that follows what changed: the
-    index read (the base's, as the broker wrote it) with the entries of the paths that
-    changed (``files``: those still there) and of the files looked at replaced, and any
-    entry whose stat data cannot vouch for its file written without it. ``False`` when
-    the index read cannot be copied so (the caller writes it whole)."""
+    """``_write_index`` in time that follows what changed: the index read (the base's,
+    as the broker wrote it) with the entries of the paths that changed (``files``: their
+    entries, those still there) and of the other files looked at replaced, and any entry
+    whose stat data cannot vouch for its file written without it; ``tail(start)`` ends
+    it (the claim, for entries ending at ``start``). ``False`` when the index read cannot
+    be copied so (the caller writes it whole).
+
+    ``clean``, after a scan of every file: the tracked files whose entries in the index
+    read vouched for them. Every other file was looked at and is replaced; the index
+    read is copied only if its other entries are exactly those (it may not be the
+    base's)."""
     previous = state.index.raw_entries()
     if previous is None or len(previous) != len(state.tracked):
         return False
     replaced: dict[bytes, bytes | None] = dict.fromkeys(changed)
-    for path, (mode, sha) in files.items():
-        replaced[path] = _packed(path, mode, sha, state.found.get(path))
-    for path, entry in state.found.items():
+    for path in changed:
+        if (entry := files.get(path)) is not None:
+            replaced[path] = _packed(path, *entry, state.found.get(path))
+    skip = clean or ()
+    for path, found in state.found.items():
         known = state.tracked.get(path)
-        if path not in replaced and entry.st is not None and known == (entry.mode, entry.sha):
+        if (
+            path not in replaced
+            and found.st is not None
+            and path not in skip
+            and known == (found.mode, found.sha)
+        ):
             assert known is not None
-            replaced[path] = _packed(path, *known, entry)
+            replaced[path] = _packed(path, *known, found)
     for path in previous.unkept:
         if path not in replaced and (kept := state.tracked.get(path)) is not None:
             replaced[path] = _unknown(*kept, path) + _name(path)
     starts, data = previous.starts, previous.data
     chunks = [b""]
-    count, done = 0, 0
+    count, done, copied = 0, 0, 0
     for path in sorted(replaced):
         at = previous.find(path, done)
         chunks.append(data[starts[done] : starts[at]])
         count += at - done
+        copied += at - done
         if at < len(previous) and previous.name(at) == path:
             if not previous.sound(at):
                 return False
@@ -983,9 +1031,11 @@ def _write_spliced(
             count += 1
     chunks.append(data[starts[done] : starts[-1]])
     count += len(previous) - done
+    copied += len(previous) - done
+    if clean is not None and copied != len(clean) - sum(path in clean for path in replaced):
+        return False  # the index read held entries besides the clean files'
     chunks[0] = b"DIRC" + struct.pack(">LL", 2, count)
-    assert state.written is not None
-    chunks.extend(_claim(sum(map(len, chunks)), state.written, state.tree))
+    chunks.extend(tail(sum(map(len, chunks))))
     _replace_index(git, chunks)
     return True
 

@@ -554,11 +554,13 @@ class Extras:
     sockets, devices); ``entered``, every directory it entered (with a trailing slash;
     the root as ``b""``). ``sure`` is false when something could not be looked at (a
     file gone between its listing and its stat, a directory that could not be opened):
-    the worktree is then not known whole."""
+    the worktree is then not known whole. ``clean``: the tracked files whose stat data
+    the index vouched for."""
 
     paths: list[bytes] = field(default_factory=list)
     entered: list[bytes] = field(default_factory=list)
     sure: bool = True
+    clean: set[bytes] = field(default_factory=set)
 
 
 def scan(
@@ -614,7 +616,7 @@ class WaysScan:
     deleted: list[bytes]
 
 
-class _TreeDirs:
+class TreeDirs:
     """The tree's directories (paths with a trailing slash), asked one at a time."""
 
     def __init__(self, listing: Listing) -> None:
@@ -643,7 +645,7 @@ def scan_ways(
     not there any more); every other tracked file is as the tree has it. ``listing``
     gives the tree's directories' entries."""
     found: dict[bytes, Found] = {}
-    walk = _Walk(tracked, _TreeDirs(listing), found, max_hash, None, _ways(written))
+    walk = _Walk(tracked, TreeDirs(listing), found, max_hash, None, _ways(written))
     fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         walk.directory(fd, "", _exclude(common).below("", fd), False, 0)
@@ -809,6 +811,8 @@ class _Walk:
             self.cache.sha(key, st, mode) if self.cache is not None and self.ways is None else None
         )
         if cached is not None:
+            if self.extras is not None:
+                self.extras.clean.add(key)
             return cached
         if st.st_size > self.max_hash:
             return None
