@@ -13,18 +13,20 @@ can rewrite, is never read. No git configuration is read at all.
 
 from __future__ import annotations
 
+import array
 import contextlib
-import functools
 import hashlib
+import itertools
 import os
 import shutil
 import stat
 import struct
+import sys
 import threading
 import time
 from binascii import unhexlify
 from collections import OrderedDict
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +41,7 @@ from aether_agent_runner.adapters.safefs import Tree as Files
 from aether_agent_runner.adapters.scan import (
     END_EXTENSION,
     GITLINK,
+    OFFSETS_EXTENSION,
     SYMLINK,
     Extras,
     Found,
@@ -608,7 +611,7 @@ def commit_all(
         {path: entries[path] for path in changed if path in entries},
         changed,
         state,
-        functools.partial(_claim, written=state.written, base=state.tree),
+        _ways_tail(state.written, state.tree),
     ):
         whole = {**tracked, **entries}
         for path in changed:
@@ -921,7 +924,8 @@ def _write_index(
     if written is not None:
         chunks.extend(_claim(sum(map(len, chunks)), written, base))
     elif extras is not None and base is not None:
-        chunks.extend(_extras_tail(extras, base)(sum(map(len, chunks))))
+        starts = list(itertools.accumulate(map(len, chunks[1:]), initial=len(chunks[0])))
+        chunks.extend(_extras_tail(extras, base)(starts, _recent(files, found)))
     _replace_index(git, chunks)
 
 
@@ -935,20 +939,56 @@ def _claim(start: int, written: Iterable[tuple[str, ...]], base: ObjectID | None
     return chunks
 
 
-def _extras_tail(extras: list[bytes], base: ObjectID) -> Callable[[int], list[bytes]]:
-    """The extensions saying the worktree holds exactly ``base`` and ``extras``, for an
-    index whose entries end where the returned function is told."""
+# What ends an index, given where its entries begin (and where the last one ends) and
+# the paths whose stat data was taken in the last ``RECENT_NS``.
+Tail = Callable[[Sequence[int], list[bytes]], list[bytes]]
+
+
+def _extras_tail(extras: list[bytes], base: ObjectID) -> Tail:
+    """The extensions saying the worktree holds exactly ``base`` and ``extras``, after
+    where each entry begins and the recent paths (``OFFSETS_EXTENSION``, as the broker
+    writes it in its own index): the broker reads the index the claim is about without
+    walking it entry by entry."""
     paths = b"\0".join(extras)
     claim = EXTRAS_EXTENSION + struct.pack(">L", len(paths)) + paths
 
-    def tail(start: int) -> list[bytes]:
-        return [claim, *_base(start, base)]
+    def tail(starts: Sequence[int], recent: list[bytes]) -> list[bytes]:
+        table = array.array("I", starts)
+        if sys.byteorder == "little":
+            table.byteswap()
+        told = struct.pack(">L", len(starts) - 1) + table.tobytes() + b"\0".join(recent)
+        offsets = OFFSETS_EXTENSION + struct.pack(">L", len(told)) + told
+        return [offsets, claim, *_base(starts[-1], base)]
 
     return tail
 
 
-def _no_tail(start: int) -> list[bytes]:
+def _ways_tail(written: Iterable[tuple[str, ...]], base: ObjectID | None) -> Tail:
+    def tail(starts: Sequence[int], recent: list[bytes]) -> list[bytes]:
+        return _claim(starts[-1], written, base)
+
+    return tail
+
+
+def _no_tail(starts: Sequence[int], recent: list[bytes]) -> list[bytes]:
     return []
+
+
+# How long before an index is written a file's stat data is taken as possibly not older
+# than the index's own time (as the broker takes it).
+RECENT_NS = 1_000_000_000
+
+
+def _recent(paths: Iterable[bytes], found: Mapping[bytes, Found]) -> list[bytes]:
+    """Of ``paths``, those found with stat data taken in the last ``RECENT_NS``, which
+    may not be older than the index about to be written (racily clean)."""
+    since = time.time_ns() - RECENT_NS
+    out = []
+    for path in paths:
+        entry = found.get(path)
+        if entry is not None and entry.st is not None and entry.st.st_mtime_ns >= since:
+            out.append(path)
+    return out
 
 
 def _base(start: int, base: ObjectID) -> list[bytes]:
@@ -977,15 +1017,15 @@ def _write_spliced(
     files: Mapping[bytes, tuple[int, ObjectID]],
     changed: list[bytes],
     state: _State,
-    tail: Callable[[int], list[bytes]],
+    tail: Tail,
     clean: set[bytes] | None = None,
 ) -> bool:
     """``_write_index`` in time that follows what changed: the index read (the base's,
     as the broker wrote it) with the entries of the paths that changed (``files``: their
     entries, those still there) and of the other files looked at replaced, and any entry
-    whose stat data cannot vouch for its file written without it; ``tail(start)`` ends
-    it (the claim, for entries ending at ``start``). ``False`` when the index read cannot
-    be copied so (the caller writes it whole).
+    whose stat data cannot vouch for its file written without it; ``tail`` ends it (the
+    claim). ``False`` when the index read cannot be copied so (the caller writes it
+    whole).
 
     ``clean``, after a scan of every file: the tracked files whose entries in the index
     read vouched for them. Every other file was looked at and is replaced; the index
@@ -1014,10 +1054,21 @@ def _write_spliced(
             replaced[path] = _unknown(*kept, path) + _name(path)
     starts, data = previous.starts, previous.data
     chunks = [b""]
+    # Where each new entry begins, from the end of the header.
+    offsets: list[int] = []
+    at_byte = _HEADER_SIZE
+
+    def copy(first: int, end: int) -> None:
+        nonlocal at_byte
+        shift = at_byte - starts[first]
+        offsets.extend(start + shift for start in starts[first:end])
+        chunks.append(data[starts[first] : starts[end]])
+        at_byte += starts[end] - starts[first]
+
     count, done, copied = 0, 0, 0
     for path in sorted(replaced):
         at = previous.find(path, done)
-        chunks.append(data[starts[done] : starts[at]])
+        copy(done, at)
         count += at - done
         copied += at - done
         if at < len(previous) and previous.name(at) == path:
@@ -1028,14 +1079,17 @@ def _write_spliced(
             done = at
         if (raw := replaced[path]) is not None:
             chunks.append(raw)
+            offsets.append(at_byte)
+            at_byte += len(raw)
             count += 1
-    chunks.append(data[starts[done] : starts[-1]])
+    copy(done, len(previous))
     count += len(previous) - done
     copied += len(previous) - done
     if clean is not None and copied != len(clean) - sum(path in clean for path in replaced):
         return False  # the index read held entries besides the clean files'
     chunks[0] = b"DIRC" + struct.pack(">LL", 2, count)
-    chunks.extend(tail(sum(map(len, chunks))))
+    offsets.append(at_byte)
+    chunks.extend(tail(offsets, _recent(replaced, state.found)))
     _replace_index(git, chunks)
     return True
 
@@ -1068,6 +1122,7 @@ def _name(path: bytes) -> bytes:
 
 
 _INDEX_ENTRY = struct.Struct(">LLLLLLLLLL20sH")
+_HEADER_SIZE = 12
 _U32 = 0xFFFFFFFF
 # The index extension naming the paths the file tools wrote (``_write_index``): an
 # optional one, by git's rule (its signature begins with a capital letter). Its data is

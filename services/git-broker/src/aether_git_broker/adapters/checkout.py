@@ -381,10 +381,50 @@ def read_claim(path: str) -> Claim | None:
         return Claim(paths, ObjectID(base))
     # An extra may be a nested ``.git``: only one that would lead out, or the worktree's
     # own, is refused here (the reuse takes only extras in the base tree's directories).
-    index = _as_written(data, start, mtime_ns)
+    told = found.get(OFFSETS_EXTENSION)
+    index = (
+        _as_told(data, start, mtime_ns, told)
+        if told is not None
+        else _as_written(data, start, mtime_ns)
+    )
     if index is None or any(_leads_out(path) or path == b".git" for path in paths):
         return None
     return Claim([], ObjectID(base), paths, index)
+
+
+def _as_told(data: bytes, end: int, mtime_ns: int, told: bytes) -> Written | None:
+    """``_as_written`` by where the index says its entries begin and which of them were
+    written just before it (``OFFSETS_EXTENSION``): each entry is sliced, not parsed,
+    and checked for the length its name gives (so no entry has flags beyond it), the
+    names for their order; only the recent entries' times are read."""
+    (count,) = struct.unpack_from(">L", data, 8)
+    table = 4 + 4 * (count + 1)
+    if len(told) < table or struct.unpack_from(">L", told)[0] != count:
+        return None
+    starts = array.array("I")
+    starts.frombytes(told[4:table])
+    if sys.byteorder == "little":
+        starts.byteswap()
+    if starts[0] != 12 or starts[-1] != end:
+        return None
+    raws = [data[a:b] for a, b in zip(starts, itertools.islice(starts, 1, None), strict=False)]
+    names = [raw[62:].rstrip(b"\0") for raw in raws]
+    if not all(
+        len(raw) == (70 + len(name)) & ~7 and raw[60:62] == len(name).to_bytes(2, "big")
+        for raw, name in zip(raws, names, strict=True)
+    ):
+        return None
+    if not all(a < b for a, b in itertools.pairwise(names)):
+        return None
+    racy: list[bytes] = []
+    for name in told[table:].split(b"\0") if len(told) > table else []:
+        at = bisect.bisect_left(names, name)
+        if at == len(names) or names[at] != name or _leads_out(name):
+            return None
+        seconds, nanoseconds = struct.unpack_from(">LL", raws[at], 8)
+        if seconds * 1_000_000_000 + nanoseconds >= mtime_ns:
+            racy.append(name)
+    return Written(names, raws, mtime_ns, frozenset(racy))
 
 
 def _as_written(data: bytes, end: int, mtime_ns: int) -> Written | None:
