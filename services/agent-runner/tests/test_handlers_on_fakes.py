@@ -7,8 +7,10 @@ the real adapters."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from aether_agent_runner.testing import Edit, Finish, ModelError, ScriptedRuntim
 from aether_events import AgentCompleted, AgentFailed, AgentStarted, UsageRecorded
 from aether_llm import LLMSettings, make_client
 from aether_runtime import RuntimeSettings, Service
-from aether_sandbox import CommandRunner, Request, SandboxUnavailable
+from aether_sandbox import CommandRunner, Request, SandboxSettings, SandboxUnavailable
 from aether_sandbox.testing import Scripted, ScriptedSandbox
 
 from .conftest import Model, finish, git, reply, results_of, tool
@@ -41,11 +43,17 @@ async def start_scripted(nats_url: str) -> AsyncIterator[Callable[..., Any]]:
         sandbox: CommandRunner | SandboxUnavailable = NO_SANDBOX,
         llm: LLMSettings | None = None,
         commands: tuple[str, ...] = (),
+        backend: str = "bubblewrap",
     ) -> None:
         settings = RunnerSettings(
             runtime=RuntimeSettings(nats_url=nats_url, port=free_port()),
             llm=llm or LLMSettings(api_key="unused"),
-            agent=AgentSettings(heartbeat_seconds=0.5, progress_seconds=0.0, commands=commands),
+            agent=AgentSettings(
+                heartbeat_seconds=0.5,
+                progress_seconds=0.0,
+                commands=commands,
+                sandbox=SandboxSettings(backend=backend),
+            ),
         )
         adapters = Adapters(
             runtimes=lambda name: runtime,
@@ -167,3 +175,50 @@ async def test_what_a_command_wrote_anywhere_is_committed_beside_the_file_tools_
     done = await events.first(AgentCompleted)
     assert done.files_changed == ["NOTES.md", "tests/test_generated.py"]
     assert git(task_repo.worktree, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+@pytest.mark.parametrize("backend", ["bubblewrap", "unconfined"])
+async def test_after_a_confined_command_the_index_says_what_the_worktree_holds_besides(
+    task_repo: Any,
+    model: Callable[..., Model],
+    start_scripted: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    backend: str,
+) -> None:
+    """The commit's scan looked at every file once the commands' processes were gone
+    (confined) and says, in the index, what the worktree holds besides the commit's tree,
+    for the git broker's next checkout of it; unconfined, a command's process may outlive
+    it, and the index says nothing."""
+    (task_repo.repo / ".git" / "info").mkdir(exist_ok=True)
+    (task_repo.repo / ".git" / "info" / "exclude").write_text("build/\n")
+    served = model({"t1": [reply(tool("run_command", command="make")), finish("built")]})
+
+    def build(request: Request) -> Scripted:
+        (request.cwd / "tests" / "test_generated.py").write_text("def test(): ...\n")
+        (request.cwd / "build" / "obj").mkdir(parents=True)
+        (request.cwd / "build" / "obj" / "app.o").write_bytes(b"\0")
+        (request.cwd / "tmp" / "cache").mkdir(parents=True)
+        return Scripted("built\n", 0, 0.1)
+
+    runtime = BuiltinRuntime(make_client(served.llm()))
+    await start_scripted(
+        runtime, ScriptedSandbox([build]), served.llm(), commands=("make",), backend=backend
+    )
+    await publish(workspace_ready(task_repo, mission_id))
+    done = await events.first(AgentCompleted)
+    assert done.files_changed == ["tests/test_generated.py"]
+    admin = Path(git(task_repo.worktree, "rev-parse", "--absolute-git-dir"))
+    index = (admin / "index").read_bytes()
+    if backend == "unconfined":
+        assert b"AETX" not in index
+        return
+    (end,) = struct.unpack_from(">L", index, len(index) - 20 - 4)
+    tail = index[end : len(index) - 20]
+    claim = tail.index(b"AETX")
+    (size,) = struct.unpack_from(">L", tail, claim + 4)
+    assert tail[claim + 8 : claim + 8 + size].split(b"\0") == [b"build", b"tmp"]
+    tree = git(task_repo.worktree, "rev-parse", f"{done.commit_sha}^{{tree}}")
+    assert tree.encode() in tail
