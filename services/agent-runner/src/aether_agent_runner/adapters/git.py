@@ -939,8 +939,9 @@ def _claim(start: int, written: Iterable[tuple[str, ...]], base: ObjectID | None
     return chunks
 
 
-# What ends an index, given where its entries begin (and where the last one ends) and
-# the paths whose stat data was taken in the last ``RECENT_NS``.
+# What ends an index, given where its entries begin and where the last one ends (only
+# the end, for a claim that needs no more) and the paths whose stat data was taken in
+# the last ``RECENT_NS``.
 Tail = Callable[[Sequence[int], list[bytes]], list[bytes]]
 
 
@@ -1054,14 +1055,17 @@ def _write_spliced(
             replaced[path] = _unknown(*kept, path) + _name(path)
     starts, data = previous.starts, previous.data
     chunks = [b""]
-    # Where each new entry begins, from the end of the header.
+    # Where each new entry begins, from the end of the header: after a whole scan, for
+    # the claim (on the ways, the claim needs only where the last one ends).
     offsets: list[int] = []
+    told = clean is not None
     at_byte = _HEADER_SIZE
 
     def copy(first: int, end: int) -> None:
         nonlocal at_byte
-        shift = at_byte - starts[first]
-        offsets.extend(start + shift for start in starts[first:end])
+        if told:
+            shift = at_byte - starts[first]
+            offsets.extend(start + shift for start in starts[first:end])
         chunks.append(data[starts[first] : starts[end]])
         at_byte += starts[end] - starts[first]
 
@@ -1079,7 +1083,8 @@ def _write_spliced(
             done = at
         if (raw := replaced[path]) is not None:
             chunks.append(raw)
-            offsets.append(at_byte)
+            if told:
+                offsets.append(at_byte)
             at_byte += len(raw)
             count += 1
     copy(done, len(previous))
