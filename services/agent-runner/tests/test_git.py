@@ -12,6 +12,7 @@ from dulwich.file import FileLocked
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, ObjectID
 
+from aether_agent_runner.adapters import scan as scan_module
 from aether_agent_runner.adapters.git import (
     _FANOUTS,
     GitDir,
@@ -163,6 +164,26 @@ def test_a_change_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> Non
 
     assert app.stat().st_mtime_ns == old
     assert changed_paths(records) == ["src/app.py"]
+
+
+def test_the_stat_data_compared_is_the_same_read_from_entries_or_as_stored(
+    tmp_path: Path,
+) -> None:
+    """``StatCache.sha`` compares keys built from the index's bytes where it can slice
+    them (``_raw_stat_keys``), else from its parsed entries: the same keys either way,
+    for git's index and for the runner's."""
+    _, wt, records = _linked(tmp_path)
+    index = records.admin / "index"
+    for _ in range(2):  # git's index, then the runner's after a commit
+        st = index.stat()
+        cache = StatCache(index)
+        raw = cache.raw_entries()
+        assert raw is not None
+        parsed = scan_module._stat_keys(index, st, cache._entries)
+        assert dict(scan_module._raw_stat_keys(index, st, raw)) == dict(parsed)
+        assert len(parsed) == len(git("ls-files", cwd=wt).split())
+        (wt / "src" / "new.py").write_text("y = 2\n")
+        commit_all(records, "another\n")
 
 
 def test_a_rewritten_index_is_read_again_not_taken_from_the_parsed_copy(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import bisect
 import hashlib
+import itertools
 import os
 import stat
 import struct
@@ -116,7 +117,12 @@ class StatCache:
     def sha(self, path: bytes, st: os.stat_result, mode: int) -> ObjectID | None:
         if self._keys is None:
             assert self._stat is not None
-            self._keys = _stat_keys(self._path, self._stat, self._entries)
+            raw = self.raw_entries()
+            self._keys = (
+                _raw_stat_keys(self._path, self._stat, raw)
+                if raw is not None
+                else _stat_keys(self._path, self._stat, self._entries)
+            )
         key = self._keys.get(path)
         mtime_ns = st.st_mtime_ns
         if key is None or key[0] != mode or mtime_ns >= self._written_ns:
@@ -207,6 +213,32 @@ def _stat_keys(
         for name, entry in entries.items()
     }
     # An index that could not be read is not kept: the next look reads it again.
+    return _KEYS.put(key, MappingProxyType(keys)) if keys else keys
+
+
+def _raw_stat_keys(path: Path, st: os.stat_result, raw: RawIndex) -> Mapping[bytes, _StatKey]:
+    """``_stat_keys`` from the index's entries as stored, each unpacked once where the
+    index says it begins, without building its entries first."""
+    key = _identity(path, st)
+    known = _KEYS.get(key)
+    if known is not None:
+        return known
+    data, unpack, size = raw.data, _ENTRY.unpack_from, _ENTRY.size
+    keys: dict[bytes, _StatKey] = {}
+    for start in itertools.islice(raw.starts, len(raw)):
+        ctime, ctime_ns, mtime, mtime_ns, _, ino, mode, _, _, length, sha, flags = unpack(
+            data, start
+        )
+        if flags & (_STAGE_MASK | _EXTENDED):
+            continue  # a conflicted path's stages are not a cache of anything
+        keys[data[start + size : start + size + (flags & _NAME_MASK)]] = (
+            mode,
+            length,
+            ino,
+            mtime * 1_000_000_000 + mtime_ns,
+            ctime * 1_000_000_000 + ctime_ns,
+            ObjectID(hexlify(sha)),
+        )
     return _KEYS.put(key, MappingProxyType(keys)) if keys else keys
 
 
