@@ -30,7 +30,10 @@ the difference is what it costs them. It also prints, inside each attempt, the t
 AgentStarted to the end of the first model call, between the ends of two calls, and from
 the last call's end to AgentCompleted, from the events the attempt emitted as it went.
 With ``--one-reply`` the agent writes its file and finishes in the same reply, as a model
-may: one model call a task instead of two. With ``--files N`` the measured missions' and
+may: one model call a task instead of two. With ``--command CMD`` it also runs ``CMD``
+(``run_command``, in the sandbox) beside its write, as an agent running the tests would:
+the finish check then scans every file, and the commit's index tells the git broker what
+the worktree holds besides the commit. With ``--files N`` the measured missions' and
 the plain loop's repository hold N more files: what scanning a middling project's
 worktree costs a task.
 And it prints how many messages a task costs through the NATS server, by who sent or
@@ -40,7 +43,7 @@ own connections together.
 
     uv run python bench/overhead.py [--tasks 50] [--shape independent|chain|both]
         [--warm-up 2] [--profile [--profile-service NAME] [--profile-cpu]]
-        [--pause-gateway] [--one-reply] [--files N] [--keep]
+        [--pause-gateway] [--one-reply] [--command CMD] [--files N] [--keep]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -121,18 +124,20 @@ def plan_of(n: int, shape: str) -> dict[str, Any]:
 
 class NoWorkModel:
     """Plans the given graph (or, for a requirement named in ``others``, that one's); an
-    agent writes its one file, then finishes: in a second reply, or with ``one_reply`` in
-    the same one (one model call a task)."""
+    agent writes its one file (and runs ``command`` beside it, when given), then finishes:
+    in a second reply, or with ``one_reply`` in the same one (one model call a task)."""
 
     def __init__(
         self,
         plan: dict[str, Any],
         others: dict[str, dict[str, Any]] | None = None,
         one_reply: bool = False,
+        command: str | None = None,
     ) -> None:
         self.plan = plan
         self.others = others or {}
         self.one_reply = one_reply
+        self.command = command
 
     def __call__(self, request: dict[str, Any]) -> Reply:
         tools = {t["name"] for t in request.get("tools", [])}
@@ -150,16 +155,22 @@ class NoWorkModel:
             return Reply([tool_use_block("finish", {"summary": "done"})], "tool_use", 10, 1)
         write = {"path": task["files"][0], "content": f"{task['id']}\n"}
         blocks = [tool_use_block("write_file", write)]
+        if self.command is not None:
+            blocks.append(tool_use_block("run_command", {"command": self.command}))
         if self.one_reply:
             blocks.append(tool_use_block("finish", {"summary": "done"}))
         return Reply(blocks, "tool_use", 10, 5)
 
 
 def _serve_model(
-    plan: dict[str, Any], others: dict[str, dict[str, Any]], one_reply: bool, pipe: Connection
+    plan: dict[str, Any],
+    others: dict[str, dict[str, Any]],
+    one_reply: bool,
+    command: str | None,
+    pipe: Connection,
 ) -> None:
     """The model server's process: sends its URL, serves until told to stop."""
-    server = MessagesServer(NoWorkModel(plan, others, one_reply)).start()
+    server = MessagesServer(NoWorkModel(plan, others, one_reply, command)).start()
     try:
         pipe.send(server.url)
         pipe.recv()
@@ -169,14 +180,17 @@ def _serve_model(
 
 @contextlib.contextmanager
 def model_server(
-    plan: dict[str, Any], others: dict[str, dict[str, Any]], one_reply: bool = False
+    plan: dict[str, Any],
+    others: dict[str, dict[str, Any]],
+    one_reply: bool = False,
+    command: str | None = None,
 ) -> Iterator[tuple[str, int]]:
     """The no-work model's URL and process id, served from a process of its own: the
     model is not part of what is measured, and a server thread in this process would
     share its interpreter lock with the mission's event reading here."""
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve_model, args=(plan, others, one_reply, child), daemon=True
+        target=_serve_model, args=(plan, others, one_reply, command, child), daemon=True
     )
     process.start()
     assert process.pid is not None
@@ -649,13 +663,14 @@ async def run_shape(
     paused: str | None = None,
     one_reply: bool = False,
     files: int = 0,
+    command: str | None = None,
 ) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
     """One mission through a fresh stack, after a warm-up mission of ``warm_up`` tasks on
     the same stack (the peers too are timed after their start-up): its events, wall time,
     and (read before the stack stops) the services' handler seconds per task. Prints the
     warm-up's wall time and the measured mission's hop and service tables."""
     others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
-    with model_server(plan_of(n, shape), others, one_reply) as (model_url, model_pid):
+    with model_server(plan_of(n, shape), others, one_reply, command) as (model_url, model_pid):
         return await _run_shape(
             work,
             label,
@@ -763,6 +778,11 @@ async def main() -> int:
         " instead of two)",
     )
     parser.add_argument(
+        "--command",
+        help="a command the agent runs beside its write (run_command, in the sandbox): the"
+        " finish check then scans every file",
+    )
+    parser.add_argument(
         "--files",
         type=int,
         default=0,
@@ -799,6 +819,7 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             warm_up=args.warm_up,
             one_reply=args.one_reply,
             files=args.files,
+            command=args.command,
         )
         for name, seconds in handler.items():
             handler_total[name] = handler_total.get(name, 0.0) + seconds
@@ -826,6 +847,8 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             warm_up=args.warm_up,
             paused="gateway",
             one_reply=args.one_reply,
+            files=args.files,
+            command=args.command,
         )
         latency = per_task(events)["ready_to_merged"]
         if latency:
@@ -853,6 +876,8 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             },
             args.warm_up,
             one_reply=args.one_reply,
+            files=args.files,
+            command=args.command,
         )
         if out.exists():
             text = io.StringIO()
