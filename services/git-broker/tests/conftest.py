@@ -79,3 +79,21 @@ def worktrees_dir(tmp_path: Path) -> Path:
     path = tmp_path / "worktrees"
     path.mkdir()
     return path.resolve()
+
+
+@pytest.fixture
+def project(repo: Path) -> Path:
+    """``repo`` with nested directories and ignore rules (what the pool's reuse looks
+    past)."""
+    write_and_commit(
+        repo,
+        {
+            ".gitignore": "*.log\nbuild/\n__pycache__/\n",
+            "docs/api/index.md": "api\n",
+            "docs/guide.md": "guide\n",
+            "lib/deep/er/x.py": "x = 1\n",
+            "lib/y.py": "y = 1\n",
+        },
+        "a project of nested directories",
+    )
+    return repo

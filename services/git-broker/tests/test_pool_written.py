@@ -12,7 +12,6 @@ import random
 import struct
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from aether_agent_runner.adapters import scan as scan_module
 from aether_agent_runner.adapters.git import GitDir, commit_all, snapshot
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_git_broker.adapters import checkout as checkout_module
-from aether_git_broker.adapters import worktrees as worktrees_module
 from aether_git_broker.adapters.checkout import (
     END_EXTENSION,
     WRITTEN_EXTENSION,
@@ -30,51 +28,11 @@ from aether_git_broker.adapters.checkout import (
     read_index,
 )
 from aether_git_broker.adapters.git import GitRepositories
-from aether_git_broker.domain import WorkspaceOutcome
 
 from .conftest import write_and_commit
+from .pooled import INTEGRATION, merge, no_whole_scan, reuses, workspace
 
-INTEGRATION = "aether/m-w"
 Git = Callable[..., str]
-
-
-def _workspace(
-    broker: GitRepositories, repo: Path, worktrees_dir: Path, task: str
-) -> WorkspaceOutcome:
-    return broker.prepare_workspace(
-        str(repo), INTEGRATION, f"aether-tasks/m-w/{task}/a1", str(worktrees_dir / "m-w" / task)
-    )
-
-
-def _merge(broker: GitRepositories, repo: Path, base: str, task: str, sha: str) -> str:
-    merged = broker.merge(
-        str(repo),
-        INTEGRATION,
-        since_sha=base,
-        mission_id="m-w",
-        task_id=task,
-        attempt=1,
-        commit_sha=sha,
-        now=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    assert merged.kind in ("merged", "fast_forward"), merged
-    return merged.sha
-
-
-@pytest.fixture
-def project(repo: Path) -> Path:
-    write_and_commit(
-        repo,
-        {
-            ".gitignore": "*.log\n",
-            "docs/api/index.md": "api\n",
-            "docs/guide.md": "guide\n",
-            "lib/deep/er/x.py": "x = 1\n",
-            "lib/y.py": "y = 1\n",
-        },
-        "a project of nested directories",
-    )
-    return repo
 
 
 def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways(
@@ -82,8 +40,8 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
 ) -> None:
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
     base = broker.prepare_repository(str(project), "main", INTEGRATION).base_sha
-    first = _workspace(broker, project, worktrees_dir, "t1")
-    other = _workspace(broker, project, worktrees_dir, "t9")
+    first = workspace(broker, project, worktrees_dir, "t1")
+    other = workspace(broker, project, worktrees_dir, "t9")
 
     # Another task changes files off the first one's ways, and is merged first.
     other_path = Path(other.worktree_path)
@@ -93,7 +51,7 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
     other_records = GitDir.linked(other_path, Path(other.git_dir), other.branch)
     other_sha, _ = commit_all(other_records, "other\n")
     assert other_sha is not None
-    _merge(broker, project, base, "t9", other_sha)
+    merge(broker, project, base, "t9", other_sha)
     broker.remove_worktree(str(project), other.worktree_path)
 
     # The first task's agent: new files in new and existing directories, an edit, a
@@ -121,18 +79,11 @@ def test_a_worktree_the_file_tools_wrote_to_is_reused_looking_only_on_their_ways
     claim = read_claim(str(Path(first.git_dir) / "index"))
     assert claim is not None and claim.written == sorted(index.written)
     assert claim.base.decode() == git(worktree, "rev-parse", f"{first.base_sha}^{{tree}}").strip()
-    head = _merge(broker, project, base, "t1", sha)
+    head = merge(broker, project, base, "t1", sha)
     assert broker.recycle_worktree(str(project), first.worktree_path)
 
-    scan = checkout_module._scan
-
-    def no_whole_scan(root: bytes, passed: object = None, enters: object = None) -> object:
-        if enters is None:
-            raise AssertionError("the whole worktree was scanned")
-        return scan(root, passed, enters)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(checkout_module, "_scan", no_whole_scan)
-    second = _workspace(broker, project, worktrees_dir, "t2")
+    no_whole_scan(monkeypatch)
+    second = workspace(broker, project, worktrees_dir, "t2")
 
     path = Path(second.worktree_path)
     assert second.base_sha == head
@@ -154,7 +105,7 @@ def test_a_worktree_where_more_than_the_file_tools_wrote_is_scanned_whole(
     leaves no extension: whatever else changed in the worktree is put right."""
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
     base = broker.prepare_repository(str(project), "main", INTEGRATION).base_sha
-    first = _workspace(broker, project, worktrees_dir, "t1")
+    first = workspace(broker, project, worktrees_dir, "t1")
     worktree = Path(first.worktree_path)
     records = GitDir.linked(worktree, Path(first.git_dir), first.branch)
     Workspace(worktree).write_file("app/extra.py", "extra = 1\n")
@@ -164,10 +115,10 @@ def test_a_worktree_where_more_than_the_file_tools_wrote_is_scanned_whole(
     assert sha is not None
     index = read_index(str(Path(first.git_dir) / "index"))
     assert index is not None and index.written is None
-    _merge(broker, project, base, "t1", sha)
+    merge(broker, project, base, "t1", sha)
     broker.recycle_worktree(str(project), first.worktree_path)
 
-    second = Path(_workspace(broker, project, worktrees_dir, "t2").worktree_path)
+    second = Path(workspace(broker, project, worktrees_dir, "t2").worktree_path)
 
     assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
     assert (second / "lib" / "deep" / "er" / "x.py").read_text() == "x = 9\n"
@@ -192,7 +143,7 @@ def test_an_index_whose_paths_lead_out_is_not_believed(
     and nothing outside is touched."""
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=2)
     broker.prepare_repository(str(project), "main", INTEGRATION)
-    first = _workspace(broker, project, worktrees_dir, "t1")
+    first = workspace(broker, project, worktrees_dir, "t1")
     broker.recycle_worktree(str(project), first.worktree_path)
     (index_path,) = (worktrees_dir / ".pool").glob("*/*.admin/index")
     victim = worktrees_dir / "victim.txt"
@@ -212,7 +163,7 @@ def test_an_index_whose_paths_lead_out_is_not_believed(
     forged = read_index(str(index_path))
     assert forged is not None and forged.written == [b"README.md"]
 
-    second = Path(_workspace(broker, project, worktrees_dir, "t2").worktree_path)
+    second = Path(workspace(broker, project, worktrees_dir, "t2").worktree_path)
 
     assert victim.read_text() == "not the broker's\n"
     assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
@@ -241,24 +192,16 @@ def test_a_reuse_by_what_changed_leaves_exactly_the_new_tree(
     write_and_commit(repo, {".gitignore": "*.log\n", "top.txt": "top\n", **files}, "a project")
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
     base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
-    taken: list[bool] = []
-    reuse = worktrees_module.reuse_on_the_ways
-
-    def counted(*args: object) -> int | None:
-        result = reuse(*args)  # type: ignore[arg-type]
-        taken.append(result is not None)
-        return result
-
-    monkeypatch.setattr(worktrees_module, "reuse_on_the_ways", counted)
+    results = reuses(monkeypatch)
     for round_ in range(8):
         task = f"t{round_}"
-        ws = _workspace(broker, repo, worktrees_dir, task)
+        ws = workspace(broker, repo, worktrees_dir, task)
         path = Path(ws.worktree_path)
         assert git(path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
         assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
         tracked = sorted(git(path, "ls-files").split())
         # Another task's changes, merged first (not on this task's paths).
-        other = _workspace(broker, repo, worktrees_dir, f"o{round_}")
+        other = workspace(broker, repo, worktrees_dir, f"o{round_}")
         other_path = Path(other.worktree_path)
         assert git(other_path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
         regular = [t for t in tracked if not (path / t).is_symlink()]
@@ -286,7 +229,7 @@ def test_a_reuse_by_what_changed_leaves_exactly_the_new_tree(
         other_records = GitDir.linked(other_path, Path(other.git_dir), other.branch)
         other_sha, _ = commit_all(other_records, "other\n")
         assert other_sha is not None
-        _merge(broker, repo, base, f"o{round_}", other_sha)
+        merge(broker, repo, base, f"o{round_}", other_sha)
         broker.remove_worktree(str(repo), other.worktree_path)
         # This task's agent: the file tools only.
         tools = Workspace(path)
@@ -303,10 +246,10 @@ def test_a_reuse_by_what_changed_leaves_exactly_the_new_tree(
         # (looked at without git refreshing it, which would drop the runner's claim).
         assert git(path, "--no-optional-locks", "status", "--porcelain", "-uall") == ""
         assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
-        head = _merge(broker, repo, base, task, sha)
+        head = merge(broker, repo, base, task, sha)
         assert broker.recycle_worktree(str(repo), ws.worktree_path)
 
-        following = _workspace(broker, repo, worktrees_dir, f"n{round_}")
+        following = workspace(broker, repo, worktrees_dir, f"n{round_}")
         next_path = Path(following.worktree_path)
         assert following.base_sha == head
         assert git(next_path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
@@ -321,19 +264,19 @@ def test_a_reuse_by_what_changed_leaves_exactly_the_new_tree(
         assert git(next_path, "ls-files", "-s") != ""
         assert _tree_files(git, next_path, "HEAD") == _tree_files(git, repo, INTEGRATION)
         broker.remove_worktree(str(repo), following.worktree_path)
-    assert taken.count(False) <= 1, taken
+    assert results.count(None) <= 1, results
 
 
 def _one_task(broker: GitRepositories, repo: Path, worktrees_dir: Path, base: str) -> Path:
     """A task whose agent wrote one file with the file tools, merged; its worktree pooled.
     Returns the pooled worktree's index."""
-    ws = _workspace(broker, repo, worktrees_dir, "t1")
+    ws = workspace(broker, repo, worktrees_dir, "t1")
     tools = Workspace(Path(ws.worktree_path))
     tools.write_file("lib/z.py", "z = 1\n")
     records = GitDir.linked(Path(ws.worktree_path), Path(ws.git_dir), ws.branch)
     sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
     assert sha is not None
-    _merge(broker, repo, base, "t1", sha)
+    merge(broker, repo, base, "t1", sha)
     assert broker.recycle_worktree(str(repo), ws.worktree_path)
     (index,) = (worktrees_dir / ".pool").glob("*/*.admin/index")
     return index
@@ -357,15 +300,8 @@ def test_a_claim_the_broker_cannot_match_with_its_own_checkout_is_checked_whole(
     else:
         data = data[: data.index(END_EXTENSION)]
     index.write_bytes(data + hashlib.sha1(data, usedforsecurity=False).digest())
-    results: list[int | None] = []
-    reuse = worktrees_module.reuse_on_the_ways
-
-    def recorded(*args: object) -> int | None:
-        results.append(reuse(*args))  # type: ignore[arg-type]
-        return results[-1]
-
-    monkeypatch.setattr(worktrees_module, "reuse_on_the_ways", recorded)
-    second = Path(_workspace(broker, project, worktrees_dir, "t2").worktree_path)
+    results = reuses(monkeypatch)
+    second = Path(workspace(broker, project, worktrees_dir, "t2").worktree_path)
 
     assert results == [None]
     assert git(second, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
@@ -426,7 +362,7 @@ def test_the_runner_copies_the_brokers_index_by_its_offsets_and_its_word_on_racy
     with it (a file changed in the same instant could hold other bytes)."""
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
     broker.prepare_repository(str(project), "main", INTEGRATION)
-    ws = _workspace(broker, project, worktrees_dir, "t1")
+    ws = workspace(broker, project, worktrees_dir, "t1")
     index_path = Path(ws.git_dir) / "index"
     st = index_path.stat()
     read = scan_module._raw_index(index_path, st)
