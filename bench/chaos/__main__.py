@@ -58,6 +58,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="also fail a trial whose stall after a nats-server kill is longer (seconds)",
     )
+    parser.add_argument(
+        "--command",
+        help="a command each task's agent runs beside its write, {} for its task id (e.g."
+        " 'mkdir -p build/{}'): the finish check then scans every file",
+    )
     parser.add_argument("--work", type=Path, help="where trials run (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep passed trials' directories")
     return parser.parse_args(argv)
@@ -82,6 +87,7 @@ async def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         read_model_wait=args.read_model_wait,
         max_stall=args.max_stall,
+        command=args.command,
     )
     postgres = EmbeddedPostgres(work / "postgres").start()
     results: dict[int, TrialResult] = {}

@@ -73,15 +73,19 @@ def expected_content(task_id: str, present: set[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_task(task_id: str) -> Turn:
+def _write_task(task_id: str, command: str | None = None) -> Turn:
     def turn(request: dict[str, Any]) -> Reply:
         first = request["messages"][0]["content"]
         text = first if isinstance(first, str) else "".join(b.get("text", "") for b in first)
         found = _REPOSITORY.search(text)
         present = set(found.group(1).splitlines()) if found else set()
         content = expected_content(task_id, present)
-        block = tool_use_block("write_file", {"path": file_of(task_id), "content": content})
-        return Reply([block], "tool_use", 100, 20)
+        blocks = [tool_use_block("write_file", {"path": file_of(task_id), "content": content})]
+        if command is not None:
+            blocks.append(
+                tool_use_block("run_command", {"command": command.replace("{}", task_id)})
+            )
+        return Reply(blocks, "tool_use", 100, 20)
 
     return turn
 
@@ -100,18 +104,22 @@ class ModelCall:
 
 @dataclass
 class ChaosModel:
-    """A Messages API responder for the chaos mission that records every call."""
+    """A Messages API responder for the chaos mission that records every call.
+    ``command``: what each task's agent also runs beside its write (``{}`` stands for
+    the task's id), so that its finish check scans every file and its commit tells the
+    git broker what the worktree holds besides."""
 
-    script: ScriptedModel = field(
-        default_factory=lambda: ScriptedModel(
-            plan=chaos_plan(),
-            scripts={t: [_write_task(t), finish(f"wrote {file_of(t)}")] for t in GRAPH},
-        )
-    )
+    command: str | None = None
     calls: list[ModelCall] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.script = ScriptedModel(
+            plan=chaos_plan(),
+            scripts={
+                t: [_write_task(t, self.command), finish(f"wrote {file_of(t)}")] for t in GRAPH
+            },
+        )
 
     def __call__(self, request: dict[str, Any]) -> Reply | ApiError:
         # One call at a time (the server answers on several threads): replies are

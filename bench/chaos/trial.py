@@ -132,6 +132,8 @@ class TrialSettings:
     idle_timeout: float = 150.0
     max_stall: float | None = None  # fail a trial whose nats-server stall is longer
     env: dict[str, str] = field(default_factory=dict)
+    # A command each task's agent runs beside its write (``ChaosModel.command``).
+    command: str | None = None
 
 
 class Trial:
@@ -167,7 +169,7 @@ class Trial:
     async def run(self) -> TrialResult:
         began = time.time()
         self.home.mkdir(parents=True, exist_ok=True)
-        model = ChaosModel()
+        model = ChaosModel(command=self.settings.command)
         server = MessagesServer(model).start()
         repo = self.home / "repo"
         create_sample_repository(repo)
