@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -202,7 +203,8 @@ async def test_wall_time_limit_cuts_a_slow_model_call_short(
     agent, journal, _ = make_agent(task_repo, model({"t1": [slow]}), limits=Limits(max_seconds=0.5))
     began = asyncio.get_running_loop().time()
     outcome = await agent.run(start(journal))
-    assert outcome.reason.startswith("wall-time limit reached: 0.5 s of 0.5 s allowed")
+    # The time it reports is when the cut came: on a loaded machine, a little later.
+    assert re.match(r"wall-time limit reached: \d+\.\d s of 0\.5 s allowed", outcome.reason)
     assert asyncio.get_running_loop().time() - began < 5
 
 
