@@ -283,36 +283,35 @@ def test_an_index_read_that_is_not_the_bases_is_written_whole(
 
 
 def test_the_runners_index_is_read_by_its_offsets_and_believed_only_if_they_fit(
-    project: Path, worktrees_dir: Path, git: Git, monkeypatch: pytest.MonkeyPatch
+    project: Path, worktrees_dir: Path, git: Git
 ) -> None:
     """The runner's index says where each entry begins (as the broker's own does): the
     broker slices it rather than walking it, and an index whose offsets do not fit its
-    entries is no claim."""
+    entries, or that has none, is no claim."""
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
     base = broker.prepare_repository(str(project), "main", INTEGRATION).base_sha
     ws, sha = _a_command_task(broker, project, worktrees_dir)
     worktree = Path(ws.worktree_path)
     index = Path(ws.git_dir) / "index"
 
-    def walked(*args: object) -> None:
-        raise AssertionError("the index was walked entry by entry")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(checkout_module, "_as_written", walked)
-        claim = read_claim(str(index))
+    claim = read_claim(str(index))
     assert claim is not None and claim.index is not None and claim.extras == [b"x.log"]
     assert claim.index.names == sorted(git(worktree, "ls-files").encode().split())
     merge(broker, project, base, "t1", sha)
     assert broker.recycle_worktree(str(project), ws.worktree_path)
     (pooled,) = (worktrees_dir / ".pool").glob("*/*.admin/index")
-    data = pooled.read_bytes()[:-20]
-    told = data.index(checkout_module.OFFSETS_EXTENSION) + 8
+    original = pooled.read_bytes()[:-20]
+    offsets = original.index(checkout_module.OFFSETS_EXTENSION)
+    (size,) = struct.unpack_from(">L", original, offsets + 4)
     # The second entry said to begin four bytes later than it does.
-    second = told + 4 + 4
-    (start,) = struct.unpack_from(">L", data, second)
-    data = data[:second] + struct.pack(">L", start + 4) + data[second + 4 :]
-    pooled.write_bytes(data + hashlib.sha1(data, usedforsecurity=False).digest())
-    assert read_claim(str(pooled)) is None
+    second = offsets + 8 + 4 + 4
+    (start,) = struct.unpack_from(">L", original, second)
+    moved = original[:second] + struct.pack(">L", start + 4) + original[second + 4 :]
+    # No offsets at all: the claim follows the entries at once.
+    none = original[:offsets] + original[offsets + 8 + size :]
+    for data in (moved, none):
+        pooled.write_bytes(data + hashlib.sha1(data, usedforsecurity=False).digest())
+        assert read_claim(str(pooled)) is None
 
     path = Path(workspace(broker, project, worktrees_dir, "t2").worktree_path)
     _exact(git, path, project)

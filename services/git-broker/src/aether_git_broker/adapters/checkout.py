@@ -382,21 +382,19 @@ def read_claim(path: str) -> Claim | None:
     # An extra may be a nested ``.git``: only one that would lead out, or the worktree's
     # own, is refused here (the reuse takes only extras in the base tree's directories).
     told = found.get(OFFSETS_EXTENSION)
-    index = (
-        _as_told(data, start, mtime_ns, told)
-        if told is not None
-        else _as_written(data, start, mtime_ns)
-    )
+    index = _as_told(data, start, mtime_ns, told) if told is not None else None
     if index is None or any(_leads_out(path) or path == b".git" for path in paths):
         return None
     return Claim([], ObjectID(base), paths, index)
 
 
 def _as_told(data: bytes, end: int, mtime_ns: int, told: bytes) -> Written | None:
-    """``_as_written`` by where the index says its entries begin and which of them were
-    written just before it (``OFFSETS_EXTENSION``): each entry is sliced, not parsed,
-    and checked for the length its name gives (so no entry has flags beyond it), the
-    names for their order; only the recent entries' times are read."""
+    """The entries of a version 2 index (``data``, its entries ending at ``end``,
+    modified at ``mtime_ns``) as stored, by where the index says they begin and which of
+    them were written just before it (``OFFSETS_EXTENSION``), or ``None`` when those do
+    not fit. Each entry is sliced, not parsed, and checked for the length its name gives
+    (so no entry has a merge stage or extended flags), the names for their order; only
+    the recent entries' times are read (racily clean: not older than the index)."""
     (count,) = struct.unpack_from(">L", data, 8)
     table = 4 + 4 * (count + 1)
     if len(told) < table or struct.unpack_from(">L", told)[0] != count:
@@ -424,44 +422,6 @@ def _as_told(data: bytes, end: int, mtime_ns: int, told: bytes) -> Written | Non
         seconds, nanoseconds = struct.unpack_from(">LL", raws[at], 8)
         if seconds * 1_000_000_000 + nanoseconds >= mtime_ns:
             racy.append(name)
-    return Written(names, raws, mtime_ns, frozenset(racy))
-
-
-def _as_written(data: bytes, end: int, mtime_ns: int) -> Written | None:
-    """The entries of a version 2 index (``data``, its entries ending at ``end``,
-    modified at ``mtime_ns``) as stored, or ``None``: an entry with flags a checkout's
-    index does not have, names out of order or leading out of the worktree."""
-    (count,) = struct.unpack_from(">L", data, 8)
-    names: list[bytes] = []
-    raws: list[bytes] = []
-    racy: list[bytes] = []
-    offset = 12
-    mtime_s, mtime_rest = divmod(mtime_ns, 1_000_000_000)
-    flags_of = struct.Struct(">H").unpack_from
-    times = struct.Struct(">LL").unpack_from
-    try:
-        for _ in range(count):
-            (flags,) = flags_of(data, offset + 60)
-            if flags & 0x7000:  # a merge stage, or extended flags
-                return None
-            length = flags & 0xFFF
-            if length == 0xFFF:
-                length = data.index(b"\0", offset + 62) - offset - 62
-            size = 62 + length
-            size += 8 - size % 8
-            name = data[offset + 62 : offset + 62 + length]
-            if names and name <= names[-1]:
-                return None
-            seconds, nanoseconds = times(data, offset + 8)
-            if (seconds, nanoseconds) >= (mtime_s, mtime_rest):
-                racy.append(name)
-            names.append(name)
-            raws.append(data[offset : offset + size])
-            offset += size
-    except (struct.error, ValueError):
-        return None
-    if offset != end or any(_leads_out(name) for name in racy):
-        return None
     return Written(names, raws, mtime_ns, frozenset(racy))
 
 

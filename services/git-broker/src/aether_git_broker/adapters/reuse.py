@@ -22,9 +22,9 @@ agent running any more (a confined command's processes end with it). Its index t
 holds every file with fresh stat data, and says what the worktree holds besides the
 commit's tree: ignored files and directories, nested ``.git`` directories, special
 files, directories a command made that hold nothing committed. The broker removes those
-(falling back if one will not go) and takes the runner's index, read entry by entry,
-in place of its own record: the rest is as above, with no path written, so the scan is
-not made a second time by the broker.
+(falling back if one will not go) and takes the runner's index, sliced where the index
+says its entries begin, in place of its own record: the rest is as above, with no path
+written, so the scan is not made a second time by the broker.
 """
 
 from __future__ import annotations
@@ -130,8 +130,6 @@ def _is_dir(entry: Entry | None) -> bool:
 class _Plan:
     """What the reuse does, decided before it does any of it."""
 
-    # What the worktree holds besides the tree, removed first (files or directories).
-    extras: list[bytes] = field(default_factory=list)
     unlink: list[bytes] = field(default_factory=list)
     rmtree: list[bytes] = field(default_factory=list)
     mkdir: list[bytes] = field(default_factory=list)
@@ -210,7 +208,7 @@ def _plan(
                 if name not in on_disk and (stat.S_ISDIR(mode) or path not in targets):
                     raise _Unusual(f"{path!r} is gone without a write naming it")
 
-    plan = _Plan(extras=list(extras))
+    plan = _Plan()
     for path in diff.files.keys() | present.keys() | targets | memo.index.racy:
         raw = memo.entry(path)
         new = diff.files[path][1] if path in diff.files else _file_of(raw)
@@ -297,7 +295,7 @@ def reuse_on_the_ways(
         plan = _plan(trees, memo, claim.written, tree_id, root, claim.extras or [])
     except (_Unusual, KeyError, ValueError):
         return None  # a base this repository does not have is a claim not believed
-    if not _removed(root, plan.extras):
+    if not _removed(root, claim.extras or []):
         return None
     for path in plan.unlink:
         with contextlib.suppress(FileNotFoundError):
