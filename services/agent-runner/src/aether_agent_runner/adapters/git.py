@@ -600,19 +600,16 @@ def commit_all(
     if not move_branch(git, head, commit.id):
         raise GitDirError(f"the task branch {git.branch} moved while the work was committed")
     if state.written is None:
-        dirs = _WithRoot(TreeDirs(_directories_of(store, tree)))
-        extras = _extras_claim(state.extras, dirs) if settled else None
+        extras = (
+            _extras_claim(state.extras, _WithRoot(TreeDirs(_directories_of(store, tree))))
+            if settled
+            else None
+        )
         clean = state.extras.clean if state.extras is not None else None
         tail = _extras_tail(extras, tree) if extras is not None else _no_tail
         if clean is None or not _write_spliced(git, entries, changed, state, tail, clean):
             _write_index(git, entries, found, state.index, base=tree, extras=extras)
-    elif not _write_spliced(
-        git,
-        {path: entries[path] for path in changed if path in entries},
-        changed,
-        state,
-        _ways_tail(state.written, state.tree),
-    ):
+    elif not _write_spliced(git, entries, changed, state, _ways_tail(state.written, state.tree)):
         whole = {**tracked, **entries}
         for path in changed:
             if path not in entries:
