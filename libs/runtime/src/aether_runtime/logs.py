@@ -17,6 +17,8 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
     default=_EMPTY,  # never mutated: log_context sets a new dict
 )
 
+NOISY = ("uvicorn.access", "nats", "faststream", "httpx", "httpcore", "httpx2", "httpcore2")
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
@@ -49,7 +51,10 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "nats", "faststream", "httpx", "httpcore"):
+    # Libraries that log every request or message at INFO; the anthropic SDK carries its
+    # own copies of httpx and httpcore (``httpx2``, ``httpcore2``), which log every model
+    # call's request line.
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
