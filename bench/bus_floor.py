@@ -18,7 +18,13 @@ prints is a lower bound for any build of this design on this machine: the "bus o
 per task is what the four hops cost at the least, and "bus + git" over the plain loop is
 the best ratio the design can reach with the agent doing no model call at all.
 
-    uv run python bench/bus_floor.py [--tasks 200] [--observer]
+With ``--model-calls`` it runs the ring a third time with the runner making the two model
+calls ``bench/overhead.py``'s agent makes (one before the write, one after), through the
+anthropic SDK to a local Messages API server in a process of its own, read as the
+built-in loop reads them (``aether_llm.streamed.stream_reply``): the floor of the design
+with an agent that calls a model at all.
+
+    uv run python bench/bus_floor.py [--tasks 200] [--observer] [--model-calls]
 
 A figure, not a test: it prints numbers and never fails on them.
 """
@@ -46,9 +52,13 @@ from aether.gitview import create_sample_repository
 from aether.infra import EmbeddedNats
 from aether_agent_runner.adapters.git import GitDir, commit_all
 from aether_git_broker.adapters.git import GitRepositories
+from aether_llm import LLMSettings, make_client
+from aether_llm.streamed import stream_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_call import agent_request
+from model_call import serve as serve_model
 from overhead import plain_git_loop, summary
 
 STREAM = "FLOOR"
@@ -95,10 +105,16 @@ async def _consume(js: Any, durable: str, subjects: list[str]) -> Any:
     return await js.pull_subscribe_bind(durable=durable, stream=STREAM)
 
 
-async def _role(name: str, url: str, work: str, git: bool, pipe: Connection) -> None:
+async def _role(
+    name: str, url: str, work: str, git: bool, model_url: str | None, pipe: Connection
+) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     repos = GitRepositories()
+    client = None
+    if model_url is not None:
+        client = make_client(LLMSettings(api_key="bench", base_url=model_url, max_retries=0))
+        await stream_reply(client, **agent_request())  # the SDK's import and first call
     repo = str(Path(work) / "repo")
     subjects = {
         "broker": ["floor.ready", "floor.completed"],
@@ -151,6 +167,8 @@ async def _role(name: str, url: str, work: str, git: bool, pipe: Connection) -> 
             await _publish(js, "floor.merged", _next(step))
         elif name == "runner":
             await _publish(js, "floor.started", _next(step))
+            if client is not None:
+                await stream_reply(client, **agent_request())
             sha = ""
             if git:
                 target = Path(step.worktree_path) / "bench" / f"f{step.task}.txt"
@@ -159,6 +177,8 @@ async def _role(name: str, url: str, work: str, git: bool, pipe: Connection) -> 
                 records = GitDir.linked(Path(step.worktree_path), Path(step.git_dir), step.branch)
                 message = f"t{step.task}\n\nAether-Task: t{step.task}\nAether-Attempt: 1\n"
                 sha = commit_all(records, message)[0] or ""
+            if client is not None:
+                await stream_reply(client, **agent_request())
             await _publish(js, "floor.completed", _next(step, commit_sha=sha))
         elif name == "scheduler":
             pipe.send(("merged", step.task, time.perf_counter()))
@@ -166,13 +186,18 @@ async def _role(name: str, url: str, work: str, git: bool, pipe: Connection) -> 
     await nc.close()
 
 
-def _run_role(name: str, url: str, work: str, git: bool, pipe: Connection) -> None:
-    asyncio.run(_role(name, url, work, git, pipe))
+def _run_role(
+    name: str, url: str, work: str, git: bool, model_url: str | None, pipe: Connection
+) -> None:
+    asyncio.run(_role(name, url, work, git, model_url, pipe))
 
 
-async def ring(url: str, work: Path, tasks: int, git: bool, observer: bool) -> list[float]:
+async def ring(
+    url: str, work: Path, tasks: int, git: bool, observer: bool, model_url: str | None = None
+) -> list[float]:
     """Run ``tasks`` chained tasks around the ring; each task's seconds from its ready
-    event's publication to its merged event's delivery to the scheduler."""
+    event's publication to its merged event's delivery to the scheduler. With
+    ``model_url`` the runner makes two model calls a task there."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     await js.add_stream(
@@ -191,7 +216,8 @@ async def ring(url: str, work: Path, tasks: int, git: bool, observer: bool) -> l
     pipes, processes = {}, []
     for name in names:
         mine, theirs = context.Pipe()
-        process = context.Process(target=_run_role, args=(name, url, str(work), git, theirs))
+        model = model_url if name == "runner" else None
+        process = context.Process(target=_run_role, args=(name, url, str(work), git, model, theirs))
         process.start()
         pipes[name], _ = mine, processes.append(process)
     for name in names:
@@ -222,9 +248,15 @@ async def main() -> int:
     parser.add_argument(
         "--observer", action="store_true", help="a fourth process consuming every event"
     )
+    parser.add_argument(
+        "--model-calls",
+        action="store_true",
+        help="a third ring whose runner also makes the no-work agent's two model calls",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aether-bus-floor-"))
     server = EmbeddedNats(work / "nats").start()
+    model, model_pipe = None, None
     try:
         print(f"bench/bus_floor: N={args.tasks} chained tasks, work dir {work}")
         baseline = plain_git_loop(work, args.tasks)
@@ -238,7 +270,24 @@ async def main() -> int:
             f"  bus + git is {statistics.fmean(both) / floor:.2f}x the plain git loop"
             f" (the four hops add {(statistics.fmean(both) - floor) * 1000:.1f} ms a task)"
         )
+        if args.model_calls:
+            model_pipe, theirs = multiprocessing.Pipe()
+            model = multiprocessing.get_context("spawn").Process(target=serve_model, args=(theirs,))
+            model.start()
+            model_url = await asyncio.to_thread(model_pipe.recv)
+            called = await ring(
+                server.url, work / "model", args.tasks, True, args.observer, model_url
+            )
+            print(f"  bus + git + two calls    {summary(called)}")
+            print(
+                f"  bus + git + two calls is {statistics.fmean(called) / floor:.2f}x the plain"
+                f" git loop (the two calls add"
+                f" {(statistics.fmean(called) - statistics.fmean(both)) * 1000:.1f} ms a task)"
+            )
     finally:
+        if model is not None and model_pipe is not None:
+            model_pipe.send("stop")
+            model.join(10)
         server.stop()
     return 0
 

@@ -36,16 +36,9 @@ def reply(request: dict[str, Any]) -> Reply:
     return Reply([tool_use_block("write_file", write)], "tool_use", 10, 5)
 
 
-def serve(conn: Any) -> None:
-    server = MessagesServer(reply).start()
-    conn.send(server.url)
-    conn.recv()
-    server.stop()
-
-
-async def measure(url: str, calls: int, rounds: int) -> None:
-    client = make_client(LLMSettings(api_key="bench", base_url=url, max_retries=0))
-    params: dict[str, Any] = {
+def agent_request() -> dict[str, Any]:
+    """A request shaped like the built-in loop's: a system prompt, a tool, the task."""
+    return {
         "model": MODEL,
         "max_tokens": 8192,
         "system": [{"type": "text", "text": "You are a coding agent. " * 80}],
@@ -58,6 +51,18 @@ async def measure(url: str, calls: int, rounds: int) -> None:
         ],
         "messages": [{"role": "user", "content": "<task>write bench/f1.txt</task> " * 80}],
     }
+
+
+def serve(conn: Any) -> None:
+    server = MessagesServer(reply).start()
+    conn.send(server.url)
+    conn.recv()
+    server.stop()
+
+
+async def measure(url: str, calls: int, rounds: int) -> None:
+    client = make_client(LLMSettings(api_key="bench", base_url=url, max_retries=0))
+    params = agent_request()
 
     async def sdk_stream() -> object:
         async with client.messages.stream(**params) as stream:
