@@ -1,6 +1,6 @@
 """Aether next to LangGraph and Prefect 3 doing the same git work, in one run.
 
-    uv run python -m bench.peers [--tasks 50] [--venv DIR]
+    uv run python -m bench.peers [--tasks 50] [--venv DIR] [--model-calls]
 
 Builds the peers' own environment first (``uv venv`` in a temporary directory, then
 LangGraph with its SQLite checkpointer, Prefect 3, and the product's git adapters with the
@@ -17,17 +17,26 @@ dependency of the product. Then, on this machine and in this run:
 and prints ms per task (mission wall time / N), each one's ratio to its floor, and
 Aether's ratio to each peer, over their floors and as measured. A figure, not a test: it
 never fails on the numbers.
+
+Aether's no-work agent makes two model calls a task (to a local Messages API server);
+the peers and the plain loops make none by default, as the figures were first asked for.
+With ``--model-calls`` they make the same two (``work.ModelCalls``, through the anthropic
+SDK to a server of their own), so every system does the same agent work too and each
+floor is the git work with the two calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -36,8 +45,9 @@ from aether.gitview import create_sample_repository
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_call import serve as serve_model
 from overhead import WorkDirectory, run_shape
-from work import GitWork
+from work import GitWork, ModelCalls
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_PACKAGES = [
@@ -62,17 +72,34 @@ def build_venv(where: Path) -> Path:
     return python
 
 
-def plain_loop(work: Path, n: int, label: str) -> float:
+@contextlib.contextmanager
+def model_server(wanted: bool) -> Iterator[str | None]:
+    """The URL of a Messages API server in a process of its own (``None`` unless
+    ``wanted``), serving the no-work agent's reply, stopped on the way out."""
+    if not wanted:
+        yield None
+        return
+    mine, theirs = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=serve_model, args=(theirs,))
+    process.start()
+    try:
+        yield str(mine.recv())
+    finally:
+        mine.send("stop")
+        process.join(10)
+
+
+def plain_loop(work: Path, n: int, label: str, agent: ModelCalls | None = None) -> float:
     repo = work / f"plain-{label}"
     create_sample_repository(repo)
-    git = GitWork.prepare(repo, work / f"wt-plain-{label}")
+    git = GitWork.prepare(repo, work / f"wt-plain-{label}", agent)
     began = time.perf_counter()
     for i in range(1, n + 1):
         git.task(i)
     return time.perf_counter() - began
 
 
-def run_peers(python: Path, work: Path, n: int) -> dict[str, float]:
+def run_peers(python: Path, work: Path, n: int, model_url: str | None) -> dict[str, float]:
     repos = []
     for i in range(12):
         repo = work / f"peer-repo-{i}"
@@ -83,6 +110,7 @@ def run_peers(python: Path, work: Path, n: int) -> dict[str, float]:
             str(python),
             str(Path(__file__).with_name("peers.py")),
             *("--tasks", str(n), "--work", str(work / "peers"), "--repos", *repos),
+            *(["--model-url", model_url] if model_url else []),
         ],
         check=True,
         capture_output=True,
@@ -93,11 +121,11 @@ def run_peers(python: Path, work: Path, n: int) -> dict[str, float]:
     return results
 
 
-async def aether(work: Path, n: int) -> dict[str, float]:
+async def aether(work: Path, n: int, agent: ModelCalls | None) -> dict[str, float]:
     results = {}
     for shape, label in (("chain", "chain"), ("independent", "4 at a time")):
         key = f"Aether (five services)|{label}"
-        results[f"{key}|floor"] = await asyncio.to_thread(plain_loop, work, n, shape)
+        results[f"{key}|floor"] = await asyncio.to_thread(plain_loop, work, n, shape, agent)
         _, wall, *_ = await run_shape(work, f"peers-{shape}", shape, n, 4)
         results[key] = wall
     return results
@@ -108,6 +136,11 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--venv", type=Path, help="a peers' environment built before")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--model-calls",
+        action="store_true",
+        help="the peers and every plain loop make the no-work agent's two model calls too",
+    )
     args = parser.parse_args()
     n = args.tasks
     # The peers' environment built here is kept for ``--venv`` next time.
@@ -115,10 +148,13 @@ def main() -> int:
         print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
         python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
         (work / "peers").mkdir()
-        walls = asyncio.run(aether(work, n))
-        walls.update(run_peers(python, work, n))
-    print(f"\n  {'orchestrator (same git work), ms/task':<40} {'chain':>16} {'4 at a time':>16}")
-    print(f"  {'':<40} {'(× its floor)':>16} {'(× its floor)':>16}")
+        with model_server(args.model_calls) as model_url:
+            agent = ModelCalls(model_url) if model_url else None
+            walls = asyncio.run(aether(work, n, agent))
+            walls.update(run_peers(python, work, n, model_url))
+    work_done = "same git work, two model calls" if args.model_calls else "same git work"
+    print(f"\n  {f'orchestrator ({work_done}), ms/task':<50} {'chain':>16} {'4 at a time':>16}")
+    print(f"  {'':<50} {'(× its floor)':>16} {'(× its floor)':>16}")
     systems = dict.fromkeys(key.split("|")[0] for key in walls)
     ratios: dict[str, dict[str, float]] = {}
     for system in systems:
@@ -131,7 +167,7 @@ def main() -> int:
                 continue
             ratios.setdefault(system, {})[shape] = wall / floor
             cells.append(f"{wall / n * 1000:7.1f} ({wall / floor:4.2f}×)")
-        print(f"  {system:<40} {cells[0]:>16} {cells[1]:>16}")
+        print(f"  {system:<50} {cells[0]:>16} {cells[1]:>16}")
     floors = [wall / n * 1000 for key, wall in walls.items() if key.endswith("|floor")]
     print(f"  plain git loop, ms/task, beside each: {', '.join(f'{f:.1f}' for f in floors)}")
     ours = ratios.get("Aether (five services)", {})

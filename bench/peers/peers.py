@@ -1,12 +1,14 @@
 """The same git work per task under LangGraph and Prefect 3 (run in the peers' environment).
 
     <peers-venv>/bin/python bench/peers/peers.py --tasks 50 --work DIR --repos R1 R2 ...
+        [--model-url URL]
 
 Prints one JSON object: for each orchestrator and shape, the wall time of the run in
 seconds, and (``…|floor``) that of the plain loop run right before it, so that a machine
 whose load changes during the run still gives each its own floor. Each run gets its own
 sample repository (``--repos``, created by the caller), and the same ``GitWork`` the
-plain loop and Aether use.
+plain loop and Aether use (with ``--model-url``, each task also makes the no-work agent's
+two model calls there: ``work.ModelCalls``, in the plain loops too).
 
 * LangGraph: a ``StateGraph`` with a SQLite checkpointer, durability ``sync`` (every
   checkpoint and every task's writes stored before the graph goes on). A chain is one node
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
-from work import GitWork
+from work import GitWork, ModelCalls
 
 
 class Chain(TypedDict):
@@ -115,7 +117,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--repos", type=Path, nargs="+", required=True)
+    parser.add_argument("--model-url", help="make the no-work agent's model calls there")
     args = parser.parse_args()
+    agent = ModelCalls(args.model_url) if args.model_url else None
     repos = iter(args.repos)
     n, work_dir = args.tasks, args.work
     # Prefect's own state (its server's database, persisted results) stays in the work
@@ -127,7 +131,7 @@ def main() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
     def fresh(name: str) -> GitWork:
-        return GitWork.prepare(next(repos), work_dir / "wt" / name)
+        return GitWork.prepare(next(repos), work_dir / "wt" / name, agent)
 
     def floor(label: str) -> float:
         """The plain loop, run right before ``label`` so both see the same machine load."""
