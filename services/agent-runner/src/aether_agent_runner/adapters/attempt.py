@@ -90,7 +90,15 @@ class AttemptBusy(RetryLater):
 
 class Reporter:
     """Emits UsageRecorded for every model call and AgentProgress at most every
-    ``interval`` seconds, through the attempt's stream (``adapters.stream``)."""
+    ``interval`` seconds, through the attempt's stream (``adapters.stream``).
+
+    The attempt's start counts as its first report (AgentStarted says it began), so the
+    first AgentProgress comes ``interval`` seconds into the attempt, not at its first
+    step: an attempt shorter than that reports none (its files and usage come with its
+    result, each step is in its transcript).
+    The first steps' progress, reported at once, was one event more every task stored and
+    folded, and on the path of a short task (its first model call's burst of events).
+    ``always`` reports anyway (a runtime's notice, such as a session resumed)."""
 
     def __init__(
         self,
@@ -107,7 +115,7 @@ class Reporter:
         self._runner_id = runner_id
         self._interval = interval
         self._monotonic = monotonic
-        self._last: float | None = None
+        self._last = monotonic()
 
     async def model_called(self, turn: int, usage: Usage) -> None:
         ready = self._ready
@@ -116,7 +124,7 @@ class Reporter:
 
     async def progressed(self, progress: Progress, *, always: bool = False) -> None:
         now = self._monotonic()
-        if not always and self._last is not None and now - self._last < self._interval:
+        if not always and now - self._last < self._interval:
             return
         self._last = now
         await self._emit(
