@@ -51,6 +51,9 @@ async def shared_stack(
     # runner keeps a message it works on alive every 2 s; longer than the default 4 s, so
     # a worker starved on a loaded machine does not see its message delivered again).
     stack.env["AETHER_AGENT_ACK_WAIT_SECONDS"] = "6"
+    # Every step reported, so a test can look for one: by default progress is sampled, one
+    # report every 5 s and the first 5 s into an attempt, which these take less than.
+    stack.env["AETHER_AGENT_PROGRESS_SECONDS"] = "0"
     try:
         await asyncio.to_thread(stack.start)
         yield stack
