@@ -95,10 +95,10 @@ class Reporter:
     The attempt's start counts as its first report (AgentStarted says it began), so the
     first AgentProgress comes ``interval`` seconds into the attempt, not at its first
     step: an attempt shorter than that reports none (its files and usage come with its
-    result, each step is in its transcript).
-    The first steps' progress, reported at once, was one event more every task stored and
-    folded, and on the path of a short task (its first model call's burst of events).
-    ``always`` reports anyway (a runtime's notice, such as a session resumed)."""
+    result, each step is in its transcript). Reported at once, the first step's progress
+    would be one event more for every task to store and fold, in the burst of events of
+    its first model call. ``always`` reports anyway (a runtime's notice, such as a
+    session resumed)."""
 
     def __init__(
         self,
