@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import time
@@ -355,20 +356,31 @@ def test_objects_are_written_whole_beside_existing_ones_and_after_a_prune_of_the
     os.utime(loose, (old, old))
 
     (wt / "src" / "again.py").write_text("first = 1\n")  # the same blob
-    (wt / "src" / "second.py").write_text("second = 2\n")
-    second_blob = Blob.from_string(b"second = 2\n").id.decode()
-    fanout = repo / ".git" / "objects" / second_blob[:2]
+    warm_up = Blob.from_string(b"a warm-up object\n")
+    objects = repo / ".git" / "objects"
+
+    def fanout_of(text: str) -> Path:
+        return objects / Blob.from_string(text.encode()).id.decode()[:2]
+
+    # A new blob whose directory of objects holds nothing yet: the first commit's objects
+    # are named by their content and its time, and may have made any directory.
+    content = next(
+        text
+        for text in (f"second = {n}\n" for n in itertools.count(2))
+        if not fanout_of(text).exists() and fanout_of(text).name != warm_up.id.decode()[:2]
+    )
+    (wt / "src" / "second.py").write_text(content)
+    fanout = fanout_of(content)
     # Its directory known to this process, then pruned (git's prune removes an emptied
     # one).
-    fanout.mkdir(exist_ok=True)
-    assert not any(fanout.iterdir())
-    add_object(store, Blob.from_string(b"a warm-up object\n"))
+    fanout.mkdir()
+    add_object(store, warm_up)
     _FANOUTS.add(str(fanout))
     fanout.rmdir()
     second, changed = commit_all(records, "Second\n")
 
     assert second is not None and changed == ["src/again.py", "src/second.py"]
     assert loose.stat().st_mtime > old + 86400
-    assert git("cat-file", "-p", f"{second}:src/second.py", cwd=repo) == "second = 2\n"
+    assert git("cat-file", "-p", f"{second}:src/second.py", cwd=repo) == content
     assert git("fsck", "--no-dangling", cwd=repo) == ""
     assert not list((repo / ".git" / "objects").rglob("tmp_obj_*"))
