@@ -57,8 +57,7 @@ from aether_llm.streamed import stream_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_call import agent_request
-from model_call import serve as serve_model
+from model_call import agent_request, served
 from overhead import plain_git_loop, summary
 
 STREAM = "FLOOR"
@@ -256,7 +255,6 @@ async def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aether-bus-floor-"))
     server = EmbeddedNats(work / "nats").start()
-    model, model_pipe = None, None
     try:
         print(f"bench/bus_floor: N={args.tasks} chained tasks, work dir {work}")
         baseline = plain_git_loop(work, args.tasks)
@@ -271,13 +269,10 @@ async def main() -> int:
             f" (the four hops add {(statistics.fmean(both) - floor) * 1000:.1f} ms a task)"
         )
         if args.model_calls:
-            model_pipe, theirs = multiprocessing.Pipe()
-            model = multiprocessing.get_context("spawn").Process(target=serve_model, args=(theirs,))
-            model.start()
-            model_url = await asyncio.to_thread(model_pipe.recv)
-            called = await ring(
-                server.url, work / "model", args.tasks, True, args.observer, model_url
-            )
+            with served() as model_url:
+                called = await ring(
+                    server.url, work / "model", args.tasks, True, args.observer, model_url
+                )
             print(f"  bus + git + two calls    {summary(called)}")
             print(
                 f"  bus + git + two calls is {statistics.fmean(called) / floor:.2f}x the plain"
@@ -285,9 +280,6 @@ async def main() -> int:
                 f" {(statistics.fmean(called) - statistics.fmean(both)) * 1000:.1f} ms a task)"
             )
     finally:
-        if model is not None and model_pipe is not None:
-            model_pipe.send("stop")
-            model.join(10)
         server.stop()
     return 0
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aether_llm import LLMSettings, MessagesServer, Reply, make_client, tool_use_block
@@ -58,6 +59,23 @@ def serve(conn: Any) -> None:
     conn.send(server.url)
     conn.recv()
     server.stop()
+
+
+@contextlib.contextmanager
+def served() -> Iterator[str]:
+    """The URL of a server of ``reply`` in a process of its own (a server thread here
+    would share the interpreter lock with what is timed), stopped on the way out."""
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=serve, args=(child,), daemon=True)
+    process.start()
+    try:
+        yield str(parent.recv())
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
 
 
 async def measure(url: str, calls: int, rounds: int) -> None:
@@ -102,16 +120,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    parent, child = multiprocessing.Pipe()
-    server = multiprocessing.get_context("spawn").Process(target=serve, args=(child,))
-    server.start()
-    try:
-        url = parent.recv()
+    with served() as url:
         print(f"model_call: {args.rounds} rounds of {args.calls} calls per way")
         asyncio.run(measure(url, args.calls, args.rounds))
-    finally:
-        parent.send("stop")
-        server.join(10)
     return 0
 
 

@@ -31,12 +31,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -45,7 +43,7 @@ from aether.gitview import create_sample_repository
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_call import serve as serve_model
+from model_call import served
 from overhead import WorkDirectory, run_shape
 from work import GitWork, ModelCalls
 
@@ -70,23 +68,6 @@ def build_venv(where: Path) -> Path:
     print(f"  installing {', '.join(PEERS)} into {where} …", flush=True)
     subprocess.run(["uv", "pip", "install", "-q", "-p", str(python), *packages], check=True)
     return python
-
-
-@contextlib.contextmanager
-def model_server(wanted: bool) -> Iterator[str | None]:
-    """The URL of a Messages API server in a process of its own (``None`` unless
-    ``wanted``), serving the no-work agent's reply, stopped on the way out."""
-    if not wanted:
-        yield None
-        return
-    mine, theirs = multiprocessing.Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=serve_model, args=(theirs,))
-    process.start()
-    try:
-        yield str(mine.recv())
-    finally:
-        mine.send("stop")
-        process.join(10)
 
 
 def plain_loop(work: Path, n: int, label: str, agent: ModelCalls | None = None) -> float:
@@ -148,7 +129,7 @@ def main() -> int:
         print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
         python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
         (work / "peers").mkdir()
-        with model_server(args.model_calls) as model_url:
+        with served() if args.model_calls else contextlib.nullcontext() as model_url:
             agent = ModelCalls(model_url) if model_url else None
             walls = asyncio.run(aether(work, n, agent))
             walls.update(run_peers(python, work, n, model_url))
