@@ -6,9 +6,12 @@ no model work: it writes one file and finishes. For every task it measures TaskR
 BranchMerged from the events' timestamps. Each stack first runs a small warm-up mission
 (``--warm-up``, its wall time printed), as the peers in ``bench/peers`` are timed after
 their start-up: a fresh stack's first mission imports the model SDK in the planner and the
-runner (at their first model call). In the same run it times the same git
-operations in a plain loop (task branch and worktree at the integration head, write one
-file, commit, merge, remove the worktree) with the same adapters the services use.
+runner (at their first model call). Just before each measured mission (the stack idle,
+warmed up) and just after it, it times the same git operations in a plain loop (task
+branch and worktree at the integration head, write one file, commit, merge, remove the
+worktree) with the same adapters the services use, and prints both: the disk they share
+can be several times slower from one minute to the next, so the ratios are against the
+mean of the two, and a line says when they are far apart.
 
 It also prints, per hop, the median and p95 from one event's timestamp to the next
 (TaskReady → WorkspaceReady → AgentStarted → AgentCompleted → BranchMerged → the next
@@ -67,7 +70,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -396,6 +400,21 @@ def inside_attempts(events: list[Event]) -> dict[str, list[float]]:
     return out
 
 
+def print_plain_around(shape: str, run: ShapeRun) -> None:
+    """The plain loop just before and just after the mission, and how far apart they are:
+    the disk both share can be several times slower from one minute to the next, and a
+    ratio against a baseline taken at another moment then says more about the disk."""
+    means = [statistics.fmean(r) * 1000 for r in (run.plain_before, run.plain_after) if r]
+    if len(means) < 2:
+        return
+    drift = max(means) / min(means)
+    note = " (the disk moved between them: read the ratios with care)" if drift > 1.5 else ""
+    print(
+        f"  {shape:<11} plain git loop per task  just before {means[0]:.1f} ms,"
+        f" just after {means[1]:.1f} ms{note}"
+    )
+
+
 def print_hops(shape: str, figures: dict[str, list[float]], title: str = "hop") -> None:
     print(f"  {shape}: {title:<38} p50 ms   p95 ms")
     for hop, values in figures.items():
@@ -598,9 +617,11 @@ def bench_repository(path: Path, files: int = 0) -> None:
     subprocess.run([*git, *email, "commit", "-q", "-m", f"{files} files"], check=True)
 
 
-def plain_git_loop(work: Path, n: int, files: int = 0) -> list[float]:
-    """The same git operations, one task after another, with no events in between."""
-    repo = work / "plain-repo"
+def plain_git_loop(work: Path, n: int, files: int = 0, label: str = "") -> list[float]:
+    """The same git operations, one task after another, with no events in between (in a
+    repository of its own, named by ``label``)."""
+    suffix = f"-{label}" if label else ""
+    repo = work / f"plain-repo{suffix}"
     bench_repository(repo, files)
     git = GitRepositories()
     git.prepare_repository(str(repo), "main", "bench/plain")
@@ -609,7 +630,7 @@ def plain_git_loop(work: Path, n: int, files: int = 0) -> list[float]:
     for i in range(1, n + 1):
         began = time.perf_counter()
         ws = git.prepare_workspace(
-            str(repo), "bench/plain", f"bench-tasks/t{i}", str(work / "wt" / f"t{i}")
+            str(repo), "bench/plain", f"bench-tasks/t{i}", str(work / f"wt{suffix}" / f"t{i}")
         )
         base = base or ws.base_sha
         target = Path(ws.worktree_path) / "bench" / f"f{i}.txt"
@@ -633,6 +654,12 @@ def plain_git_loop(work: Path, n: int, files: int = 0) -> list[float]:
     return durations
 
 
+def plain_bracket(work: Path, n: int, files: int, shape: str) -> Callable[[], list[float]]:
+    """The plain loop of ``n`` tasks, in a repository of its own each time it is called."""
+    runs = itertools.count(1)
+    return lambda: plain_git_loop(work, n, files, f"{shape}-{next(runs)}")
+
+
 async def warm_up_stack(stack: Stack, work: Path, label: str, tasks: int, concurrency: int) -> bool:
     """Run the stack's first mission, of ``tasks`` tasks (the model server's plan for the
     ``WARM_UP`` requirement), and print its wall time; whether it completed.
@@ -652,6 +679,28 @@ async def warm_up_stack(stack: Stack, work: Path, label: str, tasks: int, concur
     return True
 
 
+@dataclass
+class ShapeRun:
+    """One measured mission: its events, wall time and stack, the services' handler
+    seconds per task, and the plain loop's task times just before it and just after it
+    (when asked for: ``bracket``)."""
+
+    events: list[Event]
+    wall: float
+    stack: Stack
+    handler: dict[str, float]
+    plain_before: list[float] = field(default_factory=list)
+    plain_after: list[float] = field(default_factory=list)
+
+    @property
+    def plain(self) -> float:
+        """The plain loop's mean seconds a task around the mission: the mean of the two
+        runs, each weighted alike (the disk it shares can be several times slower
+        from one minute to the next)."""
+        means = [statistics.fmean(run) for run in (self.plain_before, self.plain_after) if run]
+        return statistics.fmean(means) if means else 0.0
+
+
 async def run_shape(
     work: Path,
     label: str,
@@ -664,11 +713,14 @@ async def run_shape(
     one_reply: bool = False,
     files: int = 0,
     command: str | None = None,
-) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
+    bracket: Callable[[], list[float]] | None = None,
+) -> ShapeRun:
     """One mission through a fresh stack, after a warm-up mission of ``warm_up`` tasks on
     the same stack (the peers too are timed after their start-up): its events, wall time,
     and (read before the stack stops) the services' handler seconds per task. Prints the
-    warm-up's wall time and the measured mission's hop and service tables."""
+    warm-up's wall time and the measured mission's hop and service tables. ``bracket``,
+    the plain loop, is run just before the mission (after the warm-up, the stack idle)
+    and just after it (before the stack stops): the baseline as the disk was then."""
     others = {WARM_UP: plan_of(warm_up, shape)} if warm_up else {}
     with model_server(plan_of(n, shape), others, one_reply, command) as (model_url, model_pid):
         return await _run_shape(
@@ -683,6 +735,7 @@ async def run_shape(
             warm_up,
             paused,
             files,
+            bracket,
         )
 
 
@@ -698,7 +751,8 @@ async def _run_shape(
     warm_up: int,
     paused: str | None = None,
     files: int = 0,
-) -> tuple[list[Event], float, Stack, dict[str, float], dict[str, float]]:
+    bracket: Callable[[], list[float]] | None = None,
+) -> ShapeRun:
     stack = Stack(
         home=work / f"stack-{label}",
         random_ports=True,
@@ -712,31 +766,35 @@ async def _run_shape(
         python_options=python_options or {},
         nats_monitor_port=free_port(),
     )
-    handler: dict[str, float] = {}
+    run = ShapeRun(events=[], wall=0.0, stack=stack, handler={})
     try:
         await asyncio.to_thread(stack.start)
         if warm_up and not await warm_up_stack(stack, work, label, warm_up, concurrency):
-            return [], 0.0, stack, handler, {}
+            return run
         repo = work / f"repo-{label}"
         await asyncio.to_thread(bench_repository, repo, files)
+        if bracket is not None:
+            run.plain_before = await asyncio.to_thread(bracket)
         before = await asyncio.to_thread(scrape_all, stack)
         cpu_before = service_cpu(stack)
         servers_before = server_cpu(stack, model_pid)
         messages_before = await asyncio.to_thread(bus_messages, stack.nats_monitor_port)
         began = time.perf_counter()
-        events = await run_mission(stack, repo, n, concurrency, paused=paused)
-        wall = time.perf_counter() - began
-        if any(isinstance(e, MissionCompleted) for e in events):
-            print_hops(label, per_task(events))
-            print_hops(label, inside_attempts(events), "inside the attempts")
-            handler = await asyncio.to_thread(
+        run.events = await run_mission(stack, repo, n, concurrency, paused=paused)
+        run.wall = time.perf_counter() - began
+        if any(isinstance(e, MissionCompleted) for e in run.events):
+            print_hops(label, per_task(run.events))
+            print_hops(label, inside_attempts(run.events), "inside the attempts")
+            run.handler = await asyncio.to_thread(
                 print_services, label, stack, n, cpu_before, before, servers_before, model_pid
             )
             messages = await asyncio.to_thread(bus_messages, stack.nats_monitor_port)
             print_bus_messages(label, messages_before, messages, n)
+            if bracket is not None:
+                run.plain_after = await asyncio.to_thread(bracket)
     finally:
         await asyncio.to_thread(stack.stop)
-    return events, wall, stack, handler, {}
+    return run
 
 
 async def main() -> int:
@@ -806,11 +864,9 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
         f"bench/overhead: N={args.tasks} tasks, concurrency {args.concurrency},"
         f" {args.files + 2} files, work dir {work}"
     )
-    baseline = plain_git_loop(work, args.tasks, args.files)
-    print(f"  plain git loop per task          {summary(baseline)}")
     handler_total: dict[str, float] = {}
     for shape in shapes:
-        events, wall, _, handler, _ = await run_shape(
+        run = await run_shape(
             work,
             shape,
             shape,
@@ -820,25 +876,26 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             one_reply=args.one_reply,
             files=args.files,
             command=args.command,
+            bracket=plain_bracket(work, args.tasks, args.files, shape),
         )
-        for name, seconds in handler.items():
+        for name, seconds in run.handler.items():
             handler_total[name] = handler_total.get(name, 0.0) + seconds
-        if not any(isinstance(e, MissionCompleted) for e in events):
+        if not any(isinstance(e, MissionCompleted) for e in run.events):
             print(f"  {shape}: the mission did not complete", file=sys.stderr)
             return 1
-        figures = per_task(events)
-        latency = figures["ready_to_merged"]
-        overhead = statistics.fmean(latency) - statistics.fmean(baseline)
+        print_plain_around(shape, run)
+        latency = per_task(run.events)["ready_to_merged"]
+        overhead = statistics.fmean(latency) - run.plain
         print(f"  {shape:<11} TaskReady→BranchMerged  {summary(latency)}")
-        ratio = statistics.fmean(latency) / statistics.fmean(baseline)
-        per = wall / args.tasks * 1000
+        ratio = statistics.fmean(latency) / run.plain
+        per = run.wall / args.tasks * 1000
         print(
-            f"  {shape:<11} mission wall time {wall:6.1f} s ({per:.0f} ms/task,"
-            f" {per / (statistics.fmean(baseline) * 1000):.1f}x the plain git loop);"
+            f"  {shape:<11} mission wall time {run.wall:6.1f} s ({per:.0f} ms/task,"
+            f" {per / (run.plain * 1000):.1f}x the plain git loop around it);"
             f" mean latency is {ratio:.1f}x the plain git work (+{overhead * 1000:.0f} ms/task)"
         )
     if args.pause_gateway:
-        events, wall, *_ = await run_shape(
+        paused = await run_shape(
             work,
             "chain-gateway-paused",
             "chain",
@@ -850,12 +907,12 @@ async def measure(args: argparse.Namespace, work: Path) -> int:
             files=args.files,
             command=args.command,
         )
-        latency = per_task(events)["ready_to_merged"]
+        latency = per_task(paused.events)["ready_to_merged"]
         if latency:
             print(f"  chain, gateway paused  TaskReady→BranchMerged  {summary(latency)}")
             print(
-                f"  chain, gateway paused  mission wall time {wall:6.1f} s"
-                f" ({wall / args.tasks * 1000:.0f} ms/task)"
+                f"  chain, gateway paused  mission wall time {paused.wall:6.1f} s"
+                f" ({paused.wall / args.tasks * 1000:.0f} ms/task)"
             )
     if args.profile and (handler_total or args.profile_service):
         slowest = args.profile_service or max(handler_total, key=lambda name: handler_total[name])

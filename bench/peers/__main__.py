@@ -107,8 +107,7 @@ async def aether(work: Path, n: int, agent: ModelCalls | None) -> dict[str, floa
     for shape, label in (("chain", "chain"), ("independent", "4 at a time")):
         key = f"Aether (five services)|{label}"
         results[f"{key}|floor"] = await asyncio.to_thread(plain_loop, work, n, shape, agent)
-        _, wall, *_ = await run_shape(work, f"peers-{shape}", shape, n, 4)
-        results[key] = wall
+        results[key] = (await run_shape(work, f"peers-{shape}", shape, n, 4)).wall
     return results
 
 
