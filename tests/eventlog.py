@@ -27,9 +27,11 @@ from aether_events import (
     Event,
     MissionCompleted,
     TaskEscalated,
+    TranscriptRecorded,
     decode,
     ensure_streams,
     is_terminal,
+    transcript_of,
 )
 
 E = TypeVar("E", bound=Event)
@@ -125,6 +127,11 @@ class EventLog:
         await self.stop()
 
     def of(self, cls: type[E]) -> list[E]:
+        """The events of ``cls``; transcript entries (``TranscriptRecorded``) include
+        those an attempt sent together (``TranscriptEntries``), each once
+        (``transcript_of``)."""
+        if cls is TranscriptRecorded:
+            return transcript_of(self.events)  # type: ignore[return-value]
         return [event for event in self.events if isinstance(event, cls)]
 
     of_type = of

@@ -13,13 +13,16 @@ from aether_events import (
     TYPES_BY_TAG,
     AgentHeartbeat,
     MissionRequested,
+    TranscriptEntries,
     UnknownEventType,
     decode,
     derived_id,
     encode,
+    entries_of,
     mission_subject,
     subject_for,
     tag_of,
+    transcript_of,
     type_subject,
     type_subjects,
 )
@@ -106,3 +109,38 @@ def test_a_mission_without_a_base_branch_asks_for_the_repositorys_default() -> N
     unnamed = decode((SAMPLES / "v3" / "mission_requested.json").read_bytes())
     assert isinstance(named, MissionRequested) and named.base_branch == "main"
     assert isinstance(unnamed, MissionRequested) and unnamed.base_branch == ""
+
+
+def test_a_transcript_batch_decodes_only_with_entries_of_its_own_attempt() -> None:
+    data = json.loads((SAMPLES / "v1" / "transcript_entries.json").read_bytes())
+    batch = decode(json.dumps(data).encode())
+    assert [entry.sequence for entry in entries_of(batch)] == [0, 1]
+    other = json.loads(json.dumps(data))
+    other["entries"][1]["task_id"] = "t2"
+    with pytest.raises(msgspec.ValidationError, match="another attempt"):
+        decode(json.dumps(other).encode())
+    later = json.loads(json.dumps(data))
+    later["entries"][0]["attempt"] = 2
+    with pytest.raises(msgspec.ValidationError, match="another attempt"):
+        decode(json.dumps(later).encode())
+    empty = {**data, "entries": []}
+    with pytest.raises(msgspec.ValidationError, match="no entry"):
+        decode(json.dumps(empty).encode())
+    nested = {**data, "entries": [data]}
+    with pytest.raises(msgspec.ValidationError):
+        decode(json.dumps(nested).encode())
+
+
+def test_entries_of_an_event_that_is_no_transcript_is_empty() -> None:
+    entry = decode((SAMPLES / "v1" / "transcript_recorded.json").read_bytes())
+    assert entries_of(entry) == [entry]
+    assert entries_of(decode((SAMPLES / "v1" / "mission_failed.json").read_bytes())) == []
+
+
+def test_a_transcript_read_from_the_stream_has_each_entry_once() -> None:
+    batch = decode((SAMPLES / "v1" / "transcript_entries.json").read_bytes())
+    assert isinstance(batch, TranscriptEntries)
+    first, second = batch.entries
+    # Sent alone, then again with the next (a resumed attempt): the first copy is kept.
+    assert transcript_of([first, batch]) == [first, second]
+    assert transcript_of([batch, first]) == [first, second]

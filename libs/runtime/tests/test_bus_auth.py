@@ -69,6 +69,7 @@ def test_the_agent_runner_publishes_agent_events_only_with_an_attempts_credentia
         "agent_progress",
         "agent_heartbeat",
         "transcript_recorded",
+        "transcript_entries",
         "agent_completed",
         "agent_failed",
         "usage_recorded",

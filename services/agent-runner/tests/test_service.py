@@ -26,6 +26,7 @@ from aether_events import (
     AgentStarted,
     MissionCancelled,
     TaskTimedOut,
+    TranscriptEntries,
     TranscriptRecorded,
     UsageRecorded,
     new_event_id,
@@ -132,7 +133,9 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     trail = [
         type(e).__name__
         for e in events.events
-        if not isinstance(e, AgentHeartbeat | AgentProgress | TranscriptRecorded)
+        if not isinstance(
+            e, AgentHeartbeat | AgentProgress | TranscriptRecorded | TranscriptEntries
+        )
     ]
     assert trail == ["WorkspaceReady", "AgentStarted", *["UsageRecorded"] * 5, "AgentCompleted"]
 

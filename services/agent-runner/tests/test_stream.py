@@ -10,16 +10,20 @@ from typing import Any
 
 import pytest
 
-from aether_agent_runner.adapters.stream import AttemptStream
+from aether_agent_runner.adapters.stream import ENTRIES_PER_MESSAGE, AttemptStream
 from aether_agent_runner.domain import decide
 from aether_events import (
+    TELEMETRY_STREAM,
     AgentProgress,
     Event,
     PlannedTask,
+    TranscriptEntries,
     TranscriptRecorded,
     Usage,
     UsageRecorded,
     WorkspaceReady,
+    encode,
+    entries_of,
 )
 from aether_events.testing import InMemoryPublisher
 
@@ -211,3 +215,120 @@ async def test_a_stream_with_no_publisher_to_send_with_fails_the_attempt() -> No
         await asyncio.wait_for(emit_until_refused(), 30)
     with pytest.raises(RuntimeError, match="not connected"):
         await asyncio.wait_for(stream.close(), 120)
+
+
+def entry(workspace: WorkspaceReady, sequence: int, text: str = "") -> TranscriptRecorded:
+    return TranscriptRecorded(
+        event_id=f"{workspace.mission_id}-entry-{sequence}",
+        mission_id=workspace.mission_id,
+        occurred_at=NOW,
+        correlation_id="c",
+        causation_id=workspace.event_id,
+        task_id=workspace.task.id,
+        attempt=workspace.attempt,
+        runner_id="r",
+        sequence=sequence,
+        kind="note",
+        text=text or f"entry {sequence}",
+    )
+
+
+def entries_stored(publisher: InMemoryPublisher) -> list[Event]:
+    return publisher.stored(TELEMETRY_STREAM)
+
+
+async def test_entries_emitted_within_the_wait_go_out_as_one_message_in_order() -> None:
+    publisher = InMemoryPublisher()
+    workspace = ready("m-entries")
+    stream = AttemptStream(lambda: publisher, linger=30.0)
+    for sequence in range(4):
+        await stream.emit(entry(workspace, sequence))
+    await stream.close()
+
+    [batch] = entries_stored(publisher)
+    assert isinstance(batch, TranscriptEntries)
+    assert [e.sequence for e in entries_of(batch)] == [0, 1, 2, 3]
+    assert (batch.mission_id, batch.task_id, batch.attempt) == ("m-entries", "t1", 1)
+    assert batch.causation_id == workspace.event_id
+    # Its id names the entries it carries: the same grouping sent again is one message.
+    again = InMemoryPublisher()
+    stream = AttemptStream(lambda: again, linger=30.0)
+    for sequence in range(4):
+        await stream.emit(entry(workspace, sequence))
+    await stream.close()
+    assert [e.event_id for e in entries_stored(again)] == [batch.event_id]
+
+
+async def test_an_entry_alone_goes_out_as_itself_once_it_has_waited() -> None:
+    publisher = InMemoryPublisher()
+    workspace = ready("m-alone")
+    stream = AttemptStream(lambda: publisher, linger=0.05)
+    await stream.emit(entry(workspace, 0))
+    # Sent by the wait's end, not only by the close.
+    for _ in range(400):
+        if entries_stored(publisher):
+            break
+        await asyncio.sleep(0.005)
+    assert [type(e) for e in entries_stored(publisher)] == [TranscriptRecorded]
+    await stream.emit(entry(workspace, 1))
+    await stream.emit(entry(workspace, 2))
+    await stream.close()
+    stored = entries_stored(publisher)
+    assert [type(e) for e in stored] == [TranscriptRecorded, TranscriptEntries]
+    assert [e.sequence for e in stored for e in entries_of(e)] == [0, 1, 2]
+
+
+async def test_other_events_do_not_wait_for_the_entries() -> None:
+    publisher = InMemoryPublisher()
+    workspace = ready("m-usage")
+    stream = AttemptStream(lambda: publisher, linger=30.0)
+    await stream.emit(entry(workspace, 0))
+    usage = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False)
+    await stream.emit(usage)
+    for _ in range(400):
+        if publisher.of(UsageRecorded):
+            break
+        await asyncio.sleep(0.005)
+    assert publisher.of(UsageRecorded) == [usage]
+    assert entries_stored(publisher) == []
+    await stream.close()
+    assert [e.sequence for e in entries_stored(publisher)] == [0]
+
+
+async def test_many_entries_are_split_so_no_message_is_too_large() -> None:
+    publisher = InMemoryPublisher()
+    workspace = ready("m-many")
+    stream = AttemptStream(lambda: publisher, linger=30.0)
+    for sequence in range(150):
+        await stream.emit(entry(workspace, sequence))
+    # Long entries: fewer of them fit in one message.
+    for sequence in range(150, 160):
+        await stream.emit(entry(workspace, sequence, "x" * 30_000))
+    await stream.close()
+
+    stored = entries_stored(publisher)
+    assert [e.sequence for s in stored for e in entries_of(s)] == list(range(160))
+    assert all(len(entries_of(s)) <= ENTRIES_PER_MESSAGE for s in stored)
+    assert all(len(encode(s)) < 1024 * 1024 for s in stored)
+    assert len(stored) >= 5
+
+
+async def test_without_a_wait_only_entries_queued_together_go_out_together() -> None:
+    """A CLI agent's stream (no wait: its entries are not sent again on a resume) sends
+    each entry as soon as it can; what queued meanwhile goes in one message."""
+    publisher = CountingGate()
+    workspace = ready("m-no-wait")
+    stream = AttemptStream(lambda: publisher)
+    await stream.emit(entry(workspace, 0))
+    for _ in range(400):
+        if publisher.held == 1:
+            break
+        await asyncio.sleep(0.005)
+    assert publisher.held == 1
+    await stream.emit(entry(workspace, 1))
+    await stream.emit(entry(workspace, 2))
+    publisher.gate.set()
+    await stream.close()
+    stored = entries_stored(publisher)
+    assert [type(e) for e in stored] == [TranscriptRecorded, TranscriptEntries]
+    assert [e.sequence for s in stored for e in entries_of(s)] == [0, 1, 2]

@@ -10,6 +10,7 @@ from aether_events import (
     TELEMETRY_STREAM,
     AgentStarted,
     EventPublisher,
+    TranscriptEntries,
     TranscriptRecorded,
     Usage,
 )
@@ -153,6 +154,46 @@ async def test_new_entries_are_sent_live_on_the_missions_event_stream(http, nc, 
     assert live["event"] == "transcript_recorded" and "id" not in live
     data = json.loads(live["data"])
     assert (data["task_id"], data["sequence"], data["exit_code"]) == ("t1", 4, 0)
+
+
+def together(script: Script, *entries: TranscriptRecorded) -> TranscriptEntries:
+    first = entries[0]
+    return TranscriptEntries(
+        **script.meta(),
+        task_id=first.task_id,
+        attempt=first.attempt,
+        runner_id=first.runner_id,
+        entries=list(entries),
+    )
+
+
+async def test_entries_sent_together_are_kept_and_sent_live_each_as_itself(http, nc, script):
+    await publish(nc, script.requested(), entry(script, 1, 0, "prompt", text="first"))
+    await complete(http, script, 1)
+    url = f"/missions/{script.mission_id}/events"
+    async with http.stream("GET", url, params={"telemetry": "1"}) as response:
+        stream = messages(response)
+        await read_events(stream, 1)
+        await publish(
+            nc,
+            together(
+                script,
+                # Sent before on its own: kept once.
+                entry(script, 1, 0, "prompt", text="a later copy"),
+                entry(script, 1, 1, text="Writing.", tool="write_file", stop_reason="tool_use"),
+                entry(script, 1, 2, "tool_call", tool="write_file", result="wrote 3 bytes"),
+            ),
+        )
+        live = await read_events(stream, 3)
+    assert [e["event"] for e in live] == ["transcript_recorded"] * 3
+    assert [json.loads(e["data"])["sequence"] for e in live] == [0, 1, 2]
+    entries = (await complete(http, script, 3))["entries"]
+    assert [(e["sequence"], e["kind"]) for e in entries] == [
+        (0, "prompt"),
+        (1, "turn"),
+        (2, "tool_call"),
+    ]
+    assert entries[0]["text"] == "first" and entries[2]["result"] == "wrote 3 bytes"
 
 
 async def test_an_attempts_end_reaches_a_telemetry_client_after_the_entries_before_it(

@@ -49,6 +49,7 @@ from aether_events.catalogue import (
     TaskSkipped,
     TaskTimedOut,
     Tier,
+    TranscriptEntries,
     TranscriptKind,
     TranscriptRecorded,
     UsageRecorded,
@@ -57,7 +58,9 @@ from aether_events.catalogue import (
     WorkspaceFailed,
     WorkspaceReady,
     as_tier,
+    entries_of,
     tag_of,
+    transcript_of,
 )
 from aether_events.codec import UnknownEventType, decode, encode, to_builtins
 from aether_events.ids import (
@@ -190,6 +193,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimedOut",
     "Tier",
+    "TranscriptEntries",
     "TranscriptKind",
     "TranscriptRecorded",
     "UnknownEventType",
@@ -209,6 +213,7 @@ __all__ = [
     "encode",
     "ensure_stream",
     "ensure_streams",
+    "entries_of",
     "in_scope",
     "is_terminal",
     "is_valid_token",
@@ -232,6 +237,7 @@ __all__ = [
     "task_status_after",
     "task_token",
     "to_builtins",
+    "transcript_of",
     "type_subject",
     "type_subjects",
 ]

@@ -8,6 +8,7 @@ live in ``libs/events/tests/samples`` and must keep decoding.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -486,6 +487,57 @@ class TranscriptRecorded(Event, frozen=True, kw_only=True, tag="transcript_recor
     truncated: bool = False
 
 
+class TranscriptEntries(Event, frozen=True, kw_only=True, tag="transcript_entries"):
+    """Several entries of one attempt's transcript in one message: what its runner had to
+    publish within a moment (the entries of a short attempt, a burst of a CLI agent's
+    output), sent as one message with one acknowledgement and one delivery to each
+    consumer rather than one each.
+
+    Each entry is a whole ``TranscriptRecorded`` with its own id and sequence, so the
+    gateway keeps the first copy of each entry however the entries were grouped (a
+    resumed attempt may group them otherwise). Every entry is of this event's mission,
+    task and attempt, and there is at least one: otherwise the event does not decode (an
+    attempt's credential publishes only on its own attempt's subjects, and the entries
+    inside must not name another)."""
+
+    task_id: str
+    attempt: int
+    runner_id: str
+    entries: list[TranscriptRecorded]
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise ValueError("a transcript_entries event holds no entry")
+        own = (self.mission_id, self.task_id, self.attempt)
+        for entry in self.entries:
+            if (entry.mission_id, entry.task_id, entry.attempt) != own:
+                raise ValueError("a transcript entry of another attempt")
+
+
+def entries_of(event: Event) -> list[TranscriptRecorded]:
+    """The transcript entries ``event`` carries: itself, the entries of a
+    ``TranscriptEntries``, or none."""
+    if isinstance(event, TranscriptRecorded):
+        return [event]
+    if isinstance(event, TranscriptEntries):
+        return list(event.entries)
+    return []
+
+
+def transcript_of(events: Iterable[Event]) -> list[TranscriptRecorded]:
+    """Every transcript entry ``events`` carry, each once (the first copy of an id, as
+    the gateway keeps it: a resumed attempt sends its entries again, maybe grouped
+    otherwise), in the order they come."""
+    seen: set[str] = set()
+    out: list[TranscriptRecorded] = []
+    for event in events:
+        for entry in entries_of(event):
+            if entry.event_id not in seen:
+                seen.add(entry.event_id)
+                out.append(entry)
+    return out
+
+
 AnyEvent = (
     MissionRequested
     | RepositoryPrepared
@@ -529,12 +581,13 @@ AnyEvent = (
     | AgentProgress
     | AgentHeartbeat
     | TranscriptRecorded
+    | TranscriptEntries
 )
 
 # Transcript entries travel with telemetry (the gateway keeps them durably in its
 # database); the mission stream stays the small record every service folds.
 TELEMETRY_TYPES: frozenset[type[Event]] = frozenset(
-    {AgentProgress, AgentHeartbeat, TranscriptRecorded}
+    {AgentProgress, AgentHeartbeat, TranscriptRecorded, TranscriptEntries}
 )
 
 TERMINAL_TYPES: frozenset[type[Event]] = frozenset(

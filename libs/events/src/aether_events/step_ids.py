@@ -179,6 +179,11 @@ def transcript_entry(task_id: str, attempt: int, sequence: int) -> Step:
     return _step("transcript", task_id, attempt, sequence)
 
 
+def transcript_entries(task_id: str, attempt: int, first: int, last: int) -> Step:
+    """Entries ``first`` to ``last`` (sequences) of an attempt's transcript, sent together."""
+    return _step("transcript-entries", task_id, attempt, first, last)
+
+
 # --- the planner ---------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from aether_events.catalogue import (
     AgentProgress,
     AgentStarted,
     Event,
+    TranscriptEntries,
     TranscriptRecorded,
     UsageRecorded,
     tag_of,
@@ -52,6 +53,7 @@ ATTEMPT_TYPES: frozenset[type[Event]] = frozenset(
         AgentHeartbeat,
         UsageRecorded,
         TranscriptRecorded,
+        TranscriptEntries,
         AgentCompleted,
         AgentFailed,
     }

@@ -17,8 +17,9 @@ from typing import Any
 
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts
-from aether_agent_runner.adapters.stream import AttemptStream
+from aether_agent_runner.adapters.stream import TRANSCRIPT_LINGER, AttemptStream
 from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
+from aether_agent_runner.runtimes import BUILTIN, runtime_name
 from aether_events import Event, Publisher, WorkspaceReady, is_terminal
 from aether_runtime import Delivery, Projection, stored_sequence
 from aether_runtime.attempt_auth import CredentialRefused, Opens
@@ -128,8 +129,12 @@ class Handlers:
         when the order says the attempt is someone else's to report."""
         stop = self.running.register(attempt)
         metrics.AGENTS_RUNNING.inc()
-        # The one way the attempt's own events reach the stream while it works.
-        stream = AttemptStream(self._publisher)
+        # The one way the attempt's own events reach the stream while it works. Its
+        # transcript entries wait a moment for company only where a resumed attempt sends
+        # them again (the built-in loop's come from its journal): a CLI agent's, lost with
+        # a killed runner, would be lost for good.
+        journaled = runtime_name(ready.runtime, self._attempts.settings.runtime) == BUILTIN
+        stream = AttemptStream(self._publisher, linger=TRANSCRIPT_LINGER if journaled else 0.0)
         work = asyncio.create_task(
             self._attempts.work(ready, stream.emit, first_delivery=not delivery.redelivered)
         )

@@ -10,6 +10,16 @@ before it publishes the attempt's result, so every entry of an attempt is stored
 its completion. Each event's id is derived from its step, so an entry published again
 (a retried publish, a resumed attempt) is stored once.
 
+Transcript entries queued together go out together as one ``TranscriptEntries`` (an
+entry alone as itself): a burst of a CLI agent's output is one message, one
+acknowledgement and one delivery to the gateway instead of one each, which on a busy
+machine is CPU the attempts on a mission's path do not get. Given a ``linger`` (the
+built-in loop's stream, ``TRANSCRIPT_LINGER``), an entry also waits that long for the
+ones after it, so a short attempt's whole transcript is one message; the board shows an
+entry that much later, ``close`` sends what waits at once, and an entry lost with a
+killed runner is sent again when the attempt resumes from its journal. The other events
+go out as they come.
+
 Progress and transcript entries are telemetry: one that cannot be published is logged
 and skipped. Any other event (AgentStarted, UsageRecorded: the cost of a model call) that
 cannot be published fails the attempt: the next ``emit`` raises it, and so does
@@ -19,10 +29,19 @@ cannot be published fails the attempt: the next ``emit`` raises it, and so does
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from aether_events import AgentProgress, Event, Publisher, TranscriptRecorded
+from aether_events import (
+    AgentProgress,
+    Event,
+    Publisher,
+    TranscriptEntries,
+    TranscriptRecorded,
+    step_event_id,
+    step_ids,
+)
 from aether_events.publisher import ended, send_in_order
 
 log = logging.getLogger("aether.agent-runner.stream")
@@ -31,22 +50,41 @@ log = logging.getLogger("aether.agent-runner.stream")
 Emit = Callable[[Event], Awaitable[object]]
 
 BUFFER = 256
+# How long a transcript entry waits for company before it is sent.
+TRANSCRIPT_LINGER = 0.25
+# The most entries one TranscriptEntries holds, and about the most bytes of text (well
+# under the server's largest message, whatever the entries' characters).
+ENTRIES_PER_MESSAGE = 64
+TEXT_PER_MESSAGE = 128 * 1024
 # Lost without failing the attempt (a resumed attempt publishes its transcript again).
 TELEMETRY: dict[type[Event], str] = {
     AgentProgress: "progress not published",
     TranscriptRecorded: "transcript entry not published",
+    TranscriptEntries: "transcript entries not published",
 }
+# Put in the queue when the first waiting entry has waited ``linger``.
+_FLUSH = object()
 
 
 class AttemptStream:
     """Publishes one attempt's events in order, off the attempt's path."""
 
-    def __init__(self, publisher: Callable[[], Publisher], buffer: int = BUFFER) -> None:
+    def __init__(
+        self,
+        publisher: Callable[[], Publisher],
+        buffer: int = BUFFER,
+        linger: float = 0.0,
+    ) -> None:
         self._publisher = publisher
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=buffer)
+        self._queue: asyncio.Queue[Event | object | None] = asyncio.Queue(maxsize=buffer)
         self._failure: BaseException | None = None
         self._closed = False
         self._abandoned = False
+        self._linger = linger
+        # Transcript entries waiting for company, and the timer that ends their wait.
+        self._entries: list[TranscriptRecorded] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_owed = False
         self._sender = asyncio.create_task(self._send())
 
     async def emit(self, event: Event) -> None:
@@ -63,6 +101,7 @@ class AttemptStream:
         bus no longer takes (its credential refused). Each event's id is its step's, so
         a resumed attempt publishes them again, each stored once."""
         self._closed = self._abandoned = True
+        self._stop_timer()
         self._sender.cancel()
 
     async def close(self, within: float | None = None) -> None:
@@ -99,20 +138,81 @@ class AttemptStream:
     async def _send(self) -> None:
         closing = False
         while not closing:
-            event = await self._queue.get()
-            if event is None:
-                break
             # Everything queued meanwhile goes out together, in order, with one wait for
             # the acknowledgements (an attempt emits in bursts: a model reply's usage,
-            # progress and transcript entry), rather than a round trip each.
-            batch = [event]
+            # progress and transcript entry), rather than a round trip each; transcript
+            # entries wait for the ones after them (``_take``).
+            queued = [await self._queue.get()]
             while not self._queue.empty():
-                queued = self._queue.get_nowait()
-                if queued is None:
-                    closing = True
+                queued.append(self._queue.get_nowait())
+            batch: list[Event] = []
+            flush = False
+            for item in queued:
+                if item is None:
+                    closing = flush = True
                     break
-                batch.append(queued)
-            await self._publish(batch)
+                if item is _FLUSH:
+                    flush = True
+                elif isinstance(item, TranscriptRecorded):
+                    batch += self._take(item)
+                elif isinstance(item, Event):
+                    batch.append(item)
+            if flush or self._flush_owed or self._linger <= 0:
+                self._flush_owed = False
+                self._stop_timer()
+                batch += self._grouped()
+            elif self._entries and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._linger, self._due)
+            if batch:
+                await self._publish(batch)
+
+    def _take(self, entry: TranscriptRecorded) -> list[Event]:
+        """Hold ``entry`` with the others waiting; returns what is to go out now: the ones
+        waiting, grouped, when one more would make their message too large."""
+        out: list[Event] = []
+        waiting = self._entries
+        if waiting and (
+            len(waiting) >= ENTRIES_PER_MESSAGE
+            or _text_of(waiting) + _text_of([entry]) > TEXT_PER_MESSAGE
+        ):
+            out = self._grouped()
+        self._entries.append(entry)
+        return out
+
+    def _grouped(self) -> list[Event]:
+        """The waiting entries as what carries them: one alone as itself, more together."""
+        entries, self._entries = self._entries, []
+        if len(entries) <= 1:
+            return list(entries)
+        first, last = entries[0], entries[-1]
+        step = step_ids.transcript_entries(
+            first.task_id, first.attempt, first.sequence, last.sequence
+        )
+        return [
+            TranscriptEntries(
+                event_id=step_event_id(first.mission_id, step),
+                mission_id=first.mission_id,
+                occurred_at=last.occurred_at,
+                correlation_id=first.correlation_id,
+                causation_id=first.causation_id,
+                task_id=first.task_id,
+                attempt=first.attempt,
+                runner_id=last.runner_id,
+                entries=entries,
+            )
+        ]
+
+    def _due(self) -> None:
+        self._timer = None
+        self._flush_owed = True
+        # Wakes the sender; with the queue full it is awake already and sees the flag.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_FLUSH)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _publish(self, batch: list[Event]) -> None:
         while batch:
@@ -137,3 +237,11 @@ class AttemptStream:
         elif self._failure is None:
             log.warning("attempt event not published", exc_info=error)
             self._failure = error
+
+
+def _text_of(entries: list[TranscriptRecorded]) -> int:
+    """About how many bytes the entries' text takes (four a character at most)."""
+    return sum(
+        4 * (len(e.text) + len(e.tool) + len(e.arguments) + len(e.result) + len(e.status)) + 512
+        for e in entries
+    )

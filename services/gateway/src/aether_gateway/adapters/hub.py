@@ -43,6 +43,7 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     Event,
+    TranscriptEntries,
     UnknownEventType,
     decode,
     encode,
@@ -369,19 +370,18 @@ class Hub:
     # --- the streams ----------------------------------------------------------------
 
     def _streamed(self, msg: Msg, sequence: int | None) -> StreamedEvent | None:
-        try:
-            event = decode(msg.data)
-        except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
-            return None  # the read model skips these too, so replay and live agree
-        if not on_its_subject(event, msg.subject):
-            return None  # one attempt's credential reporting on another: skipped too
-        return StreamedEvent(
-            sequence=sequence,
-            mission_id=event.mission_id,
-            type=tag_of(type(event)),
-            task_id=task_of(event),
-            event=event,
-        )
+        event = _decoded(msg)
+        return None if event is None else _streamed(event, sequence)
+
+    def _telemetry_streamed(self, msg: Msg) -> list[StreamedEvent]:
+        """A telemetry message as clients receive it: the entries an attempt sent
+        together (``TranscriptEntries``) each as the ``transcript_recorded`` it is."""
+        event = _decoded(msg)
+        if event is None:
+            return []
+        if isinstance(event, TranscriptEntries):
+            return [_streamed(entry, None) for entry in event.entries]
+        return [_streamed(event, None)]
 
     async def _on_mission_event(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
@@ -408,8 +408,7 @@ class Hub:
         if not self._telemetry_wanted:
             self.telemetry_passed_over += 1
             return
-        event = self._streamed(msg, None)
-        if event is not None:
+        for event in self._telemetry_streamed(msg):
             self._dispatch(event, self._targets(event.mission_id))
 
     def _telemetry_watched(self, event: StreamedEvent) -> bool:
@@ -442,3 +441,24 @@ class Hub:
         for subscriber in list(subscribers):
             if subscriber.filter.matches(event):
                 subscriber.offer(event)
+
+
+def _decoded(msg: Msg) -> Event | None:
+    """The event ``msg`` carries, or ``None`` for one the read model skips too (so replay
+    and live agree): one that does not decode, or one an attempt's credential published
+    about another attempt."""
+    try:
+        event = decode(msg.data)
+    except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return event if on_its_subject(event, msg.subject) else None
+
+
+def _streamed(event: Event, sequence: int | None) -> StreamedEvent:
+    return StreamedEvent(
+        sequence=sequence,
+        mission_id=event.mission_id,
+        type=tag_of(type(event)),
+        task_id=task_of(event),
+        event=event,
+    )

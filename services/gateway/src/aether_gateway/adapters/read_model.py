@@ -33,7 +33,7 @@ from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
 from psycopg.abc import Params
 from psycopg.rows import DictRow, dict_row
 
-from aether_events import Event, MissionRequested, TranscriptRecorded, tag_of
+from aether_events import Event, MissionRequested, entries_of, tag_of
 from aether_gateway.adapters import faults
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
@@ -834,8 +834,9 @@ def _merging(update: SessionUpdate) -> Statement:
 def _telemetry_writes(event: Event) -> list[Statement]:
     """What folding a telemetry event writes: a transcript entry, or what it says
     about its agent session."""
-    if isinstance(event, TranscriptRecorded):
-        return [storing(event)]
+    entries = entries_of(event)
+    if entries:
+        return [storing(entry) for entry in entries]
     update = session_update(event)
     return [] if update is None else [_merging(update)]
 
