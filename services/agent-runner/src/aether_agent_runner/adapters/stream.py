@@ -81,8 +81,10 @@ class AttemptStream:
         self._closed = False
         self._abandoned = False
         self._linger = linger
-        # Transcript entries waiting for company, and the timer that ends their wait.
+        # Transcript entries waiting for company (and about how many bytes their text
+        # takes), and the timer that ends their wait.
         self._entries: list[TranscriptRecorded] = []
+        self._entries_text = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flush_owed = False
         self._sender = asyncio.create_task(self._send())
@@ -170,18 +172,20 @@ class AttemptStream:
         """Hold ``entry`` with the others waiting; returns what is to go out now: the ones
         waiting, grouped, when one more would make their message too large."""
         out: list[Event] = []
-        waiting = self._entries
-        if waiting and (
-            len(waiting) >= ENTRIES_PER_MESSAGE
-            or _text_of(waiting) + _text_of([entry]) > TEXT_PER_MESSAGE
+        text = _text_of(entry)
+        if self._entries and (
+            len(self._entries) >= ENTRIES_PER_MESSAGE
+            or self._entries_text + text > TEXT_PER_MESSAGE
         ):
             out = self._grouped()
         self._entries.append(entry)
+        self._entries_text += text
         return out
 
     def _grouped(self) -> list[Event]:
         """The waiting entries as what carries them: one alone as itself, more together."""
         entries, self._entries = self._entries, []
+        self._entries_text = 0
         if len(entries) <= 1:
             return list(entries)
         first, last = entries[0], entries[-1]
@@ -239,9 +243,8 @@ class AttemptStream:
             self._failure = error
 
 
-def _text_of(entries: list[TranscriptRecorded]) -> int:
-    """About how many bytes the entries' text takes (four a character at most)."""
-    return sum(
-        4 * (len(e.text) + len(e.tool) + len(e.arguments) + len(e.result) + len(e.status)) + 512
-        for e in entries
-    )
+def _text_of(entry: TranscriptRecorded) -> int:
+    """About how many bytes an entry takes in a message (its text at four bytes a
+    character at most, and room for the rest)."""
+    e = entry
+    return 4 * (len(e.text) + len(e.tool) + len(e.arguments) + len(e.result) + len(e.status)) + 512
