@@ -54,28 +54,42 @@ def agent_request() -> dict[str, Any]:
     }
 
 
-def serve(conn: Any) -> None:
-    server = MessagesServer(reply).start()
-    conn.send(server.url)
-    conn.recv()
-    server.stop()
+def _serve(handler: Callable[[dict[str, Any]], Reply], conn: Any) -> None:
+    """The server's process: sends its URL, serves until told to stop."""
+    server = MessagesServer(handler).start()
+    try:
+        conn.send(server.url)
+        conn.recv()
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
-def served() -> Iterator[str]:
-    """The URL of a server of ``reply`` in a process of its own (a server thread here
-    would share the interpreter lock with what is timed), stopped on the way out."""
+def serving(handler: Callable[[dict[str, Any]], Reply]) -> Iterator[tuple[str, int]]:
+    """The URL and process id of a Messages API server answering with ``handler``, in a
+    process of its own (a server thread here would share the interpreter lock with what
+    is timed), stopped on the way out."""
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=serve, args=(child,), daemon=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(handler, child), daemon=True
+    )
     process.start()
+    assert process.pid is not None
     try:
-        yield str(parent.recv())
+        yield str(parent.recv()), process.pid
     finally:
         with contextlib.suppress(OSError):
             parent.send("stop")
         process.join(10)
         if process.is_alive():
             process.kill()
+
+
+@contextlib.contextmanager
+def served() -> Iterator[str]:
+    """The URL of a server of ``reply`` (``serving``)."""
+    with serving(reply) as (url, _):
+        yield url
 
 
 async def measure(url: str, calls: int, rounds: int) -> None:

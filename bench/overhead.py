@@ -59,7 +59,6 @@ import contextlib
 import io
 import itertools
 import json
-import multiprocessing
 import os
 import pstats
 import re
@@ -73,13 +72,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 import nats
+from model_call import serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from aether import prestart
@@ -101,7 +100,7 @@ from aether_events import (
     type_subjects,
 )
 from aether_git_broker.adapters.git import GitRepositories
-from aether_llm import MessagesServer, Reply, tool_use_block
+from aether_llm import Reply, tool_use_block
 from aether_runtime import tls
 from aether_runtime.bus_auth import ADMIN_USER
 
@@ -166,22 +165,6 @@ class NoWorkModel:
         return Reply(blocks, "tool_use", 10, 5)
 
 
-def _serve_model(
-    plan: dict[str, Any],
-    others: dict[str, dict[str, Any]],
-    one_reply: bool,
-    command: str | None,
-    pipe: Connection,
-) -> None:
-    """The model server's process: sends its URL, serves until told to stop."""
-    server = MessagesServer(NoWorkModel(plan, others, one_reply, command)).start()
-    try:
-        pipe.send(server.url)
-        pipe.recv()
-    finally:
-        server.stop()
-
-
 @contextlib.contextmanager
 def model_server(
     plan: dict[str, Any],
@@ -192,20 +175,8 @@ def model_server(
     """The no-work model's URL and process id, served from a process of its own: the
     model is not part of what is measured, and a server thread in this process would
     share its interpreter lock with the mission's event reading here."""
-    parent, child = multiprocessing.Pipe()
-    process = multiprocessing.get_context("spawn").Process(
-        target=_serve_model, args=(plan, others, one_reply, command, child), daemon=True
-    )
-    process.start()
-    assert process.pid is not None
-    try:
-        yield parent.recv(), process.pid
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        process.join(10)
-        if process.is_alive():
-            process.kill()
+    with serving(NoWorkModel(plan, others, one_reply, command)) as served:
+        yield served
 
 
 def percentile(values: list[float], q: float) -> float:
