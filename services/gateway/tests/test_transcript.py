@@ -196,6 +196,24 @@ async def test_entries_sent_together_are_kept_and_sent_live_each_as_itself(http,
     assert entries[0]["text"] == "first" and entries[2]["result"] == "wrote 3 bytes"
 
 
+async def test_entries_sent_together_with_a_nul_in_one_are_all_kept(http, nc, script):
+    """The database cannot hold a NUL: the entries sent together are stored sanitised,
+    every one of them, not lost with the one that held it."""
+    await publish(nc, script.requested())
+    await publish(
+        nc,
+        together(
+            script,
+            entry(script, 1, 0, "prompt", text="first"),
+            entry(script, 1, 1, "command", tool="run_command", result="out\x00put"),
+            entry(script, 1, 2, text="Done."),
+        ),
+    )
+    entries = (await complete(http, script, 3))["entries"]
+    assert [e["sequence"] for e in entries] == [0, 1, 2]
+    assert entries[1]["result"] == "out\ufffdput" and entries[2]["text"] == "Done."
+
+
 async def test_an_attempts_end_reaches_a_telemetry_client_after_the_entries_before_it(
     gateway_server, nc, script
 ):
