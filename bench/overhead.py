@@ -375,14 +375,14 @@ def print_plain_around(shape: str, run: ShapeRun) -> None:
     """The plain loop just before and just after the mission, and how far apart they are:
     the disk both share can be several times slower from one minute to the next, and a
     ratio against a baseline taken at another moment then says more about the disk."""
-    means = [statistics.fmean(r) * 1000 for r in (run.plain_before, run.plain_after) if r]
+    means = run.plain_means
     if len(means) < 2:
         return
     drift = max(means) / min(means)
     note = " (the disk moved between them: read the ratios with care)" if drift > 1.5 else ""
     print(
-        f"  {shape:<11} plain git loop per task  just before {means[0]:.1f} ms,"
-        f" just after {means[1]:.1f} ms{note}"
+        f"  {shape:<11} plain git loop per task  just before {means[0] * 1000:.1f} ms,"
+        f" just after {means[1] * 1000:.1f} ms{note}"
     )
 
 
@@ -664,11 +664,16 @@ class ShapeRun:
     plain_after: list[float] = field(default_factory=list)
 
     @property
+    def plain_means(self) -> list[float]:
+        """The plain loop's mean seconds a task in each run made (before, after)."""
+        return [statistics.fmean(run) for run in (self.plain_before, self.plain_after) if run]
+
+    @property
     def plain(self) -> float:
         """The plain loop's mean seconds a task around the mission: the mean of the two
         runs, each weighted alike (the disk it shares can be several times slower
         from one minute to the next)."""
-        means = [statistics.fmean(run) for run in (self.plain_before, self.plain_after) if run]
+        means = self.plain_means
         return statistics.fmean(means) if means else 0.0
 
 
