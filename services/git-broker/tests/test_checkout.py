@@ -202,3 +202,42 @@ def test_a_trees_names_are_checked_once_and_a_new_bad_one_still_refused(
             checkout_module.list_tree(trees, ObjectID(bad))
         with pytest.raises(UnsafePath):  # refused again, not remembered as checked
             checkout_module.list_tree(trees, ObjectID(bad))
+
+
+def test_a_directory_that_gains_a_name_has_only_that_name_checked(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a name is safe depends on the name alone: a changed directory is listed
+    whole, but only the names not seen before are read as git's readers would read them
+    (``.git`` in NTFS's and HFS+'s ways), and a bad name is refused however often."""
+    from aether_git_broker.adapters import checkout as checkout_module
+
+    read: list[bytes] = []
+    real = checkout_module.is_dot_git
+
+    def counting(name: bytes) -> bool:
+        read.append(name)
+        return real(name)
+
+    monkeypatch.setattr(checkout_module, "is_dot_git", counting)
+    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
+    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
+    with Repo(str(repo)) as dulwich_repo:
+        blob = Blob.from_string(b"x\n")
+        dulwich_repo.object_store.add_object(blob)
+        trees = Trees(dulwich_repo.object_store)
+        names = {f"t{n}.txt".encode(): (0o100644, blob.id) for n in range(50)}
+        checkout_module.list_tree(trees, ObjectID(trees.write(names)))
+        assert sorted(read) == sorted(names)
+
+        read.clear()
+        grown = trees.write({**names, b"t50.txt": (0o100644, blob.id)})
+        _, files = checkout_module.list_tree(trees, ObjectID(grown))
+        assert len(files) == 51 and read == [b"t50.txt"]
+
+        bad = trees.write({**names, b"git~1": (0o100644, blob.id)})
+        for _ in range(2):
+            read.clear()
+            with pytest.raises(UnsafePath):
+                checkout_module.list_tree(trees, ObjectID(bad))
+            assert read == [b"git~1"]

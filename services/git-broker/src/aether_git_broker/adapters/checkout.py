@@ -99,8 +99,23 @@ def linked_gitmodules(files: Mapping[bytes, tuple[int, ObjectID] | None]) -> lis
     )
 
 
+# Names found safe (``_unsafe``): whether a name is safe depends on the name alone, and
+# checking one (NTFS's and HFS+'s readings of ``.git``) takes microseconds. A tree that
+# changed is listed whole, and a directory that gains a file each task would otherwise
+# have every one of its names checked again each time. Cleared whole when full.
+_SAFE_NAMES: set[bytes] = set()
+_SAFE_KEPT = 1 << 16
+
+
 def _unsafe(name: bytes) -> bool:
-    return name in (b"", b".", b"..") or b"/" in name or b"\0" in name or is_dot_git(name)
+    if name in _SAFE_NAMES:
+        return False
+    if name in (b"", b".", b"..") or b"/" in name or b"\0" in name or is_dot_git(name):
+        return True
+    if len(_SAFE_NAMES) >= _SAFE_KEPT:
+        _SAFE_NAMES.clear()
+    _SAFE_NAMES.add(name)
+    return False
 
 
 def _check_name(name: bytes, prefix: bytes) -> None:
