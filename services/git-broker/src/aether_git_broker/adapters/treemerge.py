@@ -135,7 +135,10 @@ def diff_entries(
     old_entries = trees.entries(old[1]) if old is not None and old_dir else {}
     new_entries = trees.entries(new[1]) if new is not None and new_dir else {}
     for name in old_entries.keys() | new_entries.keys():
-        diff_entries(trees, old_entries.get(name), new_entries.get(name), _join(path, name), into)
+        # Compared here, not in a call per name: a changed directory of hundreds of
+        # files is mostly names whose entries did not change.
+        if (a := old_entries.get(name)) != (b := new_entries.get(name)):
+            diff_entries(trees, a, b, _join(path, name), into)
 
 
 def changed_paths(
