@@ -281,7 +281,7 @@ def test_a_commit_builds_the_same_tree_as_one_built_whole(tmp_path: Path) -> Non
 
     from aether_agent_runner.adapters.git import changed_tree
 
-    _, _, records = _linked(tmp_path)
+    repo, _, records = _linked(tmp_path)
     store = records.store()
     base: dict[bytes, tuple[int, ObjectID]] = {}
     for path in [b"a.txt", b"d/x.txt", b"d/e/y.txt", b"d/e/z.txt", b"f", b"g/h/i.txt", b"k/l"]:
@@ -312,9 +312,13 @@ def test_a_commit_builds_the_same_tree_as_one_built_whole(tmp_path: Path) -> Non
                 files.pop(path, None)
             else:
                 files[path] = entry
+        built = changed_tree(store, base_tree, files, sorted(case))
+        # Read back as written here (the trees built whole below are the same objects).
+        assert _tree_files(store, built) == files, case
+        assert git("cat-file", "-t", built.decode(), cwd=repo) == "tree\n"
         whole = commit_tree(store, [(p, s, m) for p, (m, s) in files.items()])
-        assert changed_tree(store, base_tree, files, sorted(case)) == whole, case
-        assert _tree_files(store, whole) == files
+        assert built == whole, case
+    assert git("fsck", "--strict", "--no-dangling", cwd=repo) == ""
 
 
 def test_a_lock_a_killed_writer_left_on_an_object_does_not_stop_the_commit(
