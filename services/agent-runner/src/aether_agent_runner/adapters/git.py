@@ -156,10 +156,27 @@ def head_sha(git: GitDir) -> str:
     return git.refs()[git.ref].decode()
 
 
+# Recently read commits by id (read-only, shared): an attempt reads its base commit for
+# the repository view, the check for changes and the commit, each a loose object found,
+# inflated and parsed again. An id names its content, as the trees' caches below rely on.
+_COMMITS: OrderedDict[ObjectID, Commit] = OrderedDict()
+_COMMITS_KEPT = 64
+
+
 def _commit(store: DiskObjectStore, sha: str | bytes) -> Commit:
-    commit = store[ObjectID(sha if isinstance(sha, bytes) else sha.encode())]
+    key = ObjectID(sha if isinstance(sha, bytes) else sha.encode())
+    with _TREES_LOCK:
+        known = _COMMITS.get(key)
+        if known is not None:
+            _COMMITS.move_to_end(key)
+            return known
+    commit = store[key]
     if not isinstance(commit, Commit):
         raise GitDirError(f"{sha!r} is not a commit")
+    with _TREES_LOCK:
+        _COMMITS[key] = commit
+        while len(_COMMITS) > _COMMITS_KEPT:
+            _COMMITS.popitem(last=False)
     return commit
 
 
@@ -248,6 +265,7 @@ def forget_trees() -> None:
     with _TREES_LOCK:
         _TREES.clear()
         _LAST_TREE.clear()
+        _COMMITS.clear()
         _ENTRIES.clear()
         _LISTINGS.clear()
         _listings_held = 0
