@@ -183,6 +183,7 @@ def test_a_trees_names_are_checked_once_and_a_new_bad_one_still_refused(
 
     monkeypatch.setattr(checkout_module, "_check_name", counting)
     monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
+    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
     with Repo(str(repo)) as dulwich_repo:
         blob = Blob.from_string(b"x\n")
         dulwich_repo.object_store.add_object(blob)
@@ -241,3 +242,24 @@ def test_a_directory_that_gains_a_name_has_only_that_name_checked(
             with pytest.raises(UnsafePath):
                 checkout_module.list_tree(trees, ObjectID(bad))
             assert read == [b"git~1"]
+
+
+def test_a_gitmodules_file_seen_before_does_not_let_a_gitmodules_link_through(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name is remembered as safe by itself, but ``.gitmodules`` may be checked out as
+    a file and not as a link: seen as a file first, it is still refused as a link."""
+    from aether_git_broker.adapters import checkout as checkout_module
+
+    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
+    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
+    with Repo(str(repo)) as dulwich_repo:
+        blob = Blob.from_string(b"[submodule]\n")
+        dulwich_repo.object_store.add_object(blob)
+        trees = Trees(dulwich_repo.object_store)
+        for name in (b".gitmodules", b".GitModules. ", b"GITMOD~1"):
+            as_file = trees.write({name: (0o100644, blob.id), b"a": (0o100644, blob.id)})
+            checkout_module.list_tree(trees, ObjectID(as_file))
+            as_link = trees.write({name: (0o120000, blob.id), b"a": (0o100644, blob.id)})
+            with pytest.raises(UnsafePath, match="as a link"):
+                checkout_module.list_tree(trees, ObjectID(as_link))

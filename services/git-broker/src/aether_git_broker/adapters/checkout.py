@@ -99,10 +99,12 @@ def linked_gitmodules(files: Mapping[bytes, tuple[int, ObjectID] | None]) -> lis
     )
 
 
-# Names found safe (``_unsafe``): whether a name is safe depends on the name alone, and
-# checking one (NTFS's and HFS+'s readings of ``.git``) takes microseconds. A tree that
-# changed is listed whole, and a directory that gains a file each task would otherwise
-# have every one of its names checked again each time. Cleared whole when full.
+# Names found safe (``_unsafe``) that cannot be read as ``.gitmodules`` either: whether a
+# name is safe depends on the name alone, and checking one (NTFS's and HFS+'s readings of
+# ``.git``) takes microseconds. A tree that changed is listed whole, and a directory that
+# gains a file each task would otherwise have every one of its names checked again each
+# time. A ``.gitmodules`` name is left out, as whether it may be checked out depends on
+# its mode too (``checked_entries``). Cleared whole when full.
 _SAFE_NAMES: set[bytes] = set()
 _SAFE_KEPT = 1 << 16
 
@@ -112,9 +114,10 @@ def _unsafe(name: bytes) -> bool:
         return False
     if name in (b"", b".", b"..") or b"/" in name or b"\0" in name or is_dot_git(name):
         return True
-    if len(_SAFE_NAMES) >= _SAFE_KEPT:
-        _SAFE_NAMES.clear()
-    _SAFE_NAMES.add(name)
+    if not is_dot_gitmodules(name):
+        if len(_SAFE_NAMES) >= _SAFE_KEPT:
+            _SAFE_NAMES.clear()
+        _SAFE_NAMES.add(name)
     return False
 
 
@@ -143,9 +146,11 @@ def checked_entries(trees: Trees, tree_id: ObjectID, prefix: bytes) -> Mapping[b
     """A tree's entries, its names checked (``UnsafePath``) unless already checked."""
     entries = trees.entries(tree_id)
     if tree_id not in _CHECKED_TREES:
-        for name, (mode, _) in entries.items():
+        # Only the names not known safe (a set's difference: a changed directory of
+        # thousands of files has a few new names, if any).
+        for name in entries.keys() - _SAFE_NAMES:
             _check_name(name, prefix)
-            if stat.S_ISLNK(mode) and is_dot_gitmodules(name):
+            if stat.S_ISLNK(entries[name][0]) and is_dot_gitmodules(name):
                 shown = prefix.decode(errors="replace")
                 raise UnsafePath(f"the tree has {shown}{name!r} as a link")
         if len(_CHECKED_TREES) >= _CHECKED_KEPT:
