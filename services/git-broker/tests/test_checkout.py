@@ -20,6 +20,15 @@ Git = Callable[..., str]
 
 
 @pytest.fixture
+def unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tree or name known as checked yet (the caches are the process's)."""
+    from aether_git_broker.adapters import checkout as checkout_module
+
+    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
+    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
+
+
+@pytest.fixture
 def rich_repo(tmp_path: Path, git: Git) -> Path:
     """Executable files, a symlink, a submodule entry, odd names, nested directories."""
     path = tmp_path / "rich"
@@ -167,6 +176,7 @@ def test_a_checkout_finds_the_objects_a_git_gc_packs_while_it_reads(
     broker.close()
 
 
+@pytest.mark.usefixtures("unchecked")
 def test_a_trees_names_are_checked_once_and_a_new_bad_one_still_refused(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,8 +192,6 @@ def test_a_trees_names_are_checked_once_and_a_new_bad_one_still_refused(
         real(name, prefix)
 
     monkeypatch.setattr(checkout_module, "_check_name", counting)
-    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
-    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
     with Repo(str(repo)) as dulwich_repo:
         blob = Blob.from_string(b"x\n")
         dulwich_repo.object_store.add_object(blob)
@@ -205,6 +213,7 @@ def test_a_trees_names_are_checked_once_and_a_new_bad_one_still_refused(
             checkout_module.list_tree(trees, ObjectID(bad))
 
 
+@pytest.mark.usefixtures("unchecked")
 def test_a_directory_that_gains_a_name_has_only_that_name_checked(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,8 +230,6 @@ def test_a_directory_that_gains_a_name_has_only_that_name_checked(
         return real(name)
 
     monkeypatch.setattr(checkout_module, "is_dot_git", counting)
-    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
-    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
     with Repo(str(repo)) as dulwich_repo:
         blob = Blob.from_string(b"x\n")
         dulwich_repo.object_store.add_object(blob)
@@ -244,15 +251,14 @@ def test_a_directory_that_gains_a_name_has_only_that_name_checked(
             assert read == [b"git~1"]
 
 
+@pytest.mark.usefixtures("unchecked")
 def test_a_gitmodules_file_seen_before_does_not_let_a_gitmodules_link_through(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path,
 ) -> None:
     """A name is remembered as safe by itself, but ``.gitmodules`` may be checked out as
     a file and not as a link: seen as a file first, it is still refused as a link."""
     from aether_git_broker.adapters import checkout as checkout_module
 
-    monkeypatch.setattr(checkout_module, "_SAFE_NAMES", set())
-    monkeypatch.setattr(checkout_module, "_CHECKED_TREES", set())
     with Repo(str(repo)) as dulwich_repo:
         blob = Blob.from_string(b"[submodule]\n")
         dulwich_repo.object_store.add_object(blob)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from dulwich.file import FileLocked, GitFile
 from dulwich.object_store import DiskObjectStore
@@ -165,11 +166,9 @@ _COMMITS_KEPT = 64
 
 def _commit(store: DiskObjectStore, sha: str | bytes) -> Commit:
     key = ObjectID(sha if isinstance(sha, bytes) else sha.encode())
-    with _TREES_LOCK:
-        known = _COMMITS.get(key)
-        if known is not None:
-            _COMMITS.move_to_end(key)
-            return known
+    known = _recalled(_COMMITS, key)
+    if known is not None:
+        return known
     commit = store[key]
     if not isinstance(commit, Commit):
         raise GitDirError(f"{sha!r} is not a commit")
@@ -210,6 +209,20 @@ TreeFiles = Mapping[bytes, tuple[int, ObjectID]]  # a tree's files: path -> (mod
 _TREES: OrderedDict[ObjectID, TreeFiles] = OrderedDict()
 _TREES_KEPT = 16
 _TREES_LOCK = threading.Lock()  # the runner works several attempts in worker threads
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _recalled(cache: OrderedDict[_K, _V], key: _K) -> _V | None:
+    """What one of these caches keeps for ``key``, marked as just used (``None``: not
+    kept)."""
+    with _TREES_LOCK:
+        known = cache.get(key)
+        if known is not None:
+            cache.move_to_end(key)
+        return known
+
+
 # The tree each object store's files were last read for: the next task of a repository
 # starts from the integration head, which is that tree and the few files merged since.
 # (As many stores as trees are kept: a store whose last tree left the cache is no help.)
@@ -333,11 +346,9 @@ _entries_held = 0
 
 def _entries(store: DiskObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
     """The entries of directory ``tree`` (read-only, shared)."""
-    with _TREES_LOCK:
-        known = _ENTRIES.get(tree)
-        if known is not None:
-            _ENTRIES.move_to_end(tree)
-            return known
+    known = _recalled(_ENTRIES, tree)
+    if known is not None:
+        return known
     found = store[tree]
     if not isinstance(found, Tree):
         raise GitDirError(f"{tree!r} is not a tree")
@@ -389,11 +400,9 @@ def _listing(
     store: DiskObjectStore, tree: ObjectID, limit: int, skipped: frozenset[str], depth: int
 ) -> tuple[tuple[bytes, ...], int]:
     key = (tree, limit, skipped)
-    with _TREES_LOCK:
-        known = _LISTINGS.get(key)
-        if known is not None:
-            _LISTINGS.move_to_end(key)
-            return known
+    known = _recalled(_LISTINGS, key)
+    if known is not None:
+        return known
     entries = _entries(store, tree)
     files: list[bytes] = []
     directories: list[tuple[bytes, ObjectID]] = []
