@@ -43,10 +43,10 @@ from aether_events import (
     AgentCompleted,
     AgentFailed,
     Event,
-    TranscriptEntries,
     UnknownEventType,
     decode,
     encode,
+    entries_of,
     on_its_subject,
     tag_of,
 )
@@ -379,9 +379,8 @@ class Hub:
         event = _decoded(msg)
         if event is None:
             return []
-        if isinstance(event, TranscriptEntries):
-            return [_streamed(entry, None) for entry in event.entries]
-        return [_streamed(event, None)]
+        carried: list[Event] = [*entries_of(event)] or [event]
+        return [_streamed(each, None) for each in carried]
 
     async def _on_mission_event(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
