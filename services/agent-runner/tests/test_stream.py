@@ -332,3 +332,70 @@ async def test_without_a_wait_only_entries_queued_together_go_out_together() -> 
     stored = entries_stored(publisher)
     assert [type(e) for e in stored] == [TranscriptRecorded, TranscriptEntries]
     assert [e.sequence for s in stored for e in entries_of(s)] == [0, 1, 2]
+
+
+async def test_the_result_goes_out_right_behind_the_last_entries_with_one_wait() -> None:
+    """What is left at the attempt's end is its last transcript entries, which are
+    telemetry: the result is sent behind them before either is acknowledged (one round
+    of acknowledgements, not two), stored last, and ``close`` returns its
+    acknowledgement."""
+    publisher = CountingGate()
+    workspace = ready("m-result")
+    stream = AttemptStream(lambda: publisher, linger=30.0)
+    for sequence in (1, 2):
+        await stream.emit(entry(workspace, sequence))
+    result = decide.failed(workspace, NOW, "done", retryable=False)
+    closing = asyncio.create_task(stream.close(then=result))
+    for _ in range(400):
+        if publisher.held == 2:
+            break
+        await asyncio.sleep(0.005)
+    # Both started: the entries (one message) and the result, neither acknowledged yet.
+    assert publisher.held == 2
+    assert publisher.stored() == [] and entries_stored(publisher) == []
+    publisher.gate.set()
+    ack = await closing
+    assert [e.event_id for e in publisher.stored()] == [result.event_id]
+    assert ack is not None and ack.seq == 1
+    assert [e.sequence for e in publisher.of(TranscriptRecorded)] == [1, 2]
+
+
+async def test_the_result_waits_until_a_cost_left_at_the_end_is_stored() -> None:
+    """A model call's cost still queued at the end is stored before the result is
+    sent: a result stored ahead of a cost that then failed would lose the cost."""
+    publisher = CountingGate()
+    workspace = ready("m-cost")
+    stream = AttemptStream(lambda: publisher)
+    usage = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=7), False)
+    result = decide.failed(workspace, NOW, "done", retryable=False)
+    await stream.emit(usage)
+    closing = asyncio.create_task(stream.close(then=result))
+    for _ in range(400):
+        if publisher.held >= 1:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    assert publisher.held == 1  # the cost alone: the result waits for its acknowledgement
+    publisher.gate.set()
+    await closing
+    assert publisher.held == 2
+    assert [e.event_id for e in publisher.stored()] == [usage.event_id, result.event_id]
+
+
+async def test_no_result_after_a_lost_cost_and_its_own_loss_fails_the_close() -> None:
+    workspace = ready("m-lost")
+    result = decide.failed(workspace, NOW, "done", retryable=False)
+    refusing = Refusing((UsageRecorded,))
+    stream = AttemptStream(lambda: refusing)  # type: ignore[arg-type,return-value]
+    await stream.emit(decide.usage_recorded(workspace, NOW, 1, Usage(), False))
+    with pytest.raises(ConnectionError):
+        await stream.close(then=result)
+    assert refusing.taken == []
+
+    refusing = Refusing((type(result),))
+    stream = AttemptStream(lambda: refusing, linger=30.0)  # type: ignore[arg-type,return-value]
+    await stream.emit(entry(workspace, 1))
+    with pytest.raises(ConnectionError):
+        await stream.close(then=result)
+    # The entry went out all the same, before the result.
+    assert [type(e) for e in refusing.taken] == [TranscriptRecorded]

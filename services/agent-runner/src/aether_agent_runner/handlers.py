@@ -113,20 +113,12 @@ class Handlers:
             return
         if attempt in self.running:
             raise AttemptBusy("this runner is already working the attempt")
-        result = await self._run(event, attempt, delivery)
-        report = decide.result_to_report(self.projection.state, event, result)
-        if report is None:
-            if result is not None:
-                log.warning("the attempt was reported elsewhere meanwhile; not reporting it again")
-            return
-        ack = await self._publisher().publish(report)
-        self.projection.apply(report, stored_sequence(ack))
+        await self._run(event, attempt, delivery)
 
-    async def _run(
-        self, ready: WorkspaceReady, attempt: Attempt, delivery: Delivery
-    ) -> Event | None:
-        """The attempt's result, an AgentFailed when a stop order ended it, or ``None``
-        when the order says the attempt is someone else's to report."""
+    async def _run(self, ready: WorkspaceReady, attempt: Attempt, delivery: Delivery) -> None:
+        """Run the attempt and publish its result: what it returned, or an AgentFailed
+        when a stop order ended it (nothing when the order says the attempt is someone
+        else's to report, or another runner reported it meanwhile)."""
         stop = self.running.register(attempt)
         metrics.AGENTS_RUNNING.inc()
         # The one way the attempt's own events reach the stream while it works. Its
@@ -158,14 +150,20 @@ class Handlers:
                     metrics.RESULTS.labels("credential_refused").inc()
                     stream.abandon()
                     raise refused.result()
-                # Everything the attempt emitted is stored before its result is published.
-                await stream.close()
-            if finished:
-                return work.result()
-            order = stop.result()
-            log.info("agent stopped", extra={"reason": order.reason})
-            metrics.RESULTS.labels("stopped").inc()
-            return decide.stopped(ready, self._clock(), order)
+                if finished and (work.cancelled() or work.exception() is not None):
+                    await stream.close()
+                    work.result()  # raises what ended the attempt
+                result = work.result() if finished else self._stopped(ready, stop.result())
+                report = decide.result_to_report(self.projection.state, ready, result)
+                if report is None and result is not None:
+                    log.warning(
+                        "the attempt was reported elsewhere meanwhile; not reporting it again"
+                    )
+                # The result goes out last, after everything the attempt emitted, on the
+                # same connection (``AttemptStream.close``).
+                ack = await stream.close(then=report)
+                if report is not None and ack is not None:
+                    self.projection.apply(report, stored_sequence(ack))
         finally:
             if not work.done():
                 work.cancel()
@@ -179,6 +177,11 @@ class Handlers:
                 await stream.close(within=STOP_SECONDS if stopping else None)
             self.running.unregister(attempt)
             metrics.AGENTS_RUNNING.dec()
+
+    def _stopped(self, ready: WorkspaceReady, order: StopOrder) -> Event | None:
+        log.info("agent stopped", extra={"reason": order.reason})
+        metrics.RESULTS.labels("stopped").inc()
+        return decide.stopped(ready, self._clock(), order)
 
     async def on_control(self, event: Event, sequence: int = 0) -> None:
         """An event of the control follower (stored at ``sequence``): fold it, stop the

@@ -6,9 +6,14 @@ published in the background, in the order emitted (what is queued together goes 
 together, with one wait for its acknowledgements), so the agent never waits on a publish
 acknowledgement. The queue is bounded: an attempt that emits faster than the bus takes
 waits for room rather than holding an unbounded backlog. The handler closes the stream
-before it publishes the attempt's result, so every entry of an attempt is stored before
-its completion. Each event's id is derived from its step, so an entry published again
-(a retried publish, a resumed attempt) is stored once.
+with the attempt's result (``close(then=...)``), published last: after every event the
+attempt emitted, on the same connection, so the stream stores it after them. What is
+left when the attempt ends is usually its last transcript entries (telemetry, lost
+without failing the attempt): the result goes out right behind them, with one wait for
+all their acknowledgements, instead of a round trip after theirs. Any other event left
+(a model call's cost) is stored first, and the result published only once it is: a cost
+must not be lost behind a result already stored. Each event's id is derived from its
+step, so an entry published again (a retried publish, a resumed attempt) is stored once.
 
 Transcript entries queued together go out together as one ``TranscriptEntries`` (an
 entry alone as itself): a burst of a CLI agent's output is one message, one
@@ -32,6 +37,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from nats.js.api import PubAck
 
 from aether_events import (
     AgentProgress,
@@ -87,6 +94,9 @@ class AttemptStream:
         self._entries_text = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flush_owed = False
+        # What ``close`` publishes last, and its acknowledgement once stored.
+        self._then: Event | None = None
+        self._stored: PubAck | None = None
         self._sender = asyncio.create_task(self._send())
 
     async def emit(self, event: Event) -> None:
@@ -106,8 +116,11 @@ class AttemptStream:
         self._stop_timer()
         self._sender.cancel()
 
-    async def close(self, within: float | None = None) -> None:
-        """Publish everything queued, then stop; raises a failure ``emit`` would have.
+    async def close(self, within: float | None = None, then: Event | None = None) -> PubAck | None:
+        """Publish everything queued, then ``then`` (the attempt's result) last, and stop;
+        returns ``then``'s acknowledgement. Raises a failure ``emit`` would have, or
+        ``then``'s own; ``then`` is not published after a failure of an event the attempt
+        cannot go on without.
 
         Should the caller be cancelled meanwhile, what was emitted is still sent. With
         ``within``, the caller waits at most that many seconds, and what is not stored by
@@ -115,23 +128,25 @@ class AttemptStream:
         events the bus does not take (its credential refused with no scheduler left to
         grant it, several seconds a request)."""
         if self._abandoned:
-            return
+            return None
         if not self._closed:
             self._closed = True
+            self._then = then
             if within is None:
                 await self._queue.put(None)
             elif self._queue.full():
                 self._drop(f"{self._queue.qsize()} queued")
-                return
+                return None
             else:
                 self._queue.put_nowait(None)
         # Waited on, not awaited: the caller's cancellation does not reach the sender.
         done, _ = await asyncio.wait({self._sender}, timeout=within)
         if not done:
             self._drop(f"not stored within {within:g} s")
-            return
+            return None
         if self._failure is not None:
             raise self._failure
+        return self._stored
 
     def _drop(self, why: str) -> None:
         log.warning("the attempt's last events were dropped at its stop", extra={"why": why})
@@ -165,8 +180,22 @@ class AttemptStream:
                 batch += self._grouped()
             elif self._entries and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(self._linger, self._due)
-            if batch:
+            if closing and self._then is not None:
+                await self._publish_then(batch, self._then)
+            elif batch:
                 await self._publish(batch)
+
+    async def _publish_then(self, batch: list[Event], then: Event) -> None:
+        """``batch``, then ``then`` last: together when all of ``batch`` is telemetry,
+        after ``batch`` is stored otherwise; not at all after a failure that fails the
+        attempt (``then``'s own failure fails it too)."""
+        if any(type(event) not in TELEMETRY for event in batch):
+            await self._publish(batch)
+            batch = []
+        if self._failure is not None:
+            return
+        # Its failure is the attempt's (``_lost``), raised by ``close``.
+        self._stored = await self._publish([*batch, then])
 
     def _take(self, entry: TranscriptRecorded) -> list[Event]:
         """Hold ``entry`` with the others waiting; returns what is to go out now: the ones
@@ -218,21 +247,28 @@ class AttemptStream:
             self._timer.cancel()
             self._timer = None
 
-    async def _publish(self, batch: list[Event]) -> None:
+    async def _publish(self, batch: list[Event]) -> PubAck | None:
+        """Publish ``batch`` in order; returns the acknowledgement of its last event (None
+        when that one was not stored)."""
+        last = batch[-1] if batch else None
+        stored = None
         while batch:
             try:
                 sending = await send_in_order(self._publisher(), batch)
             except Exception as unsent:  # no publisher to send with: each event is lost
                 for event in batch:
                     self._lost(event, unsent)
-                return
+                return None
             await ended(sending)
             for event, sent in zip(batch, sending, strict=False):
                 error = None if sent.cancelled() else sent.exception()
                 if error is not None:
                     self._lost(event, error)
+                elif event is last and not sent.cancelled():
+                    stored = sent.result()
             # Past one refused before it was sent, the rest go out on their own.
             batch = batch[len(sending) :]
+        return stored
 
     def _lost(self, event: Event, error: BaseException) -> None:
         telemetry = TELEMETRY.get(type(event))
