@@ -7,6 +7,8 @@ the real adapters."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -93,6 +95,27 @@ async def test_a_scripted_agents_edit_is_committed_and_reported_with_its_usage(
     assert [u.usage.input_tokens for u in usages] == [100, 100]
     assert done.usage.input_tokens == 200 and done.usage.cost_known
     assert [job.ready.task.id for job in runtime.jobs] == ["t1"]
+
+
+async def test_the_runners_own_result_stops_nothing(
+    task_repo: Any,
+    start_scripted: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The result is published while the handler still holds the attempt's delivery,
+    and the control follower delivers it back: by then the attempt is no longer among
+    the running agents, so it is not taken for another runner's report of it."""
+    caplog.set_level(logging.INFO, logger="aether.agent-runner")
+    await start_scripted(ScriptedRuntime([Edit("src/app.py", "x = 1\n"), Finish("done")]))
+    await publish(workspace_ready(task_repo, mission_id))
+    await events.first(AgentCompleted)
+    await asyncio.sleep(1.0)  # the control follower's delivery of it
+    stops = [r for r in caplog.records if r.getMessage() == "stopping agents"]
+    assert stops == []
 
 
 async def test_a_scripted_model_error_fails_the_attempt_as_retryable(

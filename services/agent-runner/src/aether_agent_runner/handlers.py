@@ -155,6 +155,9 @@ class Handlers:
                     work.result()  # raises what ended the attempt
                 result = work.result() if finished else self._stopped(ready, stop.result())
                 report = decide.result_to_report(self.projection.state, ready, result)
+                # Done here: a stop order now (our own result, stored below, is one)
+                # has nothing to stop.
+                self.running.unregister(attempt)
                 if report is None and result is not None:
                     log.warning(
                         "the attempt was reported elsewhere meanwhile; not reporting it again"
