@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import msgspec
+
 _service: str = "aether"
 _EMPTY: dict[str, str] = {}
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
@@ -20,6 +22,8 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
 NOISY = ("uvicorn.access", "nats", "faststream", "httpx", "httpcore", "httpx2", "httpcore2")
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+# A value JSON has no form for is written as its ``str``.
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +43,10 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        try:
+            return _ENCODER.encode(data).decode()
+        except (TypeError, ValueError):  # a mapping keyed by what JSON cannot key by
+            return json.dumps(data, default=str)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -51,6 +58,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # What a record would otherwise look up and no line shows: the caller's file and
+    # line (a walk up the stack for every record), the thread and the process.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Libraries that log every request or message at INFO; the anthropic SDK carries its
     # own copies of httpx and httpcore (``httpx2``, ``httpcore2``), which log every model
     # call's request line.
