@@ -6,12 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aether_events import Event, Publisher, publish_in_order, tag_of
 from aether_runtime import Delivery, Projection, stored_sequence
 from aether_scheduler import metrics
-from aether_scheduler.domain import Config, State, catch_up, decide, evolve, next_timer, tick
+from aether_scheduler.domain import (
+    Config,
+    State,
+    catch_up,
+    decide,
+    evolve,
+    mission_timer,
+    next_timer,
+    tick,
+)
 
 log = logging.getLogger("aether.scheduler")
 
@@ -31,13 +40,26 @@ class Handlers:
         # Events and timer ticks take turns: each sees the other's decisions.
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        # When the timer loop looks again unless woken (None: it is looking now).
+        self._deadline: datetime | None = None
         self.stopped = asyncio.Event()
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
             self._apply(event, delivery.sequence)
             await self._publish(decide(self.projection.state, event, self._clock(), self.config))
-        self._wake.set()
+        self._wake_if_sooner(event.mission_id)
+
+    def _wake_if_sooner(self, mission_id: str) -> None:
+        """Wake the timer loop when the event's mission now has a timer due before the
+        loop would look again (a retry's backoff): only there can an event have moved a
+        timer earlier. Waking it for every event cost each delivery a tick over every
+        live mission and a new wait."""
+        if self._deadline is None:
+            return
+        due = mission_timer(self.projection.state, mission_id, self.config)
+        if due is not None and due < self._deadline:
+            self._wake.set()
 
     def wake(self) -> None:
         """Make the timer loop look again now (a new event, or a stop)."""
@@ -85,12 +107,20 @@ class Handlers:
                 await self.on_tick()
             except Exception:
                 log.exception("timer tick failed; trying again")
+            # No await from here to the wait: no event is handled in between, so none
+            # can move a timer this look misses.
             due = next_timer(self.projection.state, self.config)
+            now = self._clock()
             wait = max_sleep
             if due is not None:
-                wait = min(max_sleep, max(0.0, (due - self._clock()).total_seconds()))
+                wait = min(max_sleep, max(0.0, (due - now).total_seconds()))
+            wait = max(wait, 0.01)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+            self._deadline = now + timedelta(seconds=wait)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            finally:
+                self._deadline = None
         # Ending on a flag, not only on cancellation: on Python 3.11 ``wait_for`` can
         # swallow a cancellation that arrives just as what it waits for completes.

@@ -2,7 +2,7 @@
 ``catch_up`` say what happens next. Nothing here reads a clock, draws a random number or
 does I/O."""
 
-from aether_scheduler.domain.decide import catch_up, decide, next_timer, tick
+from aether_scheduler.domain.decide import catch_up, decide, mission_timer, next_timer, tick
 from aether_scheduler.domain.evolve import evolve
 from aether_scheduler.domain.model import Config, MissionState, State, TaskState
 from aether_scheduler.domain.rules import backoff_seconds, scopes_overlap, waves_of
@@ -16,6 +16,7 @@ __all__ = [
     "catch_up",
     "decide",
     "evolve",
+    "mission_timer",
     "next_timer",
     "scopes_overlap",
     "tick",

@@ -100,6 +100,15 @@ def next_timer(state: State, config: Config) -> datetime | None:
     return min(times, default=None)
 
 
+def mission_timer(state: State, mission_id: str, config: Config) -> datetime | None:
+    """When ``tick`` next has something to do in one mission (None: nothing timed)."""
+    mission = state.missions.get(mission_id)
+    if mission is None or mission.terminal:
+        return None
+    times = [when for task in _timed(mission) if (when := _timer_at(task, config)) is not None]
+    return min(times, default=None)
+
+
 def _timed(m: MissionState) -> list[TaskState]:
     """The tasks that may have a timer running: in flight, or waiting to be retried."""
     return [m.tasks[t] for t in m.with_status(*IN_FLIGHT, "retry_wait")]
