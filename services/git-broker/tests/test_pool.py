@@ -158,6 +158,27 @@ def test_a_warmed_pool_serves_the_first_tasks_without_a_full_checkout(
     assert len(_pooled(worktrees_dir)) == 1
 
 
+def test_a_warm_up_makes_every_loose_object_directory_and_git_reads_the_repository_as_before(
+    repo: Path, worktrees_dir: Path, git: Git
+) -> None:
+    """A new mission's first objects each made their directory on the tasks' path; the
+    warm-up makes the 256 first, and git sees nothing amiss in empty ones."""
+    git(repo, "gc", "--quiet")  # packed: no loose object directory is left
+    objects = repo / ".git" / "objects"
+    assert not [d for d in objects.iterdir() if len(d.name) == 2]
+    broker, base = _prepared(repo, worktrees_dir, 3)
+    assert broker.prewarm(str(repo), base, count=1)
+    broker.close()  # waits for the warm-up
+    fanouts = sorted(d.name for d in objects.iterdir() if len(d.name) == 2 and d.is_dir())
+    assert fanouts == [f"{i:02x}" for i in range(256)]
+    assert worktrees_module.ensure_fanouts(str(objects)) == 0
+    wt = _workspace(broker, repo, worktrees_dir, "t1")
+    (wt / "new.txt").write_text("new\n")
+    git(wt, "add", "new.txt")
+    git(wt, "commit", "-q", "-m", "new")
+    git(repo, "fsck", "--strict", "--no-progress")
+
+
 def test_a_warm_up_does_not_replace_the_worktrees_tasks_take_while_it_runs(
     repo: Path, worktrees_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -301,6 +301,30 @@ def _pooled_count(pool: str) -> int:
     return sum(1 for n in os.listdir(pool) if not n.endswith((_INDEX, _ADMIN)))
 
 
+def ensure_fanouts(objects: str) -> int:
+    """Make the 256 directories loose objects go in (``objects/00`` … ``objects/ff``)
+    that do not exist yet; returns how many were made.
+
+    A repository cloned or packed holds none of them, and each of the first few hundred
+    objects the tasks write (the agents' commits, the merges) then makes one first: on a
+    slow disk a directory costs several times a file, about three a task on a new
+    mission's path. Made here, ahead of time, as git makes them (empty ones are removed
+    by its ``prune``, and made again as needed)."""
+    try:
+        present = set(os.listdir(objects))
+    except FileNotFoundError:
+        return 0
+    made = 0
+    for fanout in _FANOUTS:
+        if fanout not in present:
+            os.makedirs(os.path.join(objects, fanout), exist_ok=True)
+            made += 1
+    return made
+
+
+_FANOUTS = tuple(f"{i:02x}" for i in range(256))
+
+
 def warm_pool(
     repository_path: str,
     tree: ObjectID,
@@ -320,6 +344,7 @@ def warm_pool(
     ``stop``, once set, ends it before its next worktree."""
     made = 0
     with Repo(repository_path) as repo:
+        ensure_fanouts(os.fspath(repo.object_store.path))
         trees = Trees(repo.object_store)
         os.makedirs(pool, exist_ok=True)
         lacking = count - _pooled_count(pool)
