@@ -393,3 +393,53 @@ def test_the_runner_copies_the_brokers_index_by_its_offsets_and_its_word_on_racy
     path = Path(ws.worktree_path)
     assert git(path, "--no-optional-locks", "status", "--porcelain", "-uall") == ""
     assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
+
+
+@pytest.mark.parametrize("meddled", ["", "a second link", "its permissions"])
+def test_a_written_file_the_next_tree_holds_is_kept_unless_it_is_not_what_a_checkout_writes(
+    repo: Path,
+    worktrees_dir: Path,
+    git: Git,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    meddled: str,
+) -> None:
+    """A chained task's file, merged as the file tools wrote it, is what the next tree
+    holds: the next reuse keeps it (the same file, not written again) and the worktree is
+    exactly the new head. One with a second link to it, or permissions a checkout would
+    not give it, is written again."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    ws = workspace(broker, repo, worktrees_dir, "t1")
+    path = Path(ws.worktree_path)
+    tools = Workspace(path)
+    tools.write_file("lib/kept.py", "kept = 1\n")
+    tools.write_file("top.txt", "edited\n")
+    records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
+    sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
+    assert sha is not None
+    head = merge(broker, repo, base, "t1", sha)
+    if meddled == "a second link":
+        os.link(path / "lib" / "kept.py", tmp_path / "outside.py")
+    elif meddled == "its permissions":
+        (path / "lib" / "kept.py").chmod(0o600)
+    before = (path / "lib" / "kept.py").stat().st_ino, (path / "top.txt").stat().st_ino
+    assert broker.recycle_worktree(str(repo), ws.worktree_path)
+
+    results = reuses(monkeypatch)
+    no_whole_scan(monkeypatch)
+    following = workspace(broker, repo, worktrees_dir, "t2")
+    next_path = Path(following.worktree_path)
+    assert following.base_sha == head
+    after = (next_path / "lib" / "kept.py").stat().st_ino, (next_path / "top.txt").stat().st_ino
+    if meddled:
+        assert results == [1] and after[0] != before[0] and after[1] == before[1]
+        assert (next_path / "lib" / "kept.py").stat().st_nlink == 1
+        assert (next_path / "lib" / "kept.py").stat().st_mode & 0o777 == 0o644
+    else:
+        assert results == [0] and after == before
+    assert git(next_path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+    assert git(next_path, "diff-files", "--quiet") == ""
+    assert git(next_path, "diff-index", "--cached", "--quiet", "HEAD") == ""
+    assert (next_path / "lib" / "kept.py").read_text() == "kept = 1\n"
+    assert (next_path / "top.txt").read_text() == "edited\n"

@@ -9,7 +9,10 @@ worktree holds then differs from the next tree only where the two trees differ (
 comparing them directory by directory, by id) and on the ways to those paths (their
 directories listed, one level each). Only those paths are looked at, removed or written,
 and the next index is the remembered one with their entries replaced: no entry of the
-runner's index is read and no other file is looked at.
+runner's index is read and no other file is looked at. A written path whose file is
+already what a checkout of the next tree would write there (a chained task's file, as
+its merge took it: a regular file with one link, the blob, a checkout's permissions) is
+kept rather than removed and written again, as git keeps a file it finds right.
 
 Anything less usual (a directory in place of a file or the other way round, a gitlink,
 a directory removed or made by the agent off those ways, a path on them gone missing)
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -224,6 +228,11 @@ def _plan(
             ):
                 plan.entries[path] = (new[0], new[1], st)
                 continue
+            if new is not None and path in targets and _holds(root + b"/" + path, st, new):
+                # What the file tools wrote is what the next tree holds (a chained
+                # task's merged file): kept, as git keeps a file it finds right.
+                plan.entries[path] = (new[0], new[1], st)
+                continue
             plan.unlink.append(path)
         elif path in targets or raw is None:
             pass  # not there: a written path gone, or a path the checkout did not have
@@ -245,6 +254,49 @@ def _plan(
     plan.rmtree = [*diff.gone_dirs, *(w for w in ways if not _is_dir(_at(trees, tree_id, w)))]
     plan.mkdir = [d for d in diff.new_dirs if d not in seen_dirs]
     return plan
+
+
+# The most a written file is read to be kept rather than written again.
+_HOLDS_MOST = 16 << 20
+
+
+def _holds(path: bytes, st: os.stat_result, entry: Entry) -> bool:
+    """Whether the file at ``path`` (``st``: its ``lstat``) is what a checkout of
+    ``entry`` would write: a regular file with one link, the entry's blob, and the
+    permissions git gives a file of its mode (0644, or 0755 for an executable)."""
+    mode = entry[0]
+    if not stat.S_ISREG(mode) or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return False
+    if stat.S_IMODE(st.st_mode) != (0o755 if mode & 0o100 else 0o644):
+        return False
+    if st.st_size > _HOLDS_MOST:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
+            return False
+        chunks: list[bytes] = []
+        size = 0
+        while size <= st.st_size:
+            chunk = os.read(fd, st.st_size + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) != st.st_size:
+        return False
+    blob = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+    blob.update(data)
+    return blob.hexdigest().encode("ascii") == entry[1]
 
 
 def _same(raw: bytes, entry: Entry) -> bool:
