@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dulwich.objects import ObjectID
@@ -21,6 +22,7 @@ from aether_agent_runner.adapters import scan as scan_module
 from aether_agent_runner.adapters.git import GitDir, commit_all, snapshot
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_git_broker.adapters import checkout as checkout_module
+from aether_git_broker.adapters import reuse as reuse_module
 from aether_git_broker.adapters.checkout import (
     END_EXTENSION,
     WRITTEN_EXTENSION,
@@ -443,3 +445,43 @@ def test_a_written_file_the_next_tree_holds_is_kept_unless_it_is_not_what_a_chec
     assert git(next_path, "diff-index", "--cached", "--quiet", "HEAD") == ""
     assert (next_path / "lib" / "kept.py").read_text() == "kept = 1\n"
     assert (next_path / "top.txt").read_text() == "edited\n"
+
+
+def test_a_written_file_behind_a_linked_directory_is_not_opened_to_be_kept(
+    repo: Path, worktrees_dir: Path, git: Git, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory on the way to a written file turned into a link (to a copy holding
+    the same file): the file is not opened through it to be kept, and the reuse is left
+    to the whole checkout, which leaves exactly the new head."""
+    broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    ws = workspace(broker, repo, worktrees_dir, "t1")
+    path = Path(ws.worktree_path)
+    tools = Workspace(path)
+    tools.write_file("lib/kept.py", "kept = 1\n")
+    records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
+    sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
+    assert sha is not None
+    head = merge(broker, repo, base, "t1", sha)
+    elsewhere = tmp_path / "elsewhere"
+    (path / "lib").rename(elsewhere)
+    (path / "lib").symlink_to(elsewhere)
+    assert broker.recycle_worktree(str(repo), ws.worktree_path)
+
+    opened: list[bytes] = []
+    holds = reuse_module._holds
+
+    def recorded(at: bytes, *args: Any) -> bool:
+        opened.append(at)
+        return holds(at, *args)
+
+    monkeypatch.setattr(reuse_module, "_holds", recorded)
+    results = reuses(monkeypatch)
+    following = workspace(broker, repo, worktrees_dir, "t2")
+    next_path = Path(following.worktree_path)
+    assert following.base_sha == head
+    assert opened == [] and results == [None]
+    assert not (next_path / "lib").is_symlink()
+    assert (next_path / "lib" / "kept.py").read_text() == "kept = 1\n"
+    assert git(next_path, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+    assert (elsewhere / "kept.py").read_text() == "kept = 1\n"

@@ -228,7 +228,12 @@ def _plan(
             ):
                 plan.entries[path] = (new[0], new[1], st)
                 continue
-            if new is not None and path in targets and _holds(root + b"/" + path, st, new):
+            if (
+                new is not None
+                and path in targets
+                and _on_real_directories(path, seen_dirs)
+                and _holds(root + b"/" + path, st, new)
+            ):
                 # What the file tools wrote is what the next tree holds (a chained
                 # task's merged file): kept, as git keeps a file it finds right.
                 plan.entries[path] = (new[0], new[1], st)
@@ -254,6 +259,17 @@ def _plan(
     plan.rmtree = [*diff.gone_dirs, *(w for w in ways if not _is_dir(_at(trees, tree_id, w)))]
     plan.mkdir = [d for d in diff.new_dirs if d not in seen_dirs]
     return plan
+
+
+def _on_real_directories(path: bytes, seen_dirs: set[bytes]) -> bool:
+    """Whether every directory on the way to ``path`` was listed as a directory itself,
+    not reached through a link (the file is then opened where the listing found it)."""
+    end = path.rfind(b"/")
+    while end > 0:
+        if path[:end] not in seen_dirs:
+            return False
+        end = path.rfind(b"/", 0, end)
+    return True
 
 
 # The most a written file is read to be kept rather than written again.
