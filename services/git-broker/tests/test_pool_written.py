@@ -30,6 +30,7 @@ from aether_git_broker.adapters.checkout import (
     read_index,
 )
 from aether_git_broker.adapters.git import GitRepositories
+from aether_git_broker.domain import WorkspaceOutcome
 
 from .conftest import write_and_commit
 from .pooled import INTEGRATION, merge, no_whole_scan, reuses, workspace
@@ -397,6 +398,23 @@ def test_the_runner_copies_the_brokers_index_by_its_offsets_and_its_word_on_racy
     assert git(path, "diff-index", "--cached", "--quiet", "HEAD") == ""
 
 
+def _merged_writes(
+    broker: GitRepositories, repo: Path, worktrees_dir: Path, files: dict[str, str]
+) -> tuple[WorkspaceOutcome, Path, str]:
+    """Task t1, whose agent wrote ``files`` with the file tools, committed and merged:
+    its workspace, worktree and the integration branch's new head."""
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    ws = workspace(broker, repo, worktrees_dir, "t1")
+    path = Path(ws.worktree_path)
+    tools = Workspace(path)
+    for name, text in files.items():
+        tools.write_file(name, text)
+    records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
+    sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
+    assert sha is not None
+    return ws, path, merge(broker, repo, base, "t1", sha)
+
+
 @pytest.mark.parametrize("meddled", ["", "a second link", "its permissions"])
 def test_a_written_file_the_next_tree_holds_is_kept_unless_it_is_not_what_a_checkout_writes(
     repo: Path,
@@ -411,16 +429,9 @@ def test_a_written_file_the_next_tree_holds_is_kept_unless_it_is_not_what_a_chec
     exactly the new head. One with a second link to it, or permissions a checkout would
     not give it, is written again."""
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
-    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
-    ws = workspace(broker, repo, worktrees_dir, "t1")
-    path = Path(ws.worktree_path)
-    tools = Workspace(path)
-    tools.write_file("lib/kept.py", "kept = 1\n")
-    tools.write_file("top.txt", "edited\n")
-    records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
-    sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
-    assert sha is not None
-    head = merge(broker, repo, base, "t1", sha)
+    ws, path, head = _merged_writes(
+        broker, repo, worktrees_dir, {"lib/kept.py": "kept = 1\n", "top.txt": "edited\n"}
+    )
     if meddled == "a second link":
         os.link(path / "lib" / "kept.py", tmp_path / "outside.py")
     elif meddled == "its permissions":
@@ -454,15 +465,7 @@ def test_a_written_file_behind_a_linked_directory_is_not_opened_to_be_kept(
     the same file): the file is not opened through it to be kept, and the reuse is left
     to the whole checkout, which leaves exactly the new head."""
     broker = GitRepositories(worktrees_dir=str(worktrees_dir), pool_capacity=1)
-    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
-    ws = workspace(broker, repo, worktrees_dir, "t1")
-    path = Path(ws.worktree_path)
-    tools = Workspace(path)
-    tools.write_file("lib/kept.py", "kept = 1\n")
-    records = GitDir.linked(path, Path(ws.git_dir), ws.branch)
-    sha, _ = commit_all(records, "t1\n", scanned=snapshot(records, written=tools.touched))
-    assert sha is not None
-    head = merge(broker, repo, base, "t1", sha)
+    ws, path, head = _merged_writes(broker, repo, worktrees_dir, {"lib/kept.py": "kept = 1\n"})
     elsewhere = tmp_path / "elsewhere"
     (path / "lib").rename(elsewhere)
     (path / "lib").symlink_to(elsewhere)
