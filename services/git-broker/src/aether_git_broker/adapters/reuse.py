@@ -287,27 +287,15 @@ def _holds(path: bytes, st: os.stat_result, entry: Entry) -> bool:
         return False
     if st.st_size > _HOLDS_MOST:
         return False
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(os.open(path, flags), "rb") as file:
+            now = os.fstat(file.fileno())
+            if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
+                return False
+            data = file.read(st.st_size + 1)
     except OSError:
         return False
-    try:
-        now = os.fstat(fd)
-        if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
-            return False
-        chunks: list[bytes] = []
-        size = 0
-        while size <= st.st_size:
-            chunk = os.read(fd, st.st_size + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
     if len(data) != st.st_size:
         return False
     blob = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)

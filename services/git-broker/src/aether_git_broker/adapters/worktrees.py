@@ -301,6 +301,10 @@ def _pooled_count(pool: str) -> int:
     return sum(1 for n in os.listdir(pool) if not n.endswith((_INDEX, _ADMIN)))
 
 
+# git's loose object directories, by the first two digits of an object's id.
+_FANOUTS = tuple(f"{i:02x}" for i in range(256))
+
+
 def ensure_fanouts(objects: str) -> int:
     """Make the 256 directories loose objects go in (``objects/00`` … ``objects/ff``)
     that do not exist yet; returns how many were made.
@@ -320,9 +324,6 @@ def ensure_fanouts(objects: str) -> int:
             os.makedirs(os.path.join(objects, fanout), exist_ok=True)
             made += 1
     return made
-
-
-_FANOUTS = tuple(f"{i:02x}" for i in range(256))
 
 
 def warm_pool(

@@ -93,9 +93,7 @@ def next_timer(state: State, config: Config) -> datetime | None:
     times = [
         when
         for mission_id in state.live
-        if not (mission := state.missions[mission_id]).terminal
-        for task in _timed(mission)
-        if (when := _timer_at(task, config)) is not None
+        if (when := mission_timer(state, mission_id, config)) is not None
     ]
     return min(times, default=None)
 
