@@ -88,6 +88,11 @@ class ConsumerSpec:
     # a lost acknowledgement then costs a redelivery after the ack wait, settled again
     # with no work, and the answer is one message more through the server per delivery.
     confirm_settlements: bool = True
+    # A one-lane consumer whose handler takes its events in runs anyway (the gateway's
+    # read model): while events keep coming, the lane fetches them at most this often,
+    # all that were stored meanwhile in one go, instead of each as it is stored (0: each
+    # at once). The first after a quiet spell is delivered at once (``pull``).
+    pace: float = 0.0
 
     @property
     def filter_subjects(self) -> list[str] | None:

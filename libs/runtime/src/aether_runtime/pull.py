@@ -22,6 +22,17 @@ How much a lane asks for depends on who bounds what is in flight:
   only for what it has room for, when it has it: a message pulled by a busy lane would
   wait unhandled, and not kept alive, while another lane could have run it.
 
+A standing lane may be *paced* (``pace``: the gateway's read model, which folds what
+arrives in runs no closer than that anyway): its messages are then fetched in sweeps
+rather than each as it is stored. A quiet lane keeps a standing request for one message,
+so the first event after a quiet spell is delivered at once; from then on the lane asks,
+at most once every ``pace`` seconds, for everything stored meanwhile (a request that does
+not wait, ``no_wait``), until a sweep finds nothing and the lane is quiet again. A busy
+stream's events then reach the process in a few bursts a second, each read, decoded and
+acknowledged together, instead of one wake-up of the process per event, each taking CPU
+from the services on the missions' path. ``hurry`` (someone waits for the read model)
+sweeps at once.
+
 A request lives ``expires`` seconds; the server ends it with a status (408) and the lane
 asks again. One lost with a restarting server is not waited out: ``wake`` (called at a
 reconnect) makes the lane ask again at once. Stopping, the lane unsubscribes (the server
@@ -58,8 +69,12 @@ REFUSED_PAUSE_SECONDS = 0.25
 _LOST: Final = object()  # the requests in flight are lost (a reconnect): ask again now
 _FREED: Final = object()  # a handler finished: there may be room to ask for more
 _STOP: Final = object()
+_HURRY: Final = object()  # sweep now (a paced lane)
 # What a request the server ended still asked for.
 _PENDING = "Nats-Pending-Messages"
+# The status ending a request that does not wait (a sweep) with fewer messages than it
+# asked for: nothing more is stored for the consumer now.
+_NO_MESSAGES = "404"
 
 
 class Puller:
@@ -76,6 +91,7 @@ class Puller:
         standing: bool,
         workers: int = 1,
         expires: float = 2.0,
+        pace: float = 0.0,
     ) -> None:
         self._nc = nc
         self.durable = durable
@@ -94,6 +110,13 @@ class Puller:
         self._asked = 0
         self._expire_at = 0.0
         self.requests = 0  # pull requests sent (for tests and figures)
+        # A paced lane (standing only, see the module): the earliest time of its next
+        # sweep while it is busy (None: quiet, a standing request for one message), and
+        # how many messages the sweep in flight brought so far (None: none in flight).
+        self._pace = pace if standing else 0.0
+        self._sweep_at: float | None = None
+        self._swept: int | None = None
+        self._last_sweep = 0.0
 
     @property
     def asking(self) -> int:
@@ -110,6 +133,12 @@ class Puller:
     def wake(self) -> None:
         """The requests in flight are lost (the server restarted): ask again now."""
         self._queue.put_nowait(_LOST)
+
+    def hurry(self) -> None:
+        """A paced lane sweeps now rather than at its next turn (someone waits for what
+        the stream holds to be handled); any other lane already has it delivered."""
+        if self._pace > 0:
+            self._queue.put_nowait(_HURRY)
 
     async def stop(self, graceful: float = 30.0) -> None:
         """Stop asking, let the running handlers finish (up to ``graceful`` seconds),
@@ -136,16 +165,41 @@ class Puller:
 
     def _room(self) -> int:
         """How many more messages to ask for now."""
+        if self._pace > 0:
+            if self._asked > 0 or (
+                self._sweep_at is not None and time.monotonic() < self._sweep_at
+            ):
+                return 0
+            # Quiet: one message, waited for; busy: a sweep of what is stored.
+            return 1 if self._sweep_at is None else STANDING_BATCH
         if self._standing:
             return STANDING_BATCH if self._asked <= 0 else 0
         return self._workers - len(self._running) - self._asked
 
     async def _ask(self, count: int) -> None:
-        body = json.dumps({"batch": count, "expires": int(self._expires * 1e9)}).encode()
-        await self._nc.publish(self._subject, body, reply=self._inbox)
+        request: dict[str, object] = {"batch": count}
+        if self._pace > 0 and self._sweep_at is not None:
+            # A sweep: what is stored now, ended at once by a status when it is less.
+            request["no_wait"] = True
+            self._swept = 0
+            self._last_sweep = time.monotonic()
+        else:
+            request["expires"] = int(self._expires * 1e9)
+        await self._nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
         self._asked += count
         self._expire_at = time.monotonic() + self._expires + GRACE_SECONDS
         self.requests += 1
+
+    def _swept_all(self, found: int, full: bool) -> None:
+        """A paced lane's sweep (or its standing request for one) ended having brought
+        ``found`` messages; ``full``: as many as it asked for, so more may be stored."""
+        self._swept = None
+        if found == 0:
+            self._sweep_at = None  # quiet again: the next message is waited for
+        elif full:
+            self._sweep_at = time.monotonic()  # more is stored: sweep again at once
+        else:
+            self._sweep_at = self._last_sweep + self._pace
 
     async def _run(self) -> None:
         pause_until = 0.0
@@ -162,6 +216,8 @@ class Puller:
                 until = self._expire_at
             elif now < pause_until:
                 until = pause_until
+            elif self._pace > 0 and self._sweep_at is not None:
+                until = self._sweep_at
             else:
                 until = now + self._expires
             try:
@@ -175,15 +231,40 @@ class Puller:
                 return
             if item is _LOST:
                 self._asked = 0
+                if self._pace > 0:
+                    # What was stored meanwhile is swept at once, as after a quiet spell.
+                    self._swept = None
+                    self._sweep_at = time.monotonic()
+                continue
+            if item is _HURRY:
+                if self._sweep_at is not None and self._swept is None:
+                    self._sweep_at = time.monotonic()
                 continue
             if item is _FREED:
                 continue
             assert isinstance(item, Msg)
             status = request_status(item)
             if status is not None:
+                if self._swept is not None:
+                    # The sweep ended short (nothing more stored, or the consumer's
+                    # limit of messages in flight reached).
+                    self._asked = 0
+                    self._swept_all(self._swept, full=False)
+                    if status != _NO_MESSAGES:
+                        pause_until = max(pause_until, self._ended(item, status))
+                    continue
                 pause_until = max(pause_until, self._ended(item, status))
                 continue
             self._asked = max(self._asked - 1, 0)
+            if self._pace > 0:
+                if self._swept is not None:
+                    self._swept += 1
+                    if self._asked == 0:
+                        self._swept_all(self._swept, full=True)
+                elif self._sweep_at is None:
+                    # The first after a quiet spell: what follows it is swept, a turn on.
+                    self._sweep_at = time.monotonic() + self._pace
+                    self._last_sweep = time.monotonic()
             if self._standing and (room := self._room()) > 0:
                 # The next request waits at the server while this message is handled.
                 with contextlib.suppress(Exception):

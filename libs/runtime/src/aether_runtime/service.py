@@ -446,6 +446,12 @@ class Service:
             await ensure_consumer(self.js, spec, last_seq)
         await self.steps.watch_delivery_limits(self._consumers)
 
+    def hurry(self) -> None:
+        """The paced consumers (``ConsumerSpec.pace``) fetch what the stream holds for
+        them now rather than at their next turn: someone waits for it to be handled."""
+        for puller in self._pullers:
+            puller.hurry()
+
     @property
     def _inbox_prefix(self) -> str:
         """Where the service's replies arrive: its permissions let it read them only there
@@ -709,6 +715,7 @@ class Service:
                 standing=spec.max_workers <= 1 and spec.ack_pending is None,
                 workers=spec.max_workers,
                 expires=FETCH_SECONDS,
+                pace=spec.pace,
             )
             await puller.start()
             self._pullers.append(puller)

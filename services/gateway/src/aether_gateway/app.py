@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aether_events import ALL_MISSION_EVENTS, ALL_TELEMETRY, TELEMETRY_STREAM
 from aether_gateway import api
-from aether_gateway.adapters.batches import LIVE_RUN
+from aether_gateway.adapters.batches import LIVE_RUN, LIVE_SPACING
 from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.diffs import BrokerReader
@@ -82,6 +82,8 @@ class Gateway:
             # A second delivery of a folded event changes nothing (the read model skips
             # what is at or below its position): no acknowledgement waits for an answer.
             confirm_settlements=False,
+            # Folded in runs no closer than this: fetched so too (``aether_runtime.pull``).
+            pace=LIVE_SPACING,
         )
         self.projector.telemetry = telemetry
         self.service.rebuild_with(self.projector.rebuild)
@@ -93,6 +95,7 @@ class Gateway:
                 max_workers=1,
                 hand_offs=LIVE_RUN - 1,
                 confirm_settlements=False,
+                pace=LIVE_SPACING,
             )
         )
         self.service.consume(telemetry)
@@ -122,7 +125,7 @@ class Gateway:
             rebuild=self._rebuild,
             oidc=self.oidc,
             next_fold=self.projector.next_fold,
-            hurry=self.projector.hurry,
+            hurry=self._hurry,
         )
         self.service.on_started.append(self._start_hub)
         self.watch = ReadModelWatch(
@@ -131,6 +134,12 @@ class Gateway:
         self.service.on_started.append(self.watch.start)
         self.service.on_stopping.append(self.watch.stop)
         self.service.on_stopping.append(self.projector.close)
+
+    def _hurry(self) -> None:
+        """Someone waits for the read model: what the stream holds is fetched and folded
+        now, not at the consumers' and the runs' next turns."""
+        self.service.hurry()
+        self.projector.hurry()
 
     async def _start_hub(self) -> None:
         await self.hub.start(self.service.js, self.context.closing, self.service.reconnects)
