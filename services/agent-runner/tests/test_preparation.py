@@ -3,13 +3,14 @@
 A fresh built-in attempt takes its lock, reads its journal, looks for a commit of its own
 and begins its conversation (reset, repository map, first record) in one hand-off to a
 worker thread; its own bus connection, asked of the authorizer through the auth callout,
-is opened meanwhile, and a refusal there ends the attempt at once and hands its delivery
-back.
+is opened once it has begun (or a heartbeat's interval into a long preparation), and a
+refusal there ends the attempt at once and hands its delivery back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from aether_agent_runner.config import AgentSettings
 from aether_agent_runner.domain import State, evolve
 from aether_agent_runner.handlers import Handlers
 from aether_agent_runner.runtimes.builtin import BuiltinRuntime
-from aether_agent_runner.testing import Hold, ScriptedRuntime
+from aether_agent_runner.testing import Edit, Finish, Hold, ScriptedRuntime
 from aether_events import (
     AgentCompleted,
     AgentFailed,
@@ -35,6 +36,7 @@ from aether_events import (
     Event,
     WorkspaceReady,
 )
+from aether_events.testing import InMemoryPublisher
 from aether_llm import make_client
 from aether_runtime import Delivery, Projection
 from aether_runtime.attempt_auth import CredentialRefused
@@ -118,8 +120,8 @@ class RefusingBus:
 async def test_a_refused_credential_stops_the_attempt_and_hands_it_back(
     task_repo: TaskRepo, workspace_ready: Callable[..., WorkspaceReady]
 ) -> None:
-    """The attempt's connection is opened while the attempt prepares and starts;
-    refused, the attempt is cancelled (not left holding its lane and worktree,
+    """The attempt's connection is opened as the attempt starts; refused, the attempt
+    is cancelled (not left holding its lane and worktree,
     its agent spending model calls nothing could report), what it emitted is dropped,
     and the delivery is handed back for later (``RetryLater``)."""
     hold = Hold()
@@ -151,6 +153,68 @@ async def test_a_refused_credential_stops_the_attempt_and_hands_it_back(
     lock = AttemptLock(attempt_module.state_dir(git_dir))
     assert lock.acquire()
     lock.release()
+
+
+class OpeningBus(InMemoryPublisher):
+    """A bus that grants the attempt's credential: notes, as its connection is opened,
+    whether the attempt's preparation had ended."""
+
+    def __init__(self, prepared: asyncio.Event) -> None:
+        super().__init__()
+        self._prepared = prepared
+        self.opened_prepared: list[bool] = []
+
+    async def open(self) -> None:
+        self.opened_prepared.append(self._prepared.is_set())
+
+
+def noted_preparation(monkeypatch: pytest.MonkeyPatch, taking: float = 0.0) -> asyncio.Event:
+    """Set once an attempt's preparation (its hand-off to a worker thread) has ended;
+    ``taking``: how long the preparation is made to take."""
+    prepared = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    real_prepare = Attempts._prepare
+
+    def prepare(self: Attempts, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(taking)
+        try:
+            return real_prepare(self, *args, **kwargs)
+        finally:
+            loop.call_soon_threadsafe(prepared.set)
+
+    monkeypatch.setattr(Attempts, "_prepare", prepare)
+    return prepared
+
+
+@pytest.mark.parametrize("beat_seconds", [60.0, 0.2], ids=["quick", "slow-preparation"])
+async def test_the_attempts_connection_is_opened_once_it_has_begun(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    monkeypatch: pytest.MonkeyPatch,
+    beat_seconds: float,
+) -> None:
+    """Opened as the preparation began, the connection's handshake held up the
+    preparation's worker thread: it is opened once the attempt has begun (AgentStarted
+    emitted), or, should the preparation outlast a heartbeat's interval, then (and the
+    attempt completes either way)."""
+    prepared = noted_preparation(monkeypatch, taking=0.0 if beat_seconds > 1 else 1.0)
+    runtime = ScriptedRuntime([Edit("src/app.py", "x = 1\n"), Finish("done")])
+    bus = OpeningBus(prepared)
+    attempts = Attempts(
+        runtimes=lambda name: runtime,
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+    handlers = Handlers(
+        Projection(State(), evolve), lambda: bus, attempts, heartbeat_seconds=beat_seconds
+    )
+    ready = workspace_ready(task_repo, "m-opened")
+
+    await asyncio.wait_for(handlers.handle(ready, Delivery(1, 1, 0)), 4 * TIMEOUT)
+
+    assert bus.opened_prepared == [beat_seconds > 1]
+    assert len(bus.of(AgentCompleted)) == 1
 
 
 def refusals() -> float:

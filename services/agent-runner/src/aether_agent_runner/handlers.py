@@ -127,13 +127,19 @@ class Handlers:
         # a killed runner, would be lost for good.
         journaled = runtime_name(ready.runtime, self._attempts.settings.runtime) == BUILTIN
         stream = AttemptStream(self._publisher, linger=TRANSCRIPT_LINGER if journaled else 0.0)
+        began = asyncio.Event()  # the attempt emitted its first event (AgentStarted)
+
+        async def emit(event: Event) -> None:
+            began.set()
+            await stream.emit(event)
+
         work = asyncio.create_task(
-            self._attempts.work(ready, stream.emit, first_delivery=not delivery.redelivered)
+            self._attempts.work(ready, emit, first_delivery=not delivery.redelivered)
         )
         try:
             async with (
                 delivery.keep_alive(self._keep_alive_every),
-                self._heartbeat(ready) as refused,
+                self._heartbeat(ready, began) as refused,
             ):
                 waiting: set[asyncio.Future[Any]] = {work, stop, refused}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -223,17 +229,23 @@ class Handlers:
 
     @contextlib.asynccontextmanager
     async def _heartbeat(
-        self, ready: WorkspaceReady
+        self, ready: WorkspaceReady, began: asyncio.Event
     ) -> AsyncIterator[asyncio.Future[CredentialRefused]]:
         """Publish AgentHeartbeat on the telemetry stream while the agent works; yields a
         future set when the bus refuses the attempt's credential.
 
         The attempt's own connection (its credential asked of the authorizer through the
-        auth callout) is opened as the attempt starts, while the worktree and journal are
-        prepared, not at its first event; a refusal there (the attempt is not open, or
-        another runner holds it) ends the attempt at once. The first beat goes out one
-        interval later: AgentStarted tells the scheduler the attempt is alive, and a beat
-        beside it cost every task two deliveries that said nothing more.
+        auth callout) is opened once the attempt has begun (``began``: its worktree and
+        journal prepared, AgentStarted emitted), or a beat's interval into its
+        preparation, whichever comes first; a refusal there (the attempt is not open, or
+        another runner holds it) ends the attempt at once. Opened as the preparation
+        began, the connection's work in this process (the connection made, the server's
+        greeting read, the handshake) held up the preparation's worker thread, which
+        waits for the interpreter's lock: about a millisecond of every task's way to its
+        first model call; the connection is now made while that call is answered. The
+        first beat goes out one interval later: AgentStarted tells the scheduler the
+        attempt is alive, and a beat beside it cost every task two deliveries that said
+        nothing more.
 
         The beat ends on a flag, not on its cancellation alone: on Python 3.11 a
         cancellation that arrives as a publish's acknowledgement does is swallowed by
@@ -244,6 +256,9 @@ class Handlers:
         refused: asyncio.Future[CredentialRefused] = asyncio.get_running_loop().create_future()
 
         async def beat() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat_seconds):
+                    await began.wait()
             publisher = self._publisher()
             if isinstance(publisher, Opens):
                 try:
