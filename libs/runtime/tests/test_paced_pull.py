@@ -128,7 +128,9 @@ async def test_sweeps_bring_every_event_once_in_order_within_the_limit_in_flight
         await puller.stop()
 
 
-async def test_a_paced_service_consumer_is_hurried_by_the_service(nats_url: str) -> None:
+async def test_a_paced_service_consumer_is_hurried_by_the_service(
+    nats_url: str, nc: NatsClient
+) -> None:
     """The gateway's shape: one lane handing its messages off, paced; ``Service.hurry``
     sweeps it at once."""
     order: list[str] = []
@@ -150,8 +152,7 @@ async def test_a_paced_service_consumer_is_hurried_by_the_service(nats_url: str)
             pace=HOUR,
         )
     )
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
+    js = nc.jetstream()  # the fixture's: the streams start empty
     await ensure_streams(js)
     publisher = EventPublisher(js)
     await svc.start()
@@ -171,7 +172,6 @@ async def test_a_paced_service_consumer_is_hurried_by_the_service(nats_url: str)
             info = await js.consumer_info(MISSIONS_STREAM, "paced-service")
     finally:
         await svc.stop()
-        await nc.close()
 
 
 async def test_a_paced_lane_sweeps_at_once_when_its_request_is_lost_with_the_server(
