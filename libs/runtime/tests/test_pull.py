@@ -1,12 +1,16 @@
 """A consumer's lane: one standing pull request for a one-at-a-time consumer's many
 messages, in order and each as soon as it is there; a shared lane asks only for what it
-can hold; a message delivered again after its lane settled it is not handled twice."""
+can hold; a message delivered again after its lane settled it is not handled twice. A
+paced lane (``ConsumerSpec.pace``, the gateway's read model): the first event after a
+quiet spell at once, what follows in sweeps of everything stored meanwhile, none lost,
+none twice, in order; ``hurry`` sweeps now; a lost request is swept again."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import nats
@@ -165,23 +169,41 @@ async def test_a_settled_message_delivered_again_is_not_handled_twice(
         await svc.stop()
 
 
+async def waking(server: EmbeddedNats, lanes: list[Puller]) -> NatsClient:
+    """A connection to ``server`` that wakes ``lanes`` at every reconnect, as the
+    service's does."""
+
+    async def reconnected() -> None:
+        for lane in lanes:
+            lane.wake()
+
+    return await nats.connect(
+        server.url,
+        reconnect_time_wait=0.2,
+        max_reconnect_attempts=-1,
+        reconnected_cb=reconnected,
+    )
+
+
+async def restarted_with(server: EmbeddedNats, publisher: EventPublisher, event: Event) -> None:
+    """Kill ``server`` and start it again, then publish ``event`` once it answers."""
+    server.kill()
+    server.start()
+    while True:
+        try:
+            await publisher.publish(event)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)  # the server is not answering yet
+
+
 async def test_a_lane_asks_again_at_once_when_its_request_is_lost_with_the_server(
     nats_server: EmbeddedNats,
 ) -> None:
     """Its request lives an hour: only the wake at the reconnect makes the lane ask the
     restarted server again."""
     lanes: list[Puller] = []
-
-    async def reconnected() -> None:
-        for lane in lanes:
-            lane.wake()
-
-    nc = await nats.connect(
-        nats_server.url,
-        reconnect_time_wait=0.2,
-        max_reconnect_attempts=-1,
-        reconnected_cb=reconnected,
-    )
+    nc = await waking(nats_server, lanes)
     js = nc.jetstream()
     await ensure_streams(js)
     await js.add_consumer(MISSIONS_STREAM, consumer("woken", 1))
@@ -201,15 +223,7 @@ async def test_a_lane_asks_again_at_once_when_its_request_is_lost_with_the_serve
     try:
         while puller.requests < 1:
             await asyncio.sleep(0.01)
-        nats_server.kill()
-        nats_server.start()
-        publisher = EventPublisher(js, timeout=1.0)
-        while True:
-            try:
-                await publisher.publish(requested("m-after"))
-                break
-            except Exception:
-                await asyncio.sleep(0.05)  # the server is not answering yet
+        await restarted_with(nats_server, EventPublisher(js, timeout=1.0), requested("m-after"))
         await asyncio.wait_for(arrived.wait(), 60)
         assert seen == [1]
         assert puller.requests >= 2
@@ -278,3 +292,160 @@ async def test_a_hand_off_lane_keeps_one_request_and_settles_each_message_once(
             assert count <= received <= count + 3
     finally:
         await svc.stop()
+
+
+# --- paced lanes ---------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_the_first_event_comes_at_once_the_rest_in_one_sweep(nc: NatsClient) -> None:
+    """Paced by an hour: only ``hurry`` sweeps. A standing lane would have delivered the
+    second to fifth events as each was stored."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("paced", 64))
+    publisher = EventPublisher(js)
+    seen: list[int] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        await msg.ack()
+
+    puller = Puller(nc, MISSIONS_STREAM, "paced", nc.new_inbox(), handle, standing=True, pace=HOUR)
+    await puller.start()
+    try:
+        await publisher.publish(requested("m-1"))
+        await until(lambda: seen == [1])  # quiet: delivered at once
+        for i in range(2, 6):
+            await publisher.publish(requested(f"m-{i}"))
+        await asyncio.sleep(0.5)
+        assert seen == [1], "the lane waits for its sweep"
+        asked = puller.requests
+        puller.hurry()
+        await until(lambda: len(seen) == 5)
+        assert seen == [1, 2, 3, 4, 5]
+        assert puller.requests == asked + 1, "the four came in one sweep"
+        # A sweep that finds nothing leaves the lane quiet: the next event comes at once.
+        puller.hurry()
+        await until(lambda: puller.requests == asked + 3)  # the empty sweep, then a wait
+        await publisher.publish(requested("m-6"))
+        await until(lambda: seen == [1, 2, 3, 4, 5, 6])
+    finally:
+        await puller.stop()
+
+
+async def test_sweeps_bring_every_event_once_in_order_within_the_limit_in_flight(
+    nc: NatsClient,
+) -> None:
+    """Eight in flight at most on the server, sweeps asking for many: a sweep stopped by
+    the limit ends, and the next brings the rest."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("limited", 8))
+    publisher = EventPublisher(js)
+    seen: list[int] = []
+    held: list[Msg] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        held.append(msg)
+        if len(held) >= 4:  # settled in runs, as the read model settles a run's events
+            for taken in held:
+                await taken.ack()
+            held.clear()
+
+    puller = Puller(
+        nc, MISSIONS_STREAM, "limited", nc.new_inbox(), handle, standing=True, pace=0.05
+    )
+    await puller.start()
+    try:
+        for i in range(60):
+            await publisher.publish(requested(f"m-{i:02d}"))
+        await until(lambda: len(seen) >= 60)
+        await asyncio.sleep(0.3)  # nothing more, nothing twice
+        assert seen == list(range(1, 61))
+    finally:
+        await puller.stop()
+
+
+async def test_a_paced_service_consumer_is_hurried_by_the_service(
+    nats_url: str, nc: NatsClient
+) -> None:
+    """The gateway's shape: one lane handing its messages off, paced; ``Service.hurry``
+    sweeps it at once."""
+    order: list[str] = []
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        order.append(event.mission_id)
+        delivery.release()
+
+    svc = Service(
+        name="paced", settings=RuntimeSettings(nats_url=nats_url, port=0), bus_poll_seconds=0
+    )
+    svc.consume(
+        ConsumerSpec(
+            durable="paced-service",
+            subject=ALL_MISSION_EVENTS,
+            handler=handler,
+            hand_offs=7,
+            confirm_settlements=False,
+            pace=HOUR,
+        )
+    )
+    js = nc.jetstream()  # the fixture's: the streams start empty
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    await svc.start()
+    try:
+        await publisher.publish(requested("m-a"))
+        await until(lambda: order == ["m-a"])
+        await publisher.publish(requested("m-b"))
+        await publisher.publish(requested("m-c"))
+        await asyncio.sleep(0.5)
+        assert order == ["m-a"]
+        svc.hurry()
+        await until(lambda: order == ["m-a", "m-b", "m-c"])
+        # Each settled once folded, as the gateway's are.
+        info = await js.consumer_info(MISSIONS_STREAM, "paced-service")
+        while info.ack_floor.stream_seq < 3:
+            await asyncio.sleep(0.05)
+            info = await js.consumer_info(MISSIONS_STREAM, "paced-service")
+    finally:
+        await svc.stop()
+
+
+async def test_a_paced_lane_sweeps_at_once_when_its_request_is_lost_with_the_server(
+    nats_server: EmbeddedNats,
+) -> None:
+    """Busy (a sweep due an hour on) when the server restarts: the wake at the reconnect
+    sweeps what was stored meanwhile, without waiting for the turn."""
+    lanes: list[Puller] = []
+    nc = await waking(nats_server, lanes)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.add_consumer(MISSIONS_STREAM, consumer("paced-woken", 64))
+    publisher = EventPublisher(js, timeout=1.0)
+    seen: list[int] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.metadata.sequence.stream)
+        await msg.ack_sync()
+
+    puller = Puller(
+        nc, MISSIONS_STREAM, "paced-woken", nc.new_inbox(), handle, standing=True, pace=HOUR
+    )
+    lanes.append(puller)
+    await puller.start()
+    try:
+        await publisher.publish(requested("m-first"))
+        await until(lambda: seen == [1])  # the lane is busy now: its next sweep an hour on
+        await restarted_with(nats_server, publisher, requested("m-after"))
+        await until(lambda: seen == [1, 2], within=60)
+    finally:
+        await puller.stop()
+        await nc.close()
