@@ -288,6 +288,9 @@ async def run_mission(
         await nc.close()
 
 
+# The most tasks a mission may ask for (``max_tasks``, the gateway's request body).
+MAX_TASKS = 200
+
 HOPS = ("TaskReady", "WorkspaceReady", "AgentStarted", "AgentCompleted", "BranchMerged")
 _HOP_TYPES: dict[type[Event], str] = {
     TaskReady: "TaskReady",
@@ -827,6 +830,8 @@ async def main() -> int:
         "--keep", action="store_true", help="keep the work directory (kept with --profile)"
     )
     args = parser.parse_args()
+    if not 1 <= args.tasks <= MAX_TASKS:
+        parser.error(f"--tasks: a mission holds 1 to {MAX_TASKS} tasks (the gateway's max_tasks)")
     workdir = WorkDirectory("aether-bench-", keep=args.keep or args.profile)
     with workdir as work:
         status = await measure(args, work)
