@@ -70,6 +70,7 @@ _LOST: Final = object()  # the requests in flight are lost (a reconnect): ask ag
 _FREED: Final = object()  # a handler finished: there may be room to ask for more
 _STOP: Final = object()
 _HURRY: Final = object()  # sweep now (a paced lane)
+_TICK: Final = object()  # the time the lane waited for came (a request's expiry, a sweep)
 # What a request the server ended still asked for.
 _PENDING = "Nats-Pending-Messages"
 # The status ending a request that does not wait (a sweep) with fewer messages than it
@@ -117,6 +118,9 @@ class Puller:
         self._sweep_at: float | None = None
         self._swept: int | None = None
         self._last_sweep = 0.0
+        # The lane's one alarm (see ``_alarm_at``) and when it rings (monotonic).
+        self._alarm: asyncio.TimerHandle | None = None
+        self._rings_at = 0.0
 
     @property
     def asking(self) -> int:
@@ -149,6 +153,9 @@ class Puller:
                 await self._sub.unsubscribe()
             self._sub = None
         self._queue.put_nowait(_STOP)
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
         tasks = [t for t in (self._task, *self._running) if t is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=graceful)
@@ -220,10 +227,12 @@ class Puller:
                 until = self._sweep_at
             else:
                 until = now + self._expires
-            try:
-                async with asyncio.timeout(max(until - time.monotonic(), 0.0)):
-                    item = await self._queue.get()
-            except TimeoutError:
+            if self._queue.empty():
+                self._alarm_at(until)
+                item = await self._queue.get()
+            else:
+                item = self._queue.get_nowait()
+            if item is _TICK:
                 if self._asked > 0 and time.monotonic() >= self._expire_at:
                     self._asked = 0  # every request expired without a word: lost
                 continue
@@ -275,6 +284,25 @@ class Puller:
                 task = asyncio.create_task(self._handled(item))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
+
+    def _alarm_at(self, until: float) -> None:
+        """Have ``_TICK`` queued at ``until`` (monotonic) at the latest. One alarm serves
+        many waits: the lane waits for a request's expiry most of the time, which moves
+        only when it asks again, and a timer armed and cancelled at every message cost
+        more than the message's own handling. An alarm that rings early only has the lane
+        look again at what it waits for."""
+        if self._alarm is not None:
+            if self._rings_at <= until:
+                return
+            self._alarm.cancel()
+        self._rings_at = until
+        self._alarm = asyncio.get_running_loop().call_later(
+            max(until - time.monotonic(), 0.0), self._ring
+        )
+
+    def _ring(self) -> None:
+        self._alarm = None
+        self._queue.put_nowait(_TICK)
 
     async def _handled(self, msg: Msg) -> None:
         try:
