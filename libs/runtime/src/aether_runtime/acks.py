@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -144,38 +146,91 @@ def settling(msg: Msg) -> bool:
     return bool(getattr(msg, "_aether_settling", False))
 
 
-@contextlib.asynccontextmanager
-async def kept_alive(nc: NatsClient, msg: Msg, every: float) -> AsyncIterator[None]:
-    """Send in-progress acks for ``msg`` every ``every`` seconds while the body runs, so
-    a consumer's short ack wait bounds how long a lost delivery waits, not how long a
-    handler may take. A beat that cannot be sent (the bus is down) is skipped.
+# What a held message is known by: its consumer's durable and its stream sequence.
+Held = tuple[str, int]
 
-    A timer rather than a task: most handlers end long before the first beat, and a
-    task made and cancelled per delivery cost more than the handler's own work."""
-    loop = asyncio.get_running_loop()
-    sending: set[asyncio.Task[None]] = set()
-    timer: asyncio.TimerHandle | None = None
 
-    async def send() -> None:
-        with contextlib.suppress(Exception):
-            # Not once it is being settled: the beat would only follow the answer.
-            if nc.is_connected and not settling(msg):
-                await nc.publish(msg.reply, PROGRESS)
+class Keeper:
+    """Keeps the messages a process is handling alive: an in-progress ack for each, every
+    ``every`` seconds while its handler runs, so a consumer's short ack wait bounds how
+    long a lost delivery waits, not how long a handler may take. A beat that cannot be
+    sent (the bus is down) is skipped.
 
-    def beat() -> None:
-        nonlocal timer
-        task = loop.create_task(send())
-        sending.add(task)
-        task.add_done_callback(sending.discard)
-        timer = loop.call_later(every, beat)
+    One timer for every message held rather than one each: most handlers end long before
+    their first beat, and a timer made and cancelled per delivery cost more than the
+    handler's own work. While anything is held the timer ticks every half of the shortest
+    ``every`` held, and sends a beat for each message held at least its ``every`` since
+    its last (so a beat is at most one and a half ``every`` apart); it stops once a tick
+    finds nothing held."""
 
-    timer = loop.call_later(every, beat)
-    try:
-        yield
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for task in list(sending):
+    def __init__(self, client: Callable[[], NatsClient]) -> None:
+        self._client = client
+        self._held: dict[Held, _Holding] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick = math.inf
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def hold(self, key: Held, msg: Msg, every: float) -> None:
+        """Keep ``msg`` alive under ``key`` until ``drop(key)``."""
+        now = time.monotonic()
+        self._held[key] = _Holding(msg, every, now + every)
+        if every / 2 < self._tick:
+            self._tick = every / 2
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(now + self._tick, self._beat)
+
+    def drop(self, key: Held) -> None:
+        self._held.pop(key, None)
+
+    def __contains__(self, key: Held) -> bool:
+        return key in self._held
+
+    def keys(self) -> set[Held]:
+        return set(self._held)
+
+    def close(self) -> None:
+        """Stop beating (the process stops; what it held is handed back or redelivered)."""
+        self._held.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._tick = math.inf
+        for task in self._sending:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    def _beat(self) -> None:
+        self._timer = None
+        if not self._held:
+            self._tick = math.inf  # nothing held: the next hold starts the timer again
+            return
+        now = time.monotonic()
+        due: list[Msg] = []
+        tick = math.inf
+        for held in self._held.values():
+            tick = min(tick, held.every / 2)
+            if held.due <= now:
+                held.due = now + held.every
+                # Not once it is being settled: the beat would only follow the answer.
+                if not settling(held.msg):
+                    due.append(held.msg)
+        if due:
+            task = asyncio.get_running_loop().create_task(self._send(due))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        self._tick = tick
+        self._timer = asyncio.get_running_loop().call_at(now + tick, self._beat)
+
+    async def _send(self, msgs: list[Msg]) -> None:
+        nc = self._client()
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                if nc.is_connected and not settling(msg):
+                    await nc.publish(msg.reply, PROGRESS)
+
+
+@dataclass(slots=True)
+class _Holding:
+    msg: Msg
+    every: float
+    due: float  # monotonic: when its next beat is due

@@ -72,7 +72,7 @@ from aether_events import (
 )
 from aether_events.replay import UNANSWERED
 from aether_runtime import health, http, listen, metrics
-from aether_runtime.acks import ACK, TERM, Settled, confirm, kept_alive, send
+from aether_runtime.acks import ACK, TERM, Keeper, Settled, confirm, send
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.consumers import ConsumerSpec, ensure_consumer
 from aether_runtime.failures import RetryLater, transient
@@ -295,7 +295,8 @@ class Service:
         self.steps = Steps(self)
         self._retry_spec: ConsumerSpec | None = None
         self._busy: dict[str, int] = {}
-        self._in_flight: set[tuple[str, int]] = set()
+        # The deliveries being handled or settled here, kept alive meanwhile.
+        self._keeper = Keeper(lambda: self._nats)
         self._backoff_until: dict[str, float] = {}
         self._watches: dict[tuple[str, str], ConsumerWatch] = {}
         self._stalled: dict[tuple[str, str], str] = {}
@@ -517,7 +518,7 @@ class Service:
 
     def held(self) -> set[tuple[str, int]]:
         """The deliveries this process is handling or settling: (durable, stream seq)."""
-        return set(self._in_flight)
+        return self._keeper.keys()
 
     async def _after_start(self) -> None:
         for hook in self.on_started:
@@ -577,6 +578,7 @@ class Service:
         # The consumers' lanes stop asking, their running handlers finish, and what
         # arrived meanwhile is handed back (``pull``).
         await self._stop_pullers()
+        self._keeper.close()
         if self._holders is not None:
             await self._holders.stop()
         # The connection is the broker's to close: ``broker.stop`` stops its subscribers
@@ -725,12 +727,22 @@ class Service:
             return lambda msg: self._deliver(spec, msg)
 
         async def hand_off(msg: Msg) -> None:
-            released = asyncio.Event()
-            task = asyncio.create_task(self._deliver(spec, msg, released.set))
+            # A future rather than an ``asyncio.Event``, and one callback: this runs for
+            # every event the gateway and the planner fold.
+            released = asyncio.get_running_loop().create_future()
+
+            def release() -> None:
+                if not released.done():
+                    released.set_result(None)
+
+            def ended(task: asyncio.Task[None]) -> None:
+                self._handed_off.discard(task)
+                release()
+
+            task = asyncio.create_task(self._deliver(spec, msg, release))
             self._handed_off.add(task)
-            task.add_done_callback(self._handed_off.discard)
-            task.add_done_callback(lambda _: released.set())
-            await released.wait()
+            task.add_done_callback(ended)
+            await released
 
         return hand_off
 
@@ -756,16 +768,17 @@ class Service:
             # (one message in flight) until its ack wait ran out after our restart.
             await _nak(raw)
             return
-        meta = raw.metadata
+        sequence, num_delivered, pending, stored_ns = delivered_as(raw)
         delivery = Delivery(
-            sequence=meta.sequence.stream,
-            num_delivered=meta.num_delivered,
-            pending=meta.num_pending,
+            sequence=sequence,
+            num_delivered=num_delivered,
+            pending=pending,
             _message=raw,
             _release=release,
         )
         meters = self._meters(spec)
-        meters.pending.set(meta.num_pending)
+        meters.pending.set(pending)
+        meters.stored.observe(max(0.0, time.time() - stored_ns / 1e9))
         settled = self._last_settled.get(id(spec))
         if settled is not None and settled[0] == delivery.sequence:
             # Delivered again after this lane settled it: its ack wait ran out before the
@@ -795,18 +808,17 @@ class Service:
         meters.in_progress.inc()
         self._busy[spec.durable] = self._busy.get(spec.durable, 0) + 1
         held = (spec.durable, delivery.sequence)
-        self._in_flight.add(held)
+        self._keeper.hold(held, raw, max(spec.ack_wait_seconds / 4, 0.2))
         try:
-            async with kept_alive(self._nats, raw, max(spec.ack_wait_seconds / 4, 0.2)):
-                await self._handle(spec, raw, delivery, meters)
+            await self._handle(spec, raw, delivery, meters)
         finally:
-            self._in_flight.discard(held)
+            self._keeper.drop(held)
             self._busy[spec.durable] -= 1
             meters.in_progress.dec()
 
     def handling(self, durable: str, sequence: int) -> bool:
         """Whether this process is handling (or settling) that message of ``durable``."""
-        return (durable, sequence) in self._in_flight
+        return (durable, sequence) in self._keeper
 
     async def _settle(self, raw: Msg, payload: bytes, spec: ConsumerSpec, sequence: int) -> None:
         # Noted whether or not the server answers: the work is done either way. A server
@@ -860,7 +872,6 @@ class Service:
         tag = tag_of(type(event))
         task_id = _task_id(event)
         meters.delay.observe(_age(event))
-        meters.stored.observe(_stored_age(raw))
         published = [0]
         _published_here.set(published)
         # The server's count: ``delivery.num_delivered`` also counts retries in place.
@@ -1029,9 +1040,32 @@ async def _nak(raw: Msg, delay: float | None = None) -> None:
         await raw.nak(delay=delay)
 
 
-def _stored_age(raw: Msg) -> float:
-    """Seconds since the stream stored ``raw`` (by the server's clock; never negative)."""
-    return max(0.0, time.time() - raw.metadata.timestamp.timestamp())
+def delivered_as(raw: Msg) -> tuple[int, int, int, int]:
+    """A JetStream delivery's stream sequence, deliveries so far, messages pending after
+    it and when the stream stored it (ns since the epoch), read off its reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``,
+    or with a domain and an account hash before the stream). nats-py's ``Msg.metadata``
+    says the same with a datetime and two dataclasses made for every message, which cost
+    a service more than the rest of a delivery's bookkeeping."""
+    tokens = raw.reply.split(".") if raw.reply else []
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        first = 4
+    elif len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        first = 6
+    else:
+        meta = raw.metadata  # raises what nats-py raises for a message that is not one
+        return (
+            meta.sequence.stream,
+            meta.num_delivered,
+            meta.num_pending,
+            int(meta.timestamp.timestamp() * 1e9),
+        )
+    return (
+        int(tokens[first + 1]),
+        int(tokens[first]),
+        int(tokens[first + 4]),
+        int(tokens[first + 3]),
+    )
 
 
 def _age(event: Event) -> float:
