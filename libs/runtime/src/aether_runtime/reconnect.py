@@ -74,14 +74,25 @@ class Reconnects:
 
     def __init__(self) -> None:
         self._next = asyncio.Event()
+        self._calls: set[Callable[[], None]] = set()
 
     def upcoming(self) -> asyncio.Event:
         """Set at the next reconnect (take it before sending the request)."""
         return self._next
 
+    def at_next(self, call: Callable[[], None]) -> Callable[[], None]:
+        """Call ``call`` at the next reconnect (register it before sending the request);
+        returns what forgets it. Cheaper than a task waiting on ``upcoming``, for a wait
+        made at every publish."""
+        self._calls.add(call)
+        return lambda: self._calls.discard(call)
+
     def happened(self) -> None:
         self._next.set()
         self._next = asyncio.Event()
+        calls, self._calls = self._calls, set()
+        for call in calls:
+            call()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,6 +55,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
+from prometheus_client import Counter
 
 from aether_events import (
     MISSIONS_STREAM,
@@ -170,6 +172,8 @@ class CountingPublisher(EventPublisher):
         super().__init__(js)
         self._service = service
         self._reconnects = reconnects
+        # The counter's child per event type and duplicate flag, looked up once.
+        self._published: dict[tuple[type[Event], bool], Counter] = {}
 
     async def publish(
         self,
@@ -181,48 +185,47 @@ class CountingPublisher(EventPublisher):
         while True:
             # Not with an expected sequence: a copy the first send stored would fail its
             # check (the server tests it before the duplicate window).
-            upcoming = (
-                self._reconnects.upcoming()
-                if self._reconnects is not None and expected_last_subject_sequence is None
-                else None
-            )
-            sending = asyncio.ensure_future(
-                super().publish(
+            if self._reconnects is None or expected_last_subject_sequence is not None:
+                ack = await super().publish(
                     event,
                     expected_last_subject_sequence=expected_last_subject_sequence,
                     headers=headers,
                 )
-            )
-            if upcoming is None:
-                ack = await sending
                 break
-            back = asyncio.ensure_future(upcoming.wait())
+            # The wait for the stream's answer is cut short at the next reconnect (an
+            # expiry moved to now), in this task: one made per publish to wait beside it
+            # cost more than the publish's own work.
+            cut = asyncio.timeout(None)
+            forget = self._reconnects.at_next(functools.partial(_expire_now, cut))
             try:
-                await asyncio.wait({sending, back}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                back.cancel()
-                if not sending.done():
-                    sending.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await sending
-            if not sending.cancelled():
-                ack = sending.result()
+                async with cut:
+                    ack = await super().publish(event, headers=headers)
                 break
+            except TimeoutError:
+                if not cut.expired():
+                    raise  # the publish's own timeout
+            finally:
+                forget()
             log.info(
                 "publish sent again after a reconnect",
                 extra={"published_event_id": event.event_id},
             )
-        metrics.EVENTS_PUBLISHED.labels(
-            self._service, tag_of(type(event)), str(bool(ack.duplicate)).lower()
-        ).inc()
+        duplicate = bool(ack.duplicate)
+        published = self._published.get((type(event), duplicate))
+        if published is None:
+            published = self._published[(type(event), duplicate)] = metrics.EVENTS_PUBLISHED.labels(
+                self._service, tag_of(type(event)), str(duplicate).lower()
+            )
+        published.inc()
         counter = _published_here.get()
         if counter is not None:
             counter[0] += 1
-        log.debug(
-            "published %s",
-            tag_of(type(event)),
-            extra={"published_event_id": event.event_id, "seq": ack.seq, "dup": ack.duplicate},
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "published %s",
+                tag_of(type(event)),
+                extra={"published_event_id": event.event_id, "seq": ack.seq, "dup": duplicate},
+            )
         return ack
 
 
@@ -1066,6 +1069,10 @@ def delivered_as(raw: Msg) -> tuple[int, int, int, int]:
         int(tokens[first + 4]),
         int(tokens[first + 3]),
     )
+
+
+def _expire_now(timeout: asyncio.Timeout) -> None:
+    timeout.reschedule(asyncio.get_running_loop().time())
 
 
 def _age(event: Event) -> float:
