@@ -218,3 +218,16 @@ async def test_an_event_refused_before_it_is_sent_stops_the_ones_after_it(bus: B
     with pytest.raises(ValueError, match="not a valid subject token"):
         await publish_in_order(bus.publisher, [requested(), bad, failed("after")])
     assert [event for _, _, event in await bus.stored(MISSIONS_STREAM)] == [requested()]
+
+
+async def test_one_event_published_in_order_is_stored_or_refused_alone(bus: Bus) -> None:
+    (ack,) = await publish_in_order(bus.publisher, [requested()])
+    assert (ack.stream, ack.seq, bool(ack.duplicate)) == (MISSIONS_STREAM, 1, False)
+    (again,) = await publish_in_order(bus.publisher, [requested()])
+    assert (again.seq, again.duplicate) == (1, True)
+    bad = MissionFailed(
+        event_id="x", mission_id="m.1", occurred_at=NOW, correlation_id="c", reason="r"
+    )
+    with pytest.raises(ValueError, match="not a valid subject token"):
+        await publish_in_order(bus.publisher, [bad])
+    assert [event for _, _, event in await bus.stored(MISSIONS_STREAM)] == [requested()]

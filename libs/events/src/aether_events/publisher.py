@@ -108,6 +108,9 @@ async def publish_in_order(publisher: Publisher, events: Sequence[Event]) -> lis
     publish has ended: an event after one whose acknowledgement failed may have been
     stored, so the caller, retrying, publishes them all again with the same ids, which
     stores each once."""
+    if len(events) == 1:
+        # Most decisions are one event: no task and no turn of the loop to wait for.
+        return [await publisher.publish(events[0])]
     sending = await send_in_order(publisher, events)
     await ended(sending)
     failures = [task.exception() for task in sending if not task.cancelled()]
