@@ -178,7 +178,7 @@ class Keeper:
             self._tick = every / 2
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = asyncio.get_running_loop().call_at(now + self._tick, self._beat)
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._beat)
 
     def drop(self, key: Held) -> None:
         self._held.pop(key, None)
@@ -219,7 +219,7 @@ class Keeper:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         self._tick = tick
-        self._timer = asyncio.get_running_loop().call_at(now + tick, self._beat)
+        self._timer = asyncio.get_running_loop().call_later(tick, self._beat)
 
     async def _send(self, msgs: list[Msg]) -> None:
         nc = self._client()
