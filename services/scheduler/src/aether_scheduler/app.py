@@ -140,6 +140,14 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
             subject=ALL_MISSION_EVENTS,
             types=FOLDED,
             handler=handlers.handle,
+            # A message delivered again changes nothing here: the projection folds each
+            # event once (by stream position, else by id) and every decision carries an
+            # id derived from its step, which the stream stores once. So settlements are
+            # sent without waiting for the server's answer, a message and a wake-up less
+            # a delivery on every hop of every task; one lost with the server is sent
+            # again at the reconnect, or its message handed back at once then, or
+            # settled again with no work when it comes back (``aether_runtime.service``).
+            confirm_settlements=False,
         )
     )
     service.consume(
