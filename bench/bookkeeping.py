@@ -30,13 +30,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import nats
 import uvloop
 from nats.aio.msg import Msg
+from wakeups import paused  # the same events: bench/ is this script's import path
 
 from aether.infra import EmbeddedNats
 from aether_events import (
@@ -45,7 +45,6 @@ from aether_events import (
     EventPublisher,
     MissionPaused,
     decode,
-    derived_id,
     encode,
     ensure_streams,
 )
@@ -55,16 +54,6 @@ from aether_runtime.reconnect import Reconnects
 from aether_runtime.service import CountingPublisher
 
 HAND_OFFS = 63  # the gateway's
-
-
-def paused(i: int) -> MissionPaused:
-    mission = f"m-{i % 7}"
-    return MissionPaused(
-        event_id=derived_id(mission, "paused", str(i)),
-        mission_id=mission,
-        occurred_at=datetime.now(UTC),
-        correlation_id=derived_id(mission, "requested"),
-    )
 
 
 class Quiet:
