@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import DeliverPolicy
 
 from aether.infra import free_port
 from aether_events import (
@@ -26,6 +28,7 @@ from aether_events import (
     BranchMerged,
     Event,
     EventPublisher,
+    MissionCompleted,
     MissionRequested,
     PlanApproved,
     PlannedTask,
@@ -286,3 +289,66 @@ async def test_the_consumers_leave_out_its_own_events_and_transcripts_and_a_chai
     )
     starts = [(e.task.id, e.attempt) for e in events if isinstance(e, TaskReady)]
     assert starts == [("a", 1), ("b", 1)]
+
+
+async def test_every_event_delivered_again_decides_nothing_new_and_is_settled(
+    scheduler: Scheduler, nc: NatsClient
+) -> None:
+    """The scheduler settles its deliveries without waiting for the server's answer, on
+    the ground that a message delivered again changes nothing. The server here forgets
+    its consumer's state (made again from the stream's first message, as a server killed
+    before writing that state down delivers what it had delivered, as new): every event
+    comes again, none is decided on a second time, each is settled, and the mission goes
+    on."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    scheduler.start()
+    await scheduler.ready()
+    publisher = EventPublisher(js)
+    await publish_a_chain_of_two(publisher)
+    await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
+    await publisher.publish_all(
+        [
+            AgentStarted(**meta(3), task_id="a", attempt=1, runner_id="r", model="m"),
+            AgentCompleted(**meta(4), task_id="a", attempt=1, commit_sha="c", branch="t/a"),
+            BranchMerged(
+                **meta(5), task_id="a", attempt=1, merge_sha="m1", integration_branch="aether/x"
+            ),
+        ]
+    )
+    await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) and e.task.id == "b" for e in ev))
+    stored = (await js.stream_info("AETHER_MISSIONS")).state.last_seq
+
+    config = (await js.consumer_info("AETHER_MISSIONS", "scheduler")).config
+    await js.delete_consumer("AETHER_MISSIONS", "scheduler")
+    await js.add_consumer(
+        "AETHER_MISSIONS",
+        dataclasses.replace(
+            config, deliver_policy=DeliverPolicy.ALL, opt_start_seq=None, opt_start_time=None
+        ),
+    )
+    for _ in range(300):
+        info = await js.consumer_info("AETHER_MISSIONS", "scheduler")
+        # Everything it filters for delivered (the scheduler's own events are not), and
+        # every delivery settled.
+        if info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.consumer_seq:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the events delivered again were not all settled: {info}")
+    assert info.num_redelivered == 0  # each settled on its first delivery of the new state
+    assert (await js.stream_info("AETHER_MISSIONS")).state.last_seq == stored
+
+    await publisher.publish_all(
+        [
+            AgentStarted(**meta(6), task_id="b", attempt=1, runner_id="r", model="m"),
+            AgentCompleted(**meta(7), task_id="b", attempt=1, commit_sha="d", branch="t/b"),
+            BranchMerged(
+                **meta(8), task_id="b", attempt=1, merge_sha="m2", integration_branch="aether/x"
+            ),
+        ]
+    )
+    events = await wait_for(nc, lambda ev: any(isinstance(e, MissionCompleted) for e in ev))
+    starts = [(e.task.id, e.attempt) for e in events if isinstance(e, TaskReady)]
+    assert starts == [("a", 1), ("b", 1)]
+    assert sum(isinstance(e, MissionCompleted) for e in events) == 1
