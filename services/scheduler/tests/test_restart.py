@@ -223,6 +223,30 @@ async def publish_a_chain_of_two(publisher: EventPublisher) -> None:
     )
 
 
+async def run_to_merge(publisher: EventPublisher, task_id: str, first: int) -> None:
+    """Task ``task_id``'s first attempt started, completed and merged (events numbered from
+    ``first``)."""
+    await publisher.publish_all(
+        [
+            AgentStarted(**meta(first), task_id=task_id, attempt=1, runner_id="r", model="m"),
+            AgentCompleted(
+                **meta(first + 1),
+                task_id=task_id,
+                attempt=1,
+                commit_sha=f"c-{task_id}",
+                branch=f"t/{task_id}",
+            ),
+            BranchMerged(
+                **meta(first + 2),
+                task_id=task_id,
+                attempt=1,
+                merge_sha=f"m-{task_id}",
+                integration_branch="aether/x",
+            ),
+        ]
+    )
+
+
 async def a_chain_started(
     scheduler: Scheduler, nc: NatsClient
 ) -> tuple[EventPublisher, list[Event]]:
@@ -275,15 +299,7 @@ async def test_the_consumers_leave_out_its_own_events_and_transcripts_and_a_chai
     publisher = EventPublisher(js)
     await publish_a_chain_of_two(publisher)
     await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
-    await publisher.publish_all(
-        [
-            AgentStarted(**meta(3), task_id="a", attempt=1, runner_id="r", model="m"),
-            AgentCompleted(**meta(4), task_id="a", attempt=1, commit_sha="c", branch="t/a"),
-            BranchMerged(
-                **meta(5), task_id="a", attempt=1, merge_sha="m1", integration_branch="aether/x"
-            ),
-        ]
-    )
+    await run_to_merge(publisher, "a", 3)
     events = await wait_for(
         nc, lambda ev: any(isinstance(e, TaskReady) and e.task.id == "b" for e in ev)
     )
@@ -307,15 +323,7 @@ async def test_every_event_delivered_again_decides_nothing_new_and_is_settled(
     publisher = EventPublisher(js)
     await publish_a_chain_of_two(publisher)
     await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) for e in ev))
-    await publisher.publish_all(
-        [
-            AgentStarted(**meta(3), task_id="a", attempt=1, runner_id="r", model="m"),
-            AgentCompleted(**meta(4), task_id="a", attempt=1, commit_sha="c", branch="t/a"),
-            BranchMerged(
-                **meta(5), task_id="a", attempt=1, merge_sha="m1", integration_branch="aether/x"
-            ),
-        ]
-    )
+    await run_to_merge(publisher, "a", 3)
     await wait_for(nc, lambda ev: any(isinstance(e, TaskReady) and e.task.id == "b" for e in ev))
     stored = (await js.stream_info("AETHER_MISSIONS")).state.last_seq
 
@@ -339,15 +347,7 @@ async def test_every_event_delivered_again_decides_nothing_new_and_is_settled(
     assert info.num_redelivered == 0  # each settled on its first delivery of the new state
     assert (await js.stream_info("AETHER_MISSIONS")).state.last_seq == stored
 
-    await publisher.publish_all(
-        [
-            AgentStarted(**meta(6), task_id="b", attempt=1, runner_id="r", model="m"),
-            AgentCompleted(**meta(7), task_id="b", attempt=1, commit_sha="d", branch="t/b"),
-            BranchMerged(
-                **meta(8), task_id="b", attempt=1, merge_sha="m2", integration_branch="aether/x"
-            ),
-        ]
-    )
+    await run_to_merge(publisher, "b", 6)
     events = await wait_for(nc, lambda ev: any(isinstance(e, MissionCompleted) for e in ev))
     starts = [(e.task.id, e.attempt) for e in events if isinstance(e, TaskReady)]
     assert starts == [("a", 1), ("b", 1)]
