@@ -3,9 +3,12 @@ the same streams, served over real HTTP, read both ways through the real anthrop
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -263,3 +266,48 @@ async def test_a_stream_without_a_message_is_an_api_error(server: SseServer) -> 
     server.events = [("ping", {"type": "ping"})]
     with pytest.raises(anthropic.APIError):
         await stream_reply(client_for(server), **PARAMS)
+
+
+@contextlib.asynccontextmanager
+async def broken_stream(how: str) -> AsyncIterator[str]:
+    """A server whose reply starts (its headers and ``message_start``) and then stalls
+    (``stall``) or closes its connection mid-body (``cut``)."""
+    start = json.dumps(MIXED[0][1]).encode()
+    event = b"event: message_start\ndata: " + start + b"\n\n"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event)
+        )
+        await writer.drain()
+        if how == "stall":
+            await asyncio.sleep(30)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "raised"),
+    [("stall", anthropic.APITimeoutError), ("cut", anthropic.APIConnectionError)],
+)
+async def test_a_reply_stalled_or_cut_mid_stream_is_the_sdk_s_transport_error(
+    how: str, raised: type[anthropic.APIError]
+) -> None:
+    # The SDK raises its HTTP client's own errors from a stream it already answered;
+    # the built-in loop, which takes the SDK's errors as a failed call to try again,
+    # would have crashed the attempt on them.
+    async with broken_stream(how) as url:
+        settings = LLMSettings(api_key="test", base_url=url, max_retries=0, timeout_seconds=0.5)
+        client = make_client(settings)
+        began = time.monotonic()
+        with pytest.raises(raised):
+            await stream_reply(client, **PARAMS)
+        assert time.monotonic() - began < 10
+        await client.close()

@@ -59,8 +59,11 @@ async def stream_reply(
 ) -> StreamedReply:
     """Ask for one reply, streamed, and fold its events. Raises what the SDK raises: an
     ``APIStatusError`` for an error status or an error event in the stream, an
-    ``APIConnectionError``/``APITimeoutError`` for the transport."""
+    ``APIConnectionError``/``APITimeoutError`` for the transport, the reply's stream
+    cut or stalled past the read timeout as well (the SDK raises those as they come from
+    its HTTP client, which a caller of the SDK's errors alone would not catch)."""
     import anthropic
+    import httpx2
 
     async with client.messages.with_streaming_response.create(
         model=model,
@@ -72,20 +75,27 @@ async def stream_reply(
     ) as response:
         http = response.http_response
         fold = _Fold()
-        async for sse in anthropic.AsyncStream.raw_events(http):
-            if sse.event is None or sse.event == "ping":
-                continue
-            if sse.event == "error":
-                # As the SDK's stream raises it (``AsyncStream.__stream__``).
-                body: object = sse.data
-                try:
-                    body = sse.json()
-                    message = f"{body}"
-                except ValueError:
-                    message = sse.data or f"Error code: {http.status_code}"
-                raise client._make_status_error(message, body=body, response=http)
-            if sse.data:
-                fold.add(json.loads(sse.data))
+        try:
+            async for sse in anthropic.AsyncStream.raw_events(http):
+                if sse.event is None or sse.event == "ping":
+                    continue
+                if sse.event == "error":
+                    # As the SDK's stream raises it (``AsyncStream.__stream__``).
+                    body: object = sse.data
+                    try:
+                        body = sse.json()
+                        message = f"{body}"
+                    except ValueError:
+                        message = sse.data or f"Error code: {http.status_code}"
+                    raise client._make_status_error(message, body=body, response=http)
+                if sse.data:
+                    fold.add(json.loads(sse.data))
+        except httpx2.TimeoutException as error:
+            raise anthropic.APITimeoutError(http.request) from error
+        except httpx2.TransportError as error:
+            raise anthropic.APIConnectionError(
+                message=f"the reply's stream broke off: {error!r}", request=http.request
+            ) from error
         return fold.reply(http.request)
 
 
