@@ -136,7 +136,8 @@ async def test_the_services_clients_use_the_shared_context():
 
     def context_of(client: object) -> object:
         transport = client._transport  # type: ignore[attr-defined]
-        transport = getattr(transport, "_inner", transport)  # the model client's meter
+        if hasattr(transport, "_inner"):  # the model client's meter, over aiohttp
+            return transport._inner.ssl_context
         return transport._pool._ssl_context
 
     model = metered_http_client()

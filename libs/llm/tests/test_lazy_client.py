@@ -84,3 +84,34 @@ def test_the_sdk_gathers_no_span_attributes_when_no_span_could_be_recorded(
     assert sdk_spans() is None
     client = make_client(LLMSettings(api_key="k", base_url="http://127.0.0.1:9"))
     assert client._open_telemetry["traces"]["enabled"] is True
+
+
+async def test_calls_go_through_aiohttp_and_close_with_the_client() -> None:
+    import aiohttp
+
+    from aether_llm import MessagesServer, Reply, text_block
+    from aether_llm.streamed import stream_reply
+
+    server = MessagesServer(lambda request: Reply([text_block("done")], "end_turn", 3, 1)).start()
+    try:
+        held = LazyClient(LLMSettings(api_key="k", base_url=server.url, max_retries=0))
+        client = await client_of(held)
+        reply = await stream_reply(
+            client,
+            model="claude-haiku-4-5",
+            max_tokens=16,
+            system=[],
+            tools=[],
+            messages=[{"role": "user", "content": "finish"}],
+        )
+        assert reply.content == [{"type": "text", "text": "done"}]
+        session = client._client._transport._inner.client  # the meter, then aiohttp's
+        assert isinstance(session, aiohttp.ClientSession) and not session.closed
+        await held.aclose()
+        assert session.closed
+        # Asked again, a client is built again; closing twice is closing once.
+        assert await client_of(held) is not client
+        await held.aclose()
+        await held.aclose()
+    finally:
+        server.stop()

@@ -64,3 +64,39 @@ async def test_a_stop_is_not_held_by_a_handler_or_hook_that_swallows_its_cancell
     assert stopped_after < STUBBORN_SECONDS, stopped_after
     assert any("a handed-off handler did not end" in m for m in caplog.messages)
     assert any("a stop hook did not end" in m for m in caplog.messages)
+
+
+async def test_hooks_after_the_stop_run_once_the_running_handlers_ended(
+    nats_url: str, nc: NatsClient
+) -> None:
+    # What the handlers use (the model client's connections) is closed by an
+    # ``on_stopped`` hook: a handler still at work when the stop begins is let finish
+    # first, so the hook must run after it, where ``on_stopping`` runs before.
+    started = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(event: Event, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+        seen.append("handler ended")
+
+    async def stopping() -> None:
+        seen.append("stopping")
+
+    async def stopped() -> None:
+        seen.append("stopped")
+
+    svc = Service(
+        name="closing", settings=RuntimeSettings(nats_url=nats_url, port=0), bus_poll_seconds=0
+    )
+    svc.consume(ConsumerSpec(durable="closing", subject=ALL_MISSION_EVENTS, handler=handler))
+    svc.on_stopping.append(stopping)
+    svc.on_stopped.append(stopped)
+    await ensure_streams(nc.jetstream())
+    await svc.start()
+    try:
+        await EventPublisher(nc.jetstream()).publish(requested("m-closing"))
+        await asyncio.wait_for(started.wait(), 60)
+    finally:
+        await svc.stop()
+    assert seen == ["stopping", "handler ended", "stopped"]

@@ -98,6 +98,14 @@ class LazyClient:
         # The URL as the SDK keeps it (an ``httpx2.URL``), without building the client.
         return str(httpx2.URL(self._base_url)).rstrip("/"), self._api_key
 
+    async def aclose(self) -> None:
+        """Close the client's connections, if it was built (a service's last step: the
+        HTTP session is bound to the event loop that made its first call)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
     async def get(self) -> anthropic.AsyncAnthropic:
         """The client; the first time, built in a worker thread, so that the SDK's import
         (a second or two of CPU) leaves the event loop turning between its steps."""

@@ -237,6 +237,9 @@ class Service:
     settings: RuntimeSettings
     on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run once the broker stopped, its running handlers ended with it: the last use of
+    # what they used (the model client's connections).
+    on_stopped: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_ready_check: Callable[[], tuple[bool, str]] | None = None
     # How often consumer lag and stream sizes are read into gauges (0: never); the same
     # readings find stalled consumers.
@@ -656,6 +659,11 @@ class Service:
         self.stopping = True
         await self._stop()
         await self.broker.stop()
+        await self._stopped()
+
+    async def _stopped(self) -> None:
+        for hook in self.on_stopped:
+            await self._within_grace({asyncio.ensure_future(hook())}, "a hook after the stop")
 
     def asgi(self) -> AsgiFastStream:
         """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics, each
@@ -679,6 +687,7 @@ class Service:
             on_startup=[self._start],
             after_startup=[self._after_start],
             on_shutdown=[self._stop],
+            after_shutdown=[self._stopped],
         )
 
     async def start_consumers(self) -> None:

@@ -30,9 +30,10 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
     runtimes around it, and the sandbox its agents' commands run in."""
     settings = settings or RunnerSettings.from_env()
     agent = settings.agent
+    client = LazyClient(settings.llm)
     adapters = Adapters(
         runtimes=runtimes(
-            LazyClient(settings.llm),
+            client,
             agent.max_output_tokens,
             agent.claude_code_cli,
             agent.command_runtimes,
@@ -42,7 +43,9 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
         clock=_now,
         credentials=attempt_credentials(settings),
     )
-    return wire(settings, adapters)
+    runner = wire(settings, adapters)
+    runner.service.on_stopped.append(client.aclose)
+    return runner
 
 
 def attempt_credentials(settings: RunnerSettings) -> AttemptCredentials | None:

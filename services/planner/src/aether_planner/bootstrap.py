@@ -13,4 +13,7 @@ def bootstrap(settings: PlannerSettings | None = None) -> Planner:
     ``settings.llm`` names (the client, and the anthropic SDK with it, is built at the
     first call: a planner that never plans starts without it)."""
     settings = settings or PlannerSettings.from_env()
-    return wire(settings, PlannerModel(LazyClient(settings.llm)))
+    client = LazyClient(settings.llm)
+    planner = wire(settings, PlannerModel(client))
+    planner.service.on_stopped.append(client.aclose)
+    return planner
