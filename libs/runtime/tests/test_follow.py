@@ -186,6 +186,32 @@ async def test_at_a_reconnect_a_follower_asks_the_restarted_server_at_once(
         await nc.close()
 
 
+async def test_a_request_lost_without_a_word_is_asked_again_past_its_life(
+    nats_server: EmbeddedNats,
+) -> None:
+    """The server is killed and the follower is not told of the reconnect: its standing
+    request died without an answer, and only the time a word was due (its life and a
+    grace) has it look its consumer up and ask again."""
+    nc = await nats.connect(nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    seen, on_message = recorded()
+
+    follower = Follower(js, TELEMETRY_STREAM, ["aether.telemetry.>"], on_message, fetch_seconds=0.5)
+    await follower.start()
+    try:
+        await js.publish("aether.telemetry.m1.agent_progress", b"before")
+        await asyncio.wait_for(received(seen, 1), 10)
+        nats_server.kill()
+        nats_server.start()
+        await asyncio.wait_for(published_when_back(js, b"after"), 30)
+        await asyncio.wait_for(received(seen, 2), 30)
+        assert seen == [b"before", b"after"]
+    finally:
+        await follower.stop()
+        await nc.close()
+
+
 def recorded() -> tuple[list[bytes], Callable[[Msg], Awaitable[None]]]:
     """What a follower delivers, in a list, and the handler that fills it."""
     seen: list[bytes] = []

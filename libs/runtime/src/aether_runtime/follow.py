@@ -42,6 +42,7 @@ from nats.js.errors import NotFoundError
 
 from aether_runtime.pull import request_status, still_asked
 from aether_runtime.reconnect import Reconnects
+from aether_runtime.service import delivered_as
 from aether_runtime.unanswered import asked_again, stream_end
 
 log = logging.getLogger("aether.runtime.follow")
@@ -54,6 +55,7 @@ GRACE_SECONDS = 1.0
 # its expiry and the consumer was found in place, so a follower does not spin.
 REFUSED_PAUSE_SECONDS = 0.25
 _LOST: Final = object()  # the connection came back: the requests in flight are gone
+_TICK: Final = object()  # the time a word from the server was due came
 
 
 class Follower:
@@ -95,6 +97,9 @@ class Follower:
         self._queue: asyncio.Queue[Msg | object] = asyncio.Queue()
         self._asked = 0  # messages asked for and not yet delivered, over live requests
         self._heard_by = 0.0  # when a word is due from the server, if a request is live
+        # The follower's one alarm (``_alarm_at``) and when it rings (monotonic).
+        self._alarm: asyncio.TimerHandle | None = None
+        self._rings_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -137,6 +142,9 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
         await self._unsubscribe()
 
     async def _subscribe(self) -> None:
@@ -197,13 +205,16 @@ class Follower:
                     await self._subscribe()
                 if self._asked <= MAX_BATCH // 2:
                     await self._ask()
-                try:
-                    async with asyncio.timeout(max(self._heard_by - time.monotonic(), 0.0)):
-                        item = await self._queue.get()
-                except TimeoutError:
-                    # Not a word past the request's life: it was lost with the connection.
-                    self._asked = 0
-                    await self._check()
+                if self._queue.empty():
+                    self._alarm_at(self._heard_by)
+                    item = await self._queue.get()
+                else:
+                    item = self._queue.get_nowait()
+                if item is _TICK:
+                    if time.monotonic() >= self._heard_by:
+                        # Not a word past the request's life: lost with the connection.
+                        self._asked = 0
+                        await self._check()
                     continue
                 if item is _LOST:
                     self._asked = 0  # ask the restarted server now
@@ -237,6 +248,25 @@ class Follower:
                 await self._unsubscribe()
                 await asyncio.sleep(0.5)
 
+    def _alarm_at(self, until: float) -> None:
+        """Have ``_TICK`` queued at ``until`` (monotonic) at the latest: one timer for
+        many waits (the word due moves only when the follower asks again), as a lane's
+        (``pull.Puller._alarm_at``), where a timeout around each wait cost a timer armed
+        and cancelled at every message. An alarm that rings early has the follower only
+        look at the time again."""
+        if self._alarm is not None:
+            if self._rings_at <= until:
+                return
+            self._alarm.cancel()
+        self._rings_at = until
+        self._alarm = asyncio.get_running_loop().call_later(
+            max(until - time.monotonic(), 0.0), self._ring
+        )
+
+    def _ring(self) -> None:
+        self._alarm = None
+        self._queue.put_nowait(_TICK)
+
     async def _check(self) -> None:
         """Look the consumer up; when it is gone, follow again from the last sequence."""
         if self._consumer is None:
@@ -251,7 +281,7 @@ class Follower:
             await self._unsubscribe()
 
     async def _deliver(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
+        sequence = delivered_as(msg)[0]
         if sequence <= self.last_sequence:
             return  # already delivered before the consumer was made again
         self.last_sequence = sequence
