@@ -182,6 +182,8 @@ async def _role(
         elif name == "scheduler":
             pipe.send(("merged", step.task, time.perf_counter()))
         await msg.ack()
+    if client is not None:
+        await client.close()
     await nc.close()
 
 

@@ -176,6 +176,7 @@ async def main(runs: int) -> None:
                 )
             )
             builtin.append(await task_seconds(BuiltinRuntime(client), Path(tmp) / f"b{run}"))
+    await client.close()
     server.stop()
     print(f"runs: {runs}")
     print(f"stop order → CLI gone: median {statistics.median(stops):.3f} s, max {max(stops):.3f} s")

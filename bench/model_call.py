@@ -127,6 +127,7 @@ async def measure(url: str, calls: int, rounds: int) -> None:
         wall = statistics.median(walls[name]) * 1000
         cpu = statistics.median(cpus[name]) * 1000
         print(f"  {name:28s} wall p50 {wall:5.2f} ms   CPU {cpu:5.2f} ms per call")
+    await client.close()
 
 
 def main() -> int:

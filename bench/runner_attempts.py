@@ -157,6 +157,7 @@ async def attempts_in(work: Path, n: int) -> list[float]:
             )
             git.remove_worktree(str(repo), ws.worktree_path)
     finally:
+        await client.close()
         server.stop()
     return durations
 
