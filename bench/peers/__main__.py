@@ -1,6 +1,6 @@
 """Aether next to LangGraph and Prefect 3 doing the same git work, in one run.
 
-    uv run python -m bench.peers [--tasks 50] [--venv DIR] [--model-calls]
+    uv run python -m bench.peers [--tasks 50] [--venv DIR] [--model-calls] [--rounds 1]
 
 Builds the peers' own environment first (``uv venv`` in a temporary directory, then
 LangGraph with its SQLite checkpointer, Prefect 3, and the product's git adapters with the
@@ -15,8 +15,12 @@ dependency of the product. Then, on this machine and in this run:
 * LangGraph and Prefect 3 running the same ``GitWork`` per task (``peers.py``);
 
 and prints ms per task (mission wall time / N), each one's ratio to its floor, and
-Aether's ratio to each peer, over their floors and as measured. A figure, not a test: it
-never fails on the numbers.
+Aether's ratio to each peer, over their floors and as measured. With ``--rounds R`` the
+whole set runs R times, one system after the other in each round, and each figure is the
+median of its R (the range beside it, and Aether's ratio to each peer in every round):
+the machine's pace moves every system's time from one minute to the next, and one round
+can put a system in a slow minute its peers missed. A figure, not a test: it never fails
+on the numbers.
 
 Aether's no-work agent makes two model calls a task (to a local Messages API server);
 the peers and the plain loops make none by default, as the figures were first asked for.
@@ -32,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -121,18 +126,35 @@ def main() -> int:
         action="store_true",
         help="the peers and every plain loop make the no-work agent's two model calls too",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the set this many times; print medians"
+    )
     args = parser.parse_args()
     n = args.tasks
+    rounds: list[dict[str, float]] = []
     # The peers' environment built here is kept for ``--venv`` next time.
     with WorkDirectory("aether-peers-", keep=args.keep, spare=["venv"]) as work:
         print(f"bench/peers: N={n} tasks, work dir {work}", flush=True)
         python = args.venv / "bin" / "python" if args.venv else build_venv(work / "venv")
-        (work / "peers").mkdir()
         with served() if args.model_calls else contextlib.nullcontext() as model_url:
             agent = ModelCalls(model_url) if model_url else None
-            walls = asyncio.run(aether(work, n, agent))
-            walls.update(run_peers(python, work, n, model_url))
-    work_done = "same git work, two model calls" if args.model_calls else "same git work"
+            for index in range(max(args.rounds, 1)):
+                here = work / f"round-{index + 1}"
+                (here / "peers").mkdir(parents=True)
+                walls = asyncio.run(aether(here, n, agent))
+                walls.update(run_peers(python, here, n, model_url))
+                rounds.append(walls)
+                if args.rounds > 1:
+                    print(f"  round {index + 1} of {args.rounds} done", flush=True)
+    print_table(rounds, n, args.model_calls)
+    return 0
+
+
+def print_table(rounds: list[dict[str, float]], n: int, model_calls: bool) -> None:
+    """Each system's ms a task and ratios, from the median of the rounds' wall times."""
+    walls = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    spread = len(rounds) > 1
+    work_done = "same git work, two model calls" if model_calls else "same git work"
     print(f"\n  {f'orchestrator ({work_done}), ms/task':<50} {'chain':>16} {'4 at a time':>16}")
     print(f"  {'':<50} {'(× its floor)':>16} {'(× its floor)':>16}")
     systems = dict.fromkeys(key.split("|")[0] for key in walls)
@@ -148,6 +170,14 @@ def main() -> int:
             ratios.setdefault(system, {})[shape] = wall / floor
             cells.append(f"{wall / n * 1000:7.1f} ({wall / floor:4.2f}×)")
         print(f"  {system:<50} {cells[0]:>16} {cells[1]:>16}")
+        if spread:
+            ranges = []
+            for shape in ("chain", "4 at a time"):
+                each = [
+                    r[f"{system}|{shape}"] / n * 1000 for r in rounds if f"{system}|{shape}" in r
+                ]
+                ranges.append(f"{min(each):.1f}–{max(each):.1f}" if each else "—")
+            print(f"  {'  the rounds, ms/task':<50} {ranges[0]:>16} {ranges[1]:>16}")
     floors = [wall / n * 1000 for key, wall in walls.items() if key.endswith("|floor")]
     print(f"  plain git loop, ms/task, beside each: {', '.join(f'{f:.1f}' for f in floors)}")
     ours = ratios.get("Aether (five services)", {})
@@ -168,7 +198,17 @@ def main() -> int:
             if f"Aether (five services)|{shape}" in walls and f"{system}|{shape}" in walls
         ]
         print(f"  Aether ÷ {system} (ms a task as measured): {', '.join(direct)}")
-    return 0
+        if spread:
+            per_round = [
+                f"{shape} "
+                + ", ".join(
+                    f"{r[f'Aether (five services)|{shape}'] / r[f'{system}|{shape}']:.2f}×"
+                    for r in rounds
+                )
+                for shape in ("chain", "4 at a time")
+                if f"Aether (five services)|{shape}" in walls and f"{system}|{shape}" in walls
+            ]
+            print(f"    in each round: {'; '.join(per_round)}")
 
 
 if __name__ == "__main__":
