@@ -272,7 +272,7 @@ def metered_http_client() -> httpx2.AsyncClient:
     milliseconds of CPU, for every client made).
 
     aiohttp parses HTTP in C where httpx's own transport goes through h11 and anyio in
-    Python: a short streamed reply costs the caller about a fifth less CPU
+    Python: a short streamed reply costs the caller about a third less CPU
     (``bench/model_call.py``). Its session holds the connections of the loop that made
     its first call; ``aether_llm.client.LazyClient.aclose`` closes it with the service.
     """
