@@ -101,6 +101,27 @@ def test_a_child_runs_its_module_as_main_with_exactly_its_own_environment(
     assert "atexit ran" in output
 
 
+def test_a_child_given_an_output_writes_there_and_nothing_is_left_open_here(
+    prestarter: Prestarter, tmp_path: Path
+) -> None:
+    log = tmp_path / "child.log"
+    log.write_bytes(b"an earlier run\n")
+    before = sorted(os.listdir("/proc/self/fd"))
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    child = prestarter.spawn("child_module", {"EXIT_CODE": "0"}, str(tmp_path), output=fd)
+    os.close(fd)
+    assert child.stdout is None
+    assert child.wait(30) == 0
+    # Appended, stdout and stderr both, after what the file held.
+    text = log.read_text()
+    assert text.startswith("an earlier run\n")
+    seen = json.loads(text.splitlines()[1])
+    assert seen["fds"] == [0, 1, 2, 3]
+    assert "to stderr" in text and "atexit ran" in text
+    # The caller's descriptor was its own to close; spawn left no other behind.
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_the_prestarter_itself_holds_nothing_of_the_starting_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

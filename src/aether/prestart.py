@@ -428,15 +428,23 @@ class Prestarter:
     def alive(self) -> bool:
         return not self._gone
 
-    def spawn(self, module: str, env: dict[str, str], cwd: str | None = None) -> Forked:
+    def spawn(
+        self, module: str, env: dict[str, str], cwd: str | None = None, output: int | None = None
+    ) -> Forked:
         """Fork a child that runs ``module`` as ``python -m`` would, with exactly ``env``;
-        its stdout and stderr are the returned handle's ``stdout`` pipe."""
-        read, write = os.pipe()
+        its stdout and stderr are the returned handle's ``stdout`` pipe, or ``output`` (a
+        descriptor the caller keeps and closes) with no pipe (``stdout`` is ``None``)."""
+        read, write = os.pipe() if output is None else (None, output)
         env_read, env_write = os.pipe()
+
+        def close_ours(*fds: int | None) -> None:
+            for fd in fds:
+                if fd is not None and fd != output:
+                    os.close(fd)
+
         with self._lock:
             if self._gone:
-                for fd in (read, write, env_read, env_write):
-                    os.close(fd)
+                close_ours(read, write, env_read, env_write)
                 raise PrestartError("the prestarter has exited")
             self._next += 1
             number = self._next
@@ -444,25 +452,23 @@ class Prestarter:
             try:
                 socket.send_fds(self._channel, [json.dumps(message).encode()], [write, env_read])
             except OSError as error:
-                os.close(read)
-                os.close(env_write)
+                close_ours(read, env_write)
                 raise PrestartError(f"the prestarter is gone: {error}") from error
             finally:
-                os.close(write)
-                os.close(env_read)
+                close_ours(write, env_read)
             while number not in self._answers and not self._gone:
                 self._answered.wait()
             answer = self._answers.pop(number, None)
             if answer is None or "pid" not in answer:
-                os.close(read)
-                os.close(env_write)
+                close_ours(read, env_write)
                 why = answer["error"] if answer else "the prestarter has exited"
                 raise PrestartError(f"could not start {module}: {why}")
             # Only the child reads this (it waits for it before anything else).
             with contextlib.suppress(BrokenPipeError), os.fdopen(env_write, "wb") as pipe:
                 pipe.write(json.dumps(env).encode())
             pid = int(answer["pid"])
-            child = Forked(pid, os.fdopen(read, "rb"), [sys.executable, "-m", module])
+            stdout = None if read is None else os.fdopen(read, "rb")
+            child = Forked(pid, stdout, [sys.executable, "-m", module])
             if pid in self._early_exits:  # it ended before its answer was read
                 child._ended(self._early_exits.pop(pid))
             else:

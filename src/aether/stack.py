@@ -274,22 +274,32 @@ class Stack:
         log_offset = log.stat().st_size if log.exists() else 0
         process: ChildProcess
         prestarter = self.prestarter()
-        if prestarter is not None and name not in self.python_options:
-            process = prestarter.spawn(module, self.service_env(name))
-        else:
-            process = subprocess.Popen(
-                [sys.executable, *self.python_options.get(name, []), "-m", module],
-                env=self.service_env(name),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # With nothing to echo them to, the service writes its lines to its log file
+        # itself: copied here, each line woke a thread of this process for a read, a
+        # write and a flush (a chained task's thirty-odd lines, CPU the services share).
+        direct = self.echo_logs is None
+        output = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if direct else None
+        try:
+            if prestarter is not None and name not in self.python_options:
+                process = prestarter.spawn(module, self.service_env(name), output=output)
+            else:
+                process = subprocess.Popen(
+                    [sys.executable, *self.python_options.get(name, []), "-m", module],
+                    env=self.service_env(name),
+                    stdout=subprocess.PIPE if output is None else output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        finally:
+            if output is not None:
+                os.close(output)
         service = ServiceProcess(name, self.ports[name], process, log_offset=log_offset)
         self.processes[name] = service
-        service.pump = threading.Thread(
-            target=self._pump, args=(service,), name=f"log-{name}", daemon=True
-        )
-        service.pump.start()
+        if not direct:
+            service.pump = threading.Thread(
+                target=self._pump, args=(service,), name=f"log-{name}", daemon=True
+            )
+            service.pump.start()
         return service
 
     def prestarter(self) -> Prestarter | None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -347,6 +348,16 @@ async def test_every_service_runs_on_uvloop(live: Live) -> None:
         ]
         assert started, f"{service} logged no start"
         assert {line["event_loop"] for line in started} == {"uvloop"}, service
+
+
+async def test_the_services_write_their_own_log_files(live: Live) -> None:
+    """With nothing to echo them to, no thread of the starting process copies the
+    services' lines (a wake-up of it for every line); the files hold them all the same."""
+    copying = [t.name for t in threading.enumerate() if t.name.startswith("log-")]
+    assert copying == []
+    for service in SERVICES:
+        assert live.stack.processes[service].process.stdout is None
+        assert live.log_lines(service), service
 
 
 async def test_log_lines_are_json_with_the_ids_of_the_event_being_handled(live: Live) -> None:
