@@ -40,6 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from aether_runtime.alarm import Alarm
 from aether_runtime.pull import request_status, still_asked
 from aether_runtime.reconnect import Reconnects
 from aether_runtime.service import delivered_as
@@ -97,9 +98,9 @@ class Follower:
         self._queue: asyncio.Queue[Msg | object] = asyncio.Queue()
         self._asked = 0  # messages asked for and not yet delivered, over live requests
         self._heard_by = 0.0  # when a word is due from the server, if a request is live
-        # The follower's one alarm (``_alarm_at``) and when it rings (monotonic).
-        self._alarm: asyncio.TimerHandle | None = None
-        self._rings_at = 0.0
+        # Rings when a word from the server was due (``aether_runtime.alarm``); the queue
+        # is the one of the moment (made again with each consumer).
+        self._alarm = Alarm(lambda: self._queue.put_nowait(_TICK))
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -142,9 +143,7 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._alarm is not None:
-            self._alarm.cancel()
-            self._alarm = None
+        self._alarm.cancel()
         await self._unsubscribe()
 
     async def _subscribe(self) -> None:
@@ -206,7 +205,7 @@ class Follower:
                 if self._asked <= MAX_BATCH // 2:
                     await self._ask()
                 if self._queue.empty():
-                    self._alarm_at(self._heard_by)
+                    self._alarm.at(self._heard_by)
                     item = await self._queue.get()
                 else:
                     item = self._queue.get_nowait()
@@ -247,25 +246,6 @@ class Follower:
                 )
                 await self._unsubscribe()
                 await asyncio.sleep(0.5)
-
-    def _alarm_at(self, until: float) -> None:
-        """Have ``_TICK`` queued at ``until`` (monotonic) at the latest: one timer for
-        many waits (the word due moves only when the follower asks again), as a lane's
-        (``pull.Puller._alarm_at``), where a timeout around each wait cost a timer armed
-        and cancelled at every message. An alarm that rings early has the follower only
-        look at the time again."""
-        if self._alarm is not None:
-            if self._rings_at <= until:
-                return
-            self._alarm.cancel()
-        self._rings_at = until
-        self._alarm = asyncio.get_running_loop().call_later(
-            max(until - time.monotonic(), 0.0), self._ring
-        )
-
-    def _ring(self) -> None:
-        self._alarm = None
-        self._queue.put_nowait(_TICK)
 
     async def _check(self) -> None:
         """Look the consumer up; when it is gone, follow again from the last sequence."""

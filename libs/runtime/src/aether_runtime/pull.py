@@ -55,6 +55,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import Header
 
+from aether_runtime.alarm import Alarm
+
 log = logging.getLogger("aether.runtime.pull")
 
 # How many messages a standing request asks for (the server still delivers them one at a
@@ -118,9 +120,8 @@ class Puller:
         self._sweep_at: float | None = None
         self._swept: int | None = None
         self._last_sweep = 0.0
-        # The lane's one alarm (see ``_alarm_at``) and when it rings (monotonic).
-        self._alarm: asyncio.TimerHandle | None = None
-        self._rings_at = 0.0
+        # The lane's one timer for what it waits for besides its messages.
+        self._alarm = Alarm(lambda: self._queue.put_nowait(_TICK))
 
     @property
     def asking(self) -> int:
@@ -153,9 +154,7 @@ class Puller:
                 await self._sub.unsubscribe()
             self._sub = None
         self._queue.put_nowait(_STOP)
-        if self._alarm is not None:
-            self._alarm.cancel()
-            self._alarm = None
+        self._alarm.cancel()
         tasks = [t for t in (self._task, *self._running) if t is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=graceful)
@@ -228,7 +227,7 @@ class Puller:
             else:
                 until = now + self._expires
             if self._queue.empty():
-                self._alarm_at(until)
+                self._alarm.at(until)
                 item = await self._queue.get()
             else:
                 item = self._queue.get_nowait()
@@ -284,25 +283,6 @@ class Puller:
                 task = asyncio.create_task(self._handled(item))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
-
-    def _alarm_at(self, until: float) -> None:
-        """Have ``_TICK`` queued at ``until`` (monotonic) at the latest. One alarm serves
-        many waits: the lane waits for a request's expiry most of the time, which moves
-        only when it asks again, and a timer armed and cancelled at every message cost
-        more than the message's own handling. An alarm that rings early only has the lane
-        look again at what it waits for."""
-        if self._alarm is not None:
-            if self._rings_at <= until:
-                return
-            self._alarm.cancel()
-        self._rings_at = until
-        self._alarm = asyncio.get_running_loop().call_later(
-            max(until - time.monotonic(), 0.0), self._ring
-        )
-
-    def _ring(self) -> None:
-        self._alarm = None
-        self._queue.put_nowait(_TICK)
 
     async def _handled(self, msg: Msg) -> None:
         try:
