@@ -277,6 +277,9 @@ def metered_http_client() -> httpx2.AsyncClient:
     its first call; ``aether_llm.client.LazyClient.aclose`` closes it with the service.
     """
     import anthropic  # here: the SDK is imported when a client is built (``aether_llm.client``)
+
+    # The transport ``DefaultAioHttpClient`` builds for itself, from the SDK's own copy of
+    # httpx-aiohttp (pinned with the SDK in uv.lock): built here to be metered.
     from anthropic._vendor.httpx_aiohttp import AiohttpTransport
 
     inner = AiohttpTransport(
