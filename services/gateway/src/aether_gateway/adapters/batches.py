@@ -39,8 +39,10 @@ log = logging.getLogger("aether.gateway.batches")
 
 T = TypeVar("T")
 
-# Events folded per transaction at most (the consumers let this many be in flight).
-LIVE_RUN = 64
+# Events folded per transaction at most (the consumers let this many be in flight): a
+# spacing's worth of a busy stack's events (four agents at once store about fifty a
+# tenth of a second) in one run.
+LIVE_RUN = 256
 # How long a live run waits for company. A chained task's events come in bursts (the
 # merge, the scheduler's wave and readiness events a millisecond or two after it; the
 # agent's usage and its result together): one transaction for a burst rather than one
@@ -50,12 +52,13 @@ LIVE_LINGER = 0.005
 # The least time from the start of one live run to the start of the next. A run's
 # transactions cost the gateway and PostgreSQL about 4 ms of CPU however few events they
 # hold, and on a small machine that CPU is taken from the services on the missions' path:
-# with runs spaced so, a busy stack's events are folded in about twenty transactions a
-# second at most, each holding what came meanwhile. The read model is then up to this
-# much later than it would be, unless someone waits for it: a query behind it hurries
-# the runs (``GatewayContext.settled``), and an event after a quiet spell is folded at
-# once.
-LIVE_SPACING = 0.05
+# with runs spaced so, a busy stack's events are folded in five transactions a second at
+# most, each holding what came meanwhile (at 50 ms, twenty, the read model's CPU a
+# chained task a third higher). The read model is then up to this much later than it
+# would be, unless someone waits for it: a query behind it hurries the runs
+# (``GatewayContext.settled``), an event after a quiet spell is folded at once, and the
+# live streams never wait for it (they follow the bus).
+LIVE_SPACING = 0.2
 # How long a run failing on the database is retried in place before its handlers get
 # the error (the runtime then retries each, or hands its message back).
 PATIENCE_SECONDS = 120.0
