@@ -3,6 +3,7 @@ on real NATS publishing every step of an attempt as TranscriptRecorded."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from aether_agent_runner.adapters.transcript import (
     check_patterns,
     cut,
     next_run,
+    prefilter,
     secrets_in,
 )
 from aether_events import AgentCompleted, Event, TranscriptRecorded, derived_id
@@ -58,6 +60,41 @@ def test_secret_values_and_credential_shapes_are_redacted() -> None:
         assert secret not in out
     assert out.count(REDACTED) == 6
     assert secrets_in(env) == ["sk-ant-api03-abcdefghijkl", "hunter2hunter2"]
+
+
+def test_a_pattern_after_its_prefilter_redacts_what_it_alone_would() -> None:
+    """A pattern that starts with a word boundary is first searched for without it (a
+    fast substring search); the texts below hold every default pattern's match, text
+    that the pattern without its boundary matches but the pattern does not, and none."""
+    patterns = [*DEFAULT_PATTERNS, r"(?i)\bcorp-\d+", r"\b(?:foo|bar)\d"]
+    assert [prefilter(p) is not None for p in patterns] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
+    texts = [
+        "aet_abcdefghijklmnop ghp_abcdefghijklmnopqrstuvwxyz123456 github_pat_"
+        + "a" * 22
+        + " AKIAABCDEFGHIJKLMNOP bearer abcdefghijklmnopqrstu CORP-7 foo1",
+        "xaet_abcdefghijklmnop xghp_abcdefghijklmnopqrstuvwxyz123456 xAKIAABCDEFGHIJKLMNOP"
+        " unbearer abcdefghijklmnopqrstu xcorp-7",
+        "ordinary words about github, bearings and a corporate plan " * 40,
+        "",
+    ]
+    redact = Redactor([], patterns)
+    for text in texts:
+        alone = text
+        for pattern in patterns:
+            alone = re.sub(pattern, REDACTED, alone)
+        assert redact(text) == alone
+    assert redact(texts[0]).count(REDACTED) == 7
+    assert redact(texts[1]) == texts[1]
 
 
 def test_a_bad_redaction_pattern_is_refused_at_start() -> None:

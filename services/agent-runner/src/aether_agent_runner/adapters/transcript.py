@@ -81,15 +81,37 @@ class Redactor:
     def __init__(self, secrets: Iterable[str], patterns: Iterable[str]) -> None:
         values = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
         self._values = values
-        self._patterns = [re.compile(p) for p in patterns]
+        self._patterns = [(re.compile(p), prefilter(p)) for p in patterns]
 
     def __call__(self, text: str) -> str:
         for value in self._values:
             if value in text:
                 text = text.replace(value, REDACTED)
-        for pattern in self._patterns:
-            text = pattern.sub(REDACTED, text)
+        for pattern, first in self._patterns:
+            if first is None or first.search(text) is not None:
+                text = pattern.sub(REDACTED, text)
         return text
+
+
+# A pattern's leading word boundary, after its inline flags if it has any, before a letter.
+_LEADING_BOUNDARY = re.compile(r"(\(\?[aiLmsux]+\))?\\b(?=[A-Za-z0-9_-])")
+
+
+def prefilter(pattern: str) -> re.Pattern[str] | None:
+    """What to search for before ``pattern`` is applied, when that is quicker: the pattern
+    without its leading ``\\b``. The regular expression engine looks for a literal start
+    with a fast substring search, which a leading assertion turns off: it then tries the
+    pattern at every position (about 130 µs for a few kilobytes, the size of a task's
+    prompt, against 2 to 6 µs without the ``\\b``). A pattern with an assertion taken out
+    matches wherever it matched and maybe more, so a text the prefilter finds nothing in
+    holds no match of the pattern. None when the pattern does not start so."""
+    leading = _LEADING_BOUNDARY.match(pattern)
+    if leading is None:
+        return None
+    try:
+        return re.compile((leading.group(1) or "") + pattern[leading.end() :])
+    except re.error:
+        return None
 
 
 def secrets_in(env: Mapping[str, str]) -> list[str]:
