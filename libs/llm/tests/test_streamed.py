@@ -120,6 +120,16 @@ CUT_OFF = [
     *end("max_tokens", {"output_tokens": 8192}),
 ]
 
+# A reply whose last usage leaves its output count out: null in the final usage, which
+# the SDK's model does not allow, so it is taken as it came, as the SDK's accumulator does.
+UNCOUNTED = [
+    start(),
+    block(0, {"type": "text", "text": ""}),
+    delta(0, {"type": "text_delta", "text": "Done."}),
+    stop(0),
+    *end("end_turn", {}),
+]
+
 # An error event after the reply began.
 OVERLOADED = [
     start(),
@@ -198,7 +208,9 @@ async def both_ways(server: SseServer) -> tuple[anthropic.types.Message, Streame
     return expected, got
 
 
-@pytest.mark.parametrize("events", [MIXED, CUT_OFF], ids=["mixed", "cut-off"])
+@pytest.mark.parametrize(
+    "events", [MIXED, CUT_OFF, UNCOUNTED], ids=["mixed", "cut-off", "uncounted"]
+)
 async def test_the_reply_is_the_sdks_final_message(
     server: SseServer, events: list[tuple[str, JSON]]
 ) -> None:
@@ -208,6 +220,7 @@ async def test_the_reply_is_the_sdks_final_message(
     assert got.content == [b.model_dump(mode="json", exclude_none=True) for b in expected.content]
     assert got.stop_reason == expected.stop_reason
     assert got.usage.model_dump(exclude_none=True) == expected.usage.model_dump(exclude_none=True)
+    assert got.usage.output_tokens == expected.usage.output_tokens
     # Both requests asked for the same streamed reply.
     assert server.requests[0] == server.requests[1]
     assert server.requests[1]["stream"] is True

@@ -165,10 +165,19 @@ class _Fold:
                         "Unable to parse tool parameter JSON from model. Please retry your "
                         f"request or adjust your prompt. Error: {error}. JSON: {pieces}"
                     ) from error
+        usage: JSON = self.message["usage"]
+        try:
+            # Validated in pydantic's compiled core: about 4 µs, where the SDK's own
+            # ``construct`` (which takes anything) spends 60 walking the model's fields.
+            api_usage = ApiUsage.model_validate(usage)
+        except ValueError:
+            # A figure the API left null or sent in another shape: taken as it came, as
+            # the SDK's accumulator does.
+            api_usage = ApiUsage.model_construct(**usage)
         return StreamedReply(
             content=[_without_none(block) for block in content],
             stop_reason=self.message.get("stop_reason"),
-            usage=ApiUsage.model_construct(**self.message["usage"]),
+            usage=api_usage,
         )
 
 
