@@ -5,7 +5,10 @@ separate processes and an agent that does no model work (the model server of
 ``bench/overhead.py``):
 
 1. **Per-task overhead against mission size**: chained missions of N = 10, 50 and 200
-   tasks, each on a fresh stack, ``--repeats`` times interleaved. Per N it prints the
+   tasks on a fresh stack per run, ``--repeats`` runs of each size interleaved; a run
+   is as many missions of N, one after the other, as make ``--tasks`` tasks (200: twenty
+   missions of ten, four of fifty, one of two hundred), so that every size's figure is a
+   mean over as many tasks, not N = 10's over nine cycles. Per N it prints the
    median (and the range) of the mean TaskReady → BranchMerged latency and of the
    chain's cycle time (one TaskReady to the next, which is what a chain of N pays N
    times), the cycle less the same git work timed in a plain loop of N tasks (the
@@ -28,7 +31,7 @@ separate processes and an agent that does no model work (the model server of
 The load average is printed with every figure: the machine is shared, compare the ratios
 within a run.
 
-    uv run python bench/scale.py [--sizes 10,50,200] [--repeats 3] [--missions 1000]
+    uv run python bench/scale.py [--sizes 10,50,200] [--repeats 3] [--tasks 200] [--missions 1000]
         [--template-tasks 3] [--services gateway,...] [--skip-sizes] [--skip-history]
         [--profile]
 
@@ -128,11 +131,21 @@ class SizeRun:
         self.latency, self.cycle, self.floor, self.cpu = latency, cycle, floor, cpu
 
 
-async def one_size(work: Path, n: int, run: int) -> SizeRun | None:
+async def one_size(work: Path, n: int, run: int, tasks: int) -> SizeRun | None:
+    """One run of size ``n``: as many chained missions of ``n`` tasks, one after the other
+    on one fresh stack, as make ``tasks`` tasks (at least one), and their means over every
+    task of them. A mission of ten tasks has nine cycles, and one slow moment of the
+    machine moved a run of one such mission by a quarter; twenty give it as many samples
+    as one mission of two hundred."""
     floor = await asyncio.to_thread(plain_git_loop, work / f"plain-n{n}-{run}", n)
     plans = {WARM_UP: plan_of(2, "chain")}
     model = MessagesServer(NoWorkModel(plan_of(n, "chain"), plans)).start()
     stack = make_stack(work, f"n{n}-{run}", model.url)
+    missions = max(1, -(-tasks // n))
+    latencies: list[float] = []
+    cycles: list[float] = []
+    drifts: list[float] = []
+    cpus: list[dict[str, float]] = []
     try:
         await asyncio.to_thread(stack.start)
         # Not on the stack's first mission: that one's first task waits for the SDK's
@@ -141,28 +154,37 @@ async def one_size(work: Path, n: int, run: int) -> SizeRun | None:
             return None
         repo = work / f"repo-n{n}-{run}"
         create_sample_repository(repo)
-        samples: list[tuple[float, dict[str, float]]] = []
-        sampler = asyncio.create_task(sample_cpu(stack, samples))
-        try:
-            events = await run_mission(stack, repo, n, 1)
-        finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-        samples.append((time.time(), service_cpu(stack)))
+        for _ in range(missions):
+            samples: list[tuple[float, dict[str, float]]] = []
+            sampler = asyncio.create_task(sample_cpu(stack, samples))
+            try:
+                events = await run_mission(stack, repo, n, 1)
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            samples.append((time.time(), service_cpu(stack)))
+            if not any(isinstance(e, MissionCompleted) for e in events):
+                return None
+            latencies += per_task(events)["ready_to_merged"]
+            mission_cycles = cycle_times(events)
+            cycles += mission_cycles
+            quarter = max(len(mission_cycles) // 4, 1)
+            drifts.append(
+                statistics.median(mission_cycles[-quarter:])
+                / statistics.median(mission_cycles[:quarter])
+            )
+            cpus.append(chain_cpu(events, samples, n))
     finally:
         await asyncio.to_thread(stack.stop)
         model.stop()
-    if not any(isinstance(e, MissionCompleted) for e in events):
-        return None
-    latency = per_task(events)["ready_to_merged"]
-    cycles = cycle_times(events)
-    quarter = max(len(cycles) // 4, 1)
-    drift = statistics.median(cycles[-quarter:]) / statistics.median(cycles[:quarter])
-    print(f"  N={n:<4} run {run + 1}: last quarter's cycles / first quarter's {drift:.2f}x")
-    cpu = chain_cpu(events, samples, n)
+    print(
+        f"  N={n:<4} run {run + 1}: {missions} mission(s); last quarter's cycles / first"
+        f" quarter's {statistics.median(drifts):.2f}x (median of the missions)"
+    )
+    cpu = {name: statistics.fmean(c.get(name, 0.0) for c in cpus) for name in cpus[0]}
     return SizeRun(
-        statistics.fmean(latency), statistics.fmean(cycles), statistics.fmean(floor), cpu
+        statistics.fmean(latencies), statistics.fmean(cycles), statistics.fmean(floor), cpu
     )
 
 
@@ -198,14 +220,17 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:6.1f} ms ({low:.0f}–{high:.0f})"
 
 
-async def sizes(work: Path, ns: list[int], repeats: int) -> None:
-    print(f"per-task overhead, chained missions, {repeats} run(s) per size ({load()})")
+async def sizes(work: Path, ns: list[int], repeats: int, tasks: int) -> None:
+    print(
+        f"per-task overhead, chained missions, {repeats} run(s) per size, each of at least"
+        f" {tasks} tasks ({load()})"
+    )
     found: dict[int, list[SizeRun]] = {n: [] for n in ns}
     loads: list[float] = []
     # Interleaved (10, 50, 200, 10, 50, 200, …) so a change of load hits every size.
     for run in range(repeats):
         for n in ns:
-            figures = await one_size(work, n, run)
+            figures = await one_size(work, n, run, tasks)
             loads.append(os.getloadavg()[0])
             if figures is None:
                 print(f"  N={n} run {run + 1}: the mission did not complete", file=sys.stderr)
@@ -390,6 +415,12 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,50,200")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=200,
+        help="the tasks of each run of a size: that many divided by N missions of N tasks",
+    )
     parser.add_argument("--missions", type=int, default=1000)
     parser.add_argument("--template-tasks", type=int, default=3)
     parser.add_argument("--skip-sizes", action="store_true")
@@ -415,7 +446,7 @@ async def main() -> int:
                 work, args.missions, args.template_tasks, only, args.ready_timeout, args.profile
             )
         if not args.skip_sizes:
-            await sizes(work, [int(n) for n in args.sizes.split(",")], args.repeats)
+            await sizes(work, [int(n) for n in args.sizes.split(",")], args.repeats, args.tasks)
     return 0
 
 
