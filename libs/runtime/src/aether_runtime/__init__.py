@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from aether_runtime.failures import RetryLater
     from aether_runtime.logs import configure_logging, log_context
     from aether_runtime.projection import Projection, stored_sequence
-    from aether_runtime.service import Delivery, Service, serve
+    from aether_runtime.service import Delivery, Service, note, serve
     from aether_runtime.settings import RuntimeSettings
 
 # Each name and the module it comes from.
@@ -29,6 +29,7 @@ _HOMES = {
     "stored_sequence": "aether_runtime.projection",
     "Delivery": "aether_runtime.service",
     "Service": "aether_runtime.service",
+    "note": "aether_runtime.service",
     "serve": "aether_runtime.service",
     "RuntimeSettings": "aether_runtime.settings",
 }
@@ -43,6 +44,7 @@ __all__ = [
     "configure_logging",
     "ensure_consumer",
     "log_context",
+    "note",
     "serve",
     "stored_sequence",
 ]

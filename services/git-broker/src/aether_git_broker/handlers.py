@@ -72,7 +72,7 @@ from aether_git_broker.domain import decide as decide_action
 from aether_git_broker.naming import Naming
 from aether_git_broker.ports import Repositories
 from aether_git_broker.sources import LocalSource, RemoteSource, redact
-from aether_runtime import Delivery, Projection, stored_sequence
+from aether_runtime import Delivery, Projection, note, stored_sequence
 
 log = logging.getLogger("aether.git_broker")
 # Merge outcomes that leave the integration branch (and the task's worktree) as they were.
@@ -351,15 +351,14 @@ class Handlers:
             await self._publish(ready)
         finally:
             del self.announcing[key]
-        log.info(
-            "workspace ready",
-            extra={
-                "branch": outcome.branch,
-                "worktree": outcome.worktree_path,
-                "base_sha": outcome.base_sha,
-                "reused": not outcome.created,
-            },
-        )
+        made = {
+            "branch": outcome.branch,
+            "worktree": outcome.worktree_path,
+            "base_sha": outcome.base_sha,
+            "reused": not outcome.created,
+        }
+        if not note(**made):
+            log.info("workspace ready", extra=made)
         await self._delete_merged_branches(delivery)
 
     # --- merges -------------------------------------------------------------------
@@ -392,7 +391,8 @@ class Handlers:
                 await self._recycle_after_merge(action, delivery)
             else:
                 self._recycled(action, recycled)
-            log.info("merged", extra=extra)
+            if not note(**extra):
+                log.info("merged", extra=extra)
         await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
         if outcome.kind not in _REFUSED:
             # Deleted once the next workspace is announced, while its agent works and this

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from aether_events import Event, Publisher, publish_in_order, tag_of
-from aether_runtime import Delivery, Projection, stored_sequence
+from aether_runtime import Delivery, Projection, note, stored_sequence
 from aether_scheduler import metrics
 from aether_scheduler.domain import (
     Config,
@@ -89,7 +89,14 @@ class Handlers:
             # even before it comes back through the consumer (it is then skipped as
             # already applied).
             self._apply(out, stored_sequence(ack))
-            log.info("decided %s", tag_of(type(out)), extra={"decided_event_id": out.event_id})
+        if not decided:
+            return
+        # On the delivery's line when there is one; a timer's or the start-up's decisions
+        # get lines of their own.
+        tags = [tag_of(type(out)) for out in decided]
+        if not note(decided=tags, decided_event_ids=[out.event_id for out in decided]):
+            for tag, out in zip(tags, decided, strict=True):
+                log.info("decided %s", tag, extra={"decided_event_id": out.event_id})
 
     def _apply(self, event: Event, sequence: int = 0) -> None:
         before = self.projection.state
