@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from aether_events import (
-    ALL_MISSION_EVENTS,
-    Event,
-    EventPublisher,
-    MissionRequested,
-    derived_id,
-    ensure_streams,
-)
+from aether_events import ALL_MISSION_EVENTS, Event, EventPublisher, ensure_streams
 from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service, note
 
-
-def requested(mission_id: str) -> MissionRequested:
-    return MissionRequested(
-        event_id=derived_id(mission_id, "requested"),
-        mission_id=mission_id,
-        occurred_at=datetime.now(UTC),
-        correlation_id="c",
-        repository="/r",
-        requirement="x",
-    )
+from .test_pull import requested
 
 
 def handled_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
