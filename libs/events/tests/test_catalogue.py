@@ -11,10 +11,15 @@ import pytest
 from aether_events import (
     ALL_TYPES,
     TYPES_BY_TAG,
+    AgentCompleted,
+    AgentFailed,
     AgentHeartbeat,
+    AgentStarted,
     MissionRequested,
     TranscriptEntries,
     UnknownEventType,
+    UsageRecorded,
+    carried_by,
     decode,
     derived_id,
     encode,
@@ -144,3 +149,33 @@ def test_a_transcript_read_from_the_stream_has_each_entry_once() -> None:
     # Sent alone, then again with the next (a resumed attempt): the first copy is kept.
     assert transcript_of([first, batch]) == [first, second]
     assert transcript_of([batch, first]) == [first, second]
+
+
+@pytest.mark.parametrize("result", [AgentCompleted, AgentFailed])
+def test_a_result_stands_for_the_events_it_carries_then_itself(
+    result: type[AgentCompleted | AgentFailed],
+) -> None:
+    event = decode((SAMPLES / "v6" / f"{tag_of(result)}.json").read_bytes())
+    assert isinstance(event, result)
+    started, used, itself = carried_by(event)
+    assert isinstance(started, AgentStarted) and isinstance(used, UsageRecorded)
+    assert itself is event
+    # Each keeps its own id and time.
+    assert len({started.event_id, used.event_id, event.event_id}) == 3
+    assert started.occurred_at < used.occurred_at < event.occurred_at
+    alone = decode((SAMPLES / "v1" / f"{tag_of(result)}.json").read_bytes())
+    assert carried_by(alone) == [alone]
+    assert carried_by(started) == [started]
+
+
+def test_a_result_carries_only_events_of_its_own_attempt() -> None:
+    data = json.loads((SAMPLES / "v6" / "agent_completed.json").read_bytes())
+    for field, value in (("task_id", "t2"), ("attempt", 2), ("mission_id", "m-other")):
+        other = json.loads(json.dumps(data))
+        other["carried"][1][field] = value
+        with pytest.raises(msgspec.ValidationError, match="another attempt"):
+            decode(json.dumps(other).encode())
+    # Only an attempt's start and its model calls' usage are carried.
+    progress = json.loads((SAMPLES / "v1" / "agent_progress.json").read_bytes())
+    with pytest.raises(msgspec.ValidationError):
+        decode(json.dumps({**data, "carried": [progress]}).encode())

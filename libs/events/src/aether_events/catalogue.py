@@ -305,6 +305,8 @@ class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage_recorded"):
 
 
 class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
+    """``carried``: see ``carried_by`` (added in v1.3)."""
+
     task_id: str
     attempt: int
     commit_sha: str
@@ -314,13 +316,46 @@ class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
     usage: Usage = msgspec.field(default_factory=Usage)
     # Scope drift: the changed files the task's planned scope does not cover.
     files_outside_scope: list[str] = msgspec.field(default_factory=list)
+    carried: list[AgentStarted | UsageRecorded] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_carried(self)
 
 
 class AgentFailed(Event, frozen=True, kw_only=True, tag="agent_failed"):
+    """``carried``: see ``carried_by`` (added in v1.3)."""
+
     task_id: str
     attempt: int
     reason: str
     retryable: bool = True
+    carried: list[AgentStarted | UsageRecorded] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_carried(self)
+
+
+def _check_carried(result: AgentCompleted | AgentFailed) -> None:
+    own = (result.mission_id, result.task_id, result.attempt)
+    for event in result.carried:
+        if (event.mission_id, event.task_id, event.attempt) != own:
+            raise ValueError("an attempt's result carries an event of another attempt")
+
+
+def carried_by(event: Event) -> list[Event]:
+    """The events ``event`` stands for, in the order they happened: an attempt's result
+    (``AgentCompleted``, ``AgentFailed``) that carries the attempt's ``AgentStarted`` and
+    ``UsageRecorded`` events is those events, then itself; any other event is itself.
+
+    An attempt's stream holds those events back for a moment (``TRANSCRIPT_LINGER`` in
+    the agent runner) and publishes what it still holds inside the result, so an attempt
+    that ends that soon is one message on the bus instead of four: each carried event
+    keeps its own id and time, and every consumer folds it as if it had come alone,
+    right before the result. One published alone before is the same event again (same
+    id), folded once."""
+    if isinstance(event, AgentCompleted | AgentFailed) and event.carried:
+        return [*event.carried, event]
+    return [event]
 
 
 class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
