@@ -14,6 +14,7 @@ from aether_agent_runner.adapters.stream import ENTRIES_PER_MESSAGE, AttemptStre
 from aether_agent_runner.domain import decide
 from aether_events import (
     TELEMETRY_STREAM,
+    AgentFailed,
     AgentProgress,
     Event,
     PlannedTask,
@@ -22,6 +23,7 @@ from aether_events import (
     Usage,
     UsageRecorded,
     WorkspaceReady,
+    carried_by,
     encode,
     entries_of,
 )
@@ -280,19 +282,120 @@ async def test_an_entry_alone_goes_out_as_itself_once_it_has_waited() -> None:
 
 async def test_other_events_do_not_wait_for_the_entries() -> None:
     publisher = InMemoryPublisher()
-    workspace = ready("m-usage")
+    workspace = ready("m-progress")
     stream = AttemptStream(lambda: publisher, linger=30.0)
     await stream.emit(entry(workspace, 0))
-    usage = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False)
-    await stream.emit(usage)
+    progress = decide.progressed(
+        workspace, NOW, "r", turns=1, tool_calls=0, files_changed=[], usage=Usage(), last_action=""
+    )
+    await stream.emit(progress)
     for _ in range(400):
-        if publisher.of(UsageRecorded):
+        if publisher.of(AgentProgress):
             break
         await asyncio.sleep(0.005)
-    assert publisher.of(UsageRecorded) == [usage]
-    assert entries_stored(publisher) == []
+    assert publisher.of(AgentProgress) == [progress]
+    assert publisher.of(TranscriptRecorded) == []
     await stream.close()
-    assert [e.sequence for e in entries_stored(publisher)] == [0]
+    assert [e.sequence for e in publisher.of(TranscriptRecorded)] == [0]
+
+
+async def test_an_attempt_ended_within_the_wait_is_one_message_carrying_its_start_and_usage() -> (
+    None
+):
+    """The start and each model call's usage wait with the entries; what still waits
+    when the attempt ends goes out inside its result, in the order emitted, each with
+    its own id, and nothing of it alone."""
+    publisher = InMemoryPublisher()
+    workspace = ready("m-carried")
+    stream = AttemptStream(lambda: publisher, linger=30.0)
+    started = decide.started(workspace, NOW, "r", "bubblewrap")
+    first = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False)
+    second = decide.usage_recorded(workspace, NOW, 2, Usage(input_tokens=2), False)
+    for event in (started, entry(workspace, 0), first, entry(workspace, 1), second):
+        await stream.emit(event)
+    await asyncio.sleep(0.05)
+    assert publisher.stored() == []  # all of it waits
+    result = decide.failed(workspace, NOW, "done", retryable=False)
+    ack = await stream.close(then=result)
+
+    [stored] = publisher.stored()
+    assert isinstance(stored, AgentFailed) and stored.event_id == result.event_id
+    assert stored.carried == [started, first, second]
+    assert carried_by(stored) == [started, first, second, stored]
+    assert ack is not None and ack.seq == 1
+    assert [e.sequence for e in publisher.of(TranscriptRecorded)] == [0, 1]
+
+
+async def test_what_waits_goes_out_alone_once_it_has_waited() -> None:
+    """An attempt longer than the wait reports its start and usage as it did: alone,
+    in order, and its result carries nothing."""
+    publisher = InMemoryPublisher()
+    workspace = ready("m-waited")
+    stream = AttemptStream(lambda: publisher, linger=0.05)
+    started = decide.started(workspace, NOW, "r", None)
+    usage = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False)
+    await stream.emit(started)
+    await stream.emit(usage)
+    for _ in range(400):
+        if len(publisher.stored()) == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert publisher.stored() == [started, usage]
+    later = decide.usage_recorded(workspace, NOW, 2, Usage(input_tokens=2), False)
+    await stream.emit(later)
+    result = decide.failed(workspace, NOW, "done", retryable=False)
+    await stream.close(then=result)
+    stored = publisher.stored()
+    assert stored[:2] == [started, usage]
+    assert isinstance(stored[2], AgentFailed) and stored[2].carried == [later]
+
+
+async def test_what_waits_goes_out_alone_before_any_other_event_and_without_a_result() -> None:
+    """Emitted before an event that does not wait, the start and usage go out before
+    it; a close with no result of the attempt's own sends them alone, then nothing."""
+    publisher = Recording()
+    workspace = ready("m-alone-held")
+    stream = AttemptStream(lambda: publisher, linger=30.0)  # type: ignore[arg-type,return-value]
+    started = decide.started(workspace, NOW, "r", None)
+    usage = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False)
+    progress = decide.progressed(
+        workspace, NOW, "r", turns=1, tool_calls=0, files_changed=[], usage=Usage(), last_action=""
+    )
+    for event in (started, usage, progress):
+        await stream.emit(event)
+    later = decide.usage_recorded(workspace, NOW, 2, Usage(input_tokens=2), False)
+    await stream.emit(later)
+    await stream.close()
+    assert publisher.taken == [started, usage, progress, later]
+
+
+async def test_a_stream_without_a_wait_holds_nothing() -> None:
+    """A CLI agent's stream (no wait: nothing of it is sent again on a resume) sends its
+    start and usage alone, and its result carries nothing."""
+    publisher = InMemoryPublisher()
+    workspace = ready("m-no-hold")
+    stream = AttemptStream(lambda: publisher)
+    started = decide.started(workspace, NOW, "r", None)
+    usage = decide.usage_recorded(workspace, NOW, 1, Usage(input_tokens=1), False)
+    await stream.emit(started)
+    await stream.emit(usage)
+    result = decide.failed(workspace, NOW, "done", retryable=False)
+    await stream.close(then=result)
+    stored = publisher.stored()
+    assert stored[:2] == [started, usage]
+    assert isinstance(stored[2], AgentFailed) and stored[2].carried == []
+
+
+class Recording:
+    """A publisher that takes every event, keeping the order they were published in
+    across both streams."""
+
+    def __init__(self) -> None:
+        self.taken: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        await asyncio.sleep(0)
+        self.taken.append(event)
 
 
 async def test_many_entries_are_split_so_no_message_is_too_large() -> None:

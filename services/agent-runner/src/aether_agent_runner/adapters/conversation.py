@@ -88,6 +88,8 @@ class Conversation:
     answered: set[str] = field(default_factory=set)
     # Where the latest model reply is in ``messages`` (None before the first).
     reply_index: int | None = None
+    # Each reply's turn, when it was journaled (seconds into the attempt) and its usage.
+    replies: list[tuple[int, float, Usage]] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, prompt: str) -> Conversation:
@@ -170,6 +172,7 @@ class Conversation:
             self.turns += 1
             self.usage = add_usage(self.usage, usage)
             self.last_usage = usage
+            self.replies.append((self.turns, float(record.get("elapsed") or 0.0), usage))
             self.stop_reason = record.get("stop_reason")
             self.answered = set()
         elif kind == "answer":
@@ -196,6 +199,14 @@ class Conversation:
         self.elapsed = max(self.elapsed, float(record.get("elapsed") or 0.0))
 
     # --- reading ------------------------------------------------------------------
+
+    def last_replies(self, seconds: float) -> list[tuple[int, Usage]]:
+        """The turn and usage of the last reply and of every reply journaled less than
+        ``seconds`` before it, in order."""
+        if not self.replies:
+            return []
+        *earlier, (turn, last, usage) = self.replies
+        return [(t, u) for t, at, u in earlier if last - at < seconds] + [(turn, usage)]
 
     @property
     def awaiting_answers(self) -> bool:

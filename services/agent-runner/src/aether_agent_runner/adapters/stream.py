@@ -25,6 +25,18 @@ entry that much later, ``close`` sends what waits at once, and an entry lost wit
 killed runner is sent again when the attempt resumes from its journal. The other events
 go out as they come.
 
+With a ``linger``, the attempt's ``AgentStarted`` and each model call's ``UsageRecorded``
+wait with the entries too (``HELD``), and go out when they do; what still waits when the
+attempt ends goes out inside its result (``AgentCompleted.carried``), which every consumer
+unfolds into the events it carries (``aether_events.carried_by``). An attempt that ends
+that soon (a task with no work for the model) is then one message on the mission stream
+instead of four, each stored, delivered to the scheduler and the gateway and acknowledged:
+about a fifth of such a task's CPU, all services counted. An event held when its runner
+is killed is emitted again by the resumed attempt, under the same id (the built-in loop
+emits again the usage of its journal's last replies: ``runtimes.builtin``). A result that
+is not the attempt's own report (none, or another runner's) carries nothing: what is held
+goes out before it as before.
+
 Progress and transcript entries are telemetry: one that cannot be published is logged
 and skipped. Any other event (AgentStarted, UsageRecorded: the cost of a model call) that
 cannot be published fails the attempt: the next ``emit`` raises it, and so does
@@ -38,14 +50,19 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from nats.js.api import PubAck
 
 from aether_events import (
+    AgentCompleted,
+    AgentFailed,
     AgentProgress,
+    AgentStarted,
     Event,
     Publisher,
     TranscriptEntries,
     TranscriptRecorded,
+    UsageRecorded,
     step_event_id,
     step_ids,
 )
@@ -69,6 +86,9 @@ TELEMETRY: dict[type[Event], str] = {
     TranscriptRecorded: "transcript entry not published",
     TranscriptEntries: "transcript entries not published",
 }
+# What waits with the entries (given a ``linger``) and is carried by the result if it is
+# still waiting when the attempt ends.
+HELD = (AgentStarted, UsageRecorded)
 # Put in the queue when the first waiting entry has waited ``linger``.
 _FLUSH = object()
 
@@ -92,6 +112,8 @@ class AttemptStream:
         # takes), and the timer that ends their wait.
         self._entries: list[TranscriptRecorded] = []
         self._entries_text = 0
+        # The start and usage waiting with them (``HELD``), in the order emitted.
+        self._held: list[AgentStarted | UsageRecorded] = []
         self._timer: asyncio.TimerHandle | None = None
         self._flush_owed = False
         # What ``close`` publishes last, and its acknowledgement once stored.
@@ -172,13 +194,20 @@ class AttemptStream:
                     flush = True
                 elif isinstance(item, TranscriptRecorded):
                     batch += self._take(item)
+                elif isinstance(item, HELD) and self._linger > 0:
+                    self._held.append(item)
                 elif isinstance(item, Event):
+                    # What was held was emitted before it, and goes out before it.
+                    batch += self._released()
                     batch.append(item)
             if flush or self._flush_owed or self._linger <= 0:
                 self._flush_owed = False
                 self._stop_timer()
+                if closing and self._held:
+                    self._then = self._carrying(self._then)
+                batch += self._released()
                 batch += self._grouped()
-            elif self._entries and self._timer is None:
+            elif (self._entries or self._held) and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(self._linger, self._due)
             if closing and self._then is not None:
                 await self._publish_then(batch, self._then)
@@ -196,6 +225,18 @@ class AttemptStream:
             return
         # Its failure is the attempt's (``_lost``), raised by ``close``.
         self._stored = await self._publish([*batch, then])
+
+    def _released(self) -> list[Event]:
+        held, self._held = self._held, []
+        return list(held)
+
+    def _carrying(self, then: Event | None) -> Event | None:
+        """``then`` carrying what is held, when it is the attempt's result (the stream is
+        the attempt's: what it holds is of the same attempt)."""
+        if not isinstance(then, AgentCompleted | AgentFailed):
+            return then
+        carried, self._held = self._held, []
+        return msgspec.structs.replace(then, carried=[*then.carried, *carried])
 
     def _take(self, entry: TranscriptRecorded) -> list[Event]:
         """Hold ``entry`` with the others waiting; returns what is to go out now: the ones

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aether.agent-runner")
 
+# How far back from its journal's last reply a resumed attempt emits the replies' usage
+# again: far longer than the attempt's stream holds one (``TRANSCRIPT_LINGER``), however
+# slowly the machine ran; a usage stored already is a duplicate the stream drops.
+RESENT_USAGE_SECONDS = 5.0
+
 
 @dataclass
 class BuiltinRuntime:
@@ -66,10 +71,11 @@ class BuiltinRuntime:
                 "resuming the attempt from its journal",
                 extra={"turns": conversation.turns, "tool_calls": conversation.tool_calls},
             )
-            if conversation.last_usage is not None:
-                # The last call's usage may not have been published before the crash; the
-                # same event id makes a repeat a duplicate the stream drops.
-                await job.observer.model_called(conversation.turns, conversation.last_usage)
+            # The last calls' usage may not have been published before the crash (the
+            # attempt's stream holds it a moment: ``adapters.stream``); the same event id
+            # makes a repeat a duplicate the stream drops.
+            for turn, usage in conversation.last_replies(RESENT_USAGE_SECONDS):
+                await job.observer.model_called(turn, usage)
             if job.transcript is not None:
                 # Entries published before the stop may not all have reached the stream;
                 # the same sequences (so ids) make the repeats ones the gateway drops.
