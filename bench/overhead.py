@@ -32,6 +32,10 @@ of few cores the read model's CPU is taken from the services on the mission's pa
 the difference is what it costs them. It also prints, inside each attempt, the time from
 AgentStarted to the end of the first model call, between the ends of two calls, and from
 the last call's end to AgentCompleted, from the events the attempt emitted as it went.
+Both tables are read from the events' own times, those an attempt's result carries (the
+start and usage a short attempt sends inside its result) included: they time the same
+steps however the runner sent them, while the deliveries and messages it counts are
+those the bus carried (a result and what it carries: one).
 With ``--one-reply`` the agent writes its file and finishes in the same reply, as a model
 may: one model call a task instead of two. With ``--command CMD`` it also runs ``CMD``
 (``run_command``, in the sandbox) beside its write, as an agent running the tests would:
@@ -98,6 +102,7 @@ from aether_events import (
     WorkspaceReady,
     mission_history,
     type_subjects,
+    unfolded,
 )
 from aether_git_broker.adapters.git import GitRepositories
 from aether_llm import Reply, tool_use_block
@@ -310,14 +315,15 @@ def per_task(events: list[Event]) -> dict[str, list[float]]:
     """Seconds per hop (keyed "A→B"), per task, from the events' own timestamps; the last
         hops are from an event to the TaskReady it caused (a merge that freed a dependent task,
     an agent's result that freed a slot).
-        Also "ready_to_merged": TaskReady → BranchMerged of each task."""
+        Also "ready_to_merged": TaskReady → BranchMerged of each task. ``events`` as stored:
+    the events a result carries count at their own times (``unfolded``)."""
     at: dict[tuple[str, str], datetime] = {}
     # Event id -> (type, time) of every hop event, to find what caused a later TaskReady.
     causes: dict[str, tuple[str, datetime]] = {}
     out: dict[str, list[float]] = {"ready_to_merged": []}
     for a, b in itertools.pairwise(HOPS):
         out[f"{a}→{b}"] = []
-    for event in events:
+    for event in unfolded(events):
         name = _HOP_TYPES.get(type(event))
         if name is None:
             continue
@@ -345,11 +351,13 @@ def inside_attempts(events: list[Event]) -> dict[str, list[float]]:
     """Seconds per phase of each attempt, from the events it emitted as it went: from
     AgentStarted to the end of its first model call (its UsageRecorded), from one model
     call's end to the next's (the tool calls between them and the call), and from the
-    last call's end to AgentCompleted (the finish check and the commit)."""
+    last call's end to AgentCompleted (the finish check and the commit). ``events`` as
+    stored: the start and usage a result carries count at their own times, each once
+    (``unfolded``)."""
     started: dict[tuple[str, int], datetime] = {}
     calls: dict[tuple[str, int], list[datetime]] = {}
     done: dict[tuple[str, int], datetime] = {}
-    for event in events:
+    for event in unfolded(events):
         if isinstance(event, AgentStarted):
             started[(event.task_id, event.attempt)] = event.occurred_at
         elif isinstance(event, UsageRecorded) and event.task_id and event.attempt:

@@ -309,12 +309,16 @@ async def template_messages(stack: Stack, mission_id: str) -> list[bytes]:
 
 
 def _ids(raw: list[bytes]) -> set[str]:
+    """Every id the stored events name, those an attempt's result carries included: a
+    clone that kept a carried event's id would be the template's event again, counted
+    once across the missions by whoever folds them."""
     found: set[str] = set()
     for data in raw:
-        payload = json.loads(data)
-        for key in _ID_KEYS:
-            if isinstance(payload.get(key), str) and payload[key]:
-                found.add(payload[key])
+        message = json.loads(data)
+        for payload in (message, *message.get("carried", [])):
+            for key in _ID_KEYS:
+                if isinstance(payload.get(key), str) and payload[key]:
+                    found.add(payload[key])
     return found
 
 

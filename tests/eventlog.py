@@ -6,6 +6,12 @@ wakes waiters on each new event: a test waits on the condition it cares about, w
 deadline, instead of sleeping and reading the history again. A timeout fails with the
 events seen so far, which is usually the whole diagnosis.
 
+It holds the events that happened, not the messages that told of them: an attempt's
+result that carries the attempt's start and usage is those events, then itself
+(``carried_by``), and an event told twice (carried after it was published alone) is
+there once. "AgentStarted was published" then keeps meaning that the attempt started,
+however its runner sent it.
+
     async with EventLog(nc, mission_id) as log:
         await publish(...)
         merged = await log.first(BranchMerged)
@@ -28,6 +34,7 @@ from aether_events import (
     MissionCompleted,
     TaskEscalated,
     TranscriptRecorded,
+    carried_by,
     decode,
     ensure_streams,
     is_terminal,
@@ -42,7 +49,8 @@ DEFAULT_TIMEOUT = 60.0
 class EventLog:
     """Every event of one mission, in the order it arrives, followed live.
 
-    ``events`` are the events; ``entries`` pair each with its stream sequence.
+    ``events`` are the events, each once (``unfolded``); ``entries`` pair each with the
+    stream sequence of the message that brought it (a carried event: its result's).
     ``telemetry=True`` follows the telemetry stream too (progress, usage, heartbeats);
     ``declare=True`` creates the streams first, for tests that start before any service
     (never against a running system: it would reset the streams' settings to defaults).
@@ -63,6 +71,7 @@ class EventLog:
         self._subs: list[Any] = []
         self._cursor = 0  # how far ``next`` has read
         self._last: dict[str, int] = {}  # the last stream sequence taken, by stream prefix
+        self._ids: set[str] = set()  # of ``events``
 
     async def start(self) -> Self:
         js = self._nc.jetstream()
@@ -71,11 +80,14 @@ class EventLog:
 
         def taker(prefix: str) -> Callable[[Any], Awaitable[None]]:
             async def on_message(msg: Any) -> None:
-                event = decode(msg.data)
                 sequence = msg.metadata.sequence.stream
                 async with self._changed:
-                    self.events.append(event)
-                    self.entries.append((sequence, event))
+                    for event in carried_by(decode(msg.data)):
+                        if event.event_id in self._ids:
+                            continue
+                        self._ids.add(event.event_id)
+                        self.events.append(event)
+                        self.entries.append((sequence, event))
                     self._last[prefix] = sequence
                     self._changed.notify_all()
 

@@ -1,6 +1,6 @@
 """The tests' event log (``tests/eventlog.py``) on a real NATS: ``completion`` returns the
 mission's completion, and fails at once, not at its timeout, when only a person could
-bring one."""
+bring one; an attempt's result that carries its start and usage is read as those events."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from aether_events import (
+    AgentCompleted,
+    AgentStarted,
     EventPublisher,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
     MissionPaused,
     TaskEscalated,
+    Usage,
+    UsageRecorded,
 )
 
 from .eventlog import EventLog
@@ -91,3 +95,26 @@ async def test_completion_still_times_out_when_nothing_comes(nc: NatsClient):
     async with EventLog(nc, _mission_id(), declare=True) as log:
         with pytest.raises(AssertionError, match=r"not met within 0\.3s"):
             await log.completion(timeout=0.3)
+
+
+async def test_a_result_is_read_as_the_events_it_carries_then_itself(nc: NatsClient):
+    mission_id = _mission_id()
+    attempt = {"task_id": "t1", "attempt": 1}
+    started = AgentStarted(**_meta(mission_id), **attempt, runner_id="r", model="m")
+    used = UsageRecorded(
+        **_meta(mission_id), **attempt, service="agent-runner", model="m", usage=Usage(), step="s"
+    )
+    result = AgentCompleted(
+        **_meta(mission_id), **attempt, commit_sha="c" * 40, branch="b", carried=[started, used]
+    )
+    async with EventLog(nc, mission_id, declare=True) as log:
+        publisher = EventPublisher(nc.jetstream())
+        # The start was published alone too before the result carried it: the same event.
+        await publisher.publish(started)
+        assert await log.next(AgentStarted) == started
+        await publisher.publish(result)
+        assert await log.next(UsageRecorded) == used
+        assert await log.first(AgentCompleted) == result
+        assert log.events == [started, used, result]
+        (first, _), (second, _), (third, _) = log.entries
+        assert first < second == third

@@ -3,7 +3,9 @@
 Each check returns the problems it found (empty: passed), in words a reader of the trial
 line can act on. The inputs are the mission's events as stored (sequence, the server's
 storage time), the model server's log of calls, the kills made, the gateway's read model
-and the final tree.
+and the final tree. A check that asks what happened reads an attempt's result as the
+start and usage it carries, then itself, each event once (``unfolded``): a runner sends
+a short attempt's events inside its result, and may have sent one alone before.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from aether_events import (
     WaveStarted,
     WorkspaceReady,
     advance,
+    carried_by,
     tag_of,
+    unfolded,
 )
 
 from .model import ModelCall
@@ -101,7 +105,13 @@ class Stall:
 
 
 def _events(stored: Sequence[Stored]) -> list[Event]:
+    """The messages stored, one event each (a result with what it carries)."""
     return [s.event for s in stored]
+
+
+def _happened(stored: Sequence[Stored]) -> list[Event]:
+    """The events that happened: those a result carries too, each once."""
+    return unfolded(_events(stored))
 
 
 def check_completed(stored: Sequence[Stored]) -> list[str]:
@@ -171,26 +181,28 @@ def logical_key(event: Event) -> Hashable | None:
 
 
 def check_duplicates(stored: Sequence[Stored]) -> list[str]:
+    """No message stored twice (by id), and no step recorded twice under different ids,
+    the events a result carries included: an event carried after it was published
+    alone is the same event (same id), not a step recorded twice."""
     problems = []
     by_id: dict[str, list[int]] = defaultdict(list)
-    by_key: dict[Hashable, list[int]] = defaultdict(list)
+    # Per step, the message that first brought each of its events, by the event's id.
+    by_key: dict[Hashable, dict[str, int]] = defaultdict(dict)
     for s in stored:
         by_id[s.event.event_id].append(s.seq)
-        key = logical_key(s.event)
-        if key is not None:
-            by_key[key].append(s.seq)
+        for event in carried_by(s.event):
+            key = logical_key(event)
+            if key is not None:
+                by_key[key].setdefault(event.event_id, s.seq)
     for event_id, seqs in by_id.items():
         if len(seqs) > 1:
             problems.append(f"event {event_id} stored {len(seqs)} times (seq {seqs})")
-    for key, seqs in by_key.items():
-        if len(seqs) > 1 and len({stored_id(stored, q) for q in seqs}) > 1:
+    for key, first_seqs in by_key.items():
+        if len(first_seqs) > 1:
+            seqs = list(first_seqs.values())
             what = ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
             problems.append(f"{what} stored {len(seqs)} times under different ids (seq {seqs})")
     return problems
-
-
-def stored_id(stored: Sequence[Stored], seq: int) -> str:
-    return next(s.event.event_id for s in stored if s.seq == seq)
 
 
 def check_model_calls(
@@ -199,17 +211,17 @@ def check_model_calls(
     """No step asked the model twice, unless its caller died with the call in flight.
 
     A call is *used* when the stream records its usage (the serial is the input-token
-    count). An unused call of an agent is attributed to the task's latest attempt whose
-    workspace was stored before the call arrived: if that attempt used a call for the same
-    turn, the unused one repeated the step. An unused plan call repeated the planning if
-    any plan call was used.
+    count), alone or carried by its attempt's result. An unused call of an agent is
+    attributed to the task's latest attempt whose workspace was stored before the call
+    arrived: if that attempt used a call for the same turn, the unused one repeated the
+    step. An unused plan call repeated the planning if any plan call was used.
     """
     report = ModelCallReport(calls=len(calls))
     by_serial = {c.serial: c for c in calls}
     used: dict[int, str] = {}
     used_steps: set[tuple[str, int, int]] = set()
     plan_used = False
-    for event in _events(stored):
+    for event in _happened(stored):
         if not isinstance(event, UsageRecorded):
             continue
         serial = event.usage.input_tokens
@@ -270,13 +282,14 @@ def check_tree(final_tree: str | None, expected_tree: str | None) -> list[str]:
 
 
 def check_read_model(stored: Sequence[Stored], view: ReadModelView | None) -> list[str]:
-    """The gateway's mission, tasks and events say what the stream says."""
+    """The gateway's mission, tasks and events say what the stream says; the events
+    it shows are those that happened, a result's carried ones each on its own."""
     if view is None:
         return ["no answer from the gateway"]
     if view.error is not None:
         return [view.error]
     problems = []
-    events = _events(stored)
+    events = _happened(stored)
     # The stream's verdict by the rules every service shares (``aether_events.status``).
     progress = MissionProgress()
     for e in events:
@@ -300,7 +313,7 @@ def check_read_model(stored: Sequence[Stored], view: ReadModelView | None) -> li
                 wrong.append(f"{e.task_id} attempt {attempt}≠{attempts.get(e.task_id)}")
     if wrong:
         problems.append(f"tasks not as merged: {', '.join(wrong)}")
-    stream_ids = {s.event.event_id for s in stored}
+    stream_ids = {e.event_id for e in events}
     shown = set(view.event_ids)
     if shown != stream_ids or len(view.event_ids) != len(shown):
         missing, extra = len(stream_ids - shown), len(shown - stream_ids)

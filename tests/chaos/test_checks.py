@@ -7,6 +7,8 @@ from itertools import count
 from typing import Any
 
 from aether_events import (
+    AgentCompleted,
+    AgentStarted,
     BranchMerged,
     Event,
     MissionCompleted,
@@ -82,6 +84,24 @@ def usage(serial: int, step: str, task_id: str | None = None, attempt: int | Non
         step=step,
         task_id=task_id,
         attempt=attempt,
+    )
+
+
+def started(task_id: str, attempt: int = 1, event_id: str | None = None) -> AgentStarted:
+    return AgentStarted(
+        **meta(event_id), task_id=task_id, attempt=attempt, runner_id="r", model="m"
+    )
+
+
+def result(task_id: str, *carried: AgentStarted | UsageRecorded) -> AgentCompleted:
+    """An attempt's result, carrying ``carried`` (as a short attempt's runner sends it)."""
+    return AgentCompleted(
+        **meta(),
+        task_id=task_id,
+        attempt=1,
+        commit_sha="c" * 40,
+        branch="b",
+        carried=list(carried),
     )
 
 
@@ -202,4 +222,35 @@ def test_read_model_must_show_the_streams_status_tasks_and_events() -> None:
         f"final sha None, stream says {'f' * 40}",
         "tasks not as merged: t1 running",
         "events: 2 shown for 4 on the stream (2 missing, 0 extra)",
+    ]
+
+
+def test_an_event_carried_after_it_was_stored_alone_is_not_a_step_recorded_twice() -> None:
+    first = started("t1")
+    assert check_duplicates(history(first, result("t1", first))) == []
+    # Another start of the same attempt, under an id of its own, is one.
+    other = started("t1")
+    assert check_duplicates(history(first, result("t1", other))) == [
+        "agent_started:t1:1 stored 2 times under different ids (seq [1, 2])"
+    ]
+
+
+def test_usage_a_result_carries_is_a_call_used_once() -> None:
+    used = usage(2, "agent:t1:a1:turn0", "t1", 1)
+    calls = [call(1, "t1", 0, 100.5), call(2, "t1", 0, 100.7)]
+    # Alone, carried, or both (published alone, then carried again): the same findings.
+    for results in ([used, result("t1")], [result("t1", used)], [used, result("t1", used)]):
+        report = check_model_calls(history(workspace("t1"), *results), calls, [])
+        assert report.used == 1
+        # Call 1's reply was never recorded: the step asked the model twice.
+        assert report.problems == ["model asked twice for agent:t1:a1:turn0 (call #1 unused)"]
+
+
+def test_the_read_model_shows_the_events_a_result_carries_each_on_its_own() -> None:
+    first, used = started("t1"), usage(2, "agent:t1:a1:turn0", "t1", 1)
+    stored = history(requested(), first, result("t1", first, used))
+    ids = [stored[0].event.event_id, first.event_id, used.event_id, stored[2].event.event_id]
+    assert check_read_model(stored, ReadModelView(event_ids=ids)) == []
+    assert check_read_model(stored, ReadModelView(event_ids=[ids[0], ids[3]])) == [
+        "events: 2 shown for 4 on the stream (2 missing, 0 extra)"
     ]

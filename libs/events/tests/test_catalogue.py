@@ -30,6 +30,7 @@ from aether_events import (
     transcript_of,
     type_subject,
     type_subjects,
+    unfolded,
 )
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -166,6 +167,20 @@ def test_a_result_stands_for_the_events_it_carries_then_itself(
     alone = decode((SAMPLES / "v1" / f"{tag_of(result)}.json").read_bytes())
     assert carried_by(alone) == [alone]
     assert carried_by(started) == [started]
+
+
+def test_a_stream_read_as_events_has_each_carried_event_once_before_its_result() -> None:
+    result = decode((SAMPLES / "v6" / "agent_completed.json").read_bytes())
+    assert isinstance(result, AgentCompleted)
+    started, used = result.carried
+    # The samples share one id: the event before the result gets one of its own.
+    data = json.loads((SAMPLES / "v1" / "workspace_ready.json").read_bytes())
+    before = decode(json.dumps({**data, "event_id": "w" * 32}).encode())
+    assert unfolded([before, result]) == [before, started, used, result]
+    # The start published alone first, then carried again (same id): kept where it came.
+    assert unfolded([started, before, result]) == [started, before, used, result]
+    # A message stored twice is one event.
+    assert unfolded([before, before]) == [before]
 
 
 def test_a_result_carries_only_events_of_its_own_attempt() -> None:

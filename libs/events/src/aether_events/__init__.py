@@ -62,6 +62,7 @@ from aether_events.catalogue import (
     entries_of,
     tag_of,
     transcript_of,
+    unfolded,
 )
 from aether_events.codec import UnknownEventType, decode, encode, to_builtins
 from aether_events.ids import (
@@ -242,4 +243,5 @@ __all__ = [
     "transcript_of",
     "type_subject",
     "type_subjects",
+    "unfolded",
 ]

@@ -358,6 +358,21 @@ def carried_by(event: Event) -> list[Event]:
     return [event]
 
 
+def unfolded(events: Iterable[Event]) -> list[Event]:
+    """The events ``events`` stand for (``carried_by``), each once (the first copy of an
+    id, as every consumer folds it: an event carried by a result may have been published
+    alone before), in the order they come: what a reader of a stream that asks whether
+    an event happened, or when, must look at rather than the messages stored."""
+    seen: set[str] = set()
+    out: list[Event] = []
+    for event in events:
+        for one in carried_by(event):
+            if one.event_id not in seen:
+                seen.add(one.event_id)
+                out.append(one)
+    return out
+
+
 class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
     task_id: str
     attempt: int

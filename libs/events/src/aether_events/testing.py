@@ -24,7 +24,13 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 from nats.js.errors import NotFoundError, ServerError
 
-from aether_events.catalogue import TELEMETRY_TYPES, Event, TranscriptRecorded, transcript_of
+from aether_events.catalogue import (
+    TELEMETRY_TYPES,
+    Event,
+    TranscriptRecorded,
+    transcript_of,
+    unfolded,
+)
 from aether_events.codec import decode, encode
 from aether_events.publisher import Publisher
 from aether_events.streams import (
@@ -68,14 +74,16 @@ class InMemoryPublisher:
         return [subject for subject, _ in self._stored[stream]]
 
     def of(self, cls: type[E]) -> list[E]:
-        """The stored events of one type, from whichever stream holds that type;
-        transcript entries (``TranscriptRecorded``) include those sent together, each
-        once (``transcript_of``)."""
+        """The stored events of one type, from whichever stream holds that type, as the
+        events that happened rather than the messages stored: those an attempt's result
+        carries are included (``unfolded``), and transcript entries
+        (``TranscriptRecorded``) include those sent together (``transcript_of``), each
+        once."""
         stream = TELEMETRY_STREAM if cls in TELEMETRY_TYPES else MISSIONS_STREAM
         stored = self.stored(stream)
         if cls is TranscriptRecorded:
             return transcript_of(stored)  # type: ignore[return-value]
-        return [event for event in stored if isinstance(event, cls)]
+        return [event for event in unfolded(stored) if isinstance(event, cls)]
 
 
 if TYPE_CHECKING:
