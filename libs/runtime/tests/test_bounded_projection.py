@@ -14,10 +14,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from aether_events import (
     ALL_MISSION_EVENTS,
     MISSIONS_STREAM,
+    AgentCompleted,
+    AgentStarted,
     Event,
     EventPublisher,
     MissionMessagePosted,
     MissionPaused,
+    Usage,
+    UsageRecorded,
+    carried_by,
     derived_id,
     ensure_streams,
 )
@@ -81,6 +86,51 @@ def test_the_position_never_moves_back() -> None:
     projection.advance(2)
     assert projection.position == 4
     assert not projection.apply(posted("m", 1), 4)
+
+
+def carrying(mission: str) -> AgentCompleted:
+    """An attempt's result that carries its start and a model call's usage."""
+    meta = {"mission_id": mission, "correlation_id": derived_id(mission, "requested")}
+    attempt = {"task_id": "t1", "attempt": 1}
+    start = AgentStarted(
+        event_id=derived_id(mission, "started"),
+        occurred_at=datetime.now(UTC),
+        runner_id="r",
+        model="m",
+        **meta,
+        **attempt,
+    )
+    usage = UsageRecorded(
+        event_id=derived_id(mission, "usage"),
+        occurred_at=datetime.now(UTC),
+        service="agent-runner",
+        model="m",
+        step="agent:t1:a1:turn1",
+        usage=Usage(input_tokens=1, output_tokens=1, cost_usd=0.1),
+        **meta,
+        **attempt,
+    )
+    return AgentCompleted(
+        event_id=derived_id(mission, "completed"),
+        occurred_at=datetime.now(UTC),
+        commit_sha="c",
+        branch="b",
+        carried=[start, usage],
+        **meta,
+        **attempt,
+    )
+
+
+def test_the_events_one_message_carries_share_its_sequence_and_each_folds_once() -> None:
+    projection: Projection[Folded] = Projection((), record)
+    events = carried_by(carrying("m"))
+    assert all(projection.apply(event, 5) for event in events)
+    # Delivered again: known by their ids, then, once the position passed the
+    # message, by its sequence.
+    assert not any(projection.apply(event, 5) for event in events)
+    projection.advance(5)
+    assert not any(projection.apply(event, 5) for event in events)
+    assert projection.state == tuple(event.event_id for event in events)
 
 
 def test_a_publish_acknowledgement_names_the_sequence() -> None:
@@ -235,3 +285,27 @@ async def test_a_replay_of_the_folded_types_reads_only_those_and_is_complete_to_
     assert projection.position == stored.seq
     assert projection.remembered == 0
     assert not projection.apply(other, stored.seq)
+
+
+async def test_a_replay_that_unfolds_folds_what_a_result_carries_first_and_once(
+    nc: NatsClient,
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    publisher = EventPublisher(js)
+    result = carrying("m-carried")
+    start, usage = result.carried
+    await publisher.publish(usage)  # sent alone as well, before (a resumed attempt)
+    stored = await publisher.publish(result)
+
+    for types in (None, (AgentStarted, UsageRecorded, AgentCompleted)):
+        projection: Projection[Folded] = Projection((), record)
+        last = await projection.rebuild(js, "bounded", types=types, unfold=carried_by)
+        assert projection.state == (usage.event_id, start.event_id, result.event_id)
+        assert last == stored.seq
+        # Delivered after the replay, each is known by its message's sequence.
+        assert not any(projection.apply(event, stored.seq) for event in carried_by(result))
+    # Without ``unfold``, a result stands for itself.
+    projection = Projection((), record)
+    await projection.rebuild(js, "bounded")
+    assert projection.state == (usage.event_id, result.event_id)

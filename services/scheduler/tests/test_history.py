@@ -11,10 +11,15 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentStarted,
+    Event,
     EventPublisher,
     MissionCancelled,
     Usage,
     UsageRecorded,
+    carried_by,
     encode,
     ensure_streams,
     subject_for,
@@ -50,19 +55,44 @@ def missions() -> list[Scenario]:
 
 
 async def publish_interleaved(nc: NatsClient, scenarios: list[Scenario]) -> None:
+    await publish_logs(nc, [s.log for s in scenarios])
+
+
+async def publish_logs(nc: NatsClient, logs: list[list[Event]]) -> None:
     js = nc.jetstream()
     await ensure_streams(js)
     publisher = EventPublisher(js)
-    for events in itertools.zip_longest(*(s.log for s in scenarios)):
+    for events in itertools.zip_longest(*logs):
         for event in events:
             if event is not None:
                 await publisher.publish(event)
 
 
+def carried(log: list[Event], repeated: bool = False) -> list[Event]:
+    """``log`` as runners that send each attempt's start and usage inside its result
+    would store it (``carried_by``); ``repeated``: each sent alone before as well (a
+    resumed attempt's repeats)."""
+    ended = {(e.task_id, e.attempt) for e in log if isinstance(e, AgentCompleted | AgentFailed)}
+    held: dict[tuple[str | None, int | None], list[AgentStarted | UsageRecorded]] = {}
+    out: list[Event] = []
+    for event in log:
+        if isinstance(event, AgentStarted | UsageRecorded):
+            attempt = (event.task_id, event.attempt)
+            if attempt in ended:
+                held.setdefault(attempt, []).append(event)
+                if not repeated:
+                    continue
+        elif isinstance(event, AgentCompleted | AgentFailed):
+            inside = held.pop((event.task_id, event.attempt), [])
+            event = msgspec.structs.replace(event, carried=inside)
+        out.append(event)
+    return out
+
+
 async def both(nc: NatsClient) -> tuple[Projection[State], Projection[State]]:
     js = nc.jetstream()
     full: Projection[State] = Projection(State(), evolve)
-    await full.rebuild(js, "scheduler")
+    await full.rebuild(js, "scheduler", unfold=carried_by)
     brief: Projection[State] = Projection(State(), evolve)
     await replay_history(brief, js, "scheduler")
     return full, brief
@@ -130,3 +160,29 @@ async def test_usage_stored_before_attempt_subjects_counts_and_forged_usage_does
     for state in (full.state, brief.state):
         assert sum(state.daily_spent.values()) == pytest.approx(0.5 + 0.25 + 0.3 + 0.1)
     assert brief.state.missions["m-live"] == full.state.missions["m-live"]
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+@pytest.mark.parametrize("per_mission_reads", [history.PER_MISSION_READS, 0])
+async def test_spending_carried_in_results_counts_once_after_a_restart(
+    nc: NatsClient, monkeypatch: pytest.MonkeyPatch, per_mission_reads: int, repeated: bool
+) -> None:
+    """Usage stored inside the results of a finished mission (and alone as well, when
+    ``repeated``) counts in today's and this month's spend, once, whether the replay
+    reads it in brief or the whole stream; a live mission's carried events rebuild it
+    as when sent alone."""
+    monkeypatch.setattr(history, "PER_MISSION_READS", per_mission_reads)
+    done, live, cancelled = missions()
+    logs = [carried(done.log, repeated), carried(live.log, repeated), cancelled.log]
+    inside = [e for log in logs for e in log if isinstance(e, AgentCompleted) and e.carried]
+    assert {e.mission_id for e in inside} == {"m-done", "m-live"}
+    await publish_logs(nc, logs)
+    full, brief = await both(nc)
+
+    for state in (full.state, brief.state):
+        assert state.daily_spent == {"2026-01-01": pytest.approx(0.5 + 0.25 + 0.3 + 0.1)}
+        assert state.monthly_spent == {"2026-01": pytest.approx(0.5 + 0.25 + 0.3 + 0.1)}
+        assert state.missions["m-done"].usage == done.state.missions["m-done"].usage
+    assert brief.state.missions["m-live"] == full.state.missions["m-live"]
+    assert brief.state.missions["m-live"] == live.state.missions["m-live"]
+    assert list(brief.state.live) == ["m-live"]

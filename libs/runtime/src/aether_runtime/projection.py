@@ -106,6 +106,7 @@ class Projection(Generic[S]):
         service: str,
         due: Callable[[S], Iterable[str]] | None = None,
         types: Iterable[type[Event]] | None = None,
+        unfold: Callable[[Event], Iterable[Event]] | None = None,
     ) -> int:
         """Replay the mission stream into this projection; returns the sequence it is
         complete up to.
@@ -116,10 +117,16 @@ class Projection(Generic[S]):
         work is still owed by the rebuilt state; the lowest sequence among them is kept
         as ``first_due``. The position then moves to the end of the replay, so the
         replayed events' ids are not kept.
+
+        ``unfold``, when given, says which events one stored event stands for
+        (``aether_events.carried_by``: an attempt's result, the events it carries and
+        then itself), for a service whose handler folds them so: each is applied in
+        turn with the message's sequence. ``types`` must then name the types that carry
+        them as well as theirs.
         """
 
         def fold(projection: Projection[S], event: Event, seq: int) -> Projection[S]:
-            projection.apply(event, seq)
+            projection._apply_stored(event, seq, unfold)
             projection.last_sequence = seq
             return projection
 
@@ -131,7 +138,7 @@ class Projection(Generic[S]):
                 js, MISSIONS_STREAM, ALL_MISSION_EVENTS, self, fold, patience=START_PATIENCE_SECONDS
             )
         else:
-            result = await self._replay_types(js, types, end)
+            result = await self._replay_types(js, types, end, unfold)
         metrics.REPLAYED.labels(service).inc(result.applied)
         last = max(result.last_sequence, end)
         if due is not None:
@@ -140,8 +147,18 @@ class Projection(Generic[S]):
         self.last_sequence = last
         return last
 
+    def _apply_stored(
+        self, event: Event, sequence: int, unfold: Callable[[Event], Iterable[Event]] | None
+    ) -> None:
+        for each in (event,) if unfold is None else unfold(event):
+            self.apply(each, sequence)
+
     async def _replay_types(
-        self, js: JetStreamContext, types: Iterable[type[Event]], end: int
+        self,
+        js: JetStreamContext,
+        types: Iterable[type[Event]],
+        end: int,
+        unfold: Callable[[Event], Iterable[Event]] | None = None,
     ) -> ReplayResult:
         """Fold the events of ``types`` stored up to ``end``, in stream order.
 
@@ -166,7 +183,7 @@ class Projection(Generic[S]):
                 result.skipped += 1
             else:
                 if on_its_subject(event, subject):
-                    self.apply(event, seq)
+                    self._apply_stored(event, seq, unfold)
                     result.applied += 1
                 else:
                     result.skipped += 1

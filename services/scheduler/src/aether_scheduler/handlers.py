@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from aether_events import Event, Publisher, publish_in_order, tag_of
+from aether_events import Event, Publisher, carried_by, publish_in_order, tag_of
 from aether_runtime import Delivery, Projection, note, stored_sequence
 from aether_scheduler import metrics
 from aether_scheduler.domain import (
@@ -46,8 +46,19 @@ class Handlers:
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
-            self._apply(event, delivery.sequence)
-            await self._publish(decide(self.projection.state, event, self._clock(), self.config))
+            decided: list[Event] = []
+            # An attempt's result may carry the attempt's start and usage (``carried_by``):
+            # each is folded and answered in turn, as if delivered alone right before the
+            # result. Stored in the result's message, they are applied with its sequence:
+            # a redelivery finds each by its id, and once the position passes the
+            # message, by that sequence.
+            for each in carried_by(event):
+                self._apply(each, delivery.sequence)
+                out = decide(self.projection.state, each, self._clock(), self.config)
+                # Stored and applied before the next is folded, as a delivery's would be.
+                await self._store(out)
+                decided += out
+            self._log(decided)
         self._wake_if_sooner(event.mission_id)
 
     def _wake_if_sooner(self, mission_id: str) -> None:
@@ -80,6 +91,10 @@ class Handlers:
             await self._publish(tick(self.projection.state, self._clock(), self.config))
 
     async def _publish(self, decided: list[Event]) -> None:
+        await self._store(decided)
+        self._log(decided)
+
+    async def _store(self, decided: list[Event]) -> None:
         # In order, with one wait for all the acknowledgements: a merge that frees the
         # next task decides WaveCompleted, WaveStarted and TaskReady, and the TaskReady a
         # chained mission waits for is stored a round trip after them, not three.
@@ -89,6 +104,8 @@ class Handlers:
             # even before it comes back through the consumer (it is then skipped as
             # already applied).
             self._apply(out, stored_sequence(ack))
+
+    def _log(self, decided: list[Event]) -> None:
         if not decided:
             return
         # On the delivery's line when there is one; a timer's or the start-up's decisions

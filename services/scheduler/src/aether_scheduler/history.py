@@ -6,11 +6,11 @@ live missions. What it still contributes is that it exists and how it ended (a l
 event for it must not start it again; the mission gauges count it) and its spending
 (today's and this month's global budgets). So the replay reads, of the whole history,
 only the events that say so, one event type at a time (``MissionRequested``, the
-terminal types, ``UsageRecorded``), and then every event of each mission that has not
-ended, one mission at a time. Folded in stream order through the same ``evolve``, this
-gives the state a full replay gives, except that a finished mission's tasks are not
-kept; and the history of finished missions costs a few events each instead of all
-of them.
+terminal types, ``UsageRecorded`` and the attempts' results, which may carry usage:
+``carried_by``), and then every event of each mission that has not ended, one mission at
+a time. Folded in stream order through the same ``evolve``, this gives the state a full
+replay gives, except that a finished mission's tasks are not kept; and the history of
+finished missions costs a few events each instead of all of them.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from nats.js import JetStreamContext
 from aether_events import (
     MISSIONS_STREAM,
     TERMINAL_TYPES,
+    AgentCompleted,
+    AgentFailed,
     Event,
     MissionRequested,
     UnknownEventType,
     UsageRecorded,
+    carried_by,
     decode,
     mission_subject,
     on_its_subject,
@@ -37,8 +40,17 @@ from aether_runtime import metrics as runtime_metrics
 from aether_runtime.unanswered import stream_end
 from aether_scheduler.domain import State
 
-# What the replay reads of every mission, finished or not.
-SUMMARY_TYPES: tuple[type[Event], ...] = (MissionRequested, *TERMINAL_TYPES, UsageRecorded)
+# What the replay reads of every mission, finished or not. An attempt's usage may be
+# stored inside its result (``carried_by``), so the results are read as well: one message
+# more an attempt, beside the one a model call that usage stored alone costs, read and
+# decoded for nothing where all of the attempt's usage went out alone.
+SUMMARY_TYPES: tuple[type[Event], ...] = (
+    MissionRequested,
+    *TERMINAL_TYPES,
+    UsageRecorded,
+    AgentCompleted,
+    AgentFailed,
+)
 # With more live missions than this, one read of the whole stream costs less than a
 # read per mission.
 PER_MISSION_READS = 64
@@ -70,11 +82,11 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
             stored[seq] = (msg.subject, msg.data)
             if cls is MissionRequested:
                 requested[_mission_of(msg.subject)] = None
-            elif cls is not UsageRecorded:
+            elif cls in TERMINAL_TYPES:
                 finished.add(_mission_of(msg.subject))
     live = [mission_id for mission_id in requested if mission_id not in finished]
     if len(live) > PER_MISSION_READS:
-        return await projection.rebuild(js, service)
+        return await projection.rebuild(js, service, unfold=carried_by)
     for mission_id in live:
         async for msg in stored_messages(
             js, MISSIONS_STREAM, mission_subject(mission_id), patience=START_PATIENCE_SECONDS
@@ -91,8 +103,12 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
             continue
         if not on_its_subject(event, subject):
             continue
-        projection.apply(event, seq)
-        applied += 1
+        # What a result carries is folded as the handler folds it: first, with the
+        # result's sequence (a finished mission's result itself changes nothing: its
+        # tasks are not kept).
+        for each in carried_by(event):
+            projection.apply(each, seq)
+            applied += 1
     runtime_metrics.REPLAYED.labels(service).inc(applied)
     projection.advance(end)
     projection.last_sequence = max(projection.last_sequence, end)

@@ -65,6 +65,8 @@ def evolve(state: State, event: Event) -> State:
     if mission is None:
         return state
     if isinstance(event, UsageRecorded):
+        if _counted(mission, event):
+            return state
         state = _global_spend(state, event)
     updated = _mission(mission, event)
     progress = advance(mission.progress, event)
@@ -77,6 +79,13 @@ def evolve(state: State, event: Event) -> State:
         live = {mid: None for mid in state.live if mid != event.mission_id}
         return changed(state, missions=missions, live=live)
     return changed(state, missions=missions)
+
+
+def _counted(m: MissionState, event: UsageRecorded) -> bool:
+    """Whether ``event`` was counted already, for its task's current attempt (see
+    ``TaskState.usage_ids``)."""
+    task = m.tasks.get(event.task_id) if event.task_id is not None else None
+    return task is not None and task.attempt == event.attempt and event.event_id in task.usage_ids
 
 
 def _global_spend(state: State, event: UsageRecorded) -> State:
@@ -239,6 +248,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 last_seen=event.occurred_at,
                 reserved_usd=event.estimated_cost_usd or 0.0,
                 attempt_spent_usd=0.0,
+                usage_ids=frozenset(),
                 ready_event=event,
                 retry_event=None,
                 immediate_retry=False,
@@ -369,7 +379,13 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                     ready = task.ready_event
                     estimate = (ready.estimated_cost_usd if ready else None) or 0.0
                     reserved = max(0.0, estimate - spent) if task.reserved_usd else 0.0
-                    return _task(m, event.task_id, attempt_spent_usd=spent, reserved_usd=reserved)
+                    return _task(
+                        m,
+                        event.task_id,
+                        attempt_spent_usd=spent,
+                        reserved_usd=reserved,
+                        usage_ids=task.usage_ids | {event.event_id},
+                    )
             return m
         case BudgetWarning():
             return changed(m, warned_at_budget=event.budget_usd) if event.scope == "mission" else m

@@ -92,6 +92,11 @@ class TaskState:
     last_seen: datetime | None = None
     reserved_usd: float = 0.0
     attempt_spent_usd: float = 0.0
+    # The ids of the usage counted for the current attempt, so each counts once: a
+    # resumed attempt may send one again inside its result (``carried_by``) after it was
+    # stored alone, or the other way round, minutes apart, while the projection knows an
+    # event by its id only until its position passes it (seconds).
+    usage_ids: frozenset[str] = frozenset()
     ready_event: TaskReady | None = None
     retry_event: TaskRetried | None = None
     first_ready_at: datetime | None = None
