@@ -245,6 +245,9 @@ async def test_runs_fold_into_the_rows_folding_one_by_one_makes(
     assert len(expected["tasks"]) >= 8
     assert expected["projection_failures"]  # the refused text and the garbage
     assert expected["usage_records"] and expected["agent_sessions"]
+    # Events results carried, each a row of its own before its result.
+    assert any('"part": -1' in row for row in expected["events"])
+    assert any('"part": -1' in row for row in expected["usage_records"])
 
     await read_model.reset()
     await in_runs(read_model, messages, seed)

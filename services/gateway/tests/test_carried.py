@@ -1,0 +1,223 @@
+"""An attempt's result that carries the attempt's start and usage (``carried_by``): the
+gateway folds, stores, lists and streams each carried event as if it had come alone on
+the bus right before the result, and an event that came alone as well counts once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from msgspec.structs import replace
+from nats.aio.client import Client as NatsClient
+
+from aether_events import (
+    ALL_MISSION_EVENTS,
+    MISSIONS_STREAM,
+    AgentStarted,
+    Event,
+    EventPublisher,
+    Usage,
+    UsageRecorded,
+    ensure_streams,
+    new_mission_id,
+)
+from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.stream import Incoming, read_stored
+from aether_gateway.handlers import Projector
+
+from .conftest import Script, eventually
+
+ALONE_TYPES = [
+    "mission_requested",
+    "repository_prepared",
+    "plan_produced",
+    "plan_approved",
+    "task_ready",
+    "agent_started",
+    "usage_recorded",
+    "agent_completed",
+    "branch_merged",
+    "mission_completed",
+]
+
+
+def attempt(script: Script, *, carried: bool) -> list[Event]:
+    """Task t1's first attempt: its start, one model call and its result, each published
+    alone or carried by the result (the same events, ids and times either way)."""
+    started = AgentStarted(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id="t1",
+        attempt=1,
+        runner_id="runner-7",
+        model="claude-test",
+        sandbox="bubblewrap",
+    )
+    usage = UsageRecorded(
+        **script.meta(),  # type: ignore[arg-type]
+        service="agent-runner",
+        model="claude-test",
+        usage=Usage(input_tokens=1200, output_tokens=300, cost_usd=0.25),
+        step="agent:t1:a1:turn1",
+        task_id="t1",
+        attempt=1,
+    )
+    result = script.agent_completed("t1")
+    if not carried:
+        return [started, usage, result]
+    return [replace(result, carried=[started, usage])]
+
+
+def mission(script: Script, *, carried: bool) -> list[Event]:
+    """A one-task mission from its request to its completion."""
+    return [
+        script.requested(),
+        script.prepared(),
+        script.plan(task_ids=("t1",)),
+        script.approved(),
+        script.task_ready("t1"),
+        *attempt(script, carried=carried),
+        script.merged("t1"),
+        script.completed(),
+    ]
+
+
+async def publish(nc: NatsClient, events: list[Event]) -> list[int]:
+    acks = await EventPublisher(nc.jetstream()).publish_all(events)
+    return [ack.seq for ack in acks]
+
+
+def same_mission(value: Any, script: Script) -> Any:
+    """``value`` (JSON) with the mission's own ids replaced, to compare two missions."""
+    text = json.dumps(value)
+    for own in (script.mission_id, script.correlation_id):
+        text = text.replace(own, "<own>")
+    return json.loads(text)
+
+
+async def completed(http: Any, mission_id: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        answer = await http.get(f"/missions/{mission_id}")
+        body: dict[str, Any] = answer.json()
+        return body if answer.status_code == 200 and body["status"] == "completed" else None
+
+    return await eventually(probe, what=f"mission {mission_id} to complete")
+
+
+# --- the read model ------------------------------------------------------------------
+
+
+async def test_a_carried_start_and_usage_fold_as_the_three_published_alone(http, nc):
+    alone, carried = Script(new_mission_id()), Script(new_mission_id())
+    await publish(nc, mission(alone, carried=False))
+    await publish(nc, mission(carried, carried=True))
+
+    shown = [await completed(http, s.mission_id) for s in (alone, carried)]
+    assert same_mission(shown[0], alone) == same_mission(shown[1], carried)
+    [task] = shown[1]["tasks"]
+    assert task["status"] == "merged"
+    assert task["runner_id"] == "runner-7"
+    assert task["started_at"] == "2026-01-01T12:00:06Z"  # the start's own time
+    assert (task["tokens_in"], task["tokens_out"], task["cost_usd"]) == (1200, 300, 0.25)
+    assert task["agent"]["runner_id"] == "runner-7"
+    assert task["agent"]["status"] == "completed"
+    assert task["agent"]["cost_usd"] == 0.25
+    assert (shown[1]["tokens_in"], shown[1]["cost_usd"]) == (1200, 0.25)
+
+    usage = [(await http.get(f"/missions/{s.mission_id}/usage")).json() for s in (alone, carried)]
+    assert same_mission(usage[0], alone) == same_mission(usage[1], carried)
+    assert [(r["key"], r["calls"], r["cost_usd"]) for r in usage[1]["by_model"]] == [
+        ("claude-test", 1, 0.25)
+    ]
+    by_mission = (await http.get("/usage", params={"group_by": "mission"})).json()["rows"]
+    assert {r["key"]: r["calls"] for r in by_mission} == {
+        alone.mission_id: 1,
+        carried.mission_id: 1,
+    }
+    agents = (await http.get("/agents")).json()["agents"]
+    assert [(a["runner_id"], a["sessions"], a["completed"]) for a in agents] == [("runner-7", 2, 2)]
+
+
+def with_duplicates(script: Script) -> list[tuple[Event, str]]:
+    """The mission, its result carrying the attempt's start and usage, which were also
+    published alone: the start before the result (a resumed attempt), the usage after it
+    under a new message id (the stream's duplicate window passed). Each event with the
+    message id it is published under."""
+    events = mission(script, carried=True)
+    result = events[5]
+    started, usage = result.carried  # type: ignore[attr-defined]
+    stored = [*events[:5], started, result, usage, *events[6:]]
+    return [(e, uuid.uuid4().hex if e is usage else e.event_id) for e in stored]
+
+
+async def facts(db: Database, mission_id: str) -> dict[str, Any]:
+    """What the read model holds about the mission, less its ids and sequences."""
+    queries = {
+        "events": "SELECT type, occurred_at FROM events WHERE mission_id = %s ORDER BY seq, part",
+        "mission": "SELECT status, tokens_in, tokens_out, tokens_cache_read, cost_usd,"
+        " cost_complete, updated_at FROM missions WHERE id = %s",
+        "tasks": "SELECT status, attempt, model, runner_id, started_at, finished_at, tokens_in,"
+        " tokens_out, cost_usd, cost_complete, updated_at FROM tasks WHERE mission_id = %s",
+        "usage": "SELECT task_id, attempt, model, step, input_tokens, output_tokens, cost_usd,"
+        " occurred_at FROM usage_records WHERE mission_id = %s ORDER BY seq, part",
+        "sessions": "SELECT task_id, attempt, runner_id, model, status, started_at,"
+        " finished_at, last_seen_at, tokens_in, tokens_out, cost_usd, cost_complete"
+        " FROM agent_sessions WHERE mission_id = %s",
+    }
+    found: dict[str, Any] = {}
+    async with db.pool.connection() as conn:
+        for name, query in queries.items():
+            found[name] = await (await conn.execute(query, (mission_id,))).fetchall()
+        cur = await conn.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE mission_id = %s",
+            (mission_id,),
+        )
+        found["ids"] = await cur.fetchone()
+    return found
+
+
+@pytest.fixture
+async def read_model(gateway_db: str) -> AsyncIterator[ReadModel]:
+    db = Database(gateway_db)
+    await db.open()
+    try:
+        yield ReadModel(db, "gateway")
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("path", ["one by one", "in a run", "catch-up"])
+async def test_an_event_carried_and_published_alone_too_is_folded_once(
+    nc: NatsClient, read_model: ReadModel, path: str
+) -> None:
+    alone, carried, twice = (Script(new_mission_id()) for _ in range(3))
+    await ensure_streams(nc.jetstream())
+    publisher = EventPublisher(nc.jetstream())
+    await publish(nc, mission(alone, carried=False))
+    await publish(nc, mission(carried, carried=True))
+    published = with_duplicates(twice)
+    for event, msg_id in published:
+        await publisher.publish(event, headers={"Nats-Msg-Id": msg_id})
+    js = nc.jetstream()
+    stored = await read_stored(js, MISSIONS_STREAM, ALL_MISSION_EVENTS)
+    assert len(stored) == 28  # the usage published again is on the stream: 10 + 8 + 10
+
+    if path == "one by one":
+        for message in stored:
+            await read_model.take(Incoming.of_message(message))
+    elif path == "in a run":
+        assert await read_model.take_run(stored) == 30  # events, the carried ones too
+    else:
+        await Projector(read_model).rebuild(js)
+
+    expected = await facts(read_model.db, alone.mission_id)
+    assert [row[0] for row in expected["events"]] == ALONE_TYPES
+    assert expected["ids"] == (10, 10)
+    assert len(expected["usage"]) == 1
+    assert await facts(read_model.db, carried.mission_id) == expected
+    assert await facts(read_model.db, twice.mission_id) == expected
+    # The last message's own event, not one a result carried.
+    assert await read_model.last_folded() == (stored[-1].seq, published[-1][0].event_id)
