@@ -221,3 +221,52 @@ async def test_an_event_carried_and_published_alone_too_is_folded_once(
     assert await facts(read_model.db, twice.mission_id) == expected
     # The last message's own event, not one a result carried.
     assert await read_model.last_folded() == (stored[-1].seq, published[-1][0].event_id)
+
+
+# --- what clients read ---------------------------------------------------------------
+
+
+async def test_the_history_lists_carried_events_as_their_own_before_the_result(http, nc, script):
+    seqs = await publish(nc, mission(script, carried=True))
+    result_seq = seqs[5]
+    await completed(http, script.mission_id)
+    history = (await http.get("/events", params={"mission_id": script.mission_id})).json()
+    events = history["events"]
+    assert [e["type"] for e in events] == ALONE_TYPES
+    assert [e["seq"] for e in events[5:8]] == [result_seq] * 3
+    started, usage, result = (e["data"] for e in events[5:8])
+    assert started["type"] == "agent_started" and started["sandbox"] == "bubblewrap"
+    assert usage["usage"]["input_tokens"] == 1200
+    assert len({started["event_id"], usage["event_id"], result["event_id"]}) == 3
+    assert started["occurred_at"] < usage["occurred_at"] < result["occurred_at"]
+    assert result["carried"] == []  # the result as it would have come alone
+
+    # A page does not end among a message's events: the next one would skip the rest.
+    page = (
+        await http.get(
+            "/events",
+            params={"mission_id": script.mission_id, "after": seqs[4], "limit": 1},
+        )
+    ).json()
+    assert [e["type"] for e in page["events"]] == ALONE_TYPES[5:8]
+    assert page["next_after"] == result_seq
+    rest = (
+        await http.get(
+            "/events", params={"mission_id": script.mission_id, "after": page["next_after"]}
+        )
+    ).json()
+    assert [e["type"] for e in rest["events"]] == ALONE_TYPES[8:]
+
+    usage_only = (
+        await http.get(
+            "/events", params={"mission_id": script.mission_id, "type": "usage_recorded"}
+        )
+    ).json()["events"]
+    assert [(e["seq"], e["data"]["event_id"]) for e in usage_only] == [
+        (result_seq, usage["event_id"])
+    ]
+    starts = (await http.get("/events", params={"type": "agent_started"})).json()["events"]
+    assert [e["data"]["runner_id"] for e in starts] == ["runner-7"]
+
+    activity = (await http.get(f"/missions/{script.mission_id}/activity")).json()
+    assert [e["type"] for e in activity["entries"]] == ["agent_started", "agent_completed"]
