@@ -4,6 +4,7 @@ the bus right before the result, and an event that came alone as well counts onc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from aether_gateway.adapters.stream import Incoming, read_stored
 from aether_gateway.handlers import Projector
 
 from .conftest import Script, eventually
+from .test_sse import collect, messages, read_events
 
 ALONE_TYPES = [
     "mission_requested",
@@ -270,3 +272,80 @@ async def test_the_history_lists_carried_events_as_their_own_before_the_result(h
 
     activity = (await http.get(f"/missions/{script.mission_id}/activity")).json()
     assert [e["type"] for e in activity["entries"]] == ["agent_started", "agent_completed"]
+
+
+def sent(received: list[dict[str, str]]) -> list[tuple[str, str | None]]:
+    """Each SSE message's event type and id (``None`` when it has none)."""
+    return [(m["event"], m.get("id")) for m in received]
+
+
+@pytest.mark.parametrize("ring_size", [10_000, 2])
+async def test_sse_sends_carried_events_without_an_id_right_before_the_result(
+    make_gateway, nc, script, ring_size
+):
+    # With a ring of 2, what a client resumes from comes from the read model.
+    server = await make_gateway(sse_ring_size=ring_size)
+    events = mission(script, carried=True)
+    url = f"/missions/{script.mission_id}/events"
+    async with server.client() as http:
+        seqs = await publish(nc, events[:1])
+        async with http.stream("GET", url) as response:
+            assert response.status_code == 200
+            stream = messages(response)
+            await read_events(stream, 1)
+            seqs += await publish(nc, events[1:])
+            live = await read_events(stream, len(ALONE_TYPES) - 1)
+        ids = [str(seq) for seq in seqs]
+        result = ids[5]
+        expected = [
+            *zip(ALONE_TYPES[1:5], ids[1:5], strict=True),
+            ("agent_started", None),
+            ("usage_recorded", None),
+            ("agent_completed", result),
+            *zip(ALONE_TYPES[8:], ids[6:], strict=True),
+        ]
+        assert sent(live) == expected
+        assert json.loads(live[4]["data"])["event_id"] == events[5].carried[0].event_id  # type: ignore[attr-defined]
+
+        replayed = await asyncio.wait_for(collect(http, url, params={"until_terminal": "1"}), 20)
+        assert sent(replayed) == [(ALONE_TYPES[0], ids[0]), *expected]
+        assert [m["data"] for m in replayed[1:]] == [m["data"] for m in live]
+
+        # Resumed from the event before the result: the carried events come again with it.
+        resumed = await asyncio.wait_for(
+            collect(http, url, params={"until_terminal": "1"}, headers={"Last-Event-ID": ids[4]}),
+            20,
+        )
+        assert sent(resumed) == expected[4:]
+        # Resumed from the result: none of its message again.
+        after = await asyncio.wait_for(
+            collect(http, url, params={"until_terminal": "1"}, headers={"Last-Event-ID": result}),
+            20,
+        )
+        assert sent(after) == expected[7:]
+
+
+async def test_a_type_filter_gets_carried_events_with_the_last_one_sent_taking_the_id(
+    http, nc, script
+):
+    events = mission(script, carried=True)
+    seqs = await publish(nc, events[:5])
+    async with http.stream("GET", "/events/stream", params={"type": "usage_recorded"}) as live:
+        assert live.status_code == 200
+        stream = messages(live)
+        carried_seq = (await publish(nc, events[5:]))[0]
+        [usage] = await read_events(stream, 1)
+    assert sent([usage]) == [("usage_recorded", str(carried_seq))]
+    assert json.loads(usage["data"])["usage"]["cost_usd"] == 0.25
+
+    # Replayed from the read model with the start asked for too: the usage, last of its
+    # message sent, still has the id, and the start before it has none.
+    await completed(http, script.mission_id)
+    async with http.stream(
+        "GET",
+        "/events/stream",
+        params={"type": "usage_recorded,agent_started"},
+        headers={"Last-Event-ID": str(seqs[-1])},
+    ) as response:
+        replayed = await read_events(messages(response), 2)
+    assert sent(replayed) == [("agent_started", None), ("usage_recorded", str(carried_seq))]
