@@ -3,11 +3,12 @@ the read model it builds must be the one folding event by event builds, row for 
 
 Random histories (every mission event type of the catalogue, from its stored sample,
 with random tasks, attempts, plan versions, costs and budgets, interleaved across
-missions, with a payload PostgreSQL refuses, one that does not decode and an event
-republished under a new sequence) are published on real NATS and folded into real
-PostgreSQL three ways: one event at a time (the live path), in runs of random lengths,
-and by the start-up catch-up. An interrupted catch-up, resumed, must land on the same
-rows too: its position is committed with each run's rows.
+missions, attempts' results now and then carrying their start and usage (one of them
+published alone before too), with a payload PostgreSQL refuses, one that does not
+decode and an event republished under a new sequence) are published on real NATS and
+folded into real PostgreSQL three ways: one event at a time (the live path), in runs of
+random lengths, and by the start-up catch-up. An interrupted catch-up, resumed, must
+land on the same rows too: its position is committed with each run's rows.
 """
 
 from __future__ import annotations
@@ -95,7 +96,31 @@ def _event(rng: random.Random, tag: str, mission_id: str, at: int) -> dict[str, 
         data["scope"] = rng.choice(["mission", "daily:2026-01-01"])
     if tag == "budget_raised":
         data["budget_usd"] = rng.choice([1.0, 10.0])
+    if "carried" in data:
+        data["carried"] = _carried(rng, data, at)
     return data
+
+
+def _carried(rng: random.Random, result: dict[str, Any], at: int) -> list[dict[str, Any]]:
+    """Half the time, the events the attempt's ``result`` carries (the sample's start and
+    usage, made its attempt's own); otherwise none."""
+    if rng.random() < 0.5:
+        return []
+    carried = []
+    for n, sample in enumerate(result["carried"]):
+        event = json.loads(json.dumps(sample))
+        event.update(
+            mission_id=result["mission_id"],
+            task_id=result["task_id"],
+            attempt=result["attempt"],
+            event_id=uuid.uuid4().hex,
+            occurred_at=(T0 + timedelta(seconds=at - 0.5 + n * 0.1)).isoformat(),
+        )
+        if "usage" in event:
+            event["usage"]["cost_usd"] = rng.choice([None, 0.1, 1 / 3])
+            event["usage"]["input_tokens"] = rng.randint(0, 5000)
+        carried.append(event)
+    return carried
 
 
 def history(seed: int, missions: int = 12, per_mission: int = 30) -> list[bytes]:
@@ -113,7 +138,10 @@ def history(seed: int, missions: int = 12, per_mission: int = 30) -> list[bytes]
         lane.append(_event(rng, "plan_produced", mission_id, at + 1))
         for tag in rng.choices(tags, weights, k=per_mission):
             at += 1
-            lane.append(_event(rng, tag, mission_id, at))
+            event = _event(rng, tag, mission_id, at)
+            if event.get("carried") and rng.random() < 0.3:
+                lane.append(event["carried"][0])  # published alone too: folded once
+            lane.append(event)
         lanes.append([json.dumps(event).encode() for event in lane])
     stream: list[bytes] = []
     while any(lanes):
@@ -217,6 +245,9 @@ async def test_runs_fold_into_the_rows_folding_one_by_one_makes(
     assert len(expected["tasks"]) >= 8
     assert expected["projection_failures"]  # the refused text and the garbage
     assert expected["usage_records"] and expected["agent_sessions"]
+    # Events results carried, each a row of its own before its result.
+    assert any('"part": -1' in row for row in expected["events"])
+    assert any('"part": -1' in row for row in expected["usage_records"])
 
     await read_model.reset()
     await in_runs(read_model, messages, seed)

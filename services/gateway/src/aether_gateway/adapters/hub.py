@@ -14,6 +14,12 @@ A client registers first and replays afterwards: everything after ``Subscriber.s
 up to it comes from the ring or the read model. Nothing falls between the two, and the
 client drops live events it already replayed, so there is no gap and no duplicate.
 
+A message that stands for several events (an attempt's result and the events it carries,
+see ``domain.carried``) is handed to clients as those events, one after the other, all
+with the message's sequence; only the last of them a client gets is sent with the
+sequence as its id (``ends_message``). A client that resumes from an id thus gets a
+message's events all again or none of them, whatever types it asked for.
+
 The two followers run apart, so an attempt's end (on the mission stream) could reach a
 client before the attempt's last transcript entries (on telemetry), which the runner
 stores before it publishes the end; a client that stops at the mission's end would then
@@ -52,6 +58,7 @@ from aether_events import (
 )
 from aether_events.codec import without_secrets
 from aether_gateway.adapters.rows import task_of
+from aether_gateway.domain import unfolded
 from aether_runtime.follow import Follower
 from aether_runtime.reconnect import Reconnects
 from aether_runtime.unanswered import stream_end
@@ -69,9 +76,11 @@ class StreamedEvent:
 
     ``data`` is the event as clients receive it (without its secrets). Given the event
     instead, it is encoded when first asked for: most events the hub keeps for replay
-    never reach a client."""
+    never reach a client. ``ends_message``: whether it is the last event of its stream
+    message sent to the client, the one sent with the sequence as its id (see
+    ``identified``)."""
 
-    __slots__ = ("_data", "_event", "mission_id", "sequence", "task_id", "type")
+    __slots__ = ("_data", "_event", "ends_message", "mission_id", "sequence", "task_id", "type")
 
     def __init__(
         self,
@@ -82,6 +91,7 @@ class StreamedEvent:
         data: bytes | None = None,
         *,
         event: Event | None = None,
+        ends_message: bool = True,
     ) -> None:
         if data is None and event is None:
             raise ValueError("a streamed event needs its data or the event itself")
@@ -91,6 +101,7 @@ class StreamedEvent:
         self.task_id = task_id
         self._data = data
         self._event = event
+        self.ends_message = ends_message
 
     @property
     def data(self) -> bytes:
@@ -100,8 +111,35 @@ class StreamedEvent:
             self._event = None
         return self._data
 
+    def ending(self, ends_message: bool) -> StreamedEvent:
+        """The same event, ending its message as sent to a client or not."""
+        if ends_message == self.ends_message:
+            return self
+        return StreamedEvent(
+            self.sequence,
+            self.mission_id,
+            self.type,
+            self.task_id,
+            self._data,
+            event=self._event,
+            ends_message=ends_message,
+        )
+
     def __repr__(self) -> str:
         return f"StreamedEvent({self.sequence}, {self.mission_id}, {self.type})"
+
+
+def identified(events: list[StreamedEvent]) -> list[StreamedEvent]:
+    """``events`` as sent to one client (each message's events it gets, together, in
+    order), each marked whether it ends its message there: the last event a client gets
+    of a message is sent with the message's sequence as its id, the ones before it (a
+    result's carried events) without. Where a client's types leave the result out, the
+    last carried event it gets takes the id, so that it is not sent again on a resume."""
+    marked: list[StreamedEvent] = []
+    for n, event in enumerate(events, start=1):
+        ends = n == len(events) or events[n].sequence != event.sequence
+        marked.append(event.ending(ends or event.sequence is None))
+    return marked
 
 
 class _Signal:
@@ -365,13 +403,19 @@ class Hub:
         when the ring no longer reaches back to ``after``."""
         if after < self.floor:
             return None
-        return [e for e in self._ring if after < (e.sequence or 0) <= upto and wanted.matches(e)]
+        return identified(
+            [e for e in self._ring if after < (e.sequence or 0) <= upto and wanted.matches(e)]
+        )
 
     # --- the streams ----------------------------------------------------------------
 
-    def _streamed(self, msg: Msg, sequence: int | None) -> StreamedEvent | None:
+    def _message_streamed(self, msg: Msg, sequence: int) -> list[StreamedEvent]:
+        """A mission stream message as clients receive it: the events a result carries
+        (``unfolded``), then the result."""
         event = _decoded(msg)
-        return None if event is None else _streamed(event, sequence)
+        if event is None:
+            return []
+        return [_streamed(each, sequence, ends_message=part == 0) for each, part in unfolded(event)]
 
     def _telemetry_streamed(self, msg: Msg) -> list[StreamedEvent]:
         """A telemetry message as clients receive it: the entries an attempt sent
@@ -386,17 +430,23 @@ class Hub:
         sequence = msg.metadata.sequence.stream
         if sequence <= self.last_sequence:
             return
-        event = self._streamed(msg, sequence)
-        if event is not None and event.type in ATTEMPT_ENDS and self._telemetry_watched(event):
+        events = self._message_streamed(msg, sequence)
+        # The message's own event comes last, after the events it carries.
+        end = events[-1] if events else None
+        if end is not None and end.type in ATTEMPT_ENDS and self._telemetry_watched(end):
             await self._telemetry_caught_up()
         self.last_sequence = sequence
-        if event is None:
+        if end is None:
             return
-        self._ring.append(event)
+        self._ring.extend(events)
         while len(self._ring) > self._ring_size:
+            # Dropping a carried event leaves the rest of its message at the floor, which
+            # ``recent`` does not reach back to: it never gives part of a message.
             dropped = self._ring.popleft()
             self.floor = dropped.sequence or self.floor
-        self._dispatch(event, self._targets(event.mission_id))
+        for subscriber in list(self._targets(end.mission_id)):
+            for event in identified([e for e in events if subscriber.filter.matches(e)]):
+                subscriber.offer(event)
 
     async def _on_telemetry(self, msg: Msg) -> None:
         if self._telemetry_waiters:
@@ -453,11 +503,12 @@ def _decoded(msg: Msg) -> Event | None:
     return event if on_its_subject(event, msg.subject) else None
 
 
-def _streamed(event: Event, sequence: int | None) -> StreamedEvent:
+def _streamed(event: Event, sequence: int | None, *, ends_message: bool = True) -> StreamedEvent:
     return StreamedEvent(
         sequence=sequence,
         mission_id=event.mission_id,
         type=tag_of(type(event)),
         task_id=task_of(event),
         event=event,
+        ends_message=ends_message,
     )

@@ -188,7 +188,11 @@ class Queries:
         upto: int | None = None,
         limit: int = 100,
     ) -> list[StoredEvent]:
-        """Stored events after sequence ``after`` (and up to ``upto``), oldest first."""
+        """Stored events after sequence ``after`` (and up to ``upto``), oldest first.
+
+        The events an attempt's result carried share its sequence (``domain.carried``):
+        a page does not end among them, so it may hold a few more than ``limit`` events,
+        and the next page, after its last sequence, misses none."""
         where = Where()
         where.add(sql.SQL("seq > %s"), after)
         if upto is not None:
@@ -200,10 +204,16 @@ class Queries:
         if task_id is not None:
             where.add(sql.SQL("task_id = %s"), task_id)
         query = sql.SQL(
-            "SELECT seq, mission_id, type, task_id, event_id, occurred_at, payload AS data"
-            " FROM events{} ORDER BY seq LIMIT %s"
+            "SELECT seq, part, mission_id, type, task_id, event_id, occurred_at,"
+            " payload AS data FROM events{} ORDER BY seq, part"
         )
-        rows = await self._rows(query.format(where.sql()), [*where.params, limit])
+        rows = await self._rows(
+            query.format(where.sql()) + sql.SQL(" LIMIT %s"), [*where.params, limit]
+        )
+        if len(rows) == limit and rows[-1]["part"] < 0:
+            # The page ends among a result's carried events: the rest of its message.
+            where.add(sql.SQL("seq = %s AND part > %s"), rows[-1]["seq"], rows[-1]["part"])
+            rows += await self._rows(query.format(where.sql()), where.params)
         return [convert(r, StoredEvent) for r in rows]
 
     async def has_events(self, mission_id: str) -> bool:

@@ -7,6 +7,11 @@ the stored position was folded before and is skipped, so redeliveries, the start
 catch-up, several replicas folding at once and a rebuild running beside the live
 projection each change the rows exactly once.
 
+An attempt's result may carry the attempt's start and usage (``domain.carried``): each
+event it carries is recorded in ``events`` as a row of its own, at the result's sequence
+and before it, and folded as if it had come alone. An event id is recorded once, so one
+carried after it came alone, or coming alone after it was carried, is not folded again.
+
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
 stream's (``<consumer>-telemetry``); they count different streams' sequences. Transcript
 entries arrive with telemetry and are kept in ``transcript_entries`` (``transcripts``),
@@ -58,6 +63,7 @@ from aether_gateway.domain import (
     ProjectionFailure,
     SessionUpdate,
     Task,
+    carries,
     fold,
     placeholder_mission,
     salvage,
@@ -364,7 +370,8 @@ class ReadModel:
         is known to exist, else in pipeline mode, where a statement whose answer is not
         read yet goes with the next one whose answer is (see ``_in_one_go``)."""
         assert item.event is not None
-        if consumer in self._positions_seen:
+        # A result carrying events is several events to record: the run's statements.
+        if consumer in self._positions_seen and not carries(item.event):
             async with _autocommit(conn):
                 taken = await self._take_scripted(conn, item.event, item.seq, consumer, stream)
             if taken is not None:
@@ -523,6 +530,8 @@ class ReadModel:
         return True
 
     async def _fold(self, conn: AsyncConnection, event: Event, sequence: int) -> bool:
+        if carries(event):
+            return bool(await fold_events(conn, [(event, sequence)]))
         return await self._fold_read(
             conn, event, sequence, *await self._record(conn, event, sequence)
         )
@@ -664,12 +673,14 @@ class ReadModel:
             await faults.close_gap(conn, self.consumer, from_seq)
 
     async def last_folded(self) -> tuple[int, str] | None:
-        """The latest event folded at or below the position, as (sequence, event id)."""
+        """The latest event folded at or below the position, as (sequence, event id): a
+        message's own event, not one its result carried."""
         async with self._db.pool.connection() as conn:
             cur = await conn.execute(
                 """
                 SELECT seq, event_id FROM events
-                WHERE seq <= (SELECT coalesce(max(last_seq), 0) FROM projection_position
+                WHERE part = 0
+                  AND seq <= (SELECT coalesce(max(last_seq), 0) FROM projection_position
                               WHERE consumer = %s)
                 ORDER BY seq DESC LIMIT 1
                 """,
@@ -762,8 +773,8 @@ Statement = tuple[bytes | LiteralString, Params | None]
 # The same event id at a new sequence (republished after the stream's duplicate window)
 # is history already: record nothing, fold nothing.
 _RECORD_EVENT = b"""
-INSERT INTO events (seq, mission_id, type, task_id, event_id, occurred_at, payload)
-VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+INSERT INTO events (seq, part, mission_id, type, task_id, event_id, occurred_at, payload)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)
 ON CONFLICT DO NOTHING
 RETURNING seq
 """

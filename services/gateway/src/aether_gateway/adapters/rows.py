@@ -145,11 +145,13 @@ def task_of(event: Event) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def event_row(event: Event, sequence: int) -> tuple[Any, ...]:
-    """An event as the ``events`` table stores it: its sequence, mission, type, task, id,
-    time and JSON (without secrets), in that order."""
+def event_row(event: Event, sequence: int, part: int = 0) -> tuple[Any, ...]:
+    """An event as the ``events`` table stores it: its sequence, its part of its message
+    (see ``domain.carried``), mission, type, task, id, time and JSON (without secrets),
+    in that order."""
     return (
         sequence,
+        part,
         event.mission_id,
         tag_of(type(event)),
         task_of(event),

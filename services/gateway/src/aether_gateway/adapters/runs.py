@@ -7,6 +7,10 @@ answers which of them are new), the rows of every mission the run touches are re
 two more, the events are folded in memory (``fold_run``) and the rows as they stand at
 the end of the run are written by one batch per table. The caller holds the position
 locked and moves it in the same transaction, as for a single event.
+
+A message that stands for several events (an attempt's result and the events it
+carries, see ``domain.carried``) is folded here too, each event recorded at its own part
+of the message and folded only if new, as if it had come alone.
 """
 
 from __future__ import annotations
@@ -35,38 +39,43 @@ from aether_gateway.domain import (
     MissionView,
     Task,
     UsageEntry,
+    unfolded,
 )
 from aether_gateway.domain.run import fold_run, tasks_needed
 
 # Every event of the run in one statement. ``ON CONFLICT DO NOTHING`` skips an event
-# recorded before (its sequence, or its id at another sequence: republished after the
-# stream's duplicate window) and, rows being inserted in the run's order, the second of
-# two events with one id inside the run; ``RETURNING`` names the ones recorded now.
+# recorded before (its sequence and part, or its id at another place: republished after
+# the stream's duplicate window, or carried by a result after it came alone, or the
+# other way round) and, rows being inserted in the run's order, the second of two events
+# with one id inside the run; ``RETURNING`` names the ones recorded now.
 # The arrays go in binary (``%b``): as text, every payload would be quoted and escaped.
 _RECORD_EVENTS = """
-INSERT INTO events (seq, mission_id, type, task_id, event_id, occurred_at, payload)
-SELECT e.seq, e.mission_id, e.type, e.task_id, e.event_id, e.occurred_at, e.payload::jsonb
-FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+INSERT INTO events (seq, part, mission_id, type, task_id, event_id, occurred_at, payload)
+SELECT e.seq, e.part, e.mission_id, e.type, e.task_id, e.event_id, e.occurred_at,
+       e.payload::jsonb
+FROM unnest(%b::bigint[], %b::smallint[], %b::text[], %b::text[], %b::text[], %b::text[],
             %b::timestamptz[], %b::text[])
-     WITH ORDINALITY AS e(seq, mission_id, type, task_id, event_id, occurred_at, payload, n)
+     WITH ORDINALITY
+     AS e(seq, part, mission_id, type, task_id, event_id, occurred_at, payload, n)
 ORDER BY e.n
 ON CONFLICT DO NOTHING
-RETURNING seq
+RETURNING seq, part
 """
 
 
 class Sent:
-    """A run's record and reads, sent and not yet answered (see ``send_run``)."""
+    """A run's record and reads, sent and not yet answered (see ``send_run``);
+    ``events`` are the run's events unfolded, each with its sequence and part."""
 
     def __init__(
         self,
-        run: list[tuple[Event, int]],
+        events: list[tuple[Event, int, int]],
         needed: dict[str, list[str] | None],
         recorded: AsyncCursor[Any],
         missions: AsyncCursor[DictRow],
         tasks: AsyncCursor[DictRow],
     ) -> None:
-        self.run = run
+        self.events = events
         self.needed = needed
         self.recorded = recorded
         self.missions = missions
@@ -75,7 +84,8 @@ class Sent:
 
 async def fold_events(conn: AsyncConnection, run: list[tuple[Event, int]]) -> int:
     """Fold ``run`` (events with their stream sequences, in stream order, each above the
-    position) in the caller's transaction; returns how many were new to the read model."""
+    position) in the caller's transaction; returns how many events were new to the read
+    model (counting those a result carries)."""
     if not run:
         return 0
     return await finish_run(conn, await send_run(conn, run))
@@ -85,12 +95,13 @@ async def send_run(conn: AsyncConnection, run: list[tuple[Event, int]]) -> Sent:
     """The first half of ``fold_events``: record the run's events and ask for the rows
     they read, without waiting for an answer (in a pipeline, these go to the server
     with whatever is sent before the next answer is read)."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-    for event, sequence in run:
-        for column, value in zip(columns, event_row(event, sequence), strict=True):
+    events = [(each, seq, part) for event, seq in run for each, part in unfolded(event)]
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+    for event, sequence, part in events:
+        for column, value in zip(columns, event_row(event, sequence, part), strict=True):
             column.append(value)
     recorded = await conn.execute(_RECORD_EVENTS, columns)
-    needed = tasks_needed([event for event, _ in run])
+    needed = tasks_needed([event for event, _, _ in events])
     mission_ids = sorted(needed)
     whole = [m for m in mission_ids if needed[m] is None]
     some = [(m, t) for m in mission_ids for t in needed[m] or ()]
@@ -106,13 +117,13 @@ async def send_run(conn: AsyncConnection, run: list[tuple[Event, int]]) -> Sent:
         " (SELECT * FROM unnest(%s::text[], %s::text[]))",
         (whole, [m for m, _ in some], [t for _, t in some]),
     )
-    return Sent(run, needed, recorded, missions, tasks)
+    return Sent(events, needed, recorded, missions, tasks)
 
 
 async def finish_run(conn: AsyncConnection, sent: Sent) -> int:
     """The second half of ``fold_events``: read the answers, fold, write the rows."""
-    run, needed = sent.run, sent.needed
-    fresh = {int(row[0]) for row in await sent.recorded.fetchall()}
+    events, needed = sent.events, sent.needed
+    fresh = {(int(row[0]), int(row[1])) for row in await sent.recorded.fetchall()}
     views: dict[str, MissionView] = {}
     async with sent.missions as missions:
         for row in await missions.fetchall():
@@ -124,7 +135,7 @@ async def finish_run(conn: AsyncConnection, sent: Sent) -> int:
             if view is not None:
                 view.tasks[task.task_id] = task
     await _count_tasks(conn, views, needed)
-    writes = fold_run(views, [(event, seq) for event, seq in run if seq in fresh])
+    writes = fold_run(views, [e for e in events if (e[1], e[2]) in fresh])
     await _write_many(conn, UPSERT_MISSIONS, writes.missions)
     await _write_many(conn, UPSERT_PLANS, writes.plans)
     if writes.removed_tasks:

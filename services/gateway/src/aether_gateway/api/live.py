@@ -6,7 +6,9 @@ events are replayed from the hub's ring of recent events or from the read model,
 live ones follow from the hub's single subscription. Telemetry (agent progress,
 heartbeats and transcript entries, on request) is sent without an ``id``: it is not
 replayed, and leaving the id out keeps the client's resume point on the last mission
-event.
+event. So are the events an attempt's result carried, which share its sequence: they
+come right before it, and the result (or the last of them a client's types let through)
+is sent with the id, so a resume gets them all again or none (see ``hub.identified``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from aether_events import TERMINAL_TYPES, TYPES_BY_TAG, decode, encode, is_valid_token, tag_of
 from aether_gateway import metrics
-from aether_gateway.adapters.hub import CLOSED, IDLE, Filter, StreamedEvent
+from aether_gateway.adapters.hub import CLOSED, IDLE, Filter, StreamedEvent, identified
 from aether_gateway.api.auth import QUERY_TOKEN_OPT, READ
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses, mission_not_found
@@ -98,6 +100,7 @@ async def _replay(
                 raise RuntimeError("the read model is too far behind the stream to replay")
     cursor = after
     while cursor < position:
+        # A page holds whole messages (``Queries.events``): its carried events are marked.
         page = await ctx.queries.events(
             mission_id=wanted.mission_id,
             types=sorted(wanted.types) if wanted.types else None,
@@ -105,8 +108,8 @@ async def _replay(
             upto=position,
             limit=_PAGE,
         )
-        for stored in page:
-            yield StreamedEvent(
+        streamed = [
+            StreamedEvent(
                 sequence=stored.seq,
                 mission_id=stored.mission_id,
                 type=stored.type,
@@ -114,6 +117,10 @@ async def _replay(
                 # The same bytes the hub sends live: stored JSON, decoded and encoded again.
                 data=encode(decode(msgspec.json.encode(stored.data))),
             )
+            for stored in page
+        ]
+        for event in identified(streamed):
+            yield event
         if len(page) < _PAGE:
             break
         cursor = page[-1].seq
@@ -133,7 +140,8 @@ async def _wait_for_position(ctx: GatewayContext, target: int) -> int:
 
 def _message(event: StreamedEvent) -> ServerSentEventMessage:
     metrics.SSE_EVENTS_SENT.inc()
-    return ServerSentEventMessage(id=event.sequence, event=event.type, data=event.data.decode())
+    sequence = event.sequence if event.ends_message else None
+    return ServerSentEventMessage(id=sequence, event=event.type, data=event.data.decode())
 
 
 async def _still_good(ctx: GatewayContext, token: object) -> bool:
@@ -180,7 +188,8 @@ async def _stream(
             if after < start:
                 async for event in _replay(ctx, after, start, wanted):
                     yield _message(event)
-                    last = event.sequence or last
+                    if event.ends_message:
+                        last = event.sequence or last
                     if until_terminal and event.type in TERMINAL_TAGS:
                         return
             while not ctx.closing.is_set():
@@ -203,7 +212,8 @@ async def _stream(
                 if item.sequence is not None:
                     if item.sequence <= last:
                         continue  # replayed already
-                    last = item.sequence
+                    if item.ends_message:
+                        last = item.sequence  # not before: the rest of its message follows
                 yield _message(item)
                 if until_terminal and item.type in TERMINAL_TAGS:
                     return
@@ -220,7 +230,8 @@ _STREAM = ResponseSpec(
     generate_examples=False,
     description=(
         "Server-Sent Events: `id` is the stream sequence, `event` the event type, `data` "
-        "the event as JSON; a `: keep-alive` comment when quiet"
+        "the event as JSON; a `: keep-alive` comment when quiet. Telemetry has no `id`, "
+        "nor have the events an attempt's result carried, sent right before it"
     ),
 )
 _SSE_ERRORS = {200: _STREAM, **error_responses(400, 401, 403, 404)}

@@ -352,7 +352,9 @@ async def list_events(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> EventPage:
     """Each event with its stream sequence (``seq``); pass the last one (or
-    ``next_after``) as ``after`` for the next page."""
+    ``next_after``) as ``after`` for the next page. The events an attempt's result
+    carried come before it with its sequence; a page never ends among them, so it may
+    hold a few more than ``limit``."""
     await ctx.settled()
     types = [t for v in type or [] for t in v.split(",") if t] or None
     unknown = [t for t in types or [] if t not in TYPES_BY_TAG]
@@ -361,7 +363,7 @@ async def list_events(
     events = await ctx.queries.events(
         mission_id=mission_id, types=types, task_id=task_id, after=after, limit=limit
     )
-    next_after = events[-1].seq if len(events) == limit else None
+    next_after = events[-1].seq if len(events) >= limit else None
     return EventPage(events=events, next_after=next_after)
 
 

@@ -2,6 +2,7 @@
 what commands become, and who may run them. Imports only the standard library,
 msgspec and the event catalogue."""
 
+from aether_gateway.domain.carried import carries, unfolded
 from aether_gateway.domain.fold import Changes, MissionView, fold, session_update, tasks_read
 from aether_gateway.domain.graph import Edge, Graph, task_graph
 from aether_gateway.domain.model import (
@@ -50,6 +51,7 @@ __all__ = [
     "Task",
     "TaskStatus",
     "UsageEntry",
+    "carries",
     "fold",
     "next_status",
     "placeholder_mission",
@@ -61,4 +63,5 @@ __all__ = [
     "session_update",
     "task_graph",
     "tasks_read",
+    "unfolded",
 ]

@@ -1,7 +1,7 @@
 """The read model, pure: how one event changes a mission's rows.
 
-``fold(view, event, sequence)`` takes the rows the event can touch (the mission and its
-tasks) and returns the rows to write. It does no I/O and reads no clock, so every rule
+``fold(view, event, sequence, part)`` takes the rows the event can touch (the mission and
+its tasks) and returns the rows to write. It does no I/O and reads no clock, so every rule
 below is tested with plain values; the PostgreSQL adapter loads the view, calls ``fold``
 and writes the ``Changes`` together with the stream position in one transaction.
 """
@@ -109,8 +109,9 @@ class Changes(msgspec.Struct, kw_only=True):
         )
 
 
-def fold(view: MissionView, event: Event, sequence: int = 0) -> Changes:
-    """The rows ``event`` (stored at ``sequence``) changes, given the rows it may touch."""
+def fold(view: MissionView, event: Event, sequence: int = 0, part: int = 0) -> Changes:
+    """The rows ``event`` (stored at ``sequence``, as its message's ``part``: see
+    ``carried``) changes, given the rows it may touch."""
     if isinstance(event, MissionRequested):
         if view.mission is not None:
             return Changes()  # the mission exists; a second request for the id is ignored
@@ -119,7 +120,7 @@ def fold(view: MissionView, event: Event, sequence: int = 0) -> Changes:
     if mission is None:
         return Changes()  # an event for a mission we never saw requested: history only
     changes = _fold_tasks(view, event)
-    changes.usage = _usage_entry(event, sequence)
+    changes.usage = _usage_entry(event, sequence, part)
     changes.message = _message(event, sequence)
     changes.alert = _alert(event, sequence)
     changes.session = session_update(event)
@@ -318,12 +319,13 @@ def _add_usage(mission: Mission, event: UsageRecorded) -> Mission:
 # --- append-only rows ----------------------------------------------------------------
 
 
-def _usage_entry(event: Event, sequence: int) -> UsageEntry | None:
+def _usage_entry(event: Event, sequence: int, part: int) -> UsageEntry | None:
     if not isinstance(event, UsageRecorded):
         return None
     usage = event.usage
     return UsageEntry(
         seq=sequence,
+        part=part,
         mission_id=event.mission_id,
         occurred_at=event.occurred_at,
         service=event.service,

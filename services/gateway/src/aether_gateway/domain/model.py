@@ -138,9 +138,11 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UsageEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of ``usage_records``: a model call (or several) and its cost."""
+    """One row of ``usage_records``: a model call (or several) and its cost, named by
+    the event it comes from (its sequence and part: see ``carried``)."""
 
     seq: int
+    part: int = 0
     mission_id: str
     occurred_at: datetime
     service: str

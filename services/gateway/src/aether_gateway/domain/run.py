@@ -82,22 +82,22 @@ def tasks_needed(events: list[Event]) -> dict[str, list[str] | None]:
     return {m: None if ids is None else sorted(ids) for m, ids in needed.items()}
 
 
-def fold_run(views: dict[str, MissionView], events: list[tuple[Event, int]]) -> RunWrites:
-    """The rows to write for ``events`` (each with its stream sequence, in stream order),
-    given ``views``: for every mission the events name, its mission row and its task
-    rows as stored before the run, all of them or those ``tasks_needed`` names with the
-    mission's task count when one of those does not exist (a mission not stored yet may
-    be left out)."""
+def fold_run(views: dict[str, MissionView], events: list[tuple[Event, int, int]]) -> RunWrites:
+    """The rows to write for ``events`` (each with its stream sequence and its part of
+    its message, see ``carried``; in stream order), given ``views``: for every mission
+    the events name, its mission row and its task rows as stored before the run, all of
+    them or those ``tasks_needed`` names with the mission's task count when one of those
+    does not exist (a mission not stored yet may be left out)."""
     start = dict(views)
     current = dict(views)
     plans: dict[tuple[str, int], Plan] = {}
     removed: dict[str, set[str]] = {}
     touched: dict[str, set[str]] = {}
     writes = RunWrites()
-    for event, sequence in events:
+    for event, sequence, part in events:
         mission_id = event.mission_id
         view = current.get(mission_id) or MissionView()
-        changes = fold(view, event, sequence)
+        changes = fold(view, event, sequence, part)
         if changes.empty:
             continue
         current[mission_id] = advanced(view, changes)

@@ -6,6 +6,12 @@ import { token, signedOut } from "./api.js";
 
 const listeners = new Set();
 
+// The event types an attempt's result may carry. The gateway sends a carried event
+// without an id, right before the event with its message's sequence as id (the result,
+// or the last carried one a type filter lets through): it is held until then and
+// applied with that sequence, or dropped with it when seen already.
+const CARRIED = new Set(["agent_started", "usage_recorded"]);
+
 /**
  * How long pages take to apply live events and to redraw from the read model: kept for
  * anyone who asks (the benchmark in bench/board.py reads it), bounded in size.
@@ -42,6 +48,7 @@ export class LiveStream {
     this.onTelemetry = onTelemetry;
     this.telemetry = telemetry;
     this.lastId = after;
+    this.carried = [];
     this.closed = false;
     this.controller = null;
     this.retry = 500;
@@ -105,6 +112,7 @@ export class LiveStream {
     }
     this.connections += 1;
     this.retry = 500;
+    this.carried = []; // a message cut by the drop comes again whole
     announce("live");
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
@@ -142,14 +150,25 @@ export class LiveStream {
     } catch {
       return;
     }
+    if (id === null && CARRIED.has(type)) {
+      this.carried.push([type, payload]);
+      return;
+    }
     if (id === null) {
       // Telemetry: no id, not replayed, never moves the resume point.
       if (this.onTelemetry) this.onTelemetry(type, payload);
       return;
     }
     const seq = Number(id);
+    const carried = this.carried;
+    this.carried = [];
     if (!(seq > this.lastId)) return; // seen already
     this.lastId = seq;
+    for (const [carriedType, carriedPayload] of carried) this.apply(carriedType, carriedPayload, seq);
+    this.apply(type, payload, seq);
+  }
+
+  apply(type, payload, seq) {
     const started = performance.now();
     this.onEvent(type, payload, seq);
     record("apply", performance.now() - started);
