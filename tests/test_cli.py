@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aether.cli import _attach_secrets, _parser
-from aether.client import SseEvent, parse_sse
+from aether.client import SseEvent, parse_sse, whole_messages
 from aether.credentials import load_or_create_admin_token, new_secret, resolve_token
 from aether.gitview import create_sample_repository
 from aether.locate import find_target, remember_home
@@ -129,6 +129,32 @@ def test_sse_parsing_keeps_ids_and_skips_comments():
     )
     parsed = list(parse_sse(lines))
     assert [(e.id, e.event, e.data) for e in parsed] == [("7", "x", {"a": 1}), (None, "y", {})]
+
+
+def test_events_a_result_carried_are_given_only_with_the_result():
+    def sse(event_id, event):
+        return SseEvent(event_id, event, {})
+
+    stream = [
+        sse("4", "workspace_ready"),
+        sse(None, "agent_started"),
+        sse(None, "transcript_recorded"),
+        sse(None, "usage_recorded"),
+        sse("5", "agent_completed"),
+    ]
+    given = [(e.id, e.event) for e in whole_messages(iter(stream))]
+    # Telemetry as it comes; the start and usage right before their result.
+    assert given == [
+        ("4", "workspace_ready"),
+        (None, "transcript_recorded"),
+        (None, "agent_started"),
+        (None, "usage_recorded"),
+        ("5", "agent_completed"),
+    ]
+    # Cut before the result: what it carried is not given (the resumed stream sends it
+    # again, with the result).
+    cut = [(e.id, e.event) for e in whole_messages(iter(stream[:4]))]
+    assert cut == [("4", "workspace_ready"), (None, "transcript_recorded")]
 
 
 @pytest.mark.parametrize(

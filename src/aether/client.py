@@ -262,7 +262,28 @@ class GatewayClient:
                 raise ApiError(response.status_code, response.read().decode())
             if on_open is not None:
                 on_open()
-            yield from parse_sse(response.iter_lines())
+            yield from whole_messages(parse_sse(response.iter_lines()))
+
+
+# What an attempt's result may carry (``AgentCompleted.carried``): the gateway streams
+# each right before the result, without an id of its own.
+CARRIED = frozenset({"agent_started", "usage_recorded"})
+
+
+def whole_messages(events: Iterator[SseEvent]) -> Iterator[SseEvent]:
+    """``events`` with those a result carried held back until the result comes: a
+    stream cut between them is resumed after the event before, and sends them again with
+    the result, so given at once they would count twice (a usage's tokens). Telemetry,
+    which has no id either, passes as it comes."""
+    held: list[SseEvent] = []
+    for event in events:
+        if event.id is None and event.event in CARRIED:
+            held.append(event)
+            continue
+        if event.id is not None and held:
+            yield from held
+            held = []
+        yield event
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
