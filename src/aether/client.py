@@ -265,15 +265,15 @@ class GatewayClient:
             yield from whole_messages(parse_sse(response.iter_lines()))
 
 
-# What an attempt's result may carry (``AgentCompleted.carried``): the gateway streams
-# each right before the result, without an id of its own.
-CARRIED = frozenset({"agent_started", "usage_recorded"})
+# What an event may carry (an attempt's result its start and usage, a TaskReady its
+# waves): the gateway streams each right before the event, without an id of its own.
+CARRIED = frozenset({"agent_started", "usage_recorded", "wave_completed", "wave_started"})
 
 
 def whole_messages(events: Iterator[SseEvent]) -> Iterator[SseEvent]:
-    """``events`` with those a result carried held back until the result comes: a
-    stream cut between them is resumed after the event before, and sends them again with
-    the result, so given at once they would count twice (a usage's tokens). Telemetry,
+    """``events`` with those another carried held back until it comes: a stream cut
+    between them is resumed after the event before, and sends them again with the one
+    that carries them, so given at once they would count twice (a usage's tokens). Telemetry,
     which has no id either, passes as it comes."""
     held: list[SseEvent] = []
     for event in events:

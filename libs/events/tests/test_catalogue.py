@@ -16,9 +16,13 @@ from aether_events import (
     AgentHeartbeat,
     AgentStarted,
     MissionRequested,
+    TaskReady,
     TranscriptEntries,
     UnknownEventType,
     UsageRecorded,
+    WaveCompleted,
+    WaveStarted,
+    alone,
     carried_by,
     decode,
     derived_id,
@@ -181,6 +185,25 @@ def test_a_stream_read_as_events_has_each_carried_event_once_before_its_result()
     assert unfolded([started, before, result]) == [started, before, used, result]
     # A message stored twice is one event.
     assert unfolded([before, before]) == [before]
+
+
+def test_a_task_ready_stands_for_the_waves_it_carries_then_itself() -> None:
+    event = decode((SAMPLES / "v6" / "task_ready.json").read_bytes())
+    assert isinstance(event, TaskReady)
+    completed, started, itself = carried_by(event)
+    assert isinstance(completed, WaveCompleted) and isinstance(started, WaveStarted)
+    assert (completed.wave, started.wave, itself.wave) == (0, 1, 1)
+    assert itself is event
+    assert alone(event) == msgspec.structs.replace(event, carried=[])
+    assert carried_by(alone(event)) == [alone(event)]
+    other = json.loads((SAMPLES / "v6" / "task_ready.json").read_bytes())
+    other["carried"][0]["mission_id"] = "m-other"
+    with pytest.raises(msgspec.ValidationError, match="another mission"):
+        decode(json.dumps(other).encode())
+    # Only waves are carried by a TaskReady.
+    started_alone = json.loads((SAMPLES / "v2" / "agent_started.json").read_bytes())
+    with pytest.raises(msgspec.ValidationError):
+        decode(json.dumps({**other, "carried": [started_alone]}).encode())
 
 
 def test_a_result_carries_only_events_of_its_own_attempt() -> None:

@@ -101,21 +101,24 @@ def _event(rng: random.Random, tag: str, mission_id: str, at: int) -> dict[str, 
     return data
 
 
-def _carried(rng: random.Random, result: dict[str, Any], at: int) -> list[dict[str, Any]]:
-    """Half the time, the events the attempt's ``result`` carries (the sample's start and
-    usage, made its attempt's own); otherwise none."""
+def _carried(rng: random.Random, carrier: dict[str, Any], at: int) -> list[dict[str, Any]]:
+    """Half the time, the events ``carrier`` carries (an attempt's result: the sample's
+    start and usage, made its attempt's own; a task_ready: the sample's waves, made its
+    mission's own); otherwise none."""
     if rng.random() < 0.5:
         return []
     carried = []
-    for n, sample in enumerate(result["carried"]):
+    for n, sample in enumerate(carrier["carried"]):
         event = json.loads(json.dumps(sample))
         event.update(
-            mission_id=result["mission_id"],
-            task_id=result["task_id"],
-            attempt=result["attempt"],
+            mission_id=carrier["mission_id"],
             event_id=uuid.uuid4().hex,
             occurred_at=(T0 + timedelta(seconds=at - 0.5 + n * 0.1)).isoformat(),
         )
+        if "task_id" in event:
+            event.update(task_id=carrier["task_id"], attempt=carrier["attempt"])
+        if "wave" in event:
+            event["wave"] = rng.randint(0, 2)
         if "usage" in event:
             event["usage"]["cost_usd"] = rng.choice([None, 0.1, 1 / 3])
             event["usage"]["input_tokens"] = rng.randint(0, 5000)

@@ -19,19 +19,25 @@ from aether_events import (
     BudgetExceeded,
     BudgetWarning,
     Event,
+    MissionCompleted,
     MissionRequested,
     PlanApproved,
     PlanProduced,
     RepositoryPrepared,
+    TaskReady,
     TaskRetried,
     Usage,
     UsageRecorded,
+    WaveCompleted,
+    WaveStarted,
+    alone,
     carried_by,
+    tag_of,
 )
 from aether_events.testing import InMemoryPublisher
 from aether_runtime import Delivery, Projection
 from aether_scheduler.domain import State, evolve
-from aether_scheduler.handlers import Handlers
+from aether_scheduler.handlers import Handlers, packed
 
 from .scenario import CONFIG, T0, Scenario, task
 
@@ -244,3 +250,48 @@ def test_usage_counted_for_an_attempt_is_not_counted_again(usage_first: bool) ->
     # Another of the attempt's model calls counts.
     other = msgspec.structs.replace(usage, event_id="another")
     assert evolve(state, other).missions["m-test"].spent_usd == pytest.approx(1.0)
+
+
+def wave(kind: type[WaveCompleted | WaveStarted], number: int, mission_id: str = M) -> Event:
+    return kind(**{**meta(f"{tag_of(kind)}-{number}", 1), "mission_id": mission_id}, wave=number)
+
+
+def ready(task_id: str, mission_id: str = M) -> TaskReady:
+    return TaskReady(
+        **{**meta(f"ready-{task_id}", 2), "mission_id": mission_id},
+        task=task(task_id),
+        attempt=1,
+        model="m",
+    )
+
+
+def test_the_waves_decided_right_before_a_task_ready_go_inside_it() -> None:
+    ended, begun = wave(WaveCompleted, 1), wave(WaveStarted, 2)
+    first, second = ready("a"), ready("b")
+    done = MissionCompleted(
+        **meta("done", 3), final_sha="f", integration_branch="b", tasks_merged=2
+    )
+    messages = packed([ended, begun, first, second])
+    assert [type(m) for m in messages] == [TaskReady, TaskReady]
+    assert carried_by(messages[0]) == [ended, begun, messages[0]]
+    assert messages[1] == second
+    # Nothing after them to carry them: they go alone, in order.
+    assert packed([ended, done]) == [ended, done]
+    assert packed([begun]) == [begun]
+    # Only a TaskReady of their mission carries them.
+    other = ready("c", mission_id="m-other")
+    assert packed([ended, other]) == [ended, other]
+    # Whatever the grouping, the events are those decided, in order.
+    for decided in ([ended, begun, first, second], [first, ended, done], [ended, other, begun]):
+        assert [alone(e) for m in packed(decided) for e in carried_by(m)] == decided
+
+
+async def test_a_mission_stores_its_waves_inside_the_task_ready_they_came_with() -> None:
+    scheduler = await run("alone")
+    stored = scheduler.stream.stored()
+    assert not [e for e in stored if isinstance(e, WaveStarted | WaveCompleted)]
+    (carrying,) = [e for e in stored if isinstance(e, TaskReady) and e.carried]
+    assert [type(e) for e in carried_by(carrying)] == [WaveStarted, TaskReady]
+    # Folded as if stored alone: the scheduler knows the wave began.
+    assert 0 in scheduler.mission.waves_started
+    assert [type(e) for e in scheduler.stream.of(WaveStarted)] == [WaveStarted]

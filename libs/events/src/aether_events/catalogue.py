@@ -241,6 +241,8 @@ class BudgetExceeded(Event, frozen=True, kw_only=True, tag="budget_exceeded"):
 
 
 class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
+    """``carried``: see ``carried_by`` (added in v1.3)."""
+
     task: PlannedTask
     attempt: int
     model: str
@@ -255,6 +257,12 @@ class TaskReady(Event, frozen=True, kw_only=True, tag="task_ready"):
     # A resolution attempt: this earlier commit of the task, which conflicted, is merged
     # into the new workspace with its conflicts marked for the agent to resolve.
     resolve_sha: str | None = None
+    carried: list[WaveCompleted | WaveStarted] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for event in self.carried:
+            if event.mission_id != self.mission_id:
+                raise ValueError("a task_ready carries an event of another mission")
 
 
 class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
@@ -345,17 +353,28 @@ def _check_carried(result: AgentCompleted | AgentFailed) -> None:
 def carried_by(event: Event) -> list[Event]:
     """The events ``event`` stands for, in the order they happened: an attempt's result
     (``AgentCompleted``, ``AgentFailed``) that carries the attempt's ``AgentStarted`` and
-    ``UsageRecorded`` events is those events, then itself; any other event is itself.
+    ``UsageRecorded`` events is those events, then itself; a ``TaskReady`` that carries
+    the ``WaveCompleted`` and ``WaveStarted`` the scheduler decided with it is those, then
+    itself; any other event is itself.
 
     An attempt's stream holds those events back for a moment (``TRANSCRIPT_LINGER`` in
     the agent runner) and publishes what it still holds inside the result, so an attempt
-    that ends that soon is one message on the bus instead of four: each carried event
-    keeps its own id and time, and every consumer folds it as if it had come alone,
-    right before the result. One published alone before is the same event again (same
-    id), folded once."""
-    if isinstance(event, AgentCompleted | AgentFailed) and event.carried:
+    that ends that soon is one message on the bus instead of four; the scheduler sends
+    the waves a merge ends and begins inside the TaskReady decided with them (a chained
+    task's: one message instead of three). Each carried event keeps its own id and time,
+    and every consumer folds it as if it had come alone, right before the event that
+    carries it. One published alone before is the same event again (same id), folded
+    once."""
+    if isinstance(event, AgentCompleted | AgentFailed | TaskReady) and event.carried:
         return [*event.carried, event]
     return [event]
+
+
+def alone(event: Event) -> Event:
+    """``event`` as it would have come without the events it carries."""
+    if isinstance(event, AgentCompleted | AgentFailed | TaskReady) and event.carried:
+        return msgspec.structs.replace(event, carried=[])
+    return event
 
 
 def unfolded(events: Iterable[Event]) -> list[Event]:

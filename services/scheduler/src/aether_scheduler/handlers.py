@@ -8,7 +8,18 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from aether_events import Event, Publisher, carried_by, publish_in_order, tag_of
+import msgspec
+
+from aether_events import (
+    Event,
+    Publisher,
+    TaskReady,
+    WaveCompleted,
+    WaveStarted,
+    carried_by,
+    publish_in_order,
+    tag_of,
+)
 from aether_runtime import Delivery, Projection, note, stored_sequence
 from aether_scheduler import metrics
 from aether_scheduler.domain import (
@@ -98,12 +109,14 @@ class Handlers:
         # In order, with one wait for all the acknowledgements: a merge that frees the
         # next task decides WaveCompleted, WaveStarted and TaskReady, and the TaskReady a
         # chained mission waits for is stored a round trip after them, not three.
-        acks = await publish_in_order(self._publisher(), decided)
-        for out, ack in zip(decided, acks, strict=True):
+        messages = packed(decided)
+        acks = await publish_in_order(self._publisher(), messages)
+        for message, ack in zip(messages, acks, strict=True):
             # Applied before the lock is let go: the next event must see this decision
             # even before it comes back through the consumer (it is then skipped as
             # already applied).
-            self._apply(out, stored_sequence(ack))
+            for out in carried_by(message):
+                self._apply(out, stored_sequence(ack))
 
     def _log(self, decided: list[Event]) -> None:
         if not decided:
@@ -148,3 +161,25 @@ class Handlers:
                 self._deadline = None
         # Ending on a flag, not only on cancellation: on Python 3.11 ``wait_for`` can
         # swallow a cancellation that arrives just as what it waits for completes.
+
+
+def packed(decided: list[Event]) -> list[Event]:
+    """``decided`` as the messages to publish: the waves decided right before a
+    ``TaskReady`` of their mission go inside it (``TaskReady.carried``). A merge that
+    frees a chained mission's next task decides WaveCompleted, WaveStarted and
+    TaskReady: one message stored and delivered to the gateway instead of three. Every
+    consumer unfolds them (``carried_by``), each with its own id, in the same order."""
+    out: list[Event] = []
+    waves: list[WaveCompleted | WaveStarted] = []
+    for event in decided:
+        if isinstance(event, WaveCompleted | WaveStarted):
+            waves.append(event)
+            continue
+        if isinstance(event, TaskReady) and all(w.mission_id == event.mission_id for w in waves):
+            if waves:
+                event = msgspec.structs.replace(event, carried=[*event.carried, *waves])
+        else:
+            out += waves
+        waves = []
+        out.append(event)
+    return out + waves
