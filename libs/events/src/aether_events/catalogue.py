@@ -8,13 +8,15 @@ live in ``libs/events/tests/samples`` and must keep decoding.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import msgspec
 
 from aether_events.usage import Usage
+
+E = TypeVar("E", bound="Event")
 
 # The model tiers a plan may ask for, cheapest first (``TIERS`` lists them in that order).
 Tier = Literal["small", "standard", "complex"]
@@ -382,13 +384,18 @@ def unfolded(events: Iterable[Event]) -> list[Event]:
     id, as every consumer folds it: an event carried by a result may have been published
     alone before), in the order they come: what a reader of a stream that asks whether
     an event happened, or when, must look at rather than the messages stored."""
+    return _each_once(events, carried_by)
+
+
+def _each_once(events: Iterable[Event], parts: Callable[[Event], Iterable[E]]) -> list[E]:
+    """The ``parts`` of ``events``, in order, each id once (its first copy)."""
     seen: set[str] = set()
-    out: list[Event] = []
+    out: list[E] = []
     for event in events:
-        for one in carried_by(event):
-            if one.event_id not in seen:
-                seen.add(one.event_id)
-                out.append(one)
+        for part in parts(event):
+            if part.event_id not in seen:
+                seen.add(part.event_id)
+                out.append(part)
     return out
 
 
@@ -597,14 +604,7 @@ def transcript_of(events: Iterable[Event]) -> list[TranscriptRecorded]:
     """Every transcript entry ``events`` carry, each once (the first copy of an id, as
     the gateway keeps it: a resumed attempt sends its entries again, maybe grouped
     otherwise), in the order they come."""
-    seen: set[str] = set()
-    out: list[TranscriptRecorded] = []
-    for event in events:
-        for entry in entries_of(event):
-            if entry.event_id not in seen:
-                seen.add(entry.event_id)
-                out.append(entry)
-    return out
+    return _each_once(events, entries_of)
 
 
 AnyEvent = (
