@@ -3,7 +3,8 @@ separate process on JetStream and nothing else is done.
 
 A chained task in Aether crosses four processes in four deliveries (TaskReady: scheduler
 → git broker; WorkspaceReady: broker → runner; AgentCompleted: runner → broker;
-BranchMerged: broker → scheduler) and publishes one more event on the way (AgentStarted).
+BranchMerged: broker → scheduler); a short attempt's AgentStarted and usage go inside its
+result, and a task's waves inside its TaskReady, so nothing more is published on the way.
 This bench builds exactly that ring with nothing of Aether's in it: three processes (a
 "scheduler", a "broker", a "runner"), each a durable pull consumer on one file-stored
 stream, each delivery decoded, the next event published with its ``Nats-Msg-Id`` and its
@@ -165,7 +166,6 @@ async def _role(
                 repos.remove_worktree(repo, step.worktree_path)
             await _publish(js, "floor.merged", _next(step))
         elif name == "runner":
-            await _publish(js, "floor.started", _next(step))
             if client is not None:
                 await stream_reply(client, **agent_request())
             sha = ""
