@@ -6,11 +6,11 @@ wakes waiters on each new event: a test waits on the condition it cares about, w
 deadline, instead of sleeping and reading the history again. A timeout fails with the
 events seen so far, which is usually the whole diagnosis.
 
-It holds the events that happened, not the messages that told of them: an attempt's
-result that carries the attempt's start and usage is those events, then itself
-(``carried_by``), and an event told twice (carried after it was published alone) is
-there once. "AgentStarted was published" then keeps meaning that the attempt started,
-however its runner sent it.
+It holds the events that happened, not the messages that told of them: an event that
+carries others (an attempt's result its start and usage, a TaskReady its waves) is those
+events, then itself (``carried_by``), and an event told twice (carried after it was
+published alone) is there once. "AgentStarted was published" then keeps meaning that the
+attempt started, however its runner sent it.
 
     async with EventLog(nc, mission_id) as log:
         await publish(...)

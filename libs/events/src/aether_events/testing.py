@@ -75,8 +75,8 @@ class InMemoryPublisher:
 
     def of(self, cls: type[E]) -> list[E]:
         """The stored events of one type, from whichever stream holds that type, as the
-        events that happened rather than the messages stored: those an attempt's result
-        carries are included (``unfolded``), and transcript entries
+        events that happened rather than the messages stored: those another carries (an
+        attempt's result, a TaskReady) are included (``unfolded``), and transcript entries
         (``TranscriptRecorded``) include those sent together (``transcript_of``), each
         once."""
         stream = TELEMETRY_STREAM if cls in TELEMETRY_TYPES else MISSIONS_STREAM

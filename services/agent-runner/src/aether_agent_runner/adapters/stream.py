@@ -31,7 +31,7 @@ attempt ends goes out inside its result (``AgentCompleted.carried``), which ever
 unfolds into the events it carries (``aether_events.carried_by``). An attempt that ends
 that soon (a task with no work for the model) is then one message on the mission stream
 instead of four, each stored, delivered to the scheduler and the gateway and acknowledged:
-about a fifth of such a task's CPU, all services counted. An event held when its runner
+about a tenth of such a task's CPU, all services counted. An event held when its runner
 is killed is emitted again by the resumed attempt, under the same id (the built-in loop
 emits again the usage of its journal's last replies: ``runtimes.builtin``). A result that
 is not the attempt's own report (none, or another runner's) carries nothing: what is held

@@ -14,11 +14,12 @@ A client registers first and replays afterwards: everything after ``Subscriber.s
 up to it comes from the ring or the read model. Nothing falls between the two, and the
 client drops live events it already replayed, so there is no gap and no duplicate.
 
-A message that stands for several events (an attempt's result and the events it carries,
-see ``domain.carried``) is handed to clients as those events, one after the other, all
-with the message's sequence; only the last of them a client gets is sent with the
-sequence as its id (``ends_message``). A client that resumes from an id thus gets a
-message's events all again or none of them, whatever types it asked for.
+A message that stands for several events (an attempt's result and the start and usage it
+carries, a TaskReady and its waves: ``domain.carried``) is handed to clients as those
+events, one after the other, all with the message's sequence; only the last of them a
+client gets is sent with the sequence as its id (``ends_message``). A client that
+resumes from an id thus gets a message's events all again or none of them, whatever
+types it asked for.
 
 The two followers run apart, so an attempt's end (on the mission stream) could reach a
 client before the attempt's last transcript entries (on telemetry), which the runner
@@ -410,8 +411,8 @@ class Hub:
     # --- the streams ----------------------------------------------------------------
 
     def _message_streamed(self, msg: Msg, sequence: int) -> list[StreamedEvent]:
-        """A mission stream message as clients receive it: the events a result carries
-        (``unfolded``), then the result."""
+        """A mission stream message as clients receive it: the events it carries
+        (``unfolded``), then its own."""
         event = _decoded(msg)
         if event is None:
             return []

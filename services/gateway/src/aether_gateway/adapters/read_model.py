@@ -7,10 +7,11 @@ the stored position was folded before and is skipped, so redeliveries, the start
 catch-up, several replicas folding at once and a rebuild running beside the live
 projection each change the rows exactly once.
 
-An attempt's result may carry the attempt's start and usage (``domain.carried``): each
-event it carries is recorded in ``events`` as a row of its own, at the result's sequence
-and before it, and folded as if it had come alone. An event id is recorded once, so one
-carried after it came alone, or coming alone after it was carried, is not folded again.
+An attempt's result may carry the attempt's start and usage, a TaskReady its waves
+(``domain.carried``): each event carried is recorded in ``events`` as a row of its own,
+at the carrier's sequence and before it, and folded as if it had come alone. An event id
+is recorded once, so one carried after it came alone, or coming alone after it was
+carried, is not folded again.
 
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
 stream's (``<consumer>-telemetry``); they count different streams' sequences. Transcript

@@ -8,9 +8,9 @@ two more, the events are folded in memory (``fold_run``) and the rows as they st
 the end of the run are written by one batch per table. The caller holds the position
 locked and moves it in the same transaction, as for a single event.
 
-A message that stands for several events (an attempt's result and the events it
-carries, see ``domain.carried``) is folded here too, each event recorded at its own part
-of the message and folded only if new, as if it had come alone.
+A message that stands for several events (an attempt's result or a TaskReady and the
+events it carries, see ``domain.carried``) is folded here too, each event recorded at
+its own part of the message and folded only if new, as if it had come alone.
 """
 
 from __future__ import annotations

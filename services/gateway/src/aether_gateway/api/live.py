@@ -6,9 +6,10 @@ events are replayed from the hub's ring of recent events or from the read model,
 live ones follow from the hub's single subscription. Telemetry (agent progress,
 heartbeats and transcript entries, on request) is sent without an ``id``: it is not
 replayed, and leaving the id out keeps the client's resume point on the last mission
-event. So are the events an attempt's result carried, which share its sequence: they
-come right before it, and the result (or the last of them a client's types let through)
-is sent with the id, so a resume gets them all again or none (see ``hub.identified``).
+event. So are the events another carried (an attempt's result, a TaskReady), which share
+its sequence: they come right before it, and it (or the last of them a client's types
+let through) is sent with the id, so a resume gets them all again or none (see
+``hub.identified``).
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ _STREAM = ResponseSpec(
     description=(
         "Server-Sent Events: `id` is the stream sequence, `event` the event type, `data` "
         "the event as JSON; a `: keep-alive` comment when quiet. Telemetry has no `id`, "
-        "nor have the events an attempt's result carried, sent right before it"
+        "nor have the events another carried (an attempt's result, a task_ready), sent "
+        "right before it"
     ),
 )
 _SSE_ERRORS = {200: _STREAM, **error_responses(400, 401, 403, 404)}
