@@ -7,10 +7,10 @@ import { token, signedOut } from "./api.js";
 const listeners = new Set();
 
 // The event types an event may carry (an attempt's result its start and usage, a task's
-// readiness the waves decided with it). The gateway sends a carried event
-// without an id, right before the event with its message's sequence as id (the one
-// that carries it, or the last carried one a type filter lets through): it is held until then and
-// applied with that sequence, or dropped with it when seen already.
+// readiness the waves decided with it). The gateway sends a carried event without an id,
+// right before the event with its message's sequence as id (the one that carries it, or
+// the last carried one a type filter lets through): it is held until then and applied
+// with that sequence, or dropped with it when seen already.
 const CARRIED = new Set(["agent_started", "usage_recorded", "wave_completed", "wave_started"]);
 
 /**
