@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aether_events import (
     ALL_TYPES,
@@ -28,6 +31,7 @@ from aether_events import (
     derived_id,
     encode,
     entries_of,
+    ids,
     mission_subject,
     subject_for,
     tag_of,
@@ -110,6 +114,25 @@ def test_subject_refuses_mission_ids_that_are_not_tokens() -> None:
 def test_derived_ids_are_deterministic_per_step() -> None:
     assert derived_id("m-1", "task_ready", "t1", 1) == derived_id("m-1", "task_ready", "t1", 1)
     assert derived_id("m-1", "task_ready", "t1", 1) != derived_id("m-1", "task_ready", "t1", 2)
+
+
+# Ids derived before, stored in streams: a step must keep its id across versions, or a
+# redelivered cause would publish its effect again under a new one.
+KNOWN_IDS = [
+    (("m-1", "task_ready", "t1", 1), "aa0e5592a93756beb3293cdadbab7f84"),
+    (("m-ü", "agent", "t1", "a2", "turn3"), "999ad74b533258d8b22dbe9910a0d347"),
+]
+
+
+@pytest.mark.parametrize(("parts", "known"), KNOWN_IDS)
+def test_a_derived_id_is_the_one_derived_before(parts: tuple[object, ...], known: str) -> None:
+    assert derived_id(*parts) == known
+
+
+@given(st.lists(st.one_of(st.text(), st.integers()), min_size=1, max_size=6))
+def test_a_derived_id_is_the_name_based_uuid_of_its_parts(parts: list[object]) -> None:
+    name = "\x1f".join(str(p) for p in parts)
+    assert derived_id(*parts) == uuid.uuid5(ids._NAMESPACE, name).hex
 
 
 def test_a_mission_without_a_base_branch_asks_for_the_repositorys_default() -> None:
