@@ -80,7 +80,6 @@ class Conversation:
     turns: int = 0
     tool_calls: int = 0
     usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
-    last_usage: Usage | None = None
     stop_reason: str | None = None
     elapsed: float = 0.0
     notes: dict[str, int] = field(default_factory=dict)
@@ -171,7 +170,6 @@ class Conversation:
             self.reply_index = len(self.messages) - 1
             self.turns += 1
             self.usage = add_usage(self.usage, usage)
-            self.last_usage = usage
             self.replies.append((self.turns, float(record.get("elapsed") or 0.0), usage))
             self.stop_reason = record.get("stop_reason")
             self.answered = set()
