@@ -3,7 +3,7 @@
 Starts an embedded NATS server and, in a child process, publishes ``--events`` events to
 the mission stream, one every ``--gap`` seconds (a chained mission's pace), either one at
 a time or in bursts of ``--burst`` (the same events a second, sent together). This
-process receives them three ways, each in rounds alternating with the others, and prints
+process receives them five ways, each in rounds alternating with the others, and prints
 its CPU a message for each:
 
 1. **a plain nats-py subscription** on the events' subjects (no JetStream consumer): the
@@ -13,10 +13,15 @@ its CPU a message for each:
    handlers beside it, settlements sent without waiting for the answer), each event
    delivered as it is stored;
 3. **the same consumer paced** (``ConsumerSpec.pace``, the gateway's 50 ms): what is
-   stored meanwhile fetched in one sweep.
+   stored meanwhile fetched in one sweep;
+4. **the runtime's consumer one delivery at a time**, as the scheduler's, the git
+   broker's and the agent runner's, each settlement waiting for the server's answer
+   (``ConsumerSpec.confirm_settlements``) and then sent without waiting (the answer is
+   a message and a wake-up more an event).
 
-With events one at a time, (1) and (2) wake the process once an event; (3) once a
-sweep. The bursts show what the same messages cost a process woken once for many.
+With events one at a time, (1), (2) and an unanswered (4) wake the process once an
+event; (3) once a sweep; a confirmed (4) twice. The bursts show what the same messages
+cost a process woken once for many.
 
     uv run python bench/wakeups.py [--events 2000] [--gap 0.002] [--burst 20] [--rounds 3]
 
@@ -103,7 +108,14 @@ async def plain(url: str, seen: Callable[[], None]) -> Callable[[], Awaitable[No
     return nc.close
 
 
-def service(pace: float, durable: str) -> Receiver:
+def service(
+    pace: float, durable: str, *, hand_offs: int = HAND_OFFS, confirm: bool = False
+) -> Receiver:
+    """The runtime's consumer: the gateway's shape by default (hand-offs, settlements
+    unanswered); with no hand-offs, one delivery at a time as the scheduler's, the git
+    broker's and the agent runner's, ``confirm`` waiting for the server's answer to each
+    settlement."""
+
     async def start(url: str, seen: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         async def handler(event: Event, delivery: Delivery) -> None:
             delivery.release()  # as the gateway's handler hands its event to a run
@@ -116,8 +128,8 @@ def service(pace: float, durable: str) -> Receiver:
                 subject=ALL_MISSION_EVENTS,
                 handler=handler,
                 types=(MissionPaused,),
-                hand_offs=HAND_OFFS,
-                confirm_settlements=False,
+                hand_offs=hand_offs,
+                confirm_settlements=confirm,
                 pace=pace,
                 # Made for this round: from what is stored from now on.
                 start_at_new=True,
@@ -170,6 +182,12 @@ async def run(args: argparse.Namespace) -> None:
             "runtime consumer, each as stored": lambda r: service(0.0, f"each-{r}"),
             f"runtime consumer, paced {PACE_SECONDS * 1000:.0f} ms": lambda r: service(
                 PACE_SECONDS, f"paced-{r}"
+            ),
+            "one at a time, settlements confirmed": lambda r: service(
+                0.0, f"confirmed-{r}", hand_offs=0, confirm=True
+            ),
+            "one at a time, settlements unanswered": lambda r: service(
+                0.0, f"unanswered-{r}", hand_offs=0
             ),
         }
         first = 0

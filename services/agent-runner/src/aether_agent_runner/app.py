@@ -160,6 +160,12 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
                 handler=handle,
                 max_workers=1,
                 ack_wait_seconds=agent.ack_wait_seconds,
+                # A WorkspaceReady delivered again runs nothing: the attempt's result is
+                # folded as it is published, and a redelivery reads the mission's
+                # history before it decides (``Handlers.handle``). So settlements are
+                # sent without waiting for the server's answer, a message and a wake-up
+                # less a task; one lost with the server is sent again at the reconnect.
+                confirm_settlements=False,
                 # Shared by every runner process, each bound by its lanes (see ``bus``).
                 ack_pending=WORK_ACK_PENDING,
                 # Created after the replay, the work consumer starts at the first attempt

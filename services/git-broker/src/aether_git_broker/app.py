@@ -104,6 +104,14 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
             handler=handlers.handle,
             max_workers=1,
             ack_wait_seconds=settings.ack_wait_seconds,
+            # A message delivered again does nothing here: the projection holds what was
+            # prepared, merged or refused (folded as it is published), and ``decide``
+            # ignores a trigger already acted on. So settlements are sent without
+            # waiting for the server's answer, a message and a wake-up less a delivery,
+            # two a task; one lost with the server is sent again at the reconnect, or its
+            # message settled again with no work when it comes back
+            # (``aether_runtime.service``).
+            confirm_settlements=False,
             # Created after the replay, the consumer starts at the first trigger still
             # owed (a mission requested before the broker first started, say).
             first_due=lambda: projection.first_due,
