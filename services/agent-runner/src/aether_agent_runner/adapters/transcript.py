@@ -15,6 +15,7 @@ earlier runs' (``RUN_STRIDE`` apart), so a restart adds a run instead of overwri
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -81,7 +82,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str], patterns: Iterable[str]) -> None:
         values = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
         self._values = values
-        self._patterns = [(re.compile(p), prefilter(p)) for p in patterns]
+        self._patterns = compiled(tuple(patterns))
 
     def __call__(self, text: str) -> str:
         for value in self._values:
@@ -91,6 +92,15 @@ class Redactor:
             if first is None or first.search(text) is not None:
                 text = pattern.sub(REDACTED, text)
         return text
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(
+    patterns: tuple[str, ...],
+) -> tuple[tuple[re.Pattern[str], re.Pattern[str] | None], ...]:
+    """Each pattern compiled, with its prefilter: once per set of patterns (every attempt
+    makes a ``Redactor`` of the same ones)."""
+    return tuple((re.compile(p), prefilter(p)) for p in patterns)
 
 
 # A pattern's leading word boundary, after its inline flags if it has any, before a letter.
