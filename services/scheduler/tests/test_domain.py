@@ -20,6 +20,7 @@ from aether_events import (
     PlanFailed,
     PlanProduced,
     RepositoryPrepared,
+    StepFailed,
     TaskEscalated,
     TaskReady,
     TaskRetried,
@@ -28,6 +29,9 @@ from aether_events import (
     TaskTimedOut,
     WaveCompleted,
     WaveStarted,
+    WorkspaceReady,
+    step_event_id,
+    step_ids,
 )
 from aether_scheduler.domain import (
     Config,
@@ -371,6 +375,81 @@ def test_no_heartbeat_times_the_attempt_out_and_retries_it() -> None:
     assert of(decided, TaskTimedOut)[0].last_heartbeat_at == s.now - timedelta(seconds=61)
 
 
+def test_an_attempt_waiting_for_a_runner_has_no_clock_until_one_takes_it() -> None:
+    """Wider than the runners, a mission's ready attempts wait for a free lane behind
+    attempts that take minutes: they are not timed out and retried meanwhile. Once a
+    runner takes one (its start, or a beat of a long preparation), the clock runs."""
+    s = Scenario()
+    s.start(task("a"), task("b"))
+    limit = CONFIG.heartbeat_timeout_seconds
+    s.started("a")
+    s.tick(limit - 1)
+    s.heartbeat("a")
+    s.tick(limit * 10)
+    # ``a`` went silent and timed out; ``b``, never taken by a runner, did not.
+    assert [e.task_id for e in of(s.log, TaskTimedOut)] == ["a"]
+    assert s.status("b") == "ready" and s.attempt("b") == 1
+    s.heartbeat("b")  # taken: a runner beats while it prepares the attempt
+    assert of(s.tick(limit - 1), TaskTimedOut) == []
+    decided = s.tick(2)
+    assert [(e.task_id, e.attempt) for e in of(decided, TaskTimedOut)] == [("b", 1)]
+
+
+def test_the_scheduler_needs_no_workspace_ready_to_time_a_taken_attempt() -> None:
+    """A WorkspaceReady is not what starts an attempt's clock (the scheduler's consumer
+    does not even receive one): a ready attempt stays without a deadline after it."""
+    s = Scenario()
+    s.start(task("a"))
+    before = s.state
+    workspace = WorkspaceReady(
+        **s.meta(),
+        task=task("a"),
+        attempt=1,
+        model="m",
+        branch="b",
+        worktree_path="/w",
+        base_sha="base",
+    )
+    s.when(workspace)
+    assert s.state.missions["m-test"].tasks["a"] == before.missions["m-test"].tasks["a"]
+    assert next_timer(s.state, CONFIG) is None
+
+
+def test_a_runners_failed_step_on_the_workspace_starts_the_clock() -> None:
+    """A runner that gave up on an attempt's WorkspaceReady for good (the runtime's
+    StepFailed) leaves nobody to take it: its clock starts, and it is retried once it
+    runs out, as an attempt whose runner went silent."""
+    s = Scenario()
+    s.start(task("a"), task("b"))
+
+    def gave_up(tid: str, attempt: int, failed_type: str = "workspace_ready") -> list[Event]:
+        workspace_id = step_event_id("m-test", step_ids.workspace_ready(tid, attempt))
+        return s.when(
+            StepFailed(
+                **s.meta(),
+                service="agent-runner",
+                consumer="agent-runner",
+                failed_event_id=workspace_id,
+                failed_event_type=failed_type,
+                stream="AETHER_MISSIONS",
+                stream_sequence=7,
+                error="RuntimeError: boom",
+                attempts=20,
+            )
+        )
+
+    gave_up("a", 2)  # another attempt's: not this one
+    gave_up("b", 1, failed_type="task_ready")  # another step's
+    assert next_timer(s.state, CONFIG) is None
+    gave_up("a", 1)
+    limit = CONFIG.heartbeat_timeout_seconds
+    assert s.tick(limit - 1) == []
+    decided = s.tick(2)
+    assert [type(e).__name__ for e in decided] == ["TaskTimedOut", "TaskRetried"]
+    assert of(decided, TaskTimedOut)[0].task_id == "a"
+    assert s.status("b") == "ready"
+
+
 def test_a_failure_no_retry_can_help_fails_the_mission_once_nothing_else_can_run() -> None:
     s = Scenario()
     s.start(task("a"), task("b"), task("c", "a"))
@@ -406,6 +485,8 @@ def test_a_cancelled_mission_decides_nothing() -> None:
 def test_next_timer_is_the_earliest_deadline() -> None:
     s = Scenario()
     s.start(task("a"), task("b"))
+    assert next_timer(s.state, s.config) is None  # no runner has taken either yet
+    s.started("b")
     assert next_timer(s.state, s.config) == s.now + timedelta(seconds=60)
     s.failed("a")
     retry_at = s.state.missions["m-test"].tasks["a"].not_before

@@ -18,6 +18,8 @@ from .scenario import CONFIG, Scenario, task
 def test_a_missions_timer_is_its_earliest_and_none_once_it_ended() -> None:
     s = Scenario()
     s.start(task("a"), task("b"))
+    assert mission_timer(s.state, "m-test", s.config) is None  # neither taken by a runner
+    s.started("b")
     assert mission_timer(s.state, "m-test", s.config) == s.now + timedelta(seconds=60)
     s.failed("a")
     retry_at = s.state.missions["m-test"].tasks["a"].not_before

@@ -17,6 +17,7 @@ from aether_events import (
     TELEMETRY_TYPES,
     AgentHeartbeat,
     Event,
+    WorkspaceReady,
     replay,
     type_subjects,
 )
@@ -46,9 +47,16 @@ log = logging.getLogger("aether.scheduler")
 # What only the scheduler publishes: applied as each is stored (``Handlers._publish``),
 # not delivered back (``aether_runtime.roles.only_published_by``).
 OWN_TYPES: frozenset[type[Event]] = only_published_by("scheduler")
-# The mission events the consumer delivers: every mission type but the scheduler's own.
+# What the scheduler has no use for: a WorkspaceReady says only that the broker made the
+# attempt's workspace, and the attempt's liveness clock waits for a runner to take it
+# (``domain.evolve``). One delivery less a task.
+UNUSED: frozenset[type[Event]] = frozenset({WorkspaceReady})
+# The mission events the consumer delivers: every mission type but the scheduler's own
+# and the unused.
 FOLDED: tuple[type[Event], ...] = tuple(
-    cls for cls in ALL_TYPES if cls not in TELEMETRY_TYPES and cls not in OWN_TYPES
+    cls
+    for cls in ALL_TYPES
+    if cls not in TELEMETRY_TYPES and cls not in OWN_TYPES and cls not in UNUSED
 )
 # The telemetry that moves a task's liveness clock (``evolve``). The runner beats every
 # few seconds for as long as an attempt runs, whatever its agent does, so progress (and

@@ -22,6 +22,7 @@ from aether_events import (
     PlanFailed,
     PlanProduced,
     RepositoryPrepared,
+    StepFailed,
     TaskEscalated,
     TaskReady,
     TaskRetried,
@@ -35,6 +36,9 @@ from aether_events import (
     WorkspaceReady,
     advance,
     known_cost,
+    step_event_id,
+    step_ids,
+    tag_of,
 )
 from aether_scheduler.domain.model import (
     DONE,
@@ -209,6 +213,31 @@ def _current(m: MissionState, task_id: str, attempt: int, *statuses: str) -> boo
     return task is not None and task.attempt == attempt and task.status in statuses
 
 
+# A task's liveness clock runs once a runner has taken its attempt: from the attempt's
+# AgentStarted, or a heartbeat of its runner before that (a long preparation beats too).
+# A ready attempt waiting for its workspace, or for a free runner while every lane works
+# on other attempts (missions wider than the runners), has none: it would otherwise time
+# out and be retried, again and again, behind the attempts it waits for.
+# It is not left without a guard: a runner that dies holding its WorkspaceReady stops
+# keeping the delivery alive and the bus hands it to another, and a git broker that dies
+# preparing it handles its TaskReady again at its restart. What neither covers, a runner
+# that gave up on the WorkspaceReady for good (``StepFailed``), starts the clock.
+_WORKSPACE_READY = tag_of(WorkspaceReady)
+
+
+def _workspace_step_failed(m: MissionState, event: StepFailed) -> MissionState:
+    """A runner's failed step on a ready attempt's WorkspaceReady starts that attempt's
+    clock: it times out and is retried, as one whose runner went silent."""
+    if event.failed_event_type != _WORKSPACE_READY:
+        return m
+    for task_id in m.with_status("ready"):
+        task = m.tasks[task_id]
+        step = step_ids.workspace_ready(task_id, task.attempt)
+        if step_event_id(event.mission_id, step) == event.failed_event_id:
+            return _seen(m, task_id, task.attempt, event.occurred_at)
+    return m
+
+
 def _seen(m: MissionState, task_id: str, attempt: int, at: datetime) -> MissionState:
     task = m.tasks.get(task_id)
     if task is None or not _current(m, task_id, attempt, "ready", "running"):
@@ -245,7 +274,9 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 event.task.id,
                 status="ready",
                 attempt=event.attempt,
-                last_seen=event.occurred_at,
+                # No liveness clock yet: the attempt waits for its workspace and then for
+                # a free runner as long as that takes (``_taken``).
+                last_seen=None,
                 reserved_usd=event.estimated_cost_usd or 0.0,
                 attempt_spent_usd=0.0,
                 usage_ids=frozenset(),
@@ -255,8 +286,8 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 not_before=None,
                 first_ready_at=task.first_ready_at or event.occurred_at,
             )
-        case WorkspaceReady():
-            return _seen(m, event.task.id, event.attempt, event.occurred_at)
+        case StepFailed():
+            return _workspace_step_failed(m, event)
         case AgentStarted():
             if _current(m, event.task_id, event.attempt, "ready"):
                 return _task(m, event.task_id, status="running", last_seen=event.occurred_at)
