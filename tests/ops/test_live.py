@@ -13,10 +13,11 @@ import os
 import re
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -28,6 +29,7 @@ from aether import prestart
 from aether.gitview import create_sample_repository
 from aether.stack import SERVICES, Stack
 from aether_events import (
+    AgentStarted,
     Event,
     MissionCancelled,
     MissionCompleted,
@@ -35,7 +37,8 @@ from aether_events import (
     TaskRetried,
     TaskTimedOut,
 )
-from aether_llm.offline import start_offline_server
+from aether_llm import MessagesServer, Reply
+from aether_llm.offline import respond, start_offline_server
 from aether_runtime import tls
 from tests.ops.dashboards import queries, stat_panels
 from tests.ops.promql import PROMETHEUS_SERIES, Selector, exported_names, selectors
@@ -146,13 +149,37 @@ async def fail_a_mission(stack: Stack, repository: Path) -> None:
     assert "MissionFailed" in seen, seen
 
 
-async def time_out_a_task(stack: Stack, repository: Path) -> None:
-    """A mission whose only task's agent is frozen: the task times out and is retried;
-    then the mission is cancelled and the agent runner thawed."""
+# How long the model takes to answer the agent of the task frozen below: long enough for
+# its runner to be stopped while the call is out.
+FROZEN_REPLY_SECONDS = 5.0
+
+
+def slow_for(marker: str) -> Callable[[dict[str, Any]], Reply]:
+    """The offline model, answering an agent whose task names ``marker`` slowly."""
+
+    def responder(request: dict[str, Any]) -> Reply:
+        reply = respond(request)
+        planning = any(tool.get("name") == "submit_plan" for tool in request.get("tools", []))
+        if not planning and marker in json.dumps(request.get("messages", [])):
+            reply.delay_seconds = FROZEN_REPLY_SECONDS
+        return reply
+
+    return responder
+
+
+async def time_out_a_task(stack: Stack, repository: Path, model: MessagesServer) -> None:
+    """A mission whose only task's runner is frozen once it has taken the attempt (the
+    scheduler's clock runs from then on, not while an attempt waits for a runner): the
+    task times out and is retried; then the mission is cancelled and the runner thawed."""
     runner = stack.processes["agent-runner"].process
-    os.killpg(runner.pid, signal.SIGSTOP)
+    model.responder = slow_for("notes/frozen.txt")
+    stopped = False
     try:
         mission_id = await submit(stack, repository, "- Add notes/frozen.txt")
+        seen = await wait_for(stack, mission_id, AgentStarted)
+        assert "AgentStarted" in seen, seen
+        os.killpg(runner.pid, signal.SIGSTOP)
+        stopped = True
         seen = await wait_for(stack, mission_id, TaskTimedOut, TaskRetried)
         assert {"TaskTimedOut", "TaskRetried"} <= set(seen), seen
         async with gateway(stack) as http:
@@ -161,7 +188,9 @@ async def time_out_a_task(stack: Stack, repository: Path) -> None:
         seen = await wait_for(stack, mission_id, MissionCancelled)
         assert "MissionCancelled" in seen, seen
     finally:
-        os.killpg(runner.pid, signal.SIGCONT)
+        if stopped:
+            os.killpg(runner.pid, signal.SIGCONT)
+        model.responder = respond
 
 
 async def scrape(stack: Stack) -> dict[str, str]:
@@ -200,7 +229,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> A
         mission_id = await run_mission(stack, repository)
         expositions = await scrape(stack)
         await fail_a_mission(stack, home / "no-such-repository")
-        await time_out_a_task(stack, repository)
+        await time_out_a_task(stack, repository, model)
         after = await scrape(stack)
         yield Live(stack, mission_id, before, expositions, after)
     finally:
