@@ -6,10 +6,17 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
 
 from aether_llm import Reply, text_block, tool_use_block
+from aether_runtime import tls
 from tests.eventlog import EventLog
+
+if TYPE_CHECKING:
+    from aether.stack import Stack
 
 _TASK = re.compile(r"<task>(.*?)</task>", re.DOTALL)
 
@@ -80,3 +87,23 @@ class ScriptedModel:
 
 # The shared event log, under the name the end-to-end tests know it by.
 MissionLog = EventLog
+
+
+async def submit_mission(stack: Stack, repo: Path, requirement: str, **fields: Any) -> str:
+    """Submit an auto-approved mission on ``repo`` through the stack's gateway (``fields``:
+    more of the request's body); returns its id."""
+    async with httpx.AsyncClient(
+        verify=tls.shared(), base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
+    ) as http:
+        created = await http.post(
+            "/missions",
+            json={
+                "repository": str(repo),
+                "requirement": requirement,
+                "auto_approve": True,
+                **fields,
+            },
+        )
+        assert created.status_code == 202, created.text
+        mission_id: str = created.json()["mission_id"]
+        return mission_id

@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import nats
 import pytest
 
@@ -28,9 +27,8 @@ from aether_events import (
     TaskTimedOut,
 )
 from aether_llm import MessagesServer
-from aether_runtime import tls
 from tests.e2e.test_mission_flow import create_database, stack_for
-from tests.support import MissionLog, ScriptedModel, finish, write
+from tests.support import MissionLog, ScriptedModel, finish, submit_mission, write
 
 pytestmark = pytest.mark.e2e
 
@@ -78,20 +76,7 @@ async def test_attempts_waiting_for_a_free_runner_are_not_timed_out(
     )
     await asyncio.to_thread(stack.start)
     try:
-        async with httpx.AsyncClient(
-            verify=tls.shared(), base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
-        ) as http:
-            created = await http.post(
-                "/missions",
-                json={
-                    "repository": str(repo),
-                    "requirement": "three files",
-                    "auto_approve": True,
-                    "max_concurrency": 3,
-                },
-            )
-            assert created.status_code == 202, created.text
-            mission_id = created.json()["mission_id"]
+        mission_id = await submit_mission(stack, repo, "three files", max_concurrency=3)
         nc = await nats.connect(stack.nats_url)
         log = await MissionLog(nc, mission_id).start()
         try:

@@ -37,7 +37,7 @@ from aether_events import (
 from aether_llm import MessagesServer
 from aether_runtime import tls
 from tests.e2e.test_mission_flow import tree_files
-from tests.support import MissionLog, ScriptedModel
+from tests.support import MissionLog, ScriptedModel, submit_mission
 
 pytestmark = pytest.mark.e2e
 
@@ -60,20 +60,7 @@ def stack_for(tmp_path: Path, model: MessagesServer, database: str) -> Stack:
 
 
 async def submit(stack: Stack, repo: Path) -> str:
-    async with httpx.AsyncClient(
-        verify=tls.shared(), base_url=stack.gateway_url, timeout=10, headers=stack.auth_headers
-    ) as http:
-        created = await http.post(
-            "/missions",
-            json={
-                "repository": str(repo),
-                "requirement": "alpha, beta, then both",
-                "auto_approve": True,
-            },
-        )
-        assert created.status_code == 202, created.text
-        mission_id: str = created.json()["mission_id"]
-        return mission_id
+    return await submit_mission(stack, repo, "alpha, beta, then both")
 
 
 def assert_each_task_merged_once(
