@@ -422,13 +422,18 @@ def test_a_runners_failed_step_on_the_workspace_starts_the_clock() -> None:
     s = Scenario()
     s.start(task("a"), task("b"))
 
-    def gave_up(tid: str, attempt: int, failed_type: str = "workspace_ready") -> list[Event]:
+    def gave_up(
+        tid: str,
+        attempt: int,
+        failed_type: str = "workspace_ready",
+        service: str = "agent-runner",
+    ) -> list[Event]:
         workspace_id = step_event_id("m-test", step_ids.workspace_ready(tid, attempt))
         return s.when(
             StepFailed(
                 **s.meta(),
-                service="agent-runner",
-                consumer="agent-runner",
+                service=service,
+                consumer=service,
                 failed_event_id=workspace_id,
                 failed_event_type=failed_type,
                 stream="AETHER_MISSIONS",
@@ -440,6 +445,7 @@ def test_a_runners_failed_step_on_the_workspace_starts_the_clock() -> None:
 
     gave_up("a", 2)  # another attempt's: not this one
     gave_up("b", 1, failed_type="task_ready")  # another step's
+    gave_up("b", 1, service="gateway")  # the read model's, not a runner's
     assert next_timer(s.state, CONFIG) is None
     gave_up("a", 1)
     limit = CONFIG.heartbeat_timeout_seconds

@@ -223,12 +223,13 @@ def _current(m: MissionState, task_id: str, attempt: int, *statuses: str) -> boo
 # preparing it handles its TaskReady again at its restart. What neither covers, a runner
 # that gave up on the WorkspaceReady for good (``StepFailed``), starts the clock.
 _WORKSPACE_READY = tag_of(WorkspaceReady)
+_RUNNER = "agent-runner"
 
 
 def _workspace_step_failed(m: MissionState, event: StepFailed) -> MissionState:
     """A runner's failed step on a ready attempt's WorkspaceReady starts that attempt's
     clock: it times out and is retried, as one whose runner went silent."""
-    if event.failed_event_type != _WORKSPACE_READY:
+    if event.service != _RUNNER or event.failed_event_type != _WORKSPACE_READY:
         return m
     for task_id in m.with_status("ready"):
         task = m.tasks[task_id]
@@ -275,7 +276,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 status="ready",
                 attempt=event.attempt,
                 # No liveness clock yet: the attempt waits for its workspace and then for
-                # a free runner as long as that takes (``_taken``).
+                # a free runner as long as that takes (see ``_workspace_step_failed``).
                 last_seen=None,
                 reserved_usd=event.estimated_cost_usd or 0.0,
                 attempt_spent_usd=0.0,
