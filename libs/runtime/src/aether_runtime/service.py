@@ -86,6 +86,7 @@ from aether_runtime.roles import ROLES
 from aether_runtime.settings import RuntimeSettings
 from aether_runtime.stall import ConsumerWatch
 from aether_runtime.steps import Steps
+from aether_runtime.watchdog import LoopWatchdog
 
 log = logging.getLogger("aether.runtime")
 
@@ -315,6 +316,7 @@ class Service:
         self.started_at = time.monotonic()
         self._poller: asyncio.Task[None] | None = None
         self._poller_stop = asyncio.Event()
+        self._watchdog: LoopWatchdog | None = None
         self.steps = Steps(self)
         self._retry_spec: ConsumerSpec | None = None
         self._busy: dict[str, int] = {}
@@ -570,6 +572,11 @@ class Service:
                 ),
                 name=f"{self.name}-bus-metrics",
             )
+        if self.settings.loop_stall_seconds > 0 and self._watchdog is None:
+            # Started once the service is up: a start-up's replay may hold the loop for
+            # seconds on a long history.
+            self._watchdog = LoopWatchdog(self.settings.loop_stall_seconds)
+            self._watchdog.start()
         self.ready = True
         metrics.READY.labels(self.name).set(1)
         log.info("ready", extra={"port": self.settings.port})
@@ -577,6 +584,9 @@ class Service:
     async def _stop(self) -> None:
         self.stopping = True
         self.ready = False
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         metrics.READY.labels(self.name).set(0)
         if self._hand_back is not None and not self._hand_back.done():
             self._hand_back.cancel()

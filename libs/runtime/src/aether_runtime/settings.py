@@ -246,6 +246,9 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     # what the service's durables hold for a process that is gone.
     one_process: bool = setting("AETHER_ONE_PROCESS", False)
     log_level: str = setting("LOG_LEVEL", "INFO")
+    # A process whose event loop has not turned for this long ends itself, for its
+    # supervisor to start it again (``watchdog``); 0 turns the watchdog off.
+    loop_stall_seconds: float = setting("AETHER_LOOP_STALL_SECONDS", 60.0)
     # The service's NATS user and password (empty: connect without credentials, as to a
     # server that asks for none, such as the tests' own). The password may come from a
     # file (a mounted Secret) named by NATS_PASSWORD_FILE.
