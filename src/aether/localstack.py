@@ -221,11 +221,12 @@ class Supervisor:
         return status == 200 and pid == service.process.pid
 
     def _last_error(self, name: str) -> str:
-        """The most telling line of a service's log: its last error, else its last line."""
+        """The most telling line of a service's log: its last error (or the watchdog's
+        critical line on a stuck event loop), else its last line."""
         lines = supervise.tail(self.log_path(name), 40)
         for line in reversed(lines):
             summary = supervise.summarise(line)
-            if summary and ("error" in summary or "Error" in summary):
+            if summary and ("error" in summary or "Error" in summary or " critical " in summary):
                 return f":\n    {summary}"
         return f":\n    {lines[-1]}" if lines else ""
 

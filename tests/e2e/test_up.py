@@ -36,6 +36,7 @@ from dulwich.repo import Repo
 from aether.gitview import create_sample_repository
 from aether.infra import free_port_run
 from aether.prestart import SHARED_ENV
+from aether.supervise import ready_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -231,6 +232,32 @@ def test_no_child_outlives_up(started: Up, signum: int):
     if signum == signal.SIGHUP:
         assert started.process.returncode == 0
         assert "stopped." in started.output
+
+
+def test_a_service_that_exits_is_started_again(started: Up):
+    """A service that ends however it ends (a crash, a kill, its watchdog's exit on a
+    stuck event loop) is started again, and ``up`` says so; the new process is the one
+    recorded and answering."""
+    before = started.recorded()["agent-runner"]
+    os.kill(int(str(before["pid"])), signal.SIGKILL)
+    started.wait_for("! agent-runner exited with code -9")
+    started.wait_for("restarting it in 1s (restart 1)")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        after = started.recorded()["agent-runner"]
+        if after["pid"] != before["pid"] and after.get("restarts") == 1:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"never recorded again; output:\n{started.output}")
+    url = f"http://127.0.0.1:{after['port']}"
+    while time.monotonic() < deadline:
+        if ready_pid(url) == (200, after["pid"]):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the new process never answered; output:\n{started.output}")
+    assert started.process.poll() is None
 
 
 class Screen:
