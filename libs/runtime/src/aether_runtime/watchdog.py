@@ -111,7 +111,8 @@ class LoopWatchdog:
         def say() -> None:
             log.critical(
                 "event loop stuck for %.0f s (limit %g s): ending the process so that its "
-                "supervisor starts it again; the stacks above show where it was",
+                "supervisor starts it again; its threads' stacks, just before this line in "
+                "its log, show where",
                 stuck,
                 self.stall_seconds,
                 extra={"stuck_seconds": round(stuck, 1), "exit_code": STUCK_EXIT_CODE},
