@@ -14,6 +14,7 @@ import time
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from prometheus_client import REGISTRY
 
 from aether_events import ensure_streams
 from aether_runtime import RuntimeSettings, Service
@@ -30,7 +31,7 @@ async def test_a_loop_that_does_not_turn_ends_the_process(
 ) -> None:
     ended: list[int] = []
     caplog.set_level(logging.CRITICAL, logger="aether.runtime")
-    watchdog = LoopWatchdog(0.5, every=0.05, end=ended.append)
+    watchdog = LoopWatchdog(0.5, service="stuck", every=0.05, end=ended.append)
     watchdog.start()
     try:
         blocking_call(2.0)
@@ -47,7 +48,7 @@ async def test_a_loop_that_does_not_turn_ends_the_process(
 
 async def test_a_loop_that_turns_is_left_alone() -> None:
     ended: list[int] = []
-    watchdog = LoopWatchdog(1.0, every=0.05, end=ended.append)
+    watchdog = LoopWatchdog(1.0, service="turning", every=0.05, end=ended.append)
     watchdog.start()
     try:
         deadline = time.monotonic() + 1.5
@@ -62,7 +63,7 @@ async def test_a_loop_that_turns_is_left_alone() -> None:
 
 async def test_a_stopped_watchdog_ends_nothing() -> None:
     ended: list[int] = []
-    watchdog = LoopWatchdog(0.3, every=0.05, end=ended.append)
+    watchdog = LoopWatchdog(0.3, service="stopped", every=0.05, end=ended.append)
     watchdog.start()
     await asyncio.sleep(0.1)
     watchdog.stop()
@@ -74,7 +75,7 @@ def test_a_watchdog_whose_loop_closed_ends_nothing() -> None:
     """A service started on a loop that closed without stopping it (a test's loop): the
     loop no longer runs, so nothing is stuck."""
     ended: list[int] = []
-    watchdog = LoopWatchdog(0.3, every=0.05, end=ended.append)
+    watchdog = LoopWatchdog(0.3, service="stopped", every=0.05, end=ended.append)
 
     async def start() -> None:
         watchdog.start()
@@ -85,6 +86,26 @@ def test_a_watchdog_whose_loop_closed_ends_nothing() -> None:
     assert watchdog._thread is not None
     watchdog._thread.join(1.0)
     assert not watchdog._thread.is_alive()
+
+
+def lag_sum(service: str) -> float | None:
+    return REGISTRY.get_sample_value("aether_event_loop_lag_seconds_sum", {"service": service})
+
+
+async def test_the_loops_lag_is_how_late_it_ran_what_was_due() -> None:
+    watchdog = LoopWatchdog(0, service="lagging", every=0.05)
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.3)
+        before = lag_sum("lagging") or 0.0
+        assert before < 0.1  # an idle loop runs what is due on time
+        blocking_call(0.4)
+        await asyncio.sleep(0.2)
+        after = lag_sum("lagging") or 0.0
+    finally:
+        watchdog.stop()
+    assert 0.3 <= after - before < 1.0
+    assert watchdog._thread is None  # 0: it never ends the process
 
 
 def test_a_stuck_process_exits_with_its_stacks_and_a_log_line() -> None:
@@ -100,7 +121,7 @@ def test_a_stuck_process_exits_with_its_stacks_and_a_log_line() -> None:
             time.sleep(30)
 
         async def main():
-            LoopWatchdog(0.5, every=0.1).start()
+            LoopWatchdog(0.5, service="watched", every=0.1).start()
             stuck_in_here()
 
         configure_logging("watched")
@@ -136,7 +157,7 @@ def test_a_process_paused_whole_is_not_stuck() -> None:
                 pass
 
         async def main():
-            LoopWatchdog(1.5, every=0.05).start()
+            LoopWatchdog(1.5, service="paused", every=0.05).start()
             print("watching", flush=True)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
@@ -180,7 +201,14 @@ async def test_a_service_watches_its_loop_while_it_runs(nats_url: str, nc: NatsC
     try:
         assert watched._watchdog is not None
         assert watched._watchdog.stall_seconds == 30
-        assert unwatched._watchdog is None
+        assert watched._watchdog._thread is not None
+        # Told never to end the process: no thread, the loop's lag still reported.
+        assert unwatched._watchdog is not None
+        assert unwatched._watchdog._thread is None
+        # Longer than a pat's interval (a second): one falls due while the loop is held.
+        blocking_call(1.2)
+        await asyncio.sleep(0.1)
+        assert (lag_sum("unwatched") or 0.0) >= 0.15
     finally:
         for service in (watched, unwatched):
             await service.stop()

@@ -48,6 +48,13 @@ CONSUMER_WAIT_SECONDS = Histogram(
     ["service", "consumer"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+EVENT_LOOP_LAG = Histogram(
+    "aether_event_loop_lag_seconds",
+    "How late the event loop ran a callback that was due (one a second): the time it "
+    "spent on other work meanwhile, which every event and request waits behind",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 REDELIVERIES = Counter(
     "aether_redeliveries_total",
     "Messages received more than once",

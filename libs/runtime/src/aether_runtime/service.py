@@ -572,10 +572,13 @@ class Service:
                 ),
                 name=f"{self.name}-bus-metrics",
             )
-        if self.settings.loop_stall_seconds > 0 and self._watchdog is None:
+        if self._watchdog is None:
             # Started once the service is up: a start-up's replay may hold the loop for
-            # seconds on a long history.
-            self._watchdog = LoopWatchdog(self.settings.loop_stall_seconds)
+            # seconds on a long history. It reports the loop's lag even when it is told
+            # never to end the process.
+            self._watchdog = LoopWatchdog(
+                max(0.0, self.settings.loop_stall_seconds), service=self.name
+            )
             self._watchdog.start()
         self.ready = True
         metrics.READY.labels(self.name).set(1)

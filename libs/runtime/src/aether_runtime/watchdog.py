@@ -9,7 +9,8 @@ delivery limit of its WorkspaceReady (see ``docs/concepts.md``, liveness). Kuber
 liveness probe restarts such a process after a minute; ``aether up`` and docker compose
 restart only a process that exits.
 
-``LoopWatchdog`` is a thread that the loop pats every ``every`` seconds. Once the loop has
+``LoopWatchdog`` is a thread that the loop pats every ``every`` seconds; how late each pat
+runs is the loop's lag, a metric of every service. Once the loop has
 not patted it for ``stall_seconds``, it writes every thread's stack to standard error
 (where the loop is stuck), logs why, and ends the process with ``STUCK_EXIT_CODE``.
 Everything the process held is released as by a crash, which every service recovers
@@ -33,6 +34,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from aether_runtime import metrics
+
 log = logging.getLogger("aether.runtime")
 
 # ``EX_SOFTWARE``: the process ended itself on purpose, not by a signal or a crash.
@@ -43,21 +46,27 @@ _LOG_PATIENCE_SECONDS = 2.0
 
 
 class LoopWatchdog:
-    """Ends the process once its event loop has not turned for ``stall_seconds``."""
+    """Ends the process once its event loop has not turned for ``stall_seconds`` (0:
+    never), and reports how late the loop ran each pat, due every ``every`` seconds, as
+    ``aether_event_loop_lag_seconds`` of ``service``: the time the loop spent on other
+    work before it could run a callback that was due."""
 
     def __init__(
         self,
         stall_seconds: float,
         *,
+        service: str,
         every: float = 1.0,
         end: Callable[[int], object] = os._exit,
     ) -> None:
-        if stall_seconds <= 0:
-            raise ValueError("stall_seconds must be positive")
+        if stall_seconds < 0:
+            raise ValueError("stall_seconds must not be negative")
         self.stall_seconds = stall_seconds
-        self.every = min(every, stall_seconds / 4)
+        self.every = min(every, stall_seconds / 4) if stall_seconds else every
+        self._lag = metrics.EVENT_LOOP_LAG.labels(service)
         self._end = end
         self._last = time.monotonic()
+        self._due: float | None = None
         self._stopped = threading.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,8 +76,9 @@ class LoopWatchdog:
         """Start watching the running loop (called on it)."""
         self._loop = asyncio.get_running_loop()
         self._pat()
-        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
-        self._thread.start()
+        if self.stall_seconds:
+            self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -78,8 +88,14 @@ class LoopWatchdog:
 
     def _pat(self) -> None:
         self._last = time.monotonic()
-        if not self._stopped.is_set() and self._loop is not None:
-            self._timer = self._loop.call_later(self.every, self._pat)
+        loop = self._loop
+        if self._stopped.is_set() or loop is None:
+            return
+        now = loop.time()
+        if self._due is not None:
+            self._lag.observe(max(0.0, now - self._due))
+        self._due = now + self.every
+        self._timer = loop.call_at(self._due, self._pat)
 
     def _watch(self) -> None:
         loop = self._loop
