@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aether.infra import EmbeddedPostgres
 
-from .run import Runner, random_kills, report_trial, summary
+from .run import Runner, random_kills, report_trial, summary, worth_a_look
 from .trial import TARGETS, TrialResult, TrialSettings
 
 
@@ -97,12 +97,12 @@ async def main(argv: list[str] | None = None) -> int:
         if not reference.passed:
             print("the fault-free run failed: no reference to compare with", file=sys.stderr)
             return 2
-        _tidy(reference, args.keep)
+        _tidy(reference, args.keep, args.max_stall)
         for index in chosen:
             result = await runner.run_trial(index, plans[index - 1])
             results[index] = result
-            report_trial(index, args.trials, result, sys.stdout)
-            _tidy(result, args.keep)
+            report_trial(index, args.trials, result, sys.stdout, args.max_stall)
+            _tidy(result, args.keep, args.max_stall)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -112,9 +112,10 @@ async def main(argv: list[str] | None = None) -> int:
     return 0 if results and all(r.passed for r in results.values()) else 1
 
 
-def _tidy(result: TrialResult, keep: bool) -> None:
-    """A passed trial's directory goes (a failed one stays, with its logs)."""
-    if result.passed and not keep:
+def _tidy(result: TrialResult, keep: bool, max_stall: float | None) -> None:
+    """A passed trial's directory goes; a failed one stays, with its logs, and so does
+    a passed one that is ``worth_a_look``."""
+    if result.passed and not keep and not worth_a_look(result, max_stall):
         shutil.rmtree(result.home, ignore_errors=True)
 
 

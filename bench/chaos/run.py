@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ class Runner:
             f" {result.model_calls.calls} model calls ({result.model_calls.used} recorded),"
             f" longest gap {result.longest_gap:.2f} s; ready after: {ready}\n"
         )
-        _problems(result, self.out)
+        _problems(result, self.out, self.settings.max_stall)
         self.out.flush()
         return result
 
@@ -120,21 +121,39 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} s"
 
 
-def _problems(result: TrialResult, out: IO[str]) -> None:
+def _problems(result: TrialResult, out: IO[str], max_stall: float | None) -> None:
     for check, problems in result.problems.items():
         for problem in problems[:6]:
             out.write(f"      {check}: {problem}\n")
         if len(problems) > 6:
             out.write(f"      {check}: … and {len(problems) - 6} more\n")
-    for note in result.notes:
-        out.write(f"      note: {note}\n")
-    if not result.passed:
+    # A process restarted again and again notes each exit: one line, with the count.
+    for note, times in Counter(result.notes).items():
+        out.write(f"      note: {note}" + (f" (×{times})" if times > 1 else "") + "\n")
+    if not result.passed or worth_a_look(result, max_stall):
         out.write(f"      logs: {result.home / 'stack' / 'logs'}\n")
 
 
-def report_trial(index: int, total: int, result: TrialResult, out: IO[str]) -> None:
+# How long the stream may stay quiet in a passed trial before its logs are kept, when no
+# ``--max-stall`` is given.
+QUIET_WORTH_A_LOOK_SECONDS = 30.0
+
+
+def worth_a_look(result: TrialResult, max_stall: float | None) -> bool:
+    """Whether a trial that passed still wants its logs read: a service exited by itself
+    (it could not start again, say), or the stream went quiet for longer than
+    ``max_stall`` (else ``QUIET_WORTH_A_LOOK_SECONDS``). Its directory is kept, as a failed
+    trial's is."""
+    exited = any(note.endswith("by itself") for note in result.notes)
+    quiet = QUIET_WORTH_A_LOOK_SECONDS if max_stall is None else max_stall
+    return exited or result.longest_gap > quiet
+
+
+def report_trial(
+    index: int, total: int, result: TrialResult, out: IO[str], max_stall: float | None = None
+) -> None:
     out.write(trial_line(index, total, result) + "\n")
-    _problems(result, out)
+    _problems(result, out, max_stall)
     out.flush()
 
 
