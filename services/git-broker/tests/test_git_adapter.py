@@ -448,3 +448,22 @@ def test_a_branch_whose_lock_is_held_is_not_deleted(
     with pytest.raises(FileLocked):
         broker.delete_branch(str(repo), "aether-tasks/m1/t1/a1")
     assert "aether-tasks/m1/t1/a1" in git(repo, "branch", "--list")
+
+
+def test_deleting_a_namespace_can_leave_the_branches_whose_lock_is_held(
+    broker: GitRepositories, repo: Path, git: Callable[..., str]
+) -> None:
+    for name in ("a1", "a2", "a3"):
+        git(repo, "branch", f"aether-tasks/m1/t1/{name}", "main")
+    lock = repo / ".git" / "refs" / "heads" / "aether-tasks" / "m1" / "t1" / "a2.lock"
+    lock.write_text("")
+    # Without a list for them, the first locked branch stops the deletion (a1 went).
+    with pytest.raises(FileLocked):
+        broker.delete_branches(str(repo), "aether-tasks/m1/")
+    locked: list[str] = []
+    deleted = broker.delete_branches(str(repo), "aether-tasks/m1/", locked)
+    assert deleted == ["aether-tasks/m1/t1/a3"]
+    assert locked == [str(lock)]
+    assert git(repo, "branch", "--list", "aether-tasks/*", "--format=%(refname:short)").split() == [
+        "aether-tasks/m1/t1/a2"
+    ]

@@ -172,3 +172,36 @@ def test_clear_locks_says_what_it_removed(tmp_path: Path) -> None:
     removed = clear_locks(str(common), lambda relative: relative.startswith("objects/"), 30)
     assert sorted(removed) == sorted([str(old), str(mine)])
     assert fresh.exists()
+
+
+async def test_start_up_leaves_a_branch_whose_fresh_lock_it_may_not_remove(
+    repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
+) -> None:
+    """A broker killed while it deleted a merged task's branch leaves that ref's lock,
+    fresh: at the next start it is a shared lock (a runner might be committing) and stays
+    until stale. The start-up's sweep would delete that branch: it is left for later,
+    rather than the start failing on the lock (the service exited at every start until
+    the lock was stale)."""
+    recorder = Recorder()
+    first = handlers_for(worktrees_dir, recorder, stale_after=30.0)
+    await prepare(first, recorder, repo)
+    await first.handle(ready("t1"), RecordingDelivery())
+    sha = commit(worktrees_dir / M / "t1-a1", {"one.py": "1\n"}, "one")
+    done = AgentCompleted(**meta(), task_id="t1", attempt=1, commit_sha=sha, branch="")
+    await asyncio.wait_for(first.handle(done, RecordingDelivery()), 10)
+    assert recorder.of(BranchMerged)
+    branch = f"aether-tasks/{M}/t1/a1"
+    assert git(repo, "rev-parse", "--verify", branch)  # deleted at the next preparation
+    lock = leave_lock(repo / ".git" / "refs" / "heads" / "aether-tasks" / M / "t1" / "a1.lock")
+    second = Recorder()
+    restarted = handlers_for(worktrees_dir, second, stale_after=30.0)
+    restarted.projection.apply_all(recorder.events)
+    await restarted.start_up()
+    assert lock.exists()
+    assert branch in git(repo, "branch", "--list", branch)
+    # Once the lock is gone, the branch goes with the next preparation or start.
+    lock.unlink()
+    third = handlers_for(worktrees_dir, Recorder(), stale_after=30.0)
+    third.projection.apply_all(recorder.events)
+    await third.start_up()
+    assert git(repo, "branch", "--list", branch) == ""

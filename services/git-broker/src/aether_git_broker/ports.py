@@ -92,8 +92,12 @@ class Repositories(ScratchWorktrees, Protocol):
         """Delete one branch if it exists."""
         ...
 
-    def delete_branches(self, repository_path: str, prefix: str) -> list[str]:
-        """Delete every branch in the ``prefix`` namespace (ending in ``/``)."""
+    def delete_branches(
+        self, repository_path: str, prefix: str, locked: list[str] | None = None
+    ) -> list[str]:
+        """Delete every branch in the ``prefix`` namespace (ending in ``/``); one whose
+        ref is locked raises ``FileLocked``, or with ``locked`` is left and its lock file
+        added there."""
         ...
 
     def drop_pool(self, repository_path: str) -> bool:

@@ -235,7 +235,9 @@ class InMemoryRepositories:
         repo = self.repositories.get(repository_path)
         return repo is not None and repo.branches.pop(branch, None) is not None
 
-    def delete_branches(self, repository_path: str, prefix: str) -> list[str]:
+    def delete_branches(
+        self, repository_path: str, prefix: str, locked: list[str] | None = None
+    ) -> list[str]:
         if not prefix.endswith("/"):
             raise ValueError(f"{prefix!r} is not a namespace (it must end in '/')")
         repo = self.repositories.get(repository_path)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime
 
+from dulwich.file import FileLocked
 from dulwich.objects import S_ISGITLINK, ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -415,8 +416,12 @@ class GitRepositories:
                 return False
             return remove_branch(repo, branch_ref(branch))
 
-    def delete_branches(self, repository_path: str, prefix: str) -> list[str]:
-        """Delete every branch whose name starts with ``prefix`` (a ``…/`` namespace)."""
+    def delete_branches(
+        self, repository_path: str, prefix: str, locked: list[str] | None = None
+    ) -> list[str]:
+        """Delete every branch whose name starts with ``prefix`` (a ``…/`` namespace).
+        A branch whose ref is locked raises ``FileLocked``; with ``locked``, its lock
+        file is added there instead and the others are deleted."""
         if not prefix.endswith("/"):
             raise ValueError(f"{prefix!r} is not a namespace (it must end in '/')")
         with self._lock:
@@ -428,7 +433,14 @@ class GitRepositories:
             deleted = []
             for name in sorted(repo.refs.keys(base=base)):
                 ref = Ref(base + name)
-                if repo.refs.remove_if_equals(ref, None):
+                try:
+                    removed = repo.refs.remove_if_equals(ref, None)
+                except FileLocked as held:
+                    if locked is None:
+                        raise
+                    locked.append(os.fsdecode(held.lockfilename))
+                    continue
+                if removed:
                     deleted.append(ref.decode().removeprefix("refs/heads/"))
             return deleted
 
