@@ -376,3 +376,64 @@ def test_a_look_taken_before_the_branch_moved_is_not_committed(tmp_path: Path) -
 
     assert second is not None and changed == ["c.txt"]
     assert git(repo, "show", "--name-only", "--format=", second).split() == ["c.txt"]
+
+
+# --- an attempt taken over from a runner killed mid-commit ------------------------------
+
+
+async def test_an_attempt_taken_over_removes_the_locks_its_killed_runner_left(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    model: Callable[[dict[str, list[Turn]]], Model],
+    reply: Callable[..., Turn],
+    tool: Callable[..., dict[str, Any]],
+    finish: Callable[..., Turn],
+) -> None:
+    """A runner killed while it committed leaves its task branch's ref lock and its
+    worktree's index lock. The runner that takes the attempt over (a redelivery) holds
+    the attempt's lock, so nobody else writes either: it removes them, and its commit
+    goes through. Before, every commit of the attempt failed on them, its failed step
+    started the liveness clock and the attempt waited for the heartbeat timeout (a chaos
+    trial: 118.7 s)."""
+    ready = workspace_ready(task_repo, "m-taken-over")
+    git_dir = attempt_module._git_dir(ready, Path(ready.worktree_path))
+    ref_lock = Path(git_dir.common) / (git_dir.ref.decode() + ".lock")
+    index_lock = Path(git_dir.admin) / "index.lock"
+    for lock in (ref_lock, index_lock):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_bytes(b"")
+    scripted = model(
+        {"t1": [reply(tool("write_file", path="src/app.py", content="x = 2\n")), finish()]}
+    )
+
+    async def emit(event: Event) -> None:
+        pass
+
+    result = await builtin_attempts(scripted).work(ready, emit, first_delivery=False)
+
+    assert isinstance(result, AgentCompleted), result
+    assert not ref_lock.exists() and not index_lock.exists()
+    assert git(task_repo.repo, "rev-parse", ready.branch) == result.commit_sha
+
+
+async def test_a_first_delivery_leaves_locks_alone(
+    task_repo: TaskRepo, workspace_ready: Callable[..., WorkspaceReady]
+) -> None:
+    """No runner had the attempt before its first delivery: a lock then is not one a
+    runner of it left, and is not touched."""
+    ready = workspace_ready(task_repo, "m-first")
+    git_dir = attempt_module._git_dir(ready, Path(ready.worktree_path))
+    index_lock = Path(git_dir.admin) / "index.lock"
+    index_lock.write_bytes(b"")
+    attempts = Attempts(
+        runtimes=lambda name: ScriptedRuntime([Finish("nothing to do")]),
+        settings=AgentSettings(commands=()),
+        runner_id="r",
+        clock=lambda: datetime.now(UTC),
+    )
+
+    async def emit(event: Event) -> None:
+        pass
+
+    await attempts.work(ready, emit, first_delivery=True)
+    assert index_lock.exists()

@@ -33,6 +33,7 @@ from aether_agent_runner.adapters.git import (
     GitDir,
     GitDirError,
     Snapshot,
+    clear_leftover_locks,
     commit_all,
     commit_files,
     head_sha,
@@ -244,6 +245,10 @@ class Attempts:
             return claimed
         git, directory, lock = claimed
         try:
+            if not first_delivery and (left := clear_leftover_locks(git)):
+                # Its last holder was killed mid-commit: with them there, every commit
+                # of the attempt failed and it waited for the heartbeat timeout.
+                log.warning("locks a killed runner left removed", extra={"locks": left})
             journal = Journal(directory)
             task, attempt = ready.task, ready.attempt
             records, own = _recall(journal, git, ready.base_sha, task.id, attempt)
@@ -312,7 +317,15 @@ class Attempts:
                 metrics.RESULTS.labels("ended").inc()
                 return failed(ready, self.clock(), str(error), error.retryable)
             git = GitDir.clone(clone, ready.branch)
-            directory = await asyncio.to_thread(state_dir, git)
+
+            def own_clone() -> Path:
+                # Only the holder of the attempt's lock writes its clone: a lock in it
+                # is one a killed holder left.
+                if left := clear_leftover_locks(git):
+                    log.warning("locks a killed runner left removed", extra={"locks": left})
+                return state_dir(git)
+
+            directory = await asyncio.to_thread(own_clone)
             result = await self._work(ready, git, Journal(directory), emit)
             if isinstance(result, AgentCompleted):
                 try:

@@ -848,6 +848,26 @@ def _is_dot_gitmodules(name: bytes) -> bool:
     return lowered == b".gitmodules" or lowered.startswith(b"gitmod~")
 
 
+def clear_leftover_locks(git: GitDir) -> list[str]:
+    """Remove the lock files a killed holder of this attempt left on what, while the
+    attempt is open, only the holder of its lock writes: its task branch's ref and its
+    worktree's index (the git broker writes them before it hands the attempt out and
+    after it has ended). Call it with the attempt's lock held, on an attempt taken over
+    or resumed: a runner killed mid-commit leaves them, and every commit of the attempt
+    after it would fail on them. Returns the paths removed."""
+    removed = []
+    for lock in (
+        os.path.join(git.common, os.fsdecode(git.ref)) + ".lock",
+        os.path.join(git.admin, "index.lock"),
+    ):
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            continue
+        removed.append(lock)
+    return removed
+
+
 def move_branch(git: GitDir, old: ObjectID | None, new: ObjectID) -> bool:
     """Point the task branch at ``new`` if it points at ``old`` (``None``: wherever it
     points); ``False`` when it does not.
