@@ -143,9 +143,9 @@ def test_a_stuck_process_exits_with_its_stacks_and_a_log_line() -> None:
 
 def test_a_process_paused_whole_is_not_stuck() -> None:
     """SIGSTOP stops the watchdog's thread with the loop: once continued, the loop gets
-    its time again rather than the process ending. The loop works in steps of half a
-    second of CPU, which a pause does not shorten: continued mid-step, it gives the
-    watchdog its next turn only once the step is done."""
+    its time again rather than the process ending. The loop works in steps of 0.3 s of
+    CPU, which a pause does not shorten: continued mid-step, it pats the watchdog only
+    once the step is done, after the watchdog has looked."""
     script = textwrap.dedent(
         """
         import asyncio, time
@@ -153,13 +153,13 @@ def test_a_process_paused_whole_is_not_stuck() -> None:
 
         def step():
             began = time.process_time()
-            while time.process_time() - began < 0.5:
+            while time.process_time() - began < 0.3:
                 pass
 
         async def main():
-            LoopWatchdog(1.5, service="paused", every=0.05).start()
+            LoopWatchdog(3.0, service="paused", every=0.05).start()
             print("watching", flush=True)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 6
             while time.monotonic() < deadline:
                 step()
                 await asyncio.sleep(0)
@@ -175,7 +175,7 @@ def test_a_process_paused_whole_is_not_stuck() -> None:
         assert process.stdout.readline().strip() == "watching"
         time.sleep(0.7)
         process.send_signal(signal.SIGSTOP)
-        time.sleep(2.0)
+        time.sleep(3.5)  # longer than the limit
         process.send_signal(signal.SIGCONT)
         _, err = process.communicate(timeout=60)
     finally:

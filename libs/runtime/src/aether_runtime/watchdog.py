@@ -102,8 +102,8 @@ class LoopWatchdog:
         assert loop is not None
         woke = time.monotonic()
         while not self._stopped.wait(self.every):
-            now, slept = time.monotonic(), time.monotonic() - woke
-            woke = now
+            now = time.monotonic()
+            slept, woke = now - woke, now
             if loop.is_closed():
                 return  # its service ended without stopping it (a test's loop, closed)
             if not loop.is_running() or slept > self.every + max(self.every, 1.0):
