@@ -84,6 +84,14 @@ log = logging.getLogger("aether.agent-runner")
 _SAFE_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]+")
 
 
+def _clear_what_a_killed_holder_left(git: GitDir) -> None:
+    """``clear_leftover_locks``, said in the log: the attempt's last holder was killed
+    mid-commit, and with its locks there every commit of the attempt failed and the
+    attempt waited for the heartbeat timeout."""
+    if left := clear_leftover_locks(git):
+        log.warning("locks a killed runner left removed", extra={"locks": left})
+
+
 class AttemptBusy(RetryLater):
     """Another agent holds this attempt's worktree right now; the message comes back later
     (handed back with a delay, not a failed step)."""
@@ -245,10 +253,8 @@ class Attempts:
             return claimed
         git, directory, lock = claimed
         try:
-            if not first_delivery and (left := clear_leftover_locks(git)):
-                # Its last holder was killed mid-commit: with them there, every commit
-                # of the attempt failed and it waited for the heartbeat timeout.
-                log.warning("locks a killed runner left removed", extra={"locks": left})
+            if not first_delivery:
+                _clear_what_a_killed_holder_left(git)
             journal = Journal(directory)
             task, attempt = ready.task, ready.attempt
             records, own = _recall(journal, git, ready.base_sha, task.id, attempt)
@@ -320,9 +326,8 @@ class Attempts:
 
             def own_clone() -> Path:
                 # Only the holder of the attempt's lock writes its clone: a lock in it
-                # is one a killed holder left.
-                if left := clear_leftover_locks(git):
-                    log.warning("locks a killed runner left removed", extra={"locks": left})
+                # is one a killed holder left, whatever the delivery.
+                _clear_what_a_killed_holder_left(git)
                 return state_dir(git)
 
             directory = await asyncio.to_thread(own_clone)
