@@ -13,6 +13,11 @@ dependency of the product. Then, on this machine and in this run:
 * Aether: missions of N chained tasks and of N independent tasks four at a time through
   the five services (``bench/overhead.py``'s stack and no-work agent);
 * LangGraph and Prefect 3 running the same ``GitWork`` per task (``peers.py``);
+* the durable messaging floor, chained only: ``bench/bus_floor.py``'s ring of three
+  processes passing each task over a JetStream work queue in the four hops Aether's
+  services make (ready → workspace → completed → merged), each doing its part of the
+  same git work (and, with ``--model-calls``, the runner its two model calls), with no
+  orchestrator: what any design of separate services over a durable bus costs at least;
 
 and prints ms per task (mission wall time / N), each one's ratio to its floor, and
 Aether's ratio to each peer, over their floors and as measured. With ``--rounds R`` the
@@ -44,10 +49,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 from aether.gitview import create_sample_repository
+from aether.infra import EmbeddedNats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bus_floor import ring
 from model_call import served
 from overhead import WorkDirectory, run_shape
 from work import GitWork, ModelCalls
@@ -107,6 +114,26 @@ def run_peers(python: Path, work: Path, n: int, model_url: str | None) -> dict[s
     return results
 
 
+FLOOR = "asyncio over a JetStream work queue (four hops)"
+
+
+async def messaging_floor(
+    work: Path, n: int, agent: ModelCalls | None, model_url: str | None
+) -> dict[str, float]:
+    """The durable messaging floor's ring, chained, on a NATS server of its own: the
+    sum of its tasks' times (each from its ready event's publication to its merged
+    event's delivery), and the plain loop right before it."""
+    key = f"{FLOOR}|chain"
+    results = {f"{key}|floor": await asyncio.to_thread(plain_loop, work, n, "ring", agent)}
+    server = await asyncio.to_thread(EmbeddedNats(work / "ring-nats").start)
+    try:
+        durations = await ring(server.url, work / "ring", n, True, False, model_url)
+    finally:
+        await asyncio.to_thread(server.stop)
+    results[key] = sum(durations)
+    return results
+
+
 async def aether(work: Path, n: int, agent: ModelCalls | None) -> dict[str, float]:
     results = {}
     for shape, label in (("chain", "chain"), ("independent", "4 at a time")):
@@ -142,6 +169,7 @@ def main() -> int:
                 here = work / f"round-{index + 1}"
                 (here / "peers").mkdir(parents=True)
                 walls = asyncio.run(aether(here, n, agent))
+                walls.update(asyncio.run(messaging_floor(here, n, agent, model_url)))
                 walls.update(run_peers(python, here, n, model_url))
                 rounds.append(walls)
                 if args.rounds > 1:
@@ -209,6 +237,17 @@ def print_table(rounds: list[dict[str, float]], n: int, model_calls: bool) -> No
                 if f"Aether (five services)|{shape}" in walls and f"{system}|{shape}" in walls
             ]
             print(f"    in each round: {'; '.join(per_round)}")
+    # Where the floor of any design of separate services over a durable bus stands
+    # against each in-process peer: a ratio to that peer below this one no such design
+    # reaches on this machine.
+    floor = walls.get(f"{FLOOR}|chain")
+    for system in systems:
+        peer = walls.get(f"{system}|chain")
+        if floor is None or peer is None or system.startswith("Aether") or system == FLOOR:
+            continue
+        print(
+            f"  the messaging floor ÷ {system} (ms a task as measured): chain {floor / peer:.2f}×"
+        )
 
 
 if __name__ == "__main__":
