@@ -31,7 +31,10 @@ its end: on a machine
 of few cores the read model's CPU is taken from the services on the mission's path, and
 the difference is what it costs them. It also prints, inside each attempt, the time from
 AgentStarted to the end of the first model call, between the ends of two calls, and from
-the last call's end to AgentCompleted, from the events the attempt emitted as it went.
+the last call's end to AgentCompleted, from the events the attempt emitted as it went;
+and, from the agent runner's own histograms, how many of its steps (the preparation
+before AgentStarted, the finish check, the commit), tool calls and model calls a task
+took and the mean time of one.
 Both tables are read from the events' own times, those an attempt's result carries (the
 start and usage a short attempt sends inside its result) included: they time the same
 steps however the runner sent them, while the deliveries and messages it counts are
@@ -406,13 +409,24 @@ def print_hops(shape: str, figures: dict[str, list[float]], title: str = "hop") 
         print(f"    {hop:<38} {p50:7.1f}  {p95:7.1f}")
 
 
+# The agent runner's histograms of its own steps, its tools and its model calls, read by
+# label (``print_runner_steps``): family, label.
+RUNNER_STEPS = {
+    "aether_agent_step_duration_seconds": "step",
+    "aether_agent_tool_duration_seconds": "tool",
+    "aether_model_request_duration_seconds": "model",
+}
+
+
 def scrape(url: str) -> dict[str, float]:
     """Sums and counts of the handler, delivery-delay and consumer-wait histograms at
-    ``url``/metrics."""
+    ``url``/metrics (every label together), and of the runner's ``RUNNER_STEPS`` by label
+    (``<sample>|<label value>``)."""
     text = httpx.get(f"{url}/metrics", timeout=10, verify=tls.shared()).text
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (
+        by = RUNNER_STEPS.get(family.name)
+        if by is None and family.name not in (
             "aether_handler_duration_seconds",
             "aether_event_delivery_delay_seconds",
             "aether_event_consumer_wait_seconds",
@@ -420,8 +434,30 @@ def scrape(url: str) -> dict[str, float]:
             continue
         for sample in family.samples:
             if sample.name.endswith(("_sum", "_count")):
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+                key = sample.name if by is None else f"{sample.name}|{sample.labels.get(by, '')}"
+                totals[key] = totals.get(key, 0.0) + sample.value
     return totals
+
+
+def print_runner_steps(
+    shape: str, stack: Stack, n: int, before: dict[str, dict[str, float]] | None
+) -> None:
+    """Per task, the agent runner's own steps, tool calls and model calls since
+    ``before`` (its histograms): how many, and the mean ms of one."""
+    earlier = (before or {}).get("agent-runner", {})
+    totals = scrape(stack.processes["agent-runner"].url)
+    print(f"  {shape}: inside the agent runner            per task   mean ms")
+    for family, by in RUNNER_STEPS.items():
+        for key in sorted(totals):
+            if not key.startswith(f"{family}_count|"):
+                continue
+            label = key.split("|", 1)[1]
+            count = totals[key] - earlier.get(key, 0.0)
+            spent = totals.get(f"{family}_sum|{label}", 0.0)
+            spent -= earlier.get(f"{family}_sum|{label}", 0.0)
+            if count > 0:
+                what = f"{by} {label}"
+                print(f"    {what:<38} {count / n:8.1f}  {spent / count * 1000:8.2f}")
 
 
 def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
@@ -775,6 +811,7 @@ async def _run_shape(
             run.handler = await asyncio.to_thread(
                 print_services, label, stack, n, cpu_before, before, servers_before, model_pid
             )
+            await asyncio.to_thread(print_runner_steps, label, stack, n, before)
             messages = await asyncio.to_thread(bus_messages, stack.nats_monitor_port)
             print_bus_messages(label, messages_before, messages, n)
             if bracket is not None:

@@ -92,6 +92,39 @@ async def test_a_fresh_builtin_attempt_is_prepared_in_one_hand_off(
     assert shown.split() == ["src/app.py"]
 
 
+async def test_an_attempts_own_steps_are_timed(
+    task_repo: TaskRepo,
+    workspace_ready: Callable[..., WorkspaceReady],
+    model: Callable[[dict[str, list[Turn]]], Model],
+    reply: Callable[..., Turn],
+    tool: Callable[..., dict[str, Any]],
+    finish: Callable[..., Turn],
+) -> None:
+    """The preparation, the finish check and the commit each add one observation to
+    ``aether_agent_step_duration_seconds`` (where an attempt's time goes besides its
+    model calls and tools, which have their own)."""
+    scripted = model({"t1": [reply(tool("write_file", path="timed.py", content="x\n")), finish()]})
+    steps = ("preparation", "finish_check", "commit")
+
+    def observed() -> list[float]:
+        return [
+            REGISTRY.get_sample_value("aether_agent_step_duration_seconds_count", {"step": s})
+            or 0.0
+            for s in steps
+        ]
+
+    before = observed()
+
+    async def emit(event: Event) -> None:
+        pass
+
+    ready = workspace_ready(task_repo, "m-timed")
+    result = await builtin_attempts(scripted).work(ready, emit, first_delivery=True)
+
+    assert isinstance(result, AgentCompleted), result
+    assert [after - earlier for after, earlier in zip(observed(), before, strict=True)] == [1, 1, 1]
+
+
 # --- a refused credential ------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from aether_agent_runner.adapters.commands import CommandPolicy
 from aether_agent_runner.adapters.search import search
@@ -162,6 +163,37 @@ async def test_tool_box_turns_refusals_into_error_results(task_repo: Any) -> Non
     assert result.is_error and "outside the repository" in result.content
     unknown = await box.call("format_disk", {})
     assert unknown.is_error and "there is no tool 'format_disk'" in unknown.content
+
+
+# Each series the test below reads: its sample's name and labels.
+_SERIES: list[tuple[str, dict[str, str]]] = [
+    ("aether_agent_tool_duration_seconds_count", {"tool": "write_file"}),
+    ("aether_agent_tool_duration_seconds_count", {"tool": "unknown"}),
+    ("aether_agent_tool_calls_total", {"tool": "write_file", "outcome": "ok"}),
+    ("aether_agent_tool_calls_total", {"tool": "unknown", "outcome": "refused"}),
+]
+
+
+def _samples() -> list[float]:
+    return [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in _SERIES]
+
+
+async def test_a_tool_call_is_timed_and_counted_under_its_tool_and_a_made_up_name_as_unknown(
+    task_repo: Any,
+) -> None:
+    """Every call is timed by tool; a name the model made up is counted and timed as
+    ``unknown``, never as a label of its own (a hostile model would grow the metrics
+    without bound, one series per name)."""
+    box = ToolBox(Workspace(task_repo.worktree), None)
+    made_up = "tool-7f3a9c"
+    before = _samples()
+
+    wrote = await box.call("write_file", {"path": "timed.txt", "content": "t"})
+    unknown = await box.call(made_up, {"path": "x"})
+
+    assert not wrote.is_error and unknown.is_error
+    assert [after - earlier for after, earlier in zip(_samples(), before, strict=True)] == [1] * 4
+    assert made_up not in generate_latest(REGISTRY).decode()
 
 
 async def test_run_command_is_only_offered_when_programs_are_allowed(task_repo: Any) -> None:

@@ -31,6 +31,24 @@ ATTEMPT_TURNS = Histogram(
     "Model turns an attempt took, once it ended",
     buckets=(1, 2, 3, 5, 8, 12, 20, 30, 45, 60),
 )
+# From well under a millisecond (a file tool on a small project) to a command's minutes.
+_UNDER_A_SECOND = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+STEP_BUCKETS = (*_UNDER_A_SECOND, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+STEPS = ("preparation", "finish_check", "commit")
+STEP_SECONDS = Histogram(
+    "aether_agent_step_duration_seconds",
+    "Time of the runner's own steps of an attempt: preparation (from the WorkspaceReady's "
+    "handling to AgentStarted: lock, journal, reset, repository map), finish_check (the "
+    "built-in loop's look at the worktree before a finish), commit",
+    ["step"],
+    buckets=STEP_BUCKETS,
+)
+TOOL_SECONDS = Histogram(
+    "aether_agent_tool_duration_seconds",
+    "Time of one tool call, by tool (a name that is no tool of the runner's: unknown)",
+    ["tool"],
+    buckets=STEP_BUCKETS,
+)
 ATTEMPT_SECONDS = Histogram(
     "aether_agent_attempt_duration_seconds",
     "Time from an agent's start to its result, by result",
@@ -40,3 +58,4 @@ ATTEMPT_SECONDS = Histogram(
 
 at_zero(RESULTS, result=("completed", "empty", "ended", "stopped", "refused", "credential_refused"))
 at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended", "refused"))
+at_zero(STEP_SECONDS, step=STEPS)

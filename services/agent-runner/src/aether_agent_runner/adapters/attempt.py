@@ -201,6 +201,7 @@ class Attempts:
         ``first_delivery``: WorkspaceReady reaches a runner for the first time, so no
         agent has worked in the worktree since the git broker checked it out (see
         ``_prepare``)."""
+        began = time.perf_counter()
         runtime = self._runtime(ready)
         # A fresh built-in attempt's conversation is begun in the same hand-off as the
         # lock (a role is looked up in the worktree first, and may change the model).
@@ -216,11 +217,13 @@ class Attempts:
             claiming.add_done_callback(_release_claimed)
             raise
         if claimed is None:
-            return await self._work_fetched(ready, emit)
+            return await self._work_fetched(ready, emit, began)
         if isinstance(claimed, str):
             return failed(ready, self.clock(), claimed, True)
         try:
-            return await self._work(ready, claimed.git, claimed.journal, emit, claimed, runtime)
+            return await self._work(
+                ready, claimed.git, claimed.journal, emit, began, claimed, runtime
+            )
         finally:
             claimed.lock.release()
 
@@ -289,7 +292,7 @@ class Attempts:
             raise AttemptBusy(f"another agent is working in {worktree}")
         return git, directory, lock
 
-    async def _work_fetched(self, ready: WorkspaceReady, emit: Emit) -> Event:
+    async def _work_fetched(self, ready: WorkspaceReady, emit: Emit, began: float) -> Event:
         """Fetch and push: work the attempt in a clone of its task branch from the git
         broker, then push the commit to that branch before reporting it."""
         settings = self.settings
@@ -331,7 +334,7 @@ class Attempts:
                 return state_dir(git)
 
             directory = await asyncio.to_thread(own_clone)
-            result = await self._work(ready, git, Journal(directory), emit)
+            result = await self._work(ready, git, Journal(directory), emit, began)
             if isinstance(result, AgentCompleted):
                 try:
                     await asyncio.to_thread(_push, broker, git, ready.branch, result.commit_sha)
@@ -351,9 +354,12 @@ class Attempts:
         git: GitDir,
         journal: Journal,
         emit: Emit,
+        began: float,
         prepared: Prepared | None = None,
         runtime: Runtime | RuntimeUnavailable | None = None,
     ) -> Event:
+        """The attempt worked in ``git``'s worktree; ``began``: when its handling began
+        (``time.perf_counter``), for the preparation's metric."""
         task, attempt = ready.task, ready.attempt
         worktree = git.worktree
         me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
@@ -389,6 +395,7 @@ class Attempts:
             # The role's model is the attempt's from here on: events, usage and trailers.
             model = model_for_role(role.model, ready.model, self.tiers)
             ready = msgspec.structs.replace(ready, model=model)
+        metrics.STEP_SECONDS.labels("preparation").observe(time.perf_counter() - began)
         await emit(decide.started(ready, self.clock(), self.runner_id, self.sandbox_name()))
         reporter = Reporter(ready, emit, self.clock, self.runner_id, self.settings.progress_seconds)
         settings = self.settings
@@ -439,10 +446,12 @@ class Attempts:
 
         def changes_now() -> bool:
             nonlocal looked
+            looking = time.perf_counter()
             touched = toolbox.workspace.touched
             written = frozenset(touched) if checked_out and not toolbox.commands else None
             seen = snapshot(git, commit_limits.max_blob_bytes, written)
             looked = (seen, toolbox.calls)
+            metrics.STEP_SECONDS.labels("finish_check").observe(time.perf_counter() - looking)
             return seen.changed
 
         async def has_changes() -> bool:
@@ -497,12 +506,15 @@ class Attempts:
         settled: bool = False,
     ) -> tuple[Event, str]:
         message = decide.commit_message(ready, outcome.summary, outcome.usage)
+        began = time.perf_counter()
         try:
             sha, changed = commit_all(git, message, limits, scanned, settled)
         except CommitRefused as error:
             refused = decide.commit_refused(ready, self.clock(), str(error))
             log.warning("commit refused", extra={"reason": refused.reason})
             return refused, "refused"
+        finally:
+            metrics.STEP_SECONDS.labels("commit").observe(time.perf_counter() - began)
         return decide.committed(ready, self.clock(), sha, changed, outcome.summary, outcome.usage)
 
 

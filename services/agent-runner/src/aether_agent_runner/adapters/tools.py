@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,12 +156,14 @@ def command_tool(policy: CommandPolicy, egress: tuple[str, ...] = ()) -> ToolPar
     )
 
 
-# Every tool's calls are counted from zero (the finish call is not a tool call here).
-at_zero(
-    metrics.TOOL_CALLS,
-    tool=[*(tool["name"] for tool in FILE_TOOLS), "run_command"],
-    outcome=metrics.TOOL_OUTCOMES,
-)
+# The tools a call's metrics name (the finish call is not a tool call here); any other name
+# a model sends counts as ``unknown``: a label takes no value a model chose.
+TOOL_NAMES = frozenset([*(tool["name"] for tool in FILE_TOOLS), "run_command"])
+UNKNOWN_TOOL = "unknown"
+
+# Every tool's calls are counted from zero.
+at_zero(metrics.TOOL_CALLS, tool=sorted(TOOL_NAMES), outcome=metrics.TOOL_OUTCOMES)
+at_zero(metrics.TOOL_SECONDS, tool=sorted(TOOL_NAMES))
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,8 @@ class ToolBox:
         self.calls += 1
         action = describe_call(name, args)
         ran: CommandResult | None = None
+        tool = name if name in TOOL_NAMES else UNKNOWN_TOOL
+        began = time.perf_counter()
         try:
             if not self.may_call(name):
                 raise ToolError(
@@ -292,13 +297,15 @@ class ToolBox:
             else:
                 content = await self._dispatch(name, args)
         except ToolError as error:
-            metrics.TOOL_CALLS.labels(name, "refused").inc()
+            metrics.TOOL_CALLS.labels(tool, "refused").inc()
             log.info("tool call refused", extra={"tool": name, "error": str(error)})
             return ToolResult(str(error), True, action)
         except (OSError, ValueError, TypeError) as error:
-            metrics.TOOL_CALLS.labels(name, "failed").inc()
+            metrics.TOOL_CALLS.labels(tool, "failed").inc()
             return ToolResult(f"{name} failed: {error}", True, action)
-        metrics.TOOL_CALLS.labels(name, "ok").inc()
+        finally:
+            metrics.TOOL_SECONDS.labels(tool).observe(time.perf_counter() - began)
+        metrics.TOOL_CALLS.labels(tool, "ok").inc()
         return ToolResult(content, False, action, ran)
 
     async def _dispatch(self, name: str, args: dict[str, Any]) -> str:
