@@ -38,8 +38,9 @@ STEPS = ("preparation", "finish_check", "commit")
 STEP_SECONDS = Histogram(
     "aether_agent_step_duration_seconds",
     "Time of the runner's own steps of an attempt: preparation (from the WorkspaceReady's "
-    "handling to AgentStarted: lock, journal, reset, repository map), finish_check (the "
-    "built-in loop's look at the worktree before a finish), commit",
+    "handling to AgentStarted: lock, journal, reset, repository map; a fetched attempt's "
+    "clone), finish_check (the built-in loop's look at the worktree before a finish), "
+    "commit",
     ["step"],
     buckets=STEP_BUCKETS,
 )
