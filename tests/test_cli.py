@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -572,3 +574,55 @@ def test_a_command_starts_without_httpxs_own_command_line_or_dulwich() -> None:
         check=True,
     )
     assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
+@pytest.mark.parametrize("lines", [3, 5000])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path, lines: int) -> None:
+    """``aether … | head``: the pipe's reader is gone before the command has written all
+    (a write fails at once, or only the flush at the end); the command stops without a
+    traceback, with the status a closed pipe gives."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "gateway.log").write_text("".join(f"line {i}\n" for i in range(lines)))
+    read, write = os.pipe()
+    os.close(read)
+    argv = ["--home", str(tmp_path), "logs", "gateway", "--raw", "-n", str(lines)]
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-c", "import sys, aether.cli; sys.exit(aether.cli.main())", *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert ended.stderr == ""
+    assert ended.returncode == 128 + signal.SIGPIPE
+
+
+def test_show_gives_a_task_not_yet_worked_no_cost_and_an_unpriced_one_as_unknown() -> None:
+    from aether.render import mission_detail
+
+    def task(task_id: str, cost: float | None, complete: bool = True) -> dict[str, object]:
+        return {
+            "task_id": task_id,
+            "title": task_id,
+            "status": "pending",
+            "cost_usd": cost,
+            "cost_complete": complete,
+        }
+
+    mission = {
+        "id": "m-1",
+        "status": "running",
+        "repository": "/r",
+        "base_branch": "main",
+        "requirement": "r",
+        "tasks": [task("t1", None), task("t2", 0.25), task("t3", None, False)],
+    }
+    rows = {
+        line.split()[0]: line for line in mission_detail(mission).splitlines() if " try " in line
+    }
+    assert rows["t1"].split()[4] == "-"
+    assert rows["t2"].split()[4] == "$0.2500"
+    assert rows["t3"].split()[4] == "unknown"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +38,22 @@ def _unreachable_hint(target: Target) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # What is still buffered goes out here, where a closed reader is caught.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped reading (``aether mission logs … | head``): not an error of
+        # the command's. Later writes (the interpreter's own flush at exit) go nowhere,
+        # and the exit status is a shell's for a pipe's closed reader, as git's is.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(_attach_secrets(sys.argv[1:] if argv is None else argv))
     if not hasattr(args, "run"):

@@ -25,6 +25,12 @@ def money(value: float | None, complete: bool = True) -> str:
     return f"${value:.4f}" + ("" if complete else "+")
 
 
+def task_cost(value: float | None, complete: bool = True) -> str:
+    """A task's or a board's cost as ``money`` gives it, or ``-`` before anything was spent
+    (a task not yet worked)."""
+    return "-" if value is None and complete else money(value, complete)
+
+
 def describe(event: SseEvent) -> str:
     """One line per event, for people."""
     d = event.data
@@ -155,7 +161,7 @@ def mission_detail(m: dict[str, Any]) -> str:
             note = f"  — {short(activity, 40)}" if activity else ""
             lines.append(
                 f"    {t['task_id']:<10} {t['status']:<11} try {t.get('attempt', 0)}  "
-                f"{money(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
+                f"{task_cost(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
                 f"{short(t['title'] + after, 60)}{note}"
             )
             drift = t.get("files_outside_scope") or []

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from aether.client import SseEvent
-from aether.render import money, wave_number
+from aether.render import task_cost, wave_number
 from aether_events import (
     NEEDS_PERSON_TASK_STATUSES,
     SETTLED_TASK_STATUSES,
@@ -281,11 +281,6 @@ def _usage(data: dict[str, Any]) -> Usage:
         return Usage()
 
 
-def _money(value: float | None, complete: bool = True) -> str:
-    """A cost as everywhere in the CLI, or ``-`` before anything was spent."""
-    return "-" if value is None and complete else money(value, complete)
-
-
 def _fit(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
@@ -303,7 +298,7 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
     lines = [
         _clip(
             f"{board.mission_id}  {board.status.replace('_', ' ')}{plan}  "
-            f"cost {_money(board.cost, board.cost_complete)}{budget}{offline}",
+            f"cost {task_cost(board.cost, board.cost_complete)}{budget}{offline}",
             width,
         ),
         _clip(_summary(board, now), width),
@@ -334,7 +329,7 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
         title = _fit(_title(line), title_width)
         row = (
             f"  {_fit(line.id, 10):<10} {line.status:<12} {line.attempt:>3} {wave:>4} "
-            f"{_money(line.cost, line.cost_complete):>9}  {title:<{title_width}}  "
+            f"{task_cost(line.cost, line.cost_complete):>9}  {title:<{title_width}}  "
         )
         lines.append(row + _fit(line.activity, max(10, width - len(row))))
     if not board.tasks:
