@@ -626,3 +626,26 @@ def test_show_gives_a_task_not_yet_worked_no_cost_and_an_unpriced_one_as_unknown
     assert rows["t1"].split()[4] == "-"
     assert rows["t2"].split()[4] == "$0.2500"
     assert rows["t3"].split()[4] == "unknown"
+
+
+def test_a_mission_that_failed_before_any_model_call_cost_nothing() -> None:
+    """The gateway has no cost for a mission no model call was made for (its repository
+    was refused): $0, not "unknown", which the CLI keeps for a call it found no price for."""
+    from aether.render import mission_detail, mission_lines
+
+    failed = {
+        "id": "m-1",
+        "status": "failed",
+        "created_at": "2026-12-03T04:25:42Z",
+        "cost_usd": None,
+        "repository": "/nonexistent",
+        "base_branch": "main",
+        "requirement": "x",
+        "budget_usd": 5.0,
+        "error": "repository '/nonexistent' does not exist",
+    }
+    unpriced = failed | {"id": "m-2", "cost_complete": False}
+    first, second = mission_lines([failed, unpriced])[1:]
+    assert first.split()[4] == "$0.0000"
+    assert second.split()[4] == "unknown"
+    assert "  cost         $0.0000 of $5.00;" in mission_detail(failed)

@@ -31,6 +31,14 @@ def task_cost(value: float | None, complete: bool = True) -> str:
     return "-" if value is None and complete else money(value, complete)
 
 
+def mission_cost(m: dict[str, Any]) -> str:
+    """A mission's cost: $0 before any model call (the gateway has no figure yet), unknown
+    only when a call's price is."""
+    complete = m.get("cost_complete", True)
+    value = m.get("cost_usd")
+    return money(0.0 if value is None and complete else value, complete)
+
+
 def describe(event: SseEvent) -> str:
     """One line per event, for people."""
     d = event.data
@@ -103,7 +111,7 @@ def mission_lines(missions: list[dict[str, Any]]) -> list[str]:
 
 def mission_line(m: dict[str, Any]) -> str:
     created = str(m.get("created_at", ""))[:19].replace("T", " ")
-    cost = money(m.get("cost_usd"), m.get("cost_complete", True))
+    cost = mission_cost(m)
     return _mission_columns(
         m["id"],
         m["status"],
@@ -135,7 +143,7 @@ def mission_detail(m: dict[str, Any]) -> str:
         state = f"approved v{approved}" if approved is not None else "not approved"
         lines.append(f"  plan         v{m['plan_version']} by {m.get('model')} ({state})")
     budget = m.get("budget_usd")
-    spent = money(m.get("cost_usd"), m.get("cost_complete", True))
+    spent = mission_cost(m)
     budget_text = f" of ${budget:.2f}" if budget is not None else " (no budget)"
     flags = ""
     if m.get("budget_exceeded"):
