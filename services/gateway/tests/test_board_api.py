@@ -168,6 +168,11 @@ async def test_board_pages_and_assets_are_served_without_a_token(gateway_server)
         assert script.status_code == 200
         assert script.text == (static_directory() / "js" / "main.js").read_text()
         assert (await anonymous.get("/board/static/nope.js")).status_code == 404
+        # A name longer than the file system looks up is no such file either.
+        for name in ("a" * 5000 + ".js", "a/" * 3000 + "x.js"):
+            missing = await anonymous.get(f"/board/static/{name}")
+            assert missing.status_code == 404, missing.text
+            assert missing.json()["error"] == "no such file of the board"
         # Data still needs a token.
         assert (await anonymous.get("/missions")).status_code == 401
         assert (await anonymous.get("/events/position")).status_code == 401

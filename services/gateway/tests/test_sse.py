@@ -73,6 +73,21 @@ async def test_replay_then_resume_after_last_event_id(http, nc, script):
     assert [int(m["id"]) for m in after] == [ack.seq for ack in acks[6:]]
 
 
+async def test_resuming_after_the_terminal_event_ends_the_stream_at_once(http, nc, script):
+    # A client that had the terminal event (its connection dropped before the stream
+    # ended) resumes after it: no replay nor live event would end the stream again.
+    acks = await EventPublisher(nc.jetstream()).publish_all(script.happy_path())
+    url = f"/missions/{script.mission_id}/events"
+    last = acks[-1].seq
+    for resume in ({"headers": {"Last-Event-ID": str(last)}}, {"params": {"after": str(last)}}):
+        params = {"until_terminal": "1", **resume.get("params", {})}
+        headers = resume.get("headers", {})
+        received = await asyncio.wait_for(
+            collect(http, url, params=params, headers=headers), timeout=20
+        )
+        assert received == []
+
+
 async def test_live_events_follow_the_replay_with_keep_alives_between(http, nc, script):
     publisher = EventPublisher(nc.jetstream())
     requested = await publisher.publish(script.requested())

@@ -368,3 +368,24 @@ async def test_the_hub_follows_the_streams_only_while_a_client_wants_them(
         assert hub.recent(client.start, ack.seq, Filter()) is None  # the read model's now
     finally:
         await hub.stop()
+
+
+async def test_an_attempt_or_sequence_too_large_to_store_is_refused_by_name(http, nc, script):
+    await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
+    await eventually(
+        lambda: _found(http, f"/missions/{script.mission_id}"), what="the mission folded"
+    )
+    for name, largest in (
+        ("attempt", 2**31 - 1),
+        ("after_attempt", 2**31 - 1),
+        ("after", 2**63 - 1),
+    ):
+        response = await http.get(path(script), params={name: largest})
+        assert response.status_code == 200, response.text
+        response = await http.get(path(script), params={name: largest + 1})
+        assert response.status_code == 400, response.text
+        assert name in response.json()["error"]
+
+
+async def _found(http, url: str) -> bool:
+    return (await http.get(url)).status_code == 200

@@ -139,6 +139,26 @@ async def _wait_for_position(ctx: GatewayContext, target: int) -> int:
     return min(position, target)
 
 
+async def _ended_by(ctx: GatewayContext, mission_id: str | None, sequence: int) -> bool:
+    """Whether the mission's terminal event is at or before ``sequence``. A client that
+    resumes after it has had it, and neither the replay nor the live events would send
+    it again to end the stream: the read model is asked, once it has folded that far
+    (the hub may have sent the event before the read model folded it)."""
+    if mission_id is None:
+        return False
+
+    async def ended(upto: int) -> bool:
+        terminal = sorted(TERMINAL_TAGS)
+        return bool(
+            await ctx.queries.events(mission_id=mission_id, types=terminal, upto=upto, limit=1)
+        )
+
+    position = await ctx.read_model.position()
+    if await ended(min(position, sequence)):
+        return True
+    return position < sequence and await ended(await _wait_for_position(ctx, sequence))
+
+
 def _message(event: StreamedEvent) -> ServerSentEventMessage:
     metrics.SSE_EVENTS_SENT.inc()
     sequence = event.sequence if event.ends_message else None
@@ -186,6 +206,8 @@ async def _stream(
         loop = asyncio.get_running_loop()
         check_at = loop.time() + reauth
         try:
+            if until_terminal and after > 0 and await _ended_by(ctx, wanted.mission_id, after):
+                return
             if after < start:
                 async for event in _replay(ctx, after, start, wanted):
                     yield _message(event)

@@ -24,6 +24,11 @@ from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses
 from aether_gateway.api.queries import _mission_or_wait
 
+# The largest attempt and sequence the table's columns hold (PostgreSQL integer and
+# bigint): a larger one is a 400 naming it, not an overflow inside the query.
+_MAX_ATTEMPT = 2**31 - 1
+_MAX_SEQUENCE = 2**63 - 1
+
 
 class TranscriptCursor(msgspec.Struct, kw_only=True):
     """Where the next page starts: pass both as ``after_attempt`` and ``after``."""
@@ -51,14 +56,17 @@ async def task_transcript(
     mission_id: FromPath[str],
     task_id: FromPath[str],
     attempt: Annotated[
-        int | None, QueryParameter(ge=0, description="Only this attempt's entries")
+        int | None, QueryParameter(ge=0, le=_MAX_ATTEMPT, description="Only this attempt's entries")
     ] = None,
     after_attempt: Annotated[
         int | None,
-        QueryParameter(ge=0, description="With `after`: the attempt of the last entry held"),
+        QueryParameter(
+            ge=0, le=_MAX_ATTEMPT, description="With `after`: the attempt of the last entry held"
+        ),
     ] = None,
     after: Annotated[
-        int | None, QueryParameter(ge=0, description="The sequence of the last entry held")
+        int | None,
+        QueryParameter(ge=0, le=_MAX_SEQUENCE, description="The sequence of the last entry held"),
     ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Page size")] = 500,
 ) -> Transcript:

@@ -72,7 +72,11 @@ def asset(asset: FromPath[str]) -> Response[bytes]:
     """One of the board's files; nothing outside its directory, nothing but its types."""
     path = (_STATIC / asset.lstrip("/")).resolve()
     kind = _TYPES.get(path.suffix)
-    if kind is None or not path.is_file() or not path.is_relative_to(_STATIC.resolve()):
+    try:
+        found = kind is not None and path.is_relative_to(_STATIC.resolve()) and path.is_file()
+    except OSError:  # a name the file system refuses to look up (too long): no such file
+        found = False
+    if not found:
         raise NotFoundException(detail="no such file of the board")
     # Assets change with the package: revalidate rather than guess how long they last.
     return Response(path.read_bytes(), media_type=kind, headers={"Cache-Control": "no-cache"})
