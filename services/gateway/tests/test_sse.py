@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from aether_events import EventPublisher, tag_of
+from aether_events import MISSIONS_STREAM, EventPublisher, tag_of
 
 from .conftest import eventually
 
@@ -133,6 +133,23 @@ async def test_unknown_missions_and_bad_resume_points_are_refused(http, nc, scri
     assert bad_header.status_code == 400
     assert "Last-Event-ID" in bad_header.json()["error"]
     assert (await http.get(url, params={"after": "-1"})).status_code == 400
+    # Past the stream's newest event: no event would ever be sent after it.
+    newest = (await nc.jetstream().stream_info(MISSIONS_STREAM)).state.last_seq
+    for resume in (
+        {"headers": {"Last-Event-ID": str(newest + 1)}},
+        {"params": {"after": "10" * 11}},
+    ):
+        # (Taken as a resume point, it is a stream that never ends: bounded here.)
+        ahead = await asyncio.wait_for(http.get(url, **resume), timeout=10)
+        assert ahead.status_code == 400
+        assert ahead.json()["detail"]["newest"] == newest
+    ahead = await asyncio.wait_for(
+        http.get("/events/stream", headers={"Last-Event-ID": str(newest + 1)}), timeout=10
+    )
+    assert ahead.status_code == 400
+    # The newest event itself is a resume point: the stream waits for the next.
+    async with http.stream("GET", url, headers={"Last-Event-ID": str(newest)}) as resumed:
+        assert resumed.status_code == 200
 
 
 async def test_stopping_the_gateway_ends_open_streams_promptly(gateway_server, nc, script):

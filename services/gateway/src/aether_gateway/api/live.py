@@ -159,6 +159,28 @@ async def _ended_by(ctx: GatewayContext, mission_id: str | None, sequence: int) 
     return position < sequence and await ended(await _wait_for_position(ctx, sequence))
 
 
+async def _check_resume_point(ctx: GatewayContext, after: int) -> None:
+    """Refuse a resume point past the stream's newest event: no id a client was sent is
+    there, and the stream would skip every event up to it, for ever. Ahead of this
+    gateway's hub is not enough (another gateway's clients may have seen a later event
+    first): the stream itself is asked, then only."""
+    if after <= ctx.hub.last_sequence:
+        return
+    try:
+        newest = await ctx.bus.last_sequence()
+    except Exception as error:  # the bus out of reach: the hub's subscription says so next
+        log.info("resume point not checked", extra={"error": repr(error)})
+        return
+    if after > newest:
+        raise bad_request(
+            f"the resume point {after} is past the stream's newest event ({newest}): "
+            "resume after an id this stream sent, or from the start (no Last-Event-ID)",
+            key="Last-Event-ID",
+            value=after,
+            newest=newest,
+        )
+
+
 def _message(event: StreamedEvent) -> ServerSentEventMessage:
     metrics.SSE_EVENTS_SENT.inc()
     sequence = event.sequence if event.ends_message else None
@@ -186,6 +208,7 @@ async def _stream(
     *,
     until_terminal: bool = False,
 ) -> ServerSentEvent:
+    await _check_resume_point(ctx, after)
     # Registered before anything is replayed: every event after ``start`` reaches the
     # queue, every event up to it comes from the replay.
     try:
