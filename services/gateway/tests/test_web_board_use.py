@@ -184,3 +184,20 @@ async def test_cancel_asks_again_before_it_cancels(
         cancelled = await log.first(MissionCancelled)
     assert cancelled.mission_id == script.mission_id
     await expect(page.locator("#mission-status .pill")).to_have_text("cancelled")
+
+
+async def test_each_tab_is_titled_by_what_it_shows(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    await running_mission(nc, script)
+    page = browser.pages[0] if browser.pages else await browser.new_page()
+    await page.goto(gateway_server.base_url + "/board/")
+    await expect(page).to_have_title("Sign in · Aether")
+    page = await signed_in(browser, gateway_server)
+    await expect(page).to_have_title("Missions · Aether")
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page).to_have_title(f"{LONG[:59]}… · Aether")
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    await expect(page).to_have_title(f"{LONG} · {script.mission_id} · Aether")
+    await page.click('#nav a[data-page="usage"]')
+    await expect(page).to_have_title("Usage · Aether")

@@ -83,6 +83,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     const focused = document.activeElement;
     if (shownVersion === null || shownVersion > (detail.plan_version || 0)) shownVersion = detail.plan_version;
     const started = performance.now();
+    document.title = `${firstLine(detail.requirement, 60)} · Aether`;
     drawHeader();
     drawCommands();
     drawPlan();

@@ -127,6 +127,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
 
   async function load() {
     task = await get(base);
+    document.title = `${task.title} · ${missionId} · Aether`;
     drawHeader();
     drawAttempts();
   }
