@@ -4,14 +4,58 @@
 import { s } from "./dom.js";
 import { layers } from "./fold.js";
 
-const W = 190;
+const W = 220;
 const H = 54;
 const GAP_X = 70;
 const GAP_Y = 14;
 const PAD = 16;
 
-function clip(text, max) {
-  return text.length > max ? text.slice(0, max - 1) + "…" : text;
+// A node's text is cut to the width it has, measured in the font it is drawn in: a count
+// of characters let a wide title run out of its box and the meta line run under the cost.
+let ruler = null;
+
+function fonts() {
+  const root = getComputedStyle(document.documentElement);
+  const body = getComputedStyle(document.body).fontFamily;
+  return {
+    title: `600 12.5px ${body}`,
+    meta: `10.5px ${root.getPropertyValue("--mono").trim() || "monospace"}`,
+    cost: `10.5px ${body}`,
+  };
+}
+
+function width(text, font) {
+  ruler = ruler || document.createElement("canvas").getContext("2d");
+  ruler.font = font;
+  return ruler.measureText(text).width;
+}
+
+/** ``text``, cut with an ellipsis to fit ``px`` pixels in ``font``. */
+export function fit(text, px, font) {
+  if (width(text, font) <= px) return text;
+  let low = 0;
+  let high = text.length;
+  while (low < high) {
+    const mid = Math.ceil((low + high) / 2);
+    if (width(text.slice(0, mid) + "…", font) <= px) low = mid;
+    else high = mid - 1;
+  }
+  return text.slice(0, low) + "…";
+}
+
+const TEXT_X = 14;
+const RIGHT = 10;
+
+/** Show ``cost`` (or, with none, the node's estimate) and fit the meta line beside it. */
+export function setNodeCost(node, cost) {
+  const shown = cost || node.dataset.estimated || "";
+  const label = node.querySelector(".node-cost");
+  const meta = node.querySelector(".node-meta");
+  const font = fonts();
+  const room = W - TEXT_X - RIGHT - (shown ? width(shown, font.cost) + 8 : 0);
+  const text = fit(node.dataset.meta, room, font.meta);
+  if (label.textContent !== shown) label.textContent = shown;
+  if (meta.textContent !== text) meta.textContent = text;
 }
 
 /**
@@ -38,7 +82,7 @@ export function planGraph(plan, { statusOf, costOf, estimateOf = () => null, onO
     viewBox: `0 0 ${width} ${height}`,
     width,
     height,
-    role: "img",
+    role: "group",
     "aria-label": `Plan version ${plan.version}: ${plan.tasks.length} tasks in ${columns.length} waves`,
   });
   svg.append(
@@ -69,7 +113,8 @@ export function planGraph(plan, { statusOf, costOf, estimateOf = () => null, onO
     const estimate = estimateOf(id);
     const estimated = estimate == null ? "" : `≈ $${estimate.toFixed(2)}`;
     // What it has cost so far once it ran, else what it is expected to cost.
-    const cost = costOf(id) || estimated;
+    const cost = costOf(id);
+    const meta = `${id} · ${task.tier}${task.files && task.files.length ? " · " + task.files.length + " file" + (task.files.length > 1 ? "s" : "") : ""}`;
     const tip = [
       `${task.title} (${id})`,
       `tier: ${task.tier}`,
@@ -80,14 +125,25 @@ export function planGraph(plan, { statusOf, costOf, estimateOf = () => null, onO
     ].filter(Boolean).join("\n");
     const node = s(
       "g",
-      { class: `node s-${status}`, transform: `translate(${pos.x},${pos.y})`, tabindex: 0, "data-task": id, "data-status": status, ...(estimate == null ? {} : { "data-estimate": estimate.toFixed(2) }) },
+      {
+        class: `node s-${status}`,
+        transform: `translate(${pos.x},${pos.y})`,
+        tabindex: 0,
+        role: "link",
+        "aria-label": `${task.title} (${id}), ${status}`,
+        "data-task": id,
+        "data-status": status,
+        dataset: { meta, estimated },
+        ...(estimate == null ? {} : { "data-estimate": estimate.toFixed(2) }),
+      },
       s("title", {}, tip),
       s("rect", { width: W, height: H, rx: 8 }),
       s("rect", { class: "stripe", width: 5, height: H, rx: 2 }),
-      s("text", { x: 14, y: 21, class: "node-title" }, clip(task.title, 24)),
-      s("text", { x: 14, y: 40, class: "node-meta" }, clip(`${id} · ${task.tier}${task.files && task.files.length ? " · " + task.files.length + " file" + (task.files.length > 1 ? "s" : "") : ""}`, 30)),
-      s("text", { x: W - 10, y: 40, class: "node-cost", "text-anchor": "end" }, cost),
+      s("text", { x: TEXT_X, y: 21, class: "node-title" }, fit(task.title, W - TEXT_X - RIGHT, fonts().title)),
+      s("text", { x: TEXT_X, y: 40, class: "node-meta" }),
+      s("text", { x: W - RIGHT, y: 40, class: "node-cost", "text-anchor": "end" }),
     );
+    setNodeCost(node, cost);
     node.addEventListener("click", () => onOpen(id));
     node.addEventListener("keydown", (e) => e.key === "Enter" && onOpen(id));
     nodes.set(id, node);
@@ -100,4 +156,6 @@ export function planGraph(plan, { statusOf, costOf, estimateOf = () => null, onO
 export function setNodeStatus(node, status) {
   node.setAttribute("class", `node s-${status}`);
   node.dataset.status = status;
+  const label = node.getAttribute("aria-label");
+  node.setAttribute("aria-label", label.replace(/, [a-z_]+$/, `, ${status}`));
 }

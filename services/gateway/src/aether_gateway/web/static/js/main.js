@@ -53,6 +53,7 @@ async function render(message) {
   if (!token()) {
     me = null;
     showChrome(false);
+    document.title = "Sign in · Aether";
     signInPage(main, { message, onSignedIn: signedIn });
     return;
   }
@@ -73,6 +74,9 @@ async function render(message) {
     for (const link of document.querySelectorAll("#nav a")) {
       link.classList.toggle("active", link.dataset.page === section);
     }
+    // Each tab and history entry says which page it is; a mission's or a task's page
+    // names its subject once it has loaded.
+    document.title = `${section[0].toUpperCase()}${section.slice(1)} · Aether`;
     const params = match.slice(1).map(decodeURIComponent);
     leave = (await page()(main, { me, params, navigate })) || null;
     return;

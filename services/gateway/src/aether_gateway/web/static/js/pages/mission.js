@@ -4,7 +4,7 @@
 import { ApiError, get, post } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill, put, short, time, tokens } from "../dom.js";
 import { COLUMNS, column, delivery, missionChange, planDiff, taskChange } from "../fold.js";
-import { planGraph, setNodeStatus } from "../graph.js";
+import { planGraph, setNodeCost, setNodeStatus } from "../graph.js";
 import { LiveStream, record } from "../live.js";
 
 const ACTIVE = new Set(["requested", "preparing", "awaiting_input", "awaiting_approval", "running"]);
@@ -49,7 +49,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   main.append(h("div", { class: "mission-layout" }, header, commands, planCard, boardCard, h("div", { class: "two" }, side, steps)));
 
   // Made once and moved into each redraw, so what a person is typing survives it.
-  const messageText = h("textarea", { id: "message-text", rows: 3 });
+  const messageText = h("textarea", { id: "message-text", rows: 3, "aria-label": "Message to the planner" });
   const budgetInput = h("input", { id: "budget-input", inputmode: "decimal", placeholder: "new budget, USD", size: 12 });
   let shownJson = "";
 
@@ -66,7 +66,11 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       position = (await get("/events/position")).sequence;
       fresh = await get(base);
     } catch (error) {
-      put(header, h("h1", {}, "Mission not found"), h("p", { class: "field-error" }, error.message));
+      // A page already drawn stays as it is until the gateway answers again.
+      if (detail && error.status !== 404) return false;
+      for (const el of [commands, planCard, boardCard, side, steps]) el.hidden = true;
+      const title = error.status === 404 ? "Mission not found" : "The mission could not be loaded";
+      put(header, h("h1", {}, title), h("p", { class: "field-error" }, error.message), h("a", { href: "/board/", "data-nav": true }, "Back to the missions"));
       return false;
     }
     snapshotAt = position;
@@ -79,6 +83,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     const focused = document.activeElement;
     if (shownVersion === null || shownVersion > (detail.plan_version || 0)) shownVersion = detail.plan_version;
     const started = performance.now();
+    document.title = `${firstLine(detail.requirement, 60)} · Aether`;
     drawHeader();
     drawCommands();
     drawPlan();
@@ -86,7 +91,9 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     drawConversation();
     drawSteps();
     for (const e of tail) applyLocal(e.type, e.event);
-    if (focused && focused !== document.activeElement && focused.isConnected) focused.focus();
+    // A redraw replaces the command buttons: the one that had the focus gets it back.
+    const refocus = focused && !focused.isConnected && focused.id ? document.getElementById(focused.id) : focused;
+    if (refocus && refocus !== document.activeElement && refocus.isConnected) refocus.focus();
     record("redraw", performance.now() - started);
     if (!performance.getEntriesByName("aether:mission-rendered").length) performance.mark("aether:mission-rendered");
     return true;
@@ -169,13 +176,35 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         m.status === "awaiting_approval" ? button(`Approve plan v${m.plan_version}`, "primary", "/plan/approve", { version: m.plan_version }, "approve") : null,
         ACTIVE.has(m.status) ? button("Pause", "", "/pause", {}, "pause") : null,
         m.status === "paused" ? button("Resume", "primary", "/resume", {}, "resume") : null,
-        !TERMINAL.has(m.status) ? button("Cancel mission", "danger", "/cancel", {}, "cancel") : null,
+        !TERMINAL.has(m.status) ? cancelButton() : null,
         h("span", { class: "spacer" }),
         h("label", { class: "inline" }, "Raise budget ", budgetInput),
         button("Raise", "", "/budget", () => ({ budget_usd: Number(budgetInput.value) || budgetInput.value }), "raise-budget", () => (budgetInput.value = "")),
       ),
       commandError,
     );
+  }
+
+  // Cancelling cannot be undone: the first click asks, a second within a few seconds
+  // cancels. Kept outside the button, so a redraw between the clicks does not forget it.
+  let cancelArmedUntil = 0;
+
+  function cancelButton() {
+    const armed = () => Date.now() < cancelArmedUntil;
+    const b = h("button", { type: "button", class: "danger", id: "cancel" }, armed() ? "Click again to cancel" : "Cancel mission");
+    b.addEventListener("click", async () => {
+      if (!armed()) {
+        cancelArmedUntil = Date.now() + 5000;
+        b.textContent = "Click again to cancel";
+        setTimeout(() => {
+          if (!armed() && b.isConnected) b.textContent = "Cancel mission";
+        }, 5100);
+        return;
+      }
+      cancelArmedUntil = 0;
+      await command("/cancel", {}, b);
+    });
+    return b;
   }
 
   let planKey = "";
@@ -189,9 +218,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         const task = tasks.get(id);
         if (!task) continue;
         if (node.dataset.status !== task.status) setNodeStatus(node, task.status);
-        const cost = task.cost_usd ? money(task.cost_usd) : "";
-        const label = node.querySelector(".node-cost");
-        if (label.textContent !== cost) label.textContent = cost;
+        setNodeCost(node, task.cost_usd ? money(task.cost_usd) : "");
       }
       return;
     }

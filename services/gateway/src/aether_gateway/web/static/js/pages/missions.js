@@ -135,9 +135,9 @@ export async function missionsPage(main, { me, navigate }) {
   const filters = { status: params.get("status") || "", repository: params.get("repository") || "" };
   const tbody = h("tbody", {});
   const more = h("div", { class: "more" });
-  const statusSelect = h("select", { id: "filter-status" }, h("option", { value: "" }, "Any status"), STATUSES.map((st) => h("option", { value: st }, st.replace("_", " "))));
+  const statusSelect = h("select", { id: "filter-status", "aria-label": "Filter by status" }, h("option", { value: "" }, "Any status"), STATUSES.map((st) => h("option", { value: st }, st.replace("_", " "))));
   statusSelect.value = filters.status;
-  const repoInput = h("input", { id: "filter-repository", placeholder: "Repository", value: filters.repository });
+  const repoInput = h("input", { id: "filter-repository", placeholder: "Repository", "aria-label": "Filter by repository", value: filters.repository });
   const error = h("p", { class: "field-error", role: "alert" });
 
   let counts = {};
@@ -155,7 +155,16 @@ export async function missionsPage(main, { me, navigate }) {
   function draw() {
     clear(tbody);
     if (!missions.length) {
-      tbody.append(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No missions yet." + (me.canWrite ? " Submit one on the right." : ""))));
+      const filtered = filters.status || filters.repository;
+      const clearFilters = () => {
+        statusSelect.value = "";
+        repoInput.value = "";
+        applyFilters();
+      };
+      const said = filtered
+        ? ["No missions match these filters. ", h("button", { type: "button", class: "small ghost", id: "clear-filters", onclick: clearFilters }, "Show all missions")]
+        : ["No missions yet.", me.canWrite ? " Submit one with the form." : ""];
+      tbody.append(h("tr", {}, h("td", { colspan: 6, class: "empty", id: "missions-empty" }, said)));
     }
     for (const mission of missions) tbody.append(row(mission, counts));
     clear(more);
@@ -194,10 +203,14 @@ export async function missionsPage(main, { me, navigate }) {
         h("div", { class: "card-head" }, h("h1", {}, "Missions"), h("div", { class: "filters" }, statusSelect, repoInput)),
         error,
         h(
-          "table",
-          { class: "missions", id: "missions" },
-          h("thead", {}, h("tr", {}, ["Status", "Mission", "Repository", "Progress", "Cost / budget", "Age"].map((t) => h("th", {}, t)))),
-          tbody,
+          "div",
+          { class: "table-scroll" },
+          h(
+            "table",
+            { class: "missions", id: "missions" },
+            h("thead", {}, h("tr", {}, ["Status", "Mission", "Repository", "Progress", "Cost / budget", "Age"].map((t) => h("th", {}, t)))),
+            tbody,
+          ),
         ),
         more,
       ),

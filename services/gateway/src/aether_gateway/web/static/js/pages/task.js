@@ -90,31 +90,24 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
       attempts.append(h("p", { class: "muted" }, "No agent has started on this task yet."));
       return;
     }
-    attempts.append(
+    const rows = sessions.map((s) =>
       h(
-        "table",
-        { class: "attempts" },
-        h("thead", {}, h("tr", {}, ["#", "Status", "Runner", "Model", "Turns", "Tool calls", "Tokens in / out", "Cost", "Last action"].map((x) => h("th", {}, x)))),
-        h(
-          "tbody",
-          {},
-          sessions.map((s) =>
-            h(
-              "tr",
-              { "data-attempt": s.attempt },
-              h("td", {}, String(s.attempt)),
-              h("td", {}, pill(s.status)),
-              h("td", { class: "mono small" }, s.runner_id || "—"),
-              h("td", { class: "small" }, s.model || "—"),
-              h("td", {}, String(s.turns)),
-              h("td", {}, String(s.tool_calls)),
-              h("td", {}, `${tokens(s.tokens_in)} / ${tokens(s.tokens_out)}`),
-              h("td", {}, money(s.cost_usd, 4)),
-              h("td", { class: "small wrap" }, s.error || s.last_action || ""),
-            ),
-          ),
-        ),
+        "tr",
+        { "data-attempt": s.attempt },
+        h("td", {}, String(s.attempt)),
+        h("td", {}, pill(s.status)),
+        h("td", { class: "mono small" }, s.runner_id || "—"),
+        h("td", { class: "small" }, s.model || "—"),
+        h("td", {}, String(s.turns)),
+        h("td", {}, String(s.tool_calls)),
+        h("td", {}, `${tokens(s.tokens_in)} / ${tokens(s.tokens_out)}`),
+        h("td", {}, money(s.cost_usd, 4)),
+        h("td", { class: "small wrap" }, s.error || s.last_action || ""),
       ),
+    );
+    const head = ["#", "Status", "Runner", "Model", "Turns", "Tool calls", "Tokens in / out", "Cost", "Last action"];
+    attempts.append(
+      h("div", { class: "table-scroll" }, h("table", { class: "attempts" }, h("thead", {}, h("tr", {}, head.map((x) => h("th", {}, x)))), h("tbody", {}, rows))),
     );
   }
 
@@ -134,6 +127,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
 
   async function load() {
     task = await get(base);
+    document.title = `${task.title} · ${missionId} · Aether`;
     drawHeader();
     drawAttempts();
   }
@@ -141,7 +135,10 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   try {
     await load();
   } catch (error) {
-    put(header, h("h1", {}, "Task not found"), h("p", { class: "field-error" }, error.message));
+    for (const el of main.querySelectorAll(".task-layout > .card:not(#task-head)")) el.hidden = true;
+    const title = error.status === 404 ? "Task not found" : "The task could not be loaded";
+    const back = h("a", { href: `/board${missionBase}`, "data-nav": true }, "Back to the mission");
+    put(header, h("h1", {}, title), h("p", { class: "field-error" }, error.message), back);
     return null;
   }
   const position = await get("/events/position").catch(() => ({ sequence: 0 }));
