@@ -112,6 +112,8 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     assert done.summary == "greet says hello there; tests updated and passing"
     assert done.usage.input_tokens == 500 and done.usage.cost_usd is not None
     assert done.causation_id == ready.event_id
+    # All told, as no progress report (taken every few seconds) need have counted them.
+    assert (done.turns, done.tool_calls) == (5, 6)
     message = git_log(task_repo, task_repo.branch)
     for trailer in (
         f"Aether-Mission: {mission_id}",
@@ -196,6 +198,9 @@ async def test_each_limit_ends_the_task_with_agent_failed(
         assert failed.reason == reason
     assert failed.retryable is False
     assert not events.of(AgentCompleted)
+    if settings == {"max_turns": 2}:
+        # The result counts the attempt's model replies and tool calls, all told.
+        assert (failed.turns, failed.tool_calls) == (2, 2)
 
 
 async def test_the_tasks_own_cost_cap_applies(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
 
 from aether.render import mission_detail
 from aether_events import (
@@ -192,6 +195,46 @@ async def test_a_mission_shows_its_graph_messages_budget_and_agents(http, nc, sc
     assert t1["agent"]["last_action"] == "write_file src/t1.py"
     assert t1["agent"]["cost_usd"] == 0.25
     assert mission["tasks"][1]["agent"] is None
+
+
+async def test_an_attempt_too_short_for_a_progress_report_is_counted_by_its_result(
+    http, nc, script
+):
+    # Progress is reported every few seconds: an attempt that ends sooner reports none,
+    # and its result counts its turns and tool calls. A report that arrives after the
+    # result (another stream), with fewer, does not take them back.
+    result = msgspec.structs.replace(script.agent_completed("t1"), turns=3, tool_calls=2)
+    await publish(
+        nc,
+        script.requested(),
+        script.prepared(),
+        script.plan(task_ids=("t1",)),
+        script.approved(),
+        script.task_ready("t1"),
+        AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r-1", model="m"),
+        result,
+    )
+    await publish(
+        nc,
+        AgentProgress(
+            **script.meta(),
+            task_id="t1",
+            attempt=1,
+            runner_id="r-1",
+            turns=1,
+            tool_calls=1,
+            last_action="late",
+        ),
+    )
+
+    def agent(m: dict[str, Any]) -> dict[str, Any]:
+        return (m["tasks"][0].get("agent") or {}) if m["tasks"] else {}
+
+    # Both streams folded: the report's last action is shown, the result's counts kept.
+    mission = await settled(
+        http, script.mission_id, lambda m: agent(m).get("last_action") == "late"
+    )
+    assert (agent(mission)["turns"], agent(mission)["tool_calls"]) == (3, 2)
 
 
 # --- tasks -------------------------------------------------------------------------------

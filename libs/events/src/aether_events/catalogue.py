@@ -327,6 +327,10 @@ class AgentCompleted(Event, frozen=True, kw_only=True, tag="agent_completed"):
     # Scope drift: the changed files the task's planned scope does not cover.
     files_outside_scope: list[str] = msgspec.field(default_factory=list)
     carried: list[AgentStarted | UsageRecorded] = msgspec.field(default_factory=list)
+    # The attempt's model replies and tool calls, all told (added in v1.4; 0 from an
+    # older runner). Progress reports count them only every few seconds while it works.
+    turns: int = 0
+    tool_calls: int = 0
 
     def __post_init__(self) -> None:
         _check_carried(self)
@@ -340,6 +344,9 @@ class AgentFailed(Event, frozen=True, kw_only=True, tag="agent_failed"):
     reason: str
     retryable: bool = True
     carried: list[AgentStarted | UsageRecorded] = msgspec.field(default_factory=list)
+    # As ``AgentCompleted``'s (added in v1.4).
+    turns: int = 0
+    tool_calls: int = 0
 
     def __post_init__(self) -> None:
         _check_carried(self)

@@ -69,6 +69,7 @@ from aether_agent_runner.runtimes.roles import RoleMissing, find_role, role_tool
 from aether_agent_runner.runtimes.session import earlier_run
 from aether_events import (
     AgentCompleted,
+    AgentFailed,
     Event,
     Usage,
     WorkspaceReady,
@@ -378,7 +379,12 @@ class Attempts:
                 "(recovered after a restart)"
             )
             usage = conversation.usage if conversation else _session_usage(records, me, ready)
-            return completed(ready, self.clock(), own, summary, files, usage)
+            recovered = completed(ready, self.clock(), own, summary, files, usage)
+            if conversation is None:
+                return recovered
+            return msgspec.structs.replace(
+                recovered, turns=conversation.turns, tool_calls=conversation.tool_calls
+            )
         limits = self.settings.limits(ready.max_cost_usd)
         if runtime is None:
             runtime = self._runtime(ready)
@@ -482,7 +488,7 @@ class Attempts:
         if not outcome.finished:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
-            return failed(ready, self.clock(), outcome.reason, outcome.retryable)
+            return counted(failed(ready, self.clock(), outcome.reason, outcome.retryable), outcome)
         scanned = None
         if looked is not None and looked[1] == toolbox.calls and runtime.name == BUILTIN:
             scanned = looked[0]
@@ -494,7 +500,7 @@ class Attempts:
         )
         metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
-        return result
+        return counted(result, outcome)
 
     def _commit(
         self,
@@ -516,6 +522,13 @@ class Attempts:
         finally:
             metrics.STEP_SECONDS.labels("commit").observe(time.perf_counter() - began)
         return decide.committed(ready, self.clock(), sha, changed, outcome.summary, outcome.usage)
+
+
+def counted(result: Event, outcome: Outcome) -> Event:
+    """The attempt's result with how many turns and tool calls it took, all told."""
+    if isinstance(result, AgentCompleted | AgentFailed):
+        return msgspec.structs.replace(result, turns=outcome.turns, tool_calls=outcome.tool_calls)
+    return result
 
 
 def _session_usage(

@@ -398,6 +398,8 @@ def session_update(event: Event) -> SessionUpdate | None:
                 event.attempt,
                 status="completed",
                 finished_at=event.occurred_at,
+                turns=event.turns,
+                tool_calls=event.tool_calls,
             )
         case AgentFailed():
             return _session(
@@ -407,6 +409,8 @@ def session_update(event: Event) -> SessionUpdate | None:
                 status="failed",
                 finished_at=event.occurred_at,
                 error=event.reason,
+                turns=event.turns,
+                tool_calls=event.tool_calls,
             )
         case TaskTimedOut():
             return _session(

@@ -193,7 +193,8 @@ class SessionUpdate(msgspec.Struct, frozen=True, kw_only=True):
     The adapter merges it into ``agent_sessions`` so that the order in which the mission
     stream and the telemetry stream are folded does not change the result: ``status`` is
     only set by mission events, ``last_seen_at`` keeps the latest time, progress is taken
-    from the newest progress report, and usage adds up.
+    from the newest progress report, turns and tool calls are the most any event counted
+    (they only grow: the attempt's result counts them all), and usage adds up.
     """
 
     mission_id: str
@@ -206,7 +207,8 @@ class SessionUpdate(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
-    # Progress (from AgentProgress), applied when newer than what is stored.
+    # Progress (from AgentProgress), applied when newer than what is stored; turns and
+    # tool calls from a result too.
     progress_at: datetime | None = None
     turns: int = 0
     tool_calls: int = 0
