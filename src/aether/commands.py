@@ -365,7 +365,7 @@ def _read_events(
 def watch(args: argparse.Namespace) -> int:
     """Follow a mission live until it finishes, resuming after a dropped connection. The
     board redraws on every change and every second even when no event arrives."""
-    from aether.watch import Board, render
+    from aether.watch import Board, render, waiting_hint
 
     gateway = client(args)
     board = Board(args.mission_id)
@@ -379,6 +379,7 @@ def watch(args: argparse.Namespace) -> int:
     drawn_at = 0.0
     drawn_state: tuple[Any, ...] = ()
     delivery_since: float | None = None
+    hinted: tuple[str, int | None] = ("", None)
     try:
         while True:
             try:
@@ -391,6 +392,14 @@ def watch(args: argparse.Namespace) -> int:
                 notice = item
                 if not board_view and not args.json:
                     print(f"({item})", file=sys.stderr, flush=True)
+            elif kind == "tick" and not board_view and not args.json and not board.finished:
+                # The feed has gone quiet: if the mission waits on the watcher (a plan to
+                # approve, questions, a pause), say what to run, as the board does. Only once
+                # the history has been read, so a state long left is not advertised.
+                hint = waiting_hint(board)
+                if hint and (hint, board.plan_version) != hinted:
+                    print(hint, file=sys.stderr, flush=True)
+                hinted = (hint, board.plan_version)
             elif kind == "event":
                 notice = ""
                 board.apply(item)

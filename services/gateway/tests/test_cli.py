@@ -190,3 +190,31 @@ async def test_watch_waits_for_the_delivery_its_mission_announced(
     assert f"(completed; waiting for the push to {remote})" in err
     assert "branch_pushed" in out
     assert f"delivered to {remote}" in out
+
+
+async def test_the_event_feed_says_what_to_run_when_the_plan_awaits_approval(
+    gateway_server, nc, capsys, script
+):
+    """Without a terminal (``--events``, or ``submit --watch`` piped), the feed has no board
+    to show the approval hint on: it says what to run once the events go quiet."""
+    cli = Cli(gateway_server, capsys)
+    publisher = EventPublisher(nc.jetstream())
+    events = script.happy_path()
+    await publisher.publish_all(events[:3])  # requested, prepared, plan v1
+    watching = asyncio.create_task(cli("mission", "watch", script.mission_id, "--events"))
+    hint = f"» awaiting approval — approve with `aether mission approve {script.mission_id}`"
+    said = []
+
+    async def hinted():
+        said.append(capsys.readouterr().err)
+        return hint in "".join(said)
+
+    try:
+        await eventually(hinted, timeout=20, what="the feed to say how to approve the plan")
+    finally:
+        # The watch runs in a thread that cannot be cancelled: end it with the mission.
+        await publisher.publish_all(events[3:])
+        code, out, err = await asyncio.wait_for(watching, 60)
+    assert code == 0, err
+    assert "".join(said).count("» awaiting approval") == 1
+    assert "mission_completed" in out
