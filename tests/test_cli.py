@@ -380,6 +380,30 @@ def test_show_prints_each_planned_tasks_estimate_from_the_gateway():
     assert "    t2         [complex] ≈ $1.50 Add bye" in text
 
 
+def test_show_says_what_the_planner_could_not_do_as_asked():
+    from aether.render import mission_detail
+
+    repair = (
+        "the repository has no command /release-note (.claude/commands/release-note.md); "
+        "planned from the requirement as written"
+    )
+    mission = {
+        "id": "m-1",
+        "status": "awaiting_approval",
+        "repository": "/r",
+        "base_branch": "main",
+        "requirement": "/release-note v2.1",
+        "plans": [
+            {
+                "version": 1,
+                "tasks": [{"id": "t1", "title": "/release-note v2.1", "depends_on": []}],
+                "repairs": [repair],
+            }
+        ],
+    }
+    assert f"\n  plan note    {repair}" in mission_detail(mission)
+
+
 def test_the_cli_reference_is_generated_from_the_current_parser():
     from aether.clidoc import reference
 

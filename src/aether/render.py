@@ -266,6 +266,9 @@ def plan_lines(m: dict[str, Any]) -> list[str]:
             lines.append(f"      files   {', '.join(task['files'])}")
         for criterion in task.get("acceptance_criteria") or []:
             lines.append(f"      accept  {short(criterion, 90)}")
+    # What the planner changed or could not do (a repository command that does not
+    # exist, a file list instead of the files): the plan is not what was asked without it.
+    lines += [f"  plan note    {repair}" for repair in latest.get("repairs") or []]
     return lines
 
 
