@@ -673,3 +673,17 @@ def test_a_mission_that_failed_before_any_model_call_cost_nothing() -> None:
     assert first.split()[4] == "$0.0000"
     assert second.split()[4] == "unknown"
     assert "  cost         $0.0000 of $5.00;" in mission_detail(failed)
+
+
+def test_counts_of_one_are_singular_in_the_feed_and_the_diff_stat():
+    from aether.gitview import FileStat, format_stat
+    from aether.render import describe
+
+    plan = {**PLAN, "tasks": PLAN["tasks"][:1]}  # type: ignore[index]
+    assert "v1: 1 task by m [OFFLINE model]" in describe(ev(3, "plan_produced", **plan))
+    done = describe(ev(9, "mission_completed", **{**COMPLETED, "tasks_merged": 1}))
+    assert ", 1 task, cost" in done
+    stat = format_stat([FileStat("a.md", added=1, removed=0)])
+    assert stat.endswith(" 1 file changed, 1 insertion(+), 0 deletions(-)")
+    two = format_stat([FileStat("a.md", 2, 1), FileStat("b.md", 0, 1)])
+    assert two.endswith(" 2 files changed, 2 insertions(+), 2 deletions(-)")

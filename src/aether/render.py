@@ -12,6 +12,11 @@ def short(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 task``, ``2 tasks``: a count as people write it (nouns taking a plain s)."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def wave_number(wave: int) -> int:
     """A wave as people count it, from 1 (as ``show``'s graph and the web board do); the
     events number them from 0."""
@@ -47,7 +52,7 @@ def describe(event: SseEvent) -> str:
     detail = ""
     if kind == "plan_produced":
         offline = " [OFFLINE model]" if d.get("offline") else ""
-        detail = f"v{d['version']}: {len(d['tasks'])} tasks by {d.get('model')}{offline}"
+        detail = f"v{d['version']}: {counted(len(d['tasks']), 'task')} by {d.get('model')}{offline}"
     elif kind == "repository_prepared":
         detail = f"{d['integration_branch']} from {d['base_branch']}@{d['base_sha'][:10]}"
     elif kind == "task_ready":
@@ -86,7 +91,8 @@ def describe(event: SseEvent) -> str:
         usage = d.get("usage") or {}
         cost = money(usage.get("cost_usd"), usage.get("cost_complete", True))
         detail = (
-            f"{d['integration_branch']} @ {d['final_sha'][:10]}, {d['tasks_merged']} tasks, "
+            f"{d['integration_branch']} @ {d['final_sha'][:10]}, "
+            f"{counted(d['tasks_merged'], 'task')}, "
             f"cost {cost}"
         )
     elif kind == "branch_pushed":
