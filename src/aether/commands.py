@@ -465,8 +465,14 @@ def _outcome(board: Board) -> str:
 # --- other queries ------------------------------------------------------------------------
 
 
+def _mission_option(gateway: GatewayClient, args: argparse.Namespace) -> str | None:
+    """``--mission``, read as a mission argument is: ``@last`` or a unique start of an id."""
+    return resolve_mission(gateway, args.mission) if args.mission else None
+
+
 def usage(args: argparse.Namespace) -> int:
-    report = client(args).usage(args.by, mission_id=args.mission, since=args.since)
+    gateway = client(args)
+    report = gateway.usage(args.by, mission_id=_mission_option(gateway, args), since=args.since)
 
     def human() -> str:
         lines = [f"{args.by:<22} {'calls':>6} {'in':>10} {'out':>10} {'cost':>12}  budget"]
@@ -486,7 +492,8 @@ def usage(args: argparse.Namespace) -> int:
 
 
 def agents(args: argparse.Namespace) -> int:
-    found = client(args).agents(mission_id=args.mission, status=args.status)
+    gateway = client(args)
+    found = gateway.agents(mission_id=_mission_option(gateway, args), status=args.status)
 
     def human() -> str:
         lines = []

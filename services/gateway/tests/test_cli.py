@@ -8,7 +8,13 @@ import json
 
 from aether.cli import main
 from aether.gitview import create_sample_repository
-from aether_events import BranchPushed, EventPublisher, RepositoryPrepared, TaskEscalated
+from aether_events import (
+    AgentStarted,
+    BranchPushed,
+    EventPublisher,
+    RepositoryPrepared,
+    TaskEscalated,
+)
 
 from .conftest import ADMIN_TOKEN, eventually
 
@@ -218,3 +224,29 @@ async def test_the_event_feed_says_what_to_run_when_the_plan_awaits_approval(
     assert code == 0, err
     assert "".join(said).count("» awaiting approval") == 1
     assert "mission_completed" in out
+
+
+async def test_usage_and_agents_take_last_or_a_start_of_an_id_for_their_mission(
+    gateway_server, nc, capsys, script
+):
+    cli = Cli(gateway_server, capsys)
+    started = AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r-1", model="m")
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.task_ready("t1"),
+            started,
+            script.usage(0.25),
+        ]
+    )
+
+    async def folded():
+        report = await cli.json("usage", "--mission", script.mission_id)
+        return report if report["total"]["calls"] == 1 else None  # type: ignore[index]
+
+    whole = await eventually(folded, what="the usage to be folded")
+    assert await cli.json("usage", "--mission", "@last") == whole
+    assert await cli.json("usage", "--mission", script.mission_id[:8]) == whole
+    runners = await cli.json("agents", "--mission", "@last")
+    assert [a["runner_id"] for a in runners["agents"]] == ["r-1"]  # type: ignore[index]
