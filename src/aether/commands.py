@@ -170,12 +170,16 @@ def _checked_repository(path: Path, base: str | None) -> tuple[str, str]:
 
 def list_missions(args: argparse.Namespace) -> int:
     gateway = client(args)
+    repository = args.repo
+    if repository and "://" not in repository and Path(repository).is_dir():
+        # As submit sent it: a local repository is recorded by its absolute path.
+        repository = str(Path(repository).resolve())
     cursor = None
     found: list[dict[str, Any]] = []
     while True:
         page = gateway.missions(
             status=args.status,
-            repository=args.repo,
+            repository=repository,
             since=args.since,
             cursor=cursor,
             limit=args.limit,

@@ -250,3 +250,21 @@ async def test_usage_and_agents_take_last_or_a_start_of_an_id_for_their_mission(
     assert await cli.json("usage", "--mission", script.mission_id[:8]) == whole
     runners = await cli.json("agents", "--mission", "@last")
     assert [a["runner_id"] for a in runners["agents"]] == ["r-1"]  # type: ignore[index]
+
+
+async def test_list_finds_a_local_repositorys_missions_by_a_relative_path(
+    gateway_server, nc, capsys, tmp_path, monkeypatch
+):
+    cli = Cli(gateway_server, capsys)
+    create_sample_repository(tmp_path / "repo")
+    monkeypatch.chdir(tmp_path)
+    created = await cli.json("mission", "submit", "Add a greeting", "--repo", "repo")
+    mission_id = created["mission_id"]  # type: ignore[index]
+
+    async def listed():
+        found = await cli.json("mission", "list", "--repo", str(tmp_path / "repo"))
+        return [m["id"] for m in found["missions"]] or None  # type: ignore[index]
+
+    assert await eventually(listed, what="the mission to be folded") == [mission_id]
+    relative = await cli.json("mission", "list", "--repo", "repo")
+    assert [m["id"] for m in relative["missions"]] == [mission_id]  # type: ignore[index]
