@@ -247,12 +247,25 @@ def mission_logs(args: argparse.Namespace) -> int:
     from aether.agentlog import mission_logs as print_steps
     from aether.transcript import task_transcript
 
+    gateway = client(args)
+    if args.task_id:
+        _check_task(gateway, args.mission_id, args.task_id)
     try:
         if args.task_id and not args.steps:
-            return task_transcript(client(args), args)
-        return print_steps(client(args), args)
+            return task_transcript(gateway, args)
+        return print_steps(gateway, args)
     except KeyboardInterrupt:
         return 130
+
+
+def _check_task(gateway: GatewayClient, mission_id: str, task_id: str) -> None:
+    """Refuse a task the mission's plan does not have (a typo would otherwise read as a
+    task with nothing to show yet)."""
+    tasks = [t["task_id"] for t in gateway.show(mission_id).get("tasks") or []]
+    if tasks and task_id not in tasks:
+        raise UsageError(
+            f"mission {mission_id} has no task {task_id!r} (it has: {', '.join(tasks)})"
+        )
 
 
 def approve(args: argparse.Namespace) -> int:

@@ -268,3 +268,35 @@ async def test_list_finds_a_local_repositorys_missions_by_a_relative_path(
     assert await eventually(listed, what="the mission to be folded") == [mission_id]
     relative = await cli.json("mission", "list", "--repo", "repo")
     assert [m["id"] for m in relative["missions"]] == [mission_id]  # type: ignore[index]
+
+
+async def test_logs_of_a_task_the_plan_does_not_have_is_an_error_not_an_empty_transcript(
+    gateway_server, nc, capsys, script
+):
+    cli = Cli(gateway_server, capsys)
+    await EventPublisher(nc.jetstream()).publish_all(
+        [script.requested(), script.prepared(), script.plan(task_ids=("t1", "t2"))]
+    )
+
+    async def planned():
+        shown = await cli.json("mission", "show", script.mission_id)
+        return shown["tasks"] or None  # type: ignore[index]
+
+    await eventually(planned, what="the plan to be folded")
+    code, out, err = await cli("mission", "logs", script.mission_id, "t9")
+    assert code == 1 and out == ""
+    assert f"mission {script.mission_id} has no task 't9' (it has: t1, t2)" in err
+    code, out, err = await cli("mission", "logs", script.mission_id, "t1")
+    assert code == 0, err
+    assert out.strip() == f"no transcript for task t1 of {script.mission_id} yet"
+
+    await EventPublisher(nc.jetstream()).publish(script.completed())
+
+    async def ended():
+        shown = await cli.json("mission", "show", script.mission_id)
+        return shown["status"] == "completed"  # type: ignore[index]
+
+    await eventually(ended, what="the completion to be folded")
+    code, out, err = await cli("mission", "logs", script.mission_id, "t2", "--attempt", "2")
+    assert code == 0, err
+    assert out.strip() == f"no transcript for task t2 attempt 2 of {script.mission_id}"
