@@ -461,6 +461,7 @@ def test_show_says_where_the_result_was_delivered_or_why_not():
     text = mission_detail(failed)
     assert "  delivery     FAILED: someone moved it\n" in text
     assert "aether/m-1 @ eeeeeeeeee to https://git.example/app" in text
+    assert "once that is fixed, push it again with `aether mission deliver m-1`" in text
     retrying = {**mission, "delivery": {**failed["delivery"], "status": "retrying"}}
     assert "  delivery     pushing again (it failed: someone moved it)" in mission_detail(retrying)
     announced = {**mission, "status": "running", "final_sha": None}
@@ -687,3 +688,17 @@ def test_counts_of_one_are_singular_in_the_feed_and_the_diff_stat():
     assert stat.endswith(" 1 file changed, 1 insertion(+), 0 deletions(-)")
     two = format_stat([FileStat("a.md", 2, 1), FileStat("b.md", 0, 1)])
     assert two.endswith(" 2 files changed, 2 insertions(+), 2 deletions(-)")
+
+
+def test_the_watch_ends_a_failed_delivery_with_how_to_push_again():
+    from aether.commands import _outcome
+
+    board = Board("m-1")
+    board.apply(ev(1, "mission_requested", repository="/nowhere", budget_usd=1.0))
+    board.apply(ev(2, "repository_prepared", **{**PREPARED, "delivery_remote": "/remote"}))
+    board.apply(ev(3, "mission_completed", **COMPLETED))
+    board.apply(ev(4, "branch_push_failed", remote="/remote", reason="no repository there"))
+    assert _outcome(board).endswith(
+        "delivery FAILED: no repository there\n"
+        "  once that is fixed, push it again with `aether mission deliver m-1`"
+    )

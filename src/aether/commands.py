@@ -23,7 +23,15 @@ import httpx
 from aether.client import ApiError, GatewayClient
 from aether.gitview import diff_stat, format_stat, stat_of_answer, text_of_answer, unified_diff
 from aether.locate import Target, find_target
-from aether.render import describe, mission_detail, mission_lines, money, short, token_line
+from aether.render import (
+    deliver_again,
+    describe,
+    mission_detail,
+    mission_lines,
+    money,
+    short,
+    token_line,
+)
 from aether.repocheck import RepositoryProblem, check_repository
 
 if TYPE_CHECKING:
@@ -460,6 +468,8 @@ def _outcome(board: Board) -> str:
     lines = [f"\nresult branch: {board.branch} @ {board.final_sha[:10]}"]
     if board.delivered:
         lines.append(board.delivered)
+        if board.delivered.startswith("delivery FAILED"):
+            lines.append(f"  {deliver_again(board.mission_id)}")
     elif board.delivery_remote:
         lines.append(
             f"its push to {board.delivery_remote} was not reported within"

@@ -143,7 +143,7 @@ def mission_detail(m: dict[str, Any]) -> str:
     if m.get("integration_branch"):
         head = f" @ {m['final_sha'][:10]}" if m.get("final_sha") else ""
         lines.append(f"  branch       {m['integration_branch']}{head}")
-    lines.extend(delivery_lines(m.get("delivery")))
+    lines.extend(delivery_lines(m.get("delivery"), m["id"]))
     if m.get("plan_version") is not None:
         approved = m.get("approved_version")
         state = f"approved v{approved}" if approved is not None else "not approved"
@@ -214,7 +214,7 @@ def task_note(t: dict[str, Any]) -> str:
     return str(t.get("error") or "")
 
 
-def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
+def delivery_lines(delivery: dict[str, Any] | None, mission_id: str) -> list[str]:
     """Where the git broker delivered the result (``AETHER_PUSH_REMOTE``), or why not."""
     if not delivery:
         return []
@@ -230,7 +230,16 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
     reason = delivery.get("reason") or "no reason given"
     if delivery["status"] == "retrying":
         return [f"  delivery     pushing again (it failed: {reason})", f"{'':15}{where}"]
-    return [f"  delivery     FAILED: {reason}", f"{'':15}{where}"]
+    return [
+        f"  delivery     FAILED: {reason}",
+        f"{'':15}{where}",
+        f"{'':15}{deliver_again(mission_id)}",
+    ]
+
+
+def deliver_again(mission_id: str) -> str:
+    """The next step after a failed push."""
+    return f"once that is fixed, push it again with `aether mission deliver {mission_id}`"
 
 
 def plan_lines(m: dict[str, Any]) -> list[str]:
