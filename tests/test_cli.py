@@ -380,6 +380,30 @@ def test_show_prints_each_planned_tasks_estimate_from_the_gateway():
     assert "    t2         [complex] ≈ $1.50 Add bye" in text
 
 
+def test_show_says_what_the_planner_could_not_do_as_asked():
+    from aether.render import mission_detail
+
+    repair = (
+        "the repository has no command /release-note (.claude/commands/release-note.md); "
+        "planned from the requirement as written"
+    )
+    mission = {
+        "id": "m-1",
+        "status": "awaiting_approval",
+        "repository": "/r",
+        "base_branch": "main",
+        "requirement": "/release-note v2.1",
+        "plans": [
+            {
+                "version": 1,
+                "tasks": [{"id": "t1", "title": "/release-note v2.1", "depends_on": []}],
+                "repairs": [repair],
+            }
+        ],
+    }
+    assert f"\n  plan note    {repair}" in mission_detail(mission)
+
+
 def test_the_cli_reference_is_generated_from_the_current_parser():
     from aether.clidoc import reference
 
@@ -437,6 +461,7 @@ def test_show_says_where_the_result_was_delivered_or_why_not():
     text = mission_detail(failed)
     assert "  delivery     FAILED: someone moved it\n" in text
     assert "aether/m-1 @ eeeeeeeeee to https://git.example/app" in text
+    assert "once that is fixed, push it again with `aether mission deliver m-1`" in text
     retrying = {**mission, "delivery": {**failed["delivery"], "status": "retrying"}}
     assert "  delivery     pushing again (it failed: someone moved it)" in mission_detail(retrying)
     announced = {**mission, "status": "running", "final_sha": None}
@@ -649,3 +674,31 @@ def test_a_mission_that_failed_before_any_model_call_cost_nothing() -> None:
     assert first.split()[4] == "$0.0000"
     assert second.split()[4] == "unknown"
     assert "  cost         $0.0000 of $5.00;" in mission_detail(failed)
+
+
+def test_counts_of_one_are_singular_in_the_feed_and_the_diff_stat():
+    from aether.gitview import FileStat, format_stat
+    from aether.render import describe
+
+    plan = {**PLAN, "tasks": PLAN["tasks"][:1]}  # type: ignore[index]
+    assert "v1: 1 task by m [OFFLINE model]" in describe(ev(3, "plan_produced", **plan))
+    done = describe(ev(9, "mission_completed", **{**COMPLETED, "tasks_merged": 1}))
+    assert ", 1 task, cost" in done
+    stat = format_stat([FileStat("a.md", added=1, removed=0)])
+    assert stat.endswith(" 1 file changed, 1 insertion(+), 0 deletions(-)")
+    two = format_stat([FileStat("a.md", 2, 1), FileStat("b.md", 0, 1)])
+    assert two.endswith(" 2 files changed, 2 insertions(+), 2 deletions(-)")
+
+
+def test_the_watch_ends_a_failed_delivery_with_how_to_push_again():
+    from aether.commands import _outcome
+
+    board = Board("m-1")
+    board.apply(ev(1, "mission_requested", repository="/nowhere", budget_usd=1.0))
+    board.apply(ev(2, "repository_prepared", **{**PREPARED, "delivery_remote": "/remote"}))
+    board.apply(ev(3, "mission_completed", **COMPLETED))
+    board.apply(ev(4, "branch_push_failed", remote="/remote", reason="no repository there"))
+    assert _outcome(board).endswith(
+        "delivery FAILED: no repository there\n"
+        "  once that is fixed, push it again with `aether mission deliver m-1`"
+    )

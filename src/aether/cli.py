@@ -381,12 +381,16 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     usage = sub.add_parser("usage", help="model usage and cost", parents=[common])
     usage.add_argument("--by", choices=("day", "month", "mission", "model"), default="day")
-    usage.add_argument("--mission", help="one mission only")
+    usage.add_argument(
+        "--mission", help="one mission only (an id, a unique start of one, or @last)"
+    )
     usage.add_argument("--since", help="YYYY-MM-DD")
     usage.set_defaults(run=commands.usage)
 
     agents = sub.add_parser("agents", help="agent runners and what they do", parents=[common])
-    agents.add_argument("--mission", help="one mission only")
+    agents.add_argument(
+        "--mission", help="one mission only (an id, a unique start of one, or @last)"
+    )
     agents.add_argument("--status", choices=("active", "idle", "gone"))
     agents.set_defaults(run=commands.agents)
 

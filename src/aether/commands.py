@@ -23,7 +23,15 @@ import httpx
 from aether.client import ApiError, GatewayClient
 from aether.gitview import diff_stat, format_stat, stat_of_answer, text_of_answer, unified_diff
 from aether.locate import Target, find_target
-from aether.render import describe, mission_detail, mission_lines, money, short, token_line
+from aether.render import (
+    deliver_again,
+    describe,
+    mission_detail,
+    mission_lines,
+    money,
+    short,
+    token_line,
+)
 from aether.repocheck import RepositoryProblem, check_repository
 
 if TYPE_CHECKING:
@@ -170,12 +178,16 @@ def _checked_repository(path: Path, base: str | None) -> tuple[str, str]:
 
 def list_missions(args: argparse.Namespace) -> int:
     gateway = client(args)
+    repository = args.repo
+    if repository and "://" not in repository and Path(repository).is_dir():
+        # As submit sent it: a local repository is recorded by its absolute path.
+        repository = str(Path(repository).resolve())
     cursor = None
     found: list[dict[str, Any]] = []
     while True:
         page = gateway.missions(
             status=args.status,
-            repository=args.repo,
+            repository=repository,
             since=args.since,
             cursor=cursor,
             limit=args.limit,
@@ -243,12 +255,25 @@ def mission_logs(args: argparse.Namespace) -> int:
     from aether.agentlog import mission_logs as print_steps
     from aether.transcript import task_transcript
 
+    gateway = client(args)
+    if args.task_id:
+        _check_task(gateway, args.mission_id, args.task_id)
     try:
         if args.task_id and not args.steps:
-            return task_transcript(client(args), args)
-        return print_steps(client(args), args)
+            return task_transcript(gateway, args)
+        return print_steps(gateway, args)
     except KeyboardInterrupt:
         return 130
+
+
+def _check_task(gateway: GatewayClient, mission_id: str, task_id: str) -> None:
+    """Refuse a task the mission's plan does not have (a typo would otherwise read as a
+    task with nothing to show yet)."""
+    tasks = [t["task_id"] for t in gateway.show(mission_id).get("tasks") or []]
+    if tasks and task_id not in tasks:
+        raise UsageError(
+            f"mission {mission_id} has no task {task_id!r} (it has: {', '.join(tasks)})"
+        )
 
 
 def approve(args: argparse.Namespace) -> int:
@@ -365,7 +390,7 @@ def _read_events(
 def watch(args: argparse.Namespace) -> int:
     """Follow a mission live until it finishes, resuming after a dropped connection. The
     board redraws on every change and every second even when no event arrives."""
-    from aether.watch import Board, render
+    from aether.watch import Board, render, waiting_hint
 
     gateway = client(args)
     board = Board(args.mission_id)
@@ -379,6 +404,7 @@ def watch(args: argparse.Namespace) -> int:
     drawn_at = 0.0
     drawn_state: tuple[Any, ...] = ()
     delivery_since: float | None = None
+    hinted: tuple[str, int | None] = ("", None)
     try:
         while True:
             try:
@@ -391,6 +417,14 @@ def watch(args: argparse.Namespace) -> int:
                 notice = item
                 if not board_view and not args.json:
                     print(f"({item})", file=sys.stderr, flush=True)
+            elif kind == "tick" and not board_view and not args.json and not board.finished:
+                # The feed has gone quiet: if the mission waits on the watcher (a plan to
+                # approve, questions, a pause), say what to run, as the board does. Only once
+                # the history has been read, so a state long left is not advertised.
+                hint = waiting_hint(board)
+                if hint and (hint, board.plan_version) != hinted:
+                    print(hint, file=sys.stderr, flush=True)
+                hinted = (hint, board.plan_version)
             elif kind == "event":
                 notice = ""
                 board.apply(item)
@@ -434,6 +468,8 @@ def _outcome(board: Board) -> str:
     lines = [f"\nresult branch: {board.branch} @ {board.final_sha[:10]}"]
     if board.delivered:
         lines.append(board.delivered)
+        if board.delivered.startswith("delivery FAILED"):
+            lines.append(f"  {deliver_again(board.mission_id)}")
     elif board.delivery_remote:
         lines.append(
             f"its push to {board.delivery_remote} was not reported within"
@@ -456,8 +492,14 @@ def _outcome(board: Board) -> str:
 # --- other queries ------------------------------------------------------------------------
 
 
+def _mission_option(gateway: GatewayClient, args: argparse.Namespace) -> str | None:
+    """``--mission``, read as a mission argument is: ``@last`` or a unique start of an id."""
+    return resolve_mission(gateway, args.mission) if args.mission else None
+
+
 def usage(args: argparse.Namespace) -> int:
-    report = client(args).usage(args.by, mission_id=args.mission, since=args.since)
+    gateway = client(args)
+    report = gateway.usage(args.by, mission_id=_mission_option(gateway, args), since=args.since)
 
     def human() -> str:
         lines = [f"{args.by:<22} {'calls':>6} {'in':>10} {'out':>10} {'cost':>12}  budget"]
@@ -477,7 +519,8 @@ def usage(args: argparse.Namespace) -> int:
 
 
 def agents(args: argparse.Namespace) -> int:
-    found = client(args).agents(mission_id=args.mission, status=args.status)
+    gateway = client(args)
+    found = gateway.agents(mission_id=_mission_option(gateway, args), status=args.status)
 
     def human() -> str:
         lines = []

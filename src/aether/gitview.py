@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aether.render import counted
+
 if TYPE_CHECKING:
     from dulwich.objects import TreeEntry
     from dulwich.repo import Repo
@@ -107,7 +109,8 @@ def format_stat(stats: list[FileStat]) -> str:
     total_added = sum(s.added for s in stats)
     total_removed = sum(s.removed for s in stats)
     lines.append(
-        f" {len(stats)} files changed, {total_added} insertions(+), {total_removed} deletions(-)"
+        f" {counted(len(stats), 'file')} changed, {counted(total_added, 'insertion')}(+), "
+        f"{counted(total_removed, 'deletion')}(-)"
     )
     return "\n".join(lines)
 

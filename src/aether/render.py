@@ -12,6 +12,11 @@ def short(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 task``, ``2 tasks``: a count as people write it (nouns taking a plain s)."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def wave_number(wave: int) -> int:
     """A wave as people count it, from 1 (as ``show``'s graph and the web board do); the
     events number them from 0."""
@@ -47,7 +52,7 @@ def describe(event: SseEvent) -> str:
     detail = ""
     if kind == "plan_produced":
         offline = " [OFFLINE model]" if d.get("offline") else ""
-        detail = f"v{d['version']}: {len(d['tasks'])} tasks by {d.get('model')}{offline}"
+        detail = f"v{d['version']}: {counted(len(d['tasks']), 'task')} by {d.get('model')}{offline}"
     elif kind == "repository_prepared":
         detail = f"{d['integration_branch']} from {d['base_branch']}@{d['base_sha'][:10]}"
     elif kind == "task_ready":
@@ -86,7 +91,8 @@ def describe(event: SseEvent) -> str:
         usage = d.get("usage") or {}
         cost = money(usage.get("cost_usd"), usage.get("cost_complete", True))
         detail = (
-            f"{d['integration_branch']} @ {d['final_sha'][:10]}, {d['tasks_merged']} tasks, "
+            f"{d['integration_branch']} @ {d['final_sha'][:10]}, "
+            f"{counted(d['tasks_merged'], 'task')}, "
             f"cost {cost}"
         )
     elif kind == "branch_pushed":
@@ -137,7 +143,7 @@ def mission_detail(m: dict[str, Any]) -> str:
     if m.get("integration_branch"):
         head = f" @ {m['final_sha'][:10]}" if m.get("final_sha") else ""
         lines.append(f"  branch       {m['integration_branch']}{head}")
-    lines.extend(delivery_lines(m.get("delivery")))
+    lines.extend(delivery_lines(m.get("delivery"), m["id"]))
     if m.get("plan_version") is not None:
         approved = m.get("approved_version")
         state = f"approved v{approved}" if approved is not None else "not approved"
@@ -208,7 +214,7 @@ def task_note(t: dict[str, Any]) -> str:
     return str(t.get("error") or "")
 
 
-def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
+def delivery_lines(delivery: dict[str, Any] | None, mission_id: str) -> list[str]:
     """Where the git broker delivered the result (``AETHER_PUSH_REMOTE``), or why not."""
     if not delivery:
         return []
@@ -224,7 +230,16 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
     reason = delivery.get("reason") or "no reason given"
     if delivery["status"] == "retrying":
         return [f"  delivery     pushing again (it failed: {reason})", f"{'':15}{where}"]
-    return [f"  delivery     FAILED: {reason}", f"{'':15}{where}"]
+    return [
+        f"  delivery     FAILED: {reason}",
+        f"{'':15}{where}",
+        f"{'':15}{deliver_again(mission_id)}",
+    ]
+
+
+def deliver_again(mission_id: str) -> str:
+    """The next step after a failed push."""
+    return f"once that is fixed, push it again with `aether mission deliver {mission_id}`"
 
 
 def plan_lines(m: dict[str, Any]) -> list[str]:
@@ -266,6 +281,9 @@ def plan_lines(m: dict[str, Any]) -> list[str]:
             lines.append(f"      files   {', '.join(task['files'])}")
         for criterion in task.get("acceptance_criteria") or []:
             lines.append(f"      accept  {short(criterion, 90)}")
+    # What the planner changed or could not do (a repository command that does not
+    # exist, a file list instead of the files): the plan is not what was asked without it.
+    lines += [f"  plan note    {repair}" for repair in latest.get("repairs") or []]
     return lines
 
 

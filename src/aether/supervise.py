@@ -25,7 +25,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +38,7 @@ import httpx
 import psutil
 
 from aether import http as aether_http
-from aether.infra import free_port
+from aether.infra import free_port, port_is_free
 
 STATE_FILE = "stack.json"
 LOCK_FILE = "up.lock"
@@ -173,19 +172,30 @@ def port_owner(port: int) -> str:
 
 def check_ports(ports: dict[str, int]) -> None:
     """Fail, naming each service and port, when any port cannot be bound."""
-    taken = []
-    for name, port in ports.items():
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                taken.append(f"{port} ({name}) is in use{port_owner(port)}")
+    taken = [
+        f"{port} ({name}) is in use{port_owner(port)}"
+        for name, port in ports.items()
+        if not port_is_free(port)
+    ]
     if taken:
+        # A fixed suggestion would name the very base that just failed (8200 when 8200 was
+        # asked for): offer one whose five ports are free now.
+        base = next_free_port_base(min(ports.values()))
+        other = f"--port-base {base}` (or --port-base 0" if base else "--port-base 0` ("
         raise StackError(
             "cannot start: port " + "; port ".join(taken),
-            "choose other ports with `aether up --port-base 8200` (or --port-base 0 for any "
-            "free ports), or stop what holds them",
+            f"choose other ports with `aether up {other} for any free ports), "
+            "or stop what holds them",
         )
+
+
+def next_free_port_base(after: int, tries: int = 10) -> int | None:
+    """The first of ``after`` + 100, + 200 … whose stack ports are all free now, if any."""
+    for base in range(after + 100, after + 100 * (tries + 1), 100):
+        ports = [base + offset for offset in PORT_OFFSETS.values()]
+        if max(ports) < 65536 and all(port_is_free(port) for port in ports):
+            return base
+    return None
 
 
 # --- processes --------------------------------------------------------------------------

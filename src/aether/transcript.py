@@ -191,7 +191,9 @@ def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
         _listed(gateway, args, printer)
     if not args.follow or ended:
         if not printer.printed and not args.json:
-            print(f"no transcript for task {args.task_id} of {args.mission_id} yet")
+            attempt = f" attempt {args.attempt}" if args.attempt is not None else ""
+            still = "" if ended else " yet"
+            print(f"no transcript for task {args.task_id}{attempt} of {args.mission_id}{still}")
         return 0
     # Listed again once the stream is open: an entry published between the two (telemetry
     # is not replayed by the stream) is then in the gateway's record.

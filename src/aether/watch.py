@@ -303,11 +303,10 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
         ),
         _clip(_summary(board, now), width),
     ]
-    # Statuses may be spelt "awaiting_approval" (the shared status rules) or with spaces.
     state = board.status.replace("_", " ")
-    hint = HINTS.get(state)
+    hint = waiting_hint(board)
     if hint:
-        lines.append(_fit(f"» {state} — {hint.format(id=board.mission_id)}", width))
+        lines.append(_fit(hint, width))
     if state == "awaiting approval" and board.tiers:
         model = "offline model, free" if board.offline else f"real model {board.model}"
         budget_note = f" of the ${board.budget:.2f} budget" if board.budget is not None else ""
@@ -339,6 +338,15 @@ def render(board: Board, width: int = 100, now: datetime | None = None, notice: 
     for wait in waiting_for_a_person(board):
         lines.append(f"  > {_fit(wait, width - 4)}")
     return "\n".join(lines)
+
+
+def waiting_hint(board: Board) -> str:
+    """What the watcher can do now about the mission's state ("» awaiting approval — …"),
+    or "" when there is nothing to do."""
+    # Statuses may be spelt "awaiting_approval" (the shared status rules) or with spaces.
+    state = board.status.replace("_", " ")
+    hint = HINTS.get(state)
+    return f"» {state} — {hint.format(id=board.mission_id)}" if hint else ""
 
 
 def waiting_for_a_person(board: Board) -> list[str]:

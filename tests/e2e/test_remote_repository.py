@@ -120,4 +120,4 @@ async def test_a_remote_repositorys_branch_estimates_and_diffs_come_through_the_
         "--token",
         running.admin_token,
     )
-    assert "b.txt" in stat and "1 files changed, 1 insertions(+), 0 deletions(-)" in stat
+    assert "b.txt" in stat and "1 file changed, 1 insertion(+), 0 deletions(-)" in stat

@@ -8,7 +8,13 @@ import json
 
 from aether.cli import main
 from aether.gitview import create_sample_repository
-from aether_events import BranchPushed, EventPublisher, RepositoryPrepared, TaskEscalated
+from aether_events import (
+    AgentStarted,
+    BranchPushed,
+    EventPublisher,
+    RepositoryPrepared,
+    TaskEscalated,
+)
 
 from .conftest import ADMIN_TOKEN, eventually
 
@@ -190,3 +196,107 @@ async def test_watch_waits_for_the_delivery_its_mission_announced(
     assert f"(completed; waiting for the push to {remote})" in err
     assert "branch_pushed" in out
     assert f"delivered to {remote}" in out
+
+
+async def test_the_event_feed_says_what_to_run_when_the_plan_awaits_approval(
+    gateway_server, nc, capsys, script
+):
+    """Without a terminal (``--events``, or ``submit --watch`` piped), the feed has no board
+    to show the approval hint on: it says what to run once the events go quiet."""
+    cli = Cli(gateway_server, capsys)
+    publisher = EventPublisher(nc.jetstream())
+    events = script.happy_path()
+    await publisher.publish_all(events[:3])  # requested, prepared, plan v1
+    watching = asyncio.create_task(cli("mission", "watch", script.mission_id, "--events"))
+    hint = f"» awaiting approval — approve with `aether mission approve {script.mission_id}`"
+    said = []
+
+    async def hinted():
+        said.append(capsys.readouterr().err)
+        return hint in "".join(said)
+
+    try:
+        await eventually(hinted, timeout=20, what="the feed to say how to approve the plan")
+    finally:
+        # The watch runs in a thread that cannot be cancelled: end it with the mission.
+        await publisher.publish_all(events[3:])
+        code, out, err = await asyncio.wait_for(watching, 60)
+    assert code == 0, err
+    assert "".join(said).count("» awaiting approval") == 1
+    assert "mission_completed" in out
+
+
+async def test_usage_and_agents_take_last_or_a_start_of_an_id_for_their_mission(
+    gateway_server, nc, capsys, script
+):
+    cli = Cli(gateway_server, capsys)
+    started = AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r-1", model="m")
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.task_ready("t1"),
+            started,
+            script.usage(0.25),
+        ]
+    )
+
+    async def folded():
+        report = await cli.json("usage", "--mission", script.mission_id)
+        return report if report["total"]["calls"] == 1 else None  # type: ignore[index]
+
+    whole = await eventually(folded, what="the usage to be folded")
+    assert await cli.json("usage", "--mission", "@last") == whole
+    assert await cli.json("usage", "--mission", script.mission_id[:8]) == whole
+    runners = await cli.json("agents", "--mission", "@last")
+    assert [a["runner_id"] for a in runners["agents"]] == ["r-1"]  # type: ignore[index]
+
+
+async def test_list_finds_a_local_repositorys_missions_by_a_relative_path(
+    gateway_server, nc, capsys, tmp_path, monkeypatch
+):
+    cli = Cli(gateway_server, capsys)
+    create_sample_repository(tmp_path / "repo")
+    monkeypatch.chdir(tmp_path)
+    created = await cli.json("mission", "submit", "Add a greeting", "--repo", "repo")
+    mission_id = created["mission_id"]  # type: ignore[index]
+
+    async def listed():
+        found = await cli.json("mission", "list", "--repo", str(tmp_path / "repo"))
+        return [m["id"] for m in found["missions"]] or None  # type: ignore[index]
+
+    assert await eventually(listed, what="the mission to be folded") == [mission_id]
+    relative = await cli.json("mission", "list", "--repo", "repo")
+    assert [m["id"] for m in relative["missions"]] == [mission_id]  # type: ignore[index]
+
+
+async def test_logs_of_a_task_the_plan_does_not_have_is_an_error_not_an_empty_transcript(
+    gateway_server, nc, capsys, script
+):
+    cli = Cli(gateway_server, capsys)
+    await EventPublisher(nc.jetstream()).publish_all(
+        [script.requested(), script.prepared(), script.plan(task_ids=("t1", "t2"))]
+    )
+
+    async def planned():
+        shown = await cli.json("mission", "show", script.mission_id)
+        return shown["tasks"] or None  # type: ignore[index]
+
+    await eventually(planned, what="the plan to be folded")
+    code, out, err = await cli("mission", "logs", script.mission_id, "t9")
+    assert code == 1 and out == ""
+    assert f"mission {script.mission_id} has no task 't9' (it has: t1, t2)" in err
+    code, out, err = await cli("mission", "logs", script.mission_id, "t1")
+    assert code == 0, err
+    assert out.strip() == f"no transcript for task t1 of {script.mission_id} yet"
+
+    await EventPublisher(nc.jetstream()).publish(script.completed())
+
+    async def ended():
+        shown = await cli.json("mission", "show", script.mission_id)
+        return shown["status"] == "completed"  # type: ignore[index]
+
+    await eventually(ended, what="the completion to be folded")
+    code, out, err = await cli("mission", "logs", script.mission_id, "t2", "--attempt", "2")
+    assert code == 0, err
+    assert out.strip() == f"no transcript for task t2 attempt 2 of {script.mission_id}"
