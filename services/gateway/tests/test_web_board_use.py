@@ -201,3 +201,19 @@ async def test_each_tab_is_titled_by_what_it_shows(
     await expect(page).to_have_title(f"{LONG} · {script.mission_id} · Aether")
     await page.click('#nav a[data-page="usage"]')
     await expect(page).to_have_title("Usage · Aether")
+
+
+async def test_the_plan_card_shows_what_the_planner_changed_or_could_not_do(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any, artefacts: Path
+) -> None:
+    # Without its notes a repaired plan reads as if it were what was asked.
+    notes = [
+        "the repository has no command '/no-such-cmd': the requirement is planned as text",
+        "t2's files were given as a list of directories: narrowed to src/t2.py",
+    ]
+    plan = msgspec.structs.replace(script.plan(task_ids=("t1", "t2")), repairs=notes)
+    await EventPublisher(nc.jetstream()).publish_all([script.requested(), script.prepared(), plan])
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page.locator("#plan-notes li")).to_have_text(notes)
+    await page.screenshot(path=str(artefacts / "plan-notes.png"))

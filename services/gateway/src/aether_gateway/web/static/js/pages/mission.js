@@ -255,6 +255,11 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     });
     graphNodes = current ? nodes : new Map();
     if (plan.rationale) planCard.append(h("p", { class: "rationale" }, plan.rationale));
+    // What the planner changed or could not do as asked (a repository command that does
+    // not exist, say): without them the plan reads as if it were what was asked.
+    if ((plan.repairs || []).length) {
+      planCard.append(h("div", { class: "plan-notes", id: "plan-notes" }, h("h3", {}, "Planner's notes"), h("ul", {}, plan.repairs.map((note) => h("li", {}, note)))));
+    }
     planCard.append(h("div", { class: "graph-wrap" }, svg));
     const older = plans.find((p) => p.version === plan.version - 1);
     if (older) {
