@@ -417,13 +417,14 @@ class Service:
             self.consume(self._retry_spec)
         self._consumers.append(spec)
         # Exported from the start, so dashboards show zeros rather than gaps.
-        for gauge in (
+        for metric in (
             metrics.CONSUMER_PENDING,
             metrics.CONSUMER_ACK_PENDING,
             metrics.CONSUMER_REDELIVERED,
             metrics.HANDLERS_IN_PROGRESS,
+            metrics.HANDED_BACK,
         ):
-            gauge.labels(self.name, spec.durable)
+            metric.labels(self.name, spec.durable)
 
     # --- lifecycle ----------------------------------------------------------------
 
