@@ -270,6 +270,44 @@ async def test_every_metric_the_dashboards_and_alerts_query_is_exported(live: Li
     )
 
 
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def documented_metrics() -> set[str]:
+    """Every metric named in the operations guide's table of metrics (its first column)."""
+    section = OPERATIONS.read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for row in section.splitlines():
+        if row.startswith("| `aether_"):
+            names.update(re.findall(r"`(aether_\w+)`", row.split("|")[1]))
+    return names
+
+
+def exported_aether_metrics(expositions: dict[str, str]) -> set[str]:
+    """Every aether_ metric the services export, as queried (counters with ``_total``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        family.name + ("_total" if family.type == "counter" else "")
+        for text in expositions.values()
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("aether_")
+        # A counter's creation time, which the parser reads as a gauge of its own (a
+        # counter may end in ``_created`` itself: aether_worktrees_created).
+        and not (family.name.endswith("_created") and family.type != "counter")
+    }
+
+
+async def test_the_operations_guide_lists_exactly_the_metrics_the_services_export(
+    live: Live,
+) -> None:
+    documented = documented_metrics()
+    exported = exported_aether_metrics(live.expositions)
+    assert len(documented) > 50
+    assert not documented - exported, f"documented, exported by no service: {documented - exported}"
+    assert not exported - documented, f"exported, not in {OPERATIONS.name}: {exported - documented}"
+
+
 async def test_metrics_follow_prometheus_naming(live: Live) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
