@@ -41,7 +41,13 @@ from aether_llm import MessagesServer, Reply
 from aether_llm.offline import respond, start_offline_server
 from aether_runtime import tls
 from tests.ops.dashboards import queries, stat_panels
-from tests.ops.promql import PROMETHEUS_SERIES, Selector, exported_names, selectors
+from tests.ops.promql import (
+    PROMETHEUS_SERIES,
+    Selector,
+    exported_names,
+    groupings,
+    selectors,
+)
 from tests.support import MissionLog
 
 pytestmark = pytest.mark.e2e
@@ -306,6 +312,34 @@ async def test_the_operations_guide_lists_exactly_the_metrics_the_services_expor
     assert len(documented) > 50
     assert not documented - exported, f"documented, exported by no service: {documented - exported}"
     assert not exported - documented, f"exported, not in {OPERATIONS.name}: {exported - documented}"
+
+
+# Labels Prometheus gives every series of a target, and the histogram buckets' bound.
+TARGET_LABELS = frozenset({"job", "instance"})
+
+
+async def test_every_label_the_dashboards_and_alerts_use_is_on_the_metric(live: Live) -> None:
+    """A matcher or a ``by`` on a label the metric does not carry selects nothing or
+    collapses every series into one, and nothing else says so."""
+    labels: dict[str, set[str]] = {}
+    for text in live.expositions.values():
+        for _, sample in parsed(text):
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    problems: list[str] = []
+    for query in queries():
+        if query.variable:
+            continue
+        for selector in selectors(query.expr):
+            if selector.name in PROMETHEUS_SERIES or selector.name not in labels:
+                continue  # Prometheus's own, or reported missing by the test above
+            for label, _, _ in selector.matchers:
+                if label not in labels[selector.name] | TARGET_LABELS:
+                    problems.append(f"{query.where}: {selector.name} has no label {label!r}")
+        for by, names in groupings(query.expr):
+            for name in names & set(labels):
+                for label in set(by) - labels[name] - TARGET_LABELS:
+                    problems.append(f"{query.where}: by ({label}) on {name}, which has no {label}")
+    assert not problems, "\n".join(sorted(set(problems)))
 
 
 async def test_metrics_follow_prometheus_naming(live: Live) -> None:
