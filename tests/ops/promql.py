@@ -107,6 +107,29 @@ def selectors(expr: str) -> list[Selector]:
     return found
 
 
+def groupings(expr: str) -> list[tuple[tuple[str, ...], set[str]]]:
+    """Every ``by (…)`` of an aggregation: its labels and the metrics it aggregates."""
+    tree = promql_parser.parse(grafana_to_promql(expr))
+    found: list[tuple[tuple[str, ...], set[str]]] = []
+
+    def visit(node: object) -> bool:
+        modifier = getattr(node, "modifier", None)
+        if isinstance(node, promql_parser.AggregateExpr) and str(modifier).startswith("by"):
+            beneath: set[str] = set()
+
+            def collect(inner: object) -> bool:
+                if isinstance(inner, promql_parser.VectorSelector) and inner.name:
+                    beneath.add(inner.name)
+                return True
+
+            promql_parser.walk(node.expr, collect)
+            found.append((tuple(modifier.labels), beneath))
+        return True
+
+    promql_parser.walk(tree, visit)
+    return found
+
+
 def variable_metric_names(query: str) -> set[str]:
     """The metrics a Grafana template variable's query reads."""
     found = _LABEL_VALUES.match(query)

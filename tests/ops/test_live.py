@@ -41,7 +41,13 @@ from aether_llm import MessagesServer, Reply
 from aether_llm.offline import respond, start_offline_server
 from aether_runtime import tls
 from tests.ops.dashboards import queries, stat_panels
-from tests.ops.promql import PROMETHEUS_SERIES, Selector, exported_names, selectors
+from tests.ops.promql import (
+    PROMETHEUS_SERIES,
+    Selector,
+    exported_names,
+    groupings,
+    selectors,
+)
 from tests.support import MissionLog
 
 pytestmark = pytest.mark.e2e
@@ -268,6 +274,72 @@ async def test_every_metric_the_dashboards_and_alerts_query_is_exported(live: Li
     assert not now_exported, (
         f"now exported, remove from AWAITED in {__file__}: {sorted(now_exported)}"
     )
+
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def documented_metrics() -> set[str]:
+    """Every metric named in the operations guide's table of metrics (its first column)."""
+    section = OPERATIONS.read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for row in section.splitlines():
+        if row.startswith("| `aether_"):
+            names.update(re.findall(r"`(aether_\w+)`", row.split("|")[1]))
+    return names
+
+
+def exported_aether_metrics(expositions: dict[str, str]) -> set[str]:
+    """Every aether_ metric the services export, as queried (counters with ``_total``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        family.name + ("_total" if family.type == "counter" else "")
+        for text in expositions.values()
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("aether_")
+        # A counter's creation time, which the parser reads as a gauge of its own (a
+        # counter may end in ``_created`` itself: aether_worktrees_created).
+        and not (family.name.endswith("_created") and family.type != "counter")
+    }
+
+
+async def test_the_operations_guide_lists_exactly_the_metrics_the_services_export(
+    live: Live,
+) -> None:
+    documented = documented_metrics()
+    exported = exported_aether_metrics(live.expositions)
+    assert len(documented) > 50
+    assert not documented - exported, f"documented, exported by no service: {documented - exported}"
+    assert not exported - documented, f"exported, not in {OPERATIONS.name}: {exported - documented}"
+
+
+# Labels Prometheus gives every series of a target, and the histogram buckets' bound.
+TARGET_LABELS = frozenset({"job", "instance"})
+
+
+async def test_every_label_the_dashboards_and_alerts_use_is_on_the_metric(live: Live) -> None:
+    """A matcher or a ``by`` on a label the metric does not carry selects nothing or
+    collapses every series into one, and nothing else says so."""
+    labels: dict[str, set[str]] = {}
+    for text in live.expositions.values():
+        for _, sample in parsed(text):
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    problems: list[str] = []
+    for query in queries():
+        if query.variable:
+            continue
+        for selector in selectors(query.expr):
+            if selector.name in PROMETHEUS_SERIES or selector.name not in labels:
+                continue  # Prometheus's own, or reported missing by the test above
+            for label, _, _ in selector.matchers:
+                if label not in labels[selector.name] | TARGET_LABELS:
+                    problems.append(f"{query.where}: {selector.name} has no label {label!r}")
+        for by, names in groupings(query.expr):
+            for name in names & set(labels):
+                for label in set(by) - labels[name] - TARGET_LABELS:
+                    problems.append(f"{query.where}: by ({label}) on {name}, which has no {label}")
+    assert not problems, "\n".join(sorted(set(problems)))
 
 
 async def test_metrics_follow_prometheus_naming(live: Live) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from tests.ops.promql import (
     exported_names,
+    groupings,
     metric_names,
     missing,
     selectors,
@@ -73,3 +74,11 @@ def test_selectors_carry_their_matchers_and_match_samples_like_prometheus() -> N
     assert not selector.matches("aether_events_published_total", {**labels, "service": "a-sched"})
     assert not selector.matches("aether_events_published_created", labels)
     assert str(selector).startswith('aether_events_published_total{type="mission_completed", ')
+
+
+def test_groupings_name_their_labels_and_the_metrics_beneath() -> None:
+    expr = (
+        "histogram_quantile(0.9, sum by (le, tier) (rate(aether_task_duration_seconds_bucket"
+        "[$__rate_interval]))) / max without (instance) (aether_tasks) + sum(aether_missions)"
+    )
+    assert groupings(expr) == [(("le", "tier"), {"aether_task_duration_seconds_bucket"})]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import REGISTRY
 
 from aether.infra import EmbeddedNats
 from aether_events import (
@@ -125,6 +127,42 @@ async def test_a_killed_and_restarted_server_stalls_the_next_event_for_seconds(
     finally:
         await nc.close()
         await svc.stop()
+
+
+def ready_metric(service: str) -> float | None:
+    return REGISTRY.get_sample_value("aether_service_ready", {"service": service})
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_service_that_lost_its_bus_reads_not_ready_in_readyz_and_in_its_metric(
+    nats_server: EmbeddedNats,
+) -> None:
+    svc = Service(name="bus-lost", settings=RuntimeSettings(nats_url=nats_server.url, port=0))
+    svc.consume(ConsumerSpec(durable="bus-lost", subject=ALL_MISSION_EVENTS, handler=Recorder()))
+    readyz = health.readyz(svc._ready_check)
+    assert ready_metric("bus-lost") == 0.0
+    await svc.start()
+    try:
+        assert (await status(readyz))[0] == 200
+        assert ready_metric("bus-lost") == 1.0
+        nats_server.kill()
+        await until(lambda: svc.nc is not None and not svc.nc.is_connected)
+        code, body = await status(readyz)
+        assert (code, body["detail"]) == (503, "nats disconnected")
+        # The alert on a service not ready reads this gauge, not /readyz.
+        assert ready_metric("bus-lost") == 0.0
+        nats_server.start()
+        await until(lambda: ready_metric("bus-lost") == 1.0)
+        assert (await status(readyz))[0] == 200
+    finally:
+        await svc.stop()
+    assert ready_metric("bus-lost") == 0.0
 
 
 @pytest.mark.slow

@@ -34,6 +34,14 @@ def test_a_line_holds_the_context_ids_and_the_extras() -> None:
     assert datetime.fromisoformat(str(got["ts"])).tzinfo is not None
 
 
+def test_uvicorns_coloured_copy_of_the_message_is_left_out() -> None:
+    got = line(
+        "Started server process [1]", color_message="Started server process [\x1b[36m%d\x1b[0m]"
+    )
+    assert "color_message" not in got
+    assert got["msg"] == "Started server process [1]"
+
+
 def test_values_json_has_no_form_for_are_written_as_text() -> None:
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     got = line(

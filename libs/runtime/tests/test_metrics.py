@@ -156,6 +156,23 @@ def test_a_service_exports_its_event_metrics_at_zero_before_any_event() -> None:
     assert value_or_none("aether_poison_messages_total", service="zero-test") == 0.0
 
 
+def test_a_consumers_series_are_exported_at_zero_once_it_is_registered() -> None:
+    svc = Service(name="zero-consumer", settings=RuntimeSettings(port=0))
+
+    async def handler(event: Any, delivery: Delivery) -> None:
+        return None
+
+    svc.consume(ConsumerSpec(durable="zero-consumer", subject="aether.mission.>", handler=handler))
+    labels = {"service": "zero-consumer", "consumer": "zero-consumer"}
+    for name in (
+        "aether_consumer_pending_messages",
+        "aether_handlers_in_progress",
+        # A counter first seen at 1 would never be counted by increase().
+        "aether_deliveries_handed_back_total",
+    ):
+        assert value_or_none(name, **labels) == 0.0, name
+
+
 def value_or_none(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 

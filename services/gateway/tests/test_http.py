@@ -33,6 +33,19 @@ async def test_not_ready_when_the_database_does_not_answer(http, gateway_server)
     }
 
 
+async def test_the_ready_metric_follows_the_database_like_readyz(http, gateway_server):
+    # The alert on a service not ready reads the gauge: it must see what /readyz sees.
+    def ready() -> float | None:
+        return REGISTRY.get_sample_value("aether_service_ready", {"service": "gateway"})
+
+    assert "aether_service_ready" in (await http.get("/metrics")).text
+    assert ready() == 1.0
+    await gateway_server.gateway.db.close()
+    assert (await http.get("/metrics")).status_code == 200
+    assert ready() == 0.0
+    assert 'aether_service_ready{service="gateway"} 0.0' in (await http.get("/metrics")).text
+
+
 async def test_gateways_in_one_process_share_the_routes_and_each_answers_as_itself(make_gateway):
     # The routes are built once per process; each gateway's app hands them its own
     # context, so what one gateway knows (its admin token, its database) is never the

@@ -21,6 +21,9 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
 NOISY = ("uvicorn.access", "nats", "faststream", "httpx", "httpcore", "httpx2", "httpcore2")
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+# Extras that are no data: uvicorn's ``color_message`` repeats ``msg`` with terminal
+# colour escapes, noise in a JSON line.
+_DROPPED = _STANDARD | {"color_message"}
 # A value JSON has no form for is written as its ``str``.
 _ENCODER = msgspec.json.Encoder(enc_hook=str)
 
@@ -38,7 +41,7 @@ class JsonFormatter(logging.Formatter):
         }
         data.update(_context.get())
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _DROPPED and not key.startswith("_"):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)

@@ -353,7 +353,9 @@ class Service:
             metrics.REPLAYED,
         ):
             counter.labels(self.name)
-        metrics.READY.labels(self.name).set(0)
+        # Read at each scrape from what /readyz answers, so the gauge (and the alert on
+        # it) sees a lost bus or a stalled consumer, not only the start and the stop.
+        metrics.READY.labels(self.name).set_function(self._ready_value)
 
     # --- wiring -------------------------------------------------------------------
 
@@ -415,13 +417,14 @@ class Service:
             self.consume(self._retry_spec)
         self._consumers.append(spec)
         # Exported from the start, so dashboards show zeros rather than gaps.
-        for gauge in (
+        for metric in (
             metrics.CONSUMER_PENDING,
             metrics.CONSUMER_ACK_PENDING,
             metrics.CONSUMER_REDELIVERED,
             metrics.HANDLERS_IN_PROGRESS,
+            metrics.HANDED_BACK,
         ):
-            gauge.labels(self.name, spec.durable)
+            metric.labels(self.name, spec.durable)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -581,7 +584,6 @@ class Service:
             )
             self._watchdog.start()
         self.ready = True
-        metrics.READY.labels(self.name).set(1)
         log.info("ready", extra={"port": self.settings.port})
 
     async def _stop(self) -> None:
@@ -590,7 +592,6 @@ class Service:
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
-        metrics.READY.labels(self.name).set(0)
         if self._hand_back is not None and not self._hand_back.done():
             self._hand_back.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -649,6 +650,9 @@ class Service:
         if self.extra_ready_check is not None:
             return self.extra_ready_check()
         return True, "ok"
+
+    def _ready_value(self) -> float:
+        return 1.0 if self._ready_check()[0] else 0.0
 
     def stalled(self) -> str | None:
         """Why a consumer of this service is stalled, or None when none is (from the

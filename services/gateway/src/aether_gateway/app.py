@@ -68,6 +68,11 @@ class Gateway:
         self.settings = settings
         self.service = Service(SERVICE_NAME, settings.runtime, transient_errors=DATABASE_ERRORS)
         self.db = db
+        # Whether the database answered the latest readiness check (``readiness``, run
+        # by /readyz and before each /metrics): what ``aether_service_ready`` adds to the
+        # runtime's own checks, which it reads at each scrape.
+        self._database_answered = True
+        self.service.extra_ready_check = self._checked_parts
         self.read_model = ReadModel(self.db, consumer=CONSUMER)
         self.projector = Projector(self.read_model, stopping=lambda: self.service.stopping)
         # Both consumers deliver in order, and let a run's worth of messages be in
@@ -169,11 +174,21 @@ class Gateway:
         nc = self.service.nc
         if nc is None or not nc.is_connected:
             return False, "nats disconnected"
-        if not await self.db.ping():
+        self._database_answered = await self.db.ping()
+        if not self._database_answered:
             return False, "database unreachable"
         stalled = self.service.stalled()
         if stalled is not None:
             return False, stalled
+        return True, "ok"
+
+    def _checked_parts(self) -> tuple[bool, str]:
+        """What ``readiness`` checks beyond the runtime's own (NATS, stalled consumers),
+        as last found."""
+        if not self.hub.started:
+            return False, "starting"
+        if not self._database_answered:
+            return False, "database unreachable"
         return True, "ok"
 
     async def read_model_status(self) -> dict[str, Any]:
@@ -311,8 +326,11 @@ def create_routes() -> Litestar:
             body["read_model"] = read_model
         return Response(body, status_code=200 if ok else 503)
 
-    @get("/metrics", include_in_schema=False, sync_to_thread=False, opt=open_route)
-    def metrics() -> Response[bytes]:
+    @get("/metrics", include_in_schema=False, opt=open_route)
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gateway = request.scope[_GATEWAY_KEY]  # type: ignore[literal-required]
+        # Asks the database, so that aether_service_ready reads what /readyz would.
+        await gateway.readiness()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(
