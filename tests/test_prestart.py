@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -476,3 +477,37 @@ def test_shared_joins_the_prestarter_the_environment_names_or_starts_its_own(
     own = joined_or_own(str(shared_prestarter.path.with_name("nothing-here")), ("json",))
     assert own.process is not None
     own.close()
+
+
+def test_a_child_exports_only_its_own_services_metrics(tmp_path: Path) -> None:
+    # Every service's code is preloaded, and with it every service's metrics: a child
+    # keeps its own and the libraries' (the runtime's), not the others' at zero.
+    (tmp_path / "metrics_child.py").write_text(
+        "from prometheus_client import REGISTRY, generate_latest\n"
+        "print(generate_latest(REGISTRY).decode())\n"
+    )
+    started = Prestarter(preload=("aether_git_broker.__main__", "aether_gateway.__main__"))
+    try:
+        code, output = run(started, "metrics_child", tmp_path, {})
+    finally:
+        started.close()
+    assert code == 0, output
+    # Not a service: neither service's series, the runtime's all the same.
+    assert "aether_merges_total" not in output
+    assert "aether_http_requests_total" not in output
+    assert "aether_service_ready" in output or "aether_events_handled_total" in output
+
+
+def test_a_service_keeps_its_own_metrics_and_drops_the_others() -> None:
+    script = (
+        "import aether_git_broker.__main__, aether_gateway.__main__\n"
+        "from prometheus_client import REGISTRY, generate_latest\n"
+        "from aether.prestart import drop_other_services_metrics\n"
+        "drop_other_services_metrics('aether_gateway')\n"
+        "text = generate_latest(REGISTRY).decode()\n"
+        "print('aether_http_request_duration_seconds' in text, 'aether_merges_total' in text)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.stdout.split() == ["True", "False"], ran.stderr

@@ -70,6 +70,8 @@ PRELOAD = (
     "aether_gateway.__main__",
     "anthropic",
 )
+# The services' own packages: in a child, the metrics the others' define are dropped.
+SERVICE_PACKAGES = frozenset(m.split(".")[0] for m in PRELOAD if m.endswith(".__main__"))
 # What a preloaded module may define for the prestarter to call once it is imported.
 PRESTART_HOOK = "prestart"
 # The descriptor of the prestarter's end of its channel, in its otherwise empty
@@ -279,7 +281,27 @@ def _become(request: _Request) -> None:
     os.environ.update(env)
     sys.path[0] = request.cwd  # what ``-m`` puts first: the directory it ran in
     sys.argv = [request.module]
+    drop_other_services_metrics(request.module)
     runpy.run_module(request.module, run_name="__main__", alter_sys=True)
+
+
+def drop_other_services_metrics(module: str) -> None:
+    """Unregister the metrics the other services' packages defined as they were preloaded,
+    so that ``module``'s process exports its own series and the shared libraries', as it
+    would started alone, not every service's at zero."""
+    if "prometheus_client" not in sys.modules:
+        return
+    from prometheus_client import REGISTRY
+    from prometheus_client.metrics import MetricWrapperBase
+
+    others = SERVICE_PACKAGES - {module.split(".")[0]}
+    for name, loaded in list(sys.modules.items()):
+        if loaded is None or name.split(".")[0] not in others:
+            continue
+        for value in list(vars(loaded).values()):
+            if isinstance(value, MetricWrapperBase):
+                with contextlib.suppress(KeyError):  # named by two modules: gone already
+                    REGISTRY.unregister(value)
 
 
 def _name_process(module: str) -> None:
