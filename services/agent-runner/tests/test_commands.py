@@ -16,7 +16,6 @@ import pytest
 from aether_agent_runner.adapters.commands import (
     CommandPolicy,
     command_env,
-    is_secret_name,
     parse_command,
     run_command,
 )
@@ -24,6 +23,7 @@ from aether_agent_runner.adapters.git import changed_paths
 from aether_agent_runner.adapters.tools import ToolBox
 from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_sandbox import SandboxSettings, Unconfined
+from aether_sandbox.environment import is_secret_name
 
 from .conftest import QUICK_PYTEST
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.verify import Verifier, command_environment, run_command
 
@@ -166,3 +168,54 @@ def test_without_a_sandbox_the_command_is_not_run_and_verification_fails(tmp_pat
     assert "the command was not run" in outcome.output
     assert "bubblewrap is not installed" in outcome.output
     assert not marker.exists()
+
+
+def test_code_the_agent_merged_cannot_read_the_brokers_settings_from_its_environment(
+    repo: Path, worktrees_dir: Path, git: Git, commit: Commit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verification command runs what the agent wrote (a ``conftest.py``, a script):
+    the broker's own settings are not its to print, whatever they are called."""
+    hidden = {
+        "AETHER_PUSH_REMOTE": "https://x-access-token:ghp_pushsecret@example.com/o/r.git",
+        "NATS_URL": "nats://git-broker:natssecret@127.0.0.1:4222",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer otelsecret",
+        "SENTRY_DSN": "https://sentrysecret@example.com/1",
+        "GITHUB_PAT": "ghp_patsecret",
+    }
+    for name, value in hidden.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    sha = _task_commit(broker, repo, worktrees_dir, commit, {"leak.sh": "env\nexit 1\n"})
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a1"
+    outcome = _merge_with(broker, repo, scratch, sha, base, "sh leak.sh")
+    detail = outcome.detail  # type: ignore[attr-defined]
+    assert "LC_ALL=C.UTF-8" in detail  # the command's environment was printed
+    for value in hidden.values():
+        assert value not in detail
+    assert "secret" not in detail
+    broker.close()
+
+
+def test_only_harmless_variables_and_the_ones_an_operator_names_are_passed() -> None:
+    env = command_environment(
+        {
+            "PATH": "/bin",
+            "HOME": "/h",
+            "LANG": "C.UTF-8",
+            "LC_CTYPE": "C.UTF-8",
+            "JAVA_HOME": "/opt/java",
+            "AETHER_PUSH_REMOTE": "https://t:secret@example.com/r.git",
+            "NATS_URL": "nats://u:p@h:4222",
+            "PIP_INDEX_URL": "https://u:p@index.example.com/simple",
+        },
+        passed=("JAVA_HOME", "PIP_INDEX_URL", "AETHER_GIT_TOKEN"),
+    )
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "LANG": "C.UTF-8",
+        "LC_CTYPE": "C.UTF-8",
+        "JAVA_HOME": "/opt/java",
+    }

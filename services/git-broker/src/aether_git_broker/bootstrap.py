@@ -20,7 +20,9 @@ def bootstrap(settings: GitBrokerSettings | None = None) -> GitBroker:
         pool_capacity=settings.worktree_pool,
     )
     verifier = Verifier(
-        timeout=settings.verify_timeout_seconds, sandbox=verification_sandbox(settings.sandbox)
+        timeout=settings.verify_timeout_seconds,
+        sandbox=verification_sandbox(settings.sandbox),
+        passed_env=settings.verify_env,
     )
     adapters = Adapters(
         git=git,

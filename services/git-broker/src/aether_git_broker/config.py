@@ -16,6 +16,7 @@ from aether_runtime.settings import (
     ENV,
     Env,
     Flag,
+    Names,
     RuntimeSettings,
     ServiceSettings,
     SettingsError,
@@ -61,6 +62,8 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
     # False refuses missions with a verification command.
     verify: Flag = setting("AETHER_VERIFY", True)
     verify_timeout_seconds: float = setting("AETHER_VERIFY_TIMEOUT_SECONDS", 600.0)
+    # More of the broker's variables a verification command sees (none that looks secret).
+    verify_env: Names = setting("AETHER_VERIFY_ENV", ())
     # Where completed missions are pushed (a URL, a path or a remote's name).
     push_remote: str | None = setting("AETHER_PUSH_REMOTE", None)
     remote_timeout_seconds: float = setting("AETHER_GIT_REMOTE_TIMEOUT_SECONDS", 300.0)

@@ -18,9 +18,7 @@ and the path checks are all that guard it.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,28 +26,9 @@ from pathlib import Path
 
 from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_sandbox import CommandRunner, Limits, Request, Sandbox, SandboxUnavailable, execute
+from aether_sandbox.environment import harmless_environment
 
 SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "&>"})
-
-# Names passed through from the runner's environment when present.
-SAFE_VARIABLES = frozenset(
-    {"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "VIRTUAL_ENV", "SYSTEMROOT"}
-)
-_SECRET_NAME = re.compile(
-    r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|AUTH|COOKIE|SESSION"
-    r"|_URL$|_URI$|_DSN$|^DATABASE|^NATS|^ANTHROPIC|^AWS_|^AZURE_|^GCP_|^GOOGLE_|^AETHER_"
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def is_secret_name(name: str) -> bool:
-    """Whether an environment variable's name says it may hold a credential or an address
-    of one of the service's own backends (never passed to a command).
-
-    Remembered by name: every attempt asks of every variable of the runner's environment
-    (its transcript's redaction), and the expression, tried at each position of a name,
-    took 2 µs a name, a tenth of a millisecond or more an attempt."""
-    return bool(_SECRET_NAME.search(name.upper()))
 
 
 def command_env(
@@ -61,12 +40,7 @@ def command_env(
     """The environment of an agent's command: harmless variables from ``source``, the
     operator's ``passed`` names unless they look secret, and scratch directories (made
     here unless ``make_dirs`` is false: a sandbox makes them in its private ``/tmp``)."""
-    env = {
-        name: value
-        for name, value in source.items()
-        if (name in SAFE_VARIABLES or name.startswith("LC_") or name in passed)
-        and not is_secret_name(name)
-    }
+    env = harmless_environment(source, passed)
     home, tmp, cache = scratch / "home", scratch / "tmp", scratch / "cache"
     for directory in (home, tmp, cache) if make_dirs else ():
         directory.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ from typing import Any
 
 import msgspec
 
-from aether_agent_runner.adapters.commands import is_secret_name
 from aether_agent_runner.adapters.tools import ToolResult
 from aether_events import (
     Event,
@@ -37,6 +36,7 @@ from aether_events import (
     caused_by,
     step_ids,
 )
+from aether_sandbox.environment import is_secret_name
 
 RUN_STRIDE = 1_000_000
 REDACTED = "[redacted]"

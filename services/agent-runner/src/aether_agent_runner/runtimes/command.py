@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from aether_agent_runner.adapters.commands import CommandResult, command_env, is_secret_name
+from aether_agent_runner.adapters.commands import CommandResult, command_env
 from aether_agent_runner.adapters.git import reset_to
 from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.tools import SANDBOX_SCRATCH
@@ -53,6 +53,7 @@ from aether_sandbox import (
     open_sandbox,
 )
 from aether_sandbox import Outcome as Ran
+from aether_sandbox.environment import is_secret_name
 
 _PLACEHOLDER = re.compile(r"\{(prompt|prompt_file|model)\}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

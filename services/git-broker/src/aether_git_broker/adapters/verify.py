@@ -6,8 +6,11 @@ use git there), the command runs in it through ``/bin/sh`` in the same sandbox a
 agent's commands (``aether_sandbox``: bubblewrap by default): the scratch worktree is its
 only writable place, the repository's git directory is readable but not writable, there
 is no network, and the limits of ``AETHER_SANDBOX_*`` apply, the time limit killing
-everything it started. The scratch worktree is removed afterwards. The environment is the
-broker's minus anything that looks like a secret (tokens, keys, passwords). With no
+everything it started. The scratch worktree is removed afterwards. The command runs what
+agents merged, so its environment is built as an agent command's is: a few harmless
+variables of the broker's and the ones an operator names (``AETHER_VERIFY_ENV``), never one
+whose name looks secret, whatever else the broker holds (a push URL with a token, the
+bus's address). With no
 sandbox able to start, verification fails with the reason, unless an operator set
 ``AETHER_SANDBOX=unconfined``.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,10 +37,9 @@ from aether_sandbox import (
     mark_logs_unconfined,
     open_sandbox,
 )
+from aether_sandbox.environment import harmless_environment
 
 log = logging.getLogger("aether.git_broker.verify")
-
-_SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|(^|_)KEY$|API_KEY", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,12 @@ class Verification:
     output: str
 
 
-def command_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a verification command gets: no secrets of the broker."""
-    env = dict(os.environ if base is None else base)
-    return {name: value for name, value in env.items() if not _SECRET.search(name)}
+def command_environment(
+    base: Mapping[str, str] | None = None, passed: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The environment a verification command gets: harmless variables of ``base`` (the
+    broker's environment) and the ``passed`` names, none that looks secret."""
+    return harmless_environment(os.environ if base is None else base, passed, also=("HOME",))
 
 
 def verification_sandbox(settings: SandboxSettings | None = None) -> Sandbox | SandboxUnavailable:
@@ -119,8 +123,10 @@ class Verifier:
         timeout: float = 600.0,
         max_output: int = 8000,
         sandbox: Sandbox | SandboxUnavailable | None = None,
+        passed_env: tuple[str, ...] = (),
     ) -> None:
         self.timeout = timeout
+        self.passed_env = passed_env
         self.max_output = max_output
         self.sandbox = sandbox
         self.last: Verification | None = None
@@ -145,7 +151,7 @@ class Verifier:
                 scratch,
                 self.timeout,
                 self.max_output,
-                command_environment(),
+                command_environment(passed=self.passed_env),
                 sandbox=self.sandbox,
                 # The repository's git directory, readable so the command can use git.
                 read_only=(os.fspath(handle.repo.commondir()),),
