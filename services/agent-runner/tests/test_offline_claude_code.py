@@ -52,3 +52,22 @@ async def test_offline_model_works_a_task_through_claude_code(
     assert "offline model" in created
     assert set(done.files_changed) == {"src/app.py", "docs/new.md"}
     assert "Offline model" in done.summary
+
+
+async def test_a_claude_code_cli_that_is_not_there_fails_the_attempt_without_retry(
+    task_repo: Any,
+    offline: Model,
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    missing = str(task_repo.root / "no-such-dir" / "claude")
+    await start_runner(offline, runtime="claude-code", claude_code_cli=missing)
+    ready = workspace_ready(task_repo, mission_id)
+    await publish(msgspec.structs.replace(ready, model="aether-offline"))
+    failed: AgentFailed = await events.first(AgentFailed, timeout=60)
+    assert "Claude Code is not installed" in failed.reason, failed.reason
+    assert missing in failed.reason
+    assert not failed.retryable
