@@ -243,7 +243,9 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--model", action="append", metavar="TIER=MODEL", help="model override")
     submit.add_argument("--auto-approve", action="store_true")
     submit.add_argument(
-        "--runtime", help="agent runtime of the tasks: builtin (default) or claude-code"
+        "--runtime",
+        help="agent runtime of the tasks: builtin, claude-code or a command runtime's name "
+        "(default: the runner's AETHER_AGENT_RUNTIME)",
     )
     submit.add_argument("--verify", help="command that must pass on the merged tree")
     submit.add_argument("--idempotency-key", help="submitting again with it creates no second")

@@ -13,6 +13,11 @@ tests). It is not a language model and says so: every reply names the model
   missing ones, appends a section marked "added by the aether offline model" to each
   existing text file it could read whole (as comments in code), and leaves every other
   file untouched. It never deletes or shortens content it did not write.
+* Asked the same through the Claude Code CLI (a request offering its ``Read``, ``Write``
+  and ``Edit``), it does the same with those tools on absolute paths under the CLI's
+  working directory, appends to an existing file with an ``Edit`` whose old text is the
+  whole file as read (so a file it misread is refused by the CLI, not overwritten), and
+  ends with its summary as text.
 """
 
 from __future__ import annotations
@@ -121,6 +126,8 @@ def respond(request: JSON) -> Reply:
         return _reply(request, content, "tool_use")
     if {"read_file", "write_file", "finish"} <= tools:
         return _work(request)
+    if {"Read", "Write", "Edit"} <= tools and _tagged(request, "task") is not None:
+        return _work_claude_code(request)
     answer = text_block("The offline model can only plan and write the files a task names.")
     return _reply(request, [answer], "end_turn")
 
@@ -222,6 +229,106 @@ def _write(
             "it only appends marked sections to text files it can read whole.\n"
         )
         writes.append(tool_use_block("write_file", {"path": note, "content": content}))
+    blocks = [text_block("Offline model: creating missing files, appending marked sections.")]
+    return _reply(request, blocks + writes, "tool_use")
+
+
+_CWD = re.compile(r"Primary working directory: (\S+)")
+# A line of the CLI's Read result: its number, then a tab or an arrow, then the line.
+_NUMBERED = re.compile(r"^ *\d+(?:\t|\u2192)(.*)$")
+
+
+def _work_claude_code(request: JSON) -> Reply:
+    """``_work`` with the Claude Code CLI's tools: read each named file, then create the
+    missing ones with ``Write`` and append to each one read whole with ``Edit``, then
+    answer with the summary (the CLI's turn ends on text)."""
+    task = json.loads(_tagged(request, "task") or "{}")
+    files = [str(f) for f in task.get("files") or []] or [f"notes/{task.get('id', 'task')}.md"]
+    system = _text_of(request.get("system"))
+    found = _CWD.search(system) or _CWD.search(
+        "\n".join(_text_of(m.get("content")) for m in request.get("messages", []))
+    )
+    root = found.group(1).rstrip("/") if found else "."
+    messages = request.get("messages", [])
+    assistant = [m for m in messages if m.get("role") == "assistant"]
+    previous = _claude_calls(assistant[-1]) if assistant else {}
+    tools_used = {tool for tool, _ in previous.values()}
+    if not tools_used:
+        blocks = [text_block(f"Offline model: reading {len(files)} file(s) before writing.")]
+        blocks += [tool_use_block("Read", {"file_path": f"{root}/{path}"}) for path in files]
+        return _reply(request, blocks, "tool_use")
+    if tools_used == {"Read"}:
+        results: dict[str, tuple[str, bool]] = {}
+        for message in messages:
+            if message.get("role") == "user":
+                results.update(_results(message))
+        return _write_claude_code(request, task, root, previous, results)
+    written = [path.removeprefix(f"{root}/") for tool, path in previous.values() if tool != "Read"]
+    summary = "Offline model (deterministic, no intelligence): " + (
+        f"wrote {', '.join(written)}." if written else "changed nothing."
+    )
+    return _reply(request, [text_block(summary)], "end_turn")
+
+
+def _claude_calls(message: JSON) -> dict[str, tuple[str, str]]:
+    """The Claude Code tool calls of an assistant message: id → (tool, file_path)."""
+    content = message.get("content")
+    found: dict[str, tuple[str, str]] = {}
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            path = str((block.get("input") or {}).get("file_path", ""))
+            found[str(block.get("id"))] = (str(block.get("name")), path)
+    return found
+
+
+def _as_read(result: str) -> str | None:
+    """The file's text from the CLI's numbered Read result, or None when it is not one
+    whole (a line without its number: a note of the CLI, a cut)."""
+    lines = result.split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    text: list[str] = []
+    for line in lines:
+        found = _NUMBERED.match(line)
+        if found is None:
+            break
+        text.append(found.group(1))
+    else:
+        return "\n".join(text) if text else None
+    return None
+
+
+def _write_claude_code(
+    request: JSON,
+    task: JSON,
+    root: str,
+    reads: dict[str, tuple[str, str]],
+    results: dict[str, tuple[str, bool]],
+) -> Reply:
+    writes: list[JSON] = []
+    left: list[str] = []
+    for call_id, (_, file_path) in reads.items():
+        path = file_path.removeprefix(f"{root}/")
+        text, is_error = results.get(call_id, ("", True))
+        if is_error and "does not exist" in text.lower():
+            body = _file_body(path, task)
+            writes.append(tool_use_block("Write", {"file_path": file_path, "content": body}))
+            continue
+        section = _section(path, task)
+        whole = None if is_error else _as_read(text)
+        if section is None or not whole:
+            left.append(path)
+            continue
+        grown = (whole if whole.endswith("\n") else whole + "\n") + section
+        edit = {"file_path": file_path, "old_string": whole, "new_string": grown}
+        writes.append(tool_use_block("Edit", edit))
+    if not writes:
+        note = f"{root}/notes/{task.get('id', 'task')}-offline.md"
+        content = (
+            f"# {task.get('title', '')}\n\n_{MARK}._ It left {', '.join(left)} unchanged: "
+            "it only appends marked sections to text files it can read whole.\n"
+        )
+        writes.append(tool_use_block("Write", {"file_path": note, "content": content}))
     blocks = [text_block("Offline model: creating missing files, appending marked sections.")]
     return _reply(request, blocks + writes, "tool_use")
 

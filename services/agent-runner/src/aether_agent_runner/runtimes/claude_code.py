@@ -692,6 +692,11 @@ class ClaudeCodeRuntime:
             async with contextlib.AsyncExitStack() as stack:
                 sandbox = sandbox_of(job)
                 cli = self.cli_path or bundled_cli()
+                if self.cli_path is not None and shutil.which(self.cli_path) is None:
+                    # Checked here: in the sandbox the SDK runs a script that exists, and
+                    # the missing CLI would only be bubblewrap's exit 127, retried.
+                    message = "AETHER_CLAUDE_CODE_CLI names no executable"
+                    raise sdk.CLINotFoundError(message, cli_path=self.cli_path)
                 if sandbox is not None and cli is not None:
                     # The CLI runs in the sandbox: its file tools see the worktree and
                     # nothing of the host beside the system's read-only directories.
@@ -708,7 +713,8 @@ class ClaudeCodeRuntime:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
             outcome = self._outcome(run, False, reason=reason, retryable=False)
         except sdk.CLINotFoundError as error:
-            outcome = self._outcome(run, False, reason=f"Claude Code is not installed: {error}")
+            reason = f"Claude Code is not installed: {error}"
+            outcome = self._outcome(run, False, reason=reason, retryable=False)
         except sdk.ClaudeSDKError as error:
             detail = " | ".join(stderr)
             reason = f"Claude Code failed: {error}" + (f" ({detail})" if detail else "")
