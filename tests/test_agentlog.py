@@ -15,6 +15,11 @@ def test_each_step_names_the_attempt_the_tool_and_its_file_or_command() -> None:
     assert step_line("agent_started", {**started, "occurred_at": AT}) == (
         "12:00:05  t1 a2  started    on r-1 with m, commands in bwrap"
     )
+    # The runtime it ran with, from a runner that says (v1.4).
+    through = {**started, "runtime": "claude-code", "occurred_at": AT}
+    assert step_line("agent_started", through) == (
+        "12:00:05  t1 a2  started    on r-1 with m through claude-code, commands in bwrap"
+    )
     wrote = {"task_id": "t1", "attempt": 2, "turns": 3, "last_action": "write_file src/a.py"}
     assert step_line("agent_progress", wrote).endswith("t1 a2  turn 3     write_file     src/a.py")
     ran = {"task_id": "t1", "attempt": 2, "turns": 4, "last_action": "run_command pytest -q"}

@@ -46,7 +46,11 @@ def step_line(kind: str, data: dict[str, Any]) -> str:
     )
     if kind == "agent_started":
         sandbox = f", commands in {data['sandbox']}" if data.get("sandbox") else ""
-        what = f"started    on {data.get('runner_id', '?')} with {data.get('model', '?')}{sandbox}"
+        runtime = f" through {data['runtime']}" if data.get("runtime") else ""
+        what = (
+            f"started    on {data.get('runner_id', '?')} with {data.get('model', '?')}"
+            f"{runtime}{sandbox}"
+        )
     elif kind == "agent_progress":
         turn = f"turn {data.get('turns', 0)}"
         what = f"{turn:<10} {action_text(str(data.get('last_action') or ''))}"

@@ -126,6 +126,7 @@ async def test_a_task_that_reads_edits_runs_a_command_and_finishes(
     assert "1 passed" in str(scripted.script.requests[4]["messages"][-1]["content"])
     started = events.of(AgentStarted)
     assert len(started) == 1 and started[0].model == "claude-sonnet-5-5"
+    assert started[0].runtime == "builtin"
     # The tests ran inside the sandbox, and the event says so.
     assert started[0].sandbox == "bubblewrap"
     usage = events.of(UsageRecorded)

@@ -293,13 +293,16 @@ class WorkspaceReady(Event, frozen=True, kw_only=True, tag="workspace_ready"):
 class AgentStarted(Event, frozen=True, kw_only=True, tag="agent_started"):
     """``sandbox``: what the attempt's commands run in (``bubblewrap``, ``unconfined`` when
     an operator chose so, ``unavailable`` when commands are refused, ``None`` when the
-    agent has no command tool or the runner predates the field)."""
+    agent has no command tool or the runner predates the field). ``runtime``: the agent
+    runtime the attempt runs with (``builtin``, ``claude-code``, a command runtime's name;
+    "" from a runner before v1.4)."""
 
     task_id: str
     attempt: int
     runner_id: str
     model: str
     sandbox: str | None = None
+    runtime: str = ""
 
 
 class UsageRecorded(Event, frozen=True, kw_only=True, tag="usage_recorded"):

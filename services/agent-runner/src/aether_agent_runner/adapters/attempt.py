@@ -402,7 +402,9 @@ class Attempts:
             model = model_for_role(role.model, ready.model, self.tiers)
             ready = msgspec.structs.replace(ready, model=model)
         metrics.STEP_SECONDS.labels("preparation").observe(time.perf_counter() - began)
-        await emit(decide.started(ready, self.clock(), self.runner_id, self.sandbox_name()))
+        await emit(
+            decide.started(ready, self.clock(), self.runner_id, self.sandbox_name(), runtime.name)
+        )
         reporter = Reporter(ready, emit, self.clock, self.runner_id, self.settings.progress_seconds)
         settings = self.settings
         transcript = Transcript(

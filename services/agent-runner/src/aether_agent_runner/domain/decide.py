@@ -115,7 +115,7 @@ def commit_refused(ready: WorkspaceReady, now: datetime, why: str) -> AgentFaile
 
 
 def started(
-    ready: WorkspaceReady, now: datetime, runner_id: str, sandbox: str | None
+    ready: WorkspaceReady, now: datetime, runner_id: str, sandbox: str | None, runtime: str = ""
 ) -> AgentStarted:
     return AgentStarted(
         **caused_by(ready, now, step_ids.agent_started(ready.task.id, ready.attempt)),
@@ -124,6 +124,7 @@ def started(
         runner_id=runner_id,
         model=ready.model,
         sandbox=sandbox,
+        runtime=runtime,
     )
 
 

@@ -11,7 +11,7 @@ import { TranscriptView } from "../transcript.js";
 const DESCRIBE = {
   task_ready: (e) => `ready for attempt ${e.attempt} on ${e.model}${e.wave !== undefined && e.wave !== null ? `, wave ${e.wave + 1}` : ""}`,
   workspace_ready: (e) => `workspace ready on branch ${e.branch || ""}`,
-  agent_started: (e) => `agent started on ${e.runner_id} (${e.model})`,
+  agent_started: (e) => `agent started on ${e.runner_id} (${e.model}${e.runtime ? ", " + e.runtime : ""})`,
   agent_completed: (e) => `agent finished: commit ${short(e.commit_sha)}${e.summary ? " — " + e.summary : ""}`,
   agent_failed: (e) => `agent failed: ${e.reason}`,
   branch_merged: (e) => `merged as ${short(e.merge_sha)}${e.fast_forward ? " (fast-forward)" : ""}`,
