@@ -153,13 +153,14 @@ def _section(path: str, task: JSON) -> str | None:
     return None
 
 
-def _calls(message: JSON) -> dict[str, tuple[str, str]]:
-    """The tool calls of an assistant message: id → (tool, path)."""
+def _calls(message: JSON, path_key: str = "path") -> dict[str, tuple[str, str]]:
+    """The tool calls of an assistant message: id → (tool, the input's ``path_key``: the
+    built-in loop's tools name their file ``path``, Claude Code's ``file_path``)."""
     content = message.get("content")
     found: dict[str, tuple[str, str]] = {}
     for block in content if isinstance(content, list) else []:
         if isinstance(block, dict) and block.get("type") == "tool_use":
-            path = str((block.get("input") or {}).get("path", ""))
+            path = str((block.get("input") or {}).get(path_key, ""))
             found[str(block.get("id"))] = (str(block.get("name")), path)
     return found
 
@@ -251,7 +252,7 @@ def _work_claude_code(request: JSON) -> Reply:
     root = found.group(1).rstrip("/") if found else "."
     messages = request.get("messages", [])
     assistant = [m for m in messages if m.get("role") == "assistant"]
-    previous = _claude_calls(assistant[-1]) if assistant else {}
+    previous = _calls(assistant[-1], "file_path") if assistant else {}
     tools_used = {tool for tool, _ in previous.values()}
     if not tools_used:
         blocks = [text_block(f"Offline model: reading {len(files)} file(s) before writing.")]
@@ -268,17 +269,6 @@ def _work_claude_code(request: JSON) -> Reply:
         f"wrote {', '.join(written)}." if written else "changed nothing."
     )
     return _reply(request, [text_block(summary)], "end_turn")
-
-
-def _claude_calls(message: JSON) -> dict[str, tuple[str, str]]:
-    """The Claude Code tool calls of an assistant message: id → (tool, file_path)."""
-    content = message.get("content")
-    found: dict[str, tuple[str, str]] = {}
-    for block in content if isinstance(content, list) else []:
-        if isinstance(block, dict) and block.get("type") == "tool_use":
-            path = str((block.get("input") or {}).get("file_path", ""))
-            found[str(block.get("id"))] = (str(block.get("name")), path)
-    return found
 
 
 def _as_read(result: str) -> str | None:
