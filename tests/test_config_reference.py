@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "configuration.md"
@@ -78,3 +83,57 @@ def test_every_declared_setting_is_in_the_configuration_reference():
     assert {"AETHER_PLANNER_TIER", "AETHER_AGENT_MAX_TURNS"} <= set(declared)
     missing = sorted(name for name in declared if name not in documented)
     assert not missing, f"add to docs/configuration.md: {missing}"
+
+
+# A bad value of each kind, for the service that reads it: not a number, below its
+# range, above it, an unknown name, a malformed URL, a file that cannot be used.
+BAD_VALUES = [
+    ("aether_scheduler", "AETHER_MAX_ATTEMPTS", "many"),
+    ("aether_scheduler", "AETHER_MAX_ATTEMPTS", "-3"),
+    ("aether_scheduler", "AETHER_BUDGET_WARN_FRACTION", "2"),
+    ("aether_scheduler", "AETHER_ESTIMATE_USD_SMALL", "cheap"),
+    ("aether_scheduler", "AETHER_MODEL_OFFLINE", "maybe"),
+    ("aether_planner", "AETHER_PLANNER_CONCURRENCY", "0"),
+    ("aether_planner", "ANTHROPIC_BASE_URL", "api.example.com"),
+    ("aether_planner", "AETHER_PRICES_FILE", "/nonexistent/prices.json"),
+    ("aether_gateway", "AETHER_SSE_QUEUE_SIZE", "-1"),
+    ("aether_gateway", "AETHER_DEFAULT_MISSION_BUDGET_USD", "-5"),
+    ("aether_gateway", "NATS_URL", "http://127.0.0.1:4222"),
+    ("aether_agent_runner", "AETHER_AGENT_RUNTIME", "no-such-runtime"),
+    ("aether_agent_runner", "AETHER_AGENT_MAX_TURNS", "-1"),
+    ("aether_agent_runner", "AETHER_SANDBOX_MEMORY_MB", "lots"),
+    ("aether_git_broker", "AETHER_SANDBOX_WARM", "maybe"),
+    ("aether_git_broker", "AETHER_WORKTREE_POOL", "-1"),
+    ("aether_git_broker", "LOG_LEVEL", "loud"),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "value"), BAD_VALUES)
+def test_a_bad_value_stops_the_service_with_one_line_naming_it(
+    module: str, name: str, value: str, tmp_path: Path
+) -> None:
+    env = {key: val for key, val in os.environ.items() if not key.startswith("AETHER_")}
+    # Whatever else the service would need is at hand, so only the bad value can stop it;
+    # a bus nobody listens on keeps a service that accepts the value from doing anything.
+    env |= {
+        "NATS_URL": "nats://127.0.0.1:9",
+        "PORT": "0",
+        "AETHER_SANDBOX": "unconfined",
+        "AETHER_WORKTREES_DIR": str(tmp_path / "worktrees"),
+        name: value,
+    }
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", module],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{module} started with {name}={value!r}")
+    lines = ran.stderr.strip().splitlines()
+    assert ran.returncode == 78, ran.stderr[-2000:]
+    assert len(lines) == 1, ran.stderr[-2000:]  # not a traceback
+    assert name in lines[0] and "cannot start" in lines[0]

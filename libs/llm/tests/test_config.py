@@ -37,7 +37,7 @@ def test_the_key_endpoint_tiers_and_limits_are_read() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "said"),
-    [("1", True), ("yes", True), ("no", False), ("0", False), ("", None), ("?", None)],
+    [("1", True), ("yes", True), ("no", False), ("0", False), ("", None)],
 )
 def test_offline_may_be_said_outright_where_the_key_is_not_given(
     raw: str, said: bool | None
@@ -45,6 +45,11 @@ def test_offline_may_be_said_outright_where_the_key_is_not_given(
     settings = LLMSettings.from_env({"AETHER_MODEL_OFFLINE": raw})
     assert settings.offline_mode is said
     assert settings.offline is (True if said is None else said)  # unsaid: by the (absent) key
+
+
+def test_an_offline_flag_that_says_neither_is_refused_not_taken_as_unsaid() -> None:
+    with pytest.raises(SettingsError, match="AETHER_MODEL_OFFLINE='maybe'"):
+        LLMSettings.from_env({"AETHER_MODEL_OFFLINE": "maybe"})
 
 
 def test_a_bad_limit_is_refused_naming_its_variable() -> None:

@@ -43,7 +43,7 @@ def test_settings_from_the_environment() -> None:
             "AETHER_SANDBOX_MEMORY_MB": "512",
             "AETHER_SANDBOX_PROCESSES": "off",
             "AETHER_SANDBOX_DISK_MB": "1.5",
-            "AETHER_SANDBOX_READ_ONLY": "/opt/tools:relative:/srv",
+            "AETHER_SANDBOX_READ_ONLY": "/opt/tools:/srv",
         }
     )
     assert settings.unconfined and settings.network == "host"
@@ -55,7 +55,16 @@ def test_settings_from_the_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("AETHER_SANDBOX", "docker"), ("AETHER_SANDBOX_NETWORK", "open")]
+    ("name", "value"),
+    [
+        ("AETHER_SANDBOX", "docker"),
+        ("AETHER_SANDBOX_NETWORK", "open"),
+        # Neither dropped nor taken as the default: each stops the service, named.
+        ("AETHER_SANDBOX_READ_ONLY", "/opt/tools:relative"),
+        ("AETHER_SANDBOX_WARM", "maybe"),
+        ("AETHER_SANDBOX_MEMORY_MB", "lots"),
+        ("AETHER_SANDBOX_PROCESSES", "-1"),
+    ],
 )
 def test_unknown_choices_are_refused(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):

@@ -38,9 +38,15 @@ def tier_estimates(
     estimates: dict[str, float] = {}
     for tier, default in DEFAULT_ESTIMATES_USD.items():
         raw = env.get(f"AETHER_ESTIMATE_USD_{tier.upper()}", "").strip()
-        estimate = float(raw) if raw else default
-        if estimate < 0:
-            raise ValueError(f"AETHER_ESTIMATE_USD_{tier.upper()} must not be negative")
+        try:
+            estimate = float(raw) if raw else default
+        except ValueError:
+            estimate = -1.0
+        if not estimate >= 0:  # also NaN
+            raise ValueError(
+                f"AETHER_ESTIMATE_USD_{tier.upper()}={raw!r} is not valid: "
+                "expected a cost in USD >= 0"
+            )
         estimates[tier] = 0.0 if tier in free else estimate
     return estimates
 

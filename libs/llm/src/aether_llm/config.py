@@ -16,7 +16,18 @@ from typing import Annotated
 import msgspec
 
 from aether_events import Tier
-from aether_runtime.settings import ENV, Env, EnvSettings, setting
+from aether_llm.pricing import load_prices
+from aether_runtime.settings import (
+    ENV,
+    Env,
+    EnvSettings,
+    HttpUrl,
+    NonNegativeInt,
+    Positive,
+    SettingsError,
+    flag,
+    setting,
+)
 
 OFFLINE_MODEL = "aether-offline"
 
@@ -27,26 +38,16 @@ DEFAULT_TIERS: dict[str, str] = {
 }
 
 
-def _flag(value: str) -> bool | None:
-    """``1``/``true`` or ``0``/``false``; anything else (empty): not said."""
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes"}:
-        return True
-    if lowered in {"0", "false", "no"}:
-        return False
-    return None
-
-
 class LLMSettings(EnvSettings, frozen=True, kw_only=True):
     # Unset: the offline model (see ``offline``).
     api_key: str | None = setting("ANTHROPIC_API_KEY", None)
-    base_url: str | None = setting("ANTHROPIC_BASE_URL", None)
+    base_url: HttpUrl | None = setting("ANTHROPIC_BASE_URL", None)
     # The model of each tier (``AETHER_MODEL_<TIER>``, read by ``from_env``).
     tiers: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_TIERS))
-    max_retries: int = setting("AETHER_MODEL_MAX_RETRIES", 4)
-    timeout_seconds: float = setting("AETHER_MODEL_TIMEOUT_SECONDS", 120.0)
+    max_retries: NonNegativeInt = setting("AETHER_MODEL_MAX_RETRIES", 4)
+    timeout_seconds: Positive = setting("AETHER_MODEL_TIMEOUT_SECONDS", 120.0)
     # Said outright (AETHER_MODEL_OFFLINE) where the key is not given; None: by the key.
-    offline_mode: Annotated[bool | None, Env(parse=_flag)] = setting("AETHER_MODEL_OFFLINE", None)
+    offline_mode: Annotated[bool | None, Env(parse=flag)] = setting("AETHER_MODEL_OFFLINE", None)
 
     @property
     def offline(self) -> bool:
@@ -69,4 +70,14 @@ class LLMSettings(EnvSettings, frozen=True, kw_only=True):
         tiers = dict(DEFAULT_TIERS)
         for tier in tiers:
             tiers[tier] = env.get(f"AETHER_MODEL_{tier.upper()}") or tiers[tier]
-        return cls.load(env, tiers=tiers)
+        settings = cls.load(env, tiers=tiers)
+        prices = env.get("AETHER_PRICES_FILE", "").strip()
+        if prices:  # read now, so that a file that cannot be used stops the service
+            try:
+                load_prices(prices)
+            except (OSError, msgspec.MsgspecError) as error:
+                reason = getattr(error, "strerror", None) or str(error)
+                raise SettingsError(
+                    f"AETHER_PRICES_FILE={prices!r} is not valid: {reason}"
+                ) from error
+        return settings

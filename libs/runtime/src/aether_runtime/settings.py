@@ -4,7 +4,7 @@ A settings class is a frozen ``msgspec.Struct`` deriving from ``EnvSettings``; e
 setting is one field, declared once with its variable's name, its type and its default::
 
     class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
-        log_level: str = setting("LOG_LEVEL", "INFO")
+        loop_stall_seconds: NonNegative = setting("AETHER_LOOP_STALL_SECONDS", 60.0)
 
 ``from_env`` converts each variable to its field's type with msgspec (an unset or blank
 variable keeps the default) and names the variable when a value does not convert. A type
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
 import msgspec
 
@@ -100,8 +102,58 @@ def none_or(
     return read
 
 
+def url(*schemes: str, several: bool = False) -> Callable[[str], str]:
+    """A URL with one of ``schemes`` (the first is assumed when it names none, as the
+    NATS client does) and a host; ``several``: comma-separated URLs."""
+
+    def read(raw: str) -> str:
+        for part in raw.split(",") if several else [raw]:
+            part = part.strip()
+            if several and "://" not in part:
+                part = f"{schemes[0]}://{part}"
+            parsed = urllib.parse.urlsplit(part)
+            if parsed.scheme.lower() not in schemes or not parsed.hostname:
+                *others, last = (f"{scheme}://" for scheme in schemes)
+                wanted = f"{', '.join(others)} or {last}" if others else last
+                raise ValueError(f"expected a {wanted} URL with a host")
+            parsed.port  # noqa: B018 - ValueError on a port that is not a number
+        return raw.strip()
+
+    return read
+
+
 Names = Annotated[tuple[str, ...], Env(parse=names)]
 Flag = Annotated[bool, Env(parse=flag)]
+HttpUrl = Annotated[str, Env(parse=url("http", "https"))]
+# Bounds a value must keep: msgspec checks them as it converts the variable's text, so a
+# negative count or a zero timeout stops the service at start instead of misbehaving.
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+# 0: a free port the system chooses.
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+# The exit status of a service refused for its settings (``EX_CONFIG`` of sysexits.h).
+EXIT_CONFIG = 78
+T = TypeVar("T")
+
+
+def settings_or_exit(read: Callable[[], T], service: str) -> T:
+    """The settings ``read`` makes; when a variable's value is unusable, one line on
+    standard error saying which and what is wanted, and exit ``EXIT_CONFIG``: a bad
+    setting is the operator's to fix, not a crash to report with a traceback."""
+    try:
+        return read()
+    except ValueError as error:  # SettingsError, and the checks of the settings' parts
+        refuse(service, str(error))
+
+
+def refuse(service: str, reason: str) -> NoReturn:
+    """Stop ``service`` at start for a setting it cannot run with."""
+    sys.stderr.write(f"{service}: cannot start: {reason}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_CONFIG)
 
 
 # --- the base ----------------------------------------------------------------------
@@ -237,18 +289,23 @@ def _first_line(path: str, name: str) -> str:
 class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     """NATS, HTTP and logging: the settings every service reads."""
 
-    nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222")
+    nats_url: Annotated[str, Env(parse=url("nats", "tls", "ws", "wss", several=True))] = setting(
+        "NATS_URL", "nats://127.0.0.1:4222"
+    )
     host: str = setting("AETHER_HTTP_HOST", "127.0.0.1")
-    port: int = setting("PORT", 8000)
-    stream_replicas: int = setting("AETHER_STREAM_REPLICAS", 1)
+    port: Port = setting("PORT", 8000)
+    # JetStream keeps at most five replicas of a stream.
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = setting("AETHER_STREAM_REPLICAS", 1)
     # This process is the only one of its service, started again only once it exited
     # (``aether up`` sets it for each of its services): a start then hands back at once
     # what the service's durables hold for a process that is gone.
     one_process: bool = setting("AETHER_ONE_PROCESS", False)
-    log_level: str = setting("LOG_LEVEL", "INFO")
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"], Env(parse=str.upper)
+    ] = setting("LOG_LEVEL", "INFO")
     # A process whose event loop has not turned for this long ends itself, for its
     # supervisor to start it again (``watchdog``); 0 turns the watchdog off.
-    loop_stall_seconds: float = setting("AETHER_LOOP_STALL_SECONDS", 60.0)
+    loop_stall_seconds: NonNegative = setting("AETHER_LOOP_STALL_SECONDS", 60.0)
     # The service's NATS user and password (empty: connect without credentials, as to a
     # server that asks for none, such as the tests' own). The password may come from a
     # file (a mounted Secret) named by NATS_PASSWORD_FILE.

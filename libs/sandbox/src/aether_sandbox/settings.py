@@ -105,17 +105,31 @@ class SandboxSettings:
             Destination.parse(entry)  # ValueError naming a malformed entry
         default = Limits()
 
-        def mib(name: str, fallback: int | None) -> int | None:
+        def number(name: str, kind: type[int] | type[float]) -> int | float | None:
+            """The variable's value: unset, ``none`` or ``off`` are ``None``; anything
+            but a number at least 0 stops the service, naming the variable."""
             raw = env.get(name, "").strip().lower()
-            if not raw:
+            if not raw or raw in ("none", "off"):
+                return None
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = -1
+            if not value >= 0:  # also NaN
+                raise ValueError(f"{name}={raw!r} is not valid: expected a number >= 0 or off")
+            return value
+
+        def mib(name: str, fallback: int | None) -> int | None:
+            if not env.get(name, "").strip():
                 return fallback
-            return None if raw in ("none", "off") else int(float(raw) * MIB)
+            value = number(name, float)
+            return None if value is None else int(value * MIB)
 
         def count(name: str, fallback: int | None) -> int | None:
-            raw = env.get(name, "").strip().lower()
-            if not raw:
+            if not env.get(name, "").strip():
                 return fallback
-            return None if raw in ("none", "off") else int(raw)
+            value = number(name, int)
+            return None if value is None else int(value)
 
         limits = Limits(
             memory_bytes=mib("AETHER_SANDBOX_MEMORY_MB", default.memory_bytes),
@@ -128,10 +142,18 @@ class SandboxSettings:
             tmp_bytes=mib("AETHER_SANDBOX_TMP_MB", default.tmp_bytes) or default.tmp_bytes,
         )
         read_only = tuple(
-            Path(part)
+            Path(part.strip())
             for part in env.get("AETHER_SANDBOX_READ_ONLY", "").split(os.pathsep)
-            if part.strip() and Path(part).is_absolute()
+            if part.strip()
         )
+        relative = [str(path) for path in read_only if not path.is_absolute()]
+        if relative:
+            raise ValueError(
+                f"AETHER_SANDBOX_READ_ONLY holds paths that are not absolute: {relative}"
+            )
+        warm = env.get("AETHER_SANDBOX_WARM", "").strip().lower() or "on"
+        if warm not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"AETHER_SANDBOX_WARM={warm!r} is not valid: expected on or off")
         return cls(
             backend=backend,
             network=network,
@@ -140,6 +162,5 @@ class SandboxSettings:
             cgroup=env.get("AETHER_SANDBOX_CGROUP", "").strip(),
             bwrap=env.get("AETHER_SANDBOX_BWRAP", "").strip() or "bwrap",
             egress=egress,
-            warm=env.get("AETHER_SANDBOX_WARM", "").strip().lower()
-            not in ("0", "false", "off", "no"),
+            warm=warm not in ("0", "false", "off", "no"),
         )

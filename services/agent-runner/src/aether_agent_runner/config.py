@@ -15,16 +15,23 @@ from aether_agent_runner.adapters.transcript import (
     check_patterns,
 )
 from aether_agent_runner.domain import Limits
+from aether_agent_runner.runtimes import KNOWN
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 from aether_llm import LLMSettings
 from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
 from aether_runtime.settings import (
     ENV,
+    AtLeastOne,
     Env,
     EnvSettings,
+    HttpUrl,
     Names,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
     RuntimeSettings,
     ServiceSettings,
+    SettingsError,
     lines,
     names,
     none_or,
@@ -128,30 +135,30 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     # Short: a delivery lost with a restarting NATS server, or held by a runner that was
     # killed, waits this long for a runner (a running agent keeps its message alive with
     # in-progress acks however long it works).
-    ack_wait_seconds: float = setting("AETHER_AGENT_ACK_WAIT_SECONDS", DEFAULT_ACK_WAIT_SECONDS)
-    max_turns: int = setting("AETHER_AGENT_MAX_TURNS", 40)
-    max_output_tokens: int = setting("AETHER_AGENT_MAX_OUTPUT_TOKENS", 8192)
-    max_tokens: int = setting("AETHER_AGENT_MAX_TOKENS", 2_000_000)
-    max_seconds: float = setting("AETHER_AGENT_MAX_SECONDS", 1800.0)
+    ack_wait_seconds: Positive = setting("AETHER_AGENT_ACK_WAIT_SECONDS", DEFAULT_ACK_WAIT_SECONDS)
+    max_turns: AtLeastOne = setting("AETHER_AGENT_MAX_TURNS", 40)
+    max_output_tokens: AtLeastOne = setting("AETHER_AGENT_MAX_OUTPUT_TOKENS", 8192)
+    max_tokens: AtLeastOne = setting("AETHER_AGENT_MAX_TOKENS", 2_000_000)
+    max_seconds: Positive = setting("AETHER_AGENT_MAX_SECONDS", 1800.0)
     # ``none`` or ``off``: no cap of the runner's own (the mission's budget still caps).
-    max_cost_usd: Annotated[float | None, Env(parse=none_or(float, words=("none", "off")))] = (
-        setting("AETHER_AGENT_MAX_COST_USD", 5.0)
-    )
+    max_cost_usd: Annotated[
+        NonNegative | None, Env(parse=none_or(float, words=("none", "off")))
+    ] = setting("AETHER_AGENT_MAX_COST_USD", 5.0)
     commands: Annotated[tuple[str, ...] | None, Env(parse=commands, keep_empty=True)] = setting(
         "AETHER_AGENT_COMMANDS", DEFAULT_COMMANDS
     )
-    command_timeout_seconds: float = setting("AETHER_AGENT_COMMAND_TIMEOUT_SECONDS", 120.0)
-    command_output_chars: int = setting("AETHER_AGENT_COMMAND_OUTPUT_CHARS", 16_000)
+    command_timeout_seconds: Positive = setting("AETHER_AGENT_COMMAND_TIMEOUT_SECONDS", 120.0)
+    command_output_chars: AtLeastOne = setting("AETHER_AGENT_COMMAND_OUTPUT_CHARS", 16_000)
     command_env: Names = setting("AETHER_AGENT_COMMAND_ENV", ())
-    search_timeout_seconds: float = setting("AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", 20.0)
-    heartbeat_seconds: float = setting("AETHER_AGENT_HEARTBEAT_SECONDS", 10.0)
-    progress_seconds: float = setting("AETHER_AGENT_PROGRESS_SECONDS", 5.0)
-    git_url: str | None = setting("AETHER_AGENT_GIT_URL", None)
+    search_timeout_seconds: Positive = setting("AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", 20.0)
+    heartbeat_seconds: Positive = setting("AETHER_AGENT_HEARTBEAT_SECONDS", 10.0)
+    progress_seconds: Positive = setting("AETHER_AGENT_PROGRESS_SECONDS", 5.0)
+    git_url: HttpUrl | None = setting("AETHER_AGENT_GIT_URL", None)
     git_token: str = setting("AETHER_AGENT_GIT_TOKEN", "")
     git_fetch: Annotated[Literal["auto", "always"], Env(parse=str.lower)] = setting(
         "AETHER_AGENT_GIT_FETCH", "auto"
     )
-    git_timeout_seconds: float = setting("AETHER_AGENT_GIT_TIMEOUT_SECONDS", 300.0)
+    git_timeout_seconds: Positive = setting("AETHER_AGENT_GIT_TIMEOUT_SECONDS", 300.0)
     work_dir: str = setting("AETHER_AGENT_WORK_DIR", "")
     # The runtime of a task that names none (``aether_agent_runner.runtimes``).
     runtime: Annotated[str, Env(parse=str.lower)] = setting("AETHER_AGENT_RUNTIME", "builtin")
@@ -162,11 +169,24 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     )
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     # The most one attempt's commit may carry; above it the task fails with the reason.
-    commit_max_files: int = setting("AETHER_AGENT_COMMIT_MAX_FILES", 2_000)
-    commit_max_blob_bytes: int = setting("AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", 10_000_000)
-    commit_max_bytes: int = setting("AETHER_AGENT_COMMIT_MAX_BYTES", 100_000_000)
+    commit_max_files: NonNegativeInt = setting("AETHER_AGENT_COMMIT_MAX_FILES", 2_000)
+    commit_max_blob_bytes: NonNegativeInt = setting(
+        "AETHER_AGENT_COMMIT_MAX_BLOB_BYTES", 10_000_000
+    )
+    commit_max_bytes: NonNegativeInt = setting("AETHER_AGENT_COMMIT_MAX_BYTES", 100_000_000)
     # How much of each step the transcript keeps, and what more it redacts.
     transcript: TranscriptSettings = msgspec.field(default_factory=TranscriptSettings)
+
+    def __post_init__(self) -> None:
+        # A default runtime this runner does not have would fail every task that names
+        # none, one by one; refuse it at start instead.
+        have = (*KNOWN, *(spec.name for spec in self.command_runtimes))
+        if self.runtime not in have:
+            raise SettingsError(
+                f"AETHER_AGENT_RUNTIME={self.runtime!r} is not valid: expected "
+                f"{', '.join(have[:-1])} or {have[-1]} (a command runtime is named in "
+                "AETHER_AGENT_COMMAND_RUNTIMES)"
+            )
 
     def commit_limits(self) -> CommitLimits:
         return CommitLimits(

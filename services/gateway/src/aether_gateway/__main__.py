@@ -10,6 +10,7 @@ from aether_gateway.app import Gateway, shared_routes
 from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_runtime import configure_logging, listen
+from aether_runtime.settings import settings_or_exit
 
 
 class _Server(uvicorn.Server):
@@ -36,7 +37,7 @@ def prestart() -> None:
 
 
 def main() -> None:
-    settings = GatewaySettings.from_env()
+    settings = settings_or_exit(GatewaySettings.from_env, SERVICE_NAME)
     configure_logging(SERVICE_NAME, settings.runtime.log_level)
     sock = listen.bind_or_exit(settings.runtime.host, settings.runtime.port)
     app = bootstrap_app(settings)

@@ -10,8 +10,13 @@ from aether_events.estimates import DEFAULT_ESTIMATES_USD, tier_estimates
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_runtime.settings import (
     ENV,
+    AtLeastOne,
     Env,
     EnvSettings,
+    HttpUrl,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
     RuntimeSettings,
     ServiceSettings,
     names,
@@ -33,6 +38,8 @@ def mission_budget(raw: str) -> float | None:
     if raw.strip().lower() == "none":
         return None
     value = float(raw)
+    if value < 0:
+        raise ValueError("expected a budget in USD, 0 or none")
     return value if value > 0 else None
 
 
@@ -44,8 +51,8 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
     """``AETHER_OIDC_*``: OIDC is on when an issuer or a key set is named. The defaults
     are ``OidcSettings``'s own."""
 
-    issuer: str = setting("AETHER_OIDC_ISSUER", "")
-    jwks_url: str = setting("AETHER_OIDC_JWKS_URL", OidcSettings.jwks_url)
+    issuer: HttpUrl = setting("AETHER_OIDC_ISSUER", "")
+    jwks_url: HttpUrl = setting("AETHER_OIDC_JWKS_URL", OidcSettings.jwks_url)
     audience: str = setting("AETHER_OIDC_AUDIENCE", "")
     client_id: str = setting("AETHER_OIDC_CLIENT_ID", OidcSettings.client_id)
     # A mounted secret may hold it instead, kept out of the environment and `docker inspect`.
@@ -53,7 +60,7 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
         "AETHER_OIDC_CLIENT_SECRET", OidcSettings.client_secret
     )
     scopes: RoleNames = setting("AETHER_OIDC_SCOPES", OidcSettings.scopes)
-    redirect_url: str = setting("AETHER_OIDC_REDIRECT_URL", OidcSettings.redirect_url)
+    redirect_url: HttpUrl = setting("AETHER_OIDC_REDIRECT_URL", OidcSettings.redirect_url)
     role_claim: str = setting("AETHER_OIDC_ROLE_CLAIM", OidcSettings.role_claim)
     admin_roles: RoleNames = setting("AETHER_OIDC_ADMIN_ROLES", OidcSettings.admin_roles)
     operator_roles: RoleNames = setting("AETHER_OIDC_OPERATOR_ROLES", OidcSettings.operator_roles)
@@ -62,10 +69,10 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
     )
     scope_claim: str = setting("AETHER_OIDC_SCOPE_CLAIM", OidcSettings.scope_claim)
     scope_prefix: str = setting("AETHER_OIDC_SCOPE_PREFIX", OidcSettings.scope_prefix)
-    jwks_cooldown_seconds: float = setting(
+    jwks_cooldown_seconds: NonNegative = setting(
         "AETHER_OIDC_JWKS_COOLDOWN_SECONDS", OidcSettings.jwks_cooldown_seconds
     )
-    leeway_seconds: float = setting("AETHER_OIDC_LEEWAY_SECONDS", OidcSettings.leeway_seconds)
+    leeway_seconds: NonNegative = setting("AETHER_OIDC_LEEWAY_SECONDS", OidcSettings.leeway_seconds)
 
     def settings(self) -> OidcSettings | None:
         """The OIDC settings, or ``None`` when neither an issuer nor a key set is named."""
@@ -97,36 +104,36 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
 
     database_url: str = setting("DATABASE_URL", DEFAULT_DATABASE_URL)
     # Where clients reach this gateway (behind a proxy or an ingress it is not host:port).
-    public_url: str = setting("AETHER_GATEWAY_PUBLIC_URL", "")
-    sse_keepalive_seconds: float = setting("AETHER_SSE_KEEPALIVE_SECONDS", 15.0)
+    public_url: HttpUrl = setting("AETHER_GATEWAY_PUBLIC_URL", "")
+    sse_keepalive_seconds: Positive = setting("AETHER_SSE_KEEPALIVE_SECONDS", 15.0)
     # How often an open event stream asks again whether its token is still good: one
     # revoked or expired meanwhile ends the stream within about this long.
-    sse_reauth_seconds: float = setting("AETHER_SSE_REAUTH_SECONDS", 15.0)
+    sse_reauth_seconds: Positive = setting("AETHER_SSE_REAUTH_SECONDS", 15.0)
     # Recent events kept in memory for clients that reconnect, and how far a client may
     # fall behind before it is let go (it then resumes with Last-Event-ID).
-    sse_ring_size: int = setting("AETHER_SSE_RING_SIZE", 10_000)
-    sse_queue_size: int = setting("AETHER_SSE_QUEUE_SIZE", 1_000)
-    db_pool_max_size: int = setting("AETHER_GATEWAY_DB_POOL_SIZE", 10)
+    sse_ring_size: NonNegativeInt = setting("AETHER_SSE_RING_SIZE", 10_000)
+    sse_queue_size: AtLeastOne = setting("AETHER_SSE_QUEUE_SIZE", 1_000)
+    db_pool_max_size: AtLeastOne = setting("AETHER_GATEWAY_DB_POOL_SIZE", 10)
     # Accepted with admin scope, so a fresh deployment has a way in (empty: none).
     admin_token: str = setting("AETHER_ADMIN_TOKEN", "")
     oidc: OidcSettings | None = None
     # Missions a caller may request per window (0: no limit).
-    mission_rate_limit: int = setting("AETHER_MISSION_RATE_LIMIT", 30)
-    mission_rate_window_seconds: int = setting("AETHER_MISSION_RATE_WINDOW_SECONDS", 60)
+    mission_rate_limit: NonNegativeInt = setting("AETHER_MISSION_RATE_LIMIT", 30)
+    mission_rate_window_seconds: AtLeastOne = setting("AETHER_MISSION_RATE_WINDOW_SECONDS", 60)
     # The scheduler's global budgets, shown beside usage per day and month.
-    daily_budget_usd: float | None = setting("AETHER_DAILY_BUDGET_USD", None)
-    monthly_budget_usd: float | None = setting("AETHER_MONTHLY_BUDGET_USD", None)
+    daily_budget_usd: NonNegative | None = setting("AETHER_DAILY_BUDGET_USD", None)
+    monthly_budget_usd: NonNegative | None = setting("AETHER_MONTHLY_BUDGET_USD", None)
     # The budget of a mission submitted without one, so a real model is never one
     # request away from an unbounded bill (None: no default).
     default_mission_budget_usd: Annotated[float | None, Env(parse=mission_budget)] = setting(
         "AETHER_DEFAULT_MISSION_BUDGET_USD", DEFAULT_MISSION_BUDGET_USD
     )
     # An agent not heard from for this long is shown as gone.
-    agent_stale_seconds: float = setting("AETHER_AGENT_STALE_SECONDS", 90.0)
+    agent_stale_seconds: Positive = setting("AETHER_AGENT_STALE_SECONDS", 90.0)
     # How often the read model is checked against the stream, and repaired from it when
     # its consumer fell behind or skipped events (0: never; a reconnect to NATS and a
     # skipped sequence also trigger a check).
-    read_model_check_seconds: float = setting("AETHER_READ_MODEL_CHECK_SECONDS", 2.0)
+    read_model_check_seconds: NonNegative = setting("AETHER_READ_MODEL_CHECK_SECONDS", 2.0)
     # What a planned task of each tier is expected to cost (the scheduler's rule and
     # overrides, ``AETHER_ESTIMATE_USD_<TIER>``), shown on each task of a plan.
     estimate_usd: dict[str, float] = msgspec.field(
@@ -134,7 +141,7 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
     )
     # The git broker's read API (task diffs, default branches of any repository it can
     # read) and the read-only token it accepts; unset: those queries answer 503.
-    broker_url: str = setting("AETHER_GATEWAY_BROKER_URL", "")
+    broker_url: HttpUrl = setting("AETHER_GATEWAY_BROKER_URL", "")
     broker_token: str = setting("AETHER_GATEWAY_BROKER_TOKEN", "")
 
     def __post_init__(self) -> None:

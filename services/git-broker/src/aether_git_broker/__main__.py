@@ -5,10 +5,11 @@ from __future__ import annotations
 from aether_git_broker.bootstrap import bootstrap
 from aether_git_broker.config import SERVICE_NAME, GitBrokerSettings
 from aether_runtime import configure_logging, serve
+from aether_runtime.settings import settings_or_exit
 
 
 def main() -> None:
-    settings = GitBrokerSettings.from_env()
+    settings = settings_or_exit(GitBrokerSettings.from_env, SERVICE_NAME)
     configure_logging(SERVICE_NAME, settings.runtime.log_level)
     serve(bootstrap(settings).service)
 

@@ -14,9 +14,13 @@ from aether_git_broker.naming import Naming
 from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
 from aether_runtime.settings import (
     ENV,
+    AtLeastOne,
     Env,
     Flag,
     Names,
+    NonNegativeInt,
+    Port,
+    Positive,
     RuntimeSettings,
     ServiceSettings,
     SettingsError,
@@ -53,27 +57,27 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
     branch_prefix: str = setting("AETHER_BRANCH_PREFIX", "aether")
     # ``Name <email>`` of merge commits.
     identity: str = setting("AETHER_GIT_IDENTITY", DEFAULT_IDENTITY)
-    max_listed_files: int = setting("AETHER_MAX_LISTED_FILES", 2000)
-    ack_wait_seconds: float = setting("AETHER_ACK_WAIT_SECONDS", DEFAULT_ACK_WAIT_SECONDS)
+    max_listed_files: AtLeastOne = setting("AETHER_MAX_LISTED_FILES", 2000)
+    ack_wait_seconds: Positive = setting("AETHER_ACK_WAIT_SECONDS", DEFAULT_ACK_WAIT_SECONDS)
     # Directories local repositories must be in (empty: anywhere).
     repository_roots: Annotated[tuple[str, ...], Env(parse=path_list)] = setting(
         "AETHER_REPOSITORY_ROOTS", ()
     )
     # False refuses missions with a verification command.
     verify: Flag = setting("AETHER_VERIFY", True)
-    verify_timeout_seconds: float = setting("AETHER_VERIFY_TIMEOUT_SECONDS", 600.0)
+    verify_timeout_seconds: Positive = setting("AETHER_VERIFY_TIMEOUT_SECONDS", 600.0)
     # More of the broker's variables a verification command sees (none that looks secret).
     verify_env: Names = setting("AETHER_VERIFY_ENV", ())
     # Where completed missions are pushed (a URL, a path or a remote's name).
     push_remote: str | None = setting("AETHER_PUSH_REMOTE", None)
-    remote_timeout_seconds: float = setting("AETHER_GIT_REMOTE_TIMEOUT_SECONDS", 300.0)
+    remote_timeout_seconds: Positive = setting("AETHER_GIT_REMOTE_TIMEOUT_SECONDS", 300.0)
     # Smart HTTP for remote agent runners (unset: not served), on this host (default:
     # AETHER_HTTP_HOST).
-    git_http_port: int | None = setting("AETHER_GIT_HTTP_PORT", None)
+    git_http_port: Port | None = setting("AETHER_GIT_HTTP_PORT", None)
     git_http_host: str | None = setting("AETHER_GIT_HTTP_HOST", None)
     git_token: str = setting("AETHER_GIT_TOKEN", "")
     # Finished worktrees kept per repository for reuse (0: none).
-    worktree_pool: int = setting("AETHER_WORKTREE_POOL", 4)
+    worktree_pool: NonNegativeInt = setting("AETHER_WORKTREE_POOL", 4)
     read_token: str = setting("AETHER_GIT_READ_TOKEN", "")
     # Read with the rest when the settings are made, as the sandbox library reads it.
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings.from_env)

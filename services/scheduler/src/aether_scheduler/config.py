@@ -5,13 +5,22 @@ The defaults are the domain's own (``Config``), so each is written once.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
+from aether_events.estimates import tier_estimates
 from aether_llm import LLMSettings
 from aether_runtime.attempt_auth import DEFAULT_TTL_SECONDS
-from aether_runtime.settings import ENV, RuntimeSettings, ServiceSettings, setting
+from aether_runtime.settings import (
+    ENV,
+    AtLeastOne,
+    NonNegative,
+    Positive,
+    RuntimeSettings,
+    ServiceSettings,
+    setting,
+)
 from aether_scheduler.domain import Config
 
 SERVICE_NAME = "scheduler"
@@ -22,29 +31,39 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
 
     DEFAULT_PORT: ClassVar[int] = 8101
 
-    max_attempts: int = setting("AETHER_MAX_ATTEMPTS", Config.max_attempts)
-    global_concurrency: int = setting("AETHER_GLOBAL_CONCURRENCY", Config.global_concurrency)
-    retry_base_seconds: float = setting("AETHER_RETRY_BASE_SECONDS", Config.retry_base_seconds)
-    retry_max_seconds: float = setting("AETHER_RETRY_MAX_SECONDS", Config.retry_max_seconds)
-    heartbeat_timeout_seconds: float = setting(
+    max_attempts: AtLeastOne = setting("AETHER_MAX_ATTEMPTS", Config.max_attempts)
+    global_concurrency: AtLeastOne = setting("AETHER_GLOBAL_CONCURRENCY", Config.global_concurrency)
+    retry_base_seconds: NonNegative = setting(
+        "AETHER_RETRY_BASE_SECONDS", Config.retry_base_seconds
+    )
+    retry_max_seconds: NonNegative = setting("AETHER_RETRY_MAX_SECONDS", Config.retry_max_seconds)
+    heartbeat_timeout_seconds: Positive = setting(
         "AETHER_HEARTBEAT_TIMEOUT_SECONDS", Config.heartbeat_timeout_seconds
     )
-    daily_budget_usd: float | None = setting("AETHER_DAILY_BUDGET_USD", Config.daily_budget_usd)
-    monthly_budget_usd: float | None = setting(
+    daily_budget_usd: NonNegative | None = setting(
+        "AETHER_DAILY_BUDGET_USD", Config.daily_budget_usd
+    )
+    monthly_budget_usd: NonNegative | None = setting(
         "AETHER_MONTHLY_BUDGET_USD", Config.monthly_budget_usd
     )
-    warn_fraction: float = setting("AETHER_BUDGET_WARN_FRACTION", Config.warn_fraction)
+    # A share of a budget: above 0, at most all of it.
+    warn_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = setting(
+        "AETHER_BUDGET_WARN_FRACTION", Config.warn_fraction
+    )
     # Granting each agent-runner attempt its own bus credential (decision 0014): the key
     # that signs them, the runners' shared secret, and how long one lives.
     attempt_issuer_seed: str = setting("AETHER_ATTEMPT_ISSUER_SEED", "")
     attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
-    attempt_credential_seconds: float = setting(
+    attempt_credential_seconds: Positive = setting(
         "AETHER_ATTEMPT_CREDENTIAL_SECONDS", DEFAULT_TTL_SECONDS
     )
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
 
     @classmethod
     def from_env(cls, env: ENV | None = None) -> SchedulerSettings:
+        # The estimates are read again with the price table (``bootstrap``); read here,
+        # a bad one stops the scheduler with the rest of its settings.
+        tier_estimates(env=env)
         return cls.load(
             env,
             runtime=RuntimeSettings.for_service(cls.DEFAULT_PORT, env),
