@@ -93,7 +93,7 @@ BAD_VALUES = [
     ("aether_scheduler", "AETHER_BUDGET_WARN_FRACTION", "2"),
     ("aether_scheduler", "AETHER_ESTIMATE_USD_SMALL", "cheap"),
     ("aether_scheduler", "AETHER_MODEL_OFFLINE", "maybe"),
-    ("aether_planner", "AETHER_PLANNER_CONCURRENCY", "0"),
+    ("aether_planner", "AETHER_PLANNER_CONCURRENCY", "-1"),
     ("aether_planner", "ANTHROPIC_BASE_URL", "api.example.com"),
     ("aether_planner", "AETHER_PRICES_FILE", "/nonexistent/prices.json"),
     ("aether_gateway", "AETHER_SSE_QUEUE_SIZE", "-1"),
@@ -137,3 +137,14 @@ def test_a_bad_value_stops_the_service_with_one_line_naming_it(
     assert ran.returncode == 78, ran.stderr[-2000:]
     assert len(lines) == 1, ran.stderr[-2000:]  # not a traceback
     assert name in lines[0] and "cannot start" in lines[0]
+
+
+def test_a_zero_that_means_something_is_not_refused() -> None:
+    # 0 planner lanes: one mission at a time (the planning bench's baseline); 0 seconds
+    # between progress reports: one at every step (what the end-to-end stack asks for).
+    from aether_agent_runner.config import AgentSettings
+    from aether_planner.config import PlannerSettings
+
+    assert PlannerSettings.from_env({"AETHER_PLANNER_CONCURRENCY": "0"}).concurrency == 0
+    agent = AgentSettings.from_env({"AETHER_AGENT_PROGRESS_SECONDS": "0"})
+    assert agent.progress_seconds == 0

@@ -29,6 +29,7 @@ from aether.prestart import (
     joined_or_own,
     shared,
 )
+from aether_runtime.settings import EXIT_CONFIG
 
 CHILD = """\
 import atexit, json, os, sys, threading, time
@@ -218,9 +219,10 @@ def test_a_service_preloaded_by_its_entry_module_runs_that_module_afresh_and_qui
         code, output = run(started, "aether_scheduler", tmp_path, {"PORT": "not-a-port"})
     finally:
         started.close()
-    # Its own settings were read (from its own environment), and runpy had nothing to
-    # warn about (the entry module was not left imported under its own name).
-    assert code == 1
+    # Its own settings were read (from its own environment: refused, with the status of
+    # a bad setting), and runpy had nothing to warn about (the entry module was not left
+    # imported under its own name).
+    assert code == EXIT_CONFIG
     assert "PORT='not-a-port' is not valid" in output
     assert "RuntimeWarning" not in output
 

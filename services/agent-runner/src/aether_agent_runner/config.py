@@ -152,7 +152,7 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     command_env: Names = setting("AETHER_AGENT_COMMAND_ENV", ())
     search_timeout_seconds: Positive = setting("AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", 20.0)
     heartbeat_seconds: Positive = setting("AETHER_AGENT_HEARTBEAT_SECONDS", 10.0)
-    progress_seconds: Positive = setting("AETHER_AGENT_PROGRESS_SECONDS", 5.0)
+    progress_seconds: NonNegative = setting("AETHER_AGENT_PROGRESS_SECONDS", 5.0)
     git_url: HttpUrl | None = setting("AETHER_AGENT_GIT_URL", None)
     git_token: str = setting("AETHER_AGENT_GIT_TOKEN", "")
     git_fetch: Annotated[Literal["auto", "always"], Env(parse=str.lower)] = setting(

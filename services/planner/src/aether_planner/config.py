@@ -13,6 +13,7 @@ from aether_runtime.settings import (
     AtLeastOne,
     HttpUrl,
     NonNegative,
+    NonNegativeInt,
     RuntimeSettings,
     ServiceSettings,
     setting,
@@ -32,7 +33,7 @@ class PlannerSettings(ServiceSettings, frozen=True, kw_only=True):
     tier: Tier = setting("AETHER_PLANNER_TIER", "complex")
     context_tokens: AtLeastOne = setting("AETHER_PLANNER_CONTEXT_TOKENS", 24_000)
     # Missions planned at once (each mission's triggers stay in order).
-    concurrency: AtLeastOne = setting("AETHER_PLANNER_CONCURRENCY", 32)
+    concurrency: NonNegativeInt = setting("AETHER_PLANNER_CONCURRENCY", 32)
     # The git broker's read API, which the planner reads a repository's files through:
     # it never opens a repository, nor needs the broker's volume. Without it, or when
     # the broker has not answered for ``broker_wait_seconds``, a plan is made from the
