@@ -1157,6 +1157,8 @@ def serve(service: Service) -> None:
     the app starts (see ``listen``)."""
     import uvicorn
 
+    from aether_runtime.server import Server
+
     sock = listen.bind_or_exit(service.settings.host, service.settings.port)
     config = uvicorn.Config(
         service.asgi(),
@@ -1166,4 +1168,4 @@ def serve(service: Service) -> None:
         access_log=False,
         lifespan="on",
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])

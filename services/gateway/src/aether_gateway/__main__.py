@@ -10,10 +10,11 @@ from aether_gateway.app import Gateway, shared_routes
 from aether_gateway.bootstrap import bootstrap_app
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_runtime import configure_logging, listen
+from aether_runtime.server import Server
 from aether_runtime.settings import settings_or_exit
 
 
-class _Server(uvicorn.Server):
+class _Server(Server):
     """Ends open event streams as soon as a stop is asked for.
 
     uvicorn waits for open connections before it runs the app's shutdown, and an event
