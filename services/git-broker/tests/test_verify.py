@@ -198,6 +198,35 @@ def test_code_the_agent_merged_cannot_read_the_brokers_settings_from_its_environ
     broker.close()
 
 
+def test_code_the_agent_merged_reads_the_repositorys_configuration_without_its_credentials(
+    repo: Path, worktrees_dir: Path, git: Git, commit: Commit
+) -> None:
+    """The command may use git on the repository, whose configuration is the person's own:
+    a token kept in a remote's URL, or a header given to a host, is not the command's."""
+    config = repo / ".git" / "config"
+    config.write_text(
+        config.read_text()
+        + '[remote "origin"]\n\turl = https://x-access-token:ghp_urlsecret@example.com/o/r.git\n'
+        + "\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+        + '[http "https://example.com/"]\n\textraheader = AUTHORIZATION: basic headersecret\n'
+        + "[credential]\n\thelper = store --file /root/helpersecret\n"
+    )
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    script = 'cat "$(git rev-parse --git-common-dir)/config"\ngit log -1 --format=%s\nexit 1\n'
+    sha = _task_commit(broker, repo, worktrees_dir, commit, {"leak.sh": script})
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a2"
+    outcome = _merge_with(broker, repo, scratch, sha, base, "sh leak.sh")
+    detail = outcome.detail  # type: ignore[attr-defined]
+    # The configuration was read, and git still works on the repository.
+    assert "https://example.com/o/r.git" in detail, detail
+    assert "+refs/heads/*:refs/remotes/origin/*" in detail
+    assert "secret" not in detail
+    # The repository's own file is as it was.
+    assert "ghp_urlsecret" in config.read_text()
+    broker.close()
+
+
 def test_only_harmless_variables_and_the_ones_an_operator_names_are_passed() -> None:
     env = command_environment(
         {

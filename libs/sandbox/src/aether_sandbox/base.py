@@ -32,7 +32,9 @@ class Request:
     paths it may read (on top of the system directories and the Python runtime); ``stdin``
     a host file the command reads on its standard input (else it reads nothing); ``home``
     a host directory that is the command's ``HOME``, writable and kept once it ends (where
-    an agent keeps its sessions; else ``HOME`` is in the sandbox's private ``/tmp``)."""
+    an agent keeps its sessions; else ``HOME`` is in the sandbox's private ``/tmp``);
+    ``shown_as`` are host files shown, read-only, in place of others (a repository's
+    configuration with its credentials left out, over the real one)."""
 
     argv: list[str]
     workdir: Path
@@ -43,6 +45,7 @@ class Request:
     protect: tuple[Path, ...] = ()
     stdin: Path | None = None
     home: Path | None = None
+    shown_as: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def writable(self) -> tuple[Path, ...]:

@@ -210,6 +210,8 @@ class Bubblewrap:
                 args += ["--tmpfs", str(path), "--remount-ro", str(path)]
             else:
                 args += ["--ro-bind", str(path), str(path)]
+        for source, target in request.shown_as:
+            args += ["--ro-bind", str(source), str(target)]
         # The root itself (a tmpfs holding the mount points) is read-only too: a path the
         # sandbox does not show cannot be created either.
         return [*args, "--remount-ro", "/"]

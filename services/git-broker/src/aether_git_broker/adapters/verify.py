@@ -17,13 +17,17 @@ sandbox able to start, verification fails with the reason, unless an operator se
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dulwich.config import ConfigFile
 from dulwich.objects import ObjectID
 
 from aether_git_broker.adapters.git import Handle
@@ -58,6 +62,42 @@ def command_environment(
     return harmless_environment(os.environ if base is None else base, passed, also=("HOME",))
 
 
+# What a repository's configuration may hold that a verification command must not read:
+# a header or a password given to a remote, a credential helper's settings, and a token in
+# a URL (``https://user:token@host/...``), kept without it.
+_SECRET_KEY = re.compile(rb"extraheader|password|passwd|token|secret|cookie", re.IGNORECASE)
+_USERINFO = re.compile(rb"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+
+
+def config_without_credentials(text: bytes) -> bytes:
+    """A git configuration file as git reads it, without what could be a credential."""
+    parsed = ConfigFile.from_file(io.BytesIO(text))
+    out: list[bytes] = []
+    for section in parsed.sections():
+        if section[0].lower() == b"credential":
+            continue
+        head = section[0]
+        if len(section) > 1:
+            head += b' "' + _escaped(_USERINFO.sub(rb"\1", section[1])) + b'"'
+        out.append(b"[" + head + b"]\n")
+        for key, value in parsed.items(section):
+            if _SECRET_KEY.search(key):
+                continue
+            if key.lower() in (b"url", b"pushurl", b"insteadof", b"pushinsteadof"):
+                value = _USERINFO.sub(rb"\1", value)
+            out.append(b"\t" + key + b' = "' + _escaped(value) + b'"\n')
+    return b"".join(out)
+
+
+def _escaped(value: bytes) -> bytes:
+    return (
+        value.replace(b"\\", b"\\\\")
+        .replace(b'"', b'\\"')
+        .replace(b"\n", b"\\n")
+        .replace(b"\t", b"\\t")
+    )
+
+
 def verification_sandbox(settings: SandboxSettings | None = None) -> Sandbox | SandboxUnavailable:
     """The sandbox verification commands run in, or why none can start (logged here)."""
     settings = settings or SandboxSettings.from_env()
@@ -81,9 +121,11 @@ def run_command(
     *,
     sandbox: Sandbox | SandboxUnavailable | None = None,
     read_only: tuple[str, ...] = (),
+    shown_as: tuple[tuple[Path, Path], ...] = (),
 ) -> Verification:
     """Run ``command`` with ``/bin/sh -c`` in ``cwd`` (the only writable place) inside
-    ``sandbox``; stdout and stderr together. ``read_only``: more paths it may read."""
+    ``sandbox``; stdout and stderr together. ``read_only``: more paths it may read;
+    ``shown_as``: host files it reads in place of others."""
     if sandbox is None:
         sandbox = verification_sandbox()
     if isinstance(sandbox, SandboxUnavailable):
@@ -97,6 +139,7 @@ def run_command(
         limits=sandbox.settings.limits.with_wall(timeout),
         read_only=tuple(Path(path) for path in read_only),
         protect=(workdir / ".git",),
+        shown_as=shown_as,
     )
     outcome = execute_sync(sandbox, request, max_output)
     result: Literal["passed", "failed", "timed_out"]
@@ -145,17 +188,27 @@ class Verifier:
         verifying merge after merge rewrites only the files each merge changed.
         """
         git.scratch_worktree(handle, scratch, commit)
+        common = Path(os.fspath(handle.repo.commondir()))
         try:
-            outcome = run_command(
-                command,
-                scratch,
-                self.timeout,
-                self.max_output,
-                command_environment(passed=self.passed_env),
-                sandbox=self.sandbox,
-                # The repository's git directory, readable so the command can use git.
-                read_only=(os.fspath(handle.repo.commondir()),),
-            )
+            with tempfile.TemporaryDirectory(prefix="aether-verify-") as kept:
+                config = common / "config"
+                shown: tuple[tuple[Path, Path], ...] = ()
+                if config.is_file():
+                    clean = Path(kept) / "config"
+                    clean.write_bytes(config_without_credentials(config.read_bytes()))
+                    shown = ((clean, config),)
+                outcome = run_command(
+                    command,
+                    scratch,
+                    self.timeout,
+                    self.max_output,
+                    command_environment(passed=self.passed_env),
+                    sandbox=self.sandbox,
+                    # The repository's git directory, readable so the command can use git,
+                    # its configuration without the credentials a person may keep there.
+                    read_only=(os.fspath(common),),
+                    shown_as=shown,
+                )
         finally:
             git.release_worktree(handle.repo, scratch)
         self.last = outcome
