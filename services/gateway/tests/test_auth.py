@@ -170,6 +170,25 @@ async def test_a_revoked_token_is_refused_at_once(http, gateway_server):
     assert created["id"] in [t["id"] for t in everything["tokens"]]
 
 
+async def test_a_token_is_refused_once_it_expires(http, gateway_server):
+    """Its lookup is cached for a few seconds, but never past the token's end."""
+    import asyncio
+
+    created = await new_token(http, "read")
+    async with await psycopg.AsyncConnection.connect(gateway_server.settings.database_url) as db:
+        await db.execute(
+            "UPDATE api_tokens SET expires_at = now() + interval '1.5 seconds' WHERE id = %s",
+            (created["id"],),
+        )
+        await db.commit()
+    async with gateway_server.client(token=created["token"]) as c:
+        assert (await c.get("/missions")).status_code == 200
+        await asyncio.sleep(2.0)  # the token's own end: a wall-clock time, not an event
+        refused = await c.get("/missions")
+        assert refused.status_code == 401
+        assert "expired" in refused.json()["error"]
+
+
 async def test_an_open_event_stream_ends_once_its_token_is_revoked(make_gateway):
     """A stream opened with a token that is revoked while it is open ends within the
     gateway's re-check interval, with an event saying why, rather than running on until
