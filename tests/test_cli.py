@@ -318,6 +318,31 @@ def test_the_cli_finds_the_url_and_token_of_its_home_from_anywhere(tmp_path: Pat
     )
 
 
+def test_the_stacks_admin_token_goes_only_to_the_stacks_own_gateway(tmp_path: Path, monkeypatch):
+    """``--url`` or ``$AETHER_URL`` naming another gateway must not be sent the local
+    stack's admin token: whoever answers there would hold the stack's admin rights."""
+    for name in ("AETHER_HOME", "AETHER_URL", "AETHER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "stack.json").write_text('{"gateway_url": "http://127.0.0.1:9123"}')
+    token = load_or_create_admin_token(home)
+
+    for own in ("http://127.0.0.1:9123", "http://localhost:9123/", None):
+        assert find_target(own, None, home).token == token, own
+    for other in ("http://evil.test:9123", "http://127.0.0.1:9124", "https://127.0.0.1:9123"):
+        refused = find_target(other, None, home)
+        assert refused.token is None, other
+        assert "admin token of the gateway at http://127.0.0.1:9123" in refused.token_source
+    monkeypatch.setenv("AETHER_URL", "http://evil.test:9123")
+    assert find_target(None, None, home).token is None
+    # A token the user names goes wherever they send it.
+    assert find_target("http://evil.test:9123", "t", home).token == "t"
+    (home / "stack.json").unlink()
+    assert find_target("http://127.0.0.1:9123", None, home).token is None
+
+
 def test_show_prints_the_graph_each_tasks_files_tier_and_criteria_and_the_plan_change():
     from aether.render import mission_detail
 

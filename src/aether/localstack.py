@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -106,6 +107,22 @@ class Progress:
                 self.out.flush()
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without its user and password. The stack's NATS URL carries the bus
+    administrator's password, which lives under ``credentials/`` (owner only); the state
+    file is readable by anyone who can read the home."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return ""
+    if "@" not in parts.netloc:
+        return url
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 @dataclass
 class Supervisor:
     """Starts the stack's processes, checks they are the ones answering, restarts a
@@ -142,7 +159,7 @@ class Supervisor:
                 "started_at": self.started_at,
                 "home": str(self.stack.home),
                 "gateway_url": self.stack.gateway_url,
-                "nats_url": self.stack.nats_url,
+                "nats_url": without_credentials(self.stack.nats_url),
                 "ports": self.stack.ports,
                 "processes": processes,
             },

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://127.0.0.1:8100"
 
@@ -68,6 +69,34 @@ class Target:
     home_source: str
 
 
+def _stack_url(home: Path) -> str | None:
+    """The URL of the gateway ``aether up`` started on ``home``, if it recorded one."""
+    try:
+        state = json.loads((home / "stack.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = state.get("gateway_url") if isinstance(state, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _same_gateway(url: str, other: str) -> bool:
+    """Whether two URLs name the same gateway (the loopback's names count as one)."""
+    try:
+        a, b = urlsplit(url), urlsplit(other)
+        ports = (a.port, b.port)
+    except ValueError:
+        return False
+    hosts = {(a.hostname or "").lower(), (b.hostname or "").lower()}
+    return (
+        a.scheme.lower() == b.scheme.lower()
+        and ports[0] == ports[1]
+        and (len(hosts) == 1 or hosts <= _LOOPBACK)
+    )
+
+
 def find_url(url: str | None, home: Path | None) -> tuple[str, str, Path, str]:
     """The gateway URL and where it came from, with the home and how it was chosen."""
     where, how = find_home(home)
@@ -75,18 +104,17 @@ def find_url(url: str | None, home: Path | None) -> tuple[str, str, Path, str]:
         return url, "--url", where, how
     if os.environ.get("AETHER_URL"):
         return os.environ["AETHER_URL"], "$AETHER_URL", where, how
-    try:
-        state = json.loads((where / "stack.json").read_text(encoding="utf-8"))
-        if state.get("gateway_url"):
-            return state["gateway_url"], f"{where / 'stack.json'} ({how})", where, how
-    except (OSError, ValueError):
-        pass
+    recorded = _stack_url(where)
+    if recorded:
+        return recorded, f"{where / 'stack.json'} ({how})", where, how
     return DEFAULT_URL, "the default", where, how
 
 
 def find_target(url: str | None, token: str | None, home: Path | None) -> Target:
     """The gateway and the token: ``--token``, ``$AETHER_TOKEN``, the home's kept sign-in
-    for that gateway (``aether login``, refreshed when due), else the stack's admin token."""
+    for that gateway (``aether login``, refreshed when due), else the stack's admin token
+    when the gateway is that stack's own: sent to any other URL (``--url``,
+    ``$AETHER_URL``), it would hand the stack's admin rights to whoever answers there."""
     from aether.credentials import TOKEN_FILE
     from aether.login import credentials_path, usable_token
 
@@ -106,5 +134,10 @@ def find_target(url: str | None, token: str | None, home: Path | None) -> Target
         kept = path.read_text(encoding="utf-8").strip() or None
     except OSError:
         kept = None
+    stack_url = _stack_url(where)
+    if kept and not (stack_url and _same_gateway(found_url, stack_url)):
+        owner = f"the gateway at {stack_url}" if stack_url else "a stack that recorded no URL"
+        source = f"none: {path} is the admin token of {owner}, not of {found_url}"
+        return Target(found_url, url_source, None, source, where, how)
     source = f"{path} ({how})" if kept else f"none: no --token, $AETHER_TOKEN or {path}"
     return Target(found_url, url_source, kept, source, where, how)

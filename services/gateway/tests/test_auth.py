@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import threading
 import time
@@ -12,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import jwt
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -52,6 +55,56 @@ async def test_only_health_readiness_and_metrics_are_open(gateway_server):
             assert response.status_code == 401, (method, path, response.text)
             assert response.headers["www-authenticate"].startswith("Bearer")
             assert response.json()["error"].startswith("authentication required")
+
+
+# Who may call each route, as docs/api.md's table says: a route added without a guard,
+# or with another scope than its siblings, fails here.
+OPEN = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/board"),
+    ("GET", "/board/{page:path}"),
+    ("GET", "/board/static/{asset:path}"),
+    ("GET", "/auth/oidc"),
+    ("POST", "/auth/oidc/token"),
+    ("POST", "/auth/oidc/refresh"),
+}
+QUERY_TOKEN = {("GET", "/missions/{mission_id:str}/events"), ("GET", "/events/stream")}
+
+
+def _needed(method: str, path: str) -> str:
+    if path.startswith("/admin/"):
+        return "admin"
+    if method != "GET" or path == "/repositories/default-branch":
+        return "write"
+    return "read"
+
+
+def test_every_route_is_open_only_as_documented_and_guarded_by_its_scope():
+    from aether_gateway.api.auth import ADMIN, QUERY_TOKEN_OPT, READ, WRITE
+    from aether_gateway.app import create_routes
+
+    by_guard = {READ: "read", WRITE: "write", ADMIN: "admin"}
+    seen = set()
+    for route in create_routes().routes:
+        for handler in getattr(route, "route_handlers", []):
+            for method in handler.http_methods - {"OPTIONS", "HEAD"}:
+                where = (method, route.path)
+                seen.add(where)
+                guards = [getattr(g, "func", g) for g in handler.resolve_guards()]
+                if route.path.startswith("/schema"):
+                    # The OpenAPI document: any caller with a token (the middleware).
+                    assert not handler.opt.get("exclude_from_auth") and not guards, where
+                    continue
+                if where in OPEN:
+                    assert handler.opt.get("exclude_from_auth") and not guards, where
+                    continue
+                assert not handler.opt.get("exclude_from_auth"), where
+                assert [by_guard.get(g) for g in guards] == [_needed(*where)], where
+                assert bool(handler.opt.get(QUERY_TOKEN_OPT)) == (where in QUERY_TOKEN), where
+    assert seen >= OPEN | QUERY_TOKEN
 
 
 async def test_a_malformed_or_unknown_token_is_refused(gateway_server):
@@ -115,6 +168,25 @@ async def test_a_revoked_token_is_refused_at_once(http, gateway_server):
     assert created["id"] not in [t["id"] for t in listed]
     everything = (await http.get("/admin/tokens", params={"include_revoked": "true"})).json()
     assert created["id"] in [t["id"] for t in everything["tokens"]]
+
+
+async def test_a_token_is_refused_once_it_expires(http, gateway_server):
+    """Its lookup is cached for a few seconds, but never past the token's end."""
+    import asyncio
+
+    created = await new_token(http, "read")
+    async with await psycopg.AsyncConnection.connect(gateway_server.settings.database_url) as db:
+        await db.execute(
+            "UPDATE api_tokens SET expires_at = now() + interval '1.5 seconds' WHERE id = %s",
+            (created["id"],),
+        )
+        await db.commit()
+    async with gateway_server.client(token=created["token"]) as c:
+        assert (await c.get("/missions")).status_code == 200
+        await asyncio.sleep(2.0)  # the token's own end: a wall-clock time, not an event
+        refused = await c.get("/missions")
+        assert refused.status_code == 401
+        assert "expired" in refused.json()["error"]
 
 
 async def test_an_open_event_stream_ends_once_its_token_is_revoked(make_gateway):
@@ -263,10 +335,30 @@ class Issuer:
             "scope": "openid aether:write",
             **claims,
         }
-        return jwt.encode(payload, key or self.key, algorithm="RS256", headers={"kid": "test-key"})
+        present = {name: value for name, value in payload.items() if value is not None}
+        return jwt.encode(present, key or self.key, algorithm="RS256", headers={"kid": "test-key"})
+
+    def unsigned(self, header: dict[str, object], key: bytes | None = None) -> str:
+        """A token of this issuer's claims with ``header`` as it is: no signature, or an
+        HMAC-SHA256 one made with ``key`` (``alg`` is not checked here)."""
+        now = int(time.time())
+        claims = {"iss": "https://idp.test", "aud": "aether", "sub": "mallory"}
+        claims |= {"iat": now, "exp": now + 300, "scope": "aether:admin"}
+        signed = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+        signature = hmac.new(key, signed.encode(), hashlib.sha256).digest() if key else b""
+        return f"{signed}.{_b64(signature)}"
+
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @pytest.fixture
@@ -299,12 +391,42 @@ async def test_oidc_tokens_are_verified_against_the_jwks(make_gateway, issuer):
         "wrong issuer": issuer.token(iss="https://evil.test"),
         "wrong audience": issuer.token(aud="someone-else"),
         "wrong signature": issuer.token(key=other_key),
+        "not yet valid": issuer.token(nbf=int(time.time()) + 600),
+        "issued in the future": issuer.token(iat=int(time.time()) + 600),
+        "no expiry": issuer.token(exp=None),
+        "alg none": issuer.unsigned({"alg": "none", "kid": "test-key"}),
+        # The classic confusion: HMAC keyed with the provider's public key, which anyone
+        # can fetch from the JWKS.
+        "HMAC with the public key": issuer.unsigned(
+            {"alg": "HS256", "kid": "test-key", "typ": "JWT"}, issuer.public_pem()
+        ),
+        "unknown key id": jwt.encode(
+            {"iss": "https://idp.test", "aud": "aether", "sub": "x", "exp": time.time() + 60},
+            issuer.key,
+            algorithm="RS256",
+            headers={"kid": "another-key"},
+        ),
+        "no key id": jwt.encode(
+            {"iss": "https://idp.test", "aud": "aether", "sub": "x", "exp": time.time() + 60},
+            issuer.key,
+            algorithm="RS256",
+        ),
+    }
+    reasons = {
+        "not yet valid": "not yet valid (nbf)",
+        "issued in the future": "not yet valid (iat)",
+        "no expiry": 'missing the "exp" claim',
+        "alg none": "alg value is not allowed",
+        "HMAC with the public key": "alg value is not allowed",
+        "unknown key id": "Unable to find a signing key",
+        "no key id": "Unable to find a signing key",
     }
     for why, token in refused.items():
         async with server.client(token=token) as c:
             response = await c.get("/missions")
             assert response.status_code == 401, why
             assert "OIDC" in response.json()["error"], why
+            assert reasons.get(why, "") in response.json()["error"], why
 
     async with server.client(token=issuer.token(scope="openid profile")) as c:
         response = await c.get("/missions")

@@ -155,6 +155,10 @@ async def test_mission_creation_is_rate_limited_per_caller(make_gateway):
         assert "at most 2 missions" in limited.json()["error"]
         # Reading is not limited, nor is a replay of an earlier request.
         assert (await c.get("/missions")).status_code == 200
+        other = await c.post("/admin/tokens", json={"name": "other", "scopes": ["write"]})
+    # Per caller: another token has a window of its own.
+    async with server.client(token=other.json()["token"]) as c:
+        assert (await c.post("/missions", json=MISSION)).status_code == 202
 
 
 async def test_a_mission_request_records_every_option(http, nc):

@@ -108,7 +108,9 @@ class TokenStore:
         async with self._db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 """
-                SELECT id, name, scopes FROM api_tokens
+                SELECT id, name, scopes,
+                       extract(epoch FROM expires_at - now())::float8 AS seconds_left
+                FROM api_tokens
                 WHERE token_hash = %s AND revoked_at IS NULL
                   AND (expires_at IS NULL OR expires_at > now())
                 """,
@@ -122,7 +124,10 @@ class TokenStore:
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now + self._cache_seconds, found)
+        # Kept no longer than the token lasts: an expired token is refused when it ends.
+        lasts = row["seconds_left"] if row is not None else None
+        keep = self._cache_seconds if lasts is None else min(self._cache_seconds, lasts)
+        self._cache[digest] = (now + keep, found)
         if found is not None:
             await self._touch(found.id, now)
         return found

@@ -1,6 +1,7 @@
 """Authentication and scopes.
 
-Every route except health, readiness and metrics needs a bearer token:
+Every route needs a bearer token but health, readiness and metrics, the board's pages and
+files (they hold no data) and the board's OIDC sign-in (``exclude_from_auth``):
 
 - an API token (``aet_…``), looked up by its SHA-256 hash;
 - the bootstrap admin token from ``AETHER_ADMIN_TOKEN``, compared in constant time;
