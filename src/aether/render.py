@@ -153,7 +153,12 @@ def mission_detail(m: dict[str, Any]) -> str:
     budget_text = f" of ${budget:.2f}" if budget is not None else " (no budget)"
     flags = ""
     if m.get("budget_exceeded"):
-        flags = " EXCEEDED"
+        # The scheduler also stops when the next task's estimate would not fit, well
+        # before the money is spent: "EXCEEDED" alone then reads as a wrong sum.
+        value = m.get("cost_usd")
+        spent_all = budget is None or (value is not None and value >= budget)
+        flags = " EXCEEDED" if spent_all else " (the next task does not fit)"
+        flags += f": no task starts until `aether mission budget {m['id']} USD` raises it"
     elif m.get("budget_warning"):
         flags = " (warning)"
     lines.append(
