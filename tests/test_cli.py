@@ -369,6 +369,19 @@ def test_show_says_why_no_task_starts_when_the_next_one_does_not_fit_the_budget(
     assert "$0.5200 of $0.50 EXCEEDED: no task starts until" in mission_detail(spent)
 
 
+def test_show_says_a_spent_daily_budget_holds_a_running_missions_tasks():
+    from aether.render import mission_detail
+
+    mission = {"id": "m-1", "status": "running", "repository": "/r", "base_branch": "main"}
+    mission["requirement"] = "r"
+    text = mission_detail(mission, ["daily:2026-12-05"])
+    assert (
+        "  budget       the daily budget across all missions (2026-12-05) is spent: "
+        "no task starts until the day turns (UTC)"
+    ) in text
+    assert "budget  " not in mission_detail({**mission, "status": "completed"}, ["daily:x"])
+
+
 def test_show_prints_each_planned_tasks_estimate_from_the_gateway():
     from aether.render import mission_detail
 
