@@ -380,6 +380,33 @@ def test_show_prints_the_graph_each_tasks_files_tier_and_criteria_and_the_plan_c
     assert "      accept  greet('Ada') returns 'Hello, Ada'" in text
 
 
+def test_show_says_why_no_task_starts_when_the_next_one_does_not_fit_the_budget():
+    from aether.render import mission_detail
+
+    base = {"id": "m-1", "status": "running", "repository": "/r", "base_branch": "main"}
+    base["requirement"] = "r"
+    short_of = {**base, "budget_usd": 0.5, "cost_usd": 0.1137, "budget_exceeded": True}
+    assert (
+        "$0.1137 of $0.50 (the next task does not fit): no task starts until "
+        "`aether mission budget m-1 USD` raises it;"
+    ) in mission_detail(short_of)
+    spent = {**short_of, "cost_usd": 0.52}
+    assert "$0.5200 of $0.50 EXCEEDED: no task starts until" in mission_detail(spent)
+
+
+def test_show_says_a_spent_daily_budget_holds_a_running_missions_tasks():
+    from aether.render import mission_detail
+
+    mission = {"id": "m-1", "status": "running", "repository": "/r", "base_branch": "main"}
+    mission["requirement"] = "r"
+    text = mission_detail(mission, ["daily:2026-12-05"])
+    assert (
+        "  budget       the daily budget across all missions (2026-12-05) is spent: "
+        "no task starts until the day turns (UTC)"
+    ) in text
+    assert "budget  " not in mission_detail({**mission, "status": "completed"}, ["daily:x"])
+
+
 def test_show_prints_each_planned_tasks_estimate_from_the_gateway():
     from aether.render import mission_detail
 

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,9 +215,27 @@ def list_missions(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    mission = client(args).show(args.mission_id)
-    emit(args, mission, lambda: mission_detail(mission))
+    gateway = client(args)
+    mission = gateway.show(args.mission_id)
+    emit(args, mission, lambda: mission_detail(mission, _spent_globally(gateway, mission)))
     return 0
+
+
+def _spent_globally(gateway: GatewayClient, mission: dict[str, Any]) -> list[str]:
+    """The daily and monthly budgets used up now, which hold a running mission's tasks
+    without anything on the mission itself saying so."""
+    if mission.get("status") not in ("running", "paused"):
+        return []
+    now = datetime.now(UTC)
+    spent = []
+    for group_by, kind, period in (
+        ("day", "daily", now.strftime("%Y-%m-%d")),
+        ("month", "monthly", now.strftime("%Y-%m")),
+    ):
+        rows = gateway.usage(group_by)["rows"]
+        if any(row["key"] == period and row.get("budget_exceeded") for row in rows):
+            spent.append(f"{kind}:{period}")
+    return spent
 
 
 def task_diff(args: argparse.Namespace) -> int:

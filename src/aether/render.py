@@ -134,7 +134,9 @@ def _mission_columns(
     return f"{mission:<18}  {status:<17} {created:<19}  {cost:>10}  {repository:<30}  {requirement}"
 
 
-def mission_detail(m: dict[str, Any]) -> str:
+def mission_detail(m: dict[str, Any], spent_globally: list[str] | None = None) -> str:
+    """A mission for `show`; ``spent_globally`` names the daily or monthly budgets used up
+    (``daily:2026-12-05``), which stop this mission's tasks as well as every other's."""
     lines = [
         f"{m['id']}  {m['status']}" + ("  [OFFLINE model]" if m.get("offline") else ""),
         f"  repository   {m['repository']} ({m['base_branch'] or 'its default branch'})",
@@ -153,13 +155,26 @@ def mission_detail(m: dict[str, Any]) -> str:
     budget_text = f" of ${budget:.2f}" if budget is not None else " (no budget)"
     flags = ""
     if m.get("budget_exceeded"):
-        flags = " EXCEEDED"
+        # The scheduler also stops when the next task's estimate would not fit, well
+        # before the money is spent: "EXCEEDED" alone then reads as a wrong sum.
+        value = m.get("cost_usd")
+        spent_all = budget is None or (value is not None and value >= budget)
+        flags = " EXCEEDED" if spent_all else " (the next task does not fit)"
+        flags += f": no task starts until `aether mission budget {m['id']} USD` raises it"
     elif m.get("budget_warning"):
         flags = " (warning)"
     lines.append(
         f"  cost         {spent}{budget_text}{flags}; tokens in {m.get('tokens_in', 0)}"
         f" out {m.get('tokens_out', 0)}"
     )
+    if m["status"] in ("running", "paused"):
+        for scope in spent_globally or []:
+            kind, _, period = scope.partition(":")
+            turns = "day" if kind == "daily" else "month"
+            lines.append(
+                f"  budget       the {kind} budget across all missions ({period}) is spent: "
+                f"no task starts until the {turns} turns (UTC)"
+            )
     if m.get("error"):
         lines.append(f"  error        {m['error']}")
     for question in m.get("questions") or []:

@@ -60,12 +60,14 @@ def test_every_option_of_the_request_is_carried_into_the_event() -> None:
         max_tasks=7,
         model_overrides={"small": "haiku"},
         verify_command="make test",
+        allow_file_overlap=True,
     )
     event = requested(body, None)
     assert (event.base_branch, event.budget_usd, event.auto_approve) == ("develop", 2.5, True)
     assert (event.max_concurrency, event.max_tasks) == (3, 7)
     assert event.model_overrides == {"small": "haiku"}
     assert event.verify_command == "make test"
+    assert event.allow_file_overlap is True
 
 
 def test_a_request_without_a_budget_gets_the_default_and_an_explicit_one_wins() -> None:

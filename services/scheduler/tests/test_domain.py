@@ -341,6 +341,21 @@ def test_merge_conflict_reruns_at_once_on_the_new_head_with_the_files() -> None:
     assert again.attempt == 2 and "src/x.py" in again.context
 
 
+def test_a_task_that_keeps_conflicting_escalates_after_max_attempts_saying_why() -> None:
+    s = Scenario()  # max_attempts=2
+    s.start(task("a"))
+    s.started("a")
+    s.completed("a")
+    assert [e.attempt for e in of(s.conflicted("a", ["x.py"]), TaskReady)] == [2]
+    s.started("a")
+    s.completed("a")
+    decided = s.conflicted("a", ["x.py"])
+    assert ready(decided) == []
+    escalated = of(decided, TaskEscalated)[0]
+    assert escalated.attempt == 2
+    assert escalated.reason == "failed 2 times; last: merge conflict in x.py"
+
+
 def test_failed_verification_reruns_with_its_output_as_context() -> None:
     s = Scenario()
     s.start(task("a"))

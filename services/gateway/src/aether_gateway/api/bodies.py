@@ -41,6 +41,8 @@ class CreateMission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auto_approve: bool = False
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     max_tasks: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    # Tasks whose files overlap may run at once (their merges are line-level).
+    allow_file_overlap: bool = False
     model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
     verify_command: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
     # The agent runtime of the tasks, and per tier where it differs; the runner refuses a

@@ -60,6 +60,8 @@ class MissionRequest(Protocol):
     @property
     def max_tasks(self) -> int: ...
     @property
+    def allow_file_overlap(self) -> bool: ...
+    @property
     def model_overrides(self) -> dict[str, str]: ...
     @property
     def verify_command(self) -> str | None: ...
@@ -103,6 +105,7 @@ def request_mission(
         auto_approve=request.auto_approve,
         max_concurrency=request.max_concurrency,
         max_tasks=request.max_tasks,
+        allow_file_overlap=request.allow_file_overlap,
         model_overrides=request.model_overrides,
         verify_command=request.verify_command,
         requested_by=caller_name,

@@ -227,17 +227,10 @@ def _failures(
         if task.retry_event is not None:
             continue
         task_id, attempt = task.spec.id, task.attempt
-        if task.attempt - task.attempts_base >= config.max_attempts and not task.immediate_retry:
+        # A conflict or a failed verification counts as an attempt like any failure: the
+        # task is escalated after AETHER_MAX_ATTEMPTS attempts since the last person's retry.
+        if task.attempt - task.attempts_base >= config.max_attempts:
             reason = f"failed {attempt - task.attempts_base} times; last: {task.last_failure}"
-            step = step_ids.task_escalated(task_id, attempt)
-            out.append(
-                TaskEscalated(
-                    **caused_by(why, now, step), task_id=task_id, attempt=attempt, reason=reason
-                )
-            )
-            continue
-        if task.immediate_retry and task.attempt - task.attempts_base > config.max_attempts:
-            reason = f"still conflicting after {attempt} attempts; last: {task.last_failure}"
             step = step_ids.task_escalated(task_id, attempt)
             out.append(
                 TaskEscalated(
