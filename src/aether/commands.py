@@ -137,7 +137,7 @@ def submit(args: argparse.Namespace) -> int:
     if not args.json:
         limit = created.get("budget_usd")
         print(
-            f"budget ${limit:.2f}: the mission pauses if it is reached (raise it with "
+            f"budget ${limit:.2f}: no new task starts once it is reached (raise it with "
             f"`aether mission budget {created['mission_id']} USD`)"
             if limit is not None
             else "no budget: nothing limits this mission's model spend",
