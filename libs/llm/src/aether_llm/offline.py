@@ -223,15 +223,7 @@ def _write(
             continue
         body = text if text.endswith("\n") or not text else text + "\n"
         writes.append(tool_use_block("write_file", {"path": path, "content": body + section}))
-    if not writes:
-        note = f"notes/{task.get('id', 'task')}-offline.md"
-        content = (
-            f"# {task.get('title', '')}\n\n_{MARK}._ It left {', '.join(left)} unchanged: "
-            "it only appends marked sections to text files it can read whole.\n"
-        )
-        writes.append(tool_use_block("write_file", {"path": note, "content": content}))
-    blocks = [text_block("Offline model: creating missing files, appending marked sections.")]
-    return _reply(request, blocks + writes, "tool_use")
+    return _writing(request, task, writes, left, "write_file", "path", "")
 
 
 _CWD = re.compile(r"Primary working directory: (\S+)")
@@ -312,13 +304,28 @@ def _write_claude_code(
         grown = (whole if whole.endswith("\n") else whole + "\n") + section
         edit = {"file_path": file_path, "old_string": whole, "new_string": grown}
         writes.append(tool_use_block("Edit", edit))
+    return _writing(request, task, writes, left, "Write", "file_path", f"{root}/")
+
+
+def _writing(
+    request: JSON,
+    task: JSON,
+    writes: list[JSON],
+    left: list[str],
+    write_tool: str,
+    path_key: str,
+    root: str,
+) -> Reply:
+    """The reply that makes ``writes``; with none, one that writes a note saying which
+    files were ``left`` as they were (``write_tool`` with its ``path_key``, under
+    ``root``: the built-in loop's or Claude Code's spelling)."""
     if not writes:
-        note = f"{root}/notes/{task.get('id', 'task')}-offline.md"
+        note = f"{root}notes/{task.get('id', 'task')}-offline.md"
         content = (
             f"# {task.get('title', '')}\n\n_{MARK}._ It left {', '.join(left)} unchanged: "
             "it only appends marked sections to text files it can read whole.\n"
         )
-        writes.append(tool_use_block("Write", {"file_path": note, "content": content}))
+        writes.append(tool_use_block(write_tool, {path_key: note, "content": content}))
     blocks = [text_block("Offline model: creating missing files, appending marked sections.")]
     return _reply(request, blocks + writes, "tool_use")
 
