@@ -10,6 +10,7 @@ temporary directory).
 # ruff: noqa: F811
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -235,6 +236,9 @@ async def test_board_follows_a_mission_from_sign_in_to_merge(
     await page.click('#nav a[data-page="usage"]')
     await expect(page.locator("#usage-model svg")).to_contain_text("claude-test")
     await page.screenshot(path=str(artefacts / "6-usage.png"), full_page=True)
+    # A mission's spend opens its page.
+    await page.click(f'#usage-mission a[data-mission="{script.mission_id}"]')
+    await expect(page).to_have_url(re.compile(f"/board/missions/{script.mission_id}$"))
 
 
 def entry(script: Script, sequence: int, kind: str, **fields: Any) -> TranscriptRecorded:

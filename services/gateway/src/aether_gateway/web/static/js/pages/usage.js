@@ -25,8 +25,11 @@ function chart(report) {
     const over = r.budget_exceeded || (r.budget_usd && (r.cost_usd || 0) >= r.budget_usd);
     const warn = r.budget_usd && (r.cost_usd || 0) >= 0.8 * r.budget_usd;
     const label = String(r.key ?? "—");
+    const text = s("text", { x: labelW - 8, y: y + 16, "text-anchor": "end", class: "label" }, label.length > 26 ? label.slice(0, 25) + "…" : label);
+    // A mission's row opens its page.
+    const linked = report.group_by === "mission" && r.key ? s("a", { href: `/board/missions/${encodeURIComponent(r.key)}`, "data-nav": true, "data-mission": r.key }, s("title", {}, `Open mission ${r.key}`), text) : text;
     svg.append(
-      s("text", { x: labelW - 8, y: y + 16, "text-anchor": "end", class: "label" }, label.length > 26 ? label.slice(0, 25) + "…" : label),
+      linked,
       s("rect", { x: labelW, y: y + 3, width: barW, height: rowH - 8, rx: 4, class: "track" }),
       s("rect", { x: labelW, y: y + 3, width: Math.max(1, spent), height: rowH - 8, rx: 4, class: over ? "spent over" : warn ? "spent warn" : "spent" }),
       r.budget_usd ? s("line", { x1: labelW + (r.budget_usd / max) * barW, x2: labelW + (r.budget_usd / max) * barW, y1: y, y2: y + rowH - 2, class: "budget" }, s("title", {}, `budget ${money(r.budget_usd)}`)) : null,
