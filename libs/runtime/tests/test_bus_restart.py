@@ -145,7 +145,7 @@ async def test_a_service_that_lost_its_bus_reads_not_ready_in_readyz_and_in_its_
 ) -> None:
     svc = Service(name="bus-lost", settings=RuntimeSettings(nats_url=nats_server.url, port=0))
     svc.consume(ConsumerSpec(durable="bus-lost", subject=ALL_MISSION_EVENTS, handler=Recorder()))
-    readyz = health.readyz(svc._ready_check)
+    readyz = health.readyz(svc.ready_check)
     assert ready_metric("bus-lost") == 0.0
     await svc.start()
     try:
@@ -228,7 +228,7 @@ async def test_readyz_reports_a_consumer_whose_in_flight_slot_nobody_works_on(
             durable="held", subject=ALL_MISSION_EVENTS, handler=handler, ack_wait_seconds=60
         )
     )
-    readyz = health.readyz(svc._ready_check)
+    readyz = health.readyz(svc.ready_check)
     await svc.start()
     try:
         assert (await status(readyz))[0] == 200

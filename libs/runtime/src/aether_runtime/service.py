@@ -639,7 +639,7 @@ class Service:
                 self.stop_grace_seconds,
             )
 
-    def _ready_check(self) -> tuple[bool, str]:
+    def ready_check(self) -> tuple[bool, str]:
         if not self.ready:
             return False, "starting"
         if self.nc is None or not self.nc.is_connected:
@@ -652,7 +652,7 @@ class Service:
         return True, "ok"
 
     def _ready_value(self) -> float:
-        return 1.0 if self._ready_check()[0] else 0.0
+        return 1.0 if self.ready_check()[0] else 0.0
 
     def stalled(self) -> str | None:
         """Why a consumer of this service is stalled, or None when none is (from the
@@ -704,7 +704,7 @@ class Service:
         counted and timed in the HTTP request metrics."""
         routes = {
             "/healthz": health.healthz(),
-            "/readyz": health.readyz(self._ready_check),
+            "/readyz": health.readyz(self.ready_check),
             "/metrics": health.metrics(),
             **self.routes,
         }

@@ -168,19 +168,10 @@ class Gateway:
             await self.db.close()
 
     async def readiness(self) -> tuple[bool, str]:
-        """Ready when the projection is running, NATS is connected and the database answers."""
-        if not self.service.ready or not self.hub.started:
-            return False, "starting"
-        nc = self.service.nc
-        if nc is None or not nc.is_connected:
-            return False, "nats disconnected"
+        """Ready when the projection is running, NATS is connected and the database answers:
+        the database asked now, the rest as the runtime checks it (``_checked_parts``)."""
         self._database_answered = await self.db.ping()
-        if not self._database_answered:
-            return False, "database unreachable"
-        stalled = self.service.stalled()
-        if stalled is not None:
-            return False, stalled
-        return True, "ok"
+        return self.service.ready_check()
 
     def _checked_parts(self) -> tuple[bool, str]:
         """What ``readiness`` checks beyond the runtime's own (NATS, stalled consumers),
