@@ -40,9 +40,11 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 FROM ${PYTHON_IMAGE}
 # bubblewrap confines every command an agent runs and every verification command (see the
-# docs/security.md for what the container must be allowed for it to start).
+# docs/security.md for what the container must be allowed for it to start); git is there
+# for those commands (a verification's `git diff`, an agent's `git log`): the services
+# themselves work on repositories through dulwich.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bubblewrap \
+ && apt-get install -y --no-install-recommends bubblewrap git \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 aether \
  && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin aether \

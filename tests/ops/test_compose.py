@@ -46,6 +46,25 @@ def volume(spec: str) -> tuple[str, str, str]:
     return source, target, mode
 
 
+def image(service: dict[str, Any]) -> str:
+    """The image a service runs unless a variable names another (``${VAR:-default}``)."""
+    named: str = service.get("image", "")
+    chosen = re.fullmatch(r"\$\{AETHER_(?:\w+_)?IMAGE:-([^}]+)\}", named)
+    return chosen.group(1) if chosen else named
+
+
+def test_images_can_be_chosen_for_a_machine_without_a_registry() -> None:
+    """deploy/images/build-local.sh names its images in these variables; their defaults are
+    the images a machine with a registry pulls or builds."""
+    assert services()["nats"]["image"] == "${AETHER_NATS_IMAGE:-nats:2.11-alpine}"
+    assert services()["postgres"]["image"] == "${AETHER_POSTGRES_IMAGE:-postgres:16-alpine}"
+    for name in SERVICES:
+        assert services()[name]["image"] == "${AETHER_IMAGE:-aether:local}", name
+    script = (ROOT / "deploy/images/build-local.sh").read_text()
+    for variable in ("AETHER_IMAGE", "AETHER_NATS_IMAGE", "AETHER_POSTGRES_IMAGE"):
+        assert f"{variable}=" in script, variable
+
+
 def test_compose_runs_the_five_services_with_their_infrastructure() -> None:
     assert set(services()) == set(SERVICES) | INFRASTRUCTURE
     for name, (module, port) in SERVICES.items():
@@ -53,7 +72,7 @@ def test_compose_runs_the_five_services_with_their_infrastructure() -> None:
         assert service["command"] == ["python", "-m", module], name
         assert service["environment"]["PORT"] == str(port), name
         assert service["environment"]["NATS_URL"] == "nats://nats:4222", name
-        assert service["build"] == "." and service["image"] == "aether:local", name
+        assert service["build"] == "." and image(service) == "aether:local", name
 
 
 def test_every_service_has_a_health_check() -> None:
@@ -121,9 +140,9 @@ def test_volumes_are_declared_and_images_pinned() -> None:
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
             elif not source.startswith(("/", "$")):
                 assert source in declared, f"{name} mounts undeclared volume {source}"
-        image = service.get("image", "")
         if "build" not in service:
-            assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), name
+            named = image(service)
+            assert re.search(r":[\w.-]+$", named) and not named.endswith(":latest"), name
 
 
 def test_broker_and_agents_see_repositories_and_worktrees_at_the_same_paths() -> None:
