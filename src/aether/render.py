@@ -65,6 +65,8 @@ def describe(event: SseEvent) -> str:
         detail = f"{d['merge_sha'][:10]}" + (" (fast-forward)" if d.get("fast_forward") else "")
     elif kind == "merge_conflicted":
         detail = "conflict in " + ", ".join(d.get("files", []))
+    elif kind == "merge_withheld":
+        detail = f"{str(d.get('commit_sha', ''))[:10]} not merged: {d.get('reason', '')}"
     elif kind in ("agent_failed", "mission_failed", "plan_failed", "task_escalated"):
         detail = d.get("reason", "")
     elif kind in ("mission_paused", "mission_cancelled", "task_skipped"):

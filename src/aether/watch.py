@@ -208,6 +208,8 @@ class Board:
             line.activity = str(data.get("reason", ""))
         elif kind == "merge_conflicted":
             line.activity = "conflict in " + ", ".join(data.get("files", []))
+        elif kind == "merge_withheld":
+            line.activity = f"not merged: {data.get('reason', '')}"
         elif kind == "branch_merged":
             line.activity = f"merged {str(data.get('merge_sha', ''))[:10]}"
         elif kind == "usage_recorded":

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from aether_events import (
+    AgentCompleted,
     AgentFailed,
     AgentStarted,
     BranchPushed,
@@ -13,6 +14,7 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     MergeConflicted,
+    MergeWithheld,
     MissionCancelled,
     MissionFailed,
     MissionPaused,
@@ -108,6 +110,31 @@ def test_task_status_follows_ready_workspace_agent_and_merge(script):
     assert view.tasks["t1"].status == "merged"
     assert view.tasks["t1"].merge_sha == "d" * 40
     assert view.tasks["t2"].status == "pending"
+
+
+def test_a_merge_withheld_after_a_cancel_says_why_the_task_never_merged(script):
+    view = play([script.requested(), script.plan(), script.approved(), script.task_ready("t1")])
+    view = play(
+        [
+            AgentCompleted(
+                **script.meta(), task_id="t1", attempt=1, commit_sha="c" * 40, branch=""
+            ),
+            MissionCancelled(**script.meta(), reason="changed my mind"),
+            MergeWithheld(
+                **script.meta(),
+                task_id="t1",
+                attempt=1,
+                commit_sha="c" * 40,
+                integration_sha="f" * 40,
+                reason="the mission was cancelled: changed my mind",
+            ),
+        ],
+        view,
+    )
+    assert view.mission is not None and view.mission.status == "cancelled"
+    assert view.tasks["t1"].status == "completed"
+    assert view.tasks["t1"].merge_sha is None
+    assert view.tasks["t1"].error == "not merged: the mission was cancelled: changed my mind"
 
 
 def test_merge_conflict_and_agent_failure_mark_the_task(script):

@@ -19,6 +19,7 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     MergeConflicted,
+    MergeWithheld,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -53,6 +54,7 @@ from aether_git_broker.domain import (
     merge_event,
     pending,
     sweep,
+    withheld_reason,
     workspace_ready_event,
 )
 from aether_git_broker.naming import Naming
@@ -544,3 +546,89 @@ def test_the_consumer_leaves_out_the_brokers_own_events_which_ask_for_nothing() 
     for sample in samples:
         if type(sample) in own:
             assert isinstance(decide(evolve(state, sample), sample, NAMING), Ignore), sample
+
+
+# --- a cancel heard ahead of the ordered consumer ------------------------------------------
+
+CANCELLED = MissionCancelled(**meta("e-cancel"), reason="wrong repository", requested_by="alice")
+WHY = "the mission was cancelled by alice: wrong repository"
+
+
+def withheld(event: AgentCompleted) -> MergeWithheld:
+    outcome = MergeOutcome(kind="withheld", sha="b" * 40, detail=WHY)
+    answer = merge_event(event, NOW, "aether/m-1", outcome)
+    assert isinstance(answer, MergeWithheld)
+    return answer
+
+
+def test_a_result_of_a_mission_whose_cancel_was_heard_ahead_is_withheld() -> None:
+    """The consumer reaches the result before the cancel stored after it: the cancel the
+    broker heard ahead (``cancels``) keeps the merge out, for the cancel's reason."""
+    event = completed()
+    state = given(requested(), PREPARED, event)
+    action = decide(state, event, NAMING, cancels={M: WHY})
+    assert isinstance(action, MergeTask) and action.withheld == WHY
+    assert withheld_reason(state, M, {M: WHY}) == WHY
+    # Without the cancel heard, the same result is merged; another mission's cancel
+    # changes nothing.
+    action = decide(state, event, NAMING, cancels={"m-other": WHY})
+    assert isinstance(action, MergeTask) and action.withheld is None
+    assert withheld_reason(state, M, {"m-other": WHY}) is None
+
+
+def test_a_withheld_merge_is_recorded_once_with_why_and_the_head_it_left() -> None:
+    event = completed()
+    answer = withheld(event)
+    assert answer.event_id == derived_id(M, "merge_withheld", "t1", 1)
+    assert (answer.commit_sha, answer.integration_sha, answer.reason) == ("c" * 40, "b" * 40, WHY)
+    # Redelivered before the consumer reaches the cancel: nothing more.
+    state = given(requested(), PREPARED, event, answer)
+    assert isinstance(decide(state, event, NAMING, cancels={M: WHY}), Ignore)
+    # Nor after it, nor after a restart's replay (answer stored after the cancel).
+    for order in ((answer, CANCELLED), (CANCELLED, answer)):
+        state = given(requested(), PREPARED, event, *order)
+        assert isinstance(decide(state, event, NAMING), Ignore)
+        assert pending(state, NAMING) == []
+
+
+def test_a_broker_killed_between_hearing_a_cancel_and_recording_owes_the_record() -> None:
+    """Restarted, the broker replays the cancel with the result before it unanswered: the
+    result is owed its MergeWithheld (never a merge), and nothing once it is stored."""
+    event = completed()
+    state = given(requested(), PREPARED, task_ready(), event, CANCELLED)
+    action = decide(state, event, NAMING)
+    assert isinstance(action, MergeTask) and action.withheld == WHY
+    assert withheld_reason(state, M) == WHY
+    assert pending(state, NAMING) == [event.event_id]
+    after = evolve(state, withheld(event))
+    assert isinstance(decide(after, event, NAMING), Ignore)
+    assert pending(after, NAMING) == []
+
+
+def test_a_result_merged_or_conflicted_before_the_cancel_owes_nothing() -> None:
+    event = completed()
+    merged = merge_event(event, NOW, "aether/m-1", MergeOutcome(kind="merged", sha="d" * 40))
+    conflict = merge_event(event, NOW, "aether/m-1", MergeOutcome(kind="conflict", sha="d" * 40))
+    for answer in (merged, conflict):
+        # Stored before the cancel, or after it (a merge under way as it was stored).
+        for order in ((answer, CANCELLED), (CANCELLED, answer)):
+            state = given(requested(), PREPARED, event, *order)
+            assert isinstance(decide(state, event, NAMING), Ignore), order
+            assert pending(state, NAMING) == []
+
+
+def test_a_result_stored_after_the_cancel_is_withheld_too() -> None:
+    event = completed()
+    state = given(requested(), PREPARED, CANCELLED, event)
+    action = decide(state, event, NAMING)
+    assert isinstance(action, MergeTask) and action.withheld == WHY
+
+
+def test_only_a_cancel_withholds_a_finished_missions_results() -> None:
+    event = completed()
+    failed = MissionFailed(**meta("e-failed"), reason="budget")
+    state = given(requested(), PREPARED, event, failed)
+    assert decide(state, event, NAMING) == Ignore("mission already finished")
+    assert withheld_reason(state, M) is None
+    # A cancel after the end changes nothing either.
+    assert isinstance(decide(evolve(state, CANCELLED), event, NAMING), Ignore)

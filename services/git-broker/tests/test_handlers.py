@@ -18,6 +18,7 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     MergeConflicted,
+    MergeWithheld,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -489,3 +490,76 @@ async def test_a_push_to_a_branch_someone_else_moved_is_refused(
     handled = len(recorder.events)
     await handlers.handle(retry, RecordingDelivery())
     assert len(recorder.events) == handled
+
+
+async def test_a_cancel_heard_ahead_withholds_the_merge_once_and_a_restart_records_it_once(
+    repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
+) -> None:
+    """The cancel is heard before the ordered consumer reaches the result stored ahead of
+    it: nothing lands, the stream says why, a redelivery does nothing. A broker killed
+    between hearing and recording records it after its restart, under the same id."""
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    prepared = await prepare(handlers, recorder, repo)
+    await handlers.handle(ready("t1"), RecordingDelivery())
+    head = git(repo, "rev-parse", prepared.integration_branch)
+    sha = commit(worktrees_dir / M / "t1-a1", {"late.py": "1\n"}, "late work")
+    result = done("t1", sha)
+    cancel = MissionCancelled(**meta(), reason="not needed", requested_by="alice")
+    # The stream as a restarted broker replays it: the result stored before the cancel.
+    stream = [*handlers.projection.state.mission(M).ready.values(), *recorder.events, result]
+    stream.append(cancel)
+
+    handlers.hear_cancel(cancel)
+    await handlers.handle(result, RecordingDelivery())
+    (withheld,) = recorder.of(MergeWithheld)
+    assert isinstance(withheld, MergeWithheld)
+    assert (withheld.task_id, withheld.commit_sha, withheld.integration_sha) == ("t1", sha, head)
+    assert withheld.reason == "the mission was cancelled by alice: not needed"
+    assert not recorder.of(BranchMerged)
+    assert git(repo, "rev-parse", prepared.integration_branch) == head
+    await handlers.handle(result, RecordingDelivery())
+    await handlers.handle(cancel, RecordingDelivery())
+    assert len(recorder.of(MergeWithheld)) == 1 and not handlers.cancels
+
+    # Restarted before recording: the replay has the result and the cancel, not the record.
+    again = Recorder()
+    restarted = handlers_for(worktrees_dir, again)
+    restarted.projection.apply_all(stream)
+    await restarted.handle(result, RecordingDelivery())
+    (recorded,) = again.of(MergeWithheld)
+    assert recorded.event_id == withheld.event_id
+    assert git(repo, "rev-parse", prepared.integration_branch) == head
+    # Restarted after recording: nothing more.
+    restarted.projection.apply(recorded)
+    await restarted.handle(result, RecordingDelivery())
+    assert len(again.events) == 1
+
+
+async def test_a_merge_a_killed_broker_made_before_the_cancel_is_reported_as_merged(
+    repo: Path, worktrees_dir: Path, commit: Callable[..., str], git: Callable[..., str]
+) -> None:
+    """The branch moved, then the broker died before BranchMerged, then the mission was
+    cancelled: after the restart the stream says what the branch holds, not withheld."""
+    recorder = Recorder()
+    handlers = handlers_for(worktrees_dir, recorder)
+    prepared = await prepare(handlers, recorder, repo)
+    await handlers.handle(ready("t1"), RecordingDelivery())
+    sha = commit(worktrees_dir / M / "t1-a1", {"landed.py": "1\n"}, "landed")
+    GitRepositories().merge(
+        prepared.repository_path,
+        prepared.integration_branch,
+        since_sha=prepared.base_sha,
+        mission_id=M,
+        task_id="t1",
+        attempt=1,
+        commit_sha=sha,
+        now=NOW,
+    )
+    result = done("t1", sha)
+    handlers.projection.apply(result)
+    await handlers.handle(MissionCancelled(**meta()), RecordingDelivery())
+    await handlers.handle(result, RecordingDelivery())
+    (merged,) = recorder.of(BranchMerged)
+    assert isinstance(merged, BranchMerged) and merged.merge_sha == sha
+    assert not recorder.of(MergeWithheld)

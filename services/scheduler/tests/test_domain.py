@@ -10,6 +10,7 @@ from aether_events import (
     BudgetRaised,
     BudgetWarning,
     Event,
+    MergeWithheld,
     MissionCancelled,
     MissionCompleted,
     MissionFailed,
@@ -497,6 +498,29 @@ def test_a_cancelled_mission_decides_nothing() -> None:
     s.start(task("a"), task("b", "a"))
     s.when(MissionCancelled(**s.meta(), reason="wrong repo"))
     assert s.finish("a") == []
+    assert s.tick(3600) == []
+
+
+def test_a_merge_withheld_after_the_cancel_changes_nothing() -> None:
+    """The git broker records a result it did not merge because the mission was
+    cancelled (always after the cancel on the stream): the scheduler decides nothing and
+    its state stays as the cancel left it."""
+    s = Scenario()
+    s.start(task("a"), task("b", "a"))
+    s.started("a")
+    s.completed("a")
+    s.when(MissionCancelled(**s.meta(), reason="wrong repo"))
+    before = s.state
+    withheld = MergeWithheld(
+        **s.meta(),
+        task_id="a",
+        attempt=s.attempt("a"),
+        commit_sha="c-a",
+        integration_sha="base",
+        reason="the mission was cancelled: wrong repo",
+    )
+    assert s.when(withheld) == []
+    assert s.state.missions[s.mission_id] == before.missions[s.mission_id]
     assert s.tick(3600) == []
 
 

@@ -428,6 +428,19 @@ class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):
     detail: str = ""
 
 
+class MergeWithheld(Event, frozen=True, kw_only=True, tag="merge_withheld"):
+    """An attempt's commit the git broker did not merge because its mission ended first
+    (cancelled; added in v1.5): the integration branch stayed at ``integration_sha``, the
+    commit is still on the attempt's task branch until the mission's clean-up.
+    ``reason`` says why, for people (the cancel's own reason and who asked, if given)."""
+
+    task_id: str
+    attempt: int
+    commit_sha: str
+    integration_sha: str
+    reason: str
+
+
 class TaskRetried(Event, frozen=True, kw_only=True, tag="task_retried"):
     task_id: str
     attempt: int
@@ -646,6 +659,7 @@ AnyEvent = (
     | AgentFailed
     | BranchMerged
     | MergeConflicted
+    | MergeWithheld
     | TaskRetried
     | TaskTimedOut
     | TaskEscalated

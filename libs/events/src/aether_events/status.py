@@ -24,6 +24,7 @@ from aether_events.catalogue import (
     BranchMerged,
     Event,
     MergeConflicted,
+    MergeWithheld,
     MissionAnswered,
     MissionCancelled,
     MissionCompleted,
@@ -231,7 +232,8 @@ def task_status_after(current: TaskStatus, event: Event) -> TaskStatus | None:
             return "ready"
         case WorkspaceReady() | AgentStarted():
             return "running"
-        case AgentCompleted():
+        case AgentCompleted() | MergeWithheld():
+            # Withheld: committed and never merged, its mission cancelled first.
             return "completed"
         case AgentFailed() | WorkspaceFailed() | TaskTimedOut():
             return "failed"

@@ -148,6 +148,10 @@ def merge_conflicted(task_id: str, attempt: int) -> Step:
     return _step("merge_conflicted", task_id, attempt)
 
 
+def merge_withheld(task_id: str, attempt: int) -> Step:
+    return _step("merge_withheld", task_id, attempt)
+
+
 # --- the agent at work ---------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from aether_sandbox.bubblewrap import Bubblewrap, open_bubblewrap
 from aether_sandbox.execute import Outcome, OutputCollector, enforcement, execute, execute_sync
 from aether_sandbox.port import CommandRunner, SandboxRunner, open_runner
 from aether_sandbox.settings import MIB, Limits, SandboxSettings
+from aether_sandbox.stop import StopOrder
 from aether_sandbox.warm import WarmSandbox
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "SandboxRunner",
     "SandboxSettings",
     "SandboxUnavailable",
+    "StopOrder",
     "Unconfined",
     "WarmSandbox",
     "enforcement",

@@ -40,6 +40,7 @@ from aether_sandbox.bubblewrap import Bubblewrap
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
 from aether_sandbox.settings import MIB, Limits
+from aether_sandbox.stop import StopOrder
 
 
 @dataclass(frozen=True)
@@ -440,9 +441,48 @@ def _child_pid(info: bytes) -> int | None:
     return pid if isinstance(pid, int) and pid > 0 else None
 
 
-def execute_sync(sandbox: Sandbox, request: Request, output_chars: int = 16_000) -> Outcome:
-    """``execute`` for a thread without an event loop (the git broker's verification)."""
-    return asyncio.run(execute(sandbox, request, output_chars))
+def execute_sync(
+    sandbox: Sandbox, request: Request, output_chars: int = 16_000, stop: StopOrder | None = None
+) -> Outcome:
+    """``execute`` for a thread without an event loop (the git broker's verification).
+
+    ``stop``, given from another thread while the command runs (or before it starts),
+    kills all of it as the limits do: the outcome has no exit code and ``stopped`` is the
+    order's reason (the output it printed until then is not kept)."""
+    if stop is None:
+        return asyncio.run(execute(sandbox, request, output_chars))
+    return asyncio.run(_stoppable(sandbox, request, output_chars, stop))
+
+
+async def _stoppable(
+    sandbox: Sandbox, request: Request, output_chars: int, stop: StopOrder
+) -> Outcome:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    began = time.monotonic()
+
+    def cancel() -> None:
+        # The loop may be closed already when the order comes just after the command.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(task.cancel)
+
+    try:
+        with stop.on_stop(cancel):
+            return await execute(sandbox, request, output_chars)
+    except asyncio.CancelledError:
+        if stop.reason is None:
+            raise
+        task.uncancel()
+        # ``execute`` killed and reaped everything on its way out.
+        return Outcome(
+            exit_code=None,
+            timed_out=False,
+            output="",
+            seconds=time.monotonic() - began,
+            sandbox=sandbox.name,
+            stopped=stop.reason,
+        )
 
 
 async def watch_limits(

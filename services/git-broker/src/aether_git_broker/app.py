@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from aether_events import ALL_MISSION_EVENTS, Event, type_subjects
+from aether_git_broker.adapters.cancels import follow_cancels
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
@@ -92,6 +93,10 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
             types=FOLDED,
         )
         await handlers.start_up()
+        # Cancels stored from here on are heard as they are stored, not when the ordered
+        # consumer reaches them: a merge of a cancelled mission must not land meanwhile.
+        follower = await follow_cancels(js, last, handlers.hear_cancel, service.reconnects)
+        service.on_stopping.append(follower.stop)
         return last
 
     service.rebuild_with(rebuild)

@@ -24,10 +24,12 @@ from dulwich.objects import ObjectID
 from aether_events import (
     AgentCompleted,
     Event,
+    MissionCancelled,
     MissionRequested,
     Publisher,
     TaskReady,
     WorkspaceReady,
+    is_terminal,
     tag_of,
 )
 from aether_git_broker import metrics
@@ -58,6 +60,7 @@ from aether_git_broker.domain import (
     RejectMission,
     Sweep,
     after_push_failure,
+    cancel_reason,
     delivered_event,
     delivery_failed_event,
     failure_event,
@@ -65,6 +68,7 @@ from aether_git_broker.domain import (
     mission_failed_event,
     repository_prepared_event,
     sweep,
+    withheld_reason,
     workspace_failed_event,
     workspace_ready_event,
 )
@@ -73,10 +77,11 @@ from aether_git_broker.naming import Naming
 from aether_git_broker.ports import Repositories
 from aether_git_broker.sources import LocalSource, RemoteSource, redact
 from aether_runtime import Delivery, Projection, note, stored_sequence
+from aether_sandbox import StopOrder
 
 log = logging.getLogger("aether.git_broker")
 # Merge outcomes that leave the integration branch (and the task's worktree) as they were.
-_REFUSED = ("conflict", "verify_failed")
+_REFUSED = ("conflict", "verify_failed", "withheld")
 
 T = TypeVar("T")
 
@@ -123,11 +128,21 @@ class Handlers:
         self.announcing: dict[tuple[str, str, int], WorkspaceReady] = {}
         # Branches of merged tasks not deleted yet: (repository path, branch).
         self._merged_branches: list[tuple[str, str]] = []
+        # Missions whose cancel was heard ahead of the ordered consumer (``hear_cancel``),
+        # with why, until the consumer folds it: a few at a time, read by ``decide`` and by
+        # the merge under way (from its thread) just before the branch moves.
+        self.cancels: dict[str, str] = {}
+        # The merge under way: its mission, and the stop order of its verification.
+        self._merging: tuple[str, StopOrder] | None = None
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Handle one delivery; raising makes the runtime retry it later."""
         self.projection.apply(event, delivery.sequence)
-        action = decide_action(self.projection.state, event, self._naming, self._policy)
+        if is_terminal(event):
+            self.cancels.pop(event.mission_id, None)  # folded: the projection knows now
+        action = decide_action(
+            self.projection.state, event, self._naming, self._policy, self.cancels
+        )
         match action:
             case Ignore(reason=reason):
                 level = logging.INFO if type(event) in _ACTED_ON else logging.DEBUG
@@ -153,6 +168,19 @@ class Handlers:
                 await self._merge(event, action, delivery)
             case FinishMission():
                 await self._finish(event, action, delivery)
+
+    def hear_cancel(self, event: MissionCancelled) -> None:
+        """A cancel heard as it is stored, ahead of the ordered consumer: no merge of its
+        mission lands from now on, and a verification of one running now is stopped."""
+        view = self.projection.state.mission(event.mission_id)
+        if view is not None and view.terminal:
+            return  # the consumer has folded the mission's end already
+        reason = cancel_reason(event)
+        self.cancels[event.mission_id] = reason
+        merging = self._merging
+        if merging is not None and merging[0] == event.mission_id:
+            merging[1].stop(reason)
+        log.info("cancel heard", extra={"mission_id": event.mission_id, "reason": reason})
 
     async def start_up(self) -> None:
         """Remove what a crash left behind, judged from the replayed projection: lock
@@ -374,24 +402,41 @@ class Handlers:
 
     async def _merge(self, event: AgentCompleted, action: MergeTask, delivery: Delivery) -> None:
         began = time.perf_counter()
+        mission_id = event.mission_id
+        stop = StopOrder()
         verify = None
-        if action.verify_command:
+        if action.verify_command and action.withheld is None:
             verify = functools.partial(
                 self._verify,
                 command=action.verify_command,
-                scratch=self._naming.verify_path(event.mission_id, action.task_id, action.attempt),
+                scratch=self._naming.verify_path(mission_id, action.task_id, action.attempt),
+                stop=stop,
             )
+        self._merging = (mission_id, stop)
         try:
             outcome, merged_at, recycled = await self._run(
-                delivery, self._merge_and_recycle, action, event.mission_id, self._clock(), verify
+                delivery,
+                self._merge_and_recycle,
+                action,
+                mission_id,
+                self._clock(),
+                verify,
+                lambda: (
+                    action.withheld
+                    or withheld_reason(self.projection.state, mission_id, self.cancels)
+                ),
             )
         except RepositoryError as error:
             await self._failed(event, action, Refused(str(error)), "merge impossible")
             return
+        finally:
+            self._merging = None
         metrics.MERGE_SECONDS.observe(merged_at - began)
         metrics.MERGES.labels(outcome.kind).inc()
         extra = {"result": outcome.kind, "sha": outcome.sha, "files": list(outcome.files)}
-        if outcome.kind in _REFUSED:
+        if outcome.kind == "withheld":
+            log.info("merge withheld", extra={**extra, "reason": outcome.detail})
+        elif outcome.kind in _REFUSED:
             log.warning("merge refused", extra={**extra, "detail": outcome.detail[:2000]})
         else:
             # Before publishing, so whoever sees BranchMerged never finds the worktree.
@@ -412,17 +457,22 @@ class Handlers:
             self._merged_branches.append((action.repository_path, action.task_branch))
 
     def _verify(
-        self, handle: Handle, commit: ObjectID, *, command: str, scratch: str
+        self, handle: Handle, commit: ObjectID, *, command: str, scratch: str, stop: StopOrder
     ) -> str | None:
         began = time.perf_counter()
-        failure = self._verifier.verify(self._git, handle, commit, command, scratch)
+        failure = self._verifier.verify(self._git, handle, commit, command, scratch, stop)
         metrics.VERIFY_SECONDS.observe(time.perf_counter() - began)
         last = self._verifier.last
         metrics.VERIFICATIONS.labels(last.result if last else "failed").inc()
         return failure
 
     def _merge_and_recycle(
-        self, action: MergeTask, mission_id: str, now: datetime, verify: MergeCheck | None
+        self,
+        action: MergeTask,
+        mission_id: str,
+        now: datetime,
+        verify: MergeCheck | None,
+        withhold: Callable[[], str | None],
     ) -> tuple[MergeOutcome, float, bool | OSError | RepositoryError | None]:
         """The merge, then, unless it was refused, the task's worktree pooled for the next
         task of the repository (or removed): both in one hand-off to a worker thread, on
@@ -440,6 +490,7 @@ class Handlers:
             commit_sha=action.commit_sha,
             now=now,
             verify=verify,
+            withhold=withhold,
         )
         merged_at = time.perf_counter()
         if outcome.kind in _REFUSED:

@@ -9,7 +9,7 @@ assertions against both; a behaviour it does not check is not promised by the fa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Protocol
 
@@ -70,6 +70,7 @@ class Repositories(ScratchWorktrees, Protocol):
         commit_sha: str,
         now: datetime,
         verify: Verifier | None = None,
+        withhold: Callable[[], str | None] | None = None,
     ) -> MergeOutcome:
         """Merge a task's commit into the integration branch, once."""
         ...

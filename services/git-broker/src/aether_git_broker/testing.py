@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -159,6 +159,7 @@ class InMemoryRepositories:
         commit_sha: str,
         now: datetime,
         verify: Verifier | None = None,
+        withhold: Callable[[], str | None] | None = None,
     ) -> MergeOutcome:
         if verify is not None:
             raise NotImplementedError("verified merges need real repositories")
@@ -183,6 +184,8 @@ class InMemoryRepositories:
         bases = self._merge_bases(repo, head, commit_sha)
         if commit_sha in bases:
             return MergeOutcome(kind="already_merged", sha=commit_sha, fast_forward=True)
+        if withhold is not None and (reason := withhold()) is not None:
+            return MergeOutcome(kind="withheld", sha=head, detail=reason)
         ours, theirs = repo.commits[head].files, repo.commits[commit_sha].files
         if head in bases:
             repo.branches[integration_branch] = commit_sha

@@ -30,6 +30,7 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     MergeConflicted,
+    MergeWithheld,
     MissionAnswered,
     MissionCancelled,
     MissionCompleted,
@@ -557,6 +558,7 @@ _TASK_EVENTS = (
     AgentFailed,
     BranchMerged,
     MergeConflicted,
+    MergeWithheld,
     TaskRetried,
     TaskTimedOut,
     TaskEscalated,
@@ -648,6 +650,8 @@ def _task_step(task: Task, event: Event) -> Task | None:
         case MergeConflicted():
             files = ", ".join(event.files) or "unknown files"
             return replace(task, status=status, error=f"merge conflict in {files}")
+        case MergeWithheld():
+            return replace(task, status=status, error=f"not merged: {event.reason}")
         case TaskRetried():
             return replace(task, status=status, error=event.reason)
         case TaskTimedOut():

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from dulwich.file import FileLocked
@@ -458,6 +458,7 @@ class GitRepositories:
         commit_sha: str,
         now: datetime,
         verify: Verifier | None = None,
+        withhold: Callable[[], str | None] | None = None,
     ) -> MergeOutcome:
         """Merge a task's commit into the integration branch, once (see ``merge``)."""
         with self._lock:
@@ -472,4 +473,5 @@ class GitRepositories:
                 commit_sha=commit_sha,
                 now=now,
                 verify=verify,
+                withhold=withhold,
             )

@@ -9,7 +9,7 @@ verification leaves it untouched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from dulwich.objects import Commit, ObjectID
@@ -44,6 +44,7 @@ def merge_task(
     commit_sha: str,
     now: datetime,
     verify: Verifier | None = None,
+    withhold: Callable[[], str | None] | None = None,
 ) -> MergeOutcome:
     """Merge a task's commit into the integration branch, once.
 
@@ -52,7 +53,9 @@ def merge_task(
     Otherwise a fast-forward when possible, else a merge commit from a three-way tree
     merge. With ``verify``, the result must pass it before the branch moves. The
     branch moves by compare-and-swap; a conflict or failed verification leaves it
-    untouched.
+    untouched. ``withhold`` says why the branch must not move after all (the mission was
+    cancelled), asked before the merge is made and again just before the branch moves:
+    then ``withheld`` and nothing written.
     """
     repo, trees = handle.repo, handle.trees
     ref = branch_ref(integration_branch)
@@ -81,6 +84,8 @@ def merge_task(
     bases = merge_bases(handle.commits, head, commit)
     if commit in bases:
         return MergeOutcome(kind="already_merged", sha=commit.decode(), fast_forward=True)
+    if withhold is not None and (reason := withhold()) is not None:
+        return MergeOutcome(kind="withheld", sha=head.decode(), detail=reason)
     ours = handle.commit(head)
     fast_forward = head in bases
     files: Mapping[bytes, Entry | None]
@@ -119,8 +124,11 @@ def merge_task(
         )
     if verify is not None:
         failure = verify(handle, new_head)
-        if failure is not None:
+        if failure is not None and (withhold is None or withhold() is None):
             return MergeOutcome(kind="verify_failed", sha=head.decode(), files=(), detail=failure)
+    # The last moment a cancel heard meanwhile (a verification stopped for it) keeps it out.
+    if withhold is not None and (reason := withhold()) is not None:
+        return MergeOutcome(kind="withheld", sha=head.decode(), detail=reason)
     if not move_branch(
         repo,
         ref,

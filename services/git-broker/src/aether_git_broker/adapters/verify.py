@@ -37,6 +37,7 @@ from aether_sandbox import (
     Sandbox,
     SandboxSettings,
     SandboxUnavailable,
+    StopOrder,
     execute_sync,
     mark_logs_unconfined,
     open_sandbox,
@@ -122,10 +123,12 @@ def run_command(
     sandbox: Sandbox | SandboxUnavailable | None = None,
     read_only: tuple[str, ...] = (),
     shown_as: tuple[tuple[Path, Path], ...] = (),
+    stop: StopOrder | None = None,
 ) -> Verification:
     """Run ``command`` with ``/bin/sh -c`` in ``cwd`` (the only writable place) inside
     ``sandbox``; stdout and stderr together. ``read_only``: more paths it may read;
-    ``shown_as``: host files it reads in place of others."""
+    ``shown_as``: host files it reads in place of others; ``stop``: ends it early (a
+    cancelled mission), reported as a failure stopped for the order's reason."""
     if sandbox is None:
         sandbox = verification_sandbox()
     if isinstance(sandbox, SandboxUnavailable):
@@ -141,7 +144,7 @@ def run_command(
         protect=(workdir / ".git",),
         shown_as=shown_as,
     )
-    outcome = execute_sync(sandbox, request, max_output)
+    outcome = execute_sync(sandbox, request, max_output, stop)
     result: Literal["passed", "failed", "timed_out"]
     if outcome.timed_out:
         result = "timed_out"
@@ -181,6 +184,7 @@ class Verifier:
         commit: ObjectID,
         command: str,
         scratch: str,
+        stop: StopOrder | None = None,
     ) -> str | None:
         """``None`` when ``command`` passes on ``commit``; else why, for people.
 
@@ -208,6 +212,7 @@ class Verifier:
                     # its configuration without the credentials a person may keep there.
                     read_only=(os.fspath(common),),
                     shown_as=shown,
+                    stop=stop,
                 )
         finally:
             git.release_worktree(handle.repo, scratch)

@@ -23,6 +23,7 @@ from aether_git_broker.domain.decisions import (
     decide,
     pending,
     sweep,
+    withheld_reason,
 )
 from aether_git_broker.domain.failures import (
     PUSH_ATTEMPTS,
@@ -52,6 +53,7 @@ from aether_git_broker.domain.state import (
     PreparedRepo,
     TaskKey,
     Workspace,
+    cancel_reason,
     evolve,
 )
 
@@ -82,6 +84,7 @@ __all__ = [
     "Workspace",
     "WorkspaceOutcome",
     "after_push_failure",
+    "cancel_reason",
     "decide",
     "delivered_event",
     "delivery_failed_event",
@@ -92,6 +95,7 @@ __all__ = [
     "pending",
     "repository_prepared_event",
     "sweep",
+    "withheld_reason",
     "workspace_failed_event",
     "workspace_ready_event",
 ]

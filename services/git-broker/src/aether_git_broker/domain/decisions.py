@@ -7,6 +7,7 @@ redelivered or replayed event never repeats a step whose result is already in th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aether_events import (
@@ -83,6 +84,12 @@ class FailWorkspace:
 
 @dataclass(frozen=True)
 class MergeTask:
+    """Merge an attempt's commit, unless the integration branch has it already.
+
+    ``withheld``: why it must not land (its mission was cancelled): the attempt is still
+    reported merged when the branch has it (a merge a killed broker made and did not
+    record), and otherwise withheld, nothing written."""
+
     repository_path: str
     integration_branch: str
     since_sha: str
@@ -92,6 +99,7 @@ class MergeTask:
     worktree_path: str
     task_branch: str
     verify_command: str | None = None
+    withheld: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,16 @@ Action = (
 )
 
 
-def decide(state: BrokerState, event: Event, naming: Naming, policy: Policy = Policy()) -> Action:
-    """What to do about ``event``, given everything folded so far (``event`` included)."""
+def decide(
+    state: BrokerState,
+    event: Event,
+    naming: Naming,
+    policy: Policy = Policy(),
+    cancels: Mapping[str, str] | None = None,
+) -> Action:
+    """What to do about ``event``, given everything folded so far (``event`` included)
+    and ``cancels``: the missions whose cancel the broker heard ahead of its ordered
+    consumer (stored, not folded yet), with the reason (``cancel_reason``)."""
     view = state.mission(event.mission_id)
     match event:
         case MissionRequested():
@@ -138,7 +154,8 @@ def decide(state: BrokerState, event: Event, naming: Naming, policy: Policy = Po
         case TaskReady():
             return _on_task_ready(view, event, naming)
         case AgentCompleted():
-            return _on_agent_completed(view, event, naming)
+            heard = (cancels or {}).get(event.mission_id)
+            return _on_agent_completed(view, event, naming, heard)
         case MissionCompleted() | MissionFailed() | MissionCancelled() | MissionAnswered():
             if view is None or view.prepared is None:
                 return Ignore("no repository was prepared for this mission")
@@ -262,16 +279,44 @@ def _on_task_ready(view: MissionView | None, event: TaskReady, naming: Naming) -
     )
 
 
-def _on_agent_completed(view: MissionView | None, event: AgentCompleted, naming: Naming) -> Action:
+def withheld_reason(
+    state: BrokerState, mission_id: str, cancels: Mapping[str, str] | None = None
+) -> str | None:
+    """Why no merge of ``mission_id`` may land now (its cancel, heard ahead in
+    ``cancels`` or folded), or ``None``: asked again just before the integration branch
+    moves, since a cancel may be heard while a merge is under way."""
+    heard = (cancels or {}).get(mission_id)
+    if heard is not None:
+        return heard
+    view = state.mission(mission_id)
+    return None if view is None else view.cancelled
+
+
+def _on_agent_completed(
+    view: MissionView | None, event: AgentCompleted, naming: Naming, heard: str | None
+) -> Action:
     if view is None or view.prepared is None:
         return Ignore("no repository prepared for this mission")
-    if view.terminal:
-        return Ignore("mission already finished")
     key = (event.task_id, event.attempt)
+    if view.terminal:
+        if key in view.unsettled and view.cancelled is not None:
+            # Its record was owed when the broker stopped (or it came after the cancel).
+            return _merge_task(view, event, naming, view.cancelled)
+        return Ignore("mission already finished")
     if key in view.merged:
         return Ignore("attempt already merged")
     if key in view.conflicted:
         return Ignore("attempt already reported as conflicting")
+    if key in view.withheld:
+        return Ignore("attempt already withheld: its mission was cancelled")
+    return _merge_task(view, event, naming, heard)
+
+
+def _merge_task(
+    view: MissionView, event: AgentCompleted, naming: Naming, withheld: str | None
+) -> Action:
+    assert view.prepared is not None
+    key = (event.task_id, event.attempt)
     if component_problem(event.task_id) is not None or event.attempt < 0:
         return Ignore("task id cannot name a git branch; it never had a workspace")
     workspace = view.workspaces.get(key)
@@ -293,6 +338,7 @@ def _on_agent_completed(view: MissionView | None, event: AgentCompleted, naming:
             else naming.task_branch(event.mission_id, event.task_id, event.attempt)
         ),
         verify_command=view.verify_command,
+        withheld=withheld,
     )
 
 
@@ -308,7 +354,11 @@ def pending(state: BrokerState, naming: Naming, policy: Policy = Policy()) -> li
     """
     due: list[str] = []
     for view in state.missions.values():
-        triggers: list[Event] = [*view.ready.values(), *view.completed.values()]
+        triggers: list[Event] = [
+            *view.ready.values(),
+            *view.completed.values(),
+            *view.unsettled.values(),
+        ]
         if view.requested is not None:
             triggers.insert(0, view.requested)
         due.extend(

@@ -18,6 +18,7 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     MergeConflicted,
+    MergeWithheld,
     MissionFailed,
     MissionRequested,
     RepoFile,
@@ -53,7 +54,9 @@ class WorkspaceOutcome:
     push_token: str = ""
 
 
-MergeKind = Literal["merged", "fast_forward", "already_merged", "conflict", "verify_failed"]
+MergeKind = Literal[
+    "merged", "fast_forward", "already_merged", "conflict", "verify_failed", "withheld"
+]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class MergeOutcome:
 
     ``sha`` is the integration head after the merge (or, for a conflict or a failed
     verification, the head that was left untouched); ``files`` are the paths changed by
-    the merge or the conflicted ones; ``detail`` says why a merge did not happen.
+    the merge or the conflicted ones; ``detail`` says why a merge did not happen
+    (``withheld``: the mission was cancelled before the branch moved).
     """
 
     kind: MergeKind
@@ -133,7 +137,16 @@ def workspace_ready_event(
 
 def merge_event(
     cause: AgentCompleted, now: datetime, integration_branch: str, outcome: MergeOutcome
-) -> BranchMerged | MergeConflicted:
+) -> BranchMerged | MergeConflicted | MergeWithheld:
+    if outcome.kind == "withheld":
+        return MergeWithheld(
+            **caused_by(cause, now, step_ids.merge_withheld(cause.task_id, cause.attempt)),
+            task_id=cause.task_id,
+            attempt=cause.attempt,
+            commit_sha=cause.commit_sha,
+            integration_sha=outcome.sha,
+            reason=outcome.detail,
+        )
     if outcome.kind in ("conflict", "verify_failed"):
         # A failed verification is reported like a conflict: the task runs again on the
         # current head, with the command's output as its context.

@@ -15,6 +15,8 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     MergeConflicted,
+    MergeWithheld,
+    MissionCancelled,
     MissionCompleted,
     MissionRequested,
     RepositoryPrepared,
@@ -54,6 +56,8 @@ class MissionView:
     workspaces: Mapping[TaskKey, Workspace] = field(default_factory=dict)
     merged: Mapping[TaskKey, str] = field(default_factory=dict)
     conflicted: frozenset[TaskKey] = frozenset()
+    # Attempts not merged because the mission was cancelled first (MergeWithheld).
+    withheld: frozenset[TaskKey] = frozenset()
     # Attempts whose workspace the broker refused (WorkspaceFailed).
     refused: frozenset[TaskKey] = frozenset()
     # The triggers themselves, so a broker starting up can tell which still ask for work
@@ -69,6 +73,11 @@ class MissionView:
     completion: MissionCompleted | None = None
     delivered: bool = False
     retry: DeliveryRetryRequested | None = None
+    # Why the mission was cancelled, for people (``cancel_reason``), once it is; and the
+    # results of its attempts that no merge outcome answered when it was (or that came
+    # after it): each is still owed a MergeWithheld, which records why it never landed.
+    cancelled: str | None = None
+    unsettled: Mapping[TaskKey, AgentCompleted] = field(default_factory=dict)
 
     def attempt_live(self, key: TaskKey) -> bool:
         """Whether an attempt may still fetch and push: its workspace announced, no end."""
@@ -88,6 +97,7 @@ FOLDED: tuple[type[Event], ...] = (
     TaskTimedOut,
     BranchMerged,
     MergeConflicted,
+    MergeWithheld,
     BranchPushed,
     BranchPushFailed,
     DeliveryRetryRequested,
@@ -105,6 +115,21 @@ class BrokerState:
 
 def _update(state: BrokerState, view: MissionView) -> BrokerState:
     return BrokerState(missions={**state.missions, view.mission_id: view})
+
+
+def cancel_reason(event: MissionCancelled) -> str:
+    """What a merge withheld for the cancel says: who cancelled and why, when known."""
+    reason = "the mission was cancelled"
+    if event.requested_by:
+        reason += f" by {event.requested_by}"
+    return f"{reason}: {event.reason}" if event.reason else reason
+
+
+def _settled(view: MissionView, key: TaskKey) -> MissionView:
+    """``view`` once a merge outcome of attempt ``key`` is on the stream."""
+    if key not in view.unsettled:
+        return view
+    return replace(view, unsettled={k: v for k, v in view.unsettled.items() if k != key})
 
 
 def evolve(state: BrokerState, event: Event) -> BrokerState:
@@ -138,10 +163,18 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
             return _update(state, replace(view, workspaces={**view.workspaces, key: workspace}))
         case BranchMerged():
             key = (event.task_id, event.attempt)
+            view = _settled(view, key)
             return _update(state, replace(view, merged={**view.merged, key: event.merge_sha}))
         case MergeConflicted():
             key = (event.task_id, event.attempt)
+            view = _settled(view, key)
             return _update(state, replace(view, conflicted=view.conflicted | {key}))
+        case MergeWithheld():
+            key = (event.task_id, event.attempt)
+            view = _settled(view, key)
+            if view.terminal:
+                return _update(state, view)
+            return _update(state, replace(view, withheld=view.withheld | {key}))
         case WorkspaceFailed():
             key = (event.task_id, event.attempt)
             return _update(state, replace(view, refused=view.refused | {key}))
@@ -154,6 +187,10 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                 state,
                 replace(view, completed={**view.completed, key: event}, ended=view.ended | {key}),
             )
+        case AgentCompleted() if view.cancelled is not None:
+            # A result that came after the cancel: never merged, owed its record too.
+            key = (event.task_id, event.attempt)
+            return _update(state, replace(view, unsettled={**view.unsettled, key: event}))
         case AgentFailed() | TaskTimedOut() if not view.terminal:
             key = (event.task_id, event.attempt)
             return _update(state, replace(view, ended=view.ended | {key}))
@@ -162,6 +199,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
         case DeliveryRetryRequested() if view.completion is not None:
             return _update(state, replace(view, retry=event, delivered=False))
         case _ if is_terminal(event):
+            cancelled, unsettled = _cancelled(view, event)
             # Nothing is decided for a finished mission beyond cleaning up, so its
             # per-task records can go.
             return _update(
@@ -172,6 +210,7 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                     workspaces={},
                     merged={},
                     conflicted=frozenset(),
+                    withheld=frozenset(),
                     refused=frozenset(),
                     requested=None,
                     ready={},
@@ -182,7 +221,22 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
                         if isinstance(event, MissionCompleted) and not view.terminal
                         else view.completion
                     ),
+                    cancelled=cancelled,
+                    unsettled=unsettled,
                 ),
             )
         case _:
             return state
+
+
+def _cancelled(
+    view: MissionView, event: Event
+) -> tuple[str | None, Mapping[TaskKey, AgentCompleted]]:
+    """Why a mission ending with ``event`` was cancelled, and the attempts whose result no
+    merge outcome answered then (merged, conflicted, or withheld as the broker heard the
+    cancel ahead of its consumer). A mission that had ended already keeps what it had."""
+    if view.terminal or not isinstance(event, MissionCancelled):
+        return view.cancelled, view.unsettled
+    answered = view.merged.keys() | view.conflicted | view.withheld
+    unsettled = {key: done for key, done in view.completed.items() if key not in answered}
+    return cancel_reason(event), unsettled

@@ -12,6 +12,7 @@ const TASK_STATUS = {
   workspace_failed: "failed",
   branch_merged: "merged",
   merge_conflicted: "conflicted",
+  merge_withheld: "completed",
   task_retried: "pending",
   task_timed_out: "failed",
   task_escalated: "escalated",

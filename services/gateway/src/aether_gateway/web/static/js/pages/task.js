@@ -16,6 +16,7 @@ const DESCRIBE = {
   agent_failed: (e) => `agent failed: ${e.reason}`,
   branch_merged: (e) => `merged as ${short(e.merge_sha)}${e.fast_forward ? " (fast-forward)" : ""}`,
   merge_conflicted: (e) => `merge conflict in ${(e.files || []).join(", ")}`,
+  merge_withheld: (e) => `not merged: ${e.reason}`,
   task_retried: (e) => `retry: ${e.reason}`,
   task_timed_out: () => "timed out",
   task_escalated: (e) => `escalated to a person: ${e.reason}`,
