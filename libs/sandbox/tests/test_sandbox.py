@@ -217,6 +217,44 @@ async def test_a_protected_git_directory_is_hidden_and_read_only(tmp_path: Path)
     assert (clone / "inside.txt").read_text() == "ok\n"
 
 
+@needs_bwrap
+async def test_a_directory_shown_in_part_holds_only_its_listed_entries(tmp_path: Path) -> None:
+    """Even under a tree shown whole, only the listed entries are there, read-only, and a
+    file shown in place of another can lie inside."""
+    shared, work = tmp_path / "shared", tmp_path / "work"
+    git_dir = shared / "repo.git"
+    for name in ("objects/pack/p", "logs/HEAD", "FETCH_HEAD", "HEAD", "config", "wt/a/index"):
+        (git_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (git_dir / name).write_text(f"{name}\n")
+    (shared / "beside").write_text("beside\n")
+    work.mkdir()
+    clean = tmp_path / "clean-config"
+    clean.write_text("clean\n")
+    script = (
+        f"cd {git_dir} && find . | sort && cat HEAD config objects/pack/p wt/a/index ../beside; "
+        "touch new || echo DENIED; echo x > HEAD || echo DENIED-TOO"
+    )
+    outcome = await execute(
+        open_sandbox(SandboxSettings()),
+        Request(
+            ["sh", "-c", script],
+            work,
+            work,
+            ENV,
+            read_only=(shared,),
+            shown_as=((clean, git_dir / "config"),),
+            shown_only=((git_dir, ("HEAD", "objects", "wt/a/index", "packed-refs")),),
+        ),
+    )
+    listed = outcome.output.splitlines()
+    assert "./logs" not in listed and "./FETCH_HEAD" not in listed, outcome.output
+    assert "./packed-refs" not in listed  # listed but not on the host: not made up
+    for line in ("./HEAD", "./objects/pack/p", "./wt/a/index", "clean", "beside"):
+        assert line in listed, outcome.output
+    assert "DENIED" in listed and "DENIED-TOO" in listed
+    assert (git_dir / "HEAD").read_text() == "HEAD\n" and not (git_dir / "new").exists()
+
+
 def test_unconfined_logs_say_so_on_every_line(tmp_path: Path) -> None:
     # In a child process: the mark lasts for the life of the process that sets it.
     code = (

@@ -203,6 +203,41 @@ def test_the_same_line_changed_on_both_sides_conflicts_and_leaves_the_branch(
     assert world.files(path, INTEGRATION)["README.md"] == "# one\n"
 
 
+BLOCK = "<<<<<<< ours\none\n=======\ntwo\n>>>>>>> theirs\n"
+
+
+def test_a_commit_that_adds_conflict_markers_is_refused_and_the_bases_own_are_not(
+    world: World,
+) -> None:
+    path = world.new_repository()
+    world.commit_on_main(path, {"docs/conflicts.md": "# Conflicts\n\n" + BLOCK})
+    since = world.repos.prepare_repository(path, "main", INTEGRATION).base_sha
+    _, one = workspace(world, path, "t1")
+    _, two = workspace(world, path, "t2")
+    _, three = workspace(world, path, "t3")
+    # A fast-forward that adds a block (and edits the base's own): refused, nothing moves.
+    marked = world.commit_in(
+        one,
+        {
+            "app/main.py": "print('hello')\n" + BLOCK,
+            "docs/conflicts.md": "# Conflicts, explained\n\n" + BLOCK + "\nResolve them.\n",
+        },
+    )
+    refused = merge(world, path, since, "t1", marked)
+    assert (refused.kind, refused.sha, refused.files) == ("conflict", since, ())
+    assert refused.detail.splitlines()[0] == "conflict markers left in 1 file(s): app/main.py:2"
+    assert world.files(path, INTEGRATION)["app/main.py"] == FILES["app/main.py"]
+    # The base's block moved and edited around: merged.
+    doc = "Resolve them.\n\n" + BLOCK.replace("one", "first") + "# Conflicts\n"
+    clean = merge(world, path, since, "t2", world.commit_in(two, {"docs/conflicts.md": doc}))
+    assert clean.kind == "fast_forward"
+    # By a merge commit (the branch moved meanwhile): refused alike.
+    later = merge(world, path, since, "t3", world.commit_in(three, {"three.py": "x\n" + BLOCK}))
+    assert (later.kind, later.sha, later.files) == ("conflict", clean.sha, ())
+    assert "three.py:2" in later.detail
+    assert "three.py" not in world.files(path, INTEGRATION)
+
+
 def test_a_commit_that_is_not_in_the_repository_is_refused_as_a_conflict(world: World) -> None:
     path = world.new_repository()
     since = world.repos.prepare_repository(path, "main", INTEGRATION).base_sha

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
+from dulwich import porcelain
+from dulwich.repo import Repo
+from dulwich.server import DictBackend
+from dulwich.web import make_wsgi_chain
 
 from aether_git_broker.adapters.git import GitRepositories
 from aether_git_broker.adapters.verify import Verifier, command_environment, run_command
@@ -225,6 +232,88 @@ def test_code_the_agent_merged_reads_the_repositorys_configuration_without_its_c
     # The repository's own file is as it was.
     assert "ghp_urlsecret" in config.read_text()
     broker.close()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hosted(repo: Path) -> Iterator[str]:
+    """``repo`` served over smart HTTP (``http://127.0.0.1:<port>/hosted.git``), as a
+    hosting service would; it takes any credentials."""
+    backend = DictBackend({"/hosted.git": Repo(str(repo))})
+    server = make_server("127.0.0.1", 0, make_wsgi_chain(backend), handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}/hosted.git"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_clone_made_with_a_token_keeps_it_from_the_verification_command(
+    hosted: str, tmp_path: Path, worktrees_dir: Path, git: Git, commit: Commit
+) -> None:
+    """A person's clone, made from a URL with a token in it, is the mission's repository.
+    The clone's reflog names that URL, token and all, and a credential store kept in the
+    git directory holds it too: the verification command, which may use git there, finds
+    the token nowhere it can read."""
+    token = f"ghp_{uuid.uuid4().hex}"
+    clone = tmp_path / "clone"
+    with porcelain.clone(
+        f"http://x-access-token:{token}@{hosted}", str(clone), errstream=_Devnull()
+    ):
+        pass
+    store = clone / ".git" / "credentials"
+    subprocess.run(
+        ["git", "credential-store", f"--file={store}", "store"],
+        input=f"protocol=http\nhost={hosted.split('/')[0]}\nusername=x\npassword={token}\n",
+        text=True,
+        check=True,
+    )
+    git(clone, "config", "credential.helper", f"store --file={store}")
+    # What a fetch by another tool may leave: the URL it fetched, as it was given.
+    (clone / ".git" / "FETCH_HEAD").write_text(
+        f"{git(clone, 'rev-parse', 'HEAD')}\t\tbranch 'main' of http://x:{token}@{hosted}\n"
+    )
+    git_dir = clone / ".git"
+    assert token in "".join(
+        p.read_text(errors="replace") for p in git_dir.rglob("*") if p.is_file()
+    ), "the clone holds the token in its git directory"
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(clone), "main", INTEGRATION).base_sha
+    sha = _task_commit(broker, clone, worktrees_dir, commit, {"app/ok.py": "OK = 1\n"})
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a3"
+    command = (
+        'common="$(git rev-parse --git-common-dir)"; '
+        "git log --oneline -3 >/dev/null && echo LOG-WORKS; "
+        "git status --porcelain >/dev/null && echo STATUS-WORKS; "
+        "git diff HEAD~1 --stat | grep -q ok.py && echo DIFF-WORKS; "
+        'ls -A "$common"; '
+        # A pattern, not the token: the command itself is part of the report.
+        'grep -rsoE "ghp_[0-9a-f]{32}" "$common" "$(git rev-parse --git-dir)" . "$HOME" /tmp /etc; '
+        'cat "$common/logs/HEAD" "$common/FETCH_HEAD" "$common/credentials" 2>&1; '
+        "exit 1"
+    )
+    outcome = _merge_with(broker, clone, scratch, sha, base, command)
+    detail = outcome.detail  # type: ignore[attr-defined]
+    for works in ("LOG-WORKS", "STATUS-WORKS", "DIFF-WORKS"):
+        assert works in detail, detail
+    assert "objects" in detail and "refs" in detail  # the git directory was looked at
+    assert token not in detail, detail
+    assert token in (git_dir / "config").read_text()  # the person's files are as they were
+    broker.close()
+
+
+class _Devnull:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def test_only_harmless_variables_and_the_ones_an_operator_names_are_passed() -> None:

@@ -34,7 +34,11 @@ class Request:
     a host directory that is the command's ``HOME``, writable and kept once it ends (where
     an agent keeps its sessions; else ``HOME`` is in the sandbox's private ``/tmp``);
     ``shown_as`` are host files shown, read-only, in place of others (a repository's
-    configuration with its credentials left out, over the real one)."""
+    configuration with its credentials left out, over the real one); ``shown_only`` are
+    host directories shown read-only with only the listed entries (paths relative to the
+    directory, files or whole directories), nothing else of them there, whatever else
+    shows (a repository's git directory without its reflogs); a ``shown_as`` target may
+    lie inside one."""
 
     argv: list[str]
     workdir: Path
@@ -46,6 +50,7 @@ class Request:
     stdin: Path | None = None
     home: Path | None = None
     shown_as: tuple[tuple[Path, Path], ...] = ()
+    shown_only: tuple[tuple[Path, tuple[str, ...]], ...] = ()
 
     @property
     def writable(self) -> tuple[Path, ...]:

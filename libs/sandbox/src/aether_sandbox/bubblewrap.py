@@ -210,8 +210,16 @@ class Bubblewrap:
                 args += ["--tmpfs", str(path), "--remount-ro", str(path)]
             else:
                 args += ["--ro-bind", str(path), str(path)]
+        # A directory shown in part is an empty tmpfs over it (whatever shows it already)
+        # with its listed entries bound in, read-only once the files shown as others are in.
+        for directory, entries in request.shown_only:
+            args += ["--tmpfs", str(directory)]
+            for entry in entries:
+                args += ["--ro-bind-try", str(directory / entry), str(directory / entry)]
         for source, target in request.shown_as:
             args += ["--ro-bind", str(source), str(target)]
+        for directory, _ in request.shown_only:
+            args += ["--remount-ro", str(directory)]
         # The root itself (a tmpfs holding the mount points) is read-only too: a path the
         # sandbox does not show cannot be created either.
         return [*args, "--remount-ro", "/"]

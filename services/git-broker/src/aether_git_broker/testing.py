@@ -32,6 +32,7 @@ from aether_git_broker.adapters.readapi import ReadApi
 from aether_git_broker.adapters.remote import Remotes
 from aether_git_broker.adapters.repository import SHA, Handle, RepositoryError, Verifier
 from aether_git_broker.domain import MergeOutcome, RepositoryOutcome, WorkspaceOutcome
+from aether_git_broker.domain.markers import added_marker_lines, markers_refusal
 from aether_git_broker.ports import Repositories
 from aether_runtime.health import Receive, Scope, Send
 
@@ -188,6 +189,8 @@ class InMemoryRepositories:
             return MergeOutcome(kind="withheld", sha=head, detail=reason)
         ours, theirs = repo.commits[head].files, repo.commits[commit_sha].files
         if head in bases:
+            if refusal := _markers_refusal(ours, theirs):
+                return MergeOutcome(kind="conflict", sha=head, detail=refusal)
             repo.branches[integration_branch] = commit_sha
             return MergeOutcome(
                 kind="fast_forward",
@@ -205,6 +208,8 @@ class InMemoryRepositories:
                 detail="both the integration branch and the task changed "
                 f"{len(conflicts)} file(s) differently",
             )
+        if refusal := _markers_refusal(ours, merged):
+            return MergeOutcome(kind="conflict", sha=head, detail=refusal)
         sha = self._write(
             repo,
             FakeCommit(
@@ -322,6 +327,19 @@ class InMemoryRepositories:
 
 def _changed(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p)))
+
+
+def _markers_refusal(before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """Why a merge from ``before`` to ``after`` is refused for the conflict markers it
+    adds (as ``domain.markers`` says), or ``""``."""
+    found = []
+    for path in _changed(before, after):
+        if path in after:
+            old = before.get(path)
+            lines = added_marker_lines(None if old is None else old.encode(), after[path].encode())
+            if lines:
+                found.append((path, lines))
+    return markers_refusal(found) if found else ""
 
 
 def _one_line(content: str | None) -> bool:

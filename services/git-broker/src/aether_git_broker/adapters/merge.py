@@ -2,9 +2,11 @@
 
 Already merged (a merge commit with the task's trailers on the integration branch, or the
 commit already in it) → nothing is written. Otherwise a fast-forward when possible, else
-a merge commit from a three-way tree merge; with a verifier, the result must pass it
-before the branch moves. The branch moves by compare-and-swap; a conflict or a failed
-verification leaves it untouched.
+a merge commit from a three-way tree merge. A result that adds blocks of conflict markers
+to a file (``domain.markers``: a resolution attempt that left them, say) is refused like
+a conflict; with a verifier, the result must then pass it before the branch moves. The
+branch moves by compare-and-swap; a conflict, markers or a failed verification leave it
+untouched.
 """
 
 from __future__ import annotations
@@ -28,8 +30,16 @@ from aether_git_broker.adapters.repository import (
     head_of,
     sorted_paths,
 )
-from aether_git_broker.adapters.treemerge import Entry, changed_paths, merge_trees
+from aether_git_broker.adapters.treemerge import (
+    Entry,
+    Trees,
+    changed_paths,
+    is_file,
+    lookup,
+    merge_trees,
+)
 from aether_git_broker.domain import MergeOutcome
+from aether_git_broker.domain.markers import added_marker_lines, markers_refusal, may_hold_markers
 
 
 def merge_task(
@@ -122,6 +132,9 @@ def merge_task(
             detail="the task's commit has paths no checkout may write (a '..' or '.git' "
             "component, a .gitmodules link): " + ", ".join(unsafe[:10]),
         )
+    marked = added_markers(trees, ours.tree, files)
+    if marked:
+        return MergeOutcome(kind="conflict", sha=head.decode(), detail=markers_refusal(marked))
     if verify is not None:
         failure = verify(handle, new_head)
         if failure is not None and (withhold is None or withhold() is None):
@@ -146,6 +159,27 @@ def merge_task(
         fast_forward=fast_forward,
         lines_merged=lines_merged,
     )
+
+
+def added_markers(
+    trees: Trees, before: ObjectID, files: Mapping[bytes, Entry | None]
+) -> list[tuple[str, tuple[int, ...]]]:
+    """The regular files among ``files`` (paths a merge changes, with their new entries)
+    that gain blocks of conflict markers over the tree ``before``, with the lines where
+    those start. Only the changed files are read, and their old version only when the
+    new one may hold markers."""
+    found: list[tuple[str, tuple[int, ...]]] = []
+    for path, entry in sorted(files.items()):
+        if not is_file(entry):
+            continue
+        _, after = trees.objects.read(entry[1])
+        if not may_hold_markers(after):
+            continue
+        old = lookup(trees, before, path)
+        lines = added_marker_lines(trees.objects.read(old[1])[1] if is_file(old) else None, after)
+        if lines:
+            found.append((path.decode(errors="replace"), lines))
+    return found
 
 
 def _merge_commit(

@@ -4,8 +4,10 @@ This is the one place the broker starts a process, and it is the user's command,
 git. The merged commit is checked out in a scratch worktree (detached, so the command can
 use git there), the command runs in it through ``/bin/sh`` in the same sandbox as an
 agent's commands (``aether_sandbox``: bubblewrap by default): the scratch worktree is its
-only writable place, the repository's git directory is readable but not writable, there
-is no network, and the limits of ``AETHER_SANDBOX_*`` apply, the time limit killing
+only writable place, the repository's git directory is readable but not writable and
+shown only in part (what git needs to read the repository, see ``GIT_DIR_SHOWN``: no
+reflogs, no ``FETCH_HEAD``, its configuration without credentials), there is no
+network, and the limits of ``AETHER_SANDBOX_*`` apply, the time limit killing
 everything it started. The scratch worktree is removed afterwards. The command runs what
 agents merged, so its environment is built as an agent command's is: a few harmless
 variables of the broker's and the ones an operator names (``AETHER_VERIFY_ENV``), never one
@@ -31,6 +33,7 @@ from dulwich.config import ConfigFile
 from dulwich.objects import ObjectID
 
 from aether_git_broker.adapters.git import Handle
+from aether_git_broker.adapters.worktrees import admin_dir
 from aether_git_broker.ports import ScratchWorktrees
 from aether_sandbox import (
     Request,
@@ -68,6 +71,34 @@ def command_environment(
 # a URL (``https://user:token@host/...``), kept without it.
 _SECRET_KEY = re.compile(rb"extraheader|password|passwd|token|secret|cookie", re.IGNORECASE)
 _USERINFO = re.compile(rb"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+
+
+# What of the repository's git directory (its common directory) a verification command
+# sees: what git needs to read the repository and its history (objects, refs, the
+# configuration, shown without credentials, and a few files of ``info/``), and the scratch
+# worktree's own administrative files. Everything else is not there: reflogs (``logs/``,
+# whose entries can name the URL a clone came from, with its token), ``FETCH_HEAD`` and
+# ``ORIG_HEAD`` (a fetch's URL), the ``remotes/`` and ``branches/`` files (remotes' URLs),
+# hooks, the other worktrees' directories, and what a tool or a person kept there (a
+# credential store's file, a submodule's git directory with its own configuration).
+GIT_DIR_SHOWN = (
+    "HEAD",
+    "objects",
+    "refs",
+    "packed-refs",
+    "shallow",
+    "info/exclude",
+    "info/attributes",
+    "info/grafts",
+)
+WORKTREE_ADMIN_SHOWN = ("HEAD", "index", "commondir", "gitdir", "locked")
+
+
+def shown_git_dir(common: Path, admin: Path) -> tuple[str, ...]:
+    """The entries of the common directory ``common`` a verification command sees, the
+    administrative directory ``admin`` of its scratch worktree (inside it) among them."""
+    inside = admin.relative_to(common)
+    return GIT_DIR_SHOWN + tuple(str(inside / name) for name in WORKTREE_ADMIN_SHOWN)
 
 
 def config_without_credentials(text: bytes) -> bytes:
@@ -123,12 +154,14 @@ def run_command(
     sandbox: Sandbox | SandboxUnavailable | None = None,
     read_only: tuple[str, ...] = (),
     shown_as: tuple[tuple[Path, Path], ...] = (),
+    shown_only: tuple[tuple[Path, tuple[str, ...]], ...] = (),
     stop: StopOrder | None = None,
 ) -> Verification:
     """Run ``command`` with ``/bin/sh -c`` in ``cwd`` (the only writable place) inside
     ``sandbox``; stdout and stderr together. ``read_only``: more paths it may read;
-    ``shown_as``: host files it reads in place of others; ``stop``: ends it early (a
-    cancelled mission), reported as a failure stopped for the order's reason."""
+    ``shown_as``: host files it reads in place of others; ``shown_only``: directories it
+    sees only the listed entries of; ``stop``: ends it early (a cancelled mission),
+    reported as a failure stopped for the order's reason."""
     if sandbox is None:
         sandbox = verification_sandbox()
     if isinstance(sandbox, SandboxUnavailable):
@@ -143,6 +176,7 @@ def run_command(
         read_only=tuple(Path(path) for path in read_only),
         protect=(workdir / ".git",),
         shown_as=shown_as,
+        shown_only=shown_only,
     )
     outcome = execute_sync(sandbox, request, max_output, stop)
     result: Literal["passed", "failed", "timed_out"]
@@ -192,7 +226,9 @@ class Verifier:
         verifying merge after merge rewrites only the files each merge changed.
         """
         git.scratch_worktree(handle, scratch, commit)
-        common = Path(os.fspath(handle.repo.commondir()))
+        # Real paths, as the scratch worktree's ``.git`` file names them.
+        common = Path(os.path.realpath(handle.repo.commondir()))
+        admin = Path(admin_dir(handle.repo, scratch))
         try:
             with tempfile.TemporaryDirectory(prefix="aether-verify-") as kept:
                 config = common / "config"
@@ -208,10 +244,11 @@ class Verifier:
                     self.max_output,
                     command_environment(passed=self.passed_env),
                     sandbox=self.sandbox,
-                    # The repository's git directory, readable so the command can use git,
-                    # its configuration without the credentials a person may keep there.
-                    read_only=(os.fspath(common),),
+                    # The repository's git directory, readable so the command can use git:
+                    # only what git needs of it, its configuration without the credentials
+                    # a person may keep there.
                     shown_as=shown,
+                    shown_only=((common, shown_git_dir(common, admin)),),
                     stop=stop,
                 )
         finally:

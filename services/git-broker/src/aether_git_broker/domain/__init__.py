@@ -5,7 +5,7 @@
 the adapters, ``pending`` says which folded triggers still ask for work and ``sweep`` what
 to remove at start-up. The ``*_event`` builders (``outcomes``) turn the adapters'
 outcomes into the events to publish, and ``failure_event`` (``failures``) says what a
-failed step becomes.
+failed step becomes. ``markers`` finds the conflict markers a merge would add.
 """
 
 from aether_git_broker.domain.decisions import (
