@@ -245,7 +245,8 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument(
         "--runtime",
         help="agent runtime of the tasks: builtin, claude-code or a command runtime's name "
-        "(default: the runner's AETHER_AGENT_RUNTIME)",
+        "(default: the runner's AETHER_AGENT_RUNTIME); one no live runner has is refused "
+        "(see `aether runtimes`)",
     )
     submit.add_argument("--verify", help="command that must pass on the merged tree")
     submit.add_argument("--idempotency-key", help="submitting again with it creates no second")
@@ -395,6 +396,11 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     agents.add_argument("--status", choices=("active", "idle", "gone"))
     agents.set_defaults(run=commands.agents)
+
+    runtimes = sub.add_parser(
+        "runtimes", help="the agent runtimes the live runners have", parents=[common]
+    )
+    runtimes.set_defaults(run=commands.runtimes)
 
 
 # --- local stack -------------------------------------------------------------------

@@ -204,6 +204,10 @@ class GatewayClient:
         result: dict[str, Any] = self._get("/agents", mission_id=mission_id, status=status)
         return result
 
+    def runtimes(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/runtimes")
+        return result
+
     # --- administration ----------------------------------------------------------------
 
     def whoami(self) -> dict[str, Any]:

@@ -135,6 +135,8 @@ def submit(args: argparse.Namespace) -> int:
     created = client(args).submit(body, idempotency_key=args.idempotency_key)
     emit(args, created, lambda: created["mission_id"])
     if not args.json:
+        if created.get("warning"):
+            print(f"warning: {created['warning']}", file=sys.stderr)
         limit = created.get("budget_usd")
         print(
             f"budget ${limit:.2f}: no new task starts once it is reached (raise it with "
@@ -557,6 +559,32 @@ def agents(args: argparse.Namespace) -> int:
                     f"turn {s['turns']}, {short(action, 60)}"
                 )
         return "\n".join(lines) or "no agents seen"
+
+    emit(args, found, human)
+    return 0
+
+
+def runtimes(args: argparse.Namespace) -> int:
+    found = client(args).runtimes()
+
+    def human() -> str:
+        if not found["runners"]:
+            return (
+                "no agent runner has announced itself: none runs, or none has started yet "
+                "(a mission naming a runtime is then accepted unchecked)"
+            )
+        lines = [f"{'runtime':<20} runners"]
+        for offer in found["runtimes"]:
+            lines.append(f"{offer['name']:<20} {', '.join(offer['runners'])}")
+        lines.append("")
+        lines.append(f"{'runner':<32} {'lanes':>5}  {'default':<12} {'version':<9} runtimes")
+        for runner in found["runners"]:
+            lines.append(
+                f"{short(runner['runner_id'], 32):<32} {runner['lanes']:>5}  "
+                f"{runner['default_runtime'] or '-':<12} {runner['version'] or '-':<9} "
+                f"{', '.join(runner['runtimes'])}"
+            )
+        return "\n".join(lines)
 
     emit(args, found, human)
     return 0

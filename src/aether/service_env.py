@@ -34,6 +34,7 @@ COMMON_NAMES = frozenset(
         "AETHER_HTTP_HOST",
         "AETHER_STREAM_REPLICAS",
         "AETHER_LOOP_STALL_SECONDS",
+        "AETHER_RUNNER_ENTRY_SECONDS",
         # TLS to a bus the stack is pointed at (files' paths, not secrets themselves).
         "NATS_TLS_CA",
         "NATS_TLS_CERT",

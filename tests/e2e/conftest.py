@@ -54,6 +54,9 @@ async def shared_stack(
     # Every step reported, so a test can look for one: by default progress is sampled, one
     # report every 5 s and the first 5 s into an attempt, which these take less than.
     stack.env["AETHER_AGENT_PROGRESS_SECONDS"] = "0"
+    # A killed runner's entry in the registry of runners is gone within 6 s (each live
+    # runner writes its own every 2 s): test_runner_registry waits for that.
+    stack.env["AETHER_RUNNER_ENTRY_SECONDS"] = "6"
     try:
         await asyncio.to_thread(stack.start)
         yield stack

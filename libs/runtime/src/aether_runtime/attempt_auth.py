@@ -58,6 +58,7 @@ from aether_events import Event, EventPublisher
 from aether_events.subjects import attempt_subject, is_valid_token
 from aether_runtime.bus_auth import AUTH_SUBJECT, issuer_public_key, new_issuer_seed
 from aether_runtime.failures import RetryLater
+from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox, runner_token
 from aether_runtime.service import CountingPublisher
 
 log = logging.getLogger("aether.attempt-auth")
@@ -239,11 +240,16 @@ class AttemptAuthorizer:
         error = ""
         user_jwt = ""
         claimed = parse_user(user)
-        if claimed is None:
+        runner = parse_runner_user(user) if claimed is None else None
+        if claimed is None and runner is None:
             error = "not an attempt user"
         elif not hmac.compare_digest(password.encode(), self.secret.encode()):
             error = "wrong password"
+        elif runner is not None:
+            # A runner's own entry in the registry of runners (``runners``).
+            user_jwt = self.runner_jwt(runner, user, user_nkey)
         else:
+            assert claimed is not None
             key, runner_id = claimed
             refusal = self.grants.claim(key, runner_id, self.clock(), self.ttl_seconds)
             if refusal is not None:
@@ -267,7 +273,18 @@ class AttemptAuthorizer:
 
     def user_jwt(self, key: AttemptKey, user: str, user_nkey: str) -> str:
         """The credential of one attempt: its events on its own subjects, its own inbox."""
-        inbox = f"{key.inbox_prefix}.>"
+        return self._signed_user(
+            user, user_nkey, attempt_subjects(key, self.types), f"{key.inbox_prefix}.>"
+        )
+
+    def runner_jwt(self, token: str, user: str, user_nkey: str) -> str:
+        """The credential of one runner's entry in the registry of runners: writing (and
+        deleting) that entry, and its own inbox for the stream's acknowledgements."""
+        return self._signed_user(
+            user, user_nkey, [entry_subject(token)], f"{runner_inbox(token)}.>"
+        )
+
+    def _signed_user(self, user: str, user_nkey: str, publish: list[str], inbox: str) -> str:
         claims = {
             "aud": GLOBAL_ACCOUNT,
             "iss": self.issuer,
@@ -275,7 +292,7 @@ class AttemptAuthorizer:
             "name": user,
             "exp": int(self.clock() + self.ttl_seconds),
             "nats": {
-                "pub": {"allow": attempt_subjects(key, self.types)},
+                "pub": {"allow": publish},
                 "sub": {"allow": [inbox]},
                 "subs": -1,
                 "data": -1,
@@ -296,11 +313,6 @@ _CURRENT: contextvars.ContextVar[EventPublisher | None] = contextvars.ContextVar
 def current_publisher() -> EventPublisher | None:
     """The publisher of the attempt this task (or the task that started it) works on."""
     return _CURRENT.get()
-
-
-def runner_token(runner_id: str) -> str:
-    """``runner_id`` as one subject token (a host name may hold dots)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", runner_id)[:64] or "runner"
 
 
 class CredentialRefused(RetryLater):

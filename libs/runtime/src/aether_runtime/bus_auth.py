@@ -16,6 +16,9 @@ What a service may do:
 * create, update and pull from its own durable consumers and acknowledge their messages:
   never pull from, acknowledge for, or reconfigure another service's durable;
 * create or update the streams only if its role declares them, never delete or purge one;
+  that role also creates the bucket of the live runners (``runners``), which the roles
+  that read it (the gateway) may only read; no static user writes an entry there: each
+  runner writes its own with a credential of its own (``attempt_auth``);
 * receive replies only on its own inbox prefix, so no service reads another's replies;
   publish there too, so its processes can ask one another what they hold after a bus
   restart (see ``reconnect``): only they read it;
@@ -35,7 +38,7 @@ import nkeys
 
 from aether_events import TELEMETRY_TYPES, tag_of
 from aether_events.subjects import MISSION_PREFIX, TELEMETRY_PREFIX
-from aether_runtime.roles import ROLES, STREAMS, Role
+from aether_runtime.roles import DECLARED_BUCKETS, ROLES, STREAMS, Role
 
 API = "$JS.API"
 ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
@@ -118,6 +121,21 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
         ]
         if role.declares_streams:
             allow += [f"{API}.STREAM.CREATE.{stream}", f"{API}.STREAM.UPDATE.{stream}"]
+    if role.declares_streams:
+        for bucket in DECLARED_BUCKETS:
+            kv_stream = f"KV_{bucket}"
+            allow += [
+                f"{API}.STREAM.INFO.{kv_stream}",
+                f"{API}.STREAM.CREATE.{kv_stream}",
+                f"{API}.STREAM.UPDATE.{kv_stream}",
+            ]
+    for bucket in role.reads_buckets:
+        kv_stream = f"KV_{bucket}"
+        allow += [
+            f"{API}.STREAM.INFO.{kv_stream}",
+            f"{API}.DIRECT.GET.{kv_stream}",
+            f"{API}.DIRECT.GET.{kv_stream}.>",
+        ]
     for stream, durable in role.durables:
         allow.append(f"$JS.ACK.{stream}.{durable}.>")
     for bucket in role.kv_buckets:

@@ -62,6 +62,7 @@ from aether_events import (
     WorkspaceFailed,
     WorkspaceReady,
 )
+from aether_runtime.runners import RUNNERS_BUCKET
 
 # Every service with consumers records its failed steps and their recoveries (``steps``).
 _STEP_RECORDS: frozenset[type[Event]] = frozenset({StepFailed, StepRecovered})
@@ -82,6 +83,8 @@ class Role:
     durables: tuple[tuple[str, str], ...]
     declares_streams: bool = False
     kv_buckets: tuple[str, ...] = ()
+    # Key-value buckets it only reads (stream info and direct gets of their entries).
+    reads_buckets: tuple[str, ...] = ()
     # Published only with an attempt's own credential (``attempt_auth``), never the user's.
     attempt_publishes: frozenset[type[Event]] = frozenset()
     # Answers the server's authorization requests for attempt users (the scheduler).
@@ -100,6 +103,7 @@ def _role(
     *,
     declares_streams: bool = False,
     kv_buckets: tuple[str, ...] = (),
+    reads_buckets: tuple[str, ...] = (),
     attempt_publishes: frozenset[type[Event]] = frozenset(),
     authorizes_attempts: bool = False,
 ) -> Role:
@@ -111,6 +115,7 @@ def _role(
         durables=(*durables, retries),
         declares_streams=declares_streams,
         kv_buckets=kv_buckets,
+        reads_buckets=reads_buckets,
         attempt_publishes=attempt_publishes,
         authorizes_attempts=authorizes_attempts,
     )
@@ -137,6 +142,8 @@ ROLES: dict[str, Role] = {
                 DeliveryRetryRequested,
             },
             [(MISSIONS_STREAM, "gateway"), (TELEMETRY_STREAM, "gateway-telemetry")],
+            # Which runtimes the live runners have: a mission naming another is refused.
+            reads_buckets=(RUNNERS_BUCKET,),
         ),
         _role(
             "planner",
@@ -161,7 +168,9 @@ ROLES: dict[str, Role] = {
             },
             [(MISSIONS_STREAM, "scheduler"), (TELEMETRY_STREAM, "scheduler-telemetry")],
             # The scheduler is the one active instance that every mission needs: the streams
-            # are its to create and update (replicas, duplicate window, age limit).
+            # are its to create and update (replicas, duplicate window, age limit), and so
+            # is the bucket of the live runners (``DECLARED_BUCKETS``), which no static user
+            # writes: each runner writes its own entry with its own credential.
             declares_streams=True,
             # It knows which attempts are open: it grants their credentials.
             authorizes_attempts=True,
@@ -191,6 +200,8 @@ ROLES: dict[str, Role] = {
 }
 
 STREAMS: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
+# The buckets the role that declares the streams creates too.
+DECLARED_BUCKETS: tuple[str, ...] = (RUNNERS_BUCKET,)
 
 
 def role_of(service: str) -> Role:

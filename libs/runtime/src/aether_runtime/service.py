@@ -83,6 +83,7 @@ from aether_runtime.projection import Projection
 from aether_runtime.pull import Puller
 from aether_runtime.reconnect import Holders, Lane, Reconnects, hand_back
 from aether_runtime.roles import ROLES
+from aether_runtime.runners import ensure_bucket
 from aether_runtime.settings import RuntimeSettings
 from aether_runtime.stall import ConsumerWatch
 from aether_runtime.steps import Steps
@@ -458,6 +459,10 @@ class Service:
         role = ROLES.get(self.name)
         if not self.settings.nats_user or (role is not None and role.declares_streams):
             await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+            if role is not None and role.declares_streams:
+                await ensure_bucket(
+                    self._js, self.settings.runner_entry_seconds, self.settings.stream_replicas
+                )
         else:
             # Under per-service permissions only the role that declares the streams may
             # create or change them (see ``roles``); the others wait for them.

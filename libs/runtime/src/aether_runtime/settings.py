@@ -300,6 +300,12 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     # (``aether up`` sets it for each of its services): a start then hands back at once
     # what the service's durables hold for a process that is gone.
     one_process: bool = setting("AETHER_ONE_PROCESS", False)
+    # How long a runner's entry in the registry of live runners lasts unrenewed (the
+    # scheduler makes the bucket so; each runner writes its entry every third of it), so
+    # how soon a runner that died stops counting (``runners``).
+    runner_entry_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = setting(
+        "AETHER_RUNNER_ENTRY_SECONDS", 30.0
+    )
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"], Env(parse=str.upper)
     ] = setting("LOG_LEVEL", "INFO")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ from aether_events import (
 from aether_runtime import ConsumerSpec, Delivery, Projection, Service
 from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey, current_publisher
 from aether_runtime.metrics import service_at_zero
+from aether_runtime.runners import Announcer, RunnerEntry, own_connection, runner_token
 from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
 
 DURABLE = "agent-runner"
@@ -59,6 +61,9 @@ class Adapters:
     # How an attempt's events go out with the attempt's own bus credential (decision
     # 0014); None: with the service's user (a bus without per-service users).
     credentials: AttemptCredentials | None = None
+    # The names of the runtimes this runner has, as it announces them (``runners``).
+    runtime_names: tuple[str, ...] = ()
+    version: str = ""
 
 
 @dataclass
@@ -67,6 +72,8 @@ class AgentRunner:
 
     service: Service
     handlers: Handlers
+    # Keeps the runner's entry in the registry of live runners.
+    announcer: Announcer | None = None
 
 
 def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
@@ -175,4 +182,47 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
             )
         )
     service_at_zero(service.name, [subject])
-    return AgentRunner(service=service, handlers=handlers)
+    announcer = announce(settings, adapters, service)
+    return AgentRunner(service=service, handlers=handlers, announcer=announcer)
+
+
+def announce(settings: RunnerSettings, adapters: Adapters, service: Service) -> Announcer:
+    """The runner's entry in the registry of live runners (``aether_runtime.runners``):
+    written once the service has started, every third of the entry's age, and deleted as
+    it stops, before its lanes drain (it takes no new work then). Written with the
+    runner's own credential where the bus grants them, else the service's connection."""
+    agent = settings.agent
+    started_at = adapters.clock()
+    refresh = settings.runtime.runner_entry_seconds / 3
+
+    def entry() -> RunnerEntry:
+        return RunnerEntry(
+            runner_id=adapters.runner_id,
+            host=socket.gethostname(),
+            runtimes=list(adapters.runtime_names),
+            default_runtime=agent.runtime,
+            lanes=agent.concurrency,
+            version=adapters.version,
+            started_at=started_at,
+            announced_at=adapters.clock(),
+            refresh_seconds=refresh,
+        )
+
+    credentials = adapters.credentials
+    if credentials is not None:
+        connect = own_connection(
+            credentials.nats_url,
+            runner_token(adapters.runner_id),
+            credentials.secret,
+            credentials.tls,
+        )
+        announcer = Announcer(entry, refresh, connect=connect)
+    else:
+        announcer = Announcer(entry, refresh, js=lambda: service.js)
+
+    async def begin() -> None:
+        announcer.start()
+
+    service.on_started.append(begin)
+    service.on_stopping.insert(0, announcer.stop)
+    return announcer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import socket
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 
 from aether_agent_runner.app import Adapters, AgentRunner, wire
 from aether_agent_runner.config import AgentSettings, RunnerSettings
-from aether_agent_runner.runtimes.registry import runtimes
+from aether_agent_runner.runtimes.registry import available, runtimes
 from aether_events import new_event_id
 from aether_llm.client import LazyClient
 from aether_runtime.attempt_auth import AttemptCredentials
@@ -42,6 +43,8 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
         runner_id=runner_id(),
         clock=_now,
         credentials=attempt_credentials(settings),
+        runtime_names=tuple(available(agent.command_runtimes)),
+        version=_version(),
     )
     runner = wire(settings, adapters)
     runner.service.on_stopped.append(client.aclose)
@@ -90,6 +93,13 @@ def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
             },
         )
     return sandbox
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aether-agent-runner")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _now() -> datetime:

@@ -38,6 +38,7 @@ from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.runners import Runners
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.board import board_router
@@ -122,6 +123,7 @@ class Gateway:
             authenticator=self.authenticator,
             idempotent=IdempotentPosts(IdempotencyStore(self.db)),
             broker=BrokerReader(settings.broker_url, settings.broker_token),
+            runners=Runners(lambda: self.service.js),
             mission_rate=RateLimiter(
                 self.db,
                 limit=settings.mission_rate_limit,

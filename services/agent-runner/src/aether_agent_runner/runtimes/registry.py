@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -59,3 +60,23 @@ def runtimes(
         raise RuntimeUnavailable(f"unknown agent runtime {name!r}; this runner has {have}")
 
     return select
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available(commands: tuple[CommandSpec, ...] = ()) -> list[str]:
+    """The names of the runtimes ``runtimes`` would run here, as the runner announces
+    them (``aether_runtime.runners``): the built-in loop; Claude Code where its SDK is
+    installed; every command runtime, an ACP one where the ACP package is installed.
+    Found without importing them (the Claude Agent SDK takes a while to import)."""
+    names = [BUILTIN]
+    if _installed("claude_agent_sdk"):
+        names.append(CLAUDE_CODE)
+    acp = _installed("acp")
+    names += [spec.name for spec in commands if spec.protocol != "acp" or acp]
+    return names

@@ -15,6 +15,7 @@ from aether_gateway.api.inputs import InputGuard, strict_body
 from aether_gateway.api.live import LIVE_ROUTES
 from aether_gateway.api.oidc import OIDC_ROUTES
 from aether_gateway.api.queries import QUERY_ROUTES
+from aether_gateway.api.runtimes import RUNTIME_ROUTES
 from aether_gateway.api.steps import STEP_ROUTES
 from aether_gateway.api.transcript import TRANSCRIPT_ROUTES
 
@@ -37,6 +38,7 @@ def router() -> Router:
         route_handlers=[
             *COMMAND_ROUTES,
             *QUERY_ROUTES,
+            *RUNTIME_ROUTES,
             *LIVE_ROUTES,
             *ADMIN_ROUTES,
             *STEP_ROUTES,

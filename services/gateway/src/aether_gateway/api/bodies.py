@@ -22,6 +22,7 @@ from aether_gateway.domain import (
 )
 from aether_gateway.domain.auth import Scope
 from aether_gateway.domain.steps import FailedStep
+from aether_runtime.runners import RunnerEntry
 
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 
@@ -45,8 +46,8 @@ class CreateMission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allow_file_overlap: bool = False
     model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
     verify_command: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
-    # The agent runtime of the tasks, and per tier where it differs; the runner refuses a
-    # name it does not have, so only the shape is checked here.
+    # The agent runtime of the tasks, and per tier where it differs: a name no live runner
+    # has is refused (``GET /runtimes``), unless no runner has announced itself.
     runtime: RuntimeName | None = None
     runtime_overrides: dict[str, RuntimeName] = msgspec.field(default_factory=dict)
 
@@ -57,6 +58,10 @@ class MissionAccepted(msgspec.Struct, kw_only=True):
     events_url: str
     # The mission's budget: the one asked for, else the gateway's default (None: none).
     budget_usd: float | None = None
+    # Set when the runtimes the request names could not be checked (no runner has
+    # announced itself, or the bus's registry could not be read): the mission is kept,
+    # and a task whose runtime no runner has fails its first attempt, saying so.
+    warning: str | None = None
 
 
 class ApprovePlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -179,6 +184,22 @@ class Runner(msgspec.Struct, kw_only=True):
 
 class AgentList(msgspec.Struct, kw_only=True):
     agents: list[Runner]
+
+
+class RuntimeOffer(msgspec.Struct, kw_only=True):
+    """One agent runtime and the live runners that have it."""
+
+    name: str
+    runners: list[str]
+
+
+class RuntimeList(msgspec.Struct, kw_only=True):
+    """The agent runtimes of the live runners, by name, and the runners' own entries
+    (``runner_id``, ``host``, ``runtimes``, ``default_runtime``, ``lanes``, ``version``,
+    ``started_at``, ``announced_at``, ``refresh_seconds``)."""
+
+    runtimes: list[RuntimeOffer]
+    runners: list[RunnerEntry]
 
 
 class EventPage(msgspec.Struct, kw_only=True):

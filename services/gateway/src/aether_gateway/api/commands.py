@@ -43,6 +43,7 @@ from aether_gateway.api.bodies import (
 from aether_gateway.api.context import GatewayContext, principal_of
 from aether_gateway.api.errors import bad_request, error_responses, mission_not_found, refused
 from aether_gateway.api.idempotency import IDEMPOTENCY_KEY_PATTERN
+from aether_gateway.api.runtimes import check_runtimes
 from aether_gateway.domain import Mission, Task
 from aether_gateway.domain import commands as decide
 from aether_gateway.domain.commands import Refusal
@@ -155,6 +156,8 @@ async def create_mission(
     """
     _not_blank("repository", data.repository)
     _not_blank("requirement", data.requirement)
+    # Before the rate limit: a request refused here is not counted as a mission.
+    warning = await check_runtimes(ctx, decide.runtimes_asked(data))
     principal = principal_of(request)
     retry_after = await ctx.mission_rate.hit(f"missions:{principal.id}")
     if retry_after is not None:
@@ -181,6 +184,7 @@ async def create_mission(
         url=url,
         events_url=f"{url}/events",
         budget_usd=event.budget_usd,
+        warning=warning,
     )
     return Response(body, status_code=HTTP_202_ACCEPTED, headers={"Location": url})
 

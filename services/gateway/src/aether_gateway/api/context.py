@@ -21,6 +21,7 @@ from aether_gateway.adapters.limits import RateLimiter
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.runners import Runners
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator
 from aether_gateway.api.idempotency import IdempotentPosts
@@ -53,6 +54,8 @@ class GatewayContext:
     mission_rate: RateLimiter
     # The git broker's read API (the board's diffs and default branches).
     broker: BrokerReader
+    # The registry of live agent runners (which runtimes exist).
+    runners: Runners
     # Rebuilds the read model from both streams; set by the app (it needs the stream).
     rebuild: Any = None
     # Set when the app shuts down, so open event streams end instead of holding it up.

@@ -114,6 +114,22 @@ def request_mission(
     )
 
 
+def runtimes_asked(request: MissionRequest) -> list[str]:
+    """The agent runtimes a mission request names (its tasks' and its tiers'), sorted."""
+    named = (request.runtime, *request.runtime_overrides.values())
+    return sorted({name for name in named if name})
+
+
+def runtimes_missing(asked: list[str], runners: list[list[str]]) -> list[str]:
+    """Which of ``asked`` no runner has (``runners``: each live runner's runtimes). With
+    no runner at all nothing is missing: none has announced itself yet (a start-up, or
+    every runner down), and a mission asked for then is kept, not refused."""
+    if not runners:
+        return []
+    have = {name for names in runners for name in names}
+    return [name for name in asked if name not in have]
+
+
 def _meta(mission: Mission, event_id: str, now: datetime) -> dict[str, Any]:
     return {
         "event_id": event_id,

@@ -1,0 +1,254 @@
+"""The registry of live runners on the bus, against the NATS server ``aether up`` starts
+with its generated configuration (auth callout included) and the authorizer connected as
+the scheduler's user (``aether_runtime.runners``).
+
+A runner writes its own entry with a credential the authorizer grants for that entry's
+subject only: it cannot write another runner's entry, the runners' static user writes
+none, the gateway reads them, and the entry of a runner that died expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from aether.stack import Stack
+from aether_events import StreamSettings, ensure_streams
+from aether_runtime.attempt_auth import AttemptAuthorizer, Grants
+from aether_runtime.roles import ROLES
+from aether_runtime.runners import (
+    RUNNERS_STREAM,
+    Announcer,
+    RunnerEntry,
+    ensure_bucket,
+    entry_subject,
+    own_connection,
+    read_runners,
+    runner_inbox,
+    runner_user,
+)
+
+# Short, so that a dead runner's entry is gone within the test.
+ENTRY_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    home = Path(tempfile.mkdtemp(prefix="aether-escape-runners-"))
+    stack = Stack(home=home, random_ports=True, prestart=False, env={})
+    stack.start_infrastructure()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def _connect(stack: Stack, service: str, errors: list[str] | None = None) -> NatsClient:
+    async def on_error(error: Exception) -> None:
+        if errors is not None:
+            errors.append(str(error))
+
+    return await nats.connect(
+        stack.nats_server_url,
+        user=service,
+        password=stack.nats_passwords[service],
+        inbox_prefix=f"_INBOX.{service}",
+        error_cb=on_error,
+    )
+
+
+@pytest.fixture
+async def scheduler(stack: Stack) -> AsyncIterator[NatsClient]:
+    """The scheduler's side: it makes the streams and the bucket, and grants credentials."""
+    nc = await _connect(stack, "scheduler")
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    await ensure_bucket(js, ENTRY_SECONDS)
+    authorizer = AttemptAuthorizer(
+        issuer_seed=stack.attempt_issuer_seed,
+        secret=stack.attempt_secret,
+        grants=Grants(lambda key: False),
+        types=ROLES["agent-runner"].attempt_publishes,
+    )
+    await authorizer.serve(nc)
+    try:
+        yield nc
+    finally:
+        await authorizer.stop()
+        await nc.close()
+
+
+@pytest.fixture
+async def gateway(stack: Stack, scheduler: NatsClient) -> AsyncIterator[NatsClient]:
+    nc = await _connect(stack, "gateway")
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+def entry(runner_id: str, runtimes: tuple[str, ...] = ("builtin",)) -> RunnerEntry:
+    return RunnerEntry(
+        runner_id=runner_id,
+        host="host-1",
+        runtimes=list(runtimes),
+        default_runtime="builtin",
+        lanes=2,
+        version="0.1.0",
+        announced_at=datetime.now(UTC),
+        refresh_seconds=ENTRY_SECONDS / 3,
+    )
+
+
+def announcer(stack: Stack, runner_id: str, runtimes: tuple[str, ...] = ("builtin",)) -> Announcer:
+    return Announcer(
+        lambda: entry(runner_id, runtimes),
+        ENTRY_SECONDS / 3,
+        connect=own_connection(stack.nats_server_url, runner_id, stack.attempt_secret),
+    )
+
+
+async def until(check: object, within: float = 20.0) -> None:
+    """Wait for ``check()`` (an async predicate) to hold, asking every 50 ms."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never held")
+
+
+async def ids(nc: NatsClient) -> list[str]:
+    return [runner.runner_id for runner in await read_runners(nc.jetstream())]
+
+
+async def test_a_runner_writes_its_own_entry_and_the_gateway_reads_it(
+    stack: Stack, gateway: NatsClient
+) -> None:
+    own = announcer(stack, "r-own", ("builtin", "claude-code"))
+    await own.announce()
+    try:
+        runners = await read_runners(gateway.jetstream())
+        mine = [runner for runner in runners if runner.runner_id == "r-own"]
+        assert [runner.runtimes for runner in mine] == [["builtin", "claude-code"]]
+        assert mine[0].lanes == 2
+    finally:
+        await own.stop()
+    # Deleted as it stops: gone at once, not when it would have expired.
+    assert "r-own" not in await ids(gateway)
+
+
+async def test_a_runner_cannot_write_another_runners_entry(
+    stack: Stack, gateway: NatsClient
+) -> None:
+    victim = announcer(stack, "r-victim", ("builtin",))
+    await victim.announce()
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error))
+
+    thief = await nats.connect(
+        stack.nats_server_url,
+        user=runner_user("r-thief"),
+        password=stack.attempt_secret,
+        inbox_prefix=runner_inbox("r-thief"),
+        error_cb=on_error,
+        connect_timeout=30,
+    )
+    try:
+        forged = msgspec.json.encode(entry("r-victim", ("forged",)))
+        with pytest.raises(nats.errors.TimeoutError):
+            await thief.jetstream().publish(entry_subject("r-victim"), forged, timeout=1.0)
+        assert any(
+            "permissions violation" in error.lower() and "r-victim" in error for error in errors
+        ), errors
+        # Nor delete it.
+        with pytest.raises(nats.errors.TimeoutError):
+            await thief.jetstream().publish(
+                entry_subject("r-victim"), b"", timeout=1.0, headers={"KV-Operation": "DEL"}
+            )
+        # Its own entry it may write.
+        await thief.jetstream().publish(
+            entry_subject("r-thief"), msgspec.json.encode(entry("r-thief"))
+        )
+        runners = {r.runner_id: r for r in await read_runners(gateway.jetstream())}
+        assert runners["r-victim"].runtimes == ["builtin"]
+        assert "r-thief" in runners
+    finally:
+        await thief.close()
+        await victim.stop()
+
+
+async def test_no_static_user_but_the_gateway_reads_or_writes_the_registry(
+    stack: Stack, scheduler: NatsClient
+) -> None:
+    for service in ("agent-runner", "planner", "git-broker"):
+        errors: list[str] = []
+        nc = await _connect(stack, service, errors)
+        try:
+            js = nc.jetstream()
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.publish(
+                    entry_subject("r-any"), msgspec.json.encode(entry("r-any")), timeout=1.0
+                )
+            with pytest.raises(nats.errors.Error):
+                await js.stream_info(RUNNERS_STREAM)
+            assert any("permissions violation" in error.lower() for error in errors), errors
+        finally:
+            await nc.close()
+
+
+async def test_a_credential_without_the_runners_secret_is_refused(stack: Stack) -> None:
+    with pytest.raises(nats.errors.Error, match=r"(?i)authoriz"):
+        await nats.connect(
+            stack.nats_server_url,
+            user=runner_user("r-guess"),
+            password="not-the-secret",
+            inbox_prefix=runner_inbox("r-guess"),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=30,
+        )
+
+
+async def test_a_dead_runners_entry_expires(stack: Stack, gateway: NatsClient) -> None:
+    dead = announcer(stack, "r-dead")
+    await dead.announce()
+    assert "r-dead" in await ids(gateway)
+    # It dies: no deletion, no more writes; the bucket drops the entry once it is old.
+    await dead._close()
+
+    async def gone() -> bool:
+        return "r-dead" not in await ids(gateway)
+
+    await until(gone, within=ENTRY_SECONDS * 5)
+
+
+async def test_a_live_runner_keeps_its_entry_past_its_age(
+    stack: Stack, gateway: NatsClient
+) -> None:
+    """The control of the one above: written every third of its age, it stays."""
+    live = announcer(stack, "r-live")
+    live.start()
+    try:
+        await asyncio.wait_for(live.written.wait(), 30)
+        loop = asyncio.get_running_loop()
+        past = loop.time() + ENTRY_SECONDS * 2
+        while loop.time() < past:
+            assert "r-live" in await ids(gateway)
+            await asyncio.sleep(0.2)
+    finally:
+        await live.stop()
