@@ -1,7 +1,8 @@
-"""What the model relay costs a sandboxed CLI agent: one model call's round trip from a
-tool inside a bubblewrap sandbox with no network (through the relay: the sandbox's
-loopback, a unix socket, the runner, the endpoint) next to the same call made directly
-from the host, against a local Messages API server.
+"""What the metered model endpoint costs a sandboxed CLI agent: one model call's round trip
+from a tool inside a bubblewrap sandbox with no network (the sandbox's loopback, a unix
+socket, the runner's endpoint, which checks the attempt's key, sends the call on with the
+real one and counts its usage) next to the same call made directly from the host, against
+a local Messages API server.
 
     uv run python bench/model_relay.py [--calls 200]
 
@@ -17,8 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from aether_agent_runner.runtimes.relay import endpoint, inside_argv, serving
-from aether_llm import Reply, text_block
+from aether_agent_runner.domain import Limits
+from aether_agent_runner.runtimes.model_endpoint import Meter, ModelEndpoint
+from aether_agent_runner.runtimes.relay import INSIDE_URL, inside_argv
+from aether_events import Usage
+from aether_llm import Reply, load_prices, text_block
 from aether_llm.messages_server import MessagesServer
 from aether_sandbox import Request, SandboxSettings, execute, open_sandbox
 
@@ -28,7 +32,8 @@ import http.client, json, os, statistics, sys, time, urllib.parse
 url = urllib.parse.urlsplit(os.environ["ANTHROPIC_BASE_URL"])
 body = json.dumps({"model": "claude-sonnet-5-5", "max_tokens": 10,
                    "messages": [{"role": "user", "content": "hi"}]})
-headers = {"x-api-key": "k", "anthropic-version": "2023-06-01",
+headers = {"x-api-key": os.environ.get("ANTHROPIC_API_KEY", "k"),
+           "anthropic-version": "2023-06-01",
            "content-type": "application/json"}
 times = []
 for _ in range(int(sys.argv[1])):
@@ -42,27 +47,38 @@ print(f"{statistics.median(times) * 1000:.3f}")
 """
 
 
+class _Quiet:
+    """An observer that publishes nothing (the bench times the endpoint, not the bus)."""
+
+    async def model_called(self, turn: int, usage: Usage) -> None:
+        return None
+
+    async def progressed(self, progress: object, *, always: bool = False) -> None:
+        return None
+
+
 async def through_relay(url: str, calls: int) -> float:
     sandbox = open_sandbox(SandboxSettings())
-    host, port, inside = endpoint(url)
+    meter = Meter(Limits(max_turns=calls + 1), _Quiet(), load_prices())
+    endpoint = ModelEndpoint(url, "k", meter, frozenset({"claude-sonnet-5-5"}))
     with tempfile.TemporaryDirectory(prefix="aether-relay-bench-") as scratch:
         root = Path(scratch)
         work = root / "work"
         work.mkdir()
         socket_path = root / "model.sock"
         argv = [sys.executable, "-c", CALLER, str(calls)]
-        async with serving(socket_path, host, port):
+        async with endpoint.serving(socket_path):
             ran = await execute(
                 sandbox,
                 Request(
-                    argv=inside_argv(socket_path, inside, argv),
+                    argv=inside_argv(socket_path, INSIDE_URL, argv),
                     workdir=work,
                     cwd=work,
-                    env={"PATH": "/usr/bin:/bin"},
+                    env={"PATH": "/usr/bin:/bin", "ANTHROPIC_API_KEY": endpoint.placeholder},
                     read_only=(root,),
                 ),
             )
-    if ran.exit_code != 0:
+    if ran.exit_code != 0 or meter.turns != calls:
         raise SystemExit(f"the sandboxed caller failed: {ran.output}")
     return float(ran.output.strip().splitlines()[-1])
 
@@ -90,8 +106,8 @@ def main() -> None:
         server.stop()
     print(f"model call round trip, median of {calls} (new connection each):")
     print(f"  from the host, direct          {host:8.3f} ms")
-    print(f"  from the sandbox, via relay    {relayed:8.3f} ms")
-    print(f"  ratio relay / direct           {relayed / host:8.2f}")
+    print(f"  from the sandbox, metered      {relayed:8.3f} ms")
+    print(f"  added by the endpoint          {relayed - host:8.3f} ms")
 
 
 if __name__ == "__main__":

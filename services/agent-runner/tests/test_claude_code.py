@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,65 @@ async def test_claude_code_runs_in_the_sandbox_whose_mounts_hold_its_file_tools(
     assert "does not exist" in answers[0].lower() or "no such file" in answers[0].lower()
     assert secret.name not in answers[1], answers[1]  # the worktree's parent is bare
     assert done.files_changed == ["x.md"]
+
+
+@needs_sandbox
+async def test_claude_code_in_the_sandbox_never_holds_the_model_key(
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """The confined CLI calls the runner's metered endpoint with a key of the attempt's
+    own: while it waits on its second call, no process on the machine has the real key in
+    its variables or command line, and the model gets every call with the real key."""
+    from aether_llm import LLMSettings
+
+    from .conftest import Signal
+
+    real_key = "sk-ant-real-" + uuid.uuid4().hex
+    worktree = task_repo.worktree
+    scripted = model(
+        {
+            "t1": [
+                turn(
+                    tool_use_block("Write", {"file_path": str(worktree / "x.md"), "content": "x"})
+                ),
+                turn(text_block("done")),
+            ]
+        }
+    )
+    held, arrived = threading.Event(), Signal()
+    scripted.script.gates[("t1", 1)] = held
+    scripted.script.on_call = lambda task, turn: arrived.set() if turn == 1 else None
+
+    class Endpoint:
+        def llm(self) -> LLMSettings:
+            return LLMSettings(api_key=real_key, base_url=scripted.url, max_retries=0)
+
+    await start_runner(Endpoint(), runtime="claude-code")
+    base = git(task_repo.worktree, "rev-parse", "HEAD")
+    await publish(msgspec.structs.replace(workspace_ready(task_repo, mission_id), base_sha=base))
+    try:
+        await arrived.wait(120)
+        assert processes_in(worktree)  # the CLI is there, waiting on the model
+        holding = []
+        for entry in Path("/proc").iterdir():
+            for part in ("environ", "cmdline"):
+                try:
+                    if real_key.encode() in (entry / part).read_bytes():
+                        holding.append(entry.name)
+                except OSError:
+                    continue
+        assert holding == []
+    finally:
+        held.set()
+    await events.first(AgentCompleted, timeout=120)
+    assert scripted.server.api_keys
+    assert set(scripted.server.api_keys) == {real_key}
 
 
 async def test_claude_code_turn_limit_fails_the_task_without_retry(

@@ -41,7 +41,7 @@ if mode == "escape":
             print("wrote", target, flush=True)
         except OSError as error:
             print("refused", target, error.strerror, flush=True)
-if mode in ("model", "model-tls"):
+if mode == "model":
     import urllib.request
     request = urllib.request.Request(
         os.environ["ANTHROPIC_BASE_URL"].rstrip("/") + "/v1/messages",
@@ -49,13 +49,7 @@ if mode in ("model", "model-tls"):
                          "messages": [{"role": "user", "content": prompt}]}).encode(),
         headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"],
                  "anthropic-version": "2023-06-01", "content-type": "application/json"})
-    opener = urllib.request.build_opener()  # HTTPS_PROXY from the environment, if set
-    if mode == "model-tls":  # trusting the certificate named by the next argument
-        import ssl
-        trusted = ssl.create_default_context(cafile=sys.argv.pop(3))
-        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=trusted))
-        print("proxy", os.environ.get("HTTPS_PROXY", "none"), flush=True)
-    reply = json.load(opener.open(request, timeout=30))
+    reply = json.load(urllib.request.urlopen(request, timeout=30))
     print(json.dumps({"usage": reply["usage"], "text": reply["content"][0]["text"]}), flush=True)
     import socket
     for address in sys.argv[3:]:
@@ -357,7 +351,7 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @needs_sandbox
-async def test_a_cli_agent_reaches_an_https_model_by_its_name_through_the_relays_tunnel(
+async def test_a_cli_agent_reaches_an_https_model_through_the_runners_endpoint(
     spec: Any,
     tmp_path: Path,
     task_repo: Any,
@@ -367,18 +361,22 @@ async def test_a_cli_agent_reaches_an_https_model_by_its_name_through_the_relays
     mission_id: str,
     workspace_ready: Callable[..., Any],
 ) -> None:
-    """An https endpoint by host name (as the real API is): the tool keeps its URL, so TLS
-    checks the name it dialled, and reaches it through ``HTTPS_PROXY``, a tunnel to that
-    host and port alone; nothing else is reachable."""
+    """An https endpoint by host name (as the real API is): the tool speaks plain HTTP to
+    the runner's endpoint on its loopback, and the runner calls the model over TLS, checking
+    the name; nothing else is reachable."""
     import ssl
 
     from aether_llm import LLMSettings, MessagesServer, Reply, text_block
+    from aether_runtime import tls
 
     from .conftest import Script
 
     cert, key = self_signed(tmp_path / "tool", "localhost")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
+    # The runner's clients trust the test's own authority (in this process, beside the
+    # system's), as an operator's would trust theirs.
+    tls.shared().load_verify_locations(cert)
     reply = Reply([text_block("hi over tls")], "end_turn", input_tokens=70, output_tokens=9)
     script = Script({"t1": [lambda request: reply]})
     server = MessagesServer(script, ssl_context=context).start()
@@ -390,12 +388,7 @@ async def test_a_cli_agent_reaches_an_https_model_by_its_name_through_the_relays
                 return LLMSettings(api_key="k", base_url=f"https://localhost:{port}")
 
         chosen = spec(
-            "model-tls",
-            sys.executable,
-            "claude-sonnet-5-5",
-            str(cert),
-            f"127.0.0.1:{port}",
-            model_endpoint=True,
+            "model", sys.executable, "claude-sonnet-5-5", f"127.0.0.1:{port}", model_endpoint=True
         )
         await start_runner(Endpoint(), runtime="fake", command_runtimes=(chosen,))
         await publish(workspace_ready(task_repo, mission_id))
@@ -404,10 +397,10 @@ async def test_a_cli_agent_reaches_an_https_model_by_its_name_through_the_relays
         server.stop()
 
     assert len(script.requests) == 1
+    assert server.api_keys == ["k"]
     assert done.summary and done.usage.input_tokens == 70
     actions = [p.last_action for p in events.of(AgentProgress)]
     assert "hi over tls" in actions
-    assert any(a.startswith("proxy http://127.0.0.1:") for a in actions)
     # The endpoint's own address, dialled directly, is not reachable from inside.
     assert any(a.startswith(f"unreachable 127.0.0.1:{port}") for a in actions)
 

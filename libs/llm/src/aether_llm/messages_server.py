@@ -167,6 +167,8 @@ class MessagesServer:
     port: int = 0
     host: str = "127.0.0.1"
     requests: list[JSON] = field(default_factory=list)
+    # The key each request to /v1/messages came with (``x-api-key``), in order.
+    api_keys: list[str] = field(default_factory=list)
     cache: PromptCache | None = None
     ssl_context: ssl.SSLContext | None = None
 
@@ -212,6 +214,7 @@ class MessagesServer:
                     return
                 with server._lock:
                     server.requests.append(request)
+                    server.api_keys.append(self.headers.get("x-api-key", ""))
                 accounting = None
                 if server.cache is not None:
                     try:

@@ -118,7 +118,7 @@ def record_usage(model: str, usage: dict[str, Any]) -> None:
         MODEL_COST.labels(model).inc(cost)
 
 
-class _UsageReader:
+class UsageReader:
     """Finds the usage in a reply body: the JSON message, or the ``message_start`` and
     ``message_delta`` events of a stream (whose usage figures are cumulative)."""
 
@@ -172,7 +172,7 @@ class _MeteredStream(httpx2.AsyncByteStream):
     """Passes the reply through, reading its usage; records once, at its end."""
 
     def __init__(
-        self, inner: httpx2.AsyncByteStream, model: str, began: float, reader: _UsageReader | None
+        self, inner: httpx2.AsyncByteStream, model: str, began: float, reader: UsageReader | None
     ) -> None:
         self._inner = inner
         self._model = model
@@ -229,7 +229,7 @@ class MeteredTransport(httpx2.AsyncBaseTransport):
         plain = response.headers.get("content-encoding", "identity") in ("", "identity")
         reader = None
         if response.is_success and plain:
-            reader = _UsageReader(streamed=content_type.startswith("text/event-stream"))
+            reader = UsageReader(streamed=content_type.startswith("text/event-stream"))
         if not isinstance(response.stream, httpx2.AsyncByteStream):
             return response  # not a body we can pass through; the call is counted above
         return httpx2.Response(

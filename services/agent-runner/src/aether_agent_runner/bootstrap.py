@@ -38,6 +38,7 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
             agent.max_output_tokens,
             agent.claude_code_cli,
             agent.command_runtimes,
+            frozenset(settings.llm.tiers.values()),
         ),
         sandbox=confinement(agent),
         runner_id=runner_id(),

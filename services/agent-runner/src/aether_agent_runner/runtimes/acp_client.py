@@ -49,7 +49,14 @@ from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
-from aether_agent_runner.runtimes.command import NOT_STARTED, CommandRuntime, _Failed, _Seen
+from aether_agent_runner.runtimes.command import (
+    NOT_STARTED,
+    CommandRuntime,
+    _Failed,
+    _Seen,
+    until_refused,
+)
+from aether_agent_runner.runtimes.model_endpoint import Meter
 from aether_agent_runner.runtimes.prompt import CONTINUE
 from aether_agent_runner.runtimes.relay import stdio_argv
 from aether_agent_runner.runtimes.session import (
@@ -483,22 +490,34 @@ class AcpRuntime(CommandRuntime):
 
         client = _Client(job, tool_calls=earlier.tool_calls if earlier else 0)
         client.start()
+        meter = self._metered(job, sandbox, earlier)
+        if meter is not None:
+
+            async def journalled(model: str, usage: Usage) -> None:
+                # Synced before it is published: a resumed run counts it, and numbers its
+                # own calls after it.
+                await asyncio.to_thread(job.journal.append, turn_record(model, usage))
+
+            meter.record = journalled
+        inside = stdio_argv(socket_path, argv)
         try:
-            async with self._endpoint(sandbox, stdio_argv(socket_path, argv), scratch) as launched:
+            async with self._endpoint(job, inside, scratch, meter) as (launched, endpoint):
                 request = Request(
                     argv=launched,
                     workdir=job.worktree,
                     cwd=job.worktree,
-                    env=self._env(sandbox, scratch),
+                    env=self._env(sandbox, scratch, endpoint),
                     limits=job.toolbox.command_limits().with_wall(job.limits.max_seconds),
                     read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
                     protect=(job.worktree / ".git",),
                     home=home,
                 )
-                running = asyncio.create_task(execute(sandbox, request, 16_000, errors))
+                running = asyncio.create_task(
+                    until_refused(execute(sandbox, request, 16_000, errors), meter)
+                )
                 try:
                     outcome = await self._converse(
-                        job, client, prompt, connected, running, seen, earlier
+                        job, client, prompt, connected, running, seen, earlier, meter
                     )
                     await client.finish()
                     return outcome
@@ -520,14 +539,15 @@ class AcpRuntime(CommandRuntime):
         client: _Client,
         prompt: str,
         connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
-        running: asyncio.Task[Ran],
+        running: asyncio.Task[Ran | None],
         seen: _Seen,
         earlier: Earlier | None,
+        meter: Meter | None,
     ) -> Outcome:
         first: set[asyncio.Future[Any]] = {connected, running}
         await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if not connected.done():
-            return self._exited(await running, job, client, seen, "before it spoke")
+            return self._exited(await running, job, client, seen, "before it spoke", meter)
         reader, writer = connected.result()
         connection = acp.connect_to_agent(client, writer, reader)  # type: ignore[arg-type]
         talking = asyncio.create_task(self._talk(connection, job, client, prompt, earlier))
@@ -536,7 +556,7 @@ class AcpRuntime(CommandRuntime):
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if not talking.done():
                 ran = await running
-                return self._exited(ran, job, client, seen, "in the middle of its session")
+                return self._exited(ran, job, client, seen, "in the middle of its session", meter)
             try:
                 response, spent = talking.result()
             except acp.RequestError as error:
@@ -546,7 +566,8 @@ class AcpRuntime(CommandRuntime):
                 # The connection broke or carried something that is not the protocol.
                 with contextlib.suppress(TimeoutError):
                     ran = await asyncio.wait_for(asyncio.shield(running), EXIT_GRACE_SECONDS)
-                    return self._exited(ran, job, client, seen, "in the middle of its session")
+                    when = "in the middle of its session"
+                    return self._exited(ran, job, client, seen, when, meter)
                 reason = f"{self.name} broke the protocol: {error!r}"
                 return Outcome(False, reason=reason[:2000], tool_calls=client.tool_calls)
         finally:
@@ -559,6 +580,11 @@ class AcpRuntime(CommandRuntime):
         # Its input closed: a well-behaved agent exits; one that does not is killed.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(running), EXIT_GRACE_SECONDS)
+        if meter is not None:
+            # Every call was counted as it was answered; what the agent reports is not.
+            counted = meter.usage if meter.turns else Usage(cost_usd=None)
+            client.stop_reason, client.usage = response.stop_reason, counted
+            return self._answered(job, client, response, counted, meter.turns)
         usage = self._reported(response.usage, job.ready.model)
         client.stop_reason, client.usage = response.stop_reason, usage
         if usage is not None:
@@ -567,19 +593,31 @@ class AcpRuntime(CommandRuntime):
             await asyncio.to_thread(job.journal.append, turn_record(job.ready.model, usage))
             await job.observer.model_called(spent.turns + 1, usage)
         total = usage if spent.turns == 0 else spent.usage.plus(usage or Usage(cost_usd=None))
-        total = total or Usage(cost_usd=None)
+        return self._answered(job, client, response, total or Usage(cost_usd=None), 0)
+
+    def _answered(
+        self,
+        job: Job,
+        client: _Client,
+        response: schema.PromptResponse,
+        total: Usage,
+        turns: int,
+    ) -> Outcome:
+        """How the attempt ends when the agent answered its prompt."""
         if response.stop_reason != "end_turn":
             reason = f"{self.name} stopped: {response.stop_reason}"
             return Outcome(
                 False,
                 reason=reason,
                 retryable=False,
+                turns=turns,
                 tool_calls=client.tool_calls,
                 usage=total,
             )
         return Outcome(
             True,
             summary=client.summary(),
+            turns=turns,
             tool_calls=client.tool_calls,
             usage=total,
             files_changed=list(job.toolbox.workspace.changed),
@@ -660,10 +698,32 @@ class AcpRuntime(CommandRuntime):
             log.warning("restarting cleanly: discarded changes of an earlier run")
         return None
 
-    def _exited(self, ran: Ran, job: Job, client: _Client, seen: _Seen, when: str) -> Outcome:
+    def _exited(
+        self,
+        ran: Ran | None,
+        job: Job,
+        client: _Client,
+        seen: _Seen,
+        when: str,
+        meter: Meter | None = None,
+    ) -> Outcome:
+        if ran is None:
+            # The metered endpoint refused a call past a limit, and the agent was stopped.
+            assert meter is not None
+            assert meter.reason is not None
+            return Outcome(
+                False,
+                reason=meter.reason,
+                retryable=False,
+                turns=meter.turns,
+                tool_calls=client.tool_calls,
+                usage=meter.usage,
+            )
+        unknown = Usage(cost_usd=None)
+        used = meter.usage if meter is not None and meter.turns else unknown
         if ran.timed_out:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
-            return Outcome(False, reason=reason, retryable=False, usage=Usage(cost_usd=None))
+            return Outcome(False, reason=reason, retryable=False, usage=used)
         if seen.first.startswith(NOT_STARTED):
             raise _Failed(f"the {self.name} runtime cannot start: {seen.first}")
         said = " | ".join(seen.tail)
@@ -674,7 +734,7 @@ class AcpRuntime(CommandRuntime):
             reason=reason[:2000],
             retryable=True,
             tool_calls=client.tool_calls,
-            usage=Usage(cost_usd=None),
+            usage=used,
         )
 
     def _reported(self, reported: schema.Usage | None, model: str) -> Usage | None:

@@ -50,6 +50,7 @@ from aether_agent_runner.adapters.transcript import Entry, as_json, command_entr
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
 from aether_agent_runner.runtimes.confined_cli import bundled_cli, confined, sandbox_of
+from aether_agent_runner.runtimes.model_endpoint import Meter, ModelEndpoint
 from aether_agent_runner.runtimes.prompt import CONTINUE, repository_view, task_prompt
 from aether_agent_runner.runtimes.relay import RelayRefused
 from aether_agent_runner.runtimes.roles import role_prompt
@@ -601,6 +602,9 @@ class ClaudeCodeRuntime:
     cli_path: str | None = None
     prices: PriceTable | None = None
     name: str = CLAUDE_CODE
+    # The models a call may name besides the attempt's own (the runner's tiers); ``None``:
+    # any.
+    models: frozenset[str] | None = None
 
     async def run(self, job: Job) -> Outcome:
         ready = job.ready
@@ -688,6 +692,7 @@ class ClaudeCodeRuntime:
             await run.progress(f"resuming Claude Code session {earlier.session_id}", always=True)
         else:
             options = dataclasses.replace(options, session_id=earlier.session_id)
+        endpoint: ModelEndpoint | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
                 sandbox = sandbox_of(job)
@@ -700,8 +705,14 @@ class ClaudeCodeRuntime:
                 if sandbox is not None and cli is not None:
                     # The CLI runs in the sandbox: its file tools see the worktree and
                     # nothing of the host beside the system's read-only directories.
+                    if sandbox.settings.network != "host":
+                        endpoint = self._endpoint(job, earlier)
+                        env = cli_environment(
+                            dict(os.environ), self.base_url, endpoint.placeholder, config_dir
+                        )
+                        options = dataclasses.replace(options, env=env)
                     script = await stack.enter_async_context(
-                        confined(sandbox, cli, job, config_dir, self.base_url)
+                        confined(sandbox, cli, job, config_dir, endpoint)
                     )
                     options = dataclasses.replace(options, cli_path=script)
                 async with asyncio.timeout(job.limits.max_seconds):
@@ -719,7 +730,26 @@ class ClaudeCodeRuntime:
             detail = " | ".join(stderr)
             reason = f"Claude Code failed: {error}" + (f" ({detail})" if detail else "")
             outcome = self._outcome(run, False, reason=reason[:2000], retryable=True)
+        if endpoint is not None and endpoint.meter.reason is not None and not outcome.finished:
+            # A call past a limit was refused by the endpoint (the CLI's own limits came
+            # later): the limit ended the attempt, as it ends the built-in loop.
+            outcome = self._outcome(run, False, reason=endpoint.meter.reason, retryable=False)
         return outcome, outcome.finished or run.turns > began
+
+    def _endpoint(self, job: Job, earlier: Earlier) -> ModelEndpoint:
+        """The metered endpoint the confined CLI calls the model at, with a key of the
+        attempt's own. Each reply's usage is recorded from the CLI's stream
+        (``_Run.streamed``); the endpoint counts it too, to hold calls to the limits."""
+        meter = Meter(
+            job.limits,
+            job.observer,
+            self.prices or load_prices(),
+            turns=earlier.turns,
+            usage=earlier.usage,
+            publish=False,
+        )
+        models = None if self.models is None else self.models | {job.ready.model}
+        return ModelEndpoint(self.base_url, self.api_key, meter, models)
 
     def _options(
         self,

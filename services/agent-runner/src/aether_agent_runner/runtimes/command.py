@@ -5,11 +5,14 @@ commands do): the worktree its only writable place and its ``.git`` read-only, t
 sandbox's memory, process, CPU, output and disk limits, and the attempt's wall time, after
 which the whole sandbox is killed; a stop order or a crash ends it the same way. Its
 environment is the one the runner's commands get (no credentials) plus what its spec asks
-for. With the model endpoint and no network, a relay gives it the runner's model endpoint
-and nothing else (``runtimes.relay``). Each line it prints (standard output and error
-together) is progress; the usage it reports (if its spec says how) is recorded, and usage
-it does not report stays unknown. The output, in batches of lines, and how the tool
-ended are the attempt's transcript.
+for. With the model endpoint and no network, the tool reaches the runner's metered model
+endpoint and nothing else (``runtimes.relay``, ``runtimes.model_endpoint``), with a key
+made for the attempt: each of its model calls is recorded as it is answered, and a call
+past the attempt's turn, token or cost limit is refused and ends the attempt. Each line
+it prints (standard output and error together) is progress; the usage it reports (if its
+spec says how) is recorded when its calls are not metered, and usage it does not report
+stays unknown. The output, in batches of lines, and how the tool ended are the attempt's
+transcript.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,17 @@ from aether_agent_runner.adapters.tools import SANDBOX_SCRATCH
 from aether_agent_runner.adapters.transcript import Entry, OutputLines
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.model_endpoint import Meter, ModelEndpoint
 from aether_agent_runner.runtimes.prompt import repository_view, task_prompt
-from aether_agent_runner.runtimes.relay import RelayRefused, relayed
+from aether_agent_runner.runtimes.relay import RelayRefused, check_endpoint, relayed
 from aether_agent_runner.runtimes.roles import role_prompt
-from aether_agent_runner.runtimes.session import Earlier
+from aether_agent_runner.runtimes.session import (
+    COMMAND_START,
+    Earlier,
+    earlier_run,
+    start_record,
+    turn_record,
+)
 from aether_agent_runner.runtimes.spec import CommandSpec
 from aether_events import Usage
 from aether_llm import PriceTable, load_prices
@@ -74,6 +84,19 @@ class _Seen:
     all_costed: bool = True
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=10))
     first: str = ""
+    # The attempt's model calls, when they pass the metered endpoint (the tool's own
+    # reports are then not counted).
+    meter: Meter | None = None
+
+    @property
+    def turns(self) -> int:
+        return self.meter.turns if self.meter is not None else 0
+
+    @property
+    def usage(self) -> Usage:
+        if self.meter is not None:
+            return self.meter.usage
+        return self.reported or Usage(cost_usd=None)
 
 
 class _Failed(Exception):
@@ -89,6 +112,9 @@ class CommandRuntime:
     base_url: str
     api_key: str
     prices: PriceTable | None = None
+    # The models a metered call may name besides the attempt's own (the runner's tiers);
+    # ``None``: any.
+    models: frozenset[str] | None = None
 
     @property
     def name(self) -> str:
@@ -136,35 +162,77 @@ class CommandRuntime:
                 raise _Failed(f"the {self.name} runtime cannot start: {error}") from None
         return sandbox
 
-    def _env(self, sandbox: Sandbox, scratch: Path) -> dict[str, str]:
+    def _env(
+        self, sandbox: Sandbox, scratch: Path, endpoint: ModelEndpoint | None = None
+    ) -> dict[str, str]:
         passed = tuple(name for name in self.spec.env if not is_secret_name(name))
         if sandbox.confined:
             # HOME, TMPDIR and caches live in the sandbox's own private /tmp.
             env = command_env(os.environ, SANDBOX_SCRATCH, passed, make_dirs=False)
         else:
             env = command_env(os.environ, scratch / "env", passed)
-        if self.spec.model_endpoint:
+        if endpoint is not None:
+            # The relay inside points ANTHROPIC_BASE_URL at the sandbox's loopback.
+            env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1"
+            env["ANTHROPIC_API_KEY"] = endpoint.placeholder
+        elif self.spec.model_endpoint:
             env["ANTHROPIC_BASE_URL"] = self.base_url
             env["ANTHROPIC_API_KEY"] = self.api_key
         return env
 
-    @contextlib.asynccontextmanager
-    async def _endpoint(
-        self, sandbox: Sandbox, argv: list[str], scratch: Path
-    ) -> AsyncIterator[list[str]]:
-        """``argv`` as the sandbox starts it: behind the model relay when the tool needs
-        the model endpoint and the sandbox has no network of its own."""
+    def _metered(self, job: Job, sandbox: Sandbox, earlier: Earlier | None = None) -> Meter | None:
+        """The meter of the attempt's model calls: when the tool needs the model endpoint
+        and the sandbox has no network of its own (``network: host`` and an unconfined
+        runner give it the endpoint itself, unmetered)."""
         offline = sandbox.confined and sandbox.settings.network != "host"
         if not (self.spec.model_endpoint and offline):
-            yield argv
+            return None
+        meter = Meter(job.limits, job.observer, self.prices or load_prices())
+        if earlier is not None:
+            meter.turns, meter.usage = earlier.turns, earlier.usage
+        return meter
+
+    async def _counted_on(self, job: Job, meter: Meter | None) -> Meter | None:
+        """``meter``, counting on from the calls an earlier run of the attempt made (a
+        runner that died mid-run: the tool starts over, but its calls were made and
+        published), each call journalled before it is published: a later run's usage
+        events then never reuse an earlier one's ids (the stream would drop them)."""
+        if meter is None:
+            return None
+        records = await asyncio.to_thread(job.journal.read)
+        spent = earlier_run(
+            records, job.identity, meter.prices, job.ready.model, kind=COMMAND_START
+        )
+        if spent is not None:
+            meter.turns, meter.usage = spent.turns, spent.usage
+        begin = start_record(job.identity, "run", spent, kind=COMMAND_START)
+        await asyncio.to_thread(job.journal.start, begin)
+
+        async def journalled(model: str, usage: Usage) -> None:
+            await asyncio.to_thread(job.journal.append, turn_record(model, usage))
+
+        meter.record = journalled
+        return meter
+
+    @contextlib.asynccontextmanager
+    async def _endpoint(
+        self, job: Job, argv: list[str], scratch: Path, meter: Meter | None
+    ) -> AsyncIterator[tuple[list[str], ModelEndpoint | None]]:
+        """``argv`` as the sandbox starts it, and the endpoint it calls the model at:
+        behind the metered endpoint when its calls are metered (``meter``)."""
+        if meter is None:
+            yield argv, None
             return
+        models = None if self.models is None else self.models | {job.ready.model}
+        endpoint = ModelEndpoint(self.base_url, self.api_key, meter, models)
         async with contextlib.AsyncExitStack() as stack:
             try:
-                inside = await stack.enter_async_context(relayed(self.base_url, argv, scratch))
+                check_endpoint(self.base_url)
             except RelayRefused as error:
                 reason = f"the {self.name} runtime cannot reach the model: {error}"
                 raise _Failed(reason) from None
-            yield inside
+            inside = await stack.enter_async_context(relayed(endpoint, argv, scratch))
+            yield inside, endpoint
 
     async def _run(
         self,
@@ -176,14 +244,14 @@ class CommandRuntime:
         earlier: Earlier | None,
     ) -> Outcome:
         worktree = job.worktree
-        seen = _Seen()
+        seen = _Seen(meter=await self._counted_on(job, self._metered(job, sandbox)))
         lines = _Lines(self, job, seen)
-        async with self._endpoint(sandbox, argv, scratch) as launched:
+        async with self._endpoint(job, argv, scratch, seen.meter) as (launched, endpoint):
             request = Request(
                 argv=launched,
                 workdir=worktree,
                 cwd=worktree,
-                env=self._env(sandbox, scratch),
+                env=self._env(sandbox, scratch, endpoint),
                 limits=job.toolbox.command_limits().with_wall(job.limits.max_seconds),
                 read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
                 protect=(worktree / ".git",),
@@ -191,20 +259,32 @@ class CommandRuntime:
             )
             publisher = asyncio.create_task(lines.publish())
             try:
-                ran = await execute(sandbox, request, 16_000, lines.feed)
+                ran = await until_refused(execute(sandbox, request, 16_000, lines.feed), seen.meter)
             except (FileNotFoundError, PermissionError) as error:
                 reason = f"the {self.name} runtime cannot start {argv[0]!r}: {error.strerror}"
                 raise _Failed(reason) from None
             finally:
                 lines.close()
                 await publisher
+        meter = seen.meter
+        if ran is None:
+            # A call past a limit was refused: the tool was stopped, as a limit ends the
+            # built-in loop.
+            assert meter is not None
+            assert meter.reason is not None
+            ran = Ran(None, False, "", 0.0, sandbox.name, stopped="limit")
+            await self._transcribe_end(job, seen, ran)
+            return self._ended(seen, meter.reason, retryable=False, usage=meter.usage)
         await self._transcribe_end(job, seen, ran)
         if ran.exit_code is not None and ran.exit_code != 0 and seen.first.startswith(NOT_STARTED):
             said = seen.first.split(": ", 2)[-1]
             raise _Failed(f"the {self.name} runtime cannot start {argv[0]!r}: {said}")
-        usage = self._usage(seen, job.ready.model)
-        if usage is not None:
-            await job.observer.model_called(max(seen.lines, 1), usage)
+        if meter is not None:
+            usage: Usage | None = meter.usage if meter.turns else None
+        else:
+            usage = self._usage(seen, job.ready.model)
+            if usage is not None:
+                await job.observer.model_called(max(seen.lines, 1), usage)
         if ran.timed_out:
             reason = f"wall-time limit reached: {job.limits.max_seconds:g} s allowed"
             return self._ended(seen, reason, retryable=False, usage=usage)
@@ -218,7 +298,7 @@ class CommandRuntime:
         return Outcome(
             True,
             summary=seen.last_text or "(no summary)",
-            turns=0,
+            turns=seen.turns,
             tool_calls=seen.lines,
             usage=usage if usage is not None else Usage(cost_usd=None),
         )
@@ -255,10 +335,10 @@ class CommandRuntime:
             return None
         seen.last_text = text
         return Progress(
-            turns=0,
+            turns=seen.turns,
             tool_calls=seen.lines,
             files_changed=[],
-            usage=seen.reported or Usage(cost_usd=None),
+            usage=seen.usage,
             last_action=text if len(text) <= 120 else text[:117] + "…",
         )
 
@@ -273,7 +353,7 @@ class CommandRuntime:
         if not isinstance(data, dict):
             return line
         report = data.get("usage")
-        if isinstance(report, dict):
+        if isinstance(report, dict) and seen.meter is None:
             counted = _usage(report)
             if counted is not None:
                 seen.all_costed = seen.all_costed and counted.cost_usd is not None
@@ -295,9 +375,30 @@ class CommandRuntime:
             False,
             reason=reason,
             retryable=retryable,
+            turns=seen.turns,
             tool_calls=seen.lines,
             usage=usage if usage is not None else Usage(cost_usd=None),
         )
+
+
+async def until_refused(running: Awaitable[Ran], meter: Meter | None) -> Ran | None:
+    """How the tool ran; ``None`` when the metered endpoint refused a call past a limit
+    first (the tool then stopped: its sandbox killed with the cancelled run)."""
+    if meter is None:
+        return await running
+    task = asyncio.ensure_future(running)
+    refused = asyncio.ensure_future(meter.ended.wait())
+    try:
+        await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refused.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return None
+    return task.result()
 
 
 def _usage(report: dict[str, Any]) -> Usage | None:

@@ -4,8 +4,9 @@ The SDK starts the CLI itself, with its standard streams as the protocol between
 It is given a script instead: the script starts bubblewrap with the sandbox's namespaces
 and mounts (``aether_sandbox.Bubblewrap.launch``: the worktree the only writable tree, its
 ``.git`` read-only, the system directories read-only, no network of its own, a fresh
-``/proc``), the model relay when the sandbox has no network (``runtimes.relay``), and the
-CLI, whose standard streams, arguments and variables pass through unchanged. The CLI's
+``/proc``), the metered model endpoint when the sandbox has no network (``runtimes.relay``,
+``runtimes.model_endpoint``: the CLI holds the attempt's own key, never the real one), and
+the CLI, whose standard streams, arguments and variables pass through unchanged. The CLI's
 configuration directory (its sessions, which a resumed run loads) is the sandbox's home,
 bound from beside the attempt's journal. The mounts, not only the runner's path check,
 then hold the CLI's own file tools to the worktree: a path that leads out finds nothing
@@ -30,6 +31,7 @@ import claude_agent_sdk as sdk
 
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.model_endpoint import ModelEndpoint
 from aether_agent_runner.runtimes.relay import relayed
 from aether_sandbox import Bubblewrap, Request, WarmSandbox
 from aether_sandbox.bubblewrap import HOME
@@ -61,11 +63,11 @@ def sandbox_of(job: Job) -> Bubblewrap | None:
 
 @contextlib.asynccontextmanager
 async def confined(
-    sandbox: Bubblewrap, cli: str, job: Job, config_dir: Path, base_url: str
+    sandbox: Bubblewrap, cli: str, job: Job, config_dir: Path, endpoint: ModelEndpoint | None
 ) -> AsyncIterator[str]:
     """A script that runs ``cli`` in ``sandbox``, to give the SDK as the CLI's path;
-    valid (the model relay served) while in use. Raises ``RelayRefused`` for a model
-    endpoint the relay cannot carry."""
+    valid (``endpoint``, when given, served to it) while in use. Raises ``RelayRefused``
+    for a model endpoint the runner cannot call."""
     # The CLI's directory, and where it really lives when a link names it.
     where = (Path(cli).parent, (await asyncio.to_thread(Path(cli).resolve)).parent)
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
@@ -75,8 +77,8 @@ async def confined(
     try:
         argv = [cli]
         async with contextlib.AsyncExitStack() as stack:
-            if sandbox.settings.network != "host":
-                argv = await stack.enter_async_context(relayed(base_url, argv, scratch))
+            if endpoint is not None:
+                argv = await stack.enter_async_context(relayed(endpoint, argv, scratch))
             request = Request(
                 argv=argv,
                 workdir=job.worktree,

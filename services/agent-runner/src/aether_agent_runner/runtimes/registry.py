@@ -21,11 +21,13 @@ def runtimes(
     max_output_tokens: int = 8192,
     claude_code_cli: str | None = None,
     commands: tuple[CommandSpec, ...] = (),
+    models: frozenset[str] | None = None,
 ) -> Callable[[str], Runtime]:
     """The runtimes this runner has. Every runtime calls the model at the client's endpoint
     with its key; Claude Code needs the ``claude-code`` extra installed; ``commands`` are
     other CLI agents by name (a ``LazyClient`` is built at the built-in runtime's first
-    call, and for the CLI agents only to learn the SDK's default URL)."""
+    call, and for the CLI agents only to learn the SDK's default URL). ``models``: what a
+    CLI agent's metered call may name besides its attempt's model (``None``: any)."""
     builtin = BuiltinRuntime(client, max_output_tokens)
     by_name = {spec.name: spec for spec in commands}
     for name in KNOWN:
@@ -44,7 +46,9 @@ def runtimes(
                     f"aether-agent-runner[claude-code]): {error}"
                 ) from None
             base_url, api_key = endpoint_of(client)
-            return ClaudeCodeRuntime(base_url=base_url, api_key=api_key, cli_path=claude_code_cli)
+            return ClaudeCodeRuntime(
+                base_url=base_url, api_key=api_key, cli_path=claude_code_cli, models=models
+            )
         if name in by_name and by_name[name].protocol == "acp":
             try:
                 from aether_agent_runner.runtimes.acp_client import AcpRuntime
@@ -53,9 +57,9 @@ def runtimes(
                     f"the {name} runtime speaks ACP, which is not installed on this runner "
                     f"(install aether-agent-runner[acp]): {error}"
                 ) from None
-            return AcpRuntime(by_name[name], *endpoint_of(client))
+            return AcpRuntime(by_name[name], *endpoint_of(client), models=models)
         if name in by_name:
-            return CommandRuntime(by_name[name], *endpoint_of(client))
+            return CommandRuntime(by_name[name], *endpoint_of(client), models=models)
         have = ", ".join([*KNOWN, *by_name])
         raise RuntimeUnavailable(f"unknown agent runtime {name!r}; this runner has {have}")
 

@@ -1,16 +1,13 @@
 """Runs inside a command runtime's sandbox (standard library only, passed as source with
 ``python -c``): listens on the sandbox's own loopback, carries every connection to the
-unix socket the runner serves (the one way out of an empty network namespace), then
-starts the tool and exits with the tool's exit code.
+unix socket the runner serves (the one way out of an empty network namespace: the
+runner's metered model endpoint), then starts the tool with ``ANTHROPIC_BASE_URL``
+pointing at that loopback port and exits with the tool's exit code. Proxy variables are
+dropped: there is nothing out there a proxy could reach, and one would take the tool's
+calls to the loopback elsewhere.
 
-For an ``http`` endpoint the tool's ``ANTHROPIC_BASE_URL`` points at that loopback port.
-For an ``https`` one (``connect:HOST:PORT``) the tool keeps its URL and gets
-``HTTPS_PROXY`` pointing there: each connection must open with ``CONNECT HOST:PORT``
-(that authority alone, answered ``403`` otherwise), and is then a tunnel to the runner's
-socket, TLS end to end.
-
-Arguments: the socket's path, the URL with ``{port}`` for the port chosen here (or
-``connect:`` and the authority), ``--``, and the tool's argument vector.
+Arguments: the socket's path, the URL with ``{port}`` for the port chosen here, ``--``,
+and the tool's argument vector.
 """
 
 import contextlib
@@ -20,8 +17,7 @@ import subprocess
 import sys
 import threading
 
-TUNNEL = "connect:"
-HEAD_LIMIT = 16 * 1024
+PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 def _pipe(source: socket.socket, target: socket.socket) -> None:
@@ -35,12 +31,10 @@ def _pipe(source: socket.socket, target: socket.socket) -> None:
             target.shutdown(socket.SHUT_WR)
 
 
-def _carry(client: socket.socket, path: str, first: bytes = b"") -> None:
+def _carry(client: socket.socket, path: str) -> None:
     upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         upstream.connect(path)
-        if first:
-            upstream.sendall(first)
     except OSError:
         client.close()
         upstream.close()
@@ -49,38 +43,10 @@ def _carry(client: socket.socket, path: str, first: bytes = b"") -> None:
         threading.Thread(target=_pipe, args=(source, target), daemon=True).start()
 
 
-def _tunnel(client: socket.socket, path: str, allowed: str) -> None:
-    """Answer the connection's ``CONNECT``: a tunnel to ``allowed`` only."""
-    head = b""
-    try:
-        while b"\r\n\r\n" not in head:
-            chunk = client.recv(4096)
-            if not chunk or len(head) > HEAD_LIMIT:
-                client.close()
-                return
-            head += chunk
-        request, _, rest = head.partition(b"\r\n\r\n")
-        words = request.split(b"\r\n", 1)[0].decode("latin-1").split()
-        if len(words) != 3 or words[0].upper() != "CONNECT" or words[1].lower() != allowed:
-            client.sendall(
-                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            client.close()
-            return
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-    except OSError:
-        client.close()
-        return
-    _carry(client, path, rest)
-
-
-def _serve(listener: socket.socket, path: str, allowed: str | None) -> None:
+def _serve(listener: socket.socket, path: str) -> None:
     while True:
         client, _ = listener.accept()
-        if allowed is None:
-            _carry(client, path)
-        else:
-            threading.Thread(target=_tunnel, args=(client, path, allowed), daemon=True).start()
+        _carry(client, path)
 
 
 def main() -> None:
@@ -92,16 +58,11 @@ def main() -> None:
     listener.listen(64)
     port = listener.getsockname()[1]
     env = dict(os.environ)
-    allowed = None
-    if template.startswith(TUNNEL):
-        allowed = template[len(TUNNEL) :].lower()
-        for name in ("HTTPS_PROXY", "https_proxy"):
-            env[name] = f"http://127.0.0.1:{port}"
-        for name in ("NO_PROXY", "no_proxy"):
-            env.pop(name, None)
-    else:
-        env["ANTHROPIC_BASE_URL"] = template.replace("{port}", str(port))
-    threading.Thread(target=_serve, args=(listener, path, allowed), daemon=True).start()
+    for name in PROXIES:
+        env.pop(name, None)
+        env.pop(name.lower(), None)
+    env["ANTHROPIC_BASE_URL"] = template.replace("{port}", str(port))
+    threading.Thread(target=_serve, args=(listener, path), daemon=True).start()
     try:
         child = subprocess.Popen(argv, env=env)
     except OSError as error:

@@ -18,6 +18,9 @@ from aether_llm import PriceTable
 START = "claude-code"
 # The first record of an ACP agent's session: the id is the agent's, any short string.
 ACP_START = "acp"
+# The first record of a command runtime's run whose model calls are metered: a run is
+# never resumed (it starts over), but its calls count on from an earlier run's.
+COMMAND_START = "command"
 MAX_SESSION_ID = 256
 TURN = "claude-code-turn"
 # One per tool call, journalled before its progress is published: the progress of a later
