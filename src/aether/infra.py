@@ -205,8 +205,17 @@ class EmbeddedNats:
         raise AssertionError("unreachable")
 
     def _launch(self, log_file: Path | None) -> subprocess.Popen[bytes]:
-        out: Any = log_file.open("ab") if log_file else subprocess.DEVNULL
+        out = log_file.open("ab") if log_file else None
         config = ["--config", str(self.config)] if self.config is not None else []
+        # The child holds its own copy of the log's descriptor: ours is closed at once, or
+        # every start again (``aether up`` bringing back a server that died) kept one.
+        try:
+            return self._popen(config, subprocess.DEVNULL if out is None else out)
+        finally:
+            if out is not None:
+                out.close()
+
+    def _popen(self, config: list[str], out: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 nats_server_binary(),

@@ -25,6 +25,7 @@ import httpx
 from aether import http as aether_http
 from aether import supervise
 from aether.credentials import TOKEN_FILE
+from aether.infra import NatsExited
 from aether.locate import remember_home
 from aether.supervise import StackError
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 START_TIMEOUT = 240.0
 STABLE_AFTER = 60.0  # a service up this long has its restart backoff reset
+NATS = "nats"  # the embedded nats-server's name in the state file and the backoff
 
 
 def _duration(seconds: float) -> str:
@@ -145,7 +147,8 @@ class Supervisor:
         processes: dict[str, Any] = {}
         nats = self.stack._nats
         if nats is not None and nats.process is not None:
-            processes["nats"] = supervise.process_record(nats.process.pid, nats.port)
+            record = supervise.process_record(nats.process.pid, nats.port)
+            processes[NATS] = {**record, "restarts": self.restarts.get(NATS, 0)}
         postmaster = supervise.postgres_postmaster(self.stack.home / "postgres")
         if self.stack._postgres is not None and postmaster is not None:
             processes["postgres"] = supervise.process_record(postmaster)
@@ -248,9 +251,11 @@ class Supervisor:
         return f":\n    {lines[-1]}" if lines else ""
 
     def watch(self) -> None:
-        """Until asked to stop: restart crashed services, with backoff, and say so."""
+        """Until asked to stop: restart the embedded nats-server and crashed services,
+        with backoff, and say so."""
         while not self.stopping.wait(0.5):
             now = time.monotonic()
+            self._watch_nats(now)
             for name, service in list(self.stack.processes.items()):
                 if name in self.due:
                     if now >= self.due[name]:
@@ -274,6 +279,63 @@ class Supervisor:
                     flush=True,
                 )
                 self.due[name] = now + delay
+
+    def _watch_nats(self, now: float) -> None:
+        """Start the stack's own nats-server again when it died, with backoff: on the same
+        configuration, store and port, so every service's client (which reconnects for
+        ever) finds it again and goes on where it was (docs/recovery.md)."""
+        nats = self.stack._nats
+        if nats is None:  # NATS_URL: someone else's server, supervised by them
+            return
+        if NATS in self.due:
+            if now < self.due[NATS]:
+                return
+            del self.due[NATS]
+            began = time.monotonic()
+            try:
+                self.stack.restart_nats()
+            except (NatsExited, TimeoutError, OSError) as error:
+                nats.kill()  # one that started but never answered must not linger
+                self._nats_down(f"could not start it again: {error}", time.monotonic())
+                return
+            self.since[NATS] = time.monotonic()
+            self.record()
+            print(
+                f"  nats-server started again on port {nats.port}"
+                f" ({time.monotonic() - began:.1f}s); the services reconnect to it",
+                file=self.out,
+                flush=True,
+            )
+            return
+        process = nats.process
+        if process is None or process.poll() is None:
+            if process is not None and now - self.since.get(NATS, now) > STABLE_AFTER:
+                self.restarts[NATS] = 0
+            return
+        code = process.returncode
+        self._nats_down(f"exited with code {code}" + self._last_nats_error(code), now)
+
+    def _nats_down(self, what: str, now: float) -> None:
+        count = self.restarts.get(NATS, 0) + 1
+        self.restarts[NATS] = count
+        delay = min(30.0, 2.0 ** (count - 1))
+        print(
+            f"! nats-server {what}\n  starting it again in {delay:.0f}s on the same store"
+            f" and port (restart {count}); missions wait meanwhile",
+            file=self.out,
+            flush=True,
+        )
+        self.due[NATS] = now + delay
+
+    def _last_nats_error(self, code: int) -> str:
+        """nats-server's last error or fatal line when it ended on its own (a killed
+        server's log ends on whatever it said last, which explains nothing)."""
+        if code < 0:
+            return ""
+        for line in reversed(supervise.tail(self.log_path(NATS), 40)):
+            if "[ERR]" in line or "[FTL]" in line:
+                return f":\n    {line.strip()}"
+        return ""
 
     def stop(self) -> None:
         self.stack.stop()

@@ -401,8 +401,9 @@ class Stack:
         del self.processes[name]
 
     def restart_nats(self) -> None:
-        """SIGKILL the embedded NATS server and start it again on the same port and store
-        (crash testing; only for a server this stack started)."""
+        """SIGKILL the embedded NATS server (when it still runs) and start it again on the
+        same configuration, port and store: crash testing, and ``aether up`` bringing back
+        a server that died. Only for a server this stack started."""
         if self._nats is None:
             raise RuntimeError("NATS is not this stack's own (NATS_URL was given)")
         self._nats.kill()

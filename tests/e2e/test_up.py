@@ -260,6 +260,45 @@ def test_a_service_that_exits_is_started_again(started: Up):
     assert started.process.poll() is None
 
 
+def test_a_nats_server_that_dies_is_started_again_and_missions_go_on(started: Up, tmp_path: Path):
+    """The embedded nats-server killed with SIGKILL: ``up`` says so, starts it again on
+    the same port and store, and a mission submitted afterwards completes with no step
+    of the person's (no ``down`` and ``up``): every service reconnected on its own."""
+    before = started.recorded()["nats"]
+    os.kill(int(str(before["pid"])), signal.SIGKILL)
+    started.wait_for("! nats-server exited with code -9")
+    started.wait_for("nats-server started again on port")
+    after = started.recorded()["nats"]
+    assert after["pid"] != before["pid"] and after["port"] == before["port"]
+    assert after["restarts"] == 1
+
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    submitted = run(
+        tmp_path,
+        "mission",
+        "submit",
+        "- Add src/greeting.py with a greet(name) function that returns a greeting",
+        "--repo",
+        str(repo),
+        "--auto-approve",
+    )
+    assert submitted.returncode == 0, submitted.stderr + started.output
+    mission_id = submitted.stdout.strip()
+    deadline = time.monotonic() + 180
+    mission: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        shown = run(tmp_path, "mission", "show", mission_id, "--json")
+        mission = json.loads(shown.stdout) if shown.returncode == 0 else {}
+        if mission.get("status") in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    assert mission.get("status") == "completed", f"{mission}\n{started.output}"
+    status = run(tmp_path, "status", "--home", str(started.home))
+    assert status.returncode == 0, status.stdout
+    assert started.process.poll() is None
+
+
 class Screen:
     """A command run in a pseudo-terminal, as a person at a terminal runs it."""
 

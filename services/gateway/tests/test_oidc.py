@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,7 +29,7 @@ from aether.infra import free_port
 from aether_gateway.adapters.oidc import OidcSettings
 from aether_gateway.config import GatewaySettings
 from aether_gateway.domain.auth import claim_at, role_names, scopes_for_roles
-from aether_runtime.settings import SettingsError
+from aether_runtime.settings import EXIT_CONFIG, SettingsError
 
 from .conftest import GatewayServer
 from .oidc_provider import Provider
@@ -414,6 +419,7 @@ def test_the_client_secret_may_come_from_a_file(monkeypatch, tmp_path):
     secret = tmp_path / "client-secret"
     secret.write_text("from-the-file\n")
     monkeypatch.setenv("AETHER_OIDC_ISSUER", "https://idp.test")
+    monkeypatch.setenv("AETHER_OIDC_AUDIENCE", "aether-api")
     monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET_FILE", str(secret))
     oidc = GatewaySettings.from_env().oidc
     assert oidc is not None
@@ -425,6 +431,68 @@ def test_the_client_secret_may_come_from_a_file(monkeypatch, tmp_path):
     monkeypatch.setenv("AETHER_OIDC_CLIENT_SECRET_FILE", str(tmp_path / "missing"))
     with pytest.raises(SettingsError, match="AETHER_OIDC_CLIENT_SECRET_FILE"):
         GatewaySettings.from_env()
+
+
+@pytest.mark.parametrize("keys", ["AETHER_OIDC_ISSUER", "AETHER_OIDC_JWKS_URL"])
+def test_oidc_without_an_audience_stops_the_gateway_naming_the_variable(
+    provider: Provider, keys: str
+):
+    """Neither an audience nor a client id: every token the provider issued to any of
+    its clients would be taken. The gateway refuses to start, in one line naming the
+    variable, with the exit status of every bad setting."""
+    discovery = httpx.get(f"{provider.issuer}/.well-known/openid-configuration").json()
+    env = {key: val for key, val in os.environ.items() if not key.startswith("AETHER_")}
+    env |= {
+        # A bus nobody listens on: a gateway that took the settings would do nothing.
+        "NATS_URL": "nats://127.0.0.1:9",
+        "PORT": "0",
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+        keys: provider.issuer if keys == "AETHER_OIDC_ISSUER" else discovery["jwks_uri"],
+    }
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "aether_gateway"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the gateway started with OIDC and no audience")
+    lines = ran.stderr.strip().splitlines()
+    assert ran.returncode == EXIT_CONFIG, ran.stderr[-2000:]
+    assert len(lines) == 1, ran.stderr[-2000:]
+    assert lines[0].startswith("gateway: cannot start: AETHER_OIDC_AUDIENCE is not set")
+    assert "AETHER_OIDC_ANY_AUDIENCE=1" in lines[0]
+
+
+async def test_any_audience_stated_outright_takes_a_token_issued_to_another_client(
+    provider: Provider, make_gateway: Callable[..., Awaitable[GatewayServer]], monkeypatch
+):
+    """The operator's explicit word (``AETHER_OIDC_ANY_AUDIENCE=1``) lets a gateway
+    without an audience start, and then a token of any of the provider's clients is
+    taken, as it says."""
+    monkeypatch.setenv("AETHER_OIDC_ISSUER", provider.issuer)
+    monkeypatch.setenv("AETHER_OIDC_ANY_AUDIENCE", "1")
+    oidc = GatewaySettings.from_env().oidc
+    assert oidc is not None and oidc.any_audience and oidc.audience is None
+    gateway = await make_gateway(oidc=dataclasses.replace(oidc, jwks_cooldown_seconds=0))
+    verifier = secrets.token_urlsafe(48)
+    code = await provider.authorize(
+        sub="ada",
+        client_id="some-other-app",
+        redirect_uri="http://other.test/cb",
+        nonce="n",
+        challenge=challenge_of(verifier),
+    )
+    answer = await provider.token(
+        code, client_id="some-other-app", redirect_uri="http://other.test/cb", verifier=verifier
+    )
+    async with gateway.client(token=answer["id_token"]) as other:
+        response = await other.get("/auth/whoami")
+    assert response.status_code == 200, response.text
+    assert response.json()["scopes"] == ["admin"]
 
 
 def test_roles_are_found_in_nested_and_namespaced_claims():

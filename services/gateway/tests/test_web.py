@@ -516,6 +516,48 @@ async def test_board_resumes_after_a_gateway_restart_without_missing_or_doubling
     ]
 
 
+async def test_board_follows_a_reset_stream_instead_of_retrying_a_refused_resume_point(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """A tab open across an event stream reset resumes after an id the new stream never
+    reached; the gateway answers 400 naming its newest event. The board drops its resume
+    point, loads the mission again from the REST API, says so, and follows the stream
+    from the current point: it asks once, not for ever, and shows new events."""
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all([script.requested(), script.prepared(), script.plan()])
+    page = await signed_in(browser, gateway_server)
+    refused: list[str] = []
+    streams: list[str] = []
+
+    def seen(response: Any) -> None:
+        if f"/missions/{script.mission_id}/events" in response.url:
+            streams.append(response.url)
+            if response.status == 400:
+                refused.append(response.url)
+
+    page.on("response", seen)
+
+    # How the reset reaches the page: the resume point it starts from (the read model's
+    # position, read before the stream was reset) is past the newest event the stream has.
+    async def from_before_the_reset(route: Any) -> None:
+        answer = await route.fetch()
+        position = await answer.json()
+        await route.fulfill(response=answer, json={**position, "sequence": 10**9})
+
+    await page.route("**/events/position", from_before_the_reset, times=1)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    await expect(page.locator("#mission-status .pill")).to_have_text("awaiting approval")
+    await publisher.publish(script.approved())
+    await expect(page.locator("#mission-status .pill")).to_have_text("running")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    notice = page.locator("#live-notice")
+    await expect(notice).to_be_visible()
+    await expect(notice).to_contain_text("The event stream was reset")
+    await publisher.publish(script.task_ready("t1"))
+    await expect(page.locator("article[data-task=t1]")).to_have_attribute("data-status", "ready")
+    assert len(refused) == 1, streams  # asked once with the refused point, then followed
+
+
 def _escalated(script: Script, task_id: str) -> TaskEscalated:
     return TaskEscalated(
         **script.meta(),  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from aether_runtime.settings import (
     AtLeastOne,
     Env,
     EnvSettings,
+    Flag,
     HttpUrl,
     NonNegative,
     NonNegativeInt,
@@ -54,6 +55,7 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
     issuer: HttpUrl = setting("AETHER_OIDC_ISSUER", "")
     jwks_url: HttpUrl = setting("AETHER_OIDC_JWKS_URL", OidcSettings.jwks_url)
     audience: str = setting("AETHER_OIDC_AUDIENCE", "")
+    any_audience: Flag = setting("AETHER_OIDC_ANY_AUDIENCE", OidcSettings.any_audience)
     client_id: str = setting("AETHER_OIDC_CLIENT_ID", OidcSettings.client_id)
     # A mounted secret may hold it instead, kept out of the environment and `docker inspect`.
     client_secret: Annotated[str, Env(file="AETHER_OIDC_CLIENT_SECRET_FILE")] = setting(
@@ -82,6 +84,7 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
             jwks_url=self.jwks_url,
             issuer=self.issuer or None,
             audience=self.audience or None,
+            any_audience=self.any_audience,
             scope_claim=self.scope_claim,
             scope_prefix=self.scope_prefix,
             client_id=self.client_id,

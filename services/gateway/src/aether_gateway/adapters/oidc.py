@@ -62,6 +62,9 @@ class OidcSettings:
     issuer: str | None = None
     # The audience of access tokens sent to the API (ID tokens carry the client id).
     audience: str | None = None
+    # The operator's word that, with neither an audience nor a client id, a token the
+    # provider issued to any of its clients may be taken (refused otherwise: see below).
+    any_audience: bool = False
     # The claim holding the caller's scopes (a space-separated string or a list) and the
     # prefix that marks Aether's among them (``aether:write``).
     scope_claim: str = "scope"
@@ -88,6 +91,14 @@ class OidcSettings:
             raise ValueError("OIDC needs AETHER_OIDC_ISSUER or AETHER_OIDC_JWKS_URL")
         if self.client_id and not self.issuer:
             raise ValueError("AETHER_OIDC_CLIENT_ID needs AETHER_OIDC_ISSUER (its discovery)")
+        if not self.audience and not self.client_id and not self.any_audience:
+            # No audience to check: a token the provider issued to any of its clients
+            # (another team's app, a test client) would be taken as Aether's.
+            raise ValueError(
+                "AETHER_OIDC_AUDIENCE is not set (nor AETHER_OIDC_CLIENT_ID): tokens the"
+                " provider issued to any client would be accepted; set it, or set"
+                " AETHER_OIDC_ANY_AUDIENCE=1 to accept them knowingly"
+            )
         if self.client_id and "openid" not in self.scopes:
             raise ValueError("AETHER_OIDC_SCOPES must include openid")
         if self.jwks_cooldown_seconds < 0 or self.leeway_seconds < 0:

@@ -2,9 +2,10 @@
 // resuming after a drop with Last-Event-ID: the gateway replays what was missed, and
 // anything at or below the last id seen is dropped, so nothing is missed or doubled.
 
-import { token, signedOut } from "./api.js";
+import { get, token, signedOut } from "./api.js";
 
 const listeners = new Set();
+const noticeListeners = new Set();
 
 // The event types an event may carry (an attempt's result its start and usage, a task's
 // readiness the waves decided with it). The gateway sends a carried event without an id,
@@ -38,14 +39,42 @@ function announce(state) {
   for (const fn of listeners) fn(state);
 }
 
+/** Subscribe to short notices about the live stream (shown to the person for a while). */
+export function onLiveNotice(fn) {
+  noticeListeners.add(fn);
+  return () => noticeListeners.delete(fn);
+}
+
+function notify(text) {
+  for (const fn of noticeListeners) fn(text);
+}
+
+/**
+ * A page's ``onReset`` that reads the read model's position, then loads the page with
+ * ``load``, and answers that position: events after it are replayed, none is missed.
+ */
+export function reloaded(load) {
+  return async () => {
+    const position = await get("/events/position");
+    await load();
+    return position.sequence;
+  };
+}
+
+export const RESET_NOTICE = "The event stream was reset: this page was loaded again and follows it from now on.";
+
 export class LiveStream {
   /**
    * @param {string} path  an event-stream route, e.g. /missions/<id>/events
-   * @param {object} opts  onEvent(event), telemetry (bool), after (resume point)
+   * @param {object} opts  onEvent(event), telemetry (bool), after (resume point),
+   *   onReset() (the stream no longer has the resume point: load the page's state again
+   *   from the REST API; may answer the read model's position to follow from)
    */
-  constructor(path, { onEvent, onTelemetry = null, telemetry = false, after = 0 }) {
+  constructor(path, { onEvent, onTelemetry = null, telemetry = false, after = 0, onReset = null }) {
     this.path = path;
     this.onEvent = onEvent;
+    this.onReset = onReset;
+    this.resetting = false;
     this.onTelemetry = onTelemetry;
     this.telemetry = telemetry;
     this.lastId = after;
@@ -82,6 +111,16 @@ export class LiveStream {
           signedOut(error.message);
           return;
         }
+        if (error && error.status === 400 && Number.isInteger(error.newest)) {
+          // The stream was reset (a new store): the resume point is past its newest
+          // event and asking again with it is refused for ever. Start over from the
+          // current point, once at once; a reset that repeats waits its backoff.
+          const again = this.resetting;
+          this.resetting = true;
+          await this.reset(error.newest);
+          if (this.closed) return;
+          if (!again) continue;
+        }
       }
       if (this.closed) return;
       announce("reconnecting");
@@ -102,17 +141,23 @@ export class LiveStream {
     const response = await fetch(url, { headers, signal: this.controller.signal, cache: "no-store" });
     if (!response.ok || !response.body) {
       let message = `the event stream answered ${response.status}`;
+      let detail = null;
       try {
-        message = (await response.json()).error || message;
+        const body = await response.json();
+        message = body.error || message;
+        detail = body.detail;
       } catch {
         /* not JSON: keep the status */
       }
       const error = new Error(message);
       error.status = response.status;
+      // A resume point past the stream's newest event: the answer names the newest.
+      if (detail && detail.key === "Last-Event-ID") error.newest = detail.newest;
       throw error;
     }
     this.connections += 1;
     this.retry = 500;
+    this.resetting = false;
     this.carried = []; // a message cut by the drop comes again whole
     announce("live");
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -128,6 +173,26 @@ export class LiveStream {
         this.dispatch(block);
       }
     }
+  }
+
+  /**
+   * Drop the resume point the stream refused, have the page load its state again from
+   * the REST API, and follow from the current point: the page's new snapshot position
+   * when the stream has it (events after it are replayed), else the stream's newest.
+   */
+  async reset(newest) {
+    this.lastId = 0;
+    this.carried = [];
+    notify(RESET_NOTICE);
+    let from = null;
+    if (this.onReset) {
+      try {
+        from = await this.onReset();
+      } catch {
+        from = null; // the page stays as drawn; the next events redraw it
+      }
+    }
+    this.lastId = Number.isInteger(from) && from >= 0 && from <= newest ? from : Math.max(0, newest);
   }
 
   dispatch(block) {

@@ -2,7 +2,7 @@
 
 import { forgetToken, onSignedOut, session, setToken, signedOut, token, whoami, withRights } from "./api.js";
 import { clear, h, put } from "./dom.js";
-import { onLiveState } from "./live.js";
+import { onLiveNotice, onLiveState } from "./live.js";
 import { finishSignIn, oidcConfig, renewSession, signOutUrl } from "./oidc.js";
 import { agentsPage } from "./pages/agents.js";
 import { missionPage } from "./pages/mission.js";
@@ -157,6 +157,18 @@ onLiveState((state) => {
   const live = document.getElementById("live");
   live.dataset.state = state;
   live.querySelector("span").textContent = state;
+});
+
+// A short notice about the live stream (it was reset under the page), shown a while.
+let noticeTimer = null;
+onLiveNotice((text) => {
+  const notice = document.getElementById("live-notice");
+  notice.textContent = text;
+  notice.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => {
+    notice.hidden = true;
+  }, 15000);
 });
 
 document.getElementById("signout").addEventListener("click", async () => {

@@ -2,7 +2,7 @@
 
 import { get } from "../api.js";
 import { age, clear, debounce, h, money, pill, tokens } from "../dom.js";
-import { LiveStream } from "../live.js";
+import { LiveStream, reloaded } from "../live.js";
 
 export async function agentsPage(main) {
   const body = h("div", { class: "runners", id: "runners" });
@@ -46,6 +46,6 @@ export async function agentsPage(main) {
   const position = await get("/events/position").catch(() => ({ sequence: 0 }));
   await load();
   const refresh = debounce(load, 500);
-  const live = new LiveStream("/events/stream", { onEvent: refresh, onTelemetry: refresh, telemetry: true, after: position.sequence }).start();
+  const live = new LiveStream("/events/stream", { onEvent: refresh, onTelemetry: refresh, telemetry: true, after: position.sequence, onReset: reloaded(load) }).start();
   return () => live.stop();
 }

@@ -443,6 +443,12 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   }
 
   if (!(await load())) return null;
-  const live = new LiveStream(base + "/events", { onEvent: apply, onTelemetry: telemetry, telemetry: true, after: snapshotAt }).start();
+  // The stream reset under the page: drawn again from the REST API, followed from there.
+  const reset = async () => {
+    shownJson = "";
+    tail = [];
+    return (await load()) ? snapshotAt : null;
+  };
+  const live = new LiveStream(base + "/events", { onEvent: apply, onTelemetry: telemetry, telemetry: true, after: snapshotAt, onReset: reset }).start();
   return () => live.stop();
 }

@@ -2,7 +2,7 @@
 
 import { ApiError, get, post, query } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill } from "../dom.js";
-import { LiveStream } from "../live.js";
+import { LiveStream, reloaded } from "../live.js";
 
 const STATUSES = [
   "requested", "preparing", "awaiting_input", "awaiting_approval", "plan_failed",
@@ -222,7 +222,7 @@ export async function missionsPage(main, { me, navigate }) {
   const position = await get("/events/position").catch(() => ({ sequence: 0 }));
   await load();
   const refresh = debounce(() => load(), 250);
-  const live = new LiveStream("/events/stream", { onEvent: refresh, after: position.sequence }).start();
+  const live = new LiveStream("/events/stream", { onEvent: refresh, after: position.sequence, onReset: reloaded(load) }).start();
   const ages = setInterval(draw, 30000);
   return () => {
     live.stop();

@@ -161,6 +161,12 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   const live = new LiveStream(missionBase + "/events", {
     telemetry: true,
     after: Math.max(position.sequence, lastSeq),
+    // A reset stream: the task loaded again, followed from the stream's newest event (a
+    // replay would list events already shown again).
+    onReset: async () => {
+      await load();
+      return null;
+    },
     onEvent: (type, event, seq) => {
       if (event.task_id !== taskId && !(event.task && event.task.id === taskId)) return;
       lastLive = seq;

@@ -2,7 +2,7 @@
 
 import { get } from "../api.js";
 import { clear, debounce, h, money, put, s, tokens } from "../dom.js";
-import { LiveStream } from "../live.js";
+import { LiveStream, reloaded } from "../live.js";
 
 const GROUPS = [
   ["day", "Per day"],
@@ -65,6 +65,6 @@ export async function usagePage(main) {
   const position = await get("/events/position").catch(() => ({ sequence: 0 }));
   await load();
   const refresh = debounce(load, 1000);
-  const live = new LiveStream("/events/stream?type=usage_recorded", { onEvent: refresh, after: position.sequence }).start();
+  const live = new LiveStream("/events/stream?type=usage_recorded", { onEvent: refresh, after: position.sequence, onReset: reloaded(load) }).start();
   return () => live.stop();
 }
