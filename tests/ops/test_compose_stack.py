@@ -38,7 +38,8 @@ REQUIREMENT = (
     "- Write docs/beta.md about the second letter\n"
     "- Link docs/alpha.md and docs/beta.md from README.md (after 1, 2)\n"
 )
-SERVICE_UID = 10001
+# The image's own user; a person without root runs the services as themselves.
+SERVICE_UID = 10001 if os.geteuid() == 0 else os.geteuid()
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("containers")]
 
@@ -102,7 +103,7 @@ class ComposeStack:
             AETHER_ADMIN_TOKEN=self.admin_token,
             AETHER_GIT_READ_TOKEN=secrets.token_hex(24),
             AETHER_UID=str(SERVICE_UID),
-            AETHER_GID=str(SERVICE_UID),
+            AETHER_GID=str(SERVICE_UID if os.geteuid() == 0 else os.getegid()),
             POSTGRES_PASSWORD=secrets.token_hex(24),
             AETHER_DB_PASSWORD=secrets.token_hex(24),
             ANTHROPIC_API_KEY="",
@@ -191,7 +192,10 @@ def stack(tmp_path: Path) -> Iterator[ComposeStack]:
     _git(repo, "add", "README.md")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "start")
     # The services run as an unprivileged user that must own what they write.
-    subprocess.run(["chown", "-R", f"{SERVICE_UID}:{SERVICE_UID}", str(stack.repos)], check=True)
+    if os.geteuid() == 0:
+        subprocess.run(
+            ["chown", "-R", f"{SERVICE_UID}:{SERVICE_UID}", str(stack.repos)], check=True
+        )
     try:
         stack.run("up", "-d", "nats", "postgres", *SERVICES, timeout=900)
         yield stack
