@@ -4,7 +4,7 @@ the scheduler's user (``aether_runtime.runners``).
 
 A runner writes its own entry with a credential the authorizer grants for that entry's
 subject only: it cannot write another runner's entry, the runners' static user writes
-none, the gateway reads them, and the entry of a runner that died expires.
+none, the gateway and the runners read them, and the entry of a runner that died expires.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ async def test_a_runner_cannot_write_another_runners_entry(
         await victim.stop()
 
 
-async def test_no_static_user_but_the_gateway_reads_or_writes_the_registry(
+async def test_no_static_user_writes_the_registry_and_only_the_gateway_and_runners_read_it(
     stack: Stack, scheduler: NatsClient
 ) -> None:
     for service in ("agent-runner", "planner", "git-broker"):
@@ -204,8 +204,13 @@ async def test_no_static_user_but_the_gateway_reads_or_writes_the_registry(
                 await js.publish(
                     entry_subject("r-any"), msgspec.json.encode(entry("r-any")), timeout=1.0
                 )
-            with pytest.raises(nats.errors.Error):
+            if service == "agent-runner":
+                # It reads which runtimes the others have, to hand an attempt on to one.
                 await js.stream_info(RUNNERS_STREAM)
+                assert isinstance(await read_runners(js), list)
+            else:
+                with pytest.raises(nats.errors.Error):
+                    await js.stream_info(RUNNERS_STREAM)
             assert any("permissions violation" in error.lower() for error in errors), errors
         finally:
             await nc.close()

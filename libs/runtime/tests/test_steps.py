@@ -4,6 +4,7 @@ retry request runs again; the consumer goes on with later events meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -392,5 +393,24 @@ async def test_a_handler_asking_to_retry_later_gets_the_message_again_from_the_s
         # Handed back at once and delivered again by the server (its count), no step failed.
         assert handler.of("m-busy") == [1, 2]
         assert (await js.stream_info(MISSIONS_STREAM)).state.messages == 1
+    finally:
+        await svc.stop()
+
+
+async def test_a_handler_may_choose_how_soon_its_message_comes_back(
+    nc: NatsClient, nats_url: str
+) -> None:
+    """An agent runner handing an attempt on to another runner asks for it back within a
+    fraction of a second, not after the growing delays of a busy holder (1, 2, 4 s)."""
+    handler = Failing("m-soon", lambda: RetryLater("not mine", delay=0.05), times=3)
+    svc = ordered(nats_url, handler, "soon")
+    await svc.start()
+    try:
+        began = time.monotonic()
+        await EventPublisher(nc.jetstream()).publish(requested("m-soon"))
+        await handler.wait_handled("m-soon")
+
+        assert handler.of("m-soon") == [1, 2, 3, 4]
+        assert time.monotonic() - began < 5.0  # by the growing delays: 7 s at least
     finally:
         await svc.stop()

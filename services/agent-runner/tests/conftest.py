@@ -382,20 +382,24 @@ class Runner:
 
 @pytest.fixture
 async def start_runner(nats_url: str, nc: NatsClient) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_runner(model, **agent_settings)``: a runner service in this process."""
+    """``await start_runner(model, **agent_settings)``: a runner service in this process
+    (``runner_entry_seconds``: the registry's entry age, how long an attempt on a runtime
+    no runner has waits for one)."""
     from aether_agent_runner.bootstrap import bootstrap
     from aether_agent_runner.config import AgentSettings, RunnerSettings
 
     started: list[Service] = []
 
-    async def start(model: Model, **overrides: Any) -> Runner:
+    async def start(model: Model, runner_entry_seconds: float = 30.0, **overrides: Any) -> Runner:
         defaults: dict[str, Any] = {
             "heartbeat_seconds": 0.5,
             "progress_seconds": 0.0,
             "ack_wait_seconds": 10.0,
         }
         settings = AgentSettings(**{**defaults, **overrides})
-        runtime = RuntimeSettings(nats_url=nats_url, port=0)
+        runtime = RuntimeSettings(
+            nats_url=nats_url, port=0, runner_entry_seconds=runner_entry_seconds
+        )
         runner = bootstrap(RunnerSettings(runtime=runtime, llm=model.llm(), agent=settings))
         started.append(runner.service)  # before starting: one that fails half-way is stopped too
         await runner.service.start()

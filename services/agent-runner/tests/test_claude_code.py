@@ -443,13 +443,14 @@ async def test_an_unknown_runtime_fails_the_task_plainly(
     workspace_ready: Callable[..., Any],
 ) -> None:
     scripted = model({"t1": []})
-    await start_runner(scripted)
+    # No live runner has the runtime: the attempt waits the registry's entry age for one.
+    await start_runner(scripted, runner_entry_seconds=1.0)
     ready = msgspec.structs.replace(workspace_ready(task_repo, mission_id), runtime="codex")
 
     await publish(ready)
     failed = await events.first(AgentFailed)
 
-    assert failed.reason.startswith("unknown agent runtime 'codex'")
+    assert failed.reason.startswith("no live agent runner has the runtime 'codex'")
     assert not failed.retryable
     assert scripted.script.requests == []
 

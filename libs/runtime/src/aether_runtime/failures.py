@@ -27,7 +27,15 @@ from nats.js import errors as js_errors
 class RetryLater(Exception):
     """Raised by a handler whose message cannot be handled now for a reason that is not
     about the message (another process holds its work): the message comes back after a
-    delay, and is not recorded as a failed step before the consumer's delivery limit."""
+    delay, and is not recorded as a failed step before the consumer's delivery limit.
+
+    ``delay``: the handler's own choice of that delay, in seconds (an agent runner
+    handing an attempt on to a runner that has its runtime); else it grows with the
+    message's deliveries."""
+
+    def __init__(self, *args: object, delay: float | None = None) -> None:
+        super().__init__(*args)
+        self.delay = delay
 
 
 # Raised by the bus or the network, whatever the message: the world, not the data.

@@ -180,6 +180,9 @@ ROLES: dict[str, Role] = {
             set(),
             [(MISSIONS_STREAM, "agent-runner")],
             attempt_publishes=ATTEMPT_EVENTS,
+            # Which runtimes the other runners have: an attempt on a runtime it lacks goes
+            # on to one of them. Its own entry it writes with a credential of its own.
+            reads_buckets=(RUNNERS_BUCKET,),
         ),
         _role(
             "git-broker",

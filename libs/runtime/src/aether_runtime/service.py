@@ -1035,8 +1035,12 @@ class Service:
         if deliveries < spec.max_deliver and (
             isinstance(error, RetryLater) or self._about_the_world(error)
         ):
-            delay = min(30.0, 0.5 * 2 ** min(deliveries, 6))
-            log.warning(
+            chosen = error.delay if isinstance(error, RetryLater) else None
+            delay = min(30.0, 0.5 * 2 ** min(deliveries, 6)) if chosen is None else chosen
+            # A delay the handler chose is its routine (an attempt handed on to another
+            # runner), not a trouble worth a warning at every delivery.
+            log.log(
+                logging.WARNING if chosen is None else logging.INFO,
                 "handler cannot go on now; message handed back",
                 extra={"retry_in": delay, "type": tag, "error": repr(error)},
             )

@@ -22,8 +22,10 @@ from aether_agent_runner.adapters.attempt import Attempts
 from aether_agent_runner.adapters.bus import (
     CONTROL_TYPES,
     WORK_ACK_PENDING,
+    WORK_MAX_DELIVER,
     follow_control_events,
 )
+from aether_agent_runner.adapters.runners import LiveRunners
 from aether_agent_runner.config import SERVICE_NAME, RunnerSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
@@ -109,11 +111,17 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         )
         return found
 
+    # Which runtimes the other live runners have: an attempt on a runtime this runner
+    # lacks goes on to one of them (``domain.routing``).
+    live_runners = LiveRunners(
+        lambda: service.js, adapters.runner_id, settings.runtime.runner_entry_seconds
+    )
     handlers = Handlers(
         projection,
         publisher,
         attempts,
         history=history,
+        router=live_runners.route,
         ack_wait_seconds=agent.ack_wait_seconds,
         heartbeat_seconds=agent.heartbeat_seconds,
     )
@@ -167,6 +175,7 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
                 handler=handle,
                 max_workers=1,
                 ack_wait_seconds=agent.ack_wait_seconds,
+                max_deliver=WORK_MAX_DELIVER,
                 # A WorkspaceReady delivered again runs nothing: the attempt's result is
                 # folded as it is published, and a redelivery reads the mission's
                 # history before it decides (``Handlers.handle``). So settlements are

@@ -19,9 +19,10 @@ from aether_agent_runner import metrics
 from aether_agent_runner.adapters.attempt import AttemptBusy, Attempts
 from aether_agent_runner.adapters.stream import TRANSCRIPT_LINGER, AttemptStream
 from aether_agent_runner.domain import Attempt, State, StopOrder, decide, stop_order, why_not_run
+from aether_agent_runner.domain.routing import HandOn, Route
 from aether_agent_runner.runtimes import BUILTIN, runtime_name
 from aether_events import Event, Publisher, WorkspaceReady, is_terminal
-from aether_runtime import Delivery, Projection, stored_sequence
+from aether_runtime import Delivery, Projection, RetryLater, stored_sequence
 from aether_runtime.attempt_auth import CredentialRefused, Opens
 
 log = logging.getLogger("aether.agent-runner")
@@ -32,6 +33,15 @@ STOP_SECONDS = 2.0
 
 # A mission's stored events, each with its stream sequence.
 History = Callable[[str], Awaitable[list[tuple[Event, int]]]]
+# Where an attempt on a runtime this runner lacks goes, delivered so many times so far
+# (``adapters.runners.LiveRunners.route``).
+Router = Callable[[str, int], Awaitable[Route]]
+
+
+class HandedOn(RetryLater):
+    """This runner lacks the attempt's runtime and another live runner has it (or none has
+    had it for long enough to give up yet): the delivery is handed back, with the delay
+    the routing chose, for another runner to take. No attempt starts or fails here."""
 
 
 class RunningAgents:
@@ -81,6 +91,7 @@ class Handlers:
         attempts: Attempts,
         *,
         history: History | None = None,
+        router: Router | None = None,
         ack_wait_seconds: float = 60.0,
         heartbeat_seconds: float = 10.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -89,6 +100,8 @@ class Handlers:
         self._publisher = publisher
         self._attempts = attempts
         self._history = history
+        # None: an attempt on a runtime this runner lacks fails here at once.
+        self._router = router
         self._keep_alive_every = max(ack_wait_seconds / 3, 0.2)
         self._heartbeat_seconds = heartbeat_seconds
         self._clock = clock
@@ -102,23 +115,55 @@ class Handlers:
         if not isinstance(event, WorkspaceReady):
             return
         attempt = decide.attempt_of(event)
-        if delivery.redelivered and self._history is not None:
-            # Another runner may have reported the attempt before it died: look at the
-            # mission's own history rather than trust that our follower has caught up.
-            for earlier, sequence in await self._history(event.mission_id):
-                self.projection.apply(earlier, sequence)
         why = why_not_run(self.projection.state, attempt)
+        missing: str | None = None
+        if why is None:
+            # Before the history below: a delivery handed on comes back many times.
+            missing = await self._route(event, delivery)
+            if delivery.redelivered and self._history is not None:
+                # Another runner may have reported the attempt before it died: look at the
+                # mission's own history rather than trust that our follower has caught up.
+                for earlier, sequence in await self._history(event.mission_id):
+                    self.projection.apply(earlier, sequence)
+                why = why_not_run(self.projection.state, attempt)
         if why is not None:
             log.info("not running the attempt", extra={"why": why})
             return
         if attempt in self.running:
             raise AttemptBusy("this runner is already working the attempt")
-        await self._run(event, attempt, delivery)
+        await self._run(event, attempt, delivery, missing)
 
-    async def _run(self, ready: WorkspaceReady, attempt: Attempt, delivery: Delivery) -> None:
+    async def _route(self, ready: WorkspaceReady, delivery: Delivery) -> str | None:
+        """None when this runner has the attempt's runtime; else raises ``HandedOn`` while
+        the registry of runners shows another runner with it (``domain.routing``), or
+        returns why no runner can run it: the attempt then fails for that reason (after
+        a look for its commit from before a restart). Neither starts the attempt, nor its
+        liveness clock at the scheduler (nothing of it is published)."""
+        runtime = self._attempts.lacks(ready)
+        if runtime is None or self._router is None:
+            return None
+        where = await self._router(runtime, delivery.num_delivered)
+        if isinstance(where, HandOn):
+            metrics.HANDED_ON.labels("elsewhere" if where.runners else "waiting").inc()
+            holders = ", ".join(where.runners) or "none live now"
+            raise HandedOn(
+                f"this runner lacks the runtime {runtime!r}; runners that have it: {holders}",
+                delay=where.delay,
+            )
+        log.warning("no live runner has the attempt's runtime", extra={"why": where.reason})
+        return where.reason
+
+    async def _run(
+        self,
+        ready: WorkspaceReady,
+        attempt: Attempt,
+        delivery: Delivery,
+        missing: str | None = None,
+    ) -> None:
         """Run the attempt and publish its result: what it returned, or an AgentFailed
         when a stop order ended it (nothing when the order says the attempt is someone
-        else's to report, or another runner reported it meanwhile)."""
+        else's to report, or another runner reported it meanwhile). ``missing``: why no
+        runner can run its runtime (it fails for it)."""
         stop = self.running.register(attempt)
         metrics.AGENTS_RUNNING.inc()
         # The one way the attempt's own events reach the stream while it works. Its
@@ -134,7 +179,9 @@ class Handlers:
             await stream.emit(event)
 
         work = asyncio.create_task(
-            self._attempts.work(ready, emit, first_delivery=not delivery.redelivered)
+            self._attempts.work(
+                ready, emit, first_delivery=not delivery.redelivered, missing=missing
+            )
         )
         try:
             async with (

@@ -22,6 +22,13 @@ RESULTS = Counter(
     "credential)",
     ["result"],
 )
+HANDED_ON = Counter(
+    "aether_agent_handed_on_total",
+    "Deliveries of attempts this runner handed back because it lacks their runtime: to a "
+    "live runner that has it (elsewhere), or while none has had it for the registry's "
+    "entry age yet (waiting)",
+    ["why"],
+)
 RESUMED = Counter(
     "aether_agent_resumed_total",
     "Attempts continued from a transcript left by an earlier runner",
@@ -57,6 +64,7 @@ ATTEMPT_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
 
+at_zero(HANDED_ON, why=("elsewhere", "waiting"))
 at_zero(RESULTS, result=("completed", "empty", "ended", "stopped", "refused", "credential_refused"))
 at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended", "refused"))
 at_zero(STEP_SECONDS, step=STEPS)

@@ -193,7 +193,12 @@ class Attempts:
         return remove_clones(root, missions)
 
     async def work(
-        self, ready: WorkspaceReady, emit: Emit, *, first_delivery: bool = False
+        self,
+        ready: WorkspaceReady,
+        emit: Emit,
+        *,
+        first_delivery: bool = False,
+        missing: str | None = None,
     ) -> Event:
         """The attempt's result, AgentCompleted or AgentFailed, for the handler to publish.
         What happens on the way (AgentStarted, usage, progress, the transcript) goes to
@@ -201,9 +206,10 @@ class Attempts:
 
         ``first_delivery``: WorkspaceReady reaches a runner for the first time, so no
         agent has worked in the worktree since the git broker checked it out (see
-        ``_prepare``)."""
+        ``_prepare``). ``missing``: why no runner can run the attempt's runtime
+        (``domain.routing``); the attempt fails for it, unless its commit is found."""
         began = time.perf_counter()
-        runtime = self._runtime(ready)
+        runtime = self._runtime(ready) if missing is None else RuntimeUnavailable(missing)
         # A fresh built-in attempt's conversation is begun in the same hand-off as the
         # lock (a role is looked up in the worktree first, and may change the model).
         begins = isinstance(runtime, BuiltinRuntime) and not ready.task.role
@@ -218,7 +224,7 @@ class Attempts:
             claiming.add_done_callback(_release_claimed)
             raise
         if claimed is None:
-            return await self._work_fetched(ready, emit, began)
+            return await self._work_fetched(ready, emit, began, runtime)
         if isinstance(claimed, str):
             return failed(ready, self.clock(), claimed, True)
         try:
@@ -227,6 +233,11 @@ class Attempts:
             )
         finally:
             claimed.lock.release()
+
+    def lacks(self, ready: WorkspaceReady) -> str | None:
+        """The name of the attempt's runtime when this runner does not have it."""
+        name = runtime_name(ready.runtime, self.settings.runtime)
+        return name if isinstance(self._runtime(ready), RuntimeUnavailable) else None
 
     def _runtime(self, ready: WorkspaceReady) -> Runtime | RuntimeUnavailable:
         """The attempt's runtime, or why it cannot run (reported only once the branch is
@@ -293,7 +304,13 @@ class Attempts:
             raise AttemptBusy(f"another agent is working in {worktree}")
         return git, directory, lock
 
-    async def _work_fetched(self, ready: WorkspaceReady, emit: Emit, began: float) -> Event:
+    async def _work_fetched(
+        self,
+        ready: WorkspaceReady,
+        emit: Emit,
+        began: float,
+        runtime: Runtime | RuntimeUnavailable | None = None,
+    ) -> Event:
         """Fetch and push: work the attempt in a clone of its task branch from the git
         broker, then push the commit to that branch before reporting it."""
         settings = self.settings
@@ -335,7 +352,7 @@ class Attempts:
                 return state_dir(git)
 
             directory = await asyncio.to_thread(own_clone)
-            result = await self._work(ready, git, Journal(directory), emit, began)
+            result = await self._work(ready, git, Journal(directory), emit, began, runtime=runtime)
             if isinstance(result, AgentCompleted):
                 try:
                     await asyncio.to_thread(_push, broker, git, ready.branch, result.commit_sha)

@@ -59,6 +59,12 @@ CONTROL_TYPES: tuple[type[Event], ...] = (
 # The work consumer's limit of unacknowledged messages: enough for every runner process
 # of a large deployment; the real bound is each process's lanes.
 WORK_ACK_PENDING = 4096
+# The work consumer's delivery limit: an attempt whose runtime only some runners have is
+# handed back by the others (``domain.routing``), once every few seconds at most while
+# every lane that has it is busy; this lets it wait about an hour for one. At the limit
+# the delivery is recorded as a failed step, which starts the attempt's liveness clock
+# at the scheduler (it is then timed out and retried).
+WORK_MAX_DELIVER = 720
 
 
 async def follow_control_events(
