@@ -59,3 +59,50 @@ def test_otherwise_the_last_error_is_told(tmp_path: Path) -> None:
     )
     said = supervisor_of(tmp_path)._last_error("agent-runner")
     assert "could not connect to the bus" in said
+
+
+class DeadPostgres:
+    """An embedded PostgreSQL whose postmaster was killed, as ``Supervisor`` sees it."""
+
+    pid = 4242
+    returncode = -9
+
+    def running(self) -> bool:
+        return False
+
+    def last_error(self) -> str:
+        return "2026-12-05 20:02:00 UTC [2] PANIC:  could not write to file"
+
+
+def test_a_dead_postgresql_is_told_and_started_again_with_backoff(tmp_path: Path) -> None:
+    from aether.infra import PostgresExited
+
+    starts: list[float] = []
+
+    def restart_postgres() -> None:
+        starts.append(1.0)
+        raise PostgresExited("postgres exited with code 1: FATAL:  shared memory in use")
+
+    stack: Any = SimpleNamespace(
+        home=tmp_path, _postgres=DeadPostgres(), restart_postgres=restart_postgres
+    )
+    supervisor = Supervisor(stack=stack, stopping=threading.Event(), out=io.StringIO())
+    supervisor._watch_postgres(100.0)
+    said = supervisor.out.getvalue()  # type: ignore[attr-defined]
+    assert "! PostgreSQL exited with code -9:\n    2026-12-05" in said
+    assert "PANIC:  could not write to file" in said
+    assert "starting it again in 1s" in said and "(restart 1)" in said
+    supervisor._watch_postgres(100.5)  # not due yet: nothing is started
+    assert starts == []
+    supervisor._watch_postgres(101.0)
+    assert starts == [1.0]
+    said = supervisor.out.getvalue()  # type: ignore[attr-defined]
+    assert "! PostgreSQL could not start again: postgres exited with code 1" in said
+    assert "starting it again in 2s" in said and "(restart 2)" in said
+
+
+def test_a_postgresql_given_by_url_is_not_watched(tmp_path: Path) -> None:
+    stack: Any = SimpleNamespace(home=tmp_path, _postgres=None)
+    supervisor = Supervisor(stack=stack, stopping=threading.Event(), out=io.StringIO())
+    supervisor._watch_postgres(100.0)
+    assert supervisor.due == {} and supervisor.out.getvalue() == ""  # type: ignore[attr-defined]

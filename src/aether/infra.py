@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,18 +378,70 @@ class EmbeddedNatsCluster:
             node.process = None
 
 
+class PostgresExited(RuntimeError):
+    """The PostgreSQL server started again exited before it was ready."""
+
+
+# prctl(2): orphans of this process's descendants become its children, not init's.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@contextlib.contextmanager
+def _adopting_orphans() -> Iterator[None]:
+    """Within: a process orphaned under this one (the postmaster ``pg_ctl`` leaves behind
+    as it exits) becomes a child of this process (Linux; elsewhere nothing changes).
+
+    A postmaster that init adopts is waited for by init only, and where init does not
+    wait for orphans (a container's first process often does not) one killed stays a
+    zombie: PostgreSQL, finding its pid in ``postmaster.pid`` still signalable, then
+    refuses to start again on the data directory. As a child of this process it is
+    waited for here, and its exit status read. Held only while the server starts, before
+    any service runs, so no other orphan is adopted."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    adopting = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    try:
+        yield
+    finally:
+        if adopting:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL server from the pgserver wheel, its data in ``data_dir``."""
+    """A PostgreSQL server from the pgserver wheel, its data in ``data_dir``.
+
+    pgserver starts it as a daemon (``pg_ctl``); this process adopts it where it can
+    (``_adopting_orphans``), so ``running`` sees its end at once and ``restart`` starts
+    it again, as a child of this process, on the same data directory, socket and port."""
 
     data_dir: Path
     _server: Any = None
+    # The postmaster started again by ``restart``: a child of this process.
+    _process: subprocess.Popen[bytes] | None = None
+    # The postmaster pgserver started (or found running), until ``restart``.
+    _postmaster: Any = None
+    # How the postmaster ended, once ``running`` found it gone: negative for a signal,
+    # ``None`` when unknown (it was not this process's child).
+    returncode: int | None = None
+    _ended: bool = False
+    # Where its log stood when it last started: the lines since are this run's.
+    _log_offset: int = 0
 
     @property
     def url(self) -> str:
         assert self._server is not None, "postgres not started"
         uri: str = self._server.get_uri()
         return uri
+
+    @property
+    def log(self) -> Path:
+        """The server's log (pgserver's, in the data directory)."""
+        return self.data_dir / "log"
 
     def start(self) -> EmbeddedPostgres:
         # pgserver looks up a runtime directory for its lock at import; without
@@ -400,13 +453,122 @@ class EmbeddedPostgres:
 
         _socket_dirs_without_spaces()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self._log_offset = _size(self.log)
+        with _adopting_orphans():
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self._postmaster = self._server.get_postmaster_info().process
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The pid of the postmaster this object watches."""
+        if self._process is not None:
+            return self._process.pid
+        return self._postmaster.pid if self._postmaster is not None else None
+
+    def running(self) -> bool:
+        """Whether the postmaster still runs: a ``waitpid`` (or a look at ``/proc`` for
+        one that is not this process's child), cheap enough for every pass of a
+        supervisor. Once it is gone, ``returncode`` says how it ended."""
+        if self._ended:
+            return False
+        if self._process is not None:
+            code = self._process.poll()
+            if code is None:
+                return True
+            return self._gone(code)
+        if self._postmaster is None:
+            return False
+        try:
+            pid, status = os.waitpid(self._postmaster.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Not ours to wait for (found running, or no adoption here): alive while its
+            # pid is still that process and not a zombie.
+            with contextlib.suppress(Exception):
+                if self._postmaster.is_running() and self._postmaster.status() != "zombie":
+                    return True
+            return self._gone(None)
+        if pid == 0:
+            return True
+        return self._gone(os.waitstatus_to_exitcode(status))
+
+    def _gone(self, code: int | None) -> bool:
+        self._ended = True
+        self.returncode = code
+        return False
+
+    def last_error(self) -> str:
+        """The last FATAL or PANIC line the server logged since it last started, or ``""``."""
+        for line in reversed(_read_from(self.log, self._log_offset).splitlines()):
+            if " FATAL: " in line or " PANIC: " in line:
+                return line.strip()
+        return ""
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the server again after its postmaster ended: on the same data directory,
+        socket directory and port, with the options pgserver starts it with (no TCP
+        listener, the socket only), as the same system user, logging to the same file.
+
+        Raises ``PostgresExited`` (with its last FATAL line) when it exits before it is
+        ready, as it does while processes of the dead server still hold its shared
+        memory; ``TimeoutError`` when it is not ready within ``timeout`` seconds."""
+        if self._server is None:
+            raise RuntimeError("postgres not started")
+        if self.running():
+            raise RuntimeError(f"postgres still runs (pid {self.pid})")
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        before = self._server.get_postmaster_info()
+        listen = ["-h", ""] if before.socket_dir is not None else ["-h", before.hostname]
+        socket = ["-k", str(before.socket_dir)] if before.socket_dir is not None else []
+        port = ["-p", str(before.port)] if before.port is not None else []
+        self._log_offset = _size(self.log)
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    str(POSTGRES_BIN_PATH / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    *listen,
+                    *socket,
+                    *port,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # as pg_ctl does: a terminal's signals are not its
+                user=self._server.system_user,  # pgserver's own user when run as root
+            )
+        deadline = time.monotonic() + timeout
+        while (info := _ready_postmaster(self.data_dir, process.pid)) is None:
+            code = process.poll()
+            if code is not None:
+                error = self.last_error()
+                raise PostgresExited(
+                    f"postgres exited with code {code}" + (f": {error}" if error else "")
+                )
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise TimeoutError(f"postgres not ready after {timeout:.0f}s")
+            time.sleep(0.05)
+        # pgserver stops the server it knows of: this one, from now on.
+        self._server._postmaster_info = info
+        self._process, self._postmaster = process, info.process
+        self._ended, self.returncode = False, None
+
     def stop(self) -> None:
+        self.running()  # a postmaster that died unseen is waited for: pg_ctl skips it
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+        # The postmaster exits just after pg_ctl sees its pid file go; wait for it (a
+        # child of this process) then, but not for one another process's handle keeps.
+        deadline = time.monotonic() + 10.0
+        while not (self.data_dir / "postmaster.pid").exists() and self.running():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
 
     def provision(
         self, role: str, role_password: str, superuser_password: str, database: str = "aether"
@@ -502,3 +664,34 @@ def _socket_dirs_without_spaces() -> None:
 def _pg_url(user: str, password: str, database: str, socket_dir: Path | None) -> str:
     """A connection URL over the server's Unix socket."""
     return f"postgresql://{user}:{password}@/{database}?host={socket_dir}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int, limit: int = 1 << 16) -> str:
+    """The text of ``path`` from ``offset`` on (from its start if it is shorter now), at
+    most its last ``limit`` bytes."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(offset if offset <= size else 0, size - limit))
+            return file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _ready_postmaster(data_dir: Path, pid: int) -> Any:
+    """pgserver's reading of ``postmaster.pid`` once the postmaster ``pid`` wrote it
+    ready to take connections, else ``None``."""
+    from pgserver.utils import PostmasterInfo
+
+    with contextlib.suppress(Exception):  # a file being written, or none yet
+        info = PostmasterInfo.read_from_pgdata(data_dir)
+        if info is not None and info.pid == pid and info.status == "ready":
+            return info
+    return None

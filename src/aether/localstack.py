@@ -25,7 +25,7 @@ import httpx
 from aether import http as aether_http
 from aether import supervise
 from aether.credentials import TOKEN_FILE
-from aether.infra import NatsExited
+from aether.infra import NatsExited, PostgresExited
 from aether.locate import remember_home
 from aether.supervise import StackError
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 START_TIMEOUT = 240.0
 STABLE_AFTER = 60.0  # a service up this long has its restart backoff reset
 NATS = "nats"  # the embedded nats-server's name in the state file and the backoff
+POSTGRES = "postgres"  # the embedded PostgreSQL's
 
 
 def _duration(seconds: float) -> str:
@@ -151,7 +152,8 @@ class Supervisor:
             processes[NATS] = {**record, "restarts": self.restarts.get(NATS, 0)}
         postmaster = supervise.postgres_postmaster(self.stack.home / "postgres")
         if self.stack._postgres is not None and postmaster is not None:
-            processes["postgres"] = supervise.process_record(postmaster)
+            record = supervise.process_record(postmaster)
+            processes[POSTGRES] = {**record, "restarts": self.restarts.get(POSTGRES, 0)}
         for name, service in self.stack.processes.items():
             record = supervise.process_record(service.process.pid, service.port)
             processes[name] = {**record, "group": True, "restarts": self.restarts.get(name, 0)}
@@ -251,11 +253,12 @@ class Supervisor:
         return f":\n    {lines[-1]}" if lines else ""
 
     def watch(self) -> None:
-        """Until asked to stop: restart the embedded nats-server and crashed services,
-        with backoff, and say so."""
+        """Until asked to stop: restart the embedded nats-server and PostgreSQL and
+        crashed services, with backoff, and say so."""
         while not self.stopping.wait(0.5):
             now = time.monotonic()
             self._watch_nats(now)
+            self._watch_postgres(now)
             for name, service in list(self.stack.processes.items()):
                 if name in self.due:
                     if now >= self.due[name]:
@@ -268,9 +271,7 @@ class Supervisor:
                     if now - self.since.get(name, now) > STABLE_AFTER:
                         self.restarts[name] = 0
                     continue
-                count = self.restarts.get(name, 0) + 1
-                self.restarts[name] = count
-                delay = min(30.0, 2.0 ** (count - 1))
+                count, delay = self._back_off(name, now)
                 print(
                     f"! {name} exited with code {service.process.returncode}"
                     f"{self._last_error(name)}\n  restarting it in {delay:.0f}s"
@@ -278,7 +279,15 @@ class Supervisor:
                     file=self.out,
                     flush=True,
                 )
-                self.due[name] = now + delay
+
+    def _back_off(self, name: str, now: float) -> tuple[int, float]:
+        """Count a restart of ``name`` and make it due after its backoff (1, 2, 4 … 30 s);
+        returns the count and the delay."""
+        count = self.restarts.get(name, 0) + 1
+        self.restarts[name] = count
+        delay = min(30.0, 2.0 ** (count - 1))
+        self.due[name] = now + delay
+        return count, delay
 
     def _watch_nats(self, now: float) -> None:
         """Start the stack's own nats-server again when it died, with backoff: on the same
@@ -316,16 +325,13 @@ class Supervisor:
         self._nats_down(f"exited with code {code}" + self._last_nats_error(code), now)
 
     def _nats_down(self, what: str, now: float) -> None:
-        count = self.restarts.get(NATS, 0) + 1
-        self.restarts[NATS] = count
-        delay = min(30.0, 2.0 ** (count - 1))
+        count, delay = self._back_off(NATS, now)
         print(
             f"! nats-server {what}\n  starting it again in {delay:.0f}s on the same store"
             f" and port (restart {count}); missions wait meanwhile",
             file=self.out,
             flush=True,
         )
-        self.due[NATS] = now + delay
 
     def _last_nats_error(self, code: int) -> str:
         """nats-server's last error or fatal line when it ended on its own (a killed
@@ -336,6 +342,52 @@ class Supervisor:
             if "[ERR]" in line or "[FTL]" in line:
                 return f":\n    {line.strip()}"
         return ""
+
+    def _watch_postgres(self, now: float) -> None:
+        """Start the stack's own PostgreSQL again when its postmaster ended, with backoff:
+        on the same data directory, socket and port, so the gateway's connection pools
+        (which keep trying) find it again; every mission is in the data directory and
+        the streams (docs/recovery.md). Stopped by ``aether down``, it is not watched
+        any more: the watch ends before the stack stops."""
+        postgres = self.stack._postgres
+        if postgres is None:  # DATABASE_URL: someone else's server, supervised by them
+            return
+        if POSTGRES in self.due:
+            if now < self.due[POSTGRES]:
+                return
+            del self.due[POSTGRES]
+            began = time.monotonic()
+            try:
+                self.stack.restart_postgres()
+            except (PostgresExited, TimeoutError, OSError) as error:
+                self._postgres_down(f"could not start again: {error}", time.monotonic())
+                return
+            self.since[POSTGRES] = time.monotonic()
+            self.record()
+            print(
+                f"  PostgreSQL started again (pid {postgres.pid}, the same socket and port,"
+                f" {time.monotonic() - began:.1f}s); the gateway reconnects to it",
+                file=self.out,
+                flush=True,
+            )
+            return
+        if postgres.running():
+            if now - self.since.get(POSTGRES, now) > STABLE_AFTER:
+                self.restarts[POSTGRES] = 0
+            return
+        code = postgres.returncode
+        ended = "ended" if code is None else f"exited with code {code}"
+        logged = postgres.last_error()
+        self._postgres_down(ended + (f":\n    {logged}" if logged else ""), now)
+
+    def _postgres_down(self, what: str, now: float) -> None:
+        count, delay = self._back_off(POSTGRES, now)
+        print(
+            f"! PostgreSQL {what}\n  starting it again in {delay:.0f}s on the same data"
+            f" directory and port (restart {count}); the gateway answers 503 meanwhile",
+            file=self.out,
+            flush=True,
+        )
 
     def stop(self) -> None:
         self.stack.stop()

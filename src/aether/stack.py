@@ -409,6 +409,14 @@ class Stack:
         self._nats.kill()
         self._nats.start(self.home / "logs" / "nats.log")
 
+    def restart_postgres(self) -> None:
+        """Start the embedded PostgreSQL again, after its postmaster ended, on the same
+        data directory, socket and port (``EmbeddedPostgres.restart``): ``aether up``
+        bringing back a server that died. Only for a server this stack started."""
+        if self._postgres is None:
+            raise RuntimeError("PostgreSQL is not this stack's own (DATABASE_URL was given)")
+        self._postgres.restart()
+
     def stop_service(self, name: str, timeout: float = 15.0) -> None:
         self.stop_services([name], timeout)
 

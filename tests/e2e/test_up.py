@@ -274,11 +274,19 @@ def test_a_nats_server_that_dies_is_started_again_and_missions_go_on(started: Up
 
     repo = tmp_path / "project"
     create_sample_repository(repo)
+    complete_a_mission(started, tmp_path, repo, "src/greeting.py")
+    status = run(tmp_path, "status", "--home", str(started.home))
+    assert status.returncode == 0, status.stdout
+    assert started.process.poll() is None
+
+
+def complete_a_mission(started: Up, tmp_path: Path, repo: Path, path: str) -> str:
+    """Submit a mission adding ``path`` to ``repo`` and wait until it completes; its id."""
     submitted = run(
         tmp_path,
         "mission",
         "submit",
-        "- Add src/greeting.py with a greet(name) function that returns a greeting",
+        f"- Add {path} with a greet(name) function that returns a greeting",
         "--repo",
         str(repo),
         "--auto-approve",
@@ -294,9 +302,62 @@ def test_a_nats_server_that_dies_is_started_again_and_missions_go_on(started: Up
             break
         time.sleep(0.5)
     assert mission.get("status") == "completed", f"{mission}\n{started.output}"
+    return mission_id
+
+
+def readiness_until(url: str, pid: int, status: int, up: Up, timeout: float = 120.0) -> None:
+    """Ask the gateway at ``url`` (process ``pid``) for its readiness every 50 ms until it
+    answers ``status``."""
+    deadline = time.monotonic() + timeout
+    answer = None
+    while time.monotonic() < deadline:
+        answer = ready_pid(url)
+        if answer == (status, pid):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"/readyz never answered {status} (last: {answer}); output:\n{up.output}")
+
+
+def test_a_postgresql_that_dies_is_started_again_and_nothing_is_lost(started: Up, tmp_path: Path):
+    """The embedded PostgreSQL's postmaster killed with SIGKILL: ``up`` says so and starts
+    it again on the same data directory, socket and port; the gateway (not restarted) is
+    unready while the database is gone and ready again once it is back; a mission
+    submitted afterwards completes and the list shows it with the earlier one. ``down``
+    then stops the server started again, and nothing starts it once more."""
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    earlier = complete_a_mission(started, tmp_path, repo, "src/greeting.py")
+
+    data = started.home / "postgres"
+    listed_before = (data / "postmaster.pid").read_text().splitlines()
+    before = started.recorded()["postgres"]
+    gateway = started.recorded()["gateway"]
+    url, gateway_pid = f"http://127.0.0.1:{gateway['port']}", int(str(gateway["pid"]))
+    readiness_until(url, gateway_pid, 200, started)
+    os.kill(int(str(before["pid"])), signal.SIGKILL)
+    readiness_until(url, gateway_pid, 503, started)  # the database is gone
+    started.wait_for("! PostgreSQL exited with code -9", timeout=60)
+    started.wait_for("PostgreSQL started again", timeout=60)
+    after = started.recorded()["postgres"]
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    listed_after = (data / "postmaster.pid").read_text().splitlines()
+    assert listed_after[3:5] == listed_before[3:5]  # the same port and socket directory
+    readiness_until(url, gateway_pid, 200, started)  # the same gateway, reconnected
+
+    later = complete_a_mission(started, tmp_path, repo, "src/farewell.py")
+    listed = run(tmp_path, "mission", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    ids = {mission["id"] for mission in json.loads(listed.stdout)["missions"]}
+    assert {earlier, later} <= ids, listed.stdout
     status = run(tmp_path, "status", "--home", str(started.home))
     assert status.returncode == 0, status.stdout
-    assert started.process.poll() is None
+
+    down = run(tmp_path, "down", "--home", str(started.home))
+    assert down.returncode == 0, down.stdout + down.stderr
+    started.process.wait(90)
+    assert survivors([int(str(after["pid"]))]) == []
+    assert started.output.count("! PostgreSQL") == 1, started.output
+    assert "stopped." in started.output
 
 
 class Screen:

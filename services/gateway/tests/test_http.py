@@ -33,6 +33,16 @@ async def test_not_ready_when_the_database_does_not_answer(http, gateway_server)
     }
 
 
+async def test_a_request_while_the_database_is_gone_is_a_503_to_try_again(http, gateway_server):
+    # Not a 500 "internal error": the request was fine, and once the pool has its
+    # connections back (a restarted PostgreSQL) the same request answers.
+    await gateway_server.gateway.db.close()
+    response = await http.get("/missions")
+    assert response.status_code == 503
+    assert response.json() == {"error": "the database is unavailable; try again", "detail": None}
+    assert response.headers["retry-after"] == "1"
+
+
 async def test_the_ready_metric_follows_the_database_like_readyz(http, gateway_server):
     # The alert on a service not ready reads the gauge: it must see what /readyz sees.
     def ready() -> float | None:

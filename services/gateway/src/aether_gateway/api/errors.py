@@ -16,6 +16,7 @@ from litestar.exceptions import (
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_409_CONFLICT
 
+from aether_gateway.adapters.faults import DATABASE_ERRORS, describe
 from aether_gateway.domain.commands import Refusal
 
 log = logging.getLogger("aether.gateway.api")
@@ -106,5 +107,15 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if isinstance(exc, DATABASE_ERRORS):
+        # The database went away (restarted, its connections lost) or the pool had no
+        # connection in time: nothing wrong with the request, which may be sent again
+        # once the pool has reconnected, as it does on its own.
+        log.warning(
+            "the database did not answer", extra={"path": request.url.path, "error": describe(exc)}
+        )
+        return _error_response(
+            503, "the database is unavailable; try again", None, {"retry-after": "1"}
+        )
     log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
     return _error_response(500, "internal error", None)

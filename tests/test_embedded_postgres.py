@@ -1,0 +1,102 @@
+"""The embedded PostgreSQL, killed, is started again on the same data directory, socket
+and port, with what it stored, and stopped like the first one."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from aether.infra import EmbeddedPostgres, PostgresExited
+from aether.supervise import postgres_postmaster
+
+PR_GET_CHILD_SUBREAPER = 37
+
+
+def ended(server: EmbeddedPostgres, timeout: float = 30.0) -> None:
+    """Wait until ``server.running()`` sees its postmaster gone."""
+    deadline = time.monotonic() + timeout
+    while server.running():
+        assert time.monotonic() < deadline, "the postmaster never ended"
+        time.sleep(0.01)
+
+
+def restarted(server: EmbeddedPostgres, tries: int = 5) -> None:
+    """``restart`` as ``aether up`` calls it: again after a refusal (what the dead server's
+    last processes hold is let go within moments)."""
+    for attempt in range(tries):
+        try:
+            server.restart()
+            return
+        except PostgresExited:
+            if attempt == tries - 1:
+                raise
+            time.sleep(2.0**attempt)  # up's backoff: 1, 2, 4 … s
+
+
+def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(tmp_path: Path):
+    data = tmp_path / "postgres"
+    server = EmbeddedPostgres(data).start()
+    try:
+        url = server.provision("aether", "role-password", "superuser-password")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (word text)")
+            conn.execute("INSERT INTO kept VALUES ('before')")
+        listed = (data / "postmaster.pid").read_text().splitlines()
+        first = server.pid
+        assert first is not None and server.running()
+
+        os.kill(first, signal.SIGKILL)
+        ended(server)
+        if sys.platform.startswith("linux"):
+            # Adopted at its start, so its end is read, and no zombie of it is left for
+            # PostgreSQL to take for a running server.
+            assert server.returncode == -signal.SIGKILL
+            assert not psutil.pid_exists(first)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=2).close()
+
+        restarted(server)
+        assert server.running() and server.pid != first
+        again = (data / "postmaster.pid").read_text().splitlines()
+        assert again[3:5] == listed[3:5]  # the same port and socket directory
+        with psycopg.connect(url, autocommit=True) as conn:  # the same URL and password
+            assert conn.execute("SELECT word FROM kept").fetchall() == [("before",)]
+            assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
+    finally:
+        server.stop()
+    assert postgres_postmaster(data) is None  # stopped, the one started again too
+    assert not server.running()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_process_adopts_orphans_only_while_the_server_starts(tmp_path: Path):
+    server = EmbeddedPostgres(tmp_path / "postgres").start()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(-1)
+        assert libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0
+        assert flag.value == 0
+    finally:
+        server.stop()
+
+
+def test_the_last_fatal_line_since_the_start_is_told(tmp_path: Path):
+    server = EmbeddedPostgres(tmp_path / "postgres")
+    server.data_dir.mkdir(parents=True)
+    server.log.write_text("2026-12-05 20:00:00 UTC [1] FATAL:  an old one\n")
+    server._log_offset = server.log.stat().st_size
+    with server.log.open("a") as log:
+        log.write("2026-12-05 20:01:00 UTC [2] LOG:  database system is ready\n")
+        log.write("2026-12-05 20:02:00 UTC [2] PANIC:  could not write to file\n")
+        log.write("2026-12-05 20:02:00 UTC [2] LOG:  terminating any other active server\n")
+    assert server.last_error().endswith("PANIC:  could not write to file")
+    server._log_offset = server.log.stat().st_size
+    assert server.last_error() == ""
