@@ -648,8 +648,13 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 error=None,
             )
         case MergeConflicted():
-            files = ", ".join(event.files) or "unknown files"
-            return replace(task, status=status, error=f"merge conflict in {files}")
+            if event.files and event.refusal in ("", "conflict"):
+                error = f"merge conflict in {', '.join(event.files)}"
+            else:
+                # Refused for something else (conflict markers left, a failed
+                # verification): the first line of the broker's account says what.
+                error = (event.detail.splitlines() or ["the merge was refused"])[0]
+            return replace(task, status=status, error=error)
         case MergeWithheld():
             return replace(task, status=status, error=f"not merged: {event.reason}")
         case TaskRetried():
