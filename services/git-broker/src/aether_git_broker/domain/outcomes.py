@@ -57,6 +57,9 @@ class WorkspaceOutcome:
 MergeKind = Literal[
     "merged", "fast_forward", "already_merged", "conflict", "verify_failed", "withheld"
 ]
+# How a verification command ended; ``stopped``: by a stop order (its mission was
+# cancelled), not by the command or a limit.
+VerificationResult = Literal["passed", "failed", "timed_out", "stopped"]
 
 
 @dataclass(frozen=True)
