@@ -394,6 +394,23 @@ def test_show_says_why_no_task_starts_when_the_next_one_does_not_fit_the_budget(
     assert "$0.5200 of $0.50 EXCEEDED: no task starts until" in mission_detail(spent)
 
 
+def test_show_names_the_runtime_asked_for_and_each_tasks_by_its_tier():
+    from aether.render import mission_detail
+
+    mission = {"id": "m-1", "status": "running", "repository": "/r", "base_branch": "main"}
+    mission |= {"requirement": "r", "runtime": "codex", "runtime_overrides": {"small": "aider"}}
+    task = {"status": "pending", "attempt": 0, "title": "T", "tier": "standard"}
+    mission["tasks"] = [
+        {**task, "task_id": "t1"},
+        {**task, "task_id": "t2", "tier": "small"},
+        {**task, "task_id": "t3", "status": "running", "runtime": "builtin"},
+    ]
+    text = mission_detail(mission)
+    assert "\n  runtime      codex (small: aider)\n" in text
+    tasks = [line.split()[:5] for line in text.splitlines() if " try " in line]
+    assert [t[4] for t in tasks] == ["codex", "aider", "builtin"]
+
+
 def test_show_says_a_spent_daily_budget_holds_a_running_missions_tasks():
     from aether.render import mission_detail
 

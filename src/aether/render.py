@@ -148,6 +148,9 @@ def mission_detail(m: dict[str, Any], spent_globally: list[str] | None = None) -
         head = f" @ {m['final_sha'][:10]}" if m.get("final_sha") else ""
         lines.append(f"  branch       {m['integration_branch']}{head}")
     lines.extend(delivery_lines(m.get("delivery"), m["id"]))
+    asked = runtime_asked(m)
+    if asked:
+        lines.append(f"  runtime      {asked}")
     if m.get("plan_version") is not None:
         approved = m.get("approved_version")
         state = f"approved v{approved}" if approved is not None else "not approved"
@@ -186,12 +189,18 @@ def mission_detail(m: dict[str, Any], spent_globally: list[str] | None = None) -
     tasks = m.get("tasks") or []
     if tasks:
         lines.append("  tasks:")
-        for t in tasks:
+        # A runtime column only where the mission or a task named one: without, every
+        # task runs with its runner's default, which the line need not repeat.
+        runtimes = [task_runtime(m, t) for t in tasks]
+        width = max(len(r) for r in runtimes) if any(r != DEFAULT_RUNTIME for r in runtimes) else 0
+        for t, runtime in zip(tasks, runtimes, strict=True):
             after = f" (after {', '.join(t['depends_on'])})" if t.get("depends_on") else ""
             activity = task_note(t)
             note = f"  — {short(activity, 40)}" if activity else ""
+            through = f"{runtime:<{width}}  " if width else ""
             lines.append(
                 f"    {t['task_id']:<10} {t['status']:<11} try {t.get('attempt', 0)}  "
+                f"{through}"
                 f"{task_cost(t.get('cost_usd'), t.get('cost_complete', True)):>9}  "
                 f"{short(t['title'] + after, 60)}{note}"
             )
@@ -215,6 +224,30 @@ def mission_detail(m: dict[str, Any], spent_globally: list[str] | None = None) -
             author = msg.get("author") or ""
             lines.append(f"    {msg['kind']:<8} {author:<16} {short(msg['text'], 70)}")
     return "\n".join(lines)
+
+
+# What a task runs with when neither it nor its mission named a runtime.
+DEFAULT_RUNTIME = "default"
+
+
+def runtime_asked(m: dict[str, Any]) -> str:
+    """The runtime the mission asked for its tasks, and per tier where it differs (""
+    when it asked for none: each runner's default)."""
+    overrides = m.get("runtime_overrides") or {}
+    tiers = ", ".join(f"{tier}: {name}" for tier, name in sorted(overrides.items()))
+    if not m.get("runtime"):
+        return f"{DEFAULT_RUNTIME} ({tiers})" if tiers else ""
+    return f"{m['runtime']} ({tiers})" if tiers else str(m["runtime"])
+
+
+def task_runtime(m: dict[str, Any], t: dict[str, Any]) -> str:
+    """The runtime that works a task: the one its current attempt runs with (asked for by
+    its TaskReady, named by its agent's start), else the one its mission asked for its
+    tier, else ``default`` (its runner's)."""
+    if t.get("runtime"):
+        return str(t["runtime"])
+    overrides = m.get("runtime_overrides") or {}
+    return str(overrides.get(t.get("tier")) or m.get("runtime") or DEFAULT_RUNTIME)
 
 
 def task_note(t: dict[str, Any]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import msgspec
+
 from aether.cli import main
 from aether.gitview import create_sample_repository
 from aether_events import (
@@ -300,3 +302,78 @@ async def test_logs_of_a_task_the_plan_does_not_have_is_an_error_not_an_empty_tr
     code, out, err = await cli("mission", "logs", script.mission_id, "t2", "--attempt", "2")
     assert code == 0, err
     assert out.strip() == f"no transcript for task t2 attempt 2 of {script.mission_id}"
+
+
+async def test_show_names_the_runtime_that_works_each_task(gateway_server, nc, capsys, script):
+    """The mission asked for Claude Code on its complex tasks and nothing else: t1 (complex)
+    runs with it, t2's runner started it with its own default (builtin), and t3, not yet
+    ready, will run with its runner's default."""
+    cli = Cli(gateway_server, capsys)
+    plan = script.plan(task_ids=("t1", "t2", "t3"))
+    tiers = {"t1": "complex", "t2": "standard", "t3": "standard"}
+    plan = msgspec.structs.replace(
+        plan, tasks=[msgspec.structs.replace(t, tier=tiers[t.id]) for t in plan.tasks]
+    )
+    ready = script.task_ready("t1")
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(runtime_overrides={"complex": "claude-code"}),
+            script.prepared(),
+            plan,
+            script.approved(),
+            msgspec.structs.replace(ready, runtime="claude-code"),
+            AgentStarted(
+                **script.meta(),
+                task_id="t1",
+                attempt=1,
+                runner_id="r-1",
+                model="m",
+                runtime="claude-code",
+            ),
+            script.task_ready("t2"),
+            AgentStarted(
+                **script.meta(),
+                task_id="t2",
+                attempt=1,
+                runner_id="r-2",
+                model="m",
+                runtime="builtin",
+            ),
+        ]
+    )
+
+    async def started():
+        shown = await cli.json("mission", "show", script.mission_id)
+        return [t["runtime"] for t in shown["tasks"]] == ["claude-code", "builtin", None]
+
+    await eventually(started, what="the agents' starts to be folded")
+    shown = await cli.json("mission", "show", script.mission_id)
+    assert (shown["runtime"], shown["runtime_overrides"]) == (None, {"complex": "claude-code"})
+    code, out, err = await cli("mission", "show", script.mission_id)
+    assert code == 0, err
+    assert "\n  runtime      default (complex: claude-code)\n" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if " try " in line}
+    assert [lines[t][:5] for t in ("t1", "t2", "t3")] == [
+        ["t1", "running", "try", "1", "claude-code"],
+        ["t2", "running", "try", "1", "builtin"],
+        ["t3", "pending", "try", "0", "default"],
+    ]
+
+
+async def test_show_adds_no_runtime_where_neither_mission_nor_task_named_one(
+    gateway_server, nc, capsys, script
+):
+    cli = Cli(gateway_server, capsys)
+    await EventPublisher(nc.jetstream()).publish_all(
+        [script.requested(), script.prepared(), script.plan(), script.approved()]
+    )
+
+    async def planned():
+        return (await cli.json("mission", "show", script.mission_id))["tasks"] or None
+
+    await eventually(planned, what="the plan to be folded")
+    code, out, err = await cli("mission", "show", script.mission_id)
+    assert code == 0, err
+    assert "\n  runtime " not in out
+    tasks = [line for line in out.splitlines() if " try " in line]
+    assert len(tasks) == 2 and not any("default" in line for line in tasks)

@@ -160,6 +160,27 @@ def test_merge_conflict_and_agent_failure_mark_the_task(script):
     assert view.tasks["t1"].attempt == 3
 
 
+def test_a_merge_refused_without_conflicting_files_says_why_not_unknown_files(script):
+    start = [script.requested(), script.plan(), script.approved(), script.task_ready("t1")]
+    for refusal, detail in (
+        ("conflict_markers", "conflict markers left in 1 file(s): a.py:3\nResolve them."),
+        ("verification_failed", "verification failed: `make test` exited with 2 after 1.0s"),
+        ("", "verification failed: `make test` exited with 2 after 1.0s\n--- output ---"),
+    ):
+        refused = MergeConflicted(
+            **script.meta(),
+            task_id="t1",
+            attempt=1,
+            files=[],
+            integration_sha="f" * 40,
+            detail=detail,
+            refusal=refusal,
+        )
+        view = play([refused], play(start))
+        assert view.tasks["t1"].status == "conflicted"
+        assert view.tasks["t1"].error == detail.splitlines()[0]
+
+
 def test_news_from_an_older_attempt_is_ignored(script):
     view = play([script.requested(), script.plan(), script.task_ready("t1", attempt=2)])
     late = AgentFailed(**script.meta(), task_id="t1", attempt=1, reason="old news")

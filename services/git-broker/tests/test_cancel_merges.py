@@ -9,6 +9,7 @@ mission's cancel are stored, and check that nothing lands and the stream says wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from prometheus_client import REGISTRY
 
 from aether_events import (
     AgentCompleted,
@@ -164,6 +166,10 @@ async def test_a_result_stored_before_the_cancel_does_not_land_behind_a_busy_bro
     await events.stop()
 
 
+def verifications(result: str) -> float:
+    return REGISTRY.get_sample_value("aether_verifications_total", {"result": result}) or 0.0
+
+
 async def test_a_cancel_heard_during_verification_stops_it_and_nothing_lands(
     nc: NatsClient,
     settings: GitBrokerSettings,
@@ -172,16 +178,22 @@ async def test_a_cancel_heard_during_verification_stops_it_and_nothing_lands(
     worktrees_dir: Path,
     git: Callable[..., str],
     commit: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The mission's own merge is being verified when it is cancelled: the command is
-    killed (long before its time limit), the branch stays, and a restarted broker that
-    gets the same result again neither merges nor records it twice."""
+    killed (long before its time limit), counted as stopped (not failed) with what it
+    printed until then logged, the branch stays, and a restarted broker that gets the same
+    result again neither merges nor records it twice."""
+    caplog.set_level(logging.INFO, logger="aether.git_broker.verify")
+    counted = {result: verifications(result) for result in ("stopped", "failed")}
     mission = "m-verifying"
     events = await EventLog(nc, mission, declare=True).start()
     broker = bootstrap(settings)
     await broker.service.start()
     try:
-        prepared, result = await start_task(publisher, events, mission, repo, commit, verify=HOLD)
+        prepared, result = await start_task(
+            publisher, events, mission, repo, commit, verify=f"echo 'checked 3 of 5'; {HOLD}"
+        )
         head = git(repo, "rev-parse", prepared.integration_branch)
         await publisher.publish(result)
         scratch = worktrees_dir / ".verify" / f"{mission}-t1-a1"
@@ -193,6 +205,10 @@ async def test_a_cancel_heard_during_verification_stops_it_and_nothing_lands(
     finally:
         await broker.service.stop()
     assert stopped_after < VERIFY_TIMEOUT / 4
+    assert verifications("stopped") == counted["stopped"] + 1
+    assert verifications("failed") == counted["failed"]
+    [stopped] = [r for r in caplog.records if r.getMessage() == "verification stopped"]
+    assert "checked 3 of 5" in stopped.output  # type: ignore[attr-defined]
     assert withheld.reason == "the mission was cancelled by alice"
     assert withheld.integration_sha == head
     assert not events.of(BranchMerged)

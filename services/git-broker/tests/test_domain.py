@@ -260,6 +260,23 @@ def test_a_conflicted_attempt_is_not_merged_again() -> None:
     assert isinstance(decide(state, event, NAMING), Ignore)
 
 
+def test_a_refused_merge_says_why_on_its_event() -> None:
+    event = completed()
+    outcomes = {
+        "conflict_markers": MergeOutcome(
+            kind="conflict",
+            sha="d" * 40,
+            detail="conflict markers left in …",
+            refusal="conflict_markers",
+        ),
+        "verification_failed": MergeOutcome(kind="verify_failed", sha="d" * 40, detail="x"),
+    }
+    for refusal, outcome in outcomes.items():
+        published = merge_event(event, NOW, "aether/m-1", outcome)
+        assert isinstance(published, MergeConflicted)
+        assert (published.files, published.refusal) == ([], refusal)
+
+
 def test_nothing_is_done_for_a_cancelled_mission_except_cleaning_up() -> None:
     cancelled = MissionCancelled(**meta("e-cancel"))
     state = given(requested(), PREPARED, cancelled)

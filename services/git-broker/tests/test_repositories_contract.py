@@ -199,7 +199,7 @@ def test_the_same_line_changed_on_both_sides_conflicts_and_leaves_the_branch(
     head = merge(world, path, since, "t1", world.commit_in(one, {"README.md": "# one\n"})).sha
     conflict = merge(world, path, since, "t2", world.commit_in(two, {"README.md": "# two\n"}))
     assert (conflict.kind, conflict.sha, conflict.files) == ("conflict", head, ("README.md",))
-    assert conflict.detail
+    assert conflict.detail and conflict.refusal == "conflict"
     assert world.files(path, INTEGRATION)["README.md"] == "# one\n"
 
 
@@ -226,6 +226,8 @@ def test_a_commit_that_adds_conflict_markers_is_refused_and_the_bases_own_are_no
     refused = merge(world, path, since, "t1", marked)
     assert (refused.kind, refused.sha, refused.files) == ("conflict", since, ())
     assert refused.detail.splitlines()[0] == "conflict markers left in 1 file(s): app/main.py:2"
+    # Named, so the next attempt is not told its verification failed (neither has files).
+    assert refused.refusal == "conflict_markers"
     assert world.files(path, INTEGRATION)["app/main.py"] == FILES["app/main.py"]
     # The base's block moved and edited around: merged.
     doc = "Resolve them.\n\n" + BLOCK.replace("one", "first") + "# Conflicts\n"
@@ -234,6 +236,7 @@ def test_a_commit_that_adds_conflict_markers_is_refused_and_the_bases_own_are_no
     # By a merge commit (the branch moved meanwhile): refused alike.
     later = merge(world, path, since, "t3", world.commit_in(three, {"three.py": "x\n" + BLOCK}))
     assert (later.kind, later.sha, later.files) == ("conflict", clean.sha, ())
+    assert later.refusal == "conflict_markers"
     assert "three.py:2" in later.detail
     assert "three.py" not in world.files(path, INTEGRATION)
 
@@ -244,7 +247,7 @@ def test_a_commit_that_is_not_in_the_repository_is_refused_as_a_conflict(world: 
     for sha in ("f" * 40, "not-a-sha"):
         outcome = merge(world, path, since, "t1", sha)
         assert (outcome.kind, outcome.sha) == ("conflict", since)
-        assert outcome.detail
+        assert outcome.detail and outcome.refusal == "missing_commit"
 
 
 def test_worktrees_and_task_branches_are_cleaned_up_once(world: World) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -17,7 +18,13 @@ from dulwich.server import DictBackend
 from dulwich.web import make_wsgi_chain
 
 from aether_git_broker.adapters.git import GitRepositories
-from aether_git_broker.adapters.verify import Verifier, command_environment, run_command
+from aether_git_broker.adapters.verify import (
+    Verification,
+    Verifier,
+    command_environment,
+    run_command,
+)
+from aether_sandbox import StopOrder
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 INTEGRATION = "aether/m-v"
@@ -105,6 +112,37 @@ def test_a_command_past_its_time_is_stopped_with_everything_it_started(tmp_path:
     # The background child went with the group; had it survived it would create the file.
     alive = subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True, check=False)
     assert alive.returncode == 1
+
+
+def test_a_stopped_command_is_reported_stopped_with_what_it_printed(tmp_path: Path) -> None:
+    """A cancel stops a verification: not the command's failure, and its output so far
+    says how far it got."""
+    stop = StopOrder()
+    ran: list[Verification] = []
+    worker = threading.Thread(
+        target=lambda: ran.append(
+            run_command(
+                "echo 'collected 12 tests'; echo 'test_a PASSED'; touch started; sleep 60",
+                str(tmp_path),
+                timeout=60,
+                max_output=1000,
+                env=command_environment(),
+                stop=stop,
+            )
+        )
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.01)
+    stop.stop("the mission was cancelled by alice")
+    worker.join(timeout=30)
+    [outcome] = ran
+    assert (outcome.result, outcome.exit_code) == ("stopped", None)
+    assert outcome.output.startswith("[stopped: the mission was cancelled by alice]\n")
+    assert "collected 12 tests\ntest_a PASSED" in outcome.output
+    assert outcome.seconds < 30
 
 
 def test_long_output_is_cut_to_its_end(tmp_path: Path) -> None:

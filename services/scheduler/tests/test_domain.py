@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 from aether_events import (
     AgentCompleted,
@@ -10,6 +13,7 @@ from aether_events import (
     BudgetRaised,
     BudgetWarning,
     Event,
+    MergeConflicted,
     MergeWithheld,
     MissionCancelled,
     MissionCompleted,
@@ -377,6 +381,71 @@ def test_failed_verification_reruns_with_its_output_as_context() -> None:
     again = of(decided, TaskReady)[0]
     assert "verification failed on the result" in again.context and "FAILED test_x" in again.context
     assert s.state.missions["m-test"].tasks["a"].last_failure.startswith("verification failed")
+
+
+def _refused(s: Scenario, detail: str, refusal: str = "", files: tuple[str, ...] = ()) -> Any:
+    decided = s.when(
+        MergeConflicted(
+            **s.meta(),
+            task_id="a",
+            attempt=1,
+            files=list(files),
+            integration_sha="h",
+            detail=detail,
+            refusal=refusal,
+        )
+    )
+    return of(decided, TaskReady)[0]
+
+
+MARKERS = (
+    "conflict markers left in 1 file(s): src/app.py:3\n"
+    "The commit adds blocks of conflict markers to these files."
+)
+
+
+@pytest.mark.parametrize("refusal", ["conflict_markers", ""], ids=["v8", "before-v8"])
+def test_a_merge_refused_for_conflict_markers_says_so_not_that_verification_failed(
+    refusal: str,
+) -> None:
+    """A marker refusal names no files, like a failed verification: the next attempt is
+    told what happened (from ``refusal``, or the detail of a broker that did not set it)."""
+    s = Scenario()
+    s.start(task("a"))
+    s.started("a")
+    s.completed("a")
+    again = _refused(s, MARKERS, refusal)
+    assert again.attempt == 2 and again.resolve_sha is None
+    assert "verification" not in again.context.split("\n")[0]
+    assert "merged cleanly" not in again.context
+    assert again.context.startswith(
+        "Your previous attempt's commit was not merged: it leaves conflict markers in files"
+    )
+    assert again.context.endswith(MARKERS)
+    assert s.state.missions["m-test"].tasks["a"].last_failure == MARKERS.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "files", "opening"),
+    [
+        ("verification_failed", (), "Your previous attempt merged cleanly but the mission's "),
+        ("unsafe_paths", ("../x",), "Your previous attempt's commit was not merged: it has paths"),
+        ("missing_commit", (), "Your previous attempt's commit could not be merged"),
+        ("from_a_newer_broker", (), "Your previous attempt's commit was not merged; the git "),
+    ],
+)
+def test_each_refused_merge_opens_the_next_attempts_context_with_what_happened(
+    refusal: str, files: tuple[str, ...], opening: str
+) -> None:
+    s = Scenario()
+    s.start(task("a"))
+    s.started("a")
+    s.completed("a")
+    again = _refused(s, "what the broker said\nits details", refusal, files)
+    assert again.context.startswith(opening)
+    assert again.context.endswith("what the broker said\nits details")
+    # Only a true conflict merges the earlier commit in, with its conflicts marked.
+    assert again.resolve_sha is None
 
 
 def test_no_heartbeat_times_the_attempt_out_and_retries_it() -> None:

@@ -421,11 +421,20 @@ class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
 
 
 class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):
+    """The git broker did not merge an attempt's commit; the integration branch stayed at
+    ``integration_sha``. ``refusal`` says why (added in v8): ``conflict`` (both sides
+    changed ``files``), ``unsafe_paths`` (the commit has paths no checkout may write,
+    ``files``), ``conflict_markers`` (the result would add blocks of conflict markers,
+    ``detail`` names where) or ``verification_failed`` (the merged result failed the
+    mission's verification command, ``detail`` holds its output); "" from a broker before
+    v8, which reported the last two with no ``files``."""
+
     task_id: str
     attempt: int
     files: list[str]
     integration_sha: str
     detail: str = ""
+    refusal: str = ""
 
 
 class MergeWithheld(Event, frozen=True, kw_only=True, tag="merge_withheld"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import errno
 import json
@@ -345,9 +346,30 @@ class _Reader:
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
+        self._drain()
         self._pipe.close()
         if not self.ended.done():
             self.ended.cancel()
+
+    def _drain(self) -> None:
+        """Read what the pipe still holds (the command is killed by now, or done) into the
+        collector: output written just before a stop or a limit is kept. Not handed to
+        ``on_output``, whose reader may have ended with the command. Bounded, should a
+        writer remain."""
+        if self.ended.done():
+            return
+        for _ in range(_DRAIN_READS):
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError:  # nothing more now (BlockingIOError) or gone
+                return
+            if not chunk:
+                return
+            self._collector.feed(chunk)
+
+
+# At most 1 MiB is read after a command ended (the collector keeps only its cap of it).
+_DRAIN_READS = 16
 
 
 async def _reap(process: subprocess.Popen[bytes], exited: asyncio.Future[None]) -> None:
@@ -447,8 +469,8 @@ def execute_sync(
     """``execute`` for a thread without an event loop (the git broker's verification).
 
     ``stop``, given from another thread while the command runs (or before it starts),
-    kills all of it as the limits do: the outcome has no exit code and ``stopped`` is the
-    order's reason (the output it printed until then is not kept)."""
+    kills all of it as the limits do: the outcome has no exit code, ``stopped`` is the
+    order's reason and ``output`` what it printed until then."""
     if stop is None:
         return asyncio.run(execute(sandbox, request, output_chars))
     return asyncio.run(_stoppable(sandbox, request, output_chars, stop))
@@ -461,6 +483,11 @@ async def _stoppable(
     task = asyncio.current_task()
     assert task is not None
     began = time.monotonic()
+    # The command's output collector, registered as it is made (``OutputCollector``): the
+    # cancelled ``execute`` returns nothing, and what the command printed until the order
+    # is read from it here.
+    collectors: list[OutputCollector] = []
+    watched = _WATCHED.set(collectors)
 
     def cancel() -> None:
         # The loop may be closed already when the order comes just after the command.
@@ -474,15 +501,19 @@ async def _stoppable(
         if stop.reason is None:
             raise
         task.uncancel()
-        # ``execute`` killed and reaped everything on its way out.
+        # ``execute`` killed and reaped everything on its way out, reading what was left
+        # in the output pipe.
+        printed = collectors[-1] if collectors else None
         return Outcome(
             exit_code=None,
             timed_out=False,
-            output="",
+            output=printed.text() if printed is not None and printed.total else "",
             seconds=time.monotonic() - began,
             sandbox=sandbox.name,
             stopped=stop.reason,
         )
+    finally:
+        _WATCHED.reset(watched)
 
 
 async def watch_limits(
@@ -566,11 +597,20 @@ def _size(value: int | None) -> str:
     return f"{value / MIB:g} MiB" if value >= MIB else f"{value:,} bytes"
 
 
+# Where a caller that may cancel a command (``_stoppable``) keeps its output collectors.
+_WATCHED: contextvars.ContextVar[list[OutputCollector] | None] = contextvars.ContextVar(
+    "aether_sandbox_watched_output", default=None
+)
+
+
 class OutputCollector:
     """Keeps the first quarter and the last three quarters of ``limit`` characters: a
     command's beginning says what ran, its end says how it failed."""
 
     def __init__(self, limit: int) -> None:
+        watched = _WATCHED.get()
+        if watched is not None:
+            watched.append(self)
         self._head_limit = max(limit // 4, 1)
         self._tail_limit = max(limit - self._head_limit, 1)
         self._head = bytearray()

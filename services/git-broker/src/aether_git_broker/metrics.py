@@ -6,7 +6,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Histogram
 
-from aether_git_broker.domain.outcomes import MergeKind
+from aether_git_broker.domain.outcomes import MergeKind, VerificationResult
 from aether_runtime.metrics import at_zero
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -74,7 +74,7 @@ GIT_HTTP_REQUESTS = Counter(
 
 # Every result is exported from the start, so rates and dashboards see zeros, not gaps.
 at_zero(MERGES, result=get_args(MergeKind))
-at_zero(VERIFICATIONS, result=("passed", "failed", "timed_out"))
+at_zero(VERIFICATIONS, result=get_args(VerificationResult))
 at_zero(FETCHES, result=("cloned", "fetched", "failed"))
 # ``failed``: a try that failed (retried or not); ``given_up``: the last of them.
 at_zero(PUSHES, result=("pushed", "already_pushed", "failed", "given_up"))

@@ -168,11 +168,17 @@ class InMemoryRepositories:
         head = self._head(repo, integration_branch, "integration branch")
         if not SHA.fullmatch(commit_sha) or len(commit_sha) != 40:
             return MergeOutcome(
-                kind="conflict", sha=head, detail=f"{commit_sha!r} is not a commit id"
+                kind="conflict",
+                sha=head,
+                detail=f"{commit_sha!r} is not a commit id",
+                refusal="missing_commit",
             )
         if commit_sha not in repo.commits:
             return MergeOutcome(
-                kind="conflict", sha=head, detail=f"commit {commit_sha} is not in the repository"
+                kind="conflict",
+                sha=head,
+                detail=f"commit {commit_sha} is not in the repository",
+                refusal="missing_commit",
             )
         previous = self._task_merge(repo, head, since_sha, (mission_id, task_id, attempt))
         if previous is not None:
@@ -190,7 +196,9 @@ class InMemoryRepositories:
         ours, theirs = repo.commits[head].files, repo.commits[commit_sha].files
         if head in bases:
             if refusal := _markers_refusal(ours, theirs):
-                return MergeOutcome(kind="conflict", sha=head, detail=refusal)
+                return MergeOutcome(
+                    kind="conflict", sha=head, detail=refusal, refusal="conflict_markers"
+                )
             repo.branches[integration_branch] = commit_sha
             return MergeOutcome(
                 kind="fast_forward",
@@ -207,9 +215,12 @@ class InMemoryRepositories:
                 files=conflicts,
                 detail="both the integration branch and the task changed "
                 f"{len(conflicts)} file(s) differently",
+                refusal="conflict",
             )
         if refusal := _markers_refusal(ours, merged):
-            return MergeOutcome(kind="conflict", sha=head, detail=refusal)
+            return MergeOutcome(
+                kind="conflict", sha=head, detail=refusal, refusal="conflict_markers"
+            )
         sha = self._write(
             repo,
             FakeCommit(

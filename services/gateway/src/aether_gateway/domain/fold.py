@@ -168,6 +168,8 @@ def _requested(event: MissionRequested) -> Mission:
         model_overrides=dict(event.model_overrides),
         verify_command=event.verify_command,
         requested_by=event.requested_by,
+        runtime=event.runtime,
+        runtime_overrides=dict(event.runtime_overrides),
         created_at=event.occurred_at,
         updated_at=event.occurred_at,
     )
@@ -604,6 +606,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 task,
                 status=status,
                 model=event.model,
+                runtime=event.runtime,
                 wave=event.wave,
                 finished_at=None,
                 error=None,
@@ -623,6 +626,8 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 status=status,
                 model=event.model,
                 runner_id=event.runner_id,
+                # "" from a runner before AgentStarted named it: the one asked for stands.
+                runtime=event.runtime or task.runtime,
                 started_at=task.started_at or event.occurred_at,
             )
         case AgentCompleted():
@@ -648,8 +653,13 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 error=None,
             )
         case MergeConflicted():
-            files = ", ".join(event.files) or "unknown files"
-            return replace(task, status=status, error=f"merge conflict in {files}")
+            if event.files and event.refusal in ("", "conflict"):
+                error = f"merge conflict in {', '.join(event.files)}"
+            else:
+                # Refused for something else (conflict markers left, a failed
+                # verification): the first line of the broker's account says what.
+                error = (event.detail.splitlines() or ["the merge was refused"])[0]
+            return replace(task, status=status, error=error)
         case MergeWithheld():
             return replace(task, status=status, error=f"not merged: {event.reason}")
         case TaskRetried():

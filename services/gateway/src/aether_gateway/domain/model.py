@@ -56,6 +56,10 @@ class Mission(msgspec.Struct, frozen=True, kw_only=True):
     model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
     verify_command: str | None = None
     requested_by: str | None = None
+    # The agent runtime the mission asked for its tasks (None: each runner's default), and
+    # per tier where it differs.
+    runtime: str | None = None
+    runtime_overrides: dict[str, str] = msgspec.field(default_factory=dict)
     integration_branch: str | None = None
     base_sha: str | None = None
     final_sha: str | None = None
@@ -119,6 +123,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0
     wave: int | None = None
     model: str | None = None
+    # The agent runtime of the current attempt: the one its TaskReady asked for (None:
+    # the runner's default), then the one its agent started with.
+    runtime: str | None = None
     runner_id: str | None = None
     branch: str | None = None
     base_sha: str | None = None

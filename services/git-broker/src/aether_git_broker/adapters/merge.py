@@ -82,7 +82,9 @@ def merge_task(
         except RepositoryError as error:
             problem = str(error)
     if problem is not None:
-        return MergeOutcome(kind="conflict", sha=head.decode(), detail=problem)
+        return MergeOutcome(
+            kind="conflict", sha=head.decode(), detail=problem, refusal="missing_commit"
+        )
     previous = _find_task_merge(handle, head, since_sha, mission_id, task_id, attempt)
     if previous is not None:
         before = handle.commit(previous.parents[0]).tree
@@ -120,6 +122,7 @@ def merge_task(
                 files=result.conflicts,
                 detail="both the integration branch and the task changed "
                 f"{len(result.conflicts)} file(s) differently",
+                refusal="conflict",
             )
         files = result.changed
         lines_merged = result.lines_merged
@@ -131,10 +134,17 @@ def merge_task(
             files=tuple(unsafe),
             detail="the task's commit has paths no checkout may write (a '..' or '.git' "
             "component, a .gitmodules link): " + ", ".join(unsafe[:10]),
+            refusal="unsafe_paths",
         )
     marked = added_markers(trees, ours.tree, files)
     if marked:
-        return MergeOutcome(kind="conflict", sha=head.decode(), detail=markers_refusal(marked))
+        # Told apart from a failed verification (neither names files) for the next attempt.
+        return MergeOutcome(
+            kind="conflict",
+            sha=head.decode(),
+            detail=markers_refusal(marked),
+            refusal="conflict_markers",
+        )
     if verify is not None:
         failure = verify(handle, new_head)
         if failure is not None and (withhold is None or withhold() is None):

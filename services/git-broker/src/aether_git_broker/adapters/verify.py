@@ -27,13 +27,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from dulwich.config import ConfigFile
 from dulwich.objects import ObjectID
 
 from aether_git_broker.adapters.git import Handle
 from aether_git_broker.adapters.worktrees import admin_dir
+from aether_git_broker.domain.outcomes import VerificationResult
 from aether_git_broker.ports import ScratchWorktrees
 from aether_sandbox import (
     Request,
@@ -52,7 +52,9 @@ log = logging.getLogger("aether.git_broker.verify")
 
 @dataclass(frozen=True)
 class Verification:
-    result: Literal["passed", "failed", "timed_out"]
+    """How a verification command ended, and what it printed (until it was stopped)."""
+
+    result: VerificationResult
     exit_code: int | None
     seconds: float
     output: str
@@ -161,7 +163,7 @@ def run_command(
     ``sandbox``; stdout and stderr together. ``read_only``: more paths it may read;
     ``shown_as``: host files it reads in place of others; ``shown_only``: directories it
     sees only the listed entries of; ``stop``: ends it early (a cancelled mission),
-    reported as a failure stopped for the order's reason."""
+    reported as ``stopped``, with the order's reason and the output printed until then."""
     if sandbox is None:
         sandbox = verification_sandbox()
     if isinstance(sandbox, SandboxUnavailable):
@@ -179,9 +181,11 @@ def run_command(
         shown_only=shown_only,
     )
     outcome = execute_sync(sandbox, request, max_output, stop)
-    result: Literal["passed", "failed", "timed_out"]
+    result: VerificationResult
     if outcome.timed_out:
         result = "timed_out"
+    elif stop is not None and outcome.stopped is not None and outcome.stopped == stop.reason:
+        result = "stopped"
     else:
         result = "passed" if outcome.exit_code == 0 and outcome.stopped is None else "failed"
     output = outcome.output
@@ -254,14 +258,22 @@ class Verifier:
         finally:
             git.release_worktree(handle.repo, scratch)
         self.last = outcome
-        log.info(
-            "verification %s",
-            outcome.result,
-            extra={"exit_code": outcome.exit_code, "seconds": round(outcome.seconds, 3)},
-        )
+        extra: dict[str, object] = {
+            "exit_code": outcome.exit_code,
+            "seconds": round(outcome.seconds, 3),
+        }
+        if outcome.result == "stopped":
+            # No event carries it (the merge is withheld): the log keeps what it printed.
+            extra["output"] = outcome.output[-2000:]
+        log.info("verification %s", outcome.result, extra=extra)
         if outcome.result == "passed":
             return None
-        if outcome.result == "timed_out":
+        if outcome.result == "stopped":
+            head = (
+                f"verification stopped: `{command}` was stopped after "
+                f"{outcome.seconds:.1f}s ({stop.reason if stop else 'stopped'})"
+            )
+        elif outcome.result == "timed_out":
             head = f"verification failed: `{command}` did not finish within {self.timeout:g}s"
         else:
             head = (

@@ -57,6 +57,9 @@ class WorkspaceOutcome:
 MergeKind = Literal[
     "merged", "fast_forward", "already_merged", "conflict", "verify_failed", "withheld"
 ]
+# How a verification command ended; ``stopped``: by a stop order (its mission was
+# cancelled), not by the command or a limit.
+VerificationResult = Literal["passed", "failed", "timed_out", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class MergeOutcome:
     detail: str = ""
     # Files both sides had changed, merged line by line.
     lines_merged: tuple[str, ...] = ()
+    # Why a ``conflict`` was refused (``MergeConflicted.refusal``): ``conflict``,
+    # ``unsafe_paths``, ``conflict_markers`` or ``missing_commit``.
+    refusal: str = ""
 
 
 def repository_prepared_event(
@@ -157,6 +163,7 @@ def merge_event(
             files=list(outcome.files),
             integration_sha=outcome.sha,
             detail=outcome.detail,
+            refusal="verification_failed" if outcome.kind == "verify_failed" else outcome.refusal,
         )
     return BranchMerged(
         **caused_by(cause, now, step_ids.branch_merged(cause.task_id, cause.attempt)),

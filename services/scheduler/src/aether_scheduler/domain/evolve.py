@@ -208,6 +208,43 @@ def _resolution_context(
     )
 
 
+# How the next attempt's context opens after a merge refused for something other than a
+# conflict (``MergeConflicted.refusal``), followed by the broker's own account.
+_REFUSED = "Your previous attempt's commit was not merged; the git broker refused it:"
+_REFUSED_OPENING = {
+    "verification_failed": (
+        "Your previous attempt merged cleanly but the mission's verification failed on the result:"
+    ),
+    "conflict_markers": (
+        "Your previous attempt's commit was not merged: it leaves conflict markers in "
+        "files, which the git broker refuses to merge:"
+    ),
+    "unsafe_paths": (
+        "Your previous attempt's commit was not merged: it has paths no checkout may "
+        "write. Start from the current integration head and leave those paths out:"
+    ),
+    "missing_commit": (
+        "Your previous attempt's commit could not be merged: the git broker did not find "
+        "it. Start from the current integration head and commit your work again:"
+    ),
+}
+# The first line of a marker refusal's detail, from a broker before ``refusal`` was set.
+_MARKERS_DETAIL = "conflict markers left in "
+
+
+def _refusal(event: MergeConflicted) -> str:
+    """Why the broker did not merge: its ``refusal``, or, from a broker that did not say,
+    what the event shows (files: a conflict; else markers or a failed verification, told
+    apart by the detail's first words)."""
+    if event.refusal:
+        return event.refusal
+    if event.files:
+        return "conflict"
+    if event.detail.startswith(_MARKERS_DETAIL):
+        return "conflict_markers"
+    return "verification_failed"
+
+
 def _current(m: MissionState, task_id: str, attempt: int, *statuses: str) -> bool:
     task = m.tasks.get(task_id)
     return task is not None and task.attempt == attempt and task.status in statuses
@@ -340,7 +377,8 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             if not _current(m, event.task_id, event.attempt, "ready", "running", "completed"):
                 return m
             resolve_sha = None
-            if event.files:
+            refusal = _refusal(event)
+            if refusal == "conflict":
                 files = ", ".join(event.files)
                 reason = f"merge conflict in {files}"
                 resolve_sha = m.tasks[event.task_id].last_commit
@@ -348,12 +386,8 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 if event.detail:
                     context += f"\n{event.detail}"
             else:
-                # No conflicting files: the merged result failed the mission's verification.
                 reason = (event.detail.splitlines() or ["the merge was refused"])[0]
-                context = (
-                    "Your previous attempt merged cleanly but the mission's verification "
-                    f"failed on the result:\n{event.detail}"
-                )
+                context = f"{_REFUSED_OPENING.get(refusal, _REFUSED)}\n{event.detail}"
             return _task(
                 m,
                 event.task_id,

@@ -1,7 +1,7 @@
 // Missions: the list (live), its filters, and the new-mission form.
 
 import { ApiError, get, post, query } from "../api.js";
-import { age, clear, debounce, firstLine, h, money, pill } from "../dom.js";
+import { age, clear, debounce, firstLine, h, money, pill, put } from "../dom.js";
 import { LiveStream, reloaded } from "../live.js";
 
 const STATUSES = [
@@ -48,6 +48,37 @@ function row(mission, counts) {
   );
 }
 
+// The agent runtimes the live runners have (GET /runtimes) as the form's choice: the
+// runners' default (nothing sent), then each runtime some live runner has. The note says
+// when no runner is live, or the list could not be read; a choice no longer offered goes
+// back to the default.
+async function loadRuntimes(select, note) {
+  const chosen = select.value;
+  let found;
+  try {
+    found = await get("/runtimes");
+  } catch (error) {
+    put(select, h("option", { value: "" }, "The runners' default"));
+    note.textContent = `The runners' runtimes could not be read (${error.message}): the mission runs with their default.`;
+    note.hidden = false;
+    return;
+  }
+  const live = found.runners.length;
+  const defaults = [...new Set(found.runners.map((runner) => runner.default_runtime).filter(Boolean))];
+  const byDefault =
+    defaults.length === 1 ? `The runners' default (${defaults[0]})` : defaults.length ? `Each runner's default (${defaults.join(", ")})` : "The runners' default";
+  put(
+    select,
+    h("option", { value: "" }, byDefault),
+    found.runtimes.map((offer) => h("option", { value: offer.name }, `${offer.name} (${offer.runners.length} of ${live} live runner${live === 1 ? "" : "s"})`)),
+  );
+  select.value = found.runtimes.some((offer) => offer.name === chosen) ? chosen : "";
+  note.textContent = live
+    ? ""
+    : "No agent runner is live now: the mission is kept, and its tasks wait for a runner and run with that runner's default runtime.";
+  note.hidden = live > 0;
+}
+
 function newMissionForm(onCreated) {
   const field = (name, label, input, hint) =>
     h("div", { class: "field", "data-field": name }, h("label", { for: "nm-" + name }, label), input, hint ? h("small", { class: "muted" }, hint) : null, h("p", { class: "field-error", id: "nm-" + name + "-error" }));
@@ -58,6 +89,13 @@ function newMissionForm(onCreated) {
     field("repository", "Repository", h("input", { id: "nm-repository", name: "repository", required: true, placeholder: "/path/to/repo or URL" })),
     field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "the repository's default" }), h("span", { id: "nm-base-hint" }, "Left empty: the repository's default branch")),
     field("requirement", "Requirement", h("textarea", { id: "nm-requirement", name: "requirement", rows: 5, required: true, placeholder: "What should change, and how will you know it is done?" })),
+    field(
+      "runtime",
+      "Agent runtime",
+      h("select", { id: "nm-runtime", name: "runtime" }, h("option", { value: "" }, "The runners' default")),
+      "The agent that works the tasks, among those the live runners have",
+    ),
+    h("p", { class: "notice", id: "nm-runtime-note", role: "status", hidden: true }),
     h(
       "div",
       { class: "row" },
@@ -65,8 +103,13 @@ function newMissionForm(onCreated) {
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "auto_approve", id: "nm-auto_approve" }), " Approve the plan automatically"),
     ),
     h("p", { class: "field-error", id: "nm-error", role: "alert" }),
+    h("div", { class: "notice", id: "nm-warning", role: "status", hidden: true }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Submit mission")),
   );
+  const runtime = form.querySelector("#nm-runtime");
+  const runtimeNote = form.querySelector("#nm-runtime-note");
+  const warning = form.querySelector("#nm-warning");
+  loadRuntimes(runtime, runtimeNote);
   // Left empty, the base branch is the repository's own default branch, which the git
   // broker reads when it prepares the repository; the hint names it when the gateway can.
   let detected = null;
@@ -94,6 +137,8 @@ function newMissionForm(onCreated) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
+    warning.hidden = true;
+    clear(warning);
     const data = new FormData(form);
     const body = {
       repository: String(data.get("repository") || "").trim(),
@@ -109,12 +154,33 @@ function newMissionForm(onCreated) {
       // Sent as typed when it is no number, so the gateway's own message explains it.
       body.budget_usd = Number.isFinite(value) ? value : budget;
     }
+    const chosen = String(data.get("runtime") || "");
+    if (chosen) body.runtime = chosen;
     try {
       const accepted = await post("/missions", body);
       form.reset();
       detected = null;
-      onCreated(accepted.mission_id);
+      baseInput.placeholder = "the repository's default";
+      hint.textContent = "Left empty: the repository's default branch";
+      if (!accepted.warning) {
+        onCreated(accepted.mission_id);
+        return;
+      }
+      // Kept, with something to know first (its runtime could not be checked): said here,
+      // with the way to the mission, rather than lost in a page change.
+      const href = `/board/missions/${encodeURIComponent(accepted.mission_id)}`;
+      put(warning, `Mission submitted, but ${accepted.warning}. `, h("a", { href, "data-nav": true, id: "nm-warning-mission" }, "Open the mission"));
+      warning.hidden = false;
+      loadRuntimes(runtime, runtimeNote);
     } catch (error) {
+      const detail = error instanceof ApiError && error.body.detail;
+      if (detail && Array.isArray(detail.unknown_runtimes)) {
+        // A runtime no live runner has now (its runner stopped since the list was read):
+        // the gateway's message names those they have, and the choice is read again.
+        form.querySelector("#nm-runtime-error").textContent = error.message;
+        loadRuntimes(runtime, runtimeNote);
+        return;
+      }
       const fields = error instanceof ApiError ? error.fields() : {};
       let placed = false;
       for (const [key, message] of Object.entries(fields)) {
