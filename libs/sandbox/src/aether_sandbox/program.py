@@ -74,10 +74,11 @@ class ProgramLimits:
 
     @classmethod
     def create(
-        cls, limits: Limits, configured: str = "", writable: tuple[Path, ...] = ()
+        cls, limits: Limits, configured: str = "", home: Path | None = None
     ) -> ProgramLimits:
         """A cgroup with ``limits`` where one can be made, and the rlimits to go with it;
-        ``writable``: the trees the program may write, watched against the disk limit."""
+        ``home``: a tree only the program writes, watched against the disk limit (not
+        the worktree, which the agent's commands write too, each under its own watch)."""
         cgroup = Cgroup.create(limits, configured)
         enforced = cgroup.enforces if cgroup is not None else set()
         wanted: dict[int, tuple[int, int]] = {
@@ -99,7 +100,7 @@ class ProgramLimits:
             if ceiling != resource.RLIM_INFINITY:
                 soft, hard = min(soft, ceiling), min(hard, ceiling)
             granted[kind] = (soft, hard)
-        disk = DiskWatch(writable, limits) if writable else None
+        disk = DiskWatch((home,), limits, "its home") if home is not None else None
         return cls(limits, cgroup, granted, disk=disk)
 
     def describe(self) -> dict[str, str]:

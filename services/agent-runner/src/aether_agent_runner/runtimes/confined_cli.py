@@ -99,7 +99,7 @@ async def confined(
     info = scratch / "sandbox.json"
     limits = (cli_limits or CliLimits()).of(sandbox.settings.limits)
     program = await asyncio.to_thread(
-        ProgramLimits.create, limits, sandbox.settings.cgroup, (job.worktree, config_dir)
+        ProgramLimits.create, limits, sandbox.settings.cgroup, config_dir
     )
     how = program.describe()
     if program.cgroup is None:
