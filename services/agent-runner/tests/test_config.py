@@ -43,8 +43,40 @@ def test_a_runner_that_died_holding_work_leaves_it_as_briefly_as_any_consumer() 
         "AETHER_AGENT_HEARTBEAT_SECONDS",
         "AETHER_AGENT_COMMIT_MAX_BYTES",
         "AETHER_AGENT_COMMAND_RUNTIMES",
+        "AETHER_CLAUDE_CODE_MEMORY_MB",
+        "AETHER_CLAUDE_CODE_PROCESSES",
+        "AETHER_CLAUDE_CODE_CPU_SECONDS",
     ],
 )
 def test_a_value_that_is_not_one_is_refused_naming_its_variable(name: str) -> None:
     with pytest.raises(SettingsError, match=name):
         RunnerSettings.from_env({name: "lots"})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "AETHER_CLAUDE_CODE_MEMORY_MB",
+        "AETHER_CLAUDE_CODE_PROCESSES",
+        "AETHER_CLAUDE_CODE_CPU_SECONDS",
+    ],
+)
+def test_the_claude_code_clis_limits_cannot_be_turned_off(name: str) -> None:
+    """The CLI's limits are numbers above 0: none of them is left off, by accident or on
+    purpose (0 or off would run a prompt-injected CLI unbounded)."""
+    for value in ("0", "off", "-1"):
+        with pytest.raises(SettingsError, match=name):
+            RunnerSettings.from_env({name: value})
+
+
+def test_the_claude_code_clis_limits_are_read_from_the_environment() -> None:
+    limits = RunnerSettings.from_env(
+        {
+            "AETHER_CLAUDE_CODE_MEMORY_MB": "1536",
+            "AETHER_CLAUDE_CODE_PROCESSES": "128",
+            "AETHER_CLAUDE_CODE_CPU_SECONDS": "900",
+        }
+    ).agent.claude_code_limits()
+    assert (limits.memory_mb, limits.processes, limits.cpu_seconds) == (1536, 128, 900)
+    default = RunnerSettings.from_env({}).agent.claude_code_limits()
+    assert (default.memory_mb, default.processes, default.cpu_seconds) == (4096, 512, 1800)

@@ -205,6 +205,16 @@ class Cgroup:
                             return int(value)
         return 0
 
+    def refused_forks(self) -> int:
+        """How many new processes or threads the cgroup's ``pids.max`` refused."""
+        for directory in self.directories:
+            with contextlib.suppress(OSError, ValueError):
+                for line in _read(os.path.join(directory, "pids.events")).splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "max":
+                        return int(value)
+        return 0
+
     def relimit(self, limits: Limits, memory_reserve: int = 0, process_reserve: int = 0) -> None:
         """Write ``limits`` anew, each raised by what a process kept in the cgroup needs."""
         for directory in self.directories:

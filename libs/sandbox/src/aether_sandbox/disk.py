@@ -23,8 +23,10 @@ class DiskWatch:
     """The trees a command may write (its workdir, and its home when it has one): the
     sum of what it wrote into them, and the entries it made there."""
 
-    def __init__(self, roots: tuple[Path, ...], limits: Limits) -> None:
+    def __init__(self, roots: tuple[Path, ...], limits: Limits, where: str = "") -> None:
         self.roots = roots
+        # What the roots are called in a stop's reason (by default, for a command).
+        self.where = where
         self.bytes = limits.disk_bytes
         self.files = limits.files
         self.since_ns = time.time_ns()
@@ -60,7 +62,9 @@ class DiskWatch:
             return None
         written, created = self.walk()
         self._walked_at = time.monotonic()
-        where = "the worktree" if len(self.roots) == 1 else "the worktree and its home"
+        where = self.where or (
+            "the worktree" if len(self.roots) == 1 else "the worktree and its home"
+        )
         if self.bytes is not None and written > self.bytes:
             return f"it wrote more than {self.bytes / MIB:g} MiB into {where}"
         if self.files is not None and created > self.files:

@@ -21,6 +21,7 @@ from aether_sandbox import (
     mark_logs_unconfined,
     open_sandbox,
 )
+from aether_sandbox.program import program_enforcement
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -39,6 +40,7 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
             agent.claude_code_cli,
             agent.command_runtimes,
             frozenset(settings.llm.tiers.values()),
+            agent.claude_code_limits(),
         ),
         sandbox=confinement(agent),
         runner_id=runner_id(),
@@ -92,6 +94,19 @@ def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
                 "warm": agent.sandbox.warm,
                 **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
             },
+        )
+        limits = agent.claude_code_limits().of(agent.sandbox.limits)
+        cli = program_enforcement(limits, agent.sandbox.cgroup)
+        if "cgroup" not in cli["memory"]:
+            log.warning(
+                "no cgroup can be made here: the Claude Code CLI's limits are per-process "
+                "rlimits (memory: %s, processes: %s)",
+                cli["memory"],
+                cli["processes"],
+            )
+        log.info(
+            "the Claude Code CLI runs in the sandbox with limits of its own",
+            extra={f"claude_code_limit_{name}": how for name, how in cli.items()},
         )
     return sandbox
 

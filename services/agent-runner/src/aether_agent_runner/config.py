@@ -16,6 +16,7 @@ from aether_agent_runner.adapters.transcript import (
 )
 from aether_agent_runner.domain import Limits
 from aether_agent_runner.runtimes import KNOWN
+from aether_agent_runner.runtimes.cli_limits import CliLimits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 from aether_llm import LLMSettings
 from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
@@ -163,6 +164,11 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     # The runtime of a task that names none (``aether_agent_runner.runtimes``).
     runtime: Annotated[str, Env(parse=str.lower)] = setting("AETHER_AGENT_RUNTIME", "builtin")
     claude_code_cli: str | None = setting("AETHER_CLAUDE_CODE_CLI", None)
+    # What the Claude Code CLI, and everything it starts, may use in its sandbox: larger
+    # than a command's limits (a JS runtime, for the whole attempt), never off.
+    claude_code_memory_mb: Positive = setting("AETHER_CLAUDE_CODE_MEMORY_MB", 4096.0)
+    claude_code_processes: AtLeastOne = setting("AETHER_CLAUDE_CODE_PROCESSES", 512)
+    claude_code_cpu_seconds: AtLeastOne = setting("AETHER_CLAUDE_CODE_CPU_SECONDS", 1800)
     # Other CLI agents as runtimes (a JSON file of their specs).
     command_runtimes: Annotated[tuple[CommandSpec, ...], Env(parse=load_specs)] = setting(
         "AETHER_AGENT_COMMAND_RUNTIMES", ()
@@ -187,6 +193,13 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
                 f"{', '.join(have[:-1])} or {have[-1]} (a command runtime is named in "
                 "AETHER_AGENT_COMMAND_RUNTIMES)"
             )
+
+    def claude_code_limits(self) -> CliLimits:
+        return CliLimits(
+            memory_mb=self.claude_code_memory_mb,
+            processes=self.claude_code_processes,
+            cpu_seconds=self.claude_code_cpu_seconds,
+        )
 
     def commit_limits(self) -> CommitLimits:
         return CommitLimits(

@@ -49,7 +49,13 @@ from aether_agent_runner.adapters.tools import ToolResult
 from aether_agent_runner.adapters.transcript import Entry, as_json, command_entry
 from aether_agent_runner.domain import limit_reached
 from aether_agent_runner.runtimes import CLAUDE_CODE, Job
-from aether_agent_runner.runtimes.confined_cli import bundled_cli, confined, sandbox_of
+from aether_agent_runner.runtimes.cli_limits import CliLimits
+from aether_agent_runner.runtimes.confined_cli import (
+    ConfinedCli,
+    bundled_cli,
+    confined,
+    sandbox_of,
+)
 from aether_agent_runner.runtimes.model_endpoint import Meter, ModelEndpoint
 from aether_agent_runner.runtimes.prompt import CONTINUE, repository_view, task_prompt
 from aether_agent_runner.runtimes.relay import RelayRefused
@@ -605,6 +611,8 @@ class ClaudeCodeRuntime:
     # The models a call may name besides the attempt's own (the runner's tiers); ``None``:
     # any.
     models: frozenset[str] | None = None
+    # What the CLI and everything it starts may use in the sandbox (``None``: defaults).
+    cli_limits: CliLimits | None = None
 
     async def run(self, job: Job) -> Outcome:
         ready = job.ready
@@ -693,6 +701,7 @@ class ClaudeCodeRuntime:
         else:
             options = dataclasses.replace(options, session_id=earlier.session_id)
         endpoint: ModelEndpoint | None = None
+        cli_run: ConfinedCli | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
                 sandbox = sandbox_of(job)
@@ -711,10 +720,10 @@ class ClaudeCodeRuntime:
                             dict(os.environ), self.base_url, endpoint.placeholder, config_dir
                         )
                         options = dataclasses.replace(options, env=env)
-                    script = await stack.enter_async_context(
-                        confined(sandbox, cli, job, config_dir, endpoint)
+                    cli_run = await stack.enter_async_context(
+                        confined(sandbox, cli, job, config_dir, endpoint, self.cli_limits)
                     )
-                    options = dataclasses.replace(options, cli_path=script)
+                    options = dataclasses.replace(options, cli_path=cli_run.script)
                 async with asyncio.timeout(job.limits.max_seconds):
                     outcome = await self._converse(job, run, prompt, options, stderr)
         except RelayRefused as error:
@@ -730,7 +739,11 @@ class ClaudeCodeRuntime:
             detail = " | ".join(stderr)
             reason = f"Claude Code failed: {error}" + (f" ({detail})" if detail else "")
             outcome = self._outcome(run, False, reason=reason[:2000], retryable=True)
-        if endpoint is not None and endpoint.meter.reason is not None and not outcome.finished:
+        if cli_run is not None and cli_run.stopped is not None and not outcome.finished:
+            # Killed for a limit of its sandbox: the same run would only go past it again.
+            reason = f"Claude Code was stopped: {cli_run.stopped}"
+            outcome = self._outcome(run, False, reason=reason, retryable=False)
+        elif endpoint is not None and endpoint.meter.reason is not None and not outcome.finished:
             # A call past a limit was refused by the endpoint (the CLI's own limits came
             # later): the limit ended the attempt, as it ends the built-in loop.
             outcome = self._outcome(run, False, reason=endpoint.meter.reason, retryable=False)

@@ -10,8 +10,10 @@ the CLI, whose standard streams, arguments and variables pass through unchanged.
 configuration directory (its sessions, which a resumed run loads) is the sandbox's home,
 bound from beside the attempt's journal. The mounts, not only the runner's path check,
 then hold the CLI's own file tools to the worktree: a path that leads out finds nothing
-there. The CLI's process gets none of the sandbox's resource limits (the agent's commands,
-run through ``run_command``, do).
+there. The CLI and everything it starts run under limits of their own, ones a JS runtime
+tolerates (``aether_sandbox.program``: a cgroup's memory, process and CPU caps where the
+runner may make one, else per-process rlimits, never ``RLIMIT_AS``), watched while it
+runs; past one, all of it is killed and ``ConfinedCli.stopped`` says which.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import claude_agent_sdk as sdk
 
 from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
+from aether_agent_runner.runtimes.cli_limits import CliLimits
 from aether_agent_runner.runtimes.model_endpoint import ModelEndpoint
 from aether_agent_runner.runtimes.relay import relayed
 from aether_sandbox import Bubblewrap, Request, WarmSandbox
 from aether_sandbox.bubblewrap import HOME
+from aether_sandbox.program import ProgramLimits
 
 log = logging.getLogger("aether.agent-runner.claude-code")
 
@@ -61,19 +66,50 @@ def sandbox_of(job: Job) -> Bubblewrap | None:
     return cold if isinstance(cold, Bubblewrap) else None
 
 
+@dataclass(frozen=True)
+class ConfinedCli:
+    """``script``: what to give the SDK as the CLI's path; ``limits``: the run's limits,
+    whose ``stopped`` names the one the CLI went past (once the run has ended)."""
+
+    script: str
+    limits: ProgramLimits
+
+    @property
+    def stopped(self) -> str | None:
+        return self.limits.stopped
+
+
 @contextlib.asynccontextmanager
 async def confined(
-    sandbox: Bubblewrap, cli: str, job: Job, config_dir: Path, endpoint: ModelEndpoint | None
-) -> AsyncIterator[str]:
-    """A script that runs ``cli`` in ``sandbox``, to give the SDK as the CLI's path;
-    valid (``endpoint``, when given, served to it) while in use. Raises ``RelayRefused``
-    for a model endpoint the runner cannot call."""
+    sandbox: Bubblewrap,
+    cli: str,
+    job: Job,
+    config_dir: Path,
+    endpoint: ModelEndpoint | None,
+    cli_limits: CliLimits | None = None,
+) -> AsyncIterator[ConfinedCli]:
+    """A script that runs ``cli`` in ``sandbox`` under ``cli_limits``, to give the SDK
+    as the CLI's path; valid (``endpoint``, when given, served to it, the limits watched)
+    while in use. Raises ``RelayRefused`` for a model endpoint the runner cannot call."""
     # The CLI's directory, and where it really lives when a link names it.
     where = (Path(cli).parent, (await asyncio.to_thread(Path(cli).resolve)).parent)
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aether-claude-"))
     # Where bubblewrap names the sandbox's first process: the end of that process is the
     # end of every process in the sandbox, which the runner waits for.
     info = scratch / "sandbox.json"
+    limits = (cli_limits or CliLimits()).of(sandbox.settings.limits)
+    program = await asyncio.to_thread(
+        ProgramLimits.create, limits, sandbox.settings.cgroup, config_dir
+    )
+    how = program.describe()
+    if program.cgroup is None:
+        log.warning(
+            "no cgroup can be made here: the Claude Code CLI's limits are per-process "
+            "rlimits, its memory RLIMIT_DATA and its processes %s",
+            how["processes"],
+            extra={f"limit_{name}": value for name, value in how.items()},
+        )
+    watch: asyncio.Task[None] | None = None
     try:
         argv = [cli]
         async with contextlib.AsyncExitStack() as stack:
@@ -95,14 +131,26 @@ async def confined(
             assignments = [f"{name}={value}" for name, value in placed.items()]
             script = scratch / "claude"
             bwrap, *options = launch.argv
-            line = shlex.join([env, *assignments, bwrap, "--info-fd", "3", *options])
+            line = shlex.join(
+                [*program.prefix(), env, *assignments, bwrap, "--info-fd", "3", *options]
+            )
             text = f'#!/bin/sh\nexec 3>{shlex.quote(str(info))}\nexec {line} "$@"\n'
             await asyncio.to_thread(script.write_text, text)
             await asyncio.to_thread(script.chmod, 0o700)
-            yield str(script)
+            watch = asyncio.create_task(program.watch(_stopped_log))
+            yield ConfinedCli(str(script), program)
     finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         await _sandbox_ended(info)
+        await program.end()
         await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+
+def _stopped_log(reason: str) -> None:
+    log.warning("the Claude Code CLI went past a limit and was killed: %s", reason)
 
 
 async def _sandbox_ended(info: Path, within: float = 10.0) -> None:

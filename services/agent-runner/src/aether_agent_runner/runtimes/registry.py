@@ -15,6 +15,8 @@ from aether_llm.client import LazyClient, endpoint_of
 if TYPE_CHECKING:
     import anthropic
 
+    from aether_agent_runner.runtimes.cli_limits import CliLimits
+
 
 def runtimes(
     client: anthropic.AsyncAnthropic | LazyClient,
@@ -22,12 +24,14 @@ def runtimes(
     claude_code_cli: str | None = None,
     commands: tuple[CommandSpec, ...] = (),
     models: frozenset[str] | None = None,
+    claude_code_limits: CliLimits | None = None,
 ) -> Callable[[str], Runtime]:
     """The runtimes this runner has. Every runtime calls the model at the client's endpoint
     with its key; Claude Code needs the ``claude-code`` extra installed; ``commands`` are
     other CLI agents by name (a ``LazyClient`` is built at the built-in runtime's first
     call, and for the CLI agents only to learn the SDK's default URL). ``models``: what a
-    CLI agent's metered call may name besides its attempt's model (``None``: any)."""
+    CLI agent's metered call may name besides its attempt's model (``None``: any).
+    ``claude_code_limits``: what the Claude Code CLI may use in its sandbox."""
     builtin = BuiltinRuntime(client, max_output_tokens)
     by_name = {spec.name: spec for spec in commands}
     for name in KNOWN:
@@ -47,7 +51,11 @@ def runtimes(
                 ) from None
             base_url, api_key = endpoint_of(client)
             return ClaudeCodeRuntime(
-                base_url=base_url, api_key=api_key, cli_path=claude_code_cli, models=models
+                base_url=base_url,
+                api_key=api_key,
+                cli_path=claude_code_cli,
+                models=models,
+                cli_limits=claude_code_limits,
             )
         if name in by_name and by_name[name].protocol == "acp":
             try:
