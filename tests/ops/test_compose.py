@@ -58,10 +58,16 @@ def test_images_can_be_chosen_for_a_machine_without_a_registry() -> None:
     the images a machine with a registry pulls or builds."""
     assert services()["nats"]["image"] == "${AETHER_NATS_IMAGE:-nats:2.11-alpine}"
     assert services()["postgres"]["image"] == "${AETHER_POSTGRES_IMAGE:-postgres:16-alpine}"
+    assert services()["prometheus"]["image"] == "${AETHER_PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}"
     for name in SERVICES:
         assert services()[name]["image"] == "${AETHER_IMAGE:-aether:local}", name
     script = (ROOT / "deploy/images/build-local.sh").read_text()
-    for variable in ("AETHER_IMAGE", "AETHER_NATS_IMAGE", "AETHER_POSTGRES_IMAGE"):
+    for variable in (
+        "AETHER_IMAGE",
+        "AETHER_NATS_IMAGE",
+        "AETHER_POSTGRES_IMAGE",
+        "AETHER_PROMETHEUS_IMAGE",
+    ):
         assert f"{variable}=" in script, variable
 
 

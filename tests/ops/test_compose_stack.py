@@ -1,7 +1,8 @@
-"""docker-compose.yml run for real: the image built from the Dockerfile, NATS and
-PostgreSQL in containers, a mission submitted through the gateway's published port and
-merged into a repository on the host, with the verification command confined by
-bubblewrap inside the git broker's container.
+"""docker-compose.yml run for real: the image built from the Dockerfile, NATS,
+PostgreSQL and Prometheus in containers, a mission submitted through the gateway's
+published port and merged into a repository on the host, with the verification command
+confined by bubblewrap inside the git broker's container, and every service (two agent
+runners) scraped by Prometheus with the alert rules loaded.
 
 The images come from ``deploy/images/build-local.sh`` (a Debian base made with
 debootstrap: no image registry). Without a Docker engine or those images the test is
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -25,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {
     "AETHER_IMAGE": os.environ.get("AETHER_IMAGE", "aether:local"),
     "AETHER_NATS_IMAGE": os.environ.get("AETHER_NATS_IMAGE", "aether-nats:local"),
     "AETHER_POSTGRES_IMAGE": os.environ.get("AETHER_POSTGRES_IMAGE", "aether-postgres:local"),
+    "AETHER_PROMETHEUS_IMAGE": os.environ.get("AETHER_PROMETHEUS_IMAGE", "aether-prometheus:local"),
 }
 SERVICES = ["git-broker", "planner", "scheduler", "agent-runner", "gateway"]
 REQUIREMENT = (
@@ -94,12 +98,14 @@ class ComposeStack:
         self.project = f"aether-test-{uuid.uuid4().hex[:8]}"
         self.repos = home / "repos"
         self.gateway_port = _free_port()
+        self.prometheus_port = _free_port()
         self.admin_token = secrets.token_hex(24)
         env = dict(os.environ)
         env.update(IMAGES)
         env.update(
             AETHER_REPOS=str(self.repos),
             AETHER_GATEWAY_PORT=str(self.gateway_port),
+            AETHER_PROMETHEUS_PORT=str(self.prometheus_port),
             AETHER_ADMIN_TOKEN=self.admin_token,
             AETHER_GIT_READ_TOKEN=secrets.token_hex(24),
             AETHER_UID=str(SERVICE_UID),
@@ -166,6 +172,11 @@ class ComposeStack:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def prometheus(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.prometheus_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return json.loads(answer.read())["data"]
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -181,9 +192,11 @@ class ComposeStack:
         raise AssertionError(f"the gateway was not ready in {timeout} s")
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[ComposeStack]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    """One stack for the module's tests: starting it is most of their time."""
     assert WHY is None, WHY
+    tmp_path = tmp_path_factory.mktemp("compose")
     stack = ComposeStack(tmp_path)
     repo = stack.repos / "demo"
     repo.mkdir(parents=True)
@@ -197,7 +210,19 @@ def stack(tmp_path: Path) -> Iterator[ComposeStack]:
             ["chown", "-R", f"{SERVICE_UID}:{SERVICE_UID}", str(stack.repos)], check=True
         )
     try:
-        stack.run("up", "-d", "nats", "postgres", *SERVICES, timeout=900)
+        # Prometheus starts once every service is healthy; two runners, as a person scales
+        # them, which it finds by DNS.
+        stack.run(
+            "up",
+            "-d",
+            "--scale",
+            "agent-runner=2",
+            "nats",
+            "postgres",
+            *SERVICES,
+            "prometheus",
+            timeout=900,
+        )
         yield stack
     finally:
         # Kept with a failed test's directory, to read.
@@ -257,3 +282,36 @@ def test_the_compose_stack_merges_a_mission_with_its_verification_in_the_sandbox
         if entry["type"] == "agent_started"
     }
     assert sandboxes == {"bubblewrap"}, activity
+
+
+def test_prometheus_scrapes_every_service_and_loads_the_alerts(stack: ComposeStack) -> None:
+    stack.wait_ready(timeout=240)
+    expected = {"gateway": 1, "scheduler": 1, "planner": 1, "agent-runner": 2, "git-broker": 1}
+    deadline = time.monotonic() + 90
+    up: dict[str, int] = {}
+    targets: Any = None
+    while time.monotonic() < deadline:
+        try:
+            targets = stack.prometheus("/api/v1/targets")
+        except (OSError, urllib.error.URLError):
+            time.sleep(1)
+            continue
+        up = {}
+        for target in targets["activeTargets"]:
+            if target["health"] == "up":
+                job = target["labels"]["job"]
+                up[job] = up.get(job, 0) + 1
+        if all(up.get(job, 0) >= count for job, count in expected.items()):
+            break
+        time.sleep(1)
+    assert all(up.get(job, 0) == count for job, count in expected.items()), targets
+    # What the services export is what the dashboards read, under the job's name.
+    query = urllib.parse.quote('aether_service_ready{job="git-broker"}')
+    ready = stack.prometheus(f"/api/v1/query?query={query}")["result"]
+    assert ready and ready[0]["value"][1] == "1", ready
+    # Every rule of alerts.yml loaded (a rule Prometheus refuses stops it at start).
+    rules = stack.prometheus("/api/v1/rules")["groups"]
+    loaded = {rule["name"] for group in rules for rule in group["rules"]}
+    written = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    names = {rule["alert"] for group in written["groups"] for rule in group["rules"]}
+    assert names and names == loaded
