@@ -38,6 +38,7 @@ from psycopg.rows import dict_row
 from aether import archive, supervise
 from aether.archive import ArchiveError, Message, StreamPart, Token
 from aether.commands import UsageError
+from aether.render import counted
 from aether_events import MISSIONS_STREAM
 
 TOKEN_COLUMNS = (
@@ -144,9 +145,10 @@ def run_backup(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     stream = header.stream
     print(
-        f"backed up {header.counts.messages} events of {header.counts.missions} missions "
-        f"({stream.name} #{stream.first_seq}–#{stream.last_seq}) and {header.counts.tokens} "
-        f"API tokens from {found.where} to {path} ({size} bytes, sha256 {header.sha256[:12]}…)"
+        f"backed up {counted(header.counts.messages, 'event')} of "
+        f"{counted(header.counts.missions, 'mission')} ({stream.name} "
+        f"#{stream.first_seq}–#{stream.last_seq}) and {counted(header.counts.tokens, 'API token')}"
+        f" from {found.where} to {path} ({size} bytes, sha256 {header.sha256[:12]}…)"
     )
     return 0
 
@@ -235,9 +237,10 @@ def run_restore(args: argparse.Namespace) -> int:
             )
         restored = asyncio.run(restore(found, path, header, args))
     print(
-        f"restored {restored.messages} events of {header.counts.missions} missions "
-        f"({MISSIONS_STREAM} #{restored.first_seq}–#{restored.last_seq}) and "
-        f"{restored.tokens} of {header.counts.tokens} API tokens to {found.where}"
+        f"restored {counted(restored.messages, 'event')} of "
+        f"{counted(header.counts.missions, 'mission')} ({MISSIONS_STREAM} "
+        f"#{restored.first_seq}–#{restored.last_seq}) and {restored.tokens} of "
+        f"{counted(header.counts.tokens, 'API token')} to {found.where}"
     )
     if found.running is not None:
         _rebuild_read_model(found)
