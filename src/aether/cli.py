@@ -162,7 +162,70 @@ def _parser() -> argparse.ArgumentParser:
 
     _mission_parsers(sub, common)
     _other_parsers(sub, common)
+    _backup_parsers(sub)
     return parser
+
+
+def _backup_parsers(sub: Any) -> None:
+    servers = argparse.ArgumentParser(add_help=False)
+    servers.add_argument(
+        "--home",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the `aether up` home whose servers to use (its running stack's, else its NATS "
+        "and PostgreSQL started for the command); $AETHER_HOME, ./.aether, else the latest "
+        "`aether up`'s",
+    )
+    servers.add_argument(
+        "--nats-url",
+        help="instead of a home: NATS, with credentials that may read and create streams "
+        "(the bus administrator's)",
+    )
+    servers.add_argument(
+        "--database-url", help="instead of a home: the gateway's PostgreSQL database"
+    )
+    backup = sub.add_parser(
+        "backup",
+        help="write the mission stream and the API tokens to a file",
+        description="Write every event of the AETHER_MISSIONS stream (up to its last one "
+        "when the backup starts), the stream's configuration and the gateway's API tokens "
+        "to FILE: gzip'd JSON lines with a checksum (docs/operations.md, Backups).",
+        parents=[servers],
+    )
+    backup.add_argument("file", metavar="FILE")
+    backup.set_defaults(run=_backup)
+    restore = sub.add_parser(
+        "restore",
+        help="bring back a backup into an empty stream, before the services start",
+        description="Check FILE whole, then recreate the AETHER_MISSIONS stream with its "
+        "configuration, publish its events in order with their headers, check them, and "
+        "restore the API tokens. Refused when the stream holds events, or while services "
+        "run on it (stop them: they fold the restored stream when they start).",
+        parents=[servers],
+    )
+    restore.add_argument("file", metavar="FILE")
+    restore.add_argument(
+        "--while-running",
+        action="store_true",
+        help="restore although services run on the stream (they take the events for new "
+        "work); the gateway's read model is then rebuilt",
+    )
+    restore.add_argument(
+        "--replicas", type=int, help="the stream's replicas (default: the backup's)"
+    )
+    restore.set_defaults(run=_restore)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from aether.backup import run_backup
+
+    return run_backup(args)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from aether.backup import run_restore
+
+    return run_restore(args)
 
 
 def _stack_parsers(sub: Any) -> None:

@@ -32,7 +32,8 @@ def reference() -> str:
             "Generated from the parser by `python -m aether.clidoc > docs/cli.md`; do not edit.",
             "Global options (`--url`, `--token`, `--home`, `--json`) may be given before the "
             "command or after it; `up`, `down`, `status` and `logs` take only `--home` and "
-            "print for people (`logs --raw` prints the JSON lines).\n",
+            "print for people (`logs --raw` prints the JSON lines); `backup` and `restore` "
+            "take `--home` or the servers' URLs.\n",
         ]
         for path, command in _commands(parser, ["aether"]):
             command.prog = " ".join(path)

@@ -1,0 +1,416 @@
+"""``aether backup`` and ``aether restore``: the system of record to a file and back.
+
+What is kept is what cannot be rebuilt: every stored message of the ``AETHER_MISSIONS``
+stream (with its subject, headers and sequence) and the stream's configuration, and the
+gateway's ``api_tokens``. The rest is derived: the services fold the stream when they
+start, the gateway folds its read model from it, the planner's journal and the telemetry
+stream only matter while work is in flight (see docs/operations.md, "Backups").
+
+Both reach NATS as the bus administrator and PostgreSQL as the gateway's role. Under
+``aether up`` they take those from the home (``credentials/``, owner-readable only): the
+running stack's servers, or, when no stack runs on the home, its NATS and PostgreSQL
+started for the command alone, with the home locked meanwhile so no ``up`` starts the
+services during a restore. Elsewhere ``--nats-url`` and ``--database-url`` name them (with
+credentials that may read and create the stream: the administrator's; no service's user
+may, by design, see ``aether_runtime.bus_auth``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
+from psycopg.rows import dict_row
+
+from aether import archive, supervise
+from aether.archive import ArchiveError, Message, StreamPart, Token
+from aether.commands import UsageError
+from aether.render import counted
+from aether_events import MISSIONS_STREAM
+
+TOKEN_COLUMNS = (
+    "id",
+    "name",
+    "token_hash",
+    "prefix",
+    "scopes",
+    "created_at",
+    "created_by",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+)
+
+
+@dataclass
+class Servers:
+    """Where the stream and the tokens are, and whether Aether's services run on them."""
+
+    nats_url: str
+    database_url: str
+    # Who the servers are, for messages ("the stack on <home>", "--nats-url").
+    where: str
+    # A running ``aether up`` (its services run too): its state.
+    running: dict[str, Any] | None = None
+    home: Path | None = None
+
+
+def _home_urls(home: Path, state: dict[str, Any]) -> tuple[str, str]:
+    """The administrator's NATS URL and the gateway role's database URL of the stack
+    running on ``home``, from its state file and its credentials."""
+    from aether_runtime.bus_auth import ADMIN_USER
+
+    credentials = home / "credentials"
+    admin = (credentials / "nats" / f"{ADMIN_USER}.password").read_text(encoding="utf-8").strip()
+    nats_url = str(state.get("nats_url") or "")
+    if not nats_url.startswith("nats://"):
+        raise UsageError(f"the stack on {home} recorded no NATS URL")
+    nats_url = nats_url.replace("nats://", f"nats://{ADMIN_USER}:{admin}@", 1)
+    # postmaster.pid: pid, data directory, start time, port, socket directory, …
+    lines = (home / "postgres" / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+    port, socket_dir = lines[3].strip(), lines[4].strip()
+    password = (credentials / "postgres" / "aether.password").read_text(encoding="utf-8").strip()
+    database_url = f"postgresql://aether:{password}@/aether?host={socket_dir}&port={port}"
+    return nats_url, database_url
+
+
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, *, fresh_home_ok: bool) -> Iterator[Servers]:
+    """The servers the command works on: ``--nats-url``/``--database-url``, else the home's
+    (see the module's docstring). ``fresh_home_ok``: a home with no data yet is made
+    (a restore into a new home), else refused."""
+    if args.nats_url or args.database_url:
+        if not (args.nats_url and args.database_url):
+            raise UsageError("give both --nats-url and --database-url (or neither, for a home)")
+        yield Servers(args.nats_url, args.database_url, where="--nats-url and --database-url")
+        return
+    from aether.locate import find_home
+
+    home, how = find_home(args.home)
+    state = supervise.running_state(home)
+    if state is not None:
+        nats_url, database_url = _home_urls(home, state)
+        yield Servers(nats_url, database_url, f"the stack on {home}", running=state, home=home)
+        return
+    if not fresh_home_ok and not (home / "nats").is_dir():
+        raise UsageError(
+            f"no Aether data in {home} (the home from {how}): give --home, or --nats-url "
+            "and --database-url"
+        )
+    from aether.stack import Stack
+
+    lock = supervise.HomeLock(home)
+    try:
+        lock.acquire()
+    except supervise.StackError as error:
+        raise UsageError(str(error)) from None
+    stack = Stack(home=home, prestart=False)
+    try:
+        supervise.reap(home)
+        supervise.prune_postgres_handles(home / "postgres")
+        print(f"starting the NATS and PostgreSQL of {home} (no stack runs there)", flush=True)
+        stack.start_infrastructure()
+        yield Servers(stack.nats_url, stack.database_url, f"the stopped stack on {home}", home=home)
+    finally:
+        stack.stop()
+        lock.release()
+
+
+async def _connect(url: str) -> NATS:
+    return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2, name="aether-cli")
+
+
+# --- backup ------------------------------------------------------------------------
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; name the file to write")
+    with servers(args, fresh_home_ok=False) as found:
+        header = asyncio.run(backup(found, path))
+    size = path.stat().st_size
+    stream = header.stream
+    print(
+        f"backed up {counted(header.counts.messages, 'event')} of "
+        f"{counted(header.counts.missions, 'mission')} ({stream.name} "
+        f"#{stream.first_seq}–#{stream.last_seq}) and {counted(header.counts.tokens, 'API token')}"
+        f" from {found.where} to {path} ({size} bytes, sha256 {header.sha256[:12]}…)"
+    )
+    return 0
+
+
+async def backup(found: Servers, path: Path) -> archive.Header:
+    """Write the stream up to its last sequence now, and the tokens, to ``path``."""
+    created_at = datetime.now(UTC)
+    nc = await _connect(found.nats_url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(MISSIONS_STREAM)
+        except NotFoundError:
+            raise UsageError(f"{found.where} has no {MISSIONS_STREAM} stream") from None
+        # The consistent point: the last sequence now. Later events are left out.
+        first, last = info.state.first_seq, info.state.last_seq
+        stream = StreamPart(
+            name=MISSIONS_STREAM, config=info.config.as_dict(), first_seq=first, last_seq=last
+        )
+        with archive.Writer(path) as writer:
+            if info.state.messages:
+                await _copy_messages(js, first, last, writer)
+            for token in _read_tokens(found.database_url):
+                writer.add(token)
+            return writer.finish(stream, created_at)
+    finally:
+        await nc.close()
+
+
+async def _copy_messages(js: JetStreamContext, first: int, last: int, writer: Any) -> None:
+    """Every stored message from ``first`` to ``last``, in order; sequences a deleted
+    message left empty are skipped (``next``: the first at or after the one asked)."""
+    seq = first
+    while seq <= last:
+        try:
+            raw = await js.get_msg(MISSIONS_STREAM, seq, subject=">", next=True)
+        except NotFoundError:
+            break  # nothing at or after ``seq``
+        assert raw.seq is not None
+        assert raw.subject is not None
+        if raw.seq > last:
+            break
+        headers = {str(k): str(v) for k, v in (raw.headers or {}).items()} or None
+        writer.add(
+            Message(
+                seq=raw.seq,
+                subject=raw.subject,
+                data=raw.data or b"",
+                headers=headers,
+                time=raw.time,
+            )
+        )
+        seq = raw.seq + 1
+
+
+def _read_tokens(database_url: str) -> list[Token]:
+    columns = ", ".join(TOKEN_COLUMNS)
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        try:
+            rows = conn.execute(f"SELECT {columns} FROM api_tokens ORDER BY created_at, id")  # noqa: S608
+        except psycopg.errors.UndefinedTable:
+            return []  # the gateway never ran on this database
+        return [Token(**row) for row in rows.fetchall()]
+
+
+# --- restore -----------------------------------------------------------------------
+
+
+class Refused(UsageError):
+    """The restore would overwrite or race something: nothing was written."""
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        header = archive.verify(path)  # before anything is started or written
+    except ArchiveError as error:
+        raise UsageError(f"{error}; nothing was restored") from None
+    with servers(args, fresh_home_ok=True) as found:
+        if found.running is not None and not args.while_running:
+            raise Refused(
+                f"a stack is running on {found.home}: its services would take every restored "
+                "event for new work. Stop it first (`aether down"
+                f" --home {shlex.quote(str(found.home))}`) and restore again; nothing was "
+                "restored"
+            )
+        restored = asyncio.run(restore(found, path, header, args))
+    print(
+        f"restored {counted(restored.messages, 'event')} of "
+        f"{counted(header.counts.missions, 'mission')} ({MISSIONS_STREAM} "
+        f"#{restored.first_seq}–#{restored.last_seq}) and {restored.tokens} of "
+        f"{counted(header.counts.tokens, 'API token')} to {found.where}"
+    )
+    if found.running is not None:
+        _rebuild_read_model(found)
+    elif found.home is not None:
+        up = f"aether up --home {shlex.quote(str(found.home))}"
+        print(
+            f"next: start the services (`{up}`): each folds the stream as it starts, and "
+            "the gateway folds its read model from it"
+        )
+    else:
+        print(
+            "next: start the services: each folds the stream as it starts; a gateway on an "
+            "empty database folds its read model from it (or run `aether admin "
+            "rebuild-read-model` once it runs)"
+        )
+    return 0
+
+
+@dataclass
+class Restored:
+    messages: int
+    first_seq: int
+    last_seq: int
+    tokens: int
+
+
+async def restore(
+    found: Servers, path: Path, header: archive.Header, args: argparse.Namespace
+) -> Restored:
+    nc = await _connect(found.nats_url)
+    try:
+        js = nc.jetstream()
+        await _prepare_stream(js, found, header, args)
+        last: Message | None = None
+        tokens: list[Token] = []
+        for record in archive.records(path):
+            if isinstance(record, Token):
+                tokens.append(record)
+                continue
+            await _publish(js, record)
+            last = record
+        info = await js.stream_info(MISSIONS_STREAM)
+        if info.state.messages != header.counts.messages:
+            raise UsageError(
+                f"the stream holds {info.state.messages} messages after the restore; the "
+                f"backup has {header.counts.messages}"
+            )
+        if last is not None:
+            stored = await js.get_msg(MISSIONS_STREAM, info.state.last_seq)
+            if (stored.subject, stored.data or b"", _msg_id(stored.headers)) != (
+                last.subject,
+                last.data,
+                _msg_id(last.headers),
+            ):
+                raise UsageError("the last message stored is not the backup's last message")
+        restored_tokens = await _restore_tokens(found.database_url, tokens)
+        return Restored(
+            info.state.messages, info.state.first_seq, info.state.last_seq, restored_tokens
+        )
+    finally:
+        await nc.close()
+
+
+def _msg_id(headers: dict[str, str] | None) -> str | None:
+    return (headers or {}).get("Nats-Msg-Id")
+
+
+async def _prepare_stream(
+    js: JetStreamContext, found: Servers, header: archive.Header, args: argparse.Namespace
+) -> None:
+    """Create the stream with the backup's configuration, where it is absent or empty;
+    refuse where it holds messages."""
+    try:
+        info = await js.stream_info(MISSIONS_STREAM)
+    except NotFoundError:
+        info = None
+    if info is not None and info.state.messages:
+        state = info.state
+        raise Refused(
+            f"{MISSIONS_STREAM} on {found.where} already holds {state.messages} events "
+            f"(#{state.first_seq}–#{state.last_seq}): a restore goes only into an absent or "
+            "empty stream; nothing was restored"
+        )
+    if info is not None:
+        consumers = await js.consumers_info(MISSIONS_STREAM)
+        bound = [c.name for c in consumers if c.push_bound or (c.num_waiting or 0) > 0]
+        if bound and not args.while_running:
+            raise Refused(
+                f"services are reading {MISSIONS_STREAM} on {found.where} (consumers "
+                f"{', '.join(sorted(str(name) for name in bound))}): stop them and restore "
+                "again, or pass --while-running; nothing was restored"
+            )
+        if not args.while_running:
+            # Empty, but its durables (made by services that ran on it) would deliver
+            # every restored event as new work: the stream goes, with them.
+            await js.delete_stream(MISSIONS_STREAM)
+            info = None
+    config = StreamConfig.from_response(dict(header.stream.config))
+    if config.metadata:
+        # The server's own notes (``_nats.*``) are its to write.
+        config.metadata = {
+            k: v for k, v in config.metadata.items() if not k.startswith("_nats.")
+        } or None
+    if args.replicas is not None:
+        config.num_replicas = args.replicas
+    if info is None:
+        # Sequences as they were: the stream starts where the backup's did.
+        if header.stream.first_seq > 1:
+            config.first_seq = header.stream.first_seq
+        from aether_events.streams import ensure_stream
+
+        await ensure_stream(js, config)
+    else:
+        await js.update_stream(config)
+
+
+# Conditions of the original publish (optimistic concurrency on the stream as it was),
+# met when it was stored: checked again against the new stream, they could only refuse.
+_PUBLISH_CONDITIONS = "Nats-Expected-"
+
+
+async def _publish(js: JetStreamContext, message: Message) -> None:
+    headers = {
+        key: value
+        for key, value in (message.headers or {}).items()
+        if not key.startswith(_PUBLISH_CONDITIONS)
+    }
+    ack = await js.publish(
+        message.subject, message.data, stream=MISSIONS_STREAM, headers=headers or None
+    )
+    if ack.duplicate:
+        raise UsageError(
+            f"the stream dropped message #{message.seq} as a duplicate of an earlier one "
+            f"(Nats-Msg-Id {_msg_id(message.headers)!r}, within the duplicate window): "
+            "the restore is incomplete"
+        )
+
+
+async def _restore_tokens(database_url: str, tokens: list[Token]) -> int:
+    """Insert the tokens (the gateway's schema made first, as the gateway makes it);
+    a token already there (the same id or digest) is kept as it is."""
+    from aether_gateway.adapters.db import Database
+
+    db = Database(database_url, min_size=1, max_size=1)
+    await db.open()
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
+    columns = ", ".join(TOKEN_COLUMNS)
+    values = ", ".join(["%s"] * len(TOKEN_COLUMNS))
+    inserted = 0
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        for token in tokens:
+            row = [getattr(token, column) for column in TOKEN_COLUMNS]
+            cursor = conn.execute(
+                f"INSERT INTO api_tokens ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING",  # noqa: S608
+                row,
+            )
+            inserted += cursor.rowcount
+    return inserted
+
+
+def _rebuild_read_model(found: Servers) -> None:
+    """Refold the running gateway's read model from the restored stream."""
+    from aether.client import GatewayClient
+    from aether.credentials import TOKEN_FILE
+
+    assert found.running is not None
+    assert found.home is not None
+    token = (found.home / TOKEN_FILE).read_text(encoding="utf-8").strip()
+    result = GatewayClient(str(found.running["gateway_url"]), token=token).rebuild_read_model()
+    print(f"read model rebuilt: {result['events_folded']} events folded")

@@ -1,0 +1,147 @@
+"""``aether backup`` and ``aether restore`` between two ``aether up`` homes, as a person
+moving a stack runs them: real NATS, PostgreSQL, services and git.
+
+- a mission completed and a token made on one home, backed up, then the home deleted: the
+  backup restored into a new home, the stack started there shows the mission with the
+  same ids, tasks and final sha, the token still lets its holder in, and a second mission
+  completes while the first one's events stay exactly those of the backup (nothing of it
+  was done again);
+- a restore is refused, with nothing written, while a stack runs on the home, into a
+  stream that holds events, and from a file that is damaged or cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+
+from aether import archive
+from aether.gitview import create_sample_repository
+from tests.e2e.test_up import Up, complete_a_mission, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def show(tmp_path: Path, mission_id: str) -> dict[str, object]:
+    shown = run(tmp_path, "mission", "show", mission_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    mission: dict[str, object] = json.loads(shown.stdout)
+    return mission
+
+
+def essentials(mission: dict[str, object]) -> dict[str, object]:
+    """What a restore must keep of a mission as shown: ids, states, shas."""
+    tasks = mission["tasks"]
+    assert isinstance(tasks, list)
+    return {
+        "id": mission["id"],
+        "status": mission["status"],
+        "final_sha": mission["final_sha"],
+        "integration_branch": mission["integration_branch"],
+        "tasks": [(t["task_id"], t["status"], t.get("attempt"), t.get("merge_sha")) for t in tasks],
+    }
+
+
+def events_of(path: Path, mission_id: str) -> list[tuple[int, str, bytes, str | None]]:
+    """The stored messages of one mission in a backup: sequence, subject, data, msg id."""
+    archive.verify(path)
+    return [
+        (r.seq, r.subject, r.data, (r.headers or {}).get("Nats-Msg-Id"))
+        for r in archive.records(path)
+        if isinstance(r, archive.Message) and archive.mission_of(r.subject) == mission_id
+    ]
+
+
+def refused(result: subprocess.CompletedProcess[str], why: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert why in result.stderr, result.stderr
+    assert "nothing was restored" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_backup_restored_into_a_new_home_carries_on(tmp_path: Path):
+    # Not under tmp_path: the embedded PostgreSQL runs as its own user under root.
+    old_home = Path(tempfile.mkdtemp(prefix="aether-backup-old-"))
+    new_home = Path(tempfile.mkdtemp(prefix="aether-backup-new-"))
+    backup = tmp_path / "aether.backup"
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    try:
+        old = Up(tmp_path, old_home, "--port-base", "0")
+        try:
+            old.wait_for("Aether is up.")
+            mission_id = complete_a_mission(old, tmp_path, repo, "src/greeting.py")
+            before = essentials(show(tmp_path, mission_id))
+            created = run(tmp_path, "tokens", "create", "ci", "--scope", "read")
+            assert created.returncode == 0, created.stderr
+            secret = next(
+                line.strip() for line in created.stdout.splitlines() if line.startswith("aet_")
+            )
+
+            made = run(tmp_path, "backup", "--home", str(old_home), str(backup))
+            assert made.returncode == 0, made.stdout + made.stderr
+            assert "of 1 mission " in made.stdout and "1 API token " in made.stdout, made.stdout
+            header = archive.verify(backup)
+            assert header.counts.messages == header.stream.last_seq > 0
+            assert (header.counts.missions, header.counts.tokens) == (1, 1)
+
+            # The services of a running stack would take the events for new work.
+            refused(run(tmp_path, "restore", "--home", str(old_home), str(backup)), "running")
+        finally:
+            old.stop()
+        # Stopped now, but its stream holds the events already.
+        refused(run(tmp_path, "restore", "--home", str(old_home), str(backup)), "already holds")
+        shutil.rmtree(old_home)
+
+        # A damaged or shortened copy is refused before any server starts.
+        data = backup.read_bytes()
+        damaged, short = tmp_path / "damaged.backup", tmp_path / "short.backup"
+        damaged.write_bytes(
+            data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1 :]
+        )
+        short.write_bytes(data[:-40])
+        untouched = tmp_path / "untouched-home"
+        for bad in (damaged, short):
+            refused(run(tmp_path, "restore", "--home", str(untouched), str(bad)), "damaged")
+        assert not untouched.exists()
+
+        restored = run(tmp_path, "restore", "--home", str(new_home), str(backup))
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert f"restored {header.counts.messages} events of 1 mission " in restored.stdout, (
+            restored.stdout
+        )
+        assert "1 of 1 API token " in restored.stdout, restored.stdout
+
+        new = Up(tmp_path, new_home, "--port-base", "0")
+        try:
+            new.wait_for("Aether is up.")
+            assert essentials(show(tmp_path, mission_id)) == before
+            listed = run(tmp_path, "mission", "list", "--json")
+            assert [m["id"] for m in json.loads(listed.stdout)["missions"]] == [mission_id]
+            whoami = run(tmp_path, "tokens", "whoami", "--token", secret)
+            assert whoami.returncode == 0, whoami.stderr
+            assert whoami.stdout.startswith("ci "), whoami.stdout
+
+            later = complete_a_mission(new, tmp_path, repo, "src/farewell.py")
+            again = tmp_path / "again.backup"
+            made = run(tmp_path, "backup", "--home", str(new_home), str(again))
+            assert made.returncode == 0, made.stdout + made.stderr
+            # The first mission's events are the backup's, at the same sequences: no
+            # service did any of its steps again. The second mission's follow them.
+            assert events_of(again, mission_id) == events_of(backup, mission_id)
+            assert min(seq for seq, *_ in events_of(again, later)) > header.stream.last_seq
+            assert essentials(show(tmp_path, mission_id)) == before
+            branch = Ref(f"refs/heads/{before['integration_branch']}".encode())
+            assert Repo(str(repo)).refs[branch].decode() == before["final_sha"]
+        finally:
+            new.stop()
+    finally:
+        shutil.rmtree(old_home, ignore_errors=True)
+        shutil.rmtree(new_home, ignore_errors=True)
