@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from aether_sandbox.base import Launch, Request, Sandbox
 from aether_sandbox.bubblewrap import Bubblewrap
@@ -89,8 +89,17 @@ PRLIMIT_NAMES = {
 }
 
 
-def rlimits(limits: Limits, cgroup: Cgroup | None) -> dict[int, tuple[int, int]]:
-    """The rlimits of a command (never above what this process may grant)."""
+def rlimits(
+    limits: Limits,
+    cgroup: Cgroup | None,
+    *,
+    memory: int = resource.RLIMIT_AS,
+    processes: int | Literal["limit"] | None = "limit",
+) -> dict[int, tuple[int, int]]:
+    """The rlimits of a command (never above what this process may grant). Without a
+    cgroup, ``memory`` is the rlimit that bounds its memory (a JS runtime cannot start
+    under ``RLIMIT_AS``) and ``processes`` its ``RLIMIT_NPROC`` (``"limit"``: the limit's
+    own; ``None``: none)."""
     enforced = cgroup.enforces if cgroup is not None else set()
     wanted: dict[int, tuple[int, int]] = {
         resource.RLIMIT_CORE: (0, 0),
@@ -100,10 +109,11 @@ def rlimits(limits: Limits, cgroup: Cgroup | None) -> dict[int, tuple[int, int]]
         wanted[resource.RLIMIT_FSIZE] = (limits.disk_bytes, limits.disk_bytes)
     if limits.cpu_seconds is not None:
         wanted[resource.RLIMIT_CPU] = (limits.cpu_seconds, limits.cpu_seconds + 5)
-    if limits.processes is not None and "processes" not in enforced:
-        wanted[resource.RLIMIT_NPROC] = (limits.processes, limits.processes)
+    nproc = limits.processes if processes == "limit" else processes
+    if limits.processes is not None and nproc is not None and "processes" not in enforced:
+        wanted[resource.RLIMIT_NPROC] = (nproc, nproc)
     if limits.memory_bytes is not None and "memory" not in enforced:
-        wanted[resource.RLIMIT_AS] = (limits.memory_bytes, limits.memory_bytes)
+        wanted[memory] = (limits.memory_bytes, limits.memory_bytes)
     granted = {}
     for kind, (soft, hard) in wanted.items():
         ceiling = resource.getrlimit(kind)[1]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.disk import DiskWatch
-from aether_sandbox.execute import PRLIMIT_NAMES, _remove, _size
+from aether_sandbox.execute import PRLIMIT_NAMES, _remove, _size, rlimits
 from aether_sandbox.settings import Limits
 
 PRLIMIT_NAMES_DATA = {**PRLIMIT_NAMES, resource.RLIMIT_DATA: "data"}
@@ -80,26 +80,13 @@ class ProgramLimits:
         ``home``: a tree only the program writes, watched against the disk limit (not
         the worktree, which the agent's commands write too, each under its own watch)."""
         cgroup = Cgroup.create(limits, configured)
-        enforced = cgroup.enforces if cgroup is not None else set()
-        wanted: dict[int, tuple[int, int]] = {
-            resource.RLIMIT_CORE: (0, 0),
-            resource.RLIMIT_NOFILE: (limits.open_files, limits.open_files),
-        }
-        if limits.disk_bytes is not None:
-            wanted[resource.RLIMIT_FSIZE] = (limits.disk_bytes, limits.disk_bytes)
-        if limits.cpu_seconds is not None:
-            wanted[resource.RLIMIT_CPU] = (limits.cpu_seconds, limits.cpu_seconds + 5)
-        if limits.memory_bytes is not None and "memory" not in enforced:
-            wanted[resource.RLIMIT_DATA] = (limits.memory_bytes, limits.memory_bytes)
-        if limits.processes is not None and "processes" not in enforced and os.geteuid() != 0:
-            allowed = user_tasks(os.getuid()) + limits.processes
-            wanted[resource.RLIMIT_NPROC] = (allowed, allowed)
-        granted = {}
-        for kind, (soft, hard) in wanted.items():
-            ceiling = resource.getrlimit(kind)[1]
-            if ceiling != resource.RLIM_INFINITY:
-                soft, hard = min(soft, ceiling), min(hard, ceiling)
-            granted[kind] = (soft, hard)
+        # Without a cgroup: memory per process by its data segment, which a JS runtime
+        # starts under (not its address space), and processes over the runner's user,
+        # which RLIMIT_NPROC counts (not for root, which it does not bind).
+        nproc = None
+        if limits.processes is not None and os.geteuid() != 0:
+            nproc = user_tasks(os.getuid()) + limits.processes
+        granted = rlimits(limits, cgroup, memory=resource.RLIMIT_DATA, processes=nproc)
         disk = DiskWatch((home,), limits, "its home") if home is not None else None
         return cls(limits, cgroup, granted, disk=disk)
 
