@@ -83,7 +83,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
     # (their environment is filtered again, and they run sandboxed).
     "agent-runner": MODEL_NAMES
     | PROXY_NAMES
-    | {"AETHER_WORKTREES_DIR", "AETHER_SANDBOX", "AETHER_CLAUDE_CODE_CLI", "AETHER_ATTEMPT_SECRET"},
+    | {"AETHER_WORKTREES_DIR", "AETHER_SANDBOX", "AETHER_ATTEMPT_SECRET"},
     "git-broker": PROXY_NAMES
     | {
         "AETHER_ACK_WAIT_SECONDS",
@@ -108,7 +108,7 @@ SERVICE_PREFIXES: dict[str, tuple[str, ...]] = {
     "planner": ("AETHER_PLANNER_", *MODEL_PREFIXES),
     # The tiers' model ids, to choose a task's model (not the key: AETHER_MODEL_OFFLINE).
     "scheduler": ("AETHER_SCHEDULER_", "AETHER_ESTIMATE_USD_", *MODEL_PREFIXES),
-    "agent-runner": ("AETHER_AGENT_", "AETHER_SANDBOX_", *MODEL_PREFIXES),
+    "agent-runner": ("AETHER_AGENT_", "AETHER_SANDBOX_", "AETHER_CLAUDE_CODE_", *MODEL_PREFIXES),
     "git-broker": ("AETHER_GIT_", "AETHER_VERIFY", "AETHER_WORKTREE_", "AETHER_SANDBOX_"),
 }
 
