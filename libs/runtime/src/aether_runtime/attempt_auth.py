@@ -19,7 +19,11 @@ credential that names one attempt instead:
   is the attempt's own inbox,
   and which expires after ``ttl_seconds``: the server then closes the connection, and the
   runner's next publish connects and asks again, which is refused once the attempt has
-  ended.
+  ended;
+* the connections it let in are remembered (``AttemptConnections``: the server id and
+  client id the request names), and cut as soon as the trusted service's state says
+  their attempt ended (``ConnectionCutter``: a ``$SYS.REQ.SERVER.<id>.KICK`` through a
+  user of the system account that may send nothing else), not only when they expire.
 
 The JWTs are NATS's ``ed25519-nkey`` JWTs (the formats of ``nats-io/jwt`` v2), made and
 checked here with ``nkeys``; requests are not encrypted (no ``xkey``): they travel on the
