@@ -77,6 +77,8 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             "AETHER_ATTEMPT_ISSUER_SEED",
             "AETHER_ATTEMPT_SECRET",
             "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
+            # It cuts an ended attempt's connection (its user of the system account).
+            "AETHER_SYSTEM_NATS_PASSWORD",
         }
     ),
     # The runner's own process calls the model; the commands it runs get none of this

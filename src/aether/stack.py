@@ -32,9 +32,15 @@ from aether_runtime.bus_auth import (
     password_env,
     render_authorization,
     service_users,
+    system_user_name,
+    system_user_names,
+    system_users,
 )
 from aether_runtime.listen import EXIT_PORT_TAKEN
+from aether_runtime.roles import ROLES
 
+# The scheduler's user of the NATS system account (``bus_auth.system_users``).
+SYSTEM_USER = system_user_name(ROLES["scheduler"])
 # How often a service whose freely chosen port was taken at start-up moves to another.
 PORT_MOVES = 3
 
@@ -194,7 +200,7 @@ class Stack:
         secrets = self.credentials_dir / "nats"
         self.nats_passwords = {
             name: load_or_create_secret(secrets / f"{name}.password")
-            for name in (ADMIN_USER, *SERVICES)
+            for name in (ADMIN_USER, *SERVICES, *system_user_names())
         }
         users = [User(name=ADMIN_USER, password=Secret(self.nats_passwords[ADMIN_USER]))]
         users += service_users({name: Secret(self.nats_passwords[name]) for name in SERVICES})
@@ -209,9 +215,13 @@ class Stack:
         path = self.credentials_dir / "nats.conf"
         write_private(
             path,
-            "# Written by aether up at every start.\n" + render_authorization(users, callout),
+            "# Written by aether up at every start.\n"
+            + render_authorization(users, callout, system_users(self.nats_passwords_as_secrets())),
         )
         return path
+
+    def nats_passwords_as_secrets(self) -> dict[str, Secret]:
+        return {name: Secret(password) for name, password in self.nats_passwords.items()}
 
     def service_env(self, name: str) -> dict[str, str]:
         """The whole environment of service ``name``: its own settings from the operator's
@@ -236,6 +246,11 @@ class Stack:
             env["AETHER_ATTEMPT_SECRET"] = self.attempt_secret
         if self.attempt_issuer_seed and name == "scheduler":
             env["AETHER_ATTEMPT_ISSUER_SEED"] = self.attempt_issuer_seed
+        if name == "scheduler":
+            # Its user of the system account: it cuts an ended attempt's connection.
+            system = self.nats_passwords.get(SYSTEM_USER) or self._given(password_env(SYSTEM_USER))
+            if system:
+                env["AETHER_SYSTEM_NATS_PASSWORD"] = system
         if name == "scheduler":
             # It chooses the tasks' models, and so must know whether a key is set.
             env["AETHER_MODEL_OFFLINE"] = "0" if self._given("ANTHROPIC_API_KEY") else "1"

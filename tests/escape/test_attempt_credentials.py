@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,13 @@ from aether_events import (
     TELEMETRY_STREAM,
     TELEMETRY_TYPES,
     AgentCompleted,
+    AgentFailed,
     AgentHeartbeat,
     AgentStarted,
     BranchMerged,
     Event,
+    EventPublisher,
+    MissionCancelled,
     StreamSettings,
     TaskReady,
     TranscriptRecorded,
@@ -43,6 +46,7 @@ from aether_events import (
     tag_of,
 )
 from aether_events.catalogue import PlannedTask, Usage
+from aether_runtime import Delivery, Projection
 from aether_runtime.attempt_auth import (
     AttemptAuthorizer,
     AttemptCredentials,
@@ -51,6 +55,13 @@ from aether_runtime.attempt_auth import (
     Grants,
 )
 from aether_runtime.roles import ROLES
+from aether_scheduler.app import attempt_credentials, attempt_open
+from aether_scheduler.config import SchedulerSettings
+from aether_scheduler.domain import State, evolve
+from aether_scheduler.handlers import Handlers
+from services.scheduler.tests.scenario import CONFIG as SCENARIO_CONFIG
+from services.scheduler.tests.scenario import Scenario
+from services.scheduler.tests.scenario import task as scenario_task
 
 # Another runner's attempt, in another mission.
 VICTIM = AttemptKey("m-victim", "t1", 1)
@@ -538,3 +549,156 @@ async def test_the_runners_publisher_gives_up_on_a_refused_credential(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert any(r.getMessage() == "attempt connection error" for r in caplog.records)
+
+
+# --- an ended attempt's connection is cut at once ------------------------------------------
+
+
+class SchedulerSide:
+    """The scheduler's own pieces on the bus: its state, folded by its handler (whose
+    decisions go to the stream on the scheduler's user), the authorizer that reads that
+    state, and the cutter on the scheduler's user of the system account, as
+    ``aether_scheduler.app.attempt_credentials`` wires them."""
+
+    def __init__(self, stack: Stack, nc: NatsClient, mission_id: str) -> None:
+        self.scenario = Scenario(mission_id=mission_id, now=datetime.now(UTC))
+        self.projection: Projection[State] = Projection(State(), evolve)
+        self.handlers = Handlers(
+            self.projection,
+            lambda: EventPublisher(nc.jetstream()),
+            SCENARIO_CONFIG,
+            clock=lambda: self.scenario.now,
+        )
+        settings = SchedulerSettings.from_env(
+            {
+                "NATS_URL": stack.nats_server_url,
+                "AETHER_ATTEMPT_ISSUER_SEED": stack.attempt_issuer_seed,
+                "AETHER_ATTEMPT_SECRET": stack.attempt_secret,
+                "AETHER_SYSTEM_NATS_PASSWORD": stack.nats_passwords["scheduler-system"],
+            }
+        )
+        made = attempt_credentials(self.projection, settings, self.handlers)
+        assert made is not None
+        self.authorizer, cutter = made
+        assert cutter is not None
+        self.cutter = cutter
+
+    def start(self, *tasks: str) -> list[AttemptKey]:
+        """The mission's tasks dispatched (each attempt open), as the scheduler's state."""
+        self.scenario.start(*(scenario_task(t) for t in tasks))
+        self.projection.state = self.scenario.state
+        return [AttemptKey(self.scenario.mission_id, t, self.scenario.attempt(t)) for t in tasks]
+
+    async def fold(self, event: Event) -> None:
+        await self.handlers.handle(event, Delivery(sequence=0, num_delivered=1, pending=0))
+
+
+@pytest.fixture
+async def scheduler(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[SchedulerSide]:
+    nc = await nats.connect(
+        stack.nats_server_url,
+        user="scheduler",
+        password=stack.nats_passwords["scheduler"],
+        inbox_prefix="_INBOX.scheduler",
+    )
+    await ensure_streams(nc.jetstream(), StreamSettings())
+    side = SchedulerSide(stack, nc, f"m-cut-{request.node.callspec.id}")
+    await side.cutter.start()
+    await side.authorizer.serve(nc)
+    try:
+        yield side
+    finally:
+        await side.authorizer.stop()
+        await side.cutter.stop()
+        await nc.close()
+
+
+def ending(key: AttemptKey, how: str) -> list[Event]:
+    """The events that end ``key`` as ``how`` says (none: the timer ends it)."""
+    m = key.mission_id
+    failed = AgentFailed(
+        **meta(m, "failed"), task_id=key.task_id, attempt=key.attempt, reason="boom"
+    )
+    if how == "completed":
+        return [completed(key)]
+    if how == "failed":  # retried: the next attempt is another credential
+        return [failed]
+    if how == "cancelled":  # the runner stops its agent and reports it
+        return [MissionCancelled(**meta(m, "cancel"), reason="stop"), failed]
+    return []
+
+
+@pytest.mark.parametrize("how", ["completed", "failed", "cancelled", "timed-out"])
+async def test_an_ended_attempts_connection_is_cut_at_once(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient, how: str
+) -> None:
+    """The credential lives 120 s, but once the scheduler folds the attempt's end, the
+    server closes the connection within a couple of seconds and it publishes nothing
+    more; the other task's live attempt goes on, untouched."""
+    key, live = scheduler.start("a", "b")
+    attempt = await Attempt().open(stack, key)
+    other = await Attempt().open(stack, live)
+    assert attempt.nc is not None and other.nc is not None
+    await scheduler.fold(started(key))
+    await attempt.nc.jetstream().publish(
+        subject_for(started(key)), encode(started(key)), timeout=5.0
+    )
+    ends = ending(key, how)
+    for end in ends:
+        await scheduler.fold(end)
+    if not ends:
+        scheduler.scenario.now += timedelta(seconds=SCENARIO_CONFIG.heartbeat_timeout_seconds + 1)
+        await scheduler.handlers.on_tick()
+    assert not attempt_open(scheduler.projection.state, key)
+    async with asyncio.timeout(5.0):
+        await attempt.closed.wait()
+    assert scheduler.cutter.cut >= 1
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await attempt.nc.publish(subject_for(completed(key)), encode(completed(key)))
+    assert await stored_on(admin, subject_for(completed(key))) == 0
+    assert not other.closed.is_set() and other.nc.is_connected
+    await other.nc.jetstream().publish(
+        subject_for(started(live)), encode(started(live)), timeout=5.0
+    )
+    assert await stored_on(admin, subject_for(started(live))) == 1
+    await attempt.close()
+    await other.close()
+
+
+async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: NatsClient) -> None:
+    """The scheduler's user of the system account publishes no mission event and asks
+    the servers nothing but to close a connection."""
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error).lower())
+
+    nc = await nats.connect(
+        stack.nats_server_url,
+        user="scheduler-system",
+        password=stack.nats_passwords["scheduler-system"],
+        inbox_prefix="_INBOX.scheduler-system",
+        error_cb=on_error,
+    )
+    key = AttemptKey("m-system", "t1", 1)
+    try:
+        await nc.publish(subject_for(completed(key)), encode(completed(key)))
+        await nc.publish("aether.mission.m-system.mission_cancelled", b"{}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request("$SYS.REQ.SERVER.PING", b"", timeout=1.0)
+        await nc.subscribe("aether.>")
+        await nc.flush(timeout=2.0)
+    finally:
+        await nc.close()
+    for subject in (
+        subject_for(completed(key)),
+        "mission_cancelled",
+        "$sys.req.server.ping",
+        "aether.>",
+    ):
+        assert any("permissions violation" in e and subject.lower() in e for e in errors), (
+            subject,
+            errors,
+        )
+    assert await stored_on(admin, subject_for(completed(key))) == 0
+    assert await stored_on(admin, "aether.mission.m-system.>") == 0

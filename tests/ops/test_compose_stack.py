@@ -115,7 +115,15 @@ class ComposeStack:
             ANTHROPIC_API_KEY="",
             COMPOSE_PROJECT_NAME=self.project,
         )
-        for role in ("ADMIN", "GATEWAY", "PLANNER", "SCHEDULER", "AGENT_RUNNER", "GIT_BROKER"):
+        for role in (
+            "ADMIN",
+            "GATEWAY",
+            "PLANNER",
+            "SCHEDULER",
+            "AGENT_RUNNER",
+            "GIT_BROKER",
+            "SCHEDULER_SYSTEM",
+        ):
             env[f"NATS_PASSWORD_{role}"] = secrets.token_hex(24)
         keys = subprocess.run(
             ["python", "-m", "aether_runtime.attempt_auth"],

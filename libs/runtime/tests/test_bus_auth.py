@@ -14,9 +14,14 @@ from aether_runtime.bus_auth import (
     AUTH_REPLIES,
     AUTH_SUBJECT,
     ISSUER_ENV,
+    SYSTEM_ACCOUNT,
+    Permissions,
+    Secret,
     event_subjects,
     permissions,
     static_authorization,
+    system_user_name,
+    system_users,
 )
 from aether_runtime.roles import ROLES, STREAMS
 
@@ -115,9 +120,28 @@ def test_only_the_scheduler_answers_the_servers_authorization_requests() -> None
 
 def test_every_static_user_logs_in_without_the_callout() -> None:
     text = static_authorization()
-    callout = text[text.index("auth_callout") :]
+    callout = text[text.index("auth_callout") : text.index("accounts {")]
     assert f"issuer: ${ISSUER_ENV}" in callout
-    assert re.findall(r'"([\w-]+)"', callout) == ["aether", *ROLES]
+    assert re.findall(r'"([\w-]+)"', callout) == ["aether", *ROLES, "scheduler-system"]
+
+
+def test_the_system_account_holds_only_the_schedulers_user_that_may_only_kick() -> None:
+    """The one user of the system account (the scheduler's, as the role that authorizes
+    attempts): it may ask a server to close a connection and read the answer, nothing
+    else of the system account's requests and nothing of Aether's subjects."""
+    text = static_authorization()
+    accounts = text[text.index("accounts {") :]
+    assert f"  {SYSTEM_ACCOUNT}: {{" in accounts
+    assert text.rstrip().endswith(f"system_account: {SYSTEM_ACCOUNT}")
+    assert re.findall(r'user: "([\w-]+)"', accounts) == ["scheduler-system"]
+    (user,) = system_users({"scheduler-system": Secret("pw")})
+    assert user.permissions == Permissions(
+        publish_allow=("$SYS.REQ.SERVER.*.KICK",),
+        subscribe_allow=("_INBOX.scheduler-system.>",),
+    )
+    assert [u.name for u in system_users({"scheduler-system": Secret("pw")})] == [
+        system_user_name(role) for role in ROLES.values() if role.authorizes_attempts
+    ]
 
 
 def test_static_configuration_reads_every_password_from_the_environment() -> None:
@@ -125,4 +149,5 @@ def test_static_configuration_reads_every_password_from_the_environment() -> Non
     assert re.findall(r"password: (\S+)", text) == [
         "$NATS_PASSWORD_ADMIN",
         *(f"$NATS_PASSWORD_{name.upper().replace('-', '_')}" for name in ROLES),
+        "$NATS_PASSWORD_SCHEDULER_SYSTEM",
     ]

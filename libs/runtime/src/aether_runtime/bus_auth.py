@@ -24,7 +24,10 @@ What a service may do:
   restart (see ``reconnect``): only they read it;
 * the role that authorizes attempts (the scheduler) also receives the server's
   authorization requests and answers them (``attempt_auth``); every user of the block is
-  an ``auth_users`` of the callout, so only attempt users are asked about.
+  an ``auth_users`` of the callout, so only attempt users are asked about;
+* that role also has a user in the system account (``system_users``) that may only ask a
+  server to close a client connection (``$SYS.REQ.SERVER.<id>.KICK``): the scheduler
+  cuts an ended attempt's connection at once (``attempt_auth.ConnectionCutter``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_REPLIES = "$SYS._INBOX.>"
 # The server's environment variable holding the attempt issuer's public key (compose, k8s).
 ISSUER_ENV = "NATS_ATTEMPT_ISSUER"
+# The system account, and the one thing its user may ask of the servers: to close a client
+# connection (an ended attempt's, ``attempt_auth.ConnectionCutter``).
+SYSTEM_ACCOUNT = "SYS"
+KICK_REQUESTS = "$SYS.REQ.SERVER.*.KICK"
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,37 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
     )
 
 
+def system_user_name(role: Role) -> str:
+    """The name of ``role``'s user in the system account."""
+    return f"{role.service}-system"
+
+
+def system_permissions(role: Role) -> Permissions:
+    """What the system account's user of ``role`` (one that authorizes attempts) may do:
+    ask a server to close a client connection, and read the answer on its own inbox."""
+    inbox = f"_INBOX.{system_user_name(role)}.>"
+    return Permissions(publish_allow=(KICK_REQUESTS,), subscribe_allow=(inbox,))
+
+
+def system_users(passwords: Mapping[str, Secret]) -> list[User]:
+    """One user of the system account per role that authorizes attempts (the scheduler):
+    it cuts the connection of an attempt that ended."""
+    return [
+        User(
+            name=system_user_name(role),
+            password=passwords[system_user_name(role)],
+            permissions=system_permissions(role),
+        )
+        for role in ROLES.values()
+        if role.authorizes_attempts
+    ]
+
+
+def system_user_names() -> list[str]:
+    """The names ``system_users`` makes (whose passwords the configuration needs)."""
+    return [system_user_name(role) for role in ROLES.values() if role.authorizes_attempts]
+
+
 def service_users(passwords: Mapping[str, Secret]) -> list[User]:
     """One user per service of the roles table, named after it."""
     return [
@@ -198,11 +236,8 @@ class Callout:
     issuer: Secret
 
 
-def render_authorization(users: list[User], callout: Callout | None = None) -> str:
-    """The ``authorization`` block of a nats-server configuration for ``users``; with
-    ``callout``, every other user name is asked of the authorizer (``users`` are its
-    ``auth_users``: they log in as before, without it)."""
-    lines = ["authorization {", "  users = ["]
+def _render_users(users: list[User], indent: str) -> list[str]:
+    lines = []
     for user in users:
         lines.append("    {")
         lines.append(f"      user: {json.dumps(user.name)}")
@@ -219,15 +254,30 @@ def render_authorization(users: list[User], callout: Callout | None = None) -> s
                 lines.append("        }")
             lines.append("      }")
         lines.append("    }")
-    lines.append("  ]")
+    return [indent + line for line in lines]
+
+
+def render_authorization(
+    users: list[User], callout: Callout | None = None, system: list[User] | None = None
+) -> str:
+    """The ``authorization`` block of a nats-server configuration for ``users``; with
+    ``callout``, every other user name is asked of the authorizer (``users`` are its
+    ``auth_users``: they log in as before, without it); with ``system``, those users make
+    up the system account (``SYSTEM_ACCOUNT``), auth users of the callout too."""
+    lines = ["authorization {", "  users = [", *_render_users(users, ""), "  ]"]
+    system = system or []
     if callout is not None:
         lines.append("  auth_callout {")
         lines.append(f"    issuer: {callout.issuer.render()}")
         lines.append("    auth_users: [")
-        lines += [f"      {json.dumps(user.name)}" for user in users]
+        lines += [f"      {json.dumps(user.name)}" for user in [*users, *system]]
         lines.append("    ]")
         lines.append("  }")
     lines.append("}")
+    if system:
+        lines += ["accounts {", f"  {SYSTEM_ACCOUNT}: {{", "    users = ["]
+        lines += _render_users(system, "  ")
+        lines += ["    ]", "  }", "}", f"system_account: {SYSTEM_ACCOUNT}"]
     return "\n".join(lines) + "\n"
 
 
@@ -236,13 +286,15 @@ def static_authorization() -> str:
     environment, an administrator included (``NATS_PASSWORD_ADMIN``)."""
     users = [User(name=ADMIN_USER, password=Secret(env="NATS_PASSWORD_ADMIN"))]
     users += service_users({name: Secret(env=password_env(name)) for name in ROLES})
-    return STATIC_HEADER + render_authorization(users, Callout(Secret(env=ISSUER_ENV)))
+    system = system_users({name: Secret(env=password_env(name)) for name in system_user_names()})
+    return STATIC_HEADER + render_authorization(users, Callout(Secret(env=ISSUER_ENV)), system)
 
 
 STATIC_HEADER = """\
 # NATS users and permissions of the Aether services, one user per service with the
 # permissions of its role; each password comes from the server's environment, and so
-# does the public key of the attempt credentials' issuer (NATS_ATTEMPT_ISSUER).
+# does the public key of the attempt credentials' issuer (NATS_ATTEMPT_ISSUER). The
+# system account holds one user, the scheduler's, that may only close a connection.
 # Generated from aether_runtime.roles: do not edit. After changing the roles, run
 #   uv run python -m aether_runtime.bus_auth > deploy/nats/auth.conf
 # and copy it into k8s/base/nats.yaml (the tests compare both with the table).

@@ -23,7 +23,14 @@ from aether_events import (
 )
 from aether_events.replay import START_PATIENCE_SECONDS
 from aether_runtime import ConsumerSpec, Projection, Service
-from aether_runtime.attempt_auth import AttemptAuthorizer, AttemptKey, Grants
+from aether_runtime.attempt_auth import (
+    AttemptAuthorizer,
+    AttemptConnections,
+    AttemptKey,
+    ConnectionCutter,
+    Grants,
+)
+from aether_runtime.bus_auth import system_user_name
 from aether_runtime.metrics import service_at_zero
 from aether_runtime.roles import ROLES, only_published_by
 from aether_scheduler import metrics
@@ -74,28 +81,67 @@ def attempt_open(state: State, key: AttemptKey) -> bool:
     return task is not None and task.status in IN_FLIGHT and task.attempt == key.attempt
 
 
-def serve_attempt_credentials(
-    service: Service, projection: Projection[State], settings: SchedulerSettings
-) -> None:
-    """Grant the agent runners' attempt credentials (``aether_runtime.attempt_auth``) when
-    the NATS server calls out for them: only for attempts open in this state."""
+def attempt_credentials(
+    projection: Projection[State], settings: SchedulerSettings, handlers: Handlers
+) -> tuple[AttemptAuthorizer, ConnectionCutter | None] | None:
+    """The authorizer of the agent runners' attempt credentials (``attempt_auth``), which
+    grants them only for attempts open in this state, and, given the password of the
+    scheduler's user of the system account, the cutter that closes an attempt's
+    connections as soon as an event folded by ``handlers`` ends it. None without the
+    issuer's seed or the runners' secret: no credential is granted."""
     if not settings.attempt_issuer_seed or not settings.attempt_secret:
-        return
+        return None
+
+    def is_open(key: AttemptKey) -> bool:
+        return attempt_open(projection.state, key)
+
+    cutter: ConnectionCutter | None = None
+    if settings.system_nats_password:
+        cutter = ConnectionCutter(
+            AttemptConnections(is_open),
+            settings.runtime.nats_url,
+            system_user_name(ROLES[SERVICE_NAME]),
+            settings.system_nats_password,
+            tls=settings.runtime.nats_tls(),
+        )
+        handlers.on_applied = cutter.attempt_ended
     authorizer = AttemptAuthorizer(
         issuer_seed=settings.attempt_issuer_seed,
         secret=settings.attempt_secret,
-        grants=Grants(lambda key: attempt_open(projection.state, key)),
+        grants=Grants(is_open),
         types=ROLES["agent-runner"].attempt_publishes,
         ttl_seconds=settings.attempt_credential_seconds,
+        connections=cutter.connections if cutter is not None else None,
     )
+    return authorizer, cutter
+
+
+def serve_attempt_credentials(
+    service: Service, projection: Projection[State], settings: SchedulerSettings, handlers: Handlers
+) -> None:
+    """Grant attempt credentials when the NATS server calls out for them, and cut ended
+    attempts' connections (``attempt_credentials``), while the service runs."""
+    made = attempt_credentials(projection, settings, handlers)
+    if made is None:
+        return
+    authorizer, cutter = made
+    if cutter is None:
+        log.warning(
+            "ended attempts' connections are not cut: no AETHER_SYSTEM_NATS_PASSWORD "
+            "(each lives until its credential expires)"
+        )
 
     async def serve() -> None:
         assert service.nc is not None
+        if cutter is not None:
+            await cutter.start()
         await authorizer.serve(service.nc)
         log.info("granting attempt credentials", extra={"issuer": authorizer.issuer})
 
     service.on_started.append(serve)
     service.on_stopping.append(authorizer.stop)
+    if cutter is not None:
+        service.on_stopping.append(cutter.stop)
 
 
 def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
@@ -137,7 +183,7 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    serve_attempt_credentials(service, projection, settings)
+    serve_attempt_credentials(service, projection, settings, handlers)
     service.rebuild_with(rebuild)
     service.bound(projection)
     service.on_started.append(start_timers)

@@ -57,6 +57,9 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
     attempt_credential_seconds: Positive = setting(
         "AETHER_ATTEMPT_CREDENTIAL_SECONDS", DEFAULT_TTL_SECONDS
     )
+    # The password of its user of the NATS system account (``bus_auth.system_users``),
+    # which cuts an ended attempt's connection at once; unset: it lives until it expires.
+    system_nats_password: str = setting("AETHER_SYSTEM_NATS_PASSWORD", "")
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
 
     @classmethod

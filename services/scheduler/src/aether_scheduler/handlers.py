@@ -54,6 +54,9 @@ class Handlers:
         # When the timer loop looks again unless woken (None: it is looking now).
         self._deadline: datetime | None = None
         self.stopped = asyncio.Event()
+        # Told the mission of every event folded here (the cutting of ended attempts'
+        # connections, ``attempt_auth.ConnectionCutter``).
+        self.on_applied: Callable[[str], None] | None = None
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
@@ -132,6 +135,8 @@ class Handlers:
         before = self.projection.state
         if self.projection.apply(event, sequence):
             metrics.observe(before, self.projection.state, event)
+            if self.on_applied is not None:
+                self.on_applied(event.mission_id)
 
     async def run_timers(self, max_sleep: float = 1.0) -> None:
         """Fire due timers (retry backoffs, heartbeat timeouts) until cancelled.
