@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -115,16 +116,10 @@ class ComposeStack:
             ANTHROPIC_API_KEY="",
             COMPOSE_PROJECT_NAME=self.project,
         )
-        for role in (
-            "ADMIN",
-            "GATEWAY",
-            "PLANNER",
-            "SCHEDULER",
-            "AGENT_RUNNER",
-            "GIT_BROKER",
-            "SCHEDULER_SYSTEM",
-        ):
-            env[f"NATS_PASSWORD_{role}"] = secrets.token_hex(24)
+        # A password for every NATS user the compose file asks for.
+        compose_file = (ROOT / "docker-compose.yml").read_text()
+        for name in set(re.findall(r"\$\{(NATS_PASSWORD_\w+):\?", compose_file)):
+            env[name] = secrets.token_hex(24)
         keys = subprocess.run(
             ["python", "-m", "aether_runtime.attempt_auth"],
             check=True,
