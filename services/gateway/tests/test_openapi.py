@@ -94,6 +94,33 @@ async def test_documented_bodies_match_the_routes(http):
     assert paths["/admin/tokens"]["post"]["responses"].keys() >= {"201", "400"}
 
 
+async def test_every_write_route_but_mission_requests_has_the_command_rate_limit(
+    http, gateway_server
+):
+    """Each POST and DELETE a caller with a token makes counts against its command limit
+    and documents the 429 (``POST /missions`` has a limit of its own)."""
+    from aether_gateway.api.limits import COMMAND_RATE
+
+    document = (await http.get("/schema/openapi.json")).json()
+    app = gateway_server._server.config.app.routes
+    limited = set()
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        for handler in getattr(route, "route_handlers", []):
+            if not isinstance(handler, HTTPRouteHandler) or not handler.include_in_schema:
+                continue
+            for method in handler.http_methods & {"POST", "DELETE"}:
+                operation = document["paths"][path][method.lower()]
+                if operation.get("security") == [{}] or path == "/missions":
+                    assert COMMAND_RATE not in handler.resolve_guards(), path
+                    continue
+                assert COMMAND_RATE in handler.resolve_guards(), (method, path)
+                assert "429" in operation["responses"], (method, path)
+                limited.add(f"{method} {path}")
+    assert {"DELETE /admin/tokens/{token_id}", "POST /missions/{mission_id}/messages"} <= limited
+    assert len(limited) >= 13
+
+
 def test_the_routes_are_built_without_a_deprecated_litestar_idiom() -> None:
     """Litestar 3 drops what it deprecates now (a dependency's provider whose own
     dependency is inferred from its name, for one): the routes are built with none."""
