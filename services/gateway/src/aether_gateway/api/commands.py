@@ -40,7 +40,7 @@ from aether_gateway.api.bodies import (
     SkipTask,
 )
 from aether_gateway.api.context import GatewayContext, principal_of
-from aether_gateway.api.errors import bad_request, error_responses, mission_not_found, refused
+from aether_gateway.api.errors import error_responses, mission_not_found, refused
 from aether_gateway.api.idempotency import IDEMPOTENCY_KEY_PATTERN
 from aether_gateway.api.limits import COMMAND_RATE, within_limit
 from aether_gateway.api.runtimes import check_runtimes
@@ -76,11 +76,6 @@ _ERRORS = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _not_blank(name: str, value: str) -> None:
-    if not value.strip():
-        raise bad_request(f"{name} must not be blank", key=name)
 
 
 async def _mission(
@@ -154,8 +149,6 @@ async def create_mission(
     caller, so even two copies of the request racing each other create one mission.
     Mission requests are rate-limited per caller (429 with ``Retry-After``).
     """
-    _not_blank("repository", data.repository)
-    _not_blank("requirement", data.requirement)
     # Before the rate limit: a request refused here is not counted as a mission.
     warning = await check_runtimes(ctx, decide.runtimes_asked(data))
     principal = principal_of(request)
@@ -230,7 +223,6 @@ async def post_message(
     """Publish ``MissionMessagePosted``. While a plan awaits approval the message is
     feedback on it, and ``PlanRevisionRequested`` asks the planner for a new version
     (once per plan version; later messages are still recorded)."""
-    _not_blank("text", data.text)
     principal = principal_of(request)
     mission = await _mission(ctx, mission_id)
     event_id = (
