@@ -104,6 +104,7 @@ SERVICE_PREFIXES: dict[str, tuple[str, ...]] = {
         "AETHER_OIDC_",
         "AETHER_SSE_",
         "AETHER_MISSION_RATE_",
+        "AETHER_COMMAND_RATE_",
         "AETHER_READ_MODEL_",
         "AETHER_ESTIMATE_USD_",
     ),

@@ -3,6 +3,8 @@ refuses what the mission's state does not allow with a message."""
 
 from __future__ import annotations
 
+import pytest
+
 from aether_events import (
     BranchPushed,
     BranchPushFailed,
@@ -20,6 +22,8 @@ from aether_events import (
     TaskRetryRequested,
     TaskSkipped,
 )
+from aether_gateway.config import GatewaySettings
+from aether_runtime.settings import SettingsError
 
 from .conftest import Script, eventually, stored_events
 
@@ -159,6 +163,59 @@ async def test_mission_creation_is_rate_limited_per_caller(make_gateway):
     # Per caller: another token has a window of its own.
     async with server.client(token=other.json()["token"]) as c:
         assert (await c.post("/missions", json=MISSION)).status_code == 202
+
+
+async def test_every_other_write_request_is_rate_limited_per_caller(make_gateway, nc, script):
+    """Commands (and tokens, rebuilds) have a per-caller limit of their own: past it a
+    429 with Retry-After, nothing published; a replay of an earlier request is answered
+    without counting; mission requests and reads are not counted against it."""
+    server = await make_gateway(command_rate_limit=3, command_rate_window_seconds=3600)
+    question = PlanClarificationRequested(**script.meta(), questions=["Which greeting?"])
+    await publish(nc, script.requested(), script.prepared(), question)
+    url = f"/missions/{script.mission_id}/messages"
+    async with server.client() as admin:
+        await wait_for(admin, script.mission_id, lambda m: m["status"] == "awaiting_input")
+        writer = await admin.post("/admin/tokens", json={"name": "writer", "scopes": ["write"]})
+        assert writer.status_code == 201  # the admin's first write request of three
+    async with server.client(token=writer.json()["token"]) as c:
+        first = {"Idempotency-Key": "first-message"}
+        assert (await c.post(url, json={"text": "one"}, headers=first)).status_code == 202
+        replayed = await c.post(url, json={"text": "one"}, headers=first)
+        assert replayed.headers["idempotent-replayed"] == "true"  # not counted
+        assert (await c.post(url, json={"text": "two"})).status_code == 202
+        assert (await c.post(url, json={"text": "three"})).status_code == 202
+        limited = await c.post(url, json={"text": "four"})
+        assert limited.status_code == 429, limited.text
+        assert 0 < int(limited.headers["retry-after"]) <= 3600
+        assert "at most 3 write requests per 3600 seconds" in limited.json()["error"]
+        assert (await c.post(f"/missions/{script.mission_id}/pause")).status_code == 429
+        # A replay is still answered past the limit; reads and mission requests go on.
+        again = await c.post(url, json={"text": "one"}, headers=first)
+        assert (again.status_code, again.headers["idempotent-replayed"]) == (202, "true")
+        assert (await c.get(f"/missions/{script.mission_id}")).status_code == 200
+        assert (await c.post("/missions", json=MISSION)).status_code == 202
+    texts = [e.text for e in await events_of(nc, script.mission_id, MissionMessagePosted)]
+    assert sorted(texts) == ["one", "three", "two"]
+    assert not await events_of(nc, script.mission_id, MissionPaused)
+    # Per caller: the admin has its own window, and token creation counts in it.
+    async with server.client() as admin:
+        assert (await admin.post(url, json={"text": "from the admin"})).status_code == 202
+        assert (
+            await admin.post("/admin/tokens", json={"name": "x", "scopes": ["read"]})
+        ).status_code == 201
+        refused = await admin.post("/admin/tokens", json={"name": "y", "scopes": ["read"]})
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("AETHER_COMMAND_RATE_LIMIT", "-1"), ("AETHER_COMMAND_RATE_WINDOW_SECONDS", "0")],
+)
+def test_a_bad_command_rate_setting_stops_the_gateway_naming_it(name, value):
+    assert GatewaySettings.from_env({name: "7"}) is not None
+    with pytest.raises(SettingsError, match=name):
+        GatewaySettings.from_env({name: value})
 
 
 async def test_a_mission_request_records_every_option(http, nc):

@@ -26,8 +26,8 @@ FUZZER = Path(__file__).with_name("fuzzer.py")
 
 @pytest.mark.slow
 async def test_fuzzing_the_openapi_document_finds_no_server_error(make_gateway, nc, tmp_path):
-    # No rate limit: the fuzzer requests hundreds of missions.
-    server = await make_gateway(mission_rate_limit=0)
+    # No rate limits: the fuzzer requests hundreds of missions and commands.
+    server = await make_gateway(mission_rate_limit=0, command_rate_limit=0)
     async with server.client() as client:
         document = (await client.get("/schema/openapi.json")).json()
     given = {"document": document, "base_url": server.base_url, "token": ADMIN_TOKEN}

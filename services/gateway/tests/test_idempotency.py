@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from aether_gateway.adapters.limits import (
     Fingerprint,
     IdempotencyStore,
     InProgress,
+    RateLimiter,
     Reserved,
     StoredResponse,
 )
@@ -213,3 +215,23 @@ async def test_a_copy_that_waits_too_long_is_told_to_try_again(http, gateway_ser
     assert answer.status_code == 409
     assert answer.headers["retry-after"] == "1"
     assert "still running" in answer.json()["error"]
+
+
+async def test_a_limiter_with_a_short_window_leaves_a_longer_windows_hits_alone(gateway_db):
+    """Each limiter forgets only its own ended windows: a minute's limiter moving on does
+    not reset the count of an hour's limiter sharing the table."""
+    db = Database(gateway_db, max_size=2)
+    await db.open()
+    await db.migrate()
+    try:
+        hourly = RateLimiter(db, name="commands", limit=1, window_seconds=3600)
+        minutely = RateLimiter(db, name="missions", limit=1, window_seconds=60)
+        start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+        assert await hourly.hit("alice", now=start) is None
+        # A later minute of the same hour: the minute's limiter drops its ended windows.
+        later = start + timedelta(minutes=5)
+        assert await minutely.hit("alice", now=later) is None
+        assert await hourly.hit("alice", now=later) == 55 * 60
+        assert await hourly.hit("bob", now=later) is None  # per caller
+    finally:
+        await db.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import warnings
 
+import jsonschema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.handlers import HTTPRouteHandler
 from openapi_spec_validator import validate
 
@@ -92,6 +96,114 @@ async def test_documented_bodies_match_the_routes(http):
     names = {p["name"] for p in sse["parameters"]}
     assert {"Last-Event-ID", "after", "until_terminal", "telemetry", "access_token"} <= names
     assert paths["/admin/tokens"]["post"]["responses"].keys() >= {"201", "400"}
+
+
+async def test_every_write_route_but_mission_requests_has_the_command_rate_limit(
+    http, gateway_server
+):
+    """Each POST and DELETE a caller with a token makes counts against its command limit
+    and documents the 429 (``POST /missions`` has a limit of its own)."""
+    from aether_gateway.api.limits import COMMAND_RATE
+
+    document = (await http.get("/schema/openapi.json")).json()
+    app = gateway_server._server.config.app.routes
+    limited = set()
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        for handler in getattr(route, "route_handlers", []):
+            if not isinstance(handler, HTTPRouteHandler) or not handler.include_in_schema:
+                continue
+            for method in handler.http_methods & {"POST", "DELETE"}:
+                operation = document["paths"][path][method.lower()]
+                if operation.get("security") == [{}] or path == "/missions":
+                    assert COMMAND_RATE not in handler.resolve_guards(), path
+                    continue
+                assert COMMAND_RATE in handler.resolve_guards(), (method, path)
+                assert "429" in operation["responses"], (method, path)
+                limited.add(f"{method} {path}")
+    assert {"DELETE /admin/tokens/{token_id}", "POST /missions/{mission_id}/messages"} <= limited
+    assert len(limited) >= 13
+
+
+def body_validator(document: dict, name: str) -> jsonschema.Draft202012Validator:
+    """The document's schema of a request body, as a validator (its $refs resolved)."""
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    return jsonschema.Draft202012Validator(schema)
+
+
+# Strings the schema and the API must judge alike: blank in Python's sense (which the
+# ECMA-262 ``\s`` of JSON Schema validators does not match for U+001C, and does for
+# U+FEFF), NUL anywhere, and plain text.
+TEXTS = ["x", " x ", "", "  ", "\t\n", "\u2003", "\x1c", "\ufeff", "a\x00b", "\x00", "é"]
+MISSION_PROBES = [
+    *({"requirement": text} for text in TEXTS),
+    *({"repository": text} for text in TEXTS),
+    *({"budget_usd": budget} for budget in [0, -1, 0.0, 1e-9, 2.5, None]),
+    {"verify_command": "pytest\x00"},
+    {"base_branch": "ma\x00in"},
+    {"model_overrides": {"small": "claude\x00"}},
+    {"model_overrides": {"sm\x00all": "claude"}},
+    {"model_overrides": {"small": "claude-tiny"}},
+]
+
+
+async def test_the_document_and_the_api_agree_on_text_nul_and_budgets(make_gateway):
+    """A body the document calls valid is not refused as invalid (400), and one it calls
+    invalid is: blank text, NUL in a string, an optional budget that is not positive."""
+    server = await make_gateway(mission_rate_limit=0, command_rate_limit=0)
+    async with server.client() as http:
+        document = (await http.get("/schema/openapi.json")).json()
+        missions = body_validator(document, "CreateMission")
+        messages = body_validator(document, "PostMessage")
+        disagreements = []
+        for probe in MISSION_PROBES:
+            body = {"repository": "/repos/demo", "requirement": "Add a greeting", **probe}
+            answer = await http.post("/missions", json=body)
+            valid = missions.is_valid(body)
+            if valid != (answer.status_code != 400):
+                disagreements.append((probe, valid, answer.status_code, answer.text))
+        for text in TEXTS:
+            # An unknown mission: a valid body is a 404, an invalid one a 400.
+            answer = await http.post("/missions/m-unknown/messages", json={"text": text})
+            valid = messages.is_valid({"text": text})
+            if valid != (answer.status_code != 400):
+                disagreements.append((text, valid, answer.status_code, answer.text))
+        assert not disagreements
+        blank = await http.post("/missions/m-unknown/messages", json={"text": "  "})
+    [refusal] = blank.json()["detail"]
+    assert (refusal["key"], refusal["message"]) == (
+        "text",
+        "must not be blank (nor contain NUL characters)",
+    )
+
+
+async def test_generated_messages_are_judged_alike_by_the_document_and_the_api(make_gateway):
+    """A property test over text made of whitespace of every kind, NUL and letters."""
+    server = await make_gateway(command_rate_limit=0)
+    loop = asyncio.get_running_loop()
+    async with server.client() as http:
+        document = (await http.get("/schema/openapi.json")).json()
+    messages = body_validator(document, "PostMessage")
+    alphabet = st.sampled_from([" ", "\t", "\n", "\x1c", "\x85", "\u3000", "\ufeff", "\x00", "a"])
+
+    async def status_of(text: str) -> int:
+        async with server.client() as http:
+            answer = await http.post("/missions/m-unknown/messages", json={"text": text})
+        return answer.status_code
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.text(alphabet, min_size=1, max_size=6))
+    def agrees(text: str) -> None:
+        status = asyncio.run_coroutine_threadsafe(status_of(text), loop).result(timeout=30)
+        assert messages.is_valid({"text": text}) == (status != 400), (text, status)
+
+    await asyncio.to_thread(agrees)
 
 
 def test_the_routes_are_built_without_a_deprecated_litestar_idiom() -> None:

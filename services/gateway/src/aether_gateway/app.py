@@ -126,8 +126,15 @@ class Gateway:
             runners=Runners(lambda: self.service.js),
             mission_rate=RateLimiter(
                 self.db,
+                name="missions",
                 limit=settings.mission_rate_limit,
                 window_seconds=settings.mission_rate_window_seconds,
+            ),
+            command_rate=RateLimiter(
+                self.db,
+                name="commands",
+                limit=settings.command_rate_limit,
+                window_seconds=settings.command_rate_window_seconds,
             ),
             rebuild=self._rebuild,
             oidc=self.oidc,

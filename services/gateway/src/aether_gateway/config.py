@@ -123,6 +123,10 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
     # Missions a caller may request per window (0: no limit).
     mission_rate_limit: NonNegativeInt = setting("AETHER_MISSION_RATE_LIMIT", 30)
     mission_rate_window_seconds: AtLeastOne = setting("AETHER_MISSION_RATE_WINDOW_SECONDS", 60)
+    # Every other write request (commands, tokens, rebuilds) a caller may make per window
+    # (0: no limit): each command stores an event, so one token must not flood the stream.
+    command_rate_limit: NonNegativeInt = setting("AETHER_COMMAND_RATE_LIMIT", 120)
+    command_rate_window_seconds: AtLeastOne = setting("AETHER_COMMAND_RATE_WINDOW_SECONDS", 60)
     # The scheduler's global budgets, shown beside usage per day and month.
     daily_budget_usd: NonNegative | None = setting("AETHER_DAILY_BUDGET_USD", None)
     monthly_budget_usd: NonNegative | None = setting("AETHER_MONTHLY_BUDGET_USD", None)

@@ -160,14 +160,17 @@ class IdempotencyStore:
 
 
 class RateLimiter:
-    """At most ``limit`` hits per ``window_seconds`` per bucket, in fixed windows."""
+    """At most ``limit`` hits per ``window_seconds`` per caller, in fixed windows; its
+    buckets are named ``<name>:<caller>``, so limiters of other names (and windows)
+    share the table without touching each other's windows."""
 
-    def __init__(self, db: Database, *, limit: int, window_seconds: int) -> None:
+    def __init__(self, db: Database, *, name: str, limit: int, window_seconds: int) -> None:
         self._db = db
+        self.name = name
         self.limit = limit
         self.window_seconds = window_seconds
 
-    async def hit(self, bucket: str, now: datetime | None = None) -> float | None:
+    async def hit(self, caller: str, now: datetime | None = None) -> float | None:
         """Count one hit; ``None`` if allowed, else the seconds until the window ends."""
         if self.limit <= 0:
             return None
@@ -175,9 +178,15 @@ class RateLimiter:
         epoch = now.timestamp()
         start = epoch - epoch % self.window_seconds
         window_start = datetime.fromtimestamp(start, UTC)
+        prefix = f"{self.name}:"
+        bucket = prefix + caller
         async with self._db.pool.connection() as conn, conn.transaction():
+            # Only this limiter's ended windows: another's window may be longer (an
+            # hour's window starts before this minute's, and must outlive it).
             await conn.execute(
-                "DELETE FROM rate_limit_windows WHERE window_start < %s", (window_start,)
+                "DELETE FROM rate_limit_windows"
+                " WHERE starts_with(bucket, %s) AND window_start < %s",
+                (prefix, window_start),
             )
             cur = await conn.execute(
                 """

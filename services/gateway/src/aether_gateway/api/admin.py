@@ -23,14 +23,15 @@ from aether_gateway.api.bodies import (
 from aether_gateway.api.context import GatewayContext, principal_of
 from aether_gateway.api.errors import error_responses, not_found
 from aether_gateway.api.idempotency import NO_IDEMPOTENCY_OPT
+from aether_gateway.api.limits import COMMAND_RATE
 
 
 @post(
     "/admin/tokens",
     status_code=HTTP_201_CREATED,
     summary="Create an API token (its secret is shown once)",
-    guards=[ADMIN],
-    responses=error_responses(400, 401, 403),
+    guards=[ADMIN, COMMAND_RATE],
+    responses=error_responses(400, 401, 403, 429),
     opt={NO_IDEMPOTENCY_OPT: True},
     tags=["admin"],
 )
@@ -68,8 +69,8 @@ async def list_tokens(
     "/admin/tokens/{token_id:str}",
     status_code=HTTP_200_OK,
     summary="Revoke an API token",
-    guards=[ADMIN],
-    responses=error_responses(400, 401, 403, 404),
+    guards=[ADMIN, COMMAND_RATE],
+    responses=error_responses(400, 401, 403, 404, 429),
     tags=["admin"],
 )
 async def revoke_token(ctx: NamedDependency[GatewayContext], token_id: FromPath[str]) -> TokenInfo:
@@ -84,8 +85,8 @@ async def revoke_token(ctx: NamedDependency[GatewayContext], token_id: FromPath[
     "/admin/read-model/rebuild",
     status_code=HTTP_200_OK,
     summary="Rebuild the read model from the event streams",
-    guards=[ADMIN],
-    responses=error_responses(401, 403, 503),
+    guards=[ADMIN, COMMAND_RATE],
+    responses=error_responses(401, 403, 429, 503),
     tags=["admin"],
 )
 async def rebuild_read_model(ctx: NamedDependency[GatewayContext]) -> RebuildResult:

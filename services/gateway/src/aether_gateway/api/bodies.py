@@ -11,6 +11,7 @@ import msgspec
 from aether_events.estimates import PlanEstimate
 from aether_gateway.adapters.queries import StoredEvent, UsageRow
 from aether_gateway.adapters.tokens import TokenInfo
+from aether_gateway.api.inputs import NOT_BLANK
 from aether_gateway.domain import (
     AgentSession,
     Graph,
@@ -34,8 +35,8 @@ RuntimeName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 class CreateMission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A mission request."""
 
-    repository: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-    requirement: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
+    repository: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=NOT_BLANK)]
+    requirement: Annotated[str, msgspec.Meta(min_length=1, max_length=20000, pattern=NOT_BLANK)]
     # Empty or left out: the repository's default branch, which the git broker reads.
     base_branch: Annotated[str, msgspec.Meta(max_length=255)] = ""
     budget_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
@@ -80,7 +81,7 @@ class PlanApprovalAccepted(msgspec.Struct, kw_only=True):
 class PostMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Answers to the planner's questions, or feedback on the plan awaiting approval."""
 
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=20000, pattern=NOT_BLANK)]
 
 
 class MessageAccepted(msgspec.Struct, kw_only=True):

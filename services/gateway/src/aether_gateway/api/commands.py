@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from litestar import Request, Response, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
-from litestar.exceptions import TooManyRequestsException
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
@@ -41,8 +40,9 @@ from aether_gateway.api.bodies import (
     SkipTask,
 )
 from aether_gateway.api.context import GatewayContext, principal_of
-from aether_gateway.api.errors import bad_request, error_responses, mission_not_found, refused
+from aether_gateway.api.errors import error_responses, mission_not_found, refused
 from aether_gateway.api.idempotency import IDEMPOTENCY_KEY_PATTERN
+from aether_gateway.api.limits import COMMAND_RATE, within_limit
 from aether_gateway.api.runtimes import check_runtimes
 from aether_gateway.domain import Mission, Task
 from aether_gateway.domain import commands as decide
@@ -71,16 +71,11 @@ _LOCATION = [
         documentation_only=True,
     )
 ]
-_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 503)
+_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _not_blank(name: str, value: str) -> None:
-    if not value.strip():
-        raise bad_request(f"{name} must not be blank", key=name)
 
 
 async def _mission(
@@ -154,20 +149,10 @@ async def create_mission(
     caller, so even two copies of the request racing each other create one mission.
     Mission requests are rate-limited per caller (429 with ``Retry-After``).
     """
-    _not_blank("repository", data.repository)
-    _not_blank("requirement", data.requirement)
     # Before the rate limit: a request refused here is not counted as a mission.
     warning = await check_runtimes(ctx, decide.runtimes_asked(data))
     principal = principal_of(request)
-    retry_after = await ctx.mission_rate.hit(f"missions:{principal.id}")
-    if retry_after is not None:
-        raise TooManyRequestsException(
-            detail=(
-                f"at most {ctx.mission_rate.limit} missions per "
-                f"{ctx.mission_rate.window_seconds} seconds; try again in {retry_after:.0f} s"
-            ),
-            headers={"Retry-After": f"{retry_after:.0f}"},
-        )
+    await within_limit(ctx.mission_rate, principal.id, "missions")
     event = decide.request_mission(
         data,
         caller_id=principal.id,
@@ -193,7 +178,7 @@ async def create_mission(
     "/missions/{mission_id:str}/plan/approve",
     status_code=HTTP_202_ACCEPTED,
     summary="Approve the mission's latest plan",
-    guards=[WRITE],
+    guards=[WRITE, COMMAND_RATE],
     response_headers=_LOCATION,
     responses=_ERRORS,
     tags=["missions"],
@@ -223,7 +208,7 @@ async def approve_plan(
     "/missions/{mission_id:str}/messages",
     status_code=HTTP_202_ACCEPTED,
     summary="Write to a mission: answers to the planner's questions, or plan feedback",
-    guards=[WRITE],
+    guards=[WRITE, COMMAND_RATE],
     response_headers=_LOCATION,
     responses=_ERRORS,
     tags=["missions"],
@@ -238,7 +223,6 @@ async def post_message(
     """Publish ``MissionMessagePosted``. While a plan awaits approval the message is
     feedback on it, and ``PlanRevisionRequested`` asks the planner for a new version
     (once per plan version; later messages are still recorded)."""
-    _not_blank("text", data.text)
     principal = principal_of(request)
     mission = await _mission(ctx, mission_id)
     event_id = (
@@ -270,7 +254,7 @@ def _command(path: str, summary: str, name: str) -> post:
         path,
         status_code=HTTP_202_ACCEPTED,
         summary=summary,
-        guards=[WRITE],
+        guards=[WRITE, COMMAND_RATE],
         response_headers=_LOCATION,
         responses=_ERRORS,
         tags=["missions"],

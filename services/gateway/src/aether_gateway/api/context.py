@@ -52,6 +52,8 @@ class GatewayContext:
     # their copies here wait on.
     idempotent: IdempotentPosts
     mission_rate: RateLimiter
+    # Every other write request, per caller (``api.limits``).
+    command_rate: RateLimiter
     # The git broker's read API (the board's diffs and default branches).
     broker: BrokerReader
     # The registry of live agent runners (which runtimes exist).

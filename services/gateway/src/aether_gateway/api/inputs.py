@@ -31,6 +31,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
+# What the OpenAPI document says of the strings bodies hold (``schema``), as regexes
+# that Python and the ECMA-262 regexes of JSON Schema validators read alike: no NUL in
+# any string, and free text that is not blank. Whitespace is Python's ``str.isspace``
+# set, listed character by character (``\s`` differs between the two), and the
+# not-blank pattern cannot backtrack more than once per character.
+_SPACE = (
+    r"\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0"
+    r"\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+NO_NUL = r"^[^\u0000]*$"
+NOT_BLANK = rf"^[{_SPACE}]*[^\u0000{_SPACE}][^\u0000]*$"
+# A body's string refused by its pattern: what the refusal says instead of the regex.
+_PATTERN_MEANS = {NOT_BLANK: "must not be blank (nor contain NUL characters)"}
+
 
 def _refusal(source: str, key: str, message: str) -> ValidationException:
     return ValidationException(
@@ -150,6 +164,13 @@ def _integral_floats_as_ints(value: Any) -> Any:
     return value
 
 
+def _said_plainly(message: str) -> str:
+    for pattern, meaning in _PATTERN_MEANS.items():
+        if message == f"Expected `str` matching regex {pattern!r}":
+            return meaning
+    return message
+
+
 async def strict_body(request: Request[Any, Any, Any]) -> None:
     """A before-request hook: check the JSON body of routes that take one, strictly."""
     handler = request.route_handler
@@ -170,7 +191,7 @@ async def strict_body(request: Request[Any, Any, Any]) -> None:
         message = str(error)
         at = _AT.search(message)
         key = (at["path"] or "body") if at else "body"
-        raise _refusal("body", key, _AT.sub("", message)) from None
+        raise _refusal("body", key, _said_plainly(_AT.sub("", message))) from None
     except msgspec.DecodeError as error:
         raise _refusal("body", "body", f"is not valid JSON ({error})") from None
     except UnicodeDecodeError:

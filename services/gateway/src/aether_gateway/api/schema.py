@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 # Litestar's own plugin for msgspec structs, extended; it is not exported publicly.
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.openapi.spec import Schema
+
+from aether_gateway.api.inputs import NO_NUL
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
-    from litestar.openapi.spec import Schema
     from litestar.typing import FieldDefinition
+
+_BOUNDS = {
+    "gt": "exclusive_minimum",
+    "ge": "minimum",
+    "lt": "exclusive_maximum",
+    "le": "maximum",
+}
 
 
 class StrictStructSchema(StructSchemaPlugin):
-    """A request body that refuses unknown fields says so: ``additionalProperties: false``."""
+    """A request body (a struct that refuses unknown fields) says all the decoder checks:
+    ``additionalProperties: false``; no NUL in any string (``inputs.unstorable``),
+    unless the string's own pattern already excludes it; the pattern of a map's string
+    values; and the bounds of an optional number (Litestar drops them from
+    ``float | None``)."""
 
     def to_openapi_schema(
         self, field_definition: FieldDefinition, schema_creator: SchemaCreator
@@ -25,4 +38,32 @@ class StrictStructSchema(StructSchemaPlugin):
         info = msgspec.inspect.type_info(field_definition.type_)
         if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
             schema.additional_properties = False
+            for field in info.fields:
+                prop = (schema.properties or {}).get(field.encode_name)
+                if isinstance(prop, Schema):
+                    _state_checks(prop, _without_none(field.type))
         return schema
+
+
+def _without_none(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    if isinstance(kind, msgspec.inspect.UnionType):
+        rest = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(rest) == 1:
+            return rest[0]
+    return kind
+
+
+def _state_checks(prop: Schema, kind: msgspec.inspect.Type) -> None:
+    if isinstance(kind, msgspec.inspect.StrType):
+        prop.pattern = prop.pattern or kind.pattern or NO_NUL
+    elif isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        for bound, attribute in _BOUNDS.items():
+            value: Any = getattr(kind, bound)
+            if value is not None and getattr(prop, attribute) is None:
+                setattr(prop, attribute, value)
+    elif isinstance(kind, msgspec.inspect.DictType):
+        if isinstance(kind.key_type, msgspec.inspect.StrType):
+            prop.property_names = Schema(pattern=kind.key_type.pattern or NO_NUL)
+        values = prop.additional_properties
+        if isinstance(values, Schema):
+            _state_checks(values, _without_none(kind.value_type))

@@ -18,6 +18,7 @@ from aether_gateway.api.bodies import CommandAccepted
 from aether_gateway.api.commands import IdempotencyKey
 from aether_gateway.api.context import GatewayContext, principal_of
 from aether_gateway.api.errors import error_responses, mission_not_found, refused
+from aether_gateway.api.limits import COMMAND_RATE
 from aether_gateway.domain import Mission
 from aether_gateway.domain.commands import Refusal
 from aether_gateway.domain.steps import STEP_TYPES, FailedStep, failed_steps, retry_step
@@ -68,8 +69,8 @@ async def list_failed_steps(
     "/missions/{mission_id:str}/steps/{event_id:str}/retry",
     status_code=HTTP_202_ACCEPTED,
     summary="Run a failed step again",
-    guards=[WRITE],
-    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+    guards=[WRITE, COMMAND_RATE],
+    responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503),
     tags=["missions"],
     name="retry_step",
 )

@@ -1,0 +1,48 @@
+"""Per-caller rate limits on write requests, counted in PostgreSQL (every replica shares
+them) and answered ``429`` with ``Retry-After``.
+
+``POST /missions`` has a limit of its own (``AETHER_MISSION_RATE_LIMIT``), counted once
+the request is known to be valid. Every other write route (the commands, tokens, the
+read model's rebuild) takes ``COMMAND_RATE`` as its guard after its scope guard: a
+request is counted once its caller may make it and before anything else happens, so a
+flood of requests is refused however wrong their bodies are, and nothing is published
+past the limit. A copy answered from the idempotency store never reaches a guard, so it
+is not counted again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import TooManyRequestsException
+from litestar.handlers.base import BaseRouteHandler
+
+from aether_gateway.adapters.limits import RateLimiter
+from aether_gateway.api.served import context_of
+from aether_gateway.domain.auth import Principal
+
+
+async def within_limit(limiter: RateLimiter, caller: str, what: str) -> None:
+    """Count one hit of ``caller``'s; past the limit, a 429 saying when to try again."""
+    retry_after = await limiter.hit(caller)
+    if retry_after is not None:
+        raise TooManyRequestsException(
+            detail=(
+                f"at most {limiter.limit} {what} per {limiter.window_seconds} seconds;"
+                f" try again in {retry_after:.0f} s"
+            ),
+            headers={"Retry-After": f"{retry_after:.0f}"},
+        )
+
+
+async def command_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard: one more write request of the caller's (``AETHER_COMMAND_RATE_LIMIT``)."""
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal):  # an open route: the scope guards refuse others
+        return
+    ctx = context_of(connection.scope)
+    await within_limit(ctx.command_rate, principal.id, "write requests")
+
+
+COMMAND_RATE = command_rate
