@@ -10,6 +10,7 @@ none, the gateway and the runners read them, and the entry of a runner that died
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +71,12 @@ async def _connect(stack: Stack, service: str, errors: list[str] | None = None) 
 
 @pytest.fixture
 async def scheduler(stack: Stack) -> AsyncIterator[NatsClient]:
+    async with scheduling(stack) as nc:
+        yield nc
+
+
+@contextlib.asynccontextmanager
+async def scheduling(stack: Stack) -> AsyncIterator[NatsClient]:
     """The scheduler's side: it makes the streams and the bucket, and grants credentials."""
     nc = await _connect(stack, "scheduler")
     js = nc.jetstream()
@@ -257,3 +264,23 @@ async def test_a_live_runner_keeps_its_entry_past_its_age(
             await asyncio.sleep(0.2)
     finally:
         await live.stop()
+
+
+async def test_a_runner_started_before_the_scheduler_is_announced_soon_after_it(
+    stack: Stack,
+) -> None:
+    """A stack starts its services together: the runner's first writes are refused until
+    the scheduler answers for its credential. It writes again soon, not a refresh later."""
+    early = Announcer(
+        lambda: entry("r-early"),
+        60.0,
+        connect=own_connection(stack.nats_server_url, "r-early", stack.attempt_secret),
+    )
+    early.start()
+    try:
+        await asyncio.wait_for(early.failed.wait(), 30)
+        assert not early.written.is_set()
+        async with scheduling(stack):
+            await asyncio.wait_for(early.written.wait(), 15)
+    finally:
+        await early.stop()

@@ -156,9 +156,15 @@ class Announcer:
 
     ``connect`` opens the connection the entry is written on (the runner's own
     credential: ``own_connection``), or ``js`` is the service's own (a bus without
-    per-service users). A write that fails is logged and made again at the next turn on a
-    new connection: the credential expires (the server then closes the connection), the
-    bucket may not exist yet (the scheduler creates it), the bus may be away."""
+    per-service users). A write that fails is made again on a new connection, soon at
+    first (``RETRY_FIRST_SECONDS``, doubling up to ``refresh_seconds``): the credential
+    expires (the server then closes the connection), the bucket may not exist yet, or the
+    scheduler, which grants the credential and makes the bucket, may not be up yet. Until
+    the first write, for ``QUIET_SECONDS`` (a stack starting together), failures are logged
+    at INFO; after that, or once an entry was written, at WARNING."""
+
+    RETRY_FIRST_SECONDS = 0.25
+    QUIET_SECONDS = 30.0
 
     def __init__(
         self,
@@ -177,8 +183,10 @@ class Announcer:
         self._nc: NatsClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        # Set after each write that the server stored (tests wait on it).
+        # Set after each write that the server stored, and after each that failed (tests
+        # wait on them).
         self.written = asyncio.Event()
+        self.failed = asyncio.Event()
 
     @property
     def token(self) -> str:
@@ -200,16 +208,26 @@ class Announcer:
         self.written.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + self.QUIET_SECONDS
+        retry = self.RETRY_FIRST_SECONDS
         while not self._stopped.is_set():
+            wait = self.refresh_seconds
             try:
                 await self.announce()
+                retry = self.RETRY_FIRST_SECONDS
             except Exception as error:
-                log.warning(
-                    "the runner's entry was not written", extra={"error": str(error) or repr(error)}
+                starting = not self.written.is_set() and loop.time() < quiet_until
+                log.log(
+                    logging.INFO if starting else logging.WARNING,
+                    "the runner's entry was not written",
+                    extra={"error": str(error) or repr(error), "retry_seconds": retry},
                 )
+                self.failed.set()
                 await self._close()
+                wait, retry = retry, min(retry * 2, self.refresh_seconds)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.refresh_seconds):
+                async with asyncio.timeout(wait):
                     await self._stopped.wait()
 
     def start(self) -> None:
