@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from aether.cli import main
 from aether_events import MissionRequested, type_subject
-from aether_runtime.runners import RunnerEntry, ensure_bucket, entry_subject
+from aether_runtime.runners import RUNNERS_STREAM, RunnerEntry, ensure_bucket, entry_subject
 
 from .conftest import ADMIN_TOKEN, stored_events
 from .test_auth import new_token
@@ -27,7 +27,7 @@ MISSION = {"repository": "/repos/demo", "requirement": "Add a greeting"}
 
 class Registry:
     """Writes runners' entries into the bucket, and deletes them all afterwards (the
-    server is the session's: the next test sees no runner)."""
+    server is the session's: the next test sees no runner of these)."""
 
     def __init__(self, nc: NatsClient) -> None:
         self.js = nc.jetstream()
@@ -55,6 +55,9 @@ class Registry:
 @pytest.fixture
 async def registry(nc: NatsClient) -> AsyncIterator[Registry]:
     await ensure_bucket(nc.jetstream(), 30.0)
+    # The bus is shared with other packages' tests, whose real runners announce
+    # themselves on it and may have been killed before deleting their entries.
+    await nc.jetstream().purge_stream(RUNNERS_STREAM)
     registry = Registry(nc)
     try:
         yield registry
