@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -124,6 +124,24 @@ def without_credentials(url: str) -> str:
         return url
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """What the supervisor needs of an embedded server (nats-server, PostgreSQL) to keep
+    it running, and how it speaks of it."""
+
+    name: str  # in the state file and the backoff
+    label: str
+    restart: Callable[[], object]
+    failures: tuple[type[Exception], ...]  # a restart that failed, to be tried again
+    after_failure: Callable[[], object]
+    refused: str  # said of a failed restart, before its error
+    alive: Callable[[], bool]
+    ended: Callable[[], str]  # how it ended, once not alive
+    started: Callable[[float], str]  # the line once started again, given the seconds taken
+    kept: str  # what it starts again on, beside its port
+    meanwhile: str  # what the person sees while it is down
 
 
 @dataclass
@@ -296,41 +314,34 @@ class Supervisor:
         nats = self.stack._nats
         if nats is None:  # NATS_URL: someone else's server, supervised by them
             return
-        if NATS in self.due:
-            if now < self.due[NATS]:
-                return
-            del self.due[NATS]
-            began = time.monotonic()
-            try:
-                self.stack.restart_nats()
-            except (NatsExited, TimeoutError, OSError) as error:
-                nats.kill()  # one that started but never answered must not linger
-                self._nats_down(f"could not start it again: {error}", time.monotonic())
-                return
-            self.since[NATS] = time.monotonic()
-            self.record()
-            print(
-                f"  nats-server started again on port {nats.port}"
-                f" ({time.monotonic() - began:.1f}s); the services reconnect to it",
-                file=self.out,
-                flush=True,
-            )
-            return
-        process = nats.process
-        if process is None or process.poll() is None:
-            if process is not None and now - self.since.get(NATS, now) > STABLE_AFTER:
-                self.restarts[NATS] = 0
-            return
-        code = process.returncode
-        self._nats_down(f"exited with code {code}" + self._last_nats_error(code), now)
 
-    def _nats_down(self, what: str, now: float) -> None:
-        count, delay = self._back_off(NATS, now)
-        print(
-            f"! nats-server {what}\n  starting it again in {delay:.0f}s on the same store"
-            f" and port (restart {count}); missions wait meanwhile",
-            file=self.out,
-            flush=True,
+        def exited() -> str:
+            # Asked only once it is not alive: it was started, and it ended.
+            process = nats.process
+            assert process is not None
+            code = process.returncode
+            assert code is not None
+            return f"exited with code {code}" + self._last_nats_error(code)
+
+        self._watch_embedded(
+            now,
+            _Embedded(
+                name=NATS,
+                label="nats-server",
+                restart=self.stack.restart_nats,
+                failures=(NatsExited, TimeoutError, OSError),
+                # One that started but never answered must not linger.
+                after_failure=nats.kill,
+                refused="could not start it again",
+                alive=lambda: nats.process is None or nats.process.poll() is None,
+                ended=exited,
+                started=lambda seconds: (
+                    f"  nats-server started again on port {nats.port}"
+                    f" ({seconds:.1f}s); the services reconnect to it"
+                ),
+                kept="store",
+                meanwhile="missions wait meanwhile",
+            ),
         )
 
     def _last_nats_error(self, code: int) -> str:
@@ -352,39 +363,64 @@ class Supervisor:
         postgres = self.stack._postgres
         if postgres is None:  # DATABASE_URL: someone else's server, supervised by them
             return
-        if POSTGRES in self.due:
-            if now < self.due[POSTGRES]:
+
+        def ended() -> str:
+            code = postgres.returncode
+            logged = postgres.last_error()
+            said = "ended" if code is None else f"exited with code {code}"
+            return said + (f":\n    {logged}" if logged else "")
+
+        self._watch_embedded(
+            now,
+            _Embedded(
+                name=POSTGRES,
+                label="PostgreSQL",
+                restart=self.stack.restart_postgres,
+                failures=(PostgresExited, TimeoutError, OSError),
+                after_failure=lambda: None,
+                refused="could not start again",
+                alive=postgres.running,
+                ended=ended,
+                started=lambda seconds: (
+                    f"  PostgreSQL started again (pid {postgres.pid}, the same socket and port,"
+                    f" {seconds:.1f}s); the gateway reconnects to it"
+                ),
+                kept="data directory",
+                meanwhile="the gateway answers 503 meanwhile",
+            ),
+        )
+
+    def _watch_embedded(self, now: float, server: _Embedded) -> None:
+        """One pass over an embedded server: start it again once its backoff is over, or
+        notice that it ended and schedule that; a server up long enough has its backoff
+        reset."""
+        name = server.name
+        if name in self.due:
+            if now < self.due[name]:
                 return
-            del self.due[POSTGRES]
+            del self.due[name]
             began = time.monotonic()
             try:
-                self.stack.restart_postgres()
-            except (PostgresExited, TimeoutError, OSError) as error:
-                self._postgres_down(f"could not start again: {error}", time.monotonic())
+                server.restart()
+            except server.failures as error:
+                server.after_failure()
+                self._embedded_down(server, f"{server.refused}: {error}", time.monotonic())
                 return
-            self.since[POSTGRES] = time.monotonic()
+            self.since[name] = time.monotonic()
             self.record()
-            print(
-                f"  PostgreSQL started again (pid {postgres.pid}, the same socket and port,"
-                f" {time.monotonic() - began:.1f}s); the gateway reconnects to it",
-                file=self.out,
-                flush=True,
-            )
+            print(server.started(time.monotonic() - began), file=self.out, flush=True)
             return
-        if postgres.running():
-            if now - self.since.get(POSTGRES, now) > STABLE_AFTER:
-                self.restarts[POSTGRES] = 0
+        if server.alive():
+            if now - self.since.get(name, now) > STABLE_AFTER:
+                self.restarts[name] = 0
             return
-        code = postgres.returncode
-        ended = "ended" if code is None else f"exited with code {code}"
-        logged = postgres.last_error()
-        self._postgres_down(ended + (f":\n    {logged}" if logged else ""), now)
+        self._embedded_down(server, server.ended(), now)
 
-    def _postgres_down(self, what: str, now: float) -> None:
-        count, delay = self._back_off(POSTGRES, now)
+    def _embedded_down(self, server: _Embedded, what: str, now: float) -> None:
+        count, delay = self._back_off(server.name, now)
         print(
-            f"! PostgreSQL {what}\n  starting it again in {delay:.0f}s on the same data"
-            f" directory and port (restart {count}); the gateway answers 503 meanwhile",
+            f"! {server.label} {what}\n  starting it again in {delay:.0f}s on the same"
+            f" {server.kept} and port (restart {count}); {server.meanwhile}",
             file=self.out,
             flush=True,
         )
