@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,22 @@ class SseEvent:
     data: dict[str, Any]
 
 
+# A read refused by the gateway's read limit is asked again this many times at most, and
+# only when the gateway says it may be asked again within this many seconds.
+READ_RETRIES = 4
+READ_RETRY_SECONDS = 10.0
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds a ``429`` says to wait, if it is one that says so."""
+    if response.status_code != 429:
+        return None
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
 def _clean(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None and v != []}
 
@@ -60,7 +77,15 @@ class GatewayClient:
         return response.json() if response.content else None
 
     def _get(self, path: str, **params: Any) -> Any:
-        return self._check(self._http.get(path, params=_clean(params)))
+        """A read; one the gateway's read limit refused for a short while (``429`` with a
+        ``Retry-After`` of at most ``READ_RETRY_SECONDS``) is asked again once it says."""
+        for _ in range(READ_RETRIES):
+            response = self._http.get(path, params=_clean(params))
+            wait = _retry_after(response)
+            if wait is None or wait > READ_RETRY_SECONDS:
+                break
+            time.sleep(wait)
+        return self._check(response)
 
     def _post(
         self, path: str, body: dict[str, Any] | None = None, idempotency_key: str | None = None

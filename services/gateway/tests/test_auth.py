@@ -84,6 +84,7 @@ def _needed(method: str, path: str) -> str:
 
 def test_every_route_is_open_only_as_documented_and_guarded_by_its_scope():
     from aether_gateway.api.auth import ADMIN, QUERY_TOKEN_OPT, READ, WRITE
+    from aether_gateway.api.limits import READ_RATE
     from aether_gateway.app import create_routes
 
     by_guard = {READ: "read", WRITE: "write", ADMIN: "admin"}
@@ -94,6 +95,10 @@ def test_every_route_is_open_only_as_documented_and_guarded_by_its_scope():
                 where = (method, route.path)
                 seen.add(where)
                 guards = [getattr(g, "func", g) for g in handler.resolve_guards()]
+                # Every route has the read limit, app-wide, first; it counts only the
+                # reads of callers with a token (test_read_limits).
+                assert guards[0] is READ_RATE, where
+                guards = guards[1:]
                 if route.path.startswith("/schema"):
                     # The OpenAPI document: any caller with a token (the middleware).
                     assert not handler.opt.get("exclude_from_auth") and not guards, where

@@ -215,11 +215,13 @@ async def test_a_dropped_connection_resumes_with_no_gap_and_no_duplicate(
 
 
 @pytest.mark.slow
-async def test_two_hundred_clients_share_one_subscription(gateway_server, nc, script):
+async def test_two_hundred_clients_share_one_subscription(make_gateway, nc, script):
+    clients = 200
+    # One token's 200 streams: past a caller's default bound on streams open at once.
+    gateway_server = await make_gateway(stream_limit=clients)
     publisher = EventPublisher(nc.jetstream())
     await publisher.publish(script.requested())
     url = f"/missions/{script.mission_id}/events"
-    clients = 200
     limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
     async with gateway_server.client(limits=limits, timeout=60.0) as http:
         connected = asyncio.Event()

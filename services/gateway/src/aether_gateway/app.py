@@ -34,7 +34,12 @@ from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.diffs import BrokerReader
 from aether_gateway.adapters.faults import DATABASE_ERRORS
 from aether_gateway.adapters.hub import Hub
-from aether_gateway.adapters.limits import IdempotencyStore, RateLimiter
+from aether_gateway.adapters.limits import (
+    IdempotencyStore,
+    RateLimiter,
+    ReadLimiter,
+    StreamSlots,
+)
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
@@ -43,6 +48,7 @@ from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.board import board_router
 from aether_gateway.api.idempotency import IdempotencyMiddleware, IdempotentPosts
+from aether_gateway.api.limits import READ_RATE
 from aether_gateway.api.schema import StrictStructSchema
 from aether_gateway.api.served import SCOPE_KEY
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
@@ -136,6 +142,11 @@ class Gateway:
                 limit=settings.command_rate_limit,
                 window_seconds=settings.command_rate_window_seconds,
             ),
+            read_rate=ReadLimiter(
+                limit=settings.read_rate_limit,
+                window_seconds=settings.read_rate_window_seconds,
+            ),
+            streams=StreamSlots(settings.stream_limit),
             rebuild=self._rebuild,
             oidc=self.oidc,
             next_fold=self.projector.next_fold,
@@ -350,6 +361,8 @@ def create_routes() -> Litestar:
             AuthMiddleware(),
             IdempotencyMiddleware(),
         ],
+        # Every read a caller with a token makes counts against its read limit.
+        guards=[READ_RATE],
         # Logging is the runtime's (JSON lines); Litestar's own config would replace it.
         logging_config=None,
         exception_handlers={

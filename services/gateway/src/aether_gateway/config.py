@@ -127,6 +127,12 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
     # (0: no limit): each command stores an event, so one token must not flood the stream.
     command_rate_limit: NonNegativeInt = setting("AETHER_COMMAND_RATE_LIMIT", 120)
     command_rate_window_seconds: AtLeastOne = setting("AETHER_COMMAND_RATE_WINDOW_SECONDS", 60)
+    # Reads (GET) a caller may make per window on each replica (0: no limit): far above
+    # what the board and the CLI send, so only a runaway script meets it.
+    read_rate_limit: NonNegativeInt = setting("AETHER_READ_RATE_LIMIT", 3000)
+    read_rate_window_seconds: AtLeastOne = setting("AETHER_READ_RATE_WINDOW_SECONDS", 60)
+    # Event streams a caller may hold open at once on each replica (0: no limit).
+    stream_limit: NonNegativeInt = setting("AETHER_STREAM_LIMIT", 64)
     # The scheduler's global budgets, shown beside usage per day and month.
     daily_budget_usd: NonNegative | None = setting("AETHER_DAILY_BUDGET_USD", None)
     monthly_budget_usd: NonNegative | None = setting("AETHER_MONTHLY_BUDGET_USD", None)

@@ -1,9 +1,13 @@
-"""Idempotency keys and rate-limit windows in PostgreSQL, so every replica shares them."""
+"""Idempotency keys and write rate-limit windows in PostgreSQL, so every replica shares
+them; the read limits in each replica's memory."""
 
 from __future__ import annotations
 
 import math
+import time
 import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -202,3 +206,75 @@ class RateLimiter:
         if int(row[0]) <= self.limit:
             return None
         return max(1.0, math.ceil(start + self.window_seconds - epoch))
+
+
+class ReadLimiter:
+    """At most ``limit`` reads per ``window_seconds`` per caller, in this replica's
+    memory: a bucket of ``limit`` reads per caller, refilled evenly over the window, so a
+    caller may spend a whole window's reads at once and then ``limit / window_seconds`` a
+    second. Not shared between replicas: a read stores nothing, and counting it in
+    PostgreSQL would cost a write per read. Only callers whose bucket is not full are
+    kept (at most ``max_callers``, the least recently seen dropped first: a full bucket
+    and no bucket are the same)."""
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        window_seconds: float,
+        max_callers: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._rate = limit / window_seconds
+        self._max_callers = max_callers
+        self._clock = clock
+        # caller -> (reads left, when that was counted), least recently seen first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def hit(self, caller: str) -> float | None:
+        """Count one read; ``None`` if allowed, else the seconds until one is."""
+        if self.limit <= 0:
+            return None
+        now = self._clock()
+        left, at = self._buckets.pop(caller, (float(self.limit), now))
+        left = min(float(self.limit), left + (now - at) * self._rate)
+        if left < 1.0:
+            self._buckets[caller] = (left, now)
+            return (1.0 - left) / self._rate
+        self._buckets[caller] = (left - 1.0, now)
+        while len(self._buckets) > self._max_callers:
+            self._buckets.popitem(last=False)
+        return None
+
+
+class StreamSlots:
+    """At most ``limit`` event streams open at once per caller on this replica."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+
+    def take(self, caller: str) -> Callable[[], None] | None:
+        """A slot for one more stream of ``caller``'s: the function that gives it back
+        (once, however often it is called), or ``None`` when every slot is taken."""
+        if self.limit > 0 and self._open[caller] >= self.limit:
+            return None
+        self._open[caller] += 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            self._open[caller] -= 1
+            if self._open[caller] <= 0:
+                del self._open[caller]
+
+        return give_back
+
+    def open(self, caller: str) -> int:
+        """How many streams ``caller`` has open here."""
+        return self._open[caller]

@@ -30,7 +30,10 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:
-    """OpenAPI descriptions of the error answers a route may give."""
+    """OpenAPI descriptions of the error answers a route may give. A route that takes a
+    token (it may answer 401) counts its caller's requests, so it may answer 429 too."""
+    if 401 in codes and 429 not in codes:
+        codes = (*codes, 429)
     descriptions = {
         400: "The request is invalid; `error` names each invalid field and why",
         401: "No valid credentials: send `Authorization: Bearer <token>`",

@@ -8,17 +8,23 @@ request is counted once its caller may make it and before anything else happens,
 flood of requests is refused however wrong their bodies are, and nothing is published
 past the limit. A copy answered from the idempotency store never reaches a guard, so it
 is not counted again.
+
+Reads (``GET``) have a limit per caller on each replica (``AETHER_READ_RATE_LIMIT``), in
+its memory, taken by every route as an app-wide guard once the caller may read; an event
+stream counts once as it opens, and a caller may hold at most ``AETHER_STREAM_LIMIT``
+streams open at once on a replica (``api.live``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 
-from aether_gateway.adapters.limits import RateLimiter
+from aether_gateway.adapters.limits import RateLimiter, ReadLimiter
 from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import Principal
 
@@ -46,3 +52,33 @@ async def command_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
 
 
 COMMAND_RATE = command_rate
+
+_READS = frozenset({"GET", "HEAD"})
+
+
+def too_many(detail: str, retry_after: float) -> TooManyRequestsException:
+    """A 429 saying when to try again (whole seconds, at least one)."""
+    seconds = max(1, math.ceil(retry_after))
+    return TooManyRequestsException(detail=detail, headers={"Retry-After": str(seconds)})
+
+
+async def read_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard on every route: one more read of the caller's (``AETHER_READ_RATE_LIMIT``),
+    counted only for a read a caller with a token may make (the scope guards refuse the
+    others, uncounted)."""
+    if connection.scope.get("method") not in _READS:
+        return
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal) or not principal.allows("read"):
+        return
+    limiter: ReadLimiter = context_of(connection.scope).read_rate
+    retry_after = limiter.hit(principal.id)
+    if retry_after is not None:
+        raise too_many(
+            f"at most {limiter.limit} reads per {limiter.window_seconds} seconds on this"
+            f" replica; try again in {max(1, math.ceil(retry_after))} s",
+            retry_after,
+        )
+
+
+READ_RATE = read_rate

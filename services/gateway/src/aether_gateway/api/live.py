@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
@@ -37,6 +38,8 @@ from aether_gateway.adapters.hub import CLOSED, IDLE, Filter, StreamedEvent, ide
 from aether_gateway.api.auth import QUERY_TOKEN_OPT, READ
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses, mission_not_found
+from aether_gateway.api.limits import too_many
+from aether_gateway.domain.auth import Principal
 
 log = logging.getLogger("aether.gateway.live")
 
@@ -44,6 +47,8 @@ TERMINAL_TAGS = frozenset(tag_of(cls) for cls in TERMINAL_TYPES)
 _PAGE = 500
 # How long a replay waits for the read model to reach events the ring no longer holds.
 _CATCH_UP_SECONDS = 30.0
+# When a caller with every stream slot taken is told to try again.
+STREAM_RETRY_SECONDS = 5.0
 
 LastEventId = Annotated[
     str | None,
@@ -205,15 +210,25 @@ async def _stream(
     wanted: Filter,
     after: int,
     token: object,
+    principal: object,
     *,
     until_terminal: bool = False,
 ) -> ServerSentEvent:
     await _check_resume_point(ctx, after)
+    caller = principal.id if isinstance(principal, Principal) else ""
+    give_back = ctx.streams.take(caller)
+    if give_back is None:
+        raise too_many(
+            f"at most {ctx.streams.limit} event streams open at once per caller on this"
+            " replica; close one, or try again later",
+            STREAM_RETRY_SECONDS,
+        )
     # Registered before anything is replayed: every event after ``start`` reaches the
     # queue, every event up to it comes from the replay.
     try:
         subscriber = await ctx.hub.subscribe(wanted)
     except Exception as error:  # the bus out of reach as the hub starts following it
+        give_back()
         log.warning("event stream not opened", extra={"error": repr(error)})
         raise ServiceUnavailableException(
             detail="the event bus cannot be followed right now; try again",
@@ -265,9 +280,15 @@ async def _stream(
                     return
         finally:
             subscriber.close()
+            give_back()
             metrics.SSE_CLIENTS.dec()
 
-    return ServerSentEvent(messages())
+    stream = messages()
+    # A stream whose answer never began (its client gone before the headers went out)
+    # never runs its ``finally``: its slot and subscription go back when it is dropped.
+    weakref.finalize(stream, give_back)
+    weakref.finalize(stream, subscriber.close)
+    return ServerSentEvent(stream)
 
 
 _STREAM = ResponseSpec(
@@ -317,7 +338,12 @@ async def mission_events(
         raise mission_not_found(mission_id)
     wanted = Filter(mission_id=mission_id, telemetry=telemetry)
     return await _stream(
-        ctx, wanted, start, request.scope.get("auth"), until_terminal=until_terminal
+        ctx,
+        wanted,
+        start,
+        request.scope.get("auth"),
+        request.scope.get("user"),
+        until_terminal=until_terminal,
     )
 
 
@@ -347,7 +373,7 @@ async def all_events(
     if unknown:
         raise bad_request(f"unknown event type {unknown[0]!r}", allowed=sorted(TYPES_BY_TAG))
     wanted = Filter(types=types, telemetry=telemetry)
-    return await _stream(ctx, wanted, start, request.scope.get("auth"))
+    return await _stream(ctx, wanted, start, request.scope.get("auth"), request.scope.get("user"))
 
 
 LIVE_ROUTES = [mission_events, all_events]
