@@ -44,7 +44,7 @@ async def run(n: int) -> None:
         await ensure_streams(scheduler.jetstream(), StreamSettings())
         authorizer = AttemptAuthorizer(
             issuer_seed=stack.attempt_issuer_seed,
-            secret=stack.attempt_secret,
+            master=stack.runner_master_secret,
             grants=Grants(lambda key: True),
             types=ROLES["agent-runner"].attempt_publishes,
         )
@@ -71,7 +71,9 @@ async def run(n: int) -> None:
             static.append(time.perf_counter() - began)
             await nc.close()
         scoped: list[float] = []
-        credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "bench")
+        credentials = AttemptCredentials(
+            stack.nats_server_url, stack.runner_secret("bench"), "bench"
+        )
         for i in range(n):
             key = AttemptKey(f"m-bench-{i}", "t1", 1)
             began = time.perf_counter()

@@ -105,6 +105,10 @@ BAD_VALUES = [
     ("aether_git_broker", "AETHER_SANDBOX_WARM", "maybe"),
     ("aether_git_broker", "AETHER_WORKTREE_POOL", "-1"),
     ("aether_git_broker", "LOG_LEVEL", "loud"),
+    # The runners' shared secret of before: every runner held what the scheduler checked.
+    ("aether_scheduler", "AETHER_ATTEMPT_SECRET", "the-old-shared-secret"),
+    ("aether_agent_runner", "AETHER_ATTEMPT_SECRET", "the-old-shared-secret"),
+    ("aether_scheduler", "AETHER_RUNNER_MASTER_SECRET", "short"),
 ]
 
 
@@ -148,3 +152,38 @@ def test_a_zero_that_means_something_is_not_refused() -> None:
     assert PlannerSettings.from_env({"AETHER_PLANNER_CONCURRENCY": "0"}).concurrency == 0
     agent = AgentSettings.from_env({"AETHER_AGENT_PROGRESS_SECONDS": "0"})
     assert agent.progress_seconds == 0
+
+
+@pytest.mark.parametrize(
+    ("module", "wanted"),
+    [
+        ("aether_scheduler", "AETHER_RUNNER_MASTER_SECRET to a NEW value"),
+        ("aether_agent_runner", "AETHER_RUNNER_SECRET"),
+    ],
+)
+def test_the_runners_old_shared_secret_stops_a_service_saying_what_to_set(
+    module: str, wanted: str, tmp_path: Path
+) -> None:
+    """Kept, it would leave every runner able to act as any other: the operator is told
+    what replaces it (a master for the scheduler, a secret of its own name for a runner)."""
+    env = {key: val for key, val in os.environ.items() if not key.startswith("AETHER_")}
+    env |= {
+        "NATS_URL": "nats://127.0.0.1:9",
+        "PORT": "0",
+        "AETHER_SANDBOX": "unconfined",
+        "AETHER_WORKTREES_DIR": str(tmp_path / "worktrees"),
+        "AETHER_ATTEMPT_SECRET": "the-old-shared-secret",
+        # Even beside the new settings.
+        "AETHER_RUNNER_MASTER_SECRET": "a-master-of-enough-length",
+        "AETHER_RUNNER_SECRET": "a-runners-secret",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-m", module],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+    assert ran.returncode == 78, ran.stderr[-2000:]
+    assert wanted in ran.stderr and "aether runner-secret NAME" in ran.stderr

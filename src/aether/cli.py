@@ -163,7 +163,23 @@ def _parser() -> argparse.ArgumentParser:
     _mission_parsers(sub, common)
     _other_parsers(sub, common)
     _backup_parsers(sub)
+    _runner_secret_parser(sub)
     return parser
+
+
+def _runner_secret_parser(sub: Any) -> None:
+    from aether_runtime import runner_secrets  # standard library only: no cost at start
+
+    secret = sub.add_parser(
+        "runner-secret",
+        help="the secret of one agent runner, for its name (AETHER_RUNNER_SECRET)",
+        description="Derive the secret of the agent runner called NAME from the "
+        "deployment's master secret (AETHER_RUNNER_MASTER_SECRET, which only the scheduler "
+        "holds): the runner proves its name with it, and is granted credentials for its "
+        "own registry entry and attempts only (docs/security.md, Runner names).",
+    )
+    runner_secrets.add_arguments(secret)
+    secret.set_defaults(run=runner_secrets.run)
 
 
 def _backup_parsers(sub: Any) -> None:

@@ -73,8 +73,12 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             "AETHER_RETRY_BASE_SECONDS",
             "AETHER_RETRY_MAX_SECONDS",
             "AETHER_PRICES_FILE",
-            # It grants the agent runners' attempt credentials (``attempt_auth``).
+            # It grants the agent runners' attempt credentials (``attempt_auth``), each
+            # for the runner's own name (``runner_secrets``).
             "AETHER_ATTEMPT_ISSUER_SEED",
+            "AETHER_RUNNER_MASTER_SECRET",
+            "AETHER_RUNNER_MASTER_SECRET_FILE",
+            # Retired: passed on so that the scheduler refuses it at start, saying why.
             "AETHER_ATTEMPT_SECRET",
             "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
             # It cuts an ended attempt's connection (its user of the system account).
@@ -85,7 +89,16 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
     # (their environment is filtered again, and they run sandboxed).
     "agent-runner": MODEL_NAMES
     | PROXY_NAMES
-    | {"AETHER_WORKTREES_DIR", "AETHER_SANDBOX", "AETHER_ATTEMPT_SECRET"},
+    | {
+        "AETHER_WORKTREES_DIR",
+        "AETHER_SANDBOX",
+        # Its name and the secret derived for it (never the master).
+        "AETHER_RUNNER_NAME",
+        "AETHER_RUNNER_SECRET",
+        "AETHER_RUNNER_SECRET_FILE",
+        # Retired: passed on so that the runner refuses it at start, saying why.
+        "AETHER_ATTEMPT_SECRET",
+    },
     "git-broker": PROXY_NAMES
     | {
         "AETHER_ACK_WAIT_SECONDS",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ from aether_runtime.bus_auth import (
 )
 from aether_runtime.listen import EXIT_PORT_TAKEN
 from aether_runtime.roles import ROLES
+from aether_runtime.runner_secrets import runner_secret
 
 # The scheduler's user of the NATS system account (``bus_auth.system_users``).
 SYSTEM_USER = system_user_name(ROLES["scheduler"])
@@ -138,9 +140,12 @@ class Stack:
         # Per service: its NATS user's password (only when the stack runs its own NATS).
         self.nats_passwords: dict[str, str] = {}
         # What attempt credentials need (``aether_runtime.attempt_auth``): the issuer's
-        # seed (the scheduler's) and the runners' secret; with NATS_URL, the operator's.
+        # seed and the master of the runners' secrets (the scheduler's; the runner gets
+        # only the secret of its name); with NATS_URL, the operator's.
         self.attempt_issuer_seed = self._given("AETHER_ATTEMPT_ISSUER_SEED")
-        self.attempt_secret = self._given("AETHER_ATTEMPT_SECRET")
+        self.runner_master_secret = self._given("AETHER_RUNNER_MASTER_SECRET")
+        # The runner's name, which its secret is derived for.
+        self.runner_name = self._given("AETHER_RUNNER_NAME") or socket.gethostname()
         self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
         self.admin_token = (
             self.admin_token
@@ -205,12 +210,15 @@ class Stack:
         users = [User(name=ADMIN_USER, password=Secret(self.nats_passwords[ADMIN_USER]))]
         users += service_users({name: Secret(self.nats_passwords[name]) for name in SERVICES})
         # Attempt credentials: the scheduler signs them with this account key (its public
-        # key is the callout's issuer); runners prove they are runners with the secret.
+        # key is the callout's issuer); each runner proves its name with the secret
+        # derived for it from the master (``runner_secrets``).
         seed = self.credentials_dir / "nats" / "attempt-issuer.seed"
         if not seed.exists():
             write_private(seed, new_issuer_seed() + "\n")
         self.attempt_issuer_seed = seed.read_text(encoding="utf-8").strip()
-        self.attempt_secret = load_or_create_secret(secrets / "attempt.secret")
+        self.runner_master_secret = load_or_create_secret(secrets / "runner-master.secret")
+        # The secret every runner shared before runners had names: no longer used.
+        (secrets / "attempt.secret").unlink(missing_ok=True)
         callout = Callout(Secret(issuer_public_key(self.attempt_issuer_seed)))
         path = self.credentials_dir / "nats.conf"
         write_private(
@@ -241,9 +249,14 @@ class Stack:
             # this service the operator gives as NATS_PASSWORD_<SERVICE>, as compose does.
             env["NATS_USER"] = name
             env["NATS_PASSWORD"] = password
-        if self.attempt_secret and name in ("scheduler", "agent-runner"):
-            # The scheduler grants attempt credentials, the runners ask for them.
-            env["AETHER_ATTEMPT_SECRET"] = self.attempt_secret
+        if self.runner_master_secret and name == "scheduler":
+            # It grants the runners' credentials, each only for the runner's own name.
+            env["AETHER_RUNNER_MASTER_SECRET"] = self.runner_master_secret
+        if self.runner_master_secret and name == "agent-runner":
+            # The secret of its own name only: not the master, which would let it act as
+            # any runner.
+            env["AETHER_RUNNER_NAME"] = self.runner_name
+            env["AETHER_RUNNER_SECRET"] = self.runner_secret(self.runner_name)
         if self.attempt_issuer_seed and name == "scheduler":
             env["AETHER_ATTEMPT_ISSUER_SEED"] = self.attempt_issuer_seed
         if name == "scheduler":
@@ -272,6 +285,10 @@ class Stack:
             env["AETHER_ADMIN_TOKEN"] = self.admin_token
             env["AETHER_GATEWAY_PUBLIC_URL"] = self.gateway_url
         return env
+
+    def runner_secret(self, name: str) -> str:
+        """The secret of the runner called ``name`` (``aether_runtime.runner_secrets``)."""
+        return runner_secret(self.runner_master_secret, name)
 
     @property
     def git_read_token(self) -> str:

@@ -88,7 +88,7 @@ class Authorizer:
         self.asked = 0  # how many times the server called out for a credential
         self.service = AttemptAuthorizer(
             issuer_seed=stack.attempt_issuer_seed,
-            secret=stack.attempt_secret,
+            master=stack.runner_master_secret,
             grants=Grants(self._grant),
             types=ROLES["agent-runner"].attempt_publishes,
         )
@@ -145,7 +145,7 @@ class Attempt:
         self.nc = await nats.connect(
             stack.nats_server_url,
             user=key.user(runner),
-            password=stack.attempt_secret if secret is None else secret,
+            password=stack.runner_secret(runner) if secret is None else secret,
             inbox_prefix=key.inbox_prefix,
             error_cb=on_error,
             closed_cb=on_closed,
@@ -212,7 +212,7 @@ async def refused(stack: Stack, key: AttemptKey, runner: str = "r1", **options: 
             stack.nats_server_url,
             **{
                 "user": key.user(runner),
-                "password": stack.attempt_secret,
+                "password": stack.runner_secret(runner),
                 "inbox_prefix": key.inbox_prefix,
                 **options,
             },
@@ -232,7 +232,9 @@ async def test_an_open_attempt_publishes_its_own_events(
     """The control: the runner's real publisher, through the credential of its attempt."""
     key = AttemptKey("m-own", "1.2", 1)  # a task id may hold dots
     authorizer.open.add(key)
-    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
+    credentials = AttemptCredentials(
+        stack.nats_server_url, stack.runner_secret("host.r-1"), "host.r-1"
+    )
     async with credentials.scope(key) as publisher:
         ack = await publisher.publish(started(key))
         assert ack.stream == MISSIONS_STREAM
@@ -450,12 +452,33 @@ async def test_no_credential_for_an_attempt_another_runner_holds(
         await holder.close()
 
 
+async def test_a_runner_cannot_ask_an_attempt_credential_under_another_runners_name(
+    stack: Stack, authorizer: Authorizer
+) -> None:
+    """A runner's secret is derived for its own name, which an attempt user ends with: under
+    another runner's name (the host the attempt is delivered to, before that runner asks)
+    it is refused, and the attempt stays free for that runner. Its own attempts it is
+    granted. (With one secret shared by every runner, the thief was granted the attempt
+    under the other's name, and became its holder.)"""
+    key = AttemptKey("m-other-name", "t1", 1)
+    own = AttemptKey("m-other-name", "t2", 1)
+    authorizer.open |= {key, own}
+    thiefs = stack.runner_secret("r-thief")
+    await refused(stack, key, runner="r-victim", password=thiefs)
+    victim = await Attempt().open(stack, key, runner="r-victim")
+    await victim.close()
+    mine = await Attempt().open(stack, own, runner="r-thief", secret=thiefs)
+    await mine.close()
+
+
 async def test_no_credential_without_the_runners_secret(
     stack: Stack, authorizer: Authorizer
 ) -> None:
     key = AttemptKey("m-secret", "t1", 1)
     authorizer.open.add(key)
     await refused(stack, key, password="guessed")
+    # Nor with the master, which no runner holds.
+    await refused(stack, key, password=stack.runner_master_secret)
     # The runner's NATS password is not the attempt secret either.
     await refused(stack, key, password=stack.nats_passwords["agent-runner"])
     # A forged "attempt" with a static user's name is that user's login, not an attempt's.
@@ -463,7 +486,7 @@ async def test_no_credential_without_the_runners_secret(
         await nats.connect(
             stack.nats_server_url,
             user="agent-runner",
-            password=stack.attempt_secret,
+            password=stack.runner_secret("agent-runner"),
             allow_reconnect=False,
             max_reconnect_attempts=0,
         )
@@ -499,7 +522,7 @@ async def test_an_open_attempts_credential_is_renewed_when_it_expires(
     authorizer.service.ttl_seconds = 2.0
     key = AttemptKey("m-long", "t1", 1)
     authorizer.open.add(key)
-    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "r1")
+    credentials = AttemptCredentials(stack.nats_server_url, stack.runner_secret("r1"), "r1")
     async with credentials.scope(key) as publisher:
         await publisher.publish(started(key))
         first = publisher.connection
@@ -518,7 +541,9 @@ async def test_a_stopping_runner_does_not_ask_again_for_a_refused_credential(
     """Once the runner stops, a refused credential is not asked for again: the attempt's
     delivery is handed back at once instead of holding the stop for the tries left."""
     key = AttemptKey("m-never-open-at-stop", "t1", 1)
-    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
+    credentials = AttemptCredentials(
+        stack.nats_server_url, stack.runner_secret("host.r-1"), "host.r-1"
+    )
     await credentials.stop()
     async with credentials.scope(key) as publisher:
         with pytest.raises(CredentialRefused, match="the runner is stopping"):
@@ -536,7 +561,9 @@ async def test_the_runners_publisher_gives_up_on_a_refused_credential(
     are logged as information, not as errors with a traceback each."""
     caplog.set_level(logging.INFO)
     key = AttemptKey("m-never-open", "t1", 1)
-    credentials = AttemptCredentials(stack.nats_server_url, stack.attempt_secret, "host.r-1")
+    credentials = AttemptCredentials(
+        stack.nats_server_url, stack.runner_secret("host.r-1"), "host.r-1"
+    )
     async with credentials.scope(key) as publisher:
         with pytest.raises(CredentialRefused, match="no NATS credential for attempt 1"):
             await publisher.publish(started(key))
@@ -573,7 +600,7 @@ class SchedulerSide:
             {
                 "NATS_URL": stack.nats_server_url,
                 "AETHER_ATTEMPT_ISSUER_SEED": stack.attempt_issuer_seed,
-                "AETHER_ATTEMPT_SECRET": stack.attempt_secret,
+                "AETHER_RUNNER_MASTER_SECRET": stack.runner_master_secret,
                 "AETHER_SYSTEM_NATS_PASSWORD": stack.nats_passwords["scheduler-system"],
             }
         )

@@ -3,8 +3,10 @@ with its generated configuration (auth callout included) and the authorizer conn
 the scheduler's user (``aether_runtime.runners``).
 
 A runner writes its own entry with a credential the authorizer grants for that entry's
-subject only: it cannot write another runner's entry, the runners' static user writes
-none, the gateway and the runners read them, and the entry of a runner that died expires.
+subject only, and only to the runner whose secret was derived for the name it asks under:
+it cannot write another runner's entry nor ask a credential under another runner's name,
+the runners' static user writes none, the gateway and the runners read them, and the entry
+of a runner that died expires.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,7 +86,7 @@ async def scheduling(stack: Stack) -> AsyncIterator[NatsClient]:
     await ensure_bucket(js, ENTRY_SECONDS)
     authorizer = AttemptAuthorizer(
         issuer_seed=stack.attempt_issuer_seed,
-        secret=stack.attempt_secret,
+        master=stack.runner_master_secret,
         grants=Grants(lambda key: False),
         types=ROLES["agent-runner"].attempt_publishes,
     )
@@ -119,10 +121,42 @@ def entry(runner_id: str, runtimes: tuple[str, ...] = ("builtin",)) -> RunnerEnt
 
 
 def announcer(stack: Stack, runner_id: str, runtimes: tuple[str, ...] = ("builtin",)) -> Announcer:
+    """The runner ``runner_id``, whose name is its id, writing with its own secret."""
     return Announcer(
         lambda: entry(runner_id, runtimes),
         ENTRY_SECONDS / 3,
-        connect=own_connection(stack.nats_server_url, runner_id, stack.attempt_secret),
+        name=runner_id,
+        connect=own(stack, runner_id),
+    )
+
+
+def own(
+    stack: Stack, name: str, runner_id: str | None = None
+) -> Callable[[], Awaitable[NatsClient]]:
+    """Connects as runner ``runner_id`` (default: ``name``) of name ``name`` with the secret
+    of that name."""
+    return own_connection(stack.nats_server_url, name, runner_id or name, stack.runner_secret(name))
+
+
+async def runner_connection(
+    stack: Stack, name: str, runner_id: str, secret: str, errors: list[str] | None = None
+) -> NatsClient:
+    """A raw connection as runner ``runner_id`` called ``name``, with ``secret``."""
+
+    async def on_error(error: Exception) -> None:
+        if errors is not None:
+            errors.append(str(error))
+
+    return await nats.connect(
+        stack.nats_server_url,
+        user=runner_user(name, runner_id),
+        password=secret,
+        inbox_prefix=runner_inbox(name, runner_id),
+        error_cb=on_error,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        # The answer comes from the authorizer, through the server: wait for it.
+        connect_timeout=30,
     )
 
 
@@ -163,39 +197,81 @@ async def test_a_runner_cannot_write_another_runners_entry(
     victim = announcer(stack, "r-victim", ("builtin",))
     await victim.announce()
     errors: list[str] = []
-
-    async def on_error(error: Exception) -> None:
-        errors.append(str(error))
-
-    thief = await nats.connect(
-        stack.nats_server_url,
-        user=runner_user("r-thief"),
-        password=stack.attempt_secret,
-        inbox_prefix=runner_inbox("r-thief"),
-        error_cb=on_error,
-        connect_timeout=30,
+    thief = await runner_connection(
+        stack, "r-thief", "r-thief", stack.runner_secret("r-thief"), errors
     )
     try:
         forged = msgspec.json.encode(entry("r-victim", ("forged",)))
+        victims = entry_subject("r-victim", "r-victim")
         with pytest.raises(nats.errors.TimeoutError):
-            await thief.jetstream().publish(entry_subject("r-victim"), forged, timeout=1.0)
+            await thief.jetstream().publish(victims, forged, timeout=1.0)
         assert any(
             "permissions violation" in error.lower() and "r-victim" in error for error in errors
         ), errors
         # Nor delete it.
         with pytest.raises(nats.errors.TimeoutError):
             await thief.jetstream().publish(
-                entry_subject("r-victim"), b"", timeout=1.0, headers={"KV-Operation": "DEL"}
+                victims, b"", timeout=1.0, headers={"KV-Operation": "DEL"}
             )
         # Its own entry it may write.
         await thief.jetstream().publish(
-            entry_subject("r-thief"), msgspec.json.encode(entry("r-thief"))
+            entry_subject("r-thief", "r-thief"), msgspec.json.encode(entry("r-thief"))
         )
         runners = {r.runner_id: r for r in await read_runners(gateway.jetstream())}
         assert runners["r-victim"].runtimes == ["builtin"]
         assert "r-thief" in runners
     finally:
         await thief.close()
+        await victim.stop()
+
+
+async def test_a_runner_cannot_ask_a_credential_under_another_runners_name(
+    stack: Stack, gateway: NatsClient
+) -> None:
+    """A runner's secret is derived for its own name: asked under another runner's name it
+    is refused, so the other's entry can be neither overwritten nor deleted; under its own
+    name it is granted. (With one secret shared by every runner, the thief was granted the
+    victim's credential and replaced its entry.)"""
+    victim = announcer(stack, "r-named-victim", ("builtin",))
+    victim.start()  # kept written: its entry outlives the test's refusals
+    await asyncio.wait_for(victim.written.wait(), 30)
+    thiefs = stack.runner_secret("r-named-thief")
+    try:
+        forged_entry = msgspec.json.encode(entry("r-named-victim", ("forged",)))
+        refusals: list[str] = []
+        for runner_id in ("r-named-victim", "r-named-thief"):
+            try:
+                forged = await runner_connection(stack, "r-named-victim", runner_id, thiefs)
+            except nats.errors.Error as refusal:
+                refusals.append(str(refusal).lower())
+                continue
+            # Granted: what the credential allows, then the failure that it was.
+            await forged.jetstream().publish(
+                entry_subject("r-named-victim", runner_id), forged_entry
+            )
+            await forged.jetstream().publish(
+                entry_subject("r-named-victim", "r-named-victim"),
+                b"",
+                headers={"KV-Operation": "DEL"},
+            )
+            await forged.close()
+            pytest.fail(f"granted runner {runner_id!r} of another runner's name")
+        assert len(refusals) == 2 and all("authoriz" in r for r in refusals), refusals
+        # Its own name's credential it is granted, for any id of its own.
+        mine = await runner_connection(stack, "r-named-thief", "r-named-thief-2", thiefs)
+        await mine.jetstream().publish(
+            entry_subject("r-named-thief", "r-named-thief-2"),
+            msgspec.json.encode(entry("r-named-thief-2")),
+        )
+        await mine.jetstream().publish(
+            entry_subject("r-named-thief", "r-named-thief-2"),
+            b"",
+            headers={"KV-Operation": "DEL"},
+        )
+        await mine.close()
+        runners = {r.runner_id: r for r in await read_runners(gateway.jetstream())}
+        assert runners["r-named-victim"].runtimes == ["builtin"]
+    finally:
         await victim.stop()
 
 
@@ -209,7 +285,9 @@ async def test_no_static_user_writes_the_registry_and_only_the_gateway_and_runne
             js = nc.jetstream()
             with pytest.raises(nats.errors.TimeoutError):
                 await js.publish(
-                    entry_subject("r-any"), msgspec.json.encode(entry("r-any")), timeout=1.0
+                    entry_subject("r-any", "r-any"),
+                    msgspec.json.encode(entry("r-any")),
+                    timeout=1.0,
                 )
             if service == "agent-runner":
                 # It reads which runtimes the others have, to hand an attempt on to one.
@@ -223,17 +301,16 @@ async def test_no_static_user_writes_the_registry_and_only_the_gateway_and_runne
             await nc.close()
 
 
-async def test_a_credential_without_the_runners_secret_is_refused(stack: Stack) -> None:
-    with pytest.raises(nats.errors.Error, match=r"(?i)authoriz"):
-        await nats.connect(
-            stack.nats_server_url,
-            user=runner_user("r-guess"),
-            password="not-the-secret",
-            inbox_prefix=runner_inbox("r-guess"),
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            connect_timeout=30,
-        )
+async def test_a_credential_without_the_runners_secret_is_refused(
+    stack: Stack, scheduler: NatsClient
+) -> None:
+    for secret in (
+        "not-the-secret",
+        stack.runner_master_secret,
+        stack.nats_passwords["agent-runner"],
+    ):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authoriz"):
+            await runner_connection(stack, "r-guess", "r-guess", secret)
 
 
 async def test_a_dead_runners_entry_expires(stack: Stack, gateway: NatsClient) -> None:
@@ -274,7 +351,8 @@ async def test_a_runner_started_before_the_scheduler_is_announced_soon_after_it(
     early = Announcer(
         lambda: entry("r-early"),
         60.0,
-        connect=own_connection(stack.nats_server_url, "r-early", stack.attempt_secret),
+        name="r-early",
+        connect=own(stack, "r-early"),
     )
     early.start()
     try:

@@ -378,12 +378,15 @@ def test_image_environment_runs_every_service_without_the_command_line_package(
         check=True,
     )
     assert installed.stdout.strip() == "True", "the command line package is in the image"
-    # One interpreter for all five (each import costs seconds); every failure is reported.
+    # One interpreter for all five (each import costs seconds), and the command the runner
+    # pod's init container runs (it derives the runner's secret); every failure is reported.
+    entries = [f"{module}.__main__" for module, _ in SERVICES.values()]
+    entries.append("aether_runtime.runner_secrets")
     script = (
         "import importlib, traceback\n"
-        f"for module in {[module for module, _ in SERVICES.values()]!r}:\n"
+        f"for module in {entries!r}:\n"
         "    try:\n"
-        "        importlib.import_module(module + '.__main__')\n"
+        "        importlib.import_module(module)\n"
         "    except Exception:\n"
         "        print(module, traceback.format_exc())\n"
     )

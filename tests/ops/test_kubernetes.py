@@ -163,7 +163,7 @@ def test_every_container_has_requests_limits_and_runs_as_non_root(overlay: str) 
         assert pod["securityContext"]["runAsUser"] > 0, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert pod.get("automountServiceAccountToken") is False, name
-        for container in pod["containers"]:
+        for container in pod.get("initContainers", []) + pod["containers"]:
             resources = container["resources"]
             for side in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(side, {})), (name, side)
@@ -171,6 +171,7 @@ def test_every_container_has_requests_limits_and_runs_as_non_root(overlay: str) 
             assert context["allowPrivilegeEscalation"] is False, name
             assert context["readOnlyRootFilesystem"] is True, name
             assert context["capabilities"] == {"drop": ["ALL"]}, name
+        for container in pod["containers"]:
             assert container.get("readinessProbe") and container.get("livenessProbe"), name
 
 
@@ -273,7 +274,7 @@ def test_every_secret_and_config_map_a_pod_reads_exists(overlay: str) -> None:
     missing = set()
     for workload in objects(overlay, "Deployment") + objects(overlay, "StatefulSet"):
         pod = workload["spec"]["template"]["spec"]
-        for container in pod["containers"]:
+        for container in pod.get("initContainers", []) + pod["containers"]:
             for env in container.get("env", []):
                 ref = (env.get("valueFrom") or {}).get("secretKeyRef")
                 if ref and not ref.get("optional") and ("Secret", ref["name"]) not in present:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,11 @@ import yaml
 from aether.infra import EmbeddedPostgres
 from aether.service_env import allowed
 from aether.stack import SERVICES, Stack
+from aether_agent_runner.config import RunnerSettings
+from aether_runtime.attempt_auth import COMPOSE_RUNNER_NAME
 from aether_runtime.bus_auth import password_env, static_authorization
 from aether_runtime.roles import ROLES
+from aether_runtime.runner_secrets import proves, runner_token
 from tests.ops import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +40,10 @@ SOURCES = {
     "agent-runner": ["services/agent-runner/src", "libs/runtime/src", "libs/llm/src"],
     "git-broker": ["services/git-broker/src", "libs/runtime/src"],
 }
+# Commands of their own, not run by a service: what they read is no service's setting.
+# (``runner_secrets`` derives a runner's secret from the master: the runner pod's init
+# container and ``aether runner-secret`` run it; the services read their own variables.)
+NOT_A_SERVICE = {"libs/runtime/src/aether_runtime/runner_secrets.py"}
 # Set by the stack itself for each service, not passed through from the operator.
 STACK_SET = {
     "NATS_URL",
@@ -64,6 +72,8 @@ def settings_read(service: str) -> set[str]:
     names: set[str] = set()
     for root in SOURCES[service]:
         for path in (ROOT / root).rglob("*.py"):
+            if str(path.relative_to(ROOT)) in NOT_A_SERVICE:
+                continue
             text = path.read_text(encoding="utf-8")
             names |= set(
                 re.findall(r"\"((?:AETHER|ANTHROPIC|DATABASE|NATS|LOG)_[A-Z0-9_]*)\"", text)
@@ -177,6 +187,112 @@ def test_kubernetes_hands_each_service_its_own_user_and_secrets_only(overlay: st
         assert ("ANTHROPIC_API_KEY" in env) == (name in MODEL_CALLERS), name
         assert ("DATABASE_URL" in env) == (name == "gateway"), name
         assert ("AETHER_ADMIN_TOKEN" in env) == (name == "gateway"), name
+
+
+# --- each runner holds the secret of its own name, never the master ---------------------
+
+MASTER_KEY = {"name": "aether-nats", "key": "runner-master-secret"}
+
+
+def _env_refs(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [(e.get("valueFrom") or {}).get("secretKeyRef") or {} for e in container.get("env", [])]
+
+
+@pytest.mark.parametrize("overlay", ["local", "production"])
+def test_kubernetes_runner_pods_derive_their_own_secret_and_never_hold_the_master(
+    overlay: str, tmp_path: Path
+) -> None:
+    """Only the scheduler and the runner pod's init container read the master; the init
+    container derives the secret of the pod's name into a memory volume, which the
+    runner's container reads under the same name. The init container's own command, run
+    here, writes the secret the authorizer takes for that name."""
+    docs, _ = kustomize.render(ROOT / "k8s" / "overlays" / overlay)
+    workloads = {
+        d["metadata"]["name"]: d for d in docs if d["kind"] in {"Deployment", "StatefulSet"}
+    }
+    for name, workload in workloads.items():
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            assert (MASTER_KEY in _env_refs(container)) == (name == "scheduler"), name
+            assert not any("secretRef" in e for e in container.get("envFrom", [])), name
+        for container in pod.get("initContainers", []):
+            assert name == "agent-runner" and container["name"] == "runner-secret", name
+        for volume in pod.get("volumes", []):
+            assert "secret" not in volume or volume["secret"]["secretName"] != "aether-nats"
+    pod = workloads["agent-runner"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    runner = pod["containers"][0]
+    assert MASTER_KEY in _env_refs(init)
+    init_env = {e["name"]: e for e in init["env"]}
+    runner_env = {e["name"]: e for e in runner["env"]}
+    pod_name = {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert init_env["AETHER_RUNNER_NAME"]["valueFrom"] == pod_name
+    assert runner_env["AETHER_RUNNER_NAME"]["valueFrom"] == pod_name
+    assert "AETHER_RUNNER_SECRET" not in runner_env
+    secret_file = Path(runner_env["AETHER_RUNNER_SECRET_FILE"]["value"])
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "runner-secret"]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    (written,) = [m for m in init["volumeMounts"] if m["name"] == "runner-secret"]
+    (read,) = [m for m in runner["volumeMounts"] if m["name"] == "runner-secret"]
+    assert read["mountPath"] == written["mountPath"] == str(secret_file.parent)
+    assert read.get("readOnly") is True
+    command = init["command"]
+    assert command[:3] == ["python", "-m", "aether_runtime.runner_secrets"]
+    assert command[command.index("--out") + 1] == str(secret_file)
+    # The init container's command, for a pod of this name, with a master.
+    master = "a-master-of-the-deployment"
+    out = tmp_path / secret_file.name
+    argv = [sys.executable, *command[1:-1], str(out)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AETHER_")}
+    pod_env = {"AETHER_RUNNER_NAME": "agent-runner-7d9c-x2", "AETHER_RUNNER_MASTER_SECRET": master}
+    subprocess.run(argv, env=environ | pod_env, check=True, capture_output=True)
+    settings = RunnerSettings.from_env(
+        {"AETHER_RUNNER_NAME": "agent-runner-7d9c-x2", "AETHER_RUNNER_SECRET_FILE": str(out)}
+    )
+    assert proves(master, runner_token(settings.name), settings.runner_secret)
+    assert not proves(master, "agent-runner-other", settings.runner_secret)
+
+
+def test_compose_gives_the_master_to_the_scheduler_and_its_runner_its_names_secret() -> None:
+    services = compose_services()
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        assert ("AETHER_RUNNER_MASTER_SECRET" in env) == (name == "scheduler"), name
+        assert "AETHER_ATTEMPT_SECRET" not in env, name
+    runner = services["agent-runner"]["environment"]
+    assert runner["AETHER_RUNNER_NAME"] == COMPOSE_RUNNER_NAME
+    assert "${AETHER_RUNNER_SECRET:?" in runner["AETHER_RUNNER_SECRET"]
+    # What the compose file's header says to eval: a master and the runner's secret of it.
+    printed = subprocess.run(
+        [sys.executable, "-m", "aether_runtime.attempt_auth"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    keys = dict(line.split("=", 1) for line in printed.splitlines())
+    assert "AETHER_ATTEMPT_SECRET" not in keys
+    assert proves(
+        keys["AETHER_RUNNER_MASTER_SECRET"], COMPOSE_RUNNER_NAME, keys["AETHER_RUNNER_SECRET"]
+    )
+
+
+def test_aether_up_hands_its_runner_the_secret_of_its_name_and_the_master_to_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(home=tmp_path, env={"AETHER_RUNNER_NAME": "laptop.local"})
+    stack.write_nats_config()
+    master = stack.runner_master_secret
+    assert len(master) >= 16
+    runner = stack.service_env("agent-runner")
+    assert runner["AETHER_RUNNER_NAME"] == "laptop.local"
+    assert proves(master, "laptop-local", runner["AETHER_RUNNER_SECRET"])
+    for service in SERVICES:
+        env = stack.service_env(service)
+        assert (master in env.values()) == (service == "scheduler"), service
+    assert stack.service_env("scheduler")["AETHER_RUNNER_MASTER_SECRET"] == master
+    # Made once, kept across starts.
+    stack.write_nats_config()
+    assert stack.runner_master_secret == master
 
 
 # --- the database role of docker compose and Kubernetes ----------------------------------

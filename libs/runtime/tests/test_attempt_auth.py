@@ -20,8 +20,12 @@ from aether_runtime.attempt_auth import (
     parse_user,
     runner_token,
 )
+from aether_runtime.runner_secrets import proves, runner_secret
+from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox, runner_user
 
 KEY = AttemptKey("m1", "t1", 2)
+MASTER = "the-deployments-master-secret"
+R1 = runner_secret(MASTER, "r1")
 
 
 def test_a_user_name_names_one_attempt_and_its_runner() -> None:
@@ -98,15 +102,13 @@ def test_the_answer_is_a_signed_user_limited_to_the_attempts_subjects() -> None:
     seed = new_issuer_seed()
     authorizer = AttemptAuthorizer(
         issuer_seed=seed,
-        secret="s3cret",
+        master=MASTER,
         grants=Grants(lambda key: key == KEY),
         types=frozenset({AgentCompleted, AgentHeartbeat}),
         ttl_seconds=60,
         clock=lambda: 1000.0,
     )
-    answer = decode_jwt(
-        authorizer.answer(_server_request(_server_seed(), KEY.user("r1"), "s3cret"))
-    )
+    answer = decode_jwt(authorizer.answer(_server_request(_server_seed(), KEY.user("r1"), R1)))
     assert answer["iss"] == issuer_public_key(seed)
     assert answer["nats"]["error"] == ""
     user = decode_jwt(answer["nats"]["jwt"])
@@ -123,15 +125,20 @@ def test_the_answer_is_a_signed_user_limited_to_the_attempts_subjects() -> None:
 @pytest.mark.parametrize(
     ("user", "password", "error"),
     [
-        (KEY.user("r1"), "wrong", "wrong password"),
-        (AttemptKey("m1", "t1", 3).user("r1"), "s3cret", "the attempt is not open"),
-        ("gateway", "s3cret", "not an attempt user"),
+        (KEY.user("r1"), "wrong", "wrong password: not the secret of runner 'r1'"),
+        # The master itself is no runner's secret.
+        (KEY.user("r1"), MASTER, "wrong password: not the secret of runner 'r1'"),
+        # Another runner's name with r1's secret.
+        (KEY.user("r2"), R1, "wrong password: not the secret of runner 'r2'"),
+        (runner_user("r2", "r2-1"), R1, "wrong password: not the secret of runner 'r2'"),
+        (AttemptKey("m1", "t1", 3).user("r1"), R1, "the attempt is not open"),
+        ("gateway", R1, "not an attempt user"),
     ],
 )
 def test_a_refusal_is_a_signed_error(user: str, password: str, error: str) -> None:
     authorizer = AttemptAuthorizer(
         issuer_seed=new_issuer_seed(),
-        secret="s3cret",
+        master=MASTER,
         grants=Grants(lambda key: key == KEY),
         types=frozenset({AgentCompleted}),
     )
@@ -145,16 +152,45 @@ def test_a_refusal_is_a_signed_error(user: str, password: str, error: str) -> No
 
 
 def test_a_request_not_signed_by_its_issuer_is_not_answered() -> None:
-    request = _server_request(_server_seed(), KEY.user("r1"), "s3cret")
+    request = _server_request(_server_seed(), KEY.user("r1"), R1)
     head, body, signature = request.split(".")
     claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     claims["nats"]["connect_opts"]["user"] = AttemptKey("m2", "t1", 2).user("r1")
     forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
     authorizer = AttemptAuthorizer(
         issuer_seed=new_issuer_seed(),
-        secret="s3cret",
+        master=MASTER,
         grants=Grants(lambda key: True),
         types=frozenset({AgentCompleted}),
     )
     with pytest.raises(ValueError, match="signed"):
         authorizer.answer(f"{head}.{forged_body}.{signature}")
+
+
+def test_a_runners_secret_proves_its_own_name_only() -> None:
+    assert proves(MASTER, "r1", R1)
+    assert not proves(MASTER, "r2", R1)
+    assert not proves("another-deployments-master", "r1", R1)
+    # Names are compared as subject tokens: a name that is not one is nobody's.
+    assert runner_secret(MASTER, "host.example") == runner_secret(MASTER, "host-example")
+    assert not proves(MASTER, "host.example", runner_secret(MASTER, "host.example"))
+    assert len({runner_secret(MASTER, name) for name in ("a", "b", "ab", "a-b")}) == 4
+
+
+def test_a_runners_registry_credential_writes_the_entry_of_its_name_and_id_only() -> None:
+    authorizer = AttemptAuthorizer(
+        issuer_seed=new_issuer_seed(),
+        master=MASTER,
+        grants=Grants(lambda key: False),
+        types=frozenset({AgentCompleted}),
+    )
+    user = runner_user("r1", "r1-12-abcdef")
+    assert parse_runner_user(user) == ("r1", "r1-12-abcdef")
+    answer = decode_jwt(authorizer.answer(_server_request(_server_seed(), user, R1)))
+    assert answer["nats"]["error"] == ""
+    claims = decode_jwt(answer["nats"]["jwt"])
+    assert claims["nats"]["pub"]["allow"] == [entry_subject("r1", "r1-12-abcdef")]
+    assert entry_subject("r1", "r1-12-abcdef") == "$KV.AETHER_RUNNERS.r1.r1-12-abcdef"
+    assert claims["nats"]["sub"]["allow"] == [f"{runner_inbox('r1', 'r1-12-abcdef')}.>"]
+    for forged in ("runner/r1", "runner/r1/x/y", "runner/r.1/x", "runner/r1/>", "runner//x"):
+        assert parse_runner_user(forged) is None, forged

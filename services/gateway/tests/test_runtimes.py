@@ -45,11 +45,13 @@ class Registry:
             announced_at=datetime.now(UTC),
             refresh_seconds=10.0,
         )
-        await self.js.publish(entry_subject(runner_id), msgspec.json.encode(entry))
+        await self.js.publish(entry_subject("host-1", runner_id), msgspec.json.encode(entry))
         self.written.append(runner_id)
 
     async def stopped(self, runner_id: str) -> None:
-        await self.js.publish(entry_subject(runner_id), b"", headers={"KV-Operation": "DEL"})
+        await self.js.publish(
+            entry_subject("host-1", runner_id), b"", headers={"KV-Operation": "DEL"}
+        )
 
 
 @pytest.fixture

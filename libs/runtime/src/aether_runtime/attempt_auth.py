@@ -9,9 +9,11 @@ credential that names one attempt instead:
   name is handed to the authorizer as an authorization request (``$SYS.REQ.USER.AUTH``);
 * the authorizer (``AttemptAuthorizer``, served by a trusted service that knows which
   attempts are open) accepts a user name ``attempt/<mission>/<task>/<attempt>/<runner>``
-  with the runners' attempt secret, only while that attempt is open and only for the
-  first runner that asked for it (a second runner asking for the same attempt is refused
-  until the holder's credential has expired unrenewed: a runner that died);
+  with the secret of that runner's name (``runner_secrets``: derived from the master the
+  authorizer holds, so a runner can ask only under its own name), only while that
+  attempt is open and only for the first runner that asked for it (a second runner asking
+  for the same attempt is refused until the holder's credential has expired unrenewed: a
+  runner that died);
 * the answer is a user JWT, signed with the issuer account key the server trusts, whose
   publish allow-list names only the attempt's own subjects: each of its event types on
   ``aether.<kind>.<mission>.<type>.<task token>.<attempt>`` (``aether_events.subjects``),
@@ -37,7 +39,6 @@ import base64
 import contextlib
 import contextvars
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -62,7 +63,8 @@ from aether_events import Event, EventPublisher
 from aether_events.subjects import attempt_subject, is_valid_token
 from aether_runtime.bus_auth import AUTH_SUBJECT, issuer_public_key, new_issuer_seed
 from aether_runtime.failures import RetryLater
-from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox, runner_token
+from aether_runtime.runner_secrets import proves, runner_secret, runner_token
+from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox
 from aether_runtime.service import CountingPublisher
 
 log = logging.getLogger("aether.attempt-auth")
@@ -369,14 +371,16 @@ class ConnectionCutter:
 
 @dataclass
 class AttemptAuthorizer:
-    """Answers the NATS server's authorization requests for attempt users.
+    """Answers the NATS server's authorization requests for attempt and runner users.
 
-    ``secret`` is the one the agent runners hold (``AETHER_ATTEMPT_SECRET``: a runner
-    proves it is one); ``types`` are the events an attempt's credential may publish.
+    ``master`` is the runners' master secret (``AETHER_RUNNER_MASTER_SECRET``): each
+    runner holds the secret derived from it for its own name (``runner_secrets``), and is
+    granted only credentials that name it, for its registry entry and its attempts;
+    ``types`` are the events an attempt's credential may publish.
     """
 
     issuer_seed: str
-    secret: str
+    master: str
     grants: Grants
     types: frozenset[type[Event]]
     ttl_seconds: float = DEFAULT_TTL_SECONDS
@@ -426,13 +430,16 @@ class AttemptAuthorizer:
         user_jwt = ""
         claimed = parse_user(user)
         runner = parse_runner_user(user) if claimed is None else None
+        # The runner name the user names: its secret is the only password it is let in
+        # with, so a runner asks only under its own name.
+        name = runner[0] if runner is not None else claimed[1] if claimed is not None else ""
         if claimed is None and runner is None:
             error = "not an attempt user"
-        elif not hmac.compare_digest(password.encode(), self.secret.encode()):
-            error = "wrong password"
+        elif not proves(self.master, name, password):
+            error = f"wrong password: not the secret of runner {name!r}"
         elif runner is not None:
             # A runner's own entry in the registry of runners (``runners``).
-            user_jwt = self.runner_jwt(runner, user, user_nkey)
+            user_jwt = self.runner_jwt(*runner, user, user_nkey)
         else:
             assert claimed is not None
             key, runner_id = claimed
@@ -464,11 +471,14 @@ class AttemptAuthorizer:
             user, user_nkey, attempt_subjects(key, self.types), f"{key.inbox_prefix}.>"
         )
 
-    def runner_jwt(self, token: str, user: str, user_nkey: str) -> str:
+    def runner_jwt(self, name: str, runner_id: str, user: str, user_nkey: str) -> str:
         """The credential of one runner's entry in the registry of runners: writing (and
         deleting) that entry, and its own inbox for the stream's acknowledgements."""
         return self._signed_user(
-            user, user_nkey, [entry_subject(token)], f"{runner_inbox(token)}.>"
+            user,
+            user_nkey,
+            [entry_subject(name, runner_id)],
+            f"{runner_inbox(name, runner_id)}.>",
         )
 
     def _signed_user(self, user: str, user_nkey: str, publish: list[str], inbox: str) -> str:
@@ -664,7 +674,9 @@ CONNECT_TRIES = 5  # about 3 s of waits (each refusal may take the callout's tim
 
 @dataclass(frozen=True)
 class AttemptCredentials:
-    """What a runner needs to publish an attempt's events with its own credential."""
+    """What a runner needs to publish an attempt's events with its own credential:
+    ``runner_id`` is the runner's name (an attempt user's last part) and ``secret`` the one
+    derived for it (``runner_secrets``)."""
 
     nats_url: str
     secret: str
@@ -700,12 +712,19 @@ class AttemptCredentials:
             await publisher.close()
 
 
+# The runner's name in docker-compose.yml.
+COMPOSE_RUNNER_NAME = "agent-runner"
+
+
 def main() -> None:
-    """Print a new issuer seed and its public key (for compose and Kubernetes secrets)."""
+    """Print a new issuer seed and its public key, a new master secret of the runners, and
+    the secret of compose's runner (for compose and Kubernetes secrets)."""
     seed = new_issuer_seed()
+    master = secrets.token_urlsafe(32)
     print(f"AETHER_ATTEMPT_ISSUER_SEED={seed}")
     print(f"NATS_ATTEMPT_ISSUER={issuer_public_key(seed)}")
-    print(f"AETHER_ATTEMPT_SECRET={secrets.token_urlsafe(32)}")
+    print(f"AETHER_RUNNER_MASTER_SECRET={master}")
+    print(f"AETHER_RUNNER_SECRET={runner_secret(master, COMPOSE_RUNNER_NAME)}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ entry of a runner that died without a word is gone within that time. The gateway
 the bucket to refuse a mission naming a runtime no live runner has (see
 docs/decisions/0022-runner-registry-in-a-key-value-bucket.md).
 
+An entry's key is two tokens, the runner's name and its runner id
+(``<name>.<runner id>``): the name is what the runner's secret is derived for
+(``runner_secrets``), the id tells apart the processes that share it (a restart).
+
 Who may do what (``bus_auth``, ``attempt_auth``): the role that declares the streams (the
 scheduler) creates the bucket; a runner writes with a credential of its own, asked of the
-authorizer as the user ``runner/<runner token>`` with the runners' secret, whose only
-publish subject is its own entry's; the gateway reads (stream info and direct gets);
+authorizer as the user ``runner/<name>/<runner id>`` with the secret of that name, whose
+only publish subject is that entry's; the gateway reads (stream info and direct gets);
 nobody else has any part in it.
 """
 
@@ -34,6 +38,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from aether_events.streams import ensure_stream
+from aether_runtime.runner_secrets import runner_token
 
 log = logging.getLogger("aether.runners")
 
@@ -53,6 +58,9 @@ class RunnerEntry(msgspec.Struct, frozen=True, kw_only=True):
     wrote still decodes here."""
 
     runner_id: str
+    # The name its secret was derived for (its entry's first key token); empty from a
+    # runner older than names.
+    name: str = ""
     host: str = ""
     # The agent runtimes it can run, by the names a mission gives them.
     runtimes: list[str] = msgspec.field(default_factory=list)
@@ -67,32 +75,31 @@ class RunnerEntry(msgspec.Struct, frozen=True, kw_only=True):
     refresh_seconds: float = 0.0
 
 
-def runner_token(runner_id: str) -> str:
-    """``runner_id`` as one subject token (a host name may hold dots)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", runner_id)[:64] or "runner"
+def entry_subject(name: str, runner_id: str) -> str:
+    """The subject of the entry of runner ``runner_id`` called ``name``."""
+    return f"{ENTRY_PREFIX}.{runner_token(name)}.{runner_token(runner_id)}"
 
 
-def entry_subject(token: str) -> str:
-    """The subject of the entry of the runner whose token is ``token``."""
-    return f"{ENTRY_PREFIX}.{token}"
-
-
-def runner_user(token: str) -> str:
+def runner_user(name: str, runner_id: str) -> str:
     """The NATS user name a runner asks its own credential for."""
-    return f"{RUNNER_USER_PREFIX}/{token}"
+    return f"{RUNNER_USER_PREFIX}/{runner_token(name)}/{runner_token(runner_id)}"
 
 
-def parse_runner_user(user: str) -> str | None:
-    """The runner token a user name claims, or None if it is not a runner's."""
-    prefix, _, token = user.partition("/")
-    if prefix != RUNNER_USER_PREFIX or not _TOKEN.fullmatch(token):
+def parse_runner_user(user: str) -> tuple[str, str] | None:
+    """The runner name and runner id tokens a user name claims, or None if it is not a
+    runner's."""
+    parts = user.split("/")
+    if len(parts) != 3 or parts[0] != RUNNER_USER_PREFIX:
         return None
-    return token
+    _, name, runner_id = parts
+    if not (_TOKEN.fullmatch(name) and _TOKEN.fullmatch(runner_id)):
+        return None
+    return name, runner_id
 
 
-def runner_inbox(token: str) -> str:
+def runner_inbox(name: str, runner_id: str) -> str:
     """The only subjects a runner's own connection may subscribe to."""
-    return f"_INBOX.{RUNNER_USER_PREFIX}.{token}"
+    return f"_INBOX.{RUNNER_USER_PREFIX}.{runner_token(name)}.{runner_token(runner_id)}"
 
 
 def bucket_config(max_age_seconds: float, replicas: int = 1) -> StreamConfig:
@@ -154,10 +161,11 @@ class Announcer:
     """Writes one runner's entry now and every ``refresh_seconds``, and deletes it at
     ``stop``.
 
-    ``connect`` opens the connection the entry is written on (the runner's own
-    credential: ``own_connection``), or ``js`` is the service's own (a bus without
-    per-service users). A write that fails is made again on a new connection, soon at
-    first (``RETRY_FIRST_SECONDS``, doubling up to ``refresh_seconds``): the credential
+    ``name`` is the runner's name (its entry's key is ``<name>.<runner id>``). ``connect``
+    opens the connection the entry is written on (the runner's own credential:
+    ``own_connection``), or ``js`` is the service's own (a bus without per-service users).
+    A write that fails is made again on a new connection, soon at first
+    (``RETRY_FIRST_SECONDS``, doubling up to ``refresh_seconds``): the credential
     expires (the server then closes the connection), the bucket may not exist yet, or the
     scheduler, which grants the credential and makes the bucket, may not be up yet. Until
     the first write, for ``QUIET_SECONDS`` (a stack starting together), failures are logged
@@ -171,12 +179,14 @@ class Announcer:
         entry: Callable[[], RunnerEntry],
         refresh_seconds: float,
         *,
+        name: str,
         connect: Callable[[], Awaitable[NatsClient]] | None = None,
         js: Callable[[], JetStreamContext] | None = None,
     ) -> None:
         if (connect is None) == (js is None):
             raise ValueError("an announcer writes on its own connection or the service's")
         self._entry = entry
+        self.name = name
         self.refresh_seconds = refresh_seconds
         self._connect = connect
         self._service_js = js
@@ -189,8 +199,8 @@ class Announcer:
         self.failed = asyncio.Event()
 
     @property
-    def token(self) -> str:
-        return runner_token(self._entry().runner_id)
+    def subject(self) -> str:
+        return entry_subject(self.name, self._entry().runner_id)
 
     async def _js(self) -> JetStreamContext:
         if self._service_js is not None:
@@ -204,7 +214,7 @@ class Announcer:
         """Write the entry once (raises what the bus says)."""
         entry = self._entry()
         js = await self._js()
-        await js.publish(entry_subject(runner_token(entry.runner_id)), msgspec.json.encode(entry))
+        await js.publish(entry_subject(self.name, entry.runner_id), msgspec.json.encode(entry))
         self.written.set()
 
     async def _run(self) -> None:
@@ -253,9 +263,7 @@ class Announcer:
         try:
             if js is None:
                 raise ConnectionError("no connection")
-            await js.publish(
-                entry_subject(self.token), b"", timeout=2.0, headers={_OPERATION: "DEL"}
-            )
+            await js.publish(self.subject, b"", timeout=2.0, headers={_OPERATION: "DEL"})
         except Exception as error:
             log.info("the runner's entry was left to expire", extra={"error": str(error)})
         await self._close()
@@ -268,9 +276,10 @@ class Announcer:
 
 
 def own_connection(
-    nats_url: str, token: str, secret: str, tls: ssl.SSLContext | None = None
+    nats_url: str, name: str, runner_id: str, secret: str, tls: ssl.SSLContext | None = None
 ) -> Callable[[], Awaitable[NatsClient]]:
-    """Opens a connection with the runner's own credential (``runner/<token>``)."""
+    """Opens a connection with the runner's own credential (``runner/<name>/<runner id>``,
+    ``secret`` being the one derived for ``name``: ``runner_secrets``)."""
 
     async def silent(error: Exception) -> None:
         log.info("runner entry connection error", extra={"error": str(error) or repr(error)})
@@ -279,10 +288,10 @@ def own_connection(
         return asyncio.ensure_future(
             nats.connect(
                 nats_url,
-                user=runner_user(token),
+                user=runner_user(name, runner_id),
                 password=secret,
-                inbox_prefix=runner_inbox(token),
-                name=f"aether-runner-entry-{token}",
+                inbox_prefix=runner_inbox(name, runner_id),
+                name=f"aether-runner-entry-{runner_token(runner_id)}",
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
                 connect_timeout=10,

@@ -42,7 +42,7 @@ from aether_events import (
 from aether_runtime import ConsumerSpec, Delivery, Projection, Service
 from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey, current_publisher
 from aether_runtime.metrics import service_at_zero
-from aether_runtime.runners import Announcer, RunnerEntry, own_connection, runner_token
+from aether_runtime.runners import Announcer, RunnerEntry, own_connection
 from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
 
 DURABLE = "agent-runner"
@@ -66,6 +66,9 @@ class Adapters:
     # The names of the runtimes this runner has, as it announces them (``runners``).
     runtime_names: tuple[str, ...] = ()
     version: str = ""
+    # The runner's name (its registry entry's first key token; the holder its credentials
+    # name: decision 0026); empty: the host's name.
+    runner_name: str = ""
 
 
 @dataclass
@@ -203,10 +206,12 @@ def announce(settings: RunnerSettings, adapters: Adapters, service: Service) -> 
     agent = settings.agent
     started_at = adapters.clock()
     refresh = settings.runtime.runner_entry_seconds / 3
+    name = adapters.runner_name or socket.gethostname()
 
     def entry() -> RunnerEntry:
         return RunnerEntry(
             runner_id=adapters.runner_id,
+            name=name,
             host=socket.gethostname(),
             runtimes=list(adapters.runtime_names),
             default_runtime=agent.runtime,
@@ -220,14 +225,11 @@ def announce(settings: RunnerSettings, adapters: Adapters, service: Service) -> 
     credentials = adapters.credentials
     if credentials is not None:
         connect = own_connection(
-            credentials.nats_url,
-            runner_token(adapters.runner_id),
-            credentials.secret,
-            credentials.tls,
+            credentials.nats_url, name, adapters.runner_id, credentials.secret, credentials.tls
         )
-        announcer = Announcer(entry, refresh, connect=connect)
+        announcer = Announcer(entry, refresh, name=name, connect=connect)
     else:
-        announcer = Announcer(entry, refresh, js=lambda: service.js)
+        announcer = Announcer(entry, refresh, name=name, js=lambda: service.js)
 
     async def begin() -> None:
         announcer.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import socket
 from datetime import UTC, datetime
 
 from aether_agent_runner.app import Adapters, AgentRunner, wire
@@ -14,6 +13,7 @@ from aether_agent_runner.runtimes.registry import available, runtimes
 from aether_events import new_event_id
 from aether_llm.client import LazyClient
 from aether_runtime.attempt_auth import AttemptCredentials
+from aether_runtime.runner_secrets import runner_token
 from aether_sandbox import (
     Sandbox,
     SandboxUnavailable,
@@ -43,11 +43,12 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
             agent.claude_code_limits(),
         ),
         sandbox=confinement(agent),
-        runner_id=runner_id(),
+        runner_id=runner_id(settings.name),
         clock=_now,
         credentials=attempt_credentials(settings),
         runtime_names=tuple(available(agent.command_runtimes)),
         version=_version(),
+        runner_name=settings.name,
     )
     runner = wire(settings, adapters)
     runner.service.on_stopped.append(client.aclose)
@@ -56,22 +57,25 @@ def bootstrap(settings: RunnerSettings | None = None) -> AgentRunner:
 
 def attempt_credentials(settings: RunnerSettings) -> AttemptCredentials | None:
     """How attempts publish their events: with a credential of their own, asked of the
-    bus with the runners' secret (``AETHER_ATTEMPT_SECRET``); without the secret, with the
-    service's user (a bus without per-service users)."""
-    if not settings.attempt_secret:
+    bus with the runner's own secret (``AETHER_RUNNER_SECRET``, derived for its name,
+    which the credentials name); without the secret, with the service's user (a bus
+    without per-service users)."""
+    if not settings.runner_secret:
         return None
-    # The host names the holder: a runner restarted on the same host (a new process id)
-    # takes its attempts back at once; another host only once their credential expired.
+    # The name is the holder: a runner restarted under the same name (a new process id)
+    # takes its attempts back at once; another runner only once their credential expired.
+    log.info("asking the bus for credentials as runner %r", runner_token(settings.name))
     return AttemptCredentials(
         nats_url=settings.runtime.nats_url,
-        secret=settings.attempt_secret,
-        runner_id=socket.gethostname(),
+        secret=settings.runner_secret,
+        runner_id=settings.name,
         tls=settings.runtime.nats_tls(),
     )
 
 
-def runner_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{new_event_id()[:6]}"
+def runner_id(name: str) -> str:
+    """This process among the runners of its name."""
+    return f"{name}-{os.getpid()}-{new_event_id()[:6]}"
 
 
 def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:

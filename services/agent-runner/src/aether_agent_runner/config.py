@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -20,6 +21,7 @@ from aether_agent_runner.runtimes.cli_limits import CliLimits
 from aether_agent_runner.runtimes.spec import CommandSpec, load_specs
 from aether_llm import LLMSettings
 from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
+from aether_runtime.runner_secrets import retired_shared_secret
 from aether_runtime.settings import (
     ENV,
     AtLeastOne,
@@ -252,9 +254,26 @@ class RunnerSettings(ServiceSettings, frozen=True, kw_only=True):
 
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
-    # The runners' shared secret for asking the bus for each attempt's own credential
-    # (decision 0014); empty: attempts publish with the service's user.
-    attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
+    # The runner's name: what its secret is derived for, the holder its attempts' and its
+    # registry entry's credentials name (decision 0026); empty: its host name.
+    runner_name: str = setting("AETHER_RUNNER_NAME", "")
+    # Its secret for asking the bus for each attempt's own credential and its entry's
+    # (decisions 0014, 0022, 0026): derived for its name from the deployment's master;
+    # empty: attempts publish with the service's user (a bus without per-service users).
+    runner_secret: Annotated[str, Env(file="AETHER_RUNNER_SECRET_FILE")] = setting(
+        "AETHER_RUNNER_SECRET", ""
+    )
+    # The runners' shared secret of before: refused at start (``__post_init__``).
+    retired_attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
+
+    def __post_init__(self) -> None:
+        if self.retired_attempt_secret:
+            raise SettingsError(retired_shared_secret("agent-runner"))
+
+    @property
+    def name(self) -> str:
+        """The runner's name (``AETHER_RUNNER_NAME``, else its host name)."""
+        return self.runner_name or socket.gethostname()
 
     @classmethod
     def from_env(cls, env: ENV | None = None) -> RunnerSettings:

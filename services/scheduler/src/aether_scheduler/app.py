@@ -88,8 +88,8 @@ def attempt_credentials(
     grants them only for attempts open in this state, and, given the password of the
     scheduler's user of the system account, the cutter that closes an attempt's
     connections as soon as an event folded by ``handlers`` ends it. None without the
-    issuer's seed or the runners' secret: no credential is granted."""
-    if not settings.attempt_issuer_seed or not settings.attempt_secret:
+    issuer's seed or the runners' master secret: no credential is granted."""
+    if not settings.attempt_issuer_seed or not settings.runner_master_secret:
         return None
 
     def is_open(key: AttemptKey) -> bool:
@@ -107,7 +107,7 @@ def attempt_credentials(
         handlers.on_applied = cutter.attempt_ended
     authorizer = AttemptAuthorizer(
         issuer_seed=settings.attempt_issuer_seed,
-        secret=settings.attempt_secret,
+        master=settings.runner_master_secret,
         grants=Grants(is_open),
         types=ROLES["agent-runner"].attempt_publishes,
         ttl_seconds=settings.attempt_credential_seconds,

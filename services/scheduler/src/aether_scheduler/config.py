@@ -12,13 +12,20 @@ import msgspec
 from aether_events.estimates import tier_estimates
 from aether_llm import LLMSettings
 from aether_runtime.attempt_auth import DEFAULT_TTL_SECONDS
+from aether_runtime.runner_secrets import (
+    MASTER_ENV,
+    MIN_MASTER_LENGTH,
+    retired_shared_secret,
+)
 from aether_runtime.settings import (
     ENV,
     AtLeastOne,
+    Env,
     NonNegative,
     Positive,
     RuntimeSettings,
     ServiceSettings,
+    SettingsError,
     setting,
 )
 from aether_scheduler.domain import Config
@@ -51,9 +58,14 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
         "AETHER_BUDGET_WARN_FRACTION", Config.warn_fraction
     )
     # Granting each agent-runner attempt its own bus credential (decision 0014): the key
-    # that signs them, the runners' shared secret, and how long one lives.
+    # that signs them, the master the runners' own secrets are derived from (each proves
+    # its name: decision 0026), and how long one lives.
     attempt_issuer_seed: str = setting("AETHER_ATTEMPT_ISSUER_SEED", "")
-    attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
+    runner_master_secret: Annotated[str, Env(file="AETHER_RUNNER_MASTER_SECRET_FILE")] = setting(
+        "AETHER_RUNNER_MASTER_SECRET", ""
+    )
+    # The runners' shared secret of before: refused at start (``__post_init__``).
+    retired_attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
     attempt_credential_seconds: Positive = setting(
         "AETHER_ATTEMPT_CREDENTIAL_SECONDS", DEFAULT_TTL_SECONDS
     )
@@ -61,6 +73,15 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
     # which cuts an ended attempt's connection at once; unset: it lives until it expires.
     system_nats_password: str = setting("AETHER_SYSTEM_NATS_PASSWORD", "")
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
+
+    def __post_init__(self) -> None:
+        if self.retired_attempt_secret:
+            raise SettingsError(retired_shared_secret(SERVICE_NAME))
+        if self.runner_master_secret and len(self.runner_master_secret) < MIN_MASTER_LENGTH:
+            raise SettingsError(
+                f"{MASTER_ENV} is too short: {MIN_MASTER_LENGTH} characters or more (every "
+                "runner's secret is only as hard to guess as it)"
+            )
 
     @classmethod
     def from_env(cls, env: ENV | None = None) -> SchedulerSettings:
