@@ -118,6 +118,8 @@ SERVICE_PREFIXES: dict[str, tuple[str, ...]] = {
         "AETHER_SSE_",
         "AETHER_MISSION_RATE_",
         "AETHER_COMMAND_RATE_",
+        "AETHER_READ_RATE_",
+        "AETHER_STREAM_LIMIT",
         "AETHER_READ_MODEL_",
         "AETHER_ESTIMATE_USD_",
     ),
