@@ -3,6 +3,7 @@ and port, with what it stored, and stopped like the first one."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from aether.infra import EmbeddedPostgres, PostgresExited
+from aether.probe import ask_postgres
 from aether.supervise import postgres_postmaster
 
 PR_GET_CHILD_SUBREAPER = 37
@@ -74,6 +76,54 @@ def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(tmp_p
         server.stop()
     assert postgres_postmaster(data) is None  # stopped, the one started again too
     assert not server.running()
+
+
+def test_a_stopped_server_is_found_unanswering_killed_whole_and_started_again(tmp_path: Path):
+    """A postmaster stopped with SIGSTOP runs (``running()``) and answers no new
+    connection: the probe's question fails within its timeout; ``kill`` ends it and every
+    process it started (each backend leads a group of its own), and ``restart`` brings
+    the server back on its data directory and port with its rows."""
+    data = tmp_path / "postgres"
+    server = EmbeddedPostgres(data).start()
+    try:
+        url = server.provision("aether", "role-password", "superuser-password")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (word text)")
+            conn.execute("INSERT INTO kept VALUES ('before')")
+        ask_postgres(url, 5.0)
+        listed = (data / "postmaster.pid").read_text().splitlines()
+        first = server.pid
+        assert first is not None
+        backends = psutil.Process(first).children(recursive=True)
+        assert backends
+        held = psycopg.connect(url, autocommit=True)  # a backend of the stopped server
+        os.kill(first, signal.SIGSTOP)
+        try:
+            assert server.running()
+            began = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):
+                ask_postgres(url, 2.0)
+            assert time.monotonic() - began < 10.0
+            server.kill()
+            assert not server.running()
+            assert not psutil.pid_exists(first)
+            assert not [b for b in backends if b.is_running() and b.status() != "zombie"]
+            with pytest.raises(psycopg.OperationalError):
+                held.execute("SELECT 1")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first, signal.SIGCONT)
+            held.close()
+        restarted(server)
+        assert server.running() and server.pid != first
+        again = (data / "postmaster.pid").read_text().splitlines()
+        assert again[3:5] == listed[3:5]  # the same port and socket directory
+        ask_postgres(url, 5.0)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT word FROM kept").fetchall() == [("before",)]
+    finally:
+        server.stop()
+    assert postgres_postmaster(data) is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
