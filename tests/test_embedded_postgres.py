@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -43,8 +46,20 @@ def restarted(server: EmbeddedPostgres, tries: int = 5) -> None:
             time.sleep(2.0**attempt)  # up's backoff: 1, 2, 4 … s
 
 
-def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(tmp_path: Path):
-    data = tmp_path / "postgres"
+@pytest.fixture
+def data() -> Iterator[Path]:
+    """A data directory for a server that is started again. Not under pytest's temporary
+    root: run as root, the server runs as pgserver's own user, and a pytest session that
+    starts meanwhile (another worker's, another run's) makes that root private to its
+    owner again, so the server started again could not reach its data directory."""
+    base = Path(tempfile.mkdtemp(prefix="aether-test-pg-restart-"))
+    try:
+        yield base / "postgres"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(data: Path):
     server = EmbeddedPostgres(data).start()
     try:
         url = server.provision("aether", "role-password", "superuser-password")
@@ -78,12 +93,11 @@ def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(tmp_p
     assert not server.running()
 
 
-def test_a_stopped_server_is_found_unanswering_killed_whole_and_started_again(tmp_path: Path):
+def test_a_stopped_server_is_found_unanswering_killed_whole_and_started_again(data: Path):
     """A postmaster stopped with SIGSTOP runs (``running()``) and answers no new
     connection: the probe's question fails within its timeout; ``kill`` ends it and every
     process it started (each backend leads a group of its own), and ``restart`` brings
     the server back on its data directory and port with its rows."""
-    data = tmp_path / "postgres"
     server = EmbeddedPostgres(data).start()
     try:
         url = server.provision("aether", "role-password", "superuser-password")
