@@ -3,11 +3,15 @@ and port, with what it stored, and stopped like the first one."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,6 +19,7 @@ import psycopg
 import pytest
 
 from aether.infra import EmbeddedPostgres, PostgresExited
+from aether.probe import ask_postgres
 from aether.supervise import postgres_postmaster
 
 PR_GET_CHILD_SUBREAPER = 37
@@ -41,8 +46,20 @@ def restarted(server: EmbeddedPostgres, tries: int = 5) -> None:
             time.sleep(2.0**attempt)  # up's backoff: 1, 2, 4 … s
 
 
-def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(tmp_path: Path):
-    data = tmp_path / "postgres"
+@pytest.fixture
+def data() -> Iterator[Path]:
+    """A data directory for a server that is started again. Not under pytest's temporary
+    root: run as root, the server runs as pgserver's own user, and a pytest session that
+    starts meanwhile (another worker's, another run's) makes that root private to its
+    owner again, so the server started again could not reach its data directory."""
+    base = Path(tempfile.mkdtemp(prefix="aether-test-pg-restart-"))
+    try:
+        yield base / "postgres"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(data: Path):
     server = EmbeddedPostgres(data).start()
     try:
         url = server.provision("aether", "role-password", "superuser-password")
@@ -74,6 +91,53 @@ def test_a_killed_server_starts_again_on_its_socket_and_port_with_its_rows(tmp_p
         server.stop()
     assert postgres_postmaster(data) is None  # stopped, the one started again too
     assert not server.running()
+
+
+def test_a_stopped_server_is_found_unanswering_killed_whole_and_started_again(data: Path):
+    """A postmaster stopped with SIGSTOP runs (``running()``) and answers no new
+    connection: the probe's question fails within its timeout; ``kill`` ends it and every
+    process it started (each backend leads a group of its own), and ``restart`` brings
+    the server back on its data directory and port with its rows."""
+    server = EmbeddedPostgres(data).start()
+    try:
+        url = server.provision("aether", "role-password", "superuser-password")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (word text)")
+            conn.execute("INSERT INTO kept VALUES ('before')")
+        ask_postgres(url, 5.0)
+        listed = (data / "postmaster.pid").read_text().splitlines()
+        first = server.pid
+        assert first is not None
+        backends = psutil.Process(first).children(recursive=True)
+        assert backends
+        held = psycopg.connect(url, autocommit=True)  # a backend of the stopped server
+        os.kill(first, signal.SIGSTOP)
+        try:
+            assert server.running()
+            began = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):
+                ask_postgres(url, 2.0)
+            assert time.monotonic() - began < 10.0
+            server.kill()
+            assert not server.running()
+            assert not psutil.pid_exists(first)
+            assert not [b for b in backends if b.is_running() and b.status() != "zombie"]
+            with pytest.raises(psycopg.OperationalError):
+                held.execute("SELECT 1")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first, signal.SIGCONT)
+            held.close()
+        restarted(server)
+        assert server.running() and server.pid != first
+        again = (data / "postmaster.pid").read_text().splitlines()
+        assert again[3:5] == listed[3:5]  # the same port and socket directory
+        ask_postgres(url, 5.0)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT word FROM kept").fetchall() == [("before",)]
+    finally:
+        server.stop()
+    assert postgres_postmaster(data) is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from aether.localstack import Supervisor
 
@@ -106,3 +107,134 @@ def test_a_postgresql_given_by_url_is_not_watched(tmp_path: Path) -> None:
     supervisor = Supervisor(stack=stack, stopping=threading.Event(), out=io.StringIO())
     supervisor._watch_postgres(100.0)
     assert supervisor.due == {} and supervisor.out.getvalue() == ""  # type: ignore[attr-defined]
+
+
+class Said:
+    """What the supervisor prints, waited on line by line."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._seen = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self._seen:
+            self.text += text
+            self._seen.notify_all()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        with self._seen:
+            found = self._seen.wait_for(lambda: text in self.text, timeout)
+        assert found, f"{text!r} never said; said:\n{self.text}"
+
+
+def test_a_nats_server_that_stops_answering_is_killed_and_started_again(tmp_path: Path) -> None:
+    """A nats-server that runs but answers nothing (SIGSTOP: alive to ``waitpid``) is
+    taken for hung after three unanswered pings, killed and started again on its port
+    and store by the watch of ``aether up``; it then answers."""
+    import os
+    import signal
+
+    import psutil
+
+    from aether.infra import EmbeddedNats
+    from aether.localstack import NATS
+    from aether.probe import Probe, ask_nats
+
+    log = tmp_path / "logs" / "nats.log"
+    log.parent.mkdir()
+    nats = EmbeddedNats(tmp_path / "nats").start(log)
+
+    def restart_nats() -> None:
+        nats.kill()
+        nats.start(log)
+
+    stack: Any = SimpleNamespace(
+        home=tmp_path,
+        _nats=nats,
+        _postgres=None,
+        nats_url=nats.url,
+        restart_nats=restart_nats,
+        processes={},
+    )
+    said = Said()
+    supervisor = Supervisor(stack=stack, stopping=threading.Event(), out=cast(Any, said))
+    supervisor.record = lambda: None  # type: ignore[method-assign]
+    # The default's seconds made shorter: the same counting.
+    supervisor.probes[NATS] = Probe(
+        lambda timeout: ask_nats(nats.url, timeout), interval=0.2, retry=0.2, timeout=1.0
+    )
+    assert nats.process is not None
+    first, port = nats.process.pid, nats.port
+    ask_nats(nats.url, 5.0)
+    watching = threading.Thread(target=supervisor.watch, daemon=True)
+    watching.start()
+    try:
+        os.kill(first, signal.SIGSTOP)
+        said.wait_for(f"! nats-server (pid {first}) answered none of its last 3 pings")
+        said.wait_for("nats-server started again on port")
+        assert "(the last: " in said.text and "starting it again in 1s" in said.text
+        assert nats.process is not None and nats.process.pid != first
+        assert nats.port == port
+        assert not psutil.pid_exists(first)
+        ask_nats(nats.url, 5.0)  # the new server answers
+        assert supervisor.restarts[NATS] == 1
+    finally:
+        supervisor.stopping.set()
+        watching.join(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first, signal.SIGKILL)
+        nats.stop()
+
+
+def test_a_probe_counts_unanswered_questions_in_a_row() -> None:
+    """Three unanswered questions in a row make a server hung; an answer in between
+    starts the count again; a question left unanswered past the timeout counts as one."""
+    from aether.probe import Probe
+
+    answers: list[Exception | None] = []
+    hang = threading.Event()
+    asked = threading.Event()
+
+    def ask(timeout: float) -> None:
+        asked.set()
+        answer = answers.pop(0)
+        if answer is None:
+            return
+        if isinstance(answer, TimeoutError):
+            hang.wait(30)
+        raise answer
+
+    probe = Probe(ask, interval=5.0, retry=1.0, timeout=2.0, limit=3)
+
+    def question(now: float) -> bool:
+        asked.clear()
+        hung = probe.check(now)  # asks
+        assert asked.wait(5)
+        return hung
+
+    def answered(now: float) -> bool:
+        for _ in range(500):
+            if probe._asking is None or probe._asking.done.is_set():
+                break
+            threading.Event().wait(0.01)
+        return probe.check(now)
+
+    answers[:] = [RuntimeError("refused"), RuntimeError("refused"), None]
+    assert not probe.check(0.0)  # first check: the next question an interval on
+    assert not question(5.0) and not answered(5.1) and probe.failures == 1
+    assert not probe.check(5.5)  # the retry is not due yet
+    assert not question(6.1) and not answered(6.2) and probe.failures == 2
+    assert not question(7.2) and not answered(7.3) and probe.failures == 0
+    answers[:] = [TimeoutError("never"), RuntimeError("a"), RuntimeError("b")]
+    assert not question(12.3)
+    assert not probe.check(13.0)  # still waiting for the answer
+    assert not probe.check(14.3) and probe.failures == 1  # given up on after 2 s
+    assert probe.last_error == "no answer within 2s"
+    assert not question(15.3) and not answered(15.4)
+    assert not question(16.4) and answered(16.5)
+    assert probe.last_error == "RuntimeError: b"
+    hang.set()

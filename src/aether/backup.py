@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import json
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nats
 import psycopg
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
@@ -40,6 +43,7 @@ from aether.archive import ArchiveError, Message, StreamPart, Token
 from aether.commands import UsageError
 from aether.render import counted
 from aether_events import MISSIONS_STREAM
+from aether_events.replay import stored_batches
 
 TOKEN_COLUMNS = (
     "id",
@@ -170,7 +174,8 @@ async def backup(found: Servers, path: Path) -> archive.Header:
         )
         with archive.Writer(path) as writer:
             if info.state.messages:
-                await _copy_messages(js, first, last, writer)
+                subjects = list(info.config.subjects or [">"])
+                await _copy_messages(js, subjects, first, last, writer)
             for token in _read_tokens(found.database_url):
                 writer.add(token)
             return writer.finish(stream, created_at)
@@ -178,30 +183,52 @@ async def backup(found: Servers, path: Path) -> archive.Header:
         await nc.close()
 
 
-async def _copy_messages(js: JetStreamContext, first: int, last: int, writer: Any) -> None:
-    """Every stored message from ``first`` to ``last``, in order; sequences a deleted
-    message left empty are skipped (``next``: the first at or after the one asked)."""
-    seq = first
-    while seq <= last:
-        try:
-            raw = await js.get_msg(MISSIONS_STREAM, seq, subject=">", next=True)
-        except NotFoundError:
-            break  # nothing at or after ``seq``
-        assert raw.seq is not None
-        assert raw.subject is not None
-        if raw.seq > last:
-            break
-        headers = {str(k): str(v) for k, v in (raw.headers or {}).items()} or None
-        writer.add(
-            Message(
-                seq=raw.seq,
-                subject=raw.subject,
-                data=raw.data or b"",
-                headers=headers,
-                time=raw.time,
-            )
-        )
-        seq = raw.seq + 1
+# Messages asked for at once by the backup's pull requests.
+READ_BATCH = 2048
+
+
+async def _copy_messages(
+    js: JetStreamContext, subjects: list[str], first: int, last: int, writer: Any
+) -> None:
+    """Every stored message from ``first`` to ``last``, in order, read as the services
+    read their history (``aether_events.stored_batches``: an ephemeral pull consumer with
+    no acks, ``READ_BATCH`` messages a request); sequences a deleted message left empty
+    are not delivered. A stream that stops answering for a while (a cluster electing a
+    leader) is read on from where the read stopped."""
+    batches = stored_batches(
+        js, MISSIONS_STREAM, subjects, after=first - 1, batch=READ_BATCH, patience=30.0
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for raw in batch:
+                stored = _stored(raw)
+                if stored.seq > last:
+                    return
+                writer.add(stored)
+                if stored.seq == last:
+                    return
+
+
+def _stored(raw: Msg) -> Message:
+    """A message as the consumer delivered it, as it is stored: its sequence and store
+    time from its reply subject (the time to the microsecond, as the stream's get API
+    reports it), its own headers and data."""
+    tokens = (raw.reply or "").split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<n>.<seq>.<cseq>.<ns>.<pending>
+        seq, nanos = int(tokens[5]), int(tokens[7])
+    else:  # with the domain and account hash (and a token of randomness)
+        seq, nanos = int(tokens[Msg.Ack.StreamSeq]), int(tokens[Msg.Ack.Timestamp])
+    headers = {str(k): str(v) for k, v in (raw.headers or {}).items()} or None
+    return Message(
+        seq=seq,
+        subject=raw.subject,
+        data=raw.data or b"",
+        headers=headers,
+        time=_EPOCH + timedelta(microseconds=nanos // 1000),
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _read_tokens(database_url: str) -> list[Token]:
@@ -274,14 +301,16 @@ async def restore(
     try:
         js = nc.jetstream()
         await _prepare_stream(js, found, header, args)
-        last: Message | None = None
         tokens: list[Token] = []
-        for record in archive.records(path):
-            if isinstance(record, Token):
-                tokens.append(record)
-                continue
-            await _publish(js, record)
-            last = record
+
+        def messages() -> Iterator[Message]:
+            for record in archive.records(path):
+                if isinstance(record, Token):
+                    tokens.append(record)
+                else:
+                    yield record
+
+        last = await _publish_all(nc, messages())
         info = await js.stream_info(MISSIONS_STREAM)
         if info.state.messages != header.counts.messages:
             raise UsageError(
@@ -362,21 +391,83 @@ async def _prepare_stream(
 _PUBLISH_CONDITIONS = "Nats-Expected-"
 
 
-async def _publish(js: JetStreamContext, message: Message) -> None:
-    headers = {
-        key: value
-        for key, value in (message.headers or {}).items()
-        if not key.startswith(_PUBLISH_CONDITIONS)
-    }
-    ack = await js.publish(
-        message.subject, message.data, stream=MISSIONS_STREAM, headers=headers or None
-    )
-    if ack.duplicate:
+# Publishes whose acknowledgement is awaited at once; the stream's order is the order
+# of the publishes on the one connection, not of their acknowledgements.
+PUBLISH_WINDOW = 256
+ACK_TIMEOUT = 30.0
+
+
+async def _publish_all(nc: NATS, messages: Iterator[Message]) -> Message | None:
+    """Publish ``messages`` in order on ``nc``, at most ``PUBLISH_WINDOW`` of them waiting
+    for the stream's acknowledgement, each checked in order: stored (not dropped as a
+    duplicate, not refused) and at a sequence after the one before. Returns the last."""
+    inbox = nc.new_inbox()
+    waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    async def answered(reply: Msg) -> None:
+        future = waiting.pop(reply.subject, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=answered)
+    in_flight: collections.deque[tuple[Message, asyncio.Future[Msg]]] = collections.deque()
+    previous = 0
+    last: Message | None = None
+    try:
+        for index, message in enumerate(messages):
+            reply = f"{inbox}.{index}"
+            waiting[reply] = asyncio.get_running_loop().create_future()
+            in_flight.append((message, waiting[reply]))
+            headers = {
+                key: value
+                for key, value in (message.headers or {}).items()
+                if not key.startswith(_PUBLISH_CONDITIONS)
+            }
+            await nc.publish(message.subject, message.data, reply=reply, headers=headers or None)
+            last = message
+            if len(in_flight) >= PUBLISH_WINDOW:
+                previous = await _acknowledged(*in_flight.popleft(), previous)
+        while in_flight:
+            previous = await _acknowledged(*in_flight.popleft(), previous)
+    finally:
+        for _, future in in_flight:
+            future.cancel()
+        await sub.unsubscribe()
+    return last
+
+
+async def _acknowledged(message: Message, future: asyncio.Future[Msg], previous: int) -> int:
+    """The sequence the stream stored ``message`` at, once it says so; raises when it
+    did not store it, or stored it out of order."""
+    try:
+        reply = await asyncio.wait_for(future, ACK_TIMEOUT)
+    except TimeoutError:
+        raise UsageError(
+            f"no acknowledgement of message #{message.seq} within {ACK_TIMEOUT:.0f}s: "
+            "the restore is incomplete"
+        ) from None
+    if (reply.headers or {}).get("Status") == "503":
+        raise UsageError(f"no stream took message #{message.seq}: the restore is incomplete")
+    answer = json.loads(reply.data or b"{}")
+    if "error" in answer:
+        error = answer["error"]
+        raise UsageError(
+            f"the stream refused message #{message.seq}: {error.get('description', error)}; "
+            "the restore is incomplete"
+        )
+    if answer.get("duplicate"):
         raise UsageError(
             f"the stream dropped message #{message.seq} as a duplicate of an earlier one "
             f"(Nats-Msg-Id {_msg_id(message.headers)!r}, within the duplicate window): "
             "the restore is incomplete"
         )
+    seq = int(answer.get("seq", 0))
+    if seq <= previous:
+        raise UsageError(
+            f"message #{message.seq} was stored at #{seq}, not after #{previous}: "
+            "the restore is out of order"
+        )
+    return seq
 
 
 async def _restore_tokens(database_url: str, tokens: list[Token]) -> int:

@@ -16,6 +16,7 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -557,6 +558,42 @@ class EmbeddedPostgres:
         self._process, self._postmaster = process, info.process
         self._ended, self.returncode = False, None
 
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the postmaster and every process it started, for a server that runs but
+        does not answer (``aether up``'s probe); ``restart`` then starts it again.
+
+        Each backend of a postmaster leads its own process group, so the group's signal
+        would reach the postmaster alone: it is frozen first (SIGSTOP: it forks nothing
+        more), its children listed, then all killed, and waited for until none holds the
+        shared memory PostgreSQL checks before it starts again. ``postmaster.pid`` is
+        removed only when the pid it names still exists (a zombie no one waits for):
+        PostgreSQL would take it for a running server; a dead one it clears itself."""
+        import psutil
+
+        pid = self.pid
+        if pid is None or not self.running():
+            return
+        children: list[psutil.Process] = []
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(pid).children(recursive=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while any(_living(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid_file = self.data_dir / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            named = int(pid_file.read_text().splitlines()[0])
+            if named == pid and psutil.pid_exists(pid):
+                pid_file.unlink()
+
     def stop(self) -> None:
         self.running()  # a postmaster that died unseen is waited for: pg_ctl skips it
         if self._server is not None:
@@ -683,6 +720,16 @@ def _read_from(path: Path, offset: int, limit: int = 1 << 16) -> str:
             return file.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _living(process: Any) -> bool:
+    """Whether a ``psutil.Process`` still runs (a zombie holds no memory: it does not)."""
+    import psutil
+
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def _ready_postmaster(data_dir: Path, pid: int) -> Any:

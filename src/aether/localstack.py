@@ -27,6 +27,7 @@ from aether import supervise
 from aether.credentials import TOKEN_FILE
 from aether.infra import NatsExited, PostgresExited
 from aether.locate import remember_home
+from aether.probe import Probe, ask_nats, ask_postgres
 from aether.supervise import StackError
 
 if TYPE_CHECKING:
@@ -142,6 +143,12 @@ class _Embedded:
     started: Callable[[float], str]  # the line once started again, given the seconds taken
     kept: str  # what it starts again on, beside its port
     meanwhile: str  # what the person sees while it is down
+    # Asks it a real question at an interval (``aether.probe``): a server that runs but
+    # does not answer is killed with ``kill`` and started again like one that ended.
+    probe: Probe | None = None
+    kill: Callable[[], object] = lambda: None
+    asked: str = "questions"  # what the probe asks it, for the line that says it hung
+    pid: Callable[[], int | None] = lambda: None
 
 
 @dataclass
@@ -156,6 +163,7 @@ class Supervisor:
     restarts: dict[str, int] = field(default_factory=dict)
     since: dict[str, float] = field(default_factory=dict)
     due: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, Probe] = field(default_factory=dict)
 
     def log_path(self, name: str) -> Path:
         return self.stack.home / "logs" / f"{name}.log"
@@ -341,6 +349,10 @@ class Supervisor:
                 ),
                 kept="store",
                 meanwhile="missions wait meanwhile",
+                probe=self._probe(NATS, lambda timeout: ask_nats(self.stack.nats_url, timeout)),
+                kill=nats.kill,
+                asked="pings",
+                pid=lambda: nats.process.pid if nats.process is not None else None,
             ),
         )
 
@@ -387,6 +399,12 @@ class Supervisor:
                 ),
                 kept="data directory",
                 meanwhile="the gateway answers 503 meanwhile",
+                probe=self._probe(
+                    POSTGRES, lambda timeout: ask_postgres(self.stack.database_url, timeout)
+                ),
+                kill=lambda: postgres.kill(),
+                asked="queries",
+                pid=lambda: postgres.pid,
             ),
         )
 
@@ -407,14 +425,41 @@ class Supervisor:
                 self._embedded_down(server, f"{server.refused}: {error}", time.monotonic())
                 return
             self.since[name] = time.monotonic()
+            if server.probe is not None:
+                server.probe.reset()
             self.record()
             print(server.started(time.monotonic() - began), file=self.out, flush=True)
             return
         if server.alive():
+            if server.probe is not None and server.probe.check(now):
+                self._hung(server, now)
+                return
             if now - self.since.get(name, now) > STABLE_AFTER:
                 self.restarts[name] = 0
             return
         self._embedded_down(server, server.ended(), now)
+
+    def _hung(self, server: _Embedded, now: float) -> None:
+        """A server that runs but left its probe's last questions unanswered: killed
+        (SIGKILL) and, after the backoff, started again like one that ended."""
+        probe = server.probe
+        assert probe is not None
+        pid = server.pid()
+        server.kill()
+        probe.reset()
+        self._embedded_down(
+            server,
+            f"{f'(pid {pid}) ' if pid is not None else ''}answered none of its last"
+            f" {probe.limit} {server.asked} (the last: {probe.last_error}); killed it",
+            now,
+        )
+
+    def _probe(self, name: str, ask: Callable[[float], object]) -> Probe:
+        """The probe of the embedded server ``name``, made at its first use."""
+        probe = self.probes.get(name)
+        if probe is None:
+            probe = self.probes[name] = Probe(ask)
+        return probe
 
     def _embedded_down(self, server: _Embedded, what: str, now: float) -> None:
         count, delay = self._back_off(server.name, now)

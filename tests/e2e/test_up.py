@@ -360,6 +360,45 @@ def test_a_postgresql_that_dies_is_started_again_and_nothing_is_lost(started: Up
     assert "stopped." in started.output
 
 
+def test_a_postgresql_that_hangs_is_killed_and_started_again(started: Up, tmp_path: Path):
+    """The embedded PostgreSQL's postmaster stopped with SIGSTOP runs (``waitpid`` sees
+    nothing) and answers no new connection: ``up``'s probe finds its queries unanswered,
+    kills it and starts it again on the same data directory, socket and port, and the
+    same gateway serves reads of what it stored before, within a bounded time."""
+    data = started.home / "postgres"
+    listed_before = (data / "postmaster.pid").read_text().splitlines()
+    before = started.recorded()["postgres"]
+    gateway = started.recorded()["gateway"]
+    url, gateway_pid = f"http://127.0.0.1:{gateway['port']}", int(str(gateway["pid"]))
+    readiness_until(url, gateway_pid, 200, started)
+    home = str(started.home)
+    made = run(tmp_path, "tokens", "create", "kept-across", "--scope", "read", "--home", home)
+    assert made.returncode == 0, made.stderr
+    stopped = int(str(before["pid"]))
+    began = time.monotonic()
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        started.wait_for(
+            f"! PostgreSQL (pid {stopped}) answered none of its last 3 queries", timeout=90
+        )
+        started.wait_for("PostgreSQL started again", timeout=60)
+        readiness_until(url, gateway_pid, 200, started, timeout=60)
+        took = time.monotonic() - began
+        print(f"a stopped postmaster replaced, the gateway ready again, in {took:.1f}s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    after = started.recorded()["postgres"]
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    assert survivors([stopped]) == []
+    listed_after = (data / "postmaster.pid").read_text().splitlines()
+    assert listed_after[3:5] == listed_before[3:5]  # the same port and socket directory
+    tokens = run(tmp_path, "tokens", "list", "--json", "--home", home)
+    assert tokens.returncode == 0, tokens.stderr + started.output
+    assert "kept-across" in tokens.stdout
+    assert started.process.poll() is None
+
+
 class Screen:
     """A command run in a pseudo-terminal, as a person at a terminal runs it."""
 
