@@ -326,8 +326,9 @@ async def test_runtimes_are_read_again_while_the_form_stays_open(
     await live_runtimes(http, ["aider", "builtin"])
     read_before = len(reads)
     await page.evaluate("() => window.dispatchEvent(new Event('focus'))")
+    # Well before the next reading the clock brings (15 s after the last one).
     await expect(page.locator("#nm-runtime option[value=codex]")).to_have_text(
-        "codex (unavailable: no live runner has it now)"
+        "codex (unavailable: no live runner has it now)", timeout=5_000
     )
     await expect(page.locator("#nm-runtime")).to_have_value("codex")
     await expect(page.locator("#nm-runtime-gone")).to_contain_text("codex is unavailable")
