@@ -202,7 +202,7 @@ class RuntimeList(msgspec.Struct, kw_only=True):
 
     runtimes: list[RuntimeOffer]
     runners: list[RunnerEntry]
-    tiers: list[str] = msgspec.field(default_factory=list)
+    tiers: list[str]
 
 
 class EventPage(msgspec.Struct, kw_only=True):
