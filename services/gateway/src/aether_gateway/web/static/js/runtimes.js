@@ -215,7 +215,7 @@ export class RuntimeChoices {
       select,
       h("option", { value: "" }, first),
       offers.map((offer) => h("option", { value: offer.name }, offerLabel(offer, live))),
-      missing ? h("option", { value: chosen, "data-unavailable": true }, `${chosen} (unavailable: ${GONE})`) : null,
+      missing ? h("option", { value: chosen, "data-unavailable": true }, `${chosen} (unavailable)`) : null,
     );
     select.value = chosen;
     select.classList.toggle("unavailable", missing);
