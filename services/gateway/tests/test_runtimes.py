@@ -156,6 +156,9 @@ async def test_the_runtimes_and_their_runners_are_listed_for_any_reader(
         ("r-1", ["builtin"], 2),
         ("r-2", ["builtin", "codex"], 4),
     ]
+    # The model tiers a mission's runtime_overrides name, cheapest first (the board
+    # offers a runtime for each).
+    assert listed["tiers"] == ["small", "standard", "complex"]
 
 
 async def cli(server, capsys, *argv: str) -> tuple[int, str]:

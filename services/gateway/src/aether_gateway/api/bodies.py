@@ -197,10 +197,12 @@ class RuntimeOffer(msgspec.Struct, kw_only=True):
 class RuntimeList(msgspec.Struct, kw_only=True):
     """The agent runtimes of the live runners, by name, and the runners' own entries
     (``runner_id``, ``host``, ``runtimes``, ``default_runtime``, ``lanes``, ``version``,
-    ``started_at``, ``announced_at``, ``refresh_seconds``)."""
+    ``started_at``, ``announced_at``, ``refresh_seconds``); ``tiers``: the model tiers a
+    planned task may have, cheapest first, which a mission's ``runtime_overrides`` name."""
 
     runtimes: list[RuntimeOffer]
     runners: list[RunnerEntry]
+    tiers: list[str]
 
 
 class EventPage(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, ServiceUnavailableException
 
+from aether_events import TIERS
 from aether_gateway.api.auth import READ
 from aether_gateway.api.bodies import RuntimeList, RuntimeOffer
 from aether_gateway.api.context import GatewayContext
@@ -77,7 +78,8 @@ async def list_runtimes(ctx: NamedDependency[GatewayContext]) -> RuntimeList:
     """Each live agent runner keeps an entry on the bus while it runs (refreshed every
     third of ``AETHER_RUNNER_ENTRY_SECONDS``, gone that long after it died, deleted when
     it stops); a mission naming a runtime none has is refused. Read at most every two
-    seconds: a runner started within them may not show yet."""
+    seconds: a runner started within them may not show yet. The model tiers come with
+    them, so a client can offer a runtime per tier (``runtime_overrides``)."""
     try:
         runners = await ctx.runners.live()
     except Exception as error:
@@ -85,7 +87,7 @@ async def list_runtimes(ctx: NamedDependency[GatewayContext]) -> RuntimeList:
             detail="the registry of runners could not be read; try again",
             extra={"reason": type(error).__name__},
         ) from error
-    return RuntimeList(runtimes=offers(runners), runners=runners)
+    return RuntimeList(runtimes=offers(runners), runners=runners, tiers=list(TIERS))
 
 
 RUNTIME_ROUTES = [list_runtimes]

@@ -25,6 +25,24 @@ export function costBar(spent, budget, { exceeded = false } = {}) {
   );
 }
 
+// What a task runs with when neither it nor its mission named a runtime.
+const DEFAULT_RUNTIME = "default";
+
+/** The runtime the mission asked for its tasks, and per tier where it differs, as the
+ * command line shows it (`default (complex: codex)`). */
+export function runtimeAsked(m) {
+  const overrides = Object.entries(m.runtime_overrides || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const tiers = overrides.map(([tier, name]) => `${tier}: ${name}`).join(", ");
+  const runtime = m.runtime || DEFAULT_RUNTIME;
+  return tiers ? `${runtime} (${tiers})` : runtime;
+}
+
+/** The runtime that works a task: its current attempt's, else the one its mission asked
+ * for its tier, else the mission's, else its runner's default. */
+export function taskRuntime(m, t) {
+  return t.runtime || (m.runtime_overrides || {})[t.tier] || m.runtime || DEFAULT_RUNTIME;
+}
+
 function cacheRatio(m) {
   const total = m.tokens_in + m.tokens_cache_read + m.tokens_cache_write;
   return total ? Math.round((100 * m.tokens_cache_read) / total) + " %" : "—";
@@ -112,6 +130,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         h("div", {}, h("dt", {}, "Integration branch"), h("dd", { class: "mono", id: "integration-branch" }, m.integration_branch || "—")),
         m.final_sha ? h("div", {}, h("dt", {}, "Result"), h("dd", { class: "mono", id: "final-sha" }, short(m.final_sha))) : null,
         deliveryFact(delivery(m.delivery)),
+        h("div", {}, h("dt", {}, "Agent runtime"), h("dd", { class: "mono", id: "mission-runtime", title: "default: each runner's own" }, runtimeAsked(m))),
         h("div", {}, h("dt", {}, "Tokens in / out"), h("dd", {}, `${tokens(m.tokens_in)} / ${tokens(m.tokens_out)}`)),
         h("div", {}, h("dt", {}, "Prompt-cache hits"), h("dd", { id: "cache-ratio" }, cacheRatio(m))),
         h("div", {}, h("dt", {}, "Age"), h("dd", { title: time(m.created_at) }, age(m.created_at))),
@@ -284,11 +303,14 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
 
   function card(task) {
     const href = `${boardBase}/tasks/${encodeURIComponent(task.task_id)}`;
+    // Named where the mission or the task names a runtime, as the command line does.
+    const named = task.runtime || detail.runtime || Object.keys(detail.runtime_overrides || {}).length;
+    const runtime = named ? taskRuntime(detail, task) : null;
     const el = h(
       "article",
       { class: `task s-${task.status}`, "data-task": task.task_id, "data-status": task.status },
       h("a", { href, "data-nav": true, class: "task-title" }, task.title),
-      h("div", { class: "task-meta" }, h("span", { class: "mono" }, task.task_id), pill(task.status), task.attempt > 1 ? h("span", { class: "tag" }, `attempt ${task.attempt}`) : null, task.cost_usd ? h("span", { class: "cost" }, money(task.cost_usd)) : null),
+      h("div", { class: "task-meta" }, h("span", { class: "mono" }, task.task_id), pill(task.status), runtime ? h("span", { class: "tag runtime", "data-runtime": runtime, title: "agent runtime" }, runtime) : null, task.attempt > 1 ? h("span", { class: "tag" }, `attempt ${task.attempt}`) : null, task.cost_usd ? h("span", { class: "cost" }, money(task.cost_usd)) : null),
       h("div", { class: "activity" }, activity.get(task.task_id) || (task.agent && task.agent.last_action) || ""),
       task.error && ["failed", "escalated", "conflicted"].includes(task.status) ? h("div", { class: "task-error" }, firstLine(task.error, 140)) : null,
     );

@@ -3,6 +3,7 @@
 import { ApiError, get, post, query } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill, put } from "../dom.js";
 import { LiveStream, reloaded } from "../live.js";
+import { RuntimeChoices } from "../runtimes.js";
 
 const STATUSES = [
   "requested", "preparing", "awaiting_input", "awaiting_approval", "plan_failed",
@@ -48,38 +49,9 @@ function row(mission, counts) {
   );
 }
 
-// The agent runtimes the live runners have (GET /runtimes) as the form's choice: the
-// runners' default (nothing sent), then each runtime some live runner has. The note says
-// when no runner is live, or the list could not be read; a choice no longer offered goes
-// back to the default.
-async function loadRuntimes(select, note) {
-  const chosen = select.value;
-  let found;
-  try {
-    found = await get("/runtimes");
-  } catch (error) {
-    put(select, h("option", { value: "" }, "The runners' default"));
-    note.textContent = `The runners' runtimes could not be read (${error.message}): the mission runs with their default.`;
-    note.hidden = false;
-    return;
-  }
-  const live = found.runners.length;
-  const defaults = [...new Set(found.runners.map((runner) => runner.default_runtime).filter(Boolean))];
-  const byDefault =
-    defaults.length === 1 ? `The runners' default (${defaults[0]})` : defaults.length ? `Each runner's default (${defaults.join(", ")})` : "The runners' default";
-  put(
-    select,
-    h("option", { value: "" }, byDefault),
-    found.runtimes.map((offer) => h("option", { value: offer.name }, `${offer.name} (${offer.runners.length} of ${live} live runner${live === 1 ? "" : "s"})`)),
-  );
-  select.value = found.runtimes.some((offer) => offer.name === chosen) ? chosen : "";
-  note.textContent = live
-    ? ""
-    : "No agent runner is live now: the mission is kept, and its tasks wait for a runner and run with that runner's default runtime.";
-  note.hidden = live > 0;
-}
-
+// The form, and what stops its reading of the runners' runtimes when the page is left.
 function newMissionForm(onCreated) {
+  const choices = new RuntimeChoices();
   const field = (name, label, input, hint) =>
     h("div", { class: "field", "data-field": name }, h("label", { for: "nm-" + name }, label), input, hint ? h("small", { class: "muted" }, hint) : null, h("p", { class: "field-error", id: "nm-" + name + "-error" }));
   const form = h(
@@ -89,13 +61,7 @@ function newMissionForm(onCreated) {
     field("repository", "Repository", h("input", { id: "nm-repository", name: "repository", required: true, placeholder: "/path/to/repo or URL" })),
     field("base_branch", "Base branch", h("input", { id: "nm-base_branch", name: "base_branch", placeholder: "the repository's default" }), h("span", { id: "nm-base-hint" }, "Left empty: the repository's default branch")),
     field("requirement", "Requirement", h("textarea", { id: "nm-requirement", name: "requirement", rows: 5, required: true, placeholder: "What should change, and how will you know it is done?" })),
-    field(
-      "runtime",
-      "Agent runtime",
-      h("select", { id: "nm-runtime", name: "runtime" }, h("option", { value: "" }, "The runners' default")),
-      "The agent that works the tasks, among those the live runners have",
-    ),
-    h("p", { class: "notice", id: "nm-runtime-note", role: "status", hidden: true }),
+    choices.fields(),
     h(
       "div",
       { class: "row" },
@@ -106,10 +72,7 @@ function newMissionForm(onCreated) {
     h("div", { class: "notice", id: "nm-warning", role: "status", hidden: true }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Submit mission")),
   );
-  const runtime = form.querySelector("#nm-runtime");
-  const runtimeNote = form.querySelector("#nm-runtime-note");
   const warning = form.querySelector("#nm-warning");
-  loadRuntimes(runtime, runtimeNote);
   // Left empty, the base branch is the repository's own default branch, which the git
   // broker reads when it prepares the repository; the hint names it when the gateway can.
   let detected = null;
@@ -137,6 +100,7 @@ function newMissionForm(onCreated) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
+    choices.clearErrors();
     warning.hidden = true;
     clear(warning);
     const data = new FormData(form);
@@ -154,11 +118,11 @@ function newMissionForm(onCreated) {
       // Sent as typed when it is no number, so the gateway's own message explains it.
       body.budget_usd = Number.isFinite(value) ? value : budget;
     }
-    const chosen = String(data.get("runtime") || "");
-    if (chosen) body.runtime = chosen;
+    Object.assign(body, choices.body());
     try {
       const accepted = await post("/missions", body);
       form.reset();
+      choices.reset();
       detected = null;
       baseInput.placeholder = "the repository's default";
       hint.textContent = "Left empty: the repository's default branch";
@@ -171,14 +135,13 @@ function newMissionForm(onCreated) {
       const href = `/board/missions/${encodeURIComponent(accepted.mission_id)}`;
       put(warning, `Mission submitted, but ${accepted.warning}. `, h("a", { href, "data-nav": true, id: "nm-warning-mission" }, "Open the mission"));
       warning.hidden = false;
-      loadRuntimes(runtime, runtimeNote);
     } catch (error) {
       const detail = error instanceof ApiError && error.body.detail;
       if (detail && Array.isArray(detail.unknown_runtimes)) {
         // A runtime no live runner has now (its runner stopped since the list was read):
-        // the gateway's message names those they have, and the choice is read again.
-        form.querySelector("#nm-runtime-error").textContent = error.message;
-        loadRuntimes(runtime, runtimeNote);
+        // the gateway's message, which names those they have, beside the choice that
+        // names it; everything typed and chosen stays, and the list is read again.
+        choices.refused(detail.unknown_runtimes, error.message);
         return;
       }
       const fields = error instanceof ApiError ? error.fields() : {};
@@ -193,7 +156,7 @@ function newMissionForm(onCreated) {
       if (!placed) form.querySelector("#nm-error").textContent = error.message;
     }
   });
-  return form;
+  return { form, stop: choices.start() };
 }
 
 export async function missionsPage(main, { me, navigate }) {
@@ -259,6 +222,7 @@ export async function missionsPage(main, { me, navigate }) {
   statusSelect.addEventListener("change", applyFilters);
   repoInput.addEventListener("change", applyFilters);
 
+  const newMission = me.canWrite ? newMissionForm((id) => navigate(`/board/missions/${encodeURIComponent(id)}`)) : null;
   main.append(
     h(
       "div",
@@ -280,7 +244,7 @@ export async function missionsPage(main, { me, navigate }) {
         ),
         more,
       ),
-      me.canWrite ? newMissionForm((id) => navigate(`/board/missions/${encodeURIComponent(id)}`)) : null,
+      newMission ? newMission.form : null,
     ),
   );
   // Live from the read model's position before the list is read: nothing older needs
@@ -293,5 +257,6 @@ export async function missionsPage(main, { me, navigate }) {
   return () => {
     live.stop();
     clearInterval(ages);
+    if (newMission) newMission.stop();
   };
 }

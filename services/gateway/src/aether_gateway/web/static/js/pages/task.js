@@ -71,6 +71,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
         "dl",
         { class: "facts" },
         h("div", {}, h("dt", {}, "Tier"), h("dd", {}, t.tier)),
+        h("div", {}, h("dt", {}, "Agent runtime"), h("dd", { class: "mono", id: "task-runtime" }, t.runtime || (t.attempt ? "the runner's default" : "—"))),
         h("div", {}, h("dt", {}, "Depends on"), h("dd", { class: "mono" }, t.depends_on.join(", ") || "—")),
         h("div", {}, h("dt", {}, "Files"), h("dd", { class: "mono" }, t.files.join(", ") || "—")),
         h("div", {}, h("dt", {}, "Branch"), h("dd", { class: "mono" }, t.branch || "—")),
