@@ -80,12 +80,18 @@ BAD_BODIES: list[tuple[bytes, str]] = [
     (b'{"repository": "/r", "requirement": "x", "base_branch": "\\u0000"}', "base_branch"),
     (b'{"repository": "/r", "requirement": "x", "verify_command": "a\\u0000"}', "verify"),
     (
-        b'{"repository": "/r", "requirement": "x", "model_overrides": {"k": "\\u0000"}}',
-        "model_overrides.k",
+        b'{"repository": "/r", "requirement": "x", "model_overrides": {"small": "\\u0000"}}',
+        "model_overrides.small",
     ),
     (
         b'{"repository": "/r", "requirement": "x", "model_overrides": {"\\u0000": "v"}}',
-        "model_overrides (a key)",
+        "model_overrides",
+    ),
+    # Overrides are per model tier: another key would be kept and never used.
+    (b'{"repository": "/r", "requirement": "x", "model_overrides": {"fast": "m"}}', "'fast'"),
+    (
+        b'{"repository": "/r", "requirement": "x", "runtime_overrides": {"simple": "builtin"}}',
+        "runtime_overrides",
     ),
     (b'{"repository": "/r", "requirement": "\\ud800"}', "not valid JSON"),
     (b'{"repository": "/r", "requirement": "\\udc00 x"}', "surrogate"),
@@ -93,7 +99,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
     (b'{"repository": "\xed\xa0\x80", "requirement": "x"}', "UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, "body"),
     (
-        b'{"repository": "/r", "requirement": "x", "model_overrides": {"k": '
+        b'{"repository": "/r", "requirement": "x", "model_overrides": {"small": '
         + b"[" * 100_000
         + b"]" * 100_000
         + b"}}",

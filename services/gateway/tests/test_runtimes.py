@@ -103,7 +103,7 @@ async def test_a_mission_naming_a_runtime_a_live_runner_has_is_accepted(http, nc
     await registry.runner("r-2", "builtin", "codex")
     response = await http.post(
         "/missions",
-        json={**MISSION, "runtime": "codex", "runtime_overrides": {"simple": "builtin"}},
+        json={**MISSION, "runtime": "codex", "runtime_overrides": {"small": "builtin"}},
     )
     assert response.status_code == 202, response.text
     assert response.json()["warning"] is None

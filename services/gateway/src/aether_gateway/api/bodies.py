@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from aether_events import Tier
 from aether_events.estimates import PlanEstimate
 from aether_gateway.adapters.queries import StoredEvent, UsageRow
 from aether_gateway.adapters.tokens import TokenInfo
@@ -45,12 +46,13 @@ class CreateMission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tasks: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
     # Tasks whose files overlap may run at once (their merges are line-level).
     allow_file_overlap: bool = False
-    model_overrides: dict[str, str] = msgspec.field(default_factory=dict)
+    # Per model tier (``small``, ``standard``, ``complex``): another key is refused.
+    model_overrides: dict[Tier, str] = msgspec.field(default_factory=dict)
     verify_command: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
     # The agent runtime of the tasks, and per tier where it differs: a name no live runner
     # has is refused (``GET /runtimes``), unless no runner has announced itself.
     runtime: RuntimeName | None = None
-    runtime_overrides: dict[str, RuntimeName] = msgspec.field(default_factory=dict)
+    runtime_overrides: dict[Tier, RuntimeName] = msgspec.field(default_factory=dict)
 
 
 class MissionAccepted(msgspec.Struct, kw_only=True):

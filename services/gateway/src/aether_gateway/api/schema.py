@@ -64,6 +64,8 @@ def _state_checks(prop: Schema, kind: msgspec.inspect.Type) -> None:
     elif isinstance(kind, msgspec.inspect.DictType):
         if isinstance(kind.key_type, msgspec.inspect.StrType):
             prop.property_names = Schema(pattern=kind.key_type.pattern or NO_NUL)
+        elif isinstance(kind.key_type, msgspec.inspect.LiteralType):
+            prop.property_names = Schema(enum=list(kind.key_type.values))
         values = prop.additional_properties
         if isinstance(values, Schema):
             _state_checks(values, _without_none(kind.value_type))

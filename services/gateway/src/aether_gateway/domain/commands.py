@@ -9,6 +9,7 @@ stored once: the stream drops the second copy by its ``Nats-Msg-Id``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -25,6 +26,7 @@ from aether_events import (
     PlanRevisionRequested,
     TaskRetryRequested,
     TaskSkipped,
+    Tier,
     mission_id_for,
     step_event_id,
     step_ids,
@@ -62,13 +64,13 @@ class MissionRequest(Protocol):
     @property
     def allow_file_overlap(self) -> bool: ...
     @property
-    def model_overrides(self) -> dict[str, str]: ...
+    def model_overrides(self) -> Mapping[Tier, str]: ...
     @property
     def verify_command(self) -> str | None: ...
     @property
     def runtime(self) -> str | None: ...
     @property
-    def runtime_overrides(self) -> dict[str, str]: ...
+    def runtime_overrides(self) -> Mapping[Tier, str]: ...
 
 
 def request_mission(
@@ -106,11 +108,11 @@ def request_mission(
         max_concurrency=request.max_concurrency,
         max_tasks=request.max_tasks,
         allow_file_overlap=request.allow_file_overlap,
-        model_overrides=request.model_overrides,
+        model_overrides={str(tier): model for tier, model in request.model_overrides.items()},
         verify_command=request.verify_command,
         requested_by=caller_name,
         runtime=request.runtime,
-        runtime_overrides=dict(request.runtime_overrides),
+        runtime_overrides={str(t): name for t, name in request.runtime_overrides.items()},
     )
 
 
