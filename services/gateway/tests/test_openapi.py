@@ -48,7 +48,8 @@ async def test_every_operation_documents_auth_errors_and_its_parameters(http):
     assert document["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT",
+        "description": "An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT"
+        " (or an opaque OIDC access token, with introspection on)",
     }
     assert document["security"] == [{"bearer": []}]
     open_operations = set()
