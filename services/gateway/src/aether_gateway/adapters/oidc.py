@@ -169,6 +169,17 @@ class ProviderUnavailable(Exception):
     """The identity provider could not be reached or answered nonsense."""
 
 
+class SignInPending(InvalidToken):
+    """A device sign-in the user has not approved yet (``slow_down``: poll less often)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.slow_down = error == "slow_down"
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
 class ProviderMetadata(msgspec.Struct, kw_only=True):
     """The parts of the discovery document the gateway uses (unknown fields ignored)."""
 
@@ -178,8 +189,20 @@ class ProviderMetadata(msgspec.Struct, kw_only=True):
     jwks_uri: str = ""
     end_session_endpoint: str = ""
     introspection_endpoint: str = ""
+    device_authorization_endpoint: str = ""
     # None: not published (RFC 8414 §2: client_secret_basic is then the default).
     introspection_endpoint_auth_methods_supported: Any = None
+
+
+class DeviceStart(msgspec.Struct, kw_only=True):
+    """The provider's answer to a device authorization request (RFC 8628 §3.2)."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str = ""
+    expires_in: int = 600
+    interval: int = 5
 
 
 class _TokenAnswer(msgspec.Struct, kw_only=True):
@@ -439,25 +462,71 @@ class OidcVerifier:
             answer = msgspec.structs.replace(answer, refresh_token=refresh_token)
         return self._signed_in(answer, claims)
 
+    @property
+    def confidential(self) -> bool:
+        """The gateway's client has a secret: only the gateway can use it at the provider."""
+        return self.settings.browser_sign_in and bool(self.settings.client_secret)
+
+    async def device_start(self) -> DeviceStart:
+        """Start a device sign-in (RFC 8628) as the gateway's confidential client, for a
+        command line that holds no secret."""
+        found = await self.metadata()
+        if not found.device_authorization_endpoint:
+            raise InvalidToken("the provider does not offer the device authorization grant")
+        form = {"client_id": self.settings.client_id, "scope": " ".join(self.settings.scopes)}
+        try:
+            async with _client() as http:
+                response = await http.post(
+                    found.device_authorization_endpoint, data=form, auth=self._client_auth()
+                )
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"the device authorization endpoint: {error!r}") from error
+        if response.status_code != 200:
+            answer = _decoded_or_empty(response.content)
+            why = answer.error_description or answer.error or f"HTTP {response.status_code}"
+            raise InvalidToken(f"the provider refused the device sign-in: {why[:_MAX_ERROR_TEXT]}")
+        try:
+            return msgspec.json.decode(response.content, type=DeviceStart)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise ProviderUnavailable(f"the device authorization endpoint: {error}") from error
+
+    async def device_finish(self, device_code: str) -> SignedIn:
+        """Ask the token endpoint once whether the device sign-in was approved: the ID
+        token checked as a sign-in's is, or ``SignInPending``."""
+        answer = await self._token_request(
+            {
+                "grant_type": DEVICE_GRANT,
+                "device_code": device_code,
+                "client_id": self.settings.client_id,
+            },
+            "device code",
+        )
+        claims = await self._verified(answer.id_token, [self.settings.client_id], id_token=True)
+        return self._signed_in(answer, claims)
+
+    def _client_auth(self) -> httpx.Auth:
+        # A confidential client authenticates with client_secret_basic; a public one
+        # (no secret) is held to its PKCE verifier alone.
+        if self.settings.client_secret:
+            return httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
+        return httpx.Auth()
+
     async def _token_request(self, form: dict[str, str], what: str) -> _TokenAnswer:
         """The token endpoint's answer to ``form``; ``InvalidToken`` when it refuses
         ``what`` or gives no ID token."""
         if not self.settings.browser_sign_in:
             raise InvalidToken("OIDC sign-in is not configured")
         found = await self.metadata()
-        # A confidential client authenticates with client_secret_basic; a public one
-        # (no secret) is held to its PKCE verifier alone.
-        auth: httpx.Auth = (
-            httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
-            if self.settings.client_secret
-            else httpx.Auth()
-        )
         try:
             async with _client() as http:
-                response = await http.post(found.token_endpoint, data=form, auth=auth)
+                response = await http.post(
+                    found.token_endpoint, data=form, auth=self._client_auth()
+                )
             answer = msgspec.json.decode(response.content, type=_TokenAnswer)
         except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as error:
             raise ProviderUnavailable(f"the token endpoint: {error}") from error
+        if answer.error in ("authorization_pending", "slow_down"):
+            raise SignInPending(answer.error)
         if response.status_code >= 400 or answer.error or not answer.id_token:
             why = answer.error_description or answer.error or f"HTTP {response.status_code}"
             raise InvalidToken(f"the provider refused the {what}: {why[:_MAX_ERROR_TEXT]}")
@@ -538,3 +607,11 @@ def _names(value: object) -> set[str]:
     if isinstance(value, list):
         return {item for item in value if isinstance(item, str)}
     return set()
+
+
+def _decoded_or_empty(content: bytes) -> _TokenAnswer:
+    """An error answer's fields, or none when it is not the JSON it should be."""
+    try:
+        return msgspec.json.decode(content, type=_TokenAnswer)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _TokenAnswer()
