@@ -3,8 +3,11 @@
 With OIDC the CLI signs in at the identity provider the gateway names (``GET
 /auth/oidc``): the authorization-code flow with PKCE and a loopback redirect (RFC 8252: a
 one-shot listener on 127.0.0.1 at a random port), or the device authorization grant
-(RFC 8628) with ``--device`` when the provider offers it. ``--token`` keeps a pasted API
-token instead. Either way the gateway is asked who the token is before it is kept.
+(RFC 8628) with ``--device`` when the provider offers it. When the gateway's client is
+confidential (its secret is the gateway's alone), the device grant runs through the
+gateway instead (``/auth/oidc/device``), and so do refreshes: the CLI never holds the
+secret. ``--token`` keeps a pasted API token instead. Either way the gateway is asked
+who the token is before it is kept.
 
 Sessions live in ``<home>/credentials.json`` (readable by its owner only), one per
 gateway URL. An OIDC session whose token is about to expire is refreshed with its
@@ -57,6 +60,8 @@ class Session:
     client_id: str = ""
     # Which of the provider's tokens the gateway takes: "id_token" or "access_token".
     bearer: str = ""
+    # Refreshed through the gateway (a confidential client), not at the token endpoint.
+    via_gateway: bool = False
 
 
 # --- the credentials file ----------------------------------------------------------------
@@ -132,7 +137,7 @@ def usable_token(home: Path, url: str, now: float | None = None) -> str | None:
                 "token: run `aether login` again"
             )
         return session.token
-    refreshed = _refresh(session)
+    refreshed = _refresh_via_gateway(url, session) if session.via_gateway else _refresh(session)
     save(home, url, refreshed)
     return refreshed.token
 
@@ -165,7 +170,41 @@ def _refresh(session: Session) -> Session:
     )
 
 
+def _refresh_via_gateway(url: str, session: Session) -> Session:
+    status, body = _gateway_post(
+        f"{_key(url)}/auth/oidc/refresh", {"refresh_token": session.refresh_token}
+    )
+    if status != 200 or not isinstance(body.get("token"), str):
+        raise LoginError(
+            f"refreshing the sign-in: the gateway refused ({status}: {_refusal(body)}): "
+            "run `aether login` again"
+        )
+    return Session(
+        kind="oidc",
+        token=str(body["token"]),
+        name=session.name,
+        expires_at=int(body.get("expires_at") or 0),
+        refresh_token=str(body.get("refresh_token") or session.refresh_token),
+        client_id=session.client_id,
+        bearer="id_token",
+        via_gateway=True,
+    )
+
+
 # --- talking to the gateway and the provider ----------------------------------------------
+
+
+def _gateway_post(url: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """One of the gateway's open sign-in routes: its status and JSON object."""
+    try:
+        response = httpx.post(url, json=body, timeout=_HTTP_TIMEOUT, verify=tls.for_url(url))
+    except httpx.HTTPError as error:
+        raise LoginError(f"the gateway at {url} cannot be reached: {error}") from None
+    try:
+        found = response.json()
+    except ValueError:
+        found = {}
+    return response.status_code, found if isinstance(found, dict) else {}
 
 
 def _whoami(url: str, token: str) -> tuple[int, dict[str, Any]]:
@@ -255,6 +294,10 @@ class Provider:
     authorization_endpoint: str
     token_endpoint: str
     device_authorization_endpoint: str
+    # The gateway holds the client's secret: sign in through it (``gateway_device``: it
+    # runs the device grant), never at the token endpoint directly.
+    confidential: bool = False
+    gateway_device: bool = False
 
 
 def discover(url: str) -> Provider:
@@ -274,6 +317,8 @@ def discover(url: str) -> Provider:
         authorization_endpoint=str(found.get("authorization_endpoint") or ""),
         token_endpoint=str(found.get("token_endpoint") or ""),
         device_authorization_endpoint=str(found.get("device_authorization_endpoint") or ""),
+        confidential=config.get("confidential") is True,
+        gateway_device=config.get("device") is True,
     )
 
 
@@ -426,6 +471,46 @@ def device_sign_in(
     raise LoginError("the device code expired before the sign-in finished")
 
 
+def gateway_device_sign_in(
+    url: str,
+    provider: Provider,
+    *,
+    say: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The device grant run by the gateway as its confidential client: the CLI shows the
+    code, then asks the gateway until the user approved it. The gateway's session (the
+    checked ID token, its expiry, the refresh token)."""
+    if not provider.gateway_device:
+        raise LoginError(
+            f"the gateway's OIDC client is confidential and the provider at {provider.issuer}"
+            " does not offer the device authorization grant, the only sign-in a command line"
+            " can do without the client's secret: use `aether login --token <API token>`"
+        )
+    status, started = _gateway_post(f"{_key(url)}/auth/oidc/device", None)
+    if status != 200:
+        raise LoginError(f"starting the device sign-in: {_refusal(started)} ({status})")
+    where = started.get("verification_uri_complete") or started.get("verification_uri")
+    say(f"To sign in, go to {where} and enter the code {started.get('user_code')}")
+    interval = float(started.get("interval") or 5)
+    deadline = time.monotonic() + float(started.get("expires_in") or 600)
+    form = {"device_code": str(started.get("device_code"))}
+    while time.monotonic() < deadline:
+        sleep(interval)
+        status, answer = _gateway_post(f"{_key(url)}/auth/oidc/device/token", form)
+        if status == 200:
+            return answer
+        detail = answer.get("detail")
+        oauth_error = detail.get("oauth_error") if isinstance(detail, dict) else None
+        if status == 503 or oauth_error == "authorization_pending":
+            continue  # not approved yet, or the provider is briefly away
+        if oauth_error == "slow_down":
+            interval += 5
+            continue
+        raise LoginError(f"the device sign-in failed: {_refusal(answer)} ({status})")
+    raise LoginError("the device code expired before the sign-in finished")
+
+
 def _open_browser(address: str) -> bool:
     try:
         return webbrowser.open(address)
@@ -444,6 +529,8 @@ def login_oidc(
 ) -> Session:
     """Sign in at the gateway's provider, check the token with the gateway, keep it."""
     provider = discover(url)
+    if provider.confidential:
+        return _login_via_gateway(url, home, provider, say=say)
     if device:
         answer = device_sign_in(provider, say=say)
     else:
@@ -474,6 +561,30 @@ def login_oidc(
         refusals.append(f"{bearer.replace('_', ' ')}: {_refusal(body)}")
     reasons = "; ".join(refusals) or "no JWT given"
     raise LoginError(f"the gateway at {url} took none of the provider's tokens ({reasons})")
+
+
+def _login_via_gateway(
+    url: str, home: Path, provider: Provider, *, say: Callable[[str], None]
+) -> Session:
+    answer = gateway_device_sign_in(url, provider, say=say)
+    token = answer.get("token")
+    if not isinstance(token, str) or not token:
+        raise LoginError(f"the gateway at {url} gave no token for the sign-in")
+    status, body = _whoami(url, token)
+    if status != 200:
+        raise LoginError(f"the gateway at {url} refused the sign-in: {_refusal(body)}")
+    session = Session(
+        kind="oidc",
+        token=token,
+        name=str(body.get("name") or body.get("id") or ""),
+        expires_at=int(answer.get("expires_at") or 0),
+        refresh_token=str(answer.get("refresh_token") or ""),
+        client_id=provider.client_id,
+        bearer="id_token",
+        via_gateway=True,
+    )
+    save(home, url, session)
+    return session
 
 
 def login_token(url: str, home: Path, token: str) -> Session:

@@ -1,7 +1,8 @@
 """A real OpenID Connect provider for the tests: ``oidc-provider-mock`` (authlib's
 authorization server in a Flask app) on a free port of this machine, with PKCE enforced
 (the package leaves it out, so RFC 7636's extension from authlib is added), nonces
-required, and a way to rotate its signing key.
+required, a way to rotate its signing key, and on demand the device grant (RFC 8628) and
+token introspection (RFC 7662) from authlib.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import oidc_provider_mock
 import werkzeug.serving
 from authlib import jose
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc8628 import (
     DeviceAuthorizationEndpoint,
     DeviceCodeGrant,
@@ -73,7 +75,10 @@ class Provider:
         token_max_age: timedelta = timedelta(minutes=10),
         refresh_tokens: bool = False,
         device_grant: bool = False,
+        introspection: str = "",
     ) -> None:
+        """``introspection``: the client authentication its introspection endpoint takes
+        (``client_secret_basic`` or ``client_secret_post``; "": no endpoint)."""
         self.app = oidc_provider_mock.app(
             require_nonce=True,
             user_claims=users,
@@ -119,8 +124,40 @@ class Provider:
                 grant.TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
                 server._token_grants[index] = (grant, [*(extensions or []), with_id_token])
         self.approved: dict[str, str] = {}  # user code -> the user who approved it
+        # What the discovery document says besides the package's own fields (a path is
+        # the issuer's).
+        self.discovery: dict[str, Any] = {}
+        discovery = self.app.view_functions["oidc-provider-mock.openid_config"]
+
+        def openid_config() -> Any:
+            answer = discovery()
+            found = dict(answer if isinstance(answer, dict) else answer.get_json())
+            extra = {
+                name: f"{self.issuer}{value}" if str(value).startswith("/") else value
+                for name, value in self.discovery.items()
+            }
+            return flask.jsonify({**found, **extra})
+
+        self.app.view_functions["oidc-provider-mock.openid_config"] = openid_config
         if device_grant:
             self._add_device_grant(server, with_id_token)
+        # Which client each access token was issued to, the audiences the provider puts
+        # in the tokens of a client, and how many times the introspection endpoint was
+        # asked (the gateway's cache is counted by it).
+        self.issued_to: dict[str, str] = {}
+        self.audiences: dict[str, list[str]] = {}
+        self.introspections = 0
+        store_access_token = self.storage.store_access_token
+
+        def remember_client(token: Any) -> None:
+            basic = flask.request.authorization
+            client = basic.username if basic and basic.username else None
+            self.issued_to[token.token] = client or flask.request.values.get("client_id", "")
+            store_access_token(token)
+
+        self.storage.store_access_token = remember_client
+        if introspection:
+            self._add_introspection(server, introspection)
         store = self.storage.store_authorization_code
 
         def remember_challenge(code: Any) -> None:
@@ -186,17 +223,56 @@ class Provider:
         def token() -> Any:  # the package's own view knows only its two grants
             return server.create_token_response()
 
-        discovery = self.app.view_functions["oidc-provider-mock.openid_config"]
-
-        def openid_config() -> Any:
-            answer = discovery()
-            found = dict(answer if isinstance(answer, dict) else answer.get_json())
-            found["device_authorization_endpoint"] = f"{provider.issuer}/oauth2/device"
-            return flask.jsonify(found)
-
+        self.discovery["device_authorization_endpoint"] = "/oauth2/device"
         self.app.add_url_rule("/oauth2/device", "device", device_authorization, methods=["POST"])
         self.app.view_functions["oidc-provider-mock.issue_token"] = token
-        self.app.view_functions["oidc-provider-mock.openid_config"] = openid_config
+
+    def _add_introspection(self, server: Any, auth_method: str) -> None:
+        """RFC 7662 with authlib's endpoint: only clients registered with a secret
+        (``register_confidential_client``) may ask, and only with ``auth_method``. The
+        answer carries the user's claims (their roles), as Keycloak's does."""
+        provider = self
+
+        class Endpoint(IntrospectionEndpoint):  # type: ignore[misc]
+            CLIENT_AUTH_METHODS: ClassVar[list[str]] = [auth_method]
+
+            def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
+                return provider.storage.get_access_token(token_string)
+
+            def check_permission(self, token: Any, client: Any, request: Any) -> bool:
+                return provider.storage.get_client(client.id) is not None
+
+            def introspect_token(self, token: Any) -> dict[str, Any]:
+                client = provider.issued_to.get(token.token, "")
+                found = {
+                    **token.get_user().claims,
+                    "active": True,
+                    "iss": provider.issuer,
+                    "sub": token.user_id,
+                    "client_id": client,
+                    "scope": token.scope,
+                    "token_type": "Bearer",
+                    "exp": int(token.expires_at.timestamp()),
+                }
+                if client in provider.audiences:
+                    found["aud"] = provider.audiences[client]
+                return found
+
+        server.register_endpoint(Endpoint)
+
+        def introspect() -> Any:
+            provider.introspections += 1
+            return server.create_endpoint_response(Endpoint.ENDPOINT_NAME)
+
+        self.app.add_url_rule("/oauth2/introspect", "introspect", introspect, methods=["POST"])
+        self.discovery["introspection_endpoint"] = "/oauth2/introspect"
+        self.discovery["introspection_endpoint_auth_methods_supported"] = [auth_method]
+
+    def revoke(self, sub: str) -> None:
+        """The provider forgets every access token of ``sub`` (as a sign-out would)."""
+        for token in self.storage.access_tokens():
+            if token.user_id == sub:
+                self.storage.remove_access_token(token.token)
 
     def approve(self, user_code: str, sub: str) -> None:
         """``sub`` enters ``user_code`` on the verification page and approves it."""
@@ -211,16 +287,19 @@ class Provider:
         """The provider's current signing key (authlib's JWK, private part included)."""
         return self.storage.jwk
 
-    def register_confidential_client(self, client_id: str, secret: str) -> None:
-        """A client that must authenticate with ``secret`` (HTTP basic) at the token
-        endpoint; any other client id is taken as a public client."""
+    def register_confidential_client(
+        self, client_id: str, secret: str, *, auth_method: str = "client_secret_basic"
+    ) -> None:
+        """A client that must authenticate with ``secret`` (HTTP basic, or
+        ``auth_method``) at the token and introspection endpoints; any other client id
+        is taken as a public client."""
         self.storage.store_client(
             Client(
                 id=client_id,
                 secret=secret,
                 redirect_uris=ClientAllowAny(),
                 allowed_scopes=Client.SCOPES_SUPPORTED,
-                token_endpoint_auth_method="client_secret_basic",
+                token_endpoint_auth_method=auth_method,
             )
         )
 

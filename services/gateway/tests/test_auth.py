@@ -70,6 +70,8 @@ OPEN = {
     ("GET", "/auth/oidc"),
     ("POST", "/auth/oidc/token"),
     ("POST", "/auth/oidc/refresh"),
+    ("POST", "/auth/oidc/device"),
+    ("POST", "/auth/oidc/device/token"),
 }
 QUERY_TOKEN = {("GET", "/missions/{mission_id:str}/events"), ("GET", "/events/stream")}
 

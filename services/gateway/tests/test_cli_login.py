@@ -1,6 +1,7 @@
 """``aether login`` and ``aether logout`` against a real gateway and a real identity
 provider (authlib's authorization server, run by ``oidc-provider-mock``): the loopback
-sign-in with PKCE, the kept token used by later commands, refresh, pasted API tokens."""
+sign-in with PKCE, the kept token used by later commands, refresh, pasted API tokens, and
+a confidential client's device sign-in run through the gateway."""
 
 from __future__ import annotations
 
@@ -173,6 +174,95 @@ async def test_device_sign_in_prints_a_code_and_waits_for_its_approval(
         assert (json.loads(me)["id"], json.loads(me)["scopes"]) == ("oidc:rita", ["read"])
     finally:
         device.stop()
+
+
+async def test_a_confidential_clients_sign_in_runs_through_the_gateway(
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The gateway's client has a secret the CLI does not: ``aether login`` asks the
+    gateway to run the device grant (the provider refuses that client without its
+    secret), and refreshes through the gateway too."""
+    device = Provider(
+        USERS, device_grant=True, refresh_tokens=True, token_max_age=timedelta(seconds=40)
+    )
+    try:
+        device.register_confidential_client("aether-private", "the-secret")
+        gateway = await make_gateway(
+            oidc=settings_for(device, client_id="aether-private", client_secret="the-secret")
+        )
+        async with gateway.client(token=None) as anonymous:
+            config = (await anonymous.get("/auth/oidc")).json()
+        assert (config["confidential"], config["device"]) == (True, True)
+        where = ("--url", gateway.base_url, "--home", str(tmp_path))
+        capsys.readouterr()
+        # No --device: with a confidential client it is the only way.
+        running = asyncio.create_task(asyncio.to_thread(main, ["login", *where]))
+        printed = ""
+
+        async def told_a_code() -> bool:
+            nonlocal printed
+            printed += capsys.readouterr().out
+            return "enter the code" in printed
+
+        await eventually(told_a_code)
+        user_code = printed.split("enter the code ")[1].split()[0]
+        assert f"{device.issuer}/device" in printed
+        device.approve(user_code, "otto")
+        assert await asyncio.wait_for(running, 60) == 0
+        assert f"signed in to {gateway.base_url} as" in printed + capsys.readouterr().out
+        before = kept(tmp_path)[gateway.base_url]
+        assert (before["via_gateway"], before["bearer"], before["token_endpoint"]) == (
+            True,
+            "id_token",
+            "",
+        )
+        assert before["refresh_token"]
+
+        # 40-second tokens are within the refresh margin: the next command refreshes
+        # through the gateway, which holds the secret.
+        code, out, err = await run(capsys, "tokens", "whoami", *where, "--json")
+        assert code == 0, err
+        assert (json.loads(out)["id"], json.loads(out)["scopes"]) == ("oidc:otto", ["write"])
+        after = kept(tmp_path)[gateway.base_url]
+        assert after["token"] != before["token"]
+        assert login._claims(after["token"])["sub"] == "otto"
+
+        # The provider does not let the secretless client start a device sign-in itself.
+        refused = httpx.post(
+            f"{device.issuer}/oauth2/device",
+            data={"client_id": "aether-private", "scope": "openid"},
+        )
+        assert refused.status_code == 401
+    finally:
+        device.stop()
+
+
+async def test_a_confidential_client_without_a_device_grant_says_so(
+    make_gateway: Callable[..., Awaitable[GatewayServer]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    plain = Provider(USERS)
+    try:
+        plain.register_confidential_client("aether-private", "the-secret")
+        gateway = await make_gateway(
+            oidc=settings_for(plain, client_id="aether-private", client_secret="the-secret")
+        )
+        code, _, err = await run(
+            capsys, "login", "--url", gateway.base_url, "--home", str(tmp_path)
+        )
+        assert code == 1
+        assert one_line_error(err), err
+        assert "does not offer the device authorization grant" in err
+        assert "aether login --token" in err
+        async with gateway.client(token=None) as anonymous:
+            response = await anonymous.post("/auth/oidc/device")
+        assert response.status_code == 401
+        assert "does not offer the device authorization grant" in response.json()["error"]
+    finally:
+        plain.stop()
 
 
 async def test_a_sign_in_about_to_expire_is_refreshed_before_a_command(

@@ -117,6 +117,8 @@ async def test_without_oidc_the_board_is_told_tokens_only(gateway_server: Gatewa
             "client_id": "",
             "scopes": [],
             "redirect_uri": "",
+            "confidential": False,
+            "device": False,
         }
         response = await anonymous.post(
             "/auth/oidc/token", json={"code": "c", "code_verifier": "v" * 43, "nonce": "n"}
@@ -137,6 +139,8 @@ async def test_the_board_is_given_the_discovered_endpoints(signed: Browser):
         "client_id": CLIENT_ID,
         "scopes": ["openid", "profile", "email"],
         "redirect_uri": f"{signed.gateway.settings.base_url}/board/oidc/callback",
+        "confidential": False,
+        "device": False,
     }
 
 
@@ -164,6 +168,19 @@ async def test_a_sign_in_maps_the_providers_roles_to_scopes(
         assert submitted.status_code == (403 if scopes == ["read"] else 202), submitted.text
         tokens = await board.get("/admin/tokens")
         assert tokens.status_code == (200 if scopes == ["admin"] else 403)
+
+
+async def test_a_public_client_has_no_device_sign_in_through_the_gateway(signed: Browser):
+    """The gateway's device routes are for a confidential client's secret; a public
+    client's CLI signs in at the provider itself."""
+    async with signed.gateway.client(token=None) as anonymous:
+        started = await anonymous.post("/auth/oidc/device")
+        polled = await anonymous.post("/auth/oidc/device/token", json={"device_code": "d"})
+    for response in (started, polled):
+        assert response.status_code == 404
+        assert response.json()["error"] == (
+            "the gateway's OIDC client is public: sign in at the provider directly"
+        )
 
 
 async def test_an_account_without_an_aether_role_is_refused(signed: Browser):

@@ -48,7 +48,8 @@ async def test_every_operation_documents_auth_errors_and_its_parameters(http):
     assert document["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT",
+        "description": "An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT"
+        " (or an opaque OIDC access token, with introspection on)",
     }
     assert document["security"] == [{"bearer": []}]
     open_operations = set()
@@ -76,7 +77,13 @@ async def test_every_operation_documents_auth_errors_and_its_parameters(http):
                 assert "Idempotency-Key" in headers, where
                 assert "409" in operation["responses"], where
     # Only the OIDC sign-in's two steps are open (the caller has no token yet).
-    assert open_operations == {"GET /auth/oidc", "POST /auth/oidc/token", "POST /auth/oidc/refresh"}
+    assert open_operations == {
+        "GET /auth/oidc",
+        "POST /auth/oidc/token",
+        "POST /auth/oidc/refresh",
+        "POST /auth/oidc/device",
+        "POST /auth/oidc/device/token",
+    }
 
 
 async def test_documented_bodies_match_the_routes(http):

@@ -249,7 +249,10 @@ def openapi_config() -> OpenAPIConfig:
                 "bearer": SecurityScheme(
                     type="http",
                     scheme="bearer",
-                    description="An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT",
+                    description=(
+                        "An API token (aet_…), AETHER_ADMIN_TOKEN, or an OIDC JWT"
+                        " (or an opaque OIDC access token, with introspection on)"
+                    ),
                 )
             }
         ),

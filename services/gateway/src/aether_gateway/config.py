@@ -75,6 +75,16 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
         "AETHER_OIDC_JWKS_COOLDOWN_SECONDS", OidcSettings.jwks_cooldown_seconds
     )
     leeway_seconds: NonNegative = setting("AETHER_OIDC_LEEWAY_SECONDS", OidcSettings.leeway_seconds)
+    introspection: Flag = setting("AETHER_OIDC_INTROSPECTION", OidcSettings.introspection)
+    introspection_url: HttpUrl = setting(
+        "AETHER_OIDC_INTROSPECTION_URL", OidcSettings.introspection_url
+    )
+    introspection_cache_seconds: NonNegative = setting(
+        "AETHER_OIDC_INTROSPECTION_CACHE_SECONDS", OidcSettings.introspection_cache_seconds
+    )
+    introspection_cache_size: NonNegativeInt = setting(
+        "AETHER_OIDC_INTROSPECTION_CACHE_SIZE", OidcSettings.introspection_cache_size
+    )
 
     def settings(self) -> OidcSettings | None:
         """The OIDC settings, or ``None`` when neither an issuer nor a key set is named."""
@@ -97,6 +107,10 @@ class OidcEnv(EnvSettings, frozen=True, kw_only=True):
             read_only_roles=self.read_only_roles,
             jwks_cooldown_seconds=self.jwks_cooldown_seconds,
             leeway_seconds=self.leeway_seconds,
+            introspection=self.introspection,
+            introspection_url=self.introspection_url,
+            introspection_cache_seconds=self.introspection_cache_seconds,
+            introspection_cache_size=self.introspection_cache_size,
         )
 
 

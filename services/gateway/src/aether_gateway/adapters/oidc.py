@@ -1,10 +1,13 @@
 """OIDC: JWTs verified against the identity provider's JWKS, and the board's sign-in.
 
-Two ways in, both ending in a :class:`Principal`:
+Three ways in, all ending in a :class:`Principal`:
 
 - a bearer JWT on any request (the CLI, ``curl``, the board after it signed in): an
   access token whose audience is ``AETHER_OIDC_AUDIENCE``, or an ID token issued to
   Aether's own client id;
+- with introspection on, an opaque (non-JWT) access token, which the provider's
+  introspection endpoint (RFC 7662) vouches for; the gateway asks as its confidential
+  client and keeps each answer a short while, keyed by the token's SHA-256;
 - the board's sign-in: the authorization-code flow with PKCE. The browser holds the
   verifier, the state and the nonce; the gateway swaps the code for tokens at the
   provider's token endpoint (with the client secret when the client is confidential, so
@@ -22,13 +25,15 @@ import asyncio
 import hmac
 import logging
 import time
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import jwt
 import msgspec
 
+from aether_gateway.adapters.introspection import AnswerCache
 from aether_gateway.domain.auth import (
     Principal,
     Scope,
@@ -36,6 +41,7 @@ from aether_gateway.domain.auth import (
     parse_scopes,
     role_names,
     scopes_for_roles,
+    token_hash,
 )
 from aether_runtime import tls
 
@@ -47,8 +53,16 @@ ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 CALLBACK_PATH = "/board/oidc/callback"
 # Bounds on what the provider sends back: it is another party's input.
 _MAX_ERROR_TEXT = 300
-# How long a failed discovery is remembered before the provider is asked again.
-_RETRY_SECONDS = 5.0
+# How long a failed discovery (or introspection) is remembered before the provider is
+# asked again; what ``Retry-After`` says.
+RETRY_SECONDS = 5.0
+# An opaque token longer than this is no provider's: refused without asking.
+_MAX_OPAQUE_TOKEN = 4096
+# The introspection answer's token types that mean an access token (RFC 7662's
+# ``token_type``, Keycloak's ``typ``); a refresh or ID token is refused as a bearer.
+_ACCESS_TOKEN_TYPES = frozenset(
+    {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,15 @@ class OidcSettings:
     jwks_cooldown_seconds: float = 30.0
     # Clock skew allowed on exp, iat and nbf.
     leeway_seconds: float = 30.0
+    # Opaque (non-JWT) access tokens, checked at the provider's token introspection
+    # endpoint (RFC 7662) as the confidential client ``client_id``: on when asked for, or
+    # when the endpoint is named outright (else the one the discovery document names).
+    introspection: bool = False
+    introspection_url: str = ""
+    # How long one token's answer is kept (never past the token's exp), and how many
+    # tokens' answers at most.
+    introspection_cache_seconds: float = 30.0
+    introspection_cache_size: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.jwks_url and not self.issuer:
@@ -103,6 +126,28 @@ class OidcSettings:
             raise ValueError("AETHER_OIDC_SCOPES must include openid")
         if self.jwks_cooldown_seconds < 0 or self.leeway_seconds < 0:
             raise ValueError("OIDC cooldown and leeway cannot be negative")
+        if self.introspection_cache_seconds < 0 or self.introspection_cache_size < 0:
+            raise ValueError("the introspection cache's time and size cannot be negative")
+        if self.introspects:
+            # The gateway authenticates to the introspection endpoint as its own
+            # confidential client: without a secret every call would be refused (or, at a
+            # lax provider, anyone could ask about anyone's tokens as that client).
+            if not self.client_id:
+                raise ValueError(
+                    "OIDC token introspection needs AETHER_OIDC_CLIENT_ID: the gateway"
+                    " authenticates to the introspection endpoint as that client"
+                )
+            if not self.client_secret:
+                raise ValueError(
+                    "OIDC token introspection needs AETHER_OIDC_CLIENT_SECRET (or"
+                    " AETHER_OIDC_CLIENT_SECRET_FILE): the gateway authenticates to the"
+                    " introspection endpoint as a confidential client"
+                )
+
+    @property
+    def introspects(self) -> bool:
+        """Opaque access tokens are checked at the provider's introspection endpoint."""
+        return self.introspection or bool(self.introspection_url)
 
     @property
     def browser_sign_in(self) -> bool:
@@ -124,6 +169,17 @@ class ProviderUnavailable(Exception):
     """The identity provider could not be reached or answered nonsense."""
 
 
+class SignInPending(InvalidToken):
+    """A device sign-in the user has not approved yet (``slow_down``: poll less often)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.slow_down = error == "slow_down"
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
 class ProviderMetadata(msgspec.Struct, kw_only=True):
     """The parts of the discovery document the gateway uses (unknown fields ignored)."""
 
@@ -132,6 +188,21 @@ class ProviderMetadata(msgspec.Struct, kw_only=True):
     token_endpoint: str = ""
     jwks_uri: str = ""
     end_session_endpoint: str = ""
+    introspection_endpoint: str = ""
+    device_authorization_endpoint: str = ""
+    # None: not published (RFC 8414 §2: client_secret_basic is then the default).
+    introspection_endpoint_auth_methods_supported: Any = None
+
+
+class DeviceStart(msgspec.Struct, kw_only=True):
+    """The provider's answer to a device authorization request (RFC 8628 §3.2)."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str = ""
+    expires_in: int = 600
+    interval: int = 5
 
 
 class _TokenAnswer(msgspec.Struct, kw_only=True):
@@ -173,6 +244,14 @@ class OidcVerifier:
         self._lock = asyncio.Lock()
         self._failure: ProviderUnavailable | None = None
         self._failed_at = 0.0
+        # Opaque tokens' answers (a Principal, or why the token is refused), keyed by the
+        # token's SHA-256; and the last failed introspection, so a provider that is down
+        # is not waited on by every request.
+        self._answers: AnswerCache[Principal | str] = AnswerCache(
+            seconds=settings.introspection_cache_seconds, size=settings.introspection_cache_size
+        )
+        self._introspection_failure: ProviderUnavailable | None = None
+        self._introspection_failed_at = 0.0
 
     def _key_client(self, url: str) -> jwt.PyJWKClient:
         # The key set is cached for five minutes; single keys are not cached apart from
@@ -194,7 +273,7 @@ class OidcVerifier:
                 return self._metadata
             # A provider that is down is asked again after a pause, not on every request
             # (each would wait out the timeout behind this lock).
-            if self._failure is not None and time.monotonic() - self._failed_at < _RETRY_SECONDS:
+            if self._failure is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
                 raise self._failure
             try:
                 self._metadata = await self._discover()
@@ -242,6 +321,113 @@ class OidcVerifier:
         claims = await self._verified(token, audiences)
         return self.principal_of(claims)
 
+    async def opaque_principal(self, token: str) -> Principal:
+        """The caller an opaque access token names, as the provider's introspection
+        endpoint (RFC 7662) says. Each answer is kept a short while (never past the
+        token's exp) under the token's SHA-256, so a busy client does not make the
+        gateway ask on every request. ``InvalidToken`` when refused;
+        ``ProviderUnavailable`` when the provider could not say."""
+        if len(token) > _MAX_OPAQUE_TOKEN:
+            raise InvalidToken("the token is too long")
+        key = token_hash(token)
+        answer = self._answers.get(key, time.monotonic())
+        if answer is None:
+            said = await self._introspect(token)
+            answer, expires_in = self._judged(said, time.time())
+            self._answers.put(key, answer, time.monotonic(), expires_in=expires_in)
+        if isinstance(answer, str):
+            raise InvalidToken(answer)
+        return answer
+
+    async def _introspect(self, token: str) -> dict[str, Any]:
+        """The introspection endpoint's answer about ``token``, asked as the gateway's
+        confidential client (client_secret_basic; client_secret_post when the provider
+        publishes only that)."""
+        failure = self._introspection_failure
+        if failure is not None and time.monotonic() - self._introspection_failed_at < RETRY_SECONDS:
+            raise failure
+        try:
+            answer = await self._ask_introspection(token)
+        except ProviderUnavailable as error:
+            self._introspection_failure = error
+            self._introspection_failed_at = time.monotonic()
+            log.warning("OIDC token introspection failed", extra={"reason": str(error)})
+            raise
+        self._introspection_failure = None
+        return answer
+
+    async def _ask_introspection(self, token: str) -> dict[str, Any]:
+        found = await self.metadata()
+        url = self.settings.introspection_url or found.introspection_endpoint
+        if not url:
+            raise ProviderUnavailable(
+                "the discovery document names no introspection_endpoint"
+                " (set AETHER_OIDC_INTROSPECTION_URL)"
+            )
+        form = {"token": token, "token_type_hint": "access_token"}
+        client_id, secret = self.settings.client_id, self.settings.client_secret
+        methods = found.introspection_endpoint_auth_methods_supported
+        auth: httpx.Auth
+        if (
+            isinstance(methods, list)
+            and "client_secret_basic" not in methods
+            and "client_secret_post" in methods
+        ):
+            form |= {"client_id": client_id, "client_secret": secret}
+            auth = httpx.Auth()
+        else:
+            # RFC 6749 §2.3.1: both are form-encoded before they are joined.
+            quote = urllib.parse.quote_plus
+            auth = httpx.BasicAuth(quote(client_id), quote(secret))
+        try:
+            async with _client() as http:
+                response = await http.post(
+                    url, data=form, auth=auth, headers={"Accept": "application/json"}
+                )
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"the introspection endpoint: {error!r}") from error
+        if response.status_code != 200:
+            raise ProviderUnavailable(
+                f"the introspection endpoint answered HTTP {response.status_code}:"
+                f" {response.text[:_MAX_ERROR_TEXT]}"
+            )
+        try:
+            answer = msgspec.json.decode(response.content, type=dict[str, Any])
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise ProviderUnavailable(f"the introspection endpoint: {error}") from error
+        return answer
+
+    def _judged(self, said: dict[str, Any], now: float) -> tuple[Principal | str, float | None]:
+        """Who the introspection answer ``said`` names, or why the token is refused; and
+        in how many seconds the token expires (None: it names no expiry)."""
+        exp, nbf, issuer = said.get("exp"), said.get("nbf"), said.get("iss")
+        leeway = self.settings.leeway_seconds
+        expires_in = exp - now if _is_number(exp) else None
+        if said.get("active") is not True:
+            return "the token is not active", None
+        if exp is not None and (expires_in is None or expires_in + leeway <= 0):
+            return "the token has expired", 0.0
+        if nbf is not None and (not _is_number(nbf) or nbf > now + leeway):
+            return "the token is not yet valid", 0.0  # not kept: it may be valid soon
+        expected = (self.settings.issuer or "").rstrip("/")
+        if issuer is not None and expected and str(issuer).rstrip("/") != expected:
+            return "Invalid issuer", expires_in
+        kind = said.get("token_type", said.get("typ"))
+        if kind is not None and str(kind).lower() not in _ACCESS_TOKEN_TYPES:
+            return f"not an access token ({str(kind)[:40]})", expires_in
+        if "cnf" in said:
+            # Bound to a key or certificate (DPoP, mTLS) whose proof is not checked here.
+            return "the token is sender-constrained (cnf), which is not supported", expires_in
+        # The same audiences as a JWT's: the API's, or Aether's own client (the client a
+        # token was issued to counts as one of its audiences).
+        accepted = {a for a in (self.settings.audience, self.settings.client_id) if a}
+        if accepted and not (_names(said.get("aud")) | _names(said.get("client_id"))) & accepted:
+            return "Audience doesn't match", expires_in
+        try:
+            return self.principal_of(said), expires_in
+        except InvalidToken as error:
+            return str(error), expires_in
+
     async def sign_in(self, code: str, code_verifier: str, nonce: str) -> SignedIn:
         """Swap an authorization code for tokens and check the ID token, its nonce too."""
         answer = await self._token_request(
@@ -276,25 +462,71 @@ class OidcVerifier:
             answer = msgspec.structs.replace(answer, refresh_token=refresh_token)
         return self._signed_in(answer, claims)
 
+    @property
+    def confidential(self) -> bool:
+        """The gateway's client has a secret: only the gateway can use it at the provider."""
+        return self.settings.browser_sign_in and bool(self.settings.client_secret)
+
+    async def device_start(self) -> DeviceStart:
+        """Start a device sign-in (RFC 8628) as the gateway's confidential client, for a
+        command line that holds no secret."""
+        found = await self.metadata()
+        if not found.device_authorization_endpoint:
+            raise InvalidToken("the provider does not offer the device authorization grant")
+        form = {"client_id": self.settings.client_id, "scope": " ".join(self.settings.scopes)}
+        try:
+            async with _client() as http:
+                response = await http.post(
+                    found.device_authorization_endpoint, data=form, auth=self._client_auth()
+                )
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"the device authorization endpoint: {error!r}") from error
+        if response.status_code != 200:
+            answer = _decoded_or_empty(response.content)
+            why = answer.error_description or answer.error or f"HTTP {response.status_code}"
+            raise InvalidToken(f"the provider refused the device sign-in: {why[:_MAX_ERROR_TEXT]}")
+        try:
+            return msgspec.json.decode(response.content, type=DeviceStart)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise ProviderUnavailable(f"the device authorization endpoint: {error}") from error
+
+    async def device_finish(self, device_code: str) -> SignedIn:
+        """Ask the token endpoint once whether the device sign-in was approved: the ID
+        token checked as a sign-in's is, or ``SignInPending``."""
+        answer = await self._token_request(
+            {
+                "grant_type": DEVICE_GRANT,
+                "device_code": device_code,
+                "client_id": self.settings.client_id,
+            },
+            "device code",
+        )
+        claims = await self._verified(answer.id_token, [self.settings.client_id], id_token=True)
+        return self._signed_in(answer, claims)
+
+    def _client_auth(self) -> httpx.Auth:
+        # A confidential client authenticates with client_secret_basic; a public one
+        # (no secret) is held to its PKCE verifier alone.
+        if self.settings.client_secret:
+            return httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
+        return httpx.Auth()
+
     async def _token_request(self, form: dict[str, str], what: str) -> _TokenAnswer:
         """The token endpoint's answer to ``form``; ``InvalidToken`` when it refuses
         ``what`` or gives no ID token."""
         if not self.settings.browser_sign_in:
             raise InvalidToken("OIDC sign-in is not configured")
         found = await self.metadata()
-        # A confidential client authenticates with client_secret_basic; a public one
-        # (no secret) is held to its PKCE verifier alone.
-        auth: httpx.Auth = (
-            httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
-            if self.settings.client_secret
-            else httpx.Auth()
-        )
         try:
             async with _client() as http:
-                response = await http.post(found.token_endpoint, data=form, auth=auth)
+                response = await http.post(
+                    found.token_endpoint, data=form, auth=self._client_auth()
+                )
             answer = msgspec.json.decode(response.content, type=_TokenAnswer)
         except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as error:
             raise ProviderUnavailable(f"the token endpoint: {error}") from error
+        if answer.error in ("authorization_pending", "slow_down"):
+            raise SignInPending(answer.error)
         if response.status_code >= 400 or answer.error or not answer.id_token:
             why = answer.error_description or answer.error or f"HTTP {response.status_code}"
             raise InvalidToken(f"the provider refused the {what}: {why[:_MAX_ERROR_TEXT]}")
@@ -362,3 +594,24 @@ class OidcVerifier:
         except jwt.PyJWTError as error:
             raise InvalidToken(str(error)) from error
         return claims
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _names(value: object) -> set[str]:
+    """A claim holding one name or a list of them (``aud``)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list):
+        return {item for item in value if isinstance(item, str)}
+    return set()
+
+
+def _decoded_or_empty(content: bytes) -> _TokenAnswer:
+    """An error answer's fields, or none when it is not the JSON it should be."""
+    try:
+        return msgspec.json.decode(content, type=_TokenAnswer)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _TokenAnswer()

@@ -8,7 +8,11 @@ files (they hold no data) and the board's OIDC sign-in (``exclude_from_auth``):
 - an OIDC JWT (an access token for ``AETHER_OIDC_AUDIENCE``, or an ID token issued to
   ``AETHER_OIDC_CLIENT_ID``, which is what the board signs in with), verified against the
   identity provider's JWKS, when ``AETHER_OIDC_ISSUER`` or ``AETHER_OIDC_JWKS_URL`` is
-  set. Its scopes come from the scope claim and from the roles in the role claim.
+  set. Its scopes come from the scope claim and from the roles in the role claim;
+- with introspection on (``AETHER_OIDC_INTROSPECTION``), an opaque OIDC access token:
+  whatever is not a JWT is asked about at the provider's introspection endpoint (the
+  answer cached briefly), and held to the same audiences, scopes and roles. A provider
+  that cannot say answers 503 with ``Retry-After``: the token may be good.
 
 Event streams also take the token as ``?access_token=`` (a browser's EventSource cannot
 send headers). Each route then names the scope it needs with a guard.
@@ -22,12 +26,21 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ServiceUnavailableException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from aether_gateway.adapters.oidc import InvalidToken, OidcVerifier
+from aether_gateway.adapters.oidc import (
+    RETRY_SECONDS,
+    InvalidToken,
+    OidcVerifier,
+    ProviderUnavailable,
+)
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import TOKEN_PREFIX, Principal
@@ -66,22 +79,46 @@ class Authenticator:
             if found is None:
                 raise _unauthorized("the token is unknown, revoked or expired")
             return found
-        if self._oidc is not None and token.count(".") == 2:
-            try:
-                found = await self._oidc.principal(token)
-            except InvalidToken as error:
-                log.info("OIDC token refused", extra={"reason": str(error)})
-                raise _unauthorized(f"the OIDC token is not valid: {error}") from None
-            if not found.scopes:
-                raise PermissionDeniedException(
-                    detail="the OIDC token grants no Aether scope",
-                    extra={
-                        "scope_claim": self._oidc.settings.scope_claim,
-                        "role_claim": self._oidc.settings.role_claim,
-                    },
-                )
-            return found
+        oidc = self._oidc
+        if oidc is not None and token.count(".") == 2:
+            return _with_scopes(oidc, await self._jwt(oidc, token))
+        if oidc is not None and oidc.settings.introspects:
+            return _with_scopes(oidc, await self._opaque(oidc, token))
         raise _unauthorized("the token is not valid")
+
+    async def _jwt(self, oidc: OidcVerifier, token: str) -> Principal:
+        try:
+            return await oidc.principal(token)
+        except InvalidToken as error:
+            log.info("OIDC token refused", extra={"reason": str(error)})
+            raise _unauthorized(f"the OIDC token is not valid: {error}") from None
+
+    async def _opaque(self, oidc: OidcVerifier, token: str) -> Principal:
+        try:
+            return await oidc.opaque_principal(token)
+        except InvalidToken as error:
+            log.info("OIDC opaque token refused", extra={"reason": str(error)})
+            raise _unauthorized(f"the OIDC token is not valid: {error}") from None
+        except ProviderUnavailable:
+            # Not the caller's fault, and the token may be good: not 401 (a client would
+            # drop its sign-in), and the reason is in the gateway's log, not the answer.
+            raise ServiceUnavailableException(
+                detail="the identity provider cannot check the token; try again",
+                headers={"Retry-After": str(int(RETRY_SECONDS))},
+            ) from None
+
+
+def _with_scopes(oidc: OidcVerifier, found: Principal) -> Principal:
+    """``found``, or 403 when the provider's token grants no Aether scope."""
+    if not found.scopes:
+        raise PermissionDeniedException(
+            detail="the OIDC token grants no Aether scope",
+            extra={
+                "scope_claim": oidc.settings.scope_claim,
+                "role_claim": oidc.settings.role_claim,
+            },
+        )
+    return found
 
 
 class AuthMiddleware(ASGIMiddleware):

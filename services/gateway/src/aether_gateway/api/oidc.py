@@ -1,6 +1,8 @@
 """The board's OIDC sign-in: what the browser needs to start it, and the code exchange
-that finishes it. Both are open (the caller has no token yet); everything after uses the
-ID token they hand out, checked like any other bearer token."""
+that finishes it; and, for a confidential client, the device sign-in (RFC 8628) the
+command line runs through the gateway, which holds the secret. All open (the caller has
+no token yet); everything after uses the ID token they hand out, checked like any other
+bearer token."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import msgspec
 from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import (
+    ClientException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
@@ -24,6 +27,7 @@ from aether_gateway.adapters.oidc import (
     OidcVerifier,
     ProviderUnavailable,
     SignedIn,
+    SignInPending,
 )
 from aether_gateway.api.auth import CHALLENGE
 from aether_gateway.api.context import GatewayContext
@@ -49,6 +53,11 @@ class OidcConfig(msgspec.Struct, kw_only=True):
     client_id: str = ""
     scopes: list[str] = msgspec.field(default_factory=list)
     redirect_uri: str = ""
+    # The client has a secret the gateway holds: a command line signs in through the
+    # gateway's device sign-in (``device``: the provider offers it), never at the
+    # provider's token endpoint itself.
+    confidential: bool = False
+    device: bool = False
 
 
 class OidcSignIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +111,8 @@ async def oidc_config(ctx: NamedDependency[GatewayContext]) -> OidcConfig:
         client_id=verifier.settings.client_id,
         scopes=list(verifier.settings.scopes),
         redirect_uri=verifier.redirect_url,
+        confidential=verifier.confidential,
+        device=verifier.confidential and bool(found.device_authorization_endpoint),
     )
 
 
@@ -175,6 +186,109 @@ async def oidc_refresh(
     return _session(verifier, done)
 
 
+class OidcDeviceStart(msgspec.Struct, kw_only=True):
+    """A device sign-in begun: the user enters ``user_code`` at ``verification_uri``;
+    the command line then asks ``/auth/oidc/device/token`` with ``device_code`` every
+    ``interval`` seconds until it is approved or ``expires_in`` seconds have passed."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str
+    expires_in: int
+    interval: int
+
+
+class OidcDeviceCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The device code a device sign-in's start handed out."""
+
+    device_code: _Opaque
+
+
+def _confidential(ctx: GatewayContext) -> OidcVerifier:
+    verifier = ctx.oidc
+    if verifier is None or not verifier.settings.browser_sign_in:
+        raise NotFoundException(detail="OIDC sign-in is not configured")
+    if not verifier.confidential:
+        raise NotFoundException(
+            detail="the gateway's OIDC client is public: sign in at the provider directly"
+        )
+    return verifier
+
+
+@post(
+    "/auth/oidc/device",
+    status_code=HTTP_200_OK,
+    summary="Start a device sign-in as the gateway's confidential client (the CLI's)",
+    opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
+    # OpenAPI: one empty requirement means no credentials are needed.
+    security=[{}],
+    responses=error_responses(401, 404, 503),
+    tags=["auth"],
+)
+async def oidc_device(ctx: NamedDependency[GatewayContext]) -> OidcDeviceStart:
+    """The provider's device authorization endpoint, asked with the client secret the
+    command line does not hold; 401 when the provider refuses."""
+    verifier = _confidential(ctx)
+    try:
+        started = await verifier.device_start()
+    except ProviderUnavailable as error:
+        log.warning("OIDC device sign-in failed", extra={"reason": str(error)})
+        raise ServiceUnavailableException(
+            detail="the identity provider cannot be reached; try again"
+        ) from None
+    except InvalidToken as error:
+        log.info("OIDC device sign-in refused", extra={"reason": str(error)})
+        raise NotAuthorizedException(
+            detail=f"the OIDC sign-in is not valid: {error}", headers=CHALLENGE
+        ) from None
+    return OidcDeviceStart(
+        device_code=started.device_code,
+        user_code=started.user_code,
+        verification_uri=started.verification_uri,
+        verification_uri_complete=started.verification_uri_complete,
+        expires_in=started.expires_in,
+        interval=started.interval,
+    )
+
+
+@post(
+    "/auth/oidc/device/token",
+    status_code=HTTP_200_OK,
+    summary="Finish a device sign-in once the user approved it",
+    opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
+    # OpenAPI: one empty requirement means no credentials are needed.
+    security=[{}],
+    responses=error_responses(400, 401, 403, 404, 503),
+    tags=["auth"],
+)
+async def oidc_device_token(
+    ctx: NamedDependency[GatewayContext], data: JSONBody[OidcDeviceCode]
+) -> OidcSession:
+    """The session, as a board's sign-in gives; 400 with ``detail.oauth_error``
+    ``authorization_pending`` (or ``slow_down``: wait longer between asks) while the
+    user has not approved it; 401 once denied or expired."""
+    verifier = _confidential(ctx)
+    try:
+        done = await verifier.device_finish(data.device_code)
+    except SignInPending as pending:
+        raise ClientException(
+            detail="the sign-in is not approved yet",
+            extra={"oauth_error": "slow_down" if pending.slow_down else "authorization_pending"},
+        ) from None
+    except ProviderUnavailable as error:
+        log.warning("OIDC device sign-in failed", extra={"reason": str(error)})
+        raise ServiceUnavailableException(
+            detail="the identity provider cannot be reached; try again"
+        ) from None
+    except InvalidToken as error:
+        log.info("OIDC device sign-in refused", extra={"reason": str(error)})
+        raise NotAuthorizedException(
+            detail=f"the OIDC sign-in is not valid: {error}", headers=CHALLENGE
+        ) from None
+    return _session(verifier, done)
+
+
 def _session(verifier: OidcVerifier, done: SignedIn) -> OidcSession:
     """The board's session for a checked ID token; 403 when it grants no Aether role."""
     principal = done.principal
@@ -195,4 +309,4 @@ def _session(verifier: OidcVerifier, done: SignedIn) -> OidcSession:
     )
 
 
-OIDC_ROUTES = [oidc_config, oidc_token, oidc_refresh]
+OIDC_ROUTES = [oidc_config, oidc_token, oidc_refresh, oidc_device, oidc_device_token]
