@@ -504,8 +504,8 @@ def gateway_device_sign_in(
         oauth_error = detail.get("oauth_error") if isinstance(detail, dict) else None
         if status == 503 or oauth_error == "authorization_pending":
             continue  # not approved yet, or the provider is briefly away
-        if oauth_error == "slow_down":
-            interval += 5
+        if oauth_error == "slow_down" or status == 429:
+            interval += 5  # the provider's, or the gateway's limit on sign-in steps
             continue
         raise LoginError(f"the device sign-in failed: {_refusal(answer)} ({status})")
     raise LoginError("the device code expired before the sign-in finished")

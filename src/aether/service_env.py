@@ -120,6 +120,7 @@ SERVICE_PREFIXES: dict[str, tuple[str, ...]] = {
         "AETHER_COMMAND_RATE_",
         "AETHER_READ_RATE_",
         "AETHER_STREAM_LIMIT",
+        "AETHER_SIGN_IN_RATE_",
         "AETHER_READ_MODEL_",
         "AETHER_ESTIMATE_USD_",
     ),

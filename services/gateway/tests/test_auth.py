@@ -86,7 +86,7 @@ def _needed(method: str, path: str) -> str:
 
 def test_every_route_is_open_only_as_documented_and_guarded_by_its_scope():
     from aether_gateway.api.auth import ADMIN, QUERY_TOKEN_OPT, READ, WRITE
-    from aether_gateway.api.limits import READ_RATE
+    from aether_gateway.api.limits import READ_RATE, SIGN_IN_RATE
     from aether_gateway.app import create_routes
 
     by_guard = {READ: "read", WRITE: "write", ADMIN: "admin"}
@@ -106,7 +106,10 @@ def test_every_route_is_open_only_as_documented_and_guarded_by_its_scope():
                     assert not handler.opt.get("exclude_from_auth") and not guards, where
                     continue
                 if where in OPEN:
-                    assert handler.opt.get("exclude_from_auth") and not guards, where
+                    assert handler.opt.get("exclude_from_auth"), where
+                    # A sign-in step has the gateway ask the provider: limited per address.
+                    signs_in = method == "POST" and route.path.startswith("/auth/oidc/")
+                    assert guards == ([SIGN_IN_RATE] if signs_in else []), where
                     continue
                 assert not handler.opt.get("exclude_from_auth"), where
                 # The scope guard first; a write route's rate limit after it (test_openapi).

@@ -551,3 +551,30 @@ async def test_an_unreachable_provider_is_reported_not_trusted(
     # The API tokens still work while the provider is away.
     async with gateway.client() as admin:
         assert (await admin.get("/missions")).status_code == 200
+
+
+async def test_sign_in_steps_are_limited_per_client_address(
+    provider: Provider, make_gateway: Callable[..., Awaitable[GatewayServer]]
+):
+    """Each open sign-in step has the gateway ask the provider with its client's
+    credentials: a flood from one address is refused before the provider is asked, and
+    other addresses (named by a trusted proxy's X-Forwarded-For) sign in meanwhile."""
+    gateway = await make_gateway(
+        oidc=settings_for(provider), sign_in_rate_limit=2, sign_in_rate_window_seconds=3600
+    )
+    bogus = {"code": "not-a-code", "code_verifier": "v" * 43, "nonce": "n"}
+    async with gateway.client(token=None) as anonymous:
+        assert (await anonymous.post("/auth/oidc/token", json=bogus)).status_code == 401
+        renewal = await anonymous.post("/auth/oidc/refresh", json={"refresh_token": "r"})
+        assert renewal.status_code == 401  # the same address's second step
+        limited = await anonymous.post("/auth/oidc/token", json=bogus)
+        assert limited.status_code == 429, limited.text
+        assert 1 <= int(limited.headers["retry-after"]) <= 1801
+        assert "at most 2 sign-in steps per 3600 seconds" in limited.json()["error"]
+        # Reads of the sign-in's configuration are not steps; another address goes on.
+        assert (await anonymous.get("/auth/oidc")).status_code == 200
+        elsewhere = {"x-forwarded-for": "203.0.113.7"}
+        other = await anonymous.post("/auth/oidc/token", json=bogus, headers=elsewhere)
+        assert other.status_code == 401
+    signed = Browser(provider, gateway)
+    assert (await signed.sign_in("otto")).status_code == 429  # this address's third

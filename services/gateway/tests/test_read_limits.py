@@ -9,7 +9,7 @@ import pytest
 from litestar.handlers import HTTPRouteHandler
 
 from aether_events import EventPublisher
-from aether_gateway.adapters.limits import ReadLimiter, StreamSlots
+from aether_gateway.adapters.limits import BucketLimiter, StreamSlots
 from aether_gateway.config import GatewaySettings
 from aether_runtime.settings import SettingsError
 
@@ -28,7 +28,7 @@ class Clock:
 
 def test_a_caller_may_spend_a_windows_reads_at_once_then_as_they_come_back():
     clock = Clock()
-    limiter = ReadLimiter(limit=4, window_seconds=60, clock=clock)
+    limiter = BucketLimiter(limit=4, window_seconds=60, clock=clock)
     assert [limiter.hit("a") for _ in range(4)] == [None] * 4
     wait = limiter.hit("a")
     assert wait == pytest.approx(15.0)  # a read comes back every 60 / 4 seconds
@@ -43,13 +43,13 @@ def test_a_caller_may_spend_a_windows_reads_at_once_then_as_they_come_back():
 
 
 def test_the_limiter_forgets_the_least_recently_seen_callers_past_its_bound():
-    limiter = ReadLimiter(limit=1, window_seconds=3600, max_callers=2, clock=Clock())
+    limiter = BucketLimiter(limit=1, window_seconds=3600, max_callers=2, clock=Clock())
     assert limiter.hit("a") is None
     assert limiter.hit("b") is None
     assert limiter.hit("c") is None  # "a" is dropped: it may read again
     assert limiter.hit("a") is None
     assert limiter.hit("c") is not None  # "c" is still known
-    assert ReadLimiter(limit=0, window_seconds=1).hit("x") is None  # 0: no limit
+    assert BucketLimiter(limit=0, window_seconds=1).hit("x") is None  # 0: no limit
 
 
 def test_a_stream_slot_is_given_back_once_however_often_it_is_returned():

@@ -50,6 +50,9 @@ def main() -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # Whose X-Forwarded-For names the client (the sign-in limit counts per address).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     _Server(config, app.gateway).run(sockets=[sock])
 

@@ -35,9 +35,9 @@ from aether_gateway.adapters.diffs import BrokerReader
 from aether_gateway.adapters.faults import DATABASE_ERRORS
 from aether_gateway.adapters.hub import Hub
 from aether_gateway.adapters.limits import (
+    BucketLimiter,
     IdempotencyStore,
     RateLimiter,
-    ReadLimiter,
     StreamSlots,
 )
 from aether_gateway.adapters.oidc import OidcVerifier
@@ -142,11 +142,15 @@ class Gateway:
                 limit=settings.command_rate_limit,
                 window_seconds=settings.command_rate_window_seconds,
             ),
-            read_rate=ReadLimiter(
+            read_rate=BucketLimiter(
                 limit=settings.read_rate_limit,
                 window_seconds=settings.read_rate_window_seconds,
             ),
             streams=StreamSlots(settings.stream_limit),
+            sign_in_rate=BucketLimiter(
+                limit=settings.sign_in_rate_limit,
+                window_seconds=settings.sign_in_rate_window_seconds,
+            ),
             rebuild=self._rebuild,
             oidc=self.oidc,
             next_fold=self.projector.next_fold,

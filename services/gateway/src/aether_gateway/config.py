@@ -147,6 +147,13 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
     read_rate_window_seconds: AtLeastOne = setting("AETHER_READ_RATE_WINDOW_SECONDS", 60)
     # Event streams a caller may hold open at once on each replica (0: no limit).
     stream_limit: NonNegativeInt = setting("AETHER_STREAM_LIMIT", 64)
+    # The open sign-in steps (each has the gateway call the OIDC provider with its client
+    # credentials) a client address may take per window on each replica (0: no limit).
+    sign_in_rate_limit: NonNegativeInt = setting("AETHER_SIGN_IN_RATE_LIMIT", 120)
+    sign_in_rate_window_seconds: AtLeastOne = setting("AETHER_SIGN_IN_RATE_WINDOW_SECONDS", 60)
+    # The proxies whose X-Forwarded-For names a request's client (comma-separated
+    # addresses or networks, "*" for any): the sign-in limit counts per client address.
+    forwarded_allow_ips: str = setting("AETHER_GATEWAY_FORWARDED_ALLOW_IPS", "127.0.0.1")
     # The scheduler's global budgets, shown beside usage per day and month.
     daily_budget_usd: NonNegative | None = setting("AETHER_DAILY_BUDGET_USD", None)
     monthly_budget_usd: NonNegative | None = setting("AETHER_MONTHLY_BUDGET_USD", None)

@@ -208,14 +208,14 @@ class RateLimiter:
         return max(1.0, math.ceil(start + self.window_seconds - epoch))
 
 
-class ReadLimiter:
-    """At most ``limit`` reads per ``window_seconds`` per caller, in this replica's
-    memory: a bucket of ``limit`` reads per caller, refilled evenly over the window, so a
-    caller may spend a whole window's reads at once and then ``limit / window_seconds`` a
-    second. Not shared between replicas: a read stores nothing, and counting it in
-    PostgreSQL would cost a write per read. Only callers whose bucket is not full are
-    kept (at most ``max_callers``, the least recently seen dropped first: a full bucket
-    and no bucket are the same)."""
+class BucketLimiter:
+    """At most ``limit`` hits per ``window_seconds`` per caller, in this replica's memory
+    (reads per caller; sign-in steps per client address): a bucket of ``limit`` hits per
+    caller, refilled evenly over the window, so a caller may spend a whole window's hits
+    at once and then ``limit / window_seconds`` a second. Not shared between replicas: a
+    read stores nothing, and counting it in PostgreSQL would cost a write per read. Only
+    callers whose bucket is not full are kept (at most ``max_callers``, the least recently
+    seen dropped first: a full bucket and no bucket are the same)."""
 
     def __init__(
         self,
@@ -234,7 +234,7 @@ class ReadLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def hit(self, caller: str) -> float | None:
-        """Count one read; ``None`` if allowed, else the seconds until one is."""
+        """Count one hit; ``None`` if allowed, else the seconds until one is."""
         if self.limit <= 0:
             return None
         now = self._clock()

@@ -17,7 +17,7 @@ from aether_gateway.adapters.bus import Bus
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.diffs import BrokerReader
 from aether_gateway.adapters.hub import Hub
-from aether_gateway.adapters.limits import RateLimiter, ReadLimiter, StreamSlots
+from aether_gateway.adapters.limits import BucketLimiter, RateLimiter, StreamSlots
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
@@ -55,8 +55,10 @@ class GatewayContext:
     # Every other write request, per caller (``api.limits``).
     command_rate: RateLimiter
     # Reads per caller, and event streams open at once per caller, on this replica.
-    read_rate: ReadLimiter
+    read_rate: BucketLimiter
     streams: StreamSlots
+    # The open sign-in steps, per client address, on this replica.
+    sign_in_rate: BucketLimiter
     # The git broker's read API (the board's diffs and default branches).
     broker: BrokerReader
     # The registry of live agent runners (which runtimes exist).

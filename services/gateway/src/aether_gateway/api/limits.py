@@ -24,7 +24,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 
-from aether_gateway.adapters.limits import RateLimiter, ReadLimiter
+from aether_gateway.adapters.limits import BucketLimiter, RateLimiter
 from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import Principal
 
@@ -71,7 +71,7 @@ async def read_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal) or not principal.allows("read"):
         return
-    limiter: ReadLimiter = context_of(connection.scope).read_rate
+    limiter: BucketLimiter = context_of(connection.scope).read_rate
     retry_after = limiter.hit(principal.id)
     if retry_after is not None:
         raise too_many(
@@ -82,3 +82,23 @@ async def read_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
 
 
 READ_RATE = read_rate
+
+
+async def sign_in_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard on the open sign-in steps, which have no caller yet and each have the
+    gateway ask the OIDC provider with its own client credentials: per client address
+    (``AETHER_SIGN_IN_RATE_LIMIT``), so that a flood from one address neither has the
+    provider refuse the gateway's client nor keeps others from signing in."""
+    client = connection.scope.get("client")
+    address = client[0] if client else "unknown"
+    limiter: BucketLimiter = context_of(connection.scope).sign_in_rate
+    retry_after = limiter.hit(address)
+    if retry_after is not None:
+        raise too_many(
+            f"at most {limiter.limit} sign-in steps per {limiter.window_seconds} seconds"
+            f" from one address; try again in {max(1, math.ceil(retry_after))} s",
+            retry_after,
+        )
+
+
+SIGN_IN_RATE = sign_in_rate

@@ -33,6 +33,7 @@ from aether_gateway.api.auth import CHALLENGE
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import error_responses
 from aether_gateway.api.idempotency import NO_IDEMPOTENCY_OPT
+from aether_gateway.api.limits import SIGN_IN_RATE
 
 log = logging.getLogger("aether.gateway.oidc")
 
@@ -120,6 +121,7 @@ async def oidc_config(ctx: NamedDependency[GatewayContext]) -> OidcConfig:
     "/auth/oidc/token",
     status_code=HTTP_200_OK,
     summary="Finish an OIDC sign-in: swap the code for a checked ID token",
+    guards=[SIGN_IN_RATE],
     opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
     # OpenAPI: one empty requirement means no credentials are needed.
     security=[{}],
@@ -157,6 +159,7 @@ class OidcRefresh(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "/auth/oidc/refresh",
     status_code=HTTP_200_OK,
     summary="Renew an OIDC session before its ID token ends",
+    guards=[SIGN_IN_RATE],
     opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
     # OpenAPI: one empty requirement means no credentials are needed.
     security=[{}],
@@ -220,6 +223,7 @@ def _confidential(ctx: GatewayContext) -> OidcVerifier:
     "/auth/oidc/device",
     status_code=HTTP_200_OK,
     summary="Start a device sign-in as the gateway's confidential client (the CLI's)",
+    guards=[SIGN_IN_RATE],
     opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
     # OpenAPI: one empty requirement means no credentials are needed.
     security=[{}],
@@ -256,6 +260,7 @@ async def oidc_device(ctx: NamedDependency[GatewayContext]) -> OidcDeviceStart:
     "/auth/oidc/device/token",
     status_code=HTTP_200_OK,
     summary="Finish a device sign-in once the user approved it",
+    guards=[SIGN_IN_RATE],
     opt={**_OPEN, NO_IDEMPOTENCY_OPT: True},
     # OpenAPI: one empty requirement means no credentials are needed.
     security=[{}],
