@@ -10,19 +10,26 @@ and the authorizer connected as the scheduler's user with the scheduler's permis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from aether.infra import free_port
 from aether.stack import Stack
 from aether_events import (
     MISSIONS_STREAM,
@@ -36,6 +43,10 @@ from aether_events import (
     Event,
     EventPublisher,
     MissionCancelled,
+    MissionRequested,
+    PlanApproved,
+    PlanProduced,
+    RepositoryPrepared,
     StreamSettings,
     TaskReady,
     TranscriptRecorded,
@@ -46,7 +57,7 @@ from aether_events import (
     tag_of,
 )
 from aether_events.catalogue import PlannedTask, Usage
-from aether_runtime import Delivery, Projection
+from aether_runtime import Delivery, Projection, tls
 from aether_runtime.attempt_auth import (
     AttemptAuthorizer,
     AttemptCredentials,
@@ -54,6 +65,7 @@ from aether_runtime.attempt_auth import (
     CredentialRefused,
     Grants,
 )
+from aether_runtime.attempt_connections import attempt_connections_held
 from aether_runtime.roles import ROLES
 from aether_scheduler.app import attempt_credentials, attempt_open
 from aether_scheduler.config import SchedulerSettings
@@ -62,6 +74,7 @@ from aether_scheduler.handlers import Handlers
 from services.scheduler.tests.scenario import CONFIG as SCENARIO_CONFIG
 from services.scheduler.tests.scenario import Scenario
 from services.scheduler.tests.scenario import task as scenario_task
+from tests.eventlog import EventLog
 
 # Another runner's attempt, in another mission.
 VICTIM = AttemptKey("m-victim", "t1", 1)
@@ -561,6 +574,7 @@ class SchedulerSide:
     ``aether_scheduler.app.attempt_credentials`` wires them."""
 
     def __init__(self, stack: Stack, nc: NatsClient, mission_id: str) -> None:
+        self.nc = nc
         self.scenario = Scenario(mission_id=mission_id, now=datetime.now(UTC))
         self.projection: Projection[State] = Projection(State(), evolve)
         self.handlers = Handlers(
@@ -602,7 +616,9 @@ async def scheduler(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterat
         inbox_prefix="_INBOX.scheduler",
     )
     await ensure_streams(nc.jetstream(), StreamSettings())
-    side = SchedulerSide(stack, nc, f"m-cut-{request.node.callspec.id}")
+    callspec = getattr(request.node, "callspec", None)
+    suffix = callspec.id if callspec is not None else request.node.name.removeprefix("test_")
+    side = SchedulerSide(stack, nc, f"m-cut-{suffix.replace('_', '-')[:48]}")
     await side.cutter.start()
     await side.authorizer.serve(nc)
     try:
@@ -623,12 +639,10 @@ def ending(key: AttemptKey, how: str) -> list[Event]:
         return [completed(key)]
     if how == "failed":  # retried: the next attempt is another credential
         return [failed]
-    if how == "cancelled":  # the runner stops its agent and reports it
-        return [MissionCancelled(**meta(m, "cancel"), reason="stop"), failed]
     return []
 
 
-@pytest.mark.parametrize("how", ["completed", "failed", "cancelled", "timed-out"])
+@pytest.mark.parametrize("how", ["completed", "failed", "timed-out"])
 async def test_an_ended_attempts_connection_is_cut_at_once(
     stack: Stack, scheduler: SchedulerSide, admin: NatsClient, how: str
 ) -> None:
@@ -665,9 +679,191 @@ async def test_an_ended_attempts_connection_is_cut_at_once(
     await other.close()
 
 
+async def test_a_cancelled_missions_attempts_are_cut_as_the_cancel_is_folded(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient
+) -> None:
+    """A mission cancelled while one attempt runs and another waits for its runner: as
+    the scheduler folds the cancel, before any runner reports a stop (one that never does
+    holds nothing), the server closes both connections, and neither is granted again,
+    though each credential had two minutes left."""
+    running, waiting = scheduler.start("a", "b")
+    attempts = [await Attempt().open(stack, key) for key in (running, waiting)]
+    await scheduler.fold(started(running))
+    await scheduler.fold(MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop"))
+    async with asyncio.timeout(5.0):
+        for attempt in attempts:
+            await attempt.closed.wait()
+    assert scheduler.cutter.cut >= 2
+    for attempt, key in zip(attempts, (running, waiting), strict=True):
+        assert attempt.nc is not None
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await attempt.nc.publish(subject_for(completed(key)), encode(completed(key)))
+        await refused(stack, key)
+    assert await stored_on(admin, subject_for(completed(running))) == 0
+
+
+async def test_the_servers_list_every_attempt_connection_page_by_page(
+    stack: Stack, scheduler: SchedulerSide
+) -> None:
+    """What a restarted scheduler reads to find its predecessor's grants: every attempt
+    connection the server holds, named by its attempt and runner, however many pages the
+    list takes (one connection a page here); the services' own connections are not
+    attempts."""
+    keys = scheduler.start("a", "b")
+    attempts = [await Attempt().open(stack, key, runner=f"r{n}") for n, key in enumerate(keys)]
+    nc = scheduler.cutter._nc
+    assert nc is not None
+    held = await attempt_connections_held(nc, page=1)
+    mine = sorted((c.key.task_id, c.runner_id) for c in held if c.key in keys)
+    assert mine == [("a", "r0"), ("b", "r1")]
+    assert len({(c.server_id, c.client_id) for c in held}) == len(held)
+    for attempt in attempts:
+        await attempt.close()
+
+
+async def test_a_new_scheduler_cuts_what_its_predecessor_granted(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient
+) -> None:
+    """The process that granted two attempts' connections is gone (its memory of where
+    they are with it). Its successor, from a state where one attempt has ended, finds
+    both on the server as it starts: it cuts the ended one, and the other when it ends."""
+    ended, live = scheduler.start("a", "b")
+    attempts = [await Attempt().open(stack, key) for key in (ended, live)]
+    await scheduler.authorizer.stop()
+    await scheduler.cutter.stop()
+    assert all(not attempt.closed.is_set() for attempt in attempts)
+
+    successor = SchedulerSide(stack, scheduler.nc, scheduler.scenario.mission_id)
+    successor.start("a", "b")
+    await successor.fold(completed(ended))
+    assert not attempt_open(successor.projection.state, ended)
+    await successor.cutter.start()
+    await successor.authorizer.serve(scheduler.nc)
+    try:
+        await successor.cutter.sweep()
+        async with asyncio.timeout(5.0):
+            await attempts[0].closed.wait()
+        assert not attempts[1].closed.is_set()
+        await successor.fold(completed(live, "completed-live"))
+        async with asyncio.timeout(5.0):
+            await attempts[1].closed.wait()
+        assert successor.cutter.cut == 2
+    finally:
+        await successor.authorizer.stop()
+        await successor.cutter.stop()
+
+
+class SchedulerProcess:
+    """``python -m aether_scheduler`` on the stack's bus, with the environment ``aether up``
+    gives it (its users, the issuer's seed, the runners' secret), and ``extra``."""
+
+    def __init__(self, stack: Stack, log: Path, **extra: str) -> None:
+        self.stack = stack
+        self.log = log
+        self.env = {**stack.service_env("scheduler"), "PORT": str(free_port()), **extra}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> SchedulerProcess:
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aether_scheduler"],
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{self.env['PORT']}/readyz"
+        async with httpx.AsyncClient(verify=tls.shared()) as http:
+            for _ in range(600):
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        return self
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"the scheduler is not ready: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.mark.slow
+async def test_a_restarted_scheduler_process_cuts_the_connections_its_predecessor_granted(
+    stack: Stack, admin: NatsClient, tmp_path: Path
+) -> None:
+    """A scheduler process grants two attempts their connections and is killed: where
+    they are was known to it alone. One attempt ends meanwhile (its runner reports while
+    no scheduler runs). The next scheduler process cuts that connection as it starts, and
+    the other one when its attempt ends, though each credential has ten minutes left."""
+    m = "m-restarted-scheduler"
+    # Ten minutes: a connection closed within the test was cut, not expired.
+    settings = {
+        "AETHER_ATTEMPT_CREDENTIAL_SECONDS": "600",
+        "AETHER_HEARTBEAT_TIMEOUT_SECONDS": "600",
+    }
+    await ensure_streams(admin.jetstream(), StreamSettings())
+    publisher = EventPublisher(admin.jetstream())
+    await publisher.publish_all(
+        [
+            MissionRequested(**meta(m, "requested"), repository="/r", requirement="r"),
+            RepositoryPrepared(
+                **meta(m, "prepared"),
+                repository_path="/r",
+                base_branch="main",
+                base_sha="s",
+                integration_branch=f"aether/{m}",
+            ),
+            PlanProduced(
+                **meta(m, "planned"),
+                version=1,
+                tasks=[
+                    PlannedTask(id="a", title="A", files=["a"]),
+                    PlannedTask(id="b", title="B", files=["b"]),
+                ],
+            ),
+        ]
+    )
+    first = await SchedulerProcess(stack, tmp_path / "first.log", **settings).start()
+    attempts: list[Attempt] = []
+    second: SchedulerProcess | None = None
+    try:
+        async with EventLog(admin, m) as log:
+            await publisher.publish(PlanApproved(**meta(m, "approved"), version=1))
+            await log.wait_for(lambda log: len(log.of(TaskReady)) == 2, timeout=60)
+            keys = {e.task.id: AttemptKey(m, e.task.id, e.attempt) for e in log.of(TaskReady)}
+        ended, live = keys["a"], keys["b"]
+        attempts = [await Attempt().open(stack, key) for key in (ended, live)]
+        first.kill()
+        for attempt, key in zip(attempts, (ended, live), strict=True):
+            assert attempt.nc is not None
+            report = started(key, f"started-{key.task_id}")
+            await attempt.nc.jetstream().publish(subject_for(report), encode(report), timeout=5)
+        assert attempts[0].nc is not None
+        result = completed(ended, "completed-a")
+        await attempts[0].nc.jetstream().publish(subject_for(result), encode(result), timeout=5)
+
+        second = await SchedulerProcess(stack, tmp_path / "second.log", **settings).start()
+        async with asyncio.timeout(30):
+            await attempts[0].closed.wait()
+        assert not attempts[1].closed.is_set()
+        assert attempts[1].nc is not None
+        result = completed(live, "completed-b")
+        await attempts[1].nc.jetstream().publish(subject_for(result), encode(result), timeout=5)
+        async with asyncio.timeout(30):
+            await attempts[1].closed.wait()
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        for attempt in attempts:
+            await attempt.close()
+
+
 async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: NatsClient) -> None:
     """The scheduler's user of the system account publishes no mission event and asks
-    the servers nothing but to close a connection."""
+    the servers nothing but to close a connection and to list the global account's
+    connections: not the system account's, nor every account's."""
     errors: list[str] = []
 
     async def on_error(error: Exception) -> None:
@@ -684,8 +880,11 @@ async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: Nat
     try:
         await nc.publish(subject_for(completed(key)), encode(completed(key)))
         await nc.publish("aether.mission.m-system.mission_cancelled", b"{}")
+        for request in ("$SYS.REQ.SERVER.PING", "$SYS.REQ.SERVER.PING.CONNZ"):
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.request(request, b"", timeout=1.0)
         with pytest.raises(nats.errors.TimeoutError):
-            await nc.request("$SYS.REQ.SERVER.PING", b"", timeout=1.0)
+            await nc.request("$SYS.REQ.ACCOUNT.SYS.CONNZ", b"", timeout=1.0)
         await nc.subscribe("aether.>")
         await nc.flush(timeout=2.0)
     finally:
@@ -694,6 +893,8 @@ async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: Nat
         subject_for(completed(key)),
         "mission_cancelled",
         "$sys.req.server.ping",
+        "$sys.req.server.ping.connz",
+        "$sys.req.account.sys.connz",
         "aether.>",
     ):
         assert any("permissions violation" in e and subject.lower() in e for e in errors), (

@@ -23,13 +23,8 @@ from aether_events import (
 )
 from aether_events.replay import START_PATIENCE_SECONDS
 from aether_runtime import ConsumerSpec, Projection, Service
-from aether_runtime.attempt_auth import (
-    AttemptAuthorizer,
-    AttemptConnections,
-    AttemptKey,
-    ConnectionCutter,
-    Grants,
-)
+from aether_runtime.attempt_auth import AttemptAuthorizer, AttemptKey, Grants
+from aether_runtime.attempt_connections import AttemptConnections, ConnectionCutter
 from aether_runtime.bus_auth import system_user_name
 from aether_runtime.metrics import service_at_zero
 from aether_runtime.roles import ROLES, only_published_by
@@ -75,9 +70,14 @@ TELEMETRY_FOLDED_SUBJECTS = [s for cls in TELEMETRY_FOLDED for s in type_subject
 
 
 def attempt_open(state: State, key: AttemptKey) -> bool:
-    """Whether ``key`` is an attempt the scheduler handed out and that has not ended."""
+    """Whether ``key`` is an attempt the scheduler handed out and that has not ended,
+    in a mission that has not ended either: a cancelled (or failed) mission's attempts
+    are told to stop, and nothing they report is wanted any more, so their connections
+    are cut and their credentials neither granted nor renewed."""
     mission = state.missions.get(key.mission_id)
-    task = mission.tasks.get(key.task_id) if mission is not None else None
+    if mission is None or mission.terminal:
+        return False
+    task = mission.tasks.get(key.task_id)
     return task is not None and task.status in IN_FLIGHT and task.attempt == key.attempt
 
 
@@ -137,6 +137,10 @@ def serve_attempt_credentials(
             await cutter.start()
         await authorizer.serve(service.nc)
         log.info("granting attempt credentials", extra={"issuer": authorizer.issuer})
+        if cutter is not None:
+            # The state is rebuilt: the connections a predecessor granted are cut if their
+            # attempt has ended (or its mission), remembered if not (decision 0025).
+            cutter.sweep_soon()
 
     service.on_started.append(serve)
     service.on_stopping.append(authorizer.stop)
