@@ -161,9 +161,19 @@ async def attempt_connections_held(nc: NatsClient, page: int = LIST_PAGE) -> lis
             # More on that server: the next page, of it alone (by its name, which a
             # cluster keeps unique).
             asked = {**body, "offset": offset, "server_name": name, "exact_match": True}
-            reply = await nc.request(
-                CONNECTION_LIST_SUBJECT, json.dumps(asked).encode(), timeout=LIST_TIMEOUT_SECONDS
-            )
+            try:
+                reply = await nc.request(
+                    CONNECTION_LIST_SUBJECT,
+                    json.dumps(asked).encode(),
+                    timeout=LIST_TIMEOUT_SECONDS,
+                )
+            except (nats.errors.Error, OSError) as error:
+                # What the other pages and servers listed is still cut or remembered.
+                log.warning(
+                    "a server's next page of connections did not come",
+                    extra={"server": name, "offset": offset, "error": str(error)},
+                )
+                break
             listed = _listed(reply.data)
             if listed is None:
                 break
