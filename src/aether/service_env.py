@@ -77,6 +77,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             "AETHER_ATTEMPT_ISSUER_SEED",
             "AETHER_ATTEMPT_SECRET",
             "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
+            "AETHER_ATTEMPT_STOP_GRACE_SECONDS",
             # It cuts an ended attempt's connection (its user of the system account).
             "AETHER_SYSTEM_NATS_PASSWORD",
         }

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import nats
 import nats.errors
 import pytest
@@ -566,6 +567,11 @@ async def test_the_runners_publisher_gives_up_on_a_refused_credential(
 
 # --- an ended attempt's connection is cut at once ------------------------------------------
 
+# An ended mission's grace that no test waits out: its attempts keep their connections.
+LONG_GRACE = 60.0
+# One a test waits out.
+SHORT_GRACE = 2.0
+
 
 class SchedulerSide:
     """The scheduler's own pieces on the bus: its state, folded by its handler (whose
@@ -573,7 +579,9 @@ class SchedulerSide:
     state, and the cutter on the scheduler's user of the system account, as
     ``aether_scheduler.app.attempt_credentials`` wires them."""
 
-    def __init__(self, stack: Stack, nc: NatsClient, mission_id: str) -> None:
+    def __init__(
+        self, stack: Stack, nc: NatsClient, mission_id: str, grace: float = LONG_GRACE
+    ) -> None:
         self.nc = nc
         self.scenario = Scenario(mission_id=mission_id, now=datetime.now(UTC))
         self.projection: Projection[State] = Projection(State(), evolve)
@@ -589,6 +597,7 @@ class SchedulerSide:
                 "AETHER_ATTEMPT_ISSUER_SEED": stack.attempt_issuer_seed,
                 "AETHER_ATTEMPT_SECRET": stack.attempt_secret,
                 "AETHER_SYSTEM_NATS_PASSWORD": stack.nats_passwords["scheduler-system"],
+                "AETHER_ATTEMPT_STOP_GRACE_SECONDS": str(grace),
             }
         )
         made = attempt_credentials(self.projection, settings, self.handlers)
@@ -606,6 +615,10 @@ class SchedulerSide:
     async def fold(self, event: Event) -> None:
         await self.handlers.handle(event, Delivery(sequence=0, num_delivered=1, pending=0))
 
+    async def kicked(self) -> None:
+        """Until every kick the folds so far asked for is answered."""
+        await asyncio.gather(*self.cutter._kicks)
+
 
 @pytest.fixture
 async def scheduler(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[SchedulerSide]:
@@ -618,7 +631,9 @@ async def scheduler(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterat
     await ensure_streams(nc.jetstream(), StreamSettings())
     callspec = getattr(request.node, "callspec", None)
     suffix = callspec.id if callspec is not None else request.node.name.removeprefix("test_")
-    side = SchedulerSide(stack, nc, f"m-cut-{suffix.replace('_', '-')[:48]}")
+    # A test may ask for its grace (``indirect``): a short one, to see it run out.
+    grace = float(getattr(request, "param", LONG_GRACE))
+    side = SchedulerSide(stack, nc, f"m-cut-{suffix.replace('_', '-')[:48]}", grace)
     await side.cutter.start()
     await side.authorizer.serve(nc)
     try:
@@ -679,27 +694,75 @@ async def test_an_ended_attempts_connection_is_cut_at_once(
     await other.close()
 
 
-async def test_a_cancelled_missions_attempts_are_cut_as_the_cancel_is_folded(
+async def test_a_cancelled_missions_attempt_reports_its_usage_and_stop_within_the_grace(
     stack: Stack, scheduler: SchedulerSide, admin: NatsClient
 ) -> None:
-    """A mission cancelled while one attempt runs and another waits for its runner: as
-    the scheduler folds the cancel, before any runner reports a stop (one that never does
-    holds nothing), the server closes both connections, and neither is granted again,
-    though each credential had two minutes left."""
-    running, waiting = scheduler.start("a", "b")
+    """A mission cancelled while one attempt runs, another waits for its runner (which
+    has connected), and a third has no runner yet. The runner told to stop still has its
+    last model call's usage and its stop report to publish: after the scheduler has
+    folded the cancel (and sent every kick it decided), its connection is live, both
+    are stored, and the holder may connect again. The attempt no runner asked for before
+    the cancel is refused; the stop report folded, that attempt's connection is cut at
+    once."""
+    running, waiting, new = scheduler.start("a", "b", "c")
     attempts = [await Attempt().open(stack, key) for key in (running, waiting)]
     await scheduler.fold(started(running))
     await scheduler.fold(MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop"))
+    await scheduler.kicked()
+    assert not any(attempt.closed.is_set() for attempt in attempts)
+    await refused(stack, new)
+    await refused(stack, running, runner="r-other")
+    # The holder's reconnection (a bus restart, its credential expired) is granted.
+    again = await Attempt().open(stack, running)
+    await again.close()
+
+    nc = attempts[0].nc
+    assert nc is not None
+    usage = usage_of(running, "usage-last-call")
+    stop = AgentFailed(
+        **meta(running.mission_id, "stopped"),
+        task_id=running.task_id,
+        attempt=running.attempt,
+        reason="the mission was cancelled: stop",
+        retryable=False,
+    )
+    for event in (usage, stop):
+        await nc.jetstream().publish(subject_for(event), encode(event), timeout=5.0)
+        assert await stored_on(admin, subject_for(event)) == 1
+    await scheduler.fold(stop)
     async with asyncio.timeout(5.0):
-        for attempt in attempts:
-            await attempt.closed.wait()
-    assert scheduler.cutter.cut >= 2
-    for attempt, key in zip(attempts, (running, waiting), strict=True):
-        assert attempt.nc is not None
-        with pytest.raises(nats.errors.ConnectionClosedError):
-            await attempt.nc.publish(subject_for(completed(key)), encode(completed(key)))
-        await refused(stack, key)
-    assert await stored_on(admin, subject_for(completed(running))) == 0
+        await attempts[0].closed.wait()
+    await refused(stack, running)
+    # The other, which has not reported, keeps its connection until the grace is over.
+    assert not attempts[1].closed.is_set()
+    await attempts[1].close()
+
+
+@pytest.mark.parametrize("scheduler", [SHORT_GRACE], ids=["short-grace"], indirect=True)
+async def test_a_cancelled_missions_attempt_that_never_reports_is_cut_after_the_grace(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient
+) -> None:
+    """Its runner never reports the stop: the connection is kept through the grace
+    (counted from the cancel's own time), then the server closes it, though its
+    credential had two minutes left, with nothing more folded by the scheduler; it is
+    not granted again."""
+    (running,) = scheduler.start("a")
+    attempt = await Attempt().open(stack, running)
+    assert attempt.nc is not None
+    await scheduler.fold(started(running))
+    cancel = MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop")
+    await scheduler.fold(cancel)
+    await scheduler.kicked()
+    assert not attempt.closed.is_set()
+    await attempt.nc.jetstream().publish(
+        subject_for(usage_of(running)), encode(usage_of(running)), timeout=5.0
+    )
+    async with asyncio.timeout(SHORT_GRACE + 10.0):
+        await attempt.closed.wait()
+    closed_after = (datetime.now(UTC) - cancel.occurred_at).total_seconds()
+    assert closed_after >= SHORT_GRACE
+    assert scheduler.cutter.cut == 1
+    await refused(stack, running)
 
 
 async def test_the_servers_list_every_attempt_connection_page_by_page(
@@ -751,6 +814,49 @@ async def test_a_new_scheduler_cuts_what_its_predecessor_granted(
     finally:
         await successor.authorizer.stop()
         await successor.cutter.stop()
+
+
+@pytest.mark.parametrize("cancelled", ["within-the-grace", "before-the-grace"])
+async def test_a_new_scheduler_keeps_a_cancelled_missions_attempts_for_their_grace(
+    stack: Stack, scheduler: SchedulerSide, cancelled: str
+) -> None:
+    """The scheduler that granted a running attempt's connection is gone; its mission
+    is cancelled. Its successor, starting within the grace that follows the cancel's own
+    time, keeps the connection (the runner may still report its stop) and cuts it when
+    the grace is over; starting after it, it cuts the connection as it starts."""
+    (running,) = scheduler.start("a")
+    attempt = await Attempt().open(stack, running)
+    await scheduler.authorizer.stop()
+    await scheduler.cutter.stop()
+
+    successor = SchedulerSide(stack, scheduler.nc, scheduler.scenario.mission_id, grace=SHORT_GRACE)
+    successor.start("a")
+    await successor.fold(started(running))
+    ago = 0.0 if cancelled == "within-the-grace" else SHORT_GRACE + 1.0
+    cancel = MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop")
+    cancel = msgspec.structs.replace(
+        cancel, occurred_at=cancel.occurred_at - timedelta(seconds=ago)
+    )
+    await successor.fold(cancel)
+    await successor.cutter.start()
+    await successor.authorizer.serve(scheduler.nc)
+    try:
+        await successor.cutter.sweep()
+        await successor.kicked()
+        if cancelled == "within-the-grace":
+            assert not attempt.closed.is_set()
+            # The holder found on the server connects again; no other runner does.
+            again = await Attempt().open(stack, running)
+            await again.close()
+            await refused(stack, running, runner="r-other")
+        async with asyncio.timeout(SHORT_GRACE + 10.0):
+            await attempt.closed.wait()
+        assert (datetime.now(UTC) - cancel.occurred_at).total_seconds() >= SHORT_GRACE
+        assert successor.cutter.cut >= 1
+    finally:
+        await successor.authorizer.stop()
+        await successor.cutter.stop()
+        await attempt.close()
 
 
 class SchedulerProcess:

@@ -126,22 +126,36 @@ class Grants:
     """Which attempts are open (asked of the trusted service's state on every
     connection), and which runner holds each: the first that asked for it, until its
     credential has expired without being renewed (a runner that died: the attempt's
-    message is delivered to another, which may then take it over)."""
+    message is delivered to another, which may then take it over).
 
-    def __init__(self, is_open: Callable[[AttemptKey], bool]) -> None:
+    An attempt that is not open any more may still be ``stopping`` (its mission ended a
+    moment ago, and its runner, told to stop, has its last usage and its stop report to
+    publish): its holder keeps it, renewed or connected again, while it is; no other
+    runner gets it, nor does one that never held it."""
+
+    def __init__(
+        self,
+        is_open: Callable[[AttemptKey], bool],
+        stopping: Callable[[AttemptKey], bool] | None = None,
+    ) -> None:
         self.is_open = is_open
+        self.stopping = stopping or _never
         self._holders: dict[AttemptKey, tuple[str, float]] = {}
 
     def claim(
         self, key: AttemptKey, runner_id: str, now: float = 0.0, ttl: float = float("inf")
     ) -> str | None:
         """Bind ``key`` to ``runner_id`` (at ``now``, for ``ttl`` seconds) if it is open
-        and free, already its, or its holder's credential has expired; None when
-        granted, else why not."""
-        if not self.is_open(key):
-            self._holders.pop(key, None)
-            return "the attempt is not open"
+        and free, already its, or its holder's credential has expired; or, while it is
+        stopping, if it is already ``runner_id``'s; None when granted, else why not."""
         holder = self._holders.get(key)
+        if not self.is_open(key):
+            if not self.stopping(key):
+                self._holders.pop(key, None)
+            elif holder is not None and holder[0] == runner_id:
+                self._holders[key] = (runner_id, now)
+                return None
+            return "the attempt is not open"
         if holder is not None and holder[0] != runner_id and now < holder[1] + ttl:
             return "the attempt is held by another runner"
         self._holders[key] = (runner_id, now)
@@ -149,9 +163,19 @@ class Grants:
             self._prune()
         return None
 
+    def held(self, key: AttemptKey, runner_id: str, now: float) -> None:
+        """``runner_id`` holds ``key``, as a connection the servers list says (one a
+        predecessor granted), unless another runner already does here."""
+        if key not in self._holders and (self.is_open(key) or self.stopping(key)):
+            self._holders[key] = (runner_id, now)
+
     def _prune(self) -> None:
-        for key in [key for key in self._holders if not self.is_open(key)]:
+        for key in [k for k in self._holders if not self.is_open(k) and not self.stopping(k)]:
             del self._holders[key]
+
+
+def _never(key: AttemptKey) -> bool:
+    return False
 
 
 _PRUNE_ABOVE = 256

@@ -12,7 +12,11 @@ expires (decisions 0024 and 0025).
   by the user each logged in as, which names its attempt): those whose attempt is not open
   are cut, the others remembered, so that what a predecessor granted (a restarted
   scheduler's) is cut as this process's own grants are. Nothing is stored for it: the
-  servers hold the connections, and say where.
+  servers hold the connections, and say where;
+* an attempt whose mission has just ended stays open for a grace (its runner, told to
+  stop, publishes its last usage and its stop report): the service says until when
+  (``closes_at``), and the cutter wakes itself then, once per ended mission, to cut
+  what has not reported by that time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -50,9 +55,10 @@ class AttemptConnections:
     than when their credential expires.
 
     ``ended(mission_id)`` takes out those of the mission's attempts that are no longer
-    open; ``kick`` asks the server that holds a connection to close it. A predecessor's
-    grants are added at start (``ConnectionCutter.sweep``); one forgotten beyond the
-    bounds lives until its credential expires."""
+    open (``is_open``: open, or still stopping within its mission's grace); ``kick`` asks
+    the server that holds a connection to close it. A predecessor's grants are added at
+    start (``ConnectionCutter.sweep``); one forgotten beyond the bounds lives until its
+    credential expires."""
 
     def __init__(self, is_open: Callable[[AttemptKey], bool]) -> None:
         self.is_open = is_open
@@ -62,6 +68,10 @@ class AttemptConnections:
 
     def __len__(self) -> int:
         return self._count
+
+    def holds(self, mission_id: str) -> bool:
+        """Whether a connection of ``mission_id``'s attempts is remembered."""
+        return mission_id in self._missions
 
     def granted(self, key: AttemptKey, server_id: str, client_id: int) -> None:
         attempts = self._missions.setdefault(key.mission_id, {})
@@ -99,6 +109,8 @@ class AttemptConnections:
 
 
 KICK_TIMEOUT_SECONDS = 2.0
+# How long after an ended mission's grace its attempts are looked at again.
+_GRACE_MARGIN_SECONDS = 0.05
 
 
 async def kick(nc: NatsClient, server_id: str, client_id: int) -> str | None:
@@ -241,7 +253,13 @@ class ConnectionCutter:
     user, in the background (a fold never waits on the bus). At start, ``sweep`` finds
     the attempt connections the servers hold, a predecessor's grants among them. A kick
     that fails is logged; the connection then lives until its credential expires, as it
-    did without this."""
+    did without this.
+
+    ``closes_at(mission_id)`` is when the attempts of a mission that has ended stop being
+    open though none has reported (the end of their grace, on ``clock``: seconds since
+    the epoch), None for a mission that has not ended: the cutter looks at the mission's
+    remembered attempts again then (one timer per ended mission that has some), and
+    ``found`` is told of each open attempt connection the sweep finds (its holder)."""
 
     def __init__(
         self,
@@ -250,14 +268,23 @@ class ConnectionCutter:
         user: str,
         password: str,
         tls: ssl.SSLContext | None = None,
+        closes_at: Callable[[str], float | None] | None = None,
+        found: Callable[[HeldConnection], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.connections = connections
         self._url = url
         self._user = user
         self._password = password
         self._tls = tls
+        self._closes_at = closes_at
+        self._found = found
+        self._clock = clock
         self._nc: NatsClient | None = None
         self._kicks: set[asyncio.Task[None]] = set()
+        # The ended missions whose remembered attempts are looked at again when their
+        # grace is over.
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self.cut = 0  # connections the server said it closed
         self.failed = 0
         # Set once a sweep has looked at what the servers hold (``sweep``).
@@ -296,6 +323,36 @@ class ConnectionCutter:
         are not open any more."""
         for key, server_id, client_id in self.connections.ended(mission_id):
             self._in_background(self._kick(key, server_id, client_id))
+        self._watch(mission_id)
+
+    def _watch(self, mission_id: str) -> None:
+        """Look at ``mission_id``'s remembered attempts again when its grace is over, if
+        it has ended and some are left (open until then)."""
+        if self._closes_at is None or mission_id in self._timers:
+            return
+        if not self.connections.holds(mission_id):
+            return
+        at = self._closes_at(mission_id)
+        if at is None:
+            return
+        # Never at once: the attempts left were open a moment ago, so their grace ends
+        # after now (on the same clock); the margin keeps a timer that fires a hair
+        # early from looking before it has.
+        delay = max(at - self._clock(), 0.0) + _GRACE_MARGIN_SECONDS
+        loop = asyncio.get_running_loop()
+        self._timers[mission_id] = loop.call_later(delay, self._grace_over, mission_id)
+
+    def _grace_over(self, mission_id: str) -> None:
+        del self._timers[mission_id]
+        left = self.connections.ended(mission_id)
+        if left:
+            log.info(
+                "a stopped mission's attempts did not report within the grace",
+                extra={"mission_id": mission_id, "connections": len(left)},
+            )
+        for key, server_id, client_id in left:
+            self._in_background(self._kick(key, server_id, client_id))
+        self._watch(mission_id)
 
     def sweep_soon(self) -> None:
         """``sweep`` in the background (a service's start does not wait on it)."""
@@ -323,10 +380,15 @@ class ConnectionCutter:
         for each in held:
             if self.connections.is_open(each.key):
                 self.connections.granted(each.key, each.server_id, each.client_id)
+                if self._found is not None:
+                    self._found(each)
             else:
                 ended.append(each)
         for each in ended:
             self._in_background(self._kick(each.key, each.server_id, each.client_id))
+        # An ended mission's attempts still within its grace: cut when it is over.
+        for mission_id in dict.fromkeys(each.key.mission_id for each in held):
+            self._watch(mission_id)
         self.swept.set()
         log.info(
             "attempt connections found",
@@ -359,6 +421,9 @@ class ConnectionCutter:
             log.info("ended attempt's connection not cut", extra={**where, "error": error})
 
     async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for task in list(self._kicks):
             task.cancel()
         await asyncio.gather(*self._kicks, return_exceptions=True)
