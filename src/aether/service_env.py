@@ -81,6 +81,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             # Retired: passed on so that the scheduler refuses it at start, saying why.
             "AETHER_ATTEMPT_SECRET",
             "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
+            "AETHER_ATTEMPT_STOP_GRACE_SECONDS",
             # It cuts an ended attempt's connection (its user of the system account).
             "AETHER_SYSTEM_NATS_PASSWORD",
         }

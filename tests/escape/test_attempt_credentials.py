@@ -10,19 +10,27 @@ and the authorizer connected as the scheduler's user with the scheduler's permis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import msgspec
 import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from aether.infra import free_port
 from aether.stack import Stack
 from aether_events import (
     MISSIONS_STREAM,
@@ -36,6 +44,10 @@ from aether_events import (
     Event,
     EventPublisher,
     MissionCancelled,
+    MissionRequested,
+    PlanApproved,
+    PlanProduced,
+    RepositoryPrepared,
     StreamSettings,
     TaskReady,
     TranscriptRecorded,
@@ -46,7 +58,7 @@ from aether_events import (
     tag_of,
 )
 from aether_events.catalogue import PlannedTask, Usage
-from aether_runtime import Delivery, Projection
+from aether_runtime import Delivery, Projection, tls
 from aether_runtime.attempt_auth import (
     AttemptAuthorizer,
     AttemptCredentials,
@@ -54,6 +66,7 @@ from aether_runtime.attempt_auth import (
     CredentialRefused,
     Grants,
 )
+from aether_runtime.attempt_connections import attempt_connections_held
 from aether_runtime.roles import ROLES
 from aether_scheduler.app import attempt_credentials, attempt_open
 from aether_scheduler.config import SchedulerSettings
@@ -62,6 +75,7 @@ from aether_scheduler.handlers import Handlers
 from services.scheduler.tests.scenario import CONFIG as SCENARIO_CONFIG
 from services.scheduler.tests.scenario import Scenario
 from services.scheduler.tests.scenario import task as scenario_task
+from tests.eventlog import EventLog
 
 # Another runner's attempt, in another mission.
 VICTIM = AttemptKey("m-victim", "t1", 1)
@@ -580,6 +594,11 @@ async def test_the_runners_publisher_gives_up_on_a_refused_credential(
 
 # --- an ended attempt's connection is cut at once ------------------------------------------
 
+# An ended mission's grace that no test waits out: its attempts keep their connections.
+LONG_GRACE = 60.0
+# One a test waits out.
+SHORT_GRACE = 2.0
+
 
 class SchedulerSide:
     """The scheduler's own pieces on the bus: its state, folded by its handler (whose
@@ -587,7 +606,10 @@ class SchedulerSide:
     state, and the cutter on the scheduler's user of the system account, as
     ``aether_scheduler.app.attempt_credentials`` wires them."""
 
-    def __init__(self, stack: Stack, nc: NatsClient, mission_id: str) -> None:
+    def __init__(
+        self, stack: Stack, nc: NatsClient, mission_id: str, grace: float = LONG_GRACE
+    ) -> None:
+        self.nc = nc
         self.scenario = Scenario(mission_id=mission_id, now=datetime.now(UTC))
         self.projection: Projection[State] = Projection(State(), evolve)
         self.handlers = Handlers(
@@ -602,6 +624,7 @@ class SchedulerSide:
                 "AETHER_ATTEMPT_ISSUER_SEED": stack.attempt_issuer_seed,
                 "AETHER_RUNNER_MASTER_SECRET": stack.runner_master_secret,
                 "AETHER_SYSTEM_NATS_PASSWORD": stack.nats_passwords["scheduler-system"],
+                "AETHER_ATTEMPT_STOP_GRACE_SECONDS": str(grace),
             }
         )
         made = attempt_credentials(self.projection, settings, self.handlers)
@@ -619,6 +642,10 @@ class SchedulerSide:
     async def fold(self, event: Event) -> None:
         await self.handlers.handle(event, Delivery(sequence=0, num_delivered=1, pending=0))
 
+    async def kicked(self) -> None:
+        """Until every kick the folds so far asked for is answered."""
+        await asyncio.gather(*self.cutter._kicks)
+
 
 @pytest.fixture
 async def scheduler(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[SchedulerSide]:
@@ -629,7 +656,11 @@ async def scheduler(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterat
         inbox_prefix="_INBOX.scheduler",
     )
     await ensure_streams(nc.jetstream(), StreamSettings())
-    side = SchedulerSide(stack, nc, f"m-cut-{request.node.callspec.id}")
+    callspec = getattr(request.node, "callspec", None)
+    suffix = callspec.id if callspec is not None else request.node.name.removeprefix("test_")
+    # A test may ask for its grace (``indirect``): a short one, to see it run out.
+    grace = float(getattr(request, "param", LONG_GRACE))
+    side = SchedulerSide(stack, nc, f"m-cut-{suffix.replace('_', '-')[:48]}", grace)
     await side.cutter.start()
     await side.authorizer.serve(nc)
     try:
@@ -650,12 +681,10 @@ def ending(key: AttemptKey, how: str) -> list[Event]:
         return [completed(key)]
     if how == "failed":  # retried: the next attempt is another credential
         return [failed]
-    if how == "cancelled":  # the runner stops its agent and reports it
-        return [MissionCancelled(**meta(m, "cancel"), reason="stop"), failed]
     return []
 
 
-@pytest.mark.parametrize("how", ["completed", "failed", "cancelled", "timed-out"])
+@pytest.mark.parametrize("how", ["completed", "failed", "timed-out"])
 async def test_an_ended_attempts_connection_is_cut_at_once(
     stack: Stack, scheduler: SchedulerSide, admin: NatsClient, how: str
 ) -> None:
@@ -692,9 +721,282 @@ async def test_an_ended_attempts_connection_is_cut_at_once(
     await other.close()
 
 
+async def test_a_cancelled_missions_attempt_reports_its_usage_and_stop_within_the_grace(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient
+) -> None:
+    """A mission cancelled while one attempt runs, another waits for its runner (which
+    has connected), and a third has no runner yet. The runner told to stop still has its
+    last model call's usage and its stop report to publish: after the scheduler has
+    folded the cancel (and sent every kick it decided), its connection is live, both
+    are stored, and the holder may connect again. The attempt no runner asked for before
+    the cancel is refused; the stop report folded, that attempt's connection is cut at
+    once."""
+    running, waiting, new = scheduler.start("a", "b", "c")
+    attempts = [await Attempt().open(stack, key) for key in (running, waiting)]
+    await scheduler.fold(started(running))
+    await scheduler.fold(MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop"))
+    await scheduler.kicked()
+    assert not any(attempt.closed.is_set() for attempt in attempts)
+    await refused(stack, new)
+    await refused(stack, running, runner="r-other")
+    # The holder's reconnection (a bus restart, its credential expired) is granted.
+    again = await Attempt().open(stack, running)
+    await again.close()
+
+    nc = attempts[0].nc
+    assert nc is not None
+    usage = usage_of(running, "usage-last-call")
+    stop = AgentFailed(
+        **meta(running.mission_id, "stopped"),
+        task_id=running.task_id,
+        attempt=running.attempt,
+        reason="the mission was cancelled: stop",
+        retryable=False,
+    )
+    for event in (usage, stop):
+        await nc.jetstream().publish(subject_for(event), encode(event), timeout=5.0)
+        assert await stored_on(admin, subject_for(event)) == 1
+    await scheduler.fold(stop)
+    async with asyncio.timeout(5.0):
+        await attempts[0].closed.wait()
+    await refused(stack, running)
+    # The other, which has not reported, keeps its connection until the grace is over.
+    assert not attempts[1].closed.is_set()
+    await attempts[1].close()
+
+
+@pytest.mark.parametrize("scheduler", [SHORT_GRACE], ids=["short-grace"], indirect=True)
+async def test_a_cancelled_missions_attempt_that_never_reports_is_cut_after_the_grace(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient
+) -> None:
+    """Its runner never reports the stop: the connection is kept through the grace
+    (counted from the cancel's own time), then the server closes it, though its
+    credential had two minutes left, with nothing more folded by the scheduler; it is
+    not granted again."""
+    (running,) = scheduler.start("a")
+    attempt = await Attempt().open(stack, running)
+    assert attempt.nc is not None
+    await scheduler.fold(started(running))
+    cancel = MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop")
+    await scheduler.fold(cancel)
+    await scheduler.kicked()
+    assert not attempt.closed.is_set()
+    await attempt.nc.jetstream().publish(
+        subject_for(usage_of(running)), encode(usage_of(running)), timeout=5.0
+    )
+    async with asyncio.timeout(SHORT_GRACE + 10.0):
+        await attempt.closed.wait()
+    closed_after = (datetime.now(UTC) - cancel.occurred_at).total_seconds()
+    assert closed_after >= SHORT_GRACE
+    assert scheduler.cutter.cut == 1
+    await refused(stack, running)
+
+
+async def test_the_servers_list_every_attempt_connection_page_by_page(
+    stack: Stack, scheduler: SchedulerSide
+) -> None:
+    """What a restarted scheduler reads to find its predecessor's grants: every attempt
+    connection the server holds, named by its attempt and runner, however many pages the
+    list takes (one connection a page here); the services' own connections are not
+    attempts."""
+    keys = scheduler.start("a", "b")
+    attempts = [await Attempt().open(stack, key, runner=f"r{n}") for n, key in enumerate(keys)]
+    nc = scheduler.cutter._nc
+    assert nc is not None
+    held = await attempt_connections_held(nc, page=1)
+    mine = sorted((c.key.task_id, c.runner_id) for c in held if c.key in keys)
+    assert mine == [("a", "r0"), ("b", "r1")]
+    assert len({(c.server_id, c.client_id) for c in held}) == len(held)
+    for attempt in attempts:
+        await attempt.close()
+
+
+async def test_a_new_scheduler_cuts_what_its_predecessor_granted(
+    stack: Stack, scheduler: SchedulerSide, admin: NatsClient
+) -> None:
+    """The process that granted two attempts' connections is gone (its memory of where
+    they are with it). Its successor, from a state where one attempt has ended, finds
+    both on the server as it starts: it cuts the ended one, and the other when it ends."""
+    ended, live = scheduler.start("a", "b")
+    attempts = [await Attempt().open(stack, key) for key in (ended, live)]
+    await scheduler.authorizer.stop()
+    await scheduler.cutter.stop()
+    assert all(not attempt.closed.is_set() for attempt in attempts)
+
+    successor = SchedulerSide(stack, scheduler.nc, scheduler.scenario.mission_id)
+    successor.start("a", "b")
+    await successor.fold(completed(ended))
+    assert not attempt_open(successor.projection.state, ended)
+    await successor.cutter.start()
+    await successor.authorizer.serve(scheduler.nc)
+    try:
+        await successor.cutter.sweep()
+        async with asyncio.timeout(5.0):
+            await attempts[0].closed.wait()
+        assert not attempts[1].closed.is_set()
+        await successor.fold(completed(live, "completed-live"))
+        async with asyncio.timeout(5.0):
+            await attempts[1].closed.wait()
+        assert successor.cutter.cut == 2
+    finally:
+        await successor.authorizer.stop()
+        await successor.cutter.stop()
+
+
+@pytest.mark.parametrize("cancelled", ["within-the-grace", "before-the-grace"])
+async def test_a_new_scheduler_keeps_a_cancelled_missions_attempts_for_their_grace(
+    stack: Stack, scheduler: SchedulerSide, cancelled: str
+) -> None:
+    """The scheduler that granted a running attempt's connection is gone; its mission
+    is cancelled. Its successor, starting within the grace that follows the cancel's own
+    time, keeps the connection (the runner may still report its stop) and cuts it when
+    the grace is over; starting after it, it cuts the connection as it starts."""
+    (running,) = scheduler.start("a")
+    attempt = await Attempt().open(stack, running)
+    await scheduler.authorizer.stop()
+    await scheduler.cutter.stop()
+
+    successor = SchedulerSide(stack, scheduler.nc, scheduler.scenario.mission_id, grace=SHORT_GRACE)
+    successor.start("a")
+    await successor.fold(started(running))
+    ago = 0.0 if cancelled == "within-the-grace" else SHORT_GRACE + 1.0
+    cancel = MissionCancelled(**meta(running.mission_id, "cancel"), reason="stop")
+    cancel = msgspec.structs.replace(
+        cancel, occurred_at=cancel.occurred_at - timedelta(seconds=ago)
+    )
+    await successor.fold(cancel)
+    await successor.cutter.start()
+    await successor.authorizer.serve(scheduler.nc)
+    try:
+        await successor.cutter.sweep()
+        await successor.kicked()
+        if cancelled == "within-the-grace":
+            assert not attempt.closed.is_set()
+            # The holder found on the server connects again; no other runner does.
+            again = await Attempt().open(stack, running)
+            await again.close()
+            await refused(stack, running, runner="r-other")
+        async with asyncio.timeout(SHORT_GRACE + 10.0):
+            await attempt.closed.wait()
+        assert (datetime.now(UTC) - cancel.occurred_at).total_seconds() >= SHORT_GRACE
+        assert successor.cutter.cut >= 1
+    finally:
+        await successor.authorizer.stop()
+        await successor.cutter.stop()
+        await attempt.close()
+
+
+class SchedulerProcess:
+    """``python -m aether_scheduler`` on the stack's bus, with the environment ``aether up``
+    gives it (its users, the issuer's seed, the runners' secret), and ``extra``."""
+
+    def __init__(self, stack: Stack, log: Path, **extra: str) -> None:
+        self.stack = stack
+        self.log = log
+        self.env = {**stack.service_env("scheduler"), "PORT": str(free_port()), **extra}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> SchedulerProcess:
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aether_scheduler"],
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{self.env['PORT']}/readyz"
+        async with httpx.AsyncClient(verify=tls.shared()) as http:
+            for _ in range(600):
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        return self
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"the scheduler is not ready: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.mark.slow
+async def test_a_restarted_scheduler_process_cuts_the_connections_its_predecessor_granted(
+    stack: Stack, admin: NatsClient, tmp_path: Path
+) -> None:
+    """A scheduler process grants two attempts their connections and is killed: where
+    they are was known to it alone. One attempt ends meanwhile (its runner reports while
+    no scheduler runs). The next scheduler process cuts that connection as it starts, and
+    the other one when its attempt ends, though each credential has ten minutes left."""
+    m = "m-restarted-scheduler"
+    # Ten minutes: a connection closed within the test was cut, not expired.
+    settings = {
+        "AETHER_ATTEMPT_CREDENTIAL_SECONDS": "600",
+        "AETHER_HEARTBEAT_TIMEOUT_SECONDS": "600",
+    }
+    await ensure_streams(admin.jetstream(), StreamSettings())
+    publisher = EventPublisher(admin.jetstream())
+    await publisher.publish_all(
+        [
+            MissionRequested(**meta(m, "requested"), repository="/r", requirement="r"),
+            RepositoryPrepared(
+                **meta(m, "prepared"),
+                repository_path="/r",
+                base_branch="main",
+                base_sha="s",
+                integration_branch=f"aether/{m}",
+            ),
+            PlanProduced(
+                **meta(m, "planned"),
+                version=1,
+                tasks=[
+                    PlannedTask(id="a", title="A", files=["a"]),
+                    PlannedTask(id="b", title="B", files=["b"]),
+                ],
+            ),
+        ]
+    )
+    first = await SchedulerProcess(stack, tmp_path / "first.log", **settings).start()
+    attempts: list[Attempt] = []
+    second: SchedulerProcess | None = None
+    try:
+        async with EventLog(admin, m) as log:
+            await publisher.publish(PlanApproved(**meta(m, "approved"), version=1))
+            await log.wait_for(lambda log: len(log.of(TaskReady)) == 2, timeout=60)
+            keys = {e.task.id: AttemptKey(m, e.task.id, e.attempt) for e in log.of(TaskReady)}
+        ended, live = keys["a"], keys["b"]
+        attempts = [await Attempt().open(stack, key) for key in (ended, live)]
+        first.kill()
+        for attempt, key in zip(attempts, (ended, live), strict=True):
+            assert attempt.nc is not None
+            report = started(key, f"started-{key.task_id}")
+            await attempt.nc.jetstream().publish(subject_for(report), encode(report), timeout=5)
+        assert attempts[0].nc is not None
+        result = completed(ended, "completed-a")
+        await attempts[0].nc.jetstream().publish(subject_for(result), encode(result), timeout=5)
+
+        second = await SchedulerProcess(stack, tmp_path / "second.log", **settings).start()
+        async with asyncio.timeout(30):
+            await attempts[0].closed.wait()
+        assert not attempts[1].closed.is_set()
+        assert attempts[1].nc is not None
+        result = completed(live, "completed-b")
+        await attempts[1].nc.jetstream().publish(subject_for(result), encode(result), timeout=5)
+        async with asyncio.timeout(30):
+            await attempts[1].closed.wait()
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        for attempt in attempts:
+            await attempt.close()
+
+
 async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: NatsClient) -> None:
     """The scheduler's user of the system account publishes no mission event and asks
-    the servers nothing but to close a connection."""
+    the servers nothing but to close a connection and to list the global account's
+    connections: not the system account's, nor every account's."""
     errors: list[str] = []
 
     async def on_error(error: Exception) -> None:
@@ -711,8 +1013,11 @@ async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: Nat
     try:
         await nc.publish(subject_for(completed(key)), encode(completed(key)))
         await nc.publish("aether.mission.m-system.mission_cancelled", b"{}")
+        for request in ("$SYS.REQ.SERVER.PING", "$SYS.REQ.SERVER.PING.CONNZ"):
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.request(request, b"", timeout=1.0)
         with pytest.raises(nats.errors.TimeoutError):
-            await nc.request("$SYS.REQ.SERVER.PING", b"", timeout=1.0)
+            await nc.request("$SYS.REQ.ACCOUNT.SYS.CONNZ", b"", timeout=1.0)
         await nc.subscribe("aether.>")
         await nc.flush(timeout=2.0)
     finally:
@@ -721,6 +1026,8 @@ async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: Nat
         subject_for(completed(key)),
         "mission_cancelled",
         "$sys.req.server.ping",
+        "$sys.req.server.ping.connz",
+        "$sys.req.account.sys.connz",
         "aether.>",
     ):
         assert any("permissions violation" in e and subject.lower() in e for e in errors), (

@@ -127,8 +127,9 @@ def test_every_static_user_logs_in_without_the_callout() -> None:
 
 def test_the_system_account_holds_only_the_schedulers_user_that_may_only_kick() -> None:
     """The one user of the system account (the scheduler's, as the role that authorizes
-    attempts): it may ask a server to close a connection and read the answer, nothing
-    else of the system account's requests and nothing of Aether's subjects."""
+    attempts): it may ask a server to close a connection and the servers to list the
+    global account's connections, and read the answers; nothing else of the system
+    account's requests and nothing of Aether's subjects."""
     text = static_authorization()
     accounts = text[text.index("accounts {") :]
     assert f"  {SYSTEM_ACCOUNT}: {{" in accounts
@@ -136,7 +137,7 @@ def test_the_system_account_holds_only_the_schedulers_user_that_may_only_kick() 
     assert re.findall(r'user: "([\w-]+)"', accounts) == ["scheduler-system"]
     (user,) = system_users({"scheduler-system": Secret("pw")})
     assert user.permissions == Permissions(
-        publish_allow=("$SYS.REQ.SERVER.*.KICK",),
+        publish_allow=("$SYS.REQ.SERVER.*.KICK", "$SYS.REQ.ACCOUNT.$G.CONNZ"),
         subscribe_allow=("_INBOX.scheduler-system.>",),
     )
     assert [u.name for u in system_users({"scheduler-system": Secret("pw")})] == [

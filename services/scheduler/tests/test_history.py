@@ -5,6 +5,7 @@ spent (on a real JetStream)."""
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 
 import msgspec
 import pytest
@@ -25,11 +26,13 @@ from aether_events import (
     subject_for,
 )
 from aether_runtime import Projection
+from aether_runtime.attempt_auth import AttemptKey
 from aether_scheduler import history
+from aether_scheduler.app import attempt_stopping
 from aether_scheduler.domain import State, evolve
 from aether_scheduler.history import replay_history
 
-from .scenario import Scenario, task
+from .scenario import T0, Scenario, task
 
 
 def missions() -> list[Scenario]:
@@ -185,4 +188,29 @@ async def test_spending_carried_in_results_counts_once_after_a_restart(
         assert state.missions["m-done"].usage == done.state.missions["m-done"].usage
     assert brief.state.missions["m-live"] == full.state.missions["m-live"]
     assert brief.state.missions["m-live"] == live.state.missions["m-live"]
+    assert list(brief.state.live) == ["m-live"]
+
+
+async def test_a_mission_that_ended_within_the_grace_is_read_in_full(nc: NatsClient) -> None:
+    """A mission cancelled a moment before the scheduler's start: its attempt that was
+    running may still report its stop (the grace after the cancel), so the replay keeps
+    its tasks, as a full replay has them; those that ended before are read in brief."""
+    scenarios = missions()
+    recent = Scenario("m-just-cancelled", now=T0 + timedelta(days=1), _ids=itertools.count(4000))
+    recent.start(task("a"))
+    recent.started("a")
+    recent.when(MissionCancelled(**recent.meta(), reason="no"))
+    await publish_interleaved(nc, [*scenarios, recent])
+    full, _ = await both(nc)
+    brief: Projection[State] = Projection(State(), evolve)
+    grace = timedelta(seconds=15)
+    await replay_history(brief, nc.jetstream(), "scheduler", full_since=recent.now - grace)
+
+    kept = brief.state.missions["m-just-cancelled"]
+    assert kept == full.state.missions["m-just-cancelled"]
+    assert kept.terminal and kept.ended_at == recent.now and kept.tasks["a"].status == "running"
+    running = AttemptKey("m-just-cancelled", "a", recent.attempt("a"))
+    assert attempt_stopping(brief.state, running, recent.now + grace / 2, grace.total_seconds())
+    assert not attempt_stopping(brief.state, running, recent.now + grace, grace.total_seconds())
+    assert not brief.state.missions["m-cancelled"].tasks
     assert list(brief.state.live) == ["m-live"]

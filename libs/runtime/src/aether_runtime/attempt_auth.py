@@ -22,10 +22,9 @@ credential that names one attempt instead:
   and which expires after ``ttl_seconds``: the server then closes the connection, and the
   runner's next publish connects and asks again, which is refused once the attempt has
   ended;
-* the connections it let in are remembered (``AttemptConnections``: the server id and
-  client id the request names), and cut as soon as the trusted service's state says
-  their attempt ended (``ConnectionCutter``: a ``$SYS.REQ.SERVER.<id>.KICK`` through a
-  user of the system account that may send nothing else), not only when they expire.
+* the connections it let in are remembered (the server id and client id the request
+  names), and cut as soon as the trusted service's state says their attempt ended, not
+  only when they expire (``attempt_connections``).
 
 The JWTs are NATS's ``ed25519-nkey`` JWTs (the formats of ``nats-io/jwt`` v2), made and
 checked here with ``nkeys``; requests are not encrypted (no ``xkey``): they travel on the
@@ -47,7 +46,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import nacl.exceptions
 import nacl.signing
@@ -61,16 +60,23 @@ from nats.js.api import PubAck
 
 from aether_events import Event, EventPublisher
 from aether_events.subjects import attempt_subject, is_valid_token
-from aether_runtime.bus_auth import AUTH_SUBJECT, issuer_public_key, new_issuer_seed
+from aether_runtime.bus_auth import (
+    AUTH_SUBJECT,
+    GLOBAL_ACCOUNT,
+    issuer_public_key,
+    new_issuer_seed,
+)
 from aether_runtime.failures import RetryLater
 from aether_runtime.runner_secrets import proves, runner_secret, runner_token
 from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox
 from aether_runtime.service import CountingPublisher
 
+if TYPE_CHECKING:
+    from aether_runtime.attempt_connections import AttemptConnections
+
 log = logging.getLogger("aether.attempt-auth")
 
 USER_PREFIX = "attempt"
-GLOBAL_ACCOUNT = "$G"
 DEFAULT_TTL_SECONDS = 120.0
 # What the planner lets a task id be (a subject names it by ``task_token``, the inbox by a
 # digest).
@@ -122,22 +128,36 @@ class Grants:
     """Which attempts are open (asked of the trusted service's state on every
     connection), and which runner holds each: the first that asked for it, until its
     credential has expired without being renewed (a runner that died: the attempt's
-    message is delivered to another, which may then take it over)."""
+    message is delivered to another, which may then take it over).
 
-    def __init__(self, is_open: Callable[[AttemptKey], bool]) -> None:
+    An attempt that is not open any more may still be ``stopping`` (its mission ended a
+    moment ago, and its runner, told to stop, has its last usage and its stop report to
+    publish): its holder keeps it, renewed or connected again, while it is; no other
+    runner gets it, nor does one that never held it."""
+
+    def __init__(
+        self,
+        is_open: Callable[[AttemptKey], bool],
+        stopping: Callable[[AttemptKey], bool] | None = None,
+    ) -> None:
         self.is_open = is_open
+        self.stopping = stopping or _never
         self._holders: dict[AttemptKey, tuple[str, float]] = {}
 
     def claim(
         self, key: AttemptKey, runner_id: str, now: float = 0.0, ttl: float = float("inf")
     ) -> str | None:
         """Bind ``key`` to ``runner_id`` (at ``now``, for ``ttl`` seconds) if it is open
-        and free, already its, or its holder's credential has expired; None when
-        granted, else why not."""
-        if not self.is_open(key):
-            self._holders.pop(key, None)
-            return "the attempt is not open"
+        and free, already its, or its holder's credential has expired; or, while it is
+        stopping, if it is already ``runner_id``'s; None when granted, else why not."""
         holder = self._holders.get(key)
+        if not self.is_open(key):
+            if not self.stopping(key):
+                self._holders.pop(key, None)
+            elif holder is not None and holder[0] == runner_id:
+                self._holders[key] = (runner_id, now)
+                return None
+            return "the attempt is not open"
         if holder is not None and holder[0] != runner_id and now < holder[1] + ttl:
             return "the attempt is held by another runner"
         self._holders[key] = (runner_id, now)
@@ -145,9 +165,19 @@ class Grants:
             self._prune()
         return None
 
+    def held(self, key: AttemptKey, runner_id: str, now: float) -> None:
+        """``runner_id`` holds ``key``, as a connection the servers list says (one a
+        predecessor granted), unless another runner already does here."""
+        if key not in self._holders and (self.is_open(key) or self.stopping(key)):
+            self._holders[key] = (runner_id, now)
+
     def _prune(self) -> None:
-        for key in [key for key in self._holders if not self.is_open(key)]:
+        for key in [k for k in self._holders if not self.is_open(k) and not self.stopping(k)]:
             del self._holders[key]
+
+
+def _never(key: AttemptKey) -> bool:
+    return False
 
 
 _PRUNE_ABOVE = 256
@@ -189,184 +219,6 @@ def decode_jwt(token: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, nacl.exceptions.BadSignatureError) as error:
         raise ValueError(f"not a JWT signed by its issuer: {error}") from error
     return claims
-
-
-# The server's request that closes one client connection (answered in the system account).
-KICK_SUBJECT = "$SYS.REQ.SERVER.{server}.KICK"
-# Connections remembered per attempt (each renewal or reconnect is a new one) and attempts
-# remembered in all: the oldest are forgotten beyond them (their credential's expiry
-# stays the bound on how long they live).
-_CONNECTIONS_PER_ATTEMPT = 8
-_ATTEMPTS_REMEMBERED = 4096
-
-
-class AttemptConnections:
-    """The connections the authorizer let in, per attempt: where each is (its server's
-    id, its client id there), so that they can be cut the moment the attempt ends rather
-    than when their credential expires.
-
-    ``ended(mission_id)`` takes out those of the mission's attempts that are no longer
-    open; ``kick`` asks the server that holds a connection to close it, through a user of
-    the system account that may send nothing else (``bus_auth.system_permissions``).
-    What this process did not grant (a predecessor's, or one forgotten beyond the
-    bounds) lives until its credential expires."""
-
-    def __init__(self, is_open: Callable[[AttemptKey], bool]) -> None:
-        self.is_open = is_open
-        # mission -> attempt -> [(server id, client id)], oldest first.
-        self._missions: dict[str, dict[AttemptKey, list[tuple[str, int]]]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def granted(self, key: AttemptKey, server_id: str, client_id: int) -> None:
-        attempts = self._missions.setdefault(key.mission_id, {})
-        if key not in attempts:
-            if self._count >= _ATTEMPTS_REMEMBERED:
-                self._forget_oldest()
-            attempts = self._missions.setdefault(key.mission_id, {})
-            attempts[key] = []
-            self._count += 1
-        held = attempts[key]
-        if (server_id, client_id) not in held:
-            held.append((server_id, client_id))
-            del held[:-_CONNECTIONS_PER_ATTEMPT]
-
-    def _forget_oldest(self) -> None:
-        mission_id, attempts = next(iter(self._missions.items()))
-        attempts.pop(next(iter(attempts)))
-        self._count -= 1
-        if not attempts:
-            del self._missions[mission_id]
-
-    def ended(self, mission_id: str) -> list[tuple[AttemptKey, str, int]]:
-        """The remembered connections of ``mission_id``'s attempts that are not open any
-        more (forgotten here: each is returned once)."""
-        attempts = self._missions.get(mission_id)
-        if not attempts:
-            return []
-        out = []
-        for key in [key for key in attempts if not self.is_open(key)]:
-            out += [(key, server, client) for server, client in attempts.pop(key)]
-            self._count -= 1
-        if not attempts:
-            del self._missions[mission_id]
-        return out
-
-
-KICK_TIMEOUT_SECONDS = 2.0
-
-
-async def kick(nc: NatsClient, server_id: str, client_id: int) -> str | None:
-    """Ask server ``server_id`` to close its client ``client_id`` (``nc`` is a user of the
-    system account); None when it did, else why not."""
-    try:
-        reply = await nc.request(
-            KICK_SUBJECT.format(server=server_id),
-            json.dumps({"cid": client_id}).encode(),
-            timeout=KICK_TIMEOUT_SECONDS,
-        )
-    except (nats.errors.Error, OSError) as failure:
-        return str(failure) or type(failure).__name__
-    try:
-        answer = json.loads(reply.data)
-    except ValueError:
-        return "the server's answer is not JSON"
-    error = answer.get("error") if isinstance(answer, dict) else "the answer is not an object"
-    if error:
-        return str(error.get("description", error) if isinstance(error, dict) else error)
-    return None
-
-
-class ConnectionCutter:
-    """Cuts the connections of attempts that ended, as the trusted service's state says
-    they did (``attempt_ended``): one kick each, on a connection of the system account's
-    user, in the background (a fold never waits on the bus). A kick that fails is logged;
-    the connection then lives until its credential expires, as it did without this."""
-
-    def __init__(
-        self,
-        connections: AttemptConnections,
-        url: str,
-        user: str,
-        password: str,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        self.connections = connections
-        self._url = url
-        self._user = user
-        self._password = password
-        self._tls = tls
-        self._nc: NatsClient | None = None
-        self._kicks: set[asyncio.Task[None]] = set()
-        self.cut = 0  # connections the server said it closed
-        self.failed = 0
-
-    async def start(self) -> None:
-        """Connect as the system account's user; a failure is logged and leaves every
-        attempt's connection to its credential's expiry."""
-        try:
-            nc = await nats.connect(
-                self._url,
-                user=self._user,
-                password=self._password,
-                name=f"aether-{self._user}",
-                # Its permissions let it read replies only there (``bus_auth``).
-                inbox_prefix=f"_INBOX.{self._user}",
-                # A first connection is tried as often as a reconnect: a few times, so a
-                # wrong password does not hold the service's start.
-                max_reconnect_attempts=2,
-                reconnect_time_wait=0.5,
-                tls=self._tls,
-                error_cb=_connection_error,
-            )
-        except (nats.errors.Error, OSError) as error:
-            log.warning(
-                "ended attempts' connections will not be cut: no system account connection",
-                extra={"user": self._user, "error": str(error) or type(error).__name__},
-            )
-            return
-        nc.options["max_reconnect_attempts"] = -1
-        self._nc = nc
-        log.info("cutting ended attempts' connections", extra={"user": self._user})
-
-    def attempt_ended(self, mission_id: str) -> None:
-        """An event of ``mission_id`` was folded: cut the connections of its attempts that
-        are not open any more."""
-        for key, server_id, client_id in self.connections.ended(mission_id):
-            task = asyncio.create_task(self._kick(key, server_id, client_id))
-            self._kicks.add(task)
-            task.add_done_callback(self._kicks.discard)
-
-    async def _kick(self, key: AttemptKey, server_id: str, client_id: int) -> None:
-        where = {
-            "mission_id": key.mission_id,
-            "task_id": key.task_id,
-            "attempt": key.attempt,
-            "server_id": server_id,
-            "client_id": client_id,
-        }
-        if self._nc is None:
-            error: str | None = "no system connection"
-        else:
-            error = await kick(self._nc, server_id, client_id)
-        if error is None:
-            self.cut += 1
-            log.info("ended attempt's connection cut", extra=where)
-        else:
-            # Gone already (the runner closed it, or it expired) is the common case.
-            self.failed += 1
-            log.info("ended attempt's connection not cut", extra={**where, "error": error})
-
-    async def stop(self) -> None:
-        for task in list(self._kicks):
-            task.cancel()
-        await asyncio.gather(*self._kicks, return_exceptions=True)
-        if self._nc is not None:
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await self._nc.close()
-            self._nc = None
 
 
 @dataclass

@@ -26,8 +26,10 @@ What a service may do:
   authorization requests and answers them (``attempt_auth``); every user of the block is
   an ``auth_users`` of the callout, so only attempt users are asked about;
 * that role also has a user in the system account (``system_users``) that may only ask a
-  server to close a client connection (``$SYS.REQ.SERVER.<id>.KICK``): the scheduler
-  cuts an ended attempt's connection at once (``attempt_auth.ConnectionCutter``).
+  server to close a client connection (``$SYS.REQ.SERVER.<id>.KICK``) and the servers to
+  list the global account's connections (``$SYS.REQ.ACCOUNT.$G.CONNZ``): the scheduler
+  cuts an ended attempt's connection at once, a predecessor's grants included
+  (``attempt_connections.ConnectionCutter``).
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_REPLIES = "$SYS._INBOX.>"
 # The server's environment variable holding the attempt issuer's public key (compose, k8s).
 ISSUER_ENV = "NATS_ATTEMPT_ISSUER"
-# The system account, and the one thing its user may ask of the servers: to close a client
-# connection (an ended attempt's, ``attempt_auth.ConnectionCutter``).
+# The account of every static user and attempt credential (the server's default one).
+GLOBAL_ACCOUNT = "$G"
+# The system account, and the two things its user may ask of the servers: to close a
+# client connection (an ended attempt's), and to list the global account's connections
+# (each server its own; the attempt connections a restarted scheduler did not grant
+# itself: ``attempt_connections.ConnectionCutter``).
 SYSTEM_ACCOUNT = "SYS"
 KICK_REQUESTS = "$SYS.REQ.SERVER.*.KICK"
+CONNECTION_LIST_SUBJECT = f"$SYS.REQ.ACCOUNT.{GLOBAL_ACCOUNT}.CONNZ"
 
 
 @dataclass(frozen=True)
@@ -189,9 +196,13 @@ def system_user_name(role: Role) -> str:
 
 def system_permissions(role: Role) -> Permissions:
     """What the system account's user of ``role`` (one that authorizes attempts) may do:
-    ask a server to close a client connection, and read the answer on its own inbox."""
+    ask a server to close a client connection, ask the servers which connections the
+    global account has (not the system account's, nor any other's), and read the answers
+    on its own inbox."""
     inbox = f"_INBOX.{system_user_name(role)}.>"
-    return Permissions(publish_allow=(KICK_REQUESTS,), subscribe_allow=(inbox,))
+    return Permissions(
+        publish_allow=(KICK_REQUESTS, CONNECTION_LIST_SUBJECT), subscribe_allow=(inbox,)
+    )
 
 
 def system_users(passwords: Mapping[str, Secret]) -> list[User]:
@@ -294,7 +305,8 @@ STATIC_HEADER = """\
 # NATS users and permissions of the Aether services, one user per service with the
 # permissions of its role; each password comes from the server's environment, and so
 # does the public key of the attempt credentials' issuer (NATS_ATTEMPT_ISSUER). The
-# system account holds one user, the scheduler's, that may only close a connection.
+# system account holds one user, the scheduler's, that may only close a connection and
+# list the global account's connections.
 # Generated from aether_runtime.roles: do not edit. After changing the roles, run
 #   uv run python -m aether_runtime.bus_auth > deploy/nats/auth.conf
 # and copy it into k8s/base/nats.yaml (the tests compare both with the table).

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
 
@@ -23,12 +25,11 @@ from aether_events import (
 )
 from aether_events.replay import START_PATIENCE_SECONDS
 from aether_runtime import ConsumerSpec, Projection, Service
-from aether_runtime.attempt_auth import (
-    AttemptAuthorizer,
+from aether_runtime.attempt_auth import AttemptAuthorizer, AttemptKey, Grants
+from aether_runtime.attempt_connections import (
     AttemptConnections,
-    AttemptKey,
     ConnectionCutter,
-    Grants,
+    HeldConnection,
 )
 from aether_runtime.bus_auth import system_user_name
 from aether_runtime.metrics import service_at_zero
@@ -75,40 +76,97 @@ TELEMETRY_FOLDED_SUBJECTS = [s for cls in TELEMETRY_FOLDED for s in type_subject
 
 
 def attempt_open(state: State, key: AttemptKey) -> bool:
-    """Whether ``key`` is an attempt the scheduler handed out and that has not ended."""
+    """Whether ``key`` is an attempt the scheduler handed out and that has not ended,
+    in a mission that has not ended either: a cancelled (or failed) mission's attempts
+    are told to stop, so none of them is granted a credential from then on unless it
+    held one already and is still stopping (``attempt_stopping``)."""
     mission = state.missions.get(key.mission_id)
-    task = mission.tasks.get(key.task_id) if mission is not None else None
+    if mission is None or mission.terminal:
+        return False
+    task = mission.tasks.get(key.task_id)
     return task is not None and task.status in IN_FLIGHT and task.attempt == key.attempt
 
 
+def stop_grace_ends(state: State, mission_id: str, grace_seconds: float) -> datetime | None:
+    """When the attempts of ``mission_id``, which has ended, stop being open though
+    they have not reported: ``grace_seconds`` after the time its end event says (so a
+    scheduler rebuilt later decides the same). None for a mission that has not ended."""
+    mission = state.missions.get(mission_id)
+    if mission is None or not mission.terminal:
+        return None
+    if mission.ended_at is None:  # a state not folded from events: long ended
+        return datetime.min.replace(tzinfo=UTC)
+    return mission.ended_at + timedelta(seconds=grace_seconds)
+
+
+def attempt_stopping(state: State, key: AttemptKey, now: datetime, grace_seconds: float) -> bool:
+    """Whether ``key`` was in flight when its mission ended and may still report (its
+    runner, told to stop, publishes its last usage and its stop report), ``now``: until
+    it does (its end is folded and it is no longer in flight), for ``grace_seconds``
+    after its mission's end at most. Its connection is kept and its holder's credential
+    renewed meanwhile; no new one is granted (``Grants``)."""
+    mission = state.missions.get(key.mission_id)
+    if mission is None or not mission.terminal:
+        return False
+    task = mission.tasks.get(key.task_id)
+    if task is None or task.status not in IN_FLIGHT or task.attempt != key.attempt:
+        return False
+    ends = stop_grace_ends(state, key.mission_id, grace_seconds)
+    return ends is not None and now < ends
+
+
 def attempt_credentials(
-    projection: Projection[State], settings: SchedulerSettings, handlers: Handlers
+    projection: Projection[State],
+    settings: SchedulerSettings,
+    handlers: Handlers,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> tuple[AttemptAuthorizer, ConnectionCutter | None] | None:
     """The authorizer of the agent runners' attempt credentials (``attempt_auth``), which
-    grants them only for attempts open in this state, and, given the password of the
+    grants them only for attempts open in this state (and renews them for the attempts
+    of a mission that just ended, while they stop), and, given the password of the
     scheduler's user of the system account, the cutter that closes an attempt's
-    connections as soon as an event folded by ``handlers`` ends it. None without the
-    issuer's seed or the runners' master secret: no credential is granted."""
+    connections as soon as an event folded by ``handlers`` ends it, or its mission's
+    grace is over. None without the issuer's seed or the runners' master secret: no
+    credential is granted. ``clock`` is the wall clock the grace is read on."""
     if not settings.attempt_issuer_seed or not settings.runner_master_secret:
         return None
+    grace = settings.attempt_stop_grace_seconds
 
     def is_open(key: AttemptKey) -> bool:
         return attempt_open(projection.state, key)
 
+    def stopping(key: AttemptKey) -> bool:
+        return attempt_stopping(projection.state, key, clock(), grace)
+
+    def live(key: AttemptKey) -> bool:
+        return is_open(key) or stopping(key)
+
+    def closes_at(mission_id: str) -> float | None:
+        ends = stop_grace_ends(projection.state, mission_id, grace)
+        return ends.timestamp() if ends is not None else None
+
+    grants = Grants(is_open, stopping)
+
+    def found(held: HeldConnection) -> None:
+        grants.held(held.key, held.runner_id, clock().timestamp())
+
     cutter: ConnectionCutter | None = None
     if settings.system_nats_password:
         cutter = ConnectionCutter(
-            AttemptConnections(is_open),
+            AttemptConnections(live),
             settings.runtime.nats_url,
             system_user_name(ROLES[SERVICE_NAME]),
             settings.system_nats_password,
             tls=settings.runtime.nats_tls(),
+            closes_at=closes_at,
+            found=found,
+            clock=lambda: clock().timestamp(),
         )
         handlers.on_applied = cutter.attempt_ended
     authorizer = AttemptAuthorizer(
         issuer_seed=settings.attempt_issuer_seed,
         master=settings.runner_master_secret,
-        grants=Grants(is_open),
+        grants=grants,
         types=ROLES["agent-runner"].attempt_publishes,
         ttl_seconds=settings.attempt_credential_seconds,
         connections=cutter.connections if cutter is not None else None,
@@ -137,6 +195,11 @@ def serve_attempt_credentials(
             await cutter.start()
         await authorizer.serve(service.nc)
         log.info("granting attempt credentials", extra={"issuer": authorizer.issuer})
+        if cutter is not None:
+            # The state is rebuilt: the connections a predecessor granted are cut if their
+            # attempt has ended (or its mission, beyond its grace), remembered if not
+            # (decision 0025).
+            cutter.sweep_soon()
 
     service.on_started.append(serve)
     service.on_stopping.append(authorizer.stop)
@@ -154,7 +217,12 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
     metrics.register(lambda: projection.state)
 
     async def rebuild(js: JetStreamContext) -> int:
-        last = await replay_history(projection, js, "scheduler")
+        # A mission that ended within the grace is read in full: its attempts that were
+        # running may still report their stop (``attempt_stopping``).
+        grace = timedelta(seconds=settings.attempt_stop_grace_seconds)
+        last = await replay_history(
+            projection, js, "scheduler", full_since=datetime.now(UTC) - grace
+        )
 
         def fold(state: State, event: Event, seq: int) -> State:
             return evolve(state, event)

@@ -31,6 +31,10 @@ from aether_runtime.settings import (
 from aether_scheduler.domain import Config
 
 SERVICE_NAME = "scheduler"
+# Long enough for a runner that heard its mission's end to stop its agent and publish
+# what it still holds (its last model call's usage, its stop report), short enough that
+# an attempt which never reports is cut soon after.
+DEFAULT_STOP_GRACE_SECONDS = 15.0
 
 
 class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
@@ -68,6 +72,11 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
     retired_attempt_secret: str = setting("AETHER_ATTEMPT_SECRET", "")
     attempt_credential_seconds: Positive = setting(
         "AETHER_ATTEMPT_CREDENTIAL_SECONDS", DEFAULT_TTL_SECONDS
+    )
+    # How long an attempt of a mission that has ended (cancelled, failed) may go on
+    # reporting, its runner told to stop: its last model call's usage and its stop report.
+    attempt_stop_grace_seconds: NonNegative = setting(
+        "AETHER_ATTEMPT_STOP_GRACE_SECONDS", DEFAULT_STOP_GRACE_SECONDS
     )
     # The password of its user of the NATS system account (``bus_auth.system_users``),
     # which cuts an ended attempt's connection at once; unset: it lives until it expires.

@@ -55,7 +55,7 @@ class Handlers:
         self._deadline: datetime | None = None
         self.stopped = asyncio.Event()
         # Told the mission of every event folded here (the cutting of ended attempts'
-        # connections, ``attempt_auth.ConnectionCutter``).
+        # connections, ``attempt_connections.ConnectionCutter``).
         self.on_applied: Callable[[str], None] | None = None
 
     async def handle(self, event: Event, delivery: Delivery) -> None:

@@ -11,9 +11,16 @@ terminal types, ``UsageRecorded`` and the attempts' results, which may carry usa
 a time. Folded in stream order through the same ``evolve``, this gives the state a full
 replay gives, except that a finished mission's tasks are not kept; and the history of
 finished missions costs a few events each instead of all of them.
+
+A mission that ended a moment ago (its end event's time at or after ``full_since``) is
+read in full, as a live one: its attempts that were running may still be reporting
+their stop, within the grace that follows its end (``app.attempt_stopping``), which a
+scheduler restarted within it must see.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import msgspec
 from nats.js import JetStreamContext
@@ -60,15 +67,33 @@ def _mission_of(subject: str) -> str:
     return subject_parts(subject)[0]
 
 
-async def replay_history(projection: Projection[State], js: JetStreamContext, service: str) -> int:
+def _ended_since(data: bytes, since: datetime) -> bool:
+    """Whether the terminal event ``data`` happened at or after ``since`` (one that does
+    not decode: no)."""
+    try:
+        event = decode(data)
+    except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    at = event.occurred_at
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)) >= since
+
+
+async def replay_history(
+    projection: Projection[State],
+    js: JetStreamContext,
+    service: str,
+    full_since: datetime | None = None,
+) -> int:
     """Replay the mission stream into ``projection``; returns the sequence it is complete
-    up to (what ``Projection.rebuild`` returns)."""
+    up to (what ``Projection.rebuild`` returns). The missions that ended at or after
+    ``full_since`` are read in full."""
     # Everything stored by now is read back; what comes later is the consumers' (each
     # read below stops at ``end``, so all of them see the same history).
     end = await stream_end(js, MISSIONS_STREAM)
     stored: dict[int, tuple[str, bytes]] = {}
     requested: dict[str, None] = {}
     finished: set[str] = set()
+    recent: set[str] = set()
     # One read per subject (an attempt type has two forms): the server finds one
     # subject's messages quickly (see ``Projection._replay_types``).
     reads = [(cls, subject) for cls in SUMMARY_TYPES for subject in type_subjects(cls)]
@@ -84,7 +109,9 @@ async def replay_history(projection: Projection[State], js: JetStreamContext, se
                 requested[_mission_of(msg.subject)] = None
             elif cls in TERMINAL_TYPES:
                 finished.add(_mission_of(msg.subject))
-    live = [mission_id for mission_id in requested if mission_id not in finished]
+                if full_since is not None and _ended_since(msg.data, full_since):
+                    recent.add(_mission_of(msg.subject))
+    live = [m for m in requested if m not in finished or m in recent]
     if len(live) > PER_MISSION_READS:
         return await projection.rebuild(js, service, unfold=carried_by)
     for mission_id in live:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aether_events import (
@@ -76,6 +76,8 @@ def evolve(state: State, event: Event) -> State:
     progress = advance(mission.progress, event)
     if progress is not mission.progress:
         updated = changed(updated, progress=progress)
+        if progress.terminal and not mission.progress.terminal:
+            updated = changed(updated, ended_at=_aware(event.occurred_at))
     if updated is mission:
         return state
     missions = {**state.missions, event.mission_id: updated}
@@ -83,6 +85,11 @@ def evolve(state: State, event: Event) -> State:
         live = {mid: None for mid in state.live if mid != event.mission_id}
         return changed(state, missions=missions, live=live)
     return changed(state, missions=missions)
+
+
+def _aware(at: datetime) -> datetime:
+    """``at``, read as UTC when it names no zone (what every service writes)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _counted(m: MissionState, event: UsageRecorded) -> bool:

@@ -126,6 +126,10 @@ class MissionState:
     budget_usd: float | None = None
     # Every model call of the mission added up (``aether_events.usage``).
     usage: Usage = ZERO_USAGE
+    # When the mission ended, as the event that ended it says (its ``occurred_at``, not
+    # when it was folded: a replay finds the same): its attempts still running may
+    # report their stop until a grace after it (``aether_scheduler.app.attempt_stopping``).
+    ended_at: datetime | None = None
     warned_at_budget: float | None = None
     exceeded_at_budget: float | None = None
     global_exceeded: frozenset[str] = frozenset()
