@@ -434,3 +434,36 @@ def test_gateway_oidc_is_off_by_default_and_wired_when_set(tmp_path: Path) -> No
     )
     assert settings.role_claim == "roles"
     assert settings.audience is None
+
+
+def test_git_broker_ssh_is_off_by_default_and_wired_when_set(tmp_path: Path) -> None:
+    from aether_git_broker.config import GitBrokerSettings
+
+    environment = services()["git-broker"]["environment"]
+    ssh = {name: value for name, value in environment.items() if name.startswith("AETHER_GIT_SSH_")}
+    assert set(ssh) == {"AETHER_GIT_SSH_KEY", "AETHER_GIT_SSH_KNOWN_HOSTS", "AETHER_GIT_SSH_PORTS"}
+    for name, service in services().items():
+        if name != "git-broker":  # the key is the broker's alone
+            assert not any(
+                key.startswith("AETHER_GIT_SSH_") for key in service.get("environment", {})
+            )
+    base = {"AETHER_WORKTREES_DIR": str(tmp_path / "worktrees")}
+    unset = GitBrokerSettings.from_env({**base, **{k: interpolate(v, {}) for k, v in ssh.items()}})
+    assert unset.ssh.problem() is not None  # SSH remotes refused, with the reason
+    key, known = tmp_path / "git-ssh-key", tmp_path / "git-ssh-known-hosts"
+    key.write_text("key\n")
+    known.write_text("")
+    operator = {
+        "AETHER_GIT_SSH_KEY": str(key),
+        "AETHER_GIT_SSH_KNOWN_HOSTS": str(known),
+        "AETHER_GIT_SSH_PORTS": "git.internal=7999",
+    }
+    wired = GitBrokerSettings.from_env(
+        {**base, **{k: interpolate(v, operator) for k, v in ssh.items()}}
+    ).ssh
+    assert wired.problem() is None
+    assert (wired.key, wired.known_hosts, wired.ports) == (
+        str(key),
+        str(known),
+        (("git.internal", 7999),),
+    )

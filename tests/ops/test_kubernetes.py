@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -566,3 +567,37 @@ def test_only_the_gateway_takes_the_optional_oidc_settings(overlay: str) -> None
         else:
             assert not takes_oidc, deployment["metadata"]["name"]
             assert not any(name.startswith("AETHER_OIDC_") for name in env)
+
+
+def test_the_git_ssh_component_gives_the_broker_alone_its_ssh_key_and_known_hosts(
+    tmp_path: Path,
+) -> None:
+    """Production with ``components/git-ssh`` (as an operator lists it): the Secret
+    aether-git-ssh mounted read-only on the broker, outside the directories a verification
+    command is shown, and named by the broker's two settings; no other pod sees it."""
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "with-ssh"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../production]\ncomponents: [../../components/git-ssh]\n"
+    )
+    docs, _ = kustomize.render(overlay)
+    for doc in docs:
+        validate(doc)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    pod = deployments["git-broker"]["spec"]["template"]["spec"]
+    (volume,) = [
+        v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "aether-git-ssh"
+    ]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] and mount["mountPath"] == "/run/secrets/aether-git-ssh"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["AETHER_GIT_SSH_KEY"] == "/run/secrets/aether-git-ssh/ssh-key"
+    assert env["AETHER_GIT_SSH_KNOWN_HOSTS"] == "/run/secrets/aether-git-ssh/known-hosts"
+    for name, deployment in deployments.items():
+        if name == "git-broker":
+            continue
+        spec = deployment["spec"]["template"]["spec"]
+        assert "aether-git-ssh" not in json.dumps(spec), name
+        assert "AETHER_GIT_SSH_" not in json.dumps(spec), name

@@ -23,10 +23,14 @@ def bootstrap(settings: GitBrokerSettings | None = None) -> GitBroker:
         timeout=settings.verify_timeout_seconds,
         sandbox=verification_sandbox(settings.sandbox),
         passed_env=settings.verify_env,
+        # The SSH key is the broker's alone: a command finds an empty file in its place.
+        hidden=tuple(path for path in (settings.ssh_key,) if path),
     )
     adapters = Adapters(
         git=git,
-        remotes=Remotes(str(settings.clones_dir), timeout=settings.remote_timeout_seconds),
+        remotes=Remotes(
+            str(settings.clones_dir), timeout=settings.remote_timeout_seconds, ssh=settings.ssh
+        ),
         verifier=verifier,
         push_tokens=(
             PushTokens(settings.git_token) if settings.git_http_port is not None else None

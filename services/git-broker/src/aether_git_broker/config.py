@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from aether_git_broker.adapters.git import DEFAULT_IDENTITY
+from aether_git_broker.adapters.ssh import SshAccess, parse_ports, unsafe_path_problem
 from aether_git_broker.domain import Policy
 from aether_git_broker.naming import Naming
 from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
@@ -79,6 +80,14 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
     # Finished worktrees kept per repository for reuse (0: none).
     worktree_pool: NonNegativeInt = setting("AETHER_WORKTREE_POOL", 4)
     read_token: str = setting("AETHER_GIT_READ_TOKEN", "")
+    # SSH remotes: the private key the broker authenticates with, the known hosts file
+    # host keys are checked against (strictly: unknown keys are refused), and the ports
+    # of hosts whose URLs name none (``host=port,...``; ``user@host:path`` cannot).
+    ssh_key: str | None = setting("AETHER_GIT_SSH_KEY", None)
+    ssh_known_hosts: str | None = setting("AETHER_GIT_SSH_KNOWN_HOSTS", None)
+    ssh_ports: Annotated[tuple[tuple[str, int], ...], Env(parse=parse_ports)] = setting(
+        "AETHER_GIT_SSH_PORTS", ()
+    )
     # Read with the rest when the settings are made, as the sandbox library reads it.
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings.from_env)
 
@@ -87,6 +96,13 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
             raise SettingsError("AETHER_GIT_HTTP_PORT is set but AETHER_GIT_TOKEN is not")
         if self.read_token and len(self.read_token) < 16:
             raise SettingsError("AETHER_GIT_READ_TOKEN must be at least 16 characters")
+        for name, path in (
+            ("AETHER_GIT_SSH_KEY", self.ssh_key),
+            ("AETHER_GIT_SSH_KNOWN_HOSTS", self.ssh_known_hosts),
+        ):
+            problem = None if path is None else unsafe_path_problem(name, path)
+            if problem is not None:
+                raise SettingsError(problem)
         for root in self.repository_roots:
             if not os.path.isabs(root):
                 raise SettingsError(f"repository root {root!r} is not an absolute path")
@@ -102,6 +118,15 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
             repository_roots=self.repository_roots,
             verify=self.verify,
             push_remote=self.push_remote,
+        )
+
+    @property
+    def ssh(self) -> SshAccess:
+        return SshAccess(
+            key=self.ssh_key,
+            known_hosts=self.ssh_known_hosts,
+            ports=self.ssh_ports,
+            timeout=self.remote_timeout_seconds,
         )
 
     @property

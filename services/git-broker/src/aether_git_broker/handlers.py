@@ -332,7 +332,9 @@ class Handlers:
             return await self._run(delivery, local_default_branch, source.path)
         if self._remotes is None:
             raise RemoteError("this broker has no data directory for remote repositories")
-        return await self._run(delivery, remote_default_branch, source, self._remotes.timeout)
+        return await self._run(
+            delivery, remote_default_branch, source, self._remotes.timeout, self._remotes.ssh
+        )
 
     async def _local_copy(self, action: PrepareRepository, delivery: Delivery) -> str:
         """The local path of the mission's repository, cloning or fetching a remote one."""

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from dulwich.refs import Ref
 
-from aether_git_broker.adapters.remote import _NETWORK_ERRORS, RemoteError, _failure, transport
+from aether_git_broker.adapters.remote import (
+    _NETWORK_ERRORS,
+    NO_SSH,
+    RemoteError,
+    _failure,
+    transport,
+)
 from aether_git_broker.adapters.repository import RepositoryError, open_repository
+from aether_git_broker.adapters.ssh import SshAccess
 from aether_git_broker.naming import ref_name_problem
 from aether_git_broker.sources import RemoteSource
 
@@ -56,13 +63,13 @@ def local_default_branch(repository: str) -> str:
     return name
 
 
-def remote_default_branch(source: RemoteSource, timeout: float) -> str:
+def remote_default_branch(source: RemoteSource, timeout: float, ssh: SshAccess = NO_SSH) -> str:
     """The branch the remote's ``HEAD`` names; ``RemoteError`` says why there is none."""
     try:
-        client, path = transport(source.url, timeout)
+        client, path = transport(source.url, timeout, ssh)
         advertised = client.get_refs(path.encode())
     except _NETWORK_ERRORS as error:
-        raise _failure("fetch from", source.display, error) from None
+        raise _failure("fetch from", source.display, error, source.url, ssh) from None
     name = _branch_named(advertised.symrefs.get(Ref(b"HEAD")))
     if name is None:
         raise NoDefaultBranch(

@@ -151,7 +151,7 @@ class ReadApi:
             if isinstance(source, LocalSource):
                 branch = local_default_branch(source.path)
             else:
-                branch = remote_default_branch(source, self._remotes.timeout)
+                branch = remote_default_branch(source, self._remotes.timeout, self._remotes.ssh)
         except RepositoryError as error:
             raise ReadFailed(404, redact(str(error))) from None
         except NoDefaultBranch as error:

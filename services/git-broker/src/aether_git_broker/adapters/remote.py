@@ -1,10 +1,12 @@
 """Talking to other repositories: cloning a mission's remote repository, pushing results.
 
 Everything goes through dulwich's clients: HTTP(S) and the git protocol in process, SSH
-through the ``ssh`` program (never ``git``). A remote repository is kept as a bare clone
-under the broker's data directory, created under a temporary name and renamed into
-place, so a clone cut short by a crash is started again rather than used. Later missions
-on the same URL fetch only their base branch into it.
+through the ``ssh`` program (never ``git``), run only as ``adapters.ssh`` runs it: the
+operator's key and known hosts, host keys checked strictly, no user configuration. A
+remote repository is kept as a bare clone under the broker's data directory, created
+under a temporary name and renamed into place, so a clone cut short by a crash is
+started again rather than used. Later missions on the same URL fetch only their base
+branch into it.
 
 A push first looks at the remote branch: already at the result → nothing to do (this is
 what makes delivery happen once across restarts); behind it → pushed; anywhere else →
@@ -20,7 +22,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dulwich.client import GitClient, SubprocessGitClient, default_urllib3_manager
+from dulwich.client import (
+    GitClient,
+    SSHGitClient,
+    SubprocessGitClient,
+    default_urllib3_manager,
+)
 from dulwich.client import get_transport_and_path as dulwich_transport
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.objects import ObjectID
@@ -29,6 +36,7 @@ from dulwich.repo import Repo
 
 from aether_git_broker.adapters import locks
 from aether_git_broker.adapters.history import Commits, is_ancestor
+from aether_git_broker.adapters.ssh import FixedSshVendor, SshAccess, explain, is_ssh
 from aether_git_broker.sources import (
     InvalidRepository,
     LocalSource,
@@ -46,23 +54,43 @@ class RemoteError(Exception):
     """A remote the broker could not use; the message is for people (no credentials)."""
 
 
-def transport(url: str, timeout: float) -> tuple[GitClient, str]:
-    """A dulwich client for ``url``, with a timeout on HTTP; never one that runs git."""
+NO_SSH = SshAccess()
+
+
+def transport(url: str, timeout: float, ssh: SshAccess = NO_SSH) -> tuple[GitClient, str]:
+    """A dulwich client for ``url``, with a timeout on HTTP; never one that runs git, and
+    for SSH one whose ``ssh`` is run only as ``ssh`` says (refused without its settings)."""
     pool: Any = None
     if url.startswith(("http://", "https://")):
         pool = default_urllib3_manager(None, timeout=timeout)
+    if is_ssh(url):
+        problem = ssh.problem()
+        if problem is not None:
+            raise RemoteError(f"cannot reach {redact(url)} over SSH: {problem}")
     client, path = dulwich_transport(url, pool_manager=pool)
     if isinstance(client, SubprocessGitClient):  # pragma: no cover - not chosen for these URLs
         raise RemoteError(f"{redact(url)} would need the git program")
+    if isinstance(client, SSHGitClient):
+        # Whatever dulwich would take from configuration (core.sshCommand, GIT_SSH) is
+        # left out: the vendor builds the whole command line itself.
+        client.ssh_vendor = FixedSshVendor(SshAccess(ssh.key, ssh.known_hosts, ssh.ports, timeout))
+        client.key_filename = None
+        client.ssh_command = None  # type: ignore[assignment]
+    elif is_ssh(url):  # pragma: no cover - dulwich chose another client for an SSH URL
+        raise RemoteError(f"{redact(url)} is not an SSH remote dulwich can reach")
     return client, path
 
 
-def _failure(what: str, display: str, error: BaseException) -> RemoteError:
+def _failure(
+    what: str, display: str, error: BaseException, url: str = "", ssh: SshAccess = NO_SSH
+) -> RemoteError:
     # urllib3 wraps the cause (refused, unresolvable, timed out) in a retry error.
     cause: BaseException = error
     while isinstance(getattr(cause, "reason", None), BaseException):
         cause = cause.reason  # type: ignore[attr-defined]
     reason = redact(str(cause)).strip() or type(cause).__name__
+    if url and is_ssh(url):
+        reason = explain(reason, url, ssh)
     if len(reason) > 300:
         reason = reason[:300] + "…"
     return RemoteError(f"could not {what} {display}: {reason}")
@@ -74,9 +102,10 @@ _NETWORK_ERRORS = (OSError, GitProtocolError, HangupException, NotGitRepository,
 class Remotes:
     """Clones of remote repositories under ``data_dir``, and pushes."""
 
-    def __init__(self, data_dir: str, *, timeout: float = 300.0) -> None:
+    def __init__(self, data_dir: str, *, timeout: float = 300.0, ssh: SshAccess = NO_SSH) -> None:
         self.data_dir = data_dir
         self.timeout = timeout
+        self.ssh = ssh
 
     def clone_path(self, source: RemoteSource) -> str:
         return os.path.join(self.data_dir, "repositories", source.directory)
@@ -129,10 +158,10 @@ class Remotes:
             return [sha] if sha not in repo.object_store else []
 
         try:
-            client, path = transport(source.url, self.timeout)
+            client, path = transport(source.url, self.timeout, self.ssh)
             result = client.fetch(path, repo, determine_wants=determine_wants)
         except _NETWORK_ERRORS as error:
-            raise _failure("fetch from", source.display, error) from None
+            raise _failure("fetch from", source.display, error, source.url, self.ssh) from None
         sha = result.refs.get(ref)
         if sha is None or not wanted:
             raise RemoteError(f"base branch {branch!r} does not exist in {source.display}")
@@ -173,10 +202,10 @@ class Remotes:
                 )
 
             try:
-                client, path = transport(url, self.timeout)
+                client, path = transport(url, self.timeout, self.ssh)
                 result = client.send_pack(path.encode(), update_refs, generate_pack_data)
             except _NETWORK_ERRORS as error:
-                raise _failure("push to", display, error) from None
+                raise _failure("push to", display, error, url, self.ssh) from None
             current = seen.get("current")
             if current == new:
                 return PushOutcome(kind="already_pushed", remote=display)

@@ -208,9 +208,12 @@ class Verifier:
         max_output: int = 8000,
         sandbox: Sandbox | SandboxUnavailable | None = None,
         passed_env: tuple[str, ...] = (),
+        hidden: tuple[str, ...] = (),
     ) -> None:
         self.timeout = timeout
         self.passed_env = passed_env
+        # Host files the command must not read wherever they lie (the broker's SSH key).
+        self.hidden = hidden
         self.max_output = max_output
         self.sandbox = sandbox
         self.last: Verification | None = None
@@ -236,11 +239,15 @@ class Verifier:
         try:
             with tempfile.TemporaryDirectory(prefix="aether-verify-") as kept:
                 config = common / "config"
-                shown: tuple[tuple[Path, Path], ...] = ()
+                # Each hidden file is an empty one, at its real path, read now: a mounted
+                # secret is a link that a rotation points elsewhere.
+                shown: tuple[tuple[Path, Path], ...] = tuple(
+                    (Path(os.devnull), Path(os.path.realpath(path))) for path in self.hidden
+                )
                 if config.is_file():
                     clean = Path(kept) / "config"
                     clean.write_bytes(config_without_credentials(config.read_bytes()))
-                    shown = ((clean, config),)
+                    shown += ((clean, config),)
                 outcome = run_command(
                     command,
                     scratch,
