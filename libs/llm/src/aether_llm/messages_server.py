@@ -7,7 +7,9 @@ every caller goes through the real anthropic SDK over real HTTP. It answers
 also be API errors (429, 529, 5xx) with the documented error body. Given a
 ``PromptCache`` (``aether_llm.prompt_cache``), it reports the input side of every reply's
 usage as Anthropic's prefix cache would (the reply's own input figures are replaced).
-Given an ``ssl_context``, it speaks HTTPS.
+Given an ``ssl_context``, it speaks HTTPS. A reply may also stream slowly, in pieces, with
+its usage so far after each (``Reply.pieces``): a long reply a client can hang up on, which
+the server counts (``streams_cut``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class Reply:
     cache_read_input_tokens: int = 0
     model: str | None = None
     delay_seconds: float = 0.0
+    # Streamed, its text comes in this many deltas, each followed by a ``message_delta``
+    # with the output tokens so far (as a server that reports usage as it goes does),
+    # written one by one ``piece_seconds`` apart; the reply's own figures are its last.
+    pieces: int = 1
+    piece_seconds: float = 0.0
 
     def to_message(self, request: JSON) -> JSON:
         return {
@@ -86,8 +93,9 @@ def tool_use_block(name: str, tool_input: JSON, tool_id: str | None = None) -> J
     }
 
 
-def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
-    """The SSE events of one message, as the Messages API streams them."""
+def _stream_events(message: JSON, pieces: int = 1) -> list[tuple[str, JSON]]:
+    """The SSE events of one message, as the Messages API streams them; with ``pieces``,
+    each text block in that many deltas, each followed by the usage so far."""
     start = dict(message, content=[], stop_reason=None)
     start["usage"] = dict(message["usage"], output_tokens=1)
     events: list[tuple[str, JSON]] = [
@@ -105,16 +113,21 @@ def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
                     },
                 )
             )
-            events.append(
-                (
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "text_delta", "text": block["text"]},
-                    },
+            text: str = block["text"]
+            size = -(-len(text) // pieces) if pieces > 1 else len(text) or 1
+            for at in range(0, max(len(text), 1), max(size, 1)):
+                events.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": text[at : at + size]},
+                        },
+                    )
                 )
-            )
+                if pieces > 1:
+                    events.append(("usage_so_far", {}))
         else:
             events.append(
                 (
@@ -156,6 +169,12 @@ def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
         )
     )
     events.append(("message_stop", {"type": "message_stop"}))
+    marks = [i for i, (name, _) in enumerate(events) if name == "usage_so_far"]
+    output = message["usage"]["output_tokens"]
+    for done, i in enumerate(marks, 1):
+        so_far = {"output_tokens": max(1, output * done // len(marks))}
+        delta = {"stop_reason": None, "stop_sequence": None}
+        events[i] = ("message_delta", {"type": "message_delta", "delta": delta, "usage": so_far})
     return events
 
 
@@ -171,6 +190,8 @@ class MessagesServer:
     api_keys: list[str] = field(default_factory=list)
     cache: PromptCache | None = None
     ssl_context: ssl.SSLContext | None = None
+    # Streamed replies whose client hung up before their end.
+    streams_cut: int = 0
 
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
@@ -239,7 +260,7 @@ class MessagesServer:
                     message["usage"].update(accounting.usage())
                     accounting.commit()  # an entry is readable once its reply begins
                 if request.get("stream"):
-                    self._send_stream(message)
+                    self._send_stream(message, reply)
                 else:
                     self._send_json(200, message)
 
@@ -256,16 +277,32 @@ class MessagesServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _send_stream(self, message: JSON) -> None:
-                chunks = b"".join(
+            def _send_stream(self, message: JSON, reply: Reply) -> None:
+                events = [
                     f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-                    for name, data in _stream_events(message)
-                )
+                    for name, data in _stream_events(message, reply.pieces)
+                ]
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
-                self.send_header("content-length", str(len(chunks)))
+                if reply.pieces <= 1:
+                    self.send_header("content-length", str(sum(map(len, events))))
+                    self.end_headers()
+                    self.wfile.write(b"".join(events))
+                    return
+                # In pieces: no length known ahead, the reply ends with the connection.
+                self.send_header("connection", "close")
+                self.close_connection = True
                 self.end_headers()
-                self.wfile.write(chunks)
+                pause = threading.Event()
+                try:
+                    for event in events:
+                        self.wfile.write(event)
+                        self.wfile.flush()
+                        if event.startswith(b"event: message_delta"):
+                            pause.wait(reply.piece_seconds)
+                except ConnectionError:
+                    with server._lock:
+                        server.streams_cut += 1
 
         self._httpd = _QuietServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
