@@ -34,7 +34,9 @@ MAX_TOKENS = 10_000
 
 
 def worst_case(size: int, max_tokens: int) -> Usage:
-    return budget.Meter(Limits(), Told(), load_prices()).worst_case(MODEL, size, max_tokens)
+    return budget.Meter(Limits(), Told(), load_prices()).worst_case(
+        MODEL, budget.size_bound(size), max_tokens
+    )
 
 
 def priced(input_tokens: int, output_tokens: int) -> Usage:
@@ -189,6 +191,40 @@ async def test_a_call_whose_worst_case_cannot_fit_ends_the_attempt(served: Any) 
     assert s.told.calls == []
 
 
+async def test_a_large_request_the_size_bound_leaves_no_room_for_fits_by_the_models_count(
+    served: Any,
+) -> None:
+    """A long prompt's size, as tokens, is past the cap; the model's count of it (asked with
+    the fields a count takes) is well within: the call goes on, and settles to its reply."""
+    prompt = "word " * 8_000  # 40,000 bytes; the server counts about a quarter of that
+    worst_by_size = worst_case(len(prompt) + 200, MAX_TOKENS)
+    cap = (worst_by_size.cost_usd or 0.0) * 0.8
+    s = await served(
+        Limits(max_cost_usd=cap),
+        lambda r: Reply([text_block("read it")], input_tokens=10_000, output_tokens=50),
+    )
+    reply = await s.ask(prompt)
+    assert reply.content[0].text == "read it"  # type: ignore[union-attr]
+    [counted] = s.server.counted
+    assert set(counted) == {"model", "messages"}  # no max_tokens: the API refuses it there
+    assert s.told.calls == [(1, priced(10_000, 50))]
+    assert s.meter.in_flight == 0
+
+
+async def test_a_request_too_large_even_by_the_models_count_ends_the_attempt(served: Any) -> None:
+    prompt = "word " * 8_000
+    worst_by_count = worst_case(0, MAX_TOKENS)  # far less than the prompt's count
+    s = await served(
+        Limits(max_cost_usd=worst_by_count.cost_usd),
+        lambda r: Reply([text_block("x")], input_tokens=1, output_tokens=1),
+    )
+    with pytest.raises(anthropic.PermissionDeniedError):
+        await s.ask(prompt)
+    assert len(s.server.counted) == 1
+    assert s.server.requests == []
+    assert s.meter.ended.is_set()
+
+
 def _first_past(cap: float, input_tokens: int, output_tokens: int, marks: int) -> Usage:
     """The usage the long reply reports (after each of its ``marks`` pieces) that is the
     first past ``cap``."""
@@ -312,16 +348,16 @@ def test_a_limit_is_passed_only_beyond_it() -> None:
     )
 
 
-def test_the_worst_case_is_the_size_and_max_tokens_at_the_dearest_rates() -> None:
+def test_the_worst_case_is_the_input_bound_and_max_tokens_at_the_dearest_rates() -> None:
     prices = load_prices()
     price = prices.price_of(MODEL)
     assert price is not None
-    worst = Meter(Limits(), Told(), prices).worst_case(MODEL, 1_000, 2_000)
-    assert worst.input_tokens == 1_000 + INPUT_ALLOWANCE
+    assert budget.size_bound(1_000) == 1_000 + INPUT_ALLOWANCE
+    assert budget.counted_bound(1_000) > 1_000
+    worst = Meter(Limits(), Told(), prices).worst_case(MODEL, 5_000, 2_000)
+    assert worst.input_tokens == 5_000
     assert worst.output_tokens == 2_000
     dearest = max(price.input, price.cache_write, price.cache_read)
-    assert worst.cost_usd == pytest.approx(
-        ((1_000 + INPUT_ALLOWANCE) * dearest + 2_000 * price.output) / 1e6
-    )
+    assert worst.cost_usd == pytest.approx((5_000 * dearest + 2_000 * price.output) / 1e6)
     unpriced = Meter(Limits(), Told(), prices).worst_case("no-such-model", 10, 10)
     assert unpriced.cost_usd is None

@@ -3,7 +3,8 @@
 It serves the offline model (``aether_llm.offline``) and the scripted fakes tests use, so
 every caller goes through the real anthropic SDK over real HTTP. It answers
 ``POST /v1/messages`` with either a whole message or, when the request says
-``"stream": true``, the server-sent events the SDK's stream parser expects; replies can
+``"stream": true``, the server-sent events the SDK's stream parser expects, and
+``POST /v1/messages/count_tokens`` with a count (``count_tokens``); replies can
 also be API errors (429, 529, 5xx) with the documented error body. Given a
 ``PromptCache`` (``aether_llm.prompt_cache``), it reports the input side of every reply's
 usage as Anthropic's prefix cache would (the reply's own input figures are replaced).
@@ -24,9 +25,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from aether_llm.prompt_cache import CacheRequestError, PromptCache
+from aether_llm.prompt_cache import CacheRequestError, PromptCache, approximate_tokens
 
 JSON = dict[str, Any]
+
+# What a token count may be asked with: the Messages API refuses any other field.
+COUNTED_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 _ids = itertools.count(1)
 
@@ -192,6 +196,9 @@ class MessagesServer:
     ssl_context: ssl.SSLContext | None = None
     # Streamed replies whose client hung up before their end.
     streams_cut: int = 0
+    # ``POST /v1/messages/count_tokens``: its answer, and the requests it was asked.
+    count_tokens: Callable[[JSON], int] = approximate_tokens
+    counted: list[JSON] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
@@ -233,6 +240,9 @@ class MessagesServer:
                 except json.JSONDecodeError:
                     self._send_json(400, _error_body("invalid_request_error", "body is not JSON"))
                     return
+                if self.path.split("?")[0] == "/v1/messages/count_tokens":
+                    self._count_tokens(request)
+                    return
                 with server._lock:
                     server.requests.append(request)
                     server.api_keys.append(self.headers.get("x-api-key", ""))
@@ -263,6 +273,16 @@ class MessagesServer:
                     self._send_stream(message, reply)
                 else:
                     self._send_json(200, message)
+
+            def _count_tokens(self, request: JSON) -> None:
+                extra = sorted(set(request) - COUNTED_FIELDS)
+                if extra or "messages" not in request:
+                    why = f"{extra[0]}: Extra inputs are not permitted" if extra else "messages"
+                    self._send_json(400, _error_body("invalid_request_error", why))
+                    return
+                with server._lock:
+                    server.counted.append(request)
+                self._send_json(200, {"input_tokens": server.count_tokens(request)})
 
             def _send_json(
                 self, status: int, body: JSON, headers: dict[str, str] | None = None

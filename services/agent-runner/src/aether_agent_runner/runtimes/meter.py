@@ -2,14 +2,18 @@
 its worst case before it is sent on, spends as its reply tells, and settles to what it
 spent when it ends.
 
-- **Worst case**: the input is bounded by the request's size (every token the model reads
-  is at least one byte of the request's JSON, and ``INPUT_ALLOWANCE`` covers what the
-  bytes do not show, such as the system prompt of tool use), priced at the model's dearest
-  input rate (a cache write); the output by the request's ``max_tokens``, at its output
-  rate; both from the one price table. A model without a price reserves its tokens only.
+- **Worst case**: the input is bounded by the request's size (``size_bound``: every token
+  the model reads is at least one byte of the request's JSON, and ``INPUT_ALLOWANCE``
+  covers what the bytes do not show, such as the system prompt of tool use) or, when that
+  bound leaves no room, by the model endpoint's own count of it with a margin
+  (``counted_bound``); it is priced at the model's dearest input rate (a cache write). The
+  output is bounded by the request's ``max_tokens``, at the output rate; both rates from
+  the one price table. A model without a price reserves its tokens only.
 - **Admission**: a call starts only when its worst case fits in what the attempt has left
   once the settled calls and every call in flight are counted (``reservation_refused``);
-  so calls that all keep within their worst case never pass a limit together.
+  so calls that all keep within their worst case never pass a limit together. One that
+  could not fit even alone ends the attempt (the tool would only ask it again); one that
+  does not fit beside the calls in flight is refused alone (it may fit once they end).
 - **Spending**: a reply's usage so far (a stream's ``message_start`` and ``message_delta``,
   a whole reply's ``usage``) replaces its reservation where it is larger; once spending
   passes a limit (``limit_passed``: a model endpoint that went past the bound), every call
@@ -34,6 +38,25 @@ from aether_llm import PriceTable
 # and the definitions of its built-in tools (each a few hundred tokens, named in a few
 # bytes).
 INPUT_ALLOWANCE = 4_096
+
+
+def size_bound(size: int) -> int:
+    """The most input tokens a request of ``size`` bytes can hold."""
+    return size + INPUT_ALLOWANCE
+
+
+def counted_bound(counted: int) -> int:
+    """The input tokens reserved for a request the model endpoint counted: its count is an
+    estimate ("may differ by a small amount"), so a tenth more."""
+    return counted + counted // 10 + 64
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call may not start; ``ends``: no call like it can, the attempt is over."""
+
+    message: str
+    ends: bool
 
 
 @dataclass(eq=False)
@@ -87,33 +110,36 @@ class Meter:
             self.reason = limit_reached(self.limits, self.turns + self.in_flight, self.usage, 0.0)
         return self.reason
 
-    def worst_case(self, model: str, size: int, max_tokens: int) -> Usage:
-        """The most a call of ``size`` bytes asking for ``max_tokens`` may spend."""
-        tokens = Usage(input_tokens=size + INPUT_ALLOWANCE, output_tokens=max_tokens)
+    def worst_case(self, model: str, input_tokens: int, max_tokens: int) -> Usage:
+        """The most a call of up to ``input_tokens`` asking for ``max_tokens`` may spend."""
         price = self.prices.price_of(model)
-        if price is None:
-            return Usage(input_tokens=tokens.input_tokens, output_tokens=max_tokens, cost_usd=None)
-        dearest = max(price.input, price.cache_write, price.cache_read)
-        cost = (tokens.input_tokens * dearest + max_tokens * price.output) / 1_000_000
-        return Usage(input_tokens=tokens.input_tokens, output_tokens=max_tokens, cost_usd=cost)
+        cost = None
+        if price is not None:
+            dearest = max(price.input, price.cache_write, price.cache_read)
+            cost = (input_tokens * dearest + max_tokens * price.output) / 1_000_000
+        return Usage(input_tokens=input_tokens, output_tokens=max_tokens, cost_usd=cost)
 
-    def reserve(self, model: str, size: int, max_tokens: int) -> Call | str:
-        """Reserve a call's worst case (see the module), or say why it may not start. A
-        call that does not fit even alone ends the attempt (``reason``); one that does not
-        fit beside the calls in flight is refused alone (it may fit once they end)."""
+    def reserve(self, model: str, input_tokens: int, max_tokens: int) -> Call | Refusal:
+        """Reserve a call's worst case (see the module), or say why it may not start."""
         if (reason := self.refusal()) is not None:
-            return reason
-        wanted = self.worst_case(model, size, max_tokens)
+            return Refusal(reason, ends=True)
+        wanted = self.worst_case(model, input_tokens, max_tokens)
         alone = reservation_refused(self.limits, self.usage, Usage(cost_usd=0.0), wanted)
         if alone is not None:
-            self.reason = alone
-            return alone
+            return Refusal(alone, ends=True)
         beside = reservation_refused(self.limits, self.usage, self._held(), wanted)
         if beside is not None:
-            return f"{beside} while {self.in_flight} other model call(s) are under way"
+            message = f"{beside} while {self.in_flight} other model call(s) are under way"
+            return Refusal(message, ends=False)
         call = Call(model, wanted, task=asyncio.current_task())
         self.calls.append(call)
         return call
+
+    def end(self, reason: str) -> None:
+        """The attempt is over: no more calls, and the tool is stopped."""
+        if self.reason is None:
+            self.reason = reason
+        self.ended.set()
 
     def _held(self) -> Usage:
         tokens, cost = 0, 0.0
@@ -147,8 +173,7 @@ class Meter:
         if task is None or call.cut is not None:
             return
         call.cut = reason
-        self.reason = reason
-        self.ended.set()
+        self.end(reason)
         if task is not asyncio.current_task():
             task.cancel()
 

@@ -14,9 +14,11 @@ as ``ANTHROPIC_BASE_URL`` and, as ``ANTHROPIC_API_KEY``, a key made for the atte
   its reply comes back unchanged, a stream event by event as it arrives;
 - when it is a message (its ``max_tokens`` a positive whole number, ``400`` otherwise),
   is held to the attempt's budget (``meter``): its worst case is reserved before it is
-  sent on, beside every call in flight, and a message the attempt's turn, token or cost
-  limit has no room for is refused (``403`` ``permission_error``, saying which limit); one
-  that could not fit even alone ends the attempt, as a limit ends the built-in loop;
+  sent on, beside every call in flight (its input bounded by its size or, when that
+  leaves no room, by the model endpoint's ``count_tokens``), and a message the attempt's
+  turn, token or cost limit has no room for is refused (``403`` ``permission_error``,
+  saying which limit); one that could not fit even alone ends the attempt, as a limit
+  ends the built-in loop;
 - counts, when it is a message: each reply's usage (the JSON reply's ``usage``, a
   stream's ``message_start`` and ``message_delta``, read as they arrive) is priced by the
   price table and published as the attempt's ``UsageRecorded`` while the tool runs. A
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import msgspec
 
-from aether_agent_runner.runtimes.meter import Call, Meter
+from aether_agent_runner.runtimes.meter import Call, Meter, Refusal, counted_bound, size_bound
 from aether_llm.metrics import UsageReader, metered_http_client
 
 if TYPE_CHECKING:
@@ -62,6 +64,9 @@ REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type", "accep
 # The reply's headers passed back, besides every ``anthropic-*`` one.
 REPLY_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry"})
 UPSTREAM_TIMEOUT = httpx2.Timeout(600.0, connect=30.0)
+COUNT_TIMEOUT = httpx2.Timeout(30.0)
+# The fields of a message request a token count takes (the API refuses any other).
+COUNTED_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 
 class _Named(msgspec.Struct):
@@ -167,16 +172,47 @@ class ModelEndpoint:
         if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
             return api_error(400, "invalid_request_error", "max_tokens: a positive whole number")
         meter = self.meter
-        call = meter.reserve(model, len(body), wanted)
-        if isinstance(call, str):
-            if meter.reason is not None:
-                meter.ended.set()
-                return api_error(403, "permission_error", f"{call}; no more model calls")
-            return api_error(403, "permission_error", call)
+        call = meter.reserve(model, size_bound(len(body)), wanted)
+        if (
+            isinstance(call, Refusal)
+            and meter.reason is None  # not a limit reached: the model's own count may fit
+            and (counted := await self._count_input(request, body)) is not None
+        ):
+            call = meter.reserve(model, counted_bound(counted), wanted)
+        if isinstance(call, Refusal):
+            if call.ends:
+                meter.end(call.message)
+                return api_error(403, "permission_error", f"{call.message}; no more model calls")
+            return api_error(403, "permission_error", call.message)
         try:
             return await self._forward(request, body, model, call)
         finally:
             await meter.settle(call)
+
+    async def _count_input(self, request: web.Request, body: bytes) -> int | None:
+        """The model endpoint's count of a message request's input tokens (its
+        ``count_tokens``, asked with the fields it takes), or ``None`` when it gives none."""
+        assert self._client is not None
+        try:
+            whole = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(whole, dict):
+            return None
+        asked = {key: value for key, value in whole.items() if key in COUNTED_FIELDS}
+        headers = {name: value for name in REQUEST_HEADERS if (value := request.headers.get(name))}
+        headers.update({"x-api-key": self.api_key, "content-type": "application/json"})
+        url = self.base_url.rstrip("/") + COUNT_TOKENS
+        try:
+            answer = await self._client.post(
+                url, content=msgspec.json.encode(asked), headers=headers, timeout=COUNT_TIMEOUT
+            )
+            counted = msgspec.json.decode(answer.content).get("input_tokens")
+        except (httpx2.HTTPError, msgspec.DecodeError, AttributeError):
+            return None
+        if not answer.is_success or isinstance(counted, bool) or not isinstance(counted, int):
+            return None
+        return counted if counted >= 0 else None
 
     async def _forward(
         self, request: web.Request, body: bytes, model: str, call: Call | None
