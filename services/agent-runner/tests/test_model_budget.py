@@ -80,7 +80,9 @@ async def served(
     loop = asyncio.get_running_loop()
 
     async def start(
-        limits: Limits, responder: Callable[[dict[str, Any]], Reply | ApiError]
+        limits: Limits,
+        responder: Callable[[dict[str, Any]], Reply | ApiError],
+        count_tokens: Callable[[dict[str, Any]], int] | None = None,
     ) -> Served:
         arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -88,7 +90,10 @@ async def served(
             loop.call_soon_threadsafe(arrived.put_nowait, request)
             return responder(request)
 
-        server = MessagesServer(answer).start()
+        server = MessagesServer(answer)
+        if count_tokens is not None:
+            server.count_tokens = count_tokens
+        server.start()
         told = Told()
         meter = Meter(limits, told, load_prices())
         endpoint = ModelEndpoint(server.url, REAL_KEY, meter, frozenset({MODEL}))
@@ -223,6 +228,33 @@ async def test_a_request_too_large_even_by_the_models_count_ends_the_attempt(ser
     assert len(s.server.counted) == 1
     assert s.server.requests == []
     assert s.meter.ended.is_set()
+
+
+async def test_a_document_named_by_url_is_reserved_by_the_models_count_not_the_size(
+    served: Any,
+) -> None:
+    """A request naming a document by URL is a few bytes that may be many tokens: its input
+    is the model's count, so it is refused when that count leaves no room."""
+    worst_by_size = worst_case(400, MAX_TOKENS)
+    s = await served(
+        Limits(max_cost_usd=(worst_by_size.cost_usd or 0.0) * 2),  # room by the size alone
+        lambda r: Reply([text_block("x")], input_tokens=1, output_tokens=1),
+        lambda r: 500_000,  # a long PDF
+    )
+    document = {
+        "type": "document",
+        "source": {"type": "url", "url": "https://example.com/long.pdf"},
+    }
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        await s.client.messages.create(
+            model=MODEL,
+            max_tokens=MAX_TOKENS,
+            messages=[{"role": "user", "content": [document]}],  # type: ignore[list-item]
+        )
+    assert "cost limit: a call of up to $1." in refused.value.body["error"]["message"]  # type: ignore[index]
+    assert len(s.server.counted) == 1
+    assert s.server.requests == []
+    assert s.meter.in_flight == 0
 
 
 def _first_past(cap: float, input_tokens: int, output_tokens: int, marks: int) -> Usage:

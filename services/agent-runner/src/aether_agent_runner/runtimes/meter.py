@@ -135,6 +135,10 @@ class Meter:
         self.calls.append(call)
         return call
 
+    def release(self, call: Call) -> None:
+        """Give up a reservation no call was made on."""
+        self.calls.remove(call)
+
     def end(self, reason: str) -> None:
         """The attempt is over: no more calls, and the tool is stopped."""
         if self.reason is None:

@@ -172,13 +172,7 @@ class ModelEndpoint:
         if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
             return api_error(400, "invalid_request_error", "max_tokens: a positive whole number")
         meter = self.meter
-        call = meter.reserve(model, size_bound(len(body)), wanted)
-        if (
-            isinstance(call, Refusal)
-            and meter.reason is None  # not a limit reached: the model's own count may fit
-            and (counted := await self._count_input(request, body)) is not None
-        ):
-            call = meter.reserve(model, counted_bound(counted), wanted)
+        call = await self._reserve(request, body, model, wanted)
         if isinstance(call, Refusal):
             if call.ends:
                 meter.end(call.message)
@@ -188,6 +182,36 @@ class ModelEndpoint:
             return await self._forward(request, body, model, call)
         finally:
             await meter.settle(call)
+
+    async def _reserve(
+        self, request: web.Request, body: bytes, model: str, max_tokens: int
+    ) -> Call | Refusal:
+        """Reserve a message call's worst case with the meter: its input bounded by its size
+        or, where that is no bound (a source the body names by URL or file id, not
+        carries) or leaves no room, by the model endpoint's count of it."""
+        meter = self.meter
+        size = size_bound(len(body))
+        # ``"url"`` and ``"file_id"`` with their quotes are JSON tokens of the body itself,
+        # never text within a string (where quotes are escaped).
+        fetched = b'"url"' in body or b'"file_id"' in body
+        call = meter.reserve(model, size, max_tokens)
+        if isinstance(call, Refusal) and (call.ends and meter.reason is not None):
+            return call  # a limit reached: no count gives room
+        if not fetched and isinstance(call, Call):
+            return call
+        # The size's reservation holds its place while the model counts (no call is made
+        # yet, so none is cut off).
+        held = call if isinstance(call, Call) else None
+        if held is not None:
+            held.task = None
+        try:
+            counted = await self._count_input(request, body)
+        finally:
+            if held is not None:
+                meter.release(held)
+        if counted is not None:
+            return meter.reserve(model, counted_bound(counted), max_tokens)
+        return meter.reserve(model, size, max_tokens) if held is not None else call
 
     async def _count_input(self, request: web.Request, body: bytes) -> int | None:
         """The model endpoint's count of a message request's input tokens (its
