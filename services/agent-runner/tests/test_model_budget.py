@@ -241,6 +241,19 @@ async def test_a_document_named_by_url_is_reserved_by_the_models_count_not_the_s
         lambda r: Reply([text_block("x")], input_tokens=1, output_tokens=1),
         lambda r: 500_000,  # a long PDF
     )
+    # A tool taking a URL is not a source named by one: no count for it.
+    fetch = {
+        "name": "fetch",
+        "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}},
+    }
+    await s.client.messages.create(
+        model=MODEL,
+        max_tokens=MAX_TOKENS,
+        tools=[fetch],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": 'get "url" at {"type": "url"}'}],
+    )
+    assert s.server.counted == []
+
     document = {
         "type": "document",
         "source": {"type": "url", "url": "https://example.com/long.pdf"},
@@ -253,7 +266,7 @@ async def test_a_document_named_by_url_is_reserved_by_the_models_count_not_the_s
         )
     assert "cost limit: a call of up to $1." in refused.value.body["error"]["message"]  # type: ignore[index]
     assert len(s.server.counted) == 1
-    assert s.server.requests == []
+    assert len(s.server.requests) == 1  # the first call only
     assert s.meter.in_flight == 0
 
 

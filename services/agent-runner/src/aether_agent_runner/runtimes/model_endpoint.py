@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type", "accep
 REPLY_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry"})
 UPSTREAM_TIMEOUT = httpx2.Timeout(600.0, connect=30.0)
 COUNT_TIMEOUT = httpx2.Timeout(30.0)
+# A source the body names rather than carries (``{"type": "url", …}``, ``{"type": "file",
+# …}``): quoted so, these are JSON tokens of the body itself, never text within a string
+# (where quotes are escaped); a tool's ``url`` parameter is not one.
+_FETCHED = re.compile(rb'"type"\s*:\s*"(?:url|file)"')
 # The fields of a message request a token count takes (the API refuses any other).
 COUNTED_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
@@ -191,9 +196,7 @@ class ModelEndpoint:
         carries) or leaves no room, by the model endpoint's count of it."""
         meter = self.meter
         size = size_bound(len(body))
-        # ``"url"`` and ``"file_id"`` with their quotes are JSON tokens of the body itself,
-        # never text within a string (where quotes are escaped).
-        fetched = b'"url"' in body or b'"file_id"' in body
+        fetched = _FETCHED.search(body) is not None
         call = meter.reserve(model, size, max_tokens)
         if isinstance(call, Refusal) and (call.ends and meter.reason is not None):
             return call  # a limit reached: no count gives room
