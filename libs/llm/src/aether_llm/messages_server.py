@@ -3,11 +3,14 @@
 It serves the offline model (``aether_llm.offline``) and the scripted fakes tests use, so
 every caller goes through the real anthropic SDK over real HTTP. It answers
 ``POST /v1/messages`` with either a whole message or, when the request says
-``"stream": true``, the server-sent events the SDK's stream parser expects; replies can
+``"stream": true``, the server-sent events the SDK's stream parser expects, and
+``POST /v1/messages/count_tokens`` with a count (``count_tokens``); replies can
 also be API errors (429, 529, 5xx) with the documented error body. Given a
 ``PromptCache`` (``aether_llm.prompt_cache``), it reports the input side of every reply's
 usage as Anthropic's prefix cache would (the reply's own input figures are replaced).
-Given an ``ssl_context``, it speaks HTTPS.
+Given an ``ssl_context``, it speaks HTTPS. A reply may also stream slowly, in pieces, with
+its usage so far after each (``Reply.pieces``): a long reply a client can hang up on, which
+the server counts (``streams_cut``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from aether_llm.prompt_cache import CacheRequestError, PromptCache
+from aether_llm.prompt_cache import CacheRequestError, PromptCache, approximate_tokens
 
 JSON = dict[str, Any]
+
+# What a token count may be asked with: the Messages API refuses any other field.
+COUNTED_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 _ids = itertools.count(1)
 
@@ -51,6 +57,11 @@ class Reply:
     cache_read_input_tokens: int = 0
     model: str | None = None
     delay_seconds: float = 0.0
+    # Streamed, its text comes in this many deltas, each followed by a ``message_delta``
+    # with the output tokens so far (as a server that reports usage as it goes does),
+    # written one by one ``piece_seconds`` apart; the reply's own figures are its last.
+    pieces: int = 1
+    piece_seconds: float = 0.0
 
     def to_message(self, request: JSON) -> JSON:
         return {
@@ -86,8 +97,9 @@ def tool_use_block(name: str, tool_input: JSON, tool_id: str | None = None) -> J
     }
 
 
-def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
-    """The SSE events of one message, as the Messages API streams them."""
+def _stream_events(message: JSON, pieces: int = 1) -> list[tuple[str, JSON]]:
+    """The SSE events of one message, as the Messages API streams them; with ``pieces``,
+    each text block in that many deltas, each followed by the usage so far."""
     start = dict(message, content=[], stop_reason=None)
     start["usage"] = dict(message["usage"], output_tokens=1)
     events: list[tuple[str, JSON]] = [
@@ -105,16 +117,21 @@ def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
                     },
                 )
             )
-            events.append(
-                (
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "text_delta", "text": block["text"]},
-                    },
+            text: str = block["text"]
+            size = -(-len(text) // pieces) if pieces > 1 else len(text) or 1
+            for at in range(0, max(len(text), 1), max(size, 1)):
+                events.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": text[at : at + size]},
+                        },
+                    )
                 )
-            )
+                if pieces > 1:
+                    events.append(("usage_so_far", {}))
         else:
             events.append(
                 (
@@ -156,6 +173,12 @@ def _stream_events(message: JSON) -> list[tuple[str, JSON]]:
         )
     )
     events.append(("message_stop", {"type": "message_stop"}))
+    marks = [i for i, (name, _) in enumerate(events) if name == "usage_so_far"]
+    output = message["usage"]["output_tokens"]
+    for done, i in enumerate(marks, 1):
+        so_far = {"output_tokens": max(1, output * done // len(marks))}
+        delta = {"stop_reason": None, "stop_sequence": None}
+        events[i] = ("message_delta", {"type": "message_delta", "delta": delta, "usage": so_far})
     return events
 
 
@@ -171,6 +194,11 @@ class MessagesServer:
     api_keys: list[str] = field(default_factory=list)
     cache: PromptCache | None = None
     ssl_context: ssl.SSLContext | None = None
+    # Streamed replies whose client hung up before their end.
+    streams_cut: int = 0
+    # ``POST /v1/messages/count_tokens``: its answer, and the requests it was asked.
+    count_tokens: Callable[[JSON], int] = approximate_tokens
+    counted: list[JSON] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
@@ -212,6 +240,9 @@ class MessagesServer:
                 except json.JSONDecodeError:
                     self._send_json(400, _error_body("invalid_request_error", "body is not JSON"))
                     return
+                if self.path.split("?")[0] == "/v1/messages/count_tokens":
+                    self._count_tokens(request)
+                    return
                 with server._lock:
                     server.requests.append(request)
                     server.api_keys.append(self.headers.get("x-api-key", ""))
@@ -239,9 +270,19 @@ class MessagesServer:
                     message["usage"].update(accounting.usage())
                     accounting.commit()  # an entry is readable once its reply begins
                 if request.get("stream"):
-                    self._send_stream(message)
+                    self._send_stream(message, reply)
                 else:
                     self._send_json(200, message)
+
+            def _count_tokens(self, request: JSON) -> None:
+                extra = sorted(set(request) - COUNTED_FIELDS)
+                if extra or "messages" not in request:
+                    why = f"{extra[0]}: Extra inputs are not permitted" if extra else "messages"
+                    self._send_json(400, _error_body("invalid_request_error", why))
+                    return
+                with server._lock:
+                    server.counted.append(request)
+                self._send_json(200, {"input_tokens": server.count_tokens(request)})
 
             def _send_json(
                 self, status: int, body: JSON, headers: dict[str, str] | None = None
@@ -256,16 +297,32 @@ class MessagesServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _send_stream(self, message: JSON) -> None:
-                chunks = b"".join(
+            def _send_stream(self, message: JSON, reply: Reply) -> None:
+                events = [
                     f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-                    for name, data in _stream_events(message)
-                )
+                    for name, data in _stream_events(message, reply.pieces)
+                ]
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
-                self.send_header("content-length", str(len(chunks)))
+                if reply.pieces <= 1:
+                    self.send_header("content-length", str(sum(map(len, events))))
+                    self.end_headers()
+                    self.wfile.write(b"".join(events))
+                    return
+                # In pieces: no length known ahead, the reply ends with the connection.
+                self.send_header("connection", "close")
+                self.close_connection = True
                 self.end_headers()
-                self.wfile.write(chunks)
+                pause = threading.Event()
+                try:
+                    for event in events:
+                        self.wfile.write(event)
+                        self.wfile.flush()
+                        if event.startswith(b"event: message_delta"):
+                            pause.wait(reply.piece_seconds)
+                except ConnectionError:
+                    with server._lock:
+                        server.streams_cut += 1
 
         self._httpd = _QuietServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True

@@ -125,6 +125,8 @@ class UsageReader:
     def __init__(self, streamed: bool) -> None:
         self.streamed = streamed
         self.usage: dict[str, Any] = {}
+        # A stream's ``message_delta`` gave its stop reason: nothing more is generated.
+        self.stopped = False
         self._body = bytearray()
         self._line = bytearray()
 
@@ -150,6 +152,9 @@ class UsageReader:
             self._merge((data.get("message") or {}).get("usage"))
         elif kind == "message_delta":
             self._merge(data.get("usage"))
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self.stopped = True
 
     def _merge(self, usage: Any) -> None:
         if isinstance(usage, dict):

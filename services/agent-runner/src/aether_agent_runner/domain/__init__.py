@@ -2,10 +2,16 @@
 
 What it remembers (``state``: settled and abandoned attempts, skipped tasks, ended
 missions) and whether an attempt may run, which events stop a running agent (``stop``),
-and when a limit ends a task (``limits``).
+and when a limit ends a task or forbids a model call (``limits``).
 """
 
-from aether_agent_runner.domain.limits import Limits, limit_reached, wall_time_reason
+from aether_agent_runner.domain.limits import (
+    Limits,
+    limit_passed,
+    limit_reached,
+    reservation_refused,
+    wall_time_reason,
+)
 from aether_agent_runner.domain.state import (
     Attempt,
     Mission,
@@ -25,8 +31,10 @@ __all__ = [
     "State",
     "StopOrder",
     "evolve",
+    "limit_passed",
     "limit_reached",
     "pending",
+    "reservation_refused",
     "settled",
     "should_run",
     "stop_order",

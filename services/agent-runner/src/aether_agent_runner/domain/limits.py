@@ -38,3 +38,39 @@ def limit_reached(limits: Limits, turns: int, usage: Usage, elapsed: float) -> s
 
 def wall_time_reason(limits: Limits, elapsed: float) -> str:
     return f"wall-time limit reached: {elapsed:.1f} s of {limits.max_seconds:g} s allowed"
+
+
+def reservation_refused(limits: Limits, spent: Usage, held: Usage, wanted: Usage) -> str | None:
+    """Why a model call that may spend up to ``wanted`` (its worst case) may not start, or
+    ``None`` when it fits: ``spent`` is what settled calls spent, ``held`` what the calls in
+    flight hold (each the larger of its own worst case and what it has spent so far).
+    Together they may reach a limit, never pass it; an unknown cost adds nothing, as in
+    ``limit_reached``."""
+    tokens = spent.total_tokens + held.total_tokens
+    if tokens + wanted.total_tokens > limits.max_tokens:
+        left = max(limits.max_tokens - tokens, 0)
+        return (
+            f"token limit: a call of up to {wanted.total_tokens:,} tokens does not fit in the "
+            f"{left:,} of {limits.max_tokens:,} left"
+        )
+    cap = limits.max_cost_usd
+    cost = known_cost(spent) + known_cost(held)
+    if cap is not None and cost + known_cost(wanted) > cap:
+        money = max(cap - cost, 0.0)
+        return (
+            f"cost limit: a call of up to ${known_cost(wanted):.4f} does not fit in the "
+            f"${money:.4f} of ${cap:.4f} left"
+        )
+    return None
+
+
+def limit_passed(limits: Limits, spending: Usage) -> str | None:
+    """The token or cost limit ``spending`` (settled calls and those in flight, as far as
+    their replies have told) has gone past, or ``None``."""
+    tokens = spending.total_tokens
+    if tokens > limits.max_tokens:
+        return f"token limit reached: {tokens:,} tokens of {limits.max_tokens:,} allowed"
+    cap = limits.max_cost_usd
+    if cap is not None and known_cost(spending) > cap:
+        return f"cost limit reached: ${known_cost(spending):.4f} spent of ${cap:.4f} allowed"
+    return None

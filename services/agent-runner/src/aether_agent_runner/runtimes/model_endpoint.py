@@ -12,12 +12,18 @@ as ``ANTHROPIC_BASE_URL`` and, as ``ANTHROPIC_API_KEY``, a key made for the atte
   the attempt's own (``400``);
 - is sent on to the runner's own endpoint (``https`` or ``http``) with the real key, and
   its reply comes back unchanged, a stream event by event as it arrives;
+- when it is a message (its ``max_tokens`` a positive whole number, ``400`` otherwise),
+  is held to the attempt's budget (``meter``): its worst case is reserved before it is
+  sent on, beside every call in flight (its input bounded by its size or, when that
+  leaves no room, by the model endpoint's ``count_tokens``), and a message the attempt's
+  turn, token or cost limit has no room for is refused (``403`` ``permission_error``,
+  saying which limit); one that could not fit even alone ends the attempt, as a limit
+  ends the built-in loop;
 - counts, when it is a message: each reply's usage (the JSON reply's ``usage``, a
-  stream's ``message_start`` and ``message_delta``) is priced by the price table and
-  published as the attempt's ``UsageRecorded`` while the tool runs (``Meter``). A
-  message the attempt's turn, token or cost limit forbids is refused (``403``
-  ``permission_error``, saying which limit) and ends the attempt, as a limit ends the
-  built-in loop.
+  stream's ``message_start`` and ``message_delta``, read as they arrive) is priced by the
+  price table and published as the attempt's ``UsageRecorded`` while the tool runs. A
+  stream whose spending goes past a limit is cut off there: the tool gets an ``error``
+  event, the model's connection is closed, and the attempt ends.
 
 Every answer of the runner's own is a Messages API error body, which the anthropic SDK
 and CLI agents report as such.
@@ -28,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +44,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import msgspec
 
-from aether_agent_runner.adapters.model import Observer
-from aether_agent_runner.domain import Limits, limit_reached
-from aether_events import Usage
-from aether_llm import PriceTable
+from aether_agent_runner.runtimes.meter import Call, Meter, Refusal, counted_bound, size_bound
 from aether_llm.metrics import UsageReader, metered_http_client
 
 if TYPE_CHECKING:
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 SERVED = (MESSAGES, COUNT_TOKENS)
+__all__ = ["Meter", "ModelEndpoint", "api_error"]
+
 # The largest request body passed on: the Messages API's own limit.
 MAX_BODY = 32 * 1024 * 1024
 # The largest whole (not streamed) reply read before it is passed back.
@@ -59,72 +65,34 @@ REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "content-type", "accep
 # The reply's headers passed back, besides every ``anthropic-*`` one.
 REPLY_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry"})
 UPSTREAM_TIMEOUT = httpx2.Timeout(600.0, connect=30.0)
+COUNT_TIMEOUT = httpx2.Timeout(30.0)
+# A source the body names rather than carries (``{"type": "url", …}``, ``{"type": "file",
+# …}``): quoted so, these are JSON tokens of the body itself, never text within a string
+# (where quotes are escaped); a tool's ``url`` parameter is not one.
+_FETCHED = re.compile(rb'"type"\s*:\s*"(?:url|file)"')
+# The fields of a message request a token count takes (the API refuses any other).
+COUNTED_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 
 class _Named(msgspec.Struct):
-    """The one field of a request body the endpoint reads (the rest is skipped)."""
+    """The fields of a request body the endpoint reads (the rest is skipped)."""
 
     model: Any = None
+    max_tokens: Any = None
 
 
 _NAMED = msgspec.json.Decoder(_Named)
-
-
-@dataclass
-class Meter:
-    """An attempt's model calls as they pass the endpoint: counted, priced, published (with
-    ``publish``), and held to the attempt's limits. ``turns`` and ``usage`` start from what
-    earlier runs of the attempt spent; ``record`` journals each reply before it is
-    published (a resumed run counts it)."""
-
-    limits: Limits
-    observer: Observer
-    prices: PriceTable
-    turns: int = 0
-    usage: Usage = field(default_factory=lambda: Usage(cost_usd=0.0))
-    publish: bool = True
-    record: Callable[[str, Usage], Awaitable[None]] | None = None
-    # The limit that refused a call; set, the attempt is over.
-    reason: str | None = None
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    # Calls sent on and not yet answered: they count against the turn limit already.
-    in_flight: int = 0
-
-    def refusal(self) -> str | None:
-        """The limit that forbids another call, or ``None``. The wall time is the
-        sandbox's: a tool past it is killed, not refused."""
-        if self.reason is None:
-            self.reason = limit_reached(self.limits, self.turns + self.in_flight, self.usage, 0.0)
-        return self.reason
-
-    async def replied(self, model: str, counts: dict[str, Any]) -> None:
-        """Count one reply (its usage object, cumulative figures merged)."""
-        tokens = Usage(
-            input_tokens=_count(counts, "input_tokens"),
-            output_tokens=_count(counts, "output_tokens"),
-            cache_creation_input_tokens=_count(counts, "cache_creation_input_tokens"),
-            cache_read_input_tokens=_count(counts, "cache_read_input_tokens"),
-        )
-        priced = self.prices.priced(model, tokens)
-        self.turns += 1
-        self.usage = self.usage.plus(priced)
-        if self.record is not None:
-            await self.record(model, tokens)
-        if self.publish:
-            await self.observer.model_called(self.turns, priced)
-
-
-def _count(counts: dict[str, Any], key: str) -> int:
-    value = counts.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def api_error(status: int, kind: str, message: str) -> web.Response:
     """An answer of the endpoint's own, shaped as the Messages API's errors are."""
     from aiohttp import web
 
-    body = {"type": "error", "error": {"type": kind, "message": f"Aether: {message}"}}
-    return web.json_response(body, status=status)
+    return web.json_response(_error(kind, message), status=status)
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": f"Aether: {message}"}}
 
 
 @dataclass
@@ -193,9 +161,10 @@ class ModelEndpoint:
         except web.HTTPRequestEntityTooLarge:
             return api_error(413, "request_too_large", f"a request may hold {MAX_BODY:,} bytes")
         try:
-            model = _NAMED.decode(body).model
+            named = _NAMED.decode(body)
         except msgspec.DecodeError:
-            model = None
+            named = _Named()
+        model = named.model
         if not isinstance(model, str) or not model:
             return api_error(400, "invalid_request_error", "the body is not JSON naming a model")
         if self.models is not None and model not in self.models:
@@ -203,20 +172,81 @@ class ModelEndpoint:
             message = f"model {model[:100]!r} is not one this attempt may use ({allowed})"
             return api_error(400, "invalid_request_error", message)
         if path != MESSAGES:
-            return await self._forward(request, body, model, metered=False)
+            return await self._forward(request, body, model, None)
+        wanted = named.max_tokens
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+            return api_error(400, "invalid_request_error", "max_tokens: a positive whole number")
         meter = self.meter
-        if (reason := meter.refusal()) is not None:
-            meter.ended.set()
-            return api_error(403, "permission_error", f"{reason}; no more model calls")
-        meter.in_flight += 1
+        call = await self._reserve(request, body, model, wanted)
+        if isinstance(call, Refusal):
+            if call.ends:
+                meter.end(call.message)
+                return api_error(403, "permission_error", f"{call.message}; no more model calls")
+            return api_error(403, "permission_error", call.message)
         try:
-            return await self._forward(request, body, model, metered=True)
+            return await self._forward(request, body, model, call)
         finally:
-            meter.in_flight -= 1
+            await meter.settle(call)
+
+    async def _reserve(
+        self, request: web.Request, body: bytes, model: str, max_tokens: int
+    ) -> Call | Refusal:
+        """Reserve a message call's worst case with the meter: its input bounded by its size
+        or, where that is no bound (a source the body names by URL or file id, not
+        carries) or leaves no room, by the model endpoint's count of it."""
+        meter = self.meter
+        size = size_bound(len(body))
+        fetched = _FETCHED.search(body) is not None
+        call = meter.reserve(model, size, max_tokens)
+        if isinstance(call, Refusal) and (call.ends and meter.reason is not None):
+            return call  # a limit reached: no count gives room
+        if not fetched and isinstance(call, Call):
+            return call
+        # The size's reservation holds its place while the model counts (no call is made
+        # yet, so none is cut off).
+        held = call if isinstance(call, Call) else None
+        if held is not None:
+            held.task = None
+        try:
+            counted = await self._count_input(request, body)
+        finally:
+            if held is not None:
+                meter.release(held)
+        if counted is not None:
+            return meter.reserve(model, counted_bound(counted), max_tokens)
+        return meter.reserve(model, size, max_tokens) if held is not None else call
+
+    async def _count_input(self, request: web.Request, body: bytes) -> int | None:
+        """The model endpoint's count of a message request's input tokens (its
+        ``count_tokens``, asked with the fields it takes), or ``None`` when it gives none."""
+        assert self._client is not None
+        try:
+            whole = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(whole, dict):
+            return None
+        asked = {key: value for key, value in whole.items() if key in COUNTED_FIELDS}
+        headers = {name: value for name in REQUEST_HEADERS if (value := request.headers.get(name))}
+        headers.update({"x-api-key": self.api_key, "content-type": "application/json"})
+        url = self.base_url.rstrip("/") + COUNT_TOKENS
+        try:
+            answer = await self._client.post(
+                url, content=msgspec.json.encode(asked), headers=headers, timeout=COUNT_TIMEOUT
+            )
+            counted = msgspec.json.decode(answer.content).get("input_tokens")
+        except (httpx2.HTTPError, msgspec.DecodeError, AttributeError):
+            return None
+        if not answer.is_success or isinstance(counted, bool) or not isinstance(counted, int):
+            return None
+        return counted if counted >= 0 else None
 
     async def _forward(
-        self, request: web.Request, body: bytes, model: str, *, metered: bool
+        self, request: web.Request, body: bytes, model: str, call: Call | None
     ) -> web.StreamResponse:
+        """Send the request on and pass its reply back; a metered ``call``'s usage is
+        given to the meter as it arrives, and the call is cut off past a limit (by its own
+        reply, or by the meter, which then cancels this task)."""
         from aiohttp import web
 
         assert self._client is not None
@@ -229,59 +259,118 @@ class ModelEndpoint:
         sent = self._client.build_request(
             "POST", url, content=body, headers=headers, timeout=UPSTREAM_TIMEOUT
         )
+        stream: web.StreamResponse | None = None
         try:
-            reply = await self._client.send(sent, stream=True)
-        except httpx2.HTTPError as error:
-            message = f"the model endpoint could not be reached: {type(error).__name__}"
-            return api_error(502, "api_error", message)
-        try:
-            passed = {
-                name: value
-                for name, value in reply.headers.items()
-                if name.lower() in REPLY_HEADERS or name.lower().startswith("anthropic-")
-            }
-            counted = metered and reply.is_success
-            if reply.headers.get("content-type", "").startswith("text/event-stream"):
-                return await self._stream(request, reply, passed, model if counted else None)
-            whole = bytearray()
-            async for chunk in reply.aiter_raw():
-                whole += chunk
-                if len(whole) > MAX_REPLY:
-                    return api_error(502, "api_error", "the model's reply is too large")
-            if counted:
-                reader = UsageReader(streamed=False)
-                reader.feed(bytes(whole))
-                if usage := reader.finish():
-                    await self.meter.replied(model, usage)
-            return web.Response(status=reply.status_code, body=bytes(whole), headers=passed)
-        except httpx2.HTTPError as error:
-            message = f"the model's reply was cut off: {type(error).__name__}"
-            return api_error(502, "api_error", message)
-        finally:
-            await reply.aclose()
+            try:
+                reply = await self._client.send(sent, stream=True)
+            except httpx2.HTTPError as error:
+                message = f"the model endpoint could not be reached: {type(error).__name__}"
+                return api_error(502, "api_error", message)
+            try:
+                passed = {
+                    name: value
+                    for name, value in reply.headers.items()
+                    if name.lower() in REPLY_HEADERS or name.lower().startswith("anthropic-")
+                }
+                counted = call if reply.is_success else None
+                if reply.headers.get("content-type", "").startswith("text/event-stream"):
+                    preparing = web.StreamResponse(status=reply.status_code, headers=passed)
+                    await preparing.prepare(request)
+                    stream = preparing
+                    cut = await self._stream(reply, stream, counted)
+                    if call is not None and cut is not None:
+                        self.meter.cut_off(call, cut)
+                        await _cut_short(stream, cut)
+                        return stream
+                    _over(call)
+                    with contextlib.suppress(ConnectionError):
+                        await stream.write_eof()
+                    return stream
+                whole = bytearray()
+                async for chunk in reply.aiter_raw():
+                    whole += chunk
+                    if len(whole) > MAX_REPLY:
+                        return api_error(502, "api_error", "the model's reply is too large")
+                _over(call)
+                if counted is not None:
+                    reader = UsageReader(streamed=False)
+                    reader.feed(bytes(whole))
+                    if usage := reader.finish():
+                        # Whole, it is paid for and passed back; past a limit, the calls
+                        # still running are cut off and the next one is refused.
+                        self.meter.progress(counted, usage)
+                return web.Response(status=reply.status_code, body=bytes(whole), headers=passed)
+            except httpx2.HTTPError as error:
+                _over(call)
+                if stream is not None:  # the tool sees the stream end early, as the model's
+                    with contextlib.suppress(ConnectionError):
+                        await stream.write_eof()
+                    return stream
+                message = f"the model's reply was cut off: {type(error).__name__}"
+                return api_error(502, "api_error", message)
+            finally:
+                _over(call)
+                await reply.aclose()
+        except asyncio.CancelledError:
+            # Cut off by the meter (another call went past a limit), or the endpoint stops.
+            task = asyncio.current_task()
+            if call is None or call.cut is None or task is None or task.cancelling() != 1:
+                raise
+            task.uncancel()
+            if stream is None:
+                return api_error(403, "permission_error", f"{call.cut}; the call was cut off")
+            await _cut_short(stream, call.cut)
+            return stream
 
     async def _stream(
-        self,
-        request: web.Request,
-        reply: httpx2.Response,
-        headers: dict[str, str],
-        model: str | None,
-    ) -> web.StreamResponse:
-        """Pass a stream back as it comes, reading its usage on the way; the reply is
-        counted once it ends (or is cut off: what was received may be billed)."""
-        from aiohttp import web
-
-        response = web.StreamResponse(status=reply.status_code, headers=headers)
-        await response.prepare(request)
-        reader = UsageReader(streamed=True) if model is not None else None
-        try:
+        self, reply: httpx2.Response, response: web.StreamResponse, call: Call | None
+    ) -> str | None:
+        """Pass a stream back as it comes, whole events at a time, reading a metered
+        call's usage on the way; the limit its spending passed (the reply is cut off there,
+        unless the model had already ended it), or ``None``."""
+        if call is None:
             async for chunk in reply.aiter_raw():
-                if reader is not None:
-                    reader.feed(chunk)
                 await response.write(chunk)
-        finally:
-            if reader is not None and model is not None and (usage := reader.finish()):
-                await self.meter.replied(model, usage)
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
+            return None
+        reader = UsageReader(streamed=True)
+        pending = b""
+        async for chunk in reply.aiter_raw():
+            pending += chunk
+            end = max(_after(pending, b"\n\n"), _after(pending, b"\r\n\r\n"))
+            if not end:
+                continue
+            events, pending = pending[:end], pending[end:]
+            passed = None
+            if b"usage" in events:
+                reader.feed(events)
+                passed = self.meter.progress(call, reader.usage)
+            await response.write(events)
+            if passed is not None and not reader.stopped:
+                return passed
+        if pending:
+            reader.feed(pending)
+            await response.write(pending)
+        if usage := reader.finish():
+            self.meter.progress(call, usage)
+        return None
+
+
+def _after(data: bytes, separator: bytes) -> int:
+    """Where the last ``separator`` in ``data`` ends; 0: none."""
+    at = data.rfind(separator)
+    return at + len(separator) if at >= 0 else 0
+
+
+def _over(call: Call | None) -> None:
+    """The exchange with the model is over: the call can no longer be cut off."""
+    if call is not None:
+        call.task = None
+
+
+async def _cut_short(response: web.StreamResponse, reason: str) -> None:
+    """End a stream cut off for ``reason`` with an ``error`` event, as the API ends one
+    that fails midway (the SDK raises it as the error it names)."""
+    event = msgspec.json.encode(_error("permission_error", f"{reason}; the reply was cut off"))
+    with contextlib.suppress(ConnectionError):
+        await response.write(b"event: error\ndata: " + event + b"\n\n")
+        await response.write_eof()
