@@ -42,6 +42,7 @@ from aether_sandbox import (
     Sandbox,
     SandboxSettings,
     SandboxUnavailable,
+    bubblewrap,
     open_sandbox,
     seccomp,
 )
@@ -314,9 +315,11 @@ async def test_ordinary_work_still_runs_under_the_filter(box: Box) -> None:
 
 
 async def test_the_filter_is_off_only_when_an_operator_says_so(
-    box: Box, caplog: pytest.LogCaptureFixture
+    box: Box, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.WARNING, logger="aether.sandbox")
+    # Warned once per process, at its first sandbox: this test's is that first one.
+    monkeypatch.setattr(bubblewrap, "_probed", {})
     assert not SandboxSettings.from_env({"AETHER_SANDBOX_SECCOMP": "off"}).seccomp
     off = box.toolbox(SandboxSettings(limits=LIMITS, seccomp=False))
     try:
