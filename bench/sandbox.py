@@ -46,6 +46,7 @@ from aether_sandbox import (
     enforcement,
     execute,
     open_sandbox,
+    seccomp,
 )
 
 COMMANDS: list[list[str]] = [
@@ -55,16 +56,22 @@ COMMANDS: list[list[str]] = [
 ]
 
 
-async def bare(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
+async def bare(
+    argv: list[str], cwd: Path, env: dict[str, str], filter_program: bytes | None = None
+) -> None:
+    """``argv`` started and waited for; ``filter_program``: the seccomp filter a raw
+    bubblewrap launch is given (as ``execute`` gives it)."""
+    with seccomp.passed(argv, filter_program) as (argv, fds):
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=fds,
+        )
     await process.communicate()
 
 
@@ -108,7 +115,9 @@ async def measure(sandbox: Sandbox, rounds: int) -> dict[tuple[str, str], float]
             variants: dict[str, Callable[[], Awaitable[object]]] = {
                 "bare": lambda argv=argv: bare(argv, workdir, env),
                 "limits only": lambda r=request: execute(unconfined, r),
-                "bwrap launch": lambda a=launch.argv, e=launch.env: bare(a, workdir, e),
+                "bwrap launch": lambda a=launch.argv, e=launch.env, f=launch.seccomp: bare(
+                    a, workdir, e, f
+                ),
                 "bubblewrap": lambda r=request: execute(sandbox, r),
                 "warm": lambda r=request: execute(warm, r),
             }

@@ -65,12 +65,17 @@ class Launch:
     caller's PID namespace) to ``info_fd`` and then waits, the command not yet started,
     until a byte can be read from ``gate_fd``: the caller moves N into the command's
     cgroup and sets its rlimits in between. Closing ``gate_fd``'s other end unwritten
-    releases it too, so the caller kills the launch before it ever does that."""
+    releases it too, so the caller kills the launch before it ever does that.
+
+    ``seccomp``, where the backend filters system calls, is the compiled filter the
+    argument vector asks for on a descriptor not yet known (``seccomp.passed`` gives it
+    one, at each start)."""
 
     argv: list[str]
     env: dict[str, str]
     cwd: Path
     held: Callable[[int, int], list[str]] | None = None
+    seccomp: bytes | None = None
 
 
 class Sandbox(Protocol):

@@ -8,13 +8,15 @@ minimal ``/dev``; a private ``/tmp`` (a size-capped tmpfs holding ``HOME``); and
 request's ``workdir``, the only place a write reaches the host (with its ``home``, when
 it asks for one, bound as ``HOME``). New user, PID, IPC, UTS
 and (unless the operator chose ``host``) network namespaces; no further user namespaces
-inside; a new session (no terminal injection); killed when its parent dies. The end of the
+inside; a new session (no terminal injection); killed when its parent dies; the
+system-call filter of ``seccomp.py`` (unless the operator turned it off). The end of the
 command's first process ends the PID namespace, which takes every process it left behind
 with it, however it detached itself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -23,8 +25,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from aether_sandbox import seccomp
 from aether_sandbox.base import Launch, Request, SandboxUnavailable
 from aether_sandbox.settings import SandboxSettings
+
+log = logging.getLogger("aether.sandbox")
 
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Credentials that can sit in /etc of an image; a command never needs them.
@@ -113,6 +118,21 @@ class Bubblewrap:
             )
         self.executable = found
         self.options = _options(found)
+        # The system-call filter every sandbox loads; ``None`` only when turned off.
+        self.seccomp: bytes | None = None
+        if settings.seccomp:
+            if "--seccomp" not in self.options:
+                raise SandboxUnavailable(
+                    f"this bubblewrap ({found}) takes no --seccomp filter: install a newer "
+                    "one, or set AETHER_SANDBOX_SECCOMP=off to run commands without one"
+                )
+            try:
+                self.seccomp = seccomp.program()
+            except seccomp.UnsupportedArchitecture as error:
+                raise SandboxUnavailable(
+                    f"{error}; commands are not run without it: set "
+                    "AETHER_SANDBOX_SECCOMP=off to run them with bubblewrap alone"
+                ) from None
 
     def launch(self, request: Request) -> Launch:
         env, directories = scratch_env(request.env)
@@ -125,14 +145,14 @@ class Bubblewrap:
         args += ["--chdir", str(request.cwd), "--"]
         argv = args + list(request.argv)
         if not {"--info-fd", "--block-fd"} <= self.options:
-            return Launch(argv, env, request.cwd)
+            return Launch(argv, env, request.cwd, seccomp=self.seccomp)
 
         def held(info: int, gate: int) -> list[str]:
             # bubblewrap writes the sandbox's first process to --info-fd once it is cloned,
             # and that process reads --block-fd after the mounts, before it starts anything.
             return [argv[0], "--info-fd", str(info), "--block-fd", str(gate), *argv[1:]]
 
-        return Launch(argv, env, request.cwd, held)
+        return Launch(argv, env, request.cwd, held, self.seccomp)
 
     def namespaces(self, *extra: str) -> list[str]:
         """bubblewrap and its namespace options (``extra`` among them)."""
@@ -152,6 +172,9 @@ class Bubblewrap:
             "--new-session",
             "--hostname",
             "sandbox",
+            # Read (and loaded, last before the command starts) from a descriptor each
+            # start provides: ``seccomp.passed``.
+            *(["--seccomp", seccomp.FD_PLACEHOLDER] if self.seccomp is not None else []),
             *extra,
         ]
         if self.settings.network != "host":
@@ -232,14 +255,16 @@ class Bubblewrap:
                 Request(["/bin/sh", "-c", "exit 0"], root, root, {"PATH": os.defpath})
             )
             try:
-                done = subprocess.run(
-                    launch.argv,
-                    env=launch.env,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=30,
-                    check=False,
-                )
+                with seccomp.passed(launch.argv, launch.seccomp) as (argv, fds):
+                    done = subprocess.run(
+                        argv,
+                        env=launch.env,
+                        stdin=subprocess.DEVNULL,
+                        capture_output=True,
+                        timeout=30,
+                        check=False,
+                        pass_fds=fds,
+                    )
             except (OSError, subprocess.TimeoutExpired) as error:
                 raise SandboxUnavailable(f"bubblewrap could not start: {error}; {HINT}") from None
         if done.returncode != 0:
@@ -268,14 +293,20 @@ def _options(executable: str) -> frozenset[str]:
     return _known_options[executable]
 
 
-_probed: dict[tuple[str, str], str | None] = {}
+_probed: dict[tuple[str, str, bool], str | None] = {}
 
 
 def open_bubblewrap(settings: SandboxSettings) -> Bubblewrap:
     """A working bubblewrap backend (probed once per process), or ``SandboxUnavailable``."""
     sandbox = Bubblewrap(settings)
-    key = (sandbox.executable, settings.network)
+    key = (sandbox.executable, settings.network, settings.seccomp)
     if key not in _probed:
+        if not settings.seccomp:
+            log.warning(
+                "sandboxed commands run WITHOUT a seccomp filter (AETHER_SANDBOX_SECCOMP=off): "
+                "io_uring, userfaultfd, bpf, keyctl, ptrace and every other system call "
+                "are open to them"
+            )
         try:
             sandbox.probe()
             _probed[key] = None

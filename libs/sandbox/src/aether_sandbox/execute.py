@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from aether_sandbox import seccomp
 from aether_sandbox.base import Launch, Request, Sandbox
 from aether_sandbox.bubblewrap import Bubblewrap
 from aether_sandbox.cgroups import Cgroup
@@ -305,7 +306,10 @@ def _spawn(
     """Start the process directly (a vfork where no ``preexec`` is given): the event loop's
     subprocess transport would add a few loop turns and a waiting thread per command, and
     a held launch waits for this process to confine it."""
-    with open(stdin, "rb") if stdin is not None else contextlib.nullcontext() as source:
+    with (
+        open(stdin, "rb") if stdin is not None else contextlib.nullcontext() as source,
+        seccomp.passed(argv, launch.seccomp) as (argv, filter_fds),
+    ):
         return subprocess.Popen(
             argv,
             cwd=launch.cwd,
@@ -314,7 +318,7 @@ def _spawn(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            pass_fds=pass_fds,
+            pass_fds=(*pass_fds, *filter_fds),
             preexec_fn=preexec,
         )
 

@@ -59,7 +59,9 @@ class SandboxSettings:
     attempt's commands run in one kept bubblewrap, each in a fresh process tree
     (``warm.py``), rather than in a bubblewrap of their own. ``egress``: the destinations
     (``host[:port]``, ``*.domain[:port]``) commands may reach through the allow-listing
-    proxy (``egress.py``); the network namespace stays empty."""
+    proxy (``egress.py``); the network namespace stays empty. ``seccomp``: every
+    sandbox loads the system-call filter of ``seccomp.py``; off only when an operator says
+    so (``AETHER_SANDBOX_SECCOMP=off``), which the service then warns of."""
 
     backend: str = "bubblewrap"
     network: str = "none"
@@ -69,6 +71,7 @@ class SandboxSettings:
     bwrap: str = "bwrap"
     warm: bool = True
     egress: tuple[str, ...] = ()
+    seccomp: bool = True
 
     @property
     def unconfined(self) -> bool:
@@ -154,6 +157,9 @@ class SandboxSettings:
         warm = env.get("AETHER_SANDBOX_WARM", "").strip().lower() or "on"
         if warm not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ValueError(f"AETHER_SANDBOX_WARM={warm!r} is not valid: expected on or off")
+        seccomp = env.get("AETHER_SANDBOX_SECCOMP", "").strip().lower() or "on"
+        if seccomp not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"AETHER_SANDBOX_SECCOMP={seccomp!r} is not valid: expected on or off")
         return cls(
             backend=backend,
             network=network,
@@ -163,4 +169,5 @@ class SandboxSettings:
             bwrap=env.get("AETHER_SANDBOX_BWRAP", "").strip() or "bwrap",
             egress=egress,
             warm=warm not in ("0", "false", "off", "no"),
+            seccomp=seccomp not in ("0", "false", "off", "no"),
         )

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from aether_sandbox import seccomp
 from aether_sandbox.base import Launch, Request
 from aether_sandbox.bubblewrap import Bubblewrap, scratch_env
 from aether_sandbox.cgroups import Cgroup
@@ -180,7 +181,7 @@ class _Held:
             *relay,
         ]
         try:
-            process = _spawn(argv, theirs.fileno())
+            process = _spawn(argv, theirs.fileno(), cold.seccomp)
         except OSError:
             ours.close()
             if proxy is not None:
@@ -375,13 +376,14 @@ def _ready(reply: dict[str, object] | None, key: str) -> bool:
     return reply is not None and reply.get(key) is True
 
 
-def _spawn(argv: list[str], control: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv,
-        env={"PATH": os.defpath},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        pass_fds=(control,),
-    )
+def _spawn(argv: list[str], control: int, filter_program: bytes | None) -> subprocess.Popen[bytes]:
+    with seccomp.passed(argv, filter_program) as (argv, filter_fds):
+        return subprocess.Popen(
+            argv,
+            env={"PATH": os.defpath},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(control, *filter_fds),
+        )

@@ -96,6 +96,7 @@ def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
                 "network": agent.sandbox.network,
                 "egress": ",".join(agent.sandbox.egress) or None,
                 "warm": agent.sandbox.warm,
+                "seccomp": agent.sandbox.seccomp,
                 **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
             },
         )

@@ -4,10 +4,11 @@ The SDK starts the CLI itself, with its standard streams as the protocol between
 It is given a script instead: the script starts bubblewrap with the sandbox's namespaces
 and mounts (``aether_sandbox.Bubblewrap.launch``: the worktree the only writable tree, its
 ``.git`` read-only, the system directories read-only, no network of its own, a fresh
-``/proc``), the metered model endpoint when the sandbox has no network (``runtimes.relay``,
-``runtimes.model_endpoint``: the CLI holds the attempt's own key, never the real one), and
-the CLI, whose standard streams, arguments and variables pass through unchanged. The CLI's
-configuration directory (its sessions, which a resumed run loads) is the sandbox's home,
+``/proc``, the system-call filter), the metered model endpoint when the sandbox has no
+network (``runtimes.relay``, ``runtimes.model_endpoint``: the CLI holds the attempt's own
+key, never the real one), and the CLI, whose standard streams, arguments and variables
+pass through unchanged. The CLI's configuration directory (its sessions, which a resumed
+run loads) is the sandbox's home,
 bound from beside the attempt's journal. The mounts, not only the runner's path check,
 then hold the CLI's own file tools to the worktree: a path that leads out finds nothing
 there. The CLI and everything it starts run under limits of their own, ones a JS runtime
@@ -37,7 +38,7 @@ from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.cli_limits import CliLimits
 from aether_agent_runner.runtimes.model_endpoint import ModelEndpoint
 from aether_agent_runner.runtimes.relay import relayed
-from aether_sandbox import Bubblewrap, Request, WarmSandbox
+from aether_sandbox import Bubblewrap, Request, WarmSandbox, seccomp
 from aether_sandbox.bubblewrap import HOME
 from aether_sandbox.program import ProgramLimits
 
@@ -131,10 +132,18 @@ async def confined(
             assignments = [f"{name}={value}" for name, value in placed.items()]
             script = scratch / "claude"
             bwrap, *options = launch.argv
+            opened = f"exec 3>{shlex.quote(str(info))}\n"
+            if launch.seccomp is not None:
+                # bubblewrap reads its system-call filter to the end: the script opens
+                # the file afresh at each start, on descriptor 4.
+                filter_file = scratch / "seccomp.bpf"
+                await asyncio.to_thread(filter_file.write_bytes, launch.seccomp)
+                opened += f"exec 4<{shlex.quote(str(filter_file))}\n"
+                options = seccomp.with_fd(options, 4)
             line = shlex.join(
                 [*program.prefix(), env, *assignments, bwrap, "--info-fd", "3", *options]
             )
-            text = f'#!/bin/sh\nexec 3>{shlex.quote(str(info))}\nexec {line} "$@"\n'
+            text = f'#!/bin/sh\n{opened}exec {line} "$@"\n'
             await asyncio.to_thread(script.write_text, text)
             await asyncio.to_thread(script.chmod, 0o700)
             watch = asyncio.create_task(program.watch(_stopped_log))
