@@ -203,16 +203,20 @@ async def test_a_wrong_pkce_verifier_is_refused_by_the_provider(signed: Browser)
     assert "Code challenge failed" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    # RFC 6749 §2.3.1: the id and secret are form-encoded before HTTP basic joins them, so
+    # a secret holding "+", "%", ":" or "/" (a base64 one) reaches the provider as it is.
+    "secret",
+    ["the-right-secret", "r1ght+s3cret/with=base64:and%20more"],
+)
 async def test_a_confidential_client_sends_its_secret(
-    provider: Provider, make_gateway: Callable[..., Awaitable[GatewayServer]]
+    provider: Provider, make_gateway: Callable[..., Awaitable[GatewayServer]], secret: str
 ):
-    provider.register_confidential_client("aether-private", "the-right-secret")
+    provider.register_confidential_client("aether-private", secret)
     right = Browser(
         provider,
         await make_gateway(
-            oidc=settings_for(
-                provider, client_id="aether-private", client_secret="the-right-secret"
-            )
+            oidc=settings_for(provider, client_id="aether-private", client_secret=secret)
         ),
     )
     assert (await right.sign_in("otto")).status_code == 200

@@ -180,6 +180,14 @@ class SignInPending(InvalidToken):
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
+def basic_auth(client_id: str, secret: str) -> httpx.BasicAuth:
+    """A client's HTTP basic credentials for the provider's endpoints: RFC 6749 §2.3.1
+    form-encodes the id and the secret before they are joined, so that a secret holding
+    ``+``, ``%``, ``:`` or ``/`` (a base64 one) reaches the provider as it is."""
+    quote = urllib.parse.quote_plus
+    return httpx.BasicAuth(quote(client_id), quote(secret))
+
+
 class ProviderMetadata(msgspec.Struct, kw_only=True):
     """The parts of the discovery document the gateway uses (unknown fields ignored)."""
 
@@ -376,9 +384,7 @@ class OidcVerifier:
             form |= {"client_id": client_id, "client_secret": secret}
             auth = httpx.Auth()
         else:
-            # RFC 6749 §2.3.1: both are form-encoded before they are joined.
-            quote = urllib.parse.quote_plus
-            auth = httpx.BasicAuth(quote(client_id), quote(secret))
+            auth = basic_auth(client_id, secret)
         try:
             async with _client() as http:
                 response = await http.post(
@@ -508,7 +514,7 @@ class OidcVerifier:
         # A confidential client authenticates with client_secret_basic; a public one
         # (no secret) is held to its PKCE verifier alone.
         if self.settings.client_secret:
-            return httpx.BasicAuth(self.settings.client_id, self.settings.client_secret)
+            return basic_auth(self.settings.client_id, self.settings.client_secret)
         return httpx.Auth()
 
     async def _token_request(self, form: dict[str, str], what: str) -> _TokenAnswer:
