@@ -771,3 +771,21 @@ def test_the_watch_ends_a_failed_delivery_with_how_to_push_again():
         "delivery FAILED: no repository there\n"
         "  once that is fixed, push it again with `aether mission deliver m-1`"
     )
+
+
+def test_a_merge_that_resolved_a_conflict_says_so_wherever_it_is_shown():
+    from aether.render import describe, task_note
+
+    merged = {"task_id": "a", "attempt": 2, "merge_sha": "d" * 40, "resolution": True}
+    assert "(resolution of a conflict)" in describe(ev(9, "branch_merged", **merged))
+    plain = {**merged, "attempt": 1, "resolution": False}
+    assert "resolution" not in describe(ev(9, "branch_merged", **plain))
+    assert task_note({"status": "merged", "merge_sha": "d" * 40, "resolution": True}) == (
+        "merged dddddddddd (resolution of a conflict)"
+    )
+    assert task_note({"status": "merged", "merge_sha": "d" * 40}) == "merged dddddddddd"
+    board = Board("m-1")
+    board.apply(ev(1, "plan_produced", **PLAN))
+    board.apply(ev(2, "task_ready", task={"id": "a", "title": "Write a"}, attempt=2, model="x"))
+    board.apply(ev(3, "branch_merged", **merged))
+    assert board.tasks["a"].activity == "merged dddddddddd (resolution of a conflict)"

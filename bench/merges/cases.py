@@ -257,6 +257,11 @@ class Oracle:
                 "git",
                 "-C",
                 str(self.path),
+                # The broker moves a file added in a directory the other side renamed
+                # and calls the merge clean, as git does with this setting; git's default
+                # ("conflict") makes the same move but calls it a conflict.
+                "-c",
+                "merge.directoryRenames=true",
                 "merge-tree",
                 "--write-tree",
                 ours.decode(),

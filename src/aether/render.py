@@ -63,6 +63,7 @@ def describe(event: SseEvent) -> str:
         detail = f"{d['commit_sha'][:10]} {', '.join(d.get('files_changed', []))}"
     elif kind == "branch_merged":
         detail = f"{d['merge_sha'][:10]}" + (" (fast-forward)" if d.get("fast_forward") else "")
+        detail += " (resolution of a conflict)" if d.get("resolution") else ""
     elif kind == "merge_conflicted":
         detail = "conflict in " + ", ".join(d.get("files", []))
     elif kind == "merge_withheld":
@@ -260,7 +261,8 @@ def task_note(t: dict[str, Any]) -> str:
     if status == "running":
         return str((t.get("agent") or {}).get("last_action") or "working")
     if status == "merged" and t.get("merge_sha"):
-        return f"merged {str(t['merge_sha'])[:10]}"
+        resolved = " (resolution of a conflict)" if t.get("resolution") else ""
+        return f"merged {str(t['merge_sha'])[:10]}{resolved}"
     return str(t.get("error") or "")
 
 

@@ -211,7 +211,9 @@ class Board:
         elif kind == "merge_withheld":
             line.activity = f"not merged: {data.get('reason', '')}"
         elif kind == "branch_merged":
-            line.activity = f"merged {str(data.get('merge_sha', ''))[:10]}"
+            line.activity = f"merged {str(data.get('merge_sha', ''))[:10]}" + (
+                " (resolution of a conflict)" if data.get("resolution") else ""
+            )
         elif kind == "usage_recorded":
             line.cost, line.cost_complete = add_cost(line.cost, line.cost_complete, _usage(data))
 

@@ -129,8 +129,8 @@ async def test_a_true_conflict_is_resolved_by_a_resolution_attempt(
         and "from src.beta import beta" in seen
         for seen in beta.seen
     )
-    merged = {(e.task_id, e.attempt) for e in log.of_type(BranchMerged)}
-    assert merged == {("a", 1), ("b", 2)}
+    merged = {(e.task_id, e.attempt): e.resolution for e in log.of_type(BranchMerged)}
+    assert merged == {("a", 1): False, ("b", 2): True}  # the merge says it resolved one
     completed = log.of_type(MissionCompleted)[0]
     files = tree_files(shared_repo, completed.final_sha)
     assert files["src/registry.py"] == RESOLVED.encode()

@@ -18,6 +18,7 @@ from aether_events import (
     AgentFailed,
     AgentHeartbeat,
     AgentStarted,
+    BranchMerged,
     MissionRequested,
     TaskReady,
     TranscriptEntries,
@@ -240,3 +241,11 @@ def test_a_result_carries_only_events_of_its_own_attempt() -> None:
     progress = json.loads((SAMPLES / "v1" / "agent_progress.json").read_bytes())
     with pytest.raises(msgspec.ValidationError):
         decode(json.dumps({**data, "carried": [progress]}).encode())
+
+
+def test_a_merge_says_whether_its_attempt_resolved_a_conflict() -> None:
+    resolved = decode((SAMPLES / "v9" / "branch_merged.json").read_bytes())
+    assert isinstance(resolved, BranchMerged) and resolved.resolution
+    # A merge from a broker before v9 says nothing, read as not a resolution.
+    older = decode((SAMPLES / "v1" / "branch_merged.json").read_bytes())
+    assert isinstance(older, BranchMerged) and not older.resolution

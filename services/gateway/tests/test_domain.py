@@ -110,6 +110,16 @@ def test_task_status_follows_ready_workspace_agent_and_merge(script):
     assert view.tasks["t1"].status == "merged"
     assert view.tasks["t1"].merge_sha == "d" * 40
     assert view.tasks["t2"].status == "pending"
+    assert view.tasks["t1"].resolution is False
+
+
+def test_a_task_merged_by_a_resolution_attempt_says_so(script):
+    view = play([script.requested(), script.prepared(), script.plan(), script.approved()])
+    view = play([script.task_ready("t1"), script.agent_completed("t1")], view)
+    merged = msgspec.structs.replace(script.merged("t1"), resolution=True)
+    view = play([merged], view)
+    assert view.tasks["t1"].status == "merged"
+    assert view.tasks["t1"].resolution is True
 
 
 def test_a_merge_withheld_after_a_cancel_says_why_the_task_never_merged(script):

@@ -57,6 +57,7 @@ async def test_a_scripted_mission_shows_its_plan_tasks_and_final_status(
     assert task["status"] == "merged"
     assert task["commit_sha"] == "c" * 40
     assert task["merge_sha"] == "d" * 40
+    assert task["resolution"] is False  # a first attempt, not a conflict resolution
     assert mission["events_url"].endswith(f"/missions/{script.mission_id}/events")
 
     listed = (await http.get("/missions", params={"status": "completed"})).json()["missions"]

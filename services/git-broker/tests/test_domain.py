@@ -236,6 +236,33 @@ def test_a_completed_agent_is_merged() -> None:
     )
 
 
+def test_the_merge_of_a_resolution_attempt_says_it_resolved_a_conflict() -> None:
+    ready = msgspec.structs.replace(task_ready(attempt=2), resolve_sha="e" * 40)
+    workspace = WorkspaceReady(
+        **meta("e-ws-t1-2"),
+        task=ready.task,
+        attempt=2,
+        model="claude",
+        branch="aether-tasks/m-1/t1/a2",
+        worktree_path="/wt/m-1/t1-a2",
+        base_sha="b" * 40,
+        resolve_sha="e" * 40,
+    )
+    event = completed(attempt=2)
+    merged = MergeOutcome(kind="merged", sha="d" * 40)
+    for given_events in ([ready], [workspace], [ready, workspace]):
+        action = decide(given(requested(), PREPARED, *given_events, event), event, NAMING)
+        assert isinstance(action, MergeTask) and action.resolution
+        published = merge_event(event, NOW, "aether/m-1", merged, resolution=action.resolution)
+        assert isinstance(published, BranchMerged) and published.resolution
+    # An ordinary attempt's merge says it was not one.
+    first = completed()
+    action = decide(given(requested(), PREPARED, task_ready(), first), first, NAMING)
+    assert isinstance(action, MergeTask) and not action.resolution
+    published = merge_event(first, NOW, "aether/m-1", merged, resolution=action.resolution)
+    assert isinstance(published, BranchMerged) and not published.resolution
+
+
 def test_a_mission_with_a_verify_command_verifies_every_merge() -> None:
     event = completed()
     action = decide(given(requested(verify="  make test "), PREPARED, event), event, NAMING)

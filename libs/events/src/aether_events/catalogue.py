@@ -410,6 +410,11 @@ def _each_once(events: Iterable[Event], parts: Callable[[Event], Iterable[E]]) -
 
 
 class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
+    """The git broker merged an attempt's commit into the integration branch at
+    ``merge_sha``. ``resolution`` (added in v9): the attempt was a conflict resolution
+    (its ``TaskReady`` and ``WorkspaceReady`` carried ``resolve_sha``); ``False`` from a
+    broker before v9."""
+
     task_id: str
     attempt: int
     merge_sha: str
@@ -418,6 +423,7 @@ class BranchMerged(Event, frozen=True, kw_only=True, tag="branch_merged"):
     files_changed: list[str] = msgspec.field(default_factory=list)
     # Files both sides had changed, merged line by line (a clean three-way content merge).
     lines_merged: list[str] = msgspec.field(default_factory=list)
+    resolution: bool = False
 
 
 class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):

@@ -449,7 +449,15 @@ class Handlers:
                 self._recycled(action, recycled)
             if not note(**extra):
                 log.info("merged", extra=extra)
-        await self._publish(merge_event(event, self._clock(), action.integration_branch, outcome))
+        await self._publish(
+            merge_event(
+                event,
+                self._clock(),
+                action.integration_branch,
+                outcome,
+                resolution=action.resolution,
+            )
+        )
         if outcome.kind not in _REFUSED:
             # Deleted once the next workspace is announced, while its agent works and this
             # consumer has nothing to do, rather than between the merge and its event or

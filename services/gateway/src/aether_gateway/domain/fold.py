@@ -649,6 +649,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 task,
                 status=status,
                 merge_sha=event.merge_sha,
+                resolution=event.resolution,
                 finished_at=event.occurred_at,
                 error=None,
             )

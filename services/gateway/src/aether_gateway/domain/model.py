@@ -131,6 +131,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     base_sha: str | None = None
     commit_sha: str | None = None
     merge_sha: str | None = None
+    # The merged attempt resolved a merge conflict (BranchMerged.resolution).
+    resolution: bool = False
     summary: str = ""
     files_changed: list[str] = msgspec.field(default_factory=list)
     # Scope drift: changed files its planned scope (``files``) does not cover.

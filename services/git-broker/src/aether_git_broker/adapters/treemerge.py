@@ -20,9 +20,9 @@ added, and only when a side did both: a file renamed on one side and changed on 
 is merged at its new path; renamed on one side and deleted, renamed to two different
 paths, or renamed onto a path the other side added, is a conflict, as in git. The merge
 then walks the trees with each renamed file moved to its new path on the other side and in
-the base. git's detection of renamed *directories* (a file added on one side into a
-directory the other side renamed follows the directory) is not done: the file stays where
-it was added.
+the base. Before that, renamed *directories* are found as git finds them
+(:mod:`.dirrenames`): a file one side added in a directory the other side renamed is moved
+where the directory went, on its own side, so the walk finds it there.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import TypeGuard
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import ObjectID, Tree, parse_tree, sorted_tree_items
 
+from aether_git_broker.adapters.dirrenames import directory_renames, plan_moves
 from aether_git_broker.adapters.linemerge import is_binary, merge_lines
 from aether_git_broker.adapters.objects import ObjectIO
 from aether_git_broker.adapters.renames import pair_renames
@@ -300,20 +301,37 @@ def _put(
     return trees.write(entries) if entries else None
 
 
-def _side_renames(
-    trees: Trees, base_tree: ObjectID, side_tree: ObjectID
-) -> tuple[dict[bytes, bytes], set[bytes]]:
-    """A side's renames ``{old: new}``, and every path it removed."""
+@dataclass
+class _SideChanges:
+    """What one side did to the base's files: its renames ``{old: new}``, the paths it
+    removed, the files it added (rename targets among them) and the base's directories it
+    no longer has."""
+
+    renames: dict[bytes, bytes]
+    removed: set[bytes]
+    added: dict[bytes, Entry]
+    removed_dirs: set[bytes]
+
+
+def _side_changes(trees: Trees, base_tree: ObjectID, side_tree: ObjectID) -> _SideChanges:
     removed: dict[bytes, Entry] = {}
     added: dict[bytes, Entry] = {}
+    removed_dirs: set[bytes] = set()
     _removed_and_added(
-        trees, (stat.S_IFDIR, base_tree), (stat.S_IFDIR, side_tree), b"", removed, added
+        trees,
+        (stat.S_IFDIR, base_tree),
+        (stat.S_IFDIR, side_tree),
+        b"",
+        removed,
+        added,
+        removed_dirs,
     )
-    if not removed or not added:
-        return {}, set(removed)
-    read = trees.objects.read
-    empty = ObjectID(b"e69de29bb2d1d6434b8b29ae775ad8c2e48c5391")
-    return pair_renames(removed, added, lambda sha: read(sha)[1], empty), set(removed)
+    renames: dict[bytes, bytes] = {}
+    if removed and added:
+        read = trees.objects.read
+        empty = ObjectID(b"e69de29bb2d1d6434b8b29ae775ad8c2e48c5391")
+        renames = pair_renames(removed, added, lambda sha: read(sha)[1], empty)
+    return _SideChanges(renames, set(removed), added, removed_dirs)
 
 
 def _removed_and_added(
@@ -323,10 +341,12 @@ def _removed_and_added(
     path: bytes,
     removed: dict[bytes, Entry],
     added: dict[bytes, Entry],
+    removed_dirs: set[bytes],
 ) -> None:
     """The regular files under ``path`` that are gone (into ``removed``, with their old
-    entry) or new where nothing was (into ``added``), walking only what differs: the
-    walk of :func:`diff_entries`, keeping the old entry instead of looking it up again."""
+    entry) or new where nothing was (into ``added``), and the directories that are gone
+    (into ``removed_dirs``), walking only what differs: the walk of :func:`diff_entries`,
+    keeping the old entry instead of looking it up again."""
     if old == new:
         return
     old_dir, new_dir = is_dir(old), is_dir(new)
@@ -338,13 +358,77 @@ def _removed_and_added(
         return
     if not old_dir and is_file(old):
         removed[path] = old  # a file replaced by a directory
+    if old_dir and not new_dir:
+        removed_dirs.add(path)
     old_entries = trees.entries(old[1]) if old is not None and old_dir else {}
     new_entries = trees.entries(new[1]) if new is not None and new_dir else {}
     # Only the names whose entries differ (the comparison runs in C, not once per name).
     for name in {name for name, _ in old_entries.items() ^ new_entries.items()}:
         _removed_and_added(
-            trees, old_entries.get(name), new_entries.get(name), _join(path, name), removed, added
+            trees,
+            old_entries.get(name),
+            new_entries.get(name),
+            _join(path, name),
+            removed,
+            added,
+            removed_dirs,
         )
+
+
+def _occupied(trees: Trees, tree_id: ObjectID, path: bytes) -> bool:
+    """Whether the tree has anything at ``path``, or a non-directory above it."""
+    entry: Entry | None = (stat.S_IFDIR, tree_id)
+    for part in path.split(b"/"):
+        if entry is None:
+            return False
+        if not is_dir(entry):
+            return True
+        entry = trees.entries(entry[1]).get(part)
+    return entry is not None
+
+
+def _follow_directory_renames(
+    trees: Trees, found: list[_SideChanges], sides: list[ObjectID]
+) -> list[bytes]:
+    """Move the files each side added into a directory the other side renamed to where
+    that directory went (:mod:`.dirrenames`), on that side's tree and in its renames;
+    returns the conflicts. Costs nothing unless a side renamed files out of a directory it
+    removed and the other side added a file directly in it."""
+    dirs = [
+        directory_renames(found[i].renames, found[i].removed_dirs, found[1 - i].added)
+        for i in (0, 1)
+    ]
+    conflicts: list[bytes] = []
+    for index, side_dirs in enumerate(dirs):
+        other_added = found[1 - index].added
+        for split in side_dirs.split:
+            under = [p for p in other_added if p.startswith(split + b"/")]
+            conflicts.extend(under or [split])
+    renamed = (dirs[0].renamed, dirs[1].renamed)
+    if not renamed[0] and not renamed[1]:
+        return conflicts
+    for both in renamed[0].keys() & renamed[1].keys():
+        del renamed[0][both], renamed[1][both]
+    plan = plan_moves(
+        renamed,
+        (found[0].added.keys(), found[1].added.keys()),
+        (
+            lambda path: _occupied(trees, sides[0], path),
+            lambda path: _occupied(trees, sides[1], path),
+        ),
+    )
+    conflicts.extend(plan.conflicts)
+    for index, moves in enumerate(plan.moves):
+        if not moves:
+            continue
+        side = sides[index]
+        for old_path, new_path in moves.items():
+            entry = lookup(trees, side, old_path)
+            side = put(trees, put(trees, side, old_path, None), new_path, entry)
+        sides[index] = side
+        changes = found[index]
+        changes.renames = {old: moves.get(new, new) for old, new in changes.renames.items()}
+    return conflicts
 
 
 def _follow_renames(
@@ -352,13 +436,13 @@ def _follow_renames(
 ) -> tuple[ObjectID, list[ObjectID], list[bytes]]:
     """Move each file one side renamed to its new path on the other side and in the base,
     so the walk merges it there; returns the new base and sides, and the rename conflicts."""
-    found = [_side_renames(trees, base_tree, side) for side in sides]
-    conflicts: list[bytes] = []
+    found = [_side_changes(trees, base_tree, side) for side in sides]
+    conflicts = _follow_directory_renames(trees, found, sides)
     moves: list[tuple[int, bytes, bytes]] = []  # (side to move on, old, new)
-    for index, (renames, _) in enumerate(found):
+    for index, changes in enumerate(found):
         other = 1 - index
-        other_renames, other_removed = found[other]
-        for old, new in renames.items():
+        other_renames, other_removed = found[other].renames, found[other].removed
+        for old, new in changes.renames.items():
             if old in other_renames:
                 if other_renames[old] != new:
                     conflicts.append(old)  # renamed to two different paths

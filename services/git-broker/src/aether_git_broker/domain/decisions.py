@@ -21,7 +21,7 @@ from aether_events import (
     MissionRequested,
     TaskReady,
 )
-from aether_git_broker.domain.state import BrokerState, MissionView
+from aether_git_broker.domain.state import BrokerState, MissionView, TaskKey
 from aether_git_broker.naming import InvalidName, Naming, component_problem, ref_name_problem
 from aether_git_broker.sources import (
     InvalidRepository,
@@ -100,6 +100,8 @@ class MergeTask:
     task_branch: str
     verify_command: str | None = None
     withheld: str | None = None
+    # The attempt resolves a conflict (its TaskReady asked for a resolution workspace).
+    resolution: bool = False
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,17 @@ def _merge_task(
         ),
         verify_command=view.verify_command,
         withheld=withheld,
+        resolution=_resolves(view, key),
+    )
+
+
+def _resolves(view: MissionView, key: TaskKey) -> bool:
+    """Whether attempt ``key`` resolves a conflict, by its workspace or its TaskReady."""
+    workspace = view.workspaces.get(key)
+    ready = view.ready.get(key)
+    return bool(
+        (workspace is not None and workspace.resolve_sha)
+        or (ready is not None and ready.resolve_sha)
     )
 
 

@@ -142,7 +142,12 @@ def workspace_ready_event(
 
 
 def merge_event(
-    cause: AgentCompleted, now: datetime, integration_branch: str, outcome: MergeOutcome
+    cause: AgentCompleted,
+    now: datetime,
+    integration_branch: str,
+    outcome: MergeOutcome,
+    *,
+    resolution: bool = False,
 ) -> BranchMerged | MergeConflicted | MergeWithheld:
     if outcome.kind == "withheld":
         return MergeWithheld(
@@ -174,6 +179,7 @@ def merge_event(
         fast_forward=outcome.fast_forward,
         files_changed=list(outcome.files),
         lines_merged=list(outcome.lines_merged),
+        resolution=resolution,
     )
 
 

@@ -43,6 +43,8 @@ class Workspace:
     branch: str
     worktree_path: str
     base_sha: str
+    # The attempt resolves a conflict: its workspace started from this commit's merge.
+    resolve_sha: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,10 @@ def evolve(state: BrokerState, event: Event) -> BrokerState:
         case WorkspaceReady():
             key = (event.task.id, event.attempt)
             workspace = Workspace(
-                branch=event.branch, worktree_path=event.worktree_path, base_sha=event.base_sha
+                branch=event.branch,
+                worktree_path=event.worktree_path,
+                base_sha=event.base_sha,
+                resolve_sha=event.resolve_sha,
             )
             return _update(state, replace(view, workspaces={**view.workspaces, key: workspace}))
         case BranchMerged():

@@ -14,7 +14,8 @@ const DESCRIBE = {
   agent_started: (e) => `agent started on ${e.runner_id} (${e.model}${e.runtime ? ", " + e.runtime : ""})`,
   agent_completed: (e) => `agent finished: commit ${short(e.commit_sha)}${e.summary ? " — " + e.summary : ""}`,
   agent_failed: (e) => `agent failed: ${e.reason}`,
-  branch_merged: (e) => `merged as ${short(e.merge_sha)}${e.fast_forward ? " (fast-forward)" : ""}`,
+  branch_merged: (e) =>
+    `merged as ${short(e.merge_sha)}${e.fast_forward ? " (fast-forward)" : ""}${e.resolution ? " (resolution of a conflict)" : ""}`,
   merge_conflicted: (e) => `merge conflict in ${(e.files || []).join(", ")}`,
   merge_withheld: (e) => `not merged: ${e.reason}`,
   task_retried: (e) => `retry: ${e.reason}`,
@@ -76,7 +77,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
         h("div", {}, h("dt", {}, "Files"), h("dd", { class: "mono" }, t.files.join(", ") || "—")),
         h("div", {}, h("dt", {}, "Branch"), h("dd", { class: "mono" }, t.branch || "—")),
         h("div", {}, h("dt", {}, "Commit"), h("dd", { class: "mono" }, short(t.commit_sha))),
-        h("div", {}, h("dt", {}, "Merge"), h("dd", { class: "mono", id: "merge-sha" }, short(t.merge_sha))),
+        h("div", {}, h("dt", {}, "Merge"), h("dd", { class: "mono", id: "merge-sha" }, short(t.merge_sha), t.resolution ? " (resolution of a conflict)" : "")),
         h("div", {}, h("dt", {}, "Cost"), h("dd", {}, money(t.cost_usd, 4))),
         h("div", {}, h("dt", {}, "Updated"), h("dd", { title: time(t.updated_at) }, age(t.updated_at) + " ago")),
       ),
