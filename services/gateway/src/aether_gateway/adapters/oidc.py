@@ -569,10 +569,9 @@ class OidcVerifier:
     async def _verified(
         self, token: str, audiences: list[str], *, id_token: bool = False
     ) -> dict[str, Any]:
-        try:
-            keys, issuer = await self._keys()
-        except ProviderUnavailable as error:
-            raise InvalidToken(f"the identity provider is unavailable ({error})") from error
+        # ``ProviderUnavailable`` when the provider's keys cannot be had: the token may be
+        # good, so the caller answers 503, not 401.
+        keys, issuer = await self._keys()
         required = ["exp", "sub", "iat", "iss", "aud"] if id_token else ["exp", "sub"]
         # PyJWKClient fetches the key set with blocking I/O (cached after the first call).
         return await asyncio.to_thread(self._decode, keys, token, audiences, issuer, required)

@@ -92,6 +92,8 @@ class Authenticator:
         except InvalidToken as error:
             log.info("OIDC token refused", extra={"reason": str(error)})
             raise _unauthorized(f"the OIDC token is not valid: {error}") from None
+        except ProviderUnavailable as error:
+            raise _provider_away("the identity provider's keys cannot be had", error) from None
 
     async def _opaque(self, oidc: OidcVerifier, token: str) -> Principal:
         try:
@@ -99,13 +101,17 @@ class Authenticator:
         except InvalidToken as error:
             log.info("OIDC opaque token refused", extra={"reason": str(error)})
             raise _unauthorized(f"the OIDC token is not valid: {error}") from None
-        except ProviderUnavailable:
-            # Not the caller's fault, and the token may be good: not 401 (a client would
-            # drop its sign-in), and the reason is in the gateway's log, not the answer.
-            raise ServiceUnavailableException(
-                detail="the identity provider cannot check the token; try again",
-                headers={"Retry-After": str(int(RETRY_SECONDS))},
-            ) from None
+        except ProviderUnavailable as error:
+            raise _provider_away("the identity provider cannot check the token", error) from None
+
+
+def _provider_away(what: str, error: ProviderUnavailable) -> ServiceUnavailableException:
+    """Not the caller's fault, and the token may be good: not 401 (a client would drop
+    its sign-in); the reason goes to the gateway's log, not the answer."""
+    log.warning("OIDC token not checked", extra={"reason": str(error)})
+    return ServiceUnavailableException(
+        detail=f"{what}; try again", headers={"Retry-After": str(int(RETRY_SECONDS))}
+    )
 
 
 def _with_scopes(oidc: OidcVerifier, found: Principal) -> Principal:
