@@ -292,8 +292,11 @@ class ConnectionCutter:
         user: str,
         password: str,
         tls: ssl.SSLContext | None = None,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         self.connections = connections
+        # Whether this process may cut connections now (the active scheduler).
+        self._may_act = may_act
         self._url = url
         self._user = user
         self._password = password
@@ -334,6 +337,8 @@ class ConnectionCutter:
     def attempt_ended(self, mission_id: str) -> None:
         """An event of ``mission_id`` was folded: cut the connections of its attempts that
         are not open any more."""
+        if self._may_act is not None and not self._may_act():
+            return
         for key, server_id, client_id in self.connections.ended(mission_id):
             task = asyncio.create_task(self._kick(key, server_id, client_id))
             self._kicks.add(task)
@@ -349,6 +354,8 @@ class ConnectionCutter:
         }
         if self._nc is None:
             error: str | None = "no system connection"
+        elif self._may_act is not None and not self._may_act():
+            error = "this process is not the active one any more"
         else:
             error = await kick(self._nc, server_id, client_id)
         if error is None:
@@ -387,6 +394,9 @@ class AttemptAuthorizer:
     clock: Callable[[], float] = time.time
     # Where the connections it lets in are remembered, to be cut when their attempt ends.
     connections: AttemptConnections | None = None
+    # Whether this process may answer now (the active scheduler: it holds the lease). A
+    # request that comes while it may not is left unanswered, for the active one.
+    may_answer: Callable[[], bool] | None = None
     _subscription: Subscription | None = None
 
     def __post_init__(self) -> None:
@@ -403,6 +413,9 @@ class AttemptAuthorizer:
             self._subscription = None
 
     async def _on_request(self, msg: Msg) -> None:
+        if self.may_answer is not None and not self.may_answer():
+            log.info("authorization request left to the active process")
+            return
         try:
             answer = self.answer(msg.data.decode())
         except ValueError as error:
