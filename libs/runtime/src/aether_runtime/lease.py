@@ -81,6 +81,8 @@ def bucket_config(replicas: int = 1) -> StreamConfig:
         allow_direct=True,
         allow_rollup_hdrs=True,
         allow_msg_ttl=True,
+        # No write carries a message id: the window only has to be a valid one.
+        duplicate_window=1.0,
         deny_delete=True,
         max_consumers=-1,
         max_msgs=-1,
