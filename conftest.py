@@ -22,10 +22,12 @@ import psycopg
 import pytest
 import uvloop
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
 
 from aether import prestart
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, wait_for_jetstream
 from aether_events.testing import delete_streams_for_good
+from aether_runtime.lease import LEASES_STREAM
 
 # Where the suite's temporary files go when the machine has memory for them: the
 # throwaway repositories, NATS stores and PostgreSQL data directories of a run (about
@@ -282,10 +284,13 @@ async def nats_cluster() -> AsyncIterator[EmbeddedNatsCluster]:
 
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
-    """A connection to the session's NATS server; the Aether streams start empty."""
+    """A connection to the session's NATS server; the Aether streams start empty, and no
+    lease is held (a scheduler an earlier test killed would hold its own until it expired)."""
     client = await nats.connect(nats_url)
     js = client.jetstream()
     await delete_streams_for_good(js)
+    with contextlib.suppress(NotFoundError):
+        await js.purge_stream(LEASES_STREAM)
     try:
         yield client
     finally:

@@ -13,7 +13,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "configuration.md"
 # Names that look like settings but are not: JetStream streams and a key-value bucket.
-NOT_SETTINGS = {"AETHER_MISSIONS", "AETHER_TELEMETRY", "AETHER_PLANNER_CALLS", "AETHER_RUNNERS"}
+NOT_SETTINGS = {
+    "AETHER_MISSIONS",
+    "AETHER_TELEMETRY",
+    "AETHER_PLANNER_CALLS",
+    "AETHER_RUNNERS",
+    "AETHER_LEASES",
+}
 INFRASTRUCTURE = {"NATS_URL", "DATABASE_URL", "PORT", "LOG_LEVEL", "XDG_STATE_HOME"}
 _NAME = re.compile(r"[\"']((?:AETHER|ANTHROPIC)_[A-Z0-9_]+)[\"']")
 # f"AETHER_MODEL_{tier.upper()}": one setting per tier.

@@ -84,6 +84,8 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
             "AETHER_ATTEMPT_STOP_GRACE_SECONDS",
             # It cuts an ended attempt's connection (its user of the system account).
             "AETHER_SYSTEM_NATS_PASSWORD",
+            # How long its lease lasts unrenewed (one active scheduler among several).
+            "AETHER_LEASE_SECONDS",
         }
     ),
     # The runner's own process calls the model; the commands it runs get none of this

@@ -39,7 +39,7 @@ EXTERNAL_SECRETS = {
     "production": {"aether-secrets", "aether-nats", "aether-db-app"},
     "local": set(),
 }
-SINGLE_WRITERS = ("scheduler", "git-broker")
+SINGLE_WRITERS = ("git-broker",)
 # kubernetes_validate reads and parses its schema files again at every validation (the
 # definitions file alone is megabytes of JSON): here each is parsed once.
 kubernetes_schemas.schema_contents = cache(kubernetes_schemas.schema_contents)
@@ -177,7 +177,7 @@ def test_every_container_has_requests_limits_and_runs_as_non_root(overlay: str) 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_scheduler_and_git_broker_are_single_writers_replaced_not_rolled(overlay: str) -> None:
+def test_the_git_broker_is_a_single_writer_replaced_not_rolled(overlay: str) -> None:
     scaled = {s["spec"]["scaleTargetRef"]["name"] for s in objects(overlay, "ScaledObject")}
     budgets = {p["metadata"]["name"] for p in objects(overlay, "PodDisruptionBudget")}
     for name in SINGLE_WRITERS:
@@ -190,9 +190,38 @@ def test_scheduler_and_git_broker_are_single_writers_replaced_not_rolled(overlay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_scheduler_runs_an_active_one_and_a_standby_rolled_one_at_a_time(
+    overlay: str,
+) -> None:
+    """Two schedulers, one active by the lease (decision 0027): a rolling update that
+    never goes below two, on different nodes where it can, one disruption at a time."""
+    scaled = {s["spec"]["scaleTargetRef"]["name"] for s in objects(overlay, "ScaledObject")}
+    deployment = named(overlay, "Deployment", "scheduler")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert "scheduler" not in scaled  # the standby is not capacity
+    pod = deployment["spec"]["template"]
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selected = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selected.items() <= pod["metadata"]["labels"].items()
+    budget = named(overlay, "PodDisruptionBudget", "scheduler")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    # Never told it is the only one (it would take the lease from the other at start).
+    env = {e["name"] for e in pod["spec"]["containers"][0].get("env", [])}
+    assert "AETHER_ONE_PROCESS" not in env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_replicated_workloads_have_disruption_budgets(overlay: str) -> None:
     budgets = {p["metadata"]["name"]: p for p in objects(overlay, "PodDisruptionBudget")}
-    for name in ("gateway", "planner", "agent-runner", "nats"):
+    for name in ("gateway", "planner", "scheduler", "agent-runner", "nats"):
         assert name in budgets, name
         labels = budgets[name]["spec"]["selector"]["matchLabels"]
         kind = "StatefulSet" if name == "nats" else "Deployment"

@@ -81,7 +81,7 @@ def settings_read(service: str) -> set[str]:
             names |= set(re.findall(r"environ(?:\.get)?[\[(]\"([A-Z_0-9]+)\"", text))
     names |= {n for n in names if n.startswith("AETHER_MODEL_")}
     # A bucket's name and the NATS server's own variables: not settings of a service.
-    server = {"AETHER_PLANNER_CALLS", "AETHER_RUNNERS", "NATS_ATTEMPT_ISSUER"}
+    server = {"AETHER_PLANNER_CALLS", "AETHER_RUNNERS", "AETHER_LEASES", "NATS_ATTEMPT_ISSUER"}
     return {n for n in names if not n.startswith("NATS_PASSWORD_")} - server
 
 

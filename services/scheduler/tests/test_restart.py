@@ -62,6 +62,9 @@ class Scheduler:
             "PORT": str(self.port),
             "AETHER_RETRY_BASE_SECONDS": "6",
             "AETHER_HEARTBEAT_TIMEOUT_SECONDS": "8",
+            # One scheduler at a time: a restart takes the lease its killed predecessor
+            # held at once, rather than once it expires.
+            "AETHER_ONE_PROCESS": "1",
         }
         env.pop("ANTHROPIC_API_KEY", None)
         self.process = subprocess.Popen(

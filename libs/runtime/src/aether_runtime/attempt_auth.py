@@ -239,6 +239,9 @@ class AttemptAuthorizer:
     clock: Callable[[], float] = time.time
     # Where the connections it lets in are remembered, to be cut when their attempt ends.
     connections: AttemptConnections | None = None
+    # Whether this process may answer now (the active scheduler: it holds the lease). A
+    # request that comes while it may not is left unanswered, for the active one.
+    may_answer: Callable[[], bool] | None = None
     _subscription: Subscription | None = None
 
     def __post_init__(self) -> None:
@@ -255,6 +258,9 @@ class AttemptAuthorizer:
             self._subscription = None
 
     async def _on_request(self, msg: Msg) -> None:
+        if self.may_answer is not None and not self.may_answer():
+            log.info("authorization request left to the active process")
+            return
         try:
             answer = self.answer(msg.data.decode())
         except ValueError as error:

@@ -271,8 +271,12 @@ class ConnectionCutter:
         closes_at: Callable[[str], float | None] | None = None,
         found: Callable[[HeldConnection], None] | None = None,
         clock: Callable[[], float] = time.time,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         self.connections = connections
+        # Whether this process may cut connections now (the active scheduler, holding the
+        # lease): a standby, or one that lost it, leaves them to the active one.
+        self._may_act = may_act
         self._url = url
         self._user = user
         self._password = password
@@ -318,9 +322,14 @@ class ConnectionCutter:
         self._nc = nc
         log.info("cutting ended attempts' connections", extra={"user": self._user})
 
+    def _acting(self) -> bool:
+        return self._may_act is None or self._may_act()
+
     def attempt_ended(self, mission_id: str) -> None:
         """An event of ``mission_id`` was folded: cut the connections of its attempts that
         are not open any more."""
+        if not self._acting():
+            return
         for key, server_id, client_id in self.connections.ended(mission_id):
             self._in_background(self._kick(key, server_id, client_id))
         self._watch(mission_id)
@@ -344,6 +353,8 @@ class ConnectionCutter:
 
     def _grace_over(self, mission_id: str) -> None:
         del self._timers[mission_id]
+        if not self._acting():
+            return
         left = self.connections.ended(mission_id)
         if left:
             log.info(
@@ -363,7 +374,7 @@ class ConnectionCutter:
         remember the others, whoever granted them: a predecessor's grants are known to no
         process but the servers. Run once the state is rebuilt (it says what is open);
         an attempt that ends later is cut as one this process granted."""
-        if self._nc is None:
+        if self._nc is None or not self._acting():
             return
         try:
             held = await attempt_connections_held(self._nc)
@@ -410,6 +421,8 @@ class ConnectionCutter:
         }
         if self._nc is None:
             error: str | None = "no system connection"
+        elif not self._acting():
+            error = "this process is not the active one any more"
         else:
             error = await kick(self._nc, server_id, client_id)
         if error is None:

@@ -70,6 +70,17 @@ POISON = Counter(
     "Messages that could not be decoded and were terminated",
     ["service"],
 )
+LEADER = Gauge(
+    "aether_leader",
+    "1 while this process holds its service's lease and acts, 0 while it stands by "
+    "(services that run one active process among several: the scheduler)",
+    ["service"],
+)
+LEASE_TAKEOVERS = Counter(
+    "aether_lease_takeovers_total",
+    "Times this process took its service's lease and became the active one",
+    ["service"],
+)
 CONSUMER_PENDING = Gauge(
     "aether_consumer_pending_messages",
     "Messages waiting for this service's durable consumer (lag)",

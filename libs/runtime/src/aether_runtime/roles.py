@@ -64,6 +64,9 @@ from aether_events import (
 )
 from aether_runtime.runners import RUNNERS_BUCKET
 
+# The leases of the services that run one active process among several (``lease``).
+LEASES_BUCKET = "AETHER_LEASES"
+
 # Every service with consumers records its failed steps and their recoveries (``steps``).
 _STEP_RECORDS: frozenset[type[Event]] = frozenset({StepFailed, StepRecovered})
 
@@ -169,11 +172,14 @@ ROLES: dict[str, Role] = {
             [(MISSIONS_STREAM, "scheduler"), (TELEMETRY_STREAM, "scheduler-telemetry")],
             # The scheduler is the one active instance that every mission needs: the streams
             # are its to create and update (replicas, duplicate window, age limit), and so
-            # is the bucket of the live runners (``DECLARED_BUCKETS``), which no static user
-            # writes: each runner writes its own entry with its own credential.
+            # are the buckets (``DECLARED_BUCKETS``): the live runners', which no static user
+            # writes (each runner writes its own entry with its own credential), and the
+            # leases, which only it writes.
             declares_streams=True,
             # It knows which attempts are open: it grants their credentials.
             authorizes_attempts=True,
+            # Which of its processes is the active one (``lease``): any number may run.
+            kv_buckets=(LEASES_BUCKET,),
         ),
         _role(
             "agent-runner",
@@ -204,7 +210,7 @@ ROLES: dict[str, Role] = {
 
 STREAMS: tuple[str, ...] = (MISSIONS_STREAM, TELEMETRY_STREAM)
 # The buckets the role that declares the streams creates too.
-DECLARED_BUCKETS: tuple[str, ...] = (RUNNERS_BUCKET,)
+DECLARED_BUCKETS: tuple[str, ...] = (RUNNERS_BUCKET, LEASES_BUCKET)
 
 
 def role_of(service: str) -> Role:

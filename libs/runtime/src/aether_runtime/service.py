@@ -78,6 +78,7 @@ from aether_runtime.acks import ACK, TERM, Keeper, Settled, confirm, send
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.consumers import ConsumerSpec, ensure_consumer
 from aether_runtime.failures import RetryLater, transient
+from aether_runtime.lease import Leader, Lease, ensure_leases_bucket
 from aether_runtime.logs import log_context
 from aether_runtime.projection import Projection
 from aether_runtime.pull import Puller
@@ -278,6 +279,11 @@ class Service:
     transient_errors: tuple[type[BaseException], ...] = ()
     # More HTTP routes on the service's port, by exact path (a service's own small API).
     routes: dict[str, health.ASGIApp] = field(default_factory=dict)
+    # With a lease (``lead_by_lease``), any number of processes of the service may run:
+    # only the one holding it pulls from the consumers and runs ``on_lead``; the others
+    # stand by, having run ``on_follow`` (see ``lease``).
+    on_lead: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_follow: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         credentials = self.settings.nats_credentials
@@ -334,6 +340,7 @@ class Service:
         self._hand_back: asyncio.Task[None] | None = None
         self._holders: Holders | None = None
         self._reconnects = Reconnects()
+        self.leader: Leader | None = None
         # The consumers' lanes (one per ``consume``), started with the consumers and
         # woken after a reconnect.
         self._pullers: list[Puller] = []
@@ -427,6 +434,45 @@ class Service:
         ):
             metric.labels(self.name, spec.durable)
 
+    def lead_by_lease(self, key: str, ttl: int, *, force_first: bool = False) -> Leader:
+        """Run as one active process among any number: the one holding the lease ``key``
+        (``ttl`` seconds unrenewed) consumes and runs ``on_lead``; the others stand by
+        (``on_follow``), and one of them takes over when the lease is let go or expires.
+        ``force_first``: the first take does not wait for a lease a predecessor held (a
+        process that knows it is the only one, ``one_process``)."""
+        lease = Lease(lambda: self.js, key, ttl)
+        self.leader = Leader(lease, self.name, self._lead, self._follow, force_first=force_first)
+        return self.leader
+
+    @property
+    def acting(self) -> bool:
+        """Whether this process may act now: always, unless it runs by a lease and does
+        not hold it (a standby, or an active one past its deadline)."""
+        return self.leader is None or self.leader.acting()
+
+    async def _lead(self) -> None:
+        """The lease was taken: the service's own parts first (``on_lead``: a standby
+        catches up and starts what only the active one runs), then the consumers; what
+        they held for a process that is gone is handed back at once."""
+        for hook in self.on_lead:
+            await hook()
+        self._consumers_started_at = datetime.now(UTC)
+        await self._start_pullers_while_transient()
+        if self._hand_back is None or self._hand_back.done():
+            self._hand_back = asyncio.create_task(
+                self._hand_back_lost(self._consumers_started_at),
+                name=f"{self.name}-hand-back-at-lead",
+            )
+        log.info("active", extra={"port": self.settings.port})
+
+    async def _follow(self) -> None:
+        """Not (or no longer) holding the lease: stop pulling (the running handler ends,
+        refused any act; what arrived is handed back), then ``on_follow``."""
+        await self._stop_pullers()
+        for hook in self.on_follow:
+            await hook()
+        log.info("standing by", extra={"port": self.settings.port})
+
     # --- lifecycle ----------------------------------------------------------------
 
     def spec_for(self, durable: str, stream: str) -> ConsumerSpec | None:
@@ -463,6 +509,7 @@ class Service:
                 await ensure_bucket(
                     self._js, self.settings.runner_entry_seconds, self.settings.stream_replicas
                 )
+                await ensure_leases_bucket(self._js, self.settings.stream_replicas)
         else:
             # Under per-service permissions only the role that declares the streams may
             # create or change them (see ``roles``); the others wait for them.
@@ -517,8 +564,8 @@ class Service:
         service (see ``reconnect``). A durable with one lane here is taken to be this
         process's alone (the one-at-a-time consumers, the planner's with hand-offs); one
         with several lanes, or several workers, may be shared with other processes, unless
-        this is the service's only process (``alone``)."""
-        if self.stopping:
+        this is the service's only process (``alone``; with a lease, the one active)."""
+        if self.stopping or not self.acting:
             return
         lanes: dict[tuple[str, str], int] = {}
         workers: dict[tuple[str, str], int] = {}
@@ -556,7 +603,10 @@ class Service:
     async def _after_start(self) -> None:
         for hook in self.on_started:
             await hook()
-        if self.alone and (self._hand_back is None or self._hand_back.done()):
+        if self.leader is not None:
+            # A standby until it takes the lease (``_lead``).
+            self.leader.start()
+        elif self.alone and (self._hand_back is None or self._hand_back.done()):
             # The process this one replaces may have died holding a delivery: with one
             # process of the service at a time, nobody holds it now. Handed back, it comes
             # here at once rather than after its ack wait (the last delivery made since
@@ -594,6 +644,9 @@ class Service:
     async def _stop(self) -> None:
         self.stopping = True
         self.ready = False
+        if self.leader is not None:
+            # No change of roles from here; the lease is let go once nothing runs.
+            await self.leader.stop()
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
@@ -623,6 +676,9 @@ class Service:
         self._keeper.close()
         if self._holders is not None:
             await self._holders.stop()
+        if self.leader is not None:
+            # A standby takes over at its next look rather than once the lease expires.
+            await self.leader.release()
         # The connection is the broker's to close: ``broker.stop`` stops its subscribers
         # and drains it, after this (in ``stop`` as in the ASGI app's shutdown).
 
@@ -649,6 +705,9 @@ class Service:
             return False, "starting"
         if self.nc is None or not self.nc.is_connected:
             return False, "nats disconnected"
+        if self.leader is not None and not self.leader.active:
+            # Ready as a process (it takes over when the active one goes), not acting.
+            return True, "standby"
         stalled = self.stalled()
         if stalled is not None:
             return False, stalled
@@ -741,6 +800,23 @@ class Service:
         while True:
             try:
                 await self.broker.start()
+                if self.leader is None:  # else once it holds the lease (``_lead``)
+                    await self._start_pullers()
+                return
+            except Exception as error:
+                if self.stopping or not transient(error):
+                    raise
+                log.warning(
+                    "consumers not started on the bus; retrying",
+                    extra={"error": repr(error), "retry_in": pause},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, TRANSIENT_PAUSE_SECONDS)
+
+    async def _start_pullers_while_transient(self) -> None:
+        pause = 0.25
+        while True:
+            try:
                 await self._start_pullers()
                 return
             except Exception as error:
@@ -814,9 +890,10 @@ class Service:
     async def _deliver(
         self, spec: ConsumerSpec, raw: Msg, release: Callable[[], None] | None = None
     ) -> None:
-        if self.stopping:
+        if self.stopping or not self.acting:
             # Hand it straight back: left unacknowledged, it would hold up the consumer
-            # (one message in flight) until its ack wait ran out after our restart.
+            # (one message in flight) until its ack wait ran out after our restart (or
+            # until the process that holds the lease now had it handed back).
             await _nak(raw)
             return
         sequence, num_delivered, pending, stored_ns = delivered_as(raw)
@@ -993,7 +1070,7 @@ class Service:
                 failure = error
             finally:
                 self._meters(spec).of(tag).seconds.observe(time.perf_counter() - began)
-            if self.stopping or isinstance(failure, RetryLater):
+            if self.stopping or not self.acting or isinstance(failure, RetryLater):
                 return failure
             if self._about_the_world(failure):
                 if time.monotonic() + pause > give_up_at:
@@ -1029,7 +1106,9 @@ class Service:
         delay when the failure is not about it and the server will deliver it again,
         else record the failed step on the mission and terminate it."""
         tag = tag_of(type(event))
-        if self.stopping:
+        if self.stopping or not self.acting:
+            # Not about the message: the process stops, or lost its lease (the handler's
+            # acts were refused). Whoever acts next handles it.
             await _nak(raw)
             return
         if deliveries < spec.max_deliver and (

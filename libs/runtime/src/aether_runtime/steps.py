@@ -239,6 +239,8 @@ class Steps:
         try:
             advisory = _advisory_decoder.decode(msg.data)
             service = self._service
+            if not service.acting:
+                return  # a standby: the active process records it
             spec = service.spec_for(advisory.consumer, advisory.stream)
             if spec is None or service.handling(spec.durable, advisory.stream_seq):
                 # Ours at work here: its handler records the failure, with its error.

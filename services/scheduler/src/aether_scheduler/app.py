@@ -40,6 +40,7 @@ from aether_scheduler.domain import Config, State, evolve
 from aether_scheduler.domain.model import IN_FLIGHT
 from aether_scheduler.handlers import Handlers
 from aether_scheduler.history import replay_history
+from aether_scheduler.standby import Standby
 
 
 @dataclass
@@ -120,6 +121,7 @@ def attempt_credentials(
     settings: SchedulerSettings,
     handlers: Handlers,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    acting: Callable[[], bool] | None = None,
 ) -> tuple[AttemptAuthorizer, ConnectionCutter | None] | None:
     """The authorizer of the agent runners' attempt credentials (``attempt_auth``), which
     grants them only for attempts open in this state (and renews them for the attempts
@@ -127,7 +129,9 @@ def attempt_credentials(
     scheduler's user of the system account, the cutter that closes an attempt's
     connections as soon as an event folded by ``handlers`` ends it, or its mission's
     grace is over. None without the issuer's seed or the runners' master secret: no
-    credential is granted. ``clock`` is the wall clock the grace is read on."""
+    credential is granted. ``clock`` is the wall clock the grace is read on. With
+    ``acting``, both do nothing while it is false (a standby, or a process that lost the
+    lease)."""
     if not settings.attempt_issuer_seed or not settings.runner_master_secret:
         return None
     grace = settings.attempt_stop_grace_seconds
@@ -161,6 +165,7 @@ def attempt_credentials(
             closes_at=closes_at,
             found=found,
             clock=lambda: clock().timestamp(),
+            may_act=acting,
         )
         handlers.on_applied = cutter.attempt_ended
     authorizer = AttemptAuthorizer(
@@ -170,6 +175,7 @@ def attempt_credentials(
         types=ROLES["agent-runner"].attempt_publishes,
         ttl_seconds=settings.attempt_credential_seconds,
         connections=cutter.connections if cutter is not None else None,
+        may_answer=acting,
     )
     return authorizer, cutter
 
@@ -178,8 +184,11 @@ def serve_attempt_credentials(
     service: Service, projection: Projection[State], settings: SchedulerSettings, handlers: Handlers
 ) -> None:
     """Grant attempt credentials when the NATS server calls out for them, and cut ended
-    attempts' connections (``attempt_credentials``), while the service runs."""
-    made = attempt_credentials(projection, settings, handlers)
+    attempts' connections (``attempt_credentials``), while this process is the active
+    one: a standby does not even subscribe to the server's requests (each goes to every
+    subscriber, and the first answer wins; a queue group would hand some to a process
+    that may not answer them)."""
+    made = attempt_credentials(projection, settings, handlers, acting=lambda: service.acting)
     if made is None:
         return
     authorizer, cutter = made
@@ -201,19 +210,29 @@ def serve_attempt_credentials(
             # (decision 0025).
             cutter.sweep_soon()
 
-    service.on_started.append(serve)
-    service.on_stopping.append(authorizer.stop)
-    if cutter is not None:
-        service.on_stopping.append(cutter.stop)
+    async def stop() -> None:
+        await authorizer.stop()
+        if cutter is not None:
+            await cutter.stop()
+
+    service.on_lead.append(serve)
+    service.on_follow.append(stop)
+    service.on_stopping.append(stop)
 
 
 def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
     """The scheduler's consumers and timers around ``config`` (``bootstrap`` builds it)."""
     service = Service(name=SERVICE_NAME, settings=settings.runtime)
-    # One at a time (Recreate): what a killed predecessor held is handed back at start.
+    # One active process at a time, by a lease; any number stand by (decision 0027).
+    # What the durables held for a process that is gone is handed back at the takeover.
     service.single_writer = True
+    service.lead_by_lease(
+        SERVICE_NAME, settings.lease_seconds, force_first=settings.runtime.one_process
+    )
     projection: Projection[State] = Projection(State(), evolve)
     handlers = Handlers(projection, lambda: service.publisher, config)
+    handlers.may_act = lambda: service.acting
+    standby = Standby(lambda: service.js, handlers, TELEMETRY_FOLDED_SUBJECTS, service.reconnects)
     metrics.register(lambda: projection.state)
 
     async def rebuild(js: JetStreamContext) -> int:
@@ -227,7 +246,7 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
         def fold(state: State, event: Event, seq: int) -> State:
             return evolve(state, event)
 
-        projection.state, _ = await replay(
+        projection.state, telemetry = await replay(
             js,
             TELEMETRY_STREAM,
             TELEMETRY_FOLDED_SUBJECTS,
@@ -235,27 +254,43 @@ def wire(settings: SchedulerSettings, config: Config) -> Scheduler:
             fold,
             patience=START_PATIENCE_SECONDS,
         )
+        standby.telemetry_after = telemetry.last_sequence
         return last
 
     timers: list[asyncio.Task[None]] = []
 
     async def start_timers() -> None:
+        handlers.stopped.clear()
         await handlers.catch_up()
         timers.append(asyncio.create_task(handlers.run_timers(), name="scheduler-timers"))
 
     async def stop_timers() -> None:
         handlers.stopped.set()
         handlers.wake()
-        for task in timers:
+        while timers:
+            task = timers.pop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def take_over() -> None:
+        # Everything the stopped one decided is folded before anything is decided here.
+        await standby.catch_up_and_stop()
+
+    async def stand_by() -> None:
+        await stop_timers()
+        # From the projection's position: every event at or below it was folded, those
+        # above it that were are known by id.
+        await standby.start(projection.position)
+
+    service.on_lead.append(take_over)
     serve_attempt_credentials(service, projection, settings, handlers)
     service.rebuild_with(rebuild)
-    service.bound(projection)
-    service.on_started.append(start_timers)
+    service.bound(projection, standby.floor)
+    service.on_lead.append(start_timers)
+    service.on_follow.append(stand_by)
     service.on_stopping.append(stop_timers)
+    service.on_stopping.append(standby.stop)
     service.consume(
         ConsumerSpec(
             durable="scheduler",

@@ -12,6 +12,7 @@ import msgspec
 from aether_events.estimates import tier_estimates
 from aether_llm import LLMSettings
 from aether_runtime.attempt_auth import DEFAULT_TTL_SECONDS
+from aether_runtime.lease import DEFAULT_LEASE_SECONDS
 from aether_runtime.runner_secrets import (
     MASTER_ENV,
     MIN_MASTER_LENGTH,
@@ -81,6 +82,12 @@ class SchedulerSettings(ServiceSettings, frozen=True, kw_only=True):
     # The password of its user of the NATS system account (``bus_auth.system_users``),
     # which cuts an ended attempt's connection at once; unset: it lives until it expires.
     system_nats_password: str = setting("AETHER_SYSTEM_NATS_PASSWORD", "")
+    # Any number of scheduler processes may run; the one holding the lease acts, the others
+    # stand by (``aether_runtime.lease``). Unrenewed, the lease lasts this long: how soon a
+    # standby takes over from an active one that died (renewed every third of it).
+    lease_seconds: Annotated[int, msgspec.Meta(ge=2, le=600)] = setting(
+        "AETHER_LEASE_SECONDS", DEFAULT_LEASE_SECONDS
+    )
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
 
     def __post_init__(self) -> None:

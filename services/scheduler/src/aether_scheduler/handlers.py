@@ -21,6 +21,7 @@ from aether_events import (
     tag_of,
 )
 from aether_runtime import Delivery, Projection, note, stored_sequence
+from aether_runtime.lease import LeaseLost
 from aether_scheduler import metrics
 from aether_scheduler.domain import (
     Config,
@@ -57,6 +58,10 @@ class Handlers:
         # Told the mission of every event folded here (the cutting of ended attempts'
         # connections, ``attempt_connections.ConnectionCutter``).
         self.on_applied: Callable[[str], None] | None = None
+        # Whether this process may publish its decisions now: it holds the scheduler's
+        # lease (``aether_runtime.lease``). Checked before every publish, so a process
+        # that lost it (paused past its deadline) decides nothing more.
+        self.may_act: Callable[[], bool] = lambda: True
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         async with self._lock:
@@ -93,15 +98,26 @@ class Handlers:
     async def handle_telemetry(self, event: Event, delivery: Delivery) -> None:
         """Heartbeats only move liveness clocks forward; nothing is decided."""
         async with self._lock:
-            self.projection.state = evolve(self.projection.state, event)
+            self.fold_telemetry(event)
+
+    def fold(self, event: Event, sequence: int) -> None:
+        """Fold an event a standby follows (stored at ``sequence``), deciding nothing."""
+        self._apply(event, sequence)
+
+    def fold_telemetry(self, event: Event) -> None:
+        self.projection.state = evolve(self.projection.state, event)
 
     async def catch_up(self) -> None:
         """Decide what the rebuilt state says is owed, before timers and deliveries."""
         async with self._lock:
+            if not self.may_act():
+                return
             await self._publish(catch_up(self.projection.state, self._clock(), self.config))
 
     async def on_tick(self) -> None:
         async with self._lock:
+            if not self.may_act():
+                return  # a standby's timers do not fire (nor those of one that lost the lease)
             await self._publish(tick(self.projection.state, self._clock(), self.config))
 
     async def _publish(self, decided: list[Event]) -> None:
@@ -112,6 +128,10 @@ class Handlers:
         # In order, with one wait for all the acknowledgements: a merge that frees the
         # next task decides WaveCompleted, WaveStarted and TaskReady, and the TaskReady a
         # chained mission waits for is stored a round trip after them, not three.
+        if not decided:
+            return
+        if not self.may_act():
+            raise LeaseLost("not the active scheduler: decisions not published")
         messages = packed(decided)
         acks = await publish_in_order(self._publisher(), messages)
         for message, ack in zip(messages, acks, strict=True):
