@@ -6,7 +6,9 @@ opens the database and migrates it, then starts the runtime service,
 which catches the read model up from its stored positions and starts the durable
 ``gateway`` consumers (mission events and telemetry) that fold every later event, and
 then the hub that fans the streams out to event-stream clients, and the watch that
-checks the read model against the stream and repairs what its consumer missed. Stopping
+checks the read model against the stream and repairs what its consumer missed, and (when
+the start found rows folded by an older fold version) the refold of the read model in the
+background (``refold``). Stopping
 ends the open event streams first, then the service, then the pool.
 """
 
@@ -55,6 +57,7 @@ from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_gateway.handlers import Projector
 from aether_gateway.metrics import HttpMetrics, routes_at_zero
 from aether_gateway.recovery import ReadModelWatch
+from aether_gateway.refold import Refold
 from aether_gateway.web import WEB_ROUTES
 from aether_runtime import ConsumerSpec, Service
 from aether_runtime.metrics import service_at_zero
@@ -162,6 +165,10 @@ class Gateway:
         )
         self.service.on_started.append(self.watch.start)
         self.service.on_stopping.append(self.watch.stop)
+        # Rows folded by an older fold version are folded again, once the gateway serves.
+        self.refold = Refold(self.projector, self.service)
+        self.service.on_started.append(self.refold.start)
+        self.service.on_stopping.append(self.refold.stop)
         self.service.on_stopping.append(self.projector.close)
 
     def _hurry(self) -> None:
@@ -211,6 +218,12 @@ class Gateway:
         events it could not store: shown in ``/readyz``, never a reason to be unready
         (the queries still answer, and the failures are recorded)."""
         status: dict[str, Any] = {"projection_failures": await self.read_model.failure_count()}
+        refold = self.refold.status()
+        if refold is not None:
+            status["refold"] = refold
+            refolding = self.refold.detail()
+            if refolding is not None:
+                status["refold_detail"] = refolding
         state = self.watch.state
         if state is not None:
             status.update(
@@ -234,6 +247,8 @@ def _read_model_detail(detail: str, status: dict[str, Any]) -> str:
         parts.append(
             ("read model caught up" if lag == 0 else f"read model {lag} events behind") + as_of
         )
+    if "refold_detail" in status:
+        parts.append(status.pop("refold_detail"))
     parts.append(f"{failures} projection failure{'' if failures == 1 else 's'}")
     return "; ".join(parts)
 

@@ -23,7 +23,7 @@ from aether_events import (
 from aether_events.replay import START_PATIENCE_SECONDS
 from aether_gateway.adapters.batches import LIVE_LINGER, LIVE_SPACING, Batcher, InOrder
 from aether_gateway.adapters.faults import Stream
-from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.read_model import ReadModel, Rebuild
 from aether_gateway.adapters.stream import (
     Incoming,
     StoredMessage,
@@ -102,6 +102,8 @@ class Projector:
         )
         # Set (and replaced) whenever a live run has been folded: see ``next_fold``.
         self._folded = asyncio.Event()
+        # The start found rows folded by an older fold version (``refold``).
+        self.refold_due = False
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         """The mission consumer's handler: fold the event (a second delivery is a no-op)."""
@@ -166,6 +168,8 @@ class Projector:
             )
             await self.read_model.reset()
             position = 0
+        # Before the catch-up: a read model that has folded nothing is this build's.
+        self.refold_due = await self.read_model.refold_due()
         folded = await self._fold_after(js, position, patience=START_PATIENCE_SECONDS)
         last = max(position, await self.read_model.position())
         log.info("read model caught up", extra={"from": position, "to": last, "folded": folded})
@@ -299,15 +303,34 @@ class Projector:
         Returns the mission and telemetry sequences folded up to, and the event count.
         """
         async with self.read_model.rebuilding() as rebuild:
-            runs = stored_runs(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, size=CATCH_UP_RUN)
-            async with contextlib.aclosing(runs):
-                async for run in runs:
-                    await rebuild.fold_run(run)
-            telemetry, telemetry_last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, 0)
-            for event, sequence in telemetry:
-                await rebuild.fold_telemetry(event, sequence)
-            # Undecodable events at the end still count as read.
-            rebuild.telemetry_last = max(rebuild.telemetry_last, telemetry_last)
+            await self._fold_all(js, rebuild)
+        return self._rebuilt(rebuild)
+
+    async def refold(
+        self, js: JetStreamContext, began: Callable[[Rebuild], None] = lambda _: None
+    ) -> tuple[int, int, int] | None:
+        """``rebuild_all`` unless the rows are folded by this build's fold version (or a
+        later one) by the time the rebuild's locks are held: then ``None``. ``began``
+        is given the rebuild once it holds them (to follow its progress)."""
+        async with self.read_model.refolding() as rebuild:
+            if rebuild is None:
+                return None
+            began(rebuild)
+            await self._fold_all(js, rebuild)
+        return self._rebuilt(rebuild)
+
+    async def _fold_all(self, js: JetStreamContext, rebuild: Rebuild) -> None:
+        runs = stored_runs(js, MISSIONS_STREAM, ALL_MISSION_EVENTS, size=CATCH_UP_RUN)
+        async with contextlib.aclosing(runs):
+            async for run in runs:
+                await rebuild.fold_run(run)
+        telemetry, telemetry_last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, 0)
+        for event, sequence in telemetry:
+            await rebuild.fold_telemetry(event, sequence)
+        # Undecodable events at the end still count as read.
+        rebuild.telemetry_last = max(rebuild.telemetry_last, telemetry_last)
+
+    def _rebuilt(self, rebuild: Rebuild) -> tuple[int, int, int]:
         log.info(
             "read model rebuilt",
             extra={

@@ -40,10 +40,11 @@ READ_MODEL_LAG = Gauge(
 READ_MODEL_REPAIRS = Counter(
     "aether_read_model_repairs_total",
     "Times the read model refolded from the stream what its consumer had not delivered:"
-    " after a stall, over a gap, or all of it when the stream's history changed",
+    " after a stall, over a gap, or all of it when the stream's history changed or the"
+    " rows were folded by an older fold version (refold)",
     ["kind"],
 )
-REPAIR_KINDS = ("stalled", "gap", "diverged")
+REPAIR_KINDS = ("stalled", "gap", "diverged", "refold")
 for _kind in REPAIR_KINDS:
     READ_MODEL_REPAIRS.labels(_kind)
 

@@ -134,11 +134,13 @@ class ReadModelWatch:
             READ_MODEL_REPAIRS.labels("gap").inc()
         if position < last and (position == self._previous or await self._consumer_idle()):
             folded = await self.projector.catch_up(js)
-            READ_MODEL_REPAIRS.labels("stalled").inc()
-            log.warning(
-                "the read model was behind with its consumer stalled; folded from the stream",
-                extra={"position": position, "stream_last_seq": last, "folded": folded},
-            )
+            # Nothing folded: a rebuild (a refold) held the folds back and folded it all.
+            if folded:
+                READ_MODEL_REPAIRS.labels("stalled").inc()
+                log.warning(
+                    "the read model was behind with its consumer stalled; folded from the stream",
+                    extra={"position": position, "stream_last_seq": last, "folded": folded},
+                )
             position = await read_model.position()
         self._previous = position
         self.state = ReadModelState(position, max(last, position), time.monotonic())

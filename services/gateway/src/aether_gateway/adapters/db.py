@@ -3,6 +3,10 @@
 Migrations are the SQL files in ``aether_gateway/migrations`` named ``NNNN_<what>.sql``.
 Each is applied once, in order, and recorded in ``schema_migrations``; an advisory lock
 makes concurrent replicas starting together apply them one at a time.
+
+A migration that adds what the read model fills from events says so with a line
+``-- refold: <why>``: rows folded before it lack what it added, so the read model is
+folded again from the streams (``fold_version``, and ``refold`` at the gateway's start).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ log = logging.getLogger("aether.gateway.db")
 # held while migrating.
 _MIGRATION_LOCK_KEY = 0x4145_5448_4552  # "AETHER"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_REFOLD_MARKER = re.compile(r"^-- refold:", re.M)
 
 
 async def _commits_unsynced(conn: AsyncConnection) -> None:
@@ -33,6 +38,11 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def refold(self) -> bool:
+        """Whether rows the read model folded before this migration must be folded again."""
+        return _REFOLD_MARKER.search(self.sql) is not None
 
 
 def migrations() -> list[Migration]:
@@ -49,6 +59,12 @@ def migrations() -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"two migrations share a version: {versions}")
     return found
+
+
+def fold_version() -> int:
+    """The read model's fold version this build folds by: the latest migration marked
+    ``-- refold:`` (0 when none is). Rows stamped with an older one are folded again."""
+    return max((m.version for m in migrations() if m.refold), default=0)
 
 
 class Database:

@@ -41,7 +41,7 @@ from psycopg.rows import DictRow, dict_row
 
 from aether_events import Event, MissionRequested, entries_of, tag_of
 from aether_gateway.adapters import faults
-from aether_gateway.adapters.db import Database
+from aether_gateway.adapters.db import Database, fold_version
 from aether_gateway.adapters.faults import EVENT_ERRORS, Stream
 from aether_gateway.adapters.rows import (
     INSERTS_MANY,
@@ -165,6 +165,8 @@ class ReadModel:
         self._db = db
         self.consumer = consumer
         self.telemetry_consumer = f"{consumer}-telemetry"
+        # The fold version this build stamps its rebuilds with (``db.fold_version``).
+        self.fold_version = fold_version()
         # Set when the position jumps over sequences, so the gap is looked at promptly.
         self.gap_found = asyncio.Event()
         self._positions_seen: set[str] = set()
@@ -572,14 +574,35 @@ class ReadModel:
     @asynccontextmanager
     async def rebuilding(self) -> AsyncIterator[Rebuild]:
         """Replace every derived row, in one transaction: the body folds the streams
-        from their start into the ``Rebuild`` it is given, which then sets both positions.
+        from their start into the ``Rebuild`` it is given, which then sets both positions
+        and stamps the rows with this build's fold version.
 
-        Both positions are locked first, so the live projection waits (and afterwards
-        skips what the rebuild folded) and the body reads the streams only once nobody
-        else can fold. Readers keep seeing the old rows until the commit: rows are
-        deleted, not truncated, so no query waits on a table lock.
+        The fold version's row, then both positions, are locked first, so the live
+        projection waits (and afterwards skips what the rebuild folded), another rebuild
+        waits its turn, and the body reads the streams only once nobody else can fold.
+        Readers keep seeing the old rows until the commit: rows are deleted, not
+        truncated, so no query waits on a table lock.
         """
+        async with self._rebuilding(only_if_older=False) as rebuild:
+            assert rebuild is not None
+            yield rebuild
+
+    @asynccontextmanager
+    async def refolding(self) -> AsyncIterator[Rebuild | None]:
+        """``rebuilding``, unless the rows are stamped with this build's fold version or a
+        later one (another gateway refolded them while this one waited for the lock):
+        then ``None``, and nothing changes. Several replicas starting together refold
+        once: the fold version's row is their compare-and-set."""
+        async with self._rebuilding(only_if_older=True) as rebuild:
+            yield rebuild
+
+    @asynccontextmanager
+    async def _rebuilding(self, *, only_if_older: bool) -> AsyncIterator[Rebuild | None]:
         async with self._db.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(_LOCK_FOLD_VERSION)).fetchone()
+            if only_if_older and (row is None or int(row[0]) >= self.fold_version):
+                yield None
+                return
             await self._lock_position(conn, self.consumer)
             await self._lock_position(conn, self.telemetry_consumer)
             for table in DERIVED_TABLES:
@@ -588,6 +611,46 @@ class ReadModel:
             yield rebuild
             await self._set_position(conn, self.consumer, rebuild.missions_last)
             await self._set_position(conn, self.telemetry_consumer, rebuild.telemetry_last)
+            await conn.execute(_SET_FOLD_VERSION, (self.fold_version,))
+
+    async def stored_fold_version(self) -> int:
+        """The fold version the read model's rows are stamped with."""
+        async with self._db.pool.connection() as conn:
+            row = await (await conn.execute("SELECT version FROM read_model_fold")).fetchone()
+        return int(row[0]) if row else 0
+
+    async def refold_due(self) -> bool:
+        """Whether rows folded by an older fold version are in the read model (to be
+        folded again: ``refolding``). A read model that has folded nothing yet is
+        stamped with this build's version instead: what it folds from now on, this
+        build folds. Asked before the start's catch-up; it waits for no rebuild's lock
+        unless the rebuild is of an empty read model."""
+        if await self.stored_fold_version() >= self.fold_version:
+            return False
+        async with self._db.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                """
+                SELECT EXISTS (SELECT 1 FROM projection_position
+                               WHERE consumer = %s AND last_seq > 0)
+                    OR EXISTS (SELECT 1 FROM missions)
+                """,
+                (self.consumer,),
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return True
+            # Only now the version's row: another gateway's refold holds it for as long
+            # as that takes, and this start does not wait for it.
+            await conn.execute(
+                "UPDATE read_model_fold SET version = %s, updated_at = now() WHERE version < %s",
+                (self.fold_version, self.fold_version),
+            )
+        return False
+
+    async def mission_count(self) -> int:
+        async with self._db.pool.connection() as conn:
+            row = await (await conn.execute("SELECT count(*) FROM missions")).fetchone()
+        return int(row[0]) if row else 0
 
     async def reset(self) -> None:
         """Forget everything folded (to rebuild from the start of a new stream)."""
@@ -779,6 +842,8 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)
 ON CONFLICT DO NOTHING
 RETURNING seq
 """
+_LOCK_FOLD_VERSION = b"SELECT version FROM read_model_fold FOR UPDATE"
+_SET_FOLD_VERSION = b"UPDATE read_model_fold SET version = %s, updated_at = now()"
 _SET_POSITION = (
     b"UPDATE projection_position SET last_seq = %s, updated_at = now() WHERE consumer = %s"
 )
