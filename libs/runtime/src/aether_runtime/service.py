@@ -795,29 +795,24 @@ class Service:
         which starts the broker after telling the ASGI server the app is up, then left
         the process running with no consumer, never ready, never restarted. A
         subscription made stays made (FastStream skips it the next time)."""
-        pause = 0.25
         self._consumers_started_at = datetime.now(UTC)
-        while True:
-            try:
-                await self.broker.start()
-                if self.leader is None:  # else once it holds the lease (``_lead``)
-                    await self._start_pullers()
-                return
-            except Exception as error:
-                if self.stopping or not transient(error):
-                    raise
-                log.warning(
-                    "consumers not started on the bus; retrying",
-                    extra={"error": repr(error), "retry_in": pause},
-                )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, TRANSIENT_PAUSE_SECONDS)
+
+        async def start() -> None:
+            await self.broker.start()
+            if self.leader is None:  # else once it holds the lease (``_lead``)
+                await self._start_pullers()
+
+        await self._while_transient(start)
 
     async def _start_pullers_while_transient(self) -> None:
+        await self._while_transient(self._start_pullers)
+
+    async def _while_transient(self, start: Callable[[], Awaitable[None]]) -> None:
+        """``start()``, and again (0.25 s doubling) while the bus fails it transiently."""
         pause = 0.25
         while True:
             try:
-                await self._start_pullers()
+                await start()
                 return
             except Exception as error:
                 if self.stopping or not transient(error):

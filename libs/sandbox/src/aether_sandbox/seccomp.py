@@ -127,6 +127,23 @@ DENIED = (
     "modify_ldt",
 )
 
+# Calls added since Linux 5.1 have one number on every architecture (the unified table).
+_UNIFIED = {
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "clone3": 435,
+    "pidfd_getfd": 438,
+    "mount_setattr": 442,
+    "quotactl_fd": 443,
+}
+
 # System-call numbers by architecture, for the calls above and those filtered by argument
 # (from the kernel's arch/x86/entry/syscalls/syscall_64.tbl and the generic
 # include/uapi/asm-generic/unistd.h that aarch64 uses). A call missing from an
@@ -179,19 +196,7 @@ NUMBERS: dict[str, dict[str, int]] = {
         "kexec_file_load": 320,
         "bpf": 321,
         "userfaultfd": 323,
-        "io_uring_setup": 425,
-        "io_uring_enter": 426,
-        "io_uring_register": 427,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "fspick": 433,
-        "clone3": 435,
-        "pidfd_getfd": 438,
-        "mount_setattr": 442,
-        "quotactl_fd": 443,
+        **_UNIFIED,
     },
     "aarch64": {
         "lookup_dcookie": 18,
@@ -232,19 +237,7 @@ NUMBERS: dict[str, dict[str, int]] = {
         "bpf": 280,
         "userfaultfd": 282,
         "kexec_file_load": 294,
-        "io_uring_setup": 425,
-        "io_uring_enter": 426,
-        "io_uring_register": 427,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "fspick": 433,
-        "clone3": 435,
-        "pidfd_getfd": 438,
-        "mount_setattr": 442,
-        "quotactl_fd": 443,
+        **_UNIFIED,
     },
 }
 

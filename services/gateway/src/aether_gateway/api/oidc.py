@@ -6,7 +6,9 @@ bearer token."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgspec
@@ -134,18 +136,8 @@ async def oidc_token(
     verifier = ctx.oidc
     if verifier is None or not verifier.settings.browser_sign_in:
         raise NotFoundException(detail="OIDC sign-in is not configured")
-    try:
+    with _asking_provider("sign-in", NOT_VALID):
         done = await verifier.sign_in(data.code, data.code_verifier, data.nonce)
-    except ProviderUnavailable as error:
-        log.warning("OIDC sign-in failed", extra={"reason": str(error)})
-        raise ServiceUnavailableException(
-            detail="the identity provider cannot be reached; try again"
-        ) from None
-    except InvalidToken as error:
-        log.info("OIDC sign-in refused", extra={"reason": str(error)})
-        raise NotAuthorizedException(
-            detail=f"the OIDC sign-in is not valid: {error}", headers=CHALLENGE
-        ) from None
     return _session(verifier, done)
 
 
@@ -174,18 +166,8 @@ async def oidc_refresh(
     verifier = ctx.oidc
     if verifier is None or not verifier.settings.browser_sign_in:
         raise NotFoundException(detail="OIDC sign-in is not configured")
-    try:
+    with _asking_provider("renewal", "the session cannot be renewed: "):
         done = await verifier.refresh(data.refresh_token)
-    except ProviderUnavailable as error:
-        log.warning("OIDC renewal failed", extra={"reason": str(error)})
-        raise ServiceUnavailableException(
-            detail="the identity provider cannot be reached; try again"
-        ) from None
-    except InvalidToken as error:
-        log.info("OIDC renewal refused", extra={"reason": str(error)})
-        raise NotAuthorizedException(
-            detail=f"the session cannot be renewed: {error}", headers=CHALLENGE
-        ) from None
     return _session(verifier, done)
 
 
@@ -234,18 +216,8 @@ async def oidc_device(ctx: NamedDependency[GatewayContext]) -> OidcDeviceStart:
     """The provider's device authorization endpoint, asked with the client secret the
     command line does not hold; 401 when the provider refuses."""
     verifier = _confidential(ctx)
-    try:
+    with _asking_provider("device sign-in", NOT_VALID):
         started = await verifier.device_start()
-    except ProviderUnavailable as error:
-        log.warning("OIDC device sign-in failed", extra={"reason": str(error)})
-        raise ServiceUnavailableException(
-            detail="the identity provider cannot be reached; try again"
-        ) from None
-    except InvalidToken as error:
-        log.info("OIDC device sign-in refused", extra={"reason": str(error)})
-        raise NotAuthorizedException(
-            detail=f"the OIDC sign-in is not valid: {error}", headers=CHALLENGE
-        ) from None
     return OidcDeviceStart(
         device_code=started.device_code,
         user_code=started.user_code,
@@ -274,24 +246,37 @@ async def oidc_device_token(
     ``authorization_pending`` (or ``slow_down``: wait longer between asks) while the
     user has not approved it; 401 once denied or expired."""
     verifier = _confidential(ctx)
+    with _asking_provider("device sign-in", NOT_VALID):
+        try:
+            done = await verifier.device_finish(data.device_code)
+        except SignInPending as pending:
+            raise ClientException(
+                detail="the sign-in is not approved yet",
+                extra={
+                    "oauth_error": "slow_down" if pending.slow_down else "authorization_pending"
+                },
+            ) from None
+    return _session(verifier, done)
+
+
+# What a refused sign-in is told, before the provider's reason.
+NOT_VALID = "the OIDC sign-in is not valid: "
+
+
+@contextlib.contextmanager
+def _asking_provider(step: str, refusal: str) -> Iterator[None]:
+    """A sign-in ``step``'s question to the provider: 503 when it cannot be reached, 401
+    when it refuses (``refusal``, then its reason); both logged."""
     try:
-        done = await verifier.device_finish(data.device_code)
-    except SignInPending as pending:
-        raise ClientException(
-            detail="the sign-in is not approved yet",
-            extra={"oauth_error": "slow_down" if pending.slow_down else "authorization_pending"},
-        ) from None
+        yield
     except ProviderUnavailable as error:
-        log.warning("OIDC device sign-in failed", extra={"reason": str(error)})
+        log.warning(f"OIDC {step} failed", extra={"reason": str(error)})
         raise ServiceUnavailableException(
             detail="the identity provider cannot be reached; try again"
         ) from None
     except InvalidToken as error:
-        log.info("OIDC device sign-in refused", extra={"reason": str(error)})
-        raise NotAuthorizedException(
-            detail=f"the OIDC sign-in is not valid: {error}", headers=CHALLENGE
-        ) from None
-    return _session(verifier, done)
+        log.info(f"OIDC {step} refused", extra={"reason": str(error)})
+        raise NotAuthorizedException(detail=f"{refusal}{error}", headers=CHALLENGE) from None
 
 
 def _session(verifier: OidcVerifier, done: SignedIn) -> OidcSession:
