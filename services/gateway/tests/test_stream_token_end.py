@@ -13,6 +13,7 @@ import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -24,6 +25,7 @@ from aether_gateway.adapters.oidc import OidcSettings
 
 from .conftest import GatewayServer, eventually, gateway_settings
 from .test_auth import issuer, new_token  # noqa: F401 (``issuer`` is a fixture)
+from .test_oidc_introspection import access_token, introspecting, oidc_settings
 from .test_sse import messages
 
 # Longer than any test: a stream that ends did not end at a periodic check.
@@ -37,10 +39,12 @@ class OpenStream:
         self._client = server.client(token=token)
         self.seen: list[dict[str, str]] = []
         self.ended_at: float | None = None
+        self.opened_at = 0.0
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> OpenStream:
+        self.opened_at = time.time()
         self._task = asyncio.create_task(self._read())
         # Open and answering: the first keep-alive (every 0.5 s in the tests' settings).
         await asyncio.wait_for(self._first.wait(), 30)
@@ -108,6 +112,24 @@ async def test_an_oidc_token_ends_its_stream_when_it_expires(make_gateway, issue
     assert stream.ended_at is not None
     # At the token's exp: not before it, and not at a later check.
     assert expires - 0.05 <= stream.ended_at < expires + 1.5, stream.ended_at - expires
+
+
+async def test_an_opaque_oidc_token_ends_its_stream_at_the_exp_introspection_gave(
+    make_gateway,
+):
+    provider = introspecting(token_max_age=timedelta(seconds=3))
+    try:
+        server = await make_gateway(sse_reauth_seconds=NEVER, oidc=oidc_settings(provider))
+        token = await access_token(provider, "rita")
+        async with OpenStream(server, token) as stream:
+            assert await stream.end(within=10.0) == "token expired"
+        said = provider.introspections
+    finally:
+        provider.stop()
+    assert said == 1  # the end came from the exp the provider gave, not from asking again
+    assert stream.ended_at is not None and stream.seen
+    # The provider's exp is whole seconds: the token's end, within its rounding down.
+    assert stream.ended_at - stream.opened_at < 3.5
 
 
 async def test_an_api_token_ends_its_stream_when_it_expires(make_gateway):
