@@ -45,6 +45,7 @@ from aether_gateway.adapters.limits import (
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.revocations import RevocationListener
 from aether_gateway.adapters.runners import Runners
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator, AuthMiddleware
@@ -159,6 +160,7 @@ class Gateway:
             next_fold=self.projector.next_fold,
             hurry=self._hurry,
         )
+        self.revocations = RevocationListener(self.db, self.tokens, self.context.open_streams)
         self.service.on_started.append(self._start_hub)
         self.watch = ReadModelWatch(
             self.projector, self.service, CONSUMER, every=settings.read_model_check_seconds
@@ -186,6 +188,7 @@ class Gateway:
     async def start(self) -> None:
         await self.db.open()
         await self.db.migrate()
+        self.revocations.start()
         if not self.settings.admin_token:
             log.warning("AETHER_ADMIN_TOKEN is not set: only API tokens and OIDC can get in")
         await self.service.start()
@@ -193,6 +196,7 @@ class Gateway:
     async def stop(self) -> None:
         self.context.closing.set()
         try:
+            await self.revocations.stop()
             await self.hub.stop()
             await self.service.stop()
         finally:

@@ -153,6 +153,7 @@ class _Signal:
 
 IDLE: Final = _Signal("IDLE")  # nothing arrived for a while: time for a keep-alive
 CLOSED: Final = _Signal("CLOSED")  # the hub stopped, or the client fell too far behind
+WAKE: Final = _Signal("WAKE")  # the stream has something to look at besides events
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Subscriber:
         self.overflowed = False
         self._queue: asyncio.Queue[StreamedEvent | _Signal] = asyncio.Queue(max_queue)
         self._closed = False
+        self._woken = False
 
     def offer(self, event: StreamedEvent) -> None:
         if self._closed:
@@ -206,8 +208,19 @@ class Subscriber:
                 self._queue.get_nowait()
         self._queue.put_nowait(CLOSED)
 
+    def wake(self) -> None:
+        """Have ``next`` return ``WAKE`` now, ahead of any event queued."""
+        if self._queue.empty():
+            self._queue.put_nowait(WAKE)  # a ``next`` waiting returns at once
+        else:
+            self._woken = True
+
     async def next(self, idle_seconds: float) -> StreamedEvent | _Signal:
-        """The next live event, ``IDLE`` after ``idle_seconds`` of quiet, or ``CLOSED``."""
+        """The next live event, ``IDLE`` after ``idle_seconds`` of quiet, ``CLOSED``, or
+        ``WAKE`` (``wake``)."""
+        if self._woken:
+            self._woken = False
+            return WAKE
         try:
             return await asyncio.wait_for(self._queue.get(), idle_seconds)
         except TimeoutError:

@@ -564,7 +564,14 @@ class OidcVerifier:
         name = str(
             claims.get("preferred_username") or claims.get("email") or claims.get("name") or subject
         )
-        return Principal(id=f"oidc:{subject}", name=name[:200], scopes=scopes, kind="oidc")
+        exp = claims.get("exp")
+        return Principal(
+            id=f"oidc:{subject}",
+            name=name[:200],
+            scopes=scopes,
+            kind="oidc",
+            expires_at=float(exp) if _is_number(exp) else None,
+        )
 
     async def _verified(
         self, token: str, audiences: list[str], *, id_token: bool = False

@@ -16,6 +16,9 @@ from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.rows import convert
 from aether_gateway.domain.auth import TOKEN_PREFIX, Principal, token_hash
 
+# The channel a revocation is announced on (NOTIFY), its payload the token's id.
+REVOKED_CHANNEL = "aether_token_revoked"
+
 
 class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A token as listed: everything but the secret (``prefix`` helps recognise it)."""
@@ -34,9 +37,10 @@ class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
 class TokenStore:
     """Tokens, with lookups cached for a few seconds.
 
-    The cache keeps a busy client from costing a query per request. A revocation made
-    through this process clears it at once; another replica honours it within
-    ``cache_seconds``.
+    The cache keeps a busy client from costing a query per request. A revocation clears
+    it at once: here directly, and on every replica through the notification the
+    revocation sends on ``REVOKED_CHANNEL`` (``adapters.revocations``), which calls
+    ``forget``. Where a notification is missed, the cache lasts ``cache_seconds``.
     """
 
     def __init__(self, db: Database, *, cache_seconds: float = 5.0) -> None:
@@ -95,8 +99,16 @@ class TokenStore:
                 (token_id,),
             )
             row = await cur.fetchone()
-        self._cache.clear()
+            if row is not None:
+                # In the revocation's transaction: every replica listening learns of it
+                # when (and only if) it commits.
+                await cur.execute("SELECT pg_notify(%s, %s)", (REVOKED_CHANNEL, token_id))
+        self.forget()
         return convert(row, TokenInfo) if row is not None else None
+
+    def forget(self) -> None:
+        """Drop every cached lookup: the next one asks the database."""
+        self._cache.clear()
 
     async def principal(self, secret: str) -> Principal | None:
         """Who holds ``secret``, if it is a valid (known, unrevoked, unexpired) token."""
@@ -109,6 +121,7 @@ class TokenStore:
             await cur.execute(
                 """
                 SELECT id, name, scopes,
+                       extract(epoch FROM expires_at)::float8 AS expires_at,
                        extract(epoch FROM expires_at - now())::float8 AS seconds_left
                 FROM api_tokens
                 WHERE token_hash = %s AND revoked_at IS NULL
@@ -118,7 +131,13 @@ class TokenStore:
             )
             row = await cur.fetchone()
         found = (
-            Principal(id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]), kind="token")
+            Principal(
+                id=row["id"],
+                name=row["name"],
+                scopes=frozenset(row["scopes"]),
+                kind="token",
+                expires_at=row["expires_at"],
+            )
             if row is not None
             else None
         )

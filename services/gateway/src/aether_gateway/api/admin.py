@@ -74,10 +74,12 @@ async def list_tokens(
     tags=["admin"],
 )
 async def revoke_token(ctx: NamedDependency[GatewayContext], token_id: FromPath[str]) -> TokenInfo:
-    """The token is refused from now on (by other replicas within seconds)."""
+    """The token is refused from now on, and the event streams opened with it end: on
+    this replica here, on the others when the revocation's notification reaches them."""
     revoked = await ctx.tokens.revoke(token_id)
     if revoked is None:
         raise not_found(f"token {token_id!r}", token_id=token_id)
+    ctx.open_streams.revoked(token_id)
     return revoked
 
 

@@ -21,6 +21,7 @@ from aether_gateway.adapters.limits import BucketLimiter, RateLimiter, StreamSlo
 from aether_gateway.adapters.oidc import OidcVerifier
 from aether_gateway.adapters.queries import Queries
 from aether_gateway.adapters.read_model import ReadModel
+from aether_gateway.adapters.revocations import OpenStreams
 from aether_gateway.adapters.runners import Runners
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator
@@ -65,6 +66,8 @@ class GatewayContext:
     runners: Runners
     # Rebuilds the read model from both streams; set by the app (it needs the stream).
     rebuild: Any = None
+    # The event streams open here, by token: a revocation ends them (``revocations``).
+    open_streams: OpenStreams = field(default_factory=OpenStreams)
     # Set when the app shuts down, so open event streams end instead of holding it up.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # OIDC, when configured: bearer JWTs and the board's sign-in.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
@@ -34,7 +35,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from aether_events import TERMINAL_TYPES, TYPES_BY_TAG, decode, encode, is_valid_token, tag_of
 from aether_gateway import metrics
-from aether_gateway.adapters.hub import CLOSED, IDLE, Filter, StreamedEvent, identified
+from aether_gateway.adapters.hub import CLOSED, IDLE, WAKE, Filter, StreamedEvent, identified
 from aether_gateway.api.auth import QUERY_TOKEN_OPT, READ
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses, mission_not_found
@@ -49,6 +50,9 @@ _PAGE = 500
 _CATCH_UP_SECONDS = 30.0
 # When a caller with every stream slot taken is told to try again.
 STREAM_RETRY_SECONDS = 5.0
+# How soon a stream asked to check its token (``adapters.revocations``) asks again when
+# the check could not be answered (the database just back, say).
+_RECHECK_RETRY_SECONDS = 1.0
 
 LastEventId = Annotated[
     str | None,
@@ -192,17 +196,25 @@ def _message(event: StreamedEvent) -> ServerSentEventMessage:
     return ServerSentEventMessage(id=sequence, event=event.type, data=event.data.decode())
 
 
-async def _still_good(ctx: GatewayContext, token: object) -> bool:
-    """Whether the token a stream was opened with would still be let in."""
+async def _still_good(ctx: GatewayContext, token: object) -> bool | None:
+    """Whether the token a stream was opened with would still be let in; None when that
+    cannot be told now (the database or the provider out of reach: asked again later)."""
     if not isinstance(token, str):
         return True  # a stream no token opened (none is served so)
     try:
         await ctx.authenticator.principal(token)
     except (NotAuthorizedException, PermissionDeniedException):
         return False
-    except Exception as error:  # the database or the provider out of reach: asked later
+    except Exception as error:
         log.info("event stream's token not checked again", extra={"error": repr(error)})
+        return None
     return True
+
+
+def _ended(reason: str) -> ServerSentEventMessage:
+    return ServerSentEventMessage(
+        event="stream_ended", data=msgspec.json.encode({"reason": reason}).decode()
+    )
 
 
 async def _stream(
@@ -236,35 +248,68 @@ async def _stream(
         ) from error
     start = subscriber.start
     reauth = ctx.settings.sse_reauth_seconds
-    idle = min(ctx.settings.sse_keepalive_seconds, reauth)
+    idle = ctx.settings.sse_keepalive_seconds
+    known = principal if isinstance(principal, Principal) else None
+    # The API token's id, so its revocation (``adapters.revocations``) finds the stream.
+    token_id = known.id if known is not None and known.kind == "token" else None
+    expires_at = known.expires_at if known is not None else None
 
     async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
         metrics.SSE_CLIENTS.inc()
         last = after
         loop = asyncio.get_running_loop()
         check_at = loop.time() + reauth
+        # The token's end on this loop's clock: the stream ends then, not at a check.
+        ends_at = None if expires_at is None else loop.time() + (expires_at - time.time())
+        watched = ctx.open_streams.watch(token_id, subscriber.wake)
+        quiet_since = loop.time()
+
+        async def over() -> str | None:
+            """Why the stream must end now, if it must."""
+            nonlocal check_at
+            if watched.revoked:
+                return "token revoked"
+            if ends_at is not None and loop.time() >= ends_at:
+                return "token expired"
+            asked, watched.recheck = watched.recheck, False
+            if asked or loop.time() >= check_at:
+                good = await _still_good(ctx, token)
+                if good is False:
+                    return "token no longer valid"
+                # Asked for (revocations may have been missed) but not answered: soon again.
+                again = min(reauth, _RECHECK_RETRY_SECONDS) if good is None and asked else reauth
+                check_at = loop.time() + again
+            return None
+
         try:
             if until_terminal and after > 0 and await _ended_by(ctx, wanted.mission_id, after):
                 return
             if after < start:
                 async for event in _replay(ctx, after, start, wanted):
+                    if watched.revoked or (ends_at is not None and loop.time() >= ends_at):
+                        break  # said why below, before anything live
                     yield _message(event)
+                    quiet_since = loop.time()
                     if event.ends_message:
                         last = event.sequence or last
                     if until_terminal and event.type in TERMINAL_TAGS:
                         return
             while not ctx.closing.is_set():
-                item = await subscriber.next(idle)
-                if loop.time() >= check_at:
-                    if not await _still_good(ctx, token):
-                        log.info("event stream ended: its token is no longer valid")
-                        yield ServerSentEventMessage(
-                            event="stream_ended", data='{"reason": "token no longer valid"}'
-                        )
-                        return
-                    check_at = loop.time() + reauth
+                why = await over()
+                if why is not None:
+                    log.info("event stream ended", extra={"reason": why})
+                    yield _ended(why)
+                    return
+                # Woken for a keep-alive, the next check or the token's end, whichever
+                # comes first (or by ``wake``).
+                wake_at = min(quiet_since + idle, check_at, ends_at or check_at)
+                item = await subscriber.next(max(wake_at - loop.time(), 0.0))
+                if item is WAKE:
+                    continue
                 if item is IDLE:
-                    yield ServerSentEventMessage(comment="keep-alive", data=None)
+                    if loop.time() - quiet_since >= idle:
+                        yield ServerSentEventMessage(comment="keep-alive", data=None)
+                        quiet_since = loop.time()
                     continue
                 if item is CLOSED or not isinstance(item, StreamedEvent):
                     if subscriber.overflowed:
@@ -276,9 +321,11 @@ async def _stream(
                     if item.ends_message:
                         last = item.sequence  # not before: the rest of its message follows
                 yield _message(item)
+                quiet_since = loop.time()
                 if until_terminal and item.type in TERMINAL_TAGS:
                     return
         finally:
+            ctx.open_streams.forget(watched)
             subscriber.close()
             give_back()
             metrics.SSE_CLIENTS.dec()

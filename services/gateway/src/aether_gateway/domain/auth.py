@@ -28,6 +28,9 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     scopes: frozenset[str]
     kind: Literal["token", "bootstrap", "oidc"]
+    # When the token it was named by expires (seconds since the epoch), where that is
+    # known: an API token's expiry, an OIDC token's ``exp``. An event stream ends then.
+    expires_at: float | None = None
 
     def allows(self, needed: Scope) -> bool:
         return any(_RANK.get(scope, -1) >= _RANK[needed] for scope in self.scopes)
