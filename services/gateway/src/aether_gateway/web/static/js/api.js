@@ -5,12 +5,41 @@ const KIND = "aether.signin";
 const EXPIRES = "aether.expires";
 const RENEW = "aether.renew";
 let signedOutHandler = () => {};
+const retryListeners = new Set();
+
+// A read answered "try again shortly" (429: a rate limit; 503: the identity provider, the
+// database or the bus away for now) is asked again once its Retry-After has passed, when
+// that is at most RETRY_SECONDS away, in READ_TRIES tries at most; a write never is.
+const READ_TRIES = 4;
+const RETRY_SECONDS = 10;
+const TRY_AGAIN = new Set([429, 503]);
+
+/** The seconds a Retry-After header says to wait (a number or an HTTP date), or null. */
+export function retryAfterSeconds(header, now = Date.now()) {
+  if (header === null || header === undefined || String(header).trim() === "") return null;
+  const text = String(header).trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return Number(text);
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? null : Math.max(0, (at - now) / 1000);
+}
+
+/** When to try again, said for a person: in a few seconds, or at a time of day. */
+function whenAgain(seconds) {
+  if (seconds < 90) return `try again in ${Math.max(1, Math.ceil(seconds))} s`;
+  const at = new Date(Date.now() + seconds * 1000);
+  const clock = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return at.toDateString() === new Date().toDateString() ? `try again at ${clock}` : `try again on ${at.toLocaleString()}`;
+}
 
 export class ApiError extends Error {
-  constructor(status, body) {
-    super((body && body.error) || `HTTP ${status}`);
+  constructor(status, body, retryAfter = null) {
+    const said = (body && body.error) || `HTTP ${status}`;
+    // "Try again shortly" answers say when: the gateway's own words give seconds (or
+    // none), which read badly for an hour away.
+    super(TRY_AGAIN.has(status) && retryAfter !== null ? `${said.replace(/;?\s*try again( in \d+ s)?$/, "")}; ${whenAgain(retryAfter)}` : said);
     this.status = status;
     this.body = body || {};
+    this.retryAfter = retryAfter;
   }
 
   /** The message with the reason the gateway gave beside it (a 404's "why"), if any. */
@@ -81,7 +110,47 @@ export function signedOut(reason) {
   signedOutHandler(reason);
 }
 
-export async function call(method, path, body, { auth = token(), quiet401 = false } = {}) {
+/** Subscribe to reads waiting to be asked again: ``fn(until)`` with the time (ms since the
+ * epoch) the last of them is asked again, or null once none waits. */
+export function onRetrying(fn) {
+  retryListeners.add(fn);
+  return () => retryListeners.delete(fn);
+}
+
+const waiting = new Map(); // a read waiting -> when it is asked again
+let waitingId = 0;
+
+function announceRetrying() {
+  const until = waiting.size ? Math.max(...waiting.values()) : null;
+  for (const fn of retryListeners) fn(until);
+}
+
+async function waitToRetry(seconds) {
+  const id = ++waitingId;
+  waiting.set(id, Date.now() + seconds * 1000);
+  announceRetrying();
+  try {
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  } finally {
+    waiting.delete(id);
+    announceRetrying();
+  }
+}
+
+export async function call(method, path, body, options = {}) {
+  const read = method === "GET" || method === "HEAD";
+  for (let tries = 1; ; tries++) {
+    try {
+      return await callOnce(method, path, body, options);
+    } catch (error) {
+      const again = read && error instanceof ApiError && TRY_AGAIN.has(error.status) && error.retryAfter !== null && error.retryAfter <= RETRY_SECONDS && tries < READ_TRIES;
+      if (!again) throw error;
+      await waitToRetry(Math.max(error.retryAfter, 0.25));
+    }
+  }
+}
+
+async function callOnce(method, path, body, { auth = token(), quiet401 = false } = {}) {
   const headers = { Accept: "application/json" };
   if (auth) headers.Authorization = "Bearer " + auth;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -100,7 +169,7 @@ export async function call(method, path, body, { auth = token(), quiet401 = fals
     }
   }
   if (!response.ok) {
-    const error = new ApiError(response.status, data);
+    const error = new ApiError(response.status, data, retryAfterSeconds(response.headers.get("Retry-After")));
     if (response.status === 401 && !quiet401) signedOut(error.message);
     throw error;
   }

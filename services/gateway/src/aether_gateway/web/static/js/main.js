@@ -1,6 +1,6 @@
 // The board's shell: sign-in, navigation, and which page shows for which path.
 
-import { forgetToken, onSignedOut, session, setToken, signedOut, token, whoami, withRights } from "./api.js";
+import { forgetToken, onRetrying, onSignedOut, session, setToken, signedOut, token, whoami, withRights } from "./api.js";
 import { clear, h, put } from "./dom.js";
 import { onLiveNotice, onLiveState } from "./live.js";
 import { finishSignIn, oidcConfig, renewSession, signOutUrl } from "./oidc.js";
@@ -61,8 +61,17 @@ async function render(message) {
     try {
       me = await whoami();
     } catch (error) {
-      forgetToken();
-      return render(error.status === 401 ? "That token is no longer valid: sign in again." : error.message);
+      // Only the gateway's "no" ends the sign-in: a gateway, database or identity provider
+      // away for now (503, 429, no answer) says nothing of the token, which is kept.
+      if (error.status === 401 || error.status === 403) {
+        forgetToken();
+        return render(error.status === 401 ? "That token is no longer valid: sign in again." : error.message);
+      }
+      showChrome(false);
+      document.getElementById("signout").hidden = false;
+      const again = h("button", { type: "button", class: "primary", id: "try-again", onclick: () => render() }, "Try again");
+      main.append(h("section", { class: "center", id: "unavailable" }, h("h1", {}, "The board cannot be shown now"), h("p", { class: "notice", role: "alert" }, error.message), again));
+      return;
     }
   }
   armExpiry();
@@ -169,6 +178,24 @@ onLiveNotice((text) => {
   noticeTimer = setTimeout(() => {
     notice.hidden = true;
   }, 15000);
+});
+
+// Reads waiting to be asked again (the gateway said "try again shortly"): a small
+// countdown until the last of them is.
+let retryTimer = null;
+onRetrying((until) => {
+  const notice = document.getElementById("retry-notice");
+  clearInterval(retryTimer);
+  if (until === null) {
+    notice.hidden = true;
+    return;
+  }
+  const show = () => {
+    notice.textContent = `Retrying in ${Math.max(1, Math.ceil((until - Date.now()) / 1000))} s…`;
+  };
+  show();
+  notice.hidden = false;
+  retryTimer = setInterval(show, 500);
 });
 
 document.getElementById("signout").addEventListener("click", async () => {
