@@ -242,9 +242,10 @@ def test_a_probe_counts_unanswered_questions_in_a_row() -> None:
 
 def test_a_service_probe_counts_only_once_the_service_has_answered() -> None:
     """A service's ``/healthz`` asked over HTTP: while nothing listens on its port yet
-    (the service still starting) no unanswered question counts, however many; once it
-    has answered, three unanswered in a row make it hung; after a reset (the service
-    started again) nothing counts until it answers again."""
+    (the service still starting) no unanswered question counts within the grace; once
+    it has answered, three unanswered in a row make it hung; after a reset (the service
+    started again) nothing counts until it answers again or the grace is over, and an
+    answer heard elsewhere (its readiness) counts as one."""
     import http.server
 
     from aether.infra import free_port
@@ -265,7 +266,7 @@ def test_a_service_probe_counts_only_once_the_service_has_answered() -> None:
         interval=5.0,
         retry=1.0,
         timeout=5.0,
-        after_answer=True,
+        grace=60.0,
     )
     clock = [0.0]
 
@@ -301,3 +302,9 @@ def test_a_service_probe_counts_only_once_the_service_has_answered() -> None:
     for _ in range(4):  # started again, not answering yet: not counted
         assert not ask()
     assert probe.failures == 0
+    clock[0] += 60.0  # the grace is over: a service that never answered is hung too
+    assert not ask() and not ask() and ask()
+    probe.reset()
+    assert not probe.check(clock[0])
+    probe.heard()  # its readiness answered: counted at once
+    assert not ask() and not ask() and ask()

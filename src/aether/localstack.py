@@ -227,6 +227,7 @@ class Supervisor:
                 for name in list(pending):
                     if self._ready(name, http):
                         pending.remove(name)
+                        self._service_probe(name).heard()  # its readiness was an answer
                         elapsed = time.monotonic() - began
                         port = self.stack.ports[name]
                         progress.say(f"  ✓ {name:<13} :{port}  ({elapsed:.1f}s)")
@@ -307,15 +308,15 @@ class Supervisor:
 
     def _service_probe(self, name: str) -> Probe:
         """The probe asking the service ``name`` its ``/healthz`` on its port of the
-        moment; it counts only once the service has answered (one still starting is
-        not hung)."""
+        moment; it counts only once the service has answered, or ``START_TIMEOUT`` after
+        its start (one still starting is not hung)."""
         probe = self.probes.get(name)
         if probe is None:
 
             def ask(timeout: float) -> None:
                 ask_http(f"{self.stack.processes[name].url}/healthz", timeout)
 
-            probe = self.probes[name] = Probe(ask, after_answer=True)
+            probe = self.probes[name] = Probe(ask, grace=START_TIMEOUT)
         return probe
 
     def _service_hung(self, name: str, service: ServiceProcess, probe: Probe, now: float) -> None:

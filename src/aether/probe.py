@@ -40,26 +40,30 @@ class Probe:
     ``interval`` seconds, one question at a time, and counts the unanswered ones in a
     row. ``check`` is called on every pass of the watch with the time of the pass.
 
-    With ``after_answer`` the unanswered questions count only once one was answered: a
-    service still starting (not listening yet) is not hung."""
+    With a ``grace``, unanswered questions count only once one was answered (or the
+    caller said so with ``heard``) or ``grace`` seconds after the first check: a service
+    still starting (not listening yet) is not hung, and one that never answers after its
+    start is, in the end."""
 
     ask: Callable[[float], object]
     interval: float = PROBE_INTERVAL
     retry: float = PROBE_RETRY
     timeout: float = PROBE_TIMEOUT
     limit: int = PROBE_FAILURES
-    after_answer: bool = False
+    grace: float = 0.0
     answered: bool = False  # since the start (or the last ``reset``)
     failures: int = 0
     last_error: str = ""
     _asking: _Question | None = None
     _next: float | None = None
+    _counted_from: float = 0.0
 
     def check(self, now: float) -> bool:
         """Collect the answer of the question in flight or ask the next one when due;
         whether ``limit`` questions in a row went unanswered."""
         if self._next is None:
             self._next = now + self.interval  # the server was just started or found
+            self._counted_from = now + self.grace
         question = self._asking
         if question is not None:
             if question.done.is_set():
@@ -81,7 +85,7 @@ class Probe:
         return self.failures >= self.limit
 
     def _failed(self, error: str, now: float) -> None:
-        if self.answered or not self.after_answer:
+        if self.answered or now >= self._counted_from:
             self.failures += 1
         self.last_error = error
         self._next = now + self.retry
@@ -99,6 +103,11 @@ class Probe:
         an interval after the next check."""
         self.failures, self.last_error, self.answered = 0, "", False
         self._asking, self._next = None, None
+
+    def heard(self) -> None:
+        """The server answered someone else's question (a readiness check): count from
+        now on."""
+        self.answered = True
 
     def verdict(self, pid: int | None, asked: str) -> str:
         """What is said of the server or service killed for its unanswered ``asked``."""
