@@ -238,3 +238,73 @@ def test_a_probe_counts_unanswered_questions_in_a_row() -> None:
     assert not question(16.4) and answered(16.5)
     assert probe.last_error == "RuntimeError: b"
     hang.set()
+
+
+def test_a_service_probe_counts_only_once_the_service_has_answered() -> None:
+    """A service's ``/healthz`` asked over HTTP: while nothing listens on its port yet
+    (the service still starting) no unanswered question counts within the grace; once
+    it has answered, three unanswered in a row make it hung; after a reset (the service
+    started again) nothing counts until it answers again or the grace is over, and an
+    answer heard elsewhere (its readiness) counts as one."""
+    import http.server
+
+    from aether.infra import free_port
+    from aether.probe import Probe, ask_http
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    port = free_port()
+    probe = Probe(
+        lambda timeout: ask_http(f"http://127.0.0.1:{port}/healthz", timeout),
+        interval=5.0,
+        retry=1.0,
+        timeout=5.0,
+        grace=60.0,
+    )
+    clock = [0.0]
+
+    def ask() -> bool:
+        """One question asked and its answer collected; whether the service is hung."""
+        clock[0] += 5.0
+        assert not probe.check(clock[0])  # asks
+        question = probe._asking
+        assert question is not None and question.done.wait(10)
+        clock[0] += 0.1
+        return probe.check(clock[0])
+
+    assert not probe.check(clock[0])
+    for _ in range(5):  # not listening yet: refused, and not counted
+        assert not ask()
+    assert probe.failures == 0 and "ConnectError" in probe.last_error
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Healthy)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        assert not ask() and probe.answered and probe.failures == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(5)
+    assert not ask() and not ask() and probe.failures == 2
+    assert ask() and probe.failures == 3
+    assert probe.verdict(4242, "health checks").startswith(
+        "(pid 4242) answered none of its last 3 health checks (the last: ConnectError"
+    )
+    probe.reset()
+    assert not probe.check(clock[0])
+    for _ in range(4):  # started again, not answering yet: not counted
+        assert not ask()
+    assert probe.failures == 0
+    clock[0] += 60.0  # the grace is over: a service that never answered is hung too
+    assert not ask() and not ask() and ask()
+    probe.reset()
+    assert not probe.check(clock[0])
+    probe.heard()  # its readiness answered: counted at once
+    assert not ask() and not ask() and ask()

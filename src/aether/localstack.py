@@ -27,13 +27,13 @@ from aether import supervise
 from aether.credentials import TOKEN_FILE
 from aether.infra import NatsExited, PostgresExited
 from aether.locate import remember_home
-from aether.probe import Probe, ask_nats, ask_postgres
+from aether.probe import Probe, ask_http, ask_nats, ask_postgres
 from aether.supervise import StackError
 
 if TYPE_CHECKING:
     # Imported by ``up`` only: the stack pulls in the services' runtime (about 0.7 s of
     # CPU), which ``status``, ``down`` and ``logs`` do without.
-    from aether.stack import Stack
+    from aether.stack import ServiceProcess, Stack
 
 START_TIMEOUT = 240.0
 STABLE_AFTER = 60.0  # a service up this long has its restart backoff reset
@@ -227,6 +227,7 @@ class Supervisor:
                 for name in list(pending):
                     if self._ready(name, http):
                         pending.remove(name)
+                        self._service_probe(name).heard()  # its readiness was an answer
                         elapsed = time.monotonic() - began
                         port = self.stack.ports[name]
                         progress.say(f"  ✓ {name:<13} :{port}  ({elapsed:.1f}s)")
@@ -280,31 +281,62 @@ class Supervisor:
 
     def watch(self) -> None:
         """Until asked to stop: restart the embedded nats-server and PostgreSQL and
-        crashed services, with backoff, and say so."""
+        services that crashed or stopped answering ``/healthz``, with backoff, and say
+        so."""
         while not self.stopping.wait(0.5):
             now = time.monotonic()
             self._watch_nats(now)
             self._watch_postgres(now)
             for name, service in list(self.stack.processes.items()):
+                probe = self._service_probe(name)
                 if name in self.due:
                     if now >= self.due[name]:
                         del self.due[name]
                         self.stack.start_service(name)
+                        probe.reset()
                         self.since[name] = now
                         self.record()
                     continue
                 if service.process.poll() is None:
-                    if now - self.since.get(name, now) > STABLE_AFTER:
+                    if probe.check(now):
+                        self._service_hung(name, service, probe, now)
+                    elif now - self.since.get(name, now) > STABLE_AFTER:
                         self.restarts[name] = 0
                     continue
-                count, delay = self._back_off(name, now)
-                print(
-                    f"! {name} exited with code {service.process.returncode}"
-                    f"{self._last_error(name)}\n  restarting it in {delay:.0f}s"
-                    f" (restart {count})",
-                    file=self.out,
-                    flush=True,
-                )
+                code = service.process.returncode
+                self._service_down(name, f"exited with code {code}{self._last_error(name)}", now)
+
+    def _service_probe(self, name: str) -> Probe:
+        """The probe asking the service ``name`` its ``/healthz`` on its port of the
+        moment; it counts only once the service has answered, or ``START_TIMEOUT`` after
+        its start (one still starting is not hung)."""
+        probe = self.probes.get(name)
+        if probe is None:
+
+            def ask(timeout: float) -> None:
+                ask_http(f"{self.stack.processes[name].url}/healthz", timeout)
+
+            probe = self.probes[name] = Probe(ask, grace=START_TIMEOUT)
+        return probe
+
+    def _service_hung(self, name: str, service: ServiceProcess, probe: Probe, now: float) -> None:
+        """A service that runs but left its last health checks unanswered (stopped, or
+        its event loop stuck where its own watchdog cannot end it): its process group
+        killed (SIGKILL) and, after the backoff, started again like one that ended."""
+        from aether.stack import kill_group
+
+        what = probe.verdict(service.pid, "health checks")
+        kill_group(service.process, timeout=10.0)
+        probe.reset()
+        self._service_down(name, what, now)
+
+    def _service_down(self, name: str, what: str, now: float) -> None:
+        count, delay = self._back_off(name, now)
+        print(
+            f"! {name} {what}\n  restarting it in {delay:.0f}s (restart {count})",
+            file=self.out,
+            flush=True,
+        )
 
     def _back_off(self, name: str, now: float) -> tuple[int, float]:
         """Count a restart of ``name`` and make it due after its backoff (1, 2, 4 … 30 s);
@@ -444,15 +476,10 @@ class Supervisor:
         (SIGKILL) and, after the backoff, started again like one that ended."""
         probe = server.probe
         assert probe is not None
-        pid = server.pid()
+        what = probe.verdict(server.pid(), server.asked)
         server.kill()
         probe.reset()
-        self._embedded_down(
-            server,
-            f"{f'(pid {pid}) ' if pid is not None else ''}answered none of its last"
-            f" {probe.limit} {server.asked} (the last: {probe.last_error}); killed it",
-            now,
-        )
+        self._embedded_down(server, what, now)
 
     def _probe(self, name: str, ask: Callable[[float], object]) -> Probe:
         """The probe of the embedded server ``name``, made at its first use."""

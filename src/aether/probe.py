@@ -1,11 +1,12 @@
-"""Asking ``aether up``'s embedded servers a real question at an interval.
+"""Asking ``aether up``'s embedded servers and services a real question at an interval.
 
 A server that is stopped (SIGSTOP), or accepts connections but never answers, is alive to
 ``waitpid`` and of no use to the services. ``up`` asks each of its embedded servers a
 question the way a client does (PostgreSQL a query on a new connection, nats-server a
-``PING`` after ``CONNECT``) under a timeout, in a thread of its own so that the watch of
+``PING`` after ``CONNECT``), and each of its services its ``/healthz`` as Kubernetes'
+liveness probe does, under a timeout, in a thread of its own so that the watch of
 everything else goes on meanwhile; after ``PROBE_FAILURES`` unanswered questions in a row
-the server is taken for hung, and ``up`` kills it and starts it again.
+the process is taken for hung, and ``up`` kills it and starts it again.
 
 A new connection each time, not one kept open: a stopped postmaster still has its
 backends, and a query on an existing connection is answered by one of them.
@@ -37,29 +38,38 @@ class _Question:
 class Probe:
     """Asks ``ask(timeout)`` (which raises when the answer is wrong or missing) every
     ``interval`` seconds, one question at a time, and counts the unanswered ones in a
-    row. ``check`` is called on every pass of the watch with the time of the pass."""
+    row. ``check`` is called on every pass of the watch with the time of the pass.
+
+    With a ``grace``, unanswered questions count only once one was answered (or the
+    caller said so with ``heard``) or ``grace`` seconds after the first check: a service
+    still starting (not listening yet) is not hung, and one that never answers after its
+    start is, in the end."""
 
     ask: Callable[[float], object]
     interval: float = PROBE_INTERVAL
     retry: float = PROBE_RETRY
     timeout: float = PROBE_TIMEOUT
     limit: int = PROBE_FAILURES
+    grace: float = 0.0
+    answered: bool = False  # since the start (or the last ``reset``)
     failures: int = 0
     last_error: str = ""
     _asking: _Question | None = None
     _next: float | None = None
+    _counted_from: float = 0.0
 
     def check(self, now: float) -> bool:
         """Collect the answer of the question in flight or ask the next one when due;
         whether ``limit`` questions in a row went unanswered."""
         if self._next is None:
             self._next = now + self.interval  # the server was just started or found
+            self._counted_from = now + self.grace
         question = self._asking
         if question is not None:
             if question.done.is_set():
                 self._asking = None
                 if question.error is None:
-                    self.failures, self.last_error = 0, ""
+                    self.failures, self.last_error, self.answered = 0, "", True
                     self._next = now + self.interval
                 else:
                     self._failed(question.error, now)
@@ -75,7 +85,8 @@ class Probe:
         return self.failures >= self.limit
 
     def _failed(self, error: str, now: float) -> None:
-        self.failures += 1
+        if self.answered or now >= self._counted_from:
+            self.failures += 1
         self.last_error = error
         self._next = now + self.retry
 
@@ -90,8 +101,21 @@ class Probe:
     def reset(self) -> None:
         """Forget the failures (the server was started again); the next question comes
         an interval after the next check."""
-        self.failures, self.last_error = 0, ""
+        self.failures, self.last_error, self.answered = 0, "", False
         self._asking, self._next = None, None
+
+    def heard(self) -> None:
+        """The server answered someone else's question (a readiness check): count from
+        now on."""
+        self.answered = True
+
+    def verdict(self, pid: int | None, asked: str) -> str:
+        """What is said of the server or service killed for its unanswered ``asked``."""
+        named = f"(pid {pid}) " if pid is not None else ""
+        return (
+            f"{named}answered none of its last {self.limit} {asked}"
+            f" (the last: {self.last_error}); killed it"
+        )
 
 
 def ask_postgres(url: str, timeout: float) -> None:
@@ -105,6 +129,18 @@ def ask_postgres(url: str, timeout: float) -> None:
         row = conn.execute("SELECT 1").fetchone()
     if row != (1,):
         raise RuntimeError(f"SELECT 1 answered {row!r}")
+
+
+def ask_http(url: str, timeout: float) -> None:
+    """``GET url`` on a new connection (a client made for this one question), as a
+    liveness probe asks a service's ``/healthz``; raises unless it answers 200 within
+    ``timeout``."""
+    from aether import http as aether_http
+
+    with aether_http.client(timeout=timeout) as client:
+        response = client.get(url)
+    if response.status_code != 200:
+        raise RuntimeError(f"answered {response.status_code}")
 
 
 def ask_nats(url: str, timeout: float) -> None:

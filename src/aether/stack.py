@@ -426,10 +426,7 @@ class Stack:
 
     def kill(self, name: str) -> None:
         """SIGKILL one service (crash testing)."""
-        service = self.processes[name]
-        with contextlib.suppress(ProcessLookupError):  # it had died already
-            os.killpg(service.process.pid, signal.SIGKILL)
-        service.process.wait()
+        kill_group(self.processes[name].process)
         del self.processes[name]
 
     def restart_nats(self) -> None:
@@ -479,6 +476,15 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def kill_group(process: ChildProcess, timeout: float | None = None) -> None:
+    """SIGKILL the process group a service's ``process`` leads, and wait for the process
+    (at most ``timeout`` seconds, when given)."""
+    with contextlib.suppress(ProcessLookupError):  # it had died already
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout)
 
 
 def _terminate(services: list[ServiceProcess], timeout: float) -> None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from dulwich.refs import Ref
@@ -447,6 +448,46 @@ class Screen:
             found = self._seen.wait_for(lambda: text in self.latest(), timeout)
         assert found, f"{text!r} never shown; the screen:\n{self.latest()}"
         return self.latest()
+
+
+def test_a_service_that_hangs_is_killed_and_started_again(started: Up, tmp_path: Path):
+    """The scheduler stopped with SIGSTOP runs (``waitpid`` sees nothing) and answers no
+    ``/healthz``, as one whose event loop is stuck in C code holding the interpreter's
+    lock (which its own watchdog cannot end): ``up``'s probe finds its health checks
+    unanswered, kills it and starts it again on the same port, and a mission submitted
+    afterwards completes."""
+    before = started.recorded()["scheduler"]
+    stopped, port = int(str(before["pid"])), before["port"]
+    url = f"http://127.0.0.1:{port}"
+    began = time.monotonic()
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        started.wait_for(
+            f"! scheduler (pid {stopped}) answered none of its last 3 health checks", timeout=90
+        )
+        started.wait_for("restarting it in 1s (restart 1)", timeout=10)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            after = started.recorded()["scheduler"]
+            if after["pid"] != before["pid"] and ready_pid(url) == (200, after["pid"]):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no new scheduler answered; output:\n{started.output}")
+        print(f"a stopped scheduler replaced and ready in {time.monotonic() - began:.1f}s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    assert after["port"] == port and after["restarts"] == 1
+    assert survivors([stopped]) == []
+    healthz = httpx.get(f"{url}/healthz", timeout=5)
+    assert healthz.status_code == 200, healthz.text
+    assert "exited with code" not in started.output  # one line, not two, for the kill
+
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    complete_a_mission(started, tmp_path, repo, "src/greeting.py")
+    assert started.process.poll() is None
 
 
 def free_port_base() -> int:
