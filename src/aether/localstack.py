@@ -27,7 +27,7 @@ from aether import supervise
 from aether.credentials import TOKEN_FILE
 from aether.infra import NatsExited, PostgresExited
 from aether.locate import remember_home
-from aether.probe import Probe, ask_http, ask_nats, ask_postgres
+from aether.probe import SERVICE_PROBE_FAILURES, Probe, ask_http, ask_nats, ask_postgres
 from aether.supervise import StackError
 
 if TYPE_CHECKING:
@@ -316,7 +316,9 @@ class Supervisor:
             def ask(timeout: float) -> None:
                 ask_http(f"{self.stack.processes[name].url}/healthz", timeout)
 
-            probe = self.probes[name] = Probe(ask, grace=START_TIMEOUT)
+            probe = self.probes[name] = Probe(
+                ask, grace=START_TIMEOUT, limit=SERVICE_PROBE_FAILURES
+            )
         return probe
 
     def _service_hung(self, name: str, service: ServiceProcess, probe: Probe, now: float) -> None:

@@ -25,6 +25,10 @@ PROBE_INTERVAL = 5.0  # between two answered questions
 PROBE_RETRY = 1.0  # after an unanswered one: a hang is confirmed in seconds, not minutes
 PROBE_TIMEOUT = 5.0  # how long an answer is waited for
 PROBE_FAILURES = 3  # unanswered questions in a row that make a server hung
+# A service's /healthz is answered by its event loop, which real work on a crowded machine
+# may hold for seconds: six in a row (about 35 s, as Kubernetes' liveness probe allows and
+# within the loop watchdog's minute) before a service is taken for hung.
+SERVICE_PROBE_FAILURES = 6
 
 
 @dataclass

@@ -463,7 +463,7 @@ def test_a_service_that_hangs_is_killed_and_started_again(started: Up, tmp_path:
     os.kill(stopped, signal.SIGSTOP)
     try:
         started.wait_for(
-            f"! scheduler (pid {stopped}) answered none of its last 3 health checks", timeout=90
+            f"! scheduler (pid {stopped}) answered none of its last 6 health checks", timeout=120
         )
         started.wait_for("restarting it in 1s (restart 1)", timeout=10)
         deadline = time.monotonic() + 120
