@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 from aether.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
-INFRASTRUCTURE = {"nats", "postgres", "prometheus", "grafana"}
+INFRASTRUCTURE = {"certs", "nats", "postgres", "prometheus", "grafana"}
 
 
 def compose() -> dict[str, Any]:
@@ -59,7 +60,7 @@ def test_images_can_be_chosen_for_a_machine_without_a_registry() -> None:
     assert services()["nats"]["image"] == "${AETHER_NATS_IMAGE:-nats:2.11-alpine}"
     assert services()["postgres"]["image"] == "${AETHER_POSTGRES_IMAGE:-postgres:16-alpine}"
     assert services()["prometheus"]["image"] == "${AETHER_PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}"
-    for name in SERVICES:
+    for name in [*SERVICES, "certs"]:
         assert services()[name]["image"] == "${AETHER_IMAGE:-aether:local}", name
     script = (ROOT / "deploy/images/build-local.sh").read_text()
     for variable in (
@@ -77,12 +78,15 @@ def test_compose_runs_the_five_services_with_their_infrastructure() -> None:
         service = services()[name]
         assert service["command"] == ["python", "-m", module], name
         assert service["environment"]["PORT"] == str(port), name
-        assert service["environment"]["NATS_URL"] == "nats://nats:4222", name
+        assert service["environment"]["NATS_URL"] == "tls://nats:4222", name
+        assert service["environment"]["NATS_TLS_CA"] == "/etc/nats-tls/ca.crt", name
         assert service["build"] == "." and image(service) == "aether:local", name
 
 
 def test_every_service_has_a_health_check() -> None:
     for name, service in services().items():
+        if name == "certs":  # runs once and exits; nats waits for it to succeed
+            continue
         test = service.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no health check"
     for name in SERVICES:
@@ -95,7 +99,10 @@ def test_start_up_order_waits_for_health_not_just_start() -> None:
     for name, service in services().items():
         for dependency, condition in (service.get("depends_on") or {}).items():
             assert dependency in names, f"{name} depends on unknown {dependency}"
-            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            if dependency == "certs":  # a one-shot job, not a server
+                assert condition == {"condition": "service_completed_successfully"}, name
+            else:
+                assert condition == {"condition": "service_healthy"}, (name, dependency)
     for name in SERVICES:
         assert "nats" in services()[name]["depends_on"], name
     assert "postgres" in services()["gateway"]["depends_on"]
@@ -167,7 +174,8 @@ def test_broker_and_agents_see_repositories_and_worktrees_at_the_same_paths() ->
     roots = services()["git-broker"]["environment"]["AETHER_REPOSITORY_ROOTS"]
     assert roots == shared
     for name in ("gateway", "scheduler", "planner"):
-        assert not mounts(name), f"{name} needs no repository access"
+        # The bus's CA alone (checked with the bus's TLS below).
+        assert set(mounts(name)) == {"/etc/nats-tls"}, f"{name} needs no repository access"
     broker_port = services()["git-broker"]["environment"]["PORT"]
     for name, prefix in (("gateway", "AETHER_GATEWAY"), ("planner", "AETHER_PLANNER")):
         env = services()[name]["environment"]
@@ -185,6 +193,70 @@ def test_nats_keeps_jetstream_on_a_volume_and_syncs_every_write() -> None:
     assert "store_dir: /data" in conf
     assert re.search(r"^\s*sync_interval:\s*always", conf, re.M)
     assert "js-enabled-only" in " ".join(nats["healthcheck"]["test"])
+
+
+def nats_conf_block(text: str, name: str) -> dict[str, str]:
+    """The ``key: value`` lines of a top-level ``name { ... }`` block of a NATS config."""
+    found = re.search(rf"^{name}\s*\{{(.*?)^\}}", text, re.M | re.S)
+    assert found, f"no {name} block"
+    pairs = (line.split(":", 1) for line in found.group(1).splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.strip().startswith("#")}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """A service's mounts: target → (source, mode)."""
+    found = {}
+    for spec in service.get("volumes", []):
+        source, target, mode = volume(spec)
+        found[target] = (source, mode)
+    return found
+
+
+def test_the_bus_takes_tls_only_with_a_certificate_made_for_nats(tmp_path: Path) -> None:
+    """Every service's bus URL is TLS to nats, checked against the CA the certs service
+    makes, mounted read-only; the server requires TLS with the certificate that service
+    makes, whose key is in no container but the server's and the maker's."""
+    from aether_runtime import nats_certs
+
+    certs, nats = services()["certs"], services()["nats"]
+    assert nats["depends_on"]["certs"] == {"condition": "service_completed_successfully"}
+    command = certs["command"]
+    assert command[:3] == ["python", "-m", "aether_runtime.nats_certs"]
+    ca_dir, server_dir = command[3:5]
+    made = mounts(certs)
+    ca_volume, server_volume = made[ca_dir][0], made[server_dir][0]
+    assert ca_volume != server_volume
+    assert {ca_volume, server_volume} <= set(compose()["volumes"])
+    assert not any(arg.startswith("--host") for arg in command)  # the default: nats
+    # What it writes, where: the CA's certificate alone in one volume.
+    outcome = nats_certs.ensure(tmp_path / "ca", tmp_path / "server")
+    assert [p.name for p in (tmp_path / "ca").iterdir()] == [outcome.ca.name]
+
+    # The server: TLS for clients, with the certificate and key from the key's volume.
+    conf = (ROOT / "deploy/nats/nats.conf").read_text()
+    tls = nats_conf_block(conf, "tls")
+    assert "allow_non_tls" not in conf
+    server_mounts = {source: target for target, (source, mode) in mounts(nats).items()}
+    assert mounts(nats)[server_mounts[server_volume]][1] == "ro"
+    assert tls["cert_file"] == f"{server_mounts[server_volume]}/{outcome.cert.name}"
+    assert tls["key_file"] == f"{server_mounts[server_volume]}/{outcome.key.name}"
+    assert nats_conf_block(conf, "jetstream")  # the parser reads the other block too
+    assert "http_port: 8222" in conf  # the health check's monitoring port, as before
+
+    for name in SERVICES:
+        service = services()[name]
+        url = service["environment"]["NATS_URL"]
+        assert url.startswith("tls://"), name
+        assert urllib.parse.urlsplit(url).hostname == "nats", name
+        ca = Path(service["environment"]["NATS_TLS_CA"])
+        assert ca.name == outcome.ca.name, name
+        assert mounts(service)[str(ca.parent)] == (ca_volume, "ro"), name
+    # The server's key: in the server and its maker only.
+    for name, service in services().items():
+        holds = any(source == server_volume for source, _ in mounts(service).values())
+        assert holds == (name in ("nats", "certs")), name
+        for key, value in (service.get("environment") or {}).items():
+            assert "server.key" not in str(value), (name, key)
 
 
 def test_prometheus_scrapes_every_service_under_its_name() -> None:

@@ -1,8 +1,9 @@
 """docker-compose.yml run for real: the image built from the Dockerfile, NATS,
 PostgreSQL and Prometheus in containers, a mission submitted through the gateway's
 published port and merged into a repository on the host, with the verification command
-confined by bubblewrap inside the git broker's container, and every service (two agent
-runners) scraped by Prometheus with the alert rules loaded.
+confined by bubblewrap inside the git broker's container, the bus taking TLS only (with the
+certificate the certs job made), and every service (two agent runners) scraped by
+Prometheus with the alert rules loaded.
 
 The images come from ``deploy/images/build-local.sh`` (a Debian base made with
 debootstrap: no image registry). Without a Docker engine or those images the test is
@@ -285,6 +286,55 @@ def test_the_compose_stack_merges_a_mission_with_its_verification_in_the_sandbox
         if entry["type"] == "agent_started"
     }
     assert sandboxes == {"bubblewrap"}, activity
+
+
+# Run in the gateway's container: the bus's port as a client without TLS sees it (the
+# server's INFO, then CONNECT with the gateway's password in clear and a PING), and as the
+# services see it (TLS, checked against the CA they mount).
+PROBE = r"""
+import asyncio, json, os, socket, ssl
+import nats
+plain = socket.create_connection(("nats", 4222), timeout=10)
+info = json.loads(plain.makefile("rb").readline().decode().split(" ", 1)[1])
+connect = {"user": os.environ["NATS_USER"], "pass": os.environ["NATS_PASSWORD"],
+           "verbose": False, "pedantic": False, "protocol": 1}
+reply = b""
+try:
+    plain.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+    while chunk := plain.recv(4096):
+        reply += chunk
+except OSError as error:
+    reply += repr(error).encode()
+async def tls():
+    context = ssl.create_default_context(cafile=os.environ["NATS_TLS_CA"])
+    client = await nats.connect(os.environ["NATS_URL"], user=os.environ["NATS_USER"],
+        password=os.environ["NATS_PASSWORD"], tls=context, allow_reconnect=False,
+        connect_timeout=10)
+    await client.flush()
+    await client.close()
+    return True
+print(json.dumps({"tls_required": info.get("tls_required"), "plain": reply.decode(),
+                  "tls": asyncio.run(tls()), "mounted": sorted(os.listdir("/etc/nats-tls"))}))
+"""
+
+
+def test_the_bus_refuses_clients_without_tls_and_takes_the_services_with_it(
+    stack: ComposeStack,
+) -> None:
+    stack.wait_ready(timeout=240)
+    probe = json.loads(stack.run("exec", "-T", "gateway", "python", "-c", PROBE).strip())
+    assert probe["tls_required"] is True, probe
+    # No PONG: the server, waiting for a TLS handshake, closed the connection that sent a
+    # CONNECT in clear (closed, not merely silent until the probe's timeout).
+    assert "PONG" not in probe["plain"] and "timed out" not in probe["plain"], probe
+    assert probe["tls"] is True, probe
+    # The services hold the CA, not the server's key, which is the server's alone.
+    assert probe["mounted"] == ["ca.crt"], probe
+    key = stack.run("exec", "-T", "nats", "stat", "-c", "%a %u", "/etc/nats-tls/server.key")
+    assert key.split() == ["600", "0"], key
+    # The one-shot job keeps the set it made: running it again changes nothing.
+    again = stack.run("run", "--rm", "--no-deps", "certs")
+    assert again.startswith("kept "), again
 
 
 def test_prometheus_scrapes_every_service_and_loads_the_alerts(stack: ComposeStack) -> None:
