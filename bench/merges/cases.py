@@ -17,9 +17,10 @@ import random
 import stat
 import subprocess
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from dulwich.index import commit_tree
 from dulwich.objects import Blob, Commit, ObjectID
@@ -283,11 +284,20 @@ class Oracle:
         )
 
 
+class CaseMaker(Protocol):
+    def case(self, number: int) -> Case: ...
+
+
 def run_cases(
-    seed: int, count: int, scratch: Path, texts: list[list[bytes]] | None = None
+    seed: int,
+    count: int,
+    scratch: Path,
+    texts: list[list[bytes]] | None = None,
+    make: Callable[[int, list[list[bytes]]], CaseMaker] = Generator,
 ) -> Iterator[Verdict]:
-    """Generate ``count`` cases from ``seed`` and merge each both ways."""
-    generator = Generator(seed, texts if texts is not None else corpus())
+    """Generate ``count`` cases from ``seed`` (with ``make``'s generator) and merge each
+    both ways."""
+    generator = make(seed, texts if texts is not None else corpus())
     oracle = Oracle(scratch)
     try:
         for number in range(count):

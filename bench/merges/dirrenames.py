@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.merges.cases import FILE, Case, Files, Oracle, Verdict, corpus
+from bench.merges.cases import FILE, Case, Files, Verdict, run_cases
 
 DIRECTORIES = ("src/util", "src/util/sub", "src/app", "lib", "docs/guide", "a/b/c")
 TARGETS = ("src/common", "src/app", "", "pkg/util", "src/util2/sub", "lib/util", "a/x/c")
@@ -107,13 +107,7 @@ def run_directory_cases(
     seed: int, count: int, scratch: Path, texts: list[list[bytes]] | None = None
 ) -> Iterator[Verdict]:
     """Generate ``count`` directory-rename cases from ``seed`` and merge each both ways."""
-    generator = DirectoryGenerator(seed, texts if texts is not None else corpus())
-    oracle = Oracle(scratch)
-    try:
-        for number in range(count):
-            yield oracle.run(generator.case(number))
-    finally:
-        oracle.close()
+    return run_cases(seed, count, scratch, texts, make=DirectoryGenerator)
 
 
 def main() -> int:
