@@ -9,6 +9,10 @@ credential (``runner/<name>/<runner id>``) and an attempt credential
 the name the user names, so a runner can neither write another runner's entry nor ask for
 a credential under another runner's name (docs/decisions/0026-runner-names-bound.md).
 
+The master keys one more thing, under a context of its own: the key of each attempt's
+event ids (``attempt_event_key``), which the authorizer gives to that attempt's
+connections only (docs/decisions/0030-attempt-event-ids-keyed.md).
+
 Who derives it: ``aether up`` for its runner; the Kubernetes manifests in an init
 container of each runner pod, for the pod's name, into a memory volume the runner's own
 container reads (the master never reaches the runner's container); an operator with
