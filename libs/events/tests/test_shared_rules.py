@@ -18,6 +18,7 @@ from aether_events import (
     advance,
     as_tier,
     derived_id,
+    keyed_id,
     mission_id_for,
     new_mission_id,
     phase_of,
@@ -46,6 +47,24 @@ def test_a_step_names_the_same_id_as_the_bare_parts_it_replaced(
     step: step_ids.Step, parts: tuple[object, ...]
 ) -> None:
     assert step_event_id("m-1", step) == derived_id("m-1", *parts)
+
+
+# An attempt's own events (``ATTEMPT_TYPES``) are stored under their step's id keyed with
+# the attempt's key (decision 0030): the step tuples above are unchanged, but the ids
+# stored for those steps changed with that decision, once. These pin the keyed ids of
+# one key, so that a change of the keyed derivation fails here, not in a stream.
+ATTEMPT_KEY = bytes(range(32))
+PINNED_KEYED = [
+    (step_ids.agent_started("t1", 1), "c259fe49a32c8b6b81a7560ad9b5e4c2"),
+    (step_ids.agent_usage("t1", 1, 4), "22a13f30346382b69b18181d5f265bf7"),
+]
+
+
+@pytest.mark.parametrize(("step", "stored"), PINNED_KEYED)
+def test_an_attempts_step_is_stored_under_its_id_keyed_with_the_attempts_key(
+    step: step_ids.Step, stored: str
+) -> None:
+    assert keyed_id(ATTEMPT_KEY, step_event_id("m-1", step)) == stored
 
 
 def test_mission_ids_have_one_format() -> None:

@@ -17,10 +17,11 @@ from aether_runtime.attempt_auth import (
     encode_jwt,
     issuer_public_key,
     new_issuer_seed,
+    parse_key_subject,
     parse_user,
     runner_token,
 )
-from aether_runtime.runner_secrets import proves, runner_secret
+from aether_runtime.runner_secrets import attempt_event_key, proves, runner_secret
 from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox, runner_user
 
 KEY = AttemptKey("m1", "t1", 2)
@@ -114,10 +115,11 @@ def test_the_answer_is_a_signed_user_limited_to_the_attempts_subjects() -> None:
     user = decode_jwt(answer["nats"]["jwt"])
     assert user["sub"] == "UUSERNKEY"
     assert user["exp"] == 1060
-    # Its mission, its task, its attempt: no wildcard.
+    # Its mission, its task, its attempt: no wildcard; and the request for its own key.
     assert user["nats"]["pub"]["allow"] == [
         "aether.mission.m1.agent_completed.t1.2",
         "aether.telemetry.m1.agent_heartbeat.t1.2",
+        "aether.attempt_key.m1.t1.2",
     ]
     assert user["nats"]["sub"]["allow"] == [f"{KEY.inbox_prefix}.>"]
 
@@ -194,3 +196,52 @@ def test_a_runners_registry_credential_writes_the_entry_of_its_name_and_id_only(
     assert claims["nats"]["sub"]["allow"] == [f"{runner_inbox('r1', 'r1-12-abcdef')}.>"]
     for forged in ("runner/r1", "runner/r1/x/y", "runner/r.1/x", "runner/r1/>", "runner//x"):
         assert parse_runner_user(forged) is None, forged
+
+
+def test_an_attempts_key_subject_names_it_as_its_event_subjects_do() -> None:
+    assert KEY.key_subject == "aether.attempt_key.m1.t1.2"
+    assert parse_key_subject(KEY.key_subject) == ("m1", "t1", 2)
+    dotted = AttemptKey("m1", "1.2", 1)  # a task id holding a dot: its digest token
+    mission, token, attempt = parse_key_subject(dotted.key_subject) or ("", "", 0)
+    assert (mission, attempt) == ("m1", 1) and token.startswith("_") and "." not in token
+    for forged in (
+        "aether.attempt_key.m1.t1",
+        "aether.attempt_key.m1.t1.two",
+        "aether.attempt_key.m1.t1.2.extra",
+        "aether.attempt_key.m1.*.2",
+        "aether.attempt_key.>",
+        "aether.attempt_keys.m1.t1.2",
+        "aether.mission.m1.t1.2",
+    ):
+        assert parse_key_subject(forged) is None, forged
+
+
+def test_an_attempts_event_key_is_the_masters_for_that_attempt_alone() -> None:
+    """Every process holding the master (a standby, a restarted scheduler) gives the
+    same key; another attempt, task, mission or master another; and the key is no
+    runner's secret, though derived from the same master (another context)."""
+    key = attempt_event_key(MASTER, "m1", "t1", 2)
+    assert key == attempt_event_key(MASTER, "m1", "t1", 2) and len(key) == 32
+    others = {
+        attempt_event_key(MASTER, "m1", "t1", 3),
+        attempt_event_key(MASTER, "m1", "t2", 2),
+        attempt_event_key(MASTER, "m2", "t1", 2),
+        attempt_event_key("another-deployments-master", "m1", "t1", 2),
+        # The parts are kept apart: moving a character from one to the next changes it.
+        attempt_event_key(MASTER, "m1t", "1", 2),
+    }
+    assert key not in others and len(others) == 5
+    as_text = base64.urlsafe_b64encode(key).decode().rstrip("=")
+    assert as_text != runner_secret(MASTER, "m1-t1-2")
+    # Pinned: a change of derivation changes every stored attempt event's id.
+    assert key.hex()[:16] == PINNED_KEY_PREFIX
+    authorizer = AttemptAuthorizer(
+        issuer_seed=new_issuer_seed(),
+        master=MASTER,
+        grants=Grants(lambda key: True),
+        types=frozenset({AgentCompleted}),
+    )
+    assert authorizer.event_key("m1", "t1", 2) == key
+
+
+PINNED_KEY_PREFIX = "ce48a1d758960010"

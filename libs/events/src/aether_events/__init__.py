@@ -2,6 +2,7 @@
 the rules every service shares about them: status (``status``), usage and cost
 (``usage``), and the steps derived event ids are named after (``step_ids``)."""
 
+from aether_events.attempt_ids import keyed, keyed_id
 from aether_events.catalogue import (
     ALL_TYPES,
     TELEMETRY_TYPES,
@@ -224,6 +225,8 @@ __all__ = [
     "in_scope",
     "is_terminal",
     "is_valid_token",
+    "keyed",
+    "keyed_id",
     "known_cost",
     "mission_history",
     "mission_id_for",

@@ -58,16 +58,19 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
-from aether_events import Event, EventPublisher
-from aether_events.subjects import attempt_subject, is_valid_token
+from aether_events import Event, EventPublisher, keyed
+from aether_events.attempt_ids import MIN_KEY_BYTES
+from aether_events.subjects import attempt_subject, is_valid_token, task_token
 from aether_runtime.bus_auth import (
+    ATTEMPT_KEY_PREFIX,
+    ATTEMPT_KEY_REQUESTS,
     AUTH_SUBJECT,
     GLOBAL_ACCOUNT,
     issuer_public_key,
     new_issuer_seed,
 )
 from aether_runtime.failures import RetryLater
-from aether_runtime.runner_secrets import proves, runner_secret, runner_token
+from aether_runtime.runner_secrets import attempt_event_key, proves, runner_secret, runner_token
 from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox
 from aether_runtime.service import CountingPublisher
 
@@ -96,6 +99,12 @@ class AttemptKey:
         return f"{USER_PREFIX}/{self.mission_id}/{self.task_id}/{self.attempt}/{runner_id}"
 
     @property
+    def key_subject(self) -> str:
+        """Where a connection of this attempt asks for the key of its event ids (its
+        credential may publish there, and no other credential or service may)."""
+        return f"{ATTEMPT_KEY_PREFIX}.{self.mission_id}.{task_token(self.task_id)}.{self.attempt}"
+
+    @property
     def inbox_prefix(self) -> str:
         """The only subjects a connection of this attempt may subscribe to (a digest: a
         task id may hold dots, which would split a subject token)."""
@@ -116,6 +125,20 @@ def parse_user(user: str) -> tuple[AttemptKey, str] | None:
     if not attempt.isdigit() or len(attempt) > 9:
         return None
     return AttemptKey(mission_id, task_id, int(attempt)), runner_id
+
+
+def parse_key_subject(subject: str) -> tuple[str, str, int] | None:
+    """The mission, task token and attempt number a key request's subject names, or None
+    if it names none."""
+    parts = subject.split(".")
+    if len(parts) != 5 or ".".join(parts[:2]) != ATTEMPT_KEY_PREFIX:
+        return None
+    _, _, mission_id, token, attempt = parts
+    if not (is_valid_token(mission_id) and is_valid_token(token)):
+        return None
+    if not attempt.isdigit() or len(attempt) > 9:
+        return None
+    return mission_id, token, int(attempt)
 
 
 def attempt_subjects(key: AttemptKey, types: Iterable[type[Event]]) -> list[str]:
@@ -243,19 +266,23 @@ class AttemptAuthorizer:
     # request that comes while it may not is left unanswered, for the active one.
     may_answer: Callable[[], bool] | None = None
     _subscription: Subscription | None = None
+    _key_subscription: Subscription | None = None
 
     def __post_init__(self) -> None:
         self._issuer = nkeys.from_seed(self.issuer_seed.encode())
         self.issuer = bytes(self._issuer.public_key).decode()
 
     async def serve(self, nc: NatsClient) -> None:
-        """Answer the server's requests on ``nc`` (a static user, so not called out)."""
+        """Answer the server's requests on ``nc`` (a static user, so not called out), and
+        the attempts' requests for the keys of their event ids."""
         self._subscription = await nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+        self._key_subscription = await nc.subscribe(ATTEMPT_KEY_REQUESTS, cb=self._on_key_request)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        for subscription in (self._subscription, self._key_subscription):
+            if subscription is not None:
+                await subscription.unsubscribe()
+        self._subscription = self._key_subscription = None
 
     async def _on_request(self, msg: Msg) -> None:
         if self.may_answer is not None and not self.may_answer():
@@ -269,6 +296,25 @@ class AttemptAuthorizer:
             log.warning("authorization request refused unanswered", extra={"error": str(error)})
             return
         await msg.respond(answer.encode())
+
+    async def _on_key_request(self, msg: Msg) -> None:
+        """The key of an attempt's event ids (``aether_events.attempt_ids``), to whoever
+        may ask on its subject: only a connection holding that attempt's credential may
+        publish there (``user_jwt``), and the answer goes to the attempt's own inbox,
+        which nothing else may read."""
+        if self.may_answer is not None and not self.may_answer():
+            return
+        named = parse_key_subject(msg.subject)
+        if named is None or not msg.reply:
+            log.warning("attempt key request unanswered", extra={"subject": msg.subject})
+            return
+        await msg.respond(_b64(self.event_key(*named)).encode())
+
+    def event_key(self, mission_id: str, token: str, attempt: int) -> bytes:
+        """The key of the event ids of ``attempt`` of the task whose subject token is
+        ``token`` in ``mission_id``: a function of the master alone, so a standby or a
+        restarted scheduler gives the same."""
+        return attempt_event_key(self.master, mission_id, token, attempt)
 
     def answer(self, request_jwt: str) -> str:
         """The signed authorization response to one request (a user JWT, or an error)."""
@@ -324,10 +370,10 @@ class AttemptAuthorizer:
         return encode_jwt(response, self._issuer)
 
     def user_jwt(self, key: AttemptKey, user: str, user_nkey: str) -> str:
-        """The credential of one attempt: its events on its own subjects, its own inbox."""
-        return self._signed_user(
-            user, user_nkey, attempt_subjects(key, self.types), f"{key.inbox_prefix}.>"
-        )
+        """The credential of one attempt: its events on its own subjects, the request for
+        its own event key, its own inbox."""
+        publish = [*attempt_subjects(key, self.types), key.key_subject]
+        return self._signed_user(user, user_nkey, publish, f"{key.inbox_prefix}.>")
 
     def runner_jwt(self, name: str, runner_id: str, user: str, user_nkey: str) -> str:
         """The credential of one runner's entry in the registry of runners: writing (and
@@ -383,7 +429,11 @@ async def _connection_error(error: Exception) -> None:
 
 class AttemptPublisher(EventPublisher):
     """Publishes one attempt's events on a connection of its own, made with the
-    attempt's credential when the first event is published, closed with the scope."""
+    attempt's credential when the first event is published, closed with the scope.
+
+    Each event is stored under its id keyed with the attempt's event key (``keyed``),
+    asked of the authorizer on that connection once it is made: an id no other attempt
+    can compute, the same for every runner and restart of this attempt."""
 
     def __init__(
         self,
@@ -405,6 +455,8 @@ class AttemptPublisher(EventPublisher):
         self._secret = secret
         self._nc: NatsClient | None = None
         self._inner: EventPublisher | None = None
+        # The key of the attempt's event ids, once the authorizer gave it.
+        self._event_key: bytes | None = None
         self._lock = asyncio.Lock()
         # Why the credential was refused, once it was: asked ``CONNECT_TRIES`` times
         # already, it is not asked for again within this attempt.
@@ -458,8 +510,15 @@ class AttemptPublisher(EventPublisher):
                     tls=self._tls,
                 )
                 nc.options["max_reconnect_attempts"] = -1
+                if self._event_key is None:
+                    try:
+                        self._event_key = await self._ask_event_key(nc)
+                    except BaseException:
+                        with contextlib.suppress(nats.errors.Error, OSError):
+                            await nc.close()
+                        raise
                 return nc
-            except (nats.errors.Error, OSError) as error:
+            except (nats.errors.Error, OSError, ValueError) as error:
                 if tries < CONNECT_TRIES - 1 and not self._stopping.is_set():
                     log.info("attempt credential not granted yet", extra={"error": str(error)})
                     # The wait ends early when the runner stops: it would hold the stop
@@ -477,6 +536,16 @@ class AttemptPublisher(EventPublisher):
                 ) from error
         raise AssertionError("unreachable")
 
+    async def _ask_event_key(self, nc: NatsClient) -> bytes:
+        """The attempt's event key, asked of the authorizer on the attempt's connection
+        (nobody answers while no scheduler is active, nor an old one: asked again like a
+        credential not granted yet)."""
+        answer = await nc.request(self._key.key_subject, b"", timeout=KEY_REQUEST_SECONDS)
+        key = _unb64(answer.data.decode())
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError("the authorizer's answer is not an attempt key")
+        return key
+
     async def publish(
         self,
         event: Event,
@@ -486,9 +555,10 @@ class AttemptPublisher(EventPublisher):
     ) -> PubAck:
         for tries in range(2):
             inner = await self._connected()
+            assert self._event_key is not None  # asked with the connection
             try:
                 return await inner.publish(
-                    event,
+                    keyed(event, self._event_key),
                     expected_last_subject_sequence=expected_last_subject_sequence,
                     headers=headers,
                 )
@@ -528,6 +598,8 @@ class Opens(Protocol):
 
 
 CONNECT_TRIES = 5  # about 3 s of waits (each refusal may take the callout's timeout too)
+# How long the attempt's event key is waited for (the active scheduler answers at once).
+KEY_REQUEST_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

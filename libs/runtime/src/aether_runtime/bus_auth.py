@@ -51,6 +51,12 @@ ADMIN_USER = "aether"
 # Where the server asks the authorizer about attempt users, and where it wants the answer.
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_REPLIES = "$SYS._INBOX.>"
+# Where a connection holding an attempt's credential asks for the key of that attempt's
+# event ids (``aether.attempt_key.<mission>.<task token>.<attempt>``, its credential
+# naming its own alone), and the attempts' inboxes the answers go to.
+ATTEMPT_KEY_PREFIX = "aether.attempt_key"
+ATTEMPT_KEY_REQUESTS = f"{ATTEMPT_KEY_PREFIX}.>"
+ATTEMPT_INBOXES = "_INBOX.attempt.>"
 # The server's environment variable holding the attempt issuer's public key (compose, k8s).
 ISSUER_ENV = "NATS_ATTEMPT_ISSUER"
 # The account of every static user and attempt credential (the server's default one).
@@ -176,9 +182,10 @@ def permissions(role: Role, roles: Mapping[str, Role] | None = None) -> Permissi
     allow.append(f"{role.inbox_prefix}.>")
     subscribe = [f"{role.inbox_prefix}.>"]
     if role.authorizes_attempts:
-        # The server's authorization requests for attempt users, and its reply subjects.
-        subscribe.append(AUTH_SUBJECT)
-        allow.append(AUTH_REPLIES)
+        # The server's authorization requests for attempt users, and its reply subjects;
+        # the attempts' requests for their event keys, and their inboxes.
+        subscribe += [AUTH_SUBJECT, ATTEMPT_KEY_REQUESTS]
+        allow += [AUTH_REPLIES, ATTEMPT_INBOXES]
     subscribe += [
         f"{ADVISORY_MAX_DELIVERIES}.{stream}.{durable}" for stream, durable in role.durables
     ]

@@ -9,6 +9,10 @@ credential (``runner/<name>/<runner id>``) and an attempt credential
 the name the user names, so a runner can neither write another runner's entry nor ask for
 a credential under another runner's name (docs/decisions/0026-runner-names-bound.md).
 
+The master keys one more thing, under a context of its own: the key of each attempt's
+event ids (``attempt_event_key``), which the authorizer gives to that attempt's
+connections only (docs/decisions/0030-attempt-event-ids-keyed.md).
+
 Who derives it: ``aether up`` for its runner; the Kubernetes manifests in an init
 container of each runner pod, for the pod's name, into a memory volume the runner's own
 container reads (the master never reaches the runner's container); an operator with
@@ -31,9 +35,10 @@ MASTER_ENV = "AETHER_RUNNER_MASTER_SECRET"
 NAME_ENV = "AETHER_RUNNER_NAME"
 # Shorter masters are refused: every runner's secret is only as hard to guess as it.
 MIN_MASTER_LENGTH = 16
-# Binds the digest to this use: the master keys nothing else, but a second use would not
-# collide with this one.
+# Binds each digest to its use: the master keys two things (a runner's secret and an
+# attempt's event key), and no input of one can be an input of the other.
 _CONTEXT = b"aether runner secret v1\x00"
+_ATTEMPT_KEY_CONTEXT = b"aether attempt event key v1\x00"
 
 
 # The one secret every runner shared before runners had names of their own.
@@ -73,6 +78,18 @@ def runner_secret(master: str, name: str) -> str:
         master.encode(), _CONTEXT + runner_token(name).encode(), hashlib.sha256
     ).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def attempt_event_key(master: str, mission_id: str, task_token: str, attempt: int) -> bytes:
+    """The key of one attempt's event ids (``aether_events.attempt_ids``), named as its
+    subjects name it (the mission, the task's subject token, the attempt number): the
+    authorizer gives it only to a connection holding that attempt's credential. The same
+    for every process holding the master (a standby scheduler, a restarted one), so a
+    resumed attempt stores its steps under the ids it stored them under before."""
+    if not master:
+        raise ValueError(f"no master secret ({MASTER_ENV})")
+    name = f"{mission_id}\x1f{task_token}\x1f{attempt}".encode()
+    return hmac.new(master.encode(), _ATTEMPT_KEY_CONTEXT + name, hashlib.sha256).digest()
 
 
 def proves(master: str, token: str, password: str) -> bool:
