@@ -150,17 +150,31 @@ export async function call(method, path, body, options = {}) {
   }
 }
 
-async function callOnce(method, path, body, { auth = token(), quiet401 = false } = {}) {
+/** No answer from the gateway (the connection refused or cut): a write sent so may or
+ * may not have reached it. */
+export class NetworkError extends Error {
+  constructor(cause, write = false) {
+    super(write ? "no answer from the gateway: the request may or may not have reached it" : "no answer from the gateway");
+    this.status = 0;
+    this.cause = cause;
+  }
+}
+
+async function callOnce(method, path, body, { auth = token(), quiet401 = false, key = null, text: sent = undefined } = {}) {
   const headers = { Accept: "application/json" };
   if (auth) headers.Authorization = "Bearer " + auth;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  const payload = sent !== undefined ? sent : body === undefined ? undefined : JSON.stringify(body);
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
+  if (key) headers["Idempotency-Key"] = key;
+  let response;
+  let text;
+  try {
+    response = await fetch(path, { method, headers, body: payload });
+    text = await response.text();
+  } catch (error) {
+    throw new NetworkError(error, method !== "GET" && method !== "HEAD");
+  }
   let data = null;
-  const text = await response.text();
   if (text) {
     try {
       data = JSON.parse(text);
@@ -177,7 +191,48 @@ async function callOnce(method, path, body, { auth = token(), quiet401 = false }
 }
 
 export const get = (path) => call("GET", path);
-export const post = (path, body = {}) => call("POST", path, body);
+
+/** A fresh Idempotency-Key: 128 random bits (``crypto.getRandomValues``, which a page
+ * served over plain HTTP has too, unlike ``crypto.randomUUID``). */
+export function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return "board-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * A write the board sends (a command's POST), with an Idempotency-Key of its own. Sent
+ * again, it is the same request: the same path, the same bytes and the same key, so the
+ * gateway answers a copy of one that did reach it with that one's answer and does not
+ * act twice. Never sent again by itself: only when the person asks (``mayResend``).
+ */
+export class Write {
+  constructor(path, body = {}) {
+    this.path = path;
+    this.text = JSON.stringify(body);
+    this.key = newKey();
+    this.sends = 0;
+  }
+
+  send() {
+    this.sends += 1;
+    return callOnce("POST", this.path, undefined, { text: this.text, key: this.key });
+  }
+
+  /** Whether sending it again may go otherwise than ``error``: no answer at all (it may
+   * not have arrived), a timeout (408), "try again shortly" (429, 503, a 409 with
+   * Retry-After: the first copy under its key still running) or another 5xx. Any other
+   * 4xx would be refused the same way again. */
+  static mayResend(error) {
+    if (error instanceof NetworkError) return true;
+    if (!(error instanceof ApiError)) return false;
+    const status = error.status;
+    return status === 408 || status === 429 || status >= 500 || (status === 409 && error.retryAfter !== null);
+  }
+}
+
+/** Send a write once (a fresh Idempotency-Key each call; keep a ``Write`` to send the
+ * same one again). */
+export const post = (path, body = {}) => new Write(path, body).send();
 
 /** Who holds the token, and whether they may command (``write``) or only look. */
 export async function whoami(auth = token()) {

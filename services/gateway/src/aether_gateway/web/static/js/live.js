@@ -1,11 +1,42 @@
-// Server-Sent Events over fetch (so the token travels in a header, not in the URL),
-// resuming after a drop with Last-Event-ID: the gateway replays what was missed, and
-// anything at or below the last id seen is dropped, so nothing is missed or doubled.
+// Server-Sent Events over fetch (so the token travels in a header, not in the URL, and
+// a refusal's Retry-After can be read, which EventSource cannot), resuming after a drop
+// with Last-Event-ID: the gateway replays what was missed, and anything at or below the
+// last id seen is dropped, so nothing is missed or doubled.
 
-import { get, token, signedOut } from "./api.js";
+import { get, retryAfterSeconds, token, signedOut } from "./api.js";
 
 const listeners = new Set();
 const noticeListeners = new Set();
+const pauseListeners = new Set();
+
+// How long the stream waits before it is opened again. A refusal that says when (a 429:
+// too many streams open, the read limit; a 503 with Retry-After) is asked again no
+// sooner than that, plus up to a fifth more (at most JITTER_MS) so that the tabs it
+// refused together do not all come back in the same instant; a wait longer than
+// LONGEST_WAIT_MS is cut to it, so a page never stays frozen for hours on one answer
+// (it is refused again, saying when, if it is still too soon). A drop or a refusal that
+// does not say when backs off from FIRST_BACKOFF_MS, doubling up to LONGEST_BACKOFF_MS,
+// each wait between half and all of it.
+const FIRST_BACKOFF_MS = 500;
+const LONGEST_BACKOFF_MS = 5000;
+const LONGEST_WAIT_MS = 300_000;
+const JITTER_MS = 10_000;
+// A wait at least this long is told to the person ("Live updates paused; …"); a shorter
+// one is a blink the live indicator shows.
+const PAUSE_NOTICE_MS = 1000;
+
+/**
+ * How long to wait (ms) before opening the stream again: ``retryAfter`` the seconds the
+ * gateway said (null: it did not say), ``backoff`` the current backoff (ms), ``random``
+ * a number in [0, 1).
+ */
+export function reconnectDelay(retryAfter, backoff, random = Math.random()) {
+  if (retryAfter !== null && retryAfter !== undefined && Number.isFinite(retryAfter)) {
+    const said = Math.min(Math.max(retryAfter * 1000, 250), LONGEST_WAIT_MS);
+    return said + random * Math.min(said / 5, JITTER_MS);
+  }
+  return backoff / 2 + (random * backoff) / 2;
+}
 
 // The event types an event may carry (an attempt's result its start and usage, a task's
 // readiness the waves decided with it). The gateway sends a carried event without an id,
@@ -49,6 +80,17 @@ function notify(text) {
   for (const fn of noticeListeners) fn(text);
 }
 
+/** Subscribe to the live stream's pauses: ``fn(until)`` with the time (ms since the
+ * epoch) it is opened again, or null once it is live again or closed. */
+export function onLivePause(fn) {
+  pauseListeners.add(fn);
+  return () => pauseListeners.delete(fn);
+}
+
+function paused(until) {
+  for (const fn of pauseListeners) fn(until);
+}
+
 /**
  * A page's ``onReset`` that reads the read model's position, then loads the page with
  * ``load``, and answers that position: events after it are replayed, none is missed.
@@ -81,8 +123,9 @@ export class LiveStream {
     this.carried = [];
     this.closed = false;
     this.controller = null;
-    this.retry = 500;
+    this.retry = FIRST_BACKOFF_MS;
     this.connections = 0;
+    this.wake = null; // ends the wait before the next connection (on stop)
   }
 
   start() {
@@ -95,18 +138,22 @@ export class LiveStream {
   stop() {
     this.closed = true;
     if (this.controller) this.controller.abort();
+    if (this.wake) this.wake();
     if (current === this) {
       current = null;
+      paused(null);
       announce("closed");
     }
   }
 
   async loop() {
     while (!this.closed) {
+      let retryAfter = null;
       try {
         await this.connect();
       } catch (error) {
         if (this.closed) return;
+        if (error && error.retryAfter !== undefined) retryAfter = error.retryAfter;
         if (error && error.status === 401) {
           signedOut(error.message);
           return;
@@ -124,8 +171,27 @@ export class LiveStream {
       }
       if (this.closed) return;
       announce("reconnecting");
-      await new Promise((resolve) => setTimeout(resolve, this.retry));
-      this.retry = Math.min(this.retry * 2, 5000);
+      await this.pause(reconnectDelay(retryAfter, this.retry));
+      this.retry = Math.min(this.retry * 2, LONGEST_BACKOFF_MS);
+    }
+  }
+
+  /** Wait ``ms`` before the next connection (less if the stream is stopped meanwhile),
+   * saying so when it is long enough to notice. */
+  async pause(ms) {
+    const told = ms >= PAUSE_NOTICE_MS && current === this;
+    if (told) paused(Date.now() + ms);
+    try {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    } finally {
+      this.wake = null;
+      if (told && current === this) paused(null);
     }
   }
 
@@ -151,12 +217,13 @@ export class LiveStream {
       }
       const error = new Error(message);
       error.status = response.status;
+      error.retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
       // A resume point past the stream's newest event: the answer names the newest.
       if (detail && detail.key === "Last-Event-ID") error.newest = detail.newest;
       throw error;
     }
     this.connections += 1;
-    this.retry = 500;
+    this.retry = FIRST_BACKOFF_MS;
     this.resetting = false;
     this.carried = []; // a message cut by the drop comes again whole
     announce("live");

@@ -2,7 +2,7 @@
 
 import { forgetToken, onRetrying, onSignedOut, session, setToken, signedOut, token, whoami, withRights } from "./api.js";
 import { clear, h, put } from "./dom.js";
-import { onLiveNotice, onLiveState } from "./live.js";
+import { onLiveNotice, onLivePause, onLiveState } from "./live.js";
 import { finishSignIn, oidcConfig, renewSession, signOutUrl } from "./oidc.js";
 import { agentsPage } from "./pages/agents.js";
 import { missionPage } from "./pages/mission.js";
@@ -180,22 +180,35 @@ onLiveNotice((text) => {
   }, 15000);
 });
 
+/** Show ``say(seconds left)`` in the notice ``id`` until ``until`` (null: hide it),
+ * counting down; answers the timer to clear. */
+function countdown(id, until, timer, say) {
+  const notice = document.getElementById(id);
+  clearInterval(timer);
+  if (until === null) {
+    notice.hidden = true;
+    return null;
+  }
+  const show = () => {
+    notice.textContent = say(Math.max(1, Math.ceil((until - Date.now()) / 1000)));
+  };
+  show();
+  notice.hidden = false;
+  return setInterval(show, 500);
+}
+
 // Reads waiting to be asked again (the gateway said "try again shortly"): a small
 // countdown until the last of them is.
 let retryTimer = null;
 onRetrying((until) => {
-  const notice = document.getElementById("retry-notice");
-  clearInterval(retryTimer);
-  if (until === null) {
-    notice.hidden = true;
-    return;
-  }
-  const show = () => {
-    notice.textContent = `Retrying in ${Math.max(1, Math.ceil((until - Date.now()) / 1000))} s…`;
-  };
-  show();
-  notice.hidden = false;
-  retryTimer = setInterval(show, 500);
+  retryTimer = countdown("retry-notice", until, retryTimer, (s) => `Retrying in ${s} s…`);
+});
+
+// The live stream waiting to be opened again (refused, with the gateway saying when, or
+// dropped): nothing is lost meanwhile, it resumes after the last event shown.
+let pauseTimer = null;
+onLivePause((until) => {
+  pauseTimer = countdown("stream-notice", until, pauseTimer, (s) => `Live updates paused; reconnecting in ${s} s`);
 });
 
 document.getElementById("signout").addEventListener("click", async () => {

@@ -1,11 +1,12 @@
 // One mission: status, cost against budget, the plan as a graph, the board of tasks,
 // the conversation with the planner, failed steps, and the commands a writer may give.
 
-import { ApiError, get, post } from "../api.js";
+import { ApiError, get, Write } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill, put, short, time, tokens } from "../dom.js";
 import { COLUMNS, column, delivery, missionChange, planDiff, taskChange } from "../fold.js";
 import { planGraph, setNodeCost, setNodeStatus } from "../graph.js";
 import { LiveStream, record } from "../live.js";
+import { offerSendAgain } from "../sendagain.js";
 
 const ACTIVE = new Set(["requested", "preparing", "awaiting_input", "awaiting_approval", "running"]);
 const TERMINAL = new Set(["completed", "answered", "failed", "cancelled"]);
@@ -64,6 +65,8 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
   const side = h("section", { class: "card conversation", id: "conversation" });
   const steps = h("section", { class: "card steps", id: "steps", hidden: true });
   const commandError = h("p", { class: "field-error", id: "command-error", role: "alert" });
+  // "Send again" for the last command that failed where sending it again may succeed.
+  const commandAgain = h("div", { class: "send-again-slot", id: "command-again" });
   main.append(h("div", { class: "mission-layout" }, header, commands, planCard, boardCard, h("div", { class: "two" }, side, steps)));
 
   // Made once and moved into each redraw, so what a person is typing survives it.
@@ -156,20 +159,30 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     return h("div", {}, h("dt", {}, d.label), h("dd", { id: "delivery" }, ...said));
   }
 
-  async function command(path, body, button) {
+  /** Send a command (``done`` follows its success); its failure is said below the
+   * buttons, with "Send again" where sending the same request again may succeed. */
+  function command(path, body, button, done = null) {
+    return sendCommand(new Write(base + path, body), button, done);
+  }
+
+  async function sendCommand(write, button, done) {
     commandError.textContent = "";
+    clear(commandAgain);
     if (button) button.disabled = true;
     try {
-      await post(base + path, body);
-      reload();
-      return true;
+      await write.send();
     } catch (error) {
       const fields = error instanceof ApiError ? Object.values(error.fields()) : [];
       commandError.textContent = fields.length ? fields.join("; ") : error.message;
+      commands.hidden = false;
+      offerSendAgain(commandAgain, write, error, (w) => sendCommand(w, null, done), "command-send-again");
       return false;
     } finally {
       if (button) button.disabled = false;
     }
+    reload();
+    if (done) done();
+    return true;
   }
 
   function drawCommands() {
@@ -179,13 +192,17 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
       commands.hidden = true;
       return;
     }
-    commands.hidden = TERMINAL.has(m.status);
+    if (TERMINAL.has(m.status)) {
+      // Nothing left to command here; a failed "Push again" is said here all the same.
+      commands.append(commandError, commandAgain);
+      commands.hidden = !commandError.textContent;
+      return;
+    }
+    commands.hidden = false;
     const button = (label, cls, path, body, id, done = null) => {
       const b = h("button", { type: "button", class: cls, id });
       b.textContent = label;
-      b.addEventListener("click", async () => {
-        if ((await command(path, typeof body === "function" ? body() : body, b)) && done) done();
-      });
+      b.addEventListener("click", () => command(path, typeof body === "function" ? body() : body, b, done));
       return b;
     };
     commands.append(
@@ -201,6 +218,7 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
         button("Raise", "", "/budget", () => ({ budget_usd: Number(budgetInput.value) || budgetInput.value }), "raise-budget", () => (budgetInput.value = "")),
       ),
       commandError,
+      commandAgain,
     );
   }
 
@@ -384,26 +402,43 @@ export async function missionPage(main, { me, params: [missionId], navigate }) {
     if (me.canWrite && !TERMINAL.has(m.status)) {
       const text = messageText;
       text.placeholder = m.status === "awaiting_input" ? "Answer the planner's questions" : m.status === "awaiting_approval" ? "Feedback on the plan: the planner revises it" : "A note for the planner";
-      const error = h("p", { class: "field-error", id: "message-error" });
       const send = h("button", { type: "submit", class: "primary", id: "send-message" }, m.status === "awaiting_input" ? "Send answers" : m.status === "awaiting_approval" ? "Send feedback" : "Send");
-      const form = h("form", { class: "message-form" }, text, error, send);
-      form.addEventListener("submit", async (event) => {
+      const form = h("form", { class: "message-form" }, text, messageError, messageAgain, send);
+      form.addEventListener("submit", (event) => {
         event.preventDefault();
-        error.textContent = "";
-        send.disabled = true;
-        try {
-          await post(base + "/messages", { text: text.value });
-          text.value = "";
-          reload();
-        } catch (failure) {
-          const fields = failure instanceof ApiError ? Object.values(failure.fields()) : [];
-          error.textContent = fields.length ? fields.join("; ") : failure.message;
-        } finally {
-          send.disabled = false;
-        }
+        // The same words as a message that got no answer: sent with its key, as "Send
+        // again" would, so a message that did arrive is not posted twice.
+        const write = new Write(base + "/messages", { text: text.value });
+        sendMessage(unansweredMessage && unansweredMessage.text === write.text ? unansweredMessage : write, send);
       });
       side.append(form);
     }
+  }
+
+  // Made once, like the text, so a failure and its "Send again" survive a redraw.
+  const messageError = h("p", { class: "field-error", id: "message-error" });
+  const messageAgain = h("div", { class: "send-again-slot", id: "message-again" });
+  let unansweredMessage = null;
+
+  async function sendMessage(write, button) {
+    messageError.textContent = "";
+    clear(messageAgain);
+    if (button) button.disabled = true;
+    try {
+      await write.send();
+    } catch (failure) {
+      const fields = failure instanceof ApiError ? Object.values(failure.fields()) : [];
+      messageError.textContent = fields.length ? fields.join("; ") : failure.message;
+      unansweredMessage = Write.mayResend(failure) ? write : null;
+      offerSendAgain(messageAgain, unansweredMessage, failure, (w) => sendMessage(w, null), "message-send-again");
+      return;
+    } finally {
+      if (button) button.disabled = false;
+    }
+    unansweredMessage = null;
+    // The words sent leave the box, unless others were typed meanwhile.
+    if (JSON.stringify({ text: messageText.value }) === write.text) messageText.value = "";
+    reload();
   }
 
   function drawSteps() {

@@ -1,9 +1,10 @@
 // Missions: the list (live), its filters, and the new-mission form.
 
-import { ApiError, get, post, query } from "../api.js";
+import { ApiError, get, query, Write } from "../api.js";
 import { age, clear, debounce, firstLine, h, money, pill, put } from "../dom.js";
 import { LiveStream, reloaded } from "../live.js";
 import { RuntimeChoices } from "../runtimes.js";
+import { offerSendAgain } from "../sendagain.js";
 
 const STATUSES = [
   "requested", "preparing", "awaiting_input", "awaiting_approval", "plan_failed",
@@ -69,10 +70,16 @@ function newMissionForm(onCreated) {
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "auto_approve", id: "nm-auto_approve" }), " Approve the plan automatically"),
     ),
     h("p", { class: "field-error", id: "nm-error", role: "alert" }),
+    h("div", { class: "send-again-slot", id: "nm-again" }),
     h("div", { class: "notice", id: "nm-warning", role: "status", hidden: true }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Submit mission")),
   );
   const warning = form.querySelector("#nm-warning");
+  const again = form.querySelector("#nm-again");
+  // The last request that failed where sending it again may succeed: submitting the
+  // same mission again sends it with its Idempotency-Key, as "Send again" does, so a
+  // request that did reach the gateway does not become two missions.
+  let unanswered = null;
   // Left empty, the base branch is the repository's own default branch, which the git
   // broker reads when it prepares the repository; the hint names it when the gateway can.
   let detected = null;
@@ -97,12 +104,69 @@ function newMissionForm(onCreated) {
       hint.textContent = `Left empty: the repository's default branch, read when the mission starts${why}`;
     }
   });
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  function clearErrors() {
     for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
     choices.clearErrors();
+    clear(again);
     warning.hidden = true;
     clear(warning);
+  }
+
+  async function send(write) {
+    clearErrors();
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    let accepted;
+    try {
+      accepted = await write.send();
+    } catch (error) {
+      failed(error, write);
+      return;
+    } finally {
+      button.disabled = false;
+    }
+    unanswered = null;
+    form.reset();
+    choices.reset();
+    detected = null;
+    baseInput.placeholder = "the repository's default";
+    hint.textContent = "Left empty: the repository's default branch";
+    if (!accepted.warning) {
+      onCreated(accepted.mission_id);
+      return;
+    }
+    // Kept, with something to know first (its runtime could not be checked): said here,
+    // with the way to the mission, rather than lost in a page change.
+    const href = `/board/missions/${encodeURIComponent(accepted.mission_id)}`;
+    put(warning, `Mission submitted, but ${accepted.warning}. `, h("a", { href, "data-nav": true, id: "nm-warning-mission" }, "Open the mission"));
+    warning.hidden = false;
+  }
+
+  function failed(error, write) {
+    unanswered = Write.mayResend(error) ? write : null;
+    const detail = error instanceof ApiError && error.body.detail;
+    if (detail && Array.isArray(detail.unknown_runtimes)) {
+      // A runtime no live runner has now (its runner stopped since the list was read):
+      // the gateway's message, which names those they have, beside the choice that
+      // names it; everything typed and chosen stays, and the list is read again.
+      choices.refused(detail.unknown_runtimes, error.message);
+      return;
+    }
+    const fields = error instanceof ApiError ? error.fields() : {};
+    let placed = false;
+    for (const [key, message] of Object.entries(fields)) {
+      const slot = form.querySelector(`#nm-${CSS.escape(key)}-error`);
+      if (slot) {
+        slot.textContent = message;
+        placed = true;
+      }
+    }
+    if (!placed) form.querySelector("#nm-error").textContent = error.message;
+    offerSendAgain(again, unanswered, error, send, "nm-send-again");
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
     const data = new FormData(form);
     const body = {
       repository: String(data.get("repository") || "").trim(),
@@ -119,42 +183,8 @@ function newMissionForm(onCreated) {
       body.budget_usd = Number.isFinite(value) ? value : budget;
     }
     Object.assign(body, choices.body());
-    try {
-      const accepted = await post("/missions", body);
-      form.reset();
-      choices.reset();
-      detected = null;
-      baseInput.placeholder = "the repository's default";
-      hint.textContent = "Left empty: the repository's default branch";
-      if (!accepted.warning) {
-        onCreated(accepted.mission_id);
-        return;
-      }
-      // Kept, with something to know first (its runtime could not be checked): said here,
-      // with the way to the mission, rather than lost in a page change.
-      const href = `/board/missions/${encodeURIComponent(accepted.mission_id)}`;
-      put(warning, `Mission submitted, but ${accepted.warning}. `, h("a", { href, "data-nav": true, id: "nm-warning-mission" }, "Open the mission"));
-      warning.hidden = false;
-    } catch (error) {
-      const detail = error instanceof ApiError && error.body.detail;
-      if (detail && Array.isArray(detail.unknown_runtimes)) {
-        // A runtime no live runner has now (its runner stopped since the list was read):
-        // the gateway's message, which names those they have, beside the choice that
-        // names it; everything typed and chosen stays, and the list is read again.
-        choices.refused(detail.unknown_runtimes, error.message);
-        return;
-      }
-      const fields = error instanceof ApiError ? error.fields() : {};
-      let placed = false;
-      for (const [key, message] of Object.entries(fields)) {
-        const slot = form.querySelector(`#nm-${CSS.escape(key)}-error`);
-        if (slot) {
-          slot.textContent = message;
-          placed = true;
-        }
-      }
-      if (!placed) form.querySelector("#nm-error").textContent = error.message;
-    }
+    const write = new Write("/missions", body);
+    await send(unanswered && unanswered.text === write.text ? unanswered : write);
   });
   return { form, stop: choices.start() };
 }
