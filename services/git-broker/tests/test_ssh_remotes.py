@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,7 @@ from aether_git_broker.domain import Policy
 from aether_git_broker.sources import RemoteSource, parse_repository
 from aether_runtime import RuntimeSettings
 from aether_runtime.settings import SettingsError
-from tests.gitdaemon import bare_copy
-from tests.sshd import SshServer, keygen, ssh_server
+from tests.sshd import SshServer, keygen
 
 from .test_handlers import (
     Recorder,
@@ -52,21 +51,6 @@ from .test_service import start_service, stop_service, task_ready, watch
 
 Git = Callable[..., str]
 Commit = Callable[..., str]
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with ssh_server(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
-
-
-@pytest.fixture
-def upstream(repo: Path, tmp_path: Path, git: Git) -> Path:
-    """A bare copy of ``repo`` on the SSH server, its default branch ``trunk``."""
-    git(repo, "branch", "trunk", "main")
-    served = tmp_path / "served"
-    served.mkdir()
-    return bare_copy(repo, served, "upstream.git", head="trunk")
 
 
 def access(server: SshServer, **changes: Any) -> SshAccess:
@@ -299,6 +283,8 @@ def test_the_ssh_settings_are_read_and_checked_at_start(tmp_path: Path) -> None:
         ({"AETHER_GIT_SSH_KEY": str(tmp_path / "missing")}, "names no file"),
         ({"AETHER_GIT_SSH_KEY": "id_ed25519"}, "must be an absolute path"),
         ({"AETHER_GIT_SSH_KNOWN_HOSTS": str(known) + " /etc/passwd"}, "white space"),
+        ({"AETHER_GIT_SSH_KEY_PASSPHRASE_FILE": "passphrase"}, "must be an absolute path"),
+        ({"AETHER_GIT_SSH_KEY_PASSPHRASE_FILE": str(tmp_path / "none")}, "names no file"),
         ({"AETHER_GIT_SSH_PORTS": "git.internal"}, "is not host=port"),
         ({"AETHER_GIT_SSH_PORTS": "-oProxyCommand=x=22"}, "is not host=port"),
         ({"AETHER_GIT_SSH_PORTS": "host=70000"}, "1-65535"),
