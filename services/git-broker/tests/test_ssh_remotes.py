@@ -307,6 +307,9 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
     mission with a verification command that looks for the key where it lies (a
     directory the sandbox shows): it finds an empty file."""
     url = sshd.url(upstream)
+    # A passphrase file beside the key (ssh never asks for it: this key has none).
+    passphrase = sshd.root / f"passphrase-{os.getpid()}"
+    passphrase.write_text("SECRET-WORDS\n")
     settings = GitBrokerSettings(
         runtime=RuntimeSettings(nats_url=nats_url, port=0),
         worktrees_dir=worktrees_dir,
@@ -314,6 +317,7 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
         push_remote=url,
         ssh_key=str(sshd.client_key),
         ssh_known_hosts=str(sshd.known_hosts),
+        ssh_key_passphrase_file=str(passphrase),
         remote_timeout_seconds=30.0,
     )
     sandbox = dataclasses.replace(
@@ -328,7 +332,8 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
     try:
         verify = (
             f"test -e '{sshd.client_key}' && echo KEY-PATH-THERE; "
-            f"if grep -q PRIVATE '{sshd.client_key}'; then echo KEY-READ; exit 1; fi"
+            f"if grep -q PRIVATE '{sshd.client_key}'; then echo KEY-READ; exit 1; fi; "
+            f"if grep -q SECRET '{passphrase}'; then echo PASSPHRASE-READ; exit 1; fi"
         )
         await publisher.publish(
             MissionRequested(
@@ -346,7 +351,8 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
             )
         )
         await events.wait_for(lambda log: bool(log.of(BranchMerged) or log.of(MergeConflicted)))
-        assert not events.of(MergeConflicted), events.of(MergeConflicted)  # KEY-READ: refused
+        # KEY-READ or PASSPHRASE-READ: the merge would be refused.
+        assert not events.of(MergeConflicted), events.of(MergeConflicted)
         (merged,) = events.of(BranchMerged)
         await publisher.publish(
             MissionCompleted(
@@ -363,3 +369,4 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
     assert pushed.remote == url
     assert git(upstream, "rev-parse", prepared.integration_branch) == merged.merge_sha
     assert "PRIVATE" in sshd.client_key.read_text()  # the key itself is untouched
+    assert passphrase.read_text() == "SECRET-WORDS\n"
