@@ -513,7 +513,12 @@ def test_git_broker_ssh_is_off_by_default_and_wired_when_set(tmp_path: Path) -> 
 
     environment = services()["git-broker"]["environment"]
     ssh = {name: value for name, value in environment.items() if name.startswith("AETHER_GIT_SSH_")}
-    assert set(ssh) == {"AETHER_GIT_SSH_KEY", "AETHER_GIT_SSH_KNOWN_HOSTS", "AETHER_GIT_SSH_PORTS"}
+    assert set(ssh) == {
+        "AETHER_GIT_SSH_KEY",
+        "AETHER_GIT_SSH_KNOWN_HOSTS",
+        "AETHER_GIT_SSH_KEY_PASSPHRASE_FILE",
+        "AETHER_GIT_SSH_PORTS",
+    }
     for name, service in services().items():
         if name != "git-broker":  # the key is the broker's alone
             assert not any(
@@ -522,20 +527,25 @@ def test_git_broker_ssh_is_off_by_default_and_wired_when_set(tmp_path: Path) -> 
     base = {"AETHER_WORKTREES_DIR": str(tmp_path / "worktrees")}
     unset = GitBrokerSettings.from_env({**base, **{k: interpolate(v, {}) for k, v in ssh.items()}})
     assert unset.ssh.problem() is not None  # SSH remotes refused, with the reason
+    assert unset.ssh.passphrase_file is None
     key, known = tmp_path / "git-ssh-key", tmp_path / "git-ssh-known-hosts"
+    passphrase = tmp_path / "git-ssh-passphrase"
     key.write_text("key\n")
     known.write_text("")
+    passphrase.write_text("words\n")
     operator = {
         "AETHER_GIT_SSH_KEY": str(key),
         "AETHER_GIT_SSH_KNOWN_HOSTS": str(known),
+        "AETHER_GIT_SSH_KEY_PASSPHRASE_FILE": str(passphrase),
         "AETHER_GIT_SSH_PORTS": "git.internal=7999",
     }
     wired = GitBrokerSettings.from_env(
         {**base, **{k: interpolate(v, operator) for k, v in ssh.items()}}
     ).ssh
     assert wired.problem() is None
-    assert (wired.key, wired.known_hosts, wired.ports) == (
+    assert (wired.key, wired.known_hosts, wired.passphrase_file, wired.ports) == (
         str(key),
         str(known),
+        str(passphrase),
         (("git.internal", 7999),),
     )

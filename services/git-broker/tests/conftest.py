@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.gitdaemon import bare_copy
+from tests.sshd import SshServer, ssh_server
 
 _ENV = {
     **os.environ,
@@ -97,3 +100,19 @@ def project(repo: Path) -> Path:
         "a project of nested directories",
     )
     return repo
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real OpenSSH server for the session (skipped without one, except on CI)."""
+    with ssh_server(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(repo: Path, tmp_path: Path) -> Path:
+    """A bare copy of ``repo`` on the SSH server, its default branch ``trunk``."""
+    run_git(repo, "branch", "trunk", "main")
+    served = tmp_path / "served"
+    served.mkdir()
+    return bare_copy(repo, served, "upstream.git", head="trunk")

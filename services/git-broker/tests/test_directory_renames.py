@@ -148,6 +148,40 @@ CASES["a directory one file stays in was not renamed"] = (
     {"README", "src/common/a.py", "src/common/b.py", "src/util/c.py", "src/util/d.py"},
 )
 
+# A renamed directory with a subdirectory whose two files split evenly (x/ and y/), the
+# other side adding a file directly in the renamed directory.
+NESTED = {**UTIL, "src/util/sub/p.py": text("p"), "src/util/sub/q.py": text("q")}
+
+
+def split_below(p_name: str = "p.py", edit: bytes = b"") -> Files:
+    """``NESTED`` with ``src/util`` renamed to ``src/common`` and its subdirectory split:
+    ``sub/p.py`` to ``x/sub/<p_name>``, ``sub/q.py`` to ``y/sub/q.py``, both with ``edit``
+    appended."""
+    files = moved(UTIL, "src/util", "src/common")
+    files[f"x/sub/{p_name}"] = (text("p")[0] + edit, FILE)
+    files["y/sub/q.py"] = (text("q")[0] + edit, FILE)
+    return files
+
+
+CASES["a subdirectory split evenly is a conflict"] = (
+    NESTED,
+    split_below(),
+    {**NESTED, "src/util/d.py": text("d")},
+    None,
+)
+CASES["a subdirectory split evenly with edits is a conflict"] = (
+    NESTED,
+    split_below(edit=b"edited\n"),
+    {**NESTED, "src/util/d.py": text("d")},
+    None,
+)
+CASES["a subdirectory split evenly is a conflict when the other side edits its files"] = (
+    NESTED,
+    split_below(p_name="renamed.py", edit=b"edited\n"),
+    {**NESTED, "src/util/d.py": text("d"), "src/util/sub/p.py": (b"top\n" + text("p")[0], FILE)},
+    None,
+)
+
 CONFLICT_PATHS = {
     "a split with no majority is a conflict": {"src/util/d.py"},
     "two added files moved onto one path are a conflict": {"x1/f", "x2/f"},
@@ -185,3 +219,31 @@ def test_generated_directory_renames_agree_with_git(tmp_path: Path) -> None:
     assert any(v.git_clean for v in verdicts) and any(not v.git_clean for v in verdicts)
     disagreements = [(v.case.number, v.git_clean, v.aether_clean) for v in verdicts if not v.agrees]
     assert disagreements == []
+
+
+# Where git does not look: once exact and same-name renames settle where src/util went,
+# git stops detecting the renames of files the other side did not touch, so a split of
+# src/util/sub made only of such renames is never counted (docs/concepts.md, "Treated
+# differently from git"). The broker counts every rename and calls the split a conflict.
+UNSEEN_BY_GIT = {
+    "a file renamed under another name, with edits": split_below("renamed.py", b"edited\n"),
+    "a file renamed with edits under 75% similar": split_below(
+        edit=b"".join(b"other %d\n" % i for i in range(12))
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(UNSEEN_BY_GIT))
+def test_an_even_split_git_stops_looking_for_is_still_a_conflict_here(
+    oracle: Oracle, name: str
+) -> None:
+    other = {**NESTED, "src/util/d.py": text("d")}
+    verdict = oracle.run(Case(0, "dir_rename", NESTED, UNSEEN_BY_GIT[name], other))
+    assert verdict.git_clean and not verdict.aether_clean, name
+    result = merge_trees(
+        oracle.trees,
+        oracle._tree(NESTED),
+        oracle._tree(UNSEEN_BY_GIT[name]),
+        oracle._tree(other),
+    )
+    assert "src/util/sub" in result.conflicts

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,7 @@ from aether_git_broker.domain import Policy
 from aether_git_broker.sources import RemoteSource, parse_repository
 from aether_runtime import RuntimeSettings
 from aether_runtime.settings import SettingsError
-from tests.gitdaemon import bare_copy
-from tests.sshd import SshServer, keygen, ssh_server
+from tests.sshd import SshServer, keygen
 
 from .test_handlers import (
     Recorder,
@@ -52,21 +51,6 @@ from .test_service import start_service, stop_service, task_ready, watch
 
 Git = Callable[..., str]
 Commit = Callable[..., str]
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with ssh_server(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
-
-
-@pytest.fixture
-def upstream(repo: Path, tmp_path: Path, git: Git) -> Path:
-    """A bare copy of ``repo`` on the SSH server, its default branch ``trunk``."""
-    git(repo, "branch", "trunk", "main")
-    served = tmp_path / "served"
-    served.mkdir()
-    return bare_copy(repo, served, "upstream.git", head="trunk")
 
 
 def access(server: SshServer, **changes: Any) -> SshAccess:
@@ -299,6 +283,8 @@ def test_the_ssh_settings_are_read_and_checked_at_start(tmp_path: Path) -> None:
         ({"AETHER_GIT_SSH_KEY": str(tmp_path / "missing")}, "names no file"),
         ({"AETHER_GIT_SSH_KEY": "id_ed25519"}, "must be an absolute path"),
         ({"AETHER_GIT_SSH_KNOWN_HOSTS": str(known) + " /etc/passwd"}, "white space"),
+        ({"AETHER_GIT_SSH_KEY_PASSPHRASE_FILE": "passphrase"}, "must be an absolute path"),
+        ({"AETHER_GIT_SSH_KEY_PASSPHRASE_FILE": str(tmp_path / "none")}, "names no file"),
         ({"AETHER_GIT_SSH_PORTS": "git.internal"}, "is not host=port"),
         ({"AETHER_GIT_SSH_PORTS": "-oProxyCommand=x=22"}, "is not host=port"),
         ({"AETHER_GIT_SSH_PORTS": "host=70000"}, "1-65535"),
@@ -321,6 +307,9 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
     mission with a verification command that looks for the key where it lies (a
     directory the sandbox shows): it finds an empty file."""
     url = sshd.url(upstream)
+    # A passphrase file beside the key (ssh never asks for it: this key has none).
+    passphrase = sshd.root / f"passphrase-{os.getpid()}"
+    passphrase.write_text("SECRET-WORDS\n")
     settings = GitBrokerSettings(
         runtime=RuntimeSettings(nats_url=nats_url, port=0),
         worktrees_dir=worktrees_dir,
@@ -328,6 +317,7 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
         push_remote=url,
         ssh_key=str(sshd.client_key),
         ssh_known_hosts=str(sshd.known_hosts),
+        ssh_key_passphrase_file=str(passphrase),
         remote_timeout_seconds=30.0,
     )
     sandbox = dataclasses.replace(
@@ -342,7 +332,8 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
     try:
         verify = (
             f"test -e '{sshd.client_key}' && echo KEY-PATH-THERE; "
-            f"if grep -q PRIVATE '{sshd.client_key}'; then echo KEY-READ; exit 1; fi"
+            f"if grep -q PRIVATE '{sshd.client_key}'; then echo KEY-READ; exit 1; fi; "
+            f"if grep -q SECRET '{passphrase}'; then echo PASSPHRASE-READ; exit 1; fi"
         )
         await publisher.publish(
             MissionRequested(
@@ -360,7 +351,8 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
             )
         )
         await events.wait_for(lambda log: bool(log.of(BranchMerged) or log.of(MergeConflicted)))
-        assert not events.of(MergeConflicted), events.of(MergeConflicted)  # KEY-READ: refused
+        # KEY-READ or PASSPHRASE-READ: the merge would be refused.
+        assert not events.of(MergeConflicted), events.of(MergeConflicted)
         (merged,) = events.of(BranchMerged)
         await publisher.publish(
             MissionCompleted(
@@ -377,3 +369,4 @@ async def test_the_service_delivers_an_ssh_mission_and_its_verification_never_se
     assert pushed.remote == url
     assert git(upstream, "rev-parse", prepared.integration_branch) == merged.merge_sha
     assert "PRIVATE" in sshd.client_key.read_text()  # the key itself is untouched
+    assert passphrase.read_text() == "SECRET-WORDS\n"

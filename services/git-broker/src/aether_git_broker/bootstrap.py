@@ -23,8 +23,9 @@ def bootstrap(settings: GitBrokerSettings | None = None) -> GitBroker:
         timeout=settings.verify_timeout_seconds,
         sandbox=verification_sandbox(settings.sandbox),
         passed_env=settings.verify_env,
-        # The SSH key is the broker's alone: a command finds an empty file in its place.
-        hidden=tuple(path for path in (settings.ssh_key,) if path),
+        # The SSH key and its passphrase are the broker's alone: a command finds an
+        # empty file in their place.
+        hidden=tuple(path for path in (settings.ssh_key, settings.ssh_key_passphrase_file) if path),
     )
     adapters = Adapters(
         git=git,

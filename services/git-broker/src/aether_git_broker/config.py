@@ -9,7 +9,12 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from aether_git_broker.adapters.git import DEFAULT_IDENTITY
-from aether_git_broker.adapters.ssh import SshAccess, parse_ports, unsafe_path_problem
+from aether_git_broker.adapters.ssh import (
+    PASSPHRASE_FILE,
+    SshAccess,
+    parse_ports,
+    unsafe_path_problem,
+)
 from aether_git_broker.domain import Policy
 from aether_git_broker.naming import Naming
 from aether_runtime.consumers import DEFAULT_ACK_WAIT_SECONDS
@@ -85,6 +90,8 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
     # of hosts whose URLs name none (``host=port,...``; ``user@host:path`` cannot).
     ssh_key: str | None = setting("AETHER_GIT_SSH_KEY", None)
     ssh_known_hosts: str | None = setting("AETHER_GIT_SSH_KNOWN_HOSTS", None)
+    # The file holding the key's passphrase, if it has one (a path, never the value).
+    ssh_key_passphrase_file: str | None = setting(PASSPHRASE_FILE, None)
     ssh_ports: Annotated[tuple[tuple[str, int], ...], Env(parse=parse_ports)] = setting(
         "AETHER_GIT_SSH_PORTS", ()
     )
@@ -99,6 +106,7 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
         for name, path in (
             ("AETHER_GIT_SSH_KEY", self.ssh_key),
             ("AETHER_GIT_SSH_KNOWN_HOSTS", self.ssh_known_hosts),
+            (PASSPHRASE_FILE, self.ssh_key_passphrase_file),
         ):
             problem = None if path is None else unsafe_path_problem(name, path)
             if problem is not None:
@@ -127,6 +135,7 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
             known_hosts=self.ssh_known_hosts,
             ports=self.ssh_ports,
             timeout=self.remote_timeout_seconds,
+            passphrase_file=self.ssh_key_passphrase_file,
         )
 
     @property

@@ -15,6 +15,7 @@ refused, since someone else moved it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -73,7 +74,7 @@ def transport(url: str, timeout: float, ssh: SshAccess = NO_SSH) -> tuple[GitCli
     if isinstance(client, SSHGitClient):
         # Whatever dulwich would take from configuration (core.sshCommand, GIT_SSH) is
         # left out: the vendor builds the whole command line itself.
-        client.ssh_vendor = FixedSshVendor(SshAccess(ssh.key, ssh.known_hosts, ssh.ports, timeout))
+        client.ssh_vendor = FixedSshVendor(dataclasses.replace(ssh, timeout=timeout))
         client.key_filename = None
         client.ssh_command = None  # type: ignore[assignment]
     elif is_ssh(url):  # pragma: no cover - dulwich chose another client for an SSH URL

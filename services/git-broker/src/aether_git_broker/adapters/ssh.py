@@ -11,6 +11,19 @@ never learnt), no agent, no forwarding, no password or keyboard prompts, and an
 environment of ``PATH`` alone. Without both settings an SSH remote is refused before any
 connection, with the names of the settings.
 
+A key with a passphrase is opened by ``ssh`` itself: the passphrase stays in the
+operator's file (``AETHER_GIT_SSH_KEY_PASSPHRASE_FILE``) and reaches ``ssh`` through a
+pipe from a small ``SSH_ASKPASS`` program of ours (``SSH_ASKPASS_REQUIRE=force``, OpenSSH
+8.4 or later), which answers only ssh's question for the key's passphrase. The broker
+never reads it, no environment or command line holds it, and no decrypted key exists
+outside the short-lived ``ssh`` process. ``BatchMode`` has to be off for ssh to ask at all;
+every other question it could ask is turned off one by one (host keys checked strictly,
+no password or keyboard prompts, one passphrase prompt).
+
+The remote's silence is bounded: a read or write ``ssh`` has not answered for the
+remote timeout kills ``ssh`` and everything it started (its own process group), as an
+HTTP request silent that long fails; keep-alives are set to give up about as soon.
+
 The host and user reaching ``ssh`` were already checked (``sources``: a host name, no
 leading ``-``); they are checked again here, and given after ``--``, so nothing in a
 repository reference is ever read as an option.
@@ -18,12 +31,18 @@ repository reference is ever read as an option.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterable
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,13 +56,24 @@ _UNSAFE_PATH = re.compile(r"[\s\"'%\\]")
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?)$")
 _USER = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 _SCP_LIKE = re.compile(r"^(?P<user>[^@/\s]+)@(?P<host>[^:/\s]+):")
-# An idle connection is given up after this many unanswered keep-alives, this far apart.
+# Keep-alives at most this far apart; as many as fill the remote timeout.
 ALIVE_INTERVAL_SECONDS = 15
-ALIVE_COUNT = 4
+PASSPHRASE_FILE = "AETHER_GIT_SSH_KEY_PASSPHRASE_FILE"  # noqa: S105 - a setting's name
+
+
+def keep_alives(timeout: float) -> tuple[int, int]:
+    """``ServerAliveInterval`` and ``ServerAliveCountMax`` giving up on a server that
+    answers none of them after about ``timeout`` seconds (at least one interval)."""
+    interval = max(1, min(ALIVE_INTERVAL_SECONDS, math.ceil(timeout / 3)))
+    return interval, max(1, math.ceil(timeout / interval))
 
 
 class SshRefused(GitProtocolError):
     """``ssh`` cannot be run for this remote as configured; the message says why."""
+
+
+class SshTimedOut(GitProtocolError):
+    """The remote said nothing for the remote timeout, so ``ssh`` was stopped."""
 
 
 def unsafe_path_problem(name: str, path: str) -> str | None:
@@ -102,13 +132,15 @@ def endpoint(url: str, ports: Iterable[tuple[str, int]] = ()) -> tuple[str, int]
 
 @dataclass(frozen=True)
 class SshAccess:
-    """How the broker reaches SSH remotes: its private key, its known hosts file, the
-    ports of hosts whose URLs name none, and the timeout for connecting."""
+    """How the broker reaches SSH remotes: its private key (and the file holding its
+    passphrase, if it has one), its known hosts file, the ports of hosts whose URLs name
+    none, and how long a remote may stay silent."""
 
     key: str | None = None
     known_hosts: str | None = None
     ports: tuple[tuple[str, int], ...] = field(default=())
     timeout: float = 300.0
+    passphrase_file: str | None = None
 
     def problem(self) -> str | None:
         """Why no SSH remote can be used with these settings, if so."""
@@ -151,11 +183,17 @@ class SshAccess:
         if username is not None and not _USER.match(username):
             raise SshRefused(f"{username!r} is not a user name")
         connect = max(1, math.ceil(min(self.timeout, 60.0)))
+        interval, count = keep_alives(self.timeout)
+        # ssh asks for a passphrase only outside batch mode; then every other question
+        # is turned off below (host keys, passwords, keyboard prompts) and the one
+        # passphrase prompt goes to our askpass program (``environment``).
+        batch = "no" if self.passphrase_file else "yes"
         args = [
             "ssh",
             "-F", "/dev/null",  # no user or system configuration: only what follows
             "-x", "-a", "-T",  # no X11 or agent forwarding, no terminal
-            "-o", "BatchMode=yes",
+            "-o", f"BatchMode={batch}",
+            "-o", "NumberOfPasswordPrompts=1",
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}",
             "-o", "GlobalKnownHostsFile=/dev/null",
@@ -180,8 +218,8 @@ class SshAccess:
             "-o", "AddKeysToAgent=no",
             "-o", "RequestTTY=no",
             "-o", f"ConnectTimeout={connect}",
-            "-o", f"ServerAliveInterval={ALIVE_INTERVAL_SECONDS}",
-            "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
+            "-o", f"ServerAliveInterval={interval}",
+            "-o", f"ServerAliveCountMax={count}",
             "-o", "LogLevel=ERROR",
         ]  # fmt: skip
         if protocol_version:
@@ -193,10 +231,93 @@ class SshAccess:
             args += ["-l", username]
         return [*args, "--", host, command.decode("utf-8", "surrogateescape")]
 
+    def environment(self) -> dict[str, str]:
+        """What ``ssh`` inherits: ``PATH`` (to find nothing but itself) and, for a key with
+        a passphrase, where our askpass program and the passphrase's *file* are; never
+        the passphrase."""
+        env = {"PATH": os.environ.get("PATH", os.defpath)}
+        if self.passphrase_file:
+            env.update(
+                SSH_ASKPASS=askpass_program(),
+                SSH_ASKPASS_REQUIRE="force",
+                AETHER_ASKPASS_FILE=self.passphrase_file,
+            )
+        return env
 
-def ssh_environment() -> dict[str, str]:
-    """What ``ssh`` inherits: ``PATH`` (to find nothing but itself), nothing secret."""
-    return {"PATH": os.environ.get("PATH", os.defpath)}
+
+def key_problem(access: SshAccess, timeout: float = 30.0) -> str | None:
+    """Why ``ssh`` cannot use the configured key (an encrypted key without its
+    passphrase, a passphrase that does not open it, not a private key), if so. Checked
+    once at start: ``ssh-keygen -y`` reads the passphrase from the file as its standard
+    input, so it passes through no command line or environment."""
+    if not access.key:
+        return None
+    program = shutil.which("ssh-keygen")
+    if program is None:
+        return None  # ssh itself will say what is wrong, at the first remote
+    source = access.passphrase_file or os.devnull
+    try:
+        with open(source, "rb") as stdin:
+            done = subprocess.run(  # a fixed argument vector, no shell
+                [program, "-y", "-f", access.key],
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={"PATH": os.environ.get("PATH", os.defpath)},
+                timeout=timeout,
+                check=False,
+            )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"cannot check AETHER_GIT_SSH_KEY ({access.key}): {error}"
+    if done.returncode == 0:
+        return None
+    said = done.stderr.decode("utf-8", "replace").replace("Enter passphrase:", "").strip()
+    if access.passphrase_file:
+        return (
+            f"the passphrase in {PASSPHRASE_FILE} ({access.passphrase_file}) does not open "
+            f"AETHER_GIT_SSH_KEY ({access.key}): {said}"
+        )
+    return (
+        f"AETHER_GIT_SSH_KEY ({access.key}) cannot be read without a passphrase (set "
+        f"{PASSPHRASE_FILE} to a file holding it): {said}"
+    )
+
+
+# The askpass program: it answers ssh's question for the key's passphrase (and nothing
+# else) with the first line of the file ``AETHER_ASKPASS_FILE`` names, using only shell
+# built-ins, so the passphrase is in no process's arguments. It holds nothing secret.
+_ASKPASS = """#!/bin/sh
+case "$1" in
+  "Enter passphrase for key '"*) ;;
+  *) exit 1 ;;
+esac
+IFS= read -r line < "$AETHER_ASKPASS_FILE" || [ -n "$line" ] || exit 1
+printf '%s\n' "$line"
+"""
+_askpass_lock = threading.Lock()
+_askpass: list[str] = []
+
+
+def askpass_program() -> str:
+    """The path of our askpass program: written once per process into a private
+    directory (mode 0700) of the temporary directory, removed when the process ends."""
+    with _askpass_lock:
+        if _askpass and os.path.isfile(_askpass[0]):
+            return _askpass[0]
+        directory = tempfile.mkdtemp(prefix="aether-askpass-")
+        path = os.path.join(directory, "askpass")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(_ASKPASS)
+        owner = os.getpid()
+
+        def remove() -> None:
+            if os.getpid() == owner:  # not in a forked child that inherited the hook
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove)
+        _askpass[:] = [path]
+        return path
 
 
 class FixedSshVendor(SSHVendor):
@@ -232,10 +353,70 @@ class FixedSshVendor(SSHVendor):
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=ssh_environment(),
-            start_new_session=True,
+            env=self.access.environment(),
+            start_new_session=True,  # its own process group, killed whole at the deadline
         )
-        return SubprocessWrapper(process)
+        where = host if port in (None, 22) else f"[{host}]:{port}"
+        return WatchedSsh(process, self.access.timeout, where)
+
+
+class WatchedSsh(SubprocessWrapper):
+    """``ssh``'s pipes, with a deadline: when a read or a write has waited ``limit``
+    seconds, ``ssh``'s process group is killed and the waiting call raises
+    ``SshTimedOut``. Only time spent waiting on the remote counts, as with an HTTP
+    request's read timeout: the broker's own work between reads does not."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], limit: float, where: str) -> None:
+        super().__init__(proc)
+        self.limit = limit
+        self.where = where
+        self.cut = False
+        self._waiting_since: float | None = None
+        self._closed = threading.Event()
+        read, write = self.read, self.write
+        self.read = self._watched(read)
+        self.write = self._watched(write)
+        threading.Thread(target=self._watch, name="ssh-deadline", daemon=True).start()
+
+    def _watched(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(*args: Any) -> Any:
+            self._waiting_since = time.monotonic()
+            try:
+                result = call(*args)
+            except OSError as error:  # a write into the pipe of a killed ssh
+                if self.cut:
+                    raise self._timed_out() from error
+                raise
+            finally:
+                self._waiting_since = None
+            if self.cut and not result:
+                raise self._timed_out()
+            return result
+
+        return watched
+
+    def _timed_out(self) -> SshTimedOut:
+        return SshTimedOut(
+            f"{self.where} said nothing for {self.limit:g} s "
+            "(AETHER_GIT_REMOTE_TIMEOUT_SECONDS), so the connection was cut"
+        )
+
+    def _watch(self) -> None:
+        while True:
+            since = self._waiting_since
+            remaining = self.limit if since is None else since + self.limit - time.monotonic()
+            if self._closed.wait(max(0.0, remaining)) or self.proc.poll() is not None:
+                return
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since >= self.limit:
+                self.cut = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                return
+
+    def close(self, timeout: int | None = 60) -> None:
+        self._closed.set()
+        super().close(timeout)
 
 
 def explain(reason: str, url: str, access: SshAccess) -> str:
@@ -256,8 +437,13 @@ def explain(reason: str, url: str, access: SshAccess) -> str:
             "server's operator gives, e.g. checked against `ssh-keyscan` output)"
         )
     if "Permission denied" in reason:
+        passphrase = (
+            f", or the passphrase in {PASSPHRASE_FILE} does not open it"
+            if access.passphrase_file
+            else ""
+        )
         return (
-            f"{where} refused the broker's key (AETHER_GIT_SSH_KEY, {access.key}): "
+            f"{where} refused the broker's key (AETHER_GIT_SSH_KEY, {access.key}{passphrase}): "
             f"{reason.strip().splitlines()[-1]}"
         )
     return reason
