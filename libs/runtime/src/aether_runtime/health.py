@@ -27,10 +27,18 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> N
     await send({"type": "http.response.body", "body": body})
 
 
-def healthz() -> ASGIApp:
-    """Liveness: the process answers."""
+def healthz(check: Callable[[], tuple[bool, str]] | None = None) -> ASGIApp:
+    """Liveness: the process answers, and ``check()``, if given, says it is of use (a
+    process holding something it can never let go of answers 503, so its supervisor
+    replaces it)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if check is not None:
+            ok, detail = check()
+            if not ok:
+                body = json.dumps({"status": "unhealthy", "detail": detail}).encode()
+                await _respond(send, 503, body, "application/json")
+                return
         await _respond(send, 200, b'{"status":"ok"}', "application/json")
 
     return app

@@ -261,6 +261,8 @@ class Service:
     # what they used (the model client's connections).
     on_stopped: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_ready_check: Callable[[], tuple[bool, str]] | None = None
+    # Whether the process is still of use, for /healthz (None: it is while it answers).
+    extra_live_check: Callable[[], tuple[bool, str]] | None = None
     # How often consumer lag and stream sizes are read into gauges (0: never); the same
     # readings find stalled consumers.
     bus_poll_seconds: float = 10.0
@@ -715,6 +717,13 @@ class Service:
             return self.extra_ready_check()
         return True, "ok"
 
+    def live_check(self) -> tuple[bool, str]:
+        """Whether the process is still of use (``/healthz``): it is while it answers,
+        unless ``extra_live_check`` says otherwise."""
+        if self.extra_live_check is not None:
+            return self.extra_live_check()
+        return True, "ok"
+
     def _ready_value(self) -> float:
         return 1.0 if self.ready_check()[0] else 0.0
 
@@ -767,7 +776,7 @@ class Service:
         """The ASGI app: FastStream broker plus /healthz, /readyz and /metrics, each
         counted and timed in the HTTP request metrics."""
         routes = {
-            "/healthz": health.healthz(),
+            "/healthz": health.healthz(self.live_check),
             "/readyz": health.readyz(self.ready_check),
             "/metrics": health.metrics(),
             **self.routes,

@@ -26,6 +26,7 @@ from aether_agent_runner.adapters.bus import (
     follow_control_events,
 )
 from aether_agent_runner.adapters.runners import LiveRunners
+from aether_agent_runner.adapters.steps import Steps
 from aether_agent_runner.config import SERVICE_NAME, RunnerSettings
 from aether_agent_runner.domain import State, evolve, pending
 from aether_agent_runner.handlers import Handlers
@@ -79,6 +80,8 @@ class AgentRunner:
     handlers: Handlers
     # Keeps the runner's entry in the registry of live runners.
     announcer: Announcer | None = None
+    # The attempts' preparations and commits, within their deadline.
+    steps: Steps | None = None
 
 
 def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
@@ -100,6 +103,12 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         tiers=dict(llm.tiers),
         sandbox=adapters.sandbox,
     )
+
+    # A preparation or commit given up whose worker thread never returned: the runner is
+    # not ready while it is stuck, and not live once it has stayed so for another step
+    # timeout (``adapters.steps``), so its supervisor replaces it.
+    service.extra_ready_check = attempts.steps.ready
+    service.extra_live_check = attempts.steps.live
 
     async def history(mission_id: str) -> list[tuple[Event, int]]:
         def collect(
@@ -195,7 +204,9 @@ def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
         )
     service_at_zero(service.name, [subject])
     announcer = announce(settings, adapters, service)
-    return AgentRunner(service=service, handlers=handlers, announcer=announcer)
+    return AgentRunner(
+        service=service, handlers=handlers, announcer=announcer, steps=attempts.steps
+    )
 
 
 def announce(settings: RunnerSettings, adapters: Adapters, service: Service) -> Announcer:

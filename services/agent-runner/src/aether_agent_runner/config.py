@@ -155,6 +155,10 @@ class AgentSettings(EnvSettings, frozen=True, kw_only=True):
     command_env: Names = setting("AETHER_AGENT_COMMAND_ENV", ())
     search_timeout_seconds: Positive = setting("AETHER_AGENT_SEARCH_TIMEOUT_SECONDS", 20.0)
     heartbeat_seconds: Positive = setting("AETHER_AGENT_HEARTBEAT_SECONDS", 10.0)
+    # The most one of the runner's own file steps of an attempt (its preparation, its
+    # commit) may take in a worker thread before the attempt fails and the runner reports
+    # itself not ready (``adapters.steps``): a file system that never answers.
+    step_timeout_seconds: Positive = setting("AETHER_AGENT_STEP_TIMEOUT_SECONDS", 300.0)
     progress_seconds: NonNegative = setting("AETHER_AGENT_PROGRESS_SECONDS", 5.0)
     git_url: HttpUrl | None = setting("AETHER_AGENT_GIT_URL", None)
     git_token: str = setting("AETHER_AGENT_GIT_TOKEN", "")

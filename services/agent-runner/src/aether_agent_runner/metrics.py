@@ -19,7 +19,7 @@ RESULTS = Counter(
     "aether_agent_results_total",
     "Attempts ended, by result (completed, empty, ended by a limit or the model, stopped, "
     "refused: a commit over the limits, credential_refused: the bus refused the attempt's "
-    "credential)",
+    "credential, stuck: its preparation or commit did not return in time)",
     ["result"],
 )
 HANDED_ON = Counter(
@@ -51,6 +51,17 @@ STEP_SECONDS = Histogram(
     ["step"],
     buckets=STEP_BUCKETS,
 )
+STEPS_GIVEN_UP = Counter(
+    "aether_agent_steps_given_up_total",
+    "The runner's own steps of an attempt (preparation, commit) given up after "
+    "AETHER_AGENT_STEP_TIMEOUT_SECONDS in a worker thread that never returned; the attempt "
+    "failed, retryably",
+    ["step"],
+)
+STEPS_STUCK = Gauge(
+    "aether_agent_steps_stuck",
+    "Given-up steps whose worker threads have not returned (the runner is not ready meanwhile)",
+)
 TOOL_SECONDS = Histogram(
     "aether_agent_tool_duration_seconds",
     "Time of one tool call, by tool (a name that is no tool of the runner's: unknown)",
@@ -65,6 +76,10 @@ ATTEMPT_SECONDS = Histogram(
 )
 
 at_zero(HANDED_ON, why=("elsewhere", "waiting"))
-at_zero(RESULTS, result=("completed", "empty", "ended", "stopped", "refused", "credential_refused"))
+at_zero(
+    RESULTS,
+    result=("completed", "empty", "ended", "stopped", "refused", "credential_refused", "stuck"),
+)
 at_zero(ATTEMPT_SECONDS, result=("completed", "empty", "ended", "refused"))
 at_zero(STEP_SECONDS, step=STEPS)
+at_zero(STEPS_GIVEN_UP, step=("preparation", "commit"))

@@ -43,6 +43,7 @@ from aether_agent_runner.adapters.git import (
 from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
 from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.remote import Broker, RemoteError, prepare_clone
+from aether_agent_runner.adapters.steps import Step, Steps, StepStuck
 from aether_agent_runner.adapters.stream import Emit
 from aether_agent_runner.adapters.tools import ToolBox
 from aether_agent_runner.adapters.transcript import (
@@ -164,6 +165,11 @@ class Attempts:
     sandbox: Sandbox | CommandRunner | SandboxUnavailable | None = None
     # Model ids of the tiers, for the aliases a role may name (haiku, sonnet, opus).
     tiers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    # The preparation and the commit, each within AETHER_AGENT_STEP_TIMEOUT_SECONDS.
+    steps: Steps = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.steps = Steps(self.settings.step_timeout_seconds)
 
     def sandbox_name(self) -> str | None:
         """What AgentStarted reports: the sandbox, or why commands are refused."""
@@ -207,32 +213,63 @@ class Attempts:
         ``first_delivery``: WorkspaceReady reaches a runner for the first time, so no
         agent has worked in the worktree since the git broker checked it out (see
         ``_prepare``). ``missing``: why no runner can run the attempt's runtime
-        (``domain.routing``); the attempt fails for it, unless its commit is found."""
+        (``domain.routing``); the attempt fails for it, unless its commit is found.
+
+        A preparation or a commit that has not returned within the step timeout (a file
+        system that never answers) is given up (``adapters.steps``): the attempt fails,
+        retryably, and its thread, left to itself, reports nothing of it."""
+        try:
+            return await self._work_within_deadlines(ready, emit, first_delivery, missing)
+        except StepStuck as stuck:
+            log.error(
+                str(stuck),
+                extra={"step": stuck.step, "attempt": ready.attempt, "task_id": ready.task.id},
+            )
+            metrics.RESULTS.labels("stuck").inc()
+            return failed(ready, self.clock(), str(stuck), True)
+
+    async def _work_within_deadlines(
+        self,
+        ready: WorkspaceReady,
+        emit: Emit,
+        first_delivery: bool,
+        missing: str | None,
+    ) -> Event:
         began = time.perf_counter()
         runtime = self._runtime(ready) if missing is None else RuntimeUnavailable(missing)
         # A fresh built-in attempt's conversation is begun in the same hand-off as the
         # lock (a role is looked up in the worktree first, and may change the model).
         begins = isinstance(runtime, BuiltinRuntime) and not ready.task.role
-        claiming = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare, ready, begins, first_delivery)
+        # Stopped, or given up, while the thread takes the lock: it is released once
+        # taken, or it would be held by this process for good (a pooled worktree comes
+        # back).
+        claimed = await self.steps.run(
+            "preparation",
+            _named(ready),
+            self._prepare,
+            ready,
+            begins,
+            first_delivery,
+            late=_release_claimed,
         )
-        try:
-            claimed = await asyncio.shield(claiming)
-        except asyncio.CancelledError:
-            # Stopped while the thread takes the lock: it is released once taken, or it
-            # would be held by this process for good (a pooled worktree comes back).
-            claiming.add_done_callback(_release_claimed)
-            raise
         if claimed is None:
             return await self._work_fetched(ready, emit, began, runtime)
         if isinstance(claimed, str):
             return failed(ready, self.clock(), claimed, True)
+        release = True
         try:
             return await self._work(
                 ready, claimed.git, claimed.journal, emit, began, claimed, runtime
             )
+        except StepStuck as stuck:
+            # A commit given up still works in the worktree: the lock is its until it
+            # returns, should it ever.
+            stuck.thread.add_done_callback(lambda _: claimed.lock.release())
+            release = False
+            raise
         finally:
-            claimed.lock.release()
+            if release:
+                claimed.lock.release()
 
     def lacks(self, ready: WorkspaceReady) -> str | None:
         """The name of the attempt's runtime when this runner does not have it."""
@@ -248,7 +285,7 @@ class Attempts:
             return error
 
     def _prepare(
-        self, ready: WorkspaceReady, begins: bool, first_delivery: bool = False
+        self, step: Step, ready: WorkspaceReady, begins: bool, first_delivery: bool = False
     ) -> Prepared | str | None:
         """Everything before AgentStarted that touches the disk, in one worker thread:
         the attempt's lock (``_claim``), its journal and any commit of its own from
@@ -262,7 +299,11 @@ class Attempts:
         milliseconds a task): WorkspaceReady's first delivery (no runner had it before,
         so no agent of this attempt ran), no journal, and the task branch still at the
         attempt's base. An attempt handed back, redelivered after a runner's death, or
-        run from a clone is reset as before."""
+        run from a clone is reset as before.
+
+        ``step``: given up (its deadline passed while a part of it waited on the disk),
+        the thread changes nothing more: it stops before the reset and the journal's
+        first record."""
         claimed = self._claim(ready)
         if not isinstance(claimed, tuple):
             return claimed
@@ -275,6 +316,7 @@ class Attempts:
             records, own = _recall(journal, git, ready.base_sha, task.id, attempt)
             fresh = None
             me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
+            step.check()
             if begins and own is None and Conversation.from_records(records, me) is None:
                 limits = self.settings.limits(ready.max_cost_usd)
                 checked_out = first_delivery and not records and head_sha(git) == ready.base_sha
@@ -514,8 +556,16 @@ class Attempts:
         # Confined, nothing of the agent outlives its command (the sandbox ends every
         # process a command started), and the toolbox is closed: the worktree is what
         # the commit's scan finds, until the broker takes it back.
-        result, kind = await asyncio.to_thread(
-            self._commit, ready, git, outcome, commit_limits, scanned, confined
+        result, kind = await self.steps.run(
+            "commit",
+            _named(ready),
+            self._commit,
+            ready,
+            git,
+            outcome,
+            commit_limits,
+            scanned,
+            confined,
         )
         metrics.RESULTS.labels(kind).inc()
         metrics.ATTEMPT_SECONDS.labels(kind).observe(time.monotonic() - began)
@@ -523,6 +573,7 @@ class Attempts:
 
     def _commit(
         self,
+        step: Step,
         ready: WorkspaceReady,
         git: GitDir,
         outcome: Outcome,
@@ -579,11 +630,16 @@ class Prepared:
     fresh: FreshStart | None
 
 
-def _release_claimed(claiming: asyncio.Future[Prepared | str | None]) -> None:
-    if not claiming.cancelled() and claiming.exception() is None:
-        claimed = claiming.result()
-        if isinstance(claimed, Prepared):
-            claimed.lock.release()
+def _release_claimed(claimed: Prepared | str | None) -> None:
+    """What a preparation took, released when its handler is no longer there to (it was
+    stopped, or the preparation was given up)."""
+    if isinstance(claimed, Prepared):
+        claimed.lock.release()
+
+
+def _named(ready: WorkspaceReady) -> str:
+    """The attempt as the log and ``/readyz`` name it: ``<mission>/<task>/a<n>``."""
+    return f"{ready.mission_id}/{ready.task.id}/a{ready.attempt}"
 
 
 def _recall(
