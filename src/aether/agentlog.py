@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -110,12 +111,26 @@ def mission_logs(gateway: GatewayClient, args: argparse.Namespace) -> int:
     position = listed()
     # A mission that has ended has nothing more to stream (read after the position, so
     # one ending after it ends the stream below).
-    ended = gateway.show(args.mission_id)["status"] in TERMINAL_STATUSES
+    status = gateway.show(args.mission_id)["status"]
+    ended = status in TERMINAL_STATUSES
+    what = f"task {args.task_id}" if args.task_id else "any task"
     if not args.follow or ended:
         if not printer.printed and not args.json:
-            what = f"task {args.task_id}" if args.task_id else "any task"
             print(f"no agent activity for {what} of {args.mission_id} yet")
         return 0
+    if not printer.printed and not args.json:
+        # Else a follow with nothing to show yet is a silent wait, maybe a long one.
+        waits = (
+            f" (its plan awaits approval: `aether mission approve {args.mission_id}`)"
+            if status == "awaiting_approval"
+            else ""
+        )
+        print(
+            f"no agent activity for {what} of {args.mission_id} yet{waits}; following it "
+            "until the mission ends (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
     # Listed again once the stream is open, so a report made between the two is not lost.
     stream = gateway.events(
         args.mission_id, last_event_id=str(position), telemetry=True, on_open=listed

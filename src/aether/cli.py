@@ -26,7 +26,18 @@ SCOPES = ("read", "write", "admin")
 def _unreachable_hint(target: Target) -> str:
     """What to do when the gateway does not answer. With no URL given and no stack in the
     home, the default URL was only a guess: say which home was looked in, and how it was
-    chosen (a mistyped ``--home`` or a stale ``$AETHER_HOME`` shows at once)."""
+    chosen (a mistyped ``--home`` or a stale ``$AETHER_HOME`` shows at once). A stack that
+    runs on the home but does not answer yet is starting: say so, not "start one"."""
+    from aether import supervise  # here: the error path alone pays for psutil
+
+    state = supervise.running_state(target.home)
+    if state is not None and target.url_source not in ("--url", "$AETHER_URL"):
+        pid = state.get("pid") or "?"
+        return (
+            f"the stack on {target.home} (aether up pid {pid}) does not answer yet: it is "
+            "still starting (its terminal says what it waits for), or its gateway is down "
+            "(`aether status` shows each process)"
+        )
     if target.url_source == "the default":
         home = shlex.quote(str(target.home))
         return (
@@ -244,6 +255,25 @@ def _restore(args: argparse.Namespace) -> int:
     return run_restore(args)
 
 
+# The services take the four ports after the gateway's.
+HIGHEST_PORT_BASE = 65535 - 4
+
+
+def _port_base(text: str) -> int:
+    """``--port-base``: 0 (free ports) or a port that leaves room for the four after it.
+    Checked here, so a typo is a usage line, not a bind error from deep in the start."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if value != 0 and not 1 <= value <= HIGHEST_PORT_BASE:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a port base: give 1 to {HIGHEST_PORT_BASE} (the gateway's port; "
+            "the services take the next four), or 0 for free ports"
+        )
+    return value
+
+
 def _stack_parsers(sub: Any) -> None:
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
@@ -258,7 +288,7 @@ def _stack_parsers(sub: Any) -> None:
     )
     up.add_argument(
         "--port-base",
-        type=int,
+        type=_port_base,
         default=None,
         help="gateway on this port, the other services on the next four (default 8100; "
         "0 picks free ports)",
@@ -310,7 +340,9 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         return parser
 
     submit = command("submit", commands.submit, "submit a mission")
-    submit.add_argument("requirement")
+    submit.add_argument(
+        "requirement", help="what you want done, in words (- reads it from standard input)"
+    )
     submit.add_argument("--repo", required=True, help="path of the git repository")
     submit.add_argument(
         "--base",

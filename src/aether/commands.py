@@ -103,6 +103,14 @@ def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
 
 
 def submit(args: argparse.Namespace) -> int:
+    if args.requirement == "-":
+        # A long requirement kept in a file: `aether mission submit --repo . - < spec.md`.
+        args.requirement = sys.stdin.read()
+    if not args.requirement.strip():
+        raise UsageError(
+            "the requirement is empty: say what you want done, "
+            'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`'
+        )
     overrides = {}
     for item in args.model or []:
         tier, sep, model = item.partition("=")
@@ -411,7 +419,7 @@ def _read_events(
 def watch(args: argparse.Namespace) -> int:
     """Follow a mission live until it finishes, resuming after a dropped connection. The
     board redraws on every change and every second even when no event arrives."""
-    from aether.watch import Board, render, waiting_hint
+    from aether.watch import Board, render, waiting_for_a_person, waiting_hint
 
     gateway = client(args)
     board = Board(args.mission_id)
@@ -442,7 +450,10 @@ def watch(args: argparse.Namespace) -> int:
                 # The feed has gone quiet: if the mission waits on the watcher (a plan to
                 # approve, questions, a pause), say what to run, as the board does. Only once
                 # the history has been read, so a state long left is not advertised.
-                hint = waiting_hint(board)
+                # An escalated task waits on the watcher too, as the board's "> task …"
+                # line says.
+                waits = [f"» {wait}" for wait in waiting_for_a_person(board)]
+                hint = "\n".join(line for line in (waiting_hint(board), *waits) if line)
                 if hint and (hint, board.plan_version) != hinted:
                     print(hint, file=sys.stderr, flush=True)
                 hinted = (hint, board.plan_version)

@@ -26,7 +26,7 @@ from aether import http as aether_http
 from aether import supervise
 from aether.credentials import TOKEN_FILE
 from aether.infra import NatsExited, PostgresExited
-from aether.locate import remember_home
+from aether.locate import hand_back_home, remember_home, remembered_home
 from aether.probe import SERVICE_PROBE_FAILURES, Probe, ask_http, ask_nats, ask_postgres
 from aether.supervise import StackError
 
@@ -562,6 +562,7 @@ def up(
     stopping = threading.Event()
     supervisor: Supervisor | None = None
     reaper: IO[bytes] | None = None
+    previous_home: Path | None = None
 
     def on_signal(signum: int, frame: object) -> None:
         stopping.set()
@@ -579,12 +580,19 @@ def up(
         if leftovers:
             print(f"stopped leftovers of an earlier stack: {', '.join(leftovers)}", file=out)
         supervise.prune_postgres_handles(home / "postgres")
+        # Who holds the home, before the first start's minute of setting up PostgreSQL:
+        # `status` and `down` meanwhile must find this `up`, not the last one's leftovers.
+        supervise.write_state(
+            home,
+            {"pid": os.getpid(), "started_at": time.time(), "home": str(home), "processes": {}},
+        )
         # LogEcho has the two methods the stack's log pump calls (write and flush).
         echo = cast(IO[str], supervise.LogEcho(out, verbose))
         # With --port-base 0 the ports are chosen here, so a service may move to another
         # when something takes its port before it binds it.
         stack = Stack(home=home, echo_logs=echo, random_ports=port_base == 0)
         stack.ports = ports
+        previous_home = remembered_home()
         remember_home(home)
         reaper = supervise.start_reaper(home)
         supervisor = Supervisor(stack, stopping, out)
@@ -624,6 +632,7 @@ def up(
         if reaper is not None:
             reaper.close()
         lock.release()
+        hand_back_home(home, previous_home)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -639,6 +648,9 @@ def down(home: Path, timeout: float = 60.0) -> int:
         else:
             print(f"no stack is running on {home}")
         return 0
+    if not state.get("pid"):
+        print(f"the stack on {home} is starting and has not recorded its pid yet: try again")
+        return 1
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -663,15 +675,30 @@ def status(home: Path) -> int:
         print(f"no stack is running on {home} (start one with `{up}`)")
         return 1
     now = time.time()
+    if not state.get("gateway_url"):
+        # The lock is held, but `up` has not started its servers yet (or is older).
+        began = state.get("started_at")
+        since = f" for {_duration(now - began)}" if began is not None else ""
+        print(
+            f"stack on {home}: starting{since} (aether up pid {state.get('pid') or '?'}); "
+            "its terminal says what it waits for"
+        )
+        return 3
     print(
         f"stack on {home}: up {_duration(now - state['started_at'])} (aether up pid "
         f"{state['pid']}), gateway {state['gateway_url']}"
     )
     print(f"  {'process':<13} {'pid':>7} {'port':>6}  {'health':<10} uptime  restarts")
     healthy = True
+    processes = state.get("processes", {})
     with aether_http.client(timeout=1.0) as http:
-        for name, record in state.get("processes", {}).items():
+        for name, record in processes.items():
             healthy = _status_line(name, record, now, http) and healthy
+    # While `up` starts them, the services are not recorded yet: not ready, not absent.
+    for name in [NATS, POSTGRES, *supervise.PORT_OFFSETS]:
+        if name not in processes:
+            print(f"  {name:<13} {'-':>7} {'-':>6}  {'starting':<10} {'-':>6}  0")
+            healthy = False
     return 0 if healthy else 3
 
 

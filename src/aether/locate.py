@@ -33,6 +33,18 @@ def remember_home(home: Path) -> None:
         pass
 
 
+def hand_back_home(home: Path, previous: Path | None) -> None:
+    """``up`` on ``home`` has stopped: when it is still the latest home and the one before
+    it (``previous``) has a stack running, record that one again, so a command run from
+    elsewhere finds the stack that runs, not the one just stopped."""
+    from aether.supervise import running_state
+
+    if previous is None or previous == home.resolve() or remembered_home() != home.resolve():
+        return
+    if running_state(previous) is not None:
+        remember_home(previous)
+
+
 def remembered_home() -> Path | None:
     try:
         text = (_state_dir() / "last-home").read_text(encoding="utf-8").strip()

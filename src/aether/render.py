@@ -65,7 +65,7 @@ def describe(event: SseEvent) -> str:
         detail = f"{d['merge_sha'][:10]}" + (" (fast-forward)" if d.get("fast_forward") else "")
         detail += " (resolution of a conflict)" if d.get("resolution") else ""
     elif kind == "merge_conflicted":
-        detail = "conflict in " + ", ".join(d.get("files", []))
+        detail = merge_refused(d)
     elif kind == "merge_withheld":
         detail = f"{str(d.get('commit_sha', ''))[:10]} not merged: {d.get('reason', '')}"
     elif kind in ("agent_failed", "mission_failed", "plan_failed", "task_escalated"):
@@ -110,6 +110,23 @@ def describe(event: SseEvent) -> str:
     return f"{seq:>6} {kind:<22} {task:<10} {detail}".rstrip()
 
 
+def merge_refused(d: dict[str, Any]) -> str:
+    """Why the git broker did not merge an attempt (a ``merge_conflicted`` event). Only a
+    ``conflict`` is one: a failed verification, paths no checkout may write, conflict
+    markers or a missing commit say what happened in ``detail`` (a broker before v8 sent
+    no ``refusal``, and files only with a conflict)."""
+    files = ", ".join(d.get("files") or [])
+    refusal = d.get("refusal") or ""
+    if refusal == "conflict" or (not refusal and files):
+        return f"conflict in {files}" if files else "conflict"
+    if refusal == "unsafe_paths":
+        return f"not merged: paths no checkout may write: {files}"
+    # The first line: a verification's output follows it, too long for one line.
+    lines = [line for line in str(d.get("detail") or "").splitlines() if line.strip()]
+    reason = lines[0] if lines else refusal or "no reason given"
+    return f"not merged: {short(reason, 120)}"
+
+
 def mission_lines(missions: list[dict[str, Any]]) -> list[str]:
     """``aether mission list``: a header, then a line per mission."""
     if not missions:
@@ -135,6 +152,44 @@ def _mission_columns(
     mission: str, status: str, created: str, cost: str, repository: str, requirement: str
 ) -> str:
     return f"{mission:<18}  {status:<17} {created:<19}  {cost:>10}  {repository:<30}  {requirement}"
+
+
+# What the watcher can do when the mission waits on a person, by its status as people
+# read it; the board, the feed's stderr and `show` say the same.
+HINTS = {
+    "awaiting approval": (
+        "approve with `aether mission approve {id}`, or ask for changes with "
+        '`aether mission message {id} "…"`'
+    ),
+    "awaiting input": 'the planner has questions: answer with `aether mission message {id} "…"`',
+    "paused": "resume with `aether mission resume {id}`",
+    "plan failed": "see why with `aether mission show {id}`",
+    "failed": "see why with `aether mission show {id}`",
+}
+
+
+def escalated_hint(mission_id: str, task_id: str) -> str:
+    """What to run about a task that failed all its tries."""
+    return (
+        f"task {task_id} is escalated: `aether mission retry {mission_id} {task_id}` "
+        f"(or `aether mission skip {mission_id} {task_id}`)"
+    )
+
+
+def next_steps(m: dict[str, Any]) -> list[str]:
+    """`show`'s "next" lines: what the mission waits on a person for, and each escalated
+    task of a mission not ended."""
+    state = str(m.get("status", "")).replace("_", " ")
+    steps = []
+    if state in ("awaiting approval", "awaiting input", "paused"):
+        steps.append(HINTS[state].format(id=m["id"]))
+    if state in ("running", "paused"):
+        steps += [
+            escalated_hint(m["id"], t["task_id"])
+            for t in m.get("tasks") or []
+            if t.get("status") == "escalated"
+        ]
+    return steps
 
 
 def mission_detail(m: dict[str, Any], spent_globally: list[str] | None = None) -> str:
@@ -208,6 +263,7 @@ def mission_detail(m: dict[str, Any], spent_globally: list[str] | None = None) -
             drift = t.get("files_outside_scope") or []
             if drift:
                 lines.append(f"{'':15}outside scope: {short(', '.join(drift), 70)}")
+    lines += [f"  next         {step}" for step in next_steps(m)]
     lines += plan_lines(m)
     steps = m.get("failed_steps") or []
     if steps:

@@ -6,6 +6,7 @@ dulwich is imported when a repository is checked (about 25 ms), not by every com
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,18 @@ def _branches(repo: Repo) -> list[str]:
     return sorted(ref.decode() for ref in repo.refs.keys(base=Ref(b"refs/heads/")))
 
 
+def _enclosing_repository(path: Path) -> Path | None:
+    """The top directory of the git repository ``path`` is inside, if any."""
+    from dulwich.errors import NotGitRepository
+    from dulwich.repo import Repo
+
+    try:
+        with Repo.discover(str(path)) as repo:
+            return Path(repo.path).resolve()
+    except NotGitRepository:
+        return None
+
+
 def check_repository(path: Path, base: str | None = None) -> Checked:
     """Check ``path`` is a repository with the base branch (default: its current branch)
     and list what is not committed."""
@@ -62,6 +75,13 @@ def check_repository(path: Path, base: str | None = None) -> Checked:
     try:
         repo = Repo(str(path))
     except NotGitRepository:
+        top = _enclosing_repository(path)
+        if top is not None:
+            # `git init` here, as the plain message says, would nest a second repository.
+            raise RepositoryProblem(
+                f"{path} is not the top directory of a git repository: it is inside {top} "
+                f"(give --repo {shlex.quote(str(top))} for that one)"
+            ) from None
         raise RepositoryProblem(
             f"{path} is not a git repository (run `git init` and commit there first)"
         ) from None

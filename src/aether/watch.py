@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from aether.client import SseEvent
-from aether.render import task_cost, wave_number
+from aether.render import HINTS, escalated_hint, merge_refused, task_cost, wave_number
 from aether_events import (
     NEEDS_PERSON_TASK_STATUSES,
     SETTLED_TASK_STATUSES,
@@ -207,7 +207,7 @@ class Board:
         elif kind in ("agent_failed", "task_escalated", "workspace_failed", "task_retried"):
             line.activity = str(data.get("reason", ""))
         elif kind == "merge_conflicted":
-            line.activity = "conflict in " + ", ".join(data.get("files", []))
+            line.activity = merge_refused(data)
         elif kind == "merge_withheld":
             line.activity = f"not merged: {data.get('reason', '')}"
         elif kind == "branch_merged":
@@ -231,18 +231,6 @@ def _typed(kind: str, data: dict[str, Any]) -> Event | None:
 
 
 # What the person watching can do in each state that waits on them.
-HINTS = {
-    "awaiting approval": (
-        "approve with `aether mission approve {id}`, or ask for changes with "
-        '`aether mission message {id} "…"`'
-    ),
-    "awaiting input": 'the planner has questions: answer with `aether mission message {id} "…"`',
-    "paused": "resume with `aether mission resume {id}`",
-    "plan failed": "see why with `aether mission show {id}`",
-    "failed": "see why with `aether mission show {id}`",
-}
-
-
 def tier_estimates() -> dict[str, float]:
     """The scheduler's cost estimate per tier, with the same overrides it reads."""
     from aether_events.estimates import tier_estimates as shared
@@ -360,8 +348,7 @@ def waiting_for_a_person(board: Board) -> list[str]:
     waits: list[str] = []
     if not board.progress.terminal:
         waits += [
-            f"task {line.id} is escalated: `aether mission retry {m} {line.id}` "
-            f"(or `skip {m} {line.id}`)"
+            escalated_hint(m, line.id)
             for line in board.tasks.values()
             if line.status in NEEDS_PERSON_TASK_STATUSES
         ]

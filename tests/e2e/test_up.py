@@ -710,3 +710,94 @@ def test_watch_without_a_gateway_says_so_and_keeps_retrying(tmp_path: Path):
     finally:
         watcher.kill()
         watcher.wait()
+
+
+def test_a_task_the_verification_refuses_is_told_as_such_with_what_to_run(
+    started: Up, tmp_path: Path
+):
+    """A mission whose verification command fails: the feed says the merge was refused
+    by it (not "conflict in" nothing), then, on stderr once the events stop, what to run
+    about the escalated task; ``show`` says the same."""
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    home = ["--home", str(started.home)]
+    submitted = run(
+        tmp_path, *home, "mission", "submit", "--repo", str(repo), "--auto-approve",
+        "--verify", "false", "- Add notes.txt",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    mission = submitted.stdout.strip()
+    watcher = subprocess.Popen(
+        [*AETHER, *home, "mission", "watch", mission, "--events"],
+        env=env_for(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    retry = (
+        f"task t1 is escalated: `aether mission retry {mission} t1` "
+        f"(or `aether mission skip {mission} t1`)"
+    )
+    hints: list[str] = []
+    told = threading.Event()
+
+    def read_stderr() -> None:
+        assert watcher.stderr is not None
+        for line in watcher.stderr:
+            hints.append(line.rstrip("\n"))
+            if hints[-1] == f"» {retry}":
+                told.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    try:
+        assert told.wait(120), hints
+    finally:
+        watcher.kill()
+        out, _ = watcher.communicate()
+    refused = [line for line in out.splitlines() if "merge_conflicted" in line]
+    assert refused and all("not merged: verification failed: `false`" in r for r in refused), out
+    shown = run(tmp_path, *home, "mission", "show", mission)
+    assert f"  next         {retry}" in shown.stdout.splitlines(), shown.stdout
+
+
+def test_following_the_steps_of_a_mission_with_none_yet_says_what_it_waits_for(
+    started: Up, tmp_path: Path
+):
+    """`mission logs -f` on a plan awaiting approval was a silent wait."""
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    home = ["--home", str(started.home)]
+    submitted = run(tmp_path, *home, "mission", "submit", "--repo", str(repo), "- Add a.txt")
+    assert submitted.returncode == 0, submitted.stderr
+    mission = submitted.stdout.strip()
+    deadline = time.monotonic() + 120
+    while (
+        json.loads(run(tmp_path, *home, "--json", "mission", "show", mission).stdout)["status"]
+        != "awaiting_approval"
+    ):
+        assert time.monotonic() < deadline, "the plan never came"
+        time.sleep(0.2)
+    follower = subprocess.Popen(
+        [*AETHER, *home, "mission", "logs", mission, "-f"],
+        env=env_for(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+    reader = threading.Thread(
+        target=lambda: said.append(follower.stderr.readline() if follower.stderr else ""),
+        daemon=True,
+    )
+    reader.start()
+    try:
+        reader.join(60)
+        assert said and said[0].startswith(
+            f"no agent activity for any task of {mission} yet (its plan awaits approval: "
+            f"`aether mission approve {mission}`); following it until the mission ends"
+        ), said
+    finally:
+        follower.kill()
+        follower.wait()
