@@ -355,13 +355,19 @@ def _options(executable: str) -> frozenset[str]:
     return _known_options[executable]
 
 
-_probed: dict[tuple[str, str, bool, int | None], str | None] = {}
+_probed: dict[tuple[str, str, bool, str, int | None], str | None] = {}
 
 
 def open_bubblewrap(settings: SandboxSettings) -> Bubblewrap:
     """A working bubblewrap backend (probed once per process), or ``SandboxUnavailable``."""
     sandbox = Bubblewrap(settings)
-    key = (sandbox.executable, settings.network, settings.seccomp, sandbox.landlock)
+    key = (
+        sandbox.executable,
+        settings.network,
+        settings.seccomp,
+        settings.landlock,
+        sandbox.landlock,
+    )
     if key not in _probed:
         if settings.landlock == "off":
             log.warning(
