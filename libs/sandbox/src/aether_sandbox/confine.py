@@ -13,7 +13,7 @@ the kept sandbox's init, which restricts each command it forks. Then ``LC_CTYPE`
 value for the program (``-`` for none: the interpreter may have set one for itself),
 the handled file-system rights, the handled network rights, the scopes, and the rules:
 ``p RIGHTS PATH`` (rights beneath a path; a path missing in the sandbox is skipped) and
-``n RIGHTS PORT`` (rights on a TCP port).
+``n RIGHTS PORT`` (rights on a TCP port). A path that cannot be opened is left out.
 
 Whatever goes wrong, the program is not started (exit code 126, the reason on stderr):
 never without the restriction the runner asked for.
@@ -64,8 +64,10 @@ def build(words: list[str]) -> int:
         if kind == "p":
             try:
                 parent = os.open(target, os.O_PATH | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # not shown in this sandbox (a bind of a path that may be absent)
+            except OSError:
+                # Not shown in this sandbox (a bind of a path that may be absent), or not
+                # to be reached: a rule left out only ever allows less.
+                continue
             try:
                 if os.fstat(parent).st_mode & 0o170000 != 0o040000:
                     rights &= FILE_RIGHTS
