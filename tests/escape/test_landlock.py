@@ -240,3 +240,27 @@ async def test_auto_runs_without_landlock_where_it_is_missing_and_says_so_once(
 def test_required_starts_where_the_kernel_has_it() -> None:
     sandbox = open_sandbox(SandboxSettings(landlock="required"))
     assert isinstance(sandbox, Bubblewrap) and sandbox.landlock == landlock.kernel_abi()
+
+
+async def test_bubblewraps_own_process_cannot_be_read_or_written(workdir: Path) -> None:
+    """In a sandbox of its own, PID 1 is bubblewrap's process, of the command's user and
+    dumpable: without the layer a command writes its memory through ``/proc/1/mem`` (and
+    could, as the namespace's reaper, outlive the sandbox's end); with it, the process is
+    outside the command's domain."""
+    code = (
+        "import os\n"
+        "try:\n"
+        "    for line in open('/proc/1/maps'):\n"
+        "        address, perms = line.split()[:2]\n"
+        "        if perms.startswith('rw'):\n"
+        "            start = int(address.split('-')[0], 16)\n"
+        "            break\n"
+        "    fd = os.open('/proc/1/mem', os.O_RDWR)\n"
+        "    print('WROTE', os.pwrite(fd, os.pread(fd, 16, start), start))\n"
+        "except OSError as e:\n"
+        "    print('REFUSED', e.errno)\n"
+    )
+    confined = await run(open_sandbox(SandboxSettings()), workdir, python(code), kept=False)
+    assert "REFUSED 13" in confined, confined
+    bare = open_sandbox(SandboxSettings(landlock="off"))
+    assert "WROTE 16" in await run(bare, workdir, python(code), kept=False)
