@@ -264,3 +264,100 @@ async def test_bubblewraps_own_process_cannot_be_read_or_written(workdir: Path) 
     assert "REFUSED 13" in confined, confined
     bare = open_sandbox(SandboxSettings(landlock="off"))
     assert "WROTE 16" in await run(bare, workdir, python(code), kept=False)
+
+
+# A process's view of PID 1 by ptrace and process_vm_readv: what a debugger would need.
+OUTSIDE = """\
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def said(result):
+    return "ok" if result >= 0 else os.strerror(ctypes.get_errno())
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buffer = ctypes.create_string_buffer(8)
+local = iovec(ctypes.cast(buffer, ctypes.c_void_p), 8)
+remote = iovec(0x400000, 8)
+print("SEIZE", said(libc.ptrace(0x4206, 1, None, None)))
+print("ATTACH", said(libc.ptrace(16, 1, None, None)))
+print("VM_READ", said(libc.process_vm_readv(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)))
+try:
+    open("/proc/1/environ", "rb").read()
+    print("ENVIRON ok")
+except OSError as e:
+    print("ENVIRON", e.strerror)
+"""
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["own", "kept"])
+async def test_a_command_traces_its_own_processes_and_nothing_else(
+    workdir: Path, kept: bool
+) -> None:
+    sandbox = open_sandbox(SandboxSettings())
+    assert isinstance(sandbox, Bubblewrap) and sandbox.tracing
+    (workdir / "outside.py").write_text(OUTSIDE)
+    out = await run(sandbox, workdir, "python3 outside.py", kept=kept)
+    # bubblewrap's process (own) or the init (kept): outside the command's domain.
+    for line in ("SEIZE Operation not permitted", "ATTACH Operation not permitted"):
+        assert line in out, out
+    assert "VM_READ Operation not permitted" in out and "ENVIRON Permission denied" in out
+    tools = [name for name in ("strace", "gdb") if shutil.which(name)]
+    if "strace" in tools:
+        script = (
+            "strace -f -e trace=openat -o trace.txt python3 -c 'open(\"/etc/hostname\")' "
+            "&& grep -c /etc/hostname trace.txt"
+        )
+        out = await run(sandbox, workdir, script, kept=kept)
+        assert out.endswith("1\n[exit 0]"), out
+    if "gdb" in tools:
+        script = "gdb -batch -ex run --args python3 -c 'import os; os.abort()' 2>&1"
+        out = await run(sandbox, workdir, script, kept=kept)
+        assert "received signal SIGABRT" in out, out
+    # Without a debugger installed: a child of its own, read and traced in Python.
+    code = (
+        "import ctypes, os, signal\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.pause()\n"
+        "print('ATTACH CHILD', libc.ptrace(0x4206, pid, None, None), ctypes.get_errno())\n"
+        "os.kill(pid, signal.SIGKILL)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    assert "ATTACH CHILD 0 0" in await run(sandbox, workdir, python(code), kept=kept)
+
+
+async def test_without_the_layer_tracing_stays_denied(workdir: Path) -> None:
+    sandbox = open_sandbox(SandboxSettings(landlock="off"))
+    assert isinstance(sandbox, Bubblewrap) and not sandbox.tracing
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if libc.ptrace(0, 0, None, None) == 0 else ctypes.get_errno())\n"
+        "print('TRACEME', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    )
+    assert "TRACEME 1\n" in await run(sandbox, workdir, python(code), kept=True)
+
+
+async def test_a_command_that_makes_the_init_its_tracer_goes_on(workdir: Path) -> None:
+    """``PTRACE_TRACEME`` in a command's first process makes the kept sandbox's init its
+    tracer: stopped at its next exec, it would wait for a debugger there is not. The
+    init lets it go on, and the sandbox runs the next command."""
+    sandbox = open_sandbox(SandboxSettings())
+    assert isinstance(sandbox, Bubblewrap) and sandbox.tracing
+    code = (
+        "import ctypes, os\n"
+        "print('TRACEME', ctypes.CDLL(None).ptrace(0, 0, None, None), flush=True)\n"
+        "os.execvp('echo', ['echo', 'after exec'])\n"
+    )
+    warm = WarmSandbox(sandbox)
+    try:
+        request = Request(["python3", "-c", code], workdir, workdir, ENV, limits=LIMITS)
+        outcome = await warm.execute(request, 4000)
+        assert outcome.exit_code == 0 and outcome.seconds < 30, outcome
+        assert outcome.output == "TRACEME 0\nafter exec\n"
+        again = await warm.execute(Request(["true"], workdir, workdir, ENV), 4000)
+        assert again.exit_code == 0 and warm.started == 1
+    finally:
+        warm.close()

@@ -68,6 +68,15 @@ def runtime_paths() -> list[Path]:
     return found
 
 
+def kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running kernel's release is ``major.minor`` or later."""
+    try:
+        found = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return found >= (major, minor)
+
+
 def system_directories() -> list[Path]:
     """The top-level system directories (``/bin``, ``/lib``...) that are directories
     here, not links into ``/usr``: each is shown read-only."""
@@ -132,21 +141,6 @@ class Bubblewrap:
             )
         self.executable = found
         self.options = _options(found)
-        # The system-call filter every sandbox loads; ``None`` only when turned off.
-        self.seccomp: bytes | None = None
-        if settings.seccomp:
-            if "--seccomp" not in self.options:
-                raise SandboxUnavailable(
-                    f"this bubblewrap ({found}) takes no --seccomp filter: install a newer "
-                    "one, or set AETHER_SANDBOX_SECCOMP=off to run commands without one"
-                )
-            try:
-                self.seccomp = seccomp.program()
-            except seccomp.UnsupportedArchitecture as error:
-                raise SandboxUnavailable(
-                    f"{error}; commands are not run without it: set "
-                    "AETHER_SANDBOX_SECCOMP=off to run them with bubblewrap alone"
-                ) from None
         # The kernel's Landlock ABI each sandbox's ruleset is built for; ``None`` when
         # the layer is off, or missing and not required.
         self.landlock: int | None = None
@@ -162,6 +156,26 @@ class Bubblewrap:
                     "command is run without the Landlock layer (set it to auto to run "
                     "them with bubblewrap and seccomp alone)"
                 )
+        # Commands may trace their own processes (strace, gdb) only where nothing else
+        # can be reached so: a PID namespace of their own (always), the Landlock layer
+        # (no process outside the command's domain), a kernel that re-checks the filter
+        # after a tracer's change (4.8; Landlock's 5.19 is well past it).
+        self.tracing = self.landlock is not None and kernel_at_least(4, 8)
+        # The system-call filter every sandbox loads; ``None`` only when turned off.
+        self.seccomp: bytes | None = None
+        if settings.seccomp:
+            if "--seccomp" not in self.options:
+                raise SandboxUnavailable(
+                    f"this bubblewrap ({found}) takes no --seccomp filter: install a newer "
+                    "one, or set AETHER_SANDBOX_SECCOMP=off to run commands without one"
+                )
+            try:
+                self.seccomp = seccomp.program(tracing=self.tracing)
+            except seccomp.UnsupportedArchitecture as error:
+                raise SandboxUnavailable(
+                    f"{error}; commands are not run without it: set "
+                    "AETHER_SANDBOX_SECCOMP=off to run them with bubblewrap alone"
+                ) from None
 
     def launch(self, request: Request) -> Launch:
         env, directories = scratch_env(request.env)

@@ -51,6 +51,8 @@ SESSION_KEYRING, USER_KEYRING, USER_SESSION_KEYRING = -3, -4, -5
 # sandbox (its seccomp filter answers EPERM, to the commands as to this init).
 NO_KEYS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOKEY, errno.EPERM)
 PR_SET_NO_NEW_PRIVS = 38
+PTRACE_DETACH = 17
+STOP_CHECK_SECONDS = 0.5
 LANDLOCK_RESTRICT_SELF = 446  # x86_64 and aarch64 alike
 
 
@@ -141,7 +143,9 @@ def _run(
         while status is None:
             readers = [control.fileno(), handle, *(relay.readers() if relay else [])]
             writers = relay.writers() if relay else []
-            ready, writable, _ = select.select(readers, writers, [])
+            # Not only its exit: a ptrace stop of a command that made this init its
+            # tracer is seen only by looking (``_reap``), which this timeout does.
+            ready, writable, _ = select.select(readers, writers, [], STOP_CHECK_SECONDS)
             if relay is not None:
                 relay.serve(ready, writable)
             if control.fileno() in ready:
@@ -233,7 +237,9 @@ def _reap(pid: int) -> int | None:
             return status
         if found == 0:
             return status
-        if found == pid:
+        if os.WIFSTOPPED(code):
+            _let_go(found, code)
+        elif found == pid:
             status = code
 
 
@@ -248,8 +254,20 @@ def _kill_all(pid: int) -> int | None:
             found, code = os.waitpid(-1, 0)
         except ChildProcessError:
             return status
-        if found == pid:
+        if os.WIFSTOPPED(code):
+            _let_go(found, code)
+        elif found == pid:
             status = code
+
+
+def _let_go(pid: int, status: int) -> None:
+    """A command that made this init its tracer (``PTRACE_TRACEME`` in its first
+    process, where the filter allows tracing) is stopped, waiting on a debugger there is
+    not: let it go on, with the signal it stopped for (not the trap of an ``exec``, which
+    it would not have had untraced)."""
+    stopped = os.WSTOPSIG(status)
+    passed = 0 if stopped == signal.SIGTRAP else stopped
+    ctypes.CDLL(None, use_errno=True).ptrace(PTRACE_DETACH, pid, None, ctypes.c_void_p(passed))
 
 
 def _scrub(libc: ctypes.CDLL, modes: dict[str, int]) -> None:
