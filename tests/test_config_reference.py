@@ -110,6 +110,7 @@ BAD_VALUES = [
     ("aether_agent_runner", "AETHER_SANDBOX_MEMORY_MB", "lots"),
     ("aether_git_broker", "AETHER_SANDBOX_WARM", "maybe"),
     ("aether_agent_runner", "AETHER_SANDBOX_SECCOMP", "maybe"),
+    ("aether_git_broker", "AETHER_SANDBOX_LANDLOCK", "maybe"),
     ("aether_git_broker", "AETHER_WORKTREE_POOL", "-1"),
     ("aether_git_broker", "LOG_LEVEL", "loud"),
     # The runners' shared secret of before: every runner held what the scheduler checked.

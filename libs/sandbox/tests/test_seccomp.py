@@ -73,6 +73,20 @@ def test_every_denied_call_fails_with_eperm(machine: str) -> None:
         assert name in numbers and run(program, numbers[name], arch) == EPERM
 
 
+def test_tracing_opens_ptrace_and_process_vm_and_nothing_else(machine: str) -> None:
+    program, numbers, arch = (
+        seccomp.program(machine, tracing=True),
+        NUMBERS[machine],
+        AUDIT_ARCH[machine],
+    )
+    for name in DENIED:
+        if name in numbers:
+            expected = RET_ALLOW if name in seccomp.TRACING else EPERM
+            assert run(program, numbers[name], arch) == expected, name
+    assert set(seccomp.TRACING) == {"ptrace", "process_vm_readv", "process_vm_writev"}
+    assert run(program, numbers["kcmp"], arch) == EPERM  # comparing others' files stays shut
+
+
 def test_ordinary_calls_are_allowed(machine: str) -> None:
     program, arch = seccomp.program(machine), AUDIT_ARCH[machine]
     for nr in ORDINARY[machine]:

@@ -9,7 +9,9 @@ request's ``workdir``, the only place a write reaches the host (with its ``home`
 it asks for one, bound as ``HOME``). New user, PID, IPC, UTS
 and (unless the operator chose ``host``) network namespaces; no further user namespaces
 inside; a new session (no terminal injection); killed when its parent dies; the
-system-call filter of ``seccomp.py`` (unless the operator turned it off). The end of the
+system-call filter of ``seccomp.py`` (unless the operator turned it off); inside, before
+the command starts, the Landlock ruleset of ``landlock.py``, built from the same lists as
+the mounts (where the kernel has Landlock, unless the operator turned it off). The end of the
 command's first process ends the PID namespace, which takes every process it left behind
 with it, however it detached itself.
 """
@@ -25,8 +27,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from aether_sandbox import seccomp
+from aether_sandbox import landlock, seccomp
 from aether_sandbox.base import Launch, Request, SandboxUnavailable
+from aether_sandbox.egress import INSIDE_PORT
 from aether_sandbox.settings import SandboxSettings
 
 log = logging.getLogger("aether.sandbox")
@@ -62,6 +65,26 @@ def runtime_paths() -> list[Path]:
         path = Path(raw)
         if path.is_dir() and path not in found and path != Path("/"):
             found.append(path)
+    return found
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running kernel's release is ``major.minor`` or later."""
+    try:
+        found = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return found >= (major, minor)
+
+
+def system_directories() -> list[Path]:
+    """The top-level system directories (``/bin``, ``/lib``...) that are directories
+    here, not links into ``/usr``: each is shown read-only."""
+    found = []
+    for name in TOP_LEVEL:
+        host = Path("/") / name
+        if not host.is_symlink() and host.is_dir():
+            found.append(host)
     return found
 
 
@@ -118,6 +141,26 @@ class Bubblewrap:
             )
         self.executable = found
         self.options = _options(found)
+        # The kernel's Landlock ABI each sandbox's ruleset is built for; ``None`` when
+        # the layer is off, or missing and not required.
+        self.landlock: int | None = None
+        self.landlock_missing: str | None = None
+        if settings.landlock != "off":
+            abi = landlock.kernel_abi()
+            self.landlock_missing = landlock.missing(abi)
+            if self.landlock_missing is None:
+                self.landlock = abi
+            elif settings.landlock == "required":
+                raise SandboxUnavailable(
+                    f"{self.landlock_missing}, and AETHER_SANDBOX_LANDLOCK=required: no "
+                    "command is run without the Landlock layer (set it to auto to run "
+                    "them with bubblewrap and seccomp alone)"
+                )
+        # Commands may trace their own processes (strace, gdb) only where nothing else
+        # can be reached so: a PID namespace of their own (always), the Landlock layer
+        # (no process outside the command's domain), a kernel that re-checks the filter
+        # after a tracer's change (4.8; Landlock's 5.19 is well past it).
+        self.tracing = self.landlock is not None and kernel_at_least(4, 8)
         # The system-call filter every sandbox loads; ``None`` only when turned off.
         self.seccomp: bytes | None = None
         if settings.seccomp:
@@ -127,7 +170,7 @@ class Bubblewrap:
                     "one, or set AETHER_SANDBOX_SECCOMP=off to run commands without one"
                 )
             try:
-                self.seccomp = seccomp.program()
+                self.seccomp = seccomp.program(tracing=self.tracing)
             except seccomp.UnsupportedArchitecture as error:
                 raise SandboxUnavailable(
                     f"{error}; commands are not run without it: set "
@@ -143,7 +186,7 @@ class Bubblewrap:
         for directory in directories:
             args += ["--dir", directory]
         args += ["--chdir", str(request.cwd), "--"]
-        argv = args + list(request.argv)
+        argv = [*args, *self.confinement(request, env, "exec"), *request.argv]
         if not {"--info-fd", "--block-fd"} <= self.options:
             return Launch(argv, env, request.cwd, seccomp=self.seccomp)
 
@@ -181,6 +224,45 @@ class Bubblewrap:
             args.append("--unshare-net")
         return args
 
+    def readable(self, request: Request) -> list[Path]:
+        """The host paths ``request``'s sandbox shows read-only (where they exist) beyond
+        the system directories, each at its own path."""
+        return [
+            *runtime_paths(),
+            *path_directories(request.env.get("PATH", ""), request.workdir),
+            *self.settings.read_only,
+            *request.read_only,
+        ]
+
+    def writable(self, request: Request) -> list[tuple[Path, Path]]:
+        """The host trees ``request``'s sandbox may write, each with where it shows."""
+        shown = [(request.workdir, request.workdir)]
+        if request.home is not None:
+            shown.append((request.home, HOME))
+        return shown
+
+    def landlock_policy(self, request: Request) -> landlock.Policy:
+        """The Landlock ruleset of ``request``'s sandbox, from the lists its mounts come
+        from: what is shown read-only is read, what is bound writable (and the private
+        ``/tmp``) written, ``/dev`` used; TCP only to the sandbox's own relays."""
+        system = [Path("/usr"), Path("/etc"), *system_directories()]
+        shown = [*(directory for directory, _ in request.shown_only)]
+        shown += [target for _, target in request.shown_as]
+        return landlock.Policy(
+            read=tuple(dict.fromkeys([*system, Path("/proc"), *self.readable(request), *shown])),
+            write=(PRIVATE_TMP, *(inside for _, inside in self.writable(request))),
+            network=self.settings.network != "host",
+            connect=(INSIDE_PORT,) if self.settings.egress else (),
+            serve=request.loopback,
+        )
+
+    def confinement(self, request: Request, env: dict[str, str], mode: str) -> list[str]:
+        """What starts ``request``'s program inside the sandbox, before its own argument
+        vector: the Landlock layer's ``confine.py`` in ``mode`` (nothing without it)."""
+        if self.landlock is None:
+            return []
+        return landlock.wrapper(self.landlock_policy(request), self.landlock, env, mode=mode)
+
     def mounts(self, request: Request) -> list[str]:
         """The file system of ``request``'s sandbox, ending with a read-only root."""
         workdir = request.workdir
@@ -209,12 +291,7 @@ class Bubblewrap:
         if "--size" in self.options:
             args += ["--size", str(request.limits.tmp_bytes)]
         args += ["--tmpfs", str(PRIVATE_TMP)]
-        readable = [
-            *runtime_paths(),
-            *path_directories(request.env.get("PATH", ""), workdir),
-            *self.settings.read_only,
-            *request.read_only,
-        ]
+        readable = self.readable(request)
         # Outer trees first: a path inside one then needs no mount of its own.
         for path in sorted(dict.fromkeys(readable), key=lambda path: len(path.parts)):
             if path == workdir or workdir in path.parents or _within(path, shown, real):
@@ -223,9 +300,8 @@ class Bubblewrap:
             if os.path.realpath(path) == str(path):
                 shown.append(path)
                 real.append(path)
-        args += ["--bind", str(workdir), str(workdir)]
-        if request.home is not None:
-            args += ["--bind", str(request.home), str(HOME)]
+        for source, target in self.writable(request):
+            args += ["--bind", str(source), str(target)]
         for path in request.protect:
             if path.is_symlink() or not path.exists():
                 continue
@@ -293,14 +369,32 @@ def _options(executable: str) -> frozenset[str]:
     return _known_options[executable]
 
 
-_probed: dict[tuple[str, str, bool], str | None] = {}
+_probed: dict[tuple[str, str, bool, str, int | None], str | None] = {}
 
 
 def open_bubblewrap(settings: SandboxSettings) -> Bubblewrap:
     """A working bubblewrap backend (probed once per process), or ``SandboxUnavailable``."""
     sandbox = Bubblewrap(settings)
-    key = (sandbox.executable, settings.network, settings.seccomp)
+    key = (
+        sandbox.executable,
+        settings.network,
+        settings.seccomp,
+        settings.landlock,
+        sandbox.landlock,
+    )
     if key not in _probed:
+        if settings.landlock == "off":
+            log.warning(
+                "sandboxed commands run WITHOUT the Landlock layer (AETHER_SANDBOX_LANDLOCK="
+                "off): only bubblewrap's mounts and namespaces hold them to their worktree"
+            )
+        elif sandbox.landlock_missing is not None:
+            log.warning(
+                "sandboxed commands run without the Landlock layer: %s (bubblewrap's mounts "
+                "and namespaces and the seccomp filter still confine them; "
+                "AETHER_SANDBOX_LANDLOCK=required refuses to run them so)",
+                sandbox.landlock_missing,
+            )
         if not settings.seccomp:
             log.warning(
                 "sandboxed commands run WITHOUT a seccomp filter (AETHER_SANDBOX_SECCOMP=off): "

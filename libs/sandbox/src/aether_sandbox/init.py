@@ -8,11 +8,13 @@ socket ``FD`` (one JSON message per packet, file descriptors alongside):
   itself in, once, so that every command is born there;
 - ``{"op": "run", argv, env, cwd, dirs, rlimits}`` with the write end of the command's
   output pipe: it forks; the child starts a session and a session keyring, offers itself
-  first to the OOM killer, takes the rlimits, points stdout and stderr at the pipe and
-  execs the command. Once that first process exits (or on ``{"op": "kill"}``) every other
-  process of the PID namespace is killed (``kill(-1)`` from PID 1 reaches all of them,
-  however they detached) and reaped, ``/tmp`` and ``/dev/shm`` are emptied and their modes
-  and extended attributes reset, and System V IPC objects are removed; then it answers
+  first to the OOM killer, takes the rlimits, restricts itself to the Landlock ruleset
+  it was handed (``--landlock FD``, built by ``confine.py`` before this init started),
+  points stdout and stderr at the pipe and execs the command. Once that first process
+  exits (or on ``{"op": "kill"}``) every other process of the PID namespace is killed
+  (``kill(-1)`` from PID 1 reaches all of them, however they detached) and reaped,
+  ``/tmp`` and ``/dev/shm`` are emptied and their modes and extended attributes reset,
+  and System V IPC objects are removed; then it answers
   ``{"exit": status, "errno": …, "clean": bool}``.
 
 It is not dumpable, so nothing in the sandbox can trace it or read its ``/proc`` entries;
@@ -48,10 +50,16 @@ SESSION_KEYRING, USER_KEYRING, USER_SESSION_KEYRING = -3, -4, -5
 # No keys to isolate or clear: none in the kernel, or keyctl denied to everything in the
 # sandbox (its seccomp filter answers EPERM, to the commands as to this init).
 NO_KEYS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOKEY, errno.EPERM)
+PR_SET_NO_NEW_PRIVS = 38
+PTRACE_DETACH = 17
+STOP_CHECK_SECONDS = 0.5
+LANDLOCK_RESTRICT_SELF = 446  # x86_64 and aarch64 alike
 
 
-def main(control_fd: int, egress: str | None) -> None:
+def main(control_fd: int, egress: str | None, landlock: int | None = None) -> None:
     os.set_inheritable(control_fd, False)
+    if landlock is not None:
+        os.set_inheritable(landlock, False)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the one handler Python installs
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -69,7 +77,7 @@ def main(control_fd: int, egress: str | None) -> None:
         if message.get("op") == "join":
             _send(control, _join(fds))
         elif message.get("op") == "run" and fds:
-            _send(control, _run(control, message, fds, libc, modes, relay))
+            _send(control, _run(control, message, fds, libc, modes, relay, landlock))
         else:
             for fd in fds:
                 os.close(fd)
@@ -114,6 +122,7 @@ def _run(
     libc: ctypes.CDLL,
     modes: dict[str, int],
     relay: _Relay | None,
+    landlock: int | None,
 ) -> dict[str, object]:
     output = fds[0]
     for unexpected in fds[1:]:
@@ -123,7 +132,7 @@ def _run(
     error_read, error_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(message, output, error_write, libc)
+        _child(message, output, error_write, libc, landlock)
     os.close(output)
     os.close(error_write)
     failed = _read_all(error_read)
@@ -134,7 +143,9 @@ def _run(
         while status is None:
             readers = [control.fileno(), handle, *(relay.readers() if relay else [])]
             writers = relay.writers() if relay else []
-            ready, writable, _ = select.select(readers, writers, [])
+            # Not only its exit: a ptrace stop of a command that made this init its
+            # tracer is seen only by looking (``_reap``), which this timeout does.
+            ready, writable, _ = select.select(readers, writers, [], STOP_CHECK_SECONDS)
             if relay is not None:
                 relay.serve(ready, writable)
             if control.fileno() in ready:
@@ -166,7 +177,9 @@ def _run(
     return reply
 
 
-def _child(message: dict[str, object], output: int, error: int, libc: ctypes.CDLL) -> None:
+def _child(
+    message: dict[str, object], output: int, error: int, libc: ctypes.CDLL, landlock: int | None
+) -> None:
     """Between fork and exec: never returns."""
     try:
         os.setsid()
@@ -176,6 +189,8 @@ def _child(message: dict[str, object], output: int, error: int, libc: ctypes.CDL
             adjust.write("1000")
         for kind, soft, hard in message["rlimits"]:  # type: ignore[attr-defined]
             resource.setrlimit(int(kind), (int(soft), int(hard)))
+        if landlock is not None:
+            _restrict(libc, landlock)
         for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(number, signal.SIG_DFL)
         stdin = os.open(os.devnull, os.O_RDONLY)
@@ -192,6 +207,16 @@ def _child(message: dict[str, object], output: int, error: int, libc: ctypes.CDL
     except BaseException:  # noqa: S110 - nothing to report to but the exit code
         pass
     os._exit(127)
+
+
+def _restrict(libc: ctypes.CDLL, ruleset: int) -> None:
+    """Restrict this process, and what it execs and forks, to the Landlock ruleset: in a
+    domain of its own, outside of which it can signal no process (this init included)."""
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or (
+        libc.syscall(ctypes.c_long(LANDLOCK_RESTRICT_SELF), ctypes.c_long(ruleset), 0) != 0
+    ):
+        number = ctypes.get_errno()
+        raise OSError(number, f"cannot apply the Landlock ruleset: {os.strerror(number)}")
 
 
 def _read_all(fd: int) -> bytes:
@@ -212,7 +237,9 @@ def _reap(pid: int) -> int | None:
             return status
         if found == 0:
             return status
-        if found == pid:
+        if os.WIFSTOPPED(code):
+            _let_go(found, code)
+        elif found == pid:
             status = code
 
 
@@ -227,8 +254,20 @@ def _kill_all(pid: int) -> int | None:
             found, code = os.waitpid(-1, 0)
         except ChildProcessError:
             return status
-        if found == pid:
+        if os.WIFSTOPPED(code):
+            _let_go(found, code)
+        elif found == pid:
             status = code
+
+
+def _let_go(pid: int, status: int) -> None:
+    """A command that made this init its tracer (``PTRACE_TRACEME`` in its first
+    process, where the filter allows tracing) is stopped, waiting on a debugger there is
+    not: let it go on, with the signal it stopped for (not the trap of an ``exec``, which
+    it would not have had untraced)."""
+    stopped = os.WSTOPSIG(status)
+    passed = 0 if stopped == signal.SIGTRAP else stopped
+    ctypes.CDLL(None, use_errno=True).ptrace(PTRACE_DETACH, pid, None, ctypes.c_void_p(passed))
 
 
 def _scrub(libc: ctypes.CDLL, modes: dict[str, int]) -> None:
@@ -408,4 +447,10 @@ class _Relay:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
+    # CONTROL_FD [--landlock RULESET_FD] [EGRESS_SOCKET]
+    arguments = sys.argv[1:]
+    ruleset = None
+    if arguments[1:2] == ["--landlock"]:
+        ruleset = int(arguments[2])
+        del arguments[1:3]
+    main(int(arguments[0]), arguments[1] if len(arguments) > 1 else None, ruleset)

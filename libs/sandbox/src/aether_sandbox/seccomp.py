@@ -126,6 +126,8 @@ DENIED = (
     "ioperm",
     "modify_ldt",
 )
+# Tracing one's own processes (strace, gdb): allowed by ``tracing`` (see ``program``).
+TRACING = ("ptrace", "process_vm_readv", "process_vm_writev")
 
 # Calls added since Linux 5.1 have one number on every architecture (the unified table).
 _UNIFIED = {
@@ -287,10 +289,12 @@ def _values(argument: int, values: tuple[int, ...], *, allowed: bool) -> list[In
     return [_low_word(argument), *compare, other, found]
 
 
-def _rules(numbers: dict[str, int]) -> Iterator[tuple[int, list[Instruction]]]:
+def _rules(
+    numbers: dict[str, int], tracing: bool = False
+) -> Iterator[tuple[int, list[Instruction]]]:
     """Each filtered call's number and what to do with it (ending in a return)."""
     for name in DENIED:
-        if name in numbers:
+        if name in numbers and not (tracing and name in TRACING):
             yield numbers[name], [_deny()]
     yield numbers["clone3"], [_deny(errno.ENOSYS)]
     yield numbers["clone"], _flags_denied(0, CLONE_NAMESPACES)
@@ -299,8 +303,9 @@ def _rules(numbers: dict[str, int]) -> Iterator[tuple[int, list[Instruction]]]:
     yield numbers["ioctl"], _values(1, (TIOCSTI, TIOCLINUX), allowed=False)
 
 
-def instructions(machine: str) -> list[Instruction]:
-    """The filter for ``machine`` (as ``os.uname().machine`` names it)."""
+def instructions(machine: str, *, tracing: bool = False) -> list[Instruction]:
+    """The filter for ``machine`` (as ``os.uname().machine`` names it); ``tracing``
+    leaves ``ptrace`` and ``process_vm_readv``/``writev`` open."""
     if machine not in NUMBERS:
         raise UnsupportedArchitecture(
             f"no seccomp filter for this machine's architecture ({machine!r}): there is "
@@ -316,7 +321,7 @@ def instructions(machine: str) -> list[Instruction]:
     if machine == "x86_64":
         # x32 calls are x86_64's arch with this bit set in the number: another table.
         program += [Instruction(JGE_K, 0, 1, X32_SYSCALL_BIT), _ret(RET_KILL_PROCESS)]
-    for number, body in _rules(numbers):
+    for number, body in _rules(numbers, tracing):
         # Not this call: skip its body (the accumulator still holds the number).
         program += [Instruction(JEQ_K, 0, len(body), number), *body]
     program.append(_ret(RET_ALLOW))
@@ -324,10 +329,18 @@ def instructions(machine: str) -> list[Instruction]:
     return program
 
 
-def program(machine: str | None = None) -> bytes:
+def program(machine: str | None = None, *, tracing: bool = False) -> bytes:
     """The compiled filter (``struct sock_filter`` array) for ``machine``, by default this
-    one's; ``UnsupportedArchitecture`` where there is no table."""
-    return b"".join(i.encode() for i in instructions(machine or os.uname().machine))
+    one's; ``UnsupportedArchitecture`` where there is no table.
+
+    ``tracing`` leaves ``ptrace`` and ``process_vm_readv``/``writev`` open, for
+    ``strace`` and ``gdb`` in commands: the caller grants it only where the kernel
+    re-checks the filter after a tracer changes a call (Linux 4.8, which closed the
+    bypass Docker's profile names) and where a command can reach no process but its own
+    with them (its own PID namespace, and the Landlock layer, which refuses tracing or
+    reading the memory of any process outside the command's domain)."""
+    machine = machine or os.uname().machine
+    return b"".join(i.encode() for i in instructions(machine, tracing=tracing))
 
 
 # What bubblewrap's argument vector holds after ``--seccomp`` until the descriptor that

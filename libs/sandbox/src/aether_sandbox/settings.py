@@ -18,6 +18,7 @@ MIB = 1024 * 1024
 
 BACKENDS = ("bubblewrap", "unconfined")
 NETWORKS = ("none", "host")
+LANDLOCK_MODES = ("auto", "required", "off")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class SandboxSettings:
     (``host[:port]``, ``*.domain[:port]``) commands may reach through the allow-listing
     proxy (``egress.py``); the network namespace stays empty. ``seccomp``: every
     sandbox loads the system-call filter of ``seccomp.py``; off only when an operator says
-    so (``AETHER_SANDBOX_SECCOMP=off``), which the service then warns of."""
+    so (``AETHER_SANDBOX_SECCOMP=off``), which the service then warns of. ``landlock``:
+    ``auto`` applies the Landlock layer (``landlock.py``) where the kernel has it,
+    ``required`` starts no sandbox without it, ``off`` never applies it (warned of)."""
 
     backend: str = "bubblewrap"
     network: str = "none"
@@ -72,6 +75,7 @@ class SandboxSettings:
     warm: bool = True
     egress: tuple[str, ...] = ()
     seccomp: bool = True
+    landlock: str = "auto"
 
     @property
     def unconfined(self) -> bool:
@@ -160,6 +164,12 @@ class SandboxSettings:
         seccomp = env.get("AETHER_SANDBOX_SECCOMP", "").strip().lower() or "on"
         if seccomp not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ValueError(f"AETHER_SANDBOX_SECCOMP={seccomp!r} is not valid: expected on or off")
+        landlock = env.get("AETHER_SANDBOX_LANDLOCK", "").strip().lower() or "auto"
+        if landlock not in LANDLOCK_MODES:
+            raise ValueError(
+                f"AETHER_SANDBOX_LANDLOCK={landlock!r} is not valid: expected "
+                f"{', '.join(LANDLOCK_MODES)}"
+            )
         return cls(
             backend=backend,
             network=network,
@@ -170,4 +180,5 @@ class SandboxSettings:
             egress=egress,
             warm=warm not in ("0", "false", "off", "no"),
             seccomp=seccomp not in ("0", "false", "off", "no"),
+            landlock=landlock,
         )

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from aether_sandbox import seccomp
+from aether_sandbox import confine, seccomp
 from aether_sandbox.base import Launch, Request
 from aether_sandbox.bubblewrap import Bubblewrap, scratch_env
 from aether_sandbox.cgroups import Cgroup
@@ -111,10 +111,12 @@ class WarmSandbox:
 
     async def _ready(self, request: Request) -> _Held | None:
         mounts = self.cold.mounts(request)
-        if self._held is not None and (self._held.mounts != mounts or not self._held.alive()):
+        confinement = self.cold.confinement(request, {"PATH": os.defpath}, "pass")
+        same = self._held is not None and self._held.mounts == [*mounts, *confinement]
+        if self._held is not None and (not same or not self._held.alive()):
             self._discard()
         if self._held is None:
-            self._held = await _Held.start(self.cold, request, mounts)
+            self._held = await _Held.start(self.cold, request, mounts, confinement)
             if self._held is not None:
                 self.started += 1
         return self._held
@@ -152,7 +154,9 @@ class _Held:
         self._loop.add_reader(control.fileno(), self._readable)
 
     @classmethod
-    async def start(cls, cold: Bubblewrap, request: Request, mounts: list[str]) -> _Held | None:
+    async def start(
+        cls, cold: Bubblewrap, request: Request, mounts: list[str], confinement: list[str]
+    ) -> _Held | None:
         """A kept sandbox with ``mounts``, its init ready and in its cgroup; ``None`` where
         it cannot start (the cold path then says why, in bubblewrap's words)."""
         proxy = None
@@ -172,12 +176,15 @@ class _Held:
             "--chdir",
             str(request.workdir),
             "--",
+            # The Landlock layer builds the commands' ruleset and hands it to the init.
+            *confinement,
             sys.executable,
             "-I",
             "-S",
             "-c",
             INIT_SOURCE,
             str(theirs.fileno()),
+            *(["--landlock", confine.FD_PLACEHOLDER] if confinement else []),
             *relay,
         ]
         try:
@@ -190,7 +197,7 @@ class _Held:
         finally:
             theirs.close()
         ours.setblocking(False)
-        held = cls(cold, process, ours, mounts)
+        held = cls(cold, process, ours, [*mounts, *confinement])
         held.proxy = proxy
         if not await held._started(request.limits):
             held.kill()

@@ -15,6 +15,7 @@ from aether_llm.client import LazyClient
 from aether_runtime.attempt_auth import AttemptCredentials
 from aether_runtime.runner_secrets import runner_token
 from aether_sandbox import (
+    Bubblewrap,
     Sandbox,
     SandboxUnavailable,
     enforcement,
@@ -97,6 +98,8 @@ def confinement(agent: AgentSettings) -> Sandbox | SandboxUnavailable:
                 "egress": ",".join(agent.sandbox.egress) or None,
                 "warm": agent.sandbox.warm,
                 "seccomp": agent.sandbox.seccomp,
+                # The Landlock ABI the sandboxes' rulesets are built for, or none.
+                "landlock": sandbox.landlock if isinstance(sandbox, Bubblewrap) else None,
                 **{f"limit_{name}": how for name, how in enforcement(sandbox).items()},
             },
         )
