@@ -8,8 +8,6 @@ import pytest
 
 from aether_sandbox import Bubblewrap, Request, SandboxSettings, landlock
 from aether_sandbox.landlock import (
-    BIND_TCP,
-    CONNECT_TCP,
     IOCTL_DEV,
     MAKE_BLOCK,
     MAKE_CHAR,
@@ -20,30 +18,30 @@ from aether_sandbox.landlock import (
     Policy,
 )
 
-POLICY = Policy(read=(Path("/usr"),), write=(Path("/work"),), connect=(3128,), serve=(3129,))
+POLICY = Policy(read=(Path("/usr"),), write=(Path("/work"),))
 
 
-def parsed(words: list[str]) -> tuple[int, int, int, dict[str, int], dict[int, int]]:
-    paths, ports = {}, {}
+def parsed(words: list[str]) -> tuple[int, int, int, dict[str, int], list[str]]:
+    paths, checks = {}, []
     for index in range(3, len(words), 3):
         kind, rights, target = words[index : index + 3]
         if kind == "p":
             paths[target] = int(rights)
         else:
-            ports[int(target)] = int(rights)
-    return int(words[0]), int(words[1]), int(words[2]), paths, ports
+            checks.append(f"{kind} {rights} {target}")
+    return int(words[0]), int(words[1]), int(words[2]), paths, checks
 
 
 @pytest.mark.parametrize("abi", range(1, 9))
 def test_only_the_rights_the_kernels_abi_knows_are_handled(abi: int) -> None:
-    handled, net, scoped, paths, ports = parsed(POLICY.words(abi))
+    handled, net, scoped, paths, checks = parsed(POLICY.words(abi))
     assert bool(handled & REFER) == (abi >= 2)
     assert bool(handled & TRUNCATE) == (abi >= 3)
     assert bool(handled & IOCTL_DEV) == (abi >= 5)
     assert handled < 1 << 16  # nothing an ABI after 7 may add is asked for
-    assert net == (BIND_TCP | CONNECT_TCP if abi >= 4 else 0)
+    assert net == 0  # TCP is left to the network namespace, checked to hold loopback alone
     assert scoped == (3 if abi >= 6 else 0)
-    assert ports == ({3128: CONNECT_TCP, 3129: CONNECT_TCP | BIND_TCP} if abi >= 4 else {})
+    assert checks == ["l 0 lo"]
     assert paths["/"] == READ_DIR and paths["/usr"] == READ
     for tree in ("/work", "/dev"):
         assert paths[tree] & handled == paths[tree]
@@ -52,9 +50,9 @@ def test_only_the_rights_the_kernels_abi_knows_are_handled(abi: int) -> None:
     assert paths["/dev"] & IOCTL_DEV == handled & IOCTL_DEV
 
 
-def test_the_hosts_network_leaves_tcp_alone() -> None:
-    _, net, scoped, _, ports = parsed(Policy(read=(), write=(), network=False).words(7))
-    assert net == 0 and ports == {} and scoped == 3
+def test_the_hosts_network_is_not_checked_for_loopback_alone() -> None:
+    _, net, scoped, _, checks = parsed(Policy(read=(), write=(), lone_loopback=False).words(7))
+    assert net == 0 and checks == [] and scoped == 3
 
 
 def test_abi_1_and_none_count_as_missing() -> None:
@@ -79,11 +77,11 @@ def test_the_policy_comes_from_the_lists_the_mounts_come_from(tmp_path: Path) ->
     ro = {mounts[i + 2] for i, arg in enumerate(mounts) if arg.startswith("--ro-bind")}
     for target in map(Path, ro):  # under a tree read (masked files in /etc, /proc/sys)
         assert any(target == tree or tree in target.parents for tree in policy.read), target
-    assert policy.network and policy.serve == () and policy.connect == ()
+    assert policy.lone_loopback
     egress = Bubblewrap(SandboxSettings(landlock="off", egress=("pypi.org",)))
-    assert egress.landlock_policy(request).connect == (3128,)
+    assert egress.landlock_policy(request).lone_loopback  # the proxy is reached on loopback
     host = Bubblewrap(SandboxSettings(landlock="off", network="host"))
-    assert not host.landlock_policy(request).network
+    assert not host.landlock_policy(request).lone_loopback
 
 
 def test_the_setting_is_read_and_checked() -> None:

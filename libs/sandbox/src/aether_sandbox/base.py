@@ -38,9 +38,7 @@ class Request:
     host directories shown read-only with only the listed entries (paths relative to the
     directory, files or whole directories), nothing else of them there, whatever else
     shows (a repository's git directory without its reflogs); a ``shown_as`` target may
-    lie inside one. ``loopback`` are TCP ports on the sandbox's own loopback the command
-    listens on and connects to (a relay it runs: where the sandbox has no network, its
-    Landlock layer allows no other)."""
+    lie inside one."""
 
     argv: list[str]
     workdir: Path
@@ -53,7 +51,6 @@ class Request:
     home: Path | None = None
     shown_as: tuple[tuple[Path, Path], ...] = ()
     shown_only: tuple[tuple[Path, tuple[str, ...]], ...] = ()
-    loopback: tuple[int, ...] = ()
 
     @property
     def writable(self) -> tuple[Path, ...]:

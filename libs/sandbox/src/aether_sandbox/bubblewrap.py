@@ -29,7 +29,6 @@ from pathlib import Path
 
 from aether_sandbox import landlock, seccomp
 from aether_sandbox.base import Launch, Request, SandboxUnavailable
-from aether_sandbox.egress import INSIDE_PORT
 from aether_sandbox.settings import SandboxSettings
 
 log = logging.getLogger("aether.sandbox")
@@ -251,9 +250,7 @@ class Bubblewrap:
         return landlock.Policy(
             read=tuple(dict.fromkeys([*system, Path("/proc"), *self.readable(request), *shown])),
             write=(PRIVATE_TMP, *(inside for _, inside in self.writable(request))),
-            network=self.settings.network != "host",
-            connect=(INSIDE_PORT,) if self.settings.egress else (),
-            serve=request.loopback,
+            lone_loopback=self.settings.network != "host",
         )
 
     def confinement(self, request: Request, env: dict[str, str], mode: str) -> list[str]:

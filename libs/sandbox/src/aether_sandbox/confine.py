@@ -12,8 +12,9 @@ the program with the ruleset's descriptor in place of the argument ``{landlock-f
 the kept sandbox's init, which restricts each command it forks. Then ``LC_CTYPE``'s
 value for the program (``-`` for none: the interpreter may have set one for itself),
 the handled file-system rights, the handled network rights, the scopes, and the rules:
-``p RIGHTS PATH`` (rights beneath a path; a path missing in the sandbox is skipped) and
-``n RIGHTS PORT`` (rights on a TCP port). A path that cannot be opened is left out.
+``p RIGHTS PATH`` (rights beneath a path; a path that cannot be opened in the sandbox
+is left out) and ``l 0 lo``: the sandbox's network namespace must hold no interface but
+loopback.
 
 Whatever goes wrong, the program is not started (exit code 126, the reason on stderr):
 never without the restriction the runner asked for.
@@ -24,7 +25,7 @@ import os
 import sys
 
 CREATE_RULESET, ADD_RULE, RESTRICT_SELF = 444, 445, 446  # x86_64 and aarch64 alike
-RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
+RULE_PATH_BENEATH = 1
 # The rights that apply to a file that is not a directory: EXECUTE, WRITE_FILE,
 # READ_FILE, TRUNCATE and IOCTL_DEV (the kernel refuses a rule on one with any other).
 FILE_RIGHTS = 1 | 2 | 4 | 1 << 14 | 1 << 15
@@ -76,10 +77,24 @@ def build(words: list[str]) -> int:
                 _call(ADD_RULE, ruleset, RULE_PATH_BENEATH, rule, 0)
             finally:
                 os.close(parent)
+        elif kind == "l":
+            only_loopback(target)
         else:
-            # struct landlock_net_port_attr: __u64 access; __u64 port.
-            _call(ADD_RULE, ruleset, RULE_NET_PORT, _u64(rights) + _u64(int(target)), 0)
+            raise ValueError(f"no such rule: {kind}")
     return ruleset
+
+
+def only_loopback(name: str) -> None:
+    """Refuse (``ValueError``) a network namespace holding any interface but ``name``:
+    one left shared with the host by mistake."""
+    with open("/proc/self/net/dev") as listing:
+        names = [line.split(":", 1)[0].strip() for line in listing.readlines()[2:]]
+    others = [each for each in names if each and each != name]
+    if others:
+        raise ValueError(
+            f"the sandbox's network is not its own (it has {', '.join(sorted(others))} "
+            f"besides {name})"
+        )
 
 
 def restrict(ruleset: int) -> None:
@@ -102,7 +117,7 @@ def main(argv: list[str]) -> None:
             os.set_inheritable(ruleset, True)
             program = [str(ruleset) if arg == FD_PLACEHOLDER else arg for arg in program]
     except (OSError, ValueError, IndexError) as error:
-        sys.stderr.write(f"aether sandbox: cannot apply the Landlock ruleset: {error}\n")
+        sys.stderr.write(f"aether sandbox: not started: {error}\n")
         sys.stderr.flush()
         os._exit(126)
     if ctype == "-":

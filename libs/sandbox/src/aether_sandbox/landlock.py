@@ -12,8 +12,12 @@ init for each command it forks), a ruleset is applied that allows:
 - everything but making device nodes in the trees it may write (``Policy.write``: the
   worktree, its home when it has one, the private ``/tmp``), and on top, device ioctls
   in ``/dev``;
-- no TCP ``bind`` or ``connect`` (ABI 4) but on the sandbox's own relay ports, unless the
-  sandbox shares the host's network;
+- no network but loopback: where the sandbox has a network namespace of its own (every
+  sandbox but one given the host's network), ``confine.py`` checks that it holds no
+  interface but ``lo`` before the command starts, and starts nothing otherwise (a
+  namespace left shared by mistake). Landlock's TCP rules (ABI 4) name ports, not
+  addresses, so they would also refuse a test suite's server on its own loopback: the
+  check holds the host's network out instead, and TCP is left to the namespace;
 - no connection to an abstract unix socket and no signal to a process outside the
   command's own domain (ABI 6).
 
@@ -57,9 +61,7 @@ MAKE_SYM = 1 << 12
 REFER = 1 << 13  # ABI 2
 TRUNCATE = 1 << 14  # ABI 3
 IOCTL_DEV = 1 << 15  # ABI 5
-# Network rights (ABI 4) and scopes (ABI 6).
-BIND_TCP = 1 << 0
-CONNECT_TCP = 1 << 1
+# Scopes (ABI 6).
 SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
 SCOPE_SIGNAL = 1 << 1
 
@@ -78,10 +80,6 @@ def fs_rights(abi: int) -> int:
     if abi >= 5:
         rights |= IOCTL_DEV
     return rights
-
-
-def net_rights(abi: int) -> int:
-    return BIND_TCP | CONNECT_TCP if abi >= 4 else 0
 
 
 def scopes(abi: int) -> int:
@@ -130,23 +128,20 @@ def missing(abi: int) -> str | None:
 class Policy:
     """What a sandbox's commands may reach, by the paths they see: ``read`` (read and
     execute), ``write`` (everything but device nodes), ``devices`` (as ``write``, plus
-    device ioctls); ``network``: whether TCP is confined (not when the sandbox shares the
-    host's network), ``connect`` the loopback ports commands may connect to and ``serve``
-    those they may also listen on (relays inside the sandbox)."""
+    device ioctls); ``lone_loopback``: whether the sandbox's network namespace is its own
+    and must hold nothing but loopback (not when it is given the host's network)."""
 
     read: tuple[Path, ...]
     write: tuple[Path, ...]
     devices: tuple[Path, ...] = (Path("/dev"),)
-    network: bool = True
-    connect: tuple[int, ...] = ()
-    serve: tuple[int, ...] = ()
+    lone_loopback: bool = True
 
     def words(self, abi: int) -> list[str]:
         """The ruleset as ``confine.py`` takes it, with the rights ABI ``abi`` knows."""
         known = fs_rights(abi)
         writes = known & ~(MAKE_CHAR | MAKE_BLOCK | IOCTL_DEV)
-        net = net_rights(abi) if self.network else 0
-        words = [str(known), str(net), str(scopes(abi)), "p", str(READ_DIR), "/"]
+        # No network right is handled (see the module): the second word stays 0.
+        words = [str(known), "0", str(scopes(abi)), "p", str(READ_DIR), "/"]
         rules = [
             *((path, READ) for path in self.read),
             *((path, writes) for path in self.write),
@@ -154,12 +149,8 @@ class Policy:
         ]
         for path, rights in rules:
             words += ["p", str(rights & known), str(path)]
-        if net:
-            ports = dict.fromkeys(self.connect, CONNECT_TCP)
-            for port in self.serve:
-                ports[port] = CONNECT_TCP | BIND_TCP
-            for port, rights in sorted(ports.items()):
-                words += ["n", str(rights), str(port)]
+        if self.lone_loopback:
+            words += ["l", "0", "lo"]
         return words
 
 

@@ -58,7 +58,7 @@ from aether_agent_runner.runtimes.command import (
 )
 from aether_agent_runner.runtimes.model_endpoint import Meter
 from aether_agent_runner.runtimes.prompt import CONTINUE
-from aether_agent_runner.runtimes.relay import INSIDE_PORT, stdio_argv
+from aether_agent_runner.runtimes.relay import stdio_argv
 from aether_agent_runner.runtimes.session import (
     ACP_START,
     Earlier,
@@ -511,7 +511,6 @@ class AcpRuntime(CommandRuntime):
                     read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
                     protect=(job.worktree / ".git",),
                     home=home,
-                    loopback=(INSIDE_PORT,) if endpoint is not None else (),
                 )
                 running = asyncio.create_task(
                     until_refused(execute(sandbox, request, 16_000, errors), meter)

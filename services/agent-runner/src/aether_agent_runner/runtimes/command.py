@@ -42,7 +42,7 @@ from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.model_endpoint import Meter, ModelEndpoint
 from aether_agent_runner.runtimes.prompt import repository_view, task_prompt
-from aether_agent_runner.runtimes.relay import INSIDE_PORT, RelayRefused, check_endpoint, relayed
+from aether_agent_runner.runtimes.relay import RelayRefused, check_endpoint, relayed
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_agent_runner.runtimes.session import (
     COMMAND_START,
@@ -256,7 +256,6 @@ class CommandRuntime:
                 read_only=(scratch, *(Path(entry) for entry in self.spec.read_only)),
                 protect=(worktree / ".git",),
                 stdin=prompt_file if self.spec.prompt == "stdin" else None,
-                loopback=(INSIDE_PORT,) if endpoint is not None else (),
             )
             publisher = asyncio.create_task(lines.publish())
             try:

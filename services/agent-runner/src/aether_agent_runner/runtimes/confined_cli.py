@@ -37,7 +37,7 @@ from aether_agent_runner.adapters.workspace import ToolError
 from aether_agent_runner.runtimes import Job
 from aether_agent_runner.runtimes.cli_limits import CliLimits
 from aether_agent_runner.runtimes.model_endpoint import ModelEndpoint
-from aether_agent_runner.runtimes.relay import INSIDE_PORT, relayed
+from aether_agent_runner.runtimes.relay import relayed
 from aether_sandbox import Bubblewrap, Request, WarmSandbox, seccomp
 from aether_sandbox.bubblewrap import HOME
 from aether_sandbox.program import ProgramLimits
@@ -124,7 +124,6 @@ async def confined(
                 read_only=(scratch, *where),
                 protect=(job.worktree / ".git",),
                 home=config_dir,
-                loopback=(INSIDE_PORT,) if endpoint is not None else (),
             )
             launch = sandbox.launch(request)
             placed = {name: launch.env[name] for name in _PLACED if name in launch.env}

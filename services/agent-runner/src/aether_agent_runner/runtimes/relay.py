@@ -20,9 +20,6 @@ from aether_agent_runner.runtimes.model_endpoint import ModelEndpoint
 
 INSIDE_SOURCE = Path(__file__).with_name("relay_inside.py")
 STDIO_SOURCE = Path(__file__).with_name("stdio_inside.py")
-# The loopback port the inside relay listens on: a fixed one, which the sandbox's Landlock
-# layer (no TCP but on the ports a request names, ``Request.loopback``) can allow.
-INSIDE_PORT = 3129
 # What the tool is given as its endpoint: the inside relay fills in its loopback port.
 INSIDE_URL = "http://127.0.0.1:{port}"
 
@@ -42,17 +39,7 @@ def check_endpoint(base_url: str) -> None:
 def inside_argv(socket_path: Path, url: str, argv: list[str]) -> list[str]:
     """The sandbox's argument vector: the inside relay, which then starts ``argv``."""
     source = INSIDE_SOURCE.read_text()
-    return [
-        sys.executable,
-        "-I",
-        "-c",
-        source,
-        str(socket_path),
-        url,
-        str(INSIDE_PORT),
-        "--",
-        *argv,
-    ]
+    return [sys.executable, "-I", "-c", source, str(socket_path), url, "--", *argv]
 
 
 def stdio_argv(socket_path: Path, argv: list[str]) -> list[str]:

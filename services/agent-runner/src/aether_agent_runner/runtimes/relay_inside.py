@@ -6,8 +6,8 @@ pointing at that loopback port and exits with the tool's exit code. Proxy variab
 dropped: there is nothing out there a proxy could reach, and one would take the tool's
 calls to the loopback elsewhere.
 
-Arguments: the socket's path, the URL with ``{port}`` for the port, the loopback port to
-listen on (0: any), ``--``, and the tool's argument vector.
+Arguments: the socket's path, the URL with ``{port}`` for the port chosen here, ``--``,
+and the tool's argument vector.
 """
 
 import contextlib
@@ -50,11 +50,11 @@ def _serve(listener: socket.socket, path: str) -> None:
 
 
 def main() -> None:
-    path, template, wanted, separator, *argv = sys.argv[1:]
+    path, template, separator, *argv = sys.argv[1:]
     if separator != "--" or not argv:
-        sys.exit("aether-relay: usage: SOCKET URL PORT -- PROGRAM [ARGUMENT...]")
+        sys.exit("aether-relay: usage: SOCKET URL -- PROGRAM [ARGUMENT...]")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", int(wanted)))
+    listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     port = listener.getsockname()[1]
     env = dict(os.environ)
