@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import tempfile
 import time
@@ -32,7 +33,16 @@ import pytest
 from nats.js import JetStreamContext
 
 from aether import archive
-from aether.backup import PUBLISH_WINDOW, READ_BATCH, Refused, Servers, backup, run_restore
+from aether.backup import (
+    PUBLISH_WINDOW,
+    READ_BATCH,
+    RESTORING,
+    Refused,
+    Servers,
+    Stopped,
+    backup,
+    run_restore,
+)
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, free_port, wait_for_jetstream
 from aether_events import MISSIONS_STREAM, MissionMessagePosted, ensure_streams
 from aether_events.codec import encode
@@ -260,4 +270,67 @@ def test_replicas_makes_the_restored_stream_replicated(
         )
     finally:
         cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_restore_stopped_by_a_refused_publish_goes_on_from_there_when_run_again(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """The server restored into has too little JetStream storage: a publish is refused
+    part way. The restore stops, saying which event it stopped at; the stream holds the
+    backup's events before it and nothing after (what was published behind it and
+    stored is taken back). With room made, the same restore run again checks that the
+    stream is the start of this backup and goes on after it: every event once, in
+    order, the same sequences, and the stream's mark of an unfinished restore gone."""
+    data = Path(tempfile.mkdtemp(prefix="aether-test-backup-full-"))
+    source = EmbeddedNats(data / "source").start()
+    config = data / "target.conf"
+    config.write_text("jetstream { max_file_store: 512KB }\n")
+    target = EmbeddedNats(data / "target", config=config).start()
+    try:
+        count = asyncio.run(fill(source.url, missions=300, events=9))
+        path = tmp_path / "aether.backup"
+        backed_up(source.url, create_database(database_url), path)
+        records = [r for r in archive.records(path) if isinstance(r, archive.Message)]
+        database = create_database(database_url)
+
+        with pytest.raises(Stopped) as stopped:
+            run_restore(restore_args(path, target.url, database))
+        said = str(stopped.value)
+        reached = re.search(r"stopped at the backup's event #(\d+)", said)
+        assert reached is not None, said
+        at = int(reached.group(1))
+        assert 1 < at < count and f"go on from #{at}" in said, said
+        assert "insufficient" in said, said
+        held = asyncio.run(stored(target.url))
+        original = without_conditions(asyncio.run(stored(source.url)))
+        assert held == original[: at - 1]  # the start of the backup, nothing after
+
+        # Storage made bigger; the same restore again.
+        target.stop()
+        config.write_text("jetstream { max_file_store: 64MB }\n")
+        target.start()
+        capsys.readouterr()
+        assert run_restore(restore_args(path, target.url, database)) == 0
+        out = capsys.readouterr().out
+        assert f"holds the first {at - 1} events of this backup" in out, out
+        assert f"restored {count} events" in out and f"{at - 1} of them by an earlier run" in out
+        assert asyncio.run(stored(target.url)) == original
+        assert len({h["Nats-Msg-Id"] for *_, h in original}) == len(records) == count
+
+        async def marked() -> dict[str, str]:
+            nc = await nats.connect(target.url)
+            try:
+                info = await nc.jetstream().stream_info(MISSIONS_STREAM)
+                return dict(info.config.metadata or {})
+            finally:
+                await nc.close()
+
+        assert RESTORING not in asyncio.run(marked())
+        # Finished, the stream is no restore's to go on in: a third run is refused.
+        with pytest.raises(Refused, match="not the start of this backup"):
+            run_restore(restore_args(path, target.url, database))
+    finally:
+        source.stop()
+        target.stop()
         shutil.rmtree(data, ignore_errors=True)

@@ -12,8 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "configuration.md"
-# Names that look like settings but are not: JetStream streams and a key-value bucket.
+# Names that look like settings but are not: JetStream streams and a key-value bucket,
+# and the variable the git broker hands its own SSH askpass program.
 NOT_SETTINGS = {
+    "AETHER_ASKPASS_FILE",
     "AETHER_MISSIONS",
     "AETHER_TELEMETRY",
     "AETHER_PLANNER_CALLS",

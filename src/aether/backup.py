@@ -42,7 +42,7 @@ from aether import archive, supervise
 from aether.archive import ArchiveError, Message, StreamPart, Token
 from aether.commands import UsageError
 from aether.render import counted
-from aether_events import MISSIONS_STREAM
+from aether_events import ALL_MISSION_EVENTS, MISSIONS_STREAM
 from aether_events.replay import stored_batches
 
 TOKEN_COLUMNS = (
@@ -263,10 +263,11 @@ def run_restore(args: argparse.Namespace) -> int:
                 "restored"
             )
         restored = asyncio.run(restore(found, path, header, args))
+    earlier = f", {restored.resumed} of them by an earlier run" if restored.resumed else ""
     print(
         f"restored {counted(restored.messages, 'event')} of "
         f"{counted(header.counts.missions, 'mission')} ({MISSIONS_STREAM} "
-        f"#{restored.first_seq}–#{restored.last_seq}) and {restored.tokens} of "
+        f"#{restored.first_seq}–#{restored.last_seq}{earlier}) and {restored.tokens} of "
         f"{counted(header.counts.tokens, 'API token')} to {found.where}"
     )
     if found.running is not None:
@@ -292,6 +293,13 @@ class Restored:
     first_seq: int
     last_seq: int
     tokens: int
+    # The backup's messages an earlier run of the restore had stored already.
+    resumed: int = 0
+
+
+class Stopped(UsageError):
+    """The restore stopped part way: the stream holds the backup's messages up to a
+    point, and nothing after it; the same restore run again goes on from there."""
 
 
 async def restore(
@@ -300,17 +308,23 @@ async def restore(
     nc = await _connect(found.nats_url)
     try:
         js = nc.jetstream()
-        await _prepare_stream(js, found, header, args)
+        resumed = await _prepare_stream(js, found, path, header, args)
         tokens: list[Token] = []
+        last: Message | None = None
 
         def messages() -> Iterator[Message]:
+            nonlocal last
+            index = 0
             for record in archive.records(path):
                 if isinstance(record, Token):
                     tokens.append(record)
-                else:
+                    continue
+                last = record
+                index += 1
+                if index > resumed:
                     yield record
 
-        last = await _publish_all(nc, messages())
+        await _publish_all(js, nc, messages())
         info = await js.stream_info(MISSIONS_STREAM)
         if info.state.messages != header.counts.messages:
             raise UsageError(
@@ -319,15 +333,16 @@ async def restore(
             )
         if last is not None:
             stored = await js.get_msg(MISSIONS_STREAM, info.state.last_seq)
-            if (stored.subject, stored.data or b"", _msg_id(stored.headers)) != (
-                last.subject,
-                last.data,
-                _msg_id(last.headers),
-            ):
+            if (stored.subject, stored.data or b"", _msg_id(stored.headers)) != _identity(last):
                 raise UsageError("the last message stored is not the backup's last message")
+        await _restored(js)
         restored_tokens = await _restore_tokens(found.database_url, tokens)
         return Restored(
-            info.state.messages, info.state.first_seq, info.state.last_seq, restored_tokens
+            info.state.messages,
+            info.state.first_seq,
+            info.state.last_seq,
+            restored_tokens,
+            resumed,
         )
     finally:
         await nc.close()
@@ -337,42 +352,73 @@ def _msg_id(headers: dict[str, str] | None) -> str | None:
     return (headers or {}).get("Nats-Msg-Id")
 
 
+def _identity(message: Message) -> tuple[str, bytes, str | None]:
+    """What makes a stored message the backup's: its subject, data and event id."""
+    return message.subject, message.data, _msg_id(message.headers)
+
+
 async def _prepare_stream(
-    js: JetStreamContext, found: Servers, header: archive.Header, args: argparse.Namespace
-) -> None:
-    """Create the stream with the backup's configuration, where it is absent or empty;
-    refuse where it holds messages."""
+    js: JetStreamContext,
+    found: Servers,
+    path: Path,
+    header: archive.Header,
+    args: argparse.Namespace,
+) -> int:
+    """Create the stream with the backup's configuration where it is absent or empty, or
+    find in it the start of this backup that an earlier run stored before it stopped;
+    refuse where it holds anything else. Returns how many of the backup's messages the
+    stream holds already (the restore goes on after them)."""
     try:
         info = await js.stream_info(MISSIONS_STREAM)
     except NotFoundError:
         info = None
-    if info is not None and info.state.messages:
-        state = info.state
-        raise Refused(
-            f"{MISSIONS_STREAM} on {found.where} already holds {state.messages} events "
-            f"(#{state.first_seq}–#{state.last_seq}): a restore goes only into an absent or "
-            "empty stream; nothing was restored"
-        )
+    held = 0
     if info is not None:
+        # Asked first: the check of what the stream holds reads it with a consumer of
+        # its own (ephemeral), which is nobody's to refuse for.
         consumers = await js.consumers_info(MISSIONS_STREAM)
         bound = [c.name for c in consumers if c.push_bound or (c.num_waiting or 0) > 0]
+        durables = [c for c in consumers if c.config.durable_name]
+        if info.state.messages:
+            if (info.config.metadata or {}).get(RESTORING) == header.sha256:
+                held = await _backup_start_held(js, path, info.state.messages)
+            if not held:
+                state = info.state
+                raise Refused(
+                    f"{MISSIONS_STREAM} on {found.where} already holds {state.messages} "
+                    f"events (#{state.first_seq}–#{state.last_seq}) that are not the start "
+                    "of this backup: a restore goes only into an absent or empty stream, or "
+                    "one an earlier run of the same restore stopped in; nothing was restored"
+                )
         if bound and not args.while_running:
             raise Refused(
                 f"services are reading {MISSIONS_STREAM} on {found.where} (consumers "
                 f"{', '.join(sorted(str(name) for name in bound))}): stop them and restore "
                 "again, or pass --while-running; nothing was restored"
             )
-        if not args.while_running:
-            # Empty, but its durables (made by services that ran on it) would deliver
-            # every restored event as new work: the stream goes, with them.
+        if not args.while_running and (durables or not held):
+            # Empty, or holding the start of the backup but with durables (made by
+            # services that ran on it) that would deliver every restored event as new
+            # work: the stream goes, with them, and the restore starts over.
             await js.delete_stream(MISSIONS_STREAM)
-            info = None
+            info, held = None, 0
+    if held:
+        print(
+            f"{MISSIONS_STREAM} holds the first {counted(held, 'event')} of this backup (an "
+            "earlier restore stopped there): going on after them",
+            flush=True,
+        )
     config = StreamConfig.from_response(dict(header.stream.config))
-    if config.metadata:
-        # The server's own notes (``_nats.*``) are its to write.
-        config.metadata = {
-            k: v for k, v in config.metadata.items() if not k.startswith("_nats.")
-        } or None
+    # The server's own notes (``_nats.*``) are its to write; the restore marks the
+    # stream as its own until it has stored every message.
+    config.metadata = {
+        **{
+            k: v
+            for k, v in (config.metadata or {}).items()
+            if not k.startswith("_nats.") and k != RESTORING
+        },
+        RESTORING: header.sha256,
+    }
     if args.replicas is not None:
         config.num_replicas = args.replicas
     if info is None:
@@ -383,7 +429,46 @@ async def _prepare_stream(
 
         await ensure_stream(js, config)
     else:
+        config.first_seq = None  # a stream's first sequence is set when it is made
         await js.update_stream(config)
+    return held
+
+
+async def _restored(js: JetStreamContext) -> None:
+    """Take the restore's mark off the stream: every message of the backup is in it."""
+    config = (await js.stream_info(MISSIONS_STREAM)).config
+    metadata = {
+        k: v
+        for k, v in (config.metadata or {}).items()
+        if not k.startswith("_nats.") and k != RESTORING
+    }
+    config.metadata = metadata or None
+    await js.update_stream(config)
+
+
+# The stream's metadata key a restore marks it with (the backup's checksum) until every
+# message is stored: a run of the same restore again goes on only in a stream so marked.
+RESTORING = "aether_restoring"
+
+
+async def _backup_start_held(js: JetStreamContext, path: Path, count: int) -> int:
+    """``count`` when the stream's ``count`` stored messages are the backup's first
+    ``count``, in order (subject, data and event id each), else 0."""
+    backed_up = (r for r in archive.records(path) if isinstance(r, Message))
+    compared = 0
+    batches = stored_batches(
+        js, MISSIONS_STREAM, ALL_MISSION_EVENTS, batch=READ_BATCH, patience=30.0
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for raw in batch:
+                wanted = next(backed_up, None)
+                if wanted is None or _identity(_stored(raw)) != _identity(wanted):
+                    return 0
+                compared += 1
+                if compared == count:
+                    return count
+    return 0
 
 
 # Conditions of the original publish (optimistic concurrency on the stream as it was),
@@ -397,10 +482,15 @@ PUBLISH_WINDOW = 256
 ACK_TIMEOUT = 30.0
 
 
-async def _publish_all(nc: NATS, messages: Iterator[Message]) -> Message | None:
+async def _publish_all(js: JetStreamContext, nc: NATS, messages: Iterator[Message]) -> None:
     """Publish ``messages`` in order on ``nc``, at most ``PUBLISH_WINDOW`` of them waiting
     for the stream's acknowledgement, each checked in order: stored (not dropped as a
-    duplicate, not refused) and at a sequence after the one before. Returns the last."""
+    duplicate, not refused) and at a sequence after the one before.
+
+    When one is not, the messages published after it that the stream stored (up to
+    ``PUBLISH_WINDOW`` - 1, sent before its answer came) are deleted again, so the
+    stream holds the backup's messages up to the one before it and nothing after:
+    ``Stopped`` says where, and the same restore run again goes on from there."""
     inbox = nc.new_inbox()
     waiting: dict[str, asyncio.Future[Msg]] = {}
 
@@ -411,63 +501,101 @@ async def _publish_all(nc: NATS, messages: Iterator[Message]) -> Message | None:
 
     sub = await nc.subscribe(f"{inbox}.*", cb=answered)
     in_flight: collections.deque[tuple[Message, asyncio.Future[Msg]]] = collections.deque()
-    previous = 0
-    last: Message | None = None
+    previous = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
+    reached: Message | None = None
     try:
-        for index, message in enumerate(messages):
-            reply = f"{inbox}.{index}"
-            waiting[reply] = asyncio.get_running_loop().create_future()
-            in_flight.append((message, waiting[reply]))
-            headers = {
-                key: value
-                for key, value in (message.headers or {}).items()
-                if not key.startswith(_PUBLISH_CONDITIONS)
-            }
-            await nc.publish(message.subject, message.data, reply=reply, headers=headers or None)
-            last = message
-            if len(in_flight) >= PUBLISH_WINDOW:
-                previous = await _acknowledged(*in_flight.popleft(), previous)
-        while in_flight:
-            previous = await _acknowledged(*in_flight.popleft(), previous)
+        try:
+            for index, message in enumerate(messages):
+                reply = f"{inbox}.{index}"
+                waiting[reply] = asyncio.get_running_loop().create_future()
+                in_flight.append((message, waiting[reply]))
+                headers = {
+                    key: value
+                    for key, value in (message.headers or {}).items()
+                    if not key.startswith(_PUBLISH_CONDITIONS)
+                }
+                await nc.publish(
+                    message.subject, message.data, reply=reply, headers=headers or None
+                )
+                if len(in_flight) >= PUBLISH_WINDOW:
+                    reached, previous = await _acknowledged(*in_flight.popleft(), previous)
+            while in_flight:
+                reached, previous = await _acknowledged(*in_flight.popleft(), previous)
+        except _NotStored as failed:
+            await _take_back_after(js, previous, in_flight)
+            where = (
+                f"the backup's events up to #{reached.seq} (stream #{previous})"
+                if reached is not None
+                else "what it held before this run"
+            )
+            raise Stopped(
+                f"{failed}: the restore stopped at the backup's event #{failed.message.seq}. "
+                f"{MISSIONS_STREAM} holds {where} and nothing after; once the cause is "
+                f"dealt with, run the same restore again to go on from #{failed.message.seq}"
+                " (or delete the stream, `nats stream rm AETHER_MISSIONS`, to start over)"
+            ) from None
     finally:
         for _, future in in_flight:
             future.cancel()
         await sub.unsubscribe()
-    return last
 
 
-async def _acknowledged(message: Message, future: asyncio.Future[Msg], previous: int) -> int:
-    """The sequence the stream stored ``message`` at, once it says so; raises when it
-    did not store it, or stored it out of order."""
+class _NotStored(Exception):
+    def __init__(self, message: Message, why: str) -> None:
+        super().__init__(why)
+        self.message = message
+
+
+async def _take_back_after(
+    js: JetStreamContext,
+    previous: int,
+    in_flight: collections.deque[tuple[Message, asyncio.Future[Msg]]],
+) -> None:
+    """Delete what the stream stored after sequence ``previous``: the messages published
+    after the one it did not store, whose answers are awaited first (a message still
+    unanswered after ``ACK_TIMEOUT`` may be stored later; a run again finds the stream
+    is not the backup's start then, and says so)."""
+    for _, future in in_flight:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(future, ACK_TIMEOUT)
+    last = (await js.stream_info(MISSIONS_STREAM)).state.last_seq
+    for seq in range(previous + 1, last + 1):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_msg(MISSIONS_STREAM, seq)
+
+
+async def _acknowledged(
+    message: Message, future: asyncio.Future[Msg], previous: int
+) -> tuple[Message, int]:
+    """``message`` and the sequence the stream stored it at, once it says so; raises
+    ``_NotStored`` when it did not store it, or stored it out of order."""
     try:
         reply = await asyncio.wait_for(future, ACK_TIMEOUT)
     except TimeoutError:
-        raise UsageError(
-            f"no acknowledgement of message #{message.seq} within {ACK_TIMEOUT:.0f}s: "
-            "the restore is incomplete"
+        raise _NotStored(
+            message, f"no acknowledgement of event #{message.seq} within {ACK_TIMEOUT:.0f}s"
         ) from None
     if (reply.headers or {}).get("Status") == "503":
-        raise UsageError(f"no stream took message #{message.seq}: the restore is incomplete")
+        raise _NotStored(message, f"no stream took event #{message.seq}")
     answer = json.loads(reply.data or b"{}")
     if "error" in answer:
         error = answer["error"]
-        raise UsageError(
-            f"the stream refused message #{message.seq}: {error.get('description', error)}; "
-            "the restore is incomplete"
+        raise _NotStored(
+            message,
+            f"the stream refused event #{message.seq}: {error.get('description', error)}",
         )
     if answer.get("duplicate"):
-        raise UsageError(
-            f"the stream dropped message #{message.seq} as a duplicate of an earlier one "
-            f"(Nats-Msg-Id {_msg_id(message.headers)!r}, within the duplicate window): "
-            "the restore is incomplete"
+        raise _NotStored(
+            message,
+            f"the stream dropped event #{message.seq} as a duplicate of an earlier one "
+            f"(Nats-Msg-Id {_msg_id(message.headers)!r}, within the duplicate window)",
         )
     seq = int(answer.get("seq", 0))
     if seq <= previous:
-        raise UsageError(
-            f"message #{message.seq} was stored at #{seq}, not after #{previous}: "
-            "the restore is out of order"
+        raise _NotStored(
+            message, f"event #{message.seq} was stored at #{seq}, not after #{previous}"
         )
-    return seq
+    return message, seq
 
 
 async def _restore_tokens(database_url: str, tokens: list[Token]) -> int:

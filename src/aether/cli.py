@@ -226,8 +226,10 @@ def _backup_parsers(sub: Any) -> None:
         help="bring back a backup into an empty stream, before the services start",
         description="Check FILE whole, then recreate the AETHER_MISSIONS stream with its "
         "configuration, publish its events in order with their headers, check them, and "
-        "restore the API tokens. Refused when the stream holds events, or while services "
-        "run on it (stop them: they fold the restored stream when they start).",
+        "restore the API tokens. Refused when the stream holds events (but the start of "
+        "this backup, where a run of the same restore stopped: it goes on from there), or "
+        "while services run on it (stop them: they fold the restored stream when they "
+        "start).",
         parents=[servers],
     )
     restore.add_argument("file", metavar="FILE")

@@ -145,3 +145,51 @@ def test_a_backup_restored_into_a_new_home_carries_on(tmp_path: Path):
     finally:
         shutil.rmtree(old_home, ignore_errors=True)
         shutil.rmtree(new_home, ignore_errors=True)
+
+
+def test_a_restore_while_running_under_up_rebuilds_the_read_model(tmp_path: Path):
+    """``aether restore --while-running`` into a stack running on a new home (its stream
+    empty): the running services are given the restored events, the gateway's read model
+    is rebuilt and shows the mission as it was, and no service works it again (a later
+    mission completes; a second backup holds the first mission's events exactly as the
+    first did)."""
+    old_home = Path(tempfile.mkdtemp(prefix="aether-backup-old-"))
+    new_home = Path(tempfile.mkdtemp(prefix="aether-backup-new-"))
+    backup = tmp_path / "aether.backup"
+    repo = tmp_path / "project"
+    create_sample_repository(repo)
+    try:
+        old = Up(tmp_path, old_home, "--port-base", "28000")
+        try:
+            old.wait_for("Aether is up.")
+            mission_id = complete_a_mission(old, tmp_path, repo, "src/greeting.py")
+            before = essentials(show(tmp_path, mission_id))
+            made = run(tmp_path, "backup", "--home", str(old_home), str(backup))
+            assert made.returncode == 0, made.stdout + made.stderr
+        finally:
+            old.stop()
+        header = archive.verify(backup)
+
+        new = Up(tmp_path, new_home, "--port-base", "28100")
+        try:
+            new.wait_for("Aether is up.")
+            restored = run(
+                tmp_path, "restore", "--while-running", "--home", str(new_home), str(backup)
+            )
+            assert restored.returncode == 0, restored.stdout + restored.stderr
+            assert f"restored {header.counts.messages} events of 1 mission " in restored.stdout
+            assert "read model rebuilt: " in restored.stdout, restored.stdout
+            assert essentials(show(tmp_path, mission_id)) == before
+
+            later = complete_a_mission(new, tmp_path, repo, "src/farewell.py")
+            again = tmp_path / "again.backup"
+            made = run(tmp_path, "backup", "--home", str(new_home), str(again))
+            assert made.returncode == 0, made.stdout + made.stderr
+            assert events_of(again, mission_id) == events_of(backup, mission_id)
+            assert min(seq for seq, *_ in events_of(again, later)) > header.stream.last_seq
+            assert essentials(show(tmp_path, mission_id)) == before
+        finally:
+            new.stop()
+    finally:
+        shutil.rmtree(old_home, ignore_errors=True)
+        shutil.rmtree(new_home, ignore_errors=True)

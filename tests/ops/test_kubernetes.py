@@ -630,3 +630,52 @@ def test_the_git_ssh_component_gives_the_broker_alone_its_ssh_key_and_known_host
         spec = deployment["spec"]["template"]["spec"]
         assert "aether-git-ssh" not in json.dumps(spec), name
         assert "AETHER_GIT_SSH_" not in json.dumps(spec), name
+
+
+def test_the_git_ssh_passphrase_component_gives_the_broker_alone_its_key_passphrase(
+    tmp_path: Path,
+) -> None:
+    """Production with ``components/git-ssh`` and its ``passphrase`` part: the Secret's
+    ``passphrase`` key mounted read-only on the broker, in a directory of its own, and
+    named by ``AETHER_GIT_SSH_KEY_PASSPHRASE_FILE``; no other pod sees it. Without the
+    part the broker has no such setting (it would refuse to start on a missing file)."""
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "with-ssh-passphrase"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../production]\n"
+        "components: [../../components/git-ssh, ../../components/git-ssh/passphrase]\n"
+    )
+    docs, _ = kustomize.render(overlay)
+    for doc in docs:
+        validate(doc)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    pod = deployments["git-broker"]["spec"]["template"]["spec"]
+    (volume,) = [
+        v
+        for v in pod["volumes"]
+        if v.get("secret", {}).get("items") == [{"key": "passphrase", "path": "passphrase"}]
+    ]
+    assert volume["secret"]["secretName"] == "aether-git-ssh"
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] and mount["mountPath"] == "/run/secrets/aether-git-ssh-passphrase"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["AETHER_GIT_SSH_KEY_PASSPHRASE_FILE"] == (
+        "/run/secrets/aether-git-ssh-passphrase/passphrase"
+    )
+    assert env["AETHER_GIT_SSH_KEY"] == "/run/secrets/aether-git-ssh/ssh-key"
+    for name, deployment in deployments.items():
+        if name != "git-broker":
+            assert "aether-git-ssh" not in json.dumps(deployment["spec"]), name
+    plain = tmp_path / "k8s" / "overlays" / "with-ssh"
+    plain.mkdir()
+    (plain / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../production]\ncomponents: [../../components/git-ssh]\n"
+    )
+    docs, _ = kustomize.render(plain)
+    (broker,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "git-broker"
+    ]
+    assert "PASSPHRASE" not in json.dumps(broker)

@@ -8,10 +8,13 @@ from datetime import UTC, datetime
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from aether_events import (
     ALL_MISSION_EVENTS,
+    ALL_TELEMETRY,
     MISSIONS_STREAM,
+    TELEMETRY_STREAM,
     Event,
     EventPublisher,
     MissionFailed,
@@ -21,6 +24,7 @@ from aether_events import (
     ensure_streams,
     replay,
 )
+from aether_events.streams import TELEMETRY_MAX_AGE_SECONDS, TELEMETRY_MAX_BYTES
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -111,3 +115,83 @@ async def test_a_start_leaves_a_stream_that_has_its_settings_alone(nc: NatsClien
     await nc.flush()
     await watch.unsubscribe()
     assert updates == [f"$JS.API.STREAM.UPDATE.{MISSIONS_STREAM}"]
+
+
+async def test_the_telemetry_stream_keeps_a_week_within_a_size_bound_by_default(
+    nc: NatsClient,
+) -> None:
+    """Transcript entries travel on telemetry and the gateway keeps them from there: the
+    stream keeps them for days (a gateway away for a night loses none), within a size
+    bound past which the oldest go (a flood does not fill the disk), and its duplicate
+    window stays short (the server keeps every id of the window in memory)."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    config = (await js.stream_info(TELEMETRY_STREAM)).config
+    assert config.max_age == TELEMETRY_MAX_AGE_SECONDS == 7 * 24 * 3600
+    assert config.max_bytes == TELEMETRY_MAX_BYTES == 1024**3
+    assert config.discard == DiscardPolicy.OLD
+    assert config.duplicate_window == 120.0
+
+
+async def test_an_upgrade_applies_the_new_retention_to_an_existing_stream_keeping_its_messages(
+    nc: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A telemetry stream made by a version that kept it an hour, holding messages: a
+    start with the new settings changes its age and size limits in place (an update, not a
+    new stream) and every message stays; a later start with other values changes them
+    again, and says so."""
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(
+            name=TELEMETRY_STREAM,
+            description="Aether agent progress and heartbeats (short retention)",
+            subjects=[ALL_TELEMETRY],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=1,
+            max_age=3600,
+            duplicate_window=120.0,
+            discard=DiscardPolicy.OLD,
+        )
+    )
+    for n in range(5):
+        await js.publish(
+            f"aether.telemetry.m-old.progress.{n}", b"{}", headers={"Nats-Msg-Id": f"p{n}"}
+        )
+    before = (await js.stream_info(TELEMETRY_STREAM)).state
+    with caplog.at_level(logging.WARNING, logger="aether.events.streams"):
+        await ensure_streams(js)
+    info = await js.stream_info(TELEMETRY_STREAM)
+    assert (info.config.max_age, info.config.max_bytes) == (TELEMETRY_MAX_AGE_SECONDS, 1024**3)
+    assert (info.state.messages, info.state.first_seq, info.state.last_seq) == (
+        5,
+        before.first_seq,
+        before.last_seq,
+    )
+    changed = [r for r in caplog.records if getattr(r, "stream", None) == TELEMETRY_STREAM]
+    assert [r.getMessage() for r in changed] == ["stream settings changed"]
+    # The duplicate window still knows what was published before the update.
+    again = await js.publish(
+        "aether.telemetry.m-old.progress.4", b"{}", headers={"Nats-Msg-Id": "p4"}
+    )
+    assert again.duplicate
+
+    await ensure_streams(
+        js,
+        StreamSettings(telemetry_max_age_seconds=2 * 24 * 3600, telemetry_max_bytes=64 * 1024**2),
+    )
+    info = await js.stream_info(TELEMETRY_STREAM)
+    assert (info.config.max_age, info.config.max_bytes) == (2 * 24 * 3600, 64 * 1024**2)
+    assert info.state.messages == 5
+
+
+async def test_past_its_size_bound_the_telemetry_stream_drops_its_oldest_first(
+    nc: NatsClient,
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, StreamSettings(telemetry_max_bytes=64 * 1024))
+    for n in range(40):
+        await js.publish(f"aether.telemetry.m-flood.progress.{n}", b"x" * 4000)
+    state = (await js.stream_info(TELEMETRY_STREAM)).state
+    assert state.bytes <= 64 * 1024 and 0 < state.messages < 40
+    assert state.last_seq == 40 and state.first_seq == 40 - state.messages + 1

@@ -20,6 +20,7 @@ from aether_events import (
     ensure_streams,
 )
 from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service
+from aether_runtime.settings import SettingsError
 
 
 async def ignore(event: Event, delivery: Delivery) -> None:
@@ -53,6 +54,7 @@ async def stream_settings(js: JetStreamContext) -> dict[str, object]:
         "telemetry_replicas": telemetry.num_replicas,
         "telemetry_duplicate_window": telemetry.duplicate_window,
         "telemetry_max_age": telemetry.max_age,
+        "telemetry_max_bytes": telemetry.max_bytes,
     }
 
 
@@ -63,7 +65,8 @@ def declared(replicas: int) -> dict[str, object]:
         "missions_max_age": 0.0,
         "telemetry_replicas": replicas,
         "telemetry_duplicate_window": 120.0,
-        "telemetry_max_age": 3600.0,
+        "telemetry_max_age": 7 * 24 * 3600.0,
+        "telemetry_max_bytes": 1024**3,
     }
 
 
@@ -76,6 +79,32 @@ async def test_a_started_service_leaves_the_streams_as_aether_declared_them(
         assert await stream_settings(nc.jetstream()) == declared(1)
     finally:
         await svc.stop()
+
+
+async def test_a_service_declares_the_telemetry_retention_its_settings_give(
+    nc: NatsClient, nats_url: str
+) -> None:
+    """``AETHER_TELEMETRY_MAX_AGE_SECONDS`` and ``AETHER_TELEMETRY_MAX_BYTES``: read from
+    the environment, bounded, and applied to the stream by the service that declares it."""
+    env = {
+        "NATS_URL": nats_url,
+        "AETHER_TELEMETRY_MAX_AGE_SECONDS": "172800",
+        "AETHER_TELEMETRY_MAX_BYTES": str(256 * 1024**2),
+    }
+    settings = RuntimeSettings.for_service(0, env)
+    svc = Service(name="streams-test", settings=settings, bus_poll_seconds=0)
+    await svc.start()
+    try:
+        config = (await nc.jetstream().stream_info(TELEMETRY_STREAM)).config
+        assert (config.max_age, config.max_bytes) == (172800.0, 256 * 1024**2)
+    finally:
+        await svc.stop()
+    for name, value in (
+        ("AETHER_TELEMETRY_MAX_AGE_SECONDS", "60"),
+        ("AETHER_TELEMETRY_MAX_BYTES", "1000"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            RuntimeSettings.for_service(0, {**env, name: value})
 
 
 @pytest.mark.slow

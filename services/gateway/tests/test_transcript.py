@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+from prometheus_client import REGISTRY
+
+from aether.infra import free_port
 from aether_events import (
     TELEMETRY_STREAM,
     AgentStarted,
@@ -14,6 +17,7 @@ from aether_events import (
     TranscriptRecorded,
     Usage,
 )
+from aether_runtime import RuntimeSettings
 
 from .conftest import Script, eventually
 from .test_auth import new_token
@@ -389,3 +393,60 @@ async def test_an_attempt_or_sequence_too_large_to_store_is_refused_by_name(http
 
 async def _found(http, url: str) -> bool:
     return (await http.get(url)).status_code == 200
+
+
+async def _stored_texts(http, script: Script) -> list[str]:
+    answer = (await http.get(path(script))).json()
+    return [e["text"] for e in answer["entries"]]
+
+
+async def test_entries_published_while_no_gateway_runs_are_kept_within_the_streams_age(
+    http, gateway_server, nc, script
+):
+    """With the default retention (a week) the telemetry stream outlives a gateway's
+    night away: entries published while it is stopped are folded when it starts, and
+    nothing is counted lost."""
+    config = (await nc.jetstream().stream_info(TELEMETRY_STREAM)).config
+    assert config.max_age == 7 * 24 * 3600 and config.max_age > 3600
+    await publish(nc, script.requested(), entry(script, 1, 0, "prompt", text="before"))
+    await complete(http, script, 1)
+    await gateway_server.stop()
+    await publish(nc, entry(script, 1, 1, text="while away"), entry(script, 1, 2, text="later"))
+    await gateway_server.start()
+    async with gateway_server.client() as client:
+        await complete(client, script, 3)
+        assert await _stored_texts(client, script) == ["before", "while away", "later"]
+    assert gateway_server.gateway is not None
+    assert gateway_server.gateway.projector.telemetry_lost == 0
+
+
+async def test_entries_the_stream_dropped_while_no_gateway_ran_are_counted_lost(
+    make_gateway, nc, nats_url, script
+):
+    """The stream's own age (one second here, for the week of the default): entries
+    published while no gateway runs and older than it are gone when a gateway starts;
+    it counts the sequences it never saw, says so, and folds what came after them."""
+    runtime = RuntimeSettings(
+        nats_url=nats_url, host="127.0.0.1", port=free_port(), telemetry_max_age_seconds=1.0
+    )
+    server = await make_gateway(runtime=runtime)
+    js = nc.jetstream()
+    assert (await js.stream_info(TELEMETRY_STREAM)).config.max_age == 1.0
+    async with server.client() as client:
+        await publish(nc, script.requested(), entry(script, 1, 0, "prompt", text="before"))
+        await complete(client, script, 1)
+    await server.stop()
+    lost_before = REGISTRY.get_sample_value("aether_telemetry_lost_total") or 0.0
+    await publish(nc, entry(script, 1, 1, text="lost"), entry(script, 1, 2, text="lost too"))
+
+    async def expired() -> bool:
+        return (await js.stream_info(TELEMETRY_STREAM)).state.messages == 0
+
+    await eventually(expired, timeout=30, what="the entries to expire")
+    await server.start()
+    async with server.client() as client:
+        await publish(nc, entry(script, 1, 3, text="after"))
+        await complete(client, script, 2)
+        assert await _stored_texts(client, script) == ["before", "after"]
+    assert server.gateway is not None and server.gateway.projector.telemetry_lost == 2
+    assert REGISTRY.get_sample_value("aether_telemetry_lost_total") == lost_before + 2

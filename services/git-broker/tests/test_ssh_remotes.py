@@ -278,6 +278,7 @@ def test_the_ssh_settings_are_read_and_checked_at_start(tmp_path: Path) -> None:
         known_hosts=str(known),
         ports=(("git.internal", 7999), ("127.0.0.1", 2222)),
         timeout=20.0,
+        askpass_dir=str(tmp_path),  # the broker's data directory: the worktrees' parent
     )
     for env, words in (
         ({"AETHER_GIT_SSH_KEY": str(tmp_path / "missing")}, "names no file"),

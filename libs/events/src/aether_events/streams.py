@@ -20,11 +20,26 @@ MISSIONS_STREAM = "AETHER_MISSIONS"
 TELEMETRY_STREAM = "AETHER_TELEMETRY"
 
 
+# How long the telemetry stream keeps a message (heartbeats, progress, transcript
+# entries): the gateway keeps transcript entries from it, so this is the longest a
+# gateway may be away without an attempt's entries being lost (a night, a weekend).
+TELEMETRY_MAX_AGE_SECONDS = 7 * 24 * 3600.0
+# The most the telemetry stream holds, per server: past it the oldest messages go first,
+# so a flood of telemetry cannot fill the disk and the newest entries are always taken.
+TELEMETRY_MAX_BYTES = 1024**3
+# The telemetry stream's duplicate window, at most: a runner that resumes an attempt
+# sends its transcript entries again at once, and the gateway keeps the first copy of
+# each entry anyway, so a longer window would only cost the server memory (it keeps
+# every id of the window) for a stream that holds days of messages.
+TELEMETRY_DUPLICATE_WINDOW_SECONDS = 120.0
+
+
 class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1
     # Long enough to swallow a republish after a crash-and-restart of any service.
     duplicate_window_seconds: float = 2 * 3600
-    telemetry_max_age_seconds: float = 3600
+    telemetry_max_age_seconds: float = TELEMETRY_MAX_AGE_SECONDS
+    telemetry_max_bytes: int = TELEMETRY_MAX_BYTES
 
 
 def stream_configs(settings: StreamSettings) -> list[StreamConfig]:
@@ -42,13 +57,18 @@ def stream_configs(settings: StreamSettings) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=TELEMETRY_STREAM,
-            description="Aether agent progress and heartbeats (short retention)",
+            description="Aether agent progress, heartbeats and transcript entries",
             subjects=[ALL_TELEMETRY],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
             max_age=settings.telemetry_max_age_seconds,
-            duplicate_window=min(120.0, settings.telemetry_max_age_seconds),
+            max_bytes=settings.telemetry_max_bytes,
+            duplicate_window=min(
+                TELEMETRY_DUPLICATE_WINDOW_SECONDS, settings.telemetry_max_age_seconds
+            ),
+            # Past either bound the oldest go: what a gateway has not folded yet is
+            # lost from the front, and it counts the sequences it never saw.
             discard=DiscardPolicy.OLD,
         ),
     ]
@@ -184,5 +204,12 @@ def _has_settings(current: StreamConfig, wanted: StreamConfig) -> bool:
 
 
 def _durability(config: StreamConfig) -> tuple[object, ...]:
-    """Replicas, duplicate window and age limit, with the server's spelling of defaults."""
-    return (config.num_replicas or 1, config.duplicate_window or 0.0, config.max_age or 0.0)
+    """Replicas, duplicate window, age and size limits, with the server's spelling of
+    defaults (no size limit is -1)."""
+    max_bytes = config.max_bytes if config.max_bytes not in (None, 0) else -1
+    return (
+        config.num_replicas or 1,
+        config.duplicate_window or 0.0,
+        config.max_age or 0.0,
+        max_bytes,
+    )

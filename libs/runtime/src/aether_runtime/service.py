@@ -64,7 +64,6 @@ from aether_events import (
     Event,
     EventPublisher,
     StepRetryRequested,
-    StreamSettings,
     UnknownEventType,
     decode,
     ensure_streams,
@@ -506,7 +505,7 @@ class Service:
         await self._holders.serve()
         role = ROLES.get(self.name)
         if not self.settings.nats_user or (role is not None and role.declares_streams):
-            await ensure_streams(self._js, StreamSettings(replicas=self.settings.stream_replicas))
+            await ensure_streams(self._js, self.settings.stream_settings())
             if role is not None and role.declares_streams:
                 await ensure_bucket(
                     self._js, self.settings.runner_entry_seconds, self.settings.stream_replicas

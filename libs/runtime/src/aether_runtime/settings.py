@@ -28,6 +28,8 @@ from typing import Annotated, Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
 import msgspec
 
+from aether_events.streams import TELEMETRY_MAX_AGE_SECONDS, TELEMETRY_MAX_BYTES, StreamSettings
+
 ENV = Mapping[str, str]
 
 
@@ -296,6 +298,17 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     port: Port = setting("PORT", 8000)
     # JetStream keeps at most five replicas of a stream.
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = setting("AETHER_STREAM_REPLICAS", 1)
+    # The telemetry stream's retention (``aether_events.streams``): how long it keeps a
+    # message, so how long a gateway may be away before transcript entries published
+    # meanwhile are lost, and the most it holds (per server), past which the oldest go.
+    # Read by the service that declares the streams (the scheduler; every service where
+    # the bus has no users); a change is applied to the existing stream at its start.
+    telemetry_max_age_seconds: Annotated[float, msgspec.Meta(ge=300)] = setting(
+        "AETHER_TELEMETRY_MAX_AGE_SECONDS", TELEMETRY_MAX_AGE_SECONDS
+    )
+    telemetry_max_bytes: Annotated[int, msgspec.Meta(ge=16 * 1024**2)] = setting(
+        "AETHER_TELEMETRY_MAX_BYTES", TELEMETRY_MAX_BYTES
+    )
     # This process is the only one of its service, started again only once it exited
     # (``aether up`` sets it for each of its services): a start then hands back at once
     # what the service's durables hold for a process that is gone.
@@ -328,6 +341,14 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     def for_service(cls, default_port: int, env: ENV | None = None) -> RuntimeSettings:
         """The settings of a service listening on ``default_port`` unless ``PORT`` says."""
         return cls.load(env, defaults={"port": default_port})
+
+    def stream_settings(self) -> StreamSettings:
+        """The streams as this service declares them (``aether_events.ensure_streams``)."""
+        return StreamSettings(
+            replicas=self.stream_replicas,
+            telemetry_max_age_seconds=self.telemetry_max_age_seconds,
+            telemetry_max_bytes=self.telemetry_max_bytes,
+        )
 
     def nats_tls(self) -> ssl.SSLContext | None:
         """The TLS context of every connection to the bus (the service's and its

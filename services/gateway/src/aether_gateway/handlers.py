@@ -31,6 +31,7 @@ from aether_gateway.adapters.stream import (
     read_stored,
     stored_runs,
 )
+from aether_gateway.metrics import TELEMETRY_LOST
 from aether_runtime import ConsumerSpec, Delivery, ensure_consumer
 from aether_runtime.unanswered import asked_again, stream_end
 
@@ -66,6 +67,16 @@ async def _released(folding: asyncio.Future[None], delivery: Delivery) -> None:
     already) is folded; return once it is."""
     delivery.release()
     await folding
+
+
+def lost_telemetry(position: int, first_seq: int, last_seq: int) -> int:
+    """How many telemetry messages were stored after ``position`` (what the gateway
+    folded up to) but are no longer in the stream, whose first and last sequences are
+    ``first_seq`` and ``last_seq`` (an empty stream's first is its last plus one). None
+    for a gateway that has folded nothing yet (``position`` 0): it never missed any."""
+    if position <= 0:
+        return 0
+    return max(0, min(first_seq - 1, last_seq) - position)
 
 
 class Projector:
@@ -104,6 +115,8 @@ class Projector:
         self._folded = asyncio.Event()
         # The start found rows folded by an older fold version (``refold``).
         self.refold_due = False
+        # Telemetry messages the stream dropped before this gateway's start read them.
+        self.telemetry_lost = 0
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         """The mission consumer's handler: fold the event (a second delivery is a no-op)."""
@@ -283,9 +296,27 @@ class Projector:
 
     async def _catch_up_telemetry(self, js: JetStreamContext) -> None:
         position = await self.read_model.telemetry_position()
-        if position > await stream_end(js, TELEMETRY_STREAM):
+        state = (
+            await asked_again(lambda: js.stream_info(TELEMETRY_STREAM), "the telemetry stream")
+        ).state
+        if position > state.last_seq:
             await self.read_model.reset_telemetry_position()
             position = 0
+        self.telemetry_lost = lost_telemetry(position, state.first_seq, state.last_seq)
+        if self.telemetry_lost:
+            # The gateway reads every telemetry subject, so each sequence between where it
+            # stopped and the stream's first is a message it never saw: it was dropped by
+            # the stream's age or size limit while no gateway ran (transcript entries
+            # among them are lost; docs/transcripts.md).
+            TELEMETRY_LOST.inc(self.telemetry_lost)
+            log.warning(
+                "telemetry dropped by the stream before the gateway read it",
+                extra={
+                    "lost": self.telemetry_lost,
+                    "lost_from": position + 1,
+                    "lost_to": position + self.telemetry_lost,
+                },
+            )
         pending, last = await _read(
             js, TELEMETRY_STREAM, ALL_TELEMETRY, position, patience=START_PATIENCE_SECONDS
         )

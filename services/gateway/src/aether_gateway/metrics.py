@@ -44,6 +44,11 @@ READ_MODEL_REPAIRS = Counter(
     " rows were folded by an older fold version (refold)",
     ["kind"],
 )
+TELEMETRY_LOST = Counter(
+    "aether_telemetry_lost_total",
+    "Telemetry messages (transcript entries among them) the stream dropped, by its age or"
+    " size limit, before the gateway read them: counted when a gateway starts",
+)
 REPAIR_KINDS = ("stalled", "gap", "diverged", "refold")
 for _kind in REPAIR_KINDS:
     READ_MODEL_REPAIRS.labels(_kind)

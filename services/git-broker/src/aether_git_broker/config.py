@@ -136,6 +136,7 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
             ports=self.ssh_ports,
             timeout=self.remote_timeout_seconds,
             passphrase_file=self.ssh_key_passphrase_file,
+            askpass_dir=str(self.clones_dir),
         )
 
     @property

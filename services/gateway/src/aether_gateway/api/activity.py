@@ -3,7 +3,7 @@
 
 Starts and ends are mission events, read from the read model; progress reports are
 telemetry, which the read model folds into each attempt's latest state only, so they are
-read from the telemetry stream, which keeps them for an hour. ``position`` is how far the
+read from the telemetry stream, which keeps them for a week by default. ``position`` is how far the
 mission events go: an event stream opened with ``?after=position&telemetry=1`` continues
 from there (a progress report listed may come again on it; its ``event_id`` says so).
 """

@@ -141,6 +141,9 @@ class SshAccess:
     ports: tuple[tuple[str, int], ...] = field(default=())
     timeout: float = 300.0
     passphrase_file: str | None = None
+    # Where our askpass program is written (the broker's data directory), before the
+    # temporary directory: one of them must let programs run (not mounted ``noexec``).
+    askpass_dir: str | None = None
 
     def problem(self) -> str | None:
         """Why no SSH remote can be used with these settings, if so."""
@@ -159,6 +162,13 @@ class SshAccess:
                 + ": a private key, and a known hosts file holding the server's host key)"
             )
         return None
+
+    def askpass_places(self) -> tuple[str, ...]:
+        """The directories our askpass program may be written in, in order: the broker's
+        own (a fixed place in it, ``ASKPASS_SUBDIRECTORY``), then the temporary
+        directory (a fresh private directory in it, as anyone may write there)."""
+        own = [os.path.join(self.askpass_dir, ASKPASS_SUBDIRECTORY)] if self.askpass_dir else []
+        return (*own, tempfile.gettempdir())
 
     def port_for(self, host: str, port: int | None) -> int | None:
         if port is not None:
@@ -238,7 +248,7 @@ class SshAccess:
         env = {"PATH": os.environ.get("PATH", os.defpath)}
         if self.passphrase_file:
             env.update(
-                SSH_ASKPASS=askpass_program(),
+                SSH_ASKPASS=askpass_program(self.askpass_places()),
                 SSH_ASKPASS_REQUIRE="force",
                 AETHER_ASKPASS_FILE=self.passphrase_file,
             )
@@ -252,6 +262,11 @@ def key_problem(access: SshAccess, timeout: float = 30.0) -> str | None:
     input, so it passes through no command line or environment."""
     if not access.key:
         return None
+    if access.passphrase_file:
+        try:
+            askpass_program(access.askpass_places())
+        except AskpassUnusable as error:
+            return str(error)
     program = shutil.which("ssh-keygen")
     if program is None:
         return None  # ssh itself will say what is wrong, at the first remote
@@ -295,29 +310,96 @@ IFS= read -r line < "$AETHER_ASKPASS_FILE" || [ -n "$line" ] || exit 1
 printf '%s\n' "$line"
 """
 _askpass_lock = threading.Lock()
-_askpass: list[str] = []
+_askpass: dict[tuple[str, ...], str] = {}
 
 
-def askpass_program() -> str:
+class AskpassUnusable(RuntimeError):
+    """No directory our askpass program was written in lets it run; says which and why."""
+
+
+def askpass_program(places: tuple[str, ...]) -> str:
     """The path of our askpass program: written once per process into a private
-    directory (mode 0700) of the temporary directory, removed when the process ends."""
+    directory (mode 0700) of the first of ``places`` where it then runs (``ssh`` runs it
+    by its path, so a directory on a file system mounted ``noexec`` will not do), and
+    removed when the process ends. ``AskpassUnusable`` when it runs in none of them."""
     with _askpass_lock:
-        if _askpass and os.path.isfile(_askpass[0]):
-            return _askpass[0]
-        directory = tempfile.mkdtemp(prefix="aether-askpass-")
-        path = os.path.join(directory, "askpass")
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        known = _askpass.get(places)
+        if known is not None and os.path.isfile(known):
+            return known
+        failures: list[str] = []
+        for place in places:
+            try:
+                path = _write_askpass(place)
+            except OSError as error:
+                failures.append(f"{place}: cannot write it ({error.strerror or error})")
+                continue
+            why = _cannot_run(path)
+            if why is None:
+                _askpass[places] = path
+                return path
+            if os.path.basename(place) != ASKPASS_SUBDIRECTORY:
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            failures.append(f"{place}: {why}")
+        raise AskpassUnusable(
+            f"a key with a passphrase ({PASSPHRASE_FILE}) needs the broker's askpass "
+            "program, and it cannot run from any directory it was written in ("
+            + "; ".join(failures)
+            + "): give the broker a data directory (AETHER_GIT_DATA_DIR) or a temporary "
+            "directory (TMPDIR) on a file system that lets programs run (not mounted noexec)"
+        )
+
+
+# The broker's own directory for its askpass program, under its data directory: the
+# same file for every process (it holds nothing secret), written again at each start.
+ASKPASS_SUBDIRECTORY = "ssh-askpass"
+
+
+def _write_askpass(place: str) -> str:
+    if os.path.basename(place) == ASKPASS_SUBDIRECTORY:
+        os.makedirs(place, mode=0o700, exist_ok=True)
+        os.chmod(place, 0o700)
+        descriptor, written = tempfile.mkstemp(prefix=".askpass-", dir=place)
         with os.fdopen(descriptor, "w") as out:
             out.write(_ASKPASS)
-        owner = os.getpid()
-
-        def remove() -> None:
-            if os.getpid() == owner:  # not in a forked child that inherited the hook
-                shutil.rmtree(directory, ignore_errors=True)
-
-        atexit.register(remove)
-        _askpass[:] = [path]
+        os.chmod(written, 0o700)
+        path = os.path.join(place, "askpass")
+        os.replace(written, path)  # whole or not at all, for a process running it now
         return path
+    directory = tempfile.mkdtemp(prefix="aether-askpass-", dir=place)
+    path = os.path.join(directory, "askpass")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(_ASKPASS)
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not in a forked child that inherited the hook
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
+    return path
+
+
+def _cannot_run(path: str) -> str | None:
+    """Why the program at ``path`` cannot be run, if so: it is run as ssh would run it,
+    asked something other than the passphrase (which it refuses, with status 1)."""
+    try:
+        done = subprocess.run(  # a fixed argument vector, no shell
+            [path, "a check that it runs"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", os.defpath), "AETHER_ASKPASS_FILE": os.devnull},
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        if isinstance(error, PermissionError):
+            return f"it cannot be run there ({error.strerror}: mounted noexec?)"
+        return f"it cannot be run there ({error})"
+    if done.returncode != 1:
+        return f"it ran but answered with status {done.returncode}"
+    return None
 
 
 class FixedSshVendor(SSHVendor):
