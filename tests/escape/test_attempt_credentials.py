@@ -27,6 +27,7 @@ import httpx
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -1046,3 +1047,55 @@ async def test_the_system_user_can_only_cut_connections(stack: Stack, admin: Nat
         )
     assert await stored_on(admin, subject_for(completed(key))) == 0
     assert await stored_on(admin, "aether.mission.m-system.>") == 0
+
+
+HEADERS = {
+    "rollup-all": {"Nats-Rollup": "all"},
+    "rollup-sub": {"Nats-Rollup": "sub"},
+    "ttl": {"Nats-TTL": "1s"},
+    "ttl-never": {"Nats-TTL": "never"},
+    "expected-stream": {"Nats-Expected-Stream": "AETHER_LEASES"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADERS))
+async def test_an_attempts_own_subject_takes_no_header_that_purges_or_expires(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient, name: str
+) -> None:
+    """The headers JetStream acts on, sent with an agent event on the attempt's own
+    subject: a roll-up would purge the whole stream (every mission's history) or the
+    attempt's earlier events, a TTL would have the server expire the event later, and
+    none of it is the attempt's to decide. The streams take neither; another
+    mission's history and the attempt's own earlier event stay."""
+    headers = HEADERS[name]
+    victim = AttemptKey("m-rolled-victim", "t1", 1)
+    mine = AttemptKey(f"m-header-{name}", "t1", 1)
+    authorizer.open |= {victim, mine}
+    held = await Attempt().open(stack, victim)
+    attempt = await Attempt().open(stack, mine)
+    assert held.nc is not None and attempt.nc is not None
+    try:
+        victims = started(victim, f"victim-{mine.mission_id}")
+        await held.nc.jetstream().publish(subject_for(victims), encode(victims), timeout=5.0)
+        first = started(mine, "first")
+        await attempt.nc.jetstream().publish(subject_for(first), encode(first), timeout=5.0)
+        before = (await admin.jetstream().stream_info(MISSIONS_STREAM)).state.messages
+        victims_before = await stored_on(admin, subject_for(victims))
+        assert victims_before >= 1
+        usage = usage_of(mine, "with-header")
+        ack = None
+        with contextlib.suppress(nats.js.errors.APIError):
+            ack = await attempt.nc.jetstream().publish(
+                subject_for(usage), encode(usage), timeout=5.0, headers=headers
+            )
+        # Refused outright: a roll-up or a TTL the stream does not allow, a stream that
+        # is not this one.
+        assert ack is None, ack
+        state = (await admin.jetstream().stream_info(MISSIONS_STREAM)).state
+        assert state.messages >= before
+        assert await stored_on(admin, subject_for(victims)) == victims_before
+        assert await stored_on(admin, subject_for(first)) == 1
+        assert await stored_on(admin, subject_for(usage)) == 0
+    finally:
+        await attempt.close()
+        await held.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -362,3 +363,37 @@ async def test_a_runner_started_before_the_scheduler_is_announced_soon_after_it(
             await asyncio.wait_for(early.written.wait(), 15)
     finally:
         await early.stop()
+
+
+async def test_a_runner_cannot_roll_the_whole_registry_up_from_its_own_entry(
+    stack: Stack, gateway: NatsClient
+) -> None:
+    """``Nats-Rollup: all`` on a runner's own subject would have the server purge every
+    other message of the stream, every other runner's entry with them; ``sub`` would
+    only roll up its own subject, but neither is needed by a runner."""
+    victim = announcer(stack, "r-rolled", ("builtin",))
+    await victim.announce()
+    thief = await runner_connection(stack, "r-roller", "r-roller", stack.runner_secret("r-roller"))
+    try:
+        own_subject = entry_subject("r-roller", "r-roller")
+        for rollup in ("all", "sub"):
+            with contextlib.suppress(nats.js.errors.APIError):
+                await thief.jetstream().publish(
+                    own_subject,
+                    msgspec.json.encode(entry("r-roller")),
+                    timeout=5.0,
+                    headers={"Nats-Rollup": rollup},
+                )
+        runners = {r.runner_id: r for r in await read_runners(gateway.jetstream())}
+        assert "r-rolled" in runners, sorted(runners)
+        assert runners["r-rolled"].runtimes == ["builtin"]
+        # The server refuses the header on this stream outright.
+        with pytest.raises(nats.js.errors.APIError, match="rollup"):
+            await thief.jetstream().publish(
+                own_subject, b"{}", timeout=5.0, headers={"Nats-Rollup": "all"}
+            )
+        # Its own plain writes still go through.
+        await thief.jetstream().publish(own_subject, msgspec.json.encode(entry("r-roller")))
+    finally:
+        await thief.close()
+        await victim.stop()

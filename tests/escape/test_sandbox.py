@@ -11,6 +11,7 @@ secrets it went for are not in what it printed.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -923,3 +924,56 @@ async def test_no_unix_socket_is_reachable_and_the_git_dirs_are_not_readable(
     out = await target.run(f"python -c {shlex.quote(code)}", timeout=120)
     assert "SOCKETS" in out and "CONNECTED" not in out
     assert "EXISTS" in out and " True" not in out
+
+
+async def test_a_command_swapping_a_directory_for_a_link_out_while_file_tools_run(
+    target: Target,
+) -> None:
+    """The swap race run by the agent itself: a sandboxed command swaps ``d`` for a
+    relative link to the directory beside the worktree as fast as it can, while the file
+    tools read, write, list and search through ``d`` over and over. Nothing outside is
+    read or written, whether the tools ran beside the command or were held off."""
+    (target.worktree / "d").mkdir()
+    (target.worktree / "d" / "keep.txt").write_text("inside\n")
+    (target.outside / "secret.txt").write_text("SECRET-BESIDE\n")
+    before = target.snapshot()
+    code = (
+        "import os, time\n"
+        "end = time.monotonic() + 4\n"
+        "n = 0\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        os.rename('d', 'd.real')\n"
+        "        os.symlink('../../outside', 'd')\n"
+        "        os.unlink('d')\n"
+        "        os.rename('d.real', 'd')\n"
+        "        n += 1\n"
+        "    except OSError:\n"  # a tool made ``d`` anew in the gap: start again
+        "        os.system('rm -rf d.real; [ -L d ] && rm d; mkdir -p d')\n"
+        "print('SWAPS', n)\n"
+    )
+    command = asyncio.ensure_future(target.run(f"python -c {shlex.quote(code)}", timeout=30))
+    calls = [
+        ("read_file", {"path": "d/secret.txt"}),
+        ("read_file", {"path": "d/keep.txt"}),
+        ("write_file", {"path": "d/pwned.txt", "content": "written\n"}),
+        ("edit_file", {"path": "d/secret.txt", "old_text": "SECRET", "new_text": "EDITED"}),
+        ("list_dir", {"path": "d"}),
+        ("search", {"pattern": "SECRET-B[E]SIDE", "path": "d"}),
+    ]
+    seen: list[str] = []
+    rounds = 0
+    while not command.done() or rounds == 0:
+        for name, arguments in calls:
+            result = await target.tools.call(name, arguments)
+            seen.append(result.content)
+        rounds += 1
+    out = await command
+    assert "SWAPS" in out, out
+    leaked = [text for text in seen if "SECRET-BESIDE" in text or "secret.txt\n" in text]
+    assert not leaked, leaked[:3]
+    after = target.snapshot()
+    # What the tools wrote landed in the worktree, if anywhere; nothing outside changed.
+    assert after == before
+    assert not (target.outside / "pwned.txt").exists()
+    assert (target.outside / "secret.txt").read_text() == "SECRET-BESIDE\n"

@@ -117,7 +117,10 @@ def bucket_config(max_age_seconds: float, replicas: int = 1) -> StreamConfig:
         duplicate_window=min(max_age_seconds, 120.0),
         discard=DiscardPolicy.NEW,
         allow_direct=True,
-        allow_rollup_hdrs=True,
+        # No roll-ups: a runner may publish on its own entry's subject, and
+        # ``Nats-Rollup: all`` there would have the server purge every other runner's
+        # entry (no runner writes one; a delete is a ``KV-Operation`` marker).
+        allow_rollup_hdrs=False,
         deny_delete=True,
         max_consumers=-1,
         max_msgs=-1,

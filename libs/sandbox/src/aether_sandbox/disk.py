@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aether_sandbox.settings import MIB, Limits
@@ -77,7 +79,7 @@ class DiskWatch:
         stack = [str(root) for root in self.roots]
         while stack:
             directory = stack.pop()
-            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            with contextlib.suppress(OSError), _listed(directory) as entries:
                 for entry in entries:
                     with contextlib.suppress(OSError):
                         info = entry.stat(follow_symlinks=False)
@@ -88,3 +90,24 @@ class DiskWatch:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
         return written, created
+
+
+@contextlib.contextmanager
+def _listed(directory: str) -> Iterator[Iterator[os.DirEntry[str]]]:
+    """The entries of ``directory``. One its owner may not read (a command's
+    ``chmod 300``: files can still be made in it) is given back its owner's read and
+    search bits first, else what it holds would be out of the walk's sight and the caps
+    could be passed in it at will. Only the owner's bits are added (the command's user
+    owns the tree), through a descriptor that does not follow a link."""
+    try:
+        entries = os.scandir(directory)
+    except PermissionError:
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            mode = os.fstat(fd).st_mode
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) | stat.S_IRUSR | stat.S_IXUSR)
+        finally:
+            os.close(fd)
+        entries = os.scandir(directory)
+    with entries:
+        yield entries
