@@ -480,7 +480,9 @@ class AttemptPublisher(EventPublisher):
                     raise
                 # Counted and logged as the service's own publishes are: the events
                 # metric, and the handler's "handled" line at INFO (it published).
-                self._inner = CountingPublisher(self._nc.jetstream(), self._service)
+                self._inner = CountingPublisher(
+                    self._nc.jetstream(), self._service, check_duplicates=False
+                )
             return self._inner
 
     async def _connect(self) -> NatsClient:

@@ -188,11 +188,20 @@ class CountingPublisher(EventPublisher):
     an answer the restarted server will never send."""
 
     def __init__(
-        self, js: JetStreamContext, service: str, reconnects: Reconnects | None = None
+        self,
+        js: JetStreamContext,
+        service: str,
+        reconnects: Reconnects | None = None,
+        *,
+        check_duplicates: bool = True,
     ) -> None:
         super().__init__(js)
         self._service = service
         self._reconnects = reconnects
+        # Whether a duplicate's first copy is read back (``event_ids.check_duplicate``):
+        # not on an attempt's connection, which may not read the stream, and whose ids
+        # are keyed with its attempt's own key (decision 0030).
+        self._check_duplicates = check_duplicates
         # The counter's child per event type and duplicate flag, looked up once.
         self._published: dict[tuple[type[Event], bool], Counter] = {}
 
@@ -232,7 +241,7 @@ class CountingPublisher(EventPublisher):
                 extra={"published_event_id": event.event_id},
             )
         duplicate = bool(ack.duplicate)
-        if duplicate:
+        if duplicate and self._check_duplicates:
             # Whose message the stream holds under the id: ours (a repeated step), or
             # another one stored first, and then this event is not stored (``event_ids``).
             await check_duplicate(self._js, self._service, event, ack)
