@@ -49,45 +49,47 @@ PROXY_NAMES = frozenset(
 MODEL_NAMES = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "AETHER_PRICES_FILE"})
 MODEL_PREFIXES = ("AETHER_MODEL_",)
 
+# The secret the services' event ids are keyed with (decision 0031): every service that
+# publishes events, never the agent runner.
+EVENT_ID_NAMES = frozenset({"AETHER_EVENT_ID_SECRET", "AETHER_EVENT_ID_SECRET_FILE"})
+
 SERVICE_NAMES: dict[str, frozenset[str]] = {
-    "gateway": frozenset(
-        {
-            "DATABASE_URL",
-            "AETHER_ADMIN_TOKEN",
-            "AETHER_DAILY_BUDGET_USD",
-            "AETHER_MONTHLY_BUDGET_USD",
-            "AETHER_AGENT_STALE_SECONDS",
-            "AETHER_DEFAULT_MISSION_BUDGET_USD",
-            "AETHER_PRICES_FILE",
-        }
-    ),
-    "planner": MODEL_NAMES | PROXY_NAMES | {"AETHER_REPOSITORY_ROOTS"},
-    "scheduler": frozenset(
-        {
-            "AETHER_BUDGET_WARN_FRACTION",
-            "AETHER_DAILY_BUDGET_USD",
-            "AETHER_MONTHLY_BUDGET_USD",
-            "AETHER_GLOBAL_CONCURRENCY",
-            "AETHER_HEARTBEAT_TIMEOUT_SECONDS",
-            "AETHER_MAX_ATTEMPTS",
-            "AETHER_RETRY_BASE_SECONDS",
-            "AETHER_RETRY_MAX_SECONDS",
-            "AETHER_PRICES_FILE",
-            # It grants the agent runners' attempt credentials (``attempt_auth``), each
-            # for the runner's own name (``runner_secrets``).
-            "AETHER_ATTEMPT_ISSUER_SEED",
-            "AETHER_RUNNER_MASTER_SECRET",
-            "AETHER_RUNNER_MASTER_SECRET_FILE",
-            # Retired: passed on so that the scheduler refuses it at start, saying why.
-            "AETHER_ATTEMPT_SECRET",
-            "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
-            "AETHER_ATTEMPT_STOP_GRACE_SECONDS",
-            # It cuts an ended attempt's connection (its user of the system account).
-            "AETHER_SYSTEM_NATS_PASSWORD",
-            # How long its lease lasts unrenewed (one active scheduler among several).
-            "AETHER_LEASE_SECONDS",
-        }
-    ),
+    "gateway": EVENT_ID_NAMES
+    | {
+        "DATABASE_URL",
+        "AETHER_ADMIN_TOKEN",
+        "AETHER_DAILY_BUDGET_USD",
+        "AETHER_MONTHLY_BUDGET_USD",
+        "AETHER_AGENT_STALE_SECONDS",
+        "AETHER_DEFAULT_MISSION_BUDGET_USD",
+        "AETHER_PRICES_FILE",
+    },
+    "planner": MODEL_NAMES | PROXY_NAMES | EVENT_ID_NAMES | {"AETHER_REPOSITORY_ROOTS"},
+    "scheduler": EVENT_ID_NAMES
+    | {
+        "AETHER_BUDGET_WARN_FRACTION",
+        "AETHER_DAILY_BUDGET_USD",
+        "AETHER_MONTHLY_BUDGET_USD",
+        "AETHER_GLOBAL_CONCURRENCY",
+        "AETHER_HEARTBEAT_TIMEOUT_SECONDS",
+        "AETHER_MAX_ATTEMPTS",
+        "AETHER_RETRY_BASE_SECONDS",
+        "AETHER_RETRY_MAX_SECONDS",
+        "AETHER_PRICES_FILE",
+        # It grants the agent runners' attempt credentials (``attempt_auth``), each
+        # for the runner's own name (``runner_secrets``).
+        "AETHER_ATTEMPT_ISSUER_SEED",
+        "AETHER_RUNNER_MASTER_SECRET",
+        "AETHER_RUNNER_MASTER_SECRET_FILE",
+        # Retired: passed on so that the scheduler refuses it at start, saying why.
+        "AETHER_ATTEMPT_SECRET",
+        "AETHER_ATTEMPT_CREDENTIAL_SECONDS",
+        "AETHER_ATTEMPT_STOP_GRACE_SECONDS",
+        # It cuts an ended attempt's connection (its user of the system account).
+        "AETHER_SYSTEM_NATS_PASSWORD",
+        # How long its lease lasts unrenewed (one active scheduler among several).
+        "AETHER_LEASE_SECONDS",
+    },
     # The runner's own process calls the model; the commands it runs get none of this
     # (their environment is filtered again, and they run sandboxed).
     "agent-runner": MODEL_NAMES
@@ -103,6 +105,7 @@ SERVICE_NAMES: dict[str, frozenset[str]] = {
         "AETHER_ATTEMPT_SECRET",
     },
     "git-broker": PROXY_NAMES
+    | EVENT_ID_NAMES
     | {
         "AETHER_ACK_WAIT_SECONDS",
         "AETHER_BRANCH_PREFIX",

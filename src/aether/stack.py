@@ -37,6 +37,7 @@ from aether_runtime.bus_auth import (
     system_user_names,
     system_users,
 )
+from aether_runtime.event_ids import RUNNER
 from aether_runtime.listen import EXIT_PORT_TAKEN
 from aether_runtime.roles import ROLES
 from aether_runtime.runner_secrets import runner_secret
@@ -53,6 +54,9 @@ SERVICES: dict[str, tuple[str, int]] = {
     "agent-runner": ("aether_agent_runner", 8103),
     "gateway": ("aether_gateway", 8100),
 }
+# The services that publish events of their own, whose ids are keyed with the event id
+# secret (decision 0031): all but the agent runner, which must not hold it.
+EVENT_ID_SERVICES = frozenset(name for name in SERVICES if name != RUNNER)
 
 
 class ChildProcess(Protocol):
@@ -144,6 +148,9 @@ class Stack:
         # only the secret of its name); with NATS_URL, the operator's.
         self.attempt_issuer_seed = self._given("AETHER_ATTEMPT_ISSUER_SEED")
         self.runner_master_secret = self._given("AETHER_RUNNER_MASTER_SECRET")
+        # The secret the services' event ids are keyed with (every service that publishes
+        # events holds it, no runner: decision 0031); made under the home at the start.
+        self.event_id_secret = self._given("AETHER_EVENT_ID_SECRET")
         # The runner's name, which its secret is derived for.
         self.runner_name = self._given("AETHER_RUNNER_NAME") or socket.gethostname()
         self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
@@ -176,6 +183,7 @@ class Stack:
         self.prestarter()  # its imports overlap the servers' start
         if not self.admin_token:
             self.admin_token = load_or_create_admin_token(self.home)
+        self.load_event_id_secret()
         if not self.nats_url:
             config = self.write_nats_config()
             self._nats = EmbeddedNats(
@@ -196,6 +204,16 @@ class Stack:
     @property
     def credentials_dir(self) -> Path:
         return self.home / "credentials"
+
+    def load_event_id_secret(self) -> str:
+        """The secret the services' event ids are keyed with: the operator's, else the one
+        kept under the home, made the first time. Kept, not made anew at each start: a
+        new one would change the ids of steps repeated across the restart, which the
+        stream would then store twice."""
+        if not self.event_id_secret:
+            self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.event_id_secret = load_or_create_secret(self.credentials_dir / "event-id.secret")
+        return self.event_id_secret
 
     def write_nats_config(self) -> Path:
         """Write the NATS server's configuration (a user per service, with its role's
@@ -249,6 +267,9 @@ class Stack:
             # this service the operator gives as NATS_PASSWORD_<SERVICE>, as compose does.
             env["NATS_USER"] = name
             env["NATS_PASSWORD"] = password
+        if self.event_id_secret and name in EVENT_ID_SERVICES:
+            # Every service that publishes events keys their ids with it; never a runner.
+            env["AETHER_EVENT_ID_SECRET"] = self.event_id_secret
         if self.runner_master_secret and name == "scheduler":
             # It grants the runners' credentials, each only for the runner's own name.
             env["AETHER_RUNNER_MASTER_SECRET"] = self.runner_master_secret

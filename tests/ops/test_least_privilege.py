@@ -64,7 +64,12 @@ NOT_READ_BY = {
     "git-broker": {"HTTP_AUTHORIZATION", "PATH_INFO", "QUERY_STRING"},
     # It chooses models but never calls one: told AETHER_MODEL_OFFLINE instead of the key.
     "scheduler": {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"},
+    # Read only to refuse it: no runner may hold the services' event id secret.
+    "agent-runner": {"AETHER_EVENT_ID_SECRET", "AETHER_EVENT_ID_SECRET_FILE"},
 }
+# The services that publish events of their own, and so key their ids (decision 0031).
+EVENT_ID_HOLDERS = set(SERVICES) - {"agent-runner"}
+EVENT_ID_KEY = {"name": "aether-secrets", "key": "event-id-secret"}
 
 
 def settings_read(service: str) -> set[str]:
@@ -293,6 +298,58 @@ def test_aether_up_hands_its_runner_the_secret_of_its_name_and_the_master_to_the
     # Made once, kept across starts.
     stack.write_nats_config()
     assert stack.runner_master_secret == master
+
+
+# --- the services' event id secret: every service that publishes events, no runner ------
+
+
+def test_aether_up_makes_the_event_id_secret_once_and_gives_it_to_every_service_but_the_runner(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(home=tmp_path)
+    secret = stack.load_event_id_secret()
+    assert len(secret) >= 16
+    for service in SERVICES:
+        env = stack.service_env(service)
+        assert (env.get("AETHER_EVENT_ID_SECRET") == secret) == (service in EVENT_ID_HOLDERS)
+        assert (secret in env.values()) == (service in EVENT_ID_HOLDERS), service
+    # Kept across starts: a new one would change the ids of steps repeated across them.
+    assert Stack(home=tmp_path).load_event_id_secret() == secret
+    # The operator's own, when given, for a stack on a bus of theirs.
+    given = Stack(home=tmp_path, env={"AETHER_EVENT_ID_SECRET": "the-operators-own-secret"})
+    assert given.load_event_id_secret() == "the-operators-own-secret"
+    assert given.service_env("planner")["AETHER_EVENT_ID_SECRET"] == "the-operators-own-secret"
+
+
+def test_compose_gives_the_event_id_secret_to_every_service_but_the_runner() -> None:
+    for name, service in compose_services().items():
+        env = service.get("environment") or {}
+        assert ("AETHER_EVENT_ID_SECRET" in env) == (name in EVENT_ID_HOLDERS), name
+        if name in EVENT_ID_HOLDERS:
+            assert "${AETHER_EVENT_ID_SECRET:?" in env["AETHER_EVENT_ID_SECRET"]
+    printed = subprocess.run(
+        [sys.executable, "-m", "aether_runtime.attempt_auth"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    keys = dict(line.split("=", 1) for line in printed.splitlines())
+    assert len(keys["AETHER_EVENT_ID_SECRET"]) >= 16
+
+
+@pytest.mark.parametrize("overlay", ["local", "production"])
+def test_kubernetes_gives_the_event_id_secret_to_every_service_but_the_runner(
+    overlay: str,
+) -> None:
+    docs, _ = kustomize.render(ROOT / "k8s" / "overlays" / overlay)
+    workloads = {
+        d["metadata"]["name"]: d for d in docs if d["kind"] in {"Deployment", "StatefulSet"}
+    }
+    for name in ROLES:
+        pod = workloads[name]["spec"]["template"]["spec"]
+        for container in [*pod["containers"], *pod.get("initContainers", [])]:
+            holds = EVENT_ID_KEY in _env_refs(container)
+            assert holds == (name in EVENT_ID_HOLDERS and container in pod["containers"]), name
 
 
 # --- the database role of docker compose and Kubernetes ----------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -22,8 +23,11 @@ from aether_events import (
     mission_id_for,
     new_mission_id,
     phase_of,
+    public_step_event_id,
+    service_id_key,
     step_event_id,
     step_ids,
+    use_event_id_key,
 )
 
 # Each constructor must keep naming its step exactly as before it existed: the ids of
@@ -39,6 +43,7 @@ PINNED = [
     (step_ids.agent_usage("t1", 1, 4), ("usage", "agent", "t1", 1, 4)),
     (step_ids.planner_outcome("e1"), ("planner-outcome", "e1")),
     (step_ids.step_failed("s", "c", "e", "r"), ("step_failed", "s", "c", "e", "r")),
+    (step_ids.mission_message("u-1", "k-1"), ("message", "u-1", "k-1")),
 ]
 
 
@@ -46,7 +51,46 @@ PINNED = [
 def test_a_step_names_the_same_id_as_the_bare_parts_it_replaced(
     step: step_ids.Step, parts: tuple[object, ...]
 ) -> None:
-    assert step_event_id("m-1", step) == derived_id("m-1", *parts)
+    assert public_step_event_id("m-1", step) == derived_id("m-1", *parts)
+    assert step_event_id("m-1", step) == derived_id("m-1", *parts)  # no key in this process
+
+
+# The services' own events are stored under their step's id keyed with the key of the
+# deployment's event id secret (decision 0031): the step tuples are unchanged, the ids
+# stored for them changed with that decision, once. These pin the key's derivation and
+# the keyed ids of one secret.
+SERVICE_SECRET = "a-secret-of-sixteen-or-more"
+PINNED_SERVICE_KEY = "8a79b1e63253613ef312b0ffbae8a4b9147a75399eb727b9859458b199252755"
+PINNED_SERVICE_KEYED = [
+    (step_ids.plan_approved(1), "05102d8be36f891dbdf5097f64daec4a"),
+    (step_ids.task_ready("t1", 1), "b83da95dd2b58a0eb7c0e16bb1eb5627"),
+    (step_ids.mission_completed(), "2a7646c7e96d85989b37efdf782d45f0"),
+    (step_ids.mission_message("u-1", "k-1"), "89ed2c37662980bea9b3fb8a75fdb105"),
+]
+
+
+@pytest.fixture
+def service_key() -> Iterator[bytes]:
+    """This process keyed as a service of the deployment whose secret is SERVICE_SECRET."""
+    key = service_id_key(SERVICE_SECRET)
+    use_event_id_key(key)
+    try:
+        yield key
+    finally:
+        use_event_id_key(None)
+
+
+def test_the_services_key_is_derived_from_the_secret_for_its_own_use() -> None:
+    assert service_id_key(SERVICE_SECRET).hex() == PINNED_SERVICE_KEY
+
+
+@pytest.mark.parametrize(("step", "stored"), PINNED_SERVICE_KEYED)
+def test_a_services_step_is_stored_under_its_id_keyed_with_the_services_key(
+    service_key: bytes, step: step_ids.Step, stored: str
+) -> None:
+    public = public_step_event_id("m-1", step)
+    assert step_event_id("m-1", step) == keyed_id(service_key, public) == stored
+    assert stored != public
 
 
 # An attempt's own events (``ATTEMPT_TYPES``) are stored under their step's id keyed with
@@ -64,7 +108,7 @@ PINNED_KEYED = [
 def test_an_attempts_step_is_stored_under_its_id_keyed_with_the_attempts_key(
     step: step_ids.Step, stored: str
 ) -> None:
-    assert keyed_id(ATTEMPT_KEY, step_event_id("m-1", step)) == stored
+    assert keyed_id(ATTEMPT_KEY, public_step_event_id("m-1", step)) == stored
 
 
 def test_mission_ids_have_one_format() -> None:

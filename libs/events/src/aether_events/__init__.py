@@ -70,10 +70,14 @@ from aether_events.catalogue import (
 from aether_events.codec import UnknownEventType, decode, encode, to_builtins
 from aether_events.ids import (
     derived_id,
+    event_id_key,
     mission_id_for,
     new_event_id,
     new_mission_id,
+    public_step_event_id,
+    service_id_key,
     step_event_id,
+    use_event_id_key,
 )
 from aether_events.meta import Meta, caused_by
 from aether_events.publisher import EventPublisher, Publisher, publish_in_order
@@ -222,6 +226,7 @@ __all__ = [
     "ensure_stream",
     "ensure_streams",
     "entries_of",
+    "event_id_key",
     "in_scope",
     "is_terminal",
     "is_valid_token",
@@ -236,8 +241,10 @@ __all__ = [
     "on_its_subject",
     "outside_scope",
     "phase_of",
+    "public_step_event_id",
     "publish_in_order",
     "replay",
+    "service_id_key",
     "step_event_id",
     "stored_messages",
     "stream_configs",
@@ -251,4 +258,5 @@ __all__ = [
     "type_subject",
     "type_subjects",
     "unfolded",
+    "use_event_id_key",
 ]

@@ -15,29 +15,18 @@ same key and so the same id, and the duplicate window still drops the copy.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import TypeVar
 
 import msgspec
 
 from aether_events.catalogue import AgentCompleted, AgentFailed, Event, TranscriptEntries
 
+# The keying itself is the services' too (``ids.keyed_id``, decision 0031).
+from aether_events.ids import MIN_KEY_BYTES, keyed_id
+
 E = TypeVar("E", bound=Event)
 
-# The shortest attempt key taken: shorter ones would be guessable.
-MIN_KEY_BYTES = 16
-
-
-def keyed_id(key: bytes, event_id: str) -> str:
-    """The id under which an attempt whose key is ``key`` stores the event its step
-    names ``event_id``: 32 hex digits as every event id, a version 8 (custom) UUID."""
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"an attempt key has {MIN_KEY_BYTES} bytes or more")
-    digest = bytearray(hmac.new(key, event_id.encode(), hashlib.sha256).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    return digest.hex()
+__all__ = ["MIN_KEY_BYTES", "keyed", "keyed_id"]
 
 
 def keyed(event: E, key: bytes) -> E:

@@ -40,6 +40,11 @@ def plan_approved(version: int) -> Step:
     return _step("plan_approved", version)
 
 
+def mission_message(principal_id: str, idempotency_key: str) -> Step:
+    """A person's message sent with an ``Idempotency-Key``: one per person and key."""
+    return _step("message", principal_id, idempotency_key)
+
+
 def plan_revision_requested(version: int) -> Step:
     return _step("plan_revision_requested", version)
 

@@ -480,7 +480,9 @@ class AttemptPublisher(EventPublisher):
                     raise
                 # Counted and logged as the service's own publishes are: the events
                 # metric, and the handler's "handled" line at INFO (it published).
-                self._inner = CountingPublisher(self._nc.jetstream(), self._service)
+                self._inner = CountingPublisher(
+                    self._nc.jetstream(), self._service, check_duplicates=False
+                )
             return self._inner
 
     async def _connect(self) -> NatsClient:
@@ -647,14 +649,16 @@ COMPOSE_RUNNER_NAME = "agent-runner"
 
 
 def main() -> None:
-    """Print a new issuer seed and its public key, a new master secret of the runners, and
-    the secret of compose's runner (for compose and Kubernetes secrets)."""
+    """Print a new issuer seed and its public key, a new master secret of the runners, the
+    secret of compose's runner, and a new secret of the services' event ids (decision
+    0031; for compose and Kubernetes secrets)."""
     seed = new_issuer_seed()
     master = secrets.token_urlsafe(32)
     print(f"AETHER_ATTEMPT_ISSUER_SEED={seed}")
     print(f"NATS_ATTEMPT_ISSUER={issuer_public_key(seed)}")
     print(f"AETHER_RUNNER_MASTER_SECRET={master}")
     print(f"AETHER_RUNNER_SECRET={runner_secret(master, COMPOSE_RUNNER_NAME)}")
+    print(f"AETHER_EVENT_ID_SECRET={secrets.token_urlsafe(32)}")
 
 
 if __name__ == "__main__":

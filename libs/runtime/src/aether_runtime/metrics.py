@@ -23,6 +23,12 @@ EVENTS_PUBLISHED = Counter(
     "Events published by this service, by event type (duplicates dropped by the stream count)",
     ["service", "type", "duplicate"],
 )
+EVENT_ID_SQUATTED = Counter(
+    "aether_event_id_squatted_total",
+    "Publishes acknowledged as duplicates of a message that is not the event published "
+    "(another subject or another event stored first under its id): the event was not stored",
+    ["service", "type"],
+)
 HANDLER_SECONDS = Histogram(
     "aether_handler_duration_seconds",
     "Time spent handling one event",
@@ -171,6 +177,7 @@ def service_at_zero(service: str, consumes: Iterable[str]) -> None:
     consumed = event_types_on(consumes)
     published = [tag_of(cls) for cls in ALL_TYPES]
     at_zero(EVENTS_PUBLISHED, service=[service], type=published, duplicate=["false", "true"])
+    at_zero(EVENT_ID_SQUATTED, service=[service], type=published)
     at_zero(EVENTS_CONSUMED, service=[service], type=consumed, outcome=["ok", "error"])
     at_zero(HANDLER_SECONDS, service=[service], type=consumed)
     for counter in (REDELIVERIES, POISON, BUS_POLL_ERRORS, REPLAYED):

@@ -76,6 +76,7 @@ from aether_runtime import health, http, listen, metrics
 from aether_runtime.acks import ACK, TERM, Keeper, Settled, confirm, send
 from aether_runtime.bus_metrics import Readings, poll_bus
 from aether_runtime.consumers import ConsumerSpec, ensure_consumer
+from aether_runtime.event_ids import check_duplicate, configure
 from aether_runtime.failures import RetryLater, transient
 from aether_runtime.lease import Leader, Lease, ensure_leases_bucket
 from aether_runtime.logs import log_context
@@ -186,11 +187,20 @@ class CountingPublisher(EventPublisher):
     an answer the restarted server will never send."""
 
     def __init__(
-        self, js: JetStreamContext, service: str, reconnects: Reconnects | None = None
+        self,
+        js: JetStreamContext,
+        service: str,
+        reconnects: Reconnects | None = None,
+        *,
+        check_duplicates: bool = True,
     ) -> None:
         super().__init__(js)
         self._service = service
         self._reconnects = reconnects
+        # Whether a duplicate's first copy is read back (``event_ids.check_duplicate``):
+        # not on an attempt's connection, which may not read the stream, and whose ids
+        # are keyed with its attempt's own key (decision 0030).
+        self._check_duplicates = check_duplicates
         # The counter's child per event type and duplicate flag, looked up once.
         self._published: dict[tuple[type[Event], bool], Counter] = {}
 
@@ -230,6 +240,10 @@ class CountingPublisher(EventPublisher):
                 extra={"published_event_id": event.event_id},
             )
         duplicate = bool(ack.duplicate)
+        if duplicate and self._check_duplicates:
+            # Whose message the stream holds under the id: ours (a repeated step), or
+            # another one stored first, and then this event is not stored (``event_ids``).
+            await check_duplicate(self._js, self._service, event, ack)
         published = self._published.get((type(event), duplicate))
         if published is None:
             published = self._published[(type(event), duplicate)] = metrics.EVENTS_PUBLISHED.labels(
@@ -287,6 +301,9 @@ class Service:
     on_follow: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # Before anything derives an id: every id this process publishes, and every one it
+        # derives again to look something up, is keyed alike (decision 0031).
+        configure(self.name, self.settings)
         credentials = self.settings.nats_credentials
         tls = self.settings.nats_tls()
         security: NatsSecurity | None = None

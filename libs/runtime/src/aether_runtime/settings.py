@@ -146,7 +146,14 @@ def settings_or_exit(read: Callable[[], T], service: str) -> T:
     standard error saying which and what is wanted, and exit ``EXIT_CONFIG``: a bad
     setting is the operator's to fix, not a crash to report with a traceback."""
     try:
-        return read()
+        settings = read()
+        runtime = getattr(settings, "runtime", None)
+        if isinstance(runtime, RuntimeSettings):
+            # Whether the service may hold the event id secret, or must (decision 0031).
+            from aether_runtime.event_ids import key_for  # it imports this module
+
+            key_for(service, runtime)
+        return settings
     except ValueError as error:  # SettingsError, and the checks of the settings' parts
         refuse(service, str(error))
 
@@ -336,6 +343,12 @@ class RuntimeSettings(EnvSettings, frozen=True, kw_only=True):
     nats_tls_ca: str = setting("NATS_TLS_CA", "")
     nats_tls_cert: str = setting("NATS_TLS_CERT", "")
     nats_tls_key: str = setting("NATS_TLS_KEY", "")
+    # The deployment's secret the services' event ids are keyed with (decision 0031; see
+    # ``aether_runtime.event_ids``): every service that publishes events holds the same
+    # one; no agent runner may.
+    event_id_secret: Annotated[str, Env(file="AETHER_EVENT_ID_SECRET_FILE")] = setting(
+        "AETHER_EVENT_ID_SECRET", ""
+    )
 
     @classmethod
     def for_service(cls, default_port: int, env: ENV | None = None) -> RuntimeSettings:

@@ -20,10 +20,11 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from aether_events import (
     Event,
-    derived_id,
     is_valid_token,
     new_event_id,
     new_mission_id,
+    step_event_id,
+    step_ids,
 )
 from aether_gateway.api.auth import WRITE
 from aether_gateway.api.bodies import (
@@ -226,7 +227,7 @@ async def post_message(
     principal = principal_of(request)
     mission = await _mission(ctx, mission_id)
     event_id = (
-        derived_id(mission_id, "message", principal.id, idempotency_key)
+        step_event_id(mission_id, step_ids.mission_message(principal.id, idempotency_key))
         if idempotency_key
         else new_event_id()
     )
