@@ -252,7 +252,8 @@ async def _stream(
     known = principal if isinstance(principal, Principal) else None
     # The API token's id, so its revocation (``adapters.revocations``) finds the stream.
     token_id = known.id if known is not None and known.kind == "token" else None
-    expires_at = known.expires_at if known is not None else None
+    # When a request with the token would first be refused (``domain.auth.refused_from``).
+    refused_at = known.refused_from if known is not None else None
 
     async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
         metrics.SSE_CLIENTS.inc()
@@ -260,7 +261,7 @@ async def _stream(
         loop = asyncio.get_running_loop()
         check_at = loop.time() + reauth
         # The token's end on this loop's clock: the stream ends then, not at a check.
-        ends_at = None if expires_at is None else loop.time() + (expires_at - time.time())
+        ends_at = None if refused_at is None else loop.time() + (refused_at - time.time())
         watched = ctx.open_streams.watch(token_id, subscriber.wake)
         quiet_since = loop.time()
 
