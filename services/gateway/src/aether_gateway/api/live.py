@@ -24,11 +24,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.di import NamedDependency
-from litestar.exceptions import (
-    NotAuthorizedException,
-    PermissionDeniedException,
-    ServiceUnavailableException,
-)
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -38,7 +34,13 @@ from aether_gateway import metrics
 from aether_gateway.adapters.hub import CLOSED, IDLE, WAKE, Filter, StreamedEvent, identified
 from aether_gateway.api.auth import QUERY_TOKEN_OPT, READ
 from aether_gateway.api.context import GatewayContext
-from aether_gateway.api.errors import bad_request, error_responses, mission_not_found
+from aether_gateway.api.errors import (
+    BUS_RETRY_SECONDS,
+    bad_request,
+    error_responses,
+    mission_not_found,
+    service_unavailable,
+)
 from aether_gateway.api.limits import too_many
 from aether_gateway.domain.auth import Principal
 
@@ -242,9 +244,10 @@ async def _stream(
     except Exception as error:  # the bus out of reach as the hub starts following it
         give_back()
         log.warning("event stream not opened", extra={"error": repr(error)})
-        raise ServiceUnavailableException(
-            detail="the event bus cannot be followed right now; try again",
-            extra={"reason": type(error).__name__},
+        raise service_unavailable(
+            "the event bus cannot be followed right now; try again",
+            BUS_RETRY_SECONDS,
+            reason=type(error).__name__,
         ) from error
     start = subscriber.start
     reauth = ctx.settings.sse_reauth_seconds
