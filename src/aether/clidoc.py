@@ -33,7 +33,13 @@ def reference() -> str:
             "Global options (`--url`, `--token`, `--home`, `--json`) may be given before the "
             "command or after it; `up`, `down`, `status` and `logs` take only `--home` and "
             "print for people (`logs --raw` prints the JSON lines); `backup` and `restore` "
-            "take `--home` or the servers' URLs.\n",
+            "take `--home` or the servers' URLs.",
+            "A read the gateway refuses for a while (a `429`: its read limit; a `503`: the "
+            "database or the bus away) with a `Retry-After` of at most 10 s is asked again "
+            "once that has passed, four tries at most; `mission watch` opens its event "
+            "stream again no sooner than a refusal's `Retry-After` says (a `429` or any "
+            "`5xx`; at most 5 minutes), else after its own backoff (1 s doubling to 10 s, "
+            "back to 1 s once an event arrives).\n",
         ]
         for path, command in _commands(parser, ["aether"]):
             command.prog = " ".join(path)

@@ -17,9 +17,10 @@ DEFAULT_URL = "http://127.0.0.1:8100"
 
 
 class ApiError(Exception):
-    """The gateway answered with an error (``status``) and said why."""
+    """The gateway answered with an error (``status``) and said why; ``retry_after`` the
+    seconds its ``Retry-After`` said to wait (a 429 or 503's), or None."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
         try:
             parsed = json.loads(body)
             message = parsed.get("error") or parsed.get("detail") or body
@@ -28,6 +29,7 @@ class ApiError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = str(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -39,15 +41,18 @@ class SseEvent:
     data: dict[str, Any]
 
 
-# A read refused by the gateway's read limit is asked again this many times at most, and
-# only when the gateway says it may be asked again within this many seconds.
+# A read refused for a while (a ``429``: the gateway's read limit; a ``503``: the database
+# or the bus away) is asked again this many times at most, and only when the gateway says
+# it may be asked again within this many seconds.
 READ_RETRIES = 4
 READ_RETRY_SECONDS = 10.0
+_TRY_AGAIN = frozenset({429, 503})
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """The seconds a ``429`` says to wait, if it is one that says so."""
-    if response.status_code != 429:
+    """The seconds a ``429`` or ``503`` says to wait (whole seconds, as the gateway says
+    them), if it is one that says so."""
+    if response.status_code not in _TRY_AGAIN:
         return None
     try:
         return max(0.0, float(response.headers.get("retry-after", "")))
@@ -73,11 +78,11 @@ class GatewayClient:
 
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
-            raise ApiError(response.status_code, response.text)
+            raise ApiError(response.status_code, response.text, _retry_after(response))
         return response.json() if response.content else None
 
     def _get(self, path: str, **params: Any) -> Any:
-        """A read; one the gateway's read limit refused for a short while (``429`` with a
+        """A read; one refused for a short while (``429`` or ``503`` with a
         ``Retry-After`` of at most ``READ_RETRY_SECONDS``) is asked again once it says."""
         for _ in range(READ_RETRIES):
             response = self._http.get(path, params=_clean(params))
@@ -288,7 +293,8 @@ class GatewayClient:
             timeout=httpx.Timeout(30.0, read=None),
         ) as response:
             if response.status_code >= 400:
-                raise ApiError(response.status_code, response.read().decode())
+                body = response.read().decode()
+                raise ApiError(response.status_code, body, _retry_after(response))
             if on_open is not None:
                 on_open()
             yield from whole_messages(parse_sse(response.iter_lines()))

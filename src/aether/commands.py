@@ -377,6 +377,18 @@ REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never
 # How long a completed mission's watch waits for the push its repository's preparation
 # announced (BranchPushed or BranchPushFailed) before it ends without it.
 DELIVERY_WAIT_SECONDS = 120.0
+# The longest a refusal's Retry-After is waited out before the stream is asked again (it
+# is refused again, saying when, if still too soon): the watch never freezes for hours.
+LONGEST_STREAM_WAIT_SECONDS = 300.0
+
+
+def reconnect_wait(error: ApiError, backoff: float) -> float:
+    """How long the watch waits before it opens the stream again after ``error``: no
+    less than the gateway's ``Retry-After`` (a 429: too many streams open, the read
+    limit; a 503: the bus or the database away), else its own ``backoff``."""
+    if error.retry_after is None:
+        return backoff
+    return min(max(error.retry_after, backoff), LONGEST_STREAM_WAIT_SECONDS)
 
 
 def _read_events(
@@ -385,8 +397,9 @@ def _read_events(
     """Put the mission's events on ``inbox``, reconnecting after the last one seen; a
     connection problem is reported (``retry``) rather than hidden."""
     last_id: str | None = None
-    wait = 1.0
+    backoff = 1.0
     while not stop.is_set():
+        wait = backoff
         try:
             # Not ended by the gateway at the mission's end: the delivery may follow it, and
             # the watch itself decides when it has seen enough.
@@ -396,13 +409,15 @@ def _read_events(
             for event in events:
                 if event.id is not None:
                     last_id = event.id
-                wait = 1.0
+                backoff = wait = 1.0
                 inbox.put(("event", event))
             inbox.put(("retry", f"the event stream ended after #{last_id or 0}; reconnecting"))
         except ApiError as error:
-            if error.status < 500:
+            if error.status < 500 and error.status != 429:
                 inbox.put(("fatal", error))
                 return
+            # The gateway's word on when to come back, if it said, else the backoff.
+            wait = reconnect_wait(error, backoff)
             inbox.put(("retry", f"the gateway answered {error}; retrying in {wait:.0f}s"))
         except (httpx.TransportError, OSError) as error:
             inbox.put(
@@ -413,7 +428,7 @@ def _read_events(
                 )
             )
         stop.wait(wait)
-        wait = min(wait * 2, 10.0)
+        backoff = min(backoff * 2, 10.0)
 
 
 def watch(args: argparse.Namespace) -> int:

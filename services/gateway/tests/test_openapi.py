@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import warnings
+from typing import Any
+from urllib.parse import quote
 
 import jsonschema
 from hypothesis import HealthCheck, given, settings
@@ -132,6 +135,14 @@ async def test_every_write_route_but_mission_requests_has_the_command_rate_limit
     assert len(limited) >= 13
 
 
+async def post_json(http, path: str, body: dict) -> Any:
+    """``body`` sent as JSON with every character outside ASCII escaped, so that an
+    unpaired surrogate goes as the ``\\ud800`` a client may well send (httpx's own
+    encoding cannot encode one)."""
+    content = json.dumps(body, ensure_ascii=True)
+    return await http.post(path, content=content, headers={"content-type": "application/json"})
+
+
 def body_validator(document: dict, name: str) -> jsonschema.Draft202012Validator:
     """The document's schema of a request body, as a validator (its $refs resolved)."""
     schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
@@ -141,7 +152,11 @@ def body_validator(document: dict, name: str) -> jsonschema.Draft202012Validator
 # Strings the schema and the API must judge alike: blank in Python's sense (which the
 # ECMA-262 ``\s`` of JSON Schema validators does not match for U+001C, and does for
 # U+FEFF), NUL anywhere, and plain text.
-TEXTS = ["x", " x ", "", "  ", "\t\n", "\u2003", "\x1c", "\ufeff", "a\x00b", "\x00", "é"]
+TEXTS = [
+    *("x", " x ", "", "  ", "\t\n", "\u2003", "\x1c", "\ufeff", "a\x00b", "\x00", "é"),
+    # Unpaired surrogates (refused), and a character beyond U+FFFF (a pair in JSON: taken).
+    *("a\ud800b", "\udc00", " \ud83d", "\U0001f600", " \U0001f600 "),
+]
 MISSION_PROBES = [
     *({"requirement": text} for text in TEXTS),
     *({"repository": text} for text in TEXTS),
@@ -165,13 +180,13 @@ async def test_the_document_and_the_api_agree_on_text_nul_and_budgets(make_gatew
         disagreements = []
         for probe in MISSION_PROBES:
             body = {"repository": "/repos/demo", "requirement": "Add a greeting", **probe}
-            answer = await http.post("/missions", json=body)
+            answer = await post_json(http, "/missions", body)
             valid = missions.is_valid(body)
             if valid != (answer.status_code != 400):
                 disagreements.append((probe, valid, answer.status_code, answer.text))
         for text in TEXTS:
             # An unknown mission: a valid body is a 404, an invalid one a 400.
-            answer = await http.post("/missions/m-unknown/messages", json={"text": text})
+            answer = await post_json(http, "/missions/m-unknown/messages", {"text": text})
             valid = messages.is_valid({"text": text})
             if valid != (answer.status_code != 400):
                 disagreements.append((text, valid, answer.status_code, answer.text))
@@ -180,7 +195,7 @@ async def test_the_document_and_the_api_agree_on_text_nul_and_budgets(make_gatew
     [refusal] = blank.json()["detail"]
     assert (refusal["key"], refusal["message"]) == (
         "text",
-        "must not be blank (nor contain NUL characters)",
+        "must not be blank (nor contain NUL characters or unpaired surrogates)",
     )
 
 
@@ -227,3 +242,58 @@ def test_the_routes_are_built_without_a_deprecated_litestar_idiom() -> None:
         str(w.message) for w in caught if issubclass(w.category, LitestarDeprecationWarning)
     ]
     assert deprecated == []
+
+
+# What the input guard refuses in a query parameter or a path, whatever the route.
+REFUSED_IN_PARAMETERS = ["a\x01", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "a\ud800", "\udfff"]
+TAKEN_IN_PARAMETERS = ["x", "é", "\U0001f600", "a b"]
+
+
+def parameter_value(schema: dict, text: str) -> Any:
+    """``text`` as the value of a parameter of ``schema`` (an array's one item)."""
+    arrays = [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]
+    return [text] if any(s.get("type") == "array" for s in arrays) else text
+
+
+async def test_the_document_states_that_control_characters_and_surrogates_are_refused(
+    http,
+):
+    """Each operation documents its 400; each string query or path parameter has a
+    pattern that refuses what the input guard refuses and takes what it takes, and a
+    description that says so; and the API refuses such a value with that 400."""
+    document = (await http.get("/schema/openapi.json")).json()
+    strings = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "delete"):
+                continue
+            where = f"{method.upper()} {path}"
+            refused = operation["responses"].get("400")
+            assert refused is not None, where
+            assert "control character" in refused["description"], where
+            assert "unpaired surrogate" in refused["description"], where
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] not in ("query", "path"):
+                    continue
+                name = f"{where} {parameter['name']}"
+                assert "control character" in parameter["description"], name
+                schema = parameter["schema"]
+                validator = jsonschema.Draft202012Validator(schema)
+                if not validator.is_valid(parameter_value(schema, "x")):
+                    continue  # not free text (an integer, a boolean, a choice)
+                strings += 1
+                for text in REFUSED_IN_PARAMETERS:
+                    assert not validator.is_valid(parameter_value(schema, text)), (name, text)
+                for text in TAKEN_IN_PARAMETERS:
+                    assert validator.is_valid(parameter_value(schema, text)), (name, text)
+    assert strings >= 20, strings
+    # The API agrees: a query parameter and a path segment of each kind refused.
+    for text in REFUSED_IN_PARAMETERS:
+        encoded = quote(text.encode("utf-8", "surrogatepass"), safe="")
+        for url in (f"/missions?repository={encoded}", f"/missions/m-{encoded}"):
+            answer = await http.get(url)
+            assert answer.status_code == 400, (url, answer.text)
+            # A lone surrogate percent-encoded is bytes that are not UTF-8.
+            said = answer.json()["error"]
+            assert "control characters" in said or "not valid UTF-8" in said, url
+    assert (await http.get("/missions", params={"repository": "\U0001f600"})).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 
 import pytest
 from litestar.handlers import HTTPRouteHandler
@@ -181,3 +182,70 @@ async def test_the_cli_waits_out_a_short_read_limit_and_reads_on(make_gateway):
         assert refused.value.status == 429
     finally:
         client.close()
+
+
+async def test_the_cli_asks_a_read_again_after_a_503s_retry_after(make_gateway):
+    """The database away: each read is a 503 with ``Retry-After: 1``, which the CLI waits
+    out before asking again, as it does a short 429, and then says why it gave up."""
+    import time
+
+    from aether.client import READ_RETRIES, ApiError, GatewayClient
+
+    from .conftest import ADMIN_TOKEN
+
+    server = await make_gateway()
+    await server.gateway.db.close()
+    client = GatewayClient(server.base_url, ADMIN_TOKEN)
+    asked: list[float] = []
+    client._http.event_hooks["request"].append(lambda _: asked.append(time.monotonic()))
+    try:
+        with pytest.raises(ApiError) as refused:
+            await asyncio.to_thread(client.missions)
+    finally:
+        client.close()
+    assert refused.value.status == 503
+    assert refused.value.retry_after == 1.0
+    assert len(asked) == READ_RETRIES
+    waits = [later - sooner for sooner, later in itertools.pairwise(asked)]
+    assert all(wait >= 0.95 for wait in waits), waits
+
+
+async def test_the_watch_waits_out_a_429_on_its_stream_and_follows_on(make_gateway, nc, script):
+    """``aether mission watch`` refused a stream (the caller's streams all taken: 429 with
+    ``Retry-After: 5``) says so and opens it again no sooner than that, not at its own
+    backoff, nor does it give up."""
+    import queue
+    import threading
+    import time
+
+    from aether.client import GatewayClient
+    from aether.commands import _read_events
+    from aether_gateway.api.live import STREAM_RETRY_SECONDS
+
+    from .conftest import ADMIN_TOKEN
+
+    server = await make_gateway(stream_limit=1)
+    await EventPublisher(nc.jetstream()).publish_all([script.requested()])
+    client = GatewayClient(server.base_url, ADMIN_TOKEN)
+    inbox: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    async with server.client() as c, contextlib.AsyncExitStack() as held:
+        taken = await held.enter_async_context(c.stream("GET", "/events/stream"))
+        assert taken.status_code == 200
+        reader = threading.Thread(
+            target=_read_events, args=(client, script.mission_id, inbox, stop), daemon=True
+        )
+        reader.start()
+        try:
+            kind, said = await asyncio.to_thread(inbox.get, timeout=30)
+            refused_at = time.monotonic()
+            assert kind == "retry", (kind, said)
+            assert "429" in said and f"retrying in {STREAM_RETRY_SECONDS:.0f}s" in said, said
+            await held.aclose()  # the slot comes back (at the other stream's keep-alive)
+            kind, event = await asyncio.to_thread(inbox.get, timeout=30)
+            followed_at = time.monotonic()
+        finally:
+            stop.set()
+            client.close()
+    assert kind == "event" and event.event == "mission_requested", (kind, event)
+    assert followed_at - refused_at >= STREAM_RETRY_SECONDS - 0.1

@@ -101,17 +101,34 @@ async def test_a_token_revoked_on_one_replica_ends_its_streams_on_another_at_onc
     assert took < 2.0, f"the stream on the other replica ended {took:.2f}s after revocation"
 
 
-async def test_an_oidc_token_ends_its_stream_when_it_expires(make_gateway, issuer):  # noqa: F811
+async def test_an_oidc_token_ends_its_stream_when_a_request_with_it_is_first_refused(
+    make_gateway,
+    issuer,  # noqa: F811
+):
+    """Past its ``exp``, within the clock-skew leeway, the token still lets requests in,
+    and its stream stays open; at ``exp`` plus the leeway both end, by one rule."""
+    leeway = 2.0
     server = await make_gateway(
         sse_reauth_seconds=NEVER,
-        oidc=OidcSettings(jwks_url=issuer.url, issuer="https://idp.test", audience="aether"),
+        oidc=OidcSettings(
+            jwks_url=issuer.url, issuer="https://idp.test", audience="aether", leeway_seconds=leeway
+        ),
     )
     expires = int(time.time()) + 2
-    async with OpenStream(server, issuer.token(exp=expires)) as stream:
+    token = issuer.token(exp=expires)
+    async with OpenStream(server, token) as stream, server.client(token=token) as holder:
+        await asyncio.sleep(max(0.0, expires + 0.3 - time.time()))  # the exp has passed
+        within = await holder.get("/auth/whoami")
+        still_open = stream.ended_at is None
         assert await stream.end(within=10.0) == "token expired"
+        after = await holder.get("/auth/whoami")
+    assert within.status_code == 200, within.text
+    assert still_open
+    assert after.status_code == 401, after.text
     assert stream.ended_at is not None
-    # At the token's exp: not before it, and not at a later check.
-    assert expires - 0.05 <= stream.ended_at < expires + 1.5, stream.ended_at - expires
+    # At the exp plus the leeway: not before it, and not at a later check.
+    ended = stream.ended_at - expires
+    assert leeway - 0.05 <= ended < leeway + 1.5, ended
 
 
 async def test_an_opaque_oidc_token_ends_its_stream_at_the_exp_introspection_gave(
@@ -119,7 +136,10 @@ async def test_an_opaque_oidc_token_ends_its_stream_at_the_exp_introspection_gav
 ):
     provider = introspecting(token_max_age=timedelta(seconds=3))
     try:
-        server = await make_gateway(sse_reauth_seconds=NEVER, oidc=oidc_settings(provider))
+        server = await make_gateway(
+            sse_reauth_seconds=NEVER, oidc=oidc_settings(provider, leeway_seconds=2)
+        )
+        asked = time.time()
         token = await access_token(provider, "rita")
         async with OpenStream(server, token) as stream:
             assert await stream.end(within=10.0) == "token expired"
@@ -128,8 +148,9 @@ async def test_an_opaque_oidc_token_ends_its_stream_at_the_exp_introspection_gav
         provider.stop()
     assert said == 1  # the end came from the exp the provider gave, not from asking again
     assert stream.ended_at is not None and stream.seen
-    # The provider's exp is whole seconds: the token's end, within its rounding down.
-    assert stream.ended_at - stream.opened_at < 3.5
+    # The provider's exp is whole seconds (rounded down): two seconds of leeway past it,
+    # at least 2 + 2 s after the token was asked for.
+    assert 3.95 <= stream.ended_at - asked < 6.5, stream.ended_at - asked
 
 
 async def test_an_api_token_ends_its_stream_when_it_expires(make_gateway):

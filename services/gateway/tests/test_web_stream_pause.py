@@ -103,3 +103,55 @@ async def test_a_stream_refused_with_retry_after_waits_that_long_and_misses_noth
         waited = (after.timing["startTime"] - await answered_at(before)) / 1000
         # At most a fifth more than it said (the jitter), and some slack for a busy machine.
         assert said <= waited < said * 1.2 + 3, (waited, statuses)
+
+
+async def test_a_stream_that_drops_as_it_opens_backs_off_until_one_delivers_again(
+    make_gateway: Callable[..., Awaitable[GatewayServer]], nc: Any, script: Script, browser: Any
+) -> None:
+    """A gateway that is closing answers each stream and ends it at once: the board opens
+    it again after a wait that doubles each time (not every half second for ever), and a
+    connection that delivers an event starts the backoff again."""
+    server = await make_gateway()
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [script.requested(), script.prepared(), script.plan(), script.approved()]
+    )
+    await publisher.publish(script.task_ready("t1"))
+    page = await signed_in(browser, server)
+    path = f"/missions/{script.mission_id}/events"
+    opened = stream_requests(page, path)
+    await page.goto(f"{server.base_url}/board{path.removesuffix('/events')}/tasks/t1")
+    transcript = page.locator("#transcript li")
+    await expect(transcript).to_have_count(1)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    closing = server.gateway.context.closing  # type: ignore[union-attr]
+    closing.set()  # every stream open ends, and every one opened ends as it opens
+
+    async def reopened(count: int) -> bool:
+        return len(opened) >= count
+
+    await eventually(lambda: reopened(6), timeout=60, what="the stream opened six times")
+    closing.clear()
+    dropped = opened[:6]
+    assert [(await r.response()).status for r in dropped] == [200] * 6
+    gaps = [
+        (after.timing["startTime"] - await answered_at(before)) / 1000
+        for before, after in itertools.pairwise(dropped)
+    ]
+    # The first stream delivered events, so the first wait is the shortest (0.25-0.5 s);
+    # the ones that delivered nothing double it: 0.5-1, 1-2, 2-4, then 2.5-5 s.
+    assert gaps[0] < 2.0, gaps
+    assert gaps[2] >= 1.0 and gaps[3] >= 2.0 and gaps[4] >= 2.5, gaps
+    print("waits between a dropped stream and the next:", [f"{g:.2f}" for g in gaps])
+
+    # Open again, and an event arrives on it: the backoff starts again.
+    await eventually(lambda: reopened(7), timeout=30, what="the stream opened again")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    await publisher.publish(script.agent_completed("t1"))
+    await expect(transcript).to_have_count(2)
+    closing.set()  # ends the open stream at its next keep-alive
+    await eventually(lambda: reopened(8), timeout=30, what="the stream opened once more")
+    closing.clear()
+    last, again = opened[6], opened[7]
+    wait = (again.timing["startTime"] - await answered_at(last)) / 1000
+    assert wait < 2.0, wait

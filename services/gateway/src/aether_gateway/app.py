@@ -52,7 +52,7 @@ from aether_gateway.api.auth import Authenticator, AuthMiddleware
 from aether_gateway.api.board import board_router
 from aether_gateway.api.idempotency import IdempotencyMiddleware, IdempotentPosts
 from aether_gateway.api.limits import READ_RATE
-from aether_gateway.api.schema import StrictStructSchema
+from aether_gateway.api.schema import StrictStructSchema, document_refusals
 from aether_gateway.api.served import SCOPE_KEY
 from aether_gateway.config import SERVICE_NAME, GatewaySettings
 from aether_gateway.handlers import Projector
@@ -70,6 +70,9 @@ CONSUMER = "gateway"
 # routes of the API find its context under ``api.served.SCOPE_KEY``).
 _GATEWAY_KEY = "aether.gateway"
 VERSION = "0.2.0"
+# What a 503 of ``/readyz`` says to wait (starting, NATS or the database away): the
+# parts it checks come back on their own within a second or two.
+READY_RETRY_SECONDS = 2
 
 
 class Gateway:
@@ -264,7 +267,10 @@ def openapi_config() -> OpenAPIConfig:
         description=(
             "Submit missions, answer and approve plans, steer running missions, and follow "
             "their events. Every route needs `Authorization: Bearer <token>`: an API token "
-            "(`aet_…`), the bootstrap admin token, or an OIDC access token."
+            "(`aet_…`), the bootstrap admin token, or an OIDC access token. A query "
+            "parameter or path holding a control character or a lone surrogate, and a "
+            "body string holding NUL or an unpaired surrogate, are refused with 400 on "
+            "every route. Every 503 and 429 carries `Retry-After`."
         ),
         path="/schema",
         components=Components(
@@ -361,7 +367,10 @@ def create_routes() -> Litestar:
             read_model = await gateway.read_model_status()
             body["detail"] = _read_model_detail(detail, read_model)
             body["read_model"] = read_model
-        return Response(body, status_code=200 if ok else 503)
+        if ok:
+            return Response(body)
+        headers = {"Retry-After": str(READY_RETRY_SECONDS)}
+        return Response(body, status_code=503, headers=headers)
 
     @get("/metrics", include_in_schema=False, opt=open_route)
     async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -400,4 +409,6 @@ def create_routes() -> Litestar:
         plugins=[StrictStructSchema()],
     )
     routes_at_zero(app)
+    # Built now, once per process, and completed with what the input guard refuses.
+    document_refusals(app.openapi_schema)
     return app

@@ -30,15 +30,24 @@ class DefaultBranchAnswer(msgspec.Struct, frozen=True, kw_only=True):
     default_branch: str
 
 
+# When a 503 of the broker's is worth asking about again, in seconds: a broker out of
+# reach (restarting, say) soon; a read API not configured, switched off or refusing the
+# gateway's token not before an operator has changed a setting.
+BROKER_RETRY_SECONDS = 5
+SETTING_RETRY_SECONDS = 60
+
+
 class BrokerUnavailable(Exception):
     """The broker could not answer: ``status`` is what the gateway answers (404 for a
     repository or commit the broker does not have, 400 for a reference it refuses,
-    502/503/504 when the broker or the remote cannot be reached)."""
+    502/503/504 when the broker or the remote cannot be reached); ``retry_after`` when
+    to ask again (a 503's)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 class BrokerReader:
@@ -71,6 +80,12 @@ def _unavailable(failed: BrokerReadFailed) -> BrokerUnavailable:
     """What the gateway answers for the broker's failure: the caller's mistakes and what
     is missing pass through; the gateway's own credential being refused is the gateway's
     fault (503), not the caller's (401)."""
-    if failed.status in (400, 404, 502, 503, 504):
+    if failed.status == 503:
+        # Unanswered: the broker is away; answered: it or the gateway is not set up.
+        wait = SETTING_RETRY_SECONDS if failed.answered else BROKER_RETRY_SECONDS
+        return BrokerUnavailable(503, failed.reason, wait)
+    if failed.status in (400, 404, 502, 504):
         return BrokerUnavailable(failed.status, failed.reason)
-    return BrokerUnavailable(503 if failed.status == 401 else 502, failed.reason)
+    if failed.status == 401:
+        return BrokerUnavailable(503, failed.reason, SETTING_RETRY_SECONDS)
+    return BrokerUnavailable(502, failed.reason)

@@ -38,7 +38,9 @@ from aether_gateway.domain.auth import (
     Principal,
     Scope,
     claim_at,
+    has_expired,
     parse_scopes,
+    refused_from,
     role_names,
     scopes_for_roles,
     token_hash,
@@ -104,8 +106,8 @@ class OidcSettings:
     # when the endpoint is named outright (else the one the discovery document names).
     introspection: bool = False
     introspection_url: str = ""
-    # How long one token's answer is kept (never past the token's exp), and how many
-    # tokens' answers at most.
+    # How long one token's answer is kept (never past the token's exp and the leeway),
+    # and how many tokens' answers at most.
     introspection_cache_seconds: float = 30.0
     introspection_cache_size: int = 10_000
 
@@ -332,8 +334,8 @@ class OidcVerifier:
     async def opaque_principal(self, token: str) -> Principal:
         """The caller an opaque access token names, as the provider's introspection
         endpoint (RFC 7662) says. Each answer is kept a short while (never past the
-        token's exp) under the token's SHA-256, so a busy client does not make the
-        gateway ask on every request. ``InvalidToken`` when refused;
+        token's exp and the leeway) under the token's SHA-256, so a busy client does not
+        make the gateway ask on every request. ``InvalidToken`` when refused;
         ``ProviderUnavailable`` when the provider could not say."""
         if len(token) > _MAX_OPAQUE_TOKEN:
             raise InvalidToken("the token is too long")
@@ -405,13 +407,14 @@ class OidcVerifier:
 
     def _judged(self, said: dict[str, Any], now: float) -> tuple[Principal | str, float | None]:
         """Who the introspection answer ``said`` names, or why the token is refused; and
-        in how many seconds the token expires (None: it names no expiry)."""
+        in how many seconds the token is refused (None: it names no expiry), by the rule
+        of a JWT's ``exp`` and of an event stream's end (``refused_from``)."""
         exp, nbf, issuer = said.get("exp"), said.get("nbf"), said.get("iss")
         leeway = self.settings.leeway_seconds
-        expires_in = exp - now if _is_number(exp) else None
+        expires_in = refused_from(exp, leeway) - now if _is_number(exp) else None
         if said.get("active") is not True:
             return "the token is not active", None
-        if exp is not None and (expires_in is None or expires_in + leeway <= 0):
+        if exp is not None and (not _is_number(exp) or has_expired(exp, now, leeway)):
             return "the token has expired", 0.0
         if nbf is not None and (not _is_number(nbf) or nbf > now + leeway):
             return "the token is not yet valid", 0.0  # not kept: it may be valid soon
@@ -570,7 +573,9 @@ class OidcVerifier:
             name=name[:200],
             scopes=scopes,
             kind="oidc",
-            expires_at=float(exp) if _is_number(exp) else None,
+            refused_from=(
+                refused_from(float(exp), self.settings.leeway_seconds) if _is_number(exp) else None
+            ),
         )
 
     async def _verified(
@@ -600,11 +605,17 @@ class OidcVerifier:
                 algorithms=list(ALGORITHMS),
                 audience=audiences or None,
                 issuer=issuer,
-                options={"require": required, "verify_aud": bool(audiences)},
+                # The expiry is judged below, by the rule an event stream ends by too.
+                options={"require": required, "verify_aud": bool(audiences), "verify_exp": False},
                 leeway=self.settings.leeway_seconds,
             )
         except jwt.PyJWTError as error:
             raise InvalidToken(str(error)) from error
+        exp = claims["exp"]
+        if not _is_number(exp):
+            raise InvalidToken("Expiration Time claim (exp) must be a number")
+        if has_expired(exp, time.time(), self.settings.leeway_seconds):
+            raise InvalidToken("Signature has expired")
         return claims
 
 

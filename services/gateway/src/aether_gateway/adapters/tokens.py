@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from aether_gateway.adapters.db import Database
 from aether_gateway.adapters.rows import convert
-from aether_gateway.domain.auth import TOKEN_PREFIX, Principal, token_hash
+from aether_gateway.domain.auth import TOKEN_PREFIX, Principal, refused_from, token_hash
 
 # The channel a revocation is announced on (NOTIFY), its payload the token's id.
 REVOKED_CHANNEL = "aether_token_revoked"
@@ -136,7 +136,9 @@ class TokenStore:
                 name=row["name"],
                 scopes=frozenset(row["scopes"]),
                 kind="token",
-                expires_at=row["expires_at"],
+                # The query's ``expires_at > now()`` is the same rule, by the database's
+                # clock: refused from the expiry on, no leeway (the gateway issued it).
+                refused_from=None if row["expires_at"] is None else refused_from(row["expires_at"]),
             )
             if row is not None
             else None

@@ -27,9 +27,9 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.exceptions import (
+    HTTPException,
     NotAuthorizedException,
     PermissionDeniedException,
-    ServiceUnavailableException,
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
@@ -42,6 +42,7 @@ from aether_gateway.adapters.oidc import (
     ProviderUnavailable,
 )
 from aether_gateway.adapters.tokens import TokenStore
+from aether_gateway.api.errors import service_unavailable
 from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import TOKEN_PREFIX, Principal
 from aether_gateway.domain.auth import Scope as AetherScope
@@ -105,13 +106,11 @@ class Authenticator:
             raise _provider_away("the identity provider cannot check the token", error) from None
 
 
-def _provider_away(what: str, error: ProviderUnavailable) -> ServiceUnavailableException:
+def _provider_away(what: str, error: ProviderUnavailable) -> HTTPException:
     """Not the caller's fault, and the token may be good: not 401 (a client would drop
     its sign-in); the reason goes to the gateway's log, not the answer."""
     log.warning("OIDC token not checked", extra={"reason": str(error)})
-    return ServiceUnavailableException(
-        detail=f"{what}; try again", headers={"Retry-After": str(int(RETRY_SECONDS))}
-    )
+    return service_unavailable(f"{what}; try again", RETRY_SECONDS)
 
 
 def _with_scopes(oidc: OidcVerifier, found: Principal) -> Principal:

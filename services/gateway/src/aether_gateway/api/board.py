@@ -74,7 +74,9 @@ def _broker_failed(what: str, failed: BrokerUnavailable) -> HTTPException:
         return not_found(what, reason=failed.reason)
     if failed.status == 400:
         return bad_request(f"{what}: {failed.reason}", reason=failed.reason)
-    return unavailable(failed.status, f"{what}: {failed.reason}", reason=failed.reason)
+    return unavailable(
+        failed.status, f"{what}: {failed.reason}", failed.retry_after, reason=failed.reason
+    )
 
 
 @get(

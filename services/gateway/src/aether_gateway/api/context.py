@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request
-from litestar.exceptions import NotAuthorizedException, ServiceUnavailableException
+from litestar.exceptions import NotAuthorizedException
 
 from aether_events import Event, tag_of
 from aether_gateway.adapters.bus import Bus
@@ -25,6 +25,7 @@ from aether_gateway.adapters.revocations import OpenStreams
 from aether_gateway.adapters.runners import Runners
 from aether_gateway.adapters.tokens import TokenStore
 from aether_gateway.api.auth import Authenticator
+from aether_gateway.api.errors import BUS_RETRY_SECONDS, service_unavailable
 from aether_gateway.api.idempotency import IdempotentPosts
 from aether_gateway.api.served import context_of
 from aether_gateway.config import GatewaySettings
@@ -87,9 +88,10 @@ class GatewayContext:
             return await self.bus.publish(event)
         except Exception as error:
             log.exception("publishing failed", extra={"event_type": tag_of(type(event))})
-            raise ServiceUnavailableException(
-                detail="the event bus did not accept the request; try again",
-                extra={"reason": type(error).__name__},
+            raise service_unavailable(
+                "the event bus did not accept the request; try again",
+                BUS_RETRY_SECONDS,
+                reason=type(error).__name__,
             ) from error
 
     async def settled(self, within: float = 2.0) -> None:

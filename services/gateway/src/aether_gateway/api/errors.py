@@ -1,8 +1,15 @@
-"""Errors as the API answers them: ``{"error": "<what went wrong>", "detail": <more>}``."""
+"""Errors as the API answers them: ``{"error": "<what went wrong>", "detail": <more>}``.
+
+Every ``503`` and ``429`` says when to come back (``Retry-After``, whole seconds), so a
+client (the board, the CLI) backs off by the gateway's word: each cause names its own
+wait where it is raised, and an answer that names none is given ``DEFAULT_RETRY_SECONDS``
+on its way out (``on_http_error``).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import msgspec
@@ -11,6 +18,7 @@ from litestar.exceptions import (
     ClientException,
     HTTPException,
     NotFoundException,
+    ServiceUnavailableException,
     ValidationException,
 )
 from litestar.openapi import ResponseSpec
@@ -20,6 +28,17 @@ from aether_gateway.adapters.faults import DATABASE_ERRORS, describe
 from aether_gateway.domain.commands import Refusal
 
 log = logging.getLogger("aether.gateway.api")
+
+# When each cause of a 503 is worth asking about again, in seconds.
+# The database: its pool reconnects on its own, at once.
+DATABASE_RETRY_SECONDS = 1
+# The event bus: the gateway's connection is tried again every half second.
+BUS_RETRY_SECONDS = 2
+# The runners' registry on the bus (read at most every two seconds).
+RUNNERS_RETRY_SECONDS = 2
+# A 503 or 429 raised without one (none is, but a new cause may forget).
+DEFAULT_RETRY_SECONDS = 5
+_RETRIED = frozenset({429, 503})
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -31,11 +50,21 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 def error_responses(*codes: int) -> dict[int, ResponseSpec]:
     """OpenAPI descriptions of the error answers a route may give. A route that takes a
-    token (it may answer 401) counts its caller's requests, so it may answer 429 too."""
+    token (it may answer 401) counts its caller's requests, so it may answer 429 too;
+    every route may answer 400 (``inputs.InputGuard`` refuses some query strings and
+    paths before any route sees them)."""
     if 401 in codes and 429 not in codes:
         codes = (*codes, 429)
+    if 400 not in codes:
+        codes = (400, *codes)
     descriptions = {
-        400: "The request is invalid; `error` names each invalid field and why",
+        400: (
+            "The request is invalid; `error` names each invalid field and why. On every"
+            " route: a query parameter or the path holding a control character (U+0000–"
+            "U+001F, U+007F–U+009F) or a lone surrogate, or not UTF-8; in a JSON body, a"
+            " string holding NUL or an unpaired surrogate, an unknown field, a value of"
+            " the wrong type"
+        ),
         401: "No valid credentials: send `Authorization: Bearer <token>`",
         403: "The token's scopes do not allow this",
         404: "No such mission (or task, or token)",
@@ -46,7 +75,10 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
         422: "The Idempotency-Key was used before with a different request",
         429: "Too many requests; `Retry-After` says when to try again",
         502: "The git broker, or a remote repository it reads, answered with an error",
-        503: "The event bus, the database or the git broker is unavailable; try again",
+        503: (
+            "The event bus, the database, the identity provider or the git broker is"
+            " unavailable; `Retry-After` says when to try again"
+        ),
         504: "The git broker did not answer in time; try again",
     }
     return {
@@ -69,9 +101,27 @@ def conflict(message: str, **detail: Any) -> HTTPException:
     return HTTPException(status_code=HTTP_409_CONFLICT, detail=message, extra=detail or None)
 
 
-def unavailable(status: int, message: str, **detail: Any) -> HTTPException:
-    """A 5xx of a service behind the gateway (``status``), with its reason."""
-    return HTTPException(status_code=status, detail=message, extra=detail or None)
+def retry_seconds(seconds: float) -> int:
+    """A wait as ``Retry-After`` says it: whole seconds, rounded up, at least one."""
+    return max(1, math.ceil(seconds))
+
+
+def service_unavailable(message: str, retry_after: float, **detail: Any) -> HTTPException:
+    """A 503 saying when to try again."""
+    return ServiceUnavailableException(
+        detail=message,
+        extra=detail or None,
+        headers={"Retry-After": str(retry_seconds(retry_after))},
+    )
+
+
+def unavailable(
+    status: int, message: str, retry_after: float | None = None, **detail: Any
+) -> HTTPException:
+    """A 5xx of a service behind the gateway (``status``), with its reason, and when to
+    ask again (``retry_after``, for a 503)."""
+    headers = None if retry_after is None else {"Retry-After": str(retry_seconds(retry_after))}
+    return HTTPException(status_code=status, detail=message, extra=detail or None, headers=headers)
 
 
 def bad_request(message: str, **detail: Any) -> ClientException:
@@ -106,7 +156,10 @@ def on_validation_error(
 
 
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    return _error_response(exc.status_code, exc.detail, exc.extra, exc.headers)
+    headers = exc.headers
+    if exc.status_code in _RETRIED and not any(k.lower() == "retry-after" for k in headers or {}):
+        headers = {**(headers or {}), "Retry-After": str(DEFAULT_RETRY_SECONDS)}
+    return _error_response(exc.status_code, exc.detail, exc.extra, headers)
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -118,7 +171,10 @@ def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Resp
             "the database did not answer", extra={"path": request.url.path, "error": describe(exc)}
         )
         return _error_response(
-            503, "the database is unavailable; try again", None, {"retry-after": "1"}
+            503,
+            "the database is unavailable; try again",
+            None,
+            {"retry-after": str(DATABASE_RETRY_SECONDS)},
         )
     log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
     return _error_response(500, "internal error", None)

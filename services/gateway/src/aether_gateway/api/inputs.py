@@ -32,18 +32,30 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 # What the OpenAPI document says of the strings bodies hold (``schema``), as regexes
-# that Python and the ECMA-262 regexes of JSON Schema validators read alike: no NUL in
-# any string, and free text that is not blank. Whitespace is Python's ``str.isspace``
-# set, listed character by character (``\s`` differs between the two), and the
-# not-blank pattern cannot backtrack more than once per character.
+# that Python and the ECMA-262 regexes of JSON Schema validators read alike: no NUL nor
+# unpaired surrogate in any string, and free text that is not blank. A surrogate is let
+# through only as the first half of a pair followed by its second: what an ECMA-262
+# regex sees of a character beyond U+FFFF without the ``u`` flag (two code units); with
+# it, and in Python, such a character is one, outside the surrogates' range, and only a
+# lone surrogate is left in it. Whitespace is Python's ``str.isspace`` set, listed
+# character by character (``\s`` differs between the two); each pattern's alternatives
+# start with different characters, so it cannot backtrack more than once per character.
 _SPACE = (
     r"\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0"
     r"\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-NO_NUL = r"^[^\u0000]*$"
-NOT_BLANK = rf"^[{_SPACE}]*[^\u0000{_SPACE}][^\u0000]*$"
+_PAIR = r"[\ud800-\udbff][\udc00-\udfff]"
+_STORABLE_CHARACTER = rf"(?:[^\u0000\ud800-\udfff]|{_PAIR})"
+STORABLE = rf"^{_STORABLE_CHARACTER}*$"
+NOT_BLANK = rf"^[{_SPACE}]*(?:[^\u0000\ud800-\udfff{_SPACE}]|{_PAIR}){_STORABLE_CHARACTER}*$"
+# What a query parameter or a path may hold, said in the OpenAPI document: no control
+# character (C0, DEL, C1) and no lone surrogate (``_CONTROL``, what ``InputGuard``
+# refuses; a character beyond U+FFFF is let through, as a pair above).
+CLEAN_PARAMETER = rf"^(?:[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]|{_PAIR})*$"
 # A body's string refused by its pattern: what the refusal says instead of the regex.
-_PATTERN_MEANS = {NOT_BLANK: "must not be blank (nor contain NUL characters)"}
+_PATTERN_MEANS = {
+    NOT_BLANK: "must not be blank (nor contain NUL characters or unpaired surrogates)"
+}
 
 
 def _refusal(source: str, key: str, message: str) -> ValidationException:

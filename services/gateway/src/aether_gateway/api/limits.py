@@ -17,7 +17,6 @@ streams open at once on a replica (``api.live``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -25,6 +24,7 @@ from litestar.exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 
 from aether_gateway.adapters.limits import BucketLimiter, RateLimiter
+from aether_gateway.api.errors import retry_seconds
 from aether_gateway.api.served import context_of
 from aether_gateway.domain.auth import Principal
 
@@ -33,12 +33,13 @@ async def within_limit(limiter: RateLimiter, caller: str, what: str) -> None:
     """Count one hit of ``caller``'s; past the limit, a 429 saying when to try again."""
     retry_after = await limiter.hit(caller)
     if retry_after is not None:
-        raise TooManyRequestsException(
-            detail=(
-                f"at most {limiter.limit} {what} per {limiter.window_seconds} seconds;"
-                f" try again in {retry_after:.0f} s"
-            ),
-            headers={"Retry-After": f"{retry_after:.0f}"},
+        # Whole seconds, rounded up: a wait under half a second said as "0" was asked
+        # again at once, and refused again.
+        seconds = retry_seconds(retry_after)
+        raise too_many(
+            f"at most {limiter.limit} {what} per {limiter.window_seconds} seconds;"
+            f" try again in {seconds} s",
+            seconds,
         )
 
 
@@ -58,8 +59,9 @@ _READS = frozenset({"GET", "HEAD"})
 
 def too_many(detail: str, retry_after: float) -> TooManyRequestsException:
     """A 429 saying when to try again (whole seconds, at least one)."""
-    seconds = max(1, math.ceil(retry_after))
-    return TooManyRequestsException(detail=detail, headers={"Retry-After": str(seconds)})
+    return TooManyRequestsException(
+        detail=detail, headers={"Retry-After": str(retry_seconds(retry_after))}
+    )
 
 
 async def read_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -76,7 +78,7 @@ async def read_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
     if retry_after is not None:
         raise too_many(
             f"at most {limiter.limit} reads per {limiter.window_seconds} seconds on this"
-            f" replica; try again in {max(1, math.ceil(retry_after))} s",
+            f" replica; try again in {retry_seconds(retry_after)} s",
             retry_after,
         )
 
@@ -96,7 +98,7 @@ async def sign_in_rate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
     if retry_after is not None:
         raise too_many(
             f"at most {limiter.limit} sign-in steps per {limiter.window_seconds} seconds"
-            f" from one address; try again in {max(1, math.ceil(retry_after))} s",
+            f" from one address; try again in {retry_seconds(retry_after)} s",
             retry_after,
         )
 

@@ -24,11 +24,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.di import NamedDependency
-from litestar.exceptions import (
-    NotAuthorizedException,
-    PermissionDeniedException,
-    ServiceUnavailableException,
-)
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -38,7 +34,13 @@ from aether_gateway import metrics
 from aether_gateway.adapters.hub import CLOSED, IDLE, WAKE, Filter, StreamedEvent, identified
 from aether_gateway.api.auth import QUERY_TOKEN_OPT, READ
 from aether_gateway.api.context import GatewayContext
-from aether_gateway.api.errors import bad_request, error_responses, mission_not_found
+from aether_gateway.api.errors import (
+    BUS_RETRY_SECONDS,
+    bad_request,
+    error_responses,
+    mission_not_found,
+    service_unavailable,
+)
 from aether_gateway.api.limits import too_many
 from aether_gateway.domain.auth import Principal
 
@@ -242,9 +244,10 @@ async def _stream(
     except Exception as error:  # the bus out of reach as the hub starts following it
         give_back()
         log.warning("event stream not opened", extra={"error": repr(error)})
-        raise ServiceUnavailableException(
-            detail="the event bus cannot be followed right now; try again",
-            extra={"reason": type(error).__name__},
+        raise service_unavailable(
+            "the event bus cannot be followed right now; try again",
+            BUS_RETRY_SECONDS,
+            reason=type(error).__name__,
         ) from error
     start = subscriber.start
     reauth = ctx.settings.sse_reauth_seconds
@@ -252,7 +255,8 @@ async def _stream(
     known = principal if isinstance(principal, Principal) else None
     # The API token's id, so its revocation (``adapters.revocations``) finds the stream.
     token_id = known.id if known is not None and known.kind == "token" else None
-    expires_at = known.expires_at if known is not None else None
+    # When a request with the token would first be refused (``domain.auth.refused_from``).
+    refused_at = known.refused_from if known is not None else None
 
     async def messages() -> AsyncGenerator[ServerSentEventMessage, None]:
         metrics.SSE_CLIENTS.inc()
@@ -260,7 +264,7 @@ async def _stream(
         loop = asyncio.get_running_loop()
         check_at = loop.time() + reauth
         # The token's end on this loop's clock: the stream ends then, not at a check.
-        ends_at = None if expires_at is None else loop.time() + (expires_at - time.time())
+        ends_at = None if refused_at is None else loop.time() + (refused_at - time.time())
         watched = ctx.open_streams.watch(token_id, subscriber.wake)
         quiet_since = loop.time()
 

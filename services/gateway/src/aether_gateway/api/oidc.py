@@ -19,12 +19,12 @@ from litestar.exceptions import (
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
-    ServiceUnavailableException,
 )
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from aether_gateway.adapters.oidc import (
+    RETRY_SECONDS,
     InvalidToken,
     OidcVerifier,
     ProviderUnavailable,
@@ -33,7 +33,7 @@ from aether_gateway.adapters.oidc import (
 )
 from aether_gateway.api.auth import CHALLENGE
 from aether_gateway.api.context import GatewayContext
-from aether_gateway.api.errors import error_responses
+from aether_gateway.api.errors import error_responses, service_unavailable
 from aether_gateway.api.idempotency import NO_IDEMPOTENCY_OPT
 from aether_gateway.api.limits import SIGN_IN_RATE
 
@@ -103,8 +103,8 @@ async def oidc_config(ctx: NamedDependency[GatewayContext]) -> OidcConfig:
         found = await verifier.metadata()
     except ProviderUnavailable as error:
         log.warning("OIDC discovery failed", extra={"reason": str(error)})
-        raise ServiceUnavailableException(
-            detail="the identity provider cannot be reached; try again"
+        raise service_unavailable(
+            "the identity provider cannot be reached; try again", RETRY_SECONDS
         ) from None
     return OidcConfig(
         enabled=True,
@@ -271,8 +271,8 @@ def _asking_provider(step: str, refusal: str) -> Iterator[None]:
         yield
     except ProviderUnavailable as error:
         log.warning(f"OIDC {step} failed", extra={"reason": str(error)})
-        raise ServiceUnavailableException(
-            detail="the identity provider cannot be reached; try again"
+        raise service_unavailable(
+            "the identity provider cannot be reached; try again", RETRY_SECONDS
         ) from None
     except InvalidToken as error:
         log.info(f"OIDC {step} refused", extra={"reason": str(error)})

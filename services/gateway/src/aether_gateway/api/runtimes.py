@@ -7,13 +7,18 @@ import logging
 
 from litestar import get
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, ServiceUnavailableException
+from litestar.exceptions import ClientException
 
 from aether_events import TIERS
 from aether_gateway.api.auth import READ
 from aether_gateway.api.bodies import RuntimeList, RuntimeOffer
 from aether_gateway.api.context import GatewayContext
-from aether_gateway.api.errors import bad_request, error_responses
+from aether_gateway.api.errors import (
+    RUNNERS_RETRY_SECONDS,
+    bad_request,
+    error_responses,
+    service_unavailable,
+)
 from aether_gateway.domain.commands import runtimes_missing
 from aether_runtime.runners import RunnerEntry
 
@@ -83,9 +88,10 @@ async def list_runtimes(ctx: NamedDependency[GatewayContext]) -> RuntimeList:
     try:
         runners = await ctx.runners.live()
     except Exception as error:
-        raise ServiceUnavailableException(
-            detail="the registry of runners could not be read; try again",
-            extra={"reason": type(error).__name__},
+        raise service_unavailable(
+            "the registry of runners could not be read; try again",
+            RUNNERS_RETRY_SECONDS,
+            reason=type(error).__name__,
         ) from error
     return RuntimeList(runtimes=offers(runners), runners=runners, tiers=list(TIERS))
 

@@ -28,12 +28,27 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     scopes: frozenset[str]
     kind: Literal["token", "bootstrap", "oidc"]
-    # When the token it was named by expires (seconds since the epoch), where that is
-    # known: an API token's expiry, an OIDC token's ``exp``. An event stream ends then.
-    expires_at: float | None = None
+    # From when the token it was named by is refused (seconds since the epoch), where
+    # that is known: ``refused_from`` of an API token's expiry, or of an OIDC token's
+    # ``exp`` and the clock-skew leeway. An event stream it opened ends then.
+    refused_from: float | None = None
 
     def allows(self, needed: Scope) -> bool:
         return any(_RANK.get(scope, -1) >= _RANK[needed] for scope in self.scopes)
+
+
+def refused_from(expires_at: float, leeway: float = 0.0) -> float:
+    """The instant a token that expires at ``expires_at`` is first refused, ``leeway``
+    the clock skew allowed between its issuer and the gateway (OIDC's; none for the
+    gateway's own API tokens). The one rule for both a request's check and the end of
+    an event stream the token opened, so a stream ends just as the token would stop
+    being let in."""
+    return expires_at + leeway
+
+
+def has_expired(expires_at: float, now: float, leeway: float = 0.0) -> bool:
+    """Whether a token that expires at ``expires_at`` is refused at ``now``."""
+    return now >= refused_from(expires_at, leeway)
 
 
 def token_hash(token: str) -> str:

@@ -16,9 +16,13 @@ const pauseListeners = new Set();
 // LONGEST_WAIT_MS is cut to it, so a page never stays frozen for hours on one answer
 // (it is refused again, saying when, if it is still too soon). A drop or a refusal that
 // does not say when backs off from FIRST_BACKOFF_MS, doubling up to LONGEST_BACKOFF_MS,
-// each wait between half and all of it.
+// each wait between half and all of it. The backoff starts again only after a
+// connection that was worth it: one that delivered an event or stayed up STABLE_MS. A
+// stream that is answered and then drops at once (a gateway shutting down, a proxy
+// cutting it) backs off as a refusal does, rather than being opened every half second.
 const FIRST_BACKOFF_MS = 500;
 const LONGEST_BACKOFF_MS = 5000;
+const STABLE_MS = 10_000;
 const LONGEST_WAIT_MS = 300_000;
 const JITTER_MS = 10_000;
 // A wait at least this long is told to the person ("Live updates paused; …"); a shorter
@@ -125,6 +129,8 @@ export class LiveStream {
     this.controller = null;
     this.retry = FIRST_BACKOFF_MS;
     this.connections = 0;
+    this.openedAt = null; // when the current connection was answered (performance.now())
+    this.delivered = false; // whether it has delivered an event
     this.wake = null; // ends the wait before the next connection (on stop)
   }
 
@@ -149,6 +155,8 @@ export class LiveStream {
   async loop() {
     while (!this.closed) {
       let retryAfter = null;
+      this.openedAt = null;
+      this.delivered = false;
       try {
         await this.connect();
       } catch (error) {
@@ -170,6 +178,9 @@ export class LiveStream {
         }
       }
       if (this.closed) return;
+      if (this.openedAt !== null && (this.delivered || performance.now() - this.openedAt >= STABLE_MS)) {
+        this.retry = FIRST_BACKOFF_MS;
+      }
       announce("reconnecting");
       await this.pause(reconnectDelay(retryAfter, this.retry));
       this.retry = Math.min(this.retry * 2, LONGEST_BACKOFF_MS);
@@ -223,7 +234,7 @@ export class LiveStream {
       throw error;
     }
     this.connections += 1;
-    this.retry = FIRST_BACKOFF_MS;
+    this.openedAt = performance.now();
     this.resetting = false;
     this.carried = []; // a message cut by the drop comes again whole
     announce("live");
@@ -287,6 +298,8 @@ export class LiveStream {
       this.carried.push([type, payload]);
       return;
     }
+    // The gateway's word that it ends the stream is not an event delivered.
+    if (type !== "stream_ended") this.delivered = true;
     if (id === null) {
       // Telemetry: no id, not replayed, never moves the resume point.
       if (this.onTelemetry) this.onTelemetry(type, payload);
