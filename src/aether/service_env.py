@@ -33,6 +33,9 @@ COMMON_NAMES = frozenset(
         "LOG_LEVEL",
         "AETHER_HTTP_HOST",
         "AETHER_STREAM_REPLICAS",
+        # The telemetry stream's retention, applied by whichever service makes the streams.
+        "AETHER_TELEMETRY_MAX_AGE_SECONDS",
+        "AETHER_TELEMETRY_MAX_BYTES",
         "AETHER_LOOP_STALL_SECONDS",
         "AETHER_RUNNER_ENTRY_SECONDS",
         # TLS to a bus the stack is pointed at (files' paths, not secrets themselves).

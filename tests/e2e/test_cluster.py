@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 def declared(replicas: int) -> dict[str, object]:
     return {
         "missions": (replicas, 7200.0, 0.0),
-        "telemetry": (replicas, 120.0, 3600.0),
+        "telemetry": (replicas, 120.0, 604800.0),
     }
 
 

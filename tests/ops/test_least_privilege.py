@@ -59,9 +59,10 @@ STACK_SET_FOR = {
     "agent-runner": {"AETHER_WORKTREES_DIR"},
     "scheduler": {"AETHER_MODEL_OFFLINE"},
 }
-# Keys the source reads from a request's WSGI environ, not from the process environment.
+# Keys the source reads from a request's WSGI environ, not from the process environment
+# (and the variable the broker sets for its own SSH askpass program).
 NOT_READ_BY = {
-    "git-broker": {"HTTP_AUTHORIZATION", "PATH_INFO", "QUERY_STRING"},
+    "git-broker": {"HTTP_AUTHORIZATION", "PATH_INFO", "QUERY_STRING", "AETHER_ASKPASS_FILE"},
     # It chooses models but never calls one: told AETHER_MODEL_OFFLINE instead of the key.
     "scheduler": {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"},
     # Read only to refuse it: no runner may hold the services' event id secret.

@@ -5,8 +5,10 @@ given; without that CA, or over a plain URL, nothing connects."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,11 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from nats.aio.msg import Msg
 
 from aether.infra import EmbeddedNats
 from aether_events import ALL_MISSION_EVENTS, MissionRequested
 from aether_runtime import ConsumerSpec, RuntimeSettings, Service
 from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey
+from aether_runtime.bus_auth import ATTEMPT_KEY_REQUESTS
 from aether_runtime.settings import SettingsError
 
 from .test_bus_restart import Recorder, requested
@@ -118,15 +122,25 @@ async def test_a_service_and_an_attempt_reach_a_bus_that_speaks_only_tls(
         await svc.stop()
 
     # An attempt's own connection, made with the same context (``AttemptCredentials``),
-    # publishes into the stream the service declared.
+    # publishes into the stream the service declared. This bus calls no authorizer out,
+    # so the attempt's event key (decision 0030) is answered here as the scheduler would.
+    authorizer = await nats.connect(url, tls=settings.nats_tls())
+
+    async def answer_key(msg: Msg) -> None:
+        await msg.respond(base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"="))
+
+    await authorizer.subscribe(ATTEMPT_KEY_REQUESTS, cb=answer_key)
     credentials = AttemptCredentials(
         nats_url=url, secret="s", runner_id="host", tls=settings.nats_tls()
     )
-    async with credentials.scope(AttemptKey("m-tls", "t1", 1)) as publisher:
-        await publisher.open()
-        assert publisher.connection is not None and publisher.connection.is_connected
-        ack = await publisher.publish(requested("m-tls-attempt"))
-        assert ack.seq > 0
+    try:
+        async with credentials.scope(AttemptKey("m-tls", "t1", 1)) as publisher:
+            await publisher.open()
+            assert publisher.connection is not None and publisher.connection.is_connected
+            ack = await publisher.publish(requested("m-tls-attempt"))
+            assert ack.seq > 0
+    finally:
+        await authorizer.close()
 
 
 async def test_nothing_connects_without_the_ca_or_over_a_plain_url(
