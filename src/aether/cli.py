@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -73,7 +74,12 @@ def _main(argv: list[str] | None) -> int:
     try:
         result: int = args.run(args)
     except ApiError as error:
-        print(f"error: {_explain(error, args)}", file=sys.stderr)
+        if args.json:
+            # For scripts: the gateway's status and details beside its sentence.
+            answer = {"error": error.message, "status": error.status, "detail": error.detail}
+            print(json.dumps(answer, default=str), file=sys.stderr)
+        else:
+            print(f"error: {_explain(error, args)}", file=sys.stderr)
         return 1
     except httpx.TransportError as error:
         target = commands.target(args)
@@ -92,18 +98,21 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _explain(error: ApiError, args: argparse.Namespace) -> str:
-    """The gateway's refusal, with where the CLI looked when it is about the token."""
+    """The gateway's refusal as a sentence (its HTTP status is for ``--json``), with where
+    the CLI looked when it is about the token."""
     if error.status == 401:
         target = commands.target(args)
         return (
-            f"the gateway at {target.url} refused the token (401: {error.message}); "
+            f"the gateway at {target.url} refused the token ({error.message}); "
             f"token from {target.token_source}\n"
             "  pass --token, export AETHER_TOKEN, run `aether login`, or --home for the "
             "stack's home"
         )
     if error.status == 403:
-        return f"{error} (the token lacks the scope this needs)"
-    return str(error)
+        return f"{error.message} (the token lacks the scope this needs)"
+    if error.status == 500:
+        return f"the gateway failed: {error.message} (its log says why: `aether logs gateway`)"
+    return error.message
 
 
 # Options whose value is a secret: it may begin with "-", which argparse would take for an

@@ -17,17 +17,22 @@ DEFAULT_URL = "http://127.0.0.1:8100"
 
 
 class ApiError(Exception):
-    """The gateway answered with an error (``status``) and said why."""
+    """The gateway answered with an error (``status``) and said why: ``message`` is its
+    sentence, ``detail`` what it added (the mission's status of a refused command…)."""
 
     def __init__(self, status: int, body: str) -> None:
+        detail: Any = None
         try:
             parsed = json.loads(body)
             message = parsed.get("error") or parsed.get("detail") or body
+            if isinstance(parsed.get("error"), str):
+                detail = parsed.get("detail")
         except (ValueError, AttributeError):
             message = body
         super().__init__(f"{status}: {message}")
         self.status = status
-        self.message = str(message)
+        self.message = str(message).strip() or f"the gateway answered {status}"
+        self.detail = detail
 
 
 @dataclass
