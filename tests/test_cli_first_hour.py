@@ -201,3 +201,30 @@ def test_a_stopped_up_hands_the_latest_home_back_to_the_stack_still_running(
     locate.hand_back_home(stopped, running.resolve())
     assert locate.remembered_home() == stopped.resolve()
     assert json.loads((running / "stack.json").read_text())["pid"] == 1
+
+
+def test_a_requirement_over_the_gateways_limit_is_a_sentence_before_anything_is_sent(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Sent, it came back as the gateway's "Expected `str` of length <= 20000"."""
+    import msgspec
+
+    from aether.commands import REQUIREMENT_LIMIT
+    from aether_gateway.api.bodies import CreateMission
+
+    info = msgspec.inspect.type_info(CreateMission)
+    assert isinstance(info, msgspec.inspect.StructType)
+    [requirement] = [f.type for f in info.fields if f.name == "requirement"]
+    assert isinstance(requirement, msgspec.inspect.StrType)
+    assert requirement.max_length == REQUIREMENT_LIMIT
+    repo = tmp_path / "repo"
+    create_sample_repository(repo)
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 20_001))
+    argv = ["mission", "submit", "--repo", str(repo), "--url", _closed_url(), "-"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: the requirement is 20,001 characters; a mission's may have at most 20,000: "
+        "shorten it (keep it in a file and pass - to read it from standard input: "
+    )
+    assert "cannot reach" not in err

@@ -101,6 +101,9 @@ def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
 
 # --- missions ----------------------------------------------------------------------------
 
+# The most characters a requirement may have: the gateway's limit (``CreateMission``).
+REQUIREMENT_LIMIT = 20_000
+
 
 def submit(args: argparse.Namespace) -> int:
     if args.requirement == "-":
@@ -110,6 +113,13 @@ def submit(args: argparse.Namespace) -> int:
         raise UsageError(
             "the requirement is empty: say what you want done, "
             'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`'
+        )
+    if len(args.requirement) > REQUIREMENT_LIMIT:
+        raise UsageError(
+            f"the requirement is {len(args.requirement):,} characters; a mission's may have "
+            f"at most {REQUIREMENT_LIMIT:,}: shorten it (keep it in a file and pass - to read "
+            "it from standard input: `aether mission submit --repo PATH - < spec.md`), or "
+            "commit the long part to the repository and have the requirement point at it"
         )
     overrides = {}
     for item in args.model or []:
