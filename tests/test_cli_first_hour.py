@@ -228,3 +228,33 @@ def test_a_requirement_over_the_gateways_limit_is_a_sentence_before_anything_is_
         "shorten it (keep it in a file and pass - to read it from standard input: "
     )
     assert "cannot reach" not in err
+
+
+def test_a_missing_base_names_the_repositorys_own_branches_not_the_missions(
+    tmp_path: Path,
+) -> None:
+    """After ten missions the mission branches (``aether/m-…``, sorted first) were all
+    the list showed: the user's own dropped off it."""
+    from dulwich.repo import Repo
+
+    repo = tmp_path / "repo"
+    head = create_sample_repository(repo).encode()
+    with Repo(str(repo)) as opened:
+        for n in range(12):
+            opened.refs[f"refs/heads/aether/m-{n:016x}".encode()] = head
+        opened.refs[b"refs/heads/aether/m-ffffffffffffffff/t1"] = head
+        opened.refs[b"refs/heads/feature"] = head
+    with pytest.raises(RepositoryProblem) as problem:
+        check_repository(repo, "mian")
+    assert str(problem.value) == (
+        f"{repo} has no branch 'mian' (it has: feature, main; and 13 mission branches aether/…)"
+    )
+    with Repo(str(repo)) as opened:
+        for n in range(11):
+            opened.refs[f"refs/heads/topic-{n:02d}".encode()] = head
+    with pytest.raises(RepositoryProblem) as problem:
+        check_repository(repo, "mian")
+    own = ", ".join(["feature", "main", *(f"topic-{n:02d}" for n in range(8))])
+    assert str(problem.value) == (
+        f"{repo} has no branch 'mian' (it has: {own} and 3 more; and 13 mission branches aether/…)"
+    )
