@@ -258,3 +258,20 @@ def test_a_missing_base_names_the_repositorys_own_branches_not_the_missions(
     assert str(problem.value) == (
         f"{repo} has no branch 'mian' (it has: {own} and 3 more; and 13 mission branches aether/…)"
     )
+
+
+def test_every_option_and_argument_of_every_command_has_help() -> None:
+    """`usage --by` and `agents --status` had none: their choices showed, not what they
+    do. An option hidden on purpose says so with ``argparse.SUPPRESS``."""
+    import argparse
+
+    from aether.clidoc import _commands
+
+    missing = [
+        f"{' '.join(path)} {action.option_strings[-1] if action.option_strings else action.dest}"
+        for path, command in _commands(_parser(), ["aether"])
+        for action in command._actions
+        if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+        and not (action.help or "").strip()
+    ]
+    assert missing == []
