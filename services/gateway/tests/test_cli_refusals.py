@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from aether_events import EventPublisher, TaskEscalated
+from aether_events import AgentStarted, EventPublisher, MergeConflicted, TaskEscalated
 
 from .conftest import eventually
 from .test_cli import Cli
@@ -122,3 +122,45 @@ async def test_asking_for_the_state_a_mission_is_in_succeeds_and_says_so(
             "",
             "error: the mission is cancelled\n",
         )
+
+
+async def test_mission_logs_says_why_a_completed_attempt_was_not_merged(
+    gateway_server, nc, capsys, script
+):
+    """Every task's steps showed "completed" for an attempt the verification then
+    refused, and nothing after it."""
+    cli = Cli(gateway_server, capsys)
+    mission = script.mission_id
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            AgentStarted(**script.meta(), task_id="t1", attempt=1, runner_id="r-1", model="m"),  # type: ignore[arg-type]
+            script.agent_completed("t1"),
+            MergeConflicted(
+                **script.meta(),  # type: ignore[arg-type]
+                task_id="t1",
+                attempt=1,
+                files=[],
+                integration_sha="a" * 40,
+                detail="verification failed: `pytest -q` exited with 1 after 0.2s\n"
+                "--- output ---\n1 failed",
+                refusal="verification_failed",
+            ),
+        ]
+    )
+
+    async def listed() -> list[str] | None:
+        code, out, err = await cli("mission", "logs", mission)
+        assert code == 0, err
+        lines = out.splitlines()
+        return lines if len(lines) == 3 else None
+
+    lines = await eventually(listed, what="the attempt's steps")
+    assert "t1 a1  completed  commit cccccccccc" in lines[1]
+    assert lines[2].endswith(
+        "t1 a1  refused    not merged: verification failed: `pytest -q` exited with 1 after 0.2s"
+    )
