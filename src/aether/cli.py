@@ -580,6 +580,14 @@ DEMO_REQUIREMENT = """\
 """
 
 
+# The demo's last words: its board stops answering now, and what to run for one that stays.
+DEMO_ENDS = (
+    "\nthe demo's stack stops now, and its board with it; for a stack that stays up (and "
+    'its board), run `aether up`, then `aether mission submit --repo PATH "what you want '
+    'done" --watch` in another terminal (docs/guide.md)'
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from aether.gitview import create_sample_repository, diff_stat, format_stat
     from aether.stack import Stack
@@ -600,7 +608,11 @@ def _demo(args: argparse.Namespace) -> int:
         )
         mission_id = created["mission_id"]
         print(f"mission {mission_id} submitted; following its events:")
-        print(f"  (live on the board: {stack.gateway_url}/board/missions/{mission_id}, ")
+        # The board answers only while the demo runs: its stack stops with it.
+        print(
+            f"  (live on the board while the demo runs, which stops it at the end: "
+            f"{stack.gateway_url}/board/missions/{mission_id},"
+        )
         # The token's file, not the token: a terminal's scroll-back and a shared screen
         # are not places for a credential.
         token_file = stack.home / TOKEN_FILE
@@ -627,6 +639,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(format_stat(diff_stat(repo, base_sha, final["final_sha"])))
         branch = shlex.quote(final["integration_branch"])
         print(f"\ninspect it with: git -C {shlex.quote(str(repo))} log --stat {branch}")
+        print(DEMO_ENDS)
         return 0
     finally:
         stack.stop()
