@@ -397,9 +397,19 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show = command("show", commands.show, "a mission with its plan, tasks and cost")
     mission_of(show)
 
-    diff = command("diff", commands.task_diff, "what a task's latest attempt changed")
+    diff = command(
+        "diff",
+        commands.task_diff,
+        "what the mission changed (every task merged so far), or what one task's latest "
+        "attempt changed",
+    )
     mission_of(diff)
-    task_of(diff)
+    diff.add_argument(
+        "task_id",
+        nargs="?",
+        help="only this task's latest attempt, against the base it started from (default: "
+        "the whole mission's branch against the mission's base)",
+    )
     diff.add_argument("--stat", action="store_true", help="files and line counts only")
 
     logs = command(

@@ -139,6 +139,12 @@ class GatewayClient:
         result: dict[str, Any] = self._get(f"/missions/{mission_id}/tasks/{task_id}/diff")
         return result
 
+    def mission_diff(self, mission_id: str) -> dict[str, Any]:
+        """The mission's integration branch against its base (every task merged so far),
+        as the git broker reads it."""
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}/diff")
+        return result
+
     def activity(
         self, mission_id: str, task_id: str | None = None, attempt: int | None = None
     ) -> dict[str, Any]:

@@ -259,11 +259,14 @@ def _spent_globally(gateway: GatewayClient, mission: dict[str, Any]) -> list[str
 
 
 def task_diff(args: argparse.Namespace) -> int:
-    """What a task's latest attempt changed: its commit against the base it started from,
+    """The whole mission's change without a task (``_mission_diff``); with one, what a
+    task's latest attempt changed: its commit against the base it started from,
     read from the mission's repository when it is a directory here, else asked of the
     gateway (whose git broker holds every mission's repository, local or remote)."""
     gateway = client(args)
     mission = gateway.show(args.mission_id)
+    if args.task_id is None:
+        return _mission_diff(args, gateway, mission)
     task = gateway.task(args.mission_id, args.task_id)
     base, commit = task.get("base_sha"), task.get("commit_sha")
     if not base or not commit:
@@ -285,6 +288,38 @@ def task_diff(args: argparse.Namespace) -> int:
         answer = gateway.task_diff(args.mission_id, args.task_id)
         text = format_stat(stat_of_answer(answer)) if args.stat else text_of_answer(answer)
     emit(args, {"base_sha": base, "commit_sha": commit, "diff": text}, lambda: text.rstrip())
+    return 0
+
+
+def _mission_diff(args: argparse.Namespace, gateway: GatewayClient, mission: dict[str, Any]) -> int:
+    """What the mission's integration branch changed against its base: its result once
+    completed, read from the repository when it is a directory here; else, and while it
+    runs (every task merged so far), asked of the gateway."""
+    base, final = mission.get("base_sha"), mission.get("final_sha")
+    repository = Path(mission["repository"])
+    text = None
+    if base and final and "://" not in mission["repository"] and repository.is_dir():
+        with contextlib.suppress(KeyError):  # not this machine's copy: ask the broker's
+            text = (
+                format_stat(diff_stat(repository, base, final))
+                if args.stat
+                else unified_diff(repository, base, final)
+            )
+    if text is None:
+        try:
+            answer = gateway.mission_diff(args.mission_id)
+        except ApiError as error:
+            reason = error.detail.get("reason") if isinstance(error.detail, dict) else None
+            if reason != "no task has been merged yet":
+                raise
+            raise UsageError(
+                f"nothing has been merged into {args.mission_id}'s branch yet "
+                f"({mission.get('status', '?').replace('_', ' ')}): "
+                f"`aether mission diff {args.mission_id} TASK` shows a task's own commit"
+            ) from None
+        base, final = answer["base_sha"], answer["head_sha"]
+        text = format_stat(stat_of_answer(answer)) if args.stat else text_of_answer(answer)
+    emit(args, {"base_sha": base, "head_sha": final, "diff": text}, lambda: text.rstrip())
     return 0
 
 
