@@ -34,6 +34,19 @@ def reference() -> str:
             "command or after it; `up`, `down`, `status` and `logs` take only `--home` and "
             "print for people (`logs --raw` prints the JSON lines); `backup` and `restore` "
             "take `--home` or the servers' URLs.\n",
+            "A command the gateway refuses prints `error: ` and the gateway's reason as a "
+            "sentence, and exits 1; with `--json` it prints "
+            '`{"error": …, "status": <HTTP status>, "detail": …}` on standard error instead.\n',
+            "A command asking for the state a mission is already in does nothing, says so "
+            "(`… is already cancelled: nothing to do`; with `--json` "
+            '`{"mission_id": …, "unchanged": true, "reason": …}`) and exits 0: `cancel` of a '
+            "cancelled mission, `pause` of a paused one, `resume` of one that is not paused "
+            "(and has not ended), `approve` of a latest plan already approved, `skip` of a "
+            "skipped task, `budget` of the budget it has, `deliver` of a result already "
+            "pushed. The rest stay refusals: pausing, resuming or cancelling an ended mission "
+            "(a completed one is not cancelled), approving a plan that is not the latest, a "
+            "lower budget, and `retry`, which asks for a new run of an escalated or failed "
+            "task, not a state.\n",
         ]
         for path, command in _commands(parser, ["aether"]):
             command.prog = " ".join(path)
