@@ -759,6 +759,12 @@ def test_a_task_the_verification_refuses_is_told_as_such_with_what_to_run(
     assert refused and all("not merged: verification failed: `false`" in r for r in refused), out
     shown = run(tmp_path, *home, "mission", "show", mission)
     assert f"  next         {retry}" in shown.stdout.splitlines(), shown.stdout
+    # Every task's steps: each "completed" attempt is followed by why it was not merged.
+    steps = run(tmp_path, *home, "mission", "logs", mission).stdout.splitlines()
+    completed = [n for n, line in enumerate(steps) if "  completed  commit " in line]
+    assert completed, steps
+    for n in completed:
+        assert "  refused    not merged: verification failed: `false`" in steps[n + 1], steps
 
 
 def test_following_the_steps_of_a_mission_with_none_yet_says_what_it_waits_for(
