@@ -201,3 +201,77 @@ def test_a_stopped_up_hands_the_latest_home_back_to_the_stack_still_running(
     locate.hand_back_home(stopped, running.resolve())
     assert locate.remembered_home() == stopped.resolve()
     assert json.loads((running / "stack.json").read_text())["pid"] == 1
+
+
+def test_a_requirement_over_the_gateways_limit_is_a_sentence_before_anything_is_sent(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Sent, it came back as the gateway's "Expected `str` of length <= 20000"."""
+    import msgspec
+
+    from aether.commands import REQUIREMENT_LIMIT
+    from aether_gateway.api.bodies import CreateMission
+
+    info = msgspec.inspect.type_info(CreateMission)
+    assert isinstance(info, msgspec.inspect.StructType)
+    [requirement] = [f.type for f in info.fields if f.name == "requirement"]
+    assert isinstance(requirement, msgspec.inspect.StrType)
+    assert requirement.max_length == REQUIREMENT_LIMIT
+    repo = tmp_path / "repo"
+    create_sample_repository(repo)
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 20_001))
+    argv = ["mission", "submit", "--repo", str(repo), "--url", _closed_url(), "-"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: the requirement is 20,001 characters; a mission's may have at most 20,000: "
+        "shorten it (keep it in a file and pass - to read it from standard input: "
+    )
+    assert "cannot reach" not in err
+
+
+def test_a_missing_base_names_the_repositorys_own_branches_not_the_missions(
+    tmp_path: Path,
+) -> None:
+    """After ten missions the mission branches (``aether/m-…``, sorted first) were all
+    the list showed: the user's own dropped off it."""
+    from dulwich.repo import Repo
+
+    repo = tmp_path / "repo"
+    head = create_sample_repository(repo).encode()
+    with Repo(str(repo)) as opened:
+        for n in range(12):
+            opened.refs[f"refs/heads/aether/m-{n:016x}".encode()] = head
+        opened.refs[b"refs/heads/aether/m-ffffffffffffffff/t1"] = head
+        opened.refs[b"refs/heads/feature"] = head
+    with pytest.raises(RepositoryProblem) as problem:
+        check_repository(repo, "mian")
+    assert str(problem.value) == (
+        f"{repo} has no branch 'mian' (it has: feature, main; and 13 mission branches aether/…)"
+    )
+    with Repo(str(repo)) as opened:
+        for n in range(11):
+            opened.refs[f"refs/heads/topic-{n:02d}".encode()] = head
+    with pytest.raises(RepositoryProblem) as problem:
+        check_repository(repo, "mian")
+    own = ", ".join(["feature", "main", *(f"topic-{n:02d}" for n in range(8))])
+    assert str(problem.value) == (
+        f"{repo} has no branch 'mian' (it has: {own} and 3 more; and 13 mission branches aether/…)"
+    )
+
+
+def test_every_option_and_argument_of_every_command_has_help() -> None:
+    """`usage --by` and `agents --status` had none: their choices showed, not what they
+    do. An option hidden on purpose says so with ``argparse.SUPPRESS``."""
+    import argparse
+
+    from aether.clidoc import _commands
+
+    missing = [
+        f"{' '.join(path)} {action.option_strings[-1] if action.option_strings else action.dest}"
+        for path, command in _commands(_parser(), ["aether"])
+        for action in command._actions
+        if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+        and not (action.help or "").strip()
+    ]
+    assert missing == []

@@ -1,9 +1,10 @@
 """``aether mission logs``: what the agents did, one line per step.
 
 A step is an attempt's start, each progress report (one per tool call: the tool and the
-file or command it worked on) and the attempt's end. The gateway lists what it has
-(``/missions/{id}/activity``; progress reports for about an hour); ``--follow`` then
-streams new ones until the mission ends.
+file or command it worked on), the attempt's end, and the git broker's refusal to merge
+it (a "completed" attempt that was then not merged says why on the line after). The
+gateway lists what it has (``/missions/{id}/activity``; progress reports for about an
+hour); ``--follow`` then streams new ones until the mission ends.
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ from datetime import datetime
 from typing import Any
 
 from aether.client import GatewayClient
-from aether.render import short
+from aether.render import merge_refused, short
 from aether_events.status import TERMINAL_STATUSES
 
 # How the agent runner words a progress report taken when a model reply asks for tools.
 _ASKS = "model asks: "
-AGENT_EVENTS = frozenset({"agent_started", "agent_progress", "agent_completed", "agent_failed"})
+AGENT_EVENTS = frozenset(
+    {
+        "agent_started",
+        "agent_progress",
+        "agent_completed",
+        "agent_failed",
+        "merge_conflicted",
+        "merge_withheld",
+    }
+)
 
 
 def _clock(value: object) -> str:
@@ -64,6 +74,10 @@ def step_line(kind: str, data: dict[str, Any]) -> str:
     elif kind == "agent_failed":
         again = "will be retried" if data.get("retryable", True) else "not retryable"
         what = f"failed     {short(str(data.get('reason', '')), 100)} ({again})"
+    elif kind == "merge_conflicted":
+        what = f"{'refused':<10} {merge_refused(data)}"
+    elif kind == "merge_withheld":
+        what = f"{'refused':<10} not merged: {short(str(data.get('reason', '')), 100)}"
     else:
         what = kind
     return f"{head}  {what}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -73,7 +74,12 @@ def _main(argv: list[str] | None) -> int:
     try:
         result: int = args.run(args)
     except ApiError as error:
-        print(f"error: {_explain(error, args)}", file=sys.stderr)
+        if args.json:
+            # For scripts: the gateway's status and details beside its sentence.
+            answer = {"error": error.message, "status": error.status, "detail": error.detail}
+            print(json.dumps(answer, default=str), file=sys.stderr)
+        else:
+            print(f"error: {_explain(error, args)}", file=sys.stderr)
         return 1
     except httpx.TransportError as error:
         target = commands.target(args)
@@ -92,18 +98,21 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _explain(error: ApiError, args: argparse.Namespace) -> str:
-    """The gateway's refusal, with where the CLI looked when it is about the token."""
+    """The gateway's refusal as a sentence (its HTTP status is for ``--json``), with where
+    the CLI looked when it is about the token."""
     if error.status == 401:
         target = commands.target(args)
         return (
-            f"the gateway at {target.url} refused the token (401: {error.message}); "
+            f"the gateway at {target.url} refused the token ({error.message}); "
             f"token from {target.token_source}\n"
             "  pass --token, export AETHER_TOKEN, run `aether login`, or --home for the "
             "stack's home"
         )
     if error.status == 403:
-        return f"{error} (the token lacks the scope this needs)"
-    return str(error)
+        return f"{error.message} (the token lacks the scope this needs)"
+    if error.status == 500:
+        return f"the gateway failed: {error.message} (its log says why: `aether logs gateway`)"
+    return error.message
 
 
 # Options whose value is a secret: it may begin with "-", which argparse would take for an
@@ -219,7 +228,7 @@ def _backup_parsers(sub: Any) -> None:
         "to FILE: gzip'd JSON lines with a checksum (docs/operations.md, Backups).",
         parents=[servers],
     )
-    backup.add_argument("file", metavar="FILE")
+    backup.add_argument("file", metavar="FILE", help="the backup file to write")
     backup.set_defaults(run=_backup)
     restore = sub.add_parser(
         "restore",
@@ -232,7 +241,7 @@ def _backup_parsers(sub: Any) -> None:
         "start).",
         parents=[servers],
     )
-    restore.add_argument("file", metavar="FILE")
+    restore.add_argument("file", metavar="FILE", help="the backup file to read")
     restore.add_argument(
         "--while-running",
         action="store_true",
@@ -332,6 +341,10 @@ def _stack_home(args: argparse.Namespace) -> Path:
     return find_home(explicit)[0]
 
 
+MISSION_HELP = "the mission: its id, a unique start of one, or @last (the newest)"
+TASK_HELP = "the task's id in the plan (`aether mission show` lists them)"
+
+
 def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     mission = sub.add_parser("mission", help="submit, follow and steer missions")
     msub = mission.add_subparsers(title="mission commands")
@@ -340,6 +353,13 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parser: argparse.ArgumentParser = msub.add_parser(name, help=help, parents=[common])
         parser.set_defaults(run=run)
         return parser
+
+    def mission_of(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("mission_id", help=MISSION_HELP)
+        return parser
+
+    def task_of(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("task_id", help=TASK_HELP)
 
     submit = command("submit", commands.submit, "submit a mission")
     submit.add_argument(
@@ -354,7 +374,11 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
     submit.add_argument("--max-tasks", type=int, help="most tasks the plan may have")
     submit.add_argument("--model", action="append", metavar="TIER=MODEL", help="model override")
-    submit.add_argument("--auto-approve", action="store_true")
+    submit.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="start on the plan without waiting for `aether mission approve`",
+    )
     submit.add_argument(
         "--runtime",
         help="agent runtime of the tasks: builtin, claude-code or a command runtime's name "
@@ -373,11 +397,21 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--all", action="store_true", help="follow every page")
 
     show = command("show", commands.show, "a mission with its plan, tasks and cost")
-    show.add_argument("mission_id", help="an id, a unique start of one, or @last")
+    mission_of(show)
 
-    diff = command("diff", commands.task_diff, "what a task's latest attempt changed")
-    diff.add_argument("mission_id")
-    diff.add_argument("task_id")
+    diff = command(
+        "diff",
+        commands.task_diff,
+        "what the mission changed (every task merged so far), or what one task's latest "
+        "attempt changed",
+    )
+    mission_of(diff)
+    diff.add_argument(
+        "task_id",
+        nargs="?",
+        help="only this task's latest attempt, against the base it started from (default: "
+        "the whole mission's branch against the mission's base)",
+    )
     diff.add_argument("--stat", action="store_true", help="files and line counts only")
 
     logs = command(
@@ -385,7 +419,7 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         commands.mission_logs,
         "what the agents did: a task's transcript, or one line per step of every task",
     )
-    logs.add_argument("mission_id")
+    mission_of(logs)
     logs.add_argument(
         "task_id",
         nargs="?",
@@ -403,45 +437,47 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
     watch = command("watch", commands.watch, "live board of a mission's tasks")
-    watch.add_argument("mission_id")
+    mission_of(watch)
     watch.add_argument("--events", action="store_true", help="one line per event, no board")
 
     approve = command("approve", commands.approve, "approve the mission's plan")
-    approve.add_argument("mission_id")
+    mission_of(approve)
     approve.add_argument("--version", type=int, help="plan version (default: the latest)")
 
     message = command("message", commands.message, "answer the planner, or give plan feedback")
-    message.add_argument("mission_id")
-    message.add_argument("text")
+    mission_of(message)
+    message.add_argument("text", help="the message, in words")
 
     for name, run, help in (
         ("pause", commands.pause, "pause: running tasks finish, no new one starts"),
         ("cancel", commands.cancel, "cancel the mission"),
     ):
-        parser = command(name, run, help)
-        parser.add_argument("mission_id")
-        parser.add_argument("--reason")
-    command("resume", commands.resume, "resume a paused mission").add_argument("mission_id")
+        mission_of(command(name, run, help)).add_argument(
+            "--reason", help="why, for the mission's history and the board"
+        )
+    mission_of(command("resume", commands.resume, "resume a paused mission"))
 
-    command(
-        "deliver", commands.deliver, "push a completed mission's result again after a failure"
-    ).add_argument("mission_id")
+    mission_of(
+        command(
+            "deliver", commands.deliver, "push a completed mission's result again after a failure"
+        )
+    )
 
     step = command("retry-step", commands.retry_step, "run a failed step again")
-    step.add_argument("mission_id")
+    mission_of(step)
     step.add_argument("event_id", help="the id of the event the step failed on")
     step.add_argument("--service", help="the service, when several failed on the event")
 
     retry = command("retry", commands.retry, "run an escalated task again")
-    retry.add_argument("mission_id")
-    retry.add_argument("task_id")
+    mission_of(retry)
+    task_of(retry)
     skip = command("skip", commands.skip, "skip an escalated task")
-    skip.add_argument("mission_id")
-    skip.add_argument("task_id")
-    skip.add_argument("--reason")
+    mission_of(skip)
+    task_of(skip)
+    skip.add_argument("--reason", help="why, for the mission's history and the board")
 
     budget = command("budget", commands.budget, "raise the mission's budget")
-    budget.add_argument("mission_id")
+    mission_of(budget)
     budget.add_argument("budget_usd", type=float, help="the new budget in USD")
 
 
@@ -471,17 +507,19 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     tokens = sub.add_parser("tokens", help="create, list and revoke API tokens (admin)")
     tsub = tokens.add_subparsers(title="token commands")
     create = tsub.add_parser("create", help="create a token", parents=[common])
-    create.add_argument("name")
+    create.add_argument("name", help="what the token is for (shown by `tokens list`)")
     create.add_argument(
         "--scope", action="append", choices=SCOPES, required=True, help="read, write or admin"
     )
-    create.add_argument("--expires-days", type=int)
+    create.add_argument(
+        "--expires-days", type=int, help="days until it expires (default: it does not)"
+    )
     create.set_defaults(run=commands.token_create)
     listing = tsub.add_parser("list", help="list tokens", parents=[common])
     listing.add_argument("--all", action="store_true", help="revoked ones too")
     listing.set_defaults(run=commands.token_list)
     revoke = tsub.add_parser("revoke", help="revoke a token", parents=[common])
-    revoke.add_argument("token_id")
+    revoke.add_argument("token_id", help="the token's id (`tokens list` shows them)")
     revoke.set_defaults(run=commands.token_revoke)
     whoami = tsub.add_parser("whoami", help="who the gateway takes you for", parents=[common])
     whoami.set_defaults(run=commands.whoami)
@@ -496,18 +534,28 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     rebuild.set_defaults(run=commands.rebuild_read_model)
 
     usage = sub.add_parser("usage", help="model usage and cost", parents=[common])
-    usage.add_argument("--by", choices=("day", "month", "mission", "model"), default="day")
+    usage.add_argument(
+        "--by",
+        choices=("day", "month", "mission", "model"),
+        default="day",
+        help="one row per day, month, mission or model (default: day)",
+    )
     usage.add_argument(
         "--mission", help="one mission only (an id, a unique start of one, or @last)"
     )
-    usage.add_argument("--since", help="YYYY-MM-DD")
+    usage.add_argument("--since", help="only usage since this day (YYYY-MM-DD)")
     usage.set_defaults(run=commands.usage)
 
     agents = sub.add_parser("agents", help="agent runners and what they do", parents=[common])
     agents.add_argument(
         "--mission", help="one mission only (an id, a unique start of one, or @last)"
     )
-    agents.add_argument("--status", choices=("active", "idle", "gone"))
+    agents.add_argument(
+        "--status",
+        choices=("active", "idle", "gone"),
+        help="only runners working an attempt now (active), live with nothing to do (idle), "
+        "or no longer heard from (gone)",
+    )
     agents.set_defaults(run=commands.agents)
 
     runtimes = sub.add_parser(
@@ -544,6 +592,14 @@ DEMO_REQUIREMENT = """\
 """
 
 
+# The demo's last words: its board stops answering now, and what to run for one that stays.
+DEMO_ENDS = (
+    "\nthe demo's stack stops now, and its board with it; for a stack that stays up (and "
+    'its board), run `aether up`, then `aether mission submit --repo PATH "what you want '
+    'done" --watch` in another terminal (docs/guide.md)'
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from aether.gitview import create_sample_repository, diff_stat, format_stat
     from aether.stack import Stack
@@ -564,7 +620,11 @@ def _demo(args: argparse.Namespace) -> int:
         )
         mission_id = created["mission_id"]
         print(f"mission {mission_id} submitted; following its events:")
-        print(f"  (live on the board: {stack.gateway_url}/board/missions/{mission_id}, ")
+        # The board answers only while the demo runs: its stack stops with it.
+        print(
+            f"  (live on the board while the demo runs, which stops it at the end: "
+            f"{stack.gateway_url}/board/missions/{mission_id},"
+        )
         # The token's file, not the token: a terminal's scroll-back and a shared screen
         # are not places for a credential.
         token_file = stack.home / TOKEN_FILE
@@ -591,6 +651,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(format_stat(diff_stat(repo, base_sha, final["final_sha"])))
         branch = shlex.quote(final["integration_branch"])
         print(f"\ninspect it with: git -C {shlex.quote(str(repo))} log --stat {branch}")
+        print(DEMO_ENDS)
         return 0
     finally:
         stack.stop()

@@ -33,13 +33,26 @@ def reference() -> str:
             "Global options (`--url`, `--token`, `--home`, `--json`) may be given before the "
             "command or after it; `up`, `down`, `status` and `logs` take only `--home` and "
             "print for people (`logs --raw` prints the JSON lines); `backup` and `restore` "
-            "take `--home` or the servers' URLs.",
+            "take `--home` or the servers' URLs.\n",
             "A read the gateway refuses for a while (a `429`: its read limit; a `503`: the "
             "database or the bus away) with a `Retry-After` of at most 10 s is asked again "
             "once that has passed, four tries at most; `mission watch` opens its event "
             "stream again no sooner than a refusal's `Retry-After` says (a `429` or any "
             "`5xx`; at most 5 minutes), else after its own backoff (1 s doubling to 10 s, "
             "back to 1 s once an event arrives).\n",
+            "A command the gateway refuses prints `error: ` and the gateway's reason as a "
+            "sentence, and exits 1; with `--json` it prints "
+            '`{"error": …, "status": <HTTP status>, "detail": …}` on standard error instead.\n',
+            "A command asking for the state a mission is already in does nothing, says so "
+            "(`… is already cancelled: nothing to do`; with `--json` "
+            '`{"mission_id": …, "unchanged": true, "reason": …}`) and exits 0: `cancel` of a '
+            "cancelled mission, `pause` of a paused one, `resume` of one that is not paused "
+            "(and has not ended), `approve` of a latest plan already approved, `skip` of a "
+            "skipped task, `budget` of the budget it has, `deliver` of a result already "
+            "pushed. The rest stay refusals: pausing, resuming or cancelling an ended mission "
+            "(a completed one is not cancelled), approving a plan that is not the latest, a "
+            "lower budget, and `retry`, which asks for a new run of an escalated or failed "
+            "task, not a state.\n",
         ]
         for path, command in _commands(parser, ["aether"]):
             command.prog = " ".join(path)

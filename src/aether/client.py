@@ -17,18 +17,23 @@ DEFAULT_URL = "http://127.0.0.1:8100"
 
 
 class ApiError(Exception):
-    """The gateway answered with an error (``status``) and said why; ``retry_after`` the
-    seconds its ``Retry-After`` said to wait (a 429 or 503's), or None."""
+    """The gateway answered with an error (``status``) and said why: ``message`` is its
+    sentence, ``detail`` what it added (the mission's status of a refused command…),
+    ``retry_after`` the seconds its ``Retry-After`` said to wait (a 429 or 503's), or None."""
 
     def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
+        detail: Any = None
         try:
             parsed = json.loads(body)
             message = parsed.get("error") or parsed.get("detail") or body
+            if isinstance(parsed.get("error"), str):
+                detail = parsed.get("detail")
         except (ValueError, AttributeError):
             message = body
         super().__init__(f"{status}: {message}")
         self.status = status
-        self.message = str(message)
+        self.message = str(message).strip() or f"the gateway answered {status}"
+        self.detail = detail
         self.retry_after = retry_after
 
 
@@ -137,6 +142,12 @@ class GatewayClient:
         """The task's commit against its base, as the git broker reads it (any repository
         the broker holds, local or remote)."""
         result: dict[str, Any] = self._get(f"/missions/{mission_id}/tasks/{task_id}/diff")
+        return result
+
+    def mission_diff(self, mission_id: str) -> dict[str, Any]:
+        """The mission's integration branch against its base (every task merged so far),
+        as the git broker reads it."""
+        result: dict[str, Any] = self._get(f"/missions/{mission_id}/diff")
         return result
 
     def activity(

@@ -101,6 +101,9 @@ def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
 
 # --- missions ----------------------------------------------------------------------------
 
+# The most characters a requirement may have: the gateway's limit (``CreateMission``).
+REQUIREMENT_LIMIT = 20_000
+
 
 def submit(args: argparse.Namespace) -> int:
     if args.requirement == "-":
@@ -110,6 +113,13 @@ def submit(args: argparse.Namespace) -> int:
         raise UsageError(
             "the requirement is empty: say what you want done, "
             'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`'
+        )
+    if len(args.requirement) > REQUIREMENT_LIMIT:
+        raise UsageError(
+            f"the requirement is {len(args.requirement):,} characters; a mission's may have "
+            f"at most {REQUIREMENT_LIMIT:,}: shorten it (keep it in a file and pass - to read "
+            "it from standard input: `aether mission submit --repo PATH - < spec.md`), or "
+            "commit the long part to the repository and have the requirement point at it"
         )
     overrides = {}
     for item in args.model or []:
@@ -249,11 +259,14 @@ def _spent_globally(gateway: GatewayClient, mission: dict[str, Any]) -> list[str
 
 
 def task_diff(args: argparse.Namespace) -> int:
-    """What a task's latest attempt changed: its commit against the base it started from,
+    """The whole mission's change without a task (``_mission_diff``); with one, what a
+    task's latest attempt changed: its commit against the base it started from,
     read from the mission's repository when it is a directory here, else asked of the
     gateway (whose git broker holds every mission's repository, local or remote)."""
     gateway = client(args)
     mission = gateway.show(args.mission_id)
+    if args.task_id is None:
+        return _mission_diff(args, gateway, mission)
     task = gateway.task(args.mission_id, args.task_id)
     base, commit = task.get("base_sha"), task.get("commit_sha")
     if not base or not commit:
@@ -275,6 +288,38 @@ def task_diff(args: argparse.Namespace) -> int:
         answer = gateway.task_diff(args.mission_id, args.task_id)
         text = format_stat(stat_of_answer(answer)) if args.stat else text_of_answer(answer)
     emit(args, {"base_sha": base, "commit_sha": commit, "diff": text}, lambda: text.rstrip())
+    return 0
+
+
+def _mission_diff(args: argparse.Namespace, gateway: GatewayClient, mission: dict[str, Any]) -> int:
+    """What the mission's integration branch changed against its base: its result once
+    completed, read from the repository when it is a directory here; else, and while it
+    runs (every task merged so far), asked of the gateway."""
+    base, final = mission.get("base_sha"), mission.get("final_sha")
+    repository = Path(mission["repository"])
+    text = None
+    if base and final and "://" not in mission["repository"] and repository.is_dir():
+        with contextlib.suppress(KeyError):  # not this machine's copy: ask the broker's
+            text = (
+                format_stat(diff_stat(repository, base, final))
+                if args.stat
+                else unified_diff(repository, base, final)
+            )
+    if text is None:
+        try:
+            answer = gateway.mission_diff(args.mission_id)
+        except ApiError as error:
+            reason = error.detail.get("reason") if isinstance(error.detail, dict) else None
+            if reason != "no task has been merged yet":
+                raise
+            raise UsageError(
+                f"nothing has been merged into {args.mission_id}'s branch yet "
+                f"({mission.get('status', '?').replace('_', ' ')}): "
+                f"`aether mission diff {args.mission_id} TASK` shows a task's own commit"
+            ) from None
+        base, final = answer["base_sha"], answer["head_sha"]
+        text = format_stat(stat_of_answer(answer)) if args.stat else text_of_answer(answer)
+    emit(args, {"base_sha": base, "head_sha": final, "diff": text}, lambda: text.rstrip())
     return 0
 
 
@@ -305,10 +350,51 @@ def _check_task(gateway: GatewayClient, mission_id: str, task_id: str) -> None:
         )
 
 
-def approve(args: argparse.Namespace) -> int:
-    answer = client(args).approve(args.mission_id, args.version)
-    emit(args, answer, lambda: f"approved plan v{answer['version']} of {args.mission_id}")
+# A mission in one of these has ended: no command changes it any more.
+ENDED = ("completed", "answered", "failed", "cancelled")
+
+
+def _steer(
+    args: argparse.Namespace,
+    send: Callable[[GatewayClient], dict[str, Any]],
+    done: Callable[[dict[str, Any]], str],
+    already: Callable[[dict[str, Any]], str | None],
+) -> int:
+    """Send a command; when the gateway refuses it because the mission already is as the
+    command would leave it (a second cancel, a pause of a paused mission…), say so and
+    succeed: the command asked for a state, and the mission is in it. ``already`` reads
+    the mission as the gateway shows it after the refusal, and says how it already is, or
+    None when the refusal stands."""
+    gateway = client(args)
+    try:
+        answer = send(gateway)
+    except ApiError as error:
+        if error.status != 409:
+            raise
+        state = already(gateway.show(args.mission_id))
+        if state is None:
+            raise
+        unchanged = {"mission_id": args.mission_id, "unchanged": True, "reason": state}
+        emit(args, unchanged, lambda: f"{state}: nothing to do")
+        return 0
+    emit(args, answer, lambda: done(answer))
     return 0
+
+
+def approve(args: argparse.Namespace) -> int:
+    def already(mission: dict[str, Any]) -> str | None:
+        latest, approved = mission.get("plan_version"), mission.get("approved_version")
+        version = args.version or latest
+        if latest is None or approved is None or version != latest or approved < version:
+            return None  # no plan yet, or not the latest: the refusal stands
+        return f"plan v{version} of {args.mission_id} is already approved"
+
+    return _steer(
+        args,
+        lambda gateway: gateway.approve(args.mission_id, args.version),
+        lambda answer: f"approved plan v{answer['version']} of {args.mission_id}",
+        already,
+    )
 
 
 def message(args: argparse.Namespace) -> int:
@@ -319,33 +405,64 @@ def message(args: argparse.Namespace) -> int:
 
 
 def pause(args: argparse.Namespace) -> int:
-    answer = client(args).pause(args.mission_id, args.reason or "")
-    emit(args, answer, lambda: f"pausing {args.mission_id}: running tasks finish, none start")
-    return 0
+    return _steer(
+        args,
+        lambda gateway: gateway.pause(args.mission_id, args.reason or ""),
+        lambda _: f"pausing {args.mission_id}: running tasks finish, none start",
+        lambda m: (
+            f"mission {args.mission_id} is already paused" if m["status"] == "paused" else None
+        ),
+    )
 
 
 def resume(args: argparse.Namespace) -> int:
-    answer = client(args).resume(args.mission_id)
-    emit(args, answer, lambda: f"resuming {args.mission_id}")
-    return 0
+    def already(mission: dict[str, Any]) -> str | None:
+        status = mission["status"]
+        if status == "paused" or status in ENDED:
+            return None
+        return f"mission {args.mission_id} is not paused (it is {status.replace('_', ' ')})"
+
+    return _steer(
+        args,
+        lambda gateway: gateway.resume(args.mission_id),
+        lambda _: f"resuming {args.mission_id}",
+        already,
+    )
 
 
 def cancel(args: argparse.Namespace) -> int:
-    answer = client(args).cancel(args.mission_id, args.reason or "")
-    emit(args, answer, lambda: f"cancelling {args.mission_id}")
-    return 0
+    return _steer(
+        args,
+        lambda gateway: gateway.cancel(args.mission_id, args.reason or ""),
+        lambda _: f"cancelling {args.mission_id}",
+        lambda m: (
+            f"mission {args.mission_id} is already cancelled"
+            if m["status"] == "cancelled"
+            else None
+        ),
+    )
 
 
 def retry(args: argparse.Namespace) -> int:
+    # Not a state but a new run: a task that is not escalated or failed is refused.
     answer = client(args).retry(args.mission_id, args.task_id)
     emit(args, answer, lambda: f"task {args.task_id} of {args.mission_id} will run again")
     return 0
 
 
 def deliver(args: argparse.Namespace) -> int:
-    answer = client(args).retry_delivery(args.mission_id)
-    emit(args, answer, lambda: f"the git broker will push the result of {args.mission_id} again")
-    return 0
+    def already(mission: dict[str, Any]) -> str | None:
+        delivery = mission.get("delivery") or {}
+        if delivery.get("status") != "pushed":
+            return None
+        return f"the result of {args.mission_id} was delivered to {delivery.get('remote')} already"
+
+    return _steer(
+        args,
+        lambda gateway: gateway.retry_delivery(args.mission_id),
+        lambda _: f"the git broker will push the result of {args.mission_id} again",
+        already,
+    )
 
 
 def retry_step(args: argparse.Namespace) -> int:
@@ -359,15 +476,33 @@ def retry_step(args: argparse.Namespace) -> int:
 
 
 def skip(args: argparse.Namespace) -> int:
-    answer = client(args).skip(args.mission_id, args.task_id, args.reason or "")
-    emit(args, answer, lambda: f"task {args.task_id} of {args.mission_id} skipped")
-    return 0
+    def already(mission: dict[str, Any]) -> str | None:
+        tasks = {t["task_id"]: t for t in mission.get("tasks") or []}
+        if (tasks.get(args.task_id) or {}).get("status") != "skipped":
+            return None
+        return f"task {args.task_id} of {args.mission_id} is already skipped"
+
+    return _steer(
+        args,
+        lambda gateway: gateway.skip(args.mission_id, args.task_id, args.reason or ""),
+        lambda _: f"task {args.task_id} of {args.mission_id} skipped",
+        already,
+    )
 
 
 def budget(args: argparse.Namespace) -> int:
-    answer = client(args).raise_budget(args.mission_id, args.budget_usd)
-    emit(args, answer, lambda: f"budget of {args.mission_id} raised to ${args.budget_usd:.2f}")
-    return 0
+    def already(mission: dict[str, Any]) -> str | None:
+        current = mission.get("budget_usd")
+        if current is None or mission["status"] in ENDED or abs(current - args.budget_usd) >= 0.005:
+            return None  # lower than the budget (or the mission ended): the refusal stands
+        return f"the budget of {args.mission_id} is already ${current:.2f}"
+
+    return _steer(
+        args,
+        lambda gateway: gateway.raise_budget(args.mission_id, args.budget_usd),
+        lambda _: f"budget of {args.mission_id} raised to ${args.budget_usd:.2f}",
+        already,
+    )
 
 
 # --- watching -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -412,6 +413,46 @@ def _adopting_orphans() -> Iterator[None]:
             libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
+def _initdb_and_children() -> list[Any]:
+    """This process's ``initdb`` children (pgserver's first set-up of a data directory)
+    and the processes they started."""
+    import psutil
+
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if child.name() == "initdb":
+                    found += [child, *child.children(recursive=True)]
+    return found
+
+
+def stop_initdb() -> bool:
+    """Kill a first set-up of PostgreSQL's data directory in progress (``initdb`` and
+    what it runs), so that a stop asked for meanwhile is not held for the minute it may
+    take, or forever when it hangs. Its caller (``EmbeddedPostgres.start``) then fails,
+    and removes the half-made directory. Safe in a signal handler: no lock is taken."""
+    import psutil
+
+    found = _initdb_and_children()
+    if found:
+        # pgserver logs the failure it is made to have, with initdb's output: not news
+        # to whoever asked for the stop.
+        logging.getLogger("pgserver").setLevel(logging.CRITICAL)
+    others = []
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            if process.name() != "initdb":
+                others.append(process)
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    # Not initdb itself: pgserver's ``subprocess.run`` waits for it, and one reaped here
+    # would read there as a success (Python takes a child already waited for as exit 0).
+    psutil.wait_procs(others, timeout=5)
+    return bool(found)
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server from the pgserver wheel, its data in ``data_dir``.
@@ -453,10 +494,19 @@ class EmbeddedPostgres:
             import pgserver
 
         _socket_dirs_without_spaces()
+        fresh = not (self.data_dir / "PG_VERSION").exists()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = _size(self.log)
-        with _adopting_orphans():
-            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            with _adopting_orphans():
+                self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        except BaseException:
+            if fresh and not (self.data_dir / "postmaster.pid").exists():
+                # A first set-up cut short (``stop_initdb``, or initdb failed) before any
+                # server ran on it: what it wrote is no database, and initdb takes only
+                # an empty directory, so the next start sets it up from the beginning.
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise
         self._postmaster = self._server.get_postmaster_info().process
         return self
 

@@ -164,6 +164,18 @@ class Supervisor:
     since: dict[str, float] = field(default_factory=dict)
     due: dict[str, float] = field(default_factory=dict)
     probes: dict[str, Probe] = field(default_factory=dict)
+    # While NATS and PostgreSQL start: a stop then cuts PostgreSQL's first set-up short.
+    starting_servers: bool = False
+    interrupted: bool = False
+
+    def interrupt(self) -> None:
+        """A stop was asked for (from the signal handler): the start's loops see
+        ``stopping``; PostgreSQL's first set-up (``initdb``, up to a minute, or stuck)
+        checks nothing, so it is killed, and the start fails at once."""
+        if self.starting_servers:
+            from aether.infra import stop_initdb
+
+            self.interrupted = stop_initdb() or self.interrupted
 
     def log_path(self, name: str) -> Path:
         return self.stack.home / "logs" / f"{name}.log"
@@ -205,7 +217,12 @@ class Supervisor:
             " (the first start sets up the database: up to a minute)" if first else ""
         )
         began = time.monotonic()
-        self.stack.start_infrastructure()
+        self.starting_servers = True
+        try:
+            self._check_stop()
+            self.stack.start_infrastructure()
+        finally:
+            self.starting_servers = False
         self.record()
         # Named before the services start: forking them (the prestarter's imports first)
         # can take seconds, and the line must not say NATS and PostgreSQL meanwhile.
@@ -566,6 +583,8 @@ def up(
 
     def on_signal(signum: int, frame: object) -> None:
         stopping.set()
+        if supervisor is not None:
+            supervisor.interrupt()
 
     previous = {
         signum: signal.signal(signum, on_signal)
@@ -611,6 +630,8 @@ def up(
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     except Exception as error:  # e.g. PostgreSQL would not start: say so in a line
+        if stopping.is_set() and supervisor is not None and supervisor.interrupted:
+            return 0  # a step cut short by the stop asked for (`interrupt`)
         first = (str(error).strip().splitlines() or [""])[0]
         print(
             f"error: could not start the stack: {type(error).__name__}: {first}\n"

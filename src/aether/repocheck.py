@@ -51,6 +51,27 @@ def _branches(repo: Repo) -> list[str]:
     return sorted(ref.decode() for ref in repo.refs.keys(base=Ref(b"refs/heads/")))
 
 
+# The branches a mission leaves (``aether/m-…``, and its tasks' under it): not the
+# user's own, and after a few missions more numerous than them.
+MISSION_BRANCHES = "aether/"
+SHOWN_BRANCHES = 10
+
+
+def branch_list(branches: list[str]) -> str:
+    """The repository's own branches to name in a message, the first ``SHOWN_BRANCHES``,
+    with how many more there are and the mission branches counted, not listed."""
+    own = [b for b in branches if not b.startswith(MISSION_BRANCHES)]
+    missions = len(branches) - len(own)
+    text = ", ".join(own[:SHOWN_BRANCHES]) or "no branch of its own"
+    if len(own) > SHOWN_BRANCHES:
+        text += f" and {len(own) - SHOWN_BRANCHES} more"
+    if missions:
+        text += (
+            f"; and {missions} mission branch{'es' if missions != 1 else ''} {MISSION_BRANCHES}…"
+        )
+    return text
+
+
 def _enclosing_repository(path: Path) -> Path | None:
     """The top directory of the git repository ``path`` is inside, if any."""
     from dulwich.errors import NotGitRepository
@@ -93,12 +114,12 @@ def check_repository(path: Path, base: str | None = None) -> Checked:
             base = current_branch(repo)
             if base is None:
                 raise RepositoryProblem(
-                    f"{path} has a detached HEAD: pass --base with one of {', '.join(branches)}"
+                    f"{path} has a detached HEAD: pass --base with one of {branch_list(branches)}"
                 )
         ref = Ref(f"refs/heads/{base}".encode())
         if ref not in repo.refs:
             raise RepositoryProblem(
-                f"{path} has no branch {base!r} (it has: {', '.join(branches[:10])})"
+                f"{path} has no branch {base!r} (it has: {branch_list(branches)})"
             )
         head = repo.refs[ref].decode()
         uncommitted: list[str] = []

@@ -43,6 +43,15 @@ def test_demo_runs_a_whole_mission_on_the_offline_model(tmp_path: Path) -> None:
     token = (home / "stack" / "admin-token").read_text().strip()
     assert token and token not in out and token not in done.stderr
     assert str(home / "stack" / "admin-token") in out
+    # The board's address is said to stop with the demo, next to it and at the end: it
+    # was printed as if it stayed.
+    board = next(line for line in out.splitlines() if "/board/missions/" in line)
+    assert "live on the board while the demo runs, which stops it at the end: http" in board
+    assert (
+        out.rstrip()
+        .splitlines()[-1]
+        .startswith("the demo's stack stops now, and its board with it; for a stack that stays up")
+    )
     # Nothing the demo started outlives it.
     left = [
         p.info["cmdline"]

@@ -759,6 +759,12 @@ def test_a_task_the_verification_refuses_is_told_as_such_with_what_to_run(
     assert refused and all("not merged: verification failed: `false`" in r for r in refused), out
     shown = run(tmp_path, *home, "mission", "show", mission)
     assert f"  next         {retry}" in shown.stdout.splitlines(), shown.stdout
+    # Every task's steps: each "completed" attempt is followed by why it was not merged.
+    steps = run(tmp_path, *home, "mission", "logs", mission).stdout.splitlines()
+    completed = [n for n, line in enumerate(steps) if "  completed  commit " in line]
+    assert completed, steps
+    for n in completed:
+        assert "  refused    not merged: verification failed: `false`" in steps[n + 1], steps
 
 
 def test_following_the_steps_of_a_mission_with_none_yet_says_what_it_waits_for(
@@ -801,3 +807,41 @@ def test_following_the_steps_of_a_mission_with_none_yet_says_what_it_waits_for(
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_down_stops_a_stack_stuck_in_its_first_postgresql_set_up_at_once(tmp_path: Path):
+    """The first start's `initdb` checked no stop: `down` waited its whole minute for it
+    (here it hangs: stopped with SIGSTOP), then killed `up`. The set-up is cut short, and
+    the half-made data directory removed so that the next start sets it up again."""
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = Up(tmp_path, home, "--port-base", "0")
+    try:
+        deadline = time.monotonic() + 120
+        initdb = None
+        while initdb is None:
+            assert time.monotonic() < deadline and up.process.poll() is None, up.output
+            with contextlib.suppress(psutil.Error):
+                initdb = next(
+                    (
+                        child
+                        for child in psutil.Process(up.process.pid).children(recursive=True)
+                        if child.name() == "initdb"
+                    ),
+                    None,
+                )
+            time.sleep(0.01)
+        stuck = [initdb, *initdb.children(recursive=True)]
+        for process in stuck:
+            process.suspend()
+        began = time.monotonic()
+        stopped = run(tmp_path, "down", "--home", str(home))
+        took = time.monotonic() - began
+        assert stopped.returncode == 0, stopped.stderr
+        assert took < 20, f"down took {took:.1f}s"
+        assert up.process.wait(10) == 0, up.output
+        assert "error" not in up.output, up.output
+        assert survivors([p.pid for p in stuck], timeout=10) == []
+        assert not (home / "postgres" / "PG_VERSION").exists()
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)

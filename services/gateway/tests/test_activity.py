@@ -8,6 +8,7 @@ from aether_events import (
     AgentProgress,
     AgentStarted,
     EventPublisher,
+    MergeConflicted,
 )
 
 from .conftest import Script, eventually
@@ -41,12 +42,22 @@ async def test_activity_lists_starts_progress_and_ends_in_order_per_task(http, n
         progress(script, "t2", 1, 1, "write_file src/t2.py"),
         AgentFailed(**script.meta(), task_id="t2", attempt=1, reason="the model stopped"),
         AgentCompleted(**script.meta(), task_id="t1", attempt=1, commit_sha="c" * 40, branch="b"),
+        # Completed, then not merged: the refusal is part of the attempt's story.
+        MergeConflicted(
+            **script.meta(),
+            task_id="t1",
+            attempt=1,
+            files=[],
+            integration_sha="a" * 40,
+            detail="verification failed: `pytest -q` exited with 1 after 0.2s",
+            refusal="verification_failed",
+        ),
     )
     path = f"/missions/{script.mission_id}/activity"
 
     async def complete():
         answer = (await http.get(path)).json()
-        return answer if len(answer["entries"]) == 7 else None
+        return answer if len(answer["entries"]) == 8 else None
 
     everything = await eventually(complete, what="the activity of both tasks")
     assert [(e["task_id"], e["type"]) for e in everything["entries"]] == [
@@ -57,6 +68,7 @@ async def test_activity_lists_starts_progress_and_ends_in_order_per_task(http, n
         ("t2", "agent_progress"),
         ("t2", "agent_failed"),
         ("t1", "agent_completed"),
+        ("t1", "merge_conflicted"),
     ]
     assert everything["position"] > 0
 
@@ -66,8 +78,10 @@ async def test_activity_lists_starts_progress_and_ends_in_order_per_task(http, n
         "read_file src/t1.py",
         "run_command pytest -q",
         None,
+        None,
     ]
-    assert one[-1]["data"]["commit_sha"] == "c" * 40
+    assert one[-2]["data"]["commit_sha"] == "c" * 40
+    assert one[-1]["data"]["refusal"] == "verification_failed"
     assert (await http.get(path, params={"task_id": "t1", "attempt": 2})).json()["entries"] == []
 
 

@@ -176,3 +176,30 @@ def test_unstorable_names_the_first_string_postgresql_cannot_hold():
     assert unstorable(bad) == "model_overrides.c"
     assert unstorable({"k": ["ok", "\udcff"]}) == "k.1"
     assert unstorable("\x00") == "body"
+
+
+# A body's value out of its bounds, and the refusal's sentence: it gave msgspec's
+# "Expected `str` of length <= 20000", where the pattern's refusal was already plain.
+OUT_OF_BOUNDS: list[tuple[str, dict[str, object], str]] = [
+    (
+        "/missions",
+        {"requirement": "x" * 20_001},
+        "invalid request (requirement: must have at most 20,000 characters)",
+    ),
+    ("/missions", {"repository": ""}, "invalid request (repository: must not be empty)"),
+    ("/missions", {"max_concurrency": 0}, "invalid request (max_concurrency: must be at least 1)"),
+    ("/missions", {"max_tasks": 201}, "invalid request (max_tasks: must be at most 200)"),
+    ("/missions", {"budget_usd": 0}, "invalid request (budget_usd: must be more than 0)"),
+]
+
+
+async def test_a_value_out_of_its_bounds_is_refused_in_a_sentence(http, nc):
+    for path, fields, said in OUT_OF_BOUNDS:
+        response = await http.post(path, json={**MISSION, **fields})
+        assert_refused(response, said)
+        assert response.json()["error"] == said
+    answer = await http.post(
+        "/admin/tokens", json={"name": "ci", "scopes": [], "expires_in_days": 0}
+    )
+    assert answer.json()["error"] == "invalid request (scopes: must not be empty)"
+    assert await stream_messages(nc) == 0

@@ -283,3 +283,70 @@ async def test_each_plan_version_has_an_estimate_per_task_from_its_tier(
     assert by_version[2]["tasks"] == {"t1": 0.1, "t2": 2.0, "t3": 0.5}
     assert by_version[2]["total_usd"] == 2.6
     assert "plan_estimates" in schema["components"]["schemas"]["MissionDetail"]["properties"]
+
+
+async def test_a_missions_diff_is_its_branch_against_its_base_as_tasks_merge(
+    http, nc, script: Script, tmp_path, gateway_server, capsys
+):
+    """`mission diff` took a task only: the whole change was `git diff` of the branch."""
+    import asyncio
+
+    from aether.cli import main
+
+    from .conftest import ADMIN_TOKEN
+
+    repo = tmp_path / "repo"
+    base, head = two_commits(repo)
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(repository=str(repo)),
+            replace(script.prepared(), base_sha=base),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            replace(script.agent_completed("t1"), commit_sha=head),
+        ]
+    )
+    url = f"/missions/{script.mission_id}/diff"
+
+    async def cli(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        args = ["--url", gateway_server.base_url, "--token", ADMIN_TOKEN, *argv]
+        code = await asyncio.to_thread(main, args)
+        return code, *capsys.readouterr()
+
+    async def running():
+        answer = await http.get(f"/missions/{script.mission_id}/tasks/t1")
+        return answer.status_code == 200 and answer.json()["status"] == "completed"
+
+    await eventually(running, what="the task's commit")
+    nothing = await http.get(url)
+    assert nothing.status_code == 404
+    assert nothing.json()["detail"] == {"reason": "no task has been merged yet"}
+    code, out, err = await cli("mission", "diff", script.mission_id)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: nothing has been merged into {script.mission_id}'s branch yet")
+
+    # Merged: the branch's head is the merge's.
+    await publisher.publish(replace(script.merged("t1"), merge_sha=head))
+
+    async def merged():
+        answer = await http.get(url)
+        return answer.json() if answer.status_code == 200 else None
+
+    found = await eventually(merged, what="the mission's diff")
+    assert (found["base_sha"], found["head_sha"]) == (base, head)
+    assert found["integration_branch"] == f"aether/{script.mission_id}"
+    by_path = {f["path"]: f for f in found["files"]}
+    assert by_path["a.txt"]["lines"][1:] == [" one", "-two", "+2"]
+    assert by_path["bin.dat"]["binary"] is True
+    code, out, err = await cli("mission", "diff", script.mission_id, "--stat")
+    assert code == 0, err
+    assert "a.txt" in out and "bin.dat" in out
+    code, out, err = await cli("mission", "diff", script.mission_id)
+    assert code == 0, err
+    assert "-two\n+2" in out
+    # A read token may read it; the route is documented.
+    schema = (await http.get("/schema/openapi.json")).json()
+    assert "/missions/{mission_id}/diff" in schema["paths"]

@@ -86,7 +86,7 @@ async def test_mission_commands_for_people_and_for_scripts(
     code, out, _ = await cli("mission", "message", mission_id, "Use English")
     assert code == 0 and "message posted" in out
     code, _, err = await cli("mission", "resume", "m-nosuchmission")
-    assert code == 1 and "404" in err and "not found" in err
+    assert code == 1 and err == "error: mission 'm-nosuchmission' not found\n"
     code, out, _ = await cli("mission", "cancel", mission_id)
     assert code == 0
 
@@ -120,7 +120,8 @@ async def test_retry_skip_and_approve_from_the_command_line(gateway_server, nc, 
     code, out, err = await cli("mission", "retry", script.mission_id, "t1")
     assert code == 0, err
     code, _, err = await cli("mission", "skip", script.mission_id, "t2")
-    assert code == 1 and "409" in err
+    assert code == 1
+    assert err == ("error: task 't2' is pending; only an escalated or failed task can be skipped\n")
 
 
 async def test_tokens_usage_agents_and_rebuild(gateway_server, capsys):
@@ -131,13 +132,13 @@ async def test_tokens_usage_agents_and_rebuild(gateway_server, capsys):
     code, out, _ = await cli("tokens", "whoami", token=secret)
     assert out.strip().startswith("ci (token")
     code, _, err = await cli("tokens", "list", token=secret)
-    assert code == 1 and "403" in err
+    assert code == 1 and "(the token lacks the scope this needs)" in err
     [token] = (await cli.json("tokens", "list"))["tokens"]
     assert token["name"] == "ci" and "token" not in token
     code, out, _ = await cli("tokens", "revoke", token["id"])
     assert code == 0 and "revoked" in out
     code, _, err = await cli("tokens", "whoami", token=secret)
-    assert code == 1 and "401" in err
+    assert code == 1 and "refused the token" in err
 
     assert (await cli.json("usage", "--by", "month"))["group_by"] == "month"
     code, out, _ = await cli("agents")

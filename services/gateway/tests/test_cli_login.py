@@ -141,7 +141,7 @@ async def test_login_through_the_browser_keeps_a_token_later_commands_use(
     assert kept(home) == {}
     code, _, err = await run(capsys, "tokens", "whoami", *where)
     assert code == 1
-    assert "refused the token (401" in err and "aether login" in err
+    assert "refused the token (authentication required" in err and "aether login" in err
 
 
 async def test_device_sign_in_prints_a_code_and_waits_for_its_approval(

@@ -28,6 +28,7 @@ from aether_events import (
     DeliveryRetryRequested,
     Event,
     EventPublisher,
+    MergeConflicted,
     MissionMessagePosted,
     MissionPaused,
     MissionRequested,
@@ -693,3 +694,58 @@ async def test_remote_repository_hint_and_each_planned_tasks_estimate(
     )
     await expect(page.locator("#plan-estimate")).to_have_text("estimated ≈ $2.10")
     await page.screenshot(path=str(artefacts / "plan-estimates.png"), full_page=True)
+
+
+def refused(
+    script: Script, attempt: int, refusal: str, files: list[str], detail: str
+) -> MergeConflicted:
+    return MergeConflicted(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id="t1",
+        attempt=attempt,
+        files=files,
+        integration_sha="a" * 40,
+        detail=detail,
+        refusal=refusal,
+    )
+
+
+async def test_the_task_page_tells_a_refused_merge_as_the_terminal_does(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """A merge refused by the verification command read "merge conflict in" with no
+    files; each refusal now says what happened, as `aether mission logs` does."""
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            refused(
+                script,
+                1,
+                "verification_failed",
+                [],
+                "verification failed: `pytest -q` exited with 1 after 0.4s\n--- output ---\n"
+                "1 failed",
+            ),
+            refused(script, 2, "unsafe_paths", ["../escape.py", ".git/hooks/x"], "paths…"),
+            refused(script, 3, "missing_commit", [], f"commit {'c' * 40} is not in the repository"),
+            refused(script, 4, "conflict", ["src/t1.py"], "both changed 1 file(s)"),
+            refused(script, 5, "", [], "a broker before v8: the verification failed"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    lines = page.locator("#transcript li.t-merge_conflicted .wrap")
+    await expect(lines).to_have_text(
+        [
+            "not merged: verification failed: `pytest -q` exited with 1 after 0.4s",
+            "not merged: paths no checkout may write: ../escape.py, .git/hooks/x",
+            f"not merged: commit {'c' * 40} is not in the repository",
+            "merge conflict in src/t1.py",
+            "not merged: a broker before v8: the verification failed",
+        ]
+    )

@@ -1,5 +1,5 @@
-"""A task branch's diff against its base, and a repository's default branch, asked of the
-git broker's read API.
+"""A task branch's diff against its base, a mission's integration branch's against the
+mission's base, and a repository's default branch, asked of the git broker's read API.
 
 The broker holds every mission's repository (a local one itself, a remote one's clone),
 so it answers for repositories the gateway cannot read: a URL, a path on another machine
@@ -24,6 +24,14 @@ class TaskDiff(CommitDiff, frozen=True, kw_only=True):
 
     mission_id: str
     task_id: str
+
+
+class MissionDiff(CommitDiff, frozen=True, kw_only=True):
+    """What a mission's integration branch changed against its base: every task merged
+    so far (the result, once the mission completed)."""
+
+    mission_id: str
+    integration_branch: str
 
 
 class DefaultBranchAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +74,18 @@ class BrokerReader:
         except BrokerReadFailed as failed:
             raise _unavailable(failed) from None
         return TaskDiff(**msgspec.structs.asdict(found), mission_id=mission_id, task_id=task_id)
+
+    async def mission_diff(
+        self, repository: str, mission_id: str, branch: str, base: str, head: str
+    ) -> MissionDiff:
+        params = [("repository", repository), ("base", base), ("head", head)]
+        try:
+            found = await self._read.get("/repository/diff", params, CommitDiff)
+        except BrokerReadFailed as failed:
+            raise _unavailable(failed) from None
+        return MissionDiff(
+            **msgspec.structs.asdict(found), mission_id=mission_id, integration_branch=branch
+        )
 
     async def default_branch(self, repository: str) -> str:
         params = [("repository", repository)]

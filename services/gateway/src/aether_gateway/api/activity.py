@@ -1,5 +1,6 @@
 """What the agents did on a mission's tasks: each attempt's start, every progress report
-(one per tool call: the tool and the file or command it worked on) and its end.
+(one per tool call: the tool and the file or command it worked on), its end, and the git
+broker's refusal to merge it (a completed attempt then did not count: why is there).
 
 Starts and ends are mission events, read from the read model; progress reports are
 telemetry, which the read model folds into each attempt's latest state only, so they are
@@ -18,13 +19,25 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from aether_events import AgentCompleted, AgentFailed, AgentStarted, Event, decode, tag_of
+from aether_events import (
+    AgentCompleted,
+    AgentFailed,
+    AgentStarted,
+    Event,
+    MergeConflicted,
+    MergeWithheld,
+    decode,
+    tag_of,
+)
 from aether_gateway.api.auth import READ
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import error_responses
 from aether_gateway.api.queries import _mission_or_wait
 
-_LIFECYCLE = [tag_of(cls) for cls in (AgentStarted, AgentCompleted, AgentFailed)]
+_LIFECYCLE = [
+    tag_of(cls)
+    for cls in (AgentStarted, AgentCompleted, AgentFailed, MergeConflicted, MergeWithheld)
+]
 _PAGE = 1000
 
 
@@ -63,7 +76,8 @@ def _entry(event: Event) -> ActivityEntry | None:
 
 @get(
     "/missions/{mission_id:str}/activity",
-    summary="The agents' activity on a mission's tasks: starts, progress reports, ends",
+    summary="The agents' activity on a mission's tasks: starts, progress reports, ends, "
+    "merges refused",
     guards=[READ],
     responses=error_responses(400, 401, 403, 404),
     tags=["tasks"],

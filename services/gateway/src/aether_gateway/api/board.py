@@ -16,7 +16,7 @@ from litestar.params import FromPath, QueryParameter
 
 from aether_events import is_valid_token
 from aether_gateway.adapters.db import Database
-from aether_gateway.adapters.diffs import BrokerReader, BrokerUnavailable, TaskDiff
+from aether_gateway.adapters.diffs import BrokerReader, BrokerUnavailable, MissionDiff, TaskDiff
 from aether_gateway.adapters.progress import Progress, progress_of
 from aether_gateway.api.auth import READ, WRITE
 from aether_gateway.api.context import GatewayContext, request_context
@@ -111,6 +111,53 @@ async def get_task_diff(
         raise _broker_failed(f"the diff of task {task_id!r}", failed) from None
 
 
+async def _integration_head(ctx: GatewayContext, mission_id: str) -> str | None:
+    """The integration branch's head as the read model knows it: the last merge's."""
+    head, after = None, 0
+    while True:
+        page = await ctx.queries.events(
+            mission_id=mission_id, types=["branch_merged"], after=after, limit=500
+        )
+        for stored in page:
+            merged = stored.data.get("merge_sha")
+            head = merged if isinstance(merged, str) else head
+        if len(page) < 500:
+            return head
+        after = page[-1].seq
+
+
+@get(
+    "/missions/{mission_id:str}/diff",
+    summary="The mission's integration branch as a diff against the mission's base",
+    guards=[READ],
+    responses=error_responses(400, 401, 403, 404, 502, 503, 504),
+    tags=["missions"],
+)
+async def get_mission_diff(
+    ctx: NamedDependency[GatewayContext],
+    broker: NamedDependency[BrokerReader],
+    mission_id: FromPath[str],
+) -> MissionDiff:
+    """Every task merged so far (the result, once the mission completed) against the
+    commit the mission started from, read by the git broker as a task's diff is, and
+    bounded alike: at most 200 files and 20,000 lines, binary files marked, whatever is
+    cut marked ``truncated``. 404 before anything was merged; 502/503/504 when the broker
+    cannot be asked."""
+    mission = await _mission_or_wait(ctx, mission_id)
+    head = mission.final_sha or await _integration_head(ctx, mission_id)
+    if mission.base_sha is None or mission.integration_branch is None or head is None:
+        raise not_found(
+            f"a merge into mission {mission_id!r}'s branch",
+            reason="no task has been merged yet",
+        )
+    try:
+        return await broker.mission_diff(
+            mission.repository, mission_id, mission.integration_branch, mission.base_sha, head
+        )
+    except BrokerUnavailable as failed:
+        raise _broker_failed(f"the diff of mission {mission_id!r}", failed) from None
+
+
 class DefaultBranch(msgspec.Struct, kw_only=True):
     repository: str
     default_branch: str
@@ -148,6 +195,7 @@ def board_router() -> Router:
             read_model_position,
             tasks_progress,
             get_task_diff,
+            get_mission_diff,
             repository_default_branch,
         ],
         dependencies={

@@ -176,10 +176,39 @@ def _integral_floats_as_ints(value: Any) -> Any:
     return value
 
 
+# msgspec's bounds (``Expected `str` of length <= 20000``, ``Expected `int` >= 1``) as
+# the refusal says them.
+_LENGTH = re.compile(r"^Expected `(?P<kind>str|array|object)` of length (?P<op>[<>]=) (?P<n>\d+)$")
+_BOUND = re.compile(r"^Expected `(?:int|float)` (?P<op>[<>]=?) (?P<n>-?[\d.e+-]+)$")
+_UNITS = {"str": ("character", "characters"), "array": ("item", "items"), "object": ("key", "keys")}
+_BOUND_SAYS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
+
+
+def _number(text: str) -> str:
+    """``20000`` (or ``20000.0``) as ``20,000``; a fraction as given."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{int(value):,}" if value.is_integer() else text
+
+
 def _said_plainly(message: str) -> str:
+    """msgspec's refusal of a value, as a sentence's end after the field's name."""
     for pattern, meaning in _PATTERN_MEANS.items():
         if message == f"Expected `str` matching regex {pattern!r}":
             return meaning
+    length = _LENGTH.match(message)
+    if length is not None:
+        count = int(length["n"])
+        one, many = _UNITS[length["kind"]]
+        if length["op"] == ">=" and count == 1:
+            return "must not be empty"
+        most = "at most" if length["op"] == "<=" else "at least"
+        return f"must have {most} {_number(length['n'])} {one if count == 1 else many}"
+    bound = _BOUND.match(message)
+    if bound is not None:
+        return f"must be {_BOUND_SAYS[bound['op']]} {_number(bound['n'])}"
     return message
 
 

@@ -74,6 +74,24 @@ export function delivery(d) {
   return { label: "Delivery failed", where, failed: true, reason };
 }
 
+/**
+ * Why the git broker did not merge an attempt (a ``merge_conflicted`` event), as the
+ * command line tells it (``aether.render.merge_refused``). Only a ``conflict`` is one: a
+ * failed verification, paths no checkout may write, conflict markers left or a missing
+ * commit say what happened in ``detail`` (a broker before v8 sent no ``refusal``, and
+ * files only with a conflict).
+ */
+export function mergeRefused(e) {
+  const files = (e.files || []).join(", ");
+  const refusal = e.refusal || "";
+  if (refusal === "conflict" || (!refusal && files)) return files ? `merge conflict in ${files}` : "merge conflict";
+  if (refusal === "unsafe_paths") return `not merged: paths no checkout may write: ${files}`;
+  // The first line: a verification's output follows it, shown whole on the line's title.
+  const first = String(e.detail || "").split("\n").find((line) => line.trim());
+  const reason = first ? first.trim() : refusal || "no reason given";
+  return `not merged: ${reason.length > 120 ? reason.slice(0, 119) + "…" : reason}`;
+}
+
 /** Board column of a task status. */
 export function column(status) {
   switch (status) {

@@ -6,6 +6,7 @@ import { get } from "../api.js";
 import { age, debounce, h, money, pill, put, short, time, tokens } from "../dom.js";
 import { LiveStream, onLiveState } from "../live.js";
 import { diffView } from "../diff.js";
+import { mergeRefused } from "../fold.js";
 import { TranscriptView } from "../transcript.js";
 
 const DESCRIBE = {
@@ -16,7 +17,7 @@ const DESCRIBE = {
   agent_failed: (e) => `agent failed: ${e.reason}`,
   branch_merged: (e) =>
     `merged as ${short(e.merge_sha)}${e.fast_forward ? " (fast-forward)" : ""}${e.resolution ? " (resolution of a conflict)" : ""}`,
-  merge_conflicted: (e) => `merge conflict in ${(e.files || []).join(", ")}`,
+  merge_conflicted: mergeRefused,
   merge_withheld: (e) => `not merged: ${e.reason}`,
   task_retried: (e) => `retry: ${e.reason}`,
   task_timed_out: () => "timed out",
