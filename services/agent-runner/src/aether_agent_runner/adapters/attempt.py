@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,6 +78,7 @@ from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL, load_prices
 from aether_llm.roles import model_for_role
 from aether_runtime import RetryLater
 from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -403,7 +403,7 @@ class Attempts:
                     return failed(ready, self.clock(), reason, error.retryable)
                 log.info("pushed the attempt's commit", extra={"sha": result.commit_sha})
                 # The broker's branch now holds the commit, which is all a restart needs.
-                await asyncio.to_thread(shutil.rmtree, clone, True)
+                await asyncio.to_thread(remove_tree, clone)
             return result
         finally:
             lock.release()
@@ -672,7 +672,7 @@ def remove_clones(root: Path, mission_ids: Iterable[str]) -> list[str]:
             if not lock.acquire():
                 continue  # an attempt (in this runner or another) works in it
             try:
-                shutil.rmtree(clone)
+                remove_tree(clone)
                 removed.append(f"{mission_id}/{clone.name}")
             finally:
                 lock.release()

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from aether_sandbox import (
     WarmSandbox,
     open_sandbox,
 )
+from aether_sandbox.trees import remove_tree
 
 if TYPE_CHECKING:
     from anthropic.types import ToolParam
@@ -265,7 +265,7 @@ class ToolBox:
         if self._warm is not None:
             self._warm.close()
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            remove_tree(self._scratch)
             self._scratch = None
 
     async def call(
