@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -546,6 +547,14 @@ class Attempts:
         finally:
             toolbox.close()
         metrics.ATTEMPT_TURNS.observe(outcome.turns)
+        # Whatever the runtime (a CLI's own file tools, an ACP agent's writes too), an
+        # attempt over its disk cap is not committed, nor tried again: it would only
+        # fill the disk again.
+        over_disk = await asyncio.to_thread(toolbox.check_disk)
+        if over_disk is not None:
+            outcome = dataclasses.replace(
+                outcome, finished=False, reason=over_disk, retryable=False
+            )
         if not outcome.finished:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
