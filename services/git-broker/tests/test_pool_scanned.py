@@ -13,7 +13,6 @@ import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -189,7 +188,7 @@ def test_extras_that_will_not_go_leave_the_worktree_to_the_whole_checkout(
     assert broker.recycle_worktree(str(project), ws.worktree_path)
     results = reuses(monkeypatch)
     # A directory that will not go (the reuse's removals only).
-    monkeypatch.setattr(reuse_module, "shutil", SimpleNamespace(rmtree=lambda *a, **k: None))
+    monkeypatch.setattr(reuse_module, "remove_tree", lambda *a, **k: False)
     second = Path(workspace(broker, project, worktrees_dir, "t2").worktree_path)
 
     assert results == [None]

@@ -39,6 +39,11 @@ JSON = dict[str, Any]
 _TRACKS_INPUT = frozenset({"tool_use", "server_tool_use"})
 
 
+class UnreadableToolInput(ValueError):
+    """A tool call's arguments in a reply that do not parse (nested past the parser's
+    depth, a lone surrogate): what the model sent, not a fault of the caller's."""
+
+
 @dataclass
 class StreamedReply:
     """The final reply: its content blocks (JSON), stop reason and usage."""
@@ -161,7 +166,7 @@ class _Fold:
                 try:
                     content[index]["input"] = from_json(pieces.encode(), partial_mode=True)
                 except ValueError as error:
-                    raise ValueError(
+                    raise UnreadableToolInput(
                         "Unable to parse tool parameter JSON from model. Please retry your "
                         f"request or adjust your prompt. Error: {error}. JSON: {pieces}"
                     ) from error

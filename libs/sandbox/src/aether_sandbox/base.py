@@ -13,9 +13,12 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aether_sandbox.settings import Limits, SandboxSettings
+
+if TYPE_CHECKING:
+    from aether_sandbox.disk import DiskWatch
 
 UNCONFINED = "unconfined"
 
@@ -51,6 +54,9 @@ class Request:
     home: Path | None = None
     shown_as: tuple[tuple[Path, Path], ...] = ()
     shown_only: tuple[tuple[Path, tuple[str, ...]], ...] = ()
+    # The watch of the attempt the command is part of (``DiskWatch.of_attempt``): the
+    # command is stopped too once the attempt as a whole has written too much.
+    attempt_disk: DiskWatch | None = field(default=None, compare=False)
 
     @property
     def writable(self) -> tuple[Path, ...]:

@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from aether_sandbox.settings import MIB, Limits
+from aether_sandbox.trees import open_dir
 
 
 class DiskWatch:
     """The trees a command may write (its workdir, and its home when it has one): the
     sum of what it wrote into them, and the entries it made there."""
 
-    def __init__(self, roots: tuple[Path, ...], limits: Limits, where: str = "") -> None:
+    def __init__(
+        self,
+        roots: tuple[Path, ...],
+        limits: Limits,
+        where: str = "",
+        attempt: DiskWatch | None = None,
+    ) -> None:
         self.roots = roots
+        # The watch of the whole attempt the command is part of, checked after this one.
+        self.attempt = attempt
         # What the roots are called in a stop's reason (by default, for a command).
         self.where = where
         self.bytes = limits.disk_bytes
@@ -56,11 +64,25 @@ class DiskWatch:
                 return True
         return False
 
-    def over(self) -> str | None:
-        """Why the command has written too much, or ``None``."""
+    def over(self, now: bool = False) -> str | None:
+        """Why the command (or the attempt it is part of) has written too much, or
+        ``None``. Walks at most every half second unless ``now``."""
+        reason = self._over(now)
+        if reason is None and self.attempt is not None:
+            reason = self.attempt.over(now)
+        return reason
+
+    @classmethod
+    def of_attempt(cls, worktree: Path, limits: Limits) -> DiskWatch:
+        """A watch over all an attempt writes into its worktree, from now on, against
+        its ``attempt_disk_bytes`` and ``attempt_files``."""
+        caps = Limits(disk_bytes=limits.attempt_disk_bytes, files=limits.attempt_files)
+        return cls((worktree,), caps, "the worktree during this attempt")
+
+    def _over(self, now: bool) -> str | None:
         if not self._may_be_over():
             return None
-        if time.monotonic() - self._walked_at < 0.5:
+        if not now and time.monotonic() - self._walked_at < 0.5:
             return None
         written, created = self.walk()
         self._walked_at = time.monotonic()
@@ -88,26 +110,25 @@ class DiskWatch:
                             if entry.is_file(follow_symlinks=False):
                                 written += info.st_blocks * 512
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
+                            stack.append(os.path.join(directory, entry.name))
         return written, created
 
 
 @contextlib.contextmanager
 def _listed(directory: str) -> Iterator[Iterator[os.DirEntry[str]]]:
-    """The entries of ``directory``. One its owner may not read (a command's
-    ``chmod 300``: files can still be made in it) is given back its owner's read and
-    search bits first, else what it holds would be out of the walk's sight and the caps
-    could be passed in it at will. Only the owner's bits are added (the command's user
-    owns the tree), through a descriptor that does not follow a link."""
+    """The entries of ``directory``. One its owner may not list or search (a command's
+    ``chmod 300`` or ``600``: files can still be made in it, or were before) is given back
+    its owner's read and search bits first, else what it holds would be out of the walk's
+    sight and the caps could be passed in it at will (``trees.open_dir``: the owner's
+    bits alone, through a descriptor that does not follow a link)."""
+    fd = open_dir(directory)
     try:
-        entries = os.scandir(directory)
-    except PermissionError:
-        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            mode = os.fstat(fd).st_mode
-            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) | stat.S_IRUSR | stat.S_IXUSR)
-        finally:
-            os.close(fd)
-        entries = os.scandir(directory)
-    with entries:
-        yield entries
+        entries = os.scandir(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        with entries:
+            yield entries
+    finally:
+        os.close(fd)

@@ -213,7 +213,7 @@ async def execute_cold(
     cgroup = None if gate is not None else Cgroup.create(limits, sandbox.settings.cgroup)
     began = time.monotonic()
     deadline = began + limits.wall_seconds
-    disk = DiskWatch(request.writable, limits)
+    disk = DiskWatch(request.writable, limits, attempt=request.attempt_disk)
     collector = OutputCollector(output_chars)
     try:
         if gate is not None and launch.held is not None:

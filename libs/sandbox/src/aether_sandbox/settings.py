@@ -33,6 +33,9 @@ class Limits:
     ``disk_bytes``: bytes written into the writable tree (RLIMIT_FSIZE per file, plus a
     watch over what the command added); ``files``: entries it may create there.
     ``tmp_bytes``: the size of the private ``/tmp`` (a tmpfs).
+    ``attempt_disk_bytes``, ``attempt_files``: the same over a whole attempt (all its
+    commands and file tools together, counted from its start), so that many commands
+    each under ``disk_bytes`` cannot fill a file system other worktrees share.
     """
 
     memory_bytes: int | None = 2048 * MIB
@@ -44,6 +47,8 @@ class Limits:
     files: int | None = 20_000
     tmp_bytes: int = 512 * MIB
     open_files: int = 4096
+    attempt_disk_bytes: int | None = 4096 * MIB
+    attempt_files: int | None = 100_000
 
     def with_wall(self, seconds: float) -> Limits:
         return replace(self, wall_seconds=seconds)
@@ -147,6 +152,8 @@ class SandboxSettings:
             disk_bytes=mib("AETHER_SANDBOX_DISK_MB", default.disk_bytes),
             files=count("AETHER_SANDBOX_FILES", default.files),
             tmp_bytes=mib("AETHER_SANDBOX_TMP_MB", default.tmp_bytes) or default.tmp_bytes,
+            attempt_disk_bytes=mib("AETHER_SANDBOX_ATTEMPT_DISK_MB", default.attempt_disk_bytes),
+            attempt_files=count("AETHER_SANDBOX_ATTEMPT_FILES", default.attempt_files),
         )
         read_only = tuple(
             Path(part.strip())

@@ -294,7 +294,7 @@ class _Held:
             used = cgroup.cpu_seconds() if cgroup is not None else None
             return None if used is None else used - cpu_before
 
-        disk = DiskWatch(request.writable, limits)
+        disk = DiskWatch(request.writable, limits, attempt=request.attempt_disk)
         collector = OutputCollector(output_chars)
         output = _Reader(os.fdopen(read_end, "rb"), collector)
         reply: dict[str, object] | None = None

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,6 +79,7 @@ from aether_llm import DEFAULT_TIERS, OFFLINE_MODEL, load_prices
 from aether_llm.roles import model_for_role
 from aether_runtime import RetryLater
 from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.agent-runner")
 
@@ -403,7 +404,7 @@ class Attempts:
                     return failed(ready, self.clock(), reason, error.retryable)
                 log.info("pushed the attempt's commit", extra={"sha": result.commit_sha})
                 # The broker's branch now holds the commit, which is all a restart needs.
-                await asyncio.to_thread(shutil.rmtree, clone, True)
+                await asyncio.to_thread(remove_tree, clone)
             return result
         finally:
             lock.release()
@@ -546,6 +547,14 @@ class Attempts:
         finally:
             toolbox.close()
         metrics.ATTEMPT_TURNS.observe(outcome.turns)
+        # Whatever the runtime (a CLI's own file tools, an ACP agent's writes too), an
+        # attempt over its disk cap is not committed, nor tried again: it would only
+        # fill the disk again.
+        over_disk = await asyncio.to_thread(toolbox.check_disk)
+        if over_disk is not None:
+            outcome = dataclasses.replace(
+                outcome, finished=False, reason=over_disk, retryable=False
+            )
         if not outcome.finished:
             metrics.RESULTS.labels("ended").inc()
             metrics.ATTEMPT_SECONDS.labels("ended").observe(time.monotonic() - began)
@@ -672,7 +681,7 @@ def remove_clones(root: Path, mission_ids: Iterable[str]) -> list[str]:
             if not lock.acquire():
                 continue  # an attempt (in this runner or another) works in it
             try:
-                shutil.rmtree(clone)
+                remove_tree(clone)
                 removed.append(f"{mission_id}/{clone.name}")
             finally:
                 lock.release()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from aether_agent_runner.adapters.workspace import ToolError, Workspace
 from aether_sandbox import CommandRunner, Limits, Request, Sandbox, SandboxUnavailable, execute
+from aether_sandbox.disk import DiskWatch
 from aether_sandbox.environment import harmless_environment
 
 SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ">", ">>", "<", "<<", "2>", "&>"})
@@ -162,12 +163,14 @@ async def run_command(
     workdir: Path,
     limits: Limits | None = None,
     on_output: Callable[[bytes], None] | None = None,
+    attempt_disk: DiskWatch | None = None,
 ) -> CommandResult:
     """Run ``argv`` in ``cwd`` inside ``sandbox``, ``workdir`` the one writable tree (its
     ``.git`` stays read-only); stdout and stderr together, the middle cut when long.
     ``sandbox`` is a backend, or any ``CommandRunner`` (the port: a handler test's fake).
     ``on_output``: handed the output as it comes (then the command runs in a sandbox of
-    its own, not the attempt's kept one; a ``CommandRunner`` gives it none)."""
+    its own, not the attempt's kept one; a ``CommandRunner`` gives it none).
+    ``attempt_disk``: the attempt's watch, which stops the command too."""
     request = Request(
         argv=argv,
         workdir=workdir,
@@ -175,6 +178,7 @@ async def run_command(
         env=env,
         limits=(limits or Limits()).with_wall(limit_seconds),
         protect=(workdir / ".git",),
+        attempt_disk=attempt_disk,
     )
     try:
         if isinstance(sandbox, CommandRunner):

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import itertools
 import os
-import shutil
 import stat
 import struct
 import sys
@@ -55,6 +54,7 @@ from aether_agent_runner.adapters.scan import (
     scan,
     scan_ways,
 )
+from aether_sandbox.trees import remove_tree
 
 AUTHOR = b"Aether Agent <agent@aether.invalid>"
 
@@ -1275,7 +1275,7 @@ def _remove(files: Files, path: str) -> None:
     ):
         st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(parts[-1], dir_fd=parent)
+            remove_tree(parts[-1], dir_fd=parent)
         else:
             os.unlink(parts[-1], dir_fd=parent)
 
@@ -1296,7 +1296,7 @@ def _write(files: Files, path: str, mode: int, data: bytes, sha: ObjectID) -> Fo
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=parent)
+                remove_tree(name, dir_fd=parent)
             else:
                 os.unlink(name, dir_fd=parent)
         if mode == SYMLINK:

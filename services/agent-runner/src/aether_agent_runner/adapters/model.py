@@ -214,6 +214,8 @@ class Agent:
                 )
             )
             await self._progress(conversation, result.action)
+            if self.toolbox.over_disk is not None:
+                return self._ended(conversation, self.toolbox.over_disk, retryable=False)
         if finish is not None:
             # Those answered before a restart count too.
             failed = [name for name in conversation.failed_calls() if name != FINISH]

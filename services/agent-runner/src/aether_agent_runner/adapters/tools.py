@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ from aether_sandbox import (
     WarmSandbox,
     open_sandbox,
 )
+from aether_sandbox.disk import DiskWatch
+from aether_sandbox.trees import remove_tree
 
 if TYPE_CHECKING:
     from anthropic.types import ToolParam
@@ -159,6 +160,8 @@ def command_tool(policy: CommandPolicy, egress: tuple[str, ...] = ()) -> ToolPar
 # The tools a call's metrics name (the finish call is not a tool call here); any other name
 # a model sends counts as ``unknown``: a label takes no value a model chose.
 TOOL_NAMES = frozenset([*(tool["name"] for tool in FILE_TOOLS), "run_command"])
+# The calls after which the attempt's disk cap is checked.
+WRITING_TOOLS = frozenset({"write_file", "edit_file", "run_command"})
 UNKNOWN_TOOL = "unknown"
 
 # Every tool's calls are counted from zero.
@@ -213,6 +216,11 @@ class ToolBox:
         # Commands begun so far: while none has, only the file tools wrote to the
         # worktree, at the paths its ``touched`` holds.
         self.commands = 0
+        # All the attempt writes into its worktree, from now on, against the attempt's
+        # disk caps: checked after each command and each file tool that writes, and
+        # while a command runs. ``over_disk``: why the attempt went over, once it has.
+        self._attempt_disk: DiskWatch | None = None
+        self.over_disk: str | None = None
 
     def sandbox(self) -> Sandbox | CommandRunner:
         """The sandbox commands run in, or ``ToolError`` naming what is missing."""
@@ -251,6 +259,25 @@ class ToolBox:
         """The limits of one sandboxed command (the runner's, once ``sandbox`` is open)."""
         return self._limits or Limits()
 
+    def attempt_disk(self) -> DiskWatch:
+        """The attempt's disk watch (started with the toolbox's first call)."""
+        if self._attempt_disk is None:
+            self._attempt_disk = DiskWatch.of_attempt(self.workspace.root, self.command_limits())
+        return self._attempt_disk
+
+    def check_disk(self) -> str | None:
+        """Why the attempt has written more into its worktree than it may, or ``None``;
+        once over, it stays over (``over_disk``)."""
+        if self.over_disk is None:
+            reason = self.attempt_disk().over(now=True)
+            if reason is not None:
+                self.over_disk = (
+                    f"the attempt went over its disk cap: {reason} "
+                    "(AETHER_SANDBOX_ATTEMPT_DISK_MB, AETHER_SANDBOX_ATTEMPT_FILES)"
+                )
+                log.warning("attempt over its disk cap", extra={"reason": self.over_disk})
+        return self.over_disk
+
     def definitions(self) -> list[ToolParam]:
         tools = [tool for tool in FILE_TOOLS if self.may_call(tool["name"])]
         if self._commands is not None:
@@ -265,7 +292,7 @@ class ToolBox:
         if self._warm is not None:
             self._warm.close()
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            remove_tree(self._scratch)
             self._scratch = None
 
     async def call(
@@ -280,6 +307,7 @@ class ToolBox:
         set for its program on top of the commands' environment; ``on_output``, handed
         its output as it comes."""
         self.calls += 1
+        self.attempt_disk()  # counts from the attempt's first call
         action = describe_call(name, args)
         ran: CommandResult | None = None
         tool = name if name in TOOL_NAMES else UNKNOWN_TOOL
@@ -305,6 +333,11 @@ class ToolBox:
             return ToolResult(f"{name} failed: {error}", True, action)
         finally:
             metrics.TOOL_SECONDS.labels(tool).observe(time.perf_counter() - began)
+            if name in WRITING_TOOLS:
+                await asyncio.to_thread(self.check_disk)
+        if self.over_disk is not None:
+            metrics.TOOL_CALLS.labels(tool, "failed").inc()
+            return ToolResult(f"{content}\n[{self.over_disk}; the attempt ends]", True, action, ran)
         metrics.TOOL_CALLS.labels(tool, "ok").inc()
         return ToolResult(content, False, action, ran)
 
@@ -411,6 +444,7 @@ class ToolBox:
             workdir=self.workspace.root,
             limits=self._limits,
             on_output=on_output,
+            attempt_disk=self.attempt_disk(),
         )
         log.info(
             "command ran",

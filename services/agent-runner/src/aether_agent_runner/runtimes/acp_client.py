@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import logging
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +70,7 @@ from aether_events import Usage
 from aether_llm import load_prices
 from aether_sandbox import Outcome as Ran
 from aether_sandbox import Request, Sandbox, execute
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.agent-runner.acp")
 
@@ -459,7 +459,7 @@ class AcpRuntime(CommandRuntime):
         prompt = await asyncio.to_thread(prompt_file.read_text)
         home = job.journal.path.parent / HOME_DIRECTORY
         if earlier is None:
-            await asyncio.to_thread(shutil.rmtree, home, True)
+            await asyncio.to_thread(remove_tree, home)
         await asyncio.to_thread(home.mkdir, exist_ok=True)
         seen = _Seen()
         socket_path = scratch / "acp.sock"

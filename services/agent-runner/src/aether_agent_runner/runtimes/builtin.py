@@ -26,6 +26,7 @@ from aether_agent_runner.runtimes.prompt import (
 from aether_agent_runner.runtimes.roles import role_prompt
 from aether_events import WorkspaceReady
 from aether_llm.client import LazyClient, client_of
+from aether_llm.streamed import UnreadableToolInput
 
 if TYPE_CHECKING:
     import anthropic
@@ -108,6 +109,11 @@ class BuiltinRuntime:
             return Outcome(False, reason=reason, retryable=retry)
         except anthropic.APIError as error:
             return Outcome(False, reason=f"model call failed: {error}", retryable=True)
+        except UnreadableToolInput as error:
+            # A reply is the model's to make; another attempt (the scheduler's retries
+            # are bounded) may read otherwise. The arguments themselves are left out.
+            reason = f"the model's reply could not be read: {str(error).split('. JSON: ')[0]}"
+            return Outcome(False, reason=reason[:1000], retryable=True)
 
 
 def _start_over(job: Job) -> FreshStart:

@@ -69,6 +69,7 @@ from aether_agent_runner.runtimes.session import (
 )
 from aether_events import ZERO_USAGE, Usage, known_cost
 from aether_llm import PriceTable, load_prices
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.agent-runner.claude-code")
 
@@ -640,7 +641,7 @@ class ClaudeCodeRuntime:
             await _Run(job, earlier.turns, earlier.tool_calls).progress(notice, always=True)
         if await asyncio.to_thread(reset_to, job.git, ready.base_sha):
             log.warning("restarting cleanly: discarded changes of an earlier run")
-        await asyncio.to_thread(shutil.rmtree, config_dir, True)
+        await asyncio.to_thread(remove_tree, config_dir)
         session_id = str(uuid.uuid4())
         await asyncio.to_thread(job.journal.start, start_record(job.identity, session_id, earlier))
         fresh = Earlier(

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -64,6 +63,7 @@ from aether_sandbox import (
 )
 from aether_sandbox import Outcome as Ran
 from aether_sandbox.environment import is_secret_name
+from aether_sandbox.trees import remove_tree
 
 _PLACEHOLDER = re.compile(r"\{(prompt|prompt_file|model)\}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -140,7 +140,7 @@ class CommandRuntime:
         except _Failed as failure:
             return Outcome(False, reason=failure.reason, retryable=failure.retryable)
         finally:
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            await asyncio.to_thread(remove_tree, scratch)
 
     async def _earlier(self, job: Job) -> Earlier | None:
         """The session of this attempt a dead runner left, to go on with (its worktree

@@ -41,6 +41,7 @@ from aether_agent_runner.runtimes.relay import relayed
 from aether_sandbox import Bubblewrap, Request, WarmSandbox, seccomp
 from aether_sandbox.bubblewrap import HOME
 from aether_sandbox.program import ProgramLimits
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.agent-runner.claude-code")
 
@@ -155,7 +156,7 @@ async def confined(
                 await watch
         await _sandbox_ended(info)
         await program.end()
-        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        await asyncio.to_thread(remove_tree, scratch)
 
 
 def _stopped_log(reason: str) -> None:

@@ -23,7 +23,6 @@ import hashlib
 import itertools
 import os
 import re
-import shutil
 import stat
 import struct
 import sys
@@ -41,6 +40,7 @@ from dulwich.repo import Repo
 
 from aether_git_broker.adapters.repository import RepositoryError
 from aether_git_broker.adapters.treemerge import Entry, Trees
+from aether_sandbox.trees import OWNER_ALL, owner_may, remove_tree
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _GITLINK = 0o160000
@@ -674,6 +674,17 @@ def is_clean(old: IndexEntry, st: os.stat_result, mode: int, index_mtime_ns: int
     )
 
 
+def _listing(directory: bytes) -> os._ScandirIterator[bytes]:
+    """``os.scandir(directory)``; a directory a command took its owner's bits off
+    (``chmod 000``, ``300``, ``500``) is given them back first (``aether_sandbox.trees``),
+    else a pooled worktree holding one could not be listed, nor what it holds removed,
+    and so not checked out again."""
+    st = os.stat(directory, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & OWNER_ALL != OWNER_ALL:
+        owner_may(directory, OWNER_ALL)
+    return os.scandir(directory)
+
+
 def _scan(
     root: bytes,
     passed: Callable[[bytes], bool] | None = None,
@@ -688,8 +699,9 @@ def _scan(
     pending = [b""]
     while pending:
         prefix = pending.pop()
+        where = root + b"/" + prefix if prefix else root
         try:
-            listing = os.scandir(root + b"/" + prefix if prefix else root)
+            listing = _listing(where)
         except (FileNotFoundError, NotADirectoryError):
             if enters is None:
                 raise
@@ -779,7 +791,7 @@ def checkout(
         for path in sorted(present_dirs - keep, key=len, reverse=True):
             full = root + b"/" + path
             if os.path.isdir(full):
-                shutil.rmtree(full)
+                remove_tree(full)
         existing = present_dirs & keep
     for path in directories:
         if path not in existing:

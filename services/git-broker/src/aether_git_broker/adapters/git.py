@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -47,6 +46,7 @@ from aether_git_broker.adapters.repository import (
 from aether_git_broker.adapters.resolution import resolution_start
 from aether_git_broker.adapters.treemerge import Trees, is_dir
 from aether_git_broker.domain import MergeOutcome, RepositoryOutcome, WorkspaceOutcome
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.git_broker.git")
 
@@ -392,7 +392,7 @@ class GitRepositories:
             except RepositoryError:
                 # The repository is gone; what is left of its worktrees is just files.
                 if os.path.isdir(directory):
-                    shutil.rmtree(directory, ignore_errors=True)
+                    remove_tree(directory)
                 return []
             return worktrees.remove_worktrees_under(repo, directory)
 

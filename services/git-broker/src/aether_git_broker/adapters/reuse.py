@@ -36,7 +36,6 @@ import bisect
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
@@ -64,6 +63,7 @@ from aether_git_broker.adapters.checkout import (
     write_raw_index,
 )
 from aether_git_broker.adapters.treemerge import Entry, Trees
+from aether_sandbox.trees import remove_tree
 
 _GITLINK = 0o160000
 
@@ -357,7 +357,7 @@ def reuse_on_the_ways(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root + b"/" + path)
     for path in sorted(plan.rmtree, key=len, reverse=True):
-        shutil.rmtree(root + b"/" + path, ignore_errors=True)
+        remove_tree(root + b"/" + path)
     for path in plan.mkdir:
         os.makedirs(root + b"/" + path, exist_ok=True)
     for path, mode, sha, st in write_files(repo.object_store, root, plan.write):
@@ -376,7 +376,7 @@ def _removed(root: bytes, extras: list[bytes]) -> bool:
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

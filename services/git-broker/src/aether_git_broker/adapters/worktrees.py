@@ -28,7 +28,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import threading
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from dulwich.repo import Repo
 from aether_git_broker.adapters.checkout import Checkouts, checkout
 from aether_git_broker.adapters.reuse import reuse_on_the_ways
 from aether_git_broker.adapters.treemerge import Trees
+from aether_sandbox.trees import remove_tree
 
 log = logging.getLogger("aether.git_broker.worktrees")
 
@@ -162,8 +162,8 @@ def _claim(pool: str | None, partial: str) -> _Pooled | None:
         if os.path.exists(index):
             os.rename(candidate, partial)
             return _Pooled(index=index)
-        shutil.rmtree(candidate, ignore_errors=True)  # cut short while pooling
-        shutil.rmtree(admin, ignore_errors=True)
+        remove_tree(candidate)  # cut short while pooling
+        remove_tree(admin)
     return None
 
 
@@ -189,10 +189,10 @@ def add_worktree(
         return False
     remove_worktree(repo, path)
     partial = path + _PARTIAL
-    shutil.rmtree(partial, ignore_errors=True)
+    remove_tree(partial)
     pooled = _claim(pool, partial)
     admin = admin_dir(repo, path)
-    shutil.rmtree(admin, ignore_errors=True)
+    remove_tree(admin)
     if pooled is None:
         os.makedirs(partial)
     # The administrative directory appears complete, by a rename, and locked: git prunes
@@ -204,7 +204,7 @@ def add_worktree(
         staging = pooled.admin
     else:
         staging = os.path.join(_common_dir(repo), _STAGING + os.path.basename(admin))
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         os.makedirs(staging)
         _write(os.path.join(staging, "commondir"), "../..\n")
     if not os.path.exists(os.path.join(staging, _LOCKED)):
@@ -289,7 +289,7 @@ def _unheld(path: str) -> bool:
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -375,7 +375,7 @@ def clear_leftovers(worktrees_dir: str) -> list[str]:
             )
             if name.endswith(_WARMING) or orphan:
                 if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path)
                 else:
                     os.unlink(path)
                 removed.append(path)
@@ -386,7 +386,7 @@ def drop_pool(pool: str) -> bool:
     """Delete a repository's pooled worktrees."""
     if not os.path.isdir(pool):
         return False
-    shutil.rmtree(pool, ignore_errors=True)
+    remove_tree(pool)
     return True
 
 
@@ -396,11 +396,11 @@ def remove_worktree(repo: Repo, path: str) -> bool:
     admin = registered_worktrees(repo).get(real)
     removed = False
     if admin is not None:
-        shutil.rmtree(admin, ignore_errors=True)
+        remove_tree(admin)
         removed = True
     for leftover in (path, path + _PARTIAL):
         if os.path.lexists(leftover):
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover)
             removed = True
     return removed
 
@@ -413,7 +413,7 @@ def remove_worktrees_under(repo: Repo, directory: str) -> list[str]:
         if path.startswith(root + os.sep) and remove_worktree(repo, path):
             removed.append(path)
     if os.path.isdir(directory):
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_tree(directory)
     return removed
 
 
@@ -452,14 +452,14 @@ def sweep_directory(worktrees_dir: str, live: frozenset[str]) -> list[str]:
             if os.path.realpath(path) in keep:
                 continue
             if entry.endswith(_PARTIAL):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
                 removed.append(path)
                 continue
             admin = _admin_of(path)
             if admin is None:
                 continue
-            shutil.rmtree(admin, ignore_errors=True)
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(admin)
+            remove_tree(path)
             removed.append(path)
         if not os.listdir(group_dir):
             os.rmdir(group_dir)
@@ -475,12 +475,12 @@ def prune_registrations(repo: Repo, worktrees_dir: str, live: frozenset[str]) ->
     common = _common_dir(repo)
     for name in os.listdir(common):
         if name.startswith(_STAGING):  # a new worktree's, cut short
-            shutil.rmtree(os.path.join(common, name), ignore_errors=True)
+            remove_tree(os.path.join(common, name))
     for path, admin in registered_worktrees(repo).items():
         if not path.startswith(root) or (path in keep and os.path.isdir(path)):
             continue
         if os.path.isdir(path) and _admin_of(path) == os.path.realpath(admin):
-            shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(admin, ignore_errors=True)
+            remove_tree(path)
+        remove_tree(admin)
         pruned.append(path)
     return pruned
