@@ -21,7 +21,12 @@ from aether_runtime.attempt_auth import (
     parse_user,
     runner_token,
 )
-from aether_runtime.runner_secrets import attempt_event_key, proves, runner_secret
+from aether_runtime.runner_secrets import (
+    attempt_event_key,
+    proves,
+    runner_secret,
+    step_record_key,
+)
 from aether_runtime.runners import entry_subject, parse_runner_user, runner_inbox, runner_user
 
 KEY = AttemptKey("m1", "t1", 2)
@@ -245,3 +250,20 @@ def test_an_attempts_event_key_is_the_masters_for_that_attempt_alone() -> None:
 
 
 PINNED_KEY_PREFIX = "ce48a1d758960010"
+
+
+def test_a_runners_step_record_key_is_its_names_alone() -> None:
+    """The key of a runner's step records (decision 0032) follows from its own secret:
+    every process of the name derives it again (a restart records a step under the id it
+    did), another name another; and it is neither the secret (the password it proves its
+    name with) nor any attempt's key."""
+    key = step_record_key(R1)
+    assert key == step_record_key(runner_secret(MASTER, "r1")) and len(key) == 32
+    assert key != step_record_key(runner_secret(MASTER, "r2"))
+    assert key != step_record_key(runner_secret("another-deployments-master", "r1"))
+    assert base64.urlsafe_b64encode(key).decode().rstrip("=") != R1
+    assert key != attempt_event_key(MASTER, "m1", "t1", 2)
+    # Pinned: a change of derivation changes every runner's step records' ids.
+    assert key.hex()[:16] == "adea0f8381596072"
+    with pytest.raises(ValueError, match="no runner secret"):
+        step_record_key("")

@@ -26,6 +26,7 @@ from aether_agent_runner.testing import Edit, Finish, ModelError, ScriptedRuntim
 from aether_events import AgentCompleted, AgentFailed, AgentStarted, UsageRecorded
 from aether_llm import LLMSettings, make_client
 from aether_runtime import RuntimeSettings, Service
+from aether_runtime.runner_secrets import runner_secret, step_record_key
 from aether_sandbox import CommandRunner, Request, SandboxSettings, SandboxUnavailable
 from aether_sandbox.testing import Scripted, ScriptedSandbox
 
@@ -70,6 +71,26 @@ async def start_scripted(nats_url: str) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for service in started:
         await service.stop()
+
+
+def test_the_runners_step_records_are_keyed_with_its_own_secret() -> None:
+    """The runner's own step records get ids keyed with a key of its own secret (decision
+    0032), out of any attempt credential's reach; without a secret (a bus without users),
+    the public ids."""
+    secret = runner_secret("a master secret of the test", "r1")
+    adapters = Adapters(
+        runtimes=lambda name: ScriptedRuntime([]),
+        sandbox=NO_SANDBOX,
+        runner_id="r1-1",
+        clock=lambda: datetime.now(UTC),
+    )
+    keyed = wire(
+        RunnerSettings(runtime=RuntimeSettings(), runner_secret=secret, runner_name="r1"),
+        adapters,
+    )
+    assert keyed.service.step_record_key == step_record_key(secret)
+    unkeyed = wire(RunnerSettings(runtime=RuntimeSettings()), adapters)
+    assert unkeyed.service.step_record_key is None
 
 
 async def test_a_scripted_agents_edit_is_committed_and_reported_with_its_usage(

@@ -9,6 +9,7 @@ from aether_events import (
     EventPublisher,
     StepRetryRequested,
 )
+from aether_runtime.runner_secrets import runner_secret, step_record_key
 from aether_runtime.steps import step_failed, step_recovered
 
 from .conftest import Script, eventually, stored_events
@@ -126,3 +127,55 @@ async def test_the_cli_shows_failed_steps_and_retries_one(gateway_server, http, 
     assert code == 0 and "will run again" in out
     history = await stored_events(nc, script.mission_id)
     assert sum(isinstance(e, StepRetryRequested) for e in history) == 1
+
+
+async def test_two_runners_records_of_one_failed_step_are_one_step(http, nc, script):
+    """Each runner keys its step records with its own secret (decision 0032): two runners
+    recording the same failed step (the advisory of a delivery nobody answered reaches
+    every runner) store two records under two ids. The mission shows one step, as the
+    first record tells it; a copy arriving after a retry was asked does not reopen it."""
+    publisher = EventPublisher(nc.jetstream())
+    requested = script.requested()
+    stored = await publisher.publish(requested)
+    master = "a master secret of the test"
+
+    def record_of(runner: str, error: str):
+        return step_failed(
+            requested,
+            service="agent-runner",
+            consumer="agent-runner",
+            stream=MISSIONS_STREAM,
+            sequence=stored.seq,
+            error=error,
+            attempts=20,
+            now=datetime.now(UTC),
+            key=step_record_key(runner_secret(master, runner)),
+        )
+
+    first, second = record_of("r-1", "RuntimeError: one"), record_of("r-2", "RuntimeError: two")
+    assert first.event_id != second.event_id
+    assert not (await publisher.publish(first)).duplicate
+    assert not (await publisher.publish(second)).duplicate
+
+    async def both_stored():
+        events = await http.get(f"/events?mission_id={script.mission_id}&type=step_failed")
+        return len(events.json()["events"]) == 2
+
+    await eventually(both_stored, what="both records in the read model")
+    (step,) = await steps_of(http, script.mission_id, "failed")
+    assert step["attempts"] == 20 and step["error"] == "RuntimeError: one"
+    assert step["step_failed_event_id"] == first.event_id
+
+    answer = await http.post(f"/missions/{script.mission_id}/steps/{requested.event_id}/retry")
+    assert answer.status_code == 202, answer.text
+    await steps_of(http, script.mission_id, "retrying")
+    late = record_of("r-3", "RuntimeError: late")
+    await publisher.publish(late)
+
+    async def late_stored():
+        events = await http.get(f"/events?mission_id={script.mission_id}&type=step_failed")
+        return len(events.json()["events"]) == 3
+
+    await eventually(late_stored, what="the late record in the read model")
+    (step,) = (await http.get(f"/missions/{script.mission_id}/steps")).json()["steps"]
+    assert step["status"] == "retrying" and step["retries"] == 1

@@ -541,6 +541,37 @@ def test_a_runners_failed_step_on_the_workspace_starts_the_clock() -> None:
     assert s.status("b") == "ready"
 
 
+def test_two_runners_records_of_one_failed_workspace_start_one_clock() -> None:
+    """Each runner keys its step records with its own secret (decision 0032), so two
+    runners giving up on one WorkspaceReady store two records: the second, later, is the
+    same step and does not put the timeout off."""
+    s = Scenario()
+    s.start(task("a"))
+    workspace_id = step_event_id("m-test", step_ids.workspace_ready("a", 1))
+
+    def gave_up(runner_record: str) -> list[Event]:
+        return s.when(
+            StepFailed(
+                **{**s.meta(), "event_id": runner_record},
+                service="agent-runner",
+                consumer="agent-runner",
+                failed_event_id=workspace_id,
+                failed_event_type="workspace_ready",
+                stream="AETHER_MISSIONS",
+                stream_sequence=7,
+                error="RuntimeError: boom",
+                attempts=1,
+            )
+        )
+
+    gave_up("record-of-r-1")
+    limit = CONFIG.heartbeat_timeout_seconds
+    s.now += timedelta(seconds=limit - 5)
+    gave_up("record-of-r-2")
+    decided = s.tick(6)
+    assert [type(e).__name__ for e in decided] == ["TaskTimedOut", "TaskRetried"]
+
+
 def test_a_failure_no_retry_can_help_fails_the_mission_once_nothing_else_can_run() -> None:
     s = Scenario()
     s.start(task("a"), task("b"), task("c", "a"))

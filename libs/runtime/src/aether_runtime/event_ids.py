@@ -41,7 +41,8 @@ log = logging.getLogger("aether.runtime.event_ids")
 SECRET_ENV = "AETHER_EVENT_ID_SECRET"  # noqa: S105 - its name, not its value
 MIN_SECRET_LENGTH = 16
 # The one service that publishes no service event: its attempts' events are keyed with
-# their attempt's key (decision 0030), and its own user publishes only its step records.
+# their attempt's key (decision 0030), and its own user publishes only its step records,
+# keyed with a key of its own secret (``Service.step_record_key``, decision 0032).
 RUNNER = "agent-runner"
 
 

@@ -13,6 +13,10 @@ The master keys one more thing, under a context of its own: the key of each atte
 event ids (``attempt_event_key``), which the authorizer gives to that attempt's
 connections only (docs/decisions/0030-attempt-event-ids-keyed.md).
 
+A runner's own secret keys one thing more, under a context of its own: the ids of the step
+records its own user publishes (``step_record_key``,
+docs/decisions/0032-runner-step-records-keyed.md).
+
 Who derives it: ``aether up`` for its runner; the Kubernetes manifests in an init
 container of each runner pod, for the pod's name, into a memory volume the runner's own
 container reads (the master never reaches the runner's container); an operator with
@@ -39,6 +43,9 @@ MIN_MASTER_LENGTH = 16
 # attempt's event key), and no input of one can be an input of the other.
 _CONTEXT = b"aether runner secret v1\x00"
 _ATTEMPT_KEY_CONTEXT = b"aether attempt event key v1\x00"
+# The same for a runner's own secret, which keys its step records' ids and proves its
+# name to the authorizer: a key derived under this context is not the password.
+_STEP_RECORD_KEY_CONTEXT = b"aether runner step record key v1"
 
 
 # The one secret every runner shared before runners had names of their own.
@@ -90,6 +97,17 @@ def attempt_event_key(master: str, mission_id: str, task_token: str, attempt: in
         raise ValueError(f"no master secret ({MASTER_ENV})")
     name = f"{mission_id}\x1f{task_token}\x1f{attempt}".encode()
     return hmac.new(master.encode(), _ATTEMPT_KEY_CONTEXT + name, hashlib.sha256).digest()
+
+
+def step_record_key(secret: str) -> bytes:
+    """The key of the ids of the step records (``StepFailed``, ``StepRecovered``) a runner
+    publishes with its own user, from its own secret (``AETHER_RUNNER_SECRET``): HMAC-SHA256
+    of the secret over its own context. Only this runner's name yields it (every process of
+    the name, restarted or not, the same key, so a step recorded again is a duplicate); no
+    attempt's credential and no other runner can compute the ids it keys."""
+    if not secret:
+        raise ValueError("no runner secret (AETHER_RUNNER_SECRET)")
+    return hmac.new(secret.encode(), _STEP_RECORD_KEY_CONTEXT, hashlib.sha256).digest()
 
 
 def proves(master: str, token: str, password: str) -> bool:

@@ -299,6 +299,10 @@ class Service:
     # stand by, having run ``on_follow`` (see ``lease``).
     on_lead: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_follow: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The key of the ids of this process's own step records (``steps``), where they are
+    # not the services' keyed ids: an agent runner's, from its own secret (decision
+    # 0032). ``None``: ``step_event_id``'s (the services' key, or the public ids).
+    step_record_key: bytes | None = None
 
     def __post_init__(self) -> None:
         # Before anything derives an id: every id this process publishes, and every one it

@@ -8,6 +8,12 @@ person sees the failed step in the mission's events and may ask for it to run ag
 (``StepRetryRequested``); the service then fetches the original event from the stream by
 its sequence and calls the same handler once more, recording ``StepRecovered`` or a new
 ``StepFailed``.
+
+The records' ids are the services' keyed ids (``step_event_id``, decision 0031). An agent
+runner holds no services' key: its records are keyed with a key of its own secret instead
+(``Service.step_record_key``, ``runner_secrets.step_record_key``, decision 0032), so no
+attempt's credential can store one of their ids first. Two runners recording one step
+then store two records; the folds that read them take a step once.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from aether_events import (
     StepRetryRequested,
     UnknownEventType,
     decode,
+    keyed_id,
+    public_step_event_id,
     step_event_id,
     step_ids,
     tag_of,
@@ -63,6 +71,14 @@ def describe(error: BaseException) -> str:
     return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
 
 
+def record_id(mission_id: str, step: step_ids.Step, key: bytes | None = None) -> str:
+    """The id of the record of ``step``: keyed with ``key`` (a runner's step record key)
+    when given, else as this process keys every step's id (``step_event_id``)."""
+    if key is None:
+        return step_event_id(mission_id, step)
+    return keyed_id(key, public_step_event_id(mission_id, step))
+
+
 def step_failed(
     event: Event,
     *,
@@ -74,13 +90,15 @@ def step_failed(
     attempts: int,
     now: datetime,
     retry: StepRetryRequested | None = None,
+    key: bytes | None = None,
 ) -> StepFailed:
-    """The record of ``service`` failing on ``event`` (on a retry when ``retry`` is set)."""
+    """The record of ``service`` failing on ``event`` (on a retry when ``retry`` is set),
+    its id keyed with ``key`` when given (``record_id``)."""
     step = step_ids.step_failed(
         service, consumer, event.event_id, None if retry is None else retry.event_id
     )
     return StepFailed(
-        event_id=step_event_id(event.mission_id, step),
+        event_id=record_id(event.mission_id, step, key),
         mission_id=event.mission_id,
         occurred_at=now,
         correlation_id=event.correlation_id,
@@ -97,12 +115,12 @@ def step_failed(
     )
 
 
-def unretriable(retry: StepRetryRequested, now: datetime) -> StepFailed:
+def unretriable(retry: StepRetryRequested, now: datetime, key: bytes | None = None) -> StepFailed:
     """The record of a retry that found its event gone from the stream (aged out of the
     telemetry stream, or the stream recreated)."""
     return StepFailed(
-        event_id=step_event_id(
-            retry.mission_id, step_ids.step_unretriable(retry.service, retry.event_id)
+        event_id=record_id(
+            retry.mission_id, step_ids.step_unretriable(retry.service, retry.event_id), key
         ),
         mission_id=retry.mission_id,
         occurred_at=now,
@@ -120,10 +138,12 @@ def unretriable(retry: StepRetryRequested, now: datetime) -> StepFailed:
     )
 
 
-def step_recovered(retry: StepRetryRequested, now: datetime) -> StepRecovered:
+def step_recovered(
+    retry: StepRetryRequested, now: datetime, key: bytes | None = None
+) -> StepRecovered:
     """The record of a retried step succeeding."""
     return StepRecovered(
-        event_id=step_event_id(retry.mission_id, step_ids.step_recovered(retry.event_id)),
+        event_id=record_id(retry.mission_id, step_ids.step_recovered(retry.event_id), key),
         mission_id=retry.mission_id,
         occurred_at=now,
         correlation_id=retry.correlation_id,
@@ -161,6 +181,7 @@ class Steps:
             error=describe(error),
             attempts=delivery.num_delivered,
             now=datetime.now(UTC),
+            key=self._service.step_record_key,
         )
         await self._service.publisher.publish(failed)
         log.error(
@@ -186,7 +207,9 @@ class Steps:
         if original is None or original.event_id != event.failed_event_id:
             # Retrying cannot help: say so on the mission rather than retry the request.
             log.error("retry finds its event gone", extra={"seq": event.stream_sequence})
-            await service.publisher.publish(unretriable(event, datetime.now(UTC)))
+            await service.publisher.publish(
+                unretriable(event, datetime.now(UTC), service.step_record_key)
+            )
             return
         from aether_runtime.service import Delivery  # the service module imports this one
 
@@ -212,10 +235,13 @@ class Steps:
                     attempts=1,
                     now=datetime.now(UTC),
                     retry=event,
+                    key=service.step_record_key,
                 )
             )
             return
-        await service.publisher.publish(step_recovered(event, datetime.now(UTC)))
+        await service.publisher.publish(
+            step_recovered(event, datetime.now(UTC), service.step_record_key)
+        )
         log.info("retried step recovered", extra={"failed_event_id": original.event_id})
 
     async def watch_delivery_limits(self, specs: list[ConsumerSpec]) -> None:
@@ -260,10 +286,13 @@ class Steps:
                     "(the process handling it may have stopped)",
                     attempts=advisory.deliveries,
                     now=datetime.now(UTC),
+                    key=service.step_record_key,
                 )
             )
             if ack.duplicate:
-                return  # the handler recorded it (the server may announce a terminated one)
+                # Recorded here already, or by another process of the service (of the same
+                # runner name, for a runner: each name keys its records apart).
+                return
             log.error(
                 "step failed at the delivery limit (advisory)",
                 extra={"failed_event_id": event.event_id, "consumer": spec.durable},

@@ -43,6 +43,7 @@ from aether_events import (
 from aether_runtime import ConsumerSpec, Delivery, Projection, Service
 from aether_runtime.attempt_auth import AttemptCredentials, AttemptKey, current_publisher
 from aether_runtime.metrics import service_at_zero
+from aether_runtime.runner_secrets import step_record_key
 from aether_runtime.runners import Announcer, RunnerEntry, own_connection
 from aether_sandbox import CommandRunner, Sandbox, SandboxUnavailable
 
@@ -87,7 +88,13 @@ class AgentRunner:
 def wire(settings: RunnerSettings, adapters: Adapters) -> AgentRunner:
     """The runner's lanes and control follower around ``adapters``."""
     agent, llm = settings.agent, settings.llm
-    service = Service(name=SERVICE_NAME, settings=settings.runtime)
+    service = Service(
+        name=SERVICE_NAME,
+        settings=settings.runtime,
+        # Its own step records keyed with its own secret, out of any attempt's reach
+        # (decision 0032); without a secret (a bus without users), their public ids.
+        step_record_key=step_record_key(settings.runner_secret) if settings.runner_secret else None,
+    )
     projection: Projection[State] = Projection(State(), evolve)
 
     def publisher() -> EventPublisher:

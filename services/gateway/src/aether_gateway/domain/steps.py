@@ -51,12 +51,18 @@ def failed_steps(payloads: list[dict[str, Any]]) -> list[FailedStep]:
     """The mission's failed steps from its step events (stored JSON, in stream order),
     in the order they first failed."""
     steps: dict[tuple[str, str, str], FailedStep] = {}
+    # The failures folded, each once: several processes may record one (two runners each
+    # key their records with their own secret, decision 0032, so the stream keeps both).
+    recorded: set[tuple[str, str, str, str | None]] = set()
     for payload in payloads:
         event = msgspec.convert(payload, _StepEvent)
         key = (event.service, event.consumer, event.failed_event_id)
         current = steps.get(key)
         match event:
+            case StepFailed() if (*key, event.retry_of) in recorded:
+                continue
             case StepFailed():
+                recorded.add((*key, event.retry_of))
                 steps[key] = FailedStep(
                     failed_event_id=event.failed_event_id,
                     failed_event_type=event.failed_event_type

@@ -272,13 +272,19 @@ _RUNNER = "agent-runner"
 
 def _workspace_step_failed(m: MissionState, event: StepFailed) -> MissionState:
     """A runner's failed step on a ready attempt's WorkspaceReady starts that attempt's
-    clock: it times out and is retried, as one whose runner went silent."""
+    clock: it times out and is retried, as one whose runner went silent.
+
+    Only a clock not running yet: each runner keys its records with its own secret
+    (decision 0032), so two runners recording one failed step store two records, and the
+    later one must not put the timeout off (nor a failure delay one a heartbeat started)."""
     if event.service != _RUNNER or event.failed_event_type != _WORKSPACE_READY:
         return m
     for task_id in m.with_status("ready"):
         task = m.tasks[task_id]
         step = step_ids.workspace_ready(task_id, task.attempt)
         if step_event_id(event.mission_id, step) == event.failed_event_id:
+            if task.last_seen is not None:
+                return m
             return _seen(m, task_id, task.attempt, event.occurred_at)
     return m
 
