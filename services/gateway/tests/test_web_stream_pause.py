@@ -139,9 +139,10 @@ async def test_a_stream_that_drops_as_it_opens_backs_off_until_one_delivers_agai
         for before, after in itertools.pairwise(dropped)
     ]
     # The first stream delivered events, so the first wait is the shortest (0.25-0.5 s);
-    # the ones that delivered nothing double it: 0.5-1, 1-2, 2-4, then 2.5-5 s.
-    assert gaps[0] < 2.0, gaps
+    # the ones that delivered nothing double it: 0.5-1, 1-2, 2-4, then 2.5-5 s. (The
+    # upper bounds are relative: a loaded machine adds to every wait alike.)
     assert gaps[2] >= 1.0 and gaps[3] >= 2.0 and gaps[4] >= 2.5, gaps
+    assert gaps[0] < gaps[3], gaps
     print("waits between a dropped stream and the next:", [f"{g:.2f}" for g in gaps])
 
     # Open again, and an event arrives on it: the backoff starts again.
@@ -154,4 +155,4 @@ async def test_a_stream_that_drops_as_it_opens_backs_off_until_one_delivers_agai
     closing.clear()
     last, again = opened[6], opened[7]
     wait = (again.timing["startTime"] - await answered_at(last)) / 1000
-    assert wait < 2.0, wait
+    assert wait < gaps[3], (wait, gaps)  # started again, not the 2.5-5 s it had reached
