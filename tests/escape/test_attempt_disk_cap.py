@@ -63,13 +63,48 @@ def _said(content: str) -> str:
     return content[content.index("\n[") :]
 
 
-def _toolbox(worktree: Path, limits: Limits = LIMITS) -> ToolBox:
+def _toolbox(worktree: Path, limits: Limits = LIMITS, since_ns: int | None = None) -> ToolBox:
     return ToolBox(
         Workspace(worktree),
         CommandPolicy(None, timeout_seconds=60, output_chars=8000, check_paths=False),
         sandbox=open_sandbox(SandboxSettings(limits=limits)),
         limits=limits,
+        disk_since_ns=since_ns,
     )
+
+
+@needs_bwrap
+async def test_an_attempt_resumed_after_its_runner_died_counts_what_it_wrote_before(
+    tmp_path: Path,
+) -> None:
+    from aether_agent_runner.adapters.journal import first_start
+
+    state = tmp_path / "state"
+    state.mkdir()
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    (worktree / "checked-out.bin").write_bytes(b"c" * 30 * MIB)  # the broker's, before
+    since = first_start(state)
+    first = _toolbox(worktree, since_ns=since)
+    try:  # 3 x 12 MiB: under the attempt's 40
+        for n in range(3):
+            result = await first.call(
+                "run_command", {"command": _writer(f"before-{n}.bin", 12), "timeout_seconds": 60}
+            )
+            assert not result.is_error, result.content
+    finally:
+        first.close()  # the runner dies; another resumes the attempt
+    assert first_start(state) == since
+    second = _toolbox(worktree, since_ns=first_start(state))
+    try:
+        result = await second.call(
+            "run_command", {"command": _writer("after.bin", 8), "timeout_seconds": 60}
+        )
+    finally:
+        second.close()
+    # Before: the resumed attempt counted from zero and went on to 44 MiB and beyond.
+    assert result.is_error and "during this attempt" in result.content, result.content[-400:]
+    assert second.over_disk is not None
 
 
 @needs_bwrap

@@ -31,6 +31,7 @@ class DiskWatch:
         limits: Limits,
         where: str = "",
         attempt: DiskWatch | None = None,
+        since_ns: int | None = None,
     ) -> None:
         self.roots = roots
         # The watch of the whole attempt the command is part of, checked after this one.
@@ -42,6 +43,12 @@ class DiskWatch:
         self.since_ns = time.time_ns()
         self._base = [self._stat(root) for root in roots]
         self._walked_at = 0.0
+        # What was written between an earlier ``since_ns`` (an attempt's first start,
+        # before its runner died) and now: the file systems' counts from now on miss it.
+        self._prior = (0, 0)
+        if since_ns is not None and since_ns < self.since_ns:
+            self.since_ns = since_ns
+            self._prior = self.walk()
 
     @staticmethod
     def _stat(root: Path) -> os.statvfs_result | None:
@@ -56,8 +63,8 @@ class DiskWatch:
             now = self._stat(root)
             if base is None or now is None:
                 continue
-            lost_bytes = (base.f_bavail - now.f_bavail) * now.f_frsize
-            lost_inodes = base.f_favail - now.f_favail
+            lost_bytes = (base.f_bavail - now.f_bavail) * now.f_frsize + self._prior[0]
+            lost_inodes = base.f_favail - now.f_favail + self._prior[1]
             if self.bytes is not None and lost_bytes > self.bytes:
                 return True
             if self.files is not None and now.f_files > 0 and lost_inodes > self.files:
@@ -73,11 +80,12 @@ class DiskWatch:
         return reason
 
     @classmethod
-    def of_attempt(cls, worktree: Path, limits: Limits) -> DiskWatch:
-        """A watch over all an attempt writes into its worktree, from now on, against
-        its ``attempt_disk_bytes`` and ``attempt_files``."""
+    def of_attempt(cls, worktree: Path, limits: Limits, since_ns: int | None = None) -> DiskWatch:
+        """A watch over all an attempt writes into its worktree, from ``since_ns`` (its
+        first start, kept across a runner's death; by default now), against its
+        ``attempt_disk_bytes`` and ``attempt_files``."""
         caps = Limits(disk_bytes=limits.attempt_disk_bytes, files=limits.attempt_files)
-        return cls((worktree,), caps, "the worktree during this attempt")
+        return cls((worktree,), caps, "the worktree during this attempt", since_ns=since_ns)
 
     def _over(self, now: bool) -> str | None:
         if not self._may_be_over():

@@ -40,7 +40,7 @@ from aether_agent_runner.adapters.git import (
     own_commit,
     snapshot,
 )
-from aether_agent_runner.adapters.journal import AttemptLock, Journal, state_dir
+from aether_agent_runner.adapters.journal import AttemptLock, Journal, first_start, state_dir
 from aether_agent_runner.adapters.model import Outcome, Progress
 from aether_agent_runner.adapters.remote import Broker, RemoteError, prepare_clone
 from aether_agent_runner.adapters.steps import Step, Steps, StepStuck
@@ -500,6 +500,7 @@ class Attempts:
             sandbox=self.sandbox,
             limits=settings.sandbox.limits,
             allowed=role_tools(role),
+            disk_since_ns=await asyncio.to_thread(first_start, journal.path.parent),
         )
 
         commit_limits = settings.commit_limits()

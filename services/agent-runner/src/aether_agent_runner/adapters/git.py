@@ -54,6 +54,7 @@ from aether_agent_runner.adapters.scan import (
     scan,
     scan_ways,
 )
+from aether_events.diffs import shown_path
 from aether_sandbox.trees import remove_tree
 
 AUTHOR = b"Aether Agent <agent@aether.invalid>"
@@ -496,7 +497,16 @@ def _directories_of(
 
 
 def _text(path: bytes) -> str:
-    return path.decode("utf-8", errors="replace")
+    """A path as it is shown (to the model, in events and reasons): as git shows it,
+    escaped and quoted when it is not valid UTF-8 or holds a control character."""
+    return shown_path(path)
+
+
+def _fs_name(path: bytes) -> str:
+    """A path as the file system is asked for it: its very bytes (``os.fsdecode``), never
+    a name with a byte replaced, which would be another file's or none (a command can
+    make a name that is not UTF-8)."""
+    return os.fsdecode(path)
 
 
 @dataclass(frozen=True)
@@ -924,7 +934,7 @@ def _read_ref(path: str) -> bytes | None:
 def _content(files: Files, path: bytes, mode: int) -> bytes:
     """The bytes to store for ``path``, read by descriptors (never through a symlink)."""
     text = _text(path)
-    parts = tuple(text.split("/"))
+    parts = tuple(_fs_name(path).split("/"))
     try:
         with files.directory(parts[:-1]) as parent:
             return read_entry(parent, parts[-1], text, mode)
@@ -1251,17 +1261,17 @@ def reset_to(git: GitDir, sha: str) -> bool:
         return False
     files = Files(str(git.worktree))
     for path in sorted(p for p in changed if p in found):
-        _remove(files, _text(path))
+        _remove(files, _fs_name(path))
     for path in changed:
         if path in found:
-            _prune_empty(files, _text(path), tracked)
+            _prune_empty(files, _fs_name(path), tracked)
     for path in sorted(p for p in changed if p in tracked):
         mode, blob_id = tracked[path]
         if mode == GITLINK:
             continue
         blob = store[blob_id]
         assert isinstance(blob, Blob)
-        found[path] = _write(files, _text(path), mode, blob.as_raw_string(), blob_id)
+        found[path] = _write(files, _fs_name(path), mode, blob.as_raw_string(), blob_id)
     move_branch(git, None, target)
     _write_index(git, tracked, found, state.index)
     return True

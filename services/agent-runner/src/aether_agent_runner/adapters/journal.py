@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def state_dir(git: GitDir) -> Path:
     directory = git.admin / DIRECTORY
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def first_start(directory: Path) -> int:
+    """When the attempt in ``directory`` first started, in nanoseconds of the wall clock:
+    written the first time, read on every later start (a runner resuming it after
+    another died), so that its disk cap counts what it wrote before as well."""
+    path = directory / "first-start"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return int(path.read_text().strip())
+    now = time.time_ns()
+    path.write_text(f"{now}\n")
+    return now
 
 
 class Journal:

@@ -198,8 +198,12 @@ class ToolBox:
         sandbox: Sandbox | CommandRunner | SandboxUnavailable | None = None,
         limits: Limits | None = None,
         allowed: frozenset[str] | None = None,
+        disk_since_ns: int | None = None,
     ) -> None:
         self.workspace = workspace
+        # When the attempt first started (``journal.first_start``): its disk cap counts
+        # from there, so a resumed attempt's earlier writes are not counted as none.
+        self._disk_since_ns = disk_since_ns
         self._commands = commands if commands and commands.allowed != () else None
         self._allowed = None if allowed is None else allowed | {FINISH}
         if self._allowed is not None and "run_command" not in self._allowed:
@@ -262,7 +266,9 @@ class ToolBox:
     def attempt_disk(self) -> DiskWatch:
         """The attempt's disk watch (started with the toolbox's first call)."""
         if self._attempt_disk is None:
-            self._attempt_disk = DiskWatch.of_attempt(self.workspace.root, self.command_limits())
+            self._attempt_disk = DiskWatch.of_attempt(
+                self.workspace.root, self.command_limits(), self._disk_since_ns
+            )
         return self._attempt_disk
 
     def check_disk(self) -> str | None:

@@ -5,19 +5,25 @@ The answer is bounded for a person reading it in a browser or a terminal: at mos
 ``MAX_FILES`` files and ``MAX_LINES`` lines in all (``MAX_LINES_PER_FILE`` per file),
 each line at most ``MAX_LINE_CHARS`` characters and ``MAX_CHARS`` in all (a minified
 file is one enormous line); a file over ``MAX_BLOB_BYTES`` or with a NUL byte near its
-start is marked binary and not shown; whatever is cut is marked ``truncated``.
+start is marked binary and not shown; whatever is cut is marked ``truncated``. The time
+is bounded too: a file of more than ``MAX_DIFF_INPUT_LINES`` lines (both sides together),
+or one past ``MAX_INPUT_LINES`` over the whole answer, is not aligned line by line (a
+worst case costs seconds a file) but counted as lines in and out, shown without lines and
+marked ``truncated``. A path is shown as git shows it (``shown_path``: escaped and quoted
+when it is not valid UTF-8 or holds a control character), a gitlink as the commit it names.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 
 from dulwich.diff_tree import TreeChange, tree_changes
 from dulwich.objects import Blob, Commit, ObjectID, TreeEntry
 from dulwich.repo import Repo
 
-from aether_events.diffs import CommitDiff, FileDiff
+from aether_events.diffs import CommitDiff, FileDiff, shown_path
 
 MAX_FILES = 200
 MAX_LINES_PER_FILE = 2000
@@ -25,6 +31,9 @@ MAX_LINES = 20000
 MAX_BLOB_BYTES = 1_000_000
 MAX_LINE_CHARS = 1000
 MAX_CHARS = 4_000_000
+MAX_DIFF_INPUT_LINES = 20_000
+MAX_INPUT_LINES = 200_000
+_GITLINK = 0o160000
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -40,6 +49,8 @@ def is_sha(text: str) -> bool:
 def _blob(repo: Repo, entry: TreeEntry | None) -> bytes:
     if entry is None or entry.sha is None:
         return b""
+    if entry.mode == _GITLINK:  # a commit of another repository: not in this one
+        return b"Subproject commit " + entry.sha + b"\n"
     obj = repo[entry.sha]
     return obj.data if isinstance(obj, Blob) else b""
 
@@ -74,19 +85,37 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
     a commit there)."""
     old, new = commit_of(repo, base), commit_of(repo, head)
     files: list[FileDiff] = []
-    total = added_all = removed_all = chars = 0
+    total = added_all = removed_all = chars = aligned = 0
     truncated_all = False
     for change in sorted(tree_changes(repo.object_store, old.tree, new.tree), key=_path_of):
         if len(files) >= MAX_FILES or total >= MAX_LINES or chars >= MAX_CHARS:
             truncated_all = True
             break
-        name = _path_of(change).decode("utf-8", "replace")
+        name = shown_path(_path_of(change))
         before, after = _text(_blob(repo, change.old)), _text(_blob(repo, change.new))
         if before is None or after is None:
             files.append(
                 FileDiff(path=name, change=change.type, added=0, removed=0, lines=[], binary=True)
             )
             continue
+        size = len(before) + len(after)
+        if size > MAX_DIFF_INPUT_LINES or aligned + size > MAX_INPUT_LINES:
+            gone, came = Counter(before), Counter(after)
+            added, removed = (came - gone).total(), (gone - came).total()
+            added_all += added
+            removed_all += removed
+            files.append(
+                FileDiff(
+                    path=name,
+                    change=change.type,
+                    added=added,
+                    removed=removed,
+                    lines=[],
+                    truncated=True,
+                )
+            )
+            continue
+        aligned += size
         lines = [
             line.rstrip("\n") for line in difflib.unified_diff(before, after, lineterm="", n=3)
         ][2:]  # the ---/+++ header: the path is shown already
