@@ -313,6 +313,7 @@ class Attempts:
             if not first_delivery:
                 _clear_what_a_killed_holder_left(git)
             journal = Journal(directory)
+            started_ns = first_start(directory)
             task, attempt = ready.task, ready.attempt
             records, own = _recall(journal, git, ready.base_sha, task.id, attempt)
             fresh = None
@@ -322,7 +323,7 @@ class Attempts:
                 limits = self.settings.limits(ready.max_cost_usd)
                 checked_out = first_delivery and not records and head_sha(git) == ready.base_sha
                 fresh = begin_fresh(git, ready, limits, journal, me, checked_out=checked_out)
-            return Prepared(git, journal, lock, records, own, fresh)
+            return Prepared(git, journal, lock, records, own, fresh, started_ns)
         except BaseException:
             lock.release()
             raise
@@ -426,11 +427,13 @@ class Attempts:
         me = identity(ready.mission_id, task.id, attempt, ready.base_sha)
         if prepared is not None:
             records, own, fresh = prepared.records, prepared.own, prepared.fresh
+            started_ns = prepared.first_start_ns
         else:
             records, own = await asyncio.to_thread(
                 _recall, journal, git, ready.base_sha, task.id, attempt
             )
             fresh = None
+            started_ns = await asyncio.to_thread(first_start, journal.path.parent)
         if own is not None:
             conversation = Conversation.from_records(records, me)
             log.info("found this attempt's commit from before a restart; reporting it")
@@ -500,7 +503,7 @@ class Attempts:
             sandbox=self.sandbox,
             limits=settings.sandbox.limits,
             allowed=role_tools(role),
-            disk_since_ns=await asyncio.to_thread(first_start, journal.path.parent),
+            disk_since_ns=started_ns,
         )
 
         commit_limits = settings.commit_limits()
@@ -638,6 +641,8 @@ class Prepared:
     own: str | None
     # The built-in loop's conversation, begun there (``None``: the runtime's to do).
     fresh: FreshStart | None
+    # When the attempt first started (``journal.first_start``), for its disk cap.
+    first_start_ns: int
 
 
 def _release_claimed(claimed: Prepared | str | None) -> None:
