@@ -425,6 +425,53 @@ async def test_an_attempt_cannot_publish_what_is_not_an_agent_event(
         await attempt.close()
 
 
+async def test_a_message_past_the_servers_largest_is_refused_at_the_door(
+    stack: Stack, authorizer: Authorizer, admin: NatsClient
+) -> None:
+    """A hostile runner skips its client's own check of the server's largest message:
+    the server refuses the message and drops the connection, nothing is stored, and the
+    attempt connects again and publishes what fits."""
+    key = AttemptKey("m-oversized", "t1", 1)
+    authorizer.open.add(key)
+    attempt = await Attempt().open(stack, key)
+    assert attempt.nc is not None
+    largest = attempt.nc.max_payload
+    event = TranscriptRecorded(
+        **meta(key.mission_id, "huge"),
+        task_id="t1",
+        attempt=1,
+        runner_id="r1",
+        sequence=0,
+        kind="output",
+        text="x" * largest,
+    )
+    subject = subject_for(event)
+    try:
+        attempt.nc._max_payload = 4 * largest  # what a hostile client would not check
+        with contextlib.suppress(nats.errors.Error):
+            await attempt.nc.publish(subject, encode(event))
+            await attempt.nc.flush(timeout=5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        # The server answers ``-ERR 'Maximum Payload Violation'`` and closes at once,
+        # so the client may see only the reset.
+        cut = ("maximum payload", "reset by peer", "unexpected eof")
+        while not any(word in error.lower() for error in attempt.errors for word in cut):
+            assert loop.time() < deadline, attempt.errors
+            await asyncio.sleep(0.02)
+        assert await stored_on(admin, subject, TELEMETRY_STREAM) == 0
+    finally:
+        await attempt.close()
+    again = await Attempt().open(stack, key)
+    assert again.nc is not None
+    try:
+        small = msgspec.structs.replace(event, event_id=f"{key.mission_id}-small", text="ok")
+        ack = await again.nc.jetstream().publish(subject, encode(small), timeout=10)
+        assert ack.stream == TELEMETRY_STREAM
+    finally:
+        await again.close()
+
+
 @pytest.mark.parametrize("subject", ["aether.>", "_INBOX.>", "_INBOX.scheduler.>", "$SYS.>"])
 async def test_an_attempt_cannot_listen(stack: Stack, authorizer: Authorizer, subject: str) -> None:
     key = AttemptKey("m-listen", "t1", 1)

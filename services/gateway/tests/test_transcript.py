@@ -16,6 +16,7 @@ from aether_events import (
     TranscriptEntries,
     TranscriptRecorded,
     Usage,
+    encode,
 )
 from aether_runtime import RuntimeSettings
 
@@ -450,3 +451,42 @@ async def test_entries_the_stream_dropped_while_no_gateway_ran_are_counted_lost(
         assert await _stored_texts(client, script) == ["before", "after"]
     assert server.gateway is not None and server.gateway.projector.telemetry_lost == 2
     assert REGISTRY.get_sample_value("aether_telemetry_lost_total") == lost_before + 2
+
+
+async def test_entries_as_large_as_the_bus_carries_are_folded_and_other_missions_go_on(
+    http, nc, script
+):
+    """An attempt's credential may publish what the runner's bounds would never send: one
+    entry of nearly the server's largest message (multi-byte characters, so the most
+    bytes for the characters) and a group of many tiny entries filling it too. The
+    gateway stores them and folds another mission's entry after them."""
+    from .conftest import Script as Scripted
+    from .conftest import new_mission_id
+
+    await publish(nc, script.requested())
+    largest = nc.max_payload
+    # ``é`` is two bytes: the text alone is most of the message, the rest its envelope.
+    big = entry(script, 1, 0, "output", text="é" * ((largest - 4096) // 2))
+    one = len(encode(entry(script, 1, 999_999, "note", text="x")))
+    tiny = [entry(script, 1, n, "note", text="x") for n in range(1, (largest - 4096) // one)]
+    many = TranscriptEntries(
+        **script.meta(), task_id="t1", attempt=1, runner_id="r-1", entries=tiny
+    )
+    other = Scripted(new_mission_id())
+    await publish(nc, big, many, other.requested(), entry(other, 1, 0, "prompt", text="other"))
+    await eventually(lambda: _texts_of(http, other, ["other"]), what="the other mission's entry")
+    stored: list[dict] = []
+    params: dict = {"limit": 1000}
+    while True:
+        answer = (await http.get(path(script), params=params)).json()
+        stored += answer["entries"]
+        if not answer.get("next"):
+            break
+        params = {"limit": 1000, **answer["next"]}
+    assert [e["sequence"] for e in stored] == list(range(1 + len(tiny)))
+    assert stored[0]["text"] == big.text
+    assert len(encode(many)) <= largest
+
+
+async def _texts_of(http, script: Script, expected: list[str]) -> bool:
+    return await _stored_texts(http, script) == expected

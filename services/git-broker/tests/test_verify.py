@@ -375,3 +375,48 @@ def test_only_harmless_variables_and_the_ones_an_operator_names_are_passed() -> 
         "LC_CTYPE": "C.UTF-8",
         "JAVA_HOME": "/opt/java",
     }
+
+
+def test_tool_configuration_the_agent_merged_sees_no_secret_of_the_broker(
+    repo: Path,
+    worktrees_dir: Path,
+    git: Git,
+    commit: Commit,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``.envrc``, ``conftest.py``, ``setup.cfg``, ``tox.ini``, a ``Makefile`` the agent
+    merged run only inside the sandbox, through the user's own command: there, neither
+    the broker's environment (through ``/proc`` of its processes either), nor its event id
+    secret, nor its SSH key and passphrase files are to be read, and nothing of the tree
+    runs outside it (the merge and checkout run no tool of the tree's)."""
+    key = tmp_path / "secrets" / "id_ed25519"
+    key.parent.mkdir()
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nkeysecret\n")
+    (tmp_path / "secrets" / "passphrase").write_text("passphrasesecret\n")
+    monkeypatch.setenv("AETHER_EVENT_ID_SECRET", "eventidsecret")
+    monkeypatch.setenv("AETHER_GIT_SSH_KEY_FILE", str(key))
+    outside = tmp_path / "ran-outside"
+    probe = (
+        f"touch {outside} 2>/dev/null; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; "
+        f"cat {key} {key.parent}/passphrase 2>&1; ls /proc; env"
+    )
+    files = {
+        ".envrc": f"{probe}\n",
+        "conftest.py": f"import os\nos.system({probe!r})\n",
+        "setup.cfg": "[tool:pytest]\naddopts = -p no:cacheprovider\n",
+        "tox.ini": f"[testenv]\ncommands = sh -c {probe!r}\n",
+        "Makefile": f"check:\n\t{probe}\n",
+        "pyproject.toml": '[tool.pytest.ini_options]\naddopts = "-x"\n',
+    }
+    broker = GitRepositories()
+    base = broker.prepare_repository(str(repo), "main", INTEGRATION).base_sha
+    sha = _task_commit(broker, repo, worktrees_dir, commit, files)
+    scratch = worktrees_dir / ".verify" / "m-v-t1-a1"
+    outcome = _merge_with(broker, repo, scratch, sha, base, "sh .envrc; make -s check; exit 1")
+    detail = outcome.detail  # type: ignore[attr-defined]
+    assert "PATH=" in detail  # the probe ran and printed the environment
+    for secret in ("eventidsecret", "keysecret", "passphrasesecret"):
+        assert secret not in detail
+    assert not outside.exists()
+    broker.close()

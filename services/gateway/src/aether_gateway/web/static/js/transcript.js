@@ -3,6 +3,10 @@
 // gateway's durable record, then live as the runner publishes each entry. Entries are
 // keyed by attempt and sequence, so one that comes both from a page and live is drawn
 // once, and a page asked for after a reconnect fills whatever the drop missed.
+//
+// A flooded transcript (an attempt may publish tens of thousands of entries) is drawn
+// SHOWN entries at a time: past them a button draws the next ones, and live entries wait
+// for it. An entry after the last one drawn is appended without a look at the others.
 
 import { get } from "./api.js";
 import { h, money, tokens } from "./dom.js";
@@ -15,6 +19,9 @@ const LABEL = {
   note: "note",
   output: "output",
 };
+
+// The most entries one load draws (a multiple of the gateway's page of 500).
+export const SHOWN = 2000;
 
 function pretty(args) {
   if (!args) return "";
@@ -80,13 +87,17 @@ export class TranscriptView {
     this.url = `${missionBase}/tasks/${encodeURIComponent(taskId)}/transcript`;
     this.taskId = taskId;
     this.list = h("ol", { class: "agent-transcript", id: "agent-transcript" });
-    this.el = h("section", { class: "card", id: "transcript-card" }, h("h2", {}, "Agent transcript"), this.list);
+    this.more = h("button", { type: "button", class: "secondary", id: "transcript-more", hidden: true, onclick: () => this.load() }, "Show the next entries");
+    this.el = h("section", { class: "card", id: "transcript-card" }, h("h2", {}, "Agent transcript"), this.list, h("div", { class: "more" }, this.more));
     this.seen = new Set();
     this.last = { after_attempt: 0, after: -1 };
     this.loading = null;
+    this.empty = null;
+    // Whether every stored entry up to now is drawn (live entries are drawn only then).
+    this.complete = false;
   }
 
-  /** Fetch every entry after the last one held (all of them the first time). */
+  /** Fetch the entries after the last one held, at most SHOWN of them. */
   load() {
     // One page run at a time: a reconnect while the first load runs waits for it.
     // A failed load (the gateway restarting) must not stop the ones after it.
@@ -94,34 +105,78 @@ export class TranscriptView {
     return this.loading;
   }
 
+  /** What the page asks for on a reconnect and every few seconds: the entries it may
+   * have missed, unless the next ones wait for the button. */
+  catchUp() {
+    return this.more.hidden ? this.load() : Promise.resolve();
+  }
+
   async pages() {
     let cursor = this.last.after < 0 ? null : this.last;
+    let drawn = 0;
+    this.complete = false;
     for (;;) {
       const query = cursor ? `?after_attempt=${cursor.after_attempt}&after=${cursor.after}` : "";
       const page = await get(this.url + query);
-      for (const entry of page.entries) this.add(entry);
+      // One layout for the page, not one an entry (reading the scroll position after
+      // each insert would lay the whole list out again every time).
+      const stick = this.atEnd();
+      for (const entry of page.entries) this.add(entry, false);
+      if (stick) this.list.scrollTop = this.list.scrollHeight;
+      drawn += page.entries.length;
       if (!page.next) break;
       cursor = page.next;
+      if (drawn >= SHOWN) {
+        // The rest waits for the button (it goes on from the last entry drawn).
+        this.more.hidden = false;
+        return;
+      }
     }
-    if (!this.list.childElementCount) this.list.append(h("li", { class: "muted empty-line" }, "No agent has recorded anything for this task yet."));
+    this.complete = true;
+    this.more.hidden = true;
+    if (!this.list.childElementCount) {
+      this.empty = h("li", { class: "muted empty-line" }, "No agent has recorded anything for this task yet.");
+      this.list.append(this.empty);
+    }
   }
 
   /** A ``transcript_recorded`` event seen live. */
   live(event) {
     if (event.task_id !== this.taskId) return;
+    // Not yet drawn up to it: the button's next load fetches it in its place.
+    if (!this.complete) return;
     this.add(event);
   }
 
-  add(entry) {
+  atEnd() {
+    return this.list.scrollTop + this.list.clientHeight >= this.list.scrollHeight - 8;
+  }
+
+  /** Draw ``entry`` in its place (once); ``follow``: keep the list scrolled to its end if
+   * it was. */
+  add(entry, follow = true) {
     const key = `${entry.attempt}:${entry.sequence}`;
     if (this.seen.has(key)) return;
     this.seen.add(key);
-    const empty = this.list.querySelector(".empty-line");
-    if (empty) empty.remove();
+    if (this.empty) {
+      this.empty.remove();
+      this.empty = null;
+    }
     if (entry.attempt > this.last.after_attempt || (entry.attempt === this.last.after_attempt && entry.sequence > this.last.after)) {
       this.last = { after_attempt: entry.attempt, after: entry.sequence };
     }
     const item = entryItem(entry);
+    const stick = follow && this.atEnd();
+    const tail = this.list.lastElementChild;
+    if (!tail || tail.classList.contains("empty-line") || Number(tail.dataset.attempt) < entry.attempt || (Number(tail.dataset.attempt) === entry.attempt && Number(tail.dataset.seq) < entry.sequence)) {
+      // After every entry drawn (a page's, or a live one in order): no look at the rest.
+      if (!tail || Number(tail.dataset.attempt) !== entry.attempt) {
+        this.list.append(h("li", { class: "attempt-mark", "data-attempt": entry.attempt, "data-seq": -1 }, `Attempt ${entry.attempt}`));
+      }
+      this.list.append(item);
+      if (stick) this.list.scrollTop = this.list.scrollHeight;
+      return;
+    }
     // In (attempt, sequence) order: an entry can arrive live before an older one's page.
     let before = null;
     for (const other of this.list.children) {
@@ -136,7 +191,6 @@ export class TranscriptView {
       const mark = h("li", { class: "attempt-mark", "data-attempt": entry.attempt, "data-seq": -1 }, `Attempt ${entry.attempt}`);
       this.list.insertBefore(mark, before);
     }
-    const stick = this.list.scrollTop + this.list.clientHeight >= this.list.scrollHeight - 8;
     this.list.insertBefore(item, before);
     if (stick) this.list.scrollTop = this.list.scrollHeight;
   }

@@ -193,7 +193,7 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   // Telemetry is not replayed: whatever the transcript missed before the stream went live
   // (on opening, after a drop) is asked for then, and every few seconds, since an entry
   // can reach the database a moment after the ask that should have found it.
-  const refresh = () => agentTranscript.load().catch(() => {});
+  const refresh = () => agentTranscript.catchUp().catch(() => {});
   const unwatch = onLiveState((state) => {
     if (state === "live") refresh();
   });
