@@ -100,26 +100,41 @@ def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
 
 # --- missions ----------------------------------------------------------------------------
 
-# The most characters a requirement may have: the gateway's limit (``CreateMission``).
+# The most characters a requirement, or a message to a mission, may have: the gateway's
+# limit (``CreateMission``, ``PostMessage``).
 REQUIREMENT_LIMIT = 20_000
+MESSAGE_LIMIT = 20_000
+
+
+def checked_text(text: str, what: str, limit: int, *, empty: str, from_file: str) -> str:
+    """``text`` (read from standard input when it is ``-``), refused with a sentence before
+    anything is sent when it is blank or longer than the gateway takes: ``what`` names it,
+    ``empty`` says what to write instead, ``from_file`` shows the command reading it from
+    a file."""
+    if text == "-":
+        # A long text kept in a file: `… - < spec.md`.
+        text = sys.stdin.read()
+    if not text.strip():
+        raise UsageError(f"the {what} is empty: {empty}")
+    if len(text) > limit:
+        raise UsageError(
+            f"the {what} is {len(text):,} characters; a {what} may have at most {limit:,}: "
+            f"shorten it (keep it in a file and pass - to read it from standard input: "
+            f"`{from_file}`), or commit the long part to the repository and have the {what} "
+            "point at it"
+        )
+    return text
 
 
 def submit(args: argparse.Namespace) -> int:
-    if args.requirement == "-":
-        # A long requirement kept in a file: `aether mission submit --repo . - < spec.md`.
-        args.requirement = sys.stdin.read()
-    if not args.requirement.strip():
-        raise UsageError(
-            "the requirement is empty: say what you want done, "
-            'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`'
-        )
-    if len(args.requirement) > REQUIREMENT_LIMIT:
-        raise UsageError(
-            f"the requirement is {len(args.requirement):,} characters; a mission's may have "
-            f"at most {REQUIREMENT_LIMIT:,}: shorten it (keep it in a file and pass - to read "
-            "it from standard input: `aether mission submit --repo PATH - < spec.md`), or "
-            "commit the long part to the repository and have the requirement point at it"
-        )
+    args.requirement = checked_text(
+        args.requirement,
+        "requirement",
+        REQUIREMENT_LIMIT,
+        empty="say what you want done, "
+        'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`',
+        from_file="aether mission submit --repo PATH - < spec.md",
+    )
     overrides = {}
     for item in args.model or []:
         tier, sep, model = item.partition("=")
@@ -397,7 +412,14 @@ def approve(args: argparse.Namespace) -> int:
 
 
 def message(args: argparse.Namespace) -> int:
-    answer = client(args).message(args.mission_id, args.text)
+    text = checked_text(
+        args.text,
+        "message",
+        MESSAGE_LIMIT,
+        empty="answer the planner's question, or say what the plan should change",
+        from_file=f"aether mission message {args.mission_id} - < notes.md",
+    )
+    answer = client(args).message(args.mission_id, text)
     note = " (and asked for a revised plan)" if answer.get("revision_requested") else ""
     emit(args, answer, lambda: f"message posted to {args.mission_id}{note}")
     return 0
