@@ -749,3 +749,41 @@ async def test_the_task_page_tells_a_refused_merge_as_the_terminal_does(
             "not merged: a broker before v8: the verification failed",
         ]
     )
+
+
+async def test_the_mission_page_tells_a_refused_merge_as_the_task_page_does(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """A task's card showed a refused merge's reason without "not merged:" (the read
+    model's error was the broker's first line alone), read as what went wrong with the
+    agent; the task page and the command line said "not merged: …"."""
+    publisher = EventPublisher(nc.jetstream())
+    verification = "verification failed: `pytest -q` exited with 1 after 0.4s"
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1", "t2")),
+            script.approved(),
+            script.task_ready("t1"),
+            script.task_ready("t2"),
+            refused(script, 1, "verification_failed", [], f"{verification}\n--- output ---\n1"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    first = page.locator('article[data-task="t1"] .task-error')
+    await expect(first).to_have_text(f"not merged: {verification}")
+    # One refused while the page is open: told alike.
+    later = MergeConflicted(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id="t2",
+        attempt=1,
+        files=["../escape.py"],
+        integration_sha="a" * 40,
+        detail="paths…",
+        refusal="unsafe_paths",
+    )
+    await publisher.publish(later)
+    second = page.locator('article[data-task="t2"] .task-error')
+    await expect(second).to_have_text("not merged: paths no checkout may write: ../escape.py")

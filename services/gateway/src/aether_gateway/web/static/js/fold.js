@@ -41,7 +41,9 @@ export function taskChange(type, event) {
   if (!status) return null;
   const taskId = event.task_id || (event.task && event.task.id);
   if (!taskId) return null;
-  return { taskId, status, attempt: event.attempt || null, error: event.reason || null };
+  // A refused merge says why as the read model does (``domain.fold.merge_refused``).
+  const error = type === "merge_conflicted" ? mergeRefused(event) : event.reason || null;
+  return { taskId, status, attempt: event.attempt || null, error };
 }
 
 /** The mission's status after ``type``, or null when the event does not say. */
