@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from aether.client import GatewayClient
-from aether.render import merge_refused, short
+from aether.render import merge_refused, merge_withheld, short
 from aether.resume import resumed_events
 from aether_events import TERMINAL_TYPES, tag_of
 from aether_events.status import TERMINAL_STATUSES
@@ -82,7 +82,7 @@ def step_line(kind: str, data: dict[str, Any]) -> str:
     elif kind == "merge_conflicted":
         what = f"{'refused':<10} {merge_refused(data)}"
     elif kind == "merge_withheld":
-        what = f"{'refused':<10} not merged: {short(str(data.get('reason', '')), 100)}"
+        what = f"{'refused':<10} {merge_withheld(data)}"
     else:
         what = kind
     return f"{head}  {what}"

@@ -29,6 +29,7 @@ from aether_events import (
     Event,
     EventPublisher,
     MergeConflicted,
+    MergeWithheld,
     MissionMessagePosted,
     MissionPaused,
     MissionRequested,
@@ -787,3 +788,47 @@ async def test_the_mission_page_tells_a_refused_merge_as_the_task_page_does(
     await publisher.publish(later)
     second = page.locator('article[data-task="t2"] .task-error')
     await expect(second).to_have_text("not merged: paths no checkout may write: ../escape.py")
+
+
+async def test_the_task_page_shows_what_a_verification_stopped_by_a_cancel_printed(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """A verification the cancel stopped kept its output in the broker's log only: the
+    withheld merge now carries it, shown as a failed verification's output is."""
+    stopped = "verification stopped: `make test` was stopped after 3.2s (cancelled by alice)"
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            refused(
+                script,
+                1,
+                "verification_failed",
+                [],
+                "verification failed: `make test` exited with 2 after 0.4s\n--- output ---\n"
+                "1 failed",
+            ),
+            script.task_ready("t1", attempt=2),
+            MergeWithheld(
+                **script.meta(),  # type: ignore[arg-type]
+                task_id="t1",
+                attempt=2,
+                commit_sha="c" * 40,
+                integration_sha="a" * 40,
+                reason="the mission was cancelled by alice",
+                verification=f"{stopped}\n--- output ---\nchecked 3 of 5\n",
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    withheld = page.locator("#transcript li.t-merge_withheld")
+    await expect(withheld.locator(".wrap").first).to_have_text(f"not merged: {stopped}")
+    await withheld.locator("details.verify-output summary").click()
+    await expect(withheld.locator("details.verify-output pre")).to_have_text("checked 3 of 5\n")
+    # As a failed verification's is.
+    failed = page.locator("#transcript li.t-merge_conflicted details.verify-output pre")
+    await expect(failed).to_have_text("1 failed")

@@ -447,13 +447,18 @@ class MergeWithheld(Event, frozen=True, kw_only=True, tag="merge_withheld"):
     """An attempt's commit the git broker did not merge because its mission ended first
     (cancelled; added in v1.5): the integration branch stayed at ``integration_sha``, the
     commit is still on the attempt's task branch until the mission's clean-up.
-    ``reason`` says why, for people (the cancel's own reason and who asked, if given)."""
+    ``reason`` says why, for people (the cancel's own reason and who asked, if given).
+    ``verification`` (added in v10): what the verification the cancel stopped said, as a
+    failed verification's ``MergeConflicted.detail`` does (its first line, then
+    ``--- output ---`` and what the command printed until it was stopped); empty when
+    none was stopped, and from a broker before v10."""
 
     task_id: str
     attempt: int
     commit_sha: str
     integration_sha: str
     reason: str
+    verification: str = ""
 
 
 class TaskRetried(Event, frozen=True, kw_only=True, tag="task_retried"):

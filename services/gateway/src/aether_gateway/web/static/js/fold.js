@@ -94,6 +94,25 @@ export function mergeRefused(e) {
   return `not merged: ${reason.length > 120 ? reason.slice(0, 119) + "…" : reason}`;
 }
 
+/**
+ * Why the git broker kept an attempt out (a ``merge_withheld`` event: its mission was
+ * cancelled first), as the command line tells it (``aether.render.merge_withheld``): a
+ * verification the cancel stopped as a failed one is (its first line; its output in
+ * ``verification``).
+ */
+export function mergeWithheld(e) {
+  const first = String(e.verification || "").split("\n").find((line) => line.trim());
+  const reason = first ? first.trim() : e.reason || "";
+  return `not merged: ${reason.length > 120 ? reason.slice(0, 119) + "…" : reason}`;
+}
+
+/** A refused or withheld merge's whole account, a verification's output with it. */
+export function mergeAccount(type, e) {
+  if (type === "merge_conflicted") return String(e.detail || "");
+  if (type === "merge_withheld") return String(e.verification || "");
+  return "";
+}
+
 /** Board column of a task status. */
 export function column(status) {
   switch (status) {
