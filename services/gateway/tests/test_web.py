@@ -832,3 +832,53 @@ async def test_the_task_page_shows_what_a_verification_stopped_by_a_cancel_print
     # As a failed verification's is.
     failed = page.locator("#transcript li.t-merge_conflicted details.verify-output pre")
     await expect(failed).to_have_text("1 failed")
+
+
+async def test_the_task_page_says_where_transcript_entries_are_missing(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """Entries the telemetry stream dropped before the gateway read them left no trace
+    in the agent transcript card; where the runtime numbers a run without holes (not the
+    built-in loop), the card says how many are missing there, and an entry that arrives
+    live into a gap makes the card count again."""
+
+    def said(attempt: int, sequence: int, runtime: str = "claude-code") -> TranscriptRecorded:
+        return TranscriptRecorded(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=attempt,
+            runner_id="r-1",
+            sequence=sequence,
+            kind="turn",
+            runtime=runtime,
+            text=f"said {sequence}",
+        )
+
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+        ]
+    )
+    await publisher.publish_all(
+        [said(1, 0), said(1, 3), said(2, 0, "builtin"), said(2, 4, "builtin")]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    await expect(page.locator("#agent-transcript li.entry")).to_have_count(4)
+    gaps = page.locator("#agent-transcript li.gap-mark")
+    await expect(gaps).to_have_text(
+        ["2 entries missing: the telemetry stream dropped them before the gateway stored them"]
+    )
+    # It sits right before the entry after the gap.
+    after = page.locator("#agent-transcript li.gap-mark + li.entry")
+    await expect(after).to_have_attribute("data-seq", "3")
+    # One of them after all (late, not lost): one left.
+    await publisher.publish(said(1, 1))
+    await expect(gaps).to_have_text(
+        ["1 entry missing: the telemetry stream dropped it before the gateway stored it"]
+    )

@@ -573,6 +573,11 @@ class AgentHeartbeat(Event, frozen=True, kw_only=True, tag="agent_heartbeat"):
 
 
 TranscriptKind = Literal["prompt", "turn", "tool_call", "command", "note", "output"]
+# How far apart the runs of one attempt number their transcript entries, for every
+# runtime but the built-in loop: run ``r``'s entries are ``r * TRANSCRIPT_RUN_STRIDE``,
+# the next one, and so on without a hole. The built-in loop's entry ``n`` is its journal's
+# record ``n``, and records that show nothing leave holes.
+TRANSCRIPT_RUN_STRIDE = 1_000_000
 
 
 class TranscriptRecorded(Event, frozen=True, kw_only=True, tag="transcript_recorded"):
