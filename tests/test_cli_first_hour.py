@@ -224,9 +224,40 @@ def test_a_requirement_over_the_gateways_limit_is_a_sentence_before_anything_is_
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(
-        "error: the requirement is 20,001 characters; a mission's may have at most 20,000: "
+        "error: the requirement is 20,001 characters; a requirement may have at most 20,000: "
         "shorten it (keep it in a file and pass - to read it from standard input: "
     )
+    assert "cannot reach" not in err
+
+
+def test_a_message_over_the_gateways_limit_is_the_same_sentence_before_anything_is_sent(
+    monkeypatch, capsys
+) -> None:
+    """Sent, it came back as the gateway's "Expected `str` of length <= 20000"; a blank
+    one as a pattern's refusal."""
+    import msgspec
+
+    from aether.commands import MESSAGE_LIMIT
+    from aether_gateway.api.bodies import PostMessage
+
+    info = msgspec.inspect.type_info(PostMessage)
+    assert isinstance(info, msgspec.inspect.StructType)
+    [text] = [f.type for f in info.fields if f.name == "text"]
+    assert isinstance(text, msgspec.inspect.StrType)
+    assert text.max_length == MESSAGE_LIMIT
+    closed = _closed_url()
+    assert main(["mission", "message", "m-1", "x" * 20_001, "--url", closed]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: the message is 20,001 characters; a message may have at most 20,000: "
+        "shorten it (keep it in a file and pass - to read it from standard input: "
+        "`aether mission message m-1 - < notes.md`)"
+    )
+    assert "cannot reach" not in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("  \n"))
+    assert main(["mission", "message", "m-1", "-", "--url", closed]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the message is empty: ")
     assert "cannot reach" not in err
 
 

@@ -4,7 +4,8 @@ A step is an attempt's start, each progress report (one per tool call: the tool 
 file or command it worked on), the attempt's end, and the git broker's refusal to merge
 it (a "completed" attempt that was then not merged says why on the line after). The
 gateway lists what it has (``/missions/{id}/activity``; progress reports for about an
-hour); ``--follow`` then streams new ones until the mission ends.
+hour); ``--follow`` then streams new ones until the mission ends, opening the stream
+again after the last event seen when it drops.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from aether.client import GatewayClient
-from aether.render import merge_refused, short
+from aether.render import merge_refused, merge_withheld, short
+from aether.resume import resumed_events
+from aether_events import TERMINAL_TYPES, tag_of
 from aether_events.status import TERMINAL_STATUSES
 
+TERMINAL = frozenset(tag_of(cls) for cls in TERMINAL_TYPES)
 # How the agent runner words a progress report taken when a model reply asks for tools.
 _ASKS = "model asks: "
 AGENT_EVENTS = frozenset(
@@ -77,7 +82,7 @@ def step_line(kind: str, data: dict[str, Any]) -> str:
     elif kind == "merge_conflicted":
         what = f"{'refused':<10} {merge_refused(data)}"
     elif kind == "merge_withheld":
-        what = f"{'refused':<10} not merged: {short(str(data.get('reason', '')), 100)}"
+        what = f"{'refused':<10} {merge_withheld(data)}"
     else:
         what = kind
     return f"{head}  {what}"
@@ -112,9 +117,12 @@ class StepPrinter:
             self.show(str(entry["type"]), entry["data"])
 
 
-def mission_logs(gateway: GatewayClient, args: argparse.Namespace) -> int:
-    """Print the agents' steps; with ``--follow``, keep printing until the mission ends."""
-    printer = StepPrinter(args)
+def mission_logs(
+    gateway: GatewayClient, args: argparse.Namespace, out: Callable[[str], None] = print
+) -> int:
+    """Print the agents' steps; with ``--follow``, keep printing until the mission ends,
+    through the stream's drops."""
+    printer = StepPrinter(args, out)
 
     def listed() -> int:
         activity = gateway.activity(args.mission_id, args.task_id, args.attempt)
@@ -145,10 +153,25 @@ def mission_logs(gateway: GatewayClient, args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    # Listed again once the stream is open, so a report made between the two is not lost.
-    stream = gateway.events(
-        args.mission_id, last_event_id=str(position), telemetry=True, on_open=listed
+    # Listed again once each stream is open, so a report made before it (between the
+    # list and the stream, or while a dropped stream was away: progress reports are not
+    # replayed) is not lost; the printer shows each step once.
+    stream = resumed_events(
+        gateway,
+        args.mission_id,
+        lambda said: print(f"({said})", file=sys.stderr, flush=True),
+        time.sleep,
+        last_id=str(position),
+        until_terminal=True,
+        on_open=listed,
+        # A stream the gateway ended at the mission's end (or at once, its end having been
+        # folded by then) is over; else it dropped.
+        ended=lambda: gateway.show(args.mission_id)["status"] in TERMINAL_STATUSES,
     )
     for event in stream:
         printer.show(event.event, event.data)
+        if event.event in TERMINAL:
+            return 0
+    # The mission ended while the stream was away: what it stored meanwhile is listed.
+    listed()
     return 0

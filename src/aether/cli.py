@@ -446,7 +446,7 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     message = command("message", commands.message, "answer the planner, or give plan feedback")
     mission_of(message)
-    message.add_argument("text", help="the message, in words")
+    message.add_argument("text", help="the message, in words (- reads it from standard input)")
 
     for name, run, help in (
         ("pause", commands.pause, "pause: running tasks finish, no new one starts"),

@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from aether.client import ApiError, GatewayClient
 from aether.gitview import diff_stat, format_stat, stat_of_answer, text_of_answer, unified_diff
 from aether.locate import Target, find_target
@@ -34,6 +32,7 @@ from aether.render import (
     token_line,
 )
 from aether.repocheck import RepositoryProblem, check_repository
+from aether.resume import resumed_events
 
 if TYPE_CHECKING:
     # Imported by ``watch`` only: the board decodes the v1 events (aether_events and
@@ -101,26 +100,41 @@ def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
 
 # --- missions ----------------------------------------------------------------------------
 
-# The most characters a requirement may have: the gateway's limit (``CreateMission``).
+# The most characters a requirement, or a message to a mission, may have: the gateway's
+# limit (``CreateMission``, ``PostMessage``).
 REQUIREMENT_LIMIT = 20_000
+MESSAGE_LIMIT = 20_000
+
+
+def checked_text(text: str, what: str, limit: int, *, empty: str, from_file: str) -> str:
+    """``text`` (read from standard input when it is ``-``), refused with a sentence before
+    anything is sent when it is blank or longer than the gateway takes: ``what`` names it,
+    ``empty`` says what to write instead, ``from_file`` shows the command reading it from
+    a file."""
+    if text == "-":
+        # A long text kept in a file: `… - < spec.md`.
+        text = sys.stdin.read()
+    if not text.strip():
+        raise UsageError(f"the {what} is empty: {empty}")
+    if len(text) > limit:
+        raise UsageError(
+            f"the {what} is {len(text):,} characters; a {what} may have at most {limit:,}: "
+            f"shorten it (keep it in a file and pass - to read it from standard input: "
+            f"`{from_file}`), or commit the long part to the repository and have the {what} "
+            "point at it"
+        )
+    return text
 
 
 def submit(args: argparse.Namespace) -> int:
-    if args.requirement == "-":
-        # A long requirement kept in a file: `aether mission submit --repo . - < spec.md`.
-        args.requirement = sys.stdin.read()
-    if not args.requirement.strip():
-        raise UsageError(
-            "the requirement is empty: say what you want done, "
-            'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`'
-        )
-    if len(args.requirement) > REQUIREMENT_LIMIT:
-        raise UsageError(
-            f"the requirement is {len(args.requirement):,} characters; a mission's may have "
-            f"at most {REQUIREMENT_LIMIT:,}: shorten it (keep it in a file and pass - to read "
-            "it from standard input: `aether mission submit --repo PATH - < spec.md`), or "
-            "commit the long part to the repository and have the requirement point at it"
-        )
+    args.requirement = checked_text(
+        args.requirement,
+        "requirement",
+        REQUIREMENT_LIMIT,
+        empty="say what you want done, "
+        'e.g. `aether mission submit --repo PATH "Add a --json flag to export"`',
+        from_file="aether mission submit --repo PATH - < spec.md",
+    )
     overrides = {}
     for item in args.model or []:
         tier, sep, model = item.partition("=")
@@ -398,7 +412,14 @@ def approve(args: argparse.Namespace) -> int:
 
 
 def message(args: argparse.Namespace) -> int:
-    answer = client(args).message(args.mission_id, args.text)
+    text = checked_text(
+        args.text,
+        "message",
+        MESSAGE_LIMIT,
+        empty="answer the planner's question, or say what the plan should change",
+        from_file=f"aether mission message {args.mission_id} - < notes.md",
+    )
+    answer = client(args).message(args.mission_id, text)
     note = " (and asked for a revised plan)" if answer.get("revision_requested") else ""
     emit(args, answer, lambda: f"message posted to {args.mission_id}{note}")
     return 0
@@ -512,18 +533,6 @@ REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never
 # How long a completed mission's watch waits for the push its repository's preparation
 # announced (BranchPushed or BranchPushFailed) before it ends without it.
 DELIVERY_WAIT_SECONDS = 120.0
-# The longest a refusal's Retry-After is waited out before the stream is asked again (it
-# is refused again, saying when, if still too soon): the watch never freezes for hours.
-LONGEST_STREAM_WAIT_SECONDS = 300.0
-
-
-def reconnect_wait(error: ApiError, backoff: float) -> float:
-    """How long the watch waits before it opens the stream again after ``error``: no
-    less than the gateway's ``Retry-After`` (a 429: too many streams open, the read
-    limit; a 503: the bus or the database away), else its own ``backoff``."""
-    if error.retry_after is None:
-        return backoff
-    return min(max(error.retry_after, backoff), LONGEST_STREAM_WAIT_SECONDS)
 
 
 def _read_events(
@@ -531,39 +540,22 @@ def _read_events(
 ) -> None:
     """Put the mission's events on ``inbox``, reconnecting after the last one seen; a
     connection problem is reported (``retry``) rather than hidden."""
-    last_id: str | None = None
-    backoff = 1.0
-    while not stop.is_set():
-        wait = backoff
-        try:
-            # Not ended by the gateway at the mission's end: the delivery may follow it, and
-            # the watch itself decides when it has seen enough.
-            events = gateway.events(
-                mission_id, last_event_id=last_id, telemetry=True, until_terminal=False
-            )
-            for event in events:
-                if event.id is not None:
-                    last_id = event.id
-                backoff = wait = 1.0
-                inbox.put(("event", event))
-            inbox.put(("retry", f"the event stream ended after #{last_id or 0}; reconnecting"))
-        except ApiError as error:
-            if error.status < 500 and error.status != 429:
-                inbox.put(("fatal", error))
+    # Not ended by the gateway at the mission's end: the delivery may follow it, and the
+    # watch itself decides when it has seen enough.
+    events = resumed_events(
+        gateway,
+        mission_id,
+        lambda said: inbox.put(("retry", said)),
+        stop.wait,
+        ended=stop.is_set,
+    )
+    try:
+        for event in events:
+            inbox.put(("event", event))
+            if stop.is_set():
                 return
-            # The gateway's word on when to come back, if it said, else the backoff.
-            wait = reconnect_wait(error, backoff)
-            inbox.put(("retry", f"the gateway answered {error}; retrying in {wait:.0f}s"))
-        except (httpx.TransportError, OSError) as error:
-            inbox.put(
-                (
-                    "retry",
-                    f"cannot connect to the gateway at {gateway.url} ({error or 'no answer'});"
-                    f" retrying in {wait:.0f}s",
-                )
-            )
-        stop.wait(wait)
-        backoff = min(backoff * 2, 10.0)
+    except ApiError as error:
+        inbox.put(("fatal", error))
 
 
 def watch(args: argparse.Namespace) -> int:

@@ -413,42 +413,60 @@ def _adopting_orphans() -> Iterator[None]:
             libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
-def _initdb_and_children() -> list[Any]:
-    """This process's ``initdb`` children (pgserver's first set-up of a data directory)
-    and the processes they started."""
+# The programs of PostgreSQL's start that this process waits for (pgserver runs each to
+# its end): the first start's ``initdb``, and ``pg_ctl start``, which waits for the server.
+_SET_UP_PROGRAMS = frozenset({"initdb", "pg_ctl"})
+
+
+def _set_up_and_children(data_dir: Path | None) -> list[Any]:
+    """This process's ``initdb`` and ``pg_ctl`` children and the processes they started,
+    and the server on ``data_dir`` if one runs (its start, or the making of the stack's
+    role and database, waits for it)."""
     import psutil
 
-    found = []
+    found: list[Any] = []
     with contextlib.suppress(psutil.Error):
         for child in psutil.Process().children():
             with contextlib.suppress(psutil.Error):
-                if child.name() == "initdb":
+                if child.name() in _SET_UP_PROGRAMS:
                     found += [child, *child.children(recursive=True)]
+    if data_dir is not None:
+        from aether.supervise import postgres_postmaster
+
+        pid = postgres_postmaster(data_dir)
+        with contextlib.suppress(psutil.Error):
+            if pid is not None and pid not in {p.pid for p in found}:
+                postmaster = psutil.Process(pid)
+                found += [postmaster, *postmaster.children(recursive=True)]
     return found
 
 
-def stop_initdb() -> bool:
-    """Kill a first set-up of PostgreSQL's data directory in progress (``initdb`` and
-    what it runs), so that a stop asked for meanwhile is not held for the minute it may
-    take, or forever when it hangs. Its caller (``EmbeddedPostgres.start``) then fails,
-    and removes the half-made directory. Safe in a signal handler: no lock is taken."""
+def stop_postgres_set_up(data_dir: Path | None = None) -> bool:
+    """Kill PostgreSQL's start in progress: a first set-up of its data directory
+    (``initdb`` and what it runs), ``pg_ctl start`` waiting for the server, and the server
+    on ``data_dir`` (its role and database being made), so that a stop asked for meanwhile
+    is not held for the minute each may take, or forever when one hangs. Its caller
+    (``EmbeddedPostgres.start``, ``provision``) then fails; a data directory ``initdb``
+    did not finish is removed, one it did is set up again (idempotently) at the next
+    start. Safe in a signal handler: no lock is taken."""
     import psutil
 
-    found = _initdb_and_children()
+    found = _set_up_and_children(data_dir)
     if found:
-        # pgserver logs the failure it is made to have, with initdb's output: not news
-        # to whoever asked for the stop.
+        # pgserver logs the failure it is made to have, with the program's output: not
+        # news to whoever asked for the stop.
         logging.getLogger("pgserver").setLevel(logging.CRITICAL)
     others = []
     for process in found:
         with contextlib.suppress(psutil.Error):
-            if process.name() != "initdb":
+            if process.name() not in _SET_UP_PROGRAMS:
                 others.append(process)
     for process in found:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    # Not initdb itself: pgserver's ``subprocess.run`` waits for it, and one reaped here
-    # would read there as a success (Python takes a child already waited for as exit 0).
+    # Not the programs pgserver runs: its ``subprocess.run`` waits for them, and one
+    # reaped here would read there as a success (Python takes a child already waited for
+    # as exit 0). The server, adopted by this process, is reaped by ``psutil``.
     psutil.wait_procs(others, timeout=5)
     return bool(found)
 
@@ -502,7 +520,7 @@ class EmbeddedPostgres:
                 self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         except BaseException:
             if fresh and not (self.data_dir / "postmaster.pid").exists():
-                # A first set-up cut short (``stop_initdb``, or initdb failed) before any
+                # A first set-up cut short (``stop_postgres_set_up``, or initdb failed) before any
                 # server ran on it: what it wrote is no database, and initdb takes only
                 # an empty directory, so the next start sets it up from the beginning.
                 shutil.rmtree(self.data_dir, ignore_errors=True)

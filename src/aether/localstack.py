@@ -164,18 +164,20 @@ class Supervisor:
     since: dict[str, float] = field(default_factory=dict)
     due: dict[str, float] = field(default_factory=dict)
     probes: dict[str, Probe] = field(default_factory=dict)
-    # While NATS and PostgreSQL start: a stop then cuts PostgreSQL's first set-up short.
+    # While NATS and PostgreSQL start: a stop then cuts PostgreSQL's start short.
     starting_servers: bool = False
     interrupted: bool = False
 
     def interrupt(self) -> None:
         """A stop was asked for (from the signal handler): the start's loops see
-        ``stopping``; PostgreSQL's first set-up (``initdb``, up to a minute, or stuck)
-        checks nothing, so it is killed, and the start fails at once."""
+        ``stopping``; PostgreSQL's start (the first set-up's ``initdb``, up to a minute,
+        ``pg_ctl start`` waiting for the server, the role and database being made: each
+        may be stuck) checks nothing, so it is killed, and the start fails at once."""
         if self.starting_servers:
-            from aether.infra import stop_initdb
+            from aether.infra import stop_postgres_set_up
 
-            self.interrupted = stop_initdb() or self.interrupted
+            data_dir = self.stack.home / "postgres"
+            self.interrupted = stop_postgres_set_up(data_dir) or self.interrupted
 
     def log_path(self, name: str) -> Path:
         return self.stack.home / "logs" / f"{name}.log"

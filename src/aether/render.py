@@ -67,7 +67,7 @@ def describe(event: SseEvent) -> str:
     elif kind == "merge_conflicted":
         detail = merge_refused(d)
     elif kind == "merge_withheld":
-        detail = f"{str(d.get('commit_sha', ''))[:10]} not merged: {d.get('reason', '')}"
+        detail = f"{str(d.get('commit_sha', ''))[:10]} {merge_withheld(d)}"
     elif kind in ("agent_failed", "mission_failed", "plan_failed", "task_escalated"):
         detail = d.get("reason", "")
     elif kind in ("mission_paused", "mission_cancelled", "task_skipped"):
@@ -125,6 +125,14 @@ def merge_refused(d: dict[str, Any]) -> str:
     lines = [line for line in str(d.get("detail") or "").splitlines() if line.strip()]
     reason = lines[0] if lines else refusal or "no reason given"
     return f"not merged: {short(reason, 120)}"
+
+
+def merge_withheld(d: dict[str, Any]) -> str:
+    """Why the git broker kept an attempt out (a ``merge_withheld`` event: its mission was
+    cancelled first). A verification the cancel stopped is told as a failed one is (its
+    first line; its output is in the event's ``verification``)."""
+    lines = [line for line in str(d.get("verification") or "").splitlines() if line.strip()]
+    return f"not merged: {short(lines[0] if lines else str(d.get('reason') or ''), 120)}"
 
 
 def mission_lines(missions: list[dict[str, Any]]) -> list[str]:

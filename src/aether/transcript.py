@@ -46,8 +46,21 @@ def _body(text: str, full: bool, mark: str = "") -> list[str]:
     return out
 
 
+def missing_line(missing: int) -> str:
+    """Where entries of a run are missing (the gateway's ``missing_before``)."""
+    them = "it" if missing == 1 else "them"
+    return (
+        f"{INDENT}… {missing:,} entr{'y' if missing == 1 else 'ies'} missing: the telemetry "
+        f"stream dropped {them} before the gateway stored {them}"
+    )
+
+
 def entry_lines(entry: dict[str, Any], full: bool = False) -> list[str]:
-    """One transcript entry for people: a head line, then what it held, indented."""
+    """One transcript entry for people: a head line, then what it held, indented (after
+    a line saying how many entries are missing before it, if the gateway said so)."""
+    missing = entry.get("missing_before")
+    if isinstance(missing, int) and missing > 0:
+        return [missing_line(missing), *entry_lines({**entry, "missing_before": 0}, full)]
     kind = str(entry.get("kind", ""))
     head = (
         f"{_clock(entry.get('occurred_at'))}  a{entry.get('attempt', 0)} "

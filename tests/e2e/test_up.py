@@ -845,3 +845,39 @@ def test_down_stops_a_stack_stuck_in_its_first_postgresql_set_up_at_once(tmp_pat
     finally:
         up.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_down_stops_a_stack_whose_first_postgresql_server_never_gets_ready_at_once(
+    tmp_path: Path,
+):
+    """After `initdb`, the first start's `pg_ctl start` waits for the server, and making
+    the stack's role and database waits on it too; a stop cut neither short, so `down`
+    waited for them (here the server never gets ready: stopped with SIGSTOP as soon as
+    `pg_ctl` starts it). Both are now killed with the server; the data directory `initdb`
+    finished is kept, set up again at the next start."""
+    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
+    up = Up(tmp_path, home, "--port-base", "0")
+    try:
+        deadline = time.monotonic() + 120
+        server = None
+        while server is None:
+            assert time.monotonic() < deadline and up.process.poll() is None, up.output
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(up.process.pid).children(recursive=True):
+                    if child.name() == "pg_ctl":
+                        server = next((p for p in child.children() if p.name() == "postgres"), None)
+            time.sleep(0.005)
+        server.suspend()
+        stuck = [server, *server.children(recursive=True)]
+        began = time.monotonic()
+        stopped = run(tmp_path, "down", "--home", str(home))
+        took = time.monotonic() - began
+        assert stopped.returncode == 0, stopped.stderr
+        assert took < 20, f"down took {took:.1f}s"
+        assert up.process.wait(10) == 0, up.output
+        assert "error" not in up.output, up.output
+        assert survivors([p.pid for p in stuck], timeout=10) == []
+        assert (home / "postgres" / "PG_VERSION").exists()
+    finally:
+        up.stop()
+        shutil.rmtree(home, ignore_errors=True)

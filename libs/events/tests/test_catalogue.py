@@ -19,6 +19,7 @@ from aether_events import (
     AgentHeartbeat,
     AgentStarted,
     BranchMerged,
+    MergeWithheld,
     MissionRequested,
     TaskReady,
     TranscriptEntries,
@@ -249,3 +250,13 @@ def test_a_merge_says_whether_its_attempt_resolved_a_conflict() -> None:
     # A merge from a broker before v9 says nothing, read as not a resolution.
     older = decode((SAMPLES / "v1" / "branch_merged.json").read_bytes())
     assert isinstance(older, BranchMerged) and not older.resolution
+
+
+def test_a_withheld_merge_carries_what_the_verification_it_stopped_printed() -> None:
+    stopped = decode((SAMPLES / "v10" / "merge_withheld.json").read_bytes())
+    assert isinstance(stopped, MergeWithheld)
+    assert stopped.verification.startswith("verification stopped: `make test`")
+    assert "--- output ---\nchecked 3 of 5" in stopped.verification
+    # A withheld merge from a broker before v10 (or with no verification stopped) says none.
+    older = decode((SAMPLES / "v1" / "merge_withheld.json").read_bytes())
+    assert isinstance(older, MergeWithheld) and older.verification == ""

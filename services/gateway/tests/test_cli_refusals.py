@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import json
 
-from aether_events import AgentStarted, EventPublisher, MergeConflicted, TaskEscalated
+from aether_events import (
+    AgentStarted,
+    EventPublisher,
+    MergeConflicted,
+    MergeWithheld,
+    TaskEscalated,
+)
 
 from .conftest import eventually
 from .test_cli import Cli
@@ -164,3 +170,45 @@ async def test_mission_logs_says_why_a_completed_attempt_was_not_merged(
     assert lines[2].endswith(
         "t1 a1  refused    not merged: verification failed: `pytest -q` exited with 1 after 0.2s"
     )
+
+
+async def test_mission_logs_tells_a_verification_a_cancel_stopped(
+    gateway_server, nc, capsys, script
+):
+    """A withheld merge said only that the mission was cancelled; the verification it
+    stopped is told as a failed one is, and its output is in --json."""
+    cli = Cli(gateway_server, capsys)
+    mission = script.mission_id
+    stopped = "verification stopped: `make test` was stopped after 3.2s (cancelled by alice)"
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            script.agent_completed("t1"),
+            MergeWithheld(
+                **script.meta(),  # type: ignore[arg-type]
+                task_id="t1",
+                attempt=1,
+                commit_sha="c" * 40,
+                integration_sha="a" * 40,
+                reason="the mission was cancelled by alice",
+                verification=f"{stopped}\n--- output ---\nchecked 3 of 5\n",
+            ),
+        ]
+    )
+
+    async def listed() -> list[str] | None:
+        code, out, err = await cli("mission", "logs", mission)
+        assert code == 0, err
+        lines = out.splitlines()
+        return lines if len(lines) == 2 else None
+
+    lines = await eventually(listed, what="the attempt's steps")
+    assert lines[1].endswith(f"t1 a1  refused    not merged: {stopped}")
+    code, out, _ = await cli("mission", "logs", mission, "--json")
+    assert code == 0
+    [withheld] = [json.loads(line) for line in out.splitlines() if "merge_withheld" in line]
+    assert withheld["verification"].endswith("--- output ---\nchecked 3 of 5\n")

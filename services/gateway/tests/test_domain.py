@@ -188,7 +188,19 @@ def test_a_merge_refused_without_conflicting_files_says_why_not_unknown_files(sc
         )
         view = play([refused], play(start))
         assert view.tasks["t1"].status == "conflicted"
-        assert view.tasks["t1"].error == detail.splitlines()[0]
+        # As the command line and the board's task page tell it: not a conflict.
+        assert view.tasks["t1"].error == f"not merged: {detail.splitlines()[0]}"
+    unsafe = MergeConflicted(
+        **script.meta(),
+        task_id="t1",
+        attempt=1,
+        files=["../x.py"],
+        integration_sha="f" * 40,
+        detail="paths…",
+        refusal="unsafe_paths",
+    )
+    view = play([unsafe], play(start))
+    assert view.tasks["t1"].error == "not merged: paths no checkout may write: ../x.py"
 
 
 def test_news_from_an_older_attempt_is_ignored(script):

@@ -249,3 +249,98 @@ async def test_the_watch_waits_out_a_429_on_its_stream_and_follows_on(make_gatew
             client.close()
     assert kind == "event" and event.event == "mission_requested", (kind, event)
     assert followed_at - refused_at >= STREAM_RETRY_SECONDS - 0.1
+
+
+async def test_mission_logs_follow_waits_out_a_429_and_resumes_a_dropped_stream(
+    make_gateway, nc, script, capsys
+):
+    """``aether mission logs --follow`` ended with an error at a refused stream and
+    stopped, the mission still running, when its stream dropped. Now it opens the stream
+    again no sooner than the gateway's ``Retry-After``, after the last event seen, and
+    prints every step once, to the mission's end."""
+    import argparse
+    import time
+
+    from aether.agentlog import mission_logs
+    from aether.client import GatewayClient
+    from aether_events import AgentProgress, AgentStarted
+    from aether_gateway.api.live import STREAM_RETRY_SECONDS
+
+    from .conftest import ADMIN_TOKEN
+
+    server = await make_gateway(stream_limit=1)
+    publisher = EventPublisher(nc.jetstream())
+    meta = script.meta
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            AgentStarted(**meta(), task_id="t1", attempt=1, runner_id="r-1", model="m"),
+        ]
+    )
+    client = GatewayClient(server.base_url, ADMIN_TOKEN)
+    opened: list[float] = []
+    client._http.event_hooks["request"].append(
+        lambda request: (
+            opened.append(time.monotonic()) if request.url.path.endswith("/events") else None
+        )
+    )
+    lines: list[str] = []
+    said: list[str] = []
+
+    def err() -> str:
+        said.append(capsys.readouterr().err)
+        return "".join(said)
+
+    def soon(check):
+        async def probe() -> bool:
+            return check()
+
+        return probe
+
+    args = argparse.Namespace(
+        mission_id=script.mission_id, task_id=None, attempt=None, json=False, follow=True
+    )
+    hub = server.gateway.hub
+    async with server.client() as c, contextlib.AsyncExitStack() as held:
+        taken = await held.enter_async_context(c.stream("GET", "/events/stream"))
+        assert taken.status_code == 200
+        following = asyncio.ensure_future(
+            asyncio.to_thread(mission_logs, client, args, lines.append)
+        )
+        try:
+            await eventually(soon(lambda: "429" in err()), what="the refused stream said so")
+            assert f"retrying in {STREAM_RETRY_SECONDS:.0f}s" in err(), err()
+            await held.aclose()  # the slot comes back (at the other stream's keep-alive)
+            await eventually(
+                soon(lambda: len(opened) == 2 and hub.subscriber_count == 1), what="the stream"
+            )
+            await publisher.publish(
+                AgentProgress(
+                    **meta(),
+                    task_id="t1",
+                    attempt=1,
+                    runner_id="r-1",
+                    turns=1,
+                    tool_calls=1,
+                    last_action="read_file src/t1.py",
+                )
+            )
+            await eventually(soon(lambda: len(lines) == 2), what="the started and progress steps")
+            hub.end_all()  # the stream drops, the mission still running
+            # Stored while the stream is away, then after it is back.
+            await publisher.publish(script.agent_completed("t1"))
+            await eventually(soon(lambda: len(opened) == 3), what="the stream again")
+            await publisher.publish_all([script.merged("t1"), script.completed()])
+            code = await asyncio.wait_for(following, timeout=60)
+        finally:
+            client.close()
+    assert code == 0
+    assert len(opened) == 3, err()
+    assert opened[1] - opened[0] >= STREAM_RETRY_SECONDS - 0.1
+    assert "the event stream ended after #" in err() and "reconnecting" in err()
+    # Each step once, in order: none lost in the drop, none printed again after it.
+    assert [line.split()[3] for line in lines] == ["started", "turn", "completed"], lines

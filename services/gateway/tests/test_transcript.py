@@ -490,3 +490,74 @@ async def test_entries_as_large_as_the_bus_carries_are_folded_and_other_missions
 
 async def _texts_of(http, script: Script, expected: list[str]) -> bool:
     return await _stored_texts(http, script) == expected
+
+
+async def test_entries_missing_from_a_run_are_said_where_the_numbering_allows(
+    http, gateway_server, nc, script, capsys
+):
+    """Entries the telemetry stream dropped before a gateway read them left no trace in
+    a transcript. A runtime other than the built-in loop numbers one run's entries without
+    a hole, each run from a multiple of the stride: a jump there is entries missing, said
+    by the route (``missing_before``, across pages too) and the CLI. The built-in loop's
+    numbers have holes of their own (journal records that show nothing): nothing is said."""
+    import asyncio
+
+    from aether.cli import main
+    from aether_events import TRANSCRIPT_RUN_STRIDE as STRIDE
+
+    from .conftest import ADMIN_TOKEN
+
+    def cli_entry(attempt: int, sequence: int, runtime: str = "claude-code"):
+        return TranscriptRecorded(
+            **script.meta(),
+            task_id="t1",
+            attempt=attempt,
+            runner_id="r-1",
+            sequence=sequence,
+            kind="turn",
+            runtime=runtime,
+            text=f"said {sequence}",
+        )
+
+    await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
+    await publish(
+        nc,
+        cli_entry(1, 0),
+        cli_entry(1, 1),
+        cli_entry(1, 4),  # 2 and 3 dropped
+        cli_entry(1, STRIDE + 2),  # the second run's first two dropped
+        cli_entry(1, STRIDE + 3),
+        cli_entry(2, 1),  # the attempt's first dropped
+        cli_entry(3, 0, "builtin"),
+        cli_entry(3, 5, "builtin"),  # a hole of the journal's: not a loss
+    )
+    whole = await complete(http, script, 8)
+    said = {(e["attempt"], e["sequence"]): e["missing_before"] for e in whole["entries"]}
+    assert said == {
+        (1, 0): 0,
+        (1, 1): 0,
+        (1, 4): 2,
+        (1, STRIDE + 2): 2,
+        (1, STRIDE + 3): 0,
+        (2, 1): 1,
+        (3, 0): 0,
+        (3, 5): 0,
+    }
+    # A page that starts after an entry held counts from it.
+    page = (await http.get(path(script), params={"after_attempt": 1, "after": 1})).json()
+    assert page["entries"][0]["sequence"] == 4 and page["entries"][0]["missing_before"] == 2
+    page = (await http.get(path(script), params={"attempt": 1, "after": 4, "limit": 1})).json()
+    assert page["entries"][0]["missing_before"] == 2
+
+    cli = ["--url", gateway_server.base_url, "--token", ADMIN_TOKEN, "mission", "logs"]
+    assert await asyncio.to_thread(main, [*cli, script.mission_id, "t1", "--attempt", "1"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    gaps = [line.strip() for line in listed if "missing" in line]
+    assert gaps == [
+        "… 2 entries missing: the telemetry stream dropped them before the gateway stored them",
+        "… 2 entries missing: the telemetry stream dropped them before the gateway stored them",
+    ]
+    assert (
+        listed.index(next(line for line in listed if "missing" in line))
+        == listed.index(next(line for line in listed if line.strip() == "said 1")) + 1
+    )

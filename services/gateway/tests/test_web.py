@@ -29,6 +29,7 @@ from aether_events import (
     Event,
     EventPublisher,
     MergeConflicted,
+    MergeWithheld,
     MissionMessagePosted,
     MissionPaused,
     MissionRequested,
@@ -748,4 +749,136 @@ async def test_the_task_page_tells_a_refused_merge_as_the_terminal_does(
             "merge conflict in src/t1.py",
             "not merged: a broker before v8: the verification failed",
         ]
+    )
+
+
+async def test_the_mission_page_tells_a_refused_merge_as_the_task_page_does(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """A task's card showed a refused merge's reason without "not merged:" (the read
+    model's error was the broker's first line alone), read as what went wrong with the
+    agent; the task page and the command line said "not merged: …"."""
+    publisher = EventPublisher(nc.jetstream())
+    verification = "verification failed: `pytest -q` exited with 1 after 0.4s"
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1", "t2")),
+            script.approved(),
+            script.task_ready("t1"),
+            script.task_ready("t2"),
+            refused(script, 1, "verification_failed", [], f"{verification}\n--- output ---\n1"),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}")
+    first = page.locator('article[data-task="t1"] .task-error')
+    await expect(first).to_have_text(f"not merged: {verification}")
+    # One refused while the page is open: told alike.
+    later = MergeConflicted(
+        **script.meta(),  # type: ignore[arg-type]
+        task_id="t2",
+        attempt=1,
+        files=["../escape.py"],
+        integration_sha="a" * 40,
+        detail="paths…",
+        refusal="unsafe_paths",
+    )
+    await publisher.publish(later)
+    second = page.locator('article[data-task="t2"] .task-error')
+    await expect(second).to_have_text("not merged: paths no checkout may write: ../escape.py")
+
+
+async def test_the_task_page_shows_what_a_verification_stopped_by_a_cancel_printed(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """A verification the cancel stopped kept its output in the broker's log only: the
+    withheld merge now carries it, shown as a failed verification's output is."""
+    stopped = "verification stopped: `make test` was stopped after 3.2s (cancelled by alice)"
+    await EventPublisher(nc.jetstream()).publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+            refused(
+                script,
+                1,
+                "verification_failed",
+                [],
+                "verification failed: `make test` exited with 2 after 0.4s\n--- output ---\n"
+                "1 failed",
+            ),
+            script.task_ready("t1", attempt=2),
+            MergeWithheld(
+                **script.meta(),  # type: ignore[arg-type]
+                task_id="t1",
+                attempt=2,
+                commit_sha="c" * 40,
+                integration_sha="a" * 40,
+                reason="the mission was cancelled by alice",
+                verification=f"{stopped}\n--- output ---\nchecked 3 of 5\n",
+            ),
+        ]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    withheld = page.locator("#transcript li.t-merge_withheld")
+    await expect(withheld.locator(".wrap").first).to_have_text(f"not merged: {stopped}")
+    await withheld.locator("details.verify-output summary").click()
+    await expect(withheld.locator("details.verify-output pre")).to_have_text("checked 3 of 5\n")
+    # As a failed verification's is.
+    failed = page.locator("#transcript li.t-merge_conflicted details.verify-output pre")
+    await expect(failed).to_have_text("1 failed")
+
+
+async def test_the_task_page_says_where_transcript_entries_are_missing(
+    gateway_server: GatewayServer, nc: Any, script: Script, browser: Any
+) -> None:
+    """Entries the telemetry stream dropped before the gateway read them left no trace
+    in the agent transcript card; where the runtime numbers a run without holes (not the
+    built-in loop), the card says how many are missing there, and an entry that arrives
+    live into a gap makes the card count again."""
+
+    def said(attempt: int, sequence: int, runtime: str = "claude-code") -> TranscriptRecorded:
+        return TranscriptRecorded(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=attempt,
+            runner_id="r-1",
+            sequence=sequence,
+            kind="turn",
+            runtime=runtime,
+            text=f"said {sequence}",
+        )
+
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+        ]
+    )
+    await publisher.publish_all(
+        [said(1, 0), said(1, 3), said(2, 0, "builtin"), said(2, 4, "builtin")]
+    )
+    page = await signed_in(browser, gateway_server)
+    await page.goto(f"{gateway_server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    await expect(page.locator("#agent-transcript li.entry")).to_have_count(4)
+    gaps = page.locator("#agent-transcript li.gap-mark")
+    await expect(gaps).to_have_text(
+        ["2 entries missing: the telemetry stream dropped them before the gateway stored them"]
+    )
+    # It sits right before the entry after the gap.
+    after = page.locator("#agent-transcript li.gap-mark + li.entry")
+    await expect(after).to_have_attribute("data-seq", "3")
+    # One of them after all (late, not lost): one left.
+    await publisher.publish(said(1, 1))
+    await expect(gaps).to_have_text(
+        ["1 entry missing: the telemetry stream dropped it before the gateway stored it"]
     )

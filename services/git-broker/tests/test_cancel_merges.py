@@ -182,8 +182,9 @@ async def test_a_cancel_heard_during_verification_stops_it_and_nothing_lands(
 ) -> None:
     """The mission's own merge is being verified when it is cancelled: the command is
     killed (long before its time limit), counted as stopped (not failed) with what it
-    printed until then logged, the branch stays, and a restarted broker that gets the same
-    result again neither merges nor records it twice."""
+    printed until then logged and carried on the ``MergeWithheld``, the branch stays, and
+    a restarted broker that gets the same result again neither merges nor records it
+    twice."""
     caplog.set_level(logging.INFO, logger="aether.git_broker.verify")
     counted = {result: verifications(result) for result in ("stopped", "failed")}
     mission = "m-verifying"
@@ -210,6 +211,10 @@ async def test_a_cancel_heard_during_verification_stops_it_and_nothing_lands(
     [stopped] = [r for r in caplog.records if r.getMessage() == "verification stopped"]
     assert "checked 3 of 5" in stopped.output  # type: ignore[attr-defined]
     assert withheld.reason == "the mission was cancelled by alice"
+    # What it printed until then travels with the event, as a failed one's output does.
+    assert withheld.verification.startswith("verification stopped: `echo 'checked 3 of 5';")
+    assert "--- output ---\n" in withheld.verification
+    assert "checked 3 of 5" in withheld.verification
     assert withheld.integration_sha == head
     assert not events.of(BranchMerged)
     assert git(repo, "rev-parse", prepared.integration_branch) == head

@@ -447,13 +447,18 @@ class MergeWithheld(Event, frozen=True, kw_only=True, tag="merge_withheld"):
     """An attempt's commit the git broker did not merge because its mission ended first
     (cancelled; added in v1.5): the integration branch stayed at ``integration_sha``, the
     commit is still on the attempt's task branch until the mission's clean-up.
-    ``reason`` says why, for people (the cancel's own reason and who asked, if given)."""
+    ``reason`` says why, for people (the cancel's own reason and who asked, if given).
+    ``verification`` (added in v10): what the verification the cancel stopped said, as a
+    failed verification's ``MergeConflicted.detail`` does (its first line, then
+    ``--- output ---`` and what the command printed until it was stopped); empty when
+    none was stopped, and from a broker before v10."""
 
     task_id: str
     attempt: int
     commit_sha: str
     integration_sha: str
     reason: str
+    verification: str = ""
 
 
 class TaskRetried(Event, frozen=True, kw_only=True, tag="task_retried"):
@@ -568,6 +573,11 @@ class AgentHeartbeat(Event, frozen=True, kw_only=True, tag="agent_heartbeat"):
 
 
 TranscriptKind = Literal["prompt", "turn", "tool_call", "command", "note", "output"]
+# How far apart the runs of one attempt number their transcript entries, for every
+# runtime but the built-in loop: run ``r``'s entries are ``r * TRANSCRIPT_RUN_STRIDE``,
+# the next one, and so on without a hole. The built-in loop's entry ``n`` is its journal's
+# record ``n``, and records that show nothing leave holes.
+TRANSCRIPT_RUN_STRIDE = 1_000_000
 
 
 class TranscriptRecorded(Event, frozen=True, kw_only=True, tag="transcript_recorded"):

@@ -77,8 +77,11 @@ class Follower:
         idle_seconds: float = 120.0,
         check_every: int = 5,
         reconnects: Reconnects | None = None,
+        patience: float | None = None,
     ) -> None:
         self._js = js
+        # How long ``start`` asks a server that does not answer (None: a start's patience).
+        self._patience = patience
         # The connection the JetStream context speaks through: the follower's requests
         # and the inbox its messages come to.
         self._nc: NatsClient = js._nc
@@ -116,9 +119,9 @@ class Follower:
         if self._new_only:
             # From the stream's end now, as a position: a consumer made again later goes on
             # from there rather than from its own "now".
-            self.last_sequence = await stream_end(self._js, self._stream)
+            self.last_sequence = await stream_end(self._js, self._stream, self._patience)
             self._new_only = False
-        await asked_again(self._subscribe, self._name)
+        await asked_again(self._subscribe, self._name, self._patience)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=self._name)
         if self._reconnects is not None:

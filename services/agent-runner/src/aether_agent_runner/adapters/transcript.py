@@ -28,6 +28,7 @@ import msgspec
 
 from aether_agent_runner.adapters.tools import ToolResult
 from aether_events import (
+    TRANSCRIPT_RUN_STRIDE,
     Event,
     TranscriptKind,
     TranscriptRecorded,
@@ -38,7 +39,7 @@ from aether_events import (
 )
 from aether_sandbox.environment import is_secret_name
 
-RUN_STRIDE = 1_000_000
+RUN_STRIDE = TRANSCRIPT_RUN_STRIDE
 REDACTED = "[redacted]"
 # Shapes of credentials that should never be in a transcript, whoever wrote them.
 DEFAULT_PATTERNS: tuple[str, ...] = (

@@ -68,6 +68,11 @@ log = logging.getLogger("aether.gateway.hub")
 
 # How long an attempt's end waits for the telemetry stored before it to reach clients.
 TELEMETRY_WAIT_SECONDS = 2.0
+# How long a client's arrival asks the bus for the streams' ends and the followers'
+# consumers before its stream is refused (503, come back later): a client is told soon
+# that the bus is away. The gateway's start keeps a start's patience (a cluster electing
+# leaders as one of its servers comes back answers late).
+FOLLOW_PATIENCE_SECONDS = 2.0
 ATTEMPT_ENDS = frozenset(tag_of(cls) for cls in (AgentCompleted, AgentFailed))
 
 
@@ -235,8 +240,14 @@ class Hub:
     """The fan-out of the mission and telemetry streams to event-stream clients."""
 
     def __init__(
-        self, *, ring_size: int = 10_000, max_queue: int = 1_000, linger_seconds: float = 60.0
+        self,
+        *,
+        ring_size: int = 10_000,
+        max_queue: int = 1_000,
+        linger_seconds: float = 60.0,
+        follow_patience: float = FOLLOW_PATIENCE_SECONDS,
     ) -> None:
+        self._follow_patience = follow_patience
         self._ring: deque[StreamedEvent] = deque()
         self._linger_seconds = linger_seconds
         self._ring_size = ring_size
@@ -295,7 +306,7 @@ class Hub:
         async with self._starting:
             if self._followers or not self.started:
                 return
-            last = await stream_end(js, MISSIONS_STREAM)
+            last = await stream_end(js, MISSIONS_STREAM, self._follow_patience)
             self._ring.clear()
             self.last_sequence = self.floor = max(last, self.last_sequence)
             # Consumers named by the gateway, not nats-py's ordered ones, whose unnamed
@@ -308,6 +319,7 @@ class Hub:
                 new_only=True,
                 name="gateway-hub-telemetry",
                 reconnects=self._reconnects,
+                patience=self._follow_patience,
             )
             missions = Follower(
                 js,
@@ -317,6 +329,7 @@ class Hub:
                 after_sequence=self.last_sequence,
                 name="gateway-hub-missions",
                 reconnects=self._reconnects,
+                patience=self._follow_patience,
             )
             started: list[Follower] = []
             try:

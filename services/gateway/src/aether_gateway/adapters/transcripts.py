@@ -11,7 +11,7 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from aether_events import TranscriptRecorded, Usage
+from aether_events import TRANSCRIPT_RUN_STRIDE, TranscriptRecorded, Usage
 from aether_gateway.adapters.db import Database
 
 
@@ -35,6 +35,8 @@ class TranscriptEntry(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool
     event_id: str
     occurred_at: datetime
+    # Entries of this one's run missing just before it (``missing_before``).
+    missing_before: int = 0
 
 
 # The entry goes as one JSON object (encoded by msgspec) rather than one parameter a
@@ -127,3 +129,29 @@ async def transcript_page(
         await cur.execute(_PAGE, params)
         rows = await cur.fetchall()
     return [msgspec.convert(row, TranscriptEntry) for row in rows]
+
+
+# The runtimes whose entries of one run are numbered without a hole (every one but the
+# built-in loop, whose numbers are its journal's records, some of which show nothing; an
+# entry from a runner before runtimes were named says none).
+_UNNUMBERED = frozenset({"", "builtin"})
+
+
+def missing_before(entries: list[TranscriptEntry], held: tuple[int, int] | None) -> list[int]:
+    """For each of ``entries`` (in attempt and sequence order, following the entry
+    ``held``, an (attempt, sequence), if any), how many entries of its run are missing
+    just before it: stored nowhere, the telemetry stream having dropped them before a
+    gateway read them. Told only where the numbering is without holes (not the built-in
+    loop's); entries missing at a run's end cannot be told."""
+    counts: list[int] = []
+    previous = held
+    for entry in entries:
+        run_start = entry.sequence - entry.sequence % TRANSCRIPT_RUN_STRIDE
+        if entry.runtime in _UNNUMBERED:
+            counts.append(0)
+        elif previous is not None and previous[0] == entry.attempt and previous[1] >= run_start:
+            counts.append(max(entry.sequence - previous[1] - 1, 0))
+        else:
+            counts.append(entry.sequence - run_start)
+        previous = (entry.attempt, entry.sequence)
+    return counts

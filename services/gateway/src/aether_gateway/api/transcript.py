@@ -18,7 +18,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
 from aether_events import is_valid_token
-from aether_gateway.adapters.transcripts import TranscriptEntry, transcript_page
+from aether_gateway.adapters.transcripts import (
+    TranscriptEntry,
+    missing_before,
+    transcript_page,
+)
 from aether_gateway.api.auth import READ
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses
@@ -71,7 +75,9 @@ async def task_transcript(
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Page size")] = 500,
 ) -> Transcript:
     """Oldest first, by attempt then sequence; each text is an excerpt (``truncated``
-    says one was cut)."""
+    says one was cut). ``missing_before``: how many entries of the entry's run are
+    missing just before it (dropped by the telemetry stream before the gateway stored
+    them), told for every runtime but the built-in loop, whose numbering has holes."""
     if not is_valid_token(task_id):
         raise bad_request("task_id is not a valid id")
     await _mission_or_wait(ctx, mission_id)
@@ -85,6 +91,14 @@ async def task_transcript(
         after=-1 if after is None else after,
         limit=limit,
     )
+    # Where the numbering allows it, each entry says how many of its run are missing
+    # before it (dropped by the telemetry stream before a gateway stored them).
+    held = None if after is None else (start_attempt, after)
+    counts = missing_before(entries, held)
+    entries = [
+        msgspec.structs.replace(entry, missing_before=count) if count else entry
+        for entry, count in zip(entries, counts, strict=True)
+    ]
     following = None
     if len(entries) == limit:
         last = entries[-1]

@@ -654,13 +654,7 @@ def _task_step(task: Task, event: Event) -> Task | None:
                 error=None,
             )
         case MergeConflicted():
-            if event.files and event.refusal in ("", "conflict"):
-                error = f"merge conflict in {', '.join(event.files)}"
-            else:
-                # Refused for something else (conflict markers left, a failed
-                # verification): the first line of the broker's account says what.
-                error = (event.detail.splitlines() or ["the merge was refused"])[0]
-            return replace(task, status=status, error=error)
+            return replace(task, status=status, error=merge_refused(event))
         case MergeWithheld():
             return replace(task, status=status, error=f"not merged: {event.reason}")
         case TaskRetried():
@@ -670,6 +664,22 @@ def _task_step(task: Task, event: Event) -> Task | None:
         case TaskEscalated():
             return replace(task, status=status, error=event.reason)
     return None
+
+
+def merge_refused(event: MergeConflicted) -> str:
+    """Why the git broker did not merge an attempt, as the command line and the board's
+    task page tell it (``aether.render.merge_refused``, ``mergeRefused``): only a
+    ``conflict`` is one; anything else (a failed verification, paths no checkout may
+    write, conflict markers left, a missing commit) is "not merged:" and the first line of
+    the broker's account (a verification's output follows it). A broker before v8 sent
+    no ``refusal``, and files only with a conflict."""
+    files = ", ".join(event.files)
+    if event.refusal == "conflict" or (not event.refusal and files):
+        return f"merge conflict in {files}" if files else "merge conflict"
+    if event.refusal == "unsafe_paths":
+        return f"not merged: paths no checkout may write: {files}"
+    first = next((line.strip() for line in event.detail.splitlines() if line.strip()), "")
+    return f"not merged: {first or event.refusal or 'no reason given'}"
 
 
 def _human_decision(view: MissionView, event: TaskRetryRequested | TaskSkipped) -> Task | None:

@@ -145,13 +145,17 @@ def merge_task(
             detail=markers_refusal(marked),
             refusal="conflict_markers",
         )
+    failure = None
     if verify is not None:
         failure = verify(handle, new_head)
         if failure is not None and (withhold is None or withhold() is None):
             return MergeOutcome(kind="verify_failed", sha=head.decode(), files=(), detail=failure)
-    # The last moment a cancel heard meanwhile (a verification stopped for it) keeps it out.
+    # The last moment a cancel heard meanwhile (a verification stopped for it) keeps it out;
+    # what the verification printed until then goes with it.
     if withhold is not None and (reason := withhold()) is not None:
-        return MergeOutcome(kind="withheld", sha=head.decode(), detail=reason)
+        return MergeOutcome(
+            kind="withheld", sha=head.decode(), detail=reason, verification=failure or ""
+        )
     if not move_branch(
         repo,
         ref,

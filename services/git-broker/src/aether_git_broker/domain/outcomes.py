@@ -82,6 +82,9 @@ class MergeOutcome:
     # Why a ``conflict`` was refused (``MergeConflicted.refusal``): ``conflict``,
     # ``unsafe_paths``, ``conflict_markers`` or ``missing_commit``.
     refusal: str = ""
+    # ``withheld`` after a verification the cancel stopped: what it said (its account and
+    # output, as a failed verification's ``detail``).
+    verification: str = ""
 
 
 def repository_prepared_event(
@@ -157,6 +160,7 @@ def merge_event(
             commit_sha=cause.commit_sha,
             integration_sha=outcome.sha,
             reason=outcome.detail,
+            verification=outcome.verification,
         )
     if outcome.kind in ("conflict", "verify_failed"):
         # A failed verification is reported like a conflict: the task runs again on the

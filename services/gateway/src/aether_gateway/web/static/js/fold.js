@@ -41,7 +41,9 @@ export function taskChange(type, event) {
   if (!status) return null;
   const taskId = event.task_id || (event.task && event.task.id);
   if (!taskId) return null;
-  return { taskId, status, attempt: event.attempt || null, error: event.reason || null };
+  // A refused merge says why as the read model does (``domain.fold.merge_refused``).
+  const error = type === "merge_conflicted" ? mergeRefused(event) : event.reason || null;
+  return { taskId, status, attempt: event.attempt || null, error };
 }
 
 /** The mission's status after ``type``, or null when the event does not say. */
@@ -90,6 +92,25 @@ export function mergeRefused(e) {
   const first = String(e.detail || "").split("\n").find((line) => line.trim());
   const reason = first ? first.trim() : refusal || "no reason given";
   return `not merged: ${reason.length > 120 ? reason.slice(0, 119) + "…" : reason}`;
+}
+
+/**
+ * Why the git broker kept an attempt out (a ``merge_withheld`` event: its mission was
+ * cancelled first), as the command line tells it (``aether.render.merge_withheld``): a
+ * verification the cancel stopped as a failed one is (its first line; its output in
+ * ``verification``).
+ */
+export function mergeWithheld(e) {
+  const first = String(e.verification || "").split("\n").find((line) => line.trim());
+  const reason = first ? first.trim() : e.reason || "";
+  return `not merged: ${reason.length > 120 ? reason.slice(0, 119) + "…" : reason}`;
+}
+
+/** A refused or withheld merge's whole account, a verification's output with it. */
+export function mergeAccount(type, e) {
+  if (type === "merge_conflicted") return String(e.detail || "");
+  if (type === "merge_withheld") return String(e.verification || "");
+  return "";
 }
 
 /** Board column of a task status. */

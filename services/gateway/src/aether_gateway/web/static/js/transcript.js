@@ -48,6 +48,25 @@ function usageLine(usage) {
   return h("span", { class: "usage" }, parts.join(" · "));
 }
 
+// Every runtime but the built-in loop numbers one run's entries without a hole, each run
+// from a multiple of this (``aether_events.TRANSCRIPT_RUN_STRIDE``); the built-in loop's
+// numbers are its journal's records, some of which show nothing.
+const RUN_STRIDE = 1000000;
+const UNNUMBERED = new Set(["", "builtin"]);
+
+/**
+ * How many entries of ``entry``'s run are missing just before it, after ``previous``
+ * (the entry held before it, or null), as the gateway's ``missing_before`` counts them:
+ * dropped by the telemetry stream before the gateway stored them. None is told for the
+ * built-in loop, nor at a run's end.
+ */
+export function missingBefore(entry, previous) {
+  if (UNNUMBERED.has(entry.runtime || "")) return 0;
+  const runStart = entry.sequence - (entry.sequence % RUN_STRIDE);
+  if (previous && previous.attempt === entry.attempt && previous.sequence >= runStart) return Math.max(entry.sequence - previous.sequence - 1, 0);
+  return entry.sequence - runStart;
+}
+
 /** One entry as a list item (``entry`` as the route or the live event gives it). */
 export function entryItem(entry) {
   const kind = entry.kind;
@@ -76,7 +95,7 @@ export function entryItem(entry) {
   if (entry.truncated) head.push(h("span", { class: "cut", title: "the runner kept an excerpt" }, "excerpt"));
   return h(
     "li",
-    { class: "entry e-" + kind, "data-attempt": entry.attempt, "data-seq": entry.sequence, "data-kind": kind },
+    { class: "entry e-" + kind, "data-attempt": entry.attempt, "data-seq": entry.sequence, "data-kind": kind, "data-runtime": entry.runtime || "" },
     h("div", { class: "entry-head" }, ...head),
     ...body,
   );
@@ -192,6 +211,28 @@ export class TranscriptView {
       this.list.insertBefore(mark, before);
     }
     this.list.insertBefore(item, before);
+    // The gap before it, and the one before the entry after it, may have changed.
+    this.markGap(item);
+    let next = item.nextElementSibling;
+    while (next && !next.classList.contains("entry")) next = next.nextElementSibling;
+    if (next) this.markGap(next);
     if (stick) this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  /** Say, just before the entry ``el``, how many entries of its run are missing there. */
+  markGap(el) {
+    let previous = el.previousElementSibling;
+    if (previous && previous.classList.contains("gap-mark")) {
+      const stale = previous;
+      previous = previous.previousElementSibling;
+      stale.remove();
+    }
+    while (previous && !previous.classList.contains("entry")) previous = previous.previousElementSibling;
+    const at = (item) => ({ attempt: Number(item.dataset.attempt), sequence: Number(item.dataset.seq), runtime: item.dataset.runtime });
+    const missing = missingBefore(at(el), previous ? at(previous) : null);
+    if (!missing) return;
+    const said = `${missing.toLocaleString()} ${missing === 1 ? "entry" : "entries"} missing: the telemetry stream dropped ${missing === 1 ? "it" : "them"} before the gateway stored ${missing === 1 ? "it" : "them"}`;
+    const mark = h("li", { class: "gap-mark", "data-attempt": el.dataset.attempt, "data-seq": Number(el.dataset.seq) - 0.5, "data-missing": missing }, said);
+    this.list.insertBefore(mark, el);
   }
 }

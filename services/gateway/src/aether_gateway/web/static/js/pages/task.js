@@ -6,7 +6,7 @@ import { get } from "../api.js";
 import { age, debounce, h, money, pill, put, short, time, tokens } from "../dom.js";
 import { LiveStream, onLiveState } from "../live.js";
 import { diffView } from "../diff.js";
-import { mergeRefused } from "../fold.js";
+import { mergeAccount, mergeRefused, mergeWithheld } from "../fold.js";
 import { TranscriptView } from "../transcript.js";
 
 const DESCRIBE = {
@@ -18,7 +18,7 @@ const DESCRIBE = {
   branch_merged: (e) =>
     `merged as ${short(e.merge_sha)}${e.fast_forward ? " (fast-forward)" : ""}${e.resolution ? " (resolution of a conflict)" : ""}`,
   merge_conflicted: mergeRefused,
-  merge_withheld: (e) => `not merged: ${e.reason}`,
+  merge_withheld: mergeWithheld,
   task_retried: (e) => `retry: ${e.reason}`,
   task_timed_out: () => "timed out",
   task_escalated: (e) => `escalated to a person: ${e.reason}`,
@@ -48,7 +48,11 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   let task = null;
 
   function line(type, event, live = false) {
-    return h("li", { class: "t-" + type + (live ? " live" : "") }, h("time", { title: event.occurred_at }, new Date(event.occurred_at).toLocaleTimeString()), h("span", { class: "kind" }, type.replaceAll("_", " ")), h("span", { class: "wrap" }, describe(type, event)));
+    // A refused or withheld merge's verification output (a failed one's, or what one the
+    // cancel stopped printed until then), folded under the line.
+    const [, output] = mergeAccount(type, event).split("\n--- output ---\n");
+    const shown = output && output.trim() ? h("details", { class: "verify-output" }, h("summary", {}, "verification output"), h("pre", { class: "small" }, output)) : null;
+    return h("li", { class: "t-" + type + (live ? " live" : "") }, h("time", { title: event.occurred_at }, new Date(event.occurred_at).toLocaleTimeString()), h("span", { class: "kind" }, type.replaceAll("_", " ")), h("span", { class: "wrap" }, describe(type, event)), shown);
   }
 
   async function loadEvents() {
