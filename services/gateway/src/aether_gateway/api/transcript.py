@@ -18,7 +18,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
 from aether_events import is_valid_token
-from aether_gateway.adapters.transcripts import TranscriptEntry, transcript_page
+from aether_gateway.adapters.transcripts import TranscriptEntry, dropped_entries, transcript_page
 from aether_gateway.api.auth import READ
 from aether_gateway.api.context import GatewayContext
 from aether_gateway.api.errors import bad_request, error_responses
@@ -37,11 +37,21 @@ class TranscriptCursor(msgspec.Struct, kw_only=True):
     after: int
 
 
+class DroppedEntries(msgspec.Struct, kw_only=True):
+    """Entries of an attempt the gateway did not keep: it had the most the gateway keeps
+    of one attempt (``AETHER_TRANSCRIPT_MAX_ENTRIES``) already."""
+
+    attempt: int
+    entries: int
+
+
 class Transcript(msgspec.Struct, kw_only=True):
     mission_id: str
     task_id: str
     entries: list[TranscriptEntry]
     next: TranscriptCursor | None = None
+    # Attempts (of those asked for) with entries dropped by the gateway's cap.
+    dropped: list[DroppedEntries] = msgspec.field(default_factory=list)
 
 
 @get(
@@ -71,7 +81,8 @@ async def task_transcript(
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Page size")] = 500,
 ) -> Transcript:
     """Oldest first, by attempt then sequence; each text is an excerpt (``truncated``
-    says one was cut)."""
+    says one was cut). ``dropped`` counts, by attempt, the entries not kept past the
+    gateway's cap on one attempt's entries."""
     if not is_valid_token(task_id):
         raise bad_request("task_id is not a valid id")
     await _mission_or_wait(ctx, mission_id)
@@ -85,11 +96,18 @@ async def task_transcript(
         after=-1 if after is None else after,
         limit=limit,
     )
+    dropped = await dropped_entries(ctx.read_model.db, mission_id, task_id, attempt=attempt)
     following = None
     if len(entries) == limit:
         last = entries[-1]
         following = TranscriptCursor(after_attempt=last.attempt, after=last.sequence)
-    return Transcript(mission_id=mission_id, task_id=task_id, entries=entries, next=following)
+    return Transcript(
+        mission_id=mission_id,
+        task_id=task_id,
+        entries=entries,
+        next=following,
+        dropped=[DroppedEntries(attempt=a, entries=n) for a, n in dropped.items()],
+    )
 
 
 TRANSCRIPT_ROUTES = [task_transcript]
