@@ -504,14 +504,18 @@ async def _all_entries(http, script: Script, **params) -> tuple[list[dict], list
 
 
 async def test_an_attempts_entries_past_the_gateways_cap_are_counted_not_kept(
-    make_gateway, nc, script
+    make_gateway, nc, script, capsys
 ):
     """A runner that ignores its own cap (or a stolen attempt credential) publishing
     without end: the gateway keeps the first ``AETHER_TRANSCRIPT_MAX_ENTRIES`` of the
     attempt, counts the rest once each (an attempt resumed publishes them again), says
     so on the transcript and in the metric, and other missions and attempts go on."""
+    import asyncio
+
+    from aether.cli import main
+
+    from .conftest import ADMIN_TOKEN, new_mission_id
     from .conftest import Script as Scripted
-    from .conftest import new_mission_id
 
     cap = 40
     server = await make_gateway(transcript_max_entries=cap)
@@ -547,6 +551,10 @@ async def test_an_attempts_entries_past_the_gateways_cap_are_counted_not_kept(
         assert dropped == [{"attempt": 1, "entries": 101 - cap}]
         only_two = await _all_entries(client, script, attempt=2)
         assert only_two[1] == []
+    cli = ["--url", server.base_url, "--token", ADMIN_TOKEN, "mission", "logs"]
+    assert await asyncio.to_thread(main, [*cli, script.mission_id, "t1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"attempt 1: {101 - cap} entries dropped by the gateway's cap"
     assert REGISTRY.get_sample_value("aether_transcript_entries_dropped_total") == (
         dropped_before + 101 - cap
     )
