@@ -148,6 +148,19 @@ class TranscriptPrinter:
         else:
             self._out(step_line(kind, data))
 
+    def dropped(self, data: dict[str, Any]) -> None:
+        """Say (once each count) how many of an attempt's entries the gateway's cap
+        dropped."""
+        attempt, entries = data.get("attempt"), data.get("entries")
+        key = f"dropped:{attempt}:{entries}"
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if self._json:
+            self._out(json.dumps({"type": "transcript_dropped", **data}))
+        else:
+            self._out(f"attempt {attempt}: {entries} entries dropped by the gateway's cap")
+
     def note_position(self, data: dict[str, Any]) -> None:
         attempt, sequence = data.get("attempt"), data.get("sequence")
         if not isinstance(attempt, int) or not isinstance(sequence, int):
@@ -165,6 +178,7 @@ class TranscriptPrinter:
 def _listed(gateway: GatewayClient, args: argparse.Namespace, printer: TranscriptPrinter) -> int:
     """Print what the gateway holds and is new; returns the mission events' position."""
     activity = gateway.activity(args.mission_id, args.task_id, args.attempt)
+    dropped: list[dict[str, Any]] = []
     items: list[tuple[str, str, dict[str, Any]]] = [
         (str(e["occurred_at"]), str(e["type"]), e["data"])
         for e in activity["entries"]
@@ -180,6 +194,7 @@ def _listed(gateway: GatewayClient, args: argparse.Namespace, printer: Transcrip
             printer.note_position(data)
         following = page.get("next")
         if not following:
+            dropped = page.get("dropped") or []
             break
         printer.after_attempt, printer.after = following["after_attempt"], following["after"]
     # A start before its prompt, an end after its last entry: the times order them (stable
@@ -187,6 +202,8 @@ def _listed(gateway: GatewayClient, args: argparse.Namespace, printer: Transcrip
     items.sort(key=lambda item: item[0])
     for _, kind, data in items:
         printer.show(kind, data)
+    for each in dropped:
+        printer.dropped(each)
     position: int = activity["position"]
     return position
 

@@ -561,3 +561,71 @@ async def test_entries_missing_from_a_run_are_said_where_the_numbering_allows(
         listed.index(next(line for line in listed if "missing" in line))
         == listed.index(next(line for line in listed if line.strip() == "said 1")) + 1
     )
+
+
+async def _all_entries(http, script: Script, **params) -> tuple[list[dict], list[dict]]:
+    stored: list[dict] = []
+    query: dict = {"limit": 1000, **params}
+    while True:
+        answer = (await http.get(path(script), params=query)).json()
+        stored += answer["entries"]
+        if not answer.get("next"):
+            return stored, answer["dropped"]
+        query = {"limit": 1000, **params, **answer["next"]}
+
+
+async def test_an_attempts_entries_past_the_gateways_cap_are_counted_not_kept(
+    make_gateway, nc, script, capsys
+):
+    """A runner that ignores its own cap (or a stolen attempt credential) publishing
+    without end: the gateway keeps the first ``AETHER_TRANSCRIPT_MAX_ENTRIES`` of the
+    attempt, counts the rest once each (an attempt resumed publishes them again), says
+    so on the transcript and in the metric, and other missions and attempts go on."""
+    import asyncio
+
+    from aether.cli import main
+
+    from .conftest import ADMIN_TOKEN, new_mission_id
+    from .conftest import Script as Scripted
+
+    cap = 40
+    server = await make_gateway(transcript_max_entries=cap)
+    dropped_before = REGISTRY.get_sample_value("aether_transcript_entries_dropped_total") or 0.0
+    other = Scripted(new_mission_id())
+    await publish(nc, script.requested(), other.requested())
+    # Singly and in groups (each folded its own way), another mission's events between.
+    singles = [entry(script, 1, n, "note", text=f"e{n}") for n in range(30)]
+    grouped = TranscriptEntries(
+        **script.meta(),
+        task_id="t1",
+        attempt=1,
+        runner_id="r-1",
+        entries=[entry(script, 1, n, "note", text=f"e{n}") for n in range(30, 100)],
+    )
+    await publish(nc, *singles[:20], other.prepared(), *singles[20:], grouped)
+    await publish(nc, entry(other, 1, 0, "prompt", text="other"), other.plan())
+    # Resumed: the same entries again, then more; a second attempt has a cap of its own.
+    await publish(nc, *singles, grouped, entry(script, 1, 100, "note", text="e100"))
+    await publish(nc, *[entry(script, 2, n, "note", text=f"b{n}") for n in range(3)])
+    async with server.client() as client:
+
+        async def settled():
+            stored, dropped = await _all_entries(client, script)
+            return (stored, dropped) if len(stored) == cap + 3 and dropped else None
+
+        stored, dropped = await eventually(settled, what="the capped transcript")
+        await eventually(lambda: _texts_of(client, other, ["other"]), what="the other mission")
+        mission = (await client.get(f"/missions/{other.mission_id}")).json()
+        assert mission["tasks"], "the other mission's plan was folded"
+        assert [e["sequence"] for e in stored if e["attempt"] == 1] == list(range(cap))
+        assert [e["text"] for e in stored if e["attempt"] == 2] == ["b0", "b1", "b2"]
+        assert dropped == [{"attempt": 1, "entries": 101 - cap}]
+        only_two = await _all_entries(client, script, attempt=2)
+        assert only_two[1] == []
+    cli = ["--url", server.base_url, "--token", ADMIN_TOKEN, "mission", "logs"]
+    assert await asyncio.to_thread(main, [*cli, script.mission_id, "t1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"attempt 1: {101 - cap} entries dropped by the gateway's cap"
+    assert REGISTRY.get_sample_value("aether_transcript_entries_dropped_total") == (
+        dropped_before + 101 - cap
+    )

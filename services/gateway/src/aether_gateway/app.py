@@ -87,7 +87,11 @@ class Gateway:
         # runtime's own checks, which it reads at each scrape.
         self._database_answered = True
         self.service.extra_ready_check = self._checked_parts
-        self.read_model = ReadModel(self.db, consumer=CONSUMER)
+        self.read_model = ReadModel(
+            self.db,
+            consumer=CONSUMER,
+            transcript_max_entries=settings.transcript_max_entries,
+        )
         self.projector = Projector(self.read_model, stopping=lambda: self.service.stopping)
         # Both consumers deliver in order, and let a run's worth of messages be in
         # flight while the projector folds them (``adapters.batches``).

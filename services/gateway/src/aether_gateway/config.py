@@ -162,6 +162,10 @@ class GatewaySettings(ServiceSettings, frozen=True, kw_only=True):
     default_mission_budget_usd: Annotated[float | None, Env(parse=mission_budget)] = setting(
         "AETHER_DEFAULT_MISSION_BUDGET_USD", DEFAULT_MISSION_BUDGET_USD
     )
+    # The transcript entries kept of one attempt; later ones are counted as dropped. A
+    # little above the runner's own cap (AETHER_AGENT_TRANSCRIPT_MAX_ENTRIES), which the
+    # gateway does not trust: a runner that ignores it cannot fill the database.
+    transcript_max_entries: AtLeastOne = setting("AETHER_TRANSCRIPT_MAX_ENTRIES", 25_000)
     # An agent not heard from for this long is shown as gone.
     agent_stale_seconds: Positive = setting("AETHER_AGENT_STALE_SECONDS", 90.0)
     # How often the read model is checked against the stream, and repaired from it when

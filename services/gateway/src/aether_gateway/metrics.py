@@ -49,6 +49,11 @@ TELEMETRY_LOST = Counter(
     "Telemetry messages (transcript entries among them) the stream dropped, by its age or"
     " size limit, before the gateway read them: counted when a gateway starts",
 )
+TRANSCRIPT_ENTRIES_DROPPED = Counter(
+    "aether_transcript_entries_dropped_total",
+    "Transcript entries not stored because their attempt already had the most the gateway"
+    " keeps (AETHER_TRANSCRIPT_MAX_ENTRIES), each counted once",
+)
 REPAIR_KINDS = ("stalled", "gap", "diverged", "refold")
 for _kind in REPAIR_KINDS:
     READ_MODEL_REPAIRS.labels(_kind)

@@ -16,7 +16,10 @@ carried, is not folded again.
 Two positions are kept: the mission stream's (named by the consumer) and the telemetry
 stream's (``<consumer>-telemetry``); they count different streams' sequences. Transcript
 entries arrive with telemetry and are kept in ``transcript_entries`` (``transcripts``),
-which a rebuild does not clear: the telemetry stream forgets them within the hour.
+which a rebuild does not clear: the telemetry stream forgets them within the hour. At
+most ``transcript_max_entries`` are kept an attempt; the rest are counted as dropped (in
+``transcript_counts`` and ``aether_transcript_entries_dropped_total``), the count and
+the check one primary-key row updated with the insert.
 
 An event that cannot be stored as it is (see ``faults``) never holds the position back:
 a sanitised copy, or for an unreadable request a bare mission row, is stored where
@@ -56,7 +59,7 @@ from aether_gateway.adapters.rows import (
 )
 from aether_gateway.adapters.runs import finish_run, fold_events, send_run
 from aether_gateway.adapters.stream import Incoming, StoredMessage
-from aether_gateway.adapters.transcripts import storing
+from aether_gateway.adapters.transcripts import DEFAULT_MAX_ENTRIES, STORE_ENTRY, storing
 from aether_gateway.domain import (
     Changes,
     Mission,
@@ -72,7 +75,7 @@ from aether_gateway.domain import (
     session_update,
     tasks_read,
 )
-from aether_gateway.metrics import PROJECTION_FAILURES
+from aether_gateway.metrics import PROJECTION_FAILURES, TRANSCRIPT_ENTRIES_DROPPED
 
 log = logging.getLogger("aether.gateway.read_model")
 
@@ -161,9 +164,17 @@ class Rebuild:
 class ReadModel:
     """The gateway's projection, stored in PostgreSQL and named by its consumer."""
 
-    def __init__(self, db: Database, consumer: str = "gateway") -> None:
+    def __init__(
+        self,
+        db: Database,
+        consumer: str = "gateway",
+        *,
+        transcript_max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
         self._db = db
         self.consumer = consumer
+        # The transcript entries kept of one attempt (the rest counted as dropped).
+        self.transcript_max_entries = transcript_max_entries
         self.telemetry_consumer = f"{consumer}-telemetry"
         # The fold version this build stamps its rebuilds with (``db.fold_version``).
         self.fold_version = fold_version()
@@ -333,18 +344,21 @@ class ReadModel:
             return int(await self._take_telemetry(incoming[0]))
         consumer = self.telemetry_consumer
         fresh = 0
+        stores: list[AsyncCursor[Any]] = []
         try:
             async with self._db.folds.connection() as conn, _in_one_go(conn):
                 position = await self._lock_position(conn, consumer)
                 for item in incoming:
                     if item.seq <= position or item.event is None:
                         continue
-                    await self._fold_telemetry(conn, item.event)
+                    stores += await self._fold_telemetry(conn, item.event)
                     position = item.seq
                     fresh += 1
                 await self._set_position(conn, consumer, position)
         except EVENT_ERRORS:
             return sum([await self.take_telemetry(half) for half in halves(incoming)])
+        # Committed: the answers came with the pipeline's one sync.
+        await _count_drops(stores)
         return fresh
 
     async def _take_telemetry(self, item: Incoming) -> bool:
@@ -405,7 +419,7 @@ class ReadModel:
             for query, params in _reads(event.mission_id, task_ids):
                 first.add(query, params)
         else:
-            for query, params in _telemetry_writes(event):
+            for query, params in _telemetry_writes(event, self.transcript_max_entries):
                 first.add(query, params)
         cur = await first.run()
         cur.nextset()  # past BEGIN
@@ -419,6 +433,12 @@ class ReadModel:
             await faults.note_gap(conn, consumer, position + 1, seq - 1)
         second = _Script(conn)
         fresh = True
+        dropped = 0
+        if stream == "telemetry":
+            while cur.nextset():
+                if cur.description is not None and cur.description[0].name == "dropped":
+                    answer = await cur.fetchone()
+                    dropped += int(answer["dropped"]) if answer is not None else 0
         if stream == "missions":
             cur.nextset()
             fresh = await cur.fetchone() is not None
@@ -435,6 +455,8 @@ class ReadModel:
         second.add(_SET_POSITION, (seq, consumer))
         second.add(_COMMIT)
         await second.run()
+        if dropped:
+            TRANSCRIPT_ENTRIES_DROPPED.inc(dropped)
         return fresh, jumped
 
     async def _take_in(
@@ -477,7 +499,7 @@ class ReadModel:
     ) -> bool:
         if stream == "missions":
             return await self._fold(conn, event, sequence)
-        await self._fold_telemetry(conn, event)
+        await _count_drops(await self._fold_telemetry(conn, event))
         return True
 
     async def _store_what_can_be(
@@ -567,9 +589,15 @@ class ReadModel:
         await self._write(conn, fold(view, event, sequence))
         return True
 
-    async def _fold_telemetry(self, conn: AsyncConnection, event: Event) -> None:
-        for query, params in _telemetry_writes(event):
-            await conn.execute(query, params)
+    async def _fold_telemetry(self, conn: AsyncConnection, event: Event) -> list[AsyncCursor[Any]]:
+        """Send ``event``'s writes; the cursors of its transcript entries' stores, whose
+        answers say whether the cap dropped each (``_count_drops``)."""
+        stores: list[AsyncCursor[Any]] = []
+        for query, params in _telemetry_writes(event, self.transcript_max_entries):
+            cursor = await conn.execute(query, params)
+            if query is STORE_ENTRY:
+                stores.append(cursor)
+        return stores
 
     @asynccontextmanager
     async def rebuilding(self) -> AsyncIterator[Rebuild]:
@@ -908,14 +936,25 @@ def _merging(update: SessionUpdate) -> Statement:
     return MERGE_SESSION_SQL, (session_json(update),)
 
 
-def _telemetry_writes(event: Event) -> list[Statement]:
-    """What folding a telemetry event writes: a transcript entry, or what it says
-    about its agent session."""
+def _telemetry_writes(event: Event, cap: int) -> list[Statement]:
+    """What folding a telemetry event writes: its transcript entries (each under the
+    attempt's ``cap``), or what it says about its agent session."""
     entries = entries_of(event)
     if entries:
-        return [storing(entry) for entry in entries]
+        return [storing(entry, cap) for entry in entries]
     update = session_update(event)
     return [] if update is None else [_merging(update)]
+
+
+async def _count_drops(stores: list[AsyncCursor[Any]]) -> None:
+    """Count in the metric the entries the cap dropped, from their stores' answers."""
+    dropped = 0
+    for cursor in stores:
+        answer = await cursor.fetchone()
+        if answer is not None:
+            dropped += int(answer[0] if not isinstance(answer, dict) else answer["dropped"])
+    if dropped:
+        TRANSCRIPT_ENTRIES_DROPPED.inc(dropped)
 
 
 class _Script:

@@ -1,6 +1,7 @@
 """Attempts' transcripts in PostgreSQL: each ``TranscriptRecorded`` stored once (the
-first copy of an entry wins: a resumed attempt publishes its entries again), and read
-back in order, a page at a time."""
+first copy of an entry wins: a resumed attempt publishes its entries again), at most
+``cap`` of them an attempt (the rest counted as dropped, in ``transcript_counts``), and
+read back in order, a page at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from datetime import datetime
 from typing import Any, LiteralString
 
 import msgspec
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from aether_events import TRANSCRIPT_RUN_STRIDE, TranscriptRecorded, Usage
@@ -41,17 +41,21 @@ class TranscriptEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 # The entry goes as one JSON object (encoded by msgspec) rather than one parameter a
 # column, each adapted by psycopg on its own: a transcript entry is most of the telemetry
-# the gateway folds. A column the object leaves out is NULL.
-_INSERT = """
-INSERT INTO transcript_entries (
-    mission_id, task_id, attempt, sequence, event_id, runner_id, runtime, kind, text, tool,
-    arguments, result, is_error, exit_code, status, stop_reason, usage, truncated, occurred_at
-)
-SELECT
-    mission_id, task_id, attempt, sequence, event_id, runner_id, runtime, kind, text, tool,
-    arguments, result, is_error, exit_code, status, stop_reason, usage, truncated, occurred_at
-FROM jsonb_populate_record(NULL::transcript_entries, %s::jsonb)
-ON CONFLICT (mission_id, task_id, attempt, sequence) DO NOTHING
+# the gateway folds. A column the object leaves out is NULL. The function (migration
+# 0014) stores it unless the attempt already has ``cap`` entries, and counts it as
+# dropped then; it answers 1 for an entry dropped (and counted) now, else 0.
+STORE_ENTRY: LiteralString = "SELECT store_transcript_entry(%s::jsonb, %s) AS dropped"
+
+# What the gateway keeps of one attempt's entries by default: a little above the
+# runner's own cap (AETHER_AGENT_TRANSCRIPT_MAX_ENTRIES, 20,000), which the gateway does
+# not trust.
+DEFAULT_MAX_ENTRIES = 25_000
+
+_DROPPED = """
+SELECT attempt, dropped FROM transcript_counts
+ WHERE mission_id = %(mission_id)s AND task_id = %(task_id)s AND dropped > 0
+   AND (%(attempt)s::integer IS NULL OR attempt = %(attempt)s::integer)
+ ORDER BY attempt
 """
 
 _PAGE = """
@@ -71,14 +75,11 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-async def store_entry(conn: AsyncConnection, event: TranscriptRecorded) -> bool:
-    """Store ``event`` in the caller's transaction; whether it was new."""
-    cursor = await conn.execute(*storing(event))
-    return cursor.rowcount == 1
-
-
-def storing(event: TranscriptRecorded) -> tuple[LiteralString, tuple[str]]:
-    """The statement that stores ``event``, and its parameters."""
+def storing(
+    event: TranscriptRecorded, cap: int = DEFAULT_MAX_ENTRIES
+) -> tuple[LiteralString, tuple[str, int]]:
+    """The statement that stores ``event`` under the attempt's ``cap``, and its
+    parameters; its one row's ``dropped`` is 1 when the cap dropped the entry."""
     entry: dict[str, Any] = {
         "mission_id": event.mission_id,
         "task_id": event.task_id,
@@ -103,7 +104,7 @@ def storing(event: TranscriptRecorded) -> tuple[LiteralString, tuple[str]]:
         entry["stop_reason"] = _clean(event.stop_reason)
     if event.usage is not None:
         entry["usage"] = event.usage
-    return _INSERT, (msgspec.json.encode(entry).decode(),)
+    return STORE_ENTRY, (msgspec.json.encode(entry).decode(), cap)
 
 
 async def transcript_page(
@@ -155,3 +156,14 @@ def missing_before(entries: list[TranscriptEntry], held: tuple[int, int] | None)
             counts.append(entry.sequence - run_start)
         previous = (entry.attempt, entry.sequence)
     return counts
+
+
+async def dropped_entries(
+    db: Database, mission_id: str, task_id: str, *, attempt: int | None = None
+) -> dict[int, int]:
+    """How many entries the gateway's cap dropped, by attempt (attempts with none left
+    out)."""
+    params = {"mission_id": mission_id, "task_id": task_id, "attempt": attempt}
+    async with db.pool.connection() as conn:
+        cur = await conn.execute(_DROPPED, params)
+        return {int(row[0]): int(row[1]) for row in await cur.fetchall()}

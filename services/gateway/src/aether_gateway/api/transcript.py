@@ -20,6 +20,7 @@ from litestar.params import FromPath, QueryParameter
 from aether_events import is_valid_token
 from aether_gateway.adapters.transcripts import (
     TranscriptEntry,
+    dropped_entries,
     missing_before,
     transcript_page,
 )
@@ -41,11 +42,21 @@ class TranscriptCursor(msgspec.Struct, kw_only=True):
     after: int
 
 
+class DroppedEntries(msgspec.Struct, kw_only=True):
+    """Entries of an attempt the gateway did not keep: it had the most the gateway keeps
+    of one attempt (``AETHER_TRANSCRIPT_MAX_ENTRIES``) already."""
+
+    attempt: int
+    entries: int
+
+
 class Transcript(msgspec.Struct, kw_only=True):
     mission_id: str
     task_id: str
     entries: list[TranscriptEntry]
     next: TranscriptCursor | None = None
+    # Attempts (of those asked for) with entries dropped by the gateway's cap.
+    dropped: list[DroppedEntries] = msgspec.field(default_factory=list)
 
 
 @get(
@@ -77,7 +88,9 @@ async def task_transcript(
     """Oldest first, by attempt then sequence; each text is an excerpt (``truncated``
     says one was cut). ``missing_before``: how many entries of the entry's run are
     missing just before it (dropped by the telemetry stream before the gateway stored
-    them), told for every runtime but the built-in loop, whose numbering has holes."""
+    them), told for every runtime but the built-in loop, whose numbering has holes.
+    ``dropped`` counts, by attempt, the entries not kept past the
+    gateway's cap on one attempt's entries."""
     if not is_valid_token(task_id):
         raise bad_request("task_id is not a valid id")
     await _mission_or_wait(ctx, mission_id)
@@ -99,11 +112,18 @@ async def task_transcript(
         msgspec.structs.replace(entry, missing_before=count) if count else entry
         for entry, count in zip(entries, counts, strict=True)
     ]
+    dropped = await dropped_entries(ctx.read_model.db, mission_id, task_id, attempt=attempt)
     following = None
     if len(entries) == limit:
         last = entries[-1]
         following = TranscriptCursor(after_attempt=last.attempt, after=last.sequence)
-    return Transcript(mission_id=mission_id, task_id=task_id, entries=entries, next=following)
+    return Transcript(
+        mission_id=mission_id,
+        task_id=task_id,
+        entries=entries,
+        next=following,
+        dropped=[DroppedEntries(attempt=a, entries=n) for a, n in dropped.items()],
+    )
 
 
 TRANSCRIPT_ROUTES = [task_transcript]
