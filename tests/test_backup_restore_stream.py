@@ -9,7 +9,11 @@
   reads it in a few requests, not one for each message;
 - a restore into an empty stream that a service reads is refused (nothing written), and
   goes on with ``--while-running``, the reading service then given every event in order;
-- ``--replicas`` makes the restored stream replicated on a cluster.
+- ``--replicas`` makes the restored stream replicated on a cluster;
+- a backup records a fingerprint of its deployment's event id secret (not the secret), and
+  a restore where the services key their ids with another one is refused before anything
+  is published (the stream not even made); a fingerprint missing on either side is a
+  warning.
 
 The backup and the restore print how long they took (``-s``), not asserted.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import re
 import shutil
 import tempfile
@@ -27,22 +32,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import msgspec
 import nats
 import psycopg
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from aether import archive
 from aether.backup import (
     PUBLISH_WINDOW,
     READ_BATCH,
     RESTORING,
+    EventIdKey,
     Refused,
     Servers,
     Stopped,
     backup,
+    check_event_id_key,
+    run_backup,
     run_restore,
 )
+from aether.credentials import event_id_fingerprint
 from aether.infra import EmbeddedNats, EmbeddedNatsCluster, free_port, wait_for_jetstream
 from aether_events import MISSIONS_STREAM, MissionMessagePosted, ensure_streams
 from aether_events.codec import encode
@@ -191,6 +202,94 @@ def test_a_stream_of_thousands_of_events_comes_back_message_for_message(
             await nc.close()
 
     assert asyncio.run(republished())  # the duplicate window holds the restored ids
+
+
+SOURCE_SECRET = "the source deployment's event id secret"
+
+
+def test_a_restore_under_another_event_id_secret_is_refused_before_anything_is_published(
+    servers: tuple[EmbeddedNats, EmbeddedNats],
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    """The services' event ids are keyed with the deployment's secret (decision 0031):
+    restored where the services key with another, a step they take again gets another id
+    and is stored again. The backup records the source's fingerprint (from
+    ``AETHER_EVENT_ID_SECRET``, the secret itself nowhere in the file); a restore with
+    another secret is refused with the way out, before the stream is even made or the
+    tokens' table touched; with the source's secret it restores, with no warning."""
+    source, target = servers
+    asyncio.run(fill(source.url, missions=3, events=4))
+    path = tmp_path / "aether.backup"
+    monkeypatch.setenv("AETHER_EVENT_ID_SECRET", SOURCE_SECRET)
+    made = argparse.Namespace(
+        file=str(path), nats_url=source.url, database_url=create_database(database_url)
+    )
+    assert run_backup(made) == 0
+    assert "recorded by its fingerprint" in capsys.readouterr().out
+    header = archive.verify(path)
+    assert header.event_id_key == event_id_fingerprint(SOURCE_SECRET)
+    assert header.event_id_key != event_id_fingerprint("another deployment's event id secret")
+    assert SOURCE_SECRET.encode() not in gzip.decompress(path.read_bytes())
+
+    database = create_database(database_url)
+    monkeypatch.setenv("AETHER_EVENT_ID_SECRET", "the target deployment's own secret")
+    with pytest.raises(Refused) as refused:
+        run_restore(restore_args(path, target.url, database))
+    said = str(refused.value)
+    assert "another than the one the backup's events were stored under" in said, said
+    assert "take those steps again" in said and "give it as AETHER_EVENT_ID_SECRET" in said
+    assert said.endswith("nothing was restored"), said
+
+    async def has_stream() -> bool:
+        nc = await nats.connect(target.url)
+        try:
+            await nc.jetstream().stream_info(MISSIONS_STREAM)
+            return True
+        except NotFoundError:
+            return False
+        finally:
+            await nc.close()
+
+    assert not asyncio.run(has_stream())
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT to_regclass('api_tokens')").fetchone() == (None,)
+
+    monkeypatch.setenv("AETHER_EVENT_ID_SECRET", SOURCE_SECRET)
+    capsys.readouterr()
+    assert run_restore(restore_args(path, target.url, database)) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert asyncio.run(stored(target.url)) == without_conditions(asyncio.run(stored(source.url)))
+
+
+def test_an_event_id_fingerprint_missing_on_either_side_is_a_warning_not_a_refusal(
+    capsys: pytest.CaptureFixture[str],
+):
+    """An older backup (no fingerprint), or services whose secret is not known here (no
+    ``AETHER_EVENT_ID_SECRET`` given with ``--nats-url``): the restore goes on, saying
+    it could not check. An ``aether up`` home with no secret yet would make a new one:
+    refused."""
+    older = archive.Header(
+        format=archive.FORMAT,
+        version=archive.VERSION,
+        created_at=datetime.now(UTC),
+        stream=archive.StreamPart(name=MISSIONS_STREAM, config={}, first_seq=1, last_seq=1),
+        counts=archive.Counts(messages=1, missions=1, tokens=0),
+        sha256="",
+    )
+    fingerprint = event_id_fingerprint(SOURCE_SECRET)
+    check_event_id_key(older, EventIdKey(fingerprint, "AETHER_EVENT_ID_SECRET"))
+    assert "the backup records no fingerprint" in capsys.readouterr().err
+    recorded = msgspec.structs.replace(older, event_id_key=fingerprint)
+    check_event_id_key(recorded, EventIdKey(None, "AETHER_EVENT_ID_SECRET is not set here"))
+    assert "not checked that it is the backup's" in capsys.readouterr().err
+    check_event_id_key(recorded, EventIdKey(fingerprint, "AETHER_EVENT_ID_SECRET"))
+    assert capsys.readouterr().err == ""
+    new_home = EventIdKey(None, "/srv/new has no event id secret yet", none_yet=True)
+    with pytest.raises(Refused, match="its first start would make a new one"):
+        check_event_id_key(recorded, new_home)
 
 
 def test_a_restore_while_a_service_reads_is_refused_unless_while_running(

@@ -6,7 +6,8 @@ A backup is one gzip-compressed file of JSON lines (format ``aether-backup``, ve
 1. the header: format and version, when it was made, the stream's name, configuration
    (as the server reports it) and first and last sequence, the counts (messages,
    missions, tokens) and the SHA-256 of every line after it (their bytes, newlines
-   included);
+   included), and the fingerprint of the deployment's event id secret when it was known
+   (``event_id_key``: never the secret; a restore compares it with the target's);
 2. one line per stored message of the stream, in sequence order: its sequence, subject,
    headers (``Nats-Msg-Id`` among them), store time and data (base64);
 3. one line per row of the gateway's ``api_tokens`` table (digests, never secrets).
@@ -61,6 +62,10 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
     stream: StreamPart
     counts: Counts
     sha256: str
+    # The fingerprint of the event id secret the deployment's services keyed their
+    # events' ids with (``aether.credentials.event_id_fingerprint``: not the secret);
+    # ``None``: not known when the backup was made, or a backup made before it was kept.
+    event_id_key: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag="message"):
@@ -128,7 +133,9 @@ class Writer:
         self._digest.update(line)
         self._out.write(line)
 
-    def finish(self, stream: StreamPart, created_at: datetime) -> Header:
+    def finish(
+        self, stream: StreamPart, created_at: datetime, event_id_key: str | None = None
+    ) -> Header:
         self._out.close()
         header = Header(
             format=FORMAT,
@@ -139,6 +146,7 @@ class Writer:
                 messages=self._messages, missions=len(self._missions), tokens=self._tokens
             ),
             sha256=self._digest.hexdigest(),
+            event_id_key=event_id_key,
         )
         with self._final.open("wb") as raw:
             with (

@@ -13,6 +13,18 @@ started for the command alone, with the home locked meanwhile so no ``up`` start
 services during a restore. Elsewhere ``--nats-url`` and ``--database-url`` name them (with
 credentials that may read and create the stream: the administrator's; no service's user
 may, by design, see ``aether_runtime.bus_auth``).
+
+The services' event ids are keyed with the deployment's event id secret (decision 0031),
+and exactly once across a restore rests on the duplicate window knowing a repeated step's
+id: the target must key with the source's secret. So the backup's header records a
+fingerprint of it (``aether.credentials.event_id_fingerprint``, never the secret), taken
+from where the services get it: the running stack's record, else
+``AETHER_EVENT_ID_SECRET`` (or ``_FILE``) as ``aether up`` would take it, else the home's
+``credentials/event-id.secret``; with ``--nats-url``, the environment's only. A restore
+refuses a target with another, or an ``aether up`` home with none yet, before it starts
+or writes anything; a stopped home restored into with ``AETHER_EVENT_ID_SECRET`` given
+keeps that secret. The backup does not carry the secret: it would make every copy of the
+backup a credential.
 """
 
 from __future__ import annotations
@@ -22,8 +34,10 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import shlex
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +55,7 @@ from psycopg.rows import dict_row
 from aether import archive, supervise
 from aether.archive import ArchiveError, Message, StreamPart, Token
 from aether.commands import UsageError
+from aether.credentials import EVENT_ID_SECRET_FILE, event_id_fingerprint, write_private
 from aether.render import counted
 from aether_events import ALL_MISSION_EVENTS, MISSIONS_STREAM
 from aether_events.replay import stored_batches
@@ -59,6 +74,65 @@ TOKEN_COLUMNS = (
 )
 
 
+SECRET_ENV = "AETHER_EVENT_ID_SECRET"  # noqa: S105 - its name, not its value
+
+
+@dataclass(frozen=True)
+class EventIdKey:
+    """Which event id secret a deployment's services key their ids with, as far as the
+    command can tell: its fingerprint, or ``None`` with why not."""
+
+    fingerprint: str | None
+    # Where it comes from, for messages ("AETHER_EVENT_ID_SECRET", "<home>/credentials/
+    # event-id.secret", "the stack running on <home>"), or why it is not known.
+    source: str
+    # The operator's own secret (``AETHER_EVENT_ID_SECRET``), which a stopped home
+    # restored into keeps; ``None`` when it came from elsewhere.
+    given: str | None = None
+    # An ``aether up`` home with no secret yet: its first start makes a new one.
+    none_yet: bool = False
+
+
+def _given_secret() -> str | None:
+    """``AETHER_EVENT_ID_SECRET``, else the file ``AETHER_EVENT_ID_SECRET_FILE`` names, as
+    the services and ``aether up`` read it; ``None`` when neither is set."""
+    secret = os.environ.get(SECRET_ENV, "").strip()
+    if not secret and (file := os.environ.get(f"{SECRET_ENV}_FILE")):
+        try:
+            secret = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise UsageError(f"{SECRET_ENV}_FILE: {error}") from None
+    return secret or None
+
+
+def _env_key(where: str) -> EventIdKey:
+    given = _given_secret()
+    if given is None:
+        return EventIdKey(None, f"{where}: {SECRET_ENV} is not set here")
+    return EventIdKey(event_id_fingerprint(given), SECRET_ENV, given=given)
+
+
+def _running_key(home: Path, state: dict[str, Any]) -> EventIdKey:
+    recorded = state.get("event_id_key")
+    if isinstance(recorded, str) and recorded:
+        return EventIdKey(recorded, f"the stack running on {home}")
+    return EventIdKey(None, f"the stack running on {home} recorded none (an older `aether up`)")
+
+
+def _stopped_home_key(home: Path) -> EventIdKey:
+    """The secret the next ``aether up`` on ``home`` takes: the operator's, else the one
+    kept under the home, else none yet (it makes a new one)."""
+    given = _env_key(str(home))
+    if given.fingerprint is not None:
+        return given
+    kept = home / "credentials" / EVENT_ID_SECRET_FILE
+    with contextlib.suppress(FileNotFoundError):
+        secret = kept.read_text(encoding="utf-8").strip()
+        if secret:
+            return EventIdKey(event_id_fingerprint(secret), str(kept))
+    return EventIdKey(None, f"{home} has no event id secret yet", none_yet=True)
+
+
 @dataclass
 class Servers:
     """Where the stream and the tokens are, and whether Aether's services run on them."""
@@ -70,6 +144,8 @@ class Servers:
     # A running ``aether up`` (its services run too): its state.
     running: dict[str, Any] | None = None
     home: Path | None = None
+    # Which event id secret the services there key their ids with.
+    event_id_key: EventIdKey = EventIdKey(None, "not known")
 
 
 def _home_urls(home: Path, state: dict[str, Any]) -> tuple[str, str]:
@@ -92,14 +168,24 @@ def _home_urls(home: Path, state: dict[str, Any]) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, *, fresh_home_ok: bool) -> Iterator[Servers]:
+def servers(
+    args: argparse.Namespace,
+    *,
+    fresh_home_ok: bool,
+    check: Callable[[EventIdKey], None] | None = None,
+) -> Iterator[Servers]:
     """The servers the command works on: ``--nats-url``/``--database-url``, else the home's
     (see the module's docstring). ``fresh_home_ok``: a home with no data yet is made
-    (a restore into a new home), else refused."""
+    (a restore into a new home), else refused. ``check`` is given the servers' event id
+    key before any server is started (it raises to refuse)."""
     if args.nats_url or args.database_url:
         if not (args.nats_url and args.database_url):
             raise UsageError("give both --nats-url and --database-url (or neither, for a home)")
-        yield Servers(args.nats_url, args.database_url, where="--nats-url and --database-url")
+        where = "--nats-url and --database-url"
+        key = _env_key(where)
+        if check is not None:
+            check(key)
+        yield Servers(args.nats_url, args.database_url, where=where, event_id_key=key)
         return
     from aether.locate import find_home
 
@@ -107,7 +193,17 @@ def servers(args: argparse.Namespace, *, fresh_home_ok: bool) -> Iterator[Server
     state = supervise.running_state(home)
     if state is not None:
         nats_url, database_url = _home_urls(home, state)
-        yield Servers(nats_url, database_url, f"the stack on {home}", running=state, home=home)
+        key = _running_key(home, state)
+        if check is not None:
+            check(key)
+        yield Servers(
+            nats_url,
+            database_url,
+            f"the stack on {home}",
+            running=state,
+            home=home,
+            event_id_key=key,
+        )
         return
     if not fresh_home_ok and not (home / "nats").is_dir():
         raise UsageError(
@@ -116,6 +212,12 @@ def servers(args: argparse.Namespace, *, fresh_home_ok: bool) -> Iterator[Server
         )
     from aether.stack import Stack
 
+    # Before the lock (which makes the home's directory): a refused restore leaves
+    # nothing; with no stack running and none able to start (the lock), the key is the
+    # one the next start takes.
+    key = _stopped_home_key(home)
+    if check is not None:
+        check(key)
     lock = supervise.HomeLock(home)
     try:
         lock.acquire()
@@ -127,7 +229,13 @@ def servers(args: argparse.Namespace, *, fresh_home_ok: bool) -> Iterator[Server
         supervise.prune_postgres_handles(home / "postgres")
         print(f"starting the NATS and PostgreSQL of {home} (no stack runs there)", flush=True)
         stack.start_infrastructure()
-        yield Servers(stack.nats_url, stack.database_url, f"the stopped stack on {home}", home=home)
+        yield Servers(
+            stack.nats_url,
+            stack.database_url,
+            f"the stopped stack on {home}",
+            home=home,
+            event_id_key=key,
+        )
     finally:
         stack.stop()
         lock.release()
@@ -154,6 +262,19 @@ def run_backup(args: argparse.Namespace) -> int:
         f"#{stream.first_seq}–#{stream.last_seq}) and {counted(header.counts.tokens, 'API token')}"
         f" from {found.where} to {path} ({size} bytes, sha256 {header.sha256[:12]}…)"
     )
+    key = found.event_id_key
+    if key.fingerprint is not None:
+        print(
+            f"event id secret: from {key.source}, recorded by its fingerprint "
+            f"{key.fingerprint[:12]}… (not the secret; restore into services keyed with the "
+            "same secret)"
+        )
+    else:
+        print(
+            f"event id secret: not known ({key.source}): the backup records no fingerprint of "
+            f"it, and a restore cannot check that the services it goes to key their event "
+            f"ids with the same one (give {SECRET_ENV} to record it)"
+        )
     return 0
 
 
@@ -178,7 +299,7 @@ async def backup(found: Servers, path: Path) -> archive.Header:
                 await _copy_messages(js, subjects, first, last, writer)
             for token in _read_tokens(found.database_url):
                 writer.add(token)
-            return writer.finish(stream, created_at)
+            return writer.finish(stream, created_at, found.event_id_key.fingerprint)
     finally:
         await nc.close()
 
@@ -254,7 +375,9 @@ def run_restore(args: argparse.Namespace) -> int:
         header = archive.verify(path)  # before anything is started or written
     except ArchiveError as error:
         raise UsageError(f"{error}; nothing was restored") from None
-    with servers(args, fresh_home_ok=True) as found:
+    with servers(
+        args, fresh_home_ok=True, check=lambda key: check_event_id_key(header, key)
+    ) as found:
         if found.running is not None and not args.while_running:
             raise Refused(
                 f"a stack is running on {found.home}: its services would take every restored "
@@ -287,6 +410,81 @@ def run_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_event_id_key(header: archive.Header, target: EventIdKey) -> None:
+    """Refuse (``Refused``) to restore the backup of ``header`` where the services key
+    their event ids with another secret than the backup's did, or would make a new one:
+    each step the backup's events record and a service there takes again would get
+    another id, which the stream's duplicate window does not know, and be stored and
+    acted on again. Where either fingerprint is not known, say so on stderr and go on."""
+    recorded = header.event_id_key
+    if recorded is None:
+        print(
+            "warning: the backup records no fingerprint of its deployment's event id secret "
+            "(made by an older Aether, or where the secret was not known): not checked "
+            "that the services restored into key their event ids with the same one. If "
+            "they do not, they take again the steps of missions in flight",
+            file=sys.stderr,
+        )
+        return
+    if target.fingerprint == recorded:
+        return
+    if target.fingerprint is None and not target.none_yet:
+        print(
+            f"warning: which event id secret the services key their ids with is not known "
+            f"({target.source}): not checked that it is the backup's. Give {SECRET_ENV} "
+            "(the source deployment's) to check it",
+            file=sys.stderr,
+        )
+        return
+    way_out = (
+        f"Restore into services started with the source's secret: give it as {SECRET_ENV} "
+        "(for a source under `aether up`, its home's credentials/event-id.secret)"
+    )
+    if target.none_yet:
+        why = (
+            f"{target.source}, and its first start would make a new one, not the one the "
+            "backup's events were stored under"
+        )
+        how = (
+            f"{way_out} to this restore (`{SECRET_ENV}=$(cat OLD_HOME/credentials/"
+            "event-id.secret) aether restore …`): the home keeps it"
+        )
+    elif target.given is None and target.source.startswith("the stack running on "):
+        why = f"{target.source} keys its event ids with another secret than the backup's"
+        how = (
+            f"{way_out}: stop it, then restore into the stopped home with {SECRET_ENV} "
+            f"set (the home keeps it), or start it again with {SECRET_ENV} set and restore "
+            "with --while-running"
+        )
+    else:
+        why = (
+            f"the event id secret of {target.source} is another than the one the backup's "
+            "events were stored under"
+        )
+        how = f"{way_out}, and restore again"
+    raise Refused(
+        f"{why}: the services would not know the restored events as their own steps and "
+        f"would take those steps again (a mission worked twice). {how}; nothing was restored"
+    )
+
+
+def _keep_given_secret(found: Servers) -> None:
+    """A stopped home restored into with ``AETHER_EVENT_ID_SECRET`` given keeps that
+    secret (``credentials/event-id.secret``), so its next ``aether up`` keys with the
+    backup's secret without being given it. Called once the stream is known to be empty
+    or this backup's start: no event there was stored under the home's former one."""
+    key = found.event_id_key
+    if found.running is not None or found.home is None or key.given is None:
+        return
+    kept = found.home / "credentials" / EVENT_ID_SECRET_FILE
+    with contextlib.suppress(FileNotFoundError):
+        if kept.read_text(encoding="utf-8").strip() == key.given:
+            return
+    kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(kept, key.given + "\n")
+    print(f"the home keeps the given {SECRET_ENV} from now on ({kept})", flush=True)
+
+
 @dataclass
 class Restored:
     messages: int
@@ -309,6 +507,7 @@ async def restore(
     try:
         js = nc.jetstream()
         resumed = await _prepare_stream(js, found, path, header, args)
+        _keep_given_secret(found)
         tokens: list[Token] = []
         last: Message | None = None
 

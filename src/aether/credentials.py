@@ -12,10 +12,28 @@ import secrets
 from pathlib import Path
 
 TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
+# Where ``aether up`` keeps the secret the services' event ids are keyed with (decision
+# 0031), under its home's ``credentials/``.
+EVENT_ID_SECRET_FILE = "event-id.secret"  # noqa: S105 (a file name)
+# The public id whose keyed id fingerprints an event id secret: no step derives it (a
+# step's id starts from a mission id).
+_FINGERPRINT_PROBE = ("aether event id key fingerprint", 1)
 
 
 def default_home() -> Path:
     return Path(os.environ.get("AETHER_HOME", ".aether"))
+
+
+def event_id_fingerprint(secret: str) -> str:
+    """What tells two event id secrets apart and reveals nothing usable of either: the
+    id the services' key of ``secret`` gives a fixed probe no step derives
+    (``keyed_id(service_id_key(secret), derived_id(*probe))``). One output of a keyed
+    hash gives away neither the key nor the id of any other input, so it cannot be used
+    to take a service's next event id. Recorded in a backup's header and in ``aether
+    up``'s ``stack.json``; a restore compares the backup's with the target's."""
+    from aether_events.ids import derived_id, keyed_id, service_id_key
+
+    return keyed_id(service_id_key(secret), derived_id(*_FINGERPRINT_PROBE))
 
 
 def load_or_create_admin_token(home: Path) -> str:

@@ -24,7 +24,7 @@ import httpx
 
 from aether import http as aether_http
 from aether import supervise
-from aether.credentials import TOKEN_FILE
+from aether.credentials import TOKEN_FILE, event_id_fingerprint
 from aether.infra import NatsExited, PostgresExited
 from aether.locate import hand_back_home, remember_home, remembered_home
 from aether.probe import SERVICE_PROBE_FAILURES, Probe, ask_http, ask_nats, ask_postgres
@@ -207,6 +207,13 @@ class Supervisor:
                 "nats_url": without_credentials(self.stack.nats_url),
                 "ports": self.stack.ports,
                 "processes": processes,
+                # Which event id secret the services key their ids with (not the secret:
+                # ``aether restore`` compares it with a backup's).
+                "event_id_key": (
+                    event_id_fingerprint(self.stack.event_id_secret)
+                    if self.stack.event_id_secret
+                    else None
+                ),
             },
         )
 

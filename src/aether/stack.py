@@ -19,7 +19,12 @@ import httpx
 
 from aether import http as aether_http
 from aether import supervise
-from aether.credentials import load_or_create_admin_token, load_or_create_secret, write_private
+from aether.credentials import (
+    EVENT_ID_SECRET_FILE,
+    load_or_create_admin_token,
+    load_or_create_secret,
+    write_private,
+)
 from aether.infra import EmbeddedNats, EmbeddedPostgres, free_port, port_is_free
 from aether.prestart import SHARED_ENV, Prestarter
 from aether.service_env import settings_for
@@ -212,7 +217,9 @@ class Stack:
         stream would then store twice."""
         if not self.event_id_secret:
             self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.event_id_secret = load_or_create_secret(self.credentials_dir / "event-id.secret")
+            self.event_id_secret = load_or_create_secret(
+                self.credentials_dir / EVENT_ID_SECRET_FILE
+            )
         return self.event_id_secret
 
     def write_nats_config(self) -> Path:

@@ -2,12 +2,14 @@
 moving a stack runs them: real NATS, PostgreSQL, services and git.
 
 - a mission completed and a token made on one home, backed up, then the home deleted: the
-  backup restored into a new home, the stack started there shows the mission with the
-  same ids, tasks and final sha, the token still lets its holder in, and a second mission
-  completes while the first one's events stay exactly those of the backup (nothing of it
-  was done again);
+  backup restored into a new home given the old home's event id secret (which the new
+  home keeps), the stack started there shows the mission with the same ids, tasks and
+  final sha, the token still lets its holder in, and a second mission completes while
+  the first one's events stay exactly those of the backup (nothing of it was done again);
 - a restore is refused, with nothing written, while a stack runs on the home, into a
-  stream that holds events, and from a file that is damaged or cut short.
+  stream that holds events, from a file that is damaged or cut short, and into a new
+  home without the source's event id secret (its first start would make another: the
+  services would take the backup's steps again, decision 0031).
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def events_of(path: Path, mission_id: str) -> list[tuple[int, str, bytes, str | 
     ]
 
 
+def event_id_secret(home: Path) -> dict[str, str]:
+    """The event id secret of the stack of ``home``, as the operator gives it to another
+    (``AETHER_EVENT_ID_SECRET``): restored events keep their ids only under it."""
+    secret = (home / "credentials" / "event-id.secret").read_text(encoding="utf-8").strip()
+    return {"AETHER_EVENT_ID_SECRET": secret}
+
+
 def refused(result: subprocess.CompletedProcess[str], why: str) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert why in result.stderr, result.stderr
@@ -98,6 +107,7 @@ def test_a_backup_restored_into_a_new_home_carries_on(tmp_path: Path):
             old.stop()
         # Stopped now, but its stream holds the events already.
         refused(run(tmp_path, "restore", "--home", str(old_home), str(backup)), "already holds")
+        source_secret = event_id_secret(old_home)  # the operator keeps it, as the backup
         shutil.rmtree(old_home)
 
         # A damaged or shortened copy is refused before any server starts.
@@ -112,13 +122,23 @@ def test_a_backup_restored_into_a_new_home_carries_on(tmp_path: Path):
             refused(run(tmp_path, "restore", "--home", str(untouched), str(bad)), "damaged")
         assert not untouched.exists()
 
-        restored = run(tmp_path, "restore", "--home", str(new_home), str(backup))
+        # The new home has no event id secret: its first start would make another one.
+        refused(
+            run(tmp_path, "restore", "--home", str(new_home), str(backup)),
+            "has no event id secret yet",
+        )
+        assert list(new_home.iterdir()) == []
+
+        restored = run(tmp_path, "restore", "--home", str(new_home), str(backup), env=source_secret)
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert f"restored {header.counts.messages} events of 1 mission " in restored.stdout, (
             restored.stdout
         )
         assert "1 of 1 API token " in restored.stdout, restored.stdout
+        assert "the home keeps the given AETHER_EVENT_ID_SECRET" in restored.stdout
+        assert event_id_secret(new_home) == source_secret
 
+        # Started without being given the secret: the one the home now keeps.
         new = Up(tmp_path, new_home, "--port-base", "0")
         try:
             new.wait_for("Aether is up.")
@@ -149,10 +169,14 @@ def test_a_backup_restored_into_a_new_home_carries_on(tmp_path: Path):
 
 def test_a_restore_while_running_under_up_rebuilds_the_read_model(tmp_path: Path):
     """``aether restore --while-running`` into a stack running on a new home (its stream
-    empty): the running services are given the restored events, the gateway's read model
-    is rebuilt and shows the mission as it was, and no service works it again (a later
-    mission completes; a second backup holds the first mission's events exactly as the
-    first did)."""
+    empty) started with the old home's event id secret, as the operator gives it: the
+    running services are given the restored events, the gateway's read model is rebuilt
+    and shows the mission as it was, and no service works it again (a later mission
+    completes; a second backup holds the first mission's events exactly as the first
+    did). The services act on the restored events as they arrive (the scheduler approves
+    the restored plan again): only under the same secret do their steps get the restored
+    events' ids, which the stream's duplicate window then drops; under another, the
+    restore is refused (``tests/test_backup_restore_stream.py``)."""
     old_home = Path(tempfile.mkdtemp(prefix="aether-backup-old-"))
     new_home = Path(tempfile.mkdtemp(prefix="aether-backup-new-"))
     backup = tmp_path / "aether.backup"
@@ -170,7 +194,7 @@ def test_a_restore_while_running_under_up_rebuilds_the_read_model(tmp_path: Path
             old.stop()
         header = archive.verify(backup)
 
-        new = Up(tmp_path, new_home, "--port-base", "28100")
+        new = Up(tmp_path, new_home, "--port-base", "28100", env=event_id_secret(old_home))
         try:
             new.wait_for("Aether is up.")
             restored = run(
@@ -179,6 +203,8 @@ def test_a_restore_while_running_under_up_rebuilds_the_read_model(tmp_path: Path
             assert restored.returncode == 0, restored.stdout + restored.stderr
             assert f"restored {header.counts.messages} events of 1 mission " in restored.stdout
             assert "read model rebuilt: " in restored.stdout, restored.stdout
+            # The running stack's fingerprint (``stack.json``) is the backup's: checked.
+            assert "warning" not in restored.stderr, restored.stderr
             assert essentials(show(tmp_path, mission_id)) == before
 
             later = complete_a_mission(new, tmp_path, repo, "src/farewell.py")

@@ -53,10 +53,14 @@ def env_for(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    tmp_path: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``aether <args>`` as a newcomer runs it; ``env``: the operator's own settings
+    (``env_for`` leaves out the test run's ``AETHER_*``)."""
     return subprocess.run(
         [*AETHER, *args],
-        env=env_for(tmp_path),
+        env={**env_for(tmp_path), **(env or {})},
         cwd=cwd or tmp_path,
         capture_output=True,
         text=True,
@@ -72,11 +76,14 @@ class Up:
     by each ``up``, about 4 s of CPU a stack); ``aether demo``'s test and the installed
     tool's start a prestarter of their own, as a newcomer's first start does."""
 
-    def __init__(self, tmp_path: Path, home: Path, *args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, home: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.lines: list[str] = []
         self._seen = threading.Condition()
-        env = env_for(tmp_path)
+        # The operator's own settings (``env_for`` leaves out the test run's ``AETHER_*``).
+        env = {**env_for(tmp_path), **(env or {})}
         if SHARED_ENV in os.environ:
             env[SHARED_ENV] = os.environ[SHARED_ENV]
         self.process = subprocess.Popen(
