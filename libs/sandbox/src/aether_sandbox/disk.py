@@ -57,8 +57,11 @@ class DiskWatch:
         except OSError:
             return None
 
-    def _may_be_over(self) -> bool:
-        """Whether any file system a root is on lost more than the caps since the start."""
+    def may_be_over(self) -> bool:
+        """Whether any file system a root is on lost more than the caps since the start:
+        one ``statvfs`` a root, cheap enough to ask inline. A hint, not a count: space
+        freed elsewhere on the same file system at the same time hides what was written,
+        so a check that must hold (after a command) walks (``exact``)."""
         for root, base in zip(self.roots, self._base, strict=True):
             now = self._stat(root)
             if base is None or now is None:
@@ -71,12 +74,13 @@ class DiskWatch:
                 return True
         return False
 
-    def over(self, now: bool = False) -> str | None:
+    def over(self, now: bool = False, exact: bool = False) -> str | None:
         """Why the command (or the attempt it is part of) has written too much, or
-        ``None``. Walks at most every half second unless ``now``."""
-        reason = self._over(now)
+        ``None``. Walks at most every half second unless ``now``, and only when the file
+        systems' counts say it may be over unless ``exact``."""
+        reason = self._over(now, exact)
         if reason is None and self.attempt is not None:
-            reason = self.attempt.over(now)
+            reason = self.attempt.over(now, exact)
         return reason
 
     @classmethod
@@ -87,8 +91,8 @@ class DiskWatch:
         caps = Limits(disk_bytes=limits.attempt_disk_bytes, files=limits.attempt_files)
         return cls((worktree,), caps, "the worktree during this attempt", since_ns=since_ns)
 
-    def _over(self, now: bool) -> str | None:
-        if not self._may_be_over():
+    def _over(self, now: bool, exact: bool) -> str | None:
+        if not exact and not self.may_be_over():
             return None
         if not now and time.monotonic() - self._walked_at < 0.5:
             return None

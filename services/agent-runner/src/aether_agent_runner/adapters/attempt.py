@@ -553,8 +553,14 @@ class Attempts:
         metrics.ATTEMPT_TURNS.observe(outcome.turns)
         # Whatever the runtime (a CLI's own file tools, an ACP agent's writes too), an
         # attempt over its disk cap is not committed, nor tried again: it would only
-        # fill the disk again.
-        over_disk = await asyncio.to_thread(toolbox.check_disk)
+        # fill the disk again. The built-in loop's writes were checked as they came (a
+        # walk after each command), so the file system's counts, asked inline, suffice.
+        exact = runtime.name != BUILTIN
+        over_disk = (
+            await asyncio.to_thread(toolbox.check_disk, exact)
+            if exact or toolbox.disk_may_be_over()
+            else None
+        )
         if over_disk is not None:
             outcome = dataclasses.replace(
                 outcome, finished=False, reason=over_disk, retryable=False

@@ -271,11 +271,17 @@ class ToolBox:
             )
         return self._attempt_disk
 
-    def check_disk(self) -> str | None:
+    def disk_may_be_over(self) -> bool:
+        """Whether the attempt may be over its disk cap (already found over, or the file
+        system's counts say it may be): asked inline, it costs a ``statvfs``."""
+        return self.over_disk is not None or self.attempt_disk().may_be_over()
+
+    def check_disk(self, exact: bool = True) -> str | None:
         """Why the attempt has written more into its worktree than it may, or ``None``;
-        once over, it stays over (``over_disk``)."""
+        once over, it stays over (``over_disk``). ``exact``: walk the worktree whatever
+        the file system's counts say (they miss what space freed elsewhere hides)."""
         if self.over_disk is None:
-            reason = self.attempt_disk().over(now=True)
+            reason = self.attempt_disk().over(now=True, exact=exact)
             if reason is not None:
                 self.over_disk = (
                     f"the attempt went over its disk cap: {reason} "
@@ -339,8 +345,13 @@ class ToolBox:
             return ToolResult(f"{name} failed: {error}", True, action)
         finally:
             metrics.TOOL_SECONDS.labels(tool).observe(time.perf_counter() - began)
-            if name in WRITING_TOOLS:
+            # After a command, a walk (what it wrote is not known otherwise); after a file
+            # tool, whose writes are bounded on their own, the file system's counts first,
+            # inline: no thread hop on a task's path unless they say it may be over.
+            if name == "run_command":
                 await asyncio.to_thread(self.check_disk)
+            elif name in WRITING_TOOLS and self.disk_may_be_over():
+                await asyncio.to_thread(self.check_disk, False)
         if self.over_disk is not None:
             metrics.TOOL_CALLS.labels(tool, "failed").inc()
             return ToolResult(f"{content}\n[{self.over_disk}; the attempt ends]", True, action, ran)
