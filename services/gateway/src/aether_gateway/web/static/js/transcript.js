@@ -193,6 +193,8 @@ export class TranscriptView {
         this.list.append(h("li", { class: "attempt-mark", "data-attempt": entry.attempt, "data-seq": -1 }, `Attempt ${entry.attempt}`));
       }
       this.list.append(item);
+      // Entries missing just before it: a look at the one entry before it alone.
+      this.markGap(item);
       if (stick) this.list.scrollTop = this.list.scrollHeight;
       return;
     }
