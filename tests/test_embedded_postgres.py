@@ -8,6 +8,7 @@ import ctypes
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,3 +165,24 @@ def test_the_last_fatal_line_since_the_start_is_told(tmp_path: Path):
     assert server.last_error().endswith("PANIC:  could not write to file")
     server._log_offset = server.log.stat().st_size
     assert server.last_error() == ""
+
+
+def test_a_first_set_up_cut_short_in_initdbs_own_backend_starts_over(tmp_path: Path):
+    """initdb's standalone backend writes a ``postmaster.pid`` of a negative pid; a first
+    set-up killed there left it behind, and the directory was kept (as if a server had run
+    on it): every start after failed on reading it. What a cut first set-up leaves is
+    removed unless a server really runs on it, so the next start sets it up again."""
+    data = tmp_path / "postgres"
+    data.mkdir()
+    lines = ["-22641", str(data), "1796522936", "5432", "", "", " 19532334   6291462"]
+    (data / "postmaster.pid").write_text("\n".join(lines) + "\n")
+    # initdb refuses a directory holding anything (pgserver, reading the file, may fail
+    # first, as `aether up` did).
+    with pytest.raises((subprocess.CalledProcessError, AssertionError)):
+        EmbeddedPostgres(data).start()
+    assert not data.exists()
+    server = EmbeddedPostgres(data).start()
+    try:
+        assert server.running() and (data / "PG_VERSION").exists()
+    finally:
+        server.stop()

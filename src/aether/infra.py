@@ -471,6 +471,17 @@ def stop_postgres_set_up(data_dir: Path | None = None) -> bool:
     return bool(found)
 
 
+def _server_runs_on(data_dir: Path) -> bool:
+    """Whether a PostgreSQL server still runs on ``data_dir``: its ``postmaster.pid``
+    names a live process (a negative pid is a standalone backend's, initdb's own)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        if pid > 0:
+            os.kill(pid, 0)
+            return True
+    return False
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server from the pgserver wheel, its data in ``data_dir``.
@@ -519,11 +530,18 @@ class EmbeddedPostgres:
             with _adopting_orphans():
                 self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         except BaseException:
-            if fresh and not (self.data_dir / "postmaster.pid").exists():
-                # A first set-up cut short (``stop_postgres_set_up``, or initdb failed) before any
-                # server ran on it: what it wrote is no database, and initdb takes only
-                # an empty directory, so the next start sets it up from the beginning.
+            if fresh and not _server_runs_on(self.data_dir):
+                # A first set-up cut short (``stop_postgres_set_up``, or initdb failed):
+                # what it wrote holds nothing of anybody's, and may be no whole database
+                # (initdb's own standalone backend leaves a ``postmaster.pid`` of a
+                # negative pid that the next start cannot read), and initdb takes only an
+                # empty directory, so the next start sets it up from the beginning.
                 shutil.rmtree(self.data_dir, ignore_errors=True)
+            # pgserver keeps the instance it made before its set-up failed, and hands it
+            # back to the next start in this process: forgotten, so that start is a new one.
+            from pgserver.postgres_server import PostgresServer
+
+            PostgresServer._instances.pop(self.data_dir.expanduser().resolve(), None)
             raise
         self._postmaster = self._server.get_postmaster_info().process
         return self

@@ -867,8 +867,8 @@ def test_down_stops_a_stack_whose_first_postgresql_server_never_gets_ready_at_on
     """After `initdb`, the first start's `pg_ctl start` waits for the server, and making
     the stack's role and database waits on it too; a stop cut neither short, so `down`
     waited for them (here the server never gets ready: stopped with SIGSTOP as soon as
-    `pg_ctl` starts it). Both are now killed with the server; the data directory `initdb`
-    finished is kept, set up again at the next start."""
+    `pg_ctl` starts it). Both are now killed with the server; what the cut first set-up
+    left is removed (nothing of anybody's is in it yet) and the next start sets it up."""
     home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
     up = Up(tmp_path, home, "--port-base", "0")
     try:
@@ -891,7 +891,11 @@ def test_down_stops_a_stack_whose_first_postgresql_server_never_gets_ready_at_on
         assert up.process.wait(10) == 0, up.output
         assert "error" not in up.output, up.output
         assert survivors([p.pid for p in stuck], timeout=10) == []
-        assert (home / "postgres" / "PG_VERSION").exists()
+        again = Up(tmp_path, home, "--port-base", "0")
+        try:
+            again.wait_for("Aether is up.")
+        finally:
+            again.stop()
     finally:
         up.stop()
         shutil.rmtree(home, ignore_errors=True)
