@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -816,29 +816,24 @@ def test_following_the_steps_of_a_mission_with_none_yet_says_what_it_waits_for(
         follower.wait()
 
 
-def test_down_stops_a_stack_stuck_in_its_first_postgresql_set_up_at_once(tmp_path: Path):
-    """The first start's `initdb` checked no stop: `down` waited its whole minute for it
-    (here it hangs: stopped with SIGSTOP), then killed `up`. The set-up is cut short, and
-    the half-made data directory removed so that the next start sets it up again (under
-    load initdb may have ended as it was caught: the next start works either way)."""
+def _down_during_the_first_set_up(
+    tmp_path: Path, caught: Callable[[psutil.Process], psutil.Process | None]
+) -> None:
+    """Start a stack on a new home, stop (SIGSTOP) the process ``caught`` finds among
+    `up`'s descendants as soon as there is one, and check that `down` stops it all at
+    once and that the next start on that home works, whatever the cut set-up left."""
     home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
     up = Up(tmp_path, home, "--port-base", "0")
     try:
         deadline = time.monotonic() + 120
-        initdb = None
-        while initdb is None:
+        found = None
+        while found is None:
             assert time.monotonic() < deadline and up.process.poll() is None, up.output
             with contextlib.suppress(psutil.Error):
-                initdb = next(
-                    (
-                        child
-                        for child in psutil.Process(up.process.pid).children(recursive=True)
-                        if child.name() == "initdb"
-                    ),
-                    None,
-                )
-            time.sleep(0.01)
-        stuck = [initdb, *initdb.children(recursive=True)]
+                for child in psutil.Process(up.process.pid).children(recursive=True):
+                    found = found or caught(child)
+            time.sleep(0.005)
+        stuck = [found, *found.children(recursive=True)]
         for process in stuck:
             process.suspend()
         began = time.monotonic()
@@ -849,8 +844,6 @@ def test_down_stops_a_stack_stuck_in_its_first_postgresql_set_up_at_once(tmp_pat
         assert up.process.wait(10) == 0, up.output
         assert "error" not in up.output, up.output
         assert survivors([p.pid for p in stuck], timeout=10) == []
-        # What the cut set-up left (nothing, or a whole cluster when initdb had just
-        # ended as it was caught) does not stop the next start.
         again = Up(tmp_path, home, "--port-base", "0")
         try:
             again.wait_for("Aether is up.")
@@ -859,6 +852,13 @@ def test_down_stops_a_stack_stuck_in_its_first_postgresql_set_up_at_once(tmp_pat
     finally:
         up.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_down_stops_a_stack_stuck_in_its_first_postgresql_set_up_at_once(tmp_path: Path):
+    """The first start's `initdb` checked no stop: `down` waited its whole minute for it
+    (here it hangs: stopped with SIGSTOP), then killed `up`. The set-up is cut short, and
+    what it left removed so that the next start sets it up again."""
+    _down_during_the_first_set_up(tmp_path, lambda p: p if p.name() == "initdb" else None)
 
 
 def test_down_stops_a_stack_whose_first_postgresql_server_never_gets_ready_at_once(
@@ -869,33 +869,10 @@ def test_down_stops_a_stack_whose_first_postgresql_server_never_gets_ready_at_on
     waited for them (here the server never gets ready: stopped with SIGSTOP as soon as
     `pg_ctl` starts it). Both are now killed with the server; what the cut first set-up
     left is removed (nothing of anybody's is in it yet) and the next start sets it up."""
-    home = Path(tempfile.mkdtemp(prefix="aether-up-test-"))
-    up = Up(tmp_path, home, "--port-base", "0")
-    try:
-        deadline = time.monotonic() + 120
-        server = None
-        while server is None:
-            assert time.monotonic() < deadline and up.process.poll() is None, up.output
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(up.process.pid).children(recursive=True):
-                    if child.name() == "pg_ctl":
-                        server = next((p for p in child.children() if p.name() == "postgres"), None)
-            time.sleep(0.005)
-        server.suspend()
-        stuck = [server, *server.children(recursive=True)]
-        began = time.monotonic()
-        stopped = run(tmp_path, "down", "--home", str(home))
-        took = time.monotonic() - began
-        assert stopped.returncode == 0, stopped.stderr
-        assert took < 20, f"down took {took:.1f}s"
-        assert up.process.wait(10) == 0, up.output
-        assert "error" not in up.output, up.output
-        assert survivors([p.pid for p in stuck], timeout=10) == []
-        again = Up(tmp_path, home, "--port-base", "0")
-        try:
-            again.wait_for("Aether is up.")
-        finally:
-            again.stop()
-    finally:
-        up.stop()
-        shutil.rmtree(home, ignore_errors=True)
+
+    def server(process: psutil.Process) -> psutil.Process | None:
+        if process.name() != "pg_ctl":
+            return None
+        return next((p for p in process.children() if p.name() == "postgres"), None)
+
+    _down_during_the_first_set_up(tmp_path, server)
