@@ -162,8 +162,11 @@ export class TranscriptView {
   /** A ``transcript_recorded`` event seen live. */
   live(event) {
     if (event.task_id !== this.taskId) return;
-    // Not yet drawn up to it: the button's next load fetches it in its place.
-    if (!this.complete) return;
+    // Past what is drawn while a load runs or the rest waits for the button: that load,
+    // or the button's, fetches it in its place. One before the last drawn (a late entry
+    // into a gap) no load would fetch again: drawn now.
+    const beyond = event.attempt > this.last.after_attempt || (event.attempt === this.last.after_attempt && event.sequence > this.last.after);
+    if (beyond && (!this.complete || !this.more.hidden)) return;
     this.add(event);
   }
 
