@@ -55,9 +55,21 @@ from .conftest import ADMIN_TOKEN, GatewayServer, Script, eventually
 E = TypeVar("E", bound=Event)
 
 
+async def goto(page: Any, url: str) -> None:
+    """``page.goto``, asked again when Chromium saw the host's interfaces change as it
+    loaded (``ERR_NETWORK_CHANGED``: other tests' container networks coming and going)."""
+    for tries in range(3):
+        try:
+            await page.goto(url)
+            return
+        except Exception as error:
+            if "ERR_NETWORK_CHANGED" not in str(error) or tries == 2:
+                raise
+
+
 async def signed_in(browser: Any, server: GatewayServer, token: str = ADMIN_TOKEN) -> Any:
     page = browser.pages[0] if browser.pages else await browser.new_page()
-    await page.goto(server.base_url + "/board/")
+    await goto(page, server.base_url + "/board/")
     await page.fill("#token", token)
     await page.click("#signin button[type=submit]")
     await expect(page.locator("#missions")).to_be_visible()

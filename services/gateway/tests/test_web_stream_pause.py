@@ -21,7 +21,7 @@ from aether_gateway.api.live import STREAM_RETRY_SECONDS
 from tests.web.browser import artefacts, browser, chromium, expect  # noqa: F401 (fixtures)
 
 from .conftest import GatewayServer, Script, eventually
-from .test_web import signed_in
+from .test_web import goto, signed_in
 
 
 def stream_requests(page: Any, path: str) -> list[Any]:
@@ -69,7 +69,7 @@ async def test_a_stream_refused_with_retry_after_waits_that_long_and_misses_noth
         page = await signed_in(browser, server)
         path = f"/missions/{script.mission_id}/events"
         opened = stream_requests(page, path)
-        await page.goto(f"{server.base_url}/board{path.removesuffix('/events')}/tasks/t1")
+        await goto(page, f"{server.base_url}/board{path.removesuffix('/events')}/tasks/t1")
         transcript = page.locator("#transcript li")
         await expect(transcript).to_have_count(1)
         notice = page.locator("#stream-notice")
@@ -134,7 +134,7 @@ async def test_a_stream_that_drops_as_it_opens_backs_off_until_one_delivers_agai
     page = await signed_in(browser, server)
     path = f"/missions/{script.mission_id}/events"
     opened = stream_requests(page, path)
-    await page.goto(f"{server.base_url}/board{path.removesuffix('/events')}/tasks/t1")
+    await goto(page, f"{server.base_url}/board{path.removesuffix('/events')}/tasks/t1")
     transcript = page.locator("#transcript li")
     await expect(transcript).to_have_count(1)
     await expect(page.locator("#live")).to_have_attribute("data-state", "live")
@@ -160,7 +160,7 @@ async def test_a_stream_that_drops_as_it_opens_backs_off_until_one_delivers_agai
     print("waits between a dropped stream and the next:", [f"{g:.2f}" for g in gaps])
 
     # Open again, and an event arrives on it: the backoff starts again.
-    await eventually(lambda: reopened(7), timeout=30, what="the stream opened again")
+    await eventually(lambda: reopened(7), timeout=60, what="the stream opened again")
     await expect(page.locator("#live")).to_have_attribute("data-state", "live")
     await publisher.publish(script.agent_completed("t1"))
     await expect(transcript).to_have_count(2)
