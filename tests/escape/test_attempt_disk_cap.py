@@ -84,8 +84,8 @@ async def test_an_attempt_resumed_after_its_runner_died_counts_what_it_wrote_bef
     worktree = tmp_path / "worktree"
     worktree.mkdir()
     (worktree / "checked-out.bin").write_bytes(b"c" * 30 * MIB)  # the broker's, before
-    since = first_start(state)
-    first = _toolbox(worktree, since_ns=since)
+    assert first_start(state) is None  # its first start: nothing before it to count
+    first = _toolbox(worktree)
     try:  # 3 x 12 MiB: under the attempt's 40
         for n in range(3):
             result = await first.call(
@@ -94,8 +94,9 @@ async def test_an_attempt_resumed_after_its_runner_died_counts_what_it_wrote_bef
             assert not result.is_error, result.content
     finally:
         first.close()  # the runner dies; another resumes the attempt
-    assert first_start(state) == since
-    second = _toolbox(worktree, since_ns=first_start(state))
+    since = first_start(state)
+    assert since is not None and since == first_start(state)
+    second = _toolbox(worktree, since_ns=since)
     try:
         result = await second.call(
             "run_command", {"command": _writer("after.bin", 8), "timeout_seconds": 60}

@@ -647,8 +647,9 @@ class Prepared:
     own: str | None
     # The built-in loop's conversation, begun there (``None``: the runtime's to do).
     fresh: FreshStart | None
-    # When the attempt first started (``journal.first_start``), for its disk cap.
-    first_start_ns: int
+    # When the attempt first started (``journal.first_start``; ``None``: now), for its
+    # disk cap.
+    first_start_ns: int | None
 
 
 def _release_claimed(claimed: Prepared | str | None) -> None:

@@ -56,16 +56,16 @@ def state_dir(git: GitDir) -> Path:
     return directory
 
 
-def first_start(directory: Path) -> int:
-    """When the attempt in ``directory`` first started, in nanoseconds of the wall clock:
-    written the first time, read on every later start (a runner resuming it after
-    another died), so that its disk cap counts what it wrote before as well."""
+def first_start(directory: Path) -> int | None:
+    """When the attempt in ``directory`` first started, in nanoseconds of the wall clock,
+    on a later start (a runner resuming it after another died), so that its disk cap
+    counts what it wrote before as well; ``None`` on its first start, when the time is
+    written (nothing was written before it: its cap counts from now, without a walk)."""
     path = directory / "first-start"
     with contextlib.suppress(FileNotFoundError, ValueError):
         return int(path.read_text().strip())
-    now = time.time_ns()
-    path.write_text(f"{now}\n")
-    return now
+    path.write_text(f"{time.time_ns()}\n")
+    return None
 
 
 class Journal:
