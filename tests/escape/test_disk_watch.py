@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from aether_agent_runner.adapters.commands import CommandPolicy
 from aether_agent_runner.adapters.tools import ToolBox
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_sandbox import MIB, Limits, SandboxSettings, open_sandbox
+from tests.escape.modes import without_root_over_modes
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed (.ci/run installs it)"
@@ -78,26 +78,7 @@ def _as_the_runners_user(worktree: Path) -> str:
     the capabilities that pass over a directory's mode."""
     if os.geteuid() != 0:
         return asyncio.run(_fill(worktree))
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to drop root's capabilities")
-    done = subprocess.run(
-        [
-            setpriv,
-            "--inh-caps=-all",
-            "--bounding-set=-dac_override,-dac_read_search",
-            sys.executable,
-            "-m",
-            "tests.escape.test_disk_watch",
-            str(worktree),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stderr
-    return str(json.loads(done.stdout.splitlines()[-1]))
+    return str(without_root_over_modes("tests.escape.test_disk_watch", str(worktree)))
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import pytest
 
 from aether_git_broker.adapters.git import GitRepositories
 from aether_sandbox.trees import remove_tree
+from tests.escape.modes import without_root_over_modes
 
 INTEGRATION = "aether/m-l"
 LOCKED = {"sealed": 0o000, "write-only": 0o300, "unsearchable": 0o600, "read-only": 0o500}
@@ -115,26 +116,9 @@ def _scenario(root: Path) -> dict[str, object]:
 def _as_the_services_user(root: Path) -> dict[str, object]:
     if os.geteuid() != 0:
         return _scenario(root)
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to drop root's capabilities")
-    done = subprocess.run(
-        [
-            setpriv,
-            "--inh-caps=-all",
-            "--bounding-set=-dac_override,-dac_read_search",
-            sys.executable,
-            "-m",
-            "tests.escape.test_worktree_leftovers",
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
+    found: dict[str, object] = without_root_over_modes(
+        "tests.escape.test_worktree_leftovers", str(root)
     )
-    assert done.returncode == 0, done.stderr
-    found: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
     return found
 
 
