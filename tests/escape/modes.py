@@ -5,14 +5,19 @@ capabilities that pass over a directory's mode."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from aether_sandbox.trees import remove_tree
 
 
 def without_root_over_modes(module: str, argument: str) -> Any:
@@ -38,3 +43,16 @@ def without_root_over_modes(module: str, argument: str) -> Any:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
+
+
+@contextlib.contextmanager
+def locked_tree_dir() -> Iterator[Path]:
+    """A directory outside pytest's temporary root (a child without root's power over
+    modes must reach it), removed afterwards whatever modes the scenario left in it."""
+    parent = Path.home() / ".cache" / "aether-escape-tests"
+    parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        yield directory
+    finally:
+        remove_tree(directory)

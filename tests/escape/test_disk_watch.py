@@ -17,7 +17,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from aether_agent_runner.adapters.commands import CommandPolicy
 from aether_agent_runner.adapters.tools import ToolBox
 from aether_agent_runner.adapters.workspace import Workspace
 from aether_sandbox import MIB, Limits, SandboxSettings, open_sandbox
-from tests.escape.modes import without_root_over_modes
+from tests.escape.modes import locked_tree_dir, without_root_over_modes
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed (.ci/run installs it)"
@@ -83,13 +82,8 @@ def _as_the_runners_user(worktree: Path) -> str:
 
 @pytest.fixture
 def worktree() -> Iterator[Path]:
-    parent = Path.home() / ".cache" / "aether-escape-tests"
-    parent.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(dir=parent))
-    yield directory
-    for path, _, _ in os.walk(directory):
-        os.chmod(path, 0o700)
-    shutil.rmtree(directory, ignore_errors=True)
+    with locked_tree_dir() as directory:
+        yield directory
 
 
 def test_a_disk_filler_in_a_directory_it_made_unreadable_is_stopped(worktree: Path) -> None:

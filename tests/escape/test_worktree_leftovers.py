@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 
 from aether_git_broker.adapters.git import GitRepositories
 from aether_sandbox.trees import remove_tree
-from tests.escape.modes import without_root_over_modes
+from tests.escape.modes import locked_tree_dir, without_root_over_modes
 
 INTEGRATION = "aether/m-l"
 LOCKED = {"sealed": 0o000, "write-only": 0o300, "unsearchable": 0o600, "read-only": 0o500}
@@ -124,13 +122,8 @@ def _as_the_services_user(root: Path) -> dict[str, object]:
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    parent = Path.home() / ".cache" / "aether-escape-tests"
-    parent.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(dir=parent))
-    yield directory
-    for path, _, _ in os.walk(directory):
-        os.chmod(path, 0o700)
-    shutil.rmtree(directory, ignore_errors=True)
+    with locked_tree_dir() as directory:
+        yield directory
 
 
 def test_directories_a_command_locked_do_not_outlive_their_worktree(root: Path) -> None:
