@@ -385,11 +385,35 @@ async def test_an_attempt_or_sequence_too_large_to_store_is_refused_by_name(http
         ("after_attempt", 2**31 - 1),
         ("after", 2**63 - 1),
     ):
-        response = await http.get(path(script), params={name: largest})
+        # A sequence names a place only with its attempt.
+        with_attempt = {"after_attempt": 1} if name == "after" else {}
+        response = await http.get(path(script), params={name: largest, **with_attempt})
         assert response.status_code == 200, response.text
-        response = await http.get(path(script), params={name: largest + 1})
+        response = await http.get(path(script), params={name: largest + 1, **with_attempt})
         assert response.status_code == 400, response.text
         assert name in response.json()["error"]
+
+
+async def test_a_sequence_without_its_attempt_is_refused_rather_than_read_as_any_attempt(
+    http, nc, script
+):
+    """Entries are ordered by attempt, then sequence: ``after`` alone once answered every
+    entry of every attempt (each is after attempt 0), so a caller paging by sequence alone
+    was handed the same entries for ever."""
+    await publish(nc, script.requested(), script.prepared(), script.plan(), script.approved())
+    await publish(nc, *(entry(script, 1, n) for n in range(3)))
+    await eventually(lambda: _count(http, script, 3), what="the entries stored")
+    response = await http.get(path(script), params={"after": 1})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("after needs after_attempt")
+    page = (await http.get(path(script), params={"after_attempt": 1, "after": 1})).json()
+    assert [e["sequence"] for e in page["entries"]] == [2]
+    page = (await http.get(path(script), params={"attempt": 1, "after": 1})).json()
+    assert [e["sequence"] for e in page["entries"]] == [2]
+
+
+async def _count(http, script: Script, count: int) -> bool:
+    return len((await http.get(path(script))).json().get("entries", [])) == count
 
 
 async def _found(http, url: str) -> bool:

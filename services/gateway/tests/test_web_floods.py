@@ -125,7 +125,9 @@ async def test_a_flooded_transcript_is_drawn_a_bounded_number_of_entries_at_a_ti
     async with gateway_server.client() as http:
 
         async def stored() -> bool:
-            page = (await http.get(url, params={"after": FLOOD - 2})).json()
+            # The cursor is (attempt, sequence): without the attempt, every entry of
+            # attempt 1 is after (0, FLOOD - 2) and the first one folded would do.
+            page = (await http.get(url, params={"after_attempt": 1, "after": FLOOD - 2})).json()
             return bool(page.get("entries"))
 
         await eventually(stored, what="the flood stored", timeout=120)

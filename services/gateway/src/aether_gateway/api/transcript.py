@@ -93,6 +93,12 @@ async def task_transcript(
     gateway's cap on one attempt's entries."""
     if not is_valid_token(task_id):
         raise bad_request("task_id is not a valid id")
+    if after is not None and after_attempt is None and attempt is None:
+        # Entries are ordered by attempt, then sequence: a sequence alone names no place
+        # (every attempt's entries would be "after" it).
+        raise bad_request(
+            "after needs after_attempt (or attempt): the attempt of the last entry held"
+        )
     await _mission_or_wait(ctx, mission_id)
     start_attempt = after_attempt if after_attempt is not None else (attempt or 0)
     entries = await transcript_page(
