@@ -431,9 +431,11 @@ class MergeConflicted(Event, frozen=True, kw_only=True, tag="merge_conflicted"):
     ``integration_sha``. ``refusal`` says why (added in v8): ``conflict`` (both sides
     changed ``files``), ``unsafe_paths`` (the commit has paths no checkout may write,
     ``files``), ``conflict_markers`` (the result would add blocks of conflict markers,
-    ``detail`` names where) or ``verification_failed`` (the merged result failed the
-    mission's verification command, ``detail`` holds its output); "" from a broker before
-    v8, which reported the last two with no ``files``."""
+    ``detail`` names where), ``verification_failed`` (the merged result failed the
+    mission's verification command, ``detail`` holds its output), ``missing_commit`` or
+    ``too_large`` (the task's change holds more files, bytes or depth than the broker
+    merges, ``detail`` says which); "" from a broker before v8, which reported
+    ``conflict_markers`` and ``verification_failed`` with no ``files``."""
 
     task_id: str
     attempt: int

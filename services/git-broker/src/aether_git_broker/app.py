@@ -147,7 +147,12 @@ def wire(settings: GitBrokerSettings, adapters: Adapters) -> GitBroker:
             )
 
         http = GitHttpServer(
-            GitHttpApp(served, tokens),
+            GitHttpApp(
+                served,
+                tokens,
+                max_push_bytes=settings.git_http_max_push_bytes,
+                max_object_bytes=settings.merge_max_blob_bytes,
+            ),
             settings.git_http_host or settings.runtime.host,
             settings.git_http_port,
         )

@@ -18,6 +18,7 @@ def bootstrap(settings: GitBrokerSettings | None = None) -> GitBroker:
         max_listed_files=settings.max_listed_files,
         worktrees_dir=str(settings.worktrees_dir),
         pool_capacity=settings.worktree_pool,
+        commit_limits=settings.commit_limits,
     )
     verifier = Verifier(
         timeout=settings.verify_timeout_seconds,

@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from aether_git_broker.adapters.git import DEFAULT_IDENTITY
+from aether_git_broker.adapters.limits import CommitLimits
 from aether_git_broker.adapters.ssh import (
     PASSPHRASE_FILE,
     SshAccess,
@@ -82,6 +83,16 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
     git_http_port: Port | None = setting("AETHER_GIT_HTTP_PORT", None)
     git_http_host: str | None = setting("AETHER_GIT_HTTP_HOST", None)
     git_token: str = setting("AETHER_GIT_TOKEN", "")
+    # The most a push over smart HTTP may send (its pack, as sent) and one object in it
+    # may hold (inflated): a push past either is refused and nothing of it is kept.
+    git_http_max_push_bytes: AtLeastOne = setting("AETHER_GIT_HTTP_MAX_PUSH_BYTES", 128 * 2**20)
+    # What one task's change may bring into an integration branch, however it reached
+    # the broker (the runner's own commit limits by default): changed files, one file's
+    # bytes, all of them, and how deep its directories nest.
+    merge_max_files: AtLeastOne = setting("AETHER_MERGE_MAX_FILES", 2_000)
+    merge_max_blob_bytes: AtLeastOne = setting("AETHER_MERGE_MAX_BLOB_BYTES", 10_000_000)
+    merge_max_bytes: AtLeastOne = setting("AETHER_MERGE_MAX_BYTES", 100_000_000)
+    merge_max_depth: AtLeastOne = setting("AETHER_MERGE_MAX_DEPTH", 200)
     # Finished worktrees kept per repository for reuse (0: none).
     worktree_pool: NonNegativeInt = setting("AETHER_WORKTREE_POOL", 4)
     read_token: str = setting("AETHER_GIT_READ_TOKEN", "")
@@ -126,6 +137,15 @@ class GitBrokerSettings(ServiceSettings, frozen=True, kw_only=True):
             repository_roots=self.repository_roots,
             verify=self.verify,
             push_remote=self.push_remote,
+        )
+
+    @property
+    def commit_limits(self) -> CommitLimits:
+        return CommitLimits(
+            max_files=self.merge_max_files,
+            max_blob_bytes=self.merge_max_blob_bytes,
+            max_bytes=self.merge_max_bytes,
+            max_depth=self.merge_max_depth,
         )
 
     @property

@@ -24,6 +24,7 @@ from dulwich.objects import Blob, Commit, ObjectID, TreeEntry
 from dulwich.repo import Repo
 
 from aether_events.diffs import CommitDiff, FileDiff, shown_path
+from aether_git_broker.adapters.objects import ObjectIO
 
 MAX_FILES = 200
 MAX_LINES_PER_FILE = 2000
@@ -46,17 +47,21 @@ def is_sha(text: str) -> bool:
     return bool(_SHA.match(text))
 
 
-def _blob(repo: Repo, entry: TreeEntry | None) -> bytes:
+def _blob(repo: Repo, sizes: ObjectIO, entry: TreeEntry | None) -> bytes | None:
+    """The blob's content; None for one too long to show, whose length its header
+    gives without reading it (a pushed file of hundreds of megabytes is never read)."""
     if entry is None or entry.sha is None:
         return b""
     if entry.mode == _GITLINK:  # a commit of another repository: not in this one
         return b"Subproject commit " + entry.sha + b"\n"
+    if sizes.size(entry.sha) > MAX_BLOB_BYTES:
+        return None
     obj = repo[entry.sha]
     return obj.data if isinstance(obj, Blob) else b""
 
 
-def _text(data: bytes) -> list[str] | None:
-    if b"\0" in data[:8000] or len(data) > MAX_BLOB_BYTES:
+def _text(data: bytes | None) -> list[str] | None:
+    if data is None or b"\0" in data[:8000] or len(data) > MAX_BLOB_BYTES:
         return None
     return data.decode("utf-8", errors="replace").splitlines()
 
@@ -84,6 +89,14 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
     """The diff of ``head`` against ``base`` in ``repo`` (``DiffError`` when either is not
     a commit there)."""
     old, new = commit_of(repo, base), commit_of(repo, head)
+    sizes = ObjectIO(repo.object_store)
+    try:
+        return _diff(repo, sizes, old, new)
+    finally:
+        sizes.close()
+
+
+def _diff(repo: Repo, sizes: ObjectIO, old: Commit, new: Commit) -> CommitDiff:
     files: list[FileDiff] = []
     total = added_all = removed_all = chars = aligned = 0
     truncated_all = False
@@ -92,7 +105,7 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
             truncated_all = True
             break
         name = shown_path(_path_of(change))
-        before, after = _text(_blob(repo, change.old)), _text(_blob(repo, change.new))
+        before, after = _text(_blob(repo, sizes, change.old)), _text(_blob(repo, sizes, change.new))
         if before is None or after is None:
             files.append(
                 FileDiff(path=name, change=change.type, added=0, removed=0, lines=[], binary=True)
@@ -145,8 +158,8 @@ def commit_diff(repo: Repo, base: str, head: str) -> CommitDiff:
             )
         )
     return CommitDiff(
-        base_sha=base,
-        head_sha=head,
+        base_sha=old.id.decode(),
+        head_sha=new.id.decode(),
         added=added_all,
         removed=removed_all,
         files=files,

@@ -29,6 +29,7 @@ from aether_events import RepoFile
 from aether_git_broker.adapters import locks, worktrees
 from aether_git_broker.adapters.checkout import Checkouts
 from aether_git_broker.adapters.history import Commits, merge_bases
+from aether_git_broker.adapters.limits import CommitLimits
 from aether_git_broker.adapters.merge import merge_task
 from aether_git_broker.adapters.refs import add_branch, remove_branch
 from aether_git_broker.adapters.repository import (
@@ -78,8 +79,11 @@ class GitRepositories:
         max_open: int = 16,
         worktrees_dir: str | None = None,
         pool_capacity: int = 4,
+        commit_limits: CommitLimits | None = None,
     ) -> None:
         self._identity = identity.encode()
+        # What one task's change may bring into an integration branch (see ``limits``).
+        self._commit_limits = commit_limits or CommitLimits()
         # Where finished worktrees are pooled for reuse (None: they are deleted).
         self._worktrees_dir = worktrees_dir if pool_capacity > 0 else None
         self._pool_capacity = pool_capacity
@@ -474,4 +478,5 @@ class GitRepositories:
                 now=now,
                 verify=verify,
                 withhold=withhold,
+                limits=self._commit_limits,
             )

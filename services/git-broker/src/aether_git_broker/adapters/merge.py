@@ -19,6 +19,7 @@ from dulwich.trailers import parse_trailers
 
 from aether_git_broker.adapters.checkout import linked_gitmodules, unsafe_paths
 from aether_git_broker.adapters.history import merge_bases
+from aether_git_broker.adapters.limits import CommitLimits, over_limits
 from aether_git_broker.adapters.refs import move_branch
 from aether_git_broker.adapters.repository import (
     SHA,
@@ -55,6 +56,7 @@ def merge_task(
     now: datetime,
     verify: Verifier | None = None,
     withhold: Callable[[], str | None] | None = None,
+    limits: CommitLimits | None = None,
 ) -> MergeOutcome:
     """Merge a task's commit into the integration branch, once.
 
@@ -63,9 +65,10 @@ def merge_task(
     Otherwise a fast-forward when possible, else a merge commit from a three-way tree
     merge. With ``verify``, the result must pass it before the branch moves. The
     branch moves by compare-and-swap; a conflict or failed verification leaves it
-    untouched. ``withhold`` says why the branch must not move after all (the mission was
-    cancelled), asked before the merge is made and again just before the branch moves:
-    then ``withheld`` and nothing written.
+    untouched. With ``limits``, a task's change (from the merge base) holding too much is
+    refused (``too_large``) before any of its blobs is read. ``withhold`` says why the
+    branch must not move after all (the mission was cancelled), asked before the merge
+    is made and again just before the branch moves: then ``withheld`` and nothing written.
     """
     repo, trees = handle.repo, handle.trees
     ref = branch_ref(integration_branch)
@@ -98,6 +101,16 @@ def merge_task(
         return MergeOutcome(kind="already_merged", sha=commit.decode(), fast_forward=True)
     if withhold is not None and (reason := withhold()) is not None:
         return MergeOutcome(kind="withheld", sha=head.decode(), detail=reason)
+    if limits is not None:
+        base_tree = handle.commit(bases[0]).tree if bases else None
+        too_much = over_limits(trees, base_tree, theirs.tree, limits)
+        if too_much is not None:
+            return MergeOutcome(
+                kind="conflict",
+                sha=head.decode(),
+                detail=f"the task's commit holds too much to merge: {too_much}",
+                refusal="too_large",
+            )
     ours = handle.commit(head)
     fast_forward = head in bases
     files: Mapping[bytes, Entry | None]

@@ -128,6 +128,32 @@ class ObjectIO:
             self._forget_packs()
         return self.store.get_raw(sha)
 
+    def size(self, sha: ObjectID) -> int:
+        """The length of an object's content, read from its header without inflating
+        the content (a delta's target length from the delta's own header): what a
+        pushed blob weighs before anything reads it whole. ``KeyError`` when missing."""
+        if self._loose_dir is not None:
+            if self._pending and (pending := self._pending.get(sha.decode())) is not None:
+                return len(pending[1])
+            with suppress(PackFileDisappeared, OSError, ValueError, zlib.error):
+                if self._packs is None:
+                    self._packs = [_PackFile(pack) for pack in self.store.packs]
+                for pack in self._packs:
+                    offset = pack.offset(sha)
+                    if offset is not None:
+                        return _packed_size(pack.buffer, offset)
+            hexsha = sha.decode()
+            try:
+                with open(os.path.join(self._loose_dir, hexsha[:2], hexsha[2:]), "rb") as file:
+                    head = _inflate_head(file.read(4096), 64)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            else:
+                header, nul, _ = head.partition(b"\0")
+                if nul and header.partition(b" ")[2].isdigit():
+                    return int(header.partition(b" ")[2])
+        return len(self.read(sha)[1])
+
     def _forget_packs(self) -> None:
         for pack in self._packs or ():
             pack.close()
@@ -339,6 +365,50 @@ def _pack_files(objects: dict[str, tuple[int, bytes]]) -> tuple[bytes, bytes, st
     )
     index += hashlib.sha1(index, usedforsecurity=False).digest()
     return pack + checksum, index, f"pack-{checksum.hex()}"
+
+
+def _packed_size(buffer: mmap.mmap, offset: int) -> int:
+    """The content length of the packed object at ``offset``: its header's size, or for
+    a delta the target length the delta's first inflated bytes declare."""
+    byte = buffer[offset]
+    type_num, size, shift, pos = (byte >> 4) & 7, byte & 15, 4, offset + 1
+    while byte & 0x80:
+        byte = buffer[pos]
+        pos += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
+    if type_num == _OFS_DELTA:
+        while buffer[pos] & 0x80:
+            pos += 1
+        pos += 1
+    elif type_num == _REF_DELTA:
+        pos += 20
+    else:
+        return size
+    with memoryview(buffer) as view:
+        head = _inflate_head(view[pos : pos + 4096], 20)
+    _, at = _varint(head, 0)  # the base's length
+    target, _ = _varint(head, at)
+    return target
+
+
+def _inflate_head(data: bytes | memoryview, length: int) -> bytes:
+    """The first ``length`` inflated bytes of the zlib stream ``data`` starts with."""
+    return zlib.decompressobj().decompress(data, length)
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """A delta header's little-endian base-128 number at ``at``, and where it ends."""
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ValueError("a delta header ends too soon")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
 
 
 def _inflate(buffer: mmap.mmap, pos: int, size: int) -> bytes:

@@ -17,18 +17,27 @@ server is dulwich's WSGI application with four restrictions around it:
   hand out any object by its path);
 - the repository shows only the integration branch and the attempt's own task branch;
 - a push may only move that task branch forward (no other branch, no new branches, no
-  deletions, no rewriting), and the repository's hooks are not run.
+  deletions, no rewriting), and the repository's hooks are not run;
+- a push is bounded: its pack as sent (``max_push_bytes``, git's ``receive.maxInputSize``)
+  and each object in it as inflated (``max_object_bytes``: an object's header, or a
+  delta's, declares its length before any of it is inflated, so a few hundred bytes
+  that would inflate to gigabytes are refused unread). A push past either is refused
+  with git's ``unpack`` error and its temporary pack file removed: nothing is kept.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,8 +45,12 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import dulwich.object_store
+import dulwich.pack
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
+from dulwich.pack import PackData, PackIndexer, PackStreamCopier
 from dulwich.protocol import CAPABILITY_DELETE_REFS, Protocol
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -118,12 +131,120 @@ class PushTokens:
         return Attempt(mission_id, task_id, attempt)
 
 
+# The most one object of the pack this thread is receiving may inflate to (unset: no
+# receive under way here). dulwich reads a pack's objects in functions of its own, so the
+# bound is put on the two places every object's length is declared, and holds only in
+# the thread of a push (the broker's own fetches and merges are left as they are).
+_receiving = threading.local()
+_decode_object_header = dulwich.pack._decode_object_header
+_apply_delta = dulwich.pack.apply_delta
+
+
+def _object_too_large(size: int) -> None:
+    limit: int | None = getattr(_receiving, "max_object_bytes", None)
+    if limit is not None and size > limit:
+        raise PackInputTooLarge(
+            f"an object of {size:,} bytes, more than the {limit:,} one pushed object may hold"
+        )
+
+
+def _bounded_header(raw: list[int]) -> tuple[int, int]:
+    type_num, size = _decode_object_header(raw)
+    _object_too_large(size)
+    return type_num, size
+
+
+def _bounded_delta(base: bytes | list[bytes], delta: bytes | list[bytes]) -> list[bytes]:
+    if getattr(_receiving, "max_object_bytes", None) is not None:
+        head = delta if isinstance(delta, bytes) else _first_bytes(delta, 20)
+        _object_too_large(_delta_target_size(head))
+    applied: list[bytes] = _apply_delta(base, delta)
+    return applied
+
+
+def _first_bytes(chunks: Iterable[bytes], length: int) -> bytes:
+    taken: list[bytes] = []
+    for chunk in chunks:
+        taken.append(chunk[:length])
+        length -= len(taken[-1])
+        if length <= 0:
+            break
+    return b"".join(taken)
+
+
+def _delta_target_size(delta: bytes) -> int:
+    """The target length a delta declares (its second number; git's delta format)."""
+    at = 0
+    for _ in range(2):
+        value = shift = 0
+        while True:
+            if at >= len(delta):
+                raise PackInputTooLarge("a delta whose header ends too soon")
+            byte = delta[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+    return value
+
+
+dulwich.pack._decode_object_header = _bounded_header
+dulwich.pack.apply_delta = _bounded_delta  # type: ignore[assignment]
+
+
+def _add_thin_pack_or_nothing(
+    store: DiskObjectStore,
+    read_all: Callable[[int], bytes],
+    read_some: Callable[[int], bytes] | None,
+    progress: Callable[..., None] | None = None,
+    *,
+    max_input_size: int | None = None,
+) -> Any:
+    """dulwich's ``add_thin_pack``, except that a pack it refuses (too large, broken)
+    leaves no temporary file behind: dulwich's own leaves it for a later ``gc``, so
+    every refused push would keep up to its whole size on the broker's disk."""
+    if max_input_size:
+        read_all, read_some = dulwich.object_store._bound_read_callables(
+            read_all, read_some, max_input_size
+        )
+    fd, path = tempfile.mkstemp(dir=store.path, prefix="tmp_pack_")
+    try:
+        with os.fdopen(fd, "w+b") as file:
+            os.chmod(path, 0o444)
+            indexer = PackIndexer(
+                file, store.object_format.hash_func, resolve_ext_ref=store.get_raw
+            )
+            copier = PackStreamCopier(
+                store.object_format.hash_func,
+                read_all,
+                read_some,
+                file,
+                delta_iter=indexer,  # type: ignore[arg-type]
+            )
+            copier.verify(progress=progress)
+            file.flush()
+            file.seek(0)
+            with PackData(path, file=file, object_format=store.object_format) as data:
+                indexer.set_pack_data(data)
+                entries, ext_refs = store._index_pack(indexer, len(copier), progress=progress)
+            return store._complete_pack(file, path, entries, ext_refs, progress=progress)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        raise
+
+
 class ScopedRepo(Repo):
-    """A repository that shows only one mission's branches."""
+    """A repository that shows only one mission's branches, and takes a pushed pack
+    whole or not at all."""
 
     def __init__(self, served: Served) -> None:
         super().__init__(served.path)
         self.served = served
+        store = self.object_store
+        if isinstance(store, DiskObjectStore):
+            store.add_thin_pack = functools.partial(_add_thin_pack_or_nothing, store)  # type: ignore[method-assign]
 
     def get_refs(self) -> dict[Ref, ObjectID]:
         return {ref: sha for ref, sha in super().get_refs().items() if self.served.visible(ref)}
@@ -133,8 +254,12 @@ class MissionBackend(Backend):
     """``/<mission id>`` → that mission's repository, as the request's attempt may see it
     (the application has checked the attempt and the mission before)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_push_bytes: int | None = None, max_object_bytes: int | None = None
+    ) -> None:
         self._opened = threading.local()
+        self.max_push_bytes = max_push_bytes
+        self.max_object_bytes = max_object_bytes
 
     def open_repository(self, path: str | bytes) -> BackendRepo:
         served: Served | None = getattr(self._opened, "served", None)
@@ -176,10 +301,22 @@ class ScopedUploadPack(UploadPackHandler):
 
 
 class TaskBranchReceivePack(ReceivePackHandler):
-    """receive-pack that only moves an existing task branch forward, without hooks."""
+    """receive-pack that only moves an existing task branch forward, without hooks, and
+    takes a pack only within the backend's bounds."""
 
     def handle(self) -> None:
-        _answering_protocol_errors(self.proto, super().handle)
+        backend = self.backend
+        assert isinstance(backend, MissionBackend)
+        _receiving.max_object_bytes = backend.max_object_bytes
+        try:
+            _answering_protocol_errors(self.proto, super().handle)
+        finally:
+            _receiving.max_object_bytes = None
+
+    def _receive_max_input_size(self) -> int | None:
+        backend = self.backend
+        assert isinstance(backend, MissionBackend)
+        return backend.max_push_bytes
 
     def capabilities(self) -> Iterable[bytes]:
         return [c for c in super().capabilities() if c != CAPABILITY_DELETE_REFS]
@@ -256,10 +393,17 @@ class _Closing:
 class GitHttpApp:
     """The WSGI application: authentication and routing around dulwich's."""
 
-    def __init__(self, lookup: Lookup, tokens: PushTokens) -> None:
+    def __init__(
+        self,
+        lookup: Lookup,
+        tokens: PushTokens,
+        *,
+        max_push_bytes: int | None = None,
+        max_object_bytes: int | None = None,
+    ) -> None:
         self._lookup = lookup
         self._tokens = tokens
-        self._backend = MissionBackend()
+        self._backend = MissionBackend(max_push_bytes, max_object_bytes)
         self._git = LimitedInputFilter(
             GunzipFilter(HTTPGitApplication(self._backend, handlers=HANDLERS))
         )

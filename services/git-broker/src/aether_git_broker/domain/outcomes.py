@@ -80,7 +80,7 @@ class MergeOutcome:
     # Files both sides had changed, merged line by line.
     lines_merged: tuple[str, ...] = ()
     # Why a ``conflict`` was refused (``MergeConflicted.refusal``): ``conflict``,
-    # ``unsafe_paths``, ``conflict_markers`` or ``missing_commit``.
+    # ``unsafe_paths``, ``conflict_markers``, ``missing_commit`` or ``too_large``.
     refusal: str = ""
     # ``withheld`` after a verification the cancel stopped: what it said (its account and
     # output, as a failed verification's ``detail``).

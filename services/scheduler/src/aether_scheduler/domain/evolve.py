@@ -230,6 +230,11 @@ _REFUSED_OPENING = {
         "Your previous attempt's commit was not merged: it has paths no checkout may "
         "write. Start from the current integration head and leave those paths out:"
     ),
+    "too_large": (
+        "Your previous attempt's commit was not merged: it holds more than the git broker "
+        "merges from one task (too many files, a file too large, or directories nested too "
+        "deep). Start from the current integration head and keep the change small:"
+    ),
     "missing_commit": (
         "Your previous attempt's commit could not be merged: the git broker did not find "
         "it. Start from the current integration head and commit your work again:"
