@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import pytest
 from dulwich import porcelain
 from dulwich.repo import Repo
 from playwright.async_api import TimeoutError as PlaywrightTimeout
@@ -57,14 +58,37 @@ E = TypeVar("E", bound=Event)
 
 async def goto(page: Any, url: str) -> None:
     """``page.goto``, asked again when Chromium saw the host's interfaces change as it
-    loaded (``ERR_NETWORK_CHANGED``: other tests' container networks coming and going)."""
-    for tries in range(3):
-        try:
-            await page.goto(url)
+    loaded (``ERR_NETWORK_CHANGED``: other tests' container networks coming and going),
+    whether the page itself failed (``goto`` raises) or one of the board's files did:
+    ``goto`` then returns, the board's scripts do not run, and the page stays blank (a
+    sign-in's ``fill`` waited its whole 30 s for a field never drawn). A board file that
+    failed otherwise fails the test here, by name."""
+    failed: list[tuple[str, str]] = []
+
+    def note(request: Any) -> None:
+        failed.append((request.url, request.failure or ""))
+
+    page.on("requestfailed", note)
+    try:
+        for tries in range(3):
+            failed.clear()
+            try:
+                await page.goto(url)
+            except Exception as error:
+                if "ERR_NETWORK_CHANGED" not in str(error) or tries == 2:
+                    raise
+                continue
+            if tries < 2 and any("ERR_NETWORK_CHANGED" in why for _, why in failed):
+                continue
+            files = [
+                f"{where}: {why}"
+                for where, why in failed
+                if "/board/static/" in where and "ERR_ABORTED" not in why
+            ]
+            assert not files, "the board's page loaded without its files:\n" + "\n".join(files)
             return
-        except Exception as error:
-            if "ERR_NETWORK_CHANGED" not in str(error) or tries == 2:
-                raise
+    finally:
+        page.remove_listener("requestfailed", note)
 
 
 async def signed_in(browser: Any, server: GatewayServer, token: str = ADMIN_TOKEN) -> Any:
@@ -894,3 +918,17 @@ async def test_the_task_page_says_where_transcript_entries_are_missing(
     await expect(gaps).to_have_text(
         ["1 entry missing: the telemetry stream dropped it before the gateway stored it"]
     )
+
+
+async def test_a_board_page_that_loads_without_one_of_its_files_fails_by_name(
+    gateway_server: GatewayServer, browser: Any
+) -> None:
+    # A script the board imports lost on the way: the page still "loads", blank.
+    page = await browser.new_page()
+    await page.route("**/static/js/dom.js", lambda route: route.abort("internetdisconnected"))
+    with pytest.raises(AssertionError, match=r"/board/static/js/dom\.js: net::ERR_INTERNET_DIS"):
+        await goto(page, gateway_server.base_url + "/board/")
+    await page.unroute("**/static/js/dom.js")
+    await goto(page, gateway_server.base_url + "/board/")
+    await page.fill("#token", ADMIN_TOKEN)
+    # The failed load's console line is not a script error of the board's.

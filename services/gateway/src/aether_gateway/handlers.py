@@ -17,6 +17,7 @@ from aether_events import (
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
     Event,
+    entries_of,
     mission_subject,
     replay,
 )
@@ -42,6 +43,16 @@ Folded = list[tuple[Event, int]]
 # and how many runs the stream is read ahead of the one being written.
 CATCH_UP_RUN = 500
 READ_AHEAD = 2
+# Telemetry handed to the live runs and not folded yet (transcript entries, each
+# counted; any other telemetry event as one), past which a telemetry delivery keeps its
+# message until it is folded, so the consumer delivers no more telemetry meanwhile. The
+# consumer lets ``LIVE_RUN`` messages be in flight, and a runner sends at most 64 entries
+# in one, but an attempt's credential publishes what it likes: up to the server's
+# largest message, thousands of entries each. Without a bound, a mission event delivered
+# after a flood waited for all of it (20,000 entries: about 40 s on a loaded 2-core
+# machine, docs/benchmarks.md), and every query meanwhile for ``settled``. With it, a
+# mission event waits for this many entries and one message at most.
+TELEMETRY_BACKLOG = 1024
 
 
 def _collect(pending: Folded, event: Event, sequence: int) -> Folded:
@@ -90,7 +101,10 @@ class Projector:
     mission events: ``aether mission logs -f`` reads an attempt's transcript from the read
     model and stops at the mission's end, so a transcript entry delivered before the
     mission's last events must not be folded after them. Sharing the queue lets
-    telemetry wait for company as mission events do (folded alone, it could not)."""
+    telemetry wait for company as mission events do (folded alone, it could not). How
+    much telemetry waits there is bounded by its transcript entries
+    (``TELEMETRY_BACKLOG``), not only by the consumer's messages in flight: a flood an
+    attempt publishes delays the mission events delivered after it by that much."""
 
     def __init__(
         self,
@@ -117,6 +131,10 @@ class Projector:
         self.refold_due = False
         # Telemetry messages the stream dropped before this gateway's start read them.
         self.telemetry_lost = 0
+        # Telemetry handed to the runs and not folded yet (``TELEMETRY_BACKLOG``), and
+        # how many deliveries kept their message until folded (for tests).
+        self.telemetry_backlog = 0
+        self.telemetry_held = 0
 
     async def on_event(self, event: Event, delivery: Delivery) -> None:
         """The mission consumer's handler: fold the event (a second delivery is a no-op)."""
@@ -124,9 +142,20 @@ class Projector:
         await _released(folding, delivery)
 
     async def on_telemetry(self, event: Event, delivery: Delivery) -> None:
-        """The telemetry consumer's handler: fold a heartbeat or a progress report."""
+        """The telemetry consumer's handler: fold a heartbeat, a progress report or
+        transcript entries; past ``TELEMETRY_BACKLOG``, its message is released only
+        once it is folded."""
+        weight = max(len(entries_of(event)), 1)
         folding = self.runs.submit(("telemetry", Incoming.of_event(event, delivery.sequence)))
-        await _released(folding, delivery)
+        self.telemetry_backlog += weight
+        try:
+            if self.telemetry_backlog > TELEMETRY_BACKLOG:
+                self.telemetry_held += 1
+                await folding
+            else:
+                await _released(folding, delivery)
+        finally:
+            self.telemetry_backlog -= weight
 
     async def _fold_run(self, run: list[tuple[Stream, Incoming]]) -> None:
         """Fold a run's telemetry, then its mission events, each stream in the order its
