@@ -318,6 +318,30 @@ async def test_a_long_streamed_reply_is_cut_off_when_its_spending_passes_the_cap
     await until(lambda: s.server.streams_cut == 1, timeout=30)
 
 
+async def test_a_reply_read_in_bunches_is_cut_at_its_first_usage_past_the_cap(
+    served: Any,
+) -> None:
+    """The same reply written all at once: the endpoint reads many of its events in one
+    chunk (as a loaded machine does), and still counts the first usage past the cap and
+    passes nothing after it, not the chunk's last usage."""
+    pieces = 2_000
+    burst = Reply(
+        [text_block("x" * pieces)], input_tokens=1_000, output_tokens=200_000, pieces=pieces
+    )
+    cap = 0.5
+    s = await served(Limits(max_cost_usd=cap), lambda r: burst)
+    pieces_received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as cut:
+        await s.stream("write", pieces_received)
+    body: Any = cut.value.body
+    assert "the reply was cut off" in body["error"]["message"]
+    expected = _first_past(cap, 1_000, 200_000, pieces)
+    assert s.told.calls == [(1, expected)]
+    assert s.meter.usage == expected
+    # Passed on: the text up to that usage, none after it.
+    assert len("".join(pieces_received)) <= expected.output_tokens * pieces // 200_000
+
+
 async def test_a_call_under_way_is_cut_off_when_another_passes_the_limit(served: Any) -> None:
     """One whole call waits at the model while a long stream passes the token limit: both
     end then (the waiting one with a ``403``), and only what was reported counts."""

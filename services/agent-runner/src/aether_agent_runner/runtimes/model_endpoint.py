@@ -336,17 +336,21 @@ class ModelEndpoint:
         pending = b""
         async for chunk in reply.aiter_raw():
             pending += chunk
-            end = max(_after(pending, b"\n\n"), _after(pending, b"\r\n\r\n"))
-            if not end:
-                continue
-            events, pending = pending[:end], pending[end:]
-            passed = None
-            if b"usage" in events:
-                reader.feed(events)
-                passed = self.meter.progress(call, reader.usage)
-            await response.write(events)
-            if passed is not None and not reader.stopped:
-                return passed
+            # One chunk may hold many events (a loaded machine reads them in bunches):
+            # each usage is given to the meter in turn, and the reply is cut right after
+            # the first past a limit, not at the chunk's last.
+            start = 0
+            while end := _event_end(pending, start):
+                if pending.find(b"usage", start, end) >= 0:
+                    reader.feed(pending[start:end])
+                    passed = self.meter.progress(call, reader.usage)
+                    if passed is not None and not reader.stopped:
+                        await response.write(pending[:end])
+                        return passed
+                start = end
+            if start:
+                await response.write(pending[:start])
+                pending = pending[start:]
         if pending:
             reader.feed(pending)
             await response.write(pending)
@@ -355,10 +359,11 @@ class ModelEndpoint:
         return None
 
 
-def _after(data: bytes, separator: bytes) -> int:
-    """Where the last ``separator`` in ``data`` ends; 0: none."""
-    at = data.rfind(separator)
-    return at + len(separator) if at >= 0 else 0
+def _event_end(data: bytes, start: int) -> int:
+    """Where the first whole event in ``data`` from ``start`` ends (past the blank line
+    that ends it); 0: none is whole yet."""
+    ends = [at + len(end) for end in (b"\n\n", b"\r\n\r\n") if (at := data.find(end, start)) >= 0]
+    return min(ends) if ends else 0
 
 
 def _over(call: Call | None) -> None:
