@@ -225,3 +225,38 @@ def test_the_attempt_caps_are_settings_with_defaults() -> None:
     assert set_.limits.attempt_files is None
     with pytest.raises(ValueError, match="AETHER_SANDBOX_ATTEMPT_DISK_MB"):
         SandboxSettings.from_env({"AETHER_SANDBOX_ATTEMPT_DISK_MB": "lots"})
+
+
+async def test_write_file_calls_hidden_by_space_freed_elsewhere_still_end_at_the_cap(
+    tmp_path: Path,
+) -> None:
+    """The file system's counts, which spare a walk after a file tool, show what the
+    whole file system lost: space freed elsewhere on it at the same time hid the file
+    tools' writes, and the attempt went on past its cap. What the file tools wrote is
+    now counted on its own."""
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    ballast = tmp_path / "elsewhere.bin"  # another mission's worktree, say, soon removed
+    ballast.write_bytes(b"b" * 96 * MIB)
+    limits = Limits(attempt_disk_bytes=5 * MIB)
+    tools = ToolBox(
+        Workspace(worktree),
+        CommandPolicy(None, timeout_seconds=60, output_chars=8000, check_paths=False),
+        limits=limits,
+    )
+    chunk = "z" * MIB
+    results = []
+    try:
+        for n in range(12):
+            result = await tools.call("write_file", {"path": f"w{n}.txt", "content": chunk})
+            results.append(result)
+            if n == 0:
+                ballast.unlink()  # 96 MiB freed on the same file system
+            if result.is_error:
+                break
+    finally:
+        tools.close()
+    assert results[-1].is_error, "the file tools wrote 12 MiB past a cap of 5"
+    assert "went over its disk cap" in results[-1].content
+    assert len(results) <= 7, len(results)
+    assert tools.over_disk is not None

@@ -5,6 +5,7 @@ its standard input and output by the runner as the protocol's client."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from aether_events import (
     UsageRecorded,
 )
 from aether_llm import load_prices
+from aether_sandbox import MIB, Limits, SandboxSettings
 
 from .test_command_runtime import needs_sandbox
 from .test_processes import runners  # noqa: F401 - the fixture is used by name
@@ -187,6 +189,13 @@ class Agent:
             os._exit(4)
         if MODE == "hang":
             await asyncio.sleep(600)
+        if MODE == "fill":  # into the worktree itself, far past the attempt's disk cap
+            with open(os.path.join(self.cwd, "fill.bin"), "wb") as out:
+                for _ in range(300):
+                    out.write(b"x" * (1 << 20)); out.flush()
+                    await asyncio.sleep(0.03)
+            open(os.path.join(os.environ["HOME"], "filler.finished"), "w").close()
+            return schema.PromptResponse(stop_reason="end_turn")
         if MODE == "terminal":
             said = await self.terminals(session_id)
             await self.conn.session_update(
@@ -597,3 +606,46 @@ async def test_an_acp_session_that_cannot_be_loaded_starts_fresh_from_the_base_a
     assert [p.last_action for p in progress] == [notice, "Write part1.txt", "Write part2.txt"]
     # Counted on from the journal: the lost run's one tool call, then the notice.
     assert [p.tool_calls for p in progress] == [2, 3, 4]
+
+
+@needs_sandbox
+async def test_an_acp_agent_that_writes_past_the_attempts_disk_cap_is_stopped_while_it_runs(
+    tmp_path: Path,
+    acp_spec: Any,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """Under every limit of its sandbox but the attempt's disk cap, the agent is stopped
+    while it writes, not when it ends; the attempt fails, not to be retried, naming the
+    cap, and what it wrote is gone from the worktree."""
+    sandbox = SandboxSettings(limits=Limits(attempt_disk_bytes=8 * MIB))
+    await start(
+        acp_spec("fill"),
+        task_repo,
+        model,
+        start_runner,
+        publish,
+        mission_id,
+        workspace_ready,
+        sandbox=sandbox,
+    )
+    failed = await events.first(AgentFailed, timeout=120)
+
+    assert "went over its disk cap" in failed.reason, failed.reason
+    assert not failed.retryable
+    # Before, it wrote its 300 MiB and ended its turn; only then was the cap checked.
+    assert list(tmp_path.rglob("filler.finished")) == []
+    assert not (task_repo.worktree / "fill.bin").exists()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored"],
+        cwd=task_repo.worktree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout == ""

@@ -25,7 +25,7 @@ import pytest
 
 from aether_events import AgentCompleted, AgentFailed
 from aether_llm import text_block, tool_use_block
-from aether_sandbox import Limits
+from aether_sandbox import MIB, Limits, SandboxSettings
 from aether_sandbox.cgroups import Cgroup
 from aether_sandbox.program import ProgramLimits
 
@@ -216,3 +216,60 @@ def test_without_a_cgroup_the_cli_starts_under_rlimits_a_js_runtime_tolerates(
     )
     assert done.returncode == 0, done.stderr
     assert "Claude Code" in done.stdout
+
+
+# A stand-in for a CLI whose own file tools fill the disk: it writes into the worktree
+# (its working directory) a mebibyte at a time, far past the attempt's disk cap but under
+# every other limit, then leaves a mark in its home (which the clean-up does not touch)
+# and waits to be ended.
+FILLER = """\
+import os, sys, time
+with open("fill.bin", "wb") as out:
+    for _ in range(300):
+        out.write(b"x" * (1 << 20)); out.flush()
+        time.sleep(0.03)
+open(os.path.join(os.environ["HOME"], "filler.finished"), "w").close()
+time.sleep(600)
+"""
+
+
+@needs_sandbox
+async def test_a_cli_that_writes_past_the_attempts_disk_cap_is_stopped_while_it_runs(
+    tmp_path: Path,
+    task_repo: Any,
+    model: Callable[..., Any],
+    start_runner: Callable[..., Any],
+    publish: Callable[..., Any],
+    events: Any,
+    mission_id: str,
+    workspace_ready: Callable[..., Any],
+) -> None:
+    """The attempt's disk cap holds while the CLI runs, not only once it ends: its
+    process tree is stopped before it has written all it meant to, the attempt fails,
+    not to be retried, naming the cap, and what it wrote is gone from the worktree."""
+    directory = tmp_path / "cli"
+    directory.mkdir()
+    cli = directory / "claude"
+    cli.write_text(f"#!{sys.executable}\n" + FILLER)
+    cli.chmod(0o755)
+    scripted = model({"t1": [turn(text_block("never asked"))]})
+    sandbox = SandboxSettings(limits=Limits(attempt_disk_bytes=8 * MIB))
+    await start_runner(scripted, runtime="claude-code", claude_code_cli=str(cli), sandbox=sandbox)
+    await publish(workspace_ready(task_repo, mission_id))
+    failed = await events.first(AgentFailed, timeout=120)
+
+    assert "went over its disk cap" in failed.reason, failed.reason
+    assert "AETHER_SANDBOX_ATTEMPT_DISK_MB" in failed.reason
+    assert not failed.retryable
+    # Before, the CLI wrote its 300 MiB, and only its end was checked.
+    assert list(tmp_path.rglob("filler.finished")) == []
+    assert processes_in(task_repo.worktree) == []
+    assert not (task_repo.worktree / "fill.bin").exists()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored"],
+        cwd=task_repo.worktree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout == ""

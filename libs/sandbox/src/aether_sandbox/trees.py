@@ -137,3 +137,39 @@ def _enter(frames: list[tuple[int, int, AnyStr, list[AnyStr]]], parent: int, nam
         raise
     names: list[AnyStr] = [os.fsencode(n) if isinstance(name, bytes) else n for n in listed]
     frames.append((fd, parent, name, names))
+
+
+def remove_changed(root: str | os.PathLike[str], since_ns: int, keep: tuple[str, ...] = ()) -> int:
+    """Remove every entry below ``root`` made or changed since ``since_ns`` (its ctime:
+    a directory whole, whatever modes were left on it), what a disk watch counted as
+    written, but ``keep`` (names directly in ``root``). Older directories are searched
+    for such entries, through descriptors that follow no link. Returns how many entries
+    were removed (a directory counting once)."""
+    removed = 0
+    stack = [open_dir(os.fspath(root))]
+    top = stack[0]
+    try:
+        while stack:
+            fd = stack.pop()
+            try:
+                names = os.listdir(fd)
+                for name in names:
+                    if fd == top and name in keep:
+                        continue
+                    try:
+                        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if info.st_ctime_ns >= since_ns:
+                        removed += _remove_at(fd, name)
+                    elif stat.S_ISDIR(info.st_mode):
+                        with contextlib.suppress(OSError):
+                            stack.append(open_dir(name, fd, OWNER_ALL))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    finally:
+        for fd in stack:
+            os.close(fd)
+    return removed

@@ -27,6 +27,7 @@ from dulwich.repo import Repo
 from aether_agent_runner import metrics
 from aether_agent_runner.adapters.commands import CommandPolicy
 from aether_agent_runner.adapters.conversation import Conversation, identity
+from aether_agent_runner.adapters.disk_cap import clear_excess, run_watched
 from aether_agent_runner.adapters.git import (
     CommitLimits,
     CommitRefused,
@@ -128,6 +129,13 @@ class Reporter:
         self._interval = interval
         self._monotonic = monotonic
         self._last = monotonic()
+        # The latest step's counts, reported or not (what an attempt stopped from outside
+        # its runtime had done).
+        self.latest: Progress | None = None
+
+    def last(self) -> Progress | None:
+        """The latest step's progress the runtime told of, if any."""
+        return self.latest
 
     async def model_called(self, turn: int, usage: Usage) -> None:
         ready = self._ready
@@ -135,6 +143,7 @@ class Reporter:
         await self._emit(decide.usage_recorded(ready, self._clock(), turn, usage, offline))
 
     async def progressed(self, progress: Progress, *, always: bool = False) -> None:
+        self.latest = progress
         now = self._monotonic()
         if not always and now - self._last < self._interval:
             return
@@ -546,16 +555,23 @@ class Attempts:
             fresh=fresh,
         )
         began = time.monotonic()
+        # The built-in loop writes only through the toolbox, which checks the disk cap
+        # after each call; any other runtime's agent writes on its own while it runs, so
+        # it runs beside the attempt's disk watch, stopped once the attempt is over it.
+        exact = runtime.name != BUILTIN
         try:
-            outcome = await runtime.run(job)
+            if exact:
+                outcome = await run_watched(lambda: runtime.run(job), toolbox, reporter.last)
+            else:
+                outcome = await runtime.run(job)
         finally:
             toolbox.close()
         metrics.ATTEMPT_TURNS.observe(outcome.turns)
         # Whatever the runtime (a CLI's own file tools, an ACP agent's writes too), an
         # attempt over its disk cap is not committed, nor tried again: it would only
         # fill the disk again. The built-in loop's writes were checked as they came (a
-        # walk after each command), so the file system's counts, asked inline, suffice.
-        exact = runtime.name != BUILTIN
+        # walk after each command; the file tools' writes counted), so the file system's
+        # counts and the file tools' own, asked inline, suffice.
         over_disk = (
             await asyncio.to_thread(toolbox.check_disk, exact)
             if exact or toolbox.disk_may_be_over()
@@ -564,6 +580,13 @@ class Attempts:
         if over_disk is not None:
             outcome = dataclasses.replace(
                 outcome, finished=False, reason=over_disk, retryable=False
+            )
+            # Nothing of the agent runs any more (its runtime has returned, its
+            # commands' sandbox is closed): what it wrote goes, the excess with it.
+            since = toolbox.attempt_disk().since_ns
+            removed = await asyncio.to_thread(clear_excess, git, ready.base_sha, since)
+            log.warning(
+                "removed what the attempt over its disk cap wrote", extra={"entries": removed}
             )
         if not outcome.finished:
             metrics.RESULTS.labels("ended").inc()

@@ -267,7 +267,10 @@ class ToolBox:
         """The attempt's disk watch (started with the toolbox's first call)."""
         if self._attempt_disk is None:
             self._attempt_disk = DiskWatch.of_attempt(
-                self.workspace.root, self.command_limits(), self._disk_since_ns
+                self.workspace.root,
+                self.command_limits(),
+                self._disk_since_ns,
+                known=self.workspace.written,
             )
         return self._attempt_disk
 
@@ -275,6 +278,23 @@ class ToolBox:
         """Whether the attempt may be over its disk cap (already found over, or the file
         system's counts say it may be): asked inline, it costs a ``statvfs``."""
         return self.over_disk is not None or self.attempt_disk().may_be_over()
+
+    async def watch_disk(self, interval: float = 0.25) -> str:
+        """Until the attempt goes over its disk cap (then why): for an agent that writes
+        into the worktree on its own while it runs (a CLI's file tools, an ACP agent).
+        Every ``interval`` the file system's counts, inline; a walk, in a worker thread,
+        when they say it may be over (at most every half second, or ten times a walk's
+        length), and now and then whatever they say (``DiskWatch.due``), which space
+        freed elsewhere could hide writes from."""
+        watch = self.attempt_disk()
+        while True:
+            await asyncio.sleep(interval)
+            since = time.monotonic() - watch.walked_at
+            due = watch.due()
+            if due or (since >= max(0.5, 10 * watch.walk_seconds) and self.disk_may_be_over()):
+                reason = await asyncio.to_thread(self.check_disk, due)
+                if reason is not None:
+                    return reason
 
     def check_disk(self, exact: bool = True) -> str | None:
         """Why the attempt has written more into its worktree than it may, or ``None``;
@@ -346,8 +366,9 @@ class ToolBox:
         finally:
             metrics.TOOL_SECONDS.labels(tool).observe(time.perf_counter() - began)
             # After a command, a walk (what it wrote is not known otherwise); after a file
-            # tool, whose writes are bounded on their own, the file system's counts first,
-            # inline: no thread hop on a task's path unless they say it may be over.
+            # tool, whose writes are bounded on their own, the file system's counts and
+            # what the file tools wrote first, inline: no thread hop on a task's path
+            # unless they say it may be over.
             if name == "run_command":
                 await asyncio.to_thread(self.check_disk)
             elif name in WRITING_TOOLS and self.disk_may_be_over():

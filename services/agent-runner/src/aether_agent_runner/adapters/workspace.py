@@ -31,6 +31,9 @@ MAX_LIST_ENTRIES = 400
 BINARY_SNIFF_BYTES = 8192
 # A file larger than this is not read whole into the agent's memory.
 MAX_FILE_BYTES = 20_000_000
+# The block a file's size is counted in, rounded up (what ``st_blocks`` shows on most
+# file systems).
+_BLOCK = 4096
 
 
 class ToolError(Exception):
@@ -45,6 +48,15 @@ class Workspace:
         # one cut short counts too), as root-relative components.
         self.touched: set[tuple[str, ...]] = set()
         self.tree = Tree(str(self.root))
+        # What the writes put on disk at most so far (bytes in whole blocks, entries made),
+        # for the attempt's disk cap: counted here, it is not hidden by space freed
+        # elsewhere on the same file system.
+        self.written_bytes = 0
+        self.written_entries = 0
+
+    def written(self) -> tuple[int, int]:
+        """Bytes and entries the writes made at most so far (``DiskWatch``'s ``known``)."""
+        return self.written_bytes, self.written_entries
 
     # --- confinement --------------------------------------------------------------
 
@@ -295,6 +307,10 @@ class Workspace:
 
     def _replace(self, target: Resolved, data: bytes) -> None:
         """Write ``data`` to ``target`` through a fresh temporary file, keeping its mode."""
+        # Counted before it begins (one cut short wrote some of it): its blocks and one
+        # more, and the file with each directory on its way (made if missing).
+        self.written_bytes += -(-len(data) // _BLOCK) * _BLOCK + _BLOCK
+        self.written_entries += len(target.parts)
         try:
             self.tree.replace(target, data)
         except FileExistsError:
