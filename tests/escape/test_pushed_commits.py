@@ -127,7 +127,10 @@ async def test_a_push_over_the_brokers_bound_is_refused_and_leaves_no_temporary_
     pushed = [run_git(clone, "push", "origin", f"HEAD:{mine.branch}") for _ in range(3)]
 
     assert all(p.returncode != 0 for p in pushed)
-    assert "pack exceeds maximum input size" in pushed[0].stderr
+    # The refusal is sent as the bound is passed, while git still sends the rest: it
+    # reads the answer, or (its send cut first) says the remote end hung up.
+    said = pushed[0].stderr
+    assert "pack exceeds maximum input size" in said or "remote end hung up" in said, said
     assert git(linked.repo, "rev-parse", mine.branch) == mine.base_sha
     assert temporary_packs(linked.repo) == []  # dulwich's own left each one behind
 
