@@ -845,7 +845,8 @@ async def main() -> int:
     parser.add_argument(
         "--profile-cpu",
         action="store_true",
-        help="with --profile, time functions by CPU time instead of the wall clock",
+        help="with --profile, time functions by the event loop thread's CPU time instead of"
+        " the wall clock",
     )
     parser.add_argument(
         "--pause-gateway",

@@ -2,8 +2,10 @@
 
     python bench/profiled.py [--cpu] <out.prof> -m <module>
 
-``--cpu`` times the functions by the process's CPU time instead of the wall clock: on a
-loaded machine, wall time charges a function for the time other processes ran.
+``--cpu`` times the functions by the CPU time of the thread they run in (the profiled
+thread is the main one, the event loop's) instead of the wall clock: on a loaded machine,
+wall time charges a function for the time other processes ran, and the process's CPU
+time for what its worker threads ran meanwhile.
 
 ``python -m cProfile`` writes nothing for a server stopped with SIGTERM: uvicorn handles
 the signal, shuts down, then raises it again with the default handler, which ends the
@@ -29,7 +31,7 @@ def main() -> None:
     out, module = args[0], args[2]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sys.argv = [module]
-    profile = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time) if cpu else cProfile.Profile()
     profile.enable()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
