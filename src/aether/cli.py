@@ -304,6 +304,14 @@ def _stack_parsers(sub: Any) -> None:
         help="gateway on this port, the other services on the next four (default 8100; "
         "0 picks free ports)",
     )
+    up.add_argument(
+        "--event-id-secret",
+        choices=("home", "environment"),
+        default="",
+        help="when AETHER_EVENT_ID_SECRET is another than the secret the home keeps (up "
+        "refuses then: the services' event ids would change): start with the home's, or "
+        "with the environment's and keep it in the home from now on",
+    )
     up.add_argument("--verbose", action="store_true", help="echo every service log line")
     up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # the default now
     up.set_defaults(run=_up)
@@ -581,7 +589,12 @@ def _offline_banner() -> None:
 def _up(args: argparse.Namespace) -> int:
     from aether.localstack import up
 
-    result: int = up(_stack_home(args), port_base=args.port_base, verbose=args.verbose)
+    result: int = up(
+        _stack_home(args),
+        port_base=args.port_base,
+        verbose=args.verbose,
+        event_id_source=args.event_id_secret,
+    )
     return result
 
 
