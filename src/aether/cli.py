@@ -285,6 +285,33 @@ def _port_base(text: str) -> int:
     return value
 
 
+def _budget(text: str) -> float:
+    """``--budget``: an amount of US dollars above 0 (the gateway's refusal named its own
+    field, ``budget_usd``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an amount: give US dollars, e.g. --budget 2.50"
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a budget: give US dollars above 0, e.g. --budget 2.50"
+        )
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    """A count of at least 1 (``--concurrency``, ``--max-tasks``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is too few: give 1 or more")
+    return value
+
+
 def _stack_parsers(sub: Any) -> None:
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
@@ -378,9 +405,13 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--base",
         help="base branch (default: the repository's current branch; a URL's default branch)",
     )
-    submit.add_argument("--budget", type=float, help="budget in USD")
-    submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
-    submit.add_argument("--max-tasks", type=int, help="most tasks the plan may have")
+    submit.add_argument(
+        "--budget", type=_budget, help="budget in USD (default: the gateway's, $5 locally)"
+    )
+    submit.add_argument(
+        "--concurrency", type=_at_least_one, default=4, help="tasks at once (default 4)"
+    )
+    submit.add_argument("--max-tasks", type=_at_least_one, help="most tasks the plan may have")
     submit.add_argument("--model", action="append", metavar="TIER=MODEL", help="model override")
     submit.add_argument(
         "--auto-approve",
