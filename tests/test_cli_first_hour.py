@@ -306,3 +306,56 @@ def test_every_option_and_argument_of_every_command_has_help() -> None:
         and not (action.help or "").strip()
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize("ref", ["", "  ", "../x", "m x", "m-1/2"])
+def test_a_mission_argument_that_cannot_be_an_id_is_a_sentence_before_anything_is_sent(
+    ref: str, capsys
+) -> None:
+    """An empty mission argument asked for the missions' list as if it were one mission
+    and crashed on it (a traceback); a path-like one read "error: Not Found". Refused
+    before anything is sent: the gateway here is a closed port."""
+    for command in (["mission", "show", ref], ["mission", "logs", ref, "t1"]):
+        assert main(["--url", _closed_url(), "--token", "t", *command]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {ref!r} is not a mission id: give its id (m-…), a unique start of one, "
+            "or @last (the newest); `aether mission list` lists them\n"
+        ), err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--budget", "-3", "argument --budget: -3 is not a budget: give US dollars above 0"),
+        ("--budget", "0", "argument --budget: 0 is not a budget"),
+        ("--budget", "nan", "argument --budget: nan is not a budget"),
+        ("--budget", "abc", "argument --budget: 'abc' is not an amount: give US dollars"),
+        ("--concurrency", "0", "argument --concurrency: 0 is too few: give 1 or more"),
+        ("--max-tasks", "-1", "argument --max-tasks: -1 is too few: give 1 or more"),
+    ],
+)
+def test_submits_numbers_are_checked_and_named_as_options_not_as_the_apis_fields(
+    option: str, value: str, said: str, capsys
+) -> None:
+    """They were sent and refused by the gateway under its own field names
+    ("invalid request (max_concurrency: must be at least 1)")."""
+    with pytest.raises(SystemExit) as ended:
+        _parser().parse_args(["mission", "submit", "--repo", ".", "x", option, value])
+    assert ended.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_model_override_of_a_tier_that_does_not_exist_names_the_tiers(
+    tmp_path: Path, capsys
+) -> None:
+    """It read "invalid request (body: Invalid enum value 'huge' - at `key` in
+    `$.model_overrides`)"; now refused before anything is sent."""
+    repo = tmp_path / "repo"
+    create_sample_repository(repo)
+    argv = ["--url", _closed_url(), "--token", "t", "mission", "submit", "--repo", str(repo)]
+    assert main([*argv, "x", "--model", "huge=claude-x"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --model takes a tier of small, standard or complex, not 'huge' "
+        "(e.g. --model complex=claude-opus-4-1)\n"
+    )

@@ -139,6 +139,8 @@ def mission_logs(
     if not args.follow or ended:
         if not printer.printed and not args.json:
             print(f"no agent activity for {what} of {args.mission_id} yet")
+        if args.follow:
+            say_the_end(gateway, args)  # nothing to follow: say why it stops at once
         return 0
     if not printer.printed and not args.json:
         # Else a follow with nothing to show yet is a silent wait, maybe a long one.
@@ -171,7 +173,23 @@ def mission_logs(
     for event in stream:
         printer.show(event.event, event.data)
         if event.event in TERMINAL:
+            say_the_end(gateway, args)
             return 0
     # The mission ended while the stream was away: what it stored meanwhile is listed.
     listed()
+    say_the_end(gateway, args)
     return 0
+
+
+def say_the_end(gateway: GatewayClient, args: argparse.Namespace) -> None:
+    """A follow that stops because the mission ended says so, and what to run next
+    (it stopped without a word, which read like a dropped connection)."""
+    if args.json:
+        return
+    mission = args.mission_id
+    status = str(gateway.show(mission)["status"])
+    if status == "completed":
+        then = f"`aether mission diff {mission}` shows what it changed"
+    else:
+        then = f"`aether mission show {mission}` says why"
+    print(f"{mission} {status.replace('_', ' ')}: {then}", file=sys.stderr, flush=True)

@@ -55,7 +55,12 @@ from psycopg.rows import dict_row
 from aether import archive, supervise
 from aether.archive import ArchiveError, Message, StreamPart, Token
 from aether.commands import UsageError
-from aether.credentials import EVENT_ID_SECRET_FILE, event_id_fingerprint, write_private
+from aether.credentials import (
+    EVENT_ID_SECRET_FILE,
+    event_id_fingerprint,
+    given_event_id_secret,
+    write_private,
+)
 from aether.render import counted
 from aether_events import ALL_MISSION_EVENTS, MISSIONS_STREAM
 from aether_events.replay import stored_batches
@@ -96,13 +101,10 @@ class EventIdKey:
 def _given_secret() -> str | None:
     """``AETHER_EVENT_ID_SECRET``, else the file ``AETHER_EVENT_ID_SECRET_FILE`` names, as
     the services and ``aether up`` read it; ``None`` when neither is set."""
-    secret = os.environ.get(SECRET_ENV, "").strip()
-    if not secret and (file := os.environ.get(f"{SECRET_ENV}_FILE")):
-        try:
-            secret = Path(file).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise UsageError(f"{SECRET_ENV}_FILE: {error}") from None
-    return secret or None
+    try:
+        return given_event_id_secret(os.environ) or None
+    except OSError as error:
+        raise UsageError(f"{SECRET_ENV}_FILE: {error}") from None
 
 
 def _env_key(where: str) -> EventIdKey:

@@ -285,6 +285,33 @@ def _port_base(text: str) -> int:
     return value
 
 
+def _budget(text: str) -> float:
+    """``--budget``: an amount of US dollars above 0 (the gateway's refusal named its own
+    field, ``budget_usd``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an amount: give US dollars, e.g. --budget 2.50"
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a budget: give US dollars above 0, e.g. --budget 2.50"
+        )
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    """A count of at least 1 (``--concurrency``, ``--max-tasks``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is too few: give 1 or more")
+    return value
+
+
 def _stack_parsers(sub: Any) -> None:
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
@@ -303,6 +330,14 @@ def _stack_parsers(sub: Any) -> None:
         default=None,
         help="gateway on this port, the other services on the next four (default 8100; "
         "0 picks free ports)",
+    )
+    up.add_argument(
+        "--event-id-secret",
+        choices=("home", "environment"),
+        default="",
+        help="when AETHER_EVENT_ID_SECRET is another than the secret the home keeps (up "
+        "refuses then: the services' event ids would change): start with the home's, or "
+        "with the environment's and keep it in the home from now on",
     )
     up.add_argument("--verbose", action="store_true", help="echo every service log line")
     up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # the default now
@@ -370,9 +405,13 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--base",
         help="base branch (default: the repository's current branch; a URL's default branch)",
     )
-    submit.add_argument("--budget", type=float, help="budget in USD")
-    submit.add_argument("--concurrency", type=int, default=4, help="tasks at once (default 4)")
-    submit.add_argument("--max-tasks", type=int, help="most tasks the plan may have")
+    submit.add_argument(
+        "--budget", type=_budget, help="budget in USD (default: the gateway's, $5 locally)"
+    )
+    submit.add_argument(
+        "--concurrency", type=_at_least_one, default=4, help="tasks at once (default 4)"
+    )
+    submit.add_argument("--max-tasks", type=_at_least_one, help="most tasks the plan may have")
     submit.add_argument("--model", action="append", metavar="TIER=MODEL", help="model override")
     submit.add_argument(
         "--auto-approve",
@@ -581,7 +620,12 @@ def _offline_banner() -> None:
 def _up(args: argparse.Namespace) -> int:
     from aether.localstack import up
 
-    result: int = up(_stack_home(args), port_base=args.port_base, verbose=args.verbose)
+    result: int = up(
+        _stack_home(args),
+        port_base=args.port_base,
+        verbose=args.verbose,
+        event_id_source=args.event_id_secret,
+    )
     return result
 
 

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import queue
+import re
 import shlex
 import shutil
 import sys
@@ -56,19 +57,33 @@ def target(args: argparse.Namespace) -> Target:
 def client(args: argparse.Namespace) -> GatewayClient:
     found = target(args)
     gateway = GatewayClient(found.url, token=found.token)
-    if getattr(args, "mission_id", None):
+    if getattr(args, "mission_id", None) is not None:
         args.mission_id = resolve_mission(gateway, args.mission_id)
     return gateway
 
 
+# What a mission id may hold (one subject token, ``aether_events.is_valid_token``).
+_MISSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def resolve_mission(gateway: GatewayClient, ref: str) -> str:
-    """A mission id from ``@last`` (the newest mission) or a unique prefix of one."""
+    """A mission id from ``@last`` (the newest mission) or a unique prefix of one;
+    refused with a sentence, before anything is asked, when it cannot be one (an empty
+    argument was sent as the list's own URL and crashed the command)."""
     if ref == "@last":
         newest = gateway.missions(limit=1)["missions"]
         if not newest:
-            raise UsageError("there is no mission yet")
+            raise UsageError(
+                "there is no mission yet: submit one with "
+                '`aether mission submit --repo PATH "what you want done"`'
+            )
         found: str = newest[0]["id"]
         return found
+    if not _MISSION_ID.fullmatch(ref):
+        raise UsageError(
+            f"{ref!r} is not a mission id: give its id (m-…), a unique start of one, or "
+            "@last (the newest); `aether mission list` lists them"
+        )
     if len(ref) >= 18:  # a whole id ("m-" and 16 characters): nothing to look up
         return ref
     matches: list[str] = []
@@ -103,6 +118,8 @@ def _accepted(what: str) -> Callable[[dict[str, Any]], str]:
 # The most characters a requirement, or a message to a mission, may have: the gateway's
 # limit (``CreateMission``, ``PostMessage``).
 REQUIREMENT_LIMIT = 20_000
+# The tiers a plan's tasks are given (``aether_events.Tier``), each with a model.
+TIERS = ("small", "standard", "complex")
 MESSAGE_LIMIT = 20_000
 
 
@@ -140,6 +157,14 @@ def submit(args: argparse.Namespace) -> int:
         tier, sep, model = item.partition("=")
         if not sep or not tier or not model:
             print(f"error: --model takes TIER=MODEL, not {item!r}", file=sys.stderr)
+            return 2
+        if tier not in TIERS:
+            # The gateway's answer named its own field and an "enum value".
+            print(
+                f"error: --model takes a tier of {', '.join(TIERS[:-1])} or {TIERS[-1]}, not "
+                f"{tier!r} (e.g. --model complex=claude-opus-4-1)",
+                file=sys.stderr,
+            )
             return 2
         overrides[tier] = model
     repository, base = args.repo, args.base

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
 # Where ``aether up`` keeps the secret the services' event ids are keyed with (decision
 # 0031), under its home's ``credentials/``.
 EVENT_ID_SECRET_FILE = "event-id.secret"  # noqa: S105 (a file name)
+# Where ``aether up --event-id-secret environment`` keeps the secret it replaced.
+EVENT_ID_SECRET_PREVIOUS = "event-id.secret.previous"  # noqa: S105 (a file name)
+EVENT_ID_SECRET_ENV = "AETHER_EVENT_ID_SECRET"  # noqa: S105 - its name, not its value
 # The public id whose keyed id fingerprints an event id secret: no step derives it (a
 # step's id starts from a mission id).
 _FINGERPRINT_PROBE = ("aether event id key fingerprint", 1)
@@ -34,6 +38,16 @@ def event_id_fingerprint(secret: str) -> str:
     from aether_events.ids import derived_id, keyed_id, service_id_key
 
     return keyed_id(service_id_key(secret), derived_id(*_FINGERPRINT_PROBE))
+
+
+def given_event_id_secret(env: Mapping[str, str]) -> str:
+    """The operator's event id secret in ``env`` as the services read it:
+    ``AETHER_EVENT_ID_SECRET``, else the text of the file ``AETHER_EVENT_ID_SECRET_FILE``
+    names; empty when neither is set. Raises ``OSError`` when the file cannot be read."""
+    secret = env.get(EVENT_ID_SECRET_ENV, "").strip()
+    if not secret and (file := env.get(f"{EVENT_ID_SECRET_ENV}_FILE", "").strip()):
+        secret = Path(file).read_text(encoding="utf-8").strip()
+    return secret
 
 
 def load_or_create_admin_token(home: Path) -> str:

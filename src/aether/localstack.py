@@ -578,8 +578,11 @@ def up(
     port_base: int | None = None,
     verbose: bool = False,
     out: IO[str] | None = None,
+    event_id_source: str = "",
 ) -> int:
-    """Run the stack on ``home`` until a signal; the exit code says how it went."""
+    """Run the stack on ``home`` until a signal; the exit code says how it went.
+    ``event_id_source``: which event id secret to take when the operator's is
+    another than the home's ("home" or "environment"; "" refuses, ``Stack``)."""
     from aether.stack import SERVICES, Stack
 
     out = out or sys.stdout
@@ -603,6 +606,22 @@ def up(
         lock.acquire()
         ports = supervise.plan_ports(SERVICES, port_base)
         supervise.check_ports(ports)
+        # LogEcho has the two methods the stack's log pump calls (write and flush).
+        echo = cast(IO[str], supervise.LogEcho(out, verbose))
+        # With --port-base 0 the ports are chosen here, so a service may move to another
+        # when something takes its port before it binds it.
+        stack = Stack(
+            home=home,
+            echo_logs=echo,
+            random_ports=port_base == 0,
+            event_id_source=event_id_source,
+        )
+        stack.ports = ports
+        # Before anything starts: an operator's event id secret the home does not keep is
+        # refused here, with nothing started or recorded.
+        stack.load_event_id_secret()
+        if stack.event_id_secret_note:
+            print(stack.event_id_secret_note, file=out, flush=True)
         # Children of an earlier ``up`` on this home whose reaper was killed too.
         leftovers = supervise.reap(home)
         if leftovers:
@@ -614,12 +633,6 @@ def up(
             home,
             {"pid": os.getpid(), "started_at": time.time(), "home": str(home), "processes": {}},
         )
-        # LogEcho has the two methods the stack's log pump calls (write and flush).
-        echo = cast(IO[str], supervise.LogEcho(out, verbose))
-        # With --port-base 0 the ports are chosen here, so a service may move to another
-        # when something takes its port before it binds it.
-        stack = Stack(home=home, echo_logs=echo, random_ports=port_base == 0)
-        stack.ports = ports
         previous_home = remembered_home()
         remember_home(home)
         reaper = supervise.start_reaper(home)

@@ -20,7 +20,10 @@ import httpx
 from aether import http as aether_http
 from aether import supervise
 from aether.credentials import (
+    EVENT_ID_SECRET_ENV,
     EVENT_ID_SECRET_FILE,
+    EVENT_ID_SECRET_PREVIOUS,
+    given_event_id_secret,
     load_or_create_admin_token,
     load_or_create_secret,
     write_private,
@@ -137,6 +140,10 @@ class Stack:
     # The embedded NATS server's HTTP monitoring port (``/connz``, ``/varz``: what each
     # connection sent and received); 0, the default: none. Benchmarks count messages.
     nats_monitor_port: int = 0
+    # Which event id secret to start with when the operator's (``AETHER_EVENT_ID_SECRET``)
+    # is another than the one the home keeps: "" refuses (``load_event_id_secret``),
+    # "home" takes the home's, "environment" the operator's, kept from then on.
+    event_id_source: str = ""
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -154,8 +161,11 @@ class Stack:
         self.attempt_issuer_seed = self._given("AETHER_ATTEMPT_ISSUER_SEED")
         self.runner_master_secret = self._given("AETHER_RUNNER_MASTER_SECRET")
         # The secret the services' event ids are keyed with (every service that publishes
-        # events holds it, no runner: decision 0031); made under the home at the start.
-        self.event_id_secret = self._given("AETHER_EVENT_ID_SECRET")
+        # events holds it, no runner: decision 0031): the operator's or the home's, kept
+        # under the home (``load_event_id_secret``, at the start).
+        self.event_id_secret = ""
+        # What that start did with the operator's secret, for ``aether up`` to say.
+        self.event_id_secret_note = ""
         # The runner's name, which its secret is derived for.
         self.runner_name = self._given("AETHER_RUNNER_NAME") or socket.gethostname()
         self.database_url = self.env.get("DATABASE_URL") or os.environ.get("DATABASE_URL", "")
@@ -211,14 +221,69 @@ class Stack:
         return self.home / "credentials"
 
     def load_event_id_secret(self) -> str:
-        """The secret the services' event ids are keyed with: the operator's, else the one
-        kept under the home, made the first time. Kept, not made anew at each start: a
-        new one would change the ids of steps repeated across the restart, which the
-        stream would then store twice."""
-        if not self.event_id_secret:
-            self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.event_id_secret = load_or_create_secret(
-                self.credentials_dir / EVENT_ID_SECRET_FILE
+        """The secret the services' event ids are keyed with, kept under the home
+        (``credentials/event-id.secret``, readable by its owner only) and taken again at
+        every start: a new one would change the ids of steps repeated across the restart,
+        which the stream would then store twice.
+
+        The operator's (``AETHER_EVENT_ID_SECRET`` or ``_FILE``) is kept there the first
+        time, so a later start without it goes on with it; without one the home's is taken,
+        made the first time. An operator's secret other than the one the home keeps is
+        refused (``StackError``) unless ``event_id_source`` says which to take:
+        "home", or "environment" (kept from then on; the one it replaces is kept beside it
+        in ``event-id.secret.previous``)."""
+        if self.event_id_secret:
+            return self.event_id_secret
+        kept_path = self.credentials_dir / EVENT_ID_SECRET_FILE
+        env = {**os.environ, **self.env}
+        try:
+            given = given_event_id_secret(env)
+        except OSError as error:
+            raise supervise.StackError(
+                f"{EVENT_ID_SECRET_ENV}_FILE cannot be read: {error}",
+                f"name a readable file, or unset {EVENT_ID_SECRET_ENV}_FILE to use the "
+                "secret this home keeps",
+            ) from None
+        self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.credentials_dir.chmod(0o700)
+        kept = ""
+        with contextlib.suppress(FileNotFoundError):
+            kept = kept_path.read_text(encoding="utf-8").strip()
+        if not given:
+            self.event_id_secret = load_or_create_secret(kept_path)
+        elif not kept or kept == given:
+            if not kept:
+                write_private(kept_path, given + "\n")
+                self.event_id_secret_note = (
+                    f"the home keeps the given {EVENT_ID_SECRET_ENV} from now on ({kept_path})"
+                )
+            self.event_id_secret = given
+        elif self.event_id_source == "home":
+            self.event_id_secret = kept
+            self.event_id_secret_note = (
+                f"{EVENT_ID_SECRET_ENV} left aside: the services key their event ids with "
+                f"the home's ({kept_path})"
+            )
+        elif self.event_id_source == "environment":
+            previous = self.credentials_dir / EVENT_ID_SECRET_PREVIOUS
+            write_private(previous, kept + "\n")
+            write_private(kept_path, given + "\n")
+            self.event_id_secret = given
+            self.event_id_secret_note = (
+                f"the home keeps the given {EVENT_ID_SECRET_ENV} from now on ({kept_path}; "
+                f"the one it replaces is in {previous}): the services' event ids change "
+                "with it"
+            )
+        else:
+            raise supervise.StackError(
+                f"{EVENT_ID_SECRET_ENV} is another secret than the one this home keeps "
+                f"({kept_path}): the services key their events' ids with it, so a step "
+                "repeated across this start would get another id and be stored twice (a "
+                "step of a mission taken again); nothing was started",
+                "start with the home's (unset it, or `aether up --event-id-secret home`), "
+                "or make the environment's the home's from now on (`aether up "
+                "--event-id-secret environment`; the home's is kept in "
+                f"{EVENT_ID_SECRET_PREVIOUS})",
             )
         return self.event_id_secret
 
@@ -277,6 +342,8 @@ class Stack:
         if self.event_id_secret and name in EVENT_ID_SERVICES:
             # Every service that publishes events keys their ids with it; never a runner.
             env["AETHER_EVENT_ID_SECRET"] = self.event_id_secret
+            # The stack's choice, not a file the operator named (which may hold another).
+            env.pop("AETHER_EVENT_ID_SECRET_FILE", None)
         if self.runner_master_secret and name == "scheduler":
             # It grants the runners' credentials, each only for the runner's own name.
             env["AETHER_RUNNER_MASTER_SECRET"] = self.runner_master_secret

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aether.agentlog import _clock, step_line
+from aether.agentlog import _clock, say_the_end, step_line
 from aether.client import GatewayClient
 from aether.render import short
 from aether_events.status import TERMINAL_STATUSES
@@ -224,6 +224,8 @@ def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
             attempt = f" attempt {args.attempt}" if args.attempt is not None else ""
             still = "" if ended else " yet"
             print(f"no transcript for task {args.task_id}{attempt} of {args.mission_id}{still}")
+        if args.follow:
+            say_the_end(gateway, args)  # nothing to follow: say why it stops at once
         return 0
     # Listed again once the stream is open: an entry published between the two (telemetry
     # is not replayed by the stream) is then in the gateway's record.
@@ -235,4 +237,6 @@ def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
     )
     for event in stream:
         printer.show(event.event, event.data)
+    if gateway.show(args.mission_id)["status"] in TERMINAL_STATUSES:
+        say_the_end(gateway, args)
     return 0

@@ -316,8 +316,11 @@ def test_aether_up_makes_the_event_id_secret_once_and_gives_it_to_every_service_
         assert (secret in env.values()) == (service in EVENT_ID_HOLDERS), service
     # Kept across starts: a new one would change the ids of steps repeated across them.
     assert Stack(home=tmp_path).load_event_id_secret() == secret
-    # The operator's own, when given, for a stack on a bus of theirs.
-    given = Stack(home=tmp_path, env={"AETHER_EVENT_ID_SECRET": "the-operators-own-secret"})
+    # The operator's own, when given, for a stack on a bus of theirs (on a home that
+    # keeps no other: see tests/test_up_event_id_secret.py).
+    given = Stack(
+        home=tmp_path / "given", env={"AETHER_EVENT_ID_SECRET": "the-operators-own-secret"}
+    )
     assert given.load_event_id_secret() == "the-operators-own-secret"
     assert given.service_env("planner")["AETHER_EVENT_ID_SECRET"] == "the-operators-own-secret"
 

@@ -14,7 +14,7 @@ from aether_events import (
     TaskEscalated,
 )
 
-from .conftest import eventually
+from .conftest import ADMIN_TOKEN, eventually
 from .test_cli import Cli
 
 
@@ -212,3 +212,56 @@ async def test_mission_logs_tells_a_verification_a_cancel_stopped(
     assert code == 0
     [withheld] = [json.loads(line) for line in out.splitlines() if "merge_withheld" in line]
     assert withheld["verification"].endswith("--- output ---\nchecked 3 of 5\n")
+
+
+async def test_at_last_with_no_mission_yet_says_how_to_make_one(gateway_server, capsys):
+    cli = Cli(gateway_server, capsys)
+    assert await cli("mission", "show", "@last") == (
+        1,
+        "",
+        "error: there is no mission yet: submit one with "
+        '`aether mission submit --repo PATH "what you want done"`\n',
+    )
+
+
+async def test_following_a_missions_logs_ends_saying_how_it_ended_and_what_next(
+    gateway_server, nc, capsys, script
+):
+    """``mission logs -f`` (every task's steps, and one task's transcript) stopped without
+    a word when the mission ended, which read like a dropped connection."""
+    import asyncio
+
+    from aether.cli import main
+
+    mission = script.mission_id
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+        ]
+    )
+    cli = Cli(gateway_server, capsys)
+
+    async def shown() -> bool:
+        return (await cli.json("mission", "show", mission))["status"] == "running"  # type: ignore[index]
+
+    await eventually(shown, what="the running mission")
+    capsys.readouterr()
+    base = ["--url", gateway_server.base_url, "--token", ADMIN_TOKEN, "mission", "logs"]
+    steps = asyncio.create_task(asyncio.to_thread(main, [*base, mission, "-f"]))
+    transcript = asyncio.create_task(asyncio.to_thread(main, [*base, mission, "t1", "-f"]))
+    await publisher.publish_all(
+        [script.agent_completed("t1"), script.merged("t1"), script.completed()]
+    )
+    assert await asyncio.wait_for(steps, 60) == 0
+    assert await asyncio.wait_for(transcript, 60) == 0
+    err = capsys.readouterr().err
+    said = f"{mission} completed: `aether mission diff {mission}` shows what it changed"
+    assert err.count(said + "\n") == 2, err
+    # Asked of a mission that has ended: it says so at once.
+    code, _, err = await cli("mission", "logs", mission, "-f")
+    assert code == 0 and err.endswith(said + "\n"), err

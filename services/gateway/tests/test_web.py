@@ -932,3 +932,71 @@ async def test_a_board_page_that_loads_without_one_of_its_files_fails_by_name(
     await goto(page, gateway_server.base_url + "/board/")
     await page.fill("#token", ADMIN_TOKEN)
     # The failed load's console line is not a script error of the board's.
+
+
+async def test_the_task_page_says_how_many_entries_of_each_attempt_the_gateway_did_not_keep(
+    make_gateway: Any, nc: Any, script: Script, browser: Any
+) -> None:
+    """An attempt publishing past the gateway's cap (``AETHER_TRANSCRIPT_MAX_ENTRIES``):
+    the transcript card says, by attempt, how many entries were not kept, on opening
+    and again as more arrive live (for an attempt already past the cap, and for one that
+    goes past it while the page is open), and draws no live entry past the cap of an
+    attempt it knows the gateway has stopped keeping."""
+    cap = 5
+    server = await make_gateway(transcript_max_entries=cap)
+
+    def said(attempt: int, sequence: int) -> TranscriptRecorded:
+        return TranscriptRecorded(
+            **script.meta(),  # type: ignore[arg-type]
+            task_id="t1",
+            attempt=attempt,
+            runner_id="r-1",
+            sequence=sequence,
+            kind="turn",
+            runtime="claude-code",
+            text=f"said {attempt}.{sequence}",
+        )
+
+    publisher = EventPublisher(nc.jetstream())
+    await publisher.publish_all(
+        [
+            script.requested(),
+            script.prepared(),
+            script.plan(task_ids=("t1",)),
+            script.approved(),
+            script.task_ready("t1"),
+        ]
+    )
+    await publisher.publish_all([said(1, n) for n in range(cap + 3)])
+    url = f"/missions/{script.mission_id}/tasks/t1/transcript"
+    async with server.client() as http:
+
+        async def counted() -> bool:
+            return bool((await http.get(url)).json()["dropped"])
+
+        await eventually(counted, what="the entries past the cap counted")
+    page = await signed_in(browser, server)
+    await page.goto(f"{server.base_url}/board/missions/{script.mission_id}/tasks/t1")
+    first = page.locator('#agent-transcript li.entry[data-attempt="1"]')
+    await expect(first).to_have_count(cap)
+    notes = page.locator("#transcript-dropped li")
+    await expect(notes).to_have_text(
+        [
+            "Attempt 1: 3 entries not kept by the gateway, past the most it keeps of one "
+            "attempt (AETHER_TRANSCRIPT_MAX_ENTRIES); only the entries before them are stored"
+        ]
+    )
+    # Live, without a reload: more of attempt 1 (past its cap, not drawn), and a second
+    # attempt going past a cap of its own.
+    await publisher.publish_all([said(1, n) for n in range(cap + 3, cap + 7)])
+    await publisher.publish_all([said(2, n) for n in range(cap + 1)])
+    await expect(notes).to_have_count(2)
+    await expect(notes.nth(0)).to_have_attribute("data-dropped", "7")
+    await expect(notes.nth(1)).to_have_text(
+        "Attempt 2: 1 entry not kept by the gateway, past the most it keeps of one "
+        "attempt (AETHER_TRANSCRIPT_MAX_ENTRIES); only the entries before it are stored"
+    )
+    await expect(notes.nth(0)).to_contain_text("Attempt 1: 7 entries not kept")
+    assert await first.count() == cap
+    seqs = await first.evaluate_all("items => items.map(e => +e.dataset.seq)")
+    assert seqs == list(range(cap))

@@ -7,6 +7,11 @@
 // A flooded transcript (an attempt may publish tens of thousands of entries) is drawn
 // SHOWN entries at a time: past them a button draws the next ones, and live entries wait
 // for it. An entry after the last one drawn is appended without a look at the others.
+//
+// The gateway keeps at most so many entries of one attempt (AETHER_TRANSCRIPT_MAX_ENTRIES)
+// and counts the rest: every page says, by attempt, how many it did not keep, and while
+// entries arrive live the card asks for those counts again (at most every COUNT_MS), so
+// it says so as an attempt floods past the cap, not only after a reload.
 
 import { get } from "./api.js";
 import { h, money, tokens } from "./dom.js";
@@ -22,6 +27,21 @@ const LABEL = {
 
 // The most entries one load draws (a multiple of the gateway's page of 500).
 export const SHOWN = 2000;
+
+// How often, at most, the counts of entries the gateway did not keep are asked for again
+// while entries arrive live (one small read; the gateway stores an entry a moment after
+// the board sees it, so the ask waits that long after the first entry it follows).
+export const COUNT_MS = 1500;
+
+// A sequence after every entry of an attempt: a page asked for after it holds no entry,
+// only the attempt's count of entries not kept.
+const AFTER_ALL = "9223372036854775807";
+
+/** What the card says of an attempt whose ``entries`` the gateway did not keep. */
+export function droppedLine(attempt, entries) {
+  const count = `${entries.toLocaleString()} ${entries === 1 ? "entry" : "entries"}`;
+  return `Attempt ${attempt}: ${count} not kept by the gateway, past the most it keeps of one attempt (AETHER_TRANSCRIPT_MAX_ENTRIES); only the entries before ${entries === 1 ? "it" : "them"} are stored`;
+}
 
 function pretty(args) {
   if (!args) return "";
@@ -107,7 +127,12 @@ export class TranscriptView {
     this.taskId = taskId;
     this.list = h("ol", { class: "agent-transcript", id: "agent-transcript" });
     this.more = h("button", { type: "button", class: "secondary", id: "transcript-more", hidden: true, onclick: () => this.load() }, "Show the next entries");
-    this.el = h("section", { class: "card", id: "transcript-card" }, h("h2", {}, "Agent transcript"), this.list, h("div", { class: "more" }, this.more));
+    // By attempt, the entries the gateway did not keep (its cap on one attempt's).
+    this.notes = h("ul", { class: "dropped-notes", id: "transcript-dropped", hidden: true });
+    this.el = h("section", { class: "card", id: "transcript-card" }, h("h2", {}, "Agent transcript"), this.notes, this.list, h("div", { class: "more" }, this.more));
+    this.dropped = new Map();
+    this.countTimer = null;
+    this.countFor = new Set();
     this.seen = new Set();
     this.last = { after_attempt: 0, after: -1 };
     this.loading = null;
@@ -127,7 +152,51 @@ export class TranscriptView {
   /** What the page asks for on a reconnect and every few seconds: the entries it may
    * have missed, unless the next ones wait for the button. */
   catchUp() {
-    return this.more.hidden ? this.load() : Promise.resolve();
+    return this.more.hidden ? this.load() : this.counts(null);
+  }
+
+  /** Ask for the counts of entries the gateway did not keep: of ``attempt``, or of every
+   * attempt (null). A page after every entry holds only the counts. */
+  async counts(attempt) {
+    const query = attempt === null ? `?after_attempt=2147483647&after=${AFTER_ALL}&limit=1` : `?attempt=${attempt}&after=${AFTER_ALL}&limit=1`;
+    const page = await get(this.url + query);
+    this.noteDropped(page.dropped);
+  }
+
+  /** Ask for the counts again soon, for the attempt of an entry just seen live: once
+   * every COUNT_MS at most, however fast entries arrive. */
+  countSoon(attempt) {
+    this.countFor.add(attempt);
+    if (this.countTimer !== null) return;
+    this.countTimer = setTimeout(async () => {
+      const attempts = [...this.countFor];
+      this.countFor.clear();
+      try {
+        for (const each of attempts) await this.counts(each).catch(() => {});
+      } finally {
+        this.countTimer = null;
+      }
+    }, COUNT_MS);
+  }
+
+  stop() {
+    clearTimeout(this.countTimer);
+  }
+
+  /** Say, by attempt, how many entries the gateway did not keep (``dropped`` as the
+   * route gives it). A count only grows: an older answer never takes a newer one back. */
+  noteDropped(dropped) {
+    let changed = false;
+    for (const { attempt, entries } of dropped || []) {
+      if (entries > (this.dropped.get(attempt) || 0)) {
+        this.dropped.set(attempt, entries);
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    const lines = [...this.dropped.entries()].sort((a, b) => a[0] - b[0]);
+    this.notes.replaceChildren(...lines.map(([attempt, entries]) => h("li", { class: "dropped-note", "data-attempt": attempt, "data-dropped": entries }, droppedLine(attempt, entries))));
+    this.notes.hidden = false;
   }
 
   async pages() {
@@ -137,6 +206,7 @@ export class TranscriptView {
     for (;;) {
       const query = cursor ? `?after_attempt=${cursor.after_attempt}&after=${cursor.after}` : "";
       const page = await get(this.url + query);
+      this.noteDropped(page.dropped);
       // One layout for the page, not one an entry (reading the scroll position after
       // each insert would lay the whole list out again every time).
       const stick = this.atEnd();
@@ -162,11 +232,17 @@ export class TranscriptView {
   /** A ``transcript_recorded`` event seen live. */
   live(event) {
     if (event.task_id !== this.taskId) return;
+    // Whether the gateway kept it is known only once it has stored it: asked soon.
+    this.countSoon(event.attempt);
     // Past what is drawn while a load runs or the rest waits for the button: that load,
     // or the button's, fetches it in its place. One before the last drawn (a late entry
     // into a gap) no load would fetch again: drawn now.
     const beyond = event.attempt > this.last.after_attempt || (event.attempt === this.last.after_attempt && event.sequence > this.last.after);
     if (beyond && (!this.complete || !this.more.hidden)) return;
+    // Past the last entry drawn of an attempt the gateway has stopped keeping (every
+    // stored entry is drawn): not stored, so not drawn either; a flood past the cap must
+    // not grow the page without end, and a reload would not show it.
+    if (beyond && this.dropped.get(event.attempt)) return;
     this.add(event);
   }
 

@@ -206,5 +206,6 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
     clearInterval(timer);
     unwatch();
     live.stop();
+    agentTranscript.stop();
   };
 }
