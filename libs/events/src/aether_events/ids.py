@@ -58,7 +58,7 @@ def keyed_id(key: bytes, event_id: str) -> str:
     digits, the shape of every event id."""
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"an event id key has {MIN_KEY_BYTES} bytes or more")
-    digest = bytearray(hmac.new(key, event_id.encode(), hashlib.sha256).digest()[:16])
+    digest = bytearray(hmac.digest(key, event_id.encode(), "sha256")[:16])
     digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
     digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
     return digest.hex()
