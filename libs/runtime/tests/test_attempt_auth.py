@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from aether_events import AgentCompleted, AgentHeartbeat
+from aether_events import ATTEMPT_MAX_PAYLOAD, AgentCompleted, AgentHeartbeat
 from aether_runtime.attempt_auth import (
     AttemptAuthorizer,
     AttemptKey,
@@ -127,6 +127,8 @@ def test_the_answer_is_a_signed_user_limited_to_the_attempts_subjects() -> None:
         "aether.attempt_key.m1.t1.2",
     ]
     assert user["nats"]["sub"]["allow"] == [f"{KEY.inbox_prefix}.>"]
+    # A largest message of its own, sized to what its runner sends (not the server's).
+    assert user["nats"]["payload"] == ATTEMPT_MAX_PAYLOAD
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from aether_events import (
     PlannedTask,
     Usage,
     WorkspaceReady,
+    encode,
     step_ids,
 )
 
@@ -130,3 +131,43 @@ def test_the_events_an_attempt_emits_are_named_after_their_steps() -> None:
     )
     assert progress.turns == 2 and progress.last_action == "read a"
     assert step_ids.agent_started("t1", 2)  # the constructors use the shared step names
+
+
+# --- every report fits the attempt credential's largest message -------------------------
+
+# Text JSON writes longest: a control character is one byte of UTF-8 and six in a message.
+HOSTILE = "\x01é😀" * 100_000
+CONTROL = "\x01"
+
+
+def test_a_result_with_a_huge_summary_and_thousands_of_long_paths_fits_one_message() -> None:
+    """The agent chose the summary and the paths of its commit (up to the commit's limit
+    of files, each as long as a file system allows): the result is cut to fit, the cut
+    marked, rather than refused by the bus and the attempt's connection dropped."""
+    paths = [f"lib/{CONTROL * 200}/{n}-{'é' * 1000}.py" for n in range(2000)]
+    result = decide.completed(READY, NOW, "c" * 40, HOSTILE, paths, Usage())
+    assert len(encode(result)) <= decide.REPORT_BYTES
+    assert "bytes cut" in result.summary
+    assert result.files_changed[-1].endswith("more not listed")
+    assert result.files_outside_scope[-1].endswith("more not listed")
+    assert result.summary.startswith("\x01é😀")
+
+
+def test_a_failure_and_a_progress_report_with_huge_texts_fit_one_message() -> None:
+    failure = decide.failed(READY, NOW, HOSTILE, retryable=True)
+    assert len(encode(failure)) <= decide.REPORT_BYTES
+    assert "bytes cut" in failure.reason
+    progress = decide.progressed(
+        READY,
+        NOW,
+        "r1",
+        turns=1,
+        tool_calls=1,
+        files_changed=[f"{n}-{CONTROL * 3000}" for n in range(500)],
+        usage=Usage(),
+        last_action=HOSTILE,
+    )
+    assert len(encode(progress)) <= decide.REPORT_BYTES
+    # An ordinary report is left as it is.
+    plain = decide.failed(READY, NOW, "tests failed", retryable=True)
+    assert plain.reason == "tests failed"

@@ -10,9 +10,14 @@ from typing import Any
 
 import pytest
 
-from aether_agent_runner.adapters.stream import ENTRIES_PER_MESSAGE, AttemptStream
+from aether_agent_runner.adapters.stream import (
+    BYTES_PER_MESSAGE,
+    ENTRIES_PER_MESSAGE,
+    AttemptStream,
+)
 from aether_agent_runner.domain import decide
 from aether_events import (
+    ATTEMPT_EVENT_BYTES,
     TELEMETRY_STREAM,
     AgentFailed,
     AgentProgress,
@@ -414,6 +419,46 @@ async def test_many_entries_are_split_so_no_message_is_too_large() -> None:
     assert all(len(entries_of(s)) <= ENTRIES_PER_MESSAGE for s in stored)
     assert all(len(encode(s)) < 1024 * 1024 for s in stored)
     assert len(stored) >= 5
+
+
+@pytest.mark.parametrize(
+    "character",
+    [
+        pytest.param("\u00e9", id="two-bytes"),
+        pytest.param("\U0001f600", id="four-bytes"),
+        # A control character: one byte of UTF-8, six once JSON escapes it (``\u0001``).
+        pytest.param("\x01", id="six-in-json"),
+    ],
+)
+async def test_entries_are_grouped_by_their_encoded_bytes_not_their_characters(
+    character: str,
+) -> None:
+    """Entries whose characters would all fit one message, counted as characters (or at
+    four bytes a character), but not once encoded: split so that no message is larger
+    than ``BYTES_PER_MESSAGE`` and the attempt credential's largest, every entry kept,
+    in order."""
+    publisher = InMemoryPublisher()
+    workspace = ready("m-bytes")
+    stream = AttemptStream(lambda: publisher, linger=30.0)
+    # About 60 KB each once encoded, whatever the character: 3 such entries are more
+    # than one message holds, though their characters number far fewer.
+    one = len(encode(entry(workspace, 0, character * 1001))) - len(
+        encode(entry(workspace, 0, character))
+    )
+    count = 60_000 * 1000 // one
+    texts = [character * count for _ in range(6)]
+    assert sum(len(t) for t in texts[:3]) < BYTES_PER_MESSAGE  # fits by characters
+    for sequence, text in enumerate(texts):
+        await stream.emit(entry(workspace, sequence, text))
+    await stream.close()
+
+    stored = entries_stored(publisher)
+    assert [e.sequence for s in stored for e in entries_of(s)] == list(range(6))
+    assert [e.text for s in stored for e in entries_of(s)] == texts
+    sizes = [len(encode(s)) for s in stored]
+    assert all(size <= BYTES_PER_MESSAGE + 1024 for size in sizes), sizes
+    assert all(size <= ATTEMPT_EVENT_BYTES for size in sizes), sizes
+    assert len(stored) >= 3
 
 
 async def test_without_a_wait_only_entries_queued_together_go_out_together() -> None:

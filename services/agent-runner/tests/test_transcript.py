@@ -14,6 +14,7 @@ import pytest
 
 from aether_agent_runner.adapters.transcript import (
     DEFAULT_PATTERNS,
+    ENTRY_BYTES,
     REDACTED,
     Entry,
     RecordReader,
@@ -26,7 +27,7 @@ from aether_agent_runner.adapters.transcript import (
     prefilter,
     secrets_in,
 )
-from aether_events import AgentCompleted, Event, TranscriptRecorded, derived_id
+from aether_events import AgentCompleted, Event, TranscriptRecorded, derived_id, encode
 from aether_llm import text_block
 
 from .conftest import workspace_ready
@@ -287,3 +288,32 @@ async def test_a_cli_agents_output_and_exit_status_are_its_transcript(
     assert last.status.startswith(f"exit code {code} after ")
     if mode == "crash":
         assert last.is_error and "something broke" in last.result
+
+
+def test_an_entry_is_cut_to_its_bytes_once_encoded_whatever_its_characters(
+    task_repo: Any,
+) -> None:
+    """With ``entry_chars`` set high, an entry of text JSON writes six bytes a character
+    for is cut, marked, to ``ENTRY_BYTES`` once encoded: never a message larger than
+    the attempt's credential takes."""
+    transcript = Transcript(
+        workspace_ready(task_repo, "m-bytes"),
+        _ignore,
+        lambda: datetime.now(UTC),
+        "r1",
+        TranscriptSettings(entry_chars=1_000_000),
+        Redactor([], []),
+    )
+    hostile = "\x01é😀" * 50_000
+    event = transcript.event(
+        Entry(kind="command", text=hostile, arguments=hostile, result=hostile), 0
+    )
+    assert len(encode(event)) <= ENTRY_BYTES
+    assert event.truncated
+    assert "bytes cut" in event.result and event.result.startswith("\x01é😀")
+    small = transcript.event(Entry(kind="note", text="é" * 3000), 1)
+    assert small.text == "é" * 3000 and not small.truncated
+
+
+async def _ignore(event: Event) -> None:
+    return None

@@ -3,6 +3,13 @@ the rules every service shares about them: status (``status``), usage and cost
 (``usage``), and the steps derived event ids are named after (``step_ids``)."""
 
 from aether_events.attempt_ids import keyed, keyed_id
+from aether_events.bounds import (
+    ATTEMPT_EVENT_BYTES,
+    ATTEMPT_MAX_PAYLOAD,
+    CARRIED_TEXT_BYTES,
+    bounded,
+    bounded_paths,
+)
 from aether_events.catalogue import (
     ALL_TYPES,
     TELEMETRY_TYPES,
@@ -136,7 +143,10 @@ __all__ = [
     "ALL_MISSION_EVENTS",
     "ALL_TELEMETRY",
     "ALL_TYPES",
+    "ATTEMPT_EVENT_BYTES",
+    "ATTEMPT_MAX_PAYLOAD",
     "ATTEMPT_TYPES",
+    "CARRIED_TEXT_BYTES",
     "MISSIONS_STREAM",
     "MISSION_STATUSES",
     "NEEDS_PERSON_STATUSES",
@@ -220,6 +230,8 @@ __all__ = [
     "alone",
     "as_tier",
     "attempt_subject",
+    "bounded",
+    "bounded_paths",
     "carried_by",
     "caused_by",
     "decode",

@@ -58,7 +58,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
-from aether_events import Event, EventPublisher, keyed
+from aether_events import ATTEMPT_MAX_PAYLOAD, Event, EventPublisher, keyed
 from aether_events.attempt_ids import MIN_KEY_BYTES
 from aether_events.subjects import attempt_subject, is_valid_token, task_token
 from aether_runtime.bus_auth import (
@@ -371,9 +371,12 @@ class AttemptAuthorizer:
 
     def user_jwt(self, key: AttemptKey, user: str, user_nkey: str) -> str:
         """The credential of one attempt: its events on its own subjects, the request for
-        its own event key, its own inbox."""
+        its own event key, its own inbox; no message larger than ``ATTEMPT_MAX_PAYLOAD``
+        (the server drops a connection that sends one)."""
         publish = [*attempt_subjects(key, self.types), key.key_subject]
-        return self._signed_user(user, user_nkey, publish, f"{key.inbox_prefix}.>")
+        return self._signed_user(
+            user, user_nkey, publish, f"{key.inbox_prefix}.>", payload=ATTEMPT_MAX_PAYLOAD
+        )
 
     def runner_jwt(self, name: str, runner_id: str, user: str, user_nkey: str) -> str:
         """The credential of one runner's entry in the registry of runners: writing (and
@@ -385,7 +388,9 @@ class AttemptAuthorizer:
             f"{runner_inbox(name, runner_id)}.>",
         )
 
-    def _signed_user(self, user: str, user_nkey: str, publish: list[str], inbox: str) -> str:
+    def _signed_user(
+        self, user: str, user_nkey: str, publish: list[str], inbox: str, payload: int = -1
+    ) -> str:
         claims = {
             "aud": GLOBAL_ACCOUNT,
             "iss": self.issuer,
@@ -397,7 +402,7 @@ class AttemptAuthorizer:
                 "sub": {"allow": [inbox]},
                 "subs": -1,
                 "data": -1,
-                "payload": -1,
+                "payload": payload,
                 "type": "user",
                 "version": 2,
             },

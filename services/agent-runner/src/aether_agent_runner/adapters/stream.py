@@ -63,6 +63,7 @@ from aether_events import (
     TranscriptEntries,
     TranscriptRecorded,
     UsageRecorded,
+    encode,
     step_event_id,
     step_ids,
 )
@@ -76,10 +77,12 @@ Emit = Callable[[Event], Awaitable[object]]
 BUFFER = 256
 # How long a transcript entry waits for company before it is sent.
 TRANSCRIPT_LINGER = 0.25
-# The most entries one TranscriptEntries holds, and about the most bytes of text (well
-# under the server's largest message, whatever the entries' characters).
+# The most entries one TranscriptEntries holds, and the most bytes its entries encode to
+# (counted as the bus counts, not in characters: a character takes up to four bytes, six
+# in JSON), so a group stays within ``ATTEMPT_EVENT_BYTES`` and the attempt credential's
+# largest message (an entry alone is at most ``adapters.transcript.ENTRY_BYTES``).
 ENTRIES_PER_MESSAGE = 64
-TEXT_PER_MESSAGE = 128 * 1024
+BYTES_PER_MESSAGE = 128 * 1024
 # Lost without failing the attempt (a resumed attempt publishes its transcript again).
 TELEMETRY: dict[type[Event], str] = {
     AgentProgress: "progress not published",
@@ -108,10 +111,10 @@ class AttemptStream:
         self._closed = False
         self._abandoned = False
         self._linger = linger
-        # Transcript entries waiting for company (and about how many bytes their text
-        # takes), and the timer that ends their wait.
+        # Transcript entries waiting for company (and how many bytes they encode to),
+        # and the timer that ends their wait.
         self._entries: list[TranscriptRecorded] = []
-        self._entries_text = 0
+        self._entries_bytes = 0
         # The start and usage waiting with them (``HELD``), in the order emitted.
         self._held: list[AgentStarted | UsageRecorded] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -242,20 +245,20 @@ class AttemptStream:
         """Hold ``entry`` with the others waiting; returns what is to go out now: the ones
         waiting, grouped, when one more would make their message too large."""
         out: list[Event] = []
-        text = _text_of(entry)
+        size = len(encode(entry)) + 1  # and the comma between it and the next
         if self._entries and (
             len(self._entries) >= ENTRIES_PER_MESSAGE
-            or self._entries_text + text > TEXT_PER_MESSAGE
+            or self._entries_bytes + size > BYTES_PER_MESSAGE
         ):
             out = self._grouped()
         self._entries.append(entry)
-        self._entries_text += text
+        self._entries_bytes += size
         return out
 
     def _grouped(self) -> list[Event]:
         """The waiting entries as what carries them: one alone as itself, more together."""
         entries, self._entries = self._entries, []
-        self._entries_text = 0
+        self._entries_bytes = 0
         if len(entries) <= 1:
             return list(entries)
         first, last = entries[0], entries[-1]
@@ -318,10 +321,3 @@ class AttemptStream:
         elif self._failure is None:
             log.warning("attempt event not published", exc_info=error)
             self._failure = error
-
-
-def _text_of(entry: TranscriptRecorded) -> int:
-    """About how many bytes an entry takes in a message (its text at four bytes a
-    character at most, and room for the rest)."""
-    e = entry
-    return 4 * (len(e.text) + len(e.tool) + len(e.arguments) + len(e.result) + len(e.status)) + 512

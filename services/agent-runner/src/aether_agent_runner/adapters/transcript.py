@@ -35,8 +35,10 @@ from aether_events import (
     Usage,
     WorkspaceReady,
     caused_by,
+    encode,
     step_ids,
 )
+from aether_events import bounded as bounded_bytes
 from aether_sandbox.environment import is_secret_name
 
 RUN_STRIDE = TRANSCRIPT_RUN_STRIDE
@@ -53,6 +55,11 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
 )
 # A secret shorter than this is not looked for (it would blank ordinary words).
 MIN_SECRET = 8
+# The most bytes one entry encodes to: a TranscriptEntries groups entries up to
+# ``adapters.stream.BYTES_PER_MESSAGE``, so one entry alone must fit well within that.
+ENTRY_BYTES = 64 * 1024
+# The least bytes a text of an entry is cut to (with ``entry_chars`` set high).
+_LEAST_BYTES = 256
 
 
 class TranscriptSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -323,13 +330,27 @@ class Transcript:
         await self._emit(self.event(entry, number))
 
     def event(self, entry: Entry, sequence: int) -> TranscriptRecorded:
-        """The bounded, redacted event of ``entry``."""
+        """The bounded, redacted event of ``entry``: each text cut to ``entry_chars``
+        characters, and all of it to ``ENTRY_BYTES`` once encoded (each text cut to
+        fewer bytes until it fits: a character may take four bytes, or six in JSON)."""
+        event = self._event(entry, sequence, None)
+        budget = ENTRY_BYTES // 2
+        while len(encode(event)) > ENTRY_BYTES and budget >= _LEAST_BYTES:
+            event = self._event(entry, sequence, budget)
+            budget //= 2
+        return event
+
+    def _event(self, entry: Entry, sequence: int, byte_budget: int | None) -> TranscriptRecorded:
         ready, limit = self._ready, self._settings.entry_chars
         truncated = False
 
         def bounded(value: str) -> str:
             nonlocal truncated
             kept, was_cut = cut(self._redact(value), limit)
+            if byte_budget is not None:
+                fitting = bounded_bytes(kept, byte_budget)
+                was_cut = was_cut or fitting is not kept
+                kept = fitting
             truncated = truncated or was_cut
             return kept
 

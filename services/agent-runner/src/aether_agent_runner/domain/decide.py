@@ -7,7 +7,9 @@ them; the attempt worker and the runtimes only say what happened.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from aether_agent_runner.domain.state import Attempt, State, settled
 from aether_agent_runner.domain.stop import StopOrder
@@ -21,7 +23,10 @@ from aether_events import (
     Usage,
     UsageRecorded,
     WorkspaceReady,
+    bounded,
+    bounded_paths,
     caused_by,
+    encode,
     outside_scope,
     step_ids,
 )
@@ -31,13 +36,42 @@ def attempt_of(ready: WorkspaceReady) -> Attempt:
     return (ready.mission_id, ready.task.id, ready.attempt)
 
 
+# The most bytes an attempt's result or progress report encodes to, before the events
+# its result carries (``AgentCompleted.carried``: a start and a few usages, each small):
+# well under ``ATTEMPT_EVENT_BYTES``, the runner's bound on every event of an attempt.
+REPORT_BYTES = 64 * 1024
+# What one text or list of paths of a report keeps at first (UTF-8 bytes; halved until
+# the report fits, for text JSON writes longer than its bytes).
+REPORT_TEXT_BYTES = 16 * 1024
+REPORT_PATHS_BYTES = 24 * 1024
+# The least a text or list is cut to.
+_LEAST = 256
+
+R = TypeVar("R", AgentCompleted, AgentFailed, AgentProgress)
+
+
+def fitted(make: Callable[[int, int], R]) -> R:
+    """``make(text_bytes, paths_bytes)`` with both halved until the event encodes within
+    ``REPORT_BYTES``: a reason, summary or list of paths the agent chose is cut, marked,
+    rather than the event refused by the bus (the attempt's credential takes no message
+    over ``ATTEMPT_MAX_PAYLOAD``)."""
+    text, paths = REPORT_TEXT_BYTES, REPORT_PATHS_BYTES
+    while True:
+        event = make(text, paths)
+        if text <= _LEAST or len(encode(event)) <= REPORT_BYTES:
+            return event
+        text, paths = max(text // 2, _LEAST), max(paths // 2, _LEAST)
+
+
 def failed(ready: WorkspaceReady, now: datetime, reason: str, retryable: bool) -> AgentFailed:
-    return AgentFailed(
-        **caused_by(ready, now, step_ids.agent_failed(ready.task.id, ready.attempt)),
-        task_id=ready.task.id,
-        attempt=ready.attempt,
-        reason=reason,
-        retryable=retryable,
+    return fitted(
+        lambda text, _: AgentFailed(
+            **caused_by(ready, now, step_ids.agent_failed(ready.task.id, ready.attempt)),
+            task_id=ready.task.id,
+            attempt=ready.attempt,
+            reason=bounded(reason, text),
+            retryable=retryable,
+        )
     )
 
 
@@ -49,16 +83,19 @@ def completed(
     files: list[str],
     usage: Usage,
 ) -> AgentCompleted:
-    return AgentCompleted(
-        **caused_by(ready, now, step_ids.agent_completed(ready.task.id, ready.attempt)),
-        task_id=ready.task.id,
-        attempt=ready.attempt,
-        commit_sha=sha,
-        branch=ready.branch,
-        summary=summary,
-        files_changed=files,
-        usage=usage,
-        files_outside_scope=outside_scope(files, ready.task.files),
+    outside = outside_scope(files, ready.task.files)
+    return fitted(
+        lambda text, paths: AgentCompleted(
+            **caused_by(ready, now, step_ids.agent_completed(ready.task.id, ready.attempt)),
+            task_id=ready.task.id,
+            attempt=ready.attempt,
+            commit_sha=sha,
+            branch=ready.branch,
+            summary=bounded(summary, text),
+            files_changed=bounded_paths(files, paths),
+            usage=usage,
+            files_outside_scope=bounded_paths(outside, paths),
+        )
     )
 
 
@@ -156,16 +193,18 @@ def progressed(
     last_action: str,
 ) -> AgentProgress:
     step = step_ids.agent_progress(ready.task.id, ready.attempt, turns, tool_calls)
-    return AgentProgress(
-        **caused_by(ready, now, step),
-        task_id=ready.task.id,
-        attempt=ready.attempt,
-        runner_id=runner_id,
-        turns=turns,
-        tool_calls=tool_calls,
-        files_changed=files_changed,
-        usage=usage,
-        last_action=last_action,
+    return fitted(
+        lambda text, paths: AgentProgress(
+            **caused_by(ready, now, step),
+            task_id=ready.task.id,
+            attempt=ready.attempt,
+            runner_id=runner_id,
+            turns=turns,
+            tool_calls=tool_calls,
+            files_changed=bounded_paths(files_changed, paths),
+            usage=usage,
+            last_action=bounded(last_action, text),
+        )
     )
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 from aether_events import (
+    CARRIED_TEXT_BYTES,
     AgentCompleted,
     BranchMerged,
     BranchPushed,
@@ -26,9 +27,17 @@ from aether_events import (
     TaskReady,
     WorkspaceFailed,
     WorkspaceReady,
+    bounded,
+    bounded_paths,
     caused_by,
     step_ids,
 )
+
+# What the broker's events carry of text and paths an attempt chose (its commit's paths,
+# what its code printed under the mission's verification, an error naming them) is cut
+# (``aether_events.bounds``), so no attempt can make one larger than the bus takes. A
+# verification's account keeps more: the next attempt reads it to fix what failed.
+VERIFICATION_BYTES = 4 * CARRIED_TEXT_BYTES
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ def repository_prepared_event(
 def mission_failed_event(cause: Event, now: datetime, reason: str) -> MissionFailed:
     """The broker failing a mission; one per mission whatever the cause."""
     return MissionFailed(
-        **caused_by(cause, now, step_ids.mission_failed("git-broker")), reason=reason
+        **caused_by(cause, now, step_ids.mission_failed("git-broker")), reason=bounded(reason)
     )
 
 
@@ -117,7 +126,7 @@ def workspace_failed_event(
         **caused_by(cause, now, step_ids.workspace_failed(cause.task.id, cause.attempt)),
         task_id=cause.task.id,
         attempt=cause.attempt,
-        reason=reason,
+        reason=bounded(reason),
         retryable=retryable,
     )
 
@@ -140,7 +149,7 @@ def workspace_ready_event(
         context=cause.context,
         runtime=cause.runtime,
         resolve_sha=cause.resolve_sha,
-        conflicted_files=list(outcome.conflicted_files),
+        conflicted_files=bounded_paths(outcome.conflicted_files),
     )
 
 
@@ -159,8 +168,8 @@ def merge_event(
             attempt=cause.attempt,
             commit_sha=cause.commit_sha,
             integration_sha=outcome.sha,
-            reason=outcome.detail,
-            verification=outcome.verification,
+            reason=bounded(outcome.detail),
+            verification=bounded(outcome.verification, VERIFICATION_BYTES),
         )
     if outcome.kind in ("conflict", "verify_failed"):
         # A failed verification is reported like a conflict: the task runs again on the
@@ -169,9 +178,9 @@ def merge_event(
             **caused_by(cause, now, step_ids.merge_conflicted(cause.task_id, cause.attempt)),
             task_id=cause.task_id,
             attempt=cause.attempt,
-            files=list(outcome.files),
+            files=bounded_paths(outcome.files),
             integration_sha=outcome.sha,
-            detail=outcome.detail,
+            detail=bounded(outcome.detail, VERIFICATION_BYTES),
             refusal="verification_failed" if outcome.kind == "verify_failed" else outcome.refusal,
         )
     return BranchMerged(
@@ -181,8 +190,8 @@ def merge_event(
         merge_sha=outcome.sha,
         integration_branch=integration_branch,
         fast_forward=outcome.fast_forward,
-        files_changed=list(outcome.files),
-        lines_merged=list(outcome.lines_merged),
+        files_changed=bounded_paths(outcome.files),
+        lines_merged=bounded_paths(outcome.lines_merged),
         resolution=resolution,
     )
 
@@ -211,7 +220,7 @@ def delivery_failed_event(
         integration_branch=branch,
         sha=sha,
         remote=remote,
-        reason=reason,
+        reason=bounded(reason),
     )
 
 

@@ -26,11 +26,13 @@ from aether_events import (
     TaskTimedOut,
     WaveCompleted,
     WaveStarted,
+    bounded,
     caused_by,
     step_ids,
 )
 from aether_scheduler.domain.evolve import evolve
 from aether_scheduler.domain.model import (
+    CONTEXT_BYTES,
     IN_FLIGHT,
     UNMERGED_WORK,
     Config,
@@ -418,6 +420,8 @@ def _ending(
     reason = f"task(s) {', '.join(failed)} failed and cannot be retried ({reasons})"
     if blocked:
         reason += f"; blocked for good: {', '.join(blocked)}"
+    # Each failure was cut where it was folded; a mission of many tasks has many.
+    reason = bounded(reason, CONTEXT_BYTES)
     return [MissionFailed(**caused_by(why, now, step_ids.mission_failed()), reason=reason)]
 
 

@@ -35,13 +35,17 @@ from aether_events import (
     WorkspaceFailed,
     WorkspaceReady,
     advance,
+    bounded,
     known_cost,
     step_event_id,
     step_ids,
     tag_of,
 )
 from aether_scheduler.domain.model import (
+    CONTEXT_BYTES,
+    DETAIL_BYTES,
     DONE,
+    SUMMARY_BYTES,
     TRACKED,
     MissionState,
     State,
@@ -193,7 +197,7 @@ def _resolution_context(
     m: MissionState, task_id: str, files: list[str], resolve_sha: str | None
 ) -> str:
     """The prompt's account of a true conflict: which files, and the merged work it met."""
-    listed = ", ".join(files)
+    listed = bounded(", ".join(files))
     if resolve_sha is None:
         return (
             f"Your previous attempt conflicted with work merged meanwhile in: {listed}. "
@@ -315,7 +319,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
         case PlanProduced():
             return changed(m, plans={**m.plans, event.version: event})
         case PlanFailed():
-            return changed(m, plan_failure=event.reason)
+            return changed(m, plan_failure=bounded(event.reason))
         case PlanApproved():
             plan = m.plans.get(event.version)
             if plan is None or m.approved_version is not None:
@@ -362,7 +366,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                     reserved_usd=0.0,
                     drift=drift,
                     last_commit=event.commit_sha,
-                    summary=event.summary,
+                    summary=bounded(event.summary, SUMMARY_BYTES),
                 )
             return m
         case BranchMerged():
@@ -387,7 +391,7 @@ def _mission(m: MissionState, event: Event) -> MissionState:
                 m,
                 event.task_id,
                 status=status,
-                last_failure=event.reason,
+                last_failure=bounded(event.reason),
                 immediate_retry=False,
                 reserved_usd=0.0,
             )
@@ -397,21 +401,22 @@ def _mission(m: MissionState, event: Event) -> MissionState:
             resolve_sha = None
             refusal = _refusal(event)
             if refusal == "conflict":
-                files = ", ".join(event.files)
+                files = bounded(", ".join(event.files))
                 reason = f"merge conflict in {files}"
                 resolve_sha = m.tasks[event.task_id].last_commit
                 context = _resolution_context(m, event.task_id, event.files, resolve_sha)
                 if event.detail:
-                    context += f"\n{event.detail}"
+                    context += f"\n{bounded(event.detail, DETAIL_BYTES)}"
             else:
-                reason = (event.detail.splitlines() or ["the merge was refused"])[0]
-                context = f"{_REFUSED_OPENING.get(refusal, _REFUSED)}\n{event.detail}"
+                reason = bounded((event.detail.splitlines() or ["the merge was refused"])[0])
+                opening = _REFUSED_OPENING.get(refusal, _REFUSED)
+                context = f"{opening}\n{bounded(event.detail, DETAIL_BYTES)}"
             return _task(
                 m,
                 event.task_id,
                 status="retry_wait",
                 last_failure=reason,
-                context=context,
+                context=bounded(context, CONTEXT_BYTES),
                 immediate_retry=True,
                 reserved_usd=0.0,
                 resolve_sha=resolve_sha,

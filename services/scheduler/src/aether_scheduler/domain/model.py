@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from aether_events import (
+    CARRIED_TEXT_BYTES,
     ZERO_USAGE,
     MissionPhase,
     MissionProgress,
@@ -20,6 +21,16 @@ from aether_events import (
     phase_of,
 )
 from aether_events.estimates import DEFAULT_ESTIMATES_USD
+
+# What the scheduler keeps of text an attempt or a model chose (``aether_events.bounds``):
+# an attempt's summary (a resolution's context lists several), the broker's account of a
+# refused merge (a failed verification's output, which the next attempt reads), and the
+# most a TaskReady's context or a MissionFailed's reason made of such texts may take. Each
+# is cut where it is folded, so neither the state nor the events decided from it grow
+# with what an attempt sends.
+SUMMARY_BYTES = 1024
+DETAIL_BYTES = 3 * CARRIED_TEXT_BYTES
+CONTEXT_BYTES = 4 * CARRIED_TEXT_BYTES
 
 TaskStatus = Literal[
     "pending",  # waiting for dependencies, a slot, the budget or a scope to free up
