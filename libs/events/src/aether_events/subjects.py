@@ -147,6 +147,12 @@ def on_its_subject(event: Event, subject: str) -> bool:
     return subject in (own, f"{_prefix(type(event))}.{event.mission_id}.{tag_of(type(event))}")
 
 
+def is_attempt_subject(subject: str) -> bool:
+    """Whether ``subject`` is one attempt's (``attempt_subject``: six tokens), where only
+    that attempt's credential and the runners publish."""
+    return subject.startswith("aether.") and subject.count(".") == 5
+
+
 def subject_parts(subject: str) -> tuple[str, str]:
     """The mission id and event type tag an event's subject names (either form); empty
     strings for a subject that is not one."""

@@ -58,6 +58,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from aether_events import (
+    ATTEMPT_MAX_PAYLOAD,
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
     TERMINAL_TYPES,
@@ -67,6 +68,7 @@ from aether_events import (
     UnknownEventType,
     decode,
     ensure_streams,
+    is_attempt_subject,
     on_its_subject,
     tag_of,
     type_subject,
@@ -992,6 +994,17 @@ class Service:
     async def _handle(
         self, spec: ConsumerSpec, raw: Msg, delivery: Delivery, meters: _Meters
     ) -> None:
+        if len(raw.data) > ATTEMPT_MAX_PAYLOAD and is_attempt_subject(raw.subject):
+            # Larger than an attempt's credential says it may publish (the server applies
+            # only its own largest message to a callout's user): what the runner sends is
+            # well under it, so this is an attempt's flood. Not decoded, not folded.
+            metrics.POISON.labels(self.name).inc()
+            log.error(
+                "event larger than an attempt may publish terminated",
+                extra={"subject": raw.subject, "seq": delivery.sequence, "bytes": len(raw.data)},
+            )
+            await self._settle(raw, TERM, spec, delivery.sequence)
+            return
         try:
             event = decode(raw.data)
         except UnknownEventType as unknown:
