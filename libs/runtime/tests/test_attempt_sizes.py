@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from aether_events import (
     ALL_MISSION_EVENTS,
     ATTEMPT_MAX_PAYLOAD,
+    MISSIONS_STREAM,
     AgentFailed,
     Event,
     MissionRequested,
@@ -21,8 +22,10 @@ from aether_events import (
     encode,
     ensure_streams,
     is_attempt_subject,
+    mission_subject,
     subject_for,
 )
+from aether_events.replay import replay
 from aether_runtime import ConsumerSpec, Delivery, RuntimeSettings, Service
 
 
@@ -90,5 +93,14 @@ async def test_a_message_larger_than_an_attempt_may_send_is_terminated_on_its_su
         await asyncio.wait_for(seen.wait(), 30)
         assert [type(e).__name__ for e in handled] == ["MissionRequested", "AgentFailed"]
         assert poison(name) == before + 1
+        # A projection rebuilt from the stream skips it too: live and replay agree.
+        folded, _ = await replay(
+            js,
+            MISSIONS_STREAM,
+            mission_subject("m-sizes"),
+            [],
+            lambda seen, event, seq: [*seen, type(event).__name__],
+        )
+        assert folded == ["MissionRequested", "AgentFailed"]
     finally:
         await svc.stop()

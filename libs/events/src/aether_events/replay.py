@@ -263,7 +263,7 @@ async def replay(
             except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
                 result.skipped += 1
             else:
-                if on_its_subject(event, msg.subject):
+                if on_its_subject(event, msg.subject, len(msg.data)):
                     state = fold(state, event, seq)
                     result.applied += 1
                 else:

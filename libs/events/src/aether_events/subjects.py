@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from aether_events.bounds import ATTEMPT_MAX_PAYLOAD
 from aether_events.catalogue import (
     TELEMETRY_TYPES,
     AgentCompleted,
@@ -129,7 +130,7 @@ def type_subject(cls: type[Event]) -> str:
     return subjects[0]
 
 
-def on_its_subject(event: Event, subject: str) -> bool:
+def on_its_subject(event: Event, subject: str, size: int = 0) -> bool:
     """Whether ``event`` was stored on a subject that names what it reports on.
 
     An attempt's credential may publish only on its attempt's subjects, but the payload
@@ -137,7 +138,13 @@ def on_its_subject(event: Event, subject: str) -> bool:
     own attempt's subject (``subject_for``) or from its mission's four-token subject for
     its type (where no attempt credential may publish: events stored before subjects
     named the attempt, the planner's usage). Every other type is published by services
-    whose users are limited by type alone: any subject of the right type will do."""
+    whose users are limited by type alone: any subject of the right type will do.
+
+    ``size``: the message's payload in bytes. A message on an attempt's subject past
+    ``ATTEMPT_MAX_PAYLOAD`` (what an attempt's credential says it may publish, which the
+    server does not apply to a callout's user) is not taken either, live or replayed."""
+    if size > ATTEMPT_MAX_PAYLOAD and is_attempt_subject(subject):
+        return False
     if type(event) not in ATTEMPT_TYPES:
         return True
     try:

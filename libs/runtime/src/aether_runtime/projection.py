@@ -182,7 +182,7 @@ class Projection(Generic[S]):
             except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
                 result.skipped += 1
             else:
-                if on_its_subject(event, subject):
+                if on_its_subject(event, subject, len(data)):
                     self._apply_stored(event, seq, unfold)
                     result.applied += 1
                 else:

@@ -1020,7 +1020,7 @@ class Service:
             )
             await self._settle(raw, TERM, spec, delivery.sequence)
             return
-        if not on_its_subject(event, raw.subject):
+        if not on_its_subject(event, raw.subject, len(raw.data)):
             # Published with one attempt's credential about another task or attempt: the
             # server allowed the subject, the payload names other work. Not folded.
             metrics.POISON.labels(self.name).inc()

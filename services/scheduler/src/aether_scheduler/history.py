@@ -128,7 +128,7 @@ async def replay_history(
             event = decode(data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             continue
-        if not on_its_subject(event, subject):
+        if not on_its_subject(event, subject, len(data)):
             continue
         # What a result carries is folded as the handler folds it: first, with the
         # result's sequence (a finished mission's result itself changes nothing: its

@@ -138,7 +138,7 @@ class Standby:
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return  # the active one's consumer terminates or skips it
-        if not on_its_subject(event, msg.subject):
+        if not on_its_subject(event, msg.subject, len(msg.data)):
             return
         sequence = delivered_as(msg)[0]
         # What a result carries is folded first, with the result's sequence, as the
@@ -151,5 +151,5 @@ class Standby:
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return
-        if on_its_subject(event, msg.subject):
+        if on_its_subject(event, msg.subject, len(msg.data)):
             self._handlers.fold_telemetry(event)

@@ -82,7 +82,7 @@ async def follow_control_events(
             event = decode(msg.data)
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             return
-        if not on_its_subject(event, msg.subject):
+        if not on_its_subject(event, msg.subject, len(msg.data)):
             return
         try:
             await on_event(event, msg.metadata.sequence.stream)

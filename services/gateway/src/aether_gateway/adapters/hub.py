@@ -527,7 +527,7 @@ def _decoded(msg: Msg) -> Event | None:
         event = decode(msg.data)
     except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return event if on_its_subject(event, msg.subject) else None
+    return event if on_its_subject(event, msg.subject, len(msg.data)) else None
 
 
 def _streamed(event: Event, sequence: int | None, *, ends_message: bool = True) -> StreamedEvent:

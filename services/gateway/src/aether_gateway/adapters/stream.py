@@ -93,7 +93,7 @@ class Incoming:
 
         try:
             event = decode(message.data)
-            if not on_its_subject(event, message.subject):
+            if not on_its_subject(event, message.subject, len(message.data)):
                 # Published with one attempt's credential about another: passed over as
                 # an unknown type is (the runtime terminates it on the live path).
                 log.warning(

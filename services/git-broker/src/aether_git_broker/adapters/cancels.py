@@ -49,7 +49,9 @@ async def follow_cancels(
         except (UnknownEventType, msgspec.DecodeError, msgspec.ValidationError):
             log.warning("undecodable cancel skipped", extra={"subject": msg.subject})
             return
-        if not isinstance(event, MissionCancelled) or not on_its_subject(event, msg.subject):
+        if not isinstance(event, MissionCancelled) or not on_its_subject(
+            event, msg.subject, len(msg.data)
+        ):
             return
         try:
             on_cancel(event)
