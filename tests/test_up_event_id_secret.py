@@ -116,7 +116,7 @@ def test_aether_up_refuses_another_secret_before_it_starts_anything(tmp_path: Pa
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     env["AETHER_EVENT_ID_SECRET"] = OTHER
     ended = subprocess.run(
-        [sys.executable, "-m", "aether.cli", "up", "--home", str(home), "--port-base", "40700"],
+        [sys.executable, "-m", "aether.cli", "up", "--home", str(home), "--port-base", "0"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

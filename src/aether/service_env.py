@@ -138,7 +138,13 @@ SERVICE_PREFIXES: dict[str, tuple[str, ...]] = {
     # The tiers' model ids, to choose a task's model (not the key: AETHER_MODEL_OFFLINE).
     "scheduler": ("AETHER_SCHEDULER_", "AETHER_ESTIMATE_USD_", *MODEL_PREFIXES),
     "agent-runner": ("AETHER_AGENT_", "AETHER_SANDBOX_", "AETHER_CLAUDE_CODE_", *MODEL_PREFIXES),
-    "git-broker": ("AETHER_GIT_", "AETHER_VERIFY", "AETHER_WORKTREE_", "AETHER_SANDBOX_"),
+    "git-broker": (
+        "AETHER_GIT_",
+        "AETHER_MERGE_",
+        "AETHER_VERIFY",
+        "AETHER_WORKTREE_",
+        "AETHER_SANDBOX_",
+    ),
 }
 
 # Never handed to a service by name or prefix, whatever the table above says.

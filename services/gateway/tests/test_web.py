@@ -923,7 +923,9 @@ async def test_the_task_page_says_where_transcript_entries_are_missing(
     # It sits right before the entry after the gap.
     after = page.locator("#agent-transcript li.gap-mark + li.entry")
     await expect(after).to_have_attribute("data-seq", "3")
-    # One of them after all (late, not lost): one left.
+    # One of them after all (late, not lost): one left. (Telemetry is not replayed: the
+    # page must be following the stream when it comes.)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
     await publisher.publish(said(1, 1))
     await expect(gaps).to_have_text(
         ["1 entry missing: the telemetry stream dropped it before the gateway stored it"]
