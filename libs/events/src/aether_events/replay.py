@@ -90,8 +90,11 @@ async def stored_batches(
     after: int = 0,
     batch: int = 2048,
     patience: float = 0.0,
+    max_bytes: int = 0,
 ) -> AsyncGenerator[list[Msg], None]:
-    """``stored_messages`` in lists of up to ``batch``, one pull request each.
+    """``stored_messages`` in lists of up to ``batch``, one pull request each, and of
+    about ``max_bytes`` at most when given (which must hold the largest message stored:
+    the server answers a pull whose first message does not fit with nothing).
 
     ``patience``: for how many seconds a read the server stops answering (``ReplayStalled``),
     or whose consumer it does not create in time, is made again from the last message
@@ -103,7 +106,7 @@ async def stored_batches(
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + patience
     while True:
-        reads = _stored_batches(js, stream, subject, after=after, batch=batch)
+        reads = _stored_batches(js, stream, subject, after=after, batch=batch, max_bytes=max_bytes)
         try:
             async with contextlib.aclosing(reads):
                 async for msgs in reads:
@@ -121,7 +124,13 @@ async def stored_batches(
 
 
 async def _stored_batches(
-    js: JetStreamContext, stream: str, subject: Subjects, *, after: int = 0, batch: int = 2048
+    js: JetStreamContext,
+    stream: str,
+    subject: Subjects,
+    *,
+    after: int = 0,
+    batch: int = 2048,
+    max_bytes: int = 0,
 ) -> AsyncGenerator[list[Msg], None]:
     """One read of ``stored_batches``, with no patience.
 
@@ -158,7 +167,10 @@ async def _stored_batches(
         pull = _Pull(wanted)
         sub = await nc.subscribe(nc.new_inbox(), cb=pull.arrive)
         try:
-            request = json.dumps({"batch": wanted, "no_wait": True}).encode()
+            asked: dict[str, object] = {"batch": wanted, "no_wait": True}
+            if max_bytes:
+                asked["max_bytes"] = max_bytes
+            request = json.dumps(asked).encode()
             await nc.publish(next_subject, request, reply=sub.subject)
             timed_out = False
             try:
@@ -225,7 +237,8 @@ class _Pull:
         if self.done.is_set():
             return
         if msg.headers and msg.headers.get(Header.STATUS):
-            # No more now (404), the request expired (408), or the consumer is gone (409).
+            # No more now (404), the request expired (408), the next message would pass
+            # the request's bytes (409), or the consumer is gone (409).
             self.done.set()
             return
         self.msgs.append(msg)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 from nats.js import JetStreamContext
@@ -19,7 +20,6 @@ from aether_events import (
     Event,
     entries_of,
     mission_subject,
-    replay,
 )
 from aether_events.replay import START_PATIENCE_SECONDS
 from aether_gateway.adapters.batches import LIVE_LINGER, LIVE_SPACING, Batcher, InOrder
@@ -38,7 +38,6 @@ from aether_runtime.unanswered import asked_again, stream_end
 
 log = logging.getLogger("aether.gateway.projection")
 
-Folded = list[tuple[Event, int]]
 # Stored messages folded per transaction when catching up (at start, after a stall),
 # and how many runs the stream is read ahead of the one being written.
 CATCH_UP_RUN = 500
@@ -53,24 +52,49 @@ READ_AHEAD = 2
 # machine, docs/benchmarks.md), and every query meanwhile for ``settled``. With it, a
 # mission event waits for this many entries and one message at most.
 TELEMETRY_BACKLOG = 1024
+# A gateway starting after a flood: the telemetry it folds before the mission consumer
+# starts (in entries, as ``TELEMETRY_BACKLOG`` counts them); the live telemetry consumer,
+# created after what was folded, delivers the rest, bounded as any flood is. And the
+# bytes of telemetry read from the stream at a time (a run, a read), past which a run is
+# folded whatever its count of messages: what the catch-up (and a rebuild) holds at once
+# stays bounded however large the messages.
+TELEMETRY_AT_START = 4 * TELEMETRY_BACKLOG
+CATCH_UP_BYTES = 4 << 20
 
 
-def _collect(pending: Folded, event: Event, sequence: int) -> Folded:
-    pending.append((event, sequence))
-    return pending
+@dataclass
+class TelemetryRun:
+    """Telemetry to fold in one transaction, its weight (``weight_of``), and the last
+    stream sequence it covers (messages passed over included)."""
+
+    items: list[Incoming] = field(default_factory=list)
+    weight: int = 0
+    last: int = 0
 
 
-async def _read(
-    js: JetStreamContext, stream: str, subject: str, after: int, patience: float = 0.0
-) -> tuple[Folded, int]:
-    """The decodable events stored after ``after``, and the last sequence read
-    (``patience``: as ``replay``'s)."""
-    # replay() folds synchronously, so the events are gathered here and written after.
-    empty: Folded = []
-    pending, result = await replay(
-        js, stream, subject, empty, _collect, after_sequence=after, patience=patience
-    )
-    return pending, result.last_sequence
+def weight_of(event: Event) -> int:
+    """What a telemetry event weighs in a backlog: its transcript entries, or one."""
+    return max(len(entries_of(event)), 1)
+
+
+def telemetry_runs(stored: list[StoredMessage]) -> list[TelemetryRun]:
+    """``stored``'s telemetry events (what does not decode is passed over, as a live
+    consumer is never given it) in runs of at most ``TELEMETRY_BACKLOG`` entries, the
+    last message of each taking it past that at most."""
+    runs: list[TelemetryRun] = []
+    run = TelemetryRun()
+    for item in map(Incoming.of_message, stored):
+        run.last = item.seq
+        if item.event is None:
+            continue
+        run.items.append(item)
+        run.weight += weight_of(item.event)
+        if run.weight >= TELEMETRY_BACKLOG:
+            runs.append(run)
+            run = TelemetryRun()
+    if run.last:
+        runs.append(run)
+    return runs
 
 
 async def _released(folding: asyncio.Future[None], delivery: Delivery) -> None:
@@ -145,7 +169,7 @@ class Projector:
         """The telemetry consumer's handler: fold a heartbeat, a progress report or
         transcript entries; past ``TELEMETRY_BACKLOG``, its message is released only
         once it is folded."""
-        weight = max(len(entries_of(event)), 1)
+        weight = weight_of(event)
         folding = self.runs.submit(("telemetry", Incoming.of_event(event, delivery.sequence)))
         self.telemetry_backlog += weight
         try:
@@ -346,16 +370,43 @@ class Projector:
                     "lost_to": position + self.telemetry_lost,
                 },
             )
-        pending, last = await _read(
-            js, TELEMETRY_STREAM, ALL_TELEMETRY, position, patience=START_PATIENCE_SECONDS
-        )
-        for start in range(0, len(pending), CATCH_UP_RUN):
-            run = pending[start : start + CATCH_UP_RUN]
-            await self.read_model.take_telemetry([Incoming.of_event(e, s) for e, s in run])
+        last = await self._fold_telemetry_at_start(js, position)
         if self.telemetry is not None:
             # The runtime starts every consumer after the *mission* stream's position;
-            # the telemetry consumer counts another stream, so it is created here first.
+            # the telemetry consumer counts another stream, so it is created here first,
+            # after what was folded: the live fold takes the rest of a backlog.
             await ensure_consumer(js, self.telemetry, last)
+
+    async def _fold_telemetry_at_start(self, js: JetStreamContext, position: int) -> int:
+        """Fold the telemetry stored after ``position``, up to ``TELEMETRY_AT_START``
+        entries, in runs of at most ``TELEMETRY_BACKLOG`` entries (and one message more)
+        and ``CATCH_UP_BYTES``, read as they are folded; returns the last sequence read
+        and folded (where the telemetry consumer starts when it is created now)."""
+        last = position
+        folded = 0
+        runs = stored_runs(
+            js,
+            TELEMETRY_STREAM,
+            ALL_TELEMETRY,
+            after=position,
+            size=CATCH_UP_RUN,
+            patience=START_PATIENCE_SECONDS,
+            max_bytes=CATCH_UP_BYTES,
+        )
+        async with contextlib.aclosing(runs):
+            async for stored in runs:
+                for run in telemetry_runs(stored):
+                    if run.items:
+                        await self.read_model.take_telemetry(run.items)
+                    folded += run.weight
+                    last = run.last
+                    if folded >= TELEMETRY_AT_START:
+                        break
+                if folded >= TELEMETRY_AT_START:
+                    break
+        if folded:
+            log.info("telemetry caught up", extra={"from": position, "to": last, "folded": folded})
+        return last
 
     async def rebuild_all(self, js: JetStreamContext) -> tuple[int, int, int]:
         """Replace the whole read model by folding both streams from their start.
@@ -384,11 +435,16 @@ class Projector:
         async with contextlib.aclosing(runs):
             async for run in runs:
                 await rebuild.fold_run(run)
-        telemetry, telemetry_last = await _read(js, TELEMETRY_STREAM, ALL_TELEMETRY, 0)
-        for event, sequence in telemetry:
-            await rebuild.fold_telemetry(event, sequence)
-        # Undecodable events at the end still count as read.
-        rebuild.telemetry_last = max(rebuild.telemetry_last, telemetry_last)
+        telemetry = stored_runs(
+            js, TELEMETRY_STREAM, ALL_TELEMETRY, size=CATCH_UP_RUN, max_bytes=CATCH_UP_BYTES
+        )
+        async with contextlib.aclosing(telemetry):
+            async for stored in telemetry:
+                for item in map(Incoming.of_message, stored):
+                    if item.event is not None:
+                        await rebuild.fold_telemetry(item.event, item.seq)
+                # Undecodable events at the end still count as read.
+                rebuild.telemetry_last = max(rebuild.telemetry_last, stored[-1].seq)
 
     def _rebuilt(self, rebuild: Rebuild) -> tuple[int, int, int]:
         log.info(

@@ -59,7 +59,7 @@ from aether_gateway.adapters.rows import (
 )
 from aether_gateway.adapters.runs import finish_run, fold_events, send_run
 from aether_gateway.adapters.stream import Incoming, StoredMessage
-from aether_gateway.adapters.transcripts import DEFAULT_MAX_ENTRIES, STORE_ENTRY, storing
+from aether_gateway.adapters.transcripts import DEFAULT_MAX_ENTRIES, STORE_ENTRIES, storing
 from aether_gateway.domain import (
     Changes,
     Mission,
@@ -595,7 +595,7 @@ class ReadModel:
         stores: list[AsyncCursor[Any]] = []
         for query, params in _telemetry_writes(event, self.transcript_max_entries):
             cursor = await conn.execute(query, params)
-            if query is STORE_ENTRY:
+            if query is STORE_ENTRIES:
                 stores.append(cursor)
         return stores
 
@@ -937,11 +937,12 @@ def _merging(update: SessionUpdate) -> Statement:
 
 
 def _telemetry_writes(event: Event, cap: int) -> list[Statement]:
-    """What folding a telemetry event writes: its transcript entries (each under the
-    attempt's ``cap``), or what it says about its agent session."""
+    """What folding a telemetry event writes: its transcript entries (all of them by one
+    statement, each under its attempt's ``cap``), or what it says about its agent
+    session."""
     entries = entries_of(event)
     if entries:
-        return [storing(entry, cap) for entry in entries]
+        return [storing(entries, cap)]
     update = session_update(event)
     return [] if update is None else [_merging(update)]
 

@@ -108,6 +108,12 @@ class Incoming:
             return made(payload=message.data, problem=f"does not decode: {error}")
 
 
+# What a pull request's byte bound leaves a message beyond its payload: its subject,
+# reply subject and headers (a message stored when the server took larger ones still
+# fails the read, as the server answers such a request with nothing).
+_MESSAGE_ROOM = 64 * 1024
+
+
 async def read_stored(
     js: JetStreamContext,
     stream: str,
@@ -137,13 +143,24 @@ async def stored_runs(
     until: int | None = None,
     size: int = 256,
     patience: float = 0.0,
+    max_bytes: int = 0,
 ) -> AsyncGenerator[list[StoredMessage], None]:
     """``read_stored``'s messages in runs of up to ``size``, each given as soon as read
-    (a long history is then never held whole). ``patience``: as ``stored_batches``'."""
+    (a long history is then never held whole). ``patience``: as ``stored_batches``'.
+
+    ``max_bytes``: a run ends once its payloads reach that many bytes, and the stream is
+    read that many at a time (at least the server's largest message plus room for its
+    subject and headers, so that any stored message can be read), so that what is held
+    at once is bounded however large the messages (a flood of telemetry)."""
     run: list[StoredMessage] = []
+    run_bytes = 0
+    pull_bytes = max(max_bytes, js._nc.max_payload + _MESSAGE_ROOM) if max_bytes else 0
+    batch = max(size, 2048)
     # Closed at once on an early end, so its ephemeral consumer goes with it.
     async with contextlib.aclosing(
-        stored_batches(js, stream, subject, after=after, batch=max(size, 2048), patience=patience)
+        stored_batches(
+            js, stream, subject, after=after, batch=batch, patience=patience, max_bytes=pull_bytes
+        )
     ) as batches:
         async for msgs in batches:
             ended = False
@@ -155,9 +172,11 @@ async def stored_runs(
                     break
                 stored_at = meta.timestamp or datetime.now(UTC)
                 run.append(StoredMessage(seq, msg.subject, msg.data, stored_at))
-                if len(run) >= size:
+                run_bytes += len(msg.data)
+                if len(run) >= size or (max_bytes and run_bytes >= max_bytes):
                     yield run
                     run = []
+                    run_bytes = 0
             if ended:
                 break
     if run:

@@ -1,7 +1,7 @@
 """Attempts' transcripts in PostgreSQL: each ``TranscriptRecorded`` stored once (the
 first copy of an entry wins: a resumed attempt publishes its entries again), at most
-``cap`` of them an attempt (the rest counted as dropped, in ``transcript_counts``), and
-read back in order, a page at a time."""
+``cap`` of them an attempt (the rest counted as dropped, in ``transcript_counts``), a
+message's entries by one statement, and read back in order, a page at a time."""
 
 from __future__ import annotations
 
@@ -39,12 +39,15 @@ class TranscriptEntry(msgspec.Struct, frozen=True, kw_only=True):
     missing_before: int = 0
 
 
-# The entry goes as one JSON object (encoded by msgspec) rather than one parameter a
-# column, each adapted by psycopg on its own: a transcript entry is most of the telemetry
-# the gateway folds. A column the object leaves out is NULL. The function (migration
-# 0014) stores it unless the attempt already has ``cap`` entries, and counts it as
-# dropped then; it answers 1 for an entry dropped (and counted) now, else 0.
-STORE_ENTRY: LiteralString = "SELECT store_transcript_entry(%s::jsonb, %s) AS dropped"
+# A message's entries go as one JSON array of objects (encoded by msgspec) rather than a
+# statement an entry, or one parameter a column adapted by psycopg on its own: a
+# transcript entry is most of the telemetry the gateway folds, and an attempt's
+# credential may put thousands in one message. A column an object leaves out is NULL.
+# The function (migration 0015) stores each entry unless its attempt already has ``cap``
+# entries, and counts it as dropped then (once: an entry counted or stored before is
+# not); it answers how many it counted as dropped now. An attempt past its cap thus
+# costs the gateway a statement a message, not one an entry.
+STORE_ENTRIES: LiteralString = "SELECT store_transcript_entries(%s::jsonb, %s) AS dropped"
 
 # What the gateway keeps of one attempt's entries by default: a little above the
 # runner's own cap (AETHER_AGENT_TRANSCRIPT_MAX_ENTRIES, 20,000), which the gateway does
@@ -76,10 +79,15 @@ def _clean(text: str) -> str:
 
 
 def storing(
-    event: TranscriptRecorded, cap: int = DEFAULT_MAX_ENTRIES
+    entries: list[TranscriptRecorded], cap: int = DEFAULT_MAX_ENTRIES
 ) -> tuple[LiteralString, tuple[str, int]]:
-    """The statement that stores ``event`` under the attempt's ``cap``, and its
-    parameters; its one row's ``dropped`` is 1 when the cap dropped the entry."""
+    """The statement that stores ``entries`` (in their order) under their attempts'
+    ``cap``, and its parameters; its one row's ``dropped`` is how many entries the cap
+    dropped (and counted) now."""
+    return STORE_ENTRIES, (msgspec.json.encode([_row(entry) for entry in entries]).decode(), cap)
+
+
+def _row(event: TranscriptRecorded) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "mission_id": event.mission_id,
         "task_id": event.task_id,
@@ -104,7 +112,7 @@ def storing(
         entry["stop_reason"] = _clean(event.stop_reason)
     if event.usage is not None:
         entry["usage"] = event.usage
-    return STORE_ENTRY, (msgspec.json.encode(entry).decode(), cap)
+    return entry
 
 
 async def transcript_page(
