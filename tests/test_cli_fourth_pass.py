@@ -1,0 +1,169 @@
+"""What a demanding newcomer still met on a fourth pass over the command line: a bad
+value refused by the gateway under its own field's name rather than the option typed,
+a transcript whose attempt started after its first entries, a watch of a cancelled
+mission that read as a failed command, and ``--json`` errors that were not JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from aether.cli import _parser, main
+from aether.clidoc import _commands
+
+# Options and arguments whose value is free text, a path or a name: nothing the command
+# line could check better than the gateway (or the command) does with a sentence of its
+# own. Any other option that takes a value is checked where it is parsed.
+FREE_TEXT = {
+    "url",
+    "token",
+    "home",
+    "nats_url",
+    "database_url",
+    "requirement",
+    "repo",
+    "base",
+    "model",  # TIER=MODEL, checked by submit before anything is sent
+    "runtime",
+    "verify",
+    "idempotency_key",
+    "mission_id",
+    "task_id",
+    "text",
+    "reason",
+    "event_id",
+    "service",
+    "name",
+    "token_id",
+    "mission",
+    "file",
+    "master_file",
+    "out",
+}
+BAD_VALUES = ("abc", "-1", "nan", "", "1e999")
+
+
+def _valued(command: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        action
+        for action in command._actions
+        if action.nargs != 0
+        and not isinstance(action, argparse._SubParsersAction | argparse._HelpAction)
+    ]
+
+
+def _base_argv(command: argparse.ArgumentParser) -> list[str]:
+    """Values that parse for the command's required options and arguments."""
+    argv: list[str] = []
+    for action in _valued(command):
+        value = "5" if action.type not in (None, str, Path) else "x"
+        if action.choices:
+            value = next(iter(action.choices))
+        if not action.option_strings:
+            argv.append(value)
+        elif action.required:
+            argv += [action.option_strings[-1], value]
+    return argv
+
+
+def _checked_options() -> list[tuple[list[str], str]]:
+    found = []
+    for path, command in _commands(_parser(), ["aether"]):
+        for action in _valued(command):
+            if action.choices or action.dest in FREE_TEXT or action.type is Path:
+                continue
+            found.append((path[1:], action.dest))
+    return found
+
+
+def test_every_option_taking_a_value_is_checked_or_known_as_free_text() -> None:
+    """A value the command line does not check is refused by the gateway under its own
+    name: `mission list --since yesterday` read "since must be an ISO 8601 date or
+    date-time", `--limit 0` "limit: must be at least 1", `mission budget M -3` named
+    `budget_usd`. Every option taking a value has a type that checks it, choices, or is
+    free text; a new one must be one of the three."""
+    unchecked = [
+        f"{' '.join(path)} {dest}"
+        for path, dest in _checked_options()
+        for command in [_command(path)]
+        if _action(command, dest).type in (None, str, int, float)
+    ]
+    assert unchecked == []
+
+
+def _command(path: list[str]) -> argparse.ArgumentParser:
+    for found, command in _commands(_parser(), ["aether"]):
+        if found[1:] == path:
+            return command
+    raise AssertionError(path)
+
+
+def _action(command: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    return next(a for a in command._actions if a.dest == dest)
+
+
+@pytest.mark.parametrize(
+    ("path", "dest"), _checked_options(), ids=lambda p: "-".join(p) if isinstance(p, list) else p
+)
+def test_a_bad_value_of_a_checked_option_is_a_usage_line_naming_it_as_typed(
+    path: list[str], dest: str, capsys
+) -> None:
+    command = _command(path)
+    action = _action(command, dest)
+    base = _base_argv(command)
+    command.parse_args(base)  # the values given the others parse
+    capsys.readouterr()
+    # As argparse names it: each of its spellings (``-n/--lines``), or an argument's metavar.
+    named = "/".join(action.option_strings) or str(action.metavar or action.dest)
+    for bad in BAD_VALUES:
+        if action.option_strings:
+            argv = [*base, f"{action.option_strings[-1]}={bad}"]
+        else:
+            positionals = [a for a in _valued(command) if not a.option_strings]
+            at = positionals.index(action)
+            argv = [v if i != at else bad for i, v in enumerate(base)]
+        with pytest.raises(SystemExit) as ended:
+            _parser().parse_args([*path, *argv])
+        assert ended.value.code == 2, (path, dest, bad)
+        err = capsys.readouterr().err
+        assert f"error: argument {named}: " in err, err
+        assert "invalid" not in err, err  # argparse's own "invalid int value: 'abc'"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["mission", "list", "--since", "yesterday"],
+            "argument --since: 'yesterday' is not a day: give YYYY-MM-DD",
+        ),
+        (["usage", "--since", "last week"], "argument --since: 'last week' is not a day"),
+        (["mission", "list", "--limit", "500"], "argument --limit: 500 is too many: give at most"),
+        (
+            ["mission", "list", "--status", "running,done"],
+            "argument --status: 'done' is not a mission status: give one of requested,",
+        ),
+        (["mission", "budget", "m-1", "-3"], "argument USD: -3 is not a budget"),
+        (["mission", "logs", "m-1", "t1", "--attempt", "0"], "argument --attempt: 0 is too few"),
+        (["tokens", "create", "ci", "--scope", "read", "--expires-days", "0"], "0 is too few"),
+    ],
+)
+def test_values_the_gateway_refused_under_its_own_names_are_refused_here(
+    argv: list[str], said: str, capsys
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main(["--url", "http://127.0.0.1:9", "--token", "t", *argv])
+    assert ended.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_the_values_a_gateway_takes_still_parse() -> None:
+    listing = _parser().parse_args(
+        ["mission", "list", "--since", "2025-01-31", "--status", "running,paused", "--limit", "200"]
+    )
+    assert (listing.since, listing.status, listing.limit) == ("2025-01-31", ["running,paused"], 200)
+    assert _parser().parse_args(["usage", "--since", "2025-01-31T10:00:00Z"]).since
+    assert _parser().parse_args(["mission", "budget", "m-1", "12.5"]).budget_usd == 12.5
+    assert _parser().parse_args(["logs", "-n", "0"]).lines == 0
