@@ -6,12 +6,17 @@ mission that read as a failed command, and ``--json`` errors that were not JSON.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from json import loads
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from aether.cli import _parser, main
 from aether.clidoc import _commands
+from aether.client import GatewayClient, SseEvent
+from aether.transcript import task_transcript
 
 # Options and arguments whose value is free text, a path or a name: nothing the command
 # line could check better than the gateway (or the command) does with a sentence of its
@@ -167,3 +172,104 @@ def test_the_values_a_gateway_takes_still_parse() -> None:
     assert _parser().parse_args(["usage", "--since", "2025-01-31T10:00:00Z"]).since
     assert _parser().parse_args(["mission", "budget", "m-1", "12.5"]).budget_usd == 12.5
     assert _parser().parse_args(["logs", "-n", "0"]).lines == 0
+
+
+class _StartAfterEntries:
+    """The gateway's side of ``logs M t1 -f`` for an attempt whose start the runner
+    published after its first entries (held with them, or carried by its result): the
+    stream brings the telemetry first; the listing made when the stream opens has the
+    entries but not yet the start."""
+
+    def __init__(self) -> None:
+        self.status = "running"
+
+    @staticmethod
+    def entry(sequence: int) -> dict[str, object]:
+        return {
+            "task_id": "t1",
+            "attempt": 1,
+            "sequence": sequence,
+            "kind": "note",
+            "text": f"step {sequence}",
+            "occurred_at": f"2026-11-30T12:00:0{sequence}.5Z",
+        }
+
+    @staticmethod
+    def step(kind: str, event_id: str) -> dict[str, object]:
+        # A whole second: its string sorts after "12:00:00.5Z" though it is earlier.
+        return {
+            "task_id": "t1",
+            "attempt": 1,
+            "event_id": event_id,
+            "occurred_at": "2026-11-30T12:00:00Z",
+        }
+
+    def activity(self, mission_id: str, task_id: str, attempt: int | None) -> dict[str, object]:
+        return {"entries": [], "position": 3}
+
+    def transcript(self, *args: object) -> dict[str, object]:
+        return {"entries": [self.entry(0)], "next": None}
+
+    def show(self, mission_id: str) -> dict[str, object]:
+        return {"status": self.status}
+
+    def events(self, *args: object, on_open: Any = None, **kwargs: object) -> Iterator[SseEvent]:
+        on_open()
+        yield SseEvent(None, "transcript_recorded", self.entry(1))
+        yield SseEvent(None, "transcript_recorded", self.entry(2))
+        yield SseEvent("4", "agent_started", self.step("agent_started", "e-1"))
+        yield SseEvent(None, "transcript_recorded", self.entry(3))
+        self.status = "completed"
+        yield SseEvent("5", "agent_completed", self.step("agent_completed", "e-2"))
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_an_attempts_start_is_printed_before_its_entries_however_they_arrive(
+    json: bool, capsys
+) -> None:
+    args = _parser().parse_args(
+        [*(["--json"] if json else []), "mission", "logs", "m-1", "t1", "-f"]
+    )
+    assert task_transcript(cast(GatewayClient, _StartAfterEntries()), args) == 0
+    out = capsys.readouterr().out.splitlines()
+    if json:
+        read = [loads(line) for line in out]
+        order = [(r["type"], r.get("sequence")) for r in read]
+    else:
+        order = [
+            ("agent_started" if "started" in line else "agent_completed", None)
+            if " t1 a1 " in line
+            else ("transcript_recorded", int(line.split("#")[1].split()[0]))
+            for line in out
+            if not line.startswith(" ")
+        ]
+    assert order == [
+        ("agent_started", None),
+        *[("transcript_recorded", n) for n in range(4)],
+        ("agent_completed", None),
+    ]
+
+
+def test_a_listed_transcript_puts_each_attempts_start_first_and_its_end_last(capsys) -> None:
+    """Sorted by their times' strings, a start at a whole second came after the entries
+    of its first half second ("12:00:00Z" > "12:00:00.5Z")."""
+    gateway = _StartAfterEntries()
+    gateway.status = "completed"
+    started = {"type": "agent_started", "data": gateway.step("agent_started", "e-1")}
+    ended = {"type": "agent_completed", "data": gateway.step("agent_completed", "e-2")}
+    for step in (started, ended):
+        step["occurred_at"] = step["data"]["occurred_at"]  # type: ignore[index]
+    gateway.activity = lambda *_: {"entries": [ended, started], "position": 3}  # type: ignore[method-assign]
+    gateway.transcript = lambda *_: {  # type: ignore[method-assign]
+        "entries": [gateway.entry(0), gateway.entry(1)],
+        "next": None,
+    }
+    args = _parser().parse_args(["--json", "mission", "logs", "m-1", "t1"])
+    assert task_transcript(cast(GatewayClient, gateway), args) == 0
+    read = [loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["type"], r.get("sequence")) for r in read] == [
+        ("agent_started", None),
+        ("transcript_recorded", 0),
+        ("transcript_recorded", 1),
+        ("agent_completed", None),
+    ]
