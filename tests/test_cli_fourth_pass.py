@@ -6,6 +6,11 @@ mission that read as a failed command, and ``--json`` errors that were not JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from json import loads
 from pathlib import Path
@@ -47,6 +52,7 @@ FREE_TEXT = {
     "master_file",
     "out",
 }
+AETHER = [sys.executable, "-m", "aether.cli", "--token", "t"]
 BAD_VALUES = ("abc", "-1", "nan", "", "1e999")
 
 
@@ -273,3 +279,36 @@ def test_a_listed_transcript_puts_each_attempts_start_first_and_its_end_last(cap
         ("transcript_recorded", 1),
         ("agent_completed", None),
     ]
+
+
+def test_ctrl_c_stops_the_watch_and_says_the_mission_goes_on() -> None:
+    """Ctrl-C during `submit --watch` ended without a word: whether the mission was
+    stopped with it was left to guess. The watch here has no gateway (it keeps trying)."""
+    mission = "m-0123456789abcdef"
+    watcher = subprocess.Popen(
+        [*AETHER, "mission", "watch", mission, "--events", "--url", "http://127.0.0.1:9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None
+        assert "cannot connect" in watcher.stderr.readline()  # it runs, and tries again
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+        watcher.wait()
+    assert watcher.returncode == 130
+    assert f"stopped watching; {mission} goes on (`aether mission watch {mission}`" in err
+    assert f"`aether mission cancel {mission}` stops it" in err
+    assert "Traceback" not in err
+
+
+def test_the_watchs_exit_status_is_in_its_help_and_submits() -> None:
+    for argv in (["mission", "watch", "--help"], ["mission", "submit", "--help"]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            _parser().parse_args(argv)
+        text = " ".join(out.getvalue().split())
+        assert "3 when it ended otherwise (failed, its plan failed, or cancelled)" in text

@@ -440,6 +440,13 @@ def _stack_home(args: argparse.Namespace) -> Path:
     return find_home(explicit)[0]
 
 
+# What a watch's exit status says (``mission watch`` and ``submit --watch``).
+WATCH_EXIT = (
+    "0 when the mission completed (or its question was answered); "
+    f"{commands.DID_NOT_COMPLETE} when it ended otherwise (failed, its plan failed, or "
+    "cancelled): the watch worked, but there is no result to use; 1 when the command "
+    "itself failed (the gateway refused it); 130 when interrupted."
+)
 MISSION_HELP = "the mission: its id, a unique start of one, or @last (the newest)"
 TASK_HELP = "the task's id in the plan (`aether mission show` lists them)"
 
@@ -490,7 +497,11 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     submit.add_argument("--verify", help="command that must pass on the merged tree")
     submit.add_argument("--idempotency-key", help="submitting again with it creates no second")
-    submit.add_argument("--watch", action="store_true", help="watch the mission afterwards")
+    submit.add_argument(
+        "--watch",
+        action="store_true",
+        help="watch the mission afterwards, as `mission watch` does (its exit status too)",
+    )
 
     listing = command("list", commands.list_missions, "list missions, newest first")
     listing.add_argument(
@@ -549,6 +560,12 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
     watch = command("watch", commands.watch, "live board of a mission's tasks")
+    watch.description = (
+        "A live board of the mission's tasks until the mission ends (one line per event "
+        "without a terminal, or with --events). Ctrl-C stops the watch, not the mission."
+    )
+    watch.epilog = f"Exit status: {WATCH_EXIT}"
+    submit.epilog = f"With --watch, the exit status is the watch's: {WATCH_EXIT}"
     mission_of(watch)
     watch.add_argument("--events", action="store_true", help="one line per event, no board")
 

@@ -555,6 +555,10 @@ def budget(args: argparse.Namespace) -> int:
 
 _CLEAR = "\x1b[H\x1b[2J"
 REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never left up
+# The exit status of a watch that saw its mission end without completing (failed, its plan
+# failed, cancelled): not 1, which says the command itself failed (refused, say), yet not
+# 0, since what the mission was for is not there to use (`submit --watch && …`).
+DID_NOT_COMPLETE = 3
 # How long a completed mission's watch waits for the push its repository's preparation
 # announced (BranchPushed or BranchPushFailed) before it ends without it.
 DELIVERY_WAIT_SECONDS = 120.0
@@ -651,7 +655,18 @@ def watch(args: argparse.Namespace) -> int:
             if board.finished:
                 if not args.json:
                     print(_outcome(board), flush=True)
-                return 0 if board.status in ("completed", "answered") else 1
+                return 0 if board.status in ("completed", "answered") else DID_NOT_COMPLETE
+    except KeyboardInterrupt:
+        # Stopping the watch stops nothing else: say so, and how to stop the mission.
+        if not args.json:
+            mission = args.mission_id
+            print(
+                f"\nstopped watching; {mission} goes on (`aether mission watch {mission}` "
+                f"follows it again, `aether mission cancel {mission}` stops it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 130
     finally:
         stop.set()
 
