@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import io
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import pytest
 from aether.cli import _parser, main
 from aether.clidoc import _commands
 from aether.client import GatewayClient, SseEvent
+from aether.gitview import create_sample_repository
+from aether.repocheck import RepositoryProblem, check_repository
 from aether.transcript import task_transcript
 
 # Options and arguments whose value is free text, a path or a name: nothing the command
@@ -312,3 +315,49 @@ def test_the_watchs_exit_status_is_in_its_help_and_submits() -> None:
             _parser().parse_args(argv)
         text = " ".join(out.getvalue().split())
         assert "3 when it ended otherwise (failed, its plan failed, or cancelled)" in text
+
+
+def _closed_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "said"),
+    [
+        (["mission", "show", "../x"], 1, "'../x' is not a mission id"),
+        (["mission", "show", "m-0123456789abcdef"], 1, "cannot reach the gateway at"),
+        (["mission", "submit", "--repo", "REPO", "x", "--model", "huge=m"], 2, "--model takes"),
+        (["mission", "submit", "--repo", "REPO", "x", "--model", "huge"], 2, "--model takes"),
+    ],
+)
+def test_with_json_every_error_is_json_on_standard_error(
+    argv: list[str], code: int, said: str, tmp_path: Path, capsys
+) -> None:
+    """Only the gateway's refusals were: a check made before anything was sent, and an
+    unreachable gateway, printed `error: …` lines a script could not parse."""
+    repo = tmp_path / "repo"
+    create_sample_repository(repo)
+    argv = [str(repo) if arg == "REPO" else arg for arg in argv]
+    assert main(["--json", "--url", _closed_url(), "--token", "t", *argv]) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    answer = loads(captured.err)
+    assert said in answer["error"] and answer["status"] is None, answer
+
+
+def test_a_bare_repository_whose_head_has_no_commit_says_to_pass_base(tmp_path: Path) -> None:
+    """Its HEAD's branch (git's default) was not the one pushed to it: the refusal read
+    "has no branch 'trunk' (it has: main)", as if a --base given had been mistyped."""
+    work, bare = tmp_path / "work", tmp_path / "bare.git"
+    create_sample_repository(work)
+    git = ["git", "-c", "init.defaultBranch=trunk"]
+    subprocess.run([*git, "init", "-q", "--bare", str(bare)], check=True)
+    subprocess.run(["git", "-C", str(work), "push", "-q", str(bare), "main"], check=True)
+    with pytest.raises(RepositoryProblem) as problem:
+        check_repository(bare)
+    assert str(problem.value) == (
+        f"{bare}'s HEAD is on branch 'trunk', which has no commit yet: pass --base with one of main"
+    )
+    assert check_repository(bare, "main").base == "main"

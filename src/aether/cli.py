@@ -84,15 +84,27 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except httpx.TransportError as error:
         target = commands.target(args)
-        print(
-            f"error: cannot reach the gateway at {target.url} (from {target.url_source}): "
-            f"{error or type(error).__name__}\n  {_unreachable_hint(target)}",
-            file=sys.stderr,
+        said = (
+            f"cannot reach the gateway at {target.url} (from {target.url_source}): "
+            f"{error or type(error).__name__}"
         )
+        hint = _unreachable_hint(target)
+        if args.json:
+            detail = {"url": target.url, "url_source": target.url_source, "hint": hint}
+            print(json.dumps({"error": said, "status": None, "detail": detail}), file=sys.stderr)
+        else:
+            print(f"error: {said}\n  {hint}", file=sys.stderr)
         return 1
     except (commands.UsageError, LoginError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        if args.json:
+            # The shape of the gateway's refusals, with no HTTP status: nothing was asked.
+            print(
+                json.dumps({"error": str(error), "status": None, "detail": None}), file=sys.stderr
+            )
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        code: int = getattr(error, "exit_code", 1)
+        return code
     except KeyboardInterrupt:
         return 130
     return result

@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 
 
 class UsageError(Exception):
-    """The command cannot run as asked; nothing was sent to the gateway."""
+    """The command cannot run as asked; nothing was sent to the gateway. ``exit_code`` is
+    the command's exit status (2 for a value given wrongly, as argparse's own)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def target(args: argparse.Namespace) -> Target:
@@ -156,16 +161,14 @@ def submit(args: argparse.Namespace) -> int:
     for item in args.model or []:
         tier, sep, model = item.partition("=")
         if not sep or not tier or not model:
-            print(f"error: --model takes TIER=MODEL, not {item!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--model takes TIER=MODEL, not {item!r}", exit_code=2)
         if tier not in TIERS:
             # The gateway's answer named its own field and an "enum value".
-            print(
-                f"error: --model takes a tier of {', '.join(TIERS[:-1])} or {TIERS[-1]}, not "
+            raise UsageError(
+                f"--model takes a tier of {', '.join(TIERS[:-1])} or {TIERS[-1]}, not "
                 f"{tier!r} (e.g. --model complex=claude-opus-4-1)",
-                file=sys.stderr,
+                exit_code=2,
             )
-            return 2
         overrides[tier] = model
     repository, base = args.repo, args.base
     if "://" not in args.repo:
