@@ -68,6 +68,7 @@ def test_an_entry_listed_and_streamed_again_is_printed_once_and_moves_the_cursor
     printer.show("transcript_recorded", entry)
     printer.show("transcript_recorded", {**entry, "task_id": "t2", "sequence": 5})
     printer.show("agent_progress", {**entry, "event_id": "e1"})
+    printer.flush()  # no start of the attempt seen: its entries wait for it until then
     assert printed == ["--:--:--  a1 #4    note", "            go on"]
     # Another task's entry does not move where the next page starts.
     assert (printer.after_attempt, printer.after) == (1, 4)

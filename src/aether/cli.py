@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,27 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except httpx.TransportError as error:
         target = commands.target(args)
-        print(
-            f"error: cannot reach the gateway at {target.url} (from {target.url_source}): "
-            f"{error or type(error).__name__}\n  {_unreachable_hint(target)}",
-            file=sys.stderr,
+        said = (
+            f"cannot reach the gateway at {target.url} (from {target.url_source}): "
+            f"{error or type(error).__name__}"
         )
+        hint = _unreachable_hint(target)
+        if args.json:
+            detail = {"url": target.url, "url_source": target.url_source, "hint": hint}
+            print(json.dumps({"error": said, "status": None, "detail": detail}), file=sys.stderr)
+        else:
+            print(f"error: {said}\n  {hint}", file=sys.stderr)
         return 1
     except (commands.UsageError, LoginError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        if args.json:
+            # The shape of the gateway's refusals, with no HTTP status: nothing was asked.
+            print(
+                json.dumps({"error": str(error), "status": None, "detail": None}), file=sys.stderr
+            )
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        code: int = getattr(error, "exit_code", 1)
+        return code
     except KeyboardInterrupt:
         return 130
     return result
@@ -249,7 +262,7 @@ def _backup_parsers(sub: Any) -> None:
         "work); the gateway's read model is then rebuilt",
     )
     restore.add_argument(
-        "--replicas", type=int, help="the stream's replicas (default: the backup's)"
+        "--replicas", type=_at_least_one, help="the stream's replicas (default: the backup's)"
     )
     restore.set_defaults(run=_restore)
 
@@ -285,31 +298,94 @@ def _port_base(text: str) -> int:
     return value
 
 
-def _budget(text: str) -> float:
-    """``--budget``: an amount of US dollars above 0 (the gateway's refusal named its own
-    field, ``budget_usd``)."""
+def _amount(example: str) -> Callable[[str], float]:
+    """An amount of US dollars above 0 (``--budget``, ``mission budget``'s USD), refused
+    by argparse under the option's name (the gateway's refusal named its own field,
+    ``budget_usd``); ``example`` shows one as the command takes it."""
+
+    def amount(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an amount: give US dollars, e.g. {example}"
+            ) from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a budget: give US dollars above 0, e.g. {example}"
+            )
+        return value
+
+    return amount
+
+
+_budget = _amount("--budget 2.50")
+
+
+def _whole(least: int, most: int | None = None) -> Callable[[str], int]:
+    """A whole number from ``least`` (to ``most``), checked here so that a wrong one is a
+    usage line naming the option as typed, not the gateway's refusal naming its field."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            few = "give 1 or more" if least == 1 else f"give {least} or more"
+            raise argparse.ArgumentTypeError(f"{text} is too few: {few}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text} is too many: give at most {most}")
+        return value
+
+    return whole
+
+
+# A count of at least 1 (``--concurrency``, ``--max-tasks``).
+_at_least_one = _whole(1)
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds above 0 (``login --timeout``)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an amount: give US dollars, e.g. --budget 2.50"
-        ) from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a budget: give US dollars above 0, e.g. --budget 2.50"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a duration: give seconds above 0")
     return value
 
 
-def _at_least_one(text: str) -> int:
-    """A count of at least 1 (``--concurrency``, ``--max-tasks``)."""
+def _since(text: str) -> str:
+    """``--since``: a day (YYYY-MM-DD) or an ISO 8601 date-time, as the gateway takes it
+    (whose refusal read "since must be an ISO 8601 date or date-time", naming no option)."""
+    from datetime import date, datetime
+
     try:
-        value = int(text)
+        if len(text) == 10:
+            date.fromisoformat(text)
+        else:
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is too few: give 1 or more")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a day: give YYYY-MM-DD (e.g. --since 2025-01-31), or an ISO "
+            "8601 date-time"
+        ) from None
+    return text
+
+
+def _mission_status(text: str) -> str:
+    """``mission list --status``: a mission status, or several separated by commas (the
+    gateway's refusal read "unknown status 'x'", naming neither the option nor the ones
+    there are)."""
+    from aether_events.status import MISSION_STATUSES  # here: only when the option is given
+
+    unknown = [s for s in text.split(",") if s.strip() not in MISSION_STATUSES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{unknown[0]!r} is not a mission status: give one of {', '.join(MISSION_STATUSES)}"
+        )
+    return text
 
 
 def _stack_parsers(sub: Any) -> None:
@@ -351,7 +427,7 @@ def _stack_parsers(sub: Any) -> None:
     logs = sub.add_parser("logs", help="the local stack's service logs", parents=[home])
     logs.add_argument("service", nargs="?", help="one service (default: all)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs.add_argument("-n", "--lines", type=int, default=40, help="lines of history (40)")
+    logs.add_argument("-n", "--lines", type=_whole(0), default=40, help="lines of history (40)")
     logs.add_argument("--raw", action="store_true", help="the JSON lines as written")
     logs.set_defaults(
         run=lambda args: localstack().logs(
@@ -376,6 +452,13 @@ def _stack_home(args: argparse.Namespace) -> Path:
     return find_home(explicit)[0]
 
 
+# What a watch's exit status says (``mission watch`` and ``submit --watch``).
+WATCH_EXIT = (
+    "0 when the mission completed (or its question was answered); "
+    f"{commands.DID_NOT_COMPLETE} when it ended otherwise (failed, its plan failed, or "
+    "cancelled): the watch worked, but there is no result to use; 1 when the command "
+    "itself failed (the gateway refused it); 130 when interrupted."
+)
 MISSION_HELP = "the mission: its id, a unique start of one, or @last (the newest)"
 TASK_HELP = "the task's id in the plan (`aether mission show` lists them)"
 
@@ -426,13 +509,26 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     submit.add_argument("--verify", help="command that must pass on the merged tree")
     submit.add_argument("--idempotency-key", help="submitting again with it creates no second")
-    submit.add_argument("--watch", action="store_true", help="watch the mission afterwards")
+    submit.add_argument(
+        "--watch",
+        action="store_true",
+        help="watch the mission afterwards, as `mission watch` does (its exit status too)",
+    )
 
     listing = command("list", commands.list_missions, "list missions, newest first")
-    listing.add_argument("--status", action="append", help="only this status (repeatable)")
+    listing.add_argument(
+        "--status",
+        action="append",
+        type=_mission_status,
+        help="only this status (repeatable, or separated by commas)",
+    )
     listing.add_argument("--repo", help="only missions on this repository")
-    listing.add_argument("--since", help="only missions created since (YYYY-MM-DD)")
-    listing.add_argument("--limit", type=int, default=20, help="page size (default 20)")
+    listing.add_argument(
+        "--since", type=_since, help="only missions created since (YYYY-MM-DD, or a date-time)"
+    )
+    listing.add_argument(
+        "--limit", type=_whole(1, 200), default=20, help="page size (default 20, at most 200)"
+    )
     listing.add_argument("--all", action="store_true", help="follow every page")
 
     show = command("show", commands.show, "a mission with its plan, tasks and cost")
@@ -464,7 +560,7 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         nargs="?",
         help="this task's transcript: turns, tool calls, commands (default: every task's steps)",
     )
-    logs.add_argument("--attempt", type=int, help="only this attempt of the task")
+    logs.add_argument("--attempt", type=_at_least_one, help="only this attempt of the task")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new steps until it ends"
     )
@@ -476,12 +572,18 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
     watch = command("watch", commands.watch, "live board of a mission's tasks")
+    watch.description = (
+        "A live board of the mission's tasks until the mission ends (one line per event "
+        "without a terminal, or with --events). Ctrl-C stops the watch, not the mission."
+    )
+    watch.epilog = f"Exit status: {WATCH_EXIT}"
+    submit.epilog = f"With --watch, the exit status is the watch's: {WATCH_EXIT}"
     mission_of(watch)
     watch.add_argument("--events", action="store_true", help="one line per event, no board")
 
     approve = command("approve", commands.approve, "approve the mission's plan")
     mission_of(approve)
-    approve.add_argument("--version", type=int, help="plan version (default: the latest)")
+    approve.add_argument("--version", type=_at_least_one, help="plan version (default: the latest)")
 
     message = command("message", commands.message, "answer the planner, or give plan feedback")
     mission_of(message)
@@ -517,7 +619,12 @@ def _mission_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     budget = command("budget", commands.budget, "raise the mission's budget")
     mission_of(budget)
-    budget.add_argument("budget_usd", type=float, help="the new budget in USD")
+    budget.add_argument(
+        "budget_usd",
+        type=_amount("`aether mission budget M 10`"),
+        metavar="USD",
+        help="the new budget in USD",
+    )
 
 
 def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -535,7 +642,7 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--no-browser", action="store_true", help="print the sign-in URL, do not open a browser"
     )
     login.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the browser (300)"
+        "--timeout", type=_seconds, default=300.0, help="seconds to wait for the browser (300)"
     )
     login.set_defaults(run=run_login)
     logout = sub.add_parser(
@@ -551,7 +658,9 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--scope", action="append", choices=SCOPES, required=True, help="read, write or admin"
     )
     create.add_argument(
-        "--expires-days", type=int, help="days until it expires (default: it does not)"
+        "--expires-days",
+        type=_whole(1, 3650),
+        help="days until it expires, up to 3650 (default: it does not)",
     )
     create.set_defaults(run=commands.token_create)
     listing = tsub.add_parser("list", help="list tokens", parents=[common])
@@ -582,7 +691,7 @@ def _other_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     usage.add_argument(
         "--mission", help="one mission only (an id, a unique start of one, or @last)"
     )
-    usage.add_argument("--since", help="only usage since this day (YYYY-MM-DD)")
+    usage.add_argument("--since", type=_since, help="only usage since this day (YYYY-MM-DD)")
     usage.set_defaults(run=commands.usage)
 
     agents = sub.add_parser("agents", help="agent runners and what they do", parents=[common])

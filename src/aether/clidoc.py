@@ -42,7 +42,10 @@ def reference() -> str:
             "back to 1 s once an event arrives).\n",
             "A command the gateway refuses prints `error: ` and the gateway's reason as a "
             "sentence, and exits 1; with `--json` it prints "
-            '`{"error": …, "status": <HTTP status>, "detail": …}` on standard error instead.\n',
+            '`{"error": …, "status": <HTTP status>, "detail": …}` on standard error instead; '
+            "so does any other error of a command given `--json` (a check made before "
+            'anything is sent, an unreachable gateway), with `"status": null`. A value an '
+            "option cannot take is a usage line naming the option, exit status 2.\n",
             "A command asking for the state a mission is already in does nothing, says so "
             "(`… is already cancelled: nothing to do`; with `--json` "
             '`{"mission_id": …, "unchanged": true, "reason": …}`) and exits 0: `cancel` of a '

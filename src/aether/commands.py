@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 
 
 class UsageError(Exception):
-    """The command cannot run as asked; nothing was sent to the gateway."""
+    """The command cannot run as asked; nothing was sent to the gateway. ``exit_code`` is
+    the command's exit status (2 for a value given wrongly, as argparse's own)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def target(args: argparse.Namespace) -> Target:
@@ -156,16 +161,14 @@ def submit(args: argparse.Namespace) -> int:
     for item in args.model or []:
         tier, sep, model = item.partition("=")
         if not sep or not tier or not model:
-            print(f"error: --model takes TIER=MODEL, not {item!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--model takes TIER=MODEL, not {item!r}", exit_code=2)
         if tier not in TIERS:
             # The gateway's answer named its own field and an "enum value".
-            print(
-                f"error: --model takes a tier of {', '.join(TIERS[:-1])} or {TIERS[-1]}, not "
+            raise UsageError(
+                f"--model takes a tier of {', '.join(TIERS[:-1])} or {TIERS[-1]}, not "
                 f"{tier!r} (e.g. --model complex=claude-opus-4-1)",
-                file=sys.stderr,
+                exit_code=2,
             )
-            return 2
         overrides[tier] = model
     repository, base = args.repo, args.base
     if "://" not in args.repo:
@@ -555,6 +558,10 @@ def budget(args: argparse.Namespace) -> int:
 
 _CLEAR = "\x1b[H\x1b[2J"
 REDRAW_EVERY = 1.0  # seconds: the elapsed time moves and a stale board is never left up
+# The exit status of a watch that saw its mission end without completing (failed, its plan
+# failed, cancelled): not 1, which says the command itself failed (refused, say), yet not
+# 0, since what the mission was for is not there to use (`submit --watch && …`).
+DID_NOT_COMPLETE = 3
 # How long a completed mission's watch waits for the push its repository's preparation
 # announced (BranchPushed or BranchPushFailed) before it ends without it.
 DELIVERY_WAIT_SECONDS = 120.0
@@ -651,7 +658,18 @@ def watch(args: argparse.Namespace) -> int:
             if board.finished:
                 if not args.json:
                     print(_outcome(board), flush=True)
-                return 0 if board.status in ("completed", "answered") else 1
+                return 0 if board.status in ("completed", "answered") else DID_NOT_COMPLETE
+    except KeyboardInterrupt:
+        # Stopping the watch stops nothing else: say so, and how to stop the mission.
+        if not args.json:
+            mission = args.mission_id
+            print(
+                f"\nstopped watching; {mission} goes on (`aether mission watch {mission}` "
+                f"follows it again, `aether mission cancel {mission}` stops it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 130
     finally:
         stop.set()
 

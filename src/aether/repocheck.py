@@ -110,6 +110,7 @@ def check_repository(path: Path, base: str | None = None) -> Checked:
         branches = _branches(repo)
         if not branches:
             raise RepositoryProblem(f"{path} has no commits yet: commit something first")
+        given = base is not None
         if base is None:
             base = current_branch(repo)
             if base is None:
@@ -117,6 +118,13 @@ def check_repository(path: Path, base: str | None = None) -> Checked:
                     f"{path} has a detached HEAD: pass --base with one of {branch_list(branches)}"
                 )
         ref = Ref(f"refs/heads/{base}".encode())
+        if ref not in repo.refs and not given:
+            # HEAD names a branch with no commit (a bare repository pushed another branch
+            # than its HEAD's, an orphan checkout): no --base was given to be wrong.
+            raise RepositoryProblem(
+                f"{path}'s HEAD is on branch {base!r}, which has no commit yet: pass --base "
+                f"with one of {branch_list(branches)}"
+            )
         if ref not in repo.refs:
             raise RepositoryProblem(
                 f"{path} has no branch {base!r} (it has: {branch_list(branches)})"

@@ -117,6 +117,10 @@ class TranscriptPrinter:
         self._out = out
         self._seen: set[str] = set()
         self.printed = 0
+        # The attempts whose start (or end) has been printed, and the entries of the
+        # others, waiting for it.
+        self._begun: set[object] = set()
+        self._waiting: dict[object, list[dict[str, Any]]] = {}
         # The last entry held: the next page starts after it.
         self.after_attempt: int | None = None
         self.after: int | None = None
@@ -127,6 +131,11 @@ class TranscriptPrinter:
         )
 
     def show(self, kind: str, data: dict[str, Any]) -> None:
+        """Print an entry, or an attempt's start or end, once. An attempt's entries wait
+        for its start: the runner may publish the start after them (held with them, or
+        carried by the attempt's result), and the stream brings telemetry as it comes, so
+        the "started" line printed after the entries it began (``flush`` prints what
+        still waits, when nothing more will come)."""
         if not self.wanted(data):
             return
         if kind == TRANSCRIPT:
@@ -139,6 +148,36 @@ class TranscriptPrinter:
         if key in self._seen:
             return
         self._seen.add(key)
+        attempt = data.get("attempt")
+        if kind == TRANSCRIPT and attempt not in self._begun:
+            self._waiting.setdefault(attempt, []).append(data)
+            return
+        if kind == "agent_started":
+            self._print(kind, data)
+            self._begun.add(attempt)
+            self._release(attempt)
+            return
+        if kind in LIFECYCLE:
+            # Its end: what still waits for a start not seen goes before it, and any
+            # later entry of the attempt is printed as it comes.
+            self._begun.add(attempt)
+            self._release(attempt)
+        self._print(kind, data)
+
+    def flush(self) -> None:
+        """Print the entries still waiting for their attempt's start, attempt by attempt
+        (nothing more will come: the listing or the stream is over)."""
+        for attempt in sorted(self._waiting, key=lambda a: a if isinstance(a, int) else -1):
+            self._begun.add(attempt)
+            self._release(attempt)
+
+    def _release(self, attempt: object) -> None:
+        waiting = self._waiting.pop(attempt, [])
+        waiting.sort(key=lambda entry: _number(entry.get("sequence")))
+        for entry in waiting:
+            self._print(TRANSCRIPT, entry)
+
+    def _print(self, kind: str, data: dict[str, Any]) -> None:
         self.printed += 1
         if self._json:
             self._out(json.dumps({"type": kind, **data}))
@@ -197,15 +236,25 @@ def _listed(gateway: GatewayClient, args: argparse.Namespace, printer: Transcrip
             dropped = page.get("dropped") or []
             break
         printer.after_attempt, printer.after = following["after_attempt"], following["after"]
-    # A start before its prompt, an end after its last entry: the times order them (stable
-    # for equal times, starts listed first).
-    items.sort(key=lambda item: item[0])
+    # Attempt by attempt: its start, its entries in their order, its end. Not by their
+    # times, which came from two clocks' strings ("…:08Z" sorts after "…:08.5Z").
+    items.sort(key=lambda item: _place(item[1], item[2]))
     for _, kind, data in items:
         printer.show(kind, data)
     for each in dropped:
         printer.dropped(each)
     position: int = activity["position"]
     return position
+
+
+def _number(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _place(kind: str, data: dict[str, Any]) -> tuple[int, int, int]:
+    """Where a listed item goes: its attempt, then start, entries (by sequence), end."""
+    phase = 0 if kind == "agent_started" else 1 if kind == TRANSCRIPT else 2
+    return _number(data.get("attempt")), phase, _number(data.get("sequence"))
 
 
 def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
@@ -220,6 +269,7 @@ def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
         # see the end it already passed.
         _listed(gateway, args, printer)
     if not args.follow or ended:
+        printer.flush()
         if not printer.printed and not args.json:
             attempt = f" attempt {args.attempt}" if args.attempt is not None else ""
             still = "" if ended else " yet"
@@ -237,6 +287,7 @@ def task_transcript(gateway: GatewayClient, args: argparse.Namespace) -> int:
     )
     for event in stream:
         printer.show(event.event, event.data)
+    printer.flush()
     if gateway.show(args.mission_id)["status"] in TERMINAL_STATUSES:
         say_the_end(gateway, args)
     return 0

@@ -9,11 +9,13 @@ import json
 import msgspec
 
 from aether.cli import main
+from aether.commands import DID_NOT_COMPLETE
 from aether.gitview import create_sample_repository
 from aether_events import (
     AgentStarted,
     BranchPushed,
     EventPublisher,
+    MissionCancelled,
     RepositoryPrepared,
     TaskEscalated,
 )
@@ -165,6 +167,22 @@ async def test_watch_follows_a_mission_across_a_gateway_restart(gateway_server, 
     lines = [line.split()[0] for line in out.splitlines() if line.strip().startswith("#")]
     assert lines == [f"#{a.seq}" for a in acks]
     assert "reconnecting" in err
+
+
+async def test_a_watch_that_sees_its_mission_cancelled_says_so_with_its_own_exit_status(
+    gateway_server, nc, capsys, script
+):
+    """It exited 1, the status of a command that failed (refused, say): the watch worked,
+    yet the mission left no result, which `submit --watch && …` must not take as done."""
+    cli = Cli(gateway_server, capsys)
+    publisher = EventPublisher(nc.jetstream())
+    cancelled = MissionCancelled(**script.meta(), reason="not needed after all")
+    await publisher.publish_all([*script.happy_path()[:3], cancelled])
+    code, out, err = await cli("mission", "watch", script.mission_id, "--events")
+    assert code == DID_NOT_COMPLETE == 3, err
+    assert f"mission {script.mission_id} cancelled: not needed after all" in out
+    code, _, err = await cli("mission", "watch", script.mission_id, "--events", "--json")
+    assert code == DID_NOT_COMPLETE, err
 
 
 async def test_watch_waits_for_the_delivery_its_mission_announced(
