@@ -41,7 +41,18 @@ class Seen:
 
 
 # Commands the tests run find the Python they run on (its virtual environment's bin).
-pytestmark = pytest.mark.usefixtures("python_on_path")
+pytestmark = pytest.mark.usefixtures("python_on_path", "toolboxes_closed")
+
+# The toolboxes the test made (a command's warm sandbox, a kept bubblewrap, outlives the
+# test unless its toolbox is closed, as an attempt's is).
+_made: list[ToolBox] = []
+
+
+@pytest.fixture
+def toolboxes_closed() -> Any:
+    yield
+    while _made:
+        _made.pop().close()
 
 
 def make_agent(
@@ -67,13 +78,18 @@ def make_agent(
         ),
         model=model_id,
         system=SYSTEM,
-        toolbox=ToolBox(Workspace(worktree), CommandPolicy(allowed=("python",))),
+        toolbox=_made_toolbox(ToolBox(Workspace(worktree), CommandPolicy(allowed=("python",)))),
         limits=limits or Limits(max_turns=10),
         journal=journal.append,
         observer=seen,
         has_changes=has_changes,
     )
     return agent, journal, seen
+
+
+def _made_toolbox(toolbox: ToolBox) -> ToolBox:
+    _made.append(toolbox)
+    return toolbox
 
 
 def start(journal: Journal, prompt: str = '<task>\n{"id": "t1"}\n</task>') -> Conversation:

@@ -26,10 +26,11 @@ from aether_gateway.handlers import TELEMETRY_BACKLOG
 
 from .conftest import GatewayServer, Script, eventually
 
-# Twenty messages of a thousand entries (about 400 kB each): every one in flight at
-# once (the consumer lets 256 be), twenty times the backlog the projector keeps.
-MESSAGES = 20
-PER_MESSAGE = 1000
+# Fifty messages of four hundred entries (about 230 kB each, within the 256 kB an
+# attempt may publish: a larger one is terminated unread): every one in flight at once
+# (the consumer lets 256 be), twenty times the backlog the projector keeps.
+MESSAGES = 50
+PER_MESSAGE = 400
 FLOOD = MESSAGES * PER_MESSAGE
 
 
