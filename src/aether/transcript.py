@@ -121,6 +121,8 @@ class TranscriptPrinter:
         # others, waiting for it.
         self._begun: set[object] = set()
         self._waiting: dict[object, list[dict[str, Any]]] = {}
+        # What the gateway's cap dropped of an attempt whose entries wait: said after them.
+        self._dropped_after: dict[object, list[dict[str, Any]]] = {}
         # The last entry held: the next page starts after it.
         self.after_attempt: int | None = None
         self.after: int | None = None
@@ -176,6 +178,8 @@ class TranscriptPrinter:
         waiting.sort(key=lambda entry: _number(entry.get("sequence")))
         for entry in waiting:
             self._print(TRANSCRIPT, entry)
+        for data in self._dropped_after.pop(attempt, []):
+            self._say_dropped(data)
 
     def _print(self, kind: str, data: dict[str, Any]) -> None:
         self.printed += 1
@@ -195,6 +199,14 @@ class TranscriptPrinter:
         if key in self._seen:
             return
         self._seen.add(key)
+        if attempt in self._waiting:
+            # Said after the attempt's entries, which wait for its start.
+            self._dropped_after.setdefault(attempt, []).append(data)
+        else:
+            self._say_dropped(data)
+
+    def _say_dropped(self, data: dict[str, Any]) -> None:
+        attempt, entries = data.get("attempt"), data.get("entries")
         if self._json:
             self._out(json.dumps({"type": "transcript_dropped", **data}))
         else:

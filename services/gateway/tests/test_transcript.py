@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from aether.infra import free_port
 from aether_events import (
+    ATTEMPT_MAX_PAYLOAD,
     TELEMETRY_STREAM,
     AgentStarted,
     EventPublisher,
@@ -481,14 +482,16 @@ async def test_entries_as_large_as_the_bus_carries_are_folded_and_other_missions
     http, nc, script
 ):
     """An attempt's credential may publish what the runner's bounds would never send: one
-    entry of nearly the server's largest message (multi-byte characters, so the most
-    bytes for the characters) and a group of many tiny entries filling it too. The
-    gateway stores them and folds another mission's entry after them."""
+    entry of nearly the largest message an attempt may publish (multi-byte characters, so
+    the most bytes for the characters) and a group of many tiny entries filling it too.
+    The gateway stores them and folds another mission's entry after them; an entry past
+    that size (up to the server's largest message, which the server lets an attempt's
+    credential publish) is passed over unread, and the rest goes on."""
     from .conftest import Script as Scripted
     from .conftest import new_mission_id
 
     await publish(nc, script.requested())
-    largest = nc.max_payload
+    largest = ATTEMPT_MAX_PAYLOAD
     # ``é`` is two bytes: the text alone is most of the message, the rest its envelope.
     big = entry(script, 1, 0, "output", text="é" * ((largest - 4096) // 2))
     one = len(encode(entry(script, 1, 999_999, "note", text="x")))
@@ -496,8 +499,11 @@ async def test_entries_as_large_as_the_bus_carries_are_folded_and_other_missions
     many = TranscriptEntries(
         **script.meta(), task_id="t1", attempt=1, runner_id="r-1", entries=tiny
     )
+    past = entry(script, 2, 0, "output", text="é" * ((nc.max_payload - 4096) // 2))
+    assert len(encode(past)) > ATTEMPT_MAX_PAYLOAD
     other = Scripted(new_mission_id())
-    await publish(nc, big, many, other.requested(), entry(other, 1, 0, "prompt", text="other"))
+    late = entry(other, 1, 0, "prompt", text="other")
+    await publish(nc, big, past, many, other.requested(), late)
     await eventually(lambda: _texts_of(http, other, ["other"]), what="the other mission's entry")
     stored: list[dict] = []
     params: dict = {"limit": 1000}
@@ -508,6 +514,7 @@ async def test_entries_as_large_as_the_bus_carries_are_folded_and_other_missions
             break
         params = {"limit": 1000, **answer["next"]}
     assert [e["sequence"] for e in stored] == list(range(1 + len(tiny)))
+    assert {e["attempt"] for e in stored} == {1}
     assert stored[0]["text"] == big.text
     assert len(encode(many)) <= largest
 
@@ -649,7 +656,11 @@ async def test_an_attempts_entries_past_the_gateways_cap_are_counted_not_kept(
     cli = ["--url", server.base_url, "--token", ADMIN_TOKEN, "mission", "logs"]
     assert await asyncio.to_thread(main, [*cli, script.mission_id, "t1"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-1] == f"attempt 1: {101 - cap} entries dropped by the gateway's cap"
+    # Said after attempt 1's entries, before attempt 2's.
+    said = printed.index(f"attempt 1: {101 - cap} entries dropped by the gateway's cap")
+    assert any("e39" in line for line in printed[:said])
+    assert not any("b0" in line for line in printed[:said])
+    assert any("b0" in line for line in printed[said:])
     assert REGISTRY.get_sample_value("aether_transcript_entries_dropped_total") == (
         dropped_before + 101 - cap
     )
