@@ -361,3 +361,21 @@ def test_a_bare_repository_whose_head_has_no_commit_says_to_pass_base(tmp_path: 
         f"{bare}'s HEAD is on branch 'trunk', which has no commit yet: pass --base with one of main"
     )
     assert check_repository(bare, "main").base == "main"
+
+
+def test_a_bad_option_value_under_json_is_a_json_error_with_the_usage(capsys: Any) -> None:
+    """With ``--json``, a value an option cannot take was argparse's plain usage text
+    while every other error was JSON: a script parsing stderr got text."""
+    with pytest.raises(SystemExit) as ended:
+        main(["--json", "mission", "list", "--since", "yesterday"])
+    assert ended.value.code == 2
+    said = loads(capsys.readouterr().err)
+    assert said["status"] is None
+    assert said["error"].startswith("aether mission list: argument --since: 'yesterday'")
+    assert said["detail"]["usage"].startswith("usage: aether mission list")
+    # Without --json (in the same process): the usage line, as before.
+    with pytest.raises(SystemExit) as ended:
+        main(["mission", "list", "--since", "yesterday"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: aether mission list") and "error: argument --since" in err

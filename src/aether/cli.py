@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(_attach_secrets(sys.argv[1:] if argv is None else argv))
+    given = _attach_secrets(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in given
+    args = parser.parse_args(given)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -176,12 +178,30 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """The command line's parser (its commands' too): a usage error is a usage line and
+    exit status 2, or, when the command line asks for ``--json``, the shape of every
+    other error of a command given it, with the usage in ``detail``."""
+
+    # Whether the command line being parsed holds ``--json`` (set by ``_main``).
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            said = {
+                "error": f"{self.prog}: {message}",
+                "status": None,
+                "detail": {"usage": self.format_usage().strip()},
+            }
+            print(json.dumps(said), file=sys.stderr)
+            self.exit(2)
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common)
-    parser = argparse.ArgumentParser(
-        prog="aether", description="Turn a software requirement into merged code."
-    )
+    parser = _Parser(prog="aether", description="Turn a software requirement into merged code.")
     _add_common(parser)
     # Given before the command or after it; the command's own copy only sets what it got.
     parser.set_defaults(url=None, token=None, json=False, home=None)

@@ -45,7 +45,8 @@ def reference() -> str:
             '`{"error": …, "status": <HTTP status>, "detail": …}` on standard error instead; '
             "so does any other error of a command given `--json` (a check made before "
             'anything is sent, an unreachable gateway), with `"status": null`. A value an '
-            "option cannot take is a usage line naming the option, exit status 2.\n",
+            "option cannot take is a usage line naming the option, exit status 2 (with "
+            "`--json`, that JSON, the usage in `detail`).\n",
             "A command asking for the state a mission is already in does nothing, says so "
             "(`… is already cancelled: nothing to do`; with `--json` "
             '`{"mission_id": …, "unchanged": true, "reason": …}`) and exits 0: `cancel` of a '

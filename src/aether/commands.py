@@ -719,14 +719,20 @@ def usage(args: argparse.Namespace) -> int:
     report = gateway.usage(args.by, mission_id=_mission_option(gateway, args), since=args.since)
 
     def human() -> str:
+        if not report["rows"] and not report["total"]["calls"]:
+            # Nothing to add up: no total of "unknown" cost.
+            return "no model calls recorded" + (f" since {args.since}" if args.since else "")
         lines = [f"{args.by:<22} {'calls':>6} {'in':>10} {'out':>10} {'cost':>12}  budget"]
         for row in [*report["rows"], {**report["total"], "key": "total"}]:
             budget_usd = row.get("budget_usd")
             limit = f"${budget_usd:.2f}" if budget_usd is not None else "-"
             limit += " EXCEEDED" if row.get("budget_exceeded") else ""
+            cost, complete = row["cost_usd"], row["cost_complete"]
+            if cost is None and complete and not row["calls"]:
+                cost = 0.0  # no call: nothing spent, not a price unknown
             lines.append(
                 f"{short(str(row['key']), 22):<22} {row['calls']:>6} {row['input_tokens']:>10} "
-                f"{row['output_tokens']:>10} {money(row['cost_usd'], row['cost_complete']):>12}"
+                f"{row['output_tokens']:>10} {money(cost, complete):>12}"
                 f"  {limit}"
             )
         return "\n".join(lines)

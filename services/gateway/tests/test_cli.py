@@ -143,6 +143,9 @@ async def test_tokens_usage_agents_and_rebuild(gateway_server, capsys):
     assert code == 1 and "refused the token" in err
 
     assert (await cli.json("usage", "--by", "month"))["group_by"] == "month"
+    # No call yet: said so, not a total of "unknown" cost.
+    code, out, _ = await cli("usage")
+    assert code == 0 and out.strip() == "no model calls recorded", out
     code, out, _ = await cli("agents")
     assert out.strip() == "no agents seen"
     code, out, _ = await cli("admin", "rebuild-read-model")
