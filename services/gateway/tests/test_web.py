@@ -930,6 +930,24 @@ async def test_the_task_page_says_where_transcript_entries_are_missing(
     await expect(gaps).to_have_text(
         ["1 entry missing: the telemetry stream dropped it before the gateway stored it"]
     )
+    # Another one late while the page does not follow the stream (every stream ends as
+    # it opens): telemetry is not replayed, and the page's catch-up asks only after the
+    # last entry drawn; once the page follows the stream again it asks for the gap.
+    closing = gateway_server.gateway.context.closing  # type: ignore[union-attr]
+    closing.set()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "reconnecting")
+    await publisher.publish(said(1, 2))
+    async with gateway_server.client() as http:
+
+        async def late_stored() -> bool:
+            answer = await http.get(url, params={"after_attempt": 1, "after": 1})
+            return [e["sequence"] for e in answer.json()["entries"]][:1] == [2]
+
+        await eventually(late_stored, what="the late entry stored")
+    closing.clear()
+    await expect(gaps).to_have_count(0, timeout=30_000)
+    drawn = page.locator('#agent-transcript li.entry[data-attempt="1"]')
+    await expect(drawn).to_have_count(4)
 
 
 async def test_a_board_page_that_loads_without_one_of_its_files_fails_by_name(

@@ -155,6 +155,37 @@ export class TranscriptView {
     return this.more.hidden ? this.load() : this.counts(null);
   }
 
+  /** What the page asks for on a reconnect: entries stored late into a gap of what is
+   * drawn (the telemetry stream's order is not the attempt's) that came while the page
+   * did not follow the stream. Telemetry is not replayed, and ``catchUp`` asks only after
+   * the last entry drawn, so they are asked for again from the entry before the first
+   * gap up to the last drawn, at most SHOWN of them. */
+  refill() {
+    this.loading = (this.loading || Promise.resolve()).catch(() => {}).then(() => this.refillPages());
+    return this.loading;
+  }
+
+  async refillPages() {
+    const gap = this.list.querySelector("li.gap-mark");
+    if (!gap) return;
+    let before = gap.previousElementSibling;
+    while (before && !before.classList.contains("entry")) before = before.previousElementSibling;
+    let cursor = before ? { after_attempt: Number(before.dataset.attempt), after: Number(before.dataset.seq) } : null;
+    const last = this.last;
+    for (let asked = 0; asked < SHOWN; ) {
+      const query = cursor ? `?after_attempt=${cursor.after_attempt}&after=${cursor.after}` : "";
+      const page = await get(this.url + query);
+      for (const entry of page.entries) {
+        // Past the last drawn: the catch-up's, or the button's, to draw.
+        if (entry.attempt > last.after_attempt || (entry.attempt === last.after_attempt && entry.sequence > last.after)) return;
+        this.add(entry, false);
+      }
+      asked += page.entries.length;
+      if (!page.next) return;
+      cursor = page.next;
+    }
+  }
+
   /** Ask for the counts of entries the gateway did not keep: of ``attempt``, or of every
    * attempt (null). A page after every entry holds only the counts. */
   async counts(attempt) {

@@ -198,8 +198,13 @@ export async function taskPage(main, { params: [missionId, taskId] }) {
   // (on opening, after a drop) is asked for then, and every few seconds, since an entry
   // can reach the database a moment after the ask that should have found it.
   const refresh = () => agentTranscript.catchUp().catch(() => {});
+  let opened = false;
   const unwatch = onLiveState((state) => {
-    if (state === "live") refresh();
+    if (state !== "live") return;
+    refresh();
+    // After a drop, entries stored late into a gap meanwhile are asked for too.
+    if (opened) agentTranscript.refill().catch(() => {});
+    opened = true;
   });
   const timer = setInterval(refresh, 5000);
   return () => {
