@@ -183,13 +183,7 @@ class ObjectIO:
             return cached
         assert self._packs is not None
         buffer = self._packs[number].buffer
-        byte = buffer[offset]
-        type_num, size, shift, pos = (byte >> 4) & 7, byte & 15, 4, offset + 1
-        while byte & 0x80:
-            byte = buffer[pos]
-            pos += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
+        type_num, size, pos = _object_header(buffer, offset)
         base: tuple[int, bytes] | None = None
         if type_num == _OFS_DELTA:
             byte = buffer[pos]
@@ -367,9 +361,9 @@ def _pack_files(objects: dict[str, tuple[int, bytes]]) -> tuple[bytes, bytes, st
     return pack + checksum, index, f"pack-{checksum.hex()}"
 
 
-def _packed_size(buffer: mmap.mmap, offset: int) -> int:
-    """The content length of the packed object at ``offset``: its header's size, or for
-    a delta the target length the delta's first inflated bytes declare."""
+def _object_header(buffer: mmap.mmap, offset: int) -> tuple[int, int, int]:
+    """The packed object's header at ``offset``: its type, its size, and where what
+    follows the header begins."""
     byte = buffer[offset]
     type_num, size, shift, pos = (byte >> 4) & 7, byte & 15, 4, offset + 1
     while byte & 0x80:
@@ -377,6 +371,13 @@ def _packed_size(buffer: mmap.mmap, offset: int) -> int:
         pos += 1
         size |= (byte & 0x7F) << shift
         shift += 7
+    return type_num, size, pos
+
+
+def _packed_size(buffer: mmap.mmap, offset: int) -> int:
+    """The content length of the packed object at ``offset``: its header's size, or for
+    a delta the target length the delta's first inflated bytes declare."""
+    type_num, size, pos = _object_header(buffer, offset)
     if type_num == _OFS_DELTA:
         while buffer[pos] & 0x80:
             pos += 1
@@ -387,8 +388,14 @@ def _packed_size(buffer: mmap.mmap, offset: int) -> int:
         return size
     with memoryview(buffer) as view:
         head = _inflate_head(view[pos : pos + 4096], 20)
-    _, at = _varint(head, 0)  # the base's length
-    target, _ = _varint(head, at)
+    return delta_target_size(head)
+
+
+def delta_target_size(delta: bytes) -> int:
+    """The target length a delta declares (its second number; git's delta format);
+    ``ValueError`` when its header ends too soon."""
+    _, at = _varint(delta, 0)  # the base's length
+    target, _ = _varint(delta, at)
     return target
 
 

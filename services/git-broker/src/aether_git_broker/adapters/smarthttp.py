@@ -59,6 +59,7 @@ from dulwich.web import GunzipFilter, HTTPGitApplication, LimitedInputFilter
 
 from aether_git_broker import metrics
 from aether_git_broker.adapters.history import Commits, is_ancestor
+from aether_git_broker.adapters.objects import delta_target_size
 
 log = logging.getLogger("aether.git_broker.http")
 
@@ -174,19 +175,10 @@ def _first_bytes(chunks: Iterable[bytes], length: int) -> bytes:
 
 def _delta_target_size(delta: bytes) -> int:
     """The target length a delta declares (its second number; git's delta format)."""
-    at = 0
-    for _ in range(2):
-        value = shift = 0
-        while True:
-            if at >= len(delta):
-                raise PackInputTooLarge("a delta whose header ends too soon")
-            byte = delta[at]
-            at += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-    return value
+    try:
+        return delta_target_size(delta)
+    except ValueError:
+        raise PackInputTooLarge("a delta whose header ends too soon") from None
 
 
 dulwich.pack._decode_object_header = _bounded_header
