@@ -143,7 +143,7 @@ def on_its_subject(event: Event, subject: str, size: int = 0) -> bool:
     ``size``: the message's payload in bytes. A message on an attempt's subject past
     ``ATTEMPT_MAX_PAYLOAD`` (what an attempt's credential says it may publish, which the
     server does not apply to a callout's user) is not taken either, live or replayed."""
-    if size > ATTEMPT_MAX_PAYLOAD and is_attempt_subject(subject):
+    if over_attempt_limit(subject, size):
         return False
     if type(event) not in ATTEMPT_TYPES:
         return True
@@ -152,6 +152,12 @@ def on_its_subject(event: Event, subject: str, size: int = 0) -> bool:
     except ValueError:
         return False
     return subject in (own, f"{_prefix(type(event))}.{event.mission_id}.{tag_of(type(event))}")
+
+
+def over_attempt_limit(subject: str, size: int) -> bool:
+    """Whether a message of ``size`` bytes on ``subject`` is one an attempt's credential
+    says it may not publish (past ``ATTEMPT_MAX_PAYLOAD`` on an attempt's subject)."""
+    return size > ATTEMPT_MAX_PAYLOAD and is_attempt_subject(subject)
 
 
 def is_attempt_subject(subject: str) -> bool:

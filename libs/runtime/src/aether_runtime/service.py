@@ -58,7 +58,6 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from aether_events import (
-    ATTEMPT_MAX_PAYLOAD,
     MISSIONS_STREAM,
     TELEMETRY_STREAM,
     TERMINAL_TYPES,
@@ -68,8 +67,8 @@ from aether_events import (
     UnknownEventType,
     decode,
     ensure_streams,
-    is_attempt_subject,
     on_its_subject,
+    over_attempt_limit,
     tag_of,
     type_subject,
 )
@@ -994,7 +993,7 @@ class Service:
     async def _handle(
         self, spec: ConsumerSpec, raw: Msg, delivery: Delivery, meters: _Meters
     ) -> None:
-        if len(raw.data) > ATTEMPT_MAX_PAYLOAD and is_attempt_subject(raw.subject):
+        if over_attempt_limit(raw.subject, len(raw.data)):
             # Larger than an attempt's credential says it may publish (the server applies
             # only its own largest message to a callout's user): what the runner sends is
             # well under it, so this is an attempt's flood. Not decoded, not folded.

@@ -133,10 +133,6 @@ class Reporter:
         # its runtime had done).
         self.latest: Progress | None = None
 
-    def last(self) -> Progress | None:
-        """The latest step's progress the runtime told of, if any."""
-        return self.latest
-
     async def model_called(self, turn: int, usage: Usage) -> None:
         ready = self._ready
         offline = ready.model == OFFLINE_MODEL
@@ -561,7 +557,9 @@ class Attempts:
         exact = runtime.name != BUILTIN
         try:
             if exact:
-                outcome = await run_watched(lambda: runtime.run(job), toolbox, reporter.last)
+                outcome = await run_watched(
+                    lambda: runtime.run(job), toolbox, lambda: reporter.latest
+                )
             else:
                 outcome = await runtime.run(job)
         finally:
