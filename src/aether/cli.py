@@ -70,7 +70,10 @@ def _main(argv: list[str] | None) -> int:
     parser = _parser()
     given = _attach_secrets(sys.argv[1:] if argv is None else argv)
     _Parser.json_errors = "--json" in given
-    args = parser.parse_args(given)
+    try:
+        args = parser.parse_args(given)
+    finally:
+        _Parser.json_errors = False  # for this command line only
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
