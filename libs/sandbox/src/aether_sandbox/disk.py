@@ -133,7 +133,9 @@ class DiskWatch:
     def _over(self, now: bool, exact: bool) -> str | None:
         if not exact and not self.may_be_over():
             return None
-        if not now and time.monotonic() - self.walked_at < 0.5:
+        # Walks are half a second apart at least; the first comes as soon as the counts
+        # say so (a command can fill the disk in less than that).
+        if not now and self.walk_seconds and time.monotonic() - self.walked_at < 0.5:
             return None
         # The counts the walk's result stands in for from now on, taken before it: what
         # is written while it walks is then in the counts, if not in the walk.
@@ -142,7 +144,7 @@ class DiskWatch:
         began = time.monotonic()
         written, created = self.walk()
         self.walked_at = time.monotonic()
-        self.walk_seconds = self.walked_at - began
+        self.walk_seconds = max(self.walked_at - began, 1e-9)  # non-zero: a walk was made
         self._base, self._known_base, self._prior = base, known, (written, created)
         where = self.where or (
             "the worktree" if len(self.roots) == 1 else "the worktree and its home"
